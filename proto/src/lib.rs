@@ -1,0 +1,1 @@
+//! Generated gRPC API (work in progress).

@@ -1,0 +1,117 @@
+//! Errors by cause. Each variant is a different thing for the caller: an I/O failure
+//! (retry later or page an operator), corruption (data loss: never served), a request
+//! outside the log, a request over a limit, and so on. The server maps each to its own
+//! gRPC status code; keep the variants apart.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Result alias used across the storage engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the storage engine.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system I/O call failed. `context` says which operation on which file.
+    #[error("I/O error while {context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: Arc<io::Error>,
+    },
+
+    /// Bytes on disk are not what was written: a checksum mismatch, an impossible
+    /// length, an offset out of sequence. Never served; reported with the file and
+    /// byte position so an operator can inspect or repair it.
+    #[error("corrupt data in {} at byte {position}: {reason}", file.display())]
+    Corrupt {
+        file: PathBuf,
+        position: u64,
+        reason: String,
+    },
+
+    /// A read asked for an offset outside `[log_start, end)`.
+    #[error(
+        "offset {requested} is out of range for {partition}: the log holds offsets {log_start}..{end} (start inclusive, end exclusive)"
+    )]
+    OffsetOutOfRange {
+        partition: String,
+        requested: u64,
+        log_start: u64,
+        end: u64,
+    },
+
+    /// A message, batch or request is larger than a limit allows.
+    #[error("{what} is {size} bytes, over the limit of {limit} bytes ({limit_name})")]
+    TooLarge {
+        what: String,
+        size: u64,
+        limit: u64,
+        limit_name: &'static str,
+    },
+
+    /// A topic, partition or consumer group does not exist.
+    #[error("{what} not found")]
+    NotFound { what: String },
+
+    /// A topic (or other named object) already exists.
+    #[error("{what} already exists")]
+    AlreadyExists { what: String },
+
+    /// A partition whose fsync failed refuses all writes until it is reopened and
+    /// recovered: what the failed fsync covered may or may not be on disk.
+    #[error(
+        "partition {partition} is poisoned after a failed fsync ({cause}); it refuses writes until the broker is restarted and recovery has run"
+    )]
+    Poisoned { partition: String, cause: String },
+
+    /// An argument is malformed: a bad name, a config value out of range, an empty batch.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// The store is shutting down or closed.
+    #[error("the storage engine is closed")]
+    Closed,
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done when it happened.
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source: Arc::new(source),
+        }
+    }
+
+    /// A corruption error at `position` of `file`.
+    pub fn corrupt(file: impl Into<PathBuf>, position: u64, reason: impl Into<String>) -> Self {
+        Error::Corrupt {
+            file: file.into(),
+            position,
+            reason: reason.into(),
+        }
+    }
+
+    /// An invalid-argument error.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Error::InvalidArgument(message.into())
+    }
+
+    /// A not-found error naming the object.
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Error::NotFound { what: what.into() }
+    }
+}
+
+/// Adds context to `io::Result`s: `file.sync_data().ctx(|| format!("syncing {path}"))`.
+pub(crate) trait IoContext<T> {
+    fn ctx<S: Into<String>>(self, context: impl FnOnce() -> S) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx<S: Into<String>>(self, context: impl FnOnce() -> S) -> Result<T> {
+        self.map_err(|e| Error::io(context(), e))
+    }
+}

@@ -1,0 +1,19 @@
+//! tidelog-storage: the storage engine under the tidelog broker.
+//!
+//! An append-only, segmented commit log per partition. Producers append record
+//! batches ([`batch`]); a group-commit flusher makes many appends durable with one
+//! fdatasync; readers map segments with mmap and get payloads as [`bytes::Bytes`] that
+//! point into the mapping. See `storage/FORMAT.md` for the bytes on disk and
+//! `ARCHITECTURE.md` at the repository root for the codemap.
+//!
+//! This crate knows nothing of the network: no tokio, no gRPC. Waiting for new data or
+//! for durability is exposed as plain `std::future::Future`s and blocking calls.
+#![deny(unsafe_code)]
+
+pub mod clock;
+pub mod error;
+pub mod fsutil;
+pub mod limits;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{Error, Result};

@@ -1,0 +1,49 @@
+//! Every maximum the engine enforces, with its unit last in the name and the reason
+//! beside it. Sizes that come from disk or the network are checked against these
+//! before anything is allocated.
+
+/// Largest value + key + headers of one record that a topic may be configured to
+/// accept. The per-topic `max_message_bytes` defaults lower.
+pub const MESSAGE_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
+/// Default per-topic message size limit (1 MiB, as Kafka's `message.max.bytes`).
+pub const MESSAGE_BYTES_DEFAULT: u64 = 1024 * 1024;
+
+/// Largest encoded record batch, header included. Bounds every allocation made while
+/// reading a batch, including the buffer a zstd batch decompresses into.
+pub const BATCH_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// Most records in one batch. Bounds the record vector a decode allocates.
+pub const BATCH_RECORDS_MAX: u32 = 1 << 20;
+
+/// Most headers on one record.
+pub const RECORD_HEADERS_MAX: u32 = 1024;
+
+/// Longest topic name (Kafka's limit).
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+
+/// Most partitions in one topic.
+pub const TOPIC_PARTITIONS_MAX: u32 = 10_000;
+
+/// Segment size bounds. Index entries store positions as u32, so a segment (plus the
+/// one batch that may overflow it) must stay below 4 GiB.
+pub const SEGMENT_BYTES_MIN: u64 = 4 * 1024;
+pub const SEGMENT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+pub const SEGMENT_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
+
+/// One offset-index and time-index entry is written per this many log bytes.
+pub const INDEX_INTERVAL_BYTES: u64 = 4096;
+
+/// Longest consumer group id and commit metadata string.
+pub const GROUP_ID_BYTES_MAX: usize = 255;
+pub const COMMIT_METADATA_BYTES_MAX: usize = 4096;
+
+/// Largest config or checkpoint file read from disk.
+pub const SMALL_FILE_BYTES_MAX: u64 = 64 * 1024;
+
+const _: () = assert!(MESSAGE_BYTES_DEFAULT <= MESSAGE_BYTES_MAX);
+const _: () = assert!(MESSAGE_BYTES_MAX < BATCH_BYTES_MAX);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
+const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
+// A full segment plus one maximal batch must be addressable by a u32 index position.
+const _: () = assert!(SEGMENT_BYTES_MAX + BATCH_BYTES_MAX < u32::MAX as u64);
