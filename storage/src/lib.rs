@@ -10,6 +10,7 @@
 //! for durability is exposed as plain `std::future::Future`s and blocking calls.
 #![deny(unsafe_code)]
 
+pub mod batch;
 pub mod clock;
 pub mod error;
 pub mod fsutil;

@@ -1,0 +1,924 @@
+//! The record batch: the unit of append, checksum, compression and reading.
+//!
+//! Byte layout (all integers little-endian; `storage/FORMAT.md` has the full spec):
+//!
+//! | offset | size | field                | meaning                                                  |
+//! |-------:|-----:|----------------------|----------------------------------------------------------|
+//! |      0 |    4 | `batch_length`       | bytes in this batch, this field included                 |
+//! |      4 |    8 | `base_offset`        | offset of the first record                               |
+//! |     12 |    4 | `crc`                | CRC-32 (IEEE) of bytes `[16, batch_length)`              |
+//! |     16 |    1 | `version`            | format version, 1                                        |
+//! |     17 |    1 | `attributes`         | bits 0-1 codec (0 none, 1 zstd); other bits 0            |
+//! |     18 |    2 | `reserved`           | 0                                                        |
+//! |     20 |    4 | `last_offset_delta`  | last record's offset minus `base_offset`                 |
+//! |     24 |    4 | `record_count`       | records in the batch, >= 1                               |
+//! |     28 |    8 | `first_timestamp_ms` | timestamp of the first record                            |
+//! |     36 |    8 | `max_timestamp_ms`   | largest record timestamp                                 |
+//! |     44 |    8 | `max_expiry_ms`      | latest record expiry; `i64::MAX` if any record never expires |
+//! |     52 |    4 | `records_length`     | bytes of the records section as stored                   |
+//! |     56 |    4 | `uncompressed_length`| bytes of the records section once decompressed           |
+//! |     60 |    - | records              | `record_count` records, zstd-compressed if codec = 1     |
+//!
+//! The base offset sits before the CRC and outside it, so the log can assign offsets
+//! after the (possibly compressed) batch is encoded and checksummed outside its lock;
+//! readers still validate it against the offset they expect.
+//!
+//! Each record: `varint length` (bytes that follow), `u8 attributes` (bit 0 has key,
+//! bit 1 has expiry), `varint offset_delta`, `zigzag varint timestamp_delta` (from
+//! `first_timestamp_ms`), [`zigzag varint expiry_delta`], [`varint key_length`, key],
+//! `varint value_length`, value, `varint header_count`, then per header `varint
+//! key_length`, UTF-8 key, `varint value_length`, value.
+
+use bytes::Bytes;
+
+use crate::limits::{BATCH_BYTES_MAX, BATCH_RECORDS_MAX, RECORD_HEADERS_MAX};
+
+/// Bytes in a batch header.
+pub const HEADER_BYTES: usize = 60;
+/// The format version this code writes and reads.
+pub const FORMAT_VERSION: u8 = 1;
+/// `max_expiry_ms` of a batch holding a record that never expires.
+pub const NEVER_EXPIRES: i64 = i64::MAX;
+
+const LENGTH_AT: usize = 0;
+const BASE_OFFSET_AT: usize = LENGTH_AT + 4;
+const CRC_AT: usize = BASE_OFFSET_AT + 8;
+/// The CRC covers everything from here to the end of the batch.
+pub const CRC_COVERS_FROM: usize = CRC_AT + 4;
+const VERSION_AT: usize = CRC_COVERS_FROM;
+const ATTRIBUTES_AT: usize = VERSION_AT + 1;
+const RESERVED_AT: usize = ATTRIBUTES_AT + 1;
+const LAST_OFFSET_DELTA_AT: usize = RESERVED_AT + 2;
+const RECORD_COUNT_AT: usize = LAST_OFFSET_DELTA_AT + 4;
+const FIRST_TIMESTAMP_AT: usize = RECORD_COUNT_AT + 4;
+const MAX_TIMESTAMP_AT: usize = FIRST_TIMESTAMP_AT + 8;
+const MAX_EXPIRY_AT: usize = MAX_TIMESTAMP_AT + 8;
+const RECORDS_LENGTH_AT: usize = MAX_EXPIRY_AT + 8;
+const UNCOMPRESSED_LENGTH_AT: usize = RECORDS_LENGTH_AT + 4;
+const _: () = assert!(UNCOMPRESSED_LENGTH_AT + 4 == HEADER_BYTES);
+
+const CODEC_MASK: u8 = 0b11;
+const RECORD_HAS_KEY: u8 = 1 << 0;
+const RECORD_HAS_EXPIRY: u8 = 1 << 1;
+/// zstd level for compressed batches: level 1 keeps appends CPU-cheap.
+const ZSTD_LEVEL: i32 = 1;
+
+/// Compression applied to a batch's records section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    #[default]
+    None,
+    Zstd,
+}
+
+impl Compression {
+    fn code(self) -> u8 {
+        match self {
+            Compression::None => 0,
+            Compression::Zstd => 1,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(Compression::None),
+            1 => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+
+    /// The name used in configs and the CLI.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Zstd => "zstd",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "none" => Some(Compression::None),
+            "zstd" => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// A record header: a string key and an opaque value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub key: String,
+    pub value: Bytes,
+}
+
+/// A record as a producer hands it to the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewRecord {
+    pub key: Option<Bytes>,
+    pub value: Bytes,
+    pub headers: Vec<Header>,
+    /// Producer timestamp; the append time when absent.
+    pub timestamp_ms: Option<i64>,
+    /// Time to live from the append time; the topic default when absent.
+    pub ttl_ms: Option<u64>,
+}
+
+impl NewRecord {
+    /// A record with just a value.
+    pub fn value(value: impl Into<Bytes>) -> Self {
+        NewRecord {
+            value: value.into(),
+            ..NewRecord::default()
+        }
+    }
+
+    /// Key, value and header bytes: what `max_message_bytes` limits.
+    pub fn payload_bytes(&self) -> u64 {
+        let key = self.key.as_ref().map_or(0, |k| k.len());
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|h| h.key.len() + h.value.len())
+            .sum();
+        (key + self.value.len() + headers) as u64
+    }
+}
+
+/// A record read back from the log. `key`, `value` and header values of uncompressed
+/// batches point into the segment's memory mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub offset: u64,
+    pub timestamp_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    pub key: Option<Bytes>,
+    pub value: Bytes,
+    pub headers: Vec<Header>,
+}
+
+/// Why bytes are not a valid batch. `Incomplete` (the bytes end before the batch does)
+/// is kept apart from `Invalid`: at the tail of a log the first is a torn write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FormatError {
+    /// At least `needed` bytes are required and fewer are present.
+    Incomplete { needed: u64 },
+    /// The bytes contradict the format; `reason` says how.
+    Invalid(String),
+}
+
+impl std::fmt::Display for FormatError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FormatError::Incomplete { needed } => {
+                write!(f, "incomplete batch: {needed} bytes needed")
+            }
+            FormatError::Invalid(reason) => f.write_str(reason),
+        }
+    }
+}
+
+fn invalid(reason: impl Into<String>) -> FormatError {
+    FormatError::Invalid(reason.into())
+}
+
+/// The fixed-size header of a batch, parsed and checked for internal consistency
+/// (but not yet against the CRC: see [`verify_crc`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub batch_length: u32,
+    pub base_offset: u64,
+    pub crc: u32,
+    pub compression: Compression,
+    pub last_offset_delta: u32,
+    pub record_count: u32,
+    pub first_timestamp_ms: i64,
+    pub max_timestamp_ms: i64,
+    pub max_expiry_ms: i64,
+    pub records_length: u32,
+    pub uncompressed_length: u32,
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    let mut raw = [0u8; 4];
+    raw.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(raw)
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut raw = [0u8; 8];
+    raw.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(raw)
+}
+
+fn i64_at(bytes: &[u8], at: usize) -> i64 {
+    u64_at(bytes, at) as i64
+}
+
+/// The length a batch starting at `bytes` declares, if at least 4 bytes are present.
+pub fn declared_length(bytes: &[u8]) -> Option<u32> {
+    (bytes.len() >= 4).then(|| u32_at(bytes, LENGTH_AT))
+}
+
+impl BatchHeader {
+    /// Parses and validates the header at the start of `bytes`. Only the header is
+    /// required; whether the whole batch is present is for the caller to check
+    /// against [`BatchHeader::batch_length`].
+    pub fn parse(bytes: &[u8]) -> Result<BatchHeader, FormatError> {
+        if bytes.len() < HEADER_BYTES {
+            return Err(FormatError::Incomplete {
+                needed: HEADER_BYTES as u64,
+            });
+        }
+        let batch_length = u32_at(bytes, LENGTH_AT);
+        if (batch_length as usize) < HEADER_BYTES || u64::from(batch_length) > BATCH_BYTES_MAX {
+            return Err(invalid(format!(
+                "batch length {batch_length} is outside {HEADER_BYTES}..={BATCH_BYTES_MAX}"
+            )));
+        }
+        let version = bytes[VERSION_AT];
+        if version != FORMAT_VERSION {
+            return Err(invalid(format!(
+                "unknown batch format version {version} (this build reads {FORMAT_VERSION})"
+            )));
+        }
+        let attributes = bytes[ATTRIBUTES_AT];
+        let compression = Compression::from_code(attributes & CODEC_MASK)
+            .ok_or_else(|| invalid(format!("unknown compression codec {}", attributes & 3)))?;
+        if attributes & !CODEC_MASK != 0 || bytes[RESERVED_AT] != 0 || bytes[RESERVED_AT + 1] != 0 {
+            return Err(invalid("reserved attribute bits are set"));
+        }
+        let header = BatchHeader {
+            batch_length,
+            base_offset: u64_at(bytes, BASE_OFFSET_AT),
+            crc: u32_at(bytes, CRC_AT),
+            compression,
+            last_offset_delta: u32_at(bytes, LAST_OFFSET_DELTA_AT),
+            record_count: u32_at(bytes, RECORD_COUNT_AT),
+            first_timestamp_ms: i64_at(bytes, FIRST_TIMESTAMP_AT),
+            max_timestamp_ms: i64_at(bytes, MAX_TIMESTAMP_AT),
+            max_expiry_ms: i64_at(bytes, MAX_EXPIRY_AT),
+            records_length: u32_at(bytes, RECORDS_LENGTH_AT),
+            uncompressed_length: u32_at(bytes, UNCOMPRESSED_LENGTH_AT),
+        };
+        header.check()?;
+        Ok(header)
+    }
+
+    fn check(&self) -> Result<(), FormatError> {
+        if self.record_count == 0 || self.record_count > BATCH_RECORDS_MAX {
+            return Err(invalid(format!(
+                "record count {} is outside 1..={BATCH_RECORDS_MAX}",
+                self.record_count
+            )));
+        }
+        if self.last_offset_delta < self.record_count - 1 {
+            return Err(invalid(format!(
+                "last offset delta {} is too small for {} records",
+                self.last_offset_delta, self.record_count
+            )));
+        }
+        if self
+            .base_offset
+            .checked_add(u64::from(self.last_offset_delta) + 1)
+            .is_none()
+        {
+            return Err(invalid("base offset + last offset delta overflows"));
+        }
+        if HEADER_BYTES as u64 + u64::from(self.records_length) != u64::from(self.batch_length) {
+            return Err(invalid(format!(
+                "records length {} does not fit batch length {}",
+                self.records_length, self.batch_length
+            )));
+        }
+        if u64::from(self.uncompressed_length) > BATCH_BYTES_MAX {
+            return Err(invalid(format!(
+                "uncompressed length {} is over the {BATCH_BYTES_MAX}-byte limit",
+                self.uncompressed_length
+            )));
+        }
+        if self.compression == Compression::None && self.uncompressed_length != self.records_length
+        {
+            return Err(invalid("uncompressed batch with differing lengths"));
+        }
+        if self.max_timestamp_ms < self.first_timestamp_ms {
+            return Err(invalid("max timestamp is before the first timestamp"));
+        }
+        Ok(())
+    }
+
+    /// Offset of the last record.
+    pub fn last_offset(&self) -> u64 {
+        self.base_offset + u64::from(self.last_offset_delta)
+    }
+
+    /// Offset after the last record.
+    pub fn next_offset(&self) -> u64 {
+        self.last_offset() + 1
+    }
+
+    /// True when every record in the batch has expired at `now_ms`.
+    pub fn all_expired(&self, now_ms: i64) -> bool {
+        self.max_expiry_ms != NEVER_EXPIRES && self.max_expiry_ms <= now_ms
+    }
+}
+
+/// The CRC-32 that `batch` should carry (over `[CRC_COVERS_FROM, len)`).
+pub fn compute_crc(batch: &[u8]) -> u32 {
+    crc32fast::hash(batch.get(CRC_COVERS_FROM..).unwrap_or_default())
+}
+
+/// True when the whole `batch` (exactly `batch_length` bytes) matches its CRC.
+pub fn verify_crc(batch: &[u8], header: &BatchHeader) -> bool {
+    batch.len() == header.batch_length as usize && compute_crc(batch) == header.crc
+}
+
+/// Writes `base_offset` into an encoded batch (it is outside the CRC).
+pub fn set_base_offset(batch: &mut [u8], base_offset: u64) {
+    batch[BASE_OFFSET_AT..BASE_OFFSET_AT + 8].copy_from_slice(&base_offset.to_le_bytes());
+}
+
+/// A batch encoded and checksummed, waiting for its base offset.
+#[derive(Debug, Clone)]
+pub struct EncodedBatch {
+    pub bytes: Vec<u8>,
+    pub record_count: u32,
+    pub first_timestamp_ms: i64,
+    pub max_timestamp_ms: i64,
+    pub max_expiry_ms: i64,
+}
+
+/// What an encoder needs besides the records.
+#[derive(Debug, Clone, Copy)]
+pub struct EncodeOptions {
+    /// The append time: default timestamp and the base of every TTL.
+    pub now_ms: i64,
+    /// TTL for records that carry none.
+    pub default_ttl_ms: Option<u64>,
+    pub compression: Compression,
+    /// Largest key + value + headers of one record.
+    pub max_message_bytes: u64,
+}
+
+/// Encodes records into one batch with base offset 0 (set it with [`set_base_offset`]).
+/// Fails with `TooLarge` naming the first record over `max_message_bytes`, or the
+/// batch if it would exceed [`BATCH_BYTES_MAX`].
+pub fn encode_batch(
+    records: &[NewRecord],
+    options: &EncodeOptions,
+) -> Result<EncodedBatch, crate::Error> {
+    let record_count = u32::try_from(records.len())
+        .ok()
+        .filter(|&n| n > 0 && n <= BATCH_RECORDS_MAX)
+        .ok_or_else(|| {
+            crate::Error::invalid(format!(
+                "a batch must hold 1..={BATCH_RECORDS_MAX} records, not {}",
+                records.len()
+            ))
+        })?;
+    let mut payload_total = 0u64;
+    for (index, record) in records.iter().enumerate() {
+        let size = record.payload_bytes();
+        if size > options.max_message_bytes {
+            return Err(crate::Error::TooLarge {
+                what: format!("message {index}"),
+                size,
+                limit: options.max_message_bytes,
+                limit_name: "max_message_bytes",
+            });
+        }
+        if record.headers.len() > RECORD_HEADERS_MAX as usize {
+            return Err(crate::Error::invalid(format!(
+                "message {index} has {} headers, over the limit of {RECORD_HEADERS_MAX}",
+                record.headers.len()
+            )));
+        }
+        payload_total += size + 16 + 10 * record.headers.len() as u64;
+    }
+    if payload_total + HEADER_BYTES as u64 > BATCH_BYTES_MAX {
+        return Err(crate::Error::TooLarge {
+            what: "the batch".into(),
+            size: payload_total,
+            limit: BATCH_BYTES_MAX,
+            limit_name: "BATCH_BYTES_MAX",
+        });
+    }
+
+    let timestamp = |record: &NewRecord| record.timestamp_ms.unwrap_or(options.now_ms);
+    let first_timestamp_ms = timestamp(&records[0]);
+    let mut max_timestamp_ms = first_timestamp_ms;
+    let mut max_expiry_ms = i64::MIN;
+
+    let mut bytes = Vec::with_capacity(HEADER_BYTES + payload_total as usize);
+    bytes.resize(HEADER_BYTES, 0);
+    let mut record_body = Vec::with_capacity(64);
+    for (delta, record) in records.iter().enumerate() {
+        let ts = timestamp(record);
+        max_timestamp_ms = max_timestamp_ms.max(ts);
+        let expiry = record.ttl_ms.or(options.default_ttl_ms).map(|ttl| {
+            options
+                .now_ms
+                .saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX))
+        });
+        max_expiry_ms = max_expiry_ms.max(expiry.unwrap_or(NEVER_EXPIRES));
+
+        // The record body is built apart so its length prefix can be written first.
+        record_body.clear();
+        let mut attributes = 0u8;
+        if record.key.is_some() {
+            attributes |= RECORD_HAS_KEY;
+        }
+        if expiry.is_some() {
+            attributes |= RECORD_HAS_EXPIRY;
+        }
+        record_body.push(attributes);
+        put_varint(&mut record_body, delta as u64);
+        put_varint(
+            &mut record_body,
+            zigzag(ts.wrapping_sub(first_timestamp_ms)),
+        );
+        if let Some(expiry) = expiry {
+            put_varint(
+                &mut record_body,
+                zigzag(expiry.wrapping_sub(first_timestamp_ms)),
+            );
+        }
+        if let Some(key) = &record.key {
+            put_varint(&mut record_body, key.len() as u64);
+        }
+        // The value and key are appended straight to the batch after the prefix, so
+        // only the small fixed part goes through `record_body`.
+        let fixed_len = record_body.len();
+        let mut tail_len = record.key.as_ref().map_or(0, |k| k.len());
+        tail_len += varint_len(record.value.len() as u64) + record.value.len();
+        tail_len += varint_len(record.headers.len() as u64);
+        for header in &record.headers {
+            tail_len += varint_len(header.key.len() as u64) + header.key.len();
+            tail_len += varint_len(header.value.len() as u64) + header.value.len();
+        }
+        put_varint(&mut bytes, (fixed_len + tail_len) as u64);
+        bytes.extend_from_slice(&record_body);
+        if let Some(key) = &record.key {
+            bytes.extend_from_slice(key);
+        }
+        put_varint(&mut bytes, record.value.len() as u64);
+        bytes.extend_from_slice(&record.value);
+        put_varint(&mut bytes, record.headers.len() as u64);
+        for header in &record.headers {
+            put_varint(&mut bytes, header.key.len() as u64);
+            bytes.extend_from_slice(header.key.as_bytes());
+            put_varint(&mut bytes, header.value.len() as u64);
+            bytes.extend_from_slice(&header.value);
+        }
+    }
+
+    let uncompressed_length = bytes.len() - HEADER_BYTES;
+    if options.compression == Compression::Zstd {
+        let compressed = zstd::bulk::compress(&bytes[HEADER_BYTES..], ZSTD_LEVEL)
+            .map_err(|e| crate::Error::io("compressing a batch with zstd", e))?;
+        bytes.truncate(HEADER_BYTES);
+        bytes.extend_from_slice(&compressed);
+    }
+    let records_length = bytes.len() - HEADER_BYTES;
+    let batch_length = bytes.len();
+    if batch_length as u64 > BATCH_BYTES_MAX {
+        return Err(crate::Error::TooLarge {
+            what: "the encoded batch".into(),
+            size: batch_length as u64,
+            limit: BATCH_BYTES_MAX,
+            limit_name: "BATCH_BYTES_MAX",
+        });
+    }
+
+    let header = &mut bytes[..HEADER_BYTES];
+    header[LENGTH_AT..LENGTH_AT + 4].copy_from_slice(&(batch_length as u32).to_le_bytes());
+    header[VERSION_AT] = FORMAT_VERSION;
+    header[ATTRIBUTES_AT] = options.compression.code();
+    header[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4]
+        .copy_from_slice(&(record_count - 1).to_le_bytes());
+    header[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&record_count.to_le_bytes());
+    header[FIRST_TIMESTAMP_AT..FIRST_TIMESTAMP_AT + 8]
+        .copy_from_slice(&first_timestamp_ms.to_le_bytes());
+    header[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&max_timestamp_ms.to_le_bytes());
+    header[MAX_EXPIRY_AT..MAX_EXPIRY_AT + 8].copy_from_slice(&max_expiry_ms.to_le_bytes());
+    header[RECORDS_LENGTH_AT..RECORDS_LENGTH_AT + 4]
+        .copy_from_slice(&(records_length as u32).to_le_bytes());
+    header[UNCOMPRESSED_LENGTH_AT..UNCOMPRESSED_LENGTH_AT + 4]
+        .copy_from_slice(&(uncompressed_length as u32).to_le_bytes());
+    let crc = compute_crc(&bytes);
+    bytes[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+
+    Ok(EncodedBatch {
+        bytes,
+        record_count,
+        first_timestamp_ms,
+        max_timestamp_ms,
+        max_expiry_ms,
+    })
+}
+
+/// Decodes the records of a whole, CRC-checked batch. `batch` is exactly the batch's
+/// bytes; for an uncompressed batch every key and value is a slice of it (no copy).
+/// Records are validated as they are read: lengths against what remains, UTF-8 header
+/// keys, offset deltas in order and within the header's range.
+pub fn decode_records(batch: &Bytes, header: &BatchHeader) -> Result<Vec<Record>, FormatError> {
+    let mut records = Vec::with_capacity(header.record_count.min(4096) as usize);
+    for record in RecordIter::new(batch, header)? {
+        records.push(record?);
+    }
+    Ok(records)
+}
+
+/// Iterates over the records of one batch (see [`decode_records`]).
+pub struct RecordIter {
+    section: Bytes,
+    position: usize,
+    remaining: u32,
+    previous_delta: Option<u64>,
+    header: BatchHeader,
+}
+
+impl RecordIter {
+    pub fn new(batch: &Bytes, header: &BatchHeader) -> Result<RecordIter, FormatError> {
+        if batch.len() != header.batch_length as usize {
+            return Err(FormatError::Incomplete {
+                needed: u64::from(header.batch_length),
+            });
+        }
+        let stored = batch.slice(HEADER_BYTES..);
+        let section = match header.compression {
+            Compression::None => stored,
+            Compression::Zstd => {
+                let capacity = header.uncompressed_length as usize;
+                let plain = zstd::bulk::decompress(&stored, capacity)
+                    .map_err(|e| invalid(format!("zstd records section does not decode: {e}")))?;
+                if plain.len() != capacity {
+                    return Err(invalid(format!(
+                        "zstd records section decodes to {} bytes, header says {capacity}",
+                        plain.len()
+                    )));
+                }
+                Bytes::from(plain)
+            }
+        };
+        Ok(RecordIter {
+            section,
+            position: 0,
+            remaining: header.record_count,
+            previous_delta: None,
+            header: *header,
+        })
+    }
+
+    fn next_record(&mut self) -> Result<Record, FormatError> {
+        let record_length = self.varint()? as usize;
+        let end = self
+            .position
+            .checked_add(record_length)
+            .filter(|&end| end <= self.section.len())
+            .ok_or_else(|| invalid("record length runs past the records section"))?;
+        let attributes = self.byte()?;
+        if attributes & !(RECORD_HAS_KEY | RECORD_HAS_EXPIRY) != 0 {
+            return Err(invalid(format!(
+                "unknown record attributes {attributes:#x}"
+            )));
+        }
+        let offset_delta = self.varint()?;
+        if offset_delta > u64::from(self.header.last_offset_delta)
+            || self.previous_delta.is_some_and(|prev| offset_delta <= prev)
+        {
+            return Err(invalid(format!(
+                "record offset delta {offset_delta} is out of order"
+            )));
+        }
+        self.previous_delta = Some(offset_delta);
+        let first = self.header.first_timestamp_ms;
+        let timestamp_ms = first.wrapping_add(unzigzag(self.varint()?));
+        let expires_at_ms = if attributes & RECORD_HAS_EXPIRY != 0 {
+            Some(first.wrapping_add(unzigzag(self.varint()?)))
+        } else {
+            None
+        };
+        let key = if attributes & RECORD_HAS_KEY != 0 {
+            Some(self.length_prefixed(end)?)
+        } else {
+            None
+        };
+        let value = self.length_prefixed(end)?;
+        let header_count = self.varint()?;
+        if header_count > u64::from(RECORD_HEADERS_MAX) {
+            return Err(invalid(format!("{header_count} headers is over the limit")));
+        }
+        let mut headers = Vec::with_capacity(header_count as usize);
+        for _ in 0..header_count {
+            let key = self.length_prefixed(end)?;
+            let key =
+                String::from_utf8(key.to_vec()).map_err(|_| invalid("header key is not UTF-8"))?;
+            let value = self.length_prefixed(end)?;
+            headers.push(Header { key, value });
+        }
+        if self.position != end {
+            return Err(invalid("record length does not match its fields"));
+        }
+        Ok(Record {
+            offset: self.header.base_offset + offset_delta,
+            timestamp_ms,
+            expires_at_ms,
+            key,
+            value,
+            headers,
+        })
+    }
+
+    fn byte(&mut self) -> Result<u8, FormatError> {
+        let byte = *self
+            .section
+            .get(self.position)
+            .ok_or_else(|| invalid("record truncated"))?;
+        self.position += 1;
+        Ok(byte)
+    }
+
+    fn varint(&mut self) -> Result<u64, FormatError> {
+        let (value, used) = get_varint(self.section.get(self.position..).unwrap_or_default())
+            .ok_or_else(|| invalid("malformed varint"))?;
+        self.position += used;
+        Ok(value)
+    }
+
+    /// A varint length followed by that many bytes, all within `end`.
+    fn length_prefixed(&mut self, end: usize) -> Result<Bytes, FormatError> {
+        let length = self.varint()?;
+        let stop = usize::try_from(length)
+            .ok()
+            .and_then(|len| self.position.checked_add(len))
+            .filter(|&stop| stop <= end)
+            .ok_or_else(|| invalid("field length runs past its record"))?;
+        let field = self.section.slice(self.position..stop);
+        self.position = stop;
+        Ok(field)
+    }
+}
+
+impl Iterator for RecordIter {
+    type Item = Result<Record, FormatError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            if self.position != self.section.len() {
+                self.position = self.section.len();
+                return Some(Err(invalid("bytes left over after the last record")));
+            }
+            return None;
+        }
+        self.remaining -= 1;
+        let record = self.next_record();
+        if record.is_err() {
+            // Stop after the first error: what follows cannot be trusted.
+            self.remaining = 0;
+            self.position = self.section.len();
+        }
+        Some(record)
+    }
+}
+
+fn zigzag(value: i64) -> u64 {
+    ((value << 1) ^ (value >> 63)) as u64
+}
+
+fn unzigzag(value: u64) -> i64 {
+    ((value >> 1) as i64) ^ -((value & 1) as i64)
+}
+
+fn varint_len(mut value: u64) -> usize {
+    let mut len = 1;
+    while value >= 0x80 {
+        value >>= 7;
+        len += 1;
+    }
+    len
+}
+
+/// Appends `value` as an unsigned LEB128 varint.
+pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Reads an unsigned LEB128 varint: the value and the bytes it used, or `None` if the
+/// bytes end first or it is longer than 10 bytes / overflows u64.
+pub fn get_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (index, &byte) in bytes.iter().enumerate().take(10) {
+        let low = u64::from(byte & 0x7f);
+        if index == 9 && low > 1 {
+            return None;
+        }
+        value |= low << (7 * index);
+        if byte & 0x80 == 0 {
+            return Some((value, index + 1));
+        }
+    }
+    None
+}
+
+/// Parses, CRC-checks and decodes the batch at the start of `bytes`, returning its
+/// header, its records and its length. The fuzz target's entry point: any input must
+/// give `Ok` or `Err`, never a panic.
+pub fn decode_batch(bytes: &Bytes) -> Result<(BatchHeader, Vec<Record>), FormatError> {
+    let header = BatchHeader::parse(bytes)?;
+    let length = header.batch_length as usize;
+    if bytes.len() < length {
+        return Err(FormatError::Incomplete {
+            needed: length as u64,
+        });
+    }
+    let batch = bytes.slice(..length);
+    if !verify_crc(&batch, &header) {
+        return Err(invalid("CRC mismatch"));
+    }
+    let records = decode_records(&batch, &header)?;
+    Ok((header, records))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> EncodeOptions {
+        EncodeOptions {
+            now_ms: 1_700_000_000_000,
+            default_ttl_ms: None,
+            compression: Compression::None,
+            max_message_bytes: 1 << 20,
+        }
+    }
+
+    fn sample_records() -> Vec<NewRecord> {
+        vec![
+            NewRecord {
+                key: Some(Bytes::from_static(b"user-1")),
+                value: Bytes::from_static(b"hello"),
+                headers: vec![Header {
+                    key: "trace".into(),
+                    value: Bytes::from_static(b"abc"),
+                }],
+                timestamp_ms: Some(1_600_000_000_000),
+                ttl_ms: Some(60_000),
+            },
+            NewRecord::value(Bytes::from_static(b"")),
+            NewRecord {
+                value: Bytes::from(vec![7u8; 300]),
+                timestamp_ms: Some(1_500_000_000_000),
+                ..NewRecord::default()
+            },
+        ]
+    }
+
+    fn round_trip(compression: Compression) {
+        let mut options = options();
+        options.compression = compression;
+        let records = sample_records();
+        let mut encoded = encode_batch(&records, &options).unwrap();
+        set_base_offset(&mut encoded.bytes, 42);
+        let bytes = Bytes::from(encoded.bytes);
+        let (header, decoded) = decode_batch(&bytes).unwrap();
+        assert_eq!(header.base_offset, 42);
+        assert_eq!(header.record_count, 3);
+        assert_eq!(header.last_offset(), 44);
+        assert_eq!(header.compression, compression);
+        assert_eq!(header.first_timestamp_ms, 1_600_000_000_000);
+        assert_eq!(header.max_timestamp_ms, options.now_ms);
+        assert_eq!(header.max_expiry_ms, NEVER_EXPIRES);
+        assert_eq!(decoded.len(), 3);
+        assert_eq!(decoded[0].offset, 42);
+        assert_eq!(decoded[0].key.as_deref(), Some(&b"user-1"[..]));
+        assert_eq!(decoded[0].value, Bytes::from_static(b"hello"));
+        assert_eq!(decoded[0].headers, records[0].headers);
+        assert_eq!(decoded[0].expires_at_ms, Some(options.now_ms + 60_000));
+        assert_eq!(decoded[1].key, None);
+        assert_eq!(decoded[1].timestamp_ms, options.now_ms);
+        assert_eq!(decoded[1].expires_at_ms, None);
+        assert_eq!(decoded[2].timestamp_ms, 1_500_000_000_000);
+        assert_eq!(decoded[2].value.len(), 300);
+    }
+
+    #[test]
+    fn uncompressed_batch_round_trips() {
+        round_trip(Compression::None);
+    }
+
+    #[test]
+    fn zstd_batch_round_trips() {
+        round_trip(Compression::Zstd);
+    }
+
+    #[test]
+    fn uncompressed_values_point_into_the_batch_buffer() {
+        let encoded = encode_batch(&sample_records(), &options()).unwrap();
+        let bytes = Bytes::from(encoded.bytes);
+        let (_, records) = decode_batch(&bytes).unwrap();
+        let range = bytes.as_ptr() as usize..bytes.as_ptr() as usize + bytes.len();
+        assert!(range.contains(&(records[2].value.as_ptr() as usize)));
+    }
+
+    #[test]
+    fn default_ttl_sets_max_expiry_when_every_record_expires() {
+        let mut options = options();
+        options.default_ttl_ms = Some(1000);
+        let encoded = encode_batch(&sample_records(), &options).unwrap();
+        let header = BatchHeader::parse(&encoded.bytes).unwrap();
+        assert_eq!(header.max_expiry_ms, options.now_ms + 60_000);
+        assert!(!header.all_expired(options.now_ms + 59_999));
+        assert!(header.all_expired(options.now_ms + 60_000));
+    }
+
+    #[test]
+    fn every_single_bit_flip_is_detected() {
+        let encoded = encode_batch(&sample_records(), &options()).unwrap();
+        for bit in 0..encoded.bytes.len() * 8 {
+            let mut damaged = encoded.bytes.clone();
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            let result = decode_batch(&Bytes::from(damaged));
+            // The base offset is outside the CRC by design: readers check it against
+            // the offset they expect. Every other bit must make decoding fail.
+            let in_base_offset = (BASE_OFFSET_AT..BASE_OFFSET_AT + 8).contains(&(bit / 8));
+            if !in_base_offset {
+                assert!(result.is_err(), "flip of bit {bit} went unnoticed");
+            }
+        }
+    }
+
+    #[test]
+    fn truncation_is_incomplete_not_invalid() {
+        let encoded = encode_batch(&sample_records(), &options()).unwrap();
+        for len in 0..encoded.bytes.len() {
+            let result = decode_batch(&Bytes::copy_from_slice(&encoded.bytes[..len]));
+            assert!(
+                matches!(result, Err(FormatError::Incomplete { .. })),
+                "truncated to {len}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_message_is_refused_with_its_limit() {
+        let mut options = options();
+        options.max_message_bytes = 10;
+        let error = encode_batch(&[NewRecord::value(vec![0u8; 11])], &options).unwrap_err();
+        assert!(matches!(
+            error,
+            crate::Error::TooLarge {
+                size: 11,
+                limit: 10,
+                ..
+            }
+        ));
+        assert!(encode_batch(&[], &options).is_err());
+    }
+
+    #[test]
+    fn varints_round_trip_and_reject_overlong_input() {
+        for value in [0, 1, 127, 128, 300, u32::MAX as u64, u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, value);
+            assert_eq!(out.len(), varint_len(value));
+            assert_eq!(get_varint(&out), Some((value, out.len())));
+        }
+        assert_eq!(get_varint(&[0x80; 11]), None);
+        assert_eq!(
+            get_varint(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]),
+            None
+        );
+        for value in [0i64, -1, 1, i64::MIN, i64::MAX] {
+            assert_eq!(unzigzag(zigzag(value)), value);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = decode_batch(&Bytes::from(data));
+        }
+
+        #[test]
+        fn arbitrary_bytes_behind_a_valid_header_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256), count in 1u32..8) {
+            // A well-formed header with a correct CRC over random record bytes reaches
+            // the record decoder, which must reject garbage without panicking.
+            let mut bytes = vec![0u8; HEADER_BYTES];
+            bytes.extend_from_slice(&body);
+            let len = bytes.len() as u32;
+            bytes[LENGTH_AT..LENGTH_AT + 4].copy_from_slice(&len.to_le_bytes());
+            bytes[VERSION_AT] = FORMAT_VERSION;
+            bytes[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4].copy_from_slice(&(count - 1).to_le_bytes());
+            bytes[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&count.to_le_bytes());
+            bytes[RECORDS_LENGTH_AT..RECORDS_LENGTH_AT + 4].copy_from_slice(&(body.len() as u32).to_le_bytes());
+            bytes[UNCOMPRESSED_LENGTH_AT..UNCOMPRESSED_LENGTH_AT + 4].copy_from_slice(&(body.len() as u32).to_le_bytes());
+            let crc = compute_crc(&bytes);
+            bytes[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+            let _ = decode_batch(&Bytes::from(bytes));
+        }
+    }
+}
