@@ -14,7 +14,11 @@ pub mod batch;
 pub mod clock;
 pub mod error;
 pub mod fsutil;
+pub mod index;
 pub mod limits;
+#[allow(unsafe_code)] // The one module allowed unsafe: mapping segment files (see its docs).
+mod mmap;
+pub mod segment;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};

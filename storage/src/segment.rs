@@ -1,0 +1,650 @@
+//! A segment: one `.log` file of record batches plus its sparse `.index` and
+//! `.timeindex`, named by the base offset zero-padded to 20 digits.
+//!
+//! [`scan`] is the one validator of log bytes: recovery, index rebuilds and the
+//! offline `verify` command all call it. [`Segment`] is the read side: a lazily
+//! created mapping and the in-memory index.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+
+use bytes::Bytes;
+
+use crate::batch::{self, BatchHeader, Record, RecordIter};
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::index::{self, OffsetEntry, SegmentIndex, SegmentSummary, TimeEntry};
+use crate::limits::{BATCH_BYTES_MAX, INDEX_INTERVAL_BYTES};
+
+pub const LOG_SUFFIX: &str = "log";
+pub const INDEX_SUFFIX: &str = "index";
+pub const TIME_INDEX_SUFFIX: &str = "timeindex";
+
+/// `<dir>/<base offset, 20 digits>.<suffix>`.
+pub fn segment_path(dir: &Path, base_offset: u64, suffix: &str) -> PathBuf {
+    dir.join(format!("{base_offset:020}.{suffix}"))
+}
+
+/// The base offset encoded in a segment file name, if it is one of ours.
+pub fn parse_segment_name(name: &str, suffix: &str) -> Option<u64> {
+    let stem = name.strip_suffix(suffix)?.strip_suffix('.')?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+/// Summary and index of a segment as batches are appended or scanned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentState {
+    pub summary: SegmentSummary,
+    pub index: SegmentIndex,
+    last_indexed_position: u64,
+}
+
+impl SegmentState {
+    pub fn new(base_offset: u64) -> Self {
+        SegmentState {
+            summary: SegmentSummary::empty(base_offset),
+            index: SegmentIndex::default(),
+            last_indexed_position: 0,
+        }
+    }
+
+    /// Accounts for the batch at `position`: summary, and an index entry when enough
+    /// bytes have passed since the last one.
+    pub fn observe(&mut self, position: u64, header: &BatchHeader) {
+        let summary = &mut self.summary;
+        summary.log_bytes = position + u64::from(header.batch_length);
+        summary.next_offset = header.next_offset();
+        summary.max_timestamp_ms = summary.max_timestamp_ms.max(header.max_timestamp_ms);
+        summary.max_expiry_ms = summary.max_expiry_ms.max(header.max_expiry_ms);
+        if position > 0 && position - self.last_indexed_position >= INDEX_INTERVAL_BYTES {
+            self.last_indexed_position = position;
+            let relative_offset = (header.base_offset - summary.base_offset) as u32;
+            self.index.offsets.push(OffsetEntry {
+                relative_offset,
+                position: position as u32,
+            });
+            self.index.times.push(TimeEntry {
+                timestamp_ms: summary.max_timestamp_ms,
+                relative_offset,
+            });
+        }
+    }
+
+    /// Keeps only what describes bytes below `position` (used when a scan resumes
+    /// from a checkpoint inside a segment whose index was built further).
+    fn from_index(summary: SegmentSummary, index: SegmentIndex) -> Self {
+        let last_indexed_position = index.offsets.last().map_or(0, |e| u64::from(e.position));
+        SegmentState {
+            summary,
+            index,
+            last_indexed_position,
+        }
+    }
+}
+
+/// Why a scan stopped before the end of the bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    pub position: u64,
+    pub reason: String,
+}
+
+/// A batch whose framing is intact but whose contents fail the CRC, with a valid batch
+/// after it: corruption inside the log, not a torn write. Its offsets stay allocated;
+/// reads of them fail with `Corrupt`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorruptBatch {
+    pub position: u64,
+    pub base_offset: u64,
+    pub next_offset: u64,
+    pub reason: String,
+}
+
+/// What [`scan`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanReport {
+    /// Summary and index of everything valid.
+    pub state: SegmentState,
+    /// The end of the valid bytes: where a torn tail must be cut.
+    pub valid_bytes: u64,
+    pub torn_tail: Option<TornTail>,
+    pub corrupt_batches: Vec<CorruptBatch>,
+    pub batches: u64,
+}
+
+/// Validates every batch of `data` from `start` (which must be a batch boundary), where
+/// the first batch must have offset `state.summary.next_offset`. Every header is
+/// checked, every CRC verified, offsets must follow on from each other. Stops at the
+/// first batch that is incomplete or unreadable and reports it as a torn tail; a batch
+/// with a bad CRC but intact framing followed by a valid batch is reported as
+/// corruption and skipped over.
+pub fn scan(data: &[u8], start: u64, mut state: SegmentState) -> ScanReport {
+    let mut position = start;
+    let mut corrupt_batches = Vec::new();
+    let mut batches = 0;
+    let end = data.len() as u64;
+    let torn_tail = loop {
+        if position >= end {
+            break None;
+        }
+        let rest = &data[position as usize..];
+        let header = match check_batch_at(rest, state.summary.next_offset) {
+            Ok(header) => header,
+            Err(BatchProblem::Unframed(reason)) => break Some(TornTail { position, reason }),
+            Err(BatchProblem::BadContents(header, reason)) => {
+                let after = position + u64::from(header.batch_length);
+                let followed_by_valid = after < end
+                    && check_batch_at(&data[after as usize..], header.next_offset()).is_ok();
+                if !followed_by_valid {
+                    break Some(TornTail { position, reason });
+                }
+                corrupt_batches.push(CorruptBatch {
+                    position,
+                    base_offset: header.base_offset,
+                    next_offset: header.next_offset(),
+                    reason,
+                });
+                header
+            }
+        };
+        state.observe(position, &header);
+        position += u64::from(header.batch_length);
+        batches += 1;
+    };
+    ScanReport {
+        valid_bytes: torn_tail.as_ref().map_or(end, |t| t.position),
+        state,
+        torn_tail,
+        corrupt_batches,
+        batches,
+    }
+}
+
+enum BatchProblem {
+    /// The batch cannot be delimited: what follows cannot be found.
+    Unframed(String),
+    /// The batch is delimited but its bytes are wrong.
+    BadContents(BatchHeader, String),
+}
+
+/// Checks the batch at the start of `rest`: complete, sane header, expected offset,
+/// CRC. Decoding records is left to readers: the CRC vouches for the bytes.
+fn check_batch_at(rest: &[u8], expected_offset: u64) -> Result<BatchHeader, BatchProblem> {
+    let header = BatchHeader::parse(rest).map_err(|e| BatchProblem::Unframed(e.to_string()))?;
+    let length = header.batch_length as usize;
+    if rest.len() < length {
+        return Err(BatchProblem::Unframed(format!(
+            "batch of {length} bytes is cut off after {} bytes",
+            rest.len()
+        )));
+    }
+    if header.base_offset != expected_offset {
+        return Err(BatchProblem::Unframed(format!(
+            "batch base offset {} where {expected_offset} was expected",
+            header.base_offset
+        )));
+    }
+    if !batch::verify_crc(&rest[..length], &header) {
+        return Err(BatchProblem::BadContents(header, "CRC mismatch".into()));
+    }
+    Ok(header)
+}
+
+/// Limits on one read, shared by every segment it touches.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadBudget {
+    pub records_left: u32,
+    pub bytes_left: u64,
+    /// Whether a record has been returned yet: the first is returned even if it alone
+    /// is over `bytes_left`, so a large message cannot stall a consumer.
+    pub returned_any: bool,
+}
+
+impl ReadBudget {
+    pub fn exhausted(&self) -> bool {
+        self.records_left == 0 || (self.returned_any && self.bytes_left == 0)
+    }
+
+    fn admits(&self, record: &Record) -> bool {
+        !self.returned_any || record_size(record) <= self.bytes_left
+    }
+
+    fn take(&mut self, record: &Record) {
+        self.records_left = self.records_left.saturating_sub(1);
+        self.bytes_left = self.bytes_left.saturating_sub(record_size(record));
+        self.returned_any = true;
+    }
+}
+
+/// Bytes a record counts against a read's byte budget.
+pub fn record_size(record: &Record) -> u64 {
+    let key = record.key.as_ref().map_or(0, |k| k.len());
+    let headers: usize = record
+        .headers
+        .iter()
+        .map(|h| h.key.len() + h.value.len())
+        .sum();
+    (key + record.value.len() + headers) as u64
+}
+
+/// The read side of one segment.
+#[derive(Debug)]
+pub struct Segment {
+    pub base_offset: u64,
+    pub dir: PathBuf,
+    /// Length of the mapping: the segment's capacity, so the active segment can grow
+    /// into one mapping instead of being remapped as it grows.
+    map_len: usize,
+    mapping: Mutex<Option<Bytes>>,
+    state: RwLock<LoadedState>,
+}
+
+#[derive(Debug)]
+struct LoadedState {
+    summary: SegmentSummary,
+    /// `None` for a sealed segment whose index has not been needed yet.
+    index: Option<SegmentIndex>,
+}
+
+impl Segment {
+    /// A segment whose summary and index are known (active, or freshly scanned).
+    pub fn with_state(dir: &Path, state: SegmentState, map_len: usize) -> Self {
+        Segment {
+            base_offset: state.summary.base_offset,
+            dir: dir.to_path_buf(),
+            map_len,
+            mapping: Mutex::new(None),
+            state: RwLock::new(LoadedState {
+                summary: state.summary,
+                index: Some(state.index),
+            }),
+        }
+    }
+
+    /// A sealed segment known by its summary; its index loads on first use.
+    pub fn sealed(dir: &Path, summary: SegmentSummary) -> Self {
+        Segment {
+            base_offset: summary.base_offset,
+            dir: dir.to_path_buf(),
+            map_len: summary.log_bytes as usize,
+            mapping: Mutex::new(None),
+            state: RwLock::new(LoadedState {
+                summary,
+                index: None,
+            }),
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        segment_path(&self.dir, self.base_offset, LOG_SUFFIX)
+    }
+
+    pub fn summary(&self) -> SegmentSummary {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).summary
+    }
+
+    /// Records an appended batch (active segment only).
+    pub fn observe_append(&self, writer: &SegmentState) {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        state.summary = writer.summary;
+        if let Some(index) = state.index.as_mut() {
+            // The writer only ever adds entries: copy the new ones.
+            let known = index.offsets.len();
+            index
+                .offsets
+                .extend_from_slice(&writer.index.offsets[known..]);
+            let known = index.times.len();
+            index.times.extend_from_slice(&writer.index.times[known..]);
+        }
+    }
+
+    /// Writes both index files for the current state (sealing or clean shutdown).
+    pub fn write_index_files(&self, state: &SegmentState) -> Result<()> {
+        let offsets = index::encode_offset_index(&state.summary, &state.index.offsets);
+        let times = index::encode_time_index(&state.summary, &state.index.times);
+        fsutil::write_file_atomically(
+            &segment_path(&self.dir, self.base_offset, INDEX_SUFFIX),
+            &offsets,
+        )?;
+        fsutil::write_file_atomically(
+            &segment_path(&self.dir, self.base_offset, TIME_INDEX_SUFFIX),
+            &times,
+        )
+    }
+
+    fn mapping(&self) -> Result<Bytes> {
+        let mut mapping = self.mapping.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bytes) = mapping.as_ref() {
+            return Ok(bytes.clone());
+        }
+        let bytes = crate::mmap::map_read_only(&self.log_path(), self.map_len)?;
+        *mapping = Some(bytes.clone());
+        Ok(bytes)
+    }
+
+    /// The segment's bytes up to `end` (a position readers may see).
+    fn visible_bytes(&self, end: u64) -> Result<Bytes> {
+        let mapping = self.mapping()?;
+        if end as usize > mapping.len() {
+            return Err(Error::corrupt(
+                self.log_path(),
+                mapping.len() as u64,
+                format!(
+                    "segment is shorter ({} bytes) than expected ({end})",
+                    mapping.len()
+                ),
+            ));
+        }
+        Ok(mapping.slice(..end as usize))
+    }
+
+    /// Loads the index of a sealed segment, from its files if they are valid and
+    /// describe this log, else by scanning the log (and rewriting the files).
+    fn index(&self) -> Result<std::sync::RwLockReadGuard<'_, LoadedState>> {
+        {
+            let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+            if state.index.is_some() {
+                return Ok(state);
+            }
+        }
+        let summary = self.summary();
+        let index = match load_index_files(&self.dir, self.base_offset, summary.log_bytes) {
+            Some((_, index)) => index,
+            None => {
+                let data = self.visible_bytes(summary.log_bytes)?;
+                let report = scan(&data, 0, SegmentState::new(self.base_offset));
+                if let Err(e) = self.write_index_files(&report.state) {
+                    tracing::warn!(error = %e, "could not rewrite a rebuilt index; it will be rebuilt again");
+                }
+                report.state.index
+            }
+        };
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        state.index.get_or_insert(index);
+        drop(state);
+        Ok(self.state.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Reads records with offsets in `[from, end_offset)` from bytes `[.., end_position)`
+    /// into `out`, skipping expired ones, until the budget is spent. Returns the offset
+    /// the next read should start from.
+    pub fn read(
+        &self,
+        from: u64,
+        end_position: u64,
+        end_offset: u64,
+        now_ms: i64,
+        budget: &mut ReadBudget,
+        out: &mut Vec<Record>,
+    ) -> Result<u64> {
+        let relative = u32::try_from(from.saturating_sub(self.base_offset)).unwrap_or(u32::MAX);
+        let start = u64::from(
+            self.index()?
+                .index
+                .as_ref()
+                .map_or(0, |i| i.position_for(relative)),
+        );
+        let data = self.visible_bytes(end_position)?;
+        let mut position = start;
+        let mut next = from;
+        while position < end_position && !budget.exhausted() {
+            let rest = data.slice(position as usize..);
+            let corrupt = |reason: String| Error::corrupt(self.log_path(), position, reason);
+            let header = BatchHeader::parse(&rest).map_err(|e| corrupt(e.to_string()))?;
+            let length = header.batch_length as usize;
+            if rest.len() < length {
+                return Err(corrupt(
+                    "batch runs past the visible end of the segment".into(),
+                ));
+            }
+            if header.base_offset >= end_offset {
+                break;
+            }
+            position += length as u64;
+            if header.next_offset() <= from {
+                continue;
+            }
+            if header.all_expired(now_ms) {
+                next = header.next_offset();
+                continue;
+            }
+            let bytes = rest.slice(..length);
+            if !batch::verify_crc(&bytes, &header) {
+                return Err(Error::corrupt(
+                    self.log_path(),
+                    position - length as u64,
+                    format!(
+                        "CRC mismatch in the batch holding offsets {}..={}",
+                        header.base_offset,
+                        header.last_offset()
+                    ),
+                ));
+            }
+            let records = RecordIter::new(&bytes, &header).map_err(|e| {
+                Error::corrupt(self.log_path(), position - length as u64, e.to_string())
+            })?;
+            for record in records {
+                let record = record.map_err(|e| {
+                    Error::corrupt(self.log_path(), position - length as u64, e.to_string())
+                })?;
+                if record.offset < from {
+                    continue;
+                }
+                if record.offset >= end_offset || !budget.admits(&record) || budget.exhausted() {
+                    return Ok(next);
+                }
+                next = record.offset + 1;
+                if record.expires_at_ms.is_some_and(|at| at <= now_ms) {
+                    continue;
+                }
+                budget.take(&record);
+                out.push(record);
+            }
+            next = next.max(header.next_offset());
+        }
+        Ok(next)
+    }
+
+    /// The first offset in this segment whose record timestamp is >= `timestamp_ms`,
+    /// if any.
+    pub fn offset_for_timestamp(
+        &self,
+        timestamp_ms: i64,
+        end_position: u64,
+    ) -> Result<Option<u64>> {
+        let start = {
+            let state = self.index()?;
+            let index = state.index.as_ref();
+            let relative = index.map_or(0, |i| i.relative_offset_for_time(timestamp_ms));
+            u64::from(index.map_or(0, |i| i.position_for(relative)))
+        };
+        let data = self.visible_bytes(end_position)?;
+        let mut position = start;
+        while position < end_position {
+            let rest = data.slice(position as usize..);
+            let corrupt = |reason: String| Error::corrupt(self.log_path(), position, reason);
+            let header = BatchHeader::parse(&rest).map_err(|e| corrupt(e.to_string()))?;
+            let length = header.batch_length as usize;
+            if rest.len() < length {
+                return Err(corrupt(
+                    "batch runs past the visible end of the segment".into(),
+                ));
+            }
+            if header.max_timestamp_ms >= timestamp_ms {
+                let bytes = rest.slice(..length);
+                if !batch::verify_crc(&bytes, &header) {
+                    return Err(corrupt("CRC mismatch".into()));
+                }
+                for record in
+                    RecordIter::new(&bytes, &header).map_err(|e| corrupt(e.to_string()))?
+                {
+                    let record = record.map_err(|e| corrupt(e.to_string()))?;
+                    if record.timestamp_ms >= timestamp_ms {
+                        return Ok(Some(record.offset));
+                    }
+                }
+            }
+            position += length as u64;
+        }
+        Ok(None)
+    }
+}
+
+/// Reads and validates both index files of a segment; `None` unless both are intact,
+/// agree with each other and describe a log of exactly `log_bytes` bytes.
+pub fn load_index_files(
+    dir: &Path,
+    base_offset: u64,
+    log_bytes: u64,
+) -> Option<(SegmentSummary, SegmentIndex)> {
+    let read = |suffix| {
+        fsutil::read_small_file(&segment_path(dir, base_offset, suffix), BATCH_BYTES_MAX)
+            .ok()
+            .flatten()
+    };
+    let (summary, offsets) = index::decode_offset_index(&read(INDEX_SUFFIX)?).ok()?;
+    let (time_summary, times) = index::decode_time_index(&read(TIME_INDEX_SUFFIX)?).ok()?;
+    let valid = summary == time_summary
+        && summary.base_offset == base_offset
+        && summary.log_bytes == log_bytes;
+    valid.then_some((summary, SegmentIndex { offsets, times }))
+}
+
+/// Reads only the summary of a sealed segment from its index file, if it is valid for
+/// a log of `log_bytes` bytes.
+pub fn load_summary(dir: &Path, base_offset: u64, log_bytes: u64) -> Option<SegmentSummary> {
+    let bytes = fsutil::read_small_file(
+        &segment_path(dir, base_offset, INDEX_SUFFIX),
+        BATCH_BYTES_MAX,
+    )
+    .ok()
+    .flatten()?;
+    let (summary, _) = index::decode_offset_index(&bytes).ok()?;
+    (summary.base_offset == base_offset && summary.log_bytes == log_bytes).then_some(summary)
+}
+
+/// Resumes a segment state from its index files, kept only as far as `position` (a
+/// batch boundary at or before which the index is trusted). Falls back to an empty
+/// state (scan from 0) when the files are unusable.
+pub fn state_up_to(
+    dir: &Path,
+    base_offset: u64,
+    position: u64,
+    next_offset: u64,
+) -> (SegmentState, u64) {
+    let Some((summary, mut index)) = load_index_files(dir, base_offset, position) else {
+        return (SegmentState::new(base_offset), 0);
+    };
+    if summary.next_offset != next_offset {
+        return (SegmentState::new(base_offset), 0);
+    }
+    index.offsets.retain(|e| u64::from(e.position) < position);
+    index
+        .times
+        .retain(|e| u64::from(e.relative_offset) < next_offset - base_offset);
+    (SegmentState::from_index(summary, index), position)
+}
+
+/// Removes a segment's files (retention, or segments past a torn tail).
+pub fn remove_files(dir: &Path, base_offset: u64) -> Result<()> {
+    for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+        let path = segment_path(dir, base_offset, suffix);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("removing {}", path.display()), e)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{EncodeOptions, NewRecord, encode_batch, set_base_offset};
+
+    fn log_of(batches: &[u32]) -> (Vec<u8>, Vec<u64>) {
+        let options = EncodeOptions {
+            now_ms: 1_000,
+            default_ttl_ms: None,
+            compression: batch::Compression::None,
+            max_message_bytes: 1 << 20,
+        };
+        let mut log = Vec::new();
+        let mut positions = Vec::new();
+        let mut next = 0;
+        for &count in batches {
+            let records: Vec<_> = (0..count)
+                .map(|i| NewRecord::value(vec![i as u8; 700]))
+                .collect();
+            let mut encoded = encode_batch(&records, &options).unwrap();
+            set_base_offset(&mut encoded.bytes, next);
+            next += u64::from(count);
+            positions.push(log.len() as u64);
+            log.extend_from_slice(&encoded.bytes);
+        }
+        (log, positions)
+    }
+
+    #[test]
+    fn segment_names_round_trip() {
+        let path = segment_path(Path::new("/d"), 42, LOG_SUFFIX);
+        assert_eq!(path, Path::new("/d/00000000000000000042.log"));
+        assert_eq!(
+            parse_segment_name("00000000000000000042.log", LOG_SUFFIX),
+            Some(42)
+        );
+        assert_eq!(parse_segment_name("42.log", LOG_SUFFIX), None);
+        assert_eq!(
+            parse_segment_name("00000000000000000042.index", LOG_SUFFIX),
+            None
+        );
+    }
+
+    #[test]
+    fn scan_of_a_clean_log_builds_a_sparse_index() {
+        let (log, positions) = log_of(&[3, 10, 1, 7, 20]);
+        let report = scan(&log, 0, SegmentState::new(0));
+        assert_eq!(report.torn_tail, None);
+        assert_eq!(report.valid_bytes, log.len() as u64);
+        assert_eq!(report.batches, 5);
+        assert_eq!(report.state.summary.next_offset, 41);
+        assert!(!report.state.index.offsets.is_empty());
+        for entry in &report.state.index.offsets {
+            assert!(positions.contains(&u64::from(entry.position)));
+        }
+    }
+
+    #[test]
+    fn scan_cuts_a_torn_tail_at_every_byte() {
+        let (log, positions) = log_of(&[3, 4, 5]);
+        let last = positions[2] as usize;
+        for cut in last..log.len() {
+            let report = scan(&log[..cut], 0, SegmentState::new(0));
+            assert_eq!(report.valid_bytes, last as u64, "cut at {cut}");
+            assert_eq!(report.state.summary.next_offset, 7);
+            assert_eq!(report.torn_tail.is_some(), cut > last);
+        }
+    }
+
+    #[test]
+    fn scan_reports_a_bad_batch_followed_by_a_good_one_as_corruption() {
+        let (mut log, positions) = log_of(&[3, 4, 5]);
+        log[positions[1] as usize + 100] ^= 1;
+        let report = scan(&log, 0, SegmentState::new(0));
+        assert_eq!(report.torn_tail, None);
+        assert_eq!(report.corrupt_batches.len(), 1);
+        assert_eq!(report.corrupt_batches[0].position, positions[1]);
+        assert_eq!(report.state.summary.next_offset, 12);
+
+        // The same damage in the last batch is a torn write.
+        let (mut log, positions) = log_of(&[3, 4, 5]);
+        log[positions[2] as usize + 100] ^= 1;
+        let report = scan(&log, 0, SegmentState::new(0));
+        assert_eq!(report.torn_tail.map(|t| t.position), Some(positions[2]));
+    }
+}
