@@ -18,7 +18,9 @@ pub mod index;
 pub mod limits;
 #[allow(unsafe_code)] // The one module allowed unsafe: mapping segment files (see its docs).
 mod mmap;
+pub mod offsets;
 pub mod segment;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
+pub use offsets::{CommittedOffset, OffsetStore};

@@ -47,3 +47,8 @@ const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
 // A full segment plus one maximal batch must be addressable by a u32 index position.
 const _: () = assert!(SEGMENT_BYTES_MAX + BATCH_BYTES_MAX < u32::MAX as u64);
+
+/// Largest body of one record in the consumer offsets log (`offsets.log`). Bounds the
+/// allocation a replay makes from a length read off disk, and so the entries one commit
+/// call may carry (about 3,800 maximal ones; typical entries are far smaller).
+pub const OFFSET_RECORD_BODY_BYTES_MAX: u32 = 16 * 1024 * 1024;
