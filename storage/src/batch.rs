@@ -119,7 +119,8 @@ pub struct NewRecord {
     pub headers: Vec<Header>,
     /// Producer timestamp; the append time when absent.
     pub timestamp_ms: Option<i64>,
-    /// Time to live from the append time; the topic default when absent.
+    /// Time to live from the append time; the topic default when absent; 0 means
+    /// never expires (overriding the topic default).
     pub ttl_ms: Option<u64>,
 }
 
@@ -414,7 +415,12 @@ pub fn encode_batch(
     for (delta, record) in records.iter().enumerate() {
         let ts = timestamp(record);
         max_timestamp_ms = max_timestamp_ms.max(ts);
-        let expiry = record.ttl_ms.or(options.default_ttl_ms).map(|ttl| {
+        // A TTL of 0 on a record means "never expires", overriding the default.
+        let ttl = record
+            .ttl_ms
+            .or(options.default_ttl_ms)
+            .filter(|&ttl| ttl > 0);
+        let expiry = ttl.map(|ttl| {
             options
                 .now_ms
                 .saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX))

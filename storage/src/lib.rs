@@ -11,16 +11,29 @@
 #![deny(unsafe_code)]
 
 pub mod batch;
+pub mod checkpoint;
 pub mod clock;
+pub mod config;
 pub mod error;
+mod flusher;
 pub mod fsutil;
 pub mod index;
 pub mod limits;
 #[allow(unsafe_code)] // The one module allowed unsafe: mapping segment files (see its docs).
 mod mmap;
 pub mod offsets;
+pub mod partition;
+mod progress;
 pub mod segment;
+pub mod store;
 
+pub use batch::{Compression, Header, NewRecord, Record};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{AckLevel, FsyncPolicy, TopicConfig};
 pub use error::{Error, Result};
 pub use offsets::{CommittedOffset, OffsetStore};
+pub use partition::{
+    Appended, FlushObserver, Partition, PartitionInfo, ReadResult, RetentionOutcome,
+};
+pub use progress::{WaitDurable, WaitForData};
+pub use store::{Store, StoreOptions, Topic, TopicInfo};

@@ -11,7 +11,6 @@
 //! - The mapping may be longer than the file (an active segment grows into it), but
 //!   no byte past the partition's visible end, which is never past the file's end, is
 //!   read.
-#![allow(unsafe_code)]
 
 use std::fs::File;
 use std::path::Path;

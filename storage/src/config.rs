@@ -1,0 +1,320 @@
+//! Topic configuration: what each setting means, its bounds, and its file form.
+//!
+//! `DATA/topics/<topic>/topic.config` holds one `key=value` per line (Kafka's
+//! properties style); `#` starts a comment. It is written atomically and validated on
+//! every read like any other bytes from disk.
+
+use std::fmt::Write as _;
+
+use crate::batch::Compression;
+use crate::error::{Error, Result};
+use crate::limits::{
+    MESSAGE_BYTES_DEFAULT, MESSAGE_BYTES_MAX, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX,
+    SEGMENT_BYTES_MIN, TOPIC_NAME_BYTES_MAX, TOPIC_PARTITIONS_MAX,
+};
+
+/// When a partition's writes are made durable with fdatasync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FsyncPolicy {
+    /// Group commit: an fdatasync follows every write, shared by all the writes that
+    /// arrived while the previous one ran. Readers see only durable data.
+    #[default]
+    Always,
+    /// At most this many milliseconds after a write.
+    IntervalMs(u64),
+    /// Left to the operating system (and to segment rolls, which always sync).
+    Never,
+}
+
+impl FsyncPolicy {
+    /// Parses `always`, `never` or `interval:<ms>` (also `interval:<n>ms` / `<n>s`).
+    pub fn parse(text: &str) -> Result<Self> {
+        match text {
+            "always" => Ok(FsyncPolicy::Always),
+            "never" => Ok(FsyncPolicy::Never),
+            _ => {
+                let interval = text.strip_prefix("interval:").ok_or_else(|| {
+                    Error::invalid(format!(
+                        "fsync policy {text:?} is not one of always, never, interval:<ms>"
+                    ))
+                })?;
+                let ms = parse_duration_ms(interval)?;
+                if ms == 0 {
+                    return Err(Error::invalid("fsync interval must be at least 1 ms"));
+                }
+                Ok(FsyncPolicy::IntervalMs(ms))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FsyncPolicy::Always => f.write_str("always"),
+            FsyncPolicy::IntervalMs(ms) => write!(f, "interval:{ms}"),
+            FsyncPolicy::Never => f.write_str("never"),
+        }
+    }
+}
+
+/// Parses `250`, `250ms`, `10s`, `5m`, `2h`, `7d` into milliseconds.
+pub fn parse_duration_ms(text: &str) -> Result<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let value: u64 = digits.parse().map_err(|_| {
+        Error::invalid(format!("{text:?} is not a duration such as 500ms, 10s, 7d"))
+    })?;
+    let scale = match unit {
+        "" | "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(Error::invalid(format!(
+                "unknown duration unit {unit:?} in {text:?}"
+            )));
+        }
+    };
+    value
+        .checked_mul(scale)
+        .ok_or_else(|| Error::invalid(format!("duration {text:?} is too large")))
+}
+
+/// How a producer wants its append acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AckLevel {
+    /// Do not wait at all.
+    None,
+    /// After the write reached the operating system (survives a process crash).
+    Written,
+    /// After an fdatasync covered it (survives a machine crash).
+    #[default]
+    Durable,
+}
+
+/// Per-topic settings. Every field can be altered after creation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicConfig {
+    /// Delete sealed segments whose newest record is older than this.
+    pub retention_ms: Option<u64>,
+    /// Delete the oldest sealed segments while the partition is larger than this.
+    pub retention_bytes: Option<u64>,
+    /// TTL for messages published without one.
+    pub default_ttl_ms: Option<u64>,
+    /// Roll to a new segment when the active one reaches this size.
+    pub segment_bytes: u64,
+    /// Roll to a new segment when the active one is older than this.
+    pub segment_ms: Option<u64>,
+    pub fsync: FsyncPolicy,
+    /// Largest key + value + headers of one message.
+    pub max_message_bytes: u64,
+    pub compression: Compression,
+}
+
+impl Default for TopicConfig {
+    fn default() -> Self {
+        TopicConfig {
+            retention_ms: Some(7 * 86_400_000),
+            retention_bytes: None,
+            default_ttl_ms: None,
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+            segment_ms: Some(7 * 86_400_000),
+            fsync: FsyncPolicy::Always,
+            max_message_bytes: MESSAGE_BYTES_DEFAULT,
+            compression: Compression::None,
+        }
+    }
+}
+
+impl TopicConfig {
+    /// Checks every value against its bounds.
+    pub fn validate(&self) -> Result<()> {
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
+            return Err(Error::invalid(format!(
+                "segment_bytes {} is outside {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX}",
+                self.segment_bytes
+            )));
+        }
+        if !(1..=MESSAGE_BYTES_MAX).contains(&self.max_message_bytes) {
+            return Err(Error::invalid(format!(
+                "max_message_bytes {} is outside 1..={MESSAGE_BYTES_MAX}",
+                self.max_message_bytes
+            )));
+        }
+        for (name, value) in [
+            ("retention_ms", self.retention_ms),
+            ("retention_bytes", self.retention_bytes),
+            ("default_ttl_ms", self.default_ttl_ms),
+            ("segment_ms", self.segment_ms),
+        ] {
+            if value == Some(0) {
+                return Err(Error::invalid(format!(
+                    "{name} must be positive (leave it unset for no limit)"
+                )));
+            }
+            if value.is_some_and(|v| v > i64::MAX as u64) {
+                return Err(Error::invalid(format!("{name} is too large")));
+            }
+        }
+        if let FsyncPolicy::IntervalMs(0) = self.fsync {
+            return Err(Error::invalid("fsync interval must be at least 1 ms"));
+        }
+        Ok(())
+    }
+
+    /// The file form, with the partition count (fixed at creation) first.
+    pub fn to_file(&self, partitions: u32) -> String {
+        let mut out = String::from("# tidelog topic config, format 1\n");
+        let optional = |v: Option<u64>| v.map_or_else(|| "none".to_string(), |v| v.to_string());
+        let _ = writeln!(out, "partitions={partitions}");
+        let _ = writeln!(out, "retention_ms={}", optional(self.retention_ms));
+        let _ = writeln!(out, "retention_bytes={}", optional(self.retention_bytes));
+        let _ = writeln!(out, "default_ttl_ms={}", optional(self.default_ttl_ms));
+        let _ = writeln!(out, "segment_bytes={}", self.segment_bytes);
+        let _ = writeln!(out, "segment_ms={}", optional(self.segment_ms));
+        let _ = writeln!(out, "fsync={}", self.fsync);
+        let _ = writeln!(out, "max_message_bytes={}", self.max_message_bytes);
+        let _ = writeln!(out, "compression={}", self.compression.name());
+        out
+    }
+
+    /// Parses the file form; returns the partition count and the config.
+    pub fn from_file(text: &str) -> Result<(u32, TopicConfig)> {
+        let mut config = TopicConfig::default();
+        let mut partitions = None;
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (key, value) = line
+                .split_once('=')
+                .ok_or_else(|| Error::invalid(format!("line {} is not key=value", number + 1)))?;
+            let (key, value) = (key.trim(), value.trim());
+            let number_of = |value: &str| -> Result<u64> {
+                value
+                    .parse()
+                    .map_err(|_| Error::invalid(format!("{key}={value} is not a number")))
+            };
+            let optional = |value: &str| -> Result<Option<u64>> {
+                if value == "none" {
+                    Ok(None)
+                } else {
+                    number_of(value).map(Some)
+                }
+            };
+            match key {
+                "partitions" => partitions = Some(number_of(value)?),
+                "retention_ms" => config.retention_ms = optional(value)?,
+                "retention_bytes" => config.retention_bytes = optional(value)?,
+                "default_ttl_ms" => config.default_ttl_ms = optional(value)?,
+                "segment_bytes" => config.segment_bytes = number_of(value)?,
+                "segment_ms" => config.segment_ms = optional(value)?,
+                "fsync" => config.fsync = FsyncPolicy::parse(value)?,
+                "max_message_bytes" => config.max_message_bytes = number_of(value)?,
+                "compression" => {
+                    config.compression = Compression::parse(value)
+                        .ok_or_else(|| Error::invalid(format!("unknown compression {value:?}")))?
+                }
+                _ => return Err(Error::invalid(format!("unknown setting {key:?}"))),
+            }
+        }
+        let partitions = partitions.ok_or_else(|| Error::invalid("partitions is missing"))?;
+        let partitions = u32::try_from(partitions)
+            .ok()
+            .filter(|p| (1..=TOPIC_PARTITIONS_MAX).contains(p))
+            .ok_or_else(|| Error::invalid(format!("partitions={partitions} is out of range")))?;
+        config.validate()?;
+        Ok((partitions, config))
+    }
+}
+
+/// Checks a topic name: 1-249 bytes of `[A-Za-z0-9._-]`, not `.` or `..`.
+pub fn validate_topic_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > TOPIC_NAME_BYTES_MAX {
+        return Err(Error::invalid(format!(
+            "topic name must be 1 to {TOPIC_NAME_BYTES_MAX} characters, not {}",
+            name.len()
+        )));
+    }
+    if name == "." || name == ".." {
+        return Err(Error::invalid("topic name cannot be '.' or '..'"));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(Error::invalid(format!(
+            "topic name {name:?} contains {bad:?}; use only letters, digits, '.', '_' and '-'"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_file_round_trips() {
+        let config = TopicConfig {
+            retention_ms: None,
+            retention_bytes: Some(10 << 30),
+            default_ttl_ms: Some(300_000),
+            segment_bytes: 1 << 20,
+            segment_ms: None,
+            fsync: FsyncPolicy::IntervalMs(10),
+            max_message_bytes: 4096,
+            compression: Compression::Zstd,
+        };
+        let text = config.to_file(12);
+        assert_eq!(TopicConfig::from_file(&text).unwrap(), (12, config));
+    }
+
+    #[test]
+    fn bad_config_files_are_refused() {
+        for text in [
+            "retention_ms=1",
+            "partitions=0",
+            "partitions=3\nsegment_bytes=1",
+            "partitions=3\nbogus=1",
+            "partitions=3\nfsync=sometimes",
+            "partitions=3\nretention_ms=-5",
+            "partitions=3\nretention_ms",
+        ] {
+            assert!(TopicConfig::from_file(text).is_err(), "{text:?} accepted");
+        }
+    }
+
+    #[test]
+    fn fsync_policies_and_durations_parse() {
+        assert_eq!(FsyncPolicy::parse("always").unwrap(), FsyncPolicy::Always);
+        assert_eq!(
+            FsyncPolicy::parse("interval:10ms").unwrap(),
+            FsyncPolicy::IntervalMs(10)
+        );
+        assert_eq!(
+            FsyncPolicy::parse("interval:2s").unwrap(),
+            FsyncPolicy::IntervalMs(2000)
+        );
+        assert!(FsyncPolicy::parse("interval:0").is_err());
+        assert_eq!(parse_duration_ms("7d").unwrap(), 604_800_000);
+        assert!(parse_duration_ms("7y").is_err());
+        assert!(parse_duration_ms("").is_err());
+    }
+
+    #[test]
+    fn topic_names_are_checked() {
+        for good in ["a", "orders.v1", "A-b_c", &"x".repeat(249)] {
+            validate_topic_name(good).unwrap();
+        }
+        for bad in ["", ".", "..", "a/b", "a b", "é", &"x".repeat(250)] {
+            assert!(validate_topic_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

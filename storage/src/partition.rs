@@ -1,0 +1,912 @@
+//! One partition's log: the segments, the append path, group commit, recovery,
+//! reads, time lookup and retention.
+//!
+//! Locks, in the order they may be taken: `flush` (one flush at a time), `writer`
+//! (the append path and segment roll), `segments` (the list readers search), then a
+//! segment's own state and the progress watch. Readers never take `writer`: they
+//! snapshot the visible end and the segment list and read from mappings.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::batch::{self, BatchHeader, EncodeOptions, NewRecord, Record};
+use crate::checkpoint::CheckpointFile;
+use crate::clock::Clock;
+use crate::config::{FsyncPolicy, TopicConfig};
+use crate::error::{Error, IoContext, Result};
+use crate::flusher::FlushQueue;
+use crate::fsutil;
+use crate::index::SegmentSummary;
+use crate::limits::{BATCH_BYTES_MAX, SEGMENT_BYTES_MAX};
+use crate::progress::{LogEnd, Progress, WaitDurable, WaitForData};
+use crate::segment::{self, LOG_SUFFIX, ReadBudget, Segment, SegmentState};
+
+/// A checkpoint is written at most this often (and at every segment roll and clean
+/// close); recovery after a crash scans what was written since.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Mapping length of every segment: a segment can grow up to the largest allowed
+/// segment size plus one batch, and is mapped once at that length.
+const SEGMENT_MAP_BYTES: usize = (SEGMENT_BYTES_MAX + BATCH_BYTES_MAX) as usize;
+
+/// Offsets assigned to one append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: u64,
+    pub last_offset: u64,
+}
+
+/// Records returned by a read, and where the log stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadResult {
+    pub records: Vec<Record>,
+    /// Where the next read should start (past any expired records skipped).
+    pub next_offset: u64,
+    pub log_start: u64,
+    /// The visible end (high watermark).
+    pub end_offset: u64,
+}
+
+/// A partition as `describe` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub partition: u32,
+    pub log_start: u64,
+    /// Next offset readers can see (durable-only on `fsync = always` topics).
+    pub end_offset: u64,
+    /// Next offset to be assigned.
+    pub written_offset: u64,
+    pub size_bytes: u64,
+    pub segment_count: u32,
+    pub poisoned: Option<String>,
+}
+
+/// What a retention pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    pub segments_deleted: u32,
+    pub bytes_deleted: u64,
+    /// Records in the deleted segments (including any already expired).
+    pub records_deleted: u64,
+    pub log_start: u64,
+}
+
+/// Told about every group commit (for metrics).
+pub trait FlushObserver: Send + Sync + std::fmt::Debug {
+    /// One fdatasync took `duration` and made `appends` appends of `bytes` durable.
+    fn on_flush(&self, duration: Duration, appends: u64, bytes: u64);
+}
+
+#[derive(Debug)]
+struct SealedSegment {
+    segment: Arc<Segment>,
+    file: Arc<File>,
+    state: SegmentState,
+}
+
+#[derive(Debug)]
+struct Writer {
+    active: Arc<Segment>,
+    file: Arc<File>,
+    state: SegmentState,
+    /// When the active segment was created (for `segment_ms`).
+    created_ms: i64,
+    /// Sealed segments whose file and index still need an fsync.
+    sealed: Vec<SealedSegment>,
+    /// A file was created in the partition directory since the last flush.
+    dir_dirty: bool,
+    appends_since_flush: u64,
+    bytes_since_flush: u64,
+    poisoned: Option<String>,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct FlushState {
+    checkpoint: CheckpointFile,
+    last_checkpoint: Instant,
+}
+
+/// One partition of a topic.
+#[derive(Debug)]
+pub struct Partition {
+    topic: String,
+    id: u32,
+    name: String,
+    dir: PathBuf,
+    config: RwLock<Arc<TopicConfig>>,
+    clock: Arc<dyn Clock>,
+    writer: Mutex<Writer>,
+    segments: RwLock<Vec<Arc<Segment>>>,
+    progress: Arc<Progress>,
+    flush: Mutex<FlushState>,
+    flush_queued: AtomicBool,
+    /// Milliseconds since `opened_at` of the last completed flush (interval policy).
+    last_flush_ms: AtomicU64,
+    opened_at: Instant,
+    flusher: FlushQueue,
+    observer: Option<Arc<dyn FlushObserver>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What `open` needs besides the directory.
+#[derive(Debug, Clone)]
+pub(crate) struct PartitionContext {
+    pub clock: Arc<dyn Clock>,
+    pub flusher: FlushQueue,
+    pub observer: Option<Arc<dyn FlushObserver>>,
+}
+
+impl Partition {
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    pub fn config(&self) -> Arc<TopicConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_config(&self, config: Arc<TopicConfig>) {
+        self.progress
+            .set_durable_only(config.fsync == FsyncPolicy::Always);
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+    }
+
+    fn segments(&self) -> Vec<Arc<Segment>> {
+        self.segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Opens (creating if needed) the partition in `dir` and recovers it: segments
+    /// before the checkpoint are trusted, everything after it is validated batch by
+    /// batch; a torn tail is moved to a side file and cut off.
+    pub(crate) fn open(
+        topic: &str,
+        id: u32,
+        dir: &Path,
+        config: Arc<TopicConfig>,
+        context: PartitionContext,
+    ) -> Result<Arc<Partition>> {
+        let name = format!("{topic}/{id}");
+        if !dir.exists() {
+            fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+            fsutil::sync_dir(fsutil::parent_dir(dir))?;
+        }
+        let mut bases = Vec::new();
+        for entry in fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
+            let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
+            let file_name = entry.file_name();
+            let file_name = file_name.to_string_lossy();
+            if let Some(base) = segment::parse_segment_name(&file_name, LOG_SUFFIX) {
+                bases.push(base);
+            } else if file_name.ends_with(".tmp") {
+                // A replacement that never got renamed in: the original is intact.
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        bases.sort_unstable();
+
+        let mut checkpoint = CheckpointFile::open(dir)?;
+        let recovered = recover(dir, &bases, checkpoint.last())?;
+        let (active_state, sealed) = match recovered {
+            Some(recovered) => (recovered.active, recovered.sealed),
+            None => {
+                // A new partition (or one whose every segment is gone): start where
+                // the checkpoint says the log had got to.
+                let base = checkpoint.last().map_or(0, |c| c.next_offset);
+                File::create_new(segment::segment_path(dir, base, LOG_SUFFIX))
+                    .ctx(|| format!("creating the first segment in {}", dir.display()))?;
+                fsutil::sync_dir(dir)?;
+                (SegmentState::new(base), Vec::new())
+            }
+        };
+
+        let active_base = active_state.summary.base_offset;
+        let log_path = segment::segment_path(dir, active_base, LOG_SUFFIX);
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&log_path)
+            .ctx(|| format!("opening {} for appends", log_path.display()))?;
+        let end = LogEnd {
+            offset: active_state.summary.next_offset,
+            segment_base: active_base,
+            position: active_state.summary.log_bytes,
+        };
+        // Everything recovered has been fsynced: record it so the next recovery
+        // starts here.
+        checkpoint.write(end.segment_base, end.position, end.offset)?;
+
+        let active = Arc::new(Segment::with_state(
+            dir,
+            active_state.clone(),
+            SEGMENT_MAP_BYTES,
+        ));
+        let mut segments = sealed;
+        segments.push(active.clone());
+        let log_start = segments[0].base_offset;
+        let durable_only = config.fsync == FsyncPolicy::Always;
+        let now_ms = context.clock.now_ms();
+        Ok(Arc::new(Partition {
+            topic: topic.to_string(),
+            id,
+            progress: Progress::new(name.clone(), end, log_start, durable_only),
+            name,
+            dir: dir.to_path_buf(),
+            config: RwLock::new(config),
+            clock: context.clock,
+            writer: Mutex::new(Writer {
+                active,
+                file: Arc::new(file),
+                state: active_state,
+                created_ms: now_ms,
+                sealed: Vec::new(),
+                dir_dirty: false,
+                appends_since_flush: 0,
+                bytes_since_flush: 0,
+                poisoned: None,
+                closed: false,
+            }),
+            segments: RwLock::new(segments),
+            flush: Mutex::new(FlushState {
+                checkpoint,
+                last_checkpoint: Instant::now(),
+            }),
+            flush_queued: AtomicBool::new(false),
+            last_flush_ms: AtomicU64::new(0),
+            opened_at: Instant::now(),
+            flusher: context.flusher,
+            observer: context.observer,
+        }))
+    }
+
+    /// Appends `records` as one batch and returns their offsets once written to the
+    /// operating system. Durability is a separate wait: [`Partition::wait_durable`].
+    pub fn append(self: &Arc<Self>, records: &[NewRecord]) -> Result<Appended> {
+        let config = self.config();
+        let options = EncodeOptions {
+            now_ms: self.clock.now_ms(),
+            default_ttl_ms: config.default_ttl_ms,
+            compression: config.compression,
+            max_message_bytes: config.max_message_bytes,
+        };
+        // Encoding, compression and the CRC happen outside the lock.
+        let mut encoded = batch::encode_batch(records, &options)?;
+        let mut writer = lock(&self.writer);
+        self.check_writable(&writer)?;
+        let size = writer.state.summary.log_bytes;
+        let too_big = size + encoded.bytes.len() as u64 > config.segment_bytes;
+        let too_old = config
+            .segment_ms
+            .is_some_and(|ms| options.now_ms.saturating_sub(writer.created_ms) >= ms as i64);
+        if size > 0 && (too_big || too_old) {
+            self.roll(&mut writer)?;
+        }
+        let base_offset = writer.state.summary.next_offset;
+        batch::set_base_offset(&mut encoded.bytes, base_offset);
+        let position = writer.state.summary.log_bytes;
+        if let Err(error) = writer.file.write_all_at(&encoded.bytes, position) {
+            // Take back whatever part of the batch reached the file, so the tail
+            // stays valid; if even that fails the file is in an unknown state.
+            if let Err(rollback) = writer.file.set_len(position) {
+                let cause = format!("write failed ({error}) and could not be undone ({rollback})");
+                self.poison_locked(&mut writer, cause);
+            }
+            return Err(Error::io(
+                format!("appending to {}", writer.active.log_path().display()),
+                error,
+            ));
+        }
+        let header = BatchHeader::parse(&encoded.bytes)
+            .map_err(|e| Error::invalid(format!("encoder produced an invalid batch: {e}")))?;
+        writer.state.observe(position, &header);
+        writer.active.observe_append(&writer.state);
+        writer.appends_since_flush += 1;
+        writer.bytes_since_flush += encoded.bytes.len() as u64;
+        let end = LogEnd {
+            offset: header.next_offset(),
+            segment_base: writer.active.base_offset,
+            position: writer.state.summary.log_bytes,
+        };
+        self.progress.set_written(end);
+        drop(writer);
+        if config.fsync == FsyncPolicy::Always {
+            self.request_flush();
+        }
+        Ok(Appended {
+            base_offset,
+            last_offset: header.last_offset(),
+        })
+    }
+
+    /// Appends and blocks until the append is durable: a convenience for threads.
+    pub fn append_durable(self: &Arc<Self>, records: &[NewRecord]) -> Result<Appended> {
+        let appended = self.append(records)?;
+        self.wait_durable_blocking(appended.last_offset)?;
+        Ok(appended)
+    }
+
+    fn check_writable(&self, writer: &Writer) -> Result<()> {
+        if let Some(cause) = &writer.poisoned {
+            return Err(Error::Poisoned {
+                partition: self.name.clone(),
+                cause: cause.clone(),
+            });
+        }
+        if writer.closed {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    fn poison_locked(&self, writer: &mut Writer, cause: String) {
+        tracing::error!(partition = %self.name, %cause, "partition poisoned: refusing writes until restart");
+        writer.poisoned.get_or_insert(cause.clone());
+        self.progress.poison(cause);
+    }
+
+    /// Seals the active segment and starts a new one at the next offset. The sealed
+    /// file is fsynced and its index written by the flusher, whatever the policy.
+    fn roll(self: &Arc<Self>, writer: &mut Writer) -> Result<()> {
+        let base = writer.state.summary.next_offset;
+        let path = segment::segment_path(&self.dir, base, LOG_SUFFIX);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .ctx(|| format!("creating segment {}", path.display()))?;
+        let state = SegmentState::new(base);
+        let segment = Arc::new(Segment::with_state(
+            &self.dir,
+            state.clone(),
+            SEGMENT_MAP_BYTES,
+        ));
+        let old_segment = std::mem::replace(&mut writer.active, segment.clone());
+        let old_file = std::mem::replace(&mut writer.file, Arc::new(file));
+        let old_state = std::mem::replace(&mut writer.state, state);
+        writer.sealed.push(SealedSegment {
+            segment: old_segment,
+            file: old_file,
+            state: old_state,
+        });
+        writer.created_ms = self.clock.now_ms();
+        writer.dir_dirty = true;
+        self.segments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(segment);
+        self.request_flush();
+        Ok(())
+    }
+
+    /// Queues this partition for the flusher unless it is queued already.
+    pub(crate) fn request_flush(self: &Arc<Self>) {
+        if !self.flush_queued.swap(true, Ordering::AcqRel) {
+            self.flusher.enqueue(self.clone());
+        }
+    }
+
+    /// One group commit: fsyncs everything written so far (sealed segments first,
+    /// then the directory, then the active segment) and marks it durable. Called by
+    /// the flusher threads only. An fsync failure poisons the partition: what it
+    /// covered is never acknowledged and never retried.
+    pub(crate) fn flush(&self) -> Result<()> {
+        self.flush_queued.store(false, Ordering::Release);
+        let mut flush = lock(&self.flush);
+        let (sealed, dir_dirty, file, written, appends, bytes) = {
+            let mut writer = lock(&self.writer);
+            self.check_writable(&writer)?;
+            let written = self.progress.lock().written;
+            let appends = std::mem::take(&mut writer.appends_since_flush);
+            let bytes = std::mem::take(&mut writer.bytes_since_flush);
+            (
+                std::mem::take(&mut writer.sealed),
+                std::mem::take(&mut writer.dir_dirty),
+                writer.file.clone(),
+                written,
+                appends,
+                bytes,
+            )
+        };
+        if written.offset == self.progress.lock().durable.offset && sealed.is_empty() && !dir_dirty
+        {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let synced = (|| -> Result<()> {
+            for sealed in &sealed {
+                let path = sealed.segment.log_path();
+                sealed
+                    .file
+                    .sync_data()
+                    .ctx(|| format!("fsyncing {}", path.display()))?;
+                sealed.segment.write_index_files(&sealed.state)?;
+            }
+            if dir_dirty {
+                fsutil::sync_dir(&self.dir)?;
+            }
+            file.sync_data()
+                .ctx(|| format!("fsyncing the active segment of {}", self.name))
+        })();
+        if let Err(error) = synced {
+            self.poison_locked(&mut lock(&self.writer), error.to_string());
+            return Err(error);
+        }
+        if let Some(observer) = &self.observer {
+            observer.on_flush(started.elapsed(), appends, bytes);
+        }
+        self.progress.set_durable(written);
+        self.last_flush_ms.store(
+            self.opened_at.elapsed().as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        if !sealed.is_empty() || flush.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
+            if let Err(error) =
+                flush
+                    .checkpoint
+                    .write(written.segment_base, written.position, written.offset)
+            {
+                self.poison_locked(&mut lock(&self.writer), error.to_string());
+                return Err(error);
+            }
+            flush.last_checkpoint = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// True when an interval-policy flush is due (written data older than `interval`).
+    pub(crate) fn interval_flush_due(&self, interval_ms: u64) -> bool {
+        let state = self.progress.lock();
+        if state.written.offset == state.durable.offset {
+            return false;
+        }
+        drop(state);
+        let now = self.opened_at.elapsed().as_millis() as u64;
+        now.saturating_sub(self.last_flush_ms.load(Ordering::Relaxed)) >= interval_ms
+    }
+
+    /// A future that resolves once `offset` is durable. On topics whose policy is
+    /// not `always` it asks for a flush, so a durable ack means the same everywhere.
+    pub fn wait_durable(self: &Arc<Self>, offset: u64) -> WaitDurable {
+        if self.config().fsync != FsyncPolicy::Always {
+            self.request_flush();
+        }
+        WaitDurable {
+            progress: self.progress.clone(),
+            offset,
+        }
+    }
+
+    /// Blocks until `offset` is durable.
+    pub fn wait_durable_blocking(self: &Arc<Self>, offset: u64) -> Result<()> {
+        if self.config().fsync != FsyncPolicy::Always {
+            self.request_flush();
+        }
+        self.progress.wait_durable_blocking(offset)
+    }
+
+    /// A future that resolves once a record at `offset` is visible (or the partition
+    /// is closed or poisoned). For long polls: no spinning.
+    pub fn wait_for_data(&self, offset: u64) -> WaitForData {
+        WaitForData {
+            progress: self.progress.clone(),
+            offset,
+        }
+    }
+
+    /// Blocks until a record at `offset` is visible or `timeout` passes.
+    pub fn wait_for_data_blocking(&self, offset: u64, timeout: Duration) -> bool {
+        self.progress.wait_for_data_blocking(offset, timeout)
+    }
+
+    /// First offset still in the log.
+    pub fn log_start(&self) -> u64 {
+        self.progress.lock().log_start
+    }
+
+    /// Next offset readers can see.
+    pub fn end_offset(&self) -> u64 {
+        self.progress.lock().visible().offset
+    }
+
+    /// Reads up to `max_records` records / about `max_bytes` bytes from `from`.
+    /// `from == end` returns nothing; outside `[log_start, end]` is `OffsetOutOfRange`.
+    pub fn read(&self, from: u64, max_records: u32, max_bytes: u64) -> Result<ReadResult> {
+        let (visible, log_start) = {
+            let state = self.progress.lock();
+            (state.visible(), state.log_start)
+        };
+        let out_of_range = |requested, log_start| Error::OffsetOutOfRange {
+            partition: self.name.clone(),
+            requested,
+            log_start,
+            end: visible.offset,
+        };
+        if from < log_start || from > visible.offset {
+            return Err(out_of_range(from, log_start));
+        }
+        let mut result = ReadResult {
+            records: Vec::new(),
+            next_offset: from,
+            log_start,
+            end_offset: visible.offset,
+        };
+        if from == visible.offset || max_records == 0 {
+            return Ok(result);
+        }
+        let segments = self.segments();
+        let first = segments
+            .partition_point(|s| s.base_offset <= from)
+            .saturating_sub(1);
+        let now_ms = self.clock.now_ms();
+        let mut budget = ReadBudget {
+            records_left: max_records,
+            bytes_left: max_bytes,
+            returned_any: false,
+        };
+        let mut cursor = from;
+        for segment in &segments[first..] {
+            if segment.base_offset >= visible.offset || budget.exhausted() {
+                break;
+            }
+            cursor = cursor.max(segment.base_offset);
+            let end_position = if segment.base_offset == visible.segment_base {
+                visible.position
+            } else {
+                segment.summary().log_bytes
+            };
+            let read = segment.read(
+                cursor,
+                end_position,
+                visible.offset,
+                now_ms,
+                &mut budget,
+                &mut result.records,
+            );
+            cursor = match read {
+                Ok(next) => next,
+                // Retention removed the segment after the snapshot was taken.
+                Err(Error::Io { .. }) if self.log_start() > cursor => {
+                    return Err(out_of_range(cursor, self.log_start()));
+                }
+                Err(error) => return Err(error),
+            };
+        }
+        result.next_offset = if budget.exhausted() {
+            cursor
+        } else {
+            visible.offset
+        };
+        Ok(result)
+    }
+
+    /// The first offset whose record timestamp is >= `timestamp_ms` (Kafka's
+    /// `offsetsForTimes`), or `None` when every visible record is older.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<u64>> {
+        let visible = self.progress.lock().visible();
+        for segment in self.segments() {
+            if segment.base_offset >= visible.offset {
+                break;
+            }
+            let summary = segment.summary();
+            if summary.max_timestamp_ms < timestamp_ms {
+                continue;
+            }
+            let end_position = if segment.base_offset == visible.segment_base {
+                visible.position
+            } else {
+                summary.log_bytes
+            };
+            if let Some(offset) = segment.offset_for_timestamp(timestamp_ms, end_position)? {
+                return Ok((offset < visible.offset).then_some(offset));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes whole segments, oldest first, that are past `retention_ms`, push the
+    /// partition over `retention_bytes`, or whose every record has expired. An active
+    /// segment that qualifies is rolled first so it can go too.
+    pub fn enforce_retention(self: &Arc<Self>) -> Result<RetentionOutcome> {
+        let config = self.config();
+        let now_ms = self.clock.now_ms();
+        let too_old = |summary: &SegmentSummary| {
+            config
+                .retention_ms
+                .is_some_and(|ms| summary.max_timestamp_ms < now_ms.saturating_sub(ms as i64))
+        };
+        let mut writer = lock(&self.writer);
+        if writer.poisoned.is_some() || writer.closed {
+            return Ok(RetentionOutcome {
+                log_start: self.log_start(),
+                ..RetentionOutcome::default()
+            });
+        }
+        let active = writer.state.summary;
+        let fully_visible = self.progress.lock().visible().offset == active.next_offset;
+        if active.log_bytes > 0 && fully_visible && (active.all_expired(now_ms) || too_old(&active))
+        {
+            self.roll(&mut writer)?;
+        }
+        let mut deleted = Vec::new();
+        {
+            let mut segments = self.segments.write().unwrap_or_else(|e| e.into_inner());
+            let mut total: u64 = segments.iter().map(|s| s.summary().log_bytes).sum();
+            let sealed_count = segments.len() - 1;
+            for segment in &segments[..sealed_count] {
+                let summary = segment.summary();
+                let over_size = config
+                    .retention_bytes
+                    .is_some_and(|limit| total - summary.log_bytes >= limit);
+                if !(too_old(&summary) || over_size || summary.all_expired(now_ms)) {
+                    break;
+                }
+                total -= summary.log_bytes;
+                deleted.push(summary);
+            }
+            segments.drain(..deleted.len());
+        }
+        // A segment sealed but not flushed yet needs no fsync once deleted.
+        writer.sealed.retain(|s| {
+            !deleted
+                .iter()
+                .any(|d| d.base_offset == s.segment.base_offset)
+        });
+        let log_start = self.segments()[0].base_offset;
+        self.progress.set_log_start(log_start);
+        drop(writer);
+
+        let mut outcome = RetentionOutcome {
+            log_start,
+            ..RetentionOutcome::default()
+        };
+        for summary in &deleted {
+            segment::remove_files(&self.dir, summary.base_offset)?;
+            outcome.segments_deleted += 1;
+            outcome.bytes_deleted += summary.log_bytes;
+            outcome.records_deleted += summary.next_offset - summary.base_offset;
+        }
+        if !deleted.is_empty() {
+            fsutil::sync_dir(&self.dir)?;
+            tracing::info!(partition = %self.name, segments = deleted.len(), log_start, "retention deleted segments");
+        }
+        Ok(outcome)
+    }
+
+    /// Describes the partition.
+    pub fn info(&self) -> PartitionInfo {
+        let segments = self.segments();
+        let state = self.progress.lock();
+        PartitionInfo {
+            partition: self.id,
+            log_start: state.log_start,
+            end_offset: state.visible().offset,
+            written_offset: state.written.offset,
+            size_bytes: segments.iter().map(|s| s.summary().log_bytes).sum(),
+            segment_count: segments.len() as u32,
+            poisoned: state.poisoned.clone(),
+        }
+    }
+
+    /// Flushes, writes the active segment's index and a final checkpoint, and refuses
+    /// further appends. Reopening after this scans nothing.
+    pub(crate) fn close(&self) -> Result<()> {
+        let flushed = self.flush();
+        let mut flush = lock(&self.flush);
+        let mut writer = lock(&self.writer);
+        if writer.closed {
+            return Ok(());
+        }
+        writer.closed = true;
+        self.progress.close();
+        flushed?;
+        writer.active.write_index_files(&writer.state)?;
+        let end = self.progress.lock().durable;
+        flush
+            .checkpoint
+            .write(end.segment_base, end.position, end.offset)
+    }
+
+    /// Closes without flushing: for deleting the partition.
+    pub(crate) fn abandon(&self) {
+        lock(&self.writer).closed = true;
+        self.progress.close();
+    }
+}
+
+/// What recovery found: the sealed segments (in order) and the active one's state.
+struct Recovered {
+    sealed: Vec<Arc<Segment>>,
+    active: SegmentState,
+}
+
+/// Recovers the segments with the given bases (sorted). Returns `None` if there are
+/// none.
+fn recover(
+    dir: &Path,
+    bases: &[u64],
+    checkpoint: Option<crate::checkpoint::Checkpoint>,
+) -> Result<Option<Recovered>> {
+    let Some(&last_base) = bases.last() else {
+        return Ok(None);
+    };
+    let mut sealed = Vec::new();
+    let mut expected_base: Option<u64> = None;
+    for (index, &base) in bases.iter().enumerate() {
+        let path = segment::segment_path(dir, base, LOG_SUFFIX);
+        if let Some(expected) = expected_base
+            && expected != base
+        {
+            return Err(Error::corrupt(
+                &path,
+                0,
+                format!("segment starts at offset {base} but the previous one ends at {expected}"),
+            ));
+        }
+        let log_bytes = fs::metadata(&path)
+            .ctx(|| format!("reading the size of {}", path.display()))?
+            .len();
+        let is_last = base == last_base;
+        // How much of this segment the checkpoint vouches for.
+        let trusted = match checkpoint {
+            Some(c) if base < c.segment_base => log_bytes,
+            Some(c) if base == c.segment_base => c.position,
+            _ => 0,
+        };
+        if trusted > log_bytes {
+            return Err(Error::corrupt(
+                &path,
+                log_bytes,
+                format!(
+                    "segment is {log_bytes} bytes but {trusted} were fsynced before: data was lost on disk"
+                ),
+            ));
+        }
+        if !is_last
+            && trusted == log_bytes
+            && let Some(summary) = segment::load_summary(dir, base, log_bytes)
+        {
+            expected_base = Some(summary.next_offset);
+            sealed.push(Arc::new(Segment::sealed(dir, summary)));
+            continue;
+        }
+
+        let (start_state, start) = match checkpoint {
+            Some(c) if trusted > 0 && base == c.segment_base => {
+                segment::state_up_to(dir, base, trusted, c.next_offset)
+            }
+            _ => (SegmentState::new(base), 0),
+        };
+        let data = crate::mmap::map_read_only(&path, log_bytes as usize)?;
+        let state = if start == 0 && trusted > 0 {
+            // The index is unusable but the bytes up to `trusted` are durable and were
+            // validated when written: hop over their headers to rebuild the index.
+            index_by_headers(&data[..trusted as usize], SegmentState::new(base))
+        } else {
+            Some((start_state, start))
+        };
+        let (state, start) = state.unwrap_or((SegmentState::new(base), 0));
+        let report = segment::scan(&data, start, state);
+        drop(data);
+        for corrupt in &report.corrupt_batches {
+            tracing::error!(
+                file = %path.display(),
+                position = corrupt.position,
+                offsets = ?(corrupt.base_offset..corrupt.next_offset),
+                reason = %corrupt.reason,
+                "corrupt batch in the log: reads of these offsets fail until it is repaired"
+            );
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .ctx(|| format!("opening {}", path.display()))?;
+        if let Some(torn) = &report.torn_tail {
+            if torn.position < trusted {
+                return Err(Error::corrupt(
+                    &path,
+                    torn.position,
+                    format!("{} (in data that was fsynced before)", torn.reason),
+                ));
+            }
+            cut_torn_tail(&path, &file, torn.position, log_bytes, &torn.reason)?;
+        }
+        // The scanned bytes may have been in the page cache only (the process died,
+        // not the machine): make them durable before anyone reads them as such.
+        file.sync_data()
+            .ctx(|| format!("fsyncing {}", path.display()))?;
+
+        if is_last || report.torn_tail.is_some() {
+            // Nothing after a torn tail was ever acknowledged durable: the segments
+            // past it go.
+            for &later in &bases[index + 1..] {
+                tracing::warn!(
+                    segment = later,
+                    "removing a segment written after a torn tail"
+                );
+                segment::remove_files(dir, later)?;
+            }
+            if index + 1 < bases.len() {
+                fsutil::sync_dir(dir)?;
+            }
+            return Ok(Some(Recovered {
+                sealed,
+                active: report.state,
+            }));
+        }
+        let segment = Segment::with_state(
+            dir,
+            report.state.clone(),
+            report.state.summary.log_bytes as usize,
+        );
+        segment.write_index_files(&report.state)?;
+        expected_base = Some(report.state.summary.next_offset);
+        sealed.push(Arc::new(segment));
+    }
+    unreachable!("the last segment returns from inside the loop")
+}
+
+/// Rebuilds summary and index from batch headers alone, for bytes known valid.
+/// `None` if a header does not parse (then the caller scans fully).
+fn index_by_headers(data: &[u8], mut state: SegmentState) -> Option<(SegmentState, u64)> {
+    let mut position = 0u64;
+    while (position as usize) < data.len() {
+        let header = BatchHeader::parse(&data[position as usize..]).ok()?;
+        if header.base_offset != state.summary.next_offset {
+            return None;
+        }
+        state.observe(position, &header);
+        position += u64::from(header.batch_length);
+    }
+    (position as usize == data.len()).then_some((state, position))
+}
+
+/// Moves the bytes of a torn tail to a side file (never destroy bytes silently) and
+/// truncates the segment to `position`, durably.
+fn cut_torn_tail(
+    path: &Path,
+    file: &File,
+    position: u64,
+    log_bytes: u64,
+    reason: &str,
+) -> Result<()> {
+    let side = path.with_extension(format!("log.torn-at-{position}"));
+    tracing::warn!(
+        file = %path.display(),
+        position,
+        bytes = log_bytes - position,
+        side_file = %side.display(),
+        %reason,
+        "cutting a torn tail off the log"
+    );
+    // Streamed, not buffered: the tail's size came from disk.
+    let copied = (|| -> std::io::Result<()> {
+        let mut source = File::open(path)?;
+        source.seek(SeekFrom::Start(position))?;
+        let mut target = File::create(&side)?;
+        std::io::copy(&mut source.take(log_bytes - position), &mut target)?;
+        target.sync_all()
+    })();
+    copied.ctx(|| format!("saving the torn tail to {}", side.display()))?;
+    file.set_len(position)
+        .ctx(|| format!("truncating {}", path.display()))?;
+    file.sync_all()
+        .ctx(|| format!("fsyncing {}", path.display()))?;
+    fsutil::sync_dir(fsutil::parent_dir(path))
+}

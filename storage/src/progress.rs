@@ -1,0 +1,238 @@
+//! How far a partition's log has got (written, durable, start) and the ways to wait
+//! for it to get further: std `Future`s for async callers (no runtime dependency) and
+//! blocking calls for threads.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+/// A position at the end of a log: the next offset and where it would be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogEnd {
+    pub offset: u64,
+    pub segment_base: u64,
+    pub position: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct ProgressState {
+    pub written: LogEnd,
+    pub durable: LogEnd,
+    pub log_start: u64,
+    /// Readers see only durable data (fsync = always).
+    pub durable_only: bool,
+    pub poisoned: Option<String>,
+    pub closed: bool,
+    data_wakers: Vec<Waker>,
+    durable_wakers: Vec<(u64, Waker)>,
+}
+
+impl ProgressState {
+    /// What readers may see.
+    pub fn visible(&self) -> LogEnd {
+        if self.durable_only {
+            self.durable
+        } else {
+            self.written
+        }
+    }
+}
+
+/// Shared between a partition, its flusher and every waiter.
+#[derive(Debug)]
+pub(crate) struct Progress {
+    name: String,
+    state: Mutex<ProgressState>,
+    changed: Condvar,
+}
+
+impl Progress {
+    pub fn new(name: String, end: LogEnd, log_start: u64, durable_only: bool) -> Arc<Self> {
+        Arc::new(Progress {
+            name,
+            state: Mutex::new(ProgressState {
+                written: end,
+                durable: end,
+                log_start,
+                durable_only,
+                poisoned: None,
+                closed: false,
+                data_wakers: Vec::new(),
+                durable_wakers: Vec::new(),
+            }),
+            changed: Condvar::new(),
+        })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, ProgressState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies `change` and wakes whoever it may concern.
+    fn update(&self, change: impl FnOnce(&mut ProgressState)) {
+        let mut wake = Vec::new();
+        {
+            let mut state = self.lock();
+            let visible_before = state.visible().offset;
+            change(&mut state);
+            let ended = state.poisoned.is_some() || state.closed;
+            if ended || state.visible().offset != visible_before {
+                wake.append(&mut state.data_wakers);
+            }
+            let durable = state.durable.offset;
+            let mut index = 0;
+            while index < state.durable_wakers.len() {
+                if ended || state.durable_wakers[index].0 < durable {
+                    wake.push(state.durable_wakers.swap_remove(index).1);
+                } else {
+                    index += 1;
+                }
+            }
+        }
+        self.changed.notify_all();
+        for waker in wake {
+            waker.wake();
+        }
+    }
+
+    pub fn set_written(&self, end: LogEnd) {
+        self.update(|s| s.written = end);
+    }
+
+    pub fn set_durable(&self, end: LogEnd) {
+        self.update(|s| {
+            if end.offset >= s.durable.offset {
+                s.durable = end;
+            }
+        });
+    }
+
+    pub fn set_log_start(&self, log_start: u64) {
+        self.update(|s| s.log_start = s.log_start.max(log_start));
+    }
+
+    pub fn set_durable_only(&self, durable_only: bool) {
+        self.update(|s| s.durable_only = durable_only);
+    }
+
+    pub fn poison(&self, cause: String) {
+        self.update(|s| {
+            s.poisoned.get_or_insert(cause);
+        });
+    }
+
+    pub fn close(&self) {
+        self.update(|s| s.closed = true);
+    }
+
+    fn ended_error(&self, state: &ProgressState) -> Option<Error> {
+        if let Some(cause) = &state.poisoned {
+            return Some(Error::Poisoned {
+                partition: self.name.clone(),
+                cause: cause.clone(),
+            });
+        }
+        state.closed.then_some(Error::Closed)
+    }
+
+    fn poll_durable(&self, offset: u64, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let mut state = self.lock();
+        if state.durable.offset > offset {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(error) = self.ended_error(&state) {
+            return Poll::Ready(Err(error));
+        }
+        let known = state
+            .durable_wakers
+            .iter()
+            .any(|(o, w)| *o == offset && w.will_wake(cx.waker()));
+        if !known {
+            state.durable_wakers.push((offset, cx.waker().clone()));
+        }
+        Poll::Pending
+    }
+
+    fn poll_data(&self, offset: u64, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.lock();
+        if state.visible().offset > offset || state.poisoned.is_some() || state.closed {
+            return Poll::Ready(());
+        }
+        if !state.data_wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            state.data_wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Blocks until `offset` is durable, the partition is poisoned or closed.
+    pub fn wait_durable_blocking(&self, offset: u64) -> Result<()> {
+        let mut state = self.lock();
+        loop {
+            if state.durable.offset > offset {
+                return Ok(());
+            }
+            if let Some(error) = self.ended_error(&state) {
+                return Err(error);
+            }
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Blocks until a record at `offset` is visible or `timeout` passes; true if it is.
+    pub fn wait_for_data_blocking(&self, offset: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        loop {
+            if state.visible().offset > offset {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline || state.poisoned.is_some() || state.closed {
+                return false;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// Resolves when the given offset is durable (`Ok`), or the partition is poisoned or
+/// closed first (`Err`).
+#[derive(Debug)]
+#[must_use = "a future does nothing unless polled"]
+pub struct WaitDurable {
+    pub(crate) progress: Arc<Progress>,
+    pub(crate) offset: u64,
+}
+
+impl Future for WaitDurable {
+    type Output = Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.progress.poll_durable(self.offset, cx)
+    }
+}
+
+/// Resolves when a record at the given offset is visible to readers, or the
+/// partition is poisoned or closed (then a read says why).
+#[derive(Debug)]
+#[must_use = "a future does nothing unless polled"]
+pub struct WaitForData {
+    pub(crate) progress: Arc<Progress>,
+    pub(crate) offset: u64,
+}
+
+impl Future for WaitForData {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.progress.poll_data(self.offset, cx)
+    }
+}

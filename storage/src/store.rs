@@ -1,0 +1,513 @@
+//! The store: one data directory holding topics, their partitions, and the consumer
+//! offsets.
+//!
+//! ```text
+//! DATA/
+//!   LOCK                                  held while a store has the directory open
+//!   topics/<topic>/topic.config           partitions and config (key=value)
+//!   topics/<topic>/<partition>/           segments (.log .index .timeindex), checkpoint
+//!   offsets/                              the consumer offsets store
+//!   trash/                                topics being deleted
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{FsyncPolicy, TopicConfig, validate_topic_name};
+use crate::error::{Error, IoContext, Result};
+use crate::flusher::Flusher;
+use crate::fsutil;
+use crate::limits::{SMALL_FILE_BYTES_MAX, TOPIC_PARTITIONS_MAX};
+use crate::offsets::OffsetStore;
+use crate::partition::{
+    FlushObserver, Partition, PartitionContext, PartitionInfo, RetentionOutcome,
+};
+
+const TOPIC_CONFIG_FILE: &str = "topic.config";
+/// How often the housekeeping thread looks for interval-policy flushes that are due.
+const HOUSEKEEPING_TICK: Duration = Duration::from_millis(5);
+
+/// How a store runs.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub clock: Arc<dyn Clock>,
+    /// Threads that fsync partitions. One disk gains little past a few.
+    pub flush_threads: usize,
+    /// Run retention this often on a background thread; `None` leaves it to the
+    /// caller ([`Store::enforce_retention`]), as tests do.
+    pub retention_interval: Option<Duration>,
+    pub flush_observer: Option<Arc<dyn FlushObserver>>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            clock: Arc::new(SystemClock),
+            flush_threads: 4,
+            retention_interval: Some(Duration::from_secs(30)),
+            flush_observer: None,
+        }
+    }
+}
+
+/// A topic: its partitions and config.
+#[derive(Debug)]
+pub struct Topic {
+    name: String,
+    dir: PathBuf,
+    config: RwLock<Arc<TopicConfig>>,
+    partitions: Vec<Arc<Partition>>,
+}
+
+impl Topic {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn config(&self) -> Arc<TopicConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn partitions(&self) -> &[Arc<Partition>] {
+        &self.partitions
+    }
+
+    /// The partition with this number; `InvalidArgument` naming the valid range if
+    /// there is none.
+    pub fn partition(&self, id: u32) -> Result<&Arc<Partition>> {
+        self.partitions.get(id as usize).ok_or_else(|| {
+            Error::invalid(format!(
+                "topic {:?} has partitions 0..{}, not {id}",
+                self.name,
+                self.partitions.len()
+            ))
+        })
+    }
+
+    pub fn info(&self) -> TopicInfo {
+        TopicInfo {
+            name: self.name.clone(),
+            config: (*self.config()).clone(),
+            partitions: self.partitions.iter().map(|p| p.info()).collect(),
+        }
+    }
+}
+
+/// A topic as `describe` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub name: String,
+    pub config: TopicConfig,
+    pub partitions: Vec<PartitionInfo>,
+}
+
+impl TopicInfo {
+    pub fn size_bytes(&self) -> u64 {
+        self.partitions.iter().map(|p| p.size_bytes).sum()
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    /// Serializes create / delete / alter so two cannot race on one directory.
+    admin: Mutex<()>,
+    offsets: OffsetStore,
+    flusher: Mutex<Flusher>,
+    context: PartitionContext,
+    closed: AtomicBool,
+    _lock_file: File,
+}
+
+/// The storage engine: open one per data directory.
+#[derive(Debug)]
+pub struct Store {
+    inner: Arc<Inner>,
+    housekeeping: Mutex<Option<(crossbeam_channel::Sender<()>, JoinHandle<()>)>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the data directory and recovers every partition.
+    /// Fails if another process has it open.
+    pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
+        let dir = dir.as_ref().to_path_buf();
+        for sub in ["", "topics", "offsets", "trash"] {
+            let path = dir.join(sub);
+            if !path.exists() {
+                fs::create_dir_all(&path).ctx(|| format!("creating {}", path.display()))?;
+                fsutil::sync_dir(fsutil::parent_dir(&path))?;
+            }
+        }
+        let lock_path = dir.join("LOCK");
+        let lock_file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .ctx(|| format!("opening {}", lock_path.display()))?;
+        match lock_file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(Error::invalid(format!(
+                    "data directory {} is in use by another tidelog process; stop it or choose another directory",
+                    dir.display()
+                )));
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(Error::io(format!("locking {}", lock_path.display()), e));
+            }
+        }
+        // Finish deletions a crash interrupted.
+        for entry in fs::read_dir(dir.join("trash")).ctx(|| "listing trash")? {
+            let entry = entry.ctx(|| "listing trash")?;
+            fs::remove_dir_all(entry.path())
+                .ctx(|| format!("removing {}", entry.path().display()))?;
+        }
+
+        let flusher = Flusher::start(options.flush_threads)?;
+        let context = PartitionContext {
+            clock: options.clock.clone(),
+            flusher: flusher.queue(),
+            observer: options.flush_observer.clone(),
+        };
+        let offsets = OffsetStore::open(&dir.join("offsets"), options.clock.clone())?;
+        let mut topics = BTreeMap::new();
+        let topics_dir = dir.join("topics");
+        for entry in
+            fs::read_dir(&topics_dir).ctx(|| format!("listing {}", topics_dir.display()))?
+        {
+            let entry = entry.ctx(|| format!("listing {}", topics_dir.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if validate_topic_name(&name).is_err() || !entry.path().is_dir() {
+                tracing::warn!(entry = %entry.path().display(), "ignoring an entry that is not a topic");
+                continue;
+            }
+            match open_topic(&entry.path(), &name, &context)? {
+                Some(topic) => {
+                    topics.insert(name, Arc::new(topic));
+                }
+                None => {
+                    // Created but never finished (no config written): remove it.
+                    tracing::warn!(topic = %name, "removing a topic whose creation did not finish");
+                    fs::remove_dir_all(entry.path())
+                        .ctx(|| format!("removing {}", entry.path().display()))?;
+                }
+            }
+        }
+        let inner = Arc::new(Inner {
+            dir,
+            topics: RwLock::new(topics),
+            admin: Mutex::new(()),
+            offsets,
+            flusher: Mutex::new(flusher),
+            context,
+            closed: AtomicBool::new(false),
+            _lock_file: lock_file,
+        });
+        let housekeeping = start_housekeeping(Arc::downgrade(&inner), options.retention_interval)?;
+        Ok(Store {
+            inner,
+            housekeeping: Mutex::new(Some(housekeeping)),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The consumer offsets store.
+    pub fn offsets(&self) -> &OffsetStore {
+        &self.inner.offsets
+    }
+
+    /// The clock the store reads.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.context.clock
+    }
+
+    /// Creates a topic with `partitions` partitions.
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: TopicConfig,
+    ) -> Result<Arc<Topic>> {
+        self.check_open()?;
+        validate_topic_name(name)?;
+        if !(1..=TOPIC_PARTITIONS_MAX).contains(&partitions) {
+            return Err(Error::invalid(format!(
+                "a topic needs 1 to {TOPIC_PARTITIONS_MAX} partitions, not {partitions}"
+            )));
+        }
+        config.validate()?;
+        let _admin = self.inner.admin.lock().unwrap_or_else(|e| e.into_inner());
+        if self.read_topics().contains_key(name) {
+            return Err(Error::AlreadyExists {
+                what: format!("topic {name:?}"),
+            });
+        }
+        let dir = self.inner.dir.join("topics").join(name);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).ctx(|| format!("removing stale {}", dir.display()))?;
+        }
+        fs::create_dir(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        let config = Arc::new(config);
+        let partitions = (0..partitions)
+            .map(|id| {
+                Partition::open(
+                    name,
+                    id,
+                    &dir.join(id.to_string()),
+                    config.clone(),
+                    self.inner.context.clone(),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        fsutil::sync_dir(&dir)?;
+        // Written last: a topic without its config file did not finish being created.
+        fsutil::write_file_atomically(
+            &dir.join(TOPIC_CONFIG_FILE),
+            config.to_file(partitions.len() as u32).as_bytes(),
+        )?;
+        fsutil::sync_dir(fsutil::parent_dir(&dir))?;
+        let topic = Arc::new(Topic {
+            name: name.to_string(),
+            dir,
+            config: RwLock::new(config),
+            partitions,
+        });
+        self.inner
+            .topics
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), topic.clone());
+        tracing::info!(
+            topic = name,
+            partitions = topic.partitions.len(),
+            "created topic"
+        );
+        Ok(topic)
+    }
+
+    /// Deletes a topic, its data and its committed offsets.
+    pub fn delete_topic(&self, name: &str) -> Result<()> {
+        self.check_open()?;
+        let _admin = self.inner.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let topic = self
+            .inner
+            .topics
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+            .ok_or_else(|| Error::not_found(format!("topic {name:?}")))?;
+        for partition in &topic.partitions {
+            partition.abandon();
+        }
+        let trash = self.inner.dir.join("trash").join(format!(
+            "{name}-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+        ));
+        fs::rename(&topic.dir, &trash)
+            .ctx(|| format!("moving {} to the trash", topic.dir.display()))?;
+        fsutil::sync_dir(&self.inner.dir.join("topics"))?;
+        self.inner.offsets.delete_topic(name)?;
+        // Mappings held by readers keep their files alive after this.
+        fs::remove_dir_all(&trash).ctx(|| format!("removing {}", trash.display()))?;
+        tracing::info!(topic = name, "deleted topic");
+        Ok(())
+    }
+
+    /// Replaces a topic's config. The partition count cannot change here.
+    pub fn alter_topic(&self, name: &str, config: TopicConfig) -> Result<Arc<Topic>> {
+        self.check_open()?;
+        config.validate()?;
+        let _admin = self.inner.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let topic = self.topic(name)?;
+        fsutil::write_file_atomically(
+            &topic.dir.join(TOPIC_CONFIG_FILE),
+            config.to_file(topic.partitions.len() as u32).as_bytes(),
+        )?;
+        let config = Arc::new(config);
+        for partition in &topic.partitions {
+            partition.set_config(config.clone());
+        }
+        *topic.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+        Ok(topic)
+    }
+
+    fn read_topics(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Topic>>> {
+        self.inner.topics.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The topic named `name`, or `NotFound`.
+    pub fn topic(&self, name: &str) -> Result<Arc<Topic>> {
+        self.read_topics()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("topic {name:?}")))
+    }
+
+    /// Every topic, by name.
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        self.read_topics().values().cloned().collect()
+    }
+
+    /// Runs retention on every partition now.
+    pub fn enforce_retention(&self) -> Vec<(String, u32, RetentionOutcome)> {
+        enforce_retention(&self.inner)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// Flushes every partition, writes their checkpoints and index files, and stops
+    /// the background threads. A store closed this way reopens without scanning.
+    pub fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        if let Some((stop, thread)) = self
+            .housekeeping
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            drop(stop);
+            let _ = thread.join();
+        }
+        let mut first_error = None;
+        for topic in self.topics() {
+            for partition in topic.partitions() {
+                if let Err(error) = partition.close() {
+                    tracing::error!(partition = %format!("{}/{}", topic.name, partition.id()), %error, "closing partition failed");
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        self.inner
+            .flusher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .shutdown();
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(error) = self.close() {
+            tracing::error!(%error, "closing the store failed");
+        }
+    }
+}
+
+fn open_topic(dir: &Path, name: &str, context: &PartitionContext) -> Result<Option<Topic>> {
+    let config_path = dir.join(TOPIC_CONFIG_FILE);
+    let Some(bytes) = fsutil::read_small_file(&config_path, SMALL_FILE_BYTES_MAX)? else {
+        return Ok(None);
+    };
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Error::corrupt(&config_path, 0, "config file is not UTF-8"))?;
+    let (partition_count, config) = TopicConfig::from_file(&text)
+        .map_err(|e| Error::corrupt(&config_path, 0, e.to_string()))?;
+    let config = Arc::new(config);
+    let partitions = (0..partition_count)
+        .map(|id| {
+            Partition::open(
+                name,
+                id,
+                &dir.join(id.to_string()),
+                config.clone(),
+                context.clone(),
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(Topic {
+        name: name.to_string(),
+        dir: dir.to_path_buf(),
+        config: RwLock::new(config),
+        partitions,
+    }))
+}
+
+fn enforce_retention(inner: &Inner) -> Vec<(String, u32, RetentionOutcome)> {
+    let topics: Vec<_> = inner
+        .topics
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    let mut outcomes = Vec::new();
+    for topic in topics {
+        for partition in topic.partitions() {
+            match partition.enforce_retention() {
+                Ok(outcome) => outcomes.push((topic.name.clone(), partition.id(), outcome)),
+                Err(error) => {
+                    tracing::error!(topic = %topic.name, partition = partition.id(), %error, "retention failed")
+                }
+            }
+        }
+    }
+    outcomes
+}
+
+/// The background thread: interval-policy flushes, and retention when configured.
+fn start_housekeeping(
+    inner: Weak<Inner>,
+    retention_interval: Option<Duration>,
+) -> Result<(crossbeam_channel::Sender<()>, JoinHandle<()>)> {
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+    let thread = std::thread::Builder::new()
+        .name("tidelog-housekeeping".into())
+        .spawn(move || {
+            let mut last_retention = Instant::now();
+            // Disconnection (the store closing) ends the loop; a timeout is a tick.
+            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(HOUSEKEEPING_TICK)
+            {
+                let Some(inner) = inner.upgrade() else { return };
+                let topics: Vec<_> = inner
+                    .topics
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .cloned()
+                    .collect();
+                for topic in &topics {
+                    if let FsyncPolicy::IntervalMs(ms) = topic.config().fsync {
+                        for partition in topic.partitions() {
+                            if partition.interval_flush_due(ms) {
+                                partition.request_flush();
+                            }
+                        }
+                    }
+                }
+                if let Some(interval) = retention_interval
+                    && last_retention.elapsed() >= interval
+                {
+                    enforce_retention(&inner);
+                    last_retention = Instant::now();
+                }
+            }
+        })
+        .ctx(|| "starting the housekeeping thread")?;
+    Ok((stop, thread))
+}
