@@ -87,13 +87,19 @@ pub struct SegmentIndex {
 }
 
 impl SegmentIndex {
-    /// Position of the last indexed batch starting at or before `relative_offset`
-    /// (0 when none is).
-    pub fn position_for(&self, relative_offset: u32) -> u32 {
+    /// The last indexed batch starting at or before `relative_offset` (the segment
+    /// start when none is).
+    pub fn entry_for(&self, relative_offset: u32) -> OffsetEntry {
         let after = self
             .offsets
             .partition_point(|e| e.relative_offset <= relative_offset);
-        after.checked_sub(1).map_or(0, |i| self.offsets[i].position)
+        after.checked_sub(1).map_or(
+            OffsetEntry {
+                relative_offset: 0,
+                position: 0,
+            },
+            |i| self.offsets[i],
+        )
     }
 
     /// Relative offset of a batch from which a scan finds the first record with a
@@ -337,10 +343,16 @@ mod tests {
     #[test]
     fn lookups_find_the_last_entry_at_or_before() {
         let index = index();
-        assert_eq!(index.position_for(0), 0);
-        assert_eq!(index.position_for(10), 4_100);
-        assert_eq!(index.position_for(49), 4_100);
-        assert_eq!(index.position_for(1_000), 12_500);
+        assert_eq!(index.entry_for(0).position, 0);
+        assert_eq!(index.entry_for(10).position, 4_100);
+        assert_eq!(
+            index.entry_for(49),
+            OffsetEntry {
+                relative_offset: 10,
+                position: 4_100
+            }
+        );
+        assert_eq!(index.entry_for(1_000).position, 12_500);
         assert_eq!(index.relative_offset_for_time(500), 0);
         assert_eq!(index.relative_offset_for_time(1_001), 10);
         assert_eq!(index.relative_offset_for_time(5_000), 10);

@@ -369,6 +369,44 @@ impl Segment {
         Ok(self.state.read().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Where a scan for `relative_offset` starts: the position of the last indexed
+    /// batch at or before it, and the base offset that batch must have.
+    fn start_for(&self, relative_offset: u32) -> Result<(u64, u64)> {
+        let state = self.index()?;
+        let entry = state
+            .index
+            .as_ref()
+            .map(|i| i.entry_for(relative_offset))
+            .unwrap_or(OffsetEntry {
+                relative_offset: 0,
+                position: 0,
+            });
+        Ok((
+            u64::from(entry.position),
+            self.base_offset + u64::from(entry.relative_offset),
+        ))
+    }
+
+    /// Parses the header of the batch at `position` (whose bytes start `rest`) and
+    /// checks it is whole and carries the `expected` base offset: the base offset is
+    /// outside the CRC, so continuity is what vouches for it.
+    fn header_at(&self, rest: &[u8], position: u64, expected: u64) -> Result<BatchHeader> {
+        let corrupt = |reason: String| Error::corrupt(self.log_path(), position, reason);
+        let header = BatchHeader::parse(rest).map_err(|e| corrupt(e.to_string()))?;
+        if rest.len() < header.batch_length as usize {
+            return Err(corrupt(
+                "batch runs past the visible end of the segment".into(),
+            ));
+        }
+        if header.base_offset != expected {
+            return Err(corrupt(format!(
+                "batch has base offset {} where {expected} was expected",
+                header.base_offset
+            )));
+        }
+        Ok(header)
+    }
+
     /// Reads records with offsets in `[from, end_offset)` from bytes `[.., end_position)`
     /// into `out`, skipping expired ones, until the budget is spent. Returns the offset
     /// the next read should start from.
@@ -382,25 +420,14 @@ impl Segment {
         out: &mut Vec<Record>,
     ) -> Result<u64> {
         let relative = u32::try_from(from.saturating_sub(self.base_offset)).unwrap_or(u32::MAX);
-        let start = u64::from(
-            self.index()?
-                .index
-                .as_ref()
-                .map_or(0, |i| i.position_for(relative)),
-        );
+        let (mut position, mut expected) = self.start_for(relative)?;
         let data = self.visible_bytes(end_position)?;
-        let mut position = start;
         let mut next = from;
         while position < end_position && !budget.exhausted() {
             let rest = data.slice(position as usize..);
-            let corrupt = |reason: String| Error::corrupt(self.log_path(), position, reason);
-            let header = BatchHeader::parse(&rest).map_err(|e| corrupt(e.to_string()))?;
+            let header = self.header_at(&rest, position, expected)?;
+            expected = header.next_offset();
             let length = header.batch_length as usize;
-            if rest.len() < length {
-                return Err(corrupt(
-                    "batch runs past the visible end of the segment".into(),
-                ));
-            }
             if header.base_offset >= end_offset {
                 break;
             }
@@ -456,24 +483,21 @@ impl Segment {
         timestamp_ms: i64,
         end_position: u64,
     ) -> Result<Option<u64>> {
-        let start = {
+        let relative = {
             let state = self.index()?;
-            let index = state.index.as_ref();
-            let relative = index.map_or(0, |i| i.relative_offset_for_time(timestamp_ms));
-            u64::from(index.map_or(0, |i| i.position_for(relative)))
+            state
+                .index
+                .as_ref()
+                .map_or(0, |i| i.relative_offset_for_time(timestamp_ms))
         };
+        let (mut position, mut expected) = self.start_for(relative)?;
         let data = self.visible_bytes(end_position)?;
-        let mut position = start;
         while position < end_position {
             let rest = data.slice(position as usize..);
-            let corrupt = |reason: String| Error::corrupt(self.log_path(), position, reason);
-            let header = BatchHeader::parse(&rest).map_err(|e| corrupt(e.to_string()))?;
+            let header = self.header_at(&rest, position, expected)?;
+            expected = header.next_offset();
             let length = header.batch_length as usize;
-            if rest.len() < length {
-                return Err(corrupt(
-                    "batch runs past the visible end of the segment".into(),
-                ));
-            }
+            let corrupt = |reason: String| Error::corrupt(self.log_path(), position, reason);
             if header.max_timestamp_ms >= timestamp_ms {
                 let bytes = rest.slice(..length);
                 if !batch::verify_crc(&bytes, &header) {

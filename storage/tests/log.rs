@@ -1,0 +1,634 @@
+//! Behaviour of the storage engine through its public API: appends, reads, reopen,
+//! crash recovery, corruption, index rebuilds, retention and TTL.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tidelog_storage::batch::{BatchHeader, HEADER_BYTES};
+use tidelog_storage::{
+    Error, FsyncPolicy, Header, ManualClock, NewRecord, Store, StoreOptions, TopicConfig,
+};
+
+const START_MS: i64 = 1_700_000_000_000;
+
+fn options(clock: &Arc<ManualClock>) -> StoreOptions {
+    StoreOptions {
+        clock: clock.clone(),
+        flush_threads: 2,
+        retention_interval: None,
+        flush_observer: None,
+    }
+}
+
+fn small_segments() -> TopicConfig {
+    TopicConfig {
+        segment_bytes: 16 * 1024,
+        retention_ms: None,
+        segment_ms: None,
+        ..TopicConfig::default()
+    }
+}
+
+fn value(i: u64) -> Bytes {
+    Bytes::from(format!("message-{i:06}-{}", "x".repeat((i % 50) as usize)))
+}
+
+fn records(from: u64, count: u64) -> Vec<NewRecord> {
+    (from..from + count)
+        .map(|i| NewRecord {
+            key: (i % 3 == 0).then(|| Bytes::from(format!("key-{i}"))),
+            value: value(i),
+            headers: if i % 5 == 0 {
+                vec![Header {
+                    key: "n".into(),
+                    value: Bytes::from(i.to_string()),
+                }]
+            } else {
+                Vec::new()
+            },
+            timestamp_ms: Some(START_MS + i as i64),
+            ttl_ms: None,
+        })
+        .collect()
+}
+
+/// Reads everything from `from` to the end, checking each record's value.
+fn read_all(store: &Store, topic: &str, from: u64) -> Vec<u64> {
+    let partition = store.topic(topic).unwrap().partition(0).unwrap().clone();
+    let mut offsets = Vec::new();
+    let mut next = from;
+    loop {
+        let result = partition.read(next, 97, 64 * 1024).unwrap();
+        for record in &result.records {
+            assert_eq!(
+                record.value,
+                value(record.offset),
+                "offset {}",
+                record.offset
+            );
+            offsets.push(record.offset);
+        }
+        if result.next_offset == result.end_offset {
+            return offsets;
+        }
+        assert!(result.next_offset > next, "read made no progress");
+        next = result.next_offset;
+    }
+}
+
+fn segment_logs(dir: &Path, topic: &str) -> Vec<PathBuf> {
+    let mut logs: Vec<_> = fs::read_dir(dir.join("topics").join(topic).join("0"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    logs
+}
+
+#[test]
+fn append_read_round_trip_across_segments_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    {
+        let store = Store::open(dir.path(), options(&clock)).unwrap();
+        let config = TopicConfig {
+            segment_bytes: 4096,
+            ..small_segments()
+        };
+        let topic = store.create_topic("orders", 1, config).unwrap();
+        let partition = topic.partition(0).unwrap();
+        let mut next = 0;
+        for count in [1, 10, 100, 7, 250, 3] {
+            let appended = partition.append_durable(&records(next, count)).unwrap();
+            assert_eq!(appended.base_offset, next);
+            assert_eq!(appended.last_offset, next + count - 1);
+            next += count;
+        }
+        assert!(
+            partition.info().segment_count > 3,
+            "segments should have rolled"
+        );
+        let read = partition.read(0, 5, u64::MAX).unwrap();
+        assert_eq!(read.records[3].key.as_deref(), Some(&b"key-3"[..]));
+        assert_eq!(read.records[0].headers[0].value, Bytes::from_static(b"0"));
+        assert_eq!(read_all(&store, "orders", 0), (0..next).collect::<Vec<_>>());
+        store.close().unwrap();
+    }
+    let store = Store::open(dir.path(), options(&clock)).unwrap();
+    assert_eq!(read_all(&store, "orders", 0).len(), 371);
+    assert_eq!(
+        read_all(&store, "orders", 200),
+        (200..371).collect::<Vec<_>>()
+    );
+    let partition = store.topic("orders").unwrap().partition(0).unwrap().clone();
+    assert_eq!(partition.append(&records(371, 1)).unwrap().base_offset, 371);
+}
+
+#[test]
+fn reads_outside_the_log_are_out_of_range_with_both_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = Store::open(dir.path(), options(&clock)).unwrap();
+    let partition = store
+        .create_topic("t", 1, small_segments())
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .clone();
+    partition.append_durable(&records(0, 10)).unwrap();
+    assert!(partition.read(10, 10, 1000).unwrap().records.is_empty());
+    match partition.read(11, 10, 1000) {
+        Err(Error::OffsetOutOfRange {
+            requested: 11,
+            log_start: 0,
+            end: 10,
+            ..
+        }) => {}
+        other => panic!("expected OffsetOutOfRange, got {other:?}"),
+    }
+}
+
+#[test]
+fn max_bytes_limits_a_read_but_one_record_always_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = Store::open(dir.path(), options(&clock)).unwrap();
+    let partition = store
+        .create_topic("t", 1, small_segments())
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .clone();
+    partition
+        .append_durable(&[
+            NewRecord::value(vec![1u8; 5000]),
+            NewRecord::value(vec![2u8; 10]),
+        ])
+        .unwrap();
+    let read = partition.read(0, 100, 100).unwrap();
+    assert_eq!(read.records.len(), 1);
+    assert_eq!(read.next_offset, 1);
+    let read = partition.read(1, 100, 100).unwrap();
+    assert_eq!(read.records.len(), 1);
+    assert_eq!(read.next_offset, 2);
+}
+
+#[test]
+fn torn_tail_is_cut_at_every_byte_of_the_last_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let config = TopicConfig {
+        segment_bytes: 1 << 20,
+        ..small_segments()
+    };
+    {
+        let store = Store::open(dir.path(), options(&clock)).unwrap();
+        let partition = store
+            .create_topic("t", 1, config)
+            .unwrap()
+            .partition(0)
+            .unwrap()
+            .clone();
+        partition.append_durable(&records(0, 20)).unwrap();
+        partition.append_durable(&records(20, 5)).unwrap();
+        store.close().unwrap();
+    }
+    let log = segment_logs(dir.path(), "t").pop().unwrap();
+    let full = fs::read(&log).unwrap();
+    let last_batch = {
+        let first = BatchHeader::parse(&full).unwrap();
+        first.batch_length as usize
+    };
+    // Remove the checkpoint so recovery must scan (as after a crash before any
+    // checkpoint covered the last batch).
+    let checkpoint = log.with_file_name("checkpoint");
+    for cut in last_batch..full.len() {
+        fs::write(&log, &full[..cut]).unwrap();
+        let _ = fs::remove_file(&checkpoint);
+        let store = Store::open(dir.path(), options(&clock)).unwrap();
+        let offsets = read_all(&store, "t", 0);
+        assert_eq!(offsets, (0..20).collect::<Vec<_>>(), "cut at byte {cut}");
+        let partition = store.topic("t").unwrap().partition(0).unwrap().clone();
+        // Appends continue right after the intact prefix.
+        assert_eq!(
+            partition
+                .append_durable(&records(20, 1))
+                .unwrap()
+                .base_offset,
+            20
+        );
+        drop(store);
+    }
+    // The cut bytes were kept beside the log, never silently destroyed.
+    let side_files = fs::read_dir(log.parent().unwrap())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("torn-at")
+        })
+        .count();
+    assert!(side_files > 0);
+}
+
+#[test]
+fn a_flipped_bit_anywhere_never_yields_a_corrupted_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    {
+        let store = Store::open(dir.path(), options(&clock)).unwrap();
+        let partition = store
+            .create_topic("t", 1, small_segments())
+            .unwrap()
+            .partition(0)
+            .unwrap()
+            .clone();
+        for i in 0..6 {
+            partition.append_durable(&records(i * 10, 10)).unwrap();
+        }
+        store.close().unwrap();
+    }
+    let log = segment_logs(dir.path(), "t").remove(0);
+    let pristine = fs::read(&log).unwrap();
+    // Every byte of the first batches and a stride through the rest.
+    let positions: Vec<usize> = (0..HEADER_BYTES + 200)
+        .chain((0..pristine.len()).step_by(37))
+        .collect();
+    for position in positions {
+        if position >= pristine.len() {
+            continue;
+        }
+        let mut damaged = pristine.clone();
+        damaged[position] ^= 0x10;
+        fs::write(&log, &damaged).unwrap();
+        let store = match Store::open(dir.path(), options(&clock)) {
+            Ok(store) => store,
+            Err(Error::Corrupt { .. }) => continue,
+            Err(other) => panic!("unexpected error {other}"),
+        };
+        let partition = store.topic("t").unwrap().partition(0).unwrap().clone();
+        let mut next = partition.log_start();
+        while next < partition.end_offset() {
+            match partition.read(next, 1, u64::MAX) {
+                Ok(read) => {
+                    for record in &read.records {
+                        assert_eq!(
+                            record.value,
+                            value(record.offset),
+                            "flip at {position} served a damaged record"
+                        );
+                    }
+                    next = read.next_offset.max(next + 1);
+                }
+                Err(Error::Corrupt { .. }) => next += 1,
+                Err(other) => panic!("flip at {position}: unexpected error {other}"),
+            }
+        }
+    }
+    fs::write(&log, &pristine).unwrap();
+}
+
+#[test]
+fn missing_or_garbled_indexes_are_rebuilt_and_lookups_match_a_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let expected_by_time: Vec<(i64, Option<u64>)>;
+    {
+        let store = Store::open(dir.path(), options(&clock)).unwrap();
+        let partition = store
+            .create_topic("t", 1, small_segments())
+            .unwrap()
+            .partition(0)
+            .unwrap()
+            .clone();
+        for i in 0..40 {
+            partition.append_durable(&records(i * 25, 25)).unwrap();
+        }
+        expected_by_time = [-5, 0, 1, 333, 999, 1000, 5000]
+            .iter()
+            .map(|&t| {
+                (
+                    START_MS + t,
+                    partition.offset_for_timestamp(START_MS + t).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(expected_by_time[3].1, Some(333));
+        assert_eq!(expected_by_time[5].1, None);
+        store.close().unwrap();
+    }
+    let partition_dir = dir.path().join("topics/t/0");
+    for (n, entry) in fs::read_dir(&partition_dir).unwrap().enumerate() {
+        let path = entry.unwrap().path();
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("index") if n % 2 == 0 => fs::remove_file(&path).unwrap(),
+            Some("index") | Some("timeindex") => {
+                let mut bytes = fs::read(&path).unwrap();
+                let last = bytes.len() - 1;
+                bytes[last] ^= 0xff;
+                fs::write(&path, bytes).unwrap();
+            }
+            _ => {}
+        }
+    }
+    let store = Store::open(dir.path(), options(&clock)).unwrap();
+    let partition = store.topic("t").unwrap().partition(0).unwrap().clone();
+    for (timestamp, expected) in expected_by_time {
+        assert_eq!(partition.offset_for_timestamp(timestamp).unwrap(), expected);
+    }
+    for from in [0, 1, 24, 25, 26, 499, 777, 998, 999] {
+        let read = partition.read(from, 1, u64::MAX).unwrap();
+        assert_eq!(read.records[0].offset, from);
+    }
+    assert_eq!(read_all(&store, "t", 0).len(), 1000);
+}
+
+#[test]
+fn retention_by_time_and_size_deletes_whole_segments_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = Store::open(dir.path(), options(&clock)).unwrap();
+    let config = TopicConfig {
+        retention_ms: Some(60_000),
+        ..small_segments()
+    };
+    let partition = store
+        .create_topic("t", 1, config.clone())
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .clone();
+    let old: Vec<_> = (0..200)
+        .map(|i| NewRecord {
+            timestamp_ms: Some(START_MS),
+            ..NewRecord::value(value(i))
+        })
+        .collect();
+    partition.append_durable(&old).unwrap();
+    clock.advance_ms(50_000);
+    let fresh: Vec<_> = (200..400)
+        .map(|i| NewRecord {
+            timestamp_ms: Some(START_MS + 50_000),
+            ..NewRecord::value(value(i))
+        })
+        .collect();
+    partition.append_durable(&fresh).unwrap();
+    assert_eq!(partition.enforce_retention().unwrap().segments_deleted, 0);
+    clock.advance_ms(20_000);
+    let outcome = partition.enforce_retention().unwrap();
+    assert_eq!(outcome.segments_deleted, 1);
+    assert_eq!(outcome.log_start, 200);
+    assert_eq!(partition.log_start(), 200);
+    assert!(matches!(
+        partition.read(0, 1, 100),
+        Err(Error::OffsetOutOfRange { log_start: 200, .. })
+    ));
+    assert_eq!(read_all(&store, "t", 200).len(), 200);
+
+    // Size: keep under 20 KiB.
+    let config = TopicConfig {
+        retention_ms: None,
+        retention_bytes: Some(20 * 1024),
+        ..config
+    };
+    store.alter_topic("t", config).unwrap();
+    for i in 0..30 {
+        partition
+            .append_durable(&records(400 + i * 50, 50))
+            .unwrap();
+    }
+    partition.enforce_retention().unwrap();
+    let info = partition.info();
+    assert!(
+        info.size_bytes < 20 * 1024 + 16 * 1024,
+        "size {} after retention",
+        info.size_bytes
+    );
+    assert!(info.log_start > 200);
+    drop(store);
+    let store = Store::open(dir.path(), options(&clock)).unwrap();
+    assert_eq!(
+        store.topic("t").unwrap().partition(0).unwrap().log_start(),
+        info.log_start
+    );
+}
+
+#[test]
+fn expired_messages_are_never_read_and_expired_segments_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = Store::open(dir.path(), options(&clock)).unwrap();
+    let config = TopicConfig {
+        default_ttl_ms: Some(10_000),
+        ..small_segments()
+    };
+    let partition = store
+        .create_topic("t", 1, config)
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .clone();
+    let mut batch = records(0, 4);
+    batch[1].ttl_ms = Some(1_000);
+    batch[2].ttl_ms = Some(0); // never expires
+    partition.append_durable(&batch).unwrap();
+    clock.advance_ms(1_000);
+    let offsets: Vec<_> = partition
+        .read(0, 10, u64::MAX)
+        .unwrap()
+        .records
+        .iter()
+        .map(|r| r.offset)
+        .collect();
+    assert_eq!(offsets, vec![0, 2, 3]);
+    clock.advance_ms(9_000);
+    let read = partition.read(0, 10, u64::MAX).unwrap();
+    assert_eq!(
+        read.records.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        vec![2]
+    );
+    assert_eq!(read.next_offset, 4);
+
+    // A segment whose every record expired is deleted, even the active one.
+    partition.append_durable(&records(4, 3)).unwrap();
+    assert_eq!(partition.enforce_retention().unwrap().segments_deleted, 0);
+    clock.advance_ms(10_000);
+    let outcome = partition.enforce_retention().unwrap();
+    assert_eq!(
+        outcome.segments_deleted, 0,
+        "segment holding a never-expiring record stays"
+    );
+    let second = store
+        .create_topic(
+            "u",
+            1,
+            TopicConfig {
+                default_ttl_ms: Some(10_000),
+                ..small_segments()
+            },
+        )
+        .unwrap();
+    let p = second.partition(0).unwrap().clone();
+    p.append_durable(&records(0, 30)).unwrap();
+    clock.advance_ms(10_000);
+    let outcome = p.enforce_retention().unwrap();
+    assert_eq!(outcome.segments_deleted, 1);
+    assert_eq!(p.log_start(), 30);
+    assert_eq!(p.append_durable(&records(30, 1)).unwrap().base_offset, 30);
+}
+
+#[test]
+fn concurrent_durable_appenders_share_fsyncs_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = Store::open(dir.path(), options(&clock)).unwrap();
+    let partition = store
+        .create_topic(
+            "t",
+            1,
+            TopicConfig {
+                segment_bytes: 64 * 1024,
+                ..small_segments()
+            },
+        )
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .clone();
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let partition = partition.clone();
+            std::thread::spawn(move || {
+                let mut offsets = Vec::new();
+                for _ in 0..50 {
+                    let appended = partition
+                        .append_durable(&[NewRecord::value("payload")])
+                        .unwrap();
+                    offsets.push(appended.base_offset);
+                }
+                offsets
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..400).collect::<Vec<_>>());
+    assert_eq!(partition.end_offset(), 400);
+}
+
+#[test]
+fn waiting_for_data_wakes_on_append_without_polling() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = Store::open(dir.path(), options(&clock)).unwrap();
+    let partition = store
+        .create_topic("t", 1, small_segments())
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .clone();
+    assert!(!partition.wait_for_data_blocking(0, Duration::from_millis(10)));
+    let writer = {
+        let partition = partition.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            partition.append_durable(&records(0, 1)).unwrap();
+        })
+    };
+    assert!(partition.wait_for_data_blocking(0, Duration::from_secs(10)));
+    writer.join().unwrap();
+}
+
+#[test]
+fn topics_are_validated_listed_described_and_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = Store::open(dir.path(), options(&clock)).unwrap();
+    assert!(matches!(
+        store.create_topic("a/b", 1, TopicConfig::default()),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        store.create_topic("a", 0, TopicConfig::default()),
+        Err(Error::InvalidArgument(_))
+    ));
+    store.create_topic("a", 3, TopicConfig::default()).unwrap();
+    assert!(matches!(
+        store.create_topic("a", 1, TopicConfig::default()),
+        Err(Error::AlreadyExists { .. })
+    ));
+    store.create_topic("b", 1, TopicConfig::default()).unwrap();
+    let names: Vec<_> = store
+        .topics()
+        .iter()
+        .map(|t| t.name().to_string())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    let topic = store.topic("a").unwrap();
+    topic
+        .partition(2)
+        .unwrap()
+        .append_durable(&records(0, 2))
+        .unwrap();
+    assert!(matches!(topic.partition(3), Err(Error::InvalidArgument(_))));
+    let info = topic.info();
+    assert_eq!(info.partitions.len(), 3);
+    assert_eq!(info.partitions[2].end_offset, 2);
+    assert_eq!(info.partitions[2].segment_count, 1);
+    store
+        .offsets()
+        .commit("g", &[("a".into(), 0, 5, String::new())])
+        .unwrap();
+    store.delete_topic("a").unwrap();
+    assert!(matches!(store.topic("a"), Err(Error::NotFound { .. })));
+    assert!(store.offsets().fetch("g", "a", 0).is_none());
+    assert!(!dir.path().join("topics/a").exists());
+    drop(store);
+    let store = Store::open(dir.path(), options(&clock)).unwrap();
+    assert_eq!(store.topics().len(), 1);
+}
+
+#[test]
+fn a_second_store_on_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let _store = Store::open(dir.path(), options(&clock)).unwrap();
+    let error = Store::open(dir.path(), options(&clock)).unwrap_err();
+    assert!(error.to_string().contains("in use"), "{error}");
+}
+
+#[test]
+fn interval_and_never_policies_make_data_visible_at_once_and_durable_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = Store::open(dir.path(), options(&clock)).unwrap();
+    for (name, fsync) in [("i", FsyncPolicy::IntervalMs(5)), ("n", FsyncPolicy::Never)] {
+        let partition = store
+            .create_topic(
+                name,
+                1,
+                TopicConfig {
+                    fsync,
+                    ..small_segments()
+                },
+            )
+            .unwrap()
+            .partition(0)
+            .unwrap()
+            .clone();
+        let appended = partition.append(&records(0, 3)).unwrap();
+        assert_eq!(partition.end_offset(), 3, "{name}: written data is visible");
+        partition
+            .wait_durable_blocking(appended.last_offset)
+            .unwrap();
+    }
+}
