@@ -1,1 +1,110 @@
-//! Shared helpers for the benchmarks.
+//! Shared pieces of tidelog's benchmarks: workloads and the disk-ceiling probe, so
+//! every figure is reported next to what the disk itself can do in the same sitting.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tidelog_storage::{FsyncPolicy, NewRecord, Partition, Store, StoreOptions, TopicConfig};
+
+/// `count` records with values of `size` bytes (distinct, not compressible to nothing).
+pub fn records(count: usize, size: usize) -> Vec<NewRecord> {
+    let value: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+    let value = Bytes::from(value);
+    (0..count).map(|_| NewRecord::value(value.clone())).collect()
+}
+
+/// A fresh store in `dir` with one single-partition topic `bench`.
+pub fn store_with_topic(dir: &Path, fsync: FsyncPolicy) -> (Store, Arc<Partition>) {
+    let store = Store::open(
+        dir,
+        StoreOptions {
+            retention_interval: None,
+            ..StoreOptions::default()
+        },
+    )
+    .expect("open store");
+    let config = TopicConfig {
+        fsync,
+        retention_ms: None,
+        segment_ms: None,
+        segment_bytes: 256 * 1024 * 1024,
+        ..TopicConfig::default()
+    };
+    let topic = store.create_topic("bench", 1, config).expect("create topic");
+    let partition = topic.partition(0).expect("partition 0").clone();
+    (store, partition)
+}
+
+/// `threads` appenders each appending `batches_each` batches, durable or not; returns
+/// the wall time.
+pub fn run_appenders(
+    partition: &Arc<Partition>,
+    batch: &[NewRecord],
+    threads: usize,
+    batches_each: usize,
+    durable: bool,
+) -> Duration {
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                for _ in 0..batches_each {
+                    if durable {
+                        partition.append_durable(batch).expect("durable append");
+                    } else {
+                        partition.append(batch).expect("append");
+                    }
+                }
+            });
+        }
+    });
+    started.elapsed()
+}
+
+/// The disk's own ceiling: sequential 1 MiB writes each followed by fdatasync, into a
+/// growing file (what appending to a new segment does). Returns MiB/s.
+pub fn disk_fdatasync_mib_per_s(dir: &Path, total_mib: usize) -> f64 {
+    let path = dir.join("disk-ceiling.tmp");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+        .expect("create probe file");
+    let block = vec![0x5au8; 1 << 20];
+    let started = Instant::now();
+    for _ in 0..total_mib {
+        file.write_all(&block).expect("write");
+        file.sync_data().expect("fdatasync");
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&path);
+    total_mib as f64 / seconds
+}
+
+/// Median fdatasync latency of small (4 KiB) appends, in milliseconds.
+pub fn disk_fdatasync_latency_ms(dir: &Path, samples: usize) -> f64 {
+    let path = dir.join("disk-latency.tmp");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+        .expect("create probe file");
+    let block = vec![0x5au8; 4096];
+    let mut latencies: Vec<f64> = (0..samples)
+        .map(|_| {
+            file.write_all(&block).expect("write");
+            let started = Instant::now();
+            file.sync_data().expect("fdatasync");
+            started.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    let _ = std::fs::remove_file(&path);
+    latencies.sort_by(f64::total_cmp);
+    latencies[latencies.len() / 2]
+}
