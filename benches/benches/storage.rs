@@ -85,7 +85,13 @@ fn read(c: &mut Criterion) {
     group.bench_function("offset_lookup_single_record", |b| {
         b.iter(|| {
             probe = (probe + 7919) % end;
-            black_box(partition.read(probe, 1, u64::MAX).expect("read").records.len())
+            black_box(
+                partition
+                    .read(probe, 1, u64::MAX)
+                    .expect("read")
+                    .records
+                    .len(),
+            )
         })
     });
     // Records carry their append time; look up the one in the middle of the log.

@@ -14,7 +14,9 @@ use tidelog_storage::{FsyncPolicy, NewRecord, Partition, Store, StoreOptions, To
 pub fn records(count: usize, size: usize) -> Vec<NewRecord> {
     let value: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
     let value = Bytes::from(value);
-    (0..count).map(|_| NewRecord::value(value.clone())).collect()
+    (0..count)
+        .map(|_| NewRecord::value(value.clone()))
+        .collect()
 }
 
 /// A fresh store in `dir` with one single-partition topic `bench`.
@@ -34,7 +36,9 @@ pub fn store_with_topic(dir: &Path, fsync: FsyncPolicy) -> (Store, Arc<Partition
         segment_bytes: 256 * 1024 * 1024,
         ..TopicConfig::default()
     };
-    let topic = store.create_topic("bench", 1, config).expect("create topic");
+    let topic = store
+        .create_topic("bench", 1, config)
+        .expect("create topic");
     let partition = topic.partition(0).expect("partition 0").clone();
     (store, partition)
 }

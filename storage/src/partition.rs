@@ -61,6 +61,8 @@ pub struct PartitionInfo {
     pub end_offset: u64,
     /// Next offset to be assigned.
     pub written_offset: u64,
+    /// Offsets below this are on disk for sure (fsynced).
+    pub durable_offset: u64,
     pub size_bytes: u64,
     pub segment_count: u32,
     pub poisoned: Option<String>,
@@ -698,6 +700,7 @@ impl Partition {
             log_start: state.log_start,
             end_offset: state.visible().offset,
             written_offset: state.written.offset,
+            durable_offset: state.durable.offset,
             size_bytes: segments.iter().map(|s| s.summary().log_bytes).sum(),
             segment_count: segments.len() as u32,
             poisoned: state.poisoned.clone(),

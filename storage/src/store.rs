@@ -410,6 +410,34 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Stops the store the way a killed process would: no flush, no checkpoint, no
+    /// index files; what was written stays in the files (the page cache). For crash
+    /// tests: reopening runs recovery.
+    pub fn simulate_crash(self) {
+        self.inner.closed.store(true, Ordering::Release);
+        for topic in self.topics() {
+            for partition in topic.partitions() {
+                partition.abandon();
+            }
+        }
+        if let Some((stop, thread)) = self
+            .housekeeping
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            drop(stop);
+            let _ = thread.join();
+        }
+        self.inner
+            .flusher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .shutdown();
+    }
+}
+
 impl Drop for Store {
     fn drop(&mut self) {
         if let Err(error) = self.close() {
