@@ -1,1 +1,83 @@
-fn main() {}
+//! tidelogd: the tidelog broker. See `tidelogd --help` and the `tidelog_server` docs.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tidelog_server::config::{Cli, Settings};
+use tidelog_server::shutdown::Shutdown;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let settings = match Settings::load(Cli::parse()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("tidelogd: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = match EnvFilter::try_new(&settings.log_level) {
+        Ok(filter) => filter,
+        Err(error) => {
+            eprintln!("tidelogd: log level {:?}: {error}", settings.log_level);
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tidelogd")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tidelogd: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = Shutdown::new();
+        tokio::spawn(wait_for_signal(shutdown.clone()));
+        tidelog_server::server::run(settings, shutdown, |bound| {
+            let mut stdout = std::io::stdout().lock();
+            // The harness and scripts wait for this line; flush it at once.
+            let _ = writeln!(stdout, "{}", bound.ready_line());
+            let _ = stdout.flush();
+        })
+        .await
+    });
+    match result {
+        Ok(()) => {
+            tracing::info!("tidelogd stopped");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(%error, "tidelogd failed");
+            eprintln!("tidelogd: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Fires `shutdown` on SIGINT or SIGTERM.
+async fn wait_for_signal(shutdown: Shutdown) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(terminate) => terminate,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGTERM; only SIGINT stops tidelogd");
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.trigger();
+            return;
+        }
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+    shutdown.trigger();
+}

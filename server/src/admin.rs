@@ -1,0 +1,161 @@
+//! The `tidelog.v1.Admin` service: create, delete, list, describe and alter topics.
+//! Create and delete fsync files and directories, so they run on the blocking pool.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tidelog_proto::v1::admin_server::Admin;
+use tidelog_proto::v1::{
+    AlterTopicConfigRequest, AlterTopicConfigResponse, CreateTopicRequest, CreateTopicResponse,
+    DeleteTopicRequest, DeleteTopicResponse, DescribeTopicRequest, DescribeTopicResponse,
+    ListTopicsRequest, ListTopicsResponse,
+};
+use tonic::{Request, Response, Status};
+
+use crate::AppState;
+use crate::convert;
+
+/// Names starting with this are reserved for internal topics.
+const INTERNAL_PREFIX: &str = "__";
+
+/// The Admin service over the shared state.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    state: Arc<AppState>,
+}
+
+impl AdminService {
+    pub fn new(state: Arc<AppState>) -> Self {
+        AdminService { state }
+    }
+
+    /// Records the call's metrics and passes its result through.
+    fn finish<T>(&self, method: &'static str, started: Instant, result: Result<T, Status>) -> Result<T, Status> {
+        self.state
+            .metrics
+            .rpc_finished(method, started, result.as_ref().err().map(Status::code));
+        result
+    }
+
+    async fn create(&self, request: CreateTopicRequest) -> Result<CreateTopicResponse, Status> {
+        if request.name.starts_with(INTERNAL_PREFIX) {
+            return Err(Status::invalid_argument(format!(
+                "topic name {:?} starts with {INTERNAL_PREFIX:?}, which is reserved for internal topics; choose another name",
+                request.name
+            )));
+        }
+        let config = convert::topic_config_from_proto(request.config)?;
+        let partitions = convert::partition_count(request.partitions);
+        let store = self.state.store.clone();
+        let name = request.name;
+        let topic = blocking(move || store.create_topic(&name, partitions, config)).await?;
+        Ok(CreateTopicResponse {
+            topic: Some(convert::topic_description(&topic.info())),
+        })
+    }
+
+    async fn delete(&self, request: DeleteTopicRequest) -> Result<DeleteTopicResponse, Status> {
+        let store = self.state.store.clone();
+        let name = request.name.clone();
+        blocking(move || store.delete_topic(&name)).await?;
+        self.state.metrics.forget_topic(&request.name);
+        // Group members reading the topic end with NOT_FOUND.
+        self.state.groups.topic_deleted(&request.name);
+        Ok(DeleteTopicResponse {})
+    }
+
+    fn list(&self, request: &ListTopicsRequest) -> ListTopicsResponse {
+        ListTopicsResponse {
+            topics: self
+                .state
+                .store
+                .topics()
+                .iter()
+                .filter(|t| request.include_internal || !t.name().starts_with(INTERNAL_PREFIX))
+                .map(|t| convert::topic_summary(&t.info()))
+                .collect(),
+        }
+    }
+
+    fn describe(&self, request: &DescribeTopicRequest) -> Result<DescribeTopicResponse, Status> {
+        let topic = convert::or_status(self.state.store.topic(&request.name))?;
+        Ok(DescribeTopicResponse {
+            topic: Some(convert::topic_description(&topic.info())),
+        })
+    }
+
+    async fn alter(&self, request: AlterTopicConfigRequest) -> Result<AlterTopicConfigResponse, Status> {
+        let topic = convert::or_status(self.state.store.topic(&request.name))?;
+        let config = convert::apply_config_update(&topic.config(), request.update)?;
+        let store = self.state.store.clone();
+        let name = request.name;
+        // Writes the config file atomically (with fsyncs).
+        let topic = blocking(move || store.alter_topic(&name, config)).await?;
+        Ok(AlterTopicConfigResponse {
+            topic: Some(convert::topic_description(&topic.info())),
+        })
+    }
+}
+
+/// Runs a storage call that fsyncs on the blocking pool and maps its error.
+async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> tidelog_storage::Result<T> + Send + 'static,
+) -> Result<T, Status> {
+    match tokio::task::spawn_blocking(call).await {
+        Ok(result) => convert::or_status(result),
+        Err(error) => {
+            tracing::error!(%error, "a blocking storage task failed");
+            Err(Status::internal(
+                "the storage task failed; the broker logged it, retry later",
+            ))
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_topic(
+        &self,
+        request: Request<CreateTopicRequest>,
+    ) -> Result<Response<CreateTopicResponse>, Status> {
+        let started = Instant::now();
+        let result = self.create(request.into_inner()).await;
+        self.finish("CreateTopic", started, result).map(Response::new)
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<DeleteTopicRequest>,
+    ) -> Result<Response<DeleteTopicResponse>, Status> {
+        let started = Instant::now();
+        let result = self.delete(request.into_inner()).await;
+        self.finish("DeleteTopic", started, result).map(Response::new)
+    }
+
+    async fn list_topics(
+        &self,
+        request: Request<ListTopicsRequest>,
+    ) -> Result<Response<ListTopicsResponse>, Status> {
+        let started = Instant::now();
+        let result = Ok(self.list(request.get_ref()));
+        self.finish("ListTopics", started, result).map(Response::new)
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<DescribeTopicRequest>,
+    ) -> Result<Response<DescribeTopicResponse>, Status> {
+        let started = Instant::now();
+        let result = self.describe(request.get_ref());
+        self.finish("DescribeTopic", started, result).map(Response::new)
+    }
+
+    async fn alter_topic_config(
+        &self,
+        request: Request<AlterTopicConfigRequest>,
+    ) -> Result<Response<AlterTopicConfigResponse>, Status> {
+        let started = Instant::now();
+        let result = self.alter(request.into_inner()).await;
+        self.finish("AlterTopicConfig", started, result).map(Response::new)
+    }
+}

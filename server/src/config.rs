@@ -1,0 +1,280 @@
+//! tidelogd's settings. Each comes from, in order of precedence: a command-line flag,
+//! an environment variable `TIDELOG_*`, a key of the TOML file given by `--config`,
+//! then the built-in default. `tidelogd --help` lists them all.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+use tidelog_storage::config::parse_duration_ms;
+
+/// Default gRPC address.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:7420";
+/// Default Prometheus metrics address.
+pub const METRICS_LISTEN_DEFAULT: &str = "127.0.0.1:7421";
+/// Default data directory.
+pub const DATA_DIR_DEFAULT: &str = "./data";
+/// Default log filter.
+pub const LOG_LEVEL_DEFAULT: &str = "info";
+/// Default time between retention passes.
+pub const RETENTION_INTERVAL_DEFAULT: &str = "30s";
+/// Default for the largest gRPC request the server decodes: a 16 MiB message (the
+/// largest `max_message_bytes` a topic can have) plus room for key, headers and
+/// framing, with a second message of that size.
+pub const MAX_REQUEST_BYTES_DEFAULT: usize = 32 * 1024 * 1024;
+/// Bounds on `max_request_bytes`: below 64 KiB even small batches fail; above 1 GiB
+/// one request could hold a large share of the machine's memory.
+pub const MAX_REQUEST_BYTES_MIN: usize = 64 * 1024;
+pub const MAX_REQUEST_BYTES_MAX: usize = 1024 * 1024 * 1024;
+/// Default fsync threads (the storage engine's default).
+pub const FLUSH_THREADS_DEFAULT: usize = 4;
+/// Most fsync threads: one disk gains nothing from more.
+pub const FLUSH_THREADS_MAX: usize = 64;
+/// Default time allowed for in-flight calls to finish on shutdown.
+pub const SHUTDOWN_TIMEOUT_DEFAULT: &str = "10s";
+
+/// The command line. Every setting is optional here so the file and the defaults
+/// can fill in what flags and environment leave out.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(
+    name = "tidelogd",
+    version,
+    about = "tidelogd: the tidelog broker, a durable log-structured message broker with a gRPC API",
+    long_about = "tidelogd: the tidelog broker, a durable log-structured message broker with a gRPC API.\n\n\
+Settings come from flags, then environment variables (TIDELOG_*), then the TOML file given \
+with --config (keys named like the flags with '_' for '-', e.g. data_dir = \"/var/lib/tidelog\"), \
+then built-in defaults. Durations accept 500ms, 30s, 5m, 2h, 7d.\n\n\
+Once both sockets are bound tidelogd prints one line to stdout:\n  \
+tidelogd ready grpc=ADDR metrics=ADDR data=DIR\n\
+and logs to stderr. SIGINT or SIGTERM stops it gracefully (exit status 0)."
+)]
+pub struct Cli {
+    /// TOML file with settings (keys: data_dir, listen, metrics_listen, log_level,
+    /// retention_interval, flush_threads, max_request_bytes, shutdown_timeout).
+    #[arg(long, env = "TIDELOG_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Data directory: topics, segments and committed offsets [default: ./data]
+    #[arg(long, env = "TIDELOG_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// gRPC listen address; port 0 picks a free port [default: 127.0.0.1:7420]
+    #[arg(long, env = "TIDELOG_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Prometheus metrics listen address (serves GET /metrics); port 0 picks a free
+    /// port [default: 127.0.0.1:7421]
+    #[arg(long, env = "TIDELOG_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Log filter, e.g. info, debug, or tidelog_server=debug,info. When neither this
+    /// flag nor TIDELOG_LOG_LEVEL is given, RUST_LOG is used if set, then the file's
+    /// log_level [default: info]
+    #[arg(long, env = "TIDELOG_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+
+    /// Time between retention passes (segment deletion by retention_ms,
+    /// retention_bytes and TTL) [default: 30s]
+    #[arg(long, env = "TIDELOG_RETENTION_INTERVAL", value_name = "DURATION")]
+    pub retention_interval: Option<String>,
+
+    /// Threads that fsync partitions (group commit) [default: 4]
+    #[arg(long, env = "TIDELOG_FLUSH_THREADS", value_name = "N")]
+    pub flush_threads: Option<usize>,
+
+    /// Largest gRPC request the server accepts, in bytes; larger requests fail with
+    /// OUT_OF_RANGE before they reach a handler [default: 33554432 (32 MiB)]
+    #[arg(long, env = "TIDELOG_MAX_REQUEST_BYTES", value_name = "BYTES")]
+    pub max_request_bytes: Option<usize>,
+
+    /// How long shutdown waits for in-flight calls before closing anyway
+    /// [default: 10s]
+    #[arg(long, env = "TIDELOG_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
+    pub shutdown_timeout: Option<String>,
+}
+
+/// The TOML file. Unknown keys are an error, so a typo does not pass silently.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSettings {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_level: Option<String>,
+    pub retention_interval: Option<String>,
+    pub flush_threads: Option<usize>,
+    pub max_request_bytes: Option<usize>,
+    pub shutdown_timeout: Option<String>,
+}
+
+/// The effective settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    /// The tracing filter directive.
+    pub log_level: String,
+    pub retention_interval: Duration,
+    pub flush_threads: usize,
+    /// Largest decoded gRPC message (tonic's max decoding message size).
+    pub max_request_bytes: usize,
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::resolve(Cli::default(), FileSettings::default(), None)
+            .expect("the built-in defaults are valid")
+    }
+}
+
+impl Settings {
+    /// Reads the file named by `cli.config` (if any) and merges.
+    pub fn load(cli: Cli) -> Result<Settings, String> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+        let rust_log = std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty());
+        Settings::resolve(cli, file, rust_log)
+    }
+
+    /// Merges flags/environment (`cli`, already merged by clap), the file and the
+    /// defaults, and checks every value.
+    pub fn resolve(
+        cli: Cli,
+        file: FileSettings,
+        rust_log: Option<String>,
+    ) -> Result<Settings, String> {
+        let duration = |name: &str, text: String| -> Result<Duration, String> {
+            parse_duration_ms(&text)
+                .map(Duration::from_millis)
+                .map_err(|e| format!("{name}: {e}"))
+        };
+        let parse_addr = |text: &str| -> SocketAddr {
+            text.parse()
+                .expect("built-in default addresses are valid socket addresses")
+        };
+        let retention_interval = duration(
+            "retention_interval",
+            cli.retention_interval
+                .or(file.retention_interval)
+                .unwrap_or_else(|| RETENTION_INTERVAL_DEFAULT.into()),
+        )?;
+        if retention_interval.is_zero() {
+            return Err("retention_interval must be at least 1ms".into());
+        }
+        let shutdown_timeout = duration(
+            "shutdown_timeout",
+            cli.shutdown_timeout
+                .or(file.shutdown_timeout)
+                .unwrap_or_else(|| SHUTDOWN_TIMEOUT_DEFAULT.into()),
+        )?;
+        let flush_threads = cli
+            .flush_threads
+            .or(file.flush_threads)
+            .unwrap_or(FLUSH_THREADS_DEFAULT);
+        if !(1..=FLUSH_THREADS_MAX).contains(&flush_threads) {
+            return Err(format!(
+                "flush_threads must be 1 to {FLUSH_THREADS_MAX}, not {flush_threads}"
+            ));
+        }
+        let max_request_bytes = cli
+            .max_request_bytes
+            .or(file.max_request_bytes)
+            .unwrap_or(MAX_REQUEST_BYTES_DEFAULT);
+        if !(MAX_REQUEST_BYTES_MIN..=MAX_REQUEST_BYTES_MAX).contains(&max_request_bytes) {
+            return Err(format!(
+                "max_request_bytes must be {MAX_REQUEST_BYTES_MIN} to {MAX_REQUEST_BYTES_MAX}, not {max_request_bytes}"
+            ));
+        }
+        Ok(Settings {
+            data_dir: cli
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| DATA_DIR_DEFAULT.into()),
+            listen: cli
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| parse_addr(LISTEN_DEFAULT)),
+            metrics_listen: cli
+                .metrics_listen
+                .or(file.metrics_listen)
+                .unwrap_or_else(|| parse_addr(METRICS_LISTEN_DEFAULT)),
+            log_level: cli
+                .log_level
+                .or(rust_log)
+                .or(file.log_level)
+                .unwrap_or_else(|| LOG_LEVEL_DEFAULT.into()),
+            retention_interval,
+            flush_threads,
+            max_request_bytes,
+            shutdown_timeout,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileSettings, String> {
+    /// A settings file is a few hundred bytes; refuse to read something huge.
+    const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
+    let size = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?
+        .len();
+    if size > CONFIG_FILE_BYTES_MAX {
+        return Err(format!(
+            "config file {} is {size} bytes, over the limit of {CONFIG_FILE_BYTES_MAX}",
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let settings = Settings::default();
+        assert_eq!(settings.listen.to_string(), "127.0.0.1:7420");
+        assert_eq!(settings.metrics_listen.to_string(), "127.0.0.1:7421");
+        assert_eq!(settings.data_dir, PathBuf::from("./data"));
+        assert_eq!(settings.retention_interval, Duration::from_secs(30));
+        assert_eq!(settings.log_level, "info");
+        assert_eq!(settings.max_request_bytes, 32 << 20);
+    }
+
+    #[test]
+    fn flags_win_over_file_over_defaults() {
+        let file: FileSettings = toml::from_str(
+            "data_dir = \"/from/file\"\nlisten = \"127.0.0.1:9000\"\nretention_interval = \"5s\"\nlog_level = \"warn\"",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from(["tidelogd", "--listen", "127.0.0.1:9001"]).unwrap();
+        let settings = Settings::resolve(cli, file.clone(), None).unwrap();
+        assert_eq!(settings.listen.to_string(), "127.0.0.1:9001");
+        assert_eq!(settings.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(settings.retention_interval, Duration::from_secs(5));
+        assert_eq!(settings.log_level, "warn");
+        // RUST_LOG beats the file, not the flag.
+        let settings = Settings::resolve(Cli::default(), file, Some("debug".into())).unwrap();
+        assert_eq!(settings.log_level, "debug");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_setting_named() {
+        let unknown = toml::from_str::<FileSettings>("data_dri = \"x\"");
+        assert!(unknown.is_err());
+        let cli = Cli::try_parse_from(["tidelogd", "--retention-interval", "soon"]).unwrap();
+        let error = Settings::resolve(cli, FileSettings::default(), None).unwrap_err();
+        assert!(error.contains("retention_interval"), "{error}");
+        let cli = Cli::try_parse_from(["tidelogd", "--max-request-bytes", "10"]).unwrap();
+        let error = Settings::resolve(cli, FileSettings::default(), None).unwrap_err();
+        assert!(error.contains("max_request_bytes"), "{error}");
+    }
+}

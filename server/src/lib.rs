@@ -1,0 +1,51 @@
+//! tidelog-server: the gRPC broker over the tidelog storage engine (binary `tidelogd`).
+//!
+//! Codemap:
+//! - [`config`]: settings from flags, environment (`TIDELOG_*`) and a TOML file.
+//! - [`convert`]: the one module that knows both proto and storage types, and maps
+//!   `tidelog_storage::Error` to `tonic::Status`. Nothing else imports both.
+//! - [`admin`], [`publish`], [`consume`]: the `Admin`, `Publisher` and `Consumer`
+//!   services. [`consume`] also owns the partition reader that group members use.
+//! - [`groups`]: consumer groups (coordinator and the `Groups` service).
+//! - [`metrics`]: Prometheus metrics and the `/metrics` HTTP endpoint.
+//! - [`shutdown`]: the signal every long-lived call watches so the broker can stop.
+//! - [`server`]: binds the sockets, wires the services, runs until shutdown.
+//!
+//! Invariants: storage calls that fsync (create/delete topic, retention, close) run on
+//! the blocking pool; appends (a short `pwrite`) and reads (from `mmap`) run inline in
+//! async code. Every stream a client opens is bounded: a subscriber's queue holds a
+//! few batches, a publish stream a fixed number of requests in flight.
+#![deny(unsafe_code)]
+
+use std::sync::Arc;
+
+use tidelog_storage::Store;
+
+pub mod admin;
+pub mod config;
+pub mod consume;
+pub mod convert;
+pub mod groups;
+pub mod metrics;
+pub mod partitioner;
+pub mod publish;
+pub mod server;
+pub mod shutdown;
+
+/// What every service shares. Handed around as `Arc<AppState>`.
+#[derive(Debug)]
+pub struct AppState {
+    /// The storage engine: topics, partitions, committed offsets.
+    pub store: Arc<Store>,
+    /// Counters, gauges and histograms served on `/metrics`.
+    pub metrics: Arc<metrics::Metrics>,
+    /// The broker's effective settings.
+    pub config: Arc<config::Settings>,
+    /// The consumer-group coordinator.
+    pub groups: Arc<groups::GroupCoordinator>,
+    /// Fires when the broker starts shutting down: long polls answer, streams end
+    /// with UNAVAILABLE, so in-flight calls can finish and the server can stop.
+    pub shutdown: shutdown::Shutdown,
+    /// Round-robin counter for messages with neither key nor partition.
+    pub round_robin: partitioner::RoundRobin,
+}

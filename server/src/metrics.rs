@@ -1,0 +1,729 @@
+//! Prometheus metrics (prometheus-client, OpenMetrics text) and the `/metrics`
+//! HTTP endpoint.
+//!
+//! Counters and histograms are updated where things happen (publish, fetch, every
+//! RPC, every group commit through [`FlushObserver`]). Gauges that describe state the
+//! storage engine already holds (end offset, log start, size per partition) and the
+//! consumer-group gauges are computed at scrape time, so they are never stale and
+//! cost nothing between scrapes.
+//!
+//! Metric names (counters get `_total` appended by the encoder):
+//!
+//! | name | type | labels |
+//! |---|---|---|
+//! | tidelog_publish_messages / _bytes | counter | topic |
+//! | tidelog_fetch_messages / _bytes (Fetch and Subscribe deliveries) | counter | topic |
+//! | tidelog_partition_end_offset, _log_start_offset, _size_bytes | gauge | topic, partition |
+//! | tidelog_fsync_duration_seconds | histogram | |
+//! | tidelog_group_commit_appends, tidelog_group_commit_bytes | histogram | |
+//! | tidelog_rpc_duration_seconds | histogram | method |
+//! | tidelog_rpc_errors | counter | method, code |
+//! | tidelog_open_streams | gauge | kind (publish, subscribe) |
+//! | tidelog_retention_deleted_segments / _bytes / _messages | counter | topic |
+//! | tidelog_position_resets | counter | topic, reason |
+//! | tidelog_consumer_group_lag | gauge | group, topic, partition |
+//! | tidelog_consumer_group_members | gauge | group |
+
+use std::fmt::Write as _;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tidelog_storage::{FlushObserver, RetentionOutcome, Store};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::shutdown::Shutdown;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    pub topic: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabels {
+    topic: String,
+    partition: u32,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcErrorLabels {
+    method: &'static str,
+    code: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamLabels {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResetLabels {
+    topic: String,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLagLabels {
+    group: String,
+    topic: String,
+    partition: u32,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    group: String,
+}
+
+/// Consumer lag of one group on one partition, for the scrape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupLag {
+    pub group: String,
+    pub topic: String,
+    pub partition: u32,
+    /// end_offset - committed offset (0 when the commit is ahead).
+    pub lag: u64,
+}
+
+/// What the consumer-group gauges show at one scrape.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupMetricsSnapshot {
+    /// Live members per group: (group, member count).
+    pub members: Vec<(String, u64)>,
+    /// Lag per group and partition that has a committed offset.
+    pub lags: Vec<GroupLag>,
+}
+
+/// Implemented by the group coordinator: read at every scrape for the
+/// `tidelog_consumer_group_*` gauges. Keep it cheap (no I/O).
+pub trait GroupMetricsSource: Send + Sync + std::fmt::Debug {
+    fn group_metrics(&self) -> GroupMetricsSnapshot;
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn rpc_histogram() -> Histogram {
+    // 100 µs to ~52 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
+/// Every metric the broker exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    publish_messages: Family<TopicLabels, Counter>,
+    publish_bytes: Family<TopicLabels, Counter>,
+    fetch_messages: Family<TopicLabels, Counter>,
+    fetch_bytes: Family<TopicLabels, Counter>,
+    rpc_duration: HistogramFamily<MethodLabels>,
+    rpc_errors: Family<RpcErrorLabels, Counter>,
+    open_streams: Family<StreamLabels, Gauge>,
+    retention_segments: Family<TopicLabels, Counter>,
+    retention_bytes: Family<TopicLabels, Counter>,
+    retention_messages: Family<TopicLabels, Counter>,
+    position_resets: Family<ResetLabels, Counter>,
+    flush: Arc<FlushMetrics>,
+    sources: Arc<ScrapeSources>,
+}
+
+/// Histograms fed by the storage engine's group commits.
+#[derive(Debug)]
+struct FlushMetrics {
+    fsync_seconds: Histogram,
+    appends: Histogram,
+    bytes: Histogram,
+}
+
+impl FlushObserver for FlushMetrics {
+    fn on_flush(&self, duration: Duration, appends: u64, bytes: u64) {
+        self.fsync_seconds.observe(duration.as_secs_f64());
+        self.appends.observe(appends as f64);
+        self.bytes.observe(bytes as f64);
+    }
+}
+
+/// Where the scrape-time gauges come from; set once the store and the group
+/// coordinator exist (the store needs the flush observer first). Weak, so metrics
+/// never keep the store open.
+#[derive(Debug, Default)]
+struct ScrapeSources {
+    store: OnceLock<Weak<Store>>,
+    groups: OnceLock<Weak<dyn GroupMetricsSource>>,
+}
+
+/// Clamps a u64 into a gauge's i64.
+fn gauge_value(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl Collector for ScrapeSources {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Some(store) = self.store.get().and_then(Weak::upgrade) {
+            let end: Family<PartitionLabels, Gauge> = Family::default();
+            let start: Family<PartitionLabels, Gauge> = Family::default();
+            let size: Family<PartitionLabels, Gauge> = Family::default();
+            for topic in store.topics() {
+                for partition in topic.partitions() {
+                    let info = partition.info();
+                    let labels = PartitionLabels {
+                        topic: topic.name().to_string(),
+                        partition: info.partition,
+                    };
+                    end.get_or_create(&labels)
+                        .set(gauge_value(info.end_offset));
+                    start
+                        .get_or_create(&labels)
+                        .set(gauge_value(info.log_start));
+                    size.get_or_create(&labels)
+                        .set(gauge_value(info.size_bytes));
+                }
+            }
+            for (name, help, family) in [
+                (
+                    "tidelog_partition_end_offset",
+                    "High watermark: one past the last message readers can see",
+                    &end,
+                ),
+                (
+                    "tidelog_partition_log_start_offset",
+                    "Lowest offset still stored",
+                    &start,
+                ),
+                (
+                    "tidelog_partition_size_bytes",
+                    "Bytes of the partition's log segments",
+                    &size,
+                ),
+            ] {
+                family.encode(encoder.encode_descriptor(name, help, None, family.metric_type())?)?;
+            }
+        }
+        if let Some(groups) = self.groups.get().and_then(Weak::upgrade) {
+            let snapshot = groups.group_metrics();
+            let lag: Family<GroupLagLabels, Gauge> = Family::default();
+            for entry in snapshot.lags {
+                lag.get_or_create(&GroupLagLabels {
+                    group: entry.group,
+                    topic: entry.topic,
+                    partition: entry.partition,
+                })
+                .set(gauge_value(entry.lag));
+            }
+            let members: Family<GroupLabels, Gauge> = Family::default();
+            for (group, count) in snapshot.members {
+                members
+                    .get_or_create(&GroupLabels { group })
+                    .set(gauge_value(count));
+            }
+            lag.encode(encoder.encode_descriptor(
+                "tidelog_consumer_group_lag",
+                "Messages between a group's committed offset and the partition's end offset",
+                None,
+                lag.metric_type(),
+            )?)?;
+            members.encode(encoder.encode_descriptor(
+                "tidelog_consumer_group_members",
+                "Live members of a consumer group",
+                None,
+                members.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let flush = Arc::new(FlushMetrics {
+            // 50 µs to ~26 s.
+            fsync_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 20)),
+            appends: Histogram::new(exponential_buckets(1.0, 2.0, 16)),
+            // 256 B to 128 MiB.
+            bytes: Histogram::new(exponential_buckets(256.0, 2.0, 20)),
+        });
+        let sources = Arc::new(ScrapeSources::default());
+        let metrics = Metrics {
+            publish_messages: Family::default(),
+            publish_bytes: Family::default(),
+            fetch_messages: Family::default(),
+            fetch_bytes: Family::default(),
+            rpc_duration: Family::new_with_constructor(rpc_histogram),
+            rpc_errors: Family::default(),
+            open_streams: Family::default(),
+            retention_segments: Family::default(),
+            retention_bytes: Family::default(),
+            retention_messages: Family::default(),
+            position_resets: Family::default(),
+            flush: flush.clone(),
+            sources: sources.clone(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "tidelog_publish_messages",
+            "Messages appended, by topic",
+            metrics.publish_messages.clone(),
+        );
+        registry.register(
+            "tidelog_publish_bytes",
+            "Key, value and header bytes appended, by topic",
+            metrics.publish_bytes.clone(),
+        );
+        registry.register(
+            "tidelog_fetch_messages",
+            "Messages delivered by Fetch and Subscribe, by topic",
+            metrics.fetch_messages.clone(),
+        );
+        registry.register(
+            "tidelog_fetch_bytes",
+            "Key, value and header bytes delivered by Fetch and Subscribe, by topic",
+            metrics.fetch_bytes.clone(),
+        );
+        registry.register(
+            "tidelog_rpc_duration_seconds",
+            "Time to answer a unary RPC, or the life of a streaming one, by method",
+            metrics.rpc_duration.clone(),
+        );
+        registry.register(
+            "tidelog_rpc_errors",
+            "RPCs (or requests inside a publish stream) that failed, by method and gRPC status code",
+            metrics.rpc_errors.clone(),
+        );
+        registry.register(
+            "tidelog_open_streams",
+            "Open PublishStream (kind=publish) and Subscribe (kind=subscribe) streams",
+            metrics.open_streams.clone(),
+        );
+        registry.register(
+            "tidelog_retention_deleted_segments",
+            "Segments deleted by retention or TTL, by topic",
+            metrics.retention_segments.clone(),
+        );
+        registry.register(
+            "tidelog_retention_deleted_bytes",
+            "Log bytes deleted by retention or TTL, by topic",
+            metrics.retention_bytes.clone(),
+        );
+        registry.register(
+            "tidelog_retention_deleted_messages",
+            "Messages in segments deleted by retention or TTL (expired ones included), by topic",
+            metrics.retention_messages.clone(),
+        );
+        registry.register(
+            "tidelog_position_resets",
+            "Consumer positions moved by a reset policy, by topic and reason",
+            metrics.position_resets.clone(),
+        );
+        registry.register(
+            "tidelog_fsync_duration_seconds",
+            "Duration of one group commit (fdatasync of a partition)",
+            flush.fsync_seconds.clone(),
+        );
+        registry.register(
+            "tidelog_group_commit_appends",
+            "Appends made durable by one group commit",
+            flush.appends.clone(),
+        );
+        registry.register(
+            "tidelog_group_commit_bytes",
+            "Bytes made durable by one group commit",
+            flush.bytes.clone(),
+        );
+        registry.register_collector(Box::new(sources));
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// The observer to pass in `StoreOptions::flush_observer`.
+    pub fn flush_observer(&self) -> Arc<dyn FlushObserver> {
+        self.flush.clone()
+    }
+
+    /// Lets the scrape read partition state from `store`. Later calls are ignored.
+    pub fn set_store(&self, store: &Arc<Store>) {
+        let _ = self.sources.store.set(Arc::downgrade(store));
+    }
+
+    /// Lets the scrape read the consumer-group gauges. Later calls are ignored.
+    pub fn set_group_source(&self, source: Weak<dyn GroupMetricsSource>) {
+        let _ = self.sources.groups.set(source);
+    }
+
+    pub fn published(&self, topic: &str, messages: u64, bytes: u64) {
+        let labels = TopicLabels {
+            topic: topic.to_string(),
+        };
+        self.publish_messages.get_or_create(&labels).inc_by(messages);
+        self.publish_bytes.get_or_create(&labels).inc_by(bytes);
+    }
+
+    pub fn fetched(&self, topic: &str, messages: u64, bytes: u64) {
+        if messages == 0 {
+            return;
+        }
+        let labels = TopicLabels {
+            topic: topic.to_string(),
+        };
+        self.fetch_messages.get_or_create(&labels).inc_by(messages);
+        self.fetch_bytes.get_or_create(&labels).inc_by(bytes);
+    }
+
+    /// Records one RPC's duration and, if it failed, its status code.
+    pub fn rpc_finished(&self, method: &'static str, started: Instant, error: Option<tonic::Code>) {
+        self.rpc_duration
+            .get_or_create(&MethodLabels { method })
+            .observe(started.elapsed().as_secs_f64());
+        if let Some(code) = error {
+            self.rpc_error(method, code);
+        }
+    }
+
+    /// Counts one failed RPC (or failed request in a stream).
+    pub fn rpc_error(&self, method: &'static str, code: tonic::Code) {
+        self.rpc_errors
+            .get_or_create(&RpcErrorLabels {
+                method,
+                code: code_name(code),
+            })
+            .inc();
+    }
+
+    /// Counts an open stream of `kind` until the guard is dropped.
+    pub fn open_stream(self: &Arc<Self>, kind: &'static str) -> StreamGuard {
+        self.open_streams
+            .get_or_create(&StreamLabels { kind })
+            .inc();
+        StreamGuard {
+            metrics: self.clone(),
+            kind,
+        }
+    }
+
+    pub fn retention(&self, topic: &str, outcome: &RetentionOutcome) {
+        if outcome.segments_deleted == 0 {
+            return;
+        }
+        let labels = TopicLabels {
+            topic: topic.to_string(),
+        };
+        self.retention_segments
+            .get_or_create(&labels)
+            .inc_by(u64::from(outcome.segments_deleted));
+        self.retention_bytes
+            .get_or_create(&labels)
+            .inc_by(outcome.bytes_deleted);
+        self.retention_messages
+            .get_or_create(&labels)
+            .inc_by(outcome.records_deleted);
+    }
+
+    /// Counts a position moved by a reset policy; `reason` is a short snake_case word
+    /// (below_log_start, above_end_offset, no_committed_offset).
+    pub fn position_reset(&self, topic: &str, reason: &'static str) {
+        self.position_resets
+            .get_or_create(&ResetLabels {
+                topic: topic.to_string(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// Forgets the per-topic series of a deleted topic, so they stop being exported.
+    pub fn forget_topic(&self, topic: &str) {
+        let labels = TopicLabels {
+            topic: topic.to_string(),
+        };
+        for family in [
+            &self.publish_messages,
+            &self.publish_bytes,
+            &self.fetch_messages,
+            &self.fetch_bytes,
+            &self.retention_segments,
+            &self.retention_bytes,
+            &self.retention_messages,
+        ] {
+            family.remove(&labels);
+        }
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+            let _ = writeln!(out, "# encoding the metrics failed");
+        }
+        out
+    }
+}
+
+/// Decrements the open-stream gauge when the stream ends, however it ends.
+#[derive(Debug)]
+pub struct StreamGuard {
+    metrics: Arc<Metrics>,
+    kind: &'static str,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.metrics
+            .open_streams
+            .get_or_create(&StreamLabels { kind: self.kind })
+            .dec();
+    }
+}
+
+/// The label value of a status code (the gRPC spelling, e.g. NOT_FOUND).
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Longest request head the metrics endpoint reads; a scraper sends a few hundred
+/// bytes.
+const HTTP_REQUEST_BYTES_MAX: usize = 8 * 1024;
+/// How long a metrics connection may take to send its request.
+const HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Metrics connections served at once; more wait in the accept queue.
+const HTTP_CONNECTIONS_MAX: usize = 16;
+
+/// Serves `GET /metrics` (OpenMetrics text) on `listener` until `shutdown`: a small
+/// HTTP/1.1 responder, one request per connection, with bounded reads. Other paths
+/// are 404, other methods 405.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: Shutdown) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(HTTP_CONNECTIONS_MAX));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.wait() => return,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.wait() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let metrics = metrics.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    if let Err(error) =
+                        tokio::time::timeout(HTTP_REQUEST_TIMEOUT, handle_http(stream, &metrics))
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(std::io::Error::new(
+                                    std::io::ErrorKind::TimedOut,
+                                    "request took too long",
+                                ))
+                            })
+                    {
+                        tracing::debug!(%error, "metrics connection failed");
+                    }
+                });
+            }
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(%error, "accepting a metrics connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn handle_http(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    let mut buffer = vec![0u8; HTTP_REQUEST_BYTES_MAX];
+    let mut filled = 0;
+    let head_end = loop {
+        if let Some(end) = find_head_end(&buffer[..filled]) {
+            break end;
+        }
+        if filled == buffer.len() {
+            return respond(&mut stream, "431 Request Header Fields Too Large", "").await;
+        }
+        let read = stream.read(&mut buffer[filled..]).await?;
+        if read == 0 {
+            return Ok(());
+        }
+        filled += read;
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]);
+    let mut parts = head.lines().next().unwrap_or("").split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    match (method, path) {
+        ("GET", "/metrics") => {
+            let body = metrics.encode();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).await?;
+            stream.write_all(body.as_bytes()).await?;
+            stream.shutdown().await
+        }
+        ("GET" | "HEAD", _) => respond(&mut stream, "404 Not Found", "not found: try /metrics\n").await,
+        _ => respond(&mut stream, "405 Method Not Allowed", "only GET /metrics\n").await,
+    }
+}
+
+fn find_head_end(bytes: &[u8]) -> Option<usize> {
+    bytes.windows(4).position(|w| w == b"\r\n\r\n")
+}
+
+async fn respond(stream: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_flushes_show_up_in_the_text() {
+        let metrics = Arc::new(Metrics::new());
+        metrics.published("orders", 3, 30);
+        metrics.fetched("orders", 2, 20);
+        metrics.rpc_finished("Publish", Instant::now(), Some(tonic::Code::NotFound));
+        metrics.position_reset("orders", "below_log_start");
+        metrics.flush_observer().on_flush(Duration::from_millis(3), 5, 4096);
+        let guard = metrics.open_stream("subscribe");
+        let text = metrics.encode();
+        for expected in [
+            "tidelog_publish_messages_total{topic=\"orders\"} 3",
+            "tidelog_publish_bytes_total{topic=\"orders\"} 30",
+            "tidelog_fetch_messages_total{topic=\"orders\"} 2",
+            "tidelog_rpc_errors_total{method=\"Publish\",code=\"NOT_FOUND\"} 1",
+            "tidelog_position_resets_total{topic=\"orders\",reason=\"below_log_start\"} 1",
+            "tidelog_fsync_duration_seconds_count 1",
+            "tidelog_group_commit_appends_sum 5.0",
+            "tidelog_open_streams{kind=\"subscribe\"} 1",
+        ] {
+            assert!(text.contains(expected), "{expected} missing from\n{text}");
+        }
+        drop(guard);
+        assert!(metrics.encode().contains("tidelog_open_streams{kind=\"subscribe\"} 0"));
+    }
+
+    #[derive(Debug)]
+    struct FixedGroups;
+    impl GroupMetricsSource for FixedGroups {
+        fn group_metrics(&self) -> GroupMetricsSnapshot {
+            GroupMetricsSnapshot {
+                members: vec![("billing".into(), 2)],
+                lags: vec![GroupLag {
+                    group: "billing".into(),
+                    topic: "orders".into(),
+                    partition: 1,
+                    lag: 7,
+                }],
+            }
+        }
+    }
+
+    #[test]
+    fn scrape_time_gauges_read_store_and_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            Store::open(
+                dir.path(),
+                tidelog_storage::StoreOptions {
+                    retention_interval: None,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        );
+        let topic = store
+            .create_topic("orders", 2, tidelog_storage::TopicConfig::default())
+            .unwrap();
+        topic.partitions()[1]
+            .append_durable(&[tidelog_storage::NewRecord::value("x")])
+            .unwrap();
+        let metrics = Metrics::new();
+        metrics.set_store(&store);
+        let groups: Arc<dyn GroupMetricsSource> = Arc::new(FixedGroups);
+        metrics.set_group_source(Arc::downgrade(&groups));
+        let text = metrics.encode();
+        for expected in [
+            "tidelog_partition_end_offset{topic=\"orders\",partition=\"1\"} 1",
+            "tidelog_partition_end_offset{topic=\"orders\",partition=\"0\"} 0",
+            "tidelog_partition_log_start_offset{topic=\"orders\",partition=\"1\"} 0",
+            "tidelog_consumer_group_lag{group=\"billing\",topic=\"orders\",partition=\"1\"} 7",
+            "tidelog_consumer_group_members{group=\"billing\"} 2",
+        ] {
+            assert!(text.contains(expected), "{expected} missing from\n{text}");
+        }
+        store.close().unwrap();
+    }
+
+    #[tokio::test]
+    async fn http_endpoint_serves_metrics_and_404() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        metrics.published("t", 1, 1);
+        let shutdown = Shutdown::new();
+        let server = tokio::spawn(serve(listener, metrics, shutdown.clone()));
+        let get = |path: &'static str| async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream
+                .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.unwrap();
+            response
+        };
+        let ok = get("/metrics").await;
+        assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
+        assert!(ok.contains("tidelog_publish_messages_total{topic=\"t\"} 1"));
+        assert!(ok.trim_end().ends_with("# EOF"));
+        assert!(get("/other").await.starts_with("HTTP/1.1 404"));
+        shutdown.trigger();
+        server.await.unwrap();
+    }
+}

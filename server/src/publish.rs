@@ -1,0 +1,283 @@
+//! The `tidelog.v1.Publisher` service: unary `Publish` and the pipelined
+//! `PublishStream`.
+//!
+//! A request goes through three steps:
+//! 1. [`prepare`]: validate, choose each message's partition (explicit, else key hash,
+//!    else round robin; see [`crate::partitioner`]) and group the messages by
+//!    partition, keeping request order within each partition;
+//! 2. [`append`]: one storage append (one record batch) per partition. An append is a
+//!    short `pwrite` into the page cache, so it runs inline on the async worker;
+//! 3. [`complete`]: for ack DURABLE, await each partition's durability future (the
+//!    group-commit flusher fsyncs in the background), then answer.
+//!
+//! On a stream, steps 1-2 of request N+1 run while step 3 of request N still waits
+//! for its fsync, so a producer pipelines many requests into one group commit; the
+//! answers still go out in request order, because fsyncs complete in offset order.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tidelog_proto::v1::publisher_server::Publisher;
+use tidelog_proto::v1::{
+    MessageAck, PublishRequest, PublishResponse, PublishStreamRequest, PublishStreamResponse,
+    publish_stream_response::Outcome,
+};
+use tidelog_storage::{AckLevel, NewRecord, Partition, Topic};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::AppState;
+use crate::convert;
+use crate::partitioner;
+
+/// Requests of one PublishStream that may be appended but not yet answered. Past
+/// this the server stops reading the stream and HTTP/2 flow control pushes back on
+/// the producer. 64 requests keep a group commit busy without holding much memory.
+pub const PUBLISH_STREAM_IN_FLIGHT_MAX: usize = 64;
+
+/// The Publisher service.
+#[derive(Debug, Clone)]
+pub struct PublisherService {
+    state: Arc<AppState>,
+}
+
+impl PublisherService {
+    pub fn new(state: Arc<AppState>) -> Self {
+        PublisherService { state }
+    }
+}
+
+/// The messages of one request that go to one partition.
+#[derive(Debug)]
+struct PartitionBatch {
+    partition: u32,
+    records: Vec<NewRecord>,
+    /// Position of each record in the request, for the acks.
+    indexes: Vec<usize>,
+}
+
+/// A validated request, grouped by partition.
+#[derive(Debug)]
+pub struct Prepared {
+    topic: Arc<Topic>,
+    ack: AckLevel,
+    message_count: usize,
+    batches: Vec<PartitionBatch>,
+}
+
+/// Appended messages and what a DURABLE ack still waits for.
+#[derive(Debug)]
+pub struct Written {
+    ack: AckLevel,
+    acks: Vec<MessageAck>,
+    /// (partition, last offset appended to it).
+    durable_waits: Vec<(Arc<Partition>, u64)>,
+}
+
+/// Validates `request` and chooses every message's partition.
+pub fn prepare(state: &AppState, request: PublishRequest) -> Result<Prepared, Status> {
+    let topic = convert::or_status(state.store.topic(&request.topic))?;
+    if request.messages.is_empty() {
+        return Err(Status::invalid_argument(
+            "the request has no messages; send at least one",
+        ));
+    }
+    let ack = convert::ack_level(request.ack)?;
+    let partition_count = topic.partitions().len() as u32;
+    let message_count = request.messages.len();
+    let mut batches: BTreeMap<u32, PartitionBatch> = BTreeMap::new();
+    for (index, mut message) in request.messages.into_iter().enumerate() {
+        let partition = match message.partition.take() {
+            Some(partition) => {
+                // Names the valid range when out of it.
+                convert::or_status(topic.partition(partition))?;
+                partition
+            }
+            None if !message.key.is_empty() => {
+                partitioner::partition_for_key(&message.key, partition_count)
+            }
+            None => state.round_robin.next(partition_count),
+        };
+        let record = convert::new_record(index, message)?;
+        let batch = batches.entry(partition).or_insert_with(|| PartitionBatch {
+            partition,
+            records: Vec::new(),
+            indexes: Vec::new(),
+        });
+        batch.records.push(record);
+        batch.indexes.push(index);
+    }
+    Ok(Prepared {
+        topic,
+        ack,
+        message_count,
+        batches: batches.into_values().collect(),
+    })
+}
+
+/// Appends each partition's messages as one batch. On an error the batches of
+/// partitions appended before it stay stored (the API documents this).
+pub fn append(state: &AppState, prepared: Prepared) -> Result<Written, Status> {
+    let mut acks = vec![MessageAck::default(); prepared.message_count];
+    let mut durable_waits = Vec::with_capacity(prepared.batches.len());
+    for batch in &prepared.batches {
+        let partition = convert::or_status(prepared.topic.partition(batch.partition))?;
+        let appended = convert::or_status(partition.append(&batch.records))?;
+        let bytes: u64 = batch.records.iter().map(NewRecord::payload_bytes).sum();
+        state
+            .metrics
+            .published(prepared.topic.name(), batch.records.len() as u64, bytes);
+        for (delta, &index) in batch.indexes.iter().enumerate() {
+            acks[index] = MessageAck {
+                partition: batch.partition,
+                offset: appended.base_offset + delta as u64,
+            };
+        }
+        durable_waits.push((partition.clone(), appended.last_offset));
+    }
+    Ok(Written {
+        ack: prepared.ack,
+        acks,
+        durable_waits,
+    })
+}
+
+/// Waits for what the ack level requires and builds the response.
+pub async fn complete(written: Written) -> Result<PublishResponse, Status> {
+    match written.ack {
+        AckLevel::None => Ok(PublishResponse { acks: Vec::new() }),
+        AckLevel::Written => Ok(PublishResponse { acks: written.acks }),
+        AckLevel::Durable => {
+            // The fsyncs run concurrently in the flusher; awaiting them one after the
+            // other costs no more than the slowest.
+            for (partition, last_offset) in written.durable_waits {
+                convert::or_status(partition.wait_durable(last_offset).await)?;
+            }
+            Ok(PublishResponse { acks: written.acks })
+        }
+    }
+}
+
+/// One publish, all three steps.
+pub async fn publish(state: &AppState, request: PublishRequest) -> Result<PublishResponse, Status> {
+    let written = append(state, prepare(state, request)?)?;
+    complete(written).await
+}
+
+/// What the stream's reader hands its responder, in request order.
+enum Pending {
+    Request {
+        request_id: u64,
+        outcome: Result<Written, Status>,
+    },
+    /// The stream ends with this status after the earlier requests are answered.
+    End(Status),
+}
+
+#[tonic::async_trait]
+impl Publisher for PublisherService {
+    async fn publish(
+        &self,
+        request: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        let started = Instant::now();
+        if self.state.shutdown.is_triggered() {
+            return Err(shutting_down());
+        }
+        let result = publish(&self.state, request.into_inner()).await;
+        self.state
+            .metrics
+            .rpc_finished("Publish", started, result.as_ref().err().map(Status::code));
+        result.map(Response::new)
+    }
+
+    type PublishStreamStream = ReceiverStream<Result<PublishStreamResponse, Status>>;
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<PublishStreamRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let started = Instant::now();
+        let mut inbound = request.into_inner();
+        let (pending_tx, mut pending_rx) = mpsc::channel::<Pending>(PUBLISH_STREAM_IN_FLIGHT_MAX);
+        let (response_tx, response_rx) = mpsc::channel(PUBLISH_STREAM_IN_FLIGHT_MAX);
+        let guard = self.state.metrics.open_stream("publish");
+
+        // Reader: validates and appends in request order, without waiting for fsyncs.
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    biased;
+                    _ = state.shutdown.wait() => {
+                        let _ = pending_tx.send(Pending::End(shutting_down())).await;
+                        return;
+                    }
+                    next = inbound.message() => next,
+                };
+                let pending = match next {
+                    Ok(Some(item)) => Pending::Request {
+                        request_id: item.request_id,
+                        outcome: match item.request {
+                            Some(request) => prepare(&state, request).and_then(|p| append(&state, p)),
+                            None => Err(Status::invalid_argument(
+                                "PublishStreamRequest.request is missing; set it to the publish to perform",
+                            )),
+                        },
+                    },
+                    // The client half-closed: answer what is outstanding, then end OK.
+                    Ok(None) => return,
+                    Err(status) => Pending::End(status),
+                };
+                let end = matches!(pending, Pending::End(_));
+                if pending_tx.send(pending).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+
+        // Responder: answers in order, each once its ack level is met.
+        let metrics = self.state.metrics.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let mut final_error = None;
+            while let Some(pending) = pending_rx.recv().await {
+                let response = match pending {
+                    Pending::Request { request_id, outcome } => {
+                        let result = match outcome {
+                            Ok(written) => complete(written).await,
+                            Err(status) => Err(status),
+                        };
+                        let outcome = match result {
+                            Ok(response) => Outcome::Response(response),
+                            Err(status) => {
+                                metrics.rpc_error("PublishStream", status.code());
+                                Outcome::Error(convert::error_status(&status))
+                            }
+                        };
+                        Ok(PublishStreamResponse {
+                            request_id,
+                            outcome: Some(outcome),
+                        })
+                    }
+                    Pending::End(status) => {
+                        final_error = Some(status.code());
+                        Err(status)
+                    }
+                };
+                let end = response.is_err();
+                if response_tx.send(response).await.is_err() || end {
+                    break;
+                }
+            }
+            metrics.rpc_finished("PublishStream", started, final_error);
+        });
+        Ok(Response::new(ReceiverStream::new(response_rx)))
+    }
+}
+
+fn shutting_down() -> Status {
+    Status::unavailable("the broker is shutting down; retry against the restarted broker")
+}

@@ -1,0 +1,240 @@
+//! Starting and stopping the broker: open the store, bind the sockets, announce the
+//! addresses, serve until SIGINT/SIGTERM, then stop gracefully.
+//!
+//! Shutdown order: the signal marks every service NOT_SERVING on the health service
+//! and fires [`Shutdown`]; the gRPC server stops accepting connections and waits for
+//! in-flight calls (long polls answer, Subscribe streams end with UNAVAILABLE,
+//! publish streams answer what they already appended) for at most
+//! `shutdown_timeout`; then the store is closed (flush, index files, checkpoints), so
+//! the next start scans nothing.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tidelog_proto::v1::admin_server::AdminServer;
+use tidelog_proto::v1::consumer_server::ConsumerServer;
+use tidelog_proto::v1::groups_server::GroupsServer;
+use tidelog_proto::v1::publisher_server::PublisherServer;
+use tidelog_storage::{Store, StoreOptions, SystemClock};
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+
+use crate::admin::AdminService;
+use crate::config::Settings;
+use crate::consume::ConsumerService;
+use crate::groups::{GroupCoordinator, GroupsService};
+use crate::metrics::{GroupMetricsSource, Metrics};
+use crate::publish::PublisherService;
+use crate::shutdown::Shutdown;
+use crate::{AppState, partitioner};
+
+/// HTTP/2 keepalive: pings find dead connections (and so dead group members) even
+/// when nothing is sent.
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a started broker listens (what the ready line prints).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bound {
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+impl Bound {
+    /// The machine-readable line printed to stdout once the broker accepts calls.
+    pub fn ready_line(&self) -> String {
+        format!(
+            "tidelogd ready grpc={} metrics={} data={}",
+            self.grpc,
+            self.metrics,
+            self.data_dir.display()
+        )
+    }
+}
+
+/// Runs the broker until `shutdown` fires, calling `on_ready` once it is listening.
+pub async fn run(
+    settings: Settings,
+    shutdown: Shutdown,
+    on_ready: impl FnOnce(&Bound),
+) -> Result<(), String> {
+    let metrics = Arc::new(Metrics::new());
+    let options = StoreOptions {
+        clock: Arc::new(SystemClock),
+        flush_threads: settings.flush_threads,
+        // Retention runs from a tokio interval below, so it can be counted.
+        retention_interval: None,
+        flush_observer: Some(metrics.flush_observer()),
+    };
+    let data_dir = settings.data_dir.clone();
+    // Opening recovers every partition: file I/O and fsyncs.
+    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, options))
+        .await
+        .map_err(|e| format!("opening the store failed: {e}"))?
+        .map_err(|e| {
+            format!(
+                "cannot open data directory {}: {e}",
+                settings.data_dir.display()
+            )
+        })?;
+    let store = Arc::new(store);
+    metrics.set_store(&store);
+    let groups = Arc::new(GroupCoordinator::new(store.clone(), store.clock().clone()));
+    let group_source: Weak<dyn GroupMetricsSource> = Arc::downgrade(&groups) as _;
+    metrics.set_group_source(group_source);
+    let state = Arc::new(AppState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        config: Arc::new(settings.clone()),
+        groups,
+        shutdown: shutdown.clone(),
+        round_robin: partitioner::RoundRobin::default(),
+    });
+
+    let result = serve(&settings, &state, on_ready).await;
+    shutdown.trigger();
+
+    let closing = store.clone();
+    let closed = tokio::task::spawn_blocking(move || closing.close()).await;
+    match closed {
+        Ok(Ok(())) => tracing::info!("store closed: data flushed, checkpoints written"),
+        Ok(Err(error)) => {
+            tracing::error!(%error, "closing the store failed");
+            result.clone()?;
+            return Err(format!("closing the store failed: {error}"));
+        }
+        Err(error) => return Err(format!("closing the store failed: {error}")),
+    }
+    result
+}
+
+async fn serve(
+    settings: &Settings,
+    state: &Arc<AppState>,
+    on_ready: impl FnOnce(&Bound),
+) -> Result<(), String> {
+    let grpc_listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| format!("cannot listen for gRPC on {}: {e}", settings.listen))?;
+    let metrics_listener = TcpListener::bind(settings.metrics_listen)
+        .await
+        .map_err(|e| format!("cannot listen for metrics on {}: {e}", settings.metrics_listen))?;
+    let bound = Bound {
+        grpc: grpc_listener.local_addr().map_err(|e| e.to_string())?,
+        metrics: metrics_listener.local_addr().map_err(|e| e.to_string())?,
+        data_dir: std::fs::canonicalize(&settings.data_dir)
+            .unwrap_or_else(|_| settings.data_dir.clone()),
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in tidelog_proto::SERVICE_NAMES {
+        health
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let reflection = |builder: tonic_reflection::server::Builder<'static>| {
+        builder
+            .register_encoded_file_descriptor_set(tidelog_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1()
+        .map_err(|e| format!("building the reflection service failed: {e}"))?;
+    let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1alpha()
+        .map_err(|e| format!("building the reflection service failed: {e}"))?;
+
+    let max = settings.max_request_bytes;
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(AdminServer::new(AdminService::new(state.clone())).max_decoding_message_size(max))
+        .add_service(
+            PublisherServer::new(PublisherService::new(state.clone()))
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            ConsumerServer::new(ConsumerService::new(state.clone())).max_decoding_message_size(max),
+        )
+        .add_service(
+            GroupsServer::new(GroupsService::new(state.clone())).max_decoding_message_size(max),
+        );
+
+    let retention = tokio::spawn(retention_loop(state.clone(), settings.retention_interval));
+    let metrics_server = tokio::spawn(crate::metrics::serve(
+        metrics_listener,
+        state.metrics.clone(),
+        state.shutdown.clone(),
+    ));
+
+    let shutdown = state.shutdown.clone();
+    let groups = state.groups.clone();
+    let group_timeout = settings.shutdown_timeout;
+    tokio::spawn(async move {
+        shutdown.wait().await;
+        for name in tidelog_proto::SERVICE_NAMES {
+            health
+                .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        // Group members make their final auto-commits and their streams end, so the
+        // gRPC server's graceful shutdown is not held up by them.
+        groups.shutdown(group_timeout).await;
+    });
+
+    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let stopping = state.shutdown.clone();
+    let serving = router.serve_with_incoming_shutdown(incoming, async move { stopping.wait().await });
+    tracing::info!(grpc = %bound.grpc, metrics = %bound.metrics, data = %bound.data_dir.display(), "tidelogd is ready");
+    on_ready(&bound);
+
+    tokio::pin!(serving);
+    let shutdown = state.shutdown.clone();
+    let timeout = settings.shutdown_timeout;
+    let result = tokio::select! {
+        result = &mut serving => result.map_err(|e| format!("the gRPC server failed: {e}")),
+        _ = async move {
+            shutdown.wait().await;
+            tokio::time::sleep(timeout).await;
+        } => {
+            tracing::warn!(?timeout, "in-flight calls did not finish within the shutdown timeout; closing anyway");
+            Ok(())
+        }
+    };
+    state.shutdown.trigger();
+    retention.abort();
+    let _ = metrics_server.await;
+    result
+}
+
+/// Runs retention on every partition every `interval`, on the blocking pool (it
+/// unlinks files and fsyncs directories), and counts what it deleted.
+async fn retention_loop(state: Arc<AppState>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = state.shutdown.wait() => return,
+        }
+        let store = state.store.clone();
+        match tokio::task::spawn_blocking(move || store.enforce_retention()).await {
+            Ok(outcomes) => {
+                for (topic, _partition, outcome) in &outcomes {
+                    state.metrics.retention(topic, outcome);
+                }
+            }
+            Err(error) => tracing::error!(%error, "the retention pass failed"),
+        }
+    }
+}
