@@ -1,0 +1,1043 @@
+//! The group coordinator: who is in which group, which member owns which partition,
+//! the generation, and the rules for commits, resets and deletes that depend on them.
+//!
+//! # Model
+//!
+//! A *member* is one Subscribe stream with group membership (plus, after that stream
+//! ends, up to `session_timeout_ms` of grace in which a reconnect with the same
+//! member id keeps its partitions). Members of a group may read different topics;
+//! each topic's partitions are split among the members reading it with the range
+//! assignor, and one generation counter covers the whole group (as in Kafka), so any
+//! rebalance makes every member's older generation stale.
+//!
+//! # Invariants
+//!
+//! - **One reader per partition.** Delivery of a `(group, topic, partition)` needs
+//!   its *lease*, a one-permit semaphore held by the member task that reads it. A
+//!   revoked partition is released only after the old owner stopped reading it and
+//!   (with auto-commit) committed its position; the new owner acquires the lease and
+//!   only then reads the committed offset. So no message is delivered to two members
+//!   of one generation, and an auto-committing group never skips or repeats.
+//! - **Membership changes and offset administration do not interleave.** Joining a
+//!   group takes [`GroupCoordinator::admin_gate`] shared; an admin commit, a reset or a
+//!   delete takes it exclusively for its check ("no live members") and its write, so
+//!   a consumer cannot join between the check and the write and start from offsets
+//!   that are about to change.
+//! - **Final commits precede departure.** A member task commits its position before it
+//!   reports its stream's end, so once the coordinator lists a group as empty no late
+//!   auto-commit can overwrite a reset.
+//!
+//! State lives behind one `std::sync::Mutex`, held only for short in-memory work and
+//! never across an `.await` or an fsync.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use tidelog_storage::limits::GROUP_ID_BYTES_MAX;
+use tidelog_storage::{Clock, Store};
+use tokio::sync::{Notify, RwLock, Semaphore, mpsc};
+use tonic::Status;
+
+use super::assignment::range_assign;
+use super::{MEMBER_ID_BYTES_MAX, REAPER_TICK_MAX, SESSION_TIMEOUT_MS_MAX};
+
+/// What the coordinator tells a member's delivery task.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// The member's partitions from this generation on. The task stops reading
+    /// partitions not listed, then sends the Assignment event, then starts the new ones.
+    Assign {
+        generation: u64,
+        partitions: Vec<u32>,
+    },
+    /// End the stream with this status (ABORTED when taken over, NOT_FOUND when the
+    /// topic is deleted, UNAVAILABLE at shutdown).
+    End(Status),
+}
+
+/// A group's state as `DescribeGroup` and `ListGroups` report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupStatus {
+    /// No live members; the group only has committed offsets.
+    Empty,
+    /// Some connected member has not been sent its latest assignment yet.
+    Rebalancing,
+    /// Every connected member has its assignment.
+    Stable,
+}
+
+/// A live member as the coordinator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberView {
+    pub member_id: String,
+    pub client_id: String,
+    pub client_address: String,
+    pub topic: String,
+    pub partitions: Vec<u32>,
+    /// False while the member is kept only by its session timeout.
+    pub connected: bool,
+}
+
+/// The group's position on one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLagView {
+    pub topic: String,
+    pub partition: u32,
+    pub committed: Option<u64>,
+    pub log_start: u64,
+    pub end: u64,
+    /// `end - committed` (0 when the commit is ahead); `None` without a commit.
+    pub lag: Option<u64>,
+}
+
+/// A group with its members and, per partition, committed offset and lag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupView {
+    pub group_id: String,
+    pub status: GroupStatus,
+    pub generation: u64,
+    /// Sorted by member id.
+    pub members: Vec<MemberView>,
+    /// Every partition with a commit or an owner, sorted by topic then partition.
+    pub partitions: Vec<PartitionLagView>,
+}
+
+/// One line of `ListGroups`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSummaryView {
+    pub group_id: String,
+    pub status: GroupStatus,
+    pub member_count: u32,
+}
+
+/// What a joining member asks for (validated by the caller).
+#[derive(Debug, Clone)]
+pub(crate) struct JoinRequest {
+    pub group_id: String,
+    pub member_id: String,
+    pub topic: String,
+    pub client_id: String,
+    pub client_address: String,
+    pub session_timeout_ms: u64,
+}
+
+/// A successful join: the id actually used and the task's control channel.
+#[derive(Debug)]
+pub(crate) struct Joined {
+    pub member_id: String,
+    pub stream_id: u64,
+    pub control: mpsc::UnboundedReceiver<Control>,
+}
+
+#[derive(Debug)]
+enum Connection {
+    /// A Subscribe stream is open for the member.
+    Open {
+        stream_id: u64,
+        control: mpsc::UnboundedSender<Control>,
+        /// The newest generation whose Assignment event the task has sent.
+        delivered_generation: Option<u64>,
+    },
+    /// The stream ended at `since_ms` (coordinator clock); the member expires at
+    /// `since_ms + session_timeout_ms` unless it reconnects.
+    Gone { since_ms: i64 },
+}
+
+#[derive(Debug)]
+struct Member {
+    client_id: String,
+    client_address: String,
+    topic: String,
+    session_timeout_ms: u64,
+    partitions: Vec<u32>,
+    connection: Connection,
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    /// Bumped by every rebalance; kept while the group is empty so a generation is
+    /// never reused within one broker run.
+    generation: u64,
+    members: BTreeMap<String, Member>,
+}
+
+impl Group {
+    fn status(&self) -> GroupStatus {
+        if self.members.is_empty() {
+            return GroupStatus::Empty;
+        }
+        let behind = self.members.values().any(|m| match &m.connection {
+            Connection::Open {
+                delivered_generation,
+                ..
+            } => *delivered_generation != Some(self.generation),
+            Connection::Gone { .. } => false,
+        });
+        if behind {
+            GroupStatus::Rebalancing
+        } else {
+            GroupStatus::Stable
+        }
+    }
+}
+
+type LeaseKey = (String, String, u32);
+
+#[derive(Debug, Default)]
+struct State {
+    groups: BTreeMap<String, Group>,
+    /// One-permit semaphores, one per `(group, topic, partition)` that some task reads
+    /// or waits for. An entry is dropped once only this map holds it.
+    leases: HashMap<LeaseKey, Arc<Semaphore>>,
+}
+
+/// The consumer-group coordinator. One per broker, shared as `Arc`.
+#[derive(Debug)]
+pub struct GroupCoordinator {
+    store: Arc<Store>,
+    clock: Arc<dyn Clock>,
+    state: Mutex<State>,
+    /// See the module docs: joins take it shared, offset administration exclusively.
+    pub(crate) admin_gate: RwLock<()>,
+    /// Wakes the session reaper when a member's stream ends.
+    reaper_wake: Arc<Notify>,
+    reaper_started: AtomicBool,
+    /// Set by [`GroupCoordinator::shutdown`]: no new members, no session grace.
+    shutting_down: AtomicBool,
+    /// Member tasks still running, and a signal each time one ends.
+    running_tasks: AtomicUsize,
+    task_ended: Notify,
+    next_stream_id: AtomicU64,
+    next_member_seq: AtomicU64,
+}
+
+fn lock(mutex: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panic while holding the lock is a bug elsewhere; the maps are still consistent
+    // enough to keep serving (every mutation completes before the guard drops).
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Checks a group id against the proto's limits (1 to 255 bytes).
+pub(crate) fn validate_group_id(group_id: &str) -> Result<(), Status> {
+    if group_id.is_empty() {
+        return Err(Status::invalid_argument("group_id is required"));
+    }
+    if group_id.len() > GROUP_ID_BYTES_MAX {
+        return Err(Status::invalid_argument(format!(
+            "group_id is {} bytes, over the limit of {GROUP_ID_BYTES_MAX} bytes",
+            group_id.len()
+        )));
+    }
+    Ok(())
+}
+
+impl GroupCoordinator {
+    /// A coordinator over `store`'s topics and offsets, reading time from `clock`.
+    pub fn new(store: Arc<Store>, clock: Arc<dyn Clock>) -> Self {
+        GroupCoordinator {
+            store,
+            clock,
+            state: Mutex::new(State::default()),
+            admin_gate: RwLock::new(()),
+            reaper_wake: Arc::new(Notify::new()),
+            reaper_started: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            running_tasks: AtomicUsize::new(0),
+            task_ended: Notify::new(),
+            next_stream_id: AtomicU64::new(1),
+            next_member_seq: AtomicU64::new(1),
+        }
+    }
+
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Starts the task that removes members whose session timeout has passed since
+    /// their stream ended, and rebalances their groups. Idempotent: only the first
+    /// call starts it (group-mode Subscribe calls it, so the broker need not). Must run
+    /// within the tokio runtime. The task ends when the coordinator is dropped.
+    pub fn spawn_session_reaper(self: &Arc<Self>) {
+        if self.reaper_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(coordinator) = weak.upgrade() else {
+                    return;
+                };
+                let next_deadline_ms = coordinator.expire_sessions();
+                let wait = match next_deadline_ms {
+                    Some(deadline) => {
+                        let remaining = deadline.saturating_sub(coordinator.now_ms()).max(1);
+                        // The coordinator's clock may be a test clock that jumps: look
+                        // again at least every REAPER_TICK_MAX.
+                        Duration::from_millis(remaining as u64).min(REAPER_TICK_MAX)
+                    }
+                    None => REAPER_TICK_MAX,
+                };
+                let wake = coordinator.reaper_wake.clone();
+                let woken = wake.notified();
+                tokio::pin!(woken);
+                // Register before dropping the strong reference, so a wake between the
+                // two is not lost.
+                woken.as_mut().enable();
+                drop(coordinator);
+                tokio::select! {
+                    () = woken => {}
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        });
+    }
+
+    /// Removes members whose session timeout has run out, rebalancing their groups.
+    /// Returns the earliest time (coordinator clock, ms) another member expires.
+    pub(crate) fn expire_sessions(&self) -> Option<i64> {
+        let now = self.now_ms();
+        let mut state = lock(&self.state);
+        let mut next: Option<i64> = None;
+        let State { groups, .. } = &mut *state;
+        for (group_id, group) in groups.iter_mut() {
+            let expired: Vec<String> = group
+                .members
+                .iter()
+                .filter_map(|(id, member)| match member.connection {
+                    Connection::Gone { since_ms } => {
+                        let deadline = since_ms.saturating_add(member.session_timeout_ms as i64);
+                        if deadline <= now {
+                            Some(id.clone())
+                        } else {
+                            next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                            None
+                        }
+                    }
+                    Connection::Open { .. } => None,
+                })
+                .collect();
+            if expired.is_empty() {
+                continue;
+            }
+            for id in &expired {
+                group.members.remove(id);
+                tracing::info!(group = %group_id, member = %id, "member's session timed out; it left the group");
+            }
+            self.rebalance(group_id, group);
+        }
+        next
+    }
+
+    /// Registers a member (new, reconnecting or taking over a stream) and queues its
+    /// first Assignment on the returned control channel.
+    pub(crate) async fn join(&self, request: JoinRequest) -> Result<Joined, Status> {
+        let _gate = self.admin_gate.read().await;
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(Status::unavailable("the broker is shutting down"));
+        }
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let stream_id = self.next_stream_id.fetch_add(1, Ordering::Relaxed);
+        let session_timeout_ms = request.session_timeout_ms.min(SESSION_TIMEOUT_MS_MAX);
+        let mut state = lock(&self.state);
+        let group = state.groups.entry(request.group_id.clone()).or_default();
+
+        let known = !request.member_id.is_empty()
+            && request.member_id.len() <= MEMBER_ID_BYTES_MAX
+            && group.members.contains_key(&request.member_id);
+        let member_id = if known {
+            request.member_id.clone()
+        } else {
+            self.new_member_id(group, &request.client_id)
+        };
+        let connection = Connection::Open {
+            stream_id,
+            control: control_tx,
+            delivered_generation: None,
+        };
+
+        if let Some(member) = group.members.get_mut(&member_id) {
+            // A reconnect (or a takeover) of a member the group still holds.
+            let old = std::mem::replace(&mut member.connection, connection);
+            if let Connection::Open { control, .. } = old {
+                // The old task may already be gone; then there is nobody to tell.
+                let _ = control.send(Control::End(Status::aborted(format!(
+                    "another Subscribe call took over member {member_id} of group {}",
+                    request.group_id
+                ))));
+            }
+            member.client_id = request.client_id;
+            member.client_address = request.client_address;
+            member.session_timeout_ms = session_timeout_ms;
+            if member.topic != request.topic {
+                member.topic = request.topic;
+                tracing::info!(group = %request.group_id, member = %member_id, "member rejoined on another topic");
+                self.rebalance(&request.group_id, group);
+            } else {
+                // Same partitions, same generation: no rebalance.
+                let generation = group.generation;
+                let partitions = member.partitions.clone();
+                if let Connection::Open { control, .. } = &member.connection {
+                    let _ = control.send(Control::Assign {
+                        generation,
+                        partitions,
+                    });
+                }
+                tracing::info!(group = %request.group_id, member = %member_id, generation, "member reconnected");
+            }
+        } else {
+            group.members.insert(
+                member_id.clone(),
+                Member {
+                    client_id: request.client_id,
+                    client_address: request.client_address,
+                    topic: request.topic,
+                    session_timeout_ms,
+                    partitions: Vec::new(),
+                    connection,
+                },
+            );
+            tracing::info!(group = %request.group_id, member = %member_id, "member joined");
+            self.rebalance(&request.group_id, group);
+        }
+        self.running_tasks.fetch_add(1, Ordering::AcqRel);
+        Ok(Joined {
+            member_id,
+            stream_id,
+            control: control_rx,
+        })
+    }
+
+    /// A unique member id: the client id (if it is a plain name) plus 64 random bits,
+    /// as Kafka does with a UUID. Random rather than a counter so an id a client kept
+    /// from before a broker restart cannot collide with a new member's.
+    fn new_member_id(&self, group: &Group, client_id: &str) -> String {
+        let prefix = if !client_id.is_empty()
+            && client_id.len() <= 64
+            && client_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            client_id
+        } else {
+            "member"
+        };
+        loop {
+            let seq = self.next_member_seq.fetch_add(1, Ordering::Relaxed);
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u64(seq);
+            hasher.write_i64(self.now_ms());
+            let id = format!("{prefix}-{:016x}", hasher.finish());
+            if !group.members.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Recomputes every topic's assignment in `group`, bumps the generation and sends
+    /// each connected member its new Assignment.
+    fn rebalance(&self, group_id: &str, group: &mut Group) {
+        group.generation += 1;
+        let mut by_topic: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (id, member) in &group.members {
+            by_topic
+                .entry(member.topic.as_str())
+                .or_default()
+                .push(id.as_str());
+        }
+        let mut assignment: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for (topic, ids) in by_topic {
+            // A deleted topic has no partitions to hand out; its members learn of the
+            // deletion from their reads or from `topic_deleted`.
+            let partition_count = self
+                .store
+                .topic(topic)
+                .map_or(0, |t| t.partitions().len() as u32);
+            assignment.extend(range_assign(ids, partition_count));
+        }
+        let generation = group.generation;
+        for (id, member) in &mut group.members {
+            member.partitions = assignment.remove(id).unwrap_or_default();
+            if let Connection::Open { control, .. } = &member.connection {
+                let _ = control.send(Control::Assign {
+                    generation,
+                    partitions: member.partitions.clone(),
+                });
+            }
+        }
+        tracing::info!(group = %group_id, generation, members = group.members.len(), "rebalanced");
+    }
+
+    /// The member task has sent the Assignment of `generation` on its stream.
+    pub(crate) fn assignment_delivered(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        stream_id: u64,
+        generation: u64,
+    ) {
+        let mut state = lock(&self.state);
+        let Some(member) = state
+            .groups
+            .get_mut(group_id)
+            .and_then(|g| g.members.get_mut(member_id))
+        else {
+            return;
+        };
+        if let Connection::Open {
+            stream_id: current,
+            delivered_generation,
+            ..
+        } = &mut member.connection
+            && *current == stream_id
+        {
+            *delivered_generation = Some(generation);
+        }
+    }
+
+    /// The member task of `stream_id` has ended (after its final commit and after
+    /// releasing its leases). The member leaves now, or after its session timeout.
+    pub(crate) fn stream_ended(&self, group_id: &str, member_id: &str, stream_id: u64) {
+        {
+            let now = self.now_ms();
+            let shutting_down = self.shutting_down.load(Ordering::Acquire);
+            let mut state = lock(&self.state);
+            let State { groups, leases } = &mut *state;
+            // Leases nobody holds or waits for (only the map refers to them).
+            leases.retain(|_, semaphore| Arc::strong_count(semaphore) > 1);
+            if let Some(group) = groups.get_mut(group_id)
+                && let Some(member) = group.members.get_mut(member_id)
+                && matches!(member.connection, Connection::Open { stream_id: s, .. } if s == stream_id)
+            {
+                if member.session_timeout_ms == 0 || shutting_down {
+                    group.members.remove(member_id);
+                    tracing::info!(group = %group_id, member = %member_id, "member left the group");
+                    self.rebalance(group_id, group);
+                } else {
+                    member.connection = Connection::Gone { since_ms: now };
+                    tracing::info!(group = %group_id, member = %member_id, session_timeout_ms = member.session_timeout_ms, "member's stream ended; keeping its partitions for a reconnect");
+                    self.reaper_wake.notify_one();
+                }
+            }
+        }
+        self.running_tasks.fetch_sub(1, Ordering::AcqRel);
+        self.task_ended.notify_waiters();
+    }
+
+    /// The lease of one partition of a group (see the module docs).
+    pub(crate) fn lease(&self, group_id: &str, topic: &str, partition: u32) -> Arc<Semaphore> {
+        lock(&self.state)
+            .leases
+            .entry((group_id.to_string(), topic.to_string(), partition))
+            .or_insert_with(|| Arc::new(Semaphore::new(1)))
+            .clone()
+    }
+
+    /// Checks that `member_id` may commit `partitions` in `generation`.
+    pub(crate) fn authorize_member_commit(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        generation: u64,
+        partitions: &[(String, u32)],
+    ) -> Result<(), Status> {
+        let state = lock(&self.state);
+        let Some(group) = state.groups.get(group_id) else {
+            return Err(Status::failed_precondition(format!(
+                "group {group_id:?} has no member {member_id:?}; rejoin the group (Subscribe) and commit with the new member id"
+            )));
+        };
+        let Some(member) = group.members.get(member_id) else {
+            return Err(Status::failed_precondition(format!(
+                "group {group_id:?} has no member {member_id:?}; rejoin the group (Subscribe) and commit with the new member id"
+            )));
+        };
+        if generation != group.generation {
+            return Err(Status::failed_precondition(format!(
+                "generation {generation} of group {group_id:?} is stale: the current generation is {}; a rebalance happened, so drop the work of revoked partitions and commit with the generation of the latest Assignment",
+                group.generation
+            )));
+        }
+        for (topic, partition) in partitions {
+            if *topic != member.topic || !member.partitions.contains(partition) {
+                return Err(Status::failed_precondition(format!(
+                    "partition {topic}/{partition} is not assigned to member {member_id:?} in generation {generation} of group {group_id:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The number of live members (connected or kept by their session timeout).
+    pub(crate) fn live_member_count(&self, group_id: &str) -> usize {
+        lock(&self.state)
+            .groups
+            .get(group_id)
+            .map_or(0, |g| g.members.len())
+    }
+
+    /// Refuses offset administration while the group has live members.
+    pub(crate) fn require_no_live_members(&self, group_id: &str, what: &str) -> Result<(), Status> {
+        let count = self.live_member_count(group_id);
+        if count > 0 {
+            return Err(Status::failed_precondition(format!(
+                "{what} refused: group {group_id:?} has {count} live member(s) (including members kept by their session timeout); stop its consumers first"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Forgets an empty group's in-memory state (after DeleteGroup). Returns whether
+    /// there was any.
+    pub(crate) fn forget_group(&self, group_id: &str) -> bool {
+        let mut state = lock(&self.state);
+        match state.groups.get(group_id) {
+            Some(group) if group.members.is_empty() => {
+                state.groups.remove(group_id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Ends the streams of members reading `topic` with NOT_FOUND (call after the
+    /// topic was deleted).
+    pub fn topic_deleted(&self, topic: &str) {
+        let state = lock(&self.state);
+        for (group_id, group) in &state.groups {
+            for member in group.members.values() {
+                if member.topic == topic
+                    && let Connection::Open { control, .. } = &member.connection
+                {
+                    let _ = control.send(Control::End(Status::not_found(format!(
+                        "topic {topic:?} was deleted; group {group_id:?} stopped reading it"
+                    ))));
+                }
+            }
+        }
+    }
+
+    /// Ends every member stream with UNAVAILABLE, refuses new members, and waits (up
+    /// to `timeout`) until every member task has made its final commit and ended.
+    pub async fn shutdown(&self, timeout: Duration) {
+        self.shutting_down.store(true, Ordering::Release);
+        {
+            let state = lock(&self.state);
+            for group in state.groups.values() {
+                for member in group.members.values() {
+                    if let Connection::Open { control, .. } = &member.connection {
+                        let _ = control.send(Control::End(Status::unavailable(
+                            "the broker is shutting down; reconnect to another broker or retry later",
+                        )));
+                    }
+                }
+            }
+        }
+        let wait_all = async {
+            loop {
+                let ended = self.task_ended.notified();
+                tokio::pin!(ended);
+                ended.as_mut().enable();
+                if self.running_tasks.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                ended.await;
+            }
+        };
+        if tokio::time::timeout(timeout, wait_all).await.is_err() {
+            tracing::warn!(
+                tasks = self.running_tasks.load(Ordering::Acquire),
+                "group member streams did not end in time"
+            );
+        }
+    }
+
+    /// Groups with live members or committed offsets, sorted by id.
+    pub fn list_groups(&self) -> Vec<GroupSummaryView> {
+        let committed: BTreeSet<String> = self.store.offsets().list_groups().into_iter().collect();
+        let state = lock(&self.state);
+        let mut ids = committed;
+        ids.extend(
+            state
+                .groups
+                .iter()
+                .filter(|(_, g)| !g.members.is_empty())
+                .map(|(id, _)| id.clone()),
+        );
+        ids.into_iter()
+            .map(|group_id| {
+                let (status, member_count) = state
+                    .groups
+                    .get(&group_id)
+                    .map_or((GroupStatus::Empty, 0), |g| (g.status(), g.members.len()));
+                GroupSummaryView {
+                    group_id,
+                    status,
+                    member_count: u32::try_from(member_count).unwrap_or(u32::MAX),
+                }
+            })
+            .collect()
+    }
+
+    /// Describes a group; `None` if it has neither live members nor commits.
+    pub fn describe_group(&self, group_id: &str) -> Option<GroupView> {
+        let commits = self.store.offsets().fetch_group(group_id);
+        let (status, generation, members) = {
+            let state = lock(&self.state);
+            match state.groups.get(group_id) {
+                Some(group) => (
+                    group.status(),
+                    group.generation,
+                    group
+                        .members
+                        .iter()
+                        .map(|(id, m)| MemberView {
+                            member_id: id.clone(),
+                            client_id: m.client_id.clone(),
+                            client_address: m.client_address.clone(),
+                            topic: m.topic.clone(),
+                            partitions: m.partitions.clone(),
+                            connected: matches!(m.connection, Connection::Open { .. }),
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+                None => (GroupStatus::Empty, 0, Vec::new()),
+            }
+        };
+        if members.is_empty() && commits.is_empty() {
+            return None;
+        }
+        let mut positions: BTreeMap<(String, u32), Option<u64>> = BTreeMap::new();
+        for member in &members {
+            for partition in &member.partitions {
+                positions.insert((member.topic.clone(), *partition), None);
+            }
+        }
+        for (topic, partition, committed) in commits {
+            positions.insert((topic, partition), Some(committed.offset));
+        }
+        let mut partitions = Vec::with_capacity(positions.len());
+        let mut topics = HashMap::new();
+        for ((topic_name, partition), committed) in positions {
+            let topic = topics
+                .entry(topic_name.clone())
+                .or_insert_with(|| self.store.topic(&topic_name).ok());
+            // Commits of a topic deleted a moment ago: nothing to measure against.
+            let Some(p) = topic
+                .as_ref()
+                .and_then(|t| t.partitions().get(partition as usize))
+            else {
+                continue;
+            };
+            let (log_start, end) = (p.log_start(), p.end_offset());
+            partitions.push(PartitionLagView {
+                topic: topic_name,
+                partition,
+                committed,
+                log_start,
+                end,
+                lag: committed.map(|c| end.saturating_sub(c)),
+            });
+        }
+        Some(GroupView {
+            group_id: group_id.to_string(),
+            status,
+            generation,
+            members,
+            partitions,
+        })
+    }
+
+    /// Every group as [`GroupCoordinator::describe_group`] shows it, for metrics.
+    pub fn snapshot(&self) -> Vec<GroupView> {
+        self.list_groups()
+            .into_iter()
+            .filter_map(|g| self.describe_group(&g.group_id))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidelog_storage::{ManualClock, StoreOptions, TopicConfig};
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        clock: Arc<ManualClock>,
+        coordinator: Arc<GroupCoordinator>,
+    }
+
+    fn fixture(partitions: u32) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(1_000_000);
+        let store = Store::open(
+            dir.path(),
+            StoreOptions {
+                clock: clock.clone(),
+                retention_interval: None,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap();
+        store
+            .create_topic("t", partitions, TopicConfig::default())
+            .unwrap();
+        store.create_topic("u", 2, TopicConfig::default()).unwrap();
+        let coordinator = Arc::new(GroupCoordinator::new(Arc::new(store), clock.clone()));
+        Fixture {
+            _dir: dir,
+            clock,
+            coordinator,
+        }
+    }
+
+    fn request(member_id: &str, topic: &str, session_timeout_ms: u64) -> JoinRequest {
+        JoinRequest {
+            group_id: "g".into(),
+            member_id: member_id.into(),
+            topic: topic.into(),
+            client_id: "app".into(),
+            client_address: "127.0.0.1:1".into(),
+            session_timeout_ms,
+        }
+    }
+
+    /// Drains a control channel, returning the last Assign (and whether End came).
+    fn last_assign(joined: &mut Joined) -> (Option<(u64, Vec<u32>)>, Option<Status>) {
+        let mut assign = None;
+        let mut end = None;
+        while let Ok(control) = joined.control.try_recv() {
+            match control {
+                Control::Assign {
+                    generation,
+                    partitions,
+                } => assign = Some((generation, partitions)),
+                Control::End(status) => end = Some(status),
+            }
+        }
+        (assign, end)
+    }
+
+    #[tokio::test]
+    async fn joins_and_leaves_rebalance_with_increasing_generations() {
+        let f = fixture(6);
+        let c = &f.coordinator;
+        let mut a = c.join(request("", "t", 0)).await.unwrap();
+        assert!(a.member_id.starts_with("app-"));
+        assert_eq!(last_assign(&mut a).0, Some((1, vec![0, 1, 2, 3, 4, 5])));
+        let mut b = c.join(request("", "t", 0)).await.unwrap();
+        let mut cc = c.join(request("", "t", 0)).await.unwrap();
+        let (ga, pa) = last_assign(&mut a).0.unwrap();
+        let (gb, pb) = last_assign(&mut b).0.unwrap();
+        let (gc, pc) = last_assign(&mut cc).0.unwrap();
+        assert_eq!((ga, gb, gc), (3, 3, 3));
+        let mut all: Vec<u32> = [pa, pb, pc].concat();
+        all.sort_unstable();
+        assert_eq!(all, vec![0, 1, 2, 3, 4, 5]);
+
+        c.stream_ended("g", &b.member_id, b.stream_id);
+        let (ga, pa) = last_assign(&mut a).0.unwrap();
+        let (gc, pc) = last_assign(&mut cc).0.unwrap();
+        assert_eq!((ga, gc), (4, 4));
+        assert_eq!(pa.len() + pc.len(), 6);
+        assert_eq!(c.live_member_count("g"), 2);
+        let view = c.describe_group("g").unwrap();
+        assert_eq!(view.generation, 4);
+        assert_eq!(view.status, GroupStatus::Rebalancing);
+        for m in [&a, &cc] {
+            c.assignment_delivered("g", &m.member_id, m.stream_id, 4);
+        }
+        assert_eq!(c.describe_group("g").unwrap().status, GroupStatus::Stable);
+    }
+
+    #[tokio::test]
+    async fn commit_rules_generation_member_and_ownership() {
+        let f = fixture(4);
+        let c = &f.coordinator;
+        let mut a = c.join(request("", "t", 0)).await.unwrap();
+        let mut b = c.join(request("", "t", 0)).await.unwrap();
+        let (generation, pa) = last_assign(&mut a).0.unwrap();
+        let (_, pb) = last_assign(&mut b).0.unwrap();
+        let own: Vec<(String, u32)> = pa.iter().map(|p| ("t".to_string(), *p)).collect();
+        c.authorize_member_commit("g", &a.member_id, generation, &own)
+            .unwrap();
+
+        let stale = c
+            .authorize_member_commit("g", &a.member_id, generation - 1, &own)
+            .unwrap_err();
+        assert_eq!(stale.code(), tonic::Code::FailedPrecondition);
+        assert!(stale.message().contains("stale"), "{}", stale.message());
+
+        let foreign = vec![("t".to_string(), pb[0])];
+        let err = c
+            .authorize_member_commit("g", &a.member_id, generation, &foreign)
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+
+        let err = c
+            .authorize_member_commit("g", "nobody", generation, &own)
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        let err = c
+            .authorize_member_commit("other", &a.member_id, generation, &own)
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+
+        // Admin commits are refused while members are live.
+        let err = c.require_no_live_members("g", "commit").unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+
+        // After a rebalance the old generation is stale.
+        c.stream_ended("g", &b.member_id, b.stream_id);
+        let err = c
+            .authorize_member_commit("g", &a.member_id, generation, &own)
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        let (new_generation, all) = last_assign(&mut a).0.unwrap();
+        assert_eq!(all, vec![0, 1, 2, 3]);
+        let every: Vec<(String, u32)> = all.iter().map(|p| ("t".to_string(), *p)).collect();
+        c.authorize_member_commit("g", &a.member_id, new_generation, &every)
+            .unwrap();
+
+        c.stream_ended("g", &a.member_id, a.stream_id);
+        c.require_no_live_members("g", "commit").unwrap();
+    }
+
+    #[tokio::test]
+    async fn session_timeout_keeps_partitions_until_expiry_and_reconnect_keeps_them() {
+        let f = fixture(4);
+        let c = &f.coordinator;
+        let mut a = c.join(request("", "t", 500)).await.unwrap();
+        let mut b = c.join(request("", "t", 500)).await.unwrap();
+        let (generation, pb) = last_assign(&mut b).0.unwrap();
+        last_assign(&mut a);
+
+        // b's stream ends: kept, no rebalance.
+        c.stream_ended("g", &b.member_id, b.stream_id);
+        assert_eq!(c.live_member_count("g"), 2);
+        assert_eq!(last_assign(&mut a).0, None);
+        assert_eq!(c.expire_sessions(), Some(1_000_000 + 500));
+
+        // Reconnect within the timeout: same partitions, same generation.
+        let mut b2 = c.join(request(&b.member_id, "t", 500)).await.unwrap();
+        assert_eq!(b2.member_id, b.member_id);
+        assert_eq!(last_assign(&mut b2).0, Some((generation, pb.clone())));
+        assert_eq!(last_assign(&mut a).0, None);
+
+        // Ends again, and this time the timeout passes.
+        c.stream_ended("g", &b2.member_id, b2.stream_id);
+        f.clock.advance_ms(499);
+        c.expire_sessions();
+        assert_eq!(c.live_member_count("g"), 2);
+        f.clock.advance_ms(1);
+        assert_eq!(c.expire_sessions(), None);
+        assert_eq!(c.live_member_count("g"), 1);
+        assert_eq!(
+            last_assign(&mut a).0,
+            Some((generation + 1, vec![0, 1, 2, 3]))
+        );
+    }
+
+    #[tokio::test]
+    async fn takeover_aborts_the_old_stream_and_stale_end_is_ignored() {
+        let f = fixture(2);
+        let c = &f.coordinator;
+        let mut a = c.join(request("", "t", 0)).await.unwrap();
+        let (generation, _) = last_assign(&mut a).0.unwrap();
+        let mut a2 = c.join(request(&a.member_id, "t", 0)).await.unwrap();
+        let (_, end) = last_assign(&mut a);
+        assert_eq!(end.unwrap().code(), tonic::Code::Aborted);
+        assert_eq!(last_assign(&mut a2).0, Some((generation, vec![0, 1])));
+        // The old task reports its end: the member stays (it belongs to a2 now).
+        c.stream_ended("g", &a.member_id, a.stream_id);
+        assert_eq!(c.live_member_count("g"), 1);
+        c.stream_ended("g", &a2.member_id, a2.stream_id);
+        assert_eq!(c.live_member_count("g"), 0);
+    }
+
+    #[tokio::test]
+    async fn unknown_member_id_is_a_first_join() {
+        let f = fixture(2);
+        let c = &f.coordinator;
+        let a = c.join(request("ghost-1", "t", 0)).await.unwrap();
+        assert_ne!(a.member_id, "ghost-1");
+        let long = "x".repeat(MEMBER_ID_BYTES_MAX + 1);
+        let b = c.join(request(&long, "t", 0)).await.unwrap();
+        assert_ne!(b.member_id, long);
+    }
+
+    #[tokio::test]
+    async fn members_on_two_topics_share_the_generation() {
+        let f = fixture(3);
+        let c = &f.coordinator;
+        let mut a = c.join(request("", "t", 0)).await.unwrap();
+        let mut b = c.join(request("", "u", 0)).await.unwrap();
+        assert_eq!(last_assign(&mut a).0, Some((2, vec![0, 1, 2])));
+        assert_eq!(last_assign(&mut b).0, Some((2, vec![0, 1])));
+        let view = c.describe_group("g").unwrap();
+        assert_eq!(view.members.len(), 2);
+        assert_eq!(view.partitions.len(), 5);
+        assert!(
+            view.partitions
+                .iter()
+                .all(|p| p.committed.is_none() && p.lag.is_none())
+        );
+    }
+
+    #[tokio::test]
+    async fn list_and_describe_include_committed_only_groups() {
+        let f = fixture(2);
+        let c = &f.coordinator;
+        assert!(c.describe_group("g").is_none());
+        c.store
+            .offsets()
+            .commit("g", &[("t".into(), 1, 0, String::new())])
+            .unwrap();
+        let list = c.list_groups();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].status, GroupStatus::Empty);
+        let view = c.describe_group("g").unwrap();
+        assert_eq!(view.partitions.len(), 1);
+        assert_eq!(view.partitions[0].lag, Some(0));
+        assert_eq!(c.snapshot().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn topic_deleted_and_shutdown_end_open_streams() {
+        let f = fixture(2);
+        let c = &f.coordinator;
+        let mut a = c.join(request("", "t", 0)).await.unwrap();
+        c.topic_deleted("t");
+        assert_eq!(last_assign(&mut a).1.unwrap().code(), tonic::Code::NotFound);
+        let mut b = c.join(request("", "u", 0)).await.unwrap();
+        // Both tasks "end" on their own once told; simulate that.
+        let coordinator = c.clone();
+        let (ga, gb) = (
+            (a.member_id.clone(), a.stream_id),
+            (b.member_id.clone(), b.stream_id),
+        );
+        let shutdown = tokio::spawn(async move {
+            coordinator.shutdown(Duration::from_secs(5)).await;
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(
+            last_assign(&mut b).1.unwrap().code(),
+            tonic::Code::Unavailable
+        );
+        c.stream_ended("g", &ga.0, ga.1);
+        c.stream_ended("g", &gb.0, gb.1);
+        shutdown.await.unwrap();
+        let err = c.join(request("", "t", 0)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+    }
+
+    #[test]
+    fn group_id_limits() {
+        assert!(validate_group_id("").is_err());
+        assert!(validate_group_id(&"g".repeat(GROUP_ID_BYTES_MAX)).is_ok());
+        assert!(validate_group_id(&"g".repeat(GROUP_ID_BYTES_MAX + 1)).is_err());
+    }
+}

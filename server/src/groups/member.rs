@@ -1,0 +1,585 @@
+//! The delivery task behind one group member's Subscribe stream.
+//!
+//! One tokio task per stream. It owns the member's read positions and the leases of
+//! the partitions it reads (see [`super::coordinator`]), and it is the only writer to
+//! the stream, so events reach the client in the order the task decides:
+//!
+//! 1. An `Assign` from the coordinator first stops the revoked partitions (auto-commits
+//!    their positions, then releases their leases), then queues the Assignment event,
+//!    then starts waiting for the leases of the partitions gained.
+//! 2. Queued events (Assignment, PositionReset) always go out before more messages,
+//!    so a member never sees messages of a generation before that generation's
+//!    Assignment, nor a partition's messages before the PositionReset that moved it.
+//! 3. Messages are read only when the stream has room for another event (a bounded
+//!    channel that tonic drains as HTTP/2 flow control allows), so a slow consumer
+//!    holds at most [`SUBSCRIBE_QUEUE_EVENTS`] batches in memory and a rebalance is
+//!    never stuck behind a full stream.
+//!
+//! When the stream ends (the client went away, another stream took over the member,
+//! the topic was deleted, the broker shuts down, or an error), the task commits its
+//! positions (with auto-commit), releases its leases, tells the coordinator, and
+//! finally sends the ending status if there is one.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use tidelog_proto::v1::subscribe_response::Event;
+use tidelog_proto::v1::{
+    Assignment, MessageBatch, PositionReset, ResetPolicy, ResetReason, SubscribeResponse,
+};
+use tidelog_storage::{Error, Partition, Topic};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::{Interval, MissedTickBehavior};
+use tonic::Status;
+
+use super::coordinator::{Control, GroupCoordinator, Joined};
+use super::{FINAL_STATUS_WAIT, IDLE_BACKOFF};
+use crate::AppState;
+use crate::consume::{ReadLimits, SUBSCRIBE_QUEUE_EVENTS};
+use crate::convert;
+
+/// How a member reads, from its SubscribeRequest (validated by the caller).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    /// EARLIEST, LATEST or ERROR (UNSPECIFIED already mapped to EARLIEST).
+    pub reset_policy: ResetPolicy,
+    /// `None` = the client commits.
+    pub auto_commit: Option<Duration>,
+    pub limits: ReadLimits,
+}
+
+/// The sending half of a member stream.
+pub(crate) type Sender = mpsc::Sender<Result<SubscribeResponse, Status>>;
+
+/// A partition this member reads, with the lease that makes it the only reader.
+#[derive(Debug)]
+struct Owned {
+    partition: Arc<Partition>,
+    /// Offset of the next message to send.
+    position: u64,
+    /// What the offsets store holds for the group, as far as this task knows; an
+    /// auto-commit writes only positions that differ.
+    committed: Option<u64>,
+    _lease: OwnedSemaphorePermit,
+}
+
+/// Result of waiting for one partition's lease.
+type LeaseOutcome = (u32, u64, Option<OwnedSemaphorePermit>);
+
+pub(crate) struct MemberTask {
+    app: Arc<AppState>,
+    group_id: String,
+    member_id: String,
+    stream_id: u64,
+    topic: Arc<Topic>,
+    settings: Settings,
+    out: Sender,
+    control: mpsc::UnboundedReceiver<Control>,
+    /// Partitions of the latest Assign, read or waited for.
+    owned: BTreeMap<u32, Owned>,
+    /// Leases being waited for: partition -> (token, handle to cancel the wait).
+    pending: HashMap<u32, (u64, AbortHandle)>,
+    acquiring: JoinSet<LeaseOutcome>,
+    next_token: u64,
+    /// Events to send before any more messages.
+    events: VecDeque<Event>,
+    /// Some owned partition may have messages at its position.
+    data_ready: bool,
+    /// Woken without data (a poisoned partition): wait a moment before looking again.
+    backoff: bool,
+    /// Rotates the partition read first, so a busy partition cannot starve others.
+    cursor: usize,
+}
+
+impl MemberTask {
+    pub(crate) fn new(
+        app: Arc<AppState>,
+        group_id: String,
+        joined: Joined,
+        topic: Arc<Topic>,
+        settings: Settings,
+        out: Sender,
+    ) -> Self {
+        MemberTask {
+            app,
+            group_id,
+            member_id: joined.member_id,
+            stream_id: joined.stream_id,
+            topic,
+            settings,
+            out,
+            control: joined.control,
+            owned: BTreeMap::new(),
+            pending: HashMap::new(),
+            acquiring: JoinSet::new(),
+            next_token: 0,
+            events: VecDeque::new(),
+            data_ready: false,
+            backoff: false,
+            cursor: 0,
+        }
+    }
+
+    fn coordinator(&self) -> &Arc<GroupCoordinator> {
+        &self.app.groups
+    }
+
+    /// Runs the stream to its end.
+    pub(crate) async fn run(mut self) {
+        let started = Instant::now();
+        let _open = self.app.metrics.open_stream("subscribe");
+        let outcome = self.deliver().await;
+        self.acquiring.abort_all();
+        self.pending.clear();
+        let all: Vec<u32> = self.owned.keys().copied().collect();
+        self.commit_positions(&all).await;
+        // Releases the leases: the partitions' next owners may start.
+        self.owned.clear();
+        self.coordinator()
+            .stream_ended(&self.group_id, &self.member_id, self.stream_id);
+        match &outcome {
+            Ok(()) => {
+                tracing::debug!(group = %self.group_id, member = %self.member_id, "member stream closed by the client");
+            }
+            Err(status) => {
+                tracing::info!(group = %self.group_id, member = %self.member_id, code = ?status.code(), message = status.message(), "member stream ended");
+            }
+        }
+        self.app.metrics.rpc_finished(
+            "Subscribe",
+            started,
+            outcome.as_ref().err().map(Status::code),
+        );
+        if let Err(status) = outcome {
+            // Best effort: the client may be gone or not reading.
+            let send = self.out.send(Err(status));
+            let _ = tokio::time::timeout(FINAL_STATUS_WAIT, send).await;
+        }
+    }
+
+    /// The event loop. `Ok` when the client went away, `Err` with the status to end
+    /// the stream with otherwise.
+    async fn deliver(&mut self) -> Result<(), Status> {
+        let mut ticker = self.settings.auto_commit.map(|period| {
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            ticker
+        });
+        let shutdown = self.app.shutdown.clone();
+        let shutdown = shutdown.wait();
+        tokio::pin!(shutdown);
+        // A handle of our own, so a reserved slot does not borrow `self`.
+        let out = self.out.clone();
+        loop {
+            let want_send = !self.events.is_empty() || (self.data_ready && !self.owned.is_empty());
+            let watch_data = !self.data_ready && !self.backoff && !self.owned.is_empty();
+            tokio::select! {
+                biased;
+                () = &mut shutdown => {
+                    return Err(Status::unavailable(
+                        "the broker is shutting down; reconnect with the same member_id to keep the partitions",
+                    ));
+                }
+                control = self.control.recv() => match control {
+                    Some(Control::Assign { generation, partitions }) => {
+                        self.on_assign(generation, partitions).await;
+                    }
+                    Some(Control::End(status)) => return Err(status),
+                    None => return Err(Status::unavailable("the group coordinator stopped")),
+                },
+                () = out.closed() => return Ok(()),
+                Some(joined) = self.acquiring.join_next(), if !self.acquiring.is_empty() => {
+                    // An Err is a wait cancelled by a revoke.
+                    if let Ok((partition, token, Some(permit))) = joined {
+                        self.on_lease(partition, token, permit)?;
+                    }
+                }
+                () = tick(&mut ticker) => {
+                    let all: Vec<u32> = self.owned.keys().copied().collect();
+                    self.commit_positions(&all).await;
+                }
+                permit = out.reserve(), if want_send => match permit {
+                    Ok(permit) => self.send_next(permit)?,
+                    Err(_) => return Ok(()),
+                },
+                () = any_data(&self.owned), if watch_data => self.on_data_signal()?,
+                () = tokio::time::sleep(IDLE_BACKOFF), if self.backoff => {
+                    self.backoff = false;
+                    self.data_ready = true;
+                }
+            }
+        }
+    }
+
+    /// Applies a new assignment (see the module docs for the order of steps).
+    async fn on_assign(&mut self, generation: u64, partitions: Vec<u32>) {
+        let assigned: BTreeSet<u32> = partitions.iter().copied().collect();
+        let revoked: Vec<u32> = self
+            .owned
+            .keys()
+            .filter(|p| !assigned.contains(p))
+            .copied()
+            .collect();
+        self.pending.retain(|partition, (_, handle)| {
+            let keep = assigned.contains(partition);
+            if !keep {
+                handle.abort();
+            }
+            keep
+        });
+        self.commit_positions(&revoked).await;
+        for partition in &revoked {
+            // Dropping the entry releases the lease.
+            self.owned.remove(partition);
+        }
+        self.events.retain(|event| match event {
+            Event::PositionReset(reset) => assigned.contains(&reset.partition),
+            _ => true,
+        });
+        self.events.push_back(Event::Assignment(Assignment {
+            member_id: self.member_id.clone(),
+            generation,
+            partitions,
+        }));
+        for partition in assigned {
+            if self.owned.contains_key(&partition) || self.pending.contains_key(&partition) {
+                continue;
+            }
+            let lease = self
+                .coordinator()
+                .lease(&self.group_id, self.topic.name(), partition);
+            let token = self.next_token;
+            self.next_token += 1;
+            let handle = self.acquiring.spawn(async move {
+                // The semaphore is never closed; an Err would only mean "no lease".
+                (partition, token, lease.acquire_owned().await.ok())
+            });
+            self.pending.insert(partition, (token, handle));
+        }
+        if !revoked.is_empty() {
+            tracing::debug!(group = %self.group_id, member = %self.member_id, generation, ?revoked, "stopped revoked partitions");
+        }
+    }
+
+    /// The lease of `partition` is ours: find where to start and begin reading.
+    fn on_lease(
+        &mut self,
+        partition: u32,
+        token: u64,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<(), Status> {
+        match self.pending.get(&partition) {
+            Some((current, _)) if *current == token => {
+                self.pending.remove(&partition);
+            }
+            // Revoked (or re-requested) while the wait completed: give it back.
+            _ => return Ok(()),
+        }
+        let Some(log) = self.topic.partitions().get(partition as usize).cloned() else {
+            return Err(Status::not_found(format!(
+                "topic {:?} has no partition {partition}",
+                self.topic.name()
+            )));
+        };
+        // Read only now, after the previous owner's final commit.
+        let committed = self
+            .app
+            .store
+            .offsets()
+            .fetch(&self.group_id, self.topic.name(), partition)
+            .map(|c| c.offset);
+        let (log_start, end) = (log.log_start(), log.end_offset());
+        let position = match committed {
+            Some(offset) if offset < log_start => self.reset(
+                partition,
+                Some(offset),
+                log_start,
+                end,
+                ResetReason::BelowLogStart,
+            )?,
+            Some(offset) if offset > end => self.reset(
+                partition,
+                Some(offset),
+                log_start,
+                end,
+                ResetReason::AboveEndOffset,
+            )?,
+            Some(offset) => offset,
+            None => self.reset(
+                partition,
+                None,
+                log_start,
+                end,
+                ResetReason::NoCommittedOffset,
+            )?,
+        };
+        self.owned.insert(
+            partition,
+            Owned {
+                partition: log,
+                position,
+                committed,
+                _lease: permit,
+            },
+        );
+        self.data_ready = true;
+        Ok(())
+    }
+
+    /// Applies the reset policy to an unusable position, queues the PositionReset
+    /// event and returns the new position; OUT_OF_RANGE with policy ERROR.
+    fn reset(
+        &mut self,
+        partition: u32,
+        from: Option<u64>,
+        log_start: u64,
+        end: u64,
+        reason: ResetReason,
+    ) -> Result<u64, Status> {
+        let topic = self.topic.name();
+        let to = match self.settings.reset_policy {
+            ResetPolicy::Latest => end,
+            ResetPolicy::Error => {
+                let what = match from {
+                    Some(offset) => format!(
+                        "position {offset} of group {:?} on {topic}/{partition} is outside the partition's offsets {log_start}..{end} (start inclusive, end exclusive)",
+                        self.group_id
+                    ),
+                    None => format!(
+                        "group {:?} has no committed offset for {topic}/{partition} (offsets {log_start}..{end})",
+                        self.group_id
+                    ),
+                };
+                return Err(Status::out_of_range(format!(
+                    "{what} and reset_policy is ERROR; move the group with Groups.ResetOffsets or subscribe with reset_policy EARLIEST or LATEST"
+                )));
+            }
+            ResetPolicy::Earliest | ResetPolicy::Unspecified => log_start,
+        };
+        let reason_label = match reason {
+            ResetReason::BelowLogStart => "below_log_start",
+            ResetReason::AboveEndOffset => "above_end_offset",
+            ResetReason::NoCommittedOffset | ResetReason::Unspecified => "no_committed_offset",
+        };
+        self.app.metrics.position_reset(topic, reason_label);
+        self.events.push_back(Event::PositionReset(PositionReset {
+            partition,
+            from_offset: from,
+            to_offset: to,
+            reason: reason as i32,
+        }));
+        Ok(to)
+    }
+
+    /// Sends the next queued event, or a batch of messages if there is one.
+    fn send_next(
+        &mut self,
+        permit: mpsc::Permit<'_, Result<SubscribeResponse, Status>>,
+    ) -> Result<(), Status> {
+        if let Some(event) = self.events.pop_front() {
+            let delivered = match &event {
+                Event::Assignment(a) => Some(a.generation),
+                _ => None,
+            };
+            permit.send(Ok(SubscribeResponse { event: Some(event) }));
+            if let Some(generation) = delivered {
+                self.coordinator().assignment_delivered(
+                    &self.group_id,
+                    &self.member_id,
+                    self.stream_id,
+                    generation,
+                );
+            }
+            return Ok(());
+        }
+        let (batch, bytes) = self.read_batch()?;
+        if batch.messages.is_empty() {
+            if self.events.is_empty() {
+                self.data_ready = false;
+            }
+            return Ok(());
+        }
+        self.app
+            .metrics
+            .fetched(self.topic.name(), batch.messages.len() as u64, bytes);
+        permit.send(Ok(SubscribeResponse {
+            event: Some(Event::Batch(batch)),
+        }));
+        Ok(())
+    }
+
+    /// Reads up to the batch limits from the owned partitions, round robin.
+    fn read_batch(&mut self) -> Result<(MessageBatch, u64), Status> {
+        let mut batch = MessageBatch::default();
+        let mut messages_left = self.settings.limits.max_messages;
+        let mut bytes_left = self.settings.limits.max_bytes;
+        let mut bytes_read = 0u64;
+        let mut order: Vec<u32> = self.owned.keys().copied().collect();
+        if !order.is_empty() {
+            let start = self.cursor % order.len();
+            order.rotate_left(start);
+            self.cursor = self.cursor.wrapping_add(1);
+        }
+        for partition in order {
+            if messages_left == 0 || bytes_left == 0 {
+                break;
+            }
+            let Some(owned) = self.owned.get_mut(&partition) else {
+                continue;
+            };
+            let (log_start, end) = (owned.partition.log_start(), owned.partition.end_offset());
+            if owned.position == end && owned.position >= log_start {
+                continue;
+            }
+            match owned
+                .partition
+                .read(owned.position, messages_left, bytes_left)
+            {
+                Ok(read) => {
+                    owned.position = read.next_offset;
+                    for record in read.records {
+                        let size = convert::record_bytes(&record);
+                        bytes_left = bytes_left.saturating_sub(size);
+                        bytes_read += size;
+                        messages_left = messages_left.saturating_sub(1);
+                        batch
+                            .messages
+                            .push(convert::consumed_message(partition, record));
+                    }
+                }
+                Err(Error::OffsetOutOfRange { log_start, end, .. }) => {
+                    let from = owned.position;
+                    let reason = if from < log_start {
+                        ResetReason::BelowLogStart
+                    } else {
+                        ResetReason::AboveEndOffset
+                    };
+                    let to = self.reset(partition, Some(from), log_start, end, reason)?;
+                    if let Some(owned) = self.owned.get_mut(&partition) {
+                        owned.position = to;
+                    }
+                    // Read it next round, after its PositionReset event has gone out.
+                }
+                Err(error) => return Err(convert::status(&error)),
+            }
+        }
+        Ok((batch, bytes_read))
+    }
+
+    /// A partition woke the task. Either data arrived, or the partition ended
+    /// (deleted topic, broker closing) or is poisoned: tell which.
+    fn on_data_signal(&mut self) -> Result<(), Status> {
+        let has_data = self.owned.values().any(|o| {
+            let (log_start, end) = (o.partition.log_start(), o.partition.end_offset());
+            o.position != end || o.position < log_start
+        });
+        if has_data {
+            self.data_ready = true;
+            return Ok(());
+        }
+        let same_topic = self
+            .app
+            .store
+            .topic(self.topic.name())
+            .is_ok_and(|current| Arc::ptr_eq(&current, &self.topic));
+        if !same_topic {
+            return Err(Status::not_found(format!(
+                "topic {:?} was deleted; group {:?} stopped reading it",
+                self.topic.name(),
+                self.group_id
+            )));
+        }
+        if self
+            .owned
+            .values()
+            .any(|o| o.partition.info().poisoned.is_some())
+        {
+            // Durable data stays readable, but no new data will come until a restart;
+            // look again now and then instead of spinning on the wake-up.
+            self.backoff = true;
+            return Ok(());
+        }
+        Err(Status::unavailable(
+            "the broker is shutting down; reconnect with the same member_id to keep the partitions",
+        ))
+    }
+
+    /// With auto-commit, durably commits the positions of `partitions` that moved.
+    /// A failed commit is logged and retried at the next tick: the messages it
+    /// covered are delivered again after a rebalance rather than lost.
+    async fn commit_positions(&mut self, partitions: &[u32]) {
+        if self.settings.auto_commit.is_none() {
+            return;
+        }
+        let commits: Vec<(String, u32, u64, String)> = partitions
+            .iter()
+            .filter_map(|p| {
+                let owned = self.owned.get(p)?;
+                (owned.committed != Some(owned.position)).then(|| {
+                    (
+                        self.topic.name().to_string(),
+                        *p,
+                        owned.position,
+                        String::new(),
+                    )
+                })
+            })
+            .collect();
+        if commits.is_empty() {
+            return;
+        }
+        let store = self.app.store.clone();
+        let group_id = self.group_id.clone();
+        let to_write = commits.clone();
+        let written =
+            tokio::task::spawn_blocking(move || store.offsets().commit(&group_id, &to_write)).await;
+        match written {
+            Ok(Ok(())) => {
+                for (_, partition, offset, _) in commits {
+                    if let Some(owned) = self.owned.get_mut(&partition) {
+                        owned.committed = Some(offset);
+                    }
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(group = %self.group_id, member = %self.member_id, %error, "auto-commit failed");
+            }
+            Err(error) => {
+                tracing::warn!(group = %self.group_id, member = %self.member_id, %error, "auto-commit task failed");
+            }
+        }
+    }
+}
+
+/// The next tick of the auto-commit timer; never, without auto-commit.
+async fn tick(ticker: &mut Option<Interval>) {
+    match ticker {
+        Some(ticker) => {
+            ticker.tick().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Resolves when any owned partition has a message at its position, or ended.
+fn any_data(owned: &BTreeMap<u32, Owned>) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| {
+        for o in owned.values() {
+            let mut wait = o.partition.wait_for_data(o.position);
+            if Pin::new(&mut wait).poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    })
+}
+
+/// The buffer between a member task and tonic's encoder, in events.
+pub(crate) fn channel() -> (Sender, mpsc::Receiver<Result<SubscribeResponse, Status>>) {
+    mpsc::channel(SUBSCRIBE_QUEUE_EVENTS)
+}

@@ -1,0 +1,170 @@
+//! Consumer groups: the coordinator, group-mode Subscribe and the `Groups` service.
+//!
+//! - [`coordinator`]: membership, generations, the range assignment of each topic's
+//!   partitions among live members, session timeouts, and the rules commits, resets
+//!   and deletes must pass. Also the per-partition *leases* that make sure only one
+//!   member reads a partition at a time.
+//! - [`member`]: the task behind one member's Subscribe stream: Assignment and
+//!   PositionReset events, messages, auto-commit.
+//! - [`assignment`]: the range assignor (pure).
+//! - [`reset`]: the offset-reset computation of every mode (pure).
+//! - [`service`]: the `tidelog.v1.Groups` RPCs.
+//!
+//! Semantics follow Kafka's, adapted to a streaming API: the open Subscribe stream is
+//! the member's heartbeat; each join, leave or session expiry rebalances and bumps the
+//! generation; a commit from an older generation or for a partition the member does
+//! not own is refused; offset resets and group deletion are refused while the group
+//! has live members.
+//!
+//! Wiring (done by the broker core): keep one [`GroupCoordinator`] in
+//! [`crate::AppState::groups`], serve [`GroupsService`], route a Subscribe with `group` set to
+//! [`subscribe_member`], tell the coordinator about deleted topics with
+//! [`GroupCoordinator::topic_deleted`], and at shutdown call
+//! [`GroupCoordinator::shutdown`] so members make their final auto-commits.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tidelog_proto::v1::{SubscribeRequest, SubscribeResponse};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::AppState;
+use crate::consume::ReadLimits;
+use crate::convert;
+use crate::metrics::{GroupLag, GroupMetricsSnapshot, GroupMetricsSource};
+
+pub mod assignment;
+pub mod coordinator;
+mod member;
+pub mod reset;
+pub mod service;
+
+pub use coordinator::{
+    GroupCoordinator, GroupStatus, GroupSummaryView, GroupView, MemberView, PartitionLagView,
+};
+pub use service::GroupsService;
+
+/// Longest session timeout a member may ask for; longer requests are capped. A
+/// member kept this long after its stream ended blocks its partitions that long.
+pub const SESSION_TIMEOUT_MS_MAX: u64 = 5 * 60 * 1000;
+/// Shortest auto-commit interval; shorter requests are raised to it, so one member
+/// cannot turn the offsets log into an fsync loop.
+pub const AUTO_COMMIT_INTERVAL_MS_MIN: u64 = 10;
+/// Longest member id the broker looks up; longer ones are unknown ids.
+pub const MEMBER_ID_BYTES_MAX: usize = 255;
+/// Longest client_id a member may give.
+pub const CLIENT_ID_BYTES_MAX: usize = 255;
+/// The session reaper looks at the clock at least this often.
+pub const REAPER_TICK_MAX: Duration = Duration::from_secs(1);
+/// Pause before looking again at a poisoned partition that woke a reader without data.
+pub const IDLE_BACKOFF: Duration = Duration::from_millis(100);
+/// How long an ending member stream waits for room to send its final status.
+pub const FINAL_STATUS_WAIT: Duration = Duration::from_secs(5);
+
+/// The events of one group member's Subscribe stream.
+pub type MemberStream = Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Status>> + Send>>;
+
+/// Joins `request.group` and streams the member's assignments and messages. Called by
+/// `Consumer.Subscribe` when the request has a group; `remote_addr` is shown as the
+/// member's client_address.
+///
+/// Errors before the stream starts: INVALID_ARGUMENT for `partitions` or `start` set
+/// together with a group, a bad group id, client id or reset policy; NOT_FOUND for an
+/// unknown topic; UNAVAILABLE while the broker shuts down.
+pub async fn subscribe_member(
+    state: Arc<AppState>,
+    request: SubscribeRequest,
+    remote_addr: Option<SocketAddr>,
+) -> Result<MemberStream, Status> {
+    let Some(membership) = request.group else {
+        return Err(Status::invalid_argument(
+            "subscribe_member needs a request with `group` set",
+        ));
+    };
+    coordinator::validate_group_id(&membership.group_id)?;
+    if !request.partitions.is_empty() {
+        return Err(Status::invalid_argument(
+            "partitions must be empty with a group: the broker assigns the partitions among the group's members",
+        ));
+    }
+    if request.start.is_some() {
+        return Err(Status::invalid_argument(
+            "start must be absent with a group: members start at the group's committed offsets; move them with Groups.ResetOffsets",
+        ));
+    }
+    if membership.client_id.len() > CLIENT_ID_BYTES_MAX {
+        return Err(Status::invalid_argument(format!(
+            "client_id is {} bytes, over the limit of {CLIENT_ID_BYTES_MAX} bytes",
+            membership.client_id.len()
+        )));
+    }
+    let reset_policy = convert::reset_policy(request.reset_policy)?;
+    if request.topic.is_empty() {
+        return Err(Status::invalid_argument("topic is required"));
+    }
+    let topic = convert::or_status(state.store.topic(&request.topic))?;
+    if state.shutdown.is_triggered() {
+        return Err(Status::unavailable("the broker is shutting down"));
+    }
+    let settings = member::Settings {
+        reset_policy,
+        auto_commit: (membership.auto_commit_interval_ms > 0).then(|| {
+            Duration::from_millis(
+                membership
+                    .auto_commit_interval_ms
+                    .max(AUTO_COMMIT_INTERVAL_MS_MIN),
+            )
+        }),
+        // The same defaults and caps as a plain subscription.
+        limits: ReadLimits::from_request(request.max_batch_messages, request.max_batch_bytes),
+    };
+    state.groups.spawn_session_reaper();
+    let joined = state
+        .groups
+        .join(coordinator::JoinRequest {
+            group_id: membership.group_id.clone(),
+            member_id: membership.member_id,
+            topic: request.topic,
+            client_id: membership.client_id,
+            client_address: remote_addr.map(|a| a.to_string()).unwrap_or_default(),
+            session_timeout_ms: membership.session_timeout_ms,
+        })
+        .await?;
+    let (sender, receiver) = member::channel();
+    let task = member::MemberTask::new(
+        state.clone(),
+        membership.group_id,
+        joined,
+        topic,
+        settings,
+        sender,
+    );
+    tokio::spawn(task.run());
+    Ok(Box::pin(ReceiverStream::new(receiver)))
+}
+
+impl GroupMetricsSource for GroupCoordinator {
+    fn group_metrics(&self) -> GroupMetricsSnapshot {
+        let mut snapshot = GroupMetricsSnapshot::default();
+        for group in self.snapshot() {
+            snapshot
+                .members
+                .push((group.group_id.clone(), group.members.len() as u64));
+            for p in group.partitions {
+                if let Some(lag) = p.lag {
+                    snapshot.lags.push(GroupLag {
+                        group: group.group_id.clone(),
+                        topic: p.topic,
+                        partition: p.partition,
+                        lag,
+                    });
+                }
+            }
+        }
+        snapshot
+    }
+}

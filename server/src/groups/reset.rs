@@ -1,0 +1,239 @@
+//! The offset-reset computation of `Groups.ResetOffsets`, kept pure: given what is
+//! known about each partition (the group's committed offset, the log bounds and, for
+//! the time-based modes, the result of the time-index lookup) and the requested
+//! target, it returns the new committed offset. The RPC handler gathers the inputs
+//! (reads the offsets store, asks the partitions) and commits the outputs; everything
+//! in between is here, so each mode is unit-tested without a broker.
+//!
+//! The modes are those of Kafka's `kafka-consumer-groups --reset-offsets`:
+//!
+//! | mode | new offset | partitions without a committed offset |
+//! |---|---|---|
+//! | to-earliest | `log_start` | included |
+//! | to-latest | `end` | included |
+//! | to-offset N | `N` | included |
+//! | to-datetime T | first offset whose timestamp is `>= T`, else `end` | included |
+//! | by-duration D | like to-datetime with `T = now - D` (broker clock) | included |
+//! | shift-by N | `committed + N` (N may be negative) | left out |
+//! | to-current | `committed` | left out |
+//! | explicit (from-file) | the listed offset | included |
+//!
+//! Every result is clamped to `[log_start, end]`, as Kafka does: an offset below the
+//! log start would only be reset again by the consumer's policy, one above the end
+//! would skip messages not yet written.
+
+/// Where a reset moves one partition, with time-based modes already turned into a
+/// timestamp (see [`datetime_target`] and [`duration_target`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Earliest,
+    Latest,
+    Offset(u64),
+    /// The first offset at or after this timestamp (ms since the Unix epoch); the
+    /// caller looks it up and passes it as [`PartitionState::offset_for_timestamp`].
+    Timestamp(i64),
+    ShiftBy(i64),
+    Current,
+}
+
+impl Target {
+    /// The timestamp whose offset the caller must look up, if this target needs one.
+    pub fn lookup_timestamp(self) -> Option<i64> {
+        match self {
+            Target::Timestamp(ms) => Some(ms),
+            _ => None,
+        }
+    }
+}
+
+/// What is known about one partition when a reset is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PartitionState {
+    /// The group's committed offset, if any.
+    pub committed: Option<u64>,
+    /// The partition's log start offset.
+    pub log_start: u64,
+    /// The partition's end offset (high watermark).
+    pub end: u64,
+    /// For [`Target::Timestamp`]: the first offset whose timestamp is at or after the
+    /// target, `None` when every visible message is older. Ignored by other targets.
+    pub offset_for_timestamp: Option<u64>,
+}
+
+/// The to-datetime target.
+pub fn datetime_target(timestamp_ms: i64) -> Target {
+    Target::Timestamp(timestamp_ms)
+}
+
+/// The by-duration target: `now_ms - duration_ms`, saturating (a duration longer than
+/// the epoch means "from the beginning").
+pub fn duration_target(now_ms: i64, duration_ms: u64) -> Target {
+    let duration = i64::try_from(duration_ms).unwrap_or(i64::MAX);
+    Target::Timestamp(now_ms.saturating_sub(duration))
+}
+
+/// Clamps `offset` to `[log_start, end]`. Never panics, even if the bounds were read
+/// in a moment when they crossed (`log_start > end` is not supposed to happen; then
+/// `log_start` wins, since offsets below it are gone).
+pub fn clamp(offset: u64, log_start: u64, end: u64) -> u64 {
+    offset.min(end).max(log_start)
+}
+
+/// The new committed offset for one partition, or `None` when the mode leaves the
+/// partition out (shift-by and to-current without a committed offset).
+pub fn new_offset(target: Target, state: &PartitionState) -> Option<u64> {
+    let PartitionState {
+        committed,
+        log_start,
+        end,
+        offset_for_timestamp,
+    } = *state;
+    let raw = match target {
+        Target::Earliest => log_start,
+        Target::Latest => end,
+        Target::Offset(offset) => offset,
+        Target::Timestamp(_) => offset_for_timestamp.unwrap_or(end),
+        Target::ShiftBy(delta) => {
+            let current = committed?;
+            if delta >= 0 {
+                current.saturating_add(delta.unsigned_abs())
+            } else {
+                current.saturating_sub(delta.unsigned_abs())
+            }
+        }
+        Target::Current => committed?,
+    };
+    Some(clamp(raw, log_start, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A partition holding offsets 100..200 with a commit at 150, where the first
+    /// message at or after the looked-up timestamp is 170.
+    fn state() -> PartitionState {
+        PartitionState {
+            committed: Some(150),
+            log_start: 100,
+            end: 200,
+            offset_for_timestamp: Some(170),
+        }
+    }
+
+    fn uncommitted() -> PartitionState {
+        PartitionState {
+            committed: None,
+            ..state()
+        }
+    }
+
+    #[test]
+    fn to_earliest_is_log_start_with_or_without_commit() {
+        assert_eq!(new_offset(Target::Earliest, &state()), Some(100));
+        assert_eq!(new_offset(Target::Earliest, &uncommitted()), Some(100));
+    }
+
+    #[test]
+    fn to_latest_is_end_with_or_without_commit() {
+        assert_eq!(new_offset(Target::Latest, &state()), Some(200));
+        assert_eq!(new_offset(Target::Latest, &uncommitted()), Some(200));
+    }
+
+    #[test]
+    fn to_offset_is_clamped_to_the_log() {
+        assert_eq!(new_offset(Target::Offset(120), &state()), Some(120));
+        assert_eq!(new_offset(Target::Offset(5), &state()), Some(100));
+        assert_eq!(new_offset(Target::Offset(10_000), &state()), Some(200));
+        assert_eq!(new_offset(Target::Offset(200), &uncommitted()), Some(200));
+        assert_eq!(new_offset(Target::Offset(u64::MAX), &state()), Some(200));
+    }
+
+    #[test]
+    fn to_datetime_uses_the_time_lookup_or_the_end() {
+        let target = datetime_target(1_700_000_000_000);
+        assert_eq!(target.lookup_timestamp(), Some(1_700_000_000_000));
+        assert_eq!(new_offset(target, &state()), Some(170));
+        let none_newer = PartitionState {
+            offset_for_timestamp: None,
+            ..state()
+        };
+        assert_eq!(new_offset(target, &none_newer), Some(200));
+        assert_eq!(new_offset(target, &uncommitted()), Some(170));
+    }
+
+    #[test]
+    fn by_duration_looks_back_from_now() {
+        assert_eq!(duration_target(10_000, 3_000), Target::Timestamp(7_000));
+        assert_eq!(duration_target(10_000, 0), Target::Timestamp(10_000));
+        // Longer than the epoch: from the beginning, no overflow.
+        assert_eq!(
+            duration_target(10_000, u64::MAX),
+            Target::Timestamp(10_000 - i64::MAX)
+        );
+        assert_eq!(duration_target(i64::MIN, 5), Target::Timestamp(i64::MIN));
+        assert_eq!(
+            new_offset(duration_target(10_000, 3_000), &state()),
+            Some(170)
+        );
+    }
+
+    #[test]
+    fn shift_by_moves_from_the_commit_and_clamps() {
+        assert_eq!(new_offset(Target::ShiftBy(10), &state()), Some(160));
+        assert_eq!(new_offset(Target::ShiftBy(-10), &state()), Some(140));
+        assert_eq!(new_offset(Target::ShiftBy(0), &state()), Some(150));
+        assert_eq!(new_offset(Target::ShiftBy(-1_000), &state()), Some(100));
+        assert_eq!(new_offset(Target::ShiftBy(1_000), &state()), Some(200));
+        assert_eq!(new_offset(Target::ShiftBy(i64::MAX), &state()), Some(200));
+        assert_eq!(new_offset(Target::ShiftBy(i64::MIN), &state()), Some(100));
+    }
+
+    #[test]
+    fn shift_by_leaves_out_partitions_without_a_commit() {
+        assert_eq!(new_offset(Target::ShiftBy(5), &uncommitted()), None);
+    }
+
+    #[test]
+    fn to_current_keeps_the_commit_clamped_and_skips_uncommitted() {
+        assert_eq!(new_offset(Target::Current, &state()), Some(150));
+        assert_eq!(new_offset(Target::Current, &uncommitted()), None);
+        // Retention moved the log start past the commit.
+        let behind = PartitionState {
+            committed: Some(40),
+            ..state()
+        };
+        assert_eq!(new_offset(Target::Current, &behind), Some(100));
+    }
+
+    #[test]
+    fn explicit_offsets_are_offset_targets() {
+        // An explicit list is one Target::Offset per listed partition.
+        assert_eq!(new_offset(Target::Offset(180), &uncommitted()), Some(180));
+    }
+
+    #[test]
+    fn empty_partition_resets_to_zero() {
+        let empty = PartitionState::default();
+        for target in [
+            Target::Earliest,
+            Target::Latest,
+            Target::Offset(7),
+            Target::Timestamp(0),
+        ] {
+            assert_eq!(new_offset(target, &empty), Some(0), "{target:?}");
+        }
+    }
+
+    #[test]
+    fn crossed_bounds_never_panic() {
+        assert_eq!(clamp(5, 10, 3), 10);
+        let crossed = PartitionState {
+            committed: Some(1),
+            log_start: 10,
+            end: 3,
+            offset_for_timestamp: None,
+        };
+        assert_eq!(new_offset(Target::Current, &crossed), Some(10));
+    }
+}

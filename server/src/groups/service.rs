@@ -1,0 +1,446 @@
+//! The `tidelog.v1.Groups` service: committed offsets and group administration.
+//!
+//! Validation and the proto shapes live here; the rules that depend on membership
+//! live in the coordinator, the reset arithmetic in [`super::reset`]. Every write goes
+//! through `OffsetStore::commit` / `delete_group`, which return once the change is
+//! fsynced; they run on the blocking pool.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use tidelog_proto::v1::groups_server::Groups;
+use tidelog_proto::v1::reset_offsets_request::{Scope, Spec};
+use tidelog_proto::v1::{
+    CommitOffsetsRequest, CommitOffsetsResponse, CommittedOffset, DeleteGroupRequest,
+    DeleteGroupResponse, DescribeGroupRequest, DescribeGroupResponse, FetchOffsetsRequest,
+    FetchOffsetsResponse, GroupDescription, GroupMember, GroupState, GroupSummary,
+    ListGroupsRequest, ListGroupsResponse, OffsetChange, PartitionLag, ResetOffsetsRequest,
+    ResetOffsetsResponse,
+};
+use tidelog_storage::limits::COMMIT_METADATA_BYTES_MAX;
+use tidelog_storage::{Partition, Store, Topic};
+use tonic::{Request, Response, Status};
+
+use super::coordinator::{GroupStatus, GroupView, validate_group_id};
+use super::reset::{self, PartitionState, Target};
+use crate::AppState;
+use crate::convert;
+
+/// `(topic, partition, offset, metadata)`, as `OffsetStore::commit` takes them.
+type Commit = (String, u32, u64, String);
+
+/// The `tidelog.v1.Groups` service.
+#[derive(Debug, Clone)]
+pub struct GroupsService {
+    state: Arc<AppState>,
+}
+
+impl GroupsService {
+    pub fn new(state: Arc<AppState>) -> Self {
+        GroupsService { state }
+    }
+}
+
+fn group_state(status: GroupStatus) -> GroupState {
+    match status {
+        GroupStatus::Empty => GroupState::Empty,
+        GroupStatus::Rebalancing => GroupState::Rebalancing,
+        GroupStatus::Stable => GroupState::Stable,
+    }
+}
+
+fn group_description(view: GroupView) -> GroupDescription {
+    GroupDescription {
+        group_id: view.group_id,
+        state: group_state(view.status) as i32,
+        generation: view.generation,
+        members: view
+            .members
+            .into_iter()
+            .map(|m| GroupMember {
+                member_id: m.member_id,
+                client_id: m.client_id,
+                client_address: m.client_address,
+                topic: m.topic,
+                partitions: m.partitions,
+            })
+            .collect(),
+        lags: view
+            .partitions
+            .into_iter()
+            .map(|p| PartitionLag {
+                topic: p.topic,
+                partition: p.partition,
+                committed_offset: p.committed,
+                log_start_offset: p.log_start,
+                end_offset: p.end,
+                lag: p.lag,
+            })
+            .collect(),
+    }
+}
+
+/// The topic, or NOT_FOUND.
+fn topic(store: &Store, name: &str) -> Result<Arc<Topic>, Status> {
+    if name.is_empty() {
+        return Err(Status::invalid_argument("topic is required"));
+    }
+    convert::or_status(store.topic(name))
+}
+
+/// The partition, or NOT_FOUND naming the topic's range (the storage engine calls a
+/// bad partition number an invalid argument; the API calls it not found).
+fn partition(topic: &Topic, id: u32) -> Result<Arc<Partition>, Status> {
+    topic.partitions().get(id as usize).cloned().ok_or_else(|| {
+        Status::not_found(format!(
+            "topic {:?} has partitions 0..{}, not {id}",
+            topic.name(),
+            topic.partitions().len()
+        ))
+    })
+}
+
+fn check_metadata(metadata: &str, topic: &str, partition: u32) -> Result<(), Status> {
+    if metadata.len() > COMMIT_METADATA_BYTES_MAX {
+        return Err(Status::invalid_argument(format!(
+            "metadata for {topic}/{partition} is {} bytes, over the limit of {COMMIT_METADATA_BYTES_MAX} bytes",
+            metadata.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Commits durably (all or nothing) on the blocking pool.
+async fn commit_durably(
+    store: &Arc<Store>,
+    group_id: &str,
+    commits: Vec<Commit>,
+) -> Result<(), Status> {
+    let store = store.clone();
+    let group_id = group_id.to_string();
+    let written = tokio::task::spawn_blocking(move || store.offsets().commit(&group_id, &commits))
+        .await
+        .map_err(|e| Status::internal(format!("the commit task failed: {e}")))?;
+    convert::or_status(written)
+}
+
+#[tonic::async_trait]
+impl Groups for GroupsService {
+    async fn commit_offsets(
+        &self,
+        request: Request<CommitOffsetsRequest>,
+    ) -> Result<Response<CommitOffsetsResponse>, Status> {
+        let request = request.into_inner();
+        validate_group_id(&request.group_id)?;
+        if request.offsets.is_empty() {
+            return Err(Status::invalid_argument(
+                "offsets is empty: commit at least one (topic, partition, offset)",
+            ));
+        }
+        let generation = match (request.member_id.is_empty(), request.generation) {
+            (false, None) => {
+                return Err(Status::invalid_argument(
+                    "generation is required with member_id: pass the generation of the member's latest Assignment",
+                ));
+            }
+            (_, generation) => generation,
+        };
+        let store = &self.state.store;
+        let mut commits = Vec::with_capacity(request.offsets.len());
+        for entry in request.offsets {
+            check_metadata(&entry.metadata, &entry.topic, entry.partition)?;
+            let log = partition(&*topic(store, &entry.topic)?, entry.partition)?;
+            let (log_start, end) = (log.log_start(), log.end_offset());
+            if entry.offset > end {
+                return Err(Status::out_of_range(format!(
+                    "offset {} for {}/{} is above the partition's end_offset {end} (it holds offsets {log_start}..{end}); commit the offset of the next message to read, at most end_offset",
+                    entry.offset, entry.topic, entry.partition
+                )));
+            }
+            commits.push((entry.topic, entry.partition, entry.offset, entry.metadata));
+        }
+        let coordinator = &self.state.groups;
+        if request.member_id.is_empty() {
+            // Held across the check and the write: no member can join in between.
+            let _gate = coordinator.admin_gate.write().await;
+            coordinator.require_no_live_members(&request.group_id, "a commit without member_id")?;
+            commit_durably(store, &request.group_id, commits).await?;
+        } else {
+            let owned: Vec<(String, u32)> =
+                commits.iter().map(|(t, p, _, _)| (t.clone(), *p)).collect();
+            coordinator.authorize_member_commit(
+                &request.group_id,
+                &request.member_id,
+                generation.unwrap_or_default(),
+                &owned,
+            )?;
+            commit_durably(store, &request.group_id, commits).await?;
+        }
+        Ok(Response::new(CommitOffsetsResponse {}))
+    }
+
+    async fn fetch_offsets(
+        &self,
+        request: Request<FetchOffsetsRequest>,
+    ) -> Result<Response<FetchOffsetsResponse>, Status> {
+        let request = request.into_inner();
+        validate_group_id(&request.group_id)?;
+        let offsets = self
+            .state
+            .store
+            .offsets()
+            .fetch_group(&request.group_id)
+            .into_iter()
+            .filter(|(topic, _, _)| request.topic.as_ref().is_none_or(|t| t == topic))
+            .map(|(topic, partition, committed)| CommittedOffset {
+                topic,
+                partition,
+                offset: committed.offset,
+                metadata: committed.metadata,
+                commit_timestamp_ms: committed.commit_timestamp_ms,
+            })
+            .collect();
+        Ok(Response::new(FetchOffsetsResponse { offsets }))
+    }
+
+    async fn list_groups(
+        &self,
+        _request: Request<ListGroupsRequest>,
+    ) -> Result<Response<ListGroupsResponse>, Status> {
+        let groups = self
+            .state
+            .groups
+            .list_groups()
+            .into_iter()
+            .map(|g| GroupSummary {
+                group_id: g.group_id,
+                state: group_state(g.status) as i32,
+                member_count: g.member_count,
+            })
+            .collect();
+        Ok(Response::new(ListGroupsResponse { groups }))
+    }
+
+    async fn describe_group(
+        &self,
+        request: Request<DescribeGroupRequest>,
+    ) -> Result<Response<DescribeGroupResponse>, Status> {
+        let request = request.into_inner();
+        validate_group_id(&request.group_id)?;
+        let view = self
+            .state
+            .groups
+            .describe_group(&request.group_id)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "group {:?} not found: it has no live members and no committed offsets (Groups.ListGroups lists the groups)",
+                    request.group_id
+                ))
+            })?;
+        Ok(Response::new(DescribeGroupResponse {
+            group: Some(group_description(view)),
+        }))
+    }
+
+    async fn delete_group(
+        &self,
+        request: Request<DeleteGroupRequest>,
+    ) -> Result<Response<DeleteGroupResponse>, Status> {
+        let request = request.into_inner();
+        validate_group_id(&request.group_id)?;
+        let coordinator = &self.state.groups;
+        let _gate = coordinator.admin_gate.write().await;
+        coordinator.require_no_live_members(&request.group_id, "DeleteGroup")?;
+        let store = self.state.store.clone();
+        let group_id = request.group_id.clone();
+        let existed = tokio::task::spawn_blocking(move || store.offsets().delete_group(&group_id))
+            .await
+            .map_err(|e| Status::internal(format!("the delete task failed: {e}")))?;
+        let existed = convert::or_status(existed)?;
+        coordinator.forget_group(&request.group_id);
+        if !existed {
+            return Err(Status::not_found(format!(
+                "group {:?} not found: it has no committed offsets",
+                request.group_id
+            )));
+        }
+        tracing::info!(group = %request.group_id, "deleted group");
+        Ok(Response::new(DeleteGroupResponse {}))
+    }
+
+    async fn reset_offsets(
+        &self,
+        request: Request<ResetOffsetsRequest>,
+    ) -> Result<Response<ResetOffsetsResponse>, Status> {
+        let request = request.into_inner();
+        validate_group_id(&request.group_id)?;
+        let coordinator = &self.state.groups;
+        let store = &self.state.store;
+        // Taken before reading the current offsets so an execute computes from, and
+        // writes over, a state no member can change meanwhile.
+        let _gate = if request.execute {
+            let gate = coordinator.admin_gate.write().await;
+            coordinator.require_no_live_members(&request.group_id, "ResetOffsets with execute")?;
+            Some(gate)
+        } else {
+            None
+        };
+        let committed: BTreeMap<(String, u32), tidelog_storage::CommittedOffset> = store
+            .offsets()
+            .fetch_group(&request.group_id)
+            .into_iter()
+            .map(|(t, p, c)| ((t, p), c))
+            .collect();
+        let plan = plan(store, &request, &committed, coordinator.now_ms())?;
+
+        let mut changes = Vec::with_capacity(plan.len());
+        let mut commits = Vec::with_capacity(plan.len());
+        for item in plan {
+            let current = committed.get(&(item.topic.clone(), item.partition));
+            let state = PartitionState {
+                committed: current.map(|c| c.offset),
+                log_start: item.log.log_start(),
+                end: item.log.end_offset(),
+                offset_for_timestamp: match item.target.lookup_timestamp() {
+                    Some(ms) => convert::or_status(item.log.offset_for_timestamp(ms))?,
+                    None => None,
+                },
+            };
+            let Some(new_offset) = reset::new_offset(item.target, &state) else {
+                continue;
+            };
+            // Explicit offsets carry their own metadata; computed ones keep the
+            // commit's (a reset moves offsets, it does not rewrite annotations).
+            let metadata = item
+                .metadata
+                .or_else(|| current.map(|c| c.metadata.clone()))
+                .unwrap_or_default();
+            changes.push(OffsetChange {
+                topic: item.topic.clone(),
+                partition: item.partition,
+                current_offset: state.committed,
+                new_offset,
+            });
+            commits.push((item.topic, item.partition, new_offset, metadata));
+        }
+        changes.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        if request.execute && !commits.is_empty() {
+            commit_durably(store, &request.group_id, commits).await?;
+            tracing::info!(group = %request.group_id, partitions = changes.len(), "reset offsets");
+        }
+        Ok(Response::new(ResetOffsetsResponse {
+            changes,
+            executed: request.execute,
+        }))
+    }
+}
+
+/// One partition a reset covers and where it should go.
+struct PlanItem {
+    topic: String,
+    partition: u32,
+    log: Arc<Partition>,
+    target: Target,
+    /// Set for explicit offsets only.
+    metadata: Option<String>,
+}
+
+/// Resolves scope and spec to the partitions and their targets.
+fn plan(
+    store: &Store,
+    request: &ResetOffsetsRequest,
+    committed: &BTreeMap<(String, u32), tidelog_storage::CommittedOffset>,
+    now_ms: i64,
+) -> Result<Vec<PlanItem>, Status> {
+    let Some(spec) = &request.spec else {
+        return Err(Status::invalid_argument(
+            "spec is required: one of to_earliest, to_latest, to_offset, to_datetime_ms, by_duration_ms, shift_by, to_current, explicit",
+        ));
+    };
+    let target = match spec {
+        Spec::Explicit(explicit) => {
+            if request.scope.is_some() {
+                return Err(Status::invalid_argument(
+                    "scope must be unset with spec explicit: the listed offsets name their partitions",
+                ));
+            }
+            if explicit.offsets.is_empty() {
+                return Err(Status::invalid_argument(
+                    "explicit.offsets is empty: list at least one (topic, partition, offset)",
+                ));
+            }
+            let mut seen = BTreeSet::new();
+            let mut items = Vec::with_capacity(explicit.offsets.len());
+            for entry in &explicit.offsets {
+                if !seen.insert((entry.topic.as_str(), entry.partition)) {
+                    return Err(Status::invalid_argument(format!(
+                        "explicit.offsets lists {}/{} twice",
+                        entry.topic, entry.partition
+                    )));
+                }
+                check_metadata(&entry.metadata, &entry.topic, entry.partition)?;
+                let log = partition(&*topic(store, &entry.topic)?, entry.partition)?;
+                items.push(PlanItem {
+                    topic: entry.topic.clone(),
+                    partition: entry.partition,
+                    log,
+                    target: Target::Offset(entry.offset),
+                    metadata: Some(entry.metadata.clone()),
+                });
+            }
+            return Ok(items);
+        }
+        Spec::ToEarliest(_) => Target::Earliest,
+        Spec::ToLatest(_) => Target::Latest,
+        Spec::ToOffset(offset) => Target::Offset(*offset),
+        Spec::ToDatetimeMs(ms) => reset::datetime_target(*ms),
+        Spec::ByDurationMs(ms) => reset::duration_target(now_ms, *ms),
+        Spec::ShiftBy(delta) => Target::ShiftBy(*delta),
+        Spec::ToCurrent(_) => Target::Current,
+    };
+    let mut items = Vec::new();
+    match &request.scope {
+        None => {
+            return Err(Status::invalid_argument(
+                "scope is required: a topic (optionally with partitions) or all_topics",
+            ));
+        }
+        Some(Scope::Topic(scope)) => {
+            let topic = topic(store, &scope.topic)?;
+            let ids: BTreeSet<u32> = if scope.partitions.is_empty() {
+                (0..topic.partitions().len() as u32).collect()
+            } else {
+                scope.partitions.iter().copied().collect()
+            };
+            for id in ids {
+                items.push(PlanItem {
+                    topic: scope.topic.clone(),
+                    partition: id,
+                    log: partition(&topic, id)?,
+                    target,
+                    metadata: None,
+                });
+            }
+        }
+        Some(Scope::AllTopics(_)) => {
+            // As Kafka's --all-topics: the partitions the group has committed offsets
+            // for. Offsets of a topic deleted a moment ago are skipped.
+            for (topic_name, id) in committed.keys() {
+                let Ok(topic) = store.topic(topic_name) else {
+                    continue;
+                };
+                let Some(log) = topic.partitions().get(*id as usize).cloned() else {
+                    continue;
+                };
+                items.push(PlanItem {
+                    topic: topic_name.clone(),
+                    partition: *id,
+                    log,
+                    target,
+                    metadata: None,
+                });
+            }
+        }
+    }
+    Ok(items)
+}
