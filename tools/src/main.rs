@@ -1,1 +1,85 @@
-fn main() {}
+//! `tidelog`: the operator's CLI for tidelogd and its data files.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`cli`] | the command tree (clap) and the parsing of every value |
+//! | [`topic`], [`produce`], [`consume`], [`group`] | commands that talk to the broker |
+//! | [`segment`] | offline dump / verify / repair of a data directory |
+//! | [`units`], [`time`], [`spec`], [`output`] | pure parsers and formatters |
+//! | [`client`], [`error`] | the connection, and the one-line errors with exit codes |
+//!
+//! Exit codes: 0 ok, 1 an error from the broker or in the data, 2 bad arguments.
+#![deny(unsafe_code)]
+
+mod cli;
+mod client;
+mod consume;
+mod error;
+mod group;
+mod output;
+mod produce;
+mod segment;
+mod spec;
+mod time;
+mod topic;
+mod units;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::client::Broker;
+use crate::error::{CliError, CliResult, Exit};
+use crate::output::note;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print to stdout and succeed; usage errors exit 2.
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(Exit::Usage.code()));
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            if error.exit != Exit::Quiet {
+                note(&error.to_string());
+            }
+            ExitCode::from(error.exit.code())
+        }
+    }
+}
+
+fn run(cli: Cli) -> CliResult<()> {
+    let Cli {
+        server,
+        json,
+        command,
+    } = cli;
+    if let Command::Segment(command) = command {
+        // Offline: no broker, no runtime.
+        return segment::run(command, json);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            CliError::failure(
+                format!("cannot start the async runtime: {e}"),
+                "check the system's limits",
+            )
+        })?;
+    runtime.block_on(async move {
+        let broker = Broker::connect(&server).await?;
+        match command {
+            Command::Topic(command) => topic::run(&broker, command, json).await,
+            Command::Produce(args) => produce::run(&broker, args, json).await,
+            Command::Consume(args) => consume::run(&broker, args, json).await,
+            Command::Group(command) => group::run(&broker, command, json).await,
+            Command::Segment(_) => Ok(()),
+        }
+    })
+}

@@ -1,0 +1,740 @@
+//! The command tree (clap derive). Values are parsed here, with the pure parsers of
+//! `units`, `time` and `spec`, so a bad value is a usage error (exit 2) naming the
+//! flag before anything touches the network or the disk.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::client::DEFAULT_SERVER;
+use crate::spec::{TopicSpec, parse_topic_spec};
+use crate::time::{parse_datetime_ms, parse_iso_duration_ms};
+use crate::units::{parse_duration_ms, parse_size};
+
+const MAIN_EXAMPLES: &str = "\
+Examples:
+  tidelog topic create orders --partitions 3 --retention 7d
+  printf 'a\\nb\\n' | tidelog produce orders
+  tidelog consume orders --group billing -n 10
+  tidelog group reset-offsets --group billing --topic orders --to-datetime 2026-11-23T00:00:00Z --execute
+  tidelog segment verify /var/lib/tidelog
+
+The broker address comes from --server or TIDELOG_SERVER (default http://127.0.0.1:7420).
+Exit codes: 0 ok, 1 error from the broker or the data, 2 bad arguments.";
+
+/// tidelog: operate a tidelogd broker and inspect its data files.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tidelog",
+    version,
+    about = "tidelog: operate a tidelogd broker and inspect its data files",
+    after_help = MAIN_EXAMPLES,
+    subcommand_required = true,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    /// Address of tidelogd.
+    #[arg(
+        long,
+        global = true,
+        env = "TIDELOG_SERVER",
+        default_value = DEFAULT_SERVER,
+        value_name = "URL"
+    )]
+    pub server: String,
+
+    /// Print JSON for scripts instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, list, describe, alter and delete topics.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  tidelog topic list\n  tidelog topic create orders --partitions 3 --retention 7d"
+    )]
+    Topic(TopicCommand),
+
+    /// Publish lines from stdin or a file as messages.
+    Produce(ProduceArgs),
+
+    /// Print messages of a topic, optionally as a member of a consumer group.
+    Consume(ConsumeArgs),
+
+    /// List, describe and delete consumer groups; reset their offsets.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  tidelog group list\n  tidelog group describe billing\n  tidelog group reset-offsets --group billing --topic orders --to-earliest"
+    )]
+    Group(GroupCommand),
+
+    /// Offline tools for a data directory (stop tidelogd first): dump, verify, repair.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  tidelog segment verify /var/lib/tidelog\n  tidelog segment dump /var/lib/tidelog/topics/orders/0/00000000000000000000.log --records"
+    )]
+    Segment(SegmentCommand),
+    // `tidelog bench` (issue 5) joins here as `Bench(BenchCommand)`.
+}
+
+// ---------------------------------------------------------------------------------
+// topic
+// ---------------------------------------------------------------------------------
+
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic.
+    #[command(
+        after_help = "Examples:\n  tidelog topic create orders\n  tidelog topic create orders --partitions 6 --retention 7d --retention-bytes 10GiB \\\n      --ttl 1h --fsync interval:10ms --segment-bytes 256MiB --compression zstd"
+    )]
+    Create(TopicCreateArgs),
+
+    /// List topics with their partition counts and sizes.
+    #[command(
+        after_help = "Examples:\n  tidelog topic list\n  tidelog topic list --internal --json"
+    )]
+    List(TopicListArgs),
+
+    /// Show a topic's configuration and the state of each partition.
+    #[command(
+        after_help = "Examples:\n  tidelog topic describe orders\n  tidelog topic describe orders --json"
+    )]
+    Describe(TopicNameArg),
+
+    /// Change a topic's configuration (the partition count is fixed).
+    #[command(
+        after_help = "Examples:\n  tidelog topic alter orders --retention 30d\n  tidelog topic alter orders --ttl off --fsync always\n\n`off` switches a limit off (--retention, --retention-bytes, --ttl, --segment-age)."
+    )]
+    Alter(TopicAlterArgs),
+
+    /// Delete a topic, its data and the offsets groups committed for it.
+    #[command(after_help = "Examples:\n  tidelog topic delete orders")]
+    Delete(TopicNameArg),
+}
+
+#[derive(Debug, Args)]
+pub struct TopicNameArg {
+    /// Topic name.
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TopicListArgs {
+    /// Also list internal topics (names starting with "__").
+    #[arg(long)]
+    pub internal: bool,
+}
+
+/// A limit that can be switched off: `off` (also `none`, `unlimited`, `forever`, `0`)
+/// or a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Off,
+    Value(u64),
+}
+
+fn is_off(text: &str) -> bool {
+    matches!(
+        text.trim().to_ascii_lowercase().as_str(),
+        "off" | "none" | "unlimited" | "forever" | "never" | "0"
+    )
+}
+
+fn duration_limit(text: &str) -> Result<Limit, String> {
+    if is_off(text) {
+        return Ok(Limit::Off);
+    }
+    parse_duration_ms(text).map(Limit::Value)
+}
+
+fn size_limit(text: &str) -> Result<Limit, String> {
+    if is_off(text) {
+        return Ok(Limit::Off);
+    }
+    parse_size(text).map(Limit::Value)
+}
+
+/// A duration in milliseconds (`250ms`, `10s`, `5m`, `7d`).
+fn duration(text: &str) -> Result<u64, String> {
+    parse_duration_ms(text)
+}
+
+/// A size in bytes (`4096`, `256MiB`, `10GiB`).
+fn size(text: &str) -> Result<u64, String> {
+    parse_size(text)
+}
+
+/// How a topic's writes are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    Always,
+    IntervalMs(u64),
+    Never,
+}
+
+fn fsync(text: &str) -> Result<Fsync, String> {
+    match text.trim() {
+        "always" => Ok(Fsync::Always),
+        "never" => Ok(Fsync::Never),
+        other => {
+            let interval = other.strip_prefix("interval:").ok_or_else(|| {
+                format!("{other:?} is not an fsync policy (use always, interval:10ms or never)")
+            })?;
+            match parse_duration_ms(interval)? {
+                0 => Err("the fsync interval must be at least 1ms".into()),
+                ms => Ok(Fsync::IntervalMs(ms)),
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompressionArg {
+    None,
+    Zstd,
+}
+
+/// Configuration flags shared by `topic create` and `topic alter`.
+#[derive(Debug, Args, Default)]
+pub struct TopicConfigArgs {
+    /// Delete sealed segments older than this (e.g. 7d, 12h); `off` keeps data forever.
+    #[arg(long, value_name = "DURATION", value_parser = duration_limit)]
+    pub retention: Option<Limit>,
+
+    /// Delete the oldest segments while a partition is larger than this (e.g. 10GiB); `off` = no limit.
+    #[arg(long, value_name = "SIZE", value_parser = size_limit)]
+    pub retention_bytes: Option<Limit>,
+
+    /// Default time to live of messages published without one (e.g. 5m); `off` = never expire.
+    #[arg(long, value_name = "DURATION", value_parser = duration_limit)]
+    pub ttl: Option<Limit>,
+
+    /// Roll to a new segment at this size (4KiB to 1GiB; default 256MiB).
+    #[arg(long, value_name = "SIZE", value_parser = size)]
+    pub segment_bytes: Option<u64>,
+
+    /// Roll to a new segment at this age even if it is small (e.g. 1d); `off` = by size only.
+    #[arg(long, value_name = "DURATION", value_parser = duration_limit)]
+    pub segment_age: Option<Limit>,
+
+    /// When writes are made durable: always (group commit), interval:<duration>, never.
+    #[arg(long, value_name = "POLICY", value_parser = fsync)]
+    pub fsync: Option<Fsync>,
+
+    /// Largest message (key + value + headers), up to 16MiB (default 1MiB).
+    #[arg(long, value_name = "SIZE", value_parser = size)]
+    pub max_message_bytes: Option<u64>,
+
+    /// Compression of stored batches.
+    #[arg(long, value_enum)]
+    pub compression: Option<CompressionArg>,
+}
+
+#[derive(Debug, Args)]
+pub struct TopicCreateArgs {
+    /// Topic name: letters, digits, '.', '_' and '-'.
+    pub name: String,
+
+    /// Number of partitions (1 to 10000); cannot be changed later.
+    #[arg(short, long, default_value_t = 1, value_name = "N")]
+    pub partitions: u32,
+
+    #[command(flatten)]
+    pub config: TopicConfigArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TopicAlterArgs {
+    /// Topic name.
+    pub name: String,
+
+    #[command(flatten)]
+    pub config: TopicConfigArgs,
+}
+
+// ---------------------------------------------------------------------------------
+// produce
+// ---------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AckArg {
+    /// Answer once the request is queued (no offsets are returned).
+    None,
+    /// Answer once the messages are written, before fsync.
+    Written,
+    /// Answer once the topic's fsync policy made them durable.
+    Durable,
+}
+
+/// A `key=value` header.
+fn header(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("header {text:?} has no '=' (use --header key=value)"))?;
+    if key.is_empty() {
+        return Err(format!("header {text:?} has an empty key"));
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
+/// A separator; `\t` and `\n`-style escapes are understood.
+fn separator(text: &str) -> Result<String, String> {
+    let unescaped = text.replace("\\t", "\t").replace("\\n", "\n");
+    if unescaped.is_empty() {
+        return Err("the separator is empty".into());
+    }
+    Ok(unescaped)
+}
+
+const PRODUCE_EXAMPLES: &str = "\
+Examples:
+  echo hello | tidelog produce orders
+  tidelog produce orders --file events.txt --quiet
+  printf 'user1:signed up\\nuser2:paid\\n' | tidelog produce orders --key-separator :
+  tidelog produce orders --key user1 --header source=cli --ack written --ttl 1h
+
+Each line is one message (the newline is not part of it). Lines are sent in batches
+over a pipelined stream; the offsets are printed as `partition <p> offset <o>`.";
+
+#[derive(Debug, Args)]
+#[command(after_help = PRODUCE_EXAMPLES)]
+pub struct ProduceArgs {
+    /// Topic to publish to.
+    pub topic: String,
+
+    /// Read lines from this file instead of stdin.
+    #[arg(short, long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+
+    /// Key of every message (decides the partition when --partition is not given).
+    #[arg(short, long, conflicts_with = "key_separator")]
+    pub key: Option<String>,
+
+    /// Split each line at the first SEP into key and value (e.g. ':' or '\t').
+    #[arg(long, value_name = "SEP", value_parser = separator)]
+    pub key_separator: Option<String>,
+
+    /// A header on every message; repeat for more.
+    #[arg(short = 'H', long = "header", value_name = "KEY=VALUE", value_parser = header)]
+    pub headers: Vec<(String, String)>,
+
+    /// Partition to append to (default: by key hash, or round robin without a key).
+    #[arg(short, long, value_name = "N")]
+    pub partition: Option<u32>,
+
+    /// Time to live of the messages (e.g. 5m); `0` = never expire, even with a topic TTL.
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub ttl: Option<u64>,
+
+    /// When the broker answers.
+    #[arg(long, value_enum, default_value_t = AckArg::Durable)]
+    pub ack: AckArg,
+
+    /// Print one summary line instead of every offset.
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Most messages per publish request.
+    #[arg(long, default_value_t = 1000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_messages: u32,
+
+    /// Most bytes of payload per publish request.
+    #[arg(long, default_value = "1MiB", value_name = "SIZE", value_parser = size)]
+    pub batch_bytes: u64,
+
+    /// Publish requests in flight at once on the stream.
+    #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub in_flight: u32,
+}
+
+// ---------------------------------------------------------------------------------
+// consume
+// ---------------------------------------------------------------------------------
+
+/// Where reading starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    Earliest,
+    Latest,
+    Offset(u64),
+    TimestampMs(i64),
+}
+
+fn from(text: &str) -> Result<StartAt, String> {
+    match text.trim() {
+        "earliest" | "beginning" => Ok(StartAt::Earliest),
+        "latest" | "end" => Ok(StartAt::Latest),
+        t if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => t
+            .parse()
+            .map(StartAt::Offset)
+            .map_err(|_| format!("offset {t:?} is too large")),
+        t => parse_datetime_ms(t)
+            .map(StartAt::TimestampMs)
+            .map_err(|e| format!("{t:?} is not earliest, latest, an offset or a date-time ({e})")),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// The value of each message on its own line.
+    Text,
+    /// One JSON object per message and line.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ResetPolicyArg {
+    Earliest,
+    Latest,
+    Error,
+}
+
+const CONSUME_EXAMPLES: &str = "\
+Examples:
+  tidelog consume orders                         # everything stored, then exit
+  tidelog consume orders --from latest --follow  # wait for new messages
+  tidelog consume orders --from 2026-11-23T08:00:00Z -n 100 --format json
+  tidelog consume orders --partition 0,2 --from 1500
+  tidelog consume orders --group billing --follow
+
+Without --follow, reading stops at the end offsets seen when it started. With --group
+the broker assigns partitions and reading starts at the group's committed offsets;
+what was printed is committed (every second with --follow, and at exit).
+JSON lines carry partition, offset, timestamp (ms), key, value and headers; bytes that
+are not UTF-8 appear as {\"base64\": \"...\"}.";
+
+#[derive(Debug, Args)]
+#[command(after_help = CONSUME_EXAMPLES)]
+pub struct ConsumeArgs {
+    /// Topic to read.
+    pub topic: String,
+
+    /// Where to start: earliest, latest, an offset, or a date-time (YYYY-MM-DDTHH:mm:SS[.sss][Z|+hh:mm]).
+    #[arg(long, value_name = "POSITION", value_parser = from, conflicts_with = "group")]
+    pub from: Option<StartAt>,
+
+    /// Only these partitions (repeat or separate with commas; default all).
+    #[arg(
+        short,
+        long,
+        value_name = "N",
+        value_delimiter = ',',
+        conflicts_with = "group"
+    )]
+    pub partition: Vec<u32>,
+
+    /// Read as a member of this consumer group and commit what was printed.
+    #[arg(short, long, value_name = "GROUP")]
+    pub group: Option<String>,
+
+    /// Stop after this many messages.
+    #[arg(short = 'n', long, value_name = "N")]
+    pub count: Option<u64>,
+
+    /// Keep waiting for new messages (until Ctrl-C or --count).
+    #[arg(short, long)]
+    pub follow: bool,
+
+    /// Output format (--json is the same as --format json).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Text format: print the key before the value.
+    #[arg(long)]
+    pub print_key: bool,
+
+    /// Text format: separator between key and value.
+    #[arg(long, value_name = "SEP", default_value = "\t", value_parser = separator, hide_default_value = true)]
+    pub key_separator: String,
+
+    /// Text format: prefix each line with partition, offset and timestamp.
+    #[arg(long)]
+    pub print_meta: bool,
+
+    /// Where to go when a position is out of range or a group has no committed offset.
+    #[arg(long, value_enum, default_value_t = ResetPolicyArg::Earliest)]
+    pub offset_reset: ResetPolicyArg,
+}
+
+// ---------------------------------------------------------------------------------
+// group
+// ---------------------------------------------------------------------------------
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// List consumer groups.
+    #[command(after_help = "Examples:\n  tidelog group list\n  tidelog group list --json")]
+    List,
+
+    /// Show a group's members, assignment, committed offsets, end offsets and lag.
+    #[command(
+        after_help = "Examples:\n  tidelog group describe billing\n  tidelog group describe billing --json"
+    )]
+    Describe(GroupNameArg),
+
+    /// Delete a group and its committed offsets (it must have no live members).
+    #[command(after_help = "Examples:\n  tidelog group delete billing")]
+    Delete(GroupNameArg),
+
+    /// Move a group's committed offsets (Kafka's kafka-consumer-groups --reset-offsets).
+    ResetOffsets(ResetOffsetsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GroupNameArg {
+    /// Group id.
+    pub group: String,
+}
+
+const RESET_EXAMPLES: &str = "\
+Examples:
+  tidelog group reset-offsets --group billing --topic orders --to-earliest
+  tidelog group reset-offsets --group billing --topic orders:0,1 --shift-by -100 --execute
+  tidelog group reset-offsets --group billing --all-topics --to-datetime 2026-11-23T08:00:00Z --execute
+  tidelog group reset-offsets --group billing --all-topics --by-duration PT30M
+  tidelog group reset-offsets --group billing --all-topics --to-current --export > offsets.csv
+  tidelog group reset-offsets --group billing --from-file offsets.csv --execute
+
+A dry run (the default) prints the plan and commits nothing; --execute commits it, all
+or nothing, and is refused while the group has live members. New offsets are clamped
+to each partition's log start and end. --export prints the plan as the
+topic,partition,offset CSV that --from-file reads.";
+
+#[derive(Debug, Args)]
+#[command(after_help = RESET_EXAMPLES)]
+pub struct ResetOffsetsArgs {
+    /// Group whose offsets to reset.
+    #[arg(short, long, value_name = "GROUP")]
+    pub group: String,
+
+    /// A topic, optionally with partitions: TOPIC or TOPIC:0,1 or TOPIC:0-3 (repeatable).
+    #[arg(long = "topic", value_name = "TOPIC[:P,P..]", value_parser = topic_spec, conflicts_with = "all_topics")]
+    pub topics: Vec<TopicSpec>,
+
+    /// Every topic the group has committed offsets for.
+    #[arg(long)]
+    pub all_topics: bool,
+
+    #[command(flatten)]
+    pub mode: ResetMode,
+
+    /// Only show the new offsets (the default).
+    #[arg(long, conflicts_with = "execute")]
+    pub dry_run: bool,
+
+    /// Commit the new offsets.
+    #[arg(long)]
+    pub execute: bool,
+
+    /// Print the new offsets as topic,partition,offset CSV (for --from-file).
+    #[arg(long)]
+    pub export: bool,
+}
+
+fn topic_spec(text: &str) -> Result<TopicSpec, String> {
+    parse_topic_spec(text)
+}
+
+fn datetime(text: &str) -> Result<i64, String> {
+    parse_datetime_ms(text)
+}
+
+fn iso_duration(text: &str) -> Result<u64, String> {
+    let ms = parse_iso_duration_ms(text)?;
+    u64::try_from(ms).map_err(|_| {
+        format!("{text:?} is a negative duration; --by-duration goes back in time from now, so give a positive one")
+    })
+}
+
+/// Exactly one reset mode.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct ResetMode {
+    /// To each partition's log start.
+    #[arg(long)]
+    pub to_earliest: bool,
+
+    /// To each partition's end.
+    #[arg(long)]
+    pub to_latest: bool,
+
+    /// To this offset in every partition of the scope.
+    #[arg(long, value_name = "N")]
+    pub to_offset: Option<u64>,
+
+    /// To the first message at or after YYYY-MM-DDTHH:mm:SS[.sss][Z|+hh:mm] (UTC without an offset).
+    #[arg(long, value_name = "DATETIME", value_parser = datetime)]
+    pub to_datetime: Option<i64>,
+
+    /// To the first message at or after now minus an ISO-8601 duration PnDTnHnMnS (e.g. PT30M, P1DT12H).
+    #[arg(long, value_name = "DURATION", value_parser = iso_duration)]
+    pub by_duration: Option<u64>,
+
+    /// Move the committed offsets by ±N (e.g. -100 to re-read the last 100).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub shift_by: Option<i64>,
+
+    /// Keep the committed offsets (lists them; with --export saves them).
+    #[arg(long)]
+    pub to_current: bool,
+
+    /// To the offsets in a topic,partition,offset CSV file (as --export writes).
+    #[arg(long, value_name = "FILE")]
+    pub from_file: Option<PathBuf>,
+}
+
+// ---------------------------------------------------------------------------------
+// segment
+// ---------------------------------------------------------------------------------
+
+#[derive(Debug, Subcommand)]
+pub enum SegmentCommand {
+    /// Print the contents of a .log, .index, .timeindex, checkpoint or offsets.log file.
+    #[command(
+        after_help = "Examples:\n  tidelog segment dump DATA/topics/orders/0/00000000000000000000.log\n  tidelog segment dump DATA/topics/orders/0/00000000000000000000.log --records\n  tidelog segment dump DATA/topics/orders/0/00000000000000000000.timeindex\n\nWith --json, one JSON object per line (batch, record, entry, summary)."
+    )]
+    Dump(DumpArgs),
+
+    /// Check every batch CRC and every index of a data directory (or a topic or partition directory).
+    #[command(
+        after_help = "Examples:\n  tidelog segment verify /var/lib/tidelog\n  tidelog segment verify /var/lib/tidelog/topics/orders/0 --json\n\nExit 0 when clean, 1 when a problem was found (each is named with its file and byte position).\nRun it with tidelogd stopped: a broker writing the active segment looks like a torn tail."
+    )]
+    Verify(DirArgs),
+
+    /// Cut torn tails (keeping the cut bytes in a side file) and rebuild bad indexes.
+    #[command(
+        after_help = "Examples:\n  tidelog segment repair /var/lib/tidelog --dry-run\n  tidelog segment repair /var/lib/tidelog\n  tidelog segment repair /var/lib/tidelog/topics/orders/0 --force\n\nA torn tail (an incomplete last write) is cut; the bytes go to <segment>.log.torn-at-<position>.\nCorruption before the tail is refused unless --force, which cuts the log at the first bad\nbatch and moves later segments aside (*.removed-by-repair); the messages there are lost."
+    )]
+    Repair(RepairArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// The file to dump.
+    pub file: PathBuf,
+
+    /// Also print every record of each batch.
+    #[arg(long)]
+    pub records: bool,
+
+    /// Bytes of each key and value shown in the human format.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_value_bytes: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct DirArgs {
+    /// Data directory, or a topic or partition directory in it.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    /// Data directory, or a topic or partition directory in it.
+    pub dir: PathBuf,
+
+    /// Also cut at corruption before the tail (losing the messages after it).
+    #[arg(long)]
+    pub force: bool,
+
+    /// Only say what would be done.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_has_an_example() {
+        fn walk(command: &clap::Command, path: &str) {
+            let path = format!("{path} {}", command.get_name());
+            if command.get_subcommands().next().is_none() {
+                let help = command
+                    .get_after_help()
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                assert!(help.contains("Examples:"), "{path} has no example");
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &path);
+            }
+        }
+        walk(&Cli::command(), "");
+    }
+
+    #[test]
+    fn limits_accept_off() {
+        assert_eq!(duration_limit("off"), Ok(Limit::Off));
+        assert_eq!(duration_limit("7d"), Ok(Limit::Value(7 * 86_400_000)));
+        assert_eq!(size_limit("unlimited"), Ok(Limit::Off));
+        assert_eq!(size_limit("10GiB"), Ok(Limit::Value(10 << 30)));
+    }
+
+    #[test]
+    fn fsync_policies_parse() {
+        assert_eq!(fsync("always"), Ok(Fsync::Always));
+        assert_eq!(fsync("never"), Ok(Fsync::Never));
+        assert_eq!(fsync("interval:10ms"), Ok(Fsync::IntervalMs(10)));
+        assert_eq!(fsync("interval:1s"), Ok(Fsync::IntervalMs(1000)));
+        assert!(fsync("interval:0").is_err());
+        assert!(fsync("sometimes").is_err());
+    }
+
+    #[test]
+    fn start_positions_parse() {
+        assert_eq!(from("earliest"), Ok(StartAt::Earliest));
+        assert_eq!(from("latest"), Ok(StartAt::Latest));
+        assert_eq!(from("42"), Ok(StartAt::Offset(42)));
+        assert_eq!(from("1970-01-01T00:00:01Z"), Ok(StartAt::TimestampMs(1000)));
+        assert!(from("yesterday").is_err());
+        assert!(from("-5").is_err());
+    }
+
+    #[test]
+    fn headers_and_separators_parse() {
+        assert_eq!(header("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert_eq!(header("a="), Ok(("a".into(), String::new())));
+        assert!(header("ab").is_err());
+        assert!(header("=b").is_err());
+        assert_eq!(separator("\\t"), Ok("\t".into()));
+        assert!(separator("").is_err());
+    }
+
+    #[test]
+    fn reset_offsets_needs_exactly_one_mode() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(
+                [
+                    "tidelog",
+                    "group",
+                    "reset-offsets",
+                    "--group",
+                    "g",
+                    "--topic",
+                    "t",
+                ]
+                .iter()
+                .chain(args),
+            )
+        };
+        assert!(parse(&["--to-earliest"]).is_ok());
+        assert!(parse(&["--shift-by", "-5"]).is_ok());
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--to-earliest", "--to-latest"]).is_err());
+        assert!(parse(&["--to-earliest", "--dry-run", "--execute"]).is_err());
+        assert!(parse(&["--by-duration", "-PT5M"]).is_err());
+    }
+}

@@ -1,0 +1,588 @@
+//! `tidelog consume`: print messages.
+//!
+//! Three ways to read, chosen by the flags:
+//! - no group, no `--follow`: unary `Fetch` per partition, from the start position up
+//!   to the end offsets seen at the start; exact and finite.
+//! - no group, `--follow`: one `Subscribe` stream from the start position.
+//! - `--group`: `Subscribe` as a group member; the broker assigns partitions and starts
+//!   at the committed offsets. What is printed is committed with the member's
+//!   generation (every second with `--follow`, and before leaving), so the next
+//!   consumer of the group starts after it. Without `--follow` reading stops when
+//!   every assigned partition reached its end offset, or after a quiet spell.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tidelog_proto::v1::{
+    CommitOffsetsRequest, ConsumedMessage, FetchOffsetsRequest, FetchRequest, GroupMembership,
+    ResetOffsetsRequest, ResetPolicy, ResetReason, StartPosition, SubscribeRequest,
+    TopicDescription, TopicPartitionOffset, reset_offsets_request, start_position,
+    subscribe_response,
+};
+use tonic::Streaming;
+
+use crate::cli::{ConsumeArgs, Format, ResetPolicyArg, StartAt};
+use crate::client::Broker;
+use crate::error::{CliError, CliResult};
+use crate::output::{Stdout, bytes_json, note};
+use crate::time::format_datetime_ms;
+use crate::topic::describe;
+
+/// Group id used for dry-run offset lookups by time; a dry run never commits, so
+/// the group is never created.
+const LOOKUP_GROUP: &str = "tidelog-cli.offset-lookup";
+/// Most messages asked for per fetch.
+const FETCH_MESSAGES_MAX: u32 = 10_000;
+/// Without `--follow`, a group member stops after this long without any event even
+/// if positions could not prove it caught up (expired messages at the end of a
+/// partition leave gaps no message fills).
+const QUIET_SPELL: Duration = Duration::from_secs(2);
+/// How often a following group member commits what it printed.
+const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+/// Shown to the broker as the member's client id.
+const CLIENT_ID: &str = "tidelog-cli";
+
+/// Prints messages in the chosen format.
+struct Printer {
+    out: Stdout,
+    format: Format,
+    print_key: bool,
+    print_meta: bool,
+    key_separator: Vec<u8>,
+    printed: u64,
+    limit: Option<u64>,
+}
+
+impl Printer {
+    fn done(&self) -> bool {
+        self.limit.is_some_and(|limit| self.printed >= limit)
+    }
+
+    fn print(&mut self, m: &ConsumedMessage) -> CliResult<()> {
+        match self.format {
+            Format::Json => self.out.json(&message_json(m))?,
+            Format::Text => {
+                let mut line = Vec::with_capacity(m.value.len() + m.key.len() + 48);
+                if self.print_meta {
+                    line.extend_from_slice(
+                        format!(
+                            "{}:{} {}\t",
+                            m.partition,
+                            m.offset,
+                            format_datetime_ms(m.timestamp_ms)
+                        )
+                        .as_bytes(),
+                    );
+                }
+                if self.print_key {
+                    line.extend_from_slice(&m.key);
+                    line.extend_from_slice(&self.key_separator);
+                }
+                line.extend_from_slice(&m.value);
+                line.push(b'\n');
+                self.out.write(&line)?;
+            }
+        }
+        self.printed += 1;
+        Ok(())
+    }
+}
+
+/// One message as a JSON object: partition, offset, timestamp (ms), key (null when
+/// empty), value, headers (in order, keys may repeat).
+pub fn message_json(m: &ConsumedMessage) -> Value {
+    let headers: Vec<Value> = m
+        .headers
+        .iter()
+        .map(|h| json!({"key": h.key, "value": bytes_json(&h.value)}))
+        .collect();
+    json!({
+        "partition": m.partition,
+        "offset": m.offset,
+        "timestamp": m.timestamp_ms,
+        "key": if m.key.is_empty() { Value::Null } else { bytes_json(&m.key) },
+        "value": bytes_json(&m.value),
+        "headers": headers,
+    })
+}
+
+fn reset_policy(arg: ResetPolicyArg) -> ResetPolicy {
+    match arg {
+        ResetPolicyArg::Earliest => ResetPolicy::Earliest,
+        ResetPolicyArg::Latest => ResetPolicy::Latest,
+        ResetPolicyArg::Error => ResetPolicy::Error,
+    }
+}
+
+pub async fn run(broker: &Broker, args: ConsumeArgs, json: bool) -> CliResult<()> {
+    let mut printer = Printer {
+        out: Stdout::new(),
+        format: if json { Format::Json } else { args.format },
+        print_key: args.print_key,
+        print_meta: args.print_meta,
+        key_separator: args.key_separator.as_bytes().to_vec(),
+        printed: 0,
+        limit: args.count,
+    };
+    if args.count == Some(0) {
+        return Ok(());
+    }
+    let result = match (&args.group, args.follow) {
+        (Some(group), _) => consume_group(broker, &args, group, &mut printer).await,
+        (None, false) => consume_fetch(broker, &args, &mut printer).await,
+        (None, true) => consume_follow(broker, &args, &mut printer).await,
+    };
+    // Whatever was printed reaches the reader even when reading failed.
+    let flushed = printer.out.flush();
+    result.and(flushed)
+}
+
+/// The topic, and the chosen partitions checked against it.
+async fn topic_and_partitions(
+    broker: &Broker,
+    args: &ConsumeArgs,
+) -> CliResult<(TopicDescription, Vec<u32>)> {
+    let topic = describe(broker, &args.topic).await?.ok_or_else(|| {
+        CliError::failure(
+            format!("describing topic {:?} failed: empty answer", args.topic),
+            "check that tidelogd and tidelog are the same version",
+        )
+    })?;
+    let count = topic.partitions.len() as u32;
+    let mut chosen = args.partition.clone();
+    chosen.sort_unstable();
+    chosen.dedup();
+    if let Some(&bad) = chosen.iter().find(|&&p| p >= count) {
+        return Err(CliError::failure(
+            format!(
+                "topic {:?} has {count} partition{} (0..={}), not partition {bad}",
+                args.topic,
+                if count == 1 { "" } else { "s" },
+                count.saturating_sub(1)
+            ),
+            "pick an existing partition",
+        ));
+    }
+    if chosen.is_empty() {
+        chosen = (0..count).collect();
+    }
+    Ok((topic, chosen))
+}
+
+/// The first offset at or after `timestamp_ms` in each partition (or its end), by a
+/// dry-run reset, which computes exactly that and commits nothing.
+async fn offsets_for_time(
+    broker: &Broker,
+    topic: &str,
+    partitions: &[u32],
+    timestamp_ms: i64,
+) -> CliResult<BTreeMap<u32, u64>> {
+    let context = format!("looking up offsets of topic {topic:?} by time");
+    let changes = broker
+        .groups()
+        .reset_offsets(ResetOffsetsRequest {
+            group_id: LOOKUP_GROUP.into(),
+            scope: Some(reset_offsets_request::Scope::Topic(
+                reset_offsets_request::TopicScope {
+                    topic: topic.into(),
+                    partitions: partitions.to_vec(),
+                },
+            )),
+            spec: Some(reset_offsets_request::Spec::ToDatetimeMs(timestamp_ms)),
+            execute: false,
+        })
+        .await
+        .map_err(|s| broker.error(&context, &s))?
+        .into_inner()
+        .changes;
+    Ok(changes
+        .into_iter()
+        .map(|c| (c.partition, c.new_offset))
+        .collect())
+}
+
+async fn consume_fetch(
+    broker: &Broker,
+    args: &ConsumeArgs,
+    printer: &mut Printer,
+) -> CliResult<()> {
+    let (topic, partitions) = topic_and_partitions(broker, args).await?;
+    let by_time = match args.from {
+        Some(StartAt::TimestampMs(ms)) => {
+            Some(offsets_for_time(broker, &args.topic, &partitions, ms).await?)
+        }
+        _ => None,
+    };
+    let mut consumer = broker.consumer();
+    for &partition in &partitions {
+        let Some(state) = topic.partitions.iter().find(|p| p.partition == partition) else {
+            continue;
+        };
+        let (log_start, end) = (state.log_start_offset, state.end_offset);
+        let mut offset = match args.from.unwrap_or(StartAt::Earliest) {
+            StartAt::Earliest => log_start,
+            StartAt::Latest => end,
+            StartAt::Offset(o) if o < log_start => {
+                note(&format!(
+                    "note: partition {partition}: offset {o} is below the log start {log_start}; starting there"
+                ));
+                log_start
+            }
+            StartAt::Offset(o) => o.min(end),
+            StartAt::TimestampMs(_) => by_time
+                .as_ref()
+                .and_then(|m| m.get(&partition).copied())
+                .unwrap_or(end),
+        };
+        let context = format!("fetching from {}/{partition}", args.topic);
+        while offset < end && !printer.done() {
+            let left = printer
+                .limit
+                .map_or(u64::MAX, |limit| limit - printer.printed);
+            let response = consumer
+                .fetch(FetchRequest {
+                    topic: args.topic.clone(),
+                    partition,
+                    offset,
+                    max_messages: left.min(u64::from(FETCH_MESSAGES_MAX)) as u32,
+                    max_bytes: 0,
+                    max_wait_ms: 0,
+                })
+                .await
+                .map_err(|s| broker.error(&context, &s))?
+                .into_inner();
+            for m in response.messages.iter().filter(|m| m.offset < end) {
+                printer.print(m)?;
+                if printer.done() {
+                    return Ok(());
+                }
+            }
+            if response.next_offset <= offset {
+                break; // nothing more is readable below `end`
+            }
+            offset = response.next_offset;
+        }
+        if printer.done() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Waits for the next event of a stream; `Ok(None)` when it ended.
+async fn next_event(
+    broker: &Broker,
+    context: &str,
+    stream: &mut Streaming<tidelog_proto::v1::SubscribeResponse>,
+) -> CliResult<Option<subscribe_response::Event>> {
+    loop {
+        match stream.message().await {
+            Ok(Some(response)) => {
+                if let Some(event) = response.event {
+                    return Ok(Some(event));
+                }
+            }
+            Ok(None) => return Ok(None),
+            Err(status) => return Err(broker.error(context, &status)),
+        }
+    }
+}
+
+fn reset_note(reset: &tidelog_proto::v1::PositionReset) {
+    let why = match ResetReason::try_from(reset.reason) {
+        Ok(ResetReason::BelowLogStart) => "was below the log start (retention or TTL removed it)",
+        Ok(ResetReason::AboveEndOffset) => "was past the end",
+        Ok(ResetReason::NoCommittedOffset) => "had no committed offset",
+        _ => "was out of range",
+    };
+    let from = reset.from_offset.map_or(String::new(), |o| format!(" {o}"));
+    note(&format!(
+        "note: partition {}: position{from} {why}; continuing at {}",
+        reset.partition, reset.to_offset
+    ));
+}
+
+async fn consume_follow(
+    broker: &Broker,
+    args: &ConsumeArgs,
+    printer: &mut Printer,
+) -> CliResult<()> {
+    let position = match args.from.unwrap_or(StartAt::Earliest) {
+        StartAt::Earliest => start_position::Position::Earliest(start_position::Earliest {}),
+        StartAt::Latest => start_position::Position::Latest(start_position::Latest {}),
+        StartAt::Offset(o) => start_position::Position::Offset(o),
+        StartAt::TimestampMs(ms) => start_position::Position::TimestampMs(ms),
+    };
+    let context = format!("subscribing to topic {:?}", args.topic);
+    let mut partitions = args.partition.clone();
+    partitions.sort_unstable();
+    partitions.dedup();
+    let mut stream = broker
+        .consumer()
+        .subscribe(SubscribeRequest {
+            topic: args.topic.clone(),
+            partitions,
+            start: Some(StartPosition {
+                position: Some(position),
+            }),
+            group: None,
+            reset_policy: reset_policy(args.offset_reset) as i32,
+            max_batch_messages: 0,
+            max_batch_bytes: 0,
+        })
+        .await
+        .map_err(|s| broker.error(&context, &s))?
+        .into_inner();
+    loop {
+        let event = tokio::select! {
+            event = next_event(broker, &context, &mut stream) => event?,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        match event {
+            None => return Ok(()),
+            Some(subscribe_response::Event::Batch(batch)) => {
+                for m in &batch.messages {
+                    printer.print(m)?;
+                    if printer.done() {
+                        return Ok(());
+                    }
+                }
+            }
+            Some(subscribe_response::Event::PositionReset(reset)) => reset_note(&reset),
+            Some(subscribe_response::Event::Assignment(_)) => {}
+        }
+    }
+}
+
+/// A group member's view of its partitions.
+#[derive(Debug, Default)]
+struct Member {
+    member_id: String,
+    generation: u64,
+    assigned: Vec<u32>,
+    /// Next offset per partition, as far as known (committed, reset, or printed).
+    position: BTreeMap<u32, u64>,
+    /// End offsets seen at the last assignment (the target without --follow).
+    end: BTreeMap<u32, u64>,
+    /// Offsets to commit: one past the last printed message.
+    printed: BTreeMap<u32, u64>,
+    committed: BTreeMap<u32, u64>,
+}
+
+impl Member {
+    fn caught_up(&self) -> bool {
+        self.assigned.iter().all(|p| {
+            matches!((self.position.get(p), self.end.get(p)), (Some(pos), Some(end)) if pos >= end)
+        })
+    }
+}
+
+async fn consume_group(
+    broker: &Broker,
+    args: &ConsumeArgs,
+    group: &str,
+    printer: &mut Printer,
+) -> CliResult<()> {
+    let context = format!("consuming topic {:?} as group {group:?}", args.topic);
+    let mut stream = broker
+        .consumer()
+        .subscribe(SubscribeRequest {
+            topic: args.topic.clone(),
+            partitions: vec![],
+            start: None,
+            group: Some(GroupMembership {
+                group_id: group.to_string(),
+                member_id: String::new(),
+                session_timeout_ms: 0,
+                auto_commit_interval_ms: 0,
+                client_id: CLIENT_ID.into(),
+            }),
+            reset_policy: reset_policy(args.offset_reset) as i32,
+            max_batch_messages: 0,
+            max_batch_bytes: 0,
+        })
+        .await
+        .map_err(|s| broker.error(&context, &s))?
+        .into_inner();
+    let mut member = Member::default();
+    let mut commit_timer = tokio::time::interval(COMMIT_INTERVAL);
+    commit_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let outcome = loop {
+        if !args.follow && !member.member_id.is_empty() && member.caught_up() {
+            break Ok(());
+        }
+        let event = tokio::select! {
+            event = next_event(broker, &context, &mut stream) => event,
+            _ = tokio::time::sleep(QUIET_SPELL), if !args.follow && !member.member_id.is_empty() => break Ok(()),
+            _ = commit_timer.tick(), if args.follow => {
+                commit(broker, group, &args.topic, &mut member).await;
+                continue;
+            }
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+        };
+        match event {
+            Err(e) => break Err(e),
+            Ok(None) => break Ok(()),
+            Ok(Some(subscribe_response::Event::Assignment(assignment))) => {
+                if let Err(e) =
+                    on_assignment(broker, group, &args.topic, &mut member, assignment).await
+                {
+                    break Err(e);
+                }
+            }
+            Ok(Some(subscribe_response::Event::PositionReset(reset))) => {
+                reset_note(&reset);
+                member.position.insert(reset.partition, reset.to_offset);
+            }
+            Ok(Some(subscribe_response::Event::Batch(batch))) => {
+                let mut stop = false;
+                for m in &batch.messages {
+                    if let Err(e) = printer.print(m) {
+                        // Commit what did reach the reader, then report.
+                        commit(broker, group, &args.topic, &mut member).await;
+                        return Err(e);
+                    }
+                    member.position.insert(m.partition, m.offset + 1);
+                    member.printed.insert(m.partition, m.offset + 1);
+                    if printer.done() {
+                        stop = true;
+                        break;
+                    }
+                }
+                if stop {
+                    break Ok(());
+                }
+            }
+        }
+    };
+    commit(broker, group, &args.topic, &mut member).await;
+    outcome
+}
+
+/// Takes a new assignment: where each partition stands and where it ends.
+async fn on_assignment(
+    broker: &Broker,
+    group: &str,
+    topic: &str,
+    member: &mut Member,
+    assignment: tidelog_proto::v1::Assignment,
+) -> CliResult<()> {
+    member.member_id = assignment.member_id;
+    member.generation = assignment.generation;
+    member.assigned = assignment.partitions;
+    let description = describe(broker, topic).await?;
+    member.end = description
+        .map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| (p.partition, p.end_offset))
+                .collect()
+        })
+        .unwrap_or_default();
+    let context = format!("fetching the committed offsets of group {group:?}");
+    let committed = broker
+        .groups()
+        .fetch_offsets(FetchOffsetsRequest {
+            group_id: group.to_string(),
+            topic: Some(topic.to_string()),
+        })
+        .await
+        .map_err(|s| broker.error(&context, &s))?
+        .into_inner()
+        .offsets;
+    for c in committed {
+        if member.assigned.contains(&c.partition) {
+            member.committed.insert(c.partition, c.offset);
+            let position = member.position.entry(c.partition).or_insert(c.offset);
+            *position = (*position).max(c.offset);
+        }
+    }
+    Ok(())
+}
+
+/// Commits what was printed on the partitions this member owns. A failure (a
+/// rebalance took a partition away) is reported as a note: the messages will be
+/// delivered again to the next owner (at least once).
+async fn commit(broker: &Broker, group: &str, topic: &str, member: &mut Member) {
+    let offsets: Vec<TopicPartitionOffset> = member
+        .printed
+        .iter()
+        .filter(|(p, offset)| {
+            member.assigned.contains(p) && member.committed.get(p) != Some(offset)
+        })
+        .map(|(&partition, &offset)| TopicPartitionOffset {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            metadata: String::new(),
+        })
+        .collect();
+    if offsets.is_empty() || member.member_id.is_empty() {
+        return;
+    }
+    let request = CommitOffsetsRequest {
+        group_id: group.to_string(),
+        member_id: member.member_id.clone(),
+        generation: Some(member.generation),
+        offsets: offsets.clone(),
+    };
+    match broker.groups().commit_offsets(request).await {
+        Ok(_) => {
+            for o in offsets {
+                member.committed.insert(o.partition, o.offset);
+            }
+        }
+        Err(status) => {
+            let error = broker.error(&format!("committing offsets of group {group:?}"), &status);
+            note(&format!(
+                "warning: {}; the uncommitted messages will be delivered again",
+                error.message
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use tidelog_proto::v1::Header;
+
+    #[test]
+    fn messages_become_json_lines() {
+        let m = ConsumedMessage {
+            partition: 1,
+            offset: 7,
+            timestamp_ms: 1_700_000_000_000,
+            expires_at_ms: None,
+            key: Bytes::new(),
+            value: Bytes::from_static(b"hello"),
+            headers: vec![Header {
+                key: "h".into(),
+                value: Bytes::from_static(&[0xff]),
+            }],
+        };
+        assert_eq!(
+            message_json(&m).to_string(),
+            r#"{"partition":1,"offset":7,"timestamp":1700000000000,"key":null,"value":"hello","headers":[{"key":"h","value":{"base64":"/w=="}}]}"#
+        );
+    }
+
+    #[test]
+    fn a_member_is_caught_up_when_every_partition_reached_its_end() {
+        let mut member = Member {
+            assigned: vec![0, 1],
+            ..Member::default()
+        };
+        member.end.insert(0, 5);
+        member.end.insert(1, 0);
+        assert!(!member.caught_up());
+        member.position.insert(0, 5);
+        assert!(!member.caught_up(), "partition 1's position is unknown");
+        member.position.insert(1, 0);
+        assert!(member.caught_up());
+        member.assigned.clear();
+        assert!(member.caught_up());
+    }
+}

@@ -1,0 +1,249 @@
+//! The one error type of the CLI: a line for the operator and an exit code.
+//!
+//! Every failure ends as `error: <what failed>; <what to do>` on stderr, never a
+//! backtrace. Exit codes: 0 ok, 1 an error reported by the broker or found in the
+//! data, 2 a usage error (bad arguments).
+
+use std::fmt;
+
+use tonic::Code;
+
+/// How the process ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The broker or the data said no (exit 1).
+    Failure,
+    /// The command line is wrong (exit 2).
+    Usage,
+    /// Nothing to report: stdout was closed by the reader (`| head`), exit 0.
+    Quiet,
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Quiet => 0,
+            Exit::Failure => 1,
+            Exit::Usage => 2,
+        }
+    }
+}
+
+/// A failure with the line to print.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliError {
+    pub message: String,
+    pub exit: Exit,
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "error: {}", self.message)
+    }
+}
+
+pub type CliResult<T> = Result<T, CliError>;
+
+impl CliError {
+    /// `what` failed; `todo` says what to do about it.
+    pub fn failure(what: impl fmt::Display, todo: impl fmt::Display) -> Self {
+        CliError {
+            message: format!("{what}; {todo}"),
+            exit: Exit::Failure,
+        }
+    }
+
+    /// A failure whose message already says what to do.
+    pub fn plain(message: impl Into<String>) -> Self {
+        CliError {
+            message: message.into(),
+            exit: Exit::Failure,
+        }
+    }
+
+    /// Bad arguments (exit 2).
+    pub fn usage(what: impl fmt::Display, todo: impl fmt::Display) -> Self {
+        CliError {
+            message: format!("{what}; {todo}"),
+            exit: Exit::Usage,
+        }
+    }
+
+    /// The reader of stdout went away: stop quietly.
+    pub fn quiet() -> Self {
+        CliError {
+            message: String::new(),
+            exit: Exit::Quiet,
+        }
+    }
+
+    /// An I/O error on a local file.
+    pub fn io(context: impl fmt::Display, error: &std::io::Error) -> Self {
+        let todo = match error.kind() {
+            std::io::ErrorKind::NotFound => "check the path",
+            std::io::ErrorKind::PermissionDenied => {
+                "check the file permissions (or run as the broker's user)"
+            }
+            _ => "check the file and the disk",
+        };
+        CliError::failure(format!("{context}: {error}"), todo)
+    }
+
+    /// A gRPC status from the broker at `server`, while doing `context` (e.g.
+    /// `creating topic "orders"`).
+    pub fn status(context: &str, status: &tonic::Status, server: &str) -> Self {
+        let message = status.message().trim();
+        let message = if message.is_empty() {
+            code_name(status.code()).to_string()
+        } else {
+            message.to_string()
+        };
+        let what = format!("{context} failed: {message}");
+        let todo = match status.code() {
+            Code::Unavailable => {
+                if looks_like_transport(&message) {
+                    return CliError::failure(
+                        format!("{context} failed: cannot reach tidelogd at {server} ({message})"),
+                        "is it running? (--server / TIDELOG_SERVER)",
+                    );
+                }
+                "retry shortly; if it persists, check the tidelogd log (a poisoned partition needs a broker restart)"
+            }
+            Code::NotFound => "check the name (tidelog topic list / tidelog group list)",
+            Code::AlreadyExists => "pick another name, or change it with `tidelog topic alter`",
+            Code::InvalidArgument => "fix the value and try again (see --help)",
+            Code::FailedPrecondition => "stop the group's consumers first, then try again",
+            Code::OutOfRange => {
+                "pick a position within the partition's log start and end (tidelog topic describe)"
+            }
+            Code::DataLoss => {
+                "stop tidelogd and run `tidelog segment verify` on its data directory"
+            }
+            Code::Internal | Code::Unknown => "check the tidelogd log for the cause",
+            Code::DeadlineExceeded | Code::Cancelled => {
+                "the request may or may not have taken effect; check, then retry"
+            }
+            Code::Unimplemented => "this tidelogd does not support it; upgrade the broker",
+            Code::ResourceExhausted => "send less per request (smaller batches or messages)",
+            Code::Unauthenticated | Code::PermissionDenied => "check the credentials",
+            Code::Aborted => "another client took over; try again",
+            Code::Ok => "nothing to do",
+        };
+        // The broker's messages usually say what to do already; do not say it twice.
+        if message.contains("; ") || message.contains(" first") {
+            return CliError::plain(what);
+        }
+        CliError::failure(what, todo)
+    }
+}
+
+/// True when an UNAVAILABLE status came from the transport (no connection) rather
+/// than from the broker (shutting down, poisoned partition).
+fn looks_like_transport(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    [
+        "transport error",
+        "connection refused",
+        "tcp connect error",
+        "connection reset",
+        "broken pipe",
+        "dns error",
+        "connection closed",
+        "error trying to connect",
+    ]
+    .iter()
+    .any(|needle| message.contains(needle))
+}
+
+/// The status code's name as gRPC documents it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The innermost message of an error chain (the one that names the cause, such as
+/// "Connection refused (os error 111)").
+pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = error;
+    while let Some(source) = current.source() {
+        current = source;
+    }
+    current.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_become_one_actionable_line() {
+        let server = "http://127.0.0.1:7420";
+        let e = CliError::status(
+            "creating topic \"orders\"",
+            &tonic::Status::already_exists("topic \"orders\" already exists"),
+            server,
+        );
+        assert_eq!(e.exit, Exit::Failure);
+        assert_eq!(
+            e.to_string(),
+            "error: creating topic \"orders\" failed: topic \"orders\" already exists; \
+             pick another name, or change it with `tidelog topic alter`"
+        );
+        assert!(!e.to_string().contains('\n'));
+
+        let e = CliError::status(
+            "listing topics",
+            &tonic::Status::unavailable("tcp connect error: Connection refused (os error 111)"),
+            server,
+        );
+        assert!(
+            e.to_string()
+                .contains("cannot reach tidelogd at http://127.0.0.1:7420"),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .ends_with("is it running? (--server / TIDELOG_SERVER)")
+        );
+
+        // A message that already says what to do is not extended.
+        let e = CliError::status(
+            "resetting offsets",
+            &tonic::Status::failed_precondition(
+                "group \"g\" has 1 live member; stop its consumers first",
+            ),
+            server,
+        );
+        assert_eq!(
+            e.to_string(),
+            "error: resetting offsets failed: group \"g\" has 1 live member; stop its consumers first"
+        );
+
+        let e = CliError::status("x", &tonic::Status::new(Code::Internal, ""), server);
+        assert!(e.to_string().contains("failed: INTERNAL;"), "{e}");
+    }
+
+    #[test]
+    fn exit_codes_follow_the_convention() {
+        assert_eq!(CliError::usage("a", "b").exit.code(), 2);
+        assert_eq!(CliError::failure("a", "b").exit.code(), 1);
+        assert_eq!(CliError::quiet().exit.code(), 0);
+    }
+}

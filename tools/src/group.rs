@@ -1,0 +1,515 @@
+//! `tidelog group`: list, describe, delete, reset-offsets.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use tidelog_proto::v1::{
+    DeleteGroupRequest, DescribeGroupRequest, GroupDescription, GroupState, ListGroupsRequest,
+    OffsetChange, ResetOffsetsRequest, TopicPartitionOffset, reset_offsets_request as reset,
+};
+
+use crate::cli::{GroupCommand, ResetMode, ResetOffsetsArgs};
+use crate::client::Broker;
+use crate::error::{CliError, CliResult};
+use crate::output::{Stdout, Table, note};
+use crate::spec::{OffsetRow, TopicSpec, parse_offsets_csv, write_offsets_csv};
+
+pub async fn run(broker: &Broker, command: GroupCommand, json: bool) -> CliResult<()> {
+    let mut out = Stdout::new();
+    match command {
+        GroupCommand::List => {
+            let groups = broker
+                .groups()
+                .list_groups(ListGroupsRequest {})
+                .await
+                .map_err(|s| broker.error("listing groups", &s))?
+                .into_inner()
+                .groups;
+            if json {
+                let list: Vec<Value> = groups
+                    .iter()
+                    .map(|g| {
+                        json!({"group_id": g.group_id, "state": state_name(g.state), "member_count": g.member_count})
+                    })
+                    .collect();
+                out.json_pretty(&json!({ "groups": list }))?;
+            } else if groups.is_empty() {
+                out.line("no consumer groups")?;
+            } else {
+                let mut table = Table::new(&["GROUP", "STATE", ">MEMBERS"]);
+                for g in &groups {
+                    table.row(vec![
+                        g.group_id.clone(),
+                        state_name(g.state).into(),
+                        g.member_count.to_string(),
+                    ]);
+                }
+                out.text(&table.render())?;
+            }
+        }
+        GroupCommand::Describe(args) => {
+            let context = format!("describing group {:?}", args.group);
+            let group = broker
+                .groups()
+                .describe_group(DescribeGroupRequest {
+                    group_id: args.group.clone(),
+                })
+                .await
+                .map_err(|s| broker.error(&context, &s))?
+                .into_inner()
+                .group
+                .ok_or_else(|| {
+                    CliError::failure(
+                        format!("{context} failed: the broker's answer has no group"),
+                        "check that tidelogd and tidelog are the same version",
+                    )
+                })?;
+            if json {
+                out.json_pretty(&group_json(&group))?;
+            } else {
+                out.text(&render_group(&group))?;
+            }
+        }
+        GroupCommand::Delete(args) => {
+            let context = format!("deleting group {:?}", args.group);
+            broker
+                .groups()
+                .delete_group(DeleteGroupRequest {
+                    group_id: args.group.clone(),
+                })
+                .await
+                .map_err(|s| broker.error(&context, &s))?;
+            if json {
+                out.json_pretty(&json!({"deleted": args.group}))?;
+            } else {
+                out.line(&format!("deleted group {}", args.group))?;
+            }
+        }
+        GroupCommand::ResetOffsets(args) => reset_offsets(broker, &args, json, &mut out).await?,
+    }
+    out.flush()
+}
+
+pub fn state_name(state: i32) -> &'static str {
+    match GroupState::try_from(state) {
+        Ok(GroupState::Empty) => "EMPTY",
+        Ok(GroupState::Rebalancing) => "REBALANCING",
+        Ok(GroupState::Stable) => "STABLE",
+        _ => "UNKNOWN",
+    }
+}
+
+/// Which member owns each (topic, partition).
+fn owners(group: &GroupDescription) -> BTreeMap<(&str, u32), &str> {
+    let mut owners = BTreeMap::new();
+    for m in &group.members {
+        for &p in &m.partitions {
+            owners.insert((m.topic.as_str(), p), m.member_id.as_str());
+        }
+    }
+    owners
+}
+
+pub fn group_json(group: &GroupDescription) -> Value {
+    let owners = owners(group);
+    let members: Vec<Value> = group
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "member_id": m.member_id,
+                "client_id": m.client_id,
+                "client_address": m.client_address,
+                "topic": m.topic,
+                "partitions": m.partitions,
+            })
+        })
+        .collect();
+    let partitions: Vec<Value> = group
+        .lags
+        .iter()
+        .map(|l| {
+            json!({
+                "topic": l.topic,
+                "partition": l.partition,
+                "committed_offset": l.committed_offset,
+                "log_start_offset": l.log_start_offset,
+                "end_offset": l.end_offset,
+                "lag": l.lag,
+                "member_id": owners.get(&(l.topic.as_str(), l.partition)),
+            })
+        })
+        .collect();
+    json!({
+        "group_id": group.group_id,
+        "state": state_name(group.state),
+        "generation": group.generation,
+        "members": members,
+        "partitions": partitions,
+    })
+}
+
+fn render_group(group: &GroupDescription) -> String {
+    let members = group.members.len();
+    let mut text = format!(
+        "group {}  state {}  generation {}  ({members} member{})\n",
+        group.group_id,
+        state_name(group.state),
+        group.generation,
+        if members == 1 { "" } else { "s" }
+    );
+    let dash = || "-".to_string();
+    let owners = owners(group);
+    let mut table = Table::new(&[
+        "TOPIC",
+        ">PARTITION",
+        ">COMMITTED",
+        ">LOG-START",
+        ">END",
+        ">LAG",
+        "MEMBER",
+    ]);
+    for l in &group.lags {
+        table.row(vec![
+            l.topic.clone(),
+            l.partition.to_string(),
+            l.committed_offset.map_or_else(dash, |o| o.to_string()),
+            l.log_start_offset.to_string(),
+            l.end_offset.to_string(),
+            l.lag.map_or_else(dash, |o| o.to_string()),
+            owners
+                .get(&(l.topic.as_str(), l.partition))
+                .map_or_else(dash, |m| m.to_string()),
+        ]);
+    }
+    if !table.is_empty() {
+        text.push('\n');
+        text.push_str(&table.render());
+    }
+    if members > 0 {
+        let mut table = Table::new(&["MEMBER", "CLIENT-ID", "ADDRESS", "TOPIC", "PARTITIONS"]);
+        for m in &group.members {
+            let partitions: Vec<String> = m.partitions.iter().map(u32::to_string).collect();
+            table.row(vec![
+                m.member_id.clone(),
+                m.client_id.clone(),
+                m.client_address.clone(),
+                m.topic.clone(),
+                if partitions.is_empty() {
+                    "-".into()
+                } else {
+                    partitions.join(",")
+                },
+            ]);
+        }
+        text.push('\n');
+        text.push_str(&table.render());
+    }
+    text
+}
+
+/// The spec of every mode but `--from-file`.
+fn spec_of(mode: &ResetMode) -> Option<reset::Spec> {
+    Some(if mode.to_earliest {
+        reset::Spec::ToEarliest(reset::ToEarliest {})
+    } else if mode.to_latest {
+        reset::Spec::ToLatest(reset::ToLatest {})
+    } else if let Some(offset) = mode.to_offset {
+        reset::Spec::ToOffset(offset)
+    } else if let Some(ms) = mode.to_datetime {
+        reset::Spec::ToDatetimeMs(ms)
+    } else if let Some(ms) = mode.by_duration {
+        reset::Spec::ByDurationMs(ms)
+    } else if let Some(n) = mode.shift_by {
+        reset::Spec::ShiftBy(n)
+    } else if mode.to_current {
+        reset::Spec::ToCurrent(reset::ToCurrent {})
+    } else {
+        return None;
+    })
+}
+
+/// Several `--topic` flags naming one topic become one scope: all partitions if any
+/// flag gave none, else the union.
+pub fn merge_specs(specs: &[TopicSpec]) -> Vec<TopicSpec> {
+    let mut merged: Vec<TopicSpec> = Vec::new();
+    for spec in specs {
+        match merged.iter_mut().find(|m| m.topic == spec.topic) {
+            Some(m) if m.partitions.is_empty() || spec.partitions.is_empty() => {
+                m.partitions.clear();
+            }
+            Some(m) => {
+                m.partitions.extend(&spec.partitions);
+                m.partitions.sort_unstable();
+                m.partitions.dedup();
+            }
+            None => merged.push(spec.clone()),
+        }
+    }
+    merged
+}
+
+async fn reset_call(
+    broker: &Broker,
+    request: ResetOffsetsRequest,
+) -> CliResult<(Vec<OffsetChange>, bool)> {
+    let context = format!(
+        "{} offsets of group {:?}",
+        if request.execute {
+            "resetting"
+        } else {
+            "computing new"
+        },
+        request.group_id
+    );
+    let response = broker
+        .groups()
+        .reset_offsets(request)
+        .await
+        .map_err(|s| broker.error(&context, &s))?
+        .into_inner();
+    Ok((response.changes, response.executed))
+}
+
+async fn reset_offsets(
+    broker: &Broker,
+    args: &ResetOffsetsArgs,
+    json: bool,
+    out: &mut Stdout,
+) -> CliResult<()> {
+    let execute = args.execute;
+    let group = args.group.clone();
+    let request = |scope, spec, execute| ResetOffsetsRequest {
+        group_id: group.clone(),
+        scope,
+        spec: Some(spec),
+        execute,
+    };
+    let (mut changes, executed) = if let Some(path) = &args.mode.from_file {
+        if !args.topics.is_empty() || args.all_topics {
+            return Err(CliError::usage(
+                "--from-file takes its topics and partitions from the file",
+                "drop --topic / --all-topics",
+            ));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CliError::io(format!("reading {}", path.display()), &e))?;
+        let rows = parse_offsets_csv(&text, &args.group).map_err(|e| {
+            CliError::failure(
+                format!("{} is not an offsets CSV: {e}", path.display()),
+                "give topic,partition,offset lines (as --export writes them)",
+            )
+        })?;
+        let offsets = rows
+            .into_iter()
+            .map(|r| TopicPartitionOffset {
+                topic: r.topic,
+                partition: r.partition,
+                offset: r.offset,
+                metadata: String::new(),
+            })
+            .collect();
+        let spec = reset::Spec::Explicit(reset::ExplicitOffsets { offsets });
+        reset_call(broker, request(None, spec, execute)).await?
+    } else {
+        let spec = spec_of(&args.mode).ok_or_else(|| {
+            CliError::usage(
+                "no reset mode",
+                "give one of --to-earliest, --to-latest, --to-offset, --to-datetime, \
+                 --by-duration, --shift-by, --to-current, --from-file",
+            )
+        })?;
+        let specs = merge_specs(&args.topics);
+        if args.all_topics {
+            let scope = reset::Scope::AllTopics(reset::AllTopics {});
+            reset_call(broker, request(Some(scope), spec, execute)).await?
+        } else if specs.len() == 1 {
+            let scope = reset::Scope::Topic(reset::TopicScope {
+                topic: specs[0].topic.clone(),
+                partitions: specs[0].partitions.clone(),
+            });
+            reset_call(broker, request(Some(scope), spec, execute)).await?
+        } else if specs.is_empty() {
+            return Err(CliError::usage(
+                "no partitions to reset",
+                "give --topic TOPIC[:P,P..] (repeatable) or --all-topics",
+            ));
+        } else {
+            // One scope per request: plan each topic by dry run, then commit the whole
+            // plan in one explicit request, so the execute stays all-or-nothing.
+            let mut plan = Vec::new();
+            for s in &specs {
+                let scope = reset::Scope::Topic(reset::TopicScope {
+                    topic: s.topic.clone(),
+                    partitions: s.partitions.clone(),
+                });
+                plan.extend(
+                    reset_call(broker, request(Some(scope), spec.clone(), false))
+                        .await?
+                        .0,
+                );
+            }
+            if execute && !plan.is_empty() {
+                let current: BTreeMap<(String, u32), Option<u64>> = plan
+                    .iter()
+                    .map(|c| ((c.topic.clone(), c.partition), c.current_offset))
+                    .collect();
+                let offsets = plan
+                    .iter()
+                    .map(|c| TopicPartitionOffset {
+                        topic: c.topic.clone(),
+                        partition: c.partition,
+                        offset: c.new_offset,
+                        metadata: String::new(),
+                    })
+                    .collect();
+                let spec = reset::Spec::Explicit(reset::ExplicitOffsets { offsets });
+                let (mut done, executed) = reset_call(broker, request(None, spec, true)).await?;
+                for c in &mut done {
+                    if let Some(before) = current.get(&(c.topic.clone(), c.partition)) {
+                        c.current_offset = *before;
+                    }
+                }
+                (done, executed)
+            } else {
+                (plan, false)
+            }
+        }
+    };
+    changes.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+
+    if args.export {
+        let rows: Vec<OffsetRow> = changes
+            .iter()
+            .map(|c| OffsetRow {
+                topic: c.topic.clone(),
+                partition: c.partition,
+                offset: c.new_offset,
+            })
+            .collect();
+        out.text(&write_offsets_csv(&rows))?;
+    } else if json {
+        let list: Vec<Value> = changes
+            .iter()
+            .map(|c| {
+                json!({
+                    "topic": c.topic,
+                    "partition": c.partition,
+                    "current_offset": c.current_offset,
+                    "new_offset": c.new_offset,
+                })
+            })
+            .collect();
+        out.json_pretty(&json!({"group_id": args.group, "executed": executed, "changes": list}))?;
+    } else if changes.is_empty() {
+        out.line(&format!(
+            "no partitions to reset for group {} (for --to-current and --shift-by, only \
+             partitions with committed offsets count)",
+            args.group
+        ))?;
+    } else {
+        let mut table = Table::new(&[
+            "GROUP",
+            "TOPIC",
+            ">PARTITION",
+            ">CURRENT-OFFSET",
+            ">NEW-OFFSET",
+        ]);
+        for c in &changes {
+            table.row(vec![
+                args.group.clone(),
+                c.topic.clone(),
+                c.partition.to_string(),
+                c.current_offset
+                    .map_or_else(|| "-".into(), |o| o.to_string()),
+                c.new_offset.to_string(),
+            ]);
+        }
+        out.text(&table.render())?;
+    }
+    out.flush()?;
+    if executed {
+        note(&format!(
+            "committed the new offsets of group {} ({} partition{})",
+            args.group,
+            changes.len(),
+            if changes.len() == 1 { "" } else { "s" }
+        ));
+    } else if !json {
+        note("dry run: nothing was committed; add --execute to commit these offsets");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidelog_proto::v1::{GroupMember, PartitionLag};
+
+    fn spec(topic: &str, partitions: &[u32]) -> TopicSpec {
+        TopicSpec {
+            topic: topic.into(),
+            partitions: partitions.to_vec(),
+        }
+    }
+
+    #[test]
+    fn specs_of_one_topic_merge() {
+        assert_eq!(
+            merge_specs(&[spec("a", &[1]), spec("b", &[]), spec("a", &[0, 1])]),
+            vec![spec("a", &[0, 1]), spec("b", &[])]
+        );
+        assert_eq!(
+            merge_specs(&[spec("a", &[1]), spec("a", &[])]),
+            vec![spec("a", &[])]
+        );
+    }
+
+    #[test]
+    fn group_descriptions_show_owner_and_lag() {
+        let group = GroupDescription {
+            group_id: "billing".into(),
+            state: GroupState::Stable as i32,
+            generation: 3,
+            members: vec![GroupMember {
+                member_id: "m-1".into(),
+                client_id: "cli".into(),
+                client_address: "127.0.0.1:5000".into(),
+                topic: "orders".into(),
+                partitions: vec![0],
+            }],
+            lags: vec![
+                PartitionLag {
+                    topic: "orders".into(),
+                    partition: 0,
+                    committed_offset: Some(5),
+                    log_start_offset: 0,
+                    end_offset: 12,
+                    lag: Some(7),
+                },
+                PartitionLag {
+                    topic: "orders".into(),
+                    partition: 1,
+                    committed_offset: None,
+                    log_start_offset: 0,
+                    end_offset: 4,
+                    lag: None,
+                },
+            ],
+        };
+        let text = render_group(&group);
+        assert!(text.starts_with("group billing  state STABLE  generation 3  (1 member)\n"));
+        assert!(
+            text.contains("orders          0          5          0   12    7  m-1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("orders          1          -          0    4    -  -\n"),
+            "{text}"
+        );
+        let value = group_json(&group);
+        assert_eq!(value["partitions"][0]["member_id"], "m-1");
+        assert_eq!(value["partitions"][1]["committed_offset"], Value::Null);
+        assert_eq!(value["state"], "STABLE");
+    }
+}

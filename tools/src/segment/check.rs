@@ -1,0 +1,595 @@
+//! The analysis behind `verify` and `repair`: every batch of every segment through
+//! the storage engine's own validator ([`tidelog_storage::segment::scan`], the one
+//! recovery uses), the indexes against the log, the checkpoint against the segments,
+//! and the consumer offsets log record by record.
+//!
+//! Findings are classified the way the broker's recovery treats them: a torn tail
+//! (an incomplete last write past the checkpoint) is cut on open; anything else is
+//! corruption the broker reports and `repair` only cuts with `--force`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+use tidelog_storage::batch::BatchHeader;
+use tidelog_storage::checkpoint::{self, Checkpoint};
+use tidelog_storage::index::{self, SegmentSummary};
+use tidelog_storage::offsets::decode_record;
+use tidelog_storage::segment::{
+    INDEX_SUFFIX, LOG_SUFFIX, ScanReport, SegmentState, TIME_INDEX_SUFFIX, scan, segment_path,
+};
+
+use super::layout::segment_bases;
+use crate::error::{CliError, CliResult};
+
+/// Largest log file read whole (a segment is at most 1 GiB; leave room for a
+/// segment written past its roll size by one batch).
+pub const LOG_FILE_BYTES_MAX: u64 = 1024 * 1024 * 1024 + 64 * 1024 * 1024;
+/// Largest index file read: [`index::INDEX_ENTRIES_MAX`] 12-byte entries.
+const INDEX_FILE_BYTES_MAX: u64 = index::HEADER_BYTES as u64 + 12 * index::INDEX_ENTRIES_MAX as u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+/// One thing found wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub severity: Severity,
+    /// A stable name for scripts: `torn_tail`, `corrupt_batch`, `index_corrupt`, ...
+    pub kind: &'static str,
+    pub file: PathBuf,
+    pub position: Option<u64>,
+    pub message: String,
+}
+
+impl Finding {
+    fn error(kind: &'static str, file: &Path, position: Option<u64>, message: String) -> Self {
+        Finding {
+            severity: Severity::Error,
+            kind,
+            file: file.to_path_buf(),
+            position,
+            message,
+        }
+    }
+
+    fn warning(kind: &'static str, file: &Path, position: Option<u64>, message: String) -> Self {
+        Finding {
+            severity: Severity::Warning,
+            ..Finding::error(kind, file, position, message)
+        }
+    }
+
+    /// `FILE at position N: message` (or `FILE: message`).
+    pub fn line(&self) -> String {
+        match self.position {
+            Some(position) => format!(
+                "{} at position {position}: {}",
+                self.file.display(),
+                self.message
+            ),
+            None => format!("{}: {}", self.file.display(), self.message),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "severity": match self.severity { Severity::Error => "error", Severity::Warning => "warning" },
+            "kind": self.kind,
+            "file": self.file.display().to_string(),
+            "position": self.position,
+            "message": self.message,
+        })
+    }
+}
+
+/// What a scan of one segment found.
+#[derive(Debug)]
+pub struct SegmentCheck {
+    pub base: u64,
+    pub path: PathBuf,
+    pub log_bytes: u64,
+    pub scan: ScanReport,
+    /// How many leading bytes the checkpoint vouches for (fsynced before).
+    pub trusted: u64,
+    /// Whether the index files need rewriting (missing on a sealed segment, stale,
+    /// unreadable or inconsistent with the log).
+    pub index_needs_rewrite: bool,
+}
+
+/// What a check of one partition directory found.
+#[derive(Debug)]
+pub struct PartitionCheck {
+    pub dir: PathBuf,
+    pub segments: Vec<SegmentCheck>,
+    pub checkpoint: Option<Checkpoint>,
+    pub findings: Vec<Finding>,
+}
+
+impl PartitionCheck {
+    pub fn log_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.log_bytes).sum()
+    }
+
+    pub fn batches(&self) -> u64 {
+        self.segments.iter().map(|s| s.scan.batches).sum()
+    }
+
+    pub fn start_offset(&self) -> Option<u64> {
+        self.segments.first().map(|s| s.base)
+    }
+
+    pub fn next_offset(&self) -> Option<u64> {
+        self.segments
+            .last()
+            .map(|s| s.scan.state.summary.next_offset)
+    }
+}
+
+pub fn count(findings: &[Finding], severity: Severity) -> usize {
+    findings.iter().filter(|f| f.severity == severity).count()
+}
+
+/// Reads a file whole, refusing one over `max` bytes.
+pub fn read_file(path: &Path, max: u64) -> CliResult<Vec<u8>> {
+    let size = fs::metadata(path)
+        .map_err(|e| CliError::io(format!("reading {}", path.display()), &e))?
+        .len();
+    if size > max {
+        return Err(CliError::failure(
+            format!(
+                "{} is {size} bytes, more than any file of this kind can be ({max})",
+                path.display()
+            ),
+            "check that it is a tidelog file",
+        ));
+    }
+    fs::read(path).map_err(|e| CliError::io(format!("reading {}", path.display()), &e))
+}
+
+/// Bytes of the partition's segment `base` that the checkpoint vouches for.
+pub fn trusted_bytes(checkpoint: Option<&Checkpoint>, base: u64, log_bytes: u64) -> u64 {
+    match checkpoint {
+        Some(c) if base < c.segment_base => log_bytes,
+        Some(c) if base == c.segment_base => c.position,
+        _ => 0,
+    }
+}
+
+/// Reads the partition's checkpoint: `Ok(None)` when there is none or no slot is
+/// valid (the second case is also reported).
+fn read_checkpoint(dir: &Path, findings: &mut Vec<Finding>) -> CliResult<Option<Checkpoint>> {
+    let path = dir.join(checkpoint::FILE_NAME);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(CliError::io(format!("reading {}", path.display()), &e)),
+    };
+    let checkpoint = Checkpoint::decode_file(&bytes);
+    if checkpoint.is_none() {
+        findings.push(Finding::warning(
+            "checkpoint_invalid",
+            &path,
+            None,
+            "no valid checkpoint slot; the broker scans every segment on open".into(),
+        ));
+    }
+    Ok(checkpoint)
+}
+
+/// Checks one partition directory.
+pub fn check_partition(dir: &Path, mut progress: impl FnMut(u64)) -> CliResult<PartitionCheck> {
+    let mut findings = Vec::new();
+    let checkpoint = read_checkpoint(dir, &mut findings)?;
+    let bases = segment_bases(dir)?;
+    let mut segments: Vec<SegmentCheck> = Vec::new();
+    let mut expected_base: Option<u64> = None;
+    for (i, &base) in bases.iter().enumerate() {
+        let is_last = i + 1 == bases.len();
+        let path = segment_path(dir, base, LOG_SUFFIX);
+        if let Some(expected) = expected_base
+            && expected != base
+        {
+            findings.push(Finding::error(
+                "offset_gap",
+                &path,
+                Some(0),
+                format!(
+                    "segment starts at offset {base} but the previous one ends at {expected}; \
+                     the broker refuses to open this partition (`tidelog segment repair --force` \
+                     moves this and later segments aside)"
+                ),
+            ));
+        }
+        let data = read_file(&path, LOG_FILE_BYTES_MAX)?;
+        let log_bytes = data.len() as u64;
+        let trusted = trusted_bytes(checkpoint.as_ref(), base, log_bytes);
+        let report = scan(&data, 0, SegmentState::new(base));
+        for corrupt in &report.corrupt_batches {
+            findings.push(Finding::error(
+                "corrupt_batch",
+                &path,
+                Some(corrupt.position),
+                format!(
+                    "{} in the batch holding offsets {}..={}; an intact batch follows, so this \
+                     is corruption inside the log, not a torn write (reads of these offsets \
+                     fail; `tidelog segment repair --force` cuts the log here)",
+                    corrupt.reason,
+                    corrupt.base_offset,
+                    corrupt.next_offset.saturating_sub(1)
+                ),
+            ));
+        }
+        if let Some(torn) = &report.torn_tail {
+            let cut = log_bytes - torn.position;
+            if torn.position < trusted {
+                findings.push(Finding::error(
+                    "durable_data_damaged",
+                    &path,
+                    Some(torn.position),
+                    format!(
+                        "{} in data that was fsynced before (the checkpoint vouches for {trusted} \
+                         bytes); the broker refuses to open this partition \
+                         (`tidelog segment repair --force` cuts the log here, losing {cut} bytes)",
+                        torn.reason
+                    ),
+                ));
+            } else if is_last {
+                findings.push(Finding::error(
+                    "torn_tail",
+                    &path,
+                    Some(torn.position),
+                    format!(
+                        "torn tail: {} ({cut} bytes after the last whole batch); the broker cuts \
+                         it on open, `tidelog segment repair` cuts it now and keeps the bytes",
+                        torn.reason
+                    ),
+                ));
+            } else {
+                findings.push(Finding::error(
+                    "torn_segment",
+                    &path,
+                    Some(torn.position),
+                    format!(
+                        "{} ({cut} bytes) in a segment that later segments follow; the broker \
+                         would cut it and drop {} later segment(s) \
+                         (`tidelog segment repair --force` does the same, keeping the bytes)",
+                        torn.reason,
+                        bases.len() - i - 1
+                    ),
+                ));
+            }
+        }
+        if let Some(c) = &checkpoint
+            && c.segment_base == base
+            && c.position > log_bytes
+        {
+            findings.push(Finding::error(
+                "durable_data_lost",
+                &path,
+                Some(log_bytes),
+                format!(
+                    "segment is {log_bytes} bytes but the checkpoint says {} were fsynced: data \
+                     was lost on disk; the broker refuses to open this partition",
+                    c.position
+                ),
+            ));
+        }
+        let index_needs_rewrite = check_indexes(
+            dir,
+            base,
+            &data[..report.valid_bytes as usize],
+            &report,
+            is_last,
+            &mut findings,
+        );
+        expected_base = Some(report.state.summary.next_offset);
+        progress(log_bytes);
+        segments.push(SegmentCheck {
+            base,
+            path,
+            log_bytes,
+            scan: report,
+            trusted,
+            index_needs_rewrite,
+        });
+    }
+    if let Some(c) = &checkpoint
+        && bases.last().is_some_and(|&last| c.segment_base > last)
+    {
+        findings.push(Finding::error(
+            "durable_data_lost",
+            &dir.join(checkpoint::FILE_NAME),
+            None,
+            format!(
+                "the checkpoint names segment {} (offset {}), which is missing: fsynced data \
+                 is gone",
+                c.segment_base, c.next_offset
+            ),
+        ));
+    }
+    Ok(PartitionCheck {
+        dir: dir.to_path_buf(),
+        segments,
+        checkpoint,
+        findings,
+    })
+}
+
+/// Where each batch of the valid bytes starts, with its base offset and the running
+/// maximum timestamp up to and including it.
+fn batch_boundaries(valid: &[u8]) -> Vec<(u64, u64, i64)> {
+    let mut out = Vec::new();
+    let mut position = 0usize;
+    let mut max_timestamp = i64::MIN;
+    while let Some(rest) = valid.get(position..).filter(|r| !r.is_empty()) {
+        let Ok(header) = BatchHeader::parse(rest) else {
+            break;
+        };
+        max_timestamp = max_timestamp.max(header.max_timestamp_ms);
+        out.push((position as u64, header.base_offset, max_timestamp));
+        position += header.batch_length as usize;
+    }
+    out
+}
+
+/// Checks both index files of a segment against its log. Returns whether they should
+/// be rewritten.
+fn check_indexes(
+    dir: &Path,
+    base: u64,
+    valid: &[u8],
+    report: &ScanReport,
+    is_last: bool,
+    findings: &mut Vec<Finding>,
+) -> bool {
+    let summary = &report.state.summary;
+    let boundaries = batch_boundaries(valid);
+    let mut needs_rewrite = false;
+    for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+        let path = segment_path(dir, base, suffix);
+        let bytes = match fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // The active segment gets its index files when it is sealed or the
+                // broker shuts down cleanly; after a crash they are missing.
+                if !is_last {
+                    findings.push(Finding::warning(
+                        "index_missing",
+                        &path,
+                        None,
+                        "missing; the broker rebuilds it from the log on first read \
+                         (`tidelog segment repair` writes it now)"
+                            .into(),
+                    ));
+                    needs_rewrite = true;
+                }
+                continue;
+            }
+            Err(e) => {
+                findings.push(Finding::error(
+                    "io",
+                    &path,
+                    None,
+                    format!("cannot read it: {e}"),
+                ));
+                continue;
+            }
+            Ok(m) if m.len() > INDEX_FILE_BYTES_MAX => {
+                Err(format!("{} bytes is more than an index can hold", m.len()))
+            }
+            Ok(_) => fs::read(&path).map_err(|e| e.to_string()),
+        };
+        let decoded = bytes.and_then(|bytes| {
+            if suffix == INDEX_SUFFIX {
+                index::decode_offset_index(&bytes)
+                    .map(|(s, entries)| {
+                        let entries: Vec<(u64, u64, Option<i64>)> = entries
+                            .iter()
+                            .map(|e| (u64::from(e.relative_offset), u64::from(e.position), None))
+                            .collect();
+                        (s, entries)
+                    })
+                    .map_err(|e| e.to_string())
+            } else {
+                index::decode_time_index(&bytes)
+                    .map(|(s, entries)| {
+                        let entries: Vec<(u64, u64, Option<i64>)> = entries
+                            .iter()
+                            .map(|e| (u64::from(e.relative_offset), 0, Some(e.timestamp_ms)))
+                            .collect();
+                        (s, entries)
+                    })
+                    .map_err(|e| e.to_string())
+            }
+        });
+        let (file_summary, entries) = match decoded {
+            Ok(decoded) => decoded,
+            Err(reason) => {
+                findings.push(Finding::error(
+                    "index_corrupt",
+                    &path,
+                    None,
+                    format!(
+                        "unreadable index ({reason}); the broker rebuilds it from the log, \
+                         `tidelog segment repair` rewrites it now"
+                    ),
+                ));
+                needs_rewrite = true;
+                continue;
+            }
+        };
+        if file_summary.log_bytes != summary.log_bytes {
+            let message = format!(
+                "index describes {} bytes of log but {} are valid; the broker ignores it and \
+                 rebuilds it (`tidelog segment repair` rewrites it now)",
+                file_summary.log_bytes, summary.log_bytes
+            );
+            if is_last {
+                findings.push(Finding::warning("index_stale", &path, None, message));
+            } else {
+                findings.push(Finding::error("index_stale", &path, None, message));
+            }
+            needs_rewrite = true;
+            continue;
+        }
+        if let Some(reason) = summary_mismatch(&file_summary, summary) {
+            findings.push(Finding::error(
+                "index_mismatch",
+                &path,
+                None,
+                format!(
+                    "index header disagrees with the log: {reason} (`tidelog segment repair` \
+                     rewrites it)"
+                ),
+            ));
+            needs_rewrite = true;
+            continue;
+        }
+        for (n, &(relative, position, timestamp)) in entries.iter().enumerate() {
+            let offset = base + relative;
+            let found = boundaries
+                .iter()
+                .find(|&&(_, batch_base, _)| batch_base == offset);
+            let problem = match (found, timestamp) {
+                (None, _) => Some(format!(
+                    "entry {n} names offset {offset}, where no batch starts"
+                )),
+                (Some(&(at, _, _)), None) if at != position => Some(format!(
+                    "entry {n} puts offset {offset} at position {position}, but its batch is at {at}"
+                )),
+                (Some(&(_, _, max)), Some(ts)) if ts != max => Some(format!(
+                    "entry {n} says the newest timestamp up to offset {offset} is {ts}, the log says {max}"
+                )),
+                _ => None,
+            };
+            if let Some(problem) = problem {
+                findings.push(Finding::error(
+                    "index_mismatch",
+                    &path,
+                    None,
+                    format!(
+                        "{problem}; reads through this index would fail (`tidelog segment repair` \
+                         rewrites it)"
+                    ),
+                ));
+                needs_rewrite = true;
+                break;
+            }
+        }
+    }
+    needs_rewrite
+}
+
+fn summary_mismatch(file: &SegmentSummary, log: &SegmentSummary) -> Option<String> {
+    if file.base_offset != log.base_offset {
+        return Some(format!(
+            "base offset {} vs {}",
+            file.base_offset, log.base_offset
+        ));
+    }
+    if file.next_offset != log.next_offset {
+        return Some(format!(
+            "next offset {} vs {}",
+            file.next_offset, log.next_offset
+        ));
+    }
+    if file.max_timestamp_ms != log.max_timestamp_ms {
+        return Some(format!(
+            "max timestamp {} vs {}",
+            file.max_timestamp_ms, log.max_timestamp_ms
+        ));
+    }
+    if file.max_expiry_ms != log.max_expiry_ms {
+        return Some(format!(
+            "max expiry {} vs {}",
+            file.max_expiry_ms, log.max_expiry_ms
+        ));
+    }
+    None
+}
+
+/// What a check of a consumer offsets log found.
+#[derive(Debug)]
+pub struct OffsetsLogCheck {
+    pub path: PathBuf,
+    pub log_bytes: u64,
+    pub records: u64,
+    /// Bytes of whole, valid records from the start.
+    pub valid_bytes: u64,
+    /// Whether what follows `valid_bytes` is a torn tail (else corruption).
+    pub torn: bool,
+    pub findings: Vec<Finding>,
+}
+
+/// Replays an offsets log the way the broker does: a damaged record with no intact
+/// record after it is a torn tail, anything else is corruption.
+pub fn check_offsets_log(path: &Path) -> CliResult<OffsetsLogCheck> {
+    let data = read_file(path, LOG_FILE_BYTES_MAX)?;
+    let mut position = 0usize;
+    let mut records = 0u64;
+    let mut findings = Vec::new();
+    let mut torn = false;
+    while let Some(rest) = data.get(position..).filter(|r| !r.is_empty()) {
+        let damage = match decode_record(rest) {
+            Ok(Some((_, used))) => {
+                position += used;
+                records += 1;
+                continue;
+            }
+            Ok(None) => format!("incomplete record ({} bytes at the end)", rest.len()),
+            Err(e) if e.may_be_torn_write() => e.to_string(),
+            Err(e) => {
+                findings.push(Finding::error(
+                    "corrupt_record",
+                    path,
+                    Some(position as u64),
+                    format!(
+                        "{e} (its checksum matched, so this is not a torn write); the broker \
+                         refuses to open the offsets store"
+                    ),
+                ));
+                break;
+            }
+        };
+        let intact_after = (position + 1..data.len()).find(|&candidate| {
+            matches!(decode_record(&data[candidate..]), Ok(Some(_)))
+                || matches!(decode_record(&data[candidate..]), Err(e) if !e.may_be_torn_write())
+        });
+        match intact_after {
+            Some(next) => findings.push(Finding::error(
+                "corrupt_record",
+                path,
+                Some(position as u64),
+                format!(
+                    "{damage}; an intact record follows at byte {next}, so this is damage inside \
+                     the log; the broker refuses to open the offsets store \
+                     (`tidelog segment repair --force` cuts it here)"
+                ),
+            )),
+            None => {
+                torn = true;
+                findings.push(Finding::error(
+                    "torn_tail",
+                    path,
+                    Some(position as u64),
+                    format!(
+                        "torn tail: {damage}; the broker cuts it on open, `tidelog segment repair` \
+                         cuts it now and keeps the bytes"
+                    ),
+                ));
+            }
+        }
+        break;
+    }
+    Ok(OffsetsLogCheck {
+        path: path.to_path_buf(),
+        log_bytes: data.len() as u64,
+        records,
+        valid_bytes: position as u64,
+        torn,
+        findings,
+    })
+}

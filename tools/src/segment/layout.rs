@@ -1,0 +1,185 @@
+//! Finding the partitions of a data directory and checking that no broker has it
+//! open.
+//!
+//! ```text
+//! DATA/LOCK                       held (flock) by a running tidelogd
+//! DATA/topics/<topic>/<p>/        segments (.log .index .timeindex) and checkpoint
+//! DATA/offsets/offsets.log        committed offsets of consumer groups
+//! DATA/trash/                     topics being deleted (skipped)
+//! ```
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use tidelog_storage::segment::{LOG_SUFFIX, parse_segment_name};
+
+use crate::error::{CliError, CliResult};
+
+/// How deep under the given directory partitions are looked for (DATA/topics/t/p).
+const SEARCH_DEPTH_MAX: usize = 4;
+const LOCK_FILE: &str = "LOCK";
+const OFFSETS_LOG: &str = "offsets.log";
+/// Directories never searched: topics being deleted.
+const SKIPPED_DIRS: [&str; 1] = ["trash"];
+
+/// What lives under a directory.
+#[derive(Debug, Default)]
+pub struct Layout {
+    /// Directories holding segments or a checkpoint, sorted.
+    pub partitions: Vec<PathBuf>,
+    /// Offsets logs of consumer groups, sorted.
+    pub offsets_logs: Vec<PathBuf>,
+}
+
+/// Bases of the segment logs in a partition directory, sorted.
+pub fn segment_bases(dir: &Path) -> CliResult<Vec<u64>> {
+    let mut bases = Vec::new();
+    let entries =
+        fs::read_dir(dir).map_err(|e| CliError::io(format!("listing {}", dir.display()), &e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| CliError::io(format!("listing {}", dir.display()), &e))?;
+        if let Some(base) = parse_segment_name(&entry.file_name().to_string_lossy(), LOG_SUFFIX) {
+            bases.push(base);
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+fn is_partition_dir(dir: &Path) -> bool {
+    dir.join(tidelog_storage::checkpoint::FILE_NAME).is_file()
+        || segment_bases(dir).is_ok_and(|bases| !bases.is_empty())
+}
+
+/// Finds the partitions and offsets logs in `dir` (a data, topic or partition
+/// directory).
+pub fn discover(dir: &Path) -> CliResult<Layout> {
+    let metadata =
+        fs::metadata(dir).map_err(|e| CliError::io(format!("opening {}", dir.display()), &e))?;
+    if !metadata.is_dir() {
+        return Err(CliError::usage(
+            format!("{} is not a directory", dir.display()),
+            "give a data directory, or a topic or partition directory in it \
+             (`tidelog segment dump` reads single files)",
+        ));
+    }
+    let mut layout = Layout::default();
+    walk(dir, 0, &mut layout)?;
+    layout.partitions.sort();
+    layout.offsets_logs.sort();
+    Ok(layout)
+}
+
+fn walk(dir: &Path, depth: usize, layout: &mut Layout) -> CliResult<()> {
+    if dir.join(OFFSETS_LOG).is_file() {
+        layout.offsets_logs.push(dir.join(OFFSETS_LOG));
+    }
+    if is_partition_dir(dir) {
+        layout.partitions.push(dir.to_path_buf());
+        return Ok(());
+    }
+    if depth >= SEARCH_DEPTH_MAX {
+        return Ok(());
+    }
+    let entries =
+        fs::read_dir(dir).map_err(|e| CliError::io(format!("listing {}", dir.display()), &e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| CliError::io(format!("listing {}", dir.display()), &e))?;
+        let name = entry.file_name();
+        if SKIPPED_DIRS.iter().any(|s| name == *s) {
+            continue;
+        }
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            walk(&entry.path(), depth + 1, layout)?;
+        }
+    }
+    Ok(())
+}
+
+/// The data directory holding `dir` (the nearest ancestor with a LOCK file).
+pub fn data_root(dir: &Path) -> Option<PathBuf> {
+    let dir = dir.canonicalize().ok()?;
+    dir.ancestors()
+        .take(SEARCH_DEPTH_MAX + 1)
+        .find(|d| d.join(LOCK_FILE).is_file())
+        .map(Path::to_path_buf)
+}
+
+/// Whether a running tidelogd holds the data directory's lock. The lock is taken
+/// and released at once when it is free.
+pub fn broker_holds_lock(root: &Path) -> bool {
+    let Ok(file) = File::options()
+        .read(true)
+        .write(true)
+        .open(root.join(LOCK_FILE))
+    else {
+        return false;
+    };
+    match file.try_lock() {
+        Ok(()) => {
+            let _ = file.unlock();
+            false
+        }
+        Err(fs::TryLockError::WouldBlock) => true,
+        Err(fs::TryLockError::Error(_)) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_and_offsets_logs_are_found_and_trash_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for p in [
+            "topics/a/0",
+            "topics/a/1",
+            "topics/b/0",
+            "trash/c/0",
+            "offsets",
+        ] {
+            fs::create_dir_all(root.join(p)).unwrap();
+        }
+        for p in ["topics/a/0", "topics/a/1", "topics/b/0", "trash/c/0"] {
+            File::create(root.join(p).join("00000000000000000000.log")).unwrap();
+        }
+        File::create(root.join("offsets/offsets.log")).unwrap();
+        File::create(root.join("topics/a/0/notes.log")).unwrap();
+        let layout = discover(root).unwrap();
+        let relative: Vec<_> = layout
+            .partitions
+            .iter()
+            .map(|p| p.strip_prefix(root).unwrap().to_path_buf())
+            .collect();
+        assert_eq!(
+            relative,
+            ["topics/a/0", "topics/a/1", "topics/b/0"].map(PathBuf::from)
+        );
+        assert_eq!(layout.offsets_logs, vec![root.join("offsets/offsets.log")]);
+
+        // A partition directory on its own.
+        let layout = discover(&root.join("topics/a/1")).unwrap();
+        assert_eq!(layout.partitions, vec![root.join("topics/a/1")]);
+        assert_eq!(segment_bases(&root.join("topics/a/0")).unwrap(), vec![0]);
+    }
+
+    #[test]
+    fn a_free_lock_is_not_held() {
+        let dir = tempfile::tempdir().unwrap();
+        File::create(dir.path().join(LOCK_FILE)).unwrap();
+        fs::create_dir_all(dir.path().join("topics/t/0")).unwrap();
+        assert_eq!(
+            data_root(&dir.path().join("topics/t/0")),
+            dir.path().canonicalize().ok()
+        );
+        assert!(!broker_holds_lock(dir.path()));
+        let held = File::options()
+            .write(true)
+            .open(dir.path().join(LOCK_FILE))
+            .unwrap();
+        held.try_lock().unwrap();
+        assert!(broker_holds_lock(dir.path()));
+    }
+}

@@ -1,0 +1,234 @@
+//! `tidelog segment`: offline tools on a data directory (with tidelogd stopped).
+//!
+//! - `dump FILE`: the batches (and records) of a `.log`, the entries of a `.index` /
+//!   `.timeindex`, the slots of a `checkpoint`, the records of an `offsets.log`.
+//! - `verify DIR`: every batch CRC, every index, the checkpoints and the offsets log;
+//!   exit 1 naming file and position when something is wrong.
+//! - `repair DIR`: cuts torn tails into side files and rewrites bad indexes; cuts at
+//!   corruption before the tail only with `--force`.
+
+mod check;
+mod dump;
+mod layout;
+mod repair;
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+
+use crate::cli::SegmentCommand;
+use crate::error::{CliError, CliResult};
+use crate::output::{Stdout, note};
+use crate::units::format_bytes;
+use check::{Finding, Severity, check_offsets_log, check_partition, count};
+
+pub fn run(command: SegmentCommand, json: bool) -> CliResult<()> {
+    match command {
+        SegmentCommand::Dump(args) => dump::run(&args, json),
+        SegmentCommand::Verify(args) => verify(&args.dir, json),
+        SegmentCommand::Repair(args) => repair::run(&args, json),
+    }
+}
+
+/// A progress bar over `total` bytes on stderr, hidden unless stderr is a terminal.
+pub(crate) fn byte_progress(total: u64, label: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    let template =
+        format!("{label} {{bytes}}/{{total_bytes}} [{{bar:30}}] {{bytes_per_sec}} eta {{eta}}");
+    bar.set_style(
+        ProgressStyle::with_template(&template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+fn total_log_bytes(dirs: &[std::path::PathBuf]) -> u64 {
+    dirs.iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn plural(n: usize, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
+}
+
+fn verify(dir: &Path, json: bool) -> CliResult<()> {
+    let layout = layout::discover(dir)?;
+    if layout.partitions.is_empty() && layout.offsets_logs.is_empty() {
+        return Err(CliError::failure(
+            format!("no tidelog segments or offsets log under {}", dir.display()),
+            "give tidelogd's data directory, or a topic or partition directory in it",
+        ));
+    }
+    if let Some(root) = layout::data_root(dir)
+        && layout::broker_holds_lock(&root)
+    {
+        note(&format!(
+            "warning: a running tidelogd holds {}; active segments may change while they are \
+             read and look torn (stop the broker for an exact answer)",
+            root.display()
+        ));
+    }
+    let progress = byte_progress(total_log_bytes(&layout.partitions), "verifying");
+    let mut partitions = Vec::new();
+    for partition in &layout.partitions {
+        partitions.push(check_partition(partition, |bytes| progress.inc(bytes))?);
+    }
+    let mut offsets_logs = Vec::new();
+    for path in &layout.offsets_logs {
+        offsets_logs.push(check_offsets_log(path)?);
+    }
+    progress.finish_and_clear();
+
+    let all_findings: Vec<&Finding> = partitions
+        .iter()
+        .flat_map(|p| &p.findings)
+        .chain(offsets_logs.iter().flat_map(|o| &o.findings))
+        .collect();
+    let errors = all_findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count();
+    let warnings = all_findings.len() - errors;
+    let segments: usize = partitions.iter().map(|p| p.segments.len()).sum();
+    let bytes: u64 = partitions.iter().map(|p| p.log_bytes()).sum();
+
+    let mut out = Stdout::new();
+    if json {
+        let partition_list: Vec<Value> = partitions
+            .iter()
+            .map(|p| {
+                json!({
+                    "dir": p.dir.display().to_string(),
+                    "segments": p.segments.len(),
+                    "batches": p.batches(),
+                    "log_bytes": p.log_bytes(),
+                    "start_offset": p.start_offset(),
+                    "next_offset": p.next_offset(),
+                    "problems": p.findings.iter().map(Finding::to_json).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let offsets_list: Vec<Value> = offsets_logs
+            .iter()
+            .map(|o| {
+                json!({
+                    "file": o.path.display().to_string(),
+                    "records": o.records,
+                    "log_bytes": o.log_bytes,
+                    "problems": o.findings.iter().map(Finding::to_json).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        out.json_pretty(&json!({
+            "dir": dir.display().to_string(),
+            "clean": errors == 0,
+            "errors": errors,
+            "warnings": warnings,
+            "partitions": partition_list,
+            "offsets_logs": offsets_list,
+        }))?;
+    } else {
+        let status = |findings: &[Finding]| {
+            if count(findings, Severity::Error) > 0 {
+                "FAILED"
+            } else if findings.is_empty() {
+                "ok"
+            } else {
+                "WARN"
+            }
+        };
+        for p in &partitions {
+            let offsets = match (p.start_offset(), p.next_offset()) {
+                (Some(start), Some(next)) => format!("offsets {start}..{next}"),
+                _ => "no segments".into(),
+            };
+            out.line(&format!(
+                "{:<6}  {}  {}, {}, {}, {}",
+                status(&p.findings),
+                p.dir.display(),
+                plural(p.segments.len(), "segment"),
+                match p.batches() {
+                    1 => "1 batch".to_string(),
+                    n => format!("{n} batches"),
+                },
+                offsets,
+                format_bytes(p.log_bytes())
+            ))?;
+            print_findings(&mut out, &p.findings)?;
+        }
+        for o in &offsets_logs {
+            out.line(&format!(
+                "{:<6}  {}  {}, {}",
+                status(&o.findings),
+                o.path.display(),
+                plural(o.records as usize, "record"),
+                format_bytes(o.log_bytes)
+            ))?;
+            print_findings(&mut out, &o.findings)?;
+        }
+        out.line(&format!(
+            "verified {} ({}, {}){}: {}, {}",
+            plural(partitions.len(), "partition"),
+            plural(segments, "segment"),
+            format_bytes(bytes),
+            if offsets_logs.is_empty() {
+                String::new()
+            } else {
+                format!(" and {}", plural(offsets_logs.len(), "offsets log"))
+            },
+            plural(errors, "error"),
+            plural(warnings, "warning"),
+        ))?;
+    }
+    out.flush()?;
+    if errors > 0 {
+        let mut kinds: Vec<&str> = all_findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .map(|f| f.kind)
+            .collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        let first = all_findings
+            .iter()
+            .find(|f| f.severity == Severity::Error)
+            .map(|f| f.line())
+            .unwrap_or_default();
+        return Err(CliError::failure(
+            format!(
+                "{} in {} ({}); first: {first}",
+                plural(errors, "problem"),
+                dir.display(),
+                kinds.join(", ")
+            ),
+            format!(
+                "`tidelog segment repair {}` cuts torn tails and rewrites indexes (--force for corruption)",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn print_findings(out: &mut Stdout, findings: &[Finding]) -> CliResult<()> {
+    for f in findings {
+        let label = match f.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        out.line(&format!("  {label}: {}", f.line()))?;
+    }
+    Ok(())
+}

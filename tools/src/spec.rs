@@ -1,0 +1,254 @@
+//! Small text formats of the group commands: the `--topic T[:P,P..]` scope of
+//! `reset-offsets` and the `topic,partition,offset` CSV that `--export` writes and
+//! `--from-file` reads (Kafka's format).
+
+use std::fmt::Write as _;
+
+/// Most partitions one spec may expand to (a topic has at most 10,000).
+const SPEC_PARTITIONS_MAX: usize = 10_000;
+
+/// One `--topic` argument: a topic and, optionally, some of its partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub topic: String,
+    /// Sorted and without duplicates; empty = every partition of the topic.
+    pub partitions: Vec<u32>,
+}
+
+/// Parses `topic`, `topic:0,2,5` or `topic:0-3,7` (ranges are inclusive).
+pub fn parse_topic_spec(text: &str) -> Result<TopicSpec, String> {
+    let (topic, list) = match text.split_once(':') {
+        Some((topic, list)) => (topic, Some(list)),
+        None => (text, None),
+    };
+    if topic.is_empty() {
+        return Err(format!(
+            "{text:?} has no topic name (use TOPIC or TOPIC:0,1,2)"
+        ));
+    }
+    let mut partitions = Vec::new();
+    if let Some(list) = list {
+        if list.trim().is_empty() {
+            return Err(format!(
+                "{text:?} has a ':' but no partitions (use TOPIC:0,1,2 or TOPIC:0-3)"
+            ));
+        }
+        for item in list.split(',') {
+            let item = item.trim();
+            let number = |s: &str| {
+                s.trim().parse::<u32>().map_err(|_| {
+                    format!(
+                        "{s:?} in {text:?} is not a partition number (use TOPIC:0,1,2 or TOPIC:0-3)"
+                    )
+                })
+            };
+            match item.split_once('-') {
+                Some((low, high)) => {
+                    let (low, high) = (number(low)?, number(high)?);
+                    if low > high {
+                        return Err(format!("partition range {item:?} runs backwards"));
+                    }
+                    if (high - low) as usize >= SPEC_PARTITIONS_MAX {
+                        return Err(format!("partition range {item:?} is too large"));
+                    }
+                    partitions.extend(low..=high);
+                }
+                None => partitions.push(number(item)?),
+            }
+            if partitions.len() > SPEC_PARTITIONS_MAX {
+                return Err(format!("{text:?} names too many partitions"));
+            }
+        }
+        partitions.sort_unstable();
+        partitions.dedup();
+    }
+    Ok(TopicSpec {
+        topic: topic.to_string(),
+        partitions,
+    })
+}
+
+/// One line of an offsets CSV.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetRow {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// Writes `topic,partition,offset` lines (no header line, like Kafka's `--export`).
+pub fn write_offsets_csv(rows: &[OffsetRow]) -> String {
+    let mut out = String::new();
+    for row in rows {
+        let _ = writeln!(out, "{},{},{}", row.topic, row.partition, row.offset);
+    }
+    out
+}
+
+/// Reads an offsets CSV: `topic,partition,offset` per line, or Kafka's multi-group
+/// form `group,topic,partition,offset`, in which case only `group`'s lines are kept.
+/// Blank lines, `#` comments and a header line (`topic,partition,offset`) are
+/// skipped. A (topic, partition) may appear only once.
+pub fn parse_offsets_csv(text: &str, group: &str) -> Result<Vec<OffsetRow>, String> {
+    let mut rows: Vec<OffsetRow> = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line_number = index + 1;
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        let fields = match fields.as_slice() {
+            [topic, partition, offset] => [*topic, *partition, *offset],
+            [row_group, topic, partition, offset] => {
+                if *row_group == "group" {
+                    continue; // header of the four-column form
+                }
+                if *row_group != group {
+                    continue;
+                }
+                [*topic, *partition, *offset]
+            }
+            _ => {
+                return Err(format!(
+                    "line {line_number}: expected topic,partition,offset but found {} fields",
+                    fields.len()
+                ));
+            }
+        };
+        let [topic, partition, offset] = fields;
+        if topic == "topic" && partition == "partition" {
+            continue; // header line
+        }
+        if topic.is_empty() {
+            return Err(format!("line {line_number}: the topic is empty"));
+        }
+        let partition: u32 = partition
+            .parse()
+            .map_err(|_| format!("line {line_number}: {partition:?} is not a partition number"))?;
+        let offset: u64 = offset
+            .parse()
+            .map_err(|_| format!("line {line_number}: {offset:?} is not an offset"))?;
+        if rows
+            .iter()
+            .any(|r| r.topic == topic && r.partition == partition)
+        {
+            return Err(format!(
+                "line {line_number}: {topic} partition {partition} appears twice"
+            ));
+        }
+        rows.push(OffsetRow {
+            topic: topic.to_string(),
+            partition,
+            offset,
+        });
+    }
+    if rows.is_empty() {
+        return Err("the file holds no topic,partition,offset lines".into());
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(topic: &str, partitions: &[u32]) -> TopicSpec {
+        TopicSpec {
+            topic: topic.into(),
+            partitions: partitions.to_vec(),
+        }
+    }
+
+    #[test]
+    fn topic_specs_parse_lists_and_ranges() {
+        assert_eq!(parse_topic_spec("orders"), Ok(spec("orders", &[])));
+        assert_eq!(parse_topic_spec("orders:2"), Ok(spec("orders", &[2])));
+        assert_eq!(
+            parse_topic_spec("orders:5,0,2"),
+            Ok(spec("orders", &[0, 2, 5]))
+        );
+        assert_eq!(
+            parse_topic_spec("orders:0-3,7"),
+            Ok(spec("orders", &[0, 1, 2, 3, 7]))
+        );
+        assert_eq!(parse_topic_spec("a.b-c_d:1,1"), Ok(spec("a.b-c_d", &[1])));
+        assert_eq!(parse_topic_spec("t: 1 , 2 "), Ok(spec("t", &[1, 2])));
+    }
+
+    #[test]
+    fn bad_topic_specs_say_why() {
+        for bad in [
+            "",
+            ":1",
+            "t:",
+            "t:x",
+            "t:1,",
+            "t:3-1",
+            "t:-1",
+            "t:0-4294967295",
+        ] {
+            assert!(parse_topic_spec(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn offsets_csv_round_trips() {
+        let rows = vec![
+            OffsetRow {
+                topic: "orders".into(),
+                partition: 0,
+                offset: 10,
+            },
+            OffsetRow {
+                topic: "orders".into(),
+                partition: 1,
+                offset: 0,
+            },
+            OffsetRow {
+                topic: "audit.log".into(),
+                partition: 7,
+                offset: u64::MAX,
+            },
+        ];
+        let text = write_offsets_csv(&rows);
+        assert_eq!(text.lines().next(), Some("orders,0,10"));
+        assert_eq!(parse_offsets_csv(&text, "g"), Ok(rows));
+    }
+
+    #[test]
+    fn offsets_csv_skips_headers_comments_and_other_groups() {
+        let text = "topic,partition,offset\n# a comment\n\n orders , 1 , 5 \r\n";
+        assert_eq!(
+            parse_offsets_csv(text, "g"),
+            Ok(vec![OffsetRow {
+                topic: "orders".into(),
+                partition: 1,
+                offset: 5
+            }])
+        );
+        let text = "group,topic,partition,offset\ng,orders,0,3\nother,orders,0,9\n";
+        assert_eq!(
+            parse_offsets_csv(text, "g"),
+            Ok(vec![OffsetRow {
+                topic: "orders".into(),
+                partition: 0,
+                offset: 3
+            }])
+        );
+    }
+
+    #[test]
+    fn bad_offsets_csv_names_the_line() {
+        let error = parse_offsets_csv("orders,0,1\norders,x,1\n", "g").unwrap_err();
+        assert!(error.starts_with("line 2:"), "{error}");
+        let error = parse_offsets_csv("orders,0\n", "g").unwrap_err();
+        assert!(error.contains("expected topic,partition,offset"), "{error}");
+        let error = parse_offsets_csv("orders,0,-1\n", "g").unwrap_err();
+        assert!(error.contains("not an offset"), "{error}");
+        let error = parse_offsets_csv("orders,0,1\norders,0,2\n", "g").unwrap_err();
+        assert!(error.contains("twice"), "{error}");
+        assert!(parse_offsets_csv("\n# nothing\n", "g").is_err());
+        assert!(parse_offsets_csv(",0,1\n", "g").is_err());
+    }
+}

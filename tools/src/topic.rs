@@ -1,0 +1,395 @@
+//! `tidelog topic`: create, list, describe, alter, delete.
+
+use serde_json::{Value, json};
+use tidelog_proto::v1::{
+    AlterTopicConfigRequest, Compression, CreateTopicRequest, DeleteTopicRequest,
+    DescribeTopicRequest, FsyncPolicy, ListTopicsRequest, TopicConfig, TopicConfigUpdate,
+    TopicDescription, fsync_policy,
+};
+
+use crate::cli::{CompressionArg, Fsync, Limit, TopicCommand, TopicConfigArgs};
+use crate::client::Broker;
+use crate::error::{CliError, CliResult};
+use crate::output::{Stdout, Table, render_pairs};
+use crate::units::{format_bytes, format_duration_ms};
+
+pub async fn run(broker: &Broker, command: TopicCommand, json: bool) -> CliResult<()> {
+    let mut out = Stdout::new();
+    match command {
+        TopicCommand::Create(args) => {
+            let context = format!("creating topic {:?}", args.name);
+            if args.partitions == 0 {
+                return Err(CliError::usage(
+                    "--partitions 0 is not a partition count",
+                    "give 1 to 10000",
+                ));
+            }
+            let request = CreateTopicRequest {
+                name: args.name.clone(),
+                partitions: args.partitions,
+                config: Some(create_config(&args.config)),
+            };
+            let topic = broker
+                .admin()
+                .create_topic(request)
+                .await
+                .map_err(|s| broker.error(&context, &s))?
+                .into_inner()
+                .topic
+                .ok_or_else(|| missing(&context))?;
+            if json {
+                out.json_pretty(&topic_json(&topic))?;
+            } else {
+                out.line(&format!(
+                    "created topic {} with {} partition{}",
+                    topic.name,
+                    topic.partitions.len(),
+                    plural(topic.partitions.len())
+                ))?;
+                out.text(&render_config(topic.config.as_ref()))?;
+            }
+        }
+        TopicCommand::List(args) => {
+            let topics = broker
+                .admin()
+                .list_topics(ListTopicsRequest {
+                    include_internal: args.internal,
+                })
+                .await
+                .map_err(|s| broker.error("listing topics", &s))?
+                .into_inner()
+                .topics;
+            if json {
+                let list: Vec<Value> = topics
+                    .iter()
+                    .map(|t| {
+                        json!({"name": t.name, "partitions": t.partitions, "size_bytes": t.size_bytes})
+                    })
+                    .collect();
+                out.json_pretty(&json!({ "topics": list }))?;
+            } else if topics.is_empty() {
+                out.line("no topics (create one with `tidelog topic create NAME`)")?;
+            } else {
+                let mut table = Table::new(&["TOPIC", ">PARTITIONS", ">SIZE"]);
+                for t in &topics {
+                    table.row(vec![
+                        t.name.clone(),
+                        t.partitions.to_string(),
+                        format_bytes(t.size_bytes),
+                    ]);
+                }
+                out.text(&table.render())?;
+            }
+        }
+        TopicCommand::Describe(args) => {
+            let context = format!("describing topic {:?}", args.name);
+            let topic = describe(broker, &args.name).await?;
+            let topic = topic.ok_or_else(|| missing(&context))?;
+            print_description(&mut out, &topic, json)?;
+        }
+        TopicCommand::Alter(args) => {
+            let context = format!("altering topic {:?}", args.name);
+            let update = alter_update(&args.config);
+            if update == TopicConfigUpdate::default() {
+                return Err(CliError::usage(
+                    "nothing to change",
+                    "give at least one of --retention, --retention-bytes, --ttl, --segment-bytes, \
+                     --segment-age, --fsync, --max-message-bytes, --compression",
+                ));
+            }
+            let topic = broker
+                .admin()
+                .alter_topic_config(AlterTopicConfigRequest {
+                    name: args.name.clone(),
+                    update: Some(update),
+                })
+                .await
+                .map_err(|s| broker.error(&context, &s))?
+                .into_inner()
+                .topic
+                .ok_or_else(|| missing(&context))?;
+            if json {
+                out.json_pretty(&topic_json(&topic))?;
+            } else {
+                out.line(&format!("altered topic {}", topic.name))?;
+                out.text(&render_config(topic.config.as_ref()))?;
+            }
+        }
+        TopicCommand::Delete(args) => {
+            let context = format!("deleting topic {:?}", args.name);
+            broker
+                .admin()
+                .delete_topic(DeleteTopicRequest {
+                    name: args.name.clone(),
+                })
+                .await
+                .map_err(|s| broker.error(&context, &s))?;
+            if json {
+                out.json_pretty(&json!({"deleted": args.name}))?;
+            } else {
+                out.line(&format!("deleted topic {}", args.name))?;
+            }
+        }
+    }
+    out.flush()
+}
+
+/// Describes a topic; `Ok(None)` only if the broker answered without one.
+pub async fn describe(broker: &Broker, name: &str) -> CliResult<Option<TopicDescription>> {
+    let context = format!("describing topic {name:?}");
+    Ok(broker
+        .admin()
+        .describe_topic(DescribeTopicRequest {
+            name: name.to_string(),
+        })
+        .await
+        .map_err(|s| broker.error(&context, &s))?
+        .into_inner()
+        .topic)
+}
+
+fn missing(context: &str) -> CliError {
+    CliError::failure(
+        format!("{context} failed: the broker's answer has no topic"),
+        "check that tidelogd and tidelog are the same version",
+    )
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn fsync_proto(policy: Fsync) -> FsyncPolicy {
+    FsyncPolicy {
+        policy: Some(match policy {
+            Fsync::Always => fsync_policy::Policy::Always(fsync_policy::Always {}),
+            Fsync::IntervalMs(ms) => fsync_policy::Policy::IntervalMs(ms),
+            Fsync::Never => fsync_policy::Policy::Never(fsync_policy::Never {}),
+        }),
+    }
+}
+
+fn compression_proto(compression: CompressionArg) -> Compression {
+    match compression {
+        CompressionArg::None => Compression::None,
+        CompressionArg::Zstd => Compression::Zstd,
+    }
+}
+
+/// The config of a create request: `off` and absent both mean "no limit".
+pub fn create_config(args: &TopicConfigArgs) -> TopicConfig {
+    let limit = |l: Option<Limit>| match l {
+        Some(Limit::Value(v)) => Some(v),
+        Some(Limit::Off) | None => None,
+    };
+    TopicConfig {
+        retention_ms: limit(args.retention),
+        retention_bytes: limit(args.retention_bytes),
+        default_ttl_ms: limit(args.ttl),
+        segment_bytes: args.segment_bytes.unwrap_or(0),
+        segment_ms: limit(args.segment_age),
+        fsync: args.fsync.map(fsync_proto),
+        max_message_bytes: args.max_message_bytes.unwrap_or(0),
+        compression: args
+            .compression
+            .map_or(Compression::Unspecified, compression_proto) as i32,
+    }
+}
+
+/// The update of an alter request: `off` is 0, which switches a limit off.
+pub fn alter_update(args: &TopicConfigArgs) -> TopicConfigUpdate {
+    let limit = |l: Option<Limit>| {
+        l.map(|l| match l {
+            Limit::Value(v) => v,
+            Limit::Off => 0,
+        })
+    };
+    TopicConfigUpdate {
+        retention_ms: limit(args.retention),
+        retention_bytes: limit(args.retention_bytes),
+        default_ttl_ms: limit(args.ttl),
+        segment_bytes: args.segment_bytes,
+        segment_ms: limit(args.segment_age),
+        fsync: args.fsync.map(fsync_proto),
+        max_message_bytes: args.max_message_bytes,
+        compression: args.compression.map(|c| compression_proto(c) as i32),
+    }
+}
+
+/// `always`, `interval:10ms`, `never` (as `--fsync` takes it).
+pub fn fsync_name(policy: Option<&FsyncPolicy>) -> String {
+    match policy.and_then(|p| p.policy) {
+        Some(fsync_policy::Policy::Always(_)) | None => "always".into(),
+        Some(fsync_policy::Policy::IntervalMs(ms)) => {
+            format!("interval:{}", format_duration_ms(ms))
+        }
+        Some(fsync_policy::Policy::Never(_)) => "never".into(),
+    }
+}
+
+fn compression_name(code: i32) -> &'static str {
+    match Compression::try_from(code) {
+        Ok(Compression::Zstd) => "zstd",
+        Ok(Compression::None | Compression::Unspecified) => "none",
+        Err(_) => "unknown",
+    }
+}
+
+fn config_json(config: Option<&TopicConfig>) -> Value {
+    let c = config.copied().unwrap_or_default();
+    json!({
+        "retention_ms": c.retention_ms,
+        "retention_bytes": c.retention_bytes,
+        "default_ttl_ms": c.default_ttl_ms,
+        "segment_bytes": c.segment_bytes,
+        "segment_ms": c.segment_ms,
+        "fsync": fsync_name(c.fsync.as_ref()),
+        "max_message_bytes": c.max_message_bytes,
+        "compression": compression_name(c.compression),
+    })
+}
+
+pub fn topic_json(topic: &TopicDescription) -> Value {
+    let partitions: Vec<Value> = topic
+        .partitions
+        .iter()
+        .map(|p| {
+            json!({
+                "partition": p.partition,
+                "log_start_offset": p.log_start_offset,
+                "end_offset": p.end_offset,
+                "written_offset": p.written_offset,
+                "size_bytes": p.size_bytes,
+                "segment_count": p.segment_count,
+                "poisoned": p.poisoned,
+                "poison_reason": (!p.poison_reason.is_empty()).then_some(&p.poison_reason),
+            })
+        })
+        .collect();
+    json!({
+        "name": topic.name,
+        "config": config_json(topic.config.as_ref()),
+        "partitions": partitions,
+    })
+}
+
+/// The configuration as aligned `key  value` lines.
+pub fn render_config(config: Option<&TopicConfig>) -> String {
+    let c = config.copied().unwrap_or_default();
+    let or = |value: Option<u64>, format: fn(u64) -> String, off: &str| {
+        value.map_or_else(|| off.to_string(), format)
+    };
+    render_pairs(&[
+        (
+            "retention",
+            or(c.retention_ms, format_duration_ms, "forever"),
+        ),
+        (
+            "retention-bytes",
+            or(c.retention_bytes, format_bytes, "unlimited"),
+        ),
+        ("ttl", or(c.default_ttl_ms, format_duration_ms, "none")),
+        ("segment-bytes", format_bytes(c.segment_bytes)),
+        (
+            "segment-age",
+            or(c.segment_ms, format_duration_ms, "none (roll by size)"),
+        ),
+        ("fsync", fsync_name(c.fsync.as_ref())),
+        ("max-message-bytes", format_bytes(c.max_message_bytes)),
+        ("compression", compression_name(c.compression).to_string()),
+    ])
+}
+
+fn print_description(out: &mut Stdout, topic: &TopicDescription, json: bool) -> CliResult<()> {
+    if json {
+        return out.json_pretty(&topic_json(topic));
+    }
+    out.line(&format!(
+        "topic {}  ({} partition{})",
+        topic.name,
+        topic.partitions.len(),
+        plural(topic.partitions.len())
+    ))?;
+    out.text(&render_config(topic.config.as_ref()))?;
+    out.line("")?;
+    let mut table = Table::new(&[
+        ">PARTITION",
+        ">LOG-START",
+        ">END",
+        ">UNSYNCED",
+        ">MESSAGES",
+        ">SIZE",
+        ">SEGMENTS",
+        "STATUS",
+    ]);
+    for p in &topic.partitions {
+        let status = if p.poisoned {
+            format!("POISONED: {}", p.poison_reason)
+        } else {
+            "ok".into()
+        };
+        table.row(vec![
+            p.partition.to_string(),
+            p.log_start_offset.to_string(),
+            p.end_offset.to_string(),
+            p.written_offset.saturating_sub(p.end_offset).to_string(),
+            p.end_offset.saturating_sub(p.log_start_offset).to_string(),
+            format_bytes(p.size_bytes),
+            p.segment_count.to_string(),
+            status,
+        ]);
+    }
+    out.text(&table.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_leaves_off_limits_absent_and_alter_sends_zero() {
+        let args = TopicConfigArgs {
+            retention: Some(Limit::Off),
+            retention_bytes: Some(Limit::Value(10 << 30)),
+            ttl: None,
+            segment_bytes: Some(256 << 20),
+            segment_age: None,
+            fsync: Some(Fsync::IntervalMs(10)),
+            max_message_bytes: None,
+            compression: Some(CompressionArg::Zstd),
+        };
+        let create = create_config(&args);
+        assert_eq!(create.retention_ms, None);
+        assert_eq!(create.retention_bytes, Some(10 << 30));
+        assert_eq!(create.segment_bytes, 256 << 20);
+        assert_eq!(create.max_message_bytes, 0);
+        assert_eq!(create.compression, Compression::Zstd as i32);
+        assert_eq!(fsync_name(create.fsync.as_ref()), "interval:10ms");
+
+        let update = alter_update(&args);
+        assert_eq!(update.retention_ms, Some(0));
+        assert_eq!(update.default_ttl_ms, None);
+        assert_eq!(update.max_message_bytes, None);
+        assert_eq!(update.compression, Some(Compression::Zstd as i32));
+    }
+
+    #[test]
+    fn config_renders_in_human_units() {
+        let config = TopicConfig {
+            retention_ms: Some(7 * 86_400_000),
+            retention_bytes: None,
+            default_ttl_ms: Some(300_000),
+            segment_bytes: 256 << 20,
+            segment_ms: None,
+            fsync: None,
+            max_message_bytes: 1 << 20,
+            compression: Compression::None as i32,
+        };
+        let text = render_config(Some(&config));
+        assert!(text.contains("retention          7d\n"), "{text}");
+        assert!(text.contains("retention-bytes    unlimited\n"), "{text}");
+        assert!(text.contains("ttl                5m\n"), "{text}");
+        assert!(text.contains("segment-bytes      256 MiB\n"), "{text}");
+        assert!(text.contains("fsync              always\n"), "{text}");
+    }
+}

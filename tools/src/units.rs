@@ -1,0 +1,266 @@
+//! Sizes and durations in human units: parsing what operators type (`10GiB`, `7d`,
+//! `1h30m`) and formatting what the broker returns (`1.5 GiB`, `7d`).
+
+/// Milliseconds per duration unit, longest first (the formatter walks them in order).
+const DURATION_UNITS_MS: [(&str, u64); 6] = [
+    ("w", 7 * 86_400_000),
+    ("d", 86_400_000),
+    ("h", 3_600_000),
+    ("m", 60_000),
+    ("s", 1_000),
+    ("ms", 1),
+];
+
+/// Parses a size: a number with an optional unit. `KiB`/`MiB`/`GiB`/`TiB` (and the
+/// short `K`/`M`/`G`/`T`) are powers of 1024; `KB`/`MB`/`GB`/`TB` powers of 1000;
+/// `B` or no unit is bytes. Units are case-insensitive; a fraction is allowed
+/// (`1.5GiB`) and rounded to whole bytes; `_` may separate digits.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let cleaned: String = text.trim().chars().filter(|&c| c != '_').collect();
+    let split = cleaned
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(cleaned.len());
+    let (number, unit) = cleaned.split_at(split);
+    let unit = unit.trim();
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => {
+            return Err(format!(
+                "unknown size unit {unit:?} in {text:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+            ));
+        }
+    };
+    scaled(number, scale)
+        .ok_or_else(|| format!("{text:?} is not a size such as 4096, 256MiB or 10GiB"))
+}
+
+/// `number * scale` where `number` is decimal digits with at most one `.`; `None` if
+/// it is not a number or the result does not fit in a `u64`.
+fn scaled(number: &str, scale: u64) -> Option<u64> {
+    let (whole, fraction) = match number.split_once('.') {
+        Some((whole, fraction)) => (whole, fraction),
+        None => (number, ""),
+    };
+    let digits_ok = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if (whole.is_empty() && fraction.is_empty()) || !digits_ok(whole) || !digits_ok(fraction) {
+        return None;
+    }
+    if number.ends_with('.') {
+        return None;
+    }
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let mut total = whole.checked_mul(scale)?;
+    if !fraction.is_empty() {
+        // At most 18 fraction digits keep 10^digits inside u64 and u128 products exact.
+        let fraction = fraction.get(..fraction.len().min(18))?;
+        let numerator: u128 = fraction.parse().ok()?;
+        let denominator = 10u128.pow(fraction.len() as u32);
+        let part = (numerator * u128::from(scale) + denominator / 2) / denominator;
+        total = total.checked_add(u64::try_from(part).ok()?)?;
+    }
+    Some(total)
+}
+
+/// Parses a duration into milliseconds: one or more `<number><unit>` parts with units
+/// `ms`, `s`, `m`, `h`, `d`, `w` (`1h30m`, `7d`, `250ms`, `1.5s`). A bare number is
+/// milliseconds.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?} is not a duration such as 250ms, 10s, 5m, 1h30m or 7d");
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(bad());
+    }
+    if text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().map_err(|_| bad());
+    }
+    let mut rest = text;
+    let mut total: u64 = 0;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let (number, after) = rest.split_at(number_len);
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_len);
+        let scale = DURATION_UNITS_MS
+            .iter()
+            .find(|(name, _)| *name == unit)
+            .map(|&(_, ms)| ms)
+            .ok_or_else(|| {
+                format!("unknown duration unit {unit:?} in {text:?} (use ms, s, m, h, d, w)")
+            })?;
+        let part = scaled(number, scale).ok_or_else(bad)?;
+        total = total.checked_add(part).ok_or_else(bad)?;
+        rest = after;
+    }
+    Ok(total)
+}
+
+/// Formats milliseconds exactly with the largest units that fit (days at most): `7d`, `1h30m`,
+/// `2s500ms`, `0ms`. The output parses back with [`parse_duration_ms`].
+pub fn format_duration_ms(ms: u64) -> String {
+    if ms == 0 {
+        return "0ms".into();
+    }
+    let mut rest = ms;
+    let mut out = String::new();
+    // Weeks are accepted on input but never printed: `7d` is what operators type.
+    for (name, unit) in DURATION_UNITS_MS.into_iter().skip(1) {
+        let count = rest / unit;
+        if count > 0 {
+            out.push_str(&format!("{count}{name}"));
+            rest -= count * unit;
+        }
+    }
+    out
+}
+
+/// Formats a byte count for humans: `512 B`, `4.0 KiB`, `1.5 GiB`; whole multiples
+/// without a fraction (`256 MiB`).
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut unit = 0;
+    let mut scale: u64 = 1;
+    while unit + 1 < UNITS.len() && bytes / scale >= 1024 {
+        scale *= 1024;
+        unit += 1;
+    }
+    if bytes % scale == 0 {
+        format!("{} {}", bytes / scale, UNITS[unit])
+    } else {
+        format!("{:.1} {}", bytes as f64 / scale as f64, UNITS[unit])
+    }
+}
+
+/// A rate for humans: `12.3k/s`, `1.20M/s`, `850/s`.
+pub fn format_rate(per_second: f64) -> String {
+    if per_second >= 1e6 {
+        format!("{:.2}M/s", per_second / 1e6)
+    } else if per_second >= 1e4 {
+        format!("{:.1}k/s", per_second / 1e3)
+    } else {
+        format!("{per_second:.0}/s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("10GiB"), Ok(10 << 30));
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("256mib"), Ok(256 << 20));
+        assert_eq!(parse_size("4k"), Ok(4096));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
+        assert_eq!(parse_size("1.5KiB"), Ok(1536));
+        assert_eq!(parse_size("1_000"), Ok(1000));
+        assert_eq!(parse_size(" 12 B "), Ok(12));
+        assert_eq!(parse_size("0.5"), Ok(1)); // rounded
+    }
+
+    #[test]
+    fn bad_sizes_say_why() {
+        assert!(parse_size("").is_err());
+        assert!(parse_size("GiB").is_err());
+        assert!(parse_size("1.2.3GiB").is_err());
+        assert!(parse_size("-5").is_err());
+        assert!(parse_size("5.").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
+        let error = parse_size("10XB").unwrap_err();
+        assert!(error.contains("unknown size unit"), "{error}");
+    }
+
+    #[test]
+    fn durations_parse_single_and_compound_units() {
+        assert_eq!(parse_duration_ms("250"), Ok(250));
+        assert_eq!(parse_duration_ms("250ms"), Ok(250));
+        assert_eq!(parse_duration_ms("10s"), Ok(10_000));
+        assert_eq!(parse_duration_ms("5m"), Ok(300_000));
+        assert_eq!(parse_duration_ms("7d"), Ok(7 * 86_400_000));
+        assert_eq!(parse_duration_ms("2w"), Ok(14 * 86_400_000));
+        assert_eq!(parse_duration_ms("1h30m"), Ok(5_400_000));
+        assert_eq!(parse_duration_ms("1.5s"), Ok(1_500));
+        assert_eq!(parse_duration_ms("1m500ms"), Ok(60_500));
+    }
+
+    #[test]
+    fn bad_durations_say_why() {
+        for bad in [
+            "",
+            "ms",
+            "5x",
+            "1h30",
+            "-5s",
+            "1..5s",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_duration_ms(bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            parse_duration_ms("5y")
+                .unwrap_err()
+                .contains("unknown duration unit")
+        );
+    }
+
+    #[test]
+    fn durations_format_exactly_and_round_trip() {
+        assert_eq!(format_duration_ms(0), "0ms");
+        assert_eq!(format_duration_ms(250), "250ms");
+        assert_eq!(format_duration_ms(10_000), "10s");
+        assert_eq!(format_duration_ms(5_400_000), "1h30m");
+        assert_eq!(format_duration_ms(7 * 86_400_000), "7d");
+        assert_eq!(format_duration_ms(3 * 86_400_000), "3d");
+        assert_eq!(format_duration_ms(2_500), "2s500ms");
+        for ms in [
+            1,
+            999,
+            1_000,
+            61_001,
+            86_400_000 + 1,
+            9 * 86_400_000,
+            u64::MAX / 2,
+        ] {
+            assert_eq!(parse_duration_ms(&format_duration_ms(ms)), Ok(ms), "{ms}");
+        }
+    }
+
+    #[test]
+    fn bytes_format_in_binary_units() {
+        assert_eq!(format_bytes(0), "0 B");
+        assert_eq!(format_bytes(1023), "1023 B");
+        assert_eq!(format_bytes(1024), "1 KiB");
+        assert_eq!(format_bytes(1536), "1.5 KiB");
+        assert_eq!(format_bytes(256 << 20), "256 MiB");
+        assert_eq!(format_bytes(10 << 30), "10 GiB");
+        assert_eq!(format_bytes(3 << 50), "3 PiB");
+    }
+
+    #[test]
+    fn rates_format_compactly() {
+        assert_eq!(format_rate(850.2), "850/s");
+        assert_eq!(format_rate(12_345.0), "12.3k/s");
+        assert_eq!(format_rate(1_200_000.0), "1.20M/s");
+    }
+}
