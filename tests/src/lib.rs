@@ -1,1 +1,332 @@
-//! Helpers for the black-box tests.
+//! Black-box test harness: starts the real `tidelogd` binary on `127.0.0.1:0` with a
+//! temporary data directory and talks to it as any client would.
+//!
+//! ```no_run
+//! # async fn example() {
+//! let mut broker = tidelog_tests::TestBroker::start();
+//! let mut admin = broker.admin().await;
+//! // ... admin.create_topic(..) ...
+//! broker.kill9();
+//! broker.restart();
+//! broker.stop(); // SIGTERM, asserts exit status 0
+//! # }
+//! ```
+//!
+//! Binaries are found through `TIDELOGD_BIN` / `TIDELOG_BIN`, else next to the test
+//! executable's directory (`target/<profile>/`); if missing they are built once with
+//! `cargo build` (using `$CARGO`).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tidelog_proto::v1::admin_client::AdminClient;
+use tidelog_proto::v1::consumer_client::ConsumerClient;
+use tidelog_proto::v1::groups_client::GroupsClient;
+use tidelog_proto::v1::publisher_client::PublisherClient;
+use tonic::transport::Channel;
+
+/// How long tidelogd may take to print its ready line (recovery included).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a SIGTERM'd tidelogd may take to exit.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The path of a workspace binary: `$env_var`, else `target/<profile>/<name>` beside
+/// the running test executable (which lives in `target/<profile>/deps/`), else built
+/// with `cargo build -p <package> --bin <name>`.
+pub fn workspace_binary(env_var: &str, package: &str, name: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env_var) {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executables live in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    // One build at a time, so parallel tests do not all start cargo.
+    static BUILD: Mutex<()> = Mutex::new(());
+    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    if !path.exists() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut command = Command::new(cargo);
+        command.args(["build", "-p", package, "--bin", name]);
+        if profile_dir.file_name().is_some_and(|p| p == "release") {
+            command.arg("--release");
+        }
+        let status = command.status().expect("running cargo build");
+        assert!(status.success(), "cargo build of {name} failed");
+        assert!(path.exists(), "{} missing after cargo build", path.display());
+    }
+    path
+}
+
+/// The `tidelogd` binary.
+pub fn tidelogd_bin() -> PathBuf {
+    workspace_binary("TIDELOGD_BIN", "tidelog-server", "tidelogd")
+}
+
+/// The `tidelog` CLI binary.
+pub fn tidelog_bin() -> PathBuf {
+    workspace_binary("TIDELOG_BIN", "tidelog-tools", "tidelog")
+}
+
+/// A `Command` for the `tidelog` CLI (add the arguments, e.g. the broker's
+/// [`TestBroker::endpoint`]).
+pub fn tidelog_command() -> Command {
+    Command::new(tidelog_bin())
+}
+
+/// A running tidelogd with its own data directory.
+#[derive(Debug)]
+pub struct TestBroker {
+    child: Option<Child>,
+    /// Data directory; kept across restarts, removed on drop.
+    data: tempfile::TempDir,
+    /// stderr of every run, appended (inside the temp dir, beside `data/`).
+    log_path: PathBuf,
+    extra_args: Vec<String>,
+    grpc: SocketAddr,
+    metrics: SocketAddr,
+}
+
+impl TestBroker {
+    /// Starts tidelogd with default settings.
+    pub fn start() -> TestBroker {
+        TestBroker::start_with(&[])
+    }
+
+    /// Starts tidelogd with extra flags (e.g. `["--retention-interval", "100ms"]`).
+    pub fn start_with(args: &[&str]) -> TestBroker {
+        let data = tempfile::Builder::new()
+            .prefix("tidelog-test-")
+            .tempdir()
+            .expect("creating a temp dir");
+        let log_path = data.path().join("tidelogd.stderr.log");
+        let mut broker = TestBroker {
+            child: None,
+            data,
+            log_path,
+            extra_args: args.iter().map(ToString::to_string).collect(),
+            grpc: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        broker.spawn();
+        broker
+    }
+
+    fn data_path(&self) -> PathBuf {
+        self.data.path().join("data")
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "tidelogd is already running");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("opening the log file");
+        let mut child = Command::new(tidelogd_bin())
+            .arg("--data-dir")
+            .arg(self.data_path())
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("starting tidelogd");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (ready_tx, ready_rx) = mpsc::channel();
+        // Reads stdout for the life of the process so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("tidelogd ready ") {
+                    let _ = ready_tx.send(line);
+                }
+            }
+        });
+        self.child = Some(child);
+        let line = match ready_rx.recv_timeout(READY_TIMEOUT) {
+            Ok(line) => line,
+            Err(_) => panic!(
+                "tidelogd printed no ready line within {READY_TIMEOUT:?}; its log:\n{}",
+                self.log()
+            ),
+        };
+        let field = |name: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|part| part.strip_prefix(name))
+                .and_then(|addr| addr.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in ready line {line:?}"))
+        };
+        self.grpc = field("grpc=");
+        self.metrics = field("metrics=");
+    }
+
+    /// The gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc
+    }
+
+    /// The metrics address.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics
+    }
+
+    /// `http://127.0.0.1:PORT`, for clients and the CLI.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// The broker's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_path()
+    }
+
+    /// Everything tidelogd wrote to stderr so far (all runs).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// A connected channel.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.endpoint())
+            .expect("valid endpoint")
+            .connect()
+            .await
+            .expect("connecting to tidelogd")
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel().await)
+    }
+
+    pub async fn publisher(&self) -> PublisherClient<Channel> {
+        PublisherClient::new(self.channel().await).max_decoding_message_size(64 << 20)
+    }
+
+    pub async fn consumer(&self) -> ConsumerClient<Channel> {
+        ConsumerClient::new(self.channel().await).max_decoding_message_size(64 << 20)
+    }
+
+    pub async fn groups(&self) -> GroupsClient<Channel> {
+        GroupsClient::new(self.channel().await)
+    }
+
+    /// The body of `GET /metrics`.
+    pub fn metrics_text(&self) -> String {
+        let (status, body) = http_get(self.metrics, "/metrics");
+        assert_eq!(status, 200, "GET /metrics answered {status}: {body}");
+        body
+    }
+
+    /// SIGKILL: no flush, no checkpoint.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts tidelogd again on the same data directory (new ports).
+    pub fn restart(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+        self.spawn();
+    }
+
+    /// SIGTERM, waits for the exit and asserts it was successful.
+    pub fn stop(&mut self) -> ExitStatus {
+        let status = self.terminate();
+        assert!(
+            status.success(),
+            "tidelogd exited with {status} after SIGTERM; its log:\n{}",
+            self.log()
+        );
+        status
+    }
+
+    /// SIGTERM and wait (up to [`STOP_TIMEOUT`], then SIGKILL and panic).
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("tidelogd is not running");
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for tidelogd") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "tidelogd did not exit within {STOP_TIMEOUT:?} of SIGTERM; its log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A minimal HTTP/1.1 GET; returns (status code, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connecting to the metrics endpoint");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("setting a timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("sending the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("reading the response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the first sample in Prometheus text `metrics` whose line starts with
+/// `prefix` (metric name and labels), if any.
+pub fn metric_value(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| {
+            line.starts_with(prefix)
+                && line[prefix.len()..]
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c == ' ' || c == '{')
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}

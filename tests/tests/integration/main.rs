@@ -1,0 +1,4 @@
+//! Black-box tests: the real tidelogd, spoken to as a client.
+
+mod broker;
+mod groups;
