@@ -16,11 +16,11 @@
 //! |     40 |   20 | reserved, zero   |
 //! |     60 |    4 | CRC-32 of bytes `[0, 60)` |
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{IoContext, Result};
+use crate::fs::{FileSystem, FsFile, OpenMode, OsFs};
 use crate::fsutil;
 
 pub const FILE_NAME: &str = "checkpoint";
@@ -83,28 +83,28 @@ impl Checkpoint {
 /// Reads and writes one partition's checkpoint file.
 #[derive(Debug)]
 pub struct CheckpointFile {
+    fs: Arc<dyn FileSystem>,
     path: PathBuf,
-    file: Option<File>,
+    file: Option<Arc<dyn FsFile>>,
     last: Option<Checkpoint>,
 }
 
 impl CheckpointFile {
     /// Opens the file in `dir`, reading the newest valid checkpoint if there is one.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with(Arc::new(OsFs), dir)
+    }
+
+    /// [`CheckpointFile::open`] through `fs`.
+    pub fn open_with(fs: Arc<dyn FileSystem>, dir: &Path) -> Result<Self> {
         let path = dir.join(FILE_NAME);
-        let last = match File::open(&path) {
-            Ok(mut file) => {
-                let mut bytes = Vec::with_capacity(2 * SLOT_BYTES);
-                (&mut file)
-                    .take(2 * SLOT_BYTES as u64)
-                    .read_to_end(&mut bytes)
-                    .ctx(|| format!("reading {}", path.display()))?;
-                Checkpoint::decode_file(&bytes)
-            }
+        let last = match fs.read_file(&path, 2 * SLOT_BYTES as u64) {
+            Ok(bytes) => Checkpoint::decode_file(&bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(crate::Error::io(format!("opening {}", path.display()), e)),
+            Err(e) => return Err(crate::Error::io(format!("reading {}", path.display()), e)),
         };
         Ok(CheckpointFile {
+            fs,
             path,
             file: None,
             last,
@@ -125,26 +125,26 @@ impl CheckpointFile {
             position,
             next_offset,
         };
-        if self.file.is_none() {
-            let existed = self.path.exists();
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&self.path)
-                .ctx(|| format!("opening {}", self.path.display()))?;
-            if !existed {
-                fsutil::sync_dir(fsutil::parent_dir(&self.path))?;
+        let file = match &self.file {
+            Some(file) => file.clone(),
+            None => {
+                let existed = self
+                    .fs
+                    .try_exists(&self.path)
+                    .ctx(|| format!("looking for {}", self.path.display()))?;
+                let file = self
+                    .fs
+                    .open(&self.path, OpenMode::Create)
+                    .ctx(|| format!("opening {}", self.path.display()))?;
+                if !existed {
+                    fsutil::sync_dir_with(&*self.fs, fsutil::parent_dir(&self.path))?;
+                }
+                self.file = Some(file.clone());
+                file
             }
-            self.file = Some(file);
-        }
-        let Some(file) = self.file.as_mut() else {
-            unreachable!("opened just above")
         };
         let slot = (sequence % 2) * SLOT_BYTES as u64;
-        file.seek(SeekFrom::Start(slot))
-            .and_then(|_| file.write_all(&checkpoint.encode()))
+        file.write_all_at(&checkpoint.encode(), slot)
             .ctx(|| format!("writing {}", self.path.display()))?;
         file.sync_data()
             .ctx(|| format!("fsyncing {}", self.path.display()))?;

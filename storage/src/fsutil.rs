@@ -2,18 +2,24 @@
 //! config, offset-store snapshots. The pattern is the classic one: write a temporary
 //! file, fsync it, rename it over the target, fsync the directory. A crash at any point
 //! leaves either the old or the new file, never a torn one.
+//!
+//! Each helper comes in two forms: `*_with` takes the [`FileSystem`] to use (the engine
+//! passes its own, so tests can inject faults); the plain form uses the real one
+//! ([`OsFs`]), for offline tools.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
+use crate::fs::{FileSystem, OpenMode, OsFs};
 
 /// fsyncs a directory so that entries created, renamed or removed in it survive a crash.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    let handle = File::open(dir).ctx(|| format!("opening directory {}", dir.display()))?;
-    handle
-        .sync_all()
+    sync_dir_with(&OsFs, dir)
+}
+
+/// [`sync_dir`] through `fs`.
+pub fn sync_dir_with(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+    fs.sync_dir(dir)
         .ctx(|| format!("fsyncing directory {}", dir.display()))
 }
 
@@ -26,35 +32,55 @@ pub fn temp_path(path: &Path) -> PathBuf {
 
 /// Replaces `path` with `contents` atomically and durably.
 pub fn write_file_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    write_file_atomically_with(&OsFs, path, contents)
+}
+
+/// [`write_file_atomically`] through `fs`.
+pub fn write_file_atomically_with(fs: &dyn FileSystem, path: &Path, contents: &[u8]) -> Result<()> {
+    replace_file_with(fs, path, contents)?;
+    sync_dir_with(fs, parent_dir(path))
+}
+
+/// Replaces `path` with `contents` atomically (temporary file, fsync, rename) but does
+/// not fsync the directory: the caller does, once for several files. Until it does, a
+/// crash may leave the old file. On failure the temporary file is removed (best effort)
+/// and `path` is untouched.
+pub fn replace_file_with(fs: &dyn FileSystem, path: &Path, contents: &[u8]) -> Result<()> {
     let tmp = temp_path(path);
-    {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
+    let written = (|| -> Result<()> {
+        let file = fs
+            .open(&tmp, OpenMode::Truncate)
             .ctx(|| format!("creating {}", tmp.display()))?;
-        file.write_all(contents)
+        file.write_all_at(contents, 0)
             .ctx(|| format!("writing {}", tmp.display()))?;
         file.sync_all()
             .ctx(|| format!("fsyncing {}", tmp.display()))?;
+        fs.rename(&tmp, path)
+            .ctx(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    })();
+    if written.is_err() {
+        let _ = fs.remove_file(&tmp);
     }
-    fs::rename(&tmp, path).ctx(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    sync_dir(parent_dir(path))
+    written
 }
 
 /// Reads a small file whole, refusing one larger than `max_bytes` (its size came from
 /// disk and is untrusted). Returns `Ok(None)` when it does not exist.
 pub fn read_small_file(path: &Path, max_bytes: u64) -> Result<Option<Vec<u8>>> {
-    let file = match File::open(path) {
-        Ok(file) => file,
+    read_small_file_with(&OsFs, path, max_bytes)
+}
+
+/// [`read_small_file`] through `fs`.
+pub fn read_small_file_with(
+    fs: &dyn FileSystem,
+    path: &Path,
+    max_bytes: u64,
+) -> Result<Option<Vec<u8>>> {
+    let contents = match fs.read_file(path, max_bytes.saturating_add(1)) {
+        Ok(contents) => contents,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
+        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
     };
-    let mut contents = Vec::new();
-    file.take(max_bytes + 1)
-        .read_to_end(&mut contents)
-        .ctx(|| format!("reading {}", path.display()))?;
     if contents.len() as u64 > max_bytes {
         return Err(Error::corrupt(
             path,
@@ -76,6 +102,7 @@ pub fn parent_dir(path: &Path) -> &Path {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temp_file() {

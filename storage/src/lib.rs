@@ -6,6 +6,9 @@
 //! point into the mapping. See `storage/FORMAT.md` for the bytes on disk and
 //! `ARCHITECTURE.md` at the repository root for the codemap.
 //!
+//! Every file operation goes through [`fs::FileSystem`]: [`fs::OsFs`] in production,
+//! [`fs::FaultyFs`] in tests that simulate power cuts, fsync failures and full disks.
+//!
 //! This crate knows nothing of the network: no tokio, no gRPC. Waiting for new data or
 //! for durability is exposed as plain `std::future::Future`s and blocking calls.
 #![deny(unsafe_code)]
@@ -16,6 +19,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 mod flusher;
+pub mod fs;
 pub mod fsutil;
 pub mod index;
 pub mod limits;
@@ -31,6 +35,7 @@ pub use batch::{Compression, Header, NewRecord, Record};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{AckLevel, FsyncPolicy, TopicConfig};
 pub use error::{Error, Result};
+pub use fs::{FaultyFs, FileSystem, OsFs};
 pub use offsets::{CommittedOffset, OffsetStore};
 pub use partition::{
     Appended, FlushObserver, Partition, PartitionInfo, ReadResult, RetentionOutcome,

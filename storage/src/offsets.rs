@@ -102,14 +102,14 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use crate::clock::Clock;
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{parent_dir, sync_dir, temp_path};
+use crate::fs::{FileSystem, FsFile, OpenMode, OsFs};
+use crate::fsutil::{parent_dir, sync_dir_with, temp_path};
 use crate::limits::{
     COMMIT_METADATA_BYTES_MAX, GROUP_ID_BYTES_MAX, OFFSET_RECORD_BODY_BYTES_MAX,
     TOPIC_NAME_BYTES_MAX,
@@ -831,6 +831,8 @@ fn find_intact_record_after(bytes: &[u8], bad: usize) -> Option<usize> {
 /// Durable consumer offsets for every group. All methods take `&self`; share it in an
 /// `Arc`.
 pub struct OffsetStore {
+    /// Every file operation goes through this.
+    fs: Arc<dyn FileSystem>,
     /// The store's directory; fsynced after the log file is created or replaced.
     dir: PathBuf,
     /// `dir/offsets.log`.
@@ -857,8 +859,8 @@ impl fmt::Debug for OffsetStore {
 
 #[derive(Debug)]
 struct LogFile {
-    /// Opened for reading and appending.
-    file: File,
+    /// Opened for writing; records are written at `len`.
+    file: Arc<dyn FsFile>,
     /// Bytes in the file, all of them valid records.
     len: u64,
 }
@@ -917,28 +919,38 @@ impl OffsetStore {
     /// [`Error::Corrupt`]. A leftover `offsets.log.tmp` from an interrupted compaction is
     /// deleted.
     pub fn open(dir: &Path, clock: Arc<dyn Clock>) -> Result<OffsetStore> {
-        create_dir_durably(dir)?;
+        Self::open_with(Arc::new(OsFs), dir, clock)
+    }
+
+    /// [`OffsetStore::open`] with every file operation going through `fs`.
+    pub fn open_with(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        clock: Arc<dyn Clock>,
+    ) -> Result<OffsetStore> {
+        create_dir_durably(&*fs, dir)?;
         let log_path = dir.join(LOG_FILE_NAME);
 
         let tmp_path = temp_path(&log_path);
-        match fs::remove_file(&tmp_path) {
+        match fs.remove_file(&tmp_path) {
             Ok(()) => {
                 tracing::info!(
                     file = %tmp_path.display(),
                     "removed the temporary file of an interrupted offsets-log compaction"
                 );
-                sync_dir(dir)?;
+                sync_dir_with(&*fs, dir)?;
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(format!("removing {}", tmp_path.display()), e)),
         }
 
-        let (mut file, created) = open_log(&log_path)?;
+        let (file, created) = open_log(&*fs, &log_path)?;
         if created {
-            sync_dir(dir)?;
+            sync_dir_with(&*fs, dir)?;
         }
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
+        // The whole log is replayed; compaction keeps it within a few times the live size.
+        let bytes = fs
+            .read_file(&log_path, u64::MAX)
             .ctx(|| format!("reading {}", log_path.display()))?;
 
         let replayed = replay(&log_path, &bytes)?;
@@ -958,6 +970,7 @@ impl OffsetStore {
         let len = replayed.valid_len as u64;
 
         Ok(OffsetStore {
+            fs,
             dir: dir.to_path_buf(),
             log_path,
             clock,
@@ -1233,7 +1246,7 @@ impl OffsetStore {
     /// back, so no record ever follows a partial one); a failed fdatasync is fatal.
     fn append_durably(&self, record: &[u8]) -> Result<(), WriteFailure> {
         let mut log = self.lock_log();
-        if let Err(e) = log.file.write_all(record) {
+        if let Err(e) = log.file.write_all_at(record, log.len) {
             let error = Error::io(format!("appending to {}", self.log_path.display()), e);
             return match log.file.set_len(log.len) {
                 Ok(()) => Err(WriteFailure::recoverable(error)),
@@ -1313,19 +1326,14 @@ impl OffsetStore {
     /// the log is untouched.
     fn write_snapshot_tmp(&self, snapshot: &[u8]) -> Result<PathBuf, WriteFailure> {
         let tmp = temp_path(&self.log_path);
-        let written = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .and_then(|mut file| {
-                file.write_all(snapshot)?;
-                file.sync_all()
-            });
+        let written = self.fs.open(&tmp, OpenMode::Truncate).and_then(|file| {
+            file.write_all_at(snapshot, 0)?;
+            file.sync_all()
+        });
         match written {
             Ok(()) => Ok(tmp),
             Err(e) => {
-                let _ = fs::remove_file(&tmp);
+                let _ = self.fs.remove_file(&tmp);
                 Err(WriteFailure::recoverable(Error::io(
                     format!("writing the compacted log {}", tmp.display()),
                     e,
@@ -1338,25 +1346,21 @@ impl OffsetStore {
     /// append handle to the new file.
     fn install_snapshot(&self, tmp: &Path, len: u64) -> Result<(), WriteFailure> {
         let mut log = self.lock_log();
-        if let Err(e) = fs::rename(tmp, &self.log_path) {
-            let _ = fs::remove_file(tmp);
+        if let Err(e) = self.fs.rename(tmp, &self.log_path) {
+            let _ = self.fs.remove_file(tmp);
             return Err(WriteFailure::recoverable(Error::io(
                 format!("renaming {} to {}", tmp.display(), self.log_path.display()),
                 e,
             )));
         }
         // From here the old handle points at an unlinked file: any failure is fatal.
-        sync_dir(&self.dir).map_err(WriteFailure::fatal)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(&self.log_path)
-            .map_err(|e| {
-                WriteFailure::fatal(Error::io(
-                    format!("reopening {} after compaction", self.log_path.display()),
-                    e,
-                ))
-            })?;
+        sync_dir_with(&*self.fs, &self.dir).map_err(WriteFailure::fatal)?;
+        let file = self.fs.open(&self.log_path, OpenMode::Write).map_err(|e| {
+            WriteFailure::fatal(Error::io(
+                format!("reopening {} after compaction", self.log_path.display()),
+                e,
+            ))
+        })?;
         *log = LogFile { file, len };
         Ok(())
     }
@@ -1376,15 +1380,13 @@ impl OffsetStore {
     }
 }
 
-/// Opens the log for reading and appending; reports whether it was created.
-fn open_log(path: &Path) -> Result<(File, bool)> {
-    let mut options = OpenOptions::new();
-    options.read(true).append(true);
-    match options.clone().create_new(true).open(path) {
+/// Opens the log for writing; reports whether it was created.
+fn open_log(fs: &dyn FileSystem, path: &Path) -> Result<(Arc<dyn FsFile>, bool)> {
+    match fs.open(path, OpenMode::CreateNew) {
         Ok(file) => Ok((file, true)),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let file = options
-                .open(path)
+            let file = fs
+                .open(path, OpenMode::Write)
                 .ctx(|| format!("opening {}", path.display()))?;
             Ok((file, false))
         }
@@ -1393,12 +1395,12 @@ fn open_log(path: &Path) -> Result<(File, bool)> {
 }
 
 /// Creates `dir` and any missing ancestors, fsyncing the parent of each one created.
-fn create_dir_durably(dir: &Path) -> Result<()> {
+fn create_dir_durably(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
     let mut missing = Vec::new();
     let mut current = dir;
     loop {
-        match fs::metadata(current) {
-            Ok(meta) if meta.is_dir() => break,
+        match fs.metadata(current) {
+            Ok(meta) if meta.is_dir => break,
             Ok(_) => {
                 return Err(Error::invalid(format!(
                     "{} exists and is not a directory",
@@ -1418,9 +1420,10 @@ fn create_dir_durably(dir: &Path) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    fs::create_dir_all(dir).ctx(|| format!("creating directory {}", dir.display()))?;
+    fs.create_dir_all(dir)
+        .ctx(|| format!("creating directory {}", dir.display()))?;
     for created in missing.iter().rev() {
-        sync_dir(parent_dir(created))?;
+        sync_dir_with(fs, parent_dir(created))?;
     }
     Ok(())
 }
@@ -1430,6 +1433,7 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use proptest::prelude::*;
+    use std::fs;
 
     fn new_clock() -> Arc<ManualClock> {
         ManualClock::new(1_700_000_000_000)

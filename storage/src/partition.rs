@@ -6,9 +6,6 @@
 //! segment's own state and the progress watch. Readers never take `writer`: they
 //! snapshot the visible end and the segment list and read from mappings.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -20,6 +17,7 @@ use crate::clock::Clock;
 use crate::config::{FsyncPolicy, TopicConfig};
 use crate::error::{Error, IoContext, Result};
 use crate::flusher::FlushQueue;
+use crate::fs::{FileSystem, FsFile, OpenMode};
 use crate::fsutil;
 use crate::index::SegmentSummary;
 use crate::limits::{BATCH_BYTES_MAX, SEGMENT_BYTES_MAX};
@@ -33,6 +31,9 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
 /// Mapping length of every segment: a segment can grow up to the largest allowed
 /// segment size plus one batch, and is mapped once at that length.
 const SEGMENT_MAP_BYTES: usize = (SEGMENT_BYTES_MAX + BATCH_BYTES_MAX) as usize;
+
+/// Buffer used to copy a torn tail to its side file.
+const TORN_TAIL_COPY_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Offsets assigned to one append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,14 +88,14 @@ pub trait FlushObserver: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 struct SealedSegment {
     segment: Arc<Segment>,
-    file: Arc<File>,
+    file: Arc<dyn FsFile>,
     state: SegmentState,
 }
 
 #[derive(Debug)]
 struct Writer {
     active: Arc<Segment>,
-    file: Arc<File>,
+    file: Arc<dyn FsFile>,
     state: SegmentState,
     /// When the active segment was created (for `segment_ms`).
     created_ms: i64,
@@ -121,6 +122,7 @@ pub struct Partition {
     id: u32,
     name: String,
     dir: PathBuf,
+    fs: Arc<dyn FileSystem>,
     config: RwLock<Arc<TopicConfig>>,
     clock: Arc<dyn Clock>,
     writer: Mutex<Writer>,
@@ -142,6 +144,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// What `open` needs besides the directory.
 #[derive(Debug, Clone)]
 pub(crate) struct PartitionContext {
+    pub fs: Arc<dyn FileSystem>,
     pub clock: Arc<dyn Clock>,
     pub flusher: FlushQueue,
     pub observer: Option<Arc<dyn FlushObserver>>,
@@ -187,44 +190,52 @@ impl Partition {
         context: PartitionContext,
     ) -> Result<Arc<Partition>> {
         let name = format!("{topic}/{id}");
-        if !dir.exists() {
-            fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
-            fsutil::sync_dir(fsutil::parent_dir(dir))?;
+        let fs = context.fs.clone();
+        if !fs
+            .try_exists(dir)
+            .ctx(|| format!("looking for {}", dir.display()))?
+        {
+            fs.create_dir_all(dir)
+                .ctx(|| format!("creating {}", dir.display()))?;
+            fsutil::sync_dir_with(&*fs, fsutil::parent_dir(dir))?;
         }
         let mut bases = Vec::new();
-        for entry in fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
-            let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
-            let file_name = entry.file_name();
-            let file_name = file_name.to_string_lossy();
+        for entry in fs
+            .read_dir(dir)
+            .ctx(|| format!("listing {}", dir.display()))?
+        {
+            let file_name = entry.name.to_string_lossy();
             if let Some(base) = segment::parse_segment_name(&file_name, LOG_SUFFIX) {
                 bases.push(base);
             } else if file_name.ends_with(".tmp") {
                 // A replacement that never got renamed in: the original is intact.
-                let _ = fs::remove_file(entry.path());
+                let _ = fs.remove_file(&dir.join(&entry.name));
             }
         }
         bases.sort_unstable();
 
-        let mut checkpoint = CheckpointFile::open(dir)?;
-        let recovered = recover(dir, &bases, checkpoint.last())?;
+        let mut checkpoint = CheckpointFile::open_with(fs.clone(), dir)?;
+        let recovered = recover(&fs, dir, &bases, checkpoint.last())?;
         let (active_state, sealed) = match recovered {
             Some(recovered) => (recovered.active, recovered.sealed),
             None => {
                 // A new partition (or one whose every segment is gone): start where
                 // the checkpoint says the log had got to.
                 let base = checkpoint.last().map_or(0, |c| c.next_offset);
-                File::create_new(segment::segment_path(dir, base, LOG_SUFFIX))
-                    .ctx(|| format!("creating the first segment in {}", dir.display()))?;
-                fsutil::sync_dir(dir)?;
+                fs.open(
+                    &segment::segment_path(dir, base, LOG_SUFFIX),
+                    OpenMode::CreateNew,
+                )
+                .ctx(|| format!("creating the first segment in {}", dir.display()))?;
+                fsutil::sync_dir_with(&*fs, dir)?;
                 (SegmentState::new(base), Vec::new())
             }
         };
 
         let active_base = active_state.summary.base_offset;
         let log_path = segment::segment_path(dir, active_base, LOG_SUFFIX);
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&log_path)
+        let file = fs
+            .open(&log_path, OpenMode::Write)
             .ctx(|| format!("opening {} for appends", log_path.display()))?;
         let end = LogEnd {
             offset: active_state.summary.next_offset,
@@ -236,6 +247,7 @@ impl Partition {
         checkpoint.write(end.segment_base, end.position, end.offset)?;
 
         let active = Arc::new(Segment::with_state(
+            fs.clone(),
             dir,
             active_state.clone(),
             SEGMENT_MAP_BYTES,
@@ -251,11 +263,12 @@ impl Partition {
             progress: Progress::new(name.clone(), end, log_start, durable_only),
             name,
             dir: dir.to_path_buf(),
+            fs,
             config: RwLock::new(config),
             clock: context.clock,
             writer: Mutex::new(Writer {
                 active,
-                file: Arc::new(file),
+                file,
                 state: active_state,
                 created_ms: now_ms,
                 sealed: Vec::new(),
@@ -368,19 +381,19 @@ impl Partition {
     fn roll(self: &Arc<Self>, writer: &mut Writer) -> Result<()> {
         let base = writer.state.summary.next_offset;
         let path = segment::segment_path(&self.dir, base, LOG_SUFFIX);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
+        let file = self
+            .fs
+            .open(&path, OpenMode::CreateNew)
             .ctx(|| format!("creating segment {}", path.display()))?;
         let state = SegmentState::new(base);
         let segment = Arc::new(Segment::with_state(
+            self.fs.clone(),
             &self.dir,
             state.clone(),
             SEGMENT_MAP_BYTES,
         ));
         let old_segment = std::mem::replace(&mut writer.active, segment.clone());
-        let old_file = std::mem::replace(&mut writer.file, Arc::new(file));
+        let old_file = std::mem::replace(&mut writer.file, file);
         let old_state = std::mem::replace(&mut writer.state, state);
         writer.sealed.push(SealedSegment {
             segment: old_segment,
@@ -438,10 +451,15 @@ impl Partition {
                     .file
                     .sync_data()
                     .ctx(|| format!("fsyncing {}", path.display()))?;
-                sealed.segment.write_index_files(&sealed.state)?;
+                // The index is derived data, checked when loaded and rebuilt by a scan
+                // when missing: failing to write it (a full disk, say) must not take
+                // the partition down. Its directory entry rides on the fsync below.
+                if let Err(error) = sealed.segment.replace_index_files(&sealed.state) {
+                    tracing::warn!(partition = %self.name, segment = sealed.segment.base_offset, %error, "could not write a sealed segment's index; it will be rebuilt from the log when needed");
+                }
             }
-            if dir_dirty {
-                fsutil::sync_dir(&self.dir)?;
+            if dir_dirty || !sealed.is_empty() {
+                fsutil::sync_dir_with(&*self.fs, &self.dir)?;
             }
             file.sync_data()
                 .ctx(|| format!("fsyncing the active segment of {}", self.name))
@@ -679,13 +697,18 @@ impl Partition {
             ..RetentionOutcome::default()
         };
         for summary in &deleted {
-            segment::remove_files(&self.dir, summary.base_offset)?;
+            segment::remove_files_with(&*self.fs, &self.dir, summary.base_offset)?;
             outcome.segments_deleted += 1;
             outcome.bytes_deleted += summary.log_bytes;
             outcome.records_deleted += summary.next_offset - summary.base_offset;
         }
         if !deleted.is_empty() {
-            fsutil::sync_dir(&self.dir)?;
+            // The same fsync makes the partition's new files durable too: a failure
+            // is fatal here as in a flush, never retried.
+            if let Err(error) = fsutil::sync_dir_with(&*self.fs, &self.dir) {
+                self.poison_locked(&mut lock(&self.writer), error.to_string());
+                return Err(error);
+            }
             tracing::info!(partition = %self.name, segments = deleted.len(), log_start, "retention deleted segments");
         }
         Ok(outcome)
@@ -742,6 +765,7 @@ struct Recovered {
 /// Recovers the segments with the given bases (sorted). Returns `None` if there are
 /// none.
 fn recover(
+    fs: &Arc<dyn FileSystem>,
     dir: &Path,
     bases: &[u64],
     checkpoint: Option<crate::checkpoint::Checkpoint>,
@@ -756,15 +780,33 @@ fn recover(
         if let Some(expected) = expected_base
             && expected != base
         {
+            if base > expected && checkpoint.is_none_or(|c| c.segment_base < base) {
+                // The previous segment lost its unsynced tail in a crash while this
+                // newer file kept its entry and some data. No flush covered anything
+                // here (a flush syncs sealed segments whole before anything after
+                // them, and then checkpoints past them), so nothing from here on was
+                // acknowledged durable: drop it and recover the rest again.
+                tracing::warn!(
+                    file = %path.display(),
+                    expected,
+                    "removing segments that start past the end of the previous one (lost unsynced tail)"
+                );
+                for &later in &bases[index..] {
+                    segment::remove_files_with(&**fs, dir, later)?;
+                }
+                fsutil::sync_dir_with(&**fs, dir)?;
+                return recover(fs, dir, &bases[..index], checkpoint);
+            }
             return Err(Error::corrupt(
                 &path,
                 0,
                 format!("segment starts at offset {base} but the previous one ends at {expected}"),
             ));
         }
-        let log_bytes = fs::metadata(&path)
+        let log_bytes = fs
+            .metadata(&path)
             .ctx(|| format!("reading the size of {}", path.display()))?
-            .len();
+            .len;
         let is_last = base == last_base;
         // How much of this segment the checkpoint vouches for.
         let trusted = match checkpoint {
@@ -783,20 +825,22 @@ fn recover(
         }
         if !is_last
             && trusted == log_bytes
-            && let Some(summary) = segment::load_summary(dir, base, log_bytes)
+            && let Some(summary) = segment::load_summary_with(&**fs, dir, base, log_bytes)
         {
             expected_base = Some(summary.next_offset);
-            sealed.push(Arc::new(Segment::sealed(dir, summary)));
+            sealed.push(Arc::new(Segment::sealed(fs.clone(), dir, summary)));
             continue;
         }
 
         let (start_state, start) = match checkpoint {
             Some(c) if trusted > 0 && base == c.segment_base => {
-                segment::state_up_to(dir, base, trusted, c.next_offset)
+                segment::state_up_to_with(&**fs, dir, base, trusted, c.next_offset)
             }
             _ => (SegmentState::new(base), 0),
         };
-        let data = crate::mmap::map_read_only(&path, log_bytes as usize)?;
+        let data = fs
+            .map(&path, log_bytes as usize)
+            .ctx(|| format!("mapping {}", path.display()))?;
         let state = if start == 0 && trusted > 0 {
             // The index is unusable but the bytes up to `trusted` are durable and were
             // validated when written: hop over their headers to rebuild the index.
@@ -816,9 +860,8 @@ fn recover(
                 "corrupt batch in the log: reads of these offsets fail until it is repaired"
             );
         }
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&path)
+        let file = fs
+            .open(&path, OpenMode::Write)
             .ctx(|| format!("opening {}", path.display()))?;
         if let Some(torn) = &report.torn_tail {
             if torn.position < trusted {
@@ -828,7 +871,7 @@ fn recover(
                     format!("{} (in data that was fsynced before)", torn.reason),
                 ));
             }
-            cut_torn_tail(&path, &file, torn.position, log_bytes, &torn.reason)?;
+            cut_torn_tail(&**fs, &path, &*file, torn.position, log_bytes, &torn.reason)?;
         }
         // The scanned bytes may have been in the page cache only (the process died,
         // not the machine): make them durable before anyone reads them as such.
@@ -843,10 +886,10 @@ fn recover(
                     segment = later,
                     "removing a segment written after a torn tail"
                 );
-                segment::remove_files(dir, later)?;
+                segment::remove_files_with(&**fs, dir, later)?;
             }
             if index + 1 < bases.len() {
-                fsutil::sync_dir(dir)?;
+                fsutil::sync_dir_with(&**fs, dir)?;
             }
             return Ok(Some(Recovered {
                 sealed,
@@ -854,6 +897,7 @@ fn recover(
             }));
         }
         let segment = Segment::with_state(
+            fs.clone(),
             dir,
             report.state.clone(),
             report.state.summary.log_bytes as usize,
@@ -883,8 +927,9 @@ fn index_by_headers(data: &[u8], mut state: SegmentState) -> Option<(SegmentStat
 /// Moves the bytes of a torn tail to a side file (never destroy bytes silently) and
 /// truncates the segment to `position`, durably.
 fn cut_torn_tail(
+    fs: &dyn FileSystem,
     path: &Path,
-    file: &File,
+    file: &dyn FsFile,
     position: u64,
     log_bytes: u64,
     reason: &str,
@@ -900,10 +945,19 @@ fn cut_torn_tail(
     );
     // Streamed, not buffered: the tail's size came from disk.
     let copied = (|| -> std::io::Result<()> {
-        let mut source = File::open(path)?;
-        source.seek(SeekFrom::Start(position))?;
-        let mut target = File::create(&side)?;
-        std::io::copy(&mut source.take(log_bytes - position), &mut target)?;
+        let source = fs.open(path, OpenMode::Read)?;
+        let target = fs.open(&side, OpenMode::Truncate)?;
+        let mut chunk = vec![0u8; TORN_TAIL_COPY_CHUNK_BYTES];
+        let mut at = position;
+        while at < log_bytes {
+            let want = chunk.len().min((log_bytes - at) as usize);
+            let read = source.read_at(&mut chunk[..want], at)?;
+            if read == 0 {
+                break;
+            }
+            target.write_all_at(&chunk[..read], at - position)?;
+            at += read as u64;
+        }
         target.sync_all()
     })();
     copied.ctx(|| format!("saving the torn tail to {}", side.display()))?;
@@ -911,5 +965,5 @@ fn cut_torn_tail(
         .ctx(|| format!("truncating {}", path.display()))?;
     file.sync_all()
         .ctx(|| format!("fsyncing {}", path.display()))?;
-    fsutil::sync_dir(fsutil::parent_dir(path))
+    fsutil::sync_dir_with(fs, fsutil::parent_dir(path))
 }

@@ -5,14 +5,14 @@
 //! offline `verify` command all call it. [`Segment`] is the read side: a lazily
 //! created mapping and the in-memory index.
 
-use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 
 use crate::batch::{self, BatchHeader, Record, RecordIter};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
+use crate::fs::{FileSystem, OsFs};
 use crate::fsutil;
 use crate::index::{self, OffsetEntry, SegmentIndex, SegmentSummary, TimeEntry};
 use crate::limits::{BATCH_BYTES_MAX, INDEX_INTERVAL_BYTES};
@@ -236,6 +236,7 @@ pub fn record_size(record: &Record) -> u64 {
 pub struct Segment {
     pub base_offset: u64,
     pub dir: PathBuf,
+    fs: Arc<dyn FileSystem>,
     /// Length of the mapping: the segment's capacity, so the active segment can grow
     /// into one mapping instead of being remapped as it grows.
     map_len: usize,
@@ -251,11 +252,18 @@ struct LoadedState {
 }
 
 impl Segment {
-    /// A segment whose summary and index are known (active, or freshly scanned).
-    pub fn with_state(dir: &Path, state: SegmentState, map_len: usize) -> Self {
+    /// A segment whose summary and index are known (active, or freshly scanned), whose
+    /// files are reached through `fs`.
+    pub fn with_state(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        state: SegmentState,
+        map_len: usize,
+    ) -> Self {
         Segment {
             base_offset: state.summary.base_offset,
             dir: dir.to_path_buf(),
+            fs,
             map_len,
             mapping: Mutex::new(None),
             state: RwLock::new(LoadedState {
@@ -266,10 +274,11 @@ impl Segment {
     }
 
     /// A sealed segment known by its summary; its index loads on first use.
-    pub fn sealed(dir: &Path, summary: SegmentSummary) -> Self {
+    pub fn sealed(fs: Arc<dyn FileSystem>, dir: &Path, summary: SegmentSummary) -> Self {
         Segment {
             base_offset: summary.base_offset,
             dir: dir.to_path_buf(),
+            fs,
             map_len: summary.log_bytes as usize,
             mapping: Mutex::new(None),
             state: RwLock::new(LoadedState {
@@ -302,15 +311,27 @@ impl Segment {
         }
     }
 
-    /// Writes both index files for the current state (sealing or clean shutdown).
+    /// Writes both index files for the current state (sealing or clean shutdown),
+    /// durably.
     pub fn write_index_files(&self, state: &SegmentState) -> Result<()> {
+        self.replace_index_files(state)?;
+        fsutil::sync_dir_with(&*self.fs, &self.dir)
+    }
+
+    /// Writes both index files (each fsynced and renamed into place) but leaves the
+    /// directory fsync to the caller, who does one for several files. Index files are
+    /// checked when loaded and rebuilt when missing or stale, so a crash before the
+    /// directory fsync costs a scan, never correctness.
+    pub fn replace_index_files(&self, state: &SegmentState) -> Result<()> {
         let offsets = index::encode_offset_index(&state.summary, &state.index.offsets);
         let times = index::encode_time_index(&state.summary, &state.index.times);
-        fsutil::write_file_atomically(
+        fsutil::replace_file_with(
+            &*self.fs,
             &segment_path(&self.dir, self.base_offset, INDEX_SUFFIX),
             &offsets,
         )?;
-        fsutil::write_file_atomically(
+        fsutil::replace_file_with(
+            &*self.fs,
             &segment_path(&self.dir, self.base_offset, TIME_INDEX_SUFFIX),
             &times,
         )
@@ -321,7 +342,11 @@ impl Segment {
         if let Some(bytes) = mapping.as_ref() {
             return Ok(bytes.clone());
         }
-        let bytes = crate::mmap::map_read_only(&self.log_path(), self.map_len)?;
+        let path = self.log_path();
+        let bytes = self
+            .fs
+            .map(&path, self.map_len)
+            .ctx(|| format!("mapping {}", path.display()))?;
         *mapping = Some(bytes.clone());
         Ok(bytes)
     }
@@ -352,7 +377,12 @@ impl Segment {
             }
         }
         let summary = self.summary();
-        let index = match load_index_files(&self.dir, self.base_offset, summary.log_bytes) {
+        let index = match load_index_files_with(
+            &*self.fs,
+            &self.dir,
+            self.base_offset,
+            summary.log_bytes,
+        ) {
             Some((_, index)) => index,
             None => {
                 let data = self.visible_bytes(summary.log_bytes)?;
@@ -525,8 +555,18 @@ pub fn load_index_files(
     base_offset: u64,
     log_bytes: u64,
 ) -> Option<(SegmentSummary, SegmentIndex)> {
+    load_index_files_with(&OsFs, dir, base_offset, log_bytes)
+}
+
+/// [`load_index_files`] through `fs`.
+pub fn load_index_files_with(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    base_offset: u64,
+    log_bytes: u64,
+) -> Option<(SegmentSummary, SegmentIndex)> {
     let read = |suffix| {
-        fsutil::read_small_file(&segment_path(dir, base_offset, suffix), BATCH_BYTES_MAX)
+        fsutil::read_small_file_with(fs, &segment_path(dir, base_offset, suffix), BATCH_BYTES_MAX)
             .ok()
             .flatten()
     };
@@ -541,7 +581,18 @@ pub fn load_index_files(
 /// Reads only the summary of a sealed segment from its index file, if it is valid for
 /// a log of `log_bytes` bytes.
 pub fn load_summary(dir: &Path, base_offset: u64, log_bytes: u64) -> Option<SegmentSummary> {
-    let bytes = fsutil::read_small_file(
+    load_summary_with(&OsFs, dir, base_offset, log_bytes)
+}
+
+/// [`load_summary`] through `fs`.
+pub fn load_summary_with(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    base_offset: u64,
+    log_bytes: u64,
+) -> Option<SegmentSummary> {
+    let bytes = fsutil::read_small_file_with(
+        fs,
         &segment_path(dir, base_offset, INDEX_SUFFIX),
         BATCH_BYTES_MAX,
     )
@@ -560,7 +611,18 @@ pub fn state_up_to(
     position: u64,
     next_offset: u64,
 ) -> (SegmentState, u64) {
-    let Some((summary, mut index)) = load_index_files(dir, base_offset, position) else {
+    state_up_to_with(&OsFs, dir, base_offset, position, next_offset)
+}
+
+/// [`state_up_to`] through `fs`.
+pub fn state_up_to_with(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    base_offset: u64,
+    position: u64,
+    next_offset: u64,
+) -> (SegmentState, u64) {
+    let Some((summary, mut index)) = load_index_files_with(fs, dir, base_offset, position) else {
         return (SegmentState::new(base_offset), 0);
     };
     if summary.next_offset != next_offset {
@@ -575,9 +637,16 @@ pub fn state_up_to(
 
 /// Removes a segment's files (retention, or segments past a torn tail).
 pub fn remove_files(dir: &Path, base_offset: u64) -> Result<()> {
+    remove_files_with(&OsFs, dir, base_offset)
+}
+
+/// [`remove_files`] through `fs`. The log goes first: a crash part way leaves at most
+/// stray index files, which recovery ignores without their log (and which are checked
+/// against the log's length and offsets should a log of that name appear again).
+pub fn remove_files_with(fs: &dyn FileSystem, dir: &Path, base_offset: u64) -> Result<()> {
     for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
         let path = segment_path(dir, base_offset, suffix);
-        match fs::remove_file(&path) {
+        match fs.remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(format!("removing {}", path.display()), e)),

@@ -11,7 +11,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -22,6 +21,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{FsyncPolicy, TopicConfig, validate_topic_name};
 use crate::error::{Error, IoContext, Result};
 use crate::flusher::Flusher;
+use crate::fs::{FileSystem, FsFile, OpenMode, OsFs};
 use crate::fsutil;
 use crate::limits::{SMALL_FILE_BYTES_MAX, TOPIC_PARTITIONS_MAX};
 use crate::offsets::OffsetStore;
@@ -43,6 +43,9 @@ pub struct StoreOptions {
     /// caller ([`Store::enforce_retention`]), as tests do.
     pub retention_interval: Option<Duration>,
     pub flush_observer: Option<Arc<dyn FlushObserver>>,
+    /// Every file operation goes through this: [`OsFs`] (the default) in production,
+    /// [`crate::FaultyFs`] in fault-injection tests.
+    pub fs: Arc<dyn FileSystem>,
 }
 
 impl Default for StoreOptions {
@@ -52,6 +55,7 @@ impl Default for StoreOptions {
             flush_threads: 4,
             retention_interval: Some(Duration::from_secs(30)),
             flush_observer: None,
+            fs: Arc::new(OsFs),
         }
     }
 }
@@ -126,7 +130,8 @@ struct Inner {
     flusher: Mutex<Flusher>,
     context: PartitionContext,
     closed: AtomicBool,
-    _lock_file: File,
+    /// Holds the `LOCK` file's advisory lock while open.
+    _lock_file: Arc<dyn FsFile>,
 }
 
 /// The storage engine: open one per data directory.
@@ -141,66 +146,69 @@ impl Store {
     /// Fails if another process has it open.
     pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
+        let fs = options.fs.clone();
         for sub in ["", "topics", "offsets", "trash"] {
             let path = dir.join(sub);
-            if !path.exists() {
-                fs::create_dir_all(&path).ctx(|| format!("creating {}", path.display()))?;
-                fsutil::sync_dir(fsutil::parent_dir(&path))?;
+            if !fs
+                .try_exists(&path)
+                .ctx(|| format!("looking for {}", path.display()))?
+            {
+                fs.create_dir_all(&path)
+                    .ctx(|| format!("creating {}", path.display()))?;
+                fsutil::sync_dir_with(&*fs, fsutil::parent_dir(&path))?;
             }
         }
         let lock_path = dir.join("LOCK");
-        let lock_file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
+        let lock_file = fs
+            .open(&lock_path, OpenMode::Create)
             .ctx(|| format!("opening {}", lock_path.display()))?;
-        match lock_file.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(Error::invalid(format!(
-                    "data directory {} is in use by another tidelog process; stop it or choose another directory",
-                    dir.display()
-                )));
-            }
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(Error::io(format!("locking {}", lock_path.display()), e));
-            }
+        if !lock_file
+            .try_lock()
+            .ctx(|| format!("locking {}", lock_path.display()))?
+        {
+            return Err(Error::invalid(format!(
+                "data directory {} is in use by another tidelog process; stop it or choose another directory",
+                dir.display()
+            )));
         }
         // Finish deletions a crash interrupted.
-        for entry in fs::read_dir(dir.join("trash")).ctx(|| "listing trash")? {
-            let entry = entry.ctx(|| "listing trash")?;
-            fs::remove_dir_all(entry.path())
-                .ctx(|| format!("removing {}", entry.path().display()))?;
+        let trash = dir.join("trash");
+        for entry in fs.read_dir(&trash).ctx(|| "listing trash")? {
+            let path = trash.join(&entry.name);
+            fs.remove_dir_all(&path)
+                .ctx(|| format!("removing {}", path.display()))?;
         }
 
         let flusher = Flusher::start(options.flush_threads)?;
         let context = PartitionContext {
+            fs: fs.clone(),
             clock: options.clock.clone(),
             flusher: flusher.queue(),
             observer: options.flush_observer.clone(),
         };
-        let offsets = OffsetStore::open(&dir.join("offsets"), options.clock.clone())?;
+        let offsets =
+            OffsetStore::open_with(fs.clone(), &dir.join("offsets"), options.clock.clone())?;
         let mut topics = BTreeMap::new();
         let topics_dir = dir.join("topics");
-        for entry in
-            fs::read_dir(&topics_dir).ctx(|| format!("listing {}", topics_dir.display()))?
+        for entry in fs
+            .read_dir(&topics_dir)
+            .ctx(|| format!("listing {}", topics_dir.display()))?
         {
-            let entry = entry.ctx(|| format!("listing {}", topics_dir.display()))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if validate_topic_name(&name).is_err() || !entry.path().is_dir() {
-                tracing::warn!(entry = %entry.path().display(), "ignoring an entry that is not a topic");
+            let name = entry.name.to_string_lossy().into_owned();
+            let path = topics_dir.join(&entry.name);
+            if validate_topic_name(&name).is_err() || !entry.is_dir {
+                tracing::warn!(entry = %path.display(), "ignoring an entry that is not a topic");
                 continue;
             }
-            match open_topic(&entry.path(), &name, &context)? {
+            match open_topic(&path, &name, &context)? {
                 Some(topic) => {
                     topics.insert(name, Arc::new(topic));
                 }
                 None => {
                     // Created but never finished (no config written): remove it.
                     tracing::warn!(topic = %name, "removing a topic whose creation did not finish");
-                    fs::remove_dir_all(entry.path())
-                        .ctx(|| format!("removing {}", entry.path().display()))?;
+                    fs.remove_dir_all(&path)
+                        .ctx(|| format!("removing {}", path.display()))?;
                 }
             }
         }
@@ -256,11 +264,17 @@ impl Store {
                 what: format!("topic {name:?}"),
             });
         }
+        let fs = &*self.inner.context.fs;
         let dir = self.inner.dir.join("topics").join(name);
-        if dir.exists() {
-            fs::remove_dir_all(&dir).ctx(|| format!("removing stale {}", dir.display()))?;
+        if fs
+            .try_exists(&dir)
+            .ctx(|| format!("looking for {}", dir.display()))?
+        {
+            fs.remove_dir_all(&dir)
+                .ctx(|| format!("removing stale {}", dir.display()))?;
         }
-        fs::create_dir(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        fs.create_dir(&dir)
+            .ctx(|| format!("creating {}", dir.display()))?;
         let config = Arc::new(config);
         let partitions = (0..partitions)
             .map(|id| {
@@ -273,13 +287,14 @@ impl Store {
                 )
             })
             .collect::<Result<Vec<_>>>()?;
-        fsutil::sync_dir(&dir)?;
+        fsutil::sync_dir_with(fs, &dir)?;
         // Written last: a topic without its config file did not finish being created.
-        fsutil::write_file_atomically(
+        fsutil::write_file_atomically_with(
+            fs,
             &dir.join(TOPIC_CONFIG_FILE),
             config.to_file(partitions.len() as u32).as_bytes(),
         )?;
-        fsutil::sync_dir(fsutil::parent_dir(&dir))?;
+        fsutil::sync_dir_with(fs, fsutil::parent_dir(&dir))?;
         let topic = Arc::new(Topic {
             name: name.to_string(),
             dir,
@@ -320,12 +335,14 @@ impl Store {
                 .unwrap_or_default()
                 .as_nanos()
         ));
-        fs::rename(&topic.dir, &trash)
+        let fs = &*self.inner.context.fs;
+        fs.rename(&topic.dir, &trash)
             .ctx(|| format!("moving {} to the trash", topic.dir.display()))?;
-        fsutil::sync_dir(&self.inner.dir.join("topics"))?;
+        fsutil::sync_dir_with(fs, &self.inner.dir.join("topics"))?;
         self.inner.offsets.delete_topic(name)?;
         // Mappings held by readers keep their files alive after this.
-        fs::remove_dir_all(&trash).ctx(|| format!("removing {}", trash.display()))?;
+        fs.remove_dir_all(&trash)
+            .ctx(|| format!("removing {}", trash.display()))?;
         tracing::info!(topic = name, "deleted topic");
         Ok(())
     }
@@ -336,7 +353,8 @@ impl Store {
         config.validate()?;
         let _admin = self.inner.admin.lock().unwrap_or_else(|e| e.into_inner());
         let topic = self.topic(name)?;
-        fsutil::write_file_atomically(
+        fsutil::write_file_atomically_with(
+            &*self.inner.context.fs,
             &topic.dir.join(TOPIC_CONFIG_FILE),
             config.to_file(topic.partitions.len() as u32).as_bytes(),
         )?;
@@ -448,7 +466,9 @@ impl Drop for Store {
 
 fn open_topic(dir: &Path, name: &str, context: &PartitionContext) -> Result<Option<Topic>> {
     let config_path = dir.join(TOPIC_CONFIG_FILE);
-    let Some(bytes) = fsutil::read_small_file(&config_path, SMALL_FILE_BYTES_MAX)? else {
+    let Some(bytes) =
+        fsutil::read_small_file_with(&*context.fs, &config_path, SMALL_FILE_BYTES_MAX)?
+    else {
         return Ok(None);
     };
     let text = String::from_utf8(bytes)

@@ -20,6 +20,7 @@ fn options(clock: &Arc<ManualClock>) -> StoreOptions {
         flush_threads: 2,
         retention_interval: None,
         flush_observer: None,
+        ..StoreOptions::default()
     }
 }
 

@@ -49,6 +49,7 @@ fn open(dir: &Path, clock: &Arc<ManualClock>) -> Store {
             flush_threads: 2,
             retention_interval: None,
             flush_observer: None,
+            ..StoreOptions::default()
         },
     )
     .expect("open store")
