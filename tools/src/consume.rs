@@ -289,11 +289,13 @@ async fn next_event(
     }
 }
 
+/// Tells the operator a position moved, unless it is the ordinary start of a group
+/// that has not committed anything yet.
 fn reset_note(reset: &tidelog_proto::v1::PositionReset) {
     let why = match ResetReason::try_from(reset.reason) {
         Ok(ResetReason::BelowLogStart) => "was below the log start (retention or TTL removed it)",
         Ok(ResetReason::AboveEndOffset) => "was past the end",
-        Ok(ResetReason::NoCommittedOffset) => "had no committed offset",
+        Ok(ResetReason::NoCommittedOffset) => return,
         _ => "was out of range",
     };
     let from = reset.from_offset.map_or(String::new(), |o| format!(" {o}"));

@@ -28,7 +28,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, GroupCommand, TopicCommand};
 use crate::client::Broker;
 use crate::error::{CliError, CliResult, Exit};
 use crate::output::note;
@@ -63,6 +63,7 @@ fn run(cli: Cli) -> CliResult<()> {
         // Offline: no broker, no runtime.
         return segment::run(command, json);
     }
+    validate(&command)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -82,4 +83,38 @@ fn run(cli: Cli) -> CliResult<()> {
             Command::Segment(_) => Ok(()),
         }
     })
+}
+
+/// Usage errors clap cannot express, found before connecting (exit 2).
+fn validate(command: &Command) -> CliResult<()> {
+    match command {
+        Command::Topic(TopicCommand::Create(args)) if args.partitions == 0 => Err(CliError::usage(
+            "--partitions 0 is not a partition count",
+            "give 1 to 10000",
+        )),
+        Command::Topic(TopicCommand::Alter(args))
+            if topic::alter_update(&args.config) == Default::default() =>
+        {
+            Err(CliError::usage(
+                "nothing to change",
+                "give at least one of --retention, --retention-bytes, --ttl, --segment-bytes, \
+                 --segment-age, --fsync, --max-message-bytes, --compression",
+            ))
+        }
+        Command::Group(GroupCommand::ResetOffsets(args)) => {
+            let scoped = !args.topics.is_empty() || args.all_topics;
+            match (&args.mode.from_file, scoped) {
+                (Some(_), true) => Err(CliError::usage(
+                    "--from-file takes its topics and partitions from the file",
+                    "drop --topic / --all-topics",
+                )),
+                (None, false) => Err(CliError::usage(
+                    "no partitions to reset",
+                    "give --topic TOPIC[:P,P..] (repeatable) or --all-topics",
+                )),
+                _ => Ok(()),
+            }
+        }
+        _ => Ok(()),
+    }
 }

@@ -18,12 +18,6 @@ pub async fn run(broker: &Broker, command: TopicCommand, json: bool) -> CliResul
     match command {
         TopicCommand::Create(args) => {
             let context = format!("creating topic {:?}", args.name);
-            if args.partitions == 0 {
-                return Err(CliError::usage(
-                    "--partitions 0 is not a partition count",
-                    "give 1 to 10000",
-                ));
-            }
             let request = CreateTopicRequest {
                 name: args.name.clone(),
                 partitions: args.partitions,
@@ -90,13 +84,6 @@ pub async fn run(broker: &Broker, command: TopicCommand, json: bool) -> CliResul
         TopicCommand::Alter(args) => {
             let context = format!("altering topic {:?}", args.name);
             let update = alter_update(&args.config);
-            if update == TopicConfigUpdate::default() {
-                return Err(CliError::usage(
-                    "nothing to change",
-                    "give at least one of --retention, --retention-bytes, --ttl, --segment-bytes, \
-                     --segment-age, --fsync, --max-message-bytes, --compression",
-                ));
-            }
             let topic = broker
                 .admin()
                 .alter_topic_config(AlterTopicConfigRequest {

@@ -22,6 +22,10 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .unwrap_or(cleaned.len());
     let (number, unit) = cleaned.split_at(split);
     let unit = unit.trim();
+    let not_a_size = || format!("{text:?} is not a size such as 4096, 256MiB or 10GiB");
+    if number.is_empty() {
+        return Err(not_a_size());
+    }
     let scale: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" => 1 << 10,
