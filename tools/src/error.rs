@@ -109,7 +109,13 @@ impl CliError {
                 }
                 "retry shortly; if it persists, check the tidelogd log (a poisoned partition needs a broker restart)"
             }
-            Code::NotFound => "check the name (tidelog topic list / tidelog group list)",
+            Code::NotFound if context.contains("group") && !context.contains("topic") => {
+                "check the name (tidelog group list)"
+            }
+            Code::NotFound if context.contains("topic") && !context.contains("group") => {
+                "check the name (tidelog topic list)"
+            }
+            Code::NotFound => "check the names (tidelog topic list / tidelog group list)",
             Code::AlreadyExists => "pick another name, or change it with `tidelog topic alter`",
             Code::InvalidArgument => "fix the value and try again (see --help)",
             Code::FailedPrecondition => "stop the group's consumers first, then try again",

@@ -1,4 +1,5 @@
 //! Black-box tests: the real tidelogd, spoken to as a client.
 
 mod broker;
+mod cli;
 mod groups;

@@ -1,0 +1,861 @@
+//! The `tidelog` CLI binary against a live tidelogd: topics, produce/consume round
+//! trips, consumer groups, and every `group reset-offsets` mode in dry run and
+//! execute, checked against `group describe --json`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use tidelog_proto::v1::{AckLevel, Message, PublishRequest};
+use tidelog_tests::{TestBroker, tidelog_command};
+
+/// Exit code, stdout and stderr of one `tidelog` run against `broker`.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn ok(self, what: &str) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "tidelog {what} failed ({}):\nstdout: {}\nstderr: {}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+fn cli_with_input(broker: &TestBroker, args: &[&str], input: &[u8]) -> Run {
+    let mut child = tidelog_command()
+        .arg("--server")
+        .arg(broker.endpoint())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting tidelog");
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let output = child.wait_with_output().expect("waiting for tidelog");
+    let _ = writer.join();
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn cli(broker: &TestBroker, args: &[&str]) -> Run {
+    cli_with_input(broker, args, b"")
+}
+
+/// Committed offset per (topic, partition) from `group describe --json`.
+fn committed(broker: &TestBroker, group: &str) -> BTreeMap<(String, u64), Option<u64>> {
+    let described = cli(broker, &["group", "describe", group, "--json"]);
+    if described.code == 1 && described.stderr.contains("not found") {
+        return BTreeMap::new(); // created by its first executed reset
+    }
+    described.ok("group describe").json()["partitions"]
+        .as_array()
+        .expect("partitions is an array")
+        .iter()
+        .map(|p| {
+            (
+                (
+                    p["topic"].as_str().unwrap().to_string(),
+                    p["partition"].as_u64().unwrap(),
+                ),
+                p["committed_offset"].as_u64(),
+            )
+        })
+        .collect()
+}
+
+fn offsets(broker: &TestBroker, group: &str, topic: &str) -> Vec<Option<u64>> {
+    committed(broker, group)
+        .into_iter()
+        .filter(|((t, _), _)| t == topic)
+        .map(|(_, o)| o)
+        .collect()
+}
+
+#[test]
+fn cli_topics_produce_and_consume_round_trip() {
+    let broker = TestBroker::start();
+
+    let created = cli(
+        &broker,
+        &[
+            "topic",
+            "create",
+            "orders",
+            "--partitions",
+            "2",
+            "--retention",
+            "7d",
+            "--retention-bytes",
+            "1GiB",
+            "--json",
+        ],
+    )
+    .ok("topic create");
+    let topic = created.json();
+    assert_eq!(topic["name"], "orders");
+    assert_eq!(topic["partitions"].as_array().unwrap().len(), 2);
+    assert_eq!(topic["config"]["retention_ms"], 7 * 86_400_000u64);
+    assert_eq!(topic["config"]["retention_bytes"], 1u64 << 30);
+
+    let again = cli(&broker, &["topic", "create", "orders"]);
+    assert_eq!(again.code, 1);
+    assert!(
+        again
+            .stderr
+            .starts_with("error: creating topic \"orders\" failed:"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(again.stderr.lines().count(), 1);
+
+    let listed = cli(&broker, &["topic", "list"]).ok("topic list");
+    assert!(listed.stdout.starts_with("TOPIC"), "{}", listed.stdout);
+    assert!(listed.stdout.contains("orders"), "{}", listed.stdout);
+
+    let altered = cli(
+        &broker,
+        &[
+            "topic",
+            "alter",
+            "orders",
+            "--retention",
+            "1d",
+            "--ttl",
+            "1h",
+            "--fsync",
+            "interval:10ms",
+        ],
+    )
+    .ok("topic alter");
+    assert!(
+        altered.stdout.contains("retention          1d"),
+        "{}",
+        altered.stdout
+    );
+    let described = cli(&broker, &["topic", "describe", "orders", "--json"]).ok("topic describe");
+    let config = &described.json()["config"];
+    assert_eq!(config["retention_ms"], 86_400_000u64);
+    assert_eq!(config["default_ttl_ms"], 3_600_000u64);
+    assert_eq!(config["fsync"], "interval:10ms");
+    cli(
+        &broker,
+        &[
+            "topic", "alter", "orders", "--ttl", "off", "--fsync", "always",
+        ],
+    )
+    .ok("topic alter off");
+    let described = cli(&broker, &["topic", "describe", "orders"]).ok("topic describe");
+    assert!(
+        described.stdout.contains("ttl                none"),
+        "{}",
+        described.stdout
+    );
+    assert!(
+        described.stdout.contains("PARTITION"),
+        "{}",
+        described.stdout
+    );
+
+    // Lines from stdin, each acknowledged with its offset.
+    let produced = cli_with_input(
+        &broker,
+        &["produce", "orders", "--partition", "0"],
+        b"alpha\nbeta\ngamma\n",
+    )
+    .ok("produce");
+    assert_eq!(
+        produced.stdout,
+        "partition 0 offset 0\npartition 0 offset 1\npartition 0 offset 2\n"
+    );
+    // Keys split off each line, with headers; a JSON summary.
+    let produced = cli_with_input(
+        &broker,
+        &[
+            "produce",
+            "orders",
+            "--partition",
+            "1",
+            "--key-separator",
+            ":",
+            "--header",
+            "src=cli",
+            "--header",
+            "n=1",
+            "--quiet",
+            "--json",
+        ],
+        b"k1:v1\nk2:v2:with colon\n",
+    )
+    .ok("produce with keys");
+    let summary = produced.json();
+    assert_eq!(summary["messages"], 2);
+    assert_eq!(summary["partitions"][0]["partition"], 1);
+    // A file, in batches over the stream.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let lines: String = (0..2_000).map(|i| format!("line {i}\n")).collect();
+    std::fs::write(file.path(), &lines).unwrap();
+    let produced = cli(
+        &broker,
+        &[
+            "produce",
+            "orders",
+            "--partition",
+            "0",
+            "--file",
+            file.path().to_str().unwrap(),
+            "--quiet",
+            "--batch-messages",
+            "300",
+        ],
+    )
+    .ok("produce --file");
+    assert!(
+        produced.stdout.starts_with("produced 2000 messages"),
+        "{}",
+        produced.stdout
+    );
+    assert!(
+        produced.stdout.contains("offsets 0:3..=2002"),
+        "{}",
+        produced.stdout
+    );
+
+    // Read back: values, positions, JSON lines.
+    let consumed = cli(
+        &broker,
+        &["consume", "orders", "--partition", "0", "-n", "3"],
+    )
+    .ok("consume");
+    assert_eq!(consumed.stdout, "alpha\nbeta\ngamma\n");
+    let consumed = cli(
+        &broker,
+        &[
+            "consume",
+            "orders",
+            "--partition",
+            "0",
+            "--from",
+            "2",
+            "-n",
+            "2",
+        ],
+    )
+    .ok("consume --from");
+    assert_eq!(consumed.stdout, "gamma\nline 0\n");
+    let consumed = cli(&broker, &["consume", "orders", "--partition", "0"]).ok("consume all");
+    assert_eq!(consumed.stdout.lines().count(), 2_003);
+    assert!(consumed.stdout.ends_with("line 1999\n"));
+    let consumed = cli(
+        &broker,
+        &["consume", "orders", "--partition", "1", "--format", "json"],
+    )
+    .ok("consume json");
+    let messages: Vec<Value> = consumed
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(messages.len(), 2);
+    assert_eq!(messages[0]["partition"], 1);
+    assert_eq!(messages[0]["offset"], 0);
+    assert_eq!(messages[0]["key"], "k1");
+    assert_eq!(messages[0]["value"], "v1");
+    assert_eq!(messages[1]["value"], "v2:with colon");
+    assert_eq!(messages[0]["headers"][0]["key"], "src");
+    assert_eq!(messages[0]["headers"][0]["value"], "cli");
+    assert!(messages[0]["timestamp"].as_i64().unwrap() > 1_700_000_000_000);
+    let consumed = cli(
+        &broker,
+        &[
+            "consume",
+            "orders",
+            "--partition",
+            "1",
+            "--print-key",
+            "--key-separator",
+            "=",
+        ],
+    )
+    .ok("consume keys");
+    assert_eq!(consumed.stdout, "k1=v1\nk2=v2:with colon\n");
+    let consumed = cli(
+        &broker,
+        &["consume", "orders", "--from", "2999-01-01T00:00:00Z"],
+    )
+    .ok("consume from the future");
+    assert_eq!(consumed.stdout, "");
+    let consumed = cli(
+        &broker,
+        &[
+            "consume",
+            "orders",
+            "--from",
+            "2000-01-01T00:00:00Z",
+            "--partition",
+            "1",
+        ],
+    )
+    .ok("consume by time");
+    assert_eq!(consumed.stdout.lines().count(), 2);
+    let consumed = cli(
+        &broker,
+        &[
+            "consume",
+            "orders",
+            "--follow",
+            "--partition",
+            "1",
+            "-n",
+            "2",
+            "--from",
+            "earliest",
+        ],
+    )
+    .ok("consume --follow -n");
+    assert_eq!(consumed.stdout, "v1\nv2:with colon\n");
+
+    // As a group: what was printed is committed, the next run continues after it.
+    let first = cli(
+        &broker,
+        &["consume", "orders", "--group", "readers", "-n", "5"],
+    )
+    .ok("consume --group -n");
+    assert_eq!(first.stdout.lines().count(), 5);
+    wait_until_no_members(&broker, "readers");
+    let after_first: u64 = offsets(&broker, "readers", "orders")
+        .iter()
+        .map(|o| o.unwrap_or(0))
+        .sum();
+    assert_eq!(after_first, 5, "{:?}", committed(&broker, "readers"));
+    let rest = cli(&broker, &["consume", "orders", "--group", "readers"]).ok("consume --group");
+    assert_eq!(rest.stdout.lines().count(), 2_005 - 5);
+    wait_until_no_members(&broker, "readers");
+    assert_eq!(
+        offsets(&broker, "readers", "orders"),
+        vec![Some(2_003), Some(2)]
+    );
+    let listed = cli(&broker, &["group", "list", "--json"]).ok("group list");
+    assert_eq!(listed.json()["groups"][0]["group_id"], "readers");
+    let described = cli(&broker, &["group", "describe", "readers"]).ok("group describe");
+    assert!(
+        described.stdout.starts_with("group readers  state EMPTY"),
+        "{}",
+        described.stdout
+    );
+    assert!(described.stdout.contains("LAG"), "{}", described.stdout);
+
+    // Errors from the broker are one line with what to do.
+    let missing = cli(&broker, &["consume", "nope"]);
+    assert_eq!(missing.code, 1);
+    assert!(
+        missing.stderr.contains("not found") || missing.stderr.contains("NOT_FOUND"),
+        "{}",
+        missing.stderr
+    );
+    assert_eq!(missing.stderr.lines().count(), 1, "{}", missing.stderr);
+    let bad_partition = cli(&broker, &["consume", "orders", "--partition", "7"]);
+    assert_eq!(bad_partition.code, 1);
+    assert!(
+        bad_partition.stderr.contains("not partition 7"),
+        "{}",
+        bad_partition.stderr
+    );
+
+    cli(&broker, &["group", "delete", "readers"]).ok("group delete");
+    cli(&broker, &["topic", "delete", "orders"]).ok("topic delete");
+    let gone = cli(&broker, &["topic", "describe", "orders"]);
+    assert_eq!(gone.code, 1);
+    assert!(
+        gone.stderr
+            .starts_with("error: describing topic \"orders\" failed:"),
+        "{}",
+        gone.stderr
+    );
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.sssZ` (the CLI's own parser is tested in its crate; this one
+/// is independent of it).
+fn rfc3339(ms: i64) -> String {
+    let days = ms.div_euclid(86_400_000);
+    let in_day = ms.rem_euclid(86_400_000);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        in_day / 3_600_000,
+        in_day / 60_000 % 60,
+        in_day / 1_000 % 60,
+        in_day % 1_000
+    )
+}
+
+/// Ten messages in each of the topic's two partitions, with timestamps 10h, 9h, ...,
+/// 1h before `base_ms`.
+async fn publish_hourly(broker: &TestBroker, topic: &str, base_ms: i64) {
+    let mut publisher = broker.publisher().await;
+    for partition in 0..2u32 {
+        let messages = (0..10i64)
+            .map(|i| Message {
+                value: format!("p{partition}-{i}").into_bytes().into(),
+                timestamp_ms: Some(base_ms - (10 - i) * 3_600_000),
+                partition: Some(partition),
+                ..Message::default()
+            })
+            .collect();
+        publisher
+            .publish(PublishRequest {
+                topic: topic.into(),
+                messages,
+                ack: AckLevel::Durable as i32,
+            })
+            .await
+            .expect("publish");
+    }
+}
+
+/// Runs a reset as a dry run (checking nothing moved) and then with --execute
+/// (checking `group describe` shows the new offsets). Returns the new offsets.
+fn reset(broker: &TestBroker, group: &str, topic: &str, args: &[&str], expected: &[Option<u64>]) {
+    let before = offsets(broker, group, topic);
+    let mut dry: Vec<&str> = vec!["group", "reset-offsets", "--group", group];
+    dry.extend_from_slice(args);
+    let mut json = dry.clone();
+    json.push("--json");
+    let planned = cli(broker, &json).ok(&format!("reset {args:?} dry run"));
+    let plan = planned.json();
+    assert_eq!(plan["executed"], false);
+    assert_eq!(
+        offsets(broker, group, topic),
+        before,
+        "a dry run of {args:?} changed offsets"
+    );
+    let table = cli(broker, &dry).ok("reset dry run table");
+    assert!(table.stdout.starts_with("GROUP"), "{}", table.stdout);
+    assert!(table.stderr.contains("dry run"), "{}", table.stderr);
+
+    let mut execute = json.clone();
+    execute.push("--execute");
+    let done = cli(broker, &execute).ok(&format!("reset {args:?} --execute"));
+    let done = done.json();
+    assert_eq!(done["executed"], true, "{done}");
+    assert_eq!(
+        done["changes"], plan["changes"],
+        "execute differs from its dry run for {args:?}"
+    );
+    assert_eq!(
+        offsets(broker, group, topic),
+        expected,
+        "after reset {args:?}"
+    );
+}
+
+#[tokio::test]
+async fn cli_reset_offsets_every_mode_dry_run_and_execute() {
+    let broker = TestBroker::start();
+    cli(&broker, &["topic", "create", "events", "--partitions", "2"]).ok("topic create");
+    let base = now_ms();
+    publish_hourly(&broker, "events", base).await;
+    let g = "resetters";
+    let events = |spec: &str| format!("--topic={spec}");
+
+    // A group is created by its first executed reset.
+    reset(
+        &broker,
+        g,
+        "events",
+        &[&events("events"), "--to-offset", "3"],
+        &[Some(3), Some(3)],
+    );
+    reset(
+        &broker,
+        g,
+        "events",
+        &[&events("events"), "--to-earliest"],
+        &[Some(0), Some(0)],
+    );
+    reset(
+        &broker,
+        g,
+        "events",
+        &[&events("events"), "--to-latest"],
+        &[Some(10), Some(10)],
+    );
+    // Clamped to the end.
+    reset(
+        &broker,
+        g,
+        "events",
+        &[&events("events"), "--to-offset", "99"],
+        &[Some(10), Some(10)],
+    );
+    // The first message at or after 7h30m before base is the one of 7h before (i = 3).
+    let datetime = rfc3339(base - 7 * 3_600_000 - 1_800_000);
+    reset(
+        &broker,
+        g,
+        "events",
+        &[&events("events"), "--to-datetime", &datetime],
+        &[Some(3), Some(3)],
+    );
+    // With an offset instead of Z.
+    let local = rfc3339(base - 2 * 3_600_000 - 1_800_000 + 3_600_000)
+        .replace('Z', "+01:00")
+        .to_string();
+    reset(
+        &broker,
+        g,
+        "events",
+        &[&events("events"), "--to-datetime", &local],
+        &[Some(8), Some(8)],
+    );
+    // Now minus 5h30m: the message of 5h before base (i = 5).
+    reset(
+        &broker,
+        g,
+        "events",
+        &[&events("events"), "--by-duration", "PT5H30M"],
+        &[Some(5), Some(5)],
+    );
+    reset(
+        &broker,
+        g,
+        "events",
+        &[&events("events"), "--shift-by", "-2"],
+        &[Some(3), Some(3)],
+    );
+    reset(
+        &broker,
+        g,
+        "events",
+        &[&events("events"), "--shift-by", "+4"],
+        &[Some(7), Some(7)],
+    );
+    reset(
+        &broker,
+        g,
+        "events",
+        &[&events("events"), "--to-current"],
+        &[Some(7), Some(7)],
+    );
+    // One partition only, then every topic of the group.
+    reset(
+        &broker,
+        g,
+        "events",
+        &[&events("events:1"), "--to-earliest"],
+        &[Some(7), Some(0)],
+    );
+    reset(
+        &broker,
+        g,
+        "events",
+        &["--all-topics", "--shift-by", "1"],
+        &[Some(8), Some(1)],
+    );
+    // Two --topic flags: planned per topic, executed at once.
+    cli(&broker, &["topic", "create", "other"]).ok("topic create other");
+    reset(
+        &broker,
+        g,
+        "events",
+        &[&events("events:0"), &events("other"), "--to-offset", "2"],
+        &[Some(2), Some(1)],
+    );
+    assert_eq!(offsets(&broker, g, "other"), vec![Some(0)]);
+
+    // The dry-run table has the current and new offsets.
+    let table = cli(
+        &broker,
+        &[
+            "group",
+            "reset-offsets",
+            "--group",
+            g,
+            "--topic",
+            "events",
+            "--to-latest",
+        ],
+    )
+    .ok("table");
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        [
+            "GROUP",
+            "TOPIC",
+            "PARTITION",
+            "CURRENT-OFFSET",
+            "NEW-OFFSET"
+        ]
+    );
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        [g, "events", "0", "2", "10"]
+    );
+    assert_eq!(
+        lines[2].split_whitespace().collect::<Vec<_>>(),
+        [g, "events", "1", "1", "10"]
+    );
+}
+
+#[tokio::test]
+async fn cli_export_then_from_file_round_trip() {
+    let broker = TestBroker::start();
+    cli(&broker, &["topic", "create", "events", "--partitions", "2"]).ok("topic create");
+    publish_hourly(&broker, "events", now_ms()).await;
+    let g = "exporters";
+    cli(
+        &broker,
+        &[
+            "group",
+            "reset-offsets",
+            "--group",
+            g,
+            "--topic",
+            "events:0",
+            "--to-offset",
+            "4",
+            "--execute",
+        ],
+    )
+    .ok("seed p0");
+    cli(
+        &broker,
+        &[
+            "group",
+            "reset-offsets",
+            "--group",
+            g,
+            "--topic",
+            "events:1",
+            "--to-offset",
+            "6",
+            "--execute",
+        ],
+    )
+    .ok("seed p1");
+
+    let exported = cli(
+        &broker,
+        &[
+            "group",
+            "reset-offsets",
+            "--group",
+            g,
+            "--all-topics",
+            "--to-current",
+            "--export",
+        ],
+    )
+    .ok("export");
+    assert_eq!(exported.stdout, "events,0,4\nevents,1,6\n");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &exported.stdout).unwrap();
+
+    cli(
+        &broker,
+        &[
+            "group",
+            "reset-offsets",
+            "--group",
+            g,
+            "--all-topics",
+            "--to-latest",
+            "--execute",
+        ],
+    )
+    .ok("to latest");
+    assert_eq!(offsets(&broker, g, "events"), vec![Some(10), Some(10)]);
+
+    let path = file.path().to_str().unwrap();
+    let dry = cli(
+        &broker,
+        &[
+            "group",
+            "reset-offsets",
+            "--group",
+            g,
+            "--from-file",
+            path,
+            "--export",
+        ],
+    )
+    .ok("from-file dry run");
+    assert_eq!(dry.stdout, exported.stdout);
+    assert_eq!(offsets(&broker, g, "events"), vec![Some(10), Some(10)]);
+    reset(
+        &broker,
+        g,
+        "events",
+        &["--from-file", path],
+        &[Some(4), Some(6)],
+    );
+
+    // A bad file is named with its line.
+    std::fs::write(file.path(), "events,0,4\nevents,zero,1\n").unwrap();
+    let bad = cli(
+        &broker,
+        &[
+            "group",
+            "reset-offsets",
+            "--group",
+            g,
+            "--from-file",
+            path,
+            "--execute",
+        ],
+    );
+    assert_eq!(bad.code, 1);
+    assert!(bad.stderr.contains("line 2"), "{}", bad.stderr);
+}
+
+/// Waits until a group has no live members (a CLI consumer that exited has left).
+fn wait_until_no_members(broker: &TestBroker, group: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let described = cli(broker, &["group", "describe", group, "--json"]).ok("group describe");
+        if described.json()["members"].as_array().unwrap().is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{group} kept its members: {}",
+            described.stdout
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until `group describe` shows at least one live member.
+fn wait_for_member(broker: &TestBroker, group: &str, consumer: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let described = cli(broker, &["group", "describe", group, "--json"]);
+        if described.code == 0 && !described.json()["members"].as_array().unwrap().is_empty() {
+            return;
+        }
+        if let Ok(Some(status)) = consumer.try_wait() {
+            panic!("the consumer exited early with {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the consumer never joined {group}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn cli_execute_on_a_group_with_a_live_member_fails_clearly() {
+    let broker = TestBroker::start();
+    cli(&broker, &["topic", "create", "events", "--partitions", "2"]).ok("topic create");
+    publish_hourly(&broker, "events", now_ms()).await;
+    let g = "busy";
+    let mut consumer = tidelog_command()
+        .args([
+            "--server",
+            &broker.endpoint(),
+            "consume",
+            "events",
+            "--group",
+            g,
+            "--follow",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting a consumer");
+    wait_for_member(&broker, g, &mut consumer);
+
+    let described = cli(&broker, &["group", "describe", g]).ok("describe a live group");
+    assert!(
+        described.stdout.contains("tidelog-cli"),
+        "{}",
+        described.stdout
+    );
+
+    // A dry run is allowed; execute and delete are refused with what to do.
+    cli(
+        &broker,
+        &[
+            "group",
+            "reset-offsets",
+            "--group",
+            g,
+            "--topic",
+            "events",
+            "--to-earliest",
+        ],
+    )
+    .ok("dry run while live");
+    let refused = cli(
+        &broker,
+        &[
+            "group",
+            "reset-offsets",
+            "--group",
+            g,
+            "--topic",
+            "events",
+            "--to-earliest",
+            "--execute",
+        ],
+    );
+    assert_eq!(refused.code, 1, "{}", refused.stdout);
+    assert_eq!(refused.stderr.lines().count(), 1, "{}", refused.stderr);
+    assert!(
+        refused
+            .stderr
+            .starts_with("error: resetting offsets of group \"busy\" failed:"),
+        "{}",
+        refused.stderr
+    );
+    assert!(refused.stderr.contains("live member"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("stop its consumers first"),
+        "{}",
+        refused.stderr
+    );
+    let refused = cli(&broker, &["group", "delete", g]);
+    assert_eq!(refused.code, 1);
+    assert!(refused.stderr.contains("live member"), "{}", refused.stderr);
+
+    let _ = consumer.kill();
+    let _ = consumer.wait();
+}
