@@ -336,10 +336,11 @@ async fn consume_follow(
         .await
         .map_err(|s| broker.error(&context, &s))?
         .into_inner();
+    let mut stop = StopSignal::new();
     loop {
         let event = tokio::select! {
             event = next_event(broker, &context, &mut stream) => event?,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = stop.recv() => return Ok(()),
         };
         match event {
             None => return Ok(()),
@@ -350,9 +351,44 @@ async fn consume_follow(
                         return Ok(());
                     }
                 }
+                // A pipe reader (`| grep`) sees each batch as it arrives.
+                printer.out.flush()?;
             }
             Some(subscribe_response::Event::PositionReset(reset)) => reset_note(&reset),
             Some(subscribe_response::Event::Assignment(_)) => {}
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM: stop reading (a group member commits what it printed first).
+/// Listening starts when it is created, so a signal that arrives while a batch is
+/// being printed is not missed.
+struct StopSignal {
+    interrupt: Option<tokio::signal::unix::Signal>,
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignal {
+    fn new() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        StopSignal {
+            interrupt: signal(SignalKind::interrupt()).ok(),
+            terminate: signal(SignalKind::terminate()).ok(),
+        }
+    }
+
+    async fn recv(&mut self) {
+        async fn on(signal: &mut Option<tokio::signal::unix::Signal>) {
+            match signal {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = on(&mut self.interrupt) => {}
+            _ = on(&mut self.terminate) => {}
         }
     }
 }
@@ -408,6 +444,7 @@ async fn consume_group(
         .map_err(|s| broker.error(&context, &s))?
         .into_inner();
     let mut member = Member::default();
+    let mut stop = StopSignal::new();
     let mut commit_timer = tokio::time::interval(COMMIT_INTERVAL);
     commit_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let outcome = loop {
@@ -421,7 +458,7 @@ async fn consume_group(
                 commit(broker, group, &args.topic, &mut member).await;
                 continue;
             }
-            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = stop.recv() => break Ok(()),
         };
         match event {
             Err(e) => break Err(e),
@@ -454,6 +491,10 @@ async fn consume_group(
                 }
                 if stop {
                     break Ok(());
+                }
+                if let Err(e) = printer.out.flush() {
+                    commit(broker, group, &args.topic, &mut member).await;
+                    return Err(e);
                 }
             }
         }
