@@ -515,3 +515,57 @@ fn repair_refuses_a_directory_a_broker_holds() {
     assert!(stderr.contains("stop it first"), "{stderr}");
     store.close().unwrap();
 }
+
+#[test]
+fn segments_past_a_lost_unsynced_tail_are_moved_aside_without_force() {
+    let temp = tempfile::tempdir().unwrap();
+    let root = temp.path().join("data");
+    let partition = data_dir(&root);
+    let logs = segment_logs(&partition);
+    assert!(logs.len() >= 3, "{logs:?}");
+    // As after a crash: the checkpoint only reached the first segment, and the second
+    // lost its last (unsynced) batch while the third kept its directory entry.
+    let first_len = fs::metadata(&logs[0]).unwrap().len();
+    let first_next: u64 = logs[1]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut checkpoint = tidelog_storage::checkpoint::CheckpointFile::open(&partition).unwrap();
+    checkpoint.write(0, first_len, first_next).unwrap();
+    drop(checkpoint);
+    let second = fs::read(&logs[1]).unwrap();
+    let last_batch = *batch_positions(&second).last().unwrap();
+    fs::write(&logs[1], &second[..last_batch]).unwrap();
+
+    let (code, stdout, stderr) = run(&["segment", "verify", path(&root)]);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    let named = format!(
+        "{} at position 0: segment starts at offset",
+        logs[2].display()
+    );
+    assert!(stdout.contains(&named), "{stdout}");
+    assert!(stderr.contains("unsynced_segments"), "{stderr}");
+
+    let (code, stdout, stderr) = run(&["segment", "repair", path(&root)]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    for moved in &logs[2..] {
+        assert!(!moved.exists(), "{} was not moved aside", moved.display());
+        assert!(PathBuf::from(format!("{}.removed-by-repair", moved.display())).exists());
+    }
+    let (code, stdout, stderr) = run(&["segment", "verify", path(&root)]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let store = Store::open(&root, StoreOptions::default()).expect("reopening after repair");
+    let end = store.topic("t").unwrap().partition(0).unwrap().end_offset();
+    let second_base: u64 = logs[1]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(end > second_base && end < 60, "end offset {end}");
+    store.close().unwrap();
+}

@@ -159,6 +159,13 @@ pub fn trusted_bytes(checkpoint: Option<&Checkpoint>, base: u64, log_bytes: u64)
     }
 }
 
+/// Whether a segment starting at `base` after one ending at `expected` is what a
+/// crash leaves when the previous segment lost its unsynced tail: it starts past the
+/// end and no checkpoint reached it. Recovery drops it and every later segment.
+pub fn is_unsynced_gap(checkpoint: Option<&Checkpoint>, expected: u64, base: u64) -> bool {
+    base > expected && checkpoint.is_none_or(|c| c.segment_base < base)
+}
+
 /// Reads the partition's checkpoint: `Ok(None)` when there is none or no slot is
 /// valid (the second case is also reported).
 fn read_checkpoint(dir: &Path, findings: &mut Vec<Finding>) -> CliResult<Option<Checkpoint>> {
@@ -193,16 +200,30 @@ pub fn check_partition(dir: &Path, mut progress: impl FnMut(u64)) -> CliResult<P
         if let Some(expected) = expected_base
             && expected != base
         {
-            findings.push(Finding::error(
-                "offset_gap",
-                &path,
-                Some(0),
-                format!(
-                    "segment starts at offset {base} but the previous one ends at {expected}; \
-                     the broker refuses to open this partition (`tidelog segment repair --force` \
-                     moves this and later segments aside)"
-                ),
-            ));
+            if is_unsynced_gap(checkpoint.as_ref(), expected, base) {
+                findings.push(Finding::error(
+                    "unsynced_segments",
+                    &path,
+                    Some(0),
+                    format!(
+                        "segment starts at offset {base} but the previous one ends at {expected}: \
+                         the previous segment lost its unsynced tail in a crash, so nothing from \
+                         here on was acknowledged durable; the broker drops this and later \
+                         segments on open (`tidelog segment repair` moves them aside)"
+                    ),
+                ));
+            } else {
+                findings.push(Finding::error(
+                    "offset_gap",
+                    &path,
+                    Some(0),
+                    format!(
+                        "segment starts at offset {base} but the previous one ends at {expected}; \
+                         the broker refuses to open this partition (`tidelog segment repair \
+                         --force` moves this and later segments aside)"
+                    ),
+                ));
+            }
         }
         let data = read_file(&path, LOG_FILE_BYTES_MAX)?;
         let log_bytes = data.len() as u64;
@@ -254,9 +275,10 @@ pub fn check_partition(dir: &Path, mut progress: impl FnMut(u64)) -> CliResult<P
                     &path,
                     Some(torn.position),
                     format!(
-                        "{} ({cut} bytes) in a segment that later segments follow; the broker \
-                         would cut it and drop {} later segment(s) \
-                         (`tidelog segment repair --force` does the same, keeping the bytes)",
+                        "torn tail: {} ({cut} bytes) in a segment that later segments follow, \
+                         past the checkpoint, so nothing after it was acknowledged durable; the \
+                         broker cuts it and drops {} later segment(s) on open \
+                         (`tidelog segment repair` does the same, keeping the bytes)",
                         torn.reason,
                         bases.len() - i - 1
                     ),

@@ -1,8 +1,9 @@
 //! `tidelog segment repair`: the fixes recovery would make, made now and shown.
 //!
-//! Without `--force` only what the broker's own recovery cuts is cut: the torn tail
-//! of a partition's last segment past its checkpoint, and the torn tail of the
-//! offsets log. Bad or missing index files are rewritten from the log. Everything
+//! Without `--force` only what the broker's own recovery cuts is cut: a torn tail
+//! past the partition's checkpoint (with the segments after it), segments that
+//! start past the end of a predecessor that lost its unsynced tail, and the torn
+//! tail of the offsets log. Bad or missing index files are rewritten from the log. Everything
 //! else (a bad batch with intact ones after it, a gap between segments, damage in
 //! fsynced data) is refused: with `--force` the log is cut at the first such place
 //! and later segments are moved aside. Bytes are never destroyed: a cut tail goes to
@@ -23,7 +24,7 @@ use tidelog_storage::segment::{
 
 use super::check::{
     Finding, LOG_FILE_BYTES_MAX, OffsetsLogCheck, PartitionCheck, Severity, check_offsets_log,
-    check_partition, read_file,
+    check_partition, is_unsynced_gap, read_file,
 };
 use super::layout;
 use crate::cli::RepairArgs;
@@ -129,10 +130,9 @@ pub struct Plan {
 }
 
 /// Kinds of finding that only `--force` may cut.
-const NEEDS_FORCE: [&str; 5] = [
+const NEEDS_FORCE: [&str; 4] = [
     "corrupt_batch",
     "offset_gap",
-    "torn_segment",
     "durable_data_damaged",
     "durable_data_lost",
 ];
@@ -146,9 +146,8 @@ pub fn plan_partition(check: &PartitionCheck, force: bool) -> Plan {
     let mut cut: Option<(usize, Option<u64>)> = None;
     let mut expected: Option<u64> = None;
     for (i, s) in segments.iter().enumerate() {
-        let is_last = i + 1 == segments.len();
-        if expected.is_some_and(|e| e != s.base) {
-            if force {
+        if let Some(e) = expected.filter(|&e| e != s.base) {
+            if force || is_unsynced_gap(check.checkpoint.as_ref(), e, s.base) {
                 cut = Some((i, None));
                 break;
             }
@@ -158,7 +157,9 @@ pub fn plan_partition(check: &PartitionCheck, force: bool) -> Plan {
                 break;
             }
         } else if let Some(torn) = &s.scan.torn_tail {
-            let safe = is_last && torn.position >= s.trusted;
+            // Past the checkpoint nothing was acknowledged durable: recovery cuts
+            // it (and drops later segments) too.
+            let safe = torn.position >= s.trusted;
             if safe || force {
                 cut = Some((i, Some(torn.position)));
                 break;
