@@ -88,6 +88,11 @@
 //! - The CRC matches but the body is malformed or its version unknown: never a torn
 //!   write, always [`Error::Corrupt`] (a bug, or a file written by a newer tidelog).
 //!
+//! The replayed bytes are then written again and fsynced, and the directory fsynced,
+//! before anything is served: they may have been in the page cache only (the process
+//! died before its `fdatasync`, or that `fdatasync` failed and the kernel dropped the
+//! dirty state), and a value served once must not come back older after a power cut.
+//!
 //! # Compaction
 //!
 //! When the log grows past `max(1 MiB, 4 x the live size)` (checked after each flush),
@@ -944,10 +949,11 @@ impl OffsetStore {
             Err(e) => return Err(Error::io(format!("removing {}", tmp_path.display()), e)),
         }
 
-        let (file, created) = open_log(&*fs, &log_path)?;
-        if created {
-            sync_dir_with(&*fs, dir)?;
-        }
+        let (file, _created) = open_log(&*fs, &log_path)?;
+        // Always: the log may be new, or renamed in by a compaction whose directory
+        // fsync never ran (the process died); either way its entry must be durable
+        // before what it holds is served.
+        sync_dir_with(&*fs, dir)?;
         // The whole log is replayed; compaction keeps it within a few times the live size.
         let bytes = fs
             .read_file(&log_path, u64::MAX)
@@ -964,9 +970,16 @@ impl OffsetStore {
             );
             file.set_len(replayed.valid_len as u64)
                 .ctx(|| format!("truncating {}", log_path.display()))?;
-            file.sync_all()
-                .ctx(|| format!("fsyncing {} after truncation", log_path.display()))?;
         }
+        // What was replayed is about to be served, but it may be known to the page
+        // cache only: the process before may have died between a write and its
+        // fdatasync, or its fdatasync may have failed, after which Linux keeps the pages
+        // but marks them clean ("fsyncgate"), so a plain fsync here would write nothing.
+        // Write the bytes again and fsync them; the log is compacted, so this is small.
+        let valid = bytes.get(..replayed.valid_len).unwrap_or_default();
+        file.write_all_at(valid, 0)
+            .and_then(|()| file.sync_all())
+            .ctx(|| format!("rewriting and fsyncing {}", log_path.display()))?;
         let len = replayed.valid_len as u64;
 
         Ok(OffsetStore {

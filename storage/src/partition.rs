@@ -32,7 +32,7 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
 /// segment size plus one batch, and is mapped once at that length.
 const SEGMENT_MAP_BYTES: usize = (SEGMENT_BYTES_MAX + BATCH_BYTES_MAX) as usize;
 
-/// Buffer used to copy a torn tail to its side file.
+/// Buffer used to copy a torn tail to its side file and to rewrite recovered bytes.
 const TORN_TAIL_COPY_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Offsets assigned to one append.
@@ -242,6 +242,10 @@ impl Partition {
             segment_base: active_base,
             position: active_state.summary.log_bytes,
         };
+        // The segment files found may have been created by a process that died before
+        // it fsynced this directory: their entries could still vanish in a power cut,
+        // taking data recovery is about to serve as durable. Make them durable first.
+        fsutil::sync_dir_with(&*fs, dir)?;
         // Everything recovered has been fsynced: record it so the next recovery
         // starts here.
         checkpoint.write(end.segment_base, end.position, end.offset)?;
@@ -874,9 +878,14 @@ fn recover(
             cut_torn_tail(&**fs, &path, &*file, torn.position, log_bytes, &torn.reason)?;
         }
         // The scanned bytes may have been in the page cache only (the process died,
-        // not the machine): make them durable before anyone reads them as such.
-        file.sync_data()
-            .ctx(|| format!("fsyncing {}", path.display()))?;
+        // not the machine): make them durable before anyone reads them as such. An
+        // fsync alone is not enough: if the process before was poisoned by a failed
+        // fdatasync, Linux kept those pages but marked them clean ("fsyncgate"), and
+        // would write nothing. Writing the bytes again dirties them; the range is what
+        // the checkpoint did not vouch for, usually a few seconds of appends.
+        rewrite(&*file, trusted.min(report.valid_bytes), report.valid_bytes)
+            .and_then(|()| file.sync_data())
+            .ctx(|| format!("rewriting and fsyncing {}", path.display()))?;
 
         if is_last || report.torn_tail.is_some() {
             // Nothing after a torn tail was ever acknowledged durable: the segments
@@ -922,6 +931,20 @@ fn index_by_headers(data: &[u8], mut state: SegmentState) -> Option<(SegmentStat
         position += u64::from(header.batch_length);
     }
     (position as usize == data.len()).then_some((state, position))
+}
+
+/// Writes bytes `[from, to)` of `file` again, unchanged, so the next fsync writes them
+/// to disk whatever the page cache thought of them.
+fn rewrite(file: &dyn FsFile, from: u64, to: u64) -> std::io::Result<()> {
+    let mut chunk = vec![0u8; TORN_TAIL_COPY_CHUNK_BYTES];
+    let mut at = from;
+    while at < to {
+        let want = chunk.len().min((to - at) as usize);
+        file.read_exact_at(&mut chunk[..want], at)?;
+        file.write_all_at(&chunk[..want], at)?;
+        at += want as u64;
+    }
+    Ok(())
 }
 
 /// Moves the bytes of a torn tail to a side file (never destroy bytes silently) and

@@ -212,6 +212,12 @@ impl Store {
                 }
             }
         }
+        // What was just found (topics, their removal, the trash emptied) may be known
+        // to the page cache only, if the process before died between creating an entry
+        // and fsyncing its directory: make it durable before serving it.
+        for path in [&topics_dir, &trash, &dir] {
+            fsutil::sync_dir_with(&*fs, path)?;
+        }
         let inner = Arc::new(Inner {
             dir,
             topics: RwLock::new(topics),
@@ -476,6 +482,8 @@ fn open_topic(dir: &Path, name: &str, context: &PartitionContext) -> Result<Opti
     let (partition_count, config) = TopicConfig::from_file(&text)
         .map_err(|e| Error::corrupt(&config_path, 0, e.to_string()))?;
     let config = Arc::new(config);
+    // The config file and partition directories may be known to the page cache only.
+    fsutil::sync_dir_with(&*context.fs, dir)?;
     let partitions = (0..partition_count)
         .map(|id| {
             Partition::open(

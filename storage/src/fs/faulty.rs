@@ -449,7 +449,11 @@ fn file_image(durable: &[u8], unsynced: &[Change], mode: Unsynced, rng: &mut Rng
         apply(&mut image, change);
     }
     if let Some(Change::Write { offset, data }) = unsynced.get(kept) {
-        let torn = rng.below(data.len() as u64 + 1) as usize;
+        // Half the time the first lost write is lost whole, else a prefix survives.
+        let torn = match rng.below(2) {
+            0 => 0,
+            _ => rng.below(data.len() as u64 + 1) as usize,
+        };
         if torn > 0 {
             apply(
                 &mut image,
