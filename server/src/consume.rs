@@ -131,6 +131,10 @@ fn read(partition: &Partition, offset: u64, limits: ReadLimits) -> Result<ReadRe
 /// H M S m u n), if the client set one.
 fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
     let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+    // ASCII only, so the split below falls on a character boundary.
+    if !text.is_ascii() {
+        return None;
+    }
     let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
     let value: u64 = digits.parse().ok()?;
     Some(match unit {
