@@ -229,7 +229,13 @@ async fn consume_fetch(
                 ));
                 log_start
             }
-            StartAt::Offset(o) => o.min(end),
+            StartAt::Offset(o) if o > end => {
+                note(&format!(
+                    "note: partition {partition}: offset {o} is past the end {end}; nothing to read there"
+                ));
+                end
+            }
+            StartAt::Offset(o) => o,
             StartAt::TimestampMs(_) => by_time
                 .as_ref()
                 .and_then(|m| m.get(&partition).copied())
