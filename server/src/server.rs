@@ -68,6 +68,7 @@ pub async fn run(
         // Retention runs from a tokio interval below, so it can be counted.
         retention_interval: None,
         flush_observer: Some(metrics.flush_observer()),
+        ..StoreOptions::default()
     };
     let data_dir = settings.data_dir.clone();
     // Opening recovers every partition: file I/O and fsyncs.
