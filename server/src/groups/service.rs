@@ -88,16 +88,10 @@ fn topic(store: &Store, name: &str) -> Result<Arc<Topic>, Status> {
     convert::or_status(store.topic(name))
 }
 
-/// The partition, or NOT_FOUND naming the topic's range (the storage engine calls a
-/// bad partition number an invalid argument; the API calls it not found).
+/// The partition, or INVALID_ARGUMENT naming the topic's range (the API's rule for
+/// a partition number beyond the partition count).
 fn partition(topic: &Topic, id: u32) -> Result<Arc<Partition>, Status> {
-    topic.partitions().get(id as usize).cloned().ok_or_else(|| {
-        Status::not_found(format!(
-            "topic {:?} has partitions 0..{}, not {id}",
-            topic.name(),
-            topic.partitions().len()
-        ))
-    })
+    convert::or_status(topic.partition(id)).cloned()
 }
 
 fn check_metadata(metadata: &str, topic: &str, partition: u32) -> Result<(), Status> {

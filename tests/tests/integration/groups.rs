@@ -1,0 +1,1321 @@
+//! Consumer groups through the real broker: membership and rebalancing on Subscribe
+//! streams, commits and their rules, offsets across a restart, every offset-reset
+//! mode, and the refusals while a group has live members.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tidelog_proto::v1::consumer_client::ConsumerClient;
+use tidelog_proto::v1::groups_client::GroupsClient;
+use tidelog_proto::v1::reset_offsets_request::{
+    AllTopics, ExplicitOffsets, Scope, Spec, ToCurrent, ToEarliest, ToLatest, TopicScope,
+};
+use tidelog_proto::v1::subscribe_response::Event;
+use tidelog_proto::v1::{
+    AckLevel, Assignment, CommitOffsetsRequest, CreateTopicRequest, DeleteGroupRequest,
+    DescribeGroupRequest, FetchOffsetsRequest, GroupDescription, GroupMembership, GroupState,
+    ListGroupsRequest, Message, OffsetChange, PublishRequest, ResetOffsetsRequest, ResetPolicy,
+    ResetReason, SubscribeRequest, SubscribeResponse, TopicPartitionOffset,
+};
+use tidelog_tests::TestBroker;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic::{Code, Streaming};
+
+/// Longest wait for any one event; the suite never sleeps this long when all is well.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+async fn create_topic(broker: &TestBroker, name: &str, partitions: u32) {
+    broker
+        .admin()
+        .await
+        .create_topic(CreateTopicRequest {
+            name: name.into(),
+            partitions,
+            config: None,
+        })
+        .await
+        .expect("create topic");
+}
+
+/// Publishes `count` messages to one partition (values "p{partition}-{i}"), with
+/// timestamps from `timestamps` if given. Returns their offsets.
+async fn publish(
+    broker: &TestBroker,
+    topic: &str,
+    partition: u32,
+    count: usize,
+    timestamps: Option<&dyn Fn(usize) -> i64>,
+) -> Vec<u64> {
+    let messages = (0..count)
+        .map(|i| Message {
+            value: format!("p{partition}-{i}").into_bytes().into(),
+            partition: Some(partition),
+            timestamp_ms: timestamps.map(|f| f(i)),
+            ..Default::default()
+        })
+        .collect();
+    let acks = broker
+        .publisher()
+        .await
+        .publish(PublishRequest {
+            topic: topic.into(),
+            messages,
+            ack: AckLevel::Durable as i32,
+        })
+        .await
+        .expect("publish")
+        .into_inner()
+        .acks;
+    acks.into_iter().map(|a| a.offset).collect()
+}
+
+fn membership(
+    group: &str,
+    member_id: &str,
+    session_timeout_ms: u64,
+    auto_commit_ms: u64,
+) -> GroupMembership {
+    GroupMembership {
+        group_id: group.into(),
+        member_id: member_id.into(),
+        session_timeout_ms,
+        auto_commit_interval_ms: auto_commit_ms,
+        client_id: "it".into(),
+    }
+}
+
+async fn subscribe(
+    consumer: &mut ConsumerClient<Channel>,
+    topic: &str,
+    group: GroupMembership,
+    reset_policy: ResetPolicy,
+) -> Result<Streaming<SubscribeResponse>, tonic::Status> {
+    consumer
+        .subscribe(SubscribeRequest {
+            topic: topic.into(),
+            group: Some(group),
+            reset_policy: reset_policy as i32,
+            ..Default::default()
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The next event, failing the test after [`EVENT_TIMEOUT`]. `Err` is the status that
+/// ended the stream.
+async fn next_event(stream: &mut Streaming<SubscribeResponse>) -> Result<Event, tonic::Status> {
+    match tokio::time::timeout(EVENT_TIMEOUT, stream.message()).await {
+        Ok(Ok(Some(response))) => Ok(response.event.expect("every response has an event")),
+        Ok(Ok(None)) => panic!("the stream ended without a status"),
+        Ok(Err(status)) => Err(status),
+        Err(_) => panic!("no event within {EVENT_TIMEOUT:?}"),
+    }
+}
+
+async fn expect_assignment(stream: &mut Streaming<SubscribeResponse>) -> Assignment {
+    match next_event(stream).await.expect("stream open") {
+        Event::Assignment(assignment) => assignment,
+        other => panic!("expected an Assignment, got {other:?}"),
+    }
+}
+
+async fn describe(groups: &mut GroupsClient<Channel>, group: &str) -> GroupDescription {
+    groups
+        .describe_group(DescribeGroupRequest {
+            group_id: group.into(),
+        })
+        .await
+        .expect("describe group")
+        .into_inner()
+        .group
+        .expect("a description")
+}
+
+/// Polls DescribeGroup until `done` holds (or fails after [`EVENT_TIMEOUT`]). A group
+/// not found yet (its first member is still joining) is polled again.
+async fn wait_for_group(
+    groups: &mut GroupsClient<Channel>,
+    group: &str,
+    done: impl Fn(&GroupDescription) -> bool,
+) -> GroupDescription {
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let description = match groups
+            .describe_group(DescribeGroupRequest {
+                group_id: group.into(),
+            })
+            .await
+        {
+            Ok(response) => response.into_inner().group,
+            Err(status) if status.code() == Code::NotFound => None,
+            Err(status) => panic!("describe group: {status:?}"),
+        };
+        if let Some(description) = &description
+            && done(description)
+        {
+            return description.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "group never reached the expected state: {description:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn fetch_offsets(
+    groups: &mut GroupsClient<Channel>,
+    group: &str,
+) -> BTreeMap<(String, u32), u64> {
+    groups
+        .fetch_offsets(FetchOffsetsRequest {
+            group_id: group.into(),
+            topic: None,
+        })
+        .await
+        .expect("fetch offsets")
+        .into_inner()
+        .offsets
+        .into_iter()
+        .map(|o| ((o.topic, o.partition), o.offset))
+        .collect()
+}
+
+async fn admin_commit(
+    groups: &mut GroupsClient<Channel>,
+    group: &str,
+    offsets: &[(&str, u32, u64)],
+) -> Result<(), tonic::Status> {
+    groups
+        .commit_offsets(CommitOffsetsRequest {
+            group_id: group.into(),
+            member_id: String::new(),
+            generation: None,
+            offsets: offsets
+                .iter()
+                .map(|(topic, partition, offset)| TopicPartitionOffset {
+                    topic: (*topic).into(),
+                    partition: *partition,
+                    offset: *offset,
+                    metadata: String::new(),
+                })
+                .collect(),
+        })
+        .await
+        .map(|_| ())
+}
+
+async fn member_commit(
+    groups: &mut GroupsClient<Channel>,
+    group: &str,
+    member_id: &str,
+    generation: Option<u64>,
+    offsets: &[(&str, u32, u64)],
+) -> Result<(), tonic::Status> {
+    groups
+        .commit_offsets(CommitOffsetsRequest {
+            group_id: group.into(),
+            member_id: member_id.into(),
+            generation,
+            offsets: offsets
+                .iter()
+                .map(|(topic, partition, offset)| TopicPartitionOffset {
+                    topic: (*topic).into(),
+                    partition: *partition,
+                    offset: *offset,
+                    metadata: String::new(),
+                })
+                .collect(),
+        })
+        .await
+        .map(|_| ())
+}
+
+/// What one test consumer saw: every Assignment and every delivered message, tagged
+/// with the generation of the Assignment it followed.
+#[derive(Debug, Default)]
+struct Seen {
+    /// (member, generation, partitions)
+    assignments: Vec<(String, u64, Vec<u32>)>,
+    /// (member, generation, partition, offset)
+    deliveries: Vec<(String, u64, u32, u64)>,
+}
+
+/// Runs one group member that commits (with its member id and generation) after each
+/// batch, as an at-least-once consumer does, recording everything in `seen`.
+fn spawn_member(
+    mut consumer: ConsumerClient<Channel>,
+    mut groups: GroupsClient<Channel>,
+    topic: &'static str,
+    group: &'static str,
+    seen: Arc<Mutex<Seen>>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut stream = subscribe(
+            &mut consumer,
+            topic,
+            membership(group, "", 0, 0),
+            ResetPolicy::Earliest,
+        )
+        .await
+        .expect("subscribe");
+        let mut current: Option<(String, u64)> = None;
+        while let Ok(Some(response)) = stream.message().await {
+            match response.event.expect("event") {
+                Event::Assignment(a) => {
+                    seen.lock().unwrap().assignments.push((
+                        a.member_id.clone(),
+                        a.generation,
+                        a.partitions.clone(),
+                    ));
+                    current = Some((a.member_id, a.generation));
+                }
+                Event::Batch(batch) => {
+                    let (member, generation) =
+                        current.clone().expect("messages only after an Assignment");
+                    let mut next: BTreeMap<u32, u64> = BTreeMap::new();
+                    {
+                        let mut seen = seen.lock().unwrap();
+                        for m in &batch.messages {
+                            seen.deliveries.push((
+                                member.clone(),
+                                generation,
+                                m.partition,
+                                m.offset,
+                            ));
+                            next.insert(m.partition, m.offset + 1);
+                        }
+                    }
+                    let offsets: Vec<(&str, u32, u64)> =
+                        next.iter().map(|(p, o)| (topic, *p, *o)).collect();
+                    // A stale generation is refused: the new owner re-reads from the
+                    // last accepted commit (at-least-once).
+                    if let Err(status) =
+                        member_commit(&mut groups, group, &member, Some(generation), &offsets).await
+                    {
+                        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+                    }
+                }
+                Event::PositionReset(_) => {}
+            }
+        }
+    })
+}
+
+/// Waits until the union of deliveries covers `expected`.
+async fn wait_for_deliveries(seen: &Arc<Mutex<Seen>>, expected: &BTreeSet<(u32, u64)>) {
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let delivered: BTreeSet<(u32, u64)> = seen
+            .lock()
+            .unwrap()
+            .deliveries
+            .iter()
+            .map(|d| (d.2, d.3))
+            .collect();
+        if expected.is_subset(&delivered) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "missing deliveries: {:?}",
+            expected.difference(&delivered).take(10).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn three_members_rebalance_when_one_leaves_without_loss_or_double_delivery() {
+    let broker = TestBroker::start();
+    create_topic(&broker, "orders", 6).await;
+    let mut groups = broker.groups().await;
+    let mut expected = BTreeSet::new();
+    // Messages that wait for the group before it exists.
+    for partition in 0..6 {
+        for offset in publish(&broker, "orders", partition, 20, None).await {
+            expected.insert((partition, offset));
+        }
+    }
+
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        members.push(spawn_member(
+            broker.consumer().await,
+            broker.groups().await,
+            "orders",
+            "g3",
+            seen.clone(),
+        ));
+    }
+    let stable = wait_for_group(&mut groups, "g3", |g| {
+        g.members.len() == 3 && g.state == GroupState::Stable as i32
+    })
+    .await;
+    let mut owners: Vec<u32> = stable
+        .members
+        .iter()
+        .flat_map(|m| m.partitions.clone())
+        .collect();
+    owners.sort_unstable();
+    assert_eq!(owners, (0..6).collect::<Vec<_>>());
+    assert!(
+        stable.members.iter().all(|m| m.partitions.len() == 2),
+        "balanced: {stable:?}"
+    );
+
+    for partition in 0..6 {
+        for offset in publish(&broker, "orders", partition, 30, None).await {
+            expected.insert((partition, offset));
+        }
+    }
+    wait_for_deliveries(&seen, &expected).await;
+
+    // One member leaves (its stream is cancelled); the other two take its partitions.
+    members.remove(1).abort();
+    let generation_before = stable.generation;
+    let after = wait_for_group(&mut groups, "g3", |g| {
+        g.members.len() == 2
+            && g.generation > generation_before
+            && g.state == GroupState::Stable as i32
+    })
+    .await;
+    let mut owners: Vec<u32> = after
+        .members
+        .iter()
+        .flat_map(|m| m.partitions.clone())
+        .collect();
+    owners.sort_unstable();
+    assert_eq!(owners, (0..6).collect::<Vec<_>>());
+    assert!(after.members.iter().all(|m| m.partitions.len() == 3));
+
+    for partition in 0..6 {
+        for offset in publish(&broker, "orders", partition, 30, None).await {
+            expected.insert((partition, offset));
+        }
+    }
+    wait_for_deliveries(&seen, &expected).await;
+    for member in members {
+        member.abort();
+    }
+
+    let seen = seen.lock().unwrap();
+    // No message delivered to two members within one generation.
+    let mut by_generation: HashMap<(u64, u32, u64), BTreeSet<&str>> = HashMap::new();
+    for (member, generation, partition, offset) in &seen.deliveries {
+        by_generation
+            .entry((*generation, *partition, *offset))
+            .or_default()
+            .insert(member);
+    }
+    for (key, members) in &by_generation {
+        assert_eq!(
+            members.len(),
+            1,
+            "{key:?} went to {members:?} in one generation"
+        );
+    }
+    // Assignments of one generation never overlap.
+    let mut owner_in_generation: HashMap<(u64, u32), &str> = HashMap::new();
+    for (member, generation, partitions) in &seen.assignments {
+        for partition in partitions {
+            if let Some(other) = owner_in_generation.insert((*generation, *partition), member) {
+                assert_eq!(
+                    other, member,
+                    "partition {partition} assigned twice in generation {generation}"
+                );
+            }
+        }
+    }
+    // Every message arrived (checked above), and only published ones.
+    let delivered: BTreeSet<(u32, u64)> = seen.deliveries.iter().map(|d| (d.2, d.3)).collect();
+    assert_eq!(delivered, expected);
+}
+
+/// Reads events until `count` messages arrived; returns them and the Assignments seen.
+async fn read_messages(
+    stream: &mut Streaming<SubscribeResponse>,
+    count: usize,
+) -> (Vec<(u32, u64)>, Vec<Assignment>) {
+    let mut messages = Vec::new();
+    let mut assignments = Vec::new();
+    while messages.len() < count {
+        match next_event(stream).await.expect("stream open") {
+            Event::Batch(batch) => {
+                messages.extend(batch.messages.iter().map(|m| (m.partition, m.offset)))
+            }
+            Event::Assignment(assignment) => assignments.push(assignment),
+            Event::PositionReset(reset) => panic!("unexpected {reset:?}"),
+        }
+    }
+    assert_eq!(messages.len(), count, "no more than expected");
+    (messages, assignments)
+}
+
+#[tokio::test]
+async fn auto_commit_hands_partitions_over_without_loss_or_duplicates() {
+    let broker = TestBroker::start();
+    create_topic(&broker, "events", 2).await;
+    for partition in 0..2 {
+        publish(&broker, "events", partition, 50, None).await;
+    }
+    let mut groups = broker.groups().await;
+    let mut consumer = broker.consumer().await;
+    let mut delivered: Vec<(u32, u64)> = Vec::new();
+
+    // A alone: both partitions, started by the reset policy (no commits yet).
+    let mut a = subscribe(
+        &mut consumer,
+        "events",
+        membership("auto", "", 0, 20),
+        ResetPolicy::Earliest,
+    )
+    .await
+    .unwrap();
+    let first = expect_assignment(&mut a).await;
+    assert_eq!(first.partitions, vec![0, 1]);
+    let mut resets = 0;
+    while delivered.len() < 100 {
+        match next_event(&mut a).await.unwrap() {
+            Event::Batch(batch) => {
+                delivered.extend(batch.messages.iter().map(|m| (m.partition, m.offset)))
+            }
+            Event::PositionReset(reset) => {
+                assert_eq!(
+                    (reset.reason, reset.to_offset),
+                    (ResetReason::NoCommittedOffset as i32, 0)
+                );
+                resets += 1;
+            }
+            Event::Assignment(assignment) => panic!("unexpected {assignment:?}"),
+        }
+    }
+    assert_eq!(resets, 2, "each partition started by the reset policy");
+
+    // B joins: A gives up one partition, committing what it sent before B starts it.
+    let mut b = subscribe(
+        &mut consumer,
+        "events",
+        membership("auto", "", 0, 20),
+        ResetPolicy::Error,
+    )
+    .await
+    .unwrap();
+    let b_assignment = expect_assignment(&mut b).await;
+    let a_assignment = expect_assignment(&mut a).await;
+    assert_eq!(a_assignment.generation, b_assignment.generation);
+    assert_eq!(
+        a_assignment.partitions.len() + b_assignment.partitions.len(),
+        2
+    );
+    for partition in 0..2 {
+        publish(&broker, "events", partition, 10, None).await;
+    }
+    let (from_a, _) = read_messages(&mut a, 10).await;
+    let (from_b, _) = read_messages(&mut b, 10).await;
+    assert!(
+        from_a
+            .iter()
+            .all(|(p, _)| a_assignment.partitions.contains(p))
+    );
+    assert_eq!(
+        from_b.first().map(|m| m.1),
+        Some(50),
+        "B starts where A stopped"
+    );
+    delivered.extend(from_a);
+    delivered.extend(from_b);
+
+    // A leaves: its final commit lets B continue exactly after it.
+    drop(a);
+    let alone = expect_assignment(&mut b).await;
+    assert_eq!(alone.partitions, vec![0, 1]);
+    for partition in 0..2 {
+        publish(&broker, "events", partition, 5, None).await;
+    }
+    let (from_b, _) = read_messages(&mut b, 10).await;
+    delivered.extend(from_b);
+    drop(b);
+    let description = wait_for_group(&mut groups, "auto", |g| g.members.is_empty()).await;
+    let committed: Vec<Option<u64>> = description
+        .lags
+        .iter()
+        .map(|l| l.committed_offset)
+        .collect();
+    assert_eq!(
+        committed,
+        vec![Some(65), Some(65)],
+        "final commits on leave"
+    );
+
+    let unique: BTreeSet<(u32, u64)> = delivered.iter().copied().collect();
+    assert_eq!(unique.len(), delivered.len(), "no duplicates");
+    assert_eq!(
+        unique,
+        (0..2).flat_map(|p| (0..65).map(move |o| (p, o))).collect()
+    );
+}
+
+// Multi-threaded: the graceful stop blocks this task while the client's connections
+// must still answer the server's GOAWAY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_survive_a_crash_and_a_graceful_restart() {
+    let mut broker = TestBroker::start();
+    create_topic(&broker, "durable", 3).await;
+    for partition in 0..3 {
+        publish(&broker, "durable", partition, 10, None).await;
+    }
+    let mut groups = broker.groups().await;
+    admin_commit(
+        &mut groups,
+        "keeper",
+        &[("durable", 0, 4), ("durable", 1, 10), ("durable", 2, 0)],
+    )
+    .await
+    .unwrap();
+    let before = fetch_offsets(&mut groups, "keeper").await;
+    drop(groups);
+
+    // A commit is durable when it is answered: kill -9 loses nothing.
+    broker.kill9();
+    broker.restart();
+    let mut groups = broker.groups().await;
+    assert_eq!(fetch_offsets(&mut groups, "keeper").await, before);
+    let listed = groups
+        .list_groups(ListGroupsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .groups;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].group_id, "keeper");
+    assert_eq!(listed[0].state, GroupState::Empty as i32);
+
+    // A member resumes at the committed offsets (policy ERROR: no reset allowed).
+    // Its auto-commit interval is long, so only its final commit stores its position.
+    let mut consumer = broker.consumer().await;
+    let mut stream = subscribe(
+        &mut consumer,
+        "durable",
+        membership("keeper", "", 0, 60_000),
+        ResetPolicy::Error,
+    )
+    .await
+    .unwrap();
+    expect_assignment(&mut stream).await;
+    let mut first: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut received = 0;
+    while received < 16 {
+        match next_event(&mut stream).await.unwrap() {
+            Event::Batch(batch) => {
+                for m in batch.messages {
+                    first.entry(m.partition).or_insert(m.offset);
+                    received += 1;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(first, BTreeMap::from([(0, 4), (2, 0)]));
+    let description = describe(&mut groups, "keeper").await;
+    let lag: BTreeMap<u32, Option<u64>> = description
+        .lags
+        .iter()
+        .map(|l| (l.partition, l.lag))
+        .collect();
+    assert_eq!(
+        lag,
+        BTreeMap::from([(0, Some(6)), (1, Some(0)), (2, Some(10))])
+    );
+
+    // A graceful stop ends the member's stream with UNAVAILABLE after its final
+    // commit of everything it sent.
+    broker.stop();
+    let status = next_event(&mut stream).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    broker.restart();
+    let mut groups = broker.groups().await;
+    let after: Vec<u64> = fetch_offsets(&mut groups, "keeper")
+        .await
+        .into_values()
+        .collect();
+    assert_eq!(after, vec![10, 10, 10]);
+}
+
+/// Runs one reset (dry run, then execute) and checks both against `expected`
+/// (partition -> (current, new)); returns the offsets after the execute.
+async fn reset_both_ways(
+    groups: &mut GroupsClient<Channel>,
+    group: &str,
+    scope: Option<Scope>,
+    spec: Spec,
+    expected: &[(u32, Option<u64>, u64)],
+) -> BTreeMap<(String, u32), u64> {
+    let before = fetch_offsets(groups, group).await;
+    let request = ResetOffsetsRequest {
+        group_id: group.into(),
+        scope: scope.clone(),
+        spec: Some(spec.clone()),
+        execute: false,
+    };
+    let dry = groups
+        .reset_offsets(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let expected_changes: Vec<OffsetChange> = expected
+        .iter()
+        .map(|(partition, current, new)| OffsetChange {
+            topic: "resets".into(),
+            partition: *partition,
+            current_offset: *current,
+            new_offset: *new,
+        })
+        .collect();
+    assert_eq!(dry.changes, expected_changes, "dry run of {spec:?}");
+    assert!(!dry.executed);
+    assert_eq!(
+        fetch_offsets(groups, group).await,
+        before,
+        "a dry run changes nothing"
+    );
+
+    let done = groups
+        .reset_offsets(ResetOffsetsRequest {
+            execute: true,
+            ..request
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(done.executed);
+    assert_eq!(done.changes, expected_changes, "execute of {spec:?}");
+    let after = fetch_offsets(groups, group).await;
+    for (partition, _, new) in expected {
+        assert_eq!(
+            after.get(&("resets".to_string(), *partition)),
+            Some(new),
+            "{spec:?}"
+        );
+    }
+    after
+}
+
+#[tokio::test]
+async fn every_reset_mode_with_dry_run_and_execute() {
+    let broker = TestBroker::start();
+    create_topic(&broker, "resets", 3).await;
+    // Ten messages per partition, one minute apart, the last one a minute ago.
+    let base = now_ms() - 10 * 60_000;
+    let stamp = move |i: usize| base + i as i64 * 60_000;
+    for partition in 0..3 {
+        publish(&broker, "resets", partition, 10, Some(&stamp)).await;
+    }
+    let mut groups = broker.groups().await;
+    let g = "resetter";
+    admin_commit(&mut groups, g, &[("resets", 0, 5), ("resets", 1, 3)])
+        .await
+        .unwrap();
+    let topic = |partitions: &[u32]| {
+        Some(Scope::Topic(TopicScope {
+            topic: "resets".into(),
+            partitions: partitions.to_vec(),
+        }))
+    };
+
+    // to-current lists the commits and leaves out the uncommitted partition 2.
+    reset_both_ways(
+        &mut groups,
+        g,
+        topic(&[]),
+        Spec::ToCurrent(ToCurrent {}),
+        &[(0, Some(5), 5), (1, Some(3), 3)],
+    )
+    .await;
+    // shift-by moves the commits, clamped to the log; partition 2 still left out.
+    reset_both_ways(
+        &mut groups,
+        g,
+        topic(&[]),
+        Spec::ShiftBy(-4),
+        &[(0, Some(5), 1), (1, Some(3), 0)],
+    )
+    .await;
+    reset_both_ways(
+        &mut groups,
+        g,
+        topic(&[0, 1]),
+        Spec::ShiftBy(6),
+        &[(0, Some(1), 7), (1, Some(0), 6)],
+    )
+    .await;
+    reset_both_ways(
+        &mut groups,
+        g,
+        topic(&[0]),
+        Spec::ShiftBy(100),
+        &[(0, Some(7), 10)],
+    )
+    .await;
+    // to-earliest and to-latest cover uncommitted partitions too.
+    reset_both_ways(
+        &mut groups,
+        g,
+        topic(&[]),
+        Spec::ToEarliest(ToEarliest {}),
+        &[(0, Some(10), 0), (1, Some(6), 0), (2, None, 0)],
+    )
+    .await;
+    reset_both_ways(
+        &mut groups,
+        g,
+        topic(&[1, 2]),
+        Spec::ToLatest(ToLatest {}),
+        &[(1, Some(0), 10), (2, Some(0), 10)],
+    )
+    .await;
+    // to-offset, clamped to [log start, end].
+    reset_both_ways(
+        &mut groups,
+        g,
+        topic(&[0, 1]),
+        Spec::ToOffset(4),
+        &[(0, Some(0), 4), (1, Some(10), 4)],
+    )
+    .await;
+    reset_both_ways(
+        &mut groups,
+        g,
+        topic(&[2]),
+        Spec::ToOffset(1_000),
+        &[(2, Some(10), 10)],
+    )
+    .await;
+    // to-datetime: the first message at or after the time; the end if none.
+    reset_both_ways(
+        &mut groups,
+        g,
+        topic(&[0]),
+        Spec::ToDatetimeMs(stamp(6) - 1),
+        &[(0, Some(4), 6)],
+    )
+    .await;
+    reset_both_ways(
+        &mut groups,
+        g,
+        topic(&[1]),
+        Spec::ToDatetimeMs(stamp(9) + 1),
+        &[(1, Some(4), 10)],
+    )
+    .await;
+    reset_both_ways(
+        &mut groups,
+        g,
+        topic(&[2]),
+        Spec::ToDatetimeMs(0),
+        &[(2, Some(10), 0)],
+    )
+    .await;
+    // by-duration: now - 3.5 minutes lies between message 6 (4 minutes old) and
+    // message 7 (3 minutes old): the first at or after it is 7.
+    reset_both_ways(
+        &mut groups,
+        g,
+        topic(&[0]),
+        Spec::ByDurationMs(210_000),
+        &[(0, Some(6), 7)],
+    )
+    .await;
+    // all_topics: every partition with a commit.
+    reset_both_ways(
+        &mut groups,
+        g,
+        Some(Scope::AllTopics(AllTopics {})),
+        Spec::ShiftBy(-1),
+        &[(0, Some(7), 6), (1, Some(10), 9), (2, Some(0), 0)],
+    )
+    .await;
+    // explicit (from-file): offsets and metadata per partition, clamped.
+    reset_both_ways(
+        &mut groups,
+        g,
+        None,
+        Spec::Explicit(ExplicitOffsets {
+            offsets: vec![
+                TopicPartitionOffset {
+                    topic: "resets".into(),
+                    partition: 2,
+                    offset: 8,
+                    metadata: "from-file".into(),
+                },
+                TopicPartitionOffset {
+                    topic: "resets".into(),
+                    partition: 0,
+                    offset: 99,
+                    metadata: String::new(),
+                },
+            ],
+        }),
+        &[(0, Some(6), 10), (2, Some(0), 8)],
+    )
+    .await;
+    let fetched = groups
+        .fetch_offsets(FetchOffsetsRequest {
+            group_id: g.into(),
+            topic: Some("resets".into()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .offsets;
+    assert_eq!(
+        fetched.iter().find(|o| o.partition == 2).unwrap().metadata,
+        "from-file"
+    );
+
+    // DescribeGroup agrees.
+    let description = describe(&mut groups, g).await;
+    let committed: Vec<(u32, Option<u64>, Option<u64>)> = description
+        .lags
+        .iter()
+        .map(|l| (l.partition, l.committed_offset, l.lag))
+        .collect();
+    assert_eq!(
+        committed,
+        vec![
+            (0, Some(10), Some(0)),
+            (1, Some(9), Some(1)),
+            (2, Some(8), Some(2))
+        ]
+    );
+
+    // A group that does not exist yet is created by an executed reset.
+    groups
+        .reset_offsets(ResetOffsetsRequest {
+            group_id: "fresh".into(),
+            scope: topic(&[1]),
+            spec: Some(Spec::ToOffset(3)),
+            execute: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        fetch_offsets(&mut groups, "fresh").await,
+        BTreeMap::from([(("resets".to_string(), 1), 3)])
+    );
+
+    // Malformed requests.
+    let bad = |scope: Option<Scope>, spec: Option<Spec>| ResetOffsetsRequest {
+        group_id: g.into(),
+        scope,
+        spec,
+        execute: false,
+    };
+    let code = |r: Result<tonic::Response<_>, tonic::Status>| r.unwrap_err().code();
+    assert_eq!(
+        code(groups.reset_offsets(bad(topic(&[]), None)).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            groups
+                .reset_offsets(bad(None, Some(Spec::ToLatest(ToLatest {}))))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            groups
+                .reset_offsets(bad(
+                    topic(&[]),
+                    Some(Spec::Explicit(ExplicitOffsets { offsets: vec![] }))
+                ))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            groups
+                .reset_offsets(bad(topic(&[7]), Some(Spec::ToLatest(ToLatest {}))))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    let unknown = Some(Scope::Topic(TopicScope {
+        topic: "nope".into(),
+        partitions: vec![],
+    }));
+    assert_eq!(
+        code(
+            groups
+                .reset_offsets(bad(unknown, Some(Spec::ToLatest(ToLatest {}))))
+                .await
+        ),
+        Code::NotFound
+    );
+}
+
+#[tokio::test]
+async fn live_members_block_reset_delete_and_admin_commits_until_their_session_ends() {
+    let broker = TestBroker::start();
+    create_topic(&broker, "live", 2).await;
+    publish(&broker, "live", 0, 3, None).await;
+    let mut groups = broker.groups().await;
+    admin_commit(&mut groups, "busy", &[("live", 0, 1)])
+        .await
+        .unwrap();
+
+    let mut consumer = broker.consumer().await;
+    let mut stream = subscribe(
+        &mut consumer,
+        "live",
+        membership("busy", "", 300, 0),
+        ResetPolicy::Earliest,
+    )
+    .await
+    .unwrap();
+    expect_assignment(&mut stream).await;
+
+    let scope = Some(Scope::Topic(TopicScope {
+        topic: "live".into(),
+        partitions: vec![],
+    }));
+    let reset = |execute| ResetOffsetsRequest {
+        group_id: "busy".into(),
+        scope: scope.clone(),
+        spec: Some(Spec::ToEarliest(ToEarliest {})),
+        execute,
+    };
+    let status = groups.reset_offsets(reset(true)).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    // A dry run is always allowed.
+    groups.reset_offsets(reset(false)).await.unwrap();
+    let status = groups
+        .delete_group(DeleteGroupRequest {
+            group_id: "busy".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    let status = admin_commit(&mut groups, "busy", &[("live", 0, 2)])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+
+    // The stream ends; the session timeout keeps the member a little longer.
+    drop(stream);
+    let kept = describe(&mut groups, "busy").await;
+    assert_eq!(
+        kept.members.len(),
+        1,
+        "kept by its session timeout: {kept:?}"
+    );
+    let description = wait_for_group(&mut groups, "busy", |g| g.members.is_empty()).await;
+    assert_eq!(description.state, GroupState::Empty as i32);
+
+    groups.reset_offsets(reset(true)).await.unwrap();
+    groups
+        .delete_group(DeleteGroupRequest {
+            group_id: "busy".into(),
+        })
+        .await
+        .unwrap();
+    let status = groups
+        .delete_group(DeleteGroupRequest {
+            group_id: "busy".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let status = groups
+        .describe_group(DescribeGroupRequest {
+            group_id: "busy".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(fetch_offsets(&mut groups, "busy").await.is_empty());
+}
+
+#[tokio::test]
+async fn commits_from_a_stale_generation_or_for_foreign_partitions_are_refused() {
+    let broker = TestBroker::start();
+    create_topic(&broker, "gens", 4).await;
+    publish(&broker, "gens", 0, 5, None).await;
+    let mut groups = broker.groups().await;
+    let mut consumer = broker.consumer().await;
+
+    let mut a = subscribe(
+        &mut consumer,
+        "gens",
+        membership("gen", "", 0, 0),
+        ResetPolicy::Earliest,
+    )
+    .await
+    .unwrap();
+    let first = expect_assignment(&mut a).await;
+    assert_eq!(first.partitions, vec![0, 1, 2, 3]);
+    let mut b = subscribe(
+        &mut consumer,
+        "gens",
+        membership("gen", "", 0, 0),
+        ResetPolicy::Earliest,
+    )
+    .await
+    .unwrap();
+    let b_assignment = expect_assignment(&mut b).await;
+    // a sees the new generation once its old partitions are stopped.
+    let second = loop {
+        match next_event(&mut a).await.unwrap() {
+            Event::Assignment(assignment) => break assignment,
+            _ => continue,
+        }
+    };
+    assert_eq!(second.generation, b_assignment.generation);
+    assert!(second.generation > first.generation);
+    let mut all: Vec<u32> = [second.partitions.clone(), b_assignment.partitions.clone()].concat();
+    all.sort_unstable();
+    assert_eq!(all, vec![0, 1, 2, 3]);
+
+    let own = second.partitions[0];
+    let foreign = b_assignment.partitions[0];
+    let stale = member_commit(
+        &mut groups,
+        "gen",
+        &first.member_id,
+        Some(first.generation),
+        &[("gens", own, 0)],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    assert!(stale.message().contains("stale"), "{}", stale.message());
+    let not_owned = member_commit(
+        &mut groups,
+        "gen",
+        &first.member_id,
+        Some(second.generation),
+        &[("gens", foreign, 0)],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(not_owned.code(), Code::FailedPrecondition);
+    let unknown = member_commit(
+        &mut groups,
+        "gen",
+        "nobody",
+        Some(second.generation),
+        &[("gens", own, 0)],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(unknown.code(), Code::FailedPrecondition);
+    let no_generation = member_commit(
+        &mut groups,
+        "gen",
+        &first.member_id,
+        None,
+        &[("gens", own, 0)],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(no_generation.code(), Code::InvalidArgument);
+    let beyond_end = member_commit(
+        &mut groups,
+        "gen",
+        &first.member_id,
+        Some(second.generation),
+        &[("gens", own, 1_000)],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(beyond_end.code(), Code::OutOfRange);
+    let bad_partition = member_commit(
+        &mut groups,
+        "gen",
+        &first.member_id,
+        Some(second.generation),
+        &[("gens", 9, 0)],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(bad_partition.code(), Code::InvalidArgument);
+    member_commit(
+        &mut groups,
+        "gen",
+        &first.member_id,
+        Some(second.generation),
+        &[("gens", own, 0)],
+    )
+    .await
+    .unwrap();
+    member_commit(
+        &mut groups,
+        "gen",
+        &b_assignment.member_id,
+        Some(second.generation),
+        &[("gens", foreign, 0)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(fetch_offsets(&mut groups, "gen").await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_reconnect_keeps_the_partitions_and_a_second_stream_takes_over() {
+    let broker = TestBroker::start();
+    create_topic(&broker, "sticky", 3).await;
+    let mut groups = broker.groups().await;
+    let mut consumer = broker.consumer().await;
+    let mut first = subscribe(
+        &mut consumer,
+        "sticky",
+        membership("s", "", 5_000, 0),
+        ResetPolicy::Latest,
+    )
+    .await
+    .unwrap();
+    let assignment = expect_assignment(&mut first).await;
+
+    // Same member id on a second stream: the first ends with ABORTED, no rebalance.
+    let mut second = subscribe(
+        &mut consumer,
+        "sticky",
+        membership("s", &assignment.member_id, 5_000, 0),
+        ResetPolicy::Latest,
+    )
+    .await
+    .unwrap();
+    let again = expect_assignment(&mut second).await;
+    assert_eq!(
+        (again.member_id.as_str(), again.generation),
+        (assignment.member_id.as_str(), assignment.generation)
+    );
+    assert_eq!(again.partitions, assignment.partitions);
+    loop {
+        match next_event(&mut first).await {
+            Err(status) => {
+                assert_eq!(status.code(), Code::Aborted, "{status:?}");
+                break;
+            }
+            // PositionReset events (no commits yet, policy LATEST) may come first.
+            Ok(Event::PositionReset(reset)) => {
+                assert_eq!(reset.reason, ResetReason::NoCommittedOffset as i32)
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+        }
+    }
+
+    // The stream drops; a reconnect within the session timeout keeps everything.
+    drop(second);
+    let mut third = subscribe(
+        &mut consumer,
+        "sticky",
+        membership("s", &assignment.member_id, 5_000, 0),
+        ResetPolicy::Latest,
+    )
+    .await
+    .unwrap();
+    let kept = expect_assignment(&mut third).await;
+    assert_eq!(
+        (kept.generation, kept.partitions.clone()),
+        (assignment.generation, assignment.partitions.clone())
+    );
+    let description = describe(&mut groups, "s").await;
+    assert_eq!(description.members.len(), 1);
+    assert_eq!(description.members[0].client_id, "it");
+    assert!(
+        description.members[0]
+            .client_address
+            .starts_with("127.0.0.1:"),
+        "{description:?}"
+    );
+
+    // An unknown member id is a first join with a new id.
+    let mut other = subscribe(
+        &mut consumer,
+        "sticky",
+        membership("s", "made-up", 0, 0),
+        ResetPolicy::Latest,
+    )
+    .await
+    .unwrap();
+    let fresh = expect_assignment(&mut other).await;
+    assert_ne!(fresh.member_id, "made-up");
+    assert!(fresh.generation > assignment.generation);
+}
+
+#[tokio::test]
+async fn reset_policy_applies_to_partitions_without_a_commit() {
+    let broker = TestBroker::start();
+    create_topic(&broker, "policy", 1).await;
+    publish(&broker, "policy", 0, 4, None).await;
+    let mut consumer = broker.consumer().await;
+
+    let mut error = subscribe(
+        &mut consumer,
+        "policy",
+        membership("strict", "", 0, 0),
+        ResetPolicy::Error,
+    )
+    .await
+    .unwrap();
+    expect_assignment(&mut error).await;
+    let status = next_event(&mut error).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+
+    let mut latest = subscribe(
+        &mut consumer,
+        "policy",
+        membership("tail", "", 0, 0),
+        ResetPolicy::Latest,
+    )
+    .await
+    .unwrap();
+    expect_assignment(&mut latest).await;
+    match next_event(&mut latest).await.unwrap() {
+        Event::PositionReset(reset) => {
+            assert_eq!(reset.reason, ResetReason::NoCommittedOffset as i32);
+            assert_eq!((reset.from_offset, reset.to_offset), (None, 4));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    publish(&broker, "policy", 0, 1, None).await;
+    match next_event(&mut latest).await.unwrap() {
+        Event::Batch(batch) => assert_eq!(batch.messages[0].offset, 4),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // Group streams take neither partitions nor a start position.
+    let status = consumer
+        .subscribe(SubscribeRequest {
+            topic: "policy".into(),
+            partitions: vec![0],
+            group: Some(membership("tail", "", 0, 0)),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = subscribe(
+        &mut consumer,
+        "missing",
+        membership("tail", "", 0, 0),
+        ResetPolicy::Latest,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+}
