@@ -35,6 +35,13 @@ const SEGMENT_MAP_BYTES: usize = (SEGMENT_BYTES_MAX + BATCH_BYTES_MAX) as usize;
 /// Buffer used to copy a torn tail to its side file and to rewrite recovered bytes.
 const TORN_TAIL_COPY_CHUNK_BYTES: usize = 64 * 1024;
 
+/// Created in the partition directory when the partition is poisoned (never fsynced:
+/// it only has to outlive the process, not the machine). While it exists, recovery
+/// writes the bytes it scans again before fsyncing them, because after a failed
+/// fdatasync Linux keeps the pages it could not write but marks them clean
+/// ("fsyncgate"): a plain fsync would leave them off the disk while they are served.
+pub const FSYNC_FAILED_MARKER: &str = "fsync-failed";
+
 /// Offsets assigned to one append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -215,7 +222,14 @@ impl Partition {
         bases.sort_unstable();
 
         let mut checkpoint = CheckpointFile::open_with(fs.clone(), dir)?;
-        let recovered = recover(&fs, dir, &bases, checkpoint.last())?;
+        let marker = dir.join(FSYNC_FAILED_MARKER);
+        let after_failed_fsync = fs
+            .try_exists(&marker)
+            .ctx(|| format!("looking for {}", marker.display()))?;
+        if after_failed_fsync {
+            tracing::warn!(partition = %name, "an fsync failed before this restart: recovery writes the unchecked tail again before fsyncing it");
+        }
+        let recovered = recover(&fs, dir, &bases, checkpoint.last(), after_failed_fsync)?;
         let (active_state, sealed) = match recovered {
             Some(recovered) => (recovered.active, recovered.sealed),
             None => {
@@ -249,6 +263,10 @@ impl Partition {
         // Everything recovered has been fsynced: record it so the next recovery
         // starts here.
         checkpoint.write(end.segment_base, end.position, end.offset)?;
+        if after_failed_fsync {
+            fs.remove_file(&marker)
+                .ctx(|| format!("removing {}", marker.display()))?;
+        }
 
         let active = Arc::new(Segment::with_state(
             fs.clone(),
@@ -376,6 +394,12 @@ impl Partition {
 
     fn poison_locked(&self, writer: &mut Writer, cause: String) {
         tracing::error!(partition = %self.name, %cause, "partition poisoned: refusing writes until restart");
+        if writer.poisoned.is_none() {
+            let marker = self.dir.join(FSYNC_FAILED_MARKER);
+            if let Err(error) = self.fs.open(&marker, OpenMode::Create) {
+                tracing::error!(partition = %self.name, %error, "could not leave the fsync-failed marker: after a restart without a reboot, recovery may trust pages the kernel never wrote");
+            }
+        }
         writer.poisoned.get_or_insert(cause.clone());
         self.progress.poison(cause);
     }
@@ -773,6 +797,7 @@ fn recover(
     dir: &Path,
     bases: &[u64],
     checkpoint: Option<crate::checkpoint::Checkpoint>,
+    after_failed_fsync: bool,
 ) -> Result<Option<Recovered>> {
     let Some(&last_base) = bases.last() else {
         return Ok(None);
@@ -799,7 +824,7 @@ fn recover(
                     segment::remove_files_with(&**fs, dir, later)?;
                 }
                 fsutil::sync_dir_with(&**fs, dir)?;
-                return recover(fs, dir, &bases[..index], checkpoint);
+                return recover(fs, dir, &bases[..index], checkpoint, after_failed_fsync);
             }
             return Err(Error::corrupt(
                 &path,
@@ -878,14 +903,15 @@ fn recover(
             cut_torn_tail(&**fs, &path, &*file, torn.position, log_bytes, &torn.reason)?;
         }
         // The scanned bytes may have been in the page cache only (the process died,
-        // not the machine): make them durable before anyone reads them as such. An
-        // fsync alone is not enough: if the process before was poisoned by a failed
-        // fdatasync, Linux kept those pages but marked them clean ("fsyncgate"), and
-        // would write nothing. Writing the bytes again dirties them; the range is what
-        // the checkpoint did not vouch for, usually a few seconds of appends.
-        rewrite(&*file, trusted.min(report.valid_bytes), report.valid_bytes)
-            .and_then(|()| file.sync_data())
-            .ctx(|| format!("rewriting and fsyncing {}", path.display()))?;
+        // not the machine): make them durable before anyone reads them as such. After
+        // a failed fsync an fsync alone is not enough (see `FSYNC_FAILED_MARKER`):
+        // writing the bytes the checkpoint did not vouch for again dirties them.
+        if after_failed_fsync {
+            rewrite(&*file, trusted.min(report.valid_bytes), report.valid_bytes)
+                .ctx(|| format!("rewriting {}", path.display()))?;
+        }
+        file.sync_data()
+            .ctx(|| format!("fsyncing {}", path.display()))?;
 
         if is_last || report.torn_tail.is_some() {
             // Nothing after a torn tail was ever acknowledged durable: the segments

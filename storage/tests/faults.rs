@@ -393,11 +393,11 @@ fn check_recovered(
 #[derive(Debug, Clone, Copy)]
 enum Ending {
     /// A power cut: the image keeps only what was synced.
-    PowerLoss,
+    PowerCut,
     /// A power cut that keeps some unsynced writes, the last one torn.
-    TornPowerLoss(u64),
+    TornWrites(u64),
     /// `kill -9`: the page cache survives; recovery runs; then a power cut.
-    KillThenPowerLoss,
+    ProcessKill,
 }
 
 fn reopen(fs: &FaultyFs, dir: &Path, clock: &Arc<ManualClock>, context: &str) -> Store {
@@ -444,9 +444,9 @@ fn crash_point(seed: u64, crash_at: Option<u64>, ending: Ending) -> (bool, u64) 
     let context = format!("seed {seed} crash after op {crash_at:?} ({ending:?})");
     let mut rng = Rng::new(seed ^ 0xC0FFEE);
     match ending {
-        Ending::PowerLoss | Ending::TornPowerLoss(_) => {
+        Ending::PowerCut | Ending::TornWrites(_) => {
             let options = match ending {
-                Ending::TornPowerLoss(crash_seed) => CrashOptions::keep_some(crash_seed),
+                Ending::TornWrites(crash_seed) => CrashOptions::keep_some(crash_seed),
                 _ => CrashOptions::lose_unsynced(),
             };
             fs.crash(options).unwrap();
@@ -454,7 +454,7 @@ fn crash_point(seed: u64, crash_at: Option<u64>, ending: Ending) -> (bool, u64) 
             check_recovered(&store, &ledger, &mut rng, true, &context);
             store.close().unwrap();
         }
-        Ending::KillThenPowerLoss => {
+        Ending::ProcessKill => {
             fs.kill_process();
             let store = reopen(&fs, &data, &clock, &context);
             // No writes here: an fsync now would cover for a recovery that served data
@@ -484,7 +484,7 @@ fn every_crash_point_keeps_what_was_acknowledged() {
     let started = std::time::Instant::now();
     for seed in 0..seeds() {
         // A run without a crash counts the operations: the crash points.
-        let (powered_off, total) = crash_point(seed, None, Ending::PowerLoss);
+        let (powered_off, total) = crash_point(seed, None, Ending::PowerCut);
         assert!(!powered_off);
         assert!(
             total > 50,
@@ -492,9 +492,9 @@ fn every_crash_point_keeps_what_was_acknowledged() {
         );
         for at in 1..=total {
             let ending = match at % 3 {
-                0 => Ending::PowerLoss,
-                1 => Ending::TornPowerLoss(seed * 1_000_003 + at),
-                _ => Ending::KillThenPowerLoss,
+                0 => Ending::PowerCut,
+                1 => Ending::TornWrites(seed * 1_000_003 + at),
+                _ => Ending::ProcessKill,
             };
             let started = std::time::Instant::now();
             crash_point(seed, Some(at), ending);
@@ -943,5 +943,99 @@ fn short_writes_never_leave_a_torn_batch() {
             committed,
             "{context}"
         );
+    }
+}
+
+#[test]
+fn a_failed_directory_fsync_in_retention_poisons_the_partition() {
+    for restart in [Restart::ProcessThenPowerCut, Restart::PowerCut] {
+        let context = "EIO on the retention's directory fsync";
+        let dir = scratch_dir();
+        let data = dir.path().join("data");
+        let fs = FaultyFs::new(dir.path(), 3).unwrap();
+        let clock = ManualClock::new(START_MS);
+        let store = Store::open(&data, options(&fs, &clock)).unwrap();
+        let topic = store
+            .create_topic("t", 1, topic_config(FsyncPolicy::Always, 8 * 1024))
+            .unwrap();
+        let part = topic.partition(0).unwrap().clone();
+        let mut rng = Rng::new(3);
+        let mut values = BTreeMap::new();
+        let acked_end = append_acked(&part, &mut rng, "before", 40, &mut values);
+        assert!(part.info().segment_count > 3, "{context}: too few segments");
+        fs.fail_sync(
+            SyncFault::nth(1)
+                .kinds(&[SyncKind::Dir])
+                .path_contains("/t/0"),
+        );
+        let error = part.enforce_retention().unwrap_err();
+        assert!(is_poisoned_or_io(&error), "{context}: {error}");
+        assert_eq!(fs.stats().failed_syncs, 1, "{context}");
+        let refused = part.append(&batch(&mut rng, "refused", 1)).unwrap_err();
+        assert!(
+            matches!(refused, Error::Poisoned { .. }),
+            "{context}: {refused}"
+        );
+        drop((topic, part));
+        store.simulate_crash();
+        check_after_restart(&fs, &data, &clock, restart, &values, acked_end, context);
+    }
+}
+
+#[test]
+fn a_failed_fsync_of_the_offsets_log_fails_the_commit_and_refuses_later_ones() {
+    for restart in [Restart::ProcessThenPowerCut, Restart::PowerCut] {
+        let context = format!("EIO on the offsets log ({restart:?})");
+        let dir = scratch_dir();
+        let data = dir.path().join("data");
+        let fs = FaultyFs::new(dir.path(), 4).unwrap();
+        let clock = ManualClock::new(START_MS);
+        let store = Store::open(&data, options(&fs, &clock)).unwrap();
+        let commit = |store: &Store, offset: u64| {
+            store
+                .offsets()
+                .commit("g", &[("t".to_string(), 0, offset, String::new())])
+        };
+        commit(&store, 10).unwrap();
+        fs.fail_sync(
+            SyncFault::nth(1)
+                .kinds(&[SyncKind::Data])
+                .path_contains("offsets.log"),
+        );
+        let failed = commit(&store, 20).unwrap_err();
+        assert!(is_poisoned_or_io(&failed), "{context}: {failed}");
+        let refused = commit(&store, 30).unwrap_err();
+        assert!(
+            matches!(refused, Error::Poisoned { .. }),
+            "{context}: {refused}"
+        );
+        // Readers see only what was acknowledged.
+        assert_eq!(
+            store.offsets().fetch("g", "t", 0).map(|c| c.offset),
+            Some(10)
+        );
+        store.simulate_crash();
+        let fetch_after_restart = |fs: &FaultyFs| {
+            let store = reopen(fs, &data, &clock, &context);
+            let fetched = store.offsets().fetch("g", "t", 0).map(|c| c.offset);
+            store.simulate_crash();
+            fetched
+        };
+        match restart {
+            Restart::ProcessThenPowerCut => {
+                fs.kill_process();
+                let shown = fetch_after_restart(&fs);
+                assert!(matches!(shown, Some(10 | 20)), "{context}: {shown:?}");
+                fs.crash(CrashOptions::lose_unsynced()).unwrap();
+                assert_eq!(fetch_after_restart(&fs), shown, "{context}");
+            }
+            Restart::PowerCut => {
+                fs.crash(CrashOptions::lose_unsynced()).unwrap();
+                assert_eq!(fetch_after_restart(&fs), Some(10), "{context}");
+            }
+        }
+        let store = reopen(&fs, &data, &clock, &context);
+        commit(&store, 40).unwrap();
+        store.close().unwrap();
     }
 }
