@@ -30,7 +30,12 @@ impl AdminService {
     }
 
     /// Records the call's metrics and passes its result through.
-    fn finish<T>(&self, method: &'static str, started: Instant, result: Result<T, Status>) -> Result<T, Status> {
+    fn finish<T>(
+        &self,
+        method: &'static str,
+        started: Instant,
+        result: Result<T, Status>,
+    ) -> Result<T, Status> {
         self.state
             .metrics
             .rpc_finished(method, started, result.as_ref().err().map(Status::code));
@@ -84,7 +89,10 @@ impl AdminService {
         })
     }
 
-    async fn alter(&self, request: AlterTopicConfigRequest) -> Result<AlterTopicConfigResponse, Status> {
+    async fn alter(
+        &self,
+        request: AlterTopicConfigRequest,
+    ) -> Result<AlterTopicConfigResponse, Status> {
         let topic = convert::or_status(self.state.store.topic(&request.name))?;
         let config = convert::apply_config_update(&topic.config(), request.update)?;
         let store = self.state.store.clone();
@@ -120,7 +128,8 @@ impl Admin for AdminService {
     ) -> Result<Response<CreateTopicResponse>, Status> {
         let started = Instant::now();
         let result = self.create(request.into_inner()).await;
-        self.finish("CreateTopic", started, result).map(Response::new)
+        self.finish("CreateTopic", started, result)
+            .map(Response::new)
     }
 
     async fn delete_topic(
@@ -129,7 +138,8 @@ impl Admin for AdminService {
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         let started = Instant::now();
         let result = self.delete(request.into_inner()).await;
-        self.finish("DeleteTopic", started, result).map(Response::new)
+        self.finish("DeleteTopic", started, result)
+            .map(Response::new)
     }
 
     async fn list_topics(
@@ -138,7 +148,8 @@ impl Admin for AdminService {
     ) -> Result<Response<ListTopicsResponse>, Status> {
         let started = Instant::now();
         let result = Ok(self.list(request.get_ref()));
-        self.finish("ListTopics", started, result).map(Response::new)
+        self.finish("ListTopics", started, result)
+            .map(Response::new)
     }
 
     async fn describe_topic(
@@ -147,7 +158,8 @@ impl Admin for AdminService {
     ) -> Result<Response<DescribeTopicResponse>, Status> {
         let started = Instant::now();
         let result = self.describe(request.get_ref());
-        self.finish("DescribeTopic", started, result).map(Response::new)
+        self.finish("DescribeTopic", started, result)
+            .map(Response::new)
     }
 
     async fn alter_topic_config(
@@ -156,6 +168,7 @@ impl Admin for AdminService {
     ) -> Result<Response<AlterTopicConfigResponse>, Status> {
         let started = Instant::now();
         let result = self.alter(request.into_inner()).await;
-        self.finish("AlterTopicConfig", started, result).map(Response::new)
+        self.finish("AlterTopicConfig", started, result)
+            .map(Response::new)
     }
 }

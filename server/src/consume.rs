@@ -97,8 +97,7 @@ impl ConsumerService {
             wait = wait.min(deadline.saturating_sub(DEADLINE_MARGIN));
         }
         let mut result = read(&partition, request.offset, limits)?;
-        if result.records.is_empty() && result.next_offset == result.end_offset && !wait.is_zero()
-        {
+        if result.records.is_empty() && result.next_offset == result.end_offset && !wait.is_zero() {
             tokio::select! {
                 _ = tokio::time::timeout(wait, partition.wait_for_data(result.next_offset)) => {}
                 _ = self.state.shutdown.wait() => {}
@@ -297,11 +296,10 @@ impl PartitionReader {
         let limits = self.limits;
         let cursor = &mut self.cursors[index];
         for _ in 0..EXPIRED_SKIPS_MAX {
-            let result = cursor.partition.read(
-                cursor.position,
-                limits.max_messages,
-                limits.max_bytes,
-            );
+            let result =
+                cursor
+                    .partition
+                    .read(cursor.position, limits.max_messages, limits.max_bytes);
             match result {
                 Ok(result) if !result.records.is_empty() => {
                     cursor.position = result.next_offset;
@@ -416,7 +414,10 @@ pub fn spawn_subscription(
 }
 
 /// A plain subscription: checks the request, resolves the start of every partition.
-fn plain_subscription(state: &Arc<AppState>, request: SubscribeRequest) -> Result<PartitionReader, Status> {
+fn plain_subscription(
+    state: &Arc<AppState>,
+    request: SubscribeRequest,
+) -> Result<PartitionReader, Status> {
     let topic = convert::or_status(state.store.topic(&request.topic))?;
     let reset_policy = convert::reset_policy(request.reset_policy)?;
     let ids: Vec<u32> = if request.partitions.is_empty() {
@@ -450,7 +451,10 @@ pub type SubscribeStream = Pin<Box<dyn Stream<Item = Result<SubscribeResponse, S
 
 #[tonic::async_trait]
 impl Consumer for ConsumerService {
-    async fn fetch(&self, request: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
+    async fn fetch(
+        &self,
+        request: Request<FetchRequest>,
+    ) -> Result<Response<FetchResponse>, Status> {
         let started = Instant::now();
         let result = ConsumerService::fetch(self, &request).await;
         self.state

@@ -35,9 +35,9 @@ pub fn status(error: &Error) -> Status {
         Error::AlreadyExists { .. } => Status::already_exists(format!(
             "{error}; choose another name, or delete the existing one first"
         )),
-        Error::InvalidArgument(_) => {
-            Status::invalid_argument(format!("{error}; fix the request, retrying it unchanged will fail again"))
-        }
+        Error::InvalidArgument(_) => Status::invalid_argument(format!(
+            "{error}; fix the request, retrying it unchanged will fail again"
+        )),
         Error::TooLarge { limit_name, .. } => {
             let hint = match *limit_name {
                 "max_message_bytes" => {
@@ -126,7 +126,9 @@ fn positive(name: &str, value: Option<u64>) -> Result<Option<u64>, Status> {
 
 /// A create request's config, with the API's defaults (which differ from the
 /// storage engine's: absent retention and segment_ms mean "off").
-pub fn topic_config_from_proto(config: Option<pb::TopicConfig>) -> Result<storage::TopicConfig, Status> {
+pub fn topic_config_from_proto(
+    config: Option<pb::TopicConfig>,
+) -> Result<storage::TopicConfig, Status> {
     let config = config.unwrap_or_default();
     let result = storage::TopicConfig {
         retention_ms: positive("retention_ms", config.retention_ms)?,
@@ -337,8 +339,8 @@ pub fn error_status(status: &Status) -> pb::ErrorStatus {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
     use bytes::Bytes;
+    use std::path::PathBuf;
     use tonic::Code;
 
     use super::*;
@@ -418,7 +420,10 @@ mod tests {
         assert_eq!(config.retention_ms, None);
         assert_eq!(config.segment_ms, None);
         assert_eq!(config.segment_bytes, storage::limits::SEGMENT_BYTES_DEFAULT);
-        assert_eq!(config.max_message_bytes, storage::limits::MESSAGE_BYTES_DEFAULT);
+        assert_eq!(
+            config.max_message_bytes,
+            storage::limits::MESSAGE_BYTES_DEFAULT
+        );
         assert_eq!(config.fsync, storage::FsyncPolicy::Always);
         assert_eq!(config.compression, storage::Compression::None);
         let round_trip = topic_config_from_proto(Some(topic_config_to_proto(&config))).unwrap();
@@ -510,7 +515,10 @@ mod tests {
             timestamp_ms: Some(-1),
             ..Default::default()
         };
-        assert_eq!(new_record(2, bad).unwrap_err().code(), Code::InvalidArgument);
+        assert_eq!(
+            new_record(2, bad).unwrap_err().code(),
+            Code::InvalidArgument
+        );
 
         let stored = storage::Record {
             offset: 7,

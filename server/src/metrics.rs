@@ -180,8 +180,7 @@ impl Collector for ScrapeSources {
                         topic: topic.name().to_string(),
                         partition: info.partition,
                     };
-                    end.get_or_create(&labels)
-                        .set(gauge_value(info.end_offset));
+                    end.get_or_create(&labels).set(gauge_value(info.end_offset));
                     start
                         .get_or_create(&labels)
                         .set(gauge_value(info.log_start));
@@ -206,7 +205,12 @@ impl Collector for ScrapeSources {
                     &size,
                 ),
             ] {
-                family.encode(encoder.encode_descriptor(name, help, None, family.metric_type())?)?;
+                family.encode(encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    family.metric_type(),
+                )?)?;
             }
         }
         if let Some(groups) = self.groups.get().and_then(Weak::upgrade) {
@@ -372,7 +376,9 @@ impl Metrics {
         let labels = TopicLabels {
             topic: topic.to_string(),
         };
-        self.publish_messages.get_or_create(&labels).inc_by(messages);
+        self.publish_messages
+            .get_or_create(&labels)
+            .inc_by(messages);
         self.publish_bytes.get_or_create(&labels).inc_by(bytes);
     }
 
@@ -600,7 +606,9 @@ async fn handle_http(mut stream: TcpStream, metrics: &Metrics) -> std::io::Resul
             stream.write_all(body.as_bytes()).await?;
             stream.shutdown().await
         }
-        ("GET" | "HEAD", _) => respond(&mut stream, "404 Not Found", "not found: try /metrics\n").await,
+        ("GET" | "HEAD", _) => {
+            respond(&mut stream, "404 Not Found", "not found: try /metrics\n").await
+        }
         _ => respond(&mut stream, "405 Method Not Allowed", "only GET /metrics\n").await,
     }
 }
@@ -629,7 +637,9 @@ mod tests {
         metrics.fetched("orders", 2, 20);
         metrics.rpc_finished("Publish", Instant::now(), Some(tonic::Code::NotFound));
         metrics.position_reset("orders", "below_log_start");
-        metrics.flush_observer().on_flush(Duration::from_millis(3), 5, 4096);
+        metrics
+            .flush_observer()
+            .on_flush(Duration::from_millis(3), 5, 4096);
         let guard = metrics.open_stream("subscribe");
         let text = metrics.encode();
         for expected in [
@@ -645,7 +655,11 @@ mod tests {
             assert!(text.contains(expected), "{expected} missing from\n{text}");
         }
         drop(guard);
-        assert!(metrics.encode().contains("tidelog_open_streams{kind=\"subscribe\"} 0"));
+        assert!(
+            metrics
+                .encode()
+                .contains("tidelog_open_streams{kind=\"subscribe\"} 0")
+        );
     }
 
     #[derive(Debug)]

@@ -187,9 +187,11 @@ impl Publisher for PublisherService {
             return Err(shutting_down());
         }
         let result = publish(&self.state, request.into_inner()).await;
-        self.state
-            .metrics
-            .rpc_finished("Publish", started, result.as_ref().err().map(Status::code));
+        self.state.metrics.rpc_finished(
+            "Publish",
+            started,
+            result.as_ref().err().map(Status::code),
+        );
         result.map(Response::new)
     }
 
@@ -221,7 +223,9 @@ impl Publisher for PublisherService {
                     Ok(Some(item)) => Pending::Request {
                         request_id: item.request_id,
                         outcome: match item.request {
-                            Some(request) => prepare(&state, request).and_then(|p| append(&state, p)),
+                            Some(request) => {
+                                prepare(&state, request).and_then(|p| append(&state, p))
+                            }
                             None => Err(Status::invalid_argument(
                                 "PublishStreamRequest.request is missing; set it to the publish to perform",
                             )),
@@ -245,7 +249,10 @@ impl Publisher for PublisherService {
             let mut final_error = None;
             while let Some(pending) = pending_rx.recv().await {
                 let response = match pending {
-                    Pending::Request { request_id, outcome } => {
+                    Pending::Request {
+                        request_id,
+                        outcome,
+                    } => {
                         let result = match outcome {
                             Ok(written) => complete(written).await,
                             Err(status) => Err(status),

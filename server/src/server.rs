@@ -122,7 +122,12 @@ async fn serve(
         .map_err(|e| format!("cannot listen for gRPC on {}: {e}", settings.listen))?;
     let metrics_listener = TcpListener::bind(settings.metrics_listen)
         .await
-        .map_err(|e| format!("cannot listen for metrics on {}: {e}", settings.metrics_listen))?;
+        .map_err(|e| {
+            format!(
+                "cannot listen for metrics on {}: {e}",
+                settings.metrics_listen
+            )
+        })?;
     let bound = Bound {
         grpc: grpc_listener.local_addr().map_err(|e| e.to_string())?,
         metrics: metrics_listener.local_addr().map_err(|e| e.to_string())?,
@@ -155,7 +160,9 @@ async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(AdminServer::new(AdminService::new(state.clone())).max_decoding_message_size(max))
+        .add_service(
+            AdminServer::new(AdminService::new(state.clone())).max_decoding_message_size(max),
+        )
         .add_service(
             PublisherServer::new(PublisherService::new(state.clone()))
                 .max_decoding_message_size(max),
@@ -194,7 +201,8 @@ async fn serve(
 
     let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let stopping = state.shutdown.clone();
-    let serving = router.serve_with_incoming_shutdown(incoming, async move { stopping.wait().await });
+    let serving =
+        router.serve_with_incoming_shutdown(incoming, async move { stopping.wait().await });
     tracing::info!(grpc = %bound.grpc, metrics = %bound.metrics, data = %bound.data_dir.display(), "tidelogd is ready");
     on_ready(&bound);
 

@@ -28,7 +28,10 @@ fn help_documents_every_setting() {
         "--shutdown-timeout",
         "tidelogd ready",
     ] {
-        assert!(help.contains(expected), "{expected} missing from --help:\n{help}");
+        assert!(
+            help.contains(expected),
+            "{expected} missing from --help:\n{help}"
+        );
     }
 }
 

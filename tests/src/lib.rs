@@ -61,7 +61,11 @@ pub fn workspace_binary(env_var: &str, package: &str, name: &str) -> PathBuf {
         }
         let status = command.status().expect("running cargo build");
         assert!(status.success(), "cargo build of {name} failed");
-        assert!(path.exists(), "{} missing after cargo build", path.display());
+        assert!(
+            path.exists(),
+            "{} missing after cargo build",
+            path.display()
+        );
     }
     path
 }

@@ -11,9 +11,9 @@ use tidelog_proto::v1::subscribe_response::Event;
 use tidelog_proto::v1::{
     AckLevel, AlterTopicConfigRequest, ConsumedMessage, CreateTopicRequest, DeleteTopicRequest,
     DescribeTopicRequest, FetchRequest, FetchResponse, Header, ListTopicsRequest, Message,
-    PublishRequest, PublishResponse, PublishStreamRequest, ResetPolicy, ResetReason,
-    StartPosition, SubscribeRequest, SubscribeResponse, TopicConfig, TopicConfigUpdate,
-    TopicDescription, publish_stream_response::Outcome,
+    PublishRequest, PublishResponse, PublishStreamRequest, ResetPolicy, ResetReason, StartPosition,
+    SubscribeRequest, SubscribeResponse, TopicConfig, TopicConfigUpdate, TopicDescription,
+    publish_stream_response::Outcome,
 };
 use tidelog_tests::{TestBroker, http_get, metric_value};
 use tokio::sync::mpsc;
@@ -214,12 +214,20 @@ async fn publish_fetch_round_trip_with_keys_and_headers() {
     for ack in &acks {
         *per_partition.entry(ack.partition).or_insert(0) += 1;
     }
-    assert_eq!(per_partition.values().copied().collect::<Vec<_>>(), [10, 10, 10]);
+    assert_eq!(
+        per_partition.values().copied().collect::<Vec<_>>(),
+        [10, 10, 10]
+    );
 
     // ACK_LEVEL_NONE answers without acks; the messages are stored all the same.
-    let response = publish(&broker, "orders", vec![value_message("quiet")], AckLevel::None)
-        .await
-        .unwrap();
+    let response = publish(
+        &broker,
+        "orders",
+        vec![value_message("quiet")],
+        AckLevel::None,
+    )
+    .await
+    .unwrap();
     assert!(response.acks.is_empty());
 
     // Fetch limits and next_offset.
@@ -248,10 +256,11 @@ async fn publish_fetch_round_trip_with_keys_and_headers() {
     // The counters moved.
     let metrics = broker.metrics_text();
     assert!(
-        metric_value(&metrics, "tidelog_publish_messages_total{topic=\"orders\"}").unwrap()
-            >= 34.0
+        metric_value(&metrics, "tidelog_publish_messages_total{topic=\"orders\"}").unwrap() >= 34.0
     );
-    assert!(metric_value(&metrics, "tidelog_fetch_messages_total{topic=\"orders\"}").unwrap() >= 6.0);
+    assert!(
+        metric_value(&metrics, "tidelog_fetch_messages_total{topic=\"orders\"}").unwrap() >= 6.0
+    );
     assert!(metric_value(&metrics, "tidelog_fsync_duration_seconds_count").unwrap() >= 1.0);
     assert!(
         metrics.contains("tidelog_partition_end_offset{topic=\"orders\",partition=\"2\"}"),
@@ -361,7 +370,8 @@ async fn subscribe_from_earliest_latest_offset_and_timestamp() {
         start: start(position),
         ..Default::default()
     };
-    let offsets = |messages: &[ConsumedMessage]| messages.iter().map(|m| m.offset).collect::<Vec<_>>();
+    let offsets =
+        |messages: &[ConsumedMessage]| messages.iter().map(|m| m.offset).collect::<Vec<_>>();
 
     let mut earliest = subscribe(&broker, request(Position::Earliest(Earliest {}))).await;
     let got = collect_messages(&mut earliest, 10).await;
@@ -369,11 +379,17 @@ async fn subscribe_from_earliest_latest_offset_and_timestamp() {
     assert_eq!(got[3].value, Bytes::from_static(b"m3"));
 
     let mut from_offset = subscribe(&broker, request(Position::Offset(7))).await;
-    assert_eq!(offsets(&collect_messages(&mut from_offset, 3).await), [7, 8, 9]);
+    assert_eq!(
+        offsets(&collect_messages(&mut from_offset, 3).await),
+        [7, 8, 9]
+    );
 
     // The first message with timestamp >= 4500 is offset 4 (timestamp 5000).
     let mut from_time = subscribe(&broker, request(Position::TimestampMs(4500))).await;
-    assert_eq!(offsets(&collect_messages(&mut from_time, 6).await), [4, 5, 6, 7, 8, 9]);
+    assert_eq!(
+        offsets(&collect_messages(&mut from_time, 6).await),
+        [4, 5, 6, 7, 8, 9]
+    );
 
     let mut latest = subscribe(&broker, request(Position::Latest(Latest {}))).await;
     // No start at all also means latest.
@@ -387,10 +403,20 @@ async fn subscribe_from_earliest_latest_offset_and_timestamp() {
     .await;
     // Let both streams reach the server before the next publish.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    publish(&broker, "events", vec![value_message("new")], AckLevel::Durable)
-        .await
-        .unwrap();
-    for stream in [&mut latest, &mut default_start, &mut earliest, &mut from_time] {
+    publish(
+        &broker,
+        "events",
+        vec![value_message("new")],
+        AckLevel::Durable,
+    )
+    .await
+    .unwrap();
+    for stream in [
+        &mut latest,
+        &mut default_start,
+        &mut earliest,
+        &mut from_time,
+    ] {
         let got = collect_messages(stream, 1).await;
         assert_eq!((got[0].offset, &got[0].value[..]), (10, &b"new"[..]));
     }
@@ -509,7 +535,11 @@ async fn publish_stream_answers_in_order_and_survives_bad_requests() {
         .into_inner();
     let sender = tokio::spawn(async move {
         for request_id in 0..300u64 {
-            let topic = if request_id == 150 { "missing" } else { "piped" };
+            let topic = if request_id == 150 {
+                "missing"
+            } else {
+                "piped"
+            };
             tx.send(PublishStreamRequest {
                 request_id: 1000 + request_id,
                 request: Some(PublishRequest {
@@ -543,7 +573,10 @@ async fn publish_stream_answers_in_order_and_survives_bad_requests() {
         }
     }
     sender.await.unwrap();
-    assert!(responses.message().await.unwrap().is_none(), "stream ends OK");
+    assert!(
+        responses.message().await.unwrap().is_none(),
+        "stream ends OK"
+    );
     // 299 fsyncs would take ~1 s at this disk's rate; pipelining shares them.
     let metrics = broker.metrics_text();
     let fsyncs = metric_value(&metrics, "tidelog_fsync_duration_seconds_count").unwrap();
@@ -586,9 +619,14 @@ async fn fetch_long_polls_until_data_arrives_or_the_wait_ends() {
         (response, started.elapsed())
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    publish(&broker, "poll", vec![value_message("wake")], AckLevel::Durable)
-        .await
-        .unwrap();
+    publish(
+        &broker,
+        "poll",
+        vec![value_message("wake")],
+        AckLevel::Durable,
+    )
+    .await
+    .unwrap();
     let (response, waited) = waiting.await.unwrap();
     assert_eq!(response.messages.len(), 1);
     assert_eq!(response.next_offset, 1);
@@ -682,7 +720,10 @@ async fn retention_deletes_old_segments_and_resets_subscribers() {
         if description.partitions[0].log_start_offset == 80 {
             break description;
         }
-        assert!(Instant::now() < deadline, "retention did not run: {description:?}");
+        assert!(
+            Instant::now() < deadline,
+            "retention did not run: {description:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(description.partitions[0].end_offset, 80);
@@ -709,19 +750,31 @@ async fn retention_deletes_old_segments_and_resets_subscribers() {
         }
         other => panic!("expected a PositionReset, got {other:?}"),
     }
-    publish(&broker, "old", vec![value_message("fresh")], AckLevel::Durable)
-        .await
-        .unwrap();
+    publish(
+        &broker,
+        "old",
+        vec![value_message("fresh")],
+        AckLevel::Durable,
+    )
+    .await
+    .unwrap();
     assert_eq!(collect_messages(&mut stream, 1).await[0].offset, 80);
 
     let metrics = broker.metrics_text();
     assert!(
-        metric_value(&metrics, "tidelog_retention_deleted_segments_total{topic=\"old\"}").unwrap()
+        metric_value(
+            &metrics,
+            "tidelog_retention_deleted_segments_total{topic=\"old\"}"
+        )
+        .unwrap()
             >= 1.0,
         "{metrics}"
     );
     assert_eq!(
-        metric_value(&metrics, "tidelog_retention_deleted_messages_total{topic=\"old\"}"),
+        metric_value(
+            &metrics,
+            "tidelog_retention_deleted_messages_total{topic=\"old\"}"
+        ),
         Some(80.0)
     );
     assert_eq!(
@@ -761,7 +814,6 @@ async fn errors_have_precise_codes_and_actionable_messages() {
         .await
         .unwrap();
     let mut admin = broker.admin().await;
-
 
     // Unknown topic.
     expect(
@@ -861,7 +913,11 @@ async fn errors_have_precise_codes_and_actionable_messages() {
         Code::InvalidArgument,
         "0..2",
     );
-    expect(fetch(&broker, "errs", 5, 0).await, Code::InvalidArgument, "0..2");
+    expect(
+        fetch(&broker, "errs", 5, 0).await,
+        Code::InvalidArgument,
+        "0..2",
+    );
     let mut bad_subscribe = broker.consumer().await;
     expect(
         async {
@@ -947,15 +1003,21 @@ async fn errors_have_precise_codes_and_actionable_messages() {
 async fn health_reports_serving_and_reflection_lists_the_services() {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let broker = TestBroker::start();
     let channel: Channel = broker.channel().await;
     let mut health = HealthClient::new(channel.clone());
-    for service in ["", "tidelog.v1.Publisher", "tidelog.v1.Consumer", "tidelog.v1.Admin", "tidelog.v1.Groups"] {
+    for service in [
+        "",
+        "tidelog.v1.Publisher",
+        "tidelog.v1.Consumer",
+        "tidelog.v1.Admin",
+        "tidelog.v1.Groups",
+    ] {
         let status = health
             .check(HealthCheckRequest {
                 service: service.into(),
@@ -1072,9 +1134,14 @@ async fn kill9_after_durable_acks_loses_nothing() {
 async fn sigterm_ends_streams_and_exits_zero() {
     let mut broker = TestBroker::start();
     create_topic(&broker, "graceful", 1, TopicConfig::default()).await;
-    publish(&broker, "graceful", vec![value_message("kept")], AckLevel::Written)
-        .await
-        .unwrap();
+    publish(
+        &broker,
+        "graceful",
+        vec![value_message("kept")],
+        AckLevel::Written,
+    )
+    .await
+    .unwrap();
     let mut stream = subscribe(
         &broker,
         SubscribeRequest {
@@ -1096,6 +1163,28 @@ async fn sigterm_ends_streams_and_exits_zero() {
             })
             .await
     });
+    // An open publish stream with one request answered.
+    let (publish_tx, publish_rx) = mpsc::channel(4);
+    let mut publish_stream = broker
+        .publisher()
+        .await
+        .publish_stream(ReceiverStream::new(publish_rx))
+        .await
+        .unwrap()
+        .into_inner();
+    publish_tx
+        .send(PublishStreamRequest {
+            request_id: 1,
+            request: Some(PublishRequest {
+                topic: "graceful".into(),
+                messages: vec![value_message("streamed")],
+                ack: AckLevel::Durable as i32,
+            }),
+        })
+        .await
+        .unwrap();
+    let answer = publish_stream.message().await.unwrap().unwrap();
+    assert!(matches!(answer.outcome, Some(Outcome::Response(_))));
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let started = Instant::now();
@@ -1107,18 +1196,43 @@ async fn sigterm_ends_streams_and_exits_zero() {
         broker.log()
     );
     // The subscriber was told, and the long poll answered (or saw the server go).
-    let ended = tokio::time::timeout(EVENT_TIMEOUT, stream.message()).await.unwrap();
-    match ended {
-        Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
-        Ok(None) => {}
-        Ok(Some(event)) => panic!("unexpected event {event:?}"),
+    // (It may first deliver the streamed message, if it had not yet.)
+    loop {
+        match tokio::time::timeout(EVENT_TIMEOUT, stream.message())
+            .await
+            .unwrap()
+        {
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                break;
+            }
+            Ok(None) => break,
+            Ok(Some(SubscribeResponse {
+                event: Some(Event::Batch(batch)),
+            })) => assert_eq!(batch.messages[0].value, Bytes::from("streamed")),
+            Ok(Some(event)) => panic!("unexpected event {event:?}"),
+        }
     }
     let _ = tokio::time::timeout(EVENT_TIMEOUT, poll).await.unwrap();
-    assert!(broker.log().contains("checkpoints written"), "{}", broker.log());
+    match tokio::time::timeout(EVENT_TIMEOUT, publish_stream.message())
+        .await
+        .unwrap()
+    {
+        Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+        Ok(None) => {}
+        Ok(Some(answer)) => panic!("unexpected answer {answer:?}"),
+    }
+    drop(publish_tx);
+    assert!(
+        broker.log().contains("checkpoints written"),
+        "{}",
+        broker.log()
+    );
 
     // Written (not fsynced) data survived the clean stop.
     broker.restart();
     let fetched = fetch(&broker, "graceful", 0, 0).await.unwrap();
     assert_eq!(fetched.messages[0].value, Bytes::from("kept"));
+    assert_eq!(fetched.messages[1].value, Bytes::from("streamed"));
     broker.stop();
 }
