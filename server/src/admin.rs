@@ -22,11 +22,17 @@ const INTERNAL_PREFIX: &str = "__";
 #[derive(Debug, Clone)]
 pub struct AdminService {
     state: Arc<AppState>,
+    /// Serializes AlterTopicConfig: each reads the current config, applies its
+    /// update and writes the result, so two at once could lose one update.
+    alter: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AdminService {
     pub fn new(state: Arc<AppState>) -> Self {
-        AdminService { state }
+        AdminService {
+            state,
+            alter: Arc::default(),
+        }
     }
 
     /// Records the call's metrics and passes its result through.
@@ -93,6 +99,7 @@ impl AdminService {
         &self,
         request: AlterTopicConfigRequest,
     ) -> Result<AlterTopicConfigResponse, Status> {
+        let _serialized = self.alter.lock().await;
         let topic = convert::or_status(self.state.store.topic(&request.name))?;
         let config = convert::apply_config_update(&topic.config(), request.update)?;
         let store = self.state.store.clone();

@@ -350,6 +350,41 @@ async fn admin_lists_describes_alters_and_deletes_topics() {
 }
 
 #[tokio::test]
+async fn compressed_topics_deliver_the_original_bytes() {
+    let broker = TestBroker::start();
+    create_topic(
+        &broker,
+        "zipped",
+        1,
+        TopicConfig {
+            compression: tidelog_proto::v1::Compression::Zstd as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    let messages: Vec<Message> = (0..50)
+        .map(|i| Message {
+            key: format!("k{i}").into(),
+            value: format!("{i:04} the same words again and again and again").into(),
+            ..Default::default()
+        })
+        .collect();
+    publish(&broker, "zipped", messages.clone(), AckLevel::Durable)
+        .await
+        .unwrap();
+    let fetched = fetch(&broker, "zipped", 0, 0).await.unwrap();
+    assert_eq!(fetched.messages.len(), 50);
+    for (got, sent) in fetched.messages.iter().zip(&messages) {
+        assert_eq!((&got.key, &got.value), (&sent.key, &sent.value));
+    }
+    let description = describe(&broker, "zipped").await;
+    assert_eq!(
+        description.config.unwrap().compression,
+        tidelog_proto::v1::Compression::Zstd as i32
+    );
+}
+
+#[tokio::test]
 async fn subscribe_from_earliest_latest_offset_and_timestamp() {
     let broker = TestBroker::start();
     create_topic(&broker, "events", 1, TopicConfig::default()).await;
