@@ -241,11 +241,22 @@ impl MemberTask {
             Event::PositionReset(reset) => assigned.contains(&reset.partition),
             _ => true,
         });
-        self.events.push_back(Event::Assignment(Assignment {
+        let assignment = Event::Assignment(Assignment {
             member_id: self.member_id.clone(),
             generation,
             partitions,
-        }));
+        });
+        // A client that is not reading would otherwise collect one Assignment per
+        // rebalance: replace an unsent one in place (what follows it concerns
+        // partitions still assigned), so the queue stays bounded by the partitions.
+        match self
+            .events
+            .iter_mut()
+            .find(|event| matches!(event, Event::Assignment(_)))
+        {
+            Some(unsent) => *unsent = assignment,
+            None => self.events.push_back(assignment),
+        }
         for partition in assigned {
             if self.owned.contains_key(&partition) || self.pending.contains_key(&partition) {
                 continue;

@@ -1319,3 +1319,94 @@ async fn reset_policy_applies_to_partitions_without_a_commit() {
     .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
 }
+
+#[tokio::test]
+async fn a_member_that_stops_reading_does_not_hold_up_a_rebalance() {
+    let broker = TestBroker::start();
+    create_topic(&broker, "backlog", 2).await;
+    // 2 MiB per partition: far more than the stream's buffers hold.
+    let value = vec![7u8; 1024];
+    for partition in 0..2 {
+        for _ in 0..4 {
+            let messages = (0..512)
+                .map(|_| Message {
+                    value: value.clone().into(),
+                    partition: Some(partition),
+                    ..Default::default()
+                })
+                .collect();
+            broker
+                .publisher()
+                .await
+                .publish(PublishRequest {
+                    topic: "backlog".into(),
+                    messages,
+                    ack: AckLevel::Durable as i32,
+                })
+                .await
+                .unwrap();
+        }
+    }
+    let mut consumer = broker.consumer().await;
+    let mut slow = subscribe(
+        &mut consumer,
+        "backlog",
+        membership("stall", "", 0, 0),
+        ResetPolicy::Earliest,
+    )
+    .await
+    .unwrap();
+    let first = expect_assignment(&mut slow).await;
+    assert_eq!(first.partitions, vec![0, 1]);
+
+    // `slow` reads nothing more; a second member still gets its partition at once.
+    let mut other_consumer = broker.consumer().await;
+    let mut fast = subscribe(
+        &mut other_consumer,
+        "backlog",
+        membership("stall", "", 0, 0),
+        ResetPolicy::Earliest,
+    )
+    .await
+    .unwrap();
+    let fast_assignment = expect_assignment(&mut fast).await;
+    assert_eq!(fast_assignment.partitions.len(), 1);
+    let taken = fast_assignment.partitions[0];
+    let mut fast_count = 0;
+    while fast_count < 2048 {
+        match next_event(&mut fast).await.unwrap() {
+            Event::Batch(batch) => {
+                assert!(batch.messages.iter().all(|m| m.partition == taken));
+                fast_count += batch.messages.len();
+            }
+            Event::PositionReset(reset) => assert_eq!(reset.partition, taken),
+            Event::Assignment(a) => panic!("unexpected {a:?}"),
+        }
+    }
+
+    // The slow member's backlog ends with its new Assignment; after it, only its
+    // remaining partition.
+    let mut after_assignment = false;
+    let mut kept_count = 0;
+    while kept_count < 2048 {
+        match next_event(&mut slow).await.unwrap() {
+            Event::Assignment(a) => {
+                assert_eq!(a.generation, fast_assignment.generation);
+                assert_eq!(a.partitions, vec![1 - taken]);
+                after_assignment = true;
+            }
+            Event::Batch(batch) => {
+                for m in &batch.messages {
+                    if after_assignment {
+                        assert_ne!(m.partition, taken, "revoked partition after the Assignment");
+                    }
+                    if m.partition != taken {
+                        kept_count += 1;
+                    }
+                }
+            }
+            Event::PositionReset(_) => {}
+        }
+    }
+    assert!(after_assignment);
+}
