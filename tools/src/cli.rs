@@ -79,7 +79,13 @@ pub enum Command {
         after_help = "Examples:\n  tidelog segment verify /var/lib/tidelog\n  tidelog segment dump /var/lib/tidelog/topics/orders/0/00000000000000000000.log --records"
     )]
     Segment(SegmentCommand),
-    // `tidelog bench` (issue 5) joins here as `Bench(BenchCommand)`.
+
+    /// Benchmark a broker: produce, consume or end to end, with validation.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  tidelog bench produce --producers 2 --stream\n  tidelog bench consume --messages 5M\n  tidelog bench e2e --stream --rate 100k --duration 20s"
+    )]
+    Bench(crate::bench::BenchCommand),
 }
 
 // ---------------------------------------------------------------------------------
@@ -177,7 +183,7 @@ pub enum Fsync {
     Never,
 }
 
-fn fsync(text: &str) -> Result<Fsync, String> {
+pub(crate) fn fsync(text: &str) -> Result<Fsync, String> {
     match text.trim() {
         "always" => Ok(Fsync::Always),
         "never" => Ok(Fsync::Never),

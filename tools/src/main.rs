@@ -5,12 +5,14 @@
 //! | [`cli`] | the command tree (clap) and the parsing of every value |
 //! | [`topic`], [`produce`], [`consume`], [`group`] | commands that talk to the broker |
 //! | [`segment`] | offline dump / verify / repair of a data directory |
+//! | [`bench`] | `tidelog bench produce / consume / e2e`: load with validation |
 //! | [`units`], [`time`], [`spec`], [`output`] | pure parsers and formatters |
 //! | [`client`], [`error`] | the connection, and the one-line errors with exit codes |
 //!
 //! Exit codes: 0 ok, 1 an error from the broker or in the data, 2 bad arguments.
 #![deny(unsafe_code)]
 
+mod bench;
 mod cli;
 mod client;
 mod consume;
@@ -79,6 +81,10 @@ fn run(cli: Cli) -> CliResult<()> {
         // Offline: no broker, no runtime.
         return segment::run(command, json);
     }
+    if let Command::Bench(command) = command {
+        // Its own multi-threaded runtime: the load generators use every core.
+        return bench::run(command, &server, json);
+    }
     validate(&command)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -96,7 +102,7 @@ fn run(cli: Cli) -> CliResult<()> {
             Command::Produce(args) => produce::run(&broker, args, json).await,
             Command::Consume(args) => consume::run(&broker, args, json).await,
             Command::Group(command) => group::run(&broker, command, json).await,
-            Command::Segment(_) => Ok(()),
+            Command::Segment(_) | Command::Bench(_) => Ok(()),
         }
     })
 }

@@ -1,0 +1,530 @@
+//! A producer: publishes batches of bench payloads, by unary `Publish` (one request
+//! at a time, as Iggy's producers do) or on a `PublishStream` with a bounded number
+//! of requests in flight, and measures publish -> ack per request.
+//!
+//! Each request goes to one partition (round robin per request, starting at the
+//! producer's id), so the broker appends it as one record batch. The messages of a
+//! request are written into one buffer and sent as `Bytes` slices of it; once the
+//! broker acked the request and the transport dropped it, the buffer is reused.
+//! With a target rate, requests are due at fixed times and latency counts from the
+//! due time, so a stalled broker cannot hide its stall (no coordinated omission).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tidelog_proto::v1::publisher_client::PublisherClient;
+use tidelog_proto::v1::{
+    AckLevel, Message, MessageAck, PublishRequest, PublishStreamRequest, publish_stream_response,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use super::payload::{Header, Pool, fill};
+use super::stats::{ActorResult, Role};
+use super::validate::Errors;
+use super::{Clock, GRPC_MESSAGE_BYTES_MAX};
+
+/// How much a producer sends.
+#[derive(Debug, Clone, Copy)]
+pub enum Budget {
+    Messages(u64),
+    Until(Instant),
+}
+
+/// Everything one producer needs.
+#[derive(Debug, Clone)]
+pub struct ProducerPlan {
+    pub id: u32,
+    pub run: u32,
+    pub topic: String,
+    pub partitions: u32,
+    pub message_size: usize,
+    pub batch: usize,
+    pub ack: AckLevel,
+    pub stream: bool,
+    pub in_flight: usize,
+    pub budget: Budget,
+    /// Time between request starts, with a target rate.
+    pub interval: Option<Duration>,
+    pub pool: Arc<Pool>,
+    pub clock: Clock,
+}
+
+/// What a producer did.
+#[derive(Debug)]
+pub struct ProducerOutcome {
+    pub result: ActorResult,
+    /// Messages acked per partition (index = partition).
+    pub sent: Vec<u64>,
+    pub errors: Errors,
+}
+
+/// Builds requests: sequences per partition, bodies from the pool, reused buffers.
+struct Batcher {
+    plan: ProducerPlan,
+    next_partition: u32,
+    sequences: Vec<u64>,
+    number: u64,
+    free: Vec<BytesMut>,
+    /// Messages still to send (message budget), or `None` (time budget).
+    remaining: Option<u64>,
+}
+
+impl Batcher {
+    fn new(plan: ProducerPlan) -> Batcher {
+        let remaining = match plan.budget {
+            Budget::Messages(n) => Some(n),
+            Budget::Until(_) => None,
+        };
+        Batcher {
+            next_partition: plan.id % plan.partitions,
+            sequences: vec![0; plan.partitions as usize],
+            number: u64::from(plan.id) << 40,
+            free: Vec::new(),
+            remaining,
+            plan,
+        }
+    }
+
+    /// Messages in the next request, or `None` when the budget is spent.
+    fn next_count(&self, now: Instant) -> Option<usize> {
+        match (self.remaining, self.plan.budget) {
+            (Some(0), _) => None,
+            (Some(n), _) => Some((n as usize).min(self.plan.batch)),
+            (None, Budget::Until(deadline)) if now < deadline => Some(self.plan.batch),
+            _ => None,
+        }
+    }
+
+    /// The next request: its partition, messages and the buffer they point into.
+    fn build(&mut self, count: usize, sent_ns: u64) -> (u32, Vec<Message>, Bytes) {
+        let size = self.plan.message_size;
+        let partition = self.next_partition;
+        self.next_partition = (partition + 1) % self.plan.partitions;
+        let mut buffer = self.free.pop().unwrap_or_default();
+        buffer.clear();
+        buffer.resize(count * size, 0);
+        let first_sequence = self.sequences[partition as usize];
+        for (i, out) in buffer.chunks_exact_mut(size).enumerate() {
+            let header = Header {
+                run: self.plan.run,
+                producer: self.plan.id,
+                partition,
+                sequence: first_sequence + i as u64,
+                sent_ns,
+            };
+            fill(out, &self.plan.pool, self.number + i as u64, &header);
+        }
+        self.number += count as u64;
+        self.sequences[partition as usize] += count as u64;
+        if let Some(remaining) = &mut self.remaining {
+            *remaining -= count as u64;
+        }
+        let buffer = buffer.freeze();
+        let messages = (0..count)
+            .map(|i| Message {
+                key: Bytes::new(),
+                value: buffer.slice(i * size..(i + 1) * size),
+                headers: Vec::new(),
+                timestamp_ms: None,
+                ttl_ms: None,
+                partition: Some(partition),
+            })
+            .collect();
+        (partition, messages, buffer)
+    }
+
+    /// Takes a buffer back once nothing else points into it.
+    fn reclaim(&mut self, buffer: Bytes) {
+        if let Ok(buffer) = buffer.try_into_mut()
+            && self.free.len() < 4
+        {
+            self.free.push(buffer);
+        }
+    }
+}
+
+/// Checks the broker's acks of a request: one per message, in the partition it
+/// was sent to, at consecutive offsets.
+fn check_acks(
+    acks: &[MessageAck],
+    ack: AckLevel,
+    partition: u32,
+    count: usize,
+    producer: u32,
+    errors: &mut Errors,
+) {
+    if ack == AckLevel::None {
+        return;
+    }
+    if acks.len() != count {
+        let got = acks.len();
+        errors.push(|| format!("producer {producer}: {count} messages published, {got} acks"));
+        return;
+    }
+    let base = acks[0].offset;
+    for (i, a) in acks.iter().enumerate() {
+        if a.partition != partition || a.offset != base + i as u64 {
+            let (p, o) = (a.partition, a.offset);
+            errors.push(|| {
+                format!(
+                    "producer {producer}: ack {i} of a request to partition {partition} says partition {p} offset {o} (expected offset {})",
+                    base + i as u64
+                )
+            });
+            return;
+        }
+    }
+}
+
+/// One request on its way: what its ack is matched with.
+struct InFlight {
+    request_id: u64,
+    due: Instant,
+    partition: u32,
+    count: usize,
+    buffer: Bytes,
+}
+
+/// Runs one producer on its own connection. `progress` counts acked messages.
+pub async fn run(plan: ProducerPlan, channel: Channel, progress: Arc<AtomicU64>) -> ProducerOutcome {
+    let client = PublisherClient::new(channel)
+        .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    let mut outcome = ProducerOutcome {
+        result: ActorResult::new(Role::Producer, plan.id),
+        sent: vec![0; plan.partitions as usize],
+        errors: Errors::default(),
+    };
+    if plan.stream {
+        run_stream(plan, client, &progress, &mut outcome).await;
+    } else {
+        run_unary(plan, client, &progress, &mut outcome).await;
+    }
+    outcome
+}
+
+async fn run_unary(
+    plan: ProducerPlan,
+    mut client: PublisherClient<Channel>,
+    progress: &AtomicU64,
+    outcome: &mut ProducerOutcome,
+) {
+    let started = Instant::now();
+    let mut batcher = Batcher::new(plan.clone());
+    let mut k = 0u32;
+    while let Some(count) = batcher.next_count(Instant::now()) {
+        let due = match plan.interval {
+            Some(interval) => {
+                let due = started + interval * k;
+                tokio::time::sleep_until(due.into()).await;
+                due
+            }
+            None => Instant::now(),
+        };
+        k = k.wrapping_add(1);
+        let (partition, messages, buffer) = batcher.build(count, plan.clock.unix_ns(due));
+        let request = PublishRequest {
+            topic: plan.topic.clone(),
+            messages,
+            ack: plan.ack as i32,
+        };
+        match client.publish(request).await {
+            Ok(response) => {
+                let acked = Instant::now();
+                outcome.result.latency.record(acked - due);
+                check_acks(
+                    &response.get_ref().acks,
+                    plan.ack,
+                    partition,
+                    count,
+                    plan.id,
+                    &mut outcome.errors,
+                );
+                record(outcome, partition, count, plan.message_size, started, acked);
+                progress.fetch_add(count as u64, Ordering::Relaxed);
+            }
+            Err(status) => {
+                outcome.errors.push(|| {
+                    format!(
+                        "producer {}: publish failed: {} ({:?})",
+                        plan.id,
+                        status.message(),
+                        status.code()
+                    )
+                });
+                return;
+            }
+        }
+        batcher.reclaim(buffer);
+    }
+}
+
+fn record(
+    outcome: &mut ProducerOutcome,
+    partition: u32,
+    count: usize,
+    size: usize,
+    started: Instant,
+    acked: Instant,
+) {
+    outcome.result.messages += count as u64;
+    outcome.result.bytes += (count * size) as u64;
+    outcome.result.requests += 1;
+    outcome.result.elapsed = acked - started;
+    outcome.sent[partition as usize] += count as u64;
+}
+
+async fn run_stream(
+    plan: ProducerPlan,
+    mut client: PublisherClient<Channel>,
+    progress: &AtomicU64,
+    outcome: &mut ProducerOutcome,
+) {
+    let in_flight_max = plan.in_flight.max(1);
+    let (tx, rx) = mpsc::channel::<PublishStreamRequest>(in_flight_max);
+    let started = Instant::now();
+    let mut responses = match client.publish_stream(ReceiverStream::new(rx)).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            outcome.errors.push(|| {
+                format!(
+                    "producer {}: opening the publish stream failed: {}",
+                    plan.id,
+                    status.message()
+                )
+            });
+            return;
+        }
+    };
+    let mut batcher = Batcher::new(plan.clone());
+    let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(in_flight_max);
+    let mut request_id = 0u64;
+    let mut sender = Some(tx);
+    loop {
+        // Fill the pipeline with what is due.
+        let mut next_due = None;
+        while in_flight.len() < in_flight_max {
+            let now = Instant::now();
+            let Some(count) = batcher.next_count(now) else {
+                sender = None; // half-close: the broker answers the rest, then ends
+                break;
+            };
+            let due = match plan.interval {
+                Some(interval) => {
+                    let due = started + interval * u32::try_from(request_id).unwrap_or(u32::MAX);
+                    if due > now {
+                        next_due = Some(due);
+                        break;
+                    }
+                    due
+                }
+                None => now,
+            };
+            let Some(tx) = &sender else { break };
+            let (partition, messages, buffer) = batcher.build(count, plan.clock.unix_ns(due));
+            let request = PublishStreamRequest {
+                request_id,
+                request: Some(PublishRequest {
+                    topic: plan.topic.clone(),
+                    messages,
+                    ack: plan.ack as i32,
+                }),
+            };
+            // Never full: the channel holds as many requests as may be in flight.
+            if tx.try_send(request).is_err() {
+                outcome.errors.push(|| {
+                    format!("producer {}: the publish stream closed early", plan.id)
+                });
+                return;
+            }
+            in_flight.push_back(InFlight {
+                request_id,
+                due,
+                partition,
+                count,
+                buffer,
+            });
+            request_id += 1;
+        }
+        if in_flight.is_empty() && sender.is_none() {
+            break;
+        }
+        let response = tokio::select! {
+            response = responses.message(), if !in_flight.is_empty() => response,
+            _ = sleep_until_opt(next_due), if next_due.is_some() => continue,
+            else => break,
+        };
+        let acked = Instant::now();
+        let response = match response {
+            Ok(Some(response)) => response,
+            Ok(None) => {
+                let missing = in_flight.len();
+                outcome.errors.push(|| {
+                    format!(
+                        "producer {}: the broker ended the publish stream with {missing} requests unanswered",
+                        plan.id
+                    )
+                });
+                return;
+            }
+            Err(status) => {
+                outcome.errors.push(|| {
+                    format!(
+                        "producer {}: the publish stream failed: {} ({:?})",
+                        plan.id,
+                        status.message(),
+                        status.code()
+                    )
+                });
+                return;
+            }
+        };
+        let Some(sent) = in_flight.pop_front() else {
+            continue;
+        };
+        if response.request_id != sent.request_id {
+            outcome.errors.push(|| {
+                format!(
+                    "producer {}: answer to request {} arrived when request {} was due (out of order)",
+                    plan.id, response.request_id, sent.request_id
+                )
+            });
+            return;
+        }
+        match response.outcome {
+            Some(publish_stream_response::Outcome::Response(acks)) => {
+                outcome.result.latency.record(acked - sent.due);
+                check_acks(
+                    &acks.acks,
+                    plan.ack,
+                    sent.partition,
+                    sent.count,
+                    plan.id,
+                    &mut outcome.errors,
+                );
+                record(
+                    outcome,
+                    sent.partition,
+                    sent.count,
+                    plan.message_size,
+                    started,
+                    acked,
+                );
+                progress.fetch_add(sent.count as u64, Ordering::Relaxed);
+                batcher.reclaim(sent.buffer);
+            }
+            Some(publish_stream_response::Outcome::Error(error)) => {
+                outcome.errors.push(|| {
+                    format!(
+                        "producer {}: request {} failed: {} (code {})",
+                        plan.id, sent.request_id, error.message, error.code
+                    )
+                });
+                return;
+            }
+            None => {
+                outcome.errors.push(|| {
+                    format!(
+                        "producer {}: empty answer to request {}",
+                        plan.id, sent.request_id
+                    )
+                });
+                return;
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(due: Option<Instant>) {
+    if let Some(due) = due {
+        tokio::time::sleep_until(due.into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::payload::{FillerKind, open};
+    use super::*;
+
+    fn plan(partitions: u32, budget: Budget) -> ProducerPlan {
+        ProducerPlan {
+            id: 1,
+            run: 42,
+            topic: "t".into(),
+            partitions,
+            message_size: 64,
+            batch: 4,
+            ack: AckLevel::Durable,
+            stream: false,
+            in_flight: 1,
+            budget,
+            interval: None,
+            pool: Arc::new(Pool::new(FillerKind::Random, 1)),
+            clock: Clock::new(),
+        }
+    }
+
+    #[test]
+    fn batches_rotate_partitions_and_sequence_per_partition() {
+        let mut batcher = Batcher::new(plan(2, Budget::Messages(10)));
+        let mut seen = Vec::new();
+        while let Some(count) = batcher.next_count(Instant::now()) {
+            let (partition, messages, buffer) = batcher.build(count, 7);
+            for m in &messages {
+                let h = open(&m.value).unwrap();
+                assert_eq!((h.run, h.producer, h.partition, h.sent_ns), (42, 1, partition, 7));
+                assert_eq!(m.partition, Some(partition));
+                seen.push((partition, h.sequence));
+            }
+            drop(messages);
+            batcher.reclaim(buffer);
+        }
+        // Producer 1 starts at partition 1; batches of 4, 4, 2.
+        assert_eq!(
+            seen,
+            vec![
+                (1, 0),
+                (1, 1),
+                (1, 2),
+                (1, 3),
+                (0, 0),
+                (0, 1),
+                (0, 2),
+                (0, 3),
+                (1, 4),
+                (1, 5)
+            ]
+        );
+        assert_eq!(batcher.free.len(), 1, "the buffer came back for reuse");
+    }
+
+    #[test]
+    fn a_time_budget_ends_at_the_deadline() {
+        let batcher = Batcher::new(plan(1, Budget::Until(Instant::now() + Duration::from_secs(60))));
+        assert_eq!(batcher.next_count(Instant::now()), Some(4));
+        assert_eq!(batcher.next_count(Instant::now() + Duration::from_secs(61)), None);
+    }
+
+    #[test]
+    fn acks_are_checked() {
+        let acks = |offsets: &[(u32, u64)]| -> Vec<MessageAck> {
+            offsets
+                .iter()
+                .map(|&(partition, offset)| MessageAck { partition, offset })
+                .collect()
+        };
+        let mut errors = Errors::default();
+        check_acks(&acks(&[(0, 5), (0, 6)]), AckLevel::Durable, 0, 2, 0, &mut errors);
+        check_acks(&[], AckLevel::None, 0, 2, 0, &mut errors);
+        assert!(errors.is_empty());
+        check_acks(&acks(&[(0, 5)]), AckLevel::Written, 0, 2, 0, &mut errors);
+        check_acks(&acks(&[(0, 5), (0, 7)]), AckLevel::Written, 0, 2, 0, &mut errors);
+        check_acks(&acks(&[(1, 5), (1, 6)]), AckLevel::Written, 0, 2, 0, &mut errors);
+        assert_eq!(errors.count, 3, "{errors:?}");
+    }
+}

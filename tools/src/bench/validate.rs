@@ -1,0 +1,474 @@
+//! Checking what the consumers received, so a fast but wrong broker cannot look good.
+//!
+//! While consuming, each consumer keeps a [`PartitionCheck`] per partition. Per
+//! message it checks the payload's checksum, that the message sits in the partition
+//! it was sent to, that offsets only go up, and that each producer's sequence goes
+//! up by exactly one. It records what it saw as *runs*: ranges of consecutive
+//! offsets, with each producer's first and last sequence within the run.
+//!
+//! At the end [`merge`] lays the runs of a partition (from one consumer, or from all
+//! consumers that shared the partition) side by side and checks that they tile the
+//! expected offset range exactly once (no offset missing, none delivered twice) and
+//! that each producer's sequences continue across runs, start at 0 when the bench
+//! wrote the partition itself, and end at the count the producers were acked for.
+
+use std::collections::BTreeMap;
+
+use super::payload::{Header, open};
+
+/// Error messages kept for the report (all are counted).
+pub const ERRORS_KEPT: usize = 20;
+
+/// Counted errors with the first few messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Errors {
+    pub count: u64,
+    pub first: Vec<String>,
+}
+
+impl Errors {
+    pub fn push(&mut self, message: impl FnOnce() -> String) {
+        self.count += 1;
+        if self.first.len() < ERRORS_KEPT {
+            self.first.push(message());
+        }
+    }
+
+    pub fn extend(&mut self, other: Errors) {
+        self.count += other.count;
+        for message in other.first {
+            if self.first.len() < ERRORS_KEPT {
+                self.first.push(message);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+/// One producer's sequences within a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Span {
+    /// (run id, producer id).
+    key: (u32, u32),
+    first_sequence: u64,
+    last_sequence: u64,
+}
+
+/// Consecutive offsets one consumer received from a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Run {
+    first_offset: u64,
+    /// One past the last offset.
+    next_offset: u64,
+    spans: Vec<Span>,
+}
+
+/// What one consumer saw of one partition.
+#[derive(Debug, Clone)]
+pub struct PartitionCheck {
+    pub partition: u32,
+    /// Only messages of this bench run are expected (e2e, and consume of a topic the
+    /// bench filled itself); `None` accepts any run.
+    run_filter: Option<u32>,
+    runs: Vec<Run>,
+    /// Index of the span the last message hit (producers send in batches, so the
+    /// next message usually has the same producer).
+    last_span: usize,
+    /// Messages received, valid or not.
+    pub messages: u64,
+    /// Payload bytes received.
+    pub bytes: u64,
+    pub errors: Errors,
+}
+
+impl PartitionCheck {
+    pub fn new(partition: u32, run_filter: Option<u32>) -> PartitionCheck {
+        PartitionCheck {
+            partition,
+            run_filter,
+            runs: Vec::new(),
+            last_span: 0,
+            messages: 0,
+            bytes: 0,
+            errors: Errors::default(),
+        }
+    }
+
+    /// Checks one message at `offset`; returns its header if it is a valid bench
+    /// message of the expected run (for latency).
+    pub fn message(&mut self, offset: u64, value: &[u8]) -> Option<Header> {
+        self.messages += 1;
+        self.bytes += value.len() as u64;
+        let partition = self.partition;
+        match self.runs.last_mut() {
+            Some(run) if offset == run.next_offset => run.next_offset += 1,
+            Some(run) if offset < run.next_offset => {
+                let last = run.next_offset - 1;
+                self.errors.push(|| {
+                    format!(
+                        "partition {partition}: offset {offset} arrived after offset {last} (out of order or delivered twice)"
+                    )
+                });
+                return None;
+            }
+            // The first message, or a gap (which merge reports unless another
+            // consumer covered it).
+            _ => {
+                self.runs.push(Run {
+                    first_offset: offset,
+                    next_offset: offset + 1,
+                    spans: Vec::new(),
+                });
+                self.last_span = 0;
+            }
+        }
+        let header = match open(value) {
+            Ok(header) => header,
+            Err(error) => {
+                self.errors
+                    .push(|| format!("partition {partition} offset {offset}: {error}"));
+                return None;
+            }
+        };
+        if header.partition != partition {
+            self.errors.push(|| {
+                format!(
+                    "partition {partition} offset {offset}: message was sent to partition {}",
+                    header.partition
+                )
+            });
+        }
+        if let Some(run) = self.run_filter
+            && header.run != run
+        {
+            self.errors.push(|| {
+                format!(
+                    "partition {partition} offset {offset}: message of another bench run ({:08x}, expected {run:08x})",
+                    header.run
+                )
+            });
+            return None;
+        }
+        let key = (header.run, header.producer);
+        let run = self.runs.last_mut().expect("a run was just pushed or extended");
+        let index = if run.spans.get(self.last_span).is_some_and(|s| s.key == key) {
+            self.last_span
+        } else if let Some(index) = run.spans.iter().position(|s| s.key == key) {
+            index
+        } else {
+            run.spans.push(Span {
+                key,
+                first_sequence: header.sequence,
+                last_sequence: header.sequence,
+            });
+            self.last_span = run.spans.len() - 1;
+            return Some(header);
+        };
+        self.last_span = index;
+        let span = &mut run.spans[index];
+        let expected = span.last_sequence.wrapping_add(1);
+        if header.sequence != expected {
+            let (producer, got) = (header.producer, header.sequence);
+            self.errors.push(|| {
+                format!(
+                    "partition {partition} offset {offset}: producer {producer} sequence {got}, expected {expected} (lost, duplicated or reordered messages)"
+                )
+            });
+        }
+        span.last_sequence = header.sequence;
+        Some(header)
+    }
+}
+
+/// What a partition should hold.
+#[derive(Debug, Clone, Default)]
+pub struct Expectation {
+    /// First offset to be read.
+    pub start: u64,
+    /// One past the last offset to be read.
+    pub end: u64,
+    /// The bench's own run id when its producers wrote everything in the range:
+    /// their sequences then start at 0 and end at the acked counts in `sent`.
+    pub own_run: Option<u32>,
+    /// Messages each producer (by id) was acked for in this partition.
+    pub sent: BTreeMap<u32, u64>,
+}
+
+/// Checks that `checks` (of one partition) together cover the expected range once
+/// and that every producer's sequence runs on across them; adds what is wrong to
+/// `errors`.
+pub fn merge(checks: &[&PartitionCheck], expected: &Expectation, errors: &mut Errors) {
+    let Some(partition) = checks.first().map(|c| c.partition) else {
+        if expected.end > expected.start {
+            errors.push(|| {
+                format!(
+                    "offsets {}..{} were never delivered ({} messages)",
+                    expected.start,
+                    expected.end,
+                    expected.end - expected.start
+                )
+            });
+        }
+        return;
+    };
+    let mut runs: Vec<&Run> = checks.iter().flat_map(|c| c.runs.iter()).collect();
+    runs.sort_by_key(|r| (r.first_offset, r.next_offset));
+    let mut cursor = expected.start;
+    let mut last_sequence: BTreeMap<(u32, u32), u64> = BTreeMap::new();
+    for run in &runs {
+        if run.first_offset > cursor {
+            let (from, to) = (cursor, run.first_offset);
+            errors.push(|| {
+                format!(
+                    "partition {partition}: offsets {from}..{to} were never delivered ({} messages)",
+                    to - from
+                )
+            });
+        } else if run.first_offset < cursor {
+            let (from, to) = (run.first_offset, cursor.min(run.next_offset));
+            errors.push(|| {
+                format!(
+                    "partition {partition}: offsets {from}..{to} were delivered more than once"
+                )
+            });
+        }
+        cursor = cursor.max(run.next_offset);
+        for span in &run.spans {
+            match last_sequence.get(&span.key) {
+                Some(&last) if span.first_sequence != last.wrapping_add(1) => {
+                    let (producer, first) = (span.key.1, span.first_sequence);
+                    errors.push(|| {
+                        format!(
+                            "partition {partition} offset {}: producer {producer} continues at sequence {first} after {last}",
+                            run.first_offset
+                        )
+                    });
+                }
+                None if Some(span.key.0) == expected.own_run && span.first_sequence != 0 => {
+                    let (producer, first) = (span.key.1, span.first_sequence);
+                    errors.push(|| {
+                        format!(
+                            "partition {partition}: producer {producer}'s first message has sequence {first}, not 0 (earlier messages lost)"
+                        )
+                    });
+                }
+                _ => {}
+            }
+            last_sequence.insert(span.key, span.last_sequence);
+        }
+    }
+    if cursor < expected.end {
+        let (from, to) = (cursor, expected.end);
+        errors.push(|| {
+            format!(
+                "partition {partition}: offsets {from}..{to} were never delivered ({} messages)",
+                to - from
+            )
+        });
+    } else if cursor > expected.end {
+        let (from, to) = (expected.end, cursor);
+        errors.push(|| format!("partition {partition}: offsets {from}..{to} lie past the expected end"));
+    }
+    if let Some(run) = expected.own_run {
+        for (&producer, &sent) in &expected.sent {
+            let seen = last_sequence.get(&(run, producer)).map(|&last| last + 1);
+            if sent > 0 && seen != Some(sent) {
+                errors.push(|| {
+                    format!(
+                        "partition {partition}: producer {producer} was acked for {sent} messages, consumers saw {} of its sequence",
+                        seen.map_or("none".to_string(), |s| format!("0..{s}"))
+                    )
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::payload::{FillerKind, HEADER_BYTES, Pool, fill};
+    use super::*;
+
+    const RUN: u32 = 0xabcd;
+
+    fn message(producer: u32, partition: u32, sequence: u64) -> Vec<u8> {
+        let mut bytes = vec![0u8; HEADER_BYTES + 20];
+        let pool = Pool::new(FillerKind::Random, 9);
+        let header = Header {
+            run: RUN,
+            producer,
+            partition,
+            sequence,
+            sent_ns: 1,
+        };
+        fill(&mut bytes, &pool, sequence, &header);
+        bytes
+    }
+
+    /// Two producers interleaved in batches of 3 into partition 0, offsets from 0.
+    fn log(count: u64) -> Vec<(u64, Vec<u8>)> {
+        let mut next = [0u64; 2];
+        (0..count)
+            .map(|offset| {
+                let producer = ((offset / 3) % 2) as u32;
+                let sequence = next[producer as usize];
+                next[producer as usize] += 1;
+                (offset, message(producer, 0, sequence))
+            })
+            .collect()
+    }
+
+    fn expectation(end: u64) -> Expectation {
+        let mut sent = BTreeMap::new();
+        // log(12): producer 0 has offsets 0-2, 6-8; producer 1 has 3-5, 9-11.
+        sent.insert(0, end / 2);
+        sent.insert(1, end / 2);
+        Expectation {
+            start: 0,
+            end,
+            own_run: Some(RUN),
+            sent,
+        }
+    }
+
+    fn check(messages: &[(u64, Vec<u8>)]) -> PartitionCheck {
+        let mut check = PartitionCheck::new(0, Some(RUN));
+        for (offset, value) in messages {
+            check.message(*offset, value);
+        }
+        check
+    }
+
+    #[test]
+    fn a_complete_ordered_read_is_clean() {
+        let log = log(12);
+        let check = check(&log);
+        assert!(check.errors.is_empty(), "{:?}", check.errors);
+        assert_eq!(check.messages, 12);
+        let mut errors = Errors::default();
+        merge(&[&check], &expectation(12), &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+
+    #[test]
+    fn consumers_that_split_a_partition_tile_it() {
+        // A rebalance hands the partition over at offset 7.
+        let log = log(12);
+        let (a, b) = (check(&log[..7]), check(&log[7..]));
+        let mut errors = Errors::default();
+        merge(&[&b, &a], &expectation(12), &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+
+    #[test]
+    fn a_lost_message_is_reported() {
+        let mut log = log(12);
+        log.remove(4);
+        let check = check(&log);
+        // A gap in the offsets starts a new run; no error yet.
+        assert!(check.errors.is_empty(), "{:?}", check.errors);
+        let mut errors = Errors::default();
+        merge(&[&check], &expectation(12), &mut errors);
+        assert!(
+            errors.first.iter().any(|e| e.contains("offsets 4..5 were never delivered")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.first.iter().any(|e| e.contains("continues at sequence 2 after 0")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_tail_and_short_acks_are_reported() {
+        let log = log(12);
+        let check = check(&log[..10]);
+        let mut errors = Errors::default();
+        merge(&[&check], &expectation(12), &mut errors);
+        assert!(errors.first.iter().any(|e| e.contains("offsets 10..12")), "{errors:?}");
+        assert!(
+            errors.first.iter().any(|e| e.contains("producer 1 was acked for 6 messages")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn duplicates_and_reordering_are_reported() {
+        let log = log(12);
+        let mut twice = log.clone();
+        twice.insert(5, log[4].clone());
+        let check_twice = check(&twice);
+        assert!(check_twice.errors.first[0].contains("offset 4 arrived after offset 4"));
+
+        // The same offsets read by two consumers (e.g. a bad rebalance).
+        let (a, b) = (check(&log[..8]), check(&log[6..]));
+        let mut errors = Errors::default();
+        merge(&[&a, &b], &expectation(12), &mut errors);
+        assert!(
+            errors.first.iter().any(|e| e.contains("6..8 were delivered more than once")),
+            "{errors:?}"
+        );
+
+        // A broker that swaps two values under consecutive offsets.
+        let mut swapped = log.clone();
+        let (v0, v1) = (swapped[0].1.clone(), swapped[1].1.clone());
+        swapped[0].1 = v1;
+        swapped[1].1 = v0;
+        let c = check(&swapped);
+        assert!(
+            c.errors.first.iter().any(|e| e.contains("producer 0 sequence 0, expected 2")),
+            "{:?}",
+            c.errors
+        );
+    }
+
+    #[test]
+    fn corruption_wrong_partition_and_foreign_runs_are_reported() {
+        let log = log(3);
+        let mut bad = log.clone();
+        bad[1].1[HEADER_BYTES + 3] ^= 0x40;
+        let c = check(&bad);
+        // The corrupt message, and the gap it leaves in producer 0's sequence.
+        assert_eq!(c.errors.count, 2);
+        assert!(c.errors.first[0].contains("checksum"), "{:?}", c.errors);
+
+        let mut c = PartitionCheck::new(1, Some(RUN));
+        c.message(0, &message(0, 0, 0));
+        assert!(c.errors.first[0].contains("was sent to partition 0"));
+
+        let mut c = PartitionCheck::new(0, Some(RUN + 1));
+        assert!(c.message(0, &message(0, 0, 0)).is_none());
+        assert!(c.errors.first[0].contains("another bench run"));
+        // Without a run filter, any run's messages are accepted.
+        let mut c = PartitionCheck::new(0, None);
+        assert!(c.message(0, &message(0, 0, 0)).is_some());
+        assert!(c.errors.is_empty());
+    }
+
+    #[test]
+    fn a_partition_nobody_read_is_all_missing() {
+        let mut errors = Errors::default();
+        merge(&[], &expectation(5), &mut errors);
+        assert_eq!(errors.count, 1);
+        let mut errors = Errors::default();
+        merge(&[], &expectation(0), &mut errors);
+        assert!(errors.is_empty());
+    }
+
+    #[test]
+    fn errors_keep_the_first_few_and_count_all() {
+        let mut errors = Errors::default();
+        for i in 0..100 {
+            errors.push(|| format!("e{i}"));
+        }
+        assert_eq!(errors.count, 100);
+        assert_eq!(errors.first.len(), ERRORS_KEPT);
+        let mut more = Errors::default();
+        more.push(|| "x".into());
+        errors.extend(more);
+        assert_eq!(errors.count, 101);
+    }
+}
