@@ -85,7 +85,7 @@ pub struct Cli {
     pub flush_threads: Option<usize>,
 
     /// Largest gRPC request the server accepts, in bytes; larger requests fail with
-    /// OUT_OF_RANGE before they reach a handler [default: 33554432 (32 MiB)]
+    /// RESOURCE_EXHAUSTED before they reach a handler [default: 33554432 (32 MiB)]
     #[arg(long, env = "TIDELOG_MAX_REQUEST_BYTES", value_name = "BYTES")]
     pub max_request_bytes: Option<usize>,
 

@@ -8,6 +8,7 @@
 //!   services. [`consume`] also owns the partition reader that group members use.
 //! - [`groups`]: consumer groups (coordinator and the `Groups` service).
 //! - [`metrics`]: Prometheus metrics and the `/metrics` HTTP endpoint.
+//! - [`request_limit`]: oversized requests answered RESOURCE_EXHAUSTED naming the limit.
 //! - [`shutdown`]: the signal every long-lived call watches so the broker can stop.
 //! - [`server`]: binds the sockets, wires the services, runs until shutdown.
 //!
@@ -29,6 +30,7 @@ pub mod groups;
 pub mod metrics;
 pub mod partitioner;
 pub mod publish;
+pub mod request_limit;
 pub mod server;
 pub mod shutdown;
 

@@ -233,7 +233,11 @@ impl Publisher for PublisherService {
                     },
                     // The client half-closed: answer what is outstanding, then end OK.
                     Ok(None) => return,
-                    Err(status) => Pending::End(status),
+                    // A message over the size limit breaks the stream's framing.
+                    Err(status) => Pending::End(crate::request_limit::rewrite_status(
+                        status,
+                        state.config.max_request_bytes,
+                    )),
                 };
                 let end = matches!(pending, Pending::End(_));
                 if pending_tx.send(pending).await.is_err() || end {

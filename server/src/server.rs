@@ -155,6 +155,7 @@ async fn serve(
 
     let max = settings.max_request_bytes;
     let router = tonic::transport::Server::builder()
+        .layer(crate::request_limit::RequestLimitLayer::new(max))
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .add_service(health_service)

@@ -1013,10 +1013,36 @@ async fn errors_have_precise_codes_and_actionable_messages() {
     )
     .await
     .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(
-        matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted),
+        status.message().contains("1048576") && status.message().contains("--max-request-bytes"),
         "{status:?}"
     );
+
+    // The same inside a publish stream: the stream ends with that status.
+    let (tx, rx) = mpsc::channel(1);
+    let mut stream = broker
+        .publisher()
+        .await
+        .publish_stream(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(PublishStreamRequest {
+        request_id: 1,
+        request: Some(PublishRequest {
+            topic: "errs".into(),
+            messages: vec![value_message(vec![0u8; 2 << 20])],
+            ack: AckLevel::Durable as i32,
+        }),
+    })
+    .await
+    .unwrap();
+    let status = tokio::time::timeout(EVENT_TIMEOUT, stream.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
 
     // Still serving after all that, and the errors were counted.
     publish(&broker, "errs", vec![value_message("y")], AckLevel::Durable)
