@@ -557,6 +557,50 @@ async fn subscriber_receives_messages_published_after_it_subscribed() {
 }
 
 #[tokio::test]
+async fn subscribe_reads_only_the_chosen_partitions_and_ends_when_the_topic_is_deleted() {
+    let broker = TestBroker::start();
+    create_topic(&broker, "some", 3, TopicConfig::default()).await;
+    let messages = (0..9)
+        .map(|i| Message {
+            value: format!("p{}", i % 3).into(),
+            partition: Some(i % 3),
+            ..Default::default()
+        })
+        .collect();
+    publish(&broker, "some", messages, AckLevel::Durable)
+        .await
+        .unwrap();
+    let mut stream = subscribe(
+        &broker,
+        SubscribeRequest {
+            topic: "some".into(),
+            partitions: vec![2, 0],
+            start: start(Position::Earliest(Earliest {})),
+            ..Default::default()
+        },
+    )
+    .await;
+    let got = collect_messages(&mut stream, 6).await;
+    assert!(got.iter().all(|m| m.partition != 1), "{got:?}");
+    assert!(
+        got.iter()
+            .all(|m| m.value == Bytes::from(format!("p{}", m.partition)))
+    );
+
+    broker
+        .admin()
+        .await
+        .delete_topic(DeleteTopicRequest {
+            name: "some".into(),
+        })
+        .await
+        .unwrap();
+    let status = next_event(&mut stream).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert!(status.message().contains("deleted"), "{status:?}");
+}
+
+#[tokio::test]
 async fn publish_stream_answers_in_order_and_survives_bad_requests() {
     let broker = TestBroker::start();
     create_topic(&broker, "piped", 1, TopicConfig::default()).await;
