@@ -258,8 +258,16 @@ impl Partition {
         };
         // The segment files found may have been created by a process that died before
         // it fsynced this directory: their entries could still vanish in a power cut,
-        // taking data recovery is about to serve as durable. Make them durable first.
-        fsutil::sync_dir_with(&*fs, dir)?;
+        // taking data recovery is about to serve as durable. Make them durable first;
+        // unless the checkpoint already says exactly this, as after a clean close (a
+        // checkpoint is only written once the directory holding its segment is synced).
+        let clean = checkpoint.last().is_some_and(|c| {
+            (c.segment_base, c.position, c.next_offset)
+                == (end.segment_base, end.position, end.offset)
+        });
+        if !clean {
+            fsutil::sync_dir_with(&*fs, dir)?;
+        }
         // Everything recovered has been fsynced: record it so the next recovery
         // starts here.
         checkpoint.write(end.segment_base, end.position, end.offset)?;

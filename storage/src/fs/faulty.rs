@@ -34,6 +34,44 @@
 //! - [`FaultyFs::set_short_writes`]: one write in N writes only a seeded part of its
 //!   bytes (and says so), as `pwrite` may.
 //!
+//! - [`FaultyFs::kill_process`]: the process dies but the machine stays up: what was
+//!   written stays readable (and no more durable than it was), so a recovery that
+//!   serves it must make it durable; a later `crash` shows whether it did.
+//!
+//! # Use
+//!
+//! ```
+//! use std::sync::Arc;
+//! use tidelog_storage::fs::{CrashOptions, FaultyFs, SyncFault, SyncKind};
+//! use tidelog_storage::{NewRecord, Store, StoreOptions, TopicConfig};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let fs = FaultyFs::new(dir.path(), 42).unwrap();
+//! let options = || StoreOptions {
+//!     retention_interval: None,
+//!     fs: Arc::new(fs.clone()),
+//!     ..StoreOptions::default()
+//! };
+//! let store = Store::open(dir.path().join("data"), options()).unwrap();
+//! let topic = store.create_topic("t", 1, TopicConfig::default()).unwrap();
+//! let partition = topic.partition(0).unwrap().clone();
+//! partition.append_durable(&[NewRecord::value("kept")]).unwrap();
+//! partition.append(&[NewRecord::value("maybe lost")]).unwrap();
+//!
+//! // The next fdatasync of a segment fails: the partition is poisoned.
+//! fs.fail_sync(SyncFault::nth(1).kinds(&[SyncKind::Data]).path_contains(".log"));
+//! assert!(partition.append_durable(&[NewRecord::value("x")]).is_err());
+//!
+//! // Power cut: only what was synced (and dir-synced) is on disk afterwards.
+//! drop((topic, partition));
+//! store.simulate_crash();
+//! fs.crash(CrashOptions::lose_unsynced()).unwrap();
+//! let store = Store::open(dir.path().join("data"), options()).unwrap();
+//! let partition = store.topic("t").unwrap().partition(0).unwrap().clone();
+//! let read = partition.read(0, 10, u64::MAX).unwrap();
+//! assert_eq!(read.records[0].value, "kept");
+//! ```
+//!
 //! Mutating operations are: creating or truncating a file on open, `write_at`,
 //! `set_len`, every sync, `create_dir`, `rename`, `remove_file`, `remove_dir_all`.
 //! Reads, listings, metadata and mappings are not counted (they change nothing on disk)
