@@ -111,6 +111,9 @@ pub trait GroupMetricsSource: Send + Sync + std::fmt::Debug {
     fn group_metrics(&self) -> GroupMetricsSnapshot;
 }
 
+/// The `reason` label values of `tidelog_position_resets`.
+pub const RESET_REASONS: [&str; 3] = ["below_log_start", "above_end_offset", "no_committed_offset"];
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn rpc_histogram() -> Histogram {
@@ -442,8 +445,8 @@ impl Metrics {
             .inc_by(outcome.records_deleted);
     }
 
-    /// Counts a position moved by a reset policy; `reason` is a short snake_case word
-    /// (below_log_start, above_end_offset, no_committed_offset).
+    /// Counts a position moved by a reset policy; `reason` is one of
+    /// [`RESET_REASONS`].
     pub fn position_reset(&self, topic: &str, reason: &'static str) {
         self.position_resets
             .get_or_create(&ResetLabels {
@@ -468,6 +471,12 @@ impl Metrics {
             &self.retention_messages,
         ] {
             family.remove(&labels);
+        }
+        for reason in RESET_REASONS {
+            self.position_resets.remove(&ResetLabels {
+                topic: topic.to_string(),
+                reason,
+            });
         }
     }
 
