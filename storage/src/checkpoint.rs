@@ -80,6 +80,26 @@ impl Checkpoint {
     }
 }
 
+/// How many bytes of the segment starting at `base` (`log_bytes` long) a checkpoint
+/// vouches for: whole segments before its segment, its position within its segment,
+/// nothing after. Recovery trusts these bytes and scans the rest; `segment verify`
+/// applies the same rule.
+pub fn trusted_bytes(checkpoint: Option<&Checkpoint>, base: u64, log_bytes: u64) -> u64 {
+    match checkpoint {
+        Some(c) if base < c.segment_base => log_bytes,
+        Some(c) if base == c.segment_base => c.position,
+        _ => 0,
+    }
+}
+
+/// Whether a segment starting at `base`, after one that ends at `expected`, is what a
+/// crash leaves when the previous segment lost its unsynced tail while this newer
+/// file kept its entry: it starts past that end and no checkpoint reached it. Nothing
+/// from it on was acknowledged durable, so recovery drops it and every later segment.
+pub fn is_unsynced_gap(checkpoint: Option<&Checkpoint>, expected: u64, base: u64) -> bool {
+    base > expected && checkpoint.is_none_or(|c| c.segment_base < base)
+}
+
 /// Reads and writes one partition's checkpoint file.
 #[derive(Debug)]
 pub struct CheckpointFile {

@@ -817,7 +817,7 @@ fn recover(
         if let Some(expected) = expected_base
             && expected != base
         {
-            if base > expected && checkpoint.is_none_or(|c| c.segment_base < base) {
+            if crate::checkpoint::is_unsynced_gap(checkpoint.as_ref(), expected, base) {
                 // The previous segment lost its unsynced tail in a crash while this
                 // newer file kept its entry and some data. No flush covered anything
                 // here (a flush syncs sealed segments whole before anything after
@@ -846,11 +846,7 @@ fn recover(
             .len;
         let is_last = base == last_base;
         // How much of this segment the checkpoint vouches for.
-        let trusted = match checkpoint {
-            Some(c) if base < c.segment_base => log_bytes,
-            Some(c) if base == c.segment_base => c.position,
-            _ => 0,
-        };
+        let trusted = crate::checkpoint::trusted_bytes(checkpoint.as_ref(), base, log_bytes);
         if trusted > log_bytes {
             return Err(Error::corrupt(
                 &path,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 use tidelog_storage::batch::BatchHeader;
-use tidelog_storage::checkpoint::{self, Checkpoint};
+use tidelog_storage::checkpoint::{self, Checkpoint, is_unsynced_gap, trusted_bytes};
 use tidelog_storage::index::{self, SegmentSummary};
 use tidelog_storage::offsets::decode_record;
 use tidelog_storage::segment::{
@@ -148,22 +148,6 @@ pub fn read_file(path: &Path, max: u64) -> CliResult<Vec<u8>> {
         ));
     }
     fs::read(path).map_err(|e| CliError::io(format!("reading {}", path.display()), &e))
-}
-
-/// Bytes of the partition's segment `base` that the checkpoint vouches for.
-pub fn trusted_bytes(checkpoint: Option<&Checkpoint>, base: u64, log_bytes: u64) -> u64 {
-    match checkpoint {
-        Some(c) if base < c.segment_base => log_bytes,
-        Some(c) if base == c.segment_base => c.position,
-        _ => 0,
-    }
-}
-
-/// Whether a segment starting at `base` after one ending at `expected` is what a
-/// crash leaves when the previous segment lost its unsynced tail: it starts past the
-/// end and no checkpoint reached it. Recovery drops it and every later segment.
-pub fn is_unsynced_gap(checkpoint: Option<&Checkpoint>, expected: u64, base: u64) -> bool {
-    base > expected && checkpoint.is_none_or(|c| c.segment_base < base)
 }
 
 /// Reads the partition's checkpoint: `Ok(None)` when there is none or no slot is

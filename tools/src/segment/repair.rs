@@ -15,7 +15,7 @@ use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
-use tidelog_storage::checkpoint::{self, CheckpointFile};
+use tidelog_storage::checkpoint::{self, CheckpointFile, is_unsynced_gap};
 use tidelog_storage::fsutil;
 use tidelog_storage::index;
 use tidelog_storage::segment::{
@@ -24,7 +24,7 @@ use tidelog_storage::segment::{
 
 use super::check::{
     Finding, LOG_FILE_BYTES_MAX, OffsetsLogCheck, PartitionCheck, Severity, check_offsets_log,
-    check_partition, is_unsynced_gap, read_file,
+    check_partition, read_file,
 };
 use super::layout;
 use crate::cli::RepairArgs;
