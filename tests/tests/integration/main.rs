@@ -1,5 +1,6 @@
 //! Black-box tests: the real tidelogd, spoken to as a client.
 
+mod bench;
 mod broker;
 mod cli;
 mod groups;

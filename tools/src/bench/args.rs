@@ -246,10 +246,16 @@ impl BenchArgs {
             ));
         }
         if self.rate == Some(0) {
-            return Err(CliError::usage("--rate 0 sends nothing", "give a rate above 0, or drop --rate"));
+            return Err(CliError::usage(
+                "--rate 0 sends nothing",
+                "give a rate above 0, or drop --rate",
+            ));
         }
         if self.messages == 0 && self.duration.is_none() && kind.produces() {
-            return Err(CliError::usage("--messages 0 sends nothing", "give a count above 0"));
+            return Err(CliError::usage(
+                "--messages 0 sends nothing",
+                "give a count above 0",
+            ));
         }
         if kind.consumes()
             && !self.group

@@ -130,7 +130,12 @@ impl Reader {
 
     /// Validates and counts a batch; messages at or past the target are not the
     /// bench's (another writer) and are skipped.
-    fn batch(&mut self, plan: &ConsumerPlan, messages: &[ConsumedMessage], targets: Option<&[u64]>) {
+    fn batch(
+        &mut self,
+        plan: &ConsumerPlan,
+        messages: &[ConsumedMessage],
+        targets: Option<&[u64]>,
+    ) {
         let now_ns = plan.clock.now_ns();
         let mut counted = 0u64;
         for m in messages {
@@ -186,7 +191,11 @@ impl Reader {
 }
 
 /// Runs one consumer on its own connection; `ready` fires once it is subscribed.
-pub async fn run(plan: ConsumerPlan, channel: Channel, ready: oneshot::Sender<()>) -> ConsumerOutcome {
+pub async fn run(
+    plan: ConsumerPlan,
+    channel: Channel,
+    ready: oneshot::Sender<()>,
+) -> ConsumerOutcome {
     let client = ConsumerClient::new(channel)
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
@@ -363,7 +372,11 @@ async fn run_fetch(
     reader.finish()
 }
 
-async fn fetch_partition(plan: ConsumerPlan, mut client: ConsumerClient<Channel>, partition: u32) -> Reader {
+async fn fetch_partition(
+    plan: ConsumerPlan,
+    mut client: ConsumerClient<Channel>,
+    partition: u32,
+) -> Reader {
     let mut reader = Reader::new(&plan);
     let mut offset = plan.starts[partition as usize];
     let targets_rx = plan.targets.clone();
@@ -403,7 +416,11 @@ async fn fetch_partition(plan: ConsumerPlan, mut client: ConsumerClient<Channel>
                 if !response.messages.is_empty() {
                     progress_at = Instant::now();
                 }
-                reader.batch(&plan, &response.messages, targets.as_deref().map(Vec::as_slice));
+                reader.batch(
+                    &plan,
+                    &response.messages,
+                    targets.as_deref().map(Vec::as_slice),
+                );
                 if response.next_offset < offset {
                     let next = response.next_offset;
                     reader.errors.push(|| {

@@ -158,7 +158,11 @@ pub fn run(command: BenchCommand, server: &str, json: bool) -> CliResult<()> {
         Err(CliError::plain(format!(
             "error: validation failed with {} error{} (listed above); the broker's results cannot be trusted",
             outcome.validation.count,
-            if outcome.validation.count == 1 { "" } else { "s" }
+            if outcome.validation.count == 1 {
+                ""
+            } else {
+                "s"
+            }
         )))
     }
 }
@@ -196,7 +200,11 @@ fn ack_level(ack: AckArg) -> AckLevel {
 }
 
 /// The topic to use and whether this run created it.
-async fn open_topic(broker: &Broker, name: &str, args: &BenchArgs) -> CliResult<(TopicDescription, bool)> {
+async fn open_topic(
+    broker: &Broker,
+    name: &str,
+    args: &BenchArgs,
+) -> CliResult<(TopicDescription, bool)> {
     let context = format!("describing topic {name:?}");
     let existing = broker
         .admin()
@@ -291,14 +299,20 @@ async fn produce(
             in_flight: args.in_flight as usize,
             budget,
             interval,
-            pool: Arc::new(Pool::new(args.payload, u64::from(run) << 16 | u64::from(id))),
+            pool: Arc::new(Pool::new(
+                args.payload,
+                u64::from(run) << 16 | u64::from(id),
+            )),
             clock,
         };
         tasks.push(tokio::spawn(producer::run(plan, channel, progress.clone())));
     }
     let mut outcomes = Vec::with_capacity(tasks.len());
     for task in tasks {
-        outcomes.push(task.await.map_err(|e| CliError::plain(format!("error: a producer stopped: {e}")))?);
+        outcomes.push(
+            task.await
+                .map_err(|e| CliError::plain(format!("error: a producer stopped: {e}")))?,
+        );
     }
     Ok(outcomes)
 }
@@ -327,7 +341,11 @@ async fn written_ends(broker: &Broker, topic: &str) -> CliResult<Vec<u64>> {
             .iter()
             .all(|p| p.end_offset >= p.written_offset);
         if visible || Instant::now() >= deadline {
-            return Ok(description.partitions.iter().map(|p| p.written_offset).collect());
+            return Ok(description
+                .partitions
+                .iter()
+                .map(|p| p.written_offset)
+                .collect());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -422,9 +440,19 @@ async fn bench(kind: Kind, args: BenchArgs, server: &str) -> CliResult<Outcome> 
             } else {
                 topic.partitions.iter().map(|p| p.end_offset).collect()
             };
-            (topic.partitions.iter().map(|p| p.log_start_offset).collect(), Some(ends))
+            (
+                topic
+                    .partitions
+                    .iter()
+                    .map(|p| p.log_start_offset)
+                    .collect(),
+                Some(ends),
+            )
         }
-        _ => (topic.partitions.iter().map(|p| p.end_offset).collect(), None),
+        _ => (
+            topic.partitions.iter().map(|p| p.end_offset).collect(),
+            None,
+        ),
     };
     let starts = Arc::new(starts);
     let (targets_tx, targets_rx) = watch::channel(initial_targets.clone().map(Arc::new));
@@ -468,7 +496,9 @@ async fn bench(kind: Kind, args: BenchArgs, server: &str) -> CliResult<Outcome> 
             let assigned: Vec<u32> = if args.fanout || args.group {
                 (0..partitions).collect()
             } else {
-                (0..partitions).filter(|p| p % args.consumers == id).collect()
+                (0..partitions)
+                    .filter(|p| p % args.consumers == id)
+                    .collect()
             };
             let mode = match (&group, args.fetch) {
                 (Some(group), _) => ReadMode::Group(group.clone()),
@@ -520,7 +550,10 @@ async fn bench(kind: Kind, args: BenchArgs, server: &str) -> CliResult<Outcome> 
 
     let mut consumers: Vec<ConsumerOutcome> = Vec::new();
     for task in consumer_tasks {
-        consumers.push(task.await.map_err(|e| CliError::plain(format!("error: a consumer stopped: {e}")))?);
+        consumers.push(
+            task.await
+                .map_err(|e| CliError::plain(format!("error: a consumer stopped: {e}")))?,
+        );
     }
     ticker.abort();
     bar.finish_and_clear();
@@ -533,10 +566,7 @@ async fn bench(kind: Kind, args: BenchArgs, server: &str) -> CliResult<Outcome> 
             start: starts[p],
             end: targets.get(p).copied().unwrap_or(starts[p]),
             own_run: own_sent.is_some().then_some(run),
-            sent: own_sent
-                .as_ref()
-                .map(|s| s[p].clone())
-                .unwrap_or_default(),
+            sent: own_sent.as_ref().map(|s| s[p].clone()).unwrap_or_default(),
         };
         for consumer in &consumers {
             validation.extend(consumer.errors.clone());
@@ -548,7 +578,11 @@ async fn bench(kind: Kind, args: BenchArgs, server: &str) -> CliResult<Outcome> 
         if args.fanout {
             for consumer in &consumers {
                 for p in 0..partitions as usize {
-                    let checks: Vec<_> = consumer.checks.iter().filter(|c| c.partition as usize == p).collect();
+                    let checks: Vec<_> = consumer
+                        .checks
+                        .iter()
+                        .filter(|c| c.partition as usize == p)
+                        .collect();
                     let mut errors = Errors::default();
                     merge(&checks, &expectation(p), &mut errors);
                     prefix(&mut errors, &format!("consumer {}: ", consumer.result.id));
@@ -582,7 +616,9 @@ async fn bench(kind: Kind, args: BenchArgs, server: &str) -> CliResult<Outcome> 
         for _ in 0..50 {
             let result = broker
                 .groups()
-                .delete_group(DeleteGroupRequest { group_id: group.clone() })
+                .delete_group(DeleteGroupRequest {
+                    group_id: group.clone(),
+                })
                 .await;
             match result {
                 Ok(_) => break,

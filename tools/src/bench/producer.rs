@@ -191,7 +191,11 @@ struct InFlight {
 }
 
 /// Runs one producer on its own connection. `progress` counts acked messages.
-pub async fn run(plan: ProducerPlan, channel: Channel, progress: Arc<AtomicU64>) -> ProducerOutcome {
+pub async fn run(
+    plan: ProducerPlan,
+    channel: Channel,
+    progress: Arc<AtomicU64>,
+) -> ProducerOutcome {
     let client = PublisherClient::new(channel)
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
@@ -337,9 +341,9 @@ async fn run_stream(
             };
             // Never full: the channel holds as many requests as may be in flight.
             if tx.try_send(request).is_err() {
-                outcome.errors.push(|| {
-                    format!("producer {}: the publish stream closed early", plan.id)
-                });
+                outcome
+                    .errors
+                    .push(|| format!("producer {}: the publish stream closed early", plan.id));
                 return;
             }
             in_flight.push_back(InFlight {
@@ -477,7 +481,10 @@ mod tests {
             let (partition, messages, buffer) = batcher.build(count, 7);
             for m in &messages {
                 let h = open(&m.value).unwrap();
-                assert_eq!((h.run, h.producer, h.partition, h.sent_ns), (42, 1, partition, 7));
+                assert_eq!(
+                    (h.run, h.producer, h.partition, h.sent_ns),
+                    (42, 1, partition, 7)
+                );
                 assert_eq!(m.partition, Some(partition));
                 seen.push((partition, h.sequence));
             }
@@ -505,9 +512,15 @@ mod tests {
 
     #[test]
     fn a_time_budget_ends_at_the_deadline() {
-        let batcher = Batcher::new(plan(1, Budget::Until(Instant::now() + Duration::from_secs(60))));
+        let batcher = Batcher::new(plan(
+            1,
+            Budget::Until(Instant::now() + Duration::from_secs(60)),
+        ));
         assert_eq!(batcher.next_count(Instant::now()), Some(4));
-        assert_eq!(batcher.next_count(Instant::now() + Duration::from_secs(61)), None);
+        assert_eq!(
+            batcher.next_count(Instant::now() + Duration::from_secs(61)),
+            None
+        );
     }
 
     #[test]
@@ -519,12 +532,33 @@ mod tests {
                 .collect()
         };
         let mut errors = Errors::default();
-        check_acks(&acks(&[(0, 5), (0, 6)]), AckLevel::Durable, 0, 2, 0, &mut errors);
+        check_acks(
+            &acks(&[(0, 5), (0, 6)]),
+            AckLevel::Durable,
+            0,
+            2,
+            0,
+            &mut errors,
+        );
         check_acks(&[], AckLevel::None, 0, 2, 0, &mut errors);
         assert!(errors.is_empty());
         check_acks(&acks(&[(0, 5)]), AckLevel::Written, 0, 2, 0, &mut errors);
-        check_acks(&acks(&[(0, 5), (0, 7)]), AckLevel::Written, 0, 2, 0, &mut errors);
-        check_acks(&acks(&[(1, 5), (1, 6)]), AckLevel::Written, 0, 2, 0, &mut errors);
+        check_acks(
+            &acks(&[(0, 5), (0, 7)]),
+            AckLevel::Written,
+            0,
+            2,
+            0,
+            &mut errors,
+        );
+        check_acks(
+            &acks(&[(1, 5), (1, 6)]),
+            AckLevel::Written,
+            0,
+            2,
+            0,
+            &mut errors,
+        );
         assert_eq!(errors.count, 3, "{errors:?}");
     }
 }

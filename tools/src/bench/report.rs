@@ -87,7 +87,16 @@ fn publish_mode(outcome: &Outcome) -> String {
     )
 }
 
-fn row(table: &mut Table, name: String, messages: u64, bytes: u64, seconds: f64, rate: f64, mb: f64, latency: Option<super::stats::Percentiles>) {
+fn row(
+    table: &mut Table,
+    name: String,
+    messages: u64,
+    bytes: u64,
+    seconds: f64,
+    rate: f64,
+    mb: f64,
+    latency: Option<super::stats::Percentiles>,
+) {
     let mut cells = vec![
         name,
         messages.to_string(),
@@ -141,16 +150,28 @@ fn human(outcome: &Outcome) -> String {
         outcome.kind.name(),
         outcome.server,
         topic.name,
-        if outcome.topic_created { "created" } else { "existing" },
+        if outcome.topic_created {
+            "created"
+        } else {
+            "existing"
+        },
         plural(topic.partitions.len() as u64, "partition"),
         fsync_name(config.fsync.as_ref()),
         compression_name(config.compression),
-        if outcome.topic_deleted { "; deleted at the end" } else { "" },
+        if outcome.topic_deleted {
+            "; deleted at the end"
+        } else {
+            ""
+        },
     );
     if outcome.kind.produces() || outcome.prefill.is_some() {
         text.push_str(&format!(
             "{}{}: {}\n",
-            if outcome.prefill.is_some() { "filled by " } else { "" },
+            if outcome.prefill.is_some() {
+                "filled by "
+            } else {
+                ""
+            },
             plural(u64::from(args.producers), "producer"),
             publish_mode(outcome)
         ));
@@ -172,7 +193,16 @@ fn human(outcome: &Outcome) -> String {
     }
     text.push('\n');
     let mut table = Table::new(&[
-        "ACTOR", ">MESSAGES", ">MB", ">SECONDS", ">MSG/S", ">MB/S", ">P50", ">P90", ">P99", ">P99.9",
+        "ACTOR",
+        ">MESSAGES",
+        ">MB",
+        ">SECONDS",
+        ">MSG/S",
+        ">MB/S",
+        ">P50",
+        ">P90",
+        ">P99",
+        ">P99.9",
         ">MAX",
     ]);
     if !outcome.producers.is_empty() {
@@ -182,7 +212,9 @@ fn human(outcome: &Outcome) -> String {
         actor_rows(&mut table, &outcome.consumers, "consumers");
     }
     text.push_str(&table.render());
-    text.push_str("\nMB = 10^6 payload bytes; a total is all messages / the slowest actor's time.\n");
+    text.push_str(
+        "\nMB = 10^6 payload bytes; a total is all messages / the slowest actor's time.\n",
+    );
     let mut latency = Vec::new();
     if !outcome.producers.is_empty() {
         latency.push(if args.rate.is_some() {

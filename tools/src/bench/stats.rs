@@ -273,7 +273,8 @@ mod tests {
         let p = latency.percentiles().unwrap();
         assert_eq!(p.count, 10_000);
         // 3 significant digits: within 0.1% of the exact quantile.
-        let near = |got: u64, want: u64| (got as f64 - want as f64).abs() <= want as f64 * 0.001 + 1.0;
+        let near =
+            |got: u64, want: u64| (got as f64 - want as f64).abs() <= want as f64 * 0.001 + 1.0;
         assert!(near(p.p50_us, 5_000), "{p:?}");
         assert!(near(p.p90_us, 9_000), "{p:?}");
         assert!(near(p.p99_us, 9_900), "{p:?}");
@@ -328,7 +329,8 @@ mod tests {
 
     #[test]
     fn cpu_time_parses_from_a_stat_line() {
-        let stat = "1234 (tidelog bench) S 1 1234 1234 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 3 0 100 0 0";
+        let stat =
+            "1234 (tidelog bench) S 1 1234 1234 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 3 0 100 0 0";
         assert_eq!(cpu_seconds_from_stat(stat), Some(3.0));
         assert_eq!(cpu_seconds_from_stat("garbage"), None);
         assert!(process_cpu_seconds().is_none_or(|s| s >= 0.0));

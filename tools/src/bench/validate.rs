@@ -153,7 +153,10 @@ impl PartitionCheck {
             return None;
         }
         let key = (header.run, header.producer);
-        let run = self.runs.last_mut().expect("a run was just pushed or extended");
+        let run = self
+            .runs
+            .last_mut()
+            .expect("a run was just pushed or extended");
         let index = if run.spans.get(self.last_span).is_some_and(|s| s.key == key) {
             self.last_span
         } else if let Some(index) = run.spans.iter().position(|s| s.key == key) {
@@ -230,9 +233,7 @@ pub fn merge(checks: &[&PartitionCheck], expected: &Expectation, errors: &mut Er
         } else if run.first_offset < cursor {
             let (from, to) = (run.first_offset, cursor.min(run.next_offset));
             errors.push(|| {
-                format!(
-                    "partition {partition}: offsets {from}..{to} were delivered more than once"
-                )
+                format!("partition {partition}: offsets {from}..{to} were delivered more than once")
             });
         }
         cursor = cursor.max(run.next_offset);
@@ -270,7 +271,9 @@ pub fn merge(checks: &[&PartitionCheck], expected: &Expectation, errors: &mut Er
         });
     } else if cursor > expected.end {
         let (from, to) = (expected.end, cursor);
-        errors.push(|| format!("partition {partition}: offsets {from}..{to} lie past the expected end"));
+        errors.push(|| {
+            format!("partition {partition}: offsets {from}..{to} lie past the expected end")
+        });
     }
     if let Some(run) = expected.own_run {
         for (&producer, &sent) in &expected.sent {
@@ -373,11 +376,17 @@ mod tests {
         let mut errors = Errors::default();
         merge(&[&check], &expectation(12), &mut errors);
         assert!(
-            errors.first.iter().any(|e| e.contains("offsets 4..5 were never delivered")),
+            errors
+                .first
+                .iter()
+                .any(|e| e.contains("offsets 4..5 were never delivered")),
             "{errors:?}"
         );
         assert!(
-            errors.first.iter().any(|e| e.contains("continues at sequence 2 after 0")),
+            errors
+                .first
+                .iter()
+                .any(|e| e.contains("continues at sequence 2 after 0")),
             "{errors:?}"
         );
     }
@@ -388,9 +397,15 @@ mod tests {
         let check = check(&log[..10]);
         let mut errors = Errors::default();
         merge(&[&check], &expectation(12), &mut errors);
-        assert!(errors.first.iter().any(|e| e.contains("offsets 10..12")), "{errors:?}");
         assert!(
-            errors.first.iter().any(|e| e.contains("producer 1 was acked for 6 messages")),
+            errors.first.iter().any(|e| e.contains("offsets 10..12")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .first
+                .iter()
+                .any(|e| e.contains("producer 1 was acked for 6 messages")),
             "{errors:?}"
         );
     }
@@ -408,7 +423,10 @@ mod tests {
         let mut errors = Errors::default();
         merge(&[&a, &b], &expectation(12), &mut errors);
         assert!(
-            errors.first.iter().any(|e| e.contains("6..8 were delivered more than once")),
+            errors
+                .first
+                .iter()
+                .any(|e| e.contains("6..8 were delivered more than once")),
             "{errors:?}"
         );
 
@@ -419,7 +437,10 @@ mod tests {
         swapped[1].1 = v0;
         let c = check(&swapped);
         assert!(
-            c.errors.first.iter().any(|e| e.contains("producer 0 sequence 0, expected 2")),
+            c.errors
+                .first
+                .iter()
+                .any(|e| e.contains("producer 0 sequence 0, expected 2")),
             "{:?}",
             c.errors
         );

@@ -1,0 +1,271 @@
+//! `tidelog bench` against a live tidelogd: short produce, consume and e2e runs
+//! report non-zero throughput and zero validation errors, and a topic holding
+//! messages the bench did not write fails validation with exit code 1.
+
+use std::io::Write;
+use std::process::Stdio;
+
+use serde_json::Value;
+use tidelog_tests::{TestBroker, tidelog_command};
+
+/// Runs `tidelog --server <broker> --json bench <args>`; returns (exit code, JSON
+/// document, stderr).
+fn bench(broker: &TestBroker, args: &[&str]) -> (i32, Value, String) {
+    let output = tidelog_command()
+        .arg("--server")
+        .arg(broker.endpoint())
+        .arg("--json")
+        .arg("bench")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running tidelog bench");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!("bench printed no JSON ({e}):\nstdout: {stdout}\nstderr: {stderr}")
+    });
+    (output.status.code().unwrap_or(-1), json, stderr)
+}
+
+/// Asserts a clean run: exit 0, validation ok, every listed side moved messages.
+fn assert_clean(code: i32, json: &Value, stderr: &str, sides: &[&str], messages: u64) {
+    assert_eq!(code, 0, "bench failed: {stderr}\n{json:#}");
+    assert_eq!(json["validation"]["ok"], true, "{json:#}");
+    assert_eq!(json["validation"]["errors"], 0, "{json:#}");
+    for side in sides {
+        let total = &json[side]["total"];
+        assert_eq!(total["messages"], messages, "{side}: {json:#}");
+        assert!(
+            total["messages_per_s"].as_f64().unwrap() > 0.0,
+            "{side}: {json:#}"
+        );
+        assert!(
+            total["mb_per_s"].as_f64().unwrap() > 0.0,
+            "{side}: {json:#}"
+        );
+        assert!(
+            total["latency"].is_object() || *side == "consumers",
+            "{side}: {json:#}"
+        );
+    }
+}
+
+#[test]
+fn bench_produce_reports_throughput_and_latency_for_unary_and_stream() {
+    let broker = TestBroker::start();
+    let (code, json, stderr) = bench(
+        &broker,
+        &[
+            "produce",
+            "--messages",
+            "6000",
+            "--batch",
+            "500",
+            "--producers",
+            "2",
+        ],
+    );
+    assert_clean(code, &json, &stderr, &["producers"], 6000);
+    assert_eq!(json["parameters"]["stream"], false);
+    assert_eq!(json["producers"]["actors"].as_array().unwrap().len(), 2);
+    let latency = &json["producers"]["total"]["latency"];
+    assert_eq!(latency["count"], 12, "one sample per request: {json:#}");
+    for field in ["p50_us", "p90_us", "p99_us", "p99_9_us", "max_us"] {
+        assert!(latency[field].as_u64().unwrap() > 0, "{field}: {json:#}");
+    }
+    assert_eq!(json["topic"]["created"], true);
+    assert_eq!(json["topic"]["deleted"], true);
+
+    let (code, json, stderr) = bench(
+        &broker,
+        &[
+            "produce",
+            "--messages",
+            "5000",
+            "--batch",
+            "250",
+            "--stream",
+            "--in-flight",
+            "4",
+            "--partitions",
+            "3",
+            "--fsync",
+            "never",
+            "--ack",
+            "written",
+            "--message-size",
+            "1KiB",
+        ],
+    );
+    assert_clean(code, &json, &stderr, &["producers"], 5000);
+    assert_eq!(json["parameters"]["fsync"], "never");
+    assert_eq!(json["producers"]["total"]["payload_bytes"], 5000 * 1024);
+}
+
+#[test]
+fn bench_consume_validates_what_it_reads_back() {
+    let broker = TestBroker::start();
+    // Partitions divided among plain subscribers.
+    let (code, json, stderr) = bench(
+        &broker,
+        &[
+            "consume",
+            "--messages",
+            "8000",
+            "--batch",
+            "400",
+            "--stream",
+            "--partitions",
+            "2",
+            "--consumers",
+            "2",
+        ],
+    );
+    assert_clean(code, &json, &stderr, &["consumers"], 8000);
+    assert_eq!(json["prefill"]["messages"], 8000);
+    assert_eq!(json["validation"]["messages_checked"], 8000);
+
+    // A consumer group, and fetch consumers, on the same kept topic.
+    let (code, json, stderr) = bench(
+        &broker,
+        &[
+            "consume",
+            "--topic",
+            "bench-kept",
+            "--keep",
+            "--messages",
+            "6000",
+            "--batch",
+            "300",
+            "--partitions",
+            "3",
+            "--consumers",
+            "2",
+            "--group",
+        ],
+    );
+    assert_clean(code, &json, &stderr, &["consumers"], 6000);
+    assert_eq!(json["topic"]["deleted"], false);
+    let (code, json, stderr) = bench(
+        &broker,
+        &[
+            "consume",
+            "--topic",
+            "bench-kept",
+            "--consumers",
+            "2",
+            "--fetch",
+        ],
+    );
+    assert_clean(code, &json, &stderr, &["consumers"], 6000);
+    assert_eq!(json["topic"]["created"], false);
+    // Fan-out: every consumer reads all of it.
+    let (code, json, stderr) = bench(
+        &broker,
+        &[
+            "consume",
+            "--topic",
+            "bench-kept",
+            "--consumers",
+            "3",
+            "--fanout",
+        ],
+    );
+    assert_clean(code, &json, &stderr, &["consumers"], 18_000);
+}
+
+#[test]
+fn bench_e2e_measures_publish_to_receive() {
+    let broker = TestBroker::start();
+    let (code, json, stderr) = bench(
+        &broker,
+        &[
+            "e2e",
+            "--messages",
+            "6000",
+            "--batch",
+            "200",
+            "--stream",
+            "--producers",
+            "2",
+            "--consumers",
+            "2",
+            "--partitions",
+            "2",
+        ],
+    );
+    assert_clean(code, &json, &stderr, &["producers", "consumers"], 6000);
+    let latency = &json["consumers"]["total"]["latency"];
+    assert_eq!(latency["count"], 6000, "one sample per message: {json:#}");
+    assert!(latency["p99_us"].as_u64().unwrap() >= latency["p50_us"].as_u64().unwrap());
+
+    // A time budget and a target rate, with a group.
+    let (code, json, stderr) = bench(
+        &broker,
+        &[
+            "e2e",
+            "--duration",
+            "1s",
+            "--rate",
+            "5k",
+            "--batch",
+            "100",
+            "--consumers",
+            "2",
+            "--partitions",
+            "2",
+            "--group",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}\n{json:#}");
+    assert_eq!(json["validation"]["ok"], true, "{json:#}");
+    let produced = json["producers"]["total"]["messages"].as_u64().unwrap();
+    assert!(
+        (3000..=7000).contains(&produced),
+        "about 5k/s for 1s: {json:#}"
+    );
+    assert_eq!(json["consumers"]["total"]["messages"], produced, "{json:#}");
+}
+
+#[test]
+fn bench_consume_fails_on_messages_it_did_not_write() {
+    let broker = TestBroker::start();
+    let mut produce = tidelog_command()
+        .arg("--server")
+        .arg(broker.endpoint())
+        .args(["topic", "create", "foreign"])
+        .output()
+        .expect("running tidelog");
+    assert!(produce.status.success(), "{produce:?}");
+    let mut child = tidelog_command()
+        .arg("--server")
+        .arg(broker.endpoint())
+        .args(["produce", "foreign", "--quiet"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting tidelog produce");
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(b"these lines are\nnot bench payloads, so the checksum cannot match them\n")
+        .expect("writing lines");
+    produce = child
+        .wait_with_output()
+        .expect("waiting for tidelog produce");
+    assert!(produce.status.success(), "{produce:?}");
+
+    let (code, json, stderr) = bench(&broker, &["consume", "--topic", "foreign"]);
+    assert_eq!(code, 1, "validation errors exit 1: {stderr}\n{json:#}");
+    assert_eq!(json["validation"]["ok"], false);
+    assert_eq!(json["validation"]["errors"], 2, "{json:#}");
+    let first = json["validation"]["first_errors"][0].as_str().unwrap();
+    assert!(
+        first.contains("checksum") || first.contains("shorter"),
+        "{first}"
+    );
+    assert!(stderr.contains("validation failed"), "{stderr}");
+}
