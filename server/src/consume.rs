@@ -251,7 +251,7 @@ impl PartitionReader {
                 // Woken with nothing to read: a partition was poisoned (its wait
                 // resolves at once from now on). Stop waiting on such partitions.
                 for cursor in &mut self.cursors {
-                    if !cursor.parked && cursor.partition.info().poisoned.is_some() {
+                    if !cursor.parked && cursor.partition.poisoned().is_some() {
                         tracing::warn!(
                             topic = self.topic.name(),
                             partition = cursor.partition.id(),

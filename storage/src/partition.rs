@@ -571,6 +571,12 @@ impl Partition {
         self.progress.wait_for_data_blocking(offset, timeout)
     }
 
+    /// Why the partition refuses writes, if a failed fsync or write poisoned it.
+    /// Cheap: readers waiting on a poisoned partition use it to stop waiting.
+    pub fn poisoned(&self) -> Option<String> {
+        self.progress.lock().poisoned.clone()
+    }
+
     /// First offset still in the log.
     pub fn log_start(&self) -> u64 {
         self.progress.lock().log_start

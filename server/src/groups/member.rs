@@ -508,7 +508,7 @@ impl MemberTask {
         if self
             .owned
             .values()
-            .any(|o| o.partition.info().poisoned.is_some())
+            .any(|o| o.partition.poisoned().is_some())
         {
             // Durable data stays readable, but no new data will come until a restart;
             // look again now and then instead of spinning on the wake-up.
