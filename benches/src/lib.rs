@@ -112,3 +112,93 @@ pub fn disk_fdatasync_latency_ms(dir: &Path, samples: usize) -> f64 {
     latencies.sort_by(f64::total_cmp);
     latencies[latencies.len() / 2]
 }
+
+/// Latencies in milliseconds of `samples` small (4 KiB) appends each followed by
+/// fdatasync, sorted ascending (for percentiles).
+pub fn disk_fdatasync_latencies_ms(dir: &Path, samples: usize) -> Vec<f64> {
+    let path = dir.join("disk-latencies.tmp");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+        .expect("create probe file");
+    let block = vec![0x5au8; 4096];
+    let mut latencies: Vec<f64> = (0..samples.max(1))
+        .map(|_| {
+            file.write_all(&block).expect("write");
+            let started = Instant::now();
+            file.sync_data().expect("fdatasync");
+            started.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    let _ = std::fs::remove_file(&path);
+    latencies.sort_by(f64::total_cmp);
+    latencies
+}
+
+/// The value at quantile `q` (0..=1) of ascending `sorted` values (nearest rank).
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Bytes of all regular files under `path` (their lengths), 0 if it is missing.
+pub fn dir_bytes(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => dir_bytes(&entry.path()),
+            Ok(kind) if kind.is_file() => entry.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// CPU time (user + system) of process `pid` so far, in seconds, from
+/// /proc/<pid>/stat (USER_HZ = 100); `None` without procfs or once it exited.
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_use_the_nearest_rank() {
+        let values: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(quantile(&values, 0.5), 50.0);
+        assert_eq!(quantile(&values, 0.99), 99.0);
+        assert_eq!(quantile(&values, 1.0), 100.0);
+        assert_eq!(quantile(&values, 0.0), 1.0);
+        assert_eq!(quantile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn directory_sizes_add_up_recursively() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), [0u8; 10]).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/b"), [0u8; 5]).unwrap();
+        assert_eq!(dir_bytes(dir.path()), 15);
+        assert_eq!(dir_bytes(&dir.path().join("missing")), 0);
+    }
+
+    #[test]
+    fn own_cpu_time_is_readable() {
+        let cpu = process_cpu_seconds(std::process::id());
+        assert!(cpu.is_none_or(|s| s >= 0.0));
+    }
+}

@@ -169,10 +169,18 @@ impl Pool {
                         EVENTS[(r >> 33) as usize % EVENTS.len()],
                         PATHS[(r >> 36) as usize % PATHS.len()],
                         (r >> 40) % 10_000,
-                        if (r >> 50) % 20 == 0 { 500 } else { 200 },
+                        if (r >> 50).is_multiple_of(20) {
+                            500
+                        } else {
+                            200
+                        },
                         (r >> 52) % 2_000,
                         AGENTS[(r >> 58) as usize % AGENTS.len()],
-                        if (r >> 61) % 2 == 0 { "eu" } else { "us" },
+                        if (r >> 61).is_multiple_of(2) {
+                            "eu"
+                        } else {
+                            "us"
+                        },
                         (r >> 20) % 500,
                         (r >> 44) % 100,
                     );

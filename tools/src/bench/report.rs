@@ -87,25 +87,18 @@ fn publish_mode(outcome: &Outcome) -> String {
     )
 }
 
-fn row(
-    table: &mut Table,
-    name: String,
-    messages: u64,
-    bytes: u64,
-    seconds: f64,
-    rate: f64,
-    mb: f64,
-    latency: Option<super::stats::Percentiles>,
-) {
+fn row(table: &mut Table, name: String, figures: &Totals) {
     let mut cells = vec![
         name,
-        messages.to_string(),
-        format!("{:.1}", bytes as f64 / MB),
-        format!("{seconds:.2}"),
-        format_rate(rate).trim_end_matches("/s").to_string(),
-        format!("{mb:.2}"),
+        figures.messages.to_string(),
+        format!("{:.1}", figures.bytes as f64 / MB),
+        format!("{:.2}", figures.slowest.as_secs_f64()),
+        format_rate(figures.messages_per_s())
+            .trim_end_matches("/s")
+            .to_string(),
+        format!("{:.2}", figures.mb_per_s()),
     ];
-    if let Some(p) = latency {
+    if let Some(p) = figures.latency.percentiles() {
         for us in [p.p50_us, p.p90_us, p.p99_us, p.p999_us, p.max_us] {
             cells.push(format_latency_us(us));
         }
@@ -116,29 +109,11 @@ fn row(
 fn actor_rows(table: &mut Table, actors: &[ActorResult], label: &str) {
     if actors.len() > 1 {
         for a in actors {
-            row(
-                table,
-                format!("{} {}", a.role.name(), a.id),
-                a.messages,
-                a.bytes,
-                a.elapsed.as_secs_f64(),
-                a.messages_per_s(),
-                a.mb_per_s(),
-                a.latency.percentiles(),
-            );
+            let name = format!("{} {}", a.role.name(), a.id);
+            row(table, name, &Totals::of(std::slice::from_ref(a)));
         }
     }
-    let totals = Totals::of(actors);
-    row(
-        table,
-        format!("{label} total"),
-        totals.messages,
-        totals.bytes,
-        totals.slowest.as_secs_f64(),
-        totals.messages_per_s(),
-        totals.mb_per_s(),
-        totals.latency.percentiles(),
-    );
+    row(table, format!("{label} total"), &Totals::of(actors));
 }
 
 fn human(outcome: &Outcome) -> String {
