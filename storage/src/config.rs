@@ -97,7 +97,8 @@ pub enum AckLevel {
     Durable,
 }
 
-/// Per-topic settings. Every field can be altered after creation.
+/// Per-topic settings. Every field can be altered after creation. The default keeps
+/// data forever in 256 MiB segments, fsyncs always, and allows 1 MiB messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicConfig {
     /// Delete sealed segments whose newest record is older than this.
@@ -118,12 +119,13 @@ pub struct TopicConfig {
 
 impl Default for TopicConfig {
     fn default() -> Self {
+        // As the gRPC API: no limit unless one is set (a JetStream stream's default).
         TopicConfig {
-            retention_ms: Some(7 * 86_400_000),
+            retention_ms: None,
             retention_bytes: None,
             default_ttl_ms: None,
             segment_bytes: SEGMENT_BYTES_DEFAULT,
-            segment_ms: Some(7 * 86_400_000),
+            segment_ms: None,
             fsync: FsyncPolicy::Always,
             max_message_bytes: MESSAGE_BYTES_DEFAULT,
             compression: Compression::None,
