@@ -104,7 +104,11 @@ impl ConsumerService {
             }
             result = read(&partition, result.next_offset, limits)?;
         }
-        let bytes = result.records.iter().map(convert::record_bytes).sum();
+        let bytes = result
+            .records
+            .iter()
+            .map(tidelog_storage::Record::payload_bytes)
+            .sum();
         self.state
             .metrics
             .fetched(topic.name(), result.records.len() as u64, bytes);
@@ -304,7 +308,11 @@ impl PartitionReader {
                 Ok(result) if !result.records.is_empty() => {
                     cursor.position = result.next_offset;
                     let id = cursor.partition.id();
-                    let bytes = result.records.iter().map(convert::record_bytes).sum();
+                    let bytes = result
+                        .records
+                        .iter()
+                        .map(tidelog_storage::Record::payload_bytes)
+                        .sum();
                     self.state.metrics.fetched(
                         self.topic.name(),
                         result.records.len() as u64,

@@ -295,17 +295,6 @@ pub fn consumed_message(partition: u32, record: storage::Record) -> pb::Consumed
     }
 }
 
-/// Key, value and header bytes of a record: what fetch limits and metrics count.
-pub fn record_bytes(record: &storage::Record) -> u64 {
-    let key = record.key.as_ref().map_or(0, |k| k.len());
-    let headers: usize = record
-        .headers
-        .iter()
-        .map(|h| h.key.len() + h.value.len())
-        .sum();
-    (key + record.value.len() + headers) as u64
-}
-
 /// A request's ack level (UNSPECIFIED = DURABLE).
 pub fn ack_level(value: i32) -> Result<storage::AckLevel, Status> {
     match pb::AckLevel::try_from(value) {
@@ -531,7 +520,7 @@ mod tests {
                 value: Bytes::from_static(b"\x00"),
             }],
         };
-        assert_eq!(record_bytes(&stored), 4);
+        assert_eq!(stored.payload_bytes(), 4);
         let consumed = consumed_message(3, stored);
         assert_eq!((consumed.partition, consumed.offset), (3, 7));
         assert_eq!(consumed.headers[0].key, "h");

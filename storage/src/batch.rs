@@ -157,6 +157,19 @@ pub struct Record {
     pub headers: Vec<Header>,
 }
 
+impl Record {
+    /// Key, value and header bytes: what read budgets and metrics count.
+    pub fn payload_bytes(&self) -> u64 {
+        let key = self.key.as_ref().map_or(0, |k| k.len());
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|h| h.key.len() + h.value.len())
+            .sum();
+        (key + self.value.len() + headers) as u64
+    }
+}
+
 /// Why bytes are not a valid batch. `Incomplete` (the bytes end before the batch does)
 /// is kept apart from `Invalid`: at the tail of a log the first is a torn write.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -40,7 +40,7 @@ use bytes::Bytes;
 
 mod faulty;
 
-pub use faulty::{CrashOptions, FaultStats, FaultyFs, SyncFault, SyncKind, Unsynced};
+pub use faulty::{CrashOptions, FaultStats, FaultyFs, SeededRng, SyncFault, SyncKind, Unsynced};
 
 /// How [`FileSystem::open`] opens a file. Every mode but `Read` opens for reading and
 /// writing.

@@ -210,25 +210,14 @@ impl ReadBudget {
     }
 
     fn admits(&self, record: &Record) -> bool {
-        !self.returned_any || record_size(record) <= self.bytes_left
+        !self.returned_any || record.payload_bytes() <= self.bytes_left
     }
 
     fn take(&mut self, record: &Record) {
         self.records_left = self.records_left.saturating_sub(1);
-        self.bytes_left = self.bytes_left.saturating_sub(record_size(record));
+        self.bytes_left = self.bytes_left.saturating_sub(record.payload_bytes());
         self.returned_any = true;
     }
-}
-
-/// Bytes a record counts against a read's byte budget.
-pub fn record_size(record: &Record) -> u64 {
-    let key = record.key.as_ref().map_or(0, |k| k.len());
-    let headers: usize = record
-        .headers
-        .iter()
-        .map(|h| h.key.len() + h.value.len())
-        .sum();
-    (key + record.value.len() + headers) as u64
 }
 
 /// The read side of one segment.
@@ -465,10 +454,9 @@ impl Segment {
             if header.next_offset() <= from {
                 continue;
             }
-            if header.all_expired(now_ms) {
-                next = header.next_offset();
-                continue;
-            }
+            // The CRC is checked before the header's expiry is believed: a flipped bit
+            // in max_expiry_ms must read as corruption, not pass the batch off as
+            // expired and skip it in silence.
             let bytes = rest.slice(..length);
             if !batch::verify_crc(&bytes, &header) {
                 return Err(Error::corrupt(
@@ -480,6 +468,10 @@ impl Segment {
                         header.last_offset()
                     ),
                 ));
+            }
+            if header.all_expired(now_ms) {
+                next = header.next_offset();
+                continue;
             }
             let records = RecordIter::new(&bytes, &header).map_err(|e| {
                 Error::corrupt(self.log_path(), position - length as u64, e.to_string())

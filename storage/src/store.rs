@@ -407,15 +407,7 @@ impl Store {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        if let Some((stop, thread)) = self
-            .housekeeping
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            drop(stop);
-            let _ = thread.join();
-        }
+        self.stop_housekeeping();
         let mut first_error = None;
         for topic in self.topics() {
             for partition in topic.partitions() {
@@ -425,16 +417,32 @@ impl Store {
                 }
             }
         }
-        self.inner
-            .flusher
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .shutdown();
+        self.stop_flushers();
         first_error.map_or(Ok(()), Err)
     }
 }
 
 impl Store {
+    fn stop_housekeeping(&self) {
+        let running = self
+            .housekeeping
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((stop, thread)) = running {
+            drop(stop);
+            let _ = thread.join();
+        }
+    }
+
+    fn stop_flushers(&self) {
+        self.inner
+            .flusher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .shutdown();
+    }
+
     /// Stops the store the way a killed process would: no flush, no checkpoint, no
     /// index files; what was written stays in the files (the page cache). For crash
     /// tests: reopening runs recovery.
@@ -445,20 +453,8 @@ impl Store {
                 partition.abandon();
             }
         }
-        if let Some((stop, thread)) = self
-            .housekeeping
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            drop(stop);
-            let _ = thread.join();
-        }
-        self.inner
-            .flusher
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .shutdown();
+        self.stop_housekeeping();
+        self.stop_flushers();
     }
 }
 

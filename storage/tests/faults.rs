@@ -40,25 +40,7 @@ const LOGS: [(usize, u32); 3] = [(0, 0), (0, 1), (1, 0)];
 /// Consumer offsets are committed for partitions of this topic.
 const COMMIT_TOPIC: &str = "t";
 
-/// xorshift64*: small, seedable, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use tidelog_storage::fs::SeededRng as Rng;
 
 /// A directory for one test case. FaultyFs never needs the real disk's durability, so
 /// a tmpfs is preferred where there is one: creating and renaming files there is many

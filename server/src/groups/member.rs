@@ -454,7 +454,7 @@ impl MemberTask {
                 Ok(read) => {
                     owned.position = read.next_offset;
                     for record in read.records {
-                        let size = convert::record_bytes(&record);
+                        let size = record.payload_bytes();
                         bytes_left = bytes_left.saturating_sub(size);
                         bytes_read += size;
                         messages_left = messages_left.saturating_sub(1);

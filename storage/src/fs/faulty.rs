@@ -1014,16 +1014,24 @@ impl FsFile for FaultyFile {
     }
 }
 
-/// xorshift64*: small, seedable, reproducible.
+/// xorshift64*: small, seedable, reproducible. Public so fault and model tests draw
+/// their random workloads from the same generator as the faults.
 #[derive(Debug, Clone)]
-struct Rng(u64);
+pub struct SeededRng(u64);
 
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+/// The generator's name inside this module.
+type Rng = SeededRng;
+
+impl SeededRng {
+    pub fn new(seed: u64) -> Self {
+        SeededRng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
 
-    fn next(&mut self) -> u64 {
+    #[allow(
+        clippy::should_implement_trait,
+        reason = "not an iterator: it never ends"
+    )]
+    pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -1031,7 +1039,7 @@ impl Rng {
     }
 
     /// Uniform enough in `0..n` (`n > 0`).
-    fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
 }
