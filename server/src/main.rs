@@ -30,6 +30,14 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
+    // Each partition keeps its active segment and checkpoint open: a broker with many
+    // partitions needs more descriptors than the usual soft limit of 1024. Raise it
+    // to the hard limit, as Kafka's docs ask operators to.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(error) => tracing::warn!(%error, "could not raise the open file limit"),
+    }
+
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("tidelogd")
