@@ -31,6 +31,11 @@ pub const SEGMENT_BYTES_MIN: u64 = 4 * 1024;
 pub const SEGMENT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 pub const SEGMENT_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
 
+/// Default bound on segments mapped at once across a store. Each mapping costs
+/// address space and a kernel mapping entry (the default `vm.max_map_count` is 65530),
+/// not memory: pages come from the page cache.
+pub const MAPPED_SEGMENTS_DEFAULT: usize = 4096;
+
 /// One offset-index and time-index entry is written per this many log bytes.
 pub const INDEX_INTERVAL_BYTES: u64 = 4096;
 

@@ -22,7 +22,7 @@ use crate::fsutil;
 use crate::index::SegmentSummary;
 use crate::limits::{BATCH_BYTES_MAX, SEGMENT_BYTES_MAX};
 use crate::progress::{LogEnd, Progress, WaitDurable, WaitForData};
-use crate::segment::{self, LOG_SUFFIX, ReadBudget, Segment, SegmentState};
+use crate::segment::{self, LOG_SUFFIX, MappedSegments, ReadBudget, Segment, SegmentState};
 
 /// A checkpoint is written at most this often (and at every segment roll and clean
 /// close); recovery after a crash scans what was written since.
@@ -142,6 +142,8 @@ pub struct Partition {
     opened_at: Instant,
     flusher: FlushQueue,
     observer: Option<Arc<dyn FlushObserver>>,
+    /// The store-wide bound on mapped segments.
+    mapped: Arc<MappedSegments>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -155,6 +157,7 @@ pub(crate) struct PartitionContext {
     pub clock: Arc<dyn Clock>,
     pub flusher: FlushQueue,
     pub observer: Option<Arc<dyn FlushObserver>>,
+    pub mapped: Arc<MappedSegments>,
 }
 
 impl Partition {
@@ -318,6 +321,7 @@ impl Partition {
             opened_at: Instant::now(),
             flusher: context.flusher,
             observer: context.observer,
+            mapped: context.mapped,
         }))
     }
 
@@ -641,6 +645,7 @@ impl Partition {
                 &mut budget,
                 &mut result.records,
             );
+            self.mapped.note_read(segment);
             cursor = match read {
                 Ok(next) => next,
                 // Retention removed the segment after the snapshot was taken.
@@ -675,7 +680,9 @@ impl Partition {
             } else {
                 summary.log_bytes
             };
-            if let Some(offset) = segment.offset_for_timestamp(timestamp_ms, end_position)? {
+            let found = segment.offset_for_timestamp(timestamp_ms, end_position);
+            self.mapped.note_read(&segment);
+            if let Some(offset) = found? {
                 return Ok((offset < visible.offset).then_some(offset));
             }
         }

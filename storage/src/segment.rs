@@ -6,7 +6,8 @@
 //! created mapping and the in-memory index.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use bytes::Bytes;
 
@@ -230,7 +231,64 @@ pub struct Segment {
     /// into one mapping instead of being remapped as it grows.
     map_len: usize,
     mapping: Mutex<Option<Bytes>>,
+    /// Set when a read created the mapping, until [`MappedSegments`] has counted it.
+    newly_mapped: AtomicBool,
+    /// The [`MappedSegments`] tick of the last read: eviction takes the oldest.
+    last_read: AtomicU64,
     state: RwLock<LoadedState>,
+}
+
+/// Bounds how many segments of a store keep a mapping. Beyond the limit the least
+/// recently read segment drops its mapping; readers still holding slices of it keep
+/// it alive until they finish, and the next read maps the file again.
+#[derive(Debug)]
+pub struct MappedSegments {
+    limit: usize,
+    tick: AtomicU64,
+    mapped: Mutex<Vec<Weak<Segment>>>,
+}
+
+impl MappedSegments {
+    pub fn new(limit: usize) -> Self {
+        MappedSegments {
+            limit: limit.max(1),
+            tick: AtomicU64::new(0),
+            mapped: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Records a read of `segment`, and evicts mappings over the limit.
+    pub fn note_read(&self, segment: &Arc<Segment>) {
+        let tick = self.tick.fetch_add(1, Ordering::Relaxed);
+        segment.last_read.store(tick, Ordering::Relaxed);
+        if !segment.newly_mapped.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let mut mapped = self.mapped.lock().unwrap_or_else(|e| e.into_inner());
+        mapped.retain(|weak| weak.strong_count() > 0);
+        mapped.push(Arc::downgrade(segment));
+        while mapped.len() > self.limit {
+            let oldest = mapped
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, weak)| {
+                    weak.upgrade()
+                        .map_or(0, |s| s.last_read.load(Ordering::Relaxed))
+                })
+                .map(|(index, _)| index);
+            let Some(oldest) = oldest else { break };
+            if let Some(evicted) = mapped.swap_remove(oldest).upgrade() {
+                evicted.release_mapping();
+            }
+        }
+    }
+
+    /// Segments holding a mapping now.
+    pub fn count(&self) -> usize {
+        let mut mapped = self.mapped.lock().unwrap_or_else(|e| e.into_inner());
+        mapped.retain(|weak| weak.strong_count() > 0);
+        mapped.len()
+    }
 }
 
 #[derive(Debug)]
@@ -255,6 +313,8 @@ impl Segment {
             fs,
             map_len,
             mapping: Mutex::new(None),
+            newly_mapped: AtomicBool::new(false),
+            last_read: AtomicU64::new(0),
             state: RwLock::new(LoadedState {
                 summary: state.summary,
                 index: Some(state.index),
@@ -270,6 +330,8 @@ impl Segment {
             fs,
             map_len: summary.log_bytes as usize,
             mapping: Mutex::new(None),
+            newly_mapped: AtomicBool::new(false),
+            last_read: AtomicU64::new(0),
             state: RwLock::new(LoadedState {
                 summary,
                 index: None,
@@ -337,7 +399,13 @@ impl Segment {
             .map(&path, self.map_len)
             .ctx(|| format!("mapping {}", path.display()))?;
         *mapping = Some(bytes.clone());
+        self.newly_mapped.store(true, Ordering::Release);
         Ok(bytes)
+    }
+
+    /// Drops this segment's own reference to its mapping (see [`MappedSegments`]).
+    fn release_mapping(&self) {
+        *self.mapping.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// The segment's bytes up to `end` (a position readers may see).

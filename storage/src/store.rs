@@ -23,11 +23,12 @@ use crate::error::{Error, IoContext, Result};
 use crate::flusher::Flusher;
 use crate::fs::{FileSystem, FsFile, OpenMode, OsFs};
 use crate::fsutil;
-use crate::limits::{SMALL_FILE_BYTES_MAX, TOPIC_PARTITIONS_MAX};
+use crate::limits::{MAPPED_SEGMENTS_DEFAULT, SMALL_FILE_BYTES_MAX, TOPIC_PARTITIONS_MAX};
 use crate::offsets::OffsetStore;
 use crate::partition::{
     FlushObserver, Partition, PartitionContext, PartitionInfo, RetentionOutcome,
 };
+use crate::segment::MappedSegments;
 
 const TOPIC_CONFIG_FILE: &str = "topic.config";
 /// How often the housekeeping thread looks for interval-policy flushes that are due.
@@ -46,6 +47,9 @@ pub struct StoreOptions {
     /// Every file operation goes through this: [`OsFs`] (the default) in production,
     /// [`crate::FaultyFs`] in fault-injection tests.
     pub fs: Arc<dyn FileSystem>,
+    /// Most segments kept mapped at once across the store; the least recently read
+    /// lose their mapping first (see [`crate::segment::MappedSegments`]).
+    pub mapped_segments_max: usize,
 }
 
 impl Default for StoreOptions {
@@ -56,6 +60,7 @@ impl Default for StoreOptions {
             retention_interval: Some(Duration::from_secs(30)),
             flush_observer: None,
             fs: Arc::new(OsFs),
+            mapped_segments_max: MAPPED_SEGMENTS_DEFAULT,
         }
     }
 }
@@ -185,6 +190,7 @@ impl Store {
             clock: options.clock.clone(),
             flusher: flusher.queue(),
             observer: options.flush_observer.clone(),
+            mapped: Arc::new(MappedSegments::new(options.mapped_segments_max)),
         };
         let offsets =
             OffsetStore::open_with(fs.clone(), &dir.join("offsets"), options.clock.clone())?;
@@ -242,6 +248,11 @@ impl Store {
     /// The consumer offsets store.
     pub fn offsets(&self) -> &OffsetStore {
         &self.inner.offsets
+    }
+
+    /// Segments holding a memory mapping now (bounded by `mapped_segments_max`).
+    pub fn mapped_segments(&self) -> usize {
+        self.inner.context.mapped.count()
     }
 
     /// The clock the store reads.

@@ -62,6 +62,7 @@ fn options(fs: &FaultyFs, clock: &Arc<ManualClock>) -> StoreOptions {
         retention_interval: None,
         flush_observer: None,
         fs: Arc::new(fs.clone()),
+        ..StoreOptions::default()
     }
 }
 

@@ -295,6 +295,49 @@ fn a_flipped_bit_anywhere_never_yields_a_corrupted_record() {
     fs::write(&log, &pristine).unwrap();
 }
 
+/// Regression (found through the broker by tests/ reliability::flipped_bit_...): a
+/// flipped sign bit in a batch's max_expiry_ms made the batch look expired, so reads
+/// skipped it in silence instead of reporting the damage. The CRC now vouches for the
+/// header before its expiry is believed.
+#[test]
+fn a_flipped_expiry_bit_is_corruption_not_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    {
+        let store = Store::open(dir.path(), options(&clock)).unwrap();
+        let partition = store
+            .create_topic("t", 1, small_segments())
+            .unwrap()
+            .partition(0)
+            .unwrap()
+            .clone();
+        for i in 0..3 {
+            partition.append_durable(&records(i * 10, 10)).unwrap();
+        }
+        store.close().unwrap();
+    }
+    let log = segment_logs(dir.path(), "t").remove(0);
+    let mut bytes = fs::read(&log).unwrap();
+    let second = BatchHeader::parse(&bytes).unwrap().batch_length as usize;
+    // max_expiry_ms is bytes 44..52 of the header: i64::MAX (never expires) becomes -1.
+    bytes[second + 51] ^= 0x80;
+    fs::write(&log, &bytes).unwrap();
+
+    let store = Store::open(dir.path(), options(&clock)).unwrap();
+    let partition = store.topic("t").unwrap().partition(0).unwrap().clone();
+    assert!(matches!(
+        partition.read(10, 10, u64::MAX),
+        Err(Error::Corrupt { .. })
+    ));
+    // A read that starts before it stops at the damage too, never skips past it.
+    match partition.read(0, 100, u64::MAX) {
+        Ok(read) => assert!(read.records.iter().all(|r| r.offset < 10), "{read:?}"),
+        Err(error) => assert!(matches!(error, Error::Corrupt { .. }), "{error}"),
+    }
+    let after = partition.read(20, 10, u64::MAX).unwrap();
+    assert_eq!(after.records.first().map(|r| r.offset), Some(20));
+}
+
 #[test]
 fn missing_or_garbled_indexes_are_rebuilt_and_lookups_match_a_scan() {
     let dir = tempfile::tempdir().unwrap();
@@ -631,5 +674,42 @@ fn interval_and_never_policies_make_data_visible_at_once_and_durable_on_request(
         partition
             .wait_durable_blocking(appended.last_offset)
             .unwrap();
+    }
+}
+
+#[test]
+fn mapped_segments_stay_within_the_bound_and_reads_stay_correct() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = Store::open(
+        dir.path(),
+        StoreOptions {
+            mapped_segments_max: 2,
+            ..options(&clock)
+        },
+    )
+    .unwrap();
+    let config = TopicConfig {
+        segment_bytes: 4096,
+        ..small_segments()
+    };
+    let partition = store
+        .create_topic("t", 1, config)
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .clone();
+    for i in 0..20 {
+        partition.append_durable(&records(i * 40, 40)).unwrap();
+    }
+    assert!(partition.info().segment_count > 5);
+    // Twice over every segment: evicted mappings are mapped again on demand.
+    for _ in 0..2 {
+        assert_eq!(read_all(&store, "t", 0), (0..800).collect::<Vec<_>>());
+        assert!(
+            store.mapped_segments() <= 2,
+            "{} mapped",
+            store.mapped_segments()
+        );
     }
 }
