@@ -191,12 +191,13 @@ impl Pool {
         Pool { bytes }
     }
 
-    /// `len` bytes of body for the message with this number; different numbers
-    /// give different windows of the pool.
+    /// `len` bytes of body for the message with this number; consecutive numbers
+    /// give consecutive, non-overlapping windows of the pool (read sequentially, so
+    /// they come from the cache, and random bytes stay incompressible).
     pub fn body(&self, number: u64, len: usize) -> &[u8] {
         let span = self.bytes.len().saturating_sub(len).max(1) as u64;
-        // A large odd stride walks the pool in an order that does not repeat soon.
-        let start = (number.wrapping_mul(7_919 * 131) % span) as usize;
+        let stride = len as u64 + 13;
+        let start = (number.wrapping_mul(stride) % span) as usize;
         &self.bytes[start..start + len.min(self.bytes.len())]
     }
 }
