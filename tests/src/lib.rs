@@ -175,6 +175,18 @@ impl TestBroker {
         self.metrics = field("metrics=");
     }
 
+    /// The process id of the running tidelogd (for `/proc/<pid>/status`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// True while the process has not exited (it has not crashed or been killed).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
     /// The gRPC address.
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc

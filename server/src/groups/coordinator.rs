@@ -221,7 +221,7 @@ fn lock(mutex: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 /// Checks a group id against the proto's limits (1 to 255 bytes).
-pub(crate) fn validate_group_id(group_id: &str) -> Result<(), Status> {
+pub fn validate_group_id(group_id: &str) -> Result<(), Status> {
     if group_id.is_empty() {
         return Err(Status::invalid_argument("group_id is required"));
     }

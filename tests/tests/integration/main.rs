@@ -4,3 +4,4 @@ mod bench;
 mod broker;
 mod cli;
 mod groups;
+mod reliability;
