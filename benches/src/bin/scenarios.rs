@@ -247,7 +247,20 @@ struct Run {
     server_cpu: f64,
     client_cpu: f64,
     wall: f64,
+    /// Share of the run's wall time in which some runnable task waited for a CPU
+    /// (Linux PSI, /proc/pressure/cpu "some"): contention from other processes.
+    cpu_pressure: Option<f64>,
     ok: bool,
+}
+
+/// Total microseconds of CPU pressure ("some") so far, from Linux PSI.
+fn cpu_pressure_us() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/pressure/cpu").ok()?;
+    let some = text.lines().find(|l| l.starts_with("some"))?;
+    some.split_whitespace()
+        .find_map(|field| field.strip_prefix("total="))?
+        .parse()
+        .ok()
 }
 
 fn tidelog(bin: &Path, broker: &Broker, args: &[&str]) -> Result<String, String> {
@@ -271,6 +284,7 @@ fn tidelog(bin: &Path, broker: &Broker, args: &[&str]) -> Result<String, String>
 fn bench(bin: &Path, broker: &Broker, args: &[String]) -> Result<Run, String> {
     eprintln!("  tidelog bench {}", args.join(" "));
     let cpu_before = broker.cpu();
+    let pressure_before = cpu_pressure_us();
     let started = Instant::now();
     let output = Command::new(bin)
         .arg("--server")
@@ -283,6 +297,10 @@ fn bench(bin: &Path, broker: &Broker, args: &[String]) -> Result<Run, String> {
         .map_err(|e| format!("running tidelog bench: {e}"))?;
     let wall = started.elapsed().as_secs_f64();
     let server_cpu = broker.cpu() - cpu_before;
+    let cpu_pressure = match (pressure_before, cpu_pressure_us()) {
+        (Some(before), Some(after)) => Some((after - before) as f64 / 1e6 / wall),
+        _ => None,
+    };
     let stdout = String::from_utf8_lossy(&output.stdout);
     let json: Value = serde_json::from_str(&stdout).map_err(|_| {
         format!(
@@ -303,6 +321,7 @@ fn bench(bin: &Path, broker: &Broker, args: &[String]) -> Result<Run, String> {
         json,
         server_cpu,
         wall,
+        cpu_pressure,
         ok,
     })
 }
@@ -324,6 +343,9 @@ struct Row {
     server_cpu: Option<f64>,
     client_cpu: Option<f64>,
     wall: Option<f64>,
+    cpu_pressure: Option<f64>,
+    /// Messages the CPU figures are for.
+    messages: Option<u64>,
     valid: Option<bool>,
 }
 
@@ -343,6 +365,8 @@ impl Row {
             server_cpu: Some(run.server_cpu),
             client_cpu: Some(run.client_cpu),
             wall: Some(run.wall),
+            cpu_pressure: run.cpu_pressure,
+            messages: total["messages"].as_u64(),
             valid: Some(run.ok),
             ..Row::default()
         }
@@ -364,6 +388,14 @@ impl Row {
         self
     }
 
+    /// Broker + client CPU per message: what the two cores pay for each one.
+    fn cpu_ns_per_message(&self) -> Option<f64> {
+        match (self.server_cpu, self.client_cpu, self.messages) {
+            (Some(s), Some(c), Some(n)) if n > 0 => Some((s + c) * 1e9 / n as f64),
+            _ => None,
+        }
+    }
+
     fn json(&self) -> Value {
         json!({
             "id": self.id,
@@ -380,6 +412,8 @@ impl Row {
             "server_cpu_seconds": self.server_cpu,
             "client_cpu_seconds": self.client_cpu,
             "wall_seconds": self.wall,
+            "cpu_ns_per_message": self.cpu_ns_per_message(),
+            "cpu_pressure_share": self.cpu_pressure,
             "validation_ok": self.valid,
         })
     }
@@ -412,15 +446,23 @@ fn cpu_cell(row: &Row, cores: f64) -> String {
     }
 }
 
+/// CPU per message and the rate the cores could carry at that cost.
+fn cost_cell(row: &Row, cores: f64) -> String {
+    match row.cpu_ns_per_message() {
+        Some(ns) => format!("{ns:.0} ns ({})", rate(cores * 1e9 / ns)),
+        None => "-".into(),
+    }
+}
+
 fn markdown(rows: &[Row], cores: f64) -> String {
     let mut text = String::from(
-        "| # | scenario | setup | msg/s | MB/s | p50 ms | p99 ms | p99.9 ms | Iggy 0.8.0 / goal | met | CPU server+client (share of all cores) | valid | note |\n\
-         |---|---|---|---:|---:|---:|---:|---:|---|---|---|---|---|\n",
+        "| # | scenario | setup | msg/s | MB/s | p50 ms | p99 ms | p99.9 ms | Iggy 0.8.0 / goal | met | CPU server+client (share of all cores) | CPU per msg (cores' ceiling) | CPU wait | valid | note |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---|---|---|---|---:|---|---|\n",
     );
     for row in rows {
         let _ = writeln!(
             text,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             row.id,
             row.scenario,
             row.setup,
@@ -440,6 +482,9 @@ fn markdown(rows: &[Row], cores: f64) -> String {
                 &row.verdict
             },
             cpu_cell(row, cores),
+            cost_cell(row, cores),
+            row.cpu_pressure
+                .map_or("-".into(), |p| format!("{:.0}%", 100.0 * p)),
             match row.valid {
                 Some(true) => "ok",
                 Some(false) => "FAILED",
@@ -479,6 +524,15 @@ fn durable_goal(producers: u32) -> Option<(f64, f64)> {
     })
 }
 
+/// /proc/loadavg (1, 5, 15 minutes, runnable/total, last pid): how busy the shared
+/// machine was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
 fn machine() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -497,6 +551,7 @@ fn machine() -> Value {
         "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
         "cpu": cpu,
         "kernel": kernel,
+        "loadavg_at_end": load_average(),
     })
 }
 
@@ -517,6 +572,7 @@ fn main() {
 #[allow(clippy::too_many_lines)]
 fn run(options: &Options) -> Result<(), String> {
     let suite_started = Instant::now();
+    let load_at_start = load_average();
     let wanted = |n: u32| options.only.as_ref().is_none_or(|only| only.contains(&n));
     let (tidelogd, tidelog_bin) = binaries(options.build)?;
     let parent = options.dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -1013,6 +1069,7 @@ fn run(options: &Options) -> Result<(), String> {
         "quick": options.quick,
         "messages_per_100b_run": options.messages,
         "machine": machine(),
+        "loadavg_at_start": load_at_start,
         "disk": disk,
         "rows": rows.iter().map(Row::json).collect::<Vec<_>>(),
         "extra": extra,
@@ -1026,7 +1083,8 @@ fn run(options: &Options) -> Result<(), String> {
     );
     std::fs::create_dir_all(&options.out)
         .map_err(|e| format!("creating {}: {e}", options.out.display()))?;
-    let markdown_text = format!("{header}{table}");
+    let legend = "CPU server+client: CPU seconds of tidelogd and of `tidelog bench` during the run, and their share of all cores over the run's wall time. CPU per msg: (server + client CPU) / messages; in parentheses the rate all cores could carry at that cost with nothing else running. CPU wait: share of the run's wall time in which some runnable task waited for a CPU (Linux PSI), i.e. contention from other processes on the machine.\n";
+    let markdown_text = format!("{header}{table}\n{legend}");
     for name in [format!("scenarios-{stamp}"), "latest".to_string()] {
         let md = options.out.join(format!("{name}.md"));
         let js = options.out.join(format!("{name}.json"));
