@@ -659,6 +659,13 @@ async fn kill9_loop_never_loses_a_durable_ack() {
             floor: ends,
             ..snapshot
         };
+        if cycles > 20 && (cycle + 1) % 50 == 0 {
+            println!(
+                "kill -9 loop: {} cycles, {acks_checked} acks checked, {acked_but_lost} lost, {:?}",
+                cycle + 1,
+                started.elapsed()
+            );
+        }
     }
     broker.stop();
     assert_no_panic(&broker);
@@ -2583,6 +2590,9 @@ async fn soak_reader(
                     consumed.fetch_add(batch.messages.len() as u64, Ordering::Relaxed);
                 }
                 Some(Event::Assignment(_)) => {}
+                // A new group starts each partition by its policy: documented, not a loss.
+                Some(Event::PositionReset(reset))
+                    if reset.reason == ResetReason::NoCommittedOffset as i32 => {}
                 other => report.problems.push(format!("unexpected event {other:?}")),
             },
             Ok(Ok(None)) => {
@@ -2606,7 +2616,9 @@ async fn soak_reader(
 #[ignore = "long: run tests/soak.sh, or --ignored with TIDELOG_SOAK_MINUTES"]
 async fn soak_produce_subscribe_with_ttl() {
     const PRODUCERS: u64 = 4;
-    const TICK: Duration = Duration::from_millis(20);
+    // Long enough for a durable publish even when an fsync stalls; missed ticks are
+    // caught up (the default burst behaviour), so the rate holds on average.
+    const TICK: Duration = Duration::from_millis(100);
     let minutes = env_u64("TIDELOG_SOAK_MINUTES", 1);
     let rate = env_u64("TIDELOG_SOAK_RATE", 2000);
     let per_tick = (rate * TICK.as_millis() as u64 / 1000 / PRODUCERS).max(1);
@@ -2626,7 +2638,9 @@ async fn soak_produce_subscribe_with_ttl() {
     )
     .await;
 
+    // Producers stop first; readers once they have caught up.
     let stop = Arc::new(AtomicBool::new(false));
+    let readers_stop = Arc::new(AtomicBool::new(false));
     let published = Arc::new(AtomicU64::new(0));
     let (plain, grouped) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let plain_stream = consumer(&broker.channel().await)
@@ -2652,8 +2666,16 @@ async fn soak_produce_subscribe_with_ttl() {
         .unwrap()
         .into_inner();
     let readers = [
-        tokio::spawn(soak_reader(plain_stream, plain.clone(), stop.clone())),
-        tokio::spawn(soak_reader(group_stream, grouped.clone(), stop.clone())),
+        tokio::spawn(soak_reader(
+            plain_stream,
+            plain.clone(),
+            readers_stop.clone(),
+        )),
+        tokio::spawn(soak_reader(
+            group_stream,
+            grouped.clone(),
+            readers_stop.clone(),
+        )),
     ];
     let mut producers = Vec::new();
     for producer in 0..PRODUCERS {
@@ -2662,7 +2684,6 @@ async fn soak_produce_subscribe_with_ttl() {
         producers.push(tokio::spawn(async move {
             let mut errors = Vec::new();
             let mut ticker = tokio::time::interval(TICK);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut seq = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 ticker.tick().await;
@@ -2696,7 +2717,7 @@ async fn soak_produce_subscribe_with_ttl() {
 
     let started = Instant::now();
     let duration = Duration::from_secs(minutes * 60);
-    let mut samples = Vec::new();
+    let mut samples = vec![rss_mib(&broker)];
     while started.elapsed() < duration {
         tokio::time::sleep(Duration::from_secs(5).min(duration.saturating_sub(started.elapsed())))
             .await;
@@ -2726,16 +2747,20 @@ async fn soak_produce_subscribe_with_ttl() {
     // The readers catch up with the last messages before they stop.
     let total = published.load(Ordering::Relaxed);
     let deadline = Instant::now() + EVENT_TIMEOUT;
-    while plain.load(Ordering::Relaxed) < total && Instant::now() < deadline {
+    let caught_up =
+        || plain.load(Ordering::Relaxed) >= total && grouped.load(Ordering::Relaxed) >= total;
+    while !caught_up() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    readers_stop.store(true, Ordering::Relaxed);
     for reader in readers {
         errors.extend(reader.await.unwrap());
     }
+    let achieved = total as f64 / started.elapsed().as_secs_f64();
     let (first, last) = (samples[0], *samples.last().unwrap());
     let max = samples.iter().map(|s| s.0).fold(0.0, f64::max);
     println!(
-        "soak: minutes={minutes} rate={rate}/s published={total} consumed_plain={} consumed_group={} \
+        "soak: minutes={minutes} rate={rate}/s achieved={achieved:.0}/s published={total} consumed_plain={} consumed_group={} \
          rss_start={:.1}MiB rss_end={:.1}MiB rss_max={max:.1}MiB anon_start={:.1}MiB anon_end={:.1}MiB errors={}",
         plain.load(Ordering::Relaxed),
         grouped.load(Ordering::Relaxed),
@@ -2750,6 +2775,11 @@ async fn soak_produce_subscribe_with_ttl() {
         plain.load(Ordering::Relaxed),
         total,
         "the subscriber missed messages"
+    );
+    assert_eq!(
+        grouped.load(Ordering::Relaxed),
+        total,
+        "the group member missed messages"
     );
     broker.stop();
     assert_no_panic(&broker);
