@@ -1157,6 +1157,7 @@ async fn retention_subscriber(
     policy: ResetPolicy,
     pause: Duration,
     stop: Arc<AtomicBool>,
+    raced: Arc<AtomicBool>,
 ) -> ReaderReport {
     let mut report = ReaderReport {
         name: format!("subscriber {topic} {policy:?} pause {pause:?}"),
@@ -1195,6 +1196,7 @@ async fn retention_subscriber(
             }
             Ok(Some(Event::PositionReset(reset))) => {
                 report.resets += 1;
+                raced.store(true, Ordering::Relaxed);
                 // Deliveries go on from where the reset says.
                 if reset.reason != ResetReason::BelowLogStart as i32 {
                     report.problems.push(format!("unexpected reset {reset:?}"));
@@ -1207,6 +1209,7 @@ async fn retention_subscriber(
             }
             Err(status) if status.code() == Code::OutOfRange && policy == ResetPolicy::Error => {
                 report.out_of_range += 1;
+                raced.store(true, Ordering::Relaxed);
                 break;
             }
             Err(status) => {
@@ -1226,6 +1229,7 @@ async fn retention_fetcher(
     partition: u32,
     pause: Duration,
     stop: Arc<AtomicBool>,
+    raced: Arc<AtomicBool>,
 ) -> ReaderReport {
     let mut report = ReaderReport {
         name: format!("fetcher {topic}/{partition}"),
@@ -1243,6 +1247,7 @@ async fn retention_fetcher(
             }
             Err(status) if status.code() == Code::OutOfRange => {
                 report.out_of_range += 1;
+                raced.store(true, Ordering::Relaxed);
                 offset =
                     describe(&channel, topic).await.partitions[partition as usize].log_start_offset;
                 last.clear();
@@ -1349,6 +1354,8 @@ async fn retention_deletes_segments_under_readers_without_harm() {
     // falls below the log start and follows its policy (`Some(true)`: a PositionReset,
     // `Some(false)`: OUT_OF_RANGE); the others may or may not.
     let mut readers = Vec::new();
+    // Set by each reader that has fallen below the log start at least once.
+    let mut must_race = Vec::new();
     let fast = Duration::ZERO;
     let slow = Duration::from_millis(30);
     for (topic, policy, pause, expect) in [
@@ -1359,12 +1366,17 @@ async fn retention_deletes_segments_under_readers_without_harm() {
         ("expiring", ResetPolicy::Earliest, fast, None),
         ("expiring", ResetPolicy::Earliest, slow, None),
     ] {
+        let raced = Arc::new(AtomicBool::new(false));
+        if expect.is_some() {
+            must_race.push(raced.clone());
+        }
         let reader = tokio::spawn(retention_subscriber(
             small_window_channel(&broker).await,
             topic,
             policy,
             pause,
             stop.clone(),
+            raced,
         ));
         readers.push((topic, expect, reader));
     }
@@ -1373,18 +1385,24 @@ async fn retention_deletes_segments_under_readers_without_harm() {
         ("churn", 1, Some(false)),
         ("expiring", 0, None),
     ] {
+        let raced = Arc::new(AtomicBool::new(false));
+        if expect.is_some() {
+            must_race.push(raced.clone());
+        }
         let reader = tokio::spawn(retention_fetcher(
             broker.channel().await,
             topic,
             partition,
             Duration::from_millis(10),
             stop.clone(),
+            raced,
         ));
         readers.push((topic, expect, reader));
     }
 
-    // Run until both topics have lost plenty of segments under the readers (bounded).
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Run until both topics have lost plenty of segments under the readers and every
+    // slow reader of "churn" has fallen below the log start (bounded).
+    let deadline = Instant::now() + Duration::from_secs(30);
     let deleted = |metrics: &str, topic: &str| {
         metric_value(
             metrics,
@@ -1392,15 +1410,21 @@ async fn retention_deletes_segments_under_readers_without_harm() {
         )
         .unwrap_or(0.0)
     };
-    tokio::time::sleep(Duration::from_secs(2)).await;
     loop {
         let metrics = broker.metrics_text();
-        if deleted(&metrics, "churn") >= 50.0 && deleted(&metrics, "expiring") >= 5.0 {
+        if deleted(&metrics, "churn") >= 50.0
+            && deleted(&metrics, "expiring") >= 5.0
+            && must_race.iter().all(|raced| raced.load(Ordering::Relaxed))
+        {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "retention deleted too little: {metrics}"
+            "after 30 s: slow readers fallen behind {:?}, metrics {metrics}",
+            must_race
+                .iter()
+                .map(|raced| raced.load(Ordering::Relaxed))
+                .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
