@@ -135,14 +135,16 @@ impl NewRecord {
 
     /// Key, value and header bytes: what `max_message_bytes` limits.
     pub fn payload_bytes(&self) -> u64 {
-        let key = self.key.as_ref().map_or(0, |k| k.len());
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|h| h.key.len() + h.value.len())
-            .sum();
-        (key + self.value.len() + headers) as u64
+        payload_size(self.key.as_ref(), &self.value, &self.headers)
     }
+}
+
+/// Key + value + header bytes: the one definition of a message's size, for what a
+/// producer sends and what a reader gets back.
+fn payload_size(key: Option<&Bytes>, value: &Bytes, headers: &[Header]) -> u64 {
+    let key = key.map_or(0, |k| k.len());
+    let headers: usize = headers.iter().map(|h| h.key.len() + h.value.len()).sum();
+    (key + value.len() + headers) as u64
 }
 
 /// A record read back from the log. `key`, `value` and header values of uncompressed
@@ -160,13 +162,7 @@ pub struct Record {
 impl Record {
     /// Key, value and header bytes: what read budgets and metrics count.
     pub fn payload_bytes(&self) -> u64 {
-        let key = self.key.as_ref().map_or(0, |k| k.len());
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|h| h.key.len() + h.value.len())
-            .sum();
-        (key + self.value.len() + headers) as u64
+        payload_size(self.key.as_ref(), &self.value, &self.headers)
     }
 }
 

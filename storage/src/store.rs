@@ -293,17 +293,7 @@ impl Store {
         fs.create_dir(&dir)
             .ctx(|| format!("creating {}", dir.display()))?;
         let config = Arc::new(config);
-        let partitions = (0..partitions)
-            .map(|id| {
-                Partition::open(
-                    name,
-                    id,
-                    &dir.join(id.to_string()),
-                    config.clone(),
-                    self.inner.context.clone(),
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let partitions = open_partitions(name, &dir, partitions, &config, &self.inner.context)?;
         fsutil::sync_dir_with(fs, &dir)?;
         // Written last: a topic without its config file did not finish being created.
         fsutil::write_file_atomically_with(
@@ -491,17 +481,7 @@ fn open_topic(dir: &Path, name: &str, context: &PartitionContext) -> Result<Opti
     let config = Arc::new(config);
     // The config file and partition directories may be known to the page cache only.
     fsutil::sync_dir_with(&*context.fs, dir)?;
-    let partitions = (0..partition_count)
-        .map(|id| {
-            Partition::open(
-                name,
-                id,
-                &dir.join(id.to_string()),
-                config.clone(),
-                context.clone(),
-            )
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let partitions = open_partitions(name, dir, partition_count, &config, context)?;
     Ok(Some(Topic {
         name: name.to_string(),
         dir: dir.to_path_buf(),
@@ -573,4 +553,25 @@ fn start_housekeeping(
         })
         .ctx(|| "starting the housekeeping thread")?;
     Ok((stop, thread))
+}
+
+/// Opens (creating or recovering) partitions `0..count` of topic `name` in `dir`.
+fn open_partitions(
+    name: &str,
+    dir: &Path,
+    count: u32,
+    config: &Arc<TopicConfig>,
+    context: &PartitionContext,
+) -> Result<Vec<Arc<Partition>>> {
+    (0..count)
+        .map(|id| {
+            Partition::open(
+                name,
+                id,
+                &dir.join(id.to_string()),
+                config.clone(),
+                context.clone(),
+            )
+        })
+        .collect()
 }
