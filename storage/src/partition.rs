@@ -878,7 +878,10 @@ fn recover(
             continue;
         }
 
-        let (start_state, start) = match checkpoint {
+        // Without a usable index the whole segment is scanned, CRCs included, even the
+        // bytes the checkpoint vouches for: the summary built here decides what
+        // retention and TTL delete, so no header is believed unchecked.
+        let (state, start) = match checkpoint {
             Some(c) if trusted > 0 && base == c.segment_base => {
                 segment::state_up_to_with(&**fs, dir, base, trusted, c.next_offset)
             }
@@ -887,14 +890,6 @@ fn recover(
         let data = fs
             .map(&path, log_bytes as usize)
             .ctx(|| format!("mapping {}", path.display()))?;
-        let state = if start == 0 && trusted > 0 {
-            // The index is unusable but the bytes up to `trusted` are durable and were
-            // validated when written: hop over their headers to rebuild the index.
-            index_by_headers(&data[..trusted as usize], SegmentState::new(base))
-        } else {
-            Some((start_state, start))
-        };
-        let (state, start) = state.unwrap_or((SegmentState::new(base), 0));
         let report = segment::scan(&data, start, state);
         drop(data);
         for corrupt in &report.corrupt_batches {
@@ -959,21 +954,6 @@ fn recover(
         sealed.push(Arc::new(segment));
     }
     unreachable!("the last segment returns from inside the loop")
-}
-
-/// Rebuilds summary and index from batch headers alone, for bytes known valid.
-/// `None` if a header does not parse (then the caller scans fully).
-fn index_by_headers(data: &[u8], mut state: SegmentState) -> Option<(SegmentState, u64)> {
-    let mut position = 0u64;
-    while (position as usize) < data.len() {
-        let header = BatchHeader::parse(&data[position as usize..]).ok()?;
-        if header.base_offset != state.summary.next_offset {
-            return None;
-        }
-        state.observe(position, &header);
-        position += u64::from(header.batch_length);
-    }
-    (position as usize == data.len()).then_some((state, position))
 }
 
 /// Writes bytes `[from, to)` of `file` again, unchanged, so the next fsync writes them

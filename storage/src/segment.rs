@@ -57,10 +57,26 @@ impl SegmentState {
     /// bytes have passed since the last one.
     pub fn observe(&mut self, position: u64, header: &BatchHeader) {
         let summary = &mut self.summary;
-        summary.log_bytes = position + u64::from(header.batch_length);
-        summary.next_offset = header.next_offset();
         summary.max_timestamp_ms = summary.max_timestamp_ms.max(header.max_timestamp_ms);
         summary.max_expiry_ms = summary.max_expiry_ms.max(header.max_expiry_ms);
+        self.observe_framing(position, header);
+    }
+
+    /// Accounts for a batch whose CRC fails: its offsets and bytes stay allocated, but
+    /// its times are not believed. Its records might never expire, so neither may the
+    /// segment by TTL; its timestamp is left out so a damaged one cannot age the
+    /// segment into time retention early (size retention still applies).
+    pub fn observe_corrupt(&mut self, position: u64, header: &BatchHeader) {
+        self.summary.max_expiry_ms = batch::NEVER_EXPIRES;
+        self.observe_framing(position, header);
+    }
+
+    /// Offsets and bytes of the batch at `position`, and an index entry (stamped with
+    /// the time observed so far) when enough bytes have passed since the last one.
+    fn observe_framing(&mut self, position: u64, header: &BatchHeader) {
+        let summary = &mut self.summary;
+        summary.log_bytes = position + u64::from(header.batch_length);
+        summary.next_offset = header.next_offset();
         if position > 0 && position - self.last_indexed_position >= INDEX_INTERVAL_BYTES {
             self.last_indexed_position = position;
             let relative_offset = (header.base_offset - summary.base_offset) as u32;
@@ -149,7 +165,10 @@ pub fn scan(data: &[u8], start: u64, mut state: SegmentState) -> ScanReport {
                     next_offset: header.next_offset(),
                     reason,
                 });
-                header
+                state.observe_corrupt(position, &header);
+                position += u64::from(header.batch_length);
+                batches += 1;
+                continue;
             }
         };
         state.observe(position, &header);

@@ -463,6 +463,56 @@ fn retention_by_time_and_size_deletes_whole_segments_oldest_first() {
     );
 }
 
+/// Recovery after a crash rebuilds the active segment's summary from its bytes. It used
+/// to hop over batch headers without checking their CRCs, so a flipped bit in a fsynced
+/// batch's max_expiry_ms could make TTL expiry delete a segment whose records had a day
+/// to live. A batch that fails its CRC must never shorten its segment's life.
+#[test]
+fn a_flipped_expiry_bit_found_by_recovery_never_expires_a_segment_early() {
+    const DAY_MS: u64 = 86_400_000;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    {
+        let store = Store::open(dir.path(), options(&clock)).unwrap();
+        let partition = store
+            .create_topic("t", 1, small_segments())
+            .unwrap()
+            .partition(0)
+            .unwrap()
+            .clone();
+        let with_ttl = |from, ttl_ms| {
+            let mut batch = records(from, 10);
+            batch.iter_mut().for_each(|r| r.ttl_ms = Some(ttl_ms));
+            batch
+        };
+        partition.append_durable(&with_ttl(0, DAY_MS)).unwrap();
+        partition.append_durable(&with_ttl(10, 60_000)).unwrap();
+        store.simulate_crash();
+    }
+    let log = segment_logs(dir.path(), "t").remove(0);
+    let mut bytes = fs::read(&log).unwrap();
+    let header = BatchHeader::parse(&bytes).unwrap();
+    let flipped = header.max_expiry_ms ^ (1 << 40);
+    assert!(
+        flipped < START_MS,
+        "the flip must move expiry into the past"
+    );
+    // max_expiry_ms is bytes 44..52 of the header; bit 40 is bit 0 of byte 49.
+    bytes[49] ^= 0x01;
+    fs::write(&log, &bytes).unwrap();
+
+    clock.advance_ms(120_000); // past the second batch's TTL, far from the first's
+    let store = Store::open(dir.path(), options(&clock)).unwrap();
+    let partition = store.topic("t").unwrap().partition(0).unwrap().clone();
+    let outcome = partition.enforce_retention().unwrap();
+    assert_eq!(outcome.segments_deleted, 0, "{outcome:?}");
+    assert_eq!(partition.log_start(), 0);
+    assert!(matches!(
+        partition.read(0, 10, u64::MAX),
+        Err(Error::Corrupt { .. })
+    ));
+}
+
 #[test]
 fn expired_messages_are_never_read_and_expired_segments_go() {
     let dir = tempfile::tempdir().unwrap();
