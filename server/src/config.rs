@@ -28,6 +28,12 @@ pub const MAX_REQUEST_BYTES_DEFAULT: usize = 32 * 1024 * 1024;
 /// one request could hold a large share of the machine's memory.
 pub const MAX_REQUEST_BYTES_MIN: usize = 64 * 1024;
 pub const MAX_REQUEST_BYTES_MAX: usize = 1024 * 1024 * 1024;
+/// Default cap on concurrent gRPC calls (HTTP/2 streams) per client connection: room
+/// for a client that multiplexes a subscription per partition over one channel, while
+/// one connection can pin at most a few tens of MiB (about 6.5 KiB per idle stream).
+pub const MAX_STREAMS_PER_CONNECTION_DEFAULT: u32 = 4096;
+/// Most `max_streams_per_connection` accepts.
+pub const MAX_STREAMS_PER_CONNECTION_MAX: u32 = 65_536;
 /// Default fsync threads (the storage engine's default).
 pub const FLUSH_THREADS_DEFAULT: usize = 4;
 /// Most fsync threads: one disk gains nothing from more.
@@ -52,7 +58,8 @@ and logs to stderr. SIGINT or SIGTERM stops it gracefully (exit status 0)."
 )]
 pub struct Cli {
     /// TOML file with settings (keys: data_dir, listen, metrics_listen, log_level,
-    /// retention_interval, flush_threads, max_request_bytes, shutdown_timeout).
+    /// retention_interval, flush_threads, max_request_bytes, max_streams_per_connection,
+    /// shutdown_timeout).
     #[arg(long, env = "TIDELOG_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -89,6 +96,11 @@ pub struct Cli {
     #[arg(long, env = "TIDELOG_MAX_REQUEST_BYTES", value_name = "BYTES")]
     pub max_request_bytes: Option<usize>,
 
+    /// Most concurrent calls (HTTP/2 streams) one client connection may have open;
+    /// clients queue further calls until one ends [default: 4096]
+    #[arg(long, env = "TIDELOG_MAX_STREAMS_PER_CONNECTION", value_name = "N")]
+    pub max_streams_per_connection: Option<u32>,
+
     /// How long shutdown waits for in-flight calls before closing anyway
     /// [default: 10s]
     #[arg(long, env = "TIDELOG_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
@@ -106,6 +118,7 @@ pub struct FileSettings {
     pub retention_interval: Option<String>,
     pub flush_threads: Option<usize>,
     pub max_request_bytes: Option<usize>,
+    pub max_streams_per_connection: Option<u32>,
     pub shutdown_timeout: Option<String>,
 }
 
@@ -121,6 +134,8 @@ pub struct Settings {
     pub flush_threads: usize,
     /// Largest decoded gRPC message (tonic's max decoding message size).
     pub max_request_bytes: usize,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS announced to every client.
+    pub max_streams_per_connection: u32,
     pub shutdown_timeout: Duration,
 }
 
@@ -191,6 +206,15 @@ impl Settings {
                 "max_request_bytes must be {MAX_REQUEST_BYTES_MIN} to {MAX_REQUEST_BYTES_MAX}, not {max_request_bytes}"
             ));
         }
+        let max_streams_per_connection = cli
+            .max_streams_per_connection
+            .or(file.max_streams_per_connection)
+            .unwrap_or(MAX_STREAMS_PER_CONNECTION_DEFAULT);
+        if !(1..=MAX_STREAMS_PER_CONNECTION_MAX).contains(&max_streams_per_connection) {
+            return Err(format!(
+                "max_streams_per_connection must be 1 to {MAX_STREAMS_PER_CONNECTION_MAX}, not {max_streams_per_connection}"
+            ));
+        }
         Ok(Settings {
             data_dir: cli
                 .data_dir
@@ -212,6 +236,7 @@ impl Settings {
             retention_interval,
             flush_threads,
             max_request_bytes,
+            max_streams_per_connection,
             shutdown_timeout,
         })
     }
@@ -247,6 +272,7 @@ mod tests {
         assert_eq!(settings.retention_interval, Duration::from_secs(30));
         assert_eq!(settings.log_level, "info");
         assert_eq!(settings.max_request_bytes, 32 << 20);
+        assert_eq!(settings.max_streams_per_connection, 4096);
     }
 
     #[test]
@@ -276,5 +302,14 @@ mod tests {
         let cli = Cli::try_parse_from(["tidelogd", "--max-request-bytes", "10"]).unwrap();
         let error = Settings::resolve(cli, FileSettings::default(), None).unwrap_err();
         assert!(error.contains("max_request_bytes"), "{error}");
+        for streams in ["0", "65537"] {
+            let cli =
+                Cli::try_parse_from(["tidelogd", "--max-streams-per-connection", streams]).unwrap();
+            let error = Settings::resolve(cli, FileSettings::default(), None).unwrap_err();
+            assert!(error.contains("max_streams_per_connection"), "{error}");
+        }
+        let file: FileSettings = toml::from_str("max_streams_per_connection = 8").unwrap();
+        let settings = Settings::resolve(Cli::default(), file, None).unwrap();
+        assert_eq!(settings.max_streams_per_connection, 8);
     }
 }

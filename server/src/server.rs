@@ -158,6 +158,9 @@ async fn serve(
         .layer(crate::request_limit::RequestLimitLayer::new(max))
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        // tonic announces no limit by default: one connection could pin unbounded
+        // memory with streams. Clients queue calls beyond the limit.
+        .max_concurrent_streams(settings.max_streams_per_connection)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -37,8 +37,10 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The path of a workspace binary: `$env_var`, else `target/<profile>/<name>` beside
-/// the running test executable (which lives in `target/<profile>/deps/`), else built
-/// with `cargo build -p <package> --bin <name>`.
+/// the running test executable (which lives in `target/<profile>/deps/`), brought up
+/// to date by `cargo build -p <package> --bin <name>` once per test process: `cargo
+/// test -p tidelog-tests` alone does not rebuild other packages' binaries, and a
+/// stale broker would test old code.
 pub fn workspace_binary(env_var: &str, package: &str, name: &str) -> PathBuf {
     if let Some(path) = std::env::var_os(env_var) {
         return PathBuf::from(path);
@@ -50,12 +52,12 @@ pub fn workspace_binary(env_var: &str, package: &str, name: &str) -> PathBuf {
         .expect("test executables live in target/<profile>/deps");
     let path = profile_dir.join(name);
     // One build at a time, so parallel tests do not all start cargo.
-    static BUILD: Mutex<()> = Mutex::new(());
-    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    if !path.exists() {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut command = Command::new(cargo);
-        command.args(["build", "-p", package, "--bin", name]);
+        command.args(["build", "--quiet", "-p", package, "--bin", name]);
         if profile_dir.file_name().is_some_and(|p| p == "release") {
             command.arg("--release");
         }
@@ -66,6 +68,7 @@ pub fn workspace_binary(env_var: &str, package: &str, name: &str) -> PathBuf {
             "{} missing after cargo build",
             path.display()
         );
+        built.push(name.to_string());
     }
     path
 }

@@ -2590,6 +2590,63 @@ async fn thousands_of_streams_and_stalled_subscribers_stay_bounded() {
     assert_no_panic(&broker);
 }
 
+/// A connection may have at most `--max-streams-per-connection` calls open (HTTP/2
+/// SETTINGS_MAX_CONCURRENT_STREAMS): the client queues the next call until one ends,
+/// and other connections are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_per_connection_are_capped_and_the_next_call_waits_its_turn() {
+    const CAP: usize = 8;
+    let mut broker = TestBroker::start_with(&["--max-streams-per-connection", "8"]);
+    let channel = broker.channel().await;
+    create_topic(&channel, "capped", 1, TopicConfig::default()).await;
+    let subscribe = |channel: &Channel| {
+        let mut client = consumer(channel);
+        async move {
+            client
+                .subscribe(SubscribeRequest {
+                    topic: "capped".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let shared = broker.channel().await;
+    let mut streams = Vec::with_capacity(CAP);
+    for _ in 0..CAP {
+        streams.push(
+            subscribe(&shared)
+                .await
+                .expect("a subscribe within the cap"),
+        );
+    }
+    let queued = tokio::spawn(subscribe(&shared));
+    // Another connection is served at once, past the one that is full.
+    let _other = subscribe(&channel)
+        .await
+        .expect("a subscribe on another connection");
+    wait_open_streams(&broker, "subscribe", |open| open == (CAP + 1) as f64).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !queued.is_finished(),
+        "a call past the cap must wait for a free stream"
+    );
+    assert_eq!(
+        wait_open_streams(&broker, "subscribe", |_| true).await,
+        (CAP + 1) as f64
+    );
+    // One ends: the queued call gets its stream.
+    drop(streams.pop());
+    let opened = tokio::time::timeout(Duration::from_secs(10), queued)
+        .await
+        .expect("the queued call opens once a stream is free")
+        .unwrap();
+    assert!(opened.is_ok(), "{opened:?}");
+    wait_open_streams(&broker, "subscribe", |open| open == (CAP + 1) as f64).await;
+    broker.stop();
+    assert_no_panic(&broker);
+}
+
 // ---------------------------------------------------------------------------------
 // 5. Soak (ignored; tests/soak.sh runs it)
 // ---------------------------------------------------------------------------------
