@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tidelog_storage::batch::{BatchHeader, HEADER_BYTES};
 use tidelog_storage::{
-    Error, FsyncPolicy, Header, ManualClock, NewRecord, Store, StoreOptions, TopicConfig,
+    Error, FsyncPolicy, Header, ManualClock, NewRecord, Partition, Store, StoreOptions, TopicConfig,
 };
 
 const START_MS: i64 = 1_700_000_000_000;
@@ -56,9 +56,24 @@ fn records(from: u64, count: u64) -> Vec<NewRecord> {
         .collect()
 }
 
+/// Creates topic `name` with one partition and returns it.
+fn create_partition(store: &Store, name: &str, config: TopicConfig) -> Arc<Partition> {
+    store
+        .create_topic(name, 1, config)
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .clone()
+}
+
+/// Partition 0 of an existing topic.
+fn partition_of(store: &Store, name: &str) -> Arc<Partition> {
+    store.topic(name).unwrap().partition(0).unwrap().clone()
+}
+
 /// Reads everything from `from` to the end, checking each record's value.
 fn read_all(store: &Store, topic: &str, from: u64) -> Vec<u64> {
-    let partition = store.topic(topic).unwrap().partition(0).unwrap().clone();
+    let partition = partition_of(store, topic);
     let mut offsets = Vec::new();
     let mut next = from;
     loop {
@@ -125,7 +140,7 @@ fn append_read_round_trip_across_segments_and_reopen() {
         read_all(&store, "orders", 200),
         (200..371).collect::<Vec<_>>()
     );
-    let partition = store.topic("orders").unwrap().partition(0).unwrap().clone();
+    let partition = partition_of(&store, "orders");
     assert_eq!(partition.append(&records(371, 1)).unwrap().base_offset, 371);
 }
 
@@ -134,12 +149,7 @@ fn reads_outside_the_log_are_out_of_range_with_both_bounds() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(START_MS);
     let store = Store::open(dir.path(), options(&clock)).unwrap();
-    let partition = store
-        .create_topic("t", 1, small_segments())
-        .unwrap()
-        .partition(0)
-        .unwrap()
-        .clone();
+    let partition = create_partition(&store, "t", small_segments());
     partition.append_durable(&records(0, 10)).unwrap();
     assert!(partition.read(10, 10, 1000).unwrap().records.is_empty());
     match partition.read(11, 10, 1000) {
@@ -158,12 +168,7 @@ fn max_bytes_limits_a_read_but_one_record_always_comes_back() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(START_MS);
     let store = Store::open(dir.path(), options(&clock)).unwrap();
-    let partition = store
-        .create_topic("t", 1, small_segments())
-        .unwrap()
-        .partition(0)
-        .unwrap()
-        .clone();
+    let partition = create_partition(&store, "t", small_segments());
     partition
         .append_durable(&[
             NewRecord::value(vec![1u8; 5000]),
@@ -188,12 +193,7 @@ fn torn_tail_is_cut_at_every_byte_of_the_last_batch() {
     };
     {
         let store = Store::open(dir.path(), options(&clock)).unwrap();
-        let partition = store
-            .create_topic("t", 1, config)
-            .unwrap()
-            .partition(0)
-            .unwrap()
-            .clone();
+        let partition = create_partition(&store, "t", config);
         partition.append_durable(&records(0, 20)).unwrap();
         partition.append_durable(&records(20, 5)).unwrap();
         store.close().unwrap();
@@ -213,7 +213,7 @@ fn torn_tail_is_cut_at_every_byte_of_the_last_batch() {
         let store = Store::open(dir.path(), options(&clock)).unwrap();
         let offsets = read_all(&store, "t", 0);
         assert_eq!(offsets, (0..20).collect::<Vec<_>>(), "cut at byte {cut}");
-        let partition = store.topic("t").unwrap().partition(0).unwrap().clone();
+        let partition = partition_of(&store, "t");
         // Appends continue right after the intact prefix.
         assert_eq!(
             partition
@@ -244,12 +244,7 @@ fn a_flipped_bit_anywhere_never_yields_a_corrupted_record() {
     let clock = ManualClock::new(START_MS);
     {
         let store = Store::open(dir.path(), options(&clock)).unwrap();
-        let partition = store
-            .create_topic("t", 1, small_segments())
-            .unwrap()
-            .partition(0)
-            .unwrap()
-            .clone();
+        let partition = create_partition(&store, "t", small_segments());
         for i in 0..6 {
             partition.append_durable(&records(i * 10, 10)).unwrap();
         }
@@ -273,7 +268,7 @@ fn a_flipped_bit_anywhere_never_yields_a_corrupted_record() {
             Err(Error::Corrupt { .. }) => continue,
             Err(other) => panic!("unexpected error {other}"),
         };
-        let partition = store.topic("t").unwrap().partition(0).unwrap().clone();
+        let partition = partition_of(&store, "t");
         let mut next = partition.log_start();
         while next < partition.end_offset() {
             match partition.read(next, 1, u64::MAX) {
@@ -305,12 +300,7 @@ fn a_flipped_expiry_bit_is_corruption_not_expiry() {
     let clock = ManualClock::new(START_MS);
     {
         let store = Store::open(dir.path(), options(&clock)).unwrap();
-        let partition = store
-            .create_topic("t", 1, small_segments())
-            .unwrap()
-            .partition(0)
-            .unwrap()
-            .clone();
+        let partition = create_partition(&store, "t", small_segments());
         for i in 0..3 {
             partition.append_durable(&records(i * 10, 10)).unwrap();
         }
@@ -324,7 +314,7 @@ fn a_flipped_expiry_bit_is_corruption_not_expiry() {
     fs::write(&log, &bytes).unwrap();
 
     let store = Store::open(dir.path(), options(&clock)).unwrap();
-    let partition = store.topic("t").unwrap().partition(0).unwrap().clone();
+    let partition = partition_of(&store, "t");
     assert!(matches!(
         partition.read(10, 10, u64::MAX),
         Err(Error::Corrupt { .. })
@@ -345,12 +335,7 @@ fn missing_or_garbled_indexes_are_rebuilt_and_lookups_match_a_scan() {
     let expected_by_time: Vec<(i64, Option<u64>)>;
     {
         let store = Store::open(dir.path(), options(&clock)).unwrap();
-        let partition = store
-            .create_topic("t", 1, small_segments())
-            .unwrap()
-            .partition(0)
-            .unwrap()
-            .clone();
+        let partition = create_partition(&store, "t", small_segments());
         for i in 0..40 {
             partition.append_durable(&records(i * 25, 25)).unwrap();
         }
@@ -382,7 +367,7 @@ fn missing_or_garbled_indexes_are_rebuilt_and_lookups_match_a_scan() {
         }
     }
     let store = Store::open(dir.path(), options(&clock)).unwrap();
-    let partition = store.topic("t").unwrap().partition(0).unwrap().clone();
+    let partition = partition_of(&store, "t");
     for (timestamp, expected) in expected_by_time {
         assert_eq!(partition.offset_for_timestamp(timestamp).unwrap(), expected);
     }
@@ -402,12 +387,7 @@ fn retention_by_time_and_size_deletes_whole_segments_oldest_first() {
         retention_ms: Some(60_000),
         ..small_segments()
     };
-    let partition = store
-        .create_topic("t", 1, config.clone())
-        .unwrap()
-        .partition(0)
-        .unwrap()
-        .clone();
+    let partition = create_partition(&store, "t", config.clone());
     let old: Vec<_> = (0..200)
         .map(|i| NewRecord {
             timestamp_ms: Some(START_MS),
@@ -457,10 +437,7 @@ fn retention_by_time_and_size_deletes_whole_segments_oldest_first() {
     assert!(info.log_start > 200);
     drop(store);
     let store = Store::open(dir.path(), options(&clock)).unwrap();
-    assert_eq!(
-        store.topic("t").unwrap().partition(0).unwrap().log_start(),
-        info.log_start
-    );
+    assert_eq!(partition_of(&store, "t").log_start(), info.log_start);
 }
 
 /// Recovery after a crash rebuilds the active segment's summary from its bytes. It used
@@ -474,12 +451,7 @@ fn a_flipped_expiry_bit_found_by_recovery_never_expires_a_segment_early() {
     let clock = ManualClock::new(START_MS);
     {
         let store = Store::open(dir.path(), options(&clock)).unwrap();
-        let partition = store
-            .create_topic("t", 1, small_segments())
-            .unwrap()
-            .partition(0)
-            .unwrap()
-            .clone();
+        let partition = create_partition(&store, "t", small_segments());
         let with_ttl = |from, ttl_ms| {
             let mut batch = records(from, 10);
             batch.iter_mut().for_each(|r| r.ttl_ms = Some(ttl_ms));
@@ -503,7 +475,7 @@ fn a_flipped_expiry_bit_found_by_recovery_never_expires_a_segment_early() {
 
     clock.advance_ms(120_000); // past the second batch's TTL, far from the first's
     let store = Store::open(dir.path(), options(&clock)).unwrap();
-    let partition = store.topic("t").unwrap().partition(0).unwrap().clone();
+    let partition = partition_of(&store, "t");
     let outcome = partition.enforce_retention().unwrap();
     assert_eq!(outcome.segments_deleted, 0, "{outcome:?}");
     assert_eq!(partition.log_start(), 0);
@@ -522,12 +494,7 @@ fn expired_messages_are_never_read_and_expired_segments_go() {
         default_ttl_ms: Some(10_000),
         ..small_segments()
     };
-    let partition = store
-        .create_topic("t", 1, config)
-        .unwrap()
-        .partition(0)
-        .unwrap()
-        .clone();
+    let partition = create_partition(&store, "t", config);
     let mut batch = records(0, 4);
     batch[1].ttl_ms = Some(1_000);
     batch[2].ttl_ms = Some(0); // never expires
@@ -582,19 +549,14 @@ fn concurrent_durable_appenders_share_fsyncs_and_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(START_MS);
     let store = Store::open(dir.path(), options(&clock)).unwrap();
-    let partition = store
-        .create_topic(
-            "t",
-            1,
-            TopicConfig {
-                segment_bytes: 64 * 1024,
-                ..small_segments()
-            },
-        )
-        .unwrap()
-        .partition(0)
-        .unwrap()
-        .clone();
+    let partition = create_partition(
+        &store,
+        "t",
+        TopicConfig {
+            segment_bytes: 64 * 1024,
+            ..small_segments()
+        },
+    );
     let threads: Vec<_> = (0..8)
         .map(|_| {
             let partition = partition.clone();
@@ -624,12 +586,7 @@ fn waiting_for_data_wakes_on_append_without_polling() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(START_MS);
     let store = Store::open(dir.path(), options(&clock)).unwrap();
-    let partition = store
-        .create_topic("t", 1, small_segments())
-        .unwrap()
-        .partition(0)
-        .unwrap()
-        .clone();
+    let partition = create_partition(&store, "t", small_segments());
     assert!(!partition.wait_for_data_blocking(0, Duration::from_millis(10)));
     let writer = {
         let partition = partition.clone();
@@ -706,19 +663,14 @@ fn interval_and_never_policies_make_data_visible_at_once_and_durable_on_request(
     let clock = ManualClock::new(START_MS);
     let store = Store::open(dir.path(), options(&clock)).unwrap();
     for (name, fsync) in [("i", FsyncPolicy::IntervalMs(5)), ("n", FsyncPolicy::Never)] {
-        let partition = store
-            .create_topic(
-                name,
-                1,
-                TopicConfig {
-                    fsync,
-                    ..small_segments()
-                },
-            )
-            .unwrap()
-            .partition(0)
-            .unwrap()
-            .clone();
+        let partition = create_partition(
+            &store,
+            name,
+            TopicConfig {
+                fsync,
+                ..small_segments()
+            },
+        );
         let appended = partition.append(&records(0, 3)).unwrap();
         assert_eq!(partition.end_offset(), 3, "{name}: written data is visible");
         partition
@@ -743,12 +695,7 @@ fn mapped_segments_stay_within_the_bound_and_reads_stay_correct() {
         segment_bytes: 4096,
         ..small_segments()
     };
-    let partition = store
-        .create_topic("t", 1, config)
-        .unwrap()
-        .partition(0)
-        .unwrap()
-        .clone();
+    let partition = create_partition(&store, "t", config);
     for i in 0..20 {
         partition.append_durable(&records(i * 40, 40)).unwrap();
     }
