@@ -16,7 +16,8 @@ use tidelog_storage::checkpoint::{self, Checkpoint, is_unsynced_gap, trusted_byt
 use tidelog_storage::index::{self, SegmentSummary};
 use tidelog_storage::offsets::decode_record;
 use tidelog_storage::segment::{
-    INDEX_SUFFIX, LOG_SUFFIX, ScanReport, SegmentState, TIME_INDEX_SUFFIX, scan, segment_path,
+    CorruptBatch, INDEX_SUFFIX, LOG_SUFFIX, ScanReport, SegmentState, TIME_INDEX_SUFFIX, scan,
+    segment_path,
 };
 
 use super::layout::segment_bases;
@@ -326,8 +327,9 @@ pub fn check_partition(dir: &Path, mut progress: impl FnMut(u64)) -> CliResult<P
 }
 
 /// Where each batch of the valid bytes starts, with its base offset and the running
-/// maximum timestamp up to and including it.
-fn batch_boundaries(valid: &[u8]) -> Vec<(u64, u64, i64)> {
+/// maximum timestamp up to and including it. Like the engine's scan, a batch that
+/// failed its CRC (at a position in `corrupt`) does not count towards the timestamp.
+fn batch_boundaries(valid: &[u8], corrupt: &[CorruptBatch]) -> Vec<(u64, u64, i64)> {
     let mut out = Vec::new();
     let mut position = 0usize;
     let mut max_timestamp = i64::MIN;
@@ -335,7 +337,9 @@ fn batch_boundaries(valid: &[u8]) -> Vec<(u64, u64, i64)> {
         let Ok(header) = BatchHeader::parse(rest) else {
             break;
         };
-        max_timestamp = max_timestamp.max(header.max_timestamp_ms);
+        if !corrupt.iter().any(|c| c.position == position as u64) {
+            max_timestamp = max_timestamp.max(header.max_timestamp_ms);
+        }
         out.push((position as u64, header.base_offset, max_timestamp));
         position += header.batch_length as usize;
     }
@@ -353,7 +357,7 @@ fn check_indexes(
     findings: &mut Vec<Finding>,
 ) -> bool {
     let summary = &report.state.summary;
-    let boundaries = batch_boundaries(valid);
+    let boundaries = batch_boundaries(valid, &report.corrupt_batches);
     let mut needs_rewrite = false;
     for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
         let path = segment_path(dir, base, suffix);
@@ -598,4 +602,53 @@ pub fn check_offsets_log(path: &Path) -> CliResult<OffsetsLogCheck> {
         torn,
         findings,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidelog_storage::batch::{EncodeOptions, encode_batch, set_base_offset};
+    use tidelog_storage::{Compression, NewRecord};
+
+    /// The time index's running maximum leaves out a batch that failed its CRC, as the
+    /// engine's scan does: otherwise verify would flag the index of every segment
+    /// whose damaged batch held the newest timestamp.
+    #[test]
+    fn boundaries_leave_a_corrupt_batchs_timestamp_out_as_the_engine_does() {
+        let mut log = Vec::new();
+        for (base, timestamp_ms) in [(0, 100), (1, 300), (2, 200)] {
+            let record = NewRecord {
+                timestamp_ms: Some(timestamp_ms),
+                ..NewRecord::value(vec![base as u8; 8])
+            };
+            let options = EncodeOptions {
+                now_ms: 1_000,
+                default_ttl_ms: None,
+                compression: Compression::None,
+                max_message_bytes: 1024,
+            };
+            let mut bytes = encode_batch(&[record], &options).unwrap().bytes;
+            set_base_offset(&mut bytes, base);
+            log.extend_from_slice(&bytes);
+        }
+        let second = BatchHeader::parse(&log).unwrap().batch_length as usize;
+        let second_length = BatchHeader::parse(&log[second..]).unwrap().batch_length as usize;
+        let mut damaged = log.clone();
+        damaged[second + second_length - 1] ^= 0x10; // the second batch's last value byte
+        let report = scan(&damaged, 0, SegmentState::new(0));
+        assert_eq!(report.corrupt_batches.len(), 1, "{report:?}");
+        assert_eq!(report.state.summary.max_timestamp_ms, 200);
+
+        let times = |bytes, corrupt| -> Vec<i64> {
+            batch_boundaries(bytes, corrupt)
+                .iter()
+                .map(|b| b.2)
+                .collect()
+        };
+        assert_eq!(times(&log, &[]), vec![100, 300, 300]);
+        assert_eq!(
+            times(&damaged, &report.corrupt_batches),
+            vec![100, 100, 200]
+        );
+    }
 }
