@@ -34,6 +34,9 @@ use crate::{AppState, partitioner};
 /// when nothing is sent.
 const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams one connection may make the server reset for its protocol errors before
+/// it is closed (h2's and hyper's own default).
+const HTTP2_LOCAL_ERROR_RESETS_MAX: usize = 1024;
 
 /// Where a started broker listens (what the ready line prints).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +164,9 @@ async fn serve(
         // tonic announces no limit by default: one connection could pin unbounded
         // memory with streams. Clients queue calls beyond the limit.
         .max_concurrent_streams(settings.max_streams_per_connection)
+        // tonic turns off h2's cap on streams a client makes the server reset (the
+        // "MadeYouReset" flood, CVE-2025-8671); past it the connection gets GOAWAY.
+        .http2_max_local_error_reset_streams(Some(HTTP2_LOCAL_ERROR_RESETS_MAX))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

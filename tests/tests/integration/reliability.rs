@@ -2612,6 +2612,91 @@ async fn thousands_of_streams_and_stalled_subscribers_stay_bounded() {
     assert_no_panic(&broker);
 }
 
+/// HTTP/2 frames written by hand: 9-byte header (length, type, flags, stream id).
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    frame.extend_from_slice(&[kind, flags]);
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// "MadeYouReset" (CVE-2025-8671): a client that makes the server reset stream after
+/// stream (here malformed requests) costs the server work without counting against
+/// the open-stream cap. tonic turns h2's limit on such
+/// resets off; the broker turns it back on, so the connection is closed with GOAWAY
+/// ENHANCE_YOUR_CALM while other clients keep being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_provoking_endless_stream_resets_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const FRAME_HEADERS: u8 = 0x1;
+    const FRAME_GOAWAY: u8 = 0x7;
+    const END_STREAM: u8 = 0x1;
+    const END_HEADERS: u8 = 0x4;
+    const ENHANCE_YOUR_CALM: u32 = 0xb;
+    const STREAMS: u32 = 4000;
+    let mut broker = TestBroker::start();
+    let channel = broker.channel().await;
+    create_topic(&channel, "calm", 1, TopicConfig::default()).await;
+
+    let mut socket = tokio::net::TcpStream::connect(broker.grpc_addr())
+        .await
+        .unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[])); // SETTINGS, none changed
+    // HPACK: :method POST, :scheme http, :path / (static table), then `connection: x`
+    // as a literal, a header HTTP/2 forbids: a malformed request, reset by the server.
+    let mut request = vec![0x83, 0x86, 0x84, 0x00, 10];
+    request.extend_from_slice(b"connection");
+    request.extend_from_slice(&[1, b'x']);
+    for index in 0..STREAMS {
+        out.extend(h2_frame(
+            FRAME_HEADERS,
+            END_HEADERS | END_STREAM,
+            2 * index + 1,
+            &request,
+        ));
+    }
+    // The server may stop reading once it has had enough: a failed write is fine.
+    let (mut reader, mut writer) = socket.split();
+    let write = async {
+        let _ = writer.write_all(&out).await;
+    };
+    let read = async {
+        let mut received = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match reader.read(&mut chunk).await {
+                Ok(0) | Err(_) => return received,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    let (_, received) = tokio::time::timeout(EVENT_TIMEOUT, async { tokio::join!(write, read) })
+        .await
+        .expect("the server must close a connection that keeps provoking resets");
+    let mut goaway = None;
+    let mut at = 0;
+    while at + 9 <= received.len() {
+        let length = u32::from_be_bytes([0, received[at], received[at + 1], received[at + 2]]);
+        let end = at + 9 + length as usize;
+        if received[at + 3] == FRAME_GOAWAY && end <= received.len() {
+            goaway = Some(u32::from_be_bytes(
+                received[at + 13..at + 17].try_into().unwrap(),
+            ));
+        }
+        at = end;
+    }
+    assert_eq!(goaway, Some(ENHANCE_YOUR_CALM));
+
+    // Everyone else is still served.
+    let description = describe(&broker.channel().await, "calm").await;
+    assert_eq!(description.partitions.len(), 1);
+    assert!(broker.is_running());
+    broker.stop();
+    assert_no_panic(&broker);
+}
+
 /// A connection may have at most `--max-streams-per-connection` calls open (HTTP/2
 /// SETTINGS_MAX_CONCURRENT_STREAMS): the client queues the next call until one ends,
 /// and other connections are served meanwhile.
