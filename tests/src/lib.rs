@@ -29,6 +29,7 @@ use tidelog_proto::v1::admin_client::AdminClient;
 use tidelog_proto::v1::consumer_client::ConsumerClient;
 use tidelog_proto::v1::groups_client::GroupsClient;
 use tidelog_proto::v1::publisher_client::PublisherClient;
+use tidelog_proto::v1::{CreateTopicRequest, DescribeTopicRequest, TopicConfig, TopicDescription};
 use tonic::transport::Channel;
 
 /// How long tidelogd may take to print its ready line (recovery included).
@@ -240,6 +241,16 @@ impl TestBroker {
         GroupsClient::new(self.channel().await)
     }
 
+    /// [`create_topic`] on a new connection.
+    pub async fn create_topic(&self, name: &str, partitions: u32, config: TopicConfig) {
+        create_topic(&self.channel().await, name, partitions, config).await;
+    }
+
+    /// [`describe_topic`] on a new connection.
+    pub async fn describe_topic(&self, name: &str) -> TopicDescription {
+        describe_topic(&self.channel().await, name).await
+    }
+
     /// The body of `GET /metrics`.
     pub fn metrics_text(&self) -> String {
         let (status, body) = http_get(self.metrics, "/metrics");
@@ -307,6 +318,37 @@ impl Drop for TestBroker {
 }
 
 /// A minimal HTTP/1.1 GET; returns (status code, body).
+/// Creates a topic; panics naming it if the broker refuses.
+pub async fn create_topic(channel: &Channel, name: &str, partitions: u32, config: TopicConfig) {
+    AdminClient::new(channel.clone())
+        .create_topic(CreateTopicRequest {
+            name: name.into(),
+            partitions,
+            config: Some(config),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("creating {name}: {s}"));
+}
+
+/// Describes a topic; panics naming it if the broker refuses.
+pub async fn describe_topic(channel: &Channel, name: &str) -> TopicDescription {
+    AdminClient::new(channel.clone())
+        .describe_topic(DescribeTopicRequest { name: name.into() })
+        .await
+        .unwrap_or_else(|s| panic!("describing {name}: {s}"))
+        .into_inner()
+        .topic
+        .expect("a description")
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is past 1970")
+        .as_millis() as i64
+}
+
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).expect("connecting to the metrics endpoint");
     stream

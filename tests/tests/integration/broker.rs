@@ -3,7 +3,7 @@
 //! and graceful shutdown.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tidelog_proto::v1::start_position::{Earliest, Latest, Position};
@@ -12,10 +12,10 @@ use tidelog_proto::v1::{
     AckLevel, AlterTopicConfigRequest, ConsumedMessage, CreateTopicRequest, DeleteTopicRequest,
     DescribeTopicRequest, FetchRequest, FetchResponse, Header, ListTopicsRequest, Message,
     PublishRequest, PublishResponse, PublishStreamRequest, ResetPolicy, ResetReason, StartPosition,
-    SubscribeRequest, SubscribeResponse, TopicConfig, TopicConfigUpdate, TopicDescription,
+    SubscribeRequest, SubscribeResponse, TopicConfig, TopicConfigUpdate,
     publish_stream_response::Outcome,
 };
-use tidelog_tests::{TestBroker, http_get, metric_value};
+use tidelog_tests::{TestBroker, http_get, metric_value, now_ms};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -24,38 +24,6 @@ use tonic::{Code, Streaming};
 
 /// Bound on every wait for an event in these tests.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-async fn create_topic(broker: &TestBroker, name: &str, partitions: u32, config: TopicConfig) {
-    broker
-        .admin()
-        .await
-        .create_topic(CreateTopicRequest {
-            name: name.into(),
-            partitions,
-            config: Some(config),
-        })
-        .await
-        .unwrap_or_else(|s| panic!("creating {name}: {s}"));
-}
-
-async fn describe(broker: &TestBroker, name: &str) -> TopicDescription {
-    broker
-        .admin()
-        .await
-        .describe_topic(DescribeTopicRequest { name: name.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .topic
-        .unwrap()
-}
 
 fn value_message(value: impl Into<Bytes>) -> Message {
     Message {
@@ -146,7 +114,9 @@ fn start(position: Position) -> Option<StartPosition> {
 #[tokio::test]
 async fn publish_fetch_round_trip_with_keys_and_headers() {
     let broker = TestBroker::start();
-    create_topic(&broker, "orders", 3, TopicConfig::default()).await;
+    broker
+        .create_topic("orders", 3, TopicConfig::default())
+        .await;
 
     let messages = vec![
         Message {
@@ -293,7 +263,9 @@ async fn admin_lists_describes_alters_and_deletes_topics() {
     assert_eq!(config.segment_bytes, 256 << 20);
     assert_eq!(config.max_message_bytes, 1 << 20);
     assert!(config.fsync.unwrap().policy.is_some());
-    create_topic(&broker, "a-topic", 4, TopicConfig::default()).await;
+    broker
+        .create_topic("a-topic", 4, TopicConfig::default())
+        .await;
 
     let listed = admin
         .list_topics(ListTopicsRequest::default())
@@ -346,22 +318,24 @@ async fn admin_lists_describes_alters_and_deletes_topics() {
         .unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
     // The name can be used again.
-    create_topic(&broker, "a-topic", 1, TopicConfig::default()).await;
+    broker
+        .create_topic("a-topic", 1, TopicConfig::default())
+        .await;
 }
 
 #[tokio::test]
 async fn compressed_topics_deliver_the_original_bytes() {
     let broker = TestBroker::start();
-    create_topic(
-        &broker,
-        "zipped",
-        1,
-        TopicConfig {
-            compression: tidelog_proto::v1::Compression::Zstd as i32,
-            ..Default::default()
-        },
-    )
-    .await;
+    broker
+        .create_topic(
+            "zipped",
+            1,
+            TopicConfig {
+                compression: tidelog_proto::v1::Compression::Zstd as i32,
+                ..Default::default()
+            },
+        )
+        .await;
     let messages: Vec<Message> = (0..50)
         .map(|i| Message {
             key: format!("k{i}").into(),
@@ -377,7 +351,7 @@ async fn compressed_topics_deliver_the_original_bytes() {
     for (got, sent) in fetched.messages.iter().zip(&messages) {
         assert_eq!((&got.key, &got.value), (&sent.key, &sent.value));
     }
-    let description = describe(&broker, "zipped").await;
+    let description = broker.describe_topic("zipped").await;
     assert_eq!(
         description.config.unwrap().compression,
         tidelog_proto::v1::Compression::Zstd as i32
@@ -387,7 +361,9 @@ async fn compressed_topics_deliver_the_original_bytes() {
 #[tokio::test]
 async fn subscribe_from_earliest_latest_offset_and_timestamp() {
     let broker = TestBroker::start();
-    create_topic(&broker, "events", 1, TopicConfig::default()).await;
+    broker
+        .create_topic("events", 1, TopicConfig::default())
+        .await;
     // Ten messages with timestamps 1000, 2000, ... 10000.
     let messages: Vec<Message> = (0..10)
         .map(|i| Message {
@@ -493,7 +469,7 @@ async fn subscribe_from_earliest_latest_offset_and_timestamp() {
 #[tokio::test]
 async fn subscriber_receives_messages_published_after_it_subscribed() {
     let broker = TestBroker::start();
-    create_topic(&broker, "live", 2, TopicConfig::default()).await;
+    broker.create_topic("live", 2, TopicConfig::default()).await;
     let mut stream = subscribe(
         &broker,
         SubscribeRequest {
@@ -559,7 +535,7 @@ async fn subscriber_receives_messages_published_after_it_subscribed() {
 #[tokio::test]
 async fn subscribe_reads_only_the_chosen_partitions_and_ends_when_the_topic_is_deleted() {
     let broker = TestBroker::start();
-    create_topic(&broker, "some", 3, TopicConfig::default()).await;
+    broker.create_topic("some", 3, TopicConfig::default()).await;
     let messages = (0..9)
         .map(|i| Message {
             value: format!("p{}", i % 3).into(),
@@ -600,7 +576,9 @@ async fn subscribe_reads_only_the_chosen_partitions_and_ends_when_the_topic_is_d
 #[tokio::test]
 async fn publish_stream_answers_in_order_and_survives_bad_requests() {
     let broker = TestBroker::start();
-    create_topic(&broker, "piped", 1, TopicConfig::default()).await;
+    broker
+        .create_topic("piped", 1, TopicConfig::default())
+        .await;
     let (tx, rx) = mpsc::channel(16);
     let mut responses = broker
         .publisher()
@@ -662,7 +640,7 @@ async fn publish_stream_answers_in_order_and_survives_bad_requests() {
 #[tokio::test]
 async fn fetch_long_polls_until_data_arrives_or_the_wait_ends() {
     let broker = TestBroker::start();
-    create_topic(&broker, "poll", 1, TopicConfig::default()).await;
+    broker.create_topic("poll", 1, TopicConfig::default()).await;
     let mut consumer = broker.consumer().await;
 
     let started = Instant::now();
@@ -712,16 +690,16 @@ async fn fetch_long_polls_until_data_arrives_or_the_wait_ends() {
 #[tokio::test]
 async fn expired_messages_are_never_delivered() {
     let broker = TestBroker::start();
-    create_topic(
-        &broker,
-        "ttl",
-        1,
-        TopicConfig {
-            default_ttl_ms: Some(300),
-            ..Default::default()
-        },
-    )
-    .await;
+    broker
+        .create_topic(
+            "ttl",
+            1,
+            TopicConfig {
+                default_ttl_ms: Some(300),
+                ..Default::default()
+            },
+        )
+        .await;
     let messages = vec![
         value_message("short-lived"),
         Message {
@@ -765,17 +743,17 @@ async fn expired_messages_are_never_delivered() {
 #[tokio::test]
 async fn retention_deletes_old_segments_and_resets_subscribers() {
     let broker = TestBroker::start_with(&["--retention-interval", "100ms"]);
-    create_topic(
-        &broker,
-        "old",
-        1,
-        TopicConfig {
-            segment_bytes: 4096,
-            retention_ms: Some(60_000),
-            ..Default::default()
-        },
-    )
-    .await;
+    broker
+        .create_topic(
+            "old",
+            1,
+            TopicConfig {
+                segment_bytes: 4096,
+                retention_ms: Some(60_000),
+                ..Default::default()
+            },
+        )
+        .await;
     // An hour old, in ~20 segments of 4 KiB.
     let old = now_ms() - 3_600_000;
     for chunk in 0..20 {
@@ -792,7 +770,7 @@ async fn retention_deletes_old_segments_and_resets_subscribers() {
     }
     let deadline = Instant::now() + EVENT_TIMEOUT;
     let description = loop {
-        let description = describe(&broker, "old").await;
+        let description = broker.describe_topic("old").await;
         if description.partitions[0].log_start_offset == 80 {
             break description;
         }
@@ -876,16 +854,16 @@ fn expect<T>(result: Result<T, tonic::Status>, code: Code, needle: &str) {
 #[tokio::test]
 async fn errors_have_precise_codes_and_actionable_messages() {
     let broker = TestBroker::start_with(&["--max-request-bytes", "1048576"]);
-    create_topic(
-        &broker,
-        "errs",
-        2,
-        TopicConfig {
-            max_message_bytes: 1024,
-            ..Default::default()
-        },
-    )
-    .await;
+    broker
+        .create_topic(
+            "errs",
+            2,
+            TopicConfig {
+                max_message_bytes: 1024,
+                ..Default::default()
+            },
+        )
+        .await;
     publish(&broker, "errs", vec![value_message("x")], AckLevel::Durable)
         .await
         .unwrap();
@@ -1161,19 +1139,21 @@ async fn health_reports_serving_and_reflection_lists_the_services() {
 #[tokio::test]
 async fn kill9_after_durable_acks_loses_nothing() {
     let mut broker = TestBroker::start();
-    create_topic(&broker, "crash", 3, TopicConfig::default()).await;
-    create_topic(
-        &broker,
-        "crash-interval",
-        1,
-        TopicConfig {
-            fsync: Some(tidelog_proto::v1::FsyncPolicy {
-                policy: Some(tidelog_proto::v1::fsync_policy::Policy::IntervalMs(60_000)),
-            }),
-            ..Default::default()
-        },
-    )
-    .await;
+    broker
+        .create_topic("crash", 3, TopicConfig::default())
+        .await;
+    broker
+        .create_topic(
+            "crash-interval",
+            1,
+            TopicConfig {
+                fsync: Some(tidelog_proto::v1::FsyncPolicy {
+                    policy: Some(tidelog_proto::v1::fsync_policy::Policy::IntervalMs(60_000)),
+                }),
+                ..Default::default()
+            },
+        )
+        .await;
 
     // Every acked message by (topic, partition, offset).
     let mut acked: BTreeMap<(String, u32, u64), Message> = BTreeMap::new();
@@ -1235,7 +1215,9 @@ async fn kill9_after_durable_acks_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ends_streams_and_exits_zero() {
     let mut broker = TestBroker::start();
-    create_topic(&broker, "graceful", 1, TopicConfig::default()).await;
+    broker
+        .create_topic("graceful", 1, TopicConfig::default())
+        .await;
     publish(
         &broker,
         "graceful",

@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tidelog_proto::v1::{AckLevel, Message, PublishRequest};
-use tidelog_tests::{TestBroker, tidelog_command};
+use tidelog_tests::{TestBroker, now_ms, tidelog_command};
 
 /// Exit code, stdout and stderr of one `tidelog` run against `broker`.
 struct Run {
@@ -392,13 +392,6 @@ fn cli_topics_produce_and_consume_round_trip() {
         "{}",
         gone.stderr
     );
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.sssZ` (the CLI's own parser is tested in its crate; this one

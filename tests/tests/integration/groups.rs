@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tidelog_proto::v1::consumer_client::ConsumerClient;
 use tidelog_proto::v1::groups_client::GroupsClient;
@@ -13,38 +13,18 @@ use tidelog_proto::v1::reset_offsets_request::{
 };
 use tidelog_proto::v1::subscribe_response::Event;
 use tidelog_proto::v1::{
-    AckLevel, Assignment, CommitOffsetsRequest, CreateTopicRequest, DeleteGroupRequest,
-    DescribeGroupRequest, FetchOffsetsRequest, GroupDescription, GroupMembership, GroupState,
-    ListGroupsRequest, Message, OffsetChange, PublishRequest, ResetOffsetsRequest, ResetPolicy,
-    ResetReason, SubscribeRequest, SubscribeResponse, TopicPartitionOffset,
+    AckLevel, Assignment, CommitOffsetsRequest, DeleteGroupRequest, DescribeGroupRequest,
+    FetchOffsetsRequest, GroupDescription, GroupMembership, GroupState, ListGroupsRequest, Message,
+    OffsetChange, PublishRequest, ResetOffsetsRequest, ResetPolicy, ResetReason, SubscribeRequest,
+    SubscribeResponse, TopicConfig, TopicPartitionOffset,
 };
-use tidelog_tests::TestBroker;
+use tidelog_tests::{TestBroker, now_ms};
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
 /// Longest wait for any one event; the suite never sleeps this long when all is well.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-async fn create_topic(broker: &TestBroker, name: &str, partitions: u32) {
-    broker
-        .admin()
-        .await
-        .create_topic(CreateTopicRequest {
-            name: name.into(),
-            partitions,
-            config: None,
-        })
-        .await
-        .expect("create topic");
-}
 
 /// Publishes `count` messages to one partition (values "p{partition}-{i}"), with
 /// timestamps from `timestamps` if given. Returns their offsets.
@@ -337,7 +317,9 @@ async fn wait_for_deliveries(seen: &Arc<Mutex<Seen>>, expected: &BTreeSet<(u32, 
 #[tokio::test]
 async fn three_members_rebalance_when_one_leaves_without_loss_or_double_delivery() {
     let broker = TestBroker::start();
-    create_topic(&broker, "orders", 6).await;
+    broker
+        .create_topic("orders", 6, TopicConfig::default())
+        .await;
     let mut groups = broker.groups().await;
     let mut expected = BTreeSet::new();
     // Messages that wait for the group before it exists.
@@ -465,7 +447,9 @@ async fn read_messages(
 #[tokio::test]
 async fn auto_commit_hands_partitions_over_without_loss_or_duplicates() {
     let broker = TestBroker::start();
-    create_topic(&broker, "events", 2).await;
+    broker
+        .create_topic("events", 2, TopicConfig::default())
+        .await;
     for partition in 0..2 {
         publish(&broker, "events", partition, 50, None).await;
     }
@@ -571,7 +555,9 @@ async fn auto_commit_hands_partitions_over_without_loss_or_duplicates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_offsets_survive_a_crash_and_a_graceful_restart() {
     let mut broker = TestBroker::start();
-    create_topic(&broker, "durable", 3).await;
+    broker
+        .create_topic("durable", 3, TopicConfig::default())
+        .await;
     for partition in 0..3 {
         publish(&broker, "durable", partition, 10, None).await;
     }
@@ -714,7 +700,9 @@ async fn reset_both_ways(
 #[tokio::test]
 async fn every_reset_mode_with_dry_run_and_execute() {
     let broker = TestBroker::start();
-    create_topic(&broker, "resets", 3).await;
+    broker
+        .create_topic("resets", 3, TopicConfig::default())
+        .await;
     // Ten messages per partition, one minute apart, the last one a minute ago.
     let base = now_ms() - 10 * 60_000;
     let stamp = move |i: usize| base + i as i64 * 60_000;
@@ -970,7 +958,7 @@ async fn every_reset_mode_with_dry_run_and_execute() {
 #[tokio::test]
 async fn live_members_block_reset_delete_and_admin_commits_until_their_session_ends() {
     let broker = TestBroker::start();
-    create_topic(&broker, "live", 2).await;
+    broker.create_topic("live", 2, TopicConfig::default()).await;
     publish(&broker, "live", 0, 3, None).await;
     let mut groups = broker.groups().await;
     admin_commit(&mut groups, "busy", &[("live", 0, 1)])
@@ -1052,7 +1040,7 @@ async fn live_members_block_reset_delete_and_admin_commits_until_their_session_e
 #[tokio::test]
 async fn commits_from_a_stale_generation_or_for_foreign_partitions_are_refused() {
     let broker = TestBroker::start();
-    create_topic(&broker, "gens", 4).await;
+    broker.create_topic("gens", 4, TopicConfig::default()).await;
     publish(&broker, "gens", 0, 5, None).await;
     let mut groups = broker.groups().await;
     let mut consumer = broker.consumer().await;
@@ -1176,7 +1164,9 @@ async fn commits_from_a_stale_generation_or_for_foreign_partitions_are_refused()
 #[tokio::test]
 async fn a_reconnect_keeps_the_partitions_and_a_second_stream_takes_over() {
     let broker = TestBroker::start();
-    create_topic(&broker, "sticky", 3).await;
+    broker
+        .create_topic("sticky", 3, TopicConfig::default())
+        .await;
     let mut groups = broker.groups().await;
     let mut consumer = broker.consumer().await;
     let mut first = subscribe(
@@ -1260,7 +1250,9 @@ async fn a_reconnect_keeps_the_partitions_and_a_second_stream_takes_over() {
 #[tokio::test]
 async fn reset_policy_applies_to_partitions_without_a_commit() {
     let broker = TestBroker::start();
-    create_topic(&broker, "policy", 1).await;
+    broker
+        .create_topic("policy", 1, TopicConfig::default())
+        .await;
     publish(&broker, "policy", 0, 4, None).await;
     let mut consumer = broker.consumer().await;
 
@@ -1323,7 +1315,9 @@ async fn reset_policy_applies_to_partitions_without_a_commit() {
 #[tokio::test]
 async fn a_member_that_stops_reading_does_not_hold_up_a_rebalance() {
     let broker = TestBroker::start();
-    create_topic(&broker, "backlog", 2).await;
+    broker
+        .create_topic("backlog", 2, TopicConfig::default())
+        .await;
     // 2 MiB per partition: far more than the stream's buffers hold.
     let value = vec![7u8; 1024];
     for partition in 0..2 {

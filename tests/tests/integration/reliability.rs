@@ -29,11 +29,11 @@ use tidelog_proto::v1::{
     FetchOffsetsRequest, FetchRequest, FetchResponse, FsyncPolicy, GroupMembership, Header,
     Message, PublishRequest, PublishStreamRequest, ResetOffsetsRequest, ResetPolicy, ResetReason,
     StartPosition, SubscribeRequest, SubscribeResponse, TopicConfig, TopicConfigUpdate,
-    TopicDescription, TopicPartitionOffset, fsync_policy::Policy, publish_stream_response::Outcome,
+    TopicPartitionOffset, fsync_policy::Policy, publish_stream_response::Outcome,
 };
 use tidelog_storage::batch::{self as storage_batch, EncodeOptions};
 use tidelog_storage::{Compression, NewRecord};
-use tidelog_tests::{TestBroker, metric_value};
+use tidelog_tests::{TestBroker, create_topic, describe_topic, metric_value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -97,27 +97,6 @@ fn never() -> Option<FsyncPolicy> {
     Some(FsyncPolicy {
         policy: Some(Policy::Never(Default::default())),
     })
-}
-
-async fn create_topic(channel: &Channel, name: &str, partitions: u32, config: TopicConfig) {
-    AdminClient::new(channel.clone())
-        .create_topic(CreateTopicRequest {
-            name: name.into(),
-            partitions,
-            config: Some(config),
-        })
-        .await
-        .unwrap_or_else(|s| panic!("creating {name}: {s}"));
-}
-
-async fn describe(channel: &Channel, name: &str) -> TopicDescription {
-    AdminClient::new(channel.clone())
-        .describe_topic(DescribeTopicRequest { name: name.into() })
-        .await
-        .unwrap_or_else(|s| panic!("describing {name}: {s}"))
-        .into_inner()
-        .topic
-        .expect("a description")
 }
 
 fn consumer(channel: &Channel) -> ConsumerClient<Channel> {
@@ -651,7 +630,7 @@ async fn kill9_loop_never_loses_a_durable_ack() {
         let restart_began = Instant::now();
         tokio::task::block_in_place(|| broker.restart());
         let channel = broker.channel().await;
-        let description = describe(&channel, LEDGER_TOPIC).await;
+        let description = describe_topic(&channel, LEDGER_TOPIC).await;
         recoveries.push(restart_began.elapsed());
         let ends: Vec<u64> = description
             .partitions
@@ -830,7 +809,7 @@ async fn torn_last_batch_at_every_byte_serves_exactly_the_intact_prefix() {
     tokio::task::block_in_place(|| broker.restart());
     let channel = broker.channel().await;
     let prefix = ((TORN_BATCHES - 1) * TORN_PER_BATCH) as u64;
-    let description = describe(&channel, TORN_TOPIC).await;
+    let description = describe_topic(&channel, TORN_TOPIC).await;
     for p in 0..partitions {
         let what = format!("partition {p} (torn {p} bytes into its last batch)");
         assert_eq!(
@@ -1270,8 +1249,8 @@ async fn retention_fetcher(
             Err(status) if status.code() == Code::OutOfRange => {
                 report.out_of_range += 1;
                 raced.store(true, Ordering::Relaxed);
-                offset =
-                    describe(&channel, topic).await.partitions[partition as usize].log_start_offset;
+                offset = describe_topic(&channel, topic).await.partitions[partition as usize]
+                    .log_start_offset;
                 last.clear();
             }
             Err(status) => {
@@ -1810,7 +1789,7 @@ async fn bad_requests_get_their_documented_codes() {
         );
     }
     // Nothing above touched the real topic.
-    assert_eq!(describe(&channel, "bad").await.partitions.len(), 2);
+    assert_eq!(describe_topic(&channel, "bad").await.partitions.len(), 2);
 
     // Publish.
     let publish = |topic: &str, messages: Vec<Message>, ack: i32| PublishRequest {
@@ -2283,7 +2262,7 @@ async fn bad_requests_get_their_documented_codes() {
         expect_code(what, groups.reset_offsets(request).await, code);
     }
     // Extreme targets are clamped to the log, never an error or a wrap-around.
-    let end = describe(&channel, "bad").await.partitions[0].end_offset;
+    let end = describe_topic(&channel, "bad").await.partitions[0].end_offset;
     for spec in [
         Spec::ToOffset(u64::MAX),
         Spec::ShiftBy(i64::MIN),
@@ -2449,7 +2428,7 @@ async fn garbage_bytes_and_broken_frames_are_refused() {
     );
 
     // The same connection still works.
-    describe(&channel, "raw").await;
+    describe_topic(&channel, "raw").await;
     let rss_after = rss_mib(&broker);
     bystander.finish(Duration::from_secs(5)).await;
     println!(
@@ -2690,7 +2669,7 @@ async fn a_client_provoking_endless_stream_resets_is_cut_off() {
     assert_eq!(goaway, Some(ENHANCE_YOUR_CALM));
 
     // Everyone else is still served.
-    let description = describe(&broker.channel().await, "calm").await;
+    let description = describe_topic(&broker.channel().await, "calm").await;
     assert_eq!(description.partitions.len(), 1);
     assert!(broker.is_running());
     broker.stop();
@@ -2910,7 +2889,7 @@ async fn soak_produce_subscribe_with_ttl() {
         tokio::time::sleep(Duration::from_secs(5).min(duration.saturating_sub(started.elapsed())))
             .await;
         let (rss, anon) = rss_mib(&broker);
-        let size: u64 = describe(&channel, "soak")
+        let size: u64 = describe_topic(&channel, "soak")
             .await
             .partitions
             .iter()
