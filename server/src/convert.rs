@@ -7,7 +7,7 @@
 //!
 //! | storage error | gRPC status |
 //! |---|---|
-//! | NotFound (topic, group) | NOT_FOUND |
+//! | NotFound (topic, group), TopicDeleted (while a call was in flight) | NOT_FOUND |
 //! | AlreadyExists | ALREADY_EXISTS |
 //! | InvalidArgument (bad name, config value, partition number) | INVALID_ARGUMENT |
 //! | TooLarge (names the limit) | INVALID_ARGUMENT |
@@ -51,9 +51,10 @@ pub fn status(error: &Error) -> Status {
             "{error}; read from an offset in that range (the end is exclusive: reading at the end waits for new messages)"
         )),
         Error::Poisoned { .. } => Status::unavailable(error.to_string()),
-        Error::Closed => Status::unavailable(
-            "the broker is shutting down or the topic is being deleted; retry with backoff",
-        ),
+        Error::Closed => Status::unavailable("the broker is shutting down; retry with backoff"),
+        Error::TopicDeleted { .. } => Status::not_found(format!(
+            "{error} while the call was in flight; create the topic again if it is still needed"
+        )),
         Error::Corrupt { .. } => Status::data_loss(format!(
             "{error}; the broker does not serve corrupt data: an operator can inspect the segment with `tidelog verify` and skip past it"
         )),
@@ -371,6 +372,12 @@ mod tests {
                 Code::Unavailable,
             ),
             (Error::Closed, Code::Unavailable),
+            (
+                Error::TopicDeleted {
+                    partition: "t/0".into(),
+                },
+                Code::NotFound,
+            ),
             (
                 Error::corrupt(PathBuf::from("/d/0.log"), 12, "crc"),
                 Code::DataLoss,

@@ -74,6 +74,10 @@ pub enum Error {
     /// The store is shutting down or closed.
     #[error("the storage engine is closed")]
     Closed,
+
+    /// The partition's topic was deleted while the call was in flight.
+    #[error("partition {partition} was deleted with its topic")]
+    TopicDeleted { partition: String },
 }
 
 impl Error {

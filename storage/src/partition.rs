@@ -399,7 +399,7 @@ impl Partition {
             });
         }
         if writer.closed {
-            return Err(Error::Closed);
+            return Err(self.progress.closed_error());
         }
         Ok(())
     }
@@ -802,6 +802,13 @@ impl Partition {
     pub(crate) fn abandon(&self) {
         lock(&self.writer).closed = true;
         self.progress.close();
+    }
+
+    /// Stops the partition because its topic is being deleted: pending and later calls
+    /// fail with [`Error::TopicDeleted`].
+    pub(crate) fn abandon_deleted(&self) {
+        lock(&self.writer).closed = true;
+        self.progress.close_deleted();
     }
 }
 

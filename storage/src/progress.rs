@@ -27,6 +27,8 @@ pub(crate) struct ProgressState {
     pub durable_only: bool,
     pub poisoned: Option<String>,
     pub closed: bool,
+    /// Closed because its topic was deleted (not because the store closed).
+    deleted: bool,
     data_wakers: Vec<Waker>,
     durable_wakers: Vec<(u64, Waker)>,
 }
@@ -61,6 +63,7 @@ impl Progress {
                 durable_only,
                 poisoned: None,
                 closed: false,
+                deleted: false,
                 data_wakers: Vec::new(),
                 durable_wakers: Vec::new(),
             }),
@@ -129,6 +132,29 @@ impl Progress {
         self.update(|s| s.closed = true);
     }
 
+    /// Closes it because its topic was deleted: waiters and later calls are told so.
+    pub fn close_deleted(&self) {
+        self.update(|s| {
+            s.closed = true;
+            s.deleted = true;
+        });
+    }
+
+    /// Why a closed partition refuses a call.
+    pub fn closed_error(&self) -> Error {
+        self.closed_error_in(&self.lock())
+    }
+
+    fn closed_error_in(&self, state: &ProgressState) -> Error {
+        if state.deleted {
+            Error::TopicDeleted {
+                partition: self.name.clone(),
+            }
+        } else {
+            Error::Closed
+        }
+    }
+
     fn ended_error(&self, state: &ProgressState) -> Option<Error> {
         if let Some(cause) = &state.poisoned {
             return Some(Error::Poisoned {
@@ -136,7 +162,7 @@ impl Progress {
                 cause: cause.clone(),
             });
         }
-        state.closed.then_some(Error::Closed)
+        state.closed.then(|| self.closed_error_in(state))
     }
 
     fn poll_durable(&self, offset: u64, cx: &mut Context<'_>) -> Poll<Result<()>> {

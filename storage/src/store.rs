@@ -333,7 +333,7 @@ impl Store {
             .remove(name)
             .ok_or_else(|| Error::not_found(format!("topic {name:?}")))?;
         for partition in &topic.partitions {
-            partition.abandon();
+            partition.abandon_deleted();
         }
         let trash = self.inner.dir.join("trash").join(format!(
             "{name}-{}",

@@ -599,6 +599,34 @@ fn waiting_for_data_wakes_on_append_without_polling() {
     writer.join().unwrap();
 }
 
+/// A call on a partition whose topic is deleted under it says so, instead of the
+/// "storage engine closed" a shutdown gives: a client must not retry it.
+#[test]
+fn calls_on_a_deleted_topics_partition_say_it_was_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = Store::open(dir.path(), options(&clock)).unwrap();
+    let partition = create_partition(&store, "gone", small_segments());
+    let kept = create_partition(&store, "kept", small_segments());
+    partition.append_durable(&records(0, 1)).unwrap();
+    let waiter = {
+        let partition = partition.clone();
+        // Offset 5 is never written: only the deletion ends this wait.
+        std::thread::spawn(move || partition.wait_durable_blocking(5))
+    };
+    store.delete_topic("gone").unwrap();
+    let deleted = |result: Result<(), Error>| match result {
+        Err(Error::TopicDeleted { partition }) => assert_eq!(partition, "gone/0"),
+        other => panic!("expected TopicDeleted, got {other:?}"),
+    };
+    deleted(waiter.join().unwrap());
+    deleted(partition.append(&records(1, 1)).map(drop));
+    kept.append_durable(&records(0, 1)).unwrap();
+
+    store.close().unwrap();
+    assert!(matches!(kept.append(&records(1, 1)), Err(Error::Closed)));
+}
+
 #[test]
 fn topics_are_validated_listed_described_and_deleted() {
     let dir = tempfile::tempdir().unwrap();
