@@ -10,12 +10,14 @@
 //! - [`metrics`]: Prometheus metrics and the `/metrics` HTTP endpoint.
 //! - [`request_limit`]: oversized requests answered RESOURCE_EXHAUSTED naming the limit.
 //! - [`shutdown`]: the signal every long-lived call watches so the broker can stop.
-//! - [`server`]: binds the sockets, wires the services, runs until shutdown.
+//! - [`server`]: binds the sockets, wires the services, runs until shutdown; sets the
+//!   HTTP/2 guards tonic leaves off (streams per connection, provoked resets).
 //!
 //! Invariants: storage calls that fsync (create/delete topic, retention, close) run on
 //! the blocking pool; appends (a short `pwrite`) and reads (from `mmap`) run inline in
 //! async code. Every stream a client opens is bounded: a subscriber's queue holds a
-//! few batches, a publish stream a fixed number of requests in flight.
+//! few batches, a publish stream a fixed number of requests in flight, and a
+//! connection at most `max_streams_per_connection` streams.
 #![deny(unsafe_code)]
 
 use std::sync::Arc;
