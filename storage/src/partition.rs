@@ -897,7 +897,7 @@ fn recover(
         let data = fs
             .map(&path, log_bytes as usize)
             .ctx(|| format!("mapping {}", path.display()))?;
-        let report = segment::scan(&data, start, state);
+        let report = segment::scan_durable(&data, start, state, trusted);
         drop(data);
         for corrupt in &report.corrupt_batches {
             tracing::error!(

@@ -139,7 +139,20 @@ pub struct ScanReport {
 /// first batch that is incomplete or unreadable and reports it as a torn tail; a batch
 /// with a bad CRC but intact framing followed by a valid batch is reported as
 /// corruption and skipped over.
-pub fn scan(data: &[u8], start: u64, mut state: SegmentState) -> ScanReport {
+pub fn scan(data: &[u8], start: u64, state: SegmentState) -> ScanReport {
+    scan_durable(data, start, state, 0)
+}
+
+/// [`scan`] of a log whose first `durable_end` bytes were fsynced before (the
+/// checkpoint says so): a batch that ends within them and fails its CRC is corruption
+/// even when nothing valid follows it. It was acknowledged, not torn by a crash, and
+/// cutting it would fail the partition's recovery for the sake of one damaged batch.
+pub fn scan_durable(
+    data: &[u8],
+    start: u64,
+    mut state: SegmentState,
+    durable_end: u64,
+) -> ScanReport {
     let mut position = start;
     let mut corrupt_batches = Vec::new();
     let mut batches = 0;
@@ -156,7 +169,7 @@ pub fn scan(data: &[u8], start: u64, mut state: SegmentState) -> ScanReport {
                 let after = position + u64::from(header.batch_length);
                 let followed_by_valid = after < end
                     && check_batch_at(&data[after as usize..], header.next_offset()).is_ok();
-                if !followed_by_valid {
+                if !followed_by_valid && after > durable_end {
                     break Some(TornTail { position, reason });
                 }
                 corrupt_batches.push(CorruptBatch {
@@ -817,6 +830,18 @@ mod tests {
         let (mut log, positions) = log_of(&[3, 4, 5]);
         log[positions[2] as usize + 100] ^= 1;
         let report = scan(&log, 0, SegmentState::new(0));
+        assert_eq!(report.torn_tail.map(|t| t.position), Some(positions[2]));
+
+        // Unless it was fsynced before: then it is corruption, and the scan goes on.
+        let end = log.len() as u64;
+        let report = scan_durable(&log, 0, SegmentState::new(0), end);
+        assert_eq!(report.torn_tail, None);
+        assert_eq!(report.corrupt_batches.len(), 1);
+        assert_eq!(report.corrupt_batches[0].position, positions[2]);
+        assert_eq!(report.state.summary.next_offset, 12);
+        assert_eq!(report.valid_bytes, end);
+        // Durable bytes that end before it vouch for nothing about it.
+        let report = scan_durable(&log, 0, SegmentState::new(0), positions[2]);
         assert_eq!(report.torn_tail.map(|t| t.position), Some(positions[2]));
     }
 }

@@ -485,6 +485,61 @@ fn a_flipped_expiry_bit_found_by_recovery_never_expires_a_segment_early() {
     ));
 }
 
+/// A batch the checkpoint vouches for (fsynced, acknowledged) that fails its CRC is
+/// corruption even when it is the last one: it is not a torn write, so the partition
+/// opens, reads of it fail, and the rest keeps serving and taking appends. (Here the
+/// index files are lost too, so recovery scans the segment.)
+#[test]
+fn a_damaged_last_batch_that_was_fsynced_is_corruption_not_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    {
+        let store = Store::open(dir.path(), options(&clock)).unwrap();
+        let partition = create_partition(&store, "t", small_segments());
+        partition.append_durable(&records(0, 10)).unwrap();
+        partition.append_durable(&records(10, 10)).unwrap();
+        store.close().unwrap();
+    }
+    let log = segment_logs(dir.path(), "t").remove(0);
+    for suffix in ["index", "timeindex"] {
+        fs::remove_file(log.with_extension(suffix)).unwrap();
+    }
+    let mut bytes = fs::read(&log).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01; // the last value byte of the last batch
+    fs::write(&log, &bytes).unwrap();
+
+    let store = Store::open(dir.path(), options(&clock)).unwrap();
+    let partition = partition_of(&store, "t");
+    assert_eq!(partition.end_offset(), 20);
+    assert_eq!(
+        partition
+            .read(0, 10, u64::MAX)
+            .unwrap()
+            .records
+            .iter()
+            .map(|r| r.offset)
+            .collect::<Vec<_>>(),
+        (0..10).collect::<Vec<_>>()
+    );
+    assert!(matches!(
+        partition.read(10, 10, u64::MAX),
+        Err(Error::Corrupt { .. })
+    ));
+    assert_eq!(
+        partition
+            .append_durable(&records(20, 1))
+            .unwrap()
+            .base_offset,
+        20
+    );
+    assert_eq!(
+        fs::read(&log).unwrap()[..bytes.len()],
+        bytes[..],
+        "kept as it was"
+    );
+}
+
 #[test]
 fn expired_messages_are_never_read_and_expired_segments_go() {
     let dir = tempfile::tempdir().unwrap();

@@ -16,8 +16,8 @@ use tidelog_storage::checkpoint::{self, Checkpoint, is_unsynced_gap, trusted_byt
 use tidelog_storage::index::{self, SegmentSummary};
 use tidelog_storage::offsets::decode_record;
 use tidelog_storage::segment::{
-    CorruptBatch, INDEX_SUFFIX, LOG_SUFFIX, ScanReport, SegmentState, TIME_INDEX_SUFFIX, scan,
-    segment_path,
+    CorruptBatch, INDEX_SUFFIX, LOG_SUFFIX, ScanReport, SegmentState, TIME_INDEX_SUFFIX,
+    scan_durable, segment_path,
 };
 
 use super::layout::segment_bases;
@@ -213,16 +213,19 @@ pub fn check_partition(dir: &Path, mut progress: impl FnMut(u64)) -> CliResult<P
         let data = read_file(&path, LOG_FILE_BYTES_MAX)?;
         let log_bytes = data.len() as u64;
         let trusted = trusted_bytes(checkpoint.as_ref(), base, log_bytes);
-        let report = scan(&data, 0, SegmentState::new(base));
+        // As the broker's recovery does: a damaged batch the checkpoint vouches for is
+        // corruption, not a torn tail, even with nothing after it.
+        let report = scan_durable(&data, 0, SegmentState::new(base), trusted);
         for corrupt in &report.corrupt_batches {
             findings.push(Finding::error(
                 "corrupt_batch",
                 &path,
                 Some(corrupt.position),
                 format!(
-                    "{} in the batch holding offsets {}..={}; an intact batch follows, so this \
-                     is corruption inside the log, not a torn write (reads of these offsets \
-                     fail; `tidelog segment repair --force` cuts the log here)",
+                    "{} in the batch holding offsets {}..={}; an intact batch follows or it was \
+                     fsynced before, so this is corruption inside the log, not a torn write \
+                     (reads of these offsets fail; `tidelog segment repair --force` cuts the log \
+                     here)",
                     corrupt.reason,
                     corrupt.base_offset,
                     corrupt.next_offset.saturating_sub(1)
@@ -635,7 +638,7 @@ mod tests {
         let second_length = BatchHeader::parse(&log[second..]).unwrap().batch_length as usize;
         let mut damaged = log.clone();
         damaged[second + second_length - 1] ^= 0x10; // the second batch's last value byte
-        let report = scan(&damaged, 0, SegmentState::new(0));
+        let report = scan_durable(&damaged, 0, SegmentState::new(0), 0);
         assert_eq!(report.corrupt_batches.len(), 1, "{report:?}");
         assert_eq!(report.state.summary.max_timestamp_ms, 200);
 
