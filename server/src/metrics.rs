@@ -69,7 +69,7 @@ struct StreamLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResetLabels {
+struct TopicReasonLabels {
     topic: String,
     reason: &'static str,
 }
@@ -114,6 +114,10 @@ pub trait GroupMetricsSource: Send + Sync + std::fmt::Debug {
 /// The `reason` label values of `tidelog_position_resets`.
 pub const RESET_REASONS: [&str; 3] = ["below_log_start", "above_end_offset", "no_committed_offset"];
 
+/// The `reason` label of `tidelog_retention_deleted_segments`: every record past its
+/// TTL, older than `retention_ms`, over `retention_bytes`.
+pub const RETENTION_REASONS: [&str; 3] = ["ttl", "time", "size"];
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn rpc_histogram() -> Histogram {
@@ -132,10 +136,10 @@ pub struct Metrics {
     rpc_duration: HistogramFamily<MethodLabels>,
     rpc_errors: Family<RpcErrorLabels, Counter>,
     open_streams: Family<StreamLabels, Gauge>,
-    retention_segments: Family<TopicLabels, Counter>,
+    retention_segments: Family<TopicReasonLabels, Counter>,
     retention_bytes: Family<TopicLabels, Counter>,
     retention_messages: Family<TopicLabels, Counter>,
-    position_resets: Family<ResetLabels, Counter>,
+    position_resets: Family<TopicReasonLabels, Counter>,
     flush: Arc<FlushMetrics>,
     sources: Arc<ScrapeSources>,
 }
@@ -320,7 +324,7 @@ impl Metrics {
         );
         registry.register(
             "tidelog_retention_deleted_segments",
-            "Segments deleted by retention or TTL, by topic",
+            "Segments deleted by retention or TTL, by topic and reason (ttl: every message expired; time: retention_ms; size: retention_bytes)",
             metrics.retention_segments.clone(),
         );
         registry.register(
@@ -434,9 +438,21 @@ impl Metrics {
         let labels = TopicLabels {
             topic: topic.to_string(),
         };
-        self.retention_segments
-            .get_or_create(&labels)
-            .inc_by(u64::from(outcome.segments_deleted));
+        let by_reason = [
+            outcome.segments_expired,
+            outcome.segments_too_old,
+            outcome.segments_over_size,
+        ];
+        for (reason, segments) in RETENTION_REASONS.into_iter().zip(by_reason) {
+            if segments > 0 {
+                self.retention_segments
+                    .get_or_create(&TopicReasonLabels {
+                        topic: topic.to_string(),
+                        reason,
+                    })
+                    .inc_by(u64::from(segments));
+            }
+        }
         self.retention_bytes
             .get_or_create(&labels)
             .inc_by(outcome.bytes_deleted);
@@ -449,7 +465,7 @@ impl Metrics {
     /// [`RESET_REASONS`].
     pub fn position_reset(&self, topic: &str, reason: &'static str) {
         self.position_resets
-            .get_or_create(&ResetLabels {
+            .get_or_create(&TopicReasonLabels {
                 topic: topic.to_string(),
                 reason,
             })
@@ -466,17 +482,21 @@ impl Metrics {
             &self.publish_bytes,
             &self.fetch_messages,
             &self.fetch_bytes,
-            &self.retention_segments,
             &self.retention_bytes,
             &self.retention_messages,
         ] {
             family.remove(&labels);
         }
-        for reason in RESET_REASONS {
-            self.position_resets.remove(&ResetLabels {
-                topic: topic.to_string(),
-                reason,
-            });
+        for (family, reasons) in [
+            (&self.position_resets, &RESET_REASONS),
+            (&self.retention_segments, &RETENTION_REASONS),
+        ] {
+            for &reason in reasons {
+                family.remove(&TopicReasonLabels {
+                    topic: topic.to_string(),
+                    reason,
+                });
+            }
         }
     }
 
@@ -624,6 +644,17 @@ mod tests {
         metrics.fetched("orders", 2, 20);
         metrics.rpc_finished("Publish", Instant::now(), Some(tonic::Code::NotFound));
         metrics.position_reset("orders", "below_log_start");
+        metrics.retention(
+            "orders",
+            &RetentionOutcome {
+                segments_deleted: 3,
+                segments_expired: 1,
+                segments_over_size: 2,
+                bytes_deleted: 300,
+                records_deleted: 30,
+                ..RetentionOutcome::default()
+            },
+        );
         metrics
             .flush_observer()
             .on_flush(Duration::from_millis(3), 5, 4096);
@@ -638,9 +669,15 @@ mod tests {
             "tidelog_fsync_duration_seconds_count 1",
             "tidelog_group_commit_appends_sum 5.0",
             "tidelog_open_streams{kind=\"subscribe\"} 1",
+            "tidelog_retention_deleted_segments_total{topic=\"orders\",reason=\"ttl\"} 1",
+            "tidelog_retention_deleted_segments_total{topic=\"orders\",reason=\"size\"} 2",
+            "tidelog_retention_deleted_messages_total{topic=\"orders\"} 30",
         ] {
             assert!(text.contains(expected), "{expected} missing from\n{text}");
         }
+        assert!(!text.contains("reason=\"time\""), "{text}");
+        metrics.forget_topic("orders");
+        assert!(!metrics.encode().contains("orders"));
         drop(guard);
         assert!(
             metrics

@@ -80,6 +80,12 @@ pub struct PartitionInfo {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RetentionOutcome {
     pub segments_deleted: u32,
+    /// Of `segments_deleted`, why each went: every record past its TTL (nothing
+    /// readable was lost), then older than `retention_ms`, then over `retention_bytes`;
+    /// a segment that qualifies for several counts under the first.
+    pub segments_expired: u32,
+    pub segments_too_old: u32,
+    pub segments_over_size: u32,
     pub bytes_deleted: u64,
     /// Records in the deleted segments (including any already expired).
     pub records_deleted: u64,
@@ -713,6 +719,7 @@ impl Partition {
         {
             self.roll(&mut writer)?;
         }
+        let mut outcome = RetentionOutcome::default();
         let mut deleted = Vec::new();
         {
             let mut segments = self.segments.write().unwrap_or_else(|e| e.into_inner());
@@ -723,9 +730,16 @@ impl Partition {
                 let over_size = config
                     .retention_bytes
                     .is_some_and(|limit| total - summary.log_bytes >= limit);
-                if !(too_old(&summary) || over_size || summary.all_expired(now_ms)) {
+                let reason = if summary.all_expired(now_ms) {
+                    &mut outcome.segments_expired
+                } else if too_old(&summary) {
+                    &mut outcome.segments_too_old
+                } else if over_size {
+                    &mut outcome.segments_over_size
+                } else {
                     break;
-                }
+                };
+                *reason += 1;
                 total -= summary.log_bytes;
                 deleted.push(summary);
             }
@@ -741,10 +755,7 @@ impl Partition {
         self.progress.set_log_start(log_start);
         drop(writer);
 
-        let mut outcome = RetentionOutcome {
-            log_start,
-            ..RetentionOutcome::default()
-        };
+        outcome.log_start = log_start;
         for summary in &deleted {
             segment::remove_files_with(&*self.fs, &self.dir, summary.base_offset)?;
             outcome.segments_deleted += 1;

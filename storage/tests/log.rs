@@ -407,6 +407,7 @@ fn retention_by_time_and_size_deletes_whole_segments_oldest_first() {
     clock.advance_ms(20_000);
     let outcome = partition.enforce_retention().unwrap();
     assert_eq!(outcome.segments_deleted, 1);
+    assert_eq!(outcome.segments_too_old, 1, "{outcome:?}");
     assert_eq!(outcome.log_start, 200);
     assert_eq!(partition.log_start(), 200);
     assert!(matches!(
@@ -427,7 +428,12 @@ fn retention_by_time_and_size_deletes_whole_segments_oldest_first() {
             .append_durable(&records(400 + i * 50, 50))
             .unwrap();
     }
-    partition.enforce_retention().unwrap();
+    let outcome = partition.enforce_retention().unwrap();
+    assert!(outcome.segments_deleted > 0);
+    assert_eq!(
+        outcome.segments_over_size, outcome.segments_deleted,
+        "{outcome:?}"
+    );
     let info = partition.info();
     assert!(
         info.size_bytes < 20 * 1024 + 16 * 1024,
@@ -595,6 +601,7 @@ fn expired_messages_are_never_read_and_expired_segments_go() {
     clock.advance_ms(10_000);
     let outcome = p.enforce_retention().unwrap();
     assert_eq!(outcome.segments_deleted, 1);
+    assert_eq!(outcome.segments_expired, 1, "{outcome:?}");
     assert_eq!(p.log_start(), 30);
     assert_eq!(p.append_durable(&records(30, 1)).unwrap().base_offset, 30);
 }

@@ -818,7 +818,7 @@ async fn retention_deletes_old_segments_and_resets_subscribers() {
     assert!(
         metric_value(
             &metrics,
-            "tidelog_retention_deleted_segments_total{topic=\"old\"}"
+            "tidelog_retention_deleted_segments_total{topic=\"old\",reason=\"time\"}"
         )
         .unwrap()
             >= 1.0,

@@ -1404,17 +1404,19 @@ async fn retention_deletes_segments_under_readers_without_harm() {
     // Run until both topics have lost plenty of segments under the readers and every
     // slow reader of "churn" has fallen below the log start (bounded).
     let deadline = Instant::now() + Duration::from_secs(30);
-    let deleted = |metrics: &str, topic: &str| {
+    let deleted = |metrics: &str, topic: &str, reason: &str| {
         metric_value(
             metrics,
-            &format!("tidelog_retention_deleted_segments_total{{topic=\"{topic}\"}}"),
+            &format!(
+                "tidelog_retention_deleted_segments_total{{topic=\"{topic}\",reason=\"{reason}\"}}"
+            ),
         )
         .unwrap_or(0.0)
     };
     loop {
         let metrics = broker.metrics_text();
-        if deleted(&metrics, "churn") >= 50.0
-            && deleted(&metrics, "expiring") >= 5.0
+        if deleted(&metrics, "churn", "size") >= 50.0
+            && deleted(&metrics, "expiring", "ttl") >= 5.0
             && must_race.iter().all(|raced| raced.load(Ordering::Relaxed))
         {
             break;
@@ -1463,8 +1465,8 @@ async fn retention_deletes_segments_under_readers_without_harm() {
     let metrics = broker.metrics_text();
     println!(
         "retention vs readers: segments deleted churn={} expiring={}, readers reset or out of range {raced} times",
-        deleted(&metrics, "churn"),
-        deleted(&metrics, "expiring")
+        deleted(&metrics, "churn", "size"),
+        deleted(&metrics, "expiring", "ttl")
     );
     assert!(broker.is_running(), "tidelogd died: {}", broker.log());
     broker.stop();
