@@ -317,7 +317,6 @@ impl Drop for TestBroker {
     }
 }
 
-/// A minimal HTTP/1.1 GET; returns (status code, body).
 /// Creates a topic; panics naming it if the broker refuses.
 pub async fn create_topic(channel: &Channel, name: &str, partitions: u32, config: TopicConfig) {
     AdminClient::new(channel.clone())
@@ -349,6 +348,7 @@ pub fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// A minimal HTTP/1.1 GET; returns (status code, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).expect("connecting to the metrics endpoint");
     stream

@@ -103,6 +103,25 @@ fn consumer(channel: &Channel) -> ConsumerClient<Channel> {
     ConsumerClient::new(channel.clone()).max_decoding_message_size(64 << 20)
 }
 
+/// Opens a Subscribe stream on `topic` from its end (no group); the future owns what
+/// it needs, so it can be spawned.
+fn subscribe_from_end(
+    channel: &Channel,
+    topic: &str,
+) -> impl Future<Output = Result<Streaming<SubscribeResponse>, Status>> + Send + use<> {
+    let mut client = consumer(channel);
+    let topic = topic.to_string();
+    async move {
+        client
+            .subscribe(SubscribeRequest {
+                topic,
+                ..Default::default()
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+}
+
 async fn fetch(
     channel: &Channel,
     topic: &str,
@@ -2499,16 +2518,7 @@ async fn thousands_of_streams_and_stalled_subscribers_stay_bounded() {
     let shared = broker.channel().await;
     let mut opening = tokio::task::JoinSet::new();
     for _ in 0..STREAMS {
-        let mut client = consumer(&shared);
-        opening.spawn(async move {
-            client
-                .subscribe(SubscribeRequest {
-                    topic: "fanout".into(),
-                    ..Default::default()
-                })
-                .await
-                .map(tonic::Response::into_inner)
-        });
+        opening.spawn(subscribe_from_end(&shared, "fanout"));
     }
     let mut streams = Vec::with_capacity(STREAMS);
     while let Some(opened) = opening.join_next().await {
@@ -2687,18 +2697,7 @@ async fn streams_per_connection_are_capped_and_the_next_call_waits_its_turn() {
     let mut broker = TestBroker::start_with(&["--max-streams-per-connection", "8"]);
     let channel = broker.channel().await;
     create_topic(&channel, "capped", 1, TopicConfig::default()).await;
-    let subscribe = |channel: &Channel| {
-        let mut client = consumer(channel);
-        async move {
-            client
-                .subscribe(SubscribeRequest {
-                    topic: "capped".into(),
-                    ..Default::default()
-                })
-                .await
-                .map(tonic::Response::into_inner)
-        }
-    };
+    let subscribe = |channel: &Channel| subscribe_from_end(channel, "capped");
     let shared = broker.channel().await;
     let mut streams = Vec::with_capacity(CAP);
     for _ in 0..CAP {
