@@ -623,6 +623,13 @@ impl Partition {
             return Ok(result);
         }
         let segments = self.segments();
+        // Retention may have deleted segments since `log_start` was read: the snapshot
+        // is the authority, or the read below would skip to the next segment in silence.
+        if let Some(oldest) = segments.first()
+            && from < oldest.base_offset
+        {
+            return Err(out_of_range(from, oldest.base_offset));
+        }
         let first = segments
             .partition_point(|s| s.base_offset <= from)
             .saturating_sub(1);
