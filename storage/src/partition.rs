@@ -599,9 +599,17 @@ impl Partition {
 
     /// Reads up to `max_records` records / about `max_bytes` bytes from `from`.
     /// `from == end` returns nothing; outside `[log_start, end]` is `OffsetOutOfRange`.
+    ///
+    /// The read stops at the first record over the budget (the first record is
+    /// returned even when it alone is over `max_bytes`), and `next_offset` is then that
+    /// record's offset: following `next_offset` yields every live record exactly once.
+    /// A partition whose topic was deleted fails with [`Error::TopicDeleted`].
     pub fn read(&self, from: u64, max_records: u32, max_bytes: u64) -> Result<ReadResult> {
         let (visible, log_start) = {
             let state = self.progress.lock();
+            if state.deleted {
+                return Err(self.progress.closed_error_in(&state));
+            }
             (state.visible(), state.log_start)
         };
         let out_of_range = |requested, log_start| Error::OffsetOutOfRange {
@@ -634,11 +642,7 @@ impl Partition {
             .partition_point(|s| s.base_offset <= from)
             .saturating_sub(1);
         let now_ms = self.clock.now_ms();
-        let mut budget = ReadBudget {
-            records_left: max_records,
-            bytes_left: max_bytes,
-            returned_any: false,
-        };
+        let mut budget = ReadBudget::new(max_records, max_bytes);
         let mut cursor = from;
         for segment in &segments[first..] {
             if segment.base_offset >= visible.offset || budget.exhausted() {

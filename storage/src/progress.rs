@@ -28,7 +28,7 @@ pub(crate) struct ProgressState {
     pub poisoned: Option<String>,
     pub closed: bool,
     /// Closed because its topic was deleted (not because the store closed).
-    deleted: bool,
+    pub deleted: bool,
     data_wakers: Vec<Waker>,
     durable_wakers: Vec<(u64, Waker)>,
 }
@@ -145,7 +145,7 @@ impl Progress {
         self.closed_error_in(&self.lock())
     }
 
-    fn closed_error_in(&self, state: &ProgressState) -> Error {
+    pub fn closed_error_in(&self, state: &ProgressState) -> Error {
         if state.deleted {
             Error::TopicDeleted {
                 partition: self.name.clone(),

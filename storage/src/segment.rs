@@ -228,28 +228,50 @@ fn check_batch_at(rest: &[u8], expected_offset: u64) -> Result<BatchHeader, Batc
 }
 
 /// Limits on one read, shared by every segment it touches.
+///
+/// The read stops at the first record the budget refuses, and the caller must then
+/// report the offset of that record as the next one to read, never the end of the log:
+/// [`ReadBudget::exhausted`] says whether the read stopped on the budget.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadBudget {
-    pub records_left: u32,
-    pub bytes_left: u64,
+    records_left: u32,
+    bytes_left: u64,
     /// Whether a record has been returned yet: the first is returned even if it alone
     /// is over `bytes_left`, so a large message cannot stall a consumer.
-    pub returned_any: bool,
+    returned_any: bool,
+    /// A record was refused: the read is over although bytes may be left.
+    refused: bool,
 }
 
 impl ReadBudget {
+    pub fn new(max_records: u32, max_bytes: u64) -> Self {
+        ReadBudget {
+            records_left: max_records,
+            bytes_left: max_bytes,
+            returned_any: false,
+            refused: false,
+        }
+    }
+
+    /// No further record will be taken: the read stopped on the budget, not at the
+    /// end of the data.
     pub fn exhausted(&self) -> bool {
-        self.records_left == 0 || (self.returned_any && self.bytes_left == 0)
+        self.refused || self.records_left == 0 || (self.returned_any && self.bytes_left == 0)
     }
 
-    fn admits(&self, record: &Record) -> bool {
-        !self.returned_any || record.payload_bytes() <= self.bytes_left
-    }
-
-    fn take(&mut self, record: &Record) {
+    /// Takes `record` if the budget has room for it; otherwise marks the budget
+    /// exhausted and returns `false`.
+    fn admit(&mut self, record: &Record) -> bool {
+        let fits =
+            !self.exhausted() && (!self.returned_any || record.payload_bytes() <= self.bytes_left);
+        if !fits {
+            self.refused = true;
+            return false;
+        }
         self.records_left = self.records_left.saturating_sub(1);
         self.bytes_left = self.bytes_left.saturating_sub(record.payload_bytes());
         self.returned_any = true;
+        true
     }
 }
 
@@ -583,14 +605,17 @@ impl Segment {
                 if record.offset < from {
                     continue;
                 }
-                if record.offset >= end_offset || !budget.admits(&record) || budget.exhausted() {
+                if record.offset >= end_offset {
+                    return Ok(next);
+                }
+                if record.expires_at_ms.is_some_and(|at| at <= now_ms) {
+                    next = record.offset + 1;
+                    continue;
+                }
+                if !budget.admit(&record) {
                     return Ok(next);
                 }
                 next = record.offset + 1;
-                if record.expires_at_ms.is_some_and(|at| at <= now_ms) {
-                    continue;
-                }
-                budget.take(&record);
                 out.push(record);
             }
             next = next.max(header.next_offset());

@@ -4,4 +4,5 @@ mod bench;
 mod broker;
 mod cli;
 mod groups;
+mod read_budget;
 mod reliability;
