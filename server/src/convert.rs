@@ -56,7 +56,7 @@ pub fn status(error: &Error) -> Status {
             "{error} while the call was in flight; create the topic again if it is still needed"
         )),
         Error::Corrupt { .. } => Status::data_loss(format!(
-            "{error}; the broker does not serve corrupt data: an operator can inspect the segment with `tidelog verify` and skip past it"
+            "{error}; the broker does not serve corrupt data: read on from the offset after the damaged batch (a group: `tidelog group reset-offsets --to-offset`), and have an operator inspect the data directory with `tidelog segment verify`"
         )),
         Error::Io { .. } => Status::internal(format!(
             "{error}; the broker logged it; retry later, and if it persists check the server's disk"

@@ -551,6 +551,10 @@ impl Segment {
     /// Reads records with offsets in `[from, end_offset)` from bytes `[.., end_position)`
     /// into `out`, skipping expired ones, until the budget is spent. Returns the offset
     /// the next read should start from.
+    ///
+    /// Damage (a CRC mismatch, a bad header) after records were already returned ends
+    /// the read before it: the intact records go out, the budget counts as exhausted,
+    /// and the next read, which starts at the damage, fails with [`Error::Corrupt`].
     pub fn read(
         &self,
         from: u64,
@@ -560,67 +564,79 @@ impl Segment {
         budget: &mut ReadBudget,
         out: &mut Vec<Record>,
     ) -> Result<u64> {
-        let relative = u32::try_from(from.saturating_sub(self.base_offset)).unwrap_or(u32::MAX);
-        let (mut position, mut expected) = self.start_for(relative)?;
-        let data = self.visible_bytes(end_position)?;
         let mut next = from;
-        while position < end_position && !budget.exhausted() {
-            let rest = data.slice(position as usize..);
-            let header = self.header_at(&rest, position, expected)?;
-            expected = header.next_offset();
-            let length = header.batch_length as usize;
-            if header.base_offset >= end_offset {
-                break;
-            }
-            position += length as u64;
-            if header.next_offset() <= from {
-                continue;
-            }
-            // The CRC is checked before the header's expiry is believed: a flipped bit
-            // in max_expiry_ms must read as corruption, not pass the batch off as
-            // expired and skip it in silence.
-            let bytes = rest.slice(..length);
-            if !batch::verify_crc(&bytes, &header) {
-                return Err(Error::corrupt(
-                    self.log_path(),
-                    position - length as u64,
-                    format!(
-                        "CRC mismatch in the batch holding offsets {}..={}",
-                        header.base_offset,
-                        header.last_offset()
-                    ),
-                ));
-            }
-            if header.all_expired(now_ms) {
-                next = header.next_offset();
-                continue;
-            }
-            let records = RecordIter::new(&bytes, &header).map_err(|e| {
-                Error::corrupt(self.log_path(), position - length as u64, e.to_string())
-            })?;
-            for record in records {
-                let record = record.map_err(|e| {
+        // `next` is kept up to date as the scan goes, so an error leaves it at the first
+        // offset not yet read.
+        let scanned = (|| -> Result<()> {
+            let relative = u32::try_from(from.saturating_sub(self.base_offset)).unwrap_or(u32::MAX);
+            let (mut position, mut expected) = self.start_for(relative)?;
+            let data = self.visible_bytes(end_position)?;
+            while position < end_position && !budget.exhausted() {
+                let rest = data.slice(position as usize..);
+                let header = self.header_at(&rest, position, expected)?;
+                expected = header.next_offset();
+                let length = header.batch_length as usize;
+                if header.base_offset >= end_offset {
+                    break;
+                }
+                position += length as u64;
+                if header.next_offset() <= from {
+                    continue;
+                }
+                // The CRC is checked before the header's expiry is believed: a flipped bit
+                // in max_expiry_ms must read as corruption, not pass the batch off as
+                // expired and skip it in silence.
+                let bytes = rest.slice(..length);
+                if !batch::verify_crc(&bytes, &header) {
+                    return Err(Error::corrupt(
+                        self.log_path(),
+                        position - length as u64,
+                        format!(
+                            "CRC mismatch in the batch holding offsets {}..={}",
+                            header.base_offset,
+                            header.last_offset()
+                        ),
+                    ));
+                }
+                if header.all_expired(now_ms) {
+                    next = header.next_offset();
+                    continue;
+                }
+                let records = RecordIter::new(&bytes, &header).map_err(|e| {
                     Error::corrupt(self.log_path(), position - length as u64, e.to_string())
                 })?;
-                if record.offset < from {
-                    continue;
-                }
-                if record.offset >= end_offset {
-                    return Ok(next);
-                }
-                if record.expires_at_ms.is_some_and(|at| at <= now_ms) {
+                for record in records {
+                    let record = record.map_err(|e| {
+                        Error::corrupt(self.log_path(), position - length as u64, e.to_string())
+                    })?;
+                    if record.offset < from {
+                        continue;
+                    }
+                    if record.offset >= end_offset {
+                        return Ok(());
+                    }
+                    if record.expires_at_ms.is_some_and(|at| at <= now_ms) {
+                        next = record.offset + 1;
+                        continue;
+                    }
+                    if !budget.admit(&record) {
+                        return Ok(());
+                    }
                     next = record.offset + 1;
-                    continue;
+                    out.push(record);
                 }
-                if !budget.admit(&record) {
-                    return Ok(next);
-                }
-                next = record.offset + 1;
-                out.push(record);
+                next = next.max(header.next_offset());
             }
-            next = next.max(header.next_offset());
+            Ok(())
+        })();
+        match scanned {
+            Err(Error::Corrupt { .. }) if budget.returned_any => {
+                budget.refused = true;
+                Ok(next)
+            }
+            Err(error) => Err(error),
+            Ok(()) => Ok(next),
         }
-        Ok(next)
     }
 
     /// The first offset in this segment whose record timestamp is >= `timestamp_ms`,

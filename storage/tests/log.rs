@@ -290,6 +290,54 @@ fn a_flipped_bit_anywhere_never_yields_a_corrupted_record() {
     fs::write(&log, &pristine).unwrap();
 }
 
+/// Issue 12, bug 2: a read that reaches a damaged batch after intact records returns
+/// those records and stops before the damage (next offset = the damaged batch's
+/// base); only a read that starts at the damage fails, and reads past it work.
+#[test]
+fn intact_records_before_a_damaged_batch_are_served_then_the_damage_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    {
+        let store = Store::open(dir.path(), options(&clock)).unwrap();
+        let partition = create_partition(&store, "t", small_segments());
+        for i in 0..4 {
+            partition.append_durable(&records(i * 10, 10)).unwrap();
+        }
+        store.close().unwrap();
+    }
+    // Flip a bit in the last byte of the second batch (offsets 10..=19): its CRC fails.
+    let log = segment_logs(dir.path(), "t").remove(0);
+    let mut bytes = fs::read(&log).unwrap();
+    let first = BatchHeader::parse(&bytes).unwrap().batch_length as usize;
+    let second = BatchHeader::parse(&bytes[first..]).unwrap().batch_length as usize;
+    bytes[first + second - 1] ^= 0x01;
+    fs::write(&log, &bytes).unwrap();
+
+    let store = Store::open(dir.path(), options(&clock)).unwrap();
+    let partition = partition_of(&store, "t");
+    for (from, max_records) in [(0, 100), (5, 100), (9, 3)] {
+        let read = partition.read(from, max_records, u64::MAX).unwrap();
+        let offsets: Vec<u64> = read.records.iter().map(|r| r.offset).collect();
+        let expected: Vec<u64> = (from..10).take(max_records as usize).collect();
+        assert_eq!(offsets, expected, "read from {from}");
+        assert_eq!(
+            read.next_offset,
+            from + expected.len() as u64,
+            "read from {from}"
+        );
+    }
+    for from in [10, 15, 19] {
+        let error = partition.read(from, 100, u64::MAX).unwrap_err();
+        assert!(
+            matches!(&error, Error::Corrupt { reason, .. } if reason.contains("10..=19")),
+            "read from {from}: {error}"
+        );
+    }
+    let read = partition.read(20, 100, u64::MAX).unwrap();
+    assert_eq!(read.records.len(), 20);
+    assert_eq!(read.next_offset, 40);
+}
+
 /// Regression (found through the broker by tests/ reliability::flipped_bit_...): a
 /// flipped sign bit in a batch's max_expiry_ms made the batch look expired, so reads
 /// skipped it in silence instead of reporting the damage. The CRC now vouches for the

@@ -1033,11 +1033,27 @@ async fn flipped_bit_before_the_tail_is_data_loss_and_nothing_else_breaks() {
             .unwrap_or_else(|s| panic!("{what}: reading before the damage: {s}"));
         assert_eq!(before.messages.len() as u64, damaged - first, "{what}");
         assert_never_damaged(Ok(before.messages), p, damaged, &what);
-        // Large reads that run into it, and reads right after it.
-        let result = fetch(&channel, FLIP_TOPIC, p, first, 10_000)
+        // A large read that runs into it returns everything before it and stops there
+        // (issue 12: one damaged batch must not hide the intact messages before it).
+        let across = fetch(&channel, FLIP_TOPIC, p, first, 10_000)
             .await
-            .map(|r| r.messages);
-        assert_never_damaged(result, p, damaged, &format!("{what}, a read across it"));
+            .unwrap_or_else(|s| panic!("{what}: a read across the damage: {s}"));
+        assert_eq!(
+            (
+                across.messages.first().map(|m| m.offset),
+                across.messages.len() as u64
+            ),
+            (Some(first), damaged - first),
+            "{what}: a read across the damage returns what precedes it"
+        );
+        assert_eq!(across.next_offset, damaged, "{what}: and stops at it");
+        assert_never_damaged(
+            Ok(across.messages),
+            p,
+            damaged,
+            &format!("{what}, a read across it"),
+        );
+        // Reads right after it.
         let result = fetch(&channel, FLIP_TOPIC, p, damaged + 1, 10_000)
             .await
             .map(|r| r.messages);
@@ -1065,6 +1081,11 @@ async fn flipped_bit_before_the_tail_is_data_loss_and_nothing_else_breaks() {
             }
         };
         assert_eq!(ended.code(), Code::DataLoss, "{what}: {ended:?}");
+        assert_eq!(
+            received.len() as u64,
+            damaged - first,
+            "{what}: the subscriber gets every message before the damage"
+        );
         assert_never_damaged(Ok(received), p, damaged, &format!("{what}, subscriber"));
         // The segments after it serve everything, byte for byte.
         if let Some(next) = next_segment {
