@@ -28,6 +28,7 @@ mod mmap;
 pub mod offsets;
 pub mod partition;
 mod progress;
+pub mod recovery;
 pub mod segment;
 pub mod store;
 
@@ -40,5 +41,5 @@ pub use offsets::{CommittedOffset, OffsetStore};
 pub use partition::{
     Appended, FlushObserver, Partition, PartitionInfo, ReadResult, RetentionOutcome,
 };
-pub use progress::{WaitDurable, WaitForData};
+pub use progress::{LogEnd, WaitDurable, WaitForData};
 pub use store::{Store, StoreOptions, Topic, TopicInfo};

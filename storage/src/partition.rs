@@ -22,6 +22,7 @@ use crate::fsutil;
 use crate::index::SegmentSummary;
 use crate::limits::{BATCH_BYTES_MAX, SEGMENT_BYTES_MAX};
 use crate::progress::{LogEnd, Progress, WaitDurable, WaitForData};
+use crate::recovery;
 use crate::segment::{self, LOG_SUFFIX, MappedSegments, ReadBudget, Segment, SegmentState};
 
 /// A checkpoint is written at most this often (and at every segment roll and clean
@@ -31,9 +32,6 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
 /// Mapping length of every segment: a segment can grow up to the largest allowed
 /// segment size plus one batch, and is mapped once at that length.
 const SEGMENT_MAP_BYTES: usize = (SEGMENT_BYTES_MAX + BATCH_BYTES_MAX) as usize;
-
-/// Buffer used to copy a torn tail to its side file and to rewrite recovered bytes.
-const TORN_TAIL_COPY_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Created in the partition directory when the partition is poisoned (never fsynced:
 /// it only has to outlive the process, not the machine). While it exists, recovery
@@ -215,21 +213,6 @@ impl Partition {
                 .ctx(|| format!("creating {}", dir.display()))?;
             fsutil::sync_dir_with(&*fs, fsutil::parent_dir(dir))?;
         }
-        let mut bases = Vec::new();
-        for entry in fs
-            .read_dir(dir)
-            .ctx(|| format!("listing {}", dir.display()))?
-        {
-            let file_name = entry.name.to_string_lossy();
-            if let Some(base) = segment::parse_segment_name(&file_name, LOG_SUFFIX) {
-                bases.push(base);
-            } else if file_name.ends_with(".tmp") {
-                // A replacement that never got renamed in: the original is intact.
-                let _ = fs.remove_file(&dir.join(&entry.name));
-            }
-        }
-        bases.sort_unstable();
-
         let mut checkpoint = CheckpointFile::open_with(fs.clone(), dir)?;
         let marker = dir.join(FSYNC_FAILED_MARKER);
         let after_failed_fsync = fs
@@ -238,52 +221,57 @@ impl Partition {
         if after_failed_fsync {
             tracing::warn!(partition = %name, "an fsync failed before this restart: recovery writes the unchecked tail again before fsyncing it");
         }
-        let recovered = recover(&fs, dir, &bases, checkpoint.last(), after_failed_fsync)?;
-        let (active_state, sealed) = match recovered {
-            Some(recovered) => (recovered.active, recovered.sealed),
-            None => {
-                // A new partition (or one whose every segment is gone): start where
-                // the checkpoint says the log had got to.
-                let base = checkpoint.last().map_or(0, |c| c.next_offset);
-                fs.open(
-                    &segment::segment_path(dir, base, LOG_SUFFIX),
-                    OpenMode::CreateNew,
-                )
-                .ctx(|| format!("creating the first segment in {}", dir.display()))?;
-                fsutil::sync_dir_with(&*fs, dir)?;
-                (SegmentState::new(base), Vec::new())
+        let observation =
+            recovery::observe(&*fs, dir, checkpoint.last(), recovery::Depth::Needed, None)?;
+        let plan = recovery::plan(
+            observation,
+            recovery::PlanOptions {
+                force: false,
+                after_failed_fsync,
+            },
+        );
+        for verdict in &plan.segments {
+            for corrupt in &verdict.corrupt {
+                tracing::error!(
+                    file = %verdict.path.display(),
+                    position = corrupt.position,
+                    offsets = ?(corrupt.base_offset..corrupt.next_offset),
+                    reason = %corrupt.reason,
+                    "corrupt batch in the log: reads of these offsets fail until it is repaired"
+                );
             }
-        };
-
-        let active_base = active_state.summary.base_offset;
-        let log_path = segment::segment_path(dir, active_base, LOG_SUFFIX);
-        let file = fs
-            .open(&log_path, OpenMode::Write)
-            .ctx(|| format!("opening {} for appends", log_path.display()))?;
-        let end = LogEnd {
-            offset: active_state.summary.next_offset,
-            segment_base: active_base,
-            position: active_state.summary.log_bytes,
-        };
-        // The segment files found may have been created by a process that died before
-        // it fsynced this directory: their entries could still vanish in a power cut,
-        // taking data recovery is about to serve as durable. Make them durable first;
-        // unless the checkpoint already says exactly this, as after a clean close (a
-        // checkpoint is only written once the directory holding its segment is synced).
-        let clean = checkpoint.last().is_some_and(|c| {
-            (c.segment_base, c.position, c.next_offset)
-                == (end.segment_base, end.position, end.offset)
-        });
-        if !clean {
-            fsutil::sync_dir_with(&*fs, dir)?;
         }
-        // Everything recovered has been fsynced: record it so the next recovery
-        // starts here.
-        checkpoint.write(end.segment_base, end.position, end.offset)?;
+        let recovered = match &plan.outcome {
+            recovery::Outcome::Open(recovered) => recovered.clone(),
+            recovery::Outcome::Refused(refusal) => return Err(refusal.to_error()),
+        };
+        recovery::execute(&*fs, &plan, recovery::Removal::Delete, &mut checkpoint)?;
         if after_failed_fsync {
             fs.remove_file(&marker)
                 .ctx(|| format!("removing {}", marker.display()))?;
         }
+        let end = recovered.end;
+        let active_state = match recovered.active {
+            Some(state) => state,
+            None => recovery::rescan(&*fs, dir, end.segment_base)?,
+        };
+        let sealed: Vec<Arc<Segment>> = recovered
+            .sealed
+            .into_iter()
+            .map(|kept| {
+                Arc::new(match kept {
+                    recovery::Kept::Summary(summary) => Segment::sealed(fs.clone(), dir, summary),
+                    recovery::Kept::State(state) => {
+                        let map_len = state.summary.log_bytes as usize;
+                        Segment::with_state(fs.clone(), dir, state, map_len)
+                    }
+                })
+            })
+            .collect();
+        let log_path = segment::segment_path(dir, end.segment_base, LOG_SUFFIX);
+        let file = fs
+            .open(&log_path, OpenMode::Write)
+            .ctx(|| format!("opening {} for appends", log_path.display()))?;
 
         let active = Arc::new(Segment::with_state(
             fs.clone(),
@@ -832,213 +820,4 @@ impl Partition {
         lock(&self.writer).closed = true;
         self.progress.close_deleted();
     }
-}
-
-/// What recovery found: the sealed segments (in order) and the active one's state.
-struct Recovered {
-    sealed: Vec<Arc<Segment>>,
-    active: SegmentState,
-}
-
-/// Recovers the segments with the given bases (sorted). Returns `None` if there are
-/// none.
-fn recover(
-    fs: &Arc<dyn FileSystem>,
-    dir: &Path,
-    bases: &[u64],
-    checkpoint: Option<crate::checkpoint::Checkpoint>,
-    after_failed_fsync: bool,
-) -> Result<Option<Recovered>> {
-    let Some(&last_base) = bases.last() else {
-        return Ok(None);
-    };
-    let mut sealed = Vec::new();
-    let mut expected_base: Option<u64> = None;
-    for (index, &base) in bases.iter().enumerate() {
-        let path = segment::segment_path(dir, base, LOG_SUFFIX);
-        if let Some(expected) = expected_base
-            && expected != base
-        {
-            if crate::checkpoint::is_unsynced_gap(checkpoint.as_ref(), expected, base) {
-                // The previous segment lost its unsynced tail in a crash while this
-                // newer file kept its entry and some data. No flush covered anything
-                // here (a flush syncs sealed segments whole before anything after
-                // them, and then checkpoints past them), so nothing from here on was
-                // acknowledged durable: drop it and recover the rest again.
-                tracing::warn!(
-                    file = %path.display(),
-                    expected,
-                    "removing segments that start past the end of the previous one (lost unsynced tail)"
-                );
-                for &later in &bases[index..] {
-                    segment::remove_files_with(&**fs, dir, later)?;
-                }
-                fsutil::sync_dir_with(&**fs, dir)?;
-                return recover(fs, dir, &bases[..index], checkpoint, after_failed_fsync);
-            }
-            return Err(Error::corrupt(
-                &path,
-                0,
-                format!("segment starts at offset {base} but the previous one ends at {expected}"),
-            ));
-        }
-        let log_bytes = fs
-            .metadata(&path)
-            .ctx(|| format!("reading the size of {}", path.display()))?
-            .len;
-        let is_last = base == last_base;
-        // How much of this segment the checkpoint vouches for.
-        let trusted = crate::checkpoint::trusted_bytes(checkpoint.as_ref(), base, log_bytes);
-        if trusted > log_bytes {
-            return Err(Error::corrupt(
-                &path,
-                log_bytes,
-                format!(
-                    "segment is {log_bytes} bytes but {trusted} were fsynced before: data was lost on disk"
-                ),
-            ));
-        }
-        if !is_last
-            && trusted == log_bytes
-            && let Some(summary) = segment::load_summary_with(&**fs, dir, base, log_bytes)
-        {
-            expected_base = Some(summary.next_offset);
-            sealed.push(Arc::new(Segment::sealed(fs.clone(), dir, summary)));
-            continue;
-        }
-
-        // Without a usable index the whole segment is scanned, CRCs included, even the
-        // bytes the checkpoint vouches for: the summary built here decides what
-        // retention and TTL delete, so no header is believed unchecked.
-        let (state, start) = match checkpoint {
-            Some(c) if trusted > 0 && base == c.segment_base => {
-                segment::state_up_to_with(&**fs, dir, base, trusted, c.next_offset)
-            }
-            _ => (SegmentState::new(base), 0),
-        };
-        let data = fs
-            .map(&path, log_bytes as usize)
-            .ctx(|| format!("mapping {}", path.display()))?;
-        let report = segment::scan_durable(&data, start, state, trusted);
-        drop(data);
-        for corrupt in &report.corrupt_batches {
-            tracing::error!(
-                file = %path.display(),
-                position = corrupt.position,
-                offsets = ?(corrupt.base_offset..corrupt.next_offset),
-                reason = %corrupt.reason,
-                "corrupt batch in the log: reads of these offsets fail until it is repaired"
-            );
-        }
-        let file = fs
-            .open(&path, OpenMode::Write)
-            .ctx(|| format!("opening {}", path.display()))?;
-        if let Some(torn) = &report.torn_tail {
-            if torn.position < trusted {
-                return Err(Error::corrupt(
-                    &path,
-                    torn.position,
-                    format!("{} (in data that was fsynced before)", torn.reason),
-                ));
-            }
-            cut_torn_tail(&**fs, &path, &*file, torn.position, log_bytes, &torn.reason)?;
-        }
-        // The scanned bytes may have been in the page cache only (the process died,
-        // not the machine): make them durable before anyone reads them as such. After
-        // a failed fsync an fsync alone is not enough (see `FSYNC_FAILED_MARKER`):
-        // writing the bytes the checkpoint did not vouch for again dirties them.
-        if after_failed_fsync {
-            rewrite(&*file, trusted.min(report.valid_bytes), report.valid_bytes)
-                .ctx(|| format!("rewriting {}", path.display()))?;
-        }
-        file.sync_data()
-            .ctx(|| format!("fsyncing {}", path.display()))?;
-
-        if is_last || report.torn_tail.is_some() {
-            // Nothing after a torn tail was ever acknowledged durable: the segments
-            // past it go.
-            for &later in &bases[index + 1..] {
-                tracing::warn!(
-                    segment = later,
-                    "removing a segment written after a torn tail"
-                );
-                segment::remove_files_with(&**fs, dir, later)?;
-            }
-            if index + 1 < bases.len() {
-                fsutil::sync_dir_with(&**fs, dir)?;
-            }
-            return Ok(Some(Recovered {
-                sealed,
-                active: report.state,
-            }));
-        }
-        let segment = Segment::with_state(
-            fs.clone(),
-            dir,
-            report.state.clone(),
-            report.state.summary.log_bytes as usize,
-        );
-        segment.write_index_files(&report.state)?;
-        expected_base = Some(report.state.summary.next_offset);
-        sealed.push(Arc::new(segment));
-    }
-    unreachable!("the last segment returns from inside the loop")
-}
-
-/// Writes bytes `[from, to)` of `file` again, unchanged, so the next fsync writes them
-/// to disk whatever the page cache thought of them.
-fn rewrite(file: &dyn FsFile, from: u64, to: u64) -> std::io::Result<()> {
-    let mut chunk = vec![0u8; TORN_TAIL_COPY_CHUNK_BYTES];
-    let mut at = from;
-    while at < to {
-        let want = chunk.len().min((to - at) as usize);
-        file.read_exact_at(&mut chunk[..want], at)?;
-        file.write_all_at(&chunk[..want], at)?;
-        at += want as u64;
-    }
-    Ok(())
-}
-
-/// Moves the bytes of a torn tail to a side file (never destroy bytes silently) and
-/// truncates the segment to `position`, durably.
-fn cut_torn_tail(
-    fs: &dyn FileSystem,
-    path: &Path,
-    file: &dyn FsFile,
-    position: u64,
-    log_bytes: u64,
-    reason: &str,
-) -> Result<()> {
-    let side = path.with_extension(format!("log.torn-at-{position}"));
-    tracing::warn!(
-        file = %path.display(),
-        position,
-        bytes = log_bytes - position,
-        side_file = %side.display(),
-        %reason,
-        "cutting a torn tail off the log"
-    );
-    // Streamed, not buffered: the tail's size came from disk.
-    let copied = (|| -> std::io::Result<()> {
-        let source = fs.open(path, OpenMode::Read)?;
-        let target = fs.open(&side, OpenMode::Truncate)?;
-        let mut chunk = vec![0u8; TORN_TAIL_COPY_CHUNK_BYTES];
-        let mut at = position;
-        while at < log_bytes {
-            let want = chunk.len().min((log_bytes - at) as usize);
-            let read = source.read_at(&mut chunk[..want], at)?;
-            if read == 0 {
-                break;
-            }
-            target.write_all_at(&chunk[..read], at - position)?;
-            at += read as u64;
-        }
-        target.sync_all()
-    })();
-    copied.ctx(|| format!("saving the torn tail to {}", side.display()))?;
-    file.set_len(position)
-        .ctx(|| format!("truncating {}", path.display()))?;
-    file.sync_all()
-        .ctx(|| format!("fsyncing {}", path.display()))?;
-    fsutil::sync_dir_with(fs, fsutil::parent_dir(path))
 }

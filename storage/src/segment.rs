@@ -428,18 +428,7 @@ impl Segment {
     /// checked when loaded and rebuilt when missing or stale, so a crash before the
     /// directory fsync costs a scan, never correctness.
     pub fn replace_index_files(&self, state: &SegmentState) -> Result<()> {
-        let offsets = index::encode_offset_index(&state.summary, &state.index.offsets);
-        let times = index::encode_time_index(&state.summary, &state.index.times);
-        fsutil::replace_file_with(
-            &*self.fs,
-            &segment_path(&self.dir, self.base_offset, INDEX_SUFFIX),
-            &offsets,
-        )?;
-        fsutil::replace_file_with(
-            &*self.fs,
-            &segment_path(&self.dir, self.base_offset, TIME_INDEX_SUFFIX),
-            &times,
-        )
+        replace_index_files_with(&*self.fs, &self.dir, state)
     }
 
     fn mapping(&self) -> Result<Bytes> {
@@ -766,6 +755,24 @@ pub fn state_up_to_with(
         .times
         .retain(|e| u64::from(e.relative_offset) < next_offset - base_offset);
     (SegmentState::from_index(summary, index), position)
+}
+
+/// Writes both index files of the segment `state` describes (each fsynced and renamed
+/// into place), leaving the directory fsync to the caller.
+pub fn replace_index_files_with(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    state: &SegmentState,
+) -> Result<()> {
+    let base_offset = state.summary.base_offset;
+    let offsets = index::encode_offset_index(&state.summary, &state.index.offsets);
+    let times = index::encode_time_index(&state.summary, &state.index.times);
+    fsutil::replace_file_with(fs, &segment_path(dir, base_offset, INDEX_SUFFIX), &offsets)?;
+    fsutil::replace_file_with(
+        fs,
+        &segment_path(dir, base_offset, TIME_INDEX_SUFFIX),
+        &times,
+    )
 }
 
 /// Removes a segment's files (retention, or segments past a torn tail).

@@ -7,17 +7,21 @@
 //! (an incomplete last write past the checkpoint) is cut on open; anything else is
 //! corruption the broker reports and `repair` only cuts with `--force`.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
+use tidelog_storage::OsFs;
 use tidelog_storage::batch::BatchHeader;
-use tidelog_storage::checkpoint::{self, Checkpoint, is_unsynced_gap, trusted_bytes};
+use tidelog_storage::checkpoint::{self, Checkpoint};
 use tidelog_storage::index::{self, SegmentSummary};
-use tidelog_storage::offsets::decode_record;
+use tidelog_storage::offsets::{OffsetOp, OffsetRecord, decode_record};
+use tidelog_storage::recovery::{
+    self, Content, Depth, Observation, Observed, PlanOptions, RecoveryPlan, Verdict,
+};
 use tidelog_storage::segment::{
-    CorruptBatch, INDEX_SUFFIX, LOG_SUFFIX, ScanReport, SegmentState, TIME_INDEX_SUFFIX,
-    scan_durable, segment_path,
+    CorruptBatch, INDEX_SUFFIX, ScanReport, TIME_INDEX_SUFFIX, segment_path,
 };
 
 use super::layout::segment_bases;
@@ -87,46 +91,51 @@ impl Finding {
     }
 }
 
-/// What a scan of one segment found.
-#[derive(Debug)]
-pub struct SegmentCheck {
-    pub base: u64,
-    pub path: PathBuf,
-    pub log_bytes: u64,
-    pub scan: ScanReport,
-    /// How many leading bytes the checkpoint vouches for (fsynced before).
-    pub trusted: u64,
-    /// Whether the index files need rewriting (missing on a sealed segment, stale,
-    /// unreadable or inconsistent with the log).
-    pub index_needs_rewrite: bool,
-}
-
-/// What a check of one partition directory found.
+/// What a check of one partition directory found: the observation (every segment
+/// scanned), the plan the broker's recovery would make of it, and the findings that
+/// render the plan's verdicts and the index checks.
 #[derive(Debug)]
 pub struct PartitionCheck {
     pub dir: PathBuf,
-    pub segments: Vec<SegmentCheck>,
-    pub checkpoint: Option<Checkpoint>,
+    pub observation: Observation,
+    pub plan: RecoveryPlan,
     pub findings: Vec<Finding>,
 }
 
 impl PartitionCheck {
+    pub fn segment_count(&self) -> usize {
+        self.observation.segments.len()
+    }
+
     pub fn log_bytes(&self) -> u64 {
-        self.segments.iter().map(|s| s.log_bytes).sum()
+        self.observation.segments.iter().map(|s| s.log_bytes).sum()
+    }
+
+    fn scans(&self) -> impl Iterator<Item = &ScanReport> {
+        self.observation
+            .segments
+            .iter()
+            .filter_map(|s| match &s.content {
+                Content::Scanned(report) => Some(report),
+                Content::Summary(_) => None,
+            })
     }
 
     pub fn batches(&self) -> u64 {
-        self.segments.iter().map(|s| s.scan.batches).sum()
+        self.scans().map(|r| r.batches).sum()
     }
 
     pub fn start_offset(&self) -> Option<u64> {
-        self.segments.first().map(|s| s.base)
+        self.observation.segments.first().map(|s| s.base)
     }
 
     pub fn next_offset(&self) -> Option<u64> {
-        self.segments
-            .last()
-            .map(|s| s.scan.state.summary.next_offset)
+        self.scans().last().map(|r| r.state.summary.next_offset)
+    }
+
+    /// Whether the broker's recovery would open the partition.
+    pub fn broker_opens(&self) -> bool {
+        matches!(self.plan.outcome, recovery::Outcome::Open(_))
     }
 }
 
@@ -172,161 +181,151 @@ fn read_checkpoint(dir: &Path, findings: &mut Vec<Finding>) -> CliResult<Option<
     Ok(checkpoint)
 }
 
-/// Checks one partition directory.
+/// Checks one partition directory: scans every segment, checks its index files, and
+/// renders the verdicts of the broker's own recovery plan.
 pub fn check_partition(dir: &Path, mut progress: impl FnMut(u64)) -> CliResult<PartitionCheck> {
     let mut findings = Vec::new();
     let checkpoint = read_checkpoint(dir, &mut findings)?;
     let bases = segment_bases(dir)?;
-    let mut segments: Vec<SegmentCheck> = Vec::new();
-    let mut expected_base: Option<u64> = None;
-    for (i, &base) in bases.iter().enumerate() {
-        let is_last = i + 1 == bases.len();
-        let path = segment_path(dir, base, LOG_SUFFIX);
-        if let Some(expected) = expected_base
-            && expected != base
-        {
-            if is_unsynced_gap(checkpoint.as_ref(), expected, base) {
+    let last_base = bases.last().copied();
+    let mut index_findings = Vec::new();
+    let mut inspect = |observed: &Observed, data: &[u8]| -> bool {
+        progress(observed.log_bytes);
+        let Content::Scanned(report) = &observed.content else {
+            return false;
+        };
+        let valid = &data[..(report.valid_bytes as usize).min(data.len())];
+        check_indexes(
+            dir,
+            observed.base,
+            valid,
+            report,
+            Some(observed.base) == last_base,
+            &mut index_findings,
+        )
+    };
+    let observation = recovery::observe(&OsFs, dir, checkpoint, Depth::Full, Some(&mut inspect))
+        .map_err(|e| CliError::failure(e.to_string(), "check the directory's permissions"))?;
+    let plan = recovery::plan(observation.clone(), PlanOptions::default());
+    findings.extend(verdict_findings(&plan));
+    findings.extend(index_findings);
+    Ok(PartitionCheck {
+        dir: dir.to_path_buf(),
+        observation,
+        plan,
+        findings,
+    })
+}
+
+/// The recovery plan's verdicts, in words an operator acts on.
+fn verdict_findings(plan: &RecoveryPlan) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let count = plan.segments.len();
+    for (i, s) in plan.segments.iter().enumerate() {
+        let path = &s.path;
+        let (base, log_bytes, trusted) = (s.base, s.log_bytes, s.trusted);
+        match &s.verdict {
+            Verdict::Trusted | Verdict::Intact | Verdict::Corrupt | Verdict::AfterTheEnd => {}
+            Verdict::UnsyncedGap { expected } => findings.push(Finding::error(
+                "unsynced_segments",
+                path,
+                Some(0),
+                format!(
+                    "segment starts at offset {base} but the previous one ends at {expected}: \
+                     the previous segment lost its unsynced tail in a crash, so nothing from \
+                     here on was acknowledged durable; the broker drops this and later \
+                     segments on open (`tidelog segment repair` moves them aside)"
+                ),
+            )),
+            Verdict::OffsetGap { expected } => findings.push(Finding::error(
+                "offset_gap",
+                path,
+                Some(0),
+                format!(
+                    "segment starts at offset {base} but the previous one ends at {expected}; \
+                     the broker refuses to open this partition (`tidelog segment repair \
+                     --force` moves this and later segments aside)"
+                ),
+            )),
+            Verdict::DurableDataLost { fsynced } => findings.push(Finding::error(
+                "durable_data_lost",
+                path,
+                Some(log_bytes),
+                format!(
+                    "segment is {log_bytes} bytes but the checkpoint says {fsynced} were \
+                     fsynced: data was lost on disk; the broker serves this partition as \
+                     unavailable (`tidelog segment repair --force` accepts the loss)"
+                ),
+            )),
+            Verdict::DurableDataDamaged { position, reason } => findings.push(Finding::error(
+                "durable_data_damaged",
+                path,
+                Some(*position),
+                format!(
+                    "{reason} in data that was fsynced before (the checkpoint vouches for \
+                     {trusted} bytes); the broker serves this partition as unavailable \
+                     (`tidelog segment repair --force` cuts the log here, losing {} bytes)",
+                    log_bytes - position
+                ),
+            )),
+            Verdict::TornTail { position, reason } if i + 1 == count => {
                 findings.push(Finding::error(
-                    "unsynced_segments",
-                    &path,
-                    Some(0),
+                    "torn_tail",
+                    path,
+                    Some(*position),
                     format!(
-                        "segment starts at offset {base} but the previous one ends at {expected}: \
-                         the previous segment lost its unsynced tail in a crash, so nothing from \
-                         here on was acknowledged durable; the broker drops this and later \
-                         segments on open (`tidelog segment repair` moves them aside)"
+                        "torn tail: {reason} ({} bytes after the last whole batch); the broker \
+                         cuts it on open, `tidelog segment repair` cuts it now and keeps the \
+                         bytes",
+                        log_bytes - position
                     ),
-                ));
-            } else {
-                findings.push(Finding::error(
-                    "offset_gap",
-                    &path,
-                    Some(0),
-                    format!(
-                        "segment starts at offset {base} but the previous one ends at {expected}; \
-                         the broker refuses to open this partition (`tidelog segment repair \
-                         --force` moves this and later segments aside)"
-                    ),
-                ));
+                ))
             }
+            Verdict::TornTail { position, reason } => findings.push(Finding::error(
+                "torn_segment",
+                path,
+                Some(*position),
+                format!(
+                    "torn tail: {reason} ({} bytes) in a segment that later segments follow, \
+                     past the checkpoint, so nothing after it was acknowledged durable; the \
+                     broker cuts it and drops {} later segment(s) on open \
+                     (`tidelog segment repair` does the same, keeping the bytes)",
+                    log_bytes - position,
+                    count - i - 1
+                ),
+            )),
         }
-        let data = read_file(&path, LOG_FILE_BYTES_MAX)?;
-        let log_bytes = data.len() as u64;
-        let trusted = trusted_bytes(checkpoint.as_ref(), base, log_bytes);
-        // As the broker's recovery does: a damaged batch the checkpoint vouches for is
-        // corruption, not a torn tail, even with nothing after it.
-        let report = scan_durable(&data, 0, SegmentState::new(base), trusted);
-        for corrupt in &report.corrupt_batches {
+        for corrupt in &s.corrupt {
             findings.push(Finding::error(
                 "corrupt_batch",
-                &path,
+                path,
                 Some(corrupt.position),
                 format!(
                     "{} in the batch holding offsets {}..={}; an intact batch follows or it was \
                      fsynced before, so this is corruption inside the log, not a torn write \
-                     (reads of these offsets fail; `tidelog segment repair --force` cuts the log \
-                     here)",
+                     (reads of these offsets fail with DATA_LOSS; `tidelog segment repair \
+                     --force` cuts the log here)",
                     corrupt.reason,
                     corrupt.base_offset,
                     corrupt.next_offset.saturating_sub(1)
                 ),
             ));
         }
-        if let Some(torn) = &report.torn_tail {
-            let cut = log_bytes - torn.position;
-            if torn.position < trusted {
-                findings.push(Finding::error(
-                    "durable_data_damaged",
-                    &path,
-                    Some(torn.position),
-                    format!(
-                        "{} in data that was fsynced before (the checkpoint vouches for {trusted} \
-                         bytes); the broker refuses to open this partition \
-                         (`tidelog segment repair --force` cuts the log here, losing {cut} bytes)",
-                        torn.reason
-                    ),
-                ));
-            } else if is_last {
-                findings.push(Finding::error(
-                    "torn_tail",
-                    &path,
-                    Some(torn.position),
-                    format!(
-                        "torn tail: {} ({cut} bytes after the last whole batch); the broker cuts \
-                         it on open, `tidelog segment repair` cuts it now and keeps the bytes",
-                        torn.reason
-                    ),
-                ));
-            } else {
-                findings.push(Finding::error(
-                    "torn_segment",
-                    &path,
-                    Some(torn.position),
-                    format!(
-                        "torn tail: {} ({cut} bytes) in a segment that later segments follow, \
-                         past the checkpoint, so nothing after it was acknowledged durable; the \
-                         broker cuts it and drops {} later segment(s) on open \
-                         (`tidelog segment repair` does the same, keeping the bytes)",
-                        torn.reason,
-                        bases.len() - i - 1
-                    ),
-                ));
-            }
-        }
-        if let Some(c) = &checkpoint
-            && c.segment_base == base
-            && c.position > log_bytes
-        {
-            findings.push(Finding::error(
-                "durable_data_lost",
-                &path,
-                Some(log_bytes),
-                format!(
-                    "segment is {log_bytes} bytes but the checkpoint says {} were fsynced: data \
-                     was lost on disk; the broker refuses to open this partition",
-                    c.position
-                ),
-            ));
-        }
-        let index_needs_rewrite = check_indexes(
-            dir,
-            base,
-            &data[..report.valid_bytes as usize],
-            &report,
-            is_last,
-            &mut findings,
-        );
-        expected_base = Some(report.state.summary.next_offset);
-        progress(log_bytes);
-        segments.push(SegmentCheck {
-            base,
-            path,
-            log_bytes,
-            scan: report,
-            trusted,
-            index_needs_rewrite,
-        });
     }
-    if let Some(c) = &checkpoint
-        && bases.last().is_some_and(|&last| c.segment_base > last)
-    {
+    if let (true, Some(c)) = (plan.checkpoint_segment_missing, plan.checkpoint) {
         findings.push(Finding::error(
             "durable_data_lost",
-            &dir.join(checkpoint::FILE_NAME),
+            &plan.dir.join(checkpoint::FILE_NAME),
             None,
             format!(
                 "the checkpoint names segment {} (offset {}), which is missing: fsynced data \
-                 is gone",
+                 is gone; the broker serves this partition as unavailable (`tidelog segment \
+                 repair --force` accepts the loss)",
                 c.segment_base, c.next_offset
             ),
         ));
     }
-    Ok(PartitionCheck {
-        dir: dir.to_path_buf(),
-        segments,
-        checkpoint,
-        findings,
-    })
+    findings
 }
 
 /// Where each batch of the valid bytes starts, with its base offset and the running
@@ -535,6 +534,9 @@ pub struct OffsetsLogCheck {
     /// Whether what follows `valid_bytes` is a torn tail (else corruption).
     pub torn: bool,
     pub findings: Vec<Finding>,
+    /// The committed offsets the valid records leave: (group, topic, partition) ->
+    /// next offset to consume.
+    pub committed: BTreeMap<(String, String, u32), u64>,
 }
 
 /// Replays an offsets log the way the broker does: a damaged record with no intact
@@ -545,9 +547,11 @@ pub fn check_offsets_log(path: &Path) -> CliResult<OffsetsLogCheck> {
     let mut records = 0u64;
     let mut findings = Vec::new();
     let mut torn = false;
+    let mut committed = BTreeMap::new();
     while let Some(rest) = data.get(position..).filter(|r| !r.is_empty()) {
         let damage = match decode_record(rest) {
-            Ok(Some((_, used))) => {
+            Ok(Some((record, used))) => {
+                replay(&mut committed, record);
                 position += used;
                 records += 1;
                 continue;
@@ -604,7 +608,23 @@ pub fn check_offsets_log(path: &Path) -> CliResult<OffsetsLogCheck> {
         valid_bytes: position as u64,
         torn,
         findings,
+        committed,
     })
+}
+
+/// Applies one offsets-log record to the committed offsets, as the broker does.
+fn replay(committed: &mut BTreeMap<(String, String, u32), u64>, record: OffsetRecord) {
+    for op in record.ops {
+        match op {
+            OffsetOp::Commit { group, entries } => {
+                for entry in entries {
+                    committed.insert((group.clone(), entry.topic, entry.partition), entry.offset);
+                }
+            }
+            OffsetOp::DeleteGroup { group } => committed.retain(|(g, _, _), _| *g != group),
+            OffsetOp::DeleteTopic { topic } => committed.retain(|(_, t, _), _| *t != topic),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -638,7 +658,12 @@ mod tests {
         let second_length = BatchHeader::parse(&log[second..]).unwrap().batch_length as usize;
         let mut damaged = log.clone();
         damaged[second + second_length - 1] ^= 0x10; // the second batch's last value byte
-        let report = scan_durable(&damaged, 0, SegmentState::new(0), 0);
+        let report = tidelog_storage::segment::scan_durable(
+            &damaged,
+            0,
+            tidelog_storage::segment::SegmentState::new(0),
+            0,
+        );
         assert_eq!(report.corrupt_batches.len(), 1, "{report:?}");
         assert_eq!(report.state.summary.max_timestamp_ms, 200);
 

@@ -101,7 +101,7 @@ fn verify(dir: &Path, json: bool) -> CliResult<()> {
         .filter(|f| f.severity == Severity::Error)
         .count();
     let warnings = all_findings.len() - errors;
-    let segments: usize = partitions.iter().map(|p| p.segments.len()).sum();
+    let segments: usize = partitions.iter().map(|p| p.segment_count()).sum();
     let bytes: u64 = partitions.iter().map(|p| p.log_bytes()).sum();
 
     let mut out = Stdout::new();
@@ -111,11 +111,13 @@ fn verify(dir: &Path, json: bool) -> CliResult<()> {
             .map(|p| {
                 json!({
                     "dir": p.dir.display().to_string(),
-                    "segments": p.segments.len(),
+                    "segments": p.segment_count(),
                     "batches": p.batches(),
                     "log_bytes": p.log_bytes(),
                     "start_offset": p.start_offset(),
                     "next_offset": p.next_offset(),
+                    // Whether tidelogd would open it (else it serves it as unavailable).
+                    "broker_opens": p.broker_opens(),
                     "problems": p.findings.iter().map(Finding::to_json).collect::<Vec<_>>(),
                 })
             })
@@ -158,7 +160,7 @@ fn verify(dir: &Path, json: bool) -> CliResult<()> {
                 "{:<6}  {}  {}, {}, {}, {}",
                 status(&p.findings),
                 p.dir.display(),
-                plural(p.segments.len(), "segment"),
+                plural(p.segment_count(), "segment"),
                 match p.batches() {
                     1 => "1 batch".to_string(),
                     n => format!("{n} batches"),

@@ -10,124 +10,23 @@
 //! `<file>.torn-at-<position>`, a segment moved aside keeps its bytes under
 //! `<file>.removed-by-repair`.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::{Value, json};
-use tidelog_storage::checkpoint::{self, CheckpointFile, is_unsynced_gap};
-use tidelog_storage::fsutil;
-use tidelog_storage::index;
-use tidelog_storage::segment::{
-    INDEX_SUFFIX, LOG_SUFFIX, SegmentState, TIME_INDEX_SUFFIX, scan, segment_path,
-};
+use tidelog_storage::checkpoint::{self, CheckpointFile};
+use tidelog_storage::partition::FSYNC_FAILED_MARKER;
+use tidelog_storage::recovery::{self, Content, Outcome, PlanOptions, RecoveryPlan, Removal};
+use tidelog_storage::segment::{INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX, segment_path};
+use tidelog_storage::{FileSystem, OsFs};
 
 use super::check::{
-    Finding, LOG_FILE_BYTES_MAX, OffsetsLogCheck, PartitionCheck, Severity, check_offsets_log,
-    check_partition, read_file,
+    Finding, OffsetsLogCheck, PartitionCheck, Severity, check_offsets_log, check_partition,
 };
 use super::layout;
 use crate::cli::RepairArgs;
 use crate::error::{CliError, CliResult};
 use crate::output::{Stdout, note};
-
-/// One change to the files.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// Keep bytes `[position, end)` of `file` in a side file and truncate it there.
-    Cut {
-        file: PathBuf,
-        position: u64,
-        bytes: u64,
-    },
-    /// Rename a segment's files out of the way (`.removed-by-repair`).
-    MoveAside { log: PathBuf },
-    /// Write both index files of a segment from its log.
-    RewriteIndex { dir: PathBuf, base: u64 },
-    /// Point the checkpoint at the end of what is left.
-    RewriteCheckpoint {
-        dir: PathBuf,
-        segment_base: u64,
-        position: u64,
-        next_offset: u64,
-    },
-}
-
-impl Action {
-    fn describe(&self) -> String {
-        match self {
-            Action::Cut {
-                file,
-                position,
-                bytes,
-            } => format!(
-                "cut {} at position {position} ({bytes} bytes kept in {})",
-                file.display(),
-                side_name(file, &format!("torn-at-{position}")).display()
-            ),
-            Action::MoveAside { log } => format!(
-                "move segment {} (and its indexes) aside to *.removed-by-repair",
-                log.display()
-            ),
-            Action::RewriteIndex { dir, base } => format!(
-                "rewrite {} and .{TIME_INDEX_SUFFIX} from the log",
-                segment_path(dir, *base, INDEX_SUFFIX).display()
-            ),
-            Action::RewriteCheckpoint {
-                dir,
-                segment_base,
-                position,
-                next_offset,
-            } => format!(
-                "rewrite {} (segment {segment_base}, position {position}, next offset {next_offset})",
-                dir.join(checkpoint::FILE_NAME).display()
-            ),
-        }
-    }
-
-    fn to_json(&self) -> Value {
-        match self {
-            Action::Cut {
-                file,
-                position,
-                bytes,
-            } => json!({
-                "action": "cut",
-                "file": file.display().to_string(),
-                "position": position,
-                "bytes": bytes,
-                "side_file": side_name(file, &format!("torn-at-{position}")).display().to_string(),
-            }),
-            Action::MoveAside { log } => json!({
-                "action": "move_aside",
-                "file": log.display().to_string(),
-            }),
-            Action::RewriteIndex { dir, base } => json!({
-                "action": "rewrite_index",
-                "file": segment_path(dir, *base, INDEX_SUFFIX).display().to_string(),
-            }),
-            Action::RewriteCheckpoint {
-                dir,
-                segment_base,
-                position,
-                next_offset,
-            } => json!({
-                "action": "rewrite_checkpoint",
-                "file": dir.join(checkpoint::FILE_NAME).display().to_string(),
-                "segment_base": segment_base,
-                "position": position,
-                "next_offset": next_offset,
-            }),
-        }
-    }
-}
-
-/// What to do about one partition, and what is refused.
-#[derive(Debug, Default)]
-pub struct Plan {
-    pub actions: Vec<Action>,
-    pub refused: Vec<Finding>,
-}
 
 /// Kinds of finding that only `--force` may cut.
 const NEEDS_FORCE: [&str; 4] = [
@@ -137,137 +36,193 @@ const NEEDS_FORCE: [&str; 4] = [
     "durable_data_lost",
 ];
 
-/// Plans the repair of one partition.
-pub fn plan_partition(check: &PartitionCheck, force: bool) -> Plan {
-    let mut plan = Plan::default();
-    let segments = &check.segments;
-    // Where the log must end: (segment index, cut position or None = drop whole
-    // segment), the first place in log order that is not intact.
-    let mut cut: Option<(usize, Option<u64>)> = None;
-    let mut expected: Option<u64> = None;
-    for (i, s) in segments.iter().enumerate() {
-        if let Some(e) = expected.filter(|&e| e != s.base) {
-            if force || is_unsynced_gap(check.checkpoint.as_ref(), e, s.base) {
-                cut = Some((i, None));
-                break;
-            }
-        } else if let Some(first) = s.scan.corrupt_batches.first() {
-            if force {
-                cut = Some((i, Some(first.position)));
-                break;
-            }
-        } else if let Some(torn) = &s.scan.torn_tail {
-            // Past the checkpoint nothing was acknowledged durable: recovery cuts
-            // it (and drops later segments) too.
-            let safe = torn.position >= s.trusted;
-            if safe || force {
-                cut = Some((i, Some(torn.position)));
-                break;
-            }
+/// What repair does about one partition or offsets log, and what it refuses.
+#[derive(Debug)]
+enum Plan {
+    Partition {
+        plan: Box<RecoveryPlan>,
+        refused: Vec<Finding>,
+        /// Offsets `[from, to)` that new messages will be given again.
+        reused: Option<(u64, u64)>,
+    },
+    OffsetsLog {
+        path: PathBuf,
+        /// Where to cut it, and its length.
+        cut: Option<(u64, u64)>,
+        refused: Vec<Finding>,
+    },
+}
+
+impl Plan {
+    fn refused(&self) -> &[Finding] {
+        match self {
+            Plan::Partition { refused, .. } | Plan::OffsetsLog { refused, .. } => refused,
         }
-        expected = Some(s.scan.state.summary.next_offset);
     }
-    if !force {
-        plan.refused = check
+
+    /// What it changes, as (human line, JSON); fsyncs change nothing and are left out.
+    fn changes(&self) -> Vec<(String, Value)> {
+        match self {
+            Plan::Partition { plan, .. } => plan
+                .actions
+                .iter()
+                .filter_map(|a| describe(&plan.dir, a))
+                .collect(),
+            Plan::OffsetsLog {
+                path,
+                cut: Some((position, len)),
+                ..
+            } => vec![cut_change(path, *position, *len)],
+            Plan::OffsetsLog { cut: None, .. } => Vec::new(),
+        }
+    }
+}
+
+fn cut_change(file: &Path, position: u64, len: u64) -> (String, Value) {
+    let side = recovery::side_name(file, &format!("torn-at-{position}"));
+    (
+        format!(
+            "cut {} at position {position} ({} bytes kept in {})",
+            file.display(),
+            len - position,
+            side.display()
+        ),
+        json!({
+            "action": "cut",
+            "file": file.display().to_string(),
+            "position": position,
+            "bytes": len - position,
+            "side_file": side.display().to_string(),
+        }),
+    )
+}
+
+/// A recovery action in words and JSON, or `None` for fsyncs.
+fn describe(dir: &Path, action: &recovery::Action) -> Option<(String, Value)> {
+    use recovery::Action;
+    Some(match action {
+        Action::RemoveLeftover { path } => (
+            format!(
+                "remove {}, a replacement that never got renamed in",
+                path.display()
+            ),
+            json!({"action": "remove_leftover", "file": path.display().to_string()}),
+        ),
+        Action::CutTail {
+            base,
+            position,
+            log_bytes,
+        } => cut_change(&segment_path(dir, *base, LOG_SUFFIX), *position, *log_bytes),
+        Action::Remove { base } => {
+            let log = segment_path(dir, *base, LOG_SUFFIX);
+            (
+                format!(
+                    "move segment {} (and its indexes) aside to *.removed-by-repair",
+                    log.display()
+                ),
+                json!({"action": "move_aside", "file": log.display().to_string()}),
+            )
+        }
+        Action::WriteIndex { base, .. } => {
+            let index = segment_path(dir, *base, INDEX_SUFFIX);
+            (
+                format!(
+                    "rewrite {} and .{TIME_INDEX_SUFFIX} from the log",
+                    index.display()
+                ),
+                json!({"action": "rewrite_index", "file": index.display().to_string()}),
+            )
+        }
+        Action::CreateSegment { base } => {
+            let log = segment_path(dir, *base, LOG_SUFFIX);
+            (
+                format!("create the empty segment {}", log.display()),
+                json!({"action": "create_segment", "file": log.display().to_string()}),
+            )
+        }
+        Action::WriteCheckpoint { end } => {
+            let file = dir.join(checkpoint::FILE_NAME);
+            (
+                format!(
+                    "rewrite {} (segment {}, position {}, next offset {})",
+                    file.display(),
+                    end.segment_base,
+                    end.position,
+                    end.offset
+                ),
+                json!({
+                    "action": "rewrite_checkpoint",
+                    "file": file.display().to_string(),
+                    "segment_base": end.segment_base,
+                    "position": end.position,
+                    "next_offset": end.offset,
+                }),
+            )
+        }
+        Action::Sync { .. } | Action::SyncDir => return None,
+    })
+}
+
+/// Plans the repair of one partition: the broker's own recovery plan, with `force`
+/// if asked.
+fn plan_partition(check: &PartitionCheck, force: bool) -> Plan {
+    let after_failed_fsync = check.dir.join(FSYNC_FAILED_MARKER).exists();
+    let plan = recovery::plan(
+        check.observation.clone(),
+        PlanOptions {
+            force,
+            after_failed_fsync,
+        },
+    );
+    let refused = if force {
+        Vec::new()
+    } else {
+        check
             .findings
             .iter()
             .filter(|f| f.severity == Severity::Error && NEEDS_FORCE.contains(&f.kind))
             .cloned()
-            .collect();
-    }
-
-    let kept = match cut {
-        Some((i, None)) => i,
-        Some((i, Some(_))) => i + 1,
-        None => segments.len(),
+            .collect()
     };
-    if let Some((i, Some(position))) = cut {
-        let s = &segments[i];
-        plan.actions.push(Action::Cut {
-            file: s.path.clone(),
-            position,
-            bytes: s.log_bytes - position,
-        });
+    // The highest offset the partition ever gave out, as far as its files tell.
+    let old_end = check
+        .observation
+        .segments
+        .iter()
+        .map(|s| match &s.content {
+            Content::Summary(summary) => summary.next_offset,
+            Content::Scanned(report) => report.state.summary.next_offset,
+        })
+        .chain(check.observation.checkpoint.map(|c| c.next_offset))
+        .max();
+    let reused = plan
+        .end()
+        .zip(old_end)
+        .filter(|(end, old)| end.offset < *old)
+        .filter(|_| plan.durable_data_lost)
+        .map(|(end, old)| (end.offset, old));
+    Plan::Partition {
+        plan: Box::new(plan),
+        refused,
+        reused,
     }
-    for s in segments.iter().skip(kept) {
-        plan.actions.push(Action::MoveAside {
-            log: s.path.clone(),
-        });
-    }
-    for (i, s) in segments.iter().enumerate().take(kept) {
-        let truncated = matches!(cut, Some((c, Some(_))) if c == i);
-        if truncated || s.index_needs_rewrite {
-            plan.actions.push(Action::RewriteIndex {
-                dir: check.dir.clone(),
-                base: s.base,
-            });
-        }
-    }
-    // The new end of the log, and whether the checkpoint points past it.
-    if let Some(last) = segments.get(..kept).and_then(|k| k.last()) {
-        let (length, next) = match cut {
-            Some((c, Some(position))) if c + 1 == kept => (position, None),
-            _ => (last.log_bytes, Some(last.scan.state.summary.next_offset)),
-        };
-        if let Some(c) = &check.checkpoint {
-            let beyond =
-                c.segment_base > last.base || (c.segment_base == last.base && c.position > length);
-            if beyond && (force || cut.is_some()) {
-                plan.actions.push(Action::RewriteCheckpoint {
-                    dir: check.dir.clone(),
-                    segment_base: last.base,
-                    position: length,
-                    // Filled in when the cut segment is rescanned.
-                    next_offset: next.unwrap_or(u64::MAX),
-                });
-            }
-        }
-    }
-    plan
 }
 
 fn plan_offsets_log(check: &OffsetsLogCheck, force: bool) -> Plan {
-    let mut plan = Plan::default();
-    let Some(first) = check
+    let first = check
         .findings
         .iter()
-        .find(|f| f.severity == Severity::Error)
-    else {
-        return plan;
+        .find(|f| f.severity == Severity::Error);
+    let (cut, refused) = match first {
+        None => (None, Vec::new()),
+        Some(_) if check.torn || force => (Some((check.valid_bytes, check.log_bytes)), Vec::new()),
+        Some(first) => (None, vec![first.clone()]),
     };
-    if check.torn || force {
-        plan.actions.push(Action::Cut {
-            file: check.path.clone(),
-            position: check.valid_bytes,
-            bytes: check.log_bytes - check.valid_bytes,
-        });
-    } else {
-        plan.refused.push(first.clone());
+    Plan::OffsetsLog {
+        path: check.path.clone(),
+        cut,
+        refused,
     }
-    plan
-}
-
-/// `file` with `.suffix` appended to its name.
-fn side_name(file: &Path, suffix: &str) -> PathBuf {
-    let mut name = file.file_name().unwrap_or_default().to_os_string();
-    name.push(".");
-    name.push(suffix);
-    file.with_file_name(name)
-}
-
-/// A side-file name not yet taken (`.1`, `.2`, ... appended if needed).
-fn free_name(path: PathBuf) -> PathBuf {
-    if !path.exists() {
-        return path;
-    }
-    (1..)
-        .map(|n| side_name(&path, &n.to_string()))
-        .find(|p| !p.exists())
-        .unwrap_or(path)
-}
-
-fn io_error(context: String) -> impl FnOnce(std::io::Error) -> CliError {
-    move |e| CliError::io(context, &e)
 }
 
 fn storage_error(e: tidelog_storage::Error) -> CliError {
@@ -277,97 +232,37 @@ fn storage_error(e: tidelog_storage::Error) -> CliError {
     )
 }
 
-/// Copies bytes `[position, end)` to a side file, then truncates `file` there.
-fn cut_file(file: &Path, position: u64) -> CliResult<PathBuf> {
-    let side = free_name(side_name(file, &format!("torn-at-{position}")));
-    let mut source = File::open(file).map_err(io_error(format!("opening {}", file.display())))?;
-    source
-        .seek(SeekFrom::Start(position))
-        .map_err(io_error(format!("reading {}", file.display())))?;
-    let mut target =
-        File::create_new(&side).map_err(io_error(format!("creating {}", side.display())))?;
-    std::io::copy(&mut source, &mut target).map_err(io_error(format!(
-        "copying the tail of {} to {}",
-        file.display(),
-        side.display()
-    )))?;
-    target
-        .sync_all()
-        .map_err(io_error(format!("fsyncing {}", side.display())))?;
-    let log = OpenOptions::new()
-        .write(true)
-        .open(file)
-        .map_err(io_error(format!("opening {}", file.display())))?;
-    log.set_len(position)
-        .map_err(io_error(format!("truncating {}", file.display())))?;
-    log.sync_all()
-        .map_err(io_error(format!("fsyncing {}", file.display())))?;
-    fsutil::sync_dir(fsutil::parent_dir(file)).map_err(storage_error)?;
-    Ok(side)
-}
-
-fn move_aside(log: &Path) -> CliResult<()> {
-    for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
-        let path = log.with_extension(suffix);
-        if path.exists() {
-            let target = free_name(side_name(&path, "removed-by-repair"));
-            fs::rename(&path, &target).map_err(io_error(format!(
-                "renaming {} to {}",
-                path.display(),
-                target.display()
-            )))?;
-        }
-    }
-    fsutil::sync_dir(fsutil::parent_dir(log)).map_err(storage_error)
-}
-
-/// Rescans a segment and writes its index files; returns its next offset.
-fn rewrite_index(dir: &Path, base: u64) -> CliResult<u64> {
-    let log = segment_path(dir, base, LOG_SUFFIX);
-    let data = read_file(&log, LOG_FILE_BYTES_MAX)?;
-    let report = scan(&data, 0, SegmentState::new(base));
-    let state = &report.state;
-    let offsets = index::encode_offset_index(&state.summary, &state.index.offsets);
-    let times = index::encode_time_index(&state.summary, &state.index.times);
-    fsutil::write_file_atomically(&segment_path(dir, base, INDEX_SUFFIX), &offsets)
-        .map_err(storage_error)?;
-    fsutil::write_file_atomically(&segment_path(dir, base, TIME_INDEX_SUFFIX), &times)
-        .map_err(storage_error)?;
-    Ok(state.summary.next_offset)
-}
-
-/// Applies a plan in a crash-safe order: side copies and truncation first, then
-/// segments moved aside, indexes, and last the checkpoint.
+/// Carries a plan out. A partition's recovery plan runs through the engine's own
+/// executor: side copies and cuts first, then segments moved aside, indexes, and last
+/// the checkpoint.
 fn execute(plan: &Plan) -> CliResult<()> {
-    let mut next_offsets = std::collections::BTreeMap::new();
-    for action in &plan.actions {
-        match action {
-            Action::Cut { file, position, .. } => {
-                cut_file(file, *position)?;
+    let fs: Arc<dyn FileSystem> = Arc::new(OsFs);
+    match plan {
+        Plan::Partition { plan, .. } => {
+            if matches!(plan.outcome, Outcome::Refused(_)) {
+                return Ok(());
             }
-            Action::MoveAside { log } => move_aside(log)?,
-            Action::RewriteIndex { dir, base } => {
-                let next = rewrite_index(dir, *base)?;
-                next_offsets.insert((dir.clone(), *base), next);
-            }
-            Action::RewriteCheckpoint {
-                dir,
-                segment_base,
-                position,
-                next_offset,
-            } => {
-                let next = match next_offsets.get(&(dir.clone(), *segment_base)) {
-                    Some(&next) => next,
-                    None if *next_offset != u64::MAX => *next_offset,
-                    None => rewrite_index(dir, *segment_base)?,
-                };
-                let mut file = CheckpointFile::open(dir).map_err(storage_error)?;
-                file.write(*segment_base, *position, next)
-                    .map_err(storage_error)?;
-            }
+            let mut checkpoint =
+                CheckpointFile::open_with(fs.clone(), &plan.dir).map_err(storage_error)?;
+            recovery::execute(&*fs, plan, Removal::MoveAside, &mut checkpoint)
+                .map_err(storage_error)
         }
+        Plan::OffsetsLog {
+            path,
+            cut: Some((position, len)),
+            ..
+        } => recovery::cut_file(&*fs, path, *position, *len)
+            .map(drop)
+            .map_err(storage_error),
+        Plan::OffsetsLog { cut: None, .. } => Ok(()),
     }
-    Ok(())
+}
+
+/// `(topic, partition)` of a partition directory (`DATA/topics/<topic>/<partition>`).
+fn topic_partition(dir: &Path) -> Option<(String, u32)> {
+    let partition = dir.file_name()?.to_str()?.parse().ok()?;
+    let topic = dir.parent()?.file_name()?.to_str()?.to_string();
+    Some((topic, partition))
 }
 
 pub fn run(args: &RepairArgs, json: bool) -> CliResult<()> {
@@ -393,13 +288,36 @@ pub fn run(args: &RepairArgs, json: bool) -> CliResult<()> {
         let check = check_partition(partition, |bytes| progress.inc(bytes))?;
         plans.push(plan_partition(&check, args.force));
     }
+    let mut committed = std::collections::BTreeMap::new();
     for path in &layout.offsets_logs {
-        plans.push(plan_offsets_log(&check_offsets_log(path)?, args.force));
+        let check = check_offsets_log(path)?;
+        committed.extend(check.committed.clone());
+        plans.push(plan_offsets_log(&check, args.force));
     }
     progress.finish_and_clear();
 
-    let actions: Vec<&Action> = plans.iter().flat_map(|p| &p.actions).collect();
-    let refused: Vec<&Finding> = plans.iter().flat_map(|p| &p.refused).collect();
+    let changes: Vec<(String, Value)> = plans.iter().flat_map(Plan::changes).collect();
+    let refused: Vec<&Finding> = plans.iter().flat_map(Plan::refused).collect();
+    // Offsets a forced cut gives out again, and the groups that already read past them.
+    let mut reused = Vec::new();
+    for plan in &plans {
+        if let Plan::Partition {
+            plan,
+            reused: Some((from, to)),
+            ..
+        } = plan
+        {
+            let (topic, partition) = topic_partition(&plan.dir).unzip();
+            let groups: Vec<(String, u64)> = committed
+                .iter()
+                .filter(|((_, t, p), offset)| {
+                    Some(t) == topic.as_ref() && Some(*p) == partition && **offset > *from
+                })
+                .map(|((g, _, _), &offset)| (g.clone(), offset))
+                .collect();
+            reused.push((plan.dir.clone(), topic, partition, *from, *to, groups));
+        }
+    }
     if !args.dry_run {
         for plan in &plans {
             execute(plan)?;
@@ -410,23 +328,51 @@ pub fn run(args: &RepairArgs, json: bool) -> CliResult<()> {
         out.json_pretty(&json!({
             "dir": dir.display().to_string(),
             "dry_run": args.dry_run,
-            "actions": actions.iter().map(|a| a.to_json()).collect::<Vec<_>>(),
+            "actions": changes.iter().map(|(_, j)| j.clone()).collect::<Vec<_>>(),
             "refused": refused.iter().map(|f| f.to_json()).collect::<Vec<_>>(),
+            "reused_offsets": reused.iter().map(|(dir, topic, partition, from, to, groups)| json!({
+                "dir": dir.display().to_string(),
+                "topic": topic,
+                "partition": partition,
+                "from": from,
+                "to": to,
+                "groups_past_the_new_end": groups.iter().map(|(g, o)| json!({"group": g, "committed_offset": o})).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
         }))?;
     } else {
         let verb = if args.dry_run { "would" } else { "did" };
-        for action in &actions {
-            out.line(&format!("{verb}: {}", action.describe()))?;
+        for (line, _) in &changes {
+            out.line(&format!("{verb}: {line}"))?;
         }
         for finding in &refused {
             out.line(&format!("refused: {}", finding.line()))?;
         }
-        if actions.is_empty() && refused.is_empty() {
+        if changes.is_empty() && refused.is_empty() {
             out.line(&format!("nothing to repair in {}", dir.display()))?;
         }
     }
     out.flush()?;
-    if args.dry_run && !actions.is_empty() && !json {
+    for (dir, topic, partition, from, to, groups) in &reused {
+        let name = match (topic, partition) {
+            (Some(t), Some(p)) => format!("{t}/{p}"),
+            _ => dir.display().to_string(),
+        };
+        let mut text = format!(
+            "WARNING: partition {name} loses offsets {from}..{to} (fsynced data); new messages \
+             will be given these offsets again, so a consumer that read past {from} would skip \
+             them. Move every consumer of this partition back to {from} before it reads again."
+        );
+        for (group, offset) in groups {
+            text.push_str(&format!(
+                "\n  group {group:?} has committed offset {offset}: after the repair run \
+                 `tidelog group reset-offsets --group {group} --topic {}:{} --to-offset {from} --execute`",
+                topic.as_deref().unwrap_or("TOPIC"),
+                partition.map_or("P".to_string(), |p| p.to_string()),
+            ));
+        }
+        note(&text);
+    }
+    if args.dry_run && !changes.is_empty() && !json {
         note("dry run: nothing was changed; run again without --dry-run to apply");
     }
     if let Some(first) = refused.first() {
@@ -444,50 +390,4 @@ pub fn run(args: &RepairArgs, json: bool) -> CliResult<()> {
         ));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Read;
-
-    #[test]
-    fn side_names_append_to_the_file_name() {
-        assert_eq!(
-            side_name(Path::new("/d/00000000000000000000.log"), "torn-at-12"),
-            PathBuf::from("/d/00000000000000000000.log.torn-at-12")
-        );
-        assert_eq!(
-            side_name(Path::new("offsets.log"), "torn-at-0"),
-            PathBuf::from("offsets.log.torn-at-0")
-        );
-    }
-
-    #[test]
-    fn free_names_never_overwrite() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.log.torn-at-5");
-        assert_eq!(free_name(path.clone()), path);
-        File::create(&path).unwrap();
-        assert_eq!(
-            free_name(path.clone()),
-            dir.path().join("a.log.torn-at-5.1")
-        );
-    }
-
-    #[test]
-    fn cutting_keeps_the_tail_in_a_side_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("x.log");
-        fs::write(&file, b"0123456789").unwrap();
-        let side = cut_file(&file, 6).unwrap();
-        assert_eq!(fs::read(&file).unwrap(), b"012345");
-        assert_eq!(fs::read(&side).unwrap(), b"6789");
-        let mut text = String::new();
-        File::open(&side)
-            .unwrap()
-            .read_to_string(&mut text)
-            .unwrap();
-        assert_eq!(text, "6789");
-    }
 }
