@@ -569,3 +569,65 @@ fn segments_past_a_lost_unsynced_tail_are_moved_aside_without_force() {
     assert!(end > second_base && end < 60, "end offset {end}");
     store.close().unwrap();
 }
+
+/// Issue 12, bug 4: a forced cut reports the checkpoint it really writes (it printed
+/// next offset 18446744073709551615), and says loudly that the cut offsets will be
+/// given out again, naming each group that committed past the new end with the
+/// command that moves it back.
+#[test]
+fn a_forced_cut_names_the_reused_offsets_and_the_groups_past_them() {
+    let temp = tempfile::tempdir().unwrap();
+    let root = temp.path().join("data");
+    let partition = data_dir(&root);
+    {
+        let store = Store::open(&root, StoreOptions::default()).unwrap();
+        let commit = |group: &str, offset: u64| {
+            store
+                .offsets()
+                .commit(group, &[("t".into(), 0, offset, String::new())])
+                .unwrap();
+        };
+        commit("ahead", 55);
+        commit("behind", 10);
+        store.close().unwrap();
+    }
+    // Damage the first batch of the second segment, which the checkpoint vouches for.
+    let logs = segment_logs(&partition);
+    let second_base: u64 = logs[1]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut bytes = fs::read(&logs[1]).unwrap();
+    bytes[100] ^= 0x20;
+    fs::write(&logs[1], &bytes).unwrap();
+
+    let (code, stdout, stderr) = run(&["segment", "repair", path(&root), "--force"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("next offset {second_base})")),
+        "the checkpoint's real next offset: {stdout}"
+    );
+    assert!(!stdout.contains("18446744073709551615"), "{stdout}");
+    assert!(
+        stderr.contains(&format!("partition t/0 loses offsets {second_base}..60")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("group \"ahead\" has committed offset 55"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "tidelog group reset-offsets --group ahead --topic t:0 --to-offset {second_base} --execute"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("\"behind\""), "{stderr}");
+
+    let store = Store::open(&root, StoreOptions::default()).expect("reopening after repair");
+    assert_eq!(
+        store.topic("t").unwrap().partition(0).unwrap().end_offset(),
+        second_base
+    );
+    store.close().unwrap();
+}
