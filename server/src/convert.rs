@@ -50,7 +50,9 @@ pub fn status(error: &Error) -> Status {
         Error::OffsetOutOfRange { .. } => Status::out_of_range(format!(
             "{error}; read from an offset in that range (the end is exclusive: reading at the end waits for new messages)"
         )),
-        Error::Poisoned { .. } => Status::unavailable(error.to_string()),
+        Error::Poisoned { .. } | Error::PartitionUnavailable { .. } => {
+            Status::unavailable(error.to_string())
+        }
         Error::Closed => Status::unavailable("the broker is shutting down; retry with backoff"),
         Error::TopicDeleted { .. } => Status::not_found(format!(
             "{error} while the call was in flight; create the topic again if it is still needed"
@@ -217,6 +219,8 @@ pub fn partition_description(info: &storage::PartitionInfo) -> pb::PartitionDesc
         segment_count: info.segment_count,
         poisoned: info.poisoned.is_some(),
         poison_reason: info.poisoned.clone().unwrap_or_default(),
+        unavailable: info.unavailable.is_some(),
+        unavailable_reason: info.unavailable.clone().unwrap_or_default(),
     }
 }
 

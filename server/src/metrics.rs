@@ -14,6 +14,7 @@
 //! | tidelog_publish_messages / _bytes | counter | topic |
 //! | tidelog_fetch_messages / _bytes (Fetch and Subscribe deliveries) | counter | topic |
 //! | tidelog_partition_end_offset, _log_start_offset, _size_bytes | gauge | topic, partition |
+//! | tidelog_partition_unavailable, _poisoned (0 or 1) | gauge | topic, partition |
 //! | tidelog_fsync_duration_seconds | histogram | |
 //! | tidelog_group_commit_appends, tidelog_group_commit_bytes | histogram | |
 //! | tidelog_rpc_duration_seconds | histogram | method |
@@ -180,6 +181,8 @@ impl Collector for ScrapeSources {
             let end: Family<PartitionLabels, Gauge> = Family::default();
             let start: Family<PartitionLabels, Gauge> = Family::default();
             let size: Family<PartitionLabels, Gauge> = Family::default();
+            let unavailable: Family<PartitionLabels, Gauge> = Family::default();
+            let poisoned: Family<PartitionLabels, Gauge> = Family::default();
             for topic in store.topics() {
                 for partition in topic.partitions() {
                     let info = partition.info();
@@ -193,6 +196,12 @@ impl Collector for ScrapeSources {
                         .set(gauge_value(info.log_start));
                     size.get_or_create(&labels)
                         .set(gauge_value(info.size_bytes));
+                    unavailable
+                        .get_or_create(&labels)
+                        .set(i64::from(info.unavailable.is_some()));
+                    poisoned
+                        .get_or_create(&labels)
+                        .set(i64::from(info.poisoned.is_some()));
                 }
             }
             for (name, help, family) in [
@@ -210,6 +219,16 @@ impl Collector for ScrapeSources {
                     "tidelog_partition_size_bytes",
                     "Bytes of the partition's log segments",
                     &size,
+                ),
+                (
+                    "tidelog_partition_unavailable",
+                    "1 when recovery refused to open the partition (see describe and tidelog segment verify)",
+                    &unavailable,
+                ),
+                (
+                    "tidelog_partition_poisoned",
+                    "1 when an fsync failed and the partition refuses writes until a restart",
+                    &poisoned,
                 ),
             ] {
                 family.encode(encoder.encode_descriptor(

@@ -37,6 +37,9 @@ const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Streams one connection may make the server reset for its protocol errors before
 /// it is closed (h2's and hyper's own default).
 const HTTP2_LOCAL_ERROR_RESETS_MAX: usize = 1024;
+/// grpc.health.v1 entry that is NOT_SERVING while a partition recovery refused to
+/// open is served as unavailable (the services themselves keep serving).
+pub const PARTITIONS_HEALTH_NAME: &str = "tidelog.partitions";
 
 /// Where a started broker listens (what the ready line prints).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,6 +147,23 @@ async fn serve(
             .set_service_status(name, tonic_health::ServingStatus::Serving)
             .await;
     }
+    // The broker serves even when recovery refused some partitions; this entry tells a
+    // health check that asks for it whether every partition opened.
+    let all_partitions_open = state
+        .store
+        .topics()
+        .iter()
+        .all(|topic| topic.partitions().iter().all(|p| p.unavailable().is_none()));
+    health
+        .set_service_status(
+            PARTITIONS_HEALTH_NAME,
+            if all_partitions_open {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            },
+        )
+        .await;
     let reflection = |builder: tonic_reflection::server::Builder<'static>| {
         builder
             .register_encoded_file_descriptor_set(tidelog_proto::FILE_DESCRIPTOR_SET)

@@ -78,6 +78,18 @@ pub enum Error {
     /// The partition's topic was deleted while the call was in flight.
     #[error("partition {partition} was deleted with its topic")]
     TopicDeleted { partition: String },
+
+    /// Recovery refused to open the partition (durable data lost or damaged, an offset
+    /// gap): the rest of the store serves, this partition refuses every call until an
+    /// operator repairs it with the broker stopped.
+    #[error(
+        "partition {partition} is unavailable: recovery refused to open it ({reason}); stop the broker and run `tidelog segment verify {dir}` to see why and `tidelog segment repair --force {dir}` to accept the loss, or restore the partition from a backup"
+    )]
+    PartitionUnavailable {
+        partition: String,
+        dir: String,
+        reason: String,
+    },
 }
 
 impl Error {

@@ -150,6 +150,41 @@ pub trait FsFile: Send + Sync + fmt::Debug {
     }
 }
 
+/// A file that was never opened: every operation fails. The writer of a partition
+/// that recovery refused to open holds one.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Unopened;
+
+impl FsFile for Unopened {
+    fn write_at(&self, _: &[u8], _: u64) -> io::Result<usize> {
+        Err(Unopened::error())
+    }
+    fn read_at(&self, _: &mut [u8], _: u64) -> io::Result<usize> {
+        Err(Unopened::error())
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        Err(Unopened::error())
+    }
+    fn sync_all(&self) -> io::Result<()> {
+        Err(Unopened::error())
+    }
+    fn set_len(&self, _: u64) -> io::Result<()> {
+        Err(Unopened::error())
+    }
+    fn size(&self) -> io::Result<u64> {
+        Err(Unopened::error())
+    }
+    fn try_lock(&self) -> io::Result<bool> {
+        Err(Unopened::error())
+    }
+}
+
+impl Unopened {
+    fn error() -> io::Error {
+        io::Error::other("the partition was not opened")
+    }
+}
+
 /// The operations on paths. See the module docs for the contract.
 pub trait FileSystem: Send + Sync + fmt::Debug {
     /// Opens `path` as `mode` says.

@@ -72,6 +72,9 @@ pub struct PartitionInfo {
     pub size_bytes: u64,
     pub segment_count: u32,
     pub poisoned: Option<String>,
+    /// Why recovery refused to open it, if it did: every call fails until an operator
+    /// repairs it.
+    pub unavailable: Option<String>,
 }
 
 /// What a retention pass removed.
@@ -308,6 +311,63 @@ impl Partition {
             segments: RwLock::new(segments),
             flush: Mutex::new(FlushState {
                 checkpoint,
+                last_checkpoint: Instant::now(),
+            }),
+            flush_queued: AtomicBool::new(false),
+            last_flush_ms: AtomicU64::new(0),
+            opened_at: Instant::now(),
+            flusher: context.flusher,
+            observer: context.observer,
+            mapped: context.mapped,
+        }))
+    }
+
+    /// A partition that recovery refused to open (`error` says why): it touches no
+    /// file, and every call fails with [`Error::PartitionUnavailable`] while the rest
+    /// of the store serves.
+    pub(crate) fn open_unavailable(
+        topic: &str,
+        id: u32,
+        dir: &Path,
+        config: Arc<TopicConfig>,
+        context: PartitionContext,
+        error: &Error,
+    ) -> Result<Arc<Partition>> {
+        let name = format!("{topic}/{id}");
+        tracing::error!(partition = %name, %error, "recovery refused to open the partition: it is served as unavailable until it is repaired");
+        let fs = context.fs.clone();
+        let state = SegmentState::new(0);
+        let active = Arc::new(Segment::with_state(fs.clone(), dir, state.clone(), 0));
+        let progress = Progress::new(name.clone(), LogEnd::default(), 0, false);
+        progress.set_unavailable(Error::PartitionUnavailable {
+            partition: name.clone(),
+            dir: dir.display().to_string(),
+            reason: error.to_string(),
+        });
+        Ok(Arc::new(Partition {
+            topic: topic.to_string(),
+            id,
+            progress,
+            name,
+            dir: dir.to_path_buf(),
+            fs: fs.clone(),
+            config: RwLock::new(config),
+            clock: context.clock,
+            writer: Mutex::new(Writer {
+                active: active.clone(),
+                file: Arc::new(crate::fs::Unopened),
+                state,
+                created_ms: 0,
+                sealed: Vec::new(),
+                dir_dirty: false,
+                appends_since_flush: 0,
+                bytes_since_flush: 0,
+                poisoned: None,
+                closed: true,
+            }),
+            segments: RwLock::new(vec![active]),
+            flush: Mutex::new(FlushState {
+                checkpoint: CheckpointFile::open_with(fs, dir)?,
                 last_checkpoint: Instant::now(),
             }),
             flush_queued: AtomicBool::new(false),
@@ -595,7 +655,7 @@ impl Partition {
     pub fn read(&self, from: u64, max_records: u32, max_bytes: u64) -> Result<ReadResult> {
         let (visible, log_start) = {
             let state = self.progress.lock();
-            if state.deleted {
+            if state.deleted || state.unavailable.is_some() {
                 return Err(self.progress.closed_error_in(&state));
             }
             (state.visible(), state.log_start)
@@ -671,7 +731,13 @@ impl Partition {
     /// The first offset whose record timestamp is >= `timestamp_ms` (Kafka's
     /// `offsetsForTimes`), or `None` when every visible record is older.
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<u64>> {
-        let visible = self.progress.lock().visible();
+        let visible = {
+            let state = self.progress.lock();
+            if let Some(error) = &state.unavailable {
+                return Err(error.clone());
+            }
+            state.visible()
+        };
         for segment in self.segments() {
             if segment.base_offset >= visible.offset {
                 break;
@@ -786,7 +852,13 @@ impl Partition {
             size_bytes: segments.iter().map(|s| s.summary().log_bytes).sum(),
             segment_count: segments.len() as u32,
             poisoned: state.poisoned.clone(),
+            unavailable: state.unavailable.as_ref().map(Error::to_string),
         }
+    }
+
+    /// Whether recovery refused to open it.
+    pub fn unavailable(&self) -> Option<Error> {
+        self.progress.lock().unavailable.clone()
     }
 
     /// Flushes, writes the active segment's index and a final checkpoint, and refuses

@@ -29,6 +29,8 @@ pub(crate) struct ProgressState {
     pub closed: bool,
     /// Closed because its topic was deleted (not because the store closed).
     pub deleted: bool,
+    /// Recovery refused to open it: every call fails with this.
+    pub unavailable: Option<Error>,
     data_wakers: Vec<Waker>,
     durable_wakers: Vec<(u64, Waker)>,
 }
@@ -64,6 +66,7 @@ impl Progress {
                 poisoned: None,
                 closed: false,
                 deleted: false,
+                unavailable: None,
                 data_wakers: Vec::new(),
                 durable_wakers: Vec::new(),
             }),
@@ -146,6 +149,9 @@ impl Progress {
     }
 
     pub fn closed_error_in(&self, state: &ProgressState) -> Error {
+        if let Some(error) = &state.unavailable {
+            return error.clone();
+        }
         if state.deleted {
             Error::TopicDeleted {
                 partition: self.name.clone(),
@@ -155,7 +161,18 @@ impl Progress {
         }
     }
 
+    /// Marks it as never opened: recovery refused it for `error`.
+    pub fn set_unavailable(&self, error: Error) {
+        self.update(|s| {
+            s.unavailable = Some(error);
+            s.closed = true;
+        });
+    }
+
     fn ended_error(&self, state: &ProgressState) -> Option<Error> {
+        if let Some(error) = &state.unavailable {
+            return Some(error.clone());
+        }
         if let Some(cause) = &state.poisoned {
             return Some(Error::Poisoned {
                 partition: self.name.clone(),

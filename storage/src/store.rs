@@ -481,7 +481,24 @@ fn open_topic(dir: &Path, name: &str, context: &PartitionContext) -> Result<Opti
     let config = Arc::new(config);
     // The config file and partition directories may be known to the page cache only.
     fsutil::sync_dir_with(&*context.fs, dir)?;
-    let partitions = open_partitions(name, dir, partition_count, &config, context)?;
+    // One partition that recovery refuses to open must not take the others down: it
+    // is served as unavailable until an operator repairs it.
+    let partitions = (0..partition_count)
+        .map(|id| {
+            let dir = dir.join(id.to_string());
+            match Partition::open(name, id, &dir, config.clone(), context.clone()) {
+                Err(error @ Error::Corrupt { .. }) => Partition::open_unavailable(
+                    name,
+                    id,
+                    &dir,
+                    config.clone(),
+                    context.clone(),
+                    &error,
+                ),
+                opened => opened,
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
     Ok(Some(Topic {
         name: name.to_string(),
         dir: dir.to_path_buf(),

@@ -615,7 +615,10 @@ fn a_forced_cut_names_the_reused_offsets_and_the_groups_past_them() {
         stderr.contains(&format!("partition t/0 loses offsets {second_base}..60")),
         "{stderr}"
     );
-    assert!(stderr.contains("group \"ahead\" has committed offset 55"), "{stderr}");
+    assert!(
+        stderr.contains("group \"ahead\" has committed offset 55"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains(&format!(
             "tidelog group reset-offsets --group ahead --topic t:0 --to-offset {second_base} --execute"

@@ -5,4 +5,5 @@ mod broker;
 mod cli;
 mod groups;
 mod read_budget;
+mod recovery;
 mod reliability;
