@@ -23,9 +23,8 @@ use tidelog_proto::v1::{
     AlterTopicConfigRequest, CommitOffsetsRequest, CreateTopicRequest, FetchRequest,
     PublishRequest, ResetOffsetsRequest, SubscribeRequest, reset_offsets_request::Spec,
 };
-use tidelog_server::consume::{
-    FETCH_WAIT_MAX, READ_BYTES_MAX, READ_MESSAGES_MAX, ReadLimits,
-};
+use tidelog_server::consume::FETCH_WAIT_MAX;
+use tidelog_server::read::{READ_BYTES_MAX, READ_MESSAGES_MAX, ReadLimits};
 use tidelog_server::groups::coordinator::validate_group_id;
 use tidelog_server::groups::reset::{self, PartitionState, Target};
 use tidelog_server::{convert, partitioner};

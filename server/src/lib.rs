@@ -5,8 +5,11 @@
 //! - [`convert`]: the one module that knows both proto and storage types, and maps
 //!   `tidelog_storage::Error` to `tonic::Status`. Nothing else imports both.
 //! - [`admin`], [`publish`], [`consume`]: the `Admin`, `Publisher` and `Consumer`
-//!   services. [`consume`] also owns the partition reader that group members use.
-//! - [`groups`]: consumer groups (coordinator and the `Groups` service).
+//!   services.
+//! - [`read`]: the read limits every reader applies, and the partition reader behind a
+//!   plain Subscribe. Imported by [`consume`] and [`groups`], importing neither.
+//! - [`groups`]: consumer groups (coordinator and the `Groups` service; a member reads
+//!   its partitions with its own round-robin `read_batch`, under the same limits).
 //! - [`metrics`]: Prometheus metrics and the `/metrics` HTTP endpoint.
 //! - [`request_limit`]: oversized requests answered RESOURCE_EXHAUSTED naming the limit.
 //! - [`shutdown`]: the signal every long-lived call watches so the broker can stop.
@@ -32,6 +35,7 @@ pub mod groups;
 pub mod metrics;
 pub mod partitioner;
 pub mod publish;
+pub mod read;
 pub mod request_limit;
 pub mod server;
 pub mod shutdown;

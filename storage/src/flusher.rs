@@ -13,10 +13,17 @@ use std::thread::JoinHandle;
 use crossbeam_channel::Sender;
 
 use crate::error::{IoContext, Result};
-use crate::partition::Partition;
+
+/// What the flusher threads flush: a partition (its own module implements this, so
+/// the flusher does not depend on it).
+pub(crate) trait Flush: Send + Sync {
+    /// One group commit. A failure has already been handled (the flushed thing is
+    /// poisoned and its waiters woken with the error); the flusher only moves on.
+    fn flush_now(&self);
+}
 
 enum Job {
-    Flush(Arc<Partition>),
+    Flush(Arc<dyn Flush>),
     Stop,
 }
 
@@ -33,9 +40,9 @@ impl std::fmt::Debug for FlushQueue {
 }
 
 impl FlushQueue {
-    pub fn enqueue(&self, partition: Arc<Partition>) {
+    pub fn enqueue(&self, target: Arc<dyn Flush>) {
         // Fails only once the flusher has stopped; close() then flushes directly.
-        let _ = self.sender.send(Job::Flush(partition));
+        let _ = self.sender.send(Job::Flush(target));
     }
 }
 
@@ -55,10 +62,8 @@ impl Flusher {
             let handle = std::thread::Builder::new()
                 .name(format!("tidelog-flush-{n}"))
                 .spawn(move || {
-                    while let Ok(Job::Flush(partition)) = receiver.recv() {
-                        // A failure has poisoned the partition and woken its waiters
-                        // with the error; nothing more to do here.
-                        let _ = partition.flush();
+                    while let Ok(Job::Flush(target)) = receiver.recv() {
+                        target.flush_now();
                     }
                 })
                 .ctx(|| "starting a flusher thread")?;

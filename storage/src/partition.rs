@@ -16,7 +16,7 @@ use crate::checkpoint::CheckpointFile;
 use crate::clock::Clock;
 use crate::config::{FsyncPolicy, TopicConfig};
 use crate::error::{Error, IoContext, Result};
-use crate::flusher::FlushQueue;
+use crate::flusher::{Flush, FlushQueue};
 use crate::fs::{FileSystem, FsFile, OpenMode};
 use crate::fsutil;
 use crate::index::SegmentSummary;
@@ -891,5 +891,13 @@ impl Partition {
     pub(crate) fn abandon_deleted(&self) {
         lock(&self.writer).closed = true;
         self.progress.close_deleted();
+    }
+}
+
+impl Flush for Partition {
+    fn flush_now(&self) {
+        // A failure has poisoned the partition and woken its waiters with the error;
+        // nothing more to do here.
+        let _ = self.flush();
     }
 }

@@ -40,8 +40,8 @@ use tonic::Status;
 use super::coordinator::{Control, GroupCoordinator, Joined};
 use super::{FINAL_STATUS_WAIT, IDLE_BACKOFF};
 use crate::AppState;
-use crate::consume::{ReadLimits, SUBSCRIBE_QUEUE_EVENTS};
 use crate::convert;
+use crate::read::{ReadLimits, SUBSCRIBE_QUEUE_EVENTS};
 
 /// How a member reads, from its SubscribeRequest (validated by the caller).
 #[derive(Debug, Clone, Copy)]

@@ -33,9 +33,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::AppState;
-use crate::consume::ReadLimits;
 use crate::convert;
 use crate::metrics::{GroupLag, GroupMetricsSnapshot, GroupMetricsSource};
+use crate::read::ReadLimits;
 
 pub mod assignment;
 pub mod coordinator;
