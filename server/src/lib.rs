@@ -7,6 +7,8 @@
 //! - [`admin`], [`publish`], [`consume`]: the `Admin`, `Publisher` and `Consumer`
 //!   services. [`consume`] also owns the partition reader that group members use.
 //! - [`groups`]: consumer groups (coordinator and the `Groups` service).
+//! - [`log_writer`]: the writer under the logs; a line stderr refuses is dropped, so a
+//!   broken log pipe never stops serving or shutting down.
 //! - [`metrics`]: Prometheus metrics and the `/metrics` HTTP endpoint.
 //! - [`request_limit`]: oversized requests answered RESOURCE_EXHAUSTED naming the limit.
 //! - [`shutdown`]: the signal every long-lived call watches so the broker can stop.
@@ -29,6 +31,7 @@ pub mod config;
 pub mod consume;
 pub mod convert;
 pub mod groups;
+pub mod log_writer;
 pub mod metrics;
 pub mod partitioner;
 pub mod publish;

@@ -6,3 +6,4 @@ mod cli;
 mod groups;
 mod read_budget;
 mod reliability;
+mod signals;
