@@ -10,6 +10,8 @@
 //! - [`log_writer`]: the writer under the logs; a line stderr refuses is dropped, so a
 //!   broken log pipe never stops serving or shutting down.
 //! - [`metrics`]: Prometheus metrics and the `/metrics` HTTP endpoint.
+//! - [`exposition`]: the endpoint's two text formats (OpenMetrics, classic 0.0.4) and
+//!   the choice between them by the `Accept` header.
 //! - [`request_limit`]: oversized requests answered RESOURCE_EXHAUSTED naming the limit.
 //! - [`shutdown`]: the signal every long-lived call watches so the broker can stop.
 //! - [`server`]: binds the sockets, wires the services, runs until shutdown; sets the
@@ -30,6 +32,7 @@ pub mod admin;
 pub mod config;
 pub mod consume;
 pub mod convert;
+pub mod exposition;
 pub mod groups;
 pub mod log_writer;
 pub mod metrics;

@@ -4,6 +4,7 @@ mod bench;
 mod broker;
 mod cli;
 mod groups;
+mod metrics_http;
 mod read_budget;
 mod reliability;
 mod signals;
