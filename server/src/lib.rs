@@ -10,7 +10,11 @@
 //!   plain Subscribe. Imported by [`consume`] and [`groups`], importing neither.
 //! - [`groups`]: consumer groups (coordinator and the `Groups` service; a member reads
 //!   its partitions with its own round-robin `read_batch`, under the same limits).
+//! - [`log_writer`]: the writer under the logs; a line stderr refuses is dropped, so a
+//!   broken log pipe never stops serving or shutting down.
 //! - [`metrics`]: Prometheus metrics and the `/metrics` HTTP endpoint.
+//! - [`exposition`]: the endpoint's two text formats (OpenMetrics, classic 0.0.4) and
+//!   the choice between them by the `Accept` header.
 //! - [`request_limit`]: oversized requests answered RESOURCE_EXHAUSTED naming the limit.
 //! - [`shutdown`]: the signal every long-lived call watches so the broker can stop.
 //! - [`server`]: binds the sockets, wires the services, runs until shutdown; sets the
@@ -31,7 +35,9 @@ pub mod admin;
 pub mod config;
 pub mod consume;
 pub mod convert;
+pub mod exposition;
 pub mod groups;
+pub mod log_writer;
 pub mod metrics;
 pub mod partitioner;
 pub mod publish;

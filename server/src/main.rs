@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tidelog_server::config::{Cli, Settings};
+use tidelog_server::log_writer::Lossy;
 use tidelog_server::shutdown::Shutdown;
 use tracing_subscriber::EnvFilter;
 
@@ -12,20 +13,25 @@ fn main() -> ExitCode {
     let settings = match Settings::load(Cli::parse()) {
         Ok(settings) => settings,
         Err(error) => {
-            eprintln!("tidelogd: {error}");
+            report(format_args!("tidelogd: {error}"));
             return ExitCode::from(2);
         }
     };
     let filter = match EnvFilter::try_new(&settings.log_level) {
         Ok(filter) => filter,
         Err(error) => {
-            eprintln!("tidelogd: log level {:?}: {error}", settings.log_level);
+            report(format_args!(
+                "tidelogd: log level {:?}: {error}",
+                settings.log_level
+            ));
             return ExitCode::from(2);
         }
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // A log line stderr refuses (EPIPE once a pipe's reader has gone) is dropped:
+        // logging must never stop serving or shutting down. See `log_writer`.
+        .with_writer(Lossy(std::io::stderr))
         // Colour codes only for a terminal, not for log files and journald.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -45,7 +51,9 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("tidelogd: cannot start the async runtime: {error}");
+            report(format_args!(
+                "tidelogd: cannot start the async runtime: {error}"
+            ));
             return ExitCode::FAILURE;
         }
     };
@@ -67,13 +75,19 @@ fn main() -> ExitCode {
         }
         Err(error) => {
             tracing::error!(%error, "tidelogd failed");
-            eprintln!("tidelogd: {error}");
+            report(format_args!("tidelogd: {error}"));
             ExitCode::FAILURE
         }
     }
 }
 
-/// Fires `shutdown` on SIGINT or SIGTERM.
+/// Writes a line to stderr; unlike `eprintln!`, does not panic when stderr is gone.
+fn report(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Fires `shutdown` on SIGINT or SIGTERM: first the trigger, then the log line, so
+/// whatever happens to the log write cannot keep the broker from stopping.
 async fn wait_for_signal(shutdown: Shutdown) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = match signal(SignalKind::terminate()) {
@@ -82,12 +96,14 @@ async fn wait_for_signal(shutdown: Shutdown) {
             tracing::error!(%error, "cannot listen for SIGTERM; only SIGINT stops tidelogd");
             let _ = tokio::signal::ctrl_c().await;
             shutdown.trigger();
+            tracing::info!("SIGINT: shutting down");
             return;
         }
     };
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-    }
+    let name = tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    };
     shutdown.trigger();
+    tracing::info!("{name}: shutting down");
 }

@@ -1,5 +1,6 @@
-//! Prometheus metrics (prometheus-client, OpenMetrics text) and the `/metrics`
-//! HTTP endpoint.
+//! Prometheus metrics (prometheus-client) and the `/metrics` HTTP endpoint, which
+//! answers in OpenMetrics or the classic text format as the scraper asks (see
+//! [`crate::exposition`]). Every metric has help text.
 //!
 //! Counters and histograms are updated where things happen (publish, fetch, every
 //! RPC, every group commit through [`FlushObserver`]). Gauges that describe state the
@@ -7,7 +8,8 @@
 //! consumer-group gauges are computed at scrape time, so they are never stale and
 //! cost nothing between scrapes.
 //!
-//! Metric names (counters get `_total` appended by the encoder):
+//! Metric names (counters' samples get `_total` appended by the encoder; in the
+//! classic format their HELP and TYPE lines carry it too):
 //!
 //! | name | type | labels |
 //! |---|---|---|
@@ -40,6 +42,7 @@ use tidelog_storage::{FlushObserver, RetentionOutcome, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::exposition::{Format, to_classic};
 use crate::shutdown::Shutdown;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -207,17 +210,17 @@ impl Collector for ScrapeSources {
             for (name, help, family) in [
                 (
                     "tidelog_partition_end_offset",
-                    "High watermark: one past the last message readers can see",
+                    "High watermark: one past the last message readers can see.",
                     &end,
                 ),
                 (
                     "tidelog_partition_log_start_offset",
-                    "Lowest offset still stored",
+                    "Lowest offset still stored.",
                     &start,
                 ),
                 (
                     "tidelog_partition_size_bytes",
-                    "Bytes of the partition's log segments",
+                    "Bytes of the partition's log segments.",
                     &size,
                 ),
                 (
@@ -258,13 +261,13 @@ impl Collector for ScrapeSources {
             }
             lag.encode(encoder.encode_descriptor(
                 "tidelog_consumer_group_lag",
-                "Messages between a group's committed offset and the partition's end offset",
+                "Messages between a group's committed offset and the partition's end offset.",
                 None,
                 lag.metric_type(),
             )?)?;
             members.encode(encoder.encode_descriptor(
                 "tidelog_consumer_group_members",
-                "Live members of a consumer group",
+                "Live members of a consumer group.",
                 None,
                 members.metric_type(),
             )?)?;
@@ -528,6 +531,14 @@ impl Metrics {
         }
         out
     }
+
+    /// The text of every metric in `format`.
+    pub fn encode_as(&self, format: Format) -> String {
+        match format {
+            Format::OpenMetrics => self.encode(),
+            Format::Classic => to_classic(&self.encode()),
+        }
+    }
 }
 
 /// Decrements the open-stream gauge when the stream ends, however it ends.
@@ -556,9 +567,10 @@ const HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Metrics connections served at once; more wait in the accept queue.
 const HTTP_CONNECTIONS_MAX: usize = 16;
 
-/// Serves `GET /metrics` (OpenMetrics text) on `listener` until `shutdown`: a small
-/// HTTP/1.1 responder, one request per connection, with bounded reads. Other paths
-/// are 404, other methods 405.
+/// Serves `GET /metrics` on `listener` until `shutdown`: a small HTTP/1.1 responder,
+/// one request per connection, with bounded reads. The format follows the `Accept`
+/// header ([`Format::negotiate`]); `HEAD /metrics` answers the same headers without
+/// the body. Other paths are 404, other methods 405.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: Shutdown) {
     let permits = Arc::new(tokio::sync::Semaphore::new(HTTP_CONNECTIONS_MAX));
     loop {
@@ -618,18 +630,30 @@ async fn handle_http(mut stream: TcpStream, metrics: &Metrics) -> std::io::Resul
         filled += read;
     };
     let head = String::from_utf8_lossy(&buffer[..head_end]);
-    let mut parts = head.lines().next().unwrap_or("").split_whitespace();
+    let mut lines = head.lines();
+    let mut parts = lines.next().unwrap_or("").split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
     match (method, path) {
-        ("GET", "/metrics") => {
-            let body = metrics.encode();
+        ("GET" | "HEAD", "/metrics") => {
+            // Several Accept headers make one list (RFC 9110, 5.3).
+            let accept: Vec<&str> = lines
+                .filter_map(|line| line.split_once(':'))
+                .filter(|(name, _)| name.trim().eq_ignore_ascii_case("accept"))
+                .map(|(_, value)| value.trim())
+                .collect();
+            let format =
+                Format::negotiate((!accept.is_empty()).then(|| accept.join(",")).as_deref());
+            let body = metrics.encode_as(format);
             let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                format.content_type(),
                 body.len()
             );
             stream.write_all(head.as_bytes()).await?;
-            stream.write_all(body.as_bytes()).await?;
+            if method == "GET" {
+                stream.write_all(body.as_bytes()).await?;
+            }
             stream.shutdown().await
         }
         ("GET" | "HEAD", _) => {
@@ -757,29 +781,160 @@ mod tests {
         store.close().unwrap();
     }
 
+    /// Checks what `promtool check metrics` checks first: every sample of the classic
+    /// `text` belongs to a family with a `# TYPE` and a non-empty `# HELP` line.
+    fn assert_every_sample_has_help(text: &str) {
+        let mut helped = std::collections::HashSet::new();
+        let mut types = std::collections::HashMap::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (family, help) = rest.split_once(' ').unwrap_or((rest, ""));
+                assert!(!help.trim().is_empty(), "{family} has an empty help text");
+                helped.insert(family);
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (family, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+                types.insert(family, kind);
+            } else if !line.is_empty() {
+                assert!(!line.starts_with('#'), "{line:?} is not classic text");
+                let name = line.split(['{', ' ']).next().unwrap_or("");
+                let family = ["", "_bucket", "_sum", "_count"]
+                    .into_iter()
+                    .find_map(|suffix| {
+                        let family = name.strip_suffix(suffix)?;
+                        let kind = *types.get(family)?;
+                        (suffix.is_empty() || kind == "histogram" || kind == "summary")
+                            .then_some(family)
+                    });
+                let family = family.unwrap_or_else(|| panic!("{name}: no TYPE in\n{text}"));
+                assert!(helped.contains(family), "{name}: no HELP in\n{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_metric_has_help_text_in_both_formats() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            Store::open(
+                dir.path(),
+                tidelog_storage::StoreOptions {
+                    retention_interval: None,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        );
+        store
+            .create_topic("orders", 1, tidelog_storage::TopicConfig::default())
+            .unwrap();
+        let metrics = Arc::new(Metrics::new());
+        metrics.set_store(&store);
+        let groups: Arc<dyn GroupMetricsSource> = Arc::new(FixedGroups);
+        metrics.set_group_source(Arc::downgrade(&groups));
+        // One sample in every family.
+        metrics.published("orders", 1, 1);
+        metrics.fetched("orders", 1, 1);
+        metrics.rpc_finished("Fetch", Instant::now(), Some(tonic::Code::NotFound));
+        metrics.position_reset("orders", "below_log_start");
+        metrics.retention(
+            "orders",
+            &RetentionOutcome {
+                segments_deleted: 1,
+                segments_expired: 1,
+                bytes_deleted: 1,
+                records_deleted: 1,
+                ..RetentionOutcome::default()
+            },
+        );
+        metrics
+            .flush_observer()
+            .on_flush(Duration::from_millis(1), 1, 1);
+        let _guard = metrics.open_stream("publish");
+
+        let classic = metrics.encode_as(Format::Classic);
+        assert_every_sample_has_help(&classic);
+        for family in [
+            "tidelog_publish_messages_total counter",
+            "tidelog_rpc_errors_total counter",
+            "tidelog_fsync_duration_seconds histogram",
+            "tidelog_partition_end_offset gauge",
+            "tidelog_consumer_group_lag gauge",
+        ] {
+            assert!(
+                classic.contains(&format!("# TYPE {family}\n")),
+                "{family}: {classic}"
+            );
+        }
+        assert!(!classic.contains("# EOF"));
+
+        let openmetrics = metrics.encode_as(Format::OpenMetrics);
+        let lines: Vec<&str> = openmetrics.lines().collect();
+        let mut families = 0;
+        for (i, line) in lines.iter().enumerate() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                families += 1;
+                let family = rest.split(' ').next().unwrap_or("");
+                let help = i
+                    .checked_sub(1)
+                    .and_then(|j| lines[j].strip_prefix(&format!("# HELP {family} ")));
+                assert!(
+                    help.is_some_and(|h| !h.trim().is_empty()),
+                    "{family} has no help text"
+                );
+            }
+        }
+        assert_eq!(families, 19, "a family was added or lost:\n{openmetrics}");
+        assert_eq!(lines.last(), Some(&"# EOF"));
+        store.close().unwrap();
+    }
+
     #[tokio::test]
-    async fn http_endpoint_serves_metrics_and_404() {
+    async fn http_endpoint_negotiates_the_format_and_answers_404() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let metrics = Arc::new(Metrics::new());
         metrics.published("t", 1, 1);
         let shutdown = Shutdown::new();
         let server = tokio::spawn(serve(listener, metrics, shutdown.clone()));
-        let get = |path: &'static str| async move {
+        let request = |head: &'static str| async move {
             let mut stream = TcpStream::connect(addr).await.unwrap();
             stream
-                .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .write_all(format!("{head}Host: x\r\n\r\n").as_bytes())
                 .await
                 .unwrap();
             let mut response = String::new();
             stream.read_to_string(&mut response).await.unwrap();
             response
         };
-        let ok = get("/metrics").await;
-        assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
-        assert!(ok.contains("tidelog_publish_messages_total{topic=\"t\"} 1"));
-        assert!(ok.trim_end().ends_with("# EOF"));
-        assert!(get("/other").await.starts_with("HTTP/1.1 404"));
+        let openmetrics = request(
+            "GET /metrics HTTP/1.1\r\naccept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n",
+        )
+        .await;
+        assert!(openmetrics.starts_with("HTTP/1.1 200 OK"), "{openmetrics}");
+        assert!(openmetrics.contains(
+            "\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\n"
+        ));
+        assert!(openmetrics.contains("# TYPE tidelog_publish_messages counter\n"));
+        assert!(openmetrics.contains("tidelog_publish_messages_total{topic=\"t\"} 1"));
+        assert!(openmetrics.trim_end().ends_with("# EOF"));
+
+        let classic = request("GET /metrics HTTP/1.1\r\nAccept: */*\r\n").await;
+        assert!(classic.starts_with("HTTP/1.1 200 OK"), "{classic}");
+        assert!(classic.contains("\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"));
+        assert!(classic.contains("# TYPE tidelog_publish_messages_total counter\n"));
+        assert!(classic.contains("tidelog_publish_messages_total{topic=\"t\"} 1"));
+        assert!(!classic.contains("# EOF"));
+
+        let head = request("HEAD /metrics HTTP/1.1\r\n").await;
+        assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+        assert!(head.contains("Content-Type: text/plain; version=0.0.4"));
+        assert!(head.ends_with("\r\n\r\n"), "HEAD answered a body: {head}");
+
+        assert!(
+            request("GET /other HTTP/1.1\r\n")
+                .await
+                .starts_with("HTTP/1.1 404")
+        );
         shutdown.trigger();
         server.await.unwrap();
     }

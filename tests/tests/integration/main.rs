@@ -4,6 +4,8 @@ mod bench;
 mod broker;
 mod cli;
 mod groups;
+mod metrics_http;
 mod read_budget;
 mod recovery;
 mod reliability;
+mod signals;
