@@ -225,12 +225,12 @@ impl Collector for ScrapeSources {
                 ),
                 (
                     "tidelog_partition_unavailable",
-                    "1 when recovery refused to open the partition (see describe and tidelog segment verify)",
+                    "1 when recovery refused to open the partition (see describe and tidelog segment verify).",
                     &unavailable,
                 ),
                 (
                     "tidelog_partition_poisoned",
-                    "1 when an fsync failed and the partition refuses writes until a restart",
+                    "1 when an fsync failed and the partition refuses writes until a restart.",
                     &poisoned,
                 ),
             ] {
@@ -883,7 +883,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(families, 19, "a family was added or lost:\n{openmetrics}");
+        assert_eq!(families, 21, "a family was added or lost:\n{openmetrics}");
         assert_eq!(lines.last(), Some(&"# EOF"));
         store.close().unwrap();
     }
