@@ -123,7 +123,7 @@ fn publish(request: PublishRequest, context: &Context) {
             Ok(encoded) => encoded,
             Err(error) => return rejected(&convert::status(&error)),
         };
-        assert_eq!(encoded.record_count as usize, records.len());
+        assert_eq!(encoded.header.record_count as usize, records.len());
         let bytes = Bytes::from(encoded.bytes);
         let (header, decoded) = batch::decode_batch(&bytes).expect("an encoded batch decodes");
         assert_eq!(header.batch_length as usize, bytes.len());

@@ -347,14 +347,20 @@ pub fn set_base_offset(batch: &mut [u8], base_offset: u64) {
     batch[BASE_OFFSET_AT..BASE_OFFSET_AT + 8].copy_from_slice(&base_offset.to_le_bytes());
 }
 
-/// A batch encoded and checksummed, waiting for its base offset.
+/// A batch encoded and checksummed, waiting for its base offset, with its header as
+/// written (so an appender need not parse back what it just encoded).
 #[derive(Debug, Clone)]
 pub struct EncodedBatch {
     pub bytes: Vec<u8>,
-    pub record_count: u32,
-    pub first_timestamp_ms: i64,
-    pub max_timestamp_ms: i64,
-    pub max_expiry_ms: i64,
+    pub header: BatchHeader,
+}
+
+impl EncodedBatch {
+    /// Gives the batch its base offset, in the bytes and the header alike.
+    pub fn set_base_offset(&mut self, base_offset: u64) {
+        set_base_offset(&mut self.bytes, base_offset);
+        self.header.base_offset = base_offset;
+    }
 }
 
 /// What an encoder needs besides the records.
@@ -522,13 +528,22 @@ pub fn encode_batch(
     let crc = compute_crc(&bytes);
     bytes[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
 
-    Ok(EncodedBatch {
-        bytes,
+    let header = BatchHeader {
+        batch_length: batch_length as u32,
+        base_offset: 0,
+        crc,
+        compression: options.compression,
+        last_offset_delta: record_count - 1,
         record_count,
         first_timestamp_ms,
         max_timestamp_ms,
         max_expiry_ms,
-    })
+        records_length: records_length as u32,
+        uncompressed_length: uncompressed_length as u32,
+    };
+    // Paired with the reader's check: what is handed back is what was written.
+    debug_assert_eq!(BatchHeader::parse(&bytes).ok(), Some(header));
+    Ok(EncodedBatch { bytes, header })
 }
 
 /// Decodes the records of a whole, CRC-checked batch. `batch` is exactly the batch's

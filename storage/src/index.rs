@@ -33,9 +33,11 @@ pub const TIME_MAGIC: [u8; 4] = *b"TLTI";
 const VERSION: u16 = 1;
 const OFFSET_ENTRY_BYTES: usize = 8;
 const TIME_ENTRY_BYTES: usize = 12;
-/// Bounds the entries vector a decode allocates: a 1 GiB segment with one entry per
-/// 4 KiB has 262,144; allow a generous margin.
-pub const INDEX_ENTRIES_MAX: u32 = 4 * 1024 * 1024;
+pub use crate::limits::INDEX_ENTRIES_MAX;
+/// Longest valid index file (a time index full of entries): nothing longer is read.
+pub const INDEX_FILE_BYTES_MAX: u64 =
+    HEADER_BYTES as u64 + TIME_ENTRY_BYTES as u64 * INDEX_ENTRIES_MAX as u64;
+const _: () = assert!(OFFSET_ENTRY_BYTES <= TIME_ENTRY_BYTES);
 
 /// A summary of a segment: what retention, time lookup and describe need without
 /// reading the log.

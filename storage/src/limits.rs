@@ -36,8 +36,18 @@ pub const SEGMENT_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
 /// not memory: pages come from the page cache.
 pub const MAPPED_SEGMENTS_DEFAULT: usize = 4096;
 
+/// Longest a segment file can be: a full segment plus the one batch that may overflow
+/// it. Every segment is mapped at this length (so the active one grows inside one
+/// mapping), and offline tools read no log file longer.
+pub const SEGMENT_FILE_BYTES_MAX: u64 = SEGMENT_BYTES_MAX + BATCH_BYTES_MAX;
+
 /// One offset-index and time-index entry is written per this many log bytes.
 pub const INDEX_INTERVAL_BYTES: u64 = 4096;
+
+/// Most entries in one index file. Bounds the entries vector a decode allocates: the
+/// longest segment file has one entry per `INDEX_INTERVAL_BYTES` (272,384 of them);
+/// the margin leaves room for a smaller interval later.
+pub const INDEX_ENTRIES_MAX: u32 = 4 * 1024 * 1024;
 
 /// Longest consumer group id and commit metadata string.
 pub const GROUP_ID_BYTES_MAX: usize = 255;
@@ -51,7 +61,11 @@ const _: () = assert!(MESSAGE_BYTES_MAX < BATCH_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
 // A full segment plus one maximal batch must be addressable by a u32 index position.
-const _: () = assert!(SEGMENT_BYTES_MAX + BATCH_BYTES_MAX < u32::MAX as u64);
+const _: () = assert!(SEGMENT_FILE_BYTES_MAX < u32::MAX as u64);
+// Every entry the longest segment file can need fits the index bound.
+const _: () = assert!(SEGMENT_FILE_BYTES_MAX / INDEX_INTERVAL_BYTES <= INDEX_ENTRIES_MAX as u64);
+// A mapping of the longest segment file fits the address space of a 64-bit usize.
+const _: () = assert!(SEGMENT_FILE_BYTES_MAX <= usize::MAX as u64);
 
 /// Largest body of one record in the consumer offsets log (`offsets.log`). Bounds the
 /// allocation a replay makes from a length read off disk, and so the entries one commit

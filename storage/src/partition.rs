@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::batch::{self, BatchHeader, EncodeOptions, NewRecord, Record};
+use crate::batch::{self, EncodeOptions, NewRecord, Record};
 use crate::checkpoint::CheckpointFile;
 use crate::clock::Clock;
 use crate::config::{FsyncPolicy, TopicConfig};
@@ -20,7 +20,7 @@ use crate::flusher::{Flush, FlushQueue};
 use crate::fs::{FileSystem, FsFile, OpenMode};
 use crate::fsutil;
 use crate::index::SegmentSummary;
-use crate::limits::{BATCH_BYTES_MAX, SEGMENT_BYTES_MAX};
+use crate::limits::SEGMENT_FILE_BYTES_MAX;
 use crate::progress::{LogEnd, Progress, WaitDurable, WaitForData};
 use crate::recovery;
 use crate::segment::{self, LOG_SUFFIX, MappedSegments, ReadBudget, Segment, SegmentState};
@@ -31,7 +31,7 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Mapping length of every segment: a segment can grow up to the largest allowed
 /// segment size plus one batch, and is mapped once at that length.
-const SEGMENT_MAP_BYTES: usize = (SEGMENT_BYTES_MAX + BATCH_BYTES_MAX) as usize;
+const SEGMENT_MAP_BYTES: usize = SEGMENT_FILE_BYTES_MAX as usize;
 
 /// Created in the partition directory when the partition is poisoned (never fsynced:
 /// it only has to outlive the process, not the machine). While it exists, recovery
@@ -402,7 +402,7 @@ impl Partition {
             self.roll(&mut writer)?;
         }
         let base_offset = writer.state.summary.next_offset;
-        batch::set_base_offset(&mut encoded.bytes, base_offset);
+        encoded.set_base_offset(base_offset);
         let position = writer.state.summary.log_bytes;
         if let Err(error) = writer.file.write_all_at(&encoded.bytes, position) {
             // Take back whatever part of the batch reached the file, so the tail
@@ -416,8 +416,7 @@ impl Partition {
                 error,
             ));
         }
-        let header = BatchHeader::parse(&encoded.bytes)
-            .map_err(|e| Error::invalid(format!("encoder produced an invalid batch: {e}")))?;
+        let header = encoded.header;
         writer.state.observe(position, &header);
         writer.active.observe_append(&writer.state);
         writer.appends_since_flush += 1;

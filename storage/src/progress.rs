@@ -85,6 +85,23 @@ impl Progress {
             let mut state = self.lock();
             let visible_before = state.visible().offset;
             change(&mut state);
+            // What is durable was written, and retention never starts the log past its
+            // written end. (Durable may lag the start: retention can delete a sealed
+            // segment of a `never` topic before any flush covered it.)
+            debug_assert!(
+                state.written.offset >= state.durable.offset,
+                "{}: durable {} past written {}",
+                self.name,
+                state.durable.offset,
+                state.written.offset
+            );
+            debug_assert!(
+                state.written.offset >= state.log_start,
+                "{}: log start {} past written {}",
+                self.name,
+                state.log_start,
+                state.written.offset
+            );
             let ended = state.poisoned.is_some() || state.closed;
             if ended || state.visible().offset != visible_before {
                 wake.append(&mut state.data_wakers);

@@ -16,7 +16,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fs::{FileSystem, OsFs};
 use crate::fsutil;
 use crate::index::{self, OffsetEntry, SegmentIndex, SegmentSummary, TimeEntry};
-use crate::limits::{BATCH_BYTES_MAX, INDEX_INTERVAL_BYTES};
+use crate::limits::INDEX_INTERVAL_BYTES;
 
 pub const LOG_SUFFIX: &str = "log";
 pub const INDEX_SUFFIX: &str = "index";
@@ -688,9 +688,13 @@ pub fn load_index_files_with(
     log_bytes: u64,
 ) -> Option<(SegmentSummary, SegmentIndex)> {
     let read = |suffix| {
-        fsutil::read_small_file_with(fs, &segment_path(dir, base_offset, suffix), BATCH_BYTES_MAX)
-            .ok()
-            .flatten()
+        fsutil::read_small_file_with(
+            fs,
+            &segment_path(dir, base_offset, suffix),
+            index::INDEX_FILE_BYTES_MAX,
+        )
+        .ok()
+        .flatten()
     };
     let (summary, offsets) = index::decode_offset_index(&read(INDEX_SUFFIX)?).ok()?;
     let (time_summary, times) = index::decode_time_index(&read(TIME_INDEX_SUFFIX)?).ok()?;
@@ -716,7 +720,7 @@ pub fn load_summary_with(
     let bytes = fsutil::read_small_file_with(
         fs,
         &segment_path(dir, base_offset, INDEX_SUFFIX),
-        BATCH_BYTES_MAX,
+        index::INDEX_FILE_BYTES_MAX,
     )
     .ok()
     .flatten()?;

@@ -27,11 +27,10 @@ use tidelog_storage::segment::{
 use super::layout::segment_bases;
 use crate::error::{CliError, CliResult};
 
-/// Largest log file read whole (a segment is at most 1 GiB; leave room for a
-/// segment written past its roll size by one batch).
-pub const LOG_FILE_BYTES_MAX: u64 = 1024 * 1024 * 1024 + 64 * 1024 * 1024;
-/// Largest index file read: [`index::INDEX_ENTRIES_MAX`] 12-byte entries.
-const INDEX_FILE_BYTES_MAX: u64 = index::HEADER_BYTES as u64 + 12 * index::INDEX_ENTRIES_MAX as u64;
+/// Largest log file read whole: the longest segment file the engine writes.
+pub const LOG_FILE_BYTES_MAX: u64 = tidelog_storage::limits::SEGMENT_FILE_BYTES_MAX;
+/// Largest index file read.
+const INDEX_FILE_BYTES_MAX: u64 = index::INDEX_FILE_BYTES_MAX;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
