@@ -161,15 +161,10 @@ pub fn dir_bytes(path: &Path) -> u64 {
         .sum()
 }
 
-/// CPU time (user + system) of process `pid` so far, in seconds, from
-/// /proc/<pid>/stat (USER_HZ = 100); `None` without procfs or once it exited.
+/// CPU time (user + system) of process `pid` so far, in seconds; `None` without
+/// procfs or once it exited.
 pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / 100.0)
+    tidelog_storage::procstat::cpu_seconds(Some(pid))
 }
 
 #[cfg(test)]

@@ -27,8 +27,10 @@ pub mod limits;
 mod mmap;
 pub mod offsets;
 pub mod partition;
+pub mod procstat;
 mod progress;
 pub mod recovery;
+pub mod rng;
 pub mod segment;
 pub mod store;
 

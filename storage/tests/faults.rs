@@ -40,7 +40,7 @@ const LOGS: [(usize, u32); 3] = [(0, 0), (0, 1), (1, 0)];
 /// Consumer offsets are committed for partitions of this topic.
 const COMMIT_TOPIC: &str = "t";
 
-use tidelog_storage::fs::SeededRng as Rng;
+use tidelog_storage::rng::SeededRng as Rng;
 
 /// A directory for one test case. FaultyFs never needs the real disk's durability, so
 /// a tmpfs is preferred where there is one: creating and renaming files there is many

@@ -13,7 +13,7 @@ use tidelog_storage::{
     FsyncPolicy, ManualClock, NewRecord, Partition, Store, StoreOptions, TopicConfig,
 };
 
-use tidelog_storage::fs::SeededRng as Rng;
+use tidelog_storage::rng::SeededRng as Rng;
 
 struct Model {
     /// Every value at its offset; `None` below the log start.

@@ -99,6 +99,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
+pub use crate::rng::SeededRng;
+
 use super::{
     DirEntry, FileSystem, FsFile, Metadata, OpenMode, open_options, read_dir_std, read_file_std,
 };
@@ -1014,35 +1016,8 @@ impl FsFile for FaultyFile {
     }
 }
 
-/// xorshift64*: small, seedable, reproducible. Public so fault and model tests draw
-/// their random workloads from the same generator as the faults.
-#[derive(Debug, Clone)]
-pub struct SeededRng(u64);
-
 /// The generator's name inside this module.
 type Rng = SeededRng;
-
-impl SeededRng {
-    pub fn new(seed: u64) -> Self {
-        SeededRng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    #[allow(
-        clippy::should_implement_trait,
-        reason = "not an iterator: it never ends"
-    )]
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform enough in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 #[cfg(test)]
 mod tests {

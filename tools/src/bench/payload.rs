@@ -17,6 +17,8 @@
 
 use std::fmt;
 
+use tidelog_storage::rng::SeededRng;
+
 /// Bytes of the header; the smallest message the bench sends.
 pub const HEADER_BYTES: usize = 32;
 /// Bytes of the filler pool a producer's messages take their body from.
@@ -115,22 +117,14 @@ pub struct Pool {
     bytes: Vec<u8>,
 }
 
-/// xorshift64*: deterministic, fast, good enough for filler.
-fn next_random(state: &mut u64) -> u64 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
-}
-
 impl Pool {
     pub fn new(kind: FillerKind, seed: u64) -> Pool {
-        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut rng = SeededRng::new(seed);
         let mut bytes = Vec::with_capacity(POOL_BYTES + 4096);
         match kind {
             FillerKind::Random => {
                 while bytes.len() < POOL_BYTES {
-                    bytes.extend_from_slice(&next_random(&mut state).to_le_bytes());
+                    bytes.extend_from_slice(&rng.next().to_le_bytes());
                 }
             }
             FillerKind::Json => {
@@ -156,7 +150,7 @@ impl Pool {
                 ];
                 let mut n = 0u64;
                 while bytes.len() < POOL_BYTES {
-                    let r = next_random(&mut state);
+                    let r = rng.next();
                     n += 1;
                     let line = format!(
                         "{{\"id\":\"evt-{n:010}\",\"ts\":\"2026-11-23T{:02}:{:02}:{:02}.{:03}Z\",\"user\":\"user-{:05}\",\"session\":\"{:016x}\",\"event\":\"{}\",\"path\":\"{}/{}\",\"status\":{},\"duration_ms\":{},\"ua\":\"{}\",\"tags\":[\"web\",\"{}\"],\"amount\":{}.{:02}}}\n",
@@ -165,7 +159,7 @@ impl Pool {
                         (r >> 11) % 60,
                         (r >> 17) % 1000,
                         (r >> 27) % 50_000,
-                        next_random(&mut state),
+                        rng.next(),
                         EVENTS[(r >> 33) as usize % EVENTS.len()],
                         PATHS[(r >> 36) as usize % PATHS.len()],
                         (r >> 40) % 10_000,

@@ -241,22 +241,10 @@ pub fn actor_json(actor: &ActorResult) -> Value {
     })
 }
 
-/// CPU time (user + system) this process used so far, from /proc/self/stat; `None`
-/// where there is no procfs.
+/// CPU time (user + system) this process used so far; `None` where there is no
+/// procfs.
 pub fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    cpu_seconds_from_stat(&stat)
-}
-
-/// utime + stime of a /proc/<pid>/stat line, in seconds (USER_HZ = 100 on Linux).
-pub fn cpu_seconds_from_stat(stat: &str) -> Option<f64> {
-    // The command name (field 2) is in parentheses and may hold spaces.
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // after_name starts at field 3 (state); utime and stime are fields 14 and 15.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / 100.0)
+    tidelog_storage::procstat::cpu_seconds(None)
 }
 
 #[cfg(test)]
@@ -325,14 +313,5 @@ mod tests {
         assert_eq!(format_latency_us(850), "850us");
         assert_eq!(format_latency_us(3_420), "3.42ms");
         assert_eq!(format_latency_us(1_250_000), "1.25s");
-    }
-
-    #[test]
-    fn cpu_time_parses_from_a_stat_line() {
-        let stat =
-            "1234 (tidelog bench) S 1 1234 1234 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 3 0 100 0 0";
-        assert_eq!(cpu_seconds_from_stat(stat), Some(3.0));
-        assert_eq!(cpu_seconds_from_stat("garbage"), None);
-        assert!(process_cpu_seconds().is_none_or(|s| s >= 0.0));
     }
 }
