@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use tidelog_proto::v1::consumer_server::Consumer;
 use tidelog_proto::v1::{
-    FetchRequest, FetchResponse, SubscribeRequest, SubscribeResponse, start_position::Position,
+    FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, ListedOffset,
+    SubscribeRequest, SubscribeResponse, list_offsets_request, start_position::Position,
 };
 use tidelog_storage::{Partition, ReadResult};
 use tokio_stream::Stream;
@@ -126,6 +127,31 @@ fn plain_subscription(
 ) -> Result<PartitionReader, Status> {
     let topic = convert::or_status(state.store.topic(&request.topic))?;
     let reset_policy = convert::reset_policy(request.reset_policy)?;
+    let limits = ReadLimits::from_request(request.max_batch_messages, request.max_batch_bytes);
+    if !request.partition_starts.is_empty() {
+        if !request.partitions.is_empty() || request.start.is_some() {
+            return Err(Status::invalid_argument(
+                "partition_starts names the partitions and their starts: leave partitions and start empty",
+            ));
+        }
+        let mut seen = HashSet::new();
+        let mut starts = Vec::with_capacity(request.partition_starts.len());
+        for start in &request.partition_starts {
+            if !seen.insert(start.partition) {
+                return Err(Status::invalid_argument(format!(
+                    "partition {} is listed twice in partition_starts; list each once",
+                    start.partition
+                )));
+            }
+            starts.push((start.partition, start.offset));
+        }
+        let reader = PartitionReader::new(state.clone(), topic, &starts, reset_policy, limits)?;
+        return Ok(if request.send_positioned {
+            reader.announce_positions()
+        } else {
+            reader
+        });
+    }
     let ids: Vec<u32> = if request.partitions.is_empty() {
         (0..topic.partitions().len() as u32).collect()
     } else {
@@ -143,13 +169,62 @@ fn plain_subscription(
         let partition = convert::or_status(topic.partition(id))?;
         starts.push((id, start_offset(partition, position)?));
     }
-    PartitionReader::new(
-        state.clone(),
-        topic,
-        &starts,
-        reset_policy,
-        ReadLimits::from_request(request.max_batch_messages, request.max_batch_bytes),
-    )
+    let reader = PartitionReader::new(state.clone(), topic, &starts, reset_policy, limits)?;
+    Ok(if request.send_positioned {
+        reader.announce_positions()
+    } else {
+        reader
+    })
+}
+
+/// Consumer.ListOffsets: the offset of a position in each asked partition.
+fn list_offsets(
+    state: &AppState,
+    request: &ListOffsetsRequest,
+) -> Result<ListOffsetsResponse, Status> {
+    let topic = convert::or_status(state.store.topic(&request.topic))?;
+    let Some(position) = request.position else {
+        return Err(Status::invalid_argument(
+            "set one of earliest, latest or timestamp_ms",
+        ));
+    };
+    let ids: Vec<u32> = if request.partitions.is_empty() {
+        (0..topic.partitions().len() as u32).collect()
+    } else {
+        let mut seen = HashSet::new();
+        if let Some(duplicate) = request.partitions.iter().find(|p| !seen.insert(**p)) {
+            return Err(Status::invalid_argument(format!(
+                "partition {duplicate} is listed twice in partitions; list each once"
+            )));
+        }
+        request.partitions.clone()
+    };
+    let mut offsets = Vec::with_capacity(ids.len());
+    for id in ids {
+        let partition = convert::or_status(topic.partition(id))?;
+        if let Some(error) = partition.unavailable() {
+            return Err(convert::status(&error));
+        }
+        let (log_start, end) = (partition.log_start(), partition.end_offset());
+        let (offset, found) = match position {
+            list_offsets_request::Position::Earliest(_) => (log_start, true),
+            list_offsets_request::Position::Latest(_) => (end, true),
+            list_offsets_request::Position::TimestampMs(ms) => {
+                match convert::or_status(partition.offset_for_timestamp(ms))? {
+                    Some(offset) => (offset, true),
+                    None => (end, false),
+                }
+            }
+        };
+        offsets.push(ListedOffset {
+            partition: id,
+            offset,
+            found,
+            log_start_offset: log_start,
+            end_offset: end,
+        });
+    }
+    Ok(ListOffsetsResponse { offsets })
 }
 
 /// The Subscribe stream type: a plain subscription or a group member's stream.
@@ -171,6 +246,20 @@ impl Consumer for ConsumerService {
 
     type SubscribeStream = SubscribeStream;
 
+    async fn list_offsets(
+        &self,
+        request: Request<ListOffsetsRequest>,
+    ) -> Result<Response<ListOffsetsResponse>, Status> {
+        let started = Instant::now();
+        let result = list_offsets(&self.state, request.get_ref());
+        self.state.metrics.rpc_finished(
+            "ListOffsets",
+            started,
+            result.as_ref().err().map(Status::code),
+        );
+        result.map(Response::new)
+    }
+
     async fn subscribe(
         &self,
         request: Request<SubscribeRequest>,
@@ -181,9 +270,13 @@ impl Consumer for ConsumerService {
         let result: Result<SubscribeStream, Status> = if self.state.shutdown.is_triggered() {
             Err(Status::unavailable("the broker is shutting down"))
         } else if request.group.is_some() {
-            if !request.partitions.is_empty() || request.start.is_some() {
+            if !request.partitions.is_empty()
+                || request.start.is_some()
+                || !request.partition_starts.is_empty()
+                || request.send_positioned
+            {
                 Err(Status::invalid_argument(
-                    "partitions and start must be empty with a group: the broker assigns partitions and starts at the group's committed offsets (move them with Groups.ResetOffsets)",
+                    "partitions, start, partition_starts and send_positioned must be unset with a group: the broker assigns partitions (announced by Assignment) and starts at the group's committed offsets (move them with Groups.ResetOffsets)",
                 ))
             } else {
                 crate::groups::subscribe_member(self.state.clone(), request, remote_addr)

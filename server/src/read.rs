@@ -15,8 +15,8 @@ use std::task::Poll;
 use std::time::Instant;
 
 use tidelog_proto::v1::{
-    ConsumedMessage, MessageBatch, PositionReset, ResetPolicy, ResetReason, SubscribeResponse,
-    subscribe_response::Event,
+    ConsumedMessage, MessageBatch, PartitionPosition, PositionReset, Positioned, ResetPolicy,
+    ResetReason, SubscribeResponse, subscribe_response::Event,
 };
 use tidelog_storage::{Error, Partition, Topic};
 use tokio::sync::mpsc;
@@ -98,6 +98,8 @@ pub struct PartitionReader {
     turn: usize,
     reset_policy: ResetPolicy,
     limits: ReadLimits,
+    /// An event to return before any read (the Positioned event, when asked for).
+    first: Option<SubscribeResponse>,
 }
 
 impl PartitionReader {
@@ -128,7 +130,26 @@ impl PartitionReader {
             turn: 0,
             reset_policy,
             limits,
+            first: None,
         })
+    }
+
+    /// Makes the first event a [`Positioned`] naming every partition's start (a start
+    /// out of range is then followed by its PositionReset).
+    pub fn announce_positions(mut self) -> Self {
+        let positions = self
+            .cursors
+            .iter()
+            .map(|c| PartitionPosition {
+                partition: c.partition.id(),
+                next_offset: c.position,
+                end_offset: c.partition.end_offset(),
+            })
+            .collect();
+        self.first = Some(SubscribeResponse {
+            event: Some(Event::Positioned(Positioned { positions })),
+        });
+        self
     }
 
     /// (partition, next offset to deliver) for every partition read.
@@ -141,6 +162,9 @@ impl PartitionReader {
 
     /// Waits for and returns the next event. Cancel-safe (see the type's docs).
     pub async fn next_event(&mut self) -> Result<SubscribeResponse, Status> {
+        if let Some(event) = self.first.take() {
+            return Ok(event);
+        }
         let mut woke_empty = false;
         loop {
             if self.state.shutdown.is_triggered() {
@@ -235,7 +259,14 @@ impl PartitionReader {
                         .map(|r| convert::consumed_message(id, r))
                         .collect();
                     return Ok(Some(SubscribeResponse {
-                        event: Some(Event::Batch(MessageBatch { messages })),
+                        event: Some(Event::Batch(MessageBatch {
+                            messages,
+                            positions: vec![PartitionPosition {
+                                partition: id,
+                                next_offset: result.next_offset,
+                                end_offset: result.end_offset,
+                            }],
+                        })),
                     }));
                 }
                 // Only expired messages were skipped: look again from past them.

@@ -338,6 +338,7 @@ async fn consume_follow(
             reset_policy: reset_policy(args.offset_reset) as i32,
             max_batch_messages: 0,
             max_batch_bytes: 0,
+            ..SubscribeRequest::default()
         })
         .await
         .map_err(|s| broker.error(&context, &s))?
@@ -361,7 +362,9 @@ async fn consume_follow(
                 printer.out.flush()?;
             }
             Some(subscribe_response::Event::PositionReset(reset)) => reset_note(&reset),
-            Some(subscribe_response::Event::Assignment(_)) => {}
+            Some(
+                subscribe_response::Event::Assignment(_) | subscribe_response::Event::Positioned(_),
+            ) => {}
         }
     }
 }
@@ -445,6 +448,7 @@ async fn consume_group(
             reset_policy: reset_policy(args.offset_reset) as i32,
             max_batch_messages: 0,
             max_batch_bytes: 0,
+            ..SubscribeRequest::default()
         })
         .await
         .map_err(|s| broker.error(&context, &s))?
@@ -480,6 +484,8 @@ async fn consume_group(
                 reset_note(&reset);
                 member.position.insert(reset.partition, reset.to_offset);
             }
+            // Only plain streams that ask for it get one.
+            Ok(Some(subscribe_response::Event::Positioned(_))) => {}
             Ok(Some(subscribe_response::Event::Batch(batch))) => {
                 let mut stop = false;
                 for m in &batch.messages {

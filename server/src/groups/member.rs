@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 
 use tidelog_proto::v1::subscribe_response::Event;
 use tidelog_proto::v1::{
-    Assignment, MessageBatch, PositionReset, ResetPolicy, ResetReason, SubscribeResponse,
+    Assignment, MessageBatch, PartitionPosition, PositionReset, ResetPolicy, ResetReason,
+    SubscribeResponse,
 };
 use tidelog_storage::{Error, Partition, Topic};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -453,6 +454,11 @@ impl MemberTask {
             {
                 Ok(read) => {
                     owned.position = read.next_offset;
+                    batch.positions.push(PartitionPosition {
+                        partition,
+                        next_offset: read.next_offset,
+                        end_offset: read.end_offset,
+                    });
                     for record in read.records {
                         let size = record.payload_bytes();
                         bytes_left = bytes_left.saturating_sub(size);

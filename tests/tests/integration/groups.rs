@@ -285,7 +285,7 @@ fn spawn_member(
                         assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
                     }
                 }
-                Event::PositionReset(_) => {}
+                Event::PositionReset(_) | Event::Positioned(_) => {}
             }
         }
     })
@@ -438,6 +438,7 @@ async fn read_messages(
             }
             Event::Assignment(assignment) => assignments.push(assignment),
             Event::PositionReset(reset) => panic!("unexpected {reset:?}"),
+            Event::Positioned(positioned) => panic!("unexpected {positioned:?}"),
         }
     }
     assert_eq!(messages.len(), count, "no more than expected");
@@ -481,7 +482,7 @@ async fn auto_commit_hands_partitions_over_without_loss_or_duplicates() {
                 );
                 resets += 1;
             }
-            Event::Assignment(assignment) => panic!("unexpected {assignment:?}"),
+            other => panic!("unexpected {other:?}"),
         }
     }
     assert_eq!(resets, 2, "each partition started by the reset policy");
@@ -1374,7 +1375,7 @@ async fn a_member_that_stops_reading_does_not_hold_up_a_rebalance() {
                 fast_count += batch.messages.len();
             }
             Event::PositionReset(reset) => assert_eq!(reset.partition, taken),
-            Event::Assignment(a) => panic!("unexpected {a:?}"),
+            other => panic!("unexpected {other:?}"),
         }
     }
 
@@ -1400,6 +1401,7 @@ async fn a_member_that_stops_reading_does_not_hold_up_a_rebalance() {
                 }
             }
             Event::PositionReset(_) => {}
+            Event::Positioned(p) => panic!("unexpected {p:?}"),
         }
     }
     assert!(after_assignment);

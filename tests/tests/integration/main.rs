@@ -5,6 +5,7 @@ mod broker;
 mod cli;
 mod groups;
 mod metrics_http;
+mod positions;
 mod read_budget;
 mod recovery;
 mod reliability;

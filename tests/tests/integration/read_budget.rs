@@ -102,7 +102,7 @@ async fn next_batch(stream: &mut Streaming<SubscribeResponse>) -> Vec<u64> {
         match event {
             Event::Batch(batch) => return batch.messages.iter().map(|m| m.offset).collect(),
             // A new group starts by its reset policy.
-            Event::Assignment(_) | Event::PositionReset(_) => continue,
+            Event::Assignment(_) | Event::PositionReset(_) | Event::Positioned(_) => continue,
         }
     }
 }

@@ -239,6 +239,7 @@ async fn run_subscribe(
         reset_policy: ResetPolicy::Earliest as i32,
         max_batch_messages: plan.read_batch,
         max_batch_bytes: READ_BYTES,
+        ..SubscribeRequest::default()
     };
     let mut stream = match client.subscribe(request).await {
         Ok(response) => response.into_inner(),
@@ -297,7 +298,7 @@ async fn run_subscribe(
                         progress_at = Instant::now();
                     }
                     // A reset moves past missing data; the merge reports the gap.
-                    Some(Event::PositionReset(_)) | None => {}
+                    Some(Event::PositionReset(_) | Event::Positioned(_)) | None => {}
                 },
                 Ok(None) => {
                     reader.errors.push(|| format!("consumer {}: the broker ended the subscription", plan.id));
