@@ -65,12 +65,16 @@ fn plan_invariants(data: &[u8]) {
     let mut bounds = vec![0];
     bounds.extend(cuts);
     bounds.push(rest.len());
-    let mut segments = Vec::new();
+    let mut segments: Vec<(u64, &[u8])> = Vec::new();
     let mut base = 0u64;
     for (i, window) in bounds.windows(2).enumerate() {
         let bytes = &rest[window[0]..window[1]];
         let gap = u64::from(control[4 + i] % 4 == 0) * u64::from(control[4 + i]);
         base += gap;
+        // Segment files are named by base: two never share one.
+        if let Some(&(previous, _)) = segments.last() {
+            base = base.max(previous + 1);
+        }
         segments.push((base, bytes));
         // The next segment starts where this one's valid batches end (or past it).
         base = segment::scan(bytes, 0, SegmentState::new(base)).state.summary.next_offset;
