@@ -17,7 +17,7 @@ use tidelog_proto::v1::{
     FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, ListedOffset,
     SubscribeRequest, SubscribeResponse, list_offsets_request, start_position::Position,
 };
-use tidelog_storage::{Partition, ReadResult};
+use tidelog_storage::{Partition, ReadResult, Topic};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -120,6 +120,20 @@ fn start_offset(partition: &Partition, position: Option<Position>) -> Result<u64
     })
 }
 
+/// The partitions a request names: `partitions`, each once, or all of the topic's.
+fn chosen_partitions(topic: &Topic, partitions: &[u32]) -> Result<Vec<u32>, Status> {
+    if partitions.is_empty() {
+        return Ok((0..topic.partitions().len() as u32).collect());
+    }
+    let mut seen = HashSet::new();
+    if let Some(duplicate) = partitions.iter().find(|p| !seen.insert(**p)) {
+        return Err(Status::invalid_argument(format!(
+            "partition {duplicate} is listed twice in partitions; list each once"
+        )));
+    }
+    Ok(partitions.to_vec())
+}
+
 /// A plain subscription: checks the request, resolves the start of every partition.
 fn plain_subscription(
     state: &Arc<AppState>,
@@ -152,17 +166,7 @@ fn plain_subscription(
             reader
         });
     }
-    let ids: Vec<u32> = if request.partitions.is_empty() {
-        (0..topic.partitions().len() as u32).collect()
-    } else {
-        let mut seen = HashSet::new();
-        if let Some(duplicate) = request.partitions.iter().find(|p| !seen.insert(**p)) {
-            return Err(Status::invalid_argument(format!(
-                "partition {duplicate} is listed twice in partitions; list each once"
-            )));
-        }
-        request.partitions.clone()
-    };
+    let ids = chosen_partitions(&topic, &request.partitions)?;
     let position = request.start.and_then(|s| s.position);
     let mut starts = Vec::with_capacity(ids.len());
     for id in ids {
@@ -188,17 +192,7 @@ fn list_offsets(
             "set one of earliest, latest or timestamp_ms",
         ));
     };
-    let ids: Vec<u32> = if request.partitions.is_empty() {
-        (0..topic.partitions().len() as u32).collect()
-    } else {
-        let mut seen = HashSet::new();
-        if let Some(duplicate) = request.partitions.iter().find(|p| !seen.insert(**p)) {
-            return Err(Status::invalid_argument(format!(
-                "partition {duplicate} is listed twice in partitions; list each once"
-            )));
-        }
-        request.partitions.clone()
-    };
+    let ids = chosen_partitions(&topic, &request.partitions)?;
     let mut offsets = Vec::with_capacity(ids.len());
     for id in ids {
         let partition = convert::or_status(topic.partition(id))?;

@@ -123,6 +123,29 @@ struct Writer {
     closed: bool,
 }
 
+impl Writer {
+    fn new(
+        active: Arc<Segment>,
+        file: Arc<dyn FsFile>,
+        state: SegmentState,
+        created_ms: i64,
+        closed: bool,
+    ) -> Self {
+        Writer {
+            active,
+            file,
+            state,
+            created_ms,
+            sealed: Vec::new(),
+            dir_dirty: false,
+            appends_since_flush: 0,
+            bytes_since_flush: 0,
+            poisoned: None,
+            closed,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct FlushState {
     checkpoint: CheckpointFile,
@@ -286,40 +309,11 @@ impl Partition {
         segments.push(active.clone());
         let log_start = segments[0].base_offset;
         let durable_only = config.fsync == FsyncPolicy::Always;
-        let now_ms = context.clock.now_ms();
-        Ok(Arc::new(Partition {
-            topic: topic.to_string(),
-            id,
-            progress: Progress::new(name.clone(), end, log_start, durable_only),
-            name,
-            dir: dir.to_path_buf(),
-            fs,
-            config: RwLock::new(config),
-            clock: context.clock,
-            writer: Mutex::new(Writer {
-                active,
-                file,
-                state: active_state,
-                created_ms: now_ms,
-                sealed: Vec::new(),
-                dir_dirty: false,
-                appends_since_flush: 0,
-                bytes_since_flush: 0,
-                poisoned: None,
-                closed: false,
-            }),
-            segments: RwLock::new(segments),
-            flush: Mutex::new(FlushState {
-                checkpoint,
-                last_checkpoint: Instant::now(),
-            }),
-            flush_queued: AtomicBool::new(false),
-            last_flush_ms: AtomicU64::new(0),
-            opened_at: Instant::now(),
-            flusher: context.flusher,
-            observer: context.observer,
-            mapped: context.mapped,
-        }))
+        let progress = Progress::new(name, end, log_start, durable_only);
+        let writer = Writer::new(active, file, active_state, context.clock.now_ms(), false);
+        Ok(Partition::assemble(
+            topic, id, dir, config, context, progress, writer, segments, checkpoint,
+        ))
     }
 
     /// A partition that recovery refused to open (`error` says why): it touches no
@@ -344,30 +338,56 @@ impl Partition {
             dir: dir.display().to_string(),
             reason: error.to_string(),
         });
-        Ok(Arc::new(Partition {
+        let checkpoint = CheckpointFile::open_with(fs, dir)?;
+        let writer = Writer::new(
+            active.clone(),
+            Arc::new(crate::fs::Unopened),
+            state,
+            0,
+            true,
+        );
+        Ok(Partition::assemble(
+            topic,
+            id,
+            dir,
+            config,
+            context,
+            progress,
+            writer,
+            vec![active],
+            checkpoint,
+        ))
+    }
+
+    /// Puts a partition together from what `open` or `open_unavailable` prepared.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one private constructor for the two ways a partition opens"
+    )]
+    fn assemble(
+        topic: &str,
+        id: u32,
+        dir: &Path,
+        config: Arc<TopicConfig>,
+        context: PartitionContext,
+        progress: Arc<Progress>,
+        writer: Writer,
+        segments: Vec<Arc<Segment>>,
+        checkpoint: CheckpointFile,
+    ) -> Arc<Partition> {
+        Arc::new(Partition {
             topic: topic.to_string(),
             id,
+            name: format!("{topic}/{id}"),
             progress,
-            name,
             dir: dir.to_path_buf(),
-            fs: fs.clone(),
+            fs: context.fs,
             config: RwLock::new(config),
             clock: context.clock,
-            writer: Mutex::new(Writer {
-                active: active.clone(),
-                file: Arc::new(crate::fs::Unopened),
-                state,
-                created_ms: 0,
-                sealed: Vec::new(),
-                dir_dirty: false,
-                appends_since_flush: 0,
-                bytes_since_flush: 0,
-                poisoned: None,
-                closed: true,
-            }),
-            segments: RwLock::new(vec![active]),
+            writer: Mutex::new(writer),
+            segments: RwLock::new(segments),
             flush: Mutex::new(FlushState {
-                checkpoint: CheckpointFile::open_with(fs, dir)?,
+                checkpoint,
                 last_checkpoint: Instant::now(),
             }),
             flush_queued: AtomicBool::new(false),
@@ -376,7 +396,7 @@ impl Partition {
             flusher: context.flusher,
             observer: context.observer,
             mapped: context.mapped,
-        }))
+        })
     }
 
     /// Appends `records` as one batch and returns their offsets once written to the

@@ -881,31 +881,10 @@ fn rewrite_bytes(file: &dyn FsFile, from: u64, to: u64) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::{self, EncodeOptions, NewRecord, encode_batch, set_base_offset};
     use crate::fs::OsFs;
 
-    /// A log of batches of `counts` records from offset `base`, and where each starts.
     fn log_of(base: u64, counts: &[u32]) -> (Vec<u8>, Vec<u64>) {
-        let options = EncodeOptions {
-            now_ms: 1_000,
-            default_ttl_ms: None,
-            compression: batch::Compression::None,
-            max_message_bytes: 1 << 20,
-        };
-        let mut log = Vec::new();
-        let mut positions = Vec::new();
-        let mut next = base;
-        for &count in counts {
-            let records: Vec<_> = (0..count)
-                .map(|i| NewRecord::value(vec![i as u8; 90]))
-                .collect();
-            let mut encoded = encode_batch(&records, &options).unwrap();
-            set_base_offset(&mut encoded.bytes, next);
-            next += u64::from(count);
-            positions.push(log.len() as u64);
-            log.extend_from_slice(&encoded.bytes);
-        }
-        (log, positions)
+        segment::test_log(base, counts, 90)
     }
 
     fn checkpoint(segment_base: u64, position: u64, next_offset: u64) -> Option<Checkpoint> {

@@ -799,32 +799,39 @@ pub fn remove_files_with(fs: &dyn FileSystem, dir: &Path, base_offset: u64) -> R
     Ok(())
 }
 
+/// A log of batches of `counts` records of `value_bytes` bytes each, the first at
+/// offset `base`, and the position of each batch. For unit tests.
+#[cfg(test)]
+pub(crate) fn test_log(base: u64, counts: &[u32], value_bytes: usize) -> (Vec<u8>, Vec<u64>) {
+    use crate::batch::{EncodeOptions, NewRecord, encode_batch};
+    let options = EncodeOptions {
+        now_ms: 1_000,
+        default_ttl_ms: None,
+        compression: batch::Compression::None,
+        max_message_bytes: 1 << 20,
+    };
+    let mut log = Vec::new();
+    let mut positions = Vec::new();
+    let mut next = base;
+    for &count in counts {
+        let records: Vec<_> = (0..count)
+            .map(|i| NewRecord::value(vec![i as u8; value_bytes]))
+            .collect();
+        let mut encoded = encode_batch(&records, &options).expect("a test batch encodes");
+        encoded.set_base_offset(next);
+        next += u64::from(count);
+        positions.push(log.len() as u64);
+        log.extend_from_slice(&encoded.bytes);
+    }
+    (log, positions)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::{EncodeOptions, NewRecord, encode_batch, set_base_offset};
 
     fn log_of(batches: &[u32]) -> (Vec<u8>, Vec<u64>) {
-        let options = EncodeOptions {
-            now_ms: 1_000,
-            default_ttl_ms: None,
-            compression: batch::Compression::None,
-            max_message_bytes: 1 << 20,
-        };
-        let mut log = Vec::new();
-        let mut positions = Vec::new();
-        let mut next = 0;
-        for &count in batches {
-            let records: Vec<_> = (0..count)
-                .map(|i| NewRecord::value(vec![i as u8; 700]))
-                .collect();
-            let mut encoded = encode_batch(&records, &options).unwrap();
-            set_base_offset(&mut encoded.bytes, next);
-            next += u64::from(count);
-            positions.push(log.len() as u64);
-            log.extend_from_slice(&encoded.bytes);
-        }
-        (log, positions)
+        test_log(0, batches, 700)
     }
 
     #[test]
