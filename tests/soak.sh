@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Soak: produce + subscribe on a TTL topic at a fixed rate for MINUTES, sampling the
-# broker's RSS every 5 s (reliability::soak_produce_subscribe_with_ttl). Errors must
+# broker's RSS every 5 s (soak::soak_produce_subscribe_with_ttl). Errors must
 # be 0; the last line gives RSS at start and end.
 #   tests/soak.sh [MINUTES (default 10)] [MESSAGES_PER_SECOND (default 2000)]
 set -euo pipefail
@@ -11,4 +11,4 @@ cargo build --release -p tidelog-server
 TIDELOG_SOAK_MINUTES=$minutes TIDELOG_SOAK_RATE=$rate \
 TIDELOGD_BIN="$PWD/target/release/tidelogd" \
   cargo test -p tidelog-tests --test integration -- \
-    --ignored --exact reliability::soak_produce_subscribe_with_ttl --nocapture
+    --ignored --exact soak::soak_produce_subscribe_with_ttl --nocapture

@@ -1,12 +1,20 @@
 //! Black-box tests: the real tidelogd, spoken to as a client.
 
+mod bad_requests;
 mod bench;
+mod bit_flips;
 mod broker;
 mod cli;
+mod garbage;
 mod groups;
+mod kill9;
 mod metrics_http;
 mod positions;
 mod read_budget;
 mod recovery;
-mod reliability;
+mod retention_race;
 mod signals;
+mod soak;
+mod stream_limits;
+mod support;
+mod torn;

@@ -1,0 +1,309 @@
+//! Streams as a resource (issue 6): thousands of them on one connection, subscribers
+//! that never read, the per-connection cap, and a client that provokes endless stream
+//! resets. Memory stays bounded and other clients keep being served.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tidelog_proto::v1::publisher_client::PublisherClient;
+use tidelog_proto::v1::start_position::{Earliest, Position};
+use tidelog_proto::v1::subscribe_response::Event;
+use tidelog_proto::v1::{
+    AckLevel, Message, PublishRequest, StartPosition, SubscribeRequest, SubscribeResponse,
+    TopicConfig,
+};
+use tidelog_tests::{TestBroker, create_topic, describe_topic, metric_value};
+use tonic::transport::Channel;
+use tonic::{Status, Streaming};
+
+use crate::support::{
+    Bystander, EVENT_TIMEOUT, assert_no_panic, checked_value, consumer, next_event, rss_mib,
+};
+
+/// Opens a Subscribe stream on `topic` from its end (no group); the future owns what
+/// it needs, so it can be spawned.
+fn subscribe_from_end(
+    channel: &Channel,
+    topic: &str,
+) -> impl Future<Output = Result<Streaming<SubscribeResponse>, Status>> + Send + use<> {
+    let mut client = consumer(channel);
+    let topic = topic.to_string();
+    async move {
+        client
+            .subscribe(SubscribeRequest {
+                topic,
+                ..Default::default()
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+}
+
+/// Waits (bounded) until the broker reports `count` open streams of `kind`.
+async fn wait_open_streams(broker: &TestBroker, kind: &str, expect: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let name = format!("tidelog_open_streams{{kind=\"{kind}\"}}");
+    loop {
+        let open = metric_value(&broker.metrics_text(), &name).unwrap_or(0.0);
+        if expect(open) {
+            return open;
+        }
+        assert!(Instant::now() < deadline, "{name} stuck at {open}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// 2,000 Subscribe streams on one HTTP/2 connection, and subscribers that never read
+/// a topic holding far more than their queues: memory stays bounded, every stream is
+/// served, the streams go away when their clients do, and a client beside them keeps
+/// being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thousands_of_streams_and_stalled_subscribers_stay_bounded() {
+    const STREAMS: usize = 2000;
+    const STALLED: usize = 16;
+    const BIG_MESSAGES: usize = 128;
+    let mut broker = TestBroker::start();
+    let channel = broker.channel().await;
+    for topic in ["fanout", "big", "side"] {
+        create_topic(&channel, topic, 1, TopicConfig::default()).await;
+    }
+    // 32 MiB that the stalled subscribers will not read.
+    let mut publisher = PublisherClient::new(channel.clone());
+    for chunk in 0..BIG_MESSAGES / 8 {
+        let messages = (0..8)
+            .map(|i| Message {
+                value: checked_value((chunk * 8 + i) as u64, 256 * 1024),
+                ..Default::default()
+            })
+            .collect();
+        publisher
+            .publish(PublishRequest {
+                topic: "big".into(),
+                messages,
+                ack: AckLevel::Durable as i32,
+            })
+            .await
+            .unwrap();
+    }
+    let bystander = Bystander::start(&broker, "side").await;
+    let rss_before = rss_mib(&broker);
+
+    // Thousands of streams on one connection.
+    let shared = broker.channel().await;
+    let mut opening = tokio::task::JoinSet::new();
+    for _ in 0..STREAMS {
+        opening.spawn(subscribe_from_end(&shared, "fanout"));
+    }
+    let mut streams = Vec::with_capacity(STREAMS);
+    while let Some(opened) = opening.join_next().await {
+        streams.push(opened.unwrap().expect("a subscribe among thousands"));
+    }
+    wait_open_streams(&broker, "subscribe", |open| open >= STREAMS as f64).await;
+    let rss_streams = rss_mib(&broker);
+    // Every one of them is served.
+    let sent = Bytes::from_static(b"to all of them");
+    publisher
+        .publish(PublishRequest {
+            topic: "fanout".into(),
+            messages: vec![Message {
+                value: sent.clone(),
+                ..Default::default()
+            }],
+            ack: AckLevel::Durable as i32,
+        })
+        .await
+        .unwrap();
+    for (index, stream) in streams.iter_mut().enumerate() {
+        match next_event(stream).await {
+            Ok(Some(Event::Batch(batch))) => assert_eq!(batch.messages[0].value, sent),
+            other => panic!("stream {index}: {other:?}"),
+        }
+    }
+
+    // Subscribers that never read, each on its own connection.
+    let mut stalled = Vec::with_capacity(STALLED);
+    for _ in 0..STALLED {
+        let stream = consumer(&broker.channel().await)
+            .subscribe(SubscribeRequest {
+                topic: "big".into(),
+                start: Some(StartPosition {
+                    position: Some(Position::Earliest(Earliest {})),
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        stalled.push(stream);
+    }
+    // Their readers fill their bounded queues and flow-control windows, then wait.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publisher
+        .publish(PublishRequest {
+            topic: "big".into(),
+            messages: vec![Message {
+                value: checked_value(u64::MAX, 1024),
+                ..Default::default()
+            }],
+            ack: AckLevel::Durable as i32,
+        })
+        .await
+        .expect("publishing is not held up by stalled subscribers");
+    let rss_stalled = rss_mib(&broker);
+
+    // Clients going away close their streams on the broker too.
+    drop(streams);
+    drop(stalled);
+    drop(shared);
+    wait_open_streams(&broker, "subscribe", |open| open == 0.0).await;
+    let rss_after = rss_mib(&broker);
+    let (rounds, worst) = bystander.finish(Duration::from_secs(5)).await;
+    println!(
+        "streams: RSS (VmRSS, RssAnon) MiB before {rss_before:?}, with {STREAMS} streams on one connection {rss_streams:?}, \
+         with {STALLED} stalled subscribers over 32 MiB {rss_stalled:?}, after {rss_after:?}; \
+         bystander {rounds} rounds, worst {worst:?}"
+    );
+    // Generous bounds: a few KiB per stream, a few MiB per stalled subscriber.
+    assert!(
+        rss_streams.1 - rss_before.1 < 256.0,
+        "{STREAMS} streams took {rss_before:?} -> {rss_streams:?} MiB"
+    );
+    assert!(
+        rss_stalled.1 - rss_streams.1 < (STALLED * 8) as f64 + 64.0,
+        "{STALLED} stalled subscribers took {rss_streams:?} -> {rss_stalled:?} MiB"
+    );
+    assert!(broker.is_running());
+    broker.stop();
+    assert_no_panic(&broker);
+}
+
+/// HTTP/2 frames written by hand: 9-byte header (length, type, flags, stream id).
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    frame.extend_from_slice(&[kind, flags]);
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// "MadeYouReset" (CVE-2025-8671): a client that makes the server reset stream after
+/// stream (here malformed requests) costs the server work without counting against
+/// the open-stream cap. tonic turns h2's limit on such
+/// resets off; the broker turns it back on, so the connection is closed with GOAWAY
+/// ENHANCE_YOUR_CALM while other clients keep being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_provoking_endless_stream_resets_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const FRAME_HEADERS: u8 = 0x1;
+    const FRAME_GOAWAY: u8 = 0x7;
+    const END_STREAM: u8 = 0x1;
+    const END_HEADERS: u8 = 0x4;
+    const ENHANCE_YOUR_CALM: u32 = 0xb;
+    const STREAMS: u32 = 4000;
+    let mut broker = TestBroker::start();
+    let channel = broker.channel().await;
+    create_topic(&channel, "calm", 1, TopicConfig::default()).await;
+
+    let mut socket = tokio::net::TcpStream::connect(broker.grpc_addr())
+        .await
+        .unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[])); // SETTINGS, none changed
+    // HPACK: :method POST, :scheme http, :path / (static table), then `connection: x`
+    // as a literal, a header HTTP/2 forbids: a malformed request, reset by the server.
+    let mut request = vec![0x83, 0x86, 0x84, 0x00, 10];
+    request.extend_from_slice(b"connection");
+    request.extend_from_slice(&[1, b'x']);
+    for index in 0..STREAMS {
+        out.extend(h2_frame(
+            FRAME_HEADERS,
+            END_HEADERS | END_STREAM,
+            2 * index + 1,
+            &request,
+        ));
+    }
+    // The server may stop reading once it has had enough: a failed write is fine.
+    let (mut reader, mut writer) = socket.split();
+    let write = async {
+        let _ = writer.write_all(&out).await;
+    };
+    let read = async {
+        let mut received = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match reader.read(&mut chunk).await {
+                Ok(0) | Err(_) => return received,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    let (_, received) = tokio::time::timeout(EVENT_TIMEOUT, async { tokio::join!(write, read) })
+        .await
+        .expect("the server must close a connection that keeps provoking resets");
+    let mut goaway = None;
+    let mut at = 0;
+    while at + 9 <= received.len() {
+        let length = u32::from_be_bytes([0, received[at], received[at + 1], received[at + 2]]);
+        let end = at + 9 + length as usize;
+        if received[at + 3] == FRAME_GOAWAY && end <= received.len() {
+            goaway = Some(u32::from_be_bytes(
+                received[at + 13..at + 17].try_into().unwrap(),
+            ));
+        }
+        at = end;
+    }
+    assert_eq!(goaway, Some(ENHANCE_YOUR_CALM));
+
+    // Everyone else is still served.
+    let description = describe_topic(&broker.channel().await, "calm").await;
+    assert_eq!(description.partitions.len(), 1);
+    assert!(broker.is_running());
+    broker.stop();
+    assert_no_panic(&broker);
+}
+
+/// A connection may have at most `--max-streams-per-connection` calls open (HTTP/2
+/// SETTINGS_MAX_CONCURRENT_STREAMS): the client queues the next call until one ends,
+/// and other connections are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_per_connection_are_capped_and_the_next_call_waits_its_turn() {
+    const CAP: usize = 8;
+    let mut broker = TestBroker::start_with(&["--max-streams-per-connection", "8"]);
+    let channel = broker.channel().await;
+    create_topic(&channel, "capped", 1, TopicConfig::default()).await;
+    let subscribe = |channel: &Channel| subscribe_from_end(channel, "capped");
+    let shared = broker.channel().await;
+    let mut streams = Vec::with_capacity(CAP);
+    for _ in 0..CAP {
+        streams.push(
+            subscribe(&shared)
+                .await
+                .expect("a subscribe within the cap"),
+        );
+    }
+    let queued = tokio::spawn(subscribe(&shared));
+    // Another connection is served at once, past the one that is full.
+    let _other = subscribe(&channel)
+        .await
+        .expect("a subscribe on another connection");
+    wait_open_streams(&broker, "subscribe", |open| open == (CAP + 1) as f64).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !queued.is_finished(),
+        "a call past the cap must wait for a free stream"
+    );
+    assert_eq!(
+        wait_open_streams(&broker, "subscribe", |_| true).await,
+        (CAP + 1) as f64
+    );
+    // One ends: the queued call gets its stream.
+    drop(streams.pop());
+    let opened = tokio::time::timeout(Duration::from_secs(10), queued)
+        .await
+        .expect("the queued call opens once a stream is free")
+        .unwrap();
+    assert!(opened.is_ok(), "{opened:?}");
+    wait_open_streams(&broker, "subscribe", |open| open == (CAP + 1) as f64).await;
+    broker.stop();
+    assert_no_panic(&broker);
+}
