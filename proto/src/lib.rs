@@ -139,6 +139,10 @@ mod tests {
                     timestamp_ms: Some(1_700_000_000_000),
                     ttl_ms: Some(0),
                     partition: Some(3),
+                    id: Bytes::from_static(b"order-42"),
+                    deliver_at_ms: Some(1_700_000_060_000),
+                    delay_ms: None,
+                    priority: 2,
                 },
                 Message {
                     value: Bytes::from_static(b"keyless"),

@@ -117,14 +117,23 @@ fn fsync_to_proto(value: storage::FsyncPolicy) -> pb::FsyncPolicy {
     }
 }
 
-/// Checks an optional limit given as "absent = off, present must be > 0".
-fn positive(name: &str, value: Option<u64>) -> Result<Option<u64>, Status> {
-    match value {
-        Some(0) => Err(invalid(format!(
-            "{name} must be > 0 when set; leave it unset for no limit"
-        ))),
-        other => Ok(other),
-    }
+/// An optional limit: absent or 0 = off, as in a TopicConfigUpdate, so a described
+/// config can be sent back either way.
+fn off_if_zero(value: Option<u64>) -> Option<u64> {
+    value.filter(|&v| v != 0)
+}
+
+/// A topic's priority levels from the API (0 = one level), checked.
+fn priority_levels(value: u32) -> Result<u8, Status> {
+    u8::try_from(value)
+        .ok()
+        .filter(|&levels| levels <= storage::limits::PRIORITY_LEVELS_MAX)
+        .ok_or_else(|| {
+            invalid(format!(
+                "priority_levels {value} is over the maximum of {}",
+                storage::limits::PRIORITY_LEVELS_MAX
+            ))
+        })
 }
 
 /// A create request's config, with the API's defaults (which differ from the
@@ -134,14 +143,14 @@ pub fn topic_config_from_proto(
 ) -> Result<storage::TopicConfig, Status> {
     let config = config.unwrap_or_default();
     let result = storage::TopicConfig {
-        retention_ms: positive("retention_ms", config.retention_ms)?,
-        retention_bytes: positive("retention_bytes", config.retention_bytes)?,
-        default_ttl_ms: positive("default_ttl_ms", config.default_ttl_ms)?,
+        retention_ms: off_if_zero(config.retention_ms),
+        retention_bytes: off_if_zero(config.retention_bytes),
+        default_ttl_ms: off_if_zero(config.default_ttl_ms),
         segment_bytes: match config.segment_bytes {
             0 => storage::limits::SEGMENT_BYTES_DEFAULT,
             bytes => bytes,
         },
-        segment_ms: positive("segment_ms", config.segment_ms)?,
+        segment_ms: off_if_zero(config.segment_ms),
         fsync: match &config.fsync {
             None => storage::FsyncPolicy::Always,
             Some(policy) => fsync_from_proto(policy)?,
@@ -151,6 +160,7 @@ pub fn topic_config_from_proto(
             bytes => bytes,
         },
         compression: compression_from_proto(config.compression)?,
+        priority_levels: priority_levels(config.priority_levels)?,
     };
     or_status(result.validate())?;
     Ok(result)
@@ -165,29 +175,32 @@ pub fn apply_config_update(
         return Ok(current.clone());
     };
     // 0 switches a limit off.
-    let off_if_zero = |value: u64| (value != 0).then_some(value);
     let mut next = current.clone();
     if let Some(ms) = update.retention_ms {
-        next.retention_ms = off_if_zero(ms);
+        next.retention_ms = off_if_zero(Some(ms));
     }
     if let Some(bytes) = update.retention_bytes {
-        next.retention_bytes = off_if_zero(bytes);
+        next.retention_bytes = off_if_zero(Some(bytes));
     }
     if let Some(ms) = update.default_ttl_ms {
-        next.default_ttl_ms = off_if_zero(ms);
+        next.default_ttl_ms = off_if_zero(Some(ms));
     }
     if let Some(bytes) = update.segment_bytes {
-        next.segment_bytes = off_if_zero(bytes).unwrap_or(storage::limits::SEGMENT_BYTES_DEFAULT);
+        next.segment_bytes =
+            off_if_zero(Some(bytes)).unwrap_or(storage::limits::SEGMENT_BYTES_DEFAULT);
     }
     if let Some(ms) = update.segment_ms {
-        next.segment_ms = off_if_zero(ms);
+        next.segment_ms = off_if_zero(Some(ms));
     }
     if let Some(policy) = &update.fsync {
         next.fsync = fsync_from_proto(policy)?;
     }
     if let Some(bytes) = update.max_message_bytes {
         next.max_message_bytes =
-            off_if_zero(bytes).unwrap_or(storage::limits::MESSAGE_BYTES_DEFAULT);
+            off_if_zero(Some(bytes)).unwrap_or(storage::limits::MESSAGE_BYTES_DEFAULT);
+    }
+    if let Some(levels) = update.priority_levels {
+        next.priority_levels = priority_levels(levels)?;
     }
     if let Some(compression) = update.compression {
         next.compression = compression_from_proto(compression)?;
@@ -206,6 +219,7 @@ pub fn topic_config_to_proto(config: &storage::TopicConfig) -> pb::TopicConfig {
         fsync: Some(fsync_to_proto(config.fsync)),
         max_message_bytes: config.max_message_bytes,
         compression: compression_to_proto(config.compression) as i32,
+        priority_levels: u32::from(config.priority_levels),
     }
 }
 
@@ -275,6 +289,10 @@ pub fn new_record(index: usize, message: pb::Message) -> Result<storage::NewReco
             .collect(),
         timestamp_ms: message.timestamp_ms,
         ttl_ms: message.ttl_ms,
+        id: (!message.id.is_empty()).then_some(message.id),
+        deliver_at_ms: message.deliver_at_ms,
+        delay_ms: message.delay_ms,
+        priority: u8::try_from(message.priority).unwrap_or(u8::MAX),
     })
 }
 
@@ -297,6 +315,9 @@ pub fn consumed_message(partition: u32, record: storage::Record) -> pb::Consumed
                 value: h.value,
             })
             .collect(),
+        id: record.id.unwrap_or_default(),
+        deliver_at_ms: record.deliver_at_ms,
+        priority: u32::from(record.priority),
     }
 }
 
@@ -431,10 +452,31 @@ mod tests {
     }
 
     #[test]
+    fn zero_switches_a_limit_off_at_create_as_in_an_update() {
+        let config = topic_config_from_proto(Some(pb::TopicConfig {
+            retention_ms: Some(0),
+            retention_bytes: Some(0),
+            default_ttl_ms: Some(0),
+            segment_ms: Some(0),
+            ..Default::default()
+        }))
+        .unwrap();
+        assert_eq!(
+            (
+                config.retention_ms,
+                config.retention_bytes,
+                config.default_ttl_ms,
+                config.segment_ms
+            ),
+            (None, None, None, None)
+        );
+    }
+
+    #[test]
     fn bad_config_values_are_invalid_argument() {
         for config in [
             pb::TopicConfig {
-                retention_ms: Some(0),
+                priority_levels: 11,
                 ..Default::default()
             },
             pb::TopicConfig {
@@ -505,10 +547,17 @@ mod tests {
             timestamp_ms: Some(5),
             ttl_ms: Some(0),
             partition: None,
+            id: Bytes::from_static(b"order-1"),
+            deliver_at_ms: None,
+            delay_ms: Some(60_000),
+            priority: 3,
         };
         let record = new_record(0, message).unwrap();
         assert_eq!(record.key.as_deref(), Some(&b"k"[..]));
         assert_eq!(record.ttl_ms, Some(0));
+        assert_eq!(record.id.as_deref(), Some(&b"order-1"[..]));
+        assert_eq!((record.delay_ms, record.priority), (Some(60_000), 3));
+        assert_eq!(new_record(0, pb::Message::default()).unwrap().id, None);
         let keyless = new_record(1, pb::Message::default()).unwrap();
         assert_eq!(keyless.key, None);
         let bad = pb::Message {
@@ -530,11 +579,16 @@ mod tests {
                 key: "h".into(),
                 value: Bytes::from_static(b"\x00"),
             }],
+            id: Some(Bytes::from_static(b"id")),
+            deliver_at_ms: Some(9),
+            priority: 2,
         };
-        assert_eq!(stored.payload_bytes(), 4);
+        assert_eq!(stored.payload_bytes(), 6);
         let consumed = consumed_message(3, stored);
         assert_eq!((consumed.partition, consumed.offset), (3, 7));
         assert_eq!(consumed.headers[0].key, "h");
+        assert_eq!(&consumed.id[..], b"id");
+        assert_eq!((consumed.deliver_at_ms, consumed.priority), (Some(9), 2));
     }
 
     #[test]

@@ -31,7 +31,10 @@
 
 use bytes::Bytes;
 
-use crate::limits::{BATCH_BYTES_MAX, BATCH_RECORDS_MAX, RECORD_HEADERS_MAX};
+use crate::limits::{
+    BATCH_BYTES_MAX, BATCH_RECORDS_MAX, MESSAGE_ID_BYTES_MAX, PRIORITY_LEVELS_MAX,
+    RECORD_HEADERS_MAX,
+};
 
 /// Bytes in a batch header.
 pub const HEADER_BYTES: usize = 60;
@@ -60,6 +63,15 @@ const _: () = assert!(UNCOMPRESSED_LENGTH_AT + 4 == HEADER_BYTES);
 const CODEC_MASK: u8 = 0b11;
 const RECORD_HAS_KEY: u8 = 1 << 0;
 const RECORD_HAS_EXPIRY: u8 = 1 << 1;
+const RECORD_HAS_DELIVER_AT: u8 = 1 << 2;
+const RECORD_HAS_PRIORITY: u8 = 1 << 3;
+const RECORD_HAS_ID: u8 = 1 << 4;
+/// Every attribute bit a record may carry; the others must be 0.
+const RECORD_ATTRIBUTES_KNOWN: u8 = RECORD_HAS_KEY
+    | RECORD_HAS_EXPIRY
+    | RECORD_HAS_DELIVER_AT
+    | RECORD_HAS_PRIORITY
+    | RECORD_HAS_ID;
 /// zstd level for compressed batches: level 1 keeps appends CPU-cheap.
 const ZSTD_LEVEL: i32 = 1;
 
@@ -122,6 +134,15 @@ pub struct NewRecord {
     /// Time to live from the append time; the topic default when absent; 0 means
     /// never expires (overriding the topic default).
     pub ttl_ms: Option<u64>,
+    /// The producer's id for the message: opaque, 1 to `MESSAGE_ID_BYTES_MAX` bytes.
+    pub id: Option<Bytes>,
+    /// Not to be delivered by queues before this time (ms since the epoch).
+    pub deliver_at_ms: Option<i64>,
+    /// Not to be delivered by queues before this long after the append time (ms);
+    /// exclusive with `deliver_at_ms`.
+    pub delay_ms: Option<u64>,
+    /// Queue delivery priority, 0 (the default, lowest) up to the topic's levels - 1.
+    pub priority: u8,
 }
 
 impl NewRecord {
@@ -133,18 +154,24 @@ impl NewRecord {
         }
     }
 
-    /// Key, value and header bytes: what `max_message_bytes` limits.
+    /// Id, key, value and header bytes: what `max_message_bytes` limits.
     pub fn payload_bytes(&self) -> u64 {
-        payload_size(self.key.as_ref(), &self.value, &self.headers)
+        payload_size(
+            self.id.as_ref(),
+            self.key.as_ref(),
+            &self.value,
+            &self.headers,
+        )
     }
 }
 
-/// Key + value + header bytes: the one definition of a message's size, for what a
+/// Id + key + value + header bytes: the one definition of a message's size, for what a
 /// producer sends and what a reader gets back.
-fn payload_size(key: Option<&Bytes>, value: &Bytes, headers: &[Header]) -> u64 {
+fn payload_size(id: Option<&Bytes>, key: Option<&Bytes>, value: &Bytes, headers: &[Header]) -> u64 {
+    let id = id.map_or(0, |i| i.len());
     let key = key.map_or(0, |k| k.len());
     let headers: usize = headers.iter().map(|h| h.key.len() + h.value.len()).sum();
-    (key + value.len() + headers) as u64
+    (id + key + value.len() + headers) as u64
 }
 
 /// A record read back from the log. `key`, `value` and header values of uncompressed
@@ -157,12 +184,24 @@ pub struct Record {
     pub key: Option<Bytes>,
     pub value: Bytes,
     pub headers: Vec<Header>,
+    /// The producer's id for the message, if it gave one.
+    pub id: Option<Bytes>,
+    /// Queues do not deliver it before this time (ms since the epoch). Log readers see
+    /// it as metadata and read in log order.
+    pub deliver_at_ms: Option<i64>,
+    /// Queue delivery priority (0 = lowest).
+    pub priority: u8,
 }
 
 impl Record {
-    /// Key, value and header bytes: what read budgets and metrics count.
+    /// Id, key, value and header bytes: what read budgets and metrics count.
     pub fn payload_bytes(&self) -> u64 {
-        payload_size(self.key.as_ref(), &self.value, &self.headers)
+        payload_size(
+            self.id.as_ref(),
+            self.key.as_ref(),
+            &self.value,
+            &self.headers,
+        )
     }
 }
 
@@ -371,8 +410,11 @@ pub struct EncodeOptions {
     /// TTL for records that carry none.
     pub default_ttl_ms: Option<u64>,
     pub compression: Compression,
-    /// Largest key + value + headers of one record.
+    /// Largest id + key + value + headers of one record.
     pub max_message_bytes: u64,
+    /// The topic's priority levels: a record's priority must be below it (0 and 1
+    /// both allow only priority 0).
+    pub priority_levels: u8,
 }
 
 /// Encodes records into one batch with base offset 0 (set it with [`set_base_offset`]).
@@ -408,7 +450,33 @@ pub fn encode_batch(
                 record.headers.len()
             )));
         }
-        payload_total += size + 16 + 10 * record.headers.len() as u64;
+        if let Some(id) = &record.id
+            && !(1..=MESSAGE_ID_BYTES_MAX).contains(&id.len())
+        {
+            return Err(crate::Error::invalid(format!(
+                "message {index} has an id of {} bytes; ids are 1 to {MESSAGE_ID_BYTES_MAX} bytes",
+                id.len()
+            )));
+        }
+        if record.deliver_at_ms.is_some() && record.delay_ms.is_some() {
+            return Err(crate::Error::invalid(format!(
+                "message {index} has both deliver_at_ms and delay_ms; set at most one"
+            )));
+        }
+        if record.delay_ms.is_some_and(|d| d > i64::MAX as u64) {
+            return Err(crate::Error::invalid(format!(
+                "message {index} has a delay_ms over i64::MAX"
+            )));
+        }
+        let levels = options.priority_levels.max(1);
+        if record.priority >= levels {
+            return Err(crate::Error::invalid(format!(
+                "message {index} has priority {}, but the topic has {levels} priority level(s) (priorities 0..={}); create or alter the topic with more priority_levels (at most {PRIORITY_LEVELS_MAX})",
+                record.priority,
+                levels - 1
+            )));
+        }
+        payload_total += size + 32 + 10 * record.headers.len() as u64;
     }
     if payload_total + HEADER_BYTES as u64 > BATCH_BYTES_MAX {
         return Err(crate::Error::TooLarge {
@@ -451,6 +519,20 @@ pub fn encode_batch(
         if expiry.is_some() {
             attributes |= RECORD_HAS_EXPIRY;
         }
+        let deliver_at = record.deliver_at_ms.or_else(|| {
+            record
+                .delay_ms
+                .map(|d| options.now_ms.saturating_add(d as i64))
+        });
+        if deliver_at.is_some() {
+            attributes |= RECORD_HAS_DELIVER_AT;
+        }
+        if record.priority > 0 {
+            attributes |= RECORD_HAS_PRIORITY;
+        }
+        if record.id.is_some() {
+            attributes |= RECORD_HAS_ID;
+        }
         record_body.push(attributes);
         put_varint(&mut record_body, delta as u64);
         put_varint(
@@ -462,6 +544,19 @@ pub fn encode_batch(
                 &mut record_body,
                 zigzag(expiry.wrapping_sub(first_timestamp_ms)),
             );
+        }
+        if let Some(deliver_at) = deliver_at {
+            put_varint(
+                &mut record_body,
+                zigzag(deliver_at.wrapping_sub(first_timestamp_ms)),
+            );
+        }
+        if record.priority > 0 {
+            record_body.push(record.priority);
+        }
+        if let Some(id) = &record.id {
+            put_varint(&mut record_body, id.len() as u64);
+            record_body.extend_from_slice(id);
         }
         if let Some(key) = &record.key {
             put_varint(&mut record_body, key.len() as u64);
@@ -607,7 +702,7 @@ impl RecordIter {
             .filter(|&end| end <= self.section.len())
             .ok_or_else(|| invalid("record length runs past the records section"))?;
         let attributes = self.byte()?;
-        if attributes & !(RECORD_HAS_KEY | RECORD_HAS_EXPIRY) != 0 {
+        if attributes & !RECORD_ATTRIBUTES_KNOWN != 0 {
             return Err(invalid(format!(
                 "unknown record attributes {attributes:#x}"
             )));
@@ -625,6 +720,34 @@ impl RecordIter {
         let timestamp_ms = first.wrapping_add(unzigzag(self.varint()?));
         let expires_at_ms = if attributes & RECORD_HAS_EXPIRY != 0 {
             Some(first.wrapping_add(unzigzag(self.varint()?)))
+        } else {
+            None
+        };
+        let deliver_at_ms = if attributes & RECORD_HAS_DELIVER_AT != 0 {
+            Some(first.wrapping_add(unzigzag(self.varint()?)))
+        } else {
+            None
+        };
+        let priority = if attributes & RECORD_HAS_PRIORITY != 0 {
+            let priority = self.byte()?;
+            if priority == 0 || priority >= PRIORITY_LEVELS_MAX {
+                return Err(invalid(format!(
+                    "record priority {priority} is out of range"
+                )));
+            }
+            priority
+        } else {
+            0
+        };
+        let id = if attributes & RECORD_HAS_ID != 0 {
+            let id = self.length_prefixed(end)?;
+            if !(1..=MESSAGE_ID_BYTES_MAX).contains(&id.len()) {
+                return Err(invalid(format!(
+                    "record id of {} bytes is out of range",
+                    id.len()
+                )));
+            }
+            Some(id)
         } else {
             None
         };
@@ -656,6 +779,9 @@ impl RecordIter {
             key,
             value,
             headers,
+            id,
+            deliver_at_ms,
+            priority,
         })
     }
 
@@ -783,6 +909,7 @@ mod tests {
             default_ttl_ms: None,
             compression: Compression::None,
             max_message_bytes: 1 << 20,
+            priority_levels: 10,
         }
     }
 
@@ -797,11 +924,16 @@ mod tests {
                 }],
                 timestamp_ms: Some(1_600_000_000_000),
                 ttl_ms: Some(60_000),
+                id: Some(Bytes::from_static(b"evt-0001")),
+                deliver_at_ms: Some(1_700_000_050_000),
+                delay_ms: None,
+                priority: 9,
             },
             NewRecord::value(Bytes::from_static(b"")),
             NewRecord {
                 value: Bytes::from(vec![7u8; 300]),
                 timestamp_ms: Some(1_500_000_000_000),
+                delay_ms: Some(30_000),
                 ..NewRecord::default()
             },
         ]
@@ -833,6 +965,61 @@ mod tests {
         assert_eq!(decoded[1].expires_at_ms, None);
         assert_eq!(decoded[2].timestamp_ms, 1_500_000_000_000);
         assert_eq!(decoded[2].value.len(), 300);
+        assert_eq!(decoded[0].id.as_deref(), Some(&b"evt-0001"[..]));
+        assert_eq!(decoded[0].deliver_at_ms, Some(1_700_000_050_000));
+        assert_eq!(decoded[0].priority, 9);
+        assert_eq!(
+            (
+                decoded[1].id.clone(),
+                decoded[1].deliver_at_ms,
+                decoded[1].priority
+            ),
+            (None, None, 0)
+        );
+        // A delay counts from the append time.
+        assert_eq!(decoded[2].deliver_at_ms, Some(options.now_ms + 30_000));
+    }
+
+    #[test]
+    fn ids_delays_and_priorities_are_checked_before_encoding() {
+        let one = |record: NewRecord, levels: u8| {
+            let options = EncodeOptions {
+                priority_levels: levels,
+                ..options()
+            };
+            encode_batch(&[record], &options)
+        };
+        let with = |f: fn(&mut NewRecord)| {
+            let mut record = NewRecord::value("v");
+            f(&mut record);
+            record
+        };
+        for (what, record, levels) in [
+            ("empty id", with(|r| r.id = Some(Bytes::new())), 10),
+            (
+                "129-byte id",
+                with(|r| r.id = Some(Bytes::from(vec![1u8; 129]))),
+                10,
+            ),
+            (
+                "both deliver_at and delay",
+                with(|r| {
+                    r.deliver_at_ms = Some(1);
+                    r.delay_ms = Some(1);
+                }),
+                10,
+            ),
+            ("priority at the levels", with(|r| r.priority = 3), 3),
+            ("priority without levels", with(|r| r.priority = 1), 0),
+        ] {
+            let error = one(record, levels).unwrap_err();
+            assert!(
+                matches!(error, crate::Error::InvalidArgument(_)),
+                "{what}: {error}"
+            );
+        }
+        one(with(|r| r.id = Some(Bytes::from(vec![1u8; 128]))), 0).unwrap();
+        one(with(|r| r.priority = 2), 3).unwrap();
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 use crate::batch::Compression;
 use crate::error::{Error, Result};
 use crate::limits::{
-    MESSAGE_BYTES_DEFAULT, MESSAGE_BYTES_MAX, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX,
-    SEGMENT_BYTES_MIN, TOPIC_NAME_BYTES_MAX, TOPIC_PARTITIONS_MAX,
+    MESSAGE_BYTES_DEFAULT, MESSAGE_BYTES_MAX, PRIORITY_LEVELS_MAX, SEGMENT_BYTES_DEFAULT,
+    SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, TOPIC_NAME_BYTES_MAX, TOPIC_PARTITIONS_MAX,
 };
 
 /// When a partition's writes are made durable with fdatasync.
@@ -115,6 +115,9 @@ pub struct TopicConfig {
     /// Largest key + value + headers of one message.
     pub max_message_bytes: u64,
     pub compression: Compression,
+    /// Priority levels queues honour: a message's priority must be below this. 0 (the
+    /// default) and 1 both mean one level (every message priority 0).
+    pub priority_levels: u8,
 }
 
 impl Default for TopicConfig {
@@ -129,6 +132,7 @@ impl Default for TopicConfig {
             fsync: FsyncPolicy::Always,
             max_message_bytes: MESSAGE_BYTES_DEFAULT,
             compression: Compression::None,
+            priority_levels: 0,
         }
     }
 }
@@ -163,6 +167,12 @@ impl TopicConfig {
                 return Err(Error::invalid(format!("{name} is too large")));
             }
         }
+        if self.priority_levels > PRIORITY_LEVELS_MAX {
+            return Err(Error::invalid(format!(
+                "priority_levels {} is over the maximum of {PRIORITY_LEVELS_MAX}",
+                self.priority_levels
+            )));
+        }
         if let FsyncPolicy::IntervalMs(0) = self.fsync {
             return Err(Error::invalid("fsync interval must be at least 1 ms"));
         }
@@ -182,6 +192,9 @@ impl TopicConfig {
         let _ = writeln!(out, "fsync={}", self.fsync);
         let _ = writeln!(out, "max_message_bytes={}", self.max_message_bytes);
         let _ = writeln!(out, "compression={}", self.compression.name());
+        if self.priority_levels > 0 {
+            let _ = writeln!(out, "priority_levels={}", self.priority_levels);
+        }
         out
     }
 
@@ -219,6 +232,11 @@ impl TopicConfig {
                 "segment_ms" => config.segment_ms = optional(value)?,
                 "fsync" => config.fsync = FsyncPolicy::parse(value)?,
                 "max_message_bytes" => config.max_message_bytes = number_of(value)?,
+                "priority_levels" => {
+                    config.priority_levels = u8::try_from(number_of(value)?).map_err(|_| {
+                        Error::invalid(format!("priority_levels={value} is out of range"))
+                    })?
+                }
                 "compression" => {
                     config.compression = Compression::parse(value)
                         .ok_or_else(|| Error::invalid(format!("unknown compression {value:?}")))?
@@ -273,6 +291,7 @@ mod tests {
             fsync: FsyncPolicy::IntervalMs(10),
             max_message_bytes: 4096,
             compression: Compression::Zstd,
+            priority_levels: 4,
         };
         let text = config.to_file(12);
         assert_eq!(TopicConfig::from_file(&text).unwrap(), (12, config));

@@ -49,6 +49,13 @@ pub const INDEX_INTERVAL_BYTES: u64 = 4096;
 /// the margin leaves room for a smaller interval later.
 pub const INDEX_ENTRIES_MAX: u32 = 4 * 1024 * 1024;
 
+/// Longest message id a producer may give a message (opaque bytes).
+pub const MESSAGE_ID_BYTES_MAX: usize = 128;
+
+/// Most priority levels a topic may have; priorities run from 0 (lowest) to
+/// `PRIORITY_LEVELS_MAX - 1`.
+pub const PRIORITY_LEVELS_MAX: u8 = 10;
+
 /// Longest consumer group id and commit metadata string.
 pub const GROUP_ID_BYTES_MAX: usize = 255;
 pub const COMMIT_METADATA_BYTES_MAX: usize = 4096;

@@ -408,6 +408,7 @@ impl Partition {
             default_ttl_ms: config.default_ttl_ms,
             compression: config.compression,
             max_message_bytes: config.max_message_bytes,
+            priority_levels: config.priority_levels,
         };
         // Encoding, compression and the CRC happen outside the lock.
         let mut encoded = batch::encode_batch(records, &options)?;

@@ -809,6 +809,7 @@ pub(crate) fn test_log(base: u64, counts: &[u32], value_bytes: usize) -> (Vec<u8
         default_ttl_ms: None,
         compression: batch::Compression::None,
         max_message_bytes: 1 << 20,
+        priority_levels: 0,
     };
     let mut log = Vec::new();
     let mut positions = Vec::new();

@@ -52,6 +52,7 @@ fn records(from: u64, count: u64) -> Vec<NewRecord> {
             },
             timestamp_ms: Some(START_MS + i as i64),
             ttl_ms: None,
+            ..NewRecord::default()
         })
         .collect()
 }
@@ -338,7 +339,7 @@ fn intact_records_before_a_damaged_batch_are_served_then_the_damage_is_reported(
     assert_eq!(read.next_offset, 40);
 }
 
-/// Regression (found through the broker by tests/ reliability::flipped_bit_...): a
+/// Regression (found through the broker by tests/ bit_flips::flipped_bit_...): a
 /// flipped sign bit in a batch's max_expiry_ms made the batch look expired, so reads
 /// skipped it in silence instead of reporting the damage. The CRC now vouches for the
 /// header before its expiry is believed.

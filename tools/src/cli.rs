@@ -239,6 +239,11 @@ pub struct TopicConfigArgs {
     /// Compression of stored batches.
     #[arg(long, value_enum)]
     pub compression: Option<CompressionArg>,
+
+    /// Priority levels queues honour (1 to 10): messages may then be published with
+    /// priorities 0 to N-1.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub priority_levels: Option<u32>,
 }
 
 #[derive(Debug, Args)]

@@ -617,6 +617,7 @@ mod tests {
                 key: "h".into(),
                 value: Bytes::from_static(&[0xff]),
             }],
+            ..ConsumedMessage::default()
         };
         assert_eq!(
             message_json(&m).to_string(),

@@ -74,6 +74,7 @@ impl LineFormat {
             timestamp_ms: None,
             ttl_ms: self.ttl_ms,
             partition: self.partition,
+            ..Message::default()
         })
     }
 }

@@ -180,6 +180,7 @@ pub fn create_config(args: &TopicConfigArgs) -> TopicConfig {
         compression: args
             .compression
             .map_or(Compression::Unspecified, compression_proto) as i32,
+        priority_levels: args.priority_levels.unwrap_or(0),
     }
 }
 
@@ -200,6 +201,7 @@ pub fn alter_update(args: &TopicConfigArgs) -> TopicConfigUpdate {
         fsync: args.fsync.map(fsync_proto),
         max_message_bytes: args.max_message_bytes,
         compression: args.compression.map(|c| compression_proto(c) as i32),
+        priority_levels: args.priority_levels,
     }
 }
 
@@ -233,6 +235,7 @@ fn config_json(config: Option<&TopicConfig>) -> Value {
         "fsync": fsync_name(c.fsync.as_ref()),
         "max_message_bytes": c.max_message_bytes,
         "compression": compression_name(c.compression),
+        "priority_levels": c.priority_levels.max(1),
     })
 }
 
@@ -284,6 +287,7 @@ pub fn render_config(config: Option<&TopicConfig>) -> String {
         ("fsync", fsync_name(c.fsync.as_ref())),
         ("max-message-bytes", format_bytes(c.max_message_bytes)),
         ("compression", compression_name(c.compression).to_string()),
+        ("priority-levels", c.priority_levels.max(1).to_string()),
     ])
 }
 
@@ -344,8 +348,10 @@ mod tests {
             fsync: Some(Fsync::IntervalMs(10)),
             max_message_bytes: None,
             compression: Some(CompressionArg::Zstd),
+            priority_levels: Some(3),
         };
         let create = create_config(&args);
+        assert_eq!(create.priority_levels, 3);
         assert_eq!(create.retention_ms, None);
         assert_eq!(create.retention_bytes, Some(10 << 30));
         assert_eq!(create.segment_bytes, 256 << 20);
@@ -371,6 +377,7 @@ mod tests {
             fsync: None,
             max_message_bytes: 1 << 20,
             compression: Compression::None as i32,
+            priority_levels: 0,
         };
         let text = render_config(Some(&config));
         assert!(text.contains("retention          7d\n"), "{text}");

@@ -298,24 +298,10 @@ fn refused_requests() -> Vec<Case> {
             create_with(|c| c.max_message_bytes = 17 << 20),
             InvalidArgument,
         ),
+        // 0 switches a limit off, as in an update (not an error since issue 12).
         case(
-            "retention_ms 0",
-            create_with(|c| c.retention_ms = Some(0)),
-            InvalidArgument,
-        ),
-        case(
-            "retention_bytes 0",
-            create_with(|c| c.retention_bytes = Some(0)),
-            InvalidArgument,
-        ),
-        case(
-            "default_ttl_ms 0",
-            create_with(|c| c.default_ttl_ms = Some(0)),
-            InvalidArgument,
-        ),
-        case(
-            "segment_ms 0",
-            create_with(|c| c.segment_ms = Some(0)),
+            "priority_levels 11",
+            create_with(|c| c.priority_levels = 11),
             InvalidArgument,
         ),
         case(
@@ -406,6 +392,24 @@ fn refused_requests() -> Vec<Case> {
         case(
             "1025 headers",
             publish_with(|m| m.headers = vec![Header::default(); 1025]),
+            InvalidArgument,
+        ),
+        case(
+            "priority above the topic's levels",
+            publish_with(|m| m.priority = 1),
+            InvalidArgument,
+        ),
+        case(
+            "id of 129 bytes",
+            publish_with(|m| m.id = vec![b'i'; 129].into()),
+            InvalidArgument,
+        ),
+        case(
+            "deliver_at_ms and delay_ms",
+            publish_with(|m| {
+                m.deliver_at_ms = Some(1);
+                m.delay_ms = Some(1);
+            }),
             InvalidArgument,
         ),
         case(

@@ -8,6 +8,7 @@ mod cli;
 mod garbage;
 mod groups;
 mod kill9;
+mod message_metadata;
 mod metrics_http;
 mod positions;
 mod read_budget;

@@ -47,6 +47,7 @@ fn new_record(message: &Message) -> NewRecord {
             .collect(),
         timestamp_ms: message.timestamp_ms,
         ttl_ms: message.ttl_ms,
+        ..NewRecord::default()
     }
 }
 
@@ -64,6 +65,7 @@ async fn torn_last_batch_at_every_byte_serves_exactly_the_intact_prefix() {
         default_ttl_ms: None,
         compression: Compression::None,
         max_message_bytes: 1 << 20,
+        priority_levels: 0,
     };
     let last_len = storage_batch::encode_batch(&last, &options)
         .unwrap()

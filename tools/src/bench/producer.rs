@@ -133,6 +133,7 @@ impl Batcher {
                 timestamp_ms: None,
                 ttl_ms: None,
                 partition: Some(partition),
+                ..Message::default()
             })
             .collect();
         (partition, messages, buffer)

@@ -648,6 +648,7 @@ mod tests {
                 default_ttl_ms: None,
                 compression: Compression::None,
                 max_message_bytes: 1024,
+                priority_levels: 0,
             };
             let mut bytes = encode_batch(&[record], &options).unwrap().bytes;
             set_base_offset(&mut bytes, base);
