@@ -46,6 +46,8 @@ struct Context {
     default_ttl_ms: Option<u64>,
     /// The topic's max_message_bytes: the default or something small.
     max_message_bytes: u64,
+    /// The topic's priority levels, 0..=10.
+    priority_levels: u8,
     /// One partition's state, for offset resets.
     partition: PartitionState,
 }
@@ -72,6 +74,7 @@ impl Context {
             } else {
                 u64::from(bytes[15]) + 1
             },
+            priority_levels: bytes[11] % 11,
             partition: PartitionState {
                 committed: (flags & 8 != 0).then_some(u64::from(u16_at(13))),
                 log_start,
@@ -117,6 +120,7 @@ fn publish(request: PublishRequest, context: &Context) {
         default_ttl_ms: context.default_ttl_ms,
         compression: context.compression,
         max_message_bytes: context.max_message_bytes,
+        priority_levels: context.priority_levels,
     };
     for records in batches.values() {
         let encoded = match batch::encode_batch(records, &options) {
