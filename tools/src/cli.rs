@@ -400,8 +400,11 @@ pub enum Format {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ResetPolicyArg {
+    /// Go to the partition's log start (the oldest message still stored).
     Earliest,
+    /// Go to the partition's end (only messages published from now on).
     Latest,
+    /// Stop with an error naming the partition and its offsets.
     Error,
 }
 
@@ -426,6 +429,7 @@ pub struct ConsumeArgs {
     pub topic: String,
 
     /// Where to start: earliest, latest, an offset, or a date-time (YYYY-MM-DDTHH:mm:SS[.sss][Z|+hh:mm]).
+    /// An offset outside a partition's offsets follows --offset-reset.
     #[arg(long, value_name = "POSITION", value_parser = from, conflicts_with = "group")]
     pub from: Option<StartAt>,
 
@@ -467,8 +471,11 @@ pub struct ConsumeArgs {
     #[arg(long)]
     pub print_meta: bool,
 
-    /// Where to go when a position is out of range or a group has no committed offset.
-    #[arg(long, value_enum, default_value_t = ResetPolicyArg::Earliest)]
+    /// Where to start when a position is outside the partition's offsets (a --from
+    /// offset below the log start or past the end, a group's committed offset that
+    /// retention passed) or a group has no committed offset: earliest = the log start,
+    /// latest = the end (each with a note on stderr), error = stop with exit 1.
+    #[arg(long, value_enum, default_value_t = ResetPolicyArg::Earliest, value_name = "POLICY")]
     pub offset_reset: ResetPolicyArg,
 }
 

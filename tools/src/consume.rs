@@ -223,17 +223,8 @@ async fn consume_fetch(
         let mut offset = match args.from.unwrap_or(StartAt::Earliest) {
             StartAt::Earliest => log_start,
             StartAt::Latest => end,
-            StartAt::Offset(o) if o < log_start => {
-                note(&format!(
-                    "note: partition {partition}: offset {o} is below the log start {log_start}; starting there"
-                ));
-                log_start
-            }
-            StartAt::Offset(o) if o > end => {
-                note(&format!(
-                    "note: partition {partition}: offset {o} is past the end {end}; nothing to read there"
-                ));
-                end
+            StartAt::Offset(o) if o < log_start || o > end => {
+                out_of_range_start(args, partition, o, log_start, end)?
             }
             StartAt::Offset(o) => o,
             StartAt::TimestampMs(_) => by_time
@@ -276,11 +267,73 @@ async fn consume_fetch(
     Ok(())
 }
 
+/// Where a `--from <offset>` outside `log_start..=end` starts, by `--offset-reset`
+/// (the same rule the broker applies with --follow): the log start with a note, the
+/// end with a note, or an error naming the offsets and what to do.
+fn out_of_range_start(
+    args: &ConsumeArgs,
+    partition: u32,
+    offset: u64,
+    log_start: u64,
+    end: u64,
+) -> CliResult<u64> {
+    let position = if offset < log_start {
+        format!("below the log start {log_start}")
+    } else {
+        format!("past the end {end}")
+    };
+    let (to, whereto) = match args.offset_reset {
+        ResetPolicyArg::Earliest => (log_start, format!("starting at the log start {log_start}")),
+        ResetPolicyArg::Latest => (end, format!("starting at the end {end}")),
+        ResetPolicyArg::Error => {
+            return Err(CliError::failure(
+                format!(
+                    "offset {offset} of {}/{partition} is {position}: the partition holds offsets {log_start}..{end} (end exclusive), and --offset-reset is error",
+                    args.topic
+                ),
+                OUT_OF_RANGE_TODO,
+            ));
+        }
+    };
+    note(&format!(
+        "note: partition {partition}: offset {offset} is {position}; {whereto} (--offset-reset {})",
+        match args.offset_reset {
+            ResetPolicyArg::Latest => "latest",
+            _ => "earliest",
+        }
+    ));
+    Ok(to)
+}
+
+/// What to do about a position out of range with `--offset-reset error`.
+const OUT_OF_RANGE_TODO: &str = "start inside that range (--from earliest, --from latest or an offset in it), or let --offset-reset earliest or latest move the position";
+
+/// The error for a stream the broker ended: an OUT_OF_RANGE under `--offset-reset
+/// error` says what to do in the CLI's flags instead of the RPCs the broker names.
+fn stream_error(broker: &Broker, context: &str, status: &tonic::Status, group: bool) -> CliError {
+    if status.code() != tonic::Code::OutOfRange {
+        return broker.error(context, status);
+    }
+    // The broker's message is "<what>; <what to do in RPC terms>": keep the first part.
+    let what = status.message().split("; ").next().unwrap_or_default();
+    let what = what.trim_end_matches(" and reset_policy is ERROR");
+    let todo = if group {
+        "move the group's offsets with `tidelog group reset-offsets`, or let --offset-reset earliest or latest move the position"
+    } else {
+        OUT_OF_RANGE_TODO
+    };
+    CliError::failure(
+        format!("{context} failed: {what}, and --offset-reset is error"),
+        todo,
+    )
+}
+
 /// Waits for the next event of a stream; `Ok(None)` when it ended.
 async fn next_event(
     broker: &Broker,
     context: &str,
     stream: &mut Streaming<tidelog_proto::v1::SubscribeResponse>,
+    group: bool,
 ) -> CliResult<Option<subscribe_response::Event>> {
     loop {
         match stream.message().await {
@@ -290,7 +343,7 @@ async fn next_event(
                 }
             }
             Ok(None) => return Ok(None),
-            Err(status) => return Err(broker.error(context, &status)),
+            Err(status) => return Err(stream_error(broker, context, &status, group)),
         }
     }
 }
@@ -346,7 +399,7 @@ async fn consume_follow(
     let mut stop = StopSignal::new();
     loop {
         let event = tokio::select! {
-            event = next_event(broker, &context, &mut stream) => event?,
+            event = next_event(broker, &context, &mut stream, false) => event?,
             _ = stop.recv() => return Ok(()),
         };
         match event {
@@ -462,7 +515,7 @@ async fn consume_group(
             break Ok(());
         }
         let event = tokio::select! {
-            event = next_event(broker, &context, &mut stream) => event,
+            event = next_event(broker, &context, &mut stream, true) => event,
             _ = tokio::time::sleep(QUIET_SPELL), if !args.follow && !member.member_id.is_empty() => break Ok(()),
             _ = commit_timer.tick(), if args.follow => {
                 commit(broker, group, &args.topic, &mut member).await;

@@ -12,6 +12,7 @@ use tidelog_proto::v1::{AckLevel, Message, PublishRequest};
 use tidelog_tests::{TestBroker, now_ms, tidelog_command};
 
 /// Exit code, stdout and stderr of one `tidelog` run against `broker`.
+#[derive(Debug)]
 struct Run {
     code: i32,
     stdout: String,
@@ -851,4 +852,185 @@ async fn cli_execute_on_a_group_with_a_live_member_fails_clearly() {
 
     let _ = consumer.kill();
     let _ = consumer.wait();
+}
+
+/// A one-partition topic "ret" whose first 80 offsets retention deleted, holding
+/// `fresh-0`, `fresh-1`, `fresh-2` at offsets 80..83.
+async fn topic_with_deleted_head(broker: &TestBroker) {
+    cli(
+        broker,
+        &[
+            "topic",
+            "create",
+            "ret",
+            "--segment-bytes",
+            "4KiB",
+            "--retention",
+            "1m",
+        ],
+    )
+    .ok("topic create");
+    let mut publisher = broker.publisher().await;
+    let old = now_ms() - 3_600_000;
+    for chunk in 0..20 {
+        let messages = (0..4)
+            .map(|i| Message {
+                value: vec![b'x'; 900].into(),
+                timestamp_ms: Some(old + chunk * 4 + i),
+                ..Message::default()
+            })
+            .collect();
+        publisher
+            .publish(PublishRequest {
+                topic: "ret".into(),
+                messages,
+                ack: AckLevel::Durable as i32,
+            })
+            .await
+            .expect("publish");
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while broker.describe_topic("ret").await.partitions[0].log_start_offset < 80 {
+        assert!(Instant::now() < deadline, "retention did not run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let messages = (0..3)
+        .map(|i| Message {
+            value: format!("fresh-{i}").into_bytes().into(),
+            ..Message::default()
+        })
+        .collect();
+    publisher
+        .publish(PublishRequest {
+            topic: "ret".into(),
+            messages,
+            ack: AckLevel::Durable as i32,
+        })
+        .await
+        .expect("publish");
+    let partition = broker.describe_topic("ret").await.partitions[0].clone();
+    assert_eq!((partition.log_start_offset, partition.end_offset), (80, 83));
+}
+
+/// Issue 12 bug 5: `--offset-reset` decides what an explicit `--from <offset>` outside
+/// the partition's offsets does, with and without --follow.
+#[tokio::test]
+async fn cli_offset_reset_applies_to_an_out_of_range_from() {
+    let broker = TestBroker::start_with(&["--retention-interval", "100ms"]);
+    topic_with_deleted_head(&broker).await;
+
+    for follow in [false, true] {
+        let with_follow = |args: &[&'static str]| {
+            let mut args = args.to_vec();
+            if follow {
+                args.push("--follow");
+            }
+            args
+        };
+        // error: exit 1 with the partition, the offsets and what to do.
+        for from in ["5", "1000"] {
+            let refused = cli(
+                &broker,
+                &with_follow(&[
+                    "consume",
+                    "ret",
+                    "-p",
+                    "0",
+                    "--from",
+                    from,
+                    "-n",
+                    "2",
+                    "--offset-reset",
+                    "error",
+                ]),
+            );
+            assert_eq!(refused.code, 1, "follow {follow}, from {from}: {refused:?}");
+            assert_eq!(refused.stdout, "", "follow {follow}, from {from}");
+            let stderr = &refused.stderr;
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+            for needle in [
+                "ret/0",
+                &format!("offset {from}"),
+                "80",
+                "83",
+                "--from earliest",
+                "--offset-reset",
+            ] {
+                assert!(
+                    stderr.contains(needle),
+                    "follow {follow}, from {from}: no {needle:?} in {stderr}"
+                );
+            }
+        }
+        // latest: start at the end (nothing to print without new messages).
+        if !follow {
+            let latest = cli(
+                &broker,
+                &[
+                    "consume",
+                    "ret",
+                    "-p",
+                    "0",
+                    "--from",
+                    "5",
+                    "--offset-reset",
+                    "latest",
+                ],
+            )
+            .ok("--offset-reset latest");
+            assert_eq!(latest.stdout, "");
+            assert!(latest.stderr.contains("83"), "{}", latest.stderr);
+        }
+        // earliest, the default: start at the log start, with a note.
+        for policy in [&["--offset-reset", "earliest"][..], &[]] {
+            let mut args = with_follow(&["consume", "ret", "-p", "0", "--from", "5", "-n", "2"]);
+            args.extend_from_slice(policy);
+            let earliest = cli(&broker, &args).ok("--offset-reset earliest");
+            assert_eq!(earliest.stdout, "fresh-0\nfresh-1\n", "{args:?}");
+            assert!(earliest.stderr.contains("80"), "{}", earliest.stderr);
+        }
+    }
+    // With --follow and latest, the first message printed is the next one published.
+    let mut follower = tidelog_command()
+        .args([
+            "--server",
+            &broker.endpoint(),
+            "consume",
+            "ret",
+            "--from",
+            "5",
+            "--offset-reset",
+            "latest",
+            "--follow",
+            "-n",
+            "1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting a follower");
+    // Publish until the follower, positioned at the end, prints one of these.
+    let mut publisher = broker.publisher().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while matches!(follower.try_wait(), Ok(None)) {
+        assert!(Instant::now() < deadline, "the follower printed nothing");
+        publisher
+            .publish(PublishRequest {
+                topic: "ret".into(),
+                messages: vec![Message {
+                    value: b"late".to_vec().into(),
+                    ..Message::default()
+                }],
+                ack: AckLevel::Durable as i32,
+            })
+            .await
+            .expect("publish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let output = follower
+        .wait_with_output()
+        .expect("waiting for the follower");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "late\n");
 }
