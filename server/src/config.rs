@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use serde::Deserialize;
-use tidelog_storage::config::parse_duration_ms;
+use tidelog_storage::duration::parse_duration_ms;
 
 /// Default gRPC address.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7420";
@@ -52,7 +52,8 @@ pub const SHUTDOWN_TIMEOUT_DEFAULT: &str = "10s";
     long_about = "tidelogd: the tidelog broker, a durable log-structured message broker with a gRPC API.\n\n\
 Settings come from flags, then environment variables (TIDELOG_*), then the TOML file given \
 with --config (keys named like the flags with '_' for '-', e.g. data_dir = \"/var/lib/tidelog\"), \
-then built-in defaults. Durations accept 500ms, 30s, 5m, 2h, 7d.\n\n\
+then built-in defaults. Durations need a unit: 500ms, 30s, 5m, 1h30m, 7d, or ISO-8601 \
+such as PT30S; a bare number other than 0 is refused.\n\n\
 Once both sockets are bound tidelogd prints one line to stdout:\n  \
 tidelogd ready grpc=ADDR metrics=ADDR data=DIR\n\
 and logs to stderr. SIGINT or SIGTERM stops it gracefully (exit status 0)."
@@ -84,9 +85,9 @@ pub struct Cli {
     pub log_level: Option<String>,
 
     /// Time between retention passes (segment deletion by retention_ms,
-    /// retention_bytes and TTL) [default: 30s]
-    #[arg(long, env = "TIDELOG_RETENTION_INTERVAL", value_name = "DURATION")]
-    pub retention_interval: Option<String>,
+    /// retention_bytes and TTL), at least 1ms, e.g. 30s or 5m [default: 30s]
+    #[arg(long, env = "TIDELOG_RETENTION_INTERVAL", value_name = "DURATION", value_parser = retention_interval_arg)]
+    pub retention_interval: Option<Duration>,
 
     /// Threads that fsync partitions (group commit) [default: 4]
     #[arg(long, env = "TIDELOG_FLUSH_THREADS", value_name = "N")]
@@ -102,10 +103,33 @@ pub struct Cli {
     #[arg(long, env = "TIDELOG_MAX_STREAMS_PER_CONNECTION", value_name = "N")]
     pub max_streams_per_connection: Option<u32>,
 
-    /// How long shutdown waits for in-flight calls before closing anyway
-    /// [default: 10s]
-    #[arg(long, env = "TIDELOG_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
-    pub shutdown_timeout: Option<String>,
+    /// How long shutdown waits for in-flight calls before closing anyway, e.g. 10s;
+    /// 0 = do not wait [default: 10s]
+    #[arg(long, env = "TIDELOG_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = shutdown_timeout_arg)]
+    pub shutdown_timeout: Option<Duration>,
+}
+
+/// A duration flag or environment variable `env`, in the one grammar of
+/// `tidelog_storage::duration`. clap names the flag in the error; when the value is
+/// the environment variable's, the error names the variable too.
+fn duration_arg(env: &str, text: &str) -> Result<Duration, String> {
+    parse_duration_ms(text)
+        .map(Duration::from_millis)
+        .map_err(|e| {
+            if std::env::var(env).is_ok_and(|value| value == text) {
+                format!("{env}={text:?} in the environment: {e}")
+            } else {
+                e.to_string()
+            }
+        })
+}
+
+fn retention_interval_arg(text: &str) -> Result<Duration, String> {
+    duration_arg("TIDELOG_RETENTION_INTERVAL", text)
+}
+
+fn shutdown_timeout_arg(text: &str) -> Result<Duration, String> {
+    duration_arg("TIDELOG_SHUTDOWN_TIMEOUT", text)
 }
 
 /// The TOML file. Unknown keys are an error, so a typo does not pass silently.
@@ -165,30 +189,44 @@ impl Settings {
         file: FileSettings,
         rust_log: Option<String>,
     ) -> Result<Settings, String> {
-        let duration = |name: &str, text: String| -> Result<Duration, String> {
-            parse_duration_ms(&text)
-                .map(Duration::from_millis)
-                .map_err(|e| format!("{name}: {e}"))
+        // Flags and environment were parsed by clap; a file value is named by its key.
+        let file_name = cli.config.as_ref().map_or_else(
+            || "the config file".to_string(),
+            |p| p.display().to_string(),
+        );
+        let from_file = |key: &str, text: Option<String>| -> Result<Option<Duration>, String> {
+            text.map(|text| {
+                parse_duration_ms(&text)
+                    .map(Duration::from_millis)
+                    .map_err(|e| format!("{file_name}: {key} = {text:?}: {e}"))
+            })
+            .transpose()
         };
         let parse_addr = |text: &str| -> SocketAddr {
             text.parse()
                 .expect("built-in default addresses are valid socket addresses")
         };
-        let retention_interval = duration(
-            "retention_interval",
-            cli.retention_interval
-                .or(file.retention_interval)
-                .unwrap_or_else(|| RETENTION_INTERVAL_DEFAULT.into()),
-        )?;
+        let default = |text: &str| {
+            Duration::from_millis(
+                parse_duration_ms(text).expect("built-in default durations are valid"),
+            )
+        };
+        let retention_interval = match cli.retention_interval {
+            Some(interval) => interval,
+            None => from_file("retention_interval", file.retention_interval)?
+                .unwrap_or_else(|| default(RETENTION_INTERVAL_DEFAULT)),
+        };
         if retention_interval.is_zero() {
-            return Err("retention_interval must be at least 1ms".into());
+            return Err(
+                "retention_interval (--retention-interval, TIDELOG_RETENTION_INTERVAL) must be at least 1ms"
+                    .into(),
+            );
         }
-        let shutdown_timeout = duration(
-            "shutdown_timeout",
-            cli.shutdown_timeout
-                .or(file.shutdown_timeout)
-                .unwrap_or_else(|| SHUTDOWN_TIMEOUT_DEFAULT.into()),
-        )?;
+        let shutdown_timeout = match cli.shutdown_timeout {
+            Some(timeout) => timeout,
+            None => from_file("shutdown_timeout", file.shutdown_timeout)?
+                .unwrap_or_else(|| default(SHUTDOWN_TIMEOUT_DEFAULT)),
+        };
         let flush_threads = in_range(
             "flush_threads",
             cli.flush_threads
@@ -299,6 +337,19 @@ mod tests {
         assert_eq!(settings.data_dir, PathBuf::from("/from/file"));
         assert_eq!(settings.retention_interval, Duration::from_secs(5));
         assert_eq!(settings.log_level, "warn");
+        // Every form of the one grammar, in flags and in the file.
+        let cli = Cli::try_parse_from(["tidelogd", "--shutdown-timeout", "1m30s"]).unwrap();
+        assert_eq!(
+            Settings::resolve(cli, file.clone(), None)
+                .unwrap()
+                .shutdown_timeout,
+            Duration::from_secs(90)
+        );
+        let iso: FileSettings =
+            toml::from_str("retention_interval = \"PT1H30M\"\nshutdown_timeout = \"0\"").unwrap();
+        let settings = Settings::resolve(Cli::default(), iso, None).unwrap();
+        assert_eq!(settings.retention_interval, Duration::from_secs(5_400));
+        assert_eq!(settings.shutdown_timeout, Duration::ZERO);
         // RUST_LOG beats the file, not the flag.
         let settings = Settings::resolve(Cli::default(), file, Some("debug".into())).unwrap();
         assert_eq!(settings.log_level, "debug");
@@ -308,9 +359,25 @@ mod tests {
     fn bad_values_are_refused_with_the_setting_named() {
         let unknown = toml::from_str::<FileSettings>("data_dri = \"x\"");
         assert!(unknown.is_err());
-        let cli = Cli::try_parse_from(["tidelogd", "--retention-interval", "soon"]).unwrap();
+        for bad in ["soon", "5", "1h30"] {
+            let error = Cli::try_parse_from(["tidelogd", "--retention-interval", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("--retention-interval"), "{error}");
+        }
+        let error = Cli::try_parse_from(["tidelogd", "--shutdown-timeout", "10"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("10 has no unit"), "{error}");
+        let cli = Cli::try_parse_from(["tidelogd", "--retention-interval", "0"]).unwrap();
         let error = Settings::resolve(cli, FileSettings::default(), None).unwrap_err();
-        assert!(error.contains("retention_interval"), "{error}");
+        assert!(error.contains("at least 1ms"), "{error}");
+        let file: FileSettings = toml::from_str("retention_interval = \"5\"").unwrap();
+        let error = Settings::resolve(Cli::default(), file, None).unwrap_err();
+        assert!(
+            error.contains("retention_interval = \"5\": 5 has no unit"),
+            "{error}"
+        );
         let cli = Cli::try_parse_from(["tidelogd", "--max-request-bytes", "10"]).unwrap();
         let error = Settings::resolve(cli, FileSettings::default(), None).unwrap_err();
         assert!(error.contains("max_request_bytes"), "{error}");

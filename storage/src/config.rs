@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 
 use crate::batch::Compression;
+use crate::duration::parse_duration_ms;
 use crate::error::{Error, Result};
 use crate::limits::{
     MESSAGE_BYTES_DEFAULT, MESSAGE_BYTES_MAX, PRIORITY_LEVELS_MAX, SEGMENT_BYTES_DEFAULT,
@@ -27,7 +28,10 @@ pub enum FsyncPolicy {
 }
 
 impl FsyncPolicy {
-    /// Parses `always`, `never` or `interval:<ms>` (also `interval:<n>ms` / `<n>s`).
+    /// Parses the file form: `always`, `never` or `interval:<ms>`, where the interval
+    /// is a number of milliseconds (what [`TopicConfig::to_file`] writes, the unit
+    /// being part of the format) or a duration with its unit in the one grammar of
+    /// [`crate::duration`] (`interval:10ms`, `interval:1s`), for hand edits.
     pub fn parse(text: &str) -> Result<Self> {
         match text {
             "always" => Ok(FsyncPolicy::Always),
@@ -38,7 +42,14 @@ impl FsyncPolicy {
                         "fsync policy {text:?} is not one of always, never, interval:<ms>"
                     ))
                 })?;
-                let ms = parse_duration_ms(interval)?;
+                let ms = if !interval.is_empty() && interval.bytes().all(|b| b.is_ascii_digit()) {
+                    interval.parse().map_err(|_| {
+                        Error::invalid(format!("fsync interval {interval:?} is too large"))
+                    })?
+                } else {
+                    parse_duration_ms(interval)
+                        .map_err(|e| Error::invalid(format!("fsync interval {interval:?}: {e}")))?
+                };
                 if ms == 0 {
                     return Err(Error::invalid("fsync interval must be at least 1 ms"));
                 }
@@ -56,33 +67,6 @@ impl std::fmt::Display for FsyncPolicy {
             FsyncPolicy::Never => f.write_str("never"),
         }
     }
-}
-
-/// Parses `250`, `250ms`, `10s`, `5m`, `2h`, `7d` into milliseconds.
-pub fn parse_duration_ms(text: &str) -> Result<u64> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let value: u64 = digits.parse().map_err(|_| {
-        Error::invalid(format!("{text:?} is not a duration such as 500ms, 10s, 7d"))
-    })?;
-    let scale = match unit {
-        "" | "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => {
-            return Err(Error::invalid(format!(
-                "unknown duration unit {unit:?} in {text:?}"
-            )));
-        }
-    };
-    value
-        .checked_mul(scale)
-        .ok_or_else(|| Error::invalid(format!("duration {text:?} is too large")))
 }
 
 /// How a producer wants its append acknowledged.
@@ -323,10 +307,19 @@ mod tests {
             FsyncPolicy::parse("interval:2s").unwrap(),
             FsyncPolicy::IntervalMs(2000)
         );
+        // The file form writes milliseconds without a unit.
+        assert_eq!(
+            FsyncPolicy::parse(&FsyncPolicy::IntervalMs(25).to_string()).unwrap(),
+            FsyncPolicy::IntervalMs(25)
+        );
+        assert_eq!(
+            FsyncPolicy::parse("interval:1h30m").unwrap(),
+            FsyncPolicy::IntervalMs(5_400_000)
+        );
         assert!(FsyncPolicy::parse("interval:0").is_err());
-        assert_eq!(parse_duration_ms("7d").unwrap(), 604_800_000);
-        assert!(parse_duration_ms("7y").is_err());
-        assert!(parse_duration_ms("").is_err());
+        assert!(FsyncPolicy::parse("interval:0ms").is_err());
+        assert!(FsyncPolicy::parse("interval:7y").is_err());
+        assert!(FsyncPolicy::parse("interval:").is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod clock;
 pub mod config;
+pub mod duration;
 pub mod error;
 mod flusher;
 pub mod fs;

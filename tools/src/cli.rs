@@ -8,8 +8,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::client::DEFAULT_SERVER;
 use crate::spec::{TopicSpec, parse_topic_spec};
-use crate::time::{parse_datetime_ms, parse_iso_duration_ms};
-use crate::units::{parse_duration_ms, parse_size};
+use tidelog_storage::duration::parse_duration_ms;
+
+use crate::time::parse_datetime_ms;
+use crate::units::parse_size;
 
 const MAIN_EXAMPLES: &str = "\
 Examples:
@@ -96,7 +98,7 @@ pub enum Command {
 pub enum TopicCommand {
     /// Create a topic.
     #[command(
-        after_help = "Examples:\n  tidelog topic create orders\n  tidelog topic create orders --partitions 6 --retention 7d --retention-bytes 10GiB \\\n      --ttl 1h --fsync interval:10ms --segment-bytes 256MiB --compression zstd"
+        after_help = "Examples:\n  tidelog topic create orders\n  tidelog topic create orders --partitions 6 --retention 7d --retention-bytes 10GiB \\\n      --ttl 1h --fsync interval:10ms --segment-bytes 256MiB --compression zstd\n\nDurations need a unit: 500ms, 30s, 5m, 1h30m, 7d, 2w or ISO-8601 PT30M, P1D; `0` alone (or\n`off`) means no limit. Sizes: 4096 (bytes), 256MiB, 10GiB, 1GB."
     )]
     Create(TopicCreateArgs),
 
@@ -114,7 +116,7 @@ pub enum TopicCommand {
 
     /// Change a topic's configuration (the partition count is fixed).
     #[command(
-        after_help = "Examples:\n  tidelog topic alter orders --retention 30d\n  tidelog topic alter orders --ttl off --fsync always\n\n`off` switches a limit off (--retention, --retention-bytes, --ttl, --segment-age)."
+        after_help = "Examples:\n  tidelog topic alter orders --retention 30d\n  tidelog topic alter orders --ttl off --fsync always\n\n`off` (or `0`) switches a limit off (--retention, --retention-bytes, --ttl, --segment-age).\nDurations need a unit: 500ms, 30s, 5m, 1h30m, 7d, 2w or ISO-8601 PT30M, P1D."
     )]
     Alter(TopicAlterArgs),
 
@@ -155,7 +157,7 @@ fn duration_limit(text: &str) -> Result<Limit, String> {
     if is_off(text) {
         return Ok(Limit::Off);
     }
-    parse_duration_ms(text).map(Limit::Value)
+    duration(text).map(Limit::Value)
 }
 
 fn size_limit(text: &str) -> Result<Limit, String> {
@@ -165,9 +167,11 @@ fn size_limit(text: &str) -> Result<Limit, String> {
     parse_size(text).map(Limit::Value)
 }
 
-/// A duration in milliseconds (`250ms`, `10s`, `5m`, `7d`).
-fn duration(text: &str) -> Result<u64, String> {
-    parse_duration_ms(text)
+/// A duration in milliseconds, in the one grammar of `tidelog_storage::duration`
+/// (`250ms`, `10s`, `1h30m`, `7d`, `PT30M`; a bare number other than 0 is refused).
+/// clap names the flag in front of the error.
+pub(crate) fn duration(text: &str) -> Result<u64, String> {
+    parse_duration_ms(text).map_err(|e| e.to_string())
 }
 
 /// A size in bytes (`4096`, `256MiB`, `10GiB`).
@@ -191,7 +195,7 @@ pub(crate) fn fsync(text: &str) -> Result<Fsync, String> {
             let interval = other.strip_prefix("interval:").ok_or_else(|| {
                 format!("{other:?} is not an fsync policy (use always, interval:10ms or never)")
             })?;
-            match parse_duration_ms(interval)? {
+            match duration(interval)? {
                 0 => Err("the fsync interval must be at least 1ms".into()),
                 ms => Ok(Fsync::IntervalMs(ms)),
             }
@@ -208,15 +212,18 @@ pub enum CompressionArg {
 /// Configuration flags shared by `topic create` and `topic alter`.
 #[derive(Debug, Args, Default)]
 pub struct TopicConfigArgs {
-    /// Delete sealed segments older than this (e.g. 7d, 12h); `off` keeps data forever.
+    /// Delete sealed segments older than this (e.g. 7d, 12h, 1h30m); `off` or `0` keeps
+    /// data forever.
     #[arg(long, value_name = "DURATION", value_parser = duration_limit)]
     pub retention: Option<Limit>,
 
-    /// Delete the oldest segments while a partition is larger than this (e.g. 10GiB); `off` = no limit.
+    /// Delete the oldest segments while a partition is larger than this (e.g. 10GiB);
+    /// `off` or `0` = no limit.
     #[arg(long, value_name = "SIZE", value_parser = size_limit)]
     pub retention_bytes: Option<Limit>,
 
-    /// Default time to live of messages published without one (e.g. 5m); `off` = never expire.
+    /// Default time to live of messages published without one (e.g. 5m); `off` or `0` =
+    /// never expire.
     #[arg(long, value_name = "DURATION", value_parser = duration_limit)]
     pub ttl: Option<Limit>,
 
@@ -224,11 +231,13 @@ pub struct TopicConfigArgs {
     #[arg(long, value_name = "SIZE", value_parser = size)]
     pub segment_bytes: Option<u64>,
 
-    /// Roll to a new segment at this age even if it is small (e.g. 1d); `off` = by size only.
+    /// Roll to a new segment at this age even if it is small (e.g. 1d); `off` or `0` = by
+    /// size only.
     #[arg(long, value_name = "DURATION", value_parser = duration_limit)]
     pub segment_age: Option<Limit>,
 
-    /// When writes are made durable: always (group commit), interval:<duration>, never.
+    /// When writes are made durable: always (group commit), interval:<duration> (e.g.
+    /// interval:10ms, at least 1ms), never.
     #[arg(long, value_name = "POLICY", value_parser = fsync)]
     pub fsync: Option<Fsync>,
 
@@ -338,7 +347,8 @@ pub struct ProduceArgs {
     #[arg(short, long, value_name = "N")]
     pub partition: Option<u32>,
 
-    /// Time to live of the messages (e.g. 5m); `0` = never expire, even with a topic TTL.
+    /// Time to live of the messages (e.g. 5m, 1h30m); `0` = never expire, even with a
+    /// topic TTL.
     #[arg(long, value_name = "DURATION", value_parser = duration)]
     pub ttl: Option<u64>,
 
@@ -562,13 +572,6 @@ fn datetime(text: &str) -> Result<i64, String> {
     parse_datetime_ms(text)
 }
 
-fn iso_duration(text: &str) -> Result<u64, String> {
-    let ms = parse_iso_duration_ms(text)?;
-    u64::try_from(ms).map_err(|_| {
-        format!("{text:?} is a negative duration; --by-duration goes back in time from now, so give a positive one")
-    })
-}
-
 /// Exactly one reset mode.
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
@@ -589,8 +592,9 @@ pub struct ResetMode {
     #[arg(long, value_name = "DATETIME", value_parser = datetime)]
     pub to_datetime: Option<i64>,
 
-    /// To the first message at or after now minus an ISO-8601 duration PnDTnHnMnS (e.g. PT30M, P1DT12H).
-    #[arg(long, value_name = "DURATION", value_parser = iso_duration)]
+    /// To the first message at or after now minus this duration (e.g. 30m, 1d12h, or
+    /// ISO-8601 PT30M, P1DT12H).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
     pub by_duration: Option<u64>,
 
     /// Move the committed offsets by ±N (e.g. -100 to re-read the last 100).
@@ -697,6 +701,10 @@ mod tests {
     fn limits_accept_off() {
         assert_eq!(duration_limit("off"), Ok(Limit::Off));
         assert_eq!(duration_limit("7d"), Ok(Limit::Value(7 * 86_400_000)));
+        assert_eq!(duration_limit("0"), Ok(Limit::Off));
+        assert_eq!(duration_limit("PT1H30M"), Ok(Limit::Value(5_400_000)));
+        let error = duration_limit("10").unwrap_err();
+        assert!(error.contains("10 has no unit"), "{error}");
         assert_eq!(size_limit("unlimited"), Ok(Limit::Off));
         assert_eq!(size_limit("10GiB"), Ok(Limit::Value(10 << 30)));
     }
@@ -708,6 +716,7 @@ mod tests {
         assert_eq!(fsync("interval:10ms"), Ok(Fsync::IntervalMs(10)));
         assert_eq!(fsync("interval:1s"), Ok(Fsync::IntervalMs(1000)));
         assert!(fsync("interval:0").is_err());
+        assert!(fsync("interval:10").is_err());
         assert!(fsync("sometimes").is_err());
     }
 
@@ -754,5 +763,8 @@ mod tests {
         assert!(parse(&["--to-earliest", "--to-latest"]).is_err());
         assert!(parse(&["--to-earliest", "--dry-run", "--execute"]).is_err());
         assert!(parse(&["--by-duration", "-PT5M"]).is_err());
+        assert!(parse(&["--by-duration", "PT30M"]).is_ok());
+        assert!(parse(&["--by-duration", "1h30m"]).is_ok());
+        assert!(parse(&["--by-duration", "30"]).is_err());
     }
 }

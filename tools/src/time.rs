@@ -1,8 +1,8 @@
-//! Dates and durations in the forms operators type: RFC 3339 / ISO-8601 date-times
-//! (`2026-11-23T10:15:00.250+01:00`) and ISO-8601 durations as Kafka's
-//! `--by-duration` takes them (`PnDTnHnMnS`). Everything is milliseconds since the
-//! Unix epoch, UTC; no time-zone database is needed because a date-time without an
-//! offset is read as UTC.
+//! Date-times in the forms operators type: RFC 3339 / ISO-8601
+//! (`2026-11-23T10:15:00.250+01:00`). Everything is milliseconds since the Unix epoch,
+//! UTC; no time-zone database is needed because a date-time without an offset is read
+//! as UTC. Durations (`1h30m`, `PT30M`) have one grammar for the whole project, in
+//! `tidelog_storage::duration`.
 
 /// Days from 1970-01-01 to the given civil date (proleptic Gregorian), after Howard
 /// Hinnant's `days_from_civil`.
@@ -190,98 +190,6 @@ pub fn format_datetime_ms(ms: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{millis:03}Z")
 }
 
-/// Parses an ISO-8601 duration the way Java's `Duration.parse` (and so Kafka's
-/// `--by-duration`) does: `[+-]P[nD][T[nH][nM][n[.fff]S]]`, each number optionally
-/// signed, letters case-insensitive, at least one part. Returns signed milliseconds.
-pub fn parse_iso_duration_ms(text: &str) -> Result<i64, String> {
-    let bad = |why: &str| {
-        format!(
-            "{text:?} is not an ISO-8601 duration such as PT15M, PT6H, P1DT12H or \
-             PT0.5S ({why})"
-        )
-    };
-    let upper = text.trim().to_ascii_uppercase();
-    let (negate, rest) = match upper.as_bytes().first() {
-        Some(b'-') => (true, &upper[1..]),
-        Some(b'+') => (false, &upper[1..]),
-        _ => (false, upper.as_str()),
-    };
-    let rest = rest
-        .strip_prefix('P')
-        .ok_or_else(|| bad("it must start with P"))?;
-    let (date_part, time_part) = match rest.split_once('T') {
-        Some((date, time)) => {
-            if time.is_empty() {
-                return Err(bad("T must be followed by hours, minutes or seconds"));
-            }
-            (date, Some(time))
-        }
-        None => (rest, None),
-    };
-    let mut total: i128 = 0;
-    let mut parts = 0;
-    // Each section is a sequence of <signed number><unit> with units in fixed order.
-    let mut take = |section: &str, units: &[(char, i128)]| -> Result<(), String> {
-        let mut rest = section;
-        let mut next_unit = 0;
-        while !rest.is_empty() {
-            let end = rest
-                .find(|c: char| c.is_ascii_alphabetic())
-                .ok_or_else(|| bad("a number without a unit"))?;
-            let (number, after) = rest.split_at(end);
-            let unit = after.chars().next().unwrap_or('?');
-            let position = units[next_unit..]
-                .iter()
-                .position(|&(u, _)| u == unit)
-                .ok_or_else(|| bad("unknown or out-of-order unit"))?;
-            let (_, scale_ms) = units[next_unit + position];
-            next_unit += position + 1;
-            let value = parse_signed_decimal_ms(number, scale_ms, unit == 'S')
-                .ok_or_else(|| bad("bad number"))?;
-            total += value;
-            parts += 1;
-            rest = &after[1..];
-        }
-        Ok(())
-    };
-    take(date_part, &[('D', 86_400_000)])?;
-    if let Some(time) = time_part {
-        take(time, &[('H', 3_600_000), ('M', 60_000), ('S', 1_000)])?;
-    }
-    if parts == 0 {
-        return Err(bad("no days, hours, minutes or seconds"));
-    }
-    let total = if negate { -total } else { total };
-    i64::try_from(total).map_err(|_| bad("too large"))
-}
-
-/// `number` (optionally signed; a fraction only if `fraction_allowed`) times `scale`.
-fn parse_signed_decimal_ms(number: &str, scale: i128, fraction_allowed: bool) -> Option<i128> {
-    let (negative, digits) = match number.as_bytes().first()? {
-        b'-' => (true, &number[1..]),
-        b'+' => (false, &number[1..]),
-        _ => (false, number),
-    };
-    let (whole, fraction) = match digits.split_once(['.', ',']) {
-        Some((whole, fraction)) if fraction_allowed => (whole, fraction),
-        Some(_) => return None,
-        None => (digits, ""),
-    };
-    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    if whole.is_empty() || whole.len() > 18 || fraction.len() > 9 {
-        return None;
-    }
-    if !all_digits(whole) || !all_digits(fraction) {
-        return None;
-    }
-    let mut value = whole.parse::<i128>().ok()? * scale;
-    if !fraction.is_empty() {
-        let numerator: i128 = fraction.parse().ok()?;
-        value += numerator * scale / 10i128.pow(fraction.len() as u32);
-    }
-    Some(if negative { -value } else { value })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,41 +274,6 @@ mod tests {
         );
         for ms in [0, 1, -86_400_001, 951_782_400_000, 4_102_444_799_999] {
             assert_eq!(parse_datetime_ms(&format_datetime_ms(ms)), Ok(ms));
-        }
-    }
-
-    #[test]
-    fn iso_durations_parse_like_java() {
-        assert_eq!(parse_iso_duration_ms("PT15M"), Ok(900_000));
-        assert_eq!(parse_iso_duration_ms("PT6H"), Ok(21_600_000));
-        assert_eq!(parse_iso_duration_ms("P1D"), Ok(86_400_000));
-        assert_eq!(parse_iso_duration_ms("P1DT12H"), Ok(129_600_000));
-        assert_eq!(parse_iso_duration_ms("P1DT2H3M4S"), Ok(93_784_000));
-        assert_eq!(parse_iso_duration_ms("PT0.5S"), Ok(500));
-        assert_eq!(parse_iso_duration_ms("pt1m"), Ok(60_000));
-        assert_eq!(parse_iso_duration_ms("-PT6H"), Ok(-21_600_000));
-        assert_eq!(parse_iso_duration_ms("PT-6H3M"), Ok(-21_420_000));
-        assert_eq!(parse_iso_duration_ms("PT1,25S"), Ok(1_250));
-    }
-
-    #[test]
-    fn bad_iso_durations_are_refused() {
-        for bad in [
-            "",
-            "P",
-            "PT",
-            "15M",
-            "P1H",
-            "PT1D",
-            "PT1M1H",
-            "PT1.5M",
-            "P1.5D",
-            "PTS",
-            "P1DT",
-            "PT1H2",
-            "P99999999999999999999D",
-        ] {
-            assert!(parse_iso_duration_ms(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -6,12 +6,13 @@ use tidelog_proto::v1::{
     DescribeTopicRequest, FsyncPolicy, ListTopicsRequest, TopicConfig, TopicConfigUpdate,
     TopicDescription, fsync_policy,
 };
+use tidelog_storage::duration::format_duration_ms;
 
 use crate::cli::{CompressionArg, Fsync, Limit, TopicCommand, TopicConfigArgs};
 use crate::client::Broker;
 use crate::error::{CliError, CliResult};
 use crate::output::{Stdout, Table, render_pairs};
-use crate::units::{format_bytes, format_duration_ms};
+use crate::units::format_bytes;
 
 pub async fn run(broker: &Broker, command: TopicCommand, json: bool) -> CliResult<()> {
     let mut out = Stdout::new();

@@ -1,15 +1,6 @@
-//! Sizes and durations in human units: parsing what operators type (`10GiB`, `7d`,
-//! `1h30m`) and formatting what the broker returns (`1.5 GiB`, `7d`).
-
-/// Milliseconds per duration unit, longest first (the formatter walks them in order).
-const DURATION_UNITS_MS: [(&str, u64); 6] = [
-    ("w", 7 * 86_400_000),
-    ("d", 86_400_000),
-    ("h", 3_600_000),
-    ("m", 60_000),
-    ("s", 1_000),
-    ("ms", 1),
-];
+//! Sizes and rates in human units: parsing what operators type (`10GiB`) and
+//! formatting what the broker returns (`1.5 GiB`, `12.3k/s`). Durations have one
+//! grammar for the whole project, in `tidelog_storage::duration`.
 
 /// Parses a size: a number with an optional unit. `KiB`/`MiB`/`GiB`/`TiB` (and the
 /// short `K`/`M`/`G`/`T`) are powers of 1024; `KB`/`MB`/`GB`/`TB` powers of 1000;
@@ -77,62 +68,6 @@ fn scaled(number: &str, scale: u64) -> Option<u64> {
     Some(total)
 }
 
-/// Parses a duration into milliseconds: one or more `<number><unit>` parts with units
-/// `ms`, `s`, `m`, `h`, `d`, `w` (`1h30m`, `7d`, `250ms`, `1.5s`). A bare number is
-/// milliseconds.
-pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
-    let bad = || format!("{text:?} is not a duration such as 250ms, 10s, 5m, 1h30m or 7d");
-    let text = text.trim();
-    if text.is_empty() {
-        return Err(bad());
-    }
-    if text.bytes().all(|b| b.is_ascii_digit()) {
-        return text.parse().map_err(|_| bad());
-    }
-    let mut rest = text;
-    let mut total: u64 = 0;
-    while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        let (number, after) = rest.split_at(number_len);
-        let unit_len = after
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(after.len());
-        let (unit, after) = after.split_at(unit_len);
-        let scale = DURATION_UNITS_MS
-            .iter()
-            .find(|(name, _)| *name == unit)
-            .map(|&(_, ms)| ms)
-            .ok_or_else(|| {
-                format!("unknown duration unit {unit:?} in {text:?} (use ms, s, m, h, d, w)")
-            })?;
-        let part = scaled(number, scale).ok_or_else(bad)?;
-        total = total.checked_add(part).ok_or_else(bad)?;
-        rest = after;
-    }
-    Ok(total)
-}
-
-/// Formats milliseconds exactly with the largest units that fit (days at most): `7d`, `1h30m`,
-/// `2s500ms`, `0ms`. The output parses back with [`parse_duration_ms`].
-pub fn format_duration_ms(ms: u64) -> String {
-    if ms == 0 {
-        return "0ms".into();
-    }
-    let mut rest = ms;
-    let mut out = String::new();
-    // Weeks are accepted on input but never printed: `7d` is what operators type.
-    for (name, unit) in DURATION_UNITS_MS.into_iter().skip(1) {
-        let count = rest / unit;
-        if count > 0 {
-            out.push_str(&format!("{count}{name}"));
-            rest -= count * unit;
-        }
-    }
-    out
-}
-
 /// Formats a byte count for humans: `512 B`, `4.0 KiB`, `1.5 GiB`; whole multiples
 /// without a fraction (`256 MiB`).
 pub fn format_bytes(bytes: u64) -> String {
@@ -193,61 +128,6 @@ mod tests {
         assert!(parse_size("99999999999TiB").is_err());
         let error = parse_size("10XB").unwrap_err();
         assert!(error.contains("unknown size unit"), "{error}");
-    }
-
-    #[test]
-    fn durations_parse_single_and_compound_units() {
-        assert_eq!(parse_duration_ms("250"), Ok(250));
-        assert_eq!(parse_duration_ms("250ms"), Ok(250));
-        assert_eq!(parse_duration_ms("10s"), Ok(10_000));
-        assert_eq!(parse_duration_ms("5m"), Ok(300_000));
-        assert_eq!(parse_duration_ms("7d"), Ok(7 * 86_400_000));
-        assert_eq!(parse_duration_ms("2w"), Ok(14 * 86_400_000));
-        assert_eq!(parse_duration_ms("1h30m"), Ok(5_400_000));
-        assert_eq!(parse_duration_ms("1.5s"), Ok(1_500));
-        assert_eq!(parse_duration_ms("1m500ms"), Ok(60_500));
-    }
-
-    #[test]
-    fn bad_durations_say_why() {
-        for bad in [
-            "",
-            "ms",
-            "5x",
-            "1h30",
-            "-5s",
-            "1..5s",
-            "99999999999999999999d",
-        ] {
-            assert!(parse_duration_ms(bad).is_err(), "{bad:?}");
-        }
-        assert!(
-            parse_duration_ms("5y")
-                .unwrap_err()
-                .contains("unknown duration unit")
-        );
-    }
-
-    #[test]
-    fn durations_format_exactly_and_round_trip() {
-        assert_eq!(format_duration_ms(0), "0ms");
-        assert_eq!(format_duration_ms(250), "250ms");
-        assert_eq!(format_duration_ms(10_000), "10s");
-        assert_eq!(format_duration_ms(5_400_000), "1h30m");
-        assert_eq!(format_duration_ms(7 * 86_400_000), "7d");
-        assert_eq!(format_duration_ms(3 * 86_400_000), "3d");
-        assert_eq!(format_duration_ms(2_500), "2s500ms");
-        for ms in [
-            1,
-            999,
-            1_000,
-            61_001,
-            86_400_000 + 1,
-            9 * 86_400_000,
-            u64::MAX / 2,
-        ] {
-            assert_eq!(parse_duration_ms(&format_duration_ms(ms)), Ok(ms), "{ms}");
-        }
     }
 
     #[test]

@@ -66,7 +66,7 @@ fn bad_arguments_exit_2_with_a_useful_line() {
         (&["frobnicate"], "unrecognized subcommand"),
         (
             &["topic", "create", "t", "--retention", "7x"],
-            "unknown duration unit",
+            "unknown unit \"x\"",
         ),
         (
             &["topic", "create", "t", "--retention-bytes", "lots"],
@@ -148,7 +148,11 @@ fn bad_arguments_exit_2_with_a_useful_line() {
                 "--by-duration",
                 "5 minutes",
             ],
-            "ISO-8601 duration",
+            "unexpected ' '",
+        ),
+        (
+            &["topic", "create", "t", "--retention", "10"],
+            "10 has no unit",
         ),
         (
             &[

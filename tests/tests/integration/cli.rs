@@ -1034,3 +1034,120 @@ async fn cli_offset_reset_applies_to_an_out_of_range_from() {
     assert!(output.status.success(), "{output:?}");
     assert_eq!(String::from_utf8_lossy(&output.stdout), "late\n");
 }
+
+/// Issue 12 bug 7: every duration flag of the CLI takes the one grammar (a unit is
+/// required, `0` alone means off or never where the flag says so, `1h30m` and
+/// ISO-8601 `PT1H30M` both work) and a bare number is a usage error naming the flag.
+#[test]
+fn cli_durations_need_a_unit() {
+    let broker = TestBroker::start();
+    let usage = |args: &[&str], flag: &str, number: &str| {
+        let refused = cli(&broker, args);
+        assert_eq!(refused.code, 2, "{args:?}: {refused:?}");
+        for needle in [
+            flag,
+            &format!("{number} has no unit"),
+            &format!("{number}s"),
+        ] {
+            assert!(
+                refused.stderr.contains(needle),
+                "{args:?}: no {needle:?} in {}",
+                refused.stderr
+            );
+        }
+    };
+    usage(
+        &["topic", "create", "t2", "--retention", "10"],
+        "--retention",
+        "10",
+    );
+    usage(&["topic", "create", "t2", "--ttl", "5"], "--ttl", "5");
+    usage(
+        &["topic", "create", "t2", "--segment-age", "60"],
+        "--segment-age",
+        "60",
+    );
+    usage(
+        &["topic", "create", "t2", "--fsync", "interval:5"],
+        "--fsync",
+        "5",
+    );
+    usage(&["produce", "t2", "--ttl", "1000"], "--ttl", "1000");
+    usage(
+        &[
+            "group",
+            "reset-offsets",
+            "--group",
+            "g",
+            "--topic",
+            "t2",
+            "--by-duration",
+            "30",
+        ],
+        "--by-duration",
+        "30",
+    );
+    usage(&["bench", "produce", "--duration", "5"], "--duration", "5");
+    assert!(
+        cli(&broker, &["topic", "list"])
+            .ok("topic list")
+            .stdout
+            .lines()
+            .count()
+            <= 1,
+        "a refused create created a topic"
+    );
+
+    // 0 alone is "off" for a topic limit.
+    let created = cli(
+        &broker,
+        &["topic", "create", "t2", "--retention", "0", "--json"],
+    )
+    .ok("--retention 0");
+    assert_eq!(created.json()["config"]["retention_ms"], Value::Null);
+    // Compound and ISO-8601 forms.
+    let created = cli(
+        &broker,
+        &[
+            "topic",
+            "create",
+            "t3",
+            "--retention",
+            "1h30m",
+            "--ttl",
+            "PT5M",
+            "--segment-age",
+            "P1D",
+            "--fsync",
+            "interval:1s500ms",
+            "--json",
+        ],
+    )
+    .ok("compound and ISO durations");
+    let config = &created.json()["config"];
+    assert_eq!(config["retention_ms"], 5_400_000u64);
+    assert_eq!(config["default_ttl_ms"], 300_000u64);
+    assert_eq!(config["segment_ms"], 86_400_000u64);
+    assert_eq!(config["fsync"], "interval:1s500ms");
+    let described = cli(&broker, &["topic", "describe", "t3"]).ok("topic describe");
+    assert!(described.stdout.contains("1h30m"), "{}", described.stdout);
+    cli(&broker, &["topic", "alter", "t3", "--retention", "PT2H"]).ok("alter to PT2H");
+    let described = cli(&broker, &["topic", "describe", "t3", "--json"]).ok("topic describe");
+    assert_eq!(described.json()["config"]["retention_ms"], 7_200_000u64);
+    for by in ["30m", "PT30M", "1d12h"] {
+        cli(
+            &broker,
+            &[
+                "group",
+                "reset-offsets",
+                "--group",
+                "g",
+                "--topic",
+                "t3",
+                "--by-duration",
+                by,
+            ],
+        )
+        .ok(&format!("--by-duration {by}"));
+    }
+}

@@ -3,9 +3,9 @@
 use clap::{Args, Subcommand};
 
 use super::payload::{FillerKind, HEADER_BYTES};
-use crate::cli::{AckArg, CompressionArg, Fsync, fsync};
+use crate::cli::{AckArg, CompressionArg, Fsync, duration as parse_duration_ms, fsync};
 use crate::error::{CliError, CliResult};
-use crate::units::{parse_duration_ms, parse_size};
+use crate::units::parse_size;
 
 const PRODUCE_EXAMPLES: &str = "\
 Examples:
