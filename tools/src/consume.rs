@@ -497,6 +497,7 @@ async fn consume_group(
                 session_timeout_ms: 0,
                 auto_commit_interval_ms: 0,
                 client_id: CLIENT_ID.into(),
+                handover_timeout_ms: 0,
             }),
             reset_policy: reset_policy(args.offset_reset) as i32,
             max_batch_messages: 0,

@@ -56,6 +56,9 @@ pub(crate) enum Control {
     /// End the stream with this status (ABORTED when taken over, NOT_FOUND when the
     /// topic is deleted, UNAVAILABLE at shutdown).
     End(Status),
+    /// The client committed in `generation`, so it has seen that generation's
+    /// Assignment: hand over the partitions kept for it that were revoked by then.
+    HandOver { generation: u64 },
 }
 
 /// A group's state as `DescribeGroup` and `ListGroups` report it.
@@ -153,6 +156,9 @@ struct Member {
     topic: String,
     session_timeout_ms: u64,
     partitions: Vec<u32>,
+    /// Revoked partitions the member's task still keeps for the client's commit (a
+    /// handover window); the member may commit them in the current generation.
+    revoking: BTreeSet<u32>,
     connection: Connection,
 }
 
@@ -371,6 +377,8 @@ impl GroupCoordinator {
             member.client_id = request.client_id;
             member.client_address = request.client_address;
             member.session_timeout_ms = session_timeout_ms;
+            // The old stream's task is ending and drops what it kept.
+            member.revoking.clear();
             if member.topic != request.topic {
                 member.topic = request.topic;
                 tracing::info!(group = %request.group_id, member = %member_id, "member rejoined on another topic");
@@ -396,6 +404,7 @@ impl GroupCoordinator {
                     topic: request.topic,
                     session_timeout_ms,
                     partitions: Vec::new(),
+                    revoking: BTreeSet::new(),
                     connection,
                 },
             );
@@ -511,6 +520,8 @@ impl GroupCoordinator {
                 && let Some(member) = group.members.get_mut(member_id)
                 && matches!(member.connection, Connection::Open { stream_id: s, .. } if s == stream_id)
             {
+                // The task dropped its leases, handover windows included.
+                member.revoking.clear();
                 if member.session_timeout_ms == 0 || shutting_down {
                     group.members.remove(member_id);
                     tracing::info!(group = %group_id, member = %member_id, "member left the group");
@@ -561,13 +572,49 @@ impl GroupCoordinator {
             )));
         }
         for (topic, partition) in partitions {
-            if *topic != member.topic || !member.partitions.contains(partition) {
+            let kept = member.partitions.contains(partition) || member.revoking.contains(partition);
+            if *topic != member.topic || !kept {
                 return Err(Status::failed_precondition(format!(
                     "partition {topic}/{partition} is not assigned to member {member_id:?} in generation {generation} of group {group_id:?}"
                 )));
             }
         }
         Ok(())
+    }
+
+    /// The member task of `stream_id` keeps these revoked partitions for its client's
+    /// commit (see [`Control::HandOver`]); replaces the previous set.
+    pub(crate) fn set_revoking(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        stream_id: u64,
+        partitions: BTreeSet<u32>,
+    ) {
+        let mut state = lock(&self.state);
+        if let Some(member) = state
+            .groups
+            .get_mut(group_id)
+            .and_then(|g| g.members.get_mut(member_id))
+            && matches!(member.connection, Connection::Open { stream_id: s, .. } if s == stream_id)
+        {
+            member.revoking = partitions;
+        }
+    }
+
+    /// A commit of `member_id` in `generation` succeeded (or was an empty one): its
+    /// task may hand over the partitions it kept for that commit.
+    pub(crate) fn member_committed(&self, group_id: &str, member_id: &str, generation: u64) {
+        let state = lock(&self.state);
+        if let Some(member) = state
+            .groups
+            .get(group_id)
+            .and_then(|g| g.members.get(member_id))
+            && !member.revoking.is_empty()
+            && let Connection::Open { control, .. } = &member.connection
+        {
+            let _ = control.send(Control::HandOver { generation });
+        }
     }
 
     /// The number of live members (connected or kept by their session timeout).
@@ -816,6 +863,7 @@ mod tests {
                     partitions,
                 } => assign = Some((generation, partitions)),
                 Control::End(status) => end = Some(status),
+                Control::HandOver { .. } => {}
             }
         }
         (assign, end)
@@ -904,6 +952,72 @@ mod tests {
 
         c.stream_ended("g", &a.member_id, a.stream_id);
         c.require_no_live_members("g", "commit").unwrap();
+    }
+
+    #[tokio::test]
+    async fn partitions_kept_in_a_handover_window_may_be_committed_until_handed_over() {
+        let f = fixture(4);
+        let c = &f.coordinator;
+        let mut a = c.join(request("", "t", 0)).await.unwrap();
+        let (_, all) = last_assign(&mut a).0.unwrap();
+        assert_eq!(all, vec![0, 1, 2, 3]);
+        let mut b = c.join(request("", "t", 0)).await.unwrap();
+        let (generation, kept) = last_assign(&mut a).0.unwrap();
+        let (_, taken) = last_assign(&mut b).0.unwrap();
+        let revoked: Vec<(String, u32)> = taken.iter().map(|p| ("t".to_string(), *p)).collect();
+        // Not kept: a commit of a revoked partition is refused.
+        assert!(
+            c.authorize_member_commit("g", &a.member_id, generation, &revoked)
+                .is_err()
+        );
+        // Kept by a's task: allowed in the current generation only.
+        c.set_revoking(
+            "g",
+            &a.member_id,
+            a.stream_id,
+            taken.iter().copied().collect(),
+        );
+        c.authorize_member_commit("g", &a.member_id, generation, &revoked)
+            .unwrap();
+        assert!(
+            c.authorize_member_commit("g", &a.member_id, generation - 1, &revoked)
+                .is_err()
+        );
+        // Not for someone else, nor changed by a stale stream.
+        c.set_revoking("g", &a.member_id, a.stream_id + 100, BTreeSet::new());
+        c.authorize_member_commit("g", &a.member_id, generation, &revoked)
+            .unwrap();
+        let b_kept: Vec<(String, u32)> = kept.iter().map(|p| ("t".to_string(), *p)).collect();
+        assert!(
+            c.authorize_member_commit("g", &b.member_id, generation, &b_kept)
+                .is_err()
+        );
+        // A commit tells the task to hand over; then the task clears the set.
+        c.member_committed("g", &a.member_id, generation);
+        let mut handed = None;
+        while let Ok(control) = a.control.try_recv() {
+            if let Control::HandOver { generation } = control {
+                handed = Some(generation);
+            }
+        }
+        assert_eq!(handed, Some(generation));
+        c.set_revoking("g", &a.member_id, a.stream_id, BTreeSet::new());
+        assert!(
+            c.authorize_member_commit("g", &a.member_id, generation, &revoked)
+                .is_err()
+        );
+        // Nothing kept: no HandOver is sent.
+        c.member_committed("g", &a.member_id, generation);
+        assert!(a.control.try_recv().is_err());
+        // The end of the stream forgets what was kept.
+        c.set_revoking(
+            "g",
+            &a.member_id,
+            a.stream_id,
+            taken.iter().copied().collect(),
+        );
+        c.stream_ended("g", &a.member_id, a.stream_id);
+        let _ = b;
     }
 
     #[tokio::test]

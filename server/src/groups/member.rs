@@ -6,7 +6,11 @@
 //!
 //! 1. An `Assign` from the coordinator first stops the revoked partitions (auto-commits
 //!    their positions, then releases their leases), then queues the Assignment event,
-//!    then starts waiting for the leases of the partitions gained.
+//!    then starts waiting for the leases of the partitions gained. With a handover
+//!    window (client commits and `handover_timeout_ms`), a revoked partition is
+//!    stopped but its lease kept until the client commits in the new generation
+//!    (`HandOver`), the window ends, or the stream ends; the client may commit it
+//!    meanwhile, and its next owner starts from that commit.
 //! 2. Queued events (Assignment, PositionReset) always go out before more messages,
 //!    so a member never sees messages of a generation before that generation's
 //!    Assignment, nor a partition's messages before the PositionReset that moved it.
@@ -51,6 +55,9 @@ pub(crate) struct Settings {
     pub reset_policy: ResetPolicy,
     /// `None` = the client commits.
     pub auto_commit: Option<Duration>,
+    /// With client commits: how long a revoked partition is kept for the client's
+    /// commit. `None` = released at once.
+    pub handover: Option<Duration>,
     pub limits: ReadLimits,
 }
 
@@ -69,6 +76,17 @@ struct Owned {
     _lease: OwnedSemaphorePermit,
 }
 
+/// A revoked partition kept (lease and all, but no longer read) in a handover window.
+#[derive(Debug)]
+struct Revoking {
+    /// Holds the lease; dropping it hands the partition over.
+    owned: Owned,
+    /// The generation of the Assign that revoked it: a commit in this generation or a
+    /// later one shows the client saw that Assignment, and so every message before it.
+    generation: u64,
+    deadline: tokio::time::Instant,
+}
+
 /// Result of waiting for one partition's lease.
 type LeaseOutcome = (u32, u64, Option<OwnedSemaphorePermit>);
 
@@ -83,6 +101,8 @@ pub(crate) struct MemberTask {
     control: mpsc::UnboundedReceiver<Control>,
     /// Partitions of the latest Assign, read or waited for.
     owned: BTreeMap<u32, Owned>,
+    /// Revoked partitions kept for the client's commit (handover window).
+    revoking: BTreeMap<u32, Revoking>,
     /// Leases being waited for: partition -> (token, handle to cancel the wait).
     pending: HashMap<u32, (u64, AbortHandle)>,
     acquiring: JoinSet<LeaseOutcome>,
@@ -116,6 +136,7 @@ impl MemberTask {
             out,
             control: joined.control,
             owned: BTreeMap::new(),
+            revoking: BTreeMap::new(),
             pending: HashMap::new(),
             acquiring: JoinSet::new(),
             next_token: 0,
@@ -141,6 +162,7 @@ impl MemberTask {
         self.commit_positions(&all).await;
         // Releases the leases: the partitions' next owners may start.
         self.owned.clear();
+        self.revoking.clear();
         self.coordinator()
             .stream_ended(&self.group_id, &self.member_id, self.stream_id);
         match &outcome {
@@ -190,6 +212,9 @@ impl MemberTask {
                     Some(Control::Assign { generation, partitions }) => {
                         self.on_assign(generation, partitions).await;
                     }
+                    Some(Control::HandOver { generation }) => {
+                        self.release_revoking(|r| r.generation <= generation);
+                    }
                     Some(Control::End(status)) => return Err(status),
                     None => return Err(Status::unavailable("the group coordinator stopped")),
                 },
@@ -199,6 +224,10 @@ impl MemberTask {
                     if let Ok((partition, token, Some(permit))) = joined {
                         self.on_lease(partition, token, permit)?;
                     }
+                }
+                () = handover_deadline(&self.revoking) => {
+                    let now = tokio::time::Instant::now();
+                    self.release_revoking(|r| r.deadline <= now);
                 }
                 () = tick(&mut ticker) => {
                     let all: Vec<u32> = self.owned.keys().copied().collect();
@@ -234,10 +263,37 @@ impl MemberTask {
             keep
         });
         self.commit_positions(&revoked).await;
-        for partition in &revoked {
-            // Dropping the entry releases the lease.
-            self.owned.remove(partition);
+        // Kept in a handover window and assigned again: read it on (same stream, same
+        // position, so nothing is skipped or repeated).
+        let back: Vec<u32> = self
+            .revoking
+            .keys()
+            .filter(|p| assigned.contains(p))
+            .copied()
+            .collect();
+        for partition in back {
+            if let Some(kept) = self.revoking.remove(&partition) {
+                self.owned.insert(partition, kept.owned);
+                self.data_ready = true;
+            }
         }
+        for partition in &revoked {
+            // Dropping the entry releases the lease, unless a handover window keeps it.
+            let Some(owned) = self.owned.remove(partition) else {
+                continue;
+            };
+            if let Some(window) = self.settings.handover {
+                self.revoking.insert(
+                    *partition,
+                    Revoking {
+                        owned,
+                        generation,
+                        deadline: tokio::time::Instant::now() + window,
+                    },
+                );
+            }
+        }
+        self.publish_revoking();
         self.events.retain(|event| match event {
             Event::PositionReset(reset) => assigned.contains(&reset.partition),
             _ => true,
@@ -276,6 +332,26 @@ impl MemberTask {
         if !revoked.is_empty() {
             tracing::debug!(group = %self.group_id, member = %self.member_id, generation, ?revoked, "stopped revoked partitions");
         }
+    }
+
+    /// Hands over the kept revoked partitions that `done` selects (their next owners
+    /// may start) and tells the coordinator what is still kept.
+    fn release_revoking(&mut self, done: impl Fn(&Revoking) -> bool) {
+        let before = self.revoking.len();
+        self.revoking.retain(|_, kept| !done(kept));
+        if self.revoking.len() != before {
+            self.publish_revoking();
+        }
+    }
+
+    /// Tells the coordinator which revoked partitions this member may still commit.
+    fn publish_revoking(&self) {
+        self.coordinator().set_revoking(
+            &self.group_id,
+            &self.member_id,
+            self.stream_id,
+            self.revoking.keys().copied().collect(),
+        );
     }
 
     /// The lease of `partition` is ours: find where to start and begin reading.
@@ -579,6 +655,14 @@ async fn tick(ticker: &mut Option<Interval>) {
         Some(ticker) => {
             ticker.tick().await;
         }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Resolves at the earliest end of a handover window; never without one.
+async fn handover_deadline(revoking: &BTreeMap<u32, Revoking>) {
+    match revoking.values().map(|r| r.deadline).min() {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending::<()>().await,
     }
 }

@@ -14,7 +14,10 @@
 //! the member's heartbeat; each join, leave or session expiry rebalances and bumps the
 //! generation; a commit from an older generation or for a partition the member does
 //! not own is refused; offset resets and group deletion are refused while the group
-//! has live members.
+//! has live members. A member that commits itself may ask for a *handover window*
+//! (`handover_timeout_ms`): a partition a rebalance takes from it stays its own, unread,
+//! until it commits in the new generation (or the window ends), so it can commit what
+//! it processed before the next owner starts (Kafka's `onPartitionsRevoked`).
 //!
 //! Wiring (done by the broker core): keep one [`GroupCoordinator`] in
 //! [`crate::AppState::groups`], serve [`GroupsService`], route a Subscribe with `group` set to
@@ -51,6 +54,10 @@ pub use service::GroupsService;
 /// Longest session timeout a member may ask for; longer requests are capped. A
 /// member kept this long after its stream ended blocks its partitions that long.
 pub const SESSION_TIMEOUT_MS_MAX: u64 = 5 * 60 * 1000;
+/// Longest handover window a member may ask for (`handover_timeout_ms`); longer
+/// requests are capped. A member that stops reading keeps its revoked partitions from
+/// their next owner this long.
+pub const HANDOVER_TIMEOUT_MS_MAX: u64 = 60 * 1000;
 /// Shortest auto-commit interval; shorter requests are raised to it, so one member
 /// cannot turn the offsets log into an fsync loop.
 pub const AUTO_COMMIT_INTERVAL_MS_MIN: u64 = 10;
@@ -119,6 +126,11 @@ pub async fn subscribe_member(
                     .max(AUTO_COMMIT_INTERVAL_MS_MIN),
             )
         }),
+        // With auto-commit the broker commits at the handover itself.
+        handover: (membership.auto_commit_interval_ms == 0 && membership.handover_timeout_ms > 0)
+            .then(|| {
+                Duration::from_millis(membership.handover_timeout_ms.min(HANDOVER_TIMEOUT_MS_MAX))
+            }),
         // The same defaults and caps as a plain subscription.
         limits: ReadLimits::from_request(request.max_batch_messages, request.max_batch_bytes),
     };

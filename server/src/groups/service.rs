@@ -126,7 +126,8 @@ impl Groups for GroupsService {
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
         let request = request.into_inner();
         validate_group_id(&request.group_id)?;
-        if request.offsets.is_empty() {
+        // A member may send no offsets to end its handover window.
+        if request.offsets.is_empty() && request.member_id.is_empty() {
             return Err(Status::invalid_argument(
                 "offsets is empty: commit at least one (topic, partition, offset)",
             ));
@@ -162,13 +163,18 @@ impl Groups for GroupsService {
         } else {
             let owned: Vec<(String, u32)> =
                 commits.iter().map(|(t, p, _, _)| (t.clone(), *p)).collect();
+            let generation = generation.unwrap_or_default();
             coordinator.authorize_member_commit(
                 &request.group_id,
                 &request.member_id,
-                generation.unwrap_or_default(),
+                generation,
                 &owned,
             )?;
-            commit_durably(store, &request.group_id, commits).await?;
+            if !commits.is_empty() {
+                commit_durably(store, &request.group_id, commits).await?;
+            }
+            // Durable first: the next owner of a handed-over partition reads this commit.
+            coordinator.member_committed(&request.group_id, &request.member_id, generation);
         }
         Ok(Response::new(CommitOffsetsResponse {}))
     }

@@ -70,6 +70,7 @@ fn membership(
         session_timeout_ms,
         auto_commit_interval_ms: auto_commit_ms,
         client_id: "it".into(),
+        handover_timeout_ms: 0,
     }
 }
 
@@ -1405,4 +1406,152 @@ async fn a_member_that_stops_reading_does_not_hold_up_a_rebalance() {
         }
     }
     assert!(after_assignment);
+}
+
+/// The first messages a member receives, skipping other events, until it has `count`.
+async fn first_messages(
+    stream: &mut Streaming<SubscribeResponse>,
+    count: usize,
+) -> Vec<(u32, u64)> {
+    let mut seen = Vec::new();
+    while seen.len() < count {
+        if let Event::Batch(batch) = next_event(stream).await.expect("stream open") {
+            seen.extend(batch.messages.iter().map(|m| (m.partition, m.offset)));
+        }
+    }
+    seen
+}
+
+/// A member that commits itself and asked for a handover window keeps a partition a
+/// rebalance takes from it until it commits in the new generation: it may commit that
+/// partition then, and its next owner starts right after the commit. Without a commit
+/// the window runs out and the next owner starts anyway; an empty commit is the
+/// member's way to end the window with nothing to commit.
+#[tokio::test]
+async fn a_handover_window_lets_a_member_commit_what_a_rebalance_takes() {
+    let broker = TestBroker::start();
+    broker
+        .create_topic("window", 2, TopicConfig::default())
+        .await;
+    for partition in 0..2 {
+        publish(&broker, "window", partition, 10, None).await;
+    }
+    let mut groups = broker.groups().await;
+
+    // Commit inside the window.
+    let mut windowed = membership("win", "", 0, 0);
+    windowed.handover_timeout_ms = 60_000;
+    let mut a = subscribe(
+        &mut broker.consumer().await,
+        "window",
+        windowed.clone(),
+        ResetPolicy::Earliest,
+    )
+    .await
+    .unwrap();
+    let first = expect_assignment(&mut a).await;
+    assert_eq!(first.partitions, vec![0, 1]);
+    first_messages(&mut a, 20).await;
+    let mut b = subscribe(
+        &mut broker.consumer().await,
+        "window",
+        membership("win", "", 0, 0),
+        ResetPolicy::Earliest,
+    )
+    .await
+    .unwrap();
+    let b_assignment = expect_assignment(&mut b).await;
+    let second = expect_assignment(&mut a).await;
+    assert_eq!(second.generation, b_assignment.generation);
+    let taken = b_assignment.partitions[0];
+    assert_eq!(second.partitions, vec![1 - taken]);
+    // The window is open: the new owner reads nothing of the partition yet.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), b.message())
+            .await
+            .is_err(),
+        "the new owner started inside the handover window"
+    );
+    // A commits the partition it lost, in the new generation (the old one is stale).
+    member_commit(
+        &mut groups,
+        "win",
+        &first.member_id,
+        Some(second.generation),
+        &[("window", taken, 7), ("window", 1 - taken, 10)],
+    )
+    .await
+    .expect("a commit of a partition kept in the handover window");
+    // ... which hands it over: B starts right after A's commit.
+    assert_eq!(
+        first_messages(&mut b, 3).await[..3],
+        [(taken, 7), (taken, 8), (taken, 9)]
+    );
+    let gone = member_commit(
+        &mut groups,
+        "win",
+        &first.member_id,
+        Some(second.generation),
+        &[("window", taken, 9)],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(gone.code(), Code::FailedPrecondition);
+    drop((a, b));
+
+    // No commit: the window runs out and the next owner starts anyway.
+    let mut short = membership("short", "", 0, 0);
+    short.handover_timeout_ms = 500;
+    let mut c = subscribe(
+        &mut broker.consumer().await,
+        "window",
+        short,
+        ResetPolicy::Earliest,
+    )
+    .await
+    .unwrap();
+    let c_first = expect_assignment(&mut c).await;
+    first_messages(&mut c, 20).await;
+    let joined = tokio::time::Instant::now();
+    let mut d = subscribe(
+        &mut broker.consumer().await,
+        "window",
+        membership("short", "", 0, 0),
+        ResetPolicy::Earliest,
+    )
+    .await
+    .unwrap();
+    let d_assignment = expect_assignment(&mut d).await;
+    let d_first = first_messages(&mut d, 1).await;
+    assert_eq!(d_first[0], (d_assignment.partitions[0], 0));
+    assert!(
+        joined.elapsed() >= Duration::from_millis(400),
+        "the window of 500 ms ended after {:?}",
+        joined.elapsed()
+    );
+
+    // An empty commit: only from a member, in its current generation.
+    let c_second = expect_assignment(&mut c).await;
+    assert!(c_second.generation > c_first.generation);
+    member_commit(
+        &mut groups,
+        "short",
+        &c_first.member_id,
+        Some(c_second.generation),
+        &[],
+    )
+    .await
+    .expect("an empty commit from a member");
+    let stale = member_commit(
+        &mut groups,
+        "short",
+        &c_first.member_id,
+        Some(c_first.generation),
+        &[],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    let anonymous = admin_commit(&mut groups, "short", &[]).await.unwrap_err();
+    assert_eq!(anonymous.code(), Code::InvalidArgument);
 }

@@ -226,6 +226,7 @@ async fn run_subscribe(
                 session_timeout_ms: 0,
                 auto_commit_interval_ms: AUTO_COMMIT_MS,
                 client_id: format!("tidelog-bench-{}", plan.id),
+                handover_timeout_ms: 0,
             }),
         ),
         ReadMode::Fetch => unreachable!("fetch consumers do not subscribe"),
