@@ -428,7 +428,8 @@ Examples:
 
 Without --follow, reading stops at the end offsets seen when it started. With --group
 the broker assigns partitions and reading starts at the group's committed offsets;
-what was printed is committed (every second with --follow, and at exit).
+what was printed is committed after each batch, before a rebalance hands a partition
+to another member, and at exit, so the group's next reader starts right after it.
 JSON lines carry partition, offset, timestamp (ms), key, value and headers; bytes that
 are not UTF-8 appear as {\"base64\": \"...\"}.";
 

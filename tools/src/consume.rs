@@ -6,9 +6,11 @@
 //! - no group, `--follow`: one `Subscribe` stream from the start position.
 //! - `--group`: `Subscribe` as a group member; the broker assigns partitions and starts
 //!   at the committed offsets. What is printed is committed with the member's
-//!   generation (every second with `--follow`, and before leaving), so the next
-//!   consumer of the group starts after it. Without `--follow` reading stops when
-//!   every assigned partition reached its end offset, or after a quiet spell.
+//!   generation after each printed batch (so a stream the broker ends with an error,
+//!   or a crash, repeats nothing that was committed), when a rebalance takes partitions
+//!   away (inside the broker's handover window, before the next owner starts), and
+//!   before leaving. Without `--follow` reading stops when every assigned partition
+//!   reached its end offset, or after a quiet spell.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -38,8 +40,9 @@ const FETCH_MESSAGES_MAX: u32 = 10_000;
 /// if positions could not prove it caught up (expired messages at the end of a
 /// partition leave gaps no message fills).
 const QUIET_SPELL: Duration = Duration::from_secs(2);
-/// How often a following group member commits what it printed.
-const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the broker keeps a partition a rebalance takes from this member, waiting
+/// for the commit of what was printed, before its next owner starts anyway.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Shown to the broker as the member's client id.
 const CLIENT_ID: &str = "tidelog-cli";
 
@@ -497,7 +500,7 @@ async fn consume_group(
                 session_timeout_ms: 0,
                 auto_commit_interval_ms: 0,
                 client_id: CLIENT_ID.into(),
-                handover_timeout_ms: 0,
+                handover_timeout_ms: HANDOVER_TIMEOUT.as_millis() as u64,
             }),
             reset_policy: reset_policy(args.offset_reset) as i32,
             max_batch_messages: 0,
@@ -509,8 +512,6 @@ async fn consume_group(
         .into_inner();
     let mut member = Member::default();
     let mut stop = StopSignal::new();
-    let mut commit_timer = tokio::time::interval(COMMIT_INTERVAL);
-    commit_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let outcome = loop {
         if !args.follow && !member.member_id.is_empty() && member.caught_up() {
             break Ok(());
@@ -518,16 +519,15 @@ async fn consume_group(
         let event = tokio::select! {
             event = next_event(broker, &context, &mut stream, true) => event,
             _ = tokio::time::sleep(QUIET_SPELL), if !args.follow && !member.member_id.is_empty() => break Ok(()),
-            _ = commit_timer.tick(), if args.follow => {
-                commit(broker, group, &args.topic, &mut member).await;
-                continue;
-            }
             _ = stop.recv() => break Ok(()),
         };
         match event {
+            // The broker ended the stream (and the membership): every printed batch
+            // was committed when it was printed.
             Err(e) => break Err(e),
             Ok(None) => break Ok(()),
             Ok(Some(subscribe_response::Event::Assignment(assignment))) => {
+                hand_over(broker, group, &args.topic, &mut member, &assignment).await;
                 if let Err(e) =
                     on_assignment(broker, group, &args.topic, &mut member, assignment).await
                 {
@@ -545,7 +545,7 @@ async fn consume_group(
                 for m in &batch.messages {
                     if let Err(e) = printer.print(m) {
                         // Commit what did reach the reader, then report.
-                        commit(broker, group, &args.topic, &mut member).await;
+                        final_commit(broker, group, &args.topic, &mut member, printer).await;
                         return Err(e);
                     }
                     member.position.insert(m.partition, m.offset + 1);
@@ -558,15 +558,132 @@ async fn consume_group(
                 if stop {
                     break Ok(());
                 }
-                if let Err(e) = printer.out.flush() {
-                    commit(broker, group, &args.topic, &mut member).await;
-                    return Err(e);
+                // Unknown how much of a failed flush reached the reader: leave it
+                // uncommitted (delivered again rather than lost).
+                printer.out.flush()?;
+                // Printed: commit now, so an error, a crash or a rebalance a moment
+                // later does not deliver these again.
+                let assigned = member.assigned.clone();
+                if let Err(refused) =
+                    commit(broker, group, &args.topic, &mut member, &assigned).await
+                {
+                    // FAILED_PRECONDITION: a rebalance is under way; the commit made
+                    // when its Assignment arrives covers these messages.
+                    if refused.code != tonic::Code::FailedPrecondition {
+                        commit_warning(&refused.error);
+                    }
                 }
             }
         }
     };
-    commit(broker, group, &args.topic, &mut member).await;
+    final_commit(broker, group, &args.topic, &mut member, printer).await;
     outcome
+}
+
+/// Before leaving the group: flush what was printed and commit it. A failure is a
+/// warning (the messages will be delivered again).
+async fn final_commit(
+    broker: &Broker,
+    group: &str,
+    topic: &str,
+    member: &mut Member,
+    printer: &mut Printer,
+) {
+    // Only what reached the reader counts as printed.
+    if printer.out.flush().is_err() {
+        return;
+    }
+    let assigned = member.assigned.clone();
+    if let Err(refused) = commit(broker, group, topic, member, &assigned).await {
+        commit_warning(&refused.error);
+    }
+}
+
+/// A new Assignment arrived: every message of the partitions it takes away came
+/// before it and was printed. Commit them in the new generation while the broker
+/// keeps them for this member (its handover window), which also hands them over, so
+/// their next owner starts right after what was printed.
+async fn hand_over(
+    broker: &Broker,
+    group: &str,
+    topic: &str,
+    member: &mut Member,
+    assignment: &tidelog_proto::v1::Assignment,
+) {
+    let previous = std::mem::take(&mut member.assigned);
+    let revoked: Vec<u32> = previous
+        .iter()
+        .filter(|p| !assignment.partitions.contains(p))
+        .copied()
+        .collect();
+    member.generation = assignment.generation;
+    if member.member_id.is_empty() || revoked.is_empty() {
+        member.assigned = previous;
+        return;
+    }
+    // Still assigned and revoked alike: one commit, all or nothing.
+    let mut scope = previous.clone();
+    scope.extend(assignment.partitions.iter().copied());
+    scope.sort_unstable();
+    scope.dedup();
+    let outcome = match commit(broker, group, topic, member, &scope).await {
+        Ok(0) => {
+            // Nothing new to commit: an empty commit ends the window at once.
+            empty_commit(broker, group, member).await
+        }
+        Ok(_) => Ok(0),
+        Err(refused) if refused.code == tonic::Code::FailedPrecondition => {
+            // The window has ended (or a newer rebalance happened): keep what is
+            // still ours.
+            note(&format!(
+                "warning: partition{} {} moved to another member before the printed messages were committed; they will be delivered again",
+                if revoked.len() == 1 { "" } else { "s" },
+                revoked
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            match commit(broker, group, topic, member, &assignment.partitions).await {
+                Ok(0) => empty_commit(broker, group, member).await,
+                other => other,
+            }
+        }
+        Err(refused) => Err(refused),
+    };
+    if let Err(refused) = outcome
+        && refused.code != tonic::Code::FailedPrecondition
+    {
+        commit_warning(&refused.error);
+    }
+    // Another member owns them now: should one come back, start from the group's
+    // committed offset, not from what this member printed long ago.
+    for partition in &revoked {
+        member.printed.remove(partition);
+        member.position.remove(partition);
+        member.committed.remove(partition);
+    }
+    member.assigned = previous;
+}
+
+/// A commit with no offsets: tells the broker this member saw its latest Assignment,
+/// which ends its handover window.
+async fn empty_commit(broker: &Broker, group: &str, member: &Member) -> Result<usize, Refused> {
+    let request = CommitOffsetsRequest {
+        group_id: group.to_string(),
+        member_id: member.member_id.clone(),
+        generation: Some(member.generation),
+        offsets: Vec::new(),
+    };
+    match broker.groups().commit_offsets(request).await {
+        Ok(_) => Ok(0),
+        // A broker without handover windows has nothing to end.
+        Err(status) if status.code() == tonic::Code::InvalidArgument => Ok(0),
+        Err(status) => Err(Refused {
+            code: status.code(),
+            error: broker.error(&format!("committing offsets of group {group:?}"), &status),
+        }),
+    }
 }
 
 /// Takes a new assignment: where each partition stands and where it ends.
@@ -610,16 +727,33 @@ async fn on_assignment(
     Ok(())
 }
 
-/// Commits what was printed on the partitions this member owns. A failure (a
-/// rebalance took a partition away) is reported as a note: the messages will be
-/// delivered again to the next owner (at least once).
-async fn commit(broker: &Broker, group: &str, topic: &str, member: &mut Member) {
+/// A commit the broker refused, with its status code.
+#[derive(Debug)]
+struct Refused {
+    code: tonic::Code,
+    error: CliError,
+}
+
+fn commit_warning(error: &CliError) {
+    note(&format!(
+        "warning: {}; the uncommitted messages will be delivered again",
+        error.message
+    ));
+}
+
+/// Commits, with the member's current generation, what was printed on `partitions`
+/// and not committed yet; returns how many partitions it committed.
+async fn commit(
+    broker: &Broker,
+    group: &str,
+    topic: &str,
+    member: &mut Member,
+    partitions: &[u32],
+) -> Result<usize, Refused> {
     let offsets: Vec<TopicPartitionOffset> = member
         .printed
         .iter()
-        .filter(|(p, offset)| {
-            member.assigned.contains(p) && member.committed.get(p) != Some(offset)
-        })
+        .filter(|(p, offset)| partitions.contains(p) && member.committed.get(p) != Some(offset))
         .map(|(&partition, &offset)| TopicPartitionOffset {
             topic: topic.to_string(),
             partition,
@@ -628,7 +762,7 @@ async fn commit(broker: &Broker, group: &str, topic: &str, member: &mut Member) 
         })
         .collect();
     if offsets.is_empty() || member.member_id.is_empty() {
-        return;
+        return Ok(0);
     }
     let request = CommitOffsetsRequest {
         group_id: group.to_string(),
@@ -638,17 +772,16 @@ async fn commit(broker: &Broker, group: &str, topic: &str, member: &mut Member) 
     };
     match broker.groups().commit_offsets(request).await {
         Ok(_) => {
+            let count = offsets.len();
             for o in offsets {
                 member.committed.insert(o.partition, o.offset);
             }
+            Ok(count)
         }
-        Err(status) => {
-            let error = broker.error(&format!("committing offsets of group {group:?}"), &status);
-            note(&format!(
-                "warning: {}; the uncommitted messages will be delivered again",
-                error.message
-            ));
-        }
+        Err(status) => Err(Refused {
+            code: status.code(),
+            error: broker.error(&format!("committing offsets of group {group:?}"), &status),
+        }),
     }
 }
 

@@ -1151,3 +1151,296 @@ fn cli_durations_need_a_unit() {
         .ok(&format!("--by-duration {by}"));
     }
 }
+
+/// A `tidelog consume --group` running in the background, its stdout collected line
+/// by line (unless paused: then the pipe fills and the consumer blocks in a write, as
+/// behind a slow reader).
+struct GroupConsumer {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl GroupConsumer {
+    fn start(broker: &TestBroker, topic: &str, group: &str) -> GroupConsumer {
+        GroupConsumer::start_paused(broker, topic, group, false)
+    }
+
+    fn start_paused(broker: &TestBroker, topic: &str, group: &str, paused: bool) -> GroupConsumer {
+        let mut child = tidelog_command()
+            .args([
+                "--server",
+                &broker.endpoint(),
+                "consume",
+                topic,
+                "--group",
+                group,
+                "--follow",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting a group consumer");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let paused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(paused));
+        let (sink, gate) = (lines.clone(), paused.clone());
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut stdout = std::io::BufReader::new(stdout);
+            loop {
+                while gate.load(std::sync::atomic::Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let mut line = String::new();
+                match stdout.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => sink
+                        .lock()
+                        .unwrap()
+                        .push(line.trim_end_matches('\n').to_string()),
+                }
+            }
+        });
+        GroupConsumer {
+            child,
+            lines,
+            paused,
+            reader: Some(reader),
+        }
+    }
+
+    fn resume(&self) {
+        self.paused
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits for the process to exit (after a SIGTERM, or on its own) and returns its
+    /// exit code, stderr and every line it printed.
+    fn finish(mut self, terminate: bool) -> (i32, String, Vec<String>) {
+        if terminate {
+            let sent = std::process::Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status()
+                .expect("running kill");
+            assert!(sent.success());
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for tidelog") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the consumer did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("the stdout reader");
+        }
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            use std::io::Read;
+            let _ = pipe.read_to_string(&mut stderr);
+        }
+        (status.code().unwrap_or(-1), stderr, self.lines())
+    }
+}
+
+impl Drop for GroupConsumer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `done` holds, failing with `what` after 30 s.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Committed offset and end offset of every partition of `topic`, from `group
+/// describe --json`.
+fn committed_and_end(broker: &TestBroker, group: &str, topic: &str) -> Vec<(Option<u64>, u64)> {
+    let described = cli(broker, &["group", "describe", group, "--json"]);
+    if described.code == 1 && described.stderr.contains("not found") {
+        return Vec::new(); // no member and nothing committed
+    }
+    let described = described.ok("group describe");
+    described.json()["partitions"]
+        .as_array()
+        .expect("partitions is an array")
+        .iter()
+        .filter(|p| p["topic"] == topic)
+        .map(|p| {
+            (
+                p["committed_offset"].as_u64(),
+                p["end_offset"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Issue 12 bug 6: a second CLI member joins while the first is behind (its reader
+/// is slow, so messages of every partition are on their way to it); the first commits
+/// what it printed of the partitions it loses before their new owner starts, so every
+/// message is printed exactly once across the two, and the group's committed offsets
+/// end at the end offsets.
+#[tokio::test]
+async fn cli_group_consumers_hand_partitions_over_without_duplicates() {
+    const MESSAGES: usize = 1_000;
+    let broker = TestBroker::start();
+    cli(
+        &broker,
+        &["topic", "create", "handover", "--partitions", "4"],
+    )
+    .ok("topic create");
+    // About 1 KiB each, round robin over the partitions: far more than a pipe holds.
+    let padding = "x".repeat(1_000);
+    let produce = |range: std::ops::Range<usize>| {
+        let input: String = range.map(|i| format!("m-{i:04}-{padding}\n")).collect();
+        cli_with_input(
+            &broker,
+            &["produce", "handover", "--quiet"],
+            input.as_bytes(),
+        )
+        .ok("produce");
+    };
+    produce(0..800);
+    let group = "gx";
+    // `a` reads, fills its stdout pipe and blocks: batches of all four partitions
+    // wait for it on its stream.
+    let mut a = GroupConsumer::start_paused(&broker, "handover", group, true);
+    wait_for_member(&broker, group, &mut a.child);
+    std::thread::sleep(Duration::from_millis(500));
+    // `b` joins: two of a's partitions go to b.
+    let b = GroupConsumer::start(&broker, "handover", group);
+    wait_until("the second consumer joined", || {
+        let described = cli(&broker, &["group", "describe", group, "--json"]);
+        described.code == 0 && described.json()["members"].as_array().unwrap().len() == 2
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    a.resume();
+    // New messages for both members' partitions.
+    produce(800..MESSAGES);
+    let distinct = || {
+        let mut all: Vec<String> = a.lines();
+        all.extend(b.lines());
+        all.sort_unstable();
+        all.dedup();
+        all.len()
+    };
+    wait_until("every message was printed", || distinct() >= MESSAGES);
+    // Anything printed twice would come right after the handover: give it time.
+    std::thread::sleep(Duration::from_millis(300));
+
+    let (a_code, a_stderr, a_lines) = a.finish(true);
+    let (b_code, b_stderr, b_lines) = b.finish(true);
+    assert_eq!(a_code, 0, "{a_stderr}");
+    assert_eq!(b_code, 0, "{b_stderr}");
+    assert!(!b_lines.is_empty(), "the second consumer got no partition");
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for line in a_lines.iter().chain(&b_lines) {
+        *counts.entry(line.as_str()).or_default() += 1;
+    }
+    assert_eq!(counts.len(), MESSAGES, "missing messages");
+    let duplicates: Vec<&str> = counts
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(line, _)| &line[..6])
+        .collect();
+    assert!(
+        duplicates.is_empty(),
+        "{} of {MESSAGES} messages printed twice (a: {} lines, b: {} lines): {:?}",
+        duplicates.len(),
+        a_lines.len(),
+        b_lines.len(),
+        &duplicates[..duplicates.len().min(10)]
+    );
+    assert!(!a_stderr.contains("warning"), "{a_stderr}");
+    assert!(!b_stderr.contains("warning"), "{b_stderr}");
+
+    wait_until_no_members(&broker, group);
+    let positions = committed_and_end(&broker, group, "handover");
+    assert_eq!(positions.len(), 4, "{positions:?}");
+    for (committed, end) in &positions {
+        assert_eq!(*committed, Some(*end), "{positions:?}");
+    }
+}
+/// Issue 12 bug 6: a group consumer whose stream the broker ends (here: the broker
+/// stops a moment after the consumer printed a burst of messages) has already
+/// committed everything it printed, and says nothing about a failed commit; after a
+/// restart the group continues after the last printed message.
+#[tokio::test]
+async fn cli_group_consumer_ending_on_an_error_has_committed_what_it_printed() {
+    let mut broker = TestBroker::start();
+    cli(
+        &broker,
+        &["topic", "create", "stopping", "--partitions", "3"],
+    )
+    .ok("topic create");
+    let mut publisher = broker.publisher().await;
+    let group = "gs";
+    let mut consumer = GroupConsumer::start(&broker, "stopping", group);
+    wait_for_member(&broker, group, &mut consumer.child);
+    // The consumer waits, idle; then 300 messages arrive, it prints them, and a
+    // fraction of a second later the broker stops (well within a second: a consumer
+    // that commits only now and then has not committed them yet).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publisher
+        .publish(PublishRequest {
+            topic: "stopping".into(),
+            messages: (0..300)
+                .map(|i| Message {
+                    value: format!("s-{i:03}").into_bytes().into(),
+                    ..Message::default()
+                })
+                .collect(),
+            ack: AckLevel::Durable as i32,
+        })
+        .await
+        .expect("publish");
+    // An open client connection would hold up the broker's graceful stop.
+    drop(publisher);
+    wait_until("the consumer printed every message", || {
+        consumer.lines().len() >= 300
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The broker goes away under the consumer: its stream ends with UNAVAILABLE.
+    broker.stop();
+    let (code, stderr, lines) = consumer.finish(false);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(lines.len(), 300);
+
+    broker.restart();
+    let positions = committed_and_end(&broker, group, "stopping");
+    assert_eq!(
+        positions.len(),
+        3,
+        "committed: {positions:?}; the consumer said: {stderr}"
+    );
+    for (committed, end) in &positions {
+        assert_eq!(
+            *committed,
+            Some(*end),
+            "{positions:?}; the consumer said: {stderr}"
+        );
+    }
+    // One line: the broker's reason, no failed commit.
+    assert!(stderr.contains("shutting down"), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+    // The next reader of the group has nothing left to print.
+    let rest = cli(&broker, &["consume", "stopping", "--group", group]).ok("consume the rest");
+    assert_eq!(rest.stdout, "");
+}
