@@ -30,6 +30,7 @@ pub mod partition;
 mod progress;
 pub mod recovery;
 pub mod segment;
+pub mod statelog;
 pub mod store;
 
 pub use batch::{Compression, Header, NewRecord, Record};
