@@ -33,6 +33,7 @@ mod progress;
 pub mod recovery;
 pub mod rng;
 pub mod segment;
+pub mod statelog;
 pub mod store;
 
 pub use batch::{Compression, Header, NewRecord, Record};

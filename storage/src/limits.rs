@@ -74,7 +74,26 @@ const _: () = assert!(SEGMENT_FILE_BYTES_MAX / INDEX_INTERVAL_BYTES <= INDEX_ENT
 // A mapping of the longest segment file fits the address space of a 64-bit usize.
 const _: () = assert!(SEGMENT_FILE_BYTES_MAX <= usize::MAX as u64);
 
-/// Largest body of one record in the consumer offsets log (`offsets.log`). Bounds the
-/// allocation a replay makes from a length read off disk, and so the entries one commit
-/// call may carry (about 3,800 maximal ones; typical entries are far smaller).
-pub const OFFSET_RECORD_BODY_BYTES_MAX: u32 = 16 * 1024 * 1024;
+/// Largest body of one record of a durable state log (`statelog`; the consumer offsets
+/// log is one). Bounds the allocation a replay makes from a length read off disk, what
+/// one `StateLog::append` call may carry (its operations share one record), and so the
+/// largest operation. For offsets: about 3,800 maximal commit entries in one call.
+pub const STATE_RECORD_BODY_BYTES_MAX: u32 = 16 * 1024 * 1024;
+
+/// The consumer offsets log is a state log: its records have the same bound.
+pub const OFFSET_RECORD_BODY_BYTES_MAX: u32 = STATE_RECORD_BODY_BYTES_MAX;
+
+/// Bytes a state log reads from its file at a time while replaying it. Replay holds at
+/// most `max(STATE_READ_CHUNK_BYTES, one whole record)` of the file in memory, whatever
+/// the file's length.
+pub const STATE_READ_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Target body size of the records a state-log compaction writes: the snapshot goes to
+/// disk one record at a time, so a compaction holds about this much encoded state in
+/// memory besides the live state itself, never a second copy of all of it.
+pub const STATE_SNAPSHOT_RECORD_BODY_BYTES: usize = 1024 * 1024;
+
+// A record's length, header included, fits in u32 and so in usize on every target.
+const _: () = assert!((STATE_RECORD_BODY_BYTES_MAX as u64) + 8 <= u32::MAX as u64);
+const _: () = assert!(STATE_SNAPSHOT_RECORD_BODY_BYTES <= STATE_RECORD_BODY_BYTES_MAX as usize);
+const _: () = assert!(STATE_READ_CHUNK_BYTES <= STATE_RECORD_BODY_BYTES_MAX as usize);

@@ -16,13 +16,14 @@ use tidelog_storage::OsFs;
 use tidelog_storage::batch::BatchHeader;
 use tidelog_storage::checkpoint::{self, Checkpoint};
 use tidelog_storage::index::{self, SegmentSummary};
-use tidelog_storage::offsets::{OffsetOp, OffsetRecord, decode_record};
+use tidelog_storage::offsets::{OffsetOp, OffsetRecord};
 use tidelog_storage::recovery::{
     self, Content, Depth, Observation, Observed, PlanOptions, RecoveryPlan, Verdict,
 };
 use tidelog_storage::segment::{
     CorruptBatch, INDEX_SUFFIX, ScanReport, TIME_INDEX_SUFFIX, segment_path,
 };
+use tidelog_storage::statelog::{self, ScanEnd};
 
 use super::layout::segment_bases;
 use crate::error::{CliError, CliResult};
@@ -538,73 +539,41 @@ pub struct OffsetsLogCheck {
     pub committed: BTreeMap<(String, String, u32), u64>,
 }
 
-/// Replays an offsets log the way the broker does: a damaged record with no intact
-/// record after it is a torn tail, anything else is corruption.
+/// Replays an offsets log the way the broker does, with the engine's own scan
+/// ([`statelog::scan_image`]): a damaged record is a torn tail only if no intact record
+/// follows it and no more bytes than one record do; anything else is corruption.
 pub fn check_offsets_log(path: &Path) -> CliResult<OffsetsLogCheck> {
     let data = read_file(path, LOG_FILE_BYTES_MAX)?;
-    let mut position = 0usize;
-    let mut records = 0u64;
-    let mut findings = Vec::new();
-    let mut torn = false;
     let mut committed = BTreeMap::new();
-    while let Some(rest) = data.get(position..).filter(|r| !r.is_empty()) {
-        let damage = match decode_record(rest) {
-            Ok(Some((record, used))) => {
-                replay(&mut committed, record);
-                position += used;
-                records += 1;
-                continue;
-            }
-            Ok(None) => format!("incomplete record ({} bytes at the end)", rest.len()),
-            Err(e) if e.may_be_torn_write() => e.to_string(),
-            Err(e) => {
-                findings.push(Finding::error(
-                    "corrupt_record",
-                    path,
-                    Some(position as u64),
-                    format!(
-                        "{e} (its checksum matched, so this is not a torn write); the broker \
-                         refuses to open the offsets store"
-                    ),
-                ));
-                break;
-            }
-        };
-        let intact_after = (position + 1..data.len()).find(|&candidate| {
-            matches!(decode_record(&data[candidate..]), Ok(Some(_)))
-                || matches!(decode_record(&data[candidate..]), Err(e) if !e.may_be_torn_write())
-        });
-        match intact_after {
-            Some(next) => findings.push(Finding::error(
-                "corrupt_record",
-                path,
-                Some(position as u64),
-                format!(
-                    "{damage}; an intact record follows at byte {next}, so this is damage inside \
-                     the log; the broker refuses to open the offsets store \
-                     (`tidelog segment repair --force` cuts it here)"
-                ),
-            )),
-            None => {
-                torn = true;
-                findings.push(Finding::error(
-                    "torn_tail",
-                    path,
-                    Some(position as u64),
-                    format!(
-                        "torn tail: {damage}; the broker cuts it on open, `tidelog segment repair` \
-                         cuts it now and keeps the bytes"
-                    ),
-                ));
-            }
-        }
-        break;
+    let scan = statelog::scan_image::<OffsetOp>(&data, |_, record| replay(&mut committed, record));
+    let mut findings = Vec::new();
+    let torn = matches!(scan.end, ScanEnd::Torn { .. });
+    match scan.end {
+        ScanEnd::Clean => {}
+        ScanEnd::Torn { position, reason } => findings.push(Finding::error(
+            "torn_tail",
+            path,
+            Some(position),
+            format!(
+                "torn tail: {reason}; the broker cuts it on open, `tidelog segment repair` \
+                 cuts it now and keeps the bytes"
+            ),
+        )),
+        ScanEnd::Corrupt { position, reason } => findings.push(Finding::error(
+            "corrupt_record",
+            path,
+            Some(position),
+            format!(
+                "{reason}; the broker refuses to open the offsets store \
+                 (`tidelog segment repair --force` cuts it here)"
+            ),
+        )),
     }
     Ok(OffsetsLogCheck {
         path: path.to_path_buf(),
         log_bytes: data.len() as u64,
-        records,
-        valid_bytes: position as u64,
+        records: scan.records,
+        valid_bytes: scan.valid_len,
         torn,
         findings,
         committed,
@@ -678,5 +647,42 @@ mod tests {
             times(&damaged, &report.corrupt_batches),
             vec![100, 100, 200]
         );
+    }
+
+    /// verify classifies the offsets log as the broker's open does: clean, a torn tail
+    /// (cut on open), or corruption (refused), and replays the committed offsets.
+    #[test]
+    fn offsets_log_verdicts_are_the_brokers() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = tidelog_storage::ManualClock::new(1_700_000_000_000);
+        let store = tidelog_storage::OffsetStore::open(dir.path(), clock).unwrap();
+        let commit = |offset| store.commit("g", &[("t".to_string(), 0, offset, String::new())]);
+        commit(5).unwrap();
+        let first_end = store.log_bytes() as usize;
+        commit(7).unwrap();
+        commit(9).unwrap();
+        drop(store);
+        let path = dir.path().join(tidelog_storage::offsets::LOG_FILE_NAME);
+        let full = fs::read(&path).unwrap();
+        let key = ("g".to_string(), "t".to_string(), 0);
+
+        let clean = check_offsets_log(&path).unwrap();
+        assert!(clean.findings.is_empty());
+        assert_eq!((clean.records, clean.committed[&key]), (3, 9));
+
+        fs::write(&path, &full[..full.len() - 1]).unwrap();
+        let torn = check_offsets_log(&path).unwrap();
+        assert!(torn.torn);
+        assert_eq!(torn.findings[0].kind, "torn_tail");
+        assert_eq!(torn.committed[&key], 7);
+
+        let mut damaged = full.clone();
+        damaged[first_end + 12] ^= 1;
+        fs::write(&path, &damaged).unwrap();
+        let corrupt = check_offsets_log(&path).unwrap();
+        assert!(!corrupt.torn);
+        assert_eq!(corrupt.findings[0].kind, "corrupt_record");
+        assert_eq!(corrupt.valid_bytes, first_end as u64);
+        assert_eq!(corrupt.committed[&key], 5);
     }
 }
