@@ -30,6 +30,7 @@ pub mod offsets;
 pub mod partition;
 pub mod procstat;
 mod progress;
+pub mod queue;
 pub mod recovery;
 pub mod rng;
 pub mod segment;

@@ -7,6 +7,7 @@
 //!   topics/<topic>/topic.config           partitions and config (key=value)
 //!   topics/<topic>/<partition>/           segments (.log .index .timeindex), checkpoint
 //!   offsets/                              the consumer offsets store
+//!   state/queues/queues.statelog          the work queues' state (crate::queue)
 //!   trash/                                topics being deleted
 //! ```
 
@@ -28,7 +29,9 @@ use crate::offsets::OffsetStore;
 use crate::partition::{
     FlushObserver, Partition, PartitionContext, PartitionInfo, RetentionOutcome,
 };
+use crate::queue::{QueueOp, Queues};
 use crate::segment::MappedSegments;
+use crate::statelog::{StateLog, StateLogOptions};
 
 const TOPIC_CONFIG_FILE: &str = "topic.config";
 /// How often the housekeeping thread looks for interval-policy flushes that are due.
@@ -64,6 +67,9 @@ impl Default for StoreOptions {
         }
     }
 }
+
+/// Where the work queues' state log lives, under the data directory.
+pub const QUEUES_STATE_PATH: &str = "state/queues/queues.statelog";
 
 /// A topic: its partitions and config.
 #[derive(Debug)]
@@ -132,6 +138,8 @@ struct Inner {
     /// Serializes create / delete / alter so two cannot race on one directory.
     admin: Mutex<()>,
     offsets: OffsetStore,
+    /// Every work queue's state.
+    queues: StateLog<Queues>,
     flusher: Mutex<Flusher>,
     context: PartitionContext,
     closed: AtomicBool,
@@ -194,6 +202,13 @@ impl Store {
         };
         let offsets =
             OffsetStore::open_with(fs.clone(), &dir.join("offsets"), options.clock.clone())?;
+        let queues = StateLog::open(
+            fs.clone(),
+            &dir.join(QUEUES_STATE_PATH),
+            Queues::default(),
+            options.clock.clone(),
+            StateLogOptions::default(),
+        )?;
         let mut topics = BTreeMap::new();
         let topics_dir = dir.join("topics");
         for entry in fs
@@ -229,6 +244,7 @@ impl Store {
             topics: RwLock::new(topics),
             admin: Mutex::new(()),
             offsets,
+            queues,
             flusher: Mutex::new(flusher),
             context,
             closed: AtomicBool::new(false),
@@ -248,6 +264,11 @@ impl Store {
     /// The consumer offsets store.
     pub fn offsets(&self) -> &OffsetStore {
         &self.inner.offsets
+    }
+
+    /// The work queues' durable state (see [`crate::queue`]).
+    pub fn queues(&self) -> &StateLog<Queues> {
+        &self.inner.queues
     }
 
     /// Segments holding a memory mapping now (bounded by `mapped_segments_max`).
@@ -321,7 +342,7 @@ impl Store {
         Ok(topic)
     }
 
-    /// Deletes a topic, its data and its committed offsets.
+    /// Deletes a topic, its data, its committed offsets and its queues.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
         self.check_open()?;
         let _admin = self.inner.admin.lock().unwrap_or_else(|e| e.into_inner());
@@ -347,6 +368,18 @@ impl Store {
             .ctx(|| format!("moving {} to the trash", topic.dir.display()))?;
         fsutil::sync_dir_with(fs, &self.inner.dir.join("topics"))?;
         self.inner.offsets.delete_topic(name)?;
+        let on_topic: Vec<QueueOp> = self.inner.queues.read(|queues| {
+            queues
+                .iter()
+                .filter(|q| q.topic == name)
+                .map(|q| QueueOp::Delete {
+                    name: q.name.clone(),
+                })
+                .collect()
+        });
+        if !on_topic.is_empty() {
+            self.inner.queues.append(on_topic)?;
+        }
         // Mappings held by readers keep their files alive after this.
         fs.remove_dir_all(&trash)
             .ctx(|| format!("removing {}", trash.display()))?;

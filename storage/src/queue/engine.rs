@@ -1,0 +1,836 @@
+//! [`QueueEngine`]: the delivery engine of one queue, synchronous (no runtime) and
+//! driven by its owner: the server calls [`QueueEngine::deliver`] when members have
+//! credit, [`QueueEngine::settle`] for their answers, [`QueueEngine::tick`] when
+//! [`QueueEngine::next_wakeup`] comes, and tells it when members join and leave.
+//!
+//! Every decision is appended to the store's queue state log before it takes effect
+//! (a delivery is durable before it is handed out, a settlement before it is
+//! answered), so a crash never loses an ack and never forgets an attempt. What lives
+//! only in memory can be rebuilt from the durable state: the timers, the set of
+//! redeliveries that are due, and which members are connected (none, after a
+//! restart: their leases are given up at once, and the messages delivered again after
+//! their backoff).
+//!
+//! # Order of delivery
+//!
+//! Highest priority level first. Within a level, messages whose redelivery (or
+//! deliver-at time) has come, oldest due first, then new messages from the log,
+//! partitions taking turns. A new message whose deliver-at time is still ahead is taken
+//! as delayed and delivered when its time comes.
+//!
+//! # Timers
+//!
+//! A lease runs until its deadline (an in-progress settlement moves it). When it passes
+//! without a settlement, or the member holding it leaves, the delivery is given up: a
+//! message that has used `max_deliveries` is dead-lettered (reason `deadline passed` or
+//! `member left`), any other waits `backoff_ms(attempts)` and is then due again. A nack
+//! makes it due after its own delay or the backoff; a nack of the last allowed
+//! delivery dead-letters it with the nack's reason; a term dead-letters it at once.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use super::admin::dead_letter_record;
+use super::state::{Hold, Pending, Queue, QueueConfig, QueueOp, Taken, truncate_utf8};
+use crate::batch::Record;
+use crate::config::TopicConfig;
+use crate::error::{Error, Result};
+use crate::partition::Partition;
+use crate::store::{Store, Topic};
+
+/// Records a new-message scan examines in one partition and level per delivery round
+/// at most, so a level far behind (or far ahead through other levels' messages) does
+/// not hold the engine for long.
+const SCAN_RECORDS_PER_ROUND: u32 = 4096;
+/// Bytes one scan read asks for.
+const SCAN_READ_BYTES: u64 = 4 << 20;
+/// Deliveries one round makes at most (one state-log record).
+const DELIVERIES_PER_ROUND_MAX: usize = 4096;
+
+/// A message handed to a member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub partition: u32,
+    pub record: Record,
+    /// 1 for the first delivery.
+    pub attempt: u32,
+    pub deadline_ms: i64,
+}
+
+/// What a member says about a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettleAction {
+    /// Done; `through` makes it a range (every offset from `offset` to `through` that
+    /// the member holds).
+    Ack { through: Option<u64> },
+    /// Deliver again after `delay_ms` (None = the backoff).
+    Nack {
+        delay_ms: Option<u64>,
+        reason: String,
+    },
+    /// Still working: the deadline moves to now + `extend_ms` (None = the ack deadline).
+    InProgress { extend_ms: Option<u64> },
+    /// Dead-letter it now.
+    Term { reason: String },
+}
+
+/// One settlement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettleRequest {
+    pub partition: u32,
+    pub offset: u64,
+    /// The attempt being settled; 0 = the current one.
+    pub attempt: u32,
+    pub action: SettleAction,
+}
+
+/// The outcome of one settlement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettleOutcome {
+    /// Done: `settled` messages acked or dead-lettered (0 for a nack or an extension).
+    Ok { settled: u64 },
+    /// The message is not pending (never delivered, or settled already).
+    NotFound(String),
+    /// Another attempt is current, or another member holds it, or it is not delivered
+    /// now.
+    Stale(String),
+    /// A delay or extension out of range.
+    Invalid(String),
+}
+
+/// Counters since the engine started, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineCounters {
+    pub delivered: u64,
+    pub redelivered: u64,
+    pub acked: u64,
+    pub nacked: u64,
+    pub timed_out: u64,
+    pub dead_lettered_max_deliveries: u64,
+    pub dead_lettered_term: u64,
+    /// Messages removed by retention before the queue settled them.
+    pub lost_to_retention: u64,
+}
+
+/// Why a timer was set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// A lease's deadline: check whether it was settled or extended.
+    Deadline,
+    /// A waiting or delayed message becomes due.
+    Due,
+}
+
+/// The delivery engine of one queue. See the module docs.
+#[derive(Debug)]
+pub struct QueueEngine {
+    store: Arc<Store>,
+    name: String,
+    /// (time, kind, partition, offset).
+    timers: BTreeSet<(i64, Timer, u32, u64)>,
+    /// Due for (re)delivery now: (highest level first: `u8::MAX - level`, due time,
+    /// partition, offset).
+    due: BTreeSet<(u8, i64, u32, u64)>,
+    /// Connected members and how many deliveries each holds.
+    members: HashMap<String, u64>,
+    /// The partition a new-message scan starts with next (turns).
+    next_partition: usize,
+    /// The last delivery round stopped because a higher level had more of the log to
+    /// look at: deliver again at once (there may be nothing new to wait for).
+    behind: bool,
+    pub counters: EngineCounters,
+}
+
+impl QueueEngine {
+    /// The engine of queue `name`, its timers rebuilt from the durable state. Every
+    /// lease is given up at once: no member is connected yet.
+    pub fn open(store: Arc<Store>, name: &str) -> Result<QueueEngine> {
+        let queue = store
+            .queues()
+            .read(|q| q.get(name).cloned())
+            .ok_or_else(|| Error::not_found(format!("queue {name:?}")))?;
+        let now = store.clock().now_ms();
+        let mut engine = QueueEngine {
+            store,
+            name: name.to_string(),
+            timers: BTreeSet::new(),
+            due: BTreeSet::new(),
+            members: HashMap::new(),
+            next_partition: 0,
+            behind: false,
+            counters: EngineCounters::default(),
+        };
+        for (&partition, part) in &queue.partitions {
+            for (&offset, pending) in &part.pending {
+                let at = match pending.hold {
+                    Hold::Leased { .. } => now,
+                    Hold::Waiting { due_ms } | Hold::Delayed { due_ms } => due_ms,
+                };
+                let kind = match pending.hold {
+                    Hold::Leased { .. } => Timer::Deadline,
+                    _ => Timer::Due,
+                };
+                engine.timers.insert((at, kind, partition, offset));
+            }
+        }
+        Ok(engine)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn queue(&self) -> Result<Queue> {
+        self.store
+            .queues()
+            .read(|q| q.get(&self.name).cloned())
+            .ok_or_else(|| Error::not_found(format!("queue {:?}", self.name)))
+    }
+
+    /// The queue's config now.
+    pub fn config(&self) -> Result<QueueConfig> {
+        self.store
+            .queues()
+            .read(|q| q.get(&self.name).map(|q| q.config.clone()))
+            .ok_or_else(|| Error::not_found(format!("queue {:?}", self.name)))
+    }
+
+    /// A member connected.
+    pub fn member_joined(&mut self, member: &str) {
+        self.members.entry(member.to_string()).or_insert(0);
+    }
+
+    /// A member left: its leases are given up now (in the next [`QueueEngine::tick`]).
+    pub fn member_left(&mut self, member: &str) {
+        if self.members.remove(member).is_none() {
+            return;
+        }
+        let now = self.store.clock().now_ms();
+        let held: Vec<(u32, u64)> = self.store.queues().read(|q| {
+            q.get(&self.name)
+                .map(|queue| {
+                    queue
+                        .partitions
+                        .iter()
+                        .flat_map(|(&p, part)| {
+                            part.pending.iter().filter_map(move |(&o, pending)| {
+                                matches!(&pending.hold, Hold::Leased { member: m, .. } if m == member)
+                                    .then_some((p, o))
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        });
+        for (partition, offset) in held {
+            self.timers
+                .insert((now, Timer::Deadline, partition, offset));
+        }
+    }
+
+    /// Deliveries `member` holds now.
+    pub fn unacked(&self, member: &str) -> u64 {
+        self.members.get(member).copied().unwrap_or(0)
+    }
+
+    /// When [`QueueEngine::tick`] has something to do next (ms since the epoch).
+    pub fn next_wakeup(&self) -> Option<i64> {
+        self.timers.first().map(|t| t.0)
+    }
+
+    /// Whether the last [`QueueEngine::deliver`] stopped early because a higher
+    /// priority level was still looking through the log: call it again at once.
+    pub fn behind(&self) -> bool {
+        self.behind
+    }
+
+    /// Whether a redelivery is due now (so [`QueueEngine::deliver`] has something
+    /// without reading the log).
+    pub fn has_due(&self) -> bool {
+        !self.due.is_empty()
+    }
+
+    /// Runs the timers that are due: gives up leases past their deadline (or of
+    /// members that left), dead-lettering those that used every delivery, and marks
+    /// waiting and delayed messages due. Dead letters are appended (and settled)
+    /// before this returns.
+    pub fn tick(&mut self) -> Result<()> {
+        let now = self.store.clock().now_ms();
+        let queue = self.queue()?;
+        let mut ops = Vec::new();
+        while let Some(&(at, kind, partition, offset)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            let Some(pending) = queue
+                .partitions
+                .get(&partition)
+                .and_then(|p| p.pending.get(&offset))
+            else {
+                continue;
+            };
+            match (&pending.hold, kind) {
+                (
+                    Hold::Leased {
+                        member,
+                        deadline_ms,
+                    },
+                    Timer::Deadline,
+                ) => {
+                    let member_gone = !self.members.contains_key(member);
+                    if *deadline_ms > now && !member_gone {
+                        // Extended: look again at the new deadline.
+                        self.timers
+                            .insert((*deadline_ms, Timer::Deadline, partition, offset));
+                        continue;
+                    }
+                    if let Some(count) = self.members.get_mut(member) {
+                        *count = count.saturating_sub(1);
+                    }
+                    self.counters.timed_out += 1;
+                    let reason = if member_gone {
+                        "member left"
+                    } else {
+                        "deadline passed"
+                    };
+                    if queue.config.exhausted(pending.attempts) {
+                        let reason = format!(
+                            "{reason} after {} deliveries (max_deliveries {})",
+                            pending.attempts, queue.config.max_deliveries
+                        );
+                        ops.push(self.dead_letter(&queue, partition, offset, pending, &reason)?);
+                        self.counters.dead_lettered_max_deliveries += 1;
+                    } else {
+                        let due = (*deadline_ms).min(now)
+                            + queue.config.backoff_ms(pending.attempts) as i64;
+                        ops.push(QueueOp::Nack {
+                            name: self.name.clone(),
+                            partition,
+                            offset,
+                            due_ms: due,
+                            reason: reason.to_string(),
+                        });
+                        self.timers.insert((due, Timer::Due, partition, offset));
+                    }
+                }
+                (Hold::Waiting { due_ms } | Hold::Delayed { due_ms }, Timer::Due) => {
+                    if *due_ms > now {
+                        self.timers.insert((*due_ms, Timer::Due, partition, offset));
+                    } else {
+                        self.due
+                            .insert((u8::MAX - pending.level, *due_ms, partition, offset));
+                    }
+                }
+                // A stale timer (the message moved on since it was set).
+                _ => {}
+            }
+        }
+        if !ops.is_empty() {
+            self.store.queues().append(ops)?;
+        }
+        Ok(())
+    }
+
+    /// Makes up to `wants[i].1` deliveries to each member `wants[i].0`, in turns, and
+    /// records them durably before returning them. Fewer (or none) when nothing is
+    /// ready.
+    pub fn deliver(&mut self, wants: &[(String, u32)]) -> Result<Vec<(String, Vec<Delivery>)>> {
+        self.behind = false;
+        let queue = self.queue()?;
+        let topic = self.store.topic(&queue.topic)?;
+        let now = self.store.clock().now_ms();
+        let deadline = now.saturating_add(queue.config.ack_deadline_ms as i64);
+        // Members in turns: a list of who gets the next delivery.
+        let mut turns: Vec<String> = Vec::new();
+        {
+            let mut left: Vec<(String, u32)> = wants.to_vec();
+            while turns.len() < DELIVERIES_PER_ROUND_MAX && left.iter().any(|w| w.1 > 0) {
+                for (member, want) in &mut left {
+                    if *want > 0 {
+                        turns.push(member.clone());
+                        *want -= 1;
+                    }
+                }
+            }
+        }
+        turns.truncate(DELIVERIES_PER_ROUND_MAX);
+        let mut turns = turns.into_iter();
+        let mut out: BTreeMap<String, Vec<Delivery>> = BTreeMap::new();
+        let mut ops = Vec::new();
+        let mut next_member = turns.next();
+
+        for level in (0..queue.levels).rev() {
+            if next_member.is_none() {
+                break;
+            }
+            // Redeliveries of this level whose time has come.
+            while let Some(member) = next_member.clone() {
+                let rank = u8::MAX - level;
+                let Some(&entry) = self
+                    .due
+                    .range((rank, i64::MIN, 0, 0)..)
+                    .next()
+                    .filter(|e| e.0 == rank)
+                else {
+                    break;
+                };
+                self.due.remove(&entry);
+                let (_, _, partition, offset) = entry;
+                let Some(pending) = queue
+                    .partitions
+                    .get(&partition)
+                    .and_then(|p| p.pending.get(&offset))
+                else {
+                    continue;
+                };
+                if matches!(pending.hold, Hold::Leased { .. }) {
+                    continue;
+                }
+                let Some(record) = read_one(&topic, partition, offset)? else {
+                    // Retention removed it first.
+                    self.counters.lost_to_retention += 1;
+                    ops.push(QueueOp::Ack {
+                        name: self.name.clone(),
+                        partition,
+                        ranges: vec![(offset, offset)],
+                    });
+                    continue;
+                };
+                if pending.attempts > 0 {
+                    self.counters.redelivered += 1;
+                }
+                ops.push(QueueOp::Lease {
+                    name: self.name.clone(),
+                    partition,
+                    offset,
+                    member: member.clone(),
+                    deadline_ms: deadline,
+                    at_ms: now,
+                });
+                self.timers
+                    .insert((deadline, Timer::Deadline, partition, offset));
+                out.entry(member.clone()).or_default().push(Delivery {
+                    partition,
+                    record,
+                    attempt: pending.attempts + 1,
+                    deadline_ms: deadline,
+                });
+                next_member = turns.next();
+            }
+            // New messages of this level, partitions taking turns.
+            let partitions = topic.partitions();
+            let count = partitions.len();
+            let mut caught_up = true;
+            for step in 0..count {
+                if next_member.is_none() {
+                    break;
+                }
+                let index = (self.next_partition + step) % count;
+                let partition = &partitions[index];
+                let cursor = queue
+                    .partitions
+                    .get(&partition.id())
+                    .and_then(|p| p.cursors.get(usize::from(level)).copied())
+                    .unwrap_or(0);
+                let (cursor_to, taken) = self.scan(
+                    &queue,
+                    partition,
+                    level,
+                    cursor,
+                    now,
+                    deadline,
+                    &mut next_member,
+                    &mut turns,
+                    &mut out,
+                )?;
+                caught_up &= cursor_to >= partition.end_offset();
+                if cursor_to > cursor || !taken.is_empty() {
+                    ops.push(QueueOp::Take {
+                        name: self.name.clone(),
+                        partition: partition.id(),
+                        level,
+                        cursor_to,
+                        at_ms: now,
+                        taken,
+                    });
+                }
+            }
+            self.next_partition = self.next_partition.wrapping_add(1);
+            // Strict priority: a lower level waits until this level has looked at every
+            // message stored so far (its scan budget ran out first: call again).
+            if !caught_up && next_member.is_some() {
+                self.behind = true;
+                break;
+            }
+        }
+        if !ops.is_empty() {
+            self.store.queues().append(ops)?;
+        }
+        for (member, deliveries) in &out {
+            *self.members.entry(member.clone()).or_insert(0) += deliveries.len() as u64;
+            self.counters.delivered += deliveries.len() as u64;
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// Scans `partition` from `cursor` for new messages of `level`: leases them to the
+    /// members in turn, takes those whose deliver-at time is ahead as delayed. Returns
+    /// where the level's cursor moves and what was taken.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the delivery round's state, threaded through one private helper"
+    )]
+    fn scan(
+        &mut self,
+        queue: &Queue,
+        partition: &Arc<Partition>,
+        level: u8,
+        cursor: u64,
+        now: i64,
+        deadline: i64,
+        next_member: &mut Option<String>,
+        turns: &mut impl Iterator<Item = String>,
+        out: &mut BTreeMap<String, Vec<Delivery>>,
+    ) -> Result<(u64, Vec<Taken>)> {
+        let id = partition.id();
+        let mut position = cursor;
+        let log_start = partition.log_start();
+        if position < log_start {
+            // Retention deleted messages the queue had not taken: they are gone.
+            self.counters.lost_to_retention += log_start - position;
+            position = log_start;
+        }
+        let mut taken = Vec::new();
+        let mut examined = 0u32;
+        while next_member.is_some()
+            && examined < SCAN_RECORDS_PER_ROUND
+            && position < partition.end_offset()
+        {
+            let read = match partition.read(
+                position,
+                SCAN_RECORDS_PER_ROUND - examined,
+                SCAN_READ_BYTES,
+            ) {
+                Ok(read) => read,
+                Err(Error::OffsetOutOfRange { log_start, .. }) if log_start > position => {
+                    self.counters.lost_to_retention += log_start - position;
+                    position = log_start;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            let mut stopped_at = None;
+            for record in read.records {
+                examined += 1;
+                if queue.level_of(record.priority) != level {
+                    continue;
+                }
+                let Some(member) = next_member.clone() else {
+                    stopped_at = Some(record.offset);
+                    break;
+                };
+                let offset = record.offset;
+                match record.deliver_at_ms {
+                    Some(due) if due > now => {
+                        self.timers.insert((due, Timer::Due, id, offset));
+                        taken.push(Taken {
+                            offset,
+                            hold: Hold::Delayed { due_ms: due },
+                        });
+                    }
+                    _ => {
+                        self.timers.insert((deadline, Timer::Deadline, id, offset));
+                        taken.push(Taken {
+                            offset,
+                            hold: Hold::Leased {
+                                member: member.clone(),
+                                deadline_ms: deadline,
+                            },
+                        });
+                        out.entry(member).or_default().push(Delivery {
+                            partition: id,
+                            record,
+                            attempt: 1,
+                            deadline_ms: deadline,
+                        });
+                        *next_member = turns.next();
+                    }
+                }
+            }
+            position = match stopped_at {
+                Some(offset) => offset,
+                None => read.next_offset,
+            };
+            if stopped_at.is_some() || read.next_offset == read.end_offset {
+                break;
+            }
+        }
+        Ok((position, taken))
+    }
+
+    /// Settles deliveries for `member` (None: whoever holds them, for the unary API).
+    /// Every outcome is durable when this returns.
+    pub fn settle(
+        &mut self,
+        member: Option<&str>,
+        requests: &[SettleRequest],
+    ) -> Result<Vec<SettleOutcome>> {
+        let queue = self.queue()?;
+        let now = self.store.clock().now_ms();
+        let mut ops = Vec::new();
+        let mut outcomes = Vec::with_capacity(requests.len());
+        // Offsets settled so far in this call, so a duplicate is not counted twice.
+        let mut gone: BTreeSet<(u32, u64)> = BTreeSet::new();
+        let mut released: HashMap<String, u64> = HashMap::new();
+        for request in requests {
+            let part = queue.partitions.get(&request.partition);
+            if let SettleAction::Ack {
+                through: Some(through),
+            } = request.action
+            {
+                // A range: every offset in it this member holds.
+                let mut ranges: Vec<(u64, u64)> = Vec::new();
+                let mut settled = 0;
+                if let Some(part) = part {
+                    for (&offset, pending) in part
+                        .pending
+                        .range(request.offset..=through.max(request.offset))
+                    {
+                        let Hold::Leased { member: holder, .. } = &pending.hold else {
+                            continue;
+                        };
+                        if member.is_some_and(|m| m != holder)
+                            || !gone.insert((request.partition, offset))
+                        {
+                            continue;
+                        }
+                        *released.entry(holder.clone()).or_insert(0) += 1;
+                        match ranges.last_mut() {
+                            Some(last) if last.1 + 1 == offset => last.1 = offset,
+                            _ => ranges.push((offset, offset)),
+                        }
+                        settled += 1;
+                    }
+                }
+                if !ranges.is_empty() {
+                    ops.push(QueueOp::Ack {
+                        name: self.name.clone(),
+                        partition: request.partition,
+                        ranges,
+                    });
+                }
+                self.counters.acked += settled;
+                outcomes.push(SettleOutcome::Ok { settled });
+                continue;
+            }
+            let Some(pending) = part.and_then(|p| p.pending.get(&request.offset)) else {
+                outcomes.push(SettleOutcome::NotFound(format!(
+                    "partition {} offset {} is not pending in queue {:?}: it was settled already, or never delivered",
+                    request.partition, request.offset, self.name
+                )));
+                continue;
+            };
+            if gone.contains(&(request.partition, request.offset)) {
+                outcomes.push(SettleOutcome::NotFound(format!(
+                    "partition {} offset {} was settled earlier in this request",
+                    request.partition, request.offset
+                )));
+                continue;
+            }
+            let Hold::Leased { member: holder, .. } = &pending.hold else {
+                outcomes.push(SettleOutcome::Stale(format!(
+                    "partition {} offset {} is not delivered now (attempt {} is over and the message waits for a redelivery)",
+                    request.partition, request.offset, pending.attempts
+                )));
+                continue;
+            };
+            // A settlement after the deadline is still taken while the lease stands (the
+            // next tick has not given it up): the work was done.
+            let stale_attempt = request.attempt != 0 && request.attempt != pending.attempts;
+            let other_member = member.is_some_and(|m| m != holder);
+            if stale_attempt || other_member {
+                outcomes.push(SettleOutcome::Stale(format!(
+                    "partition {} offset {}: attempt {} is current, held by {holder:?}",
+                    request.partition, request.offset, pending.attempts
+                )));
+                continue;
+            }
+            let key = (request.partition, request.offset);
+            match &request.action {
+                SettleAction::Ack { through: None } => {
+                    gone.insert(key);
+                    *released.entry(holder.clone()).or_insert(0) += 1;
+                    ops.push(QueueOp::Ack {
+                        name: self.name.clone(),
+                        partition: request.partition,
+                        ranges: vec![(request.offset, request.offset)],
+                    });
+                    self.counters.acked += 1;
+                    outcomes.push(SettleOutcome::Ok { settled: 1 });
+                }
+                SettleAction::Ack { through: Some(_) } => unreachable!("ranges are handled above"),
+                SettleAction::InProgress { extend_ms } => {
+                    let extend = extend_ms.unwrap_or(queue.config.ack_deadline_ms);
+                    if !(super::state::ACK_DEADLINE_MS_MIN..=super::state::QUEUE_DELAY_MS_MAX)
+                        .contains(&extend)
+                    {
+                        outcomes.push(SettleOutcome::Invalid(format!(
+                            "extend_ms {extend} is outside {}..={}",
+                            super::state::ACK_DEADLINE_MS_MIN,
+                            super::state::QUEUE_DELAY_MS_MAX
+                        )));
+                        continue;
+                    }
+                    let deadline = now.saturating_add(extend as i64);
+                    ops.push(QueueOp::Extend {
+                        name: self.name.clone(),
+                        partition: request.partition,
+                        offset: request.offset,
+                        deadline_ms: deadline,
+                    });
+                    self.timers.insert((
+                        deadline,
+                        Timer::Deadline,
+                        request.partition,
+                        request.offset,
+                    ));
+                    outcomes.push(SettleOutcome::Ok { settled: 0 });
+                }
+                SettleAction::Nack { delay_ms, reason } => {
+                    if delay_ms.is_some_and(|d| d > super::state::QUEUE_DELAY_MS_MAX) {
+                        outcomes.push(SettleOutcome::Invalid(format!(
+                            "delay_ms is over the maximum of {}",
+                            super::state::QUEUE_DELAY_MS_MAX
+                        )));
+                        continue;
+                    }
+                    gone.insert(key);
+                    *released.entry(holder.clone()).or_insert(0) += 1;
+                    let reason = truncate_utf8(reason, super::state::REASON_BYTES_MAX);
+                    self.counters.nacked += 1;
+                    if queue.config.exhausted(pending.attempts) {
+                        let reason = format!(
+                            "nacked on the last of {} deliveries: {reason}",
+                            queue.config.max_deliveries
+                        );
+                        ops.push(self.dead_letter(
+                            &queue,
+                            request.partition,
+                            request.offset,
+                            pending,
+                            &reason,
+                        )?);
+                        self.counters.dead_lettered_max_deliveries += 1;
+                        outcomes.push(SettleOutcome::Ok { settled: 1 });
+                    } else {
+                        let wait =
+                            delay_ms.unwrap_or_else(|| queue.config.backoff_ms(pending.attempts));
+                        let due = now.saturating_add(wait as i64);
+                        ops.push(QueueOp::Nack {
+                            name: self.name.clone(),
+                            partition: request.partition,
+                            offset: request.offset,
+                            due_ms: due,
+                            reason: reason.to_string(),
+                        });
+                        self.timers
+                            .insert((due, Timer::Due, request.partition, request.offset));
+                        outcomes.push(SettleOutcome::Ok { settled: 0 });
+                    }
+                }
+                SettleAction::Term { reason } => {
+                    gone.insert(key);
+                    *released.entry(holder.clone()).or_insert(0) += 1;
+                    let reason = format!(
+                        "terminated: {}",
+                        truncate_utf8(reason, super::state::REASON_BYTES_MAX - 12)
+                    );
+                    ops.push(self.dead_letter(
+                        &queue,
+                        request.partition,
+                        request.offset,
+                        pending,
+                        &reason,
+                    )?);
+                    self.counters.dead_lettered_term += 1;
+                    outcomes.push(SettleOutcome::Ok { settled: 1 });
+                }
+            }
+        }
+        if !ops.is_empty() {
+            self.store.queues().append(ops)?;
+        }
+        for (holder, count) in released {
+            if let Some(held) = self.members.get_mut(&holder) {
+                *held = held.saturating_sub(count);
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Appends the dead letter of a pending message to the queue's dead-letter topic
+    /// (creating it if needed), durably, and returns the operation that settles it.
+    fn dead_letter(
+        &self,
+        queue: &Queue,
+        partition: u32,
+        offset: u64,
+        pending: &Pending,
+        reason: &str,
+    ) -> Result<QueueOp> {
+        let reason = truncate_utf8(reason, super::state::REASON_BYTES_MAX).to_string();
+        let topic = self.store.topic(&queue.topic)?;
+        if let Some(record) = read_one(&topic, partition, offset)? {
+            let letter = dead_letter_record(
+                &self.name,
+                &queue.topic,
+                partition,
+                &record,
+                pending.attempts,
+                pending.first_delivery_ms,
+                pending.last_delivery_ms,
+                &reason,
+            );
+            let dlq = dead_letter_topic(&self.store, &queue.config.dead_letter_topic)?;
+            dlq.partition(dead_letter_partition(&dlq, partition))?
+                .append_durable(&[letter])?;
+        }
+        Ok(QueueOp::DeadLetter {
+            name: self.name.clone(),
+            partition,
+            offset,
+            reason,
+        })
+    }
+}
+
+/// The record at `offset` of `partition`, or None when it is gone (retention) or
+/// expired.
+fn read_one(topic: &Topic, partition: u32, offset: u64) -> Result<Option<Record>> {
+    let partition = topic.partition(partition)?;
+    if offset < partition.log_start() || offset >= partition.end_offset() {
+        return Ok(None);
+    }
+    let read = partition.read(offset, 1, 0)?;
+    Ok(read.records.into_iter().find(|r| r.offset == offset))
+}
+
+/// The dead-letter topic, created with one partition and default settings if missing.
+fn dead_letter_topic(store: &Store, name: &str) -> Result<Arc<Topic>> {
+    match store.topic(name) {
+        Ok(topic) => Ok(topic),
+        Err(Error::NotFound { .. }) => match store.create_topic(name, 1, TopicConfig::default()) {
+            Ok(topic) => Ok(topic),
+            Err(Error::AlreadyExists { .. }) => store.topic(name),
+            Err(error) => Err(error),
+        },
+        Err(error) => Err(error),
+    }
+}
+
+/// The dead-letter partition for a message of `partition`: the same number if the
+/// dead-letter topic has it, else the last.
+fn dead_letter_partition(dlq: &Topic, partition: u32) -> u32 {
+    partition.min(dlq.partitions().len().saturating_sub(1) as u32)
+}

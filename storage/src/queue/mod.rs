@@ -1,0 +1,26 @@
+//! Work queues: a second way to consume a topic beside consumer groups. A queue is a
+//! named, durable consumer of one topic; its members share its messages, each message
+//! going to one member at a time, which settles it (ack, nack, in progress, term). A
+//! message not acked by its deadline, or nacked, is delivered again after a backoff,
+//! until it has used `max_deliveries`; then it is appended to the queue's dead-letter
+//! topic with the reason. Several queues on one topic each get every message.
+//!
+//! - [`state`]: the durable state ([`Queues`], a state-log machine) and its byte
+//!   format: cursors per priority level and the pending (taken, unsettled) messages.
+//! - [`engine`]: [`QueueEngine`], the synchronous delivery engine of one queue: what to
+//!   deliver next (redeliveries that are due, then new messages, highest priority
+//!   first, deliver-at times honoured), settlements, deadlines and backoff timers, dead
+//!   letters. It decides with the store's clock and records every decision in the
+//!   state log before it is acted on, so a crash resumes where the last durable
+//!   decision left off. The server wraps one per queue in an async task.
+//! - [`admin`]: create, alter, delete, purge, list, describe, redrive.
+
+pub mod admin;
+pub mod engine;
+pub mod state;
+
+pub use admin::{QueueStatus, StartAt};
+pub use engine::{Delivery, QueueEngine, SettleAction, SettleOutcome, SettleRequest};
+pub use state::{
+    Hold, Pending, Queue, QueueConfig, QueueOp, QueuePartition, Queues, Taken, validate_queue_name,
+};

@@ -1,0 +1,641 @@
+//! Work queues in the storage engine: the delivery engine against a simple model, with
+//! random deliveries, acks, nacks, terms, extensions, members leaving, deadlines
+//! passing (a ManualClock: nothing sleeps), process kills and power cuts (FaultyFs);
+//! then priority, delay and redrive on their own. `TIDELOG_QUEUE_SEEDS=N` runs more
+//! seeds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tidelog_storage::fs::{CrashOptions, FaultyFs};
+use tidelog_storage::queue::admin::{self, DLQ_HEADER_OFFSET, DLQ_HEADER_PARTITION};
+use tidelog_storage::queue::{
+    QueueConfig, QueueEngine, SettleAction, SettleOutcome, SettleRequest, StartAt,
+};
+use tidelog_storage::rng::SeededRng as Rng;
+use tidelog_storage::{Clock, ManualClock, NewRecord, Store, StoreOptions, TopicConfig};
+
+const START_MS: i64 = 1_700_000_000_000;
+const PARTITIONS: u32 = 2;
+const MESSAGES: u64 = 60;
+
+fn open(fs: &FaultyFs, data: &Path, clock: &Arc<ManualClock>) -> Arc<Store> {
+    Arc::new(
+        Store::open(
+            data,
+            StoreOptions {
+                clock: clock.clone(),
+                flush_threads: 1,
+                retention_interval: None,
+                flush_observer: None,
+                fs: Arc::new(fs.clone()),
+                ..StoreOptions::default()
+            },
+        )
+        .expect("opening the store"),
+    )
+}
+
+fn config() -> QueueConfig {
+    QueueConfig {
+        ack_deadline_ms: 1_000,
+        max_deliveries: 3,
+        backoff_initial_ms: 100,
+        backoff_max_ms: 400,
+        ..QueueConfig::defaults_for("jobs")
+    }
+}
+
+/// What the test knows of one message.
+#[derive(Debug, Clone, Default)]
+struct Known {
+    deliver_at: Option<i64>,
+    /// Deliveries the test saw (durable: deliver returns after the state log).
+    attempts: u32,
+    /// Held now by (member, attempt, deadline), as far as the test knows.
+    held: Option<(String, u32, i64)>,
+    acked: bool,
+    dead: bool,
+}
+
+struct Model {
+    messages: BTreeMap<(u32, u64), Known>,
+    connected: BTreeSet<String>,
+}
+
+fn publish(store: &Store, rng: &mut Rng, model: &mut Model) {
+    let topic = store.topic("jobs").unwrap();
+    for i in 0..MESSAGES {
+        let partition = (i % u64::from(PARTITIONS)) as u32;
+        let deliver_at = (rng.below(5) == 0).then(|| START_MS + rng.below(3_000) as i64);
+        let record = NewRecord {
+            value: Bytes::from(format!("job-{i}")),
+            priority: rng.below(3) as u8,
+            deliver_at_ms: deliver_at,
+            ..NewRecord::default()
+        };
+        let appended = topic
+            .partition(partition)
+            .unwrap()
+            .append_durable(&[record])
+            .unwrap();
+        model.messages.insert(
+            (partition, appended.base_offset),
+            Known {
+                deliver_at,
+                ..Known::default()
+            },
+        );
+    }
+}
+
+/// Checks one delivery against what the test knows, and records it.
+fn check_delivery(
+    model: &mut Model,
+    member: &str,
+    partition: u32,
+    offset: u64,
+    attempt: u32,
+    deadline: i64,
+    now: i64,
+    context: &str,
+) {
+    let known = model
+        .messages
+        .get_mut(&(partition, offset))
+        .unwrap_or_else(|| panic!("{context}: delivered unknown {partition}/{offset}"));
+    assert!(
+        !known.acked,
+        "{context}: {partition}/{offset} delivered after its ack"
+    );
+    assert!(
+        !known.dead,
+        "{context}: {partition}/{offset} delivered after it was dead-lettered"
+    );
+    assert!(
+        attempt > known.attempts,
+        "{context}: {partition}/{offset} attempt {attempt} after {} seen",
+        known.attempts
+    );
+    assert!(
+        attempt <= config().max_deliveries,
+        "{context}: attempt {attempt} over the max"
+    );
+    if let Some((holder, _, held_deadline)) = &known.held {
+        assert!(
+            !model.connected.contains(holder) || *held_deadline <= now,
+            "{context}: {partition}/{offset} delivered to {member} while {holder} holds it until {held_deadline} (now {now})"
+        );
+    }
+    if let Some(at) = known.deliver_at {
+        assert!(
+            now >= at,
+            "{context}: {partition}/{offset} delivered at {now} before {at}"
+        );
+    }
+    known.attempts = attempt;
+    known.held = Some((member.to_string(), attempt, deadline));
+}
+
+/// Dead letters in the DLQ topic, by their source (partition, offset).
+fn dead_letters(store: &Store) -> BTreeSet<(u32, u64)> {
+    let Ok(dlq) = store.topic("jobs.dlq") else {
+        return BTreeSet::new();
+    };
+    let mut letters = BTreeSet::new();
+    let partition = dlq.partition(0).unwrap();
+    let mut next = partition.log_start();
+    while next < partition.end_offset() {
+        let read = partition.read(next, 1000, u64::MAX).unwrap();
+        for record in read.records {
+            let header = |key: &str| -> u64 {
+                let value = &record.headers.iter().find(|h| h.key == key).unwrap().value;
+                std::str::from_utf8(value).unwrap().parse().unwrap()
+            };
+            letters.insert((
+                header(DLQ_HEADER_PARTITION) as u32,
+                header(DLQ_HEADER_OFFSET),
+            ));
+        }
+        next = read.next_offset;
+    }
+    letters
+}
+
+fn run(seed: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let fs = FaultyFs::new(dir.path(), seed).unwrap();
+    let clock = ManualClock::new(START_MS);
+    let mut rng = Rng::new(seed);
+    let mut model = Model {
+        messages: BTreeMap::new(),
+        connected: BTreeSet::new(),
+    };
+    let mut store = open(&fs, &data, &clock);
+    store
+        .create_topic(
+            "jobs",
+            PARTITIONS,
+            TopicConfig {
+                priority_levels: 3,
+                ..TopicConfig::default()
+            },
+        )
+        .unwrap();
+    publish(&store, &mut rng, &mut model);
+    admin::create_queue(&store, "work", "jobs", StartAt::Earliest, config()).unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    let members = ["a", "b", "c"];
+    // What the run did, so a seed that exercises nothing fails.
+    let (mut deliveries_seen, mut settled_seen, mut crashes) = (0u64, 0u64, 0u64);
+
+    for step in 0..400 {
+        let context = format!("seed {seed} step {step}");
+        let now = clock.now_ms();
+        match rng.below(20) {
+            0..=5 => {
+                let member = members[rng.below(3) as usize];
+                if !model.connected.contains(member) {
+                    engine.member_joined(member);
+                    model.connected.insert(member.to_string());
+                }
+                let want = 1 + rng.below(6) as u32;
+                for (who, deliveries) in engine.deliver(&[(member.to_string(), want)]).unwrap() {
+                    assert!(deliveries.len() <= want as usize);
+                    deliveries_seen += deliveries.len() as u64;
+                    for d in deliveries {
+                        check_delivery(
+                            &mut model,
+                            &who,
+                            d.partition,
+                            d.record.offset,
+                            d.attempt,
+                            d.deadline_ms,
+                            now,
+                            &context,
+                        );
+                    }
+                }
+            }
+            6..=10 => {
+                // Settle some of what the test believes is held.
+                let held: Vec<((u32, u64), String, u32)> = model
+                    .messages
+                    .iter()
+                    .filter_map(|(k, m)| m.held.clone().map(|(who, attempt, _)| (*k, who, attempt)))
+                    .collect();
+                if held.is_empty() {
+                    continue;
+                }
+                let ((partition, offset), holder, attempt) =
+                    held[rng.below(held.len() as u64) as usize].clone();
+                let action = match rng.below(6) {
+                    0..=2 => SettleAction::Ack { through: None },
+                    3 => SettleAction::Nack {
+                        delay_ms: None,
+                        reason: "busy".into(),
+                    },
+                    4 => SettleAction::InProgress { extend_ms: None },
+                    _ => SettleAction::Term {
+                        reason: "poison".into(),
+                    },
+                };
+                let outcome = engine
+                    .settle(
+                        Some(&holder),
+                        &[SettleRequest {
+                            partition,
+                            offset,
+                            attempt,
+                            action: action.clone(),
+                        }],
+                    )
+                    .unwrap();
+                if matches!(outcome[0], SettleOutcome::Ok { .. }) {
+                    settled_seen += 1;
+                }
+                let known = model.messages.get_mut(&(partition, offset)).unwrap();
+                match outcome[0] {
+                    SettleOutcome::Ok { .. } => match action {
+                        SettleAction::Ack { .. } => {
+                            known.acked = true;
+                            known.held = None;
+                        }
+                        SettleAction::Term { .. } => {
+                            known.dead = true;
+                            known.held = None;
+                        }
+                        SettleAction::Nack { .. } => {
+                            if attempt >= config().max_deliveries {
+                                known.dead = true;
+                            }
+                            known.held = None;
+                        }
+                        SettleAction::InProgress { .. } => {
+                            if let Some(held) = known.held.as_mut() {
+                                held.2 = now + config().ack_deadline_ms as i64;
+                            }
+                        }
+                    },
+                    // The engine gave it up already (deadline or member left): stale is right
+                    // only if that could have happened.
+                    SettleOutcome::Stale(_) | SettleOutcome::NotFound(_) => {
+                        let (_, _, deadline) = known.held.clone().unwrap();
+                        assert!(
+                            deadline <= now || !model.connected.contains(&holder),
+                            "{context}: a live lease was refused: {:?}",
+                            outcome[0]
+                        );
+                        known.held = None;
+                    }
+                    SettleOutcome::Invalid(ref e) => panic!("{context}: {e}"),
+                }
+            }
+            11..=13 => {
+                clock.advance_ms(rng.below(1_500) as i64);
+                engine.tick().unwrap();
+                let now = clock.now_ms();
+                for known in model.messages.values_mut() {
+                    if known
+                        .held
+                        .as_ref()
+                        .is_some_and(|(_, _, deadline)| *deadline <= now)
+                    {
+                        known.held = None;
+                    }
+                }
+            }
+            14 => {
+                let member = members[rng.below(3) as usize];
+                if model.connected.remove(member) {
+                    engine.member_left(member);
+                    engine.tick().unwrap();
+                    for known in model.messages.values_mut() {
+                        if known.held.as_ref().is_some_and(|(who, _, _)| who == member) {
+                            known.held = None;
+                        }
+                    }
+                }
+            }
+            15 => {
+                // A crash: a killed process, or a power cut that loses what no fsync
+                // covered. Every delivery and settlement the test saw was durable.
+                drop(engine);
+                let store_owned = Arc::try_unwrap(store).expect("the engine is gone");
+                store_owned.simulate_crash();
+                if rng.below(2) == 0 {
+                    fs.kill_process();
+                } else {
+                    fs.crash(CrashOptions::lose_unsynced()).unwrap();
+                }
+                store = open(&fs, &data, &clock);
+                engine = QueueEngine::open(store.clone(), "work").unwrap();
+                model.connected.clear();
+                for known in model.messages.values_mut() {
+                    known.held = None;
+                }
+                crashes += 1;
+            }
+            _ => {
+                engine.tick().unwrap();
+            }
+        }
+    }
+
+    assert!(
+        deliveries_seen >= 20 && settled_seen >= 10 && crashes >= 3,
+        "seed {seed} exercised too little: {deliveries_seen} deliveries, {settled_seen} settlements, {crashes} crashes"
+    );
+    // Drain: one member settles everything; every message ends acked or dead-lettered.
+    engine.member_joined("drain");
+    for round in 0..400 {
+        clock.advance_ms(500);
+        engine.tick().unwrap();
+        let now = clock.now_ms();
+        let delivered = engine.deliver(&[("drain".to_string(), 50)]).unwrap();
+        for (_, deliveries) in delivered {
+            for d in deliveries {
+                check_delivery(
+                    &mut model,
+                    "drain",
+                    d.partition,
+                    d.record.offset,
+                    d.attempt,
+                    d.deadline_ms,
+                    now,
+                    &format!("seed {seed} drain round {round}"),
+                );
+                let outcome = engine
+                    .settle(
+                        Some("drain"),
+                        &[SettleRequest {
+                            partition: d.partition,
+                            offset: d.record.offset,
+                            attempt: d.attempt,
+                            action: SettleAction::Ack { through: None },
+                        }],
+                    )
+                    .unwrap();
+                assert_eq!(outcome[0], SettleOutcome::Ok { settled: 1 });
+                let known = model
+                    .messages
+                    .get_mut(&(d.partition, d.record.offset))
+                    .unwrap();
+                known.acked = true;
+                known.held = None;
+            }
+        }
+        if store.queues().read(|q| q.pending_total()) == 0
+            && model
+                .messages
+                .values()
+                .all(|m| m.acked || m.dead || m.attempts >= config().max_deliveries)
+            && admin::queue_status(&store, "work", now).unwrap().ready == 0
+        {
+            break;
+        }
+    }
+    let status = admin::queue_status(&store, "work", clock.now_ms()).unwrap();
+    assert_eq!(
+        (status.ready, status.unacked, status.waiting, status.delayed),
+        (0, 0, 0, 0),
+        "seed {seed}: the queue did not drain: {status:?}"
+    );
+    let letters = dead_letters(&store);
+    for (key, known) in &model.messages {
+        assert!(
+            known.acked || letters.contains(key),
+            "seed {seed}: {key:?} was neither acked nor dead-lettered: {known:?}"
+        );
+        assert!(
+            !(known.acked && letters.contains(key) && !known.dead),
+            "seed {seed}: {key:?} acked and dead-lettered"
+        );
+        if known.dead {
+            assert!(
+                letters.contains(key),
+                "seed {seed}: {key:?} lost its dead letter"
+            );
+        }
+    }
+}
+
+#[test]
+fn deliveries_settlements_deadlines_and_crashes_against_a_model() {
+    let seeds: u64 = std::env::var("TIDELOG_QUEUE_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6);
+    for seed in 0..seeds {
+        run(seed);
+    }
+}
+
+fn plain_store(dir: &Path, clock: &Arc<ManualClock>, levels: u8) -> Arc<Store> {
+    let store = Arc::new(
+        Store::open(
+            dir,
+            StoreOptions {
+                clock: clock.clone(),
+                flush_threads: 1,
+                retention_interval: None,
+                flush_observer: None,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    store
+        .create_topic(
+            "jobs",
+            1,
+            TopicConfig {
+                priority_levels: levels,
+                ..TopicConfig::default()
+            },
+        )
+        .unwrap();
+    store
+}
+
+#[test]
+fn a_high_priority_message_goes_first_whatever_the_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = plain_store(dir.path(), &clock, 10);
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    let backlog: Vec<NewRecord> = (0..20_000)
+        .map(|i| NewRecord::value(format!("low-{i}")))
+        .collect();
+    for chunk in backlog.chunks(5_000) {
+        partition.append_durable(chunk).unwrap();
+    }
+    admin::create_queue(&store, "work", "jobs", StartAt::Earliest, config()).unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    // Before any priority-0 message goes out, every higher level looks through the log
+    // (a scan budget per round; `behind` says to call again).
+    let mut rounds = 0;
+    let first = loop {
+        rounds += 1;
+        let delivered = engine.deliver(&[("m".into(), 1)]).unwrap();
+        if let Some((_, deliveries)) = delivered.first() {
+            break deliveries[0].record.offset;
+        }
+        assert!(
+            engine.behind(),
+            "round {rounds}: nothing delivered and not behind"
+        );
+    };
+    assert_eq!(first, 0);
+    assert!(
+        rounds > 1,
+        "the higher levels had the backlog to look through"
+    );
+    let urgent = partition
+        .append_durable(&[NewRecord {
+            value: Bytes::from_static(b"urgent"),
+            priority: 9,
+            ..NewRecord::default()
+        }])
+        .unwrap()
+        .base_offset;
+    // The level-9 reader is at the end: the new priority-9 message goes before the
+    // 19,999 priority-0 messages still waiting.
+    let delivered = engine.deliver(&[("m".into(), 1)]).unwrap();
+    assert_eq!(
+        delivered[0].1[0].record.offset, urgent,
+        "the priority-9 message is the next delivered"
+    );
+}
+
+#[test]
+fn a_delayed_message_waits_for_its_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = plain_store(dir.path(), &clock, 0);
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    partition
+        .append_durable(&[
+            NewRecord {
+                value: Bytes::from_static(b"later"),
+                delay_ms: Some(5_000),
+                ..NewRecord::default()
+            },
+            NewRecord::value("now"),
+        ])
+        .unwrap();
+    admin::create_queue(&store, "work", "jobs", StartAt::Earliest, config()).unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    let first: Vec<u64> = engine.deliver(&[("m".into(), 10)]).unwrap()[0]
+        .1
+        .iter()
+        .map(|d| d.record.offset)
+        .collect();
+    assert_eq!(first, vec![1], "the delayed message is held back");
+    let status = admin::queue_status(&store, "work", clock.now_ms()).unwrap();
+    assert_eq!(status.delayed, 1);
+    clock.advance_ms(4_999);
+    engine.tick().unwrap();
+    assert!(engine.deliver(&[("m".into(), 10)]).unwrap().is_empty());
+    assert_eq!(engine.next_wakeup(), Some(START_MS + 5_000));
+    clock.advance_ms(1);
+    engine.tick().unwrap();
+    let later = engine.deliver(&[("m".into(), 10)]).unwrap();
+    assert_eq!(later[0].1[0].record.offset, 0);
+    assert_eq!(later[0].1[0].attempt, 1);
+}
+
+#[test]
+fn dead_letters_carry_their_story_and_redrive_brings_them_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = plain_store(dir.path(), &clock, 0);
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    partition
+        .append_durable(&[NewRecord {
+            key: Some(Bytes::from_static(b"k")),
+            value: Bytes::from_static(b"poison"),
+            ..NewRecord::default()
+        }])
+        .unwrap();
+    let config = QueueConfig {
+        max_deliveries: 2,
+        ..config()
+    };
+    admin::create_queue(&store, "work", "jobs", StartAt::Earliest, config).unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    for attempt in 1..=2 {
+        let delivered = engine.deliver(&[("m".into(), 1)]).unwrap();
+        assert_eq!(delivered[0].1[0].attempt, attempt);
+        engine
+            .settle(
+                Some("m"),
+                &[SettleRequest {
+                    partition: 0,
+                    offset: 0,
+                    attempt,
+                    action: SettleAction::Nack {
+                        delay_ms: Some(10),
+                        reason: format!("failure {attempt}"),
+                    },
+                }],
+            )
+            .unwrap();
+        clock.advance_ms(10);
+        engine.tick().unwrap();
+    }
+    assert!(engine.deliver(&[("m".into(), 1)]).unwrap().is_empty());
+    let dlq = store.topic("jobs.dlq").unwrap();
+    let letter = &dlq
+        .partition(0)
+        .unwrap()
+        .read(0, 10, u64::MAX)
+        .unwrap()
+        .records[0];
+    let header = |key: &str| {
+        String::from_utf8(
+            letter
+                .headers
+                .iter()
+                .find(|h| h.key == key)
+                .unwrap()
+                .value
+                .to_vec(),
+        )
+        .unwrap()
+    };
+    assert_eq!(&letter.value[..], b"poison");
+    assert_eq!(header("tidelog-dlq-attempts"), "2");
+    assert_eq!(header("tidelog-dlq-queue"), "work");
+    assert!(
+        header("tidelog-dlq-reason").contains("failure 2"),
+        "{}",
+        header("tidelog-dlq-reason")
+    );
+
+    let (moved, remaining) = admin::redrive_queue(&store, "work", 0).unwrap();
+    assert_eq!((moved, remaining), (1, 0));
+    let back = partition.read(1, 10, u64::MAX).unwrap().records;
+    assert_eq!(back.len(), 1);
+    assert_eq!(&back[0].value[..], b"poison");
+    assert!(
+        back[0]
+            .headers
+            .iter()
+            .all(|h| !h.key.starts_with("tidelog-dlq"))
+    );
+    assert_eq!(
+        admin::redrive_queue(&store, "work", 0).unwrap(),
+        (0, 0),
+        "nothing twice"
+    );
+    // Delivered again as a new message, attempt 1.
+    let again = engine.deliver(&[("m".into(), 1)]).unwrap();
+    assert_eq!((again[0].1[0].record.offset, again[0].1[0].attempt), (1, 1));
+}
