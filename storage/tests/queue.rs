@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tidelog_storage::fs::{CrashOptions, FaultyFs};
 use tidelog_storage::queue::admin::{self, DLQ_HEADER_OFFSET, DLQ_HEADER_PARTITION};
 use tidelog_storage::queue::{
-    QueueConfig, QueueEngine, SettleAction, SettleOutcome, SettleRequest, StartAt,
+    Delivery, QueueConfig, QueueEngine, SettleAction, SettleOutcome, SettleRequest, StartAt,
 };
 use tidelog_storage::rng::SeededRng as Rng;
 use tidelog_storage::{Clock, ManualClock, NewRecord, Store, StoreOptions, TopicConfig};
@@ -92,16 +92,9 @@ fn publish(store: &Store, rng: &mut Rng, model: &mut Model) {
 }
 
 /// Checks one delivery against what the test knows, and records it.
-fn check_delivery(
-    model: &mut Model,
-    member: &str,
-    partition: u32,
-    offset: u64,
-    attempt: u32,
-    deadline: i64,
-    now: i64,
-    context: &str,
-) {
+fn check_delivery(model: &mut Model, member: &str, d: &Delivery, now: i64, context: &str) {
+    let (partition, offset, attempt, deadline) =
+        (d.partition, d.record.offset, d.attempt, d.deadline_ms);
     let known = model
         .messages
         .get_mut(&(partition, offset))
@@ -207,16 +200,7 @@ fn run(seed: u64) {
                     assert!(deliveries.len() <= want as usize);
                     deliveries_seen += deliveries.len() as u64;
                     for d in deliveries {
-                        check_delivery(
-                            &mut model,
-                            &who,
-                            d.partition,
-                            d.record.offset,
-                            d.attempt,
-                            d.deadline_ms,
-                            now,
-                            &context,
-                        );
+                        check_delivery(&mut model, &who, &d, now, &context);
                     }
                 }
             }
@@ -361,10 +345,7 @@ fn run(seed: u64) {
                 check_delivery(
                     &mut model,
                     "drain",
-                    d.partition,
-                    d.record.offset,
-                    d.attempt,
-                    d.deadline_ms,
+                    &d,
                     now,
                     &format!("seed {seed} drain round {round}"),
                 );
