@@ -12,6 +12,7 @@
 //! | `tidelog.v1.Publisher` | [`v1::publisher_server::PublisherServer`] | [`v1::publisher_client::PublisherClient`] |
 //! | `tidelog.v1.Consumer` | [`v1::consumer_server::ConsumerServer`] | [`v1::consumer_client::ConsumerClient`] |
 //! | `tidelog.v1.Groups` | [`v1::groups_server::GroupsServer`] | [`v1::groups_client::GroupsClient`] |
+//! | `tidelog.v1.Queues` | [`v1::queues_server::QueuesServer`] | [`v1::queues_client::QueuesClient`] |
 //!
 //! Every protobuf `bytes` field is a [`bytes::Bytes`], so the server can hand out
 //! slices of memory-mapped segments without copying them into a `Vec` first.
@@ -39,11 +40,12 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tidelog_descriptor");
 
 /// Fully qualified names of the services, as gRPC and the health service know them.
-pub const SERVICE_NAMES: [&str; 4] = [
+pub const SERVICE_NAMES: [&str; 5] = [
     "tidelog.v1.Admin",
     "tidelog.v1.Publisher",
     "tidelog.v1.Consumer",
     "tidelog.v1.Groups",
+    "tidelog.v1.Queues",
 ];
 
 /// A status code's name as gRPC spells it (`NOT_FOUND`): for metric labels and for
@@ -120,6 +122,7 @@ mod tests {
             <super::v1::publisher_server::PublisherServer<()> as NamedService>::NAME,
             <super::v1::consumer_server::ConsumerServer<()> as NamedService>::NAME,
             <super::v1::groups_server::GroupsServer<()> as NamedService>::NAME,
+            <super::v1::queues_server::QueuesServer<()> as NamedService>::NAME,
         ];
         assert_eq!(names, SERVICE_NAMES);
     }

@@ -72,6 +72,8 @@ impl AdminService {
         self.state.metrics.forget_topic(&request.name);
         // Group members reading the topic end with NOT_FOUND.
         self.state.groups.topic_deleted(&request.name);
+        // Its queues went with it: their members' streams end with NOT_FOUND.
+        self.state.queues.forget_missing();
         Ok(DeleteTopicResponse {})
     }
 

@@ -8,6 +8,8 @@
 //!   services.
 //! - [`read`]: the read limits every reader applies, and the partition reader behind a
 //!   plain Subscribe. Imported by [`consume`] and [`groups`], importing neither.
+//! - [`queues`]: work queues: a runtime per queue in use around the storage engine's
+//!   delivery engine, and the `Queues` service.
 //! - [`groups`]: consumer groups (coordinator and the `Groups` service; a member reads
 //!   its partitions with its own round-robin `read_batch`, under the same limits).
 //! - [`log_writer`]: the writer under the logs; a line stderr refuses is dropped, so a
@@ -41,6 +43,7 @@ pub mod log_writer;
 pub mod metrics;
 pub mod partitioner;
 pub mod publish;
+pub mod queues;
 pub mod read;
 pub mod request_limit;
 pub mod server;
@@ -57,6 +60,8 @@ pub struct AppState {
     pub config: Arc<config::Settings>,
     /// The consumer-group coordinator.
     pub groups: Arc<groups::GroupCoordinator>,
+    /// The work queues in use.
+    pub queues: Arc<queues::QueueManager>,
     /// Fires when the broker starts shutting down: long polls answer, streams end
     /// with UNAVAILABLE, so in-flight calls can finish and the server can stop.
     pub shutdown: shutdown::Shutdown,

@@ -17,6 +17,7 @@ use tidelog_proto::v1::admin_server::AdminServer;
 use tidelog_proto::v1::consumer_server::ConsumerServer;
 use tidelog_proto::v1::groups_server::GroupsServer;
 use tidelog_proto::v1::publisher_server::PublisherServer;
+use tidelog_proto::v1::queues_server::QueuesServer;
 use tidelog_storage::{Store, StoreOptions, SystemClock};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -97,6 +98,11 @@ pub async fn run(
         metrics: metrics.clone(),
         config: Arc::new(settings.clone()),
         groups,
+        queues: Arc::new(crate::queues::QueueManager::new(
+            store.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )),
         shutdown: shutdown.clone(),
         round_robin: partitioner::RoundRobin::default(),
     });
@@ -202,6 +208,10 @@ async fn serve(
         )
         .add_service(
             GroupsServer::new(GroupsService::new(state.clone())).max_decoding_message_size(max),
+        )
+        .add_service(
+            QueuesServer::new(crate::queues::QueuesService::new(state.clone()))
+                .max_decoding_message_size(max),
         );
 
     let retention = tokio::spawn(retention_loop(state.clone(), settings.retention_interval));

@@ -12,6 +12,7 @@ use tidelog_server::config::Settings;
 use tidelog_server::groups::GroupCoordinator;
 use tidelog_server::metrics::Metrics;
 use tidelog_server::partitioner::RoundRobin;
+use tidelog_server::queues::QueueManager;
 use tidelog_server::read::{PartitionReader, ReadLimits};
 use tidelog_server::shutdown::Shutdown;
 use tidelog_server::{AppState, convert, publish};
@@ -50,12 +51,18 @@ async fn a_failed_fsync_makes_the_partition_unavailable_without_losing_reads() {
     let topic = store
         .create_topic("disk", 1, TopicConfig::default())
         .unwrap();
+    let shutdown = Shutdown::new();
     let state = Arc::new(AppState {
         groups: Arc::new(GroupCoordinator::new(store.clone(), store.clock().clone())),
+        queues: Arc::new(QueueManager::new(
+            store.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )),
         store: store.clone(),
         metrics,
         config: Arc::new(Settings::default()),
-        shutdown: Shutdown::new(),
+        shutdown,
         round_robin: RoundRobin::default(),
     });
 

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tidelog_storage::fs::{CrashOptions, FaultyFs};
 use tidelog_storage::queue::admin::{self, DLQ_HEADER_OFFSET, DLQ_HEADER_PARTITION};
 use tidelog_storage::queue::{
-    Delivery, QueueConfig, QueueEngine, SettleAction, SettleOutcome, SettleRequest, StartAt,
+    Delivery, Hold, QueueConfig, QueueEngine, SettleAction, SettleOutcome, SettleRequest, StartAt,
 };
 use tidelog_storage::rng::SeededRng as Rng;
 use tidelog_storage::{Clock, ManualClock, NewRecord, Store, StoreOptions, TopicConfig};
@@ -282,6 +282,28 @@ fn run(seed: u64) {
                 clock.advance_ms(rng.below(1_500) as i64);
                 engine.tick().unwrap();
                 let now = clock.now_ms();
+                // Every message whose (re)delivery has come is in the engine's due set:
+                // none is forgotten until a restart rebuilds the timers.
+                let ready_in_state = store.queues().read(|q| {
+                    q.get("work").map_or(0, |queue| {
+                        queue
+                            .partitions
+                            .values()
+                            .flat_map(|p| p.pending.values())
+                            .filter(|p| match p.hold {
+                                Hold::Waiting { due_ms } | Hold::Delayed { due_ms } => {
+                                    due_ms <= now
+                                }
+                                Hold::Leased { .. } => false,
+                            })
+                            .count()
+                    })
+                });
+                assert_eq!(
+                    engine.due_count(),
+                    ready_in_state,
+                    "{context}: due messages the engine does not know of"
+                );
                 for known in model.messages.values_mut() {
                     if known
                         .held
@@ -518,6 +540,17 @@ fn a_delayed_message_waits_for_its_time() {
         .map(|d| d.record.offset)
         .collect();
     assert_eq!(first, vec![1], "the delayed message is held back");
+    engine
+        .settle(
+            Some("m"),
+            &[SettleRequest {
+                partition: 0,
+                offset: 1,
+                attempt: 1,
+                action: SettleAction::Ack { through: None },
+            }],
+        )
+        .unwrap();
     let status = admin::queue_status(&store, "work", clock.now_ms()).unwrap();
     assert_eq!(status.delayed, 1);
     clock.advance_ms(4_999);

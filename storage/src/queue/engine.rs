@@ -139,7 +139,12 @@ pub struct QueueEngine {
     /// look at: deliver again at once (there may be nothing new to wait for).
     behind: bool,
     pub counters: EngineCounters,
+    /// Delivery-to-ack times (ms) not yet taken by [`QueueEngine::take_ack_latencies`].
+    ack_latencies_ms: Vec<u64>,
 }
+
+/// Ack latencies kept for the metrics between two scrapes at most.
+const ACK_LATENCIES_KEPT_MAX: usize = 65_536;
 
 impl QueueEngine {
     /// The engine of queue `name`, its timers rebuilt from the durable state. Every
@@ -159,6 +164,7 @@ impl QueueEngine {
             next_partition: 0,
             behind: false,
             counters: EngineCounters::default(),
+            ack_latencies_ms: Vec::new(),
         };
         for (&partition, part) in &queue.partitions {
             for (&offset, pending) in &part.pending {
@@ -238,10 +244,20 @@ impl QueueEngine {
         self.timers.first().map(|t| t.0)
     }
 
+    /// Delivery-to-ack times (ms) since the last call, for the metrics.
+    pub fn take_ack_latencies(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.ack_latencies_ms)
+    }
+
     /// Whether the last [`QueueEngine::deliver`] stopped early because a higher
     /// priority level was still looking through the log: call it again at once.
     pub fn behind(&self) -> bool {
         self.behind
+    }
+
+    /// Messages due for (re)delivery now, waiting for a member.
+    pub fn due_count(&self) -> usize {
+        self.due.len()
     }
 
     /// Whether a redelivery is due now (so [`QueueEngine::deliver`] has something
@@ -311,7 +327,14 @@ impl QueueEngine {
                             due_ms: due,
                             reason: reason.to_string(),
                         });
-                        self.timers.insert((due, Timer::Due, partition, offset));
+                        // Judged against the state before this tick's operations: a
+                        // redelivery due already goes straight to the due set.
+                        if due <= now {
+                            self.due
+                                .insert((u8::MAX - pending.level, due, partition, offset));
+                        } else {
+                            self.timers.insert((due, Timer::Due, partition, offset));
+                        }
                     }
                 }
                 (Hold::Waiting { due_ms } | Hold::Delayed { due_ms }, Timer::Due) => {
@@ -606,6 +629,10 @@ impl QueueEngine {
                             continue;
                         }
                         *released.entry(holder.clone()).or_insert(0) += 1;
+                        if self.ack_latencies_ms.len() < ACK_LATENCIES_KEPT_MAX {
+                            self.ack_latencies_ms
+                                .push(now.saturating_sub(pending.last_delivery_ms).max(0) as u64);
+                        }
                         match ranges.last_mut() {
                             Some(last) if last.1 + 1 == offset => last.1 = offset,
                             _ => ranges.push((offset, offset)),
@@ -660,6 +687,10 @@ impl QueueEngine {
             match &request.action {
                 SettleAction::Ack { through: None } => {
                     gone.insert(key);
+                    if self.ack_latencies_ms.len() < ACK_LATENCIES_KEPT_MAX {
+                        self.ack_latencies_ms
+                            .push(now.saturating_sub(pending.last_delivery_ms).max(0) as u64);
+                    }
                     *released.entry(holder.clone()).or_insert(0) += 1;
                     ops.push(QueueOp::Ack {
                         name: self.name.clone(),

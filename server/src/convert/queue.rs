@@ -1,0 +1,151 @@
+//! Queue types between the API and the storage engine.
+
+use tidelog_proto::v1 as pb;
+use tidelog_storage::queue::{self as q, QueueConfig, QueueStatus, StartAt};
+use tonic::{Code, Status};
+
+use super::consumed_message;
+
+/// A create request's config: every absent field takes the default for `topic`.
+pub fn queue_config_from_proto(topic: &str, config: Option<pb::QueueConfig>) -> QueueConfig {
+    let mut result = QueueConfig::defaults_for(topic);
+    if let Some(update) = config {
+        apply_queue_config(&mut result, update);
+    }
+    result
+}
+
+/// Applies the fields that are set (AlterQueue, or the create defaults).
+pub fn apply_queue_config(config: &mut QueueConfig, update: pb::QueueConfig) {
+    if let Some(ms) = update.ack_deadline_ms {
+        config.ack_deadline_ms = ms;
+    }
+    if let Some(max) = update.max_deliveries {
+        config.max_deliveries = max;
+    }
+    if let Some(ms) = update.backoff_initial_ms {
+        config.backoff_initial_ms = ms;
+    }
+    if let Some(ms) = update.backoff_max_ms {
+        config.backoff_max_ms = ms;
+    }
+    if let Some(topic) = update.dead_letter_topic {
+        config.dead_letter_topic = topic;
+    }
+    if let Some(max) = update.max_unacked_per_member {
+        config.max_unacked_per_member = max;
+    }
+}
+
+/// The effective config, every field set.
+pub fn queue_config_to_proto(config: &QueueConfig) -> pb::QueueConfig {
+    pb::QueueConfig {
+        ack_deadline_ms: Some(config.ack_deadline_ms),
+        max_deliveries: Some(config.max_deliveries),
+        backoff_initial_ms: Some(config.backoff_initial_ms),
+        backoff_max_ms: Some(config.backoff_max_ms),
+        dead_letter_topic: Some(config.dead_letter_topic.clone()),
+        max_unacked_per_member: Some(config.max_unacked_per_member),
+    }
+}
+
+/// Where a new queue starts (absent = latest).
+pub fn start_at(start: Option<pb::StartPosition>) -> Result<StartAt, Status> {
+    use pb::start_position::Position;
+    Ok(match start.and_then(|s| s.position) {
+        None | Some(Position::Latest(_)) => StartAt::Latest,
+        Some(Position::Earliest(_)) => StartAt::Earliest,
+        Some(Position::TimestampMs(ms)) => StartAt::TimestampMs(ms),
+        Some(Position::Offset(_)) => {
+            return Err(Status::invalid_argument(
+                "a queue starts at earliest, latest or a timestamp in every partition; an offset is not accepted",
+            ));
+        }
+    })
+}
+
+/// A queue's description; `members` are (member id, client id, unacked).
+pub fn queue_description(
+    status: &QueueStatus,
+    members: Vec<(String, String, u64)>,
+) -> pb::QueueDescription {
+    pb::QueueDescription {
+        name: status.name.clone(),
+        topic: status.topic.clone(),
+        config: Some(queue_config_to_proto(&status.config)),
+        ready: status.ready,
+        delayed: status.delayed,
+        unacked: status.unacked,
+        waiting: status.waiting,
+        oldest_unacked_age_ms: status.oldest_unacked_age_ms,
+        members: members
+            .into_iter()
+            .map(|(member_id, client_id, unacked)| pb::QueueMember {
+                member_id,
+                client_id,
+                unacked,
+            })
+            .collect(),
+        partitions: status
+            .partitions
+            .iter()
+            .map(
+                |&(partition, settled_below, end_offset)| pb::QueuePartition {
+                    partition,
+                    settled_below,
+                    end_offset,
+                },
+            )
+            .collect(),
+    }
+}
+
+/// A delivery as a member receives it.
+pub fn queue_delivery(delivery: q::Delivery) -> pb::QueueDelivery {
+    pb::QueueDelivery {
+        message: Some(consumed_message(delivery.partition, delivery.record)),
+        attempt: delivery.attempt,
+        deadline_ms: delivery.deadline_ms,
+    }
+}
+
+/// A settlement from the API.
+pub fn settle_request(settlement: pb::Settlement) -> q::SettleRequest {
+    use pb::settlement::Action;
+    let action = match settlement.action {
+        None | Some(Action::Ack(_)) => q::SettleAction::Ack {
+            through: settlement.through_offset,
+        },
+        Some(Action::Nack(nack)) => q::SettleAction::Nack {
+            delay_ms: nack.delay_ms,
+            reason: nack.reason,
+        },
+        Some(Action::InProgress(progress)) => q::SettleAction::InProgress {
+            extend_ms: progress.extend_ms,
+        },
+        Some(Action::Term(term)) => q::SettleAction::Term {
+            reason: term.reason,
+        },
+    };
+    q::SettleRequest {
+        partition: settlement.partition,
+        offset: settlement.offset,
+        attempt: settlement.attempt,
+        action,
+    }
+}
+
+/// A settlement's outcome for the API.
+pub fn settlement_outcome(outcome: q::SettleOutcome) -> pb::SettlementOutcome {
+    let (code, message, settled) = match outcome {
+        q::SettleOutcome::Ok { settled } => (Code::Ok, String::new(), settled),
+        q::SettleOutcome::NotFound(message) => (Code::NotFound, message, 0),
+        q::SettleOutcome::Stale(message) => (Code::FailedPrecondition, message, 0),
+        q::SettleOutcome::Invalid(message) => (Code::InvalidArgument, message, 0),
+    };
+    pb::SettlementOutcome {
+        code: code as i32,
+        message,
+        settled,
+    }
+}

@@ -1,0 +1,394 @@
+//! The `tidelog.v1.Queues` RPCs.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tidelog_proto::v1::queues_server::Queues;
+use tidelog_proto::v1::{
+    AlterQueueRequest, AlterQueueResponse, CreateQueueRequest, CreateQueueResponse,
+    DeleteQueueRequest, DeleteQueueResponse, DescribeQueueRequest, DescribeQueueResponse,
+    ListQueuesRequest, ListQueuesResponse, PurgeQueueRequest, PurgeQueueResponse,
+    QueueConsumeRequest, QueueConsumeResponse, QueueDescription, ReceiveRequest, ReceiveResponse,
+    RedriveQueueRequest, RedriveQueueResponse, SettleRequest, SettleResponse,
+    queue_consume_request, queue_consume_response,
+};
+use tidelog_storage::Store;
+use tidelog_storage::queue::admin;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{QueueManager, Sink};
+use crate::AppState;
+use crate::convert;
+
+/// Most deliveries one Receive returns.
+pub const RECEIVE_MESSAGES_MAX: u32 = 1000;
+/// Longest wait of one Receive.
+pub const RECEIVE_WAIT_MAX: Duration = Duration::from_secs(30);
+/// Most settlements in one request.
+pub const SETTLEMENTS_MAX: usize = 10_000;
+
+/// The Queues service.
+#[derive(Debug, Clone)]
+pub struct QueuesService {
+    state: Arc<AppState>,
+}
+
+impl QueuesService {
+    pub fn new(state: Arc<AppState>) -> Self {
+        QueuesService { state }
+    }
+
+    fn manager(&self) -> &Arc<QueueManager> {
+        &self.state.queues
+    }
+
+    /// Runs a blocking storage call on the blocking pool.
+    async fn blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> tidelog_storage::Result<R> + Send + 'static,
+    ) -> Result<R, Status> {
+        let store = self.state.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| Status::internal(format!("the call's task failed: {e}")))?
+            .map_err(|e| convert::status(&e))
+    }
+
+    async fn describe(&self, name: &str) -> Result<QueueDescription, Status> {
+        let owned = name.to_string();
+        let status = self
+            .blocking(move |store| admin::queue_status(store, &owned, store.clock().now_ms()))
+            .await?;
+        Ok(convert::queue_description(
+            &status,
+            self.manager().members(name),
+        ))
+    }
+
+    /// Times an RPC into the metrics.
+    fn finished<T>(&self, method: &'static str, started: Instant, result: &Result<T, Status>) {
+        self.state
+            .metrics
+            .rpc_finished(method, started, result.as_ref().err().map(Status::code));
+    }
+}
+
+fn check_settlements(count: usize) -> Result<(), Status> {
+    if count > SETTLEMENTS_MAX {
+        return Err(Status::invalid_argument(format!(
+            "{count} settlements in one request; send at most {SETTLEMENTS_MAX} (use through_offset to ack a range)"
+        )));
+    }
+    Ok(())
+}
+
+type ConsumeStream = Pin<Box<dyn Stream<Item = Result<QueueConsumeResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Queues for QueuesService {
+    async fn create_queue(
+        &self,
+        request: Request<CreateQueueRequest>,
+    ) -> Result<Response<CreateQueueResponse>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let result = async {
+            let start = convert::start_at(request.start)?;
+            let config = convert::queue_config_from_proto(&request.topic, request.config);
+            let (name, topic) = (request.name.clone(), request.topic.clone());
+            self.blocking(move |store| admin::create_queue(store, &name, &topic, start, config))
+                .await?;
+            Ok(CreateQueueResponse {
+                queue: Some(self.describe(&request.name).await?),
+            })
+        }
+        .await;
+        self.finished("CreateQueue", started, &result);
+        result.map(Response::new)
+    }
+
+    async fn alter_queue(
+        &self,
+        request: Request<AlterQueueRequest>,
+    ) -> Result<Response<AlterQueueResponse>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let result = async {
+            let name = request.name.clone();
+            let update = request.config.unwrap_or_default();
+            self.blocking(move |store| {
+                admin::alter_queue(store, &name, |config| {
+                    convert::apply_queue_config(config, update)
+                })
+            })
+            .await?;
+            Ok(AlterQueueResponse {
+                queue: Some(self.describe(&request.name).await?),
+            })
+        }
+        .await;
+        self.finished("AlterQueue", started, &result);
+        result.map(Response::new)
+    }
+
+    async fn delete_queue(
+        &self,
+        request: Request<DeleteQueueRequest>,
+    ) -> Result<Response<DeleteQueueResponse>, Status> {
+        let started = Instant::now();
+        let name = request.into_inner().name;
+        let owned = name.clone();
+        let result = self
+            .blocking(move |store| admin::delete_queue(store, &owned))
+            .await
+            .map(|()| {
+                self.manager().queue_deleted(&name);
+                DeleteQueueResponse {}
+            });
+        self.finished("DeleteQueue", started, &result);
+        result.map(Response::new)
+    }
+
+    async fn list_queues(
+        &self,
+        request: Request<ListQueuesRequest>,
+    ) -> Result<Response<ListQueuesResponse>, Status> {
+        let started = Instant::now();
+        let topic = request.into_inner().topic;
+        let result = async {
+            let names: Vec<String> = admin::list_queues(
+                &self.state.store,
+                (!topic.is_empty()).then_some(topic.as_str()),
+            )
+            .into_iter()
+            .map(|q| q.name)
+            .collect();
+            let mut queues = Vec::with_capacity(names.len());
+            for name in names {
+                match self.describe(&name).await {
+                    Ok(queue) => queues.push(queue),
+                    // Deleted since the listing.
+                    Err(status) if status.code() == tonic::Code::NotFound => {}
+                    Err(status) => return Err(status),
+                }
+            }
+            Ok(ListQueuesResponse { queues })
+        }
+        .await;
+        self.finished("ListQueues", started, &result);
+        result.map(Response::new)
+    }
+
+    async fn describe_queue(
+        &self,
+        request: Request<DescribeQueueRequest>,
+    ) -> Result<Response<DescribeQueueResponse>, Status> {
+        let started = Instant::now();
+        let name = request.into_inner().name;
+        let result = self
+            .describe(&name)
+            .await
+            .map(|queue| DescribeQueueResponse { queue: Some(queue) });
+        self.finished("DescribeQueue", started, &result);
+        result.map(Response::new)
+    }
+
+    async fn purge_queue(
+        &self,
+        request: Request<PurgeQueueRequest>,
+    ) -> Result<Response<PurgeQueueResponse>, Status> {
+        let started = Instant::now();
+        let name = request.into_inner().name;
+        let result = self
+            .blocking(move |store| admin::purge_queue(store, &name))
+            .await
+            .map(|purged| PurgeQueueResponse { purged });
+        self.finished("PurgeQueue", started, &result);
+        result.map(Response::new)
+    }
+
+    async fn redrive_queue(
+        &self,
+        request: Request<RedriveQueueRequest>,
+    ) -> Result<Response<RedriveQueueResponse>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let result = self
+            .blocking(move |store| admin::redrive_queue(store, &request.name, request.max_messages))
+            .await
+            .map(|(moved, remaining)| RedriveQueueResponse { moved, remaining });
+        self.finished("RedriveQueue", started, &result);
+        result.map(Response::new)
+    }
+
+    type ConsumeStream = ConsumeStream;
+
+    async fn consume(
+        &self,
+        request: Request<Streaming<QueueConsumeRequest>>,
+    ) -> Result<Response<Self::ConsumeStream>, Status> {
+        let started = Instant::now();
+        let mut inbound = request.into_inner();
+        let result: Result<ConsumeStream, Status> = async {
+            let open = match inbound.message().await? {
+                Some(QueueConsumeRequest {
+                    request: Some(queue_consume_request::Request::Open(open)),
+                }) => open,
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "the first message of Queues.Consume must be an Open naming the queue",
+                    ));
+                }
+            };
+            let runtime = self.manager().runtime(&open.queue).await?;
+            let config = runtime.with_engine(|engine| engine.config()).await?;
+            let member = self.manager().member_id();
+            let (tx, rx) = mpsc::unbounded_channel();
+            let _ = tx.send(Ok(QueueConsumeResponse {
+                event: Some(queue_consume_response::Event::Opened(
+                    queue_consume_response::Opened {
+                        member_id: member.clone(),
+                        config: Some(convert::queue_config_to_proto(&config)),
+                    },
+                )),
+            }));
+            runtime.join(
+                &member,
+                &open.client_id,
+                u64::from(open.credit),
+                Sink::Stream(tx.clone()),
+            );
+            let guard = self.state.metrics.open_stream("queue");
+            tokio::spawn(async move {
+                let _guard = guard;
+                loop {
+                    let message = tokio::select! {
+                        message = inbound.message() => message,
+                        _ = tx.closed() => break,
+                    };
+                    match message {
+                        Ok(Some(QueueConsumeRequest {
+                            request: Some(queue_consume_request::Request::Credit(credit)),
+                        })) => runtime.add_credit(&member, u64::from(credit.messages)),
+                        Ok(Some(QueueConsumeRequest {
+                            request: Some(queue_consume_request::Request::Settle(settle)),
+                        })) => {
+                            if let Err(status) = check_settlements(settle.settlements.len()) {
+                                let _ = tx.send(Err(status));
+                                break;
+                            }
+                            let requests = settle
+                                .settlements
+                                .into_iter()
+                                .map(convert::settle_request)
+                                .collect();
+                            let answer = match runtime.settle(Some(member.clone()), requests).await
+                            {
+                                Ok(outcomes) => Ok(QueueConsumeResponse {
+                                    event: Some(queue_consume_response::Event::Settled(
+                                        queue_consume_response::Settled {
+                                            request_id: settle.request_id,
+                                            outcomes: outcomes
+                                                .into_iter()
+                                                .map(convert::settlement_outcome)
+                                                .collect(),
+                                        },
+                                    )),
+                                }),
+                                Err(status) => Err(status),
+                            };
+                            let failed = answer.is_err();
+                            let _ = tx.send(answer);
+                            if failed {
+                                break;
+                            }
+                        }
+                        Ok(Some(_)) => {
+                            let _ = tx.send(Err(Status::invalid_argument(
+                                "after the Open, send Credit or Settle messages",
+                            )));
+                            break;
+                        }
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                runtime.leave(&member);
+            });
+            Ok(Box::pin(UnboundedReceiverStream::new(rx)) as ConsumeStream)
+        }
+        .await;
+        self.finished("Consume", started, &result);
+        result.map(Response::new)
+    }
+
+    async fn receive(
+        &self,
+        request: Request<ReceiveRequest>,
+    ) -> Result<Response<ReceiveResponse>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let result = async {
+            if request.member.is_empty() || request.member.len() > 255 {
+                return Err(Status::invalid_argument(
+                    "member must be 1 to 255 bytes: any name that identifies the caller",
+                ));
+            }
+            let max = request.max_messages.clamp(1, RECEIVE_MESSAGES_MAX);
+            let wait = Duration::from_millis(request.max_wait_ms).min(RECEIVE_WAIT_MAX);
+            let runtime = self.manager().runtime(&request.queue).await?;
+            let member = format!("receive:{}", request.member);
+            let (tx, rx) = oneshot::channel();
+            runtime.join(
+                &member,
+                &request.member,
+                u64::from(max),
+                Sink::Unary(Some(tx)),
+            );
+            let deliveries = match tokio::time::timeout(wait, rx).await {
+                Ok(Ok(deliveries)) => deliveries,
+                _ => Vec::new(),
+            };
+            // No longer waiting: nothing more goes to this caller until it asks again.
+            runtime.add_credit(&member, 0);
+            if let Some(m) = super::lock(&runtime.members).get_mut(&member) {
+                m.credit = 0;
+                m.sink = Sink::Unary(None);
+            }
+            Ok(ReceiveResponse { deliveries })
+        }
+        .await;
+        self.finished("Receive", started, &result);
+        result.map(Response::new)
+    }
+
+    async fn settle(
+        &self,
+        request: Request<SettleRequest>,
+    ) -> Result<Response<SettleResponse>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let result = async {
+            check_settlements(request.settlements.len())?;
+            let runtime = self.manager().runtime(&request.queue).await?;
+            let requests = request
+                .settlements
+                .into_iter()
+                .map(convert::settle_request)
+                .collect();
+            let outcomes = runtime.settle(None, requests).await?;
+            Ok(SettleResponse {
+                outcomes: outcomes
+                    .into_iter()
+                    .map(convert::settlement_outcome)
+                    .collect(),
+            })
+        }
+        .await;
+        self.finished("Settle", started, &result);
+        result.map(Response::new)
+    }
+}
