@@ -7,6 +7,8 @@
 # - scrapes as Prometheus does (its Accept header), expects the OpenMetrics
 #   Content-Type, and parses the text with the strict OpenMetrics parser of the
 #   Python client library, requiring help text on every family.
+# Then checks the shipped alert rules (deploy/prometheus/) with `promtool check rules`
+# and runs their unit tests with `promtool test rules`.
 # Run by .ci/run after the tests.
 #
 # promtool comes from PATH, else from Debian's `prometheus` package, unpacked into
@@ -33,6 +35,7 @@ if [ -z "$promtool" ]; then
         rm -f "$target"/promtool/prometheus_*.deb
     fi
 fi
+promtool=$(realpath "$promtool")
 "$promtool" --version 2>&1 | head -1
 apt_install() {
     apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1 ||
@@ -121,4 +124,8 @@ EOF
 kill -TERM "$broker"
 wait "$broker" || { echo "tidelogd exited with $? after SIGTERM"; exit 1; }
 broker=
-echo "promtool check metrics: ok ($samples samples); $((SECONDS - started)) s in all"
+
+# The shipped alert rules: valid, and their unit tests pass (deploy/prometheus/).
+(cd deploy/prometheus && "$promtool" check rules tidelog-alerts.yml &&
+    "$promtool" test rules tidelog-alerts.test.yml)
+echo "promtool check metrics: ok ($samples samples), alert rules: ok; $((SECONDS - started)) s in all"

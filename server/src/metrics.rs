@@ -26,6 +26,10 @@
 //! | tidelog_position_resets | counter | topic, reason |
 //! | tidelog_consumer_group_lag | gauge | group, topic, partition |
 //! | tidelog_consumer_group_members | gauge | group |
+//! | tidelog_queue_ready, _delayed, _unacked, _waiting, _oldest_unacked_age_seconds | gauge | queue |
+//! | tidelog_queue_delivered, _redelivered, _acked, _nacked, _timed_out | counter | queue |
+//! | tidelog_queue_dead_lettered | counter | queue, reason (max_deliveries, term) |
+//! | tidelog_queue_ack_latency_seconds | histogram | queue |
 
 use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock, Weak};
@@ -115,6 +119,48 @@ pub trait GroupMetricsSource: Send + Sync + std::fmt::Debug {
     fn group_metrics(&self) -> GroupMetricsSnapshot;
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    queue: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueReasonLabels {
+    queue: String,
+    reason: &'static str,
+}
+
+/// One queue's state and counters at one scrape.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueMetrics {
+    pub queue: String,
+    pub ready: u64,
+    pub delayed: u64,
+    pub unacked: u64,
+    pub waiting: u64,
+    pub oldest_unacked_age_ms: u64,
+    /// Since the queue's engine started (the broker's start, or the queue's first use).
+    pub delivered: u64,
+    pub redelivered: u64,
+    pub acked: u64,
+    pub nacked: u64,
+    pub timed_out: u64,
+    pub dead_lettered_max_deliveries: u64,
+    pub dead_lettered_term: u64,
+}
+
+/// Implemented by the queue manager: read at every scrape for the `tidelog_queue_*`
+/// metrics. Keep it cheap (no I/O).
+pub trait QueueMetricsSource: Send + Sync + std::fmt::Debug {
+    fn queue_metrics(&self) -> Vec<QueueMetrics>;
+}
+
+/// A queue metric: name, help and how to read it off a [`QueueMetrics`].
+type QueueField<T> = (&'static str, &'static str, fn(&QueueMetrics) -> T);
+
+/// The `reason` label values of `tidelog_queue_dead_lettered`.
+pub const DEAD_LETTER_REASONS: [&str; 2] = ["max_deliveries", "term"];
+
 /// The `reason` label values of `tidelog_position_resets`.
 pub const RESET_REASONS: [&str; 3] = ["below_log_start", "above_end_offset", "no_committed_offset"];
 
@@ -123,6 +169,11 @@ pub const RESET_REASONS: [&str; 3] = ["below_log_start", "above_end_offset", "no
 pub const RETENTION_REASONS: [&str; 3] = ["ttl", "time", "size"];
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn ack_latency_histogram() -> Histogram {
+    // 1 ms to ~9 hours.
+    Histogram::new(exponential_buckets(0.001, 2.0, 25))
+}
 
 fn rpc_histogram() -> Histogram {
     // 100 µs to ~52 s.
@@ -144,6 +195,7 @@ pub struct Metrics {
     retention_bytes: Family<TopicLabels, Counter>,
     retention_messages: Family<TopicLabels, Counter>,
     position_resets: Family<TopicReasonLabels, Counter>,
+    queue_ack_latency: HistogramFamily<QueueLabels>,
     flush: Arc<FlushMetrics>,
     sources: Arc<ScrapeSources>,
 }
@@ -171,6 +223,7 @@ impl FlushObserver for FlushMetrics {
 struct ScrapeSources {
     store: OnceLock<Weak<Store>>,
     groups: OnceLock<Weak<dyn GroupMetricsSource>>,
+    queues: OnceLock<Weak<dyn QueueMetricsSource>>,
 }
 
 /// Clamps a u64 into a gauge's i64.
@@ -272,6 +325,108 @@ impl Collector for ScrapeSources {
                 members.metric_type(),
             )?)?;
         }
+        if let Some(queues) = self.queues.get().and_then(Weak::upgrade) {
+            let gauges: [QueueField<i64>; 5] = [
+                (
+                    "tidelog_queue_ready",
+                    "Messages a queue can deliver now: not taken yet, or due again.",
+                    |q| gauge_value(q.ready),
+                ),
+                (
+                    "tidelog_queue_delayed",
+                    "Messages waiting for their deliver-at time.",
+                    |q| gauge_value(q.delayed),
+                ),
+                (
+                    "tidelog_queue_unacked",
+                    "Deliveries held by members, not settled yet.",
+                    |q| gauge_value(q.unacked),
+                ),
+                (
+                    "tidelog_queue_waiting",
+                    "Messages waiting for a redelivery (nacked, or given up) that is not due yet.",
+                    |q| gauge_value(q.waiting),
+                ),
+                (
+                    "tidelog_queue_oldest_unacked_age_seconds",
+                    "Age of the oldest unsettled delivery.",
+                    |q| gauge_value(q.oldest_unacked_age_ms / 1000),
+                ),
+            ];
+            let counters: [QueueField<u64>; 5] = [
+                (
+                    "tidelog_queue_delivered",
+                    "Deliveries made, first ones and redeliveries.",
+                    |q| q.delivered,
+                ),
+                (
+                    "tidelog_queue_redelivered",
+                    "Deliveries of a message after its first.",
+                    |q| q.redelivered,
+                ),
+                ("tidelog_queue_acked", "Messages acked (durably).", |q| {
+                    q.acked
+                }),
+                ("tidelog_queue_nacked", "Nacks received.", |q| q.nacked),
+                (
+                    "tidelog_queue_timed_out",
+                    "Deliveries given up: the deadline passed or the member left.",
+                    |q| q.timed_out,
+                ),
+            ];
+            let snapshot = queues.queue_metrics();
+            for (name, help, value) in gauges {
+                let family: Family<QueueLabels, Gauge> = Family::default();
+                for q in &snapshot {
+                    family
+                        .get_or_create(&QueueLabels {
+                            queue: q.queue.clone(),
+                        })
+                        .set(value(q));
+                }
+                family.encode(encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    family.metric_type(),
+                )?)?;
+            }
+            for (name, help, value) in counters {
+                let family: Family<QueueLabels, Counter> = Family::default();
+                for q in &snapshot {
+                    family
+                        .get_or_create(&QueueLabels {
+                            queue: q.queue.clone(),
+                        })
+                        .inc_by(value(q));
+                }
+                family.encode(encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    family.metric_type(),
+                )?)?;
+            }
+            let dead: Family<QueueReasonLabels, Counter> = Family::default();
+            for q in &snapshot {
+                for (reason, count) in DEAD_LETTER_REASONS
+                    .into_iter()
+                    .zip([q.dead_lettered_max_deliveries, q.dead_lettered_term])
+                {
+                    dead.get_or_create(&QueueReasonLabels {
+                        queue: q.queue.clone(),
+                        reason,
+                    })
+                    .inc_by(count);
+                }
+            }
+            dead.encode(encoder.encode_descriptor(
+                "tidelog_queue_dead_lettered",
+                "Messages dead-lettered, by reason: max_deliveries (deadline, member left or nack on the last delivery) or term.",
+                None,
+                dead.metric_type(),
+            )?)?;
+        }
         Ok(())
     }
 }
@@ -305,6 +460,7 @@ impl Metrics {
             retention_bytes: Family::default(),
             retention_messages: Family::default(),
             position_resets: Family::default(),
+            queue_ack_latency: Family::new_with_constructor(ack_latency_histogram),
             flush: flush.clone(),
             sources: sources.clone(),
             registry: Registry::default(),
@@ -365,6 +521,11 @@ impl Metrics {
             metrics.position_resets.clone(),
         );
         registry.register(
+            "tidelog_queue_ack_latency_seconds",
+            "Time from a queue's delivery to its durable ack, by queue",
+            metrics.queue_ack_latency.clone(),
+        );
+        registry.register(
             "tidelog_fsync_duration_seconds",
             "Duration of one group commit (fdatasync of a partition)",
             flush.fsync_seconds.clone(),
@@ -399,6 +560,24 @@ impl Metrics {
     /// Lets the scrape read the consumer-group gauges. Later calls are ignored.
     pub fn set_group_source(&self, source: Weak<dyn GroupMetricsSource>) {
         let _ = self.sources.groups.set(source);
+    }
+
+    /// Lets the scrape read the queue metrics. Later calls are ignored.
+    pub fn set_queue_source(&self, source: Weak<dyn QueueMetricsSource>) {
+        let _ = self.sources.queues.set(source);
+    }
+
+    /// Delivery-to-ack times of `queue`, in ms.
+    pub fn queue_acked(&self, queue: &str, latencies_ms: &[u64]) {
+        if latencies_ms.is_empty() {
+            return;
+        }
+        let histogram = self.queue_ack_latency.get_or_create(&QueueLabels {
+            queue: queue.to_string(),
+        });
+        for &ms in latencies_ms {
+            histogram.observe(ms as f64 / 1000.0);
+        }
     }
 
     pub fn published(&self, topic: &str, messages: u64, bytes: u64) {

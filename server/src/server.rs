@@ -93,16 +93,19 @@ pub async fn run(
     let groups = Arc::new(GroupCoordinator::new(store.clone(), store.clock().clone()));
     let group_source: Weak<dyn GroupMetricsSource> = Arc::downgrade(&groups) as _;
     metrics.set_group_source(group_source);
+    let queues = Arc::new(crate::queues::QueueManager::new(
+        store.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let queue_source: Weak<dyn crate::metrics::QueueMetricsSource> = Arc::downgrade(&queues) as _;
+    metrics.set_queue_source(queue_source);
     let state = Arc::new(AppState {
         store: store.clone(),
         metrics: metrics.clone(),
         config: Arc::new(settings.clone()),
         groups,
-        queues: Arc::new(crate::queues::QueueManager::new(
-            store.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        )),
+        queues: queues.clone(),
         shutdown: shutdown.clone(),
         round_robin: partitioner::RoundRobin::default(),
     });

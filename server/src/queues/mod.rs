@@ -61,6 +61,7 @@ struct Member {
 #[derive(Debug)]
 pub struct Runtime {
     name: String,
+    metrics: Arc<Metrics>,
     engine: Arc<Mutex<QueueEngine>>,
     members: Mutex<HashMap<String, Member>>,
     wake: Notify,
@@ -118,9 +119,13 @@ impl Runtime {
         member: Option<String>,
         requests: Vec<SettleRequest>,
     ) -> Result<Vec<SettleOutcome>, Status> {
-        let outcomes = self
-            .with_engine(move |engine| engine.settle(member.as_deref(), &requests))
+        let (outcomes, latencies) = self
+            .with_engine(move |engine| {
+                let outcomes = engine.settle(member.as_deref(), &requests)?;
+                Ok((outcomes, engine.take_ack_latencies()))
+            })
             .await?;
+        self.metrics.queue_acked(&self.name, &latencies);
         self.wake();
         Ok(outcomes)
     }
@@ -338,6 +343,7 @@ impl QueueManager {
         }
         let runtime = Arc::new(Runtime {
             name: name.to_string(),
+            metrics: self.metrics.clone(),
             engine: Arc::new(Mutex::new(engine)),
             members: Mutex::new(HashMap::new()),
             wake: Notify::new(),
@@ -387,7 +393,6 @@ impl QueueManager {
         )
     }
 
-    /// Engine counters and ack latencies of every running queue, for the metrics.
     pub fn engine_metrics(
         &self,
     ) -> Vec<(
@@ -407,5 +412,43 @@ impl QueueManager {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+}
+
+impl crate::metrics::QueueMetricsSource for QueueManager {
+    fn queue_metrics(&self) -> Vec<crate::metrics::QueueMetrics> {
+        let now = self.store.clock().now_ms();
+        let names: Vec<String> = self
+            .store
+            .queues()
+            .read(|q| q.iter().map(|q| q.name.clone()).collect());
+        let counters: HashMap<String, tidelog_storage::queue::engine::EngineCounters> =
+            lock(&self.runtimes)
+                .iter()
+                .map(|(name, r)| (name.clone(), lock(&r.engine).counters))
+                .collect();
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let status =
+                    tidelog_storage::queue::admin::queue_status(&self.store, &name, now).ok()?;
+                let c = counters.get(&name).copied().unwrap_or_default();
+                Some(crate::metrics::QueueMetrics {
+                    queue: name,
+                    ready: status.ready,
+                    delayed: status.delayed,
+                    unacked: status.unacked,
+                    waiting: status.waiting,
+                    oldest_unacked_age_ms: status.oldest_unacked_age_ms,
+                    delivered: c.delivered,
+                    redelivered: c.redelivered,
+                    acked: c.acked,
+                    nacked: c.nacked,
+                    timed_out: c.timed_out,
+                    dead_lettered_max_deliveries: c.dead_lettered_max_deliveries,
+                    dead_lettered_term: c.dead_lettered_term,
+                })
+            })
+            .collect()
     }
 }

@@ -14,10 +14,10 @@ use tidelog_proto::v1::queues_client::QueuesClient;
 use tidelog_proto::v1::settlement::{Ack, Action, Nack, Term};
 use tidelog_proto::v1::start_position::{Earliest, Position};
 use tidelog_proto::v1::{
-    AckLevel, CreateQueueRequest, DeleteQueueRequest, DescribeQueueRequest, FetchRequest,
-    ListQueuesRequest, Message, PublishRequest, PurgeQueueRequest, QueueConfig,
+    AckLevel, CommitOffsetsRequest, CreateQueueRequest, DeleteQueueRequest, DescribeQueueRequest,
+    FetchRequest, ListQueuesRequest, Message, PublishRequest, PurgeQueueRequest, QueueConfig,
     QueueConsumeRequest, QueueDelivery, ReceiveRequest, RedriveQueueRequest, SettleRequest,
-    Settlement, StartPosition, TopicConfig,
+    Settlement, StartPosition, TopicConfig, TopicPartitionOffset,
 };
 use tidelog_tests::{TestBroker, now_ms};
 use tokio::sync::mpsc;
@@ -702,4 +702,122 @@ async fn redrive_moves_dead_letters_back() {
         .deliveries;
     assert_eq!(value(&again[0]), "m-0");
     assert_eq!(again[0].attempt, 1);
+}
+
+/// Every metric the shipped alert rules and dashboard use (deploy/) is exported by a
+/// live broker with a queue at work, and the queue's metrics count what happened.
+#[tokio::test]
+async fn the_metrics_the_alerts_and_dashboard_use_are_exported() {
+    let broker = TestBroker::start();
+    broker.create_topic("jobs", 1, TopicConfig::default()).await;
+    publish(&broker, "jobs", 0, 3).await;
+    create_queue(&broker, "work", "jobs", QueueConfig::default()).await;
+    let mut client = queues(&broker).await;
+    let got = client
+        .receive(ReceiveRequest {
+            queue: "work".into(),
+            member: "m".into(),
+            max_messages: 2,
+            max_wait_ms: 2_000,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries;
+    assert_eq!(got.len(), 2);
+    client
+        .settle(SettleRequest {
+            queue: "work".into(),
+            settlements: vec![
+                ack(&got[0]),
+                Settlement {
+                    action: Some(Action::Term(Term {
+                        reason: "bad".into(),
+                    })),
+                    ..ack(&got[1])
+                },
+            ],
+        })
+        .await
+        .unwrap();
+    // Activity for the other families the dashboard shows: a fetch, a group commit
+    // (lag), a failed call (RPC errors).
+    broker
+        .consumer()
+        .await
+        .fetch(FetchRequest {
+            topic: "jobs".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    broker
+        .groups()
+        .await
+        .commit_offsets(CommitOffsetsRequest {
+            group_id: "readers".into(),
+            offsets: vec![TopicPartitionOffset {
+                topic: "jobs".into(),
+                partition: 0,
+                offset: 1,
+                metadata: String::new(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let _ = client
+        .describe_queue(DescribeQueueRequest {
+            name: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    let metrics = broker.metrics_text();
+    for (series, expected) in [
+        ("tidelog_queue_acked_total{queue=\"work\"}", 1.0),
+        ("tidelog_queue_delivered_total{queue=\"work\"}", 2.0),
+        (
+            "tidelog_queue_dead_lettered_total{queue=\"work\",reason=\"term\"}",
+            1.0,
+        ),
+        ("tidelog_queue_ready{queue=\"work\"}", 1.0),
+        ("tidelog_queue_unacked{queue=\"work\"}", 0.0),
+        (
+            "tidelog_queue_ack_latency_seconds_count{queue=\"work\"}",
+            1.0,
+        ),
+    ] {
+        assert_eq!(
+            tidelog_tests::metric_value(&metrics, series),
+            Some(expected),
+            "{series} in:\n{metrics}"
+        );
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for file in [
+        "deploy/prometheus/tidelog-alerts.yml",
+        "deploy/grafana/tidelog-dashboard.json",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let mut names: Vec<&str> = text
+            .match_indices("tidelog_")
+            .map(|(at, _)| {
+                let rest = &text[at..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            })
+            .filter(|name| name.len() > "tidelog_".len())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        assert!(names.len() >= 5, "{file}: {names:?}");
+        for name in names {
+            assert!(
+                metrics.lines().any(|l| l.starts_with(name)),
+                "{file} uses {name}, which the broker does not export"
+            );
+        }
+    }
 }
