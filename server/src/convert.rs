@@ -164,6 +164,9 @@ pub fn topic_config_from_proto(
         },
         compression: compression_from_proto(config.compression)?,
         priority_levels: priority_levels(config.priority_levels)?,
+        queue_max_ready_messages: off_if_zero(config.queue_max_ready_messages),
+        queue_max_ready_bytes: off_if_zero(config.queue_max_ready_bytes),
+        queue_overflow: queue_overflow_from_proto(config.queue_overflow)?,
     };
     or_status(result.validate())?;
     Ok(result)
@@ -205,6 +208,15 @@ pub fn apply_config_update(
     if let Some(levels) = update.priority_levels {
         next.priority_levels = priority_levels(levels)?;
     }
+    if let Some(max) = update.queue_max_ready_messages {
+        next.queue_max_ready_messages = off_if_zero(Some(max));
+    }
+    if let Some(max) = update.queue_max_ready_bytes {
+        next.queue_max_ready_bytes = off_if_zero(Some(max));
+    }
+    if let Some(overflow) = update.queue_overflow {
+        next.queue_overflow = queue_overflow_from_proto(overflow)?;
+    }
     if let Some(compression) = update.compression {
         next.compression = compression_from_proto(compression)?;
     }
@@ -223,6 +235,24 @@ pub fn topic_config_to_proto(config: &storage::TopicConfig) -> pb::TopicConfig {
         max_message_bytes: config.max_message_bytes,
         compression: compression_to_proto(config.compression) as i32,
         priority_levels: u32::from(config.priority_levels),
+        queue_max_ready_messages: config.queue_max_ready_messages,
+        queue_max_ready_bytes: config.queue_max_ready_bytes,
+        queue_overflow: match config.queue_overflow {
+            storage::QueueOverflow::Reject => pb::QueueOverflow::Reject,
+            storage::QueueOverflow::DeadLetterOldest => pb::QueueOverflow::DeadLetterOldest,
+        } as i32,
+    }
+}
+
+fn queue_overflow_from_proto(value: i32) -> Result<storage::QueueOverflow, Status> {
+    match pb::QueueOverflow::try_from(value) {
+        Ok(pb::QueueOverflow::Unspecified | pb::QueueOverflow::Reject) => {
+            Ok(storage::QueueOverflow::Reject)
+        }
+        Ok(pb::QueueOverflow::DeadLetterOldest) => Ok(storage::QueueOverflow::DeadLetterOldest),
+        Err(_) => Err(invalid(format!(
+            "queue_overflow {value} is not a QueueOverflow value"
+        ))),
     }
 }
 

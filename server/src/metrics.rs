@@ -28,7 +28,7 @@
 //! | tidelog_consumer_group_members | gauge | group |
 //! | tidelog_queue_ready, _delayed, _unacked, _waiting, _oldest_unacked_age_seconds | gauge | queue |
 //! | tidelog_queue_delivered, _redelivered, _acked, _nacked, _timed_out | counter | queue |
-//! | tidelog_queue_dead_lettered | counter | queue, reason (max_deliveries, term) |
+//! | tidelog_queue_dead_lettered | counter | queue, reason (max_deliveries, term, overflow) |
 //! | tidelog_queue_ack_latency_seconds | histogram | queue |
 
 use std::fmt::Write as _;
@@ -147,6 +147,7 @@ pub struct QueueMetrics {
     pub timed_out: u64,
     pub dead_lettered_max_deliveries: u64,
     pub dead_lettered_term: u64,
+    pub dead_lettered_overflow: u64,
 }
 
 /// Implemented by the queue manager: read at every scrape for the `tidelog_queue_*`
@@ -159,7 +160,7 @@ pub trait QueueMetricsSource: Send + Sync + std::fmt::Debug {
 type QueueField<T> = (&'static str, &'static str, fn(&QueueMetrics) -> T);
 
 /// The `reason` label values of `tidelog_queue_dead_lettered`.
-pub const DEAD_LETTER_REASONS: [&str; 2] = ["max_deliveries", "term"];
+pub const DEAD_LETTER_REASONS: [&str; 3] = ["max_deliveries", "term", "overflow"];
 
 /// The `reason` label values of `tidelog_position_resets`.
 pub const RESET_REASONS: [&str; 3] = ["below_log_start", "above_end_offset", "no_committed_offset"];
@@ -409,10 +410,11 @@ impl Collector for ScrapeSources {
             }
             let dead: Family<QueueReasonLabels, Counter> = Family::default();
             for q in &snapshot {
-                for (reason, count) in DEAD_LETTER_REASONS
-                    .into_iter()
-                    .zip([q.dead_lettered_max_deliveries, q.dead_lettered_term])
-                {
+                for (reason, count) in DEAD_LETTER_REASONS.into_iter().zip([
+                    q.dead_lettered_max_deliveries,
+                    q.dead_lettered_term,
+                    q.dead_lettered_overflow,
+                ]) {
                     dead.get_or_create(&QueueReasonLabels {
                         queue: q.queue.clone(),
                         reason,
@@ -422,7 +424,7 @@ impl Collector for ScrapeSources {
             }
             dead.encode(encoder.encode_descriptor(
                 "tidelog_queue_dead_lettered",
-                "Messages dead-lettered, by reason: max_deliveries (deadline, member left or nack on the last delivery) or term.",
+                "Messages dead-lettered, by reason: max_deliveries (deadline, member left or nack on the last delivery), term, or overflow (the topic's queue caps).",
                 None,
                 dead.metric_type(),
             )?)?;

@@ -133,12 +133,51 @@ pub fn prepare(state: &AppState, request: PublishRequest) -> Result<Prepared, St
     }
     // Appends go in partition order, as before.
     batches.sort_unstable_by_key(|b| b.partition);
+    check_queue_caps(state, &topic, &batches)?;
     Ok(Prepared {
         topic,
         ack,
         message_count,
         batches,
     })
+}
+
+/// Backpressure: refuses the publish when it would put one of the topic's queues over
+/// the topic's ready caps and the topic's overflow policy is to reject (discard new).
+fn check_queue_caps(
+    state: &AppState,
+    topic: &Topic,
+    batches: &[PartitionBatch],
+) -> Result<(), Status> {
+    let config = topic.config();
+    if config.queue_overflow != tidelog_storage::QueueOverflow::Reject
+        || (config.queue_max_ready_messages.is_none() && config.queue_max_ready_bytes.is_none())
+    {
+        return Ok(());
+    }
+    let messages = batches.iter().map(|b| b.records.len() as u64).sum();
+    let bytes = batches
+        .iter()
+        .flat_map(|b| &b.records)
+        .map(NewRecord::payload_bytes)
+        .sum();
+    let over = convert::or_status(tidelog_storage::queue::admin::over_caps(
+        &state.store,
+        topic,
+        messages,
+        bytes,
+    ))?;
+    match over {
+        None => Ok(()),
+        Some(over) => Err(Status::resource_exhausted(format!(
+            "queue {:?} on topic {:?} is full: it holds {} ready messages ({} bytes) and this publish would pass the topic's {}; retry later, add workers to the queue, or raise the cap (Admin.AlterTopicConfig)",
+            over.queue,
+            topic.name(),
+            over.ready_messages,
+            over.ready_bytes,
+            over.cap
+        ))),
+    }
 }
 
 /// Appends each partition's messages as one batch. On an error the batches of
@@ -161,6 +200,8 @@ pub fn append(state: &AppState, prepared: Prepared) -> Result<Written, Status> {
         }
         durable_waits.push((partition.clone(), appended.last_offset));
     }
+    // Backpressure that dead-letters the oldest: the topic's queues look at once.
+    state.queues.topic_published(&prepared.topic);
     Ok(Written {
         ack: prepared.ack,
         acks,

@@ -102,6 +102,41 @@ pub struct TopicConfig {
     /// Priority levels queues honour: a message's priority must be below this. 0 (the
     /// default) and 1 both mean one level (every message priority 0).
     pub priority_levels: u8,
+    /// Most ready messages any queue of the topic may hold (backpressure).
+    pub queue_max_ready_messages: Option<u64>,
+    /// Most ready bytes (of log) any queue of the topic may hold.
+    pub queue_max_ready_bytes: Option<u64>,
+    /// What happens past either cap.
+    pub queue_overflow: QueueOverflow,
+}
+
+/// What a topic does when one of its queues holds more ready messages than its caps
+/// allow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum QueueOverflow {
+    /// Refuse new publishes (RESOURCE_EXHAUSTED naming the full queue): discard new.
+    #[default]
+    Reject,
+    /// Accept them, and dead-letter the queue's oldest ready messages with reason
+    /// `overflow`: discard old.
+    DeadLetterOldest,
+}
+
+impl QueueOverflow {
+    pub fn name(self) -> &'static str {
+        match self {
+            QueueOverflow::Reject => "reject",
+            QueueOverflow::DeadLetterOldest => "dead-letter-oldest",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "reject" => Some(QueueOverflow::Reject),
+            "dead-letter-oldest" => Some(QueueOverflow::DeadLetterOldest),
+            _ => None,
+        }
+    }
 }
 
 impl Default for TopicConfig {
@@ -117,6 +152,9 @@ impl Default for TopicConfig {
             max_message_bytes: MESSAGE_BYTES_DEFAULT,
             compression: Compression::None,
             priority_levels: 0,
+            queue_max_ready_messages: None,
+            queue_max_ready_bytes: None,
+            queue_overflow: QueueOverflow::Reject,
         }
     }
 }
@@ -141,6 +179,8 @@ impl TopicConfig {
             ("retention_bytes", self.retention_bytes),
             ("default_ttl_ms", self.default_ttl_ms),
             ("segment_ms", self.segment_ms),
+            ("queue_max_ready_messages", self.queue_max_ready_messages),
+            ("queue_max_ready_bytes", self.queue_max_ready_bytes),
         ] {
             if value == Some(0) {
                 return Err(Error::invalid(format!(
@@ -179,6 +219,19 @@ impl TopicConfig {
         if self.priority_levels > 0 {
             let _ = writeln!(out, "priority_levels={}", self.priority_levels);
         }
+        if self.queue_max_ready_messages.is_some() || self.queue_max_ready_bytes.is_some() {
+            let _ = writeln!(
+                out,
+                "queue_max_ready_messages={}",
+                optional(self.queue_max_ready_messages)
+            );
+            let _ = writeln!(
+                out,
+                "queue_max_ready_bytes={}",
+                optional(self.queue_max_ready_bytes)
+            );
+            let _ = writeln!(out, "queue_overflow={}", self.queue_overflow.name());
+        }
         out
     }
 
@@ -216,6 +269,13 @@ impl TopicConfig {
                 "segment_ms" => config.segment_ms = optional(value)?,
                 "fsync" => config.fsync = FsyncPolicy::parse(value)?,
                 "max_message_bytes" => config.max_message_bytes = number_of(value)?,
+                "queue_max_ready_messages" => config.queue_max_ready_messages = optional(value)?,
+                "queue_max_ready_bytes" => config.queue_max_ready_bytes = optional(value)?,
+                "queue_overflow" => {
+                    config.queue_overflow = QueueOverflow::parse(value).ok_or_else(|| {
+                        Error::invalid(format!("unknown queue_overflow {value:?}"))
+                    })?
+                }
                 "priority_levels" => {
                     config.priority_levels = u8::try_from(number_of(value)?).map_err(|_| {
                         Error::invalid(format!("priority_levels={value} is out of range"))
@@ -276,6 +336,9 @@ mod tests {
             max_message_bytes: 4096,
             compression: Compression::Zstd,
             priority_levels: 4,
+            queue_max_ready_messages: Some(1_000_000),
+            queue_max_ready_bytes: None,
+            queue_overflow: QueueOverflow::DeadLetterOldest,
         };
         let text = config.to_file(12);
         assert_eq!(TopicConfig::from_file(&text).unwrap(), (12, config));

@@ -39,7 +39,7 @@ pub mod store;
 
 pub use batch::{Compression, Header, NewRecord, Record};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{AckLevel, FsyncPolicy, TopicConfig};
+pub use config::{AckLevel, FsyncPolicy, QueueOverflow, TopicConfig};
 pub use error::{Error, Result};
 pub use fs::{FaultyFs, FileSystem, OsFs};
 pub use offsets::{CommittedOffset, OffsetStore};

@@ -748,6 +748,31 @@ impl Partition {
         Ok(result)
     }
 
+    /// About how many log bytes the visible messages from `offset` on take (exact to
+    /// within one index interval, a few KiB): for backlog limits, without reading the log.
+    pub fn bytes_from(&self, offset: u64) -> Result<u64> {
+        let visible = self.progress.lock().visible();
+        let mut bytes = 0;
+        for segment in self.segments() {
+            let summary = segment.summary();
+            let end = if segment.base_offset == visible.segment_base {
+                visible.position
+            } else {
+                summary.log_bytes
+            };
+            if summary.next_offset <= offset && segment.base_offset != visible.segment_base {
+                continue;
+            }
+            let from = if offset > segment.base_offset {
+                segment.position_near(offset)?
+            } else {
+                0
+            };
+            bytes += end.saturating_sub(from);
+        }
+        Ok(bytes)
+    }
+
     /// The first offset whose record timestamp is >= `timestamp_ms` (Kafka's
     /// `offsetsForTimes`), or `None` when every visible record is older.
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<u64>> {

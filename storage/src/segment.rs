@@ -499,6 +499,13 @@ impl Segment {
         Ok(self.state.read().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// About where `offset` lies in this segment's log (the indexed batch at or before
+    /// it: within one index interval), for byte estimates.
+    pub fn position_near(&self, offset: u64) -> Result<u64> {
+        let relative = u32::try_from(offset.saturating_sub(self.base_offset)).unwrap_or(u32::MAX);
+        Ok(self.start_for(relative)?.0)
+    }
+
     /// Where a scan for `relative_offset` starts: the position of the last indexed
     /// batch at or before it, and the base offset that batch must have.
     fn start_for(&self, relative_offset: u32) -> Result<(u64, u64)> {

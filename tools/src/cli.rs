@@ -160,6 +160,17 @@ fn duration_limit(text: &str) -> Result<Limit, String> {
     duration(text).map(Limit::Value)
 }
 
+fn count_limit(text: &str) -> Result<Limit, String> {
+    if is_off(text) {
+        return Ok(Limit::Off);
+    }
+    text.trim()
+        .replace('_', "")
+        .parse()
+        .map(Limit::Value)
+        .map_err(|_| format!("{text:?} is not a count; give a whole number or `off`"))
+}
+
 fn size_limit(text: &str) -> Result<Limit, String> {
     if is_off(text) {
         return Ok(Limit::Off);
@@ -253,6 +264,18 @@ pub struct TopicConfigArgs {
     /// priorities 0 to N-1.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=10))]
     pub priority_levels: Option<u32>,
+
+    /// Backpressure: most ready messages any queue of the topic may hold; `off` = no limit.
+    #[arg(long, value_name = "N|off", value_parser = count_limit)]
+    pub queue_max_ready: Option<Limit>,
+
+    /// Backpressure: most ready bytes of log any queue of the topic may hold; `off` = no limit.
+    #[arg(long, value_name = "SIZE|off", value_parser = size_limit)]
+    pub queue_max_ready_bytes: Option<Limit>,
+
+    /// Past a queue cap: `reject` new publishes (the default) or `dead-letter-oldest`.
+    #[arg(long, value_name = "POLICY", value_parser = ["reject", "dead-letter-oldest"])]
+    pub queue_overflow: Option<String>,
 }
 
 #[derive(Debug, Args)]

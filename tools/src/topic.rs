@@ -3,8 +3,8 @@
 use serde_json::{Value, json};
 use tidelog_proto::v1::{
     AlterTopicConfigRequest, Compression, CreateTopicRequest, DeleteTopicRequest,
-    DescribeTopicRequest, FsyncPolicy, ListTopicsRequest, TopicConfig, TopicConfigUpdate,
-    TopicDescription, fsync_policy,
+    DescribeTopicRequest, FsyncPolicy, ListTopicsRequest, QueueOverflow, TopicConfig,
+    TopicConfigUpdate, TopicDescription, fsync_policy,
 };
 use tidelog_storage::duration::format_duration_ms;
 
@@ -182,6 +182,17 @@ pub fn create_config(args: &TopicConfigArgs) -> TopicConfig {
             .compression
             .map_or(Compression::Unspecified, compression_proto) as i32,
         priority_levels: args.priority_levels.unwrap_or(0),
+        queue_max_ready_messages: limit(args.queue_max_ready),
+        queue_max_ready_bytes: limit(args.queue_max_ready_bytes),
+        queue_overflow: args.queue_overflow.as_deref().map_or(0, queue_overflow),
+    }
+}
+
+/// `--queue-overflow`'s value as the API's enum.
+fn queue_overflow(name: &str) -> i32 {
+    match name {
+        "dead-letter-oldest" => QueueOverflow::DeadLetterOldest as i32,
+        _ => QueueOverflow::Reject as i32,
     }
 }
 
@@ -203,6 +214,9 @@ pub fn alter_update(args: &TopicConfigArgs) -> TopicConfigUpdate {
         max_message_bytes: args.max_message_bytes,
         compression: args.compression.map(|c| compression_proto(c) as i32),
         priority_levels: args.priority_levels,
+        queue_max_ready_messages: limit(args.queue_max_ready),
+        queue_max_ready_bytes: limit(args.queue_max_ready_bytes),
+        queue_overflow: args.queue_overflow.as_deref().map(queue_overflow),
     }
 }
 
@@ -350,9 +364,18 @@ mod tests {
             max_message_bytes: None,
             compression: Some(CompressionArg::Zstd),
             priority_levels: Some(3),
+            queue_max_ready: Some(Limit::Value(5_000)),
+            queue_max_ready_bytes: Some(Limit::Off),
+            queue_overflow: Some("dead-letter-oldest".into()),
         };
         let create = create_config(&args);
         assert_eq!(create.priority_levels, 3);
+        assert_eq!(create.queue_max_ready_messages, Some(5_000));
+        assert_eq!(create.queue_max_ready_bytes, None);
+        assert_eq!(
+            create.queue_overflow,
+            QueueOverflow::DeadLetterOldest as i32
+        );
         assert_eq!(create.retention_ms, None);
         assert_eq!(create.retention_bytes, Some(10 << 30));
         assert_eq!(create.segment_bytes, 256 << 20);
@@ -379,6 +402,7 @@ mod tests {
             max_message_bytes: 1 << 20,
             compression: Compression::None as i32,
             priority_levels: 0,
+            ..TopicConfig::default()
         };
         let text = render_config(Some(&config));
         assert!(text.contains("retention          7d\n"), "{text}");

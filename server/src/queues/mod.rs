@@ -227,6 +227,10 @@ impl Runtime {
                 self.failed(&status).await;
                 continue;
             }
+            if let Err(status) = self.with_engine(|e| e.enforce_caps()).await {
+                self.failed(&status).await;
+                continue;
+            }
             let wants = self.wants();
             if !wants.is_empty() {
                 match self.with_engine(move |e| e.deliver(&wants)).await {
@@ -378,6 +382,35 @@ impl QueueManager {
         }
     }
 
+    /// New messages went to `topic`: when its queues dead-letter their oldest past the
+    /// topic's caps, their runtimes (started if need be) look at once, consumers or not.
+    pub fn topic_published(self: &Arc<Self>, topic: &tidelog_storage::Topic) {
+        let config = topic.config();
+        if config.queue_overflow != tidelog_storage::QueueOverflow::DeadLetterOldest
+            || (config.queue_max_ready_messages.is_none() && config.queue_max_ready_bytes.is_none())
+        {
+            return;
+        }
+        let names: Vec<String> = self.store.queues().read(|q| {
+            q.iter()
+                .filter(|q| q.topic == topic.name())
+                .map(|q| q.name.clone())
+                .collect()
+        });
+        for name in names {
+            if let Some(runtime) = lock(&self.runtimes).get(&name) {
+                runtime.wake();
+                continue;
+            }
+            let manager = self.clone();
+            tokio::spawn(async move {
+                if let Ok(runtime) = manager.runtime(&name).await {
+                    runtime.wake();
+                }
+            });
+        }
+    }
+
     /// (member id, client id, unacked) of queue `name`'s members.
     pub fn members(&self, name: &str) -> Vec<(String, String, u64)> {
         lock(&self.runtimes)
@@ -447,6 +480,7 @@ impl crate::metrics::QueueMetricsSource for QueueManager {
                     timed_out: c.timed_out,
                     dead_lettered_max_deliveries: c.dead_lettered_max_deliveries,
                     dead_lettered_term: c.dead_lettered_term,
+                    dead_lettered_overflow: c.dead_lettered_overflow,
                 })
             })
             .collect()

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use super::state::{Hold, Queue, QueueConfig, QueueOp, validate_queue_name};
 use crate::batch::NewRecord;
 use crate::error::{Error, Result};
-use crate::store::Store;
+use crate::store::{Store, Topic};
 
 /// Headers a dead letter carries, besides the original message's own.
 pub const DLQ_HEADER_QUEUE: &str = "tidelog-dlq-queue";
@@ -243,6 +243,75 @@ pub fn queue_status(store: &Store, name: &str, now_ms: i64) -> Result<QueueStatu
         status.oldest_unacked_age_ms = now_ms.saturating_sub(oldest_delivery).max(0) as u64;
     }
     Ok(status)
+}
+
+/// A queue over its topic's backpressure caps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverCap {
+    pub queue: String,
+    pub ready_messages: u64,
+    pub ready_bytes: u64,
+    /// Which cap, e.g. `queue_max_ready_messages 1000`.
+    pub cap: String,
+}
+
+/// The ready backlog of `queue` on `topic`: messages (and bytes of log, about) from
+/// where each partition is settled to its end.
+pub fn backlog(queue: &Queue, topic: &Topic) -> Result<(u64, u64)> {
+    let mut messages = 0;
+    let mut bytes = 0;
+    for partition in topic.partitions() {
+        let from = queue
+            .partitions
+            .get(&partition.id())
+            .map_or(0, |p| p.settled_below())
+            .max(partition.log_start());
+        messages += partition.end_offset().saturating_sub(from);
+        bytes += partition.bytes_from(from)?;
+    }
+    Ok((messages, bytes))
+}
+
+/// The first queue of `topic` that `incoming` more messages of `incoming_bytes` would
+/// put over the topic's caps, if any (None at once when the topic has no caps).
+pub fn over_caps(
+    store: &Store,
+    topic: &Topic,
+    incoming: u64,
+    incoming_bytes: u64,
+) -> Result<Option<OverCap>> {
+    let config = topic.config();
+    if config.queue_max_ready_messages.is_none() && config.queue_max_ready_bytes.is_none() {
+        return Ok(None);
+    }
+    let queues: Vec<Queue> = store.queues().read(|q| {
+        q.iter()
+            .filter(|q| q.topic == topic.name())
+            .cloned()
+            .collect()
+    });
+    for queue in queues {
+        let (messages, bytes) = backlog(&queue, topic)?;
+        let cap = match (
+            config.queue_max_ready_messages,
+            config.queue_max_ready_bytes,
+        ) {
+            (Some(max), _) if messages + incoming > max => {
+                format!("queue_max_ready_messages {max}")
+            }
+            (_, Some(max)) if bytes + incoming_bytes > max => {
+                format!("queue_max_ready_bytes {max}")
+            }
+            _ => continue,
+        };
+        return Ok(Some(OverCap {
+            queue: queue.name,
+            ready_messages: messages,
+            ready_bytes: bytes,
+            cap,
+        }));
+    }
+    Ok(None)
 }
 
 /// The consumer group whose committed offsets are a queue's redrive position in its

@@ -108,6 +108,8 @@ pub struct EngineCounters {
     pub timed_out: u64,
     pub dead_lettered_max_deliveries: u64,
     pub dead_lettered_term: u64,
+    /// Dead-lettered because the queue was over its topic's caps.
+    pub dead_lettered_overflow: u64,
     /// Messages removed by retention before the queue settled them.
     pub lost_to_retention: u64,
 }
@@ -590,6 +592,114 @@ impl QueueEngine {
             }
         }
         Ok((position, taken))
+    }
+
+    /// Applies the topic's backpressure caps when its overflow policy is to
+    /// dead-letter the oldest: while the queue holds more ready messages (or bytes)
+    /// than allowed, its oldest messages not yet taken, lowest priority first, go to the
+    /// dead-letter topic with reason `overflow`. Returns how many went.
+    pub fn enforce_caps(&mut self) -> Result<u64> {
+        let topic_name = self
+            .store
+            .queues()
+            .read(|q| q.get(&self.name).map(|q| q.topic.clone()))
+            .ok_or_else(|| Error::not_found(format!("queue {:?}", self.name)))?;
+        let topic = self.store.topic(&topic_name)?;
+        let config = topic.config();
+        if config.queue_overflow != crate::config::QueueOverflow::DeadLetterOldest
+            || (config.queue_max_ready_messages.is_none() && config.queue_max_ready_bytes.is_none())
+        {
+            return Ok(0);
+        }
+        let queue = self.queue()?;
+        let (messages, bytes) = super::admin::backlog(&queue, &topic)?;
+        let over_messages = config
+            .queue_max_ready_messages
+            .map_or(0, |max| messages.saturating_sub(max));
+        let over_bytes = config
+            .queue_max_ready_bytes
+            .map_or(0, |max| bytes.saturating_sub(max));
+        let mut excess = over_messages;
+        if over_bytes > 0 && messages > 0 {
+            // Messages that many bytes take, on average.
+            excess = excess.max(over_bytes.div_ceil((bytes / messages).max(1)));
+        }
+        if excess == 0 {
+            return Ok(0);
+        }
+        let reason = format!(
+            "overflow: queue {:?} held {messages} ready messages ({bytes} bytes), over its topic's caps (queue_max_ready_messages {:?}, queue_max_ready_bytes {:?})",
+            self.name, config.queue_max_ready_messages, config.queue_max_ready_bytes
+        );
+        let dlq = dead_letter_topic(&self.store, &queue.config.dead_letter_topic)?;
+        let mut ops = Vec::new();
+        let mut dropped = 0u64;
+        for level in 0..queue.levels {
+            for partition in topic.partitions() {
+                if dropped >= excess {
+                    break;
+                }
+                let id = partition.id();
+                let mut position = queue
+                    .partitions
+                    .get(&id)
+                    .and_then(|p| p.cursors.get(usize::from(level)).copied())
+                    .unwrap_or(0)
+                    .max(partition.log_start());
+                let start = position;
+                let mut letters = Vec::new();
+                while dropped < excess && position < partition.end_offset() {
+                    let want = (excess - dropped).min(u64::from(SCAN_RECORDS_PER_ROUND)) as u32;
+                    let read = partition.read(position, want, SCAN_READ_BYTES)?;
+                    let mut next = read.next_offset;
+                    for record in read.records {
+                        if dropped >= excess {
+                            next = record.offset;
+                            break;
+                        }
+                        if queue.level_of(record.priority) != level {
+                            continue;
+                        }
+                        letters.push(dead_letter_record(
+                            &self.name,
+                            &queue.topic,
+                            id,
+                            &record,
+                            0,
+                            0,
+                            0,
+                            &reason,
+                        ));
+                        dropped += 1;
+                    }
+                    position = next;
+                    if read.next_offset == read.end_offset {
+                        break;
+                    }
+                }
+                if !letters.is_empty() {
+                    for chunk in letters.chunks(1000) {
+                        dlq.partition(dead_letter_partition(&dlq, id))?
+                            .append_durable(chunk)?;
+                    }
+                }
+                if position > start {
+                    ops.push(QueueOp::Take {
+                        name: self.name.clone(),
+                        partition: id,
+                        level,
+                        cursor_to: position,
+                        at_ms: self.store.clock().now_ms(),
+                        taken: Vec::new(),
+                    });
+                }
+            }
+        }
+        if !ops.is_empty() {
+            self.store.queues().append(ops)?;
+        }
+        self.counters.dead_lettered_overflow += dropped;
+        Ok(dropped)
     }
 
     /// Settles deliveries for `member` (None: whoever holds them, for the unary API).

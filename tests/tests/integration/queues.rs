@@ -821,3 +821,121 @@ async fn the_metrics_the_alerts_and_dashboard_use_are_exported() {
         }
     }
 }
+
+/// Backpressure both ways: a full queue refuses publishes (discard new) or dead-letters
+/// its oldest ready messages with reason overflow (discard old).
+#[tokio::test]
+async fn overflow_rejects_new_or_dead_letters_old() {
+    use tidelog_proto::v1::QueueOverflow;
+    let broker = TestBroker::start();
+    for (topic, overflow) in [
+        ("strict", QueueOverflow::Reject),
+        ("lossy", QueueOverflow::DeadLetterOldest),
+    ] {
+        broker
+            .create_topic(
+                topic,
+                1,
+                TopicConfig {
+                    queue_max_ready_messages: Some(5),
+                    queue_overflow: overflow as i32,
+                    ..TopicConfig::default()
+                },
+            )
+            .await;
+        create_queue(
+            &broker,
+            &format!("{topic}-q"),
+            topic,
+            QueueConfig::default(),
+        )
+        .await;
+    }
+    let mut publisher = broker.publisher().await;
+    let one = |topic: &str, i: usize| PublishRequest {
+        topic: topic.into(),
+        messages: vec![Message {
+            value: format!("m-{i}").into_bytes().into(),
+            ..Default::default()
+        }],
+        ack: AckLevel::Durable as i32,
+    };
+
+    // Discard new.
+    for i in 0..5 {
+        publisher.publish(one("strict", i)).await.unwrap();
+    }
+    let refused = publisher.publish(one("strict", 5)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("strict-q") && refused.message().contains("5 ready"),
+        "{refused:?}"
+    );
+    let mut client = queues(&broker).await;
+    let got = client
+        .receive(ReceiveRequest {
+            queue: "strict-q".into(),
+            member: "m".into(),
+            max_messages: 2,
+            max_wait_ms: 2_000,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries;
+    client
+        .settle(SettleRequest {
+            queue: "strict-q".into(),
+            settlements: got.iter().map(ack).collect(),
+        })
+        .await
+        .unwrap();
+    publisher
+        .publish(one("strict", 5))
+        .await
+        .expect("room again after two acks");
+
+    // Discard old: no consumer at all, the oldest go to the dead-letter topic.
+    for i in 0..8 {
+        publisher.publish(one("lossy", i)).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let letters = loop {
+        let letters = broker
+            .consumer()
+            .await
+            .fetch(FetchRequest {
+                topic: "lossy.dlq".into(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().messages)
+            .unwrap_or_default();
+        if letters.len() >= 3 || tokio::time::Instant::now() > deadline {
+            break letters;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let values: Vec<String> = letters
+        .iter()
+        .map(|m| String::from_utf8(m.value.to_vec()).unwrap())
+        .collect();
+    assert_eq!(values, vec!["m-0", "m-1", "m-2"], "the oldest three");
+    let reason = letters[0]
+        .headers
+        .iter()
+        .find(|h| h.key == "tidelog-dlq-reason")
+        .map(|h| String::from_utf8(h.value.to_vec()).unwrap())
+        .unwrap();
+    assert!(reason.starts_with("overflow"), "{reason}");
+    let described = client
+        .describe_queue(DescribeQueueRequest {
+            name: "lossy-q".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .queue
+        .unwrap();
+    assert_eq!(described.ready, 5);
+}
