@@ -431,7 +431,12 @@ the broker assigns partitions and reading starts at the group's committed offset
 what was printed is committed after each batch, before a rebalance hands a partition
 to another member, and at exit, so the group's next reader starts right after it.
 JSON lines carry partition, offset, timestamp (ms), key, value and headers; bytes that
-are not UTF-8 appear as {\"base64\": \"...\"}.";
+are not UTF-8 appear as {\"base64\": \"...\"}.
+
+A damaged batch on disk (DATA_LOSS) stops its partition only: every message before it
+is printed, the other partitions are read on (--follow too), and the command then exits
+1 naming the partition, the offset, `tidelog segment verify` and how to read past it. A
+group member's stream ends at the damage; what it printed is committed.";
 
 #[derive(Debug, Args)]
 #[command(after_help = CONSUME_EXAMPLES)]

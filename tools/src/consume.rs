@@ -20,7 +20,7 @@ use tidelog_proto::v1::{
     CommitOffsetsRequest, ConsumedMessage, FetchOffsetsRequest, FetchRequest, GroupMembership,
     ResetOffsetsRequest, ResetPolicy, ResetReason, StartPosition, SubscribeRequest,
     TopicDescription, TopicPartitionOffset, reset_offsets_request, start_position,
-    subscribe_response,
+    subscribe_request, subscribe_response,
 };
 use tonic::Streaming;
 
@@ -218,6 +218,7 @@ async fn consume_fetch(
         _ => None,
     };
     let mut consumer = broker.consumer();
+    let mut damaged = Vec::new();
     for &partition in &partitions {
         let Some(state) = topic.partitions.iter().find(|p| p.partition == partition) else {
             continue;
@@ -240,7 +241,7 @@ async fn consume_fetch(
             let left = printer
                 .limit
                 .map_or(u64::MAX, |limit| limit - printer.printed);
-            let response = consumer
+            let fetched = consumer
                 .fetch(FetchRequest {
                     topic: args.topic.clone(),
                     partition,
@@ -249,13 +250,23 @@ async fn consume_fetch(
                     max_bytes: 0,
                     max_wait_ms: 0,
                 })
-                .await
-                .map_err(|s| broker.error(&context, &s))?
-                .into_inner();
+                .await;
+            let response = match fetched {
+                Ok(response) => response.into_inner(),
+                // The messages before the damage were printed; the other partitions
+                // are read on, and the damage is reported at the end.
+                Err(status) if status.code() == tonic::Code::DataLoss => {
+                    let damage = Damage::new(partition, offset, &status);
+                    damage.warn(&args.topic);
+                    damaged.push(damage);
+                    break;
+                }
+                Err(status) => return Err(broker.error(&context, &status)),
+            };
             for m in response.messages.iter().filter(|m| m.offset < end) {
                 printer.print(m)?;
                 if printer.done() {
-                    return Ok(());
+                    return damage_error(&args.topic, &damaged);
                 }
             }
             if response.next_offset <= offset {
@@ -267,7 +278,90 @@ async fn consume_fetch(
             break;
         }
     }
-    Ok(())
+    damage_error(&args.topic, &damaged)
+}
+
+/// A partition that could not be read past a damaged batch (DATA_LOSS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Damage {
+    partition: u32,
+    /// The offset whose read failed: the damaged batch holds it (or the first
+    /// message after it).
+    offset: u64,
+    /// What the broker found, without its advice in API terms.
+    cause: String,
+}
+
+/// The offset after the damaged batch, when the broker's message names the batch's
+/// offsets ("... in the batch holding offsets 97..=127").
+fn past_damaged_batch(cause: &str) -> Option<u64> {
+    let (_, rest) = cause.split_once("holding offsets ")?;
+    let (_, last) = rest.split_once("..=")?;
+    let digits: String = last.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse::<u64>().ok()?.checked_add(1)
+}
+
+impl Damage {
+    fn new(partition: u32, offset: u64, status: &tonic::Status) -> Self {
+        Damage {
+            partition,
+            offset,
+            cause: status
+                .message()
+                .split("; ")
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        }
+    }
+
+    /// Said at once, so the order of the output shows where reading stopped.
+    fn warn(&self, topic: &str) {
+        note(&format!(
+            "warning: {topic}/{}: a damaged batch at offset {} (DATA_LOSS: {}); the messages \
+             before it were printed, reading goes on with the other partitions",
+            self.partition, self.offset, self.cause
+        ));
+    }
+}
+
+/// What to do about damaged batches: the broker never serves them.
+const DAMAGE_TODO: &str = "stop tidelogd and run `tidelog segment verify` on its data directory \
+     to see the damage (then `tidelog segment repair`)";
+
+/// Exit 1 naming every partition that stopped at a damaged batch, or `Ok`.
+fn damage_error(topic: &str, damaged: &[Damage]) -> CliResult<()> {
+    match damaged {
+        [] => Ok(()),
+        [one] => Err(CliError::failure(
+            format!(
+                "partition {} of topic {topic:?} could not be read past offset {}: the batch \
+                 there is damaged (DATA_LOSS: {})",
+                one.partition, one.offset, one.cause
+            ),
+            match past_damaged_batch(&one.cause) {
+                Some(next) => format!(
+                    "{DAMAGE_TODO}; to read on past it: `tidelog consume {topic} -p {} --from {next}`",
+                    one.partition
+                ),
+                None => format!("{DAMAGE_TODO}; to read on, --from an offset past the batch"),
+            },
+        )),
+        several => Err(CliError::failure(
+            format!(
+                "{} partitions of topic {topic:?} could not be read past a damaged batch \
+                 (DATA_LOSS): {}",
+                several.len(),
+                several
+                    .iter()
+                    .map(|d| format!("partition {} at offset {}", d.partition, d.offset))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            DAMAGE_TODO,
+        )),
+    }
 }
 
 /// Where a `--from <offset>` outside `log_start..=end` starts, by `--offset-reset`
@@ -331,22 +425,18 @@ fn stream_error(broker: &Broker, context: &str, status: &tonic::Status, group: b
     )
 }
 
-/// Waits for the next event of a stream; `Ok(None)` when it ended.
-async fn next_event(
-    broker: &Broker,
-    context: &str,
+/// The next event of a stream, or the status that ended it; `Ok(None)` when it ended
+/// without one.
+async fn next_status_event(
     stream: &mut Streaming<tidelog_proto::v1::SubscribeResponse>,
-    group: bool,
-) -> CliResult<Option<subscribe_response::Event>> {
+) -> Result<Option<subscribe_response::Event>, tonic::Status> {
     loop {
-        match stream.message().await {
-            Ok(Some(response)) => {
-                if let Some(event) = response.event {
-                    return Ok(Some(event));
-                }
+        if let Some(response) = stream.message().await? {
+            if let Some(event) = response.event {
+                return Ok(Some(event));
             }
-            Ok(None) => return Ok(None),
-            Err(status) => return Err(stream_error(broker, context, &status, group)),
+        } else {
+            return Ok(None);
         }
     }
 }
@@ -382,47 +472,125 @@ async fn consume_follow(
     let mut partitions = args.partition.clone();
     partitions.sort_unstable();
     partitions.dedup();
-    let mut stream = broker
-        .consumer()
-        .subscribe(SubscribeRequest {
-            topic: args.topic.clone(),
-            partitions,
-            start: Some(StartPosition {
-                position: Some(position),
-            }),
-            group: None,
-            reset_policy: reset_policy(args.offset_reset) as i32,
-            max_batch_messages: 0,
-            max_batch_bytes: 0,
-            ..SubscribeRequest::default()
-        })
-        .await
-        .map_err(|s| broker.error(&context, &s))?
-        .into_inner();
+    // Where each partition stands: from the Positioned event, then every batch's
+    // positions. A resubscription (after a damaged partition is dropped) starts each
+    // remaining partition there.
+    let mut positions: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut damaged: Vec<Damage> = Vec::new();
     let mut stop = StopSignal::new();
     loop {
-        let event = tokio::select! {
-            event = next_event(broker, &context, &mut stream, false) => event?,
-            _ = stop.recv() => return Ok(()),
+        let request = if positions.is_empty() {
+            SubscribeRequest {
+                topic: args.topic.clone(),
+                partitions: partitions.clone(),
+                start: Some(StartPosition {
+                    position: Some(position),
+                }),
+                ..SubscribeRequest::default()
+            }
+        } else {
+            SubscribeRequest {
+                topic: args.topic.clone(),
+                partition_starts: positions
+                    .iter()
+                    .map(|(&partition, &offset)| subscribe_request::PartitionStart {
+                        partition,
+                        offset,
+                    })
+                    .collect(),
+                ..SubscribeRequest::default()
+            }
         };
-        match event {
-            None => return Ok(()),
-            Some(subscribe_response::Event::Batch(batch)) => {
-                for m in &batch.messages {
-                    printer.print(m)?;
-                    if printer.done() {
-                        return Ok(());
+        let mut stream = broker
+            .consumer()
+            .subscribe(SubscribeRequest {
+                group: None,
+                reset_policy: reset_policy(args.offset_reset) as i32,
+                send_positioned: true,
+                ..request
+            })
+            .await
+            .map_err(|s| broker.error(&context, &s))?
+            .into_inner();
+        let ended = loop {
+            let event = tokio::select! {
+                event = next_status_event(&mut stream) => event,
+                _ = stop.recv() => return damage_error(&args.topic, &damaged),
+            };
+            match event {
+                Err(status) => break status,
+                Ok(None) => return damage_error(&args.topic, &damaged),
+                Ok(Some(subscribe_response::Event::Batch(batch))) => {
+                    for m in &batch.messages {
+                        printer.print(m)?;
+                        positions.insert(m.partition, m.offset + 1);
+                        if printer.done() {
+                            return damage_error(&args.topic, &damaged);
+                        }
+                    }
+                    for p in &batch.positions {
+                        positions.insert(p.partition, p.next_offset);
+                    }
+                    // A pipe reader (`| grep`) sees each batch as it arrives.
+                    printer.out.flush()?;
+                }
+                Ok(Some(subscribe_response::Event::PositionReset(reset))) => {
+                    reset_note(&reset);
+                    positions.insert(reset.partition, reset.to_offset);
+                }
+                Ok(Some(subscribe_response::Event::Positioned(positioned))) => {
+                    for p in &positioned.positions {
+                        positions.insert(p.partition, p.next_offset);
                     }
                 }
-                // A pipe reader (`| grep`) sees each batch as it arrives.
-                printer.out.flush()?;
+                Ok(Some(subscribe_response::Event::Assignment(_))) => {}
             }
-            Some(subscribe_response::Event::PositionReset(reset)) => reset_note(&reset),
-            Some(
-                subscribe_response::Event::Assignment(_) | subscribe_response::Event::Positioned(_),
-            ) => {}
+        };
+        if ended.code() != tonic::Code::DataLoss || positions.is_empty() {
+            return Err(stream_error(broker, &context, &ended, false));
+        }
+        // Which partition is damaged: the one whose next read fails. Drop it and go on
+        // with the others from where each stood.
+        printer.out.flush()?;
+        let found = probe_damage(broker, &args.topic, &positions).await;
+        if found.is_empty() {
+            return Err(stream_error(broker, &context, &ended, false));
+        }
+        for damage in found {
+            damage.warn(&args.topic);
+            positions.remove(&damage.partition);
+            damaged.push(damage);
+        }
+        if positions.is_empty() {
+            return damage_error(&args.topic, &damaged);
         }
     }
+}
+
+/// The partitions whose next read (at `positions`) fails with DATA_LOSS.
+async fn probe_damage(broker: &Broker, topic: &str, positions: &BTreeMap<u32, u64>) -> Vec<Damage> {
+    let mut consumer = broker.consumer();
+    let mut found = Vec::new();
+    for (&partition, &offset) in positions {
+        let probe = consumer
+            .fetch(FetchRequest {
+                topic: topic.to_string(),
+                partition,
+                offset,
+                max_messages: 1,
+                max_bytes: 0,
+                max_wait_ms: 0,
+            })
+            .await;
+        match probe {
+            Err(status) if status.code() == tonic::Code::DataLoss => {
+                found.push(Damage::new(partition, offset, &status));
+            }
+            // Anything else is that partition's own story, told when it is read.
+            _ => {}
+        }
+    }
+    found
 }
 
 /// Ctrl-C or SIGTERM: stop reading (a group member commits what it printed first).
@@ -517,14 +685,17 @@ async fn consume_group(
             break Ok(());
         }
         let event = tokio::select! {
-            event = next_event(broker, &context, &mut stream, true) => event,
+            event = next_status_event(&mut stream) => event,
             _ = tokio::time::sleep(QUIET_SPELL), if !args.follow && !member.member_id.is_empty() => break Ok(()),
             _ = stop.recv() => break Ok(()),
         };
         match event {
             // The broker ended the stream (and the membership): every printed batch
             // was committed when it was printed.
-            Err(e) => break Err(e),
+            Err(status) if status.code() == tonic::Code::DataLoss => {
+                break Err(group_damage_error(broker, group, &args.topic, &member, &status).await);
+            }
+            Err(status) => break Err(stream_error(broker, &context, &status, true)),
             Ok(None) => break Ok(()),
             Ok(Some(subscribe_response::Event::Assignment(assignment))) => {
                 hand_over(broker, group, &args.topic, &mut member, &assignment).await;
@@ -580,6 +751,43 @@ async fn consume_group(
     outcome
 }
 
+/// A group member's stream ended with DATA_LOSS: name the damaged partition and
+/// offset, and how the group gets past it (the broker ends the whole membership, so
+/// the other partitions wait for a group that no longer reads the damaged one).
+async fn group_damage_error(
+    broker: &Broker,
+    group: &str,
+    topic: &str,
+    member: &Member,
+    status: &tonic::Status,
+) -> CliError {
+    let positions: BTreeMap<u32, u64> = member
+        .assigned
+        .iter()
+        .filter_map(|p| member.position.get(p).map(|&o| (*p, o)))
+        .collect();
+    let found = probe_damage(broker, topic, &positions).await;
+    let Some(damage) = found.first() else {
+        return broker.error(
+            &format!("consuming topic {topic:?} as group {group:?}"),
+            status,
+        );
+    };
+    CliError::failure(
+        format!(
+            "partition {} of topic {topic:?} could not be read past offset {}: the batch there \
+             is damaged (DATA_LOSS: {}); what was printed before it is committed",
+            damage.partition, damage.offset, damage.cause
+        ),
+        format!(
+            "{DAMAGE_TODO}; to skip it, move the group past the damaged batch: `tidelog group \
+             reset-offsets --group {group} --topic {topic}:{} --to-offset {} --execute`",
+            damage.partition,
+            past_damaged_batch(&damage.cause).map_or("OFFSET".to_string(), |o| o.to_string())
+        ),
+    )
+}
+
 /// Before leaving the group: flush what was printed and commit it. A failure is a
 /// warning (the messages will be delivered again).
 async fn final_commit(
@@ -594,9 +802,72 @@ async fn final_commit(
         return;
     }
     let assigned = member.assigned.clone();
-    if let Err(refused) = commit(broker, group, topic, member, &assigned).await {
-        commit_warning(&refused.error);
+    match commit(broker, group, topic, member, &assigned).await {
+        Ok(_) => {}
+        // The broker ended the membership (a stream that ended with an error takes the
+        // member with it, even when its last batch arrived just before): commit as a
+        // tool, which the broker accepts only while the group has no live member.
+        Err(refused) if refused.code == tonic::Code::FailedPrecondition => {
+            if let Err(refused) = commit_as_tool(broker, group, topic, member).await {
+                commit_warning(&refused.error);
+            }
+        }
+        Err(refused) => commit_warning(&refused.error),
     }
+}
+
+/// Commits, without a member id, what this former member printed and did not commit,
+/// where that moves the group's offset forward (another member that had the partition
+/// since may have committed past it). The broker refuses it while the group has live
+/// members: then their committed offsets stand.
+async fn commit_as_tool(
+    broker: &Broker,
+    group: &str,
+    topic: &str,
+    member: &Member,
+) -> Result<(), Refused> {
+    let refused = |status: tonic::Status| Refused {
+        code: status.code(),
+        error: broker.error(&format!("committing offsets of group {group:?}"), &status),
+    };
+    let current: BTreeMap<u32, u64> = broker
+        .groups()
+        .fetch_offsets(FetchOffsetsRequest {
+            group_id: group.to_string(),
+            topic: Some(topic.to_string()),
+        })
+        .await
+        .map_err(refused)?
+        .into_inner()
+        .offsets
+        .into_iter()
+        .map(|c| (c.partition, c.offset))
+        .collect();
+    let offsets: Vec<TopicPartitionOffset> = member
+        .printed
+        .iter()
+        .filter(|(p, offset)| current.get(p).is_none_or(|c| c < offset))
+        .map(|(&partition, &offset)| TopicPartitionOffset {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            metadata: String::new(),
+        })
+        .collect();
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    broker
+        .groups()
+        .commit_offsets(CommitOffsetsRequest {
+            group_id: group.to_string(),
+            member_id: String::new(),
+            generation: None,
+            offsets,
+        })
+        .await
+        .map_err(refused)?;
+    Ok(())
 }
 
 /// A new Assignment arrived: every message of the partitions it takes away came
@@ -810,6 +1081,22 @@ mod tests {
             message_json(&m).to_string(),
             r#"{"partition":1,"offset":7,"timestamp":1700000000000,"key":null,"value":"hello","headers":[{"key":"h","value":{"base64":"/w=="}}]}"#
         );
+    }
+
+    #[test]
+    fn the_offset_past_a_damaged_batch_comes_from_the_brokers_message() {
+        assert_eq!(
+            past_damaged_batch(
+                "corrupt data in /d/topics/o/1/0.log at byte 1224: CRC mismatch in the batch \
+                 holding offsets 97..=127"
+            ),
+            Some(128)
+        );
+        assert_eq!(
+            past_damaged_batch("corrupt data in x at byte 0: bad length"),
+            None
+        );
+        assert_eq!(past_damaged_batch("holding offsets 5..=x"), None);
     }
 
     #[test]

@@ -13,14 +13,14 @@ use tidelog_tests::{TestBroker, now_ms, tidelog_command};
 
 /// Exit code, stdout and stderr of one `tidelog` run against `broker`.
 #[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Run {
-    fn ok(self, what: &str) -> Run {
+    pub(crate) fn ok(self, what: &str) -> Run {
         assert_eq!(
             self.code, 0,
             "tidelog {what} failed ({}):\nstdout: {}\nstderr: {}",
@@ -29,13 +29,13 @@ impl Run {
         self
     }
 
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
     }
 }
 
-fn cli_with_input(broker: &TestBroker, args: &[&str], input: &[u8]) -> Run {
+pub(crate) fn cli_with_input(broker: &TestBroker, args: &[&str], input: &[u8]) -> Run {
     let mut child = tidelog_command()
         .arg("--server")
         .arg(broker.endpoint())
@@ -59,7 +59,7 @@ fn cli_with_input(broker: &TestBroker, args: &[&str], input: &[u8]) -> Run {
     }
 }
 
-fn cli(broker: &TestBroker, args: &[&str]) -> Run {
+pub(crate) fn cli(broker: &TestBroker, args: &[&str]) -> Run {
     cli_with_input(broker, args, b"")
 }
 
@@ -1155,8 +1155,8 @@ fn cli_durations_need_a_unit() {
 /// A `tidelog consume --group` running in the background, its stdout collected line
 /// by line (unless paused: then the pipe fills and the consumer blocks in a write, as
 /// behind a slow reader).
-struct GroupConsumer {
-    child: Child,
+pub(crate) struct GroupConsumer {
+    pub(crate) child: Child,
     lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
     reader: Option<std::thread::JoinHandle<()>>,
@@ -1168,16 +1168,19 @@ impl GroupConsumer {
     }
 
     fn start_paused(broker: &TestBroker, topic: &str, group: &str, paused: bool) -> GroupConsumer {
+        GroupConsumer::spawn(
+            broker,
+            &["consume", topic, "--group", group, "--follow"],
+            paused,
+        )
+    }
+
+    /// Any long-running `tidelog` command (e.g. `consume --follow`), its stdout read
+    /// line by line as it comes.
+    pub(crate) fn spawn(broker: &TestBroker, args: &[&str], paused: bool) -> GroupConsumer {
         let mut child = tidelog_command()
-            .args([
-                "--server",
-                &broker.endpoint(),
-                "consume",
-                topic,
-                "--group",
-                group,
-                "--follow",
-            ])
+            .args(["--server", &broker.endpoint()])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -1217,13 +1220,13 @@ impl GroupConsumer {
             .store(false, std::sync::atomic::Ordering::Release);
     }
 
-    fn lines(&self) -> Vec<String> {
+    pub(crate) fn lines(&self) -> Vec<String> {
         self.lines.lock().unwrap().clone()
     }
 
     /// Waits for the process to exit (after a SIGTERM, or on its own) and returns its
     /// exit code, stderr and every line it printed.
-    fn finish(mut self, terminate: bool) -> (i32, String, Vec<String>) {
+    pub(crate) fn finish(mut self, terminate: bool) -> (i32, String, Vec<String>) {
         if terminate {
             let sent = std::process::Command::new("kill")
                 .args(["-TERM", &self.child.id().to_string()])
@@ -1262,7 +1265,7 @@ impl Drop for GroupConsumer {
 }
 
 /// Waits until `done` holds, failing with `what` after 30 s.
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");

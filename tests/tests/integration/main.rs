@@ -5,6 +5,7 @@ mod bench;
 mod bit_flips;
 mod broker;
 mod cli;
+mod cli_damage;
 mod garbage;
 mod groups;
 mod kill9;
