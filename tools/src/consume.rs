@@ -28,6 +28,7 @@ use crate::cli::{ConsumeArgs, Format, ResetPolicyArg, StartAt};
 use crate::client::Broker;
 use crate::error::{CliError, CliResult};
 use crate::output::{Stdout, bytes_json, note};
+use crate::terms::{half_open, to_cli};
 use crate::time::format_datetime_ms;
 use crate::topic::describe;
 
@@ -159,10 +160,10 @@ async fn topic_and_partitions(
     if let Some(&bad) = chosen.iter().find(|&&p| p >= count) {
         return Err(CliError::failure(
             format!(
-                "topic {:?} has {count} partition{} (0..={}), not partition {bad}",
+                "topic {:?} has {count} partition{} ({}), not partition {bad}",
                 args.topic,
                 if count == 1 { "" } else { "s" },
-                count.saturating_sub(1)
+                half_open(0, u64::from(count))
             ),
             "pick an existing partition",
         ));
@@ -292,13 +293,20 @@ struct Damage {
     cause: String,
 }
 
-/// The offset after the damaged batch, when the broker's message names the batch's
-/// offsets ("... in the batch holding offsets 97..=127").
+/// The offset after the damaged batch, when the broker's message (in the CLI's terms)
+/// names the batch's offsets ("... in the batch holding offsets 97-127").
 fn past_damaged_batch(cause: &str) -> Option<u64> {
     let (_, rest) = cause.split_once("holding offsets ")?;
-    let (_, last) = rest.split_once("..=")?;
-    let digits: String = last.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse::<u64>().ok()?.checked_add(1)
+    let digits = |s: &str| -> Option<(u64, usize)> {
+        let n = s.bytes().take_while(u8::is_ascii_digit).count();
+        Some((s[..n].parse().ok()?, n))
+    };
+    let (first, used) = digits(rest)?;
+    let last = match rest[used..].strip_prefix('-') {
+        Some(after) => digits(after)?.0,
+        None => first,
+    };
+    last.checked_add(1)
 }
 
 impl Damage {
@@ -306,13 +314,14 @@ impl Damage {
         Damage {
             partition,
             offset,
-            cause: status
-                .message()
-                .split("; ")
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_string(),
+            cause: to_cli(
+                status
+                    .message()
+                    .split("; ")
+                    .next()
+                    .unwrap_or_default()
+                    .trim(),
+            ),
         }
     }
 
@@ -385,8 +394,9 @@ fn out_of_range_start(
         ResetPolicyArg::Error => {
             return Err(CliError::failure(
                 format!(
-                    "offset {offset} of {}/{partition} is {position}: the partition holds offsets {log_start}..{end} (end exclusive), and --offset-reset is error",
-                    args.topic
+                    "offset {offset} of {}/{partition} is {position}: the partition holds offsets {}, and --offset-reset is error",
+                    args.topic,
+                    half_open(log_start, end)
                 ),
                 OUT_OF_RANGE_TODO,
             ));
@@ -412,8 +422,8 @@ fn stream_error(broker: &Broker, context: &str, status: &tonic::Status, group: b
         return broker.error(context, status);
     }
     // The broker's message is "<what>; <what to do in RPC terms>": keep the first part.
-    let what = status.message().split("; ").next().unwrap_or_default();
-    let what = what.trim_end_matches(" and reset_policy is ERROR");
+    let what = to_cli(status.message().split("; ").next().unwrap_or_default());
+    let what = what.trim_end_matches(" and --offset-reset is error");
     let todo = if group {
         "move the group's offsets with `tidelog group reset-offsets`, or let --offset-reset earliest or latest move the position"
     } else {
@@ -1088,15 +1098,16 @@ mod tests {
         assert_eq!(
             past_damaged_batch(
                 "corrupt data in /d/topics/o/1/0.log at byte 1224: CRC mismatch in the batch \
-                 holding offsets 97..=127"
+                 holding offsets 97-127"
             ),
             Some(128)
         );
+        assert_eq!(past_damaged_batch("holding offsets 5"), Some(6));
         assert_eq!(
             past_damaged_batch("corrupt data in x at byte 0: bad length"),
             None
         );
-        assert_eq!(past_damaged_batch("holding offsets 5..=x"), None);
+        assert_eq!(past_damaged_batch("holding offsets x"), None);
     }
 
     #[test]

@@ -93,10 +93,11 @@ impl CliError {
     /// `creating topic "orders"`).
     pub fn status(context: &str, status: &tonic::Status, server: &str) -> Self {
         let message = status.message().trim();
+        // The broker's hints name RPCs and request fields: say them in commands and flags.
         let message = if message.is_empty() {
             code_name(status.code()).to_string()
         } else {
-            message.to_string()
+            crate::terms::to_cli(message)
         };
         let what = format!("{context} failed: {message}");
         let todo = match status.code() {
@@ -136,7 +137,7 @@ impl CliError {
             Code::Ok => "nothing to do",
         };
         // The broker's messages usually say what to do already; do not say it twice.
-        if message.contains("; ") || message.contains(" first") {
+        if message.contains("; ") || message.contains(" first") || message.contains("`tidelog ") {
             return CliError::plain(what);
         }
         CliError::failure(what, todo)
@@ -223,6 +224,24 @@ mod tests {
 
         let e = CliError::status("x", &tonic::Status::new(Code::Internal, ""), server);
         assert!(e.to_string().contains("failed: INTERNAL;"), "{e}");
+    }
+
+    #[test]
+    fn broker_hints_are_said_in_cli_terms_once() {
+        let server = "http://127.0.0.1:7420";
+        let e = CliError::status(
+            "describing group \"g\"",
+            &tonic::Status::not_found(
+                "group \"g\" not found: it has no live members and no committed offsets \
+                 (Groups.ListGroups lists the groups)",
+            ),
+            server,
+        );
+        assert_eq!(
+            e.to_string(),
+            "error: describing group \"g\" failed: group \"g\" not found: it has no live \
+             members and no committed offsets (`tidelog group list` lists the groups)"
+        );
     }
 
     #[test]

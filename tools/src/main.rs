@@ -7,6 +7,7 @@
 //! | [`segment`] | offline dump / verify / repair of a data directory |
 //! | [`bench`] | `tidelog bench produce / consume / e2e`: load with validation |
 //! | [`units`], [`time`], [`spec`], [`output`] | pure parsers and formatters |
+//! | [`terms`] | the broker's messages in the CLI's commands and flags; the one range notation |
 //! | [`client`], [`error`] | the connection, and the one-line errors with exit codes |
 //!
 //! Exit codes: 0 ok, 1 an error from the broker or in the data, 2 bad arguments.
@@ -22,6 +23,7 @@ mod output;
 mod produce;
 mod segment;
 mod spec;
+mod terms;
 mod time;
 mod topic;
 mod units;

@@ -23,6 +23,7 @@ use crate::cli::{AckArg, ProduceArgs};
 use crate::client::Broker;
 use crate::error::{CliError, CliResult, code_name};
 use crate::output::Stdout;
+use crate::terms::range;
 use crate::units::{format_bytes, format_rate};
 
 /// Messages read ahead of the batcher.
@@ -329,9 +330,8 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
                 progress.abandon();
                 let status = tonic::Status::new(tonic::Code::from(error.code), error.message);
                 let lines = format!(
-                    "{context} (lines {}..={})",
-                    sent.first_line,
-                    sent.first_line + sent.messages - 1
+                    "{context} (lines {})",
+                    range(sent.first_line, sent.first_line + sent.messages - 1)
                 );
                 return Err(after(broker.error(&lines, &status), summary.messages));
             }
@@ -377,7 +377,7 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
             let ranges: Vec<String> = summary
                 .partitions
                 .iter()
-                .map(|(p, (first, last, _))| format!("{p}:{first}..={last}"))
+                .map(|(p, (first, last, _))| format!("{p}:{}", range(*first, *last)))
                 .collect();
             out.line(&format!(
                 "produced {} message{} ({}) to {} in {:.2}s ({}){}",

@@ -237,7 +237,7 @@ fn cli_topics_produce_and_consume_round_trip() {
         produced.stdout
     );
     assert!(
-        produced.stdout.contains("offsets 0:3..=2002"),
+        produced.stdout.contains("offsets 0:3-2002"),
         "{}",
         produced.stdout
     );
@@ -951,8 +951,8 @@ async fn cli_offset_reset_applies_to_an_out_of_range_from() {
             for needle in [
                 "ret/0",
                 &format!("offset {from}"),
-                "80",
-                "83",
+                // The partition holds 80..83 (end exclusive): the CLI's notation.
+                "offsets 80-82",
                 "--from earliest",
                 "--offset-reset",
             ] {

@@ -6,6 +6,7 @@ mod bit_flips;
 mod broker;
 mod cli;
 mod cli_damage;
+mod cli_frictions;
 mod garbage;
 mod groups;
 mod kill9;

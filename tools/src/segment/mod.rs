@@ -153,7 +153,9 @@ fn verify(dir: &Path, json: bool) -> CliResult<()> {
         };
         for p in &partitions {
             let offsets = match (p.start_offset(), p.next_offset()) {
-                (Some(start), Some(next)) => format!("offsets {start}..{next}"),
+                (Some(start), Some(next)) => {
+                    format!("offsets {}", crate::terms::half_open(start, next))
+                }
                 _ => "no segments".into(),
             };
             out.line(&format!(
