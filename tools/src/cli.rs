@@ -22,7 +22,8 @@ Examples:
   tidelog segment verify /var/lib/tidelog
 
 The broker address comes from --server or TIDELOG_SERVER (default http://127.0.0.1:7420).
-Exit codes: 0 ok, 1 error from the broker or the data, 2 bad arguments.";
+Exit codes: 0 ok, 1 error from the broker or the data, 2 bad arguments. With --json an
+error is one JSON object on stderr: {\"error\": {\"message\", \"exit_code\", \"grpc_code\"}}.";
 
 /// tidelog: operate a tidelogd broker and inspect its data files.
 #[derive(Debug, Parser)]
@@ -45,7 +46,8 @@ pub struct Cli {
     )]
     pub server: String,
 
-    /// Print JSON for scripts instead of tables.
+    /// Print JSON for scripts instead of tables; an error is then one JSON object on
+    /// stderr: {"error": {"message": "...", "exit_code": 1, "grpc_code": "NOT_FOUND"}}.
     #[arg(long, global = true)]
     pub json: bool,
 
@@ -356,7 +358,8 @@ pub struct ProduceArgs {
     #[arg(long, value_enum, default_value_t = AckArg::Durable)]
     pub ack: AckArg,
 
-    /// Print one summary line instead of every offset.
+    /// Print one summary line instead of every offset (the offsets of up to 4
+    /// partitions; with --json, of every partition).
     #[arg(short, long)]
     pub quiet: bool,
 

@@ -356,7 +356,8 @@ fn damage_error(topic: &str, damaged: &[Damage]) -> CliResult<()> {
                 ),
                 None => format!("{DAMAGE_TODO}; to read on, --from an offset past the batch"),
             },
-        )),
+        )
+        .with_code(tonic::Code::DataLoss)),
         several => Err(CliError::failure(
             format!(
                 "{} partitions of topic {topic:?} could not be read past a damaged batch \
@@ -369,7 +370,8 @@ fn damage_error(topic: &str, damaged: &[Damage]) -> CliResult<()> {
                     .join(", ")
             ),
             DAMAGE_TODO,
-        )),
+        )
+        .with_code(tonic::Code::DataLoss)),
     }
 }
 
@@ -433,6 +435,7 @@ fn stream_error(broker: &Broker, context: &str, status: &tonic::Status, group: b
         format!("{context} failed: {what}, and --offset-reset is error"),
         todo,
     )
+    .with_code(tonic::Code::OutOfRange)
 }
 
 /// The next event of a stream, or the status that ended it; `Ok(None)` when it ended
@@ -796,6 +799,7 @@ async fn group_damage_error(
             past_damaged_batch(&damage.cause).map_or("OFFSET".to_string(), |o| o.to_string())
         ),
     )
+    .with_code(tonic::Code::DataLoss)
 }
 
 /// Before leaving the group: flush what was printed and commit it. A failure is a

@@ -148,7 +148,27 @@ struct Summary {
     partitions: BTreeMap<u32, (u64, u64, u64)>,
 }
 
+/// Most partitions whose offsets the one-line summary of `--quiet` lists; past it,
+/// only their number (`--json` lists every one).
+const SUMMARY_PARTITIONS_MAX: usize = 4;
+
 impl Summary {
+    /// `; offsets 0:0-2 1:3-5` for a few partitions, `; 1000 partitions` for many.
+    fn offsets_text(&self) -> String {
+        match self.partitions.len() {
+            0 => String::new(),
+            n if n > SUMMARY_PARTITIONS_MAX => format!("; {n} partitions"),
+            _ => {
+                let ranges: Vec<String> = self
+                    .partitions
+                    .iter()
+                    .map(|(p, (first, last, _))| format!("{p}:{}", range(*first, *last)))
+                    .collect();
+                format!("; offsets {}", ranges.join(" "))
+            }
+        }
+    }
+
     fn ack(&mut self, partition: u32, offset: u64) {
         let entry = self
             .partitions
@@ -374,11 +394,6 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
             }))?;
         } else {
             let rate = summary.messages as f64 / elapsed.as_secs_f64().max(1e-6);
-            let ranges: Vec<String> = summary
-                .partitions
-                .iter()
-                .map(|(p, (first, last, _))| format!("{p}:{}", range(*first, *last)))
-                .collect();
             out.line(&format!(
                 "produced {} message{} ({}) to {} in {:.2}s ({}){}",
                 summary.messages,
@@ -387,11 +402,7 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
                 args.topic,
                 elapsed.as_secs_f64(),
                 format_rate(rate),
-                if ranges.is_empty() {
-                    String::new()
-                } else {
-                    format!("; offsets {}", ranges.join(" "))
-                }
+                summary.offsets_text()
             ))?;
         }
     }
@@ -456,6 +467,20 @@ mod tests {
             error.message.starts_with("line 7 has no key separator"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn the_quiet_summary_stays_one_short_line() {
+        let mut summary = Summary::default();
+        assert_eq!(summary.offsets_text(), "");
+        summary.ack(0, 3);
+        summary.ack(0, 4);
+        summary.ack(1, 7);
+        assert_eq!(summary.offsets_text(), "; offsets 0:3-4 1:7");
+        for p in 0..1000 {
+            summary.ack(p, 0);
+        }
+        assert_eq!(summary.offsets_text(), "; 1000 partitions");
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! `tidelog topic`: create, list, describe, alter, delete.
 
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use tidelog_proto::v1::{
     AlterTopicConfigRequest, Compression, CreateTopicRequest, DeleteTopicRequest,
@@ -24,10 +27,17 @@ pub async fn run(broker: &Broker, command: TopicCommand, json: bool) -> CliResul
                 partitions: args.partitions,
                 config: Some(create_config(&args.config)),
             };
-            let topic = broker
-                .admin()
-                .create_topic(request)
-                .await
+            // Each partition is a directory and files fsynced by the broker: a thousand
+            // take seconds, and a terminal should show that something is going on.
+            let progress = spinner(&format!(
+                "creating topic {} with {} partition{}",
+                args.name,
+                args.partitions,
+                plural(args.partitions as usize)
+            ));
+            let created = broker.admin().create_topic(request).await;
+            progress.finish_and_clear();
+            let topic = created
                 .map_err(|s| broker.error(&context, &s))?
                 .into_inner()
                 .topic
@@ -135,6 +145,25 @@ pub async fn describe(broker: &Broker, name: &str) -> CliResult<Option<TopicDesc
         .into_inner()
         .topic)
 }
+
+/// A spinner with the elapsed time on stderr while a long call runs; hidden unless
+/// stderr is a terminal.
+pub fn spinner(message: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.set_message(message.to_string());
+    bar.enable_steady_tick(SPINNER_TICK);
+    bar
+}
+
+/// How often a spinner redraws.
+const SPINNER_TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
 fn missing(context: &str) -> CliError {
     CliError::failure(

@@ -100,3 +100,121 @@ fn cli_broker_hints_name_cli_commands_and_flags() {
     );
     assert_cli_terms(&run.stderr);
 }
+
+/// One line of `--json` error output: the stable shape, every key present.
+fn json_error(stderr: &str) -> serde_json::Value {
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let value: serde_json::Value =
+        serde_json::from_str(stderr).unwrap_or_else(|e| panic!("not JSON ({e}): {stderr}"));
+    let error = value["error"].as_object().expect("an error object");
+    let keys: Vec<&str> = error.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["message", "exit_code", "grpc_code"], "{stderr}");
+    value
+}
+
+#[test]
+fn cli_output_at_scale_and_errors_for_scripts() {
+    let mut broker = TestBroker::start();
+
+    // Usage errors exit 2, JSON ones too.
+    for partitions in ["0", "10001"] {
+        let run = cli(
+            &broker,
+            &["topic", "create", "t", "--partitions", partitions],
+        );
+        assert_eq!(run.code, 2, "{partitions}: {}", run.stderr);
+        let run = cli(
+            &broker,
+            &["topic", "create", "t", "--partitions", partitions, "--json"],
+        );
+        assert_eq!(run.code, 2, "{}", run.stderr);
+        let error = json_error(&run.stderr);
+        assert_eq!(error["error"]["exit_code"], 2);
+        assert_eq!(error["error"]["grpc_code"], serde_json::Value::Null);
+    }
+    let run = cli(&broker, &["consume", "--json"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let error = json_error(&run.stderr);
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("<TOPIC>"),
+        "{}",
+        run.stderr
+    );
+    // A broker error: its gRPC code, and the message in the CLI's terms.
+    let run = cli(&broker, &["consume", "nosuch", "--json"]);
+    assert_eq!(run.code, 1);
+    let error = json_error(&run.stderr);
+    assert_eq!(error["error"]["exit_code"], 1);
+    assert_eq!(error["error"]["grpc_code"], "NOT_FOUND");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`tidelog topic create`"),
+        "{}",
+        run.stderr
+    );
+
+    // Many partitions take a while: a terminal sees the create going on, a pipe sees
+    // nothing.
+    let created = cli(
+        &broker,
+        &["topic", "create", "wide", "--partitions", "1000"],
+    )
+    .ok("create");
+    assert_eq!(created.stderr, "");
+    let on_terminal = std::process::Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "{} --server {} topic create wide2 --partitions 300",
+            tidelog_tests::tidelog_bin().display(),
+            broker.endpoint()
+        ))
+        .arg("/dev/null")
+        .output()
+        .expect("running script(1) from util-linux, to give tidelog a terminal");
+    let screen = String::from_utf8_lossy(&on_terminal.stdout);
+    assert!(on_terminal.status.success(), "{screen}");
+    assert!(
+        screen.contains("creating topic wide2 with 300 partitions ("),
+        "{screen}"
+    );
+    assert!(screen.contains("created topic wide2"), "{screen}");
+
+    // --quiet: one short line, whatever the number of partitions.
+    let input: String = (0..3000).map(|i| format!("m{i}\n")).collect();
+    let produced =
+        cli_with_input(&broker, &["produce", "wide", "--quiet"], input.as_bytes()).ok("produce");
+    assert_eq!(produced.stdout.lines().count(), 1, "{}", produced.stdout);
+    assert!(produced.stdout.len() < 200, "{}", produced.stdout);
+    assert!(
+        produced.stdout.contains("1000 partitions"),
+        "{}",
+        produced.stdout
+    );
+
+    // segment verify: a live directory is named as such; partitions in natural order.
+    cli(&broker, &["topic", "create", "big", "--partitions", "12"]).ok("create");
+    let data = broker.data_dir();
+    let data = data.to_str().unwrap();
+    let live = cli(&broker, &["segment", "verify", data]);
+    assert!(
+        live.stderr.contains("warning: a running tidelogd holds"),
+        "{}",
+        live.stderr
+    );
+    broker.stop();
+    let verified = cli(&broker, &["segment", "verify", data]).ok("verify");
+    assert!(!verified.stderr.contains("warning"), "{}", verified.stderr);
+    let big: Vec<u32> = verified
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter_map(|dir| dir.split_once("/topics/big/"))
+        .map(|(_, p)| p.parse().unwrap())
+        .collect();
+    assert_eq!(big, (0..12).collect::<Vec<_>>(), "{}", verified.stdout);
+}
