@@ -77,6 +77,13 @@ pub enum Command {
     )]
     Group(GroupCommand),
 
+    /// Show the broker: version, addresses, data directory, effective settings.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  tidelog broker describe\n  tidelog broker describe --json"
+    )]
+    Broker(BrokerCommand),
+
     /// Offline tools for a data directory (stop tidelogd first): dump, verify, repair.
     #[command(
         subcommand,
@@ -100,7 +107,7 @@ pub enum Command {
 pub enum TopicCommand {
     /// Create a topic.
     #[command(
-        after_help = "Examples:\n  tidelog topic create orders\n  tidelog topic create orders --partitions 6 --retention 7d --retention-bytes 10GiB \\\n      --ttl 1h --fsync interval:10ms --segment-bytes 256MiB --compression zstd\n\nDurations need a unit: 500ms, 30s, 5m, 1h30m, 7d, 2w or ISO-8601 PT30M, P1D; `0` alone (or\n`off`) means no limit. Sizes: 4096 (bytes), 256MiB, 10GiB, 1GB."
+        after_help = "Examples:\n  tidelog topic create orders\n  tidelog topic create orders --if-not-exists   # exit 0 when it exists\n  tidelog topic create orders --partitions 6 --retention 7d --retention-bytes 10GiB \\\n      --ttl 1h --fsync interval:10ms --segment-bytes 256MiB --compression zstd\n\nDurations need a unit: 500ms, 30s, 5m, 1h30m, 7d, 2w or ISO-8601 PT30M, P1D; `0` alone (or\n`off`) means no limit. Sizes: 4096 (bytes), 256MiB, 10GiB, 1GB."
     )]
     Create(TopicCreateArgs),
 
@@ -116,21 +123,33 @@ pub enum TopicCommand {
     )]
     Describe(TopicNameArg),
 
-    /// Change a topic's configuration (the partition count is fixed).
+    /// Change a topic's configuration, or raise its partition count.
     #[command(
-        after_help = "Examples:\n  tidelog topic alter orders --retention 30d\n  tidelog topic alter orders --ttl off --fsync always\n\n`off` (or `0`) switches a limit off (--retention, --retention-bytes, --ttl, --segment-age).\nDurations need a unit: 500ms, 30s, 5m, 1h30m, 7d, 2w or ISO-8601 PT30M, P1D."
+        after_help = "Examples:\n  tidelog topic alter orders --retention 30d\n  tidelog topic alter orders --ttl off --fsync always\n  tidelog topic alter orders --partitions 12\n\n`off` (or `0`) switches a limit off (--retention, --retention-bytes, --ttl, --segment-age).\nDurations need a unit: 500ms, 30s, 5m, 1h30m, 7d, 2w or ISO-8601 PT30M, P1D.\n\n--partitions only raises the count. KEYS MOVE: a keyed message goes to partition\nhash(key) % count, so most keys map to another partition afterwards; per-key order\nholds among messages published before and among those published after, not across."
     )]
     Alter(TopicAlterArgs),
 
     /// Delete a topic, its data and the offsets groups committed for it.
-    #[command(after_help = "Examples:\n  tidelog topic delete orders")]
-    Delete(TopicNameArg),
+    #[command(
+        after_help = "Examples:\n  tidelog topic delete orders\n  tidelog topic delete orders --if-exists   # exit 0 when there is no such topic"
+    )]
+    Delete(TopicDeleteArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct TopicNameArg {
     /// Topic name.
     pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TopicDeleteArgs {
+    /// Topic name.
+    pub name: String,
+
+    /// Succeed (saying so on stderr) when there is no such topic.
+    #[arg(long)]
+    pub if_exists: bool,
 }
 
 #[derive(Debug, Args)]
@@ -262,9 +281,14 @@ pub struct TopicCreateArgs {
     /// Topic name: letters, digits, '.', '_' and '-'.
     pub name: String,
 
-    /// Number of partitions (1 to 10000); cannot be changed later.
+    /// Number of partitions (1 to 10000); `topic alter --partitions` raises it later.
     #[arg(short, long, default_value_t = 1, value_name = "N")]
     pub partitions: u32,
+
+    /// Succeed (saying so on stderr, leaving its configuration alone) when the topic
+    /// exists already.
+    #[arg(long)]
+    pub if_not_exists: bool,
 
     #[command(flatten)]
     pub config: TopicConfigArgs,
@@ -275,8 +299,27 @@ pub struct TopicAlterArgs {
     /// Topic name.
     pub name: String,
 
+    /// Raise the partition count to N (only up, at most 10000). Keys then map to
+    /// different partitions.
+    #[arg(short, long, value_name = "N")]
+    pub partitions: Option<u32>,
+
     #[command(flatten)]
     pub config: TopicConfigArgs,
+}
+
+// ---------------------------------------------------------------------------------
+// broker
+// ---------------------------------------------------------------------------------
+
+#[derive(Debug, Subcommand)]
+pub enum BrokerCommand {
+    /// Show the broker's version, addresses, data directory and the effective value
+    /// of every setting (after flags, environment, config file and defaults).
+    #[command(
+        after_help = "Examples:\n  tidelog broker describe\n  tidelog broker describe --json"
+    )]
+    Describe,
 }
 
 // ---------------------------------------------------------------------------------
@@ -508,7 +551,8 @@ pub enum GroupCommand {
     #[command(after_help = "Examples:\n  tidelog group list\n  tidelog group list --json")]
     List,
 
-    /// Show a group's members, assignment, committed offsets, end offsets and lag.
+    /// Show a group's members, assignment, committed offsets, end offsets, lag per
+    /// partition and the total lag.
     #[command(
         after_help = "Examples:\n  tidelog group describe billing\n  tidelog group describe billing --json"
     )]

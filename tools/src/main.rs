@@ -3,7 +3,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`cli`] | the command tree (clap) and the parsing of every value |
-//! | [`topic`], [`produce`], [`consume`], [`group`] | commands that talk to the broker |
+//! | [`topic`], [`produce`], [`consume`], [`group`], [`broker`] | commands that talk to the broker |
 //! | [`segment`] | offline dump / verify / repair of a data directory |
 //! | [`bench`] | `tidelog bench produce / consume / e2e`: load with validation |
 //! | [`units`], [`time`], [`spec`], [`output`] | pure parsers and formatters |
@@ -15,6 +15,7 @@
 #![deny(unsafe_code)]
 
 mod bench;
+mod broker;
 mod cli;
 mod client;
 mod consume;
@@ -130,6 +131,7 @@ fn run(cli: Cli) -> CliResult<()> {
             Command::Produce(args) => produce::run(&broker, args, json).await,
             Command::Consume(args) => consume::run(&broker, args, json).await,
             Command::Group(command) => group::run(&broker, command, json).await,
+            Command::Broker(command) => broker::run(&broker, command, json).await,
             Command::Segment(_) | Command::Bench(_) => Ok(()),
         }
     })
@@ -147,12 +149,26 @@ fn validate(command: &Command) -> CliResult<()> {
             ))
         }
         Command::Topic(TopicCommand::Alter(args))
-            if topic::alter_update(&args.config) == Default::default() =>
+            if args.partitions.is_none()
+                && topic::alter_update(&args.config) == Default::default() =>
         {
             Err(CliError::usage(
                 "nothing to change",
-                "give at least one of --retention, --retention-bytes, --ttl, --segment-bytes, \
-                 --segment-age, --fsync, --max-message-bytes, --compression",
+                "give at least one of --partitions, --retention, --retention-bytes, --ttl, \
+                 --segment-bytes, --segment-age, --fsync, --max-message-bytes, --compression",
+            ))
+        }
+        Command::Topic(TopicCommand::Alter(args))
+            if args
+                .partitions
+                .is_some_and(|n| !(1..=TOPIC_PARTITIONS_MAX).contains(&n)) =>
+        {
+            Err(CliError::usage(
+                format!(
+                    "--partitions {} is not a partition count",
+                    args.partitions.unwrap_or_default()
+                ),
+                format!("give 1 to {TOPIC_PARTITIONS_MAX}"),
             ))
         }
         Command::Group(GroupCommand::ResetOffsets(args)) => {

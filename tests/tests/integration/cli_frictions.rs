@@ -218,3 +218,140 @@ fn cli_output_at_scale_and_errors_for_scripts() {
         .collect();
     assert_eq!(big, (0..12).collect::<Vec<_>>(), "{}", verified.stdout);
 }
+
+#[test]
+fn cli_broker_describe_shows_the_effective_settings() {
+    let broker = TestBroker::start_with(&["--retention-interval", "250ms"]);
+    let described = cli(&broker, &["broker", "describe", "--json"]).ok("broker describe");
+    let value = described.json();
+    assert_eq!(value["listen"], broker.grpc_addr().to_string());
+    assert_eq!(value["metrics_listen"], broker.metrics_addr().to_string());
+    let data = std::fs::canonicalize(broker.data_dir()).unwrap();
+    assert_eq!(value["data_dir"], data.display().to_string());
+    assert_eq!(value["version"], env!("CARGO_PKG_VERSION"));
+    let settings = &value["settings"];
+    assert_eq!(settings["retention_interval"], "250ms");
+    assert_eq!(settings["shutdown_timeout"], "10s");
+    assert_eq!(settings["listen"], broker.grpc_addr().to_string());
+    let text = cli(&broker, &["broker", "describe"]).ok("broker describe");
+    assert!(
+        text.stdout.contains("retention_interval"),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout
+            .contains(&format!("listen          {}", broker.grpc_addr())),
+        "{}",
+        text.stdout
+    );
+}
+
+#[test]
+fn cli_topic_alter_raises_the_partition_count_and_says_keys_move() {
+    let mut broker = TestBroker::start();
+    cli(&broker, &["topic", "create", "grow", "--partitions", "2"]).ok("create");
+    let member = crate::cli::GroupConsumer::spawn(
+        &broker,
+        &["consume", "grow", "--group", "g", "--follow"],
+        false,
+    );
+    crate::cli::wait_until("the member joined", || {
+        let described = cli(&broker, &["group", "describe", "g", "--json"]);
+        described.code == 0 && described.json()["members"].as_array().unwrap().len() == 1
+    });
+    cli_with_input(&broker, &["produce", "grow", "-p", "1"], b"before\n").ok("produce");
+
+    let altered = cli(&broker, &["topic", "alter", "grow", "--partitions", "4"]).ok("alter");
+    assert!(
+        altered
+            .stderr
+            .contains("KEYS NOW MAP TO DIFFERENT PARTITIONS (hash(key) % 4, not % 2)"),
+        "{}",
+        altered.stderr
+    );
+    assert!(
+        altered.stdout.contains("partitions         2 -> 4"),
+        "{}",
+        altered.stdout
+    );
+    let described = cli(&broker, &["topic", "describe", "grow", "--json"]).ok("describe");
+    assert_eq!(described.json()["partitions"].as_array().unwrap().len(), 4);
+
+    // The group's member was given the new partitions: it reads what arrives there.
+    cli_with_input(&broker, &["produce", "grow", "-p", "3"], b"after\n").ok("produce");
+    crate::cli::wait_until("the member read the new partition", || {
+        member.lines().iter().any(|l| l == "after")
+    });
+    let (code, stderr, lines) = member.finish(true);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(lines, ["before", "after"], "{stderr}");
+
+    // Only up.
+    let down = cli(&broker, &["topic", "alter", "grow", "--partitions", "3"]);
+    assert_eq!(down.code, 1, "{}", down.stderr);
+    assert!(down.stderr.contains("only grows"), "{}", down.stderr);
+    assert_eq!(
+        cli(&broker, &["topic", "alter", "grow", "--partitions", "0"]).code,
+        2
+    );
+
+    // Durable: a restarted broker has the four partitions and their messages.
+    broker.restart();
+    let consumed = cli(&broker, &["consume", "grow", "-p", "3"]).ok("consume");
+    assert_eq!(consumed.stdout, "after\n");
+}
+
+#[test]
+fn cli_if_exists_flags_and_the_total_lag() {
+    let broker = TestBroker::start();
+    cli(&broker, &["topic", "create", "t", "--partitions", "2"]).ok("create");
+    // Again: an error, unless --if-not-exists (which leaves the topic as it is).
+    assert_eq!(cli(&broker, &["topic", "create", "t"]).code, 1);
+    let again = cli(
+        &broker,
+        &[
+            "topic",
+            "create",
+            "t",
+            "--partitions",
+            "5",
+            "--if-not-exists",
+        ],
+    )
+    .ok("create --if-not-exists");
+    assert!(again.stderr.contains("exists already"), "{}", again.stderr);
+    let again = cli(
+        &broker,
+        &["topic", "create", "t", "--if-not-exists", "--json"],
+    )
+    .ok("create --if-not-exists --json");
+    assert_eq!(again.json()["created"], false);
+    assert_eq!(
+        again.json()["topic"]["partitions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // Total lag: the group read (and committed) one message of partition 0; the
+    // broker describes the partitions the group committed.
+    cli_with_input(&broker, &["produce", "t", "-p", "0"], b"a\nb\nc\n").ok("produce");
+    cli_with_input(&broker, &["produce", "t", "-p", "1"], b"d\ne\nf\n").ok("produce");
+    cli(&broker, &["consume", "t", "--group", "g", "-n", "1"]).ok("consume");
+    let described = cli(&broker, &["group", "describe", "g"]).ok("describe");
+    assert!(
+        described.stdout.contains("total lag 2\n"),
+        "{}",
+        described.stdout
+    );
+    let described = cli(&broker, &["group", "describe", "g", "--json"]).ok("describe");
+    assert_eq!(described.json()["total_lag"], 2);
+
+    // Delete: an error for a missing topic, unless --if-exists.
+    cli(&broker, &["topic", "delete", "t"]).ok("delete");
+    assert_eq!(cli(&broker, &["topic", "delete", "t"]).code, 1);
+    let gone = cli(&broker, &["topic", "delete", "t", "--if-exists"]).ok("delete --if-exists");
+    assert!(gone.stderr.contains("nothing deleted"), "{}", gone.stderr);
+}
