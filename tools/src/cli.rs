@@ -432,6 +432,27 @@ pub enum StartAt {
     TimestampMs(i64),
 }
 
+/// Where reading stops (`--until`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Before this offset, in every partition.
+    Offset(u64),
+    /// Before the first message stamped at or after this time (ms since the epoch).
+    TimestampMs(i64),
+}
+
+fn until(text: &str) -> Result<Until, String> {
+    match text.trim() {
+        t if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => t
+            .parse()
+            .map(Until::Offset)
+            .map_err(|_| format!("offset {t:?} is too large")),
+        t => parse_datetime_ms(t)
+            .map(Until::TimestampMs)
+            .map_err(|e| format!("{t:?} is not an offset or a date-time ({e})")),
+    }
+}
+
 fn from(text: &str) -> Result<StartAt, String> {
     match text.trim() {
         "earliest" | "beginning" => Ok(StartAt::Earliest),
@@ -469,7 +490,9 @@ Examples:
   tidelog consume orders                         # everything stored, then exit
   tidelog consume orders --from latest --follow  # wait for new messages
   tidelog consume orders --from 2026-11-23T08:00:00Z -n 100 --format json
-  tidelog consume orders --partition 0,2 --from 1500
+  tidelog consume orders --partition 0,2 --from 1500 --until 2000
+  tidelog consume orders --from 2026-11-23T08:00:00Z --until 2026-11-23T09:00:00Z
+  tidelog consume orders --print-key --print-headers
   tidelog consume orders --group billing --follow
 
 Without --follow, reading stops at the end offsets seen when it started. With --group
@@ -532,6 +555,19 @@ pub struct ConsumeArgs {
     /// Text format: prefix each line with partition, offset and timestamp.
     #[arg(long)]
     pub print_meta: bool,
+
+    /// Text format: print the headers before the value, as key=value pairs separated
+    /// by ',' (with --print-key, after the key), then a tab; `-` when there are none.
+    /// Bytes that are not UTF-8 and the characters ,=\t\n in a header are escaped.
+    #[arg(long)]
+    pub print_headers: bool,
+
+    /// Stop each partition before this offset, or at its first message stamped at or
+    /// after this date-time; with --follow, reading also ends once the clock passes
+    /// the date-time. Together with --follow, an offset ends reading when every
+    /// partition reached it.
+    #[arg(long, value_name = "OFFSET|DATETIME", value_parser = until)]
+    pub until: Option<Until>,
 
     /// Where to start when a position is outside the partition's offsets (a --from
     /// offset below the log start or past the end, a group's committed offset that
@@ -771,6 +807,13 @@ mod tests {
         assert!(fsync("interval:0").is_err());
         assert!(fsync("interval:10").is_err());
         assert!(fsync("sometimes").is_err());
+    }
+
+    #[test]
+    fn until_parses_an_offset_or_a_time() {
+        assert_eq!(until("42"), Ok(Until::Offset(42)));
+        assert_eq!(until("1970-01-01T00:00:01Z"), Ok(Until::TimestampMs(1000)));
+        assert!(until("soon").is_err());
     }
 
     #[test]

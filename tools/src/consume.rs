@@ -24,7 +24,7 @@ use tidelog_proto::v1::{
 };
 use tonic::Streaming;
 
-use crate::cli::{ConsumeArgs, Format, ResetPolicyArg, StartAt};
+use crate::cli::{ConsumeArgs, Format, ResetPolicyArg, StartAt, Until};
 use crate::client::Broker;
 use crate::error::{CliError, CliResult};
 use crate::output::{Stdout, bytes_json, note};
@@ -53,14 +53,30 @@ struct Printer {
     format: Format,
     print_key: bool,
     print_meta: bool,
+    print_headers: bool,
     key_separator: Vec<u8>,
     printed: u64,
     limit: Option<u64>,
+    until: Option<Until>,
 }
 
 impl Printer {
     fn done(&self) -> bool {
         self.limit.is_some_and(|limit| self.printed >= limit)
+    }
+
+    /// Whether `m` is at or past `--until` (not printed; its partition is done).
+    fn past_until(&self, m: &ConsumedMessage) -> bool {
+        match self.until {
+            None => false,
+            Some(Until::Offset(offset)) => m.offset >= offset,
+            Some(Until::TimestampMs(ms)) => m.timestamp_ms >= ms,
+        }
+    }
+
+    /// Whether a partition whose next offset is `next` has reached `--until OFFSET`.
+    fn reached_until(&self, next: u64) -> bool {
+        matches!(self.until, Some(Until::Offset(offset)) if next >= offset)
     }
 
     fn print(&mut self, m: &ConsumedMessage) -> CliResult<()> {
@@ -83,6 +99,10 @@ impl Printer {
                     line.extend_from_slice(&m.key);
                     line.extend_from_slice(&self.key_separator);
                 }
+                if self.print_headers {
+                    line.extend_from_slice(headers_text(&m.headers).as_bytes());
+                    line.push(b'\t');
+                }
                 line.extend_from_slice(&m.value);
                 line.push(b'\n');
                 self.out.write(&line)?;
@@ -91,6 +111,42 @@ impl Printer {
         self.printed += 1;
         Ok(())
     }
+}
+
+/// Headers as one text field: `key=value` pairs joined by `,`, `-` for none. Bytes
+/// that are not UTF-8 become `\xNN`; `\`, `,`, `=`, tab and newline are escaped, so
+/// the field never splits a line or a pair.
+pub fn headers_text(headers: &[tidelog_proto::v1::Header]) -> String {
+    if headers.is_empty() {
+        return "-".into();
+    }
+    fn escape(bytes: &[u8], out: &mut String) {
+        for chunk in bytes.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    ',' => out.push_str("\\,"),
+                    '=' => out.push_str("\\="),
+                    '\t' => out.push_str("\\t"),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
+            }
+            for b in chunk.invalid() {
+                out.push_str(&format!("\\x{b:02x}"));
+            }
+        }
+    }
+    let mut out = String::new();
+    for (i, h) in headers.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        escape(h.key.as_bytes(), &mut out);
+        out.push('=');
+        escape(&h.value, &mut out);
+    }
+    out
 }
 
 /// One message as a JSON object: partition, offset, timestamp (ms), key (null when
@@ -125,9 +181,11 @@ pub async fn run(broker: &Broker, args: ConsumeArgs, json: bool) -> CliResult<()
         format: if json { Format::Json } else { args.format },
         print_key: args.print_key,
         print_meta: args.print_meta,
+        print_headers: args.print_headers,
         key_separator: args.key_separator.as_bytes().to_vec(),
         printed: 0,
         limit: args.count,
+        until: args.until,
     };
     if args.count == Some(0) {
         return Ok(());
@@ -264,11 +322,19 @@ async fn consume_fetch(
                 }
                 Err(status) => return Err(broker.error(&context, &status)),
             };
+            let mut reached_until = false;
             for m in response.messages.iter().filter(|m| m.offset < end) {
+                if printer.past_until(m) {
+                    reached_until = true;
+                    break;
+                }
                 printer.print(m)?;
                 if printer.done() {
                     return damage_error(&args.topic, &damaged);
                 }
+            }
+            if reached_until || printer.reached_until(response.next_offset) {
+                break;
             }
             if response.next_offset <= offset {
                 break; // nothing more is readable below `end`
@@ -490,6 +556,9 @@ async fn consume_follow(
     // remaining partition there.
     let mut positions: BTreeMap<u32, u64> = BTreeMap::new();
     let mut damaged: Vec<Damage> = Vec::new();
+    // Partitions that reached --until: their later messages are not printed.
+    let mut finished: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
+    let until_clock = until_deadline(printer.until);
     let mut stop = StopSignal::new();
     loop {
         let request = if positions.is_empty() {
@@ -526,15 +595,26 @@ async fn consume_follow(
             .map_err(|s| broker.error(&context, &s))?
             .into_inner();
         let ended = loop {
+            if !positions.is_empty() && positions.keys().all(|p| finished.contains(p)) {
+                return damage_error(&args.topic, &damaged);
+            }
             let event = tokio::select! {
                 event = next_status_event(&mut stream) => event,
                 _ = stop.recv() => return damage_error(&args.topic, &damaged),
+                _ = sleep_until_opt(until_clock) => return damage_error(&args.topic, &damaged),
             };
             match event {
                 Err(status) => break status,
                 Ok(None) => return damage_error(&args.topic, &damaged),
                 Ok(Some(subscribe_response::Event::Batch(batch))) => {
                     for m in &batch.messages {
+                        if finished.contains(&m.partition) {
+                            continue;
+                        }
+                        if printer.past_until(m) {
+                            finished.insert(m.partition);
+                            continue;
+                        }
                         printer.print(m)?;
                         positions.insert(m.partition, m.offset + 1);
                         if printer.done() {
@@ -542,8 +622,16 @@ async fn consume_follow(
                         }
                     }
                     for p in &batch.positions {
-                        positions.insert(p.partition, p.next_offset);
+                        if !finished.contains(&p.partition) {
+                            positions.insert(p.partition, p.next_offset);
+                        }
                     }
+                    finished.extend(
+                        positions
+                            .iter()
+                            .filter(|(_, next)| printer.reached_until(**next))
+                            .map(|(p, _)| *p),
+                    );
                     // A pipe reader (`| grep`) sees each batch as it arrives.
                     printer.out.flush()?;
                 }
@@ -554,6 +642,9 @@ async fn consume_follow(
                 Ok(Some(subscribe_response::Event::Positioned(positioned))) => {
                     for p in &positioned.positions {
                         positions.insert(p.partition, p.next_offset);
+                        if printer.reached_until(p.next_offset) {
+                            finished.insert(p.partition);
+                        }
                     }
                 }
                 Ok(Some(subscribe_response::Event::Assignment(_))) => {}
@@ -577,6 +668,26 @@ async fn consume_follow(
         if positions.is_empty() {
             return damage_error(&args.topic, &damaged);
         }
+    }
+}
+
+/// With `--until TIME` and `--follow`: the moment the clock passes TIME.
+fn until_deadline(until: Option<Until>) -> Option<tokio::time::Instant> {
+    let Some(Until::TimestampMs(ms)) = until else {
+        return None;
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let left = u64::try_from(ms.saturating_sub(now_ms)).unwrap_or(0);
+    Some(tokio::time::Instant::now() + Duration::from_millis(left))
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -649,9 +760,12 @@ struct Member {
     position: BTreeMap<u32, u64>,
     /// End offsets seen at the last assignment (the target without --follow).
     end: BTreeMap<u32, u64>,
-    /// Offsets to commit: one past the last printed message.
+    /// Offsets to commit: where reading goes on after what was printed (the batch's
+    /// position, past expired messages, when the whole batch was printed).
     printed: BTreeMap<u32, u64>,
     committed: BTreeMap<u32, u64>,
+    /// Partitions that reached `--until`: nothing more of them is printed.
+    finished: std::collections::BTreeSet<u32>,
 }
 
 impl Member {
@@ -659,6 +773,11 @@ impl Member {
         self.assigned.iter().all(|p| {
             matches!((self.position.get(p), self.end.get(p)), (Some(pos), Some(end)) if pos >= end)
         })
+    }
+
+    /// Every assigned partition reached `--until`.
+    fn all_finished(&self) -> bool {
+        !self.assigned.is_empty() && self.assigned.iter().all(|p| self.finished.contains(p))
     }
 }
 
@@ -697,6 +816,9 @@ async fn consume_group(
         if !args.follow && !member.member_id.is_empty() && member.caught_up() {
             break Ok(());
         }
+        if member.all_finished() {
+            break Ok(());
+        }
         let event = tokio::select! {
             event = next_status_event(&mut stream) => event,
             _ = tokio::time::sleep(QUIET_SPELL), if !args.follow && !member.member_id.is_empty() => break Ok(()),
@@ -726,7 +848,18 @@ async fn consume_group(
             Ok(Some(subscribe_response::Event::Positioned(_))) => {}
             Ok(Some(subscribe_response::Event::Batch(batch))) => {
                 let mut stop = false;
+                // Partitions of this batch not printed to their end (--until).
+                let mut cut = std::collections::BTreeSet::new();
                 for m in &batch.messages {
+                    if member.finished.contains(&m.partition) {
+                        cut.insert(m.partition);
+                        continue;
+                    }
+                    if printer.past_until(m) {
+                        member.finished.insert(m.partition);
+                        cut.insert(m.partition);
+                        continue;
+                    }
                     if let Err(e) = printer.print(m) {
                         // Commit what did reach the reader, then report.
                         final_commit(broker, group, &args.topic, &mut member, printer).await;
@@ -741,6 +874,25 @@ async fn consume_group(
                 }
                 if stop {
                     break Ok(());
+                }
+                // Printed to the batch's end: go on (and commit) from where the broker
+                // says the partition stands, past expired messages never delivered,
+                // not from "last offset + 1".
+                for position in &batch.positions {
+                    if cut.contains(&position.partition)
+                        || !member.assigned.contains(&position.partition)
+                    {
+                        continue;
+                    }
+                    member
+                        .position
+                        .insert(position.partition, position.next_offset);
+                    member
+                        .printed
+                        .insert(position.partition, position.next_offset);
+                    if printer.reached_until(position.next_offset) {
+                        member.finished.insert(position.partition);
+                    }
                 }
                 // Unknown how much of a failed flush reached the reader: leave it
                 // uncommitted (delivered again rather than lost).
@@ -1112,6 +1264,19 @@ mod tests {
             None
         );
         assert_eq!(past_damaged_batch("holding offsets x"), None);
+    }
+
+    #[test]
+    fn headers_become_one_escaped_text_field() {
+        let header = |key: &str, value: &[u8]| Header {
+            key: key.into(),
+            value: Bytes::copy_from_slice(value),
+        };
+        assert_eq!(headers_text(&[]), "-");
+        assert_eq!(
+            headers_text(&[header("a", b"1"), header("k=v", b"x,y\tz\n\xff\\")]),
+            "a=1,k\\=v=x\\,y\\tz\\n\\xff\\\\"
+        );
     }
 
     #[test]

@@ -397,7 +397,7 @@ fn cli_topics_produce_and_consume_round_trip() {
 
 /// `YYYY-MM-DDTHH:MM:SS.sssZ` (the CLI's own parser is tested in its crate; this one
 /// is independent of it).
-fn rfc3339(ms: i64) -> String {
+pub(crate) fn rfc3339(ms: i64) -> String {
     let days = ms.div_euclid(86_400_000);
     let in_day = ms.rem_euclid(86_400_000);
     let z = days + 719_468;

@@ -355,3 +355,104 @@ fn cli_if_exists_flags_and_the_total_lag() {
     let gone = cli(&broker, &["topic", "delete", "t", "--if-exists"]).ok("delete --if-exists");
     assert!(gone.stderr.contains("nothing deleted"), "{}", gone.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_consume_until_an_offset_or_a_time_and_headers_in_text() {
+    use tidelog_proto::v1::{AckLevel, Header, Message, PublishRequest};
+    let broker = TestBroker::start();
+    let broker = &broker;
+    tokio::task::block_in_place(|| {
+        cli(broker, &["topic", "create", "u"]).ok("create");
+    });
+    // Ten messages a second apart, from a fixed time.
+    const T0: i64 = 1_800_000_000_000;
+    broker
+        .publisher()
+        .await
+        .publish(PublishRequest {
+            topic: "u".into(),
+            messages: (0..10)
+                .map(|i| Message {
+                    value: format!("m{i}").into_bytes().into(),
+                    timestamp_ms: Some(T0 + i * 1000),
+                    headers: vec![
+                        Header {
+                            key: "source".into(),
+                            value: "cli".into(),
+                        },
+                        Header {
+                            key: "list".into(),
+                            value: "a,b".into(),
+                        },
+                    ],
+                    ..Message::default()
+                })
+                .collect(),
+            ack: AckLevel::Durable as i32,
+        })
+        .await
+        .expect("publish");
+    let lines =
+        |run: &crate::cli::Run| -> Vec<String> { run.stdout.lines().map(str::to_string).collect() };
+    let values =
+        |range: std::ops::Range<i64>| -> Vec<String> { range.map(|i| format!("m{i}")).collect() };
+    tokio::task::block_in_place(|| {
+        let run = cli(broker, &["consume", "u", "--until", "5"]).ok("until 5");
+        assert_eq!(lines(&run), values(0..5));
+        let run = cli(broker, &["consume", "u", "--from", "2", "--until", "5"]).ok("2..5");
+        assert_eq!(lines(&run), values(2..5));
+        // A time: the first message stamped at or after it is not printed.
+        let at = crate::cli::rfc3339(T0 + 2500);
+        let run = cli(broker, &["consume", "u", "--until", &at]).ok("until a time");
+        assert_eq!(lines(&run), values(0..3));
+        // --follow ends by itself once the partition reached it.
+        let run = cli(broker, &["consume", "u", "--follow", "--until", "4"]).ok("follow");
+        assert_eq!(lines(&run), values(0..4));
+        let run = cli(broker, &["consume", "u", "--follow", "--until", &at]).ok("follow time");
+        assert!(lines(&run).len() <= 3, "{}", run.stdout);
+        // A group prints, and commits, up to it.
+        let run = cli(broker, &["consume", "u", "--group", "g", "--until", "3"]).ok("group");
+        assert_eq!(lines(&run), values(0..3));
+        let described = cli(broker, &["group", "describe", "g", "--json"]).ok("describe");
+        assert_eq!(described.json()["partitions"][0]["committed_offset"], 3);
+        let run = cli(
+            broker,
+            &["consume", "u", "--group", "g", "--follow", "--until", "6"],
+        )
+        .ok("group follow");
+        assert_eq!(lines(&run), values(3..6));
+
+        // Headers in the text format, escaped so they never split the field.
+        let run = cli(
+            broker,
+            &["consume", "u", "-n", "1", "--print-headers", "--print-key"],
+        )
+        .ok("headers");
+        assert_eq!(run.stdout, "\tsource=cli,list=a\\,b\tm0\n");
+        cli_with_input(broker, &["produce", "u"], b"bare\n").ok("produce");
+        let run = cli(broker, &["consume", "u", "--from", "10", "--print-headers"]).ok("none");
+        assert_eq!(run.stdout, "-\tbare\n");
+    });
+}
+
+/// Issue 12 item 8: a group member commits where the broker says the partition stands
+/// (MessageBatch.positions), past expired messages it never saw, not "last offset + 1".
+#[test]
+fn cli_group_commits_past_expired_messages() {
+    let broker = TestBroker::start();
+    cli(&broker, &["topic", "create", "ttl"]).ok("create");
+    cli_with_input(&broker, &["produce", "ttl"], b"kept\n").ok("produce");
+    cli_with_input(
+        &broker,
+        &["produce", "ttl", "--ttl", "1ms"],
+        b"gone-1\ngone-2\n",
+    )
+    .ok("produce");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let run = cli(&broker, &["consume", "ttl", "--group", "g"]).ok("consume");
+    assert_eq!(run.stdout, "kept\n");
+    let described = cli(&broker, &["group", "describe", "g", "--json"]).ok("describe");
+    let partition = &described.json()["partitions"][0];
+    assert_eq!(partition["committed_offset"], 3, "{}", described.stdout);
+    assert_eq!(partition["lag"], 0, "{}", described.stdout);
+}
