@@ -20,6 +20,7 @@ Examples:
   tidelog consume orders --group billing -n 10
   tidelog group reset-offsets --group billing --topic orders --to-datetime 2026-11-23T00:00:00Z --execute
   tidelog segment verify /var/lib/tidelog
+  tidelog completions bash > ~/.local/share/bash-completion/completions/tidelog
 
 The broker address comes from --server or TIDELOG_SERVER (default http://127.0.0.1:7420).
 Exit codes: 0 ok, 1 error from the broker or the data, 2 bad arguments. With --json an
@@ -90,6 +91,12 @@ pub enum Command {
         after_help = "Examples:\n  tidelog segment verify /var/lib/tidelog\n  tidelog segment dump /var/lib/tidelog/topics/orders/0/00000000000000000000.log --records"
     )]
     Segment(SegmentCommand),
+
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Examples:\n  tidelog completions bash > ~/.local/share/bash-completion/completions/tidelog\n  tidelog completions zsh > \"${fpath[1]}/_tidelog\"\n  tidelog completions fish > ~/.config/fish/completions/tidelog.fish"
+    )]
+    Completions(CompletionsArgs),
 
     /// Benchmark a broker: produce, consume or end to end, with validation.
     #[command(
@@ -306,6 +313,13 @@ pub struct TopicAlterArgs {
 
     #[command(flatten)]
     pub config: TopicConfigArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 // ---------------------------------------------------------------------------------

@@ -106,6 +106,16 @@ fn run(cli: Cli) -> CliResult<()> {
         json,
         command,
     } = cli;
+    if let Command::Completions(args) = command {
+        // Offline: the command tree is all it needs.
+        let mut command = <Cli as clap::CommandFactory>::command();
+        let mut script = Vec::new();
+        clap_complete::generate(args.shell, &mut command, "tidelog", &mut script);
+        // Through Stdout, so `| head` ends it quietly.
+        let mut out = output::Stdout::new();
+        out.write(&script)?;
+        return out.flush();
+    }
     if let Command::Segment(command) = command {
         // Offline: no broker, no runtime.
         return segment::run(command, json);
@@ -132,7 +142,7 @@ fn run(cli: Cli) -> CliResult<()> {
             Command::Consume(args) => consume::run(&broker, args, json).await,
             Command::Group(command) => group::run(&broker, command, json).await,
             Command::Broker(command) => broker::run(&broker, command, json).await,
-            Command::Segment(_) | Command::Bench(_) => Ok(()),
+            Command::Segment(_) | Command::Bench(_) | Command::Completions(_) => Ok(()),
         }
     })
 }

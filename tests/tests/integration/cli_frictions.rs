@@ -456,3 +456,35 @@ fn cli_group_commits_past_expired_messages() {
     assert_eq!(partition["committed_offset"], 3, "{}", described.stdout);
     assert_eq!(partition["lag"], 0, "{}", described.stdout);
 }
+
+#[test]
+fn cli_prints_shell_completions() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let output = tidelog_tests::tidelog_command()
+            .args(["completions", shell])
+            .output()
+            .expect("running tidelog");
+        assert!(output.status.success(), "{shell}");
+        let script = String::from_utf8(output.stdout).unwrap();
+        for word in ["consume", "reset-offsets", "if-not-exists", "until"] {
+            assert!(script.contains(word), "{shell}: no {word}");
+        }
+        if shell == "bash" {
+            // The script is valid bash.
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("tidelog.bash");
+            std::fs::write(&path, &script).unwrap();
+            let checked = std::process::Command::new("bash")
+                .arg("-n")
+                .arg(&path)
+                .status()
+                .expect("running bash -n");
+            assert!(checked.success());
+        }
+    }
+    let bad = tidelog_tests::tidelog_command()
+        .args(["completions", "tcsh"])
+        .output()
+        .expect("running tidelog");
+    assert_eq!(bad.status.code(), Some(2));
+}
