@@ -340,6 +340,15 @@ pub enum BrokerCommand {
 // produce
 // ---------------------------------------------------------------------------------
 
+/// How produce reads each message's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InputFormat {
+    /// As they are.
+    Raw,
+    /// Base64 (RFC 4648): decoded before sending.
+    Base64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AckArg {
     /// Answer once the request is queued (no offsets are returned).
@@ -361,6 +370,55 @@ fn header(text: &str) -> Result<(String, String), String> {
     Ok((key.to_string(), value.to_string()))
 }
 
+/// Bytes given on the command line with C-style escapes: `\n`, `\r`, `\t`, `\0`,
+/// `\\` and `\xNN` (so `-D '\0'` is a NUL byte).
+pub fn escaped_bytes(text: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        match bytes.next() {
+            Some(b'n') => out.push(b'\n'),
+            Some(b'r') => out.push(b'\r'),
+            Some(b't') => out.push(b'\t'),
+            Some(b'0') => out.push(0),
+            Some(b'\\') => out.push(b'\\'),
+            Some(b'x') => {
+                let hex: Vec<u8> = bytes.by_ref().take(2).collect();
+                let byte = std::str::from_utf8(&hex)
+                    .ok()
+                    .filter(|h| h.len() == 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| format!("{text:?}: \\x needs two hex digits"))?;
+                out.push(byte);
+            }
+            other => {
+                return Err(format!(
+                    "{text:?}: unknown escape \\{} (use \\n \\r \\t \\0 \\\\ or \\xNN)",
+                    other.map_or(String::new(), |b| char::from(b).to_string())
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What ends each message (`-D`): one or more bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delimiter(pub Vec<u8>);
+
+/// A message delimiter (`-D`): escaped bytes, not empty.
+fn delimiter(text: &str) -> Result<Delimiter, String> {
+    let bytes = escaped_bytes(text)?;
+    if bytes.is_empty() {
+        return Err("the delimiter is empty".into());
+    }
+    Ok(Delimiter(bytes))
+}
+
 /// A separator; `\t` and `\n`-style escapes are understood.
 fn separator(text: &str) -> Result<String, String> {
     let unescaped = text.replace("\\t", "\t").replace("\\n", "\n");
@@ -376,9 +434,15 @@ Examples:
   tidelog produce orders --file events.txt --quiet
   printf 'user1:signed up\\nuser2:paid\\n' | tidelog produce orders --key-separator :
   tidelog produce orders --key user1 --header source=cli --ack written --ttl 1h
+  tidelog produce images --value-file photo.jpg --key photo-1
+  find . -print0 | tidelog produce paths -D '\\0'
+  base64 -w0 blob.bin | tidelog produce blobs --format base64
 
-Each line is one message (the newline is not part of it). Lines are sent in batches
-over a pipelined stream; the offsets are printed as `partition <p> offset <o>`.";
+Each line is one message (the newline is not part of it); -D picks another delimiter
+(NUL included), --value-file sends a whole file as one message. A line ending in \\r
+(CRLF input) keeps the \\r, with a warning (-D '\\r\\n' splits at CRLF); input that is
+not UTF-8 split at newlines gets a warning too. Messages are sent in batches over a
+pipelined stream; the offsets are printed as `partition <p> offset <o>`.";
 
 #[derive(Debug, Args)]
 #[command(after_help = PRODUCE_EXAMPLES)]
@@ -386,9 +450,23 @@ pub struct ProduceArgs {
     /// Topic to publish to.
     pub topic: String,
 
-    /// Read lines from this file instead of stdin.
-    #[arg(short, long, value_name = "FILE")]
+    /// Read lines (records split at --delimiter) from this file instead of stdin.
+    #[arg(short, long, value_name = "FILE", conflicts_with = "value_file")]
     pub file: Option<PathBuf>,
+
+    /// Send this whole file as one message (binary safe; `-` = all of stdin).
+    #[arg(long, value_name = "FILE")]
+    pub value_file: Option<PathBuf>,
+
+    /// What ends each message in the input (escapes: \n \r \t \0 \\ \xNN), e.g. '\0'
+    /// for NUL-separated input or '\r\n'. Default: a newline.
+    #[arg(short = 'D', long, value_name = "BYTES", value_parser = delimiter, conflicts_with = "value_file")]
+    pub delimiter: Option<Delimiter>,
+
+    /// How each message (its key and value) is written in the input: raw bytes, or
+    /// base64 (decoded before sending; for binary data in a text file).
+    #[arg(long, value_enum, default_value_t = InputFormat::Raw)]
+    pub format: InputFormat,
 
     /// Key of every message (decides the partition when --partition is not given).
     #[arg(short, long, conflicts_with = "key_separator")]
@@ -483,8 +561,11 @@ fn from(text: &str) -> Result<StartAt, String> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
-    /// The value of each message on its own line.
+    /// The value of each message as stored (raw bytes), then the delimiter.
+    #[value(alias = "raw")]
     Text,
+    /// The value of each message in base64 (RFC 4648), then the delimiter.
+    Base64,
     /// One JSON object per message and line.
     Json,
 }
@@ -514,7 +595,9 @@ the broker assigns partitions and reading starts at the group's committed offset
 what was printed is committed after each batch, before a rebalance hands a partition
 to another member, and at exit, so the group's next reader starts right after it.
 JSON lines carry partition, offset, timestamp (ms), key, value and headers; bytes that
-are not UTF-8 appear as {\"base64\": \"...\"}.
+are not UTF-8 appear as {\"base64\": \"...\"}. --format base64 prints each value (and
+key) in base64, as `produce --format base64` reads it; -D '\\0' ends each message with a
+NUL instead of a newline (`tidelog consume t -D '\\0' | xargs -0 ...`).
 
 A damaged batch on disk (DATA_LOSS) stops its partition only: every message before it
 is printed, the other partitions are read on (--follow too), and the command then exits
@@ -565,6 +648,11 @@ pub struct ConsumeArgs {
     /// Text format: separator between key and value.
     #[arg(long, value_name = "SEP", default_value = "\t", value_parser = separator, hide_default_value = true)]
     pub key_separator: String,
+
+    /// Text and base64 formats: what follows each message (escapes: \n \r \t \0 \\
+    /// \xNN), e.g. '\0' for NUL-separated output. Default: a newline.
+    #[arg(short = 'D', long, value_name = "BYTES", value_parser = delimiter)]
+    pub delimiter: Option<Delimiter>,
 
     /// Text format: prefix each line with partition, offset and timestamp.
     #[arg(long)]
@@ -780,6 +868,12 @@ mod tests {
     #[test]
     fn the_command_tree_is_consistent() {
         Cli::command().debug_assert();
+        // Values reach their typed fields (a Vec<u8> field would be taken as many u8).
+        let cli = Cli::try_parse_from(["tidelog", "produce", "t", "-D", "\\0"]).unwrap();
+        let Command::Produce(args) = cli.command else {
+            panic!("not produce")
+        };
+        assert_eq!(args.delimiter, Some(Delimiter(vec![0])));
     }
 
     #[test]
@@ -838,6 +932,17 @@ mod tests {
         assert_eq!(from("1970-01-01T00:00:01Z"), Ok(StartAt::TimestampMs(1000)));
         assert!(from("yesterday").is_err());
         assert!(from("-5").is_err());
+    }
+
+    #[test]
+    fn delimiters_take_escapes() {
+        assert_eq!(delimiter("\\0"), Ok(Delimiter(vec![0])));
+        assert_eq!(delimiter("\\r\\n"), Ok(Delimiter(b"\r\n".to_vec())));
+        assert_eq!(delimiter("\\x1e"), Ok(Delimiter(vec![0x1e])));
+        assert_eq!(delimiter("|"), Ok(Delimiter(b"|".to_vec())));
+        assert!(delimiter("").is_err());
+        assert!(delimiter("\\q").is_err());
+        assert!(delimiter("\\x1").is_err());
     }
 
     #[test]

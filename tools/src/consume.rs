@@ -55,6 +55,8 @@ struct Printer {
     print_meta: bool,
     print_headers: bool,
     key_separator: Vec<u8>,
+    /// What follows each message in the text and base64 formats.
+    delimiter: Vec<u8>,
     printed: u64,
     limit: Option<u64>,
     until: Option<Until>,
@@ -82,7 +84,15 @@ impl Printer {
     fn print(&mut self, m: &ConsumedMessage) -> CliResult<()> {
         match self.format {
             Format::Json => self.out.json(&message_json(m))?,
-            Format::Text => {
+            Format::Text | Format::Base64 => {
+                let base64 = self.format == Format::Base64;
+                let bytes = |b: &[u8]| -> Vec<u8> {
+                    if base64 {
+                        crate::output::base64(b).into_bytes()
+                    } else {
+                        b.to_vec()
+                    }
+                };
                 let mut line = Vec::with_capacity(m.value.len() + m.key.len() + 48);
                 if self.print_meta {
                     line.extend_from_slice(
@@ -96,15 +106,15 @@ impl Printer {
                     );
                 }
                 if self.print_key {
-                    line.extend_from_slice(&m.key);
+                    line.extend_from_slice(&bytes(&m.key));
                     line.extend_from_slice(&self.key_separator);
                 }
                 if self.print_headers {
                     line.extend_from_slice(headers_text(&m.headers).as_bytes());
                     line.push(b'\t');
                 }
-                line.extend_from_slice(&m.value);
-                line.push(b'\n');
+                line.extend_from_slice(&bytes(&m.value));
+                line.extend_from_slice(&self.delimiter);
                 self.out.write(&line)?;
             }
         }
@@ -183,6 +193,10 @@ pub async fn run(broker: &Broker, args: ConsumeArgs, json: bool) -> CliResult<()
         print_meta: args.print_meta,
         print_headers: args.print_headers,
         key_separator: args.key_separator.as_bytes().to_vec(),
+        delimiter: args
+            .delimiter
+            .clone()
+            .map_or_else(|| b"\n".to_vec(), |d| d.0),
         printed: 0,
         limit: args.count,
         until: args.until,

@@ -178,6 +178,45 @@ pub fn base64(bytes: &[u8]) -> String {
     out
 }
 
+/// Decodes standard base64 (RFC 4648, padding optional; whitespace around it is
+/// ignored). The error names the first bad character.
+pub fn base64_decode(text: &[u8]) -> Result<Vec<u8>, String> {
+    let text = text.trim_ascii();
+    let text = text
+        .strip_suffix(b"==")
+        .or_else(|| text.strip_suffix(b"="))
+        .unwrap_or(text);
+    let value = |c: u8, at: usize| -> Result<u32, String> {
+        Ok(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => {
+                return Err(format!(
+                    "byte {at} ({:?}) is not base64",
+                    char::from(c).escape_default().to_string()
+                ));
+            }
+        }
+        .into())
+    };
+    if text.len() % 4 == 1 {
+        return Err(format!("{} characters cannot be base64", text.len()));
+    }
+    let mut out = Vec::with_capacity(text.len() / 4 * 3 + 2);
+    for (index, chunk) in text.chunks(4).enumerate() {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= value(c, index * 4 + i)? << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Ok(out)
+}
+
 /// A short printable preview of bytes for human dumps: UTF-8 with control characters
 /// escaped, or hex for binary, cut at `max` bytes with the total length noted.
 pub fn preview(bytes: &[u8], max: usize) -> String {
@@ -255,6 +294,22 @@ mod tests {
         ] {
             assert_eq!(base64(plain.as_bytes()), encoded);
         }
+    }
+
+    #[test]
+    fn base64_decodes_what_it_encodes() {
+        for plain in ["", "f", "fo", "foo", "foob", "fooba", "foobar"] {
+            assert_eq!(
+                base64_decode(base64(plain.as_bytes()).as_bytes()),
+                Ok(plain.into())
+            );
+        }
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(base64_decode(base64(&bytes).as_bytes()).unwrap(), bytes);
+        assert_eq!(base64_decode(b"Zm9v\n"), Ok(b"foo".to_vec()));
+        assert_eq!(base64_decode(b"Zg"), Ok(b"f".to_vec()));
+        assert!(base64_decode(b"Zm9v!A").unwrap_err().contains("byte 4"));
+        assert!(base64_decode(b"Z").is_err());
     }
 
     #[test]
