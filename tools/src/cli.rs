@@ -633,7 +633,9 @@ pub struct ConsumeArgs {
     #[arg(short = 'n', long, value_name = "N")]
     pub count: Option<u64>,
 
-    /// Keep waiting for new messages (until Ctrl-C or --count).
+    /// Keep waiting for new messages (until Ctrl-C, --count or --until). When the
+    /// broker goes away (a restart), reconnect with backoff (0.1s doubling to 5s) and
+    /// go on where each partition stood; a group member joins the group again.
     #[arg(short, long)]
     pub follow: bool,
 

@@ -574,6 +574,7 @@ async fn consume_follow(
     let mut finished: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
     let until_clock = until_deadline(printer.until);
     let mut stop = StopSignal::new();
+    let mut backoff = Reconnect::default();
     loop {
         let request = if positions.is_empty() {
             SubscribeRequest {
@@ -597,7 +598,7 @@ async fn consume_follow(
                 ..SubscribeRequest::default()
             }
         };
-        let mut stream = broker
+        let subscribed = broker
             .consumer()
             .subscribe(SubscribeRequest {
                 group: None,
@@ -605,9 +606,17 @@ async fn consume_follow(
                 send_positioned: true,
                 ..request
             })
-            .await
-            .map_err(|s| broker.error(&context, &s))?
-            .into_inner();
+            .await;
+        let mut stream = match subscribed {
+            Ok(stream) => stream.into_inner(),
+            Err(status) if backoff.is_retrying() && reconnectable(&status) => {
+                if !backoff.wait(&mut stop).await {
+                    return damage_error(&args.topic, &damaged);
+                }
+                continue;
+            }
+            Err(status) => return Err(broker.error(&context, &status)),
+        };
         let ended = loop {
             if !positions.is_empty() && positions.keys().all(|p| finished.contains(p)) {
                 return damage_error(&args.topic, &damaged);
@@ -617,6 +626,9 @@ async fn consume_follow(
                 _ = stop.recv() => return damage_error(&args.topic, &damaged),
                 _ = sleep_until_opt(until_clock) => return damage_error(&args.topic, &damaged),
             };
+            if event.is_ok() {
+                backoff.connected();
+            }
             match event {
                 Err(status) => break status,
                 Ok(None) => return damage_error(&args.topic, &damaged),
@@ -664,6 +676,16 @@ async fn consume_follow(
                 Ok(Some(subscribe_response::Event::Assignment(_))) => {}
             }
         };
+        if reconnectable(&ended) {
+            // The broker restarted (or is stopping): subscribe again from where every
+            // partition stood, as kcat and `nats sub` do.
+            printer.out.flush()?;
+            backoff.lost(&ended);
+            if !backoff.wait(&mut stop).await {
+                return damage_error(&args.topic, &damaged);
+            }
+            continue;
+        }
         if ended.code() != tonic::Code::DataLoss || positions.is_empty() {
             return Err(stream_error(broker, &context, &ended, false));
         }
@@ -684,6 +706,80 @@ async fn consume_follow(
         }
     }
 }
+
+/// Whether a stream that ended with `status` is worth opening again after a pause:
+/// the broker went away (a restart, a lost connection) or is stopping. A partition
+/// recovery refused stays refused until an operator repairs it: not retried.
+fn reconnectable(status: &tonic::Status) -> bool {
+    let message = status.message().to_ascii_lowercase();
+    let transport = [
+        "transport error",
+        "connection refused",
+        "connection reset",
+        "connection closed",
+        "broken pipe",
+        "error trying to connect",
+        "h2 protocol error",
+        "error reading a body",
+        "stream closed",
+    ]
+    .iter()
+    .any(|needle| message.contains(needle));
+    match status.code() {
+        tonic::Code::Unavailable => !message.contains("recovery refused"),
+        tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled => transport,
+        _ => false,
+    }
+}
+
+/// Reconnecting with backoff after the broker went away (`--follow`).
+#[derive(Debug, Default)]
+struct Reconnect {
+    /// The pause before the next attempt; zero while connected.
+    delay: Duration,
+}
+
+impl Reconnect {
+    /// First pause; doubled after every failed attempt up to [`RECONNECT_DELAY_MAX`].
+    const FIRST: Duration = Duration::from_millis(100);
+
+    fn is_retrying(&self) -> bool {
+        !self.delay.is_zero()
+    }
+
+    /// The stream ended with `status`: say so once and start backing off.
+    fn lost(&mut self, status: &tonic::Status) {
+        if !self.is_retrying() {
+            note(&format!(
+                "warning: lost the broker ({}: {}); reconnecting with backoff (Ctrl-C stops)",
+                crate::error::code_name(status.code()),
+                to_cli(status.message())
+            ));
+            self.delay = Self::FIRST;
+        }
+    }
+
+    /// A stream delivered an event: connected again.
+    fn connected(&mut self) {
+        if self.is_retrying() {
+            note("note: reconnected to the broker; reading on");
+            self.delay = Duration::ZERO;
+        }
+    }
+
+    /// Pauses before the next attempt; false when a stop signal came first.
+    async fn wait(&mut self, stop: &mut StopSignal) -> bool {
+        let delay = self.delay.max(Self::FIRST);
+        self.delay = (delay * 2).min(RECONNECT_DELAY_MAX);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = stop.recv() => false,
+        }
+    }
+}
+
+/// The longest pause between two attempts to reach the broker again.
+const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(5);
 
 /// With `--until TIME` and `--follow`: the moment the clock passes TIME.
 fn until_deadline(until: Option<Until>) -> Option<tokio::time::Instant> {
@@ -802,30 +898,32 @@ async fn consume_group(
     printer: &mut Printer,
 ) -> CliResult<()> {
     let context = format!("consuming topic {:?} as group {group:?}", args.topic);
+    let join = |member_id: String| SubscribeRequest {
+        topic: args.topic.clone(),
+        partitions: vec![],
+        start: None,
+        group: Some(GroupMembership {
+            group_id: group.to_string(),
+            member_id,
+            session_timeout_ms: 0,
+            auto_commit_interval_ms: 0,
+            client_id: CLIENT_ID.into(),
+            handover_timeout_ms: HANDOVER_TIMEOUT.as_millis() as u64,
+        }),
+        reset_policy: reset_policy(args.offset_reset) as i32,
+        max_batch_messages: 0,
+        max_batch_bytes: 0,
+        ..SubscribeRequest::default()
+    };
     let mut stream = broker
         .consumer()
-        .subscribe(SubscribeRequest {
-            topic: args.topic.clone(),
-            partitions: vec![],
-            start: None,
-            group: Some(GroupMembership {
-                group_id: group.to_string(),
-                member_id: String::new(),
-                session_timeout_ms: 0,
-                auto_commit_interval_ms: 0,
-                client_id: CLIENT_ID.into(),
-                handover_timeout_ms: HANDOVER_TIMEOUT.as_millis() as u64,
-            }),
-            reset_policy: reset_policy(args.offset_reset) as i32,
-            max_batch_messages: 0,
-            max_batch_bytes: 0,
-            ..SubscribeRequest::default()
-        })
+        .subscribe(join(String::new()))
         .await
         .map_err(|s| broker.error(&context, &s))?
         .into_inner();
     let mut member = Member::default();
     let mut stop = StopSignal::new();
+    let mut backoff = Reconnect::default();
     let outcome = loop {
         if !args.follow && !member.member_id.is_empty() && member.caught_up() {
             break Ok(());
@@ -844,9 +942,39 @@ async fn consume_group(
             Err(status) if status.code() == tonic::Code::DataLoss => {
                 break Err(group_damage_error(broker, group, &args.topic, &member, &status).await);
             }
+            Err(status) if args.follow && reconnectable(&status) => {
+                // The broker restarted: join again (the same member id, which the
+                // broker keeps or treats as a first join) once it is back.
+                printer.out.flush()?;
+                backoff.lost(&status);
+                let rejoined = loop {
+                    if !backoff.wait(&mut stop).await {
+                        break None;
+                    }
+                    match broker
+                        .consumer()
+                        .subscribe(join(member.member_id.clone()))
+                        .await
+                    {
+                        Ok(stream) => break Some(stream.into_inner()),
+                        Err(status) if reconnectable(&status) => {}
+                        Err(status) => {
+                            return Err(broker.error(&context, &status));
+                        }
+                    }
+                };
+                match rejoined {
+                    Some(rejoined) => {
+                        stream = rejoined;
+                        continue;
+                    }
+                    None => break Ok(()),
+                }
+            }
             Err(status) => break Err(stream_error(broker, &context, &status, true)),
             Ok(None) => break Ok(()),
             Ok(Some(subscribe_response::Event::Assignment(assignment))) => {
+                backoff.connected();
                 hand_over(broker, group, &args.topic, &mut member, &assignment).await;
                 if let Err(e) =
                     on_assignment(broker, group, &args.topic, &mut member, assignment).await

@@ -592,3 +592,40 @@ fn cli_binary_data_both_ways() {
         .collect();
     assert_eq!(values, [r#""x\r""#, r#""y\r""#, r#""z""#]);
 }
+
+/// `consume --follow` (plain and as a group member) outlives a broker restart: it
+/// reconnects with backoff, resumes where it stood (the group member joins again) and
+/// prints what is published after the restart.
+#[test]
+fn cli_follow_reconnects_when_the_broker_restarts() {
+    let mut broker = TestBroker::start();
+    cli(&broker, &["topic", "create", "live", "--partitions", "2"]).ok("create");
+    cli_with_input(&broker, &["produce", "live"], b"a\nb\n").ok("produce");
+    let plain = crate::cli::GroupConsumer::spawn(&broker, &["consume", "live", "--follow"], false);
+    let member = crate::cli::GroupConsumer::spawn(
+        &broker,
+        &["consume", "live", "--group", "g", "--follow"],
+        false,
+    );
+    crate::cli::wait_until("both printed what was there", || {
+        plain.lines().len() == 2 && member.lines().len() == 2
+    });
+
+    broker.restart_on_the_same_ports();
+    cli_with_input(&broker, &["produce", "live"], b"c\nd\n").ok("produce after the restart");
+    crate::cli::wait_until("both printed what came after the restart", || {
+        plain.lines().len() >= 4 && member.lines().len() >= 4
+    });
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (code, stderr, mut lines) = plain.finish(true);
+    assert_eq!(code, 0, "{stderr}");
+    lines.sort();
+    assert_eq!(lines, ["a", "b", "c", "d"], "{stderr}");
+    assert!(stderr.contains("reconnecting with backoff"), "{stderr}");
+    assert!(stderr.contains("reconnected"), "{stderr}");
+    let (code, stderr, mut lines) = member.finish(true);
+    assert_eq!(code, 0, "{stderr}");
+    lines.sort();
+    assert_eq!(lines, ["a", "b", "c", "d"], "{stderr}");
+    assert!(stderr.contains("reconnected"), "{stderr}");
+}
