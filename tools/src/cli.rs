@@ -591,7 +591,9 @@ Examples:
   tidelog consume orders --group billing --follow
 
 Without --follow, reading stops at the end offsets seen when it started. With --group
-the broker assigns partitions and reading starts at the group's committed offsets;
+the broker assigns partitions and reading starts at the group's committed offsets
+(--from says where partitions without one start, e.g. --from earliest for Kafka's
+--from-beginning);
 what was printed is committed after each batch, before a rebalance hands a partition
 to another member, and at exit, so the group's next reader starts right after it.
 JSON lines carry partition, offset, timestamp (ms), key, value and headers; bytes that
@@ -611,8 +613,12 @@ pub struct ConsumeArgs {
     pub topic: String,
 
     /// Where to start: earliest, latest, an offset, or a date-time (YYYY-MM-DDTHH:mm:SS[.sss][Z|+hh:mm]).
-    /// An offset outside a partition's offsets follows --offset-reset.
-    #[arg(long, value_name = "POSITION", value_parser = from, conflicts_with = "group")]
+    /// An offset outside a partition's offsets follows --offset-reset. With --group it
+    /// applies to partitions the group has no committed offset for (Kafka's
+    /// --from-beginning): earliest or latest is then the group's reset policy (over
+    /// --offset-reset); an offset or a date-time is committed before joining, unless
+    /// the group has live members.
+    #[arg(long, value_name = "POSITION", value_parser = from)]
     pub from: Option<StartAt>,
 
     /// Only these partitions (repeat or separate with commas; default all).

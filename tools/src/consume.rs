@@ -915,6 +915,22 @@ async fn consume_group(
         max_batch_bytes: 0,
         ..SubscribeRequest::default()
     };
+    // --from with a group: where partitions without a committed offset start
+    // (kafka-console-consumer's --from-beginning), as the reset policy for earliest
+    // and latest, or committed before joining for an offset or a time.
+    let policy = match args.from {
+        Some(StartAt::Earliest) => ResetPolicy::Earliest,
+        Some(StartAt::Latest) => ResetPolicy::Latest,
+        Some(start) => {
+            seed_group_start(broker, group, &args.topic, start).await?;
+            reset_policy(args.offset_reset)
+        }
+        None => reset_policy(args.offset_reset),
+    };
+    let join = |member_id: String| SubscribeRequest {
+        reset_policy: policy as i32,
+        ..join(member_id)
+    };
     let mut stream = broker
         .consumer()
         .subscribe(join(String::new()))
@@ -985,6 +1001,9 @@ async fn consume_group(
             Ok(Some(subscribe_response::Event::PositionReset(reset))) => {
                 reset_note(&reset);
                 member.position.insert(reset.partition, reset.to_offset);
+                // Where the group reads next: committed with what is printed, so a
+                // group that starts at `latest` goes on from there next time.
+                member.printed.insert(reset.partition, reset.to_offset);
             }
             // Only plain streams that ask for it get one.
             Ok(Some(subscribe_response::Event::Positioned(_))) => {}
@@ -1056,6 +1075,86 @@ async fn consume_group(
     };
     final_commit(broker, group, &args.topic, &mut member, printer).await;
     outcome
+}
+
+/// `--from OFFSET|TIME` with a group: commits that start, as a tool, for the
+/// partitions the group has no committed offset for, before joining. A group with
+/// live members refuses a tool's commit: then --from does not apply (said on stderr)
+/// and those partitions start by --offset-reset.
+async fn seed_group_start(
+    broker: &Broker,
+    group: &str,
+    topic: &str,
+    start: StartAt,
+) -> CliResult<()> {
+    let context = format!("starting group {group:?} on topic {topic:?}");
+    let committed: std::collections::BTreeSet<u32> = broker
+        .groups()
+        .fetch_offsets(FetchOffsetsRequest {
+            group_id: group.to_string(),
+            topic: Some(topic.to_string()),
+        })
+        .await
+        .map_err(|s| broker.error(&context, &s))?
+        .into_inner()
+        .offsets
+        .into_iter()
+        .map(|c| c.partition)
+        .collect();
+    let description = describe(broker, topic).await?.unwrap_or_default();
+    let fresh: Vec<u32> = description
+        .partitions
+        .iter()
+        .map(|p| p.partition)
+        .filter(|p| !committed.contains(p))
+        .collect();
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    let by_time = match start {
+        StartAt::TimestampMs(ms) => Some(offsets_for_time(broker, topic, &fresh, ms).await?),
+        _ => None,
+    };
+    let offsets: Vec<TopicPartitionOffset> = description
+        .partitions
+        .iter()
+        .filter(|p| fresh.contains(&p.partition))
+        .map(|p| {
+            let offset = match start {
+                StartAt::Offset(o) => o.clamp(p.log_start_offset, p.end_offset),
+                _ => by_time
+                    .as_ref()
+                    .and_then(|m| m.get(&p.partition).copied())
+                    .unwrap_or(p.end_offset),
+            };
+            TopicPartitionOffset {
+                topic: topic.to_string(),
+                partition: p.partition,
+                offset,
+                metadata: String::new(),
+            }
+        })
+        .collect();
+    let committed = broker
+        .groups()
+        .commit_offsets(CommitOffsetsRequest {
+            group_id: group.to_string(),
+            member_id: String::new(),
+            generation: None,
+            offsets,
+        })
+        .await;
+    match committed {
+        Ok(_) => Ok(()),
+        Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+            note(&format!(
+                "note: group {group} has live members, so --from does not apply; partitions \
+                 without a committed offset start by --offset-reset"
+            ));
+            Ok(())
+        }
+        Err(status) => Err(broker.error(&context, &status)),
+    }
 }
 
 /// A group member's stream ended with DATA_LOSS: name the damaged partition and

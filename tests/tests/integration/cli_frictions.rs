@@ -629,3 +629,43 @@ fn cli_follow_reconnects_when_the_broker_restarts() {
     assert_eq!(lines, ["a", "b", "c", "d"], "{stderr}");
     assert!(stderr.contains("reconnected"), "{stderr}");
 }
+
+/// `consume --group --from`: where partitions without a committed offset start (as
+/// kafka-console-consumer --from-beginning); a group with commits goes on from them.
+#[test]
+fn cli_group_from_applies_without_a_committed_offset() {
+    let broker = TestBroker::start();
+    cli(&broker, &["topic", "create", "f"]).ok("create");
+    let input: String = (0..10).map(|i| format!("m{i}\n")).collect();
+    cli_with_input(&broker, &["produce", "f"], input.as_bytes()).ok("produce");
+    let printed = |run: crate::cli::Run| -> Vec<String> {
+        run.ok("consume")
+            .stdout
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let values =
+        |range: std::ops::Range<u32>| -> Vec<String> { range.map(|i| format!("m{i}")).collect() };
+    // An offset: the group starts there.
+    let run = cli(&broker, &["consume", "f", "--group", "g", "--from", "7"]);
+    assert_eq!(printed(run), values(7..10));
+    // The group has committed: --from no longer applies.
+    let run = cli(&broker, &["consume", "f", "--group", "g", "--from", "0"]);
+    assert_eq!(printed(run), Vec::<String>::new());
+    // latest: nothing now, and the group goes on from there next time.
+    let run = cli(
+        &broker,
+        &["consume", "f", "--group", "late", "--from", "latest"],
+    );
+    assert_eq!(printed(run), Vec::<String>::new());
+    cli_with_input(&broker, &["produce", "f"], b"m10\n").ok("produce");
+    let run = cli(&broker, &["consume", "f", "--group", "late"]);
+    assert_eq!(printed(run), values(10..11));
+    // earliest (Kafka's --from-beginning) for a new group.
+    let run = cli(
+        &broker,
+        &["consume", "f", "--group", "new", "--from", "earliest"],
+    );
+    assert_eq!(printed(run), values(0..11));
+}
