@@ -101,7 +101,7 @@ pub enum Command {
     /// Benchmark a broker: produce, consume or end to end, with validation.
     #[command(
         subcommand,
-        after_help = "Examples:\n  tidelog bench produce --producers 2 --stream\n  tidelog bench consume --messages 5M\n  tidelog bench e2e --stream --rate 100k --duration 20s"
+        after_help = "Examples:\n  tidelog bench produce --producers 2 --stream\n  tidelog bench consume --messages 5M\n  tidelog bench e2e --stream --rate 100k --duration 20s\n\nThe whole scenario suite (builds, starts its own tidelogd, writes a table):\n  cargo run --release -p tidelog-benches --bin scenarios -- --quick   # ~1-2 min; --help lists every option"
     )]
     Bench(crate::bench::BenchCommand),
 }

@@ -80,6 +80,39 @@ pub fn render_pairs(pairs: &[(&str, String)]) -> String {
         .collect()
 }
 
+/// The style of a progress bar over bytes: `{prefix} 12 MiB/1 GiB [===>  ] 80 MiB/s eta
+/// 11s`. Its ETA is the average rate since the start applied to what is left, and
+/// `-` for the first second (indicatif's own ETA starts from no data and read "16h").
+pub fn byte_progress_style(prefix: &str) -> indicatif::ProgressStyle {
+    let template = format!(
+        "{prefix}{{bytes}}/{{total_bytes}} [{{bar:30}}] {{bytes_per_sec}} eta {{steady_eta}}"
+    );
+    indicatif::ProgressStyle::with_template(&template)
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .with_key(
+            "steady_eta",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = w.write_str(&eta_text(
+                    state.pos(),
+                    state.len().unwrap_or(0),
+                    state.elapsed(),
+                ));
+            },
+        )
+        .progress_chars("=> ")
+}
+
+/// What is left at the average rate so far; `-` before a second has passed or any
+/// byte was done.
+pub fn eta_text(done: u64, total: u64, elapsed: std::time::Duration) -> String {
+    if elapsed < std::time::Duration::from_secs(1) || done == 0 {
+        return "-".into();
+    }
+    let left = total.saturating_sub(done) as f64;
+    let seconds = left * elapsed.as_secs_f64() / done as f64;
+    tidelog_storage::duration::format_duration_ms((seconds * 1000.0).round() as u64 / 1000 * 1000)
+}
+
 /// Writes to stdout. A reader that went away (EPIPE) ends the command quietly.
 pub struct Stdout {
     out: io::BufWriter<io::Stdout>,
@@ -294,6 +327,19 @@ mod tests {
         ] {
             assert_eq!(base64(plain.as_bytes()), encoded);
         }
+    }
+
+    #[test]
+    fn the_eta_waits_for_a_rate_then_follows_the_average() {
+        use std::time::Duration;
+        // The first moments: no rate yet (indicatif's own read "16h").
+        assert_eq!(eta_text(0, 1 << 30, Duration::from_millis(50)), "-");
+        assert_eq!(eta_text(4096, 1 << 30, Duration::from_millis(900)), "-");
+        assert_eq!(eta_text(0, 1 << 30, Duration::from_secs(3)), "-");
+        // Half done in 10 s: 10 s left.
+        assert_eq!(eta_text(500, 1000, Duration::from_secs(10)), "10s");
+        assert_eq!(eta_text(100, 1000, Duration::from_secs(10)), "1m30s");
+        assert_eq!(eta_text(1000, 1000, Duration::from_secs(10)), "0");
     }
 
     #[test]

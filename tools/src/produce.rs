@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, IsTerminal, Read};
 use std::time::Instant;
 
 use bytes::Bytes;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::json;
 use tidelog_proto::v1::{
     AckLevel, Header, Message, PublishRequest, PublishStreamRequest, publish_stream_response,
@@ -321,13 +321,7 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
     let progress = match total_bytes {
         Some(total) if show_progress => {
             let bar = ProgressBar::new(total);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} {bytes}/{total_bytes} [{bar:30}] {bytes_per_sec} eta {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
+            bar.set_style(crate::output::byte_progress_style("{spinner} "));
             bar
         }
         _ => ProgressBar::hidden(),

@@ -669,3 +669,53 @@ fn cli_group_from_applies_without_a_committed_offset() {
     );
     assert_eq!(printed(run), values(0..11));
 }
+
+/// What a terminal shows while `tidelog ARGS` runs (through script(1)), escape
+/// sequences and all.
+fn on_a_terminal(broker: &TestBroker, args: &str) -> String {
+    let output = std::process::Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "{} --server {} {args}",
+            tidelog_tests::tidelog_bin().display(),
+            broker.endpoint()
+        ))
+        .arg("/dev/null")
+        .output()
+        .expect("running script(1) from util-linux, to give tidelog a terminal");
+    let screen = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{args}: {screen}");
+    screen
+}
+
+/// The progress displays say what is true from their first frame: produce's ETA is
+/// not a guess from no data ("16h"), and a produce benchmark does not report
+/// "consumed 0 (0/s)".
+#[test]
+fn cli_progress_displays_start_sensibly() {
+    let broker = TestBroker::start();
+    cli(&broker, &["topic", "create", "p"]).ok("create");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lines.txt");
+    let line = "x".repeat(99);
+    let input: String = (0..100_000).map(|_| format!("{line}\n")).collect();
+    std::fs::write(&file, input).unwrap();
+    let screen = on_a_terminal(
+        &broker,
+        &format!("produce p --quiet --file {}", file.display()),
+    );
+    let etas: Vec<&str> = screen
+        .split("eta ")
+        .skip(1)
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect();
+    assert!(!etas.is_empty(), "no progress bar: {screen}");
+    assert_eq!(etas[0], "-", "the first ETA is a guess: {screen}");
+    for eta in &etas {
+        assert!(!eta.contains('h'), "an ETA of hours for 10 MB: {screen}");
+    }
+
+    let screen = on_a_terminal(&broker, "bench produce --messages 200k --topic bp");
+    assert!(screen.contains("produce: produced"), "{screen}");
+    assert!(!screen.contains("consumed 0"), "{screen}");
+}
