@@ -1,4 +1,5 @@
-//! The `tidelog.v1.Admin` service: create, delete, list, describe and alter topics.
+//! The `tidelog.v1.Admin` service: create, delete, list, describe and alter topics,
+//! raise their partition count, describe the broker.
 //! Create and delete fsync files and directories, so they run on the blocking pool.
 
 use std::sync::Arc;
@@ -6,14 +7,16 @@ use std::time::Instant;
 
 use tidelog_proto::v1::admin_server::Admin;
 use tidelog_proto::v1::{
-    AlterTopicConfigRequest, AlterTopicConfigResponse, CreateTopicRequest, CreateTopicResponse,
-    DeleteTopicRequest, DeleteTopicResponse, DescribeTopicRequest, DescribeTopicResponse,
-    ListTopicsRequest, ListTopicsResponse,
+    AlterTopicConfigRequest, AlterTopicConfigResponse, BrokerSetting, CreatePartitionsRequest,
+    CreatePartitionsResponse, CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest,
+    DeleteTopicResponse, DescribeBrokerRequest, DescribeBrokerResponse, DescribeTopicRequest,
+    DescribeTopicResponse, ListTopicsRequest, ListTopicsResponse,
 };
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
 use crate::convert;
+use crate::server::Bound;
 
 /// Names starting with this are reserved for internal topics.
 const INTERNAL_PREFIX: &str = "__";
@@ -25,13 +28,22 @@ pub struct AdminService {
     /// Serializes AlterTopicConfig: each reads the current config, applies its
     /// update and writes the result, so two at once could lose one update.
     alter: Arc<tokio::sync::Mutex<()>>,
+    /// Where the broker listens (the ports it bound), for DescribeBroker.
+    bound: Bound,
+    /// When the broker started serving, ms since the Unix epoch.
+    started_at_ms: i64,
 }
 
 impl AdminService {
-    pub fn new(state: Arc<AppState>) -> Self {
+    pub fn new(state: Arc<AppState>, bound: Bound) -> Self {
+        let started_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         AdminService {
             state,
             alter: Arc::default(),
+            bound,
+            started_at_ms,
         }
     }
 
@@ -114,6 +126,54 @@ impl AdminService {
     }
 }
 
+impl AdminService {
+    async fn create_partitions(
+        &self,
+        request: CreatePartitionsRequest,
+    ) -> Result<CreatePartitionsResponse, Status> {
+        let store = self.state.store.clone();
+        let name = request.name.clone();
+        let count = request.partitions;
+        // Creates directories and files and rewrites the config, with fsyncs.
+        let topic = blocking(move || store.create_partitions(&name, count)).await?;
+        // Groups reading the topic take the new partitions in.
+        self.state.groups.topic_grew(&request.name);
+        Ok(CreatePartitionsResponse {
+            topic: Some(convert::topic_description(&topic.info())),
+        })
+    }
+
+    fn describe_broker(&self) -> DescribeBrokerResponse {
+        let mut settings: Vec<BrokerSetting> = self
+            .state
+            .config
+            .effective()
+            .into_iter()
+            .map(|(name, value)| BrokerSetting {
+                name: name.to_string(),
+                value,
+            })
+            .collect();
+        // The addresses as bound (port 0 in the settings is a real port here).
+        for setting in &mut settings {
+            match setting.name.as_str() {
+                "listen" => setting.value = self.bound.grpc.to_string(),
+                "metrics_listen" => setting.value = self.bound.metrics.to_string(),
+                "data_dir" => setting.value = self.bound.data_dir.display().to_string(),
+                _ => {}
+            }
+        }
+        DescribeBrokerResponse {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            data_dir: self.bound.data_dir.display().to_string(),
+            listen: self.bound.grpc.to_string(),
+            metrics_listen: self.bound.metrics.to_string(),
+            started_at_ms: self.started_at_ms,
+            settings,
+        }
+    }
+}
+
 /// Runs a storage call that fsyncs on the blocking pool and maps its error.
 async fn blocking<T: Send + 'static>(
     call: impl FnOnce() -> tidelog_storage::Result<T> + Send + 'static,
@@ -178,6 +238,26 @@ impl Admin for AdminService {
         let started = Instant::now();
         let result = self.alter(request.into_inner()).await;
         self.finish("AlterTopicConfig", started, result)
+            .map(Response::new)
+    }
+
+    async fn create_partitions(
+        &self,
+        request: Request<CreatePartitionsRequest>,
+    ) -> Result<Response<CreatePartitionsResponse>, Status> {
+        let started = Instant::now();
+        let result = AdminService::create_partitions(self, request.into_inner()).await;
+        self.finish("CreatePartitions", started, result)
+            .map(Response::new)
+    }
+
+    async fn describe_broker(
+        &self,
+        _request: Request<DescribeBrokerRequest>,
+    ) -> Result<Response<DescribeBrokerResponse>, Status> {
+        let started = Instant::now();
+        let result = Ok(AdminService::describe_broker(self));
+        self.finish("DescribeBroker", started, result)
             .map(Response::new)
     }
 }

@@ -172,6 +172,33 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// Every setting with its effective value, by its config file key, sorted: what
+    /// `Admin.DescribeBroker` reports. Durations are written with a unit, in the form
+    /// the setting takes.
+    pub fn effective(&self) -> Vec<(&'static str, String)> {
+        let duration = |d: Duration| {
+            tidelog_storage::duration::format_duration_ms(
+                u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+            )
+        };
+        let mut settings = vec![
+            ("data_dir", self.data_dir.display().to_string()),
+            ("flush_threads", self.flush_threads.to_string()),
+            ("listen", self.listen.to_string()),
+            ("log_level", self.log_level.clone()),
+            ("max_request_bytes", self.max_request_bytes.to_string()),
+            (
+                "max_streams_per_connection",
+                self.max_streams_per_connection.to_string(),
+            ),
+            ("metrics_listen", self.metrics_listen.to_string()),
+            ("retention_interval", duration(self.retention_interval)),
+            ("shutdown_timeout", duration(self.shutdown_timeout)),
+        ];
+        settings.sort_unstable_by_key(|(name, _)| *name);
+        settings
+    }
+
     /// Reads the file named by `cli.config` (if any) and merges.
     pub fn load(cli: Cli) -> Result<Settings, String> {
         let file = match &cli.config {

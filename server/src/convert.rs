@@ -41,8 +41,14 @@ pub fn status(error: &Error) -> Status {
         Error::InvalidArgument(_) => Status::invalid_argument(format!(
             "{error}; fix the request, retrying it unchanged will fail again"
         )),
-        Error::TooLarge { limit_name, .. } => {
+        Error::TooLarge {
+            limit_name, limit, ..
+        } => {
             let hint = match *limit_name {
+                // Already the largest a topic can have: raising it is no way out.
+                "max_message_bytes" if *limit >= storage::limits::MESSAGE_BYTES_MAX => {
+                    "; send a smaller message: 16 MiB is the largest max_message_bytes a topic can have"
+                }
                 "max_message_bytes" => {
                     "; send a smaller message or raise the topic's max_message_bytes (Admin.AlterTopicConfig, up to 16 MiB)"
                 }

@@ -226,7 +226,7 @@ impl PartitionReader {
         self.state
             .store
             .topic(self.topic.name())
-            .is_ok_and(|t| Arc::ptr_eq(&t, &self.topic))
+            .is_ok_and(|t| t.is_same_topic(&self.topic))
     }
 
     /// Reads the cursor's next batch, or applies the reset policy. `None` when it is

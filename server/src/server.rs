@@ -200,7 +200,8 @@ async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            AdminServer::new(AdminService::new(state.clone())).max_decoding_message_size(max),
+            AdminServer::new(AdminService::new(state.clone(), bound.clone()))
+                .max_decoding_message_size(max),
         )
         .add_service(
             PublisherServer::new(PublisherService::new(state.clone()))

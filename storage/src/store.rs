@@ -72,17 +72,39 @@ impl Default for StoreOptions {
 pub const QUEUES_STATE_PATH: &str = "state/queues/queues.statelog";
 
 /// A topic: its partitions and config.
+///
+/// The partition list of a `Topic` never changes; raising the partition count
+/// ([`Store::create_partitions`]) puts a new `Topic` in the store that shares the
+/// existing partitions and the config, with the same [`Topic::is_same_topic`] identity.
+/// A holder of the older value finds the new partitions through [`Store::topic`].
 #[derive(Debug)]
 pub struct Topic {
     name: String,
     dir: PathBuf,
-    config: RwLock<Arc<TopicConfig>>,
+    /// Shared with the `Topic`s this one grew into, so an alter reaches every holder.
+    config: Arc<RwLock<Arc<TopicConfig>>>,
     partitions: Vec<Arc<Partition>>,
+    /// Which creation of the topic this is: a topic deleted and created again under
+    /// the same name is another topic; one with more partitions is the same.
+    incarnation: u64,
+}
+
+/// Gives every created or opened topic its own incarnation.
+static NEXT_INCARNATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_incarnation() -> u64 {
+    NEXT_INCARNATION.fetch_add(1, Ordering::Relaxed)
 }
 
 impl Topic {
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether `other` is this topic, possibly with more partitions since (rather than
+    /// a topic of the same name created after this one was deleted).
+    pub fn is_same_topic(&self, other: &Topic) -> bool {
+        self.incarnation == other.incarnation
     }
 
     pub fn config(&self) -> Arc<TopicConfig> {
@@ -326,8 +348,9 @@ impl Store {
         let topic = Arc::new(Topic {
             name: name.to_string(),
             dir,
-            config: RwLock::new(config),
+            config: Arc::new(RwLock::new(config)),
             partitions,
+            incarnation: next_incarnation(),
         });
         self.inner
             .topics
@@ -404,6 +427,85 @@ impl Store {
         }
         *topic.config.write().unwrap_or_else(|e| e.into_inner()) = config;
         Ok(topic)
+    }
+
+    /// Raises the partition count of topic `name` to `count` (only up). Returns the
+    /// topic with its new partitions; the value held before keeps its list (see
+    /// [`Topic`]).
+    ///
+    /// Crash safety: the new partition directories are created and their directory
+    /// fsynced first; the topic's config file, which holds the count, is replaced
+    /// atomically last. A crash before that leaves directories past the recorded count,
+    /// which never held a message: the topic opens with its old count, and the next
+    /// call removes them and starts again.
+    pub fn create_partitions(&self, name: &str, count: u32) -> Result<Arc<Topic>> {
+        self.check_open()?;
+        let _admin = self.inner.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let topic = self.topic(name)?;
+        let current = topic.partitions.len() as u32;
+        if count <= current {
+            return Err(Error::invalid(format!(
+                "topic {name:?} has {current} partitions; the count only grows, ask for more than {current}"
+            )));
+        }
+        if count > TOPIC_PARTITIONS_MAX {
+            return Err(Error::invalid(format!(
+                "a topic has at most {TOPIC_PARTITIONS_MAX} partitions, not {count}"
+            )));
+        }
+        let fs = &*self.inner.context.fs;
+        for id in current..count {
+            let dir = topic.dir.join(id.to_string());
+            if fs
+                .try_exists(&dir)
+                .ctx(|| format!("looking for {}", dir.display()))?
+            {
+                // Left by an attempt a crash cut short: the count never included it.
+                fs.remove_dir_all(&dir)
+                    .ctx(|| format!("removing unfinished {}", dir.display()))?;
+            }
+        }
+        let config = topic.config();
+        let added = (current..count)
+            .map(|id| {
+                Partition::open(
+                    name,
+                    id,
+                    &topic.dir.join(id.to_string()),
+                    config.clone(),
+                    self.inner.context.clone(),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let recorded = fsutil::sync_dir_with(fs, &topic.dir).and_then(|()| {
+            fsutil::write_file_atomically_with(
+                fs,
+                &topic.dir.join(TOPIC_CONFIG_FILE),
+                config.to_file(count).as_bytes(),
+            )
+        });
+        if let Err(error) = recorded {
+            for partition in &added {
+                partition.abandon_deleted();
+            }
+            return Err(error);
+        }
+        let mut partitions = topic.partitions.clone();
+        partitions.extend(added);
+        let grown = Arc::new(Topic {
+            name: topic.name.clone(),
+            dir: topic.dir.clone(),
+            config: topic.config.clone(),
+            partitions,
+            incarnation: topic.incarnation,
+        });
+        self.inner
+            .topics
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), grown.clone());
+        tracing::info!(topic = name, from = current, to = count, "added partitions");
+        Ok(grown)
     }
 
     fn read_topics(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Topic>>> {
@@ -535,8 +637,9 @@ fn open_topic(dir: &Path, name: &str, context: &PartitionContext) -> Result<Opti
     Ok(Some(Topic {
         name: name.to_string(),
         dir: dir.to_path_buf(),
-        config: RwLock::new(config),
+        config: Arc::new(RwLock::new(config)),
         partitions,
+        incarnation: next_incarnation(),
     }))
 }
 

@@ -1019,3 +1019,91 @@ fn a_failed_fsync_of_the_offsets_log_fails_the_commit_and_refuses_later_ones() {
         store.close().unwrap();
     }
 }
+
+/// `Store::create_partitions` cut by a power cut (or a torn write) after each of its
+/// filesystem operations: the topic reopens with its old count or its new one, never
+/// anything in between; the old partitions keep their data; a call that returned `Ok`
+/// is never taken back; and asking again on the reopened store completes the change.
+#[test]
+fn create_partitions_is_all_or_nothing_at_every_crash_point() {
+    let run = |crash_after: Option<u64>, seed: u64| -> (bool, u64) {
+        let dir = scratch_dir();
+        let data = dir.path().join("data");
+        let fs = FaultyFs::new(dir.path(), seed).unwrap();
+        let clock = ManualClock::new(START_MS);
+        let store = Store::open(&data, options(&fs, &clock)).unwrap();
+        let config = topic_config(FsyncPolicy::Always, 1 << 30);
+        store.create_topic("t", 2, config).unwrap();
+        let partition = store.topic("t").unwrap().partition(0).unwrap().clone();
+        partition
+            .append_durable(&[NewRecord::value("before")])
+            .unwrap();
+        let before = fs.ops();
+        if let Some(at) = crash_after {
+            fs.power_off_after(at);
+        }
+        drop(partition);
+        let grown = store
+            .create_partitions("t", 5)
+            .map(|topic| topic.partitions().len());
+        let ops = fs.ops() - before;
+        let powered_off = fs.is_powered_off();
+        let context = format!("seed {seed}, crash after op {crash_after:?}: {grown:?}");
+        if !powered_off {
+            assert_eq!(grown.as_ref().ok(), Some(&5), "{context}");
+        }
+        store.simulate_crash();
+        let options_for_crash = if seed.is_multiple_of(2) {
+            CrashOptions::lose_unsynced()
+        } else {
+            CrashOptions::keep_some(seed)
+        };
+        fs.crash(options_for_crash).unwrap();
+        let store = reopen(&fs, &data, &clock, &context);
+        let count = store.topic("t").unwrap().partitions().len();
+        assert!(count == 2 || count == 5, "{context}: {count} partitions");
+        if grown.is_ok() {
+            assert_eq!(count, 5, "{context}: an acknowledged change was taken back");
+        }
+        let read = store
+            .topic("t")
+            .unwrap()
+            .partition(0)
+            .unwrap()
+            .read(0, 10, 1 << 20);
+        assert_eq!(read.unwrap().records.len(), 1, "{context}");
+        // Asking again completes it (removing what the cut attempt left behind).
+        let topic = if count == 2 {
+            store
+                .create_partitions("t", 5)
+                .unwrap_or_else(|e| panic!("{context}: again: {e}"))
+        } else {
+            store.topic("t").unwrap()
+        };
+        let added = topic.partition(4).unwrap().clone();
+        let appended = added.append_durable(&[NewRecord::value("after")]).unwrap();
+        assert_eq!(
+            appended.base_offset, 0,
+            "{context}: a new partition starts empty"
+        );
+        assert!(
+            store.create_partitions("t", 5).is_err(),
+            "the count only grows"
+        );
+        drop(added);
+        drop(topic);
+        drop(store);
+        let store = reopen(&fs, &data, &clock, &context);
+        assert_eq!(store.topic("t").unwrap().partitions().len(), 5, "{context}");
+        store.close().unwrap();
+        (powered_off, ops)
+    };
+    let (powered_off, total) = run(None, 0);
+    assert!(!powered_off);
+    assert!(total > 5, "create_partitions did only {total} operations");
+    for seed in 0..2 {
+        for at in 0..total {
+            run(Some(at), seed);
+        }
+    }
+}

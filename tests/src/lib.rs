@@ -101,6 +101,9 @@ pub struct TestBroker {
     extra_args: Vec<String>,
     grpc: SocketAddr,
     metrics: SocketAddr,
+    /// Where the next start listens: port 0 (any free port) unless a restart asked
+    /// for the same ports.
+    listen: (SocketAddr, SocketAddr),
 }
 
 impl TestBroker {
@@ -123,6 +126,10 @@ impl TestBroker {
             extra_args: args.iter().map(ToString::to_string).collect(),
             grpc: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listen: (
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+            ),
         };
         broker.spawn();
         broker
@@ -142,7 +149,10 @@ impl TestBroker {
         let mut child = Command::new(tidelogd_bin())
             .arg("--data-dir")
             .arg(self.data_path())
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .arg("--listen")
+            .arg(self.listen.0.to_string())
+            .arg("--metrics-listen")
+            .arg(self.listen.1.to_string())
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -271,6 +281,17 @@ impl TestBroker {
         if self.child.is_some() {
             self.stop();
         }
+        self.spawn();
+    }
+
+    /// Stops tidelogd (SIGTERM) and starts it again on the same data directory and the
+    /// same ports, as a service manager restarts a broker: clients that reconnect to
+    /// the address they had find it again.
+    pub fn restart_on_the_same_ports(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+        self.listen = (self.grpc, self.metrics);
         self.spawn();
     }
 

@@ -20,9 +20,11 @@ Examples:
   tidelog consume orders --group billing -n 10
   tidelog group reset-offsets --group billing --topic orders --to-datetime 2026-11-23T00:00:00Z --execute
   tidelog segment verify /var/lib/tidelog
+  tidelog completions bash > ~/.local/share/bash-completion/completions/tidelog
 
 The broker address comes from --server or TIDELOG_SERVER (default http://127.0.0.1:7420).
-Exit codes: 0 ok, 1 error from the broker or the data, 2 bad arguments.";
+Exit codes: 0 ok, 1 error from the broker or the data, 2 bad arguments. With --json an
+error is one JSON object on stderr: {\"error\": {\"message\", \"exit_code\", \"grpc_code\"}}.";
 
 /// tidelog: operate a tidelogd broker and inspect its data files.
 #[derive(Debug, Parser)]
@@ -45,7 +47,8 @@ pub struct Cli {
     )]
     pub server: String,
 
-    /// Print JSON for scripts instead of tables.
+    /// Print JSON for scripts instead of tables; an error is then one JSON object on
+    /// stderr: {"error": {"message": "...", "exit_code": 1, "grpc_code": "NOT_FOUND"}}.
     #[arg(long, global = true)]
     pub json: bool,
 
@@ -75,6 +78,13 @@ pub enum Command {
     )]
     Group(GroupCommand),
 
+    /// Show the broker: version, addresses, data directory, effective settings.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  tidelog broker describe\n  tidelog broker describe --json"
+    )]
+    Broker(BrokerCommand),
+
     /// Offline tools for a data directory (stop tidelogd first): dump, verify, repair.
     #[command(
         subcommand,
@@ -82,10 +92,16 @@ pub enum Command {
     )]
     Segment(SegmentCommand),
 
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Examples:\n  tidelog completions bash > ~/.local/share/bash-completion/completions/tidelog\n  tidelog completions zsh > \"${fpath[1]}/_tidelog\"\n  tidelog completions fish > ~/.config/fish/completions/tidelog.fish"
+    )]
+    Completions(CompletionsArgs),
+
     /// Benchmark a broker: produce, consume or end to end, with validation.
     #[command(
         subcommand,
-        after_help = "Examples:\n  tidelog bench produce --producers 2 --stream\n  tidelog bench consume --messages 5M\n  tidelog bench e2e --stream --rate 100k --duration 20s"
+        after_help = "Examples:\n  tidelog bench produce --producers 2 --stream\n  tidelog bench consume --messages 5M\n  tidelog bench e2e --stream --rate 100k --duration 20s\n\nThe whole scenario suite (builds, starts its own tidelogd, writes a table):\n  cargo run --release -p tidelog-benches --bin scenarios -- --quick   # ~1-2 min; --help lists every option"
     )]
     Bench(crate::bench::BenchCommand),
 }
@@ -98,7 +114,7 @@ pub enum Command {
 pub enum TopicCommand {
     /// Create a topic.
     #[command(
-        after_help = "Examples:\n  tidelog topic create orders\n  tidelog topic create orders --partitions 6 --retention 7d --retention-bytes 10GiB \\\n      --ttl 1h --fsync interval:10ms --segment-bytes 256MiB --compression zstd\n\nDurations need a unit: 500ms, 30s, 5m, 1h30m, 7d, 2w or ISO-8601 PT30M, P1D; `0` alone (or\n`off`) means no limit. Sizes: 4096 (bytes), 256MiB, 10GiB, 1GB."
+        after_help = "Examples:\n  tidelog topic create orders\n  tidelog topic create orders --if-not-exists   # exit 0 when it exists\n  tidelog topic create orders --partitions 6 --retention 7d --retention-bytes 10GiB \\\n      --ttl 1h --fsync interval:10ms --segment-bytes 256MiB --compression zstd\n\nDurations need a unit: 500ms, 30s, 5m, 1h30m, 7d, 2w or ISO-8601 PT30M, P1D; `0` alone (or\n`off`) means no limit. Sizes: 4096 (bytes), 256MiB, 10GiB, 1GB."
     )]
     Create(TopicCreateArgs),
 
@@ -114,21 +130,33 @@ pub enum TopicCommand {
     )]
     Describe(TopicNameArg),
 
-    /// Change a topic's configuration (the partition count is fixed).
+    /// Change a topic's configuration, or raise its partition count.
     #[command(
-        after_help = "Examples:\n  tidelog topic alter orders --retention 30d\n  tidelog topic alter orders --ttl off --fsync always\n\n`off` (or `0`) switches a limit off (--retention, --retention-bytes, --ttl, --segment-age).\nDurations need a unit: 500ms, 30s, 5m, 1h30m, 7d, 2w or ISO-8601 PT30M, P1D."
+        after_help = "Examples:\n  tidelog topic alter orders --retention 30d\n  tidelog topic alter orders --ttl off --fsync always\n  tidelog topic alter orders --partitions 12\n\n`off` (or `0`) switches a limit off (--retention, --retention-bytes, --ttl, --segment-age).\nDurations need a unit: 500ms, 30s, 5m, 1h30m, 7d, 2w or ISO-8601 PT30M, P1D.\n\n--partitions only raises the count. KEYS MOVE: a keyed message goes to partition\nhash(key) % count, so most keys map to another partition afterwards; per-key order\nholds among messages published before and among those published after, not across."
     )]
     Alter(TopicAlterArgs),
 
     /// Delete a topic, its data and the offsets groups committed for it.
-    #[command(after_help = "Examples:\n  tidelog topic delete orders")]
-    Delete(TopicNameArg),
+    #[command(
+        after_help = "Examples:\n  tidelog topic delete orders\n  tidelog topic delete orders --if-exists   # exit 0 when there is no such topic"
+    )]
+    Delete(TopicDeleteArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct TopicNameArg {
     /// Topic name.
     pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TopicDeleteArgs {
+    /// Topic name.
+    pub name: String,
+
+    /// Succeed (saying so on stderr) when there is no such topic.
+    #[arg(long)]
+    pub if_exists: bool,
 }
 
 #[derive(Debug, Args)]
@@ -283,9 +311,14 @@ pub struct TopicCreateArgs {
     /// Topic name: letters, digits, '.', '_' and '-'.
     pub name: String,
 
-    /// Number of partitions (1 to 10000); cannot be changed later.
+    /// Number of partitions (1 to 10000); `topic alter --partitions` raises it later.
     #[arg(short, long, default_value_t = 1, value_name = "N")]
     pub partitions: u32,
+
+    /// Succeed (saying so on stderr, leaving its configuration alone) when the topic
+    /// exists already.
+    #[arg(long)]
+    pub if_not_exists: bool,
 
     #[command(flatten)]
     pub config: TopicConfigArgs,
@@ -296,13 +329,48 @@ pub struct TopicAlterArgs {
     /// Topic name.
     pub name: String,
 
+    /// Raise the partition count to N (only up, at most 10000). Keys then map to
+    /// different partitions.
+    #[arg(short, long, value_name = "N")]
+    pub partitions: Option<u32>,
+
     #[command(flatten)]
     pub config: TopicConfigArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+// ---------------------------------------------------------------------------------
+// broker
+// ---------------------------------------------------------------------------------
+
+#[derive(Debug, Subcommand)]
+pub enum BrokerCommand {
+    /// Show the broker's version, addresses, data directory and the effective value
+    /// of every setting (after flags, environment, config file and defaults).
+    #[command(
+        after_help = "Examples:\n  tidelog broker describe\n  tidelog broker describe --json"
+    )]
+    Describe,
 }
 
 // ---------------------------------------------------------------------------------
 // produce
 // ---------------------------------------------------------------------------------
+
+/// How produce reads each message's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InputFormat {
+    /// As they are.
+    Raw,
+    /// Base64 (RFC 4648): decoded before sending.
+    Base64,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AckArg {
@@ -325,6 +393,55 @@ fn header(text: &str) -> Result<(String, String), String> {
     Ok((key.to_string(), value.to_string()))
 }
 
+/// Bytes given on the command line with C-style escapes: `\n`, `\r`, `\t`, `\0`,
+/// `\\` and `\xNN` (so `-D '\0'` is a NUL byte).
+pub fn escaped_bytes(text: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        match bytes.next() {
+            Some(b'n') => out.push(b'\n'),
+            Some(b'r') => out.push(b'\r'),
+            Some(b't') => out.push(b'\t'),
+            Some(b'0') => out.push(0),
+            Some(b'\\') => out.push(b'\\'),
+            Some(b'x') => {
+                let hex: Vec<u8> = bytes.by_ref().take(2).collect();
+                let byte = std::str::from_utf8(&hex)
+                    .ok()
+                    .filter(|h| h.len() == 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| format!("{text:?}: \\x needs two hex digits"))?;
+                out.push(byte);
+            }
+            other => {
+                return Err(format!(
+                    "{text:?}: unknown escape \\{} (use \\n \\r \\t \\0 \\\\ or \\xNN)",
+                    other.map_or(String::new(), |b| char::from(b).to_string())
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What ends each message (`-D`): one or more bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delimiter(pub Vec<u8>);
+
+/// A message delimiter (`-D`): escaped bytes, not empty.
+fn delimiter(text: &str) -> Result<Delimiter, String> {
+    let bytes = escaped_bytes(text)?;
+    if bytes.is_empty() {
+        return Err("the delimiter is empty".into());
+    }
+    Ok(Delimiter(bytes))
+}
+
 /// A separator; `\t` and `\n`-style escapes are understood.
 fn separator(text: &str) -> Result<String, String> {
     let unescaped = text.replace("\\t", "\t").replace("\\n", "\n");
@@ -340,9 +457,15 @@ Examples:
   tidelog produce orders --file events.txt --quiet
   printf 'user1:signed up\\nuser2:paid\\n' | tidelog produce orders --key-separator :
   tidelog produce orders --key user1 --header source=cli --ack written --ttl 1h
+  tidelog produce images --value-file photo.jpg --key photo-1
+  find . -print0 | tidelog produce paths -D '\\0'
+  base64 -w0 blob.bin | tidelog produce blobs --format base64
 
-Each line is one message (the newline is not part of it). Lines are sent in batches
-over a pipelined stream; the offsets are printed as `partition <p> offset <o>`.";
+Each line is one message (the newline is not part of it); -D picks another delimiter
+(NUL included), --value-file sends a whole file as one message. A line ending in \\r
+(CRLF input) keeps the \\r, with a warning (-D '\\r\\n' splits at CRLF); input that is
+not UTF-8 split at newlines gets a warning too. Messages are sent in batches over a
+pipelined stream; the offsets are printed as `partition <p> offset <o>`.";
 
 #[derive(Debug, Args)]
 #[command(after_help = PRODUCE_EXAMPLES)]
@@ -350,9 +473,23 @@ pub struct ProduceArgs {
     /// Topic to publish to.
     pub topic: String,
 
-    /// Read lines from this file instead of stdin.
-    #[arg(short, long, value_name = "FILE")]
+    /// Read lines (records split at --delimiter) from this file instead of stdin.
+    #[arg(short, long, value_name = "FILE", conflicts_with = "value_file")]
     pub file: Option<PathBuf>,
+
+    /// Send this whole file as one message (binary safe; `-` = all of stdin).
+    #[arg(long, value_name = "FILE")]
+    pub value_file: Option<PathBuf>,
+
+    /// What ends each message in the input (escapes: \n \r \t \0 \\ \xNN), e.g. '\0'
+    /// for NUL-separated input or '\r\n'. Default: a newline.
+    #[arg(short = 'D', long, value_name = "BYTES", value_parser = delimiter, conflicts_with = "value_file")]
+    pub delimiter: Option<Delimiter>,
+
+    /// How each message (its key and value) is written in the input: raw bytes, or
+    /// base64 (decoded before sending; for binary data in a text file).
+    #[arg(long, value_enum, default_value_t = InputFormat::Raw)]
+    pub format: InputFormat,
 
     /// Key of every message (decides the partition when --partition is not given).
     #[arg(short, long, conflicts_with = "key_separator")]
@@ -379,7 +516,8 @@ pub struct ProduceArgs {
     #[arg(long, value_enum, default_value_t = AckArg::Durable)]
     pub ack: AckArg,
 
-    /// Print one summary line instead of every offset.
+    /// Print one summary line instead of every offset (the offsets of up to 4
+    /// partitions; with --json, of every partition).
     #[arg(short, long)]
     pub quiet: bool,
 
@@ -409,6 +547,27 @@ pub enum StartAt {
     TimestampMs(i64),
 }
 
+/// Where reading stops (`--until`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Before this offset, in every partition.
+    Offset(u64),
+    /// Before the first message stamped at or after this time (ms since the epoch).
+    TimestampMs(i64),
+}
+
+fn until(text: &str) -> Result<Until, String> {
+    match text.trim() {
+        t if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => t
+            .parse()
+            .map(Until::Offset)
+            .map_err(|_| format!("offset {t:?} is too large")),
+        t => parse_datetime_ms(t)
+            .map(Until::TimestampMs)
+            .map_err(|e| format!("{t:?} is not an offset or a date-time ({e})")),
+    }
+}
+
 fn from(text: &str) -> Result<StartAt, String> {
     match text.trim() {
         "earliest" | "beginning" => Ok(StartAt::Earliest),
@@ -425,8 +584,11 @@ fn from(text: &str) -> Result<StartAt, String> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
-    /// The value of each message on its own line.
+    /// The value of each message as stored (raw bytes), then the delimiter.
+    #[value(alias = "raw")]
     Text,
+    /// The value of each message in base64 (RFC 4648), then the delimiter.
+    Base64,
     /// One JSON object per message and line.
     Json,
 }
@@ -446,15 +608,26 @@ Examples:
   tidelog consume orders                         # everything stored, then exit
   tidelog consume orders --from latest --follow  # wait for new messages
   tidelog consume orders --from 2026-11-23T08:00:00Z -n 100 --format json
-  tidelog consume orders --partition 0,2 --from 1500
+  tidelog consume orders --partition 0,2 --from 1500 --until 2000
+  tidelog consume orders --from 2026-11-23T08:00:00Z --until 2026-11-23T09:00:00Z
+  tidelog consume orders --print-key --print-headers
   tidelog consume orders --group billing --follow
 
 Without --follow, reading stops at the end offsets seen when it started. With --group
-the broker assigns partitions and reading starts at the group's committed offsets;
+the broker assigns partitions and reading starts at the group's committed offsets
+(--from says where partitions without one start, e.g. --from earliest for Kafka's
+--from-beginning);
 what was printed is committed after each batch, before a rebalance hands a partition
 to another member, and at exit, so the group's next reader starts right after it.
 JSON lines carry partition, offset, timestamp (ms), key, value and headers; bytes that
-are not UTF-8 appear as {\"base64\": \"...\"}.";
+are not UTF-8 appear as {\"base64\": \"...\"}. --format base64 prints each value (and
+key) in base64, as `produce --format base64` reads it; -D '\\0' ends each message with a
+NUL instead of a newline (`tidelog consume t -D '\\0' | xargs -0 ...`).
+
+A damaged batch on disk (DATA_LOSS) stops its partition only: every message before it
+is printed, the other partitions are read on (--follow too), and the command then exits
+1 naming the partition, the offset, `tidelog segment verify` and how to read past it. A
+group member's stream ends at the damage; what it printed is committed.";
 
 #[derive(Debug, Args)]
 #[command(after_help = CONSUME_EXAMPLES)]
@@ -463,8 +636,12 @@ pub struct ConsumeArgs {
     pub topic: String,
 
     /// Where to start: earliest, latest, an offset, or a date-time (YYYY-MM-DDTHH:mm:SS[.sss][Z|+hh:mm]).
-    /// An offset outside a partition's offsets follows --offset-reset.
-    #[arg(long, value_name = "POSITION", value_parser = from, conflicts_with = "group")]
+    /// An offset outside a partition's offsets follows --offset-reset. With --group it
+    /// applies to partitions the group has no committed offset for (Kafka's
+    /// --from-beginning): earliest or latest is then the group's reset policy (over
+    /// --offset-reset); an offset or a date-time is committed before joining, unless
+    /// the group has live members.
+    #[arg(long, value_name = "POSITION", value_parser = from)]
     pub from: Option<StartAt>,
 
     /// Only these partitions (repeat or separate with commas; default all).
@@ -485,7 +662,9 @@ pub struct ConsumeArgs {
     #[arg(short = 'n', long, value_name = "N")]
     pub count: Option<u64>,
 
-    /// Keep waiting for new messages (until Ctrl-C or --count).
+    /// Keep waiting for new messages (until Ctrl-C, --count or --until). When the
+    /// broker goes away (a restart), reconnect with backoff (0.1s doubling to 5s) and
+    /// go on where each partition stood; a group member joins the group again.
     #[arg(short, long)]
     pub follow: bool,
 
@@ -501,9 +680,27 @@ pub struct ConsumeArgs {
     #[arg(long, value_name = "SEP", default_value = "\t", value_parser = separator, hide_default_value = true)]
     pub key_separator: String,
 
+    /// Text and base64 formats: what follows each message (escapes: \n \r \t \0 \\
+    /// \xNN), e.g. '\0' for NUL-separated output. Default: a newline.
+    #[arg(short = 'D', long, value_name = "BYTES", value_parser = delimiter)]
+    pub delimiter: Option<Delimiter>,
+
     /// Text format: prefix each line with partition, offset and timestamp.
     #[arg(long)]
     pub print_meta: bool,
+
+    /// Text format: print the headers before the value, as key=value pairs separated
+    /// by ',' (with --print-key, after the key), then a tab; `-` when there are none.
+    /// Bytes that are not UTF-8 and the characters ,=\t\n in a header are escaped.
+    #[arg(long)]
+    pub print_headers: bool,
+
+    /// Stop each partition before this offset, or at its first message stamped at or
+    /// after this date-time; with --follow, reading also ends once the clock passes
+    /// the date-time. Together with --follow, an offset ends reading when every
+    /// partition reached it.
+    #[arg(long, value_name = "OFFSET|DATETIME", value_parser = until)]
+    pub until: Option<Until>,
 
     /// Where to start when a position is outside the partition's offsets (a --from
     /// offset below the log start or past the end, a group's committed offset that
@@ -523,7 +720,8 @@ pub enum GroupCommand {
     #[command(after_help = "Examples:\n  tidelog group list\n  tidelog group list --json")]
     List,
 
-    /// Show a group's members, assignment, committed offsets, end offsets and lag.
+    /// Show a group's members, assignment, committed offsets, end offsets, lag per
+    /// partition and the total lag.
     #[command(
         after_help = "Examples:\n  tidelog group describe billing\n  tidelog group describe billing --json"
     )]
@@ -701,6 +899,12 @@ mod tests {
     #[test]
     fn the_command_tree_is_consistent() {
         Cli::command().debug_assert();
+        // Values reach their typed fields (a Vec<u8> field would be taken as many u8).
+        let cli = Cli::try_parse_from(["tidelog", "produce", "t", "-D", "\\0"]).unwrap();
+        let Command::Produce(args) = cli.command else {
+            panic!("not produce")
+        };
+        assert_eq!(args.delimiter, Some(Delimiter(vec![0])));
     }
 
     #[test]
@@ -745,6 +949,13 @@ mod tests {
     }
 
     #[test]
+    fn until_parses_an_offset_or_a_time() {
+        assert_eq!(until("42"), Ok(Until::Offset(42)));
+        assert_eq!(until("1970-01-01T00:00:01Z"), Ok(Until::TimestampMs(1000)));
+        assert!(until("soon").is_err());
+    }
+
+    #[test]
     fn start_positions_parse() {
         assert_eq!(from("earliest"), Ok(StartAt::Earliest));
         assert_eq!(from("latest"), Ok(StartAt::Latest));
@@ -752,6 +963,17 @@ mod tests {
         assert_eq!(from("1970-01-01T00:00:01Z"), Ok(StartAt::TimestampMs(1000)));
         assert!(from("yesterday").is_err());
         assert!(from("-5").is_err());
+    }
+
+    #[test]
+    fn delimiters_take_escapes() {
+        assert_eq!(delimiter("\\0"), Ok(Delimiter(vec![0])));
+        assert_eq!(delimiter("\\r\\n"), Ok(Delimiter(b"\r\n".to_vec())));
+        assert_eq!(delimiter("\\x1e"), Ok(Delimiter(vec![0x1e])));
+        assert_eq!(delimiter("|"), Ok(Delimiter(b"|".to_vec())));
+        assert!(delimiter("").is_err());
+        assert!(delimiter("\\q").is_err());
+        assert!(delimiter("\\x1").is_err());
     }
 
     #[test]

@@ -20,14 +20,15 @@ use tidelog_proto::v1::{
     CommitOffsetsRequest, ConsumedMessage, FetchOffsetsRequest, FetchRequest, GroupMembership,
     ResetOffsetsRequest, ResetPolicy, ResetReason, StartPosition, SubscribeRequest,
     TopicDescription, TopicPartitionOffset, reset_offsets_request, start_position,
-    subscribe_response,
+    subscribe_request, subscribe_response,
 };
 use tonic::Streaming;
 
-use crate::cli::{ConsumeArgs, Format, ResetPolicyArg, StartAt};
+use crate::cli::{ConsumeArgs, Format, ResetPolicyArg, StartAt, Until};
 use crate::client::Broker;
 use crate::error::{CliError, CliResult};
 use crate::output::{Stdout, bytes_json, note};
+use crate::terms::{half_open, to_cli};
 use crate::time::format_datetime_ms;
 use crate::topic::describe;
 
@@ -52,9 +53,13 @@ struct Printer {
     format: Format,
     print_key: bool,
     print_meta: bool,
+    print_headers: bool,
     key_separator: Vec<u8>,
+    /// What follows each message in the text and base64 formats.
+    delimiter: Vec<u8>,
     printed: u64,
     limit: Option<u64>,
+    until: Option<Until>,
 }
 
 impl Printer {
@@ -62,10 +67,32 @@ impl Printer {
         self.limit.is_some_and(|limit| self.printed >= limit)
     }
 
+    /// Whether `m` is at or past `--until` (not printed; its partition is done).
+    fn past_until(&self, m: &ConsumedMessage) -> bool {
+        match self.until {
+            None => false,
+            Some(Until::Offset(offset)) => m.offset >= offset,
+            Some(Until::TimestampMs(ms)) => m.timestamp_ms >= ms,
+        }
+    }
+
+    /// Whether a partition whose next offset is `next` has reached `--until OFFSET`.
+    fn reached_until(&self, next: u64) -> bool {
+        matches!(self.until, Some(Until::Offset(offset)) if next >= offset)
+    }
+
     fn print(&mut self, m: &ConsumedMessage) -> CliResult<()> {
         match self.format {
             Format::Json => self.out.json(&message_json(m))?,
-            Format::Text => {
+            Format::Text | Format::Base64 => {
+                let base64 = self.format == Format::Base64;
+                let bytes = |b: &[u8]| -> Vec<u8> {
+                    if base64 {
+                        crate::output::base64(b).into_bytes()
+                    } else {
+                        b.to_vec()
+                    }
+                };
                 let mut line = Vec::with_capacity(m.value.len() + m.key.len() + 48);
                 if self.print_meta {
                     line.extend_from_slice(
@@ -79,17 +106,57 @@ impl Printer {
                     );
                 }
                 if self.print_key {
-                    line.extend_from_slice(&m.key);
+                    line.extend_from_slice(&bytes(&m.key));
                     line.extend_from_slice(&self.key_separator);
                 }
-                line.extend_from_slice(&m.value);
-                line.push(b'\n');
+                if self.print_headers {
+                    line.extend_from_slice(headers_text(&m.headers).as_bytes());
+                    line.push(b'\t');
+                }
+                line.extend_from_slice(&bytes(&m.value));
+                line.extend_from_slice(&self.delimiter);
                 self.out.write(&line)?;
             }
         }
         self.printed += 1;
         Ok(())
     }
+}
+
+/// Headers as one text field: `key=value` pairs joined by `,`, `-` for none. Bytes
+/// that are not UTF-8 become `\xNN`; `\`, `,`, `=`, tab and newline are escaped, so
+/// the field never splits a line or a pair.
+pub fn headers_text(headers: &[tidelog_proto::v1::Header]) -> String {
+    if headers.is_empty() {
+        return "-".into();
+    }
+    fn escape(bytes: &[u8], out: &mut String) {
+        for chunk in bytes.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    ',' => out.push_str("\\,"),
+                    '=' => out.push_str("\\="),
+                    '\t' => out.push_str("\\t"),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
+            }
+            for b in chunk.invalid() {
+                out.push_str(&format!("\\x{b:02x}"));
+            }
+        }
+    }
+    let mut out = String::new();
+    for (i, h) in headers.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        escape(h.key.as_bytes(), &mut out);
+        out.push('=');
+        escape(&h.value, &mut out);
+    }
+    out
 }
 
 /// One message as a JSON object: partition, offset, timestamp (ms), key (null when
@@ -124,9 +191,15 @@ pub async fn run(broker: &Broker, args: ConsumeArgs, json: bool) -> CliResult<()
         format: if json { Format::Json } else { args.format },
         print_key: args.print_key,
         print_meta: args.print_meta,
+        print_headers: args.print_headers,
         key_separator: args.key_separator.as_bytes().to_vec(),
+        delimiter: args
+            .delimiter
+            .clone()
+            .map_or_else(|| b"\n".to_vec(), |d| d.0),
         printed: 0,
         limit: args.count,
+        until: args.until,
     };
     if args.count == Some(0) {
         return Ok(());
@@ -159,10 +232,10 @@ async fn topic_and_partitions(
     if let Some(&bad) = chosen.iter().find(|&&p| p >= count) {
         return Err(CliError::failure(
             format!(
-                "topic {:?} has {count} partition{} (0..={}), not partition {bad}",
+                "topic {:?} has {count} partition{} ({}), not partition {bad}",
                 args.topic,
                 if count == 1 { "" } else { "s" },
-                count.saturating_sub(1)
+                half_open(0, u64::from(count))
             ),
             "pick an existing partition",
         ));
@@ -218,6 +291,7 @@ async fn consume_fetch(
         _ => None,
     };
     let mut consumer = broker.consumer();
+    let mut damaged = Vec::new();
     for &partition in &partitions {
         let Some(state) = topic.partitions.iter().find(|p| p.partition == partition) else {
             continue;
@@ -240,7 +314,7 @@ async fn consume_fetch(
             let left = printer
                 .limit
                 .map_or(u64::MAX, |limit| limit - printer.printed);
-            let response = consumer
+            let fetched = consumer
                 .fetch(FetchRequest {
                     topic: args.topic.clone(),
                     partition,
@@ -249,14 +323,32 @@ async fn consume_fetch(
                     max_bytes: 0,
                     max_wait_ms: 0,
                 })
-                .await
-                .map_err(|s| broker.error(&context, &s))?
-                .into_inner();
+                .await;
+            let response = match fetched {
+                Ok(response) => response.into_inner(),
+                // The messages before the damage were printed; the other partitions
+                // are read on, and the damage is reported at the end.
+                Err(status) if status.code() == tonic::Code::DataLoss => {
+                    let damage = Damage::new(partition, offset, &status);
+                    damage.warn(&args.topic);
+                    damaged.push(damage);
+                    break;
+                }
+                Err(status) => return Err(broker.error(&context, &status)),
+            };
+            let mut reached_until = false;
             for m in response.messages.iter().filter(|m| m.offset < end) {
+                if printer.past_until(m) {
+                    reached_until = true;
+                    break;
+                }
                 printer.print(m)?;
                 if printer.done() {
-                    return Ok(());
+                    return damage_error(&args.topic, &damaged);
                 }
+            }
+            if reached_until || printer.reached_until(response.next_offset) {
+                break;
             }
             if response.next_offset <= offset {
                 break; // nothing more is readable below `end`
@@ -267,7 +359,100 @@ async fn consume_fetch(
             break;
         }
     }
-    Ok(())
+    damage_error(&args.topic, &damaged)
+}
+
+/// A partition that could not be read past a damaged batch (DATA_LOSS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Damage {
+    partition: u32,
+    /// The offset whose read failed: the damaged batch holds it (or the first
+    /// message after it).
+    offset: u64,
+    /// What the broker found, without its advice in API terms.
+    cause: String,
+}
+
+/// The offset after the damaged batch, when the broker's message (in the CLI's terms)
+/// names the batch's offsets ("... in the batch holding offsets 97-127").
+fn past_damaged_batch(cause: &str) -> Option<u64> {
+    let (_, rest) = cause.split_once("holding offsets ")?;
+    let digits = |s: &str| -> Option<(u64, usize)> {
+        let n = s.bytes().take_while(u8::is_ascii_digit).count();
+        Some((s[..n].parse().ok()?, n))
+    };
+    let (first, used) = digits(rest)?;
+    let last = match rest[used..].strip_prefix('-') {
+        Some(after) => digits(after)?.0,
+        None => first,
+    };
+    last.checked_add(1)
+}
+
+impl Damage {
+    fn new(partition: u32, offset: u64, status: &tonic::Status) -> Self {
+        Damage {
+            partition,
+            offset,
+            cause: to_cli(
+                status
+                    .message()
+                    .split("; ")
+                    .next()
+                    .unwrap_or_default()
+                    .trim(),
+            ),
+        }
+    }
+
+    /// Said at once, so the order of the output shows where reading stopped.
+    fn warn(&self, topic: &str) {
+        note(&format!(
+            "warning: {topic}/{}: a damaged batch at offset {} (DATA_LOSS: {}); the messages \
+             before it were printed, reading goes on with the other partitions",
+            self.partition, self.offset, self.cause
+        ));
+    }
+}
+
+/// What to do about damaged batches: the broker never serves them.
+const DAMAGE_TODO: &str = "stop tidelogd and run `tidelog segment verify` on its data directory \
+     to see the damage (then `tidelog segment repair`)";
+
+/// Exit 1 naming every partition that stopped at a damaged batch, or `Ok`.
+fn damage_error(topic: &str, damaged: &[Damage]) -> CliResult<()> {
+    match damaged {
+        [] => Ok(()),
+        [one] => Err(CliError::failure(
+            format!(
+                "partition {} of topic {topic:?} could not be read past offset {}: the batch \
+                 there is damaged (DATA_LOSS: {})",
+                one.partition, one.offset, one.cause
+            ),
+            match past_damaged_batch(&one.cause) {
+                Some(next) => format!(
+                    "{DAMAGE_TODO}; to read on past it: `tidelog consume {topic} -p {} --from {next}`",
+                    one.partition
+                ),
+                None => format!("{DAMAGE_TODO}; to read on, --from an offset past the batch"),
+            },
+        )
+        .with_code(tonic::Code::DataLoss)),
+        several => Err(CliError::failure(
+            format!(
+                "{} partitions of topic {topic:?} could not be read past a damaged batch \
+                 (DATA_LOSS): {}",
+                several.len(),
+                several
+                    .iter()
+                    .map(|d| format!("partition {} at offset {}", d.partition, d.offset))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            DAMAGE_TODO,
+        )
+        .with_code(tonic::Code::DataLoss)),
+    }
 }
 
 /// Where a `--from <offset>` outside `log_start..=end` starts, by `--offset-reset`
@@ -291,8 +476,9 @@ fn out_of_range_start(
         ResetPolicyArg::Error => {
             return Err(CliError::failure(
                 format!(
-                    "offset {offset} of {}/{partition} is {position}: the partition holds offsets {log_start}..{end} (end exclusive), and --offset-reset is error",
-                    args.topic
+                    "offset {offset} of {}/{partition} is {position}: the partition holds offsets {}, and --offset-reset is error",
+                    args.topic,
+                    half_open(log_start, end)
                 ),
                 OUT_OF_RANGE_TODO,
             ));
@@ -318,8 +504,8 @@ fn stream_error(broker: &Broker, context: &str, status: &tonic::Status, group: b
         return broker.error(context, status);
     }
     // The broker's message is "<what>; <what to do in RPC terms>": keep the first part.
-    let what = status.message().split("; ").next().unwrap_or_default();
-    let what = what.trim_end_matches(" and reset_policy is ERROR");
+    let what = to_cli(status.message().split("; ").next().unwrap_or_default());
+    let what = what.trim_end_matches(" and --offset-reset is error");
     let todo = if group {
         "move the group's offsets with `tidelog group reset-offsets`, or let --offset-reset earliest or latest move the position"
     } else {
@@ -329,24 +515,21 @@ fn stream_error(broker: &Broker, context: &str, status: &tonic::Status, group: b
         format!("{context} failed: {what}, and --offset-reset is error"),
         todo,
     )
+    .with_code(tonic::Code::OutOfRange)
 }
 
-/// Waits for the next event of a stream; `Ok(None)` when it ended.
-async fn next_event(
-    broker: &Broker,
-    context: &str,
+/// The next event of a stream, or the status that ended it; `Ok(None)` when it ended
+/// without one.
+async fn next_status_event(
     stream: &mut Streaming<tidelog_proto::v1::SubscribeResponse>,
-    group: bool,
-) -> CliResult<Option<subscribe_response::Event>> {
+) -> Result<Option<subscribe_response::Event>, tonic::Status> {
     loop {
-        match stream.message().await {
-            Ok(Some(response)) => {
-                if let Some(event) = response.event {
-                    return Ok(Some(event));
-                }
+        if let Some(response) = stream.message().await? {
+            if let Some(event) = response.event {
+                return Ok(Some(event));
             }
-            Ok(None) => return Ok(None),
-            Err(status) => return Err(stream_error(broker, context, &status, group)),
+        } else {
+            return Ok(None);
         }
     }
 }
@@ -382,47 +565,266 @@ async fn consume_follow(
     let mut partitions = args.partition.clone();
     partitions.sort_unstable();
     partitions.dedup();
-    let mut stream = broker
-        .consumer()
-        .subscribe(SubscribeRequest {
-            topic: args.topic.clone(),
-            partitions,
-            start: Some(StartPosition {
-                position: Some(position),
-            }),
-            group: None,
-            reset_policy: reset_policy(args.offset_reset) as i32,
-            max_batch_messages: 0,
-            max_batch_bytes: 0,
-            ..SubscribeRequest::default()
-        })
-        .await
-        .map_err(|s| broker.error(&context, &s))?
-        .into_inner();
+    // Where each partition stands: from the Positioned event, then every batch's
+    // positions. A resubscription (after a damaged partition is dropped) starts each
+    // remaining partition there.
+    let mut positions: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut damaged: Vec<Damage> = Vec::new();
+    // Partitions that reached --until: their later messages are not printed.
+    let mut finished: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
+    let until_clock = until_deadline(printer.until);
     let mut stop = StopSignal::new();
+    let mut backoff = Reconnect::default();
     loop {
-        let event = tokio::select! {
-            event = next_event(broker, &context, &mut stream, false) => event?,
-            _ = stop.recv() => return Ok(()),
+        let request = if positions.is_empty() {
+            SubscribeRequest {
+                topic: args.topic.clone(),
+                partitions: partitions.clone(),
+                start: Some(StartPosition {
+                    position: Some(position),
+                }),
+                ..SubscribeRequest::default()
+            }
+        } else {
+            SubscribeRequest {
+                topic: args.topic.clone(),
+                partition_starts: positions
+                    .iter()
+                    .map(|(&partition, &offset)| subscribe_request::PartitionStart {
+                        partition,
+                        offset,
+                    })
+                    .collect(),
+                ..SubscribeRequest::default()
+            }
         };
-        match event {
-            None => return Ok(()),
-            Some(subscribe_response::Event::Batch(batch)) => {
-                for m in &batch.messages {
-                    printer.print(m)?;
-                    if printer.done() {
-                        return Ok(());
+        let subscribed = broker
+            .consumer()
+            .subscribe(SubscribeRequest {
+                group: None,
+                reset_policy: reset_policy(args.offset_reset) as i32,
+                send_positioned: true,
+                ..request
+            })
+            .await;
+        let mut stream = match subscribed {
+            Ok(stream) => stream.into_inner(),
+            Err(status) if backoff.is_retrying() && reconnectable(&status) => {
+                if !backoff.wait(&mut stop).await {
+                    return damage_error(&args.topic, &damaged);
+                }
+                continue;
+            }
+            Err(status) => return Err(broker.error(&context, &status)),
+        };
+        let ended = loop {
+            if !positions.is_empty() && positions.keys().all(|p| finished.contains(p)) {
+                return damage_error(&args.topic, &damaged);
+            }
+            let event = tokio::select! {
+                event = next_status_event(&mut stream) => event,
+                _ = stop.recv() => return damage_error(&args.topic, &damaged),
+                _ = sleep_until_opt(until_clock) => return damage_error(&args.topic, &damaged),
+            };
+            if event.is_ok() {
+                backoff.connected();
+            }
+            match event {
+                Err(status) => break status,
+                Ok(None) => return damage_error(&args.topic, &damaged),
+                Ok(Some(subscribe_response::Event::Batch(batch))) => {
+                    for m in &batch.messages {
+                        if finished.contains(&m.partition) {
+                            continue;
+                        }
+                        if printer.past_until(m) {
+                            finished.insert(m.partition);
+                            continue;
+                        }
+                        printer.print(m)?;
+                        positions.insert(m.partition, m.offset + 1);
+                        if printer.done() {
+                            return damage_error(&args.topic, &damaged);
+                        }
+                    }
+                    for p in &batch.positions {
+                        if !finished.contains(&p.partition) {
+                            positions.insert(p.partition, p.next_offset);
+                        }
+                    }
+                    finished.extend(
+                        positions
+                            .iter()
+                            .filter(|(_, next)| printer.reached_until(**next))
+                            .map(|(p, _)| *p),
+                    );
+                    // A pipe reader (`| grep`) sees each batch as it arrives.
+                    printer.out.flush()?;
+                }
+                Ok(Some(subscribe_response::Event::PositionReset(reset))) => {
+                    reset_note(&reset);
+                    positions.insert(reset.partition, reset.to_offset);
+                }
+                Ok(Some(subscribe_response::Event::Positioned(positioned))) => {
+                    for p in &positioned.positions {
+                        positions.insert(p.partition, p.next_offset);
+                        if printer.reached_until(p.next_offset) {
+                            finished.insert(p.partition);
+                        }
                     }
                 }
-                // A pipe reader (`| grep`) sees each batch as it arrives.
-                printer.out.flush()?;
+                Ok(Some(subscribe_response::Event::Assignment(_))) => {}
             }
-            Some(subscribe_response::Event::PositionReset(reset)) => reset_note(&reset),
-            Some(
-                subscribe_response::Event::Assignment(_) | subscribe_response::Event::Positioned(_),
-            ) => {}
+        };
+        if reconnectable(&ended) {
+            // The broker restarted (or is stopping): subscribe again from where every
+            // partition stood, as kcat and `nats sub` do.
+            printer.out.flush()?;
+            backoff.lost(&ended);
+            if !backoff.wait(&mut stop).await {
+                return damage_error(&args.topic, &damaged);
+            }
+            continue;
+        }
+        if ended.code() != tonic::Code::DataLoss || positions.is_empty() {
+            return Err(stream_error(broker, &context, &ended, false));
+        }
+        // Which partition is damaged: the one whose next read fails. Drop it and go on
+        // with the others from where each stood.
+        printer.out.flush()?;
+        let found = probe_damage(broker, &args.topic, &positions).await;
+        if found.is_empty() {
+            return Err(stream_error(broker, &context, &ended, false));
+        }
+        for damage in found {
+            damage.warn(&args.topic);
+            positions.remove(&damage.partition);
+            damaged.push(damage);
+        }
+        if positions.is_empty() {
+            return damage_error(&args.topic, &damaged);
         }
     }
+}
+
+/// Whether a stream that ended with `status` is worth opening again after a pause:
+/// the broker went away (a restart, a lost connection) or is stopping. A partition
+/// recovery refused stays refused until an operator repairs it: not retried.
+fn reconnectable(status: &tonic::Status) -> bool {
+    let message = status.message().to_ascii_lowercase();
+    let transport = [
+        "transport error",
+        "connection refused",
+        "connection reset",
+        "connection closed",
+        "broken pipe",
+        "error trying to connect",
+        "h2 protocol error",
+        "error reading a body",
+        "stream closed",
+    ]
+    .iter()
+    .any(|needle| message.contains(needle));
+    match status.code() {
+        tonic::Code::Unavailable => !message.contains("recovery refused"),
+        tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled => transport,
+        _ => false,
+    }
+}
+
+/// Reconnecting with backoff after the broker went away (`--follow`).
+#[derive(Debug, Default)]
+struct Reconnect {
+    /// The pause before the next attempt; zero while connected.
+    delay: Duration,
+}
+
+impl Reconnect {
+    /// First pause; doubled after every failed attempt up to [`RECONNECT_DELAY_MAX`].
+    const FIRST: Duration = Duration::from_millis(100);
+
+    fn is_retrying(&self) -> bool {
+        !self.delay.is_zero()
+    }
+
+    /// The stream ended with `status`: say so once and start backing off.
+    fn lost(&mut self, status: &tonic::Status) {
+        if !self.is_retrying() {
+            note(&format!(
+                "warning: lost the broker ({}: {}); reconnecting with backoff (Ctrl-C stops)",
+                crate::error::code_name(status.code()),
+                to_cli(status.message())
+            ));
+            self.delay = Self::FIRST;
+        }
+    }
+
+    /// A stream delivered an event: connected again.
+    fn connected(&mut self) {
+        if self.is_retrying() {
+            note("note: reconnected to the broker; reading on");
+            self.delay = Duration::ZERO;
+        }
+    }
+
+    /// Pauses before the next attempt; false when a stop signal came first.
+    async fn wait(&mut self, stop: &mut StopSignal) -> bool {
+        let delay = self.delay.max(Self::FIRST);
+        self.delay = (delay * 2).min(RECONNECT_DELAY_MAX);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = stop.recv() => false,
+        }
+    }
+}
+
+/// The longest pause between two attempts to reach the broker again.
+const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(5);
+
+/// With `--until TIME` and `--follow`: the moment the clock passes TIME.
+fn until_deadline(until: Option<Until>) -> Option<tokio::time::Instant> {
+    let Some(Until::TimestampMs(ms)) = until else {
+        return None;
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let left = u64::try_from(ms.saturating_sub(now_ms)).unwrap_or(0);
+    Some(tokio::time::Instant::now() + Duration::from_millis(left))
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The partitions whose next read (at `positions`) fails with DATA_LOSS.
+async fn probe_damage(broker: &Broker, topic: &str, positions: &BTreeMap<u32, u64>) -> Vec<Damage> {
+    let mut consumer = broker.consumer();
+    let mut found = Vec::new();
+    for (&partition, &offset) in positions {
+        let probe = consumer
+            .fetch(FetchRequest {
+                topic: topic.to_string(),
+                partition,
+                offset,
+                max_messages: 1,
+                max_bytes: 0,
+                max_wait_ms: 0,
+            })
+            .await;
+        match probe {
+            Err(status) if status.code() == tonic::Code::DataLoss => {
+                found.push(Damage::new(partition, offset, &status));
+            }
+            // Anything else is that partition's own story, told when it is read.
+            _ => {}
+        }
+    }
+    found
 }
 
 /// Ctrl-C or SIGTERM: stop reading (a group member commits what it printed first).
@@ -468,9 +870,12 @@ struct Member {
     position: BTreeMap<u32, u64>,
     /// End offsets seen at the last assignment (the target without --follow).
     end: BTreeMap<u32, u64>,
-    /// Offsets to commit: one past the last printed message.
+    /// Offsets to commit: where reading goes on after what was printed (the batch's
+    /// position, past expired messages, when the whole batch was printed).
     printed: BTreeMap<u32, u64>,
     committed: BTreeMap<u32, u64>,
+    /// Partitions that reached `--until`: nothing more of them is printed.
+    finished: std::collections::BTreeSet<u32>,
 }
 
 impl Member {
@@ -478,6 +883,11 @@ impl Member {
         self.assigned.iter().all(|p| {
             matches!((self.position.get(p), self.end.get(p)), (Some(pos), Some(end)) if pos >= end)
         })
+    }
+
+    /// Every assigned partition reached `--until`.
+    fn all_finished(&self) -> bool {
+        !self.assigned.is_empty() && self.assigned.iter().all(|p| self.finished.contains(p))
     }
 }
 
@@ -488,45 +898,99 @@ async fn consume_group(
     printer: &mut Printer,
 ) -> CliResult<()> {
     let context = format!("consuming topic {:?} as group {group:?}", args.topic);
+    let join = |member_id: String| SubscribeRequest {
+        topic: args.topic.clone(),
+        partitions: vec![],
+        start: None,
+        group: Some(GroupMembership {
+            group_id: group.to_string(),
+            member_id,
+            session_timeout_ms: 0,
+            auto_commit_interval_ms: 0,
+            client_id: CLIENT_ID.into(),
+            handover_timeout_ms: HANDOVER_TIMEOUT.as_millis() as u64,
+        }),
+        reset_policy: reset_policy(args.offset_reset) as i32,
+        max_batch_messages: 0,
+        max_batch_bytes: 0,
+        ..SubscribeRequest::default()
+    };
+    // --from with a group: where partitions without a committed offset start
+    // (kafka-console-consumer's --from-beginning), as the reset policy for earliest
+    // and latest, or committed before joining for an offset or a time.
+    let policy = match args.from {
+        Some(StartAt::Earliest) => ResetPolicy::Earliest,
+        Some(StartAt::Latest) => ResetPolicy::Latest,
+        Some(start) => {
+            seed_group_start(broker, group, &args.topic, start).await?;
+            reset_policy(args.offset_reset)
+        }
+        None => reset_policy(args.offset_reset),
+    };
+    let join = |member_id: String| SubscribeRequest {
+        reset_policy: policy as i32,
+        ..join(member_id)
+    };
     let mut stream = broker
         .consumer()
-        .subscribe(SubscribeRequest {
-            topic: args.topic.clone(),
-            partitions: vec![],
-            start: None,
-            group: Some(GroupMembership {
-                group_id: group.to_string(),
-                member_id: String::new(),
-                session_timeout_ms: 0,
-                auto_commit_interval_ms: 0,
-                client_id: CLIENT_ID.into(),
-                handover_timeout_ms: HANDOVER_TIMEOUT.as_millis() as u64,
-            }),
-            reset_policy: reset_policy(args.offset_reset) as i32,
-            max_batch_messages: 0,
-            max_batch_bytes: 0,
-            ..SubscribeRequest::default()
-        })
+        .subscribe(join(String::new()))
         .await
         .map_err(|s| broker.error(&context, &s))?
         .into_inner();
     let mut member = Member::default();
     let mut stop = StopSignal::new();
+    let mut backoff = Reconnect::default();
     let outcome = loop {
         if !args.follow && !member.member_id.is_empty() && member.caught_up() {
             break Ok(());
         }
+        if member.all_finished() {
+            break Ok(());
+        }
         let event = tokio::select! {
-            event = next_event(broker, &context, &mut stream, true) => event,
+            event = next_status_event(&mut stream) => event,
             _ = tokio::time::sleep(QUIET_SPELL), if !args.follow && !member.member_id.is_empty() => break Ok(()),
             _ = stop.recv() => break Ok(()),
         };
         match event {
             // The broker ended the stream (and the membership): every printed batch
             // was committed when it was printed.
-            Err(e) => break Err(e),
+            Err(status) if status.code() == tonic::Code::DataLoss => {
+                break Err(group_damage_error(broker, group, &args.topic, &member, &status).await);
+            }
+            Err(status) if args.follow && reconnectable(&status) => {
+                // The broker restarted: join again (the same member id, which the
+                // broker keeps or treats as a first join) once it is back.
+                printer.out.flush()?;
+                backoff.lost(&status);
+                let rejoined = loop {
+                    if !backoff.wait(&mut stop).await {
+                        break None;
+                    }
+                    match broker
+                        .consumer()
+                        .subscribe(join(member.member_id.clone()))
+                        .await
+                    {
+                        Ok(stream) => break Some(stream.into_inner()),
+                        Err(status) if reconnectable(&status) => {}
+                        Err(status) => {
+                            return Err(broker.error(&context, &status));
+                        }
+                    }
+                };
+                match rejoined {
+                    Some(rejoined) => {
+                        stream = rejoined;
+                        continue;
+                    }
+                    None => break Ok(()),
+                }
+            }
+            Err(status) => break Err(stream_error(broker, &context, &status, true)),
             Ok(None) => break Ok(()),
             Ok(Some(subscribe_response::Event::Assignment(assignment))) => {
+                backoff.connected();
                 hand_over(broker, group, &args.topic, &mut member, &assignment).await;
                 if let Err(e) =
                     on_assignment(broker, group, &args.topic, &mut member, assignment).await
@@ -537,12 +1001,26 @@ async fn consume_group(
             Ok(Some(subscribe_response::Event::PositionReset(reset))) => {
                 reset_note(&reset);
                 member.position.insert(reset.partition, reset.to_offset);
+                // Where the group reads next: committed with what is printed, so a
+                // group that starts at `latest` goes on from there next time.
+                member.printed.insert(reset.partition, reset.to_offset);
             }
             // Only plain streams that ask for it get one.
             Ok(Some(subscribe_response::Event::Positioned(_))) => {}
             Ok(Some(subscribe_response::Event::Batch(batch))) => {
                 let mut stop = false;
+                // Partitions of this batch not printed to their end (--until).
+                let mut cut = std::collections::BTreeSet::new();
                 for m in &batch.messages {
+                    if member.finished.contains(&m.partition) {
+                        cut.insert(m.partition);
+                        continue;
+                    }
+                    if printer.past_until(m) {
+                        member.finished.insert(m.partition);
+                        cut.insert(m.partition);
+                        continue;
+                    }
                     if let Err(e) = printer.print(m) {
                         // Commit what did reach the reader, then report.
                         final_commit(broker, group, &args.topic, &mut member, printer).await;
@@ -557,6 +1035,25 @@ async fn consume_group(
                 }
                 if stop {
                     break Ok(());
+                }
+                // Printed to the batch's end: go on (and commit) from where the broker
+                // says the partition stands, past expired messages never delivered,
+                // not from "last offset + 1".
+                for position in &batch.positions {
+                    if cut.contains(&position.partition)
+                        || !member.assigned.contains(&position.partition)
+                    {
+                        continue;
+                    }
+                    member
+                        .position
+                        .insert(position.partition, position.next_offset);
+                    member
+                        .printed
+                        .insert(position.partition, position.next_offset);
+                    if printer.reached_until(position.next_offset) {
+                        member.finished.insert(position.partition);
+                    }
                 }
                 // Unknown how much of a failed flush reached the reader: leave it
                 // uncommitted (delivered again rather than lost).
@@ -580,6 +1077,124 @@ async fn consume_group(
     outcome
 }
 
+/// `--from OFFSET|TIME` with a group: commits that start, as a tool, for the
+/// partitions the group has no committed offset for, before joining. A group with
+/// live members refuses a tool's commit: then --from does not apply (said on stderr)
+/// and those partitions start by --offset-reset.
+async fn seed_group_start(
+    broker: &Broker,
+    group: &str,
+    topic: &str,
+    start: StartAt,
+) -> CliResult<()> {
+    let context = format!("starting group {group:?} on topic {topic:?}");
+    let committed: std::collections::BTreeSet<u32> = broker
+        .groups()
+        .fetch_offsets(FetchOffsetsRequest {
+            group_id: group.to_string(),
+            topic: Some(topic.to_string()),
+        })
+        .await
+        .map_err(|s| broker.error(&context, &s))?
+        .into_inner()
+        .offsets
+        .into_iter()
+        .map(|c| c.partition)
+        .collect();
+    let description = describe(broker, topic).await?.unwrap_or_default();
+    let fresh: Vec<u32> = description
+        .partitions
+        .iter()
+        .map(|p| p.partition)
+        .filter(|p| !committed.contains(p))
+        .collect();
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    let by_time = match start {
+        StartAt::TimestampMs(ms) => Some(offsets_for_time(broker, topic, &fresh, ms).await?),
+        _ => None,
+    };
+    let offsets: Vec<TopicPartitionOffset> = description
+        .partitions
+        .iter()
+        .filter(|p| fresh.contains(&p.partition))
+        .map(|p| {
+            let offset = match start {
+                StartAt::Offset(o) => o.clamp(p.log_start_offset, p.end_offset),
+                _ => by_time
+                    .as_ref()
+                    .and_then(|m| m.get(&p.partition).copied())
+                    .unwrap_or(p.end_offset),
+            };
+            TopicPartitionOffset {
+                topic: topic.to_string(),
+                partition: p.partition,
+                offset,
+                metadata: String::new(),
+            }
+        })
+        .collect();
+    let committed = broker
+        .groups()
+        .commit_offsets(CommitOffsetsRequest {
+            group_id: group.to_string(),
+            member_id: String::new(),
+            generation: None,
+            offsets,
+        })
+        .await;
+    match committed {
+        Ok(_) => Ok(()),
+        Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+            note(&format!(
+                "note: group {group} has live members, so --from does not apply; partitions \
+                 without a committed offset start by --offset-reset"
+            ));
+            Ok(())
+        }
+        Err(status) => Err(broker.error(&context, &status)),
+    }
+}
+
+/// A group member's stream ended with DATA_LOSS: name the damaged partition and
+/// offset, and how the group gets past it (the broker ends the whole membership, so
+/// the other partitions wait for a group that no longer reads the damaged one).
+async fn group_damage_error(
+    broker: &Broker,
+    group: &str,
+    topic: &str,
+    member: &Member,
+    status: &tonic::Status,
+) -> CliError {
+    let positions: BTreeMap<u32, u64> = member
+        .assigned
+        .iter()
+        .filter_map(|p| member.position.get(p).map(|&o| (*p, o)))
+        .collect();
+    let found = probe_damage(broker, topic, &positions).await;
+    let Some(damage) = found.first() else {
+        return broker.error(
+            &format!("consuming topic {topic:?} as group {group:?}"),
+            status,
+        );
+    };
+    CliError::failure(
+        format!(
+            "partition {} of topic {topic:?} could not be read past offset {}: the batch there \
+             is damaged (DATA_LOSS: {}); what was printed before it is committed",
+            damage.partition, damage.offset, damage.cause
+        ),
+        format!(
+            "{DAMAGE_TODO}; to skip it, move the group past the damaged batch: `tidelog group \
+             reset-offsets --group {group} --topic {topic}:{} --to-offset {} --execute`",
+            damage.partition,
+            past_damaged_batch(&damage.cause).map_or("OFFSET".to_string(), |o| o.to_string())
+        ),
+    )
+    .with_code(tonic::Code::DataLoss)
+}
+
 /// Before leaving the group: flush what was printed and commit it. A failure is a
 /// warning (the messages will be delivered again).
 async fn final_commit(
@@ -594,9 +1209,72 @@ async fn final_commit(
         return;
     }
     let assigned = member.assigned.clone();
-    if let Err(refused) = commit(broker, group, topic, member, &assigned).await {
-        commit_warning(&refused.error);
+    match commit(broker, group, topic, member, &assigned).await {
+        Ok(_) => {}
+        // The broker ended the membership (a stream that ended with an error takes the
+        // member with it, even when its last batch arrived just before): commit as a
+        // tool, which the broker accepts only while the group has no live member.
+        Err(refused) if refused.code == tonic::Code::FailedPrecondition => {
+            if let Err(refused) = commit_as_tool(broker, group, topic, member).await {
+                commit_warning(&refused.error);
+            }
+        }
+        Err(refused) => commit_warning(&refused.error),
     }
+}
+
+/// Commits, without a member id, what this former member printed and did not commit,
+/// where that moves the group's offset forward (another member that had the partition
+/// since may have committed past it). The broker refuses it while the group has live
+/// members: then their committed offsets stand.
+async fn commit_as_tool(
+    broker: &Broker,
+    group: &str,
+    topic: &str,
+    member: &Member,
+) -> Result<(), Refused> {
+    let refused = |status: tonic::Status| Refused {
+        code: status.code(),
+        error: broker.error(&format!("committing offsets of group {group:?}"), &status),
+    };
+    let current: BTreeMap<u32, u64> = broker
+        .groups()
+        .fetch_offsets(FetchOffsetsRequest {
+            group_id: group.to_string(),
+            topic: Some(topic.to_string()),
+        })
+        .await
+        .map_err(refused)?
+        .into_inner()
+        .offsets
+        .into_iter()
+        .map(|c| (c.partition, c.offset))
+        .collect();
+    let offsets: Vec<TopicPartitionOffset> = member
+        .printed
+        .iter()
+        .filter(|(p, offset)| current.get(p).is_none_or(|c| c < offset))
+        .map(|(&partition, &offset)| TopicPartitionOffset {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            metadata: String::new(),
+        })
+        .collect();
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    broker
+        .groups()
+        .commit_offsets(CommitOffsetsRequest {
+            group_id: group.to_string(),
+            member_id: String::new(),
+            generation: None,
+            offsets,
+        })
+        .await
+        .map_err(refused)?;
+    Ok(())
 }
 
 /// A new Assignment arrived: every message of the partitions it takes away came
@@ -809,6 +1487,36 @@ mod tests {
         assert_eq!(
             message_json(&m).to_string(),
             r#"{"partition":1,"offset":7,"timestamp":1700000000000,"key":null,"value":"hello","headers":[{"key":"h","value":{"base64":"/w=="}}]}"#
+        );
+    }
+
+    #[test]
+    fn the_offset_past_a_damaged_batch_comes_from_the_brokers_message() {
+        assert_eq!(
+            past_damaged_batch(
+                "corrupt data in /d/topics/o/1/0.log at byte 1224: CRC mismatch in the batch \
+                 holding offsets 97-127"
+            ),
+            Some(128)
+        );
+        assert_eq!(past_damaged_batch("holding offsets 5"), Some(6));
+        assert_eq!(
+            past_damaged_batch("corrupt data in x at byte 0: bad length"),
+            None
+        );
+        assert_eq!(past_damaged_batch("holding offsets x"), None);
+    }
+
+    #[test]
+    fn headers_become_one_escaped_text_field() {
+        let header = |key: &str, value: &[u8]| Header {
+            key: key.into(),
+            value: Bytes::copy_from_slice(value),
+        };
+        assert_eq!(headers_text(&[]), "-");
+        assert_eq!(
+            headers_text(&[header("a", b"1"), header("k=v", b"x,y\tz\n\xff\\")]),
+            "a=1,k\\=v=x\\,y\\tz\\n\\xff\\\\"
         );
     }
 

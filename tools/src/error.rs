@@ -34,6 +34,8 @@ impl Exit {
 pub struct CliError {
     pub message: String,
     pub exit: Exit,
+    /// The broker's gRPC status code, when the broker said no.
+    pub code: Option<Code>,
 }
 
 impl fmt::Display for CliError {
@@ -50,6 +52,7 @@ impl CliError {
         CliError {
             message: format!("{what}; {todo}"),
             exit: Exit::Failure,
+            code: None,
         }
     }
 
@@ -58,6 +61,7 @@ impl CliError {
         CliError {
             message: message.into(),
             exit: Exit::Failure,
+            code: None,
         }
     }
 
@@ -66,6 +70,15 @@ impl CliError {
         CliError {
             message: format!("{what}; {todo}"),
             exit: Exit::Usage,
+            code: None,
+        }
+    }
+
+    /// The same error, marked with the gRPC code the broker answered.
+    pub fn with_code(self, code: Code) -> Self {
+        CliError {
+            code: Some(code),
+            ..self
         }
     }
 
@@ -74,6 +87,7 @@ impl CliError {
         CliError {
             message: String::new(),
             exit: Exit::Quiet,
+            code: None,
         }
     }
 
@@ -92,11 +106,19 @@ impl CliError {
     /// A gRPC status from the broker at `server`, while doing `context` (e.g.
     /// `creating topic "orders"`).
     pub fn status(context: &str, status: &tonic::Status, server: &str) -> Self {
+        CliError {
+            code: Some(status.code()),
+            ..CliError::status_line(context, status, server)
+        }
+    }
+
+    fn status_line(context: &str, status: &tonic::Status, server: &str) -> Self {
         let message = status.message().trim();
+        // The broker's hints name RPCs and request fields: say them in commands and flags.
         let message = if message.is_empty() {
             code_name(status.code()).to_string()
         } else {
-            message.to_string()
+            crate::terms::to_cli(message)
         };
         let what = format!("{context} failed: {message}");
         let todo = match status.code() {
@@ -136,11 +158,24 @@ impl CliError {
             Code::Ok => "nothing to do",
         };
         // The broker's messages usually say what to do already; do not say it twice.
-        if message.contains("; ") || message.contains(" first") {
+        if message.contains("; ") || message.contains(" first") || message.contains("`tidelog ") {
             return CliError::plain(what);
         }
         CliError::failure(what, todo)
     }
+}
+
+/// The stable JSON form of an error, printed on stderr when `--json` is given:
+/// `{"error": {"message": ..., "exit_code": 1, "grpc_code": "NOT_FOUND"}}`, every key
+/// always present (`grpc_code` is null unless the broker answered with a status).
+pub fn error_json(message: &str, exit: Exit, code: Option<Code>) -> serde_json::Value {
+    serde_json::json!({
+        "error": {
+            "message": message,
+            "exit_code": exit.code(),
+            "grpc_code": code.map(code_name),
+        }
+    })
 }
 
 /// True when an UNAVAILABLE status came from the transport (no connection) rather
@@ -223,6 +258,43 @@ mod tests {
 
         let e = CliError::status("x", &tonic::Status::new(Code::Internal, ""), server);
         assert!(e.to_string().contains("failed: INTERNAL;"), "{e}");
+    }
+
+    #[test]
+    fn broker_hints_are_said_in_cli_terms_once() {
+        let server = "http://127.0.0.1:7420";
+        let e = CliError::status(
+            "describing group \"g\"",
+            &tonic::Status::not_found(
+                "group \"g\" not found: it has no live members and no committed offsets \
+                 (Groups.ListGroups lists the groups)",
+            ),
+            server,
+        );
+        assert_eq!(
+            e.to_string(),
+            "error: describing group \"g\" failed: group \"g\" not found: it has no live \
+             members and no committed offsets (`tidelog group list` lists the groups)"
+        );
+    }
+
+    #[test]
+    fn json_errors_have_one_shape() {
+        let e = CliError::status(
+            "describing topic \"t\"",
+            &tonic::Status::not_found("topic \"t\" not found"),
+            "http://x",
+        );
+        assert_eq!(e.code, Some(Code::NotFound));
+        assert_eq!(
+            error_json(&e.message, e.exit, e.code).to_string(),
+            r#"{"error":{"message":"describing topic \"t\" failed: topic \"t\" not found; check the name (tidelog topic list)","exit_code":1,"grpc_code":"NOT_FOUND"}}"#
+        );
+        let usage = CliError::usage("bad", "fix it");
+        assert_eq!(
+            error_json(&usage.message, usage.exit, usage.code).to_string(),
+            r#"{"error":{"message":"bad; fix it","exit_code":2,"grpc_code":null}}"#
+        );
     }
 
     #[test]

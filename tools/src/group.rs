@@ -140,13 +140,24 @@ pub fn group_json(group: &GroupDescription) -> Value {
             })
         })
         .collect();
+    let (total_lag, without_commit) = total_lag(group);
     json!({
         "group_id": group.group_id,
         "state": state_name(group.state),
         "generation": group.generation,
         "members": members,
         "partitions": partitions,
+        "total_lag": total_lag,
+        "partitions_without_commit": without_commit,
     })
+}
+
+/// The group's lag summed over the partitions with a committed offset, and how many
+/// partitions have none (their lag is unknown until the group commits).
+pub fn total_lag(group: &GroupDescription) -> (u64, usize) {
+    let total = group.lags.iter().filter_map(|l| l.lag).sum();
+    let without = group.lags.iter().filter(|l| l.lag.is_none()).count();
+    (total, without)
 }
 
 fn render_group(group: &GroupDescription) -> String {
@@ -185,6 +196,15 @@ fn render_group(group: &GroupDescription) -> String {
     if !table.is_empty() {
         text.push('\n');
         text.push_str(&table.render());
+        let (total, without) = total_lag(group);
+        text.push_str(&format!("total lag {total}"));
+        if without > 0 {
+            text.push_str(&format!(
+                " ({without} partition{} without a committed offset not counted)",
+                if without == 1 { "" } else { "s" }
+            ));
+        }
+        text.push('\n');
     }
     if members > 0 {
         let mut table = Table::new(&["MEMBER", "CLIENT-ID", "ADDRESS", "TOPIC", "PARTITIONS"]);
@@ -507,7 +527,13 @@ mod tests {
             text.contains("orders          1          -          0    4    -  -\n"),
             "{text}"
         );
+        assert!(
+            text.contains("total lag 7 (1 partition without a committed offset not counted)\n"),
+            "{text}"
+        );
         let value = group_json(&group);
+        assert_eq!(value["total_lag"], 7);
+        assert_eq!(value["partitions_without_commit"], 1);
         assert_eq!(value["partitions"][0]["member_id"], "m-1");
         assert_eq!(value["partitions"][1]["committed_offset"], Value::Null);
         assert_eq!(value["state"], "STABLE");

@@ -3,16 +3,19 @@
 //! | module | what |
 //! |---|---|
 //! | [`cli`] | the command tree (clap) and the parsing of every value |
-//! | [`topic`], [`produce`], [`consume`], [`group`] | commands that talk to the broker |
+//! | [`topic`], [`produce`], [`consume`], [`group`], [`broker`] | commands that talk to the broker |
 //! | [`segment`] | offline dump / verify / repair of a data directory |
 //! | [`bench`] | `tidelog bench produce / consume / e2e`: load with validation |
 //! | [`units`], [`time`], [`spec`], [`output`] | pure parsers and formatters |
+//! | [`terms`] | the broker's messages in the CLI's commands and flags; the one range notation |
 //! | [`client`], [`error`] | the connection, and the one-line errors with exit codes |
 //!
-//! Exit codes: 0 ok, 1 an error from the broker or in the data, 2 bad arguments.
+//! Exit codes: 0 ok, 1 an error from the broker or in the data, 2 bad arguments. With
+//! `--json` an error is one JSON object on stderr (see [`error::error_json`]).
 #![deny(unsafe_code)]
 
 mod bench;
+mod broker;
 mod cli;
 mod client;
 mod consume;
@@ -22,6 +25,7 @@ mod output;
 mod produce;
 mod segment;
 mod spec;
+mod terms;
 mod time;
 mod topic;
 mod units;
@@ -29,15 +33,18 @@ mod units;
 use std::process::ExitCode;
 
 use clap::Parser;
+use tidelog_storage::limits::TOPIC_PARTITIONS_MAX;
 
 use crate::cli::{Cli, Command, GroupCommand, TopicCommand};
 use crate::client::Broker;
-use crate::error::{CliError, CliResult, Exit};
+use crate::error::{CliError, CliResult, Exit, error_json};
 use crate::output::note;
 
 fn main() -> ExitCode {
+    // Known before parsing, so that usage errors are JSON too.
+    let json = std::env::args_os().skip(1).any(|a| a == "--json");
     // A bug must still end in one line, not a backtrace.
-    std::panic::set_hook(Box::new(|info| {
+    std::panic::set_hook(Box::new(move |info| {
         let what = info
             .payload()
             .downcast_ref::<&str>()
@@ -48,23 +55,45 @@ fn main() -> ExitCode {
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
             .unwrap_or_default();
-        note(&format!(
-            "error: tidelog hit a bug ({what}{at}); please report it with the command line"
-        ));
+        let message =
+            format!("tidelog hit a bug ({what}{at}); please report it with the command line");
+        if json {
+            note(&error_json(&message, Exit::Failure, None).to_string());
+        } else {
+            note(&format!("error: {message}"));
+        }
     }));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            // --help and --version print to stdout and succeed; usage errors exit 2.
-            let _ = e.print();
-            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(Exit::Usage.code()));
+            let code = u8::try_from(e.exit_code()).unwrap_or(Exit::Usage.code());
+            if json && code == Exit::Usage.code() {
+                // clap's first paragraph says what is wrong; the rest is usage help.
+                let rendered = e.render().to_string();
+                let message = rendered
+                    .lines()
+                    .take_while(|line| !line.trim().is_empty())
+                    .map(str::trim)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .trim_start_matches("error: ")
+                    .to_string();
+                note(&error_json(&message, Exit::Usage, None).to_string());
+            } else {
+                // --help and --version print to stdout and succeed; usage errors exit 2.
+                let _ = e.print();
+            }
+            return ExitCode::from(code);
         }
     };
+    let json = cli.json;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            if error.exit != Exit::Quiet {
-                note(&error.to_string());
+            match error.exit {
+                Exit::Quiet => {}
+                _ if json => note(&error_json(&error.message, error.exit, error.code).to_string()),
+                _ => note(&error.to_string()),
             }
             ExitCode::from(error.exit.code())
         }
@@ -77,6 +106,16 @@ fn run(cli: Cli) -> CliResult<()> {
         json,
         command,
     } = cli;
+    if let Command::Completions(args) = command {
+        // Offline: the command tree is all it needs.
+        let mut command = <Cli as clap::CommandFactory>::command();
+        let mut script = Vec::new();
+        clap_complete::generate(args.shell, &mut command, "tidelog", &mut script);
+        // Through Stdout, so `| head` ends it quietly.
+        let mut out = output::Stdout::new();
+        out.write(&script)?;
+        return out.flush();
+    }
     if let Command::Segment(command) = command {
         // Offline: no broker, no runtime.
         return segment::run(command, json);
@@ -102,7 +141,8 @@ fn run(cli: Cli) -> CliResult<()> {
             Command::Produce(args) => produce::run(&broker, args, json).await,
             Command::Consume(args) => consume::run(&broker, args, json).await,
             Command::Group(command) => group::run(&broker, command, json).await,
-            Command::Segment(_) | Command::Bench(_) => Ok(()),
+            Command::Broker(command) => broker::run(&broker, command, json).await,
+            Command::Segment(_) | Command::Bench(_) | Command::Completions(_) => Ok(()),
         }
     })
 }
@@ -110,17 +150,35 @@ fn run(cli: Cli) -> CliResult<()> {
 /// Usage errors clap cannot express, found before connecting (exit 2).
 fn validate(command: &Command) -> CliResult<()> {
     match command {
-        Command::Topic(TopicCommand::Create(args)) if args.partitions == 0 => Err(CliError::usage(
-            "--partitions 0 is not a partition count",
-            "give 1 to 10000",
-        )),
+        Command::Topic(TopicCommand::Create(args))
+            if !(1..=TOPIC_PARTITIONS_MAX).contains(&args.partitions) =>
+        {
+            Err(CliError::usage(
+                format!("--partitions {} is not a partition count", args.partitions),
+                format!("give 1 to {TOPIC_PARTITIONS_MAX}"),
+            ))
+        }
         Command::Topic(TopicCommand::Alter(args))
-            if topic::alter_update(&args.config) == Default::default() =>
+            if args.partitions.is_none()
+                && topic::alter_update(&args.config) == Default::default() =>
         {
             Err(CliError::usage(
                 "nothing to change",
-                "give at least one of --retention, --retention-bytes, --ttl, --segment-bytes, \
-                 --segment-age, --fsync, --max-message-bytes, --compression",
+                "give at least one of --partitions, --retention, --retention-bytes, --ttl, \
+                 --segment-bytes, --segment-age, --fsync, --max-message-bytes, --compression",
+            ))
+        }
+        Command::Topic(TopicCommand::Alter(args))
+            if args
+                .partitions
+                .is_some_and(|n| !(1..=TOPIC_PARTITIONS_MAX).contains(&n)) =>
+        {
+            Err(CliError::usage(
+                format!(
+                    "--partitions {} is not a partition count",
+                    args.partitions.unwrap_or_default()
+                ),
+                format!("give 1 to {TOPIC_PARTITIONS_MAX}"),
             ))
         }
         Command::Group(GroupCommand::ResetOffsets(args)) => {

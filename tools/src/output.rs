@@ -80,6 +80,39 @@ pub fn render_pairs(pairs: &[(&str, String)]) -> String {
         .collect()
 }
 
+/// The style of a progress bar over bytes: `{prefix} 12 MiB/1 GiB [===>  ] 80 MiB/s eta
+/// 11s`. Its ETA is the average rate since the start applied to what is left, and
+/// `-` for the first second (indicatif's own ETA starts from no data and read "16h").
+pub fn byte_progress_style(prefix: &str) -> indicatif::ProgressStyle {
+    let template = format!(
+        "{prefix}{{bytes}}/{{total_bytes}} [{{bar:30}}] {{bytes_per_sec}} eta {{steady_eta}}"
+    );
+    indicatif::ProgressStyle::with_template(&template)
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .with_key(
+            "steady_eta",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = w.write_str(&eta_text(
+                    state.pos(),
+                    state.len().unwrap_or(0),
+                    state.elapsed(),
+                ));
+            },
+        )
+        .progress_chars("=> ")
+}
+
+/// What is left at the average rate so far; `-` before a second has passed or any
+/// byte was done.
+pub fn eta_text(done: u64, total: u64, elapsed: std::time::Duration) -> String {
+    if elapsed < std::time::Duration::from_secs(1) || done == 0 {
+        return "-".into();
+    }
+    let left = total.saturating_sub(done) as f64;
+    let seconds = left * elapsed.as_secs_f64() / done as f64;
+    tidelog_storage::duration::format_duration_ms((seconds * 1000.0).round() as u64 / 1000 * 1000)
+}
+
 /// Writes to stdout. A reader that went away (EPIPE) ends the command quietly.
 pub struct Stdout {
     out: io::BufWriter<io::Stdout>,
@@ -178,6 +211,45 @@ pub fn base64(bytes: &[u8]) -> String {
     out
 }
 
+/// Decodes standard base64 (RFC 4648, padding optional; whitespace around it is
+/// ignored). The error names the first bad character.
+pub fn base64_decode(text: &[u8]) -> Result<Vec<u8>, String> {
+    let text = text.trim_ascii();
+    let text = text
+        .strip_suffix(b"==")
+        .or_else(|| text.strip_suffix(b"="))
+        .unwrap_or(text);
+    let value = |c: u8, at: usize| -> Result<u32, String> {
+        Ok(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => {
+                return Err(format!(
+                    "byte {at} ({:?}) is not base64",
+                    char::from(c).escape_default().to_string()
+                ));
+            }
+        }
+        .into())
+    };
+    if text.len() % 4 == 1 {
+        return Err(format!("{} characters cannot be base64", text.len()));
+    }
+    let mut out = Vec::with_capacity(text.len() / 4 * 3 + 2);
+    for (index, chunk) in text.chunks(4).enumerate() {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= value(c, index * 4 + i)? << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Ok(out)
+}
+
 /// A short printable preview of bytes for human dumps: UTF-8 with control characters
 /// escaped, or hex for binary, cut at `max` bytes with the total length noted.
 pub fn preview(bytes: &[u8], max: usize) -> String {
@@ -255,6 +327,35 @@ mod tests {
         ] {
             assert_eq!(base64(plain.as_bytes()), encoded);
         }
+    }
+
+    #[test]
+    fn the_eta_waits_for_a_rate_then_follows_the_average() {
+        use std::time::Duration;
+        // The first moments: no rate yet (indicatif's own read "16h").
+        assert_eq!(eta_text(0, 1 << 30, Duration::from_millis(50)), "-");
+        assert_eq!(eta_text(4096, 1 << 30, Duration::from_millis(900)), "-");
+        assert_eq!(eta_text(0, 1 << 30, Duration::from_secs(3)), "-");
+        // Half done in 10 s: 10 s left.
+        assert_eq!(eta_text(500, 1000, Duration::from_secs(10)), "10s");
+        assert_eq!(eta_text(100, 1000, Duration::from_secs(10)), "1m30s");
+        assert_eq!(eta_text(1000, 1000, Duration::from_secs(10)), "0");
+    }
+
+    #[test]
+    fn base64_decodes_what_it_encodes() {
+        for plain in ["", "f", "fo", "foo", "foob", "fooba", "foobar"] {
+            assert_eq!(
+                base64_decode(base64(plain.as_bytes()).as_bytes()),
+                Ok(plain.into())
+            );
+        }
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(base64_decode(base64(&bytes).as_bytes()).unwrap(), bytes);
+        assert_eq!(base64_decode(b"Zm9v\n"), Ok(b"foo".to_vec()));
+        assert_eq!(base64_decode(b"Zg"), Ok(b"f".to_vec()));
+        assert!(base64_decode(b"Zm9v!A").unwrap_err().contains("byte 4"));
+        assert!(base64_decode(b"Z").is_err());
     }
 
     #[test]

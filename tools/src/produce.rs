@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, IsTerminal, Read};
 use std::time::Instant;
 
 use bytes::Bytes;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::json;
 use tidelog_proto::v1::{
     AckLevel, Header, Message, PublishRequest, PublishStreamRequest, publish_stream_response,
@@ -19,10 +19,11 @@ use tidelog_proto::v1::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::cli::{AckArg, ProduceArgs};
+use crate::cli::{AckArg, InputFormat, ProduceArgs};
 use crate::client::Broker;
 use crate::error::{CliError, CliResult, code_name};
-use crate::output::Stdout;
+use crate::output::{Stdout, base64_decode, note};
+use crate::terms::range;
 use crate::units::{format_bytes, format_rate};
 
 /// Messages read ahead of the batcher.
@@ -41,11 +42,24 @@ pub struct LineFormat {
     pub headers: Vec<Header>,
     pub ttl_ms: Option<u64>,
     pub partition: Option<u32>,
+    /// Key and value are written in base64 in the input (`--format base64`).
+    pub base64: bool,
 }
 
 impl LineFormat {
     /// The message for one line (without its newline); `line_number` is 1-based.
     pub fn message(&self, line: &[u8], line_number: u64) -> CliResult<Message> {
+        let decode = |bytes: &[u8], what: &str| -> CliResult<Bytes> {
+            if !self.base64 {
+                return Ok(Bytes::copy_from_slice(bytes));
+            }
+            base64_decode(bytes).map(Bytes::from).map_err(|e| {
+                CliError::failure(
+                    format!("the {what} of line {line_number} is not base64: {e}"),
+                    "give base64 (RFC 4648), or drop --format base64",
+                )
+            })
+        };
         let (key, value) = match &self.key_separator {
             Some(separator) => {
                 let at = find(line, separator).ok_or_else(|| {
@@ -58,14 +72,11 @@ impl LineFormat {
                     )
                 })?;
                 (
-                    Bytes::copy_from_slice(&line[..at]),
-                    Bytes::copy_from_slice(&line[at + separator.len()..]),
+                    decode(&line[..at], "key")?,
+                    decode(&line[at + separator.len()..], "value")?,
                 )
             }
-            None => (
-                self.key.clone().unwrap_or_default(),
-                Bytes::copy_from_slice(line),
-            ),
+            None => (self.key.clone().unwrap_or_default(), decode(line, "value")?),
         };
         Ok(Message {
             key,
@@ -85,31 +96,117 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
         .position(|window| window == needle)
 }
 
-/// Reads lines and sends messages until the input ends or the receiver goes away.
-fn read_lines(
+/// Where the input's messages end, and what to say about the input once.
+struct Splitter {
+    delimiter: Vec<u8>,
+    /// The default (a newline): text is expected, so binary or CRLF input is named.
+    lines: bool,
+    warned_cr: bool,
+    warned_binary: bool,
+}
+
+impl Splitter {
+    fn new(delimiter: Option<Vec<u8>>) -> Self {
+        Splitter {
+            lines: delimiter.is_none(),
+            delimiter: delimiter.unwrap_or_else(|| b"\n".to_vec()),
+            warned_cr: false,
+            warned_binary: false,
+        }
+    }
+
+    /// Warns, once each, about input that line splitting is likely to mangle.
+    fn check(&mut self, record: &[u8], number: u64) {
+        if !self.lines {
+            return;
+        }
+        if !self.warned_cr && record.last() == Some(&b'\r') {
+            self.warned_cr = true;
+            note(&format!(
+                "warning: line {number} ends with \\r (CRLF input); the \\r is kept as part of \
+                 the message: give -D '\\r\\n' to split at CRLF"
+            ));
+        }
+        if !self.warned_binary && std::str::from_utf8(record).is_err() {
+            self.warned_binary = true;
+            note(&format!(
+                "warning: line {number} is not UTF-8 text: binary input is split into a message \
+                 at every newline byte; send a whole file as one message with --value-file, or \
+                 pick a delimiter (-D) or --format base64"
+            ));
+        }
+    }
+}
+
+/// Reads the whole input as one message (`--value-file`).
+fn read_whole(
     input: Box<dyn Read + Send>,
     format: &LineFormat,
     sender: &mpsc::Sender<Line>,
     progress: &ProgressBar,
 ) {
+    let mut value = Vec::new();
+    let read = input.take(LINE_BYTES_MAX + 1).read_to_end(&mut value);
+    let item = match read {
+        Ok(n) if n as u64 > LINE_BYTES_MAX => Err(CliError::failure(
+            format!(
+                "the value file is larger than {}",
+                format_bytes(LINE_BYTES_MAX)
+            ),
+            "messages are limited to 16 MiB; split the file",
+        )),
+        Ok(n) => {
+            progress.inc(n as u64);
+            format.message(&value, 1).map(|m| (m, 1))
+        }
+        Err(e) => Err(CliError::io("reading the value file", &e)),
+    };
+    let _ = sender.blocking_send(item);
+}
+
+/// Reads records ended by the splitter's delimiter (or the end of the input) and
+/// sends messages until the input ends or the receiver goes away.
+fn read_lines(
+    input: Box<dyn Read + Send>,
+    format: &LineFormat,
+    splitter: &mut Splitter,
+    sender: &mpsc::Sender<Line>,
+    progress: &ProgressBar,
+) {
     let mut reader = BufReader::with_capacity(1 << 20, input);
+    let delimiter = splitter.delimiter.clone();
+    let last = *delimiter.last().unwrap_or(&b'\n');
     let mut line = Vec::new();
     let mut line_number = 0u64;
     loop {
         line.clear();
-        let read = (&mut reader)
-            .take(LINE_BYTES_MAX + 1)
-            .read_until(b'\n', &mut line);
+        // Up to the delimiter's last byte, until the whole delimiter ends the record.
+        let mut read = Ok(0);
+        loop {
+            let before = line.len();
+            let left = (LINE_BYTES_MAX + delimiter.len() as u64).saturating_sub(before as u64);
+            match (&mut reader).take(left).read_until(last, &mut line) {
+                Ok(0) => break,
+                Ok(n) => {
+                    read = Ok(before + n);
+                    if line.ends_with(&delimiter) || line.last() != Some(&last) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    read = Err(e);
+                    break;
+                }
+            }
+        }
         let item = match read {
             Ok(0) => return,
             Ok(n) => {
                 progress.inc(n as u64);
                 line_number += 1;
-                if line.last() == Some(&b'\n') {
-                    line.pop();
-                    if line.last() == Some(&b'\r') {
-                        line.pop();
-                    }
+                if line.ends_with(&delimiter) {
+                    line.truncate(line.len() - delimiter.len());
+                    splitter.check(&line, line_number);
                 } else if line.len() as u64 > LINE_BYTES_MAX {
                     let _ = sender.blocking_send(Err(CliError::failure(
                         format!(
@@ -119,6 +216,8 @@ fn read_lines(
                         "messages are limited to 16 MiB; split the input",
                     )));
                     return;
+                } else {
+                    splitter.check(&line, line_number);
                 }
                 format.message(&line, line_number).map(|m| (m, line_number))
             }
@@ -147,7 +246,27 @@ struct Summary {
     partitions: BTreeMap<u32, (u64, u64, u64)>,
 }
 
+/// Most partitions whose offsets the one-line summary of `--quiet` lists; past it,
+/// only their number (`--json` lists every one).
+const SUMMARY_PARTITIONS_MAX: usize = 4;
+
 impl Summary {
+    /// `; offsets 0:0-2 1:3-5` for a few partitions, `; 1000 partitions` for many.
+    fn offsets_text(&self) -> String {
+        match self.partitions.len() {
+            0 => String::new(),
+            n if n > SUMMARY_PARTITIONS_MAX => format!("; {n} partitions"),
+            _ => {
+                let ranges: Vec<String> = self
+                    .partitions
+                    .iter()
+                    .map(|(p, (first, last, _))| format!("{p}:{}", range(*first, *last)))
+                    .collect();
+                format!("; offsets {}", ranges.join(" "))
+            }
+        }
+    }
+
     fn ack(&mut self, partition: u32, offset: u64) {
         let entry = self
             .partitions
@@ -177,6 +296,7 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
         headers,
         ttl_ms: args.ttl,
         partition: args.partition,
+        base64: args.format == InputFormat::Base64,
     };
     let ack = match args.ack {
         AckArg::None => AckLevel::None,
@@ -184,7 +304,9 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
         AckArg::Durable => AckLevel::Durable,
     };
 
-    let (input, total_bytes): (Box<dyn Read + Send>, Option<u64>) = match &args.file {
+    let source = args.file.as_ref().or(args.value_file.as_ref());
+    let (input, total_bytes): (Box<dyn Read + Send>, Option<u64>) = match source {
+        Some(path) if path.as_os_str() == "-" => (Box::new(std::io::stdin()), None),
         Some(path) => {
             let file = File::open(path)
                 .map_err(|e| CliError::io(format!("opening {}", path.display()), &e))?;
@@ -199,13 +321,7 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
     let progress = match total_bytes {
         Some(total) if show_progress => {
             let bar = ProgressBar::new(total);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} {bytes}/{total_bytes} [{bar:30}] {bytes_per_sec} eta {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
+            bar.set_style(crate::output::byte_progress_style("{spinner} "));
             bar
         }
         _ => ProgressBar::hidden(),
@@ -213,7 +329,15 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
 
     let (line_tx, mut line_rx) = mpsc::channel::<Line>(READ_AHEAD_MESSAGES);
     let reader_progress = progress.clone();
-    std::thread::spawn(move || read_lines(input, &format, &line_tx, &reader_progress));
+    let whole = args.value_file.is_some();
+    let mut splitter = Splitter::new(args.delimiter.clone().map(|d| d.0));
+    std::thread::spawn(move || {
+        if whole {
+            read_whole(input, &format, &line_tx, &reader_progress);
+        } else {
+            read_lines(input, &format, &mut splitter, &line_tx, &reader_progress);
+        }
+    });
 
     // The batcher: lines -> requests on the stream, and what was sent, in order.
     let (request_tx, request_rx) = mpsc::channel::<PublishStreamRequest>(args.in_flight as usize);
@@ -329,9 +453,8 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
                 progress.abandon();
                 let status = tonic::Status::new(tonic::Code::from(error.code), error.message);
                 let lines = format!(
-                    "{context} (lines {}..={})",
-                    sent.first_line,
-                    sent.first_line + sent.messages - 1
+                    "{context} (lines {})",
+                    range(sent.first_line, sent.first_line + sent.messages - 1)
                 );
                 return Err(after(broker.error(&lines, &status), summary.messages));
             }
@@ -374,11 +497,6 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
             }))?;
         } else {
             let rate = summary.messages as f64 / elapsed.as_secs_f64().max(1e-6);
-            let ranges: Vec<String> = summary
-                .partitions
-                .iter()
-                .map(|(p, (first, last, _))| format!("{p}:{first}..={last}"))
-                .collect();
             out.line(&format!(
                 "produced {} message{} ({}) to {} in {:.2}s ({}){}",
                 summary.messages,
@@ -387,11 +505,7 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
                 args.topic,
                 elapsed.as_secs_f64(),
                 format_rate(rate),
-                if ranges.is_empty() {
-                    String::new()
-                } else {
-                    format!("; offsets {}", ranges.join(" "))
-                }
+                summary.offsets_text()
             ))?;
         }
     }
@@ -424,7 +538,48 @@ mod tests {
             headers: vec![],
             ttl_ms: None,
             partition: None,
+            base64: false,
         }
+    }
+
+    fn read(input: &'static [u8], delimiter: Option<&[u8]>, format: &LineFormat) -> Vec<Vec<u8>> {
+        let (tx, mut rx) = mpsc::channel(64);
+        let mut splitter = Splitter::new(delimiter.map(<[u8]>::to_vec));
+        read_lines(
+            Box::new(input),
+            format,
+            &mut splitter,
+            &tx,
+            &ProgressBar::hidden(),
+        );
+        drop(tx);
+        let mut got = Vec::new();
+        while let Ok(Ok((m, _))) = rx.try_recv() {
+            got.push(m.value.to_vec());
+        }
+        got
+    }
+
+    #[test]
+    fn delimiters_split_binary_input() {
+        assert_eq!(
+            read(b"a\0b\nc\0\0last", Some(b"\0"), &format()),
+            [&b"a"[..], b"b\nc", b"", b"last"]
+        );
+        assert_eq!(
+            read(b"a\r\nb\rc\r\n", Some(b"\r\n"), &format()),
+            [&b"a"[..], b"b\rc"]
+        );
+        // The default keeps a \r (with a warning on stderr).
+        assert_eq!(read(b"a\r\nb\n", None, &format()), [&b"a\r"[..], b"b"]);
+        let base64 = LineFormat {
+            base64: true,
+            ..format()
+        };
+        assert_eq!(
+            read(b"/wA=\naGk=\n", None, &base64),
+            [&[0xff, 0][..], b"hi"]
+        );
     }
 
     #[test]
@@ -459,10 +614,30 @@ mod tests {
     }
 
     #[test]
+    fn the_quiet_summary_stays_one_short_line() {
+        let mut summary = Summary::default();
+        assert_eq!(summary.offsets_text(), "");
+        summary.ack(0, 3);
+        summary.ack(0, 4);
+        summary.ack(1, 7);
+        assert_eq!(summary.offsets_text(), "; offsets 0:3-4 1:7");
+        for p in 0..1000 {
+            summary.ack(p, 0);
+        }
+        assert_eq!(summary.offsets_text(), "; 1000 partitions");
+    }
+
+    #[test]
     fn reader_strips_newlines_and_counts_lines() {
         let (tx, mut rx) = mpsc::channel(16);
-        let input: Box<dyn Read + Send> = Box::new(&b"a\r\nb\n\nlast"[..]);
-        read_lines(input, &format(), &tx, &ProgressBar::hidden());
+        let input: Box<dyn Read + Send> = Box::new(&b"a\nb\n\nlast"[..]);
+        read_lines(
+            input,
+            &format(),
+            &mut Splitter::new(None),
+            &tx,
+            &ProgressBar::hidden(),
+        );
         drop(tx);
         let mut got = Vec::new();
         while let Ok(Ok((m, line))) = rx.try_recv() {

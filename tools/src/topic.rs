@@ -1,17 +1,20 @@
 //! `tidelog topic`: create, list, describe, alter, delete.
 
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use tidelog_proto::v1::{
-    AlterTopicConfigRequest, Compression, CreateTopicRequest, DeleteTopicRequest,
-    DescribeTopicRequest, FsyncPolicy, ListTopicsRequest, QueueOverflow, TopicConfig,
-    TopicConfigUpdate, TopicDescription, fsync_policy,
+    AlterTopicConfigRequest, Compression, CreatePartitionsRequest, CreateTopicRequest,
+    DeleteTopicRequest, DescribeTopicRequest, FsyncPolicy, ListTopicsRequest, QueueOverflow,
+    TopicConfig, TopicConfigUpdate, TopicDescription, fsync_policy,
 };
 use tidelog_storage::duration::format_duration_ms;
 
 use crate::cli::{CompressionArg, Fsync, Limit, TopicCommand, TopicConfigArgs};
 use crate::client::Broker;
 use crate::error::{CliError, CliResult};
-use crate::output::{Stdout, Table, render_pairs};
+use crate::output::{Stdout, Table, note, render_pairs};
 use crate::units::format_bytes;
 
 pub async fn run(broker: &Broker, command: TopicCommand, json: bool) -> CliResult<()> {
@@ -24,14 +27,37 @@ pub async fn run(broker: &Broker, command: TopicCommand, json: bool) -> CliResul
                 partitions: args.partitions,
                 config: Some(create_config(&args.config)),
             };
-            let topic = broker
-                .admin()
-                .create_topic(request)
-                .await
-                .map_err(|s| broker.error(&context, &s))?
-                .into_inner()
-                .topic
-                .ok_or_else(|| missing(&context))?;
+            // Each partition is a directory and files fsynced by the broker: a thousand
+            // take seconds, and a terminal should show that something is going on.
+            let progress = spinner(&format!(
+                "creating topic {} with {} partition{}",
+                args.name,
+                args.partitions,
+                plural(args.partitions as usize)
+            ));
+            let created = broker.admin().create_topic(request).await;
+            progress.finish_and_clear();
+            let topic = match created {
+                Err(status)
+                    if args.if_not_exists && status.code() == tonic::Code::AlreadyExists =>
+                {
+                    note(&format!(
+                        "topic {} exists already; left as it is (--if-not-exists)",
+                        args.name
+                    ));
+                    if json {
+                        let topic = describe(broker, &args.name).await?;
+                        let topic = topic.ok_or_else(|| missing(&context))?;
+                        out.json_pretty(&json!({"created": false, "topic": topic_json(&topic)}))?;
+                    }
+                    return out.flush();
+                }
+                created => created
+                    .map_err(|s| broker.error(&context, &s))?
+                    .into_inner()
+                    .topic
+                    .ok_or_else(|| missing(&context))?,
+            };
             if json {
                 out.json_pretty(&topic_json(&topic))?;
             } else {
@@ -85,37 +111,82 @@ pub async fn run(broker: &Broker, command: TopicCommand, json: bool) -> CliResul
         TopicCommand::Alter(args) => {
             let context = format!("altering topic {:?}", args.name);
             let update = alter_update(&args.config);
-            let topic = broker
-                .admin()
-                .alter_topic_config(AlterTopicConfigRequest {
-                    name: args.name.clone(),
-                    update: Some(update),
-                })
-                .await
-                .map_err(|s| broker.error(&context, &s))?
-                .into_inner()
-                .topic
-                .ok_or_else(|| missing(&context))?;
+            let mut grown_from = None;
+            if let Some(count) = args.partitions {
+                let before = describe(broker, &args.name)
+                    .await?
+                    .map_or(0, |t| t.partitions.len());
+                let progress = spinner(&format!(
+                    "raising topic {} to {count} partitions",
+                    args.name
+                ));
+                let grown = broker
+                    .admin()
+                    .create_partitions(CreatePartitionsRequest {
+                        name: args.name.clone(),
+                        partitions: count,
+                    })
+                    .await;
+                progress.finish_and_clear();
+                grown.map_err(|s| broker.error(&context, &s))?;
+                grown_from = Some(before);
+                // Said on stderr whatever the output format: it changes where data goes.
+                note(&keys_move_warning(&args.name, before, count as usize));
+            }
+            let topic = if update == TopicConfigUpdate::default() {
+                describe(broker, &args.name).await?
+            } else {
+                broker
+                    .admin()
+                    .alter_topic_config(AlterTopicConfigRequest {
+                        name: args.name.clone(),
+                        update: Some(update),
+                    })
+                    .await
+                    .map_err(|s| broker.error(&context, &s))?
+                    .into_inner()
+                    .topic
+            }
+            .ok_or_else(|| missing(&context))?;
             if json {
                 out.json_pretty(&topic_json(&topic))?;
             } else {
                 out.line(&format!("altered topic {}", topic.name))?;
+                if let Some(before) = grown_from {
+                    out.line(&format!(
+                        "partitions         {before} -> {}",
+                        topic.partitions.len()
+                    ))?;
+                }
                 out.text(&render_config(topic.config.as_ref()))?;
             }
         }
         TopicCommand::Delete(args) => {
             let context = format!("deleting topic {:?}", args.name);
-            broker
+            let deleted = broker
                 .admin()
                 .delete_topic(DeleteTopicRequest {
                     name: args.name.clone(),
                 })
-                .await
-                .map_err(|s| broker.error(&context, &s))?;
-            if json {
-                out.json_pretty(&json!({"deleted": args.name}))?;
-            } else {
-                out.line(&format!("deleted topic {}", args.name))?;
+                .await;
+            match deleted {
+                Err(status) if args.if_exists && status.code() == tonic::Code::NotFound => {
+                    note(&format!(
+                        "no topic {}; nothing deleted (--if-exists)",
+                        args.name
+                    ));
+                    if json {
+                        out.json_pretty(&json!({"deleted": Value::Null}))?;
+                    }
+                }
+                deleted => {
+                    deleted.map_err(|s| broker.error(&context, &s))?;
+                    if json {
+                        out.json_pretty(&json!({"deleted": args.name}))?;
+                    } else {
+                        out.line(&format!("deleted topic {}", args.name))?;
+                    }
+                }
             }
         }
     }
@@ -135,6 +206,36 @@ pub async fn describe(broker: &Broker, name: &str) -> CliResult<Option<TopicDesc
         .into_inner()
         .topic)
 }
+
+/// The warning after a partition count was raised: keyed messages go elsewhere now.
+pub fn keys_move_warning(topic: &str, before: usize, after: usize) -> String {
+    format!(
+        "WARNING: topic {topic} went from {before} to {after} partitions: KEYS NOW MAP TO \
+         DIFFERENT PARTITIONS (hash(key) % {after}, not % {before}). A key's messages published \
+         from now on may go to another partition than its earlier ones, so per-key order holds \
+         only among messages published before, and among those published after; consumer \
+         groups rebalance to read the new partitions"
+    )
+}
+
+/// A spinner with the elapsed time on stderr while a long call runs; hidden unless
+/// stderr is a terminal.
+pub fn spinner(message: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.set_message(message.to_string());
+    bar.enable_steady_tick(SPINNER_TICK);
+    bar
+}
+
+/// How often a spinner redraws.
+const SPINNER_TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
 fn missing(context: &str) -> CliError {
     CliError::failure(

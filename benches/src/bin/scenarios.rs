@@ -40,6 +40,25 @@ use tidelog_benches::{
 
 const USAGE: &str = "usage: scenarios [--quick] [--out DIR] [--messages N] [--recovery-gib G] [--only 1,2,..] [--dir TMPDIR] [--no-build]";
 
+/// What `--help` prints: every option, so `--quick` is found where users look.
+const HELP: &str = "\
+The end-to-end benchmark suite: builds the release binaries, starts tidelogd on a fresh
+data directory, measures the disk's ceiling, runs scenarios 1-8 with `tidelog bench`,
+and writes a markdown table and a JSON document (see BENCHMARKS.md).
+
+Options:
+  --quick             smaller runs: about 1-2 minutes instead of 5-10
+  --out DIR           results directory (default target/bench-results/)
+  --messages N        messages per 100 B throughput run (default 5,000,000; --quick 1,000,000)
+  --recovery-gib G    log size written before the kill -9 of scenario 7 (default 1; --quick 0.25)
+  --only 1,4,7        run some scenarios only
+  --dir TMPDIR        where the data directory goes (default $TMPDIR; keep it on the disk you measure)
+  --no-build          use the binaries already in target/release/
+  -h, --help          this text
+
+Example:
+  cargo run --release -p tidelog-benches --bin scenarios -- --quick --only 1,5";
+
 #[derive(Debug)]
 struct Options {
     quick: bool,
@@ -96,7 +115,7 @@ fn parse_options() -> Result<Options, String> {
                 options.only = Some(list);
             }
             "-h" | "--help" => {
-                println!("{USAGE}");
+                println!("{USAGE}\n\n{HELP}");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?}")),

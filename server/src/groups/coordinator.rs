@@ -666,6 +666,23 @@ impl GroupCoordinator {
         }
     }
 
+    /// Rebalances every group with members reading `topic` (call after its partition
+    /// count grew), so the new partitions are assigned.
+    pub fn topic_grew(&self, topic: &str) {
+        let mut state = lock(&self.state);
+        let groups: Vec<String> = state
+            .groups
+            .iter()
+            .filter(|(_, group)| group.members.values().any(|m| m.topic == topic))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for group_id in groups {
+            if let Some(group) = state.groups.get_mut(&group_id) {
+                self.rebalance(&group_id, group);
+            }
+        }
+    }
+
     /// Ends every member stream with UNAVAILABLE, refuses new members, and waits (up
     /// to `timeout`) until every member task has made its final commit and ended.
     pub async fn shutdown(&self, timeout: Duration) {

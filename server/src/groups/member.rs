@@ -368,6 +368,13 @@ impl MemberTask {
             // Revoked (or re-requested) while the wait completed: give it back.
             _ => return Ok(()),
         }
+        // Partitions added since this member started are in the store's newer value.
+        if self.topic.partitions().len() <= partition as usize
+            && let Ok(current) = self.app.store.topic(self.topic.name())
+            && current.is_same_topic(&self.topic)
+        {
+            self.topic = current;
+        }
         let Some(log) = self.topic.partitions().get(partition as usize).cloned() else {
             return Err(Status::not_found(format!(
                 "topic {:?} has no partition {partition}",
@@ -579,7 +586,7 @@ impl MemberTask {
             .app
             .store
             .topic(self.topic.name())
-            .is_ok_and(|current| Arc::ptr_eq(&current, &self.topic));
+            .is_ok_and(|current| current.is_same_topic(&self.topic));
         if !same_topic {
             return Err(Status::not_found(format!(
                 "topic {:?} was deleted; group {:?} stopped reading it",

@@ -5,6 +5,8 @@ mod bench;
 mod bit_flips;
 mod broker;
 mod cli;
+mod cli_damage;
+mod cli_frictions;
 mod garbage;
 mod groups;
 mod kill9;

@@ -351,6 +351,48 @@ async fn written_ends(broker: &Broker, topic: &str) -> CliResult<Vec<u64>> {
     }
 }
 
+/// Which counters a progress line shows: only what the run does (a produce run
+/// consumes nothing, and "consumed 0 (0/s)" beside it reads like a fault).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shows {
+    produced: bool,
+    consumed: bool,
+}
+
+impl Shows {
+    fn of(kind: Kind) -> Shows {
+        Shows {
+            produced: kind.produces(),
+            consumed: kind.consumes(),
+        }
+    }
+}
+
+/// `label: produced N (rate), consumed N (rate)`, with only the counters `shows` asks for.
+fn progress_message(
+    label: &str,
+    shows: Shows,
+    produced: (u64, f64),
+    consumed: (u64, f64),
+) -> String {
+    let mut parts = Vec::new();
+    if shows.produced {
+        parts.push(format!(
+            "produced {} ({})",
+            produced.0,
+            crate::units::format_rate(produced.1)
+        ));
+    }
+    if shows.consumed {
+        parts.push(format!(
+            "consumed {} ({})",
+            consumed.0,
+            crate::units::format_rate(consumed.1)
+        ));
+    }
+    format!("{label}: {}", parts.join(", "))
+}
+
 fn progress_bar(kind: Kind) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
@@ -370,6 +412,7 @@ fn spawn_ticker(
     produced: Arc<AtomicU64>,
     shared: Arc<Shared>,
     label: &'static str,
+    shows: Shows,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         if bar.is_hidden() {
@@ -387,11 +430,7 @@ fn spawn_ticker(
             let dt = last.2.elapsed().as_secs_f64().max(1e-3);
             let (pr, cr) = ((p - last.0) as f64 / dt, (c - last.1) as f64 / dt);
             last = (p, c, Instant::now());
-            bar.set_message(format!(
-                "{label}: produced {p} ({}), consumed {c} ({})",
-                crate::units::format_rate(pr),
-                crate::units::format_rate(cr)
-            ));
+            bar.set_message(progress_message(label, shows, (p, pr), (c, cr)));
             bar.tick();
             let _ = started;
         }
@@ -419,7 +458,16 @@ async fn bench(kind: Kind, args: BenchArgs, server: &str) -> CliResult<Outcome> 
     let mut own_sent = None;
     if kind == Kind::Consume && created {
         let shared = Arc::new(Shared::new(partitions, &[], 0));
-        let ticker = spawn_ticker(bar.clone(), produced.clone(), shared, "filling");
+        let ticker = spawn_ticker(
+            bar.clone(),
+            produced.clone(),
+            shared,
+            "filling",
+            Shows {
+                produced: true,
+                consumed: false,
+            },
+        );
         let outcomes = produce(server, &args, run, &name, partitions, clock, &produced).await;
         ticker.abort();
         let outcomes = outcomes?;
@@ -533,7 +581,13 @@ async fn bench(kind: Kind, args: BenchArgs, server: &str) -> CliResult<Outcome> 
         }
     }
 
-    let ticker = spawn_ticker(bar.clone(), produced.clone(), shared.clone(), kind.name());
+    let ticker = spawn_ticker(
+        bar.clone(),
+        produced.clone(),
+        shared.clone(),
+        kind.name(),
+        Shows::of(kind),
+    );
     let mut producer_results = Vec::new();
     if kind.produces() {
         let outcomes = produce(server, &args, run, &name, partitions, clock, &produced).await?;
@@ -672,5 +726,25 @@ async fn settle_group(shared: &Shared) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_line_shows_only_what_the_run_does() {
+        let produce = progress_message("produce", Shows::of(Kind::Produce), (5, 10.0), (0, 0.0));
+        assert!(produce.starts_with("produce: produced 5 ("), "{produce}");
+        assert!(!produce.contains("consumed"), "{produce}");
+        let consume = progress_message("consume", Shows::of(Kind::Consume), (0, 0.0), (7, 1.0));
+        assert!(consume.starts_with("consume: consumed 7 ("), "{consume}");
+        assert!(!consume.contains("produced"), "{consume}");
+        let e2e = progress_message("e2e", Shows::of(Kind::E2e), (1, 1.0), (1, 1.0));
+        assert!(
+            e2e.contains("produced 1") && e2e.contains("consumed 1"),
+            "{e2e}"
+        );
     }
 }

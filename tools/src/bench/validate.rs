@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 
 use super::payload::{Header, open};
+use crate::terms::half_open;
 
 /// Error messages kept for the report (all are counted).
 pub const ERRORS_KEPT: usize = 20;
@@ -208,9 +209,8 @@ pub fn merge(checks: &[&PartitionCheck], expected: &Expectation, errors: &mut Er
         if expected.end > expected.start {
             errors.push(|| {
                 format!(
-                    "offsets {}..{} were never delivered ({} messages)",
-                    expected.start,
-                    expected.end,
+                    "offsets {} were never delivered ({} messages)",
+                    half_open(expected.start, expected.end),
                     expected.end - expected.start
                 )
             });
@@ -226,14 +226,18 @@ pub fn merge(checks: &[&PartitionCheck], expected: &Expectation, errors: &mut Er
             let (from, to) = (cursor, run.first_offset);
             errors.push(|| {
                 format!(
-                    "partition {partition}: offsets {from}..{to} were never delivered ({} messages)",
+                    "partition {partition}: offsets {} were never delivered ({} messages)",
+                    half_open(from, to),
                     to - from
                 )
             });
         } else if run.first_offset < cursor {
             let (from, to) = (run.first_offset, cursor.min(run.next_offset));
             errors.push(|| {
-                format!("partition {partition}: offsets {from}..{to} were delivered more than once")
+                format!(
+                    "partition {partition}: offsets {} were delivered more than once",
+                    half_open(from, to)
+                )
             });
         }
         cursor = cursor.max(run.next_offset);
@@ -265,14 +269,18 @@ pub fn merge(checks: &[&PartitionCheck], expected: &Expectation, errors: &mut Er
         let (from, to) = (cursor, expected.end);
         errors.push(|| {
             format!(
-                "partition {partition}: offsets {from}..{to} were never delivered ({} messages)",
+                "partition {partition}: offsets {} were never delivered ({} messages)",
+                half_open(from, to),
                 to - from
             )
         });
     } else if cursor > expected.end {
         let (from, to) = (expected.end, cursor);
         errors.push(|| {
-            format!("partition {partition}: offsets {from}..{to} lie past the expected end")
+            format!(
+                "partition {partition}: offsets {} lie past the expected end",
+                half_open(from, to)
+            )
         });
     }
     if let Some(run) = expected.own_run {
@@ -282,7 +290,7 @@ pub fn merge(checks: &[&PartitionCheck], expected: &Expectation, errors: &mut Er
                 errors.push(|| {
                     format!(
                         "partition {partition}: producer {producer} was acked for {sent} messages, consumers saw {} of its sequence",
-                        seen.map_or("none".to_string(), |s| format!("0..{s}"))
+                        seen.map_or("none".to_string(), |s| half_open(0, s))
                     )
                 });
             }
@@ -379,7 +387,7 @@ mod tests {
             errors
                 .first
                 .iter()
-                .any(|e| e.contains("offsets 4..5 were never delivered")),
+                .any(|e| e.contains("offsets 4 were never delivered")),
             "{errors:?}"
         );
         assert!(
@@ -398,7 +406,7 @@ mod tests {
         let mut errors = Errors::default();
         merge(&[&check], &expectation(12), &mut errors);
         assert!(
-            errors.first.iter().any(|e| e.contains("offsets 10..12")),
+            errors.first.iter().any(|e| e.contains("offsets 10-11")),
             "{errors:?}"
         );
         assert!(
@@ -426,7 +434,7 @@ mod tests {
             errors
                 .first
                 .iter()
-                .any(|e| e.contains("6..8 were delivered more than once")),
+                .any(|e| e.contains("6-7 were delivered more than once")),
             "{errors:?}"
         );
 

@@ -301,13 +301,12 @@ fn verdict_findings(plan: &RecoveryPlan) -> Vec<Finding> {
                 path,
                 Some(corrupt.position),
                 format!(
-                    "{} in the batch holding offsets {}..={}; an intact batch follows or it was \
+                    "{} in the batch holding offsets {}; an intact batch follows or it was \
                      fsynced before, so this is corruption inside the log, not a torn write \
                      (reads of these offsets fail with DATA_LOSS; `tidelog segment repair \
                      --force` cuts the log here)",
                     corrupt.reason,
-                    corrupt.base_offset,
-                    corrupt.next_offset.saturating_sub(1)
+                    crate::terms::half_open(corrupt.base_offset, corrupt.next_offset)
                 ),
             ));
         }

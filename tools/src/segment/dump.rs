@@ -16,6 +16,7 @@ use super::check::{LOG_FILE_BYTES_MAX, read_file};
 use crate::cli::DumpArgs;
 use crate::error::{CliError, CliResult};
 use crate::output::{Stdout, bytes_json, preview};
+use crate::terms::range;
 use crate::time::format_datetime_ms;
 
 /// Largest index or checkpoint file read.
@@ -249,9 +250,8 @@ fn dump_log(
         let length = header.batch_length as usize;
         if length > rest.len() {
             let message = format!(
-                "torn tail: a batch of {length} bytes (offsets {}..={}) is cut off after {} bytes",
-                header.base_offset,
-                header.last_offset(),
+                "torn tail: a batch of {length} bytes (offsets {}) is cut off after {} bytes",
+                range(header.base_offset, header.last_offset()),
                 rest.len()
             );
             problems.add(out, json, at, message)?;
@@ -263,10 +263,9 @@ fn dump_log(
             out.json(&batch_json(at, &header, crc_ok))?;
         } else {
             out.line(&format!(
-                "batch  position {at}  offsets {}..={}  records {}  bytes {length}  crc {:#010x} {}  \
+                "batch  position {at}  offsets {}  records {}  bytes {length}  crc {:#010x} {}  \
                  compression {}  first-timestamp {}  max-timestamp {}  max-expiry {}",
-                header.base_offset,
-                header.last_offset(),
+                range(header.base_offset, header.last_offset()),
                 header.record_count,
                 header.crc,
                 if crc_ok { "ok" } else { "MISMATCH" },

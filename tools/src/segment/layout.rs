@@ -65,9 +65,30 @@ pub fn discover(dir: &Path) -> CliResult<Layout> {
     }
     let mut layout = Layout::default();
     walk(dir, 0, &mut layout)?;
-    layout.partitions.sort();
-    layout.offsets_logs.sort();
+    layout.partitions.sort_by_cached_key(|p| natural_key(p));
+    layout.offsets_logs.sort_by_cached_key(|p| natural_key(p));
     Ok(layout)
+}
+
+/// One path component for sorting: a number (a partition) sorts by value, before
+/// any name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Component {
+    Number(u64),
+    Name(std::ffi::OsString),
+}
+
+/// Sorts paths in natural order: topics/big/2 before topics/big/10.
+fn natural_key(path: &Path) -> Vec<Component> {
+    path.components()
+        .map(|c| {
+            let part = c.as_os_str();
+            match part.to_str().and_then(|s| s.parse::<u64>().ok()) {
+                Some(n) => Component::Number(n),
+                None => Component::Name(part.to_os_string()),
+            }
+        })
+        .collect()
 }
 
 fn walk(dir: &Path, depth: usize, layout: &mut Layout) -> CliResult<()> {
@@ -128,6 +149,30 @@ pub fn broker_holds_lock(root: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partitions_sort_in_natural_order() {
+        let mut paths: Vec<PathBuf> = [
+            "d/topics/big/10",
+            "d/topics/big/2",
+            "d/topics/a/1",
+            "d/topics/big/1",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        paths.sort_by_cached_key(|p| natural_key(p));
+        let sorted: Vec<PathBuf> = [
+            "d/topics/a/1",
+            "d/topics/big/1",
+            "d/topics/big/2",
+            "d/topics/big/10",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        assert_eq!(paths, sorted);
+    }
 
     #[test]
     fn partitions_and_offsets_logs_are_found_and_trash_is_skipped() {

@@ -15,7 +15,7 @@ mod repair;
 use std::io::IsTerminal;
 use std::path::Path;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::{Value, json};
 
 use crate::cli::SegmentCommand;
@@ -38,13 +38,7 @@ pub(crate) fn byte_progress(total: u64, label: &str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(total);
-    let template =
-        format!("{label} {{bytes}}/{{total_bytes}} [{{bar:30}}] {{bytes_per_sec}} eta {{eta}}");
-    bar.set_style(
-        ProgressStyle::with_template(&template)
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
+    bar.set_style(crate::output::byte_progress_style(&format!("{label} ")));
     bar
 }
 
@@ -153,7 +147,9 @@ fn verify(dir: &Path, json: bool) -> CliResult<()> {
         };
         for p in &partitions {
             let offsets = match (p.start_offset(), p.next_offset()) {
-                (Some(start), Some(next)) => format!("offsets {start}..{next}"),
+                (Some(start), Some(next)) => {
+                    format!("offsets {}", crate::terms::half_open(start, next))
+                }
                 _ => "no segments".into(),
             };
             out.line(&format!(

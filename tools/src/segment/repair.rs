@@ -358,9 +358,10 @@ pub fn run(args: &RepairArgs, json: bool) -> CliResult<()> {
             _ => dir.display().to_string(),
         };
         let mut text = format!(
-            "WARNING: partition {name} loses offsets {from}..{to} (fsynced data); new messages \
+            "WARNING: partition {name} loses offsets {} (fsynced data); new messages \
              will be given these offsets again, so a consumer that read past {from} would skip \
-             them. Move every consumer of this partition back to {from} before it reads again."
+             them. Move every consumer of this partition back to {from} before it reads again.",
+            crate::terms::half_open(*from, *to)
         );
         for (group, offset) in groups {
             text.push_str(&format!(
