@@ -33,6 +33,7 @@
 //! | 1 | commit | `group` str16, `entry_count` u32 (`>= 1`), `entry_count` entries |
 //! | 2 | delete-group | `group` str16 |
 //! | 3 | delete-topic | `topic` str16 |
+//! | 4 | delete-group-offsets | `group` str16, `topic` str16, `partition_count` u32, `partition_count` x `partition` u32 (none = every partition) |
 //!
 //! **Commit entry**
 //!
@@ -73,6 +74,7 @@ pub const LOG_FILE_NAME: &str = "offsets.log";
 const KIND_COMMIT: u8 = 1;
 const KIND_DELETE_GROUP: u8 = 2;
 const KIND_DELETE_TOPIC: u8 = 3;
+const KIND_DELETE_GROUP_OFFSETS: u8 = 4;
 
 /// Bytes of a str16 length prefix.
 const STR16_PREFIX_BYTES: usize = 2;
@@ -132,6 +134,12 @@ pub enum OffsetOp {
     DeleteGroup { group: String },
     /// Remove `topic`'s offsets from every group.
     DeleteTopic { topic: String },
+    /// Remove `group`'s offsets for `topic`: of `partitions`, or all when empty.
+    DeleteGroupOffsets {
+        group: String,
+        topic: String,
+        partitions: Vec<u32>,
+    },
 }
 
 /// One `(topic, partition)` of a commit operation.
@@ -184,6 +192,19 @@ impl LogOp for OffsetOp {
                 out.push(KIND_DELETE_TOPIC);
                 put_str16(out, topic);
             }
+            OffsetOp::DeleteGroupOffsets {
+                group,
+                topic,
+                partitions,
+            } => {
+                out.push(KIND_DELETE_GROUP_OFFSETS);
+                put_str16(out, group);
+                put_str16(out, topic);
+                out.extend_from_slice(&(partitions.len() as u32).to_le_bytes());
+                for partition in partitions {
+                    out.extend_from_slice(&partition.to_le_bytes());
+                }
+            }
         }
         Ok(())
     }
@@ -211,6 +232,20 @@ impl LogOp for OffsetOp {
             KIND_DELETE_TOPIC => Ok(OffsetOp::DeleteTopic {
                 topic: reader.str16("topic", 1, TOPIC_NAME_BYTES_MAX)?,
             }),
+            KIND_DELETE_GROUP_OFFSETS => {
+                let group = reader.str16("group id", 1, GROUP_ID_BYTES_MAX)?;
+                let topic = reader.str16("topic", 1, TOPIC_NAME_BYTES_MAX)?;
+                let count = reader.count("partition_count", 0, 4)?;
+                let mut partitions = Vec::with_capacity(count as usize);
+                for _ in 0..count {
+                    partitions.push(reader.u32("partition")?);
+                }
+                Ok(OffsetOp::DeleteGroupOffsets {
+                    group,
+                    topic,
+                    partitions,
+                })
+            }
             kind => Err(reader.unknown_kind(kind)),
         }
     }
@@ -291,6 +326,10 @@ fn validate_op(op: &OffsetOp) -> Result<()> {
         }
         OffsetOp::DeleteGroup { group } => validate_group(group),
         OffsetOp::DeleteTopic { topic } => validate_topic(topic),
+        OffsetOp::DeleteGroupOffsets { group, topic, .. } => {
+            validate_group(group)?;
+            validate_topic(topic)
+        }
     }
 }
 
@@ -374,6 +413,38 @@ impl StateMachine for Offsets {
                 }
                 found
             }
+            OffsetOp::DeleteGroupOffsets {
+                group,
+                topic,
+                partitions,
+            } => {
+                let Some(topics) = self.groups.get_mut(&group) else {
+                    return false;
+                };
+                let Some(stored) = topics.get_mut(&topic) else {
+                    return false;
+                };
+                let mut found = false;
+                let gone: Vec<u32> = if partitions.is_empty() {
+                    stored.keys().copied().collect()
+                } else {
+                    partitions
+                };
+                for partition in gone {
+                    if let Some(value) = stored.remove(&partition) {
+                        found = true;
+                        self.encoded_bytes -= entry_encoded_bytes(&topic, &value.metadata);
+                    }
+                }
+                if stored.is_empty() {
+                    topics.remove(&topic);
+                }
+                if topics.is_empty() {
+                    self.groups.remove(&group);
+                    self.encoded_bytes -= commit_op_overhead_bytes(&group);
+                }
+                found
+            }
         }
     }
 
@@ -433,6 +504,20 @@ fn push_commit(
 }
 
 impl Offsets {
+    /// Every committed offset: (group, topic, partition) -> the next offset to consume.
+    /// For offline tools that replay a log through [`StateMachine::apply`].
+    pub fn committed(&self) -> BTreeMap<(String, String, u32), u64> {
+        let mut out = BTreeMap::new();
+        for (group, topics) in &self.groups {
+            for (topic, partitions) in topics {
+                for (&partition, value) in partitions {
+                    out.insert((group.clone(), topic.clone(), partition), value.offset);
+                }
+            }
+        }
+        out
+    }
+
     fn has_topic(&self, topic: &str) -> bool {
         self.groups
             .values()
@@ -574,6 +659,36 @@ impl OffsetStore {
         }
         self.log.append_one(OffsetOp::DeleteGroup {
             group: group.to_string(),
+        })
+    }
+
+    /// Durably removes `group`'s offsets for `topic` (of `partitions`, or all of them
+    /// when empty), as `kafka-consumer-groups --delete-offsets` does. Returns whether
+    /// there was any. A group left with none no longer exists.
+    pub fn delete_group_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: &[u32],
+    ) -> Result<bool> {
+        validate_group(group)?;
+        validate_topic(topic)?;
+        let absent = self.log.read_settled(|offsets| {
+            offsets
+                .groups
+                .get(group)
+                .and_then(|t| t.get(topic))
+                .is_none_or(|stored| {
+                    !partitions.is_empty() && partitions.iter().all(|p| !stored.contains_key(p))
+                })
+        })?;
+        if absent == Some(true) {
+            return Ok(false);
+        }
+        self.log.append_one(OffsetOp::DeleteGroupOffsets {
+            group: group.to_string(),
+            topic: topic.to_string(),
+            partitions: partitions.to_vec(),
         })
     }
 
@@ -899,6 +1014,16 @@ mod tests {
                 .prop_map(|(group, entries)| OffsetOp::Commit { group, entries }),
             name(GROUP_ID_BYTES_MAX).prop_map(|group| OffsetOp::DeleteGroup { group }),
             name(TOPIC_NAME_BYTES_MAX).prop_map(|topic| OffsetOp::DeleteTopic { topic }),
+            (
+                name(GROUP_ID_BYTES_MAX),
+                name(TOPIC_NAME_BYTES_MAX),
+                proptest::collection::vec(any::<u32>(), 0..4)
+            )
+                .prop_map(|(group, topic, partitions)| OffsetOp::DeleteGroupOffsets {
+                    group,
+                    topic,
+                    partitions
+                }),
         ]
     }
 
@@ -947,6 +1072,7 @@ mod tests {
         Commit(usize, Vec<(usize, u32, u64, usize)>),
         DeleteGroup(usize),
         DeleteTopic(usize),
+        DeleteGroupOffsets(usize, usize, Vec<u32>),
         Compact,
         Reopen,
     }
@@ -960,6 +1086,8 @@ mod tests {
                 .prop_map(|(g, entries)| ModelOp::Commit(g, entries)),
             1 => (0..GROUPS.len()).prop_map(ModelOp::DeleteGroup),
             1 => (0..TOPICS.len()).prop_map(ModelOp::DeleteTopic),
+            1 => (0..GROUPS.len(), 0..TOPICS.len(), proptest::collection::vec(0..3u32, 0..2))
+                .prop_map(|(g, t, p)| ModelOp::DeleteGroupOffsets(g, t, p)),
             1 => Just(ModelOp::Compact),
             1 => Just(ModelOp::Reopen),
         ]
@@ -997,6 +1125,22 @@ mod tests {
                     ModelOp::DeleteTopic(t) => {
                         store.delete_topic(TOPICS[t]).unwrap();
                         model.retain(|(_, topic, _), _| topic != TOPICS[t]);
+                    }
+                    ModelOp::DeleteGroupOffsets(g, t, partitions) => {
+                        let existed = model.keys().any(|(group, topic, p)| {
+                            group == GROUPS[g]
+                                && topic == TOPICS[t]
+                                && (partitions.is_empty() || partitions.contains(p))
+                        });
+                        prop_assert_eq!(
+                            store.delete_group_offsets(GROUPS[g], TOPICS[t], &partitions).unwrap(),
+                            existed
+                        );
+                        model.retain(|(group, topic, p), _| {
+                            !(group == GROUPS[g]
+                                && topic == TOPICS[t]
+                                && (partitions.is_empty() || partitions.contains(p)))
+                        });
                     }
                     ModelOp::Compact => store.compact().unwrap(),
                     ModelOp::Reopen => {

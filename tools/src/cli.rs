@@ -731,8 +731,26 @@ pub enum GroupCommand {
     #[command(after_help = "Examples:\n  tidelog group delete billing")]
     Delete(GroupNameArg),
 
+    /// Delete a group's committed offsets for one topic (Kafka's --delete-offsets): the
+    /// group then starts those partitions by its reset policy. It must have no live members.
+    #[command(
+        after_help = "Examples:\n  tidelog group delete-offsets --group billing --topic orders\n  tidelog group delete-offsets --group billing --topic orders:0,1"
+    )]
+    DeleteOffsets(DeleteOffsetsArgs),
+
     /// Move a group's committed offsets (Kafka's kafka-consumer-groups --reset-offsets).
     ResetOffsets(ResetOffsetsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteOffsetsArgs {
+    /// Group id.
+    #[arg(short, long)]
+    pub group: String,
+
+    /// The topic, optionally with partitions: TOPIC, TOPIC:0,1 or TOPIC:0-3.
+    #[arg(long, value_name = "TOPIC[:P,P..]", value_parser = topic_spec)]
+    pub topic: TopicSpec,
 }
 
 #[derive(Debug, Args)]

@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 use tidelog_proto::v1::{
-    DeleteGroupRequest, DescribeGroupRequest, GroupDescription, GroupState, ListGroupsRequest,
-    OffsetChange, ResetOffsetsRequest, TopicPartitionOffset, reset_offsets_request as reset,
+    DeleteGroupRequest, DeleteOffsetsRequest, DescribeGroupRequest, GroupDescription, GroupState,
+    ListGroupsRequest, OffsetChange, ResetOffsetsRequest, TopicPartitionOffset,
+    reset_offsets_request as reset,
 };
 
 use crate::cli::{GroupCommand, ResetMode, ResetOffsetsArgs};
@@ -83,6 +84,39 @@ pub async fn run(broker: &Broker, command: GroupCommand, json: bool) -> CliResul
                 out.json_pretty(&json!({"deleted": args.group}))?;
             } else {
                 out.line(&format!("deleted group {}", args.group))?;
+            }
+        }
+        GroupCommand::DeleteOffsets(args) => {
+            let context = format!(
+                "deleting the offsets of group {:?} for topic {:?}",
+                args.group, args.topic.topic
+            );
+            broker
+                .groups()
+                .delete_offsets(DeleteOffsetsRequest {
+                    group_id: args.group.clone(),
+                    topic: args.topic.topic.clone(),
+                    partitions: args.topic.partitions.clone(),
+                })
+                .await
+                .map_err(|s| broker.error(&context, &s))?;
+            let partitions = if args.topic.partitions.is_empty() {
+                "every partition".to_string()
+            } else {
+                format!("partitions {:?}", args.topic.partitions)
+            };
+            if json {
+                out.json_pretty(&json!({
+                    "group": args.group,
+                    "topic": args.topic.topic,
+                    "partitions": args.topic.partitions,
+                    "deleted": true,
+                }))?;
+            } else {
+                out.line(&format!(
+                    "deleted the offsets of group {} for {} of {}",
+                    args.group, partitions, args.topic.topic
+                ))?;
             }
         }
         GroupCommand::ResetOffsets(args) => reset_offsets(broker, &args, json, &mut out).await?,

@@ -12,10 +12,10 @@ use tidelog_proto::v1::groups_server::Groups;
 use tidelog_proto::v1::reset_offsets_request::{Scope, Spec};
 use tidelog_proto::v1::{
     CommitOffsetsRequest, CommitOffsetsResponse, CommittedOffset, DeleteGroupRequest,
-    DeleteGroupResponse, DescribeGroupRequest, DescribeGroupResponse, FetchOffsetsRequest,
-    FetchOffsetsResponse, GroupDescription, GroupMember, GroupState, GroupSummary,
-    ListGroupsRequest, ListGroupsResponse, OffsetChange, PartitionLag, ResetOffsetsRequest,
-    ResetOffsetsResponse,
+    DeleteGroupResponse, DeleteOffsetsRequest, DeleteOffsetsResponse, DescribeGroupRequest,
+    DescribeGroupResponse, FetchOffsetsRequest, FetchOffsetsResponse, GroupDescription,
+    GroupMember, GroupState, GroupSummary, ListGroupsRequest, ListGroupsResponse, OffsetChange,
+    PartitionLag, ResetOffsetsRequest, ResetOffsetsResponse,
 };
 use tidelog_storage::limits::COMMIT_METADATA_BYTES_MAX;
 use tidelog_storage::{Partition, Store, Topic};
@@ -266,6 +266,44 @@ impl Groups for GroupsService {
         }
         tracing::info!(group = %request.group_id, "deleted group");
         Ok(Response::new(DeleteGroupResponse {}))
+    }
+
+    async fn delete_offsets(
+        &self,
+        request: Request<DeleteOffsetsRequest>,
+    ) -> Result<Response<DeleteOffsetsResponse>, Status> {
+        let request = request.into_inner();
+        validate_group_id(&request.group_id)?;
+        let coordinator = &self.state.groups;
+        let _gate = coordinator.admin_gate.write().await;
+        coordinator.require_no_live_members(&request.group_id, "DeleteOffsets")?;
+        let store = self.state.store.clone();
+        let (group, topic, partitions) = (
+            request.group_id.clone(),
+            request.topic.clone(),
+            request.partitions.clone(),
+        );
+        let existed = tokio::task::spawn_blocking(move || {
+            store
+                .offsets()
+                .delete_group_offsets(&group, &topic, &partitions)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the delete task failed: {e}")))?;
+        if !convert::or_status(existed)? {
+            return Err(Status::not_found(format!(
+                "group {:?} has no committed offsets for topic {:?}{}",
+                request.group_id,
+                request.topic,
+                if request.partitions.is_empty() {
+                    String::new()
+                } else {
+                    format!(" partitions {:?}", request.partitions)
+                }
+            )));
+        }
+        tracing::info!(group = %request.group_id, topic = %request.topic, partitions = ?request.partitions, "deleted group offsets");
+        Ok(Response::new(DeleteOffsetsResponse {}))
     }
 
     async fn reset_offsets(

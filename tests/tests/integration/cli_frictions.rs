@@ -719,3 +719,76 @@ fn cli_progress_displays_start_sensibly() {
     assert!(screen.contains("produce: produced"), "{screen}");
     assert!(!screen.contains("consumed 0"), "{screen}");
 }
+
+/// `group delete-offsets` removes one topic's committed offsets (some partitions, or
+/// all) and the group starts them by its reset policy again; refused while the group
+/// has live members, NOT_FOUND when there is nothing to delete.
+#[test]
+fn cli_group_delete_offsets_of_one_topic() {
+    let broker = TestBroker::start();
+    for topic in ["a", "b"] {
+        cli(&broker, &["topic", "create", topic, "--partitions", "2"]).ok("create");
+        cli_with_input(&broker, &["produce", topic, "-p", "0"], b"1\n2\n").ok("produce");
+        cli_with_input(&broker, &["produce", topic, "-p", "1"], b"3\n4\n").ok("produce");
+    }
+    for topic in ["a", "b"] {
+        cli(&broker, &["consume", topic, "--group", "g", "-n", "4"]).ok("consume");
+    }
+    let offsets = |broker: &TestBroker| -> Vec<(String, u64)> {
+        let described = cli(broker, &["group", "describe", "g", "--json"]).ok("describe");
+        described.json()["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| !p["committed_offset"].is_null())
+            .map(|p| {
+                (
+                    p["topic"].as_str().unwrap().to_string(),
+                    p["partition"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(offsets(&broker).len(), 4);
+    cli(
+        &broker,
+        &["group", "delete-offsets", "--group", "g", "--topic", "a:1"],
+    )
+    .ok("delete-offsets a:1");
+    assert_eq!(
+        offsets(&broker),
+        vec![
+            ("a".to_string(), 0),
+            ("b".to_string(), 0),
+            ("b".to_string(), 1)
+        ]
+    );
+    let done = cli(
+        &broker,
+        &[
+            "group",
+            "delete-offsets",
+            "--group",
+            "g",
+            "--topic",
+            "b",
+            "--json",
+        ],
+    )
+    .ok("delete-offsets b");
+    assert_eq!(done.json()["deleted"], true);
+    assert_eq!(offsets(&broker), vec![("a".to_string(), 0)]);
+    let nothing = cli(
+        &broker,
+        &["group", "delete-offsets", "--group", "g", "--topic", "b"],
+    );
+    assert_eq!(nothing.code, 1, "{}", nothing.stderr);
+    assert!(
+        nothing.stderr.contains("no committed offsets"),
+        "{}",
+        nothing.stderr
+    );
+    // Partition 1 of a starts again by the reset policy (earliest): its two messages.
+    let again = cli(&broker, &["consume", "a", "--group", "g", "-n", "2"]).ok("consume");
+    assert_eq!(again.stdout.lines().collect::<Vec<_>>(), vec!["3", "4"]);
+}

@@ -16,14 +16,14 @@ use tidelog_storage::OsFs;
 use tidelog_storage::batch::BatchHeader;
 use tidelog_storage::checkpoint::{self, Checkpoint};
 use tidelog_storage::index::{self, SegmentSummary};
-use tidelog_storage::offsets::{OffsetOp, OffsetRecord};
+use tidelog_storage::offsets::{OffsetOp, Offsets};
 use tidelog_storage::recovery::{
     self, Content, Depth, Observation, Observed, PlanOptions, RecoveryPlan, Verdict,
 };
 use tidelog_storage::segment::{
     CorruptBatch, INDEX_SUFFIX, ScanReport, TIME_INDEX_SUFFIX, segment_path,
 };
-use tidelog_storage::statelog::{self, ScanEnd};
+use tidelog_storage::statelog::{self, ScanEnd, StateMachine};
 
 use super::layout::segment_bases;
 use crate::error::{CliError, CliResult};
@@ -543,8 +543,14 @@ pub struct OffsetsLogCheck {
 /// follows it and no more bytes than one record do; anything else is corruption.
 pub fn check_offsets_log(path: &Path) -> CliResult<OffsetsLogCheck> {
     let data = read_file(path, LOG_FILE_BYTES_MAX)?;
-    let mut committed = BTreeMap::new();
-    let scan = statelog::scan_image::<OffsetOp>(&data, |_, record| replay(&mut committed, record));
+    // The broker's own state machine replays what it would replay.
+    let mut offsets = Offsets::default();
+    let scan = statelog::scan_image::<OffsetOp>(&data, |_, record| {
+        for op in record.ops {
+            offsets.apply(op);
+        }
+    });
+    let committed = offsets.committed();
     let mut findings = Vec::new();
     let torn = matches!(scan.end, ScanEnd::Torn { .. });
     match scan.end {
@@ -577,21 +583,6 @@ pub fn check_offsets_log(path: &Path) -> CliResult<OffsetsLogCheck> {
         findings,
         committed,
     })
-}
-
-/// Applies one offsets-log record to the committed offsets, as the broker does.
-fn replay(committed: &mut BTreeMap<(String, String, u32), u64>, record: OffsetRecord) {
-    for op in record.ops {
-        match op {
-            OffsetOp::Commit { group, entries } => {
-                for entry in entries {
-                    committed.insert((group.clone(), entry.topic, entry.partition), entry.offset);
-                }
-            }
-            OffsetOp::DeleteGroup { group } => committed.retain(|(g, _, _), _| *g != group),
-            OffsetOp::DeleteTopic { topic } => committed.retain(|(_, t, _), _| *t != topic),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -522,6 +522,13 @@ fn op_json(op: &OffsetOp) -> Value {
         }),
         OffsetOp::DeleteGroup { group } => json!({"op": "delete_group", "group": group}),
         OffsetOp::DeleteTopic { topic } => json!({"op": "delete_topic", "topic": topic}),
+        OffsetOp::DeleteGroupOffsets {
+            group,
+            topic,
+            partitions,
+        } => {
+            json!({"op": "delete_group_offsets", "group": group, "topic": topic, "partitions": partitions})
+        }
     }
 }
 
@@ -536,6 +543,11 @@ fn op_line(op: &OffsetOp) -> String {
         }
         OffsetOp::DeleteGroup { group } => format!("delete-group  {group}"),
         OffsetOp::DeleteTopic { topic } => format!("delete-topic  {topic}"),
+        OffsetOp::DeleteGroupOffsets {
+            group,
+            topic,
+            partitions,
+        } => format!("delete-group-offsets  group {group}  {topic} {partitions:?}"),
     }
 }
 
