@@ -72,6 +72,16 @@ pub const TRANSLATIONS: &[(&str, &str)] = &[
     ("Groups.DeleteGroup", "`tidelog group delete`"),
     ("Groups.DeleteOffsets", "`tidelog group delete-offsets`"),
     ("Groups.ResetOffsets", "`tidelog group reset-offsets`"),
+    ("Queues.CreateQueue", "`tidelog queue create`"),
+    ("Queues.AlterQueue", "`tidelog queue alter`"),
+    ("Queues.DeleteQueue", "`tidelog queue delete`"),
+    ("Queues.ListQueues", "`tidelog queue list`"),
+    ("Queues.DescribeQueue", "`tidelog queue describe`"),
+    ("Queues.PurgeQueue", "`tidelog queue purge`"),
+    ("Queues.RedriveQueue", "`tidelog queue redrive`"),
+    ("Queues.Consume", "`tidelog queue consume`"),
+    ("Queues.Receive", "`tidelog queue consume`"),
+    ("Queues.Settle", "`tidelog queue consume`"),
     // Request fields: the flag that sets them.
     ("reset_policy is ERROR", "--offset-reset is error"),
     (
@@ -275,7 +285,7 @@ mod tests {
                     if line.trim_start().starts_with("//") {
                         continue;
                     }
-                    for service in ["Admin.", "Publisher.", "Consumer.", "Groups."] {
+                    for service in ["Admin.", "Publisher.", "Consumer.", "Groups.", "Queues."] {
                         let mut rest = line;
                         while let Some(at) = rest.find(service) {
                             let after = &rest[at + service.len()..];
