@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use tidelog_storage::{OffsetStore, SystemClock};
+use tidelog_storage::{OffsetStore, OsFs, SystemClock};
 
 /// Commits `iterations` offsets in total from `threads` threads, each to its own group,
 /// and returns the wall time.
@@ -43,7 +43,12 @@ fn commit(c: &mut Criterion) {
     for threads in [1usize, 8] {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(
-            OffsetStore::open(&dir.path().join("offsets"), Arc::new(SystemClock)).expect("open"),
+            OffsetStore::open(
+                Arc::new(OsFs),
+                &dir.path().join("offsets"),
+                Arc::new(SystemClock),
+            )
+            .expect("open"),
         );
         group.bench_function(BenchmarkId::new("threads", threads), |b| {
             b.iter_custom(|iterations| run_committers(&store, threads, iterations))

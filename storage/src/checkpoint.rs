@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{IoContext, Result};
-use crate::fs::{FileSystem, FsFile, OpenMode, OsFs};
+use crate::fs::{FileSystem, FsFile, OpenMode};
 use crate::fsutil;
 
 pub const FILE_NAME: &str = "checkpoint";
@@ -110,13 +110,9 @@ pub struct CheckpointFile {
 }
 
 impl CheckpointFile {
-    /// Opens the file in `dir`, reading the newest valid checkpoint if there is one.
-    pub fn open(dir: &Path) -> Result<Self> {
-        Self::open_with(Arc::new(OsFs), dir)
-    }
-
-    /// [`CheckpointFile::open`] through `fs`.
-    pub fn open_with(fs: Arc<dyn FileSystem>, dir: &Path) -> Result<Self> {
+    /// Opens the file in `dir` through `fs`, reading the newest valid checkpoint if
+    /// there is one.
+    pub fn open(fs: Arc<dyn FileSystem>, dir: &Path) -> Result<Self> {
         let path = dir.join(FILE_NAME);
         let last = match fs.read_file(&path, 2 * SLOT_BYTES as u64) {
             Ok(bytes) => Checkpoint::decode_file(&bytes),
@@ -157,7 +153,7 @@ impl CheckpointFile {
                     .open(&self.path, OpenMode::Create)
                     .ctx(|| format!("opening {}", self.path.display()))?;
                 if !existed {
-                    fsutil::sync_dir_with(&*self.fs, fsutil::parent_dir(&self.path))?;
+                    fsutil::sync_dir(&*self.fs, fsutil::parent_dir(&self.path))?;
                 }
                 self.file = Some(file.clone());
                 file
@@ -176,15 +172,19 @@ impl CheckpointFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::OsFs;
 
     #[test]
     fn newest_valid_slot_wins_and_a_torn_slot_falls_back() {
         let dir = tempfile::tempdir().unwrap();
-        let mut file = CheckpointFile::open(dir.path()).unwrap();
+        let mut file = CheckpointFile::open(Arc::new(OsFs), dir.path()).unwrap();
         assert_eq!(file.last(), None);
         file.write(0, 100, 10).unwrap();
         file.write(0, 200, 20).unwrap();
-        let reopened = CheckpointFile::open(dir.path()).unwrap().last().unwrap();
+        let reopened = CheckpointFile::open(Arc::new(OsFs), dir.path())
+            .unwrap()
+            .last()
+            .unwrap();
         assert_eq!((reopened.position, reopened.next_offset), (200, 20));
 
         // Tear the newest slot: the previous checkpoint is used.
@@ -193,7 +193,10 @@ mod tests {
         let newest = (reopened.sequence % 2) as usize * SLOT_BYTES;
         bytes[newest + 30] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
-        let fallback = CheckpointFile::open(dir.path()).unwrap().last().unwrap();
+        let fallback = CheckpointFile::open(Arc::new(OsFs), dir.path())
+            .unwrap()
+            .last()
+            .unwrap();
         assert_eq!((fallback.position, fallback.next_offset), (100, 10));
     }
 

@@ -1,7 +1,9 @@
 //! Time as a dependency. Retention, TTL and record timestamps read the clock through
 //! this trait, so tests move time forward instead of sleeping.
 
+#[cfg(any(test, feature = "testing"))]
 use std::sync::Arc;
+#[cfg(any(test, feature = "testing"))]
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,12 +25,14 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that only moves when told to; for tests.
+/// A clock that only moves when told to; for tests (the `testing` feature).
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Default)]
 pub struct ManualClock {
     now_ms: AtomicI64,
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl ManualClock {
     pub fn new(start_ms: i64) -> Arc<Self> {
         Arc::new(ManualClock {
@@ -45,6 +49,7 @@ impl ManualClock {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl Clock for ManualClock {
     fn now_ms(&self) -> i64 {
         self.now_ms.load(Ordering::SeqCst)

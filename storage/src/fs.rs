@@ -1,6 +1,7 @@
 //! The file-operations seam: every filesystem call the engine makes goes through a
 //! [`FileSystem`] (operations on paths) or an [`FsFile`] (operations on an open file),
-//! so a test can slide a fault-injecting filesystem, [`FaultyFs`], under the whole
+//! so a test can slide a fault-injecting filesystem, `FaultyFs` (behind the `testing`
+//! cargo feature), under the whole
 //! engine: lose what was not fsynced at a simulated power cut, tear the last write,
 //! fail the Nth fsync with EIO, run out of space, return short writes.
 //!
@@ -38,8 +39,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+#[cfg(any(test, feature = "testing"))]
 mod faulty;
 
+#[cfg(any(test, feature = "testing"))]
 pub use faulty::{CrashOptions, FaultStats, FaultyFs, SeededRng, SyncFault, SyncKind, Unsynced};
 
 /// How [`FileSystem::open`] opens a file. Every mode but `Read` opens for reading and

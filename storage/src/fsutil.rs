@@ -3,22 +3,16 @@
 //! file, fsync it, rename it over the target, fsync the directory. A crash at any point
 //! leaves either the old or the new file, never a torn one.
 //!
-//! Each helper comes in two forms: `*_with` takes the [`FileSystem`] to use (the engine
-//! passes its own, so tests can inject faults); the plain form uses the real one
-//! ([`OsFs`]), for offline tools.
+//! Each helper takes the [`FileSystem`] to use: the engine passes its own (so tests can
+//! inject faults), offline tools pass [`crate::fs::OsFs`].
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
-use crate::fs::{FileSystem, OpenMode, OsFs};
+use crate::fs::{FileSystem, OpenMode};
 
 /// fsyncs a directory so that entries created, renamed or removed in it survive a crash.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    sync_dir_with(&OsFs, dir)
-}
-
-/// [`sync_dir`] through `fs`.
-pub fn sync_dir_with(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+pub fn sync_dir(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
     fs.sync_dir(dir)
         .ctx(|| format!("fsyncing directory {}", dir.display()))
 }
@@ -31,21 +25,16 @@ pub fn temp_path(path: &Path) -> PathBuf {
 }
 
 /// Replaces `path` with `contents` atomically and durably.
-pub fn write_file_atomically(path: &Path, contents: &[u8]) -> Result<()> {
-    write_file_atomically_with(&OsFs, path, contents)
-}
-
-/// [`write_file_atomically`] through `fs`.
-pub fn write_file_atomically_with(fs: &dyn FileSystem, path: &Path, contents: &[u8]) -> Result<()> {
-    replace_file_with(fs, path, contents)?;
-    sync_dir_with(fs, parent_dir(path))
+pub fn write_file_atomically(fs: &dyn FileSystem, path: &Path, contents: &[u8]) -> Result<()> {
+    replace_file(fs, path, contents)?;
+    sync_dir(fs, parent_dir(path))
 }
 
 /// Replaces `path` with `contents` atomically (temporary file, fsync, rename) but does
 /// not fsync the directory: the caller does, once for several files. Until it does, a
 /// crash may leave the old file. On failure the temporary file is removed (best effort)
 /// and `path` is untouched.
-pub fn replace_file_with(fs: &dyn FileSystem, path: &Path, contents: &[u8]) -> Result<()> {
+pub fn replace_file(fs: &dyn FileSystem, path: &Path, contents: &[u8]) -> Result<()> {
     let tmp = temp_path(path);
     let written = (|| -> Result<()> {
         let file = fs
@@ -66,12 +55,7 @@ pub fn replace_file_with(fs: &dyn FileSystem, path: &Path, contents: &[u8]) -> R
 
 /// Reads a small file whole, refusing one larger than `max_bytes` (its size came from
 /// disk and is untrusted). Returns `Ok(None)` when it does not exist.
-pub fn read_small_file(path: &Path, max_bytes: u64) -> Result<Option<Vec<u8>>> {
-    read_small_file_with(&OsFs, path, max_bytes)
-}
-
-/// [`read_small_file`] through `fs`.
-pub fn read_small_file_with(
+pub fn read_small_file(
     fs: &dyn FileSystem,
     path: &Path,
     max_bytes: u64,
@@ -102,14 +86,15 @@ pub fn parent_dir(path: &Path) -> &Path {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::OsFs;
     use std::fs;
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temp_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config");
-        write_file_atomically(&path, b"one").unwrap();
-        write_file_atomically(&path, b"two").unwrap();
+        write_file_atomically(&OsFs, &path, b"one").unwrap();
+        write_file_atomically(&OsFs, &path, b"two").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
         assert!(!temp_path(&path).exists());
     }
@@ -120,12 +105,15 @@ mod tests {
         let path = dir.path().join("big");
         fs::write(&path, vec![0u8; 100]).unwrap();
         assert!(matches!(
-            read_small_file(&path, 99),
+            read_small_file(&OsFs, &path, 99),
             Err(Error::Corrupt { .. })
         ));
-        assert_eq!(read_small_file(&path, 100).unwrap().unwrap().len(), 100);
+        assert_eq!(
+            read_small_file(&OsFs, &path, 100).unwrap().unwrap().len(),
+            100
+        );
         assert!(
-            read_small_file(&dir.path().join("missing"), 10)
+            read_small_file(&OsFs, &dir.path().join("missing"), 10)
                 .unwrap()
                 .is_none()
         );

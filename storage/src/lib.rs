@@ -7,7 +7,10 @@
 //! `ARCHITECTURE.md` at the repository root for the codemap.
 //!
 //! Every file operation goes through [`fs::FileSystem`]: [`fs::OsFs`] in production,
-//! [`fs::FaultyFs`] in tests that simulate power cuts, fsync failures and full disks.
+//! `fs::FaultyFs` in tests that simulate power cuts, fsync failures and full disks.
+//!
+//! The `testing` cargo feature adds the test-only API: `FaultyFs`, `ManualClock` and
+//! `Store::simulate_crash`. Production builds (tidelogd, the CLI) leave it off.
 //!
 //! This crate knows nothing of the network: no tokio, no gRPC. Waiting for new data or
 //! for durability is exposed as plain `std::future::Future`s and blocking calls.
@@ -38,10 +41,14 @@ pub mod statelog;
 pub mod store;
 
 pub use batch::{Compression, Header, NewRecord, Record};
-pub use clock::{Clock, ManualClock, SystemClock};
+#[cfg(any(test, feature = "testing"))]
+pub use clock::ManualClock;
+pub use clock::{Clock, SystemClock};
 pub use config::{AckLevel, FsyncPolicy, QueueOverflow, TopicConfig};
 pub use error::{Error, Result};
-pub use fs::{FaultyFs, FileSystem, OsFs};
+#[cfg(any(test, feature = "testing"))]
+pub use fs::FaultyFs;
+pub use fs::{FileSystem, OsFs};
 pub use offsets::{CommittedOffset, OffsetStore};
 pub use partition::{
     Appended, FlushObserver, Partition, PartitionInfo, ReadResult, RetentionOutcome,

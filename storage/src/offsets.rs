@@ -59,7 +59,7 @@ use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::fs::{FileSystem, OsFs};
+use crate::fs::FileSystem;
 use crate::limits::{COMMIT_METADATA_BYTES_MAX, GROUP_ID_BYTES_MAX, TOPIC_NAME_BYTES_MAX};
 use crate::statelog::{
     self, LogOp, OPS_BYTES_MAX, OpReader, Record, SnapshotWriter, StateLog, StateLogOptions,
@@ -559,16 +559,8 @@ impl OffsetStore {
     /// A torn tail is truncated with a warning; damage a crash cannot explain fails with
     /// [`Error::Corrupt`]. A leftover `offsets.log.tmp` from an interrupted compaction is
     /// deleted.
-    pub fn open(dir: &Path, clock: Arc<dyn Clock>) -> Result<OffsetStore> {
-        Self::open_with(Arc::new(OsFs), dir, clock)
-    }
-
-    /// [`OffsetStore::open`] with every file operation going through `fs`.
-    pub fn open_with(
-        fs: Arc<dyn FileSystem>,
-        dir: &Path,
-        clock: Arc<dyn Clock>,
-    ) -> Result<OffsetStore> {
+    /// Every file operation goes through `fs` ([`crate::OsFs`] outside tests).
+    pub fn open(fs: Arc<dyn FileSystem>, dir: &Path, clock: Arc<dyn Clock>) -> Result<OffsetStore> {
         let log = StateLog::open(
             fs,
             &dir.join(LOG_FILE_NAME),
@@ -722,6 +714,7 @@ impl OffsetStore {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
+    use crate::fs::OsFs;
     use crate::fsutil::temp_path;
     use crate::limits::OFFSET_RECORD_BODY_BYTES_MAX;
     use crate::statelog::ScanEnd;
@@ -734,7 +727,7 @@ mod tests {
     }
 
     fn open(dir: &Path, clock: &Arc<ManualClock>) -> OffsetStore {
-        OffsetStore::open(dir, clock.clone()).unwrap()
+        OffsetStore::open(Arc::new(OsFs), dir, clock.clone()).unwrap()
     }
 
     fn entry(

@@ -237,9 +237,9 @@ impl Partition {
         {
             fs.create_dir_all(dir)
                 .ctx(|| format!("creating {}", dir.display()))?;
-            fsutil::sync_dir_with(&*fs, fsutil::parent_dir(dir))?;
+            fsutil::sync_dir(&*fs, fsutil::parent_dir(dir))?;
         }
-        let mut checkpoint = CheckpointFile::open_with(fs.clone(), dir)?;
+        let mut checkpoint = CheckpointFile::open(fs.clone(), dir)?;
         let marker = dir.join(FSYNC_FAILED_MARKER);
         let after_failed_fsync = fs
             .try_exists(&marker)
@@ -338,7 +338,7 @@ impl Partition {
             dir: dir.display().to_string(),
             reason: error.to_string(),
         });
-        let checkpoint = CheckpointFile::open_with(fs, dir)?;
+        let checkpoint = CheckpointFile::open(fs, dir)?;
         let writer = Writer::new(
             active.clone(),
             Arc::new(crate::fs::Unopened),
@@ -573,7 +573,7 @@ impl Partition {
                 }
             }
             if dir_dirty || !sealed.is_empty() {
-                fsutil::sync_dir_with(&*self.fs, &self.dir)?;
+                fsutil::sync_dir(&*self.fs, &self.dir)?;
             }
             file.sync_data()
                 .ctx(|| format!("fsyncing the active segment of {}", self.name))
@@ -867,7 +867,7 @@ impl Partition {
 
         outcome.log_start = log_start;
         for summary in &deleted {
-            segment::remove_files_with(&*self.fs, &self.dir, summary.base_offset)?;
+            segment::remove_files(&*self.fs, &self.dir, summary.base_offset)?;
             outcome.segments_deleted += 1;
             outcome.bytes_deleted += summary.log_bytes;
             outcome.records_deleted += summary.next_offset - summary.base_offset;
@@ -875,7 +875,7 @@ impl Partition {
         if !deleted.is_empty() {
             // The same fsync makes the partition's new files durable too: a failure
             // is fatal here as in a flush, never retried.
-            if let Err(error) = fsutil::sync_dir_with(&*self.fs, &self.dir) {
+            if let Err(error) = fsutil::sync_dir(&*self.fs, &self.dir) {
                 self.poison_locked(&mut lock(&self.writer), error.to_string());
                 return Err(error);
             }
@@ -925,7 +925,8 @@ impl Partition {
             .write(end.segment_base, end.position, end.offset)
     }
 
-    /// Closes without flushing: for deleting the partition.
+    /// Closes without flushing, as a killed process would ([`crate::Store::simulate_crash`]).
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn abandon(&self) {
         lock(&self.writer).closed = true;
         self.progress.close();

@@ -154,7 +154,7 @@ pub fn observe(
         if depth == Depth::Needed
             && next_base.is_some()
             && trusted == log_bytes
-            && let Some(summary) = segment::load_summary_with(fs, dir, base, log_bytes)
+            && let Some(summary) = segment::load_summary(fs, dir, base, log_bytes)
             && !needs_scan(trusted, log_bytes, Some(&summary), next_base)
         {
             segments.push(Observed {
@@ -177,7 +177,7 @@ pub fn observe(
                     && trusted > 0
                     && trusted <= log_bytes =>
             {
-                segment::state_up_to_with(fs, dir, base, trusted, c.next_offset)
+                segment::state_up_to(fs, dir, base, trusted, c.next_offset)
             }
             _ => (SegmentState::new(base), 0),
         };
@@ -709,7 +709,7 @@ pub fn execute(
             Action::Remove { base } => {
                 tracing::warn!(dir = %dir.display(), segment = base, ?removal, "removing a segment past the end of the recovered log");
                 match removal {
-                    Removal::Delete => segment::remove_files_with(fs, dir, *base)?,
+                    Removal::Delete => segment::remove_files(fs, dir, *base)?,
                     Removal::MoveAside => move_aside(fs, dir, *base)?,
                 }
             }
@@ -730,14 +730,14 @@ pub fn execute(
                     Some(state) => (**state).clone(),
                     None => rescan(fs, dir, *base)?,
                 };
-                segment::replace_index_files_with(fs, dir, &state)?;
+                segment::replace_index_files(fs, dir, &state)?;
             }
             Action::CreateSegment { base } => {
                 let path = segment::segment_path(dir, *base, LOG_SUFFIX);
                 fs.open(&path, OpenMode::CreateNew)
                     .ctx(|| format!("creating the first segment {}", path.display()))?;
             }
-            Action::SyncDir => fsutil::sync_dir_with(fs, dir)?,
+            Action::SyncDir => fsutil::sync_dir(fs, dir)?,
             Action::WriteCheckpoint { end } => {
                 // A cut at a corrupt batch knows its next offset from the batch's
                 // header, whose base offset the scan had checked follows on.
@@ -840,7 +840,7 @@ pub fn cut_file(fs: &dyn FileSystem, path: &Path, position: u64, len: u64) -> Re
         .ctx(|| format!("truncating {}", path.display()))?;
     file.sync_all()
         .ctx(|| format!("fsyncing {}", path.display()))?;
-    fsutil::sync_dir_with(fs, fsutil::parent_dir(path))?;
+    fsutil::sync_dir(fs, fsutil::parent_dir(path))?;
     Ok(side)
 }
 
@@ -861,7 +861,7 @@ fn move_aside(fs: &dyn FileSystem, dir: &Path, base: u64) -> Result<()> {
                 .ctx(|| format!("renaming {} to {}", path.display(), target.display()))?;
         }
     }
-    fsutil::sync_dir_with(fs, dir)
+    fsutil::sync_dir(fs, dir)
 }
 
 /// Writes bytes `[from, to)` of `file` again, unchanged, so the next fsync writes them

@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use crate::batch::{self, BatchHeader, Record, RecordIter};
 use crate::error::{Error, IoContext, Result};
-use crate::fs::{FileSystem, OsFs};
+use crate::fs::FileSystem;
 use crate::fsutil;
 use crate::index::{self, OffsetEntry, SegmentIndex, SegmentSummary, TimeEntry};
 use crate::limits::INDEX_INTERVAL_BYTES;
@@ -420,7 +420,7 @@ impl Segment {
     /// durably.
     pub fn write_index_files(&self, state: &SegmentState) -> Result<()> {
         self.replace_index_files(state)?;
-        fsutil::sync_dir_with(&*self.fs, &self.dir)
+        fsutil::sync_dir(&*self.fs, &self.dir)
     }
 
     /// Writes both index files (each fsynced and renamed into place) but leaves the
@@ -428,7 +428,7 @@ impl Segment {
     /// checked when loaded and rebuilt when missing or stale, so a crash before the
     /// directory fsync costs a scan, never correctness.
     pub fn replace_index_files(&self, state: &SegmentState) -> Result<()> {
-        replace_index_files_with(&*self.fs, &self.dir, state)
+        replace_index_files(&*self.fs, &self.dir, state)
     }
 
     fn mapping(&self) -> Result<Bytes> {
@@ -477,7 +477,7 @@ impl Segment {
             }
         }
         let summary = self.summary();
-        let index = match load_index_files_with(
+        let index = match load_index_files(
             &*self.fs,
             &self.dir,
             self.base_offset,
@@ -680,22 +680,13 @@ impl Segment {
 /// Reads and validates both index files of a segment; `None` unless both are intact,
 /// agree with each other and describe a log of exactly `log_bytes` bytes.
 pub fn load_index_files(
-    dir: &Path,
-    base_offset: u64,
-    log_bytes: u64,
-) -> Option<(SegmentSummary, SegmentIndex)> {
-    load_index_files_with(&OsFs, dir, base_offset, log_bytes)
-}
-
-/// [`load_index_files`] through `fs`.
-pub fn load_index_files_with(
     fs: &dyn FileSystem,
     dir: &Path,
     base_offset: u64,
     log_bytes: u64,
 ) -> Option<(SegmentSummary, SegmentIndex)> {
     let read = |suffix| {
-        fsutil::read_small_file_with(
+        fsutil::read_small_file(
             fs,
             &segment_path(dir, base_offset, suffix),
             index::INDEX_FILE_BYTES_MAX,
@@ -713,18 +704,13 @@ pub fn load_index_files_with(
 
 /// Reads only the summary of a sealed segment from its index file, if it is valid for
 /// a log of `log_bytes` bytes.
-pub fn load_summary(dir: &Path, base_offset: u64, log_bytes: u64) -> Option<SegmentSummary> {
-    load_summary_with(&OsFs, dir, base_offset, log_bytes)
-}
-
-/// [`load_summary`] through `fs`.
-pub fn load_summary_with(
+pub fn load_summary(
     fs: &dyn FileSystem,
     dir: &Path,
     base_offset: u64,
     log_bytes: u64,
 ) -> Option<SegmentSummary> {
-    let bytes = fsutil::read_small_file_with(
+    let bytes = fsutil::read_small_file(
         fs,
         &segment_path(dir, base_offset, INDEX_SUFFIX),
         index::INDEX_FILE_BYTES_MAX,
@@ -739,23 +725,13 @@ pub fn load_summary_with(
 /// batch boundary at or before which the index is trusted). Falls back to an empty
 /// state (scan from 0) when the files are unusable.
 pub fn state_up_to(
-    dir: &Path,
-    base_offset: u64,
-    position: u64,
-    next_offset: u64,
-) -> (SegmentState, u64) {
-    state_up_to_with(&OsFs, dir, base_offset, position, next_offset)
-}
-
-/// [`state_up_to`] through `fs`.
-pub fn state_up_to_with(
     fs: &dyn FileSystem,
     dir: &Path,
     base_offset: u64,
     position: u64,
     next_offset: u64,
 ) -> (SegmentState, u64) {
-    let Some((summary, mut index)) = load_index_files_with(fs, dir, base_offset, position) else {
+    let Some((summary, mut index)) = load_index_files(fs, dir, base_offset, position) else {
         return (SegmentState::new(base_offset), 0);
     };
     if summary.next_offset != next_offset {
@@ -770,31 +746,22 @@ pub fn state_up_to_with(
 
 /// Writes both index files of the segment `state` describes (each fsynced and renamed
 /// into place), leaving the directory fsync to the caller.
-pub fn replace_index_files_with(
-    fs: &dyn FileSystem,
-    dir: &Path,
-    state: &SegmentState,
-) -> Result<()> {
+pub fn replace_index_files(fs: &dyn FileSystem, dir: &Path, state: &SegmentState) -> Result<()> {
     let base_offset = state.summary.base_offset;
     let offsets = index::encode_offset_index(&state.summary, &state.index.offsets);
     let times = index::encode_time_index(&state.summary, &state.index.times);
-    fsutil::replace_file_with(fs, &segment_path(dir, base_offset, INDEX_SUFFIX), &offsets)?;
-    fsutil::replace_file_with(
+    fsutil::replace_file(fs, &segment_path(dir, base_offset, INDEX_SUFFIX), &offsets)?;
+    fsutil::replace_file(
         fs,
         &segment_path(dir, base_offset, TIME_INDEX_SUFFIX),
         &times,
     )
 }
 
-/// Removes a segment's files (retention, or segments past a torn tail).
-pub fn remove_files(dir: &Path, base_offset: u64) -> Result<()> {
-    remove_files_with(&OsFs, dir, base_offset)
-}
-
-/// [`remove_files`] through `fs`. The log goes first: a crash part way leaves at most
+/// Removes a segment's files (retention, or segments past a torn tail). The log goes first: a crash part way leaves at most
 /// stray index files, which recovery ignores without their log (and which are checked
 /// against the log's length and offsets should a log of that name appear again).
-pub fn remove_files_with(fs: &dyn FileSystem, dir: &Path, base_offset: u64) -> Result<()> {
+pub fn remove_files(fs: &dyn FileSystem, dir: &Path, base_offset: u64) -> Result<()> {
     for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
         let path = segment_path(dir, base_offset, suffix);
         match fs.remove_file(&path) {

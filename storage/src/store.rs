@@ -48,7 +48,7 @@ pub struct StoreOptions {
     pub retention_interval: Option<Duration>,
     pub flush_observer: Option<Arc<dyn FlushObserver>>,
     /// Every file operation goes through this: [`OsFs`] (the default) in production,
-    /// [`crate::FaultyFs`] in fault-injection tests.
+    /// `FaultyFs` (the `testing` feature) in fault-injection tests.
     pub fs: Arc<dyn FileSystem>,
     /// Most segments kept mapped at once across the store; the least recently read
     /// lose their mapping first (see [`crate::segment::MappedSegments`]).
@@ -190,7 +190,7 @@ impl Store {
             {
                 fs.create_dir_all(&path)
                     .ctx(|| format!("creating {}", path.display()))?;
-                fsutil::sync_dir_with(&*fs, fsutil::parent_dir(&path))?;
+                fsutil::sync_dir(&*fs, fsutil::parent_dir(&path))?;
             }
         }
         let lock_path = dir.join("LOCK");
@@ -222,8 +222,7 @@ impl Store {
             observer: options.flush_observer.clone(),
             mapped: Arc::new(MappedSegments::new(options.mapped_segments_max)),
         };
-        let offsets =
-            OffsetStore::open_with(fs.clone(), &dir.join("offsets"), options.clock.clone())?;
+        let offsets = OffsetStore::open(fs.clone(), &dir.join("offsets"), options.clock.clone())?;
         let queues = StateLog::open(
             fs.clone(),
             &dir.join(QUEUES_STATE_PATH),
@@ -259,7 +258,7 @@ impl Store {
         // to the page cache only, if the process before died between creating an entry
         // and fsyncing its directory: make it durable before serving it.
         for path in [&topics_dir, &trash, &dir] {
-            fsutil::sync_dir_with(&*fs, path)?;
+            fsutil::sync_dir(&*fs, path)?;
         }
         let inner = Arc::new(Inner {
             dir,
@@ -337,14 +336,14 @@ impl Store {
             .ctx(|| format!("creating {}", dir.display()))?;
         let config = Arc::new(config);
         let partitions = open_partitions(name, &dir, partitions, &config, &self.inner.context)?;
-        fsutil::sync_dir_with(fs, &dir)?;
+        fsutil::sync_dir(fs, &dir)?;
         // Written last: a topic without its config file did not finish being created.
-        fsutil::write_file_atomically_with(
+        fsutil::write_file_atomically(
             fs,
             &dir.join(TOPIC_CONFIG_FILE),
             config.to_file(partitions.len() as u32).as_bytes(),
         )?;
-        fsutil::sync_dir_with(fs, fsutil::parent_dir(&dir))?;
+        fsutil::sync_dir(fs, fsutil::parent_dir(&dir))?;
         let topic = Arc::new(Topic {
             name: name.to_string(),
             dir,
@@ -389,7 +388,7 @@ impl Store {
         let fs = &*self.inner.context.fs;
         fs.rename(&topic.dir, &trash)
             .ctx(|| format!("moving {} to the trash", topic.dir.display()))?;
-        fsutil::sync_dir_with(fs, &self.inner.dir.join("topics"))?;
+        fsutil::sync_dir(fs, &self.inner.dir.join("topics"))?;
         self.inner.offsets.delete_topic(name)?;
         let on_topic: Vec<QueueOp> = self.inner.queues.read(|queues| {
             queues
@@ -416,7 +415,7 @@ impl Store {
         config.validate()?;
         let _admin = self.inner.admin.lock().unwrap_or_else(|e| e.into_inner());
         let topic = self.topic(name)?;
-        fsutil::write_file_atomically_with(
+        fsutil::write_file_atomically(
             &*self.inner.context.fs,
             &topic.dir.join(TOPIC_CONFIG_FILE),
             config.to_file(topic.partitions.len() as u32).as_bytes(),
@@ -477,8 +476,8 @@ impl Store {
                 )
             })
             .collect::<Result<Vec<_>>>()?;
-        let recorded = fsutil::sync_dir_with(fs, &topic.dir).and_then(|()| {
-            fsutil::write_file_atomically_with(
+        let recorded = fsutil::sync_dir(fs, &topic.dir).and_then(|()| {
+            fsutil::write_file_atomically(
                 fs,
                 &topic.dir.join(TOPIC_CONFIG_FILE),
                 config.to_file(count).as_bytes(),
@@ -581,7 +580,8 @@ impl Store {
 
     /// Stops the store the way a killed process would: no flush, no checkpoint, no
     /// index files; what was written stays in the files (the page cache). For crash
-    /// tests: reopening runs recovery.
+    /// tests: reopening runs recovery. Test-only (the `testing` feature).
+    #[cfg(any(test, feature = "testing"))]
     pub fn simulate_crash(self) {
         self.inner.closed.store(true, Ordering::Release);
         for topic in self.topics() {
@@ -604,8 +604,7 @@ impl Drop for Store {
 
 fn open_topic(dir: &Path, name: &str, context: &PartitionContext) -> Result<Option<Topic>> {
     let config_path = dir.join(TOPIC_CONFIG_FILE);
-    let Some(bytes) =
-        fsutil::read_small_file_with(&*context.fs, &config_path, SMALL_FILE_BYTES_MAX)?
+    let Some(bytes) = fsutil::read_small_file(&*context.fs, &config_path, SMALL_FILE_BYTES_MAX)?
     else {
         return Ok(None);
     };
@@ -615,7 +614,7 @@ fn open_topic(dir: &Path, name: &str, context: &PartitionContext) -> Result<Opti
         .map_err(|e| Error::corrupt(&config_path, 0, e.to_string()))?;
     let config = Arc::new(config);
     // The config file and partition directories may be known to the page cache only.
-    fsutil::sync_dir_with(&*context.fs, dir)?;
+    fsutil::sync_dir(&*context.fs, dir)?;
     // One partition that recovery refuses to open must not take the others down: it
     // is served as unavailable until an operator repairs it.
     let partitions = (0..partition_count)

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tidelog_storage::segment::{self, LOG_SUFFIX, SegmentState};
 use tidelog_storage::{
-    FsyncPolicy, ManualClock, NewRecord, Partition, Store, StoreOptions, TopicConfig,
+    FsyncPolicy, ManualClock, NewRecord, OsFs, Partition, Store, StoreOptions, TopicConfig,
 };
 
 use tidelog_storage::rng::SeededRng as Rng;
@@ -54,7 +54,7 @@ fn lose_unsynced_writes(partition_dir: &Path, durable: u64, torn_bytes: usize) {
     for base in bases {
         let path = segment::segment_path(partition_dir, base, LOG_SUFFIX);
         if base > durable {
-            segment::remove_files(partition_dir, base).unwrap();
+            segment::remove_files(&OsFs, partition_dir, base).unwrap();
             continue;
         }
         let bytes = fs::read(&path).unwrap();

@@ -16,14 +16,14 @@ use tidelog_storage::offsets::{
     LOG_FILE_NAME, OffsetOp, OffsetRecord, RECORD_HEADER_BYTES, RECORD_VERSION, decode_record,
     encode_record,
 };
-use tidelog_storage::{Clock, CommittedOffset, Error, ManualClock, OffsetStore, Result};
+use tidelog_storage::{Clock, CommittedOffset, Error, ManualClock, OffsetStore, OsFs, Result};
 
 fn new_clock() -> Arc<ManualClock> {
     ManualClock::new(1_700_000_000_000)
 }
 
 fn open(dir: &Path, clock: &Arc<ManualClock>) -> OffsetStore {
-    OffsetStore::open(dir, clock.clone()).unwrap()
+    OffsetStore::open(Arc::new(OsFs), dir, clock.clone()).unwrap()
 }
 
 fn entry(topic: &str, partition: u32, offset: u64, metadata: &str) -> (String, u32, u64, String) {
@@ -322,7 +322,7 @@ fn corrupted_byte_in_middle_record_is_reported_not_cut() {
             image[at] ^= flip;
             fs::write(&path, &image).unwrap();
             assert_corrupt_at(
-                OffsetStore::open(case.path(), clock.clone()),
+                OffsetStore::open(Arc::new(OsFs), case.path(), clock.clone()),
                 &path,
                 middle_start as u64,
             );
@@ -358,7 +358,7 @@ fn unknown_version_with_valid_checksum_is_corrupt_even_at_tail() {
     fs::write(&path, &image).unwrap();
 
     assert_corrupt_at(
-        OffsetStore::open(dir.path(), clock.clone()),
+        OffsetStore::open(Arc::new(OsFs), dir.path(), clock.clone()),
         &path,
         good_len,
     );
@@ -481,7 +481,7 @@ fn open_creates_missing_directories() {
     let file = root.path().join("not-a-dir");
     fs::write(&file, b"").unwrap();
     assert!(matches!(
-        OffsetStore::open(&file, clock.clone()),
+        OffsetStore::open(Arc::new(OsFs), &file, clock.clone()),
         Err(Error::InvalidArgument(_))
     ));
 }

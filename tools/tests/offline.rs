@@ -538,7 +538,11 @@ fn segments_past_a_lost_unsynced_tail_are_moved_aside_without_force() {
         .unwrap()
         .parse()
         .unwrap();
-    let mut checkpoint = tidelog_storage::checkpoint::CheckpointFile::open(&partition).unwrap();
+    let mut checkpoint = tidelog_storage::checkpoint::CheckpointFile::open(
+        std::sync::Arc::new(tidelog_storage::OsFs),
+        &partition,
+    )
+    .unwrap();
     checkpoint.write(0, first_len, first_next).unwrap();
     drop(checkpoint);
     let second = fs::read(&logs[1]).unwrap();

@@ -12,7 +12,7 @@ use std::sync::{
 use crate::clock::Clock;
 use crate::error::{Error, IoContext, Result};
 use crate::fs::{FileSystem, FsFile, OpenMode};
-use crate::fsutil::{parent_dir, sync_dir_with, temp_path};
+use crate::fsutil::{parent_dir, sync_dir, temp_path};
 use crate::limits::STATE_READ_CHUNK_BYTES;
 
 use super::record::{LogOp, OPS_BYTES_MAX, assemble_record, check_ops_fit};
@@ -133,7 +133,7 @@ impl<M: StateMachine> StateLog<M> {
                     file = %tmp_path.display(),
                     "removed the temporary file of an interrupted state-log compaction"
                 );
-                sync_dir_with(&*fs, &dir)?;
+                sync_dir(&*fs, &dir)?;
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(format!("removing {}", tmp_path.display()), e)),
@@ -143,7 +143,7 @@ impl<M: StateMachine> StateLog<M> {
         // Always: the log may be new, or renamed in by a compaction whose directory
         // fsync never ran (the process died); either way its entry must be durable
         // before what it holds is served.
-        sync_dir_with(&*fs, &dir)?;
+        sync_dir(&*fs, &dir)?;
 
         let mut machine = machine;
         let scan = scan_file::<M::Op>(&*file, |_, record| {
@@ -554,7 +554,7 @@ impl<M: StateMachine> StateLog<M> {
             )));
         }
         // From here the old handle points at an unlinked file: any failure is fatal.
-        sync_dir_with(&*self.fs, &self.dir).map_err(WriteFailure::fatal)?;
+        sync_dir(&*self.fs, &self.dir).map_err(WriteFailure::fatal)?;
         let file = self.fs.open(&self.path, OpenMode::Write).map_err(|e| {
             WriteFailure::fatal(Error::io(
                 format!("reopening {} after compaction", self.path.display()),
@@ -641,7 +641,7 @@ fn create_dir_durably(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
     fs.create_dir_all(dir)
         .ctx(|| format!("creating directory {}", dir.display()))?;
     for created in missing.iter().rev() {
-        sync_dir_with(fs, parent_dir(created))?;
+        sync_dir(fs, parent_dir(created))?;
     }
     Ok(())
 }

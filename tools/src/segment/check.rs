@@ -645,7 +645,12 @@ mod tests {
     fn offsets_log_verdicts_are_the_brokers() {
         let dir = tempfile::tempdir().unwrap();
         let clock = tidelog_storage::ManualClock::new(1_700_000_000_000);
-        let store = tidelog_storage::OffsetStore::open(dir.path(), clock).unwrap();
+        let store = tidelog_storage::OffsetStore::open(
+            std::sync::Arc::new(tidelog_storage::OsFs),
+            dir.path(),
+            clock,
+        )
+        .unwrap();
         let commit = |offset| store.commit("g", &[("t".to_string(), 0, offset, String::new())]);
         commit(5).unwrap();
         let first_end = store.log_bytes() as usize;

@@ -243,7 +243,7 @@ fn execute(plan: &Plan) -> CliResult<()> {
                 return Ok(());
             }
             let mut checkpoint =
-                CheckpointFile::open_with(fs.clone(), &plan.dir).map_err(storage_error)?;
+                CheckpointFile::open(fs.clone(), &plan.dir).map_err(storage_error)?;
             recovery::execute(&*fs, plan, Removal::MoveAside, &mut checkpoint)
                 .map_err(storage_error)
         }
