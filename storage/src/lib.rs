@@ -29,6 +29,7 @@ pub mod index;
 pub mod limits;
 #[allow(unsafe_code)] // The one module allowed unsafe: mapping segment files (see its docs).
 mod mmap;
+pub mod msgid;
 pub mod offsets;
 pub mod partition;
 pub mod procstat;
