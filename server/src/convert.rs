@@ -173,6 +173,11 @@ pub fn topic_config_from_proto(
         queue_max_ready_messages: off_if_zero(config.queue_max_ready_messages),
         queue_max_ready_bytes: off_if_zero(config.queue_max_ready_bytes),
         queue_overflow: queue_overflow_from_proto(config.queue_overflow)?,
+        dedup_window_ms: match config.dedup_window_ms {
+            None => Some(storage::limits::DEDUP_WINDOW_MS_DEFAULT),
+            window => off_if_zero(window),
+        },
+        assign_ids: config.assign_ids,
     };
     or_status(result.validate())?;
     Ok(result)
@@ -223,6 +228,12 @@ pub fn apply_config_update(
     if let Some(overflow) = update.queue_overflow {
         next.queue_overflow = queue_overflow_from_proto(overflow)?;
     }
+    if let Some(window) = update.dedup_window_ms {
+        next.dedup_window_ms = off_if_zero(Some(window));
+    }
+    if let Some(assign) = update.assign_ids {
+        next.assign_ids = assign;
+    }
     if let Some(compression) = update.compression {
         next.compression = compression_from_proto(compression)?;
     }
@@ -247,6 +258,8 @@ pub fn topic_config_to_proto(config: &storage::TopicConfig) -> pb::TopicConfig {
             storage::QueueOverflow::Reject => pb::QueueOverflow::Reject,
             storage::QueueOverflow::DeadLetterOldest => pb::QueueOverflow::DeadLetterOldest,
         } as i32,
+        dedup_window_ms: config.dedup_window_ms,
+        assign_ids: config.assign_ids,
     }
 }
 

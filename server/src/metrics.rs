@@ -14,6 +14,8 @@
 //! | name | type | labels |
 //! |---|---|---|
 //! | tidelog_publish_messages / _bytes | counter | topic |
+//! | tidelog_publish_duplicates (ids within the dedup window, not stored again) | counter | topic |
+//! | tidelog_dedup_window_ids, _bytes | gauge | topic |
 //! | tidelog_fetch_messages / _bytes (Fetch and Subscribe deliveries) | counter | topic |
 //! | tidelog_partition_end_offset, _log_start_offset, _size_bytes | gauge | topic, partition |
 //! | tidelog_partition_unavailable, _poisoned (0 or 1) | gauge | topic, partition |
@@ -187,6 +189,7 @@ pub struct Metrics {
     registry: Registry,
     publish_messages: Family<TopicLabels, Counter>,
     publish_bytes: Family<TopicLabels, Counter>,
+    publish_duplicates: Family<TopicLabels, Counter>,
     fetch_messages: Family<TopicLabels, Counter>,
     fetch_bytes: Family<TopicLabels, Counter>,
     rpc_duration: HistogramFamily<MethodLabels>,
@@ -240,7 +243,19 @@ impl Collector for ScrapeSources {
             let size: Family<PartitionLabels, Gauge> = Family::default();
             let unavailable: Family<PartitionLabels, Gauge> = Family::default();
             let poisoned: Family<PartitionLabels, Gauge> = Family::default();
+            let window_ids: Family<TopicLabels, Gauge> = Family::default();
+            let window_bytes: Family<TopicLabels, Gauge> = Family::default();
             for topic in store.topics() {
+                let (ids, bytes) = topic.dedup_window_size();
+                let labels = TopicLabels {
+                    topic: topic.name().to_string(),
+                };
+                window_ids
+                    .get_or_create(&labels)
+                    .set(gauge_value(ids as u64));
+                window_bytes
+                    .get_or_create(&labels)
+                    .set(gauge_value(bytes as u64));
                 for partition in topic.partitions() {
                     let info = partition.info();
                     let labels = PartitionLabels {
@@ -286,6 +301,25 @@ impl Collector for ScrapeSources {
                     "tidelog_partition_poisoned",
                     "1 when an fsync failed and the partition refuses writes until a restart.",
                     &poisoned,
+                ),
+            ] {
+                family.encode(encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    family.metric_type(),
+                )?)?;
+            }
+            for (name, help, family) in [
+                (
+                    "tidelog_dedup_window_ids",
+                    "Message ids the topic's dedup window holds (some may have expired since its last sweep).",
+                    &window_ids,
+                ),
+                (
+                    "tidelog_dedup_window_bytes",
+                    "Memory the topic's dedup window takes.",
+                    &window_bytes,
                 ),
             ] {
                 family.encode(encoder.encode_descriptor(
@@ -453,6 +487,7 @@ impl Metrics {
         let metrics = Metrics {
             publish_messages: Family::default(),
             publish_bytes: Family::default(),
+            publish_duplicates: Family::default(),
             fetch_messages: Family::default(),
             fetch_bytes: Family::default(),
             rpc_duration: Family::new_with_constructor(rpc_histogram),
@@ -476,6 +511,11 @@ impl Metrics {
             "tidelog_publish_bytes",
             "Key, value and header bytes appended, by topic",
             metrics.publish_bytes.clone(),
+        );
+        registry.register(
+            "tidelog_publish_duplicates",
+            "Messages not appended because their id was stored within the topic's dedup window",
+            metrics.publish_duplicates.clone(),
         );
         registry.register(
             "tidelog_fetch_messages",
@@ -590,6 +630,18 @@ impl Metrics {
             .get_or_create(&labels)
             .inc_by(messages);
         self.publish_bytes.get_or_create(&labels).inc_by(bytes);
+    }
+
+    /// Messages of a publish that were duplicates within the dedup window.
+    pub fn duplicates(&self, topic: &str, messages: u64) {
+        if messages == 0 {
+            return;
+        }
+        self.publish_duplicates
+            .get_or_create(&TopicLabels {
+                topic: topic.to_string(),
+            })
+            .inc_by(messages);
     }
 
     pub fn fetched(&self, topic: &str, messages: u64, bytes: u64) {

@@ -23,7 +23,7 @@ use tidelog_proto::v1::{
     MessageAck, PublishRequest, PublishResponse, PublishStreamRequest, PublishStreamResponse,
     publish_stream_response::Outcome,
 };
-use tidelog_storage::{AckLevel, NewRecord, Partition, Topic};
+use tidelog_storage::{AckLevel, NewRecord, Partition, Placed, Topic};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -184,22 +184,72 @@ fn check_queue_caps(
 /// partitions appended before it stay stored (the API documents this).
 pub fn append(state: &AppState, prepared: Prepared) -> Result<Written, Status> {
     let mut acks = vec![MessageAck::default(); prepared.message_count];
-    let mut durable_waits = Vec::with_capacity(prepared.batches.len());
-    for batch in &prepared.batches {
-        let partition = convert::or_status(prepared.topic.partition(batch.partition))?;
-        let appended = convert::or_status(partition.append(&batch.records))?;
-        let bytes: u64 = batch.records.iter().map(NewRecord::payload_bytes).sum();
-        state
-            .metrics
-            .published(prepared.topic.name(), batch.records.len() as u64, bytes);
-        for (delta, &index) in batch.indexes.iter().enumerate() {
-            acks[index] = MessageAck {
-                partition: batch.partition,
-                offset: appended.base_offset + delta as u64,
-            };
+    // The last offset each partition's DURABLE ack waits for (a duplicate's original
+    // may be in another partition than the one the message was sent to).
+    let mut durable_ends: BTreeMap<u32, u64> = BTreeMap::new();
+    let topic = &prepared.topic;
+    for batch in prepared.batches {
+        // Sizes one by one only when duplicates are possible, to leave them out.
+        let sizes: Vec<u64> = if batch.records.iter().any(|r| r.id.is_some()) {
+            batch.records.iter().map(NewRecord::payload_bytes).collect()
+        } else {
+            Vec::new()
+        };
+        let bytes: u64 = if sizes.is_empty() {
+            batch.records.iter().map(NewRecord::payload_bytes).sum()
+        } else {
+            sizes.iter().sum()
+        };
+        let count = batch.records.len() as u64;
+        match convert::or_status(topic.append(batch.partition, batch.records))? {
+            Placed::All(appended) => {
+                state.metrics.published(topic.name(), count, bytes);
+                for (delta, &index) in batch.indexes.iter().enumerate() {
+                    acks[index] = MessageAck {
+                        partition: batch.partition,
+                        offset: appended.base_offset + delta as u64,
+                        ..MessageAck::default()
+                    };
+                }
+                note_durable_end(&mut durable_ends, batch.partition, appended.last_offset);
+            }
+            Placed::Each {
+                appended,
+                placements,
+            } => {
+                let duplicates = placements.iter().filter(|p| p.duplicate).count() as u64;
+                // Duplicates were not stored: count only the rest.
+                let duplicate_bytes: u64 = placements
+                    .iter()
+                    .zip(&sizes)
+                    .filter(|(p, _)| p.duplicate)
+                    .map(|(_, size)| size)
+                    .sum();
+                let stored_bytes = bytes - duplicate_bytes;
+                if appended.is_some() {
+                    state
+                        .metrics
+                        .published(topic.name(), count - duplicates, stored_bytes);
+                }
+                state.metrics.duplicates(topic.name(), duplicates);
+                for (placement, &index) in placements.into_iter().zip(&batch.indexes) {
+                    note_durable_end(&mut durable_ends, placement.partition, placement.offset);
+                    acks[index] = MessageAck {
+                        partition: placement.partition,
+                        offset: placement.offset,
+                        id: placement.assigned_id.unwrap_or_default(),
+                        duplicate: placement.duplicate,
+                    };
+                }
+            }
         }
-        durable_waits.push((partition.clone(), appended.last_offset));
     }
+    let durable_waits = durable_ends
+        .into_iter()
+        .map(|(partition, last)| {
+            convert::or_status(topic.partition(partition)).map(|p| (p.clone(), last))
+        })
+        .collect::<Result<Vec<_>, Status>>()?;
     // Backpressure that dead-letters the oldest: the topic's queues look at once.
     state.queues.topic_published(&prepared.topic);
     Ok(Written {
@@ -207,6 +257,11 @@ pub fn append(state: &AppState, prepared: Prepared) -> Result<Written, Status> {
         acks,
         durable_waits,
     })
+}
+
+fn note_durable_end(ends: &mut BTreeMap<u32, u64>, partition: u32, offset: u64) {
+    let end = ends.entry(partition).or_insert(offset);
+    *end = (*end).max(offset);
 }
 
 /// Waits for what the ack level requires and builds the response.

@@ -10,8 +10,9 @@ use crate::batch::Compression;
 use crate::duration::parse_duration_ms;
 use crate::error::{Error, Result};
 use crate::limits::{
-    MESSAGE_BYTES_DEFAULT, MESSAGE_BYTES_MAX, PRIORITY_LEVELS_MAX, SEGMENT_BYTES_DEFAULT,
-    SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, TOPIC_NAME_BYTES_MAX, TOPIC_PARTITIONS_MAX,
+    DEDUP_WINDOW_MS_DEFAULT, DEDUP_WINDOW_MS_MAX, MESSAGE_BYTES_DEFAULT, MESSAGE_BYTES_MAX,
+    PRIORITY_LEVELS_MAX, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN,
+    TOPIC_NAME_BYTES_MAX, TOPIC_PARTITIONS_MAX,
 };
 
 /// When a partition's writes are made durable with fdatasync.
@@ -108,6 +109,12 @@ pub struct TopicConfig {
     pub queue_max_ready_bytes: Option<u64>,
     /// What happens past either cap.
     pub queue_overflow: QueueOverflow,
+    /// How long a message id is remembered to refuse a second copy (see
+    /// [`crate::dedup`]); `None` = off. Default 2 minutes, at most 7 days.
+    pub dedup_window_ms: Option<u64>,
+    /// The broker gives every message published without an id one of its own
+    /// ([`crate::msgid`]'s time-ordered 16 bytes).
+    pub assign_ids: bool,
 }
 
 /// What a topic does when one of its queues holds more ready messages than its caps
@@ -155,6 +162,8 @@ impl Default for TopicConfig {
             queue_max_ready_messages: None,
             queue_max_ready_bytes: None,
             queue_overflow: QueueOverflow::Reject,
+            dedup_window_ms: Some(DEDUP_WINDOW_MS_DEFAULT),
+            assign_ids: false,
         }
     }
 }
@@ -181,6 +190,7 @@ impl TopicConfig {
             ("segment_ms", self.segment_ms),
             ("queue_max_ready_messages", self.queue_max_ready_messages),
             ("queue_max_ready_bytes", self.queue_max_ready_bytes),
+            ("dedup_window_ms", self.dedup_window_ms),
         ] {
             if value == Some(0) {
                 return Err(Error::invalid(format!(
@@ -190,6 +200,13 @@ impl TopicConfig {
             if value.is_some_and(|v| v > i64::MAX as u64) {
                 return Err(Error::invalid(format!("{name} is too large")));
             }
+        }
+        if let Some(window) = self.dedup_window_ms
+            && window > DEDUP_WINDOW_MS_MAX
+        {
+            return Err(Error::invalid(format!(
+                "dedup_window_ms {window} is over the maximum of {DEDUP_WINDOW_MS_MAX} (7 days)"
+            )));
         }
         if self.priority_levels > PRIORITY_LEVELS_MAX {
             return Err(Error::invalid(format!(
@@ -216,6 +233,10 @@ impl TopicConfig {
         let _ = writeln!(out, "fsync={}", self.fsync);
         let _ = writeln!(out, "max_message_bytes={}", self.max_message_bytes);
         let _ = writeln!(out, "compression={}", self.compression.name());
+        let _ = writeln!(out, "dedup_window_ms={}", optional(self.dedup_window_ms));
+        if self.assign_ids {
+            let _ = writeln!(out, "assign_ids=true");
+        }
         if self.priority_levels > 0 {
             let _ = writeln!(out, "priority_levels={}", self.priority_levels);
         }
@@ -270,6 +291,18 @@ impl TopicConfig {
                 "fsync" => config.fsync = FsyncPolicy::parse(value)?,
                 "max_message_bytes" => config.max_message_bytes = number_of(value)?,
                 "queue_max_ready_messages" => config.queue_max_ready_messages = optional(value)?,
+                "dedup_window_ms" => config.dedup_window_ms = optional(value)?,
+                "assign_ids" => {
+                    config.assign_ids = match value {
+                        "true" => true,
+                        "false" => false,
+                        _ => {
+                            return Err(Error::invalid(format!(
+                                "assign_ids={value} is not true or false"
+                            )));
+                        }
+                    }
+                }
                 "queue_max_ready_bytes" => config.queue_max_ready_bytes = optional(value)?,
                 "queue_overflow" => {
                     config.queue_overflow = QueueOverflow::parse(value).ok_or_else(|| {
@@ -339,6 +372,8 @@ mod tests {
             queue_max_ready_messages: Some(1_000_000),
             queue_max_ready_bytes: None,
             queue_overflow: QueueOverflow::DeadLetterOldest,
+            dedup_window_ms: None,
+            assign_ids: true,
         };
         let text = config.to_file(12);
         assert_eq!(TopicConfig::from_file(&text).unwrap(), (12, config));

@@ -20,6 +20,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod clock;
 pub mod config;
+pub mod dedup;
 pub mod duration;
 pub mod error;
 mod flusher;
@@ -46,6 +47,7 @@ pub use batch::{Compression, Header, NewRecord, Record};
 pub use clock::ManualClock;
 pub use clock::{Clock, SystemClock};
 pub use config::{AckLevel, FsyncPolicy, QueueOverflow, TopicConfig};
+pub use dedup::{Placed, Placement};
 pub use error::{Error, Result};
 #[cfg(any(test, feature = "testing"))]
 pub use fs::FaultyFs;

@@ -52,6 +52,11 @@ pub const INDEX_ENTRIES_MAX: u32 = 4 * 1024 * 1024;
 /// Longest message id a producer may give a message (opaque bytes).
 pub const MESSAGE_ID_BYTES_MAX: usize = 128;
 
+/// A topic's dedup window when its config does not say: 2 minutes (JetStream's).
+pub const DEDUP_WINDOW_MS_DEFAULT: u64 = 2 * 60 * 1000;
+/// Longest dedup window: 7 days.
+pub const DEDUP_WINDOW_MS_MAX: u64 = 7 * 24 * 60 * 60 * 1000;
+
 /// Most priority levels a topic may have; priorities run from 0 (lowest) to
 /// `PRIORITY_LEVELS_MAX - 1`.
 pub const PRIORITY_LEVELS_MAX: u8 = 10;

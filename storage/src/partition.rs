@@ -188,6 +188,8 @@ pub(crate) struct PartitionContext {
     pub flusher: FlushQueue,
     pub observer: Option<Arc<dyn FlushObserver>>,
     pub mapped: Arc<MappedSegments>,
+    /// Gives broker-assigned message ids (one per store, so they are ordered store-wide).
+    pub ids: Arc<crate::msgid::IdGenerator>,
 }
 
 impl Partition {
@@ -673,12 +675,41 @@ impl Partition {
     /// record's offset: following `next_offset` yields every live record exactly once.
     /// A partition whose topic was deleted fails with [`Error::TopicDeleted`].
     pub fn read(&self, from: u64, max_records: u32, max_bytes: u64) -> Result<ReadResult> {
+        self.read_to(from, max_records, max_bytes, false)
+    }
+
+    /// The record at `offset` if it is written, durable or not yet (what a reader of an
+    /// `fsync = always` topic cannot see yet): for the dedup window, which must find a
+    /// duplicate's original as soon as its append returned. `None` when there is no
+    /// such record (out of range, expired, or not yet written).
+    pub(crate) fn written_record(&self, offset: u64) -> Result<Option<Record>> {
+        match self.read_to(offset, 1, u64::MAX, true) {
+            Ok(read) => Ok(read.records.into_iter().find(|r| r.offset == offset)),
+            Err(Error::OffsetOutOfRange { .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// [`Partition::read`] up to the visible end, or up to the written end when
+    /// `written` (see [`Partition::written_record`]).
+    fn read_to(
+        &self,
+        from: u64,
+        max_records: u32,
+        max_bytes: u64,
+        written: bool,
+    ) -> Result<ReadResult> {
         let (visible, log_start) = {
             let state = self.progress.lock();
             if state.deleted || state.unavailable.is_some() {
                 return Err(self.progress.closed_error_in(&state));
             }
-            (state.visible(), state.log_start)
+            let end = if written {
+                state.written
+            } else {
+                state.visible()
+            };
+            (end, state.log_start)
         };
         let out_of_range = |requested, log_start| Error::OffsetOutOfRange {
             partition: self.name.clone(),

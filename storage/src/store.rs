@@ -18,13 +18,16 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::batch::NewRecord;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{FsyncPolicy, TopicConfig, validate_topic_name};
+use crate::dedup::{DedupWindow, Placed};
 use crate::error::{Error, IoContext, Result};
 use crate::flusher::Flusher;
 use crate::fs::{FileSystem, FsFile, OpenMode, OsFs};
 use crate::fsutil;
 use crate::limits::{MAPPED_SEGMENTS_DEFAULT, SMALL_FILE_BYTES_MAX, TOPIC_PARTITIONS_MAX};
+use crate::msgid::{self, IdGenerator};
 use crate::offsets::OffsetStore;
 use crate::partition::{
     FlushObserver, Partition, PartitionContext, PartitionInfo, RetentionOutcome,
@@ -87,6 +90,9 @@ pub struct Topic {
     /// Which creation of the topic this is: a topic deleted and created again under
     /// the same name is another topic; one with more partitions is the same.
     incarnation: u64,
+    /// The ids stored within the dedup window; shared with the `Topic`s this one grew
+    /// into.
+    dedup: Arc<DedupWindow>,
 }
 
 /// Gives every created or opened topic its own incarnation.
@@ -128,6 +134,28 @@ impl Topic {
                 self.partitions.len()
             ))
         })
+    }
+
+    /// Appends `records` to partition `partition` as one batch, through the topic's
+    /// message-id rules: on a topic with `assign_ids` each record without an id gets
+    /// one, and with a dedup window on, a record whose id was stored within the window
+    /// is not appended again: its placement names the original (see [`crate::dedup`]).
+    /// Records without ids on a topic without `assign_ids` go straight to
+    /// [`Partition::append`].
+    pub fn append(&self, partition: u32, records: Vec<NewRecord>) -> Result<Placed> {
+        let config = self.config();
+        self.dedup.append(
+            &self.partitions,
+            partition,
+            records,
+            config.dedup_window_ms.unwrap_or(0),
+            config.assign_ids,
+        )
+    }
+
+    /// Ids the dedup window holds and the bytes it takes, for metrics.
+    pub fn dedup_window_size(&self) -> (usize, usize) {
+        (self.dedup.len(), self.dedup.memory_bytes())
     }
 
     pub fn info(&self) -> TopicInfo {
@@ -221,6 +249,7 @@ impl Store {
             flusher: flusher.queue(),
             observer: options.flush_observer.clone(),
             mapped: Arc::new(MappedSegments::new(options.mapped_segments_max)),
+            ids: Arc::new(IdGenerator::new(msgid::process_seed())),
         };
         let offsets = OffsetStore::open(fs.clone(), &dir.join("offsets"), options.clock.clone())?;
         let queues = StateLog::open(
@@ -350,6 +379,10 @@ impl Store {
             config: Arc::new(RwLock::new(config)),
             partitions,
             incarnation: next_incarnation(),
+            dedup: Arc::new(DedupWindow::new(
+                self.inner.context.clock.clone(),
+                self.inner.context.ids.clone(),
+            )),
         });
         self.inner
             .topics
@@ -424,7 +457,12 @@ impl Store {
         for partition in &topic.partitions {
             partition.set_config(config.clone());
         }
+        let window_changed = topic.config().dedup_window_ms != config.dedup_window_ms;
         *topic.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+        if window_changed {
+            // Read back from the log at the next publish with an id.
+            topic.dedup.reset();
+        }
         Ok(topic)
     }
 
@@ -497,6 +535,7 @@ impl Store {
             config: topic.config.clone(),
             partitions,
             incarnation: topic.incarnation,
+            dedup: topic.dedup.clone(),
         });
         self.inner
             .topics
@@ -639,6 +678,7 @@ fn open_topic(dir: &Path, name: &str, context: &PartitionContext) -> Result<Opti
         config: Arc::new(RwLock::new(config)),
         partitions,
         incarnation: next_incarnation(),
+        dedup: Arc::new(DedupWindow::new(context.clock.clone(), context.ids.clone())),
     }))
 }
 

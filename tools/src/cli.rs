@@ -304,6 +304,16 @@ pub struct TopicConfigArgs {
     /// Past a queue cap: `reject` new publishes (the default) or `dead-letter-oldest`.
     #[arg(long, value_name = "POLICY", value_parser = ["reject", "dead-letter-oldest"])]
     pub queue_overflow: Option<String>,
+
+    /// Dedup window: a message whose id was stored within it is not stored again (its
+    /// ack names the first). Default 2m, at most 7d; `off` or `0` switches it off.
+    #[arg(long, value_name = "DURATION|off", value_parser = duration_limit)]
+    pub dedup_window: Option<Limit>,
+
+    /// The broker gives each message published without an id one of its own (26
+    /// base32 characters, ordered by time).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub assign_ids: Option<bool>,
 }
 
 #[derive(Debug, Args)]

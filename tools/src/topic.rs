@@ -286,6 +286,12 @@ pub fn create_config(args: &TopicConfigArgs) -> TopicConfig {
         queue_max_ready_messages: limit(args.queue_max_ready),
         queue_max_ready_bytes: limit(args.queue_max_ready_bytes),
         queue_overflow: args.queue_overflow.as_deref().map_or(0, queue_overflow),
+        // Absent = the broker's default (2 minutes); off = 0.
+        dedup_window_ms: args.dedup_window.map(|l| match l {
+            Limit::Value(v) => v,
+            Limit::Off => 0,
+        }),
+        assign_ids: args.assign_ids.unwrap_or(false),
     }
 }
 
@@ -318,6 +324,8 @@ pub fn alter_update(args: &TopicConfigArgs) -> TopicConfigUpdate {
         queue_max_ready_messages: limit(args.queue_max_ready),
         queue_max_ready_bytes: limit(args.queue_max_ready_bytes),
         queue_overflow: args.queue_overflow.as_deref().map(queue_overflow),
+        dedup_window_ms: limit(args.dedup_window),
+        assign_ids: args.assign_ids,
     }
 }
 
@@ -352,6 +360,8 @@ fn config_json(config: Option<&TopicConfig>) -> Value {
         "max_message_bytes": c.max_message_bytes,
         "compression": compression_name(c.compression),
         "priority_levels": c.priority_levels.max(1),
+        "dedup_window_ms": c.dedup_window_ms,
+        "assign_ids": c.assign_ids,
     })
 }
 
@@ -404,6 +414,11 @@ pub fn render_config(config: Option<&TopicConfig>) -> String {
         ("max-message-bytes", format_bytes(c.max_message_bytes)),
         ("compression", compression_name(c.compression).to_string()),
         ("priority-levels", c.priority_levels.max(1).to_string()),
+        (
+            "dedup-window",
+            or(c.dedup_window_ms, format_duration_ms, "off"),
+        ),
+        ("assign-ids", c.assign_ids.to_string()),
     ])
 }
 
@@ -468,8 +483,20 @@ mod tests {
             queue_max_ready: Some(Limit::Value(5_000)),
             queue_max_ready_bytes: Some(Limit::Off),
             queue_overflow: Some("dead-letter-oldest".into()),
+            dedup_window: Some(Limit::Off),
+            assign_ids: Some(true),
         };
         let create = create_config(&args);
+        assert_eq!(
+            create.dedup_window_ms,
+            Some(0),
+            "off is sent as 0, not as the default"
+        );
+        assert!(create.assign_ids);
+        assert_eq!(
+            create_config(&TopicConfigArgs::default()).dedup_window_ms,
+            None
+        );
         assert_eq!(create.priority_levels, 3);
         assert_eq!(create.queue_max_ready_messages, Some(5_000));
         assert_eq!(create.queue_max_ready_bytes, None);
@@ -489,6 +516,8 @@ mod tests {
         assert_eq!(update.default_ttl_ms, None);
         assert_eq!(update.max_message_bytes, None);
         assert_eq!(update.compression, Some(Compression::Zstd as i32));
+        assert_eq!(update.dedup_window_ms, Some(0));
+        assert_eq!(update.assign_ids, Some(true));
     }
 
     #[test]

@@ -680,8 +680,9 @@ async fn bad_requests_get_their_documented_codes() {
         .await
         .unwrap()
         .into_inner()
-        .acks[0];
-    let got = fetch(&channel, "bad", 1, ack.offset, 1).await.unwrap();
+        .acks[0]
+        .offset;
+    let got = fetch(&channel, "bad", 1, ack, 1).await.unwrap();
     assert_same(
         &got.messages[0],
         &extreme,

@@ -529,7 +529,11 @@ mod tests {
         let acks = |offsets: &[(u32, u64)]| -> Vec<MessageAck> {
             offsets
                 .iter()
-                .map(|&(partition, offset)| MessageAck { partition, offset })
+                .map(|&(partition, offset)| MessageAck {
+                    partition,
+                    offset,
+                    ..MessageAck::default()
+                })
                 .collect()
         };
         let mut errors = Errors::default();

@@ -1,0 +1,729 @@
+//! A topic's dedup window: a publish whose message id was stored within the window
+//! appends nothing and is answered with where the original went.
+//!
+//! # What it remembers
+//! Every id appended through [`crate::Topic::append`] while the topic's
+//! `dedup_window_ms` is on, for the window (to within [`TIME_UNIT_MS`]). Broker-assigned
+//! ids go in too, so a producer that republishes with the id it was given is
+//! deduplicated as well. Appends that do not go through the topic (dead letters,
+//! offline tools) are not deduplicated.
+//!
+//! # Restarts
+//! The window is not written anywhere: the log is its record. At the first publish with
+//! an id after the topic is opened (or its window changed), each partition's messages
+//! from the window are read back, from the first offset whose timestamp is within the
+//! window (found through the time index), and their ids put back, timed by the running
+//! maximum of the timestamps read: the append time unless producers set timestamps of
+//! their own. So a kill -9 or a restart forgets nothing the log kept; an id is forgotten
+//! only with its message (a crash losing unsynced data of an `fsync = interval` topic,
+//! which never acked it durably, or retention).
+//!
+//! # Memory: about 30 bytes an id
+//! One open-addressing table of 16-byte slots: 32 bits of the id's keyed hash (which
+//! also place the slot), the time it was stored (in [`TIME_UNIT_MS`] units), and where the
+//! message is (partition in 14 bits, offset in 49). The table is rebuilt at a load of
+//! 0.6 every 1/16 of the window (dropping expired ids) and grows by half at 0.8, so an
+//! id costs 20 to 30 bytes (expired ids not yet swept counted). The id's bytes are not
+//! kept: a hash match is confirmed by reading the original record (a duplicate is the
+//! rare path), so ids that share 32 hash bits are still told apart.
+//!
+//! # Races
+//! Claiming ids and recording where they went are two short critical sections around
+//! the append; between them a claimed id is *pending*. A publish that meets another's
+//! pending id waits for that append to return (microseconds: a `pwrite`) and is then
+//! answered with its offset, so of concurrent duplicates one is stored and the others
+//! get its offset. A failed append releases its claims.
+
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use crate::batch::{NewRecord, Record};
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::limits::DEDUP_WINDOW_MS_MAX;
+use crate::msgid::IdGenerator;
+use crate::partition::{Appended, Partition};
+
+/// Granularity of the stored times, in ms.
+pub const TIME_UNIT_MS: i64 = 8;
+/// Records read per call while rebuilding a window from the log.
+const REBUILD_READ_RECORDS: u32 = 8192;
+/// Bytes read per call while rebuilding.
+const REBUILD_READ_BYTES: u64 = 16 << 20;
+/// Smallest table, in slots.
+const SLOTS_MIN: usize = 1024;
+
+/// Offsets a slot can hold: 49 bits (17 years of a million messages a second); the
+/// partition takes the 14 bits above, the pending bit the top one.
+const OFFSET_BITS: u32 = 49;
+const _: () = assert!(crate::limits::TOPIC_PARTITIONS_MAX <= 1 << (63 - OFFSET_BITS));
+/// A slot's `at` while its append is under way: this bit plus the claim's token.
+const PENDING_BIT: u64 = 1 << 63;
+
+/// Where a message of an append went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub partition: u32,
+    pub offset: u64,
+    /// The id was stored within the window before: nothing was appended for it and
+    /// `partition` / `offset` are the original's.
+    pub duplicate: bool,
+    /// The id the broker gave the message (topics with `assign_ids`).
+    pub assigned_id: Option<Bytes>,
+}
+
+/// What [`crate::Topic::append`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placed {
+    /// Every record appended, in order, from `base_offset`: nothing was deduplicated or
+    /// assigned (the path of messages without ids).
+    All(Appended),
+    /// Per record, in order. `appended` covers the records stored (none when every one
+    /// was a duplicate).
+    Each {
+        appended: Option<Appended>,
+        placements: Vec<Placement>,
+    },
+}
+
+impl Placed {
+    /// The records appended (duplicates are not).
+    pub fn appended(&self) -> Option<&Appended> {
+        match self {
+            Placed::All(appended) => Some(appended),
+            Placed::Each { appended, .. } => appended.as_ref(),
+        }
+    }
+}
+
+/// A slot of the table; `tag == 0` is empty.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Slot {
+    tag: u32,
+    /// When it was stored, in `TIME_UNIT_MS` since the table's base time.
+    time: u32,
+    /// Partition and offset, or `PENDING_BIT | token`.
+    at: u64,
+}
+
+/// Open addressing with linear probing; a tag's home slot is `tag * len >> 32`, so
+/// any table length works and deletion shifts the run back (no tombstones).
+#[derive(Debug, Default)]
+struct Table {
+    slots: Vec<Slot>,
+    used: usize,
+}
+
+impl Table {
+    fn with_slots(count: usize) -> Table {
+        Table {
+            slots: vec![Slot::default(); count.max(SLOTS_MIN)],
+            used: 0,
+        }
+    }
+
+    fn home(&self, tag: u32) -> usize {
+        ((u64::from(tag) * self.slots.len() as u64) >> 32) as usize
+    }
+
+    fn next(&self, index: usize) -> usize {
+        if index + 1 == self.slots.len() {
+            0
+        } else {
+            index + 1
+        }
+    }
+
+    /// Indexes of the slots holding `tag`, in probe order.
+    fn matches(&self, tag: u32) -> impl Iterator<Item = usize> + '_ {
+        let mut index = self.home(tag);
+        let mut left = self.slots.len();
+        std::iter::from_fn(move || {
+            while left > 0 {
+                let slot = self.slots[index];
+                if slot.tag == 0 {
+                    return None;
+                }
+                let here = index;
+                index = self.next(index);
+                left -= 1;
+                if slot.tag == tag {
+                    return Some(here);
+                }
+            }
+            None
+        })
+    }
+
+    fn insert(&mut self, slot: Slot) {
+        if (self.used + 1) * 5 > self.slots.len() * 4 {
+            self.resize(self.slots.len() + self.slots.len() / 2);
+        }
+        let mut index = self.home(slot.tag);
+        while self.slots[index].tag != 0 {
+            index = self.next(index);
+        }
+        self.slots[index] = slot;
+        self.used += 1;
+    }
+
+    fn remove(&mut self, mut hole: usize) {
+        let mut index = hole;
+        loop {
+            index = self.next(index);
+            let slot = self.slots[index];
+            if slot.tag == 0 {
+                break;
+            }
+            let home = self.home(slot.tag);
+            // The slot stays when its home lies cyclically in (hole, index].
+            let stays = if hole <= index {
+                hole < home && home <= index
+            } else {
+                hole < home || home <= index
+            };
+            if !stays {
+                self.slots[hole] = slot;
+                hole = index;
+            }
+        }
+        self.slots[hole] = Slot::default();
+        self.used -= 1;
+    }
+
+    /// Rebuilds the table with the slots `keep` keeps, at a load of 0.6.
+    fn resize_keeping(&mut self, count: usize, keep: impl Fn(&Slot) -> bool) {
+        let old = std::mem::replace(self, Table::with_slots(count));
+        for slot in old.slots.into_iter().filter(|s| s.tag != 0 && keep(s)) {
+            self.insert(slot);
+        }
+    }
+
+    fn resize(&mut self, count: usize) {
+        self.resize_keeping(count, |_| true);
+    }
+
+    fn find_pending(&self, tag: u32, token: u64) -> Option<usize> {
+        self.find_at(tag, PENDING_BIT | token)
+    }
+
+    fn find_at(&self, tag: u32, at: u64) -> Option<usize> {
+        let mut matches = self.matches(tag);
+        matches.find(|&i| self.slots[i].at == at)
+    }
+}
+
+fn pack(partition: u32, offset: u64) -> Option<u64> {
+    (partition < 1 << (63 - OFFSET_BITS) && offset < 1 << OFFSET_BITS)
+        .then(|| (u64::from(partition) << OFFSET_BITS) | offset)
+}
+
+fn unpack(at: u64) -> (u32, u64) {
+    ((at >> OFFSET_BITS) as u32, at & ((1 << OFFSET_BITS) - 1))
+}
+
+#[derive(Debug)]
+struct State {
+    /// False until the window was read back from the log (see the module docs).
+    rebuilt: bool,
+    keys: RandomState,
+    table: Table,
+    /// `Slot::time` 0 is this time.
+    base_ms: i64,
+    /// When the table was last swept of expired ids.
+    swept_ms: i64,
+    /// The next claim token.
+    next_token: u64,
+}
+
+/// The topic-wide state; see the module docs.
+#[derive(Debug)]
+pub struct DedupWindow {
+    state: Mutex<State>,
+    /// Signalled whenever pending claims are settled or released.
+    settled: Condvar,
+    clock: Arc<dyn Clock>,
+    ids: Arc<IdGenerator>,
+}
+
+/// What the claim pass decided for one record.
+#[derive(Debug, Clone, Copy)]
+enum Decision {
+    /// To append, as the `index`th appended record; `claim` = (tag, token) of its id.
+    Append {
+        index: usize,
+        claim: Option<(u32, u64)>,
+    },
+    /// Stored before, there.
+    Duplicate { partition: u32, offset: u64 },
+    /// The same id as the earlier record `first` of this call, which is appended.
+    SameAs { first: usize },
+}
+
+impl DedupWindow {
+    pub fn new(clock: Arc<dyn Clock>, ids: Arc<IdGenerator>) -> Self {
+        let now_ms = clock.now_ms();
+        DedupWindow {
+            state: Mutex::new(State {
+                rebuilt: false,
+                keys: RandomState::new(),
+                table: Table::default(),
+                // Before any time a window can reach back to, so no stored time
+                // clamps to 0 (which would keep it forever).
+                base_ms: now_ms.saturating_sub(2 * DEDUP_WINDOW_MS_MAX as i64),
+                swept_ms: now_ms,
+                next_token: 0,
+            }),
+            settled: Condvar::new(),
+            clock,
+            ids,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ids in the table (some may have expired since the last sweep).
+    pub fn len(&self) -> usize {
+        self.lock().table.used
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of memory the window holds.
+    pub fn memory_bytes(&self) -> usize {
+        self.lock().table.slots.capacity() * size_of::<Slot>()
+    }
+
+    /// Forgets everything (the topic's window was changed): the next publish with an id
+    /// reads the window back from the log. Waits for appends under way to settle.
+    pub fn reset(&self) {
+        let mut state = self.lock();
+        while state
+            .table
+            .slots
+            .iter()
+            .any(|s| s.tag != 0 && s.at & PENDING_BIT != 0)
+        {
+            state = self.settled.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        state.table = Table::default();
+        state.rebuilt = false;
+    }
+
+    /// Appends `records` to partition `partition` of `partitions` (the topic whose
+    /// window this is), giving ids where `assign_ids` asks and deduplicating ids within
+    /// `window_ms` (0 = off).
+    pub(crate) fn append(
+        &self,
+        partitions: &[Arc<Partition>],
+        partition: u32,
+        mut records: Vec<NewRecord>,
+        window_ms: u64,
+        assign_ids: bool,
+    ) -> Result<Placed> {
+        let target = partitions.get(partition as usize).ok_or_else(|| {
+            Error::invalid(format!(
+                "the topic has partitions 0..{}, not {partition}",
+                partitions.len()
+            ))
+        })?;
+        let mut assigned = Vec::new();
+        if assign_ids {
+            let now_ms = self.clock.now_ms();
+            assigned = records
+                .iter_mut()
+                .map(|record| {
+                    record.id.is_none().then(|| {
+                        let id = Bytes::copy_from_slice(&self.ids.next(now_ms));
+                        record.id = Some(id.clone());
+                        id
+                    })
+                })
+                .collect();
+        }
+        if window_ms == 0 || !records.iter().any(|r| r.id.is_some()) {
+            let appended = target.append(&records)?;
+            if assigned.is_empty() {
+                return Ok(Placed::All(appended));
+            }
+            let placements = assigned
+                .into_iter()
+                .enumerate()
+                .map(|(delta, assigned_id)| Placement {
+                    partition,
+                    offset: appended.base_offset + delta as u64,
+                    duplicate: false,
+                    assigned_id,
+                })
+                .collect();
+            return Ok(Placed::Each {
+                appended: Some(appended),
+                placements,
+            });
+        }
+        let decisions = self.claim(partitions, &records, window_ms)?;
+        let kept: Vec<NewRecord> = records
+            .into_iter()
+            .zip(&decisions)
+            .filter(|(_, d)| matches!(d, Decision::Append { .. }))
+            .map(|(record, _)| record)
+            .collect();
+        let appended = if kept.is_empty() {
+            None
+        } else {
+            match target.append(&kept) {
+                Ok(appended) => Some(appended),
+                Err(error) => {
+                    self.finish(&decisions, None);
+                    return Err(error);
+                }
+            }
+        };
+        let base = appended.as_ref().map_or(0, |a| a.base_offset);
+        self.finish(&decisions, Some((partition, base)));
+        let placements = decisions
+            .iter()
+            .enumerate()
+            .map(|(i, decision)| {
+                let (at_partition, offset, duplicate) = match *decision {
+                    Decision::Append { index, .. } => (partition, base + index as u64, false),
+                    Decision::Duplicate { partition, offset } => (partition, offset, true),
+                    Decision::SameAs { first } => match decisions[first] {
+                        Decision::Append { index, .. } => (partition, base + index as u64, true),
+                        _ => unreachable!("SameAs names an appended record"),
+                    },
+                };
+                Placement {
+                    partition: at_partition,
+                    offset,
+                    duplicate,
+                    assigned_id: assigned.get(i).cloned().flatten(),
+                }
+            })
+            .collect();
+        Ok(Placed::Each {
+            appended,
+            placements,
+        })
+    }
+
+    /// Decides each record's fate, claiming the ids to append; waits while another
+    /// append holds a claim on one of them.
+    fn claim(
+        &self,
+        partitions: &[Arc<Partition>],
+        records: &[NewRecord],
+        window_ms: u64,
+    ) -> Result<Vec<Decision>> {
+        let window_ms = i64::try_from(window_ms).unwrap_or(i64::MAX);
+        let mut state = self.lock();
+        loop {
+            let now_ms = self.clock.now_ms();
+            if !state.rebuilt {
+                rebuild(&mut state, partitions, now_ms, window_ms)?;
+            }
+            sweep(&mut state, now_ms, window_ms);
+            match claim_pass(&mut state, partitions, records, now_ms, window_ms) {
+                Some(decisions) => return Ok(decisions),
+                None => {
+                    state = self.settled.wait(state).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+        }
+    }
+
+    /// Settles the claims where the append put them (`Some((partition, base offset))`),
+    /// or releases them when it failed (`None`).
+    fn finish(&self, decisions: &[Decision], appended: Option<(u32, u64)>) {
+        let mut state = self.lock();
+        let time = time_of(&state, self.clock.now_ms());
+        for decision in decisions {
+            let Decision::Append {
+                index,
+                claim: Some((tag, token)),
+            } = *decision
+            else {
+                continue;
+            };
+            let Some(slot) = state.table.find_pending(tag, token) else {
+                continue;
+            };
+            match appended.and_then(|(partition, base)| pack(partition, base + index as u64)) {
+                Some(at) => state.table.slots[slot] = Slot { tag, time, at },
+                // Failed, or an offset past 2^49 (not deduplicated).
+                None => state.table.remove(slot),
+            }
+        }
+        drop(state);
+        self.settled.notify_all();
+    }
+}
+
+fn time_of(state: &State, ms: i64) -> u32 {
+    u32::try_from(ms.saturating_sub(state.base_ms).max(0) / TIME_UNIT_MS).unwrap_or(u32::MAX)
+}
+
+/// The oldest stored time still within the window.
+fn horizon(state: &State, now_ms: i64, window_ms: i64) -> u32 {
+    time_of(state, now_ms.saturating_sub(window_ms))
+}
+
+/// Every 1/16 of the window, rebuilds the table without the expired ids at a load of
+/// 0.6; moves the base time forward when the times would overflow.
+fn sweep(state: &mut State, now_ms: i64, window_ms: i64) {
+    if now_ms.saturating_sub(state.swept_ms) < (window_ms / 16).max(TIME_UNIT_MS) {
+        return;
+    }
+    state.swept_ms = now_ms;
+    let horizon = horizon(state, now_ms, window_ms);
+    // Rebase once the times are past half their range: the window is at most 7 days,
+    // far less than the other half.
+    let shift = if horizon > u32::MAX / 2 { horizon } else { 0 };
+    let live = state
+        .table
+        .slots
+        .iter()
+        .filter(|s| s.tag != 0 && (s.time >= horizon || s.at & PENDING_BIT != 0))
+        .count();
+    state.table.resize_keeping(live * 5 / 3, |s| {
+        s.time >= horizon || s.at & PENDING_BIT != 0
+    });
+    if shift > 0 {
+        for slot in &mut state.table.slots {
+            slot.time = slot.time.saturating_sub(shift);
+        }
+        state.base_ms += i64::from(shift) * TIME_UNIT_MS;
+    }
+}
+
+/// One pass over the records; `None` when another append holds a claim this call
+/// needs (this pass's claims are then withdrawn, so two appends never wait on each
+/// other).
+fn claim_pass(
+    state: &mut State,
+    partitions: &[Arc<Partition>],
+    records: &[NewRecord],
+    now_ms: i64,
+    window_ms: i64,
+) -> Option<Vec<Decision>> {
+    let horizon = horizon(state, now_ms, window_ms);
+    let first_token = state.next_token;
+    state.next_token += records.len() as u64;
+    let mut decisions = Vec::with_capacity(records.len());
+    let mut appended = 0;
+    let mut blocked = false;
+    'records: for (i, record) in records.iter().enumerate() {
+        let Some(id) = record.id.as_deref() else {
+            decisions.push(Decision::Append {
+                index: appended,
+                claim: None,
+            });
+            appended += 1;
+            continue;
+        };
+        let tag = (state.keys.hash_one(id) >> 32).max(1) as u32;
+        for slot in state.table.matches(tag).map(|s| state.table.slots[s]) {
+            if slot.at & PENDING_BIT != 0 {
+                let token = slot.at & !PENDING_BIT;
+                match token.checked_sub(first_token) {
+                    Some(first) if (first as usize) < i => {
+                        if records[first as usize].id.as_deref() == Some(id) {
+                            decisions.push(Decision::SameAs {
+                                first: first as usize,
+                            });
+                            continue 'records;
+                        }
+                    }
+                    // Another append's claim: it may be this id.
+                    _ => {
+                        blocked = true;
+                        break 'records;
+                    }
+                }
+            } else if slot.time >= horizon {
+                let (partition, offset) = unpack(slot.at);
+                if stored_id_is(partitions, partition, offset, id) {
+                    decisions.push(Decision::Duplicate { partition, offset });
+                    continue 'records;
+                }
+            }
+        }
+        let token = first_token + i as u64;
+        state.table.insert(Slot {
+            tag,
+            time: 0,
+            at: PENDING_BIT | token,
+        });
+        decisions.push(Decision::Append {
+            index: appended,
+            claim: Some((tag, token)),
+        });
+        appended += 1;
+    }
+    if blocked {
+        for decision in &decisions {
+            if let Decision::Append {
+                claim: Some((tag, token)),
+                ..
+            } = *decision
+                && let Some(slot) = state.table.find_pending(tag, token)
+            {
+                state.table.remove(slot);
+            }
+        }
+        return None;
+    }
+    Some(decisions)
+}
+
+/// Whether the record at `partition` / `offset` is there and carries `id`.
+fn stored_id_is(partitions: &[Arc<Partition>], partition: u32, offset: u64, id: &[u8]) -> bool {
+    partitions
+        .get(partition as usize)
+        .and_then(|p| p.written_record(offset).ok().flatten())
+        .is_some_and(|record: Record| record.id.as_deref() == Some(id))
+}
+
+/// Puts back the ids of the messages stored within the window (see the module docs).
+fn rebuild(
+    state: &mut State,
+    partitions: &[Arc<Partition>],
+    now_ms: i64,
+    window_ms: i64,
+) -> Result<()> {
+    let horizon_ms = now_ms.saturating_sub(window_ms);
+    let mut table = Table::default();
+    for partition in partitions {
+        let start = match partition.offset_for_timestamp(horizon_ms) {
+            Ok(start) => start,
+            // Served as unavailable until repaired: nothing can be appended to it, and
+            // its ids are not known. The others still deduplicate.
+            Err(Error::PartitionUnavailable { .. }) => continue,
+            Err(error) => return Err(error),
+        };
+        let Some(mut offset) = start else {
+            continue;
+        };
+        let mut newest = i64::MIN;
+        loop {
+            let read = match partition.read(offset, REBUILD_READ_RECORDS, REBUILD_READ_BYTES) {
+                Ok(read) => read,
+                // Retention moved the start past it: go on from the new start.
+                Err(Error::OffsetOutOfRange { log_start, .. }) if log_start > offset => {
+                    offset = log_start;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            for record in &read.records {
+                newest = newest.max(record.timestamp_ms);
+                let (Some(id), Some(at)) = (&record.id, pack(partition.id(), record.offset)) else {
+                    continue;
+                };
+                if newest < horizon_ms {
+                    continue;
+                }
+                table.insert(Slot {
+                    tag: (state.keys.hash_one(&id[..]) >> 32).max(1) as u32,
+                    time: time_of(state, newest),
+                    at,
+                });
+            }
+            if read.next_offset <= offset || read.next_offset >= read.end_offset {
+                break;
+            }
+            offset = read.next_offset;
+        }
+    }
+    state.table = table;
+    state.rebuilt = true;
+    state.swept_ms = now_ms;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    proptest! {
+        /// The table against a map: inserts, removals (by position found through
+        /// `matches`), growth and rebuilds keep every entry findable.
+        #[test]
+        fn the_table_finds_what_it_holds(
+            ops in proptest::collection::vec((any::<bool>(), 1u32..40, any::<u16>()), 1..600),
+        ) {
+            let mut table = Table::with_slots(4);
+            let mut model: HashMap<(u32, u64), usize> = HashMap::new();
+            for (insert, tag, at) in ops {
+                // Few tags, so runs collide and wrap.
+                let tag = tag.wrapping_mul(0x9E37_79B9) | 1;
+                let at = u64::from(at);
+                if insert {
+                    table.insert(Slot { tag, time: 0, at });
+                    *model.entry((tag, at)).or_default() += 1;
+                } else if let Some(slot) = table.find_at(tag, at) {
+                    table.remove(slot);
+                    let count = model.get_mut(&(tag, at)).unwrap();
+                    *count -= 1;
+                } else {
+                    prop_assert_eq!(model.get(&(tag, at)).copied().unwrap_or(0), 0);
+                }
+                prop_assert_eq!(table.used, model.values().sum::<usize>());
+            }
+            for (&(tag, at), &count) in &model {
+                let found = table.matches(tag).filter(|&i| table.slots[i].at == at).count();
+                prop_assert_eq!(found, count);
+            }
+            table.resize_keeping(table.used * 2, |_| true);
+            for (&(tag, at), &count) in &model {
+                let found = table.matches(tag).filter(|&i| table.slots[i].at == at).count();
+                prop_assert_eq!(found, count);
+            }
+        }
+    }
+
+    /// The bound: at most 64 bytes of memory an id, 1,000,000 ids in at most
+    /// 64 MiB. The table stays under 31 bytes an id at every size it passes through.
+    #[test]
+    fn an_id_costs_at_most_31_bytes() {
+        let mut table = Table::default();
+        let mut rng = crate::rng::SeededRng::new(1);
+        let mut worst = 0.0f64;
+        for used in 1..=1_000_000usize {
+            table.insert(Slot {
+                tag: (rng.next() >> 32).max(1) as u32,
+                time: 0,
+                at: used as u64,
+            });
+            if used >= SLOTS_MIN {
+                let bytes = table.slots.capacity() * size_of::<Slot>();
+                worst = worst.max(bytes as f64 / used as f64);
+            }
+        }
+        assert!(worst <= 31.0, "{worst:.1} bytes an id");
+        assert!(table.slots.capacity() * size_of::<Slot>() <= 64 << 20);
+        // A sweep that keeps half rebuilds at a load of 0.6.
+        table.resize_keeping(500_000 * 5 / 3, |slot| slot.at % 2 == 0);
+        let bytes = table.slots.capacity() * size_of::<Slot>();
+        assert!(bytes / table.used <= 27, "{} bytes an id after a sweep", bytes / table.used);
+    }
+
+    #[test]
+    fn locations_pack_into_64_bits_below_the_pending_bit() {
+        assert_eq!(
+            unpack(pack(9_999, (1 << 49) - 1).unwrap()),
+            (9_999, (1 << 49) - 1)
+        );
+        assert_eq!(pack(0, 1 << 49), None);
+        assert_eq!(pack(1 << 14, 0), None);
+        assert_eq!(pack((1 << 14) - 1, (1 << 49) - 1).unwrap() & PENDING_BIT, 0);
+    }
+}

@@ -1,0 +1,357 @@
+//! The dedup window against a model: random publishes with ids drawn from a small pool
+//! (so duplicates are common, inside one batch too), a clock moved by random steps
+//! across the window, process kills (the window is read back from the log) and a
+//! power cut after durable appends. A publish of an id stored within the window must
+//! name the original and store nothing; one older than the window (plus the expiry
+//! granularity) must be stored again. Concurrent duplicates: one stored, all acks
+//! name it. `DEDUP_SEEDS=N` runs more seeds.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tidelog_storage::dedup::TIME_UNIT_MS;
+use tidelog_storage::fs::CrashOptions;
+use tidelog_storage::rng::SeededRng as Rng;
+use tidelog_storage::{
+    Clock, FaultyFs, FileSystem, FsyncPolicy, ManualClock, NewRecord, Placed, Placement, Store,
+    StoreOptions, TopicConfig,
+};
+
+const START_MS: i64 = 1_700_000_000_000;
+const WINDOW_MS: u64 = 60_000;
+const PARTITIONS: u32 = 3;
+
+fn options(clock: &Arc<ManualClock>, fs: Option<Arc<dyn FileSystem>>) -> StoreOptions {
+    let mut options = StoreOptions {
+        clock: clock.clone(),
+        retention_interval: None,
+        ..StoreOptions::default()
+    };
+    if let Some(fs) = fs {
+        options.fs = fs;
+    }
+    options
+}
+
+fn config(fsync: FsyncPolicy) -> TopicConfig {
+    TopicConfig {
+        dedup_window_ms: Some(WINDOW_MS),
+        // Small segments, so the window spans several and reads cross them.
+        segment_bytes: 64 * 1024,
+        fsync,
+        ..TopicConfig::default()
+    }
+}
+
+fn record(id: Option<&str>, value_bytes: usize) -> NewRecord {
+    NewRecord {
+        id: id.map(|id| Bytes::copy_from_slice(id.as_bytes())),
+        ..NewRecord::value(vec![b'v'; value_bytes])
+    }
+}
+
+fn placements(placed: Placed, partition: u32, count: usize) -> Vec<Placement> {
+    match placed {
+        Placed::All(appended) => (0..count)
+            .map(|i| Placement {
+                partition,
+                offset: appended.base_offset + i as u64,
+                duplicate: false,
+                assigned_id: None,
+            })
+            .collect(),
+        Placed::Each { placements, .. } => placements,
+    }
+}
+
+/// Where each id was stored and when.
+#[derive(Default)]
+struct Model {
+    stored: HashMap<String, (u32, u64, i64)>,
+}
+
+impl Model {
+    /// Checks one placement against the model and records what it stored.
+    fn check(&mut self, id: Option<&str>, placement: &Placement, now_ms: i64, context: &str) {
+        let Some(id) = id else {
+            assert!(
+                !placement.duplicate,
+                "{context}: a message without id deduplicated"
+            );
+            return;
+        };
+        match self.stored.get(id) {
+            Some(&(partition, offset, at)) if now_ms - at <= WINDOW_MS as i64 => {
+                assert!(
+                    placement.duplicate,
+                    "{context}: {id} stored {} ms ago was stored again",
+                    now_ms - at
+                );
+                assert_eq!(
+                    (placement.partition, placement.offset),
+                    (partition, offset),
+                    "{context}: {id}"
+                );
+            }
+            Some(&(_, _, at)) if now_ms - at > WINDOW_MS as i64 + TIME_UNIT_MS => {
+                assert!(
+                    !placement.duplicate,
+                    "{context}: {id} stored {} ms ago, past the window, was refused",
+                    now_ms - at
+                );
+                self.stored.insert(
+                    id.to_string(),
+                    (placement.partition, placement.offset, now_ms),
+                );
+            }
+            Some(_) => {
+                // At the edge of the window (its time granularity): either is right.
+                if !placement.duplicate {
+                    self.stored.insert(
+                        id.to_string(),
+                        (placement.partition, placement.offset, now_ms),
+                    );
+                }
+            }
+            None => {
+                assert!(
+                    !placement.duplicate,
+                    "{context}: {id} was never stored but was called a duplicate"
+                );
+                self.stored.insert(
+                    id.to_string(),
+                    (placement.partition, placement.offset, now_ms),
+                );
+            }
+        }
+    }
+}
+
+fn run_seed(seed: u64, dir: &Path) {
+    let clock = ManualClock::new(START_MS);
+    let mut rng = Rng::new(seed);
+    let mut store = Store::open(dir, options(&clock, None)).unwrap();
+    store
+        .create_topic("t", PARTITIONS, config(FsyncPolicy::Never))
+        .unwrap();
+    let mut model = Model::default();
+    for step in 0..400 {
+        let context = format!("seed {seed} step {step}");
+        match rng.below(20) {
+            0 => {
+                store.simulate_crash();
+                store = Store::open(dir, options(&clock, None)).unwrap();
+            }
+            1..=4 => clock.advance_ms(rng.below(WINDOW_MS / 2) as i64),
+            5 => clock.advance_ms(WINDOW_MS as i64 + rng.below(3) as i64 - 1),
+            _ => {
+                let count = 1 + rng.below(8) as usize;
+                let ids: Vec<Option<String>> = (0..count)
+                    .map(|_| (rng.below(6) != 0).then(|| format!("id-{}", rng.below(30))))
+                    .collect();
+                let records = ids
+                    .iter()
+                    .map(|id| record(id.as_deref(), rng.below(3000) as usize))
+                    .collect();
+                let partition = rng.below(u64::from(PARTITIONS)) as u32;
+                let topic = store.topic("t").unwrap();
+                let placed = topic.append(partition, records).unwrap();
+                let now = clock.now_ms();
+                for (id, placement) in ids.iter().zip(placements(placed, partition, count)) {
+                    model.check(id.as_deref(), &placement, now, &context);
+                }
+            }
+        }
+    }
+    // The log holds every id the model says was stored, where it says.
+    let topic = store.topic("t").unwrap();
+    for (id, &(partition, offset, _)) in &model.stored {
+        let read = topic.partitions()[partition as usize]
+            .read(offset, 1, u64::MAX)
+            .unwrap();
+        assert_eq!(
+            read.records[0].id.as_deref(),
+            Some(id.as_bytes()),
+            "seed {seed}: {id}"
+        );
+    }
+}
+
+#[test]
+fn the_window_matches_the_model_across_kills() {
+    let seeds: u64 = std::env::var("DEDUP_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6);
+    for seed in 0..seeds {
+        let dir = tempfile::tempdir().unwrap();
+        run_seed(seed, dir.path());
+    }
+}
+
+#[test]
+fn a_durable_id_survives_a_power_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let fs = FaultyFs::new(dir.path(), 7).unwrap();
+    let open = || {
+        let fs: Arc<dyn FileSystem> = Arc::new(fs.clone());
+        Store::open(dir.path(), options(&clock, Some(fs))).unwrap()
+    };
+    open()
+        .create_topic("t", PARTITIONS, config(FsyncPolicy::Always))
+        .unwrap();
+    for round in 0..8 {
+        let store = open();
+        let topic = store.topic("t").unwrap();
+        let id = format!("durable-{round}");
+        let placed = placements(topic.append(1, vec![record(Some(&id), 100)]).unwrap(), 1, 1);
+        assert!(!placed[0].duplicate);
+        topic.partitions()[1]
+            .wait_durable_blocking(placed[0].offset)
+            .unwrap();
+        // Not waited for: may be lost by the cut, and then must not count as stored.
+        let maybe = format!("unsynced-{round}");
+        topic.append(2, vec![record(Some(&maybe), 100)]).unwrap();
+        store.simulate_crash();
+        let options = if round % 2 == 0 {
+            CrashOptions::lose_unsynced()
+        } else {
+            CrashOptions::keep_some(round)
+        };
+        fs.crash(options).unwrap();
+        let store = open();
+        let topic = store.topic("t").unwrap();
+        let again = placements(topic.append(0, vec![record(Some(&id), 100)]).unwrap(), 0, 1);
+        assert!(
+            again[0].duplicate,
+            "round {round}: the durable id was forgotten"
+        );
+        assert_eq!((again[0].partition, again[0].offset), (1, placed[0].offset));
+        let retry = placements(
+            topic.append(2, vec![record(Some(&maybe), 100)]).unwrap(),
+            2,
+            1,
+        );
+        // Kept or lost, the answer names a record that holds the id.
+        topic.partitions()[2]
+            .wait_durable_blocking(retry[0].offset)
+            .unwrap();
+        let read = topic.partitions()[retry[0].partition as usize]
+            .read(retry[0].offset, 1, u64::MAX)
+            .unwrap();
+        assert_eq!(read.records[0].id.as_deref(), Some(maybe.as_bytes()));
+        store.close().unwrap();
+        clock.advance_ms(1);
+    }
+}
+
+#[test]
+fn concurrent_duplicates_store_one_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = Arc::new(Store::open(dir.path(), options(&clock, None)).unwrap());
+    store
+        .create_topic("t", 4, config(FsyncPolicy::Never))
+        .unwrap();
+    let ids = 500;
+    let threads: Vec<_> = (0..4u32)
+        .map(|thread| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let topic = store.topic("t").unwrap();
+                let mut seen = Vec::new();
+                // Each thread publishes every id, in batches of 10, in its own order.
+                let mut order: Vec<u32> = (0..ids).collect();
+                let mut rng = Rng::new(u64::from(thread));
+                for i in (1..order.len()).rev() {
+                    order.swap(i, rng.below(i as u64 + 1) as usize);
+                }
+                for chunk in order.chunks(10) {
+                    let records = chunk
+                        .iter()
+                        .map(|i| record(Some(&format!("c-{i}")), 50))
+                        .collect();
+                    let placed =
+                        placements(topic.append(thread, records).unwrap(), thread, chunk.len());
+                    seen.extend(chunk.iter().copied().zip(placed));
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut answers: HashMap<u32, Vec<Placement>> = HashMap::new();
+    for thread in threads {
+        for (id, placement) in thread.join().unwrap() {
+            answers.entry(id).or_default().push(placement);
+        }
+    }
+    let topic = store.topic("t").unwrap();
+    let stored: u64 = topic.partitions().iter().map(|p| p.end_offset()).sum();
+    assert_eq!(stored, u64::from(ids), "each id stored exactly once");
+    for (id, placements) in answers {
+        let originals = placements.iter().filter(|p| !p.duplicate).count();
+        assert_eq!(originals, 1, "c-{id}: {placements:?}");
+        let first = (placements[0].partition, placements[0].offset);
+        assert!(
+            placements.iter().all(|p| (p.partition, p.offset) == first),
+            "c-{id}: {placements:?}"
+        );
+    }
+}
+
+#[test]
+fn assigned_ids_are_unique_returned_and_deduplicate_when_sent_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = Store::open(dir.path(), options(&clock, None)).unwrap();
+    let config = TopicConfig {
+        assign_ids: true,
+        ..config(FsyncPolicy::Never)
+    };
+    let topic = store.create_topic("t", 1, config).unwrap();
+    let placed = placements(
+        topic
+            .append(0, (0..100).map(|_| record(None, 10)).collect())
+            .unwrap(),
+        0,
+        100,
+    );
+    let ids: Vec<Bytes> = placed
+        .iter()
+        .map(|p| p.assigned_id.clone().unwrap())
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "assigned ids are ordered"
+    );
+    let read = topic.partitions()[0].read(0, 100, u64::MAX).unwrap();
+    for (record, id) in read.records.iter().zip(&ids) {
+        assert_eq!(
+            record.id.as_ref(),
+            Some(id),
+            "the stored id is the one acked"
+        );
+    }
+    let again = placements(
+        topic
+            .append(
+                0,
+                vec![NewRecord {
+                    id: Some(ids[7].clone()),
+                    ..NewRecord::value("x")
+                }],
+            )
+            .unwrap(),
+        0,
+        1,
+    );
+    assert!(again[0].duplicate);
+    assert_eq!(again[0].offset, 7);
+    assert_eq!(
+        again[0].assigned_id, None,
+        "a message with its own id gets none"
+    );
+}
