@@ -713,7 +713,11 @@ mod tests {
         // A sweep that keeps half rebuilds at a load of 0.6.
         table.resize_keeping(500_000 * 5 / 3, |slot| slot.at % 2 == 0);
         let bytes = table.slots.capacity() * size_of::<Slot>();
-        assert!(bytes / table.used <= 27, "{} bytes an id after a sweep", bytes / table.used);
+        assert!(
+            bytes / table.used <= 27,
+            "{} bytes an id after a sweep",
+            bytes / table.used
+        );
     }
 
     #[test]

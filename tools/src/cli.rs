@@ -517,6 +517,18 @@ pub struct ProduceArgs {
     #[arg(short, long, value_name = "N")]
     pub partition: Option<u32>,
 
+    /// The message's id (1-128 bytes; `0x` + hex for binary ids): within the topic's
+    /// dedup window a second message with the same id is not stored, and its ack says
+    /// `duplicate` with the first one's offset. For one message (--value-file, or one
+    /// line).
+    #[arg(long, value_name = "ID", conflicts_with = "id_separator")]
+    pub id: Option<String>,
+
+    /// Each line starts with its message's id, then SEP (e.g. ':' or '\t'), before any
+    /// key separator.
+    #[arg(long, value_name = "SEP", value_parser = separator)]
+    pub id_separator: Option<String>,
+
     /// Time to live of the messages (e.g. 5m, 1h30m); `0` = never expire, even with a
     /// topic TTL.
     #[arg(long, value_name = "DURATION", value_parser = duration)]

@@ -22,6 +22,7 @@ use tidelog_proto::v1::{
     TopicDescription, TopicPartitionOffset, reset_offsets_request, start_position,
     subscribe_request, subscribe_response,
 };
+use tidelog_storage::msgid;
 use tonic::Streaming;
 
 use crate::cli::{ConsumeArgs, Format, ResetPolicyArg, StartAt, Until};
@@ -97,13 +98,18 @@ impl Printer {
                 if self.print_meta {
                     line.extend_from_slice(
                         format!(
-                            "{}:{} {}\t",
+                            "{}:{} {}",
                             m.partition,
                             m.offset,
                             format_datetime_ms(m.timestamp_ms)
                         )
                         .as_bytes(),
                     );
+                    if !m.id.is_empty() {
+                        line.extend_from_slice(b" id=");
+                        line.extend_from_slice(msgid::display(&m.id).as_bytes());
+                    }
+                    line.push(b'\t');
                 }
                 if self.print_key {
                     line.extend_from_slice(&bytes(&m.key));
@@ -160,7 +166,8 @@ pub fn headers_text(headers: &[tidelog_proto::v1::Header]) -> String {
 }
 
 /// One message as a JSON object: partition, offset, timestamp (ms), key (null when
-/// empty), value, headers (in order, keys may repeat).
+/// empty), value, headers (in order, keys may repeat), and the message id (its text
+/// form, `tidelog_storage::msgid`), deliver-at time and priority when it has them.
 pub fn message_json(m: &ConsumedMessage) -> Value {
     let headers: Vec<Value> = m
         .headers
@@ -174,6 +181,9 @@ pub fn message_json(m: &ConsumedMessage) -> Value {
         "key": if m.key.is_empty() { Value::Null } else { bytes_json(&m.key) },
         "value": bytes_json(&m.value),
         "headers": headers,
+        "id": (!m.id.is_empty()).then(|| msgid::display(&m.id)),
+        "deliver_at_ms": m.deliver_at_ms,
+        "priority": m.priority,
     })
 }
 

@@ -14,10 +14,13 @@ use bytes::Bytes;
 use indicatif::ProgressBar;
 use serde_json::json;
 use tidelog_proto::v1::{
-    AckLevel, Header, Message, PublishRequest, PublishStreamRequest, publish_stream_response,
+    AckLevel, Header, Message, MessageAck, PublishRequest, PublishStreamRequest,
+    publish_stream_response,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+
+use tidelog_storage::msgid;
 
 use crate::cli::{AckArg, InputFormat, ProduceArgs};
 use crate::client::Broker;
@@ -44,11 +47,43 @@ pub struct LineFormat {
     pub partition: Option<u32>,
     /// Key and value are written in base64 in the input (`--format base64`).
     pub base64: bool,
+    /// `--id`: the id of the one message.
+    pub id: Option<Bytes>,
+    /// `--id-separator`: each line starts with its message's id and this.
+    pub id_separator: Option<Vec<u8>>,
 }
 
 impl LineFormat {
     /// The message for one line (without its newline); `line_number` is 1-based.
     pub fn message(&self, line: &[u8], line_number: u64) -> CliResult<Message> {
+        let (id, line) = match &self.id_separator {
+            Some(separator) => {
+                let at = find(line, separator).ok_or_else(|| {
+                    CliError::failure(
+                        format!(
+                            "line {line_number} has no id separator {:?}",
+                            String::from_utf8_lossy(separator)
+                        ),
+                        "give every line as ID<separator>VALUE, or drop --id-separator",
+                    )
+                })?;
+                let text = String::from_utf8_lossy(&line[..at]);
+                let id = msgid::parse(&text).map_err(|e| {
+                    CliError::failure(
+                        format!("line {line_number}: {e}"),
+                        "give each line's id before the --id-separator (1-128 bytes)",
+                    )
+                })?;
+                (Some(Bytes::from(id)), &line[at + separator.len()..])
+            }
+            None if self.id.is_some() && line_number > 1 => {
+                return Err(CliError::failure(
+                    format!("--id names one message, and line {line_number} is another"),
+                    "give each line its own id with --id-separator, or send one message",
+                ));
+            }
+            None => (self.id.clone(), line),
+        };
         let decode = |bytes: &[u8], what: &str| -> CliResult<Bytes> {
             if !self.base64 {
                 return Ok(Bytes::copy_from_slice(bytes));
@@ -85,6 +120,7 @@ impl LineFormat {
             timestamp_ms: None,
             ttl_ms: self.ttl_ms,
             partition: self.partition,
+            id: id.unwrap_or_default(),
             ..Message::default()
         })
     }
@@ -242,6 +278,8 @@ struct Sent {
 #[derive(Debug, Default)]
 struct Summary {
     messages: u64,
+    /// Messages whose id the dedup window had seen: not stored again.
+    duplicates: u64,
     payload_bytes: u64,
     partitions: BTreeMap<u32, (u64, u64, u64)>,
 }
@@ -297,6 +335,13 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
         ttl_ms: args.ttl,
         partition: args.partition,
         base64: args.format == InputFormat::Base64,
+        id: match &args.id {
+            Some(text) => Some(Bytes::from(msgid::parse(text).map_err(|e| {
+                CliError::usage(format!("--id: {e}"), "give 1-128 bytes of id")
+            })?)),
+            None => None,
+        },
+        id_separator: args.id_separator.as_ref().map(|s| s.as_bytes().to_vec()),
     };
     let ack = match args.ack {
         AckArg::None => AckLevel::None,
@@ -440,12 +485,9 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
                 summary.messages += sent.messages;
                 for a in &acks.acks {
                     summary.ack(a.partition, a.offset);
+                    summary.duplicates += u64::from(a.duplicate);
                     if !args.quiet {
-                        if json {
-                            out.json(&json!({"partition": a.partition, "offset": a.offset}))?;
-                        } else {
-                            out.line(&format!("partition {} offset {}", a.partition, a.offset))?;
-                        }
+                        print_ack(&mut out, a, json)?;
                     }
                 }
             }
@@ -491,14 +533,22 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
             out.json(&json!({
                 "topic": args.topic,
                 "messages": summary.messages,
+                "duplicates": summary.duplicates,
                 "payload_bytes": summary.payload_bytes,
                 "elapsed_ms": elapsed.as_millis() as u64,
                 "partitions": partitions,
             }))?;
         } else {
             let rate = summary.messages as f64 / elapsed.as_secs_f64().max(1e-6);
+            let duplicates = match summary.duplicates {
+                0 => String::new(),
+                n => format!(
+                    "; {n} duplicate{} not stored again",
+                    if n == 1 { "" } else { "s" }
+                ),
+            };
             out.line(&format!(
-                "produced {} message{} ({}) to {} in {:.2}s ({}){}",
+                "produced {} message{} ({}) to {} in {:.2}s ({}){}{duplicates}",
                 summary.messages,
                 if summary.messages == 1 { "" } else { "s" },
                 format_bytes(summary.payload_bytes),
@@ -510,6 +560,31 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
         }
     }
     out.flush()
+}
+
+/// One ack: `partition P offset O`, then ` duplicate` when the dedup window had the
+/// id (the offset is the stored message's) and ` id ID` when the broker assigned one.
+fn print_ack(out: &mut Stdout, a: &MessageAck, json: bool) -> CliResult<()> {
+    let id = (!a.id.is_empty()).then(|| msgid::display(&a.id));
+    if json {
+        let mut value = json!({"partition": a.partition, "offset": a.offset});
+        if a.duplicate {
+            value["duplicate"] = json!(true);
+        }
+        if let Some(id) = id {
+            value["id"] = json!(id);
+        }
+        return out.json(&value);
+    }
+    let mut line = format!("partition {} offset {}", a.partition, a.offset);
+    if a.duplicate {
+        line.push_str(" duplicate");
+    }
+    if let Some(id) = id {
+        line.push_str(" id ");
+        line.push_str(&id);
+    }
+    out.line(&line)
 }
 
 /// Adds how much was stored before a failure.
@@ -539,6 +614,8 @@ mod tests {
             ttl_ms: None,
             partition: None,
             base64: false,
+            id: None,
+            id_separator: None,
         }
     }
 

@@ -7,6 +7,7 @@ mod broker;
 mod cli;
 mod cli_damage;
 mod cli_frictions;
+mod dedup;
 mod garbage;
 mod groups;
 mod kill9;
