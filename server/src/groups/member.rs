@@ -43,10 +43,14 @@ use tokio::time::{Interval, MissedTickBehavior};
 use tonic::Status;
 
 use super::coordinator::{Control, GroupCoordinator, Joined};
-use super::{FINAL_STATUS_WAIT, IDLE_BACKOFF};
 use crate::AppState;
 use crate::convert;
 use crate::read::{Batching, Cursor, ReadLimits, Round, SUBSCRIBE_QUEUE_EVENTS, read_round};
+
+/// Pause before looking again at a poisoned partition that woke a reader without data.
+pub const IDLE_BACKOFF: Duration = Duration::from_millis(100);
+/// How long an ending member stream waits for room to send its final status.
+pub const FINAL_STATUS_WAIT: Duration = Duration::from_secs(5);
 
 /// How a member reads, from its SubscribeRequest (validated by the caller).
 #[derive(Debug, Clone, Copy)]
