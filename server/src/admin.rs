@@ -15,8 +15,8 @@ use tidelog_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
+use crate::config::Bound;
 use crate::convert;
-use crate::server::Bound;
 
 /// Names starting with this are reserved for internal topics.
 const INTERNAL_PREFIX: &str = "__";

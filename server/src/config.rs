@@ -336,6 +336,27 @@ fn read_file(path: &Path) -> Result<FileSettings, String> {
     toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
 }
 
+/// Where a started broker listens: the addresses it bound and its data directory
+/// (what the ready line prints and `Admin.DescribeBroker` reports).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bound {
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+impl Bound {
+    /// The machine-readable line printed to stdout once the broker accepts calls.
+    pub fn ready_line(&self) -> String {
+        format!(
+            "tidelogd ready grpc={} metrics={} data={}",
+            self.grpc,
+            self.metrics,
+            self.data_dir.display()
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

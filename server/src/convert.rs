@@ -404,6 +404,17 @@ pub fn error_status(status: &Status) -> pb::ErrorStatus {
     }
 }
 
+/// A delivery as a queue member receives it: the message as every consumer sees it,
+/// and its attempt. (Here rather than in `queue.rs`, which then needs nothing of this
+/// module.)
+pub fn queue_delivery(delivery: storage::queue::Delivery) -> pb::QueueDelivery {
+    pb::QueueDelivery {
+        message: Some(consumed_message(delivery.partition, delivery.record)),
+        attempt: delivery.attempt,
+        deadline_ms: delivery.deadline_ms,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;

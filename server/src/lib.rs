@@ -6,12 +6,14 @@
 //!   `tidelog_storage::Error` to `tonic::Status`. Nothing else imports both.
 //! - [`admin`], [`publish`], [`consume`]: the `Admin`, `Publisher` and `Consumer`
 //!   services.
-//! - [`read`]: the read limits every reader applies, and the partition reader behind a
-//!   plain Subscribe. Imported by [`consume`] and [`groups`], importing neither.
+//! - [`read`]: the read limits every reader applies, [`read::read_round`] (the one loop
+//!   that reads partitions for every subscriber: batch budget, turns among partitions,
+//!   expired messages skipped) and [`read::PartitionReader`], the plain Subscribe
+//!   around it. Imported by [`consume`] and [`groups`], importing neither.
 //! - [`queues`]: work queues: a runtime per queue in use around the storage engine's
 //!   delivery engine, and the `Queues` service.
-//! - [`groups`]: consumer groups (coordinator and the `Groups` service; a member reads
-//!   its partitions with its own round-robin `read_batch`, under the same limits).
+//! - [`groups`]: consumer groups (coordinator and the `Groups` service; a member's task
+//!   reads the partitions it owns through [`read::read_round`], like a plain Subscribe).
 //! - [`log_writer`]: the writer under the logs; a line stderr refuses is dropped, so a
 //!   broken log pipe never stops serving or shutting down.
 //! - [`metrics`]: Prometheus metrics and the `/metrics` HTTP endpoint.

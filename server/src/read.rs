@@ -1,13 +1,18 @@
 //! Reading partitions for subscribers: the read limits every reader applies,
-//! [`PartitionReader`] (follows partitions of one topic and yields Subscribe events)
-//! and [`spawn_subscription`] (runs one into a bounded queue).
+//! [`read_round`] (the one loop that reads a set of partitions under a batch budget,
+//! for the plain Subscribe and for group members alike), [`PartitionReader`] (follows
+//! partitions of one topic and yields Subscribe events) and [`spawn_subscription`]
+//! (runs one into a bounded queue).
 //!
 //! Memory per Subscribe stream is bounded by [`SUBSCRIBE_QUEUE_EVENTS`] events of at
 //! most `max_batch_bytes` each (one message can exceed it, up to the topic's
 //! `max_message_bytes`): the reader task only reads the next batch once the queue has
 //! room, and the queue only drains as fast as HTTP/2 flow control lets the client
 //! receive. A slow subscriber therefore slows its own reader and nothing else.
+//!
+//! This module imports neither [`crate::consume`] nor [`crate::groups`]; both import it.
 
+use std::borrow::BorrowMut;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,10 +20,10 @@ use std::task::Poll;
 use std::time::Instant;
 
 use tidelog_proto::v1::{
-    ConsumedMessage, MessageBatch, PartitionPosition, PositionReset, Positioned, ResetPolicy,
-    ResetReason, SubscribeResponse, subscribe_response::Event,
+    MessageBatch, PartitionPosition, PositionReset, Positioned, ResetPolicy, ResetReason,
+    SubscribeResponse, subscribe_response::Event,
 };
-use tidelog_storage::{Error, Partition, Topic};
+use tidelog_storage::{Error, Partition, ReadResult, Topic};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -62,20 +67,185 @@ impl ReadLimits {
     }
 }
 
-/// One partition a [`PartitionReader`] follows.
+/// One partition a subscriber reads, and the next offset to deliver from it.
 #[derive(Debug)]
-struct Cursor {
-    partition: Arc<Partition>,
-    /// The next offset to deliver.
-    position: u64,
-    /// Poisoned: nothing will be appended until a restart, so stop waiting on it
-    /// (its wait future resolves at once and would make the reader spin).
-    parked: bool,
+pub struct Cursor {
+    pub partition: Arc<Partition>,
+    /// The next offset to deliver. [`read_round`] moves it past what it returns (and
+    /// past expired messages it skips), never past a message it did not return.
+    pub position: u64,
+}
+
+impl Cursor {
+    pub fn new(partition: Arc<Partition>, position: u64) -> Self {
+        Cursor {
+            partition,
+            position,
+        }
+    }
+
+    /// Reads from the position under the budget that is left. Skips expired
+    /// messages (moving the position past them) up to [`EXPIRED_SKIPS_MAX`] reads.
+    /// With `strict`, a first message over `bytes` is refused and nothing moves:
+    /// only the first message of a batch may be over the budget.
+    fn read(&mut self, messages: u32, bytes: u64, strict: bool) -> Result<CursorRead, Error> {
+        for _ in 0..EXPIRED_SKIPS_MAX {
+            let read = self.partition.read(self.position, messages, bytes)?;
+            match read.records.first() {
+                Some(first) if strict && first.payload_bytes() > bytes => {
+                    return Ok(CursorRead::Refused);
+                }
+                Some(_) => {
+                    self.position = read.next_offset;
+                    return Ok(CursorRead::Records(read));
+                }
+                // Only expired messages were skipped: look again from past them.
+                None if read.next_offset > self.position => self.position = read.next_offset,
+                None => return Ok(CursorRead::CaughtUp(read.end_offset)),
+            }
+        }
+        Ok(CursorRead::CaughtUp(self.partition.end_offset()))
+    }
+}
+
+/// What one [`Cursor::read`] found.
+enum CursorRead {
+    Records(ReadResult),
+    /// Nothing to deliver now (the end, or many expired messages in a row); the end
+    /// offset.
+    CaughtUp(u64),
+    /// The next message is over what is left of the batch's budget.
+    Refused,
+}
+
+/// How [`read_round`] fills a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batching {
+    /// The messages of one partition per batch (the plain Subscribe).
+    OnePartition,
+    /// Go on to the next partitions while the budget lasts (a group member's batches).
+    Fill,
+}
+
+/// What one [`read_round`] read.
+#[derive(Debug, PartialEq)]
+pub enum Round {
+    /// The messages read, possibly none (every partition caught up, or only expired
+    /// messages skipped), and the position of every partition whose position moved.
+    Batch {
+        batch: MessageBatch,
+        /// Id, key, value and header bytes of the messages (what the budget counts).
+        bytes: u64,
+    },
+    /// The first partition read has its position outside the log; nothing was read.
+    /// The cursor is left where it was: the caller applies its reset policy.
+    OutOfRange {
+        partition: u32,
+        requested: u64,
+        log_start: u64,
+        end: u64,
+    },
+}
+
+/// Reads one batch from `cursors`, the one reading loop of every subscriber.
+///
+/// Partitions take turns: the round starts at `turn` and, once something was read,
+/// sets `turn` just past the first partition that delivered, so every partition with
+/// data comes first within `cursors.len()` rounds and none starves another.
+///
+/// The batch keeps to `limits`: it stops at the first message the budget refuses, and
+/// that message's partition stays at its offset, so nothing is skipped. Only the
+/// batch's first message may be over `max_bytes` (it then comes alone), so a large
+/// message never stalls a reader. With [`Batching::Fill`] it goes on to the next
+/// partitions while the budget lasts; with [`Batching::OnePartition`] it ends after
+/// the first partition that delivered.
+///
+/// An error (or a position out of range) after messages were read ends the round with
+/// those messages; the partition is left where it was, so the error comes again on a
+/// later round, first in its batch. Errors are storage errors: `TopicDeleted`,
+/// `PartitionUnavailable`, `Corrupt`, ...
+pub fn read_round<C: BorrowMut<Cursor>>(
+    cursors: &mut [C],
+    turn: &mut usize,
+    limits: ReadLimits,
+    batching: Batching,
+) -> Result<Round, Error> {
+    let count = cursors.len();
+    let mut batch = MessageBatch::default();
+    let mut bytes_read = 0u64;
+    let mut messages_left = limits.max_messages.max(1);
+    let mut bytes_left = limits.max_bytes;
+    let mut first_delivered = None;
+    for step in 0..count {
+        let index = (*turn + step) % count;
+        let started = !batch.messages.is_empty();
+        if started && (batching == Batching::OnePartition || messages_left == 0 || bytes_left == 0)
+        {
+            break;
+        }
+        let cursor = cursors[index].borrow_mut();
+        let before = cursor.position;
+        let read = match cursor.read(messages_left, bytes_left, started) {
+            Ok(read) => read,
+            // Comes again on a later round, first in its batch.
+            Err(_) if started => break,
+            Err(Error::OffsetOutOfRange {
+                requested,
+                log_start,
+                end,
+                ..
+            }) => {
+                *turn = (index + 1) % count;
+                return Ok(Round::OutOfRange {
+                    partition: cursor.partition.id(),
+                    requested,
+                    log_start,
+                    end,
+                });
+            }
+            Err(error) => return Err(error),
+        };
+        let id = cursor.partition.id();
+        let refused = matches!(read, CursorRead::Refused);
+        let end_offset = match read {
+            CursorRead::Refused => cursor.partition.end_offset(),
+            CursorRead::CaughtUp(end) => end,
+            CursorRead::Records(read) => {
+                first_delivered.get_or_insert(index);
+                for record in read.records {
+                    let size = record.payload_bytes();
+                    bytes_read += size;
+                    bytes_left = bytes_left.saturating_sub(size);
+                    messages_left = messages_left.saturating_sub(1);
+                    batch.messages.push(convert::consumed_message(id, record));
+                }
+                read.end_offset
+            }
+        };
+        if cursor.position != before {
+            batch.positions.push(PartitionPosition {
+                partition: id,
+                next_offset: cursor.position,
+                end_offset,
+            });
+        }
+        if refused {
+            break;
+        }
+    }
+    if let Some(index) = first_delivered {
+        *turn = (index + 1) % count;
+    }
+    Ok(Round::Batch {
+        batch,
+        bytes: bytes_read,
+    })
 }
 
 /// Follows a set of partitions of one topic from given positions and yields their
 /// messages as [`SubscribeResponse`] events, waiting (without spinning) when all are
-/// caught up. Used by the plain Subscribe and by consumer-group members.
+/// caught up. The plain Subscribe; a group member runs its own task (it owns
+/// partitions that come and go) around the same [`read_round`].
 ///
 /// - Each [`PartitionReader::next_event`] returns one event: a [`MessageBatch`] from
 ///   one partition (partitions take turns, so a busy one does not starve the others),
@@ -94,6 +264,9 @@ pub struct PartitionReader {
     state: Arc<AppState>,
     topic: Arc<Topic>,
     cursors: Vec<Cursor>,
+    /// Per cursor: poisoned, so nothing will be appended until a restart; stop waiting
+    /// on it (its wait future resolves at once and would make the reader spin).
+    parked: Vec<bool>,
     /// Index of the cursor that reads first next time (round robin).
     turn: usize,
     reset_policy: ResetPolicy,
@@ -116,16 +289,16 @@ impl PartitionReader {
         let cursors = starts
             .iter()
             .map(|&(id, position)| {
-                Ok(Cursor {
-                    partition: convert::or_status(topic.partition(id))?.clone(),
+                Ok(Cursor::new(
+                    convert::or_status(topic.partition(id))?.clone(),
                     position,
-                    parked: false,
-                })
+                ))
             })
             .collect::<Result<Vec<_>, Status>>()?;
         Ok(PartitionReader {
             state,
             topic,
+            parked: vec![false; cursors.len()],
             cursors,
             turn: 0,
             reset_policy,
@@ -178,33 +351,53 @@ impl PartitionReader {
                     self.topic.name()
                 )));
             }
-            let count = self.cursors.len();
-            for step in 0..count {
-                let index = (self.turn + step) % count;
-                if let Some(event) = self.poll_cursor(index)? {
-                    self.turn = (index + 1) % count;
-                    return Ok(event);
+            if !self.cursors.is_empty() {
+                let round = read_round(
+                    &mut self.cursors,
+                    &mut self.turn,
+                    self.limits,
+                    Batching::OnePartition,
+                );
+                match convert::or_status(round)? {
+                    Round::Batch { batch, bytes } if !batch.messages.is_empty() => {
+                        self.state.metrics.fetched(
+                            self.topic.name(),
+                            batch.messages.len() as u64,
+                            bytes,
+                        );
+                        return Ok(SubscribeResponse {
+                            event: Some(Event::Batch(batch)),
+                        });
+                    }
+                    Round::Batch { .. } => {}
+                    Round::OutOfRange {
+                        partition,
+                        requested,
+                        log_start,
+                        end,
+                    } => return self.reset(partition, requested, log_start, end),
                 }
             }
             if woke_empty {
                 // Woken with nothing to read: a partition was poisoned (its wait
                 // resolves at once from now on). Stop waiting on such partitions.
-                for cursor in &mut self.cursors {
-                    if !cursor.parked && cursor.partition.poisoned().is_some() {
+                for (cursor, parked) in self.cursors.iter().zip(&mut self.parked) {
+                    if !*parked && cursor.partition.poisoned().is_some() {
                         tracing::warn!(
                             topic = self.topic.name(),
                             partition = cursor.partition.id(),
                             "partition is poisoned: the subscription stops waiting for it"
                         );
-                        cursor.parked = true;
+                        *parked = true;
                     }
                 }
             }
             let mut waits: Vec<_> = self
                 .cursors
                 .iter()
-                .filter(|c| !c.parked)
-                .map(|c| c.partition.wait_for_data(c.position))
+                .zip(&self.parked)
+                .filter(|(_, parked)| !**parked)
+                .map(|(c, _)| c.partition.wait_for_data(c.position))
                 .collect();
             let any_data = poll_fn(|cx| {
                 for wait in &mut waits {
@@ -229,93 +422,49 @@ impl PartitionReader {
             .is_ok_and(|t| t.is_same_topic(&self.topic))
     }
 
-    /// Reads the cursor's next batch, or applies the reset policy. `None` when it is
-    /// caught up.
-    fn poll_cursor(&mut self, index: usize) -> Result<Option<SubscribeResponse>, Status> {
-        let limits = self.limits;
-        let cursor = &mut self.cursors[index];
-        for _ in 0..EXPIRED_SKIPS_MAX {
-            let result =
-                cursor
-                    .partition
-                    .read(cursor.position, limits.max_messages, limits.max_bytes);
-            match result {
-                Ok(result) if !result.records.is_empty() => {
-                    cursor.position = result.next_offset;
-                    let id = cursor.partition.id();
-                    let bytes = result
-                        .records
-                        .iter()
-                        .map(tidelog_storage::Record::payload_bytes)
-                        .sum();
-                    self.state.metrics.fetched(
-                        self.topic.name(),
-                        result.records.len() as u64,
-                        bytes,
-                    );
-                    let messages: Vec<ConsumedMessage> = result
-                        .records
-                        .into_iter()
-                        .map(|r| convert::consumed_message(id, r))
-                        .collect();
-                    return Ok(Some(SubscribeResponse {
-                        event: Some(Event::Batch(MessageBatch {
-                            messages,
-                            positions: vec![PartitionPosition {
-                                partition: id,
-                                next_offset: result.next_offset,
-                                end_offset: result.end_offset,
-                            }],
-                        })),
-                    }));
-                }
-                // Only expired messages were skipped: look again from past them.
-                Ok(result) if result.next_offset > cursor.position => {
-                    cursor.position = result.next_offset;
-                }
-                Ok(_) => return Ok(None),
-                Err(Error::OffsetOutOfRange {
+    /// Applies the reset policy to the cursor of `partition`, whose position
+    /// `requested` is outside `log_start..=end`: the PositionReset event, or
+    /// OUT_OF_RANGE with `RESET_POLICY_ERROR`.
+    fn reset(
+        &mut self,
+        partition: u32,
+        requested: u64,
+        log_start: u64,
+        end: u64,
+    ) -> Result<SubscribeResponse, Status> {
+        let (reason, label) = if requested < log_start {
+            (ResetReason::BelowLogStart, "below_log_start")
+        } else {
+            (ResetReason::AboveEndOffset, "above_end_offset")
+        };
+        let to_offset = match self.reset_policy {
+            ResetPolicy::Latest => end,
+            ResetPolicy::Error => {
+                return Err(convert::status(&Error::OffsetOutOfRange {
+                    partition: format!("{}/{partition}", self.topic.name()),
                     requested,
                     log_start,
                     end,
-                    ..
-                }) => {
-                    let (reason, label) = if requested < log_start {
-                        (ResetReason::BelowLogStart, "below_log_start")
-                    } else {
-                        (ResetReason::AboveEndOffset, "above_end_offset")
-                    };
-                    let to_offset = match self.reset_policy {
-                        ResetPolicy::Latest => end,
-                        ResetPolicy::Error => {
-                            return Err(convert::status(&Error::OffsetOutOfRange {
-                                partition: format!(
-                                    "{}/{}",
-                                    self.topic.name(),
-                                    cursor.partition.id()
-                                ),
-                                requested,
-                                log_start,
-                                end,
-                            }));
-                        }
-                        ResetPolicy::Earliest | ResetPolicy::Unspecified => log_start,
-                    };
-                    cursor.position = to_offset;
-                    self.state.metrics.position_reset(self.topic.name(), label);
-                    return Ok(Some(SubscribeResponse {
-                        event: Some(Event::PositionReset(PositionReset {
-                            partition: cursor.partition.id(),
-                            from_offset: Some(requested),
-                            to_offset,
-                            reason: reason as i32,
-                        })),
-                    }));
-                }
-                Err(error) => return Err(convert::status(&error)),
+                }));
             }
+            ResetPolicy::Earliest | ResetPolicy::Unspecified => log_start,
+        };
+        if let Some(cursor) = self
+            .cursors
+            .iter_mut()
+            .find(|c| c.partition.id() == partition)
+        {
+            cursor.position = to_offset;
         }
-        Ok(None)
+        self.state.metrics.position_reset(self.topic.name(), label);
+        Ok(SubscribeResponse {
+            event: Some(Event::PositionReset(PositionReset {
+                partition,
+                from_offset: Some(requested),
+                to_offset,
+                reason: reason as i32,
+            })),
+        })
     }
 }
 
@@ -354,6 +503,17 @@ pub fn spawn_subscription(
 mod tests {
     use super::*;
 
+    use bytes::Bytes;
+    use proptest::prelude::*;
+    use proptest::test_runner::RngSeed;
+    use tidelog_storage::{
+        FsyncPolicy, ManualClock, NewRecord, Store, StoreOptions, TopicConfig, limits,
+    };
+
+    const START_MS: i64 = 1_700_000_000_000;
+    /// Messages with a TTL live this long; the clock moves past it before reading.
+    const TTL_MS: u64 = 1_000;
+
     #[test]
     fn read_limits_default_and_cap() {
         assert_eq!(
@@ -371,5 +531,422 @@ mod tests {
             }
         );
         assert_eq!(ReadLimits::from_request(3, 100).max_bytes, 100);
+    }
+
+    /// One message to append: its value size and whether it has expired by read time.
+    #[derive(Debug, Clone, Copy)]
+    struct Message {
+        bytes: usize,
+        expires: bool,
+    }
+
+    fn live(bytes: usize) -> Message {
+        Message {
+            bytes,
+            expires: false,
+        }
+    }
+
+    /// The value of `partition`'s message at `offset`: both first, so a wrong message
+    /// shows, then filler.
+    fn value(partition: u32, offset: u64, bytes: usize) -> Bytes {
+        let mut value = format!("{partition}/{offset}/").into_bytes();
+        value.resize(bytes.max(value.len()), b'x');
+        value.truncate(bytes);
+        Bytes::from(value)
+    }
+
+    /// A store (in a temporary directory) with one topic whose partitions hold
+    /// `partitions`' messages, appended `per_batch` at a time, expired ones already past
+    /// their TTL.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Store,
+        topic: Arc<Topic>,
+        /// Per partition: (offset, value bytes) of every message that has not expired.
+        live: Vec<Vec<(u64, usize)>>,
+    }
+
+    impl Fixture {
+        fn new(partitions: &[Vec<Message>], per_batch: usize) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let clock = ManualClock::new(START_MS);
+            let store = Store::open(
+                dir.path(),
+                StoreOptions {
+                    clock: clock.clone(),
+                    flush_threads: 1,
+                    retention_interval: None,
+                    ..StoreOptions::default()
+                },
+            )
+            .unwrap();
+            let config = TopicConfig {
+                fsync: FsyncPolicy::Never,
+                max_message_bytes: limits::MESSAGE_BYTES_MAX,
+                segment_bytes: 4 << 20,
+                retention_ms: None,
+                ..TopicConfig::default()
+            };
+            let topic = store
+                .create_topic("t", partitions.len() as u32, config)
+                .unwrap();
+            let mut live = Vec::new();
+            for (id, messages) in partitions.iter().enumerate() {
+                let partition = topic.partition(id as u32).unwrap();
+                let mut kept = Vec::new();
+                let mut offset = 0u64;
+                for chunk in messages.chunks(per_batch.max(1)) {
+                    let records: Vec<NewRecord> = chunk
+                        .iter()
+                        .zip(offset..)
+                        .map(|(m, o)| NewRecord {
+                            value: value(id as u32, o, m.bytes),
+                            ttl_ms: Some(if m.expires { TTL_MS } else { 0 }),
+                            ..NewRecord::default()
+                        })
+                        .collect();
+                    partition.append(&records).unwrap();
+                    for m in chunk {
+                        if !m.expires {
+                            kept.push((offset, m.bytes));
+                        }
+                        offset += 1;
+                    }
+                }
+                live.push(kept);
+            }
+            clock.advance_ms(TTL_MS as i64 + 1);
+            Fixture {
+                _dir: dir,
+                store,
+                topic,
+                live,
+            }
+        }
+
+        fn cursors(&self) -> Vec<Cursor> {
+            self.topic
+                .partitions()
+                .iter()
+                .map(|p| Cursor::new(p.clone(), 0))
+                .collect()
+        }
+    }
+
+    /// Runs [`read_round`] over every partition of `fixture` from offset 0 until all
+    /// are at their end, checking every batch: within `limits` (a batch of one message
+    /// may be over the bytes), one partition per batch with `OnePartition`, positions
+    /// that match what was read, no partition with data passed over for more rounds
+    /// than there are partitions, and no round without progress while data is left.
+    /// Then every live message was delivered once, in order, and nothing else.
+    fn drain(fixture: &Fixture, limits: ReadLimits, batching: Batching) -> Result<(), String> {
+        let mut cursors = fixture.cursors();
+        let count = cursors.len();
+        let ends: Vec<u64> = cursors.iter().map(|c| c.partition.end_offset()).collect();
+        let total: usize = fixture.live.iter().map(Vec::len).sum();
+        let mut delivered: Vec<Vec<(u64, usize)>> = vec![Vec::new(); count];
+        // Rounds in a row each partition had live data left and did not move.
+        let mut passed_over = vec![0usize; count];
+        let mut turn = 0;
+        for round in 0.. {
+            if cursors.iter().zip(&ends).all(|(c, end)| c.position == *end) {
+                break;
+            }
+            if round > 2 * (total + count) + 2 {
+                return Err(format!("stalled at {:?}", positions(&cursors)));
+            }
+            let before = positions(&cursors);
+            let read = read_round(&mut cursors, &mut turn, limits, batching)
+                .map_err(|e| format!("round {round}: {e}"))?;
+            let Round::Batch { batch, bytes } = read else {
+                return Err(format!("round {round}: {read:?}"));
+            };
+            let n = batch.messages.len();
+            if n as u64 > u64::from(limits.max_messages.max(1)) {
+                return Err(format!(
+                    "{n} messages for a limit of {}",
+                    limits.max_messages
+                ));
+            }
+            let sum: u64 = batch.messages.iter().map(|m| m.value.len() as u64).sum();
+            if sum != bytes {
+                return Err(format!(
+                    "the round says {bytes} B, its messages hold {sum} B"
+                ));
+            }
+            if n > 1 && bytes > limits.max_bytes {
+                return Err(format!(
+                    "{n} messages of {bytes} B for a budget of {} B",
+                    limits.max_bytes
+                ));
+            }
+            if batching == Batching::OnePartition
+                && batch
+                    .messages
+                    .iter()
+                    .any(|m| m.partition != batch.messages[0].partition)
+            {
+                return Err("a OnePartition batch with several partitions".into());
+            }
+            for m in &batch.messages {
+                let expected = value(m.partition, m.offset, m.value.len());
+                if m.value != expected {
+                    return Err(format!("{}/{} has the wrong value", m.partition, m.offset));
+                }
+                delivered[m.partition as usize].push((m.offset, m.value.len()));
+            }
+            let after = positions(&cursors);
+            for p in &batch.positions {
+                if after[p.partition as usize] != p.next_offset {
+                    return Err(format!("position {p:?}, cursor at {after:?}"));
+                }
+            }
+            for (index, cursor) in cursors.iter().enumerate() {
+                let moved = after[index] != before[index];
+                let had_data = fixture.live[index].iter().any(|(o, _)| *o >= before[index]);
+                let batch_has_it = batch
+                    .positions
+                    .iter()
+                    .any(|p| p.partition as usize == index);
+                if moved != batch_has_it {
+                    return Err(format!(
+                        "partition {index} moved {moved}, in positions {batch_has_it}"
+                    ));
+                }
+                passed_over[index] = if had_data && !moved {
+                    passed_over[index] + 1
+                } else {
+                    0
+                };
+                if passed_over[index] > count {
+                    return Err(format!(
+                        "partition {index} at {} passed over {} rounds in a row",
+                        cursor.position, passed_over[index]
+                    ));
+                }
+            }
+            if n == 0
+                && after == before
+                && fixture
+                    .live
+                    .iter()
+                    .zip(&after)
+                    .any(|(l, p)| l.iter().any(|(o, _)| o >= p))
+            {
+                return Err(format!("round {round} made no progress at {after:?}"));
+            }
+        }
+        if delivered != fixture.live {
+            return Err(format!(
+                "delivered {:?}, live {:?}",
+                offsets(&delivered),
+                offsets(&fixture.live)
+            ));
+        }
+        Ok(())
+    }
+
+    fn positions(cursors: &[Cursor]) -> Vec<u64> {
+        cursors.iter().map(|c| c.position).collect()
+    }
+
+    fn offsets(messages: &[Vec<(u64, usize)>]) -> Vec<Vec<u64>> {
+        messages
+            .iter()
+            .map(|p| p.iter().map(|(o, _)| *o).collect())
+            .collect()
+    }
+
+    fn limits(max_messages: u32, max_bytes: u64) -> ReadLimits {
+        ReadLimits {
+            max_messages,
+            max_bytes,
+        }
+    }
+
+    const BOTH: [Batching; 2] = [Batching::OnePartition, Batching::Fill];
+
+    #[test]
+    fn three_kb_messages_with_the_default_budget_come_whole_and_in_order() {
+        let fixture = Fixture::new(&vec![vec![live(3000); 700]; 3], 50);
+        for batching in BOTH {
+            drain(&fixture, ReadLimits::from_request(0, 0), batching).unwrap();
+            drain(&fixture, ReadLimits::from_request(0, 2500), batching).unwrap();
+            drain(&fixture, ReadLimits::from_request(7, 10_000), batching).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_message_over_the_budget_comes_alone_and_never_stalls_a_partition() {
+        // 600 KB messages beside 1 B ones, budgets under, between and over them.
+        let partitions = vec![
+            vec![live(600 * 1024); 6],
+            vec![live(1); 40],
+            [
+                live(1),
+                live(600 * 1024),
+                live(1),
+                live(0),
+                live(600 * 1024),
+            ]
+            .repeat(3),
+        ];
+        let fixture = Fixture::new(&partitions, 2);
+        for batching in BOTH {
+            for max_bytes in [0, 1, 2, 1000, 600 * 1024, 1 << 20, READ_BYTES_MAX] {
+                for max_messages in [1, 3, READ_MESSAGES_DEFAULT] {
+                    drain(&fixture, limits(max_messages, max_bytes), batching)
+                        .map_err(|e| format!("{batching:?} {max_messages} {max_bytes}: {e}"))
+                        .unwrap();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_filled_batch_stops_at_the_first_message_over_what_is_left() {
+        // Two partitions of 1,000 B messages and 2,500 B per batch: the first partition
+        // gives two, the second's first would take the batch to 3,000 B. It stays for
+        // the next batch, which starts with it.
+        let fixture = Fixture::new(&vec![vec![live(1000); 4]; 2], 4);
+        let mut cursors = fixture.cursors();
+        let mut turn = 0;
+        let mut batches = Vec::new();
+        for _ in 0..4 {
+            match read_round(&mut cursors, &mut turn, limits(100, 2500), Batching::Fill).unwrap() {
+                Round::Batch { batch, bytes } => {
+                    assert!(bytes <= 2500, "{bytes} B");
+                    batches.push(
+                        batch
+                            .messages
+                            .iter()
+                            .map(|m| (m.partition, m.offset))
+                            .collect::<Vec<_>>(),
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            batches,
+            vec![
+                vec![(0, 0), (0, 1)],
+                vec![(1, 0), (1, 1)],
+                vec![(0, 2), (0, 3)],
+                vec![(1, 2), (1, 3)],
+            ]
+        );
+        // One message of the first partition left room for the second's first.
+        let mut cursors = fixture.cursors();
+        let mut turn = 0;
+        let Round::Batch { batch, .. } =
+            read_round(&mut cursors, &mut turn, limits(100, 2000), Batching::Fill).unwrap()
+        else {
+            panic!("a batch")
+        };
+        assert_eq!(batch.messages.len(), 2);
+        assert_eq!(positions(&cursors), vec![2, 0]);
+        assert_eq!(turn, 1);
+    }
+
+    #[test]
+    fn a_position_out_of_range_is_reported_unmoved_and_read_past_once_reset() {
+        let fixture = Fixture::new(&vec![vec![live(10); 3]; 2], 3);
+        let mut cursors = fixture.cursors();
+        cursors[1].position = 9;
+        let mut turn = 1;
+        let round = read_round(&mut cursors, &mut turn, limits(100, 1000), Batching::Fill);
+        assert_eq!(
+            round.unwrap(),
+            Round::OutOfRange {
+                partition: 1,
+                requested: 9,
+                log_start: 0,
+                end: 3
+            }
+        );
+        assert_eq!(positions(&cursors), vec![0, 9]);
+        assert_eq!(turn, 0);
+        // Found after another partition's messages: the round ends with them, and the
+        // out-of-range partition leads the next round.
+        let Round::Batch { batch, .. } =
+            read_round(&mut cursors, &mut turn, limits(100, 1000), Batching::Fill).unwrap()
+        else {
+            panic!("a batch")
+        };
+        assert_eq!(batch.messages.len(), 3);
+        assert_eq!(turn, 1);
+        assert!(matches!(
+            read_round(&mut cursors, &mut turn, limits(100, 1000), Batching::Fill),
+            Ok(Round::OutOfRange { partition: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn a_deleted_topic_fails_the_round() {
+        let fixture = Fixture::new(&[vec![live(10); 3]], 3);
+        let mut cursors = fixture.cursors();
+        fixture.store.delete_topic("t").unwrap();
+        for batching in BOTH {
+            let round = read_round(&mut cursors, &mut 0, limits(100, 1000), batching);
+            assert!(
+                matches!(round, Err(Error::TopicDeleted { .. })),
+                "{round:?}"
+            );
+        }
+    }
+
+    /// A message size: mostly small, some of a few KiB (the size that exposed issue
+    /// 10), a few of hundreds of KiB.
+    fn message() -> impl Strategy<Value = Message> {
+        let bytes = prop_oneof![
+            4 => 0usize..64,
+            4 => 64usize..8192,
+            1 => 8192usize..700 * 1024,
+        ];
+        (bytes, prop::bool::weighted(0.2)).prop_map(|(bytes, expires)| Message { bytes, expires })
+    }
+
+    fn partitions() -> impl Strategy<Value = Vec<Vec<Message>>> {
+        prop::collection::vec(prop::collection::vec(message(), 0..40), 1..5)
+    }
+
+    fn read_limits() -> impl Strategy<Value = ReadLimits> {
+        (
+            prop_oneof![1 => Just(1u32), 4 => 1u32..40, 1 => Just(READ_MESSAGES_MAX)],
+            prop_oneof![
+                1 => Just(0u64),
+                3 => 1u64..8192,
+                2 => 8192u64..(2 << 20),
+            ],
+        )
+            .prop_map(|(max_messages, max_bytes)| limits(max_messages, max_bytes))
+    }
+
+    proptest! {
+        // A fixed seed: the same cases every run.
+        #![proptest_config(ProptestConfig {
+            cases: 32,
+            rng_seed: RngSeed::Fixed(11),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        /// Random message sizes, expired messages, partitions and budgets: both kinds
+        /// of batch deliver every live message once and in order within the budget.
+        #[test]
+        fn every_live_message_once_in_order_within_the_budget(
+            partitions in partitions(),
+            per_batch in 1usize..8,
+            limits in read_limits(),
+        ) {
+            let fixture = Fixture::new(&partitions, per_batch);
+            for batching in BOTH {
+                if let Err(error) = drain(&fixture, limits, batching) {
+                    prop_assert!(false, "{:?} {:?}: {}", batching, limits, error);
+                }
+            }
+        }
     }
 }

@@ -8,8 +8,6 @@
 //! `shutdown_timeout`; then the store is closed (flush, index files, checkpoints), so
 //! the next start scans nothing.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -23,7 +21,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 use crate::admin::AdminService;
-use crate::config::Settings;
+use crate::config::{Bound, Settings};
 use crate::consume::ConsumerService;
 use crate::groups::{GroupCoordinator, GroupsService};
 use crate::metrics::{GroupMetricsSource, Metrics};
@@ -41,26 +39,6 @@ const HTTP2_LOCAL_ERROR_RESETS_MAX: usize = 1024;
 /// grpc.health.v1 entry that is NOT_SERVING while a partition recovery refused to
 /// open is served as unavailable (the services themselves keep serving).
 pub const PARTITIONS_HEALTH_NAME: &str = "tidelog.partitions";
-
-/// Where a started broker listens (what the ready line prints).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Bound {
-    pub grpc: SocketAddr,
-    pub metrics: SocketAddr,
-    pub data_dir: PathBuf,
-}
-
-impl Bound {
-    /// The machine-readable line printed to stdout once the broker accepts calls.
-    pub fn ready_line(&self) -> String {
-        format!(
-            "tidelogd ready grpc={} metrics={} data={}",
-            self.grpc,
-            self.metrics,
-            self.data_dir.display()
-        )
-    }
-}
 
 /// Runs the broker until `shutdown` fires, calling `on_ready` once it is listening.
 pub async fn run(

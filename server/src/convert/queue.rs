@@ -4,8 +4,6 @@ use tidelog_proto::v1 as pb;
 use tidelog_storage::queue::{self as q, QueueConfig, QueueStatus, StartAt};
 use tonic::{Code, Status};
 
-use super::consumed_message;
-
 /// A create request's config: every absent field takes the default for `topic`.
 pub fn queue_config_from_proto(topic: &str, config: Option<pb::QueueConfig>) -> QueueConfig {
     let mut result = QueueConfig::defaults_for(topic);
@@ -97,15 +95,6 @@ pub fn queue_description(
                 },
             )
             .collect(),
-    }
-}
-
-/// A delivery as a member receives it.
-pub fn queue_delivery(delivery: q::Delivery) -> pb::QueueDelivery {
-    pb::QueueDelivery {
-        message: Some(consumed_message(delivery.partition, delivery.record)),
-        attempt: delivery.attempt,
-        deadline_ms: delivery.deadline_ms,
     }
 }
 

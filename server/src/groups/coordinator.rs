@@ -42,7 +42,14 @@ use tokio::sync::{Notify, RwLock, Semaphore, mpsc};
 use tonic::Status;
 
 use super::assignment::range_assign;
-use super::{MEMBER_ID_BYTES_MAX, REAPER_TICK_MAX, SESSION_TIMEOUT_MS_MAX};
+
+/// Longest session timeout a member may ask for; longer requests are capped. A
+/// member kept this long after its stream ended blocks its partitions that long.
+pub const SESSION_TIMEOUT_MS_MAX: u64 = 5 * 60 * 1000;
+/// Longest member id the broker looks up; longer ones are unknown ids.
+pub const MEMBER_ID_BYTES_MAX: usize = 255;
+/// The session reaper looks at the clock at least this often.
+pub const REAPER_TICK_MAX: Duration = Duration::from_secs(1);
 
 /// What the coordinator tells a member's delivery task.
 #[derive(Debug)]

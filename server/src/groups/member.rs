@@ -17,7 +17,10 @@
 //! 3. Messages are read only when the stream has room for another event (a bounded
 //!    channel that tonic drains as HTTP/2 flow control allows), so a slow consumer
 //!    holds at most [`SUBSCRIBE_QUEUE_EVENTS`] batches in memory and a rebalance is
-//!    never stuck behind a full stream.
+//!    never stuck behind a full stream. The owned partitions are read by
+//!    [`read_round`], the loop every Subscribe uses: partitions take turns, a batch
+//!    fills from several of them within the byte and message budget (only a batch's
+//!    first message may be over it), and a position moves only past what was sent.
 //!
 //! When the stream ends (the client went away, another stream took over the member,
 //! the topic was deleted, the broker shuts down, or an error), the task commits its
@@ -32,21 +35,22 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tidelog_proto::v1::subscribe_response::Event;
-use tidelog_proto::v1::{
-    Assignment, MessageBatch, PartitionPosition, PositionReset, ResetPolicy, ResetReason,
-    SubscribeResponse,
-};
-use tidelog_storage::{Error, Partition, Topic};
+use tidelog_proto::v1::{Assignment, PositionReset, ResetPolicy, ResetReason, SubscribeResponse};
+use tidelog_storage::{Error, Topic};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::{Interval, MissedTickBehavior};
 use tonic::Status;
 
 use super::coordinator::{Control, GroupCoordinator, Joined};
-use super::{FINAL_STATUS_WAIT, IDLE_BACKOFF};
 use crate::AppState;
 use crate::convert;
-use crate::read::{ReadLimits, SUBSCRIBE_QUEUE_EVENTS};
+use crate::read::{Batching, Cursor, ReadLimits, Round, SUBSCRIBE_QUEUE_EVENTS, read_round};
+
+/// Pause before looking again at a poisoned partition that woke a reader without data.
+pub const IDLE_BACKOFF: Duration = Duration::from_millis(100);
+/// How long an ending member stream waits for room to send its final status.
+pub const FINAL_STATUS_WAIT: Duration = Duration::from_secs(5);
 
 /// How a member reads, from its SubscribeRequest (validated by the caller).
 #[derive(Debug, Clone, Copy)]
@@ -67,9 +71,8 @@ pub(crate) type Sender = mpsc::Sender<Result<SubscribeResponse, Status>>;
 /// A partition this member reads, with the lease that makes it the only reader.
 #[derive(Debug)]
 struct Owned {
-    partition: Arc<Partition>,
-    /// Offset of the next message to send.
-    position: u64,
+    /// The partition and the offset of the next message to send.
+    cursor: Cursor,
     /// What the offsets store holds for the group, as far as this task knows; an
     /// auto-commit writes only positions that differ.
     committed: Option<u64>,
@@ -113,8 +116,9 @@ pub(crate) struct MemberTask {
     data_ready: bool,
     /// Woken without data (a poisoned partition): wait a moment before looking again.
     backoff: bool,
-    /// Rotates the partition read first, so a busy partition cannot starve others.
-    cursor: usize,
+    /// The partition read first next time (an index into `owned`, see
+    /// [`read_round`]), so a busy partition cannot starve others.
+    turn: usize,
 }
 
 impl MemberTask {
@@ -143,7 +147,7 @@ impl MemberTask {
             events: VecDeque::new(),
             data_ready: false,
             backoff: false,
-            cursor: 0,
+            turn: 0,
         }
     }
 
@@ -416,8 +420,7 @@ impl MemberTask {
         self.owned.insert(
             partition,
             Owned {
-                partition: log,
-                position,
+                cursor: Cursor::new(log, position),
                 committed,
                 _lease: permit,
             },
@@ -492,91 +495,72 @@ impl MemberTask {
             }
             return Ok(());
         }
-        let (batch, bytes) = self.read_batch()?;
-        if batch.messages.is_empty() {
-            if self.events.is_empty() {
-                self.data_ready = false;
+        let mut cursors: Vec<&mut Cursor> =
+            self.owned.values_mut().map(|o| &mut o.cursor).collect();
+        let round = read_round(
+            &mut cursors,
+            &mut self.turn,
+            self.settings.limits,
+            Batching::Fill,
+        );
+        match round.map_err(|error| self.read_error(&error))? {
+            Round::Batch { batch, .. } if batch.messages.is_empty() => {
+                if self.events.is_empty() {
+                    self.data_ready = false;
+                }
             }
-            return Ok(());
+            Round::Batch { batch, bytes } => {
+                self.app
+                    .metrics
+                    .fetched(self.topic.name(), batch.messages.len() as u64, bytes);
+                permit.send(Ok(SubscribeResponse {
+                    event: Some(Event::Batch(batch)),
+                }));
+            }
+            Round::OutOfRange {
+                partition,
+                requested,
+                log_start,
+                end,
+            } => {
+                let reason = if requested < log_start {
+                    ResetReason::BelowLogStart
+                } else {
+                    ResetReason::AboveEndOffset
+                };
+                let to = self.reset(partition, Some(requested), log_start, end, reason)?;
+                if let Some(owned) = self.owned.get_mut(&partition) {
+                    owned.cursor.position = to;
+                }
+                // Read it again after its PositionReset event has gone out.
+            }
         }
-        self.app
-            .metrics
-            .fetched(self.topic.name(), batch.messages.len() as u64, bytes);
-        permit.send(Ok(SubscribeResponse {
-            event: Some(Event::Batch(batch)),
-        }));
         Ok(())
     }
 
-    /// Reads up to the batch limits from the owned partitions, round robin.
-    fn read_batch(&mut self) -> Result<(MessageBatch, u64), Status> {
-        let mut batch = MessageBatch::default();
-        let mut messages_left = self.settings.limits.max_messages;
-        let mut bytes_left = self.settings.limits.max_bytes;
-        let mut bytes_read = 0u64;
-        let mut order: Vec<u32> = self.owned.keys().copied().collect();
-        if !order.is_empty() {
-            let start = self.cursor % order.len();
-            order.rotate_left(start);
-            self.cursor = self.cursor.wrapping_add(1);
+    /// The status that ends the stream after a failed read.
+    fn read_error(&self, error: &Error) -> Status {
+        match error {
+            Error::TopicDeleted { .. } => self.topic_deleted(),
+            error => convert::status(error),
         }
-        for partition in order {
-            if messages_left == 0 || bytes_left == 0 {
-                break;
-            }
-            let Some(owned) = self.owned.get_mut(&partition) else {
-                continue;
-            };
-            let (log_start, end) = (owned.partition.log_start(), owned.partition.end_offset());
-            if owned.position == end && owned.position >= log_start {
-                continue;
-            }
-            match owned
-                .partition
-                .read(owned.position, messages_left, bytes_left)
-            {
-                Ok(read) => {
-                    owned.position = read.next_offset;
-                    batch.positions.push(PartitionPosition {
-                        partition,
-                        next_offset: read.next_offset,
-                        end_offset: read.end_offset,
-                    });
-                    for record in read.records {
-                        let size = record.payload_bytes();
-                        bytes_left = bytes_left.saturating_sub(size);
-                        bytes_read += size;
-                        messages_left = messages_left.saturating_sub(1);
-                        batch
-                            .messages
-                            .push(convert::consumed_message(partition, record));
-                    }
-                }
-                Err(Error::OffsetOutOfRange { log_start, end, .. }) => {
-                    let from = owned.position;
-                    let reason = if from < log_start {
-                        ResetReason::BelowLogStart
-                    } else {
-                        ResetReason::AboveEndOffset
-                    };
-                    let to = self.reset(partition, Some(from), log_start, end, reason)?;
-                    if let Some(owned) = self.owned.get_mut(&partition) {
-                        owned.position = to;
-                    }
-                    // Read it next round, after its PositionReset event has gone out.
-                }
-                Err(error) => return Err(convert::status(&error)),
-            }
-        }
-        Ok((batch, bytes_read))
+    }
+
+    fn topic_deleted(&self) -> Status {
+        Status::not_found(format!(
+            "topic {:?} was deleted; group {:?} stopped reading it",
+            self.topic.name(),
+            self.group_id
+        ))
     }
 
     /// A partition woke the task. Either data arrived, or the partition ended
     /// (deleted topic, broker closing) or is poisoned: tell which.
     fn on_data_signal(&mut self) -> Result<(), Status> {
         let has_data = self.owned.values().any(|o| {
-            let (log_start, end) = (o.partition.log_start(), o.partition.end_offset());
-            o.position != end || o.position < log_start
+            let partition = &o.cursor.partition;
+            let (log_start, end) = (partition.log_start(), partition.end_offset());
+            o.cursor.position != end || o.cursor.position < log_start
         });
         if has_data {
             self.data_ready = true;
@@ -588,16 +572,12 @@ impl MemberTask {
             .topic(self.topic.name())
             .is_ok_and(|current| current.is_same_topic(&self.topic));
         if !same_topic {
-            return Err(Status::not_found(format!(
-                "topic {:?} was deleted; group {:?} stopped reading it",
-                self.topic.name(),
-                self.group_id
-            )));
+            return Err(self.topic_deleted());
         }
         if self
             .owned
             .values()
-            .any(|o| o.partition.poisoned().is_some())
+            .any(|o| o.cursor.partition.poisoned().is_some())
         {
             // Durable data stays readable, but no new data will come until a restart;
             // look again now and then instead of spinning on the wake-up.
@@ -620,11 +600,11 @@ impl MemberTask {
             .iter()
             .filter_map(|p| {
                 let owned = self.owned.get(p)?;
-                (owned.committed != Some(owned.position)).then(|| {
+                (owned.committed != Some(owned.cursor.position)).then(|| {
                     (
                         self.topic.name().to_string(),
                         *p,
-                        owned.position,
+                        owned.cursor.position,
                         String::new(),
                     )
                 })
@@ -678,7 +658,7 @@ async fn handover_deadline(revoking: &BTreeMap<u32, Revoking>) {
 fn any_data(owned: &BTreeMap<u32, Owned>) -> impl Future<Output = ()> + '_ {
     std::future::poll_fn(move |cx| {
         for o in owned.values() {
-            let mut wait = o.partition.wait_for_data(o.position);
+            let mut wait = o.cursor.partition.wait_for_data(o.cursor.position);
             if Pin::new(&mut wait).poll(cx).is_ready() {
                 return Poll::Ready(());
             }

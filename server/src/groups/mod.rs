@@ -51,9 +51,10 @@ pub use coordinator::{
 };
 pub use service::GroupsService;
 
-/// Longest session timeout a member may ask for; longer requests are capped. A
-/// member kept this long after its stream ended blocks its partitions that long.
-pub const SESSION_TIMEOUT_MS_MAX: u64 = 5 * 60 * 1000;
+// The limits of groups. Those the coordinator and the member task apply are defined
+// beside them (so neither imports this module back) and shown here.
+pub use coordinator::{MEMBER_ID_BYTES_MAX, REAPER_TICK_MAX, SESSION_TIMEOUT_MS_MAX};
+pub use member::{FINAL_STATUS_WAIT, IDLE_BACKOFF};
 /// Longest handover window a member may ask for (`handover_timeout_ms`); longer
 /// requests are capped. A member that stops reading keeps its revoked partitions from
 /// their next owner this long.
@@ -61,16 +62,8 @@ pub const HANDOVER_TIMEOUT_MS_MAX: u64 = 60 * 1000;
 /// Shortest auto-commit interval; shorter requests are raised to it, so one member
 /// cannot turn the offsets log into an fsync loop.
 pub const AUTO_COMMIT_INTERVAL_MS_MIN: u64 = 10;
-/// Longest member id the broker looks up; longer ones are unknown ids.
-pub const MEMBER_ID_BYTES_MAX: usize = 255;
 /// Longest client_id a member may give.
 pub const CLIENT_ID_BYTES_MAX: usize = 255;
-/// The session reaper looks at the clock at least this often.
-pub const REAPER_TICK_MAX: Duration = Duration::from_secs(1);
-/// Pause before looking again at a poisoned partition that woke a reader without data.
-pub const IDLE_BACKOFF: Duration = Duration::from_millis(100);
-/// How long an ending member stream waits for room to send its final status.
-pub const FINAL_STATUS_WAIT: Duration = Duration::from_secs(5);
 
 /// The events of one group member's Subscribe stream.
 pub type MemberStream = Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Status>> + Send>>;

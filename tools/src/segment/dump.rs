@@ -220,7 +220,7 @@ fn dump_log(
     let progress = if std::io::stdout().is_terminal() {
         indicatif::ProgressBar::hidden()
     } else {
-        super::byte_progress(data.len() as u64, "dumping")
+        super::progress::byte_progress(data.len() as u64, "dumping")
     };
     let mut position = 0usize;
     let mut expected = base;

@@ -10,12 +10,11 @@
 mod check;
 mod dump;
 mod layout;
+mod progress;
 mod repair;
 
-use std::io::IsTerminal;
 use std::path::Path;
 
-use indicatif::ProgressBar;
 use serde_json::{Value, json};
 
 use crate::cli::SegmentCommand;
@@ -23,6 +22,7 @@ use crate::error::{CliError, CliResult};
 use crate::output::{Stdout, note};
 use crate::units::format_bytes;
 use check::{Finding, Severity, check_offsets_log, check_partition, count};
+use progress::{byte_progress, total_log_bytes};
 
 pub fn run(command: SegmentCommand, json: bool) -> CliResult<()> {
     match command {
@@ -30,27 +30,6 @@ pub fn run(command: SegmentCommand, json: bool) -> CliResult<()> {
         SegmentCommand::Verify(args) => verify(&args.dir, json),
         SegmentCommand::Repair(args) => repair::run(&args, json),
     }
-}
-
-/// A progress bar over `total` bytes on stderr, hidden unless stderr is a terminal.
-pub(crate) fn byte_progress(total: u64, label: &str) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total);
-    bar.set_style(crate::output::byte_progress_style(&format!("{label} ")));
-    bar
-}
-
-fn total_log_bytes(dirs: &[std::path::PathBuf]) -> u64 {
-    dirs.iter()
-        .filter_map(|d| std::fs::read_dir(d).ok())
-        .flatten()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum()
 }
 
 fn plural(n: usize, word: &str) -> String {

@@ -24,6 +24,7 @@ use super::check::{
     Finding, OffsetsLogCheck, PartitionCheck, Severity, check_offsets_log, check_partition,
 };
 use super::layout;
+use super::progress::{byte_progress, total_log_bytes};
 use crate::cli::RepairArgs;
 use crate::error::{CliError, CliResult};
 use crate::output::{Stdout, note};
@@ -282,7 +283,7 @@ pub fn run(args: &RepairArgs, json: bool) -> CliResult<()> {
             "stop it first: repair must not change files the broker has open",
         ));
     }
-    let progress = super::byte_progress(super::total_log_bytes(&layout.partitions), "checking");
+    let progress = byte_progress(total_log_bytes(&layout.partitions), "checking");
     let mut plans = Vec::new();
     for partition in &layout.partitions {
         let check = check_partition(partition, |bytes| progress.inc(bytes))?;

@@ -1,0 +1,657 @@
+//! `tidelog consume --group`: `Subscribe` as a group member; the broker assigns
+//! partitions and starts at the committed offsets. What is printed is committed with
+//! the member's generation after each printed batch, when a rebalance takes partitions
+//! away (inside the broker's handover window), and before leaving.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tidelog_proto::v1::{
+    CommitOffsetsRequest, FetchOffsetsRequest, GroupMembership, ResetPolicy, SubscribeRequest,
+    TopicPartitionOffset, subscribe_response,
+};
+
+use super::damage::{DAMAGE_TODO, past_damaged_batch, probe_damage};
+use super::printer::Printer;
+use super::start::{offsets_for_time, reset_note, reset_policy};
+use super::stream::{Reconnect, StopSignal, next_status_event, reconnectable, stream_error};
+use crate::cli::{ConsumeArgs, StartAt};
+use crate::client::Broker;
+use crate::error::{CliError, CliResult};
+use crate::output::note;
+use crate::topic::describe;
+
+/// Without `--follow`, a group member stops after this long without any event even
+/// if positions could not prove it caught up (expired messages at the end of a
+/// partition leave gaps no message fills).
+const QUIET_SPELL: Duration = Duration::from_secs(2);
+/// How long the broker keeps a partition a rebalance takes from this member, waiting
+/// for the commit of what was printed, before its next owner starts anyway.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Shown to the broker as the member's client id.
+const CLIENT_ID: &str = "tidelog-cli";
+
+/// A group member's view of its partitions.
+#[derive(Debug, Default)]
+struct Member {
+    member_id: String,
+    generation: u64,
+    assigned: Vec<u32>,
+    /// Next offset per partition, as far as known (committed, reset, or printed).
+    position: BTreeMap<u32, u64>,
+    /// End offsets seen at the last assignment (the target without --follow).
+    end: BTreeMap<u32, u64>,
+    /// Offsets to commit: where reading goes on after what was printed (the batch's
+    /// position, past expired messages, when the whole batch was printed).
+    printed: BTreeMap<u32, u64>,
+    committed: BTreeMap<u32, u64>,
+    /// Partitions that reached `--until`: nothing more of them is printed.
+    finished: std::collections::BTreeSet<u32>,
+}
+
+impl Member {
+    fn caught_up(&self) -> bool {
+        self.assigned.iter().all(|p| {
+            matches!((self.position.get(p), self.end.get(p)), (Some(pos), Some(end)) if pos >= end)
+        })
+    }
+
+    /// Every assigned partition reached `--until`.
+    fn all_finished(&self) -> bool {
+        !self.assigned.is_empty() && self.assigned.iter().all(|p| self.finished.contains(p))
+    }
+}
+
+pub(super) async fn consume_group(
+    broker: &Broker,
+    args: &ConsumeArgs,
+    group: &str,
+    printer: &mut Printer,
+) -> CliResult<()> {
+    let context = format!("consuming topic {:?} as group {group:?}", args.topic);
+    let join = |member_id: String| SubscribeRequest {
+        topic: args.topic.clone(),
+        partitions: vec![],
+        start: None,
+        group: Some(GroupMembership {
+            group_id: group.to_string(),
+            member_id,
+            session_timeout_ms: 0,
+            auto_commit_interval_ms: 0,
+            client_id: CLIENT_ID.into(),
+            handover_timeout_ms: HANDOVER_TIMEOUT.as_millis() as u64,
+        }),
+        reset_policy: reset_policy(args.offset_reset) as i32,
+        max_batch_messages: 0,
+        max_batch_bytes: 0,
+        ..SubscribeRequest::default()
+    };
+    // --from with a group: where partitions without a committed offset start
+    // (kafka-console-consumer's --from-beginning), as the reset policy for earliest
+    // and latest, or committed before joining for an offset or a time.
+    let policy = match args.from {
+        Some(StartAt::Earliest) => ResetPolicy::Earliest,
+        Some(StartAt::Latest) => ResetPolicy::Latest,
+        Some(start) => {
+            seed_group_start(broker, group, &args.topic, start).await?;
+            reset_policy(args.offset_reset)
+        }
+        None => reset_policy(args.offset_reset),
+    };
+    let join = |member_id: String| SubscribeRequest {
+        reset_policy: policy as i32,
+        ..join(member_id)
+    };
+    let mut stream = broker
+        .consumer()
+        .subscribe(join(String::new()))
+        .await
+        .map_err(|s| broker.error(&context, &s))?
+        .into_inner();
+    let mut member = Member::default();
+    let mut stop = StopSignal::new();
+    let mut backoff = Reconnect::default();
+    let outcome = loop {
+        if !args.follow && !member.member_id.is_empty() && member.caught_up() {
+            break Ok(());
+        }
+        if member.all_finished() {
+            break Ok(());
+        }
+        let event = tokio::select! {
+            event = next_status_event(&mut stream) => event,
+            _ = tokio::time::sleep(QUIET_SPELL), if !args.follow && !member.member_id.is_empty() => break Ok(()),
+            _ = stop.recv() => break Ok(()),
+        };
+        match event {
+            // The broker ended the stream (and the membership): every printed batch
+            // was committed when it was printed.
+            Err(status) if status.code() == tonic::Code::DataLoss => {
+                break Err(group_damage_error(broker, group, &args.topic, &member, &status).await);
+            }
+            Err(status) if args.follow && reconnectable(&status) => {
+                // The broker restarted: join again (the same member id, which the
+                // broker keeps or treats as a first join) once it is back.
+                printer.out.flush()?;
+                backoff.lost(&status);
+                let rejoined = loop {
+                    if !backoff.wait(&mut stop).await {
+                        break None;
+                    }
+                    match broker
+                        .consumer()
+                        .subscribe(join(member.member_id.clone()))
+                        .await
+                    {
+                        Ok(stream) => break Some(stream.into_inner()),
+                        Err(status) if reconnectable(&status) => {}
+                        Err(status) => {
+                            return Err(broker.error(&context, &status));
+                        }
+                    }
+                };
+                match rejoined {
+                    Some(rejoined) => {
+                        stream = rejoined;
+                        continue;
+                    }
+                    None => break Ok(()),
+                }
+            }
+            Err(status) => break Err(stream_error(broker, &context, &status, true)),
+            Ok(None) => break Ok(()),
+            Ok(Some(subscribe_response::Event::Assignment(assignment))) => {
+                backoff.connected();
+                hand_over(broker, group, &args.topic, &mut member, &assignment).await;
+                if let Err(e) =
+                    on_assignment(broker, group, &args.topic, &mut member, assignment).await
+                {
+                    break Err(e);
+                }
+            }
+            Ok(Some(subscribe_response::Event::PositionReset(reset))) => {
+                reset_note(&reset);
+                member.position.insert(reset.partition, reset.to_offset);
+                // Where the group reads next: committed with what is printed, so a
+                // group that starts at `latest` goes on from there next time.
+                member.printed.insert(reset.partition, reset.to_offset);
+            }
+            // Only plain streams that ask for it get one.
+            Ok(Some(subscribe_response::Event::Positioned(_))) => {}
+            Ok(Some(subscribe_response::Event::Batch(batch))) => {
+                let mut stop = false;
+                // Partitions of this batch not printed to their end (--until).
+                let mut cut = std::collections::BTreeSet::new();
+                for m in &batch.messages {
+                    if member.finished.contains(&m.partition) {
+                        cut.insert(m.partition);
+                        continue;
+                    }
+                    if printer.past_until(m) {
+                        member.finished.insert(m.partition);
+                        cut.insert(m.partition);
+                        continue;
+                    }
+                    if let Err(e) = printer.print(m) {
+                        // Commit what did reach the reader, then report.
+                        final_commit(broker, group, &args.topic, &mut member, printer).await;
+                        return Err(e);
+                    }
+                    member.position.insert(m.partition, m.offset + 1);
+                    member.printed.insert(m.partition, m.offset + 1);
+                    if printer.done() {
+                        stop = true;
+                        break;
+                    }
+                }
+                if stop {
+                    break Ok(());
+                }
+                // Printed to the batch's end: go on (and commit) from where the broker
+                // says the partition stands, past expired messages never delivered,
+                // not from "last offset + 1".
+                for position in &batch.positions {
+                    if cut.contains(&position.partition)
+                        || !member.assigned.contains(&position.partition)
+                    {
+                        continue;
+                    }
+                    member
+                        .position
+                        .insert(position.partition, position.next_offset);
+                    member
+                        .printed
+                        .insert(position.partition, position.next_offset);
+                    if printer.reached_until(position.next_offset) {
+                        member.finished.insert(position.partition);
+                    }
+                }
+                // Unknown how much of a failed flush reached the reader: leave it
+                // uncommitted (delivered again rather than lost).
+                printer.out.flush()?;
+                // Printed: commit now, so an error, a crash or a rebalance a moment
+                // later does not deliver these again.
+                let assigned = member.assigned.clone();
+                if let Err(refused) =
+                    commit(broker, group, &args.topic, &mut member, &assigned).await
+                {
+                    // FAILED_PRECONDITION: a rebalance is under way; the commit made
+                    // when its Assignment arrives covers these messages.
+                    if refused.code != tonic::Code::FailedPrecondition {
+                        commit_warning(&refused.error);
+                    }
+                }
+            }
+        }
+    };
+    final_commit(broker, group, &args.topic, &mut member, printer).await;
+    outcome
+}
+
+/// `--from OFFSET|TIME` with a group: commits that start, as a tool, for the
+/// partitions the group has no committed offset for, before joining. A group with
+/// live members refuses a tool's commit: then --from does not apply (said on stderr)
+/// and those partitions start by --offset-reset.
+async fn seed_group_start(
+    broker: &Broker,
+    group: &str,
+    topic: &str,
+    start: StartAt,
+) -> CliResult<()> {
+    let context = format!("starting group {group:?} on topic {topic:?}");
+    let committed: std::collections::BTreeSet<u32> = broker
+        .groups()
+        .fetch_offsets(FetchOffsetsRequest {
+            group_id: group.to_string(),
+            topic: Some(topic.to_string()),
+        })
+        .await
+        .map_err(|s| broker.error(&context, &s))?
+        .into_inner()
+        .offsets
+        .into_iter()
+        .map(|c| c.partition)
+        .collect();
+    let description = describe(broker, topic).await?.unwrap_or_default();
+    let fresh: Vec<u32> = description
+        .partitions
+        .iter()
+        .map(|p| p.partition)
+        .filter(|p| !committed.contains(p))
+        .collect();
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    let by_time = match start {
+        StartAt::TimestampMs(ms) => Some(offsets_for_time(broker, topic, &fresh, ms).await?),
+        _ => None,
+    };
+    let offsets: Vec<TopicPartitionOffset> = description
+        .partitions
+        .iter()
+        .filter(|p| fresh.contains(&p.partition))
+        .map(|p| {
+            let offset = match start {
+                StartAt::Offset(o) => o.clamp(p.log_start_offset, p.end_offset),
+                _ => by_time
+                    .as_ref()
+                    .and_then(|m| m.get(&p.partition).copied())
+                    .unwrap_or(p.end_offset),
+            };
+            TopicPartitionOffset {
+                topic: topic.to_string(),
+                partition: p.partition,
+                offset,
+                metadata: String::new(),
+            }
+        })
+        .collect();
+    let committed = broker
+        .groups()
+        .commit_offsets(CommitOffsetsRequest {
+            group_id: group.to_string(),
+            member_id: String::new(),
+            generation: None,
+            offsets,
+        })
+        .await;
+    match committed {
+        Ok(_) => Ok(()),
+        Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+            note(&format!(
+                "note: group {group} has live members, so --from does not apply; partitions \
+                 without a committed offset start by --offset-reset"
+            ));
+            Ok(())
+        }
+        Err(status) => Err(broker.error(&context, &status)),
+    }
+}
+
+/// A group member's stream ended with DATA_LOSS: name the damaged partition and
+/// offset, and how the group gets past it (the broker ends the whole membership, so
+/// the other partitions wait for a group that no longer reads the damaged one).
+async fn group_damage_error(
+    broker: &Broker,
+    group: &str,
+    topic: &str,
+    member: &Member,
+    status: &tonic::Status,
+) -> CliError {
+    let positions: BTreeMap<u32, u64> = member
+        .assigned
+        .iter()
+        .filter_map(|p| member.position.get(p).map(|&o| (*p, o)))
+        .collect();
+    let found = probe_damage(broker, topic, &positions).await;
+    let Some(damage) = found.first() else {
+        return broker.error(
+            &format!("consuming topic {topic:?} as group {group:?}"),
+            status,
+        );
+    };
+    CliError::failure(
+        format!(
+            "partition {} of topic {topic:?} could not be read past offset {}: the batch there \
+             is damaged (DATA_LOSS: {}); what was printed before it is committed",
+            damage.partition, damage.offset, damage.cause
+        ),
+        format!(
+            "{DAMAGE_TODO}; to skip it, move the group past the damaged batch: `tidelog group \
+             reset-offsets --group {group} --topic {topic}:{} --to-offset {} --execute`",
+            damage.partition,
+            past_damaged_batch(&damage.cause).map_or("OFFSET".to_string(), |o| o.to_string())
+        ),
+    )
+    .with_code(tonic::Code::DataLoss)
+}
+
+/// Before leaving the group: flush what was printed and commit it. A failure is a
+/// warning (the messages will be delivered again).
+async fn final_commit(
+    broker: &Broker,
+    group: &str,
+    topic: &str,
+    member: &mut Member,
+    printer: &mut Printer,
+) {
+    // Only what reached the reader counts as printed.
+    if printer.out.flush().is_err() {
+        return;
+    }
+    let assigned = member.assigned.clone();
+    match commit(broker, group, topic, member, &assigned).await {
+        Ok(_) => {}
+        // The broker ended the membership (a stream that ended with an error takes the
+        // member with it, even when its last batch arrived just before): commit as a
+        // tool, which the broker accepts only while the group has no live member.
+        Err(refused) if refused.code == tonic::Code::FailedPrecondition => {
+            if let Err(refused) = commit_as_tool(broker, group, topic, member).await {
+                commit_warning(&refused.error);
+            }
+        }
+        Err(refused) => commit_warning(&refused.error),
+    }
+}
+
+/// Commits, without a member id, what this former member printed and did not commit,
+/// where that moves the group's offset forward (another member that had the partition
+/// since may have committed past it). The broker refuses it while the group has live
+/// members: then their committed offsets stand.
+async fn commit_as_tool(
+    broker: &Broker,
+    group: &str,
+    topic: &str,
+    member: &Member,
+) -> Result<(), Refused> {
+    let refused = |status: tonic::Status| Refused {
+        code: status.code(),
+        error: broker.error(&format!("committing offsets of group {group:?}"), &status),
+    };
+    let current: BTreeMap<u32, u64> = broker
+        .groups()
+        .fetch_offsets(FetchOffsetsRequest {
+            group_id: group.to_string(),
+            topic: Some(topic.to_string()),
+        })
+        .await
+        .map_err(refused)?
+        .into_inner()
+        .offsets
+        .into_iter()
+        .map(|c| (c.partition, c.offset))
+        .collect();
+    let offsets: Vec<TopicPartitionOffset> = member
+        .printed
+        .iter()
+        .filter(|(p, offset)| current.get(p).is_none_or(|c| c < offset))
+        .map(|(&partition, &offset)| TopicPartitionOffset {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            metadata: String::new(),
+        })
+        .collect();
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    broker
+        .groups()
+        .commit_offsets(CommitOffsetsRequest {
+            group_id: group.to_string(),
+            member_id: String::new(),
+            generation: None,
+            offsets,
+        })
+        .await
+        .map_err(refused)?;
+    Ok(())
+}
+
+/// A new Assignment arrived: every message of the partitions it takes away came
+/// before it and was printed. Commit them in the new generation while the broker
+/// keeps them for this member (its handover window), which also hands them over, so
+/// their next owner starts right after what was printed.
+async fn hand_over(
+    broker: &Broker,
+    group: &str,
+    topic: &str,
+    member: &mut Member,
+    assignment: &tidelog_proto::v1::Assignment,
+) {
+    let previous = std::mem::take(&mut member.assigned);
+    let revoked: Vec<u32> = previous
+        .iter()
+        .filter(|p| !assignment.partitions.contains(p))
+        .copied()
+        .collect();
+    member.generation = assignment.generation;
+    if member.member_id.is_empty() || revoked.is_empty() {
+        member.assigned = previous;
+        return;
+    }
+    // Still assigned and revoked alike: one commit, all or nothing.
+    let mut scope = previous.clone();
+    scope.extend(assignment.partitions.iter().copied());
+    scope.sort_unstable();
+    scope.dedup();
+    let outcome = match commit(broker, group, topic, member, &scope).await {
+        Ok(0) => {
+            // Nothing new to commit: an empty commit ends the window at once.
+            empty_commit(broker, group, member).await
+        }
+        Ok(_) => Ok(0),
+        Err(refused) if refused.code == tonic::Code::FailedPrecondition => {
+            // The window has ended (or a newer rebalance happened): keep what is
+            // still ours.
+            note(&format!(
+                "warning: partition{} {} moved to another member before the printed messages were committed; they will be delivered again",
+                if revoked.len() == 1 { "" } else { "s" },
+                revoked
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            match commit(broker, group, topic, member, &assignment.partitions).await {
+                Ok(0) => empty_commit(broker, group, member).await,
+                other => other,
+            }
+        }
+        Err(refused) => Err(refused),
+    };
+    if let Err(refused) = outcome
+        && refused.code != tonic::Code::FailedPrecondition
+    {
+        commit_warning(&refused.error);
+    }
+    // Another member owns them now: should one come back, start from the group's
+    // committed offset, not from what this member printed long ago.
+    for partition in &revoked {
+        member.printed.remove(partition);
+        member.position.remove(partition);
+        member.committed.remove(partition);
+    }
+    member.assigned = previous;
+}
+
+/// A commit with no offsets: tells the broker this member saw its latest Assignment,
+/// which ends its handover window.
+async fn empty_commit(broker: &Broker, group: &str, member: &Member) -> Result<usize, Refused> {
+    let request = CommitOffsetsRequest {
+        group_id: group.to_string(),
+        member_id: member.member_id.clone(),
+        generation: Some(member.generation),
+        offsets: Vec::new(),
+    };
+    match broker.groups().commit_offsets(request).await {
+        Ok(_) => Ok(0),
+        // A broker without handover windows has nothing to end.
+        Err(status) if status.code() == tonic::Code::InvalidArgument => Ok(0),
+        Err(status) => Err(Refused {
+            code: status.code(),
+            error: broker.error(&format!("committing offsets of group {group:?}"), &status),
+        }),
+    }
+}
+
+/// Takes a new assignment: where each partition stands and where it ends.
+async fn on_assignment(
+    broker: &Broker,
+    group: &str,
+    topic: &str,
+    member: &mut Member,
+    assignment: tidelog_proto::v1::Assignment,
+) -> CliResult<()> {
+    member.member_id = assignment.member_id;
+    member.generation = assignment.generation;
+    member.assigned = assignment.partitions;
+    let description = describe(broker, topic).await?;
+    member.end = description
+        .map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| (p.partition, p.end_offset))
+                .collect()
+        })
+        .unwrap_or_default();
+    let context = format!("fetching the committed offsets of group {group:?}");
+    let committed = broker
+        .groups()
+        .fetch_offsets(FetchOffsetsRequest {
+            group_id: group.to_string(),
+            topic: Some(topic.to_string()),
+        })
+        .await
+        .map_err(|s| broker.error(&context, &s))?
+        .into_inner()
+        .offsets;
+    for c in committed {
+        if member.assigned.contains(&c.partition) {
+            member.committed.insert(c.partition, c.offset);
+            let position = member.position.entry(c.partition).or_insert(c.offset);
+            *position = (*position).max(c.offset);
+        }
+    }
+    Ok(())
+}
+
+/// A commit the broker refused, with its status code.
+#[derive(Debug)]
+struct Refused {
+    code: tonic::Code,
+    error: CliError,
+}
+
+fn commit_warning(error: &CliError) {
+    note(&format!(
+        "warning: {}; the uncommitted messages will be delivered again",
+        error.message
+    ));
+}
+
+/// Commits, with the member's current generation, what was printed on `partitions`
+/// and not committed yet; returns how many partitions it committed.
+async fn commit(
+    broker: &Broker,
+    group: &str,
+    topic: &str,
+    member: &mut Member,
+    partitions: &[u32],
+) -> Result<usize, Refused> {
+    let offsets: Vec<TopicPartitionOffset> = member
+        .printed
+        .iter()
+        .filter(|(p, offset)| partitions.contains(p) && member.committed.get(p) != Some(offset))
+        .map(|(&partition, &offset)| TopicPartitionOffset {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            metadata: String::new(),
+        })
+        .collect();
+    if offsets.is_empty() || member.member_id.is_empty() {
+        return Ok(0);
+    }
+    let request = CommitOffsetsRequest {
+        group_id: group.to_string(),
+        member_id: member.member_id.clone(),
+        generation: Some(member.generation),
+        offsets: offsets.clone(),
+    };
+    match broker.groups().commit_offsets(request).await {
+        Ok(_) => {
+            let count = offsets.len();
+            for o in offsets {
+                member.committed.insert(o.partition, o.offset);
+            }
+            Ok(count)
+        }
+        Err(status) => Err(Refused {
+            code: status.code(),
+            error: broker.error(&format!("committing offsets of group {group:?}"), &status),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_is_caught_up_when_every_partition_reached_its_end() {
+        let mut member = Member {
+            assigned: vec![0, 1],
+            ..Member::default()
+        };
+        member.end.insert(0, 5);
+        member.end.insert(1, 0);
+        assert!(!member.caught_up());
+        member.position.insert(0, 5);
+        assert!(!member.caught_up(), "partition 1's position is unknown");
+        member.position.insert(1, 0);
+        assert!(member.caught_up());
+        member.assigned.clear();
+        assert!(member.caught_up());
+    }
+}

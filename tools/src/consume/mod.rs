@@ -1,0 +1,45 @@
+//! `tidelog consume`: print messages.
+//!
+//! Three ways to read, chosen by the flags:
+//! - no group, no `--follow`: unary `Fetch` per partition, from the start position up
+//!   to the end offsets seen at the start; exact and finite.
+//! - no group, `--follow`: one `Subscribe` stream from the start position.
+//! - `--group`: `Subscribe` as a group member; the broker assigns partitions and starts
+//!   at the committed offsets. What is printed is committed with the member's
+//!   generation after each printed batch (so a stream the broker ends with an error,
+//!   or a crash, repeats nothing that was committed), when a rebalance takes partitions
+//!   away (inside the broker's handover window, before the next owner starts), and
+//!   before leaving. Without `--follow` reading stops when every assigned partition
+//!   reached its end offset, or after a quiet spell.
+//!
+//! The module's parts, each importing only those before it: [`printer`] (formats),
+//! [`damage`] (DATA_LOSS), [`start`] (where reading starts), [`stream`] (a Subscribe
+//! stream: errors, reconnecting, signals), then the three ways to read: [`fetch`],
+//! [`follow`], [`group`].
+
+mod damage;
+mod fetch;
+mod follow;
+mod group;
+mod printer;
+mod start;
+mod stream;
+
+use crate::cli::ConsumeArgs;
+use crate::client::Broker;
+use crate::error::CliResult;
+
+pub async fn run(broker: &Broker, args: ConsumeArgs, json: bool) -> CliResult<()> {
+    let mut printer = printer::Printer::new(&args, json);
+    if args.count == Some(0) {
+        return Ok(());
+    }
+    let result = match (&args.group, args.follow) {
+        (Some(group), _) => group::consume_group(broker, &args, group, &mut printer).await,
+        (None, false) => fetch::consume_fetch(broker, &args, &mut printer).await,
+        (None, true) => follow::consume_follow(broker, &args, &mut printer).await,
+    };
+    // Whatever was printed reaches the reader even when reading failed.
+    let flushed = printer.out.flush();
+    result.and(flushed)
+}

@@ -1,0 +1,210 @@
+//! How `tidelog consume` prints a message: text (key, metadata and headers on
+//! request), base64 or JSON lines, and when printing is done (`-n`, `--until`).
+
+use serde_json::{Value, json};
+use tidelog_proto::v1::ConsumedMessage;
+use tidelog_storage::msgid;
+
+use crate::cli::{ConsumeArgs, Format, Until};
+use crate::error::CliResult;
+use crate::output::{Stdout, bytes_json};
+use crate::time::format_datetime_ms;
+
+/// Prints messages in the chosen format.
+pub(super) struct Printer {
+    pub(super) out: Stdout,
+    format: Format,
+    print_key: bool,
+    print_meta: bool,
+    print_headers: bool,
+    key_separator: Vec<u8>,
+    /// What follows each message in the text and base64 formats.
+    delimiter: Vec<u8>,
+    pub(super) printed: u64,
+    pub(super) limit: Option<u64>,
+    pub(super) until: Option<Until>,
+}
+
+impl Printer {
+    /// A printer of the flags' format (`json` forces JSON lines).
+    pub(super) fn new(args: &ConsumeArgs, json: bool) -> Self {
+        Printer {
+            out: Stdout::new(),
+            format: if json { Format::Json } else { args.format },
+            print_key: args.print_key,
+            print_meta: args.print_meta,
+            print_headers: args.print_headers,
+            key_separator: args.key_separator.as_bytes().to_vec(),
+            delimiter: args
+                .delimiter
+                .clone()
+                .map_or_else(|| b"\n".to_vec(), |d| d.0),
+            printed: 0,
+            limit: args.count,
+            until: args.until,
+        }
+    }
+
+    pub(super) fn done(&self) -> bool {
+        self.limit.is_some_and(|limit| self.printed >= limit)
+    }
+
+    /// Whether `m` is at or past `--until` (not printed; its partition is done).
+    pub(super) fn past_until(&self, m: &ConsumedMessage) -> bool {
+        match self.until {
+            None => false,
+            Some(Until::Offset(offset)) => m.offset >= offset,
+            Some(Until::TimestampMs(ms)) => m.timestamp_ms >= ms,
+        }
+    }
+
+    /// Whether a partition whose next offset is `next` has reached `--until OFFSET`.
+    pub(super) fn reached_until(&self, next: u64) -> bool {
+        matches!(self.until, Some(Until::Offset(offset)) if next >= offset)
+    }
+
+    pub(super) fn print(&mut self, m: &ConsumedMessage) -> CliResult<()> {
+        match self.format {
+            Format::Json => self.out.json(&message_json(m))?,
+            Format::Text | Format::Base64 => {
+                let base64 = self.format == Format::Base64;
+                let bytes = |b: &[u8]| -> Vec<u8> {
+                    if base64 {
+                        crate::output::base64(b).into_bytes()
+                    } else {
+                        b.to_vec()
+                    }
+                };
+                let mut line = Vec::with_capacity(m.value.len() + m.key.len() + 48);
+                if self.print_meta {
+                    line.extend_from_slice(
+                        format!(
+                            "{}:{} {}",
+                            m.partition,
+                            m.offset,
+                            format_datetime_ms(m.timestamp_ms)
+                        )
+                        .as_bytes(),
+                    );
+                    if !m.id.is_empty() {
+                        line.extend_from_slice(b" id=");
+                        line.extend_from_slice(msgid::display(&m.id).as_bytes());
+                    }
+                    line.push(b'\t');
+                }
+                if self.print_key {
+                    line.extend_from_slice(&bytes(&m.key));
+                    line.extend_from_slice(&self.key_separator);
+                }
+                if self.print_headers {
+                    line.extend_from_slice(headers_text(&m.headers).as_bytes());
+                    line.push(b'\t');
+                }
+                line.extend_from_slice(&bytes(&m.value));
+                line.extend_from_slice(&self.delimiter);
+                self.out.write(&line)?;
+            }
+        }
+        self.printed += 1;
+        Ok(())
+    }
+}
+
+/// Headers as one text field: `key=value` pairs joined by `,`, `-` for none. Bytes
+/// that are not UTF-8 become `\xNN`; `\`, `,`, `=`, tab and newline are escaped, so
+/// the field never splits a line or a pair.
+pub fn headers_text(headers: &[tidelog_proto::v1::Header]) -> String {
+    if headers.is_empty() {
+        return "-".into();
+    }
+    fn escape(bytes: &[u8], out: &mut String) {
+        for chunk in bytes.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    ',' => out.push_str("\\,"),
+                    '=' => out.push_str("\\="),
+                    '\t' => out.push_str("\\t"),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
+            }
+            for b in chunk.invalid() {
+                out.push_str(&format!("\\x{b:02x}"));
+            }
+        }
+    }
+    let mut out = String::new();
+    for (i, h) in headers.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        escape(h.key.as_bytes(), &mut out);
+        out.push('=');
+        escape(&h.value, &mut out);
+    }
+    out
+}
+
+/// One message as a JSON object: partition, offset, timestamp (ms), key (null when
+/// empty), value, headers (in order, keys may repeat), and the message id (its text
+/// form, `tidelog_storage::msgid`), deliver-at time and priority when it has them.
+pub fn message_json(m: &ConsumedMessage) -> Value {
+    let headers: Vec<Value> = m
+        .headers
+        .iter()
+        .map(|h| json!({"key": h.key, "value": bytes_json(&h.value)}))
+        .collect();
+    json!({
+        "partition": m.partition,
+        "offset": m.offset,
+        "timestamp": m.timestamp_ms,
+        "key": if m.key.is_empty() { Value::Null } else { bytes_json(&m.key) },
+        "value": bytes_json(&m.value),
+        "headers": headers,
+        "id": (!m.id.is_empty()).then(|| msgid::display(&m.id)),
+        "deliver_at_ms": m.deliver_at_ms,
+        "priority": m.priority,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use tidelog_proto::v1::Header;
+
+    #[test]
+    fn messages_become_json_lines() {
+        let m = ConsumedMessage {
+            partition: 1,
+            offset: 7,
+            timestamp_ms: 1_700_000_000_000,
+            expires_at_ms: None,
+            key: Bytes::new(),
+            value: Bytes::from_static(b"hello"),
+            headers: vec![Header {
+                key: "h".into(),
+                value: Bytes::from_static(&[0xff]),
+            }],
+            ..ConsumedMessage::default()
+        };
+        assert_eq!(
+            message_json(&m).to_string(),
+            r#"{"partition":1,"offset":7,"timestamp":1700000000000,"key":null,"value":"hello","headers":[{"key":"h","value":{"base64":"/w=="}}]}"#
+        );
+    }
+
+    #[test]
+    fn headers_become_one_escaped_text_field() {
+        let header = |key: &str, value: &[u8]| Header {
+            key: key.into(),
+            value: Bytes::copy_from_slice(value),
+        };
+        assert_eq!(headers_text(&[]), "-");
+        assert_eq!(
+            headers_text(&[header("a", b"1"), header("k=v", b"x,y\tz\n\xff\\")]),
+            "a=1,k\\=v=x\\,y\\tz\\n\\xff\\\\"
+        );
+    }
+}

@@ -1,0 +1,184 @@
+//! Living with a Subscribe stream: its next event, the error it ended with in the
+//! CLI's terms, reconnecting with backoff after the broker went away, Ctrl-C / SIGTERM,
+//! and `--until TIME` as a deadline.
+
+use std::time::Duration;
+
+use tidelog_proto::v1::subscribe_response;
+use tonic::Streaming;
+
+use super::start::OUT_OF_RANGE_TODO;
+use crate::cli::Until;
+use crate::client::Broker;
+use crate::error::CliError;
+use crate::output::note;
+use crate::terms::to_cli;
+
+/// The error for a stream the broker ended: an OUT_OF_RANGE under `--offset-reset
+/// error` says what to do in the CLI's flags instead of the RPCs the broker names.
+pub(super) fn stream_error(
+    broker: &Broker,
+    context: &str,
+    status: &tonic::Status,
+    group: bool,
+) -> CliError {
+    if status.code() != tonic::Code::OutOfRange {
+        return broker.error(context, status);
+    }
+    // The broker's message is "<what>; <what to do in RPC terms>": keep the first part.
+    let what = to_cli(status.message().split("; ").next().unwrap_or_default());
+    let what = what.trim_end_matches(" and --offset-reset is error");
+    let todo = if group {
+        "move the group's offsets with `tidelog group reset-offsets`, or let --offset-reset earliest or latest move the position"
+    } else {
+        OUT_OF_RANGE_TODO
+    };
+    CliError::failure(
+        format!("{context} failed: {what}, and --offset-reset is error"),
+        todo,
+    )
+    .with_code(tonic::Code::OutOfRange)
+}
+
+/// The next event of a stream, or the status that ended it; `Ok(None)` when it ended
+/// without one.
+pub(super) async fn next_status_event(
+    stream: &mut Streaming<tidelog_proto::v1::SubscribeResponse>,
+) -> Result<Option<subscribe_response::Event>, tonic::Status> {
+    loop {
+        if let Some(response) = stream.message().await? {
+            if let Some(event) = response.event {
+                return Ok(Some(event));
+            }
+        } else {
+            return Ok(None);
+        }
+    }
+}
+
+/// Whether a stream that ended with `status` is worth opening again after a pause:
+/// the broker went away (a restart, a lost connection) or is stopping. A partition
+/// recovery refused stays refused until an operator repairs it: not retried.
+pub(super) fn reconnectable(status: &tonic::Status) -> bool {
+    let message = status.message().to_ascii_lowercase();
+    let transport = [
+        "transport error",
+        "connection refused",
+        "connection reset",
+        "connection closed",
+        "broken pipe",
+        "error trying to connect",
+        "h2 protocol error",
+        "error reading a body",
+        "stream closed",
+    ]
+    .iter()
+    .any(|needle| message.contains(needle));
+    match status.code() {
+        tonic::Code::Unavailable => !message.contains("recovery refused"),
+        tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled => transport,
+        _ => false,
+    }
+}
+
+/// Reconnecting with backoff after the broker went away (`--follow`).
+#[derive(Debug, Default)]
+pub(super) struct Reconnect {
+    /// The pause before the next attempt; zero while connected.
+    delay: Duration,
+}
+
+impl Reconnect {
+    /// First pause; doubled after every failed attempt up to [`RECONNECT_DELAY_MAX`].
+    const FIRST: Duration = Duration::from_millis(100);
+
+    pub(super) fn is_retrying(&self) -> bool {
+        !self.delay.is_zero()
+    }
+
+    /// The stream ended with `status`: say so once and start backing off.
+    pub(super) fn lost(&mut self, status: &tonic::Status) {
+        if !self.is_retrying() {
+            note(&format!(
+                "warning: lost the broker ({}: {}); reconnecting with backoff (Ctrl-C stops)",
+                crate::error::code_name(status.code()),
+                to_cli(status.message())
+            ));
+            self.delay = Self::FIRST;
+        }
+    }
+
+    /// A stream delivered an event: connected again.
+    pub(super) fn connected(&mut self) {
+        if self.is_retrying() {
+            note("note: reconnected to the broker; reading on");
+            self.delay = Duration::ZERO;
+        }
+    }
+
+    /// Pauses before the next attempt; false when a stop signal came first.
+    pub(super) async fn wait(&mut self, stop: &mut StopSignal) -> bool {
+        let delay = self.delay.max(Self::FIRST);
+        self.delay = (delay * 2).min(RECONNECT_DELAY_MAX);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = stop.recv() => false,
+        }
+    }
+}
+
+/// The longest pause between two attempts to reach the broker again.
+const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(5);
+
+/// With `--until TIME` and `--follow`: the moment the clock passes TIME.
+pub(super) fn until_deadline(until: Option<Until>) -> Option<tokio::time::Instant> {
+    let Some(Until::TimestampMs(ms)) = until else {
+        return None;
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let left = u64::try_from(ms.saturating_sub(now_ms)).unwrap_or(0);
+    Some(tokio::time::Instant::now() + Duration::from_millis(left))
+}
+
+/// Sleeps until `deadline`, or forever without one.
+pub(super) async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Ctrl-C or SIGTERM: stop reading (a group member commits what it printed first).
+/// Listening starts when it is created, so a signal that arrives while a batch is
+/// being printed is not missed.
+pub(super) struct StopSignal {
+    interrupt: Option<tokio::signal::unix::Signal>,
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignal {
+    pub(super) fn new() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        StopSignal {
+            interrupt: signal(SignalKind::interrupt()).ok(),
+            terminate: signal(SignalKind::terminate()).ok(),
+        }
+    }
+
+    pub(super) async fn recv(&mut self) {
+        async fn on(signal: &mut Option<tokio::signal::unix::Signal>) {
+            match signal {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = on(&mut self.interrupt) => {}
+            _ = on(&mut self.terminate) => {}
+        }
+    }
+}
