@@ -3,7 +3,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`cli`] | the command tree (clap) and the parsing of every value |
-//! | [`topic`], [`produce`], [`consume`], [`group`] | commands that talk to the broker |
+//! | [`topic`], [`produce`], [`consume`], [`group`], [`queue`] | commands that talk to the broker |
 //! | [`segment`] | offline dump / verify / repair of a data directory |
 //! | [`bench`] | `tidelog bench produce / consume / e2e`: load with validation |
 //! | [`units`], [`time`], [`spec`], [`output`] | pure parsers and formatters |
@@ -20,6 +20,7 @@ mod error;
 mod group;
 mod output;
 mod produce;
+mod queue;
 mod segment;
 mod spec;
 mod time;
@@ -102,6 +103,7 @@ fn run(cli: Cli) -> CliResult<()> {
             Command::Produce(args) => produce::run(&broker, args, json).await,
             Command::Consume(args) => consume::run(&broker, args, json).await,
             Command::Group(command) => group::run(&broker, command, json).await,
+            Command::Queue(command) => queue::run(&broker, command, json).await,
             Command::Segment(_) | Command::Bench(_) => Ok(()),
         }
     })
@@ -137,6 +139,7 @@ fn validate(command: &Command) -> CliResult<()> {
                 _ => Ok(()),
             }
         }
+        Command::Queue(command) => queue::validate(command),
         _ => Ok(()),
     }
 }
