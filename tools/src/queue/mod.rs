@@ -18,6 +18,7 @@ mod consume;
 pub mod session;
 mod work;
 
+pub use admin::queue_json;
 pub use args::QueueCommand;
 
 use tonic::{Code, Status};
