@@ -85,6 +85,13 @@ pub enum Command {
     )]
     Broker(BrokerCommand),
 
+    /// Work queues: create and inspect them, consume with acks, run a command per message.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  tidelog queue create billing --topic orders --from earliest\n  tidelog queue describe billing\n  tidelog queue work billing --concurrency 4 -- ./charge.sh"
+    )]
+    Queue(crate::queue::QueueCommand),
+
     /// Offline tools for a data directory (stop tidelogd first): dump, verify, repair.
     #[command(
         subcommand,

@@ -6,6 +6,7 @@ use tidelog_proto::v1::admin_client::AdminClient;
 use tidelog_proto::v1::consumer_client::ConsumerClient;
 use tidelog_proto::v1::groups_client::GroupsClient;
 use tidelog_proto::v1::publisher_client::PublisherClient;
+use tidelog_proto::v1::queues_client::QueuesClient;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{CliError, CliResult, root_cause};
@@ -88,6 +89,12 @@ impl Broker {
 
     pub fn groups(&self) -> GroupsClient<Channel> {
         GroupsClient::new(self.channel.clone())
+            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+    }
+
+    pub fn queues(&self) -> QueuesClient<Channel> {
+        QueuesClient::new(self.channel.clone())
             .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
     }

@@ -3,7 +3,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`cli`] | the command tree (clap) and the parsing of every value |
-//! | [`topic`], [`produce`], [`consume`], [`group`], [`broker`] | commands that talk to the broker |
+//! | [`topic`], [`produce`], [`consume`], [`group`], [`broker`], [`queue`] | commands that talk to the broker |
 //! | [`segment`] | offline dump / verify / repair of a data directory |
 //! | [`bench`] | `tidelog bench produce / consume / e2e`: load with validation |
 //! | [`units`], [`time`], [`spec`], [`output`] | pure parsers and formatters |
@@ -23,6 +23,7 @@ mod error;
 mod group;
 mod output;
 mod produce;
+mod queue;
 mod segment;
 mod spec;
 mod terms;
@@ -142,6 +143,7 @@ fn run(cli: Cli) -> CliResult<()> {
             Command::Consume(args) => consume::run(&broker, args, json).await,
             Command::Group(command) => group::run(&broker, command, json).await,
             Command::Broker(command) => broker::run(&broker, command, json).await,
+            Command::Queue(command) => queue::run(&broker, command, json).await,
             Command::Segment(_) | Command::Bench(_) | Command::Completions(_) => Ok(()),
         }
     })
@@ -195,6 +197,7 @@ fn validate(command: &Command) -> CliResult<()> {
                 _ => Ok(()),
             }
         }
+        Command::Queue(command) => queue::validate(command),
         _ => Ok(()),
     }
 }

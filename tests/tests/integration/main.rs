@@ -14,6 +14,7 @@ mod kill9;
 mod message_metadata;
 mod metrics_http;
 mod positions;
+mod queue_cli;
 mod queues;
 mod read_budget;
 mod recovery;

@@ -56,6 +56,9 @@ pub enum BenchCommand {
     /// Produce and consume at once; measure publish -> receive.
     #[command(after_help = E2E_EXAMPLES)]
     E2e(BenchArgs),
+
+    /// Work off a queue with N workers: deliver + durable ack throughput, with validation.
+    Queue(super::queue::QueueBenchArgs),
 }
 
 /// Which benchmark.
@@ -90,6 +93,7 @@ impl BenchCommand {
             BenchCommand::Produce(args) => (Kind::Produce, args),
             BenchCommand::Consume(args) => (Kind::Consume, args),
             BenchCommand::E2e(args) => (Kind::E2e, args),
+            BenchCommand::Queue(_) => unreachable!("bench::run runs bench queue on its own"),
         }
     }
 }

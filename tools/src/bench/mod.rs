@@ -11,6 +11,7 @@
 //! | [`validate`] | per-partition checks and their merge: count, order, checksum |
 //! | [`stats`] | HDR latency histograms, rates, totals |
 //! | [`report`] | the human table and the JSON document |
+//! | [`queue`] | `bench queue`: work queue deliver + ack throughput, on its own |
 //!
 //! A run: open (or create) the topic; for `consume` on a topic it created, fill it
 //! first; start the consumers and wait until each is subscribed (group members: until
@@ -23,6 +24,7 @@ mod args;
 mod consumer;
 mod payload;
 mod producer;
+mod queue;
 mod report;
 mod stats;
 mod validate;
@@ -132,6 +134,9 @@ pub struct Outcome {
 }
 
 pub fn run(command: BenchCommand, server: &str, json: bool) -> CliResult<()> {
+    if let BenchCommand::Queue(args) = command {
+        return queue::run(args, server, json);
+    }
     let (kind, args) = command.split();
     args.check(kind)?;
     let threads = args.client_threads.map_or_else(

@@ -22,6 +22,8 @@ mod fetch;
 mod follow;
 mod group;
 mod printer;
+
+pub use printer::{LineFormat, message_json};
 mod start;
 mod stream;
 

@@ -10,16 +10,70 @@ use crate::error::CliResult;
 use crate::output::{Stdout, bytes_json};
 use crate::time::format_datetime_ms;
 
+/// How one message becomes output: the format and the text format's fields. Shared by
+/// `tidelog consume` and `tidelog queue consume`.
+pub struct LineFormat {
+    pub format: Format,
+    pub print_key: bool,
+    pub print_meta: bool,
+    pub print_headers: bool,
+    pub key_separator: Vec<u8>,
+    /// What follows each message in the text and base64 formats.
+    pub delimiter: Vec<u8>,
+}
+
+impl LineFormat {
+    /// Writes `m` to `out`; `meta` is appended to the metadata field (text formats).
+    pub fn write(&self, out: &mut Stdout, m: &ConsumedMessage, meta: &str) -> CliResult<()> {
+        match self.format {
+            Format::Json => out.json(&message_json(m)),
+            Format::Text | Format::Base64 => {
+                let base64 = self.format == Format::Base64;
+                let bytes = |b: &[u8]| -> Vec<u8> {
+                    if base64 {
+                        crate::output::base64(b).into_bytes()
+                    } else {
+                        b.to_vec()
+                    }
+                };
+                let mut line = Vec::with_capacity(m.value.len() + m.key.len() + 48);
+                if self.print_meta {
+                    line.extend_from_slice(
+                        format!(
+                            "{}:{} {}",
+                            m.partition,
+                            m.offset,
+                            format_datetime_ms(m.timestamp_ms)
+                        )
+                        .as_bytes(),
+                    );
+                    if !m.id.is_empty() {
+                        line.extend_from_slice(b" id=");
+                        line.extend_from_slice(msgid::display(&m.id).as_bytes());
+                    }
+                    line.extend_from_slice(meta.as_bytes());
+                    line.push(b'\t');
+                }
+                if self.print_key {
+                    line.extend_from_slice(&bytes(&m.key));
+                    line.extend_from_slice(&self.key_separator);
+                }
+                if self.print_headers {
+                    line.extend_from_slice(headers_text(&m.headers).as_bytes());
+                    line.push(b'\t');
+                }
+                line.extend_from_slice(&bytes(&m.value));
+                line.extend_from_slice(&self.delimiter);
+                out.write(&line)
+            }
+        }
+    }
+}
+
 /// Prints messages in the chosen format.
 pub(super) struct Printer {
     pub(super) out: Stdout,
-    format: Format,
-    print_key: bool,
-    print_meta: bool,
-    print_headers: bool,
-    key_separator: Vec<u8>,
-    /// What follows each message in the text and base64 formats.
-    delimiter: Vec<u8>,
+    line: LineFormat,
     pub(super) printed: u64,
     pub(super) limit: Option<u64>,
     pub(super) until: Option<Until>,
@@ -30,15 +84,17 @@ impl Printer {
     pub(super) fn new(args: &ConsumeArgs, json: bool) -> Self {
         Printer {
             out: Stdout::new(),
-            format: if json { Format::Json } else { args.format },
-            print_key: args.print_key,
-            print_meta: args.print_meta,
-            print_headers: args.print_headers,
-            key_separator: args.key_separator.as_bytes().to_vec(),
-            delimiter: args
-                .delimiter
-                .clone()
-                .map_or_else(|| b"\n".to_vec(), |d| d.0),
+            line: LineFormat {
+                format: if json { Format::Json } else { args.format },
+                print_key: args.print_key,
+                print_meta: args.print_meta,
+                print_headers: args.print_headers,
+                key_separator: args.key_separator.as_bytes().to_vec(),
+                delimiter: args
+                    .delimiter
+                    .clone()
+                    .map_or_else(|| b"\n".to_vec(), |d| d.0),
+            },
             printed: 0,
             limit: args.count,
             until: args.until,
@@ -64,47 +120,7 @@ impl Printer {
     }
 
     pub(super) fn print(&mut self, m: &ConsumedMessage) -> CliResult<()> {
-        match self.format {
-            Format::Json => self.out.json(&message_json(m))?,
-            Format::Text | Format::Base64 => {
-                let base64 = self.format == Format::Base64;
-                let bytes = |b: &[u8]| -> Vec<u8> {
-                    if base64 {
-                        crate::output::base64(b).into_bytes()
-                    } else {
-                        b.to_vec()
-                    }
-                };
-                let mut line = Vec::with_capacity(m.value.len() + m.key.len() + 48);
-                if self.print_meta {
-                    line.extend_from_slice(
-                        format!(
-                            "{}:{} {}",
-                            m.partition,
-                            m.offset,
-                            format_datetime_ms(m.timestamp_ms)
-                        )
-                        .as_bytes(),
-                    );
-                    if !m.id.is_empty() {
-                        line.extend_from_slice(b" id=");
-                        line.extend_from_slice(msgid::display(&m.id).as_bytes());
-                    }
-                    line.push(b'\t');
-                }
-                if self.print_key {
-                    line.extend_from_slice(&bytes(&m.key));
-                    line.extend_from_slice(&self.key_separator);
-                }
-                if self.print_headers {
-                    line.extend_from_slice(headers_text(&m.headers).as_bytes());
-                    line.push(b'\t');
-                }
-                line.extend_from_slice(&bytes(&m.value));
-                line.extend_from_slice(&self.delimiter);
-                self.out.write(&line)?;
-            }
-        }
+        self.line.write(&mut self.out, m, "")?;
         self.printed += 1;
         Ok(())
     }

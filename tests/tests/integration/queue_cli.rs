@@ -1,0 +1,764 @@
+//! `tidelog queue ...` and `tidelog bench queue` through the real binaries: the admin
+//! commands and their errors in the CLI's terms, `queue consume` acking what it
+//! printed, worker mode (a script that fails for some messages: they end in the
+//! dead-letter topic after max deliveries, with the script's stderr as the reason;
+//! redrive brings them back), deadline extension of a slow command, a graceful stop on
+//! SIGTERM, and short bench runs.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tidelog_tests::{TestBroker, tidelog_command};
+
+/// Exit code, stdout and stderr of one `tidelog` run.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn ok(self, what: &str) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "tidelog {what} failed ({}):\nstdout: {}\nstderr: {}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+    }
+
+    fn json_lines(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+}
+
+fn cli_with_input(broker: &TestBroker, args: &[&str], input: &[u8]) -> Run {
+    let mut child = tidelog_command()
+        .arg("--server")
+        .arg(broker.endpoint())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting tidelog");
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let output = child.wait_with_output().expect("waiting for tidelog");
+    let _ = writer.join();
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn cli(broker: &TestBroker, args: &[&str]) -> Run {
+    cli_with_input(broker, args, b"")
+}
+
+/// Creates `topic` and publishes `values` to it (one per line).
+fn topic_with(
+    broker: &TestBroker,
+    topic: &str,
+    partitions: u32,
+    values: &[String],
+    extra: &[&str],
+) {
+    cli(
+        broker,
+        &[
+            "topic",
+            "create",
+            topic,
+            "--partitions",
+            &partitions.to_string(),
+        ],
+    )
+    .ok("topic create");
+    let lines = values.join("\n") + "\n";
+    let mut args = vec!["produce", topic, "--quiet"];
+    args.extend_from_slice(extra);
+    cli_with_input(broker, &args, lines.as_bytes()).ok("produce");
+}
+
+fn describe(broker: &TestBroker, queue: &str) -> Value {
+    cli(broker, &["queue", "describe", queue, "--json"])
+        .ok("queue describe")
+        .json()
+}
+
+fn values(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("m-{i}")).collect()
+}
+
+#[test]
+fn queue_admin_commands_with_their_errors_in_cli_terms() {
+    let broker = TestBroker::start();
+    topic_with(&broker, "orders", 2, &values(10), &[]);
+    let created = cli(
+        &broker,
+        &[
+            "queue",
+            "create",
+            "billing",
+            "--topic",
+            "orders",
+            "--from",
+            "earliest",
+            "--ack-deadline",
+            "45s",
+            "--max-deliveries",
+            "7",
+            "--backoff",
+            "2s..1m",
+            "--dead-letter-topic",
+            "orders.failed",
+            "--max-unacked",
+            "50",
+            "--json",
+        ],
+    )
+    .ok("queue create")
+    .json();
+    assert_eq!(created["ready"], 10, "{created:#}");
+    let config = &created["config"];
+    assert_eq!(config["ack_deadline_ms"], 45_000);
+    assert_eq!(config["max_deliveries"], 7);
+    assert_eq!(config["backoff_initial_ms"], 2_000);
+    assert_eq!(config["backoff_max_ms"], 60_000);
+    assert_eq!(config["dead_letter_topic"], "orders.failed");
+    assert_eq!(config["max_unacked_per_member"], 50);
+
+    // A second queue from latest sees nothing of what is stored.
+    let human = cli(&broker, &["queue", "create", "audit", "--topic", "orders"]).ok("create");
+    assert!(
+        human
+            .stdout
+            .starts_with("created queue audit on topic orders (0 ready)\n"),
+        "{}",
+        human.stdout
+    );
+    assert!(
+        human.stdout.contains("max deliveries     5\n"),
+        "{}",
+        human.stdout
+    );
+
+    let listed = cli(&broker, &["queue", "list"]).ok("queue list").stdout;
+    assert!(listed.starts_with("QUEUE    TOPIC   READY"), "{listed}");
+    assert!(listed.contains("billing  orders     10"), "{listed}");
+    let listed = cli(&broker, &["queue", "list", "--json", "--topic", "orders"])
+        .ok("queue list")
+        .json();
+    let names: Vec<&str> = listed["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["audit", "billing"]);
+
+    let text = cli(&broker, &["queue", "describe", "billing"])
+        .ok("describe")
+        .stdout;
+    for line in [
+        "queue billing  topic orders  (0 members)",
+        "ready           10",
+        "ack deadline       45s",
+        "backoff            2s..1m (doubling)",
+        "dead-letter topic  orders.failed",
+        "PARTITION  SETTLED-BELOW  END  UNSETTLED",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from:\n{text}");
+    }
+
+    let altered = cli(
+        &broker,
+        &[
+            "queue",
+            "alter",
+            "billing",
+            "--ack-deadline",
+            "2m",
+            "--max-deliveries",
+            "unlimited",
+            "--json",
+        ],
+    )
+    .ok("queue alter")
+    .json();
+    assert_eq!(altered["config"]["ack_deadline_ms"], 120_000);
+    assert_eq!(altered["config"]["max_deliveries"], 0);
+    assert_eq!(altered["config"]["backoff_initial_ms"], 2_000, "unchanged");
+
+    // Errors: what failed, in flags and tidelog commands; exit 2 for bad arguments.
+    for (args, code, needles) in [
+        (
+            vec!["queue", "create", "billing", "--topic", "orders"],
+            1,
+            vec!["already exists", "tidelog queue alter"],
+        ),
+        (
+            vec!["queue", "create", "x", "--topic", "nope"],
+            1,
+            vec!["topic \"nope\" not found", "tidelog topic create"],
+        ),
+        (
+            vec![
+                "queue",
+                "create",
+                "x",
+                "--topic",
+                "orders",
+                "--ack-deadline",
+                "10ms",
+            ],
+            2,
+            vec!["--ack-deadline", "100ms..12h"],
+        ),
+        (
+            vec![
+                "queue",
+                "create",
+                "x",
+                "--topic",
+                "orders",
+                "--ack-deadline",
+                "30",
+            ],
+            2,
+            vec!["--ack-deadline", "no unit"],
+        ),
+        (
+            vec![
+                "queue",
+                "create",
+                "x",
+                "--topic",
+                "orders",
+                "--backoff",
+                "5m..1s",
+            ],
+            2,
+            vec!["--backoff", "shorter"],
+        ),
+        (
+            vec![
+                "queue",
+                "create",
+                "x",
+                "--topic",
+                "orders",
+                "--max-unacked",
+                "0",
+            ],
+            2,
+            vec!["--max-unacked"],
+        ),
+        (
+            vec!["queue", "alter", "billing"],
+            2,
+            vec!["nothing to change"],
+        ),
+        (
+            vec!["queue", "alter", "billing", "--backoff-max", "1s"],
+            2,
+            vec!["--backoff-max", "shorter"],
+        ),
+        (
+            vec![
+                "queue",
+                "alter",
+                "billing",
+                "--dead-letter-topic",
+                "bad name",
+            ],
+            1,
+            vec!["--dead-letter-topic", "bad name"],
+        ),
+        (
+            vec!["queue", "describe", "nope"],
+            1,
+            vec!["queue \"nope\" not found", "tidelog queue list"],
+        ),
+        (
+            vec!["queue", "consume", "nope"],
+            1,
+            vec!["queue \"nope\" not found"],
+        ),
+        (
+            vec!["queue", "work", "billing", "--", "no-such-command-x"],
+            2,
+            vec!["not found in PATH"],
+        ),
+    ] {
+        let run = cli(&broker, &args);
+        assert_eq!(run.code, code, "{args:?}: {run:?}");
+        for needle in needles {
+            assert!(
+                run.stderr.contains(needle),
+                "{args:?}: {needle:?} not in {run:?}"
+            );
+        }
+        assert!(
+            !run.stderr.contains("Queues.") && !run.stderr.contains("_ms"),
+            "{args:?} names the API: {}",
+            run.stderr
+        );
+    }
+
+    let purged = cli(&broker, &["queue", "purge", "billing", "--json"])
+        .ok("purge")
+        .json();
+    assert_eq!(purged["purged"], 10);
+    assert_eq!(describe(&broker, "billing")["ready"], 0);
+    cli(&broker, &["queue", "delete", "billing"]).ok("delete");
+    let gone = cli(&broker, &["queue", "describe", "billing"]);
+    assert_eq!(gone.code, 1, "{gone:?}");
+    let listed = cli(&broker, &["queue", "list", "--json"]).ok("list").json();
+    assert_eq!(listed["queues"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn queue_consume_acks_what_it_printed() {
+    let broker = TestBroker::start();
+    topic_with(&broker, "jobs", 2, &values(20), &[]);
+    cli(
+        &broker,
+        &[
+            "queue", "create", "q", "--topic", "jobs", "--from", "earliest",
+        ],
+    )
+    .ok("create");
+
+    let first = cli(&broker, &["queue", "consume", "q", "-n", "5", "--json"]).ok("consume -n");
+    let lines = first.json_lines();
+    assert_eq!(lines.len(), 5, "{}", first.stdout);
+    for line in &lines {
+        assert_eq!(line["attempt"], 1, "{line}");
+        assert!(line["deadline"].as_i64().unwrap() > 0, "{line}");
+        assert!(line["value"].as_str().unwrap().starts_with("m-"), "{line}");
+    }
+    // Acked before the command returned: nothing is held, 15 are left.
+    let after = describe(&broker, "q");
+    assert_eq!(
+        (after["ready"].clone(), after["unacked"].clone()),
+        (15.into(), 0.into()),
+        "{after:#}"
+    );
+
+    let rest = cli(&broker, &["queue", "consume", "q", "--print-meta"]).ok("consume");
+    let mut seen: Vec<String> = lines
+        .iter()
+        .map(|l| l["value"].as_str().unwrap().to_string())
+        .collect();
+    for line in rest.stdout.lines() {
+        let (meta, value) = line.split_once('\t').expect("meta, a tab, the value");
+        assert!(meta.ends_with(" attempt 1"), "{line}");
+        assert!(meta.split(' ').next().unwrap().contains(':'), "{line}");
+        seen.push(value.to_string());
+    }
+    seen.sort();
+    let mut all = values(20);
+    all.sort();
+    assert_eq!(seen, all, "every message printed exactly once");
+    let after = describe(&broker, "q");
+    assert_eq!(after["ready"], 0, "{after:#}");
+    assert_eq!(after["unacked"], 0, "{after:#}");
+
+    // --follow waits for new messages; -n ends it.
+    let mut follower = tidelog_command()
+        .args([
+            "--server",
+            &broker.endpoint(),
+            "queue",
+            "consume",
+            "q",
+            "--follow",
+            "-n",
+            "3",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    cli_with_input(
+        &broker,
+        &["produce", "jobs", "--quiet"],
+        b"late-1\nlate-2\nlate-3\n",
+    )
+    .ok("produce");
+    let output = wait_with_timeout(&mut follower, Duration::from_secs(20));
+    let mut late: Vec<&str> = output.lines().collect();
+    late.sort();
+    assert_eq!(late, ["late-1", "late-2", "late-3"]);
+}
+
+/// Waits for `child` to exit within `timeout` and returns its stdout.
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stdout = String::new();
+            std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+            let mut stderr = String::new();
+            if let Some(err) = child.stderr.as_mut() {
+                std::io::Read::read_to_string(err, &mut stderr).unwrap();
+            }
+            assert!(status.success(), "exit {status}: {stdout}\n{stderr}");
+            return stdout;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tidelog did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A shell script in `dir`.
+fn script(dir: &Path, name: &str, body: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn worker_mode_acks_nacks_and_dead_letters_then_redrive_brings_them_back() {
+    let broker = TestBroker::start();
+    let dir = tempfile::tempdir().unwrap();
+    topic_with(
+        &broker,
+        "orders",
+        2,
+        &values(30),
+        &["--header", "source=test run"],
+    );
+    cli(
+        &broker,
+        &[
+            "queue",
+            "create",
+            "work",
+            "--topic",
+            "orders",
+            "--from",
+            "earliest",
+            "--max-deliveries",
+            "2",
+            "--backoff",
+            "50ms",
+        ],
+    )
+    .ok("create");
+    let log = dir.path().join("runs.log");
+    // Fails (exit 3, a message on stderr) for m-0, m-7, m-14, m-21, m-28.
+    let worker = script(
+        dir.path(),
+        "worker.sh",
+        &format!(
+            r#"value=$(cat)
+echo "$value $TIDELOG_ATTEMPT $TIDELOG_TOPIC $TIDELOG_PARTITION $TIDELOG_OFFSET $TIDELOG_QUEUE [$TIDELOG_HEADER_SOURCE]" >> {log}
+n=${{value#m-}}
+if [ $((n % 7)) -eq 0 ]; then
+  echo "noise that scrolls away" >&2
+  echo "cannot process $value" >&2
+  exit 3
+fi
+echo "processed $value"
+"#,
+            log = log.display()
+        ),
+    );
+    let run = cli(
+        &broker,
+        &[
+            "queue",
+            "work",
+            "work",
+            "--concurrency",
+            "3",
+            "--stop-when-idle",
+            "1s",
+            "--json",
+            "--",
+            "sh",
+            &worker,
+        ],
+    )
+    .ok("queue work");
+    let summary = run.json();
+    assert_eq!(summary["acked"], 25, "{summary:#}\n{}", run.stderr);
+    assert_eq!(summary["nacked"], 5, "{summary:#}");
+    assert_eq!(summary["dead_lettered"], 5, "{summary:#}");
+    assert_eq!(summary["refused"], 0, "{summary:#}");
+    assert_eq!(summary["exit_codes"]["0"], 25, "{summary:#}");
+    assert_eq!(summary["exit_codes"]["3"], 10, "{summary:#}");
+    // --json: the commands' stdout went to stderr, and their stderr is echoed there.
+    assert!(run.stderr.contains("processed m-1\n"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("cannot process m-7\n"),
+        "{}",
+        run.stderr
+    );
+
+    // Every message ran once, the failing ones twice (attempts 1 and 2), with the
+    // environment set.
+    let mut attempts: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for line in std::fs::read_to_string(&log).unwrap().lines() {
+        let fields: Vec<&str> = line.splitn(7, ' ').collect();
+        assert_eq!(fields[2], "orders", "{line}");
+        assert!(fields[3] == "0" || fields[3] == "1", "{line}");
+        fields[4].parse::<u64>().expect("an offset");
+        assert_eq!(fields[5], "work", "{line}");
+        assert_eq!(fields[6], "[test run]", "{line}");
+        attempts
+            .entry(fields[0].to_string())
+            .or_default()
+            .push(fields[1].parse().unwrap());
+    }
+    assert_eq!(attempts.len(), 30);
+    for (value, seen) in &attempts {
+        let n: u32 = value.trim_start_matches("m-").parse().unwrap();
+        let mut seen = seen.clone();
+        seen.sort();
+        let expected: &[u32] = if n.is_multiple_of(7) { &[1, 2] } else { &[1] };
+        assert_eq!(seen, expected, "{value}");
+    }
+
+    // The dead letters: the message, where it came from, and why.
+    let dead = cli(&broker, &["consume", "orders.dlq", "--json"]).ok("consume dlq");
+    let dead = dead.json_lines();
+    assert_eq!(dead.len(), 5);
+    for letter in &dead {
+        let header = |key: &str| {
+            letter["headers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|h| h["key"] == key)
+                .map(|h| h["value"].as_str().unwrap().to_string())
+                .unwrap_or_default()
+        };
+        let value = letter["value"].as_str().unwrap();
+        assert_eq!(header("tidelog-dlq-queue"), "work");
+        assert_eq!(header("tidelog-dlq-attempts"), "2");
+        assert_eq!(header("source"), "test run");
+        let reason = header("tidelog-dlq-reason");
+        assert!(reason.contains("exit status 3"), "{reason}");
+        assert!(
+            reason.contains(&format!("cannot process {value}")),
+            "{reason}"
+        );
+    }
+    let after = describe(&broker, "work");
+    assert_eq!(
+        (
+            after["ready"].clone(),
+            after["unacked"].clone(),
+            after["waiting"].clone()
+        ),
+        (0.into(), 0.into(), 0.into()),
+        "{after:#}"
+    );
+
+    // Redrive: the five go back to the topic, and the queue has them ready again.
+    let redriven = cli(
+        &broker,
+        &["queue", "redrive", "work", "--batch", "2", "--json"],
+    )
+    .ok("redrive")
+    .json();
+    assert_eq!(redriven["moved"], 5, "{redriven:#}");
+    assert_eq!(redriven["requests"], 3, "2 + 2 + 1: {redriven:#}");
+    assert_eq!(describe(&broker, "work")["ready"], 5);
+    let again = cli(&broker, &["queue", "redrive", "work"]).ok("redrive");
+    assert!(
+        again.stdout.starts_with("moved 0 dead letters"),
+        "{}",
+        again.stdout
+    );
+    let back = cli(&broker, &["queue", "consume", "work", "--json"]).ok("consume");
+    let mut back: Vec<String> = back
+        .json_lines()
+        .iter()
+        .map(|l| l["value"].as_str().unwrap().to_string())
+        .collect();
+    back.sort();
+    assert_eq!(back, ["m-0", "m-14", "m-21", "m-28", "m-7"]);
+}
+
+#[test]
+fn a_slow_command_has_its_deadline_extended_and_sigterm_lets_commands_finish() {
+    let broker = TestBroker::start();
+    let dir = tempfile::tempdir().unwrap();
+    topic_with(&broker, "slow", 1, &values(4), &[]);
+    cli(
+        &broker,
+        &[
+            "queue",
+            "create",
+            "q",
+            "--topic",
+            "slow",
+            "--from",
+            "earliest",
+            "--ack-deadline",
+            "1s",
+        ],
+    )
+    .ok("create");
+    let started = dir.path().join("started");
+    // Takes 2.5 deadlines: without extensions the queue would give it to someone else.
+    let slow = script(
+        dir.path(),
+        "slow.sh",
+        &format!(
+            "cat > /dev/null\necho \"$TIDELOG_OFFSET $TIDELOG_ATTEMPT\" >> {}\nsleep 2.5\n",
+            started.display()
+        ),
+    );
+    let mut worker = tidelog_command()
+        .args([
+            "--server",
+            &broker.endpoint(),
+            "--json",
+            "queue",
+            "work",
+            "q",
+            "--concurrency",
+            "2",
+            "--",
+            "sh",
+            &slow,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Both slots busy, then SIGTERM: the two running commands finish and are acked,
+    // nothing else is taken.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::fs::read_to_string(&started).map_or(0, |s| s.lines().count()) < 2 {
+        assert!(Instant::now() < deadline, "the commands never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let described = describe(&broker, "q");
+    assert_eq!(described["unacked"], 2, "{described:#}");
+    assert_eq!(
+        described["members"].as_array().unwrap().len(),
+        1,
+        "{described:#}"
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let stdout = wait_with_timeout(&mut worker, Duration::from_secs(20));
+    let summary: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(summary["acked"], 2, "{summary:#}");
+    assert_eq!(summary["interrupted"], true, "{summary:#}");
+    assert!(summary["extended"].as_u64().unwrap() >= 4, "{summary:#}");
+    let runs = std::fs::read_to_string(&started).unwrap();
+    assert!(
+        runs.lines().all(|l| l.ends_with(" 1")),
+        "only first attempts: {runs}"
+    );
+    assert_eq!(runs.lines().count(), 2, "{runs}");
+    let after = describe(&broker, "q");
+    assert_eq!(after["ready"], 2, "{after:#}");
+    assert_eq!(after["unacked"], 0, "{after:#}");
+}
+
+/// Runs `tidelog --json bench queue ...`.
+fn bench_queue(broker: &TestBroker, args: &[&str]) -> (i32, Value, String) {
+    let output = tidelog_command()
+        .args(["--server", &broker.endpoint(), "--json", "bench", "queue"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running tidelog bench queue");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let json = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}):\nstdout: {stdout}\nstderr: {stderr}"));
+    (output.status.code().unwrap_or(-1), json, stderr)
+}
+
+#[test]
+fn bench_queue_acks_every_message_exactly_once() {
+    let broker = TestBroker::start();
+    for (args, messages) in [
+        (
+            vec!["--messages", "3000", "--workers", "2", "--partitions", "2"],
+            3000,
+        ),
+        (
+            vec![
+                "--messages",
+                "2000",
+                "--workers",
+                "3",
+                "--live",
+                "--credit",
+                "100",
+                "--batch",
+                "250",
+            ],
+            2000,
+        ),
+    ] {
+        let (code, json, stderr) = bench_queue(&broker, &args);
+        assert_eq!(code, 0, "{args:?}: {stderr}\n{json:#}");
+        assert_eq!(json["validation"]["ok"], true, "{json:#}");
+        assert_eq!(json["acked"], messages, "{json:#}");
+        assert!(json["acked_per_s"].as_f64().unwrap() > 0.0, "{json:#}");
+        let latency = &json["ack_latency"];
+        assert_eq!(
+            latency["count"], messages,
+            "one sample per message: {json:#}"
+        );
+        assert!(
+            json["broker_cpu_seconds"].as_f64().is_some(),
+            "the broker's pid was found: {json:#}"
+        );
+        assert_eq!(json["queue_after"]["unacked"], 0, "{json:#}");
+        assert_eq!(json["deleted"], true);
+        let acked: u64 = json["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["acked"].as_u64().unwrap())
+            .sum();
+        assert_eq!(acked, messages);
+        let live = args.contains(&"--live");
+        assert_eq!(
+            json["publish_to_delivery_latency"].is_object(),
+            live,
+            "publish -> delivery is measured with --live: {json:#}"
+        );
+    }
+    // Nothing of the runs is left behind.
+    let queues = cli(&broker, &["queue", "list", "--json"]).ok("list").json();
+    assert_eq!(queues["queues"].as_array().unwrap().len(), 0, "{queues:#}");
+}

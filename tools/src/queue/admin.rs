@@ -1,0 +1,499 @@
+//! `tidelog queue create | list | describe | alter | delete | purge | redrive`.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+use tidelog_proto::v1::{
+    AlterQueueRequest, CreateQueueRequest, DeleteQueueRequest, DescribeQueueRequest,
+    ListQueuesRequest, PurgeQueueRequest, QueueConfig, QueueDescription, RedriveQueueRequest,
+    StartPosition, start_position,
+};
+use tidelog_storage::duration::format_duration_ms;
+
+use super::args::{QueueCommand, QueueConfigArgs, QueueRedriveArgs, QueueStart};
+use super::{empty_answer, queue_error};
+use crate::client::Broker;
+use crate::error::{CliError, CliResult};
+use crate::output::{Stdout, Table, render_pairs};
+
+pub async fn run(broker: &Broker, command: QueueCommand, json: bool) -> CliResult<()> {
+    let mut out = Stdout::new();
+    match command {
+        QueueCommand::Create(args) => {
+            let context = format!("creating queue {:?}", args.name);
+            let start = match args.from {
+                QueueStart::Earliest => {
+                    start_position::Position::Earliest(start_position::Earliest {})
+                }
+                QueueStart::Latest => start_position::Position::Latest(start_position::Latest {}),
+                QueueStart::TimestampMs(ms) => start_position::Position::TimestampMs(ms),
+            };
+            let queue = broker
+                .queues()
+                .create_queue(CreateQueueRequest {
+                    name: args.name.clone(),
+                    topic: args.topic.clone(),
+                    start: Some(StartPosition {
+                        position: Some(start),
+                    }),
+                    config: Some(config_update(&args.config)),
+                })
+                .await
+                .map_err(|s| queue_error(broker, &context, &s))?
+                .into_inner()
+                .queue
+                .ok_or_else(|| empty_answer(&context))?;
+            if json {
+                out.json_pretty(&queue_json(&queue))?;
+            } else {
+                out.line(&format!(
+                    "created queue {} on topic {} ({} ready)",
+                    queue.name, queue.topic, queue.ready
+                ))?;
+                out.text(&render_config(queue.config.as_ref()))?;
+            }
+        }
+        QueueCommand::List(args) => {
+            let queues = broker
+                .queues()
+                .list_queues(ListQueuesRequest {
+                    topic: args.topic.clone().unwrap_or_default(),
+                })
+                .await
+                .map_err(|s| queue_error(broker, "listing queues", &s))?
+                .into_inner()
+                .queues;
+            if json {
+                let list: Vec<Value> = queues.iter().map(queue_json).collect();
+                out.json_pretty(&json!({ "queues": list }))?;
+            } else if queues.is_empty() {
+                out.line(match args.topic {
+                    Some(_) => "no queues on that topic",
+                    None => "no queues (create one with `tidelog queue create NAME --topic TOPIC`)",
+                })?;
+            } else {
+                let mut table = Table::new(&[
+                    "QUEUE",
+                    "TOPIC",
+                    ">READY",
+                    ">DELAYED",
+                    ">UNACKED",
+                    ">WAITING",
+                    ">OLDEST-UNACKED",
+                    ">MEMBERS",
+                ]);
+                for q in &queues {
+                    table.row(vec![
+                        q.name.clone(),
+                        q.topic.clone(),
+                        q.ready.to_string(),
+                        q.delayed.to_string(),
+                        q.unacked.to_string(),
+                        q.waiting.to_string(),
+                        age(q.oldest_unacked_age_ms, q.unacked),
+                        q.members.len().to_string(),
+                    ]);
+                }
+                out.text(&table.render())?;
+            }
+        }
+        QueueCommand::Describe(args) => {
+            let queue = describe(broker, &args.name).await?;
+            if json {
+                out.json_pretty(&queue_json(&queue))?;
+            } else {
+                out.text(&render_queue(&queue))?;
+            }
+        }
+        QueueCommand::Alter(args) => {
+            let current = describe(broker, &args.name).await?;
+            let config = current.config.clone().unwrap_or_default();
+            args.config.check((
+                config.backoff_initial_ms.unwrap_or(0),
+                config.backoff_max_ms.unwrap_or(u64::MAX),
+            ))?;
+            let context = format!("altering queue {:?}", args.name);
+            let queue = broker
+                .queues()
+                .alter_queue(AlterQueueRequest {
+                    name: args.name.clone(),
+                    config: Some(config_update(&args.config)),
+                })
+                .await
+                .map_err(|s| queue_error(broker, &context, &s))?
+                .into_inner()
+                .queue
+                .ok_or_else(|| empty_answer(&context))?;
+            if json {
+                out.json_pretty(&queue_json(&queue))?;
+            } else {
+                out.line(&format!("altered queue {}", queue.name))?;
+                out.text(&render_config(queue.config.as_ref()))?;
+            }
+        }
+        QueueCommand::Delete(args) => {
+            let context = format!("deleting queue {:?}", args.name);
+            broker
+                .queues()
+                .delete_queue(DeleteQueueRequest {
+                    name: args.name.clone(),
+                })
+                .await
+                .map_err(|s| queue_error(broker, &context, &s))?;
+            if json {
+                out.json_pretty(&json!({ "deleted": args.name }))?;
+            } else {
+                out.line(&format!("deleted queue {}", args.name))?;
+            }
+        }
+        QueueCommand::Purge(args) => {
+            let context = format!("purging queue {:?}", args.name);
+            let purged = broker
+                .queues()
+                .purge_queue(PurgeQueueRequest {
+                    name: args.name.clone(),
+                })
+                .await
+                .map_err(|s| queue_error(broker, &context, &s))?
+                .into_inner()
+                .purged;
+            if json {
+                out.json_pretty(&json!({ "queue": args.name, "purged": purged }))?;
+            } else {
+                out.line(&format!(
+                    "purged queue {}: {purged} message{} settled without delivery",
+                    args.name,
+                    plural(purged)
+                ))?;
+            }
+        }
+        QueueCommand::Redrive(args) => redrive(broker, &args, json, &mut out).await?,
+        QueueCommand::Consume(_) | QueueCommand::Work(_) => {}
+    }
+    out.flush()
+}
+
+/// The queue, or an error naming it.
+pub async fn describe(broker: &Broker, name: &str) -> CliResult<QueueDescription> {
+    let context = format!("describing queue {name:?}");
+    broker
+        .queues()
+        .describe_queue(DescribeQueueRequest { name: name.into() })
+        .await
+        .map_err(|s| queue_error(broker, &context, &s))?
+        .into_inner()
+        .queue
+        .ok_or_else(|| empty_answer(&context))
+}
+
+/// The fields the flags set; the others stay absent (default, or unchanged).
+fn config_update(args: &QueueConfigArgs) -> QueueConfig {
+    let (backoff_initial_ms, backoff_max_ms) = args.backoff_bounds();
+    QueueConfig {
+        ack_deadline_ms: args.ack_deadline,
+        max_deliveries: args.max_deliveries,
+        backoff_initial_ms,
+        backoff_max_ms,
+        dead_letter_topic: args.dead_letter_topic.clone(),
+        max_unacked_per_member: args.max_unacked,
+    }
+}
+
+/// Calls RedriveQueue until nothing is left, with a progress line on a terminal.
+async fn redrive(
+    broker: &Broker,
+    args: &QueueRedriveArgs,
+    json: bool,
+    out: &mut Stdout,
+) -> CliResult<()> {
+    let queue = describe(broker, &args.name).await?;
+    let dead_letter_topic = queue
+        .config
+        .as_ref()
+        .and_then(|c| c.dead_letter_topic.clone())
+        .unwrap_or_default();
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let context = format!("redriving the dead letters of queue {:?}", args.name);
+    let started = Instant::now();
+    let (mut moved, mut requests) = (0u64, 0u64);
+    let mut remaining;
+    loop {
+        let answer = broker
+            .queues()
+            .redrive_queue(RedriveQueueRequest {
+                name: args.name.clone(),
+                max_messages: args.batch,
+            })
+            .await;
+        let answer = match answer {
+            Ok(answer) => answer.into_inner(),
+            Err(status) => {
+                bar.finish_and_clear();
+                let error = queue_error(broker, &context, &status);
+                if moved == 0 {
+                    return Err(error);
+                }
+                return Err(CliError::plain(format!(
+                    "{} ({moved} dead letter{} were moved back before it; run it again to go on)",
+                    error.message,
+                    plural(moved)
+                )));
+            }
+        };
+        requests += 1;
+        moved += answer.moved;
+        remaining = answer.remaining;
+        bar.set_message(format!(
+            "redrive {}: moved {moved} from {dead_letter_topic} to {}, {remaining} left",
+            args.name, queue.topic
+        ));
+        if answer.moved == 0 || remaining == 0 {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    if json {
+        out.json_pretty(&json!({
+            "queue": args.name,
+            "topic": queue.topic,
+            "dead_letter_topic": dead_letter_topic,
+            "moved": moved,
+            "remaining": remaining,
+            "requests": requests,
+            "seconds": (started.elapsed().as_secs_f64() * 100.0).round() / 100.0,
+        }))?;
+    } else {
+        out.line(&format!(
+            "moved {moved} dead letter{} of queue {} from {dead_letter_topic} back to {}",
+            plural(moved),
+            args.name,
+            queue.topic
+        ))?;
+    }
+    Ok(())
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// An age for a table: `-` when nothing is unacked, `850ms`, `12s`, `3m20s`.
+fn age(ms: u64, unacked: u64) -> String {
+    if unacked == 0 {
+        return "-".into();
+    }
+    if ms < 1_000 {
+        return format!("{ms}ms");
+    }
+    format_duration_ms(ms / 1_000 * 1_000)
+}
+
+/// The backoff as `FIRST..LONGEST`.
+fn backoff_text(config: &QueueConfig) -> String {
+    let show = |ms: Option<u64>| ms.map_or_else(|| "-".into(), format_duration_ms);
+    format!(
+        "{}..{} (doubling)",
+        show(config.backoff_initial_ms),
+        show(config.backoff_max_ms)
+    )
+}
+
+fn render_config(config: Option<&QueueConfig>) -> String {
+    let Some(config) = config else {
+        return String::new();
+    };
+    let show = |ms: Option<u64>| ms.map_or_else(|| "-".into(), format_duration_ms);
+    render_pairs(&[
+        ("ack deadline", show(config.ack_deadline_ms)),
+        (
+            "max deliveries",
+            match config.max_deliveries {
+                Some(0) => "unlimited".into(),
+                Some(n) => n.to_string(),
+                None => "-".into(),
+            },
+        ),
+        ("backoff", backoff_text(config)),
+        (
+            "dead-letter topic",
+            config.dead_letter_topic.clone().unwrap_or_default(),
+        ),
+        (
+            "max unacked",
+            config
+                .max_unacked_per_member
+                .map_or_else(|| "-".into(), |n| format!("{n} per member")),
+        ),
+    ])
+}
+
+fn render_queue(queue: &QueueDescription) -> String {
+    let members = queue.members.len() as u64;
+    let mut text = format!(
+        "queue {}  topic {}  ({members} member{})\n\n",
+        queue.name,
+        queue.topic,
+        plural(members)
+    );
+    text.push_str(&render_pairs(&[
+        ("ready", queue.ready.to_string()),
+        ("delayed", queue.delayed.to_string()),
+        ("unacked", queue.unacked.to_string()),
+        ("waiting", queue.waiting.to_string()),
+        (
+            "oldest unacked",
+            age(queue.oldest_unacked_age_ms, queue.unacked),
+        ),
+    ]));
+    text.push('\n');
+    text.push_str(&render_config(queue.config.as_ref()));
+    let mut table = Table::new(&[">PARTITION", ">SETTLED-BELOW", ">END", ">UNSETTLED"]);
+    for p in &queue.partitions {
+        table.row(vec![
+            p.partition.to_string(),
+            p.settled_below.to_string(),
+            p.end_offset.to_string(),
+            p.end_offset.saturating_sub(p.settled_below).to_string(),
+        ]);
+    }
+    if !table.is_empty() {
+        text.push('\n');
+        text.push_str(&table.render());
+    }
+    if !queue.members.is_empty() {
+        let mut table = Table::new(&["MEMBER", "CLIENT-ID", ">UNACKED"]);
+        for m in &queue.members {
+            table.row(vec![
+                m.member_id.clone(),
+                m.client_id.clone(),
+                m.unacked.to_string(),
+            ]);
+        }
+        text.push('\n');
+        text.push_str(&table.render());
+    }
+    text
+}
+
+pub fn config_json(config: Option<&QueueConfig>) -> Value {
+    let config = config.cloned().unwrap_or_default();
+    json!({
+        "ack_deadline_ms": config.ack_deadline_ms,
+        "max_deliveries": config.max_deliveries,
+        "backoff_initial_ms": config.backoff_initial_ms,
+        "backoff_max_ms": config.backoff_max_ms,
+        "dead_letter_topic": config.dead_letter_topic,
+        "max_unacked_per_member": config.max_unacked_per_member,
+    })
+}
+
+pub fn queue_json(queue: &QueueDescription) -> Value {
+    let members: Vec<Value> = queue
+        .members
+        .iter()
+        .map(|m| json!({"member_id": m.member_id, "client_id": m.client_id, "unacked": m.unacked}))
+        .collect();
+    let partitions: Vec<Value> = queue
+        .partitions
+        .iter()
+        .map(|p| {
+            json!({
+                "partition": p.partition,
+                "settled_below": p.settled_below,
+                "end_offset": p.end_offset,
+            })
+        })
+        .collect();
+    json!({
+        "name": queue.name,
+        "topic": queue.topic,
+        "config": config_json(queue.config.as_ref()),
+        "ready": queue.ready,
+        "delayed": queue.delayed,
+        "unacked": queue.unacked,
+        "waiting": queue.waiting,
+        "oldest_unacked_age_ms": queue.oldest_unacked_age_ms,
+        "members": members,
+        "partitions": partitions,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidelog_proto::v1::{QueueMember, QueuePartition};
+
+    fn sample() -> QueueDescription {
+        QueueDescription {
+            name: "billing".into(),
+            topic: "orders".into(),
+            config: Some(QueueConfig {
+                ack_deadline_ms: Some(30_000),
+                max_deliveries: Some(0),
+                backoff_initial_ms: Some(1_000),
+                backoff_max_ms: Some(300_000),
+                dead_letter_topic: Some("orders.dlq".into()),
+                max_unacked_per_member: Some(1000),
+            }),
+            ready: 7,
+            delayed: 1,
+            unacked: 2,
+            waiting: 3,
+            oldest_unacked_age_ms: 12_345,
+            members: vec![QueueMember {
+                member_id: "member-1".into(),
+                client_id: "tidelog-cli".into(),
+                unacked: 2,
+            }],
+            partitions: vec![QueuePartition {
+                partition: 0,
+                settled_below: 5,
+                end_offset: 17,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_queue_renders_for_people() {
+        let text = render_queue(&sample());
+        assert!(text.starts_with("queue billing  topic orders  (1 member)\n"));
+        assert!(text.contains("oldest unacked  12s\n"), "{text}");
+        assert!(text.contains("max deliveries     unlimited\n"), "{text}");
+        assert!(
+            text.contains("backoff            1s..5m (doubling)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("        0              5   17         12\n"),
+            "{text}"
+        );
+        assert!(text.contains("member-1  tidelog-cli        2\n"), "{text}");
+    }
+
+    #[test]
+    fn a_queue_renders_for_scripts() {
+        let value = queue_json(&sample());
+        assert_eq!(value["config"]["max_deliveries"], 0);
+        assert_eq!(value["partitions"][0]["end_offset"], 17);
+        assert_eq!(value["members"][0]["unacked"], 2);
+    }
+
+    #[test]
+    fn ages_are_rounded_for_tables() {
+        assert_eq!(age(0, 0), "-");
+        assert_eq!(age(850, 1), "850ms");
+        assert_eq!(age(200_500, 1), "3m20s");
+    }
+}
