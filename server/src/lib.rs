@@ -10,6 +10,8 @@
 //!   plain Subscribe. Imported by [`consume`] and [`groups`], importing neither.
 //! - [`queues`]: work queues: a runtime per queue in use around the storage engine's
 //!   delivery engine, and the `Queues` service.
+//! - [`messages`]: the `Messages` service: a message by its id (the lookup runs on the
+//!   blocking pool: it may read and rebuild id index files).
 //! - [`groups`]: consumer groups (coordinator and the `Groups` service; a member reads
 //!   its partitions with its own round-robin `read_batch`, under the same limits).
 //! - [`log_writer`]: the writer under the logs; a line stderr refuses is dropped, so a
@@ -40,6 +42,7 @@ pub mod convert;
 pub mod exposition;
 pub mod groups;
 pub mod log_writer;
+pub mod messages;
 pub mod metrics;
 pub mod partitioner;
 pub mod publish;
