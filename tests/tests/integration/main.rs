@@ -10,6 +10,7 @@ mod cli_frictions;
 mod garbage;
 mod groups;
 mod kill9;
+mod message_lookup;
 mod message_metadata;
 mod metrics_http;
 mod positions;
