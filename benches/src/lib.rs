@@ -137,6 +137,106 @@ pub fn disk_fdatasync_latencies_ms(dir: &Path, samples: usize) -> Vec<f64> {
     latencies
 }
 
+/// The id of message `n` in the lookup-by-id benchmark: 16 bytes, the length of a
+/// broker-assigned id.
+pub fn lookup_id(n: u64) -> Bytes {
+    Bytes::from(format!("id-{n:013}"))
+}
+
+/// A store whose single partition holds `messages` messages with ids
+/// ([`lookup_id`]`(offset)`) and `value_bytes`-byte values in `segments` segments (the
+/// last one active), closed cleanly and opened again as a restarted broker has it.
+pub struct IdLookupFixture {
+    pub dir: tempfile::TempDir,
+    pub store: Store,
+    pub partition: Arc<Partition>,
+    pub messages: u64,
+    pub segments: u32,
+    pub log_bytes: u64,
+    /// Writing the log (appends, seals with their id indexes, the close).
+    pub build: Duration,
+}
+
+/// Builds an [`IdLookupFixture`] under `parent` (a tmpfs keeps the build fast; the
+/// files are in the page cache either way).
+pub fn id_lookup_fixture(
+    parent: &Path,
+    messages: u64,
+    segments: u64,
+    value_bytes: usize,
+) -> IdLookupFixture {
+    const BATCH: u64 = 1000;
+    let value = Bytes::from(vec![b'v'; value_bytes]);
+    let batch_of = |first: u64| -> Vec<NewRecord> {
+        (first..first + BATCH)
+            .map(|n| NewRecord {
+                id: Some(lookup_id(n)),
+                ..NewRecord::value(value.clone())
+            })
+            .collect()
+    };
+    let options = tidelog_storage::batch::EncodeOptions {
+        now_ms: 0,
+        default_ttl_ms: None,
+        compression: tidelog_storage::Compression::None,
+        max_message_bytes: 1 << 20,
+        priority_levels: 0,
+    };
+    let batch_bytes = tidelog_storage::batch::encode_batch(&batch_of(0), &options)
+        .expect("encode")
+        .bytes
+        .len() as u64;
+    let batches = messages.div_ceil(BATCH);
+    let segment_bytes = batches.div_ceil(segments).max(1) * batch_bytes;
+    let dir = tempfile::tempdir_in(parent).expect("tempdir");
+    let open = || {
+        Store::open(
+            dir.path(),
+            StoreOptions {
+                retention_interval: None,
+                ..StoreOptions::default()
+            },
+        )
+        .expect("open store")
+    };
+    let started = Instant::now();
+    {
+        let store = open();
+        let config = TopicConfig {
+            fsync: FsyncPolicy::Never,
+            retention_ms: None,
+            segment_ms: None,
+            segment_bytes: segment_bytes.max(tidelog_storage::limits::SEGMENT_BYTES_MIN),
+            ..TopicConfig::default()
+        };
+        let topic = store.create_topic("ids", 1, config).expect("create topic");
+        let partition = topic.partition(0).expect("partition 0").clone();
+        for batch in 0..batches {
+            partition.append(&batch_of(batch * BATCH)).expect("append");
+        }
+        drop((topic, partition));
+        store.close().expect("close");
+    }
+    let build = started.elapsed();
+    let store = open();
+    let partition = store
+        .topic("ids")
+        .expect("topic")
+        .partition(0)
+        .expect("partition 0")
+        .clone();
+    let info = partition.info();
+    IdLookupFixture {
+        messages: batches * BATCH,
+        segments: info.segment_count,
+        log_bytes: info.size_bytes,
+        dir,
+        store,
+        partition,
+        build,
+    }
+}
+
 /// The value at quantile `q` (0..=1) of ascending `sorted` values (nearest rank).
 pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {

@@ -20,7 +20,9 @@ use tidelog_proto::v1 as pb;
 use tidelog_storage::{self as storage, Error};
 use tonic::Status;
 
+mod message;
 mod queue;
+pub use message::*;
 pub use queue::*;
 
 /// Maps a storage error to the status a client sees; the message says what went

@@ -12,6 +12,8 @@
 //!   around it. Imported by [`consume`] and [`groups`], importing neither.
 //! - [`queues`]: work queues: a runtime per queue in use around the storage engine's
 //!   delivery engine, and the `Queues` service.
+//! - [`messages`]: the `Messages` service: a message by its id (the lookup runs on the
+//!   blocking pool: it may read and rebuild id index files).
 //! - [`groups`]: consumer groups (coordinator and the `Groups` service; a member's task
 //!   reads the partitions it owns through [`read::read_round`], like a plain Subscribe).
 //! - [`log_writer`]: the writer under the logs; a line stderr refuses is dropped, so a
@@ -42,6 +44,7 @@ pub mod convert;
 pub mod exposition;
 pub mod groups;
 pub mod log_writer;
+pub mod messages;
 pub mod metrics;
 pub mod partitioner;
 pub mod publish;

@@ -26,6 +26,7 @@
 //! | tidelog_open_streams | gauge | kind (publish, subscribe) |
 //! | tidelog_retention_deleted_segments / _bytes / _messages | counter | topic |
 //! | tidelog_position_resets | counter | topic, reason |
+//! | tidelog_message_lookups | counter | topic, result (found, not_found) |
 //! | tidelog_consumer_group_lag | gauge | group, topic, partition |
 //! | tidelog_consumer_group_members | gauge | group |
 //! | tidelog_queue_ready, _delayed, _unacked, _waiting, _oldest_unacked_age_seconds | gauge | queue |
@@ -82,6 +83,12 @@ struct StreamLabels {
 struct TopicReasonLabels {
     topic: String,
     reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicResultLabels {
+    topic: String,
+    result: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -164,6 +171,9 @@ type QueueField<T> = (&'static str, &'static str, fn(&QueueMetrics) -> T);
 /// The `reason` label values of `tidelog_queue_dead_lettered`.
 pub const DEAD_LETTER_REASONS: [&str; 3] = ["max_deliveries", "term", "overflow"];
 
+/// The `result` label values of `tidelog_message_lookups`.
+pub const LOOKUP_RESULTS: [&str; 2] = ["found", "not_found"];
+
 /// The `reason` label values of `tidelog_position_resets`.
 pub const RESET_REASONS: [&str; 3] = ["below_log_start", "above_end_offset", "no_committed_offset"];
 
@@ -199,6 +209,7 @@ pub struct Metrics {
     retention_bytes: Family<TopicLabels, Counter>,
     retention_messages: Family<TopicLabels, Counter>,
     position_resets: Family<TopicReasonLabels, Counter>,
+    message_lookups: Family<TopicResultLabels, Counter>,
     queue_ack_latency: HistogramFamily<QueueLabels>,
     flush: Arc<FlushMetrics>,
     sources: Arc<ScrapeSources>,
@@ -497,6 +508,7 @@ impl Metrics {
             retention_bytes: Family::default(),
             retention_messages: Family::default(),
             position_resets: Family::default(),
+            message_lookups: Family::default(),
             queue_ack_latency: Family::new_with_constructor(ack_latency_histogram),
             flush: flush.clone(),
             sources: sources.clone(),
@@ -561,6 +573,11 @@ impl Metrics {
             "tidelog_position_resets",
             "Consumer positions moved by a reset policy, by topic and reason",
             metrics.position_resets.clone(),
+        );
+        registry.register(
+            "tidelog_message_lookups",
+            "Messages.GetMessage lookups by id that were answered, by topic and result (found, not_found)",
+            metrics.message_lookups.clone(),
         );
         registry.register(
             "tidelog_queue_ack_latency_seconds",
@@ -727,6 +744,16 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a lookup by message id in `topic` that found the message or not.
+    pub fn message_lookup(&self, topic: &str, found: bool) {
+        self.message_lookups
+            .get_or_create(&TopicResultLabels {
+                topic: topic.to_string(),
+                result: LOOKUP_RESULTS[usize::from(!found)],
+            })
+            .inc();
+    }
+
     /// Forgets the per-topic series of a deleted topic, so they stop being exported.
     pub fn forget_topic(&self, topic: &str) {
         let labels = TopicLabels {
@@ -752,6 +779,12 @@ impl Metrics {
                     reason,
                 });
             }
+        }
+        for result in LOOKUP_RESULTS {
+            self.message_lookups.remove(&TopicResultLabels {
+                topic: topic.to_string(),
+                result,
+            });
         }
     }
 
@@ -920,6 +953,9 @@ mod tests {
         metrics.fetched("orders", 2, 20);
         metrics.rpc_finished("Publish", Instant::now(), Some(tonic::Code::NotFound));
         metrics.position_reset("orders", "below_log_start");
+        metrics.message_lookup("orders", true);
+        metrics.message_lookup("orders", false);
+        metrics.message_lookup("orders", false);
         metrics.retention(
             "orders",
             &RetentionOutcome {
@@ -948,6 +984,8 @@ mod tests {
             "tidelog_retention_deleted_segments_total{topic=\"orders\",reason=\"ttl\"} 1",
             "tidelog_retention_deleted_segments_total{topic=\"orders\",reason=\"size\"} 2",
             "tidelog_retention_deleted_messages_total{topic=\"orders\"} 30",
+            "tidelog_message_lookups_total{topic=\"orders\",result=\"found\"} 1",
+            "tidelog_message_lookups_total{topic=\"orders\",result=\"not_found\"} 2",
         ] {
             assert!(text.contains(expected), "{expected} missing from\n{text}");
         }
@@ -1069,6 +1107,7 @@ mod tests {
         metrics.fetched("orders", 1, 1);
         metrics.rpc_finished("Fetch", Instant::now(), Some(tonic::Code::NotFound));
         metrics.position_reset("orders", "below_log_start");
+        metrics.message_lookup("orders", true);
         metrics.retention(
             "orders",
             &RetentionOutcome {
@@ -1116,7 +1155,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(families, 21, "a family was added or lost:\n{openmetrics}");
+        assert_eq!(families, 22, "a family was added or lost:\n{openmetrics}");
         assert_eq!(lines.last(), Some(&"# EOF"));
         store.close().unwrap();
     }

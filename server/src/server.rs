@@ -14,6 +14,7 @@ use std::time::Duration;
 use tidelog_proto::v1::admin_server::AdminServer;
 use tidelog_proto::v1::consumer_server::ConsumerServer;
 use tidelog_proto::v1::groups_server::GroupsServer;
+use tidelog_proto::v1::messages_server::MessagesServer;
 use tidelog_proto::v1::publisher_server::PublisherServer;
 use tidelog_proto::v1::queues_server::QueuesServer;
 use tidelog_storage::{Store, StoreOptions, SystemClock};
@@ -193,6 +194,10 @@ async fn serve(
         )
         .add_service(
             QueuesServer::new(crate::queues::QueuesService::new(state.clone()))
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            MessagesServer::new(crate::messages::MessagesService::new(state.clone()))
                 .max_decoding_message_size(max),
         );
 

@@ -26,8 +26,10 @@ pub mod error;
 mod flusher;
 pub mod fs;
 pub mod fsutil;
+pub mod idindex;
 pub mod index;
 pub mod limits;
+pub mod lookup;
 #[allow(unsafe_code)] // The one module allowed unsafe: mapping segment files (see its docs).
 mod mmap;
 pub mod msgid;
@@ -52,6 +54,7 @@ pub use error::{Error, Result};
 #[cfg(any(test, feature = "testing"))]
 pub use fs::FaultyFs;
 pub use fs::{FileSystem, OsFs};
+pub use lookup::FoundMessage;
 pub use offsets::{CommittedOffset, OffsetStore};
 pub use partition::{
     Appended, FlushObserver, Partition, PartitionInfo, ReadResult, RetentionOutcome,

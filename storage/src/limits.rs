@@ -56,6 +56,16 @@ pub const MESSAGE_ID_BYTES_MAX: usize = 128;
 pub const DEDUP_WINDOW_MS_DEFAULT: u64 = 2 * 60 * 1000;
 /// Longest dedup window: 7 days.
 pub const DEDUP_WINDOW_MS_MAX: u64 = 7 * 24 * 60 * 60 * 1000;
+/// Most message ids one segment holds, and so entries in one id index (`.idindex`,
+/// 16 bytes each). A segment rolls before an append would take its ids past this,
+/// as it rolls at `segment_bytes`: compression lets a segment hold far more records
+/// than its size suggests, and this bounds the active segment's ids in memory and an
+/// id index file (128 MiB at most) whatever the ratio.
+pub const ID_INDEX_ENTRIES_MAX: u32 = 8 * 1024 * 1024;
+
+/// Longest valid id index file (48-byte header, 16-byte entries): nothing longer is
+/// read or mapped.
+pub const ID_INDEX_FILE_BYTES_MAX: u64 = 48 + 16 * ID_INDEX_ENTRIES_MAX as u64;
 
 /// Most priority levels a topic may have; priorities run from 0 (lowest) to
 /// `PRIORITY_LEVELS_MAX - 1`.
@@ -78,6 +88,12 @@ const _: () = assert!(SEGMENT_FILE_BYTES_MAX < u32::MAX as u64);
 const _: () = assert!(SEGMENT_FILE_BYTES_MAX / INDEX_INTERVAL_BYTES <= INDEX_ENTRIES_MAX as u64);
 // A mapping of the longest segment file fits the address space of a 64-bit usize.
 const _: () = assert!(SEGMENT_FILE_BYTES_MAX <= usize::MAX as u64);
+// One batch's ids always fit a new segment, so a roll makes room for any append.
+const _: () = assert!(ID_INDEX_ENTRIES_MAX >= BATCH_RECORDS_MAX);
+// An id index is never longer than the longest segment file it describes.
+const _: () = assert!(ID_INDEX_FILE_BYTES_MAX <= SEGMENT_FILE_BYTES_MAX);
+// Relative offsets and positions in an entry are u32.
+const _: () = assert!(SEGMENT_FILE_BYTES_MAX < u32::MAX as u64);
 
 /// Largest body of one record of a durable state log (`statelog`; the consumer offsets
 /// log is one). Bounds the allocation a replay makes from a length read off disk, what

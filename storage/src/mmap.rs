@@ -13,6 +13,10 @@
 //! - The mapping may be longer than the file (an active segment grows into it), but
 //!   no byte past the partition's visible end, which is never past the file's end, is
 //!   read.
+//! - An id index (`.idindex`) is mapped at the length its metadata gives just before,
+//!   under its segment's id lock, which every writer of that file in the process also
+//!   holds; writers replace it by renaming a new file over it (a new inode), so a
+//!   mapping never outlives its file's length.
 
 use std::fs::File;
 use std::io;

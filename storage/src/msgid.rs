@@ -76,6 +76,18 @@ pub fn display(id: &[u8]) -> String {
     }
 }
 
+/// Checks that `id` can be a message id: 1 to [`MESSAGE_ID_BYTES_MAX`] bytes (what a
+/// lookup by id is given; the batch encoder checks each record's own).
+pub fn check(id: &[u8]) -> crate::Result<()> {
+    if id.is_empty() || id.len() > MESSAGE_ID_BYTES_MAX {
+        return Err(crate::Error::invalid(format!(
+            "a message id is 1 to {MESSAGE_ID_BYTES_MAX} bytes, not {}",
+            id.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Why a text is not an id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseIdError(pub String);

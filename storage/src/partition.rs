@@ -19,8 +19,9 @@ use crate::error::{Error, IoContext, Result};
 use crate::flusher::{Flush, FlushQueue};
 use crate::fs::{FileSystem, FsFile, OpenMode};
 use crate::fsutil;
+use crate::idindex;
 use crate::index::SegmentSummary;
-use crate::limits::SEGMENT_FILE_BYTES_MAX;
+use crate::limits::{ID_INDEX_ENTRIES_MAX, SEGMENT_FILE_BYTES_MAX};
 use crate::progress::{LogEnd, Progress, WaitDurable, WaitForData};
 use crate::recovery;
 use crate::segment::{self, LOG_SUFFIX, MappedSegments, ReadBudget, Segment, SegmentState};
@@ -113,6 +114,11 @@ struct Writer {
     state: SegmentState,
     /// When the active segment was created (for `segment_ms`).
     created_ms: i64,
+    /// At least as many as the message ids in the active segment: exact for a segment
+    /// created since the partition opened; for the one it opened with, its record
+    /// count stands in for the ids written before. The segment rolls before this would
+    /// pass `ID_INDEX_ENTRIES_MAX`.
+    ids_bound: u64,
     /// Sealed segments whose file and index still need an fsync.
     sealed: Vec<SealedSegment>,
     /// A file was created in the partition directory since the last flush.
@@ -131,11 +137,13 @@ impl Writer {
         created_ms: i64,
         closed: bool,
     ) -> Self {
+        let ids_bound = state.summary.next_offset - state.summary.base_offset;
         Writer {
             active,
             file,
             state,
             created_ms,
+            ids_bound,
             sealed: Vec::new(),
             dir_dirty: false,
             appends_since_flush: 0,
@@ -301,12 +309,11 @@ impl Partition {
             .open(&log_path, OpenMode::Write)
             .ctx(|| format!("opening {} for appends", log_path.display()))?;
 
-        let active = Arc::new(Segment::with_state(
-            fs.clone(),
-            dir,
-            active_state.clone(),
-            SEGMENT_MAP_BYTES,
-        ));
+        // The ids of what the active segment holds are read when first needed.
+        let active = Arc::new(
+            Segment::with_state(fs.clone(), dir, active_state.clone(), SEGMENT_MAP_BYTES)
+                .with_open_ids(end.position),
+        );
         let mut segments = sealed;
         segments.push(active.clone());
         let log_start = segments[0].base_offset;
@@ -412,12 +419,21 @@ impl Partition {
             max_message_bytes: config.max_message_bytes,
             priority_levels: config.priority_levels,
         };
-        // Encoding, compression and the CRC happen outside the lock.
+        // Encoding, compression, the CRC and the ids' hashes happen outside the lock.
         let mut encoded = batch::encode_batch(records, &options)?;
+        let ids: Vec<(u32, u64)> = records
+            .iter()
+            .enumerate()
+            .filter_map(|(index, record)| {
+                let id = record.id.as_ref()?;
+                Some((index as u32, idindex::hash_id(id)))
+            })
+            .collect();
         let mut writer = lock(&self.writer);
         self.check_writable(&writer)?;
         let size = writer.state.summary.log_bytes;
-        let too_big = size + encoded.bytes.len() as u64 > config.segment_bytes;
+        let too_big = size + encoded.bytes.len() as u64 > config.segment_bytes
+            || writer.ids_bound + ids.len() as u64 > u64::from(ID_INDEX_ENTRIES_MAX);
         let too_old = config
             .segment_ms
             .is_some_and(|ms| options.now_ms.saturating_sub(writer.created_ms) >= ms as i64);
@@ -442,6 +458,9 @@ impl Partition {
         let header = encoded.header;
         writer.state.observe(position, &header);
         writer.active.observe_append(&writer.state);
+        let relative_base = (base_offset - writer.active.base_offset) as u32;
+        writer.active.add_ids(position, relative_base, &ids);
+        writer.ids_bound += ids.len() as u64;
         writer.appends_since_flush += 1;
         writer.bytes_since_flush += encoded.bytes.len() as u64;
         let end = LogEnd {
@@ -502,12 +521,10 @@ impl Partition {
             .open(&path, OpenMode::CreateNew)
             .ctx(|| format!("creating segment {}", path.display()))?;
         let state = SegmentState::new(base);
-        let segment = Arc::new(Segment::with_state(
-            self.fs.clone(),
-            &self.dir,
-            state.clone(),
-            SEGMENT_MAP_BYTES,
-        ));
+        let segment = Arc::new(
+            Segment::with_state(self.fs.clone(), &self.dir, state.clone(), SEGMENT_MAP_BYTES)
+                .with_open_ids(0),
+        );
         let old_segment = std::mem::replace(&mut writer.active, segment.clone());
         let old_file = std::mem::replace(&mut writer.file, file);
         let old_state = std::mem::replace(&mut writer.state, state);
@@ -517,6 +534,7 @@ impl Partition {
             state: old_state,
         });
         writer.created_ms = self.clock.now_ms();
+        writer.ids_bound = 0;
         writer.dir_dirty = true;
         self.segments
             .write()
@@ -572,6 +590,10 @@ impl Partition {
                 // the partition down. Its directory entry rides on the fsync below.
                 if let Err(error) = sealed.segment.replace_index_files(&sealed.state) {
                     tracing::warn!(partition = %self.name, segment = sealed.segment.base_offset, %error, "could not write a sealed segment's index; it will be rebuilt from the log when needed");
+                }
+                // The id index too; lookups keep the ids in memory if it fails.
+                if let Err(error) = sealed.segment.write_id_index(&sealed.state.summary, true) {
+                    tracing::warn!(partition = %self.name, segment = sealed.segment.base_offset, %error, "could not write a sealed segment's id index; its ids stay in memory and recovery writes it");
                 }
             }
             if dir_dirty || !sealed.is_empty() {
@@ -836,6 +858,73 @@ impl Partition {
         Ok(None)
     }
 
+    /// The newest message in this partition whose id is `id`, among those readers can
+    /// see (below the visible end, at or after the log start) that have not expired;
+    /// `None` when there is none. Several messages may carry one id (a topic without a
+    /// dedup window stores a retried publish again): the one with the highest offset
+    /// is returned.
+    ///
+    /// Segments are searched newest first: the active one's ids from memory, a sealed
+    /// one's from its `.idindex` (mapped, validated, and rebuilt from the log when
+    /// missing or invalid), and each candidate record is read and its id compared, so
+    /// the answer is exact. Blocking: it may read and write files.
+    ///
+    /// Fails with `InvalidArgument` for an empty id or one over
+    /// `MESSAGE_ID_BYTES_MAX` bytes, and with `Corrupt` when nothing was found but a
+    /// segment holds a batch whose ids could not be read (its CRC fails).
+    pub fn find_by_id(&self, id: &[u8]) -> Result<Option<Record>> {
+        crate::msgid::check(id)?;
+        let (visible, log_start) = {
+            let state = self.progress.lock();
+            if state.deleted || state.unavailable.is_some() {
+                return Err(self.progress.closed_error_in(&state));
+            }
+            (state.visible(), state.log_start)
+        };
+        let hash = idindex::hash_id(id);
+        let now_ms = self.clock.now_ms();
+        let mut unreadable: Option<Error> = None;
+        for segment in self.segments().iter().rev() {
+            if segment.base_offset >= visible.offset {
+                continue;
+            }
+            let end_position = if segment.base_offset == visible.segment_base {
+                visible.position
+            } else {
+                segment.summary().log_bytes
+            };
+            let found = segment.find_by_id(id, hash, visible.offset, end_position, now_ms);
+            self.mapped.note_read(segment);
+            let found = match found {
+                Ok(found) => found,
+                // Retention removed the segment after the snapshot was taken: its
+                // messages are gone, as if it had gone before.
+                Err(Error::Io { .. }) if self.log_start() > segment.base_offset => continue,
+                Err(error) => return Err(error),
+            };
+            if let Some(record) = found.record {
+                if record.offset >= log_start.max(self.log_start()) {
+                    return Ok(Some(record));
+                }
+                continue;
+            }
+            if found.incomplete && unreadable.is_none() {
+                unreadable = Some(Error::corrupt(
+                    segment.log_path(),
+                    0,
+                    format!(
+                        "message id {} was not found, but a batch of this segment fails its CRC, so ids in it cannot be read",
+                        crate::msgid::display(id)
+                    ),
+                ));
+            }
+        }
+        match unreadable {
+            Some(error) => Err(error),
+            None => Ok(None),
+        }
+    }
+
     /// Deletes whole segments, oldest first, that are past `retention_ms`, push the
     /// partition over `retention_bytes`, or whose every record has expired. An active
     /// segment that qualifies is rolled first so it can go too.
@@ -862,6 +951,7 @@ impl Partition {
         }
         let mut outcome = RetentionOutcome::default();
         let mut deleted = Vec::new();
+        let mut deleted_segments = Vec::new();
         {
             let mut segments = self.segments.write().unwrap_or_else(|e| e.into_inner());
             let mut total: u64 = segments.iter().map(|s| s.summary().log_bytes).sum();
@@ -884,7 +974,7 @@ impl Partition {
                 total -= summary.log_bytes;
                 deleted.push(summary);
             }
-            segments.drain(..deleted.len());
+            deleted_segments.extend(segments.drain(..deleted.len()));
         }
         // A segment sealed but not flushed yet needs no fsync once deleted.
         writer.sealed.retain(|s| {
@@ -897,6 +987,9 @@ impl Partition {
         drop(writer);
 
         outcome.log_start = log_start;
+        for segment in &deleted_segments {
+            segment.mark_removed();
+        }
         for summary in &deleted {
             segment::remove_files(&*self.fs, &self.dir, summary.base_offset)?;
             outcome.segments_deleted += 1;
@@ -949,6 +1042,11 @@ impl Partition {
         writer.closed = true;
         self.progress.close();
         flushed?;
+        // Derived data, like the index files, but not needed to open without a scan:
+        // a failure costs a rebuild when the segment is next looked up or sealed.
+        if let Err(error) = writer.active.write_id_index(&writer.state.summary, false) {
+            tracing::warn!(partition = %self.name, %error, "could not write the active segment's id index at close");
+        }
         writer.active.write_index_files(&writer.state)?;
         let end = self.progress.lock().durable;
         flush

@@ -12,9 +12,9 @@
 //!    is either the log the partition opens with or why it must not open.
 //! 3. **Execute** ([`execute`]): the actions through the [`FileSystem`] seam, in a
 //!    crash-safe order: leftovers, then cuts (the cut bytes kept in a side file first)
-//!    and removals, then fsyncs of what was scanned, index files, the directory, and
-//!    the checkpoint last. A crash part way leaves a directory the next recovery plans
-//!    again from scratch.
+//!    and removals, then fsyncs of what was scanned, index files and id indexes, the
+//!    directory, and the checkpoint last. A crash part way leaves a directory the next
+//!    recovery plans again from scratch.
 //!
 //! The rules, in the order they are applied to each segment:
 //! - A segment that starts past the end of the previous one, when no checkpoint ever
@@ -31,6 +31,11 @@
 //! - A batch whose framing is intact but whose CRC fails, with an intact batch after
 //!   it or inside fsynced bytes, is corruption: kept, and reads of it fail
 //!   ([`Verdict::Corrupt`]).
+//! - A sealed segment kept whose `.idindex` is missing or does not describe its log
+//!   ([`IdIndexState::Invalid`]) gets it written again from the log
+//!   ([`Action::WriteIdIndex`]): derived data, never a reason to refuse the open. The
+//!   active segment needs none (its ids are read when first looked up, and its file is
+//!   written when it is sealed).
 //!
 //! Without `force`, gaps, lost and damaged durable data refuse the open: nothing is
 //! cut that the checkpoint says was fsynced. With `force` (repair only) the log is cut
@@ -46,6 +51,7 @@ use crate::fsutil;
 use crate::index::SegmentSummary;
 use crate::progress::LogEnd;
 use crate::segment::{self, CorruptBatch, LOG_SUFFIX, ScanReport, SegmentState};
+use bytes::Bytes;
 
 /// Buffer used to copy a cut tail to its side file and to rewrite recovered bytes.
 const COPY_CHUNK_BYTES: usize = 64 * 1024;
@@ -73,6 +79,21 @@ pub struct Observed {
     pub content: Content,
     /// Its index files must be written (missing, stale or not checked).
     pub index_stale: bool,
+    /// What its `.idindex` looks like.
+    pub id_index: IdIndexState,
+}
+
+/// What [`observe`] found of a segment's `.idindex`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdIndexState {
+    /// Not looked at: the last segment, the active one, which needs none.
+    NotChecked,
+    /// Present and describing the log: its header ([`Depth::Needed`]), or every entry
+    /// against the ids in the log ([`Depth::Full`]).
+    Valid,
+    /// Missing, damaged or describing another log (why): written again from the log
+    /// if the segment is kept sealed.
+    Invalid(String),
 }
 
 /// A segment's contents as observed.
@@ -157,12 +178,14 @@ pub fn observe(
             && let Some(summary) = segment::load_summary(fs, dir, base, log_bytes)
             && !needs_scan(trusted, log_bytes, Some(&summary), next_base)
         {
+            let id_index = id_index_state(fs, dir, base, log_bytes, summary.next_offset);
             segments.push(Observed {
                 base,
                 path,
                 log_bytes,
                 content: Content::Summary(summary),
                 index_stale: false,
+                id_index,
             });
             continue;
         }
@@ -181,11 +204,18 @@ pub fn observe(
             }
             _ => (SegmentState::new(base), 0),
         };
-        let data = fs
+        let mapping = fs
             .map(&path, log_bytes as usize)
             .ctx(|| format!("mapping {}", path.display()))?;
-        let data = &data[..(log_bytes as usize).min(data.len())];
+        let mapping = mapping.slice(..(log_bytes as usize).min(mapping.len()));
+        let data = &mapping[..];
         let report = segment::scan_durable(data, start, state, trusted);
+        let next_offset = report.state.summary.next_offset;
+        let id_index = match (next_base, depth) {
+            (None, _) => IdIndexState::NotChecked,
+            (Some(_), Depth::Needed) => id_index_state(fs, dir, base, log_bytes, next_offset),
+            (Some(_), Depth::Full) => id_index_state_full(fs, dir, base, &mapping, next_offset),
+        };
         let mut observed = Observed {
             base,
             path,
@@ -195,6 +225,7 @@ pub fn observe(
             // partition closes; the others', scanned because they could not be
             // trusted, are written again.
             index_stale: next_base.is_some(),
+            id_index,
         };
         if let Some(inspect) = inspect.as_mut() {
             observed.index_stale = inspect(&observed, data);
@@ -207,6 +238,56 @@ pub fn observe(
         segments,
         leftovers,
     })
+}
+
+/// The header check of a segment's `.idindex` ([`segment::check_id_index_header`]).
+fn id_index_state(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    base: u64,
+    log_bytes: u64,
+    next_offset: u64,
+) -> IdIndexState {
+    match segment::check_id_index_header(fs, dir, base, log_bytes, next_offset) {
+        Ok(()) => IdIndexState::Valid,
+        Err(reason) => IdIndexState::Invalid(reason),
+    }
+}
+
+/// The whole check of a segment's `.idindex`: valid, and holding exactly the ids the
+/// log `data` holds.
+fn id_index_state_full(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    base: u64,
+    data: &Bytes,
+    next_offset: u64,
+) -> IdIndexState {
+    let table = match segment::load_id_index(fs, dir, base, data.len() as u64, Some(next_offset)) {
+        Ok(table) => table,
+        Err(reason) => return IdIndexState::Invalid(reason),
+    };
+    let scan = match segment::collect_ids(data, base) {
+        Ok(scan) => scan,
+        Err(e) => return IdIndexState::Invalid(e.to_string()),
+    };
+    let incomplete = scan.incomplete || scan.valid_bytes < data.len() as u64;
+    let mut expected = scan.entries;
+    expected.sort_unstable_by_key(|e| (e.hash, e.relative_offset));
+    let found: Vec<_> = table.iter().collect();
+    if found != expected || table.incomplete() != incomplete {
+        return IdIndexState::Invalid(format!(
+            "it does not list the ids the log holds ({} listed, {} in the log{})",
+            found.len(),
+            expected.len(),
+            if table.incomplete() != incomplete {
+                ", and it is wrong about batches whose ids cannot be read"
+            } else {
+                ""
+            }
+        ));
+    }
+    IdIndexState::Valid
 }
 
 /// What [`plan`] may do besides what the broker's recovery does.
@@ -260,6 +341,8 @@ pub struct SegmentVerdict {
     pub corrupt: Vec<CorruptBatch>,
     /// Whether the segment was scanned (its bytes validated).
     pub scanned: bool,
+    /// Its `.idindex` as observed.
+    pub id_index: IdIndexState,
 }
 
 /// One change to the partition's files.
@@ -288,6 +371,9 @@ pub enum Action {
         base: u64,
         state: Option<Box<SegmentState>>,
     },
+    /// Write the sealed segment's `.idindex` from the ids in its log
+    /// ([`segment::rebuild_id_index`]).
+    WriteIdIndex { base: u64 },
     /// Create the first segment of an empty partition.
     CreateSegment { base: u64 },
     /// fsync the partition directory.
@@ -373,6 +459,8 @@ struct Keeping {
     /// Its length once the plan is carried out.
     length: u64,
     next_offset: u64,
+    /// Its `.idindex` must be written if it stays sealed.
+    id_index_invalid: bool,
 }
 
 /// Judges every segment of `observation` and plans the recovery. Pure.
@@ -426,7 +514,9 @@ pub fn plan(observation: Observation, options: PlanOptions) -> RecoveryPlan {
             log_bytes,
             content,
             index_stale,
+            id_index,
         } = observed;
+        let id_index_invalid = matches!(id_index, IdIndexState::Invalid(_));
         let trusted = checkpoint::trusted_bytes(checkpoint.as_ref(), base, log_bytes);
         let mut verdict = SegmentVerdict {
             base,
@@ -439,6 +529,7 @@ pub fn plan(observation: Observation, options: PlanOptions) -> RecoveryPlan {
                 Content::Summary(_) => Vec::new(),
             },
             scanned: matches!(content, Content::Scanned(_)),
+            id_index,
         };
         if ended {
             verdict.verdict = Verdict::AfterTheEnd;
@@ -497,6 +588,7 @@ pub fn plan(observation: Observation, options: PlanOptions) -> RecoveryPlan {
                     kept: Some(Kept::Summary(summary)),
                     length: summary.log_bytes,
                     next_offset: summary.next_offset,
+                    id_index_invalid,
                 });
                 verdicts.push(verdict);
                 continue;
@@ -582,6 +674,7 @@ pub fn plan(observation: Observation, options: PlanOptions) -> RecoveryPlan {
                     kept: state.map(Kept::State),
                     length: position,
                     next_offset,
+                    id_index_invalid,
                 });
             }
             None => {
@@ -600,6 +693,7 @@ pub fn plan(observation: Observation, options: PlanOptions) -> RecoveryPlan {
                     length: report.valid_bytes,
                     next_offset: report.state.summary.next_offset,
                     kept: Some(Kept::State(report.state)),
+                    id_index_invalid,
                 });
             }
         }
@@ -620,6 +714,14 @@ pub fn plan(observation: Observation, options: PlanOptions) -> RecoveryPlan {
 
     let structural = !actions.is_empty();
     actions.extend(syncs);
+    // Every kept segment but the last stays sealed and needs a valid id index.
+    let sealed_kept = keeping.len().saturating_sub(1);
+    index_writes.extend(
+        keeping[..sealed_kept]
+            .iter()
+            .filter(|k| k.id_index_invalid)
+            .map(|k| Action::WriteIdIndex { base: k.base }),
+    );
     let (sealed, active, end) = match keeping.pop() {
         Some(last) => {
             let end = LogEnd {
@@ -731,6 +833,13 @@ pub fn execute(
                     None => rescan(fs, dir, *base)?,
                 };
                 segment::replace_index_files(fs, dir, &state)?;
+            }
+            Action::WriteIdIndex { base } => {
+                // Derived data: a failure leaves the lookup path to rebuild it in
+                // memory (and the next recovery to write it), never a reason to stop.
+                if let Err(error) = segment::rebuild_id_index(fs, dir, *base) {
+                    tracing::warn!(dir = %dir.display(), segment = base, %error, "could not write a segment's id index; lookups rebuild it from the log");
+                }
             }
             Action::CreateSegment { base } => {
                 let path = segment::segment_path(dir, *base, LOG_SUFFIX);
@@ -850,6 +959,7 @@ fn move_aside(fs: &dyn FileSystem, dir: &Path, base: u64) -> Result<()> {
         LOG_SUFFIX,
         segment::INDEX_SUFFIX,
         segment::TIME_INDEX_SUFFIX,
+        segment::ID_INDEX_SUFFIX,
     ] {
         let path = segment::segment_path(dir, base, suffix);
         if fs
@@ -913,6 +1023,7 @@ mod tests {
                         trusted,
                     )),
                     index_stale: false,
+                    id_index: IdIndexState::Valid,
                 }
             })
             .collect();

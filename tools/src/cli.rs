@@ -91,6 +91,12 @@ pub enum Command {
         after_help = "Examples:\n  tidelog queue create billing --topic orders --from earliest\n  tidelog queue describe billing\n  tidelog queue work billing --concurrency 4 -- ./charge.sh"
     )]
     Queue(crate::queue::QueueCommand),
+    /// Look a message up by its message id.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  tidelog message get orders order-17\n  tidelog message get orders 01JD3N6Z9M2Q8W4X7Y5V0T1R3S --value --json"
+    )]
+    Message(MessageCommand),
 
     /// Offline tools for a data directory (stop tidelogd first): dump, verify, repair.
     #[command(
@@ -374,6 +380,47 @@ pub enum BrokerCommand {
         after_help = "Examples:\n  tidelog broker describe\n  tidelog broker describe --json"
     )]
     Describe,
+}
+
+// ---------------------------------------------------------------------------------
+// message
+// ---------------------------------------------------------------------------------
+
+#[derive(Debug, Subcommand)]
+pub enum MessageCommand {
+    /// Show the message of a topic that has this id: partition, offset, timestamp,
+    /// expiry, size, key and headers (and the value with --value), from anywhere in
+    /// the topic's retention.
+    #[command(
+        after_help = "Examples:\n  tidelog message get orders order-17\n  tidelog message get orders order-17 --value\n  tidelog message get orders 0x00ff10 --json\n\nID is the id's text form, as consume and produce print it: text as itself, a\nbroker-assigned id as its 26 base32 characters, any other bytes as 0x and hex.\nWhen several messages carry the id, the newest is shown."
+    )]
+    Get(MessageGetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MessageGetArgs {
+    /// Topic to look in.
+    pub topic: String,
+
+    /// The message id: text, 26 base32 characters (a broker-assigned id), or 0x and
+    /// hex for other bytes; 1 to 128 bytes.
+    #[arg(value_parser = parse_message_id)]
+    pub id: MessageId,
+
+    /// Print the value too (text as it is; other bytes in base64, or as a JSON object
+    /// {"base64": ...} with --json).
+    #[arg(long)]
+    pub value: bool,
+}
+
+/// A message id as given on the command line: its bytes and its text form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageId(pub Vec<u8>);
+
+fn parse_message_id(text: &str) -> Result<MessageId, String> {
+    tidelog_storage::msgid::parse(text)
+        .map(MessageId)
+        .map_err(|e| e.to_string())
 }
 
 // ---------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ use std::time::Duration;
 use tidelog_proto::v1::admin_client::AdminClient;
 use tidelog_proto::v1::consumer_client::ConsumerClient;
 use tidelog_proto::v1::groups_client::GroupsClient;
+use tidelog_proto::v1::messages_client::MessagesClient;
 use tidelog_proto::v1::publisher_client::PublisherClient;
 use tidelog_proto::v1::queues_client::QueuesClient;
 use tonic::transport::{Channel, Endpoint};
@@ -95,6 +96,12 @@ impl Broker {
 
     pub fn queues(&self) -> QueuesClient<Channel> {
         QueuesClient::new(self.channel.clone())
+            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+    }
+
+    pub fn messages(&self) -> MessagesClient<Channel> {
+        MessagesClient::new(self.channel.clone())
             .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
     }

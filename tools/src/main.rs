@@ -3,7 +3,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`cli`] | the command tree (clap) and the parsing of every value |
-//! | [`topic`], [`produce`], [`consume`], [`group`], [`broker`], [`queue`] | commands that talk to the broker |
+//! | [`topic`], [`produce`], [`consume`], [`group`], [`broker`], [`queue`], [`message`] | commands that talk to the broker |
 //! | [`segment`] | offline dump / verify / repair of a data directory |
 //! | [`bench`] | `tidelog bench produce / consume / e2e`: load with validation |
 //! | [`units`], [`time`], [`spec`], [`output`] | pure parsers and formatters |
@@ -21,6 +21,7 @@ mod client;
 mod consume;
 mod error;
 mod group;
+mod message;
 mod output;
 mod produce;
 mod queue;
@@ -144,6 +145,7 @@ fn run(cli: Cli) -> CliResult<()> {
             Command::Group(command) => group::run(&broker, command, json).await,
             Command::Broker(command) => broker::run(&broker, command, json).await,
             Command::Queue(command) => queue::run(&broker, command, json).await,
+            Command::Message(command) => message::run(&broker, command, json).await,
             Command::Segment(_) | Command::Bench(_) | Command::Completions(_) => Ok(()),
         }
     })

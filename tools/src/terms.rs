@@ -82,6 +82,7 @@ pub const TRANSLATIONS: &[(&str, &str)] = &[
     ("Queues.Consume", "`tidelog queue consume`"),
     ("Queues.Receive", "`tidelog queue consume`"),
     ("Queues.Settle", "`tidelog queue consume`"),
+    ("Messages.GetMessage", "`tidelog message get`"),
     // Request fields: the flag that sets them.
     ("reset_policy is ERROR", "--offset-reset is error"),
     (
@@ -196,6 +197,7 @@ mod tests {
                 "Groups.",
                 "Consumer.",
                 "Publisher.",
+                "Messages.",
                 "reset_policy",
             ] {
                 assert!(!translated.contains(term), "{api} -> {translated}");
@@ -285,7 +287,14 @@ mod tests {
                     if line.trim_start().starts_with("//") {
                         continue;
                     }
-                    for service in ["Admin.", "Publisher.", "Consumer.", "Groups.", "Queues."] {
+                    for service in [
+                        "Admin.",
+                        "Publisher.",
+                        "Consumer.",
+                        "Groups.",
+                        "Queues.",
+                        "Messages.",
+                    ] {
                         let mut rest = line;
                         while let Some(at) = rest.find(service) {
                             let after = &rest[at + service.len()..];

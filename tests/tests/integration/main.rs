@@ -11,6 +11,7 @@ mod dedup;
 mod garbage;
 mod groups;
 mod kill9;
+mod message_lookup;
 mod message_metadata;
 mod metrics_http;
 mod positions;

@@ -1,7 +1,8 @@
 //! The analysis behind `verify` and `repair`: every batch of every segment through
 //! the storage engine's own validator ([`tidelog_storage::segment::scan`], the one
-//! recovery uses), the indexes against the log, the checkpoint against the segments,
-//! and the consumer offsets log record by record.
+//! recovery uses), the indexes against the log, the id indexes (the engine's own check:
+//! every entry against the ids in the log), the checkpoint against the segments, and
+//! the consumer offsets log record by record.
 //!
 //! Findings are classified the way the broker's recovery treats them: a torn tail
 //! (an incomplete last write past the checkpoint) is cut on open; anything else is
@@ -18,10 +19,11 @@ use tidelog_storage::checkpoint::{self, Checkpoint};
 use tidelog_storage::index::{self, SegmentSummary};
 use tidelog_storage::offsets::{OffsetOp, Offsets};
 use tidelog_storage::recovery::{
-    self, Content, Depth, Observation, Observed, PlanOptions, RecoveryPlan, Verdict,
+    self, Action, Content, Depth, IdIndexState, Observation, Observed, PlanOptions, RecoveryPlan,
+    Verdict,
 };
 use tidelog_storage::segment::{
-    CorruptBatch, INDEX_SUFFIX, ScanReport, TIME_INDEX_SUFFIX, segment_path,
+    CorruptBatch, ID_INDEX_SUFFIX, INDEX_SUFFIX, ScanReport, TIME_INDEX_SUFFIX, segment_path,
 };
 use tidelog_storage::statelog::{self, ScanEnd, StateMachine};
 
@@ -310,6 +312,37 @@ fn verdict_findings(plan: &RecoveryPlan) -> Vec<Finding> {
                 ),
             ));
         }
+    }
+    // An id index the plan writes again is derived data gone missing or stale, not
+    // damage to messages: a warning.
+    for action in &plan.actions {
+        let Action::WriteIdIndex { base } = action else {
+            continue;
+        };
+        let reason = plan
+            .segments
+            .iter()
+            .find(|s| s.base == *base)
+            .and_then(|s| match &s.id_index {
+                IdIndexState::Invalid(reason) => Some(reason.as_str()),
+                _ => None,
+            })
+            .unwrap_or("invalid");
+        let kind = if reason == "missing" {
+            "id_index_missing"
+        } else {
+            "id_index_invalid"
+        };
+        findings.push(Finding::warning(
+            kind,
+            &segment_path(&plan.dir, *base, ID_INDEX_SUFFIX),
+            None,
+            format!(
+                "id index {reason}; rebuildable from the log: the broker writes it again on \
+                 open (`tidelog segment repair` writes it now), and lookups by message id \
+                 stay exact meanwhile"
+            ),
+        ));
     }
     if let (true, Some(c)) = (plan.checkpoint_segment_missing, plan.checkpoint) {
         findings.push(Finding::error(

@@ -17,7 +17,9 @@ use serde_json::{Value, json};
 use tidelog_storage::checkpoint::{self, CheckpointFile};
 use tidelog_storage::partition::FSYNC_FAILED_MARKER;
 use tidelog_storage::recovery::{self, Content, Outcome, PlanOptions, RecoveryPlan, Removal};
-use tidelog_storage::segment::{INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX, segment_path};
+use tidelog_storage::segment::{
+    ID_INDEX_SUFFIX, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX, segment_path,
+};
 use tidelog_storage::{FileSystem, OsFs};
 
 use super::check::{
@@ -132,6 +134,13 @@ fn describe(dir: &Path, action: &recovery::Action) -> Option<(String, Value)> {
                     index.display()
                 ),
                 json!({"action": "rewrite_index", "file": index.display().to_string()}),
+            )
+        }
+        Action::WriteIdIndex { base } => {
+            let file = segment_path(dir, *base, ID_INDEX_SUFFIX);
+            (
+                format!("rewrite {} from the ids in the log", file.display()),
+                json!({"action": "rewrite_id_index", "file": file.display().to_string()}),
             )
         }
         Action::CreateSegment { base } => {
