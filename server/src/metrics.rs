@@ -1155,7 +1155,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(families, 22, "a family was added or lost:\n{openmetrics}");
+        assert_eq!(families, 24, "a family was added or lost:\n{openmetrics}");
         assert_eq!(lines.last(), Some(&"# EOF"));
         store.close().unwrap();
     }
