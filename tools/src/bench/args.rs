@@ -172,6 +172,12 @@ pub struct BenchArgs {
     #[arg(long)]
     pub stream: bool,
 
+    /// Give every message a unique 16-byte message id, so the topic's dedup window
+    /// checks and stores each one: what deduplicated publish costs (the bench fails on
+    /// an ack that says duplicate).
+    #[arg(long)]
+    pub ids: bool,
+
     /// Requests in flight per producer with --stream.
     #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub in_flight: u32,

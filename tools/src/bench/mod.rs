@@ -301,6 +301,7 @@ async fn produce(
             batch: args.batch as usize,
             ack: ack_level(args.ack),
             stream: args.stream,
+            ids: args.ids,
             in_flight: args.in_flight as usize,
             budget,
             interval,

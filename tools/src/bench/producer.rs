@@ -46,6 +46,8 @@ pub struct ProducerPlan {
     pub batch: usize,
     pub ack: AckLevel,
     pub stream: bool,
+    /// Each message carries a unique message id ([`message_id`]).
+    pub ids: bool,
     pub in_flight: usize,
     pub budget: Budget,
     /// Time between request starts, with a target rate.
@@ -125,6 +127,21 @@ impl Batcher {
             *remaining -= count as u64;
         }
         let buffer = buffer.freeze();
+        let ids = if self.plan.ids {
+            let mut ids = BytesMut::with_capacity(count * ID_BYTES);
+            for i in 0..count {
+                let sequence = first_sequence + i as u64;
+                ids.extend_from_slice(&message_id(
+                    self.plan.run,
+                    self.plan.id,
+                    partition,
+                    sequence,
+                ));
+            }
+            ids.freeze()
+        } else {
+            Bytes::new()
+        };
         let messages = (0..count)
             .map(|i| Message {
                 key: Bytes::new(),
@@ -133,6 +150,11 @@ impl Batcher {
                 timestamp_ms: None,
                 ttl_ms: None,
                 partition: Some(partition),
+                id: if ids.is_empty() {
+                    Bytes::new()
+                } else {
+                    ids.slice(i * ID_BYTES..(i + 1) * ID_BYTES)
+                },
                 ..Message::default()
             })
             .collect();
@@ -147,6 +169,20 @@ impl Batcher {
             self.free.push(buffer);
         }
     }
+}
+
+const ID_BYTES: usize = 16;
+
+/// The message id of `--ids`: run, producer, partition and sequence, so ids never repeat
+/// within a run and runs do not share ids (producers <= 1,024 and partitions <= 10,000
+/// fit in 16 bits).
+fn message_id(run: u32, producer: u32, partition: u32, sequence: u64) -> [u8; ID_BYTES] {
+    let mut id = [0; ID_BYTES];
+    id[..4].copy_from_slice(&run.to_be_bytes());
+    id[4..6].copy_from_slice(&(producer as u16).to_be_bytes());
+    id[6..8].copy_from_slice(&(partition as u16).to_be_bytes());
+    id[8..].copy_from_slice(&sequence.to_be_bytes());
+    id
 }
 
 /// Checks the broker's acks of a request: one per message, in the partition it
@@ -165,6 +201,12 @@ fn check_acks(
     if acks.len() != count {
         let got = acks.len();
         errors.push(|| format!("producer {producer}: {count} messages published, {got} acks"));
+        return;
+    }
+    if let Some(i) = acks.iter().position(|a| a.duplicate) {
+        errors.push(|| {
+            format!("producer {producer}: ack {i} of a request to partition {partition} says duplicate, but every message id of a run is new")
+        });
         return;
     }
     let base = acks[0].offset;
@@ -466,6 +508,7 @@ mod tests {
             batch: 4,
             ack: AckLevel::Durable,
             stream: false,
+            ids: false,
             in_flight: 1,
             budget,
             interval: None,
@@ -564,6 +607,33 @@ mod tests {
             0,
             &mut errors,
         );
-        assert_eq!(errors.count, 3, "{errors:?}");
+        let mut duplicate = acks(&[(0, 5), (0, 6)]);
+        duplicate[1].duplicate = true;
+        check_acks(&duplicate, AckLevel::Durable, 0, 2, 0, &mut errors);
+        assert_eq!(errors.count, 4, "{errors:?}");
+    }
+
+    #[test]
+    fn with_ids_every_message_has_its_own() {
+        let mut plan = plan(3, Budget::Messages(30));
+        plan.ids = true;
+        let mut batcher = Batcher::new(plan);
+        let mut ids = std::collections::HashSet::new();
+        while let Some(count) = batcher.next_count(Instant::now()) {
+            let (partition, messages, _) = batcher.build(count, 7);
+            for m in &messages {
+                let h = open(&m.value).unwrap();
+                assert_eq!(
+                    m.id.as_ref(),
+                    message_id(42, 1, partition, h.sequence),
+                    "the id names run, producer, partition and sequence"
+                );
+                assert!(ids.insert(m.id.clone()), "{:?} twice", m.id);
+            }
+        }
+        assert_eq!(ids.len(), 30);
+        assert_ne!(message_id(42, 1, 0, 0), message_id(43, 1, 0, 0));
+        assert_ne!(message_id(42, 1, 0, 0), message_id(42, 2, 0, 0));
+        assert_ne!(message_id(42, 1, 0, 0), message_id(42, 1, 1, 0));
     }
 }
