@@ -368,12 +368,20 @@ impl DedupWindow {
             });
         }
         let decisions = self.claim(partitions, &records, window_ms)?;
-        let kept: Vec<NewRecord> = records
-            .into_iter()
-            .zip(&decisions)
-            .filter(|(_, d)| matches!(d, Decision::Append { .. }))
-            .map(|(record, _)| record)
-            .collect();
+        // Usually every record is new: append them as they came, without a copy.
+        let kept: Vec<NewRecord> = if decisions
+            .iter()
+            .all(|d| matches!(d, Decision::Append { .. }))
+        {
+            records
+        } else {
+            records
+                .into_iter()
+                .zip(&decisions)
+                .filter(|(_, d)| matches!(d, Decision::Append { .. }))
+                .map(|(record, _)| record)
+                .collect()
+        };
         let appended = if kept.is_empty() {
             None
         } else {
@@ -516,6 +524,11 @@ fn claim_pass(
     let first_token = state.next_token;
     state.next_token += records.len() as u64;
     let mut decisions = Vec::with_capacity(records.len());
+    let tags: Vec<u32> = records
+        .iter()
+        .map(|r| r.id.as_deref().map_or(0, |id| tag_of(&state.keys, id)))
+        .collect();
+    touch_homes(&state.table, &tags);
     let mut appended = 0;
     let mut blocked = false;
     'records: for (i, record) in records.iter().enumerate() {
@@ -527,7 +540,7 @@ fn claim_pass(
             appended += 1;
             continue;
         };
-        let tag = (state.keys.hash_one(id) >> 32).max(1) as u32;
+        let tag = tags[i];
         for slot in state.table.matches(tag).map(|s| state.table.slots[s]) {
             if slot.at & PENDING_BIT != 0 {
                 let token = slot.at & !PENDING_BIT;
@@ -582,6 +595,28 @@ fn claim_pass(
     Some(decisions)
 }
 
+/// The table tag of an id (never 0, the empty slot's).
+fn tag_of(keys: &RandomState, id: &[u8]) -> u32 {
+    (keys.hash_one(id) >> 32).max(1) as u32
+}
+
+/// Reads the home slot of every tag (0: none) before the claims probe them. The table
+/// is far larger than the caches, so each first probe misses; these reads do not
+/// depend on each other, so the processor overlaps their misses instead of waiting
+/// for one probe after another (a batch of 1,000 ids claims in a fraction of the time).
+fn touch_homes(table: &Table, tags: &[u32]) {
+    if table.slots.is_empty() {
+        return;
+    }
+    let mut seen = 0u32;
+    for &tag in tags {
+        if tag != 0 {
+            seen ^= table.slots[table.home(tag)].tag;
+        }
+    }
+    std::hint::black_box(seen);
+}
+
 /// Whether the record at `partition` / `offset` is there and carries `id`.
 fn stored_id_is(partitions: &[Arc<Partition>], partition: u32, offset: u64, id: &[u8]) -> bool {
     partitions
@@ -630,7 +665,7 @@ fn rebuild(
                     continue;
                 }
                 table.insert(Slot {
-                    tag: (state.keys.hash_one(&id[..]) >> 32).max(1) as u32,
+                    tag: tag_of(&state.keys, &id),
                     time: time_of(state, newest),
                     at,
                 });
