@@ -665,7 +665,7 @@ fn rebuild(
                     continue;
                 }
                 table.insert(Slot {
-                    tag: tag_of(&state.keys, &id),
+                    tag: tag_of(&state.keys, id),
                     time: time_of(state, newest),
                     at,
                 });
