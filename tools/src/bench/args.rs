@@ -211,6 +211,11 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", value_parser = count)]
     pub rate: Option<u64>,
 
+    /// Publish every message with this delay (`Message.delay_ms`): queues hold it until
+    /// then; log readers see it at once (see `bench queue --delay`).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub delay: Option<u64>,
+
     /// Consumers join a consumer group (a new one per run) and the broker assigns them
     /// partitions.
     #[arg(long, conflicts_with_all = ["fanout", "fetch"])]

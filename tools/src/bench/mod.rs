@@ -302,6 +302,7 @@ async fn produce(
             ack: ack_level(args.ack),
             stream: args.stream,
             ids: args.ids,
+            delay_ms: args.delay,
             in_flight: args.in_flight as usize,
             budget,
             interval,

@@ -48,6 +48,8 @@ pub struct ProducerPlan {
     pub stream: bool,
     /// Each message carries a unique message id ([`message_id`]).
     pub ids: bool,
+    /// Each message's `delay_ms` (queues hold it until then).
+    pub delay_ms: Option<u64>,
     pub in_flight: usize,
     pub budget: Budget,
     /// Time between request starts, with a target rate.
@@ -155,6 +157,7 @@ impl Batcher {
                 } else {
                     ids.slice(i * ID_BYTES..(i + 1) * ID_BYTES)
                 },
+                delay_ms: self.plan.delay_ms,
                 ..Message::default()
             })
             .collect();
@@ -509,6 +512,7 @@ mod tests {
             ack: AckLevel::Durable,
             stream: false,
             ids: false,
+            delay_ms: None,
             in_flight: 1,
             budget,
             interval: None,

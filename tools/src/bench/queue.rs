@@ -109,6 +109,17 @@ pub struct QueueBenchArgs {
     #[arg(long)]
     pub live: bool,
 
+    /// Publish each message with this delay: measures how late after its deliver-at time
+    /// each is delivered (with --live and --rate, at that many due messages a second).
+    /// Keep it below --idle-timeout.
+    #[arg(long, value_name = "DURATION", value_parser = nonzero_duration)]
+    pub delay: Option<u64>,
+
+    /// Publish at this many messages a second over all producers (default: as fast as
+    /// the broker takes them).
+    #[arg(long, value_name = "N", value_parser = count)]
+    pub rate: Option<u64>,
+
     /// Producers (pipelined PublishStreams, durable acks).
     #[arg(short, long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub producers: u32,
@@ -183,9 +194,24 @@ fn publish_args(args: &QueueBenchArgs) -> CliResult<BenchArgs> {
         argv.push("--fsync".into());
         argv.push(policy.clone());
     }
+    if let Some(delay_ms) = args.delay {
+        argv.push("--delay".into());
+        argv.push(format!("{delay_ms}ms"));
+    }
+    if let Some(rate) = args.rate {
+        argv.push("--rate".into());
+        argv.push(rate.to_string());
+    }
     Publish::try_parse_from(argv)
         .map(|p| p.args)
         .map_err(|e| CliError::usage(format!("bench queue: {e}"), "check the flags"))
+}
+
+/// Milliseconds since the Unix epoch, as the broker's deliver-at times count.
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// /proc/loadavg's first three fields and /proc/pressure/cpu's "some" avg10.
@@ -316,6 +342,9 @@ struct WorkerOutcome {
     ack_latency: Latency,
     /// Publish -> delivery, per message (--live).
     publish_latency: Latency,
+    /// Deliver-at time -> delivery (wall clock, ms resolution), per first delivery of a
+    /// delayed message (--delay).
+    due_lateness: Latency,
     /// Acks confirmed per offset, per partition.
     acks: Vec<Vec<u8>>,
     first_delivery: Option<Instant>,
@@ -432,6 +461,7 @@ async fn worker(
                 progress_at = arrived;
                 outcome.first_delivery.get_or_insert(arrived);
                 let now_ns = plan.clock.now_ns();
+                let wall_ms = wall_clock_ms();
                 let count = batch.deliveries.len() as u64;
                 outcome.events += 1;
                 outcome.largest_event = outcome.largest_event.max(count);
@@ -443,6 +473,20 @@ async fn worker(
                     };
                     if d.attempt > 1 {
                         outcome.redelivered += 1;
+                    } else if let Some(due_ms) = m.deliver_at_ms {
+                        // The broker decides with the same wall clock: a delivery
+                        // before the time is an error, not a fast delivery.
+                        if wall_ms < due_ms {
+                            let (p, o) = (m.partition, m.offset);
+                            outcome.errors.push(|| {
+                                format!(
+                                    "{p}/{o}: delivered {} ms before its deliver-at time",
+                                    due_ms - wall_ms
+                                )
+                            });
+                        }
+                        let late_ms = u64::try_from(wall_ms - due_ms).unwrap_or(0);
+                        outcome.due_lateness.record_us_n(late_ms * 1_000, 1);
                     }
                     outcome.bytes += m.value.len() as u64;
                     match open(&m.value) {
@@ -908,6 +952,14 @@ impl QueueOutcome {
         latency
     }
 
+    fn due_lateness(&self) -> Latency {
+        let mut latency = Latency::new();
+        for w in &self.workers {
+            latency.add(&w.due_lateness);
+        }
+        latency
+    }
+
     /// Deliveries per Deliveries event, over all workers.
     fn per_event(&self) -> f64 {
         let events: u64 = self.workers.iter().map(|w| w.events).sum();
@@ -1026,6 +1078,15 @@ fn human(outcome: &QueueOutcome) -> String {
             format_latency_us(p.max_us)
         ));
     }
+    if let Some(p) = outcome.due_lateness().percentiles() {
+        text.push_str(&format!(
+            "deliver-at time -> delivery: p50 {}  p90 {}  p99 {}  max {}\n",
+            format_latency_us(p.p50_us),
+            format_latency_us(p.p90_us),
+            format_latency_us(p.p99_us),
+            format_latency_us(p.max_us)
+        ));
+    }
     if let Some(p) = outcome.publish_latency().percentiles() {
         text.push_str(&format!(
             "publish -> delivery: p50 {}  p90 {}  p99 {}  max {}\n",
@@ -1139,6 +1200,7 @@ fn document(outcome: &QueueOutcome) -> Value {
         "mb_per_s": round2(outcome.acked_per_s() * args.size as f64 / 1e6),
         "ack_latency": outcome.ack_latency().percentiles().map(|p| p.json()),
         "publish_to_delivery_latency": outcome.publish_latency().percentiles().map(|p| p.json()),
+        "deliver_at_to_delivery_latency": outcome.due_lateness().percentiles().map(|p| p.json()),
         "deliveries_per_event": round2(outcome.per_event()),
         "workers": workers,
         "client_cpu_seconds": outcome.client_cpu.map(round2),

@@ -171,17 +171,26 @@ pub fn message_json(m: &ConsumedMessage) -> Value {
         .iter()
         .map(|h| json!({"key": h.key, "value": bytes_json(&h.value)}))
         .collect();
-    json!({
+    let mut value = json!({
         "partition": m.partition,
         "offset": m.offset,
         "timestamp": m.timestamp_ms,
         "key": if m.key.is_empty() { Value::Null } else { bytes_json(&m.key) },
         "value": bytes_json(&m.value),
         "headers": headers,
-        "id": (!m.id.is_empty()).then(|| msgid::display(&m.id)),
-        "deliver_at_ms": m.deliver_at_ms,
-        "priority": m.priority,
-    })
+    });
+    if let Value::Object(map) = &mut value {
+        if !m.id.is_empty() {
+            map.insert("id".into(), msgid::display(&m.id).into());
+        }
+        if let Some(at) = m.deliver_at_ms {
+            map.insert("deliver_at_ms".into(), at.into());
+        }
+        if m.priority > 0 {
+            map.insert("priority".into(), m.priority.into());
+        }
+    }
+    value
 }
 
 #[cfg(test)]
@@ -209,6 +218,17 @@ mod tests {
             message_json(&m).to_string(),
             r#"{"partition":1,"offset":7,"timestamp":1700000000000,"key":null,"value":"hello","headers":[{"key":"h","value":{"base64":"/w=="}}]}"#
         );
+        // Id, deliver-at time and priority only when the message has them.
+        let m = ConsumedMessage {
+            id: Bytes::from_static(b"order-17"),
+            deliver_at_ms: Some(1_700_000_005_000),
+            priority: 3,
+            ..m
+        };
+        let json = message_json(&m);
+        assert_eq!(json["id"], "order-17");
+        assert_eq!(json["deliver_at_ms"], 1_700_000_005_000_i64);
+        assert_eq!(json["priority"], 3);
     }
 
     #[test]
