@@ -17,10 +17,16 @@
 //! | 9 | dead-letter | `name`, `partition` u32, `offset` u64, `reason` str16 | settled (its dead letter was appended first) |
 //! | 10 | purge | `name`, ends: u32 count x (`partition` u32, `end` u64) | every cursor moves to at least `end`; pending messages below it are settled |
 //! | 11 | restore | `name`, `partition` u32, `offset` u64, pending | a pending message as it was (snapshots only) |
+//! | 12 | create (v2) | as 1, with config v2 | as 1 |
+//! | 13 | alter (v2) | as 2, with config v2 | as 2 |
 //!
 //! **config**: `ack_deadline_ms` u64, `max_deliveries` u32 (0 = unlimited),
 //! `backoff_initial_ms` u64, `backoff_max_ms` u64, `dead_letter_topic` str16,
 //! `max_unacked_per_member` u32.
+//! **config v2**: config, then `history_attempts` u32, `history_retention_ms` u64.
+//! Kinds 1 and 2 (config without the history fields, read with the defaults: 10
+//! attempts, 7 days) are what builds before the delivery history wrote; this build
+//! writes 12 and 13 and reads all four.
 //! **hold**: a tag u8 then: 1 = leased (`member` str16, `deadline_ms` i64); 2 =
 //! waiting (`due_ms` i64); 3 = delayed (`due_ms` i64).
 //! **pending**: `level` u8, `attempts` u32, hold, `first_delivery_ms` i64,
@@ -31,7 +37,10 @@
 //! the rest moot. Operations on a partition the queue has not seen yet (the topic grew)
 //! create it with every cursor at the taken offset's partition start, 0.
 
-use super::config::{MEMBER_BYTES_MAX, QueueConfig, REASON_BYTES_MAX};
+use super::config::{
+    HISTORY_ATTEMPTS_DEFAULT, HISTORY_RETENTION_MS_DEFAULT, MEMBER_BYTES_MAX, QueueConfig,
+    REASON_BYTES_MAX,
+};
 use super::model::{Hold, Pending, QueueOp, Taken};
 use crate::error::{Error, Result};
 use crate::limits::{PRIORITY_LEVELS_MAX, TOPIC_NAME_BYTES_MAX};
@@ -48,6 +57,8 @@ const KIND_EXTEND: u8 = 8;
 const KIND_DEAD_LETTER: u8 = 9;
 const KIND_PURGE: u8 = 10;
 const KIND_RESTORE: u8 = 11;
+const KIND_CREATE_V2: u8 = 12;
+const KIND_ALTER_V2: u8 = 13;
 
 const HOLD_LEASED: u8 = 1;
 const HOLD_WAITING: u8 = 2;
@@ -60,17 +71,27 @@ fn put_config(out: &mut Vec<u8>, config: &QueueConfig) {
     out.extend_from_slice(&config.backoff_max_ms.to_le_bytes());
     put_str16(out, &config.dead_letter_topic);
     out.extend_from_slice(&config.max_unacked_per_member.to_le_bytes());
+    out.extend_from_slice(&config.history_attempts.to_le_bytes());
+    out.extend_from_slice(&config.history_retention_ms.to_le_bytes());
 }
 
-fn read_config(r: &mut OpReader<'_>) -> Result<QueueConfig, DecodeError> {
-    Ok(QueueConfig {
+/// A config of kinds 1 and 2 (`v2` false: no history fields) or 12 and 13.
+fn read_config(r: &mut OpReader<'_>, v2: bool) -> Result<QueueConfig, DecodeError> {
+    let mut config = QueueConfig {
         ack_deadline_ms: r.u64("ack_deadline_ms")?,
         max_deliveries: r.u32("max_deliveries")?,
         backoff_initial_ms: r.u64("backoff_initial_ms")?,
         backoff_max_ms: r.u64("backoff_max_ms")?,
         dead_letter_topic: r.str16("dead_letter_topic", 1, TOPIC_NAME_BYTES_MAX)?,
         max_unacked_per_member: r.u32("max_unacked_per_member")?,
-    })
+        history_attempts: HISTORY_ATTEMPTS_DEFAULT,
+        history_retention_ms: HISTORY_RETENTION_MS_DEFAULT,
+    };
+    if v2 {
+        config.history_attempts = r.u32("history_attempts")?;
+        config.history_retention_ms = r.u64("history_retention_ms")?;
+    }
+    Ok(config)
 }
 
 fn put_hold(out: &mut Vec<u8>, hold: &Hold) {
@@ -234,7 +255,7 @@ impl LogOp for QueueOp {
                 created_ms,
                 cursors,
             } => {
-                out.push(KIND_CREATE);
+                out.push(KIND_CREATE_V2);
                 put_str16(out, name);
                 put_str16(out, topic);
                 put_config(out, config);
@@ -249,7 +270,7 @@ impl LogOp for QueueOp {
                 }
             }
             QueueOp::Alter { name, config } => {
-                out.push(KIND_ALTER);
+                out.push(KIND_ALTER_V2);
                 put_str16(out, name);
                 put_config(out, config);
             }
@@ -378,10 +399,10 @@ impl LogOp for QueueOp {
     fn decode(r: &mut OpReader<'_>) -> Result<Self, DecodeError> {
         let kind = r.u8("kind")?;
         Ok(match kind {
-            KIND_CREATE => {
+            KIND_CREATE | KIND_CREATE_V2 => {
                 let name = read_name(r)?;
                 let topic = r.str16("topic", 1, TOPIC_NAME_BYTES_MAX)?;
-                let config = read_config(r)?;
+                let config = read_config(r, kind == KIND_CREATE_V2)?;
                 let levels = read_levels(r)?;
                 let created_ms = r.i64("created_ms")?;
                 let item = 4 + 8 * usize::from(levels);
@@ -404,9 +425,9 @@ impl LogOp for QueueOp {
                     cursors,
                 }
             }
-            KIND_ALTER => QueueOp::Alter {
+            KIND_ALTER | KIND_ALTER_V2 => QueueOp::Alter {
                 name: read_name(r)?,
-                config: read_config(r)?,
+                config: read_config(r, kind == KIND_ALTER_V2)?,
             },
             KIND_DELETE => QueueOp::Delete {
                 name: read_name(r)?,
@@ -519,6 +540,29 @@ mod tests {
     use super::super::strategies::{arb_op, round_trip};
     use super::*;
     use proptest::prelude::*;
+
+    /// A create and an alter written before the history fields existed (kinds 1 and 2)
+    /// read back with the history defaults.
+    #[test]
+    fn configs_of_kinds_1_and_2_read_with_the_history_defaults() {
+        let config = QueueConfig::defaults_for("jobs");
+        let mut old = vec![KIND_ALTER];
+        put_str16(&mut old, "q");
+        let mut body = Vec::new();
+        put_config(&mut body, &config);
+        // The old layout is the new one without its last 12 bytes.
+        old.extend_from_slice(&body[..body.len() - 12]);
+        let mut reader = OpReader::new(&old);
+        let op = QueueOp::decode(&mut reader).unwrap();
+        assert_eq!(reader.remaining(), 0);
+        assert_eq!(
+            op,
+            QueueOp::Alter {
+                name: "q".into(),
+                config,
+            }
+        );
+    }
 
     proptest! {
         #[test]

@@ -12,6 +12,14 @@ pub const QUEUE_DELAY_MS_MAX: u64 = 12 * 3600 * 1000;
 pub const ACK_DEADLINE_MS_MIN: u64 = 100;
 /// Most unsettled deliveries one member may hold.
 pub const MAX_UNACKED_PER_MEMBER_MAX: u32 = 100_000;
+/// Most delivery attempts of one message a history query reports.
+pub const HISTORY_ATTEMPTS_MAX: u32 = 1_000;
+/// Longest a queue keeps its delivery history: 90 days.
+pub const HISTORY_RETENTION_MS_MAX: u64 = 90 * 24 * 3600 * 1000;
+/// Attempts per message a history reports unless the queue says otherwise.
+pub const HISTORY_ATTEMPTS_DEFAULT: u32 = 10;
+/// How long a queue keeps its delivery history unless it says otherwise: 7 days.
+pub const HISTORY_RETENTION_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1000;
 
 /// How a queue delivers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,11 +36,17 @@ pub struct QueueConfig {
     pub dead_letter_topic: String,
     /// Most unsettled deliveries one member holds.
     pub max_unacked_per_member: u32,
+    /// Newest delivery attempts of one message its history reports (1 to
+    /// [`HISTORY_ATTEMPTS_MAX`]).
+    pub history_attempts: u32,
+    /// How long delivery history is kept; 0 = the queue records none.
+    pub history_retention_ms: u64,
 }
 
 impl QueueConfig {
     /// The defaults for a queue on `topic`: 30 s deadline, 5 deliveries, backoff from
-    /// 1 s to 5 min, dead letters to `<topic>.dlq`, 1,000 unacked per member.
+    /// 1 s to 5 min, dead letters to `<topic>.dlq`, 1,000 unacked per member, history of
+    /// the newest 10 attempts per message kept 7 days.
     pub fn defaults_for(topic: &str) -> Self {
         QueueConfig {
             ack_deadline_ms: 30_000,
@@ -41,6 +55,8 @@ impl QueueConfig {
             backoff_max_ms: 300_000,
             dead_letter_topic: format!("{topic}.dlq"),
             max_unacked_per_member: 1_000,
+            history_attempts: HISTORY_ATTEMPTS_DEFAULT,
+            history_retention_ms: HISTORY_RETENTION_MS_DEFAULT,
         }
     }
 
@@ -78,6 +94,18 @@ impl QueueConfig {
             u64::from(self.max_unacked_per_member),
             1,
             u64::from(MAX_UNACKED_PER_MEMBER_MAX),
+        )?;
+        within(
+            "history_attempts",
+            u64::from(self.history_attempts),
+            1,
+            u64::from(HISTORY_ATTEMPTS_MAX),
+        )?;
+        within(
+            "history_retention_ms",
+            self.history_retention_ms,
+            0,
+            HISTORY_RETENTION_MS_MAX,
         )?;
         crate::config::validate_topic_name(&self.dead_letter_topic)
             .map_err(|e| Error::invalid(format!("dead_letter_topic: {e}")))
@@ -152,6 +180,11 @@ mod tests {
             ),
             (|c| c.backoff_max_ms = 10, "backoff_max_ms"),
             (|c| c.max_unacked_per_member = 0, "max_unacked_per_member"),
+            (|c| c.history_attempts = 0, "history_attempts"),
+            (
+                |c| c.history_retention_ms = HISTORY_RETENTION_MS_MAX + 1,
+                "history_retention_ms",
+            ),
             (|c| c.dead_letter_topic = "a b".into(), "dead_letter_topic"),
         ] {
             let mut config = config();

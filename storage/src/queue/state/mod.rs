@@ -45,8 +45,10 @@ mod model;
 mod strategies;
 
 pub use config::{
-    ACK_DEADLINE_MS_MIN, MAX_UNACKED_PER_MEMBER_MAX, MEMBER_BYTES_MAX, QUEUE_DELAY_MS_MAX,
-    QueueConfig, REASON_BYTES_MAX, truncate_utf8, validate_queue_name,
+    ACK_DEADLINE_MS_MIN, HISTORY_ATTEMPTS_DEFAULT, HISTORY_ATTEMPTS_MAX,
+    HISTORY_RETENTION_MS_DEFAULT, HISTORY_RETENTION_MS_MAX, MAX_UNACKED_PER_MEMBER_MAX,
+    MEMBER_BYTES_MAX, QUEUE_DELAY_MS_MAX, QueueConfig, REASON_BYTES_MAX, truncate_utf8,
+    validate_queue_name,
 };
 pub use machine::Queues;
 pub use model::{Hold, Pending, Queue, QueueOp, QueuePartition, Taken};
