@@ -75,6 +75,31 @@ impl Queue {
         priority.min(self.levels.saturating_sub(1))
     }
 
+    /// The queue's definition and cursors without its pending messages (cheap to
+    /// copy out of the state).
+    pub fn without_pending(&self) -> Queue {
+        Queue {
+            name: self.name.clone(),
+            topic: self.topic.clone(),
+            config: self.config.clone(),
+            levels: self.levels,
+            created_ms: self.created_ms,
+            partitions: self
+                .partitions
+                .iter()
+                .map(|(&id, part)| {
+                    (
+                        id,
+                        QueuePartition {
+                            cursors: part.cursors.clone(),
+                            pending: BTreeMap::new(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
     /// (leased, waiting, delayed) pending messages.
     pub fn pending_counts(&self) -> (u64, u64, u64) {
         let mut counts = (0, 0, 0);
