@@ -20,8 +20,10 @@ use tidelog_proto::v1 as pb;
 use tidelog_storage::{self as storage, Error};
 use tonic::Status;
 
+mod delivery;
 mod message;
 mod queue;
+pub use delivery::*;
 pub use message::*;
 pub use queue::*;
 
