@@ -58,7 +58,10 @@ pub fn validate(command: &QueueCommand) -> CliResult<()> {
 }
 
 /// API field names in the broker's messages, and the flags that set them.
-const FIELD_FLAGS: [(&str, &str); 8] = [
+const FIELD_FLAGS: [(&str, &str); 10] = [
+    // ListDeliveries' refusals of a cursor (the message begins with the field).
+    ("cursor is not one", "--cursor is not one"),
+    ("cursor was returned", "--cursor was returned"),
     ("history_attempts", "--history-attempts"),
     ("history_retention_ms", "--history-retention (ms)"),
     ("ack_deadline_ms", "--ack-deadline (ms)"),
