@@ -234,3 +234,30 @@ proptest! {
         }
     }
 }
+
+/// The fuzz seeds of `fuzz/fuzz_targets/delivery_history.rs` are what they claim: a
+/// cursor that decodes (and one cut short), a history file of three records (and the
+/// same with a torn tail).
+#[test]
+fn the_fuzz_seeds_decode_as_named() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/delivery_history");
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    let cursor = String::from_utf8(read("cursor")).unwrap();
+    let decoded = ListCursor::decode(&cursor, 0x1234_5678).unwrap();
+    assert_eq!((decoded.position, decoded.index), (4096, 3));
+    assert_eq!(decoded.encode(), cursor);
+    let cut = String::from_utf8(read("cursor-cut")).unwrap();
+    assert!(ListCursor::decode(&cut, 0x1234_5678).is_err());
+    let mut events = Vec::new();
+    let scan = crate::statelog::scan_image::<HistoryEvent>(&read("history-file"), |_, r| {
+        events.extend(r.ops)
+    });
+    assert_eq!(scan.end, crate::statelog::ScanEnd::Clean);
+    assert_eq!(scan.records, 3);
+    assert_eq!(events[3].reason, "busy");
+    assert_eq!(events[5].outcome, Outcome::DeadLettered);
+    let torn = crate::statelog::scan_image::<HistoryEvent>(&read("history-torn"), |_, _| {});
+    assert!(matches!(torn.end, crate::statelog::ScanEnd::Torn { .. }));
+    assert_eq!(torn.records, 2);
+}
