@@ -14,7 +14,15 @@ fuzz_target!(|data: &[u8]| {
     // The cursor: the input as text, with the tag its own checksum would carry when
     // it is a cursor at all (so accepted cursors are reached, not only refusals).
     let text = String::from_utf8_lossy(data);
-    for tag in [0u32, u32::from_le_bytes([data.get(1).copied().unwrap_or(0), data.get(2).copied().unwrap_or(0), data.get(3).copied().unwrap_or(0), data.get(4).copied().unwrap_or(0)])] {
+    for tag in [
+        0u32,
+        u32::from_le_bytes([
+            data.get(1).copied().unwrap_or(0),
+            data.get(2).copied().unwrap_or(0),
+            data.get(3).copied().unwrap_or(0),
+            data.get(4).copied().unwrap_or(0),
+        ]),
+    ] {
         if let Ok(cursor) = ListCursor::decode(&text, tag) {
             assert_eq!(cursor.encode(), text);
         }
