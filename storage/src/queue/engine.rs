@@ -32,6 +32,7 @@ use std::sync::Arc;
 
 use super::admin::dead_letter_record;
 use super::history::{HistoryEvent, Outcome};
+
 use super::state::{
     Hold, Pending, Queue, QueueConfig, QueueOp, QueuePartition, Taken, truncate_utf8,
 };
@@ -370,7 +371,7 @@ impl QueueEngine {
                     } else {
                         Outcome::DeadlinePassed
                     };
-                    events.push(event(
+                    events.push(HistoryEvent::new(
                         partition,
                         offset,
                         pending.attempts,
@@ -387,7 +388,7 @@ impl QueueEngine {
                         );
                         let op = self.dead_letter(&queue, partition, offset, pending, &reason)?;
                         if let QueueOp::DeadLetter { reason, .. } = &op {
-                            events.push(event(
+                            events.push(HistoryEvent::new(
                                 partition,
                                 offset,
                                 pending.attempts,
@@ -573,7 +574,7 @@ impl QueueEngine {
             .iter()
             .flat_map(|(member, deliveries)| {
                 deliveries.iter().map(move |d| {
-                    event(
+                    HistoryEvent::new(
                         d.partition,
                         d.record.offset,
                         d.attempt,
@@ -757,7 +758,7 @@ impl QueueEngine {
                         if queue.level_of(record.priority) != level {
                             continue;
                         }
-                        events.push(event(
+                        events.push(HistoryEvent::new(
                             id,
                             record.offset,
                             0,
@@ -863,7 +864,7 @@ impl QueueEngine {
                             Some(last) if last.1 + 1 == offset => last.1 = offset,
                             _ => ranges.push((offset, offset)),
                         }
-                        events.push(event(
+                        events.push(HistoryEvent::new(
                             request.partition,
                             offset,
                             pending.attempts,
@@ -933,7 +934,7 @@ impl QueueEngine {
                         partition: request.partition,
                         ranges: vec![(request.offset, request.offset)],
                     });
-                    events.push(event(
+                    events.push(HistoryEvent::new(
                         request.partition,
                         request.offset,
                         pending.attempts,
@@ -966,7 +967,7 @@ impl QueueEngine {
                         offset: request.offset,
                         deadline_ms: deadline,
                     });
-                    events.push(event(
+                    events.push(HistoryEvent::new(
                         request.partition,
                         request.offset,
                         pending.attempts,
@@ -996,7 +997,7 @@ impl QueueEngine {
                     *released.entry(holder.clone()).or_insert(0) += 1;
                     let reason = truncate_utf8(reason, super::state::REASON_BYTES_MAX);
                     self.counters.nacked += 1;
-                    events.push(event(
+                    events.push(HistoryEvent::new(
                         request.partition,
                         request.offset,
                         pending.attempts,
@@ -1019,7 +1020,7 @@ impl QueueEngine {
                             &reason,
                         )?;
                         if let QueueOp::DeadLetter { reason, .. } = &op {
-                            events.push(event(
+                            events.push(HistoryEvent::new(
                                 request.partition,
                                 request.offset,
                                 pending.attempts,
@@ -1052,7 +1053,7 @@ impl QueueEngine {
                 SettleAction::Term { reason } => {
                     gone.insert(key);
                     *released.entry(holder.clone()).or_insert(0) += 1;
-                    events.push(event(
+                    events.push(HistoryEvent::new(
                         request.partition,
                         request.offset,
                         pending.attempts,
@@ -1074,7 +1075,7 @@ impl QueueEngine {
                         &reason,
                     )?;
                     if let QueueOp::DeadLetter { reason, .. } = &op {
-                        events.push(event(
+                        events.push(HistoryEvent::new(
                             request.partition,
                             request.offset,
                             pending.attempts,
@@ -1148,33 +1149,6 @@ impl QueueEngine {
             offset,
             reason,
         })
-    }
-}
-
-/// A history event of attempt `attempt` of (`partition`, `offset`).
-#[allow(
-    clippy::too_many_arguments,
-    reason = "every field of the event, named at each call"
-)]
-fn event(
-    partition: u32,
-    offset: u64,
-    attempt: u32,
-    at_ms: i64,
-    outcome: Outcome,
-    deadline_ms: i64,
-    member: &str,
-    reason: &str,
-) -> HistoryEvent {
-    HistoryEvent {
-        partition,
-        offset,
-        attempt,
-        at_ms,
-        outcome,
-        deadline_ms,
-        member: truncate_utf8(member, super::state::MEMBER_BYTES_MAX).to_string(),
-        reason: truncate_utf8(reason, super::state::REASON_BYTES_MAX).to_string(),
     }
 }
 

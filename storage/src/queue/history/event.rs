@@ -17,7 +17,7 @@
 use crate::error::{Error, Result};
 use crate::statelog::{DecodeError, LogOp, OpReader, put_str16};
 
-use super::super::state::{MEMBER_BYTES_MAX, REASON_BYTES_MAX};
+use super::super::state::{MEMBER_BYTES_MAX, REASON_BYTES_MAX, truncate_utf8};
 
 const KIND_EVENT: u8 = 1;
 
@@ -116,6 +116,36 @@ pub struct HistoryEvent {
     pub member: String,
     /// The reason of a nack, a term or a dead letter, else empty.
     pub reason: String,
+}
+
+impl HistoryEvent {
+    /// An event of attempt `attempt` of (`partition`, `offset`); `member` and `reason`
+    /// are cut to their limits at a character boundary.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "every field of the event, named at each call"
+    )]
+    pub fn new(
+        partition: u32,
+        offset: u64,
+        attempt: u32,
+        at_ms: i64,
+        outcome: Outcome,
+        deadline_ms: i64,
+        member: &str,
+        reason: &str,
+    ) -> HistoryEvent {
+        HistoryEvent {
+            partition,
+            offset,
+            attempt,
+            at_ms,
+            outcome,
+            deadline_ms,
+            member: truncate_utf8(member, MEMBER_BYTES_MAX).to_string(),
+            reason: truncate_utf8(reason, REASON_BYTES_MAX).to_string(),
+        }
+    }
 }
 
 impl LogOp for HistoryEvent {
