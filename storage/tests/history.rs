@@ -660,6 +660,11 @@ fn a_power_cut_at_every_step_keeps_every_event_of_an_answered_call() {
         workload(&fs, dir.path(), &clock);
         fs.ops() - before
     };
+    assert!(
+        total > 50,
+        "the workload takes {total} filesystem operations"
+    );
+    eprintln!("history: {total} power-cut points checked");
     for cut in 0..total {
         let dir = tempfile::tempdir().unwrap();
         let fs = FaultyFs::new(dir.path(), cut).unwrap();

@@ -32,7 +32,6 @@ use std::sync::Arc;
 
 use super::admin::dead_letter_record;
 use super::history::{HistoryEvent, Outcome};
-
 use super::state::{
     Hold, Pending, Queue, QueueConfig, QueueOp, QueuePartition, Taken, truncate_utf8,
 };
