@@ -23,7 +23,9 @@ pub const HISTORY_FILE_BYTES_ROLL: u64 = 1024 * 1024;
 pub const HISTORY_FILE_SPAN_MS: i64 = 3600 * 1000;
 /// How often an append looks for files past the queue's retention.
 pub const HISTORY_PRUNE_INTERVAL_MS: i64 = 60 * 1000;
-/// The suffix of a history file; its stem is the 20-digit time (ms) it was begun.
+/// The extension of a history file; its stem is the 20-digit time (ms) it was begun.
+pub const HISTORY_FILE_EXTENSION: &str = "history";
+/// [`HISTORY_FILE_EXTENSION`] with its dot.
 pub const HISTORY_FILE_SUFFIX: &str = ".history";
 
 /// The in-memory side of the file being appended to: a summary, never the events (they

@@ -261,3 +261,11 @@ fn the_fuzz_seeds_decode_as_named() {
     assert!(matches!(torn.end, crate::statelog::ScanEnd::Torn { .. }));
     assert_eq!(torn.records, 2);
 }
+
+#[test]
+fn the_file_suffix_is_the_extension_with_its_dot() {
+    assert_eq!(
+        super::files::HISTORY_FILE_SUFFIX,
+        format!(".{}", super::files::HISTORY_FILE_EXTENSION)
+    );
+}
