@@ -214,6 +214,8 @@ impl Messages for MessagesService {
     ) -> Result<Response<GetDeliveryStatusResponse>, Status> {
         let started = Instant::now();
         let result = self.delivery_status(request.into_inner()).await;
+        let code = result.as_ref().err().map(Status::code);
+        self.state.metrics.delivery_lookup("status", code);
         self.state.metrics.rpc_finished(
             "GetDeliveryStatus",
             started,
@@ -228,6 +230,8 @@ impl Messages for MessagesService {
     ) -> Result<Response<GetDeliveryHistoryResponse>, Status> {
         let started = Instant::now();
         let result = self.delivery_history(request.into_inner()).await;
+        let code = result.as_ref().err().map(Status::code);
+        self.state.metrics.delivery_lookup("history", code);
         self.state.metrics.rpc_finished(
             "GetDeliveryHistory",
             started,

@@ -257,6 +257,9 @@ impl Queues for QueuesService {
             })
         }
         .await;
+        self.state
+            .metrics
+            .delivery_lookup("list", result.as_ref().err().map(Status::code));
         self.finished("ListDeliveries", started, &result);
         result.map(Response::new)
     }

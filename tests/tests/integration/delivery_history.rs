@@ -466,6 +466,13 @@ async fn every_queue_outcome_has_its_status_and_history_across_a_restart_and_a_k
         .await
         .unwrap_err();
     assert_eq!(over.code(), Code::InvalidArgument);
+    let metrics = broker.metrics_text();
+    for series in [
+        "tidelog_delivery_lookups_total{call=\"list\",result=\"invalid_argument\"} 4",
+        "tidelog_delivery_lookups_total{call=\"status\",result=\"not_found\"} 2",
+    ] {
+        assert!(metrics.contains(series), "{series} missing from\n{metrics}");
+    }
 
     // The CLI, both forms.
     let run = cli(
