@@ -26,9 +26,11 @@ use super::history::query::{
 use super::history::{AttemptRecord, CursorError, HistoryEvent, ListCursor, Outcome, queue_tag};
 use super::state::{Hold, Queue};
 
-/// Slack before a message's timestamp where its history is looked for (a producer's
-/// clock may run ahead of the broker's).
-pub const HISTORY_TIMESTAMP_SLACK_MS: i64 = 3600 * 1000;
+/// Slack before a message's timestamp where its history is looked for: a producer may
+/// set a timestamp ahead of the broker's clock (the broker's own append times need
+/// none). A message stamped more than this ahead of its append has its history found
+/// only from its timestamp on.
+pub const HISTORY_TIMESTAMP_SLACK_MS: i64 = 5 * 60 * 1000;
 
 /// A message of a topic as a reader finds it at (partition, offset).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,7 +208,8 @@ pub fn queue_state(
 
 /// The newest `history_attempts` delivery attempts of message (`partition`,
 /// `offset`) in queue `name`, oldest first, within the queue's `history_retention`.
-/// `timestamp_ms` is the message's (history is looked for from an hour before it).
+/// `timestamp_ms` is the message's (history is looked for from
+/// [`HISTORY_TIMESTAMP_SLACK_MS`] before it).
 pub fn message_history(
     store: &Store,
     name: &str,

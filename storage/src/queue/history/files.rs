@@ -16,8 +16,11 @@ use crate::statelog::{
 
 use super::event::HistoryEvent;
 
-/// A history file is rolled (a new one begun) once it holds this many bytes...
-pub const HISTORY_FILE_BYTES_ROLL: u64 = 1024 * 1024;
+/// A history file is rolled (a new one begun) once it holds this many bytes (readers
+/// stream a file in 1 MiB chunks, so its size bounds time, not memory; larger files
+/// keep the directory small: a queue writing 1 MB/s of history makes ~225 files an
+/// hour)...
+pub const HISTORY_FILE_BYTES_ROLL: u64 = 16 * 1024 * 1024;
 /// ...or once it was begun this long ago (so age pruning frees space in steps of an hour
 /// at most).
 pub const HISTORY_FILE_SPAN_MS: i64 = 3600 * 1000;

@@ -17,7 +17,7 @@
 //!   fdatasync per append, torn-tail truncation at open, poisoning on a failed fsync,
 //!   the FileSystem seam. Its in-memory machine is a two-number summary, and it is
 //!   never compacted ([`files::HistoryFileSummary::snapshot`] refuses);
-//! - a file is rolled at [`files::HISTORY_FILE_BYTES_ROLL`] (1 MiB) or after
+//! - a file is rolled at [`files::HISTORY_FILE_BYTES_ROLL`] (16 MiB) or after
 //!   [`files::HISTORY_FILE_SPAN_MS`] (1 hour); files whose every event is older than
 //!   the queue's `history_retention` are deleted whole (checked at most once a minute,
 //!   from the append path), like segments under retention;
@@ -26,9 +26,10 @@
 //!
 //! So RAM holds one summary per queue in use, and history costs disk in proportion to
 //! the deliveries of the retention period, never to the backlog (a message never
-//! delivered has no history). A lookup for one message reads the files recorded since
-//! the message was stored (its timestamp, less an hour of slack); a listing page reads
-//! newest files first and stops at its limit or at a budget.
+//! delivered has no history). A lookup for one message reads the files recorded from
+//! the message's timestamp (less 5 minutes of slack for producer clocks) until the
+//! event that settled it (nothing follows it); a listing page reads newest files first
+//! and stops at its limit or at a budget.
 //!
 //! # When an event is recorded (the crash rule)
 //!

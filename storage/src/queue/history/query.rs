@@ -79,7 +79,10 @@ fn may_reach(next: Option<&HistoryFile>, since_ms: i64) -> bool {
 
 /// The newest `keep` attempts of message (`partition`, `offset`), oldest first, from
 /// the events recorded at or after `since_ms` (files that end before it are not read).
-/// Memory: `keep` attempts; time: the history recorded since `since_ms`.
+/// A message has no events after the one that settled it (acked or dead-lettered), so
+/// the files after the one holding that event are not read either. Memory: `keep`
+/// attempts; time: the history recorded from `since_ms` to the message's settlement
+/// (or to now while it is unsettled).
 pub fn message_attempts(
     history: &QueueHistory,
     partition: u32,

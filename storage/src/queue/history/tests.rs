@@ -196,19 +196,28 @@ proptest! {
         let clock = ManualClock::new(1_000_000);
         let mut history = history(dir.path(), &clock);
         let mut model: Vec<HistoryEvent> = Vec::new();
+        let mut settled = std::collections::BTreeSet::new();
         let mut attempt = 0u32;
         for step in steps {
             match step {
                 Step::Append(items) => {
                     let now = clock.now_ms();
-                    let events: Vec<HistoryEvent> = items
-                        .into_iter()
-                        .map(|(offset, outcome)| {
-                            attempt += 1;
-                            event((offset % 2) as u32, offset, attempt % 7, now, Outcome::ALL[outcome])
-                        })
-                        .collect();
-                    history.append(events.clone(), 90 * DAY_MS).unwrap();
+                    let mut events: Vec<HistoryEvent> = Vec::new();
+                    for (offset, outcome) in items {
+                        // As in a queue: nothing happens to a message once it is settled.
+                        if settled.contains(&offset) {
+                            continue;
+                        }
+                        let outcome = Outcome::ALL[outcome];
+                        if matches!(outcome, Outcome::Acked | Outcome::DeadLettered) {
+                            settled.insert(offset);
+                        }
+                        attempt += 1;
+                        events.push(event((offset % 2) as u32, offset, attempt % 7, now, outcome));
+                    }
+                    if !events.is_empty() {
+                        history.append(events.clone(), 90 * DAY_MS).unwrap();
+                    }
                     model.extend(events);
                 }
                 Step::Advance(ms) => clock.advance_ms(ms),
