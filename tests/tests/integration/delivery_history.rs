@@ -572,4 +572,23 @@ async fn every_queue_outcome_has_its_status_and_history_across_a_restart_and_a_k
     broker.kill9();
     broker.restart();
     check(&broker, "after a kill -9").await;
+
+    // The bounds are queue settings: one attempt per message shows only the newest.
+    cli(
+        &broker,
+        &["queue", "alter", QUEUE, "--history-attempts", "1"],
+    )
+    .ok("queue alter");
+    let h2 = history(&broker, 2).await;
+    assert_eq!(h2.history_attempts, 1);
+    let attempts: Vec<u32> = h2.attempts.iter().map(|a| a.attempt).collect();
+    assert_eq!(attempts, vec![2]);
+    let described = cli(&broker, &["queue", "describe", QUEUE, "--json"]).ok("queue describe");
+    assert_eq!(described.json()["config"]["history_attempts"], 1);
+    let refused = cli(
+        &broker,
+        &["queue", "alter", QUEUE, "--history-retention", "91d"],
+    );
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(refused.stderr.contains("90d"), "{}", refused.stderr);
 }
