@@ -303,19 +303,47 @@ fn expired_and_group_states() {
     topic
         .partition(0)
         .unwrap()
-        .append_durable(&[NewRecord {
-            value: Bytes::from_static(b"short-lived"),
-            ttl_ms: Some(1_000),
-            ..NewRecord::default()
-        }])
+        .append_durable(&[
+            NewRecord {
+                value: Bytes::from_static(b"acked, then expired"),
+                ttl_ms: Some(1_000),
+                ..NewRecord::default()
+            },
+            NewRecord {
+                value: Bytes::from_static(b"expired, never delivered"),
+                ttl_ms: Some(1_000),
+                ..NewRecord::default()
+            },
+        ])
         .unwrap();
+    // Every message but the last is delivered; the first short-lived one is acked.
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    let delivered = engine
+        .deliver(&[("m".into(), MESSAGES as u32 + 1)])
+        .unwrap();
+    assert_eq!(delivered[0].1.len(), MESSAGES as usize + 1);
+    settle(
+        &mut engine,
+        "m",
+        MESSAGES,
+        SettleAction::Ack { through: None },
+    );
     clock.advance_ms(2_000);
-    let message = inspect::message_at(&topic, 0, MESSAGES).unwrap();
-    assert_eq!(message, MessageAt::Expired);
-    assert!(matches!(
-        inspect::queue_state(&store, "work", 0, MESSAGES, &message, clock.now_ms()).unwrap(),
-        QueueState::Expired { .. }
-    ));
+    for (offset, acked) in [(MESSAGES, true), (MESSAGES + 1, false)] {
+        let message = inspect::message_at(&topic, 0, offset).unwrap();
+        assert_eq!(message, MessageAt::Expired);
+        let state =
+            inspect::queue_state(&store, "work", 0, offset, &message, clock.now_ms()).unwrap();
+        if acked {
+            assert!(
+                matches!(state, QueueState::Acked { attempts: 1, .. }),
+                "an acked message stays acked once it expires: {state:?}"
+            );
+        } else {
+            assert!(matches!(state, QueueState::Expired { .. }), "{state:?}");
+        }
+    }
     assert!(matches!(
         inspect::message_at(&topic, 0, 100).unwrap(),
         MessageAt::Missing { .. }

@@ -121,7 +121,9 @@ fn queue_of(store: &Store, name: &str) -> Result<Queue> {
 }
 
 /// Where message (`partition`, `offset`) of queue `name`'s topic stands in the queue,
-/// at `now_ms`. `message` is what [`message_at`] found (not `Missing`).
+/// at `now_ms`. `message` is what [`message_at`] found (not `Missing`). What the queue
+/// holds wins; a settled message is acked or dead-lettered as its history says (even
+/// if it expired since), expired if it expired without either, else `Settled`.
 pub fn queue_state(
     store: &Store,
     name: &str,
@@ -135,17 +137,14 @@ pub fn queue_state(
         MessageAt::Stored(record) => Some(record),
         _ => None,
     };
-    let level = queue.level_of(record.map_or(0, |r| r.priority));
-    let (pending, cursor) = store.queues().read(|q| {
+    let level = record.map(|r| queue.level_of(r.priority));
+    // The cursor of the message's level; when the message is hidden (expired) and its
+    // level unknown, the lowest and the highest cursor bound it.
+    let (pending, cursors) = store.queues().read(|q| {
         let part = q.get(name).and_then(|q| q.partitions.get(&partition));
         (
             part.and_then(|p| p.pending.get(&offset).cloned()),
-            part.map_or(0, |p| {
-                p.cursors
-                    .get(usize::from(level))
-                    .copied()
-                    .unwrap_or_default()
-            }),
+            part.map(|p| p.cursors.clone()).unwrap_or_default(),
         )
     });
     if let Some(pending) = pending {
@@ -169,24 +168,34 @@ pub fn queue_state(
             },
         });
     }
-    let expired = QueueState::Expired {
+    let cursor_of = |level: u8| cursors.get(usize::from(level)).copied().unwrap_or(0);
+    let highest_cursor = cursors.iter().copied().max().unwrap_or(0);
+    let taken = match level {
+        Some(level) => offset < cursor_of(level),
+        // Past every cursor: not taken whatever its level; else maybe.
+        None => offset < highest_cursor,
+    };
+    let expired = match record {
+        None => true,
+        Some(record) => record.expires_at_ms.is_some_and(|at| at <= now_ms),
+    };
+    let expired_state = QueueState::Expired {
         expires_at_ms: record.and_then(|r| r.expires_at_ms),
     };
-    let Some(record) = record else {
-        // Hidden from readers: expired, whether the queue passed it or not.
-        return Ok(expired);
-    };
-    if record.expires_at_ms.is_some_and(|at| at <= now_ms) {
-        return Ok(expired);
-    }
-    if offset >= cursor {
-        return Ok(match record.deliver_at_ms {
+    if !taken {
+        if expired {
+            return Ok(expired_state);
+        }
+        return Ok(match record.and_then(|r| r.deliver_at_ms) {
             Some(at) if at > now_ms => QueueState::Delayed { deliver_at_ms: at },
             _ => QueueState::Ready,
         });
     }
-    // Settled: the history says how.
-    let attempts = message_history(store, name, partition, offset, record.timestamp_ms, now_ms)?;
+    // Settled (or, for a hidden message, perhaps never taken): the history says how.
+    // An expired message's timestamp is unknown: its history is looked for over the
+    // whole retention (found only by position, so rarely asked).
+    let timestamp_ms = record.map_or(i64::MIN, |r| r.timestamp_ms);
+    let attempts = message_history(store, name, partition, offset, timestamp_ms, now_ms)?;
     let tried = attempts.iter().map(|a| a.attempt).max().unwrap_or(0);
     for attempt in attempts.iter().rev() {
         if let Some((at_ms, reason)) = &attempt.dead_lettered {
@@ -203,7 +212,11 @@ pub fn queue_state(
             });
         }
     }
-    Ok(QueueState::Settled)
+    Ok(if expired {
+        expired_state
+    } else {
+        QueueState::Settled
+    })
 }
 
 /// The newest `history_attempts` delivery attempts of message (`partition`,
