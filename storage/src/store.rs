@@ -34,6 +34,7 @@ use crate::partition::{
     FlushObserver, Partition, PartitionContext, PartitionInfo, RetentionOutcome,
 };
 use crate::queue::history::QueueHistory;
+use crate::queue::validate_queue_name;
 use crate::queue::{QueueOp, Queues};
 use crate::segment::MappedSegments;
 use crate::statelog::{StateLog, StateLogOptions};
@@ -78,8 +79,12 @@ pub const QUEUES_STATE_PATH: &str = "state/queues/queues.statelog";
 /// Where each queue's delivery history directory lives, under the data directory.
 pub const QUEUE_HISTORY_DIR: &str = "state/history";
 
-/// Removes `DATA/state/history/<queue>` and fsyncs its parent.
+/// Removes `DATA/state/history/<queue>` and fsyncs its parent. A name that fails the
+/// queue-name rule (a damaged state log) names no history directory: nothing is removed.
 fn remove_history_dir(fs: &dyn FileSystem, data: &Path, queue: &str) -> Result<()> {
+    if validate_queue_name(queue).is_err() {
+        return Ok(());
+    }
     let parent = data.join(QUEUE_HISTORY_DIR);
     let dir = parent.join(queue);
     match fs.remove_dir_all(&dir) {
@@ -361,14 +366,16 @@ impl Store {
     }
 
     /// Queue `name`'s delivery history (see [`crate::queue::history`]), whether or not
-    /// the queue exists.
-    pub fn queue_history(&self, name: &str) -> Arc<QueueHistory> {
+    /// the queue exists. The name must pass the queue-name rule (it names a directory:
+    /// never `..` or a path).
+    pub fn queue_history(&self, name: &str) -> Result<Arc<QueueHistory>> {
+        validate_queue_name(name)?;
         let mut histories = self
             .inner
             .histories
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        histories
+        let history = histories
             .entry(name.to_string())
             .or_insert_with(|| {
                 Arc::new(QueueHistory::new(
@@ -377,7 +384,8 @@ impl Store {
                     self.inner.context.clock.clone(),
                 ))
             })
-            .clone()
+            .clone();
+        Ok(history)
     }
 
     /// Deletes queue `name`'s delivery history (its queue was deleted), durably.

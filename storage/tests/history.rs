@@ -712,7 +712,8 @@ fn a_power_cut_at_every_step_keeps_every_event_of_an_answered_call() {
         let context = format!("power cut after {cut} of {total} operations");
         let store = open(&fs, dir.path(), &clock)
             .unwrap_or_else(|e| panic!("{context}: the store does not open: {e}"));
-        let history = store.queue_history("work");
+        let history = store.queue_history("work").unwrap();
+        assert!(store.queue_history("..").is_err());
         for (offset, attempt, outcome) in &answered {
             let attempts = message_attempts(&history, 0, *offset, 0, 100).unwrap();
             let found = attempts.iter().find(|a| a.attempt == *attempt);

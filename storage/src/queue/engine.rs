@@ -1111,7 +1111,7 @@ impl QueueEngine {
             return Ok(());
         }
         self.store
-            .queue_history(&self.name)
+            .queue_history(&self.name)?
             .append(events, config.history_retention_ms)
     }
 

@@ -238,7 +238,7 @@ pub fn message_history(
         .saturating_sub(HISTORY_TIMESTAMP_SLACK_MS)
         .max(cutoff);
     message_attempts(
-        &store.queue_history(name),
+        &*store.queue_history(name)?,
         partition,
         offset,
         since,
@@ -378,7 +378,7 @@ pub fn list_deliveries(
     let filter = query.filter;
     let header = query.header.clone();
     let page: EventPage = list_events(
-        &store.queue_history(name),
+        &*store.queue_history(name)?,
         &request,
         |event| filter.cheap(event),
         |event| {
