@@ -278,3 +278,43 @@ fn the_file_suffix_is_the_extension_with_its_dot() {
         format!(".{}", super::files::HISTORY_FILE_EXTENSION)
     );
 }
+
+/// A page that checked its budget of candidates returns what it found with a cursor
+/// that goes on at the first unchecked one: following the cursors finds every match.
+#[test]
+fn the_check_budget_ends_a_page_early_and_its_cursor_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000_000);
+    let history = history(dir.path(), &clock);
+    let events: Vec<HistoryEvent> = (0..25_000u64)
+        .map(|o| event(0, o, 1, 1_000_000, Outcome::Delivered))
+        .collect();
+    history.append(events, DAY_MS).unwrap();
+    let mut found = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        pages += 1;
+        let page = list_events(
+            &history,
+            &ListRequest {
+                since_ms: i64::MIN,
+                until_ms: i64::MAX,
+                limit: 1000,
+                cursor,
+                queue_tag: 7,
+            },
+            |_| true,
+            |e| Ok(e.offset % 1000 == 7),
+        )
+        .unwrap();
+        found.extend(page.events.iter().map(|e| e.offset));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let expected: Vec<u64> = (0..25u64).rev().map(|k| k * 1000 + 7).collect();
+    assert_eq!(found, expected);
+    assert_eq!(pages, 3, "10,000 checks a page");
+}
