@@ -1054,7 +1054,7 @@ impl Segment {
             .filter(|e| e.hash == hash)
             .copied()
             .collect();
-        found.sort_unstable_by_key(|f| std::cmp::Reverse(f.relative_offset));
+        found.sort_unstable_by_key(|b| std::cmp::Reverse(b.relative_offset));
         Ok((found, *incomplete))
     }
 
