@@ -64,7 +64,7 @@ pub fn position_not_found(
     end_offset: u64,
 ) -> Status {
     Status::not_found(format!(
-        "no message at partition {partition} offset {offset} of topic {topic:?}: the partition holds offsets {log_start} to {end_offset} (the end excluded; retention removed older ones)"
+        "no message at partition {partition} offset {offset} of topic {topic:?}: the partition holds offsets {log_start}..{end_offset} (start inclusive, end exclusive); retention removed older ones"
     ))
 }
 

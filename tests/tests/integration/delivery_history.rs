@@ -561,6 +561,26 @@ async fn every_queue_outcome_has_its_status_and_history_across_a_restart_and_a_k
     assert!(run.stderr.contains("--cursor"), "{}", run.stderr);
     let run = cli(
         &broker,
+        &[
+            "message",
+            "status",
+            TOPIC,
+            "--partition",
+            "0",
+            "--offset",
+            "50",
+            "--queue",
+            QUEUE,
+        ],
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("offsets 0-5"),
+        "the CLI's range notation: {}",
+        run.stderr
+    );
+    let run = cli(
+        &broker,
         &["message", "status", TOPIC, "job-99", "--queue", QUEUE],
     );
     assert_eq!(run.code, 1);
