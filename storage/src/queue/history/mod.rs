@@ -16,7 +16,7 @@
 //!   copied): CRC-framed records of [`HistoryEvent`] operations, one record and one
 //!   fdatasync per append, torn-tail truncation at open, poisoning on a failed fsync,
 //!   the FileSystem seam. Its in-memory machine is a two-number summary, and it is
-//!   never compacted ([`files::HistoryFileSummary::snapshot`] refuses);
+//!   never compacted (its machine's `snapshot` refuses);
 //! - a file is rolled at [`files::HISTORY_FILE_BYTES_ROLL`] (16 MiB) or after
 //!   [`files::HISTORY_FILE_SPAN_MS`] (1 hour); files whose every event is older than
 //!   the queue's `history_retention` are deleted whole (checked at most once a minute,

@@ -1,6 +1,6 @@
 //! The queues' durable state: for every queue, which messages of its topic it has
 //! settled, which it holds for members (with a deadline and an attempt count), and
-//! which wait for a redelivery or for their deliver-at time. One [`StateMachine`] on
+//! which wait for a redelivery or for their deliver-at time. One [`StateMachine`](crate::statelog::StateMachine) on
 //! the state log for every queue of the broker (`DATA/state/queues/queues.statelog`).
 //! The delivery engine (the server) decides what happens; this module records it, so
 //! a restart resumes exactly where the last durable decision left off.
@@ -27,11 +27,11 @@
 //!
 //! # Files
 //!
-//! - [`config`]: [`QueueConfig`] (how a queue delivers), its bounds, the name rule.
-//! - [`model`]: the state's types ([`Queue`], [`QueuePartition`], [`Pending`], [`Hold`])
+//! - `config.rs`: [`QueueConfig`] (how a queue delivers), its bounds, the name rule.
+//! - `model.rs`: the state's types ([`Queue`], [`QueuePartition`], [`Pending`], [`Hold`])
 //!   and the operations ([`QueueOp`]).
-//! - [`codec`]: the operations' bytes (the table is there).
-//! - [`machine`]: [`Queues`], the [`StateMachine`](crate::statelog::StateMachine) that
+//! - `codec.rs`: the operations' bytes (the table is there).
+//! - `machine.rs`: [`Queues`], the [`StateMachine`](crate::statelog::StateMachine) that
 //!   applies them and writes its snapshot.
 //!
 //! Each imports only the files above it in this list (never this one), so no file
