@@ -20,8 +20,10 @@ use tidelog_proto::v1 as pb;
 use tidelog_storage::{self as storage, Error};
 use tonic::Status;
 
+mod delivery;
 mod message;
 mod queue;
+pub use delivery::*;
 pub use message::*;
 pub use queue::*;
 
@@ -68,6 +70,15 @@ pub fn status(error: &Error) -> Status {
         Error::TopicDeleted { .. } => Status::not_found(format!(
             "{error} while the call was in flight; create the topic again if it is still needed"
         )),
+        Error::Corrupt { file, .. }
+            if file
+                .extension()
+                .is_some_and(|e| e == storage::queue::history::files::HISTORY_FILE_EXTENSION) =>
+        {
+            Status::data_loss(format!(
+                "{error}; a queue's delivery history file is damaged there: the queue's state and deliveries are not affected, only the history in that file is unreadable; an operator can move the file out of the data directory"
+            ))
+        }
         Error::Corrupt { .. } => Status::data_loss(format!(
             "{error}; the broker does not serve corrupt data: read on from the offset after the damaged batch (a group: `tidelog group reset-offsets --to-offset`), and have an operator inspect the data directory with `tidelog segment verify`"
         )),
@@ -470,6 +481,14 @@ mod tests {
             ),
             (
                 Error::corrupt(PathBuf::from("/d/0.log"), 12, "crc"),
+                Code::DataLoss,
+            ),
+            (
+                Error::corrupt(
+                    PathBuf::from("/d/state/history/q/00000000000000000001.history"),
+                    12,
+                    "crc",
+                ),
                 Code::DataLoss,
             ),
             (

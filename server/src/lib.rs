@@ -11,9 +11,11 @@
 //!   expired messages skipped) and [`read::PartitionReader`], the plain Subscribe
 //!   around it. Imported by [`consume`] and [`groups`], importing neither.
 //! - [`queues`]: work queues: a runtime per queue in use around the storage engine's
-//!   delivery engine, and the `Queues` service.
-//! - [`messages`]: the `Messages` service: a message by its id (the lookup runs on the
-//!   blocking pool: it may read and rebuild id index files).
+//!   delivery engine, and the `Queues` service (with `ListDeliveries`, a queue's
+//!   delivery events newest first).
+//! - [`messages`]: the `Messages` service: a message by its id, and its delivery status
+//!   in a queue or group and its history in a queue (the lookups run on the blocking
+//!   pool: they may read and rebuild id index files and read history files).
 //! - [`groups`]: consumer groups (coordinator and the `Groups` service; a member's task
 //!   reads the partitions it owns through [`read::read_round`], like a plain Subscribe).
 //! - [`log_writer`]: the writer under the logs; a line stderr refuses is dropped, so a

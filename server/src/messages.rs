@@ -1,13 +1,24 @@
-//! The `tidelog.v1.Messages` service: `GetMessage`, a message of a topic by its id.
+//! The `tidelog.v1.Messages` service: `GetMessage`, a message of a topic by its id;
+//! `GetDeliveryStatus` and `GetDeliveryHistory`, what a queue or group did with a
+//! message named by id or position.
 //!
-//! The lookup may map, validate and (when missing or damaged) rebuild a segment's id
-//! index, so the storage call runs on the blocking pool, never inline in async code.
+//! The lookups may map, validate and (when missing or damaged) rebuild a segment's id
+//! index, and read history files, so the storage calls run on the blocking pool, never
+//! inline in async code.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use tidelog_proto::v1::messages_server::Messages;
-use tidelog_proto::v1::{GetMessageRequest, GetMessageResponse};
+use tidelog_proto::v1::{
+    GetDeliveryHistoryRequest, GetDeliveryHistoryResponse, GetDeliveryStatusRequest,
+    GetDeliveryStatusResponse, GetMessageRequest, GetMessageResponse, get_delivery_status_request,
+    get_delivery_status_response,
+};
+use tidelog_storage::queue::QueueConfig;
+use tidelog_storage::queue::inspect::{self, MessageAt};
+use tidelog_storage::{Store, Topic};
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
@@ -44,8 +55,191 @@ impl MessagesService {
     }
 }
 
+/// Finds the message `message` names in `topic`: (partition, offset, what is there).
+fn locate(topic: &Topic, message: &convert::MessageRef) -> Result<(u32, u64, MessageAt), Status> {
+    match message {
+        convert::MessageRef::Id(id) => {
+            match topic.find_by_id(id).map_err(|e| convert::status(&e))? {
+                Some(found) => Ok((
+                    found.partition,
+                    found.record.offset,
+                    MessageAt::Stored(found.record),
+                )),
+                None => Err(convert::message_not_found(topic.name(), id)),
+            }
+        }
+        convert::MessageRef::Position { partition, offset } => {
+            match inspect::message_at(topic, *partition, *offset)
+                .map_err(|e| convert::status(&e))?
+            {
+                MessageAt::Missing {
+                    log_start,
+                    end_offset,
+                } => Err(convert::position_not_found(
+                    topic.name(),
+                    *partition,
+                    *offset,
+                    log_start,
+                    end_offset,
+                )),
+                at => Ok((*partition, *offset, at)),
+            }
+        }
+    }
+}
+
+/// Queue `queue`'s config, checking that it consumes `topic`.
+fn queue_on(store: &Store, queue: &str, topic: &str) -> Result<QueueConfig, Status> {
+    let found = store
+        .queues()
+        .read(|q| q.get(queue).map(|q| (q.topic.clone(), q.config.clone())));
+    match found {
+        None => Err(convert::status(&tidelog_storage::Error::not_found(
+            format!("queue {queue:?} (Queues.ListQueues lists the queues)"),
+        ))),
+        Some((queue_topic, _)) if queue_topic != topic => {
+            Err(convert::queue_of_other_topic(queue, &queue_topic, topic))
+        }
+        Some((_, config)) => Ok(config),
+    }
+}
+
+fn id_of(at: &MessageAt) -> Bytes {
+    match at {
+        MessageAt::Stored(record) => record.id.clone().unwrap_or_default(),
+        _ => Bytes::new(),
+    }
+}
+
+fn timestamp_of(at: &MessageAt) -> i64 {
+    match at {
+        MessageAt::Stored(record) => record.timestamp_ms,
+        // Unknown: look through the whole retained history.
+        _ => i64::MIN,
+    }
+}
+
+impl MessagesService {
+    async fn delivery_status(
+        &self,
+        request: GetDeliveryStatusRequest,
+    ) -> Result<GetDeliveryStatusResponse, Status> {
+        let message = convert::status_message_ref(request.message)?;
+        let consumer = request.consumer.ok_or_else(|| {
+            Status::invalid_argument(
+                "name whose view to report: exactly one of `queue` and `group`",
+            )
+        })?;
+        let store = self.state.store.clone();
+        let topic = convert::or_status(store.topic(&request.topic))?;
+        let name = request.topic;
+        tokio::task::spawn_blocking(move || {
+            if let get_delivery_status_request::Consumer::Queue(queue) = &consumer {
+                queue_on(&store, queue, &name)?;
+            }
+            let (partition, offset, at) = locate(&topic, &message)?;
+            let status = match consumer {
+                get_delivery_status_request::Consumer::Queue(queue) => {
+                    let now = store.clock().now_ms();
+                    let state = inspect::queue_state(&store, &queue, partition, offset, &at, now)
+                        .map_err(|e| convert::status(&e))?;
+                    get_delivery_status_response::Status::Queue(convert::queue_status_to_proto(
+                        &queue, state,
+                    ))
+                }
+                get_delivery_status_request::Consumer::Group(group) => {
+                    let state = inspect::group_state(&store, &group, &name, partition, offset);
+                    get_delivery_status_response::Status::Group(convert::group_status_to_proto(
+                        &group, state,
+                    ))
+                }
+            };
+            Ok(GetDeliveryStatusResponse {
+                partition,
+                offset,
+                id: id_of(&at),
+                status: Some(status),
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the lookup task failed: {e}")))?
+    }
+
+    async fn delivery_history(
+        &self,
+        request: GetDeliveryHistoryRequest,
+    ) -> Result<GetDeliveryHistoryResponse, Status> {
+        let message = convert::history_message_ref(request.message)?;
+        if request.queue.is_empty() {
+            return Err(Status::invalid_argument(
+                "name the queue whose deliveries to report (`queue`); a consumer group keeps no delivery history",
+            ));
+        }
+        let store = self.state.store.clone();
+        let topic = convert::or_status(store.topic(&request.topic))?;
+        let (name, queue) = (request.topic, request.queue);
+        tokio::task::spawn_blocking(move || {
+            let config = queue_on(&store, &queue, &name)?;
+            let (partition, offset, at) = locate(&topic, &message)?;
+            let now = store.clock().now_ms();
+            let attempts =
+                inspect::message_history(&store, &queue, partition, offset, timestamp_of(&at), now)
+                    .map_err(|e| convert::status(&e))?;
+            let state = inspect::queue_state(&store, &queue, partition, offset, &at, now)
+                .map_err(|e| convert::status(&e))?;
+            let (history_attempts, history_retention_ms) = convert::history_bounds(&config);
+            Ok(GetDeliveryHistoryResponse {
+                partition,
+                offset,
+                id: id_of(&at),
+                attempts: attempts
+                    .into_iter()
+                    .map(convert::attempt_to_proto)
+                    .collect(),
+                status: Some(convert::queue_status_to_proto(&queue, state)),
+                history_attempts,
+                history_retention_ms,
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the lookup task failed: {e}")))?
+    }
+}
+
 #[tonic::async_trait]
 impl Messages for MessagesService {
+    async fn get_delivery_status(
+        &self,
+        request: Request<GetDeliveryStatusRequest>,
+    ) -> Result<Response<GetDeliveryStatusResponse>, Status> {
+        let started = Instant::now();
+        let result = self.delivery_status(request.into_inner()).await;
+        let code = result.as_ref().err().map(Status::code);
+        self.state.metrics.delivery_lookup("status", code);
+        self.state.metrics.rpc_finished(
+            "GetDeliveryStatus",
+            started,
+            result.as_ref().err().map(Status::code),
+        );
+        result.map(Response::new)
+    }
+
+    async fn get_delivery_history(
+        &self,
+        request: Request<GetDeliveryHistoryRequest>,
+    ) -> Result<Response<GetDeliveryHistoryResponse>, Status> {
+        let started = Instant::now();
+        let result = self.delivery_history(request.into_inner()).await;
+        let code = result.as_ref().err().map(Status::code);
+        self.state.metrics.delivery_lookup("history", code);
+        self.state.metrics.rpc_finished(
+            "GetDeliveryHistory",
+            started,
+            result.as_ref().err().map(Status::code),
+        );
+        result.map(Response::new)
+    }
+
     async fn get_message(
         &self,
         request: Request<GetMessageRequest>,

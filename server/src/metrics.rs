@@ -27,6 +27,7 @@
 //! | tidelog_retention_deleted_segments / _bytes / _messages | counter | topic |
 //! | tidelog_position_resets | counter | topic, reason |
 //! | tidelog_message_lookups | counter | topic, result (found, not_found) |
+//! | tidelog_delivery_lookups (status, history and listing calls answered) | counter | call (status, history, list), result (ok, not_found, invalid_argument, error) |
 //! | tidelog_consumer_group_lag | gauge | group, topic, partition |
 //! | tidelog_consumer_group_members | gauge | group |
 //! | tidelog_queue_ready, _delayed, _unacked, _waiting, _oldest_unacked_age_seconds | gauge | queue |
@@ -83,6 +84,12 @@ struct StreamLabels {
 struct TopicReasonLabels {
     topic: String,
     reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallResultLabels {
+    call: &'static str,
+    result: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -174,6 +181,9 @@ pub const DEAD_LETTER_REASONS: [&str; 3] = ["max_deliveries", "term", "overflow"
 /// The `result` label values of `tidelog_message_lookups`.
 pub const LOOKUP_RESULTS: [&str; 2] = ["found", "not_found"];
 
+/// The `call` label values of `tidelog_delivery_lookups`.
+pub const DELIVERY_LOOKUP_CALLS: [&str; 3] = ["status", "history", "list"];
+
 /// The `reason` label values of `tidelog_position_resets`.
 pub const RESET_REASONS: [&str; 3] = ["below_log_start", "above_end_offset", "no_committed_offset"];
 
@@ -210,6 +220,7 @@ pub struct Metrics {
     retention_messages: Family<TopicLabels, Counter>,
     position_resets: Family<TopicReasonLabels, Counter>,
     message_lookups: Family<TopicResultLabels, Counter>,
+    delivery_lookups: Family<CallResultLabels, Counter>,
     queue_ack_latency: HistogramFamily<QueueLabels>,
     flush: Arc<FlushMetrics>,
     sources: Arc<ScrapeSources>,
@@ -509,6 +520,7 @@ impl Metrics {
             retention_messages: Family::default(),
             position_resets: Family::default(),
             message_lookups: Family::default(),
+            delivery_lookups: Family::default(),
             queue_ack_latency: Family::new_with_constructor(ack_latency_histogram),
             flush: flush.clone(),
             sources: sources.clone(),
@@ -578,6 +590,11 @@ impl Metrics {
             "tidelog_message_lookups",
             "Messages.GetMessage lookups by id that were answered, by topic and result (found, not_found)",
             metrics.message_lookups.clone(),
+        );
+        registry.register(
+            "tidelog_delivery_lookups",
+            "Delivery status, history and listing calls answered (GetDeliveryStatus, GetDeliveryHistory, ListDeliveries), by call and result",
+            metrics.delivery_lookups.clone(),
         );
         registry.register(
             "tidelog_queue_ack_latency_seconds",
@@ -751,6 +768,21 @@ impl Metrics {
                 topic: topic.to_string(),
                 result: LOOKUP_RESULTS[usize::from(!found)],
             })
+            .inc();
+    }
+
+    /// Counts a delivery status (`call` "status"), history ("history") or listing
+    /// ("list") call by how it ended.
+    pub fn delivery_lookup(&self, call: &'static str, code: Option<tonic::Code>) {
+        debug_assert!(DELIVERY_LOOKUP_CALLS.contains(&call));
+        let result = match code {
+            None => "ok",
+            Some(tonic::Code::NotFound) => "not_found",
+            Some(tonic::Code::InvalidArgument) => "invalid_argument",
+            Some(_) => "error",
+        };
+        self.delivery_lookups
+            .get_or_create(&CallResultLabels { call, result })
             .inc();
     }
 
@@ -1108,6 +1140,7 @@ mod tests {
         metrics.rpc_finished("Fetch", Instant::now(), Some(tonic::Code::NotFound));
         metrics.position_reset("orders", "below_log_start");
         metrics.message_lookup("orders", true);
+        metrics.delivery_lookup("list", Some(tonic::Code::InvalidArgument));
         metrics.retention(
             "orders",
             &RetentionOutcome {
@@ -1155,7 +1188,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(families, 24, "a family was added or lost:\n{openmetrics}");
+        assert_eq!(families, 25, "a family was added or lost:\n{openmetrics}");
         assert_eq!(lines.last(), Some(&"# EOF"));
         store.close().unwrap();
     }

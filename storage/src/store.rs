@@ -8,13 +8,14 @@
 //!   topics/<topic>/<partition>/           segments (.log .index .timeindex), checkpoint
 //!   offsets/                              the consumer offsets store
 //!   state/queues/queues.statelog          the work queues' state (crate::queue)
+//!   state/history/<queue>/<ms>.history    each queue's delivery history (crate::queue::history)
 //!   trash/                                topics being deleted
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,8 @@ use crate::offsets::OffsetStore;
 use crate::partition::{
     FlushObserver, Partition, PartitionContext, PartitionInfo, RetentionOutcome,
 };
+use crate::queue::history::QueueHistory;
+use crate::queue::validate_queue_name;
 use crate::queue::{QueueOp, Queues};
 use crate::segment::MappedSegments;
 use crate::statelog::{StateLog, StateLogOptions};
@@ -73,6 +76,42 @@ impl Default for StoreOptions {
 
 /// Where the work queues' state log lives, under the data directory.
 pub const QUEUES_STATE_PATH: &str = "state/queues/queues.statelog";
+/// Where each queue's delivery history directory lives, under the data directory.
+pub const QUEUE_HISTORY_DIR: &str = "state/history";
+
+/// Removes `DATA/state/history/<queue>` and fsyncs its parent. A name that fails the
+/// queue-name rule (a damaged state log) names no history directory: nothing is removed.
+fn remove_history_dir(fs: &dyn FileSystem, data: &Path, queue: &str) -> Result<()> {
+    if validate_queue_name(queue).is_err() {
+        return Ok(());
+    }
+    let parent = data.join(QUEUE_HISTORY_DIR);
+    let dir = parent.join(queue);
+    match fs.remove_dir_all(&dir) {
+        Ok(()) => fsutil::sync_dir(fs, &parent),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", dir.display()), e)),
+    }
+}
+
+/// Removes the history directories of queues that do not exist (a crash between a
+/// queue's deletion and its history's), so a new queue of the same name starts empty.
+fn remove_orphan_histories(fs: &dyn FileSystem, data: &Path, queues: &Queues) -> Result<()> {
+    let parent = data.join(QUEUE_HISTORY_DIR);
+    let entries = match fs.read_dir(&parent) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(format!("listing {}", parent.display()), e)),
+    };
+    for entry in entries {
+        let name = entry.name.to_string_lossy();
+        if entry.is_dir && queues.get(&name).is_none() {
+            tracing::info!(queue = %name, "removing the delivery history of a deleted queue");
+            remove_history_dir(fs, data, &name)?;
+        }
+    }
+    Ok(())
+}
 
 /// A topic: its partitions and config.
 ///
@@ -190,6 +229,9 @@ struct Inner {
     offsets: OffsetStore,
     /// Every work queue's state.
     queues: StateLog<Queues>,
+    /// The delivery history of each queue that recorded or was asked for some since
+    /// the store opened (a summary each; the events stay on disk).
+    histories: Mutex<HashMap<String, Arc<QueueHistory>>>,
     flusher: Mutex<Flusher>,
     context: PartitionContext,
     closed: AtomicBool,
@@ -259,6 +301,7 @@ impl Store {
             options.clock.clone(),
             StateLogOptions::default(),
         )?;
+        queues.read(|q| remove_orphan_histories(&*fs, &dir, q))?;
         let mut topics = BTreeMap::new();
         let topics_dir = dir.join("topics");
         for entry in fs
@@ -295,6 +338,7 @@ impl Store {
             admin: Mutex::new(()),
             offsets,
             queues,
+            histories: Mutex::new(HashMap::new()),
             flusher: Mutex::new(flusher),
             context,
             closed: AtomicBool::new(false),
@@ -319,6 +363,43 @@ impl Store {
     /// The work queues' durable state (see [`crate::queue`]).
     pub fn queues(&self) -> &StateLog<Queues> {
         &self.inner.queues
+    }
+
+    /// Queue `name`'s delivery history (see [`crate::queue::history`]), whether or not
+    /// the queue exists. The name must pass the queue-name rule (it names a directory:
+    /// never `..` or a path).
+    pub fn queue_history(&self, name: &str) -> Result<Arc<QueueHistory>> {
+        validate_queue_name(name)?;
+        let mut histories = self
+            .inner
+            .histories
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let history = histories
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                Arc::new(QueueHistory::new(
+                    self.inner.context.fs.clone(),
+                    self.inner.dir.join(QUEUE_HISTORY_DIR).join(name),
+                    self.inner.context.clock.clone(),
+                ))
+            })
+            .clone();
+        Ok(history)
+    }
+
+    /// Deletes queue `name`'s delivery history (its queue was deleted), durably.
+    pub fn remove_queue_history(&self, name: &str) -> Result<()> {
+        let removed = self
+            .inner
+            .histories
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
+        if let Some(history) = removed {
+            history.close();
+        }
+        remove_history_dir(&*self.inner.context.fs, &self.inner.dir, name)
     }
 
     /// Segments holding a memory mapping now (bounded by `mapped_segments_max`).
@@ -432,8 +513,18 @@ impl Store {
                 })
                 .collect()
         });
+        let deleted_queues: Vec<String> = on_topic
+            .iter()
+            .filter_map(|op| match op {
+                QueueOp::Delete { name } => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
         if !on_topic.is_empty() {
             self.inner.queues.append(on_topic)?;
+        }
+        for queue in deleted_queues {
+            self.remove_queue_history(&queue)?;
         }
         // Mappings held by readers keep their files alive after this.
         fs.remove_dir_all(&trash)

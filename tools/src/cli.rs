@@ -91,10 +91,10 @@ pub enum Command {
         after_help = "Examples:\n  tidelog queue create billing --topic orders --from earliest\n  tidelog queue describe billing\n  tidelog queue work billing --concurrency 4 -- ./charge.sh"
     )]
     Queue(crate::queue::QueueCommand),
-    /// Look a message up by its message id.
+    /// Look a message up by its message id; its delivery status and history.
     #[command(
         subcommand,
-        after_help = "Examples:\n  tidelog message get orders order-17\n  tidelog message get orders 01JD3N6Z9M2Q8W4X7Y5V0T1R3S --value --json"
+        after_help = "Examples:\n  tidelog message get orders order-17\n  tidelog message get orders 01JD3N6Z9M2Q8W4X7Y5V0T1R3S --value --json\n  tidelog message status orders order-17 --queue billing\n  tidelog message history orders order-17 --queue billing"
     )]
     Message(MessageCommand),
 
@@ -395,6 +395,70 @@ pub enum MessageCommand {
         after_help = "Examples:\n  tidelog message get orders order-17\n  tidelog message get orders order-17 --value\n  tidelog message get orders 0x00ff10 --json\n\nID is the id's text form, as consume and produce print it: text as itself, a\nbroker-assigned id as its 26 base32 characters, any other bytes as 0x and hex.\nWhen several messages carry the id, the newest is shown."
     )]
     Get(MessageGetArgs),
+
+    /// Where a message stands in a queue (ready, delayed, unacked and by whom, waiting
+    /// for a redelivery, acked, dead-lettered and why, expired) or a consumer group
+    /// (committed past it or not).
+    #[command(
+        after_help = "Examples:\n  tidelog message status orders order-17 --queue billing\n  tidelog message status orders --partition 0 --offset 41 --group audit\n  tidelog message status orders order-17 --queue billing --json\n\nAn expired message is found only by --partition and --offset."
+    )]
+    Status(MessageStatusArgs),
+
+    /// A message's delivery attempts in a queue: when, to which member, and how each
+    /// ended (acked, nacked and why, deadline passed, member left, terminated,
+    /// dead-lettered), oldest first.
+    #[command(
+        after_help = "Examples:\n  tidelog message history orders order-17 --queue billing\n  tidelog message history orders --partition 0 --offset 41 --queue billing --json\n\nAt most the queue's --history-attempts newest attempts, within its\n--history-retention (see `tidelog queue describe`)."
+    )]
+    History(MessageHistoryArgs),
+}
+
+/// Which message: by id, or by --partition and --offset.
+#[derive(Debug, Args)]
+pub struct MessageRefArgs {
+    /// Topic of the message.
+    pub topic: String,
+
+    /// The message id (as `message get` takes it); or give --partition and --offset.
+    #[arg(value_parser = parse_message_id, required_unless_present = "offset", conflicts_with_all = ["partition", "offset"])]
+    pub id: Option<MessageId>,
+
+    /// The message's partition (with --offset, instead of ID).
+    #[arg(long, value_name = "P", requires = "offset")]
+    pub partition: Option<u32>,
+
+    /// The message's offset in --partition (instead of ID).
+    #[arg(long, value_name = "O", requires = "partition")]
+    pub offset: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct MessageStatusArgs {
+    #[command(flatten)]
+    pub message: MessageRefArgs,
+
+    /// The queue whose view to show.
+    #[arg(
+        long,
+        value_name = "QUEUE",
+        conflicts_with = "group",
+        required_unless_present = "group"
+    )]
+    pub queue: Option<String>,
+
+    /// The consumer group whose view to show.
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MessageHistoryArgs {
+    #[command(flatten)]
+    pub message: MessageRefArgs,
+
+    /// The queue whose deliveries to show.
+    #[arg(long, value_name = "QUEUE")]
+    pub queue: String,
 }
 
 #[derive(Debug, Args)]
@@ -447,7 +511,7 @@ pub enum AckArg {
 }
 
 /// A `key=value` header.
-fn header(text: &str) -> Result<(String, String), String> {
+pub fn header(text: &str) -> Result<(String, String), String> {
     let (key, value) = text
         .split_once('=')
         .ok_or_else(|| format!("header {text:?} has no '=' (use --header key=value)"))?;

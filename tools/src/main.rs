@@ -19,6 +19,7 @@ mod broker;
 mod cli;
 mod client;
 mod consume;
+mod delivery;
 mod error;
 mod group;
 mod message;

@@ -1,14 +1,24 @@
 //! `tidelog message get TOPIC ID`: a message by its message id
-//! (`Messages.GetMessage`), as a table of its metadata or as one JSON object.
+//! (`Messages.GetMessage`), as a table of its metadata or as one JSON object;
+//! `tidelog message status | history`: what a queue or group did with a message
+//! (`Messages.GetDeliveryStatus`, `Messages.GetDeliveryHistory`).
 
 use bytes::Bytes;
 use serde_json::{Value, json};
-use tidelog_proto::v1::{ConsumedMessage, GetMessageRequest, GetMessageResponse};
+use tidelog_proto::v1::{
+    ConsumedMessage, GetDeliveryHistoryRequest, GetDeliveryStatusRequest, GetMessageRequest,
+    GetMessageResponse, MessagePosition, get_delivery_history_request, get_delivery_status_request,
+    get_delivery_status_response,
+};
 use tidelog_storage::msgid;
 
-use crate::cli::{MessageCommand, MessageGetArgs};
+use crate::cli::{
+    MessageCommand, MessageGetArgs, MessageHistoryArgs, MessageRefArgs, MessageStatusArgs,
+};
 use crate::client::Broker;
+use crate::delivery;
 use crate::error::{CliError, CliResult};
+use crate::output::Table;
 use crate::output::{Stdout, base64, bytes_json, preview, render_pairs};
 use crate::time::format_datetime_ms;
 use crate::units::format_bytes;
@@ -20,7 +30,196 @@ const PREVIEW_BYTES: usize = 200;
 pub async fn run(broker: &Broker, command: MessageCommand, json: bool) -> CliResult<()> {
     match command {
         MessageCommand::Get(args) => get(broker, &args, json).await,
+        MessageCommand::Status(args) => status(broker, &args, json).await,
+        MessageCommand::History(args) => history(broker, &args, json).await,
     }
+}
+
+/// The message as named: its id, or its position.
+enum Named {
+    Id(Bytes),
+    Position(MessagePosition),
+}
+
+fn named(args: &MessageRefArgs) -> Named {
+    match (&args.id, args.partition, args.offset) {
+        (Some(id), _, _) => Named::Id(Bytes::from(id.0.clone())),
+        (None, partition, offset) => Named::Position(MessagePosition {
+            partition: partition.unwrap_or(0),
+            offset: offset.unwrap_or(0),
+        }),
+    }
+}
+
+/// How the message is named in error contexts.
+fn shown(args: &MessageRefArgs) -> String {
+    match named(args) {
+        Named::Id(id) => format!("message {} in topic {:?}", msgid::display(&id), args.topic),
+        Named::Position(p) => format!(
+            "the message at partition {} offset {} of topic {:?}",
+            p.partition, p.offset, args.topic
+        ),
+    }
+}
+
+/// The rows every answer starts with: where the message is.
+fn position_pairs(
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    id: &[u8],
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("topic", topic.to_string()),
+        (
+            "id",
+            if id.is_empty() {
+                "(none)".into()
+            } else {
+                msgid::display(id)
+            },
+        ),
+        ("partition", partition.to_string()),
+        ("offset", offset.to_string()),
+    ]
+}
+
+async fn status(broker: &Broker, args: &MessageStatusArgs, json: bool) -> CliResult<()> {
+    let message = match named(&args.message) {
+        Named::Id(id) => get_delivery_status_request::Message::Id(id),
+        Named::Position(p) => get_delivery_status_request::Message::Position(p),
+    };
+    let consumer = match (&args.queue, &args.group) {
+        (Some(queue), _) => get_delivery_status_request::Consumer::Queue(queue.clone()),
+        (None, Some(group)) => get_delivery_status_request::Consumer::Group(group.clone()),
+        (None, None) => {
+            return Err(CliError::usage(
+                "whose view?",
+                "give --queue QUEUE or --group GROUP",
+            ));
+        }
+    };
+    let context = format!("looking up the delivery status of {}", shown(&args.message));
+    let response = broker
+        .messages()
+        .get_delivery_status(GetDeliveryStatusRequest {
+            topic: args.message.topic.clone(),
+            message: Some(message),
+            consumer: Some(consumer),
+        })
+        .await
+        .map_err(|s| broker.error(&context, &s))?
+        .into_inner();
+    let mut out = Stdout::new();
+    let mut rows = position_pairs(
+        &args.message.topic,
+        response.partition,
+        response.offset,
+        &response.id,
+    );
+    match &response.status {
+        Some(get_delivery_status_response::Status::Queue(status)) => {
+            if json {
+                out.json(&json!({
+                    "topic": args.message.topic,
+                    "partition": response.partition,
+                    "offset": response.offset,
+                    "id": (!response.id.is_empty()).then(|| msgid::display(&response.id)),
+                    "queue": delivery::queue_status_json(status),
+                }))?;
+            } else {
+                rows.extend(delivery::queue_status_pairs(status));
+                out.text(&render_pairs(&rows))?;
+            }
+        }
+        Some(get_delivery_status_response::Status::Group(status)) => {
+            if json {
+                out.json(&json!({
+                    "topic": args.message.topic,
+                    "partition": response.partition,
+                    "offset": response.offset,
+                    "id": (!response.id.is_empty()).then(|| msgid::display(&response.id)),
+                    "group": delivery::group_status_json(status),
+                }))?;
+            } else {
+                rows.extend(delivery::group_status_pairs(status));
+                out.text(&render_pairs(&rows))?;
+            }
+        }
+        None => {
+            return Err(CliError::failure(
+                "the broker answered without a status",
+                "check the tidelogd version (tidelog broker describe)",
+            ));
+        }
+    }
+    out.flush()
+}
+
+async fn history(broker: &Broker, args: &MessageHistoryArgs, json: bool) -> CliResult<()> {
+    let message = match named(&args.message) {
+        Named::Id(id) => get_delivery_history_request::Message::Id(id),
+        Named::Position(p) => get_delivery_history_request::Message::Position(p),
+    };
+    let context = format!(
+        "looking up the delivery history of {} in queue {:?}",
+        shown(&args.message),
+        args.queue
+    );
+    let response = broker
+        .messages()
+        .get_delivery_history(GetDeliveryHistoryRequest {
+            topic: args.message.topic.clone(),
+            message: Some(message),
+            queue: args.queue.clone(),
+        })
+        .await
+        .map_err(|s| broker.error(&context, &s))?
+        .into_inner();
+    let mut out = Stdout::new();
+    if json {
+        let attempts: Vec<Value> = response
+            .attempts
+            .iter()
+            .map(delivery::attempt_json)
+            .collect();
+        out.json(&json!({
+            "topic": args.message.topic,
+            "partition": response.partition,
+            "offset": response.offset,
+            "id": (!response.id.is_empty()).then(|| msgid::display(&response.id)),
+            "status": response.status.as_ref().map(delivery::queue_status_json),
+            "attempts": attempts,
+            "history_attempts": response.history_attempts,
+            "history_retention_ms": response.history_retention_ms,
+        }))?;
+        return out.flush();
+    }
+    let mut rows = position_pairs(
+        &args.message.topic,
+        response.partition,
+        response.offset,
+        &response.id,
+    );
+    if let Some(status) = &response.status {
+        rows.extend(delivery::queue_status_pairs(status));
+    }
+    out.text(&render_pairs(&rows))?;
+    out.line("")?;
+    if response.attempts.is_empty() {
+        out.line(&format!(
+            "no delivery attempts in the history (kept {}, at most {} attempts per message)",
+            tidelog_storage::duration::format_duration_ms(response.history_retention_ms),
+            response.history_attempts
+        ))?;
+    } else {
+        let mut table = Table::new(&[">ATTEMPT", "MEMBER", "DELIVERED", "OUTCOME", "AT", "REASON"]);
+        for attempt in &response.attempts {
+            table.row(delivery::attempt_row(attempt));
+        }
+        out.text(&table.render())?;
+    }
+    out.flush()
 }
 
 async fn get(broker: &Broker, args: &MessageGetArgs, json: bool) -> CliResult<()> {

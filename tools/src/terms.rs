@@ -82,7 +82,10 @@ pub const TRANSLATIONS: &[(&str, &str)] = &[
     ("Queues.Consume", "`tidelog queue consume`"),
     ("Queues.Receive", "`tidelog queue consume`"),
     ("Queues.Settle", "`tidelog queue consume`"),
+    ("Queues.ListDeliveries", "`tidelog queue deliveries`"),
     ("Messages.GetMessage", "`tidelog message get`"),
+    ("Messages.GetDeliveryStatus", "`tidelog message status`"),
+    ("Messages.GetDeliveryHistory", "`tidelog message history`"),
     // Request fields: the flag that sets them.
     ("reset_policy is ERROR", "--offset-reset is error"),
     (
@@ -92,12 +95,24 @@ pub const TRANSLATIONS: &[(&str, &str)] = &[
     ("reset_policy", "--offset-reset"),
     ("max_message_bytes", "--max-message-bytes"),
     ("retention_bytes", "--retention-bytes"),
+    ("history_retention_ms", "--history-retention"),
+    ("history_attempts", "--history-attempts"),
     ("retention_ms", "--retention"),
     ("default_ttl_ms", "--ttl"),
     ("segment_bytes", "--segment-bytes"),
     ("segment_ms", "--segment-age"),
     ("priority_levels", "--priority-levels"),
     ("end_offset", "end"),
+    (
+        "pass next_cursor exactly as it came, or start again without a cursor",
+        "pass the --cursor a page printed exactly as it came, or leave --cursor out",
+    ),
+    ("start again without a cursor", "leave --cursor out"),
+    (
+        "exactly one of `id` and `position`",
+        "ID, or --partition and --offset",
+    ),
+    ("exactly one of `queue` and `group`", "--queue or --group"),
 ];
 
 /// The broker's message in the CLI's terms: every phrase of [`TRANSLATIONS`]

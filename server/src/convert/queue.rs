@@ -33,6 +33,12 @@ pub fn apply_queue_config(config: &mut QueueConfig, update: pb::QueueConfig) {
     if let Some(max) = update.max_unacked_per_member {
         config.max_unacked_per_member = max;
     }
+    if let Some(attempts) = update.history_attempts {
+        config.history_attempts = attempts;
+    }
+    if let Some(ms) = update.history_retention_ms {
+        config.history_retention_ms = ms;
+    }
 }
 
 /// The effective config, every field set.
@@ -44,6 +50,8 @@ pub fn queue_config_to_proto(config: &QueueConfig) -> pb::QueueConfig {
         backoff_max_ms: Some(config.backoff_max_ms),
         dead_letter_topic: Some(config.dead_letter_topic.clone()),
         max_unacked_per_member: Some(config.max_unacked_per_member),
+        history_attempts: Some(config.history_attempts),
+        history_retention_ms: Some(config.history_retention_ms),
     }
 }
 

@@ -8,13 +8,14 @@ use tidelog_proto::v1::queues_server::Queues;
 use tidelog_proto::v1::{
     AlterQueueRequest, AlterQueueResponse, CreateQueueRequest, CreateQueueResponse,
     DeleteQueueRequest, DeleteQueueResponse, DescribeQueueRequest, DescribeQueueResponse,
-    ListQueuesRequest, ListQueuesResponse, PurgeQueueRequest, PurgeQueueResponse,
-    QueueConsumeRequest, QueueConsumeResponse, QueueDescription, ReceiveRequest, ReceiveResponse,
-    RedriveQueueRequest, RedriveQueueResponse, SettleRequest, SettleResponse,
-    queue_consume_request, queue_consume_response,
+    ListDeliveriesRequest, ListDeliveriesResponse, ListQueuesRequest, ListQueuesResponse,
+    PurgeQueueRequest, PurgeQueueResponse, QueueConsumeRequest, QueueConsumeResponse,
+    QueueDescription, ReceiveRequest, ReceiveResponse, RedriveQueueRequest, RedriveQueueResponse,
+    SettleRequest, SettleResponse, queue_consume_request, queue_consume_response,
 };
 use tidelog_storage::Store;
 use tidelog_storage::queue::admin;
+use tidelog_storage::queue::inspect::{self, DeliveriesQuery};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -222,6 +223,44 @@ impl Queues for QueuesService {
             .await
             .map(|(moved, remaining)| RedriveQueueResponse { moved, remaining });
         self.finished("RedriveQueue", started, &result);
+        result.map(Response::new)
+    }
+
+    async fn list_deliveries(
+        &self,
+        request: Request<ListDeliveriesRequest>,
+    ) -> Result<Response<ListDeliveriesResponse>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let result = async {
+            let query = DeliveriesQuery {
+                filter: convert::delivery_filter(request.filter)?,
+                since_ms: request.since_ms,
+                until_ms: request.until_ms,
+                header: request.header.map(|h| (h.key, h.value)),
+                limit: request.limit,
+                cursor: (!request.cursor.is_empty()).then_some(request.cursor),
+            };
+            let name = request.queue;
+            let page = self
+                .blocking(move |store| {
+                    inspect::list_deliveries(store, &name, &query, store.clock().now_ms())
+                })
+                .await?;
+            Ok(ListDeliveriesResponse {
+                deliveries: page
+                    .deliveries
+                    .into_iter()
+                    .map(convert::delivery_event_to_proto)
+                    .collect(),
+                next_cursor: page.next_cursor.unwrap_or_default(),
+            })
+        }
+        .await;
+        self.state
+            .metrics
+            .delivery_lookup("list", result.as_ref().err().map(Status::code));
+        self.finished("ListDeliveries", started, &result);
         result.map(Response::new)
     }
 

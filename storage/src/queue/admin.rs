@@ -143,7 +143,7 @@ pub fn delete_queue(store: &Store, name: &str) -> Result<()> {
         name: name.to_string(),
     })? {
         0 => Err(not_found(name)),
-        _ => Ok(()),
+        _ => store.remove_queue_history(name),
     }
 }
 

@@ -31,6 +31,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::admin::dead_letter_record;
+use super::history::{HistoryEvent, Outcome};
 use super::state::{
     Hold, Pending, Queue, QueueConfig, QueueOp, QueuePartition, Taken, truncate_utf8,
 };
@@ -330,6 +331,7 @@ impl QueueEngine {
         let now = self.store.clock().now_ms();
         let queue = self.queue()?;
         let mut ops = Vec::new();
+        let mut events = Vec::new();
         while let Some(&(at, kind, partition, offset)) = self.timers.first() {
             if at > now {
                 break;
@@ -363,12 +365,40 @@ impl QueueEngine {
                     } else {
                         "deadline passed"
                     };
+                    let outcome = if member_gone {
+                        Outcome::MemberLeft
+                    } else {
+                        Outcome::DeadlinePassed
+                    };
+                    events.push(HistoryEvent::new(
+                        partition,
+                        offset,
+                        pending.attempts,
+                        now,
+                        outcome,
+                        0,
+                        member,
+                        "",
+                    ));
                     if queue.config.exhausted(pending.attempts) {
                         let reason = format!(
                             "{reason} after {} deliveries (max_deliveries {})",
                             pending.attempts, queue.config.max_deliveries
                         );
-                        ops.push(self.dead_letter(&queue, partition, offset, pending, &reason)?);
+                        let op = self.dead_letter(&queue, partition, offset, pending, &reason)?;
+                        if let QueueOp::DeadLetter { reason, .. } = &op {
+                            events.push(HistoryEvent::new(
+                                partition,
+                                offset,
+                                pending.attempts,
+                                now,
+                                Outcome::DeadLettered,
+                                0,
+                                member,
+                                reason,
+                            ));
+                        }
+                        ops.push(op);
                         self.counters.dead_lettered_max_deliveries += 1;
                     } else {
                         let due = (*deadline_ms).min(now)
@@ -405,7 +435,7 @@ impl QueueEngine {
         if !ops.is_empty() {
             self.store.queues().append(ops)?;
         }
-        Ok(())
+        self.record(&queue.config, events)
     }
 
     /// Makes up to `wants[i].1` deliveries to each member `wants[i].0`, in turns, and
@@ -539,6 +569,24 @@ impl QueueEngine {
         if !ops.is_empty() {
             self.store.queues().append(ops)?;
         }
+        let events = out
+            .iter()
+            .flat_map(|(member, deliveries)| {
+                deliveries.iter().map(move |d| {
+                    HistoryEvent::new(
+                        d.partition,
+                        d.record.offset,
+                        d.attempt,
+                        now,
+                        Outcome::Delivered,
+                        d.deadline_ms,
+                        member,
+                        "",
+                    )
+                })
+            })
+            .collect();
+        self.record(&queue.config, events)?;
         for (member, deliveries) in &out {
             *self.members.entry(member.clone()).or_insert(0) += deliveries.len() as u64;
             self.counters.delivered += deliveries.len() as u64;
@@ -680,6 +728,8 @@ impl QueueEngine {
         );
         let dlq = dead_letter_topic(&self.store, &queue.config.dead_letter_topic)?;
         let mut ops = Vec::new();
+        let mut events = Vec::new();
+        let now = self.store.clock().now_ms();
         let mut dropped = 0u64;
         for level in 0..queue.levels {
             for partition in topic.partitions() {
@@ -707,6 +757,16 @@ impl QueueEngine {
                         if queue.level_of(record.priority) != level {
                             continue;
                         }
+                        events.push(HistoryEvent::new(
+                            id,
+                            record.offset,
+                            0,
+                            now,
+                            Outcome::DeadLettered,
+                            0,
+                            "",
+                            &reason,
+                        ));
                         letters.push(dead_letter_record(
                             &self.name,
                             &queue.topic,
@@ -745,6 +805,7 @@ impl QueueEngine {
         if !ops.is_empty() {
             self.store.queues().append(ops)?;
         }
+        self.record(&queue.config, events)?;
         self.counters.dead_lettered_overflow += dropped;
         Ok(dropped)
     }
@@ -759,6 +820,7 @@ impl QueueEngine {
         let queue = self.queue()?;
         let now = self.store.clock().now_ms();
         let mut ops = Vec::new();
+        let mut events = Vec::new();
         let mut outcomes = Vec::with_capacity(requests.len());
         // Offsets settled so far in this call, so a duplicate is not counted twice.
         let mut gone: BTreeSet<(u32, u64)> = BTreeSet::new();
@@ -801,6 +863,16 @@ impl QueueEngine {
                             Some(last) if last.1 + 1 == offset => last.1 = offset,
                             _ => ranges.push((offset, offset)),
                         }
+                        events.push(HistoryEvent::new(
+                            request.partition,
+                            offset,
+                            pending.attempts,
+                            now,
+                            Outcome::Acked,
+                            0,
+                            holder,
+                            "",
+                        ));
                         settled += 1;
                     }
                 }
@@ -861,6 +933,16 @@ impl QueueEngine {
                         partition: request.partition,
                         ranges: vec![(request.offset, request.offset)],
                     });
+                    events.push(HistoryEvent::new(
+                        request.partition,
+                        request.offset,
+                        pending.attempts,
+                        now,
+                        Outcome::Acked,
+                        0,
+                        holder,
+                        "",
+                    ));
                     self.counters.acked += 1;
                     outcomes.push(SettleOutcome::Ok { settled: 1 });
                 }
@@ -884,6 +966,16 @@ impl QueueEngine {
                         offset: request.offset,
                         deadline_ms: deadline,
                     });
+                    events.push(HistoryEvent::new(
+                        request.partition,
+                        request.offset,
+                        pending.attempts,
+                        now,
+                        Outcome::Extended,
+                        deadline,
+                        holder,
+                        "",
+                    ));
                     self.timers.insert((
                         deadline,
                         Timer::Deadline,
@@ -904,18 +996,41 @@ impl QueueEngine {
                     *released.entry(holder.clone()).or_insert(0) += 1;
                     let reason = truncate_utf8(reason, super::state::REASON_BYTES_MAX);
                     self.counters.nacked += 1;
+                    events.push(HistoryEvent::new(
+                        request.partition,
+                        request.offset,
+                        pending.attempts,
+                        now,
+                        Outcome::Nacked,
+                        0,
+                        holder,
+                        reason,
+                    ));
                     if queue.config.exhausted(pending.attempts) {
                         let reason = format!(
                             "nacked on the last of {} deliveries: {reason}",
                             queue.config.max_deliveries
                         );
-                        ops.push(self.dead_letter(
+                        let op = self.dead_letter(
                             &queue,
                             request.partition,
                             request.offset,
                             &pending,
                             &reason,
-                        )?);
+                        )?;
+                        if let QueueOp::DeadLetter { reason, .. } = &op {
+                            events.push(HistoryEvent::new(
+                                request.partition,
+                                request.offset,
+                                pending.attempts,
+                                now,
+                                Outcome::DeadLettered,
+                                0,
+                                holder,
+                                reason,
+                            ));
+                        }
+                        ops.push(op);
                         self.counters.dead_lettered_max_deliveries += 1;
                         outcomes.push(SettleOutcome::Ok { settled: 1 });
                     } else {
@@ -937,17 +1052,40 @@ impl QueueEngine {
                 SettleAction::Term { reason } => {
                     gone.insert(key);
                     *released.entry(holder.clone()).or_insert(0) += 1;
+                    events.push(HistoryEvent::new(
+                        request.partition,
+                        request.offset,
+                        pending.attempts,
+                        now,
+                        Outcome::Terminated,
+                        0,
+                        holder,
+                        reason,
+                    ));
                     let reason = format!(
                         "terminated: {}",
                         truncate_utf8(reason, super::state::REASON_BYTES_MAX - 12)
                     );
-                    ops.push(self.dead_letter(
+                    let op = self.dead_letter(
                         &queue,
                         request.partition,
                         request.offset,
                         &pending,
                         &reason,
-                    )?);
+                    )?;
+                    if let QueueOp::DeadLetter { reason, .. } = &op {
+                        events.push(HistoryEvent::new(
+                            request.partition,
+                            request.offset,
+                            pending.attempts,
+                            now,
+                            Outcome::DeadLettered,
+                            0,
+                            holder,
+                            reason,
+                        ));
+                    }
+                    ops.push(op);
                     self.counters.dead_lettered_term += 1;
                     outcomes.push(SettleOutcome::Ok { settled: 1 });
                 }
@@ -956,12 +1094,25 @@ impl QueueEngine {
         if !ops.is_empty() {
             self.store.queues().append(ops)?;
         }
+        self.record(&queue.config, events)?;
         for (holder, count) in released {
             if let Some(held) = self.members.get_mut(&holder) {
                 *held = held.saturating_sub(count);
             }
         }
         Ok(outcomes)
+    }
+
+    /// Records `events` in the queue's delivery history, durably, after the decisions
+    /// they tell of are durable in the queue state (see [`super::history`] for the
+    /// crash rule).
+    fn record(&self, config: &QueueConfig, events: Vec<HistoryEvent>) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.store
+            .queue_history(&self.name)?
+            .append(events, config.history_retention_ms)
     }
 
     /// Appends the dead letter of a pending message to the queue's dead-letter topic

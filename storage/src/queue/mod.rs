@@ -14,9 +14,15 @@
 //!   state log before it is acted on, so a crash resumes where the last durable
 //!   decision left off. The server wraps one per queue in an async task.
 //! - [`admin`]: create, alter, delete, purge, list, describe, redrive.
+//! - [`history`]: each queue's delivery history on disk (attempts and outcomes, kept
+//!   `history_retention`), read by message or listed newest first.
+//! - [`inspect`]: a message's delivery status in a queue or group, its history, and a
+//!   queue's deliveries listed with filters (read-only).
 
 pub mod admin;
 pub mod engine;
+pub mod history;
+pub mod inspect;
 pub mod state;
 
 pub use admin::{QueueStatus, StartAt};

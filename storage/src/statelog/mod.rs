@@ -166,6 +166,7 @@ pub use record::{
     RECORD_HEADER_BYTES, RECORD_VERSION, Record, decode_record, encode_record, put_bytes16,
     put_str16,
 };
+pub(crate) use scan::scan_file_prefix;
 pub use scan::{Scan, ScanEnd, scan_image};
 pub use snapshot::SnapshotWriter;
 

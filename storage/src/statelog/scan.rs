@@ -67,6 +67,18 @@ pub(crate) fn scan_file<O: LogOp>(
     on_record: impl FnMut(u64, Record<O>),
 ) -> io::Result<Scan> {
     let len = file.size()?;
+    scan_file_prefix(file, len, on_record)
+}
+
+/// [`scan_file`] of the first `len` bytes of the file only (fewer if it is shorter):
+/// for a reader of a log that is being appended to, which reads only what was durable
+/// when it began ([`crate::statelog::StateLog::log_bytes`]).
+pub(crate) fn scan_file_prefix<O: LogOp>(
+    file: &dyn FsFile,
+    len: u64,
+    on_record: impl FnMut(u64, Record<O>),
+) -> io::Result<Scan> {
+    let len = len.min(file.size()?);
     scan_source(
         &mut FileSource {
             file,

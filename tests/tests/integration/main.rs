@@ -8,6 +8,7 @@ mod cli;
 mod cli_damage;
 mod cli_frictions;
 mod dedup;
+mod delivery_history;
 mod garbage;
 mod groups;
 mod kill9;

@@ -170,7 +170,7 @@ pub async fn run(broker: &Broker, command: QueueCommand, json: bool) -> CliResul
             }
         }
         QueueCommand::Redrive(args) => redrive(broker, &args, json, &mut out).await?,
-        QueueCommand::Consume(_) | QueueCommand::Work(_) => {}
+        QueueCommand::Consume(_) | QueueCommand::Work(_) | QueueCommand::Deliveries(_) => {}
     }
     out.flush()
 }
@@ -198,6 +198,8 @@ fn config_update(args: &QueueConfigArgs) -> QueueConfig {
         backoff_max_ms,
         dead_letter_topic: args.dead_letter_topic.clone(),
         max_unacked_per_member: args.max_unacked,
+        history_attempts: args.history_attempts,
+        history_retention_ms: args.history_retention,
     }
 }
 
@@ -336,6 +338,16 @@ fn render_config(config: Option<&QueueConfig>) -> String {
                 .max_unacked_per_member
                 .map_or_else(|| "-".into(), |n| format!("{n} per member")),
         ),
+        (
+            "history",
+            match (config.history_attempts, config.history_retention_ms) {
+                (_, Some(0)) => "none kept".into(),
+                (Some(n), Some(ms)) => {
+                    format!("{n} attempts per message, kept {}", format_duration_ms(ms))
+                }
+                _ => "-".into(),
+            },
+        ),
     ])
 }
 
@@ -396,6 +408,8 @@ pub fn config_json(config: Option<&QueueConfig>) -> Value {
         "backoff_max_ms": config.backoff_max_ms,
         "dead_letter_topic": config.dead_letter_topic,
         "max_unacked_per_member": config.max_unacked_per_member,
+        "history_attempts": config.history_attempts,
+        "history_retention_ms": config.history_retention_ms,
     })
 }
 
@@ -446,6 +460,8 @@ mod tests {
                 backoff_max_ms: Some(300_000),
                 dead_letter_topic: Some("orders.dlq".into()),
                 max_unacked_per_member: Some(1000),
+                history_attempts: Some(10),
+                history_retention_ms: Some(604_800_000),
             }),
             ready: 7,
             delayed: 1,

@@ -5,10 +5,11 @@ use std::ffi::OsString;
 
 use clap::{Args, Subcommand};
 use tidelog_storage::queue::state::{
-    ACK_DEADLINE_MS_MIN, MAX_UNACKED_PER_MEMBER_MAX, QUEUE_DELAY_MS_MAX,
+    ACK_DEADLINE_MS_MIN, HISTORY_ATTEMPTS_MAX, HISTORY_RETENTION_MS_MAX,
+    MAX_UNACKED_PER_MEMBER_MAX, QUEUE_DELAY_MS_MAX,
 };
 
-use crate::cli::{Format, duration};
+use crate::cli::{Format, duration, header};
 use crate::error::{CliError, CliResult};
 use crate::time::parse_datetime_ms;
 
@@ -60,6 +61,103 @@ pub enum QueueCommand {
     /// Run a command once per message: ack on exit 0, nack with its stderr otherwise.
     #[command(after_help = WORK_EXAMPLES)]
     Work(QueueWorkArgs),
+
+    /// List a queue's delivery events newest first: deliveries, acks, nacks, deadlines
+    /// passed, terms, dead letters, filtered by kind, time and header.
+    #[command(after_help = DELIVERIES_EXAMPLES)]
+    Deliveries(QueueDeliveriesArgs),
+}
+
+const DELIVERIES_EXAMPLES: &str = "\
+Examples:
+  tidelog queue deliveries billing --state dead-lettered --since 1h
+  tidelog queue deliveries billing --state failed --header tenant=acme --limit 20
+  tidelog queue deliveries billing --since 2026-11-23T10:00:00Z --until 2026-11-23T11:00:00Z --json
+
+--since and --until take a duration back from now (1h, 30m, 7d) or a date-time.
+A page holds at most --limit events (default 100, at most 1000); when there are more,
+the last line gives the --cursor for the next page. Only events within the queue's
+--history-retention are kept.";
+
+/// Which delivery events `queue deliveries` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeliveryState {
+    /// Every event.
+    All,
+    /// Deliveries (attempts begun).
+    Delivered,
+    /// Deliveries still held by their member now.
+    Unacked,
+    /// Acks.
+    Acked,
+    /// Failed attempts: nacked, deadline passed, member left.
+    Failed,
+    /// Nacks.
+    Nacked,
+    /// Deadlines passed and members left.
+    TimedOut,
+    /// Terms.
+    Terminated,
+    /// Dead letters.
+    DeadLettered,
+    /// In-progress extensions.
+    Extended,
+}
+
+#[derive(Debug, Args)]
+pub struct QueueDeliveriesArgs {
+    /// Queue name.
+    pub name: String,
+
+    /// Which events.
+    #[arg(long, value_enum, default_value = "all")]
+    pub state: DeliveryState,
+
+    /// Events at or after this: a duration back from now (1h) or a date-time.
+    #[arg(long, value_name = "WHEN", value_parser = moment)]
+    pub since: Option<Moment>,
+
+    /// Events at or before this: a duration back from now or a date-time.
+    #[arg(long, value_name = "WHEN", value_parser = moment)]
+    pub until: Option<Moment>,
+
+    /// Events of messages with this header only.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = header)]
+    pub header: Option<(String, String)>,
+
+    /// Events per page (1 to 1000).
+    #[arg(long, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: u32,
+
+    /// Where to go on: the cursor the previous page printed.
+    #[arg(long, value_name = "CURSOR")]
+    pub cursor: Option<String>,
+}
+
+/// A point in time as given: a duration back from now, or a date-time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Moment {
+    Ago(u64),
+    At(i64),
+}
+
+impl Moment {
+    /// Milliseconds since the Unix epoch, `now_ms` being now.
+    pub fn at_ms(self, now_ms: i64) -> i64 {
+        match self {
+            Moment::Ago(ms) => now_ms.saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX)),
+            Moment::At(ms) => ms,
+        }
+    }
+}
+
+fn moment(text: &str) -> Result<Moment, String> {
+    if let Ok(ms) = duration(text) {
+        return Ok(Moment::Ago(ms));
+    }
+    parse_datetime_ms(text)
+        .map(Moment::At)
+        .map_err(|e| format!("{e}; or give a duration back from now such as 1h or 30m"))
 }
 
 const CREATE_EXAMPLES: &str = "\
@@ -72,7 +170,7 @@ A queue starts at --from in every partition: latest (the default: only messages
 published from now on), earliest, or a date-time (the first message at or after it).
 Defaults: --ack-deadline 30s, --max-deliveries 5, --backoff 1s..5m (doubling each
 attempt), --dead-letter-topic <topic>.dlq (created with the first dead letter),
---max-unacked 1000. Durations need a unit: 500ms, 30s, 5m, 1h30m or PT30M.";
+--max-unacked 1000, --history-attempts 10, --history-retention 7d. Durations need a unit: 500ms, 30s, 5m, 1h30m or PT30M.";
 
 const CONSUME_EXAMPLES: &str = "\
 Examples:
@@ -189,6 +287,29 @@ fn max_deliveries(text: &str) -> Result<u32, String> {
     }
 }
 
+/// `--history-attempts N`: 1 to 1000.
+fn history_attempts(text: &str) -> Result<u32, String> {
+    let n: u32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a count"))?;
+    if !(1..=HISTORY_ATTEMPTS_MAX).contains(&n) {
+        return Err(format!(
+            "{n} is outside 1..={HISTORY_ATTEMPTS_MAX} attempts per message"
+        ));
+    }
+    Ok(n)
+}
+
+/// `--history-retention DURATION`: 0 to 90d.
+fn history_retention(text: &str) -> Result<u64, String> {
+    let ms = duration(text)?;
+    if ms > HISTORY_RETENTION_MS_MAX {
+        return Err(format!("{text} is over the longest history retention, 90d"));
+    }
+    Ok(ms)
+}
+
 /// `--max-unacked N`: 1 to 100000.
 fn max_unacked(text: &str) -> Result<u32, String> {
     let n: u32 = text
@@ -235,6 +356,14 @@ pub struct QueueConfigArgs {
     /// Most unsettled deliveries one member holds at a time (1 to 100000).
     #[arg(long, value_name = "N", value_parser = max_unacked)]
     pub max_unacked: Option<u32>,
+
+    /// Delivery attempts of one message its history shows, the newest (1 to 1000).
+    #[arg(long, value_name = "N", value_parser = history_attempts)]
+    pub history_attempts: Option<u32>,
+
+    /// How long the delivery history is kept (0 = keep none; at most 90d).
+    #[arg(long, value_name = "DURATION", value_parser = history_retention)]
+    pub history_retention: Option<u64>,
 }
 
 impl QueueConfigArgs {
@@ -246,6 +375,8 @@ impl QueueConfigArgs {
             && self.backoff_max.is_none()
             && self.dead_letter_topic.is_none()
             && self.max_unacked.is_none()
+            && self.history_attempts.is_none()
+            && self.history_retention.is_none()
     }
 
     /// (first, longest) backoff as given, either form.

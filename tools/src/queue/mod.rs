@@ -7,6 +7,7 @@
 //! | [`session`] | a member's `Consume` stream: open, credit, settle, events |
 //! | [`consume`] | `queue consume`: print deliveries, ack what was printed |
 //! | [`work`] | `queue work`: a command per message, ack on exit 0, nack otherwise |
+//! | [`deliveries`] | `queue deliveries`: delivery events newest first, filtered, paged |
 //!
 //! Errors speak the CLI's terms: a broker refusal that names an API field
 //! (`ack_deadline_ms`) is reported with the flag (`--ack-deadline`), and the hints name
@@ -15,6 +16,7 @@
 mod admin;
 mod args;
 mod consume;
+mod deliveries;
 pub mod session;
 mod work;
 
@@ -30,6 +32,7 @@ pub async fn run(broker: &Broker, command: QueueCommand, json: bool) -> CliResul
     match command {
         QueueCommand::Consume(args) => consume::run(broker, args, json).await,
         QueueCommand::Work(args) => work::run(broker, args, json).await,
+        QueueCommand::Deliveries(args) => deliveries::run(broker, args, json).await,
         command => admin::run(broker, command, json).await,
     }
 }
@@ -45,7 +48,8 @@ pub fn validate(command: &QueueCommand) -> CliResult<()> {
         QueueCommand::Alter(args) if args.config.is_empty() => Err(CliError::usage(
             "nothing to change",
             "give at least one of --ack-deadline, --max-deliveries, --backoff (or \
-             --backoff-initial / --backoff-max), --dead-letter-topic, --max-unacked",
+             --backoff-initial / --backoff-max), --dead-letter-topic, --max-unacked, \
+             --history-attempts, --history-retention",
         )),
         // The backoff in force is checked once it is known (admin::alter).
         QueueCommand::Work(args) => work::check_command(&args.command),
@@ -54,7 +58,12 @@ pub fn validate(command: &QueueCommand) -> CliResult<()> {
 }
 
 /// API field names in the broker's messages, and the flags that set them.
-const FIELD_FLAGS: [(&str, &str); 6] = [
+const FIELD_FLAGS: [(&str, &str); 10] = [
+    // ListDeliveries' refusals of a cursor (the message begins with the field).
+    ("cursor is not one", "--cursor is not one"),
+    ("cursor was returned", "--cursor was returned"),
+    ("history_attempts", "--history-attempts"),
+    ("history_retention_ms", "--history-retention (ms)"),
     ("ack_deadline_ms", "--ack-deadline (ms)"),
     ("max_deliveries", "--max-deliveries"),
     ("backoff_initial_ms", "--backoff-initial (ms)"),

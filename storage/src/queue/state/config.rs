@@ -1,0 +1,196 @@
+//! [`QueueConfig`]: how a queue delivers, its bounds, and the queue-name rule.
+
+use crate::error::{Error, Result};
+
+/// Longest member id or client name kept in the state.
+pub const MEMBER_BYTES_MAX: usize = 255;
+/// Longest reason kept with a message (a longer one is cut at a character boundary).
+pub const REASON_BYTES_MAX: usize = 1024;
+/// Longest ack deadline, in-progress extension, nack delay or backoff: 12 hours.
+pub const QUEUE_DELAY_MS_MAX: u64 = 12 * 3600 * 1000;
+/// Shortest ack deadline.
+pub const ACK_DEADLINE_MS_MIN: u64 = 100;
+/// Most unsettled deliveries one member may hold.
+pub const MAX_UNACKED_PER_MEMBER_MAX: u32 = 100_000;
+/// Most delivery attempts of one message a history query reports.
+pub const HISTORY_ATTEMPTS_MAX: u32 = 1_000;
+/// Longest a queue keeps its delivery history: 90 days.
+pub const HISTORY_RETENTION_MS_MAX: u64 = 90 * 24 * 3600 * 1000;
+/// Attempts per message a history reports unless the queue says otherwise.
+pub const HISTORY_ATTEMPTS_DEFAULT: u32 = 10;
+/// How long a queue keeps its delivery history unless it says otherwise: 7 days.
+pub const HISTORY_RETENTION_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1000;
+
+/// How a queue delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Time a member has to settle a delivery.
+    pub ack_deadline_ms: u64,
+    /// Deliveries of one message before it is dead-lettered; 0 = unlimited.
+    pub max_deliveries: u32,
+    /// Wait before the first redelivery; doubles with every further attempt.
+    pub backoff_initial_ms: u64,
+    /// Longest wait before a redelivery.
+    pub backoff_max_ms: u64,
+    /// Where dead letters go.
+    pub dead_letter_topic: String,
+    /// Most unsettled deliveries one member holds.
+    pub max_unacked_per_member: u32,
+    /// Newest delivery attempts of one message its history reports (1 to
+    /// [`HISTORY_ATTEMPTS_MAX`]).
+    pub history_attempts: u32,
+    /// How long delivery history is kept; 0 = the queue records none.
+    pub history_retention_ms: u64,
+}
+
+impl QueueConfig {
+    /// The defaults for a queue on `topic`: 30 s deadline, 5 deliveries, backoff from
+    /// 1 s to 5 min, dead letters to `<topic>.dlq`, 1,000 unacked per member, history of
+    /// the newest 10 attempts per message kept 7 days.
+    pub fn defaults_for(topic: &str) -> Self {
+        QueueConfig {
+            ack_deadline_ms: 30_000,
+            max_deliveries: 5,
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 300_000,
+            dead_letter_topic: format!("{topic}.dlq"),
+            max_unacked_per_member: 1_000,
+            history_attempts: HISTORY_ATTEMPTS_DEFAULT,
+            history_retention_ms: HISTORY_RETENTION_MS_DEFAULT,
+        }
+    }
+
+    /// Checks every value against its bounds; the message names the field.
+    pub fn validate(&self) -> Result<()> {
+        let within = |name: &str, value: u64, min: u64, max: u64| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(Error::invalid(format!(
+                    "{name} {value} is outside {min}..={max}"
+                )))
+            }
+        };
+        within(
+            "ack_deadline_ms",
+            self.ack_deadline_ms,
+            ACK_DEADLINE_MS_MIN,
+            QUEUE_DELAY_MS_MAX,
+        )?;
+        within(
+            "backoff_initial_ms",
+            self.backoff_initial_ms,
+            0,
+            QUEUE_DELAY_MS_MAX,
+        )?;
+        within(
+            "backoff_max_ms",
+            self.backoff_max_ms,
+            self.backoff_initial_ms,
+            QUEUE_DELAY_MS_MAX,
+        )?;
+        within(
+            "max_unacked_per_member",
+            u64::from(self.max_unacked_per_member),
+            1,
+            u64::from(MAX_UNACKED_PER_MEMBER_MAX),
+        )?;
+        within(
+            "history_attempts",
+            u64::from(self.history_attempts),
+            1,
+            u64::from(HISTORY_ATTEMPTS_MAX),
+        )?;
+        within(
+            "history_retention_ms",
+            self.history_retention_ms,
+            0,
+            HISTORY_RETENTION_MS_MAX,
+        )?;
+        crate::config::validate_topic_name(&self.dead_letter_topic)
+            .map_err(|e| Error::invalid(format!("dead_letter_topic: {e}")))
+    }
+
+    /// The wait before delivering a message again after its `attempts`-th delivery
+    /// failed: `backoff_initial_ms * 2^(attempts - 1)`, at most `backoff_max_ms`.
+    pub fn backoff_ms(&self, attempts: u32) -> u64 {
+        let doublings = attempts.saturating_sub(1).min(63);
+        self.backoff_initial_ms
+            .saturating_mul(1u64 << doublings)
+            .min(self.backoff_max_ms)
+    }
+
+    /// Whether a message delivered `attempts` times has used all its deliveries.
+    pub fn exhausted(&self, attempts: u32) -> bool {
+        self.max_deliveries != 0 && attempts >= self.max_deliveries
+    }
+}
+
+/// Checks a queue name: the same rules as a topic name.
+pub fn validate_queue_name(name: &str) -> Result<()> {
+    crate::config::validate_topic_name(name)
+        .map_err(|e| Error::invalid(e.to_string().replace("topic name", "queue name")))
+}
+
+/// `text` cut to at most `max` bytes at a character boundary.
+pub fn truncate_utf8(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> QueueConfig {
+        QueueConfig::defaults_for("jobs")
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let config = config();
+        let waits: Vec<u64> = (1..=10).map(|a| config.backoff_ms(a)).collect();
+        assert_eq!(
+            waits,
+            vec![
+                1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 256_000, 300_000
+            ]
+        );
+        assert_eq!(config.backoff_ms(u32::MAX), 300_000);
+        assert!(!config.exhausted(4) && config.exhausted(5));
+        let unlimited = QueueConfig {
+            max_deliveries: 0,
+            ..config
+        };
+        assert!(!unlimited.exhausted(u32::MAX));
+    }
+
+    #[test]
+    fn configs_out_of_range_are_named() {
+        for (change, field) in [
+            (
+                (|c: &mut QueueConfig| c.ack_deadline_ms = 10) as fn(&mut QueueConfig),
+                "ack_deadline_ms",
+            ),
+            (|c| c.backoff_max_ms = 10, "backoff_max_ms"),
+            (|c| c.max_unacked_per_member = 0, "max_unacked_per_member"),
+            (|c| c.history_attempts = 0, "history_attempts"),
+            (
+                |c| c.history_retention_ms = HISTORY_RETENTION_MS_MAX + 1,
+                "history_retention_ms",
+            ),
+            (|c| c.dead_letter_topic = "a b".into(), "dead_letter_topic"),
+        ] {
+            let mut config = config();
+            change(&mut config);
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains(field), "{error}");
+        }
+    }
+}

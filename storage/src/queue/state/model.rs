@@ -1,0 +1,201 @@
+//! The queues' state as it is kept in memory, and the operations that change it.
+
+use std::collections::BTreeMap;
+
+use super::config::QueueConfig;
+
+/// Why a pending message is held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hold {
+    /// Delivered to `member`, to be settled by `deadline_ms`.
+    Leased { member: String, deadline_ms: i64 },
+    /// Waiting for a redelivery (nacked, or a delivery given up) until `due_ms`.
+    Waiting { due_ms: i64 },
+    /// Never delivered yet: waiting for its deliver-at time.
+    Delayed { due_ms: i64 },
+}
+
+/// A message a queue has taken and not settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// Its priority level in this queue.
+    pub level: u8,
+    /// Deliveries so far (0 while delayed).
+    pub attempts: u32,
+    pub hold: Hold,
+    /// When it was first and last delivered (0 before the first delivery).
+    pub first_delivery_ms: i64,
+    pub last_delivery_ms: i64,
+    /// The last reason a member gave (nack), empty if none.
+    pub reason: String,
+}
+
+/// One partition of a queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueuePartition {
+    /// Per level: every message of that level below it is taken.
+    pub cursors: Vec<u64>,
+    /// Taken and not settled, by offset.
+    pub pending: BTreeMap<u64, Pending>,
+}
+
+impl QueuePartition {
+    pub(super) fn new(levels: u8, start: u64) -> Self {
+        QueuePartition {
+            cursors: vec![start; usize::from(levels.max(1))],
+            pending: BTreeMap::new(),
+        }
+    }
+
+    /// Every offset below it is settled.
+    pub fn settled_below(&self) -> u64 {
+        let cursors = self.cursors.iter().copied().min().unwrap_or(0);
+        self.pending
+            .keys()
+            .next()
+            .map_or(cursors, |&first| first.min(cursors))
+    }
+}
+
+/// A queue's definition and state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queue {
+    pub name: String,
+    pub topic: String,
+    pub config: QueueConfig,
+    /// Priority levels, 1 to 10.
+    pub levels: u8,
+    pub created_ms: i64,
+    pub partitions: BTreeMap<u32, QueuePartition>,
+}
+
+impl Queue {
+    /// The level of a message of `priority` in this queue.
+    pub fn level_of(&self, priority: u8) -> u8 {
+        priority.min(self.levels.saturating_sub(1))
+    }
+
+    /// The queue's definition and cursors without its pending messages (cheap to
+    /// copy out of the state).
+    pub fn without_pending(&self) -> Queue {
+        Queue {
+            name: self.name.clone(),
+            topic: self.topic.clone(),
+            config: self.config.clone(),
+            levels: self.levels,
+            created_ms: self.created_ms,
+            partitions: self
+                .partitions
+                .iter()
+                .map(|(&id, part)| {
+                    (
+                        id,
+                        QueuePartition {
+                            cursors: part.cursors.clone(),
+                            pending: BTreeMap::new(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// (leased, waiting, delayed) pending messages.
+    pub fn pending_counts(&self) -> (u64, u64, u64) {
+        let mut counts = (0, 0, 0);
+        for pending in self.partitions.values().flat_map(|p| p.pending.values()) {
+            match pending.hold {
+                Hold::Leased { .. } => counts.0 += 1,
+                Hold::Waiting { .. } => counts.1 += 1,
+                Hold::Delayed { .. } => counts.2 += 1,
+            }
+        }
+        counts
+    }
+
+    pub(super) fn partition(&mut self, partition: u32) -> &mut QueuePartition {
+        let levels = self.levels;
+        self.partitions
+            .entry(partition)
+            .or_insert_with(|| QueuePartition::new(levels, 0))
+    }
+}
+
+/// A taken message: leased at once, or delayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    pub offset: u64,
+    pub hold: Hold,
+}
+
+/// A change to the queues' state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueOp {
+    Create {
+        name: String,
+        topic: String,
+        config: QueueConfig,
+        levels: u8,
+        created_ms: i64,
+        /// Per partition, the cursor of every level.
+        cursors: Vec<(u32, Vec<u64>)>,
+    },
+    Alter {
+        name: String,
+        config: QueueConfig,
+    },
+    Delete {
+        name: String,
+    },
+    Take {
+        name: String,
+        partition: u32,
+        level: u8,
+        cursor_to: u64,
+        at_ms: i64,
+        taken: Vec<Taken>,
+    },
+    Lease {
+        name: String,
+        partition: u32,
+        offset: u64,
+        member: String,
+        deadline_ms: i64,
+        at_ms: i64,
+    },
+    Ack {
+        name: String,
+        partition: u32,
+        /// Inclusive ranges.
+        ranges: Vec<(u64, u64)>,
+    },
+    Nack {
+        name: String,
+        partition: u32,
+        offset: u64,
+        due_ms: i64,
+        reason: String,
+    },
+    Extend {
+        name: String,
+        partition: u32,
+        offset: u64,
+        deadline_ms: i64,
+    },
+    DeadLetter {
+        name: String,
+        partition: u32,
+        offset: u64,
+        reason: String,
+    },
+    Purge {
+        name: String,
+        ends: Vec<(u32, u64)>,
+    },
+    Restore {
+        name: String,
+        partition: u32,
+        offset: u64,
+        pending: Pending,
+    },
+}

@@ -1,0 +1,876 @@
+//! Delivery status and history of queue messages through the real engine: every
+//! outcome (ack, nack, deadline, term, max deliveries) across a reopen; a model test of
+//! random deliveries, acks, nacks, terms, extensions, deadlines, reopens, kills and
+//! power cuts against a plain reference (ManualClock: nothing sleeps); and the history
+//! files' faults (a power cut at every step, EIO on fsync, ENOSPC) through FaultyFs.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tidelog_storage::fs::{CrashOptions, FaultyFs, SyncFault, SyncKind};
+use tidelog_storage::queue::history::query::{ListRequest, list_events, message_attempts};
+use tidelog_storage::queue::history::{HistoryEvent, Outcome, QueueHistory};
+use tidelog_storage::queue::inspect::{
+    self, DeliveriesQuery, DeliveryFilter, MessageAt, QueueState,
+};
+use tidelog_storage::queue::{
+    QueueConfig, QueueEngine, SettleAction, SettleOutcome, SettleRequest, StartAt, admin,
+};
+use tidelog_storage::rng::SeededRng as Rng;
+use tidelog_storage::{Clock, Error, ManualClock, NewRecord, Store, StoreOptions, TopicConfig};
+
+const START_MS: i64 = 1_700_000_000_000;
+const MESSAGES: u64 = 8;
+
+fn open(fs: &FaultyFs, data: &Path, clock: &Arc<ManualClock>) -> Result<Arc<Store>, Error> {
+    Store::open(
+        data,
+        StoreOptions {
+            clock: clock.clone(),
+            flush_threads: 1,
+            retention_interval: None,
+            flush_observer: None,
+            fs: Arc::new(fs.clone()),
+            ..StoreOptions::default()
+        },
+    )
+    .map(Arc::new)
+}
+
+fn config() -> QueueConfig {
+    QueueConfig {
+        ack_deadline_ms: 1_000,
+        max_deliveries: 3,
+        backoff_initial_ms: 100,
+        backoff_max_ms: 100,
+        ..QueueConfig::defaults_for("jobs")
+    }
+}
+
+/// A store with topic `jobs` (one partition, `MESSAGES` messages with a header `n`)
+/// and queue `work` from the start.
+fn setup(fs: &FaultyFs, data: &Path, clock: &Arc<ManualClock>, config: QueueConfig) -> Arc<Store> {
+    let store = open(fs, data, clock).unwrap();
+    let topic = store
+        .create_topic("jobs", 1, TopicConfig::default())
+        .unwrap();
+    let records: Vec<NewRecord> = (0..MESSAGES)
+        .map(|i| NewRecord {
+            value: Bytes::from(format!("job-{i}")),
+            headers: vec![tidelog_storage::Header {
+                key: "n".into(),
+                value: Bytes::from((i % 2).to_string()),
+            }],
+            ..NewRecord::default()
+        })
+        .collect();
+    topic
+        .partition(0)
+        .unwrap()
+        .append_durable(&records)
+        .unwrap();
+    admin::create_queue(&store, "work", "jobs", StartAt::Earliest, config).unwrap();
+    store
+}
+
+fn state(store: &Store, offset: u64) -> QueueState {
+    let topic = store.topic("jobs").unwrap();
+    let message = inspect::message_at(&topic, 0, offset).unwrap();
+    inspect::queue_state(store, "work", 0, offset, &message, store.clock().now_ms()).unwrap()
+}
+
+fn settle(
+    engine: &mut QueueEngine,
+    member: &str,
+    offset: u64,
+    action: SettleAction,
+) -> SettleOutcome {
+    engine
+        .settle(
+            Some(member),
+            &[SettleRequest {
+                partition: 0,
+                offset,
+                attempt: 0,
+                action,
+            }],
+        )
+        .unwrap()
+        .remove(0)
+}
+
+/// (attempt, member, outcome, dead-lettered) of each attempt in the history.
+fn story(store: &Store, offset: u64) -> Vec<(u32, String, Option<Outcome>, bool)> {
+    inspect::message_history(store, "work", 0, offset, START_MS, store.clock().now_ms())
+        .unwrap()
+        .into_iter()
+        .map(|a| {
+            (
+                a.attempt,
+                a.member,
+                a.outcome.map(|o| o.0),
+                a.dead_lettered.is_some(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_outcome_has_its_status_and_history_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::new(dir.path(), 1).unwrap();
+    let clock = ManualClock::new(START_MS);
+    let config = QueueConfig {
+        max_deliveries: 2,
+        ..config()
+    };
+    let store = setup(&fs, dir.path(), &clock, config);
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m1");
+    let delivered = engine.deliver(&[("m1".into(), 5)]).unwrap();
+    assert_eq!(delivered[0].1.len(), 5);
+    assert!(
+        matches!(state(&store, 0), QueueState::Unacked { ref member, attempt: 1, .. } if member == "m1")
+    );
+    assert_eq!(state(&store, 6), QueueState::Ready);
+
+    // 0 acked; 1 nacked; 2 times out twice (dead-lettered); 3 terminated; 4 extended.
+    settle(&mut engine, "m1", 0, SettleAction::Ack { through: None });
+    settle(
+        &mut engine,
+        "m1",
+        1,
+        SettleAction::Nack {
+            delay_ms: Some(5_000),
+            reason: "busy".into(),
+        },
+    );
+    settle(
+        &mut engine,
+        "m1",
+        3,
+        SettleAction::Term {
+            reason: "bad input".into(),
+        },
+    );
+    clock.advance_ms(500);
+    settle(
+        &mut engine,
+        "m1",
+        4,
+        SettleAction::InProgress {
+            extend_ms: Some(10_000),
+        },
+    );
+    clock.advance_ms(600);
+    engine.tick().unwrap();
+    clock.advance_ms(200);
+    engine.tick().unwrap();
+    let again = engine.deliver(&[("m1".into(), 1)]).unwrap();
+    assert_eq!(again[0].1[0].record.offset, 2);
+    clock.advance_ms(1_100);
+    engine.tick().unwrap();
+
+    let check = |store: &Store, context: &str| {
+        assert!(
+            matches!(state(store, 0), QueueState::Acked { attempts: 1, .. }),
+            "{context}"
+        );
+        assert!(
+            matches!(state(store, 1), QueueState::Waiting { ref reason, attempts: 1, .. } if reason == "busy"),
+            "{context}: {:?}",
+            state(store, 1)
+        );
+        match state(store, 2) {
+            QueueState::DeadLettered {
+                reason, attempts, ..
+            } => {
+                assert_eq!(attempts, 2, "{context}");
+                assert!(
+                    reason.contains("deadline passed after 2 deliveries"),
+                    "{context}: {reason}"
+                );
+            }
+            other => panic!("{context}: {other:?}"),
+        }
+        match state(store, 3) {
+            QueueState::DeadLettered { reason, .. } => {
+                assert_eq!(reason, "terminated: bad input", "{context}")
+            }
+            other => panic!("{context}: {other:?}"),
+        }
+        assert_eq!(state(store, 7), QueueState::Ready, "{context}");
+        assert_eq!(
+            story(store, 2),
+            vec![
+                (1, "m1".into(), Some(Outcome::DeadlinePassed), false),
+                (2, "m1".into(), Some(Outcome::DeadlinePassed), true),
+            ],
+            "{context}"
+        );
+        assert_eq!(
+            story(store, 3),
+            vec![(1, "m1".into(), Some(Outcome::Terminated), true)],
+            "{context}"
+        );
+        assert_eq!(
+            story(store, 1),
+            vec![(1, "m1".into(), Some(Outcome::Nacked), false)],
+            "{context}"
+        );
+        let attempts =
+            inspect::message_history(store, "work", 0, 4, START_MS, store.clock().now_ms())
+                .unwrap();
+        assert_eq!(attempts[0].extensions, 1, "{context}");
+        // Listing: failed attempts, newest first; dead letters; by header.
+        let list = |filter, header: Option<(&str, &str)>| -> Vec<(u64, Outcome)> {
+            inspect::list_deliveries(
+                store,
+                "work",
+                &DeliveriesQuery {
+                    filter,
+                    header: header.map(|(k, v)| (k.to_string(), Bytes::from(v.to_string()))),
+                    ..DeliveriesQuery::default()
+                },
+                store.clock().now_ms(),
+            )
+            .unwrap()
+            .deliveries
+            .into_iter()
+            .map(|d| (d.event.offset, d.event.outcome))
+            // 4's lease is given up after the first reopen (member left).
+            .filter(|(offset, _)| *offset != 4)
+            .collect()
+        };
+        assert_eq!(
+            list(DeliveryFilter::DeadLettered, None),
+            vec![(2, Outcome::DeadLettered), (3, Outcome::DeadLettered)],
+            "{context}"
+        );
+        assert_eq!(
+            list(DeliveryFilter::Failed, None),
+            vec![
+                (2, Outcome::DeadlinePassed),
+                (2, Outcome::DeadlinePassed),
+                (1, Outcome::Nacked)
+            ],
+            "{context}"
+        );
+        assert_eq!(
+            list(DeliveryFilter::Acked, Some(("n", "0"))),
+            vec![(0, Outcome::Acked)],
+            "{context}"
+        );
+        assert!(
+            list(DeliveryFilter::Acked, Some(("n", "1"))).is_empty(),
+            "{context}"
+        );
+    };
+    check(&store, "before the reopen");
+    assert!(matches!(state(&store, 4), QueueState::Unacked { .. }));
+    drop(engine);
+    drop(store);
+    fs.kill_process();
+    let store = open(&fs, dir.path(), &clock).unwrap();
+    check(&store, "after a kill and reopen");
+    // The lease of 4 is given up at the first tick: its member is gone.
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.tick().unwrap();
+    assert!(matches!(state(&store, 4), QueueState::Waiting { .. }));
+    assert_eq!(
+        story(&store, 4),
+        vec![(1, "m1".into(), Some(Outcome::MemberLeft), false)]
+    );
+    drop(engine);
+    drop(store);
+    fs.crash(CrashOptions::lose_unsynced()).unwrap();
+    let store = open(&fs, dir.path(), &clock).unwrap();
+    check(&store, "after a power cut");
+    // A deleted queue's history goes with it.
+    admin::delete_queue(&store, "work").unwrap();
+    assert!(!dir.path().join("state/history/work").exists());
+}
+
+#[test]
+fn expired_and_group_states() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::new(dir.path(), 2).unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = setup(&fs, dir.path(), &clock, config());
+    let topic = store.topic("jobs").unwrap();
+    topic
+        .partition(0)
+        .unwrap()
+        .append_durable(&[
+            NewRecord {
+                value: Bytes::from_static(b"acked, then expired"),
+                ttl_ms: Some(1_000),
+                ..NewRecord::default()
+            },
+            NewRecord {
+                value: Bytes::from_static(b"expired, never delivered"),
+                ttl_ms: Some(1_000),
+                ..NewRecord::default()
+            },
+        ])
+        .unwrap();
+    // Every message but the last is delivered; the first short-lived one is acked.
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    let delivered = engine
+        .deliver(&[("m".into(), MESSAGES as u32 + 1)])
+        .unwrap();
+    assert_eq!(delivered[0].1.len(), MESSAGES as usize + 1);
+    settle(
+        &mut engine,
+        "m",
+        MESSAGES,
+        SettleAction::Ack { through: None },
+    );
+    clock.advance_ms(2_000);
+    for (offset, acked) in [(MESSAGES, true), (MESSAGES + 1, false)] {
+        let message = inspect::message_at(&topic, 0, offset).unwrap();
+        assert_eq!(message, MessageAt::Expired);
+        let state =
+            inspect::queue_state(&store, "work", 0, offset, &message, clock.now_ms()).unwrap();
+        if acked {
+            assert!(
+                matches!(state, QueueState::Acked { attempts: 1, .. }),
+                "an acked message stays acked once it expires: {state:?}"
+            );
+        } else {
+            assert!(matches!(state, QueueState::Expired { .. }), "{state:?}");
+        }
+    }
+    assert!(matches!(
+        inspect::message_at(&topic, 0, 100).unwrap(),
+        MessageAt::Missing { .. }
+    ));
+    store
+        .offsets()
+        .commit("g", &[("jobs".into(), 0, 3, String::new())])
+        .unwrap();
+    let past = inspect::group_state(&store, "g", "jobs", 0, 2);
+    assert_eq!((past.committed, past.past), (Some(3), true));
+    let not_yet = inspect::group_state(&store, "g", "jobs", 0, 3);
+    assert!(!not_yet.past);
+    assert_eq!(
+        inspect::group_state(&store, "none", "jobs", 0, 0).committed,
+        None
+    );
+}
+
+#[test]
+fn a_bad_cursor_is_refused_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::new(dir.path(), 3).unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = setup(&fs, dir.path(), &clock, config());
+    admin::create_queue(&store, "other", "jobs", StartAt::Earliest, config()).unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "other").unwrap();
+    engine.member_joined("m");
+    engine.deliver(&[("m".into(), 4)]).unwrap();
+    let page = inspect::list_deliveries(
+        &store,
+        "other",
+        &DeliveriesQuery {
+            limit: 2,
+            ..DeliveriesQuery::default()
+        },
+        clock.now_ms(),
+    )
+    .unwrap();
+    assert_eq!(page.deliveries.len(), 2);
+    let cursor = page.next_cursor.unwrap();
+    let refuse = |queue: &str, cursor: &str| {
+        let error = inspect::list_deliveries(
+            &store,
+            queue,
+            &DeliveriesQuery {
+                cursor: Some(cursor.into()),
+                ..DeliveriesQuery::default()
+            },
+            clock.now_ms(),
+        )
+        .unwrap_err();
+        assert!(matches!(error, Error::InvalidArgument { .. }), "{error}");
+        error.to_string()
+    };
+    assert!(refuse("work", &cursor).contains("another queue"));
+    assert!(refuse("other", "garbage").contains("cut short"));
+    assert!(refuse("other", &cursor[..cursor.len() - 2]).contains("cut short"));
+    let mut flipped = cursor.clone().into_bytes();
+    flipped[12] = if flipped[12] == b'a' { b'b' } else { b'a' };
+    assert!(refuse("other", &String::from_utf8(flipped).unwrap()).contains("checksum"));
+    let error = inspect::list_deliveries(
+        &store,
+        "other",
+        &DeliveriesQuery {
+            limit: 1001,
+            ..DeliveriesQuery::default()
+        },
+        clock.now_ms(),
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("limit 1001"), "{error}");
+    // The cursor of the other queue goes on where it stopped.
+    let rest = inspect::list_deliveries(
+        &store,
+        "other",
+        &DeliveriesQuery {
+            cursor: Some(cursor),
+            ..DeliveriesQuery::default()
+        },
+        clock.now_ms(),
+    )
+    .unwrap();
+    let offsets: Vec<u64> = rest.deliveries.iter().map(|d| d.event.offset).collect();
+    assert_eq!(offsets, vec![1, 0]);
+    assert!(rest.next_cursor.is_none());
+}
+
+// ---------------------------------------------------------------------------------------
+// The model test
+// ---------------------------------------------------------------------------------------
+
+/// What the test saw of one message.
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    /// Per attempt: member, how it ended, dead-lettered after it.
+    attempts: BTreeMap<u32, (String, Option<Outcome>, bool)>,
+    /// Held now: member, attempt, deadline.
+    held: Option<(String, u32, i64)>,
+    acked: bool,
+    dead: bool,
+}
+
+fn end_attempt(seen: &mut Seen, outcome: Outcome, max: u32) {
+    let Some((_, attempt, _)) = seen.held.take() else {
+        panic!("ending an attempt not held")
+    };
+    let entry = seen.attempts.get_mut(&attempt).unwrap();
+    entry.1 = Some(outcome);
+    match outcome {
+        Outcome::Acked => seen.acked = true,
+        Outcome::Terminated => {
+            entry.2 = true;
+            seen.dead = true;
+        }
+        _ if attempt >= max => {
+            entry.2 = true;
+            seen.dead = true;
+        }
+        _ => {}
+    }
+}
+
+fn check_model(store: &Store, model: &BTreeMap<u64, Seen>, context: &str) {
+    for (&offset, seen) in model {
+        let story = story(store, offset);
+        let expected: Vec<(u32, String, Option<Outcome>, bool)> = seen
+            .attempts
+            .iter()
+            .map(|(&a, (m, o, d))| (a, m.clone(), *o, *d))
+            .collect();
+        assert_eq!(story, expected, "{context}: history of offset {offset}");
+        let state = state(store, offset);
+        let ok = match &state {
+            QueueState::Acked { .. } => seen.acked,
+            QueueState::DeadLettered { .. } => seen.dead,
+            QueueState::Unacked {
+                member, attempt, ..
+            } => seen
+                .held
+                .as_ref()
+                .is_some_and(|(m, a, _)| m == member && a == attempt),
+            QueueState::Waiting { .. } => {
+                !seen.attempts.is_empty() && seen.held.is_none() && !seen.acked && !seen.dead
+            }
+            QueueState::Ready => seen.attempts.is_empty(),
+            _ => false,
+        };
+        assert!(
+            ok,
+            "{context}: offset {offset} is {state:?}, the test saw {seen:?}"
+        );
+    }
+}
+
+fn model_run(seed: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::new(dir.path(), seed).unwrap();
+    let clock = ManualClock::new(START_MS);
+    let config = config();
+    let max = config.max_deliveries;
+    let mut store = setup(&fs, dir.path(), &clock, config);
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    let members = ["m1", "m2"];
+    for m in members {
+        engine.member_joined(m);
+    }
+    let mut model: BTreeMap<u64, Seen> = (0..MESSAGES).map(|o| (o, Seen::default())).collect();
+    let mut rng = Rng::new(seed);
+    for step in 0..80 {
+        let context = format!("seed {seed} step {step}");
+        let now = clock.now_ms();
+        match rng.below(10) {
+            0..=2 => {
+                let member = members[rng.below(2) as usize];
+                for (m, deliveries) in engine
+                    .deliver(&[(member.into(), 1 + rng.below(3) as u32)])
+                    .unwrap()
+                {
+                    for d in deliveries {
+                        let seen = model.get_mut(&d.record.offset).unwrap();
+                        assert!(!seen.acked && !seen.dead, "{context}");
+                        seen.attempts.insert(d.attempt, (m.clone(), None, false));
+                        seen.held = Some((m.clone(), d.attempt, d.deadline_ms));
+                    }
+                }
+            }
+            3..=6 => {
+                let held: Vec<(u64, String)> = model
+                    .iter()
+                    .filter_map(|(&o, s)| s.held.as_ref().map(|h| (o, h.0.clone())))
+                    .collect();
+                if held.is_empty() {
+                    continue;
+                }
+                let (offset, member) = held[rng.below(held.len() as u64) as usize].clone();
+                let (action, outcome) = match rng.below(4) {
+                    0 => (SettleAction::Ack { through: None }, Some(Outcome::Acked)),
+                    1 => (
+                        SettleAction::Nack {
+                            delay_ms: None,
+                            reason: format!("nack {step}"),
+                        },
+                        Some(Outcome::Nacked),
+                    ),
+                    2 => (
+                        SettleAction::Term {
+                            reason: "term".into(),
+                        },
+                        Some(Outcome::Terminated),
+                    ),
+                    _ => (SettleAction::InProgress { extend_ms: None }, None),
+                };
+                let result = settle(&mut engine, &member, offset, action);
+                assert!(
+                    matches!(result, SettleOutcome::Ok { .. }),
+                    "{context}: {result:?}"
+                );
+                let seen = model.get_mut(&offset).unwrap();
+                match outcome {
+                    Some(outcome) => end_attempt(seen, outcome, max),
+                    None => {
+                        if let Some(held) = &mut seen.held {
+                            held.2 = now + 1_000;
+                        }
+                    }
+                }
+            }
+            7 | 8 => {
+                clock.advance_ms(200 + rng.below(900) as i64);
+                let now = clock.now_ms();
+                engine.tick().unwrap();
+                for seen in model.values_mut() {
+                    if seen.held.as_ref().is_some_and(|h| h.2 <= now) {
+                        end_attempt(seen, Outcome::DeadlinePassed, max);
+                    }
+                }
+            }
+            _ => {
+                drop(engine);
+                drop(store);
+                match rng.below(3) {
+                    0 => fs.kill_process(),
+                    1 => fs.crash(CrashOptions::lose_unsynced()).unwrap(),
+                    _ => {}
+                }
+                store = open(&fs, dir.path(), &clock).unwrap();
+                check_model(&store, &model, &format!("{context}, reopened"));
+                engine = QueueEngine::open(store.clone(), "work").unwrap();
+                engine.tick().unwrap();
+                for seen in model.values_mut() {
+                    if seen.held.is_some() {
+                        end_attempt(seen, Outcome::MemberLeft, max);
+                    }
+                }
+                for m in members {
+                    engine.member_joined(m);
+                }
+            }
+        }
+        check_model(&store, &model, &context);
+    }
+}
+
+#[test]
+fn status_and_history_match_what_the_engine_did() {
+    let seeds = std::env::var("TIDELOG_HISTORY_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6u64);
+    for seed in 0..seeds {
+        model_run(seed);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Faults
+// ---------------------------------------------------------------------------------------
+
+/// Runs a fixed workload with the power cut after `cut_at` filesystem operations;
+/// returns the events of the calls that returned Ok (durable by then) and whether the
+/// power went off.
+fn workload(fs: &FaultyFs, data: &Path, clock: &Arc<ManualClock>) -> Vec<(u64, u32, Outcome)> {
+    let mut acked = Vec::new();
+    let Ok(store) = open(fs, data, clock) else {
+        return acked;
+    };
+    let Ok(mut engine) = QueueEngine::open(store.clone(), "work") else {
+        return acked;
+    };
+    engine.member_joined("m");
+    for round in 0..3u32 {
+        let Ok(delivered) = engine.deliver(&[("m".into(), 3)]) else {
+            return acked;
+        };
+        let offsets: Vec<(u64, u32)> = delivered
+            .iter()
+            .flat_map(|(_, d)| d.iter().map(|d| (d.record.offset, d.attempt)))
+            .collect();
+        acked.extend(offsets.iter().map(|&(o, a)| (o, a, Outcome::Delivered)));
+        for (i, &(offset, attempt)) in offsets.iter().enumerate() {
+            let (action, outcome) = if (i as u32 + round).is_multiple_of(2) {
+                (SettleAction::Ack { through: None }, Outcome::Acked)
+            } else {
+                (
+                    SettleAction::Nack {
+                        delay_ms: Some(0),
+                        reason: "again".into(),
+                    },
+                    Outcome::Nacked,
+                )
+            };
+            match engine.settle(
+                Some("m"),
+                &[SettleRequest {
+                    partition: 0,
+                    offset,
+                    attempt,
+                    action,
+                }],
+            ) {
+                Ok(_) => acked.push((offset, attempt, outcome)),
+                Err(_) => return acked,
+            }
+        }
+        clock.advance_ms(10);
+        if engine.tick().is_err() {
+            return acked;
+        }
+    }
+    acked
+}
+
+#[test]
+fn a_power_cut_at_every_step_keeps_every_event_of_an_answered_call() {
+    // How many filesystem operations the workload takes with the power on.
+    let total = {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultyFs::new(dir.path(), 0).unwrap();
+        let clock = ManualClock::new(START_MS);
+        drop(setup(&fs, dir.path(), &clock, config()));
+        let before = fs.ops();
+        workload(&fs, dir.path(), &clock);
+        fs.ops() - before
+    };
+    assert!(
+        total > 50,
+        "the workload takes {total} filesystem operations"
+    );
+    eprintln!("history: {total} power-cut points checked");
+    for cut in 0..total {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultyFs::new(dir.path(), cut).unwrap();
+        if cut % 2 == 1 {
+            fs.set_short_writes(Some(3));
+        }
+        let clock = ManualClock::new(START_MS);
+        drop(setup(&fs, dir.path(), &clock, config()));
+        fs.power_off_after(cut);
+        let answered = workload(&fs, dir.path(), &clock);
+        let options = if cut % 3 == 0 {
+            CrashOptions::keep_some(cut)
+        } else {
+            CrashOptions::lose_unsynced()
+        };
+        fs.crash(options).unwrap();
+        let context = format!("power cut after {cut} of {total} operations");
+        let store = open(&fs, dir.path(), &clock)
+            .unwrap_or_else(|e| panic!("{context}: the store does not open: {e}"));
+        let history = store.queue_history("work").unwrap();
+        assert!(store.queue_history("..").is_err());
+        for (offset, attempt, outcome) in &answered {
+            let attempts = message_attempts(&history, 0, *offset, 0, 100).unwrap();
+            let found = attempts.iter().find(|a| a.attempt == *attempt);
+            let recorded = match outcome {
+                Outcome::Delivered => found.is_some_and(|a| a.delivered_ms.is_some()),
+                other => found.is_some_and(|a| a.outcome.as_ref().map(|o| o.0) == Some(*other)),
+            };
+            assert!(
+                recorded,
+                "{context}: {offset}/{attempt} {outcome:?} answered but not in the history {attempts:?}"
+            );
+        }
+        // Every event the history shows happened: the queue state agrees.
+        for offset in 0..MESSAGES {
+            let attempts = message_attempts(&history, 0, offset, 0, 100).unwrap();
+            let pending_attempts = store.queues().read(|q| {
+                q.get("work").unwrap().partitions[&0]
+                    .pending
+                    .get(&offset)
+                    .map(|p| p.attempts)
+            });
+            if let Some(pending) = pending_attempts {
+                assert!(
+                    attempts.iter().all(|a| a.attempt <= pending),
+                    "{context}: offset {offset} pending at attempt {pending}, history {attempts:?}"
+                );
+            }
+        }
+        // The recovered history takes appends.
+        let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+        engine.member_joined("m");
+        clock.advance_ms(10_000);
+        engine.tick().unwrap();
+        engine.deliver(&[("m".into(), 1)]).unwrap();
+    }
+}
+
+fn event(offset: u64, at_ms: i64) -> HistoryEvent {
+    HistoryEvent {
+        partition: 0,
+        offset,
+        attempt: 1,
+        at_ms,
+        outcome: Outcome::Acked,
+        deadline_ms: 0,
+        member: "m".into(),
+        reason: String::new(),
+    }
+}
+
+fn listed(history: &QueueHistory) -> Vec<u64> {
+    list_events(
+        history,
+        &ListRequest {
+            since_ms: i64::MIN,
+            until_ms: i64::MAX,
+            limit: 1000,
+            cursor: None,
+            queue_tag: 0,
+        },
+        |_| true,
+        |_| Ok(true),
+    )
+    .unwrap()
+    .events
+    .iter()
+    .map(|e| e.offset)
+    .collect()
+}
+
+#[test]
+fn eio_on_a_history_fsync_is_fatal_never_retried_never_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::new(dir.path(), 5).unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = setup(&fs, dir.path(), &clock, config());
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    engine.deliver(&[("m".into(), 2)]).unwrap();
+    fs.fail_sync(
+        SyncFault::nth(1)
+            .kinds(&[SyncKind::Data])
+            .path_contains(".history"),
+    );
+    let error = engine
+        .settle(
+            Some("m"),
+            &[SettleRequest {
+                partition: 0,
+                offset: 0,
+                attempt: 0,
+                action: SettleAction::Ack { through: None },
+            }],
+        )
+        .unwrap_err();
+    assert!(matches!(error, Error::Poisoned { .. }), "{error}");
+    // Every later call that records history fails too: nothing more is answered.
+    let later = engine
+        .settle(
+            Some("m"),
+            &[SettleRequest {
+                partition: 0,
+                offset: 1,
+                attempt: 0,
+                action: SettleAction::Ack { through: None },
+            }],
+        )
+        .unwrap_err();
+    assert!(matches!(later, Error::Poisoned { .. }), "{later}");
+    assert_eq!(
+        fs.stats().failed_syncs,
+        1,
+        "the failed fsync is never retried"
+    );
+    drop(engine);
+    drop(store);
+    fs.crash(CrashOptions::lose_unsynced()).unwrap();
+    let store = open(&fs, dir.path(), &clock).unwrap();
+    // The queue state holds the acks (they were durable first); the history may lack
+    // their events (the crash rule) but opens and records again.
+    assert!(matches!(
+        state(&store, 0),
+        QueueState::Acked { .. } | QueueState::Settled
+    ));
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    engine.deliver(&[("m".into(), 1)]).unwrap();
+    assert!(!story(&store, 2).is_empty());
+}
+
+#[test]
+fn enospc_fails_one_append_cleanly_and_appends_resume_with_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::new(dir.path(), 6).unwrap();
+    let clock = ManualClock::new(START_MS);
+    let history = QueueHistory::new(Arc::new(fs.clone()), dir.path().join("q"), clock.clone());
+    history
+        .append(vec![event(0, START_MS)], 86_400_000)
+        .unwrap();
+    let before = history.disk_bytes().unwrap();
+    fs.set_capacity(Some(fs.used_bytes() + 20));
+    let error = history
+        .append(vec![event(1, START_MS)], 86_400_000)
+        .unwrap_err();
+    assert!(matches!(error, Error::Io { .. }), "{error}");
+    assert_eq!(
+        history.disk_bytes().unwrap(),
+        before,
+        "the file is cut back"
+    );
+    assert_eq!(listed(&history), vec![0]);
+    fs.set_capacity(None);
+    history
+        .append(vec![event(2, START_MS)], 86_400_000)
+        .unwrap();
+    drop(history);
+    fs.crash(CrashOptions::lose_unsynced()).unwrap();
+    let history = QueueHistory::new(Arc::new(fs.clone()), dir.path().join("q"), clock.clone());
+    assert_eq!(listed(&history), vec![2, 0]);
+}
