@@ -1054,7 +1054,7 @@ impl Segment {
             .filter(|e| e.hash == hash)
             .copied()
             .collect();
-        found.sort_unstable_by(|a, b| b.relative_offset.cmp(&a.relative_offset));
+        found.sort_unstable_by_key(|e| std::cmp::Reverse(e.relative_offset));
         Ok((found, *incomplete))
     }
 
