@@ -84,9 +84,9 @@ pub const FILTER_DEPTH_MAX: usize = 32;
 /// Most nodes (conditions, `&&` / `||` / `!`, list values) in one filter: bounds the
 /// memory a filter holds and the work one message costs.
 pub const FILTER_NODES_MAX: usize = 512;
-/// Most records one filtered read looks at, matching or not: a read under a filter
-/// that skips nearly everything still returns (with `next_offset` past what it
-/// skipped) after this many, so one read never holds its thread for long.
+/// Most records one filtered read skips: a read under a filter that skips nearly
+/// everything still returns (with `next_offset` past what it skipped) after this many,
+/// so one read never holds its thread for long.
 pub const FILTER_SCAN_RECORDS_MAX: u32 = 16 * 1024;
 /// Most key, value and header bytes of skipped records one filtered read looks at
 /// (the same purpose as `FILTER_SCAN_RECORDS_MAX`, for large messages).

@@ -784,6 +784,17 @@ pub struct ConsumeArgs {
     /// latest = the end (each with a note on stderr), error = stop with exit 1.
     #[arg(long, value_enum, default_value_t = ResetPolicyArg::Earliest, value_name = "POLICY")]
     pub offset_reset: ResetPolicyArg,
+
+    /// Only messages this server-side filter matches are sent (the others never leave
+    /// the broker; a group still commits past them). Conditions on `key`,
+    /// `header.NAME` (or `header["NAME"]`) and, for JSON values, `json.a.b[0]`: ==
+    /// != ^= (prefix) < <= > >= `in ("a","b")` `exists(FIELD)`, combined with && ||
+    /// ! and parentheses; strings in double quotes, numbers, true false null. E.g.
+    /// 'header.type == "order" && json.amount >= 100 && !exists(header.test)'. A json
+    /// field on a value that is not JSON never matches. The full grammar is in the
+    /// README (Filters).
+    #[arg(long, value_name = "EXPR")]
+    pub filter: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------

@@ -126,6 +126,7 @@ pub async fn subscribe_member(
             }),
         // The same defaults and caps as a plain subscription.
         limits: ReadLimits::from_request(request.max_batch_messages, request.max_batch_bytes),
+        filter: convert::filter(&request.filter)?,
     };
     state.groups.spawn_session_reaper();
     let joined = state

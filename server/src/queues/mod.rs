@@ -19,6 +19,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tidelog_proto::v1::{QueueConsumeResponse, QueueDelivery, queue_consume_response};
+use tidelog_storage::filter::Filtered;
 use tidelog_storage::queue::{QueueEngine, SettleOutcome, SettleRequest};
 use tidelog_storage::{Error, Store};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -233,8 +234,18 @@ impl Runtime {
             }
             let wants = self.wants();
             if !wants.is_empty() {
-                match self.with_engine(move |e| e.deliver(&wants)).await {
-                    Ok(batches) => {
+                let delivered = self.with_engine(move |e| {
+                    let before = e.counters;
+                    let batches = e.deliver(&wants)?;
+                    let filtered = Filtered {
+                        skipped: e.counters.filtered - before.filtered,
+                        not_json: e.counters.filtered_not_json - before.filtered_not_json,
+                    };
+                    Ok((batches, filtered))
+                });
+                match delivered.await {
+                    Ok((batches, filtered)) => {
+                        self.metrics.filtered("queue", filtered);
                         let delivered = !batches.is_empty();
                         self.dispatch(batches);
                         if delivered || lock(&self.engine).behind() {

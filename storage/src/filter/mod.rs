@@ -91,6 +91,15 @@ impl Verdict {
     }
 }
 
+/// What a filtered read skipped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Filtered {
+    /// Records the filter skipped (`not_json` included).
+    pub skipped: u64,
+    /// Of those, records skipped because evaluation needed JSON and the value is not.
+    pub not_json: u64,
+}
+
 /// Why a filter's text is not a filter: the byte position and what was expected there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FilterError {

@@ -37,6 +37,7 @@ use super::state::{
 use crate::batch::Record;
 use crate::config::TopicConfig;
 use crate::error::{Error, Result};
+use crate::filter::{Filter, Verdict};
 use crate::partition::Partition;
 use crate::store::{Store, Topic};
 
@@ -114,6 +115,10 @@ pub struct EngineCounters {
     pub dead_lettered_overflow: u64,
     /// Messages removed by retention before the queue settled them.
     pub lost_to_retention: u64,
+    /// Messages the queue's filter skipped (settled without a delivery).
+    pub filtered: u64,
+    /// Of those, skipped because the filter reads JSON and the value is not JSON.
+    pub filtered_not_json: u64,
 }
 
 /// Why a timer was set.
@@ -145,6 +150,8 @@ pub struct QueueEngine {
     pub counters: EngineCounters,
     /// Delivery-to-ack times (ms) not yet taken by [`QueueEngine::take_ack_latencies`].
     ack_latencies_ms: Vec<u64>,
+    /// The queue's filter, parsed once: (its text, the filter).
+    filter: Option<(String, Arc<Filter>)>,
 }
 
 /// Ack latencies kept for the metrics between two scrapes at most.
@@ -169,6 +176,7 @@ impl QueueEngine {
             behind: false,
             counters: EngineCounters::default(),
             ack_latencies_ms: Vec::new(),
+            filter: None,
         };
         for (&partition, part) in &queue.partitions {
             for (&offset, pending) in &part.pending {
@@ -255,6 +263,24 @@ impl QueueEngine {
             .queues()
             .read(|q| q.get(&self.name).map(|q| q.config.clone()))
             .ok_or_else(|| Error::not_found(format!("queue {:?}", self.name)))
+    }
+
+    /// The parsed filter of `config`, parsed again only when its text changed.
+    fn filter_of(&mut self, config: &QueueConfig) -> Result<Option<Arc<Filter>>> {
+        let Some(text) = &config.filter else {
+            return Ok(None);
+        };
+        if let Some((parsed_from, filter)) = &self.filter
+            && parsed_from == text
+        {
+            return Ok(Some(filter.clone()));
+        }
+        let filter = Arc::new(
+            Filter::parse(text)
+                .map_err(|e| Error::invalid(format!("queue {:?}: filter {e}", self.name)))?,
+        );
+        self.filter = Some((text.clone(), filter.clone()));
+        Ok(Some(filter))
     }
 
     /// A member connected.
@@ -414,6 +440,7 @@ impl QueueEngine {
     pub fn deliver(&mut self, wants: &[(String, u32)]) -> Result<Vec<(String, Vec<Delivery>)>> {
         self.behind = false;
         let queue = self.queue()?;
+        let filter = self.filter_of(&queue.config)?;
         let topic = self.store.topic(&queue.topic)?;
         let now = self.store.clock().now_ms();
         let deadline = now.saturating_add(queue.config.ack_deadline_ms as i64);
@@ -507,6 +534,7 @@ impl QueueEngine {
                     .unwrap_or(0);
                 let (cursor_to, taken) = self.scan(
                     &queue,
+                    filter.as_deref(),
                     partition,
                     level,
                     cursor,
@@ -547,8 +575,9 @@ impl QueueEngine {
     }
 
     /// Scans `partition` from `cursor` for new messages of `level`: leases them to the
-    /// members in turn, takes those whose deliver-at time is ahead as delayed. Returns
-    /// where the level's cursor moves and what was taken.
+    /// members in turn, takes those whose deliver-at time is ahead as delayed, passes
+    /// over those `filter` skips (they are settled once the cursor is past them).
+    /// Returns where the level's cursor moves and what was taken.
     #[allow(
         clippy::too_many_arguments,
         reason = "the delivery round's state, threaded through one private helper"
@@ -556,6 +585,7 @@ impl QueueEngine {
     fn scan(
         &mut self,
         queue: &Queue,
+        filter: Option<&Filter>,
         partition: &Arc<Partition>,
         level: u8,
         cursor: u64,
@@ -597,6 +627,18 @@ impl QueueEngine {
                 examined += 1;
                 if queue.level_of(record.priority) != level {
                     continue;
+                }
+                if let Some(filter) = filter {
+                    match filter.evaluate_record(&record) {
+                        Verdict::Match => {}
+                        verdict => {
+                            self.counters.filtered += 1;
+                            if verdict == Verdict::NotJson {
+                                self.counters.filtered_not_json += 1;
+                            }
+                            continue;
+                        }
+                    }
                 }
                 let Some(member) = next_member.clone() else {
                     stopped_at = Some(record.offset);

@@ -42,10 +42,12 @@
 //! | 9 | dead-letter | `name`, `partition` u32, `offset` u64, `reason` str16 | settled (its dead letter was appended first) |
 //! | 10 | purge | `name`, ends: u32 count x (`partition` u32, `end` u64) | every cursor moves to at least `end`; pending messages below it are settled |
 //! | 11 | restore | `name`, `partition` u32, `offset` u64, pending | a pending message as it was (snapshots only) |
+//! | 12 | create with a filter | the fields of create, then `filter` str16 | create, for a queue whose config has a filter (kind 1 has none, so logs written before filters read unchanged) |
 //!
 //! **config**: `ack_deadline_ms` u64, `max_deliveries` u32 (0 = unlimited),
 //! `backoff_initial_ms` u64, `backoff_max_ms` u64, `dead_letter_topic` str16,
-//! `max_unacked_per_member` u32.
+//! `max_unacked_per_member` u32. The config's `filter` is not in it: it is fixed when
+//! the queue is created (kind 12) and an alter keeps it.
 //! **hold**: a tag u8 then: 1 = leased (`member` str16, `deadline_ms` i64); 2 =
 //! waiting (`due_ms` i64); 3 = delayed (`due_ms` i64).
 //! **pending**: `level` u8, `attempts` u32, hold, `first_delivery_ms` i64,
@@ -59,7 +61,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
-use crate::limits::{PRIORITY_LEVELS_MAX, TOPIC_NAME_BYTES_MAX};
+use crate::limits::{FILTER_BYTES_MAX, PRIORITY_LEVELS_MAX, TOPIC_NAME_BYTES_MAX};
 use crate::statelog::{DecodeError, LogOp, OpReader, SnapshotWriter, StateMachine, put_str16};
 
 /// Longest member id or client name kept in the state.
@@ -84,6 +86,7 @@ const KIND_EXTEND: u8 = 8;
 const KIND_DEAD_LETTER: u8 = 9;
 const KIND_PURGE: u8 = 10;
 const KIND_RESTORE: u8 = 11;
+const KIND_CREATE_FILTERED: u8 = 12;
 
 const HOLD_LEASED: u8 = 1;
 const HOLD_WAITING: u8 = 2;
@@ -104,6 +107,10 @@ pub struct QueueConfig {
     pub dead_letter_topic: String,
     /// Most unsettled deliveries one member holds.
     pub max_unacked_per_member: u32,
+    /// Only messages this filter ([`crate::filter`]) matches are delivered; the queue
+    /// passes over the others as settled. Set when the queue is created, never
+    /// altered (an alter keeps it).
+    pub filter: Option<String>,
 }
 
 impl QueueConfig {
@@ -117,6 +124,7 @@ impl QueueConfig {
             backoff_max_ms: 300_000,
             dead_letter_topic: format!("{topic}.dlq"),
             max_unacked_per_member: 1_000,
+            filter: None,
         }
     }
 
@@ -155,6 +163,10 @@ impl QueueConfig {
             1,
             u64::from(MAX_UNACKED_PER_MEMBER_MAX),
         )?;
+        if let Some(filter) = &self.filter {
+            crate::filter::Filter::parse(filter)
+                .map_err(|e| Error::invalid(format!("filter {e}")))?;
+        }
         crate::config::validate_topic_name(&self.dead_letter_topic)
             .map_err(|e| Error::invalid(format!("dead_letter_topic: {e}")))
     }
@@ -380,6 +392,7 @@ fn read_config(r: &mut OpReader<'_>) -> Result<QueueConfig, DecodeError> {
         backoff_max_ms: r.u64("backoff_max_ms")?,
         dead_letter_topic: r.str16("dead_letter_topic", 1, TOPIC_NAME_BYTES_MAX)?,
         max_unacked_per_member: r.u32("max_unacked_per_member")?,
+        filter: None,
     })
 }
 
@@ -544,7 +557,10 @@ impl LogOp for QueueOp {
                 created_ms,
                 cursors,
             } => {
-                out.push(KIND_CREATE);
+                out.push(match config.filter {
+                    None => KIND_CREATE,
+                    Some(_) => KIND_CREATE_FILTERED,
+                });
                 put_str16(out, name);
                 put_str16(out, topic);
                 put_config(out, config);
@@ -556,6 +572,9 @@ impl LogOp for QueueOp {
                     for cursor in levels {
                         put_u64(out, *cursor);
                     }
+                }
+                if let Some(filter) = &config.filter {
+                    put_str16(out, filter);
                 }
             }
             QueueOp::Alter { name, config } => {
@@ -688,10 +707,10 @@ impl LogOp for QueueOp {
     fn decode(r: &mut OpReader<'_>) -> Result<Self, DecodeError> {
         let kind = r.u8("kind")?;
         Ok(match kind {
-            KIND_CREATE => {
+            kind @ (KIND_CREATE | KIND_CREATE_FILTERED) => {
                 let name = read_name(r)?;
                 let topic = r.str16("topic", 1, TOPIC_NAME_BYTES_MAX)?;
-                let config = read_config(r)?;
+                let mut config = read_config(r)?;
                 let levels = read_levels(r)?;
                 let created_ms = r.i64("created_ms")?;
                 let item = 4 + 8 * usize::from(levels);
@@ -704,6 +723,9 @@ impl LogOp for QueueOp {
                         levels_cursors.push(r.u64("cursor")?);
                     }
                     cursors.push((partition, levels_cursors));
+                }
+                if kind == KIND_CREATE_FILTERED {
+                    config.filter = Some(r.str16("filter", 1, FILTER_BYTES_MAX)?);
                 }
                 QueueOp::Create {
                     name,
@@ -914,7 +936,9 @@ impl StateMachine for Queues {
             }
             QueueOp::Alter { name, config } => match self.queues.get_mut(&name) {
                 Some(queue) => {
-                    queue.config = config;
+                    // The filter is fixed at creation (an Alter does not carry it).
+                    let filter = queue.config.filter.take();
+                    queue.config = QueueConfig { filter, ..config };
                     1
                 }
                 None => 0,

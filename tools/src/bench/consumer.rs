@@ -411,6 +411,7 @@ async fn fetch_partition(
             max_messages: plan.read_batch,
             max_bytes: READ_BYTES,
             max_wait_ms: FETCH_WAIT_MS,
+            ..FetchRequest::default()
         };
         match client.fetch(request).await {
             Ok(response) => {
