@@ -8,6 +8,7 @@ mod cli;
 mod cli_damage;
 mod cli_frictions;
 mod dedup;
+mod filters;
 mod garbage;
 mod groups;
 mod kill9;
