@@ -1,7 +1,7 @@
 //! A filter's text (from the network): the parser never panics and stays within its
 //! limits; an error points inside the text; an accepted filter prints to text that
-//! parses back to the same filter, and evaluates on a few messages (JSON and not)
-//! without panicking.
+//! parses back to the same filter (when that text is within the length limit), and
+//! evaluates on a few messages (JSON and not) without panicking.
 #![no_main]
 
 use bytes::Bytes;
@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
         Ok(filter) => {
             assert!(text.len() <= FILTER_BYTES_MAX);
             let printed = filter.to_string();
-            assert_eq!(Filter::parse(&printed).as_ref(), Ok(&filter), "{printed}");
+            // The canonical text (spaces, escapes) may be longer than the limit.
+            if printed.len() <= FILTER_BYTES_MAX {
+                assert_eq!(Filter::parse(&printed).as_ref(), Ok(&filter), "{printed}");
+            }
             let headers = [
                 Header { key: "type".into(), value: Bytes::from_static(b"order") },
                 Header { key: "n".into(), value: Bytes::from_static(b"42") },

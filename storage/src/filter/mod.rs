@@ -158,7 +158,8 @@ impl Filter {
     }
 }
 
-/// The canonical text of the filter: it parses back to the same filter.
+/// The canonical text of the filter: it parses back to the same filter, unless its
+/// spaces and escapes take it past [`FILTER_BYTES_MAX`].
 impl fmt::Display for Filter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.expr)
