@@ -30,7 +30,7 @@ fn open(dir: &std::path::Path) -> Arc<Store> {
 /// JSON for even `i`, plain text for odd.
 fn message(i: u64) -> NewRecord {
     let kind = if i % 10 == 3 { "order" } else { "other" };
-    let value = if i % 2 == 0 {
+    let value = if i.is_multiple_of(2) {
         format!(r#"{{"n": {i}}}"#)
     } else {
         format!("text {i}")

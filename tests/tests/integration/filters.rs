@@ -642,3 +642,70 @@ async fn the_cli_filters_fetch_follow_group_and_queue() {
     );
     assert_eq!(keys(&output), expected);
 }
+
+/// Runs `tidelog --json bench consume <args>`; returns (exit code, JSON, stderr).
+fn bench_consume(broker: &TestBroker, args: &[&str]) -> (i32, serde_json::Value, String) {
+    let output = tidelog_command()
+        .args(["--server", &broker.endpoint(), "--json", "bench", "consume"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running tidelog bench consume");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let json = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}):\nstdout: {stdout}\nstderr: {stderr}"));
+    (output.status.code().unwrap_or(-1), json, stderr)
+}
+
+#[test]
+fn bench_consume_with_a_filter_receives_exactly_the_matching_messages() {
+    let broker = TestBroker::start();
+    for mode in [
+        &[][..],
+        &["--fetch"][..],
+        &["--group", "--consumers", "2"][..],
+    ] {
+        let mut args = vec![
+            "--messages",
+            "20000",
+            "--partitions",
+            "2",
+            "--filter",
+            "header.bench-pct == 7 || header.bench-pct == 50",
+        ];
+        args.extend_from_slice(mode);
+        let (code, json, stderr) = bench_consume(&broker, &args);
+        assert_eq!(code, 0, "{mode:?}: {stderr}\n{json:#}");
+        assert_eq!(json["validation"]["ok"], true, "{mode:?}: {json:#}");
+        assert_eq!(
+            json["consumers"]["total"]["messages"], 400,
+            "{mode:?}: {json:#}"
+        );
+        assert_eq!(json["log"]["messages"], 20000, "{mode:?}: {json:#}");
+        assert!(json["log"]["messages_per_s"].as_f64().unwrap() > 0.0);
+        assert_eq!(
+            json["parameters"]["filter"],
+            "header.bench-pct == 7 || header.bench-pct == 50"
+        );
+    }
+    // A bad filter is a usage error (exit 2) naming the position.
+    let output = tidelog_command()
+        .args([
+            "--server",
+            &broker.endpoint(),
+            "bench",
+            "consume",
+            "--filter",
+            "header.x =",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--filter at byte 9: expected an operator"),
+        "{stderr}"
+    );
+}
