@@ -534,10 +534,15 @@ proptest! {
     }
 }
 
-/// Fuzz findings, each kept as it was found.
+/// Fuzz findings, each kept as it was found (`canonical_past_the_limit`: its canonical
+/// text, with escapes, is longer than the limit).
 #[test]
 fn fuzz_findings_parse_or_fail_in_bounds() {
-    for input in [&include_bytes!("regressions/long_unclosed_string")[..]] {
+    for input in [
+        &include_bytes!("regressions/canonical_past_the_limit")[..],
+        // The fuzz seed `unclosed`.
+        b"((((key == 1",
+    ] {
         let text = std::str::from_utf8(input).unwrap();
         match Filter::parse(text) {
             // The canonical text (spaces, escapes) may be longer than the limit.
