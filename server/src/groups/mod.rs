@@ -138,6 +138,7 @@ pub async fn subscribe_member(
             client_id: membership.client_id,
             client_address: remote_addr.map(|a| a.to_string()).unwrap_or_default(),
             session_timeout_ms: membership.session_timeout_ms,
+            filter: request.filter,
         })
         .await?;
     let (sender, receiver) = member::channel();

@@ -12,9 +12,10 @@ use tidelog_proto::v1::queues_client::QueuesClient;
 use tidelog_proto::v1::start_position::{Earliest, Position};
 use tidelog_proto::v1::subscribe_response::Event;
 use tidelog_proto::v1::{
-    AckLevel, AlterQueueRequest, CreateQueueRequest, DescribeQueueRequest, FetchOffsetsRequest,
-    FetchRequest, GroupMembership, Header, Message, PublishRequest, QueueConfig, ReceiveRequest,
-    SettleRequest, Settlement, StartPosition, SubscribeRequest, SubscribeResponse, TopicConfig,
+    AckLevel, AlterQueueRequest, CreateQueueRequest, DescribeGroupRequest, DescribeQueueRequest,
+    FetchOffsetsRequest, FetchRequest, GroupMembership, Header, Message, PublishRequest,
+    QueueConfig, ReceiveRequest, SettleRequest, Settlement, StartPosition, SubscribeRequest,
+    SubscribeResponse, TopicConfig,
 };
 use tidelog_tests::{TestBroker, metric_value, tidelog_command};
 use tonic::{Code, Streaming};
@@ -359,6 +360,18 @@ async fn a_group_member_commits_past_the_messages_its_filter_skips() {
             .into_inner();
         let got = collect_until(&mut stream, &BTreeMap::from([(0, 1000), (1, 1000)])).await;
         let expected: Vec<u64> = (0..1000).filter(|i| i % 100 == 37).collect();
+        let described = broker
+            .groups()
+            .await
+            .describe_group(DescribeGroupRequest {
+                group_id: group.into(),
+            })
+            .await
+            .expect("describe group")
+            .into_inner()
+            .group
+            .unwrap();
+        assert_eq!(described.members[0].filter, r#"header.type == "order""#);
         assert_eq!(got[&0], expected, "{group}");
         assert_eq!(got[&1], expected, "{group}");
         if auto_commit_interval_ms > 0 {
