@@ -313,7 +313,8 @@ pub fn read_round<C: BorrowMut<Cursor>>(
 ///   policy moved it (counted in the `tidelog_position_resets` metric). With
 ///   `RESET_POLICY_ERROR` it returns OUT_OF_RANGE instead.
 /// - It is cancel-safe: dropping the future (e.g. in `tokio::select!` against a
-///   rebalance signal) loses nothing; positions only move when an event is returned.
+///   rebalance signal) loses nothing; positions only move past messages an event
+///   returned or that were skipped (expired, or by the filter: never to be sent).
 /// - It ends with UNAVAILABLE when the broker shuts down, NOT_FOUND when the topic is
 ///   deleted, DATA_LOSS on a corrupt batch.
 ///
