@@ -24,6 +24,7 @@
 //! string     = '"' , { char | "\" , ( '"' | "\" | "/" | "n" | "t" | "r"
 //!                                       | "u" , 4 * hexdigit ) } , '"' ;
 //! number     = [ "-" ] , digits , [ "." , digits ] , [ ( "e" | "E" ) , [ "+" | "-" ] , digits ] ;
+//! (* char: any character but '"' and "\"; digits: one or more 0-9 *)
 //! ```
 //!
 //! Spaces, tabs and line breaks may stand between any two tokens. `!` binds tighter
