@@ -10,7 +10,7 @@ use tidelog_storage::queue::{
     QueueConfig, QueueEngine, QueueOp, SettleAction, SettleRequest, StartAt,
 };
 use tidelog_storage::statelog::LogOp;
-use tidelog_storage::{Header, NewRecord, Store, StoreOptions, TopicConfig};
+use tidelog_storage::{FsyncPolicy, Header, NewRecord, Store, StoreOptions, TopicConfig};
 
 fn open(dir: &std::path::Path) -> Arc<Store> {
     Arc::new(
@@ -45,6 +45,14 @@ fn message(i: u64) -> NewRecord {
     }
 }
 
+/// A topic whose appends readers see at once (no wait for the group commit).
+fn visible_at_once() -> TopicConfig {
+    TopicConfig {
+        fsync: FsyncPolicy::Never,
+        ..TopicConfig::default()
+    }
+}
+
 fn filtered_config(filter: &str) -> QueueConfig {
     QueueConfig {
         filter: Some(filter.into()),
@@ -56,9 +64,7 @@ fn filtered_config(filter: &str) -> QueueConfig {
 fn only_matching_messages_are_delivered_and_the_rest_are_settled() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let topic = store
-        .create_topic("jobs", 1, TopicConfig::default())
-        .unwrap();
+    let topic = store.create_topic("jobs", 1, visible_at_once()).unwrap();
     let records: Vec<NewRecord> = (0..100).map(message).collect();
     topic.partition(0).unwrap().append(&records).unwrap();
     admin::create_queue(
@@ -105,9 +111,7 @@ fn only_matching_messages_are_delivered_and_the_rest_are_settled() {
 fn a_json_filter_skips_values_that_are_not_json_and_counts_them() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let topic = store
-        .create_topic("jobs", 1, TopicConfig::default())
-        .unwrap();
+    let topic = store.create_topic("jobs", 1, visible_at_once()).unwrap();
     let records: Vec<NewRecord> = (0..20).map(message).collect();
     topic.partition(0).unwrap().append(&records).unwrap();
     admin::create_queue(
@@ -208,9 +212,7 @@ fn a_create_without_a_filter_keeps_its_old_bytes_and_one_with_a_filter_round_tri
 fn a_malformed_filter_is_refused_with_its_position() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    store
-        .create_topic("jobs", 1, TopicConfig::default())
-        .unwrap();
+    store.create_topic("jobs", 1, visible_at_once()).unwrap();
     let error = admin::create_queue(
         &store,
         "q",
