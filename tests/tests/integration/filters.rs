@@ -722,3 +722,70 @@ fn bench_consume_with_a_filter_receives_exactly_the_matching_messages() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn two_filtered_members_share_a_group_through_a_rebalance_without_loss() {
+    let broker = TestBroker::start();
+    broker
+        .create_topic("share", 4, TopicConfig::default())
+        .await;
+    for partition in 0..4 {
+        publish(&broker, "share", partition, 0..1000, 1000, 500).await;
+    }
+    let subscribe = || async {
+        broker
+            .consumer()
+            .await
+            .subscribe(SubscribeRequest {
+                topic: "share".into(),
+                group: Some(GroupMembership {
+                    group_id: "pair".into(),
+                    auto_commit_interval_ms: 100,
+                    ..Default::default()
+                }),
+                // 1 in 100 matches; at most 3 per batch, so the rebalance falls mid-way.
+                filter: r#"header.type == "order""#.into(),
+                max_batch_messages: 3,
+                ..Default::default()
+            })
+            .await
+            .expect("subscribe")
+            .into_inner()
+    };
+    let mut first = subscribe().await;
+    // The first member reads a little, then a second joins and takes some partitions.
+    let mut got: Vec<(u32, u64)> = Vec::new();
+    while got.len() < 5 {
+        if let Some(Event::Batch(batch)) = next_event(&mut first).await {
+            got.extend(batch.messages.iter().map(|m| (m.partition, m.offset)));
+        }
+    }
+    let mut second = subscribe().await;
+    let expected: Vec<(u32, u64)> = (0..4)
+        .flat_map(|p| (0..1000).filter(|i| i % 100 == 37).map(move |i| (p, i)))
+        .collect();
+    let deadline = Instant::now() + EVENT_TIMEOUT * 3;
+    while got.len() < expected.len() {
+        assert!(Instant::now() < deadline, "got {got:?}");
+        let event = tokio::select! {
+            event = next_event(&mut first) => event,
+            event = next_event(&mut second) => event,
+        };
+        if let Some(Event::Batch(batch)) = event {
+            got.extend(batch.messages.iter().map(|m| (m.partition, m.offset)));
+        }
+    }
+    // A duplicate would have filled the count with a message missing.
+    got.sort_unstable();
+    assert_eq!(got, expected, "each matching message once");
+}
+
+/// The next event of a stream.
+async fn next_event(stream: &mut Streaming<SubscribeResponse>) -> Option<Event> {
+    tokio::time::timeout(EVENT_TIMEOUT, stream.message())
+        .await
+        .expect("an event in time")
+        .expect("stream open")
+        .expect("stream not ended")
+        .event
+}
