@@ -688,6 +688,7 @@ Examples:
   tidelog consume orders --from 2026-11-23T08:00:00Z --until 2026-11-23T09:00:00Z
   tidelog consume orders --print-key --print-headers
   tidelog consume orders --group billing --follow
+  tidelog consume orders --follow --filter 'header.type == \"order\" && json.amount >= 100'
 
 Without --follow, reading stops at the end offsets seen when it started. With --group
 the broker assigns partitions and reading starts at the group's committed offsets
