@@ -228,3 +228,47 @@ fn a_malformed_filter_is_refused_with_its_position() {
     );
     assert!(store.queues().read(|q| q.get("q").is_none()));
 }
+
+#[test]
+fn overflow_passes_over_what_the_filter_skips_and_dead_letters_only_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let topic = store
+        .create_topic(
+            "jobs",
+            1,
+            TopicConfig {
+                queue_max_ready_messages: Some(5),
+                queue_overflow: tidelog_storage::QueueOverflow::DeadLetterOldest,
+                ..visible_at_once()
+            },
+        )
+        .unwrap();
+    let records: Vec<NewRecord> = (0..100).map(message).collect();
+    topic.partition(0).unwrap().append(&records).unwrap();
+    admin::create_queue(
+        &store,
+        "orders",
+        "jobs",
+        StartAt::Earliest,
+        filtered_config(r#"header.kind == "order""#),
+    )
+    .unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "orders").unwrap();
+    // The caps count the backlog as stored (the filter has not looked at it yet):
+    // 95 over. Passing over a skipped message settles it like a dead letter does.
+    let dropped = engine.enforce_caps().unwrap();
+    let matching_passed = (0..95u64).filter(|i| i % 10 == 3).count() as u64;
+    assert_eq!(dropped, matching_passed);
+    assert_eq!(engine.counters.filtered, 95 - matching_passed);
+    let dlq = store.topic("jobs.dlq").unwrap();
+    let letters = dlq.partition(0).unwrap().read(0, 1000, u64::MAX).unwrap();
+    assert_eq!(letters.records.len() as u64, dropped);
+    assert!(letters.records.iter().all(|r| {
+        r.headers
+            .iter()
+            .any(|h| h.key == "kind" && &h.value[..] == b"order")
+    }));
+    let status = queue_status(&store, "orders", 0).unwrap();
+    assert_eq!(status.ready, 5);
+}

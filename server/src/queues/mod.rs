@@ -218,9 +218,28 @@ impl Runtime {
         }
     }
 
+    /// Adds what the queue's filter skipped since `reported` (the engine's counters
+    /// then) to the `queue` kind of the filtered-messages metric.
+    fn report_filtered(&self, reported: &mut Filtered) {
+        let counters = lock(&self.engine).counters;
+        let now = Filtered {
+            skipped: counters.filtered,
+            not_json: counters.filtered_not_json,
+        };
+        self.metrics.filtered(
+            "queue",
+            Filtered {
+                skipped: now.skipped.saturating_sub(reported.skipped),
+                not_json: now.not_json.saturating_sub(reported.not_json),
+            },
+        );
+        *reported = now;
+    }
+
     /// Delivers, runs timers and sleeps, until the queue is stopped or the broker
     /// shuts down.
     async fn drive(self: Arc<Self>, store: Arc<Store>, shutdown: Shutdown) {
+        let mut filtered_reported = Filtered::default();
         while !self.stopped.load(Ordering::Acquire) && !shutdown.is_triggered() {
             let now = store.clock().now_ms();
             let due = lock(&self.engine).next_wakeup().is_some_and(|at| at <= now);
@@ -228,24 +247,18 @@ impl Runtime {
                 self.failed(&status).await;
                 continue;
             }
-            if let Err(status) = self.with_engine(|e| e.enforce_caps()).await {
+            let capped = self.with_engine(|e| e.enforce_caps()).await;
+            self.report_filtered(&mut filtered_reported);
+            if let Err(status) = capped {
                 self.failed(&status).await;
                 continue;
             }
             let wants = self.wants();
             if !wants.is_empty() {
-                let delivered = self.with_engine(move |e| {
-                    let before = e.counters;
-                    let batches = e.deliver(&wants)?;
-                    let filtered = Filtered {
-                        skipped: e.counters.filtered - before.filtered,
-                        not_json: e.counters.filtered_not_json - before.filtered_not_json,
-                    };
-                    Ok((batches, filtered))
-                });
-                match delivered.await {
-                    Ok((batches, filtered)) => {
-                        self.metrics.filtered("queue", filtered);
+                let delivered = self.with_engine(move |e| e.deliver(&wants)).await;
+                self.report_filtered(&mut filtered_reported);
+                match delivered {
+                    Ok(batches) => {
                         let delivered = !batches.is_empty();
                         self.dispatch(batches);
                         if delivered || lock(&self.engine).behind() {

@@ -283,6 +283,25 @@ impl QueueEngine {
         Ok(Some(filter))
     }
 
+    /// Whether the queue's `filter` skips `record` (counted): the queue passes over it,
+    /// and it is settled once the level's cursor is past it, never delivered nor
+    /// dead-lettered.
+    fn filter_skips(&mut self, filter: Option<&Filter>, record: &Record) -> bool {
+        let Some(filter) = filter else {
+            return false;
+        };
+        match filter.evaluate_record(record) {
+            Verdict::Match => false,
+            verdict => {
+                self.counters.filtered += 1;
+                if verdict == Verdict::NotJson {
+                    self.counters.filtered_not_json += 1;
+                }
+                true
+            }
+        }
+    }
+
     /// A member connected.
     pub fn member_joined(&mut self, member: &str) {
         self.members.entry(member.to_string()).or_insert(0);
@@ -628,17 +647,8 @@ impl QueueEngine {
                 if queue.level_of(record.priority) != level {
                     continue;
                 }
-                if let Some(filter) = filter {
-                    match filter.evaluate_record(&record) {
-                        Verdict::Match => {}
-                        verdict => {
-                            self.counters.filtered += 1;
-                            if verdict == Verdict::NotJson {
-                                self.counters.filtered_not_json += 1;
-                            }
-                            continue;
-                        }
-                    }
+                if self.filter_skips(filter, &record) {
+                    continue;
                 }
                 let Some(member) = next_member.clone() else {
                     stopped_at = Some(record.offset);
@@ -701,6 +711,7 @@ impl QueueEngine {
             return Ok(0);
         }
         let queue = self.queue()?;
+        let filter = self.filter_of(&queue.config)?;
         let (messages, bytes) = super::admin::backlog(&queue, &topic)?;
         let over_messages = config
             .queue_max_ready_messages
@@ -723,9 +734,12 @@ impl QueueEngine {
         let dlq = dead_letter_topic(&self.store, &queue.config.dead_letter_topic)?;
         let mut ops = Vec::new();
         let mut dropped = 0u64;
+        // Dead-lettered, or passed over as the queue's filter skips them: both leave
+        // the backlog.
+        let mut settled = 0u64;
         for level in 0..queue.levels {
             for partition in topic.partitions() {
-                if dropped >= excess {
+                if settled >= excess {
                     break;
                 }
                 let id = partition.id();
@@ -737,16 +751,20 @@ impl QueueEngine {
                     .max(partition.log_start());
                 let start = position;
                 let mut letters = Vec::new();
-                while dropped < excess && position < partition.end_offset() {
-                    let want = (excess - dropped).min(u64::from(SCAN_RECORDS_PER_ROUND)) as u32;
+                while settled < excess && position < partition.end_offset() {
+                    let want = (excess - settled).min(u64::from(SCAN_RECORDS_PER_ROUND)) as u32;
                     let read = partition.read(position, want, SCAN_READ_BYTES)?;
                     let mut next = read.next_offset;
                     for record in read.records {
-                        if dropped >= excess {
+                        if settled >= excess {
                             next = record.offset;
                             break;
                         }
                         if queue.level_of(record.priority) != level {
+                            continue;
+                        }
+                        if self.filter_skips(filter.as_deref(), &record) {
+                            settled += 1;
                             continue;
                         }
                         letters.push(dead_letter_record(
@@ -760,6 +778,7 @@ impl QueueEngine {
                             &reason,
                         ));
                         dropped += 1;
+                        settled += 1;
                     }
                     position = next;
                     if read.next_offset == read.end_offset {
