@@ -89,8 +89,14 @@ pub const FILTER_NODES_MAX: usize = 512;
 /// so one read never holds its thread for long.
 pub const FILTER_SCAN_RECORDS_MAX: u32 = 16 * 1024;
 /// Most key, value and header bytes of skipped records one filtered read looks at
-/// (the same purpose as `FILTER_SCAN_RECORDS_MAX`, for large messages).
-pub const FILTER_SCAN_BYTES_MAX: u64 = 32 * 1024 * 1024;
+/// (the same purpose as `FILTER_SCAN_RECORDS_MAX`, for large messages). With a `json`
+/// condition each of those bytes may be parsed: this bounds the time a read holds its
+/// thread (tens of ms at serde_json's speed).
+pub const FILTER_SCAN_BYTES_MAX: u64 = 8 * 1024 * 1024;
+/// Largest value a filter parses as JSON: a longer one does not match a `json`
+/// condition (as a value that is not JSON). Bounds the memory one evaluation takes
+/// (a parsed JSON tree is several times its text).
+pub const FILTER_JSON_VALUE_BYTES_MAX: usize = 1024 * 1024;
 
 /// Largest config or checkpoint file read from disk.
 pub const SMALL_FILE_BYTES_MAX: u64 = 64 * 1024;

@@ -9,6 +9,7 @@ use serde_json::Value as Json;
 use super::parse::parse_number;
 use super::{Expr, Field, Number, Op, Step, Value, Verdict};
 use crate::batch::Header;
+use crate::limits::FILTER_JSON_VALUE_BYTES_MAX;
 
 /// Evaluation reached a `json` field and the value is not JSON.
 struct NotJson;
@@ -94,9 +95,12 @@ fn lookup<'m>(field: &Field, message: &'m mut Message<'_>) -> Result<Found<'m>, 
             .map_or(Found::Missing, |h| Found::Bytes(&h.value)),
         Field::Json(steps) => {
             let value = message.value;
-            let parsed = message
-                .json
-                .get_or_insert_with(|| serde_json::from_slice(value).map_err(|_| ()));
+            let parsed = message.json.get_or_insert_with(|| {
+                if value.len() > FILTER_JSON_VALUE_BYTES_MAX {
+                    return Err(());
+                }
+                serde_json::from_slice(value).map_err(|_| ())
+            });
             let Ok(mut at) = parsed.as_ref() else {
                 return Err(NotJson);
             };

@@ -51,9 +51,10 @@
 //!   (bytes, or JSON strings, compared byte by byte). A missing field, another type,
 //!   or a value that is not a number compares false.
 //! - `in (v1, v2, ...)` is `== v1 || == v2 || ...`.
-//! - When evaluation reaches a `json` field and the message's value is not JSON, the
-//!   message does not match, whatever the rest of the expression says, and the
-//!   verdict says why ([`Verdict::NotJson`]) so it can be counted. Evaluation stops
+//! - When evaluation reaches a `json` field and the message's value is not JSON (or is
+//!   longer than [`FILTER_JSON_VALUE_BYTES_MAX`]), the message does not match, whatever
+//!   the rest of the expression says, and the verdict says why ([`Verdict::NotJson`])
+//!   so it can be counted. Evaluation stops
 //!   as soon as the answer is known (`&&` and `||` short-circuit), so a filter whose
 //!   header condition already decided never parses the value.
 //!
@@ -66,7 +67,9 @@ mod parse;
 
 use std::fmt;
 
-pub use crate::limits::{FILTER_BYTES_MAX, FILTER_DEPTH_MAX, FILTER_NODES_MAX};
+pub use crate::limits::{
+    FILTER_BYTES_MAX, FILTER_DEPTH_MAX, FILTER_JSON_VALUE_BYTES_MAX, FILTER_NODES_MAX,
+};
 
 /// A parsed filter, ready to evaluate. Cheap to share (`Arc`) between readers.
 #[derive(Debug, Clone, PartialEq)]

@@ -173,6 +173,13 @@ fn a_json_field_on_a_value_that_is_not_json_does_not_match() {
         assert_eq!(verdict("!(json.a == 1)", "", &[], value), Verdict::NotJson);
         assert_eq!(verdict("exists(json.a)", "", &[], value), Verdict::NotJson);
     }
+    // JSON over the size limit is not parsed: it does not match either.
+    let mut big = String::from(r#"{"a": 1, "pad": ""#);
+    big.push_str(&"x".repeat(FILTER_JSON_VALUE_BYTES_MAX));
+    big.push_str(r#""}"#);
+    assert_eq!(verdict("json.a == 1", "", &[], &big), Verdict::NotJson);
+    let fits = format!(r#"{{"a": 1, "pad": "{}"}}"#, "x".repeat(1000));
+    assert_eq!(verdict("json.a == 1", "", &[], &fits), Verdict::Match);
     // Not reached: the header decided.
     assert_eq!(
         verdict(r#"header.t == "x" || json.a == 1"#, "", &[("t", "x")], "no"),
