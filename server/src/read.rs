@@ -47,7 +47,9 @@ const EXPIRED_SKIPS_MAX: u32 = 64;
 /// How often at most a filtered stream sends a batch without messages, only positions,
 /// while its filter skips messages and none match (and at once when skipping reached
 /// the end of the partitions read): so a consumer learns (and can commit, or resume
-/// from) how far the broker read for it, without an event per skipped read.
+/// from) how far the broker read for it, without an event per skipped read. At the
+/// end it is at once, not later, since nothing may come to carry it: a stream then
+/// sends one event per append it skips, as many as it would send without a filter.
 pub const FILTER_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Whether a round that delivered nothing but `filtered` skips sends its positions
