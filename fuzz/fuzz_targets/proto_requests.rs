@@ -195,6 +195,9 @@ fn alter_topic_config(request: AlterTopicConfigRequest, context: &Context) {
 
 fn fetch(request: FetchRequest, context: &Context) {
     let _ = validate_topic_name(&request.topic);
+    if let Err(status) = convert::filter(&request.filter) {
+        return rejected(&status);
+    }
     let limits = ReadLimits::from_request(request.max_messages, request.max_bytes);
     assert!((1..=READ_MESSAGES_MAX).contains(&limits.max_messages));
     assert!((1..=READ_BYTES_MAX).contains(&limits.max_bytes));
@@ -206,6 +209,9 @@ fn fetch(request: FetchRequest, context: &Context) {
 
 fn subscribe(request: SubscribeRequest, context: &Context) {
     if let Err(status) = convert::reset_policy(request.reset_policy) {
+        return rejected(&status);
+    }
+    if let Err(status) = convert::filter(&request.filter) {
         return rejected(&status);
     }
     let limits = ReadLimits::from_request(request.max_batch_messages, request.max_batch_bytes);

@@ -17,7 +17,7 @@ use tidelog_proto::v1::{
     FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, ListedOffset,
     SubscribeRequest, SubscribeResponse, list_offsets_request, start_position::Position,
 };
-use tidelog_storage::{Partition, ReadResult, Topic};
+use tidelog_storage::{Filter, Partition, ReadResult, Topic};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -48,18 +48,36 @@ impl ConsumerService {
         let topic = convert::or_status(self.state.store.topic(&request.topic))?;
         let partition = convert::or_status(topic.partition(request.partition))?.clone();
         let limits = ReadLimits::from_request(request.max_messages, request.max_bytes);
+        let filter = convert::filter(&request.filter)?;
+        let filter = filter.as_deref();
         let mut wait = Duration::from_millis(request.max_wait_ms).min(FETCH_WAIT_MAX);
         if let Some(deadline) = deadline {
             wait = wait.min(deadline.saturating_sub(DEADLINE_MARGIN));
         }
-        let mut result = read(&partition, request.offset, limits)?;
-        if result.records.is_empty() && result.next_offset == result.end_offset && !wait.is_zero() {
+        let started = Instant::now();
+        let mut result = read(&partition, request.offset, limits, filter)?;
+        let mut filtered = result.filtered;
+        // Caught up with nothing to return: wait for data. With a filter, again while
+        // what arrives is skipped, as long as the wait lasts and each read moves on
+        // (a poisoned partition's wait resolves at once: never spin on it).
+        while result.records.is_empty() && result.next_offset == result.end_offset {
+            let left = wait.saturating_sub(started.elapsed());
+            if left.is_zero() || self.state.shutdown.is_triggered() {
+                break;
+            }
             tokio::select! {
-                _ = tokio::time::timeout(wait, partition.wait_for_data(result.next_offset)) => {}
+                _ = tokio::time::timeout(left, partition.wait_for_data(result.next_offset)) => {}
                 _ = self.state.shutdown.wait() => {}
             }
-            result = read(&partition, result.next_offset, limits)?;
+            let from = result.next_offset;
+            result = read(&partition, from, limits, filter)?;
+            filtered.skipped += result.filtered.skipped;
+            filtered.not_json += result.filtered.not_json;
+            if filter.is_none() || result.next_offset == from {
+                break;
+            }
         }
+        self.state.metrics.filtered("fetch", filtered);
         let bytes = result
             .records
             .iter()
@@ -82,8 +100,18 @@ impl ConsumerService {
     }
 }
 
-fn read(partition: &Partition, offset: u64, limits: ReadLimits) -> Result<ReadResult, Status> {
-    convert::or_status(partition.read(offset, limits.max_messages, limits.max_bytes))
+fn read(
+    partition: &Partition,
+    offset: u64,
+    limits: ReadLimits,
+    filter: Option<&Filter>,
+) -> Result<ReadResult, Status> {
+    convert::or_status(partition.read_filtered(
+        offset,
+        limits.max_messages,
+        limits.max_bytes,
+        filter,
+    ))
 }
 
 /// The call's deadline from the `grpc-timeout` header ("<digits><unit>", unit one of
@@ -142,6 +170,7 @@ fn plain_subscription(
     let topic = convert::or_status(state.store.topic(&request.topic))?;
     let reset_policy = convert::reset_policy(request.reset_policy)?;
     let limits = ReadLimits::from_request(request.max_batch_messages, request.max_batch_bytes);
+    let filter = convert::filter(&request.filter)?;
     if !request.partition_starts.is_empty() {
         if !request.partitions.is_empty() || request.start.is_some() {
             return Err(Status::invalid_argument(
@@ -159,7 +188,8 @@ fn plain_subscription(
             }
             starts.push((start.partition, start.offset));
         }
-        let reader = PartitionReader::new(state.clone(), topic, &starts, reset_policy, limits)?;
+        let reader =
+            PartitionReader::new(state.clone(), topic, &starts, reset_policy, limits, filter)?;
         return Ok(if request.send_positioned {
             reader.announce_positions()
         } else {
@@ -173,7 +203,7 @@ fn plain_subscription(
         let partition = convert::or_status(topic.partition(id))?;
         starts.push((id, start_offset(partition, position)?));
     }
-    let reader = PartitionReader::new(state.clone(), topic, &starts, reset_policy, limits)?;
+    let reader = PartitionReader::new(state.clone(), topic, &starts, reset_policy, limits, filter)?;
     Ok(if request.send_positioned {
         reader.announce_positions()
     } else {

@@ -399,6 +399,21 @@ pub fn ack_level(value: i32) -> Result<storage::AckLevel, Status> {
 }
 
 /// A subscription's reset policy (UNSPECIFIED = EARLIEST).
+/// A request's `filter`: `None` when empty, the parsed filter otherwise, or
+/// INVALID_ARGUMENT naming the byte position and what was expected there.
+pub fn filter(text: &str) -> Result<Option<std::sync::Arc<storage::Filter>>, Status> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    storage::Filter::parse(text)
+        .map(|filter| Some(std::sync::Arc::new(filter)))
+        .map_err(|error| {
+            invalid(format!(
+                "filter {error}; the grammar is in the Filters section of the README and the .proto"
+            ))
+        })
+}
+
 pub fn reset_policy(value: i32) -> Result<pb::ResetPolicy, Status> {
     match pb::ResetPolicy::try_from(value) {
         Ok(pb::ResetPolicy::Unspecified) => Ok(pb::ResetPolicy::Earliest),

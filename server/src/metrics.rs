@@ -28,6 +28,8 @@
 //! | tidelog_position_resets | counter | topic, reason |
 //! | tidelog_message_lookups | counter | topic, result (found, not_found) |
 //! | tidelog_delivery_lookups (status, history and listing calls answered) | counter | call (status, history, list), result (ok, not_found, invalid_argument, error) |
+//! | tidelog_filtered_messages (skipped by a server-side filter, never sent) | counter | kind (fetch, subscribe, group, queue) |
+//! | tidelog_filter_not_json_messages (of those: a JSON field on a value that is not JSON) | counter | kind |
 //! | tidelog_consumer_group_lag | gauge | group, topic, partition |
 //! | tidelog_consumer_group_members | gauge | group |
 //! | tidelog_queue_ready, _delayed, _unacked, _waiting, _oldest_unacked_age_seconds | gauge | queue |
@@ -77,6 +79,11 @@ struct RpcErrorLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StreamLabels {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
     kind: &'static str,
 }
 
@@ -178,6 +185,9 @@ type QueueField<T> = (&'static str, &'static str, fn(&QueueMetrics) -> T);
 /// The `reason` label values of `tidelog_queue_dead_lettered`.
 pub const DEAD_LETTER_REASONS: [&str; 3] = ["max_deliveries", "term", "overflow"];
 
+/// The `kind` label values of `tidelog_filtered_messages`: what read with the filter.
+pub const FILTER_KINDS: [&str; 4] = ["fetch", "subscribe", "group", "queue"];
+
 /// The `result` label values of `tidelog_message_lookups`.
 pub const LOOKUP_RESULTS: [&str; 2] = ["found", "not_found"];
 
@@ -221,6 +231,8 @@ pub struct Metrics {
     position_resets: Family<TopicReasonLabels, Counter>,
     message_lookups: Family<TopicResultLabels, Counter>,
     delivery_lookups: Family<CallResultLabels, Counter>,
+    filtered_messages: Family<KindLabels, Counter>,
+    filter_not_json: Family<KindLabels, Counter>,
     queue_ack_latency: HistogramFamily<QueueLabels>,
     flush: Arc<FlushMetrics>,
     sources: Arc<ScrapeSources>,
@@ -521,6 +533,8 @@ impl Metrics {
             position_resets: Family::default(),
             message_lookups: Family::default(),
             delivery_lookups: Family::default(),
+            filtered_messages: Family::default(),
+            filter_not_json: Family::default(),
             queue_ack_latency: Family::new_with_constructor(ack_latency_histogram),
             flush: flush.clone(),
             sources: sources.clone(),
@@ -585,6 +599,27 @@ impl Metrics {
             "tidelog_position_resets",
             "Consumer positions moved by a reset policy, by topic and reason",
             metrics.position_resets.clone(),
+        );
+        for kind in FILTER_KINDS {
+            // Every kind from the start, so a rate over them never starts mid-way.
+            metrics
+                .filtered_messages
+                .get_or_create(&KindLabels { kind })
+                .inc_by(0);
+            metrics
+                .filter_not_json
+                .get_or_create(&KindLabels { kind })
+                .inc_by(0);
+        }
+        registry.register(
+            "tidelog_filtered_messages",
+            "Messages a server-side filter skipped (never sent), by what read them: fetch, subscribe, group (a member's stream) or queue",
+            metrics.filtered_messages.clone(),
+        );
+        registry.register(
+            "tidelog_filter_not_json_messages",
+            "Messages skipped because the filter reads a JSON field and the value is not JSON, by kind (also in tidelog_filtered_messages)",
+            metrics.filter_not_json.clone(),
         );
         registry.register(
             "tidelog_message_lookups",
@@ -687,6 +722,22 @@ impl Metrics {
         };
         self.fetch_messages.get_or_create(&labels).inc_by(messages);
         self.fetch_bytes.get_or_create(&labels).inc_by(bytes);
+    }
+
+    /// Messages a filter skipped while reading for `kind` (one of [`FILTER_KINDS`]).
+    pub fn filtered(&self, kind: &'static str, filtered: tidelog_storage::filter::Filtered) {
+        if filtered.skipped == 0 {
+            return;
+        }
+        let labels = KindLabels { kind };
+        self.filtered_messages
+            .get_or_create(&labels)
+            .inc_by(filtered.skipped);
+        if filtered.not_json > 0 {
+            self.filter_not_json
+                .get_or_create(&labels)
+                .inc_by(filtered.not_json);
+        }
     }
 
     /// Records one RPC's duration and, if it failed, its status code.
@@ -1188,7 +1239,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(families, 25, "a family was added or lost:\n{openmetrics}");
+        assert_eq!(families, 27, "a family was added or lost:\n{openmetrics}");
         assert_eq!(lines.last(), Some(&"# EOF"));
         store.close().unwrap();
     }

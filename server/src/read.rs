@@ -17,13 +17,14 @@ use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tidelog_proto::v1::{
     MessageBatch, PartitionPosition, PositionReset, Positioned, ResetPolicy, ResetReason,
     SubscribeResponse, subscribe_response::Event,
 };
-use tidelog_storage::{Error, Partition, ReadResult, Topic};
+use tidelog_storage::filter::Filtered;
+use tidelog_storage::{Error, Filter, Partition, ReadResult, Topic};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -43,6 +44,25 @@ pub const READ_BYTES_MAX: u64 = 8 * 1024 * 1024;
 pub const SUBSCRIBE_QUEUE_EVENTS: usize = 4;
 /// Reads in a row that only skip expired messages before a reader yields.
 const EXPIRED_SKIPS_MAX: u32 = 64;
+/// How often at most a filtered stream sends a batch without messages, only positions,
+/// while its filter skips messages and none match (and at once when skipping reached
+/// the end of the partitions read): so a consumer learns (and can commit, or resume
+/// from) how far the broker read for it, without an event per skipped read. At the
+/// end it is at once, not later, since nothing may come to carry it: a stream then
+/// sends one event per append it skips, as many as it would send without a filter.
+pub const FILTER_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Whether a round that delivered nothing but `filtered` skips sends its positions
+/// alone: see [`FILTER_PROGRESS_INTERVAL`].
+pub fn send_progress(batch: &MessageBatch, filtered: Filtered, last_sent: Instant) -> bool {
+    filtered.skipped > 0
+        && !batch.positions.is_empty()
+        && (last_sent.elapsed() >= FILTER_PROGRESS_INTERVAL
+            || batch
+                .positions
+                .iter()
+                .all(|p| p.next_offset >= p.end_offset))
+}
 
 /// How much one read may return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,23 +104,52 @@ impl Cursor {
         }
     }
 
-    /// Reads from the position under the budget that is left. Skips expired
-    /// messages (moving the position past them) up to [`EXPIRED_SKIPS_MAX`] reads.
-    /// With `strict`, a first message over `bytes` is refused and nothing moves:
-    /// only the first message of a batch may be over the budget.
-    fn read(&mut self, messages: u32, bytes: u64, strict: bool) -> Result<CursorRead, Error> {
+    /// Reads from the position under the budget that is left, only messages `filter`
+    /// matches (all without one). Skips expired messages (moving the position past
+    /// them) up to [`EXPIRED_SKIPS_MAX`] reads; a read in which the filter skipped
+    /// messages and none matched ends at once (an empty `Records`, the position past
+    /// them), so one call scans at most one storage scan limit. With `strict`, a
+    /// first message over `bytes` is refused: the position moves only past what was
+    /// skipped before it, so only the first message of a batch may be over the budget.
+    /// What the filter skipped is added to `filtered`.
+    fn read(
+        &mut self,
+        messages: u32,
+        bytes: u64,
+        strict: bool,
+        filter: Option<&Filter>,
+        filtered: &mut Filtered,
+    ) -> Result<CursorRead, Error> {
         for _ in 0..EXPIRED_SKIPS_MAX {
-            let read = self.partition.read(self.position, messages, bytes)?;
+            let read = self
+                .partition
+                .read_filtered(self.position, messages, bytes, filter)?;
             match read.records.first() {
                 Some(first) if strict && first.payload_bytes() > bytes => {
+                    // Everything before it was skipped (expired, or the filter's):
+                    // the position passes those, and the next read starts with it.
+                    if first.offset > self.position {
+                        self.position = first.offset;
+                        filtered.skipped += read.filtered.skipped;
+                        filtered.not_json += read.filtered.not_json;
+                    }
                     return Ok(CursorRead::Refused);
                 }
                 Some(_) => {
                     self.position = read.next_offset;
+                    filtered.skipped += read.filtered.skipped;
+                    filtered.not_json += read.filtered.not_json;
                     return Ok(CursorRead::Records(read));
                 }
-                // Only expired messages were skipped: look again from past them.
-                None if read.next_offset > self.position => self.position = read.next_offset,
+                None if read.next_offset > self.position => {
+                    self.position = read.next_offset;
+                    if read.filtered.skipped > 0 {
+                        filtered.skipped += read.filtered.skipped;
+                        filtered.not_json += read.filtered.not_json;
+                        return Ok(CursorRead::Records(read));
+                    }
+                    // Only expired messages were skipped: look again from past them.
+                }
                 None => return Ok(CursorRead::CaughtUp(read.end_offset)),
             }
         }
@@ -110,6 +159,7 @@ impl Cursor {
 
 /// What one [`Cursor::read`] found.
 enum CursorRead {
+    /// Messages, or none when a filter skipped every message the read looked at.
     Records(ReadResult),
     /// Nothing to deliver now (the end, or many expired messages in a row); the end
     /// offset.
@@ -136,6 +186,8 @@ pub enum Round {
         batch: MessageBatch,
         /// Id, key, value and header bytes of the messages (what the budget counts).
         bytes: u64,
+        /// Messages the filter skipped in this round (their positions moved past them).
+        filtered: Filtered,
     },
     /// The first partition read has its position outside the log; nothing was read.
     /// The cursor is left where it was: the caller applies its reset policy.
@@ -160,6 +212,11 @@ pub enum Round {
 /// partitions while the budget lasts; with [`Batching::OnePartition`] it ends after
 /// the first partition that delivered.
 ///
+/// With a `filter`, only messages it matches are read; those it skips are passed over
+/// (positions move past them and are reported in the batch even when nothing matched)
+/// and counted in `Round::Batch::filtered`. Each partition's read scans at most the
+/// storage's filter scan limits, so a round may deliver nothing while positions move.
+///
 /// An error (or a position out of range) after messages were read ends the round with
 /// those messages; the partition is left where it was, so the error comes again on a
 /// later round, first in its batch. Errors are storage errors: `TopicDeleted`,
@@ -169,9 +226,11 @@ pub fn read_round<C: BorrowMut<Cursor>>(
     turn: &mut usize,
     limits: ReadLimits,
     batching: Batching,
+    filter: Option<&Filter>,
 ) -> Result<Round, Error> {
     let count = cursors.len();
     let mut batch = MessageBatch::default();
+    let mut filtered = Filtered::default();
     let mut bytes_read = 0u64;
     let mut messages_left = limits.max_messages.max(1);
     let mut bytes_left = limits.max_bytes;
@@ -185,7 +244,7 @@ pub fn read_round<C: BorrowMut<Cursor>>(
         }
         let cursor = cursors[index].borrow_mut();
         let before = cursor.position;
-        let read = match cursor.read(messages_left, bytes_left, started) {
+        let read = match cursor.read(messages_left, bytes_left, started, filter, &mut filtered) {
             Ok(read) => read,
             // Comes again on a later round, first in its batch.
             Err(_) if started => break,
@@ -211,7 +270,9 @@ pub fn read_round<C: BorrowMut<Cursor>>(
             CursorRead::Refused => cursor.partition.end_offset(),
             CursorRead::CaughtUp(end) => end,
             CursorRead::Records(read) => {
-                first_delivered.get_or_insert(index);
+                if !read.records.is_empty() {
+                    first_delivered.get_or_insert(index);
+                }
                 for record in read.records {
                     let size = record.payload_bytes();
                     bytes_read += size;
@@ -239,6 +300,7 @@ pub fn read_round<C: BorrowMut<Cursor>>(
     Ok(Round::Batch {
         batch,
         bytes: bytes_read,
+        filtered,
     })
 }
 
@@ -253,7 +315,8 @@ pub fn read_round<C: BorrowMut<Cursor>>(
 ///   policy moved it (counted in the `tidelog_position_resets` metric). With
 ///   `RESET_POLICY_ERROR` it returns OUT_OF_RANGE instead.
 /// - It is cancel-safe: dropping the future (e.g. in `tokio::select!` against a
-///   rebalance signal) loses nothing; positions only move when an event is returned.
+///   rebalance signal) loses nothing; positions only move past messages an event
+///   returned or that were skipped (expired, or by the filter: never to be sent).
 /// - It ends with UNAVAILABLE when the broker shuts down, NOT_FOUND when the topic is
 ///   deleted, DATA_LOSS on a corrupt batch.
 ///
@@ -271,6 +334,11 @@ pub struct PartitionReader {
     turn: usize,
     reset_policy: ResetPolicy,
     limits: ReadLimits,
+    /// Only messages it matches are sent.
+    filter: Option<Arc<Filter>>,
+    /// When the last event went out: a batch of positions only is sent after
+    /// [`FILTER_PROGRESS_INTERVAL`] without one.
+    last_sent: Instant,
     /// An event to return before any read (the Positioned event, when asked for).
     first: Option<SubscribeResponse>,
 }
@@ -285,6 +353,7 @@ impl PartitionReader {
         starts: &[(u32, u64)],
         reset_policy: ResetPolicy,
         limits: ReadLimits,
+        filter: Option<Arc<Filter>>,
     ) -> Result<Self, Status> {
         let cursors = starts
             .iter()
@@ -303,6 +372,8 @@ impl PartitionReader {
             turn: 0,
             reset_policy,
             limits,
+            filter,
+            last_sent: Instant::now(),
             first: None,
         })
     }
@@ -357,19 +428,35 @@ impl PartitionReader {
                     &mut self.turn,
                     self.limits,
                     Batching::OnePartition,
+                    self.filter.as_deref(),
                 );
                 match convert::or_status(round)? {
-                    Round::Batch { batch, bytes } if !batch.messages.is_empty() => {
-                        self.state.metrics.fetched(
-                            self.topic.name(),
-                            batch.messages.len() as u64,
-                            bytes,
-                        );
-                        return Ok(SubscribeResponse {
-                            event: Some(Event::Batch(batch)),
-                        });
+                    Round::Batch {
+                        batch,
+                        bytes,
+                        filtered,
+                    } => {
+                        self.state.metrics.filtered("subscribe", filtered);
+                        let progress = send_progress(&batch, filtered, self.last_sent);
+                        if !batch.messages.is_empty() || progress {
+                            self.state.metrics.fetched(
+                                self.topic.name(),
+                                batch.messages.len() as u64,
+                                bytes,
+                            );
+                            self.last_sent = Instant::now();
+                            return Ok(SubscribeResponse {
+                                event: Some(Event::Batch(batch)),
+                            });
+                        }
+                        if filtered.skipped > 0 {
+                            // The filter skipped messages and may have more to look
+                            // at: read on, letting other tasks run first.
+                            tokio::task::yield_now().await;
+                            woke_empty = false;
+                            continue;
+                        }
                     }
-                    Round::Batch { .. } => {}
                     Round::OutOfRange {
                         partition,
                         requested,
@@ -538,12 +625,23 @@ mod tests {
     struct Message {
         bytes: usize,
         expires: bool,
+        /// The value of its `tag` header, for the filters.
+        tag: u8,
     }
 
     fn live(bytes: usize) -> Message {
         Message {
             bytes,
             expires: false,
+            tag: 0,
+        }
+    }
+
+    fn tagged(bytes: usize, tag: u8) -> Message {
+        Message {
+            bytes,
+            expires: false,
+            tag,
         }
     }
 
@@ -565,6 +663,8 @@ mod tests {
         topic: Arc<Topic>,
         /// Per partition: (offset, value bytes) of every message that has not expired.
         live: Vec<Vec<(u64, usize)>>,
+        /// Per partition: the tag of each message of `live`.
+        tags: Vec<Vec<u8>>,
     }
 
     impl Fixture {
@@ -592,9 +692,11 @@ mod tests {
                 .create_topic("t", partitions.len() as u32, config)
                 .unwrap();
             let mut live = Vec::new();
+            let mut tags = Vec::new();
             for (id, messages) in partitions.iter().enumerate() {
                 let partition = topic.partition(id as u32).unwrap();
                 let mut kept = Vec::new();
+                let mut kept_tags = Vec::new();
                 let mut offset = 0u64;
                 for chunk in messages.chunks(per_batch.max(1)) {
                     let records: Vec<NewRecord> = chunk
@@ -603,6 +705,14 @@ mod tests {
                         .map(|(m, o)| NewRecord {
                             value: value(id as u32, o, m.bytes),
                             ttl_ms: Some(if m.expires { TTL_MS } else { 0 }),
+                            // Tag 0 is no header.
+                            headers: (m.tag > 0)
+                                .then(|| tidelog_storage::Header {
+                                    key: "tag".into(),
+                                    value: Bytes::from(m.tag.to_string()),
+                                })
+                                .into_iter()
+                                .collect(),
                             ..NewRecord::default()
                         })
                         .collect();
@@ -610,11 +720,13 @@ mod tests {
                     for m in chunk {
                         if !m.expires {
                             kept.push((offset, m.bytes));
+                            kept_tags.push(m.tag);
                         }
                         offset += 1;
                     }
                 }
                 live.push(kept);
+                tags.push(kept_tags);
             }
             clock.advance_ms(TTL_MS as i64 + 1);
             Fixture {
@@ -622,7 +734,23 @@ mod tests {
                 store,
                 topic,
                 live,
+                tags,
             }
+        }
+
+        /// The live messages `matches` keeps, per partition.
+        fn expected(&self, matches: Option<fn(u8) -> bool>) -> Vec<Vec<(u64, usize)>> {
+            self.live
+                .iter()
+                .zip(&self.tags)
+                .map(|(live, tags)| {
+                    live.iter()
+                        .zip(tags)
+                        .filter(|(_, tag)| matches.is_none_or(|m| m(**tag)))
+                        .map(|(message, _)| *message)
+                        .collect()
+                })
+                .collect()
         }
 
         fn cursors(&self) -> Vec<Cursor> {
@@ -641,6 +769,19 @@ mod tests {
     /// than there are partitions, and no round without progress while data is left.
     /// Then every live message was delivered once, in order, and nothing else.
     fn drain(fixture: &Fixture, limits: ReadLimits, batching: Batching) -> Result<(), String> {
+        drain_filtered(fixture, limits, batching, None)
+    }
+
+    /// [`drain`] with a filter, given as its text and the tags it matches: exactly the
+    /// live messages it matches come, in order, and the positions pass the others.
+    fn drain_filtered(
+        fixture: &Fixture,
+        limits: ReadLimits,
+        batching: Batching,
+        filter: Option<TagFilter>,
+    ) -> Result<(), String> {
+        let parsed = filter.map(|(text, _)| Filter::parse(text).unwrap());
+        let expected = fixture.expected(filter.map(|(_, matches)| matches));
         let mut cursors = fixture.cursors();
         let count = cursors.len();
         let ends: Vec<u64> = cursors.iter().map(|c| c.partition.end_offset()).collect();
@@ -657,9 +798,9 @@ mod tests {
                 return Err(format!("stalled at {:?}", positions(&cursors)));
             }
             let before = positions(&cursors);
-            let read = read_round(&mut cursors, &mut turn, limits, batching)
+            let read = read_round(&mut cursors, &mut turn, limits, batching, parsed.as_ref())
                 .map_err(|e| format!("round {round}: {e}"))?;
-            let Round::Batch { batch, bytes } = read else {
+            let Round::Batch { batch, bytes, .. } = read else {
                 return Err(format!("round {round}: {read:?}"));
             };
             let n = batch.messages.len();
@@ -669,7 +810,15 @@ mod tests {
                     limits.max_messages
                 ));
             }
-            let sum: u64 = batch.messages.iter().map(|m| m.value.len() as u64).sum();
+            let sum: u64 = batch
+                .messages
+                .iter()
+                .map(|m| {
+                    let headers: usize =
+                        m.headers.iter().map(|h| h.key.len() + h.value.len()).sum();
+                    (m.value.len() + headers) as u64
+                })
+                .sum();
             if sum != bytes {
                 return Err(format!(
                     "the round says {bytes} B, its messages hold {sum} B"
@@ -704,7 +853,7 @@ mod tests {
             }
             for (index, cursor) in cursors.iter().enumerate() {
                 let moved = after[index] != before[index];
-                let had_data = fixture.live[index].iter().any(|(o, _)| *o >= before[index]);
+                let had_data = expected[index].iter().any(|(o, _)| *o >= before[index]);
                 let batch_has_it = batch
                     .positions
                     .iter()
@@ -737,11 +886,11 @@ mod tests {
                 return Err(format!("round {round} made no progress at {after:?}"));
             }
         }
-        if delivered != fixture.live {
+        if delivered != expected {
             return Err(format!(
-                "delivered {:?}, live {:?}",
+                "delivered {:?}, expected {:?}",
                 offsets(&delivered),
-                offsets(&fixture.live)
+                offsets(&expected)
             ));
         }
         Ok(())
@@ -766,6 +915,77 @@ mod tests {
     }
 
     const BOTH: [Batching; 2] = [Batching::OnePartition, Batching::Fill];
+
+    /// A filter's text and the tags it matches.
+    type TagFilter = (&'static str, fn(u8) -> bool);
+
+    /// Filters on the `tag` header (absent for tag 0) and the tags each matches.
+    const FILTERS: [TagFilter; 6] = [
+        ("header.tag == 1", |t| t == 1),
+        ("header.tag in (0, 2)", |t| t == 2),
+        ("header.tag >= 2 && !exists(header.none)", |t| t >= 2),
+        ("header.tag != 3", |t| t != 3),
+        // The values are not JSON: nothing matches.
+        ("json.x == 1 || header.tag == 9", |_| false),
+        ("exists(header.tag)", |t| t != 0),
+    ];
+
+    #[test]
+    fn one_percent_of_large_and_small_messages_match_and_every_one_comes() {
+        // 3 KB and 600 KB messages, one in a hundred tagged 1; budgets around both.
+        let partition = |bytes: usize, count: usize| -> Vec<Message> {
+            (0..count)
+                .map(|i| tagged(bytes, u8::from(i % 100 == 37)))
+                .collect()
+        };
+        let fixture = Fixture::new(&[partition(3000, 2000), partition(600 * 1024, 200)], 20);
+        let filter: Option<TagFilter> = Some(("header.tag == 1", |t| t == 1));
+        for batching in BOTH {
+            for (max_messages, max_bytes) in [(0, 0), (1, 1), (500, 1 << 20), (3, 700 * 1024)] {
+                drain_filtered(
+                    &fixture,
+                    ReadLimits::from_request(max_messages, max_bytes),
+                    batching,
+                    filter,
+                )
+                .unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_filter_that_skips_everything_moves_the_positions_to_the_end_in_bounded_reads() {
+        let fixture = Fixture::new(&[vec![tagged(10, 2); 40_000]], 1000);
+        let filter = Filter::parse("header.tag == 1").unwrap();
+        let mut cursors = fixture.cursors();
+        let mut rounds = 0;
+        let mut skipped = 0;
+        while cursors[0].position < 40_000 {
+            let Round::Batch {
+                batch, filtered, ..
+            } = read_round(
+                &mut cursors,
+                &mut 0,
+                limits(500, 1 << 20),
+                Batching::Fill,
+                Some(&filter),
+            )
+            .unwrap()
+            else {
+                panic!("a batch");
+            };
+            assert!(batch.messages.is_empty());
+            assert_eq!(batch.positions[0].next_offset, cursors[0].position);
+            skipped += filtered.skipped;
+            rounds += 1;
+        }
+        assert_eq!(skipped, 40_000);
+        // Each round scans at most the storage's limit.
+        assert_eq!(
+            rounds,
+            40_000u32.div_ceil(tidelog_storage::limits::FILTER_SCAN_RECORDS_MAX)
+        );
+    }
 
     #[test]
     fn three_kb_messages_with_the_default_budget_come_whole_and_in_order() {
@@ -814,8 +1034,16 @@ mod tests {
         let mut turn = 0;
         let mut batches = Vec::new();
         for _ in 0..4 {
-            match read_round(&mut cursors, &mut turn, limits(100, 2500), Batching::Fill).unwrap() {
-                Round::Batch { batch, bytes } => {
+            match read_round(
+                &mut cursors,
+                &mut turn,
+                limits(100, 2500),
+                Batching::Fill,
+                None,
+            )
+            .unwrap()
+            {
+                Round::Batch { batch, bytes, .. } => {
                     assert!(bytes <= 2500, "{bytes} B");
                     batches.push(
                         batch
@@ -840,9 +1068,14 @@ mod tests {
         // One message of the first partition left room for the second's first.
         let mut cursors = fixture.cursors();
         let mut turn = 0;
-        let Round::Batch { batch, .. } =
-            read_round(&mut cursors, &mut turn, limits(100, 2000), Batching::Fill).unwrap()
-        else {
+        let Round::Batch { batch, .. } = read_round(
+            &mut cursors,
+            &mut turn,
+            limits(100, 2000),
+            Batching::Fill,
+            None,
+        )
+        .unwrap() else {
             panic!("a batch")
         };
         assert_eq!(batch.messages.len(), 2);
@@ -856,7 +1089,13 @@ mod tests {
         let mut cursors = fixture.cursors();
         cursors[1].position = 9;
         let mut turn = 1;
-        let round = read_round(&mut cursors, &mut turn, limits(100, 1000), Batching::Fill);
+        let round = read_round(
+            &mut cursors,
+            &mut turn,
+            limits(100, 1000),
+            Batching::Fill,
+            None,
+        );
         assert_eq!(
             round.unwrap(),
             Round::OutOfRange {
@@ -870,15 +1109,26 @@ mod tests {
         assert_eq!(turn, 0);
         // Found after another partition's messages: the round ends with them, and the
         // out-of-range partition leads the next round.
-        let Round::Batch { batch, .. } =
-            read_round(&mut cursors, &mut turn, limits(100, 1000), Batching::Fill).unwrap()
-        else {
+        let Round::Batch { batch, .. } = read_round(
+            &mut cursors,
+            &mut turn,
+            limits(100, 1000),
+            Batching::Fill,
+            None,
+        )
+        .unwrap() else {
             panic!("a batch")
         };
         assert_eq!(batch.messages.len(), 3);
         assert_eq!(turn, 1);
         assert!(matches!(
-            read_round(&mut cursors, &mut turn, limits(100, 1000), Batching::Fill),
+            read_round(
+                &mut cursors,
+                &mut turn,
+                limits(100, 1000),
+                Batching::Fill,
+                None
+            ),
             Ok(Round::OutOfRange { partition: 1, .. })
         ));
     }
@@ -889,7 +1139,7 @@ mod tests {
         let mut cursors = fixture.cursors();
         fixture.store.delete_topic("t").unwrap();
         for batching in BOTH {
-            let round = read_round(&mut cursors, &mut 0, limits(100, 1000), batching);
+            let round = read_round(&mut cursors, &mut 0, limits(100, 1000), batching, None);
             assert!(
                 matches!(round, Err(Error::TopicDeleted { .. })),
                 "{round:?}"
@@ -905,7 +1155,11 @@ mod tests {
             4 => 64usize..8192,
             1 => 8192usize..700 * 1024,
         ];
-        (bytes, prop::bool::weighted(0.2)).prop_map(|(bytes, expires)| Message { bytes, expires })
+        (bytes, prop::bool::weighted(0.2), 0u8..4).prop_map(|(bytes, expires, tag)| Message {
+            bytes,
+            expires,
+            tag,
+        })
     }
 
     fn partitions() -> impl Strategy<Value = Vec<Vec<Message>>> {
@@ -932,6 +1186,24 @@ mod tests {
             failure_persistence: None,
             ..ProptestConfig::default()
         })]
+
+        /// Random messages, filters and budgets: following the positions yields exactly
+        /// the live messages the filter matches, in order, within the budget, and no
+        /// partition stalls behind skipped messages.
+        #[test]
+        fn exactly_the_matching_messages_in_order_within_the_budget(
+            partitions in partitions(),
+            per_batch in 1usize..8,
+            limits in read_limits(),
+            filter in prop::sample::select(FILTERS.to_vec()),
+        ) {
+            let fixture = Fixture::new(&partitions, per_batch);
+            for batching in BOTH {
+                if let Err(error) = drain_filtered(&fixture, limits, batching, Some(filter)) {
+                    prop_assert!(false, "{:?} {:?} {}: {}", batching, limits, filter.0, error);
+                }
+            }
+        }
 
         /// Random message sizes, expired messages, partitions and budgets: both kinds
         /// of batch deliver every live message once and in order within the budget.

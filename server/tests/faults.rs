@@ -77,6 +77,7 @@ async fn a_failed_fsync_makes_the_partition_unavailable_without_losing_reads() {
         &[(0, 0)],
         ResetPolicy::Earliest,
         ReadLimits::from_request(0, 0),
+        None,
     )
     .unwrap();
     match reader.next_event().await.unwrap().event.unwrap() {

@@ -23,6 +23,7 @@ pub mod config;
 pub mod dedup;
 pub mod duration;
 pub mod error;
+pub mod filter;
 mod flusher;
 pub mod fs;
 pub mod fsutil;
@@ -51,6 +52,7 @@ pub use clock::{Clock, SystemClock};
 pub use config::{AckLevel, FsyncPolicy, QueueOverflow, TopicConfig};
 pub use dedup::{Placed, Placement};
 pub use error::{Error, Result};
+pub use filter::{Filter, FilterError, Verdict};
 #[cfg(any(test, feature = "testing"))]
 pub use fs::FaultyFs;
 pub use fs::{FileSystem, OsFs};

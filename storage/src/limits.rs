@@ -75,10 +75,37 @@ pub const PRIORITY_LEVELS_MAX: u8 = 10;
 pub const GROUP_ID_BYTES_MAX: usize = 255;
 pub const COMMIT_METADATA_BYTES_MAX: usize = 4096;
 
+/// Longest filter expression (`crate::filter`): it comes from the network, is parsed
+/// once per subscription and kept for its life.
+pub const FILTER_BYTES_MAX: usize = 4096;
+/// Deepest nesting of a filter (parentheses and `!`): bounds the parser's and the
+/// evaluator's recursion.
+pub const FILTER_DEPTH_MAX: usize = 32;
+/// Most nodes (conditions, `&&` / `||` / `!`, list values) in one filter: bounds the
+/// memory a filter holds and the work one message costs.
+pub const FILTER_NODES_MAX: usize = 512;
+/// Most records one filtered read skips: a read under a filter that skips nearly
+/// everything still returns (with `next_offset` past what it skipped) after this many,
+/// so one read never holds its thread for long.
+pub const FILTER_SCAN_RECORDS_MAX: u32 = 16 * 1024;
+/// Most key, value and header bytes of skipped records one filtered read looks at
+/// (the same purpose as `FILTER_SCAN_RECORDS_MAX`, for large messages). With a `json`
+/// condition each of those bytes may be parsed: this bounds the time a read holds its
+/// thread (tens of ms at serde_json's speed).
+pub const FILTER_SCAN_BYTES_MAX: u64 = 8 * 1024 * 1024;
+/// Largest value a filter parses as JSON: a longer one does not match a `json`
+/// condition (as a value that is not JSON). Bounds the memory one evaluation takes
+/// (a parsed JSON tree is several times its text).
+pub const FILTER_JSON_VALUE_BYTES_MAX: usize = 1024 * 1024;
+
 /// Largest config or checkpoint file read from disk.
 pub const SMALL_FILE_BYTES_MAX: u64 = 64 * 1024;
 
 const _: () = assert!(MESSAGE_BYTES_DEFAULT <= MESSAGE_BYTES_MAX);
+// A filter's nesting is within its node count.
+const _: () = assert!(FILTER_DEPTH_MAX <= FILTER_NODES_MAX);
+// A filter fits a state-log string (str16) so a queue can keep it.
+const _: () = assert!(FILTER_BYTES_MAX <= u16::MAX as usize);
 const _: () = assert!(MESSAGE_BYTES_MAX < BATCH_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);

@@ -16,6 +16,7 @@ use crate::checkpoint::CheckpointFile;
 use crate::clock::Clock;
 use crate::config::{FsyncPolicy, TopicConfig};
 use crate::error::{Error, IoContext, Result};
+use crate::filter::{Filter, Filtered};
 use crate::flusher::{Flush, FlushQueue};
 use crate::fs::{FileSystem, FsFile, OpenMode};
 use crate::fsutil;
@@ -57,6 +58,8 @@ pub struct ReadResult {
     pub log_start: u64,
     /// The visible end (high watermark).
     pub end_offset: u64,
+    /// What a filter skipped ([`Partition::read_filtered`]; zero otherwise).
+    pub filtered: Filtered,
 }
 
 /// A partition as `describe` shows it.
@@ -697,7 +700,23 @@ impl Partition {
     /// record's offset: following `next_offset` yields every live record exactly once.
     /// A partition whose topic was deleted fails with [`Error::TopicDeleted`].
     pub fn read(&self, from: u64, max_records: u32, max_bytes: u64) -> Result<ReadResult> {
-        self.read_to(from, max_records, max_bytes, false)
+        self.read_to(from, max_records, max_bytes, false, None)
+    }
+
+    /// [`Partition::read`] of the records `filter` matches (all with `None`). Records it
+    /// skips are passed over without counting against the budget, and
+    /// [`ReadResult::filtered`] counts them; after a scan limit
+    /// ([`crate::limits::FILTER_SCAN_RECORDS_MAX`], `FILTER_SCAN_BYTES_MAX`) the read
+    /// stops, possibly with no record, and `next_offset` is past everything it looked at.
+    /// Following `next_offset` yields every live matching record exactly once.
+    pub fn read_filtered(
+        &self,
+        from: u64,
+        max_records: u32,
+        max_bytes: u64,
+        filter: Option<&Filter>,
+    ) -> Result<ReadResult> {
+        self.read_to(from, max_records, max_bytes, false, filter)
     }
 
     /// The record at `offset` if it is written, durable or not yet (what a reader of an
@@ -705,7 +724,7 @@ impl Partition {
     /// duplicate's original as soon as its append returned. `None` when there is no
     /// such record (out of range, expired, or not yet written).
     pub(crate) fn written_record(&self, offset: u64) -> Result<Option<Record>> {
-        match self.read_to(offset, 1, u64::MAX, true) {
+        match self.read_to(offset, 1, u64::MAX, true, None) {
             Ok(read) => Ok(read.records.into_iter().find(|r| r.offset == offset)),
             Err(Error::OffsetOutOfRange { .. }) => Ok(None),
             Err(error) => Err(error),
@@ -720,6 +739,7 @@ impl Partition {
         max_records: u32,
         max_bytes: u64,
         written: bool,
+        filter: Option<&Filter>,
     ) -> Result<ReadResult> {
         let (visible, log_start) = {
             let state = self.progress.lock();
@@ -747,6 +767,7 @@ impl Partition {
             next_offset: from,
             log_start,
             end_offset: visible.offset,
+            filtered: Filtered::default(),
         };
         if from == visible.offset || max_records == 0 {
             return Ok(result);
@@ -763,7 +784,7 @@ impl Partition {
             .partition_point(|s| s.base_offset <= from)
             .saturating_sub(1);
         let now_ms = self.clock.now_ms();
-        let mut budget = ReadBudget::new(max_records, max_bytes);
+        let mut budget = ReadBudget::new(max_records, max_bytes).with_filter(filter);
         let mut cursor = from;
         for segment in &segments[first..] {
             if segment.base_offset >= visible.offset || budget.exhausted() {
@@ -793,6 +814,7 @@ impl Partition {
                 Err(error) => return Err(error),
             };
         }
+        result.filtered = budget.filtered();
         result.next_offset = if budget.exhausted() {
             cursor
         } else {

@@ -16,11 +16,15 @@ use bytes::Bytes;
 
 use crate::batch::{self, BatchHeader, FormatError, Record, RecordIter};
 use crate::error::{Error, IoContext, Result};
+use crate::filter::{Filter, Filtered, Verdict};
 use crate::fs::FileSystem;
 use crate::fsutil;
 use crate::idindex::{self, IdEntry, IdTable};
 use crate::index::{self, OffsetEntry, SegmentIndex, SegmentSummary, TimeEntry};
-use crate::limits::{ID_INDEX_ENTRIES_MAX, ID_INDEX_FILE_BYTES_MAX, INDEX_INTERVAL_BYTES};
+use crate::limits::{
+    FILTER_SCAN_BYTES_MAX, FILTER_SCAN_RECORDS_MAX, ID_INDEX_ENTRIES_MAX, ID_INDEX_FILE_BYTES_MAX,
+    INDEX_INTERVAL_BYTES,
+};
 
 pub const LOG_SUFFIX: &str = "log";
 pub const INDEX_SUFFIX: &str = "index";
@@ -331,8 +335,14 @@ fn batch_ids(
 /// The read stops at the first record the budget refuses, and the caller must then
 /// report the offset of that record as the next one to read, never the end of the log:
 /// [`ReadBudget::exhausted`] says whether the read stopped on the budget.
+///
+/// With a filter ([`ReadBudget::with_filter`]), records it skips are passed over (the
+/// read's next offset moves past them) without counting against the budget, up to
+/// [`FILTER_SCAN_RECORDS_MAX`] records or [`FILTER_SCAN_BYTES_MAX`] bytes per read;
+/// then the read stops as if the budget had run out, so a filter that skips nearly
+/// everything still returns often.
 #[derive(Debug, Clone, Copy)]
-pub struct ReadBudget {
+pub struct ReadBudget<'f> {
     records_left: u32,
     bytes_left: u64,
     /// Whether a record has been returned yet: the first is returned even if it alone
@@ -340,16 +350,58 @@ pub struct ReadBudget {
     returned_any: bool,
     /// A record was refused: the read is over although bytes may be left.
     refused: bool,
+    filter: Option<&'f Filter>,
+    /// Records and bytes the filter may still skip in this read.
+    skips_left: u32,
+    skip_bytes_left: u64,
+    filtered: Filtered,
 }
 
-impl ReadBudget {
+impl<'f> ReadBudget<'f> {
     pub fn new(max_records: u32, max_bytes: u64) -> Self {
         ReadBudget {
             records_left: max_records,
             bytes_left: max_bytes,
             returned_any: false,
             refused: false,
+            filter: None,
+            skips_left: FILTER_SCAN_RECORDS_MAX,
+            skip_bytes_left: FILTER_SCAN_BYTES_MAX,
+            filtered: Filtered::default(),
         }
+    }
+
+    /// Only records `filter` matches are taken (all with `None`).
+    pub fn with_filter(mut self, filter: Option<&'f Filter>) -> Self {
+        self.filter = filter;
+        self
+    }
+
+    /// What the filter skipped so far.
+    pub fn filtered(&self) -> Filtered {
+        self.filtered
+    }
+
+    /// Whether the filter keeps `record` (true without a filter). A skipped record
+    /// counts against the skip limits; when they are used up the read is over.
+    fn keep(&mut self, record: &Record) -> bool {
+        let Some(filter) = self.filter else {
+            return true;
+        };
+        let verdict = filter.evaluate_record(record);
+        if verdict == Verdict::Match {
+            return true;
+        }
+        self.filtered.skipped += 1;
+        if verdict == Verdict::NotJson {
+            self.filtered.not_json += 1;
+        }
+        self.skips_left = self.skips_left.saturating_sub(1);
+        self.skip_bytes_left = self.skip_bytes_left.saturating_sub(record.payload_bytes());
+        if self.skips_left == 0 || self.skip_bytes_left == 0 {
+            self.refused = true;
+        }
+        false
     }
 
     /// No further record will be taken: the read stopped on the budget, not at the
@@ -715,7 +767,7 @@ impl Segment {
         end_position: u64,
         end_offset: u64,
         now_ms: i64,
-        budget: &mut ReadBudget,
+        budget: &mut ReadBudget<'_>,
         out: &mut Vec<Record>,
     ) -> Result<u64> {
         let mut next = from;
@@ -771,6 +823,14 @@ impl Segment {
                     }
                     if record.expires_at_ms.is_some_and(|at| at <= now_ms) {
                         next = record.offset + 1;
+                        continue;
+                    }
+                    if !budget.keep(&record) {
+                        next = record.offset + 1;
+                        if budget.exhausted() {
+                            // The skip limits: over as if the budget ran out.
+                            return Ok(());
+                        }
                         continue;
                     }
                     if !budget.admit(&record) {

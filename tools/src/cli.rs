@@ -752,6 +752,7 @@ Examples:
   tidelog consume orders --from 2026-11-23T08:00:00Z --until 2026-11-23T09:00:00Z
   tidelog consume orders --print-key --print-headers
   tidelog consume orders --group billing --follow
+  tidelog consume orders --follow --filter 'header.type == \"order\" && json.amount >= 100'
 
 Without --follow, reading stops at the end offsets seen when it started. With --group
 the broker assigns partitions and reading starts at the group's committed offsets
@@ -848,6 +849,17 @@ pub struct ConsumeArgs {
     /// latest = the end (each with a note on stderr), error = stop with exit 1.
     #[arg(long, value_enum, default_value_t = ResetPolicyArg::Earliest, value_name = "POLICY")]
     pub offset_reset: ResetPolicyArg,
+
+    /// Only messages this server-side filter matches are sent (the others never leave
+    /// the broker; a group still commits past them). Conditions on `key`,
+    /// `header.NAME` (or `header["NAME"]`) and, for JSON values, `json.a.b[0]`: ==
+    /// != ^= (prefix) < <= > >= `in ("a","b")` `exists(FIELD)`, combined with && ||
+    /// ! and parentheses; strings in double quotes, numbers, true false null. E.g.
+    /// 'header.type == "order" && json.amount >= 100 && !exists(header.test)'. A json
+    /// field on a value that is not JSON never matches. The full grammar is in the
+    /// README (Filters).
+    #[arg(long, value_name = "EXPR")]
+    pub filter: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------

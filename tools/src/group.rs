@@ -156,6 +156,7 @@ pub fn group_json(group: &GroupDescription) -> Value {
                 "client_address": m.client_address,
                 "topic": m.topic,
                 "partitions": m.partitions,
+                "filter": m.filter,
             })
         })
         .collect();
@@ -258,6 +259,9 @@ fn render_group(group: &GroupDescription) -> String {
         }
         text.push('\n');
         text.push_str(&table.render());
+        for m in group.members.iter().filter(|m| !m.filter.is_empty()) {
+            text.push_str(&format!("filter of {}: {}\n", m.member_id, m.filter));
+        }
     }
     text
 }
@@ -531,6 +535,7 @@ mod tests {
                 client_address: "127.0.0.1:5000".into(),
                 topic: "orders".into(),
                 partitions: vec![0],
+                filter: r#"key ^= "eu-""#.into(),
             }],
             lags: vec![
                 PartitionLag {
@@ -566,6 +571,8 @@ mod tests {
             "{text}"
         );
         let value = group_json(&group);
+        assert!(text.contains("filter of m-1: key ^= \"eu-\"\n"), "{text}");
+        assert_eq!(value["members"][0]["filter"], r#"key ^= "eu-""#);
         assert_eq!(value["total_lag"], 7);
         assert_eq!(value["partitions_without_commit"], 1);
         assert_eq!(value["partitions"][0]["member_id"], "m-1");

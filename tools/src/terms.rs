@@ -44,6 +44,10 @@ pub const TRANSLATIONS: &[(&str, &str)] = &[
     ),
     ("(leave it unset for no limit)", "(`off` for no limit)"),
     (
+        "the grammar is in the Filters section of the README and the .proto",
+        "the grammar is in `tidelog consume --help` and the README (Filters)",
+    ),
+    (
         "read on from the offset after the damaged batch (a group: `tidelog group reset-offsets \
          --to-offset`)",
         "read on from the offset after the damaged batch (--from; a group: `tidelog group \
@@ -87,6 +91,7 @@ pub const TRANSLATIONS: &[(&str, &str)] = &[
     ("Messages.GetDeliveryStatus", "`tidelog message status`"),
     ("Messages.GetDeliveryHistory", "`tidelog message history`"),
     // Request fields: the flag that sets them.
+    ("filter at byte", "--filter at byte"),
     ("reset_policy is ERROR", "--offset-reset is error"),
     (
         "reset_policy EARLIEST or LATEST",

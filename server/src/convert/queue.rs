@@ -92,6 +92,7 @@ pub fn queue_description(
                 unacked,
             })
             .collect(),
+        filter: status.config.filter.clone().unwrap_or_default(),
         partitions: status
             .partitions
             .iter()

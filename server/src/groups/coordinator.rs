@@ -87,6 +87,8 @@ pub struct MemberView {
     pub client_address: String,
     pub topic: String,
     pub partitions: Vec<u32>,
+    /// The filter of its stream, as the client wrote it; empty = none.
+    pub filter: String,
     /// False while the member is kept only by its session timeout.
     pub connected: bool,
 }
@@ -132,6 +134,8 @@ pub(crate) struct JoinRequest {
     pub client_id: String,
     pub client_address: String,
     pub session_timeout_ms: u64,
+    /// The stream's filter (for describe); empty = none.
+    pub filter: String,
 }
 
 /// A successful join: the id actually used and the task's control channel.
@@ -161,6 +165,7 @@ struct Member {
     client_id: String,
     client_address: String,
     topic: String,
+    filter: String,
     session_timeout_ms: u64,
     partitions: Vec<u32>,
     /// Revoked partitions the member's task still keeps for the client's commit (a
@@ -383,6 +388,7 @@ impl GroupCoordinator {
             }
             member.client_id = request.client_id;
             member.client_address = request.client_address;
+            member.filter = request.filter;
             member.session_timeout_ms = session_timeout_ms;
             // The old stream's task is ending and drops what it kept.
             member.revoking.clear();
@@ -409,6 +415,7 @@ impl GroupCoordinator {
                     client_id: request.client_id,
                     client_address: request.client_address,
                     topic: request.topic,
+                    filter: request.filter,
                     session_timeout_ms,
                     partitions: Vec::new(),
                     revoking: BTreeSet::new(),
@@ -770,6 +777,7 @@ impl GroupCoordinator {
                             client_address: m.client_address.clone(),
                             topic: m.topic.clone(),
                             partitions: m.partitions.clone(),
+                            filter: m.filter.clone(),
                             connected: matches!(m.connection, Connection::Open { .. }),
                         })
                         .collect::<Vec<_>>(),
@@ -873,6 +881,7 @@ mod tests {
             client_id: "app".into(),
             client_address: "127.0.0.1:1".into(),
             session_timeout_ms,
+            filter: String::new(),
         }
     }
 

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use tidelog_proto::v1::subscribe_response::Event;
 use tidelog_proto::v1::{Assignment, PositionReset, ResetPolicy, ResetReason, SubscribeResponse};
-use tidelog_storage::{Error, Topic};
+use tidelog_storage::{Error, Filter, Topic};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::{Interval, MissedTickBehavior};
@@ -45,7 +45,9 @@ use tonic::Status;
 use super::coordinator::{Control, GroupCoordinator, Joined};
 use crate::AppState;
 use crate::convert;
-use crate::read::{Batching, Cursor, ReadLimits, Round, SUBSCRIBE_QUEUE_EVENTS, read_round};
+use crate::read::{
+    Batching, Cursor, ReadLimits, Round, SUBSCRIBE_QUEUE_EVENTS, read_round, send_progress,
+};
 
 /// Pause before looking again at a poisoned partition that woke a reader without data.
 pub const IDLE_BACKOFF: Duration = Duration::from_millis(100);
@@ -53,7 +55,7 @@ pub const IDLE_BACKOFF: Duration = Duration::from_millis(100);
 pub const FINAL_STATUS_WAIT: Duration = Duration::from_secs(5);
 
 /// How a member reads, from its SubscribeRequest (validated by the caller).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Settings {
     /// EARLIEST, LATEST or ERROR (UNSPECIFIED already mapped to EARLIEST).
     pub reset_policy: ResetPolicy,
@@ -63,6 +65,9 @@ pub(crate) struct Settings {
     /// commit. `None` = released at once.
     pub handover: Option<Duration>,
     pub limits: ReadLimits,
+    /// Only messages it matches are sent; the position (and so the commit) still
+    /// moves past those it skips.
+    pub filter: Option<Arc<Filter>>,
 }
 
 /// The sending half of a member stream.
@@ -119,6 +124,8 @@ pub(crate) struct MemberTask {
     /// The partition read first next time (an index into `owned`, see
     /// [`read_round`]), so a busy partition cannot starve others.
     turn: usize,
+    /// When the last batch went out (see [`crate::read::FILTER_PROGRESS_INTERVAL`]).
+    last_batch: Instant,
 }
 
 impl MemberTask {
@@ -148,6 +155,7 @@ impl MemberTask {
             data_ready: false,
             backoff: false,
             turn: 0,
+            last_batch: Instant::now(),
         }
     }
 
@@ -502,17 +510,37 @@ impl MemberTask {
             &mut self.turn,
             self.settings.limits,
             Batching::Fill,
+            self.settings.filter.as_deref(),
         );
         match round.map_err(|error| self.read_error(&error))? {
-            Round::Batch { batch, .. } if batch.messages.is_empty() => {
-                if self.events.is_empty() {
+            Round::Batch {
+                batch, filtered, ..
+            } if batch.messages.is_empty() => {
+                self.app.metrics.filtered("group", filtered);
+                if filtered.skipped > 0 {
+                    // The filter may have more to look at: stay ready. Now and then
+                    // the positions alone go out, so a client that commits itself can
+                    // commit past what was skipped.
+                    if send_progress(&batch, filtered, self.last_batch) {
+                        self.last_batch = Instant::now();
+                        permit.send(Ok(SubscribeResponse {
+                            event: Some(Event::Batch(batch)),
+                        }));
+                    }
+                } else if self.events.is_empty() {
                     self.data_ready = false;
                 }
             }
-            Round::Batch { batch, bytes } => {
+            Round::Batch {
+                batch,
+                bytes,
+                filtered,
+            } => {
+                self.app.metrics.filtered("group", filtered);
                 self.app
                     .metrics
                     .fetched(self.topic.name(), batch.messages.len() as u64, bytes);
+                self.last_batch = Instant::now();
                 permit.send(Ok(SubscribeResponse {
                     event: Some(Event::Batch(batch)),
                 }));

@@ -126,6 +126,7 @@ pub async fn subscribe_member(
             }),
         // The same defaults and caps as a plain subscription.
         limits: ReadLimits::from_request(request.max_batch_messages, request.max_batch_bytes),
+        filter: convert::filter(&request.filter)?,
     };
     state.groups.spawn_session_reaper();
     let joined = state
@@ -137,6 +138,7 @@ pub async fn subscribe_member(
             client_id: membership.client_id,
             client_address: remote_addr.map(|a| a.to_string()).unwrap_or_default(),
             session_timeout_ms: membership.session_timeout_ms,
+            filter: request.filter,
         })
         .await?;
     let (sender, receiver) = member::channel();

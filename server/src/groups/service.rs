@@ -63,6 +63,7 @@ fn group_description(view: GroupView) -> GroupDescription {
                 client_address: m.client_address,
                 topic: m.topic,
                 partitions: m.partitions,
+                filter: m.filter,
             })
             .collect(),
         lags: view

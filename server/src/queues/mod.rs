@@ -19,6 +19,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tidelog_proto::v1::{QueueConsumeResponse, QueueDelivery, queue_consume_response};
+use tidelog_storage::filter::Filtered;
 use tidelog_storage::queue::{QueueEngine, SettleOutcome, SettleRequest};
 use tidelog_storage::{Error, Store};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -217,9 +218,28 @@ impl Runtime {
         }
     }
 
+    /// Adds what the queue's filter skipped since `reported` (the engine's counters
+    /// then) to the `queue` kind of the filtered-messages metric.
+    fn report_filtered(&self, reported: &mut Filtered) {
+        let counters = lock(&self.engine).counters;
+        let now = Filtered {
+            skipped: counters.filtered,
+            not_json: counters.filtered_not_json,
+        };
+        self.metrics.filtered(
+            "queue",
+            Filtered {
+                skipped: now.skipped.saturating_sub(reported.skipped),
+                not_json: now.not_json.saturating_sub(reported.not_json),
+            },
+        );
+        *reported = now;
+    }
+
     /// Delivers, runs timers and sleeps, until the queue is stopped or the broker
     /// shuts down.
     async fn drive(self: Arc<Self>, store: Arc<Store>, shutdown: Shutdown) {
+        let mut filtered_reported = Filtered::default();
         while !self.stopped.load(Ordering::Acquire) && !shutdown.is_triggered() {
             let now = store.clock().now_ms();
             let due = lock(&self.engine).next_wakeup().is_some_and(|at| at <= now);
@@ -227,13 +247,17 @@ impl Runtime {
                 self.failed(&status).await;
                 continue;
             }
-            if let Err(status) = self.with_engine(|e| e.enforce_caps()).await {
+            let capped = self.with_engine(|e| e.enforce_caps()).await;
+            self.report_filtered(&mut filtered_reported);
+            if let Err(status) = capped {
                 self.failed(&status).await;
                 continue;
             }
             let wants = self.wants();
             if !wants.is_empty() {
-                match self.with_engine(move |e| e.deliver(&wants)).await {
+                let delivered = self.with_engine(move |e| e.deliver(&wants)).await;
+                self.report_filtered(&mut filtered_reported);
+                match delivered {
                     Ok(batches) => {
                         let delivered = !batches.is_empty();
                         self.dispatch(batches);

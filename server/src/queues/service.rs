@@ -99,7 +99,11 @@ impl Queues for QueuesService {
         let request = request.into_inner();
         let result = async {
             let start = convert::start_at(request.start)?;
-            let config = convert::queue_config_from_proto(&request.topic, request.config);
+            let mut config = convert::queue_config_from_proto(&request.topic, request.config);
+            // Checked here for the error that names the position; stored as text.
+            if convert::filter(&request.filter)?.is_some() {
+                config.filter = Some(request.filter.clone());
+            }
             let (name, topic) = (request.name.clone(), request.topic.clone());
             self.blocking(move |store| admin::create_queue(store, &name, &topic, start, config))
                 .await?;

@@ -38,6 +38,7 @@ use super::state::{
 use crate::batch::Record;
 use crate::config::TopicConfig;
 use crate::error::{Error, Result};
+use crate::filter::{Filter, Verdict};
 use crate::partition::Partition;
 use crate::store::{Store, Topic};
 
@@ -115,6 +116,10 @@ pub struct EngineCounters {
     pub dead_lettered_overflow: u64,
     /// Messages removed by retention before the queue settled them.
     pub lost_to_retention: u64,
+    /// Messages the queue's filter skipped (settled without a delivery).
+    pub filtered: u64,
+    /// Of those, skipped because the filter reads JSON and the value is not JSON.
+    pub filtered_not_json: u64,
 }
 
 /// Why a timer was set.
@@ -146,6 +151,8 @@ pub struct QueueEngine {
     pub counters: EngineCounters,
     /// Delivery-to-ack times (ms) not yet taken by [`QueueEngine::take_ack_latencies`].
     ack_latencies_ms: Vec<u64>,
+    /// The queue's filter, parsed once: (its text, the filter).
+    filter: Option<(String, Arc<Filter>)>,
 }
 
 /// Ack latencies kept for the metrics between two scrapes at most.
@@ -170,6 +177,7 @@ impl QueueEngine {
             behind: false,
             counters: EngineCounters::default(),
             ack_latencies_ms: Vec::new(),
+            filter: None,
         };
         for (&partition, part) in &queue.partitions {
             for (&offset, pending) in &part.pending {
@@ -256,6 +264,43 @@ impl QueueEngine {
             .queues()
             .read(|q| q.get(&self.name).map(|q| q.config.clone()))
             .ok_or_else(|| Error::not_found(format!("queue {:?}", self.name)))
+    }
+
+    /// The parsed filter of `config`, parsed again only when its text changed.
+    fn filter_of(&mut self, config: &QueueConfig) -> Result<Option<Arc<Filter>>> {
+        let Some(text) = &config.filter else {
+            return Ok(None);
+        };
+        if let Some((parsed_from, filter)) = &self.filter
+            && parsed_from == text
+        {
+            return Ok(Some(filter.clone()));
+        }
+        let filter = Arc::new(
+            Filter::parse(text)
+                .map_err(|e| Error::invalid(format!("queue {:?}: filter {e}", self.name)))?,
+        );
+        self.filter = Some((text.clone(), filter.clone()));
+        Ok(Some(filter))
+    }
+
+    /// Whether the queue's `filter` skips `record` (counted): the queue passes over it,
+    /// and it is settled once the level's cursor is past it, never delivered nor
+    /// dead-lettered.
+    fn filter_skips(&mut self, filter: Option<&Filter>, record: &Record) -> bool {
+        let Some(filter) = filter else {
+            return false;
+        };
+        match filter.evaluate_record(record) {
+            Verdict::Match => false,
+            verdict => {
+                self.counters.filtered += 1;
+                if verdict == Verdict::NotJson {
+                    self.counters.filtered_not_json += 1;
+                }
+                true
+            }
+        }
     }
 
     /// A member connected.
@@ -444,6 +489,7 @@ impl QueueEngine {
     pub fn deliver(&mut self, wants: &[(String, u32)]) -> Result<Vec<(String, Vec<Delivery>)>> {
         self.behind = false;
         let queue = self.queue()?;
+        let filter = self.filter_of(&queue.config)?;
         let topic = self.store.topic(&queue.topic)?;
         let now = self.store.clock().now_ms();
         let deadline = now.saturating_add(queue.config.ack_deadline_ms as i64);
@@ -537,6 +583,7 @@ impl QueueEngine {
                     .unwrap_or(0);
                 let (cursor_to, taken) = self.scan(
                     &queue,
+                    filter.as_deref(),
                     partition,
                     level,
                     cursor,
@@ -595,8 +642,9 @@ impl QueueEngine {
     }
 
     /// Scans `partition` from `cursor` for new messages of `level`: leases them to the
-    /// members in turn, takes those whose deliver-at time is ahead as delayed. Returns
-    /// where the level's cursor moves and what was taken.
+    /// members in turn, takes those whose deliver-at time is ahead as delayed, passes
+    /// over those `filter` skips (they are settled once the cursor is past them).
+    /// Returns where the level's cursor moves and what was taken.
     #[allow(
         clippy::too_many_arguments,
         reason = "the delivery round's state, threaded through one private helper"
@@ -604,6 +652,7 @@ impl QueueEngine {
     fn scan(
         &mut self,
         queue: &Queue,
+        filter: Option<&Filter>,
         partition: &Arc<Partition>,
         level: u8,
         cursor: u64,
@@ -644,6 +693,9 @@ impl QueueEngine {
             for record in read.records {
                 examined += 1;
                 if queue.level_of(record.priority) != level {
+                    continue;
+                }
+                if self.filter_skips(filter, &record) {
                     continue;
                 }
                 let Some(member) = next_member.clone() else {
@@ -707,6 +759,7 @@ impl QueueEngine {
             return Ok(0);
         }
         let queue = self.queue()?;
+        let filter = self.filter_of(&queue.config)?;
         let (messages, bytes) = super::admin::backlog(&queue, &topic)?;
         let over_messages = config
             .queue_max_ready_messages
@@ -731,9 +784,12 @@ impl QueueEngine {
         let mut events = Vec::new();
         let now = self.store.clock().now_ms();
         let mut dropped = 0u64;
+        // Dead-lettered, or passed over as the queue's filter skips them: both leave
+        // the backlog.
+        let mut settled = 0u64;
         for level in 0..queue.levels {
             for partition in topic.partitions() {
-                if dropped >= excess {
+                if settled >= excess {
                     break;
                 }
                 let id = partition.id();
@@ -745,16 +801,20 @@ impl QueueEngine {
                     .max(partition.log_start());
                 let start = position;
                 let mut letters = Vec::new();
-                while dropped < excess && position < partition.end_offset() {
-                    let want = (excess - dropped).min(u64::from(SCAN_RECORDS_PER_ROUND)) as u32;
+                while settled < excess && position < partition.end_offset() {
+                    let want = (excess - settled).min(u64::from(SCAN_RECORDS_PER_ROUND)) as u32;
                     let read = partition.read(position, want, SCAN_READ_BYTES)?;
                     let mut next = read.next_offset;
                     for record in read.records {
-                        if dropped >= excess {
+                        if settled >= excess {
                             next = record.offset;
                             break;
                         }
                         if queue.level_of(record.priority) != level {
+                            continue;
+                        }
+                        if self.filter_skips(filter.as_deref(), &record) {
+                            settled += 1;
                             continue;
                         }
                         events.push(HistoryEvent::new(
@@ -778,6 +838,7 @@ impl QueueEngine {
                             &reason,
                         ));
                         dropped += 1;
+                        settled += 1;
                     }
                     position = next;
                     if read.next_offset == read.end_offset {

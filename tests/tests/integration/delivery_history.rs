@@ -46,6 +46,7 @@ async fn create_queue(broker: &TestBroker, name: &str) {
                 backoff_max_ms: Some(0),
                 ..Default::default()
             }),
+            ..Default::default()
         })
         .await
         .expect("create queue");

@@ -9,6 +9,7 @@ mod cli_damage;
 mod cli_frictions;
 mod dedup;
 mod delivery_history;
+mod filters;
 mod garbage;
 mod groups;
 mod kill9;

@@ -43,6 +43,7 @@ async fn create_queue(broker: &TestBroker, name: &str, topic: &str, config: Queu
             topic: topic.into(),
             start: earliest(),
             config: Some(config),
+            ..Default::default()
         })
         .await
         .expect("create queue");

@@ -96,6 +96,7 @@ pub async fn fetch(
             max_messages,
             max_bytes: 8 << 20,
             max_wait_ms: 0,
+            ..Default::default()
         })
         .await
         .map(tonic::Response::into_inner)

@@ -239,6 +239,14 @@ pub struct BenchArgs {
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = duration)]
     pub idle_timeout: u64,
 
+    /// consume: read with this server-side filter (see `tidelog consume --help`). The
+    /// messages a bench writes carry a header `bench-pct` = their sequence number mod
+    /// 100, so 'header.bench-pct == 7' matches 1% of them (their values are not JSON).
+    /// Validation then checks that exactly the matching messages arrive, and the
+    /// report adds the rate at which consumers went through the log.
+    #[arg(long, value_name = "EXPR")]
+    pub filter: Option<String>,
+
     /// Worker threads of the bench's own runtime [default: the number of CPUs].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub client_threads: Option<u32>,
@@ -259,6 +267,23 @@ impl BenchArgs {
                 ),
                 "lower --batch or --message-size",
             ));
+        }
+        if let Some(filter) = &self.filter {
+            if kind != Kind::Consume {
+                return Err(CliError::usage(
+                    format!(
+                        "--filter is for `bench consume`, not `bench {}`",
+                        kind.name()
+                    ),
+                    "drop --filter, or run `tidelog bench consume --filter EXPR`",
+                ));
+            }
+            if let Err(error) = tidelog_storage::Filter::parse(filter) {
+                return Err(CliError::usage(
+                    format!("--filter {error}"),
+                    "see `tidelog consume --help` and the README (Filters) for the grammar",
+                ));
+            }
         }
         if self.rate == Some(0) {
             return Err(CliError::usage(

@@ -19,7 +19,7 @@ use tokio::sync::{oneshot, watch};
 use tonic::transport::Channel;
 
 use super::stats::{ActorResult, Role};
-use super::validate::{Errors, PartitionCheck};
+use super::validate::{Errors, Matches, PartitionCheck};
 use super::{Clock, GRPC_MESSAGE_BYTES_MAX};
 
 /// Bytes per subscribe batch or fetch asked for (the broker caps it at 8 MiB).
@@ -91,6 +91,10 @@ pub struct ConsumerPlan {
     /// Record publish -> receive latency (e2e).
     pub latency: bool,
     pub read_batch: u32,
+    /// A server-side filter (empty = none).
+    pub filter: String,
+    /// With a filter on the bench's own run: the sequences it matches (validation).
+    pub matches: Option<Arc<Matches>>,
     pub idle_timeout: Duration,
     pub clock: Clock,
     pub targets: Targets,
@@ -114,6 +118,11 @@ struct Reader {
     errors: Errors,
     started: Instant,
     last_message: Option<Instant>,
+    /// When the position last moved (by a message, or past messages a filter skipped).
+    last_progress: Option<Instant>,
+    /// Reading with a filter: the time taken is up to the last progress, not the last
+    /// message.
+    filtered: bool,
 }
 
 impl Reader {
@@ -125,6 +134,25 @@ impl Reader {
             errors: Errors::default(),
             started: Instant::now(),
             last_message: None,
+            last_progress: None,
+            filtered: !plan.filter.is_empty(),
+        }
+    }
+
+    /// The broker says `partition` stands at `next_offset` (past what a filter skipped).
+    fn position(&mut self, plan: &ConsumerPlan, partition: u32, next_offset: u64) {
+        let p = partition as usize;
+        let Some(position) = self.positions.get_mut(p) else {
+            return;
+        };
+        if next_offset > *position {
+            *position = next_offset;
+            self.last_progress = Some(Instant::now());
+        }
+        if let ReadMode::Group(_) = plan.mode
+            && let Some(delivered) = plan.shared.delivered.get(p)
+        {
+            delivered.fetch_max(next_offset, Ordering::AcqRel);
         }
     }
 
@@ -149,8 +177,12 @@ impl Reader {
             if targets.is_some_and(|t| m.offset >= t[p]) {
                 continue;
             }
-            let check = self.checks[p]
-                .get_or_insert_with(|| Box::new(PartitionCheck::new(m.partition, plan.run_filter)));
+            let check = self.checks[p].get_or_insert_with(|| {
+                Box::new(
+                    PartitionCheck::new(m.partition, plan.run_filter)
+                        .filtered(plan.matches.clone()),
+                )
+            });
             if let Some(header) = check.message(m.offset, &m.value)
                 && plan.latency
             {
@@ -168,6 +200,7 @@ impl Reader {
         if counted > 0 {
             self.result.messages += counted;
             self.last_message = Some(Instant::now());
+            self.last_progress = self.last_message;
             plan.shared.consumed.fetch_add(counted, Ordering::Relaxed);
         }
     }
@@ -179,9 +212,12 @@ impl Reader {
     }
 
     fn finish(mut self) -> ConsumerOutcome {
-        self.result.elapsed = self
-            .last_message
-            .map_or(Duration::ZERO, |last| last - self.started);
+        let last = if self.filtered {
+            self.last_progress.max(self.last_message)
+        } else {
+            self.last_message
+        };
+        self.result.elapsed = last.map_or(Duration::ZERO, |last| last - self.started);
         ConsumerOutcome {
             result: self.result,
             checks: self.checks.into_iter().flatten().map(|c| *c).collect(),
@@ -240,6 +276,7 @@ async fn run_subscribe(
         reset_policy: ResetPolicy::Earliest as i32,
         max_batch_messages: plan.read_batch,
         max_batch_bytes: READ_BYTES,
+        filter: plan.filter.clone(),
         ..SubscribeRequest::default()
     };
     let mut stream = match client.subscribe(request).await {
@@ -288,6 +325,9 @@ async fn run_subscribe(
                 Ok(Some(response)) => match response.event {
                     Some(Event::Batch(batch)) => {
                         reader.batch(&plan, &batch.messages, targets.as_deref().map(Vec::as_slice));
+                        for position in &batch.positions {
+                            reader.position(&plan, position.partition, position.next_offset);
+                        }
                         progress_at = Instant::now();
                     }
                     Some(Event::Assignment(assignment)) => {
@@ -360,6 +400,7 @@ async fn run_fetch(
                 reader.result.latency.add(&part.result.latency);
                 reader.errors.extend(part.errors);
                 reader.last_message = reader.last_message.max(part.last_message);
+                reader.last_progress = reader.last_progress.max(part.last_progress);
                 for (slot, check) in reader.checks.iter_mut().zip(part.checks) {
                     if check.is_some() {
                         *slot = check;
@@ -411,11 +452,13 @@ async fn fetch_partition(
             max_messages: plan.read_batch,
             max_bytes: READ_BYTES,
             max_wait_ms: FETCH_WAIT_MS,
+            filter: plan.filter.clone(),
         };
         match client.fetch(request).await {
             Ok(response) => {
                 let response = response.into_inner();
-                if !response.messages.is_empty() {
+                // A filtered fetch may move on without a message.
+                if !response.messages.is_empty() || response.next_offset > offset {
                     progress_at = Instant::now();
                 }
                 reader.batch(
@@ -430,6 +473,7 @@ async fn fetch_partition(
                     });
                     break;
                 }
+                reader.position(&plan, partition, response.next_offset);
                 offset = response.next_offset;
             }
             Err(status) => {

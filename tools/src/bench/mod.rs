@@ -100,6 +100,26 @@ impl Clock {
     }
 }
 
+/// Which sequence numbers mod 100 `filter` matches on a bench message (key none,
+/// header `bench-pct`, a value that is not JSON).
+fn filter_matches(filter: &str) -> CliResult<Arc<validate::Matches>> {
+    let filter = tidelog_storage::Filter::parse(filter).map_err(|error| {
+        CliError::usage(
+            format!("--filter {error}"),
+            "see `tidelog consume --help` and the README (Filters) for the grammar",
+        )
+    })?;
+    let mut matches = [false; 100];
+    for (pct, slot) in matches.iter_mut().enumerate() {
+        let headers = [tidelog_storage::Header {
+            key: producer::PCT_HEADER.into(),
+            value: bytes::Bytes::from(pct.to_string()),
+        }];
+        *slot = filter.evaluate(None, &headers, b"\0bench").matches();
+    }
+    Ok(Arc::new(matches))
+}
+
 /// A run id: distinguishes this run's messages from earlier runs' in a reused topic.
 fn run_id() -> u32 {
     let nanos = SystemTime::now()
@@ -128,6 +148,9 @@ pub struct Outcome {
     pub consumers: Vec<stats::ActorResult>,
     /// Messages the consumers checked.
     pub checked: u64,
+    /// Messages of the log the consumers went through (read or skipped by a filter):
+    /// every partition's start to its target, once per consumer with --fanout.
+    pub log_messages: u64,
     pub validation: Errors,
     pub wall: Duration,
     pub client_cpu_seconds: Option<f64>,
@@ -311,6 +334,7 @@ async fn produce(
                 u64::from(run) << 16 | u64::from(id),
             )),
             clock,
+            tag: args.filter.is_some(),
         };
         tasks.push(tokio::spawn(producer::run(plan, channel, progress.clone())));
     }
@@ -536,6 +560,10 @@ async fn bench(kind: Kind, args: BenchArgs, server: &str) -> CliResult<Outcome> 
             .map_err(|s| broker.error(&context, &s))?;
     }
 
+    // With a filter: which of this run's messages it matches (by their sequence mod
+    // 100, the `bench-pct` header), for the validation.
+    let matches = args.filter.as_deref().map(filter_matches).transpose()?;
+
     // Consumers first, so an e2e run measures from the first message.
     let mut consumer_tasks = Vec::new();
     if kind.consumes() {
@@ -571,6 +599,8 @@ async fn bench(kind: Kind, args: BenchArgs, server: &str) -> CliResult<Outcome> 
                 run_filter: own_run.then_some(run),
                 latency: kind == Kind::E2e,
                 read_batch: args.read_batch,
+                filter: args.filter.clone().unwrap_or_default(),
+                matches: own_run.then(|| matches.clone()).flatten(),
                 idle_timeout: Duration::from_millis(args.idle_timeout),
                 clock,
                 targets: targets_rx.clone(),
@@ -621,13 +651,29 @@ async fn bench(kind: Kind, args: BenchArgs, server: &str) -> CliResult<Outcome> 
 
     // Validation of what was read.
     let mut checked = 0;
+    let mut log_messages = 0;
     if kind.consumes() {
         let targets = targets_tx.borrow().clone().unwrap_or_default();
+        log_messages = (0..partitions as usize)
+            .map(|p| {
+                targets
+                    .get(p)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(starts[p])
+            })
+            .sum::<u64>()
+            * if args.fanout {
+                u64::from(args.consumers)
+            } else {
+                1
+            };
         let expectation = |p: usize| Expectation {
             start: starts[p],
             end: targets.get(p).copied().unwrap_or(starts[p]),
             own_run: own_sent.is_some().then_some(run),
             sent: own_sent.as_ref().map(|s| s[p].clone()).unwrap_or_default(),
+            matches: own_sent.is_some().then(|| matches.clone()).flatten(),
         };
         for consumer in &consumers {
             validation.extend(consumer.errors.clone());
@@ -707,6 +753,7 @@ async fn bench(kind: Kind, args: BenchArgs, server: &str) -> CliResult<Outcome> 
         producers: producer_results,
         consumers: consumers.into_iter().map(|c| c.result).collect(),
         checked,
+        log_messages,
         validation,
         wall: wall.elapsed(),
         client_cpu_seconds,

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tidelog_proto::v1::publisher_client::PublisherClient;
 use tidelog_proto::v1::{
-    AckLevel, Message, MessageAck, PublishRequest, PublishStreamRequest, publish_stream_response,
+    AckLevel, Header as ProtoHeader, Message, MessageAck, PublishRequest, PublishStreamRequest,
+    publish_stream_response,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -56,7 +57,12 @@ pub struct ProducerPlan {
     pub interval: Option<Duration>,
     pub pool: Arc<Pool>,
     pub clock: Clock,
+    /// Give each message the header [`PCT_HEADER`] (its sequence mod 100), for filters.
+    pub tag: bool,
 }
+
+/// The header a bench message carries for `--filter`: its sequence number mod 100.
+pub const PCT_HEADER: &str = "bench-pct";
 
 /// What a producer did.
 #[derive(Debug)]
@@ -148,7 +154,14 @@ impl Batcher {
             .map(|i| Message {
                 key: Bytes::new(),
                 value: buffer.slice(i * size..(i + 1) * size),
-                headers: Vec::new(),
+                headers: if self.plan.tag {
+                    vec![ProtoHeader {
+                        key: PCT_HEADER.into(),
+                        value: Bytes::from(((first_sequence + i as u64) % 100).to_string()),
+                    }]
+                } else {
+                    Vec::new()
+                },
                 timestamp_ms: None,
                 ttl_ms: None,
                 partition: Some(partition),
@@ -518,7 +531,37 @@ mod tests {
             interval: None,
             pool: Arc::new(Pool::new(FillerKind::Random, 1)),
             clock: Clock::new(),
+            tag: false,
         }
+    }
+
+    #[test]
+    fn tagged_messages_carry_their_sequence_mod_100() {
+        let mut batcher = Batcher::new(ProducerPlan {
+            tag: true,
+            ..plan(1, Budget::Messages(250))
+        });
+        let mut tags = Vec::new();
+        while let Some(count) = batcher.next_count(Instant::now()) {
+            let (_, messages, _) = batcher.build(count, 7);
+            for m in &messages {
+                assert_eq!(m.headers.len(), 1);
+                assert_eq!(m.headers[0].key, PCT_HEADER);
+                tags.push(String::from_utf8(m.headers[0].value.to_vec()).unwrap());
+            }
+        }
+        let expected: Vec<String> = (0..250).map(|s: u64| (s % 100).to_string()).collect();
+        assert_eq!(tags, expected);
+        // Untagged messages (every bench without --filter) have no header.
+        let mut batcher = Batcher::new(plan(1, Budget::Messages(4)));
+        let count = batcher.next_count(Instant::now()).unwrap();
+        assert!(
+            batcher
+                .build(count, 7)
+                .1
+                .iter()
+                .all(|m| m.headers.is_empty())
+        );
     }
 
     #[test]

@@ -697,6 +697,7 @@ async fn bench(args: QueueBenchArgs, server: &str) -> CliResult<QueueOutcome> {
                 max_unacked_per_member: Some(args.max_unacked),
                 ..QueueConfig::default()
             }),
+            ..CreateQueueRequest::default()
         })
         .await
         .map_err(|s| crate::queue::queue_error(&broker, &context, &s))?;

@@ -190,6 +190,16 @@ fn human(outcome: &Outcome) -> String {
     text.push_str(
         "\nMB = 10^6 payload bytes; a total is all messages / the slowest actor's time.\n",
     );
+    if let Some(filter) = &args.filter {
+        let consumers = Totals::of(&outcome.consumers);
+        let seconds = consumers.slowest.as_secs_f64();
+        text.push_str(&format!(
+            "filter {filter}: {} of {} log messages matched; consumers went through the log at {} (log messages / the slowest consumer's time)\n",
+            consumers.messages,
+            outcome.log_messages,
+            format_rate(outcome.log_messages as f64 / seconds.max(1e-6)),
+        ));
+    }
     let mut latency = Vec::new();
     if !outcome.producers.is_empty() {
         latency.push(if args.rate.is_some() {
@@ -277,6 +287,7 @@ pub fn document(outcome: &Outcome) -> Value {
             "fanout": args.fanout,
             "fetch": args.fetch,
             "read_batch": args.read_batch,
+            "filter": args.filter,
             "idle_timeout_ms": args.idle_timeout,
             "client_threads": args.client_threads,
         },
@@ -292,6 +303,13 @@ pub fn document(outcome: &Outcome) -> Value {
         "prefill": outcome.prefill.as_ref().map(Totals::json),
         "producers": totals_json(&outcome.producers),
         "consumers": totals_json(&outcome.consumers),
+        "log": outcome.kind.consumes().then(|| {
+            let seconds = Totals::of(&outcome.consumers).slowest.as_secs_f64();
+            json!({
+                "messages": outcome.log_messages,
+                "messages_per_s": round2(outcome.log_messages as f64 / seconds.max(1e-6)),
+            })
+        }),
         "validation": {
             "ok": outcome.validation.is_empty(),
             "messages_checked": outcome.checked,

@@ -11,6 +11,12 @@
 //! expected offset range exactly once (no offset missing, none delivered twice) and
 //! that each producer's sequences continue across runs, start at 0 when the bench
 //! wrote the partition itself, and end at the count the producers were acked for.
+//!
+//! With a filter (`bench consume --filter`) the bench knows which sequences match (a
+//! [`Matches`] table over the `bench-pct` header, sequence mod 100): each message must
+//! be one of them, offsets and each producer's sequences only go up, no offset comes
+//! twice, and each producer's count is exactly the matching part of what it was acked
+//! for. Gaps are what the filter skipped.
 
 use std::collections::BTreeMap;
 
@@ -49,6 +55,16 @@ impl Errors {
     }
 }
 
+/// Which sequence numbers mod 100 a filter matches (`bench consume --filter`).
+pub type Matches = [bool; 100];
+
+/// How many of the sequences `0..sent` match.
+pub fn matching(matches: &Matches, sent: u64) -> u64 {
+    let per_hundred = matches.iter().filter(|m| **m).count() as u64;
+    let partial = (0..sent % 100).filter(|s| matches[*s as usize]).count() as u64;
+    sent / 100 * per_hundred + partial
+}
+
 /// One producer's sequences within a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Span {
@@ -56,6 +72,8 @@ struct Span {
     key: (u32, u32),
     first_sequence: u64,
     last_sequence: u64,
+    /// Messages in the span.
+    count: u64,
 }
 
 /// Consecutive offsets one consumer received from a partition.
@@ -74,6 +92,8 @@ pub struct PartitionCheck {
     /// Only messages of this bench run are expected (e2e, and consume of a topic the
     /// bench filled itself); `None` accepts any run.
     run_filter: Option<u32>,
+    /// With a filter on the bench's own run: the sequences it matches.
+    matches: Option<std::sync::Arc<Matches>>,
     runs: Vec<Run>,
     /// Index of the span the last message hit (producers send in batches, so the
     /// next message usually has the same producer).
@@ -90,12 +110,19 @@ impl PartitionCheck {
         PartitionCheck {
             partition,
             run_filter,
+            matches: None,
             runs: Vec::new(),
             last_span: 0,
             messages: 0,
             bytes: 0,
             errors: Errors::default(),
         }
+    }
+
+    /// Expects only the sequences `matches` selects (gaps are what a filter skipped).
+    pub fn filtered(mut self, matches: Option<std::sync::Arc<Matches>>) -> Self {
+        self.matches = matches;
+        self
     }
 
     /// Checks one message at `offset`; returns its header if it is a valid bench
@@ -153,7 +180,18 @@ impl PartitionCheck {
             });
             return None;
         }
+        if let Some(matches) = &self.matches
+            && !matches[(header.sequence % 100) as usize]
+        {
+            let sequence = header.sequence;
+            self.errors.push(|| {
+                format!(
+                    "partition {partition} offset {offset}: sequence {sequence} does not match the filter"
+                )
+            });
+        }
         let key = (header.run, header.producer);
+        let filtered = self.matches.is_some();
         let run = self
             .runs
             .last_mut()
@@ -167,14 +205,23 @@ impl PartitionCheck {
                 key,
                 first_sequence: header.sequence,
                 last_sequence: header.sequence,
+                count: 1,
             });
             self.last_span = run.spans.len() - 1;
             return Some(header);
         };
         self.last_span = index;
         let span = &mut run.spans[index];
+        span.count += 1;
         let expected = span.last_sequence.wrapping_add(1);
-        if header.sequence != expected {
+        if filtered && header.sequence <= span.last_sequence {
+            let (producer, got, last) = (header.producer, header.sequence, span.last_sequence);
+            self.errors.push(|| {
+                format!(
+                    "partition {partition} offset {offset}: producer {producer} sequence {got} after {last} (duplicated or reordered messages)"
+                )
+            });
+        } else if !filtered && header.sequence != expected {
             let (producer, got) = (header.producer, header.sequence);
             self.errors.push(|| {
                 format!(
@@ -199,6 +246,9 @@ pub struct Expectation {
     pub own_run: Option<u32>,
     /// Messages each producer (by id) was acked for in this partition.
     pub sent: BTreeMap<u32, u64>,
+    /// With a filter on the bench's own run: the sequences it matches. Gaps are then
+    /// expected; the counts are checked instead of the sequences' continuity.
+    pub matches: Option<std::sync::Arc<Matches>>,
 }
 
 /// Checks that `checks` (of one partition) together cover the expected range once
@@ -206,6 +256,13 @@ pub struct Expectation {
 /// `errors`.
 pub fn merge(checks: &[&PartitionCheck], expected: &Expectation, errors: &mut Errors) {
     let Some(partition) = checks.first().map(|c| c.partition) else {
+        if let Some(matches) = &expected.matches {
+            let want: u64 = expected.sent.values().map(|&s| matching(matches, s)).sum();
+            if want > 0 {
+                errors.push(|| format!("{want} messages matching the filter were never delivered"));
+            }
+            return;
+        }
         if expected.end > expected.start {
             errors.push(|| {
                 format!(
@@ -221,8 +278,15 @@ pub fn merge(checks: &[&PartitionCheck], expected: &Expectation, errors: &mut Er
     runs.sort_by_key(|r| (r.first_offset, r.next_offset));
     let mut cursor = expected.start;
     let mut last_sequence: BTreeMap<(u32, u32), u64> = BTreeMap::new();
+    let mut counts: BTreeMap<(u32, u32), u64> = BTreeMap::new();
+    let filtered = expected.matches.is_some();
     for run in &runs {
-        if run.first_offset > cursor {
+        for span in &run.spans {
+            *counts.entry(span.key).or_default() += span.count;
+        }
+        if filtered && run.first_offset >= cursor {
+            // A gap is what the filter skipped.
+        } else if run.first_offset > cursor {
             let (from, to) = (cursor, run.first_offset);
             errors.push(|| {
                 format!(
@@ -241,6 +305,9 @@ pub fn merge(checks: &[&PartitionCheck], expected: &Expectation, errors: &mut Er
             });
         }
         cursor = cursor.max(run.next_offset);
+        if filtered {
+            continue;
+        }
         for span in &run.spans {
             match last_sequence.get(&span.key) {
                 Some(&last) if span.first_sequence != last.wrapping_add(1) => {
@@ -264,6 +331,29 @@ pub fn merge(checks: &[&PartitionCheck], expected: &Expectation, errors: &mut Er
             }
             last_sequence.insert(span.key, span.last_sequence);
         }
+    }
+    if let (Some(matches), Some(run)) = (&expected.matches, expected.own_run) {
+        for (&producer, &sent) in &expected.sent {
+            let want = matching(matches, sent);
+            let seen = counts.get(&(run, producer)).copied().unwrap_or(0);
+            if seen != want {
+                errors.push(|| {
+                    format!(
+                        "partition {partition}: producer {producer} was acked for {sent} messages, {want} of which match the filter; consumers received {seen}"
+                    )
+                });
+            }
+        }
+        if cursor > expected.end {
+            let (from, to) = (expected.end, cursor);
+            errors.push(|| {
+                format!(
+                    "partition {partition}: offsets {} lie past the expected end",
+                    half_open(from, to)
+                )
+            });
+        }
+        return;
     }
     if cursor < expected.end {
         let (from, to) = (cursor, expected.end);
@@ -342,7 +432,72 @@ mod tests {
             end,
             own_run: Some(RUN),
             sent,
+            matches: None,
         }
+    }
+
+    #[test]
+    fn a_filtered_read_expects_exactly_the_matching_sequences() {
+        // 400 messages from 2 producers (200 each); the filter keeps sequences 7 and
+        // 50..=51 mod 100: 6 per producer.
+        let mut matches = [false; 100];
+        matches[7] = true;
+        matches[50] = true;
+        matches[51] = true;
+        assert_eq!(matching(&matches, 200), 6);
+        assert_eq!(matching(&matches, 151), 5);
+        let matches = std::sync::Arc::new(matches);
+        let log = log(400);
+        let kept: Vec<_> = log
+            .iter()
+            .filter(|(_, value)| {
+                let sequence = open(value).unwrap().sequence;
+                matches[(sequence % 100) as usize]
+            })
+            .cloned()
+            .collect();
+        let expected = Expectation {
+            matches: Some(matches.clone()),
+            ..expectation(400)
+        };
+        let filtered = |messages: &[(u64, Vec<u8>)]| {
+            let mut check = PartitionCheck::new(0, Some(RUN)).filtered(Some(matches.clone()));
+            for (offset, value) in messages {
+                check.message(*offset, value);
+            }
+            check
+        };
+        let check = filtered(&kept);
+        assert!(check.errors.is_empty(), "{:?}", check.errors);
+        let mut errors = Errors::default();
+        merge(&[&check], &expected, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        // One lost: the count says so.
+        let check = filtered(&kept[1..]);
+        let mut errors = Errors::default();
+        merge(&[&check], &expected, &mut errors);
+        assert!(
+            errors
+                .first
+                .iter()
+                .any(|e| e.contains("6 of which match the filter; consumers received 5")),
+            "{errors:?}"
+        );
+        // One that does not match, and one twice.
+        let mut wrong = kept.clone();
+        wrong.insert(1, log[14].clone());
+        wrong.insert(3, kept[2].clone());
+        let check = filtered(&wrong);
+        assert!(
+            check
+                .errors
+                .first
+                .iter()
+                .any(|e| e.contains("does not match the filter")),
+            "{:?}",
+            check.errors
+        );
+        assert!(check.errors.count >= 2, "{:?}", check.errors);
     }
 
     fn check(messages: &[(u64, Vec<u8>)]) -> PartitionCheck {

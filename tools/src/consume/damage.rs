@@ -120,6 +120,7 @@ pub(super) async fn probe_damage(
                 max_messages: 1,
                 max_bytes: 0,
                 max_wait_ms: 0,
+                ..FetchRequest::default()
             })
             .await;
         match probe {

@@ -57,6 +57,7 @@ pub(super) async fn consume_fetch(
                     max_messages: left.min(u64::from(FETCH_MESSAGES_MAX)) as u32,
                     max_bytes: 0,
                     max_wait_ms: 0,
+                    filter: args.filter.clone().unwrap_or_default(),
                 })
                 .await;
             let response = match fetched {

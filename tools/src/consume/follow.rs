@@ -73,6 +73,7 @@ pub(super) async fn consume_follow(
                 group: None,
                 reset_policy: reset_policy(args.offset_reset) as i32,
                 send_positioned: true,
+                filter: args.filter.clone().unwrap_or_default(),
                 ..request
             })
             .await;

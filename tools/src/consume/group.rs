@@ -84,6 +84,7 @@ pub(super) async fn consume_group(
         reset_policy: reset_policy(args.offset_reset) as i32,
         max_batch_messages: 0,
         max_batch_bytes: 0,
+        filter: args.filter.clone().unwrap_or_default(),
         ..SubscribeRequest::default()
     };
     // --from with a group: where partitions without a committed offset start

@@ -39,6 +39,7 @@ pub async fn run(broker: &Broker, command: QueueCommand, json: bool) -> CliResul
                         position: Some(start),
                     }),
                     config: Some(config_update(&args.config)),
+                    filter: args.filter.clone().unwrap_or_default(),
                 })
                 .await
                 .map_err(|s| queue_error(broker, &context, &s))?
@@ -52,6 +53,9 @@ pub async fn run(broker: &Broker, command: QueueCommand, json: bool) -> CliResul
                     "created queue {} on topic {} ({} ready)",
                     queue.name, queue.topic, queue.ready
                 ))?;
+                if !queue.filter.is_empty() {
+                    out.line(&format!("filter: {}", queue.filter))?;
+                }
                 out.text(&render_config(queue.config.as_ref()))?;
             }
         }
@@ -371,6 +375,9 @@ fn render_queue(queue: &QueueDescription) -> String {
     ]));
     text.push('\n');
     text.push_str(&render_config(queue.config.as_ref()));
+    if !queue.filter.is_empty() {
+        text.push_str(&render_pairs(&[("filter", queue.filter.clone())]));
+    }
     let mut table = Table::new(&[">PARTITION", ">SETTLED-BELOW", ">END", ">UNSETTLED"]);
     for p in &queue.partitions {
         table.row(vec![
@@ -441,6 +448,7 @@ pub fn queue_json(queue: &QueueDescription) -> Value {
         "oldest_unacked_age_ms": queue.oldest_unacked_age_ms,
         "members": members,
         "partitions": partitions,
+        "filter": queue.filter,
     })
 }
 
@@ -478,6 +486,7 @@ mod tests {
                 settled_below: 5,
                 end_offset: 17,
             }],
+            filter: r#"header.type == "order""#.into(),
         }
     }
 

@@ -429,6 +429,12 @@ pub struct QueueCreateArgs {
     #[arg(long, value_name = "POSITION", default_value = "latest", value_parser = queue_start)]
     pub from: QueueStart,
 
+    /// Deliver only the messages this filter matches (fixed for the queue's life); the
+    /// others are passed over as acked. Grammar as `tidelog consume --filter`, e.g.
+    /// 'header.type == "order" && json.amount >= 100'.
+    #[arg(long, value_name = "EXPR")]
+    pub filter: Option<String>,
+
     #[command(flatten)]
     pub config: QueueConfigArgs,
 }

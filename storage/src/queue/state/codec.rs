@@ -19,6 +19,7 @@
 //! | 11 | restore | `name`, `partition` u32, `offset` u64, pending | a pending message as it was (snapshots only) |
 //! | 12 | create (v2) | as 1, with config v2 | as 1 |
 //! | 13 | alter (v2) | as 2, with config v2 | as 2 |
+//! | 14 | create with a filter | the fields of 12, then `filter` str16 | as 12, for a queue whose config has a filter (12 has none) |
 //!
 //! **config**: `ack_deadline_ms` u64, `max_deliveries` u32 (0 = unlimited),
 //! `backoff_initial_ms` u64, `backoff_max_ms` u64, `dead_letter_topic` str16,
@@ -26,7 +27,8 @@
 //! **config v2**: config, then `history_attempts` u32, `history_retention_ms` u64.
 //! Kinds 1 and 2 (config without the history fields, read with the defaults: 10
 //! attempts, 7 days) are what builds before the delivery history wrote; this build
-//! writes 12 and 13 and reads all four.
+//! writes 12 (or 14) and 13 and reads all five. The config's `filter` is in none of
+//! them: it is fixed when the queue is created (kind 14) and an alter keeps it.
 //! **hold**: a tag u8 then: 1 = leased (`member` str16, `deadline_ms` i64); 2 =
 //! waiting (`due_ms` i64); 3 = delayed (`due_ms` i64).
 //! **pending**: `level` u8, `attempts` u32, hold, `first_delivery_ms` i64,
@@ -43,7 +45,7 @@ use super::config::{
 };
 use super::model::{Hold, Pending, QueueOp, Taken};
 use crate::error::{Error, Result};
-use crate::limits::{PRIORITY_LEVELS_MAX, TOPIC_NAME_BYTES_MAX};
+use crate::limits::{FILTER_BYTES_MAX, PRIORITY_LEVELS_MAX, TOPIC_NAME_BYTES_MAX};
 use crate::statelog::{DecodeError, LogOp, OpReader, put_str16};
 
 const KIND_CREATE: u8 = 1;
@@ -59,6 +61,7 @@ const KIND_PURGE: u8 = 10;
 const KIND_RESTORE: u8 = 11;
 const KIND_CREATE_V2: u8 = 12;
 const KIND_ALTER_V2: u8 = 13;
+const KIND_CREATE_FILTERED: u8 = 14;
 
 const HOLD_LEASED: u8 = 1;
 const HOLD_WAITING: u8 = 2;
@@ -86,6 +89,7 @@ fn read_config(r: &mut OpReader<'_>, v2: bool) -> Result<QueueConfig, DecodeErro
         max_unacked_per_member: r.u32("max_unacked_per_member")?,
         history_attempts: HISTORY_ATTEMPTS_DEFAULT,
         history_retention_ms: HISTORY_RETENTION_MS_DEFAULT,
+        filter: None,
     };
     if v2 {
         config.history_attempts = r.u32("history_attempts")?;
@@ -255,7 +259,10 @@ impl LogOp for QueueOp {
                 created_ms,
                 cursors,
             } => {
-                out.push(KIND_CREATE_V2);
+                out.push(match config.filter {
+                    None => KIND_CREATE_V2,
+                    Some(_) => KIND_CREATE_FILTERED,
+                });
                 put_str16(out, name);
                 put_str16(out, topic);
                 put_config(out, config);
@@ -267,6 +274,9 @@ impl LogOp for QueueOp {
                     for cursor in levels {
                         put_u64(out, *cursor);
                     }
+                }
+                if let Some(filter) = &config.filter {
+                    put_str16(out, filter);
                 }
             }
             QueueOp::Alter { name, config } => {
@@ -399,10 +409,10 @@ impl LogOp for QueueOp {
     fn decode(r: &mut OpReader<'_>) -> Result<Self, DecodeError> {
         let kind = r.u8("kind")?;
         Ok(match kind {
-            KIND_CREATE | KIND_CREATE_V2 => {
+            KIND_CREATE | KIND_CREATE_V2 | KIND_CREATE_FILTERED => {
                 let name = read_name(r)?;
                 let topic = r.str16("topic", 1, TOPIC_NAME_BYTES_MAX)?;
-                let config = read_config(r, kind == KIND_CREATE_V2)?;
+                let mut config = read_config(r, kind != KIND_CREATE)?;
                 let levels = read_levels(r)?;
                 let created_ms = r.i64("created_ms")?;
                 let item = 4 + 8 * usize::from(levels);
@@ -415,6 +425,9 @@ impl LogOp for QueueOp {
                         levels_cursors.push(r.u64("cursor")?);
                     }
                     cursors.push((partition, levels_cursors));
+                }
+                if kind == KIND_CREATE_FILTERED {
+                    config.filter = Some(r.str16("filter", 1, FILTER_BYTES_MAX)?);
                 }
                 QueueOp::Create {
                     name,

@@ -41,6 +41,10 @@ pub struct QueueConfig {
     pub history_attempts: u32,
     /// How long delivery history is kept; 0 = the queue records none.
     pub history_retention_ms: u64,
+    /// Only messages this filter ([`crate::filter`]) matches are delivered; the queue
+    /// passes over the others as settled. Set when the queue is created, never
+    /// altered (an alter keeps it).
+    pub filter: Option<String>,
 }
 
 impl QueueConfig {
@@ -57,6 +61,7 @@ impl QueueConfig {
             max_unacked_per_member: 1_000,
             history_attempts: HISTORY_ATTEMPTS_DEFAULT,
             history_retention_ms: HISTORY_RETENTION_MS_DEFAULT,
+            filter: None,
         }
     }
 
@@ -107,6 +112,10 @@ impl QueueConfig {
             0,
             HISTORY_RETENTION_MS_MAX,
         )?;
+        if let Some(filter) = &self.filter {
+            crate::filter::Filter::parse(filter)
+                .map_err(|e| Error::invalid(format!("filter {e}")))?;
+        }
         crate::config::validate_topic_name(&self.dead_letter_topic)
             .map_err(|e| Error::invalid(format!("dead_letter_topic: {e}")))
     }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use super::config::QueueConfig;
 use super::model::{Hold, Pending, Queue, QueueOp, QueuePartition};
 use crate::error::Result;
 use crate::statelog::{SnapshotWriter, StateMachine};
@@ -97,7 +98,9 @@ impl StateMachine for Queues {
             }
             QueueOp::Alter { name, config } => match self.queues.get_mut(&name) {
                 Some(queue) => {
-                    queue.config = config;
+                    // The filter is fixed at creation (an Alter does not carry it).
+                    let filter = queue.config.filter.take();
+                    queue.config = QueueConfig { filter, ..config };
                     1
                 }
                 None => 0,
