@@ -251,6 +251,13 @@ impl TopicConfig {
                 "queue_max_ready_bytes={}",
                 optional(self.queue_max_ready_bytes)
             );
+        }
+        // The policy is kept whether or not a cap is set yet (an operator may choose it
+        // first and set the caps later).
+        if self.queue_max_ready_messages.is_some()
+            || self.queue_max_ready_bytes.is_some()
+            || self.queue_overflow != QueueOverflow::Reject
+        {
             let _ = writeln!(out, "queue_overflow={}", self.queue_overflow.name());
         }
         out
@@ -377,6 +384,16 @@ mod tests {
         };
         let text = config.to_file(12);
         assert_eq!(TopicConfig::from_file(&text).unwrap(), (12, config));
+        // The overflow policy without a cap (found by fuzz/proto_requests).
+        let config = TopicConfig {
+            queue_max_ready_messages: None,
+            queue_overflow: QueueOverflow::DeadLetterOldest,
+            ..TopicConfig::default()
+        };
+        let text = config.to_file(1);
+        assert_eq!(TopicConfig::from_file(&text).unwrap(), (1, config));
+        // The default stays out of the file.
+        assert!(!TopicConfig::default().to_file(1).contains("queue_overflow"));
     }
 
     #[test]
