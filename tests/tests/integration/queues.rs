@@ -523,18 +523,27 @@ async fn three_workers_share_100000_messages_with_nacks_and_a_poison_message() {
     }
 
     // The dead letters, with their reasons.
-    let dlq = broker
-        .consumer()
-        .await
-        .fetch(FetchRequest {
-            topic: "work.dlq".into(),
-            max_messages: 10_000,
-            ..Default::default()
-        })
-        .await
-        .expect("the dead-letter topic exists")
-        .into_inner()
-        .messages;
+    // Every dead letter, following next_offset (one Fetch stops at its byte budget).
+    let mut dlq = Vec::new();
+    let mut consumer = broker.consumer().await;
+    let mut offset = 0;
+    loop {
+        let page = consumer
+            .fetch(FetchRequest {
+                topic: "work.dlq".into(),
+                offset,
+                max_messages: 10_000,
+                ..Default::default()
+            })
+            .await
+            .expect("the dead-letter topic exists")
+            .into_inner();
+        if page.messages.is_empty() {
+            break;
+        }
+        offset = page.next_offset;
+        dlq.extend(page.messages);
+    }
     let mut dead = BTreeSet::new();
     for letter in &dlq {
         let v = String::from_utf8(letter.value.to_vec()).unwrap();
