@@ -78,6 +78,10 @@ fn fsync_text(text: &str) -> Result<String, String> {
     fsync(text).map(|_| text.trim().to_string())
 }
 
+fn history_retention(text: &str) -> Result<u64, String> {
+    tidelog_storage::duration::parse_duration_ms(text).map_err(|e| e.to_string())
+}
+
 fn nonzero_duration(text: &str) -> Result<u64, String> {
     match crate::cli::duration(text)? {
         0 => Err("give a duration above 0 (e.g. 10s)".into()),
@@ -135,6 +139,11 @@ pub struct QueueBenchArgs {
     /// The queue's max unacked per member.
     #[arg(long, default_value_t = 1000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_unacked: u32,
+
+    /// The queue's delivery history retention (`0` records none: what the history
+    /// costs); default: the broker's.
+    #[arg(long, value_name = "DURATION", value_parser = history_retention)]
+    pub history_retention: Option<u64>,
 
     /// The queue's ack deadline.
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = nonzero_duration)]
@@ -695,6 +704,7 @@ async fn bench(args: QueueBenchArgs, server: &str) -> CliResult<QueueOutcome> {
             config: Some(QueueConfig {
                 ack_deadline_ms: Some(args.ack_deadline),
                 max_unacked_per_member: Some(args.max_unacked),
+                history_retention_ms: args.history_retention,
                 ..QueueConfig::default()
             }),
             ..CreateQueueRequest::default()
