@@ -272,3 +272,37 @@ fn overflow_passes_over_what_the_filter_skips_and_dead_letters_only_matches() {
     let status = queue_status(&store, "orders", 0).unwrap();
     assert_eq!(status.ready, 5);
 }
+
+#[test]
+fn a_message_the_filter_skips_says_filtered_in_its_status() {
+    use tidelog_storage::queue::inspect::{MessageAt, QueueState, message_at, queue_state};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let topic = store.create_topic("jobs", 1, visible_at_once()).unwrap();
+    let records: Vec<NewRecord> = (0..20).map(message).collect();
+    topic.partition(0).unwrap().append(&records).unwrap();
+    admin::create_queue(
+        &store,
+        "orders",
+        "jobs",
+        StartAt::Earliest,
+        filtered_config(r#"header.kind == "order""#),
+    )
+    .unwrap();
+    let state = |offset: u64| {
+        let at = message_at(&topic, 0, offset).unwrap();
+        assert!(matches!(at, MessageAt::Stored(_)));
+        queue_state(&store, "orders", 0, offset, &at, 0).unwrap()
+    };
+    // Before the queue scanned them: a match is ready, the others filtered.
+    assert_eq!(state(3), QueueState::Ready);
+    assert_eq!(state(4), QueueState::Filtered);
+    // After: the match is held by the member, the others still filtered, not settled.
+    let mut engine = QueueEngine::open(store.clone(), "orders").unwrap();
+    engine.member_joined("m");
+    let delivered = engine.deliver(&[("m".into(), 100)]).unwrap();
+    assert_eq!(delivered[0].1[0].record.offset, 3);
+    assert!(matches!(state(3), QueueState::Unacked { .. }));
+    assert_eq!(state(4), QueueState::Filtered);
+    assert_eq!(state(4).name(), "filtered");
+}

@@ -38,6 +38,7 @@ pub fn state_name(state: i32) -> &'static str {
         Ok(QueueDeliveryState::DeadLettered) => "dead-lettered",
         Ok(QueueDeliveryState::Expired) => "expired",
         Ok(QueueDeliveryState::Settled) => "settled",
+        Ok(QueueDeliveryState::Filtered) => "filtered",
         _ => "unknown",
     }
 }

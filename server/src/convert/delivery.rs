@@ -143,6 +143,7 @@ pub fn queue_status_to_proto(queue: &str, state: QueueState) -> pb::QueueDeliver
             S::Expired
         }
         QueueState::Settled => S::Settled,
+        QueueState::Filtered => S::Filtered,
     };
     status.state = kind as i32;
     status

@@ -95,6 +95,8 @@ pub enum QueueState {
     /// The queue settled it and no history says how: purged, or its history is past
     /// the queue's `history_retention` (or a crash took the last record).
     Settled,
+    /// The queue's filter does not match it: passed over as settled, never delivered.
+    Filtered,
 }
 
 impl QueueState {
@@ -109,6 +111,7 @@ impl QueueState {
             QueueState::DeadLettered { .. } => "dead-lettered",
             QueueState::Expired { .. } => "expired",
             QueueState::Settled => "settled",
+            QueueState::Filtered => "filtered",
         }
     }
 }
@@ -182,6 +185,14 @@ pub fn queue_state(
     let expired_state = QueueState::Expired {
         expires_at_ms: record.and_then(|r| r.expires_at_ms),
     };
+    // A message the queue's filter skips is never delivered (nor has a history).
+    if let (Some(record), Some(text)) = (record, queue.config.filter.as_deref())
+        && !expired
+        && crate::filter::Filter::parse(text)
+            .is_ok_and(|filter| filter.evaluate_record(record) != crate::filter::Verdict::Match)
+    {
+        return Ok(QueueState::Filtered);
+    }
     if !taken {
         if expired {
             return Ok(expired_state);
