@@ -271,7 +271,9 @@ pub fn topic_config_to_proto(config: &storage::TopicConfig) -> pb::TopicConfig {
             storage::QueueOverflow::Reject => pb::QueueOverflow::Reject,
             storage::QueueOverflow::DeadLetterOldest => pb::QueueOverflow::DeadLetterOldest,
         } as i32,
-        dedup_window_ms: config.dedup_window_ms,
+        // 0 = off, as a create takes it (absent would mean the default there), so a
+        // described config creates the same topic.
+        dedup_window_ms: Some(config.dedup_window_ms.unwrap_or(0)),
         assign_ids: config.assign_ids,
     }
 }

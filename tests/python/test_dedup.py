@@ -69,7 +69,8 @@ def test_assigned_ids_come_back_in_the_ack_and_with_the_message(broker: Broker) 
     described = broker.admin.DescribeTopic(pb.DescribeTopicRequest(name="events"),
                                            timeout=RPC_TIMEOUT)
     assert described.topic.config.assign_ids
-    assert not described.topic.config.HasField("dedup_window_ms"), "0 = off, absent when described"
+    assert described.topic.config.HasField("dedup_window_ms"), "always described"
+    assert described.topic.config.dedup_window_ms == 0, "0 = off, as a create takes it"
     fetched = broker.consumer.Fetch(pb.FetchRequest(topic="events", max_messages=2),
                                     timeout=RPC_TIMEOUT)
     assert [m.id for m in fetched.messages] == [a.id for a in acks]

@@ -360,7 +360,7 @@ fn config_json(config: Option<&TopicConfig>) -> Value {
         "max_message_bytes": c.max_message_bytes,
         "compression": compression_name(c.compression),
         "priority_levels": c.priority_levels.max(1),
-        "dedup_window_ms": c.dedup_window_ms,
+        "dedup_window_ms": c.dedup_window_ms.filter(|&w| w > 0),
         "assign_ids": c.assign_ids,
     })
 }
@@ -416,7 +416,11 @@ pub fn render_config(config: Option<&TopicConfig>) -> String {
         ("priority-levels", c.priority_levels.max(1).to_string()),
         (
             "dedup-window",
-            or(c.dedup_window_ms, format_duration_ms, "off"),
+            or(
+                c.dedup_window_ms.filter(|&w| w > 0),
+                format_duration_ms,
+                "off",
+            ),
         ),
         ("assign-ids", c.assign_ids.to_string()),
     ])
