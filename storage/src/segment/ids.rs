@@ -1,0 +1,557 @@
+//! A segment's message ids: [`collect_ids`] reads them from a log, the active
+//! segment keeps them in memory, and the id index (`.idindex`, storage/FORMAT.md) is
+//! written when the segment is sealed and read by [`Segment::find_by_id`].
+
+use super::*;
+
+/// What [`collect_ids`] found of a log's message ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdScan {
+    /// One per record with an id, in log order.
+    pub entries: Vec<IdEntry>,
+    /// Some batch failed its CRC (or its records did not decode): the ids in it are
+    /// unknown.
+    pub incomplete: bool,
+    /// Where the walk stopped: the end of the data, or a batch that cannot be
+    /// delimited (a torn tail, which the caller cuts before it uses the result).
+    pub valid_bytes: u64,
+    /// The offset after the last batch walked.
+    pub next_offset: u64,
+}
+
+/// The message ids in `data`, a segment's log starting at `base_offset`: the batches
+/// are walked as [`scan`] walks them (framing, offset continuity, CRC) and the records
+/// of each intact batch decoded (a zstd batch is decompressed). Fails only when the
+/// log holds more ids than an id index may ([`ID_INDEX_ENTRIES_MAX`]; the partition
+/// rolls before that, so only a log written otherwise can).
+pub fn collect_ids(data: &Bytes, base_offset: u64) -> Result<IdScan, FormatError> {
+    let mut scan = IdScan {
+        entries: Vec::new(),
+        incomplete: false,
+        valid_bytes: 0,
+        next_offset: base_offset,
+    };
+    let end = data.len() as u64;
+    while scan.valid_bytes < end {
+        let position = scan.valid_bytes;
+        let rest = &data[position as usize..];
+        let (header, intact) = match check_batch_at(rest, scan.next_offset) {
+            Ok(header) => (header, true),
+            Err(BatchProblem::BadContents(header, _)) => (header, false),
+            Err(BatchProblem::Unframed(_)) => break,
+        };
+        let length = header.batch_length as usize;
+        if !intact {
+            scan.incomplete = true;
+        } else {
+            let bytes = data.slice(position as usize..position as usize + length);
+            match batch_ids(&bytes, &header, position, base_offset, &mut scan.entries) {
+                Ok(()) => {}
+                Err(BatchIds::Undecodable) => scan.incomplete = true,
+                Err(BatchIds::TooMany) => {
+                    return Err(FormatError::Invalid(format!(
+                        "the segment holds more than {ID_INDEX_ENTRIES_MAX} message ids, over \
+                         what an id index may hold"
+                    )));
+                }
+            }
+        }
+        scan.valid_bytes = position + length as u64;
+        scan.next_offset = header.next_offset();
+    }
+    Ok(scan)
+}
+
+enum BatchIds {
+    Undecodable,
+    TooMany,
+}
+
+/// Adds the ids of one CRC-checked batch (at `position` of a segment starting at
+/// `base_offset`) to `out`.
+fn batch_ids(
+    bytes: &Bytes,
+    header: &BatchHeader,
+    position: u64,
+    base_offset: u64,
+    out: &mut Vec<IdEntry>,
+) -> Result<(), BatchIds> {
+    let records = RecordIter::new(bytes, header).map_err(|_| BatchIds::Undecodable)?;
+    for record in records {
+        let record = record.map_err(|_| BatchIds::Undecodable)?;
+        let Some(id) = &record.id else { continue };
+        if out.len() >= ID_INDEX_ENTRIES_MAX as usize {
+            return Err(BatchIds::TooMany);
+        }
+        let (Ok(relative_offset), Ok(position)) = (
+            u32::try_from(record.offset - base_offset),
+            u32::try_from(position),
+        ) else {
+            return Err(BatchIds::Undecodable);
+        };
+        out.push(IdEntry {
+            hash: idindex::hash_id(id),
+            relative_offset,
+            position,
+        });
+    }
+    Ok(())
+}
+
+impl IdState {
+    pub(super) fn sealed() -> Self {
+        IdState {
+            ids: Ids::Sealed {
+                table: None,
+                pinned: false,
+            },
+            removed: false,
+        }
+    }
+}
+
+/// What [`Segment::find_by_id`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdLookup {
+    /// The newest record with the id that is visible and not expired.
+    pub record: Option<Record>,
+    /// Some batch of the segment failed its CRC, so its ids are unknown: finding
+    /// nothing here proves nothing.
+    pub incomplete: bool,
+}
+
+/// The entries a lookup checks, taken out of the segment's lock.
+enum IdSource {
+    Table(IdTable),
+    /// Newest first.
+    List(Vec<IdEntry>, bool),
+}
+
+impl Segment {
+    fn lock_ids(&self) -> std::sync::MutexGuard<'_, IdState> {
+        self.ids.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn id_index_path(&self) -> PathBuf {
+        segment_path(&self.dir, self.base_offset, ID_INDEX_SUFFIX)
+    }
+
+    /// Records the ids of a batch appended at `position` (active segment only): one
+    /// `(index in the batch, hash of the id)` per record with an id, the batch's first
+    /// record at `relative_base` from the segment's base offset.
+    pub fn add_ids(&self, position: u64, relative_base: u32, ids: &[(u32, u64)]) {
+        if ids.is_empty() {
+            return;
+        }
+        if let Ids::Open { appended, .. } = &mut self.lock_ids().ids {
+            appended.extend(ids.iter().map(|&(index, hash)| IdEntry {
+                hash,
+                relative_offset: relative_base + index,
+                position: position as u32,
+            }));
+        }
+    }
+
+    /// Forgets the id index for good: retention is removing the segment's files, and a
+    /// lookup still holding the segment must not write the index again.
+    pub fn mark_removed(&self) {
+        self.lock_ids().removed = true;
+    }
+
+    /// Writes the `.idindex` of the segment `summary` describes (fsynced and renamed
+    /// into place; the directory fsync is the caller's) when its ids are all known.
+    /// With `seal`, lookups use the file from now on and the memory is freed; else (a
+    /// clean close of the active segment) the ids stay in memory.
+    ///
+    /// The index is derived from the log: an error leaves the ids in memory for
+    /// lookups and the file for recovery to write. When the ids of bytes there before
+    /// the partition opened are only in the log (no clean close wrote them), nothing is
+    /// written: decoding a segment here would hold up the group commit, and a lookup or
+    /// the next recovery builds the file from the log instead.
+    pub fn write_id_index(&self, summary: &SegmentSummary, seal: bool) -> Result<()> {
+        let mut state = self.lock_ids();
+        let removed = state.removed;
+        let Ids::Open {
+            prefix_bytes,
+            appended,
+            incomplete,
+        } = &mut state.ids
+        else {
+            return Ok(());
+        };
+        if *prefix_bytes > 0 {
+            match load_id_index(&*self.fs, &self.dir, self.base_offset, *prefix_bytes, None) {
+                Ok(table) => {
+                    let mut all: Vec<IdEntry> = table.iter().collect();
+                    all.append(appended);
+                    *appended = all;
+                    *incomplete |= table.incomplete();
+                    *prefix_bytes = 0;
+                }
+                Err(_) => {
+                    if seal {
+                        state.ids = Ids::Sealed {
+                            table: None,
+                            pinned: false,
+                        };
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        let incomplete = *incomplete;
+        let mut entries = if seal {
+            std::mem::take(appended)
+        } else {
+            appended.clone()
+        };
+        let bytes = idindex::encode(
+            self.base_offset,
+            summary.log_bytes,
+            summary.next_offset,
+            incomplete,
+            &mut entries,
+        );
+        let written = if removed {
+            Ok(())
+        } else {
+            fsutil::replace_file(&*self.fs, &self.id_index_path(), &bytes)
+        };
+        if seal {
+            state.ids = match &written {
+                Ok(()) => Ids::Sealed {
+                    table: None,
+                    pinned: false,
+                },
+                Err(_) => Ids::Sealed {
+                    table: Some(IdTable::from_entries(entries, incomplete)),
+                    pinned: true,
+                },
+            };
+        }
+        written
+    }
+
+    /// The newest record of this segment whose id is `id` (`hash` is its
+    /// [`idindex::hash_id`]) with an offset below `end_offset` in bytes below
+    /// `end_position` (what readers may see), that has not expired at `now_ms`.
+    ///
+    /// A sealed segment's `.idindex` is mapped and validated on first use; one that is
+    /// missing, damaged or stale is rebuilt from the log (and written again), so a
+    /// lookup never trusts a wrong index. Every candidate record is read and its id
+    /// compared, so the answer is exact.
+    pub fn find_by_id(
+        &self,
+        id: &[u8],
+        hash: u64,
+        end_offset: u64,
+        end_position: u64,
+        now_ms: i64,
+    ) -> Result<IdLookup> {
+        let source = {
+            let mut state = self.lock_ids();
+            match state.ids {
+                Ids::Open { .. } => {
+                    let (list, incomplete) = self.open_candidates(&mut state, hash)?;
+                    IdSource::List(list, incomplete)
+                }
+                Ids::Sealed { .. } => IdSource::Table(self.sealed_table(&mut state)?),
+            }
+        };
+        let (candidates, incomplete): (Box<dyn Iterator<Item = IdEntry> + '_>, bool) = match &source
+        {
+            IdSource::Table(table) => (Box::new(table.candidates(hash)), table.incomplete()),
+            IdSource::List(list, incomplete) => (Box::new(list.iter().copied()), *incomplete),
+        };
+        for entry in candidates {
+            if self.base_offset + u64::from(entry.relative_offset) >= end_offset {
+                continue;
+            }
+            let record = self.record_at(entry, end_position)?;
+            if record.id.as_deref() != Some(id)
+                || record.expires_at_ms.is_some_and(|at| at <= now_ms)
+            {
+                continue;
+            }
+            return Ok(IdLookup {
+                record: Some(record),
+                incomplete,
+            });
+        }
+        Ok(IdLookup {
+            record: None,
+            incomplete,
+        })
+    }
+
+    /// The active segment's entries with this hash, newest first, after reading the
+    /// ids of the bytes there before the partition opened if that is still to do.
+    fn open_candidates(&self, state: &mut IdState, hash: u64) -> Result<(Vec<IdEntry>, bool)> {
+        let Ids::Open {
+            prefix_bytes,
+            appended,
+            incomplete,
+        } = &mut state.ids
+        else {
+            return Ok((Vec::new(), false));
+        };
+        if *prefix_bytes > 0 {
+            let (mut all, prefix_incomplete) =
+                match load_id_index(&*self.fs, &self.dir, self.base_offset, *prefix_bytes, None) {
+                    Ok(table) => (table.iter().collect::<Vec<_>>(), table.incomplete()),
+                    Err(_) => {
+                        let data = self.visible_bytes(*prefix_bytes)?;
+                        let scan = collect_ids(&data, self.base_offset)
+                            .map_err(|e| Error::corrupt(self.log_path(), 0, e.to_string()))?;
+                        let incomplete = scan.incomplete || scan.valid_bytes < *prefix_bytes;
+                        (scan.entries, incomplete)
+                    }
+                };
+            all.append(appended);
+            *appended = all;
+            *incomplete |= prefix_incomplete;
+            *prefix_bytes = 0;
+        }
+        let mut found: Vec<IdEntry> = appended
+            .iter()
+            .filter(|e| e.hash == hash)
+            .copied()
+            .collect();
+        found.sort_unstable_by_key(|b| std::cmp::Reverse(b.relative_offset));
+        Ok((found, *incomplete))
+    }
+
+    /// A sealed segment's id table: loaded already, or mapped from its `.idindex` and
+    /// validated against the segment, or else rebuilt from the log and written again.
+    fn sealed_table(&self, state: &mut IdState) -> Result<IdTable> {
+        if let Ids::Sealed {
+            table: Some(table), ..
+        } = &state.ids
+        {
+            return Ok(table.clone());
+        }
+        let summary = self.summary();
+        let loaded = load_id_index(
+            &*self.fs,
+            &self.dir,
+            self.base_offset,
+            summary.log_bytes,
+            Some(summary.next_offset),
+        );
+        let (table, pinned) = match loaded {
+            Ok(table) => (table, false),
+            Err(reason) => {
+                tracing::warn!(file = %self.id_index_path().display(), %reason, "the id index cannot be used; rebuilding it from the log");
+                let data = self.visible_bytes(summary.log_bytes)?;
+                let scan = collect_ids(&data, self.base_offset)
+                    .map_err(|e| Error::corrupt(self.log_path(), 0, e.to_string()))?;
+                let incomplete = scan.incomplete || scan.valid_bytes < summary.log_bytes;
+                let mut entries = scan.entries;
+                let bytes = idindex::encode(
+                    self.base_offset,
+                    summary.log_bytes,
+                    summary.next_offset,
+                    incomplete,
+                    &mut entries,
+                );
+                let written = if state.removed {
+                    Ok(())
+                } else {
+                    fsutil::replace_file(&*self.fs, &self.id_index_path(), &bytes)
+                        .and_then(|()| fsutil::sync_dir(&*self.fs, &self.dir))
+                };
+                if let Err(error) = &written {
+                    tracing::warn!(file = %self.id_index_path().display(), %error, "could not write a rebuilt id index; it stays in memory and recovery writes it");
+                }
+                (IdTable::from_entries(entries, incomplete), written.is_err())
+            }
+        };
+        state.ids = Ids::Sealed {
+            table: Some(table.clone()),
+            pinned,
+        };
+        // Counted among the mappings, so eviction frees it with the log's.
+        self.newly_mapped.store(true, Ordering::Release);
+        Ok(table)
+    }
+
+    /// The record an id index entry names, read from the log's visible bytes. An entry
+    /// that leads to no such record is corruption of the index or of the log.
+    fn record_at(&self, entry: IdEntry, end_position: u64) -> Result<Record> {
+        let position = u64::from(entry.position);
+        let offset = self.base_offset + u64::from(entry.relative_offset);
+        let corrupt = |file: PathBuf, reason: String| Error::corrupt(file, position, reason);
+        if position >= end_position {
+            return Err(corrupt(
+                self.id_index_path(),
+                format!(
+                    "the id index puts offset {offset} at position {position}, past the end of the log ({end_position})"
+                ),
+            ));
+        }
+        let data = self.visible_bytes(end_position)?;
+        let rest = data.slice(position as usize..);
+        let header =
+            BatchHeader::parse(&rest).map_err(|e| corrupt(self.log_path(), e.to_string()))?;
+        let length = header.batch_length as usize;
+        if rest.len() < length {
+            return Err(corrupt(
+                self.log_path(),
+                "batch runs past the visible end of the segment".into(),
+            ));
+        }
+        if offset < header.base_offset || offset > header.last_offset() {
+            return Err(corrupt(
+                self.id_index_path(),
+                format!(
+                    "the id index puts offset {offset} in the batch at position {position}, which holds offsets {}..={}; stop the broker and run `tidelog segment repair` to rewrite the id index",
+                    header.base_offset,
+                    header.last_offset()
+                ),
+            ));
+        }
+        let bytes = rest.slice(..length);
+        if !batch::verify_crc(&bytes, &header) {
+            return Err(corrupt(
+                self.log_path(),
+                format!(
+                    "CRC mismatch in the batch holding offsets {}..={}",
+                    header.base_offset,
+                    header.last_offset()
+                ),
+            ));
+        }
+        let records = RecordIter::new(&bytes, &header)
+            .map_err(|e| corrupt(self.log_path(), e.to_string()))?;
+        for record in records {
+            let record = record.map_err(|e| corrupt(self.log_path(), e.to_string()))?;
+            if record.offset == offset {
+                return Ok(record);
+            }
+        }
+        Err(corrupt(
+            self.id_index_path(),
+            format!("the id index names offset {offset}, which its batch does not hold"),
+        ))
+    }
+}
+
+/// Maps and validates a segment's `.idindex` for a log of `log_bytes` bytes starting at
+/// `base_offset` (and ending at `next_offset`, when known). `Err` says why it cannot
+/// be used: missing, unreadable, damaged, or describing another log.
+pub fn load_id_index(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    base_offset: u64,
+    log_bytes: u64,
+    next_offset: Option<u64>,
+) -> std::result::Result<IdTable, String> {
+    let path = segment_path(dir, base_offset, ID_INDEX_SUFFIX);
+    let len = match fs.metadata(&path) {
+        Ok(metadata) => metadata.len,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("missing".into()),
+        Err(e) => return Err(format!("cannot read it: {e}")),
+    };
+    if len > ID_INDEX_FILE_BYTES_MAX {
+        return Err(format!("{len} bytes is longer than any id index"));
+    }
+    if len < idindex::HEADER_BYTES as u64 {
+        return Err(format!("{len} bytes is shorter than an id index header"));
+    }
+    let bytes = fs
+        .map(&path, len as usize)
+        .map_err(|e| format!("cannot map it: {e}"))?;
+    let (header, table) = idindex::decode(&bytes).map_err(|e| e.to_string())?;
+    id_index_describes(&header, base_offset, log_bytes, next_offset)?;
+    Ok(table)
+}
+
+/// Whether an id index header describes the log `[base_offset, next_offset)` of
+/// `log_bytes` bytes; `Err` says how it does not.
+pub fn id_index_describes(
+    header: &idindex::IdIndexHeader,
+    base_offset: u64,
+    log_bytes: u64,
+    next_offset: Option<u64>,
+) -> std::result::Result<(), String> {
+    if header.base_offset != base_offset {
+        return Err(format!(
+            "it is for the segment at offset {}, not {base_offset}",
+            header.base_offset
+        ));
+    }
+    if header.log_bytes != log_bytes {
+        return Err(format!(
+            "it describes {} bytes of log, the log has {log_bytes}",
+            header.log_bytes
+        ));
+    }
+    if let Some(next_offset) = next_offset
+        && header.next_offset != next_offset
+    {
+        return Err(format!(
+            "it describes offsets up to {}, the log ends at {next_offset}",
+            header.next_offset
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that a sealed segment's `.idindex` is present and that its header (read
+/// alone, 48 bytes) describes the log: what recovery checks on open. The entries are
+/// checked when first used. `Err` says why it must be written again.
+pub fn check_id_index_header(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    base_offset: u64,
+    log_bytes: u64,
+    next_offset: u64,
+) -> std::result::Result<(), String> {
+    let path = segment_path(dir, base_offset, ID_INDEX_SUFFIX);
+    let bytes = match fs.read_file(&path, idindex::HEADER_BYTES as u64) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("missing".into()),
+        Err(e) => return Err(format!("cannot read it: {e}")),
+    };
+    let header = idindex::decode_header(&bytes).map_err(|e| e.to_string())?;
+    id_index_describes(&header, base_offset, log_bytes, Some(next_offset))?;
+    let len = fs
+        .metadata(&path)
+        .map_err(|e| format!("cannot read its size: {e}"))?
+        .len;
+    if len != header.file_bytes() {
+        return Err(format!(
+            "it is {len} bytes, its header says {}",
+            header.file_bytes()
+        ));
+    }
+    Ok(())
+}
+
+/// Builds the `.idindex` of a segment from its log and writes it (fsynced and renamed
+/// into place; the directory fsync is the caller's). What recovery and repair do for a
+/// sealed segment whose id index is missing or invalid.
+pub fn rebuild_id_index(fs: &dyn FileSystem, dir: &Path, base_offset: u64) -> Result<()> {
+    let path = segment_path(dir, base_offset, LOG_SUFFIX);
+    let log_bytes = fs
+        .metadata(&path)
+        .ctx(|| format!("reading the size of {}", path.display()))?
+        .len;
+    let data = fs
+        .map(&path, log_bytes as usize)
+        .ctx(|| format!("mapping {}", path.display()))?;
+    let data = data.slice(..(log_bytes as usize).min(data.len()));
+    let scan =
+        collect_ids(&data, base_offset).map_err(|e| Error::corrupt(&path, 0, e.to_string()))?;
+    let mut entries = scan.entries;
+    // Bytes that cannot be delimited (damage the plan keeps) hide their ids too.
+    let incomplete = scan.incomplete || scan.valid_bytes < log_bytes;
+    let bytes = idindex::encode(
+        base_offset,
+        log_bytes,
+        scan.next_offset,
+        incomplete,
+        &mut entries,
+    );
+    fsutil::replace_file(fs, &segment_path(dir, base_offset, ID_INDEX_SUFFIX), &bytes)
+}
