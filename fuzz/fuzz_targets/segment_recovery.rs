@@ -15,7 +15,7 @@ use libfuzzer_sys::fuzz_target;
 use tidelog_storage::batch::{self, BatchHeader};
 use tidelog_storage::checkpoint::{self, Checkpoint};
 use tidelog_storage::recovery::{
-    self, Action, Content, Observation, Observed, Outcome, PlanOptions,
+    self, Action, Content, IdIndexState, Observation, Observed, Outcome, PlanOptions,
 };
 use tidelog_storage::segment::{self, SegmentState};
 
@@ -109,6 +109,11 @@ fn plan_invariants(data: &[u8]) {
                     trusted,
                 )),
                 index_stale: control[11] & 1 == 1,
+                id_index: match (control[11] >> 1) & 3 {
+                    0 => IdIndexState::NotChecked,
+                    1 => IdIndexState::Valid,
+                    _ => IdIndexState::Invalid("damaged (fuzz)".into()),
+                },
             }
         })
         .collect();
