@@ -6,7 +6,6 @@
 //! SIGTERM, and short bench runs.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -14,60 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tidelog_tests::{TestBroker, tidelog_command};
 
-/// Exit code, stdout and stderr of one `tidelog` run.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn ok(self, what: &str) -> Run {
-        assert_eq!(
-            self.code, 0,
-            "tidelog {what} failed ({}):\nstdout: {}\nstderr: {}",
-            self.code, self.stdout, self.stderr
-        );
-        self
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
-    }
-
-    fn json_lines(&self) -> Vec<Value> {
-        self.stdout
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .collect()
-    }
-}
-
-fn cli_with_input(broker: &TestBroker, args: &[&str], input: &[u8]) -> Run {
-    let mut child = tidelog_command()
-        .arg("--server")
-        .arg(broker.endpoint())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting tidelog");
-    let mut stdin = child.stdin.take().expect("stdin is piped");
-    let input = input.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let output = child.wait_with_output().expect("waiting for tidelog");
-    let _ = writer.join();
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
+use super::cli::{Run, cli_with_input};
 
 fn cli(broker: &TestBroker, args: &[&str]) -> Run {
     cli_with_input(broker, args, b"")
