@@ -708,3 +708,195 @@ fn bench_queue_acks_every_message_exactly_once() {
     let queues = cli(&broker, &["queue", "list", "--json"]).ok("list").json();
     assert_eq!(queues["queues"].as_array().unwrap().len(), 0, "{queues:#}");
 }
+
+/// `tidelog segment verify` and `repair` check the queue state log and the delivery
+/// history files as the broker reads them: clean after real use; a torn history tail
+/// and a damaged queue state record are named with what the broker does about each;
+/// tidelogd does refuse to start on the damaged queue state, repair cuts the torn tail
+/// on its own and the damage only with --force, and the broker then starts and serves
+/// the queue.
+#[test]
+fn segment_verify_and_repair_cover_the_queue_state_and_its_history() {
+    let mut broker = TestBroker::start();
+    topic_with(&broker, "jobs", 1, &values(20), &[]);
+    cli(
+        &broker,
+        &[
+            "queue", "create", "q", "--topic", "jobs", "--from", "earliest",
+        ],
+    )
+    .ok("create");
+    cli(&broker, &["queue", "consume", "q", "-n", "5"]).ok("consume -n 5");
+    broker.stop();
+    let data = broker.data_dir();
+    let data_arg = data.to_str().unwrap();
+
+    let verify = |force_json: bool| {
+        let mut args = vec!["segment", "verify", data_arg];
+        if force_json {
+            args.push("--json");
+        }
+        cli(&broker, &args)
+    };
+    let clean = verify(true).ok("verify");
+    let report = clean.json();
+    let kinds = |report: &Value| -> Vec<(String, String, usize)> {
+        report["state_logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                let file = l["file"].as_str().unwrap();
+                let name = file.rsplit('/').next().unwrap().to_string();
+                (
+                    l["kind"].as_str().unwrap().to_string(),
+                    name,
+                    l["problems"].as_array().unwrap().len(),
+                )
+            })
+            .collect()
+    };
+    let logs = kinds(&report);
+    assert!(
+        logs.iter()
+            .any(|(k, n, p)| k == "queues" && n == "queues.statelog" && *p == 0),
+        "{report:#}"
+    );
+    let history: Vec<&(String, String, usize)> =
+        logs.iter().filter(|(k, _, _)| k == "history").collect();
+    assert!(
+        !history.is_empty(),
+        "delivery history files are checked: {report:#}"
+    );
+    assert!(history.iter().all(|(_, _, p)| *p == 0), "{report:#}");
+    let human = verify(false).ok("verify");
+    assert!(
+        human.stdout.contains("1 queue state log")
+            && human.stdout.contains("delivery history file"),
+        "{}",
+        human.stdout
+    );
+
+    // A torn history tail and a damaged (not torn) queue state record.
+    let history_dir = data.join("state/history/q");
+    let history_file = std::fs::read_dir(&history_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "history"))
+        .expect("a history file");
+    let bytes = std::fs::read(&history_file).unwrap();
+    std::fs::write(&history_file, &bytes[..bytes.len() - 1]).unwrap();
+    let queues_log = data.join("state/queues/queues.statelog");
+    let mut bytes = std::fs::read(&queues_log).unwrap();
+    // Record boundaries (storage/FORMAT.md, "State logs": a u32 body length, a u32 CRC,
+    // the body).
+    let mut starts = vec![0usize];
+    while let Some(len) = bytes
+        .get(*starts.last().unwrap()..)
+        .and_then(|rest| rest.get(..4))
+    {
+        let next =
+            starts.last().unwrap() + 8 + u32::from_le_bytes(len.try_into().unwrap()) as usize;
+        if next >= bytes.len() {
+            break;
+        }
+        starts.push(next);
+    }
+    assert!(starts.len() >= 3, "create, deliveries and acks: {starts:?}");
+    // Inside the second record's body (the first creates the queue); intact records
+    // follow it, so this is damage, not a torn tail.
+    let cut_at = starts[1];
+    bytes[cut_at + 12] ^= 0x40;
+    std::fs::write(&queues_log, &bytes).unwrap();
+
+    let damaged = verify(false);
+    assert_eq!(damaged.code, 1, "{}\n{}", damaged.stdout, damaged.stderr);
+    assert!(
+        damaged
+            .stdout
+            .contains("tidelogd refuses to start while the queue state is damaged"),
+        "{}",
+        damaged.stdout
+    );
+    assert!(
+        damaged.stdout.contains("torn tail")
+            && damaged.stdout.contains("reads of the history stop there"),
+        "{}",
+        damaged.stdout
+    );
+    let report = verify(true).json();
+    assert_eq!(report["clean"], false, "{report:#}");
+
+    // The broker does refuse the damaged queue state.
+    let mut refused = std::process::Command::new(tidelog_tests::tidelogd_bin())
+        .args(["--data-dir", data_arg])
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = refused.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tidelogd started on a damaged queue state log"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(refused.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("queues.statelog"), "{stderr}");
+
+    // Without --force only the torn tail is cut; with it, the damage too.
+    let repair = cli(&broker, &["segment", "repair", data_arg]);
+    assert_eq!(repair.code, 1, "{}\n{}", repair.stdout, repair.stderr);
+    assert!(
+        std::fs::read_dir(&history_dir).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains(".torn-at-")),
+        "the torn bytes are kept beside the history file"
+    );
+    let report = verify(true).json();
+    let problems: Vec<(String, String, usize)> = kinds(&report)
+        .into_iter()
+        .filter(|(_, _, p)| *p > 0)
+        .collect();
+    assert_eq!(problems.len(), 1, "{report:#}");
+    assert_eq!(problems[0].0, "queues", "{report:#}");
+    cli(&broker, &["segment", "repair", data_arg, "--force"]).ok("repair --force");
+    verify(false).ok("verify after repair --force");
+    assert!(
+        std::fs::read_dir(data.join("state/queues"))
+            .unwrap()
+            .any(|e| e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains(".torn-at-")),
+        "the cut queue state bytes are kept beside the log"
+    );
+
+    let kept = std::fs::metadata(&queues_log).unwrap().len();
+    assert_eq!(kept, cut_at as u64, "cut where the damage begins");
+
+    // The broker starts again with the queue as its first record made it: the acks
+    // recorded after the cut are lost, so all 20 messages are delivered again.
+    broker.restart();
+    let again = cli(&broker, &["queue", "consume", "q", "--json"]).ok("consume");
+    let mut seen: Vec<String> = again
+        .json_lines()
+        .iter()
+        .map(|l| l["value"].as_str().unwrap().to_string())
+        .collect();
+    seen.sort();
+    let mut all = values(20);
+    all.sort();
+    assert_eq!(seen, all, "{}", again.stdout);
+    broker.stop();
+}

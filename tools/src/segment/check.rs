@@ -18,6 +18,8 @@ use tidelog_storage::batch::BatchHeader;
 use tidelog_storage::checkpoint::{self, Checkpoint};
 use tidelog_storage::index::{self, SegmentSummary};
 use tidelog_storage::offsets::{OffsetOp, Offsets};
+use tidelog_storage::queue::history::HistoryEvent;
+use tidelog_storage::queue::state::{QueueOp, Queues};
 use tidelog_storage::recovery::{
     self, Action, Content, Depth, IdIndexState, Observation, Observed, PlanOptions, RecoveryPlan,
     Verdict,
@@ -27,7 +29,7 @@ use tidelog_storage::segment::{
 };
 use tidelog_storage::statelog::{self, ScanEnd, StateMachine};
 
-use super::layout::segment_bases;
+use super::layout::{StateLogFile, StateLogKind, segment_bases};
 use crate::error::{CliError, CliResult};
 
 /// Largest log file read whole: the longest segment file the engine writes.
@@ -555,10 +557,11 @@ fn summary_mismatch(file: &SegmentSummary, log: &SegmentSummary) -> Option<Strin
     None
 }
 
-/// What a check of a consumer offsets log found.
+/// What a check of a state log (offsets, queue state or delivery history) found.
 #[derive(Debug)]
-pub struct OffsetsLogCheck {
+pub struct StateLogCheck {
     pub path: PathBuf,
+    pub kind: StateLogKind,
     pub log_bytes: u64,
     pub records: u64,
     /// Bytes of whole, valid records from the start.
@@ -566,49 +569,92 @@ pub struct OffsetsLogCheck {
     /// Whether what follows `valid_bytes` is a torn tail (else corruption).
     pub torn: bool,
     pub findings: Vec<Finding>,
-    /// The committed offsets the valid records leave: (group, topic, partition) ->
-    /// next offset to consume.
+    /// For an offsets log: the committed offsets the valid records leave:
+    /// (group, topic, partition) -> next offset to consume. Empty for other kinds.
     pub committed: BTreeMap<(String, String, u32), u64>,
 }
 
-/// Replays an offsets log the way the broker does, with the engine's own scan
-/// ([`statelog::scan_image`]): a damaged record is a torn tail only if no intact record
-/// follows it and no more bytes than one record do; anything else is corruption.
-pub fn check_offsets_log(path: &Path) -> CliResult<OffsetsLogCheck> {
+/// Replays a state log the way the broker does, with the engine's own scan
+/// ([`statelog::scan_image`]) and the record type of its kind: a damaged record is a
+/// torn tail only if no intact record follows it and no more bytes than one record
+/// do; anything else is corruption. What the broker does about each is said in the
+/// finding.
+pub fn check_state_log(file: &StateLogFile) -> CliResult<StateLogCheck> {
+    let path = &file.path;
     let data = read_file(path, LOG_FILE_BYTES_MAX)?;
-    // The broker's own state machine replays what it would replay.
-    let mut offsets = Offsets::default();
-    let scan = statelog::scan_image::<OffsetOp>(&data, |_, record| {
-        for op in record.ops {
-            offsets.apply(op);
+    let mut committed = BTreeMap::new();
+    let scan = match file.kind {
+        StateLogKind::Offsets => {
+            // The broker's own state machine replays what it would replay.
+            let mut offsets = Offsets::default();
+            let scan = statelog::scan_image::<OffsetOp>(&data, |_, record| {
+                for op in record.ops {
+                    offsets.apply(op);
+                }
+            });
+            committed = offsets.committed();
+            scan
         }
-    });
-    let committed = offsets.committed();
+        StateLogKind::Queues => {
+            let mut queues = Queues::default();
+            statelog::scan_image::<QueueOp>(&data, |_, record| {
+                for op in record.ops {
+                    queues.apply(op);
+                }
+            })
+        }
+        StateLogKind::History => statelog::scan_image::<HistoryEvent>(&data, |_, _| {}),
+    };
     let mut findings = Vec::new();
     let torn = matches!(scan.end, ScanEnd::Torn { .. });
     match scan.end {
         ScanEnd::Clean => {}
-        ScanEnd::Torn { position, reason } => findings.push(Finding::error(
-            "torn_tail",
-            path,
-            Some(position),
-            format!(
-                "torn tail: {reason}; the broker cuts it on open, `tidelog segment repair` \
-                 cuts it now and keeps the bytes"
-            ),
-        )),
-        ScanEnd::Corrupt { position, reason } => findings.push(Finding::error(
-            "corrupt_record",
-            path,
-            Some(position),
-            format!(
-                "{reason}; the broker refuses to open the offsets store \
-                 (`tidelog segment repair --force` cuts it here)"
-            ),
-        )),
+        ScanEnd::Torn { position, reason } => {
+            let broker = match file.kind {
+                StateLogKind::Offsets | StateLogKind::Queues => "the broker cuts it on open",
+                StateLogKind::History => {
+                    "reads of the history stop there, and the broker cuts it if it goes on \
+                     writing this file"
+                }
+            };
+            findings.push(Finding::error(
+                "torn_tail",
+                path,
+                Some(position),
+                format!(
+                    "torn tail: {reason}; {broker}; `tidelog segment repair` cuts it now and \
+                     keeps the bytes"
+                ),
+            ));
+        }
+        ScanEnd::Corrupt { position, reason } => {
+            let broker = match file.kind {
+                StateLogKind::Offsets => {
+                    "the broker refuses to open the offsets store (`tidelog segment repair \
+                     --force` cuts it here: commits recorded after it are lost)"
+                }
+                StateLogKind::Queues => {
+                    "tidelogd refuses to start while the queue state is damaged (`tidelog \
+                     segment repair --force` cuts it here: queue changes recorded after it are \
+                     lost, so messages acked after it may be delivered again)"
+                }
+                StateLogKind::History => {
+                    "`tidelog message history` and `tidelog queue deliveries` fail where they \
+                     read this file (`tidelog segment repair --force` cuts it here: the \
+                     delivery history after it is lost)"
+                }
+            };
+            findings.push(Finding::error(
+                "corrupt_record",
+                path,
+                Some(position),
+                format!("{reason}; {broker}"),
+            ));
+        }
     }
-    Ok(OffsetsLogCheck {
-        path: path.to_path_buf(),
+    Ok(StateLogCheck {
+        path: path.clone(),
+        kind: file.kind,
         log_bytes: data.len() as u64,
         records: scan.records,
         valid_bytes: scan.valid_len,
@@ -693,13 +739,17 @@ mod tests {
         let path = dir.path().join(tidelog_storage::offsets::LOG_FILE_NAME);
         let full = fs::read(&path).unwrap();
         let key = ("g".to_string(), "t".to_string(), 0);
+        let file = StateLogFile {
+            path: path.clone(),
+            kind: StateLogKind::Offsets,
+        };
 
-        let clean = check_offsets_log(&path).unwrap();
+        let clean = check_state_log(&file).unwrap();
         assert!(clean.findings.is_empty());
         assert_eq!((clean.records, clean.committed[&key]), (3, 9));
 
         fs::write(&path, &full[..full.len() - 1]).unwrap();
-        let torn = check_offsets_log(&path).unwrap();
+        let torn = check_state_log(&file).unwrap();
         assert!(torn.torn);
         assert_eq!(torn.findings[0].kind, "torn_tail");
         assert_eq!(torn.committed[&key], 7);
@@ -707,7 +757,7 @@ mod tests {
         let mut damaged = full.clone();
         damaged[first_end + 12] ^= 1;
         fs::write(&path, &damaged).unwrap();
-        let corrupt = check_offsets_log(&path).unwrap();
+        let corrupt = check_state_log(&file).unwrap();
         assert!(!corrupt.torn);
         assert_eq!(corrupt.findings[0].kind, "corrupt_record");
         assert_eq!(corrupt.valid_bytes, first_end as u64);

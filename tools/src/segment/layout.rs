@@ -5,6 +5,8 @@
 //! DATA/LOCK                       held (flock) by a running tidelogd
 //! DATA/topics/<topic>/<p>/        segments (.log .index .timeindex) and checkpoint
 //! DATA/offsets/offsets.log        committed offsets of consumer groups
+//! DATA/state/queues/queues.statelog   the work queues' state
+//! DATA/state/history/<queue>/<ms>.history   a queue's delivery history
 //! DATA/trash/                     topics being deleted (skipped)
 //! ```
 
@@ -19,6 +21,7 @@ use crate::error::{CliError, CliResult};
 const SEARCH_DEPTH_MAX: usize = 4;
 const LOCK_FILE: &str = "LOCK";
 const OFFSETS_LOG: &str = "offsets.log";
+const QUEUES_LOG: &str = "queues.statelog";
 /// Directories never searched: topics being deleted.
 const SKIPPED_DIRS: [&str; 1] = ["trash"];
 
@@ -27,8 +30,67 @@ const SKIPPED_DIRS: [&str; 1] = ["trash"];
 pub struct Layout {
     /// Directories holding segments or a checkpoint, sorted.
     pub partitions: Vec<PathBuf>,
-    /// Offsets logs of consumer groups, sorted.
-    pub offsets_logs: Vec<PathBuf>,
+    /// State logs (consumer offsets, queue state, delivery history), sorted by path.
+    pub state_logs: Vec<StateLogFile>,
+}
+
+/// Which state a state log holds: each is the same CRC-framed record log
+/// (storage/FORMAT.md, "State logs") with its own operations, and the broker treats
+/// damage in each differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateLogKind {
+    /// `offsets/offsets.log`: committed offsets of consumer groups.
+    Offsets,
+    /// `state/queues/queues.statelog`: every work queue's config, positions and
+    /// unacked messages.
+    Queues,
+    /// `state/history/<queue>/<ms>.history`: a queue's delivery attempts.
+    History,
+}
+
+impl StateLogKind {
+    fn of_file_name(name: &str) -> Option<Self> {
+        match name {
+            OFFSETS_LOG => Some(Self::Offsets),
+            QUEUES_LOG => Some(Self::Queues),
+            _ if name.ends_with(tidelog_storage::queue::history::files::HISTORY_FILE_SUFFIX) => {
+                Some(Self::History)
+            }
+            _ => None,
+        }
+    }
+
+    /// What an operator calls it, for example in "1 offsets log".
+    pub fn noun(self) -> &'static str {
+        match self {
+            Self::Offsets => "offsets log",
+            Self::Queues => "queue state log",
+            Self::History => "delivery history file",
+        }
+    }
+
+    /// Its `kind` in JSON output.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Offsets => "offsets",
+            Self::Queues => "queues",
+            Self::History => "history",
+        }
+    }
+}
+
+/// One state log file found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateLogFile {
+    pub path: PathBuf,
+    pub kind: StateLogKind,
+}
+
+impl Layout {
+    /// Whether nothing tidelog wrote was found.
+    pub fn is_empty(&self) -> bool {
+        self.partitions.is_empty() && self.state_logs.is_empty()
+    }
 }
 
 /// Bases of the segment logs in a partition directory, sorted.
@@ -51,7 +113,7 @@ fn is_partition_dir(dir: &Path) -> bool {
         || segment_bases(dir).is_ok_and(|bases| !bases.is_empty())
 }
 
-/// Finds the partitions and offsets logs in `dir` (a data, topic or partition
+/// Finds the partitions and state logs in `dir` (a data, topic or partition
 /// directory).
 pub fn discover(dir: &Path) -> CliResult<Layout> {
     let metadata =
@@ -66,7 +128,9 @@ pub fn discover(dir: &Path) -> CliResult<Layout> {
     let mut layout = Layout::default();
     walk(dir, 0, &mut layout)?;
     layout.partitions.sort_by_cached_key(|p| natural_key(p));
-    layout.offsets_logs.sort_by_cached_key(|p| natural_key(p));
+    layout
+        .state_logs
+        .sort_by_cached_key(|f| natural_key(&f.path));
     Ok(layout)
 }
 
@@ -92,9 +156,6 @@ fn natural_key(path: &Path) -> Vec<Component> {
 }
 
 fn walk(dir: &Path, depth: usize, layout: &mut Layout) -> CliResult<()> {
-    if dir.join(OFFSETS_LOG).is_file() {
-        layout.offsets_logs.push(dir.join(OFFSETS_LOG));
-    }
     if is_partition_dir(dir) {
         layout.partitions.push(dir.to_path_buf());
         return Ok(());
@@ -110,8 +171,16 @@ fn walk(dir: &Path, depth: usize, layout: &mut Layout) -> CliResult<()> {
         if SKIPPED_DIRS.iter().any(|s| name == *s) {
             continue;
         }
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+        let file_type = entry.file_type().ok();
+        if file_type.is_some_and(|t| t.is_dir()) {
             walk(&entry.path(), depth + 1, layout)?;
+        } else if file_type.is_some_and(|t| t.is_file())
+            && let Some(kind) = name.to_str().and_then(StateLogKind::of_file_name)
+        {
+            layout.state_logs.push(StateLogFile {
+                path: entry.path(),
+                kind,
+            });
         }
     }
     Ok(())
@@ -175,7 +244,7 @@ mod tests {
     }
 
     #[test]
-    fn partitions_and_offsets_logs_are_found_and_trash_is_skipped() {
+    fn partitions_and_state_logs_are_found_and_trash_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         for p in [
@@ -184,13 +253,25 @@ mod tests {
             "topics/b/0",
             "trash/c/0",
             "offsets",
+            "state/queues",
+            "state/history/jobs",
+            "state/history/mail",
         ] {
             fs::create_dir_all(root.join(p)).unwrap();
         }
         for p in ["topics/a/0", "topics/a/1", "topics/b/0", "trash/c/0"] {
             File::create(root.join(p).join("00000000000000000000.log")).unwrap();
         }
-        File::create(root.join("offsets/offsets.log")).unwrap();
+        for p in [
+            "offsets/offsets.log",
+            "state/queues/queues.statelog",
+            "state/history/jobs/00000000001700000000000.history",
+            "state/history/jobs/00000000001700003600000.history",
+            "state/history/mail/00000000001700000000000.history",
+            "state/history/mail/notes.txt",
+        ] {
+            File::create(root.join(p)).unwrap();
+        }
         File::create(root.join("topics/a/0/notes.log")).unwrap();
         let layout = discover(root).unwrap();
         let relative: Vec<_> = layout
@@ -202,7 +283,36 @@ mod tests {
             relative,
             ["topics/a/0", "topics/a/1", "topics/b/0"].map(PathBuf::from)
         );
-        assert_eq!(layout.offsets_logs, vec![root.join("offsets/offsets.log")]);
+        let logs: Vec<_> = layout
+            .state_logs
+            .iter()
+            .map(|f| (f.path.strip_prefix(root).unwrap().to_path_buf(), f.kind))
+            .collect();
+        assert_eq!(
+            logs,
+            [
+                ("offsets/offsets.log", StateLogKind::Offsets),
+                (
+                    "state/history/jobs/00000000001700000000000.history",
+                    StateLogKind::History
+                ),
+                (
+                    "state/history/jobs/00000000001700003600000.history",
+                    StateLogKind::History
+                ),
+                (
+                    "state/history/mail/00000000001700000000000.history",
+                    StateLogKind::History
+                ),
+                ("state/queues/queues.statelog", StateLogKind::Queues),
+            ]
+            .map(|(p, k)| (PathBuf::from(p), k))
+        );
+
+        // The state directory on its own.
+        let layout = discover(&root.join("state/queues")).unwrap();
+        assert_eq!(layout.state_logs.len(), 1);
+        assert!(layout.partitions.is_empty());
 
         // A partition directory on its own.
         let layout = discover(&root.join("topics/a/1")).unwrap();

@@ -2,8 +2,9 @@
 //!
 //! - `dump FILE`: the batches (and records) of a `.log`, the entries of a `.index` /
 //!   `.timeindex`, the slots of a `checkpoint`, the records of an `offsets.log`.
-//! - `verify DIR`: every batch CRC, every index, the checkpoints and the offsets log;
-//!   exit 1 naming file and position when something is wrong.
+//! - `verify DIR`: every batch CRC, every index, the checkpoints and the state logs
+//!   (consumer offsets, queue state, delivery history); exit 1 naming file and position
+//!   when something is wrong.
 //! - `repair DIR`: cuts torn tails into side files and rewrites bad indexes; cuts at
 //!   corruption before the tail only with `--force`.
 
@@ -21,7 +22,8 @@ use crate::cli::SegmentCommand;
 use crate::error::{CliError, CliResult};
 use crate::output::{Stdout, note};
 use crate::units::format_bytes;
-use check::{Finding, Severity, check_offsets_log, check_partition, count};
+use check::{Finding, Severity, check_partition, check_state_log, count};
+use layout::StateLogKind;
 use progress::{byte_progress, total_log_bytes};
 
 pub fn run(command: SegmentCommand, json: bool) -> CliResult<()> {
@@ -38,9 +40,9 @@ fn plural(n: usize, word: &str) -> String {
 
 fn verify(dir: &Path, json: bool) -> CliResult<()> {
     let layout = layout::discover(dir)?;
-    if layout.partitions.is_empty() && layout.offsets_logs.is_empty() {
+    if layout.is_empty() {
         return Err(CliError::failure(
-            format!("no tidelog segments or offsets log under {}", dir.display()),
+            format!("no tidelog segments or state logs under {}", dir.display()),
             "give tidelogd's data directory, or a topic or partition directory in it",
         ));
     }
@@ -58,16 +60,16 @@ fn verify(dir: &Path, json: bool) -> CliResult<()> {
     for partition in &layout.partitions {
         partitions.push(check_partition(partition, |bytes| progress.inc(bytes))?);
     }
-    let mut offsets_logs = Vec::new();
-    for path in &layout.offsets_logs {
-        offsets_logs.push(check_offsets_log(path)?);
+    let mut state_logs = Vec::new();
+    for file in &layout.state_logs {
+        state_logs.push(check_state_log(file)?);
     }
     progress.finish_and_clear();
 
     let all_findings: Vec<&Finding> = partitions
         .iter()
         .flat_map(|p| &p.findings)
-        .chain(offsets_logs.iter().flat_map(|o| &o.findings))
+        .chain(state_logs.iter().flat_map(|o| &o.findings))
         .collect();
     let errors = all_findings
         .iter()
@@ -95,8 +97,18 @@ fn verify(dir: &Path, json: bool) -> CliResult<()> {
                 })
             })
             .collect();
-        let offsets_list: Vec<Value> = offsets_logs
+        let log_json = |o: &check::StateLogCheck| {
+            json!({
+                "file": o.path.display().to_string(),
+                "kind": o.kind.key(),
+                "records": o.records,
+                "log_bytes": o.log_bytes,
+                "problems": o.findings.iter().map(Finding::to_json).collect::<Vec<_>>(),
+            })
+        };
+        let offsets_list: Vec<Value> = state_logs
             .iter()
+            .filter(|o| o.kind == StateLogKind::Offsets)
             .map(|o| {
                 json!({
                     "file": o.path.display().to_string(),
@@ -112,7 +124,9 @@ fn verify(dir: &Path, json: bool) -> CliResult<()> {
             "errors": errors,
             "warnings": warnings,
             "partitions": partition_list,
+            // Kept for scripts written before the other state logs were checked.
             "offsets_logs": offsets_list,
+            "state_logs": state_logs.iter().map(log_json).collect::<Vec<_>>(),
         }))?;
     } else {
         let status = |findings: &[Finding]| {
@@ -145,7 +159,7 @@ fn verify(dir: &Path, json: bool) -> CliResult<()> {
             ))?;
             print_findings(&mut out, &p.findings)?;
         }
-        for o in &offsets_logs {
+        for o in &state_logs {
             out.line(&format!(
                 "{:<6}  {}  {}, {}",
                 status(&o.findings),
@@ -160,11 +174,7 @@ fn verify(dir: &Path, json: bool) -> CliResult<()> {
             plural(partitions.len(), "partition"),
             plural(segments, "segment"),
             format_bytes(bytes),
-            if offsets_logs.is_empty() {
-                String::new()
-            } else {
-                format!(" and {}", plural(offsets_logs.len(), "offsets log"))
-            },
+            state_logs_text(&state_logs),
             plural(errors, "error"),
             plural(warnings, "warning"),
         ))?;
@@ -197,6 +207,25 @@ fn verify(dir: &Path, json: bool) -> CliResult<()> {
         ));
     }
     Ok(())
+}
+
+/// " and 1 offsets log, 1 queue state log and 3 delivery history files", or nothing.
+fn state_logs_text(logs: &[check::StateLogCheck]) -> String {
+    let parts: Vec<String> = [
+        StateLogKind::Offsets,
+        StateLogKind::Queues,
+        StateLogKind::History,
+    ]
+    .into_iter()
+    .map(|kind| (kind, logs.iter().filter(|l| l.kind == kind).count()))
+    .filter(|(_, n)| *n > 0)
+    .map(|(kind, n)| plural(n, kind.noun()))
+    .collect();
+    match parts.as_slice() {
+        [] => String::new(),
+        [one] => format!(" and {one}"),
+        [init @ .., last] => format!(" and {} and {last}", init.join(", ")),
+    }
 }
 
 fn print_findings(out: &mut Stdout, findings: &[Finding]) -> CliResult<()> {

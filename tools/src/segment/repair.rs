@@ -3,7 +3,8 @@
 //! Without `--force` only what the broker's own recovery cuts is cut: a torn tail
 //! past the partition's checkpoint (with the segments after it), segments that
 //! start past the end of a predecessor that lost its unsynced tail, and the torn
-//! tail of the offsets log. Bad or missing index files are rewritten from the log. Everything
+//! tail of a state log (consumer offsets, queue state, delivery history). Bad or missing
+//! index files are rewritten from the log. Everything
 //! else (a bad batch with intact ones after it, a gap between segments, damage in
 //! fsynced data) is refused: with `--force` the log is cut at the first such place
 //! and later segments are moved aside. Bytes are never destroyed: a cut tail goes to
@@ -23,7 +24,7 @@ use tidelog_storage::segment::{
 use tidelog_storage::{FileSystem, OsFs};
 
 use super::check::{
-    Finding, OffsetsLogCheck, PartitionCheck, Severity, check_offsets_log, check_partition,
+    Finding, PartitionCheck, Severity, StateLogCheck, check_partition, check_state_log,
 };
 use super::layout;
 use super::progress::{byte_progress, total_log_bytes};
@@ -39,7 +40,7 @@ const NEEDS_FORCE: [&str; 4] = [
     "durable_data_lost",
 ];
 
-/// What repair does about one partition or offsets log, and what it refuses.
+/// What repair does about one partition or state log, and what it refuses.
 #[derive(Debug)]
 enum Plan {
     Partition {
@@ -48,7 +49,7 @@ enum Plan {
         /// Offsets `[from, to)` that new messages will be given again.
         reused: Option<(u64, u64)>,
     },
-    OffsetsLog {
+    StateLog {
         path: PathBuf,
         /// Where to cut it, and its length.
         cut: Option<(u64, u64)>,
@@ -59,7 +60,7 @@ enum Plan {
 impl Plan {
     fn refused(&self) -> &[Finding] {
         match self {
-            Plan::Partition { refused, .. } | Plan::OffsetsLog { refused, .. } => refused,
+            Plan::Partition { refused, .. } | Plan::StateLog { refused, .. } => refused,
         }
     }
 
@@ -71,12 +72,12 @@ impl Plan {
                 .iter()
                 .filter_map(|a| describe(&plan.dir, a))
                 .collect(),
-            Plan::OffsetsLog {
+            Plan::StateLog {
                 path,
                 cut: Some((position, len)),
                 ..
             } => vec![cut_change(path, *position, *len)],
-            Plan::OffsetsLog { cut: None, .. } => Vec::new(),
+            Plan::StateLog { cut: None, .. } => Vec::new(),
         }
     }
 }
@@ -218,7 +219,7 @@ fn plan_partition(check: &PartitionCheck, force: bool) -> Plan {
     }
 }
 
-fn plan_offsets_log(check: &OffsetsLogCheck, force: bool) -> Plan {
+fn plan_state_log(check: &StateLogCheck, force: bool) -> Plan {
     let first = check
         .findings
         .iter()
@@ -228,7 +229,7 @@ fn plan_offsets_log(check: &OffsetsLogCheck, force: bool) -> Plan {
         Some(_) if check.torn || force => (Some((check.valid_bytes, check.log_bytes)), Vec::new()),
         Some(first) => (None, vec![first.clone()]),
     };
-    Plan::OffsetsLog {
+    Plan::StateLog {
         path: check.path.clone(),
         cut,
         refused,
@@ -257,14 +258,14 @@ fn execute(plan: &Plan) -> CliResult<()> {
             recovery::execute(&*fs, plan, Removal::MoveAside, &mut checkpoint)
                 .map_err(storage_error)
         }
-        Plan::OffsetsLog {
+        Plan::StateLog {
             path,
             cut: Some((position, len)),
             ..
         } => recovery::cut_file(&*fs, path, *position, *len)
             .map(drop)
             .map_err(storage_error),
-        Plan::OffsetsLog { cut: None, .. } => Ok(()),
+        Plan::StateLog { cut: None, .. } => Ok(()),
     }
 }
 
@@ -278,9 +279,9 @@ fn topic_partition(dir: &Path) -> Option<(String, u32)> {
 pub fn run(args: &RepairArgs, json: bool) -> CliResult<()> {
     let dir = &args.dir;
     let layout = layout::discover(dir)?;
-    if layout.partitions.is_empty() && layout.offsets_logs.is_empty() {
+    if layout.is_empty() {
         return Err(CliError::failure(
-            format!("no tidelog segments or offsets log under {}", dir.display()),
+            format!("no tidelog segments or state logs under {}", dir.display()),
             "give tidelogd's data directory, or a topic or partition directory in it",
         ));
     }
@@ -299,10 +300,10 @@ pub fn run(args: &RepairArgs, json: bool) -> CliResult<()> {
         plans.push(plan_partition(&check, args.force));
     }
     let mut committed = std::collections::BTreeMap::new();
-    for path in &layout.offsets_logs {
-        let check = check_offsets_log(path)?;
+    for file in &layout.state_logs {
+        let check = check_state_log(file)?;
         committed.extend(check.committed.clone());
-        plans.push(plan_offsets_log(&check, args.force));
+        plans.push(plan_state_log(&check, args.force));
     }
     progress.finish_and_clear();
 
