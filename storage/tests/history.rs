@@ -732,7 +732,7 @@ fn a_power_cut_at_every_step_keeps_every_event_of_an_answered_call() {
             let pending_attempts = store.queues().read(|q| {
                 q.get("work").unwrap().partitions[&0]
                     .pending
-                    .get(&offset)
+                    .get(offset)
                     .map(|p| p.attempts)
             });
             if let Some(pending) = pending_attempts {

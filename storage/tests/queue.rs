@@ -289,8 +289,8 @@ fn run(seed: u64) {
                         queue
                             .partitions
                             .values()
-                            .flat_map(|p| p.pending.values())
-                            .filter(|p| match p.hold {
+                            .flat_map(|p| p.pending.iter())
+                            .filter(|(_, p)| match p.hold {
                                 Hold::Waiting { due_ms } | Hold::Delayed { due_ms } => {
                                     due_ms <= now
                                 }

@@ -215,7 +215,7 @@ pub fn queue_status(store: &Store, name: &str, now_ms: i64) -> Result<QueueStatu
         let lowest_cursor = part.map_or(0, |p| p.cursors.iter().copied().min().unwrap_or(0));
         let mut pending_ahead = 0;
         if let Some(part) = part {
-            for (&offset, pending) in &part.pending {
+            for (offset, pending) in part.pending.iter() {
                 if offset >= lowest_cursor {
                     pending_ahead += 1;
                 }

@@ -27,13 +27,15 @@
 //! makes it due after its own delay or the backoff; a nack of the last allowed
 //! delivery dead-letters it with the nack's reason; a term dead-letters it at once.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::admin::dead_letter_record;
 use super::history::{HistoryEvent, Outcome};
 use super::state::{
-    Hold, Pending, Queue, QueueConfig, QueueOp, QueuePartition, Taken, truncate_utf8,
+    Hold, Pending, PendingMap, Queue, QueueConfig, QueueOp, QueuePartition, Taken,
+    truncate_utf8,
 };
 use crate::batch::Record;
 use crate::config::TopicConfig;
@@ -180,7 +182,7 @@ impl QueueEngine {
             filter: None,
         };
         for (&partition, part) in &queue.partitions {
-            for (&offset, pending) in &part.pending {
+            for (offset, pending) in part.pending.iter() {
                 let at = match pending.hold {
                     Hold::Leased { .. } => now,
                     Hold::Waiting { due_ms } | Hold::Delayed { due_ms } => due_ms,
@@ -221,7 +223,7 @@ impl QueueEngine {
                                 id,
                                 QueuePartition {
                                     cursors: part.cursors.clone(),
-                                    pending: BTreeMap::new(),
+                                    pending: PendingMap::new(),
                                 },
                             )
                         })
@@ -238,8 +240,8 @@ impl QueueEngine {
                 .partitions
                 .get(&partition)?
                 .pending
-                .get(&offset)
-                .cloned()
+                .get(offset)
+                .map(Cow::into_owned)
         })
     }
 
@@ -251,7 +253,7 @@ impl QueueEngine {
                 .map(|part| {
                     part.pending
                         .range(first..=last)
-                        .map(|(&offset, pending)| (offset, pending.clone()))
+                        .map(|(offset, pending)| (offset, pending.into_owned()))
                         .collect()
                 })
                 .unwrap_or_default()
@@ -321,7 +323,7 @@ impl QueueEngine {
                         .partitions
                         .iter()
                         .flat_map(|(&p, part)| {
-                            part.pending.iter().filter_map(move |(&o, pending)| {
+                            part.pending.iter_undelayed().filter_map(move |(o, pending)| {
                                 matches!(&pending.hold, Hold::Leased { member: m, .. } if m == member)
                                     .then_some((p, o))
                             })

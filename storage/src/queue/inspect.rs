@@ -146,7 +146,7 @@ pub fn queue_state(
     let (pending, cursors) = store.queues().read(|q| {
         let part = q.get(name).and_then(|q| q.partitions.get(&partition));
         (
-            part.and_then(|p| p.pending.get(&offset).cloned()),
+            part.and_then(|p| p.pending.get(offset).map(std::borrow::Cow::into_owned)),
             part.map(|p| p.cursors.clone()).unwrap_or_default(),
         )
     });
@@ -397,7 +397,7 @@ pub fn list_deliveries(
                 let current = store.queues().read(|q| {
                     q.get(name)
                         .and_then(|q| q.partitions.get(&event.partition))
-                        .and_then(|p| p.pending.get(&event.offset))
+                        .and_then(|p| p.pending.get(event.offset))
                         .is_some_and(|p| {
                             matches!(p.hold, Hold::Leased { .. }) && p.attempts == event.attempt
                         })

@@ -43,7 +43,8 @@ use super::config::{
     HISTORY_ATTEMPTS_DEFAULT, HISTORY_RETENTION_MS_DEFAULT, MEMBER_BYTES_MAX, QueueConfig,
     REASON_BYTES_MAX,
 };
-use super::model::{Hold, Pending, QueueOp, Taken};
+use super::model::{QueueOp, Taken};
+use super::pending::{Hold, Pending};
 use crate::error::{Error, Result};
 use crate::limits::{FILTER_BYTES_MAX, PRIORITY_LEVELS_MAX, TOPIC_NAME_BYTES_MAX};
 use crate::statelog::{DecodeError, LogOp, OpReader, put_str16};

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use super::config::QueueConfig;
-use super::model::{Hold, Pending, Queue, QueueOp, QueuePartition};
+use super::model::{Queue, QueueOp, QueuePartition};
+use super::pending::{Hold, Pending, PendingMap};
 use crate::error::Result;
 use crate::statelog::{SnapshotWriter, StateMachine};
 
@@ -37,13 +38,13 @@ impl Queues {
 
     /// Inserts or replaces a pending entry, keeping the total right.
     fn put_pending(total: &mut u64, partition: &mut QueuePartition, offset: u64, pending: Pending) {
-        if partition.pending.insert(offset, pending).is_none() {
+        if partition.pending.insert(offset, pending) {
             *total += 1;
         }
     }
 
     fn remove_pending(total: &mut u64, partition: &mut QueuePartition, offset: u64) -> bool {
-        let removed = partition.pending.remove(&offset).is_some();
+        let removed = partition.pending.remove(offset);
         if removed {
             *total -= 1;
         }
@@ -78,7 +79,7 @@ impl StateMachine for Queues {
                             partition,
                             QueuePartition {
                                 cursors,
-                                pending: BTreeMap::new(),
+                                pending: PendingMap::new(),
                             },
                         )
                     })
@@ -160,24 +161,25 @@ impl StateMachine for Queues {
                 deadline_ms,
                 at_ms,
             } => {
-                let Some(pending) = self
+                let Some(part) = self
                     .queues
                     .get_mut(&name)
                     .and_then(|q| q.partitions.get_mut(&partition))
-                    .and_then(|p| p.pending.get_mut(&offset))
                 else {
                     return 0;
                 };
-                pending.attempts = pending.attempts.saturating_add(1);
-                pending.hold = Hold::Leased {
-                    member,
-                    deadline_ms,
-                };
-                if pending.first_delivery_ms == 0 {
-                    pending.first_delivery_ms = at_ms;
-                }
-                pending.last_delivery_ms = at_ms;
-                1
+                let leased = part.pending.update(offset, |pending| {
+                    pending.attempts = pending.attempts.saturating_add(1);
+                    pending.hold = Hold::Leased {
+                        member,
+                        deadline_ms,
+                    };
+                    if pending.first_delivery_ms == 0 {
+                        pending.first_delivery_ms = at_ms;
+                    }
+                    pending.last_delivery_ms = at_ms;
+                });
+                u64::from(leased.is_some())
             }
             QueueOp::Ack {
                 name,
@@ -196,14 +198,9 @@ impl StateMachine for Queues {
                     if first > last {
                         continue;
                     }
-                    let offsets: Vec<u64> =
-                        part.pending.range(first..=last).map(|(o, _)| *o).collect();
-                    for offset in offsets {
-                        if Queues::remove_pending(total, part, offset) {
-                            settled += 1;
-                        }
-                    }
+                    settled += part.pending.remove_range(first..=last);
                 }
+                *total -= settled;
                 settled
             }
             QueueOp::Nack {
@@ -213,17 +210,18 @@ impl StateMachine for Queues {
                 due_ms,
                 reason,
             } => {
-                let Some(pending) = self
+                let Some(part) = self
                     .queues
                     .get_mut(&name)
                     .and_then(|q| q.partitions.get_mut(&partition))
-                    .and_then(|p| p.pending.get_mut(&offset))
                 else {
                     return 0;
                 };
-                pending.hold = Hold::Waiting { due_ms };
-                pending.reason = reason;
-                1
+                let nacked = part.pending.update(offset, |pending| {
+                    pending.hold = Hold::Waiting { due_ms };
+                    pending.reason = reason;
+                });
+                u64::from(nacked.is_some())
             }
             QueueOp::Extend {
                 name,
@@ -231,24 +229,25 @@ impl StateMachine for Queues {
                 offset,
                 deadline_ms,
             } => {
-                let Some(pending) = self
+                let Some(part) = self
                     .queues
                     .get_mut(&name)
                     .and_then(|q| q.partitions.get_mut(&partition))
-                    .and_then(|p| p.pending.get_mut(&offset))
                 else {
                     return 0;
                 };
-                match &mut pending.hold {
-                    Hold::Leased {
-                        deadline_ms: current,
-                        ..
-                    } => {
-                        *current = deadline_ms;
-                        1
-                    }
-                    _ => 0,
-                }
+                part.pending
+                    .update(offset, |pending| match &mut pending.hold {
+                        Hold::Leased {
+                            deadline_ms: current,
+                            ..
+                        } => {
+                            *current = deadline_ms;
+                            1
+                        }
+                        _ => 0,
+                    })
+                    .unwrap_or(0)
             }
             QueueOp::DeadLetter {
                 name,
@@ -275,12 +274,9 @@ impl StateMachine for Queues {
                     for cursor in &mut part.cursors {
                         *cursor = (*cursor).max(end);
                     }
-                    let below: Vec<u64> = part.pending.range(..end).map(|(o, _)| *o).collect();
-                    for offset in below {
-                        if Queues::remove_pending(total, part, offset) {
-                            purged += 1;
-                        }
-                    }
+                    let below = part.pending.remove_range(..end);
+                    *total -= below;
+                    purged += below;
                 }
                 purged
             }
@@ -315,12 +311,12 @@ impl StateMachine for Queues {
                     .collect(),
             })?;
             for (partition, part) in &queue.partitions {
-                for (offset, pending) in &part.pending {
+                for (offset, pending) in part.pending.iter() {
                     out.push(&QueueOp::Restore {
                         name: queue.name.clone(),
                         partition: *partition,
-                        offset: *offset,
-                        pending: pending.clone(),
+                        offset,
+                        pending: pending.into_owned(),
                     })?;
                 }
             }
@@ -376,7 +372,11 @@ mod tests {
             deadline_ms: 200,
             at_ms: 60,
         });
-        let pending = &state.get("q").unwrap().partitions[&1].pending[&2];
+        let pending = state.get("q").unwrap().partitions[&1]
+            .pending
+            .get(2)
+            .unwrap()
+            .into_owned();
         assert_eq!(
             (
                 pending.attempts,

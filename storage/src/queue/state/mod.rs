@@ -28,8 +28,11 @@
 //! # Files
 //!
 //! - `config.rs`: [`QueueConfig`] (how a queue delivers), its bounds, the name rule.
-//! - `model.rs`: the state's types ([`Queue`], [`QueuePartition`], [`Pending`], [`Hold`])
-//!   and the operations ([`QueueOp`]).
+//! - `pending.rs`: a partition's pending messages ([`Pending`], [`Hold`]) and
+//!   [`PendingMap`], which keeps delayed messages never delivered in a compact form
+//!   (the memory bound of 1,000,000 delayed messages).
+//! - `model.rs`: the state's types ([`Queue`], [`QueuePartition`]) and the operations
+//!   ([`QueueOp`]).
 //! - `codec.rs`: the operations' bytes (the table is there).
 //! - `machine.rs`: [`Queues`], the [`StateMachine`](crate::statelog::StateMachine) that
 //!   applies them and writes its snapshot.
@@ -41,6 +44,7 @@ mod codec;
 mod config;
 mod machine;
 mod model;
+mod pending;
 #[cfg(test)]
 mod strategies;
 
@@ -51,4 +55,5 @@ pub use config::{
     validate_queue_name,
 };
 pub use machine::Queues;
-pub use model::{Hold, Pending, Queue, QueueOp, QueuePartition, Taken};
+pub use model::{Queue, QueueOp, QueuePartition, Taken};
+pub use pending::{Hold, Pending, PendingMap};

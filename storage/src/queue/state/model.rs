@@ -3,32 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::config::QueueConfig;
-
-/// Why a pending message is held.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Hold {
-    /// Delivered to `member`, to be settled by `deadline_ms`.
-    Leased { member: String, deadline_ms: i64 },
-    /// Waiting for a redelivery (nacked, or a delivery given up) until `due_ms`.
-    Waiting { due_ms: i64 },
-    /// Never delivered yet: waiting for its deliver-at time.
-    Delayed { due_ms: i64 },
-}
-
-/// A message a queue has taken and not settled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pending {
-    /// Its priority level in this queue.
-    pub level: u8,
-    /// Deliveries so far (0 while delayed).
-    pub attempts: u32,
-    pub hold: Hold,
-    /// When it was first and last delivered (0 before the first delivery).
-    pub first_delivery_ms: i64,
-    pub last_delivery_ms: i64,
-    /// The last reason a member gave (nack), empty if none.
-    pub reason: String,
-}
+use super::pending::{Hold, Pending, PendingMap};
 
 /// One partition of a queue.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -36,14 +11,14 @@ pub struct QueuePartition {
     /// Per level: every message of that level below it is taken.
     pub cursors: Vec<u64>,
     /// Taken and not settled, by offset.
-    pub pending: BTreeMap<u64, Pending>,
+    pub pending: PendingMap,
 }
 
 impl QueuePartition {
     pub(super) fn new(levels: u8, start: u64) -> Self {
         QueuePartition {
             cursors: vec![start; usize::from(levels.max(1))],
-            pending: BTreeMap::new(),
+            pending: PendingMap::new(),
         }
     }
 
@@ -51,9 +26,8 @@ impl QueuePartition {
     pub fn settled_below(&self) -> u64 {
         let cursors = self.cursors.iter().copied().min().unwrap_or(0);
         self.pending
-            .keys()
-            .next()
-            .map_or(cursors, |&first| first.min(cursors))
+            .first_offset()
+            .map_or(cursors, |first| first.min(cursors))
     }
 }
 
@@ -92,7 +66,7 @@ impl Queue {
                         id,
                         QueuePartition {
                             cursors: part.cursors.clone(),
-                            pending: BTreeMap::new(),
+                            pending: PendingMap::new(),
                         },
                     )
                 })
@@ -103,7 +77,7 @@ impl Queue {
     /// (leased, waiting, delayed) pending messages.
     pub fn pending_counts(&self) -> (u64, u64, u64) {
         let mut counts = (0, 0, 0);
-        for pending in self.partitions.values().flat_map(|p| p.pending.values()) {
+        for (_, pending) in self.partitions.values().flat_map(|p| p.pending.iter()) {
             match pending.hold {
                 Hold::Leased { .. } => counts.0 += 1,
                 Hold::Waiting { .. } => counts.1 += 1,

@@ -4,7 +4,8 @@
 use proptest::prelude::*;
 
 use super::config::QueueConfig;
-use super::model::{Hold, QueueOp, Taken};
+use super::model::{QueueOp, Taken};
+use super::pending::Hold;
 use crate::statelog::{LogOp, OpReader};
 
 pub(super) fn config() -> QueueConfig {
