@@ -36,6 +36,7 @@ mod mmap;
 pub mod msgid;
 pub mod offsets;
 pub mod partition;
+pub mod pattern;
 pub mod procstat;
 mod progress;
 pub mod queue;
@@ -57,6 +58,7 @@ pub use filter::{Filter, FilterError, Verdict};
 pub use fs::FaultyFs;
 pub use fs::{FileSystem, OsFs};
 pub use lookup::FoundMessage;
+pub use pattern::{PatternError, TopicPattern};
 pub use offsets::{CommittedOffset, OffsetStore};
 pub use partition::{
     Appended, FlushObserver, Partition, PartitionInfo, ReadResult, RetentionOutcome,
