@@ -11,6 +11,7 @@ mod dedup;
 mod delivery_history;
 mod filters;
 mod garbage;
+mod patterns;
 mod groups;
 mod kill9;
 mod message_lookup;
