@@ -128,7 +128,10 @@ impl Cursor {
 
     /// The topic to name in messages and positions (empty = the stream's one topic).
     fn topic_name(&self) -> String {
-        self.topic.as_deref().map(str::to_string).unwrap_or_default()
+        self.topic
+            .as_deref()
+            .map(str::to_string)
+            .unwrap_or_default()
     }
 
     /// Reads from the position under the budget that is left, only messages `filter`
@@ -569,7 +572,8 @@ impl PartitionReader {
         for name in &removed {
             source.topics.remove(name);
             let before = self.cursors.len();
-            self.cursors.retain(|c| c.topic.as_deref() != Some(name.as_str()));
+            self.cursors
+                .retain(|c| c.topic.as_deref() != Some(name.as_str()));
             changed_cursors |= self.cursors.len() != before;
         }
         let mut added = Vec::new();
@@ -601,7 +605,12 @@ impl PartitionReader {
         if added.is_empty() && removed.is_empty() {
             return None;
         }
-        tracing::debug!(pattern = source.pattern.as_str(), ?added, ?removed, "pattern subscription's topics changed");
+        tracing::debug!(
+            pattern = source.pattern.as_str(),
+            ?added,
+            ?removed,
+            "pattern subscription's topics changed"
+        );
         Some(SubscribeResponse {
             event: Some(Event::TopicsChanged(TopicsChanged {
                 added,
@@ -658,7 +667,9 @@ impl PartitionReader {
                 );
                 let round = match round {
                     // A topic of a pattern went: look at the list now (it drops out).
-                    Err(Error::TopicDeleted { .. }) if matches!(self.source, Source::Pattern(_)) => {
+                    Err(Error::TopicDeleted { .. })
+                        if matches!(self.source, Source::Pattern(_)) =>
+                    {
                         if let Some(event) = self.rescan() {
                             return Ok(event);
                         }

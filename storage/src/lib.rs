@@ -58,10 +58,10 @@ pub use filter::{Filter, FilterError, Verdict};
 pub use fs::FaultyFs;
 pub use fs::{FileSystem, OsFs};
 pub use lookup::FoundMessage;
-pub use pattern::{PatternError, TopicPattern};
 pub use offsets::{CommittedOffset, OffsetStore};
 pub use partition::{
     Appended, FlushObserver, Partition, PartitionInfo, ReadResult, RetentionOutcome,
 };
+pub use pattern::{PatternError, TopicPattern};
 pub use progress::{LogEnd, WaitDurable, WaitForData};
 pub use store::{Store, StoreOptions, Topic, TopicInfo};

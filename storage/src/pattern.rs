@@ -76,7 +76,11 @@ fn refused(error: regex::Error) -> PatternError {
         // on one line.
         other => {
             let text = other.to_string();
-            let lines: Vec<&str> = text.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect();
+            let lines: Vec<&str> = text
+                .lines()
+                .map(str::trim_end)
+                .filter(|l| !l.is_empty())
+                .collect();
             format!("is not a valid regular expression: {}", lines.join(" | "))
         }
     };
@@ -144,7 +148,10 @@ mod tests {
     fn a_pattern_cannot_escape_the_anchors() {
         // As `^(?:a)|(b)$` this would match any name containing b.
         let error = TopicPattern::parse("a)|(b").unwrap_err();
-        assert!(error.message.contains("not a valid regular expression"), "{error}");
+        assert!(
+            error.message.contains("not a valid regular expression"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use tidelog_proto::v1::start_position::{Earliest, Position};
 use tidelog_proto::v1::subscribe_response::Event;
 use tidelog_proto::v1::{
-    AckLevel, DeleteTopicRequest, GroupMembership, Header, Message, PublishRequest,
-    StartPosition, SubscribeRequest, SubscribeResponse, TopicConfig, TopicsChanged,
+    AckLevel, DeleteTopicRequest, GroupMembership, Header, Message, PublishRequest, StartPosition,
+    SubscribeRequest, SubscribeResponse, TopicConfig, TopicsChanged,
 };
 use tidelog_tests::{TestBroker, tidelog_command};
 use tonic::{Code, Streaming};
@@ -35,7 +35,12 @@ async fn publish(broker: &TestBroker, topic: &str, partition: u32, values: &[&st
                     value: v.to_string().into(),
                     headers: vec![Header {
                         key: "kind".into(),
-                        value: if v.starts_with("keep") { "keep" } else { "drop" }.into(),
+                        value: if v.starts_with("keep") {
+                            "keep"
+                        } else {
+                            "drop"
+                        }
+                        .into(),
                     }],
                     ..Default::default()
                 })
@@ -119,16 +124,24 @@ fn names(list: &[&str]) -> Vec<String> {
 #[tokio::test]
 async fn a_pattern_stream_follows_topics_as_they_come_and_go() {
     let broker = TestBroker::start();
-    broker.create_topic("orders.eu", 2, TopicConfig::default()).await;
-    broker.create_topic("payments", 1, TopicConfig::default()).await;
+    broker
+        .create_topic("orders.eu", 2, TopicConfig::default())
+        .await;
+    broker
+        .create_topic("payments", 1, TopicConfig::default())
+        .await;
     // Matches `orders\..*` only in part: the pattern is anchored.
-    broker.create_topic("old-orders.eu", 1, TopicConfig::default()).await;
+    broker
+        .create_topic("old-orders.eu", 1, TopicConfig::default())
+        .await;
     publish(&broker, "orders.eu", 0, &["keep eu-0", "drop eu-0"]).await;
     publish(&broker, "orders.eu", 1, &["keep eu-1"]).await;
     publish(&broker, "payments", 0, &["keep pay"]).await;
     publish(&broker, "old-orders.eu", 0, &["keep old"]).await;
 
-    let mut stream = subscribe(&broker, r"orders\..*", "").await.expect("subscribe");
+    let mut stream = subscribe(&broker, r"orders\..*", "")
+        .await
+        .expect("subscribe");
     let first = next_change(&mut stream).await;
     assert_eq!(first.added, names(&["orders.eu"]));
     assert_eq!(first.topics, names(&["orders.eu"]));
@@ -148,15 +161,23 @@ async fn a_pattern_stream_follows_topics_as_they_come_and_go() {
     // A topic created while the stream runs: picked up within a second, read from its
     // start (the message published right after the create is not missed).
     let created = Instant::now();
-    broker.create_topic("orders.us", 3, TopicConfig::default()).await;
+    broker
+        .create_topic("orders.us", 3, TopicConfig::default())
+        .await;
     publish(&broker, "orders.us", 2, &["keep us-2"]).await;
     let changed = next_change(&mut stream).await;
     let seen_after = created.elapsed();
     assert_eq!(changed.added, names(&["orders.us"]));
     assert_eq!(changed.topics, names(&["orders.eu", "orders.us"]));
-    assert!(seen_after <= PICKUP_MAX, "new topic seen after {seen_after:?}");
+    assert!(
+        seen_after <= PICKUP_MAX,
+        "new topic seen after {seen_after:?}"
+    );
     let (got, _) = messages(&mut stream, 1).await;
-    assert_eq!(got, vec![("orders.us".to_string(), 2, "keep us-2".to_string())]);
+    assert_eq!(
+        got,
+        vec![("orders.us".to_string(), 2, "keep us-2".to_string())]
+    );
 
     // A deleted topic drops out; the stream goes on with the others.
     let deleted = Instant::now();
@@ -173,16 +194,27 @@ async fn a_pattern_stream_follows_topics_as_they_come_and_go() {
     assert_eq!(changed.removed, names(&["orders.eu"]));
     assert!(changed.added.is_empty());
     assert_eq!(changed.topics, names(&["orders.us"]));
-    assert!(seen_after <= PICKUP_MAX, "deletion seen after {seen_after:?}");
+    assert!(
+        seen_after <= PICKUP_MAX,
+        "deletion seen after {seen_after:?}"
+    );
     publish(&broker, "orders.us", 0, &["keep us-0"]).await;
     let (got, _) = messages(&mut stream, 1).await;
-    assert_eq!(got, vec![("orders.us".to_string(), 0, "keep us-0".to_string())]);
+    assert_eq!(
+        got,
+        vec![("orders.us".to_string(), 0, "keep us-0".to_string())]
+    );
 
     // Created again under the same name: back, from its (new) start.
-    broker.create_topic("orders.eu", 1, TopicConfig::default()).await;
+    broker
+        .create_topic("orders.eu", 1, TopicConfig::default())
+        .await;
     publish(&broker, "orders.eu", 0, &["keep eu again"]).await;
     let (got, changes) = messages(&mut stream, 1).await;
-    assert_eq!(got, vec![("orders.eu".to_string(), 0, "keep eu again".to_string())]);
+    assert_eq!(
+        got,
+        vec![("orders.eu".to_string(), 0, "keep eu again".to_string())]
+    );
     assert_eq!(changes.len(), 1, "{changes:?}");
     assert_eq!(changes[0].added, names(&["orders.eu"]));
 }
@@ -194,10 +226,23 @@ async fn a_pattern_that_matches_nothing_waits_and_filters_apply() {
         .await
         .expect("a pattern matching nothing is allowed");
     let first = next_change(&mut stream).await;
-    assert!(first.added.is_empty() && first.topics.is_empty(), "{first:?}");
-    broker.create_topic("audit-x", 1, TopicConfig::default()).await;
-    broker.create_topic("audit-7", 1, TopicConfig::default()).await;
-    publish(&broker, "audit-7", 0, &["drop 1", "keep 2", "drop 3", "keep 4"]).await;
+    assert!(
+        first.added.is_empty() && first.topics.is_empty(),
+        "{first:?}"
+    );
+    broker
+        .create_topic("audit-x", 1, TopicConfig::default())
+        .await;
+    broker
+        .create_topic("audit-7", 1, TopicConfig::default())
+        .await;
+    publish(
+        &broker,
+        "audit-7",
+        0,
+        &["drop 1", "keep 2", "drop 3", "keep 4"],
+    )
+    .await;
     publish(&broker, "audit-x", 0, &["keep never"]).await;
     let changed = next_change(&mut stream).await;
     assert_eq!(changed.added, names(&["audit-7"]));
@@ -221,8 +266,15 @@ async fn bad_and_abusive_patterns_are_invalid_argument_at_once() {
     ] {
         let started = Instant::now();
         let status = subscribe(&broker, pattern, "").await.expect_err(pattern);
-        assert!(started.elapsed() < Duration::from_secs(2), "{pattern}: slow");
-        assert_eq!(status.code(), Code::InvalidArgument, "{pattern}: {status:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{pattern}: slow"
+        );
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{pattern}: {status:?}"
+        );
         assert!(status.message().contains("topic_pattern"), "{status:?}");
         assert!(status.message().contains(expected), "{pattern}: {status:?}");
     }
@@ -268,9 +320,15 @@ async fn bad_and_abusive_patterns_are_invalid_argument_at_once() {
 #[tokio::test]
 async fn cli_consume_topic_pattern_prints_each_messages_topic() {
     let broker = TestBroker::start();
-    broker.create_topic("orders.eu", 1, TopicConfig::default()).await;
-    broker.create_topic("orders.us", 1, TopicConfig::default()).await;
-    broker.create_topic("other", 1, TopicConfig::default()).await;
+    broker
+        .create_topic("orders.eu", 1, TopicConfig::default())
+        .await;
+    broker
+        .create_topic("orders.us", 1, TopicConfig::default())
+        .await;
+    broker
+        .create_topic("other", 1, TopicConfig::default())
+        .await;
     publish(&broker, "orders.eu", 0, &["keep a"]).await;
     publish(&broker, "orders.us", 0, &["keep b"]).await;
     publish(&broker, "other", 0, &["keep c"]).await;
@@ -311,7 +369,13 @@ async fn cli_consume_topic_pattern_prints_each_messages_topic() {
     // Human form: the topic leads each line with --print-meta; a bad pattern is a
     // usage error naming the flag.
     let output = tidelog_command()
-        .args(["--server", &broker.endpoint(), "consume", "--topic-pattern", "("])
+        .args([
+            "--server",
+            &broker.endpoint(),
+            "consume",
+            "--topic-pattern",
+            "(",
+        ])
         .stdin(Stdio::null())
         .output()
         .expect("run tidelog");

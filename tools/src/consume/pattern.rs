@@ -5,7 +5,9 @@
 //! topic's partitions where they stood (the broker starts topics it finds from their
 //! start), so it is not reopened behind the reader's back.
 
-use tidelog_proto::v1::{StartPosition, SubscribeRequest, TopicsChanged, start_position, subscribe_response};
+use tidelog_proto::v1::{
+    StartPosition, SubscribeRequest, TopicsChanged, start_position, subscribe_response,
+};
 
 use super::printer::Printer;
 use super::start::{reset_note, reset_policy};
@@ -88,7 +90,10 @@ fn topics_note(pattern: &str, changed: &TopicsChanged) {
         return;
     }
     if !changed.added.is_empty() {
-        note(&format!("note: reading topics {}", changed.added.join(", ")));
+        note(&format!(
+            "note: reading topics {}",
+            changed.added.join(", ")
+        ));
     }
     if !changed.removed.is_empty() {
         note(&format!(
