@@ -774,7 +774,11 @@ group member's stream ends at the damage; what it printed is committed.";
 #[command(after_help = CONSUME_EXAMPLES)]
 pub struct ConsumeArgs {
     /// Topic to read (or --topic-pattern).
-    #[arg(default_value = "", hide_default_value = true)]
+    #[arg(
+        default_value = "",
+        hide_default_value = true,
+        required_unless_present = "topic_pattern"
+    )]
     pub topic: String,
 
     /// Read every topic whose whole name matches this regular expression (Rust regex
