@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 
 use crate::AppState;
 use crate::convert;
-use crate::read::{PartitionReader, ReadLimits, spawn_subscription};
+use crate::read::{LaterStart, PartitionReader, ReadLimits, spawn_subscription};
 
 /// Longest long poll of a Fetch, whatever the client asks.
 pub const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
@@ -162,11 +162,67 @@ fn chosen_partitions(topic: &Topic, partitions: &[u32]) -> Result<Vec<u32>, Stat
     Ok(partitions.to_vec())
 }
 
+/// A plain subscription by topic pattern: every partition of every matching topic
+/// from `start`; topics that appear later from their start (or the timestamp).
+fn pattern_subscription(
+    state: &Arc<AppState>,
+    request: SubscribeRequest,
+) -> Result<PartitionReader, Status> {
+    if !request.partitions.is_empty() || !request.partition_starts.is_empty() {
+        return Err(Status::invalid_argument(
+            "topic_pattern reads every partition of every matching topic: leave partitions and partition_starts empty",
+        ));
+    }
+    let pattern = convert::topic_pattern("topic_pattern", &request.topic_pattern)?;
+    let reset_policy = convert::reset_policy(request.reset_policy)?;
+    let limits = ReadLimits::from_request(request.max_batch_messages, request.max_batch_bytes);
+    let filter = convert::filter(&request.filter)?;
+    let position = request.start.and_then(|s| s.position);
+    let mut initial = Vec::new();
+    for topic in state.store.topics() {
+        if !pattern.matches(topic.name()) {
+            continue;
+        }
+        let mut starts = Vec::with_capacity(topic.partitions().len());
+        for partition in topic.partitions() {
+            starts.push(start_offset(partition, position)?);
+        }
+        initial.push((topic, starts));
+    }
+    let later = match position {
+        Some(Position::TimestampMs(ms)) => LaterStart::Timestamp(ms),
+        _ => LaterStart::Earliest,
+    };
+    let reader = PartitionReader::with_pattern(
+        state.clone(),
+        pattern,
+        initial,
+        later,
+        reset_policy,
+        limits,
+        filter,
+    );
+    Ok(if request.send_positioned {
+        reader.announce_positions()
+    } else {
+        reader
+    })
+}
+
 /// A plain subscription: checks the request, resolves the start of every partition.
 fn plain_subscription(
     state: &Arc<AppState>,
     request: SubscribeRequest,
 ) -> Result<PartitionReader, Status> {
+    match (request.topic.is_empty(), request.topic_pattern.is_empty()) {
+        (true, false) => return pattern_subscription(state, request),
+        (false, false) => {
+            return Err(Status::invalid_argument(
+                "set one of topic and topic_pattern, not both",
+            ));
+        }
+        _ => {}
+    }
     let topic = convert::or_status(state.store.topic(&request.topic))?;
     let reset_policy = convert::reset_policy(request.reset_policy)?;
     let limits = ReadLimits::from_request(request.max_batch_messages, request.max_batch_bytes);
@@ -294,7 +350,11 @@ impl Consumer for ConsumerService {
         let result: Result<SubscribeStream, Status> = if self.state.shutdown.is_triggered() {
             Err(Status::unavailable("the broker is shutting down"))
         } else if request.group.is_some() {
-            if !request.partitions.is_empty()
+            if !request.topic_pattern.is_empty() {
+                Err(Status::invalid_argument(
+                    "topic_pattern with a group is not supported yet: subscribe the group to one topic, or read the pattern without a group",
+                ))
+            } else if !request.partitions.is_empty()
                 || request.start.is_some()
                 || !request.partition_starts.is_empty()
                 || request.send_positioned

@@ -385,6 +385,7 @@ pub fn consumed_message(partition: u32, record: storage::Record) -> pb::Consumed
         id: record.id.unwrap_or_default(),
         deliver_at_ms: record.deliver_at_ms,
         priority: u32::from(record.priority),
+        topic: String::new(),
     }
 }
 
@@ -414,6 +415,17 @@ pub fn filter(text: &str) -> Result<Option<std::sync::Arc<storage::Filter>>, Sta
                 "filter {error}; the grammar is in the Filters section of the README and the .proto"
             ))
         })
+}
+
+/// A request's topic pattern (see "Topic patterns" in the .proto), compiled within
+/// its limits: INVALID_ARGUMENT naming the field and what is wrong.
+pub fn topic_pattern(
+    field: &str,
+    text: &str,
+) -> Result<std::sync::Arc<storage::TopicPattern>, Status> {
+    storage::TopicPattern::parse(text)
+        .map(std::sync::Arc::new)
+        .map_err(|error| invalid(format!("{field} {error}")))
 }
 
 pub fn reset_policy(value: i32) -> Result<pb::ResetPolicy, Status> {

@@ -1,8 +1,8 @@
 //! Reading partitions for subscribers: the read limits every reader applies,
 //! [`read_round`] (the one loop that reads a set of partitions under a batch budget,
 //! for the plain Subscribe and for group members alike), [`PartitionReader`] (follows
-//! partitions of one topic and yields Subscribe events) and [`spawn_subscription`]
-//! (runs one into a bounded queue).
+//! partitions of one topic, or of every topic a pattern matches, and yields Subscribe
+//! events) and [`spawn_subscription`] (runs one into a bounded queue).
 //!
 //! Memory per Subscribe stream is bounded by [`SUBSCRIBE_QUEUE_EVENTS`] events of at
 //! most `max_batch_bytes` each (one message can exceed it, up to the topic's
@@ -13,6 +13,7 @@
 //! This module imports neither [`crate::consume`] nor [`crate::groups`]; both import it.
 
 use std::borrow::BorrowMut;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use tidelog_proto::v1::{
     MessageBatch, PartitionPosition, PositionReset, Positioned, ResetPolicy, ResetReason,
-    SubscribeResponse, subscribe_response::Event,
+    SubscribeResponse, TopicsChanged, subscribe_response::Event,
 };
 use tidelog_storage::filter::Filtered;
-use tidelog_storage::{Error, Filter, Partition, ReadResult, Topic};
+use tidelog_storage::{Error, Filter, Partition, ReadResult, Topic, TopicPattern};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -51,6 +52,13 @@ const EXPIRED_SKIPS_MAX: u32 = 64;
 /// end it is at once, not later, since nothing may come to carry it: a stream then
 /// sends one event per append it skips, as many as it would send without a filter.
 pub const FILTER_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a topic-pattern stream looks at the topic list for topics that appeared,
+/// grew or went (at once, too, when a read finds its topic deleted): the "within 1
+/// second" of the API's promise.
+pub const TOPIC_RESCAN_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a pattern stream waits before reading again when a read found its topic
+/// deleted but the topic list still holds it (the delete is under way).
+const IDLE_RESCAN_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Whether a round that delivered nothing but `filtered` skips sends its positions
 /// alone: see [`FILTER_PROGRESS_INTERVAL`].
@@ -94,6 +102,10 @@ pub struct Cursor {
     /// The next offset to deliver. [`read_round`] moves it past what it returns (and
     /// past expired messages it skips), never past a message it did not return.
     pub position: u64,
+    /// The partition's topic, on streams that read several topics (a topic pattern):
+    /// [`read_round`] names it in every message and position it returns. `None` on a
+    /// single-topic stream (nothing to name, nothing to copy per message).
+    pub topic: Option<Arc<str>>,
 }
 
 impl Cursor {
@@ -101,7 +113,25 @@ impl Cursor {
         Cursor {
             partition,
             position,
+            topic: None,
         }
+    }
+
+    /// A cursor whose messages and positions name `topic`.
+    pub fn in_topic(partition: Arc<Partition>, position: u64, topic: Arc<str>) -> Self {
+        Cursor {
+            partition,
+            position,
+            topic: Some(topic),
+        }
+    }
+
+    /// The topic to name in messages and positions (empty = the stream's one topic).
+    fn topic_name(&self) -> String {
+        self.topic
+            .as_deref()
+            .map(str::to_string)
+            .unwrap_or_default()
     }
 
     /// Reads from the position under the budget that is left, only messages `filter`
@@ -192,6 +222,8 @@ pub enum Round {
     /// The first partition read has its position outside the log; nothing was read.
     /// The cursor is left where it was: the caller applies its reset policy.
     OutOfRange {
+        /// Index of the cursor in the slice passed to [`read_round`].
+        index: usize,
         partition: u32,
         requested: u64,
         log_start: u64,
@@ -256,6 +288,7 @@ pub fn read_round<C: BorrowMut<Cursor>>(
             }) => {
                 *turn = (index + 1) % count;
                 return Ok(Round::OutOfRange {
+                    index,
                     partition: cursor.partition.id(),
                     requested,
                     log_start,
@@ -278,7 +311,11 @@ pub fn read_round<C: BorrowMut<Cursor>>(
                     bytes_read += size;
                     bytes_left = bytes_left.saturating_sub(size);
                     messages_left = messages_left.saturating_sub(1);
-                    batch.messages.push(convert::consumed_message(id, record));
+                    let mut message = convert::consumed_message(id, record);
+                    if let Some(topic) = &cursor.topic {
+                        message.topic = topic.to_string();
+                    }
+                    batch.messages.push(message);
                 }
                 read.end_offset
             }
@@ -288,6 +325,7 @@ pub fn read_round<C: BorrowMut<Cursor>>(
                 partition: id,
                 next_offset: cursor.position,
                 end_offset,
+                topic: cursor.topic_name(),
             });
         }
         if refused {
@@ -304,10 +342,56 @@ pub fn read_round<C: BorrowMut<Cursor>>(
     })
 }
 
-/// Follows a set of partitions of one topic from given positions and yields their
-/// messages as [`SubscribeResponse`] events, waiting (without spinning) when all are
-/// caught up. The plain Subscribe; a group member runs its own task (it owns
-/// partitions that come and go) around the same [`read_round`].
+/// What a [`PartitionReader`] reads: one topic, or every topic a pattern matches.
+#[derive(Debug)]
+enum Source {
+    /// One topic; its deletion ends the stream with NOT_FOUND.
+    Topic(Arc<Topic>),
+    /// Every topic the pattern matches, as they come and go.
+    Pattern(Box<PatternSource>),
+}
+
+/// The topics a pattern stream reads and when it looks for changes.
+#[derive(Debug)]
+struct PatternSource {
+    pattern: Arc<TopicPattern>,
+    /// Read topics by name, with the number of their partitions read.
+    topics: BTreeMap<String, (Arc<Topic>, usize)>,
+    /// Where partitions that appear after the start begin.
+    later: LaterStart,
+    /// When to look at the topic list next.
+    next_scan: tokio::time::Instant,
+}
+
+/// Where a pattern stream starts reading a topic (or partition) that appeared after
+/// the stream started: every message in it is new to the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaterStart {
+    /// The log start.
+    Earliest,
+    /// The first message at or after this timestamp (ms), the end if none.
+    Timestamp(i64),
+}
+
+impl LaterStart {
+    fn offset(self, partition: &Partition) -> u64 {
+        match self {
+            LaterStart::Earliest => partition.log_start(),
+            LaterStart::Timestamp(ms) => match partition.offset_for_timestamp(ms) {
+                Ok(Some(offset)) => offset,
+                // Nothing at or after it, or unreadable (the read reports it).
+                Ok(None) => partition.end_offset(),
+                Err(_) => partition.log_start(),
+            },
+        }
+    }
+}
+
+/// Follows a set of partitions, of one topic or of every topic a pattern matches,
+/// from given positions and yields their messages as [`SubscribeResponse`] events,
+/// waiting (without spinning) when all are caught up. The plain Subscribe; a group
+/// member runs its own task (it owns partitions that come and go) around the same
+/// [`read_round`].
 ///
 /// - Each [`PartitionReader::next_event`] returns one event: a [`MessageBatch`] from
 ///   one partition (partitions take turns, so a busy one does not starve the others),
@@ -317,15 +401,20 @@ pub fn read_round<C: BorrowMut<Cursor>>(
 /// - It is cancel-safe: dropping the future (e.g. in `tokio::select!` against a
 ///   rebalance signal) loses nothing; positions only move past messages an event
 ///   returned or that were skipped (expired, or by the filter: never to be sent).
-/// - It ends with UNAVAILABLE when the broker shuts down, NOT_FOUND when the topic is
-///   deleted, DATA_LOSS on a corrupt batch.
+/// - It ends with UNAVAILABLE when the broker shuts down, NOT_FOUND when its one topic
+///   is deleted, DATA_LOSS on a corrupt batch.
+/// - On a pattern ([`PartitionReader::with_pattern`]) it looks at the topic list every
+///   [`TOPIC_RESCAN_INTERVAL`] (and at once when a read finds a topic deleted): a
+///   matching topic that appeared (or grew partitions) is read from its
+///   [`LaterStart`], a deleted one drops out, and each change is a [`TopicsChanged`]
+///   event. Messages, positions and resets name their topic.
 ///
 /// [`PartitionReader::positions`] gives the next offset of each partition after the
 /// events returned so far (what an auto-commit would store).
 #[derive(Debug)]
 pub struct PartitionReader {
     state: Arc<AppState>,
-    topic: Arc<Topic>,
+    source: Source,
     cursors: Vec<Cursor>,
     /// Per cursor: poisoned, so nothing will be appended until a restart; stop waiting
     /// on it (its wait future resolves at once and would make the reader spin).
@@ -339,8 +428,8 @@ pub struct PartitionReader {
     /// When the last event went out: a batch of positions only is sent after
     /// [`FILTER_PROGRESS_INTERVAL`] without one.
     last_sent: Instant,
-    /// An event to return before any read (the Positioned event, when asked for).
-    first: Option<SubscribeResponse>,
+    /// Events to return before any read (TopicsChanged, Positioned).
+    queued: VecDeque<SubscribeResponse>,
 }
 
 impl PartitionReader {
@@ -366,7 +455,7 @@ impl PartitionReader {
             .collect::<Result<Vec<_>, Status>>()?;
         Ok(PartitionReader {
             state,
-            topic,
+            source: Source::Topic(topic),
             parked: vec![false; cursors.len()],
             cursors,
             turn: 0,
@@ -374,12 +463,63 @@ impl PartitionReader {
             limits,
             filter,
             last_sent: Instant::now(),
-            first: None,
+            queued: VecDeque::new(),
         })
     }
 
-    /// Makes the first event a [`Positioned`] naming every partition's start (a start
-    /// out of range is then followed by its PositionReset).
+    /// A reader of every topic `pattern` matches: `initial` are the topics matched at
+    /// the start with the first offset of each of their partitions (all of them);
+    /// topics and partitions that appear later start at `later`. The first event is a
+    /// [`TopicsChanged`] naming the initial topics (possibly none).
+    pub fn with_pattern(
+        state: Arc<AppState>,
+        pattern: Arc<TopicPattern>,
+        initial: Vec<(Arc<Topic>, Vec<u64>)>,
+        later: LaterStart,
+        reset_policy: ResetPolicy,
+        limits: ReadLimits,
+        filter: Option<Arc<Filter>>,
+    ) -> Self {
+        let mut topics = BTreeMap::new();
+        let mut cursors = Vec::new();
+        for (topic, starts) in initial {
+            let name: Arc<str> = Arc::from(topic.name());
+            for (partition, start) in topic.partitions().iter().zip(&starts) {
+                cursors.push(Cursor::in_topic(partition.clone(), *start, name.clone()));
+            }
+            topics.insert(topic.name().to_string(), (topic.clone(), starts.len()));
+        }
+        let names: Vec<String> = topics.keys().cloned().collect();
+        let mut queued = VecDeque::new();
+        queued.push_back(SubscribeResponse {
+            event: Some(Event::TopicsChanged(TopicsChanged {
+                added: names.clone(),
+                removed: Vec::new(),
+                topics: names,
+            })),
+        });
+        PartitionReader {
+            state,
+            source: Source::Pattern(Box::new(PatternSource {
+                pattern,
+                topics,
+                later,
+                next_scan: tokio::time::Instant::now() + TOPIC_RESCAN_INTERVAL,
+            })),
+            parked: vec![false; cursors.len()],
+            cursors,
+            turn: 0,
+            reset_policy,
+            limits,
+            filter,
+            last_sent: Instant::now(),
+            queued,
+        }
+    }
+
+    /// Makes the first event (after a pattern stream's TopicsChanged) a [`Positioned`]
+    /// naming every partition's start (a start out of range is then followed by its
+    /// PositionReset).
     pub fn announce_positions(mut self) -> Self {
         let positions = self
             .cursors
@@ -388,9 +528,10 @@ impl PartitionReader {
                 partition: c.partition.id(),
                 next_offset: c.position,
                 end_offset: c.partition.end_offset(),
+                topic: c.topic_name(),
             })
             .collect();
-        self.first = Some(SubscribeResponse {
+        self.queued.push_back(SubscribeResponse {
             event: Some(Event::Positioned(Positioned { positions })),
         });
         self
@@ -404,9 +545,92 @@ impl PartitionReader {
             .collect()
     }
 
+    /// Looks at the topic list (a pattern stream only): adds cursors for matching
+    /// topics that appeared and partitions that were added, drops those of topics that
+    /// went (deleted, or deleted and created again: then dropped and added back from
+    /// its start). The change as a TopicsChanged event, `None` when nothing changed.
+    fn rescan(&mut self) -> Option<SubscribeResponse> {
+        let Source::Pattern(source) = &mut self.source else {
+            return None;
+        };
+        source.next_scan = tokio::time::Instant::now() + TOPIC_RESCAN_INTERVAL;
+        let now: BTreeMap<String, Arc<Topic>> = self
+            .state
+            .store
+            .topics()
+            .into_iter()
+            .filter(|t| source.pattern.matches(t.name()))
+            .map(|t| (t.name().to_string(), t))
+            .collect();
+        let removed: Vec<String> = source
+            .topics
+            .iter()
+            .filter(|(name, (old, _))| !now.get(*name).is_some_and(|t| t.is_same_topic(old)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut changed_cursors = false;
+        for name in &removed {
+            source.topics.remove(name);
+            let before = self.cursors.len();
+            self.cursors
+                .retain(|c| c.topic.as_deref() != Some(name.as_str()));
+            changed_cursors |= self.cursors.len() != before;
+        }
+        let mut added = Vec::new();
+        for (name, topic) in now {
+            let (read, first_new) = match source.topics.get(&name) {
+                Some((_, read)) => (*read, *read),
+                None => {
+                    added.push(name.clone());
+                    (0, 0)
+                }
+            };
+            let count = topic.partitions().len();
+            if count <= read && read > 0 {
+                continue;
+            }
+            let label: Arc<str> = Arc::from(name.as_str());
+            for partition in topic.partitions().iter().skip(first_new) {
+                let start = source.later.offset(partition);
+                self.cursors
+                    .push(Cursor::in_topic(partition.clone(), start, label.clone()));
+                changed_cursors = true;
+            }
+            source.topics.insert(name, (topic, count));
+        }
+        if changed_cursors {
+            self.parked = vec![false; self.cursors.len()];
+            self.turn = 0;
+        }
+        if added.is_empty() && removed.is_empty() {
+            return None;
+        }
+        tracing::debug!(
+            pattern = source.pattern.as_str(),
+            ?added,
+            ?removed,
+            "pattern subscription's topics changed"
+        );
+        Some(SubscribeResponse {
+            event: Some(Event::TopicsChanged(TopicsChanged {
+                added,
+                removed,
+                topics: source.topics.keys().cloned().collect(),
+            })),
+        })
+    }
+
+    /// When a pattern stream looks at the topic list next; `None` for one topic.
+    fn next_scan(&self) -> Option<tokio::time::Instant> {
+        match &self.source {
+            Source::Topic(_) => None,
+            Source::Pattern(source) => Some(source.next_scan),
+        }
+    }
+
     /// Waits for and returns the next event. Cancel-safe (see the type's docs).
     pub async fn next_event(&mut self) -> Result<SubscribeResponse, Status> {
-        if let Some(event) = self.first.take() {
+        if let Some(event) = self.queued.pop_front() {
             return Ok(event);
         }
         let mut woke_empty = false;
@@ -416,11 +640,22 @@ impl PartitionReader {
                     "the broker is shutting down; subscribe again once it is back",
                 ));
             }
-            if !self.topic_still_exists() {
-                return Err(Status::not_found(format!(
-                    "topic {:?} was deleted",
-                    self.topic.name()
-                )));
+            match &self.source {
+                Source::Topic(topic) => {
+                    if !self.topic_still_exists(topic) {
+                        return Err(Status::not_found(format!(
+                            "topic {:?} was deleted",
+                            topic.name()
+                        )));
+                    }
+                }
+                Source::Pattern(source) => {
+                    if tokio::time::Instant::now() >= source.next_scan
+                        && let Some(event) = self.rescan()
+                    {
+                        return Ok(event);
+                    }
+                }
             }
             if !self.cursors.is_empty() {
                 let round = read_round(
@@ -430,6 +665,20 @@ impl PartitionReader {
                     Batching::OnePartition,
                     self.filter.as_deref(),
                 );
+                let round = match round {
+                    // A topic of a pattern went: look at the list now (it drops out).
+                    Err(Error::TopicDeleted { .. })
+                        if matches!(self.source, Source::Pattern(_)) =>
+                    {
+                        if let Some(event) = self.rescan() {
+                            return Ok(event);
+                        }
+                        // Not in the list yet: look again after the interval.
+                        tokio::time::sleep(IDLE_RESCAN_BACKOFF).await;
+                        continue;
+                    }
+                    round => round,
+                };
                 match convert::or_status(round)? {
                     Round::Batch {
                         batch,
@@ -439,11 +688,22 @@ impl PartitionReader {
                         self.state.metrics.filtered("subscribe", filtered);
                         let progress = send_progress(&batch, filtered, self.last_sent);
                         if !batch.messages.is_empty() || progress {
-                            self.state.metrics.fetched(
-                                self.topic.name(),
-                                batch.messages.len() as u64,
-                                bytes,
-                            );
+                            let topic = match &self.source {
+                                Source::Topic(topic) => topic.name(),
+                                // One partition per batch: the first names them all.
+                                Source::Pattern(_) => batch
+                                    .messages
+                                    .first()
+                                    .map(|m| m.topic.as_str())
+                                    .unwrap_or_default(),
+                            };
+                            if !batch.messages.is_empty() {
+                                self.state.metrics.fetched(
+                                    topic,
+                                    batch.messages.len() as u64,
+                                    bytes,
+                                );
+                            }
                             self.last_sent = Instant::now();
                             return Ok(SubscribeResponse {
                                 event: Some(Event::Batch(batch)),
@@ -458,20 +718,25 @@ impl PartitionReader {
                         }
                     }
                     Round::OutOfRange {
+                        index,
                         partition,
                         requested,
                         log_start,
                         end,
-                    } => return self.reset(partition, requested, log_start, end),
+                    } => return self.reset(index, partition, requested, log_start, end),
                 }
             }
             if woke_empty {
                 // Woken with nothing to read: a partition was poisoned (its wait
                 // resolves at once from now on). Stop waiting on such partitions.
+                let label = match &self.source {
+                    Source::Topic(topic) => topic.name(),
+                    Source::Pattern(_) => "",
+                };
                 for (cursor, parked) in self.cursors.iter().zip(&mut self.parked) {
                     if !*parked && cursor.partition.poisoned().is_some() {
                         tracing::warn!(
-                            topic = self.topic.name(),
+                            topic = cursor.topic.as_deref().unwrap_or(label),
                             partition = cursor.partition.id(),
                             "partition is poisoned: the subscription stops waiting for it"
                         );
@@ -479,6 +744,7 @@ impl PartitionReader {
                     }
                 }
             }
+            let next_scan = self.next_scan();
             let mut waits: Vec<_> = self
                 .cursors
                 .iter()
@@ -494,26 +760,41 @@ impl PartitionReader {
                 }
                 Poll::Pending
             });
+            let rescan = async {
+                match next_scan {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = any_data => {}
-                _ = self.state.shutdown.wait() => {}
+                _ = any_data => { woke_empty = true; }
+                _ = rescan => { woke_empty = false; }
+                _ = self.state.shutdown.wait() => { woke_empty = true; }
             }
-            woke_empty = true;
         }
     }
 
-    fn topic_still_exists(&self) -> bool {
-        self.state
-            .store
-            .topic(self.topic.name())
-            .is_ok_and(|t| t.is_same_topic(&self.topic))
+    /// The one topic's name; empty for a pattern.
+    fn topic_label(&self) -> &str {
+        match &self.source {
+            Source::Topic(topic) => topic.name(),
+            Source::Pattern(_) => "",
+        }
     }
 
-    /// Applies the reset policy to the cursor of `partition`, whose position
-    /// `requested` is outside `log_start..=end`: the PositionReset event, or
+    fn topic_still_exists(&self, topic: &Arc<Topic>) -> bool {
+        self.state
+            .store
+            .topic(topic.name())
+            .is_ok_and(|t| t.is_same_topic(topic))
+    }
+
+    /// Applies the reset policy to the cursor at `index` (of `partition`), whose
+    /// position `requested` is outside `log_start..=end`: the PositionReset event, or
     /// OUT_OF_RANGE with `RESET_POLICY_ERROR`.
     fn reset(
         &mut self,
+        index: usize,
         partition: u32,
         requested: u64,
         log_start: u64,
@@ -524,11 +805,15 @@ impl PartitionReader {
         } else {
             (ResetReason::AboveEndOffset, "above_end_offset")
         };
+        let topic = match self.cursors.get(index).and_then(|c| c.topic.clone()) {
+            Some(topic) => topic.to_string(),
+            None => self.topic_label().to_string(),
+        };
         let to_offset = match self.reset_policy {
             ResetPolicy::Latest => end,
             ResetPolicy::Error => {
                 return Err(convert::status(&Error::OffsetOutOfRange {
-                    partition: format!("{}/{partition}", self.topic.name()),
+                    partition: format!("{topic}/{partition}"),
                     requested,
                     log_start,
                     end,
@@ -536,20 +821,20 @@ impl PartitionReader {
             }
             ResetPolicy::Earliest | ResetPolicy::Unspecified => log_start,
         };
-        if let Some(cursor) = self
-            .cursors
-            .iter_mut()
-            .find(|c| c.partition.id() == partition)
-        {
+        if let Some(cursor) = self.cursors.get_mut(index) {
             cursor.position = to_offset;
         }
-        self.state.metrics.position_reset(self.topic.name(), label);
+        self.state.metrics.position_reset(&topic, label);
         Ok(SubscribeResponse {
             event: Some(Event::PositionReset(PositionReset {
                 partition,
                 from_offset: Some(requested),
                 to_offset,
                 reason: reason as i32,
+                topic: match self.source {
+                    Source::Topic(_) => String::new(),
+                    Source::Pattern(_) => topic,
+                },
             })),
         })
     }
@@ -1099,6 +1384,7 @@ mod tests {
         assert_eq!(
             round.unwrap(),
             Round::OutOfRange {
+                index: 1,
                 partition: 1,
                 requested: 9,
                 log_start: 0,

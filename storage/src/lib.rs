@@ -36,6 +36,7 @@ mod mmap;
 pub mod msgid;
 pub mod offsets;
 pub mod partition;
+pub mod pattern;
 pub mod procstat;
 mod progress;
 pub mod queue;
@@ -61,5 +62,6 @@ pub use offsets::{CommittedOffset, OffsetStore};
 pub use partition::{
     Appended, FlushObserver, Partition, PartitionInfo, ReadResult, RetentionOutcome,
 };
+pub use pattern::{PatternError, TopicPattern};
 pub use progress::{LogEnd, WaitDurable, WaitForData};
 pub use store::{Store, StoreOptions, Topic, TopicInfo};

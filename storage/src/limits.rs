@@ -98,6 +98,19 @@ pub const FILTER_SCAN_BYTES_MAX: u64 = 8 * 1024 * 1024;
 /// (a parsed JSON tree is several times its text).
 pub const FILTER_JSON_VALUE_BYTES_MAX: usize = 1024 * 1024;
 
+/// Longest topic pattern (`crate::pattern`): it comes from the network and is
+/// compiled once per subscription, group member or queue.
+pub const TOPIC_PATTERN_BYTES_MAX: usize = 1024;
+/// Most bytes a topic pattern's compiled program may take (`regex`'s `size_limit`):
+/// a pattern over it (`(\w{100}){100}`) is refused, not compiled for seconds.
+pub const TOPIC_PATTERN_COMPILED_BYTES_MAX: usize = 256 * 1024;
+/// Most bytes of lazy-DFA cache one topic pattern may use (`regex`'s
+/// `dfa_size_limit`).
+pub const TOPIC_PATTERN_DFA_BYTES_MAX: usize = 1024 * 1024;
+/// Deepest nesting of a topic pattern (`regex`'s `nest_limit`): bounds the parser's
+/// recursion.
+pub const TOPIC_PATTERN_NEST_MAX: u32 = 32;
+
 /// Largest config or checkpoint file read from disk.
 pub const SMALL_FILE_BYTES_MAX: u64 = 64 * 1024;
 

@@ -773,8 +773,23 @@ group member's stream ends at the damage; what it printed is committed.";
 #[derive(Debug, Args)]
 #[command(after_help = CONSUME_EXAMPLES)]
 pub struct ConsumeArgs {
-    /// Topic to read.
+    /// Topic to read (or --topic-pattern).
+    #[arg(
+        default_value = "",
+        hide_default_value = true,
+        required_unless_present = "topic_pattern"
+    )]
     pub topic: String,
+
+    /// Read every topic whose whole name matches this regular expression (Rust regex
+    /// syntax, e.g. 'orders\..*') instead of one TOPIC. Topics created later that
+    /// match are read too (from their start, within a second), deleted ones drop out;
+    /// stderr says when the set changes. Always follows (like --follow; stop with
+    /// Ctrl-C or -n). Each message names its topic: `topic` in --json, `TOPIC/` before
+    /// partition:offset with --print-meta. --from applies to the topics matched at the
+    /// start. Not with --group, --partition or --until.
+    #[arg(long, value_name = "REGEX", conflicts_with_all = ["group", "partition", "until"])]
+    pub topic_pattern: Option<String>,
 
     /// Where to start: earliest, latest, an offset, or a date-time (YYYY-MM-DDTHH:mm:SS[.sss][Z|+hh:mm]).
     /// An offset outside a partition's offsets follows --offset-reset. With --group it

@@ -390,6 +390,7 @@ mod tests {
                 id: Bytes::from_static(b"order-17"),
                 deliver_at_ms: None,
                 priority: 0,
+                topic: String::new(),
             }),
             size_bytes: 18,
         }

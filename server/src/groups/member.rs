@@ -478,6 +478,7 @@ impl MemberTask {
             from_offset: from,
             to_offset: to,
             reason: reason as i32,
+            topic: String::new(),
         }));
         Ok(to)
     }
@@ -550,6 +551,7 @@ impl MemberTask {
                 requested,
                 log_start,
                 end,
+                ..
             } => {
                 let reason = if requested < log_start {
                     ResetReason::BelowLogStart

@@ -286,7 +286,7 @@ fn spawn_member(
                         assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
                     }
                 }
-                Event::PositionReset(_) | Event::Positioned(_) => {}
+                Event::PositionReset(_) | Event::Positioned(_) | Event::TopicsChanged(_) => {}
             }
         }
     })
@@ -440,6 +440,7 @@ async fn read_messages(
             Event::Assignment(assignment) => assignments.push(assignment),
             Event::PositionReset(reset) => panic!("unexpected {reset:?}"),
             Event::Positioned(positioned) => panic!("unexpected {positioned:?}"),
+            Event::TopicsChanged(changed) => panic!("unexpected {changed:?}"),
         }
     }
     assert_eq!(messages.len(), count, "no more than expected");
@@ -1403,6 +1404,7 @@ async fn a_member_that_stops_reading_does_not_hold_up_a_rebalance() {
             }
             Event::PositionReset(_) => {}
             Event::Positioned(p) => panic!("unexpected {p:?}"),
+            Event::TopicsChanged(t) => panic!("unexpected {t:?}"),
         }
     }
     assert!(after_assignment);

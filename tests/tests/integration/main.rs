@@ -16,6 +16,7 @@ mod kill9;
 mod message_lookup;
 mod message_metadata;
 mod metrics_http;
+mod patterns;
 mod positions;
 mod queue_cli;
 mod queues;

@@ -96,6 +96,7 @@ async fn next_batch(stream: &mut Streaming<SubscribeResponse>) -> MessageBatch {
             Event::Batch(batch) => return batch,
             Event::Assignment(_) | Event::PositionReset(_) => continue,
             Event::Positioned(p) => panic!("unasked Positioned {p:?}"),
+            Event::TopicsChanged(t) => panic!("unasked TopicsChanged {t:?}"),
         }
     }
 }
@@ -105,6 +106,7 @@ fn position(partition: u32, next_offset: u64, end_offset: u64) -> PartitionPosit
         partition,
         next_offset,
         end_offset,
+        topic: String::new(),
     }
 }
 

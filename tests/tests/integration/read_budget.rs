@@ -125,7 +125,10 @@ async fn next_message_batch(stream: &mut Streaming<SubscribeResponse>) -> Messag
         match event {
             Event::Batch(batch) => return batch,
             // A new group starts by its reset policy.
-            Event::Assignment(_) | Event::PositionReset(_) | Event::Positioned(_) => continue,
+            Event::Assignment(_)
+            | Event::PositionReset(_)
+            | Event::Positioned(_)
+            | Event::TopicsChanged(_) => continue,
         }
     }
 }

@@ -339,7 +339,7 @@ async fn run_subscribe(
                         progress_at = Instant::now();
                     }
                     // A reset moves past missing data; the merge reports the gap.
-                    Some(Event::PositionReset(_) | Event::Positioned(_)) | None => {}
+                    Some(Event::PositionReset(_) | Event::Positioned(_) | Event::TopicsChanged(_)) | None => {}
                 },
                 Ok(None) => {
                     reader.errors.push(|| format!("consumer {}: the broker ended the subscription", plan.id));

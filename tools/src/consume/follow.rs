@@ -143,7 +143,10 @@ pub(super) async fn consume_follow(
                         }
                     }
                 }
-                Ok(Some(subscribe_response::Event::Assignment(_))) => {}
+                Ok(Some(
+                    subscribe_response::Event::Assignment(_)
+                    | subscribe_response::Event::TopicsChanged(_),
+                )) => {}
             }
         };
         if reconnectable(&ended) {

@@ -178,7 +178,10 @@ pub(super) async fn consume_group(
                 member.printed.insert(reset.partition, reset.to_offset);
             }
             // Only plain streams that ask for it get one.
-            Ok(Some(subscribe_response::Event::Positioned(_))) => {}
+            Ok(Some(
+                subscribe_response::Event::Positioned(_)
+                | subscribe_response::Event::TopicsChanged(_),
+            )) => {}
             Ok(Some(subscribe_response::Event::Batch(batch))) => {
                 let mut stop = false;
                 // Partitions of this batch not printed to their end (--until).

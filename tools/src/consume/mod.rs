@@ -12,15 +12,19 @@
 //!   before leaving. Without `--follow` reading stops when every assigned partition
 //!   reached its end offset, or after a quiet spell.
 //!
+//! - `--topic-pattern`: one `Subscribe` stream by pattern over every matching topic,
+//!   including those created later; always follows.
+//!
 //! The module's parts, each importing only those before it: [`printer`] (formats),
 //! [`damage`] (DATA_LOSS), [`start`] (where reading starts), [`stream`] (a Subscribe
-//! stream: errors, reconnecting, signals), then the three ways to read: [`fetch`],
-//! [`follow`], [`group`].
+//! stream: errors, reconnecting, signals), then the ways to read: [`fetch`],
+//! [`follow`], [`group`], [`pattern`].
 
 mod damage;
 mod fetch;
 mod follow;
 mod group;
+mod pattern;
 mod printer;
 
 pub use printer::{LineFormat, message_json};
@@ -35,6 +39,22 @@ pub async fn run(broker: &Broker, args: ConsumeArgs, json: bool) -> CliResult<()
     let mut printer = printer::Printer::new(&args, json);
     if args.count == Some(0) {
         return Ok(());
+    }
+    let result = match (&args.topic_pattern, args.topic.is_empty()) {
+        (Some(_), false) => Err(crate::error::CliError::usage(
+            "both TOPIC and --topic-pattern were given",
+            "give one: a topic name, or --topic-pattern REGEX",
+        )),
+        (None, true) => Err(crate::error::CliError::usage(
+            "no topic given",
+            "name a TOPIC, or read several with --topic-pattern REGEX",
+        )),
+        (Some(p), true) => pattern::consume_pattern(broker, &args, p, &mut printer).await,
+        (None, false) => Ok(()),
+    };
+    if result.is_err() || args.topic_pattern.is_some() {
+        let flushed = printer.out.flush();
+        return result.and(flushed);
     }
     let result = match (&args.group, args.follow) {
         (Some(group), _) => group::consume_group(broker, &args, group, &mut printer).await,

@@ -38,6 +38,10 @@ impl LineFormat {
                 };
                 let mut line = Vec::with_capacity(m.value.len() + m.key.len() + 48);
                 if self.print_meta {
+                    if !m.topic.is_empty() {
+                        line.extend_from_slice(m.topic.as_bytes());
+                        line.push(b'/');
+                    }
                     line.extend_from_slice(
                         format!(
                             "{}:{} {}",
@@ -180,6 +184,9 @@ pub fn message_json(m: &ConsumedMessage) -> Value {
         "headers": headers,
     });
     if let Value::Object(map) = &mut value {
+        if !m.topic.is_empty() {
+            map.insert("topic".into(), m.topic.clone().into());
+        }
         if !m.id.is_empty() {
             map.insert("id".into(), msgid::display(&m.id).into());
         }

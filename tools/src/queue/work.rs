@@ -219,12 +219,15 @@ fn nack_reason(ended: &Ended, stderr: &[u8]) -> String {
 }
 
 /// What a running command tells the worker.
+///
+/// The deliveries are boxed: a delivery holds its whole message, and the event travels
+/// in the work loop's `Step` beside much smaller ones.
 #[derive(Debug)]
 enum JobEvent {
     /// Past half its deadline: ask for more time.
-    Extend(QueueDelivery),
+    Extend(Box<QueueDelivery>),
     Done {
-        delivery: QueueDelivery,
+        delivery: Box<QueueDelivery>,
         ended: Ended,
         stderr: Vec<u8>,
     },
@@ -287,7 +290,7 @@ async fn run_job(
         Ok(child) => child,
         Err(error) => {
             let _ = events.send(JobEvent::Done {
-                delivery,
+                delivery: Box::new(delivery),
                 ended: Ended::NotStarted(error),
                 stderr: Vec::new(),
             });
@@ -336,7 +339,7 @@ async fn run_job(
                 Err(error) => Ended::NotStarted(error),
             },
             _ = tokio::time::sleep_until(extend_at.into()) => {
-                let _ = events.send(JobEvent::Extend(delivery.clone()));
+                let _ = events.send(JobEvent::Extend(Box::new(delivery.clone())));
                 extend_at = Instant::now() + half;
             }
             changed = kill.changed() => {
@@ -351,7 +354,7 @@ async fn run_job(
     }
     let stderr = tail.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let _ = events.send(JobEvent::Done {
-        delivery,
+        delivery: Box::new(delivery),
         ended,
         stderr,
     });
