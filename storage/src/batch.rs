@@ -694,7 +694,11 @@ impl RecordIter {
         })
     }
 
-    fn next_record(&mut self) -> Result<Record, FormatError> {
+    /// Parses and validates the next record in place: every check [`RecordIter::next`]
+    /// makes, with the variable-length fields as spans of the records section and
+    /// nothing copied or allocated. [`RecordIter::record`] makes a [`Record`] of it,
+    /// [`RecordIter::raw`] lends its bytes (for a filter that may skip it).
+    fn next_view_inner(&mut self) -> Result<RecordView, FormatError> {
         let record_length = self.varint()? as usize;
         let end = self
             .position
@@ -740,7 +744,7 @@ impl RecordIter {
             0
         };
         let id = if attributes & RECORD_HAS_ID != 0 {
-            let id = self.length_prefixed(end)?;
+            let id = self.span(end)?;
             if !(1..=MESSAGE_ID_BYTES_MAX).contains(&id.len()) {
                 return Err(invalid(format!(
                     "record id of {} bytes is out of range",
@@ -752,37 +756,103 @@ impl RecordIter {
             None
         };
         let key = if attributes & RECORD_HAS_KEY != 0 {
-            Some(self.length_prefixed(end)?)
+            Some(self.span(end)?)
         } else {
             None
         };
-        let value = self.length_prefixed(end)?;
+        let value = self.span(end)?;
         let header_count = self.varint()?;
         if header_count > u64::from(RECORD_HEADERS_MAX) {
             return Err(invalid(format!("{header_count} headers is over the limit")));
         }
-        let mut headers = Vec::with_capacity(header_count as usize);
+        let headers_start = self.position;
+        let mut header_bytes = 0;
         for _ in 0..header_count {
-            let key = self.length_prefixed(end)?;
-            let key =
-                String::from_utf8(key.to_vec()).map_err(|_| invalid("header key is not UTF-8"))?;
-            let value = self.length_prefixed(end)?;
-            headers.push(Header { key, value });
+            let key = self.span(end)?;
+            if std::str::from_utf8(&self.section[key.start..key.end]).is_err() {
+                return Err(invalid("header key is not UTF-8"));
+            }
+            let value = self.span(end)?;
+            header_bytes += key.len() + value.len();
         }
         if self.position != end {
             return Err(invalid("record length does not match its fields"));
         }
-        Ok(Record {
+        let payload_bytes =
+            (id.map_or(0, |i| i.len()) + key.map_or(0, |k| k.len()) + value.len() + header_bytes)
+                as u64;
+        Ok(RecordView {
             offset: self.header.base_offset + offset_delta,
             timestamp_ms,
             expires_at_ms,
-            key,
-            value,
-            headers,
-            id,
             deliver_at_ms,
             priority,
+            payload_bytes,
+            id,
+            key,
+            value,
+            headers: Span {
+                start: headers_start,
+                end,
+            },
+            header_count: header_count as u32,
         })
+    }
+
+    /// The next record in place (see [`RecordView`]); after an error, `None`.
+    pub fn next_view(&mut self) -> Option<Result<RecordView, FormatError>> {
+        if self.remaining == 0 {
+            if self.position != self.section.len() {
+                self.position = self.section.len();
+                return Some(Err(invalid("bytes left over after the last record")));
+            }
+            return None;
+        }
+        self.remaining -= 1;
+        let view = self.next_view_inner();
+        if view.is_err() {
+            // Stop after the first error: what follows cannot be trusted.
+            self.remaining = 0;
+            self.position = self.section.len();
+        }
+        Some(view)
+    }
+
+    /// The [`Record`] of a view this iterator returned: keys, values and header values
+    /// are slices of the batch (no copy); header keys are copied into `String`s.
+    pub fn record(&self, view: &RecordView) -> Record {
+        let slice = |span: Span| self.section.slice(span.start..span.end);
+        Record {
+            offset: view.offset,
+            timestamp_ms: view.timestamp_ms,
+            expires_at_ms: view.expires_at_ms,
+            key: view.key.map(slice),
+            value: slice(view.value),
+            headers: self
+                .raw(view)
+                .headers()
+                .map(|(key, value)| Header {
+                    key: key.to_owned(),
+                    value: self.section.slice_ref(value),
+                })
+                .collect(),
+            id: view.id.map(slice),
+            deliver_at_ms: view.deliver_at_ms,
+            priority: view.priority,
+        }
+    }
+
+    /// The bytes of a view this iterator returned, borrowed.
+    pub fn raw<'a>(&'a self, view: &RecordView) -> RawRecord<'a> {
+        let bytes = |span: Span| &self.section[span.start..span.end];
+        RawRecord {
+            key: view.key.map(bytes),
+            value: bytes(view.value),
+            headers: RawHeaders {
+                bytes: bytes(view.headers),
+                left: view.header_count,
+            },
+        }
     }
 
     fn byte(&mut self) -> Result<u8, FormatError> {
@@ -801,17 +871,20 @@ impl RecordIter {
         Ok(value)
     }
 
-    /// A varint length followed by that many bytes, all within `end`.
-    fn length_prefixed(&mut self, end: usize) -> Result<Bytes, FormatError> {
+    /// A varint length followed by that many bytes, all within `end`: their span.
+    fn span(&mut self, end: usize) -> Result<Span, FormatError> {
         let length = self.varint()?;
         let stop = usize::try_from(length)
             .ok()
             .and_then(|len| self.position.checked_add(len))
             .filter(|&stop| stop <= end)
             .ok_or_else(|| invalid("field length runs past its record"))?;
-        let field = self.section.slice(self.position..stop);
+        let span = Span {
+            start: self.position,
+            end: stop,
+        };
         self.position = stop;
-        Ok(field)
+        Ok(span)
     }
 }
 
@@ -819,21 +892,96 @@ impl Iterator for RecordIter {
     type Item = Result<Record, FormatError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.remaining == 0 {
-            if self.position != self.section.len() {
-                self.position = self.section.len();
-                return Some(Err(invalid("bytes left over after the last record")));
-            }
+        let view = self.next_view()?;
+        Some(view.map(|view| self.record(&view)))
+    }
+}
+
+/// Where a field lies in a batch's records section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: usize,
+    end: usize,
+}
+
+impl Span {
+    fn len(self) -> usize {
+        self.end - self.start
+    }
+}
+
+/// A record of a batch, validated but not decoded into a [`Record`]: its fixed fields,
+/// and where its id, key, value and headers lie in the batch ([`RecordIter::raw`]).
+/// Reads look at a view first and make a `Record` only of what they return, so what
+/// they pass over (records before the read's start, expired ones, ones a filter skips)
+/// costs no allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordView {
+    pub offset: u64,
+    pub timestamp_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    pub deliver_at_ms: Option<i64>,
+    pub priority: u8,
+    /// Id, key, value and header bytes, as [`Record::payload_bytes`] counts them.
+    pub payload_bytes: u64,
+    id: Option<Span>,
+    key: Option<Span>,
+    value: Span,
+    /// The header entries, after their count.
+    headers: Span,
+    header_count: u32,
+}
+
+/// A record's key, value and headers as borrowed bytes of its batch.
+#[derive(Debug, Clone, Copy)]
+pub struct RawRecord<'a> {
+    pub key: Option<&'a [u8]>,
+    pub value: &'a [u8],
+    pub headers: RawHeaders<'a>,
+}
+
+impl<'a> RawRecord<'a> {
+    /// The headers in stored order, as (key, value).
+    pub fn headers(&self) -> RawHeaders<'a> {
+        self.headers
+    }
+}
+
+/// The headers of a [`RawRecord`], read in place. They were validated when the record
+/// was (lengths within the record, keys UTF-8), so reading them cannot fail; bytes
+/// that do not parse end the iteration.
+#[derive(Debug, Clone, Copy)]
+pub struct RawHeaders<'a> {
+    bytes: &'a [u8],
+    left: u32,
+}
+
+impl<'a> RawHeaders<'a> {
+    fn field(&mut self) -> Option<&'a [u8]> {
+        let (length, used) = get_varint(self.bytes)?;
+        let stop = used.checked_add(usize::try_from(length).ok()?)?;
+        let field = self.bytes.get(used..stop)?;
+        self.bytes = &self.bytes[stop..];
+        Some(field)
+    }
+}
+
+impl<'a> Iterator for RawHeaders<'a> {
+    type Item = (&'a str, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
             return None;
         }
-        self.remaining -= 1;
-        let record = self.next_record();
-        if record.is_err() {
-            // Stop after the first error: what follows cannot be trusted.
-            self.remaining = 0;
-            self.position = self.section.len();
+        self.left -= 1;
+        let entry = (|| {
+            let key = std::str::from_utf8(self.field()?).ok()?;
+            Some((key, self.field()?))
+        })();
+        if entry.is_none() {
+            self.left = 0;
         }
-        Some(record)
+        entry
     }
 }
 

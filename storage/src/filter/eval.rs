@@ -8,16 +8,36 @@ use serde_json::Value as Json;
 
 use super::parse::parse_number;
 use super::{Expr, Field, Number, Op, Step, Value, Verdict};
-use crate::batch::Header;
+use crate::batch::{Header, RawHeaders};
 use crate::limits::FILTER_JSON_VALUE_BYTES_MAX;
 
 /// Evaluation reached a `json` field and the value is not JSON.
 struct NotJson;
 
+/// A message's headers: decoded, or read in place from its batch.
+#[derive(Clone, Copy)]
+pub(super) enum Headers<'a> {
+    Decoded(&'a [Header]),
+    Raw(RawHeaders<'a>),
+}
+
+impl<'a> Headers<'a> {
+    /// The first header named `name`.
+    fn find(self, name: &str) -> Option<&'a [u8]> {
+        match self {
+            Headers::Decoded(headers) => headers
+                .iter()
+                .find(|h| h.key == name)
+                .map(|h| h.value.as_ref()),
+            Headers::Raw(mut headers) => headers.find(|(key, _)| *key == name).map(|(_, v)| v),
+        }
+    }
+}
+
 /// The message under evaluation, with its value parsed as JSON once needed.
 struct Message<'a> {
     key: &'a [u8],
-    headers: &'a [Header],
+    headers: Headers<'a>,
     value: &'a [u8],
     json: Option<Result<Json, ()>>,
 }
@@ -29,7 +49,7 @@ enum Found<'m> {
     Json(&'m Json),
 }
 
-pub(super) fn evaluate(expr: &Expr, key: &[u8], headers: &[Header], value: &[u8]) -> Verdict {
+pub(super) fn evaluate(expr: &Expr, key: &[u8], headers: Headers<'_>, value: &[u8]) -> Verdict {
     let mut message = Message {
         key,
         headers,
@@ -90,9 +110,8 @@ fn lookup<'m>(field: &Field, message: &'m mut Message<'_>) -> Result<Found<'m>, 
         Field::Key => Found::Bytes(message.key),
         Field::Header(name) => message
             .headers
-            .iter()
-            .find(|h| h.key == *name)
-            .map_or(Found::Missing, |h| Found::Bytes(&h.value)),
+            .find(name)
+            .map_or(Found::Missing, Found::Bytes),
         Field::Json(steps) => {
             let value = message.value;
             let parsed = message.json.get_or_insert_with(|| {

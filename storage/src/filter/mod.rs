@@ -148,7 +148,24 @@ impl Filter {
         headers: &[crate::batch::Header],
         value: &[u8],
     ) -> Verdict {
-        eval::evaluate(&self.expr, key.unwrap_or_default(), headers, value)
+        eval::evaluate(
+            &self.expr,
+            key.unwrap_or_default(),
+            eval::Headers::Decoded(headers),
+            value,
+        )
+    }
+
+    /// The verdict on a record read in place from its batch
+    /// ([`crate::batch::RecordIter::raw`]): the same as on the decoded record, without
+    /// decoding it.
+    pub fn evaluate_raw(&self, record: &crate::batch::RawRecord<'_>) -> Verdict {
+        eval::evaluate(
+            &self.expr,
+            record.key.unwrap_or_default(),
+            eval::Headers::Raw(record.headers()),
+            record.value,
+        )
     }
 
     /// The verdict on a stored record.

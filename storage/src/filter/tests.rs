@@ -502,7 +502,7 @@ proptest! {
         b in expr(),
         (key, headers, value) in message(),
     ) {
-        let eval = |e: &Expr| eval::evaluate(e, &key, &headers, &value);
+        let eval = |e: &Expr| eval::evaluate(e, &key, eval::Headers::Decoded(&headers), &value);
         let (va, vb) = (eval(&a), eval(&b));
         let not = eval(&Expr::Not(Box::new(a.clone())));
         let and = eval(&Expr::And(vec![a.clone(), b.clone()]));
@@ -524,6 +524,46 @@ proptest! {
                 prop_assert_eq!(or, vb);
             }
         }
+    }
+
+    /// A record judged in place in its batch (what reads do) gets the verdict its
+    /// decoded form gets, plain or zstd, whatever else the batch holds.
+    #[test]
+    fn raw_and_decoded_verdicts_agree(
+        a in expr(),
+        (key, headers, value) in message(),
+        before in 0..3usize,
+        zstd in any::<bool>(),
+    ) {
+        use crate::batch::{EncodeOptions, NewRecord, RecordIter, encode_batch};
+        let filter = Filter { needs_json: a.needs_json(), expr: a };
+        let record = NewRecord {
+            key: (!key.is_empty()).then(|| Bytes::from(key.clone())),
+            value: Bytes::from(value.clone()),
+            headers: headers.clone(),
+            ..NewRecord::default()
+        };
+        let mut records = vec![NewRecord::value("other"); before];
+        records.push(record);
+        let options = EncodeOptions {
+            now_ms: 1_000,
+            default_ttl_ms: None,
+            compression: if zstd { crate::Compression::Zstd } else { crate::Compression::None },
+            max_message_bytes: 1 << 20,
+            priority_levels: 0,
+        };
+        let batch = Bytes::from(encode_batch(&records, &options).unwrap().bytes);
+        let header = crate::batch::BatchHeader::parse(&batch).unwrap();
+        let mut iter = RecordIter::new(&batch, &header).unwrap();
+        let mut last = None;
+        while let Some(view) = iter.next_view() {
+            last = Some(view.unwrap());
+        }
+        let view = last.unwrap();
+        let decoded = iter.record(&view);
+        prop_assert_eq!(view.payload_bytes, decoded.payload_bytes());
+        prop_assert_eq!(&decoded.headers, &headers);
+        prop_assert_eq!(filter.evaluate_raw(&iter.raw(&view)), filter.evaluate_record(&decoded));
     }
 
     /// Arbitrary text never panics the parser; an error points inside the text.

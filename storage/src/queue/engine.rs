@@ -34,8 +34,7 @@ use std::sync::Arc;
 use super::admin::dead_letter_record;
 use super::history::{HistoryEvent, Outcome};
 use super::state::{
-    Hold, Pending, PendingMap, Queue, QueueConfig, QueueOp, QueuePartition, Taken,
-    truncate_utf8,
+    Hold, Pending, PendingMap, Queue, QueueConfig, QueueOp, QueuePartition, Taken, truncate_utf8,
 };
 use crate::batch::Record;
 use crate::config::TopicConfig;

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use bytes::Bytes;
 
-use crate::batch::{self, BatchHeader, FormatError, Record, RecordIter};
+use crate::batch::{self, BatchHeader, FormatError, RawRecord, Record, RecordIter};
 use crate::error::{Error, IoContext, Result};
 use crate::filter::{Filter, Filtered, Verdict};
 use crate::fs::FileSystem;
@@ -295,13 +295,14 @@ impl<'f> ReadBudget<'f> {
         self.filtered
     }
 
-    /// Whether the filter keeps `record` (true without a filter). A skipped record
-    /// counts against the skip limits; when they are used up the read is over.
-    fn keep(&mut self, record: &Record) -> bool {
+    /// Whether the filter keeps the record (true without a filter), judged on its bytes
+    /// in place. A skipped record counts against the skip limits; when they are used up
+    /// the read is over.
+    fn keep(&mut self, record: &RawRecord<'_>, payload_bytes: u64) -> bool {
         let Some(filter) = self.filter else {
             return true;
         };
-        let verdict = filter.evaluate_record(record);
+        let verdict = filter.evaluate_raw(record);
         if verdict == Verdict::Match {
             return true;
         }
@@ -310,7 +311,7 @@ impl<'f> ReadBudget<'f> {
             self.filtered.not_json += 1;
         }
         self.skips_left = self.skips_left.saturating_sub(1);
-        self.skip_bytes_left = self.skip_bytes_left.saturating_sub(record.payload_bytes());
+        self.skip_bytes_left = self.skip_bytes_left.saturating_sub(payload_bytes);
         if self.skips_left == 0 || self.skip_bytes_left == 0 {
             self.refused = true;
         }
@@ -323,17 +324,16 @@ impl<'f> ReadBudget<'f> {
         self.refused || self.records_left == 0 || (self.returned_any && self.bytes_left == 0)
     }
 
-    /// Takes `record` if the budget has room for it; otherwise marks the budget
-    /// exhausted and returns `false`.
-    fn admit(&mut self, record: &Record) -> bool {
-        let fits =
-            !self.exhausted() && (!self.returned_any || record.payload_bytes() <= self.bytes_left);
+    /// Takes a record of `payload_bytes` ([`Record::payload_bytes`]) if the budget has
+    /// room for it; otherwise marks the budget exhausted and returns `false`.
+    fn admit(&mut self, payload_bytes: u64) -> bool {
+        let fits = !self.exhausted() && (!self.returned_any || payload_bytes <= self.bytes_left);
         if !fits {
             self.refused = true;
             return false;
         }
         self.records_left = self.records_left.saturating_sub(1);
-        self.bytes_left = self.bytes_left.saturating_sub(record.payload_bytes());
+        self.bytes_left = self.bytes_left.saturating_sub(payload_bytes);
         self.returned_any = true;
         true
     }
@@ -721,36 +721,37 @@ impl Segment {
                     next = header.next_offset();
                     continue;
                 }
-                let records = RecordIter::new(&bytes, &header).map_err(|e| {
+                let mut records = RecordIter::new(&bytes, &header).map_err(|e| {
                     Error::corrupt(self.log_path(), position - length as u64, e.to_string())
                 })?;
-                for record in records {
-                    let record = record.map_err(|e| {
+                // Records are looked at in place; only those returned become `Record`s.
+                while let Some(view) = records.next_view() {
+                    let view = view.map_err(|e| {
                         Error::corrupt(self.log_path(), position - length as u64, e.to_string())
                     })?;
-                    if record.offset < from {
+                    if view.offset < from {
                         continue;
                     }
-                    if record.offset >= end_offset {
+                    if view.offset >= end_offset {
                         return Ok(());
                     }
-                    if record.expires_at_ms.is_some_and(|at| at <= now_ms) {
-                        next = record.offset + 1;
+                    if view.expires_at_ms.is_some_and(|at| at <= now_ms) {
+                        next = view.offset + 1;
                         continue;
                     }
-                    if !budget.keep(&record) {
-                        next = record.offset + 1;
+                    if !budget.keep(&records.raw(&view), view.payload_bytes) {
+                        next = view.offset + 1;
                         if budget.exhausted() {
                             // The skip limits: over as if the budget ran out.
                             return Ok(());
                         }
                         continue;
                     }
-                    if !budget.admit(&record) {
+                    if !budget.admit(view.payload_bytes) {
                         return Ok(());
                     }
-                    next = record.offset + 1;
-                    out.push(record);
+                    next = view.offset + 1;
+                    out.push(records.record(&view));
                 }
                 next = next.max(header.next_offset());
             }
