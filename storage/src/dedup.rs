@@ -19,13 +19,25 @@
 //! which never acked it durably, or retention).
 //!
 //! # Memory: about 30 bytes an id
-//! One open-addressing table of 16-byte slots: 32 bits of the id's keyed hash (which
-//! also place the slot), the time it was stored (in [`TIME_UNIT_MS`] units), and where the
+//! One open-addressing table of 16-byte slots: a 32-bit tag of the id (which also
+//! places the slot), the time it was stored (in [`TIME_UNIT_MS`] units), and where the
 //! message is (partition in 14 bits, offset in 49). The table is rebuilt at a load of
 //! 0.6 every 1/16 of the window (dropping expired ids) and grows by half at 0.8, so an
 //! id costs 20 to 30 bytes (expired ids not yet swept counted). The id's bytes are not
 //! kept: a hash match is confirmed by reading the original record (a duplicate is the
 //! rare path), so ids that share 32 hash bits are still told apart.
+//!
+//! The tag is a keyed mix (two multiply-xorshift rounds with a secret 128-bit key drawn
+//! when the window is made) of the id's 64-bit [`crate::idindex::hash_id`], which the
+//! active segment's id index needs anyway: each id is hashed once. Ids crafted to crowd
+//! one part of the table would need the secret, or many ids with one 64-bit SipHash
+//! value (as for the id index).
+//!
+//! # Speed: one cache miss an id, overlapped
+//! The table (tens of MB for a few million ids) is far larger than the caches, so each
+//! id's first probe misses. A publish request's ids have their home slots read first,
+//! all at once, so their misses overlap (and again before their claims are settled,
+//! as the append in between may have evicted them).
 //!
 //! # Races
 //! Claiming ids and recording where they went are two short critical sections around
@@ -44,7 +56,7 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::limits::DEDUP_WINDOW_MS_MAX;
 use crate::msgid::IdGenerator;
-use crate::partition::{Appended, Partition};
+use crate::partition::{Appended, Partition, id_hashes};
 
 /// Granularity of the stored times, in ms.
 pub const TIME_UNIT_MS: i64 = 8;
@@ -108,18 +120,84 @@ struct Slot {
     at: u64,
 }
 
+/// Bytes of a [`Slot`] in [`Slots`].
+const SLOT_BYTES: usize = 16;
+
+/// The table's slots, [`SLOT_BYTES`] each (tag, time, at; little-endian), zeroed when
+/// made (a zero slot is empty). The zeroed bytes come from the allocator's zeroed
+/// memory (fresh pages from the kernel for a large table), without a pass that writes
+/// every slot first. (Transparent huge pages were tried for the table, to spare the
+/// TLB misses of its random probes: in this virtual machine the kernel's zeroing of
+/// each new 2 MiB page cost more than the misses saved; see BENCHMARKS.md.)
+#[derive(Debug, Default)]
+struct Slots {
+    bytes: Vec<u8>,
+    len: usize,
+}
+
+impl Slots {
+    fn zeroed(len: usize) -> Slots {
+        Slots {
+            bytes: vec![0; len * SLOT_BYTES],
+            len,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Slot `index` (an index past the end reads as empty).
+    fn get(&self, index: usize) -> Slot {
+        let raw = self
+            .bytes
+            .get(index * SLOT_BYTES..(index + 1) * SLOT_BYTES)
+            .and_then(|b| <[u8; SLOT_BYTES]>::try_from(b).ok())
+            .unwrap_or([0; SLOT_BYTES]);
+        let word = u128::from_le_bytes(raw);
+        Slot {
+            tag: word as u32,
+            time: (word >> 32) as u32,
+            at: (word >> 64) as u64,
+        }
+    }
+
+    fn set(&mut self, index: usize, slot: Slot) {
+        let word = u128::from(slot.tag) | u128::from(slot.time) << 32 | u128::from(slot.at) << 64;
+        if let Some(bytes) = self
+            .bytes
+            .get_mut(index * SLOT_BYTES..(index + 1) * SLOT_BYTES)
+        {
+            bytes.copy_from_slice(&word.to_le_bytes());
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Slot> + '_ {
+        (0..self.len).map(|index| self.get(index))
+    }
+
+    /// Bytes of memory the slots take.
+    fn memory_bytes(&self) -> usize {
+        self.len * SLOT_BYTES
+    }
+}
+
 /// Open addressing with linear probing; a tag's home slot is `tag * len >> 32`, so
 /// any table length works and deletion shifts the run back (no tombstones).
 #[derive(Debug, Default)]
 struct Table {
-    slots: Vec<Slot>,
+    slots: Slots,
     used: usize,
 }
 
 impl Table {
     fn with_slots(count: usize) -> Table {
         Table {
-            slots: vec![Slot::default(); count.max(SLOTS_MIN)],
+            slots: Slots::zeroed(count.max(SLOTS_MIN)),
             used: 0,
         }
     }
@@ -142,7 +220,7 @@ impl Table {
         let mut left = self.slots.len();
         std::iter::from_fn(move || {
             while left > 0 {
-                let slot = self.slots[index];
+                let slot = self.slots.get(index);
                 if slot.tag == 0 {
                     return None;
                 }
@@ -162,10 +240,10 @@ impl Table {
             self.resize(self.slots.len() + self.slots.len() / 2);
         }
         let mut index = self.home(slot.tag);
-        while self.slots[index].tag != 0 {
+        while self.slots.get(index).tag != 0 {
             index = self.next(index);
         }
-        self.slots[index] = slot;
+        self.slots.set(index, slot);
         self.used += 1;
     }
 
@@ -173,7 +251,7 @@ impl Table {
         let mut index = hole;
         loop {
             index = self.next(index);
-            let slot = self.slots[index];
+            let slot = self.slots.get(index);
             if slot.tag == 0 {
                 break;
             }
@@ -185,18 +263,18 @@ impl Table {
                 hole < home || home <= index
             };
             if !stays {
-                self.slots[hole] = slot;
+                self.slots.set(hole, slot);
                 hole = index;
             }
         }
-        self.slots[hole] = Slot::default();
+        self.slots.set(hole, Slot::default());
         self.used -= 1;
     }
 
     /// Rebuilds the table with the slots `keep` keeps, at a load of 0.6.
     fn resize_keeping(&mut self, count: usize, keep: impl Fn(&Slot) -> bool) {
         let old = std::mem::replace(self, Table::with_slots(count));
-        for slot in old.slots.into_iter().filter(|s| s.tag != 0 && keep(s)) {
+        for slot in old.slots.iter().filter(|s| s.tag != 0 && keep(s)) {
             self.insert(slot);
         }
     }
@@ -211,7 +289,7 @@ impl Table {
 
     fn find_at(&self, tag: u32, at: u64) -> Option<usize> {
         let mut matches = self.matches(tag);
-        matches.find(|&i| self.slots[i].at == at)
+        matches.find(|&i| self.slots.get(i).at == at)
     }
 }
 
@@ -228,7 +306,8 @@ fn unpack(at: u64) -> (u32, u64) {
 struct State {
     /// False until the window was read back from the log (see the module docs).
     rebuilt: bool,
-    keys: RandomState,
+    /// The secret of [`tag_of`].
+    key: (u64, u64),
     table: Table,
     /// `Slot::time` 0 is this time.
     base_ms: i64,
@@ -268,7 +347,10 @@ impl DedupWindow {
         DedupWindow {
             state: Mutex::new(State {
                 rebuilt: false,
-                keys: RandomState::new(),
+                key: {
+                    let random = RandomState::new();
+                    (random.hash_one(1u64), random.hash_one(2u64))
+                },
                 table: Table::default(),
                 // Before any time a window can reach back to, so no stored time
                 // clamps to 0 (which would keep it forever).
@@ -297,7 +379,7 @@ impl DedupWindow {
 
     /// Bytes of memory the window holds.
     pub fn memory_bytes(&self) -> usize {
-        self.lock().table.slots.capacity() * size_of::<Slot>()
+        self.lock().table.slots.memory_bytes()
     }
 
     /// Forgets everything (the topic's window was changed): the next publish with an id
@@ -367,25 +449,28 @@ impl DedupWindow {
                 placements,
             });
         }
-        let decisions = self.claim(partitions, &records, window_ms)?;
+        let hashes = id_hashes(&records);
+        let decisions = self.claim(partitions, &records, &hashes, window_ms)?;
         // Usually every record is new: append them as they came, without a copy.
-        let kept: Vec<NewRecord> = if decisions
+        let (kept, hashes): (Vec<NewRecord>, Vec<(u32, u64)>) = if decisions
             .iter()
             .all(|d| matches!(d, Decision::Append { .. }))
         {
-            records
+            (records, hashes)
         } else {
-            records
+            let kept: Vec<NewRecord> = records
                 .into_iter()
                 .zip(&decisions)
                 .filter(|(_, d)| matches!(d, Decision::Append { .. }))
                 .map(|(record, _)| record)
-                .collect()
+                .collect();
+            let hashes = id_hashes(&kept);
+            (kept, hashes)
         };
         let appended = if kept.is_empty() {
             None
         } else {
-            match target.append(&kept) {
+            match target.append_hashed(&kept, hashes) {
                 Ok(appended) => Some(appended),
                 Err(error) => {
                     self.finish(&decisions, None);
@@ -427,6 +512,7 @@ impl DedupWindow {
         &self,
         partitions: &[Arc<Partition>],
         records: &[NewRecord],
+        hashes: &[(u32, u64)],
         window_ms: u64,
     ) -> Result<Vec<Decision>> {
         let window_ms = i64::try_from(window_ms).unwrap_or(i64::MAX);
@@ -437,7 +523,7 @@ impl DedupWindow {
                 rebuild(&mut state, partitions, now_ms, window_ms)?;
             }
             sweep(&mut state, now_ms, window_ms);
-            match claim_pass(&mut state, partitions, records, now_ms, window_ms) {
+            match claim_pass(&mut state, partitions, records, hashes, now_ms, window_ms) {
                 Some(decisions) => return Ok(decisions),
                 None => {
                     state = self.settled.wait(state).unwrap_or_else(|e| e.into_inner());
@@ -451,6 +537,18 @@ impl DedupWindow {
     fn finish(&self, decisions: &[Decision], appended: Option<(u32, u64)>) {
         let mut state = self.lock();
         let time = time_of(&state, self.clock.now_ms());
+        // The append in between may have pushed the claimed slots out of the caches.
+        let tags: Vec<u32> = decisions
+            .iter()
+            .map(|decision| match *decision {
+                Decision::Append {
+                    claim: Some((tag, _)),
+                    ..
+                } => tag,
+                _ => 0,
+            })
+            .collect();
+        touch_homes(&state.table, &tags);
         for decision in decisions {
             let Decision::Append {
                 index,
@@ -463,7 +561,7 @@ impl DedupWindow {
                 continue;
             };
             match appended.and_then(|(partition, base)| pack(partition, base + index as u64)) {
-                Some(at) => state.table.slots[slot] = Slot { tag, time, at },
+                Some(at) => state.table.slots.set(slot, Slot { tag, time, at }),
                 // Failed, or an offset past 2^49 (not deduplicated).
                 None => state.table.remove(slot),
             }
@@ -503,8 +601,12 @@ fn sweep(state: &mut State, now_ms: i64, window_ms: i64) {
         s.time >= horizon || s.at & PENDING_BIT != 0
     });
     if shift > 0 {
-        for slot in &mut state.table.slots {
-            slot.time = slot.time.saturating_sub(shift);
+        for index in 0..state.table.slots.len() {
+            let mut slot = state.table.slots.get(index);
+            if slot.tag != 0 {
+                slot.time = slot.time.saturating_sub(shift);
+                state.table.slots.set(index, slot);
+            }
         }
         state.base_ms += i64::from(shift) * TIME_UNIT_MS;
     }
@@ -517,6 +619,7 @@ fn claim_pass(
     state: &mut State,
     partitions: &[Arc<Partition>],
     records: &[NewRecord],
+    hashes: &[(u32, u64)],
     now_ms: i64,
     window_ms: i64,
 ) -> Option<Vec<Decision>> {
@@ -524,10 +627,10 @@ fn claim_pass(
     let first_token = state.next_token;
     state.next_token += records.len() as u64;
     let mut decisions = Vec::with_capacity(records.len());
-    let tags: Vec<u32> = records
-        .iter()
-        .map(|r| r.id.as_deref().map_or(0, |id| tag_of(&state.keys, id)))
-        .collect();
+    let mut tags = vec![0u32; records.len()];
+    for &(index, hash) in hashes {
+        tags[index as usize] = tag_of(state.key, hash);
+    }
     touch_homes(&state.table, &tags);
     let mut appended = 0;
     let mut blocked = false;
@@ -541,7 +644,7 @@ fn claim_pass(
             continue;
         };
         let tag = tags[i];
-        for slot in state.table.matches(tag).map(|s| state.table.slots[s]) {
+        for slot in state.table.matches(tag).map(|s| state.table.slots.get(s)) {
             if slot.at & PENDING_BIT != 0 {
                 let token = slot.at & !PENDING_BIT;
                 match token.checked_sub(first_token) {
@@ -595,9 +698,16 @@ fn claim_pass(
     Some(decisions)
 }
 
-/// The table tag of an id (never 0, the empty slot's).
-fn tag_of(keys: &RandomState, id: &[u8]) -> u32 {
-    (keys.hash_one(id) >> 32).max(1) as u32
+/// The table tag of an id whose [`crate::idindex::hash_id`] is `hash` (never 0, the
+/// empty slot's): two keyed multiply-xorshift rounds, so where an id lands depends on
+/// the secret `key` (see the module docs).
+fn tag_of(key: (u64, u64), hash: u64) -> u32 {
+    const MUL: u64 = 0xd6e8_feb8_6659_fd93;
+    let mut x = hash ^ key.0;
+    x = (x ^ (x >> 32)).wrapping_mul(MUL);
+    x ^= key.1;
+    x = (x ^ (x >> 32)).wrapping_mul(MUL);
+    ((x ^ (x >> 29)) >> 32).max(1) as u32
 }
 
 /// Reads the home slot of every tag (0: none) before the claims probe them. The table
@@ -611,7 +721,7 @@ fn touch_homes(table: &Table, tags: &[u32]) {
     let mut seen = 0u32;
     for &tag in tags {
         if tag != 0 {
-            seen ^= table.slots[table.home(tag)].tag;
+            seen ^= table.slots.get(table.home(tag)).tag;
         }
     }
     std::hint::black_box(seen);
@@ -665,7 +775,7 @@ fn rebuild(
                     continue;
                 }
                 table.insert(Slot {
-                    tag: tag_of(&state.keys, id),
+                    tag: tag_of(state.key, crate::idindex::hash_id(id)),
                     time: time_of(state, newest),
                     at,
                 });
@@ -714,12 +824,12 @@ mod tests {
                 prop_assert_eq!(table.used, model.values().sum::<usize>());
             }
             for (&(tag, at), &count) in &model {
-                let found = table.matches(tag).filter(|&i| table.slots[i].at == at).count();
+                let found = table.matches(tag).filter(|&i| table.slots.get(i).at == at).count();
                 prop_assert_eq!(found, count);
             }
             table.resize_keeping(table.used * 2, |_| true);
             for (&(tag, at), &count) in &model {
-                let found = table.matches(tag).filter(|&i| table.slots[i].at == at).count();
+                let found = table.matches(tag).filter(|&i| table.slots.get(i).at == at).count();
                 prop_assert_eq!(found, count);
             }
         }
@@ -739,15 +849,15 @@ mod tests {
                 at: used as u64,
             });
             if used >= SLOTS_MIN {
-                let bytes = table.slots.capacity() * size_of::<Slot>();
+                let bytes = table.slots.memory_bytes();
                 worst = worst.max(bytes as f64 / used as f64);
             }
         }
         assert!(worst <= 31.0, "{worst:.1} bytes an id");
-        assert!(table.slots.capacity() * size_of::<Slot>() <= 64 << 20);
+        assert!(table.slots.memory_bytes() <= 64 << 20);
         // A sweep that keeps half rebuilds at a load of 0.6.
         table.resize_keeping(500_000 * 5 / 3, |slot| slot.at % 2 == 0);
-        let bytes = table.slots.capacity() * size_of::<Slot>();
+        let bytes = table.slots.memory_bytes();
         assert!(
             bytes / table.used <= 27,
             "{} bytes an id after a sweep",

@@ -414,6 +414,19 @@ impl Partition {
     /// Appends `records` as one batch and returns their offsets once written to the
     /// operating system. Durability is a separate wait: [`Partition::wait_durable`].
     pub fn append(self: &Arc<Self>, records: &[NewRecord]) -> Result<Appended> {
+        self.append_hashed(records, id_hashes(records))
+    }
+
+    /// [`Partition::append`] with the records' id hashes already computed (one
+    /// `(index in records, idindex::hash_id of its id)` per record with an id, in
+    /// order), so a caller that needed them first (the dedup window) does not hash
+    /// every id twice.
+    pub(crate) fn append_hashed(
+        self: &Arc<Self>,
+        records: &[NewRecord],
+        ids: Vec<(u32, u64)>,
+    ) -> Result<Appended> {
+        debug_assert_eq!(ids, id_hashes(records));
         let config = self.config();
         let options = EncodeOptions {
             now_ms: self.clock.now_ms(),
@@ -424,14 +437,6 @@ impl Partition {
         };
         // Encoding, compression, the CRC and the ids' hashes happen outside the lock.
         let mut encoded = batch::encode_batch(records, &options)?;
-        let ids: Vec<(u32, u64)> = records
-            .iter()
-            .enumerate()
-            .filter_map(|(index, record)| {
-                let id = record.id.as_ref()?;
-                Some((index as u32, idindex::hash_id(id)))
-            })
-            .collect();
         let mut writer = lock(&self.writer);
         self.check_writable(&writer)?;
         let size = writer.state.summary.log_bytes;
@@ -1097,4 +1102,17 @@ impl Flush for Partition {
         // nothing more to do here.
         let _ = self.flush();
     }
+}
+
+/// `(index in records, idindex::hash_id of its id)` of every record with an id, in
+/// order: what the active segment's id index takes.
+pub(crate) fn id_hashes(records: &[NewRecord]) -> Vec<(u32, u64)> {
+    records
+        .iter()
+        .enumerate()
+        .filter_map(|(index, record)| {
+            let id = record.id.as_ref()?;
+            Some((index as u32, idindex::hash_id(id)))
+        })
+        .collect()
 }

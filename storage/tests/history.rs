@@ -16,7 +16,8 @@ use tidelog_storage::queue::inspect::{
     self, DeliveriesQuery, DeliveryFilter, MessageAt, QueueState,
 };
 use tidelog_storage::queue::{
-    QueueConfig, QueueEngine, SettleAction, SettleOutcome, SettleRequest, StartAt, admin,
+    HistoryWait, QueueConfig, QueueEngine, SettleAction, SettleOutcome, SettleRequest, StartAt,
+    admin,
 };
 use tidelog_storage::rng::SeededRng as Rng;
 use tidelog_storage::{Clock, Error, ManualClock, NewRecord, Store, StoreOptions, TopicConfig};
@@ -622,27 +623,93 @@ fn status_and_history_match_what_the_engine_did() {
 // Faults
 // ---------------------------------------------------------------------------------------
 
+/// Events of one engine call, answered once its history is durable.
+type Answered = Vec<(u64, u32, Outcome)>;
+
+/// The calls whose history is submitted and not yet waited for (pipelined mode).
+struct Pipeline {
+    /// The server's way (`QueueEngine::defer_history`): each call's history is waited
+    /// for after the next call made its queue-state decision durable, so the two
+    /// fsyncs overlap; its events count as answered only then.
+    deferred: bool,
+    previous: Option<(HistoryWait, Answered)>,
+    answered: Answered,
+}
+
+impl Pipeline {
+    /// After an engine call that returned Ok with `events`: false when a wait failed.
+    fn called(&mut self, engine: &mut QueueEngine, events: Answered) -> bool {
+        if !self.deferred {
+            self.answered.extend(events);
+            return true;
+        }
+        let this = (engine.take_history(), events);
+        let ok = self.finish();
+        self.previous = Some(this);
+        ok
+    }
+
+    /// Waits for the call still in flight.
+    fn finish(&mut self) -> bool {
+        match self.previous.take() {
+            Some((wait, events)) => {
+                let ok = wait.wait().is_ok();
+                if ok {
+                    self.answered.extend(events);
+                }
+                ok
+            }
+            None => true,
+        }
+    }
+
+    fn end(mut self, engine: Option<&mut QueueEngine>) -> Answered {
+        if let Some(engine) = engine {
+            // A failed call submitted nothing to answer for, but what it submitted is
+            // waited for (as the server does).
+            let _ = engine.take_history().wait();
+        }
+        self.finish();
+        self.answered
+    }
+}
+
 /// Runs a fixed workload with the power cut after `cut_at` filesystem operations;
-/// returns the events of the calls that returned Ok (durable by then) and whether the
-/// power went off.
-fn workload(fs: &FaultyFs, data: &Path, clock: &Arc<ManualClock>) -> Vec<(u64, u32, Outcome)> {
-    let mut acked = Vec::new();
+/// returns the events of the calls that were answered (their history durable by then).
+fn workload(
+    fs: &FaultyFs,
+    data: &Path,
+    clock: &Arc<ManualClock>,
+    deferred: bool,
+) -> Vec<(u64, u32, Outcome)> {
+    let mut pipeline = Pipeline {
+        deferred,
+        previous: None,
+        answered: Vec::new(),
+    };
     let Ok(store) = open(fs, data, clock) else {
-        return acked;
+        return pipeline.end(None);
     };
     let Ok(mut engine) = QueueEngine::open(store.clone(), "work") else {
-        return acked;
+        return pipeline.end(None);
     };
+    engine.defer_history(deferred);
     engine.member_joined("m");
     for round in 0..3u32 {
         let Ok(delivered) = engine.deliver(&[("m".into(), 3)]) else {
-            return acked;
+            return pipeline.end(Some(&mut engine));
         };
         let offsets: Vec<(u64, u32)> = delivered
             .iter()
             .flat_map(|(_, d)| d.iter().map(|d| (d.record.offset, d.attempt)))
             .collect();
-        acked.extend(offsets.iter().map(|&(o, a)| (o, a, Outcome::Delivered)));
+        let events = offsets
+            .iter()
+            .map(|&(o, a)| (o, a, Outcome::Delivered))
+            .collect();
+        if !pipeline.called(&mut engine, events) {
+            return pipeline.end(Some(&mut engine));
+        }
         for (i, &(offset, attempt)) in offsets.iter().enumerate() {
             let (action, outcome) = if (i as u32 + round).is_multiple_of(2) {
                 (SettleAction::Ack { through: None }, Outcome::Acked)
@@ -655,7 +722,7 @@ fn workload(fs: &FaultyFs, data: &Path, clock: &Arc<ManualClock>) -> Vec<(u64, u
                     Outcome::Nacked,
                 )
             };
-            match engine.settle(
+            let settled = engine.settle(
                 Some("m"),
                 &[SettleRequest {
                     partition: 0,
@@ -663,21 +730,32 @@ fn workload(fs: &FaultyFs, data: &Path, clock: &Arc<ManualClock>) -> Vec<(u64, u
                     attempt,
                     action,
                 }],
-            ) {
-                Ok(_) => acked.push((offset, attempt, outcome)),
-                Err(_) => return acked,
+            );
+            if settled.is_err() || !pipeline.called(&mut engine, vec![(offset, attempt, outcome)]) {
+                return pipeline.end(Some(&mut engine));
             }
         }
         clock.advance_ms(10);
-        if engine.tick().is_err() {
-            return acked;
+        if engine.tick().is_err() || !pipeline.called(&mut engine, Vec::new()) {
+            return pipeline.end(Some(&mut engine));
         }
     }
-    acked
+    pipeline.end(Some(&mut engine))
 }
 
 #[test]
 fn a_power_cut_at_every_step_keeps_every_event_of_an_answered_call() {
+    power_cut_at_every_step(false);
+}
+
+/// The same with the history pipelined as the broker runs it (each call's history
+/// fsync overlapping the next call's queue-state fsync).
+#[test]
+fn a_power_cut_at_every_step_keeps_every_event_of_an_answered_call_pipelined() {
+    power_cut_at_every_step(true);
+}
+
+fn power_cut_at_every_step(deferred: bool) {
     // How many filesystem operations the workload takes with the power on.
     let total = {
         let dir = tempfile::tempdir().unwrap();
@@ -685,7 +763,7 @@ fn a_power_cut_at_every_step_keeps_every_event_of_an_answered_call() {
         let clock = ManualClock::new(START_MS);
         drop(setup(&fs, dir.path(), &clock, config()));
         let before = fs.ops();
-        workload(&fs, dir.path(), &clock);
+        workload(&fs, dir.path(), &clock, deferred);
         fs.ops() - before
     };
     assert!(
@@ -702,7 +780,7 @@ fn a_power_cut_at_every_step_keeps_every_event_of_an_answered_call() {
         let clock = ManualClock::new(START_MS);
         drop(setup(&fs, dir.path(), &clock, config()));
         fs.power_off_after(cut);
-        let answered = workload(&fs, dir.path(), &clock);
+        let answered = workload(&fs, dir.path(), &clock, deferred);
         let options = if cut % 3 == 0 {
             CrashOptions::keep_some(cut)
         } else {

@@ -74,16 +74,28 @@ impl Runtime {
         self.wake.notify_one();
     }
 
-    /// Runs `f` on the engine on the blocking pool.
+    /// Runs `f` on the engine on the blocking pool, and returns once the history
+    /// events it recorded are durable too. The engine defers them (see
+    /// `QueueEngine::defer_history`): they are waited for after the engine is let go,
+    /// so the next call's queue-state fsync overlaps this call's history fsync, while
+    /// nothing is handed out or answered before both are durable.
     async fn with_engine<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut QueueEngine) -> tidelog_storage::Result<R> + Send + 'static,
     ) -> Result<R, Status> {
         let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || f(&mut lock(&engine)))
-            .await
-            .map_err(|e| Status::internal(format!("the queue engine task failed: {e}")))?
-            .map_err(|e| convert::status(&e))
+        tokio::task::spawn_blocking(move || {
+            let (result, history) = {
+                let mut engine = lock(&engine);
+                let result = f(&mut engine);
+                (result, engine.take_history())
+            };
+            history.wait()?;
+            result
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the queue engine task failed: {e}")))?
+        .map_err(|e| convert::status(&e))
     }
 
     /// A member joins with `credit` deliveries allowed.
@@ -361,10 +373,17 @@ impl QueueManager {
         }
         let store = self.store.clone();
         let owned = name.to_string();
-        let engine = tokio::task::spawn_blocking(move || QueueEngine::open(store, &owned))
-            .await
-            .map_err(|e| Status::internal(format!("opening the queue engine failed: {e}")))?
-            .map_err(|e| convert::status(&e))?;
+        let engine = tokio::task::spawn_blocking(move || {
+            QueueEngine::open(store, &owned).map(|mut engine| {
+                // Runtime::with_engine waits for the history after letting go of the
+                // engine.
+                engine.defer_history(true);
+                engine
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(format!("opening the queue engine failed: {e}")))?
+        .map_err(|e| convert::status(&e))?;
         let mut runtimes = lock(&self.runtimes);
         if let Some(runtime) = runtimes.get(name) {
             return Ok(runtime.clone());

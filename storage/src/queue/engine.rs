@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::admin::dead_letter_record;
-use super::history::{HistoryEvent, Outcome};
+use super::history::{HistoryEvent, HistorySubmitted, Outcome, QueueHistory};
 use super::state::{
     Hold, Pending, PendingMap, Queue, QueueConfig, QueueOp, QueuePartition, Taken, truncate_utf8,
 };
@@ -154,6 +154,32 @@ pub struct QueueEngine {
     ack_latencies_ms: Vec<u64>,
     /// The queue's filter, parsed once: (its text, the filter).
     filter: Option<(String, Arc<Filter>)>,
+    /// Whether history events are only submitted by the calls (their owner waits,
+    /// see [`QueueEngine::defer_history`]).
+    history_deferred: bool,
+    /// Submitted history not yet waited for, in order.
+    history_submitted: Vec<(Arc<QueueHistory>, HistorySubmitted)>,
+}
+
+/// History events an engine call submitted: durable once [`HistoryWait::wait`]
+/// returns `Ok`.
+#[derive(Debug, Default)]
+#[must_use = "submitted events are written only when someone waits for them"]
+pub struct HistoryWait(Vec<(Arc<QueueHistory>, HistorySubmitted)>);
+
+impl HistoryWait {
+    /// Waits until every event is durable (the first failure is returned, after all
+    /// were waited for).
+    pub fn wait(self) -> Result<()> {
+        let mut outcome = Ok(());
+        for (history, submitted) in self.0 {
+            let waited = history.wait(submitted);
+            if outcome.is_ok() {
+                outcome = waited;
+            }
+        }
+        outcome
+    }
 }
 
 /// Ack latencies kept for the metrics between two scrapes at most.
@@ -179,6 +205,8 @@ impl QueueEngine {
             counters: EngineCounters::default(),
             ack_latencies_ms: Vec::new(),
             filter: None,
+            history_deferred: false,
+            history_submitted: Vec::new(),
         };
         for (&partition, part) in &queue.partitions {
             for (offset, pending) in part.pending.iter() {
@@ -1165,16 +1193,39 @@ impl QueueEngine {
         Ok(outcomes)
     }
 
-    /// Records `events` in the queue's delivery history, durably, after the decisions
-    /// they tell of are durable in the queue state (see [`super::history`] for the
-    /// crash rule).
-    fn record(&self, config: &QueueConfig, events: Vec<HistoryEvent>) -> Result<()> {
+    /// Records `events` in the queue's delivery history, after the decisions they tell
+    /// of are durable in the queue state (see [`super::history`] for the crash rule):
+    /// durably before returning, or, with [`QueueEngine::defer_history`], submitted
+    /// for the owner to wait for.
+    fn record(&mut self, config: &QueueConfig, events: Vec<HistoryEvent>) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
-        self.store
-            .queue_history(&self.name)?
-            .append(events, config.history_retention_ms)
+        let history = self.store.queue_history(&self.name)?;
+        if !self.history_deferred {
+            return history.append(events, config.history_retention_ms);
+        }
+        if let Some(submitted) = history.submit(events, config.history_retention_ms)? {
+            self.history_submitted.push((history, submitted));
+        }
+        Ok(())
+    }
+
+    /// With `deferred`, the calls that record history (deliver, settle, tick,
+    /// enforce_caps) return once their decisions are durable in the queue state and
+    /// their history events are submitted, not yet durable: the owner takes them with
+    /// [`QueueEngine::take_history`] after each call and waits for them before it
+    /// hands out deliveries or answers, after letting go of the engine. So the
+    /// history's fsync of one call overlaps the queue state's fsync of the next, and
+    /// a decision's events still follow its state (the crash rule holds).
+    pub fn defer_history(&mut self, deferred: bool) {
+        self.history_deferred = deferred;
+    }
+
+    /// The history events submitted since the last call (see
+    /// [`QueueEngine::defer_history`]).
+    pub fn take_history(&mut self) -> HistoryWait {
+        HistoryWait(std::mem::take(&mut self.history_submitted))
     }
 
     /// Appends the dead letter of a pending message to the queue's dead-letter topic

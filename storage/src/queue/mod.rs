@@ -26,7 +26,7 @@ pub mod inspect;
 pub mod state;
 
 pub use admin::{QueueStatus, StartAt};
-pub use engine::{Delivery, QueueEngine, SettleAction, SettleOutcome, SettleRequest};
+pub use engine::{Delivery, HistoryWait, QueueEngine, SettleAction, SettleOutcome, SettleRequest};
 pub use state::{
     Hold, Pending, Queue, QueueConfig, QueueOp, QueuePartition, Queues, Taken, validate_queue_name,
 };

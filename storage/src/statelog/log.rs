@@ -64,6 +64,11 @@ struct LogFile {
     len: u64,
 }
 
+/// An append queued by [`StateLog::submit`], to be waited for with [`StateLog::wait`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a submitted append is written only when someone waits for it"]
+pub struct Ticket(u64);
+
 struct Shared<M: StateMachine> {
     /// Bytes in the log file (mirrors `LogFile::len` for the compaction trigger).
     log_bytes: u64,
@@ -205,8 +210,21 @@ impl<M: StateMachine> StateLog<M> {
     /// written; so do operations that together do not fit one record
     /// ([`OPS_BYTES_MAX`]). Empty `ops` write nothing.
     pub fn append(&self, ops: Vec<M::Op>) -> Result<Vec<M::Outcome>> {
+        match self.submit(ops)? {
+            Some(ticket) => self.wait(ticket),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The first half of [`StateLog::append`]: queues `ops` for the next flush and
+    /// returns at once (None for empty `ops`). Nothing is durable, applied or even
+    /// written until someone waits: [`StateLog::wait`] for the ticket (every ticket must
+    /// be waited for, or its outcome stays in memory). Appends are written in the order
+    /// they were submitted, so a caller can submit under its own lock, release it, and
+    /// wait: the next caller's append then shares or follows this one's fsync.
+    pub fn submit(&self, ops: Vec<M::Op>) -> Result<Option<Ticket>> {
         if ops.is_empty() {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let mut encoded = Vec::new();
         for op in &ops {
@@ -226,12 +244,50 @@ impl<M: StateMachine> StateLog<M> {
             ops,
             encoded,
         });
+        Ok(Some(Ticket(ticket)))
+    }
+
+    /// The second half of [`StateLog::append`]: returns when the append of `ticket` is
+    /// durable and applied (or failed), flushing it (and whatever else is queued) if no
+    /// other thread is writing.
+    pub fn wait(&self, ticket: Ticket) -> Result<Vec<M::Outcome>> {
+        let ticket = ticket.0;
+        let mut shared = self.lock_shared();
         loop {
             if let Some(outcome) = shared.outcomes.remove(&ticket) {
                 return outcome;
             }
             if !shared.writer_busy {
-                debug_assert!(shared.queue.iter().any(|queued| queued.ticket == ticket));
+                if !shared.queue.iter().any(|queued| queued.ticket == ticket) {
+                    return Err(Error::invalid(format!(
+                        "{} state log: ticket {ticket} was never submitted or was collected already",
+                        M::NAME
+                    )));
+                }
+                shared.writer_busy = true;
+                shared = self.flush_as_writer(shared);
+                shared.writer_busy = false;
+                self.changed.notify_all();
+                continue;
+            }
+            shared = self
+                .changed
+                .wait(shared)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Returns once every append submitted so far is written (durable or failed),
+    /// leaving their outcomes to their own waiters; an error if the log is poisoned.
+    pub fn flush_submitted(&self) -> Result<()> {
+        let mut shared = self.lock_shared();
+        let last = shared.next_ticket;
+        loop {
+            let waiting = shared.queue.front().is_some_and(|q| q.ticket < last);
+            if !waiting && !shared.writer_busy {
+                return self.refuse_if_poisoned(&shared);
+            }
+            if !shared.writer_busy {
                 shared.writer_busy = true;
                 shared = self.flush_as_writer(shared);
                 shared.writer_busy = false;

@@ -160,7 +160,7 @@ mod record;
 mod scan;
 mod snapshot;
 
-pub use log::StateLog;
+pub use log::{StateLog, Ticket};
 pub use record::{
     BODY_FIXED_BYTES, DecodeError, LogOp, OPS_BYTES_MAX, OpReader, RECORD_BYTES_MAX,
     RECORD_HEADER_BYTES, RECORD_VERSION, Record, decode_record, encode_record, put_bytes16,

@@ -66,6 +66,32 @@ fn dump(log: &StateLog<Kv>) -> BTreeMap<String, u64> {
 }
 
 #[test]
+fn submitted_appends_are_written_in_order_whoever_waits_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.statelog");
+    let log = open(&path);
+    assert_eq!(log.submit(vec![]).unwrap(), None);
+    let first = log.submit(vec![put("a", 1)]).unwrap().unwrap();
+    let second = log.submit(vec![put("a", 2)]).unwrap().unwrap();
+    assert!(dump(&log).is_empty(), "nothing is applied before a wait");
+    // Waiting for the second writes both, in submission order.
+    assert_eq!(log.wait(second).unwrap(), [Some(1)]);
+    assert_eq!(log.wait(first).unwrap(), [None]);
+    assert!(log.wait(first).is_err(), "an outcome is collected once");
+    // flush_submitted writes what is queued and leaves the outcome to its waiter.
+    let third = log.submit(vec![put("b", 3)]).unwrap().unwrap();
+    log.flush_submitted().unwrap();
+    assert_eq!(dump(&log).get("b"), Some(&3));
+    assert_eq!(log.wait(third).unwrap(), [None]);
+    drop(log);
+    let reopened = open(&path);
+    assert_eq!(
+        dump(&reopened),
+        BTreeMap::from([("a".into(), 2), ("b".into(), 3)])
+    );
+}
+
+#[test]
 fn appends_are_applied_and_replayed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nested").join("kv.statelog");

@@ -11,7 +11,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fs::{FileSystem, OpenMode};
 use crate::fsutil::sync_dir;
 use crate::statelog::{
-    ScanEnd, SnapshotWriter, StateLog, StateLogOptions, StateMachine, scan_file_prefix,
+    ScanEnd, SnapshotWriter, StateLog, StateLogOptions, StateMachine, Ticket, scan_file_prefix,
 };
 
 use super::event::HistoryEvent;
@@ -97,6 +97,17 @@ struct Inner {
     last_prune_ms: i64,
 }
 
+/// Events queued by [`QueueHistory::submit`]: wait for them with
+/// [`QueueHistory::wait`].
+#[derive(Debug)]
+#[must_use = "submitted events are written only when someone waits for them"]
+pub struct HistorySubmitted {
+    log: Arc<StateLog<HistoryFileSummary>>,
+    ticket: Ticket,
+    now_ms: i64,
+    retention_ms: u64,
+}
+
 /// One queue's delivery history on disk. Appends come from the queue's engine (one at
 /// a time); readers scan files without blocking it.
 #[derive(Debug)]
@@ -134,8 +145,23 @@ impl QueueHistory {
     /// and then. `retention_ms == 0` records nothing. When this returns `Ok` the events
     /// survive a crash; a failed fsync fails this call and every later one.
     pub fn append(&self, events: Vec<HistoryEvent>, retention_ms: u64) -> Result<()> {
+        match self.submit(events, retention_ms)? {
+            Some(submitted) => self.wait(submitted),
+            None => Ok(()),
+        }
+    }
+
+    /// The first half of [`QueueHistory::append`]: queues `events` (in submission
+    /// order, after everything submitted before) and returns at once; they are durable
+    /// when [`QueueHistory::wait`] of the result returns `Ok` (every result must be
+    /// waited for). None when there is nothing to record.
+    pub fn submit(
+        &self,
+        events: Vec<HistoryEvent>,
+        retention_ms: u64,
+    ) -> Result<Option<HistorySubmitted>> {
         if events.is_empty() || retention_ms == 0 {
-            return Ok(());
+            return Ok(None);
         }
         let _appending = self
             .appending
@@ -143,12 +169,32 @@ impl QueueHistory {
             .unwrap_or_else(PoisonError::into_inner);
         let now = self.clock.now_ms();
         let log = self.writable_log(now)?;
-        if let Err(error) = log.append(events) {
+        match log.submit(events) {
+            Ok(ticket) => Ok(ticket.map(|ticket| HistorySubmitted {
+                log,
+                ticket,
+                now_ms: now,
+                retention_ms,
+            })),
+            Err(error) => {
+                if matches!(error, Error::Poisoned { .. }) {
+                    self.lock().poisoned = Some(error.clone());
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// The second half of [`QueueHistory::append`]: returns when the events of
+    /// `submitted` are durable, and prunes now and then.
+    pub fn wait(&self, submitted: HistorySubmitted) -> Result<()> {
+        if let Err(error) = submitted.log.wait(submitted.ticket) {
             if matches!(error, Error::Poisoned { .. }) {
                 self.lock().poisoned = Some(error.clone());
             }
             return Err(error);
         }
+        let now = submitted.now_ms;
         let prune = {
             let mut inner = self.lock();
             let due = now.saturating_sub(inner.last_prune_ms) >= HISTORY_PRUNE_INTERVAL_MS;
@@ -158,7 +204,11 @@ impl QueueHistory {
             due
         };
         if prune {
-            self.prune(now, retention_ms)?;
+            let _appending = self
+                .appending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.prune(now, submitted.retention_ms)?;
         }
         Ok(())
     }
@@ -175,7 +225,10 @@ impl QueueHistory {
             if !full && !old {
                 return Ok(active.log.clone());
             }
-            // A poisoned log is never left behind for a fresh one.
+            // A poisoned log is never left behind for a fresh one; and what was
+            // submitted to it is written before the next file takes events, so the
+            // files hold the events in order even across a crash.
+            active.log.flush_submitted()?;
             active.log.check_writable()?;
         }
         let previous = match &inner.active {

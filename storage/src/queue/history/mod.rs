@@ -36,6 +36,12 @@
 //! The queue engine records a decision in the queue state log first (that is the
 //! truth: deliveries, acks and dead letters are never lost or repeated by history),
 //! then appends the matching events here durably, and only then answers the member.
+//! The broker pipelines the two: a call's events are submitted once its decision is
+//! durable ([`QueueHistory::submit`]), and the engine is let go while their fsync
+//! runs, so the next decision's queue-state fsync overlaps it; the answer still waits
+//! for both ([`QueueHistory::wait`]). Events are written in submission order (one
+//! file's appends are queued in order, and a roll writes what was submitted to the
+//! old file first), so the history never holds a decision the queue state has not.
 //! A crash between the two leaves the queue state right and the history without the
 //! last events: **the last attempt's outcome may be missing after a crash**, exactly
 //! as an ack whose answer never arrived. Status ([`super::inspect`]) therefore reads
@@ -64,7 +70,7 @@ pub mod query;
 
 pub use cursor::{CursorError, ListCursor, queue_tag};
 pub use event::{HistoryEvent, Outcome};
-pub use files::QueueHistory;
+pub use files::{HistorySubmitted, QueueHistory};
 pub use query::{AttemptRecord, EventPage, ListRequest, list_events, message_attempts};
 
 #[cfg(test)]

@@ -1,0 +1,28 @@
+#!/bin/bash
+# Publish with and without message ids (issue 14: the rate with ids must be at least 85%
+# of the rate without), alternating in one sitting, each run on a fresh data directory.
+# Prints seconds and rate for the messages and the broker's CPU per message.
+#
+#   benches/ab-ids.sh [RELEASE_DIR] [MESSAGES] [ROUNDS]
+set -u
+DIR=${1:-target/release}; N=${2:-2000000}; ROUNDS=${3:-3}
+DATA=$(mktemp -d)
+trap 'rm -rf "$DATA"' EXIT
+run() { # label args...
+  local label=$1; shift
+  rm -rf "$DATA/d"
+  nice -n -10 "$DIR/tidelogd" --data-dir "$DATA/d" --listen 127.0.0.1:7431 --metrics-listen 127.0.0.1:0 > "$DATA/$label.log" 2>&1 &
+  local pid=$!; sleep 1
+  local a=$(awk '{print $14+$15}' /proc/$pid/stat)
+  local out=$(nice -n -10 "$DIR/tidelog" bench produce --server http://127.0.0.1:7431 --producers 2 --stream --messages "$N" "$@" 2>&1)
+  local b=$(awk '{print $14+$15}' /proc/$pid/stat)
+  local ticks=$(getconf CLK_TCK)
+  echo "$label $* :: $(echo "$out" | awk '/producers total/{print $5" s, "$6" msg/s"}'), broker $(( (b-a)*1000000000/ticks/N )) ns/msg, $(echo "$out" | grep -o 'validation: [a-zA-Z]*'), load $(cut -d' ' -f1 /proc/loadavg), cpu-some $(awk '/some/{print $2}' /proc/pressure/cpu)"
+  kill $pid; wait $pid 2>/dev/null
+}
+for r in $(seq "$ROUNDS"); do
+  run durable
+  run durable --ids
+  run non-durable --fsync never --ack written
+  run non-durable --fsync never --ack written --ids
+done
