@@ -391,6 +391,7 @@ async fn run_stream(
             let Some(tx) = &sender else { break };
             let (partition, messages, buffer) = batcher.build(count, plan.clock.unix_ns(due));
             let request = PublishStreamRequest {
+                batch: None,
                 request_id,
                 request: Some(PublishRequest {
                     topic: plan.topic.clone(),
@@ -490,7 +491,7 @@ async fn run_stream(
                 });
                 return;
             }
-            None => {
+            None | Some(publish_stream_response::Outcome::BatchResponse(_)) => {
                 outcome.errors.push(|| {
                     format!(
                         "producer {}: empty answer to request {}",
