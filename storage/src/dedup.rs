@@ -104,7 +104,8 @@ impl Placed {
 pub struct BatchPlaced {
     /// The batch as appended; `None` when every record was a duplicate.
     pub appended: Option<Appended>,
-    /// When every record was a duplicate: where each record's original is, in order.
+    /// When the batch was a duplicate: where the original of each record with an id
+    /// is, in record order.
     pub duplicates: Vec<Placement>,
 }
 
@@ -442,10 +443,12 @@ impl DedupWindow {
     /// under the topic's id rules, without re-encoding it:
     /// - with `assign_ids`, every record must carry an id (giving one would mean
     ///   rewriting the records), else `InvalidArgument`;
-    /// - with a window on, the batch is deduplicated whole: when every id was stored
-    ///   within the window (or repeats one earlier in the batch), nothing is appended
-    ///   and the placements name the originals; when none was, the batch is appended as
-    ///   it came; when some were and some not, nothing is appended and the call fails
+    /// - with a window on, the batch is deduplicated whole, by the records that carry
+    ///   ids (records without one have no say): when every id was stored within the
+    ///   window, nothing is appended (the batch is a retry) and the placements name the
+    ///   originals of the records with ids, in order; when none was, the batch is
+    ///   appended as it came; when some were and some not (or an id repeats inside the
+    ///   batch), nothing is appended and the call fails
     ///   with `InvalidArgument` naming the first duplicate (the client republishes the new
     ///   records in a batch of their own). A retried batch is thus stored once.
     #[allow(clippy::too_many_arguments)]
@@ -486,11 +489,14 @@ impl DedupWindow {
             ids[id.index as usize] = Some(&id.id);
         }
         let decisions = self.claim(partitions, &ids, window_ms)?;
+        // Records without an id have no say: the records with ids decide.
+        let with_id = |d: &&Decision| !matches!(d, Decision::Append { claim: None, .. });
         let appending = decisions
             .iter()
+            .filter(with_id)
             .filter(|d| matches!(d, Decision::Append { .. }))
             .count();
-        if appending == decisions.len() {
+        if appending == checked.ids.len() {
             let result = target.append_checked(bytes, checked, now_ms);
             let base = result.as_ref().ok().map(|a| (partition, a.base_offset));
             self.finish(&decisions, base);
@@ -516,11 +522,12 @@ impl DedupWindow {
                 })
                 .unwrap_or((0, String::new()));
             return Err(Error::invalid(format!(
-                "record {index} of the batch has an id within the topic's dedup window ({at}) while {appending} record(s) are new: a batch is deduplicated whole, so nothing was appended; publish the new records in a batch of their own"
+                "record {index} of the batch has an id within the topic's dedup window ({at}) while {appending} record(s) with ids are new: a batch is deduplicated whole, so nothing was appended; publish the new records in a batch of their own"
             )));
         }
-        // Every record is a duplicate (a repeat inside the batch names an appended
-        // record, so there is none here).
+        // Every id is a duplicate (a repeat inside the batch names an appended record,
+        // so there is none here): the batch is a retry, and records without ids went
+        // with it.
         let duplicates = decisions
             .iter()
             .filter_map(|decision| match *decision {
