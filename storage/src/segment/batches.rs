@@ -44,7 +44,9 @@ pub struct StoredBatch {
 impl StoredBatch {
     /// Records the reader is to deliver (expired ones aside).
     pub fn delivered(&self) -> u32 {
-        self.record_count - self.skip_front - self.skip.len() as u32
+        self.record_count
+            .saturating_sub(self.skip_front)
+            .saturating_sub(self.skip.len() as u32)
     }
 }
 
@@ -182,7 +184,10 @@ impl Segment {
                             record.map_err(|e| Error::corrupt(self.log_path(), at, e.to_string()))?;
                         let delta = (record.offset - header.base_offset) as u32;
                         if record.offset < start {
-                            skip.push(delta);
+                            // Dense batches count these in skip_front.
+                            if !dense {
+                                skip.push(delta);
+                            }
                             continue;
                         }
                         in_range += 1;
