@@ -617,6 +617,37 @@ mod tests {
             pool: Arc::new(Pool::new(FillerKind::Random, 1)),
             clock: Clock::new(),
             tag: false,
+            batch_wire: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_wire_request_holds_the_messages_as_built() {
+        let mut batcher = Batcher::new(ProducerPlan {
+            ids: true,
+            tag: true,
+            ..plan(1, Budget::Messages(4))
+        });
+        let (_, messages, _) = batcher.build(4, 7);
+        for compression in [
+            tidelog_storage::Compression::None,
+            tidelog_storage::Compression::Zstd,
+        ] {
+            let batch = record_batch(&messages, compression).unwrap();
+            let rules = tidelog_storage::client_batch::BatchRules {
+                now_ms: 0,
+                max_message_bytes: 1 << 20,
+                priority_levels: 0,
+                expiry_required: false,
+            };
+            let checked = tidelog_storage::client_batch::validate_batch(&batch, &rules).unwrap();
+            assert_eq!(checked.ids.len(), 4);
+            let (_, records) = tidelog_storage::batch::decode_batch(&batch).unwrap();
+            for (record, message) in records.iter().zip(&messages) {
+                assert_eq!(record.value, message.value);
+                assert_eq!(record.id.as_ref(), Some(&message.id));
+                assert_eq!(record.headers[0].value, message.headers[0].value);
+            }
         }
     }
 
