@@ -48,7 +48,8 @@ pub fn append(state: &AppState, request: PublishBatchRequest) -> Result<BatchWri
     let ack = convert::ack_level(request.ack)?;
     let partition = request.partition;
     convert::or_status(topic.partition(partition))?;
-    let (placed, checked) = convert::or_status(topic.append_batch(partition, Vec::from(request.batch)))?;
+    let (placed, checked) =
+        convert::or_status(topic.append_batch(partition, Vec::from(request.batch)))?;
     let count = checked.header.record_count;
     let mut durable_waits = Vec::new();
     let response = match placed.appended {
@@ -153,7 +154,10 @@ fn read(
 
 fn delivered(batches: &[StoredBatch]) -> (u64, u64) {
     batches.iter().fold((0, 0), |(records, bytes), b| {
-        (records + u64::from(b.delivered()), bytes + b.bytes.len() as u64)
+        (
+            records + u64::from(b.delivered()),
+            bytes + b.bytes.len() as u64,
+        )
     })
 }
 
@@ -357,7 +361,9 @@ impl BatchReader {
                 }
                 self.turn = (index + 1) % self.cursors.len();
                 let (records, bytes) = delivered(&result.batches);
-                self.state.metrics.fetched(self.topic.name(), records, bytes);
+                self.state
+                    .metrics
+                    .fetched(self.topic.name(), records, bytes);
                 return Ok(SubscribeBatchesResponse {
                     event: Some(Event::Batches(RecordBatches {
                         partition: partition.id(),

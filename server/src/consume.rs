@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use tidelog_proto::v1::consumer_server::Consumer;
 use tidelog_proto::v1::{
-    FetchBatchesResponse, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, ListedOffset,
-    SubscribeBatchesResponse, SubscribeRequest, SubscribeResponse, list_offsets_request, start_position::Position,
+    FetchBatchesResponse, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+    ListedOffset, SubscribeBatchesResponse, SubscribeRequest, SubscribeResponse,
+    list_offsets_request, start_position::Position,
 };
 use tidelog_storage::{Filter, Partition, ReadResult, Topic};
 use tokio_stream::Stream;
@@ -291,8 +292,7 @@ impl Consumer for ConsumerService {
         result.map(Response::new)
     }
 
-    type SubscribeBatchesStream =
-        ReceiverStream<Result<SubscribeBatchesResponse, Status>>;
+    type SubscribeBatchesStream = ReceiverStream<Result<SubscribeBatchesResponse, Status>>;
 
     async fn subscribe_batches(
         &self,

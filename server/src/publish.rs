@@ -21,8 +21,7 @@ use std::time::Instant;
 use tidelog_proto::v1::publisher_server::Publisher;
 use tidelog_proto::v1::{
     MessageAck, PublishBatchRequest, PublishBatchResponse, PublishRequest, PublishResponse,
-    PublishStreamRequest, PublishStreamResponse,
-    publish_stream_response::Outcome,
+    PublishStreamRequest, PublishStreamResponse, publish_stream_response::Outcome,
 };
 use tidelog_storage::{AckLevel, NewRecord, Partition, Placed, Topic};
 use tokio::sync::mpsc;

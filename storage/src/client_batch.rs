@@ -30,9 +30,8 @@
 //! (at most [`BATCH_BYTES_MAX`]) to be walked; the stored bytes stay the client's.
 
 use crate::batch::{
-    self, BatchHeader, Compression, FormatError, NEVER_EXPIRES,
-    RECORD_ATTRIBUTES_KNOWN, RECORD_HAS_DELIVER_AT, RECORD_HAS_EXPIRY, RECORD_HAS_ID,
-    RECORD_HAS_KEY, RECORD_HAS_PRIORITY,
+    self, BatchHeader, Compression, FormatError, NEVER_EXPIRES, RECORD_ATTRIBUTES_KNOWN,
+    RECORD_HAS_DELIVER_AT, RECORD_HAS_EXPIRY, RECORD_HAS_ID, RECORD_HAS_KEY, RECORD_HAS_PRIORITY,
 };
 use crate::limits::{BATCH_BYTES_MAX, MESSAGE_ID_BYTES_MAX, RECORD_HEADERS_MAX};
 
@@ -131,7 +130,9 @@ impl std::fmt::Display for BatchError {
                 f,
                 "record {index} has no expiry but the topic has a default TTL: a batch's records must carry their expiry (the default_ttl_ms of Admin.DescribeTopic, from now)"
             ),
-            BatchError::Summary(reason) => write!(f, "the batch header disagrees with its records: {reason}"),
+            BatchError::Summary(reason) => {
+                write!(f, "the batch header disagrees with its records: {reason}")
+            }
             BatchError::RecordsTrailing => {
                 f.write_str("bytes follow the last record of the records section")
             }
@@ -461,7 +462,7 @@ pub fn delivered_records(
             let delta = (record.offset - header.base_offset) as u32;
             *index as u32 >= skip_front
                 && skip.binary_search(&delta).is_err()
-                && !record.expires_at_ms.is_some_and(|at| at <= now_ms)
+                && record.expires_at_ms.is_none_or(|at| at > now_ms)
         })
         .map(|(_, record)| record)
         .collect())
@@ -544,7 +545,11 @@ mod tests {
             let checked = validate_batch(&bytes, &rules()).unwrap();
             assert_eq!(checked.header.record_count, 3);
             assert_eq!(checked.records_without_id(), 1);
-            let ids: Vec<_> = checked.ids.iter().map(|i| (i.index, i.id.clone())).collect();
+            let ids: Vec<_> = checked
+                .ids
+                .iter()
+                .map(|i| (i.index, i.id.clone()))
+                .collect();
             assert_eq!(ids, vec![(0, b"id-1".to_vec()), (2, b"id-3".to_vec())]);
             assert_eq!(checked.ids[0].hash, crate::idindex::hash_id(b"id-1"));
             assert_eq!(checked.payload_bytes, 4 + 1 + 2 + 2 + 4 + 70_000);
@@ -555,29 +560,44 @@ mod tests {
     #[test]
     fn every_malformed_class_is_refused_by_name() {
         let good = encode(&sample(), Compression::None);
-        let mut cases: Vec<(&str, Vec<u8>, BatchRules, fn(&BatchError) -> bool)> = Vec::new();
-        cases.push(("empty", Vec::new(), rules(), |e| matches!(e, BatchError::Truncated { .. })));
-        cases.push(("truncated", good[..good.len() - 1].to_vec(), rules(), |e| {
+        type Case = (&'static str, Vec<u8>, BatchRules, fn(&BatchError) -> bool);
+        let mut cases: Vec<Case> = Vec::new();
+        cases.push(("empty", Vec::new(), rules(), |e| {
             matches!(e, BatchError::Truncated { .. })
         }));
+        cases.push(
+            ("truncated", good[..good.len() - 1].to_vec(), rules(), |e| {
+                matches!(e, BatchError::Truncated { .. })
+            }),
+        );
         let mut trailing = good.clone();
         trailing.push(0);
-        cases.push(("trailing", trailing, rules(), |e| matches!(e, BatchError::TrailingBytes { .. })));
+        cases.push(("trailing", trailing, rules(), |e| {
+            matches!(e, BatchError::TrailingBytes { .. })
+        }));
         let mut version = good.clone();
         version[VERSION_AT] = 2;
         recrc(&mut version);
-        cases.push(("version", version, rules(), |e| matches!(e, BatchError::Header(_))));
+        cases.push(("version", version, rules(), |e| {
+            matches!(e, BatchError::Header(_))
+        }));
         let mut codec = good.clone();
         codec[ATTRIBUTES_AT] = 3;
         recrc(&mut codec);
-        cases.push(("codec", codec, rules(), |e| matches!(e, BatchError::Header(_))));
+        cases.push(("codec", codec, rules(), |e| {
+            matches!(e, BatchError::Header(_))
+        }));
         let mut length = good.clone();
         length[0..4].copy_from_slice(&10u32.to_le_bytes());
-        cases.push(("length", length, rules(), |e| matches!(e, BatchError::Header(_))));
+        cases.push(("length", length, rules(), |e| {
+            matches!(e, BatchError::Header(_))
+        }));
         let mut count = good.clone();
         count[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&0u32.to_le_bytes());
         recrc(&mut count);
-        cases.push(("zero records", count, rules(), |e| matches!(e, BatchError::Header(_))));
+        cases.push(("zero records", count, rules(), |e| {
+            matches!(e, BatchError::Header(_))
+        }));
         let mut crc = good.clone();
         let last = crc.len() - 1;
         crc[last] ^= 1;
@@ -585,7 +605,9 @@ mod tests {
         let mut sparse = good.clone();
         sparse[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4].copy_from_slice(&5u32.to_le_bytes());
         recrc(&mut sparse);
-        cases.push(("sparse", sparse, rules(), |e| matches!(e, BatchError::SparseOffsets { .. })));
+        cases.push(("sparse", sparse, rules(), |e| {
+            matches!(e, BatchError::SparseOffsets { .. })
+        }));
         let mut more = good.clone();
         more[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&4u32.to_le_bytes());
         more[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4].copy_from_slice(&3u32.to_le_bytes());
@@ -603,15 +625,21 @@ mod tests {
         let mut first = good.clone();
         put_i64(&mut first, FIRST_TIMESTAMP_AT, NOW - 1);
         recrc(&mut first);
-        cases.push(("first timestamp", first, rules(), |e| matches!(e, BatchError::Summary(_))));
+        cases.push(("first timestamp", first, rules(), |e| {
+            matches!(e, BatchError::Summary(_))
+        }));
         let mut max_ts = good.clone();
         put_i64(&mut max_ts, MAX_TIMESTAMP_AT, NOW + 1);
         recrc(&mut max_ts);
-        cases.push(("max timestamp", max_ts, rules(), |e| matches!(e, BatchError::Summary(_))));
+        cases.push(("max timestamp", max_ts, rules(), |e| {
+            matches!(e, BatchError::Summary(_))
+        }));
         let mut expiry = good.clone();
         put_i64(&mut expiry, MAX_EXPIRY_AT, NOW + 60_000);
         recrc(&mut expiry);
-        cases.push(("max expiry", expiry, rules(), |e| matches!(e, BatchError::Summary(_))));
+        cases.push(("max expiry", expiry, rules(), |e| {
+            matches!(e, BatchError::Summary(_))
+        }));
         let later = BatchRules {
             now_ms: NOW + 60_000,
             ..rules()
@@ -631,7 +659,14 @@ mod tests {
             ..rules()
         };
         cases.push(("too large", good.clone(), small, |e| {
-            matches!(e, BatchError::RecordTooLarge { index: 2, size: 70_004, limit: 1000 })
+            matches!(
+                e,
+                BatchError::RecordTooLarge {
+                    index: 2,
+                    size: 70_004,
+                    limit: 1000
+                }
+            )
         }));
         let levels = BatchRules {
             priority_levels: 2,
@@ -644,7 +679,9 @@ mod tests {
         let last = zstd.len() - 1;
         zstd[last] ^= 0xff;
         recrc(&mut zstd);
-        cases.push(("zstd", zstd, rules(), |e| matches!(e, BatchError::Compression(_))));
+        cases.push(("zstd", zstd, rules(), |e| {
+            matches!(e, BatchError::Compression(_))
+        }));
         let negative = encode(
             &[NewRecord {
                 timestamp_ms: Some(-1),
@@ -682,7 +719,10 @@ mod tests {
             bytes[at] = value;
             recrc(&mut bytes);
             let error = validate_batch(&bytes, &rules()).unwrap_err();
-            assert!(matches!(error, BatchError::Record { index: 0, .. }), "{what}: {error}");
+            assert!(
+                matches!(error, BatchError::Record { index: 0, .. }),
+                "{what}: {error}"
+            );
             assert!(decode_batch(&Bytes::from(bytes)).is_err() || what == "offset delta");
         }
         for (what, bytes, rules, expected) in cases {
@@ -696,7 +736,8 @@ mod tests {
     /// a second, independent encoder agrees with this validator.
     #[test]
     fn the_fuzz_seeds_from_the_python_encoder_validate() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/client_batch");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/client_batch");
         let mut seen = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let data = std::fs::read(entry.unwrap().path()).unwrap();
@@ -720,9 +761,16 @@ mod tests {
     #[test]
     fn delivered_records_drop_the_front_the_skipped_and_the_expired() {
         let bytes = Bytes::from(encode(&sample(), Compression::Zstd));
-        let offsets = |records: Vec<crate::Record>| records.iter().map(|r| r.offset).collect::<Vec<_>>();
-        assert_eq!(offsets(delivered_records(&bytes, 0, &[], NOW).unwrap()), vec![0, 1, 2]);
-        assert_eq!(offsets(delivered_records(&bytes, 1, &[2], NOW).unwrap()), vec![1]);
+        let offsets =
+            |records: Vec<crate::Record>| records.iter().map(|r| r.offset).collect::<Vec<_>>();
+        assert_eq!(
+            offsets(delivered_records(&bytes, 0, &[], NOW).unwrap()),
+            vec![0, 1, 2]
+        );
+        assert_eq!(
+            offsets(delivered_records(&bytes, 1, &[2], NOW).unwrap()),
+            vec![1]
+        );
         // Record 0 expires at NOW + 60 s.
         assert_eq!(
             offsets(delivered_records(&bytes, 0, &[], NOW + 60_000).unwrap()),
@@ -734,28 +782,33 @@ mod tests {
         (
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)),
             proptest::collection::vec(any::<u8>(), 0..300),
-            proptest::collection::vec(("[a-z]{0,5}", proptest::collection::vec(any::<u8>(), 0..8)), 0..3),
+            proptest::collection::vec(
+                ("[a-z]{0,5}", proptest::collection::vec(any::<u8>(), 0..8)),
+                0..3,
+            ),
             proptest::option::of(0i64..2_000_000_000_000),
             proptest::option::of(0u64..1_000_000),
             proptest::option::of(proptest::collection::vec(any::<u8>(), 1..20)),
             0u8..10,
         )
-            .prop_map(|(key, value, headers, timestamp_ms, ttl_ms, id, priority)| NewRecord {
-                key: key.map(Bytes::from),
-                value: Bytes::from(value),
-                headers: headers
-                    .into_iter()
-                    .map(|(key, value)| Header {
-                        key,
-                        value: Bytes::from(value),
-                    })
-                    .collect(),
-                timestamp_ms,
-                ttl_ms,
-                id: id.map(Bytes::from),
-                priority,
-                ..NewRecord::default()
-            })
+            .prop_map(
+                |(key, value, headers, timestamp_ms, ttl_ms, id, priority)| NewRecord {
+                    key: key.map(Bytes::from),
+                    value: Bytes::from(value),
+                    headers: headers
+                        .into_iter()
+                        .map(|(key, value)| Header {
+                            key,
+                            value: Bytes::from(value),
+                        })
+                        .collect(),
+                    timestamp_ms,
+                    ttl_ms,
+                    id: id.map(Bytes::from),
+                    priority,
+                    ..NewRecord::default()
+                },
+            )
     }
 
     proptest! {

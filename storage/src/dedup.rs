@@ -470,7 +470,13 @@ impl DedupWindow {
         })?;
         if assign_ids && checked.records_without_id() > 0 {
             let index = (0..checked.header.record_count)
-                .zip(checked.ids.iter().map(|id| id.index).chain(std::iter::repeat(u32::MAX)))
+                .zip(
+                    checked
+                        .ids
+                        .iter()
+                        .map(|id| id.index)
+                        .chain(std::iter::repeat(u32::MAX)),
+                )
                 .find(|(i, with)| i != with)
                 .map_or(0, |(i, _)| i);
             return Err(Error::invalid(format!(
@@ -512,9 +518,10 @@ impl DedupWindow {
                 .iter()
                 .enumerate()
                 .find_map(|(i, d)| match *d {
-                    Decision::Duplicate { partition, offset } => {
-                        Some((i, format!("stored at partition {partition} offset {offset}")))
-                    }
+                    Decision::Duplicate { partition, offset } => Some((
+                        i,
+                        format!("stored at partition {partition} offset {offset}"),
+                    )),
                     Decision::SameAs { first } => {
                         Some((i, format!("the same id as record {first} of the batch")))
                     }

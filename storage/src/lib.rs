@@ -60,8 +60,9 @@ pub use fs::{FileSystem, OsFs};
 pub use lookup::FoundMessage;
 pub use offsets::{CommittedOffset, OffsetStore};
 pub use partition::{
-    Appended, BatchReadResult, FlushObserver, Partition, PartitionInfo, ReadResult, RetentionOutcome,
+    Appended, BatchReadResult, FlushObserver, Partition, PartitionInfo, ReadResult,
+    RetentionOutcome,
 };
-pub use segment::StoredBatch;
 pub use progress::{LogEnd, WaitDurable, WaitForData};
+pub use segment::StoredBatch;
 pub use store::{Store, StoreOptions, Topic, TopicInfo};

@@ -20,9 +20,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::batch::NewRecord;
+use crate::client_batch::{BatchRules, CheckedBatch, validate_batch};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{FsyncPolicy, TopicConfig, validate_topic_name};
-use crate::client_batch::{BatchRules, CheckedBatch, validate_batch};
 use crate::dedup::{BatchPlaced, DedupWindow, Placed};
 use crate::error::{Error, IoContext, Result};
 use crate::flusher::Flusher;

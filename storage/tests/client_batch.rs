@@ -55,7 +55,9 @@ fn by_message(partition: &Partition, filter: Option<&Filter>) -> Vec<Record> {
     let mut out = Vec::new();
     let mut offset = partition.log_start();
     loop {
-        let read = partition.read_filtered(offset, 10_000, u64::MAX, filter).unwrap();
+        let read = partition
+            .read_filtered(offset, 10_000, u64::MAX, filter)
+            .unwrap();
         out.extend(read.records);
         if read.next_offset == read.end_offset {
             return out;
@@ -65,16 +67,29 @@ fn by_message(partition: &Partition, filter: Option<&Filter>) -> Vec<Record> {
 }
 
 /// From `from` through batch reads of random budgets, decoded as a client does.
-fn by_batch(partition: &Partition, from: u64, rng: &mut Rng, filter: Option<&Filter>) -> Vec<Record> {
+fn by_batch(
+    partition: &Partition,
+    from: u64,
+    rng: &mut Rng,
+    filter: Option<&Filter>,
+) -> Vec<Record> {
     let mut out = Vec::new();
     let mut offset = from;
     loop {
         let read = partition
-            .read_batches(offset, 1 + rng.below(200) as u32, 1 + rng.below(300_000), filter)
+            .read_batches(
+                offset,
+                1 + rng.below(200) as u32,
+                1 + rng.below(300_000),
+                filter,
+            )
             .unwrap();
         for batch in &read.batches {
             assert!(batch.bytes.len() as u64 >= 60);
-            out.extend(delivered_records(&batch.bytes, batch.skip_front, &batch.skip, read.now_ms).unwrap());
+            out.extend(
+                delivered_records(&batch.bytes, batch.skip_front, &batch.skip, read.now_ms)
+                    .unwrap(),
+            );
         }
         assert!(read.next_offset >= offset);
         if read.next_offset == read.end_offset {
@@ -107,7 +122,11 @@ fn run_seed(seed: u64) {
             let options = EncodeOptions {
                 now_ms: clock.now_ms(),
                 default_ttl_ms: None,
-                compression: if rng.below(2) == 0 { Compression::Zstd } else { Compression::None },
+                compression: if rng.below(2) == 0 {
+                    Compression::Zstd
+                } else {
+                    Compression::None
+                },
                 max_message_bytes: 1 << 20,
                 priority_levels: 0,
             };
@@ -134,7 +153,10 @@ fn run_seed(seed: u64) {
             let from = rng.below(expected);
             let want: Vec<_> = all.iter().filter(|r| r.offset >= from).cloned().collect();
             let got = by_batch(partition, from, &mut rng, filter);
-            assert_eq!(got, want, "seed {seed} round {round} from {from} filter {filter:?}");
+            assert_eq!(
+                got, want,
+                "seed {seed} round {round} from {from} filter {filter:?}"
+            );
         }
         clock.advance_ms(8_000);
     }

@@ -180,8 +180,8 @@ impl Segment {
                         .map_err(|e| Error::corrupt(self.log_path(), at, e.to_string()))?;
                     let (mut in_range, mut refused) = (0u32, 0u32);
                     for record in records {
-                        let record =
-                            record.map_err(|e| Error::corrupt(self.log_path(), at, e.to_string()))?;
+                        let record = record
+                            .map_err(|e| Error::corrupt(self.log_path(), at, e.to_string()))?;
                         let delta = (record.offset - header.base_offset) as u32;
                         if record.offset < start {
                             // Dense batches count these in skip_front.

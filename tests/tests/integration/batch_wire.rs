@@ -12,9 +12,9 @@ use bytes::Bytes;
 use tidelog_proto::v1::messages_client::MessagesClient;
 use tidelog_proto::v1::publisher_client::PublisherClient;
 use tidelog_proto::v1::{
-    AckLevel, FetchRequest, GetMessageRequest,
-    PublishBatchRequest, PublishStreamRequest, StartPosition, SubscribeRequest, TopicConfig,
-    publish_stream_response::Outcome, start_position, subscribe_batches_response::Event,
+    AckLevel, FetchRequest, GetMessageRequest, PublishBatchRequest, PublishStreamRequest,
+    StartPosition, SubscribeRequest, TopicConfig, publish_stream_response::Outcome, start_position,
+    subscribe_batches_response::Event,
 };
 use tidelog_storage::batch::{EncodeOptions, encode_batch};
 use tidelog_storage::client_batch::delivered_records;
@@ -76,7 +76,12 @@ async fn publish(
 }
 
 /// Every record of a partition through FetchBatches, decoded as a client does.
-async fn fetch_all_batches(broker: &TestBroker, topic: &str, from: u64, filter: &str) -> Vec<Record> {
+async fn fetch_all_batches(
+    broker: &TestBroker,
+    topic: &str,
+    from: u64,
+    filter: &str,
+) -> Vec<Record> {
     let mut consumer = broker.consumer().await;
     let mut out = Vec::new();
     let mut offset = from;
@@ -112,7 +117,11 @@ fn same(got: &Record, sent: &NewRecord, what: &str) {
     assert_eq!(got.value, sent.value, "{what}: value");
     assert_eq!(got.headers, sent.headers, "{what}: headers");
     assert_eq!(got.id, sent.id, "{what}: id");
-    assert_eq!(got.expires_at_ms.is_some(), sent.ttl_ms.is_some(), "{what}: expiry");
+    assert_eq!(
+        got.expires_at_ms.is_some(),
+        sent.ttl_ms.is_some(),
+        "{what}: expiry"
+    );
 }
 
 #[tokio::test]
@@ -136,7 +145,10 @@ async fn batches_round_trip_through_the_broker_both_ways() {
         let ack = publish(&mut client, "wire", 0, encode(&batch, compression))
             .await
             .expect("publish batch");
-        assert_eq!((ack.base_offset, ack.count, ack.duplicate), (first as u64, 40, false));
+        assert_eq!(
+            (ack.base_offset, ack.count, ack.duplicate),
+            (first as u64, 40, false)
+        );
         sent.extend(batch);
     }
     // On the publish stream, beside a per-message request.
@@ -182,7 +194,11 @@ async fn batches_round_trip_through_the_broker_both_ways() {
         same(got, sent, &format!("record {n}"));
     }
     let tail = fetch_all_batches(&broker, "wire", 45, "").await;
-    assert_eq!(tail.first().map(|r| r.offset), Some(45), "skip_front drops 40..45");
+    assert_eq!(
+        tail.first().map(|r| r.offset),
+        Some(45),
+        "skip_front drops 40..45"
+    );
     assert_eq!(tail.len(), sent.len() - 45);
 
     // The per-message Fetch sees the same messages.
@@ -343,42 +359,117 @@ async fn every_malformed_batch_is_refused_with_its_reason_and_nothing_is_appende
     );
     let cases: Vec<(&str, &str, Vec<u8>, &str)> = vec![
         ("strict", "empty", Vec::new(), "truncated"),
-        ("strict", "truncated", good[..good.len() - 3].to_vec(), "truncated"),
-        ("strict", "two batches", [good.clone(), good.clone()].concat(), "exactly one batch"),
+        (
+            "strict",
+            "truncated",
+            good[..good.len() - 3].to_vec(),
+            "truncated",
+        ),
+        (
+            "strict",
+            "two batches",
+            [good.clone(), good.clone()].concat(),
+            "exactly one batch",
+        ),
         ("strict", "crc", crc, "CRC mismatch"),
         ("strict", "version", with(16, &[9]), "version"),
         ("strict", "codec", with(17, &[2]), "codec"),
-        ("strict", "zero records", with(24, &0u32.to_le_bytes()), "record count"),
-        ("strict", "sparse offsets", with(20, &9u32.to_le_bytes()), "dense"),
-        ("strict", "record count over the records", {
-            let mut b = with(24, &6u32.to_le_bytes());
-            b[20..24].copy_from_slice(&5u32.to_le_bytes());
-            recrc(b)
-        }, "record 5"),
-        ("strict", "max timestamp", with(36, &(now_ms() + 10_000_000).to_le_bytes()), "max_timestamp_ms"),
-        ("strict", "max expiry", with(44, &1i64.to_le_bytes()), "max_expiry_ms"),
-        ("strict", "record attributes", with(61, &[0xe0]), "unknown attribute"),
-        ("strict", "too large", encode(&[NewRecord::value(vec![0u8; 1001])], Compression::None).to_vec(), "max_message_bytes"),
+        (
+            "strict",
+            "zero records",
+            with(24, &0u32.to_le_bytes()),
+            "record count",
+        ),
+        (
+            "strict",
+            "sparse offsets",
+            with(20, &9u32.to_le_bytes()),
+            "dense",
+        ),
+        (
+            "strict",
+            "record count over the records",
+            {
+                let mut b = with(24, &6u32.to_le_bytes());
+                b[20..24].copy_from_slice(&5u32.to_le_bytes());
+                recrc(b)
+            },
+            "record 5",
+        ),
+        (
+            "strict",
+            "max timestamp",
+            with(36, &(now_ms() + 10_000_000).to_le_bytes()),
+            "max_timestamp_ms",
+        ),
+        (
+            "strict",
+            "max expiry",
+            with(44, &1i64.to_le_bytes()),
+            "max_expiry_ms",
+        ),
+        (
+            "strict",
+            "record attributes",
+            with(61, &[0xe0]),
+            "unknown attribute",
+        ),
+        (
+            "strict",
+            "too large",
+            encode(&[NewRecord::value(vec![0u8; 1001])], Compression::None).to_vec(),
+            "max_message_bytes",
+        ),
         ("strict", "zstd", recrc(zstd), "zstd"),
-        ("strict", "expired", { std::thread::sleep(Duration::from_millis(5)); expired.to_vec() }, "expires at"),
-        ("ttl-default", "no expiry on a default-TTL topic", good.clone(), "default TTL"),
-        ("assigning", "no ids on an assign_ids topic", good.clone(), "assigns ids"),
+        (
+            "strict",
+            "expired",
+            {
+                std::thread::sleep(Duration::from_millis(5));
+                expired.to_vec()
+            },
+            "expires at",
+        ),
+        (
+            "ttl-default",
+            "no expiry on a default-TTL topic",
+            good.clone(),
+            "default TTL",
+        ),
+        (
+            "assigning",
+            "no ids on an assign_ids topic",
+            good.clone(),
+            "assigns ids",
+        ),
     ];
     for (topic, what, bytes, reason) in cases {
         let status = publish(&mut client, topic, 0, Bytes::from(bytes))
             .await
             .expect_err(what);
         assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
-        assert!(status.message().contains(reason), "{what}: {:?}", status.message());
+        assert!(
+            status.message().contains(reason),
+            "{what}: {:?}",
+            status.message()
+        );
     }
     for topic in ["strict", "ttl-default", "assigning"] {
         let description = broker.describe_topic(topic).await;
-        assert_eq!(description.partitions[0].end_offset, 0, "{topic}: nothing appended");
+        assert_eq!(
+            description.partitions[0].end_offset, 0,
+            "{topic}: nothing appended"
+        );
     }
     // The same batch, valid, goes in.
-    let ack = publish(&mut client, "strict", 0, encode(&[NewRecord::value("ok")], Compression::None))
-        .await
-        .unwrap();
+    let ack = publish(
+        &mut client,
+        "strict",
+        0,
+        encode(&[NewRecord::value("ok")], Compression::None),
+    )
+    .await
+    .unwrap();
     assert_eq!(ack.count, 1);
 }
 
@@ -403,7 +494,9 @@ async fn a_retried_batch_is_stored_once_within_the_dedup_window() {
         })
         .collect();
     let bytes = encode(&batch, Compression::Zstd);
-    let first = publish(&mut client, "once", 0, bytes.clone()).await.unwrap();
+    let first = publish(&mut client, "once", 0, bytes.clone())
+        .await
+        .unwrap();
     assert!(!first.duplicate);
     let retry = publish(&mut client, "once", 0, bytes).await.unwrap();
     assert!(retry.duplicate);
@@ -421,8 +514,15 @@ async fn a_retried_batch_is_stored_once_within_the_dedup_window() {
         .await
         .expect_err("a mixed batch");
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("deduplicated whole"), "{}", status.message());
-    assert_eq!(broker.describe_topic("once").await.partitions[0].end_offset, 10);
+    assert!(
+        status.message().contains("deduplicated whole"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(
+        broker.describe_topic("once").await.partitions[0].end_offset,
+        10
+    );
     // The per-message Publish sees the batch's ids too.
     let got = fetch_all_batches(&broker, "once", 0, "").await;
     assert_eq!(got.len(), 10);

@@ -18,9 +18,9 @@ use tidelog_proto::v1::{
     subscribe_response::Event,
 };
 use tidelog_storage::client_batch::delivered_records;
+use tokio::sync::{oneshot, watch};
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
-use tokio::sync::{oneshot, watch};
 use tonic::transport::Channel;
 
 use super::stats::{ActorResult, Role};

@@ -335,12 +335,10 @@ async fn produce(
             )),
             clock,
             tag: args.filter.is_some(),
-            batch_wire: args
-                .batch_wire
-                .then_some(match args.compression {
-                    crate::cli::CompressionArg::None => tidelog_storage::Compression::None,
-                    crate::cli::CompressionArg::Zstd => tidelog_storage::Compression::Zstd,
-                }),
+            batch_wire: args.batch_wire.then_some(match args.compression {
+                crate::cli::CompressionArg::None => tidelog_storage::Compression::None,
+                crate::cli::CompressionArg::Zstd => tidelog_storage::Compression::Zstd,
+            }),
         };
         tasks.push(tokio::spawn(producer::run(plan, channel, progress.clone())));
     }

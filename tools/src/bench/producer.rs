@@ -18,8 +18,7 @@ use bytes::{Bytes, BytesMut};
 use tidelog_proto::v1::publisher_client::PublisherClient;
 use tidelog_proto::v1::{
     AckLevel, Header as ProtoHeader, Message, MessageAck, PublishBatchRequest, PublishRequest,
-    PublishStreamRequest,
-    publish_stream_response,
+    PublishStreamRequest, publish_stream_response,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
