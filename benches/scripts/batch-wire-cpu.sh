@@ -9,20 +9,22 @@ rounds=${2:-3}
 messages=${3:-2000000}
 tidelog=${TIDELOG:-tidelog}
 tck=$(getconf CLK_TCK)
-cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+cpu() { awk '{print $14, $15}' "/proc/$pid/stat"; }
 measure() { # LABEL ARGS...
   local label=$1
   shift
   local before after
-  before=$(cpu)
+  read -r user0 sys0 < <(cpu)
   local out
   out=$("$tidelog" bench "$@" 2>&1)
-  after=$(cpu)
+  read -r user1 sys1 < <(cpu)
   local total valid
   total=$(echo "$out" | grep -E '^(producers|consumers) +total' | tr -s ' ' | head -1)
   valid=$(echo "$out" | grep -o 'validation: [a-z]*')
-  awk -v l="$label" -v t=$((after - before)) -v n="$messages" -v hz="$tck" -v r="$total" -v v="$valid" \
-    'BEGIN { printf "%-26s broker CPU %6.1f ns/msg | %s | %s\n", l, t * 1e9 / hz / n, r, v }'
+  local n
+  n=$(echo "$total" | awk '{print $3}')
+  awk -v l="$label" -v u=$((user1 - user0)) -v s=$((sys1 - sys0)) -v n="$n" -v hz="$tck" -v r="$total" -v v="$valid" \
+    'BEGIN { printf "%-24s broker CPU %5.0f ns/msg (user %4.0f, sys %4.0f) | %s | %s\n", l, (u + s) * 1e9 / hz / n, u * 1e9 / hz / n, s * 1e9 / hz / n, r, v }'
 }
 "$tidelog" bench produce --topic bw-read --keep --messages "$messages" --stream \
   --fsync never --ack written --batch 1000 >/dev/null
