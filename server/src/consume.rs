@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 
 use tidelog_proto::v1::consumer_server::Consumer;
 use tidelog_proto::v1::{
-    FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, ListedOffset,
-    SubscribeRequest, SubscribeResponse, list_offsets_request, start_position::Position,
+    FetchBatchesResponse, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+    ListedOffset, SubscribeBatchesResponse, SubscribeRequest, SubscribeResponse,
+    list_offsets_request, start_position::Position,
 };
 use tidelog_storage::{Filter, Partition, ReadResult, Topic};
 use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
@@ -43,17 +45,13 @@ impl ConsumerService {
     }
 
     async fn fetch(&self, request: &Request<FetchRequest>) -> Result<FetchResponse, Status> {
-        let deadline = grpc_timeout(request.metadata());
+        let wait = fetch_wait(request);
         let request = request.get_ref();
         let topic = convert::or_status(self.state.store.topic(&request.topic))?;
         let partition = convert::or_status(topic.partition(request.partition))?.clone();
         let limits = ReadLimits::from_request(request.max_messages, request.max_bytes);
         let filter = convert::filter(&request.filter)?;
         let filter = filter.as_deref();
-        let mut wait = Duration::from_millis(request.max_wait_ms).min(FETCH_WAIT_MAX);
-        if let Some(deadline) = deadline {
-            wait = wait.min(deadline.saturating_sub(DEADLINE_MARGIN));
-        }
         let started = Instant::now();
         let mut result = read(&partition, request.offset, limits, filter)?;
         let mut filtered = result.filtered;
@@ -98,6 +96,15 @@ impl ConsumerService {
                 .collect(),
         })
     }
+}
+
+/// How long a fetch may wait: its max_wait_ms, capped, and short of its deadline.
+fn fetch_wait(request: &Request<FetchRequest>) -> Duration {
+    let mut wait = Duration::from_millis(request.get_ref().max_wait_ms).min(FETCH_WAIT_MAX);
+    if let Some(deadline) = grpc_timeout(request.metadata()) {
+        wait = wait.min(deadline.saturating_sub(DEADLINE_MARGIN));
+    }
+    wait
 }
 
 fn read(
@@ -325,6 +332,42 @@ impl Consumer for ConsumerService {
     }
 
     type SubscribeStream = SubscribeStream;
+
+    async fn fetch_batches(
+        &self,
+        request: Request<FetchRequest>,
+    ) -> Result<Response<FetchBatchesResponse>, Status> {
+        let started = Instant::now();
+        let wait = fetch_wait(&request);
+        let result = crate::batch::fetch(&self.state, request.get_ref(), wait).await;
+        self.state.metrics.rpc_finished(
+            "FetchBatches",
+            started,
+            result.as_ref().err().map(Status::code),
+        );
+        result.map(Response::new)
+    }
+
+    type SubscribeBatchesStream = ReceiverStream<Result<SubscribeBatchesResponse, Status>>;
+
+    async fn subscribe_batches(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeBatchesStream>, Status> {
+        let started = Instant::now();
+        let result = if self.state.shutdown.is_triggered() {
+            Err(Status::unavailable("the broker is shutting down"))
+        } else {
+            crate::batch::BatchReader::new(self.state.clone(), request.into_inner())
+                .map(|reader| crate::batch::spawn(&self.state, reader))
+        };
+        if let Err(status) = &result {
+            self.state
+                .metrics
+                .rpc_finished("SubscribeBatches", started, Some(status.code()));
+        }
+        result.map(Response::new)
+    }
 
     async fn list_offsets(
         &self,

@@ -6,6 +6,9 @@
 //!   `tidelog_storage::Error` to `tonic::Status`. Nothing else imports both.
 //! - [`admin`], [`publish`], [`consume`]: the `Admin`, `Publisher` and `Consumer`
 //!   services.
+//! - [`batch`]: record batches on the wire: `PublishBatch` (and batch requests on
+//!   `PublishStream`), `FetchBatches`, `SubscribeBatches`; storage validates and reads,
+//!   this module only moves the bytes.
 //! - [`read`]: the read limits every reader applies, [`read::read_round`] (the one loop
 //!   that reads partitions for every subscriber: batch budget, turns among partitions,
 //!   expired messages skipped) and [`read::PartitionReader`], the plain Subscribe
@@ -40,6 +43,7 @@ use std::sync::Arc;
 use tidelog_storage::Store;
 
 pub mod admin;
+pub mod batch;
 pub mod config;
 pub mod consume;
 pub mod convert;

@@ -20,8 +20,8 @@ use std::time::Instant;
 
 use tidelog_proto::v1::publisher_server::Publisher;
 use tidelog_proto::v1::{
-    MessageAck, PublishRequest, PublishResponse, PublishStreamRequest, PublishStreamResponse,
-    publish_stream_response::Outcome,
+    MessageAck, PublishBatchRequest, PublishBatchResponse, PublishRequest, PublishResponse,
+    PublishStreamRequest, PublishStreamResponse, publish_stream_response::Outcome,
 };
 use tidelog_storage::{AckLevel, NewRecord, Partition, Placed, Topic};
 use tokio::sync::mpsc;
@@ -286,11 +286,17 @@ pub async fn publish(state: &AppState, request: PublishRequest) -> Result<Publis
     complete(written).await
 }
 
+/// A stream request appended: messages or a record batch.
+enum Appended {
+    Messages(Written),
+    Batch(crate::batch::BatchWritten),
+}
+
 /// What the stream's reader hands its responder, in request order.
 enum Pending {
     Request {
         request_id: u64,
-        outcome: Result<Written, Status>,
+        outcome: Result<Appended, Status>,
     },
     /// The stream ends with this status after the earlier requests are answered.
     End(Status),
@@ -309,6 +315,23 @@ impl Publisher for PublisherService {
         let result = publish(&self.state, request.into_inner()).await;
         self.state.metrics.rpc_finished(
             "Publish",
+            started,
+            result.as_ref().err().map(Status::code),
+        );
+        result.map(Response::new)
+    }
+
+    async fn publish_batch(
+        &self,
+        request: Request<PublishBatchRequest>,
+    ) -> Result<Response<PublishBatchResponse>, Status> {
+        let started = Instant::now();
+        if self.state.shutdown.is_triggered() {
+            return Err(shutting_down());
+        }
+        let result = crate::batch::publish(&self.state, request.into_inner()).await;
+        self.state.metrics.rpc_finished(
+            "PublishBatch",
             started,
             result.as_ref().err().map(Status::code),
         );
@@ -342,12 +365,18 @@ impl Publisher for PublisherService {
                 let pending = match next {
                     Ok(Some(item)) => Pending::Request {
                         request_id: item.request_id,
-                        outcome: match item.request {
-                            Some(request) => {
-                                prepare(&state, request).and_then(|p| append(&state, p))
+                        outcome: match (item.request, item.batch) {
+                            (Some(request), None) => prepare(&state, request)
+                                .and_then(|p| append(&state, p))
+                                .map(Appended::Messages),
+                            (None, Some(batch)) => {
+                                crate::batch::append(&state, batch).map(Appended::Batch)
                             }
-                            None => Err(Status::invalid_argument(
-                                "PublishStreamRequest.request is missing; set it to the publish to perform",
+                            (Some(_), Some(_)) => Err(Status::invalid_argument(
+                                "PublishStreamRequest has both request and batch; set one per request",
+                            )),
+                            (None, None) => Err(Status::invalid_argument(
+                                "PublishStreamRequest.request is missing; set it (or batch) to the publish to perform",
                             )),
                         },
                     },
@@ -378,11 +407,16 @@ impl Publisher for PublisherService {
                         outcome,
                     } => {
                         let result = match outcome {
-                            Ok(written) => complete(written).await,
+                            Ok(Appended::Messages(written)) => {
+                                complete(written).await.map(Outcome::Response)
+                            }
+                            Ok(Appended::Batch(written)) => crate::batch::complete(written)
+                                .await
+                                .map(Outcome::BatchResponse),
                             Err(status) => Err(status),
                         };
                         let outcome = match result {
-                            Ok(response) => Outcome::Response(response),
+                            Ok(outcome) => outcome,
                             Err(status) => {
                                 metrics.rpc_error("PublishStream", status.code());
                                 Outcome::Error(convert::error_status(&status))

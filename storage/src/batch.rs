@@ -43,31 +43,31 @@ pub const FORMAT_VERSION: u8 = 1;
 /// `max_expiry_ms` of a batch holding a record that never expires.
 pub const NEVER_EXPIRES: i64 = i64::MAX;
 
-const LENGTH_AT: usize = 0;
-const BASE_OFFSET_AT: usize = LENGTH_AT + 4;
-const CRC_AT: usize = BASE_OFFSET_AT + 8;
+pub(crate) const LENGTH_AT: usize = 0;
+pub(crate) const BASE_OFFSET_AT: usize = LENGTH_AT + 4;
+pub(crate) const CRC_AT: usize = BASE_OFFSET_AT + 8;
 /// The CRC covers everything from here to the end of the batch.
 pub const CRC_COVERS_FROM: usize = CRC_AT + 4;
-const VERSION_AT: usize = CRC_COVERS_FROM;
-const ATTRIBUTES_AT: usize = VERSION_AT + 1;
+pub(crate) const VERSION_AT: usize = CRC_COVERS_FROM;
+pub(crate) const ATTRIBUTES_AT: usize = VERSION_AT + 1;
 const RESERVED_AT: usize = ATTRIBUTES_AT + 1;
-const LAST_OFFSET_DELTA_AT: usize = RESERVED_AT + 2;
-const RECORD_COUNT_AT: usize = LAST_OFFSET_DELTA_AT + 4;
-const FIRST_TIMESTAMP_AT: usize = RECORD_COUNT_AT + 4;
-const MAX_TIMESTAMP_AT: usize = FIRST_TIMESTAMP_AT + 8;
-const MAX_EXPIRY_AT: usize = MAX_TIMESTAMP_AT + 8;
-const RECORDS_LENGTH_AT: usize = MAX_EXPIRY_AT + 8;
-const UNCOMPRESSED_LENGTH_AT: usize = RECORDS_LENGTH_AT + 4;
+pub(crate) const LAST_OFFSET_DELTA_AT: usize = RESERVED_AT + 2;
+pub(crate) const RECORD_COUNT_AT: usize = LAST_OFFSET_DELTA_AT + 4;
+pub(crate) const FIRST_TIMESTAMP_AT: usize = RECORD_COUNT_AT + 4;
+pub(crate) const MAX_TIMESTAMP_AT: usize = FIRST_TIMESTAMP_AT + 8;
+pub(crate) const MAX_EXPIRY_AT: usize = MAX_TIMESTAMP_AT + 8;
+pub(crate) const RECORDS_LENGTH_AT: usize = MAX_EXPIRY_AT + 8;
+pub(crate) const UNCOMPRESSED_LENGTH_AT: usize = RECORDS_LENGTH_AT + 4;
 const _: () = assert!(UNCOMPRESSED_LENGTH_AT + 4 == HEADER_BYTES);
 
 const CODEC_MASK: u8 = 0b11;
-const RECORD_HAS_KEY: u8 = 1 << 0;
-const RECORD_HAS_EXPIRY: u8 = 1 << 1;
-const RECORD_HAS_DELIVER_AT: u8 = 1 << 2;
-const RECORD_HAS_PRIORITY: u8 = 1 << 3;
-const RECORD_HAS_ID: u8 = 1 << 4;
+pub(crate) const RECORD_HAS_KEY: u8 = 1 << 0;
+pub(crate) const RECORD_HAS_EXPIRY: u8 = 1 << 1;
+pub(crate) const RECORD_HAS_DELIVER_AT: u8 = 1 << 2;
+pub(crate) const RECORD_HAS_PRIORITY: u8 = 1 << 3;
+pub(crate) const RECORD_HAS_ID: u8 = 1 << 4;
 /// Every attribute bit a record may carry; the others must be 0.
-const RECORD_ATTRIBUTES_KNOWN: u8 = RECORD_HAS_KEY
+pub(crate) const RECORD_ATTRIBUTES_KNOWN: u8 = RECORD_HAS_KEY
     | RECORD_HAS_EXPIRY
     | RECORD_HAS_DELIVER_AT
     | RECORD_HAS_PRIORITY
@@ -985,11 +985,11 @@ impl<'a> Iterator for RawHeaders<'a> {
     }
 }
 
-fn zigzag(value: i64) -> u64 {
+pub(crate) fn zigzag(value: i64) -> u64 {
     ((value << 1) ^ (value >> 63)) as u64
 }
 
-fn unzigzag(value: u64) -> i64 {
+pub(crate) fn unzigzag(value: u64) -> i64 {
     ((value >> 1) as i64) ^ -((value & 1) as i64)
 }
 

@@ -52,6 +52,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use bytes::Bytes;
 
 use crate::batch::{NewRecord, Record};
+use crate::client_batch::CheckedBatch;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::limits::DEDUP_WINDOW_MS_MAX;
@@ -108,6 +109,16 @@ impl Placed {
             Placed::Each { appended, .. } => appended.as_ref(),
         }
     }
+}
+
+/// What [`crate::Topic::append_batch`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchPlaced {
+    /// The batch as appended; `None` when every record was a duplicate.
+    pub appended: Option<Appended>,
+    /// When the batch was a duplicate: where the original of each record with an id
+    /// is, in record order.
+    pub duplicates: Vec<Placement>,
 }
 
 /// A slot of the table; `tag == 0` is empty.
@@ -368,6 +379,11 @@ impl DedupWindow {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The clock's time: the append time of a batch appended through the window.
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
     /// Ids in the table (some may have expired since the last sweep).
     pub fn len(&self) -> usize {
         self.lock().table.used
@@ -450,7 +466,9 @@ impl DedupWindow {
             });
         }
         let hashes = id_hashes(&records);
-        let decisions = self.claim(partitions, &records, &hashes, window_ms)?;
+        let ids: Vec<Option<&[u8]>> = records.iter().map(|r| r.id.as_deref()).collect();
+        let decisions = self.claim(partitions, &ids, &hashes, window_ms)?;
+        drop(ids);
         // Usually every record is new: append them as they came, without a copy.
         let (kept, hashes): (Vec<NewRecord>, Vec<(u32, u64)>) = if decisions
             .iter()
@@ -506,12 +524,127 @@ impl DedupWindow {
         })
     }
 
+    /// Appends a client's batch (see [`crate::client_batch`]) to partition `partition`
+    /// under the topic's id rules, without re-encoding it:
+    /// - with `assign_ids`, every record must carry an id (giving one would mean
+    ///   rewriting the records), else `InvalidArgument`;
+    /// - with a window on, the batch is deduplicated whole, by the records that carry
+    ///   ids (records without one have no say): when every id was stored within the
+    ///   window, nothing is appended (the batch is a retry) and the placements name the
+    ///   originals of the records with ids, in order; when none was, the batch is
+    ///   appended as it came; when some were and some not (or an id repeats inside the
+    ///   batch), nothing is appended and the call fails
+    ///   with `InvalidArgument` naming the first duplicate (the client republishes the new
+    ///   records in a batch of their own). A retried batch is thus stored once.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn append_batch(
+        &self,
+        partitions: &[Arc<Partition>],
+        partition: u32,
+        bytes: Vec<u8>,
+        checked: &CheckedBatch,
+        now_ms: i64,
+        window_ms: u64,
+        assign_ids: bool,
+    ) -> Result<BatchPlaced> {
+        let target = partitions.get(partition as usize).ok_or_else(|| {
+            Error::invalid(format!(
+                "the topic has partitions 0..{}, not {partition}",
+                partitions.len()
+            ))
+        })?;
+        if assign_ids && checked.records_without_id() > 0 {
+            let index = (0..checked.header.record_count)
+                .zip(
+                    checked
+                        .ids
+                        .iter()
+                        .map(|id| id.index)
+                        .chain(std::iter::repeat(u32::MAX)),
+                )
+                .find(|(i, with)| i != with)
+                .map_or(0, |(i, _)| i);
+            return Err(Error::invalid(format!(
+                "record {index} of the batch has no id, but the topic assigns ids (assign_ids), which a batch cannot take without re-encoding: give every record of the batch an id, or publish it with Publish"
+            )));
+        }
+        if window_ms == 0 || checked.ids.is_empty() {
+            let appended = target.append_checked(bytes, checked, now_ms)?;
+            return Ok(BatchPlaced {
+                appended: Some(appended),
+                duplicates: Vec::new(),
+            });
+        }
+        let mut ids: Vec<Option<&[u8]>> = vec![None; checked.header.record_count as usize];
+        for id in &checked.ids {
+            ids[id.index as usize] = Some(&id.id);
+        }
+        let hashes: Vec<(u32, u64)> = checked.ids.iter().map(|id| (id.index, id.hash)).collect();
+        let decisions = self.claim(partitions, &ids, &hashes, window_ms)?;
+        // Records without an id have no say: the records with ids decide.
+        let with_id = |d: &&Decision| !matches!(d, Decision::Append { claim: None, .. });
+        let appending = decisions
+            .iter()
+            .filter(with_id)
+            .filter(|d| matches!(d, Decision::Append { .. }))
+            .count();
+        if appending == checked.ids.len() {
+            let result = target.append_checked(bytes, checked, now_ms);
+            let base = result.as_ref().ok().map(|a| (partition, a.base_offset));
+            self.finish(&decisions, base);
+            return Ok(BatchPlaced {
+                appended: Some(result?),
+                duplicates: Vec::new(),
+            });
+        }
+        // Nothing is appended: release the claims taken.
+        self.finish(&decisions, None);
+        if appending > 0 {
+            let (index, at) = decisions
+                .iter()
+                .enumerate()
+                .find_map(|(i, d)| match *d {
+                    Decision::Duplicate { partition, offset } => Some((
+                        i,
+                        format!("stored at partition {partition} offset {offset}"),
+                    )),
+                    Decision::SameAs { first } => {
+                        Some((i, format!("the same id as record {first} of the batch")))
+                    }
+                    Decision::Append { .. } => None,
+                })
+                .unwrap_or((0, String::new()));
+            return Err(Error::invalid(format!(
+                "record {index} of the batch has an id within the topic's dedup window ({at}) while {appending} record(s) with ids are new: a batch is deduplicated whole, so nothing was appended; publish the new records in a batch of their own"
+            )));
+        }
+        // Every id is a duplicate (a repeat inside the batch names an appended record,
+        // so there is none here): the batch is a retry, and records without ids went
+        // with it.
+        let duplicates = decisions
+            .iter()
+            .filter_map(|decision| match *decision {
+                Decision::Duplicate { partition, offset } => Some(Placement {
+                    partition,
+                    offset,
+                    duplicate: true,
+                    assigned_id: None,
+                }),
+                _ => None,
+            })
+            .collect();
+        Ok(BatchPlaced {
+            appended: None,
+            duplicates,
+        })
+    }
+
     /// Decides each record's fate, claiming the ids to append; waits while another
     /// append holds a claim on one of them.
     fn claim(
         &self,
         partitions: &[Arc<Partition>],
-        records: &[NewRecord],
+        records: &[Option<&[u8]>],
         hashes: &[(u32, u64)],
         window_ms: u64,
     ) -> Result<Vec<Decision>> {
@@ -618,7 +751,7 @@ fn sweep(state: &mut State, now_ms: i64, window_ms: i64) {
 fn claim_pass(
     state: &mut State,
     partitions: &[Arc<Partition>],
-    records: &[NewRecord],
+    records: &[Option<&[u8]>],
     hashes: &[(u32, u64)],
     now_ms: i64,
     window_ms: i64,
@@ -635,7 +768,7 @@ fn claim_pass(
     let mut appended = 0;
     let mut blocked = false;
     'records: for (i, record) in records.iter().enumerate() {
-        let Some(id) = record.id.as_deref() else {
+        let Some(id) = *record else {
             decisions.push(Decision::Append {
                 index: appended,
                 claim: None,
@@ -649,7 +782,7 @@ fn claim_pass(
                 let token = slot.at & !PENDING_BIT;
                 match token.checked_sub(first_token) {
                     Some(first) if (first as usize) < i => {
-                        if records[first as usize].id.as_deref() == Some(id) {
+                        if records[first as usize] == Some(id) {
                             decisions.push(Decision::SameAs {
                                 first: first as usize,
                             });

@@ -18,6 +18,7 @@
 
 pub mod batch;
 pub mod checkpoint;
+pub mod client_batch;
 pub mod clock;
 pub mod config;
 pub mod dedup;
@@ -51,7 +52,7 @@ pub use batch::{Compression, Header, NewRecord, Record};
 pub use clock::ManualClock;
 pub use clock::{Clock, SystemClock};
 pub use config::{AckLevel, FsyncPolicy, QueueOverflow, TopicConfig};
-pub use dedup::{Placed, Placement};
+pub use dedup::{BatchPlaced, Placed, Placement};
 pub use error::{Error, Result};
 pub use filter::{Filter, FilterError, Verdict};
 #[cfg(any(test, feature = "testing"))]
@@ -60,8 +61,10 @@ pub use fs::{FileSystem, OsFs};
 pub use lookup::FoundMessage;
 pub use offsets::{CommittedOffset, OffsetStore};
 pub use partition::{
-    Appended, FlushObserver, Partition, PartitionInfo, ReadResult, RetentionOutcome,
+    Appended, BatchReadResult, FlushObserver, Partition, PartitionInfo, ReadResult,
+    RetentionOutcome,
 };
 pub use pattern::{PatternError, TopicPattern};
 pub use progress::{LogEnd, WaitDurable, WaitForData};
+pub use segment::StoredBatch;
 pub use store::{Store, StoreOptions, Topic, TopicInfo};

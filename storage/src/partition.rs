@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::batch::{self, EncodeOptions, NewRecord, Record};
 use crate::checkpoint::CheckpointFile;
+use crate::client_batch::CheckedBatch;
 use crate::clock::Clock;
 use crate::config::{FsyncPolicy, TopicConfig};
 use crate::error::{Error, IoContext, Result};
@@ -25,7 +26,9 @@ use crate::index::SegmentSummary;
 use crate::limits::{ID_INDEX_ENTRIES_MAX, SEGMENT_FILE_BYTES_MAX};
 use crate::progress::{LogEnd, Progress, WaitDurable, WaitForData};
 use crate::recovery;
-use crate::segment::{self, LOG_SUFFIX, MappedSegments, ReadBudget, Segment, SegmentState};
+use crate::segment::{
+    self, BatchBudget, LOG_SUFFIX, MappedSegments, ReadBudget, Segment, SegmentState, StoredBatch,
+};
 
 /// A checkpoint is written at most this often (and at every segment roll and clean
 /// close); recovery after a crash scans what was written since.
@@ -59,6 +62,22 @@ pub struct ReadResult {
     /// The visible end (high watermark).
     pub end_offset: u64,
     /// What a filter skipped ([`Partition::read_filtered`]; zero otherwise).
+    pub filtered: Filtered,
+}
+
+/// Whole batches returned by [`Partition::read_batches`], and where the log stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchReadResult {
+    pub batches: Vec<StoredBatch>,
+    /// Where the next read should start.
+    pub next_offset: u64,
+    pub log_start: u64,
+    /// The visible end (high watermark).
+    pub end_offset: u64,
+    /// The read's clock: a record of a returned batch whose expiry is at or before it
+    /// has expired, and the reader drops it.
+    pub now_ms: i64,
+    /// What the filter refused.
     pub filtered: Filtered,
 }
 
@@ -436,7 +455,37 @@ impl Partition {
             priority_levels: config.priority_levels,
         };
         // Encoding, compression, the CRC and the ids' hashes happen outside the lock.
-        let mut encoded = batch::encode_batch(records, &options)?;
+        let encoded = batch::encode_batch(records, &options)?;
+        self.append_encoded(encoded, &ids, options.now_ms, &config)
+    }
+
+    /// Appends a batch a client built, checked by
+    /// [`crate::client_batch::validate_batch`] (`checked` is its verdict on `bytes`):
+    /// the bytes go to the log as they came, with the log's base offset written in.
+    /// The caller validated against this partition's topic config and the append time.
+    pub fn append_checked(
+        self: &Arc<Self>,
+        bytes: Vec<u8>,
+        checked: &CheckedBatch,
+        now_ms: i64,
+    ) -> Result<Appended> {
+        let config = self.config();
+        let ids: Vec<(u32, u64)> = checked.ids.iter().map(|id| (id.index, id.hash)).collect();
+        let encoded = batch::EncodedBatch {
+            bytes,
+            header: checked.header,
+        };
+        self.append_encoded(encoded, &ids, now_ms, &config)
+    }
+
+    /// The locked part of an append: roll if due, assign the base offset, write.
+    fn append_encoded(
+        self: &Arc<Self>,
+        mut encoded: batch::EncodedBatch,
+        ids: &[(u32, u64)],
+        now_ms: i64,
+        config: &TopicConfig,
+    ) -> Result<Appended> {
         let mut writer = lock(&self.writer);
         self.check_writable(&writer)?;
         let size = writer.state.summary.log_bytes;
@@ -444,7 +493,7 @@ impl Partition {
             || writer.ids_bound + ids.len() as u64 > u64::from(ID_INDEX_ENTRIES_MAX);
         let too_old = config
             .segment_ms
-            .is_some_and(|ms| options.now_ms.saturating_sub(writer.created_ms) >= ms as i64);
+            .is_some_and(|ms| now_ms.saturating_sub(writer.created_ms) >= ms as i64);
         if size > 0 && (too_big || too_old) {
             self.roll(&mut writer)?;
         }
@@ -467,7 +516,7 @@ impl Partition {
         writer.state.observe(position, &header);
         writer.active.observe_append(&writer.state);
         let relative_base = (base_offset - writer.active.base_offset) as u32;
-        writer.active.add_ids(position, relative_base, &ids);
+        writer.active.add_ids(position, relative_base, ids);
         writer.ids_bound += ids.len() as u64;
         writer.appends_since_flush += 1;
         writer.bytes_since_flush += encoded.bytes.len() as u64;
@@ -813,6 +862,94 @@ impl Partition {
             cursor = match read {
                 Ok(next) => next,
                 // Retention removed the segment after the snapshot was taken.
+                Err(Error::Io { .. }) if self.log_start() > cursor => {
+                    return Err(out_of_range(cursor, self.log_start()));
+                }
+                Err(error) => return Err(error),
+            };
+        }
+        result.filtered = budget.filtered();
+        result.next_offset = if budget.exhausted() {
+            cursor
+        } else {
+            visible.offset
+        };
+        Ok(result)
+    }
+
+    /// Reads whole stored batches from `from`: the batch form of [`Partition::read`]
+    /// (see [`crate::segment::StoredBatch`] for what the reader skips in each, and
+    /// why batches are marked rather than re-encoded). `max_records` counts records
+    /// delivered, `max_bytes` batch bytes; the first batch is returned whatever its
+    /// size. `next_offset` follows the last batch returned (or skipped: expired, or
+    /// every record refused by `filter`).
+    pub fn read_batches(
+        &self,
+        from: u64,
+        max_records: u32,
+        max_bytes: u64,
+        filter: Option<&Filter>,
+    ) -> Result<BatchReadResult> {
+        let (visible, log_start) = {
+            let state = self.progress.lock();
+            if state.deleted || state.unavailable.is_some() {
+                return Err(self.progress.closed_error_in(&state));
+            }
+            (state.visible(), state.log_start)
+        };
+        let out_of_range = |requested, log_start| Error::OffsetOutOfRange {
+            partition: self.name.clone(),
+            requested,
+            log_start,
+            end: visible.offset,
+        };
+        if from < log_start || from > visible.offset {
+            return Err(out_of_range(from, log_start));
+        }
+        let now_ms = self.clock.now_ms();
+        let mut result = BatchReadResult {
+            batches: Vec::new(),
+            next_offset: from,
+            log_start,
+            end_offset: visible.offset,
+            now_ms,
+            filtered: Filtered::default(),
+        };
+        if from == visible.offset || max_records == 0 {
+            return Ok(result);
+        }
+        let segments = self.segments();
+        if let Some(oldest) = segments.first()
+            && from < oldest.base_offset
+        {
+            return Err(out_of_range(from, oldest.base_offset));
+        }
+        let first = segments
+            .partition_point(|s| s.base_offset <= from)
+            .saturating_sub(1);
+        let mut budget = BatchBudget::new(max_records, max_bytes, filter);
+        let mut cursor = from;
+        for segment in &segments[first..] {
+            if segment.base_offset >= visible.offset || budget.exhausted() {
+                break;
+            }
+            cursor = cursor.max(segment.base_offset);
+            let end_position = if segment.base_offset == visible.segment_base {
+                visible.position
+            } else {
+                segment.summary().log_bytes
+            };
+            let read = segment.read_batches(
+                cursor,
+                end_position,
+                visible.offset,
+                now_ms,
+                &mut budget,
+                &mut result.batches,
+            );
+            self.mapped.note_read(segment);
+            cursor = match read {
+                Ok(next) => next,
                 Err(Error::Io { .. }) if self.log_start() > cursor => {
                     return Err(out_of_range(cursor, self.log_start()));
                 }

@@ -20,9 +20,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::batch::NewRecord;
+use crate::client_batch::{BatchRules, CheckedBatch, validate_batch};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{FsyncPolicy, TopicConfig, validate_topic_name};
-use crate::dedup::{DedupWindow, Placed};
+use crate::dedup::{BatchPlaced, DedupWindow, Placed};
 use crate::error::{Error, IoContext, Result};
 use crate::flusher::Flusher;
 use crate::fs::{FileSystem, FsFile, OpenMode, OsFs};
@@ -190,6 +191,39 @@ impl Topic {
             config.dedup_window_ms.unwrap_or(0),
             config.assign_ids,
         )
+    }
+
+    /// Validates `bytes`, one record batch a client built in the log's format, against
+    /// this topic's rules ([`crate::client_batch::validate_batch`]: a malformed batch is
+    /// `InvalidArgument` naming the reason, and nothing is appended) and appends it to
+    /// partition `partition` as it came, with the log's base offset written in, under
+    /// the topic's id rules ([`crate::dedup`]: a batch is deduplicated whole). Returns
+    /// what was done and the batch's checked summary.
+    pub fn append_batch(
+        &self,
+        partition: u32,
+        bytes: Vec<u8>,
+    ) -> Result<(BatchPlaced, CheckedBatch)> {
+        let config = self.config();
+        let now_ms = self.dedup.now_ms();
+        let rules = BatchRules {
+            now_ms,
+            max_message_bytes: config.max_message_bytes,
+            priority_levels: config.priority_levels,
+            expiry_required: config.default_ttl_ms.is_some_and(|ttl| ttl > 0),
+        };
+        let checked = validate_batch(&bytes, &rules)
+            .map_err(|e| Error::invalid(format!("the record batch is malformed: {e}")))?;
+        let placed = self.dedup.append_batch(
+            &self.partitions,
+            partition,
+            bytes,
+            &checked,
+            now_ms,
+            config.dedup_window_ms.unwrap_or(0),
+            config.assign_ids,
+        )?;
+        Ok((placed, checked))
     }
 
     /// Ids the dedup window holds and the bytes it takes, for metrics.

@@ -425,6 +425,7 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
                     first_line,
                 };
                 let request = PublishStreamRequest {
+                    batch: None,
                     request_id,
                     request: Some(PublishRequest {
                         topic: topic.clone(),
@@ -500,7 +501,7 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
                 );
                 return Err(after(broker.error(&lines, &status), summary.messages));
             }
-            None => {
+            None | Some(publish_stream_response::Outcome::BatchResponse(_)) => {
                 return Err(CliError::failure(
                     format!(
                         "{context} failed: the broker's answer to request {} is empty ({})",

@@ -26,7 +26,10 @@ use crate::limits::{
     INDEX_INTERVAL_BYTES,
 };
 
+mod batches;
 mod ids;
+
+pub use batches::{BatchBudget, StoredBatch};
 
 pub use ids::{
     IdLookup, IdScan, check_id_index_header, collect_ids, id_index_describes, load_id_index,

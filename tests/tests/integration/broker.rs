@@ -500,6 +500,7 @@ async fn subscriber_receives_messages_published_after_it_subscribed() {
             })
             .collect();
         tx.send(PublishStreamRequest {
+            batch: None,
             request_id,
             request: Some(PublishRequest {
                 topic: "live".into(),
@@ -595,6 +596,7 @@ async fn publish_stream_answers_in_order_and_survives_bad_requests() {
                 "piped"
             };
             tx.send(PublishStreamRequest {
+                batch: None,
                 request_id: 1000 + request_id,
                 request: Some(PublishRequest {
                     topic: topic.into(),
@@ -624,6 +626,7 @@ async fn publish_stream_answers_in_order_and_survives_bad_requests() {
                 assert_eq!(request_id, 150);
                 assert_eq!(error.code, Code::NotFound as i32);
             }
+            Outcome::BatchResponse(_) => panic!("a batch answer to a message request"),
         }
     }
     sender.await.unwrap();
@@ -1048,6 +1051,7 @@ async fn errors_have_precise_codes_and_actionable_messages() {
         .unwrap()
         .into_inner();
     tx.send(PublishStreamRequest {
+        batch: None,
         request_id: 1,
         request: Some(PublishRequest {
             topic: "errs".into(),
@@ -1258,6 +1262,7 @@ async fn sigterm_ends_streams_and_exits_zero() {
         .into_inner();
     publish_tx
         .send(PublishStreamRequest {
+            batch: None,
             request_id: 1,
             request: Some(PublishRequest {
                 topic: "graceful".into(),

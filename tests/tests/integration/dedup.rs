@@ -133,6 +133,7 @@ async fn a_retrying_producer_stores_each_id_once_across_a_kill_9() {
     // The same ids on the stream are duplicates too.
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(PublishStreamRequest {
+        batch: None,
         request_id: 1,
         request: Some(PublishRequest {
             topic: "orders".into(),

@@ -217,6 +217,7 @@ async fn garbage_bytes_and_broken_frames_are_refused() {
     // then the stream ends INTERNAL.
     use prost::Message as _;
     let good = PublishStreamRequest {
+        batch: None,
         request_id: 1,
         request: Some(PublishRequest {
             topic: "raw".into(),

@@ -195,6 +195,7 @@ async fn stream_producer(
         while pending.len() < LEDGER_PIPELINE {
             let (request, ids) = ledger_request(&mut rng, producer, &mut seq);
             let item = PublishStreamRequest {
+                batch: None,
                 request_id,
                 request: Some(request),
             };

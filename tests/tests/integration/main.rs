@@ -1,6 +1,7 @@
 //! Black-box tests: the real tidelogd, spoken to as a client.
 
 mod bad_requests;
+mod batch_wire;
 mod bench;
 mod bit_flips;
 mod broker;

@@ -250,6 +250,13 @@ pub struct BenchArgs {
     /// Worker threads of the bench's own runtime [default: the number of CPUs].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub client_threads: Option<u32>,
+
+    /// Record batches on the wire: producers encode each request as one record batch
+    /// in the log's format (PublishBatch on the publish stream; zstd with --compression
+    /// zstd, the client's choice), consumers read whole stored batches (FetchBatches
+    /// with --fetch, else SubscribeBatches) and decode them.
+    #[arg(long)]
+    pub batch_wire: bool,
 }
 
 /// The request limit of a default tidelogd (its --max-request-bytes).
@@ -284,6 +291,18 @@ impl BenchArgs {
                     "see `tidelog consume --help` and the README (Filters) for the grammar",
                 ));
             }
+        }
+        if self.batch_wire && kind.produces() && !self.stream {
+            return Err(CliError::usage(
+                "--batch-wire publishes on the publish stream",
+                "add --stream",
+            ));
+        }
+        if self.batch_wire && kind.consumes() && self.group {
+            return Err(CliError::usage(
+                "--batch-wire reads without a group (SubscribeBatches has no group form yet)",
+                "drop --group, or drop --batch-wire",
+            ));
         }
         if self.rate == Some(0) {
             return Err(CliError::usage(

@@ -12,10 +12,15 @@ use std::time::{Duration, Instant};
 
 use tidelog_proto::v1::consumer_client::ConsumerClient;
 use tidelog_proto::v1::{
-    ConsumedMessage, FetchRequest, GroupMembership, ResetPolicy, StartPosition, SubscribeRequest,
+    ConsumedMessage, FetchRequest, FetchResponse, GroupMembership, MessageBatch, ResetPolicy,
+    StartPosition, StoredRecordBatch, SubscribeBatchesResponse, SubscribeRequest,
+    SubscribeResponse, subscribe_batches_response::Event as BatchesEvent,
     subscribe_response::Event,
 };
+use tidelog_storage::client_batch::delivered_records;
 use tokio::sync::{oneshot, watch};
+use tokio_stream::{Stream, StreamExt};
+use tonic::Status;
 use tonic::transport::Channel;
 
 use super::stats::{ActorResult, Role};
@@ -99,6 +104,8 @@ pub struct ConsumerPlan {
     pub clock: Clock,
     pub targets: Targets,
     pub shared: Arc<Shared>,
+    /// Read whole stored batches (FetchBatches / SubscribeBatches) and decode them.
+    pub batch_wire: bool,
 }
 
 #[derive(Debug)]
@@ -279,8 +286,22 @@ async fn run_subscribe(
         filter: plan.filter.clone(),
         ..SubscribeRequest::default()
     };
-    let mut stream = match client.subscribe(request).await {
-        Ok(response) => response.into_inner(),
+    let opened = if plan.batch_wire {
+        client.subscribe_batches(request).await.map(|response| {
+            Box::pin(
+                response
+                    .into_inner()
+                    .map(|event| event.and_then(batches_event)),
+            ) as EventStream
+        })
+    } else {
+        client
+            .subscribe(request)
+            .await
+            .map(|response| Box::pin(response.into_inner()) as EventStream)
+    };
+    let mut stream = match opened {
+        Ok(stream) => stream,
         Err(status) => {
             reader.errors.push(|| {
                 format!(
@@ -321,7 +342,7 @@ async fn run_subscribe(
         let idle_deadline = progress_at + plan.idle_timeout;
         tokio::select! {
             biased;
-            event = stream.message() => match event {
+            event = stream.next() => match event.transpose() {
                 Ok(Some(response)) => match response.event {
                     Some(Event::Batch(batch)) => {
                         reader.batch(&plan, &batch.messages, targets.as_deref().map(Vec::as_slice));
@@ -376,6 +397,63 @@ async fn run_subscribe(
         }
     }
     reader.finish()
+}
+
+/// Subscribe events, from either Subscribe or SubscribeBatches (decoded).
+type EventStream = std::pin::Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Status>> + Send>>;
+
+/// The messages of stored batches as a client decodes them (FORMAT.md): skipping what
+/// the broker marked and what expired by its clock.
+fn decode_batches(
+    partition: u32,
+    batches: &[StoredRecordBatch],
+    now_ms: i64,
+) -> Result<Vec<ConsumedMessage>, Status> {
+    let mut messages = Vec::new();
+    for batch in batches {
+        let records = delivered_records(&batch.batch, batch.skip_front, &batch.skip, now_ms)
+            .map_err(|e| Status::data_loss(format!("a stored batch does not decode: {e}")))?;
+        messages.extend(records.into_iter().map(|r| ConsumedMessage {
+            partition,
+            offset: r.offset,
+            timestamp_ms: r.timestamp_ms,
+            value: r.value,
+            ..ConsumedMessage::default()
+        }));
+    }
+    Ok(messages)
+}
+
+/// A SubscribeBatches event as the Subscribe event it stands for.
+fn batches_event(event: SubscribeBatchesResponse) -> Result<SubscribeResponse, Status> {
+    let event = match event.event {
+        Some(BatchesEvent::Batches(batches)) => {
+            let messages = decode_batches(batches.partition, &batches.batches, batches.now_ms)?;
+            Some(Event::Batch(MessageBatch {
+                messages,
+                positions: batches.position.into_iter().collect(),
+            }))
+        }
+        Some(BatchesEvent::PositionReset(reset)) => Some(Event::PositionReset(reset)),
+        Some(BatchesEvent::Positioned(positioned)) => Some(Event::Positioned(positioned)),
+        None => None,
+    };
+    Ok(SubscribeResponse { event })
+}
+
+/// FetchBatches, decoded into a FetchResponse.
+async fn fetch_batches(
+    client: &mut ConsumerClient<Channel>,
+    request: FetchRequest,
+) -> Result<FetchResponse, Status> {
+    let partition = request.partition;
+    let response = client.fetch_batches(request).await?.into_inner();
+    Ok(FetchResponse {
+        messages: decode_batches(partition, &response.batches, response.now_ms)?,
+        next_offset: response.next_offset,
+        log_start_offset: response.log_start_offset,
+        end_offset: response.end_offset,
+    })
 }
 
 /// Fetch mode: one long-poll loop per partition, all on this consumer's connection.
@@ -454,9 +532,13 @@ async fn fetch_partition(
             max_wait_ms: FETCH_WAIT_MS,
             filter: plan.filter.clone(),
         };
-        match client.fetch(request).await {
+        let fetched = if plan.batch_wire {
+            fetch_batches(&mut client, request).await
+        } else {
+            client.fetch(request).await.map(tonic::Response::into_inner)
+        };
+        match fetched {
             Ok(response) => {
-                let response = response.into_inner();
                 // A filtered fetch may move on without a message.
                 if !response.messages.is_empty() || response.next_offset > offset {
                     progress_at = Instant::now();

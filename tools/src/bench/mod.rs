@@ -335,6 +335,10 @@ async fn produce(
             )),
             clock,
             tag: args.filter.is_some(),
+            batch_wire: args.batch_wire.then_some(match args.compression {
+                crate::cli::CompressionArg::None => tidelog_storage::Compression::None,
+                crate::cli::CompressionArg::Zstd => tidelog_storage::Compression::Zstd,
+            }),
         };
         tasks.push(tokio::spawn(producer::run(plan, channel, progress.clone())));
     }
@@ -605,6 +609,7 @@ async fn bench(kind: Kind, args: BenchArgs, server: &str) -> CliResult<Outcome> 
                 clock,
                 targets: targets_rx.clone(),
                 shared: shared.clone(),
+                batch_wire: args.batch_wire,
             };
             let (ready_tx, ready_rx) = oneshot::channel();
             readies.push(ready_rx);

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tidelog_proto::v1::publisher_client::PublisherClient;
 use tidelog_proto::v1::{
-    AckLevel, Header as ProtoHeader, Message, MessageAck, PublishRequest, PublishStreamRequest,
-    publish_stream_response,
+    AckLevel, Header as ProtoHeader, Message, MessageAck, PublishBatchRequest, PublishRequest,
+    PublishStreamRequest, publish_stream_response,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -59,6 +59,8 @@ pub struct ProducerPlan {
     pub clock: Clock,
     /// Give each message the header [`PCT_HEADER`] (its sequence mod 100), for filters.
     pub tag: bool,
+    /// Send each request as one record batch (PublishBatch), compressed so.
+    pub batch_wire: Option<tidelog_storage::Compression>,
 }
 
 /// The header a bench message carries for `--filter`: its sequence number mod 100.
@@ -390,13 +392,34 @@ async fn run_stream(
             };
             let Some(tx) = &sender else { break };
             let (partition, messages, buffer) = batcher.build(count, plan.clock.unix_ns(due));
-            let request = PublishStreamRequest {
-                request_id,
-                request: Some(PublishRequest {
-                    topic: plan.topic.clone(),
-                    messages,
-                    ack: plan.ack as i32,
-                }),
+            let request = match plan.batch_wire {
+                None => PublishStreamRequest {
+                    batch: None,
+                    request_id,
+                    request: Some(PublishRequest {
+                        topic: plan.topic.clone(),
+                        messages,
+                        ack: plan.ack as i32,
+                    }),
+                },
+                Some(compression) => match record_batch(&messages, compression) {
+                    Ok(batch) => PublishStreamRequest {
+                        batch: Some(PublishBatchRequest {
+                            topic: plan.topic.clone(),
+                            partition,
+                            batch,
+                            ack: plan.ack as i32,
+                        }),
+                        request_id,
+                        request: None,
+                    },
+                    Err(error) => {
+                        outcome.errors.push(|| {
+                            format!("producer {}: could not encode a batch: {error}", plan.id)
+                        });
+                        return;
+                    }
+                },
             };
             // Never full: the channel holds as many requests as may be in flight.
             if tx.try_send(request).is_err() {
@@ -490,6 +513,29 @@ async fn run_stream(
                 });
                 return;
             }
+            Some(publish_stream_response::Outcome::BatchResponse(ack)) => {
+                outcome.result.latency.record(acked - sent.due);
+                let expected = plan.ack == AckLevel::None || !ack.duplicate;
+                if ack.count as usize != sent.count || ack.partition != sent.partition || !expected
+                {
+                    outcome.errors.push(|| {
+                        format!(
+                            "producer {}: batch ack {ack:?} for {} messages to partition {}",
+                            plan.id, sent.count, sent.partition
+                        )
+                    });
+                }
+                record(
+                    outcome,
+                    sent.partition,
+                    sent.count,
+                    plan.message_size,
+                    started,
+                    acked,
+                );
+                progress.fetch_add(sent.count as u64, Ordering::Relaxed);
+                batcher.reclaim(sent.buffer);
+            }
             None => {
                 outcome.errors.push(|| {
                     format!(
@@ -501,6 +547,44 @@ async fn run_stream(
             }
         }
     }
+}
+
+/// One record batch of `messages` in the log's format, as a client builds it.
+fn record_batch(
+    messages: &[Message],
+    compression: tidelog_storage::Compression,
+) -> Result<Bytes, tidelog_storage::Error> {
+    let records: Vec<tidelog_storage::NewRecord> = messages
+        .iter()
+        .map(|m| tidelog_storage::NewRecord {
+            key: (!m.key.is_empty()).then(|| m.key.clone()),
+            value: m.value.clone(),
+            headers: m
+                .headers
+                .iter()
+                .map(|h| tidelog_storage::Header {
+                    key: h.key.clone(),
+                    value: h.value.clone(),
+                })
+                .collect(),
+            id: (!m.id.is_empty()).then(|| m.id.clone()),
+            delay_ms: m.delay_ms,
+            ..tidelog_storage::NewRecord::default()
+        })
+        .collect();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let options = tidelog_storage::batch::EncodeOptions {
+        now_ms,
+        default_ttl_ms: None,
+        compression,
+        max_message_bytes: u64::MAX,
+        priority_levels: 0,
+    };
+    Ok(Bytes::from(
+        tidelog_storage::batch::encode_batch(&records, &options)?.bytes,
+    ))
 }
 
 async fn sleep_until_opt(due: Option<Instant>) {
@@ -532,6 +616,37 @@ mod tests {
             pool: Arc::new(Pool::new(FillerKind::Random, 1)),
             clock: Clock::new(),
             tag: false,
+            batch_wire: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_wire_request_holds_the_messages_as_built() {
+        let mut batcher = Batcher::new(ProducerPlan {
+            ids: true,
+            tag: true,
+            ..plan(1, Budget::Messages(4))
+        });
+        let (_, messages, _) = batcher.build(4, 7);
+        for compression in [
+            tidelog_storage::Compression::None,
+            tidelog_storage::Compression::Zstd,
+        ] {
+            let batch = record_batch(&messages, compression).unwrap();
+            let rules = tidelog_storage::client_batch::BatchRules {
+                now_ms: 0,
+                max_message_bytes: 1 << 20,
+                priority_levels: 0,
+                expiry_required: false,
+            };
+            let checked = tidelog_storage::client_batch::validate_batch(&batch, &rules).unwrap();
+            assert_eq!(checked.ids.len(), 4);
+            let (_, records) = tidelog_storage::batch::decode_batch(&batch).unwrap();
+            for (record, message) in records.iter().zip(&messages) {
+                assert_eq!(record.value, message.value);
+                assert_eq!(record.id.as_ref(), Some(&message.id));
+                assert_eq!(record.headers[0].value, message.headers[0].value);
+            }
         }
     }
 

@@ -1,0 +1,875 @@
+//! Record batches built by clients: the validation a batch published in the on-disk
+//! format (`storage/FORMAT.md`) passes before the log appends its bytes as they came.
+//!
+//! [`validate_batch`] is a pure function over `&[u8]` (the fuzz target
+//! `client_batch` calls it): it walks the batch without building [`crate::Record`]s
+//! and returns a typed [`BatchError`] naming the first thing wrong, or a
+//! [`CheckedBatch`] with what the appender needs (the header, the ids and their hashes
+//! for the id index and the dedup window, the payload bytes for metrics).
+//!
+//! What a client batch must be, beyond what the format itself demands (and what
+//! [`crate::batch::decode_batch`] checks):
+//! - exactly the bytes of one batch (`batch_length` equals the bytes received);
+//! - offsets dense: record `i` has offset delta `i` (`last_offset_delta ==
+//!   record_count - 1`), since the log gives a batch `record_count` offsets;
+//! - the header's summary true to its records: `first_timestamp_ms` is record 0's
+//!   timestamp, `max_timestamp_ms` the largest, `max_expiry_ms` the latest expiry
+//!   (`i64::MAX` when a record never expires). Retention, TTL and the time index
+//!   believe these fields without reading records, so a lie would delete or keep data
+//!   wrongly;
+//! - timestamps >= 0 (as the per-message Publish demands);
+//! - no record already expired at the append time, and on a topic with a default TTL
+//!   every record carries an expiry (the client applies the default: the broker cannot
+//!   add a field to a record without re-encoding it);
+//! - ids of 1 to 128 bytes, priorities below the topic's levels, UTF-8 header keys, at
+//!   most 1024 headers, and id + key + value + headers of each record within the
+//!   topic's `max_message_bytes`;
+//! - the base offset is ignored (the log writes its own; it is outside the CRC).
+//!
+//! A zstd batch is decompressed into a buffer of exactly `uncompressed_length` bytes
+//! (at most [`BATCH_BYTES_MAX`]) to be walked; the stored bytes stay the client's.
+
+use crate::batch::{
+    self, BatchHeader, Compression, FormatError, NEVER_EXPIRES, RECORD_ATTRIBUTES_KNOWN,
+    RECORD_HAS_DELIVER_AT, RECORD_HAS_EXPIRY, RECORD_HAS_ID, RECORD_HAS_KEY, RECORD_HAS_PRIORITY,
+};
+use crate::limits::{BATCH_BYTES_MAX, MESSAGE_ID_BYTES_MAX, RECORD_HEADERS_MAX};
+
+/// The topic's rules a client batch is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchRules {
+    /// The append time: no record may have expired by then.
+    pub now_ms: i64,
+    /// Largest id + key + value + headers of one record.
+    pub max_message_bytes: u64,
+    /// The topic's priority levels (a record's priority must be below it; 0 and 1
+    /// allow only 0).
+    pub priority_levels: u8,
+    /// The topic has a default TTL: every record must carry an expiry.
+    pub expiry_required: bool,
+}
+
+/// Why a client batch was refused. Each variant is one class of malformed batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BatchError {
+    /// Fewer bytes than a batch header, or than the header's `batch_length`.
+    Truncated { needed: u64, received: u64 },
+    /// More bytes than the header's `batch_length`: one batch per request.
+    TrailingBytes { batch_length: u64, received: u64 },
+    /// The header contradicts the format (version, codec, lengths, counts).
+    Header(String),
+    /// The CRC does not match the bytes.
+    Crc { stored: u32, computed: u32 },
+    /// Offsets are not dense: `last_offset_delta` must be `record_count - 1`.
+    SparseOffsets {
+        last_offset_delta: u32,
+        record_count: u32,
+    },
+    /// The zstd records section does not decode to `uncompressed_length` bytes.
+    Compression(String),
+    /// Record `index` is malformed (`reason` says how).
+    Record { index: u32, reason: String },
+    /// Record `index` is over the topic's `max_message_bytes`.
+    RecordTooLarge { index: u32, size: u64, limit: u64 },
+    /// Record `index` had expired at the append time.
+    Expired {
+        index: u32,
+        expires_at_ms: i64,
+        now_ms: i64,
+    },
+    /// Record `index` carries no expiry on a topic with a default TTL.
+    ExpiryMissing { index: u32 },
+    /// The header's summary fields disagree with the records.
+    Summary(String),
+    /// Bytes follow the last record in the records section.
+    RecordsTrailing,
+}
+
+impl std::fmt::Display for BatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BatchError::Truncated { needed, received } => write!(
+                f,
+                "the batch is truncated: {received} bytes received, {needed} needed"
+            ),
+            BatchError::TrailingBytes {
+                batch_length,
+                received,
+            } => write!(
+                f,
+                "{received} bytes received but the batch header says {batch_length}: send exactly one batch"
+            ),
+            BatchError::Header(reason) => write!(f, "bad batch header: {reason}"),
+            BatchError::Crc { stored, computed } => write!(
+                f,
+                "CRC mismatch: the header says {stored:#010x}, the bytes give {computed:#010x} (CRC-32 of bytes 16.. of the batch)"
+            ),
+            BatchError::SparseOffsets {
+                last_offset_delta,
+                record_count,
+            } => write!(
+                f,
+                "last_offset_delta {last_offset_delta} with {record_count} records: offsets in a published batch must be dense (last_offset_delta = record_count - 1)"
+            ),
+            BatchError::Compression(reason) => write!(f, "bad zstd records section: {reason}"),
+            BatchError::Record { index, reason } => write!(f, "record {index}: {reason}"),
+            BatchError::RecordTooLarge { index, size, limit } => write!(
+                f,
+                "record {index} has {size} bytes of id, key, value and headers, over the topic's max_message_bytes {limit}"
+            ),
+            BatchError::Expired {
+                index,
+                expires_at_ms,
+                now_ms,
+            } => write!(
+                f,
+                "record {index} expires at {expires_at_ms} ms, not after the append time {now_ms} ms: it would never be delivered"
+            ),
+            BatchError::ExpiryMissing { index } => write!(
+                f,
+                "record {index} has no expiry but the topic has a default TTL: a batch's records must carry their expiry (the default_ttl_ms of Admin.DescribeTopic, from now)"
+            ),
+            BatchError::Summary(reason) => {
+                write!(f, "the batch header disagrees with its records: {reason}")
+            }
+            BatchError::RecordsTrailing => {
+                f.write_str("bytes follow the last record of the records section")
+            }
+        }
+    }
+}
+
+impl std::error::Error for BatchError {}
+
+/// A record's id in a checked batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedId {
+    /// The record's position in the batch (its offset delta).
+    pub index: u32,
+    /// [`crate::idindex::hash_id`] of the id.
+    pub hash: u64,
+    pub id: Vec<u8>,
+}
+
+/// A batch [`validate_batch`] accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedBatch {
+    pub header: BatchHeader,
+    /// The ids of the records that carry one, in record order.
+    pub ids: Vec<CheckedId>,
+    /// Id + key + value + header bytes of all records: what metrics count.
+    pub payload_bytes: u64,
+}
+
+impl CheckedBatch {
+    /// Records that carry no id.
+    pub fn records_without_id(&self) -> u32 {
+        self.header.record_count - self.ids.len() as u32
+    }
+}
+
+fn record_error(index: u32, reason: impl Into<String>) -> BatchError {
+    BatchError::Record {
+        index,
+        reason: reason.into(),
+    }
+}
+
+/// Checks that `bytes` is exactly one valid record batch under `rules`; see the
+/// module docs for every rule. Never panics; allocates at most the decompressed
+/// records section (bounded by [`BATCH_BYTES_MAX`]) and the ids.
+pub fn validate_batch(bytes: &[u8], rules: &BatchRules) -> Result<CheckedBatch, BatchError> {
+    let received = bytes.len() as u64;
+    let header = BatchHeader::parse(bytes).map_err(|error| match error {
+        FormatError::Incomplete { needed } => BatchError::Truncated { needed, received },
+        FormatError::Invalid(reason) => BatchError::Header(reason),
+    })?;
+    let batch_length = u64::from(header.batch_length);
+    if received < batch_length {
+        return Err(BatchError::Truncated {
+            needed: batch_length,
+            received,
+        });
+    }
+    if received > batch_length {
+        return Err(BatchError::TrailingBytes {
+            batch_length,
+            received,
+        });
+    }
+    let computed = batch::compute_crc(bytes);
+    if computed != header.crc {
+        return Err(BatchError::Crc {
+            stored: header.crc,
+            computed,
+        });
+    }
+    if header.last_offset_delta != header.record_count - 1 {
+        return Err(BatchError::SparseOffsets {
+            last_offset_delta: header.last_offset_delta,
+            record_count: header.record_count,
+        });
+    }
+    let stored = &bytes[batch::HEADER_BYTES..];
+    let plain;
+    let section: &[u8] = match header.compression {
+        Compression::None => stored,
+        Compression::Zstd => {
+            let capacity = header.uncompressed_length as usize;
+            debug_assert!(capacity as u64 <= BATCH_BYTES_MAX);
+            plain = zstd::bulk::decompress(stored, capacity)
+                .map_err(|e| BatchError::Compression(format!("it does not decode: {e}")))?;
+            if plain.len() != capacity {
+                return Err(BatchError::Compression(format!(
+                    "it decodes to {} bytes, the header says {capacity}",
+                    plain.len()
+                )));
+            }
+            &plain
+        }
+    };
+    let mut walk = Walk {
+        bytes: section,
+        at: 0,
+    };
+    let mut ids = Vec::new();
+    let mut payload_bytes = 0u64;
+    let mut max_timestamp = i64::MIN;
+    let mut max_expiry = i64::MIN;
+    let first = header.first_timestamp_ms;
+    for index in 0..header.record_count {
+        let fields = walk
+            .record(index, first, rules)
+            .map_err(|reason| record_error(index, reason))?;
+        if index == 0 && fields.timestamp_ms != first {
+            return Err(BatchError::Summary(format!(
+                "first_timestamp_ms is {first} but record 0's timestamp is {}",
+                fields.timestamp_ms
+            )));
+        }
+        if fields.timestamp_ms < 0 {
+            return Err(record_error(
+                index,
+                format!(
+                    "timestamp {} ms is negative; timestamps are ms since the Unix epoch",
+                    fields.timestamp_ms
+                ),
+            ));
+        }
+        max_timestamp = max_timestamp.max(fields.timestamp_ms);
+        match fields.expires_at_ms {
+            Some(at) if at <= rules.now_ms => {
+                return Err(BatchError::Expired {
+                    index,
+                    expires_at_ms: at,
+                    now_ms: rules.now_ms,
+                });
+            }
+            Some(at) => max_expiry = max_expiry.max(at),
+            None if rules.expiry_required => return Err(BatchError::ExpiryMissing { index }),
+            None => max_expiry = NEVER_EXPIRES,
+        }
+        if fields.payload_bytes > rules.max_message_bytes {
+            return Err(BatchError::RecordTooLarge {
+                index,
+                size: fields.payload_bytes,
+                limit: rules.max_message_bytes,
+            });
+        }
+        payload_bytes += fields.payload_bytes;
+        if let Some(range) = fields.id {
+            let id = &section[range];
+            ids.push(CheckedId {
+                index,
+                hash: crate::idindex::hash_id(id),
+                id: id.to_vec(),
+            });
+        }
+    }
+    if walk.at != section.len() {
+        return Err(BatchError::RecordsTrailing);
+    }
+    if header.max_timestamp_ms != max_timestamp {
+        return Err(BatchError::Summary(format!(
+            "max_timestamp_ms is {} but the records' largest timestamp is {max_timestamp}",
+            header.max_timestamp_ms
+        )));
+    }
+    if header.max_expiry_ms != max_expiry {
+        return Err(BatchError::Summary(format!(
+            "max_expiry_ms is {} but the records' latest expiry is {max_expiry} ({} means some record never expires)",
+            header.max_expiry_ms, NEVER_EXPIRES
+        )));
+    }
+    Ok(CheckedBatch {
+        header,
+        ids,
+        payload_bytes,
+    })
+}
+
+/// What the walk learns of one record.
+struct Fields {
+    timestamp_ms: i64,
+    expires_at_ms: Option<i64>,
+    /// Where the id lies in the records section.
+    id: Option<std::ops::Range<usize>>,
+    payload_bytes: u64,
+}
+
+/// A cursor over a records section.
+struct Walk<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Walk<'_> {
+    fn varint(&mut self) -> Result<u64, String> {
+        let (value, used) = batch::get_varint(self.bytes.get(self.at..).unwrap_or_default())
+            .ok_or("malformed varint")?;
+        self.at += used;
+        Ok(value)
+    }
+
+    fn byte(&mut self, end: usize) -> Result<u8, String> {
+        if self.at >= end {
+            return Err("fields run past the record's length".into());
+        }
+        let byte = self.bytes[self.at];
+        self.at += 1;
+        Ok(byte)
+    }
+
+    /// A varint length and that many bytes, all before `end`: their range.
+    fn field(&mut self, end: usize, what: &str) -> Result<std::ops::Range<usize>, String> {
+        let length = self.varint()?;
+        let start = self.at;
+        let stop = usize::try_from(length)
+            .ok()
+            .and_then(|len| start.checked_add(len))
+            .filter(|&stop| stop <= end)
+            .ok_or_else(|| format!("the {what} runs past the record's length"))?;
+        self.at = stop;
+        Ok(start..stop)
+    }
+
+    fn record(&mut self, index: u32, first: i64, rules: &BatchRules) -> Result<Fields, String> {
+        let length = self.varint()?;
+        let end = usize::try_from(length)
+            .ok()
+            .and_then(|len| self.at.checked_add(len))
+            .filter(|&end| end <= self.bytes.len())
+            .ok_or("its length runs past the records section")?;
+        let attributes = self.byte(end)?;
+        if attributes & !RECORD_ATTRIBUTES_KNOWN != 0 {
+            return Err(format!("unknown attribute bits {attributes:#04x}"));
+        }
+        let delta = self.varint()?;
+        if delta != u64::from(index) {
+            return Err(format!(
+                "offset delta {delta} where {index} was expected (dense offsets)"
+            ));
+        }
+        let timestamp_ms = first.wrapping_add(batch::unzigzag(self.varint()?));
+        let expires_at_ms = if attributes & RECORD_HAS_EXPIRY != 0 {
+            Some(first.wrapping_add(batch::unzigzag(self.varint()?)))
+        } else {
+            None
+        };
+        if attributes & RECORD_HAS_DELIVER_AT != 0 {
+            self.varint()?;
+        }
+        if attributes & RECORD_HAS_PRIORITY != 0 {
+            let priority = self.byte(end)?;
+            let levels = rules.priority_levels.max(1);
+            if priority == 0 || priority >= levels {
+                return Err(format!(
+                    "priority {priority} is outside 1..={} (the topic has {levels} priority level(s); absent means 0)",
+                    levels - 1
+                ));
+            }
+        }
+        let mut payload = 0u64;
+        let id = if attributes & RECORD_HAS_ID != 0 {
+            let range = self.field(end, "id")?;
+            if !(1..=MESSAGE_ID_BYTES_MAX).contains(&range.len()) {
+                return Err(format!(
+                    "an id of {} bytes; ids are 1 to {MESSAGE_ID_BYTES_MAX} bytes",
+                    range.len()
+                ));
+            }
+            payload += range.len() as u64;
+            Some(range)
+        } else {
+            None
+        };
+        if attributes & RECORD_HAS_KEY != 0 {
+            payload += self.field(end, "key")?.len() as u64;
+        }
+        payload += self.field(end, "value")?.len() as u64;
+        let header_count = self.varint()?;
+        if header_count > u64::from(RECORD_HEADERS_MAX) {
+            return Err(format!(
+                "{header_count} headers, over the limit of {RECORD_HEADERS_MAX}"
+            ));
+        }
+        for header in 0..header_count {
+            let key = self.field(end, "header key")?;
+            if std::str::from_utf8(&self.bytes[key.clone()]).is_err() {
+                return Err(format!("header {header}'s key is not UTF-8"));
+            }
+            payload += key.len() as u64;
+            payload += self.field(end, "header value")?.len() as u64;
+        }
+        if self.at != end {
+            return Err(format!(
+                "its fields end {} bytes before its length says",
+                end - self.at
+            ));
+        }
+        Ok(Fields {
+            timestamp_ms,
+            expires_at_ms,
+            id,
+            payload_bytes: payload,
+        })
+    }
+}
+
+/// The reader's side of a batch read (Fetch / Subscribe in batch form): decodes one
+/// returned batch (`bytes`, CRC checked) and keeps the records to deliver: not the
+/// first `skip_front`, not those whose offset delta `skip` lists, not those expired at
+/// `now_ms` (the response's clock). Any reader can do the same from `FORMAT.md`.
+pub fn delivered_records(
+    bytes: &bytes::Bytes,
+    skip_front: u32,
+    skip: &[u32],
+    now_ms: i64,
+) -> Result<Vec<crate::Record>, FormatError> {
+    let (header, records) = batch::decode_batch(bytes)?;
+    if bytes.len() != header.batch_length as usize {
+        return Err(FormatError::Invalid(format!(
+            "{} bytes hold a batch of {}: one batch expected",
+            bytes.len(),
+            header.batch_length
+        )));
+    }
+    Ok(records
+        .into_iter()
+        .enumerate()
+        .filter(|(index, record)| {
+            let delta = (record.offset - header.base_offset) as u32;
+            *index as u32 >= skip_front
+                && skip.binary_search(&delta).is_err()
+                && record.expires_at_ms.is_none_or(|at| at > now_ms)
+        })
+        .map(|(_, record)| record)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::batch::{
+        ATTRIBUTES_AT, BASE_OFFSET_AT, CRC_AT, EncodeOptions, FIRST_TIMESTAMP_AT,
+        LAST_OFFSET_DELTA_AT, MAX_EXPIRY_AT, MAX_TIMESTAMP_AT, RECORD_COUNT_AT, VERSION_AT,
+        decode_batch, encode_batch,
+    };
+    use crate::{Header, NewRecord};
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn rules() -> BatchRules {
+        BatchRules {
+            now_ms: NOW,
+            max_message_bytes: 1 << 20,
+            priority_levels: 10,
+            expiry_required: false,
+        }
+    }
+
+    fn encode(records: &[NewRecord], compression: Compression) -> Vec<u8> {
+        let options = EncodeOptions {
+            now_ms: NOW,
+            default_ttl_ms: None,
+            compression,
+            max_message_bytes: 1 << 20,
+            priority_levels: 10,
+        };
+        encode_batch(records, &options).unwrap().bytes
+    }
+
+    fn sample() -> Vec<NewRecord> {
+        vec![
+            NewRecord {
+                key: Some(Bytes::from_static(b"k")),
+                value: Bytes::from_static(b"v1"),
+                headers: vec![Header {
+                    key: "h".into(),
+                    value: Bytes::from_static(b"x"),
+                }],
+                ttl_ms: Some(60_000),
+                id: Some(Bytes::from_static(b"id-1")),
+                priority: 3,
+                ..NewRecord::default()
+            },
+            NewRecord::value(Bytes::new()),
+            NewRecord {
+                value: Bytes::from(vec![9u8; 70_000]),
+                timestamp_ms: Some(NOW - 5),
+                id: Some(Bytes::from_static(b"id-3")),
+                deliver_at_ms: Some(NOW + 1000),
+                ..NewRecord::default()
+            },
+        ]
+    }
+
+    /// Rewrites the CRC after a hand edit, so the edit itself is what is judged.
+    fn recrc(bytes: &mut [u8]) {
+        let crc = batch::compute_crc(bytes);
+        bytes[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    fn put_i64(bytes: &mut [u8], at: usize, value: i64) {
+        bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
+    }
+
+    #[test]
+    fn an_encoded_batch_validates_with_its_ids_and_sizes() {
+        for compression in [Compression::None, Compression::Zstd] {
+            let bytes = encode(&sample(), compression);
+            let checked = validate_batch(&bytes, &rules()).unwrap();
+            assert_eq!(checked.header.record_count, 3);
+            assert_eq!(checked.records_without_id(), 1);
+            let ids: Vec<_> = checked
+                .ids
+                .iter()
+                .map(|i| (i.index, i.id.clone()))
+                .collect();
+            assert_eq!(ids, vec![(0, b"id-1".to_vec()), (2, b"id-3".to_vec())]);
+            assert_eq!(checked.ids[0].hash, crate::idindex::hash_id(b"id-1"));
+            assert_eq!(checked.payload_bytes, 4 + 1 + 2 + 2 + 4 + 70_000);
+        }
+    }
+
+    /// Every class of malformed batch, each refused with its own error.
+    #[test]
+    fn every_malformed_class_is_refused_by_name() {
+        let good = encode(&sample(), Compression::None);
+        type Case = (&'static str, Vec<u8>, BatchRules, fn(&BatchError) -> bool);
+        let mut cases: Vec<Case> = Vec::new();
+        cases.push(("empty", Vec::new(), rules(), |e| {
+            matches!(e, BatchError::Truncated { .. })
+        }));
+        cases.push(
+            ("truncated", good[..good.len() - 1].to_vec(), rules(), |e| {
+                matches!(e, BatchError::Truncated { .. })
+            }),
+        );
+        let mut trailing = good.clone();
+        trailing.push(0);
+        cases.push(("trailing", trailing, rules(), |e| {
+            matches!(e, BatchError::TrailingBytes { .. })
+        }));
+        let mut version = good.clone();
+        version[VERSION_AT] = 2;
+        recrc(&mut version);
+        cases.push(("version", version, rules(), |e| {
+            matches!(e, BatchError::Header(_))
+        }));
+        let mut codec = good.clone();
+        codec[ATTRIBUTES_AT] = 3;
+        recrc(&mut codec);
+        cases.push(("codec", codec, rules(), |e| {
+            matches!(e, BatchError::Header(_))
+        }));
+        let mut length = good.clone();
+        length[0..4].copy_from_slice(&10u32.to_le_bytes());
+        cases.push(("length", length, rules(), |e| {
+            matches!(e, BatchError::Header(_))
+        }));
+        let mut count = good.clone();
+        count[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&0u32.to_le_bytes());
+        recrc(&mut count);
+        cases.push(("zero records", count, rules(), |e| {
+            matches!(e, BatchError::Header(_))
+        }));
+        let mut crc = good.clone();
+        let last = crc.len() - 1;
+        crc[last] ^= 1;
+        cases.push(("crc", crc, rules(), |e| matches!(e, BatchError::Crc { .. })));
+        let mut sparse = good.clone();
+        sparse[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4].copy_from_slice(&5u32.to_le_bytes());
+        recrc(&mut sparse);
+        cases.push(("sparse", sparse, rules(), |e| {
+            matches!(e, BatchError::SparseOffsets { .. })
+        }));
+        let mut more = good.clone();
+        more[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&4u32.to_le_bytes());
+        more[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4].copy_from_slice(&3u32.to_le_bytes());
+        recrc(&mut more);
+        cases.push(("count over the records", more, rules(), |e| {
+            matches!(e, BatchError::Record { index: 3, .. })
+        }));
+        let mut fewer = good.clone();
+        fewer[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&2u32.to_le_bytes());
+        fewer[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4].copy_from_slice(&1u32.to_le_bytes());
+        recrc(&mut fewer);
+        cases.push(("count under the records", fewer, rules(), |e| {
+            matches!(e, BatchError::RecordsTrailing)
+        }));
+        let mut first = good.clone();
+        put_i64(&mut first, FIRST_TIMESTAMP_AT, NOW - 1);
+        recrc(&mut first);
+        cases.push(("first timestamp", first, rules(), |e| {
+            matches!(e, BatchError::Summary(_))
+        }));
+        let mut max_ts = good.clone();
+        put_i64(&mut max_ts, MAX_TIMESTAMP_AT, NOW + 1);
+        recrc(&mut max_ts);
+        cases.push(("max timestamp", max_ts, rules(), |e| {
+            matches!(e, BatchError::Summary(_))
+        }));
+        let mut expiry = good.clone();
+        put_i64(&mut expiry, MAX_EXPIRY_AT, NOW + 60_000);
+        recrc(&mut expiry);
+        cases.push(("max expiry", expiry, rules(), |e| {
+            matches!(e, BatchError::Summary(_))
+        }));
+        let later = BatchRules {
+            now_ms: NOW + 60_000,
+            ..rules()
+        };
+        cases.push(("expired", good.clone(), later, |e| {
+            matches!(e, BatchError::Expired { index: 0, .. })
+        }));
+        let ttl = BatchRules {
+            expiry_required: true,
+            ..rules()
+        };
+        cases.push(("no expiry with a default TTL", good.clone(), ttl, |e| {
+            matches!(e, BatchError::ExpiryMissing { index: 1 })
+        }));
+        let small = BatchRules {
+            max_message_bytes: 1000,
+            ..rules()
+        };
+        cases.push(("too large", good.clone(), small, |e| {
+            matches!(
+                e,
+                BatchError::RecordTooLarge {
+                    index: 2,
+                    size: 70_004,
+                    limit: 1000
+                }
+            )
+        }));
+        let levels = BatchRules {
+            priority_levels: 2,
+            ..rules()
+        };
+        cases.push(("priority", good.clone(), levels, |e| {
+            matches!(e, BatchError::Record { index: 0, .. })
+        }));
+        let mut zstd = encode(&sample(), Compression::Zstd);
+        let last = zstd.len() - 1;
+        zstd[last] ^= 0xff;
+        recrc(&mut zstd);
+        cases.push(("zstd", zstd, rules(), |e| {
+            matches!(e, BatchError::Compression(_))
+        }));
+        let negative = encode(
+            &[NewRecord {
+                timestamp_ms: Some(-1),
+                ..NewRecord::value("v")
+            }],
+            Compression::None,
+        );
+        cases.push(("negative timestamp", negative, rules(), |e| {
+            matches!(e, BatchError::Record { index: 0, .. })
+        }));
+        // Record-level damage, each with a valid CRC: a record byte edited in place.
+        let one = encode(
+            &[NewRecord {
+                key: Some(Bytes::from_static(b"key")),
+                headers: vec![Header {
+                    key: "ab".into(),
+                    value: Bytes::from_static(b"c"),
+                }],
+                ..NewRecord::value("value")
+            }],
+            Compression::None,
+        );
+        // Layout of that record after the 60-byte header: length, attributes (61),
+        // offset delta (62), timestamp delta (63), key length (64), key (65..68), value
+        // length (68), value (69..74), header count (74), key length (75), key (76..78).
+        for (what, at, value) in [
+            ("unknown attribute", 61usize, 0x21u8),
+            ("offset delta", 62, 1),
+            ("record length", 60, 0x7f),
+            ("key length", 64, 100),
+            ("header count", 74, 3),
+            ("header key utf-8", 76, 0xff),
+        ] {
+            let mut bytes = one.clone();
+            bytes[at] = value;
+            recrc(&mut bytes);
+            let error = validate_batch(&bytes, &rules()).unwrap_err();
+            assert!(
+                matches!(error, BatchError::Record { index: 0, .. }),
+                "{what}: {error}"
+            );
+            assert!(decode_batch(&Bytes::from(bytes)).is_err() || what == "offset delta");
+        }
+        for (what, bytes, rules, expected) in cases {
+            let error = validate_batch(&bytes, &rules).unwrap_err();
+            assert!(expected(&error), "{what}: {error:?}");
+            assert!(!error.to_string().is_empty());
+        }
+    }
+
+    /// The fuzz target's seeds (written by the Python encoder of FORMAT.md) validate:
+    /// a second, independent encoder agrees with this validator.
+    #[test]
+    fn the_fuzz_seeds_from_the_python_encoder_validate() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/client_batch");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let data = std::fs::read(entry.unwrap().path()).unwrap();
+            let rules = BatchRules {
+                expiry_required: data[0] & 4 != 0,
+                ..rules()
+            };
+            validate_batch(&data[1..], &rules).unwrap();
+            seen += 1;
+        }
+        assert!(seen >= 3);
+    }
+
+    #[test]
+    fn the_base_offset_is_the_logs_to_write() {
+        let mut bytes = encode(&sample(), Compression::None);
+        bytes[BASE_OFFSET_AT..BASE_OFFSET_AT + 8].copy_from_slice(&77u64.to_le_bytes());
+        validate_batch(&bytes, &rules()).unwrap();
+    }
+
+    #[test]
+    fn delivered_records_drop_the_front_the_skipped_and_the_expired() {
+        let bytes = Bytes::from(encode(&sample(), Compression::Zstd));
+        let offsets =
+            |records: Vec<crate::Record>| records.iter().map(|r| r.offset).collect::<Vec<_>>();
+        assert_eq!(
+            offsets(delivered_records(&bytes, 0, &[], NOW).unwrap()),
+            vec![0, 1, 2]
+        );
+        assert_eq!(
+            offsets(delivered_records(&bytes, 1, &[2], NOW).unwrap()),
+            vec![1]
+        );
+        // Record 0 expires at NOW + 60 s.
+        assert_eq!(
+            offsets(delivered_records(&bytes, 0, &[], NOW + 60_000).unwrap()),
+            vec![1, 2]
+        );
+    }
+
+    fn record() -> impl Strategy<Value = NewRecord> {
+        (
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)),
+            proptest::collection::vec(any::<u8>(), 0..300),
+            proptest::collection::vec(
+                ("[a-z]{0,5}", proptest::collection::vec(any::<u8>(), 0..8)),
+                0..3,
+            ),
+            proptest::option::of(0i64..2_000_000_000_000),
+            proptest::option::of(0u64..1_000_000),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 1..20)),
+            0u8..10,
+        )
+            .prop_map(
+                |(key, value, headers, timestamp_ms, ttl_ms, id, priority)| NewRecord {
+                    key: key.map(Bytes::from),
+                    value: Bytes::from(value),
+                    headers: headers
+                        .into_iter()
+                        .map(|(key, value)| Header {
+                            key,
+                            value: Bytes::from(value),
+                        })
+                        .collect(),
+                    timestamp_ms,
+                    ttl_ms,
+                    id: id.map(Bytes::from),
+                    priority,
+                    ..NewRecord::default()
+                },
+            )
+    }
+
+    proptest! {
+        /// Every batch the encoder makes validates, and its ids are the records' ids.
+        #[test]
+        fn every_encoded_batch_validates(
+            records in proptest::collection::vec(record(), 1..20),
+            zstd in any::<bool>(),
+        ) {
+            let compression = if zstd { Compression::Zstd } else { Compression::None };
+            let bytes = encode(&records, compression);
+            let checked = validate_batch(&bytes, &rules()).unwrap();
+            prop_assert_eq!(checked.header.record_count as usize, records.len());
+            let ids: Vec<Vec<u8>> = records.iter().filter_map(|r| r.id.as_ref().map(|i| i.to_vec())).collect();
+            prop_assert_eq!(checked.ids.iter().map(|i| i.id.clone()).collect::<Vec<_>>(), ids);
+        }
+
+        /// A batch with bytes changed either fails validation or decodes to the same
+        /// records (changes to the base offset, which the log overwrites, aside).
+        #[test]
+        fn every_mutation_fails_or_changes_nothing(
+            records in proptest::collection::vec(record(), 1..8),
+            zstd in any::<bool>(),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+            fix_crc in any::<bool>(),
+        ) {
+            let compression = if zstd { Compression::Zstd } else { Compression::None };
+            let bytes = encode(&records, compression);
+            let original = decode_batch(&Bytes::from(bytes.clone())).unwrap().1;
+            let mut mutated = bytes.clone();
+            for (index, value) in edits {
+                let at = index.index(mutated.len());
+                if !(BASE_OFFSET_AT..BASE_OFFSET_AT + 8).contains(&at) {
+                    mutated[at] = value;
+                }
+            }
+            if fix_crc {
+                recrc(&mut mutated);
+            }
+            if let Ok(checked) = validate_batch(&mutated, &rules()) {
+                let decoded = decode_batch(&Bytes::from(mutated.clone()));
+                prop_assert!(decoded.is_ok(), "validated but does not decode");
+                let decoded = decoded.unwrap().1;
+                if fix_crc {
+                    // A different batch with a true CRC: what the validator saw is
+                    // what a reader decodes.
+                    prop_assert_eq!(decoded.len(), checked.header.record_count as usize);
+                    let ids: Vec<Vec<u8>> = decoded.iter().filter_map(|r| r.id.as_ref().map(|i| i.to_vec())).collect();
+                    prop_assert_eq!(checked.ids.iter().map(|i| i.id.clone()).collect::<Vec<_>>(), ids);
+                } else {
+                    // Edits under the CRC never pass unless they changed nothing a
+                    // record holds.
+                    prop_assert_eq!(decoded, original);
+                }
+            }
+        }
+
+        /// Arbitrary bytes never panic the validator.
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = validate_batch(&data, &rules());
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Client batches against the per-message paths: random batches built by a client
+//! (`encode_batch`, plain and zstd, some with TTLs and ids) go in through
+//! `Topic::append_batch`, mixed with per-message appends, across small segments, a
+//! process kill and a reopen; then every read in batch form (`Partition::read_batches`
+//! from random offsets with random budgets, with and without a filter, before and after
+//! TTLs pass), decoded with `delivered_records` and followed by `next_offset`, must give
+//! exactly what the per-message read (`read_filtered`) gives. `CLIENT_BATCH_SEEDS=N` runs
+//! more seeds.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tidelog_storage::batch::{EncodeOptions, encode_batch};
+use tidelog_storage::client_batch::delivered_records;
+use tidelog_storage::rng::SeededRng as Rng;
+use tidelog_storage::{
+    Clock, Compression, Filter, FsyncPolicy, Header, ManualClock, NewRecord, Partition, Record,
+    Store, StoreOptions, TopicConfig,
+};
+
+const START_MS: i64 = 1_700_000_000_000;
+
+fn options(clock: &Arc<ManualClock>) -> StoreOptions {
+    StoreOptions {
+        clock: clock.clone(),
+        retention_interval: None,
+        ..StoreOptions::default()
+    }
+}
+
+fn random_records(rng: &mut Rng, next_id: &mut u64) -> Vec<NewRecord> {
+    (0..1 + rng.below(40))
+        .map(|_| {
+            *next_id += 1;
+            let largest = if rng.below(50) == 0 { 200_000 } else { 300 };
+            NewRecord {
+                key: (rng.below(3) == 0).then(|| Bytes::from(format!("k{}", rng.below(4)))),
+                value: Bytes::from(vec![b'v'; rng.below(largest) as usize]),
+                headers: (0..rng.below(3))
+                    .map(|h| Header {
+                        key: format!("h{h}"),
+                        value: Bytes::from_static(b"x"),
+                    })
+                    .collect(),
+                ttl_ms: (rng.below(4) == 0).then(|| 1 + rng.below(20_000)),
+                id: (rng.below(2) == 0).then(|| Bytes::from(format!("id-{next_id}"))),
+                ..NewRecord::default()
+            }
+        })
+        .collect()
+}
+
+/// Everything from the log start through the per-message read.
+fn by_message(partition: &Partition, filter: Option<&Filter>) -> Vec<Record> {
+    let mut out = Vec::new();
+    let mut offset = partition.log_start();
+    loop {
+        let read = partition
+            .read_filtered(offset, 10_000, u64::MAX, filter)
+            .unwrap();
+        out.extend(read.records);
+        if read.next_offset == read.end_offset {
+            return out;
+        }
+        offset = read.next_offset;
+    }
+}
+
+/// From `from` through batch reads of random budgets, decoded as a client does.
+fn by_batch(
+    partition: &Partition,
+    from: u64,
+    rng: &mut Rng,
+    filter: Option<&Filter>,
+) -> Vec<Record> {
+    let mut out = Vec::new();
+    let mut offset = from;
+    loop {
+        let read = partition
+            .read_batches(
+                offset,
+                1 + rng.below(200) as u32,
+                1 + rng.below(300_000),
+                filter,
+            )
+            .unwrap();
+        for batch in &read.batches {
+            assert!(batch.bytes.len() as u64 >= 60);
+            out.extend(
+                delivered_records(&batch.bytes, batch.skip_front, &batch.skip, read.now_ms)
+                    .unwrap(),
+            );
+        }
+        assert!(read.next_offset >= offset);
+        if read.next_offset == read.end_offset {
+            return out;
+        }
+        offset = read.next_offset;
+    }
+}
+
+fn run_seed(seed: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let mut rng = Rng::new(seed);
+    let mut store = Store::open(dir.path(), options(&clock)).unwrap();
+    let config = TopicConfig {
+        segment_bytes: 256 * 1024,
+        fsync: FsyncPolicy::Never,
+        ..TopicConfig::default()
+    };
+    store.create_topic("t", 1, config).unwrap();
+    let mut next_id = 0;
+    let mut expected = 0u64;
+    for step in 0..60 {
+        let records = random_records(&mut rng, &mut next_id);
+        let topic = store.topic("t").unwrap();
+        let count = records.len() as u64;
+        if rng.below(3) == 0 {
+            topic.append(0, records).unwrap();
+        } else {
+            let options = EncodeOptions {
+                now_ms: clock.now_ms(),
+                default_ttl_ms: None,
+                compression: if rng.below(2) == 0 {
+                    Compression::Zstd
+                } else {
+                    Compression::None
+                },
+                max_message_bytes: 1 << 20,
+                priority_levels: 0,
+            };
+            let bytes = encode_batch(&records, &options).unwrap().bytes;
+            let (placed, checked) = topic.append_batch(0, bytes).unwrap();
+            let appended = placed.appended.expect("new ids are appended");
+            assert_eq!(appended.base_offset, expected, "seed {seed} step {step}");
+            assert_eq!(u64::from(checked.header.record_count), count);
+        }
+        expected += count;
+        if step == 30 {
+            // The batches as written must pass recovery's checks too.
+            store.simulate_crash();
+            store = Store::open(dir.path(), options(&clock)).unwrap();
+        }
+    }
+    let filter = Filter::parse("key == \"k1\"").unwrap();
+    for round in 0..3 {
+        let topic = store.topic("t").unwrap();
+        let partition = topic.partition(0).unwrap();
+        assert_eq!(partition.end_offset(), expected);
+        for filter in [None, Some(&filter)] {
+            let all = by_message(partition, filter);
+            let from = rng.below(expected);
+            let want: Vec<_> = all.iter().filter(|r| r.offset >= from).cloned().collect();
+            let got = by_batch(partition, from, &mut rng, filter);
+            assert_eq!(
+                got, want,
+                "seed {seed} round {round} from {from} filter {filter:?}"
+            );
+        }
+        clock.advance_ms(8_000);
+    }
+}
+
+#[test]
+fn batch_reads_give_what_message_reads_give() {
+    let seeds = std::env::var("CLIENT_BATCH_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4u64);
+    for seed in 0..seeds {
+        run_seed(seed);
+    }
+}

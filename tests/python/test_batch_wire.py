@@ -1,0 +1,238 @@
+"""Record batches on the wire from a Python client written from storage/FORMAT.md and
+the .proto alone: the batch is built by hand here (varints, zigzag, CRC-32 from zlib),
+published with PublishBatch, read back with FetchBatches and decoded by hand, skipping
+what StoredRecordBatch says to skip. A damaged batch is refused with INVALID_ARGUMENT
+and nothing is appended.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+import zlib
+from typing import Optional
+
+import grpc
+import pytest
+
+from harness import Broker
+from tidelog.v1 import tidelog_pb2 as pb
+
+RPC_TIMEOUT = 20.0
+NEVER = (1 << 63) - 1
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def zigzag(value: int) -> int:
+    return ((value << 1) ^ (value >> 63)) & ((1 << 64) - 1)
+
+
+def unzigzag(value: int) -> int:
+    return (value >> 1) ^ -(value & 1)
+
+
+def read_varint(data: bytes, at: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, at
+
+
+def encode_batch(records: list[dict], now_ms: int) -> bytes:
+    """One uncompressed batch, FORMAT.md "Segment log", base offset 0."""
+    first_ts = records[0].get("timestamp_ms", now_ms)
+    body = bytearray()
+    max_ts, max_expiry = first_ts, None
+    for delta, record in enumerate(records):
+        ts = record.get("timestamp_ms", now_ms)
+        max_ts = max(max_ts, ts)
+        expiry: Optional[int] = record.get("expires_at_ms")
+        max_expiry = NEVER if expiry is None else max(max_expiry or expiry, expiry)
+        if expiry is None:
+            max_expiry = NEVER
+        attributes = 0
+        fields = bytearray()
+        fields += varint(delta) + varint(zigzag(ts - first_ts))
+        if expiry is not None:
+            attributes |= 2
+            fields += varint(zigzag(expiry - first_ts))
+        if "id" in record:
+            attributes |= 16
+            fields += varint(len(record["id"])) + record["id"]
+        if record.get("key") is not None:
+            attributes |= 1
+            fields += varint(len(record["key"])) + record["key"]
+        fields += varint(len(record["value"])) + record["value"]
+        headers = record.get("headers", [])
+        fields += varint(len(headers))
+        for key, value in headers:
+            fields += varint(len(key)) + key + varint(len(value)) + value
+        record_bytes = bytes([attributes]) + bytes(fields)
+        body += varint(len(record_bytes)) + record_bytes
+    # A batch where some record never expires says so with i64::MAX.
+    if any(r.get("expires_at_ms") is None for r in records):
+        max_expiry = NEVER
+    count = len(records)
+    after_crc = struct.pack(
+        "<BBHIIqqqII", 1, 0, 0, count - 1, count, first_ts, max_ts, max_expiry,
+        len(body), len(body),
+    ) + bytes(body)
+    length = 16 + len(after_crc)
+    crc = zlib.crc32(after_crc) & 0xFFFFFFFF
+    return struct.pack("<IQI", length, 0, crc) + after_crc
+
+
+def decode_batch(batch: bytes) -> tuple[int, list[dict]]:
+    length, base, crc = struct.unpack_from("<IQI", batch, 0)
+    assert length == len(batch)
+    assert zlib.crc32(batch[16:]) & 0xFFFFFFFF == crc
+    (version, attributes, _, last_delta, count, first_ts, _, _, records_len, _) = \
+        struct.unpack_from("<BBHIIqqqII", batch, 16)
+    assert version == 1 and attributes & 3 == 0, "this test reads uncompressed batches"
+    records, at = [], 60
+    for _ in range(count):
+        size, at = read_varint(batch, at)
+        end = at + size
+        attributes = batch[at]
+        at += 1
+        delta, at = read_varint(batch, at)
+        ts, at = read_varint(batch, at)
+        record = {"offset": base + delta, "timestamp_ms": first_ts + unzigzag(ts)}
+        if attributes & 2:
+            expiry, at = read_varint(batch, at)
+            record["expires_at_ms"] = first_ts + unzigzag(expiry)
+        if attributes & 4:
+            _, at = read_varint(batch, at)
+        if attributes & 8:
+            at += 1
+        if attributes & 16:
+            n, at = read_varint(batch, at)
+            record["id"], at = batch[at:at + n], at + n
+        record["key"] = None
+        if attributes & 1:
+            n, at = read_varint(batch, at)
+            record["key"], at = batch[at:at + n], at + n
+        n, at = read_varint(batch, at)
+        record["value"], at = batch[at:at + n], at + n
+        headers = []
+        hcount, at = read_varint(batch, at)
+        for _ in range(hcount):
+            n, at = read_varint(batch, at)
+            key, at = batch[at:at + n], at + n
+            n, at = read_varint(batch, at)
+            value, at = batch[at:at + n], at + n
+            headers.append((key, value))
+        record["headers"] = headers
+        assert at == end
+        records.append(record)
+    return base, records
+
+
+def delivered(stored: pb.StoredRecordBatch, now_ms: int) -> list[dict]:
+    base, records = decode_batch(stored.batch)
+    assert base == stored.base_offset and len(records) == stored.record_count
+    skip = set(stored.skip)
+    return [
+        r for i, r in enumerate(records)
+        if i >= stored.skip_front and r["offset"] - base not in skip
+        and not (r.get("expires_at_ms") is not None and r["expires_at_ms"] <= now_ms)
+    ]
+
+
+def fetch_all(broker: Broker, topic: str, offset: int = 0, filter: str = "") -> list[dict]:
+    out = []
+    while True:
+        response = broker.consumer.FetchBatches(
+            pb.FetchRequest(topic=topic, partition=0, offset=offset, max_messages=7,
+                            filter=filter),
+            timeout=RPC_TIMEOUT,
+        )
+        for stored in response.batches:
+            out.extend(delivered(stored, response.now_ms))
+        if response.next_offset >= response.end_offset:
+            return out
+        offset = response.next_offset
+
+
+def test_a_hand_built_batch_round_trips_in_batch_form(broker: Broker) -> None:
+    broker.admin.CreateTopic(pb.CreateTopicRequest(name="py-batches", partitions=1),
+                             timeout=RPC_TIMEOUT)
+    now = int(time.time() * 1000)
+    records = [
+        {"key": b"user-1", "value": b"hello", "headers": [(b"trace", b"abc")],
+         "id": b"evt-1", "expires_at_ms": now + 3_600_000},
+        {"value": b""},
+        {"key": b"", "value": b"z" * 500_000, "timestamp_ms": now - 1000},
+        {"value": b"last", "id": b"evt-4", "headers": [(b"a", b""), (b"b", b"2")]},
+    ]
+    sent = []
+    for round in range(3):
+        batch = [dict(r) for r in records]
+        for r in batch:
+            if "id" in r:
+                r["id"] = b"%d-%s" % (round, r["id"])
+        ack = broker.publisher.PublishBatch(
+            pb.PublishBatchRequest(topic="py-batches", partition=0,
+                                   batch=encode_batch(batch, now), ack=pb.ACK_LEVEL_DURABLE),
+            timeout=RPC_TIMEOUT,
+        )
+        assert (ack.base_offset, ack.count, ack.duplicate) == (len(sent), 4, False)
+        sent.extend(batch)
+        if round == 0:
+            first = batch
+    # The topic's default dedup window: a retried batch is stored once.
+    retry = broker.publisher.PublishBatch(
+        pb.PublishBatchRequest(topic="py-batches", partition=0, batch=encode_batch(first, now)),
+        timeout=RPC_TIMEOUT,
+    )
+    assert retry.duplicate and [a.offset for a in retry.acks] == [0, 3]
+
+    got = fetch_all(broker, "py-batches")
+    assert [r["offset"] for r in got] == list(range(12))
+    for record, original in zip(got, sent):
+        assert record["value"] == original["value"]
+        assert record["key"] == original.get("key")
+        assert record["headers"] == original.get("headers", [])
+        assert record.get("id") == original.get("id")
+        assert record.get("expires_at_ms") == original.get("expires_at_ms")
+    # From inside a batch: the front is skipped.
+    assert [r["offset"] for r in fetch_all(broker, "py-batches", offset=6)] == list(range(6, 12))
+    # A filter marks what it refuses.
+    kept = fetch_all(broker, "py-batches", filter='key == "user-1"')
+    assert [r["offset"] for r in kept] == [0, 4, 8]
+    # The per-message form sees the same messages.
+    response = broker.consumer.Fetch(
+        pb.FetchRequest(topic="py-batches", partition=0, offset=4, max_messages=4,
+                        max_bytes=8 << 20),
+        timeout=RPC_TIMEOUT,
+    )
+    assert [m.value for m in response.messages] == [r["value"] for r in records]
+
+
+def test_a_damaged_batch_is_refused_and_nothing_is_appended(broker: Broker) -> None:
+    broker.admin.CreateTopic(pb.CreateTopicRequest(name="py-strict", partitions=1),
+                             timeout=RPC_TIMEOUT)
+    good = encode_batch([{"value": b"v"}], int(time.time() * 1000))
+    damaged = good[:-1] + bytes([good[-1] ^ 1])
+    with pytest.raises(grpc.RpcError) as error:
+        broker.publisher.PublishBatch(
+            pb.PublishBatchRequest(topic="py-strict", partition=0, batch=damaged),
+            timeout=RPC_TIMEOUT,
+        )
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "CRC mismatch" in error.value.details()
+    response = broker.consumer.FetchBatches(pb.FetchRequest(topic="py-strict", partition=0),
+                                            timeout=RPC_TIMEOUT)
+    assert response.end_offset == 0 and not response.batches

@@ -1,0 +1,595 @@
+//! Record batches on the wire through the real broker: a client encodes batches in the
+//! log's format (keys, headers, TTLs, large and empty values, ids, zstd), publishes them
+//! with PublishBatch and on PublishStream, and reads them back with FetchBatches and
+//! SubscribeBatches, decoding them as a client would; the per-message Fetch and
+//! GetMessage see the same messages. Every class of malformed batch is refused with
+//! INVALID_ARGUMENT naming the reason, and nothing is appended. A dedup window
+//! deduplicates a retried batch whole.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tidelog_proto::v1::messages_client::MessagesClient;
+use tidelog_proto::v1::publisher_client::PublisherClient;
+use tidelog_proto::v1::{
+    AckLevel, FetchRequest, GetMessageRequest, PublishBatchRequest, PublishStreamRequest,
+    StartPosition, SubscribeRequest, TopicConfig, publish_stream_response::Outcome, start_position,
+    subscribe_batches_response::Event,
+};
+use tidelog_storage::batch::{EncodeOptions, encode_batch};
+use tidelog_storage::client_batch::delivered_records;
+use tidelog_storage::{Compression, Header, NewRecord, Record};
+use tidelog_tests::{TestBroker, now_ms};
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// Encodes `records` as a client does (the broker's append time is close to ours).
+fn encode(records: &[NewRecord], compression: Compression) -> Bytes {
+    let options = EncodeOptions {
+        now_ms: now_ms(),
+        default_ttl_ms: None,
+        compression,
+        max_message_bytes: 4 << 20,
+        priority_levels: 0,
+    };
+    Bytes::from(encode_batch(records, &options).expect("encode").bytes)
+}
+
+fn records(first: usize, count: usize) -> Vec<NewRecord> {
+    (first..first + count)
+        .map(|n| NewRecord {
+            key: (n % 3 != 0).then(|| Bytes::from(format!("key-{n}"))),
+            value: match n % 7 {
+                0 => Bytes::new(),
+                1 => Bytes::from(vec![b'L'; 1 << 20]),
+                _ => Bytes::from(format!("value {n} {}", "x".repeat(n % 90))),
+            },
+            headers: (0..n % 3)
+                .map(|h| Header {
+                    key: format!("h{h}"),
+                    value: Bytes::from(format!("hv{n}")),
+                })
+                .collect(),
+            ttl_ms: (n % 5 == 0).then_some(3_600_000),
+            id: (n % 2 == 0).then(|| Bytes::from(format!("id-{n}"))),
+            ..NewRecord::default()
+        })
+        .collect()
+}
+
+async fn publish(
+    client: &mut PublisherClient<Channel>,
+    topic: &str,
+    partition: u32,
+    batch: Bytes,
+) -> Result<tidelog_proto::v1::PublishBatchResponse, tonic::Status> {
+    client
+        .publish_batch(PublishBatchRequest {
+            topic: topic.into(),
+            partition,
+            batch,
+            ack: AckLevel::Durable as i32,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Every record of a partition through FetchBatches, decoded as a client does.
+async fn fetch_all_batches(
+    broker: &TestBroker,
+    topic: &str,
+    from: u64,
+    filter: &str,
+) -> Vec<Record> {
+    let mut consumer = broker.consumer().await;
+    let mut out = Vec::new();
+    let mut offset = from;
+    loop {
+        let response = consumer
+            .fetch_batches(FetchRequest {
+                topic: topic.into(),
+                partition: 0,
+                offset,
+                max_messages: 50,
+                filter: filter.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("fetch batches")
+            .into_inner();
+        for batch in &response.batches {
+            let records =
+                delivered_records(&batch.batch, batch.skip_front, &batch.skip, response.now_ms)
+                    .expect("a stored batch decodes");
+            out.extend(records);
+        }
+        if response.next_offset >= response.end_offset {
+            break;
+        }
+        offset = response.next_offset;
+    }
+    out
+}
+
+fn same(got: &Record, sent: &NewRecord, what: &str) {
+    assert_eq!(got.key, sent.key, "{what}: key");
+    assert_eq!(got.value, sent.value, "{what}: value");
+    assert_eq!(got.headers, sent.headers, "{what}: headers");
+    assert_eq!(got.id, sent.id, "{what}: id");
+    assert_eq!(
+        got.expires_at_ms.is_some(),
+        sent.ttl_ms.is_some(),
+        "{what}: expiry"
+    );
+}
+
+#[tokio::test]
+async fn batches_round_trip_through_the_broker_both_ways() {
+    let broker = TestBroker::start();
+    broker
+        .create_topic(
+            "wire",
+            1,
+            TopicConfig {
+                max_message_bytes: 2 << 20,
+                ..Default::default()
+            },
+        )
+        .await;
+    let mut client = broker.publisher().await;
+    let mut sent = Vec::new();
+    // Unary, plain and zstd.
+    for (first, compression) in [(0, Compression::None), (40, Compression::Zstd)] {
+        let batch = records(first, 40);
+        let ack = publish(&mut client, "wire", 0, encode(&batch, compression))
+            .await
+            .expect("publish batch");
+        assert_eq!(
+            (ack.base_offset, ack.count, ack.duplicate),
+            (first as u64, 40, false)
+        );
+        sent.extend(batch);
+    }
+    // On the publish stream, beside a per-message request.
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut responses = client
+        .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    for request_id in 0..3u64 {
+        let batch = records(80 + 10 * request_id as usize, 10);
+        tx.send(PublishStreamRequest {
+            request_id,
+            request: None,
+            batch: Some(PublishBatchRequest {
+                topic: "wire".into(),
+                partition: 0,
+                batch: encode(&batch, Compression::Zstd),
+                ack: AckLevel::Written as i32,
+            }),
+        })
+        .await
+        .unwrap();
+        sent.extend(batch);
+    }
+    drop(tx);
+    for request_id in 0..3u64 {
+        let response = responses.next().await.expect("an answer").expect("ok");
+        assert_eq!(response.request_id, request_id);
+        match response.outcome {
+            Some(Outcome::BatchResponse(ack)) => {
+                assert_eq!(ack.base_offset, 80 + 10 * request_id)
+            }
+            other => panic!("request {request_id}: {other:?}"),
+        }
+    }
+
+    // Batch form: every record, in order, from the start and from inside a batch.
+    let got = fetch_all_batches(&broker, "wire", 0, "").await;
+    assert_eq!(got.len(), sent.len());
+    for (n, (got, sent)) in got.iter().zip(&sent).enumerate() {
+        assert_eq!(got.offset, n as u64);
+        same(got, sent, &format!("record {n}"));
+    }
+    let tail = fetch_all_batches(&broker, "wire", 45, "").await;
+    assert_eq!(
+        tail.first().map(|r| r.offset),
+        Some(45),
+        "skip_front drops 40..45"
+    );
+    assert_eq!(tail.len(), sent.len() - 45);
+
+    // The per-message Fetch sees the same messages.
+    let mut consumer = broker.consumer().await;
+    let fetched = consumer
+        .fetch(FetchRequest {
+            topic: "wire".into(),
+            partition: 0,
+            offset: 40,
+            max_messages: 5,
+            max_bytes: 64 << 20,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for m in &fetched.messages {
+        let sent = &sent[m.offset as usize];
+        assert_eq!(m.value, sent.value);
+        assert_eq!(m.key, sent.key.clone().unwrap_or_default());
+    }
+
+    // Ids are indexed: GetMessage finds a batch's record by its id.
+    let mut messages = MessagesClient::new(broker.channel().await);
+    let found = messages
+        .get_message(GetMessageRequest {
+            topic: "wire".into(),
+            id: Bytes::from_static(b"id-42"),
+            include_value: true,
+        })
+        .await
+        .expect("id-42 is found")
+        .into_inner()
+        .message
+        .unwrap();
+    assert_eq!(found.offset, 42);
+    assert_eq!(found.value, sent[42].value);
+
+    // A filter marks the records it refuses; the client skips them.
+    let keyed = fetch_all_batches(&broker, "wire", 0, "key == \"key-1\"").await;
+    assert_eq!(keyed.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![1]);
+
+    // SubscribeBatches from the earliest offset delivers every record once.
+    let mut stream = consumer
+        .subscribe_batches(SubscribeRequest {
+            topic: "wire".into(),
+            start: Some(StartPosition {
+                position: Some(start_position::Position::Earliest(
+                    start_position::Earliest {},
+                )),
+            }),
+            max_batch_messages: 30,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut offsets = Vec::new();
+    while offsets.len() < sent.len() {
+        let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("an event in time")
+            .expect("open")
+            .expect("ok");
+        let Some(Event::Batches(batches)) = event.event else {
+            panic!("unexpected event {event:?}");
+        };
+        for batch in &batches.batches {
+            for record in
+                delivered_records(&batch.batch, batch.skip_front, &batch.skip, batches.now_ms)
+                    .unwrap()
+            {
+                offsets.push(record.offset);
+            }
+        }
+    }
+    assert_eq!(offsets, (0..sent.len() as u64).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn expired_records_in_a_batch_are_dropped_by_the_reader() {
+    let broker = TestBroker::start();
+    broker.create_topic("ttl", 1, TopicConfig::default()).await;
+    let mut client = broker.publisher().await;
+    let batch = vec![
+        NewRecord {
+            ttl_ms: Some(1_000),
+            ..NewRecord::value("short")
+        },
+        NewRecord::value("forever"),
+    ];
+    publish(&mut client, "ttl", 0, encode(&batch, Compression::None))
+        .await
+        .unwrap();
+    assert_eq!(fetch_all_batches(&broker, "ttl", 0, "").await.len(), 2);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let got = fetch_all_batches(&broker, "ttl", 0, "").await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].value, Bytes::from_static(b"forever"));
+}
+
+#[tokio::test]
+async fn every_malformed_batch_is_refused_with_its_reason_and_nothing_is_appended() {
+    let broker = TestBroker::start();
+    broker
+        .create_topic(
+            "strict",
+            1,
+            TopicConfig {
+                max_message_bytes: 1000,
+                ..Default::default()
+            },
+        )
+        .await;
+    broker
+        .create_topic(
+            "ttl-default",
+            1,
+            TopicConfig {
+                default_ttl_ms: Some(60_000),
+                ..Default::default()
+            },
+        )
+        .await;
+    broker
+        .create_topic(
+            "assigning",
+            1,
+            TopicConfig {
+                assign_ids: true,
+                ..Default::default()
+            },
+        )
+        .await;
+    let mut client = broker.publisher().await;
+    let good = encode(&records(2, 5), Compression::None).to_vec();
+    let recrc = |mut bytes: Vec<u8>| {
+        let crc = tidelog_storage::batch::compute_crc(&bytes);
+        bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    };
+    let with = |at: usize, value: &[u8]| {
+        let mut bytes = good.clone();
+        bytes[at..at + value.len()].copy_from_slice(value);
+        recrc(bytes)
+    };
+    let mut crc = good.clone();
+    *crc.last_mut().unwrap() ^= 1;
+    let mut zstd = encode(&records(2, 5), Compression::Zstd).to_vec();
+    let last = zstd.len() - 1;
+    zstd[last] ^= 0xff;
+    let expired = encode(
+        &[NewRecord {
+            ttl_ms: Some(1),
+            ..NewRecord::value("v")
+        }],
+        Compression::None,
+    );
+    let cases: Vec<(&str, &str, Vec<u8>, &str)> = vec![
+        ("strict", "empty", Vec::new(), "truncated"),
+        (
+            "strict",
+            "truncated",
+            good[..good.len() - 3].to_vec(),
+            "truncated",
+        ),
+        (
+            "strict",
+            "two batches",
+            [good.clone(), good.clone()].concat(),
+            "exactly one batch",
+        ),
+        ("strict", "crc", crc, "CRC mismatch"),
+        ("strict", "version", with(16, &[9]), "version"),
+        ("strict", "codec", with(17, &[2]), "codec"),
+        (
+            "strict",
+            "zero records",
+            with(24, &0u32.to_le_bytes()),
+            "record count",
+        ),
+        (
+            "strict",
+            "sparse offsets",
+            with(20, &9u32.to_le_bytes()),
+            "dense",
+        ),
+        (
+            "strict",
+            "record count over the records",
+            {
+                let mut b = with(24, &6u32.to_le_bytes());
+                b[20..24].copy_from_slice(&5u32.to_le_bytes());
+                recrc(b)
+            },
+            "record 5",
+        ),
+        (
+            "strict",
+            "max timestamp",
+            with(36, &(now_ms() + 10_000_000).to_le_bytes()),
+            "max_timestamp_ms",
+        ),
+        (
+            "strict",
+            "max expiry",
+            with(44, &1i64.to_le_bytes()),
+            "max_expiry_ms",
+        ),
+        (
+            "strict",
+            "record attributes",
+            with(61, &[0xe0]),
+            "unknown attribute",
+        ),
+        (
+            "strict",
+            "too large",
+            encode(&[NewRecord::value(vec![0u8; 1001])], Compression::None).to_vec(),
+            "max_message_bytes",
+        ),
+        ("strict", "zstd", recrc(zstd), "zstd"),
+        (
+            "strict",
+            "expired",
+            {
+                std::thread::sleep(Duration::from_millis(5));
+                expired.to_vec()
+            },
+            "expires at",
+        ),
+        (
+            "ttl-default",
+            "no expiry on a default-TTL topic",
+            good.clone(),
+            "default TTL",
+        ),
+        (
+            "assigning",
+            "no ids on an assign_ids topic",
+            good.clone(),
+            "assigns ids",
+        ),
+    ];
+    for (topic, what, bytes, reason) in cases {
+        let status = publish(&mut client, topic, 0, Bytes::from(bytes))
+            .await
+            .expect_err(what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        assert!(
+            status.message().contains(reason),
+            "{what}: {:?}",
+            status.message()
+        );
+    }
+    for topic in ["strict", "ttl-default", "assigning"] {
+        let description = broker.describe_topic(topic).await;
+        assert_eq!(
+            description.partitions[0].end_offset, 0,
+            "{topic}: nothing appended"
+        );
+    }
+    // The same batch, valid, goes in.
+    let ack = publish(
+        &mut client,
+        "strict",
+        0,
+        encode(&[NewRecord::value("ok")], Compression::None),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ack.count, 1);
+}
+
+#[tokio::test]
+async fn a_retried_batch_is_stored_once_within_the_dedup_window() {
+    let broker = TestBroker::start();
+    broker
+        .create_topic(
+            "once",
+            1,
+            TopicConfig {
+                dedup_window_ms: Some(600_000),
+                ..Default::default()
+            },
+        )
+        .await;
+    let mut client = broker.publisher().await;
+    let batch: Vec<NewRecord> = (0..10)
+        .map(|n| NewRecord {
+            id: Some(Bytes::from(format!("order-{n}"))),
+            ..NewRecord::value(format!("v{n}"))
+        })
+        .collect();
+    let bytes = encode(&batch, Compression::Zstd);
+    let first = publish(&mut client, "once", 0, bytes.clone())
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    let retry = publish(&mut client, "once", 0, bytes).await.unwrap();
+    assert!(retry.duplicate);
+    let offsets: Vec<u64> = retry.acks.iter().map(|a| a.offset).collect();
+    assert_eq!(offsets, (0..10).collect::<Vec<_>>());
+    assert!(retry.acks.iter().all(|a| a.duplicate));
+    // Half old, half new: refused whole, nothing appended.
+    let mixed: Vec<NewRecord> = (5..15)
+        .map(|n| NewRecord {
+            id: Some(Bytes::from(format!("order-{n}"))),
+            ..NewRecord::value(format!("v{n}"))
+        })
+        .collect();
+    let status = publish(&mut client, "once", 0, encode(&mixed, Compression::None))
+        .await
+        .expect_err("a mixed batch");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("deduplicated whole"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(
+        broker.describe_topic("once").await.partitions[0].end_offset,
+        10
+    );
+    // The per-message Publish sees the batch's ids too.
+    let got = fetch_all_batches(&broker, "once", 0, "").await;
+    assert_eq!(got.len(), 10);
+}
+
+/// Batches acked DURABLE survive a kill -9: recovery's scan accepts the client's bytes
+/// with the broker's base offsets, and reads in both forms return every record.
+#[tokio::test]
+async fn durable_batches_survive_a_kill_9() {
+    let mut broker = TestBroker::start();
+    broker
+        .create_topic(
+            "kept",
+            1,
+            TopicConfig {
+                max_message_bytes: 2 << 20,
+                ..Default::default()
+            },
+        )
+        .await;
+    let mut client = broker.publisher().await;
+    let mut sent = Vec::new();
+    for round in 0..20usize {
+        let batch = records(round * 25, 25);
+        let compression = if round % 2 == 0 {
+            Compression::Zstd
+        } else {
+            Compression::None
+        };
+        publish(&mut client, "kept", 0, encode(&batch, compression))
+            .await
+            .expect("durable publish");
+        sent.extend(batch);
+    }
+    broker.kill9();
+    broker.restart();
+    let end = broker.describe_topic("kept").await.partitions[0].end_offset;
+    assert_eq!(end, sent.len() as u64, "{}", broker.log());
+    let got = fetch_all_batches(&broker, "kept", 0, "").await;
+    assert_eq!(got.len(), sent.len());
+    for (n, (got, sent)) in got.iter().zip(&sent).enumerate() {
+        assert_eq!(got.offset, n as u64);
+        same(got, sent, &format!("record {n} after the kill"));
+    }
+    // The dedup window outlives the kill: a retried batch is a duplicate...
+    let mut client = broker.publisher().await;
+    let retry = publish(
+        &mut client,
+        "kept",
+        0,
+        encode(&records(0, 25), Compression::None),
+    )
+    .await
+    .unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(
+        retry.acks.iter().map(|a| a.offset).collect::<Vec<_>>(),
+        (0..25).step_by(2).collect::<Vec<u64>>()
+    );
+    // ...and new batches go on after the recovered end.
+    let ack = publish(
+        &mut client,
+        "kept",
+        0,
+        encode(&records(1000, 3), Compression::None),
+    )
+    .await
+    .unwrap();
+    assert_eq!((ack.base_offset, ack.duplicate), (sent.len() as u64, false));
+}
