@@ -39,6 +39,8 @@ pub const MAX_STREAMS_PER_CONNECTION_MAX: u32 = 65_536;
 pub const FLUSH_THREADS_DEFAULT: usize = 4;
 /// Most fsync threads: one disk gains nothing from more.
 pub const FLUSH_THREADS_MAX: usize = 64;
+/// Name of the bootstrap admin token file inside the data directory.
+pub const BOOTSTRAP_TOKEN_FILE_DEFAULT: &str = "bootstrap-admin.token";
 /// Default time allowed for in-flight calls to finish on shutdown.
 pub const SHUTDOWN_TIMEOUT_DEFAULT: &str = "10s";
 
@@ -61,7 +63,7 @@ and logs to stderr. SIGINT or SIGTERM stops it gracefully (exit status 0)."
 pub struct Cli {
     /// TOML file with settings (keys: data_dir, listen, metrics_listen, log_level,
     /// retention_interval, flush_threads, max_request_bytes, max_streams_per_connection,
-    /// shutdown_timeout).
+    /// shutdown_timeout, auth, auth_bootstrap_token_file).
     #[arg(long, env = "TIDELOG_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -107,6 +109,19 @@ pub struct Cli {
     /// 0 = do not wait [default: 10s]
     #[arg(long, env = "TIDELOG_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = shutdown_timeout_arg)]
     pub shutdown_timeout: Option<Duration>,
+
+    /// Require a bearer token on every call (metadata `authorization: Bearer <token>`)
+    /// and authorize it against the ACL rules (default deny). On the first start with
+    /// no token stored, an admin token is written to --auth-bootstrap-token-file. See
+    /// README "Security" [default: off]
+    #[arg(long, env = "TIDELOG_AUTH", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub auth: Option<bool>,
+
+    /// Where the first start with --auth writes the bootstrap admin token (principal
+    /// `admin`, allowed everything), readable only by tidelogd's user; never
+    /// overwritten [default: DATA_DIR/bootstrap-admin.token]
+    #[arg(long, env = "TIDELOG_AUTH_BOOTSTRAP_TOKEN_FILE", value_name = "FILE")]
+    pub auth_bootstrap_token_file: Option<PathBuf>,
 }
 
 /// A duration flag or environment variable `env`, in the one grammar of
@@ -145,6 +160,8 @@ pub struct FileSettings {
     pub max_request_bytes: Option<usize>,
     pub max_streams_per_connection: Option<u32>,
     pub shutdown_timeout: Option<String>,
+    pub auth: Option<bool>,
+    pub auth_bootstrap_token_file: Option<PathBuf>,
 }
 
 /// The effective settings.
@@ -162,6 +179,10 @@ pub struct Settings {
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS announced to every client.
     pub max_streams_per_connection: u32,
     pub shutdown_timeout: Duration,
+    /// Whether calls need a token and are authorized (`--auth`).
+    pub auth: bool,
+    /// Where the bootstrap admin token goes on the first start with auth on.
+    pub auth_bootstrap_token_file: PathBuf,
 }
 
 impl Default for Settings {
@@ -182,6 +203,11 @@ impl Settings {
             )
         };
         let mut settings = vec![
+            ("auth", self.auth.to_string()),
+            (
+                "auth_bootstrap_token_file",
+                self.auth_bootstrap_token_file.display().to_string(),
+            ),
             ("data_dir", self.data_dir.display().to_string()),
             ("flush_threads", self.flush_threads.to_string()),
             ("listen", self.listen.to_string()),
@@ -275,11 +301,17 @@ impl Settings {
                 .unwrap_or(MAX_STREAMS_PER_CONNECTION_DEFAULT),
             1..=MAX_STREAMS_PER_CONNECTION_MAX,
         )?;
+        let data_dir: PathBuf = cli
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| DATA_DIR_DEFAULT.into());
         Ok(Settings {
-            data_dir: cli
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| DATA_DIR_DEFAULT.into()),
+            auth: cli.auth.or(file.auth).unwrap_or(false),
+            auth_bootstrap_token_file: cli
+                .auth_bootstrap_token_file
+                .or(file.auth_bootstrap_token_file)
+                .unwrap_or_else(|| data_dir.join(BOOTSTRAP_TOKEN_FILE_DEFAULT)),
+            data_dir,
             listen: cli
                 .listen
                 .or(file.listen)

@@ -21,6 +21,8 @@ use tidelog_storage::{Filter, Partition, ReadResult, Topic};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Caller, Target};
+use tidelog_storage::access::ResourceKind;
 use crate::AppState;
 use crate::convert;
 use crate::read::{PartitionReader, ReadLimits, spawn_subscription};
@@ -261,7 +263,14 @@ impl Consumer for ConsumerService {
         request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {
         let started = Instant::now();
-        let result = ConsumerService::fetch(self, &request).await;
+        let result = match self
+            .state
+            .auth
+            .authorize(&request, &[Target::topic(&request.get_ref().topic)])
+        {
+            Ok(()) => ConsumerService::fetch(self, &request).await,
+            Err(status) => Err(status),
+        };
         self.state
             .metrics
             .rpc_finished("Fetch", started, result.as_ref().err().map(Status::code));
@@ -275,7 +284,11 @@ impl Consumer for ConsumerService {
         request: Request<ListOffsetsRequest>,
     ) -> Result<Response<ListOffsetsResponse>, Status> {
         let started = Instant::now();
-        let result = list_offsets(&self.state, request.get_ref());
+        let result = self
+            .state
+            .auth
+            .authorize(&request, &[Target::topic(&request.get_ref().topic)])
+            .and_then(|()| list_offsets(&self.state, request.get_ref()));
         self.state.metrics.rpc_finished(
             "ListOffsets",
             started,
@@ -290,8 +303,24 @@ impl Consumer for ConsumerService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let started = Instant::now();
         let remote_addr = request.remote_addr();
+        // The topic and, for a member, its group; checked now and again every 250 ms
+        // while the stream is open.
+        let mut targets = vec![(ResourceKind::Topic, request.get_ref().topic.clone())];
+        if let Some(group) = &request.get_ref().group {
+            targets.push((ResourceKind::Group, group.group_id.clone()));
+        }
+        let checked = self.state.auth.authorize(
+            &request,
+            &targets
+                .iter()
+                .map(|(kind, name)| Target { kind: *kind, name })
+                .collect::<Vec<_>>(),
+        );
+        let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
-        let result: Result<SubscribeStream, Status> = if self.state.shutdown.is_triggered() {
+        let result: Result<SubscribeStream, Status> = if let Err(status) = checked {
+            Err(status)
+        } else if self.state.shutdown.is_triggered() {
             Err(Status::unavailable("the broker is shutting down"))
         } else if request.group.is_some() {
             if !request.partitions.is_empty()
@@ -311,6 +340,7 @@ impl Consumer for ConsumerService {
             plain_subscription(&self.state, request)
                 .map(|reader| Box::pin(spawn_subscription(&self.state, reader)) as SubscribeStream)
         };
+        let result = result.map(|stream| self.state.auth.guard(caller, targets, stream));
         if let Err(status) = &result {
             // Streams that start are counted when they end (in spawn_subscription).
             self.state

@@ -29,6 +29,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::AppState;
+use crate::auth::{Caller, Target};
 use crate::convert;
 use crate::partitioner;
 
@@ -306,7 +307,14 @@ impl Publisher for PublisherService {
         if self.state.shutdown.is_triggered() {
             return Err(shutting_down());
         }
-        let result = publish(&self.state, request.into_inner()).await;
+        let result = match self
+            .state
+            .auth
+            .authorize(&request, &[Target::topic(&request.get_ref().topic)])
+        {
+            Ok(()) => publish(&self.state, request.into_inner()).await,
+            Err(status) => Err(status),
+        };
         self.state.metrics.rpc_finished(
             "Publish",
             started,
@@ -322,6 +330,9 @@ impl Publisher for PublisherService {
         request: Request<Streaming<PublishStreamRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
         let started = Instant::now();
+        // Each request names its topic: checked one by one, so a revoked token or a
+        // changed rule applies from the next request on.
+        let caller = request.extensions().get::<Caller>().cloned();
         let mut inbound = request.into_inner();
         let (pending_tx, mut pending_rx) = mpsc::channel::<Pending>(PUBLISH_STREAM_IN_FLIGHT_MAX);
         let (response_tx, response_rx) = mpsc::channel(PUBLISH_STREAM_IN_FLIGHT_MAX);
@@ -340,17 +351,32 @@ impl Publisher for PublisherService {
                     next = inbound.message() => next,
                 };
                 let pending = match next {
-                    Ok(Some(item)) => Pending::Request {
-                        request_id: item.request_id,
-                        outcome: match item.request {
-                            Some(request) => {
-                                prepare(&state, request).and_then(|p| append(&state, p))
+                    Ok(Some(item)) => {
+                        let checked = match &item.request {
+                            Some(request) => state
+                                .auth
+                                .check(caller.as_ref(), &[Target::topic(&request.topic)]),
+                            None => Ok(()),
+                        };
+                        match checked {
+                            // A revoked or expired token ends the stream; a denied topic
+                            // fails that request only.
+                            Err(status) if status.code() == tonic::Code::Unauthenticated => {
+                                Pending::End(status)
                             }
-                            None => Err(Status::invalid_argument(
-                                "PublishStreamRequest.request is missing; set it to the publish to perform",
-                            )),
-                        },
-                    },
+                            checked => Pending::Request {
+                                request_id: item.request_id,
+                                outcome: match item.request {
+                                    Some(request) => checked
+                                        .and_then(|()| prepare(&state, request))
+                                        .and_then(|p| append(&state, p)),
+                                    None => Err(Status::invalid_argument(
+                                        "PublishStreamRequest.request is missing; set it to the publish to perform",
+                                    )),
+                                },
+                            },
+                        }
+                    }
                     // The client half-closed: answer what is outstanding, then end OK.
                     Ok(None) => return,
                     // A message over the size limit breaks the stream's framing.
