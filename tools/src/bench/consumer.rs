@@ -16,7 +16,7 @@ use tidelog_proto::v1::{
     subscribe_response::Event,
 };
 use tokio::sync::{oneshot, watch};
-use tonic::transport::Channel;
+use crate::client::Conn;
 
 use super::stats::{ActorResult, Role};
 use super::validate::{Errors, Matches, PartitionCheck};
@@ -229,7 +229,7 @@ impl Reader {
 /// Runs one consumer on its own connection; `ready` fires once it is subscribed.
 pub async fn run(
     plan: ConsumerPlan,
-    channel: Channel,
+    channel: Conn,
     ready: oneshot::Sender<()>,
 ) -> ConsumerOutcome {
     let client = ConsumerClient::new(channel)
@@ -247,7 +247,7 @@ fn current(targets: &Targets) -> Option<Arc<Vec<u64>>> {
 
 async fn run_subscribe(
     plan: ConsumerPlan,
-    mut client: ConsumerClient<Channel>,
+    mut client: ConsumerClient<Conn>,
     ready: oneshot::Sender<()>,
 ) -> ConsumerOutcome {
     let mut reader = Reader::new(&plan);
@@ -381,7 +381,7 @@ async fn run_subscribe(
 /// Fetch mode: one long-poll loop per partition, all on this consumer's connection.
 async fn run_fetch(
     plan: ConsumerPlan,
-    client: ConsumerClient<Channel>,
+    client: ConsumerClient<Conn>,
     ready: oneshot::Sender<()>,
 ) -> ConsumerOutcome {
     let started = Instant::now();
@@ -417,7 +417,7 @@ async fn run_fetch(
 
 async fn fetch_partition(
     plan: ConsumerPlan,
-    mut client: ConsumerClient<Channel>,
+    mut client: ConsumerClient<Conn>,
     partition: u32,
 ) -> Reader {
     let mut reader = Reader::new(&plan);

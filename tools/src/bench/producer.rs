@@ -22,7 +22,7 @@ use tidelog_proto::v1::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
+use crate::client::Conn;
 
 use super::payload::{Header, Pool, fill};
 use super::stats::{ActorResult, Role};
@@ -252,7 +252,7 @@ struct InFlight {
 /// Runs one producer on its own connection. `progress` counts acked messages.
 pub async fn run(
     plan: ProducerPlan,
-    channel: Channel,
+    channel: Conn,
     progress: Arc<AtomicU64>,
 ) -> ProducerOutcome {
     let client = PublisherClient::new(channel)
@@ -273,7 +273,7 @@ pub async fn run(
 
 async fn run_unary(
     plan: ProducerPlan,
-    mut client: PublisherClient<Channel>,
+    mut client: PublisherClient<Conn>,
     progress: &AtomicU64,
     outcome: &mut ProducerOutcome,
 ) {
@@ -344,7 +344,7 @@ fn record(
 
 async fn run_stream(
     plan: ProducerPlan,
-    mut client: PublisherClient<Channel>,
+    mut client: PublisherClient<Conn>,
     progress: &AtomicU64,
     outcome: &mut ProducerOutcome,
 ) {

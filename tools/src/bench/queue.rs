@@ -386,7 +386,7 @@ struct InFlight {
 
 async fn worker(
     plan: WorkerPlan,
-    channel: tonic::transport::Channel,
+    channel: crate::client::Conn,
     ready: oneshot::Sender<()>,
 ) -> WorkerOutcome {
     let mut outcome = WorkerOutcome {

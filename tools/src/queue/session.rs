@@ -13,7 +13,7 @@ use tidelog_proto::v1::settlement::{Ack, Action, InProgress, Nack};
 use tidelog_proto::v1::{QueueConfig, QueueConsumeRequest, QueueDelivery, Settlement};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
+use crate::client::Conn;
 use tonic::{Status, Streaming};
 
 /// Requests queued for the stream before `send` waits.
@@ -51,7 +51,7 @@ impl Session {
     /// Opens a stream on `queue` with `credit` deliveries allowed, and waits for the
     /// broker's Opened answer.
     pub async fn open(
-        mut client: QueuesClient<Channel>,
+        mut client: QueuesClient<Conn>,
         queue: &str,
         client_id: &str,
         credit: u32,
