@@ -21,12 +21,14 @@ pub enum AuthCommand {
     #[command(subcommand)]
     Token(TokenCommand),
     /// Show the principal the broker sees for --token.
+    #[command(after_help = "Examples:\n  tidelog auth whoami\n  TIDELOG_TOKEN=$(cat token) tidelog auth whoami --json")]
     Whoami,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Create a token for a principal; it is printed once (the broker keeps a hash).
+    #[command(after_help = "Examples:\n  tidelog auth token create --principal svc-orders\n  tidelog auth token create --principal ci --ttl 12h --description 'CI runner' --json")]
     Create {
         /// Who the token authenticates, e.g. svc-orders.
         #[arg(long)]
@@ -39,9 +41,11 @@ pub enum TokenCommand {
         description: String,
     },
     /// List tokens (never their secrets).
+    #[command(after_help = "Examples:\n  tidelog auth token list\n  tidelog auth token list --json")]
     List,
     /// Revoke a token by its id (as `list` shows it) or its text; calls with it fail at
     /// once, open streams within a second.
+    #[command(after_help = "Examples:\n  tidelog auth token revoke 0123456789abcdef")]
     Revoke {
         /// The token id (16 hex digits) or the whole token.
         id: String,
@@ -51,10 +55,13 @@ pub enum TokenCommand {
 #[derive(Debug, Subcommand)]
 pub enum AclCommand {
     /// List every rule.
+    #[command(after_help = "Examples:\n  tidelog acl list\n  tidelog acl list --json")]
     List,
     /// Add a rule (durable; applies to new calls at once, open streams within a second).
+    #[command(after_help = "Examples:\n  tidelog acl add --principal svc-orders --resource 'topic:orders.*' --operation publish\n  tidelog acl add --principal '*' --resource topic:payroll --operation '*' --deny")]
     Add(RuleArgs),
     /// Remove a rule equal to the one given.
+    #[command(after_help = "Examples:\n  tidelog acl remove --principal svc-orders --resource 'topic:orders.*' --operation publish")]
     Remove(RuleArgs),
 }
 
