@@ -81,6 +81,17 @@ pub async fn run(
         crate::auth::Auth::disabled()
     };
     let auth = Arc::new(auth);
+    if settings.insecure_allow_network_plaintext
+        && !(settings.listen.ip().is_loopback() && settings.metrics_listen.ip().is_loopback())
+    {
+        tracing::warn!(
+            listen = %settings.listen,
+            metrics_listen = %settings.metrics_listen,
+            auth = settings.auth,
+            "--insecure-allow-network-plaintext: listening beyond loopback without TLS; \
+             tokens and messages cross the network in clear"
+        );
+    }
     let groups = Arc::new(GroupCoordinator::new(store.clone(), store.clock().clone()));
     let group_source: Weak<dyn GroupMetricsSource> = Arc::downgrade(&groups) as _;
     metrics.set_group_source(group_source);

@@ -77,6 +77,15 @@ where
                 Box::pin(self.inner.call(request))
             }
             Err(status) => {
+                let path = request.uri().path();
+                tracing::warn!(
+                    target: super::AUDIT_TARGET,
+                    principal = "-",
+                    rpc = path.strip_prefix("/tidelog.v1.").unwrap_or(path),
+                    result = "UNAUTHENTICATED",
+                    reason = status.message(),
+                    "call refused"
+                );
                 let response = status.into_http::<ResBody>();
                 Box::pin(async move { Ok(response) })
             }

@@ -210,6 +210,14 @@ impl Auth {
 
     /// [`Auth::authorize`] for a caller taken out of its request (a stream's items).
     pub fn check(&self, caller: Option<&Caller>, targets: &[Target<'_>]) -> Result<(), Status> {
+        let result = self.check_quietly(caller, targets);
+        if let Err(status) = &result {
+            audit_denied(caller, status);
+        }
+        result
+    }
+
+    fn check_quietly(&self, caller: Option<&Caller>, targets: &[Target<'_>]) -> Result<(), Status> {
         let Some(log) = &self.enabled else {
             return Ok(());
         };
@@ -248,7 +256,10 @@ impl Auth {
 
     /// Whether the caller may see `target` (for list RPCs, which leave out what not).
     pub fn may<T>(&self, request: &Request<T>, target: Target<'_>) -> bool {
-        self.authorize(request, &[target]).is_ok()
+        self.enabled.is_none()
+            || self
+                .check_quietly(request.extensions().get::<Caller>(), &[target])
+                .is_ok()
     }
 
     /// Wraps a server stream so it ends with the status of the first failed re-check
@@ -317,6 +328,38 @@ impl Auth {
         self.change(AccessOp::CreateToken(stored.clone()))?;
         Ok((text.to_text(), stored))
     }
+}
+
+/// The target of the audit lines: `RUST_LOG`/`--log-level` can route or silence it
+/// (`tidelog_audit=info`).
+pub const AUDIT_TARGET: &str = "tidelog_audit";
+
+/// One audit line for a refused call.
+pub fn audit_denied(caller: Option<&Caller>, status: &Status) {
+    tracing::warn!(
+        target: AUDIT_TARGET,
+        principal = caller.map_or("-", |c| &*c.principal),
+        rpc = caller.and_then(|c| c.rpc).map_or("-", Rpc::name),
+        result = tidelog_proto::code_name(status.code()),
+        reason = status.message(),
+        "call refused"
+    );
+}
+
+/// One audit line for a change of the access state by `caller`.
+pub fn audit_change(caller: Option<&Caller>, change: &str, result: &Result<bool, Status>) {
+    let outcome = match result {
+        Ok(true) => "OK",
+        Ok(false) => "UNCHANGED",
+        Err(status) => tidelog_proto::code_name(status.code()),
+    };
+    tracing::info!(
+        target: AUDIT_TARGET,
+        principal = caller.map_or("-", |c| &*c.principal),
+        change,
+        result = outcome,
+        "access changed"
+    );
 }
 
 fn auth_off() -> Status {

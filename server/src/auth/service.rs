@@ -99,6 +99,7 @@ impl Access for AccessService {
         request: Request<CreateTokenRequest>,
     ) -> Result<Response<CreateTokenResponse>, Status> {
         self.auth.authorize(&request, &[Target::cluster()])?;
+        let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
         if request.description.len() > ACCESS_DESCRIPTION_BYTES_MAX {
             return Err(Status::invalid_argument(format!(
@@ -110,11 +111,21 @@ impl Access for AccessService {
             0 => None,
             ttl => Some(now_ms().saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX))),
         };
-        let (text, stored) = self
+        let principal = request.principal.clone();
+        let created = self
             .blocking(move |auth| {
                 auth.create_token(&request.principal, expires_at_ms, request.description)
             })
-            .await?;
+            .await;
+        super::audit_change(
+            caller.as_ref(),
+            &format!(
+                "create token for {principal} ({})",
+                created.as_ref().map_or("-".to_string(), |(_, t)| token::format_id(t.id))
+            ),
+            &created.as_ref().map(|_| true).map_err(Clone::clone),
+        );
+        let (text, stored) = created?;
         Ok(Response::new(CreateTokenResponse {
             token: text,
             info: Some(token_info(&stored)),
@@ -136,6 +147,7 @@ impl Access for AccessService {
         request: Request<RevokeTokenRequest>,
     ) -> Result<Response<RevokeTokenResponse>, Status> {
         self.auth.authorize(&request, &[Target::cluster()])?;
+        let caller = request.extensions().get::<Caller>().cloned();
         let text = request.into_inner().id;
         let id = token::parse_id(&text)
             .or_else(|_| token::parse_token(text.as_bytes()).map(|t| t.id))
@@ -147,7 +159,13 @@ impl Access for AccessService {
             })?;
         let existed = self
             .blocking(move |auth| auth.change(AccessOp::RevokeToken { id }))
-            .await?;
+            .await;
+        super::audit_change(
+            caller.as_ref(),
+            &format!("revoke token {}", token::format_id(id)),
+            &existed,
+        );
+        let existed = existed?;
         if !existed {
             return Err(Status::not_found(format!(
                 "no token has id {}",
@@ -172,7 +190,9 @@ impl Access for AccessService {
         request: Request<AddAclRequest>,
     ) -> Result<Response<AddAclResponse>, Status> {
         self.auth.authorize(&request, &[Target::cluster()])?;
+        let caller = request.extensions().get::<Caller>().cloned();
         let rule = rule_from_proto(request.into_inner().rule)?;
+        let shown = rule_to_proto(&rule);
         let added = self
             .blocking(move |auth| {
                 let log = auth.log().ok_or_else(super::auth_off)?;
@@ -184,7 +204,16 @@ impl Access for AccessService {
                 }
                 auth.change(AccessOp::AddRule(rule))
             })
-            .await?;
+            .await;
+        super::audit_change(
+            caller.as_ref(),
+            &format!(
+                "add rule {} {} {} on {}",
+                shown.effect, shown.principal, shown.operation, shown.resource
+            ),
+            &added,
+        );
+        let added = added?;
         Ok(Response::new(AddAclResponse { added }))
     }
 
@@ -193,11 +222,21 @@ impl Access for AccessService {
         request: Request<RemoveAclRequest>,
     ) -> Result<Response<RemoveAclResponse>, Status> {
         self.auth.authorize(&request, &[Target::cluster()])?;
+        let caller = request.extensions().get::<Caller>().cloned();
         let rule = rule_from_proto(request.into_inner().rule)?;
         let shown = rule_to_proto(&rule);
         let existed = self
             .blocking(move |auth| auth.change(AccessOp::RemoveRule(rule)))
-            .await?;
+            .await;
+        super::audit_change(
+            caller.as_ref(),
+            &format!(
+                "remove rule {} {} {} on {}",
+                shown.effect, shown.principal, shown.operation, shown.resource
+            ),
+            &existed,
+        );
+        let existed = existed?;
         if !existed {
             return Err(Status::not_found(format!(
                 "no rule is {} {} {} on {}",
