@@ -202,7 +202,11 @@ impl Admin for AdminService {
         request: Request<CreateTopicRequest>,
     ) -> Result<Response<CreateTopicResponse>, Status> {
         let started = Instant::now();
-        let result = match self.state.auth.authorize(&request, &[Target::topic(&request.get_ref().name)]) {
+        let result = match self
+            .state
+            .auth
+            .authorize(&request, &[Target::topic(&request.get_ref().name)])
+        {
             Ok(()) => self.create(request.into_inner()).await,
             Err(status) => Err(status),
         };
@@ -215,7 +219,11 @@ impl Admin for AdminService {
         request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         let started = Instant::now();
-        let result = match self.state.auth.authorize(&request, &[Target::topic(&request.get_ref().name)]) {
+        let result = match self
+            .state
+            .auth
+            .authorize(&request, &[Target::topic(&request.get_ref().name)])
+        {
             Ok(()) => self.delete(request.into_inner()).await,
             Err(status) => Err(status),
         };
@@ -252,7 +260,11 @@ impl Admin for AdminService {
         request: Request<AlterTopicConfigRequest>,
     ) -> Result<Response<AlterTopicConfigResponse>, Status> {
         let started = Instant::now();
-        let result = match self.state.auth.authorize(&request, &[Target::topic(&request.get_ref().name)]) {
+        let result = match self
+            .state
+            .auth
+            .authorize(&request, &[Target::topic(&request.get_ref().name)])
+        {
             Ok(()) => self.alter(request.into_inner()).await,
             Err(status) => Err(status),
         };
@@ -265,7 +277,11 @@ impl Admin for AdminService {
         request: Request<CreatePartitionsRequest>,
     ) -> Result<Response<CreatePartitionsResponse>, Status> {
         let started = Instant::now();
-        let result = match self.state.auth.authorize(&request, &[Target::topic(&request.get_ref().name)]) {
+        let result = match self
+            .state
+            .auth
+            .authorize(&request, &[Target::topic(&request.get_ref().name)])
+        {
             Ok(()) => AdminService::create_partitions(self, request.into_inner()).await,
             Err(status) => Err(status),
         };

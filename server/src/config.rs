@@ -522,10 +522,15 @@ mod tests {
             let cli = Cli::try_parse_from(&args).unwrap();
             let error = Settings::resolve(cli, FileSettings::default(), None).unwrap_err();
             assert!(
-                error.contains("refusing to listen") && error.contains("--insecure-allow-network-plaintext"),
+                error.contains("refusing to listen")
+                    && error.contains("--insecure-allow-network-plaintext"),
                 "{args:?}: {error}"
             );
-            assert_eq!(error.contains("anyone who reaches"), !args.contains(&"--auth"), "{error}");
+            assert_eq!(
+                error.contains("anyone who reaches"),
+                !args.contains(&"--auth"),
+                "{error}"
+            );
         }
         let cli = Cli::try_parse_from([
             "tidelogd",
@@ -536,8 +541,7 @@ mod tests {
         .unwrap();
         let settings = Settings::resolve(cli, FileSettings::default(), None).unwrap();
         assert!(settings.insecure_allow_network_plaintext);
-        let file: FileSettings =
-            toml::from_str("listen = \"[::1]:7000\"\nauth = true").unwrap();
+        let file: FileSettings = toml::from_str("listen = \"[::1]:7000\"\nauth = true").unwrap();
         let settings = Settings::resolve(Cli::default(), file, None).unwrap();
         assert!(settings.auth && !settings.insecure_allow_network_plaintext);
         assert_eq!(

@@ -21,11 +21,11 @@ use tidelog_storage::{Filter, Partition, ReadResult, Topic};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{Caller, Target};
-use tidelog_storage::access::ResourceKind;
 use crate::AppState;
+use crate::auth::{Caller, Target};
 use crate::convert;
 use crate::read::{PartitionReader, ReadLimits, spawn_subscription};
+use tidelog_storage::access::ResourceKind;
 
 /// Longest long poll of a Fetch, whatever the client asks.
 pub const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);

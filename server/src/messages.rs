@@ -21,8 +21,8 @@ use tidelog_storage::queue::inspect::{self, MessageAt};
 use tidelog_storage::{Store, Topic};
 use tonic::{Request, Response, Status};
 
-use crate::auth::Target;
 use crate::AppState;
+use crate::auth::Target;
 use crate::convert;
 
 /// The Messages service.

@@ -79,7 +79,11 @@ fn random_rule(rng: &mut Rng) -> Rule {
             name: format!("res-{}", rng.below(4)),
         },
         operation: Some(Operation::ALL[rng.below(9) as usize]),
-        effect: if rng.below(3) == 0 { Effect::Deny } else { Effect::Allow },
+        effect: if rng.below(3) == 0 {
+            Effect::Deny
+        } else {
+            Effect::Allow
+        },
     }
 }
 
@@ -118,7 +122,9 @@ fn run_workload(
         let log = slot.as_ref().expect("open");
         match rng.below(100) {
             0..=74 => {
-                let ops: Vec<_> = (0..1 + rng.below(3)).map(|_| random_op(&mut rng, step)).collect();
+                let ops: Vec<_> = (0..1 + rng.below(3))
+                    .map(|_| random_op(&mut rng, step))
+                    .collect();
                 ledger.in_flight = Some(ops.clone());
                 log.append(ops.clone())?;
                 ledger.in_flight = None;
@@ -151,7 +157,10 @@ fn crash_point(seed: u64, crash_at: Option<u64>, ending: u64) -> (bool, u64) {
     let outcome = run_workload(&fs, dir, seed, &mut ledger, &mut slot);
     let powered_off = fs.is_powered_off();
     if let Err(error) = &outcome {
-        assert!(powered_off, "seed {seed} at {crash_at:?}: failed with the power on: {error}");
+        assert!(
+            powered_off,
+            "seed {seed} at {crash_at:?}: failed with the power on: {error}"
+        );
     }
     drop(slot);
     let ops = fs.ops();
@@ -177,15 +186,25 @@ fn crash_point(seed: u64, crash_at: Option<u64>, ending: u64) -> (bool, u64) {
     }
     let log = reopen(&fs, dir, &context);
     let shown = dump(&log);
-    assert!(allowed.contains(&shown), "{context}: recovered {shown:?}, expected one of {allowed:?}");
+    assert!(
+        allowed.contains(&shown),
+        "{context}: recovered {shown:?}, expected one of {allowed:?}"
+    );
     drop(log);
     fs.crash(CrashOptions::lose_unsynced()).unwrap();
-    assert_eq!(dump(&reopen(&fs, dir, &context)), shown, "{context}: after a second power cut");
+    assert_eq!(
+        dump(&reopen(&fs, dir, &context)),
+        shown,
+        "{context}: after a second power cut"
+    );
     (powered_off, ops)
 }
 
 fn seeds() -> u64 {
-    std::env::var("TIDELOG_FAULT_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3)
+    std::env::var("TIDELOG_FAULT_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
 }
 
 #[test]
@@ -194,7 +213,10 @@ fn every_crash_point_keeps_every_acknowledged_token_and_rule_change() {
     for seed in 0..seeds() {
         let (powered_off, total) = crash_point(seed, None, 0);
         assert!(!powered_off);
-        assert!(total > 60, "the workload did too little: {total} operations");
+        assert!(
+            total > 60,
+            "the workload did too little: {total} operations"
+        );
         for at in 1..=total {
             let (powered_off, _) = crash_point(seed, Some(at), at % 3);
             assert!(powered_off, "seed {seed}: op {at} of {total} never ran");
@@ -227,7 +249,11 @@ fn a_failed_fdatasync_refuses_the_change_and_poisons_until_reopened() {
     let fs = FaultyFs::new(dir, 1).unwrap();
     let log = open(&fs, dir).unwrap();
     log.append_one(AccessOp::AddRule(admin_rule())).unwrap();
-    fs.fail_sync(SyncFault::nth(1).kinds(&[SyncKind::Data]).path_contains("access.statelog"));
+    fs.fail_sync(
+        SyncFault::nth(1)
+            .kinds(&[SyncKind::Data])
+            .path_contains("access.statelog"),
+    );
     // A deny the broker did not acknowledge must not be enforced, nor the revocation
     // pretended.
     let failed = log.append_one(AccessOp::AddRule(deny_rule())).unwrap_err();
@@ -267,7 +293,10 @@ fn a_full_disk_fails_changes_cleanly_and_they_resume_with_room() {
             description: String::new(),
         }))
         .unwrap_err();
-    assert!(!matches!(failed, Error::Poisoned { .. }), "ENOSPC must not poison: {failed}");
+    assert!(
+        !matches!(failed, Error::Poisoned { .. }),
+        "ENOSPC must not poison: {failed}"
+    );
     assert_eq!(dump(&log), before);
     log.check_writable().unwrap();
     fs.set_disk_full(false);

@@ -21,14 +21,18 @@ pub enum AuthCommand {
     #[command(subcommand)]
     Token(TokenCommand),
     /// Show the principal the broker sees for --token.
-    #[command(after_help = "Examples:\n  tidelog auth whoami\n  TIDELOG_TOKEN=$(cat token) tidelog auth whoami --json")]
+    #[command(
+        after_help = "Examples:\n  tidelog auth whoami\n  TIDELOG_TOKEN=$(cat token) tidelog auth whoami --json"
+    )]
     Whoami,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Create a token for a principal; it is printed once (the broker keeps a hash).
-    #[command(after_help = "Examples:\n  tidelog auth token create --principal svc-orders\n  tidelog auth token create --principal ci --ttl 12h --description 'CI runner' --json")]
+    #[command(
+        after_help = "Examples:\n  tidelog auth token create --principal svc-orders\n  tidelog auth token create --principal ci --ttl 12h --description 'CI runner' --json"
+    )]
     Create {
         /// Who the token authenticates, e.g. svc-orders.
         #[arg(long)]
@@ -41,7 +45,9 @@ pub enum TokenCommand {
         description: String,
     },
     /// List tokens (never their secrets).
-    #[command(after_help = "Examples:\n  tidelog auth token list\n  tidelog auth token list --json")]
+    #[command(
+        after_help = "Examples:\n  tidelog auth token list\n  tidelog auth token list --json"
+    )]
     List,
     /// Revoke a token by its id (as `list` shows it) or its text; calls with it fail at
     /// once, open streams within a second.
@@ -58,10 +64,14 @@ pub enum AclCommand {
     #[command(after_help = "Examples:\n  tidelog acl list\n  tidelog acl list --json")]
     List,
     /// Add a rule (durable; applies to new calls at once, open streams within a second).
-    #[command(after_help = "Examples:\n  tidelog acl add --principal svc-orders --resource 'topic:orders.*' --operation publish\n  tidelog acl add --principal '*' --resource topic:payroll --operation '*' --deny")]
+    #[command(
+        after_help = "Examples:\n  tidelog acl add --principal svc-orders --resource 'topic:orders.*' --operation publish\n  tidelog acl add --principal '*' --resource topic:payroll --operation '*' --deny"
+    )]
     Add(RuleArgs),
     /// Remove a rule equal to the one given.
-    #[command(after_help = "Examples:\n  tidelog acl remove --principal svc-orders --resource 'topic:orders.*' --operation publish")]
+    #[command(
+        after_help = "Examples:\n  tidelog acl remove --principal svc-orders --resource 'topic:orders.*' --operation publish"
+    )]
     Remove(RuleArgs),
 }
 
@@ -173,7 +183,8 @@ pub async fn run_auth(broker: &Broker, command: AuthCommand, json: bool) -> CliR
             if json {
                 out.json_pretty(&Value::Array(tokens.iter().map(token_json).collect()))?;
             } else {
-                let mut table = Table::new(&["ID", "PRINCIPAL", "CREATED", "EXPIRES", "DESCRIPTION"]);
+                let mut table =
+                    Table::new(&["ID", "PRINCIPAL", "CREATED", "EXPIRES", "DESCRIPTION"]);
                 for info in &tokens {
                     table.row(vec![
                         info.id.clone(),
@@ -261,7 +272,11 @@ pub async fn run_acl(broker: &Broker, command: AclCommand, json: bool) -> CliRes
             if json {
                 out.json_pretty(&json!({ "added": added }))?;
             } else {
-                out.line(if added { "added" } else { "the rule existed already" })?;
+                out.line(if added {
+                    "added"
+                } else {
+                    "the rule existed already"
+                })?;
             }
         }
         AclCommand::Remove(args) => {

@@ -49,7 +49,13 @@ pub struct Cli {
 
     /// Bearer token for a broker started with --auth (tidelog_<id>_<secret>), sent as
     /// the authorization metadata of every call.
-    #[arg(long, global = true, env = "TIDELOG_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        global = true,
+        env = "TIDELOG_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     pub token: Option<String>,
 
     /// Print JSON for scripts instead of tables; an error is then one JSON object on

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use std::sync::OnceLock;
 use tidelog_proto::v1::access_client::AccessClient;
 use tidelog_proto::v1::admin_client::AdminClient;
 use tidelog_proto::v1::consumer_client::ConsumerClient;
@@ -9,7 +10,6 @@ use tidelog_proto::v1::groups_client::GroupsClient;
 use tidelog_proto::v1::messages_client::MessagesClient;
 use tidelog_proto::v1::publisher_client::PublisherClient;
 use tidelog_proto::v1::queues_client::QueuesClient;
-use std::sync::OnceLock;
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -46,8 +46,9 @@ pub fn set_token(token: Option<&str>) -> CliResult<()> {
                 )
             })?;
             Some(
-                MetadataValue::try_from(format!("Bearer {text}"))
-                    .map_err(|_| CliError::usage("--token is not ASCII", "pass the token as printed"))?,
+                MetadataValue::try_from(format!("Bearer {text}")).map_err(|_| {
+                    CliError::usage("--token is not ASCII", "pass the token as printed")
+                })?,
             )
         }
     };
@@ -62,9 +63,14 @@ pub struct Credentials {
 }
 
 impl Interceptor for Credentials {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(value) = &self.value {
-            request.metadata_mut().insert("authorization", value.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
         }
         Ok(request)
     }

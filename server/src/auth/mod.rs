@@ -66,16 +66,28 @@ pub struct Target<'a> {
 
 impl<'a> Target<'a> {
     pub fn topic(name: &'a str) -> Self {
-        Target { kind: ResourceKind::Topic, name }
+        Target {
+            kind: ResourceKind::Topic,
+            name,
+        }
     }
     pub fn group(name: &'a str) -> Self {
-        Target { kind: ResourceKind::Group, name }
+        Target {
+            kind: ResourceKind::Group,
+            name,
+        }
     }
     pub fn queue(name: &'a str) -> Self {
-        Target { kind: ResourceKind::Queue, name }
+        Target {
+            kind: ResourceKind::Queue,
+            name,
+        }
     }
     pub fn cluster() -> Self {
-        Target { kind: ResourceKind::Cluster, name: "" }
+        Target {
+            kind: ResourceKind::Cluster,
+            name: "",
+        }
     }
 }
 
@@ -116,10 +128,16 @@ impl Auth {
     /// `bootstrap_file` (created new, mode 0600).
     pub fn open(data_dir: &Path, bootstrap_file: &Path) -> Result<Auth, String> {
         let log = access::open(Arc::new(OsFs), data_dir, Arc::new(SystemClock)).map_err(|e| {
-            format!("cannot open the access state in {}: {e}", data_dir.display())
+            format!(
+                "cannot open the access state in {}: {e}",
+                data_dir.display()
+            )
         })?;
         let auth = Auth { enabled: Some(log) };
-        if auth.log().is_some_and(|log| log.read(|a| a.token_count() == 0)) {
+        if auth
+            .log()
+            .is_some_and(|log| log.read(|a| a.token_count() == 0))
+        {
             auth.bootstrap(bootstrap_file)?;
         }
         Ok(auth)
@@ -173,7 +191,11 @@ impl Auth {
     }
 
     /// Resolves the principal of an `authorization` metadata value (`None`: missing).
-    pub fn authenticate(&self, value: Option<&[u8]>, rpc: Option<&'static Rpc>) -> Result<Caller, Status> {
+    pub fn authenticate(
+        &self,
+        value: Option<&[u8]>,
+        rpc: Option<&'static Rpc>,
+    ) -> Result<Caller, Status> {
         let Some(log) = &self.enabled else {
             return Err(Status::internal("authenticate called with auth off"));
         };
@@ -235,7 +257,9 @@ impl Auth {
             if let Some(expired) = caller.expires_at_ms.filter(|at| *at <= now) {
                 return Err(expired_token(caller.token_id, expired));
             }
-            let rpc = caller.rpc.ok_or_else(|| Status::permission_denied("no RPC to authorize"))?;
+            let rpc = caller
+                .rpc
+                .ok_or_else(|| Status::permission_denied("no RPC to authorize"))?;
             for target in targets {
                 let operation = rpc.operation_on(target.kind).ok_or_else(|| {
                     Status::internal(format!(
@@ -316,7 +340,10 @@ impl Auth {
         getrandom::fill(&mut id)
             .and_then(|()| getrandom::fill(&mut secret))
             .map_err(|e| Status::internal(format!("the OS gave no random bytes: {e}")))?;
-        let text = TokenText { id: u64::from_le_bytes(id), secret };
+        let text = TokenText {
+            id: u64::from_le_bytes(id),
+            secret,
+        };
         let stored = StoredToken {
             id: text.id,
             principal: principal.to_string(),

@@ -23,7 +23,10 @@ pub struct Rpc {
 impl Rpc {
     /// The operation this RPC needs on `kind`, if it names resources of that kind.
     pub fn operation_on(&self, kind: ResourceKind) -> Option<Operation> {
-        self.needs.iter().find(|(k, _)| *k == kind).map(|(_, op)| *op)
+        self.needs
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, op)| *op)
     }
 
     /// `Service/Method` without the package, for messages.
@@ -50,7 +53,10 @@ pub static RPCS: &[Rpc] = &[
     rpc("/tidelog.v1.Publisher/Publish", &[(Topic, Publish)]),
     rpc("/tidelog.v1.Publisher/PublishStream", &[(Topic, Publish)]),
     rpc("/tidelog.v1.Consumer/Fetch", &[(Topic, Consume)]),
-    rpc("/tidelog.v1.Consumer/Subscribe", &[(Topic, Consume), (Group, Consume)]),
+    rpc(
+        "/tidelog.v1.Consumer/Subscribe",
+        &[(Topic, Consume), (Group, Consume)],
+    ),
     rpc("/tidelog.v1.Consumer/ListOffsets", &[(Topic, Describe)]),
     rpc("/tidelog.v1.Groups/CommitOffsets", &[(Group, GroupCommit)]),
     rpc("/tidelog.v1.Groups/FetchOffsets", &[(Group, Describe)]),
@@ -59,7 +65,10 @@ pub static RPCS: &[Rpc] = &[
     rpc("/tidelog.v1.Groups/DeleteGroup", &[(Group, Delete)]),
     rpc("/tidelog.v1.Groups/DeleteOffsets", &[(Group, GroupReset)]),
     rpc("/tidelog.v1.Groups/ResetOffsets", &[(Group, GroupReset)]),
-    rpc("/tidelog.v1.Queues/CreateQueue", &[(Queue, Create), (Topic, Consume)]),
+    rpc(
+        "/tidelog.v1.Queues/CreateQueue",
+        &[(Queue, Create), (Topic, Consume)],
+    ),
     rpc("/tidelog.v1.Queues/AlterQueue", &[(Queue, Alter)]),
     rpc("/tidelog.v1.Queues/DeleteQueue", &[(Queue, Delete)]),
     rpc("/tidelog.v1.Queues/ListQueues", &[(Queue, Describe)]),
@@ -131,8 +140,8 @@ mod tests {
     /// serves, has exactly one row, and no row names a method that does not exist.
     #[test]
     fn every_rpc_has_exactly_one_row() {
-        let set = prost_types::FileDescriptorSet::decode(tidelog_proto::FILE_DESCRIPTOR_SET)
-            .unwrap();
+        let set =
+            prost_types::FileDescriptorSet::decode(tidelog_proto::FILE_DESCRIPTOR_SET).unwrap();
         let mut paths = Vec::new();
         for file in &set.file {
             if file.package() != "tidelog.v1" {
@@ -150,7 +159,11 @@ mod tests {
             assert_eq!(rows, 1, "{path} has {rows} rows in RPCS");
         }
         for rpc in RPCS {
-            assert!(paths.iter().any(|p| p == rpc.path), "{} is no RPC", rpc.path);
+            assert!(
+                paths.iter().any(|p| p == rpc.path),
+                "{} is no RPC",
+                rpc.path
+            );
         }
         assert_eq!(paths.len(), RPCS.len());
     }
@@ -162,7 +175,10 @@ mod tests {
             route("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
             Route::AuthenticatedOnly
         );
-        assert!(matches!(route("/tidelog.v1.Publisher/Publish"), Route::Rpc(_)));
+        assert!(matches!(
+            route("/tidelog.v1.Publisher/Publish"),
+            Route::Rpc(_)
+        ));
         assert_eq!(route("/tidelog.v1.Publisher/Nope"), Route::Unknown);
         assert_eq!(route("/grpc.health.v1.HealthX/Check"), Route::Unknown);
     }

@@ -11,9 +11,7 @@ use tidelog_proto::v1::{
     WhoAmIResponse,
 };
 use tidelog_storage::access::token;
-use tidelog_storage::access::{
-    AccessOp, Effect, Operation, ResourcePattern, Rule, StoredToken,
-};
+use tidelog_storage::access::{AccessOp, Effect, Operation, ResourcePattern, Rule, StoredToken};
 use tidelog_storage::limits::{ACCESS_DESCRIPTION_BYTES_MAX, ACCESS_RULES_MAX};
 use tonic::{Request, Response, Status};
 
@@ -121,7 +119,9 @@ impl Access for AccessService {
             caller.as_ref(),
             &format!(
                 "create token for {principal} ({})",
-                created.as_ref().map_or("-".to_string(), |(_, t)| token::format_id(t.id))
+                created
+                    .as_ref()
+                    .map_or("-".to_string(), |(_, t)| token::format_id(t.id))
             ),
             &created.as_ref().map(|_| true).map_err(Clone::clone),
         );
@@ -254,7 +254,9 @@ impl Access for AccessService {
         let caller = request.extensions().get::<Caller>();
         Ok(Response::new(WhoAmIResponse {
             principal: caller.map(|c| c.principal.to_string()).unwrap_or_default(),
-            token_id: caller.map(|c| token::format_id(c.token_id)).unwrap_or_default(),
+            token_id: caller
+                .map(|c| token::format_id(c.token_id))
+                .unwrap_or_default(),
             expires_at_ms: caller.and_then(|c| c.expires_at_ms).unwrap_or(0),
         }))
     }

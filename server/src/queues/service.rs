@@ -22,10 +22,10 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{QueueManager, Sink};
-use crate::auth::{Caller, Target};
-use tidelog_storage::access::ResourceKind;
 use crate::AppState;
+use crate::auth::{Caller, Target};
 use crate::convert;
+use tidelog_storage::access::ResourceKind;
 
 /// Most deliveries one Receive returns.
 pub const RECEIVE_MESSAGES_MAX: u32 = 1000;
@@ -98,7 +98,13 @@ impl Queues for QueuesService {
         request: Request<CreateQueueRequest>,
     ) -> Result<Response<CreateQueueResponse>, Status> {
         let started = Instant::now();
-        let denied = self.state.auth.authorize(&request, &[Target::queue(&request.get_ref().name), Target::topic(&request.get_ref().topic)]);
+        let denied = self.state.auth.authorize(
+            &request,
+            &[
+                Target::queue(&request.get_ref().name),
+                Target::topic(&request.get_ref().topic),
+            ],
+        );
         let request = request.into_inner();
         let result = async {
             denied?;
@@ -125,7 +131,10 @@ impl Queues for QueuesService {
         request: Request<AlterQueueRequest>,
     ) -> Result<Response<AlterQueueResponse>, Status> {
         let started = Instant::now();
-        let denied = self.state.auth.authorize(&request, &[Target::queue(&request.get_ref().name)]);
+        let denied = self
+            .state
+            .auth
+            .authorize(&request, &[Target::queue(&request.get_ref().name)]);
         let request = request.into_inner();
         let result = async {
             denied?;
@@ -158,13 +167,16 @@ impl Queues for QueuesService {
         let name = request.into_inner().name;
         let owned = name.clone();
         let result = match denied {
-            Ok(()) => self.blocking(move |store| admin::delete_queue(store, &owned)).await,
+            Ok(()) => {
+                self.blocking(move |store| admin::delete_queue(store, &owned))
+                    .await
+            }
             Err(status) => Err(status),
         }
         .map(|()| {
-                self.manager().queue_deleted(&name);
-                DeleteQueueResponse {}
-            });
+            self.manager().queue_deleted(&name);
+            DeleteQueueResponse {}
+        });
         self.finished("DeleteQueue", started, &result);
         result.map(Response::new)
     }
@@ -187,7 +199,10 @@ impl Queues for QueuesService {
             .collect();
             let mut queues = Vec::with_capacity(names.len());
             for name in names {
-                if auth.check(caller.as_ref(), &[Target::queue(&name)]).is_err() {
+                if auth
+                    .check(caller.as_ref(), &[Target::queue(&name)])
+                    .is_err()
+                {
                     continue;
                 }
                 match self.describe(&name).await {
@@ -234,7 +249,10 @@ impl Queues for QueuesService {
             .authorize(&request, &[Target::queue(&request.get_ref().name)]);
         let name = request.into_inner().name;
         let result = match denied {
-            Ok(()) => self.blocking(move |store| admin::purge_queue(store, &name)).await,
+            Ok(()) => {
+                self.blocking(move |store| admin::purge_queue(store, &name))
+                    .await
+            }
             Err(status) => Err(status),
         }
         .map(|purged| PurgeQueueResponse { purged });
@@ -271,7 +289,10 @@ impl Queues for QueuesService {
         request: Request<ListDeliveriesRequest>,
     ) -> Result<Response<ListDeliveriesResponse>, Status> {
         let started = Instant::now();
-        let denied = self.state.auth.authorize(&request, &[Target::queue(&request.get_ref().queue)]);
+        let denied = self
+            .state
+            .auth
+            .authorize(&request, &[Target::queue(&request.get_ref().queue)]);
         let request = request.into_inner();
         let result = async {
             denied?;
@@ -424,7 +445,10 @@ impl Queues for QueuesService {
         request: Request<ReceiveRequest>,
     ) -> Result<Response<ReceiveResponse>, Status> {
         let started = Instant::now();
-        let denied = self.state.auth.authorize(&request, &[Target::queue(&request.get_ref().queue)]);
+        let denied = self
+            .state
+            .auth
+            .authorize(&request, &[Target::queue(&request.get_ref().queue)]);
         let request = request.into_inner();
         let result = async {
             denied?;
@@ -466,7 +490,10 @@ impl Queues for QueuesService {
         request: Request<SettleRequest>,
     ) -> Result<Response<SettleResponse>, Status> {
         let started = Instant::now();
-        let denied = self.state.auth.authorize(&request, &[Target::queue(&request.get_ref().queue)]);
+        let denied = self
+            .state
+            .auth
+            .authorize(&request, &[Target::queue(&request.get_ref().queue)]);
         let request = request.into_inner();
         let result = async {
             denied?;

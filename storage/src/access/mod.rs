@@ -169,11 +169,15 @@ impl ResourceKind {
     }
 
     pub fn parse(name: &str) -> Option<ResourceKind> {
-        ResourceKind::ALL.into_iter().find(|kind| kind.name() == name)
+        ResourceKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == name)
     }
 
     fn from_code(code: u8) -> Option<ResourceKind> {
-        ResourceKind::ALL.into_iter().find(|kind| *kind as u8 == code)
+        ResourceKind::ALL
+            .into_iter()
+            .find(|kind| *kind as u8 == code)
     }
 }
 
@@ -223,7 +227,12 @@ impl fmt::Display for ResourcePattern {
         if self.kind == Some(ResourceKind::Cluster) && self.prefix && self.name.is_empty() {
             return f.write_str("cluster");
         }
-        write!(f, "{kind}:{}{}", self.name, if self.prefix { "*" } else { "" })
+        write!(
+            f,
+            "{kind}:{}{}",
+            self.name,
+            if self.prefix { "*" } else { "" }
+        )
     }
 }
 
@@ -283,7 +292,13 @@ pub struct Rule {
 }
 
 impl Rule {
-    fn matches(&self, principal: &str, operation: Operation, kind: ResourceKind, name: &str) -> bool {
+    fn matches(
+        &self,
+        principal: &str,
+        operation: Operation,
+        kind: ResourceKind,
+        name: &str,
+    ) -> bool {
         (self.principal == "*" || self.principal == principal)
             && self.operation.is_none_or(|op| op == operation)
             && self.resource.matches(kind, name)
@@ -457,7 +472,9 @@ pub type AccessRecord = Record<AccessOp>;
 
 /// Decodes the access-log record at the start of `bytes`; never panics, whatever the
 /// input (a fuzz entry point).
-pub fn decode_record(bytes: &[u8]) -> std::result::Result<Option<(AccessRecord, usize)>, DecodeError> {
+pub fn decode_record(
+    bytes: &[u8],
+) -> std::result::Result<Option<(AccessRecord, usize)>, DecodeError> {
     statelog::decode_record::<AccessOp>(bytes)
 }
 
@@ -506,8 +523,7 @@ impl LogOp for AccessOp {
                 }
                 let created_at_ms = reader.i64("created_at_ms")?;
                 let expires = reader.i64("expires_at_ms")?;
-                let description =
-                    reader.str16("description", 0, ACCESS_DESCRIPTION_BYTES_MAX)?;
+                let description = reader.str16("description", 0, ACCESS_DESCRIPTION_BYTES_MAX)?;
                 let token = StoredToken {
                     id,
                     principal,
@@ -648,11 +664,7 @@ fn validate_op(op: &AccessOp) -> Result<()> {
 pub type AccessLog = StateLog<Access>;
 
 /// Opens (creating it if needed) the access state of the data directory `data_dir`.
-pub fn open(
-    fs: Arc<dyn FileSystem>,
-    data_dir: &Path,
-    clock: Arc<dyn Clock>,
-) -> Result<AccessLog> {
+pub fn open(fs: Arc<dyn FileSystem>, data_dir: &Path, clock: Arc<dyn Clock>) -> Result<AccessLog> {
     StateLog::open(
         fs,
         &data_dir.join(ACCESS_STATE_PATH),

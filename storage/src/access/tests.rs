@@ -36,22 +36,58 @@ fn deny_wins_prefixes_match_and_nothing_matching_is_no_rule() {
         rule("bob", "group:*", Some(GroupReset), Effect::Deny),
         rule("admin", "cluster", Some(Admin), Effect::Allow),
     ]);
-    assert_eq!(access.decide("alice", Publish, Topic, "orders.eu"), Decision::Allow);
-    assert_eq!(access.decide("alice", Publish, Topic, "orders."), Decision::Allow);
-    assert_eq!(access.decide("alice", Publish, Topic, "orders"), Decision::NoRule);
-    assert_eq!(access.decide("alice", Consume, Topic, "orders.eu"), Decision::NoRule);
-    assert_eq!(access.decide("alice", Publish, Queue, "orders.eu"), Decision::NoRule);
-    assert_eq!(access.decide("alice", Publish, Topic, "orders.secret"), Decision::Deny);
-    assert_eq!(access.decide("alice", Consume, Topic, "public"), Decision::Allow);
-    assert_eq!(access.decide("carol", Consume, Topic, "public"), Decision::Allow);
-    assert_eq!(access.decide("carol", Consume, Topic, "public2"), Decision::NoRule);
-    assert_eq!(access.decide("bob", Delete, Queue, "anything"), Decision::Allow);
+    assert_eq!(
+        access.decide("alice", Publish, Topic, "orders.eu"),
+        Decision::Allow
+    );
+    assert_eq!(
+        access.decide("alice", Publish, Topic, "orders."),
+        Decision::Allow
+    );
+    assert_eq!(
+        access.decide("alice", Publish, Topic, "orders"),
+        Decision::NoRule
+    );
+    assert_eq!(
+        access.decide("alice", Consume, Topic, "orders.eu"),
+        Decision::NoRule
+    );
+    assert_eq!(
+        access.decide("alice", Publish, Queue, "orders.eu"),
+        Decision::NoRule
+    );
+    assert_eq!(
+        access.decide("alice", Publish, Topic, "orders.secret"),
+        Decision::Deny
+    );
+    assert_eq!(
+        access.decide("alice", Consume, Topic, "public"),
+        Decision::Allow
+    );
+    assert_eq!(
+        access.decide("carol", Consume, Topic, "public"),
+        Decision::Allow
+    );
+    assert_eq!(
+        access.decide("carol", Consume, Topic, "public2"),
+        Decision::NoRule
+    );
+    assert_eq!(
+        access.decide("bob", Delete, Queue, "anything"),
+        Decision::Allow
+    );
     assert_eq!(access.decide("bob", GroupReset, Group, "g"), Decision::Deny);
-    assert_eq!(access.decide("bob", GroupCommit, Group, "g"), Decision::Allow);
+    assert_eq!(
+        access.decide("bob", GroupCommit, Group, "g"),
+        Decision::Allow
+    );
     assert_eq!(access.decide("admin", Admin, Cluster, ""), Decision::Allow);
     assert_eq!(access.decide("admin", Admin, Topic, "x"), Decision::NoRule);
     // A principal named like a pattern is not a pattern.
-    assert_eq!(access.decide("*", Publish, Topic, "orders.eu"), Decision::NoRule);
+    assert_eq!(
+        access.decide("*", Publish, Topic, "orders.eu"),
+        Decision::NoRule
+    );
 }
 
 #[test]
@@ -69,7 +105,12 @@ fn patterns_parse_and_print_one_way() {
         assert_eq!(pattern.to_string(), shown, "{text}");
         assert_eq!(ResourcePattern::parse(shown).unwrap(), pattern, "{text}");
     }
-    for bad in ["orders", "topics:x", "topic:", &format!("topic:{}", "x".repeat(256))] {
+    for bad in [
+        "orders",
+        "topics:x",
+        "topic:",
+        &format!("topic:{}", "x".repeat(256)),
+    ] {
         assert!(ResourcePattern::parse(bad).is_err(), "{bad}");
     }
 }
@@ -90,11 +131,18 @@ fn tokens_replace_revoke_and_replay() {
     let admin = rule("admin", "cluster", Some(Operation::Admin), Effect::Allow);
     log.append(vec![
         AccessOp::CreateToken(token.clone()),
-        AccessOp::CreateToken(StoredToken { id: 8, expires_at_ms: None, ..token.clone() }),
+        AccessOp::CreateToken(StoredToken {
+            id: 8,
+            expires_at_ms: None,
+            ..token.clone()
+        }),
         AccessOp::AddRule(admin.clone()),
     ])
     .unwrap();
-    assert_eq!(log.append_one(AccessOp::AddRule(admin.clone())).unwrap(), false);
+    assert_eq!(
+        log.append_one(AccessOp::AddRule(admin.clone())).unwrap(),
+        false
+    );
     assert!(log.append_one(AccessOp::RevokeToken { id: 8 }).unwrap());
     assert!(!log.append_one(AccessOp::RevokeToken { id: 8 }).unwrap());
     let bytes = log.read(|a| a.snapshot_bytes());
@@ -128,7 +176,11 @@ fn invalid_operations_are_refused_before_anything_is_written() {
             ..rule("a", "topic:x", None, Effect::Allow)
         }),
         AccessOp::AddRule(Rule {
-            resource: ResourcePattern { kind: None, prefix: false, name: String::new() },
+            resource: ResourcePattern {
+                kind: None,
+                prefix: false,
+                name: String::new(),
+            },
             ..rule("a", "topic:x", None, Effect::Allow)
         }),
         AccessOp::CreateToken(StoredToken {
@@ -173,17 +225,26 @@ fn any_rule() -> impl Strategy<Value = Rule> {
 
 fn any_op() -> impl Strategy<Value = AccessOp> {
     prop_oneof![
-        (any::<u64>(), "[!-~]{1,40}", any::<[u8; 32]>(), any::<i64>(), proptest::option::of(1i64..), ".{0,20}")
-            .prop_map(|(id, principal, secret_sha256, created_at_ms, expires_at_ms, description)| {
-                AccessOp::CreateToken(StoredToken {
-                    id,
-                    principal,
-                    secret_sha256,
-                    created_at_ms,
-                    expires_at_ms,
-                    description,
-                })
-            }),
+        (
+            any::<u64>(),
+            "[!-~]{1,40}",
+            any::<[u8; 32]>(),
+            any::<i64>(),
+            proptest::option::of(1i64..),
+            ".{0,20}"
+        )
+            .prop_map(
+                |(id, principal, secret_sha256, created_at_ms, expires_at_ms, description)| {
+                    AccessOp::CreateToken(StoredToken {
+                        id,
+                        principal,
+                        secret_sha256,
+                        created_at_ms,
+                        expires_at_ms,
+                        description,
+                    })
+                }
+            ),
         any::<u64>().prop_map(|id| AccessOp::RevokeToken { id }),
         any_rule().prop_map(AccessOp::AddRule),
         any_rule().prop_map(AccessOp::RemoveRule),

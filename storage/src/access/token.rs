@@ -35,7 +35,11 @@ pub struct TokenText {
 
 impl fmt::Debug for TokenText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TokenText {{ id: {}, secret: <hidden> }}", format_id(self.id))
+        write!(
+            f,
+            "TokenText {{ id: {}, secret: <hidden> }}",
+            format_id(self.id)
+        )
     }
 }
 
@@ -61,9 +65,12 @@ pub fn format_id(id: u64) -> String {
 /// Reads an id as [`format_id`] writes it.
 pub fn parse_id(text: &str) -> Result<u64, TokenError> {
     if text.len() != TOKEN_ID_HEX_CHARS || !text.bytes().all(is_lower_hex) {
-        return Err(TokenError::Malformed("a token id is 16 lowercase hex digits"));
+        return Err(TokenError::Malformed(
+            "a token id is 16 lowercase hex digits",
+        ));
     }
-    u64::from_str_radix(text, 16).map_err(|_| TokenError::Malformed("a token id is 16 lowercase hex digits"))
+    u64::from_str_radix(text, 16)
+        .map_err(|_| TokenError::Malformed("a token id is 16 lowercase hex digits"))
 }
 
 /// Why a credential was refused. The messages never echo the bytes (they may be a
@@ -111,7 +118,9 @@ fn hex_value(byte: u8) -> Option<u8> {
 pub fn parse_token(text: &[u8]) -> Result<TokenText, TokenError> {
     let text = text.trim_ascii();
     let Some(rest) = text.strip_prefix(TOKEN_PREFIX.as_bytes()) else {
-        return Err(TokenError::Malformed("a tidelog token starts with \"tidelog_\""));
+        return Err(TokenError::Malformed(
+            "a tidelog token starts with \"tidelog_\"",
+        ));
     };
     if rest.len() != TOKEN_TEXT_CHARS - TOKEN_PREFIX.len() {
         return Err(TokenError::Malformed("a tidelog token is 89 characters"));
@@ -171,32 +180,67 @@ mod tests {
         let token = sample();
         let text = token.to_text();
         assert_eq!(text.len(), TOKEN_TEXT_CHARS);
-        assert!(text.starts_with("tidelog_0123456789abcdef_00254a"), "{text}");
+        assert!(
+            text.starts_with("tidelog_0123456789abcdef_00254a"),
+            "{text}"
+        );
         assert_eq!(parse_token(text.as_bytes()).unwrap(), token);
         assert_eq!(parse_token(format!(" {text}\n").as_bytes()).unwrap(), token);
-        for value in [format!("Bearer {text}"), format!("bearer  {text}"), format!("BEARER {text}")] {
-            assert_eq!(parse_authorization(value.as_bytes()).unwrap(), token, "{value}");
+        for value in [
+            format!("Bearer {text}"),
+            format!("bearer  {text}"),
+            format!("BEARER {text}"),
+        ] {
+            assert_eq!(
+                parse_authorization(value.as_bytes()).unwrap(),
+                token,
+                "{value}"
+            );
         }
-        assert!(!format!("{token:?}").contains("00254a"), "Debug shows no secret");
+        assert!(
+            !format!("{token:?}").contains("00254a"),
+            "Debug shows no secret"
+        );
     }
 
     #[test]
     fn malformed_values_are_refused_with_their_reason() {
         let text = sample().to_text();
-        assert_eq!(parse_authorization(text.as_bytes()), Err(TokenError::NotBearer));
-        assert_eq!(parse_authorization(format!("Basic {text}").as_bytes()), Err(TokenError::NotBearer));
-        assert_eq!(parse_authorization(format!("Bearer{text}").as_bytes()), Err(TokenError::NotBearer));
+        assert_eq!(
+            parse_authorization(text.as_bytes()),
+            Err(TokenError::NotBearer)
+        );
+        assert_eq!(
+            parse_authorization(format!("Basic {text}").as_bytes()),
+            Err(TokenError::NotBearer)
+        );
+        assert_eq!(
+            parse_authorization(format!("Bearer{text}").as_bytes()),
+            Err(TokenError::NotBearer)
+        );
         assert_eq!(parse_authorization(b"Bearer"), Err(TokenError::NotBearer));
         assert_eq!(parse_authorization(&[b'a'; 257]), Err(TokenError::TooLong));
         let upper = text.to_uppercase().replacen("TIDELOG_", "tidelog_", 1);
-        assert!(matches!(parse_token(upper.as_bytes()), Err(TokenError::Malformed(_))));
-        assert!(matches!(parse_token(&text.as_bytes()[..88]), Err(TokenError::Malformed(_))));
+        assert!(matches!(
+            parse_token(upper.as_bytes()),
+            Err(TokenError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_token(&text.as_bytes()[..88]),
+            Err(TokenError::Malformed(_))
+        ));
         let mut no_sep = text.clone().into_bytes();
         no_sep[24] = b'x';
-        assert!(matches!(parse_token(&no_sep), Err(TokenError::Malformed(_))));
+        assert!(matches!(
+            parse_token(&no_sep),
+            Err(TokenError::Malformed(_))
+        ));
         let mut bad_hex = text.into_bytes();
         bad_hex[60] = b'g';
-        assert!(matches!(parse_token(&bad_hex), Err(TokenError::Malformed(_))));
+        assert!(matches!(
+            parse_token(&bad_hex),
+            Err(TokenError::Malformed(_))
+        ));
         assert_eq!(parse_id("0123456789abcdef"), Ok(0x0123_4567_89ab_cdef));
         assert!(parse_id("0123456789ABCDEF").is_err());
         assert!(parse_id("+123456789abcdef").is_err());

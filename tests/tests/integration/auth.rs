@@ -19,10 +19,10 @@ use tidelog_proto::v1::groups_client::GroupsClient;
 use tidelog_proto::v1::publisher_client::PublisherClient;
 use tidelog_proto::v1::{
     AclRule, AddAclRequest, CommitOffsetsRequest, CreatePartitionsRequest, CreateTokenRequest,
-    CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, FetchRequest,
-    ListTokensRequest, ListTopicsRequest, Message, PublishRequest, RemoveAclRequest,
-    ResetOffsetsRequest, RevokeTokenRequest, SubscribeRequest, TopicConfig,
-    TopicPartitionOffset, WhoAmIRequest, reset_offsets_request,
+    CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, FetchRequest, ListTokensRequest,
+    ListTopicsRequest, Message, PublishRequest, RemoveAclRequest, ResetOffsetsRequest,
+    RevokeTokenRequest, SubscribeRequest, TopicConfig, TopicPartitionOffset, WhoAmIRequest,
+    reset_offsets_request,
 };
 use tidelog_tests::{TestBroker, tidelog_command};
 use tonic::service::interceptor::InterceptedService;
@@ -235,7 +235,11 @@ async fn the_authorization_matrix_holds_for_every_operation() {
             "{operation} by a principal allowed it: {outcome:?}"
         );
         let status = call(operation, &denied, n).await.unwrap_err();
-        assert_eq!(status.code(), Code::PermissionDenied, "{operation}: {status:?}");
+        assert_eq!(
+            status.code(),
+            Code::PermissionDenied,
+            "{operation}: {status:?}"
+        );
         assert!(
             status.message().contains(&format!("may not {operation} ")),
             "{operation}: {}",
@@ -248,7 +252,11 @@ async fn the_authorization_matrix_holds_for_every_operation() {
             ("a malformed token", &malformed),
         ] {
             let status = call(operation, conn, n).await.unwrap_err();
-            assert_eq!(status.code(), Code::Unauthenticated, "{operation} with {who}: {status:?}");
+            assert_eq!(
+                status.code(),
+                Code::Unauthenticated,
+                "{operation} with {who}: {status:?}"
+            );
         }
         // Allowed another operation is not allowed this one.
         if operation != "admin" {
@@ -257,7 +265,10 @@ async fn the_authorization_matrix_holds_for_every_operation() {
         }
     }
     let expired_message = call("describe", &expired, 0).await.unwrap_err();
-    assert!(expired_message.message().contains("expired"), "{expired_message:?}");
+    assert!(
+        expired_message.message().contains("expired"),
+        "{expired_message:?}"
+    );
 
     // Denied the same way whether or not the topic exists.
     let nobody = conn(&broker, Some(&create_token(&admin, "nobody", 0).await)).await;
@@ -280,13 +291,17 @@ async fn the_authorization_matrix_holds_for_every_operation() {
         .into_inner()
         .topics;
     assert!(listed.is_empty(), "{listed:?}");
-    let listed = AdminClient::new(conn(&broker, Some(&create_token(&admin, "ok-describe", 0).await)).await)
-        .list_topics(ListTopicsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .topics;
-    assert_eq!(listed.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["orders"]);
+    let listed =
+        AdminClient::new(conn(&broker, Some(&create_token(&admin, "ok-describe", 0).await)).await)
+            .list_topics(ListTopicsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .topics;
+    assert_eq!(
+        listed.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        ["orders"]
+    );
 
     // The health check needs no token.
     let mut health = tonic_health::pb::health_client::HealthClient::new(broker.channel().await);
@@ -378,7 +393,11 @@ async fn tokens_and_rules_survive_kill_9_and_the_bootstrap_token_is_written_once
         .unwrap();
     broker.kill9();
     broker.restart();
-    assert_eq!(bootstrap_token(&broker), bootstrap, "the bootstrap file is not rewritten");
+    assert_eq!(
+        bootstrap_token(&broker),
+        bootstrap,
+        "the bootstrap file is not rewritten"
+    );
     let alice = conn(&broker, Some(&token)).await;
     AdminClient::new(alice)
         .list_topics(ListTopicsRequest::default())
@@ -408,8 +427,24 @@ async fn the_cli_manages_tokens_and_rules_and_sends_its_token() {
         }
         command.args(args).output().unwrap()
     };
-    let created = cli(Some(&admin), &["auth", "token", "create", "--principal", "ops", "--ttl", "1h", "--json"]);
-    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let created = cli(
+        Some(&admin),
+        &[
+            "auth",
+            "token",
+            "create",
+            "--principal",
+            "ops",
+            "--ttl",
+            "1h",
+            "--json",
+        ],
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
     let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
     let ops = created["token"].as_str().unwrap().to_string();
     assert!(created["expires_at_ms"].as_i64().is_some());
@@ -417,44 +452,82 @@ async fn the_cli_manages_tokens_and_rules_and_sends_its_token() {
     let denied = cli(Some(&ops), &["topic", "create", "ops-topic"]);
     assert_eq!(denied.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&denied.stderr);
-    assert!(stderr.contains("may not create topic:ops-topic"), "{stderr}");
+    assert!(
+        stderr.contains("may not create topic:ops-topic"),
+        "{stderr}"
+    );
     assert!(stderr.contains("tidelog acl add"), "{stderr}");
 
-    let added = cli(Some(&admin), &["acl", "add", "--principal", "ops", "--resource", "topic:ops-*", "--operation", "create"]);
-    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    let added = cli(
+        Some(&admin),
+        &[
+            "acl",
+            "add",
+            "--principal",
+            "ops",
+            "--resource",
+            "topic:ops-*",
+            "--operation",
+            "create",
+        ],
+    );
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
     let made = cli(Some(&ops), &["topic", "create", "ops-topic"]);
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
 
     let listed = cli(Some(&admin), &["acl", "list", "--json"]);
     let rules: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    assert!(rules.as_array().unwrap().iter().any(|r| r["principal"] == "ops" && r["resource"] == "topic:ops-*"));
+    assert!(
+        rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["principal"] == "ops" && r["resource"] == "topic:ops-*")
+    );
     let tokens = cli(Some(&admin), &["auth", "token", "list"]);
     let text = String::from_utf8_lossy(&tokens.stdout);
     assert!(text.contains("ops") && !text.contains(&ops[25..]), "{text}");
 
     let id = created["id"].as_str().unwrap();
     let revoked = cli(Some(&admin), &["auth", "token", "revoke", id]);
-    assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
     let refused = cli(Some(&ops), &["topic", "list"]);
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("is not valid"));
     let none = cli(None, &["topic", "list"]);
     assert!(String::from_utf8_lossy(&none.stderr).contains("requires a token"));
     let typo = cli(Some("tidelog_123"), &["topic", "list"]);
-    assert_eq!(typo.status.code(), Some(2), "a malformed token is a usage error");
+    assert_eq!(
+        typo.status.code(),
+        Some(2),
+        "a malformed token is a usage error"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_auth_off_the_access_service_says_so() {
     let broker = TestBroker::start();
     let mut access = AccessClient::new(broker.channel().await);
-    let status = access
-        .list_tokens(ListTokensRequest {})
-        .await
-        .unwrap_err();
+    let status = access.list_tokens(ListTokensRequest {}).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert!(status.message().contains("--auth"), "{status:?}");
-    let me = access.who_am_i(WhoAmIRequest {}).await.unwrap().into_inner();
+    let me = access
+        .who_am_i(WhoAmIRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(me.principal, "");
     assert!(!broker.data_dir().join("bootstrap-admin.token").exists());
     assert!(!broker.data_dir().join("state/access").exists());

@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::client::Conn;
 use tidelog_proto::v1::consumer_client::ConsumerClient;
 use tidelog_proto::v1::{
     ConsumedMessage, FetchRequest, GroupMembership, ResetPolicy, StartPosition, SubscribeRequest,
     subscribe_response::Event,
 };
 use tokio::sync::{oneshot, watch};
-use crate::client::Conn;
 
 use super::stats::{ActorResult, Role};
 use super::validate::{Errors, Matches, PartitionCheck};
@@ -227,11 +227,7 @@ impl Reader {
 }
 
 /// Runs one consumer on its own connection; `ready` fires once it is subscribed.
-pub async fn run(
-    plan: ConsumerPlan,
-    channel: Conn,
-    ready: oneshot::Sender<()>,
-) -> ConsumerOutcome {
+pub async fn run(plan: ConsumerPlan, channel: Conn, ready: oneshot::Sender<()>) -> ConsumerOutcome {
     let client = ConsumerClient::new(channel)
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::client::Conn;
 use bytes::{Bytes, BytesMut};
 use tidelog_proto::v1::publisher_client::PublisherClient;
 use tidelog_proto::v1::{
@@ -22,7 +23,6 @@ use tidelog_proto::v1::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use crate::client::Conn;
 
 use super::payload::{Header, Pool, fill};
 use super::stats::{ActorResult, Role};
@@ -250,11 +250,7 @@ struct InFlight {
 }
 
 /// Runs one producer on its own connection. `progress` counts acked messages.
-pub async fn run(
-    plan: ProducerPlan,
-    channel: Conn,
-    progress: Arc<AtomicU64>,
-) -> ProducerOutcome {
+pub async fn run(plan: ProducerPlan, channel: Conn, progress: Arc<AtomicU64>) -> ProducerOutcome {
     let client = PublisherClient::new(channel)
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);

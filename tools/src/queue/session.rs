@@ -6,6 +6,7 @@
 //! durable. Dropping the session ends the stream: the broker then delivers what this
 //! member still holds to other members (after its backoff).
 
+use crate::client::Conn;
 use tidelog_proto::v1::queue_consume_request::{Credit, Open, Request, Settle};
 use tidelog_proto::v1::queue_consume_response::{Deliveries, Event, Settled};
 use tidelog_proto::v1::queues_client::QueuesClient;
@@ -13,7 +14,6 @@ use tidelog_proto::v1::settlement::{Ack, Action, InProgress, Nack};
 use tidelog_proto::v1::{QueueConfig, QueueConsumeRequest, QueueDelivery, Settlement};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use crate::client::Conn;
 use tonic::{Status, Streaming};
 
 /// Requests queued for the stream before `send` waits.
