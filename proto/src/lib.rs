@@ -128,6 +128,7 @@ mod tests {
             <super::v1::groups_server::GroupsServer<()> as NamedService>::NAME,
             <super::v1::queues_server::QueuesServer<()> as NamedService>::NAME,
             <super::v1::messages_server::MessagesServer<()> as NamedService>::NAME,
+            <super::v1::access_server::AccessServer<()> as NamedService>::NAME,
         ];
         assert_eq!(names, SERVICE_NAMES);
     }

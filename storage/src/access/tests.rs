@@ -139,10 +139,7 @@ fn tokens_replace_revoke_and_replay() {
         AccessOp::AddRule(admin.clone()),
     ])
     .unwrap();
-    assert_eq!(
-        log.append_one(AccessOp::AddRule(admin.clone())).unwrap(),
-        false
-    );
+    assert!(!log.append_one(AccessOp::AddRule(admin.clone())).unwrap());
     assert!(log.append_one(AccessOp::RevokeToken { id: 8 }).unwrap());
     assert!(!log.append_one(AccessOp::RevokeToken { id: 8 }).unwrap());
     let bytes = log.read(|a| a.snapshot_bytes());
@@ -320,5 +317,8 @@ fn the_fuzz_seeds_decode() {
         env!("CARGO_MANIFEST_DIR"),
         "/../fuzz/corpus/access_record/bearer"
     ));
-    assert_eq!(token::parse_authorization(bearer).unwrap().id, 0x0123_4567_89ab_cdef);
+    assert_eq!(
+        token::parse_authorization(bearer).unwrap().id,
+        0x0123_4567_89ab_cdef
+    );
 }
