@@ -14,6 +14,7 @@
 //! | `tidelog.v1.Groups` | [`v1::groups_server::GroupsServer`] | [`v1::groups_client::GroupsClient`] |
 //! | `tidelog.v1.Queues` | [`v1::queues_server::QueuesServer`] | [`v1::queues_client::QueuesClient`] |
 //! | `tidelog.v1.Messages` | [`v1::messages_server::MessagesServer`] | [`v1::messages_client::MessagesClient`] |
+//! | `tidelog.v1.Access` | [`v1::access_server::AccessServer`] | [`v1::access_client::AccessClient`] |
 //!
 //! Every protobuf `bytes` field is a [`bytes::Bytes`], so the server can hand out
 //! slices of memory-mapped segments without copying them into a `Vec` first.
@@ -41,13 +42,14 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tidelog_descriptor");
 
 /// Fully qualified names of the services, as gRPC and the health service know them.
-pub const SERVICE_NAMES: [&str; 6] = [
+pub const SERVICE_NAMES: [&str; 7] = [
     "tidelog.v1.Admin",
     "tidelog.v1.Publisher",
     "tidelog.v1.Consumer",
     "tidelog.v1.Groups",
     "tidelog.v1.Queues",
     "tidelog.v1.Messages",
+    "tidelog.v1.Access",
 ];
 
 /// A status code's name as gRPC spells it (`NOT_FOUND`): for metric labels and for
@@ -126,6 +128,7 @@ mod tests {
             <super::v1::groups_server::GroupsServer<()> as NamedService>::NAME,
             <super::v1::queues_server::QueuesServer<()> as NamedService>::NAME,
             <super::v1::messages_server::MessagesServer<()> as NamedService>::NAME,
+            <super::v1::access_server::AccessServer<()> as NamedService>::NAME,
         ];
         assert_eq!(names, SERVICE_NAMES);
     }

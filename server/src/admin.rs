@@ -14,6 +14,8 @@ use tidelog_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::auth::Target;
+
 use crate::AppState;
 use crate::config::Bound;
 use crate::convert;
@@ -89,7 +91,10 @@ impl AdminService {
         Ok(DeleteTopicResponse {})
     }
 
-    fn list(&self, request: &ListTopicsRequest) -> ListTopicsResponse {
+    fn list(&self, request: &Request<ListTopicsRequest>) -> ListTopicsResponse {
+        let auth = &self.state.auth;
+        let request_ref = request;
+        let request = request.get_ref();
         ListTopicsResponse {
             topics: self
                 .state
@@ -97,6 +102,7 @@ impl AdminService {
                 .topics()
                 .iter()
                 .filter(|t| request.include_internal || !t.name().starts_with(INTERNAL_PREFIX))
+                .filter(|t| auth.may(request_ref, Target::topic(t.name())))
                 .map(|t| convert::topic_summary(&t.info()))
                 .collect(),
         }
@@ -196,7 +202,14 @@ impl Admin for AdminService {
         request: Request<CreateTopicRequest>,
     ) -> Result<Response<CreateTopicResponse>, Status> {
         let started = Instant::now();
-        let result = self.create(request.into_inner()).await;
+        let result = match self
+            .state
+            .auth
+            .authorize(&request, &[Target::topic(&request.get_ref().name)])
+        {
+            Ok(()) => self.create(request.into_inner()).await,
+            Err(status) => Err(status),
+        };
         self.finish("CreateTopic", started, result)
             .map(Response::new)
     }
@@ -206,7 +219,14 @@ impl Admin for AdminService {
         request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         let started = Instant::now();
-        let result = self.delete(request.into_inner()).await;
+        let result = match self
+            .state
+            .auth
+            .authorize(&request, &[Target::topic(&request.get_ref().name)])
+        {
+            Ok(()) => self.delete(request.into_inner()).await,
+            Err(status) => Err(status),
+        };
         self.finish("DeleteTopic", started, result)
             .map(Response::new)
     }
@@ -216,7 +236,7 @@ impl Admin for AdminService {
         request: Request<ListTopicsRequest>,
     ) -> Result<Response<ListTopicsResponse>, Status> {
         let started = Instant::now();
-        let result = Ok(self.list(request.get_ref()));
+        let result = Ok(self.list(&request));
         self.finish("ListTopics", started, result)
             .map(Response::new)
     }
@@ -226,7 +246,11 @@ impl Admin for AdminService {
         request: Request<DescribeTopicRequest>,
     ) -> Result<Response<DescribeTopicResponse>, Status> {
         let started = Instant::now();
-        let result = self.describe(request.get_ref());
+        let result = self
+            .state
+            .auth
+            .authorize(&request, &[Target::topic(&request.get_ref().name)])
+            .and_then(|()| self.describe(request.get_ref()));
         self.finish("DescribeTopic", started, result)
             .map(Response::new)
     }
@@ -236,7 +260,14 @@ impl Admin for AdminService {
         request: Request<AlterTopicConfigRequest>,
     ) -> Result<Response<AlterTopicConfigResponse>, Status> {
         let started = Instant::now();
-        let result = self.alter(request.into_inner()).await;
+        let result = match self
+            .state
+            .auth
+            .authorize(&request, &[Target::topic(&request.get_ref().name)])
+        {
+            Ok(()) => self.alter(request.into_inner()).await,
+            Err(status) => Err(status),
+        };
         self.finish("AlterTopicConfig", started, result)
             .map(Response::new)
     }
@@ -246,17 +277,28 @@ impl Admin for AdminService {
         request: Request<CreatePartitionsRequest>,
     ) -> Result<Response<CreatePartitionsResponse>, Status> {
         let started = Instant::now();
-        let result = AdminService::create_partitions(self, request.into_inner()).await;
+        let result = match self
+            .state
+            .auth
+            .authorize(&request, &[Target::topic(&request.get_ref().name)])
+        {
+            Ok(()) => AdminService::create_partitions(self, request.into_inner()).await,
+            Err(status) => Err(status),
+        };
         self.finish("CreatePartitions", started, result)
             .map(Response::new)
     }
 
     async fn describe_broker(
         &self,
-        _request: Request<DescribeBrokerRequest>,
+        request: Request<DescribeBrokerRequest>,
     ) -> Result<Response<DescribeBrokerResponse>, Status> {
         let started = Instant::now();
-        let result = Ok(AdminService::describe_broker(self));
+        let result = self
+            .state
+            .auth
+            .authorize(&request, &[Target::cluster()])
+            .map(|()| AdminService::describe_broker(self));
         self.finish("DescribeBroker", started, result)
             .map(Response::new)
     }

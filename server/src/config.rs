@@ -39,6 +39,8 @@ pub const MAX_STREAMS_PER_CONNECTION_MAX: u32 = 65_536;
 pub const FLUSH_THREADS_DEFAULT: usize = 4;
 /// Most fsync threads: one disk gains nothing from more.
 pub const FLUSH_THREADS_MAX: usize = 64;
+/// Name of the bootstrap admin token file inside the data directory.
+pub const BOOTSTRAP_TOKEN_FILE_DEFAULT: &str = "bootstrap-admin.token";
 /// Default time allowed for in-flight calls to finish on shutdown.
 pub const SHUTDOWN_TIMEOUT_DEFAULT: &str = "10s";
 
@@ -61,7 +63,8 @@ and logs to stderr. SIGINT or SIGTERM stops it gracefully (exit status 0)."
 pub struct Cli {
     /// TOML file with settings (keys: data_dir, listen, metrics_listen, log_level,
     /// retention_interval, flush_threads, max_request_bytes, max_streams_per_connection,
-    /// shutdown_timeout).
+    /// shutdown_timeout, auth, auth_bootstrap_token_file,
+    /// insecure_allow_network_plaintext).
     #[arg(long, env = "TIDELOG_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -107,6 +110,25 @@ pub struct Cli {
     /// 0 = do not wait [default: 10s]
     #[arg(long, env = "TIDELOG_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = shutdown_timeout_arg)]
     pub shutdown_timeout: Option<Duration>,
+
+    /// Require a bearer token on every call (metadata `authorization: Bearer <token>`)
+    /// and authorize it against the ACL rules (default deny). On the first start with
+    /// no token stored, an admin token is written to --auth-bootstrap-token-file. See
+    /// README "Security" [default: off]
+    #[arg(long, env = "TIDELOG_AUTH", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub auth: Option<bool>,
+
+    /// Where the first start with --auth writes the bootstrap admin token (principal
+    /// `admin`, allowed everything), readable only by tidelogd's user; never
+    /// overwritten [default: DATA_DIR/bootstrap-admin.token]
+    #[arg(long, env = "TIDELOG_AUTH_BOOTSTRAP_TOKEN_FILE", value_name = "FILE")]
+    pub auth_bootstrap_token_file: Option<PathBuf>,
+
+    /// Listen on a non-loopback address although this build has no TLS (tokens and
+    /// messages cross the network in clear) and, without --auth, anyone who reaches
+    /// the port may do anything. Without this flag tidelogd refuses such an address
+    #[arg(long, env = "TIDELOG_INSECURE_ALLOW_NETWORK_PLAINTEXT", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub insecure_allow_network_plaintext: Option<bool>,
 }
 
 /// A duration flag or environment variable `env`, in the one grammar of
@@ -145,6 +167,9 @@ pub struct FileSettings {
     pub max_request_bytes: Option<usize>,
     pub max_streams_per_connection: Option<u32>,
     pub shutdown_timeout: Option<String>,
+    pub auth: Option<bool>,
+    pub auth_bootstrap_token_file: Option<PathBuf>,
+    pub insecure_allow_network_plaintext: Option<bool>,
 }
 
 /// The effective settings.
@@ -162,6 +187,12 @@ pub struct Settings {
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS announced to every client.
     pub max_streams_per_connection: u32,
     pub shutdown_timeout: Duration,
+    /// Whether calls need a token and are authorized (`--auth`).
+    pub auth: bool,
+    /// Where the bootstrap admin token goes on the first start with auth on.
+    pub auth_bootstrap_token_file: PathBuf,
+    /// Whether a non-loopback listen address is allowed without TLS.
+    pub insecure_allow_network_plaintext: bool,
 }
 
 impl Default for Settings {
@@ -182,7 +213,16 @@ impl Settings {
             )
         };
         let mut settings = vec![
+            ("auth", self.auth.to_string()),
+            (
+                "auth_bootstrap_token_file",
+                self.auth_bootstrap_token_file.display().to_string(),
+            ),
             ("data_dir", self.data_dir.display().to_string()),
+            (
+                "insecure_allow_network_plaintext",
+                self.insecure_allow_network_plaintext.to_string(),
+            ),
             ("flush_threads", self.flush_threads.to_string()),
             ("listen", self.listen.to_string()),
             ("log_level", self.log_level.clone()),
@@ -275,19 +315,48 @@ impl Settings {
                 .unwrap_or(MAX_STREAMS_PER_CONNECTION_DEFAULT),
             1..=MAX_STREAMS_PER_CONNECTION_MAX,
         )?;
+        let data_dir: PathBuf = cli
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| DATA_DIR_DEFAULT.into());
+        let insecure_allow_network_plaintext = cli
+            .insecure_allow_network_plaintext
+            .or(file.insecure_allow_network_plaintext)
+            .unwrap_or(false);
+        let listen = cli
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| parse_addr(LISTEN_DEFAULT));
+        let metrics_listen = cli
+            .metrics_listen
+            .or(file.metrics_listen)
+            .unwrap_or_else(|| parse_addr(METRICS_LISTEN_DEFAULT));
+        for (name, addr) in [("listen", listen), ("metrics_listen", metrics_listen)] {
+            if !addr.ip().is_loopback() && !insecure_allow_network_plaintext {
+                return Err(format!(
+                    "refusing to listen on {addr} ({name}): it is not a loopback address and \
+                     this build has no TLS, so tokens and messages would cross the network \
+                     in clear{}. Listen on 127.0.0.1 (and reach it through an SSH tunnel or \
+                     a TLS proxy), or accept the risk with \
+                     --insecure-allow-network-plaintext",
+                    if cli.auth.or(file.auth).unwrap_or(false) {
+                        ""
+                    } else {
+                        ", and without --auth anyone who reaches the port may do anything"
+                    }
+                ));
+            }
+        }
         Ok(Settings {
-            data_dir: cli
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| DATA_DIR_DEFAULT.into()),
-            listen: cli
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| parse_addr(LISTEN_DEFAULT)),
-            metrics_listen: cli
-                .metrics_listen
-                .or(file.metrics_listen)
-                .unwrap_or_else(|| parse_addr(METRICS_LISTEN_DEFAULT)),
+            insecure_allow_network_plaintext,
+            auth: cli.auth.or(file.auth).unwrap_or(false),
+            auth_bootstrap_token_file: cli
+                .auth_bootstrap_token_file
+                .or(file.auth_bootstrap_token_file)
+                .unwrap_or_else(|| data_dir.join(BOOTSTRAP_TOKEN_FILE_DEFAULT)),
+            data_dir,
+            listen,
+            metrics_listen,
             log_level: cli
                 .log_level
                 .or(rust_log)
@@ -441,5 +510,43 @@ mod tests {
         let file: FileSettings = toml::from_str("max_streams_per_connection = 8").unwrap();
         let settings = Settings::resolve(Cli::default(), file, None).unwrap();
         assert_eq!(settings.max_streams_per_connection, 8);
+    }
+
+    #[test]
+    fn a_network_address_needs_the_loudly_named_flag() {
+        for args in [
+            vec!["tidelogd", "--listen", "0.0.0.0:7420"],
+            vec!["tidelogd", "--metrics-listen", "[::]:7421"],
+            vec!["tidelogd", "--listen", "10.1.2.3:7420", "--auth"],
+        ] {
+            let cli = Cli::try_parse_from(&args).unwrap();
+            let error = Settings::resolve(cli, FileSettings::default(), None).unwrap_err();
+            assert!(
+                error.contains("refusing to listen")
+                    && error.contains("--insecure-allow-network-plaintext"),
+                "{args:?}: {error}"
+            );
+            assert_eq!(
+                error.contains("anyone who reaches"),
+                !args.contains(&"--auth"),
+                "{error}"
+            );
+        }
+        let cli = Cli::try_parse_from([
+            "tidelogd",
+            "--listen",
+            "0.0.0.0:7420",
+            "--insecure-allow-network-plaintext",
+        ])
+        .unwrap();
+        let settings = Settings::resolve(cli, FileSettings::default(), None).unwrap();
+        assert!(settings.insecure_allow_network_plaintext);
+        let file: FileSettings = toml::from_str("listen = \"[::1]:7000\"\nauth = true").unwrap();
+        let settings = Settings::resolve(Cli::default(), file, None).unwrap();
+        assert!(settings.auth && !settings.insecure_allow_network_plaintext);
+        assert_eq!(
+            settings.auth_bootstrap_token_file,
+            PathBuf::from("./data/bootstrap-admin.token")
+        );
     }
 }

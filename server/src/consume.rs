@@ -20,12 +20,13 @@ use tidelog_proto::v1::{
 };
 use tidelog_storage::{Filter, Partition, ReadResult, Topic};
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
+use crate::auth::{Caller, Target};
 use crate::convert;
 use crate::read::{LaterStart, PartitionReader, ReadLimits, spawn_subscription};
+use tidelog_storage::access::ResourceKind;
 
 /// Longest long poll of a Fetch, whatever the client asks.
 pub const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
@@ -324,7 +325,14 @@ impl Consumer for ConsumerService {
         request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {
         let started = Instant::now();
-        let result = ConsumerService::fetch(self, &request).await;
+        let result = match self
+            .state
+            .auth
+            .authorize(&request, &[Target::topic(&request.get_ref().topic)])
+        {
+            Ok(()) => ConsumerService::fetch(self, &request).await,
+            Err(status) => Err(status),
+        };
         self.state
             .metrics
             .rpc_finished("Fetch", started, result.as_ref().err().map(Status::code));
@@ -339,7 +347,14 @@ impl Consumer for ConsumerService {
     ) -> Result<Response<FetchBatchesResponse>, Status> {
         let started = Instant::now();
         let wait = fetch_wait(&request);
-        let result = crate::batch::fetch(&self.state, request.get_ref(), wait).await;
+        let result = match self
+            .state
+            .auth
+            .authorize(&request, &[Target::topic(&request.get_ref().topic)])
+        {
+            Ok(()) => crate::batch::fetch(&self.state, request.get_ref(), wait).await,
+            Err(status) => Err(status),
+        };
         self.state.metrics.rpc_finished(
             "FetchBatches",
             started,
@@ -348,18 +363,29 @@ impl Consumer for ConsumerService {
         result.map(Response::new)
     }
 
-    type SubscribeBatchesStream = ReceiverStream<Result<SubscribeBatchesResponse, Status>>;
+    type SubscribeBatchesStream =
+        Pin<Box<dyn Stream<Item = Result<SubscribeBatchesResponse, Status>> + Send>>;
 
     async fn subscribe_batches(
         &self,
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeBatchesStream>, Status> {
         let started = Instant::now();
-        let result = if self.state.shutdown.is_triggered() {
+        // Checked now and again every 250 ms while the stream is open.
+        let targets = vec![(ResourceKind::Topic, request.get_ref().topic.clone())];
+        let checked = self
+            .state
+            .auth
+            .authorize(&request, &[Target::topic(&request.get_ref().topic)]);
+        let caller = request.extensions().get::<Caller>().cloned();
+        let result = if let Err(status) = checked {
+            Err(status)
+        } else if self.state.shutdown.is_triggered() {
             Err(Status::unavailable("the broker is shutting down"))
         } else {
             crate::batch::BatchReader::new(self.state.clone(), request.into_inner())
                 .map(|reader| crate::batch::spawn(&self.state, reader))
+                .map(|stream| self.state.auth.guard(caller, targets, stream))
         };
         if let Err(status) = &result {
             self.state
@@ -374,7 +400,11 @@ impl Consumer for ConsumerService {
         request: Request<ListOffsetsRequest>,
     ) -> Result<Response<ListOffsetsResponse>, Status> {
         let started = Instant::now();
-        let result = list_offsets(&self.state, request.get_ref());
+        let result = self
+            .state
+            .auth
+            .authorize(&request, &[Target::topic(&request.get_ref().topic)])
+            .and_then(|()| list_offsets(&self.state, request.get_ref()));
         self.state.metrics.rpc_finished(
             "ListOffsets",
             started,
@@ -389,8 +419,30 @@ impl Consumer for ConsumerService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let started = Instant::now();
         let remote_addr = request.remote_addr();
+        // The topic and, for a member, its group; checked now and again every 250 ms
+        // while the stream is open.
+        let mut targets = vec![(ResourceKind::Topic, request.get_ref().topic.clone())];
+        if let Some(group) = &request.get_ref().group {
+            targets.push((ResourceKind::Group, group.group_id.clone()));
+        }
+        let checked = self.state.auth.authorize(
+            &request,
+            &targets
+                .iter()
+                .map(|(kind, name)| Target { kind: *kind, name })
+                .collect::<Vec<_>>(),
+        );
+        let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
-        let result: Result<SubscribeStream, Status> = if self.state.shutdown.is_triggered() {
+        let result: Result<SubscribeStream, Status> = if let Err(status) = checked {
+            Err(status)
+        } else if self.state.auth.is_enabled() && !request.topic_pattern.is_empty() {
+            // A pattern reads topics that appear later; until the reader checks each one
+            // against the caller's rules, patterns are refused rather than let through.
+            Err(Status::failed_precondition(
+                "topic_pattern is not supported yet on a broker started with --auth: subscribe to each topic by name",
+            ))
+        } else if self.state.shutdown.is_triggered() {
             Err(Status::unavailable("the broker is shutting down"))
         } else if request.group.is_some() {
             if !request.topic_pattern.is_empty() {
@@ -414,6 +466,7 @@ impl Consumer for ConsumerService {
             plain_subscription(&self.state, request)
                 .map(|reader| Box::pin(spawn_subscription(&self.state, reader)) as SubscribeStream)
         };
+        let result = result.map(|stream| self.state.auth.guard(caller, targets, stream));
         if let Err(status) = &result {
             // Streams that start are counted when they end (in spawn_subscription).
             self.state

@@ -4,6 +4,9 @@
 //! - [`config`]: settings from flags, environment (`TIDELOG_*`) and a TOML file.
 //! - [`convert`]: the one module that knows both proto and storage types, and maps
 //!   `tidelog_storage::Error` to `tonic::Status`. Nothing else imports both.
+//! - [`auth`]: `--auth`: the RPC table (operation x resource per RPC), the layer that
+//!   resolves a caller's principal from its bearer token, the per-RPC check, the
+//!   re-check of open streams, and the `Access` service (tokens, ACL rules).
 //! - [`admin`], [`publish`], [`consume`]: the `Admin`, `Publisher` and `Consumer`
 //!   services.
 //! - [`batch`]: record batches on the wire: `PublishBatch` (and batch requests on
@@ -43,6 +46,7 @@ use std::sync::Arc;
 use tidelog_storage::Store;
 
 pub mod admin;
+pub mod auth;
 pub mod batch;
 pub mod config;
 pub mod consume;
@@ -76,6 +80,8 @@ pub struct AppState {
     /// Fires when the broker starts shutting down: long polls answer, streams end
     /// with UNAVAILABLE, so in-flight calls can finish and the server can stop.
     pub shutdown: shutdown::Shutdown,
+    /// Authentication and authorization (`--auth`); empty when off.
+    pub auth: Arc<auth::Auth>,
     /// Round-robin counter for messages with neither key nor partition.
     pub round_robin: partitioner::RoundRobin,
 }

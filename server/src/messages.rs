@@ -22,6 +22,7 @@ use tidelog_storage::{Store, Topic};
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
+use crate::auth::Target;
 use crate::convert;
 
 /// The Messages service.
@@ -213,7 +214,18 @@ impl Messages for MessagesService {
         request: Request<GetDeliveryStatusRequest>,
     ) -> Result<Response<GetDeliveryStatusResponse>, Status> {
         let started = Instant::now();
-        let result = self.delivery_status(request.into_inner()).await;
+        let r = request.get_ref();
+        let mut targets = vec![Target::topic(&r.topic)];
+        use tidelog_proto::v1::get_delivery_status_request::Consumer;
+        match &r.consumer {
+            Some(Consumer::Queue(queue)) => targets.push(Target::queue(queue)),
+            Some(Consumer::Group(group)) => targets.push(Target::group(group)),
+            None => {}
+        }
+        let result = match self.state.auth.authorize(&request, &targets) {
+            Ok(()) => self.delivery_status(request.into_inner()).await,
+            Err(status) => Err(status),
+        };
         let code = result.as_ref().err().map(Status::code);
         self.state.metrics.delivery_lookup("status", code);
         self.state.metrics.rpc_finished(
@@ -229,7 +241,15 @@ impl Messages for MessagesService {
         request: Request<GetDeliveryHistoryRequest>,
     ) -> Result<Response<GetDeliveryHistoryResponse>, Status> {
         let started = Instant::now();
-        let result = self.delivery_history(request.into_inner()).await;
+        let r = request.get_ref();
+        let mut targets = vec![Target::topic(&r.topic)];
+        if !r.queue.is_empty() {
+            targets.push(Target::queue(&r.queue));
+        }
+        let result = match self.state.auth.authorize(&request, &targets) {
+            Ok(()) => self.delivery_history(request.into_inner()).await,
+            Err(status) => Err(status),
+        };
         let code = result.as_ref().err().map(Status::code);
         self.state.metrics.delivery_lookup("history", code);
         self.state.metrics.rpc_finished(
@@ -245,7 +265,14 @@ impl Messages for MessagesService {
         request: Request<GetMessageRequest>,
     ) -> Result<Response<GetMessageResponse>, Status> {
         let started = Instant::now();
-        let result = MessagesService::get_message(self, request.into_inner()).await;
+        let result = match self
+            .state
+            .auth
+            .authorize(&request, &[Target::topic(&request.get_ref().topic)])
+        {
+            Ok(()) => MessagesService::get_message(self, request.into_inner()).await,
+            Err(status) => Err(status),
+        };
         self.state.metrics.rpc_finished(
             "GetMessage",
             started,

@@ -29,6 +29,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::AppState;
+use crate::auth::{Caller, Target};
 use crate::convert;
 use crate::partitioner;
 
@@ -312,7 +313,14 @@ impl Publisher for PublisherService {
         if self.state.shutdown.is_triggered() {
             return Err(shutting_down());
         }
-        let result = publish(&self.state, request.into_inner()).await;
+        let result = match self
+            .state
+            .auth
+            .authorize(&request, &[Target::topic(&request.get_ref().topic)])
+        {
+            Ok(()) => publish(&self.state, request.into_inner()).await,
+            Err(status) => Err(status),
+        };
         self.state.metrics.rpc_finished(
             "Publish",
             started,
@@ -329,7 +337,14 @@ impl Publisher for PublisherService {
         if self.state.shutdown.is_triggered() {
             return Err(shutting_down());
         }
-        let result = crate::batch::publish(&self.state, request.into_inner()).await;
+        let result = match self
+            .state
+            .auth
+            .authorize(&request, &[Target::topic(&request.get_ref().topic)])
+        {
+            Ok(()) => crate::batch::publish(&self.state, request.into_inner()).await,
+            Err(status) => Err(status),
+        };
         self.state.metrics.rpc_finished(
             "PublishBatch",
             started,
@@ -345,6 +360,9 @@ impl Publisher for PublisherService {
         request: Request<Streaming<PublishStreamRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
         let started = Instant::now();
+        // Each request names its topic: checked one by one, so a revoked token or a
+        // changed rule applies from the next request on.
+        let caller = request.extensions().get::<Caller>().cloned();
         let mut inbound = request.into_inner();
         let (pending_tx, mut pending_rx) = mpsc::channel::<Pending>(PUBLISH_STREAM_IN_FLIGHT_MAX);
         let (response_tx, response_rx) = mpsc::channel(PUBLISH_STREAM_IN_FLIGHT_MAX);
@@ -363,23 +381,43 @@ impl Publisher for PublisherService {
                     next = inbound.message() => next,
                 };
                 let pending = match next {
-                    Ok(Some(item)) => Pending::Request {
-                        request_id: item.request_id,
-                        outcome: match (item.request, item.batch) {
-                            (Some(request), None) => prepare(&state, request)
-                                .and_then(|p| append(&state, p))
-                                .map(Appended::Messages),
-                            (None, Some(batch)) => {
-                                crate::batch::append(&state, batch).map(Appended::Batch)
+                    Ok(Some(item)) => {
+                        let topic = match (&item.request, &item.batch) {
+                            (Some(request), _) => Some(request.topic.as_str()),
+                            (None, Some(batch)) => Some(batch.topic.as_str()),
+                            (None, None) => None,
+                        };
+                        let checked = match topic {
+                            Some(topic) => {
+                                state.auth.check(caller.as_ref(), &[Target::topic(topic)])
                             }
-                            (Some(_), Some(_)) => Err(Status::invalid_argument(
-                                "PublishStreamRequest has both request and batch; set one per request",
-                            )),
-                            (None, None) => Err(Status::invalid_argument(
-                                "PublishStreamRequest.request is missing; set it (or batch) to the publish to perform",
-                            )),
-                        },
-                    },
+                            None => Ok(()),
+                        };
+                        match checked {
+                            // A revoked or expired token ends the stream; a denied topic
+                            // fails that request only.
+                            Err(status) if status.code() == tonic::Code::Unauthenticated => {
+                                Pending::End(status)
+                            }
+                            checked => Pending::Request {
+                                request_id: item.request_id,
+                                outcome: checked.and_then(|()| match (item.request, item.batch) {
+                                    (Some(request), None) => prepare(&state, request)
+                                        .and_then(|p| append(&state, p))
+                                        .map(Appended::Messages),
+                                    (None, Some(batch)) => {
+                                        crate::batch::append(&state, batch).map(Appended::Batch)
+                                    }
+                                    (Some(_), Some(_)) => Err(Status::invalid_argument(
+                                        "PublishStreamRequest has both request and batch; set one per request",
+                                    )),
+                                    (None, None) => Err(Status::invalid_argument(
+                                        "PublishStreamRequest.request is missing; set it (or batch) to the publish to perform",
+                                    )),
+                                }),
+                            },
+                        }
+                    }
                     // The client half-closed: answer what is outstanding, then end OK.
                     Ok(None) => return,
                     // A message over the size limit breaks the stream's framing.

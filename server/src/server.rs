@@ -11,6 +11,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use tidelog_proto::v1::access_server::AccessServer;
 use tidelog_proto::v1::admin_server::AdminServer;
 use tidelog_proto::v1::consumer_server::ConsumerServer;
 use tidelog_proto::v1::groups_server::GroupsServer;
@@ -22,6 +23,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 use crate::admin::AdminService;
+use crate::auth::service::AccessService;
 use crate::config::{Bound, Settings};
 use crate::consume::ConsumerService;
 use crate::groups::{GroupCoordinator, GroupsService};
@@ -69,6 +71,27 @@ pub async fn run(
         })?;
     let store = Arc::new(store);
     metrics.set_store(&store);
+    let auth = if settings.auth {
+        let data_dir = settings.data_dir.clone();
+        let bootstrap = settings.auth_bootstrap_token_file.clone();
+        tokio::task::spawn_blocking(move || crate::auth::Auth::open(&data_dir, &bootstrap))
+            .await
+            .map_err(|e| format!("opening the access state failed: {e}"))??
+    } else {
+        crate::auth::Auth::disabled()
+    };
+    let auth = Arc::new(auth);
+    if settings.insecure_allow_network_plaintext
+        && !(settings.listen.ip().is_loopback() && settings.metrics_listen.ip().is_loopback())
+    {
+        tracing::warn!(
+            listen = %settings.listen,
+            metrics_listen = %settings.metrics_listen,
+            auth = settings.auth,
+            "--insecure-allow-network-plaintext: listening beyond loopback without TLS; \
+             tokens and messages cross the network in clear"
+        );
+    }
     let groups = Arc::new(GroupCoordinator::new(store.clone(), store.clock().clone()));
     let group_source: Weak<dyn GroupMetricsSource> = Arc::downgrade(&groups) as _;
     metrics.set_group_source(group_source);
@@ -86,6 +109,7 @@ pub async fn run(
         groups,
         queues: queues.clone(),
         shutdown: shutdown.clone(),
+        auth: auth.clone(),
         round_robin: partitioner::RoundRobin::default(),
     });
 
@@ -167,6 +191,7 @@ async fn serve(
     let max = settings.max_request_bytes;
     let router = tonic::transport::Server::builder()
         .layer(crate::request_limit::RequestLimitLayer::new(max))
+        .layer(crate::auth::layer::AuthLayer::new(state.auth.clone()))
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         // tonic announces no limit by default: one connection could pin unbounded
@@ -196,6 +221,7 @@ async fn serve(
             QueuesServer::new(crate::queues::QueuesService::new(state.clone()))
                 .max_decoding_message_size(max),
         )
+        .add_service(AccessServer::new(AccessService::new(state.auth.clone())))
         .add_service(
             MessagesServer::new(crate::messages::MessagesService::new(state.clone()))
                 .max_decoding_message_size(max),

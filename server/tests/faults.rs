@@ -63,6 +63,7 @@ async fn a_failed_fsync_makes_the_partition_unavailable_without_losing_reads() {
         metrics,
         config: Arc::new(Settings::default()),
         shutdown,
+        auth: Arc::new(tidelog_server::auth::Auth::disabled()),
         round_robin: RoundRobin::default(),
     });
 

@@ -16,6 +16,7 @@
 //! for durability is exposed as plain `std::future::Future`s and blocking calls.
 #![deny(unsafe_code)]
 
+pub mod access;
 pub mod batch;
 pub mod checkpoint;
 pub mod client_batch;

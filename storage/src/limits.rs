@@ -158,3 +158,19 @@ pub const STATE_SNAPSHOT_RECORD_BODY_BYTES: usize = 1024 * 1024;
 const _: () = assert!((STATE_RECORD_BODY_BYTES_MAX as u64) + 8 <= u32::MAX as u64);
 const _: () = assert!(STATE_SNAPSHOT_RECORD_BODY_BYTES <= STATE_RECORD_BODY_BYTES_MAX as usize);
 const _: () = assert!(STATE_READ_CHUNK_BYTES <= STATE_RECORD_BODY_BYTES_MAX as usize);
+
+/// Longest principal name (a token's owner or a certificate subject) in the access
+/// state (`crate::access`).
+pub const ACCESS_PRINCIPAL_BYTES_MAX: usize = 255;
+/// Longest resource name or prefix in an authorization rule: the longest of the topic,
+/// group and queue names.
+pub const ACCESS_NAME_BYTES_MAX: usize = 255;
+/// Longest free-form description of a token.
+pub const ACCESS_DESCRIPTION_BYTES_MAX: usize = 256;
+/// Tokens the broker keeps (they are all in memory; revoking one removes it).
+pub const ACCESS_TOKENS_MAX: usize = 10_000;
+/// Authorization rules the broker keeps; every call scans them, so they stay few.
+pub const ACCESS_RULES_MAX: usize = 10_000;
+
+const _: () = assert!(ACCESS_NAME_BYTES_MAX >= TOPIC_NAME_BYTES_MAX);
+const _: () = assert!(ACCESS_NAME_BYTES_MAX >= GROUP_ID_BYTES_MAX);

@@ -63,8 +63,9 @@ def tidelogd_bin() -> Path:
 class Broker:
     """A running tidelogd and one channel to it, with the four service stubs."""
 
-    def __init__(self, binary: Path, workdir: Path) -> None:
+    def __init__(self, binary: Path, workdir: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.binary = binary
+        self.extra_args = list(extra_args)
         self.data_dir = workdir / "data"
         self.log_path = workdir / "tidelogd.stderr.log"
         self.process: Optional[subprocess.Popen[bytes]] = None
@@ -83,7 +84,8 @@ class Broker:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [str(self.binary), "--data-dir", str(self.data_dir),
-                 "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"],
+                 "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+                 *self.extra_args],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=log,

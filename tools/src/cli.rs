@@ -47,6 +47,17 @@ pub struct Cli {
     )]
     pub server: String,
 
+    /// Bearer token for a broker started with --auth (tidelog_<id>_<secret>), sent as
+    /// the authorization metadata of every call.
+    #[arg(
+        long,
+        global = true,
+        env = "TIDELOG_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+
     /// Print JSON for scripts instead of tables; an error is then one JSON object on
     /// stderr: {"error": {"message": "...", "exit_code": 1, "grpc_code": "NOT_FOUND"}}.
     #[arg(long, global = true)]
@@ -97,6 +108,20 @@ pub enum Command {
         after_help = "Examples:\n  tidelog message get orders order-17\n  tidelog message get orders 01JD3N6Z9M2Q8W4X7Y5V0T1R3S --value --json\n  tidelog message status orders order-17 --queue billing\n  tidelog message history orders order-17 --queue billing"
     )]
     Message(MessageCommand),
+
+    /// Tokens for a broker started with --auth: create (printed once), list, revoke.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  tidelog auth token create --principal svc-orders --ttl 30d\n  tidelog auth token list\n  tidelog auth token revoke 0123456789abcdef\n  tidelog auth whoami"
+    )]
+    Auth(crate::access::AuthCommand),
+
+    /// Authorization rules (ACLs): principal x resource x operation, allow or deny.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  tidelog acl add --principal svc-orders --resource 'topic:orders.*' --operation publish\n  tidelog acl add --principal '*' --resource topic:secret --operation '*' --deny\n  tidelog acl list"
+    )]
+    Acl(crate::access::AclCommand),
 
     /// Offline tools for a data directory (stop tidelogd first): dump, verify, repair.
     #[command(

@@ -2,12 +2,18 @@
 
 use std::time::Duration;
 
+use std::sync::OnceLock;
+use tidelog_proto::v1::access_client::AccessClient;
 use tidelog_proto::v1::admin_client::AdminClient;
 use tidelog_proto::v1::consumer_client::ConsumerClient;
 use tidelog_proto::v1::groups_client::GroupsClient;
 use tidelog_proto::v1::messages_client::MessagesClient;
 use tidelog_proto::v1::publisher_client::PublisherClient;
 use tidelog_proto::v1::queues_client::QueuesClient;
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{CliError, CliResult, root_cause};
@@ -20,12 +26,68 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// 16 MiB each, well above tonic's 4 MiB default.
 const GRPC_MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
 
+/// A connection that carries the credentials (`--token` / `TIDELOG_TOKEN`) on every
+/// call.
+pub type Conn = InterceptedService<Channel, Credentials>;
+
+/// The token given on the command line, set once by `main` before any connection.
+static TOKEN: OnceLock<Option<MetadataValue<Ascii>>> = OnceLock::new();
+
+/// Sets the token every connection sends (`authorization: Bearer <token>`); checks it
+/// looks like a token, so a typo fails here and not as UNAUTHENTICATED later.
+pub fn set_token(token: Option<&str>) -> CliResult<()> {
+    let value = match token.map(str::trim).filter(|t| !t.is_empty()) {
+        None => None,
+        Some(text) => {
+            tidelog_storage::access::token::parse_token(text.as_bytes()).map_err(|e| {
+                CliError::usage(
+                    format!("--token / TIDELOG_TOKEN: {e}"),
+                    "pass the token tidelog auth token create printed (tidelog_<id>_<secret>)",
+                )
+            })?;
+            Some(
+                MetadataValue::try_from(format!("Bearer {text}")).map_err(|_| {
+                    CliError::usage("--token is not ASCII", "pass the token as printed")
+                })?,
+            )
+        }
+    };
+    let _ = TOKEN.set(value);
+    Ok(())
+}
+
+/// Adds the `authorization` metadata to every call, when a token was given.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    value: Option<MetadataValue<Ascii>>,
+}
+
+impl Interceptor for Credentials {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.value {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// `channel` with the command line's credentials.
+pub fn authorized(channel: Channel) -> Conn {
+    let value = TOKEN.get().cloned().flatten();
+    InterceptedService::new(channel, Credentials { value })
+}
+
 /// A connected broker.
 #[derive(Debug, Clone)]
 pub struct Broker {
     /// The address as the operator gave it (for error messages).
     pub server: String,
-    channel: Channel,
+    channel: Conn,
 }
 
 /// `host:port` becomes `http://host:port`; anything with a scheme is kept.
@@ -66,44 +128,48 @@ impl Broker {
             })?;
         Ok(Broker {
             server: url,
-            channel,
+            channel: authorized(channel),
         })
     }
 
-    pub fn admin(&self) -> AdminClient<Channel> {
+    pub fn admin(&self) -> AdminClient<Conn> {
         AdminClient::new(self.channel.clone())
             .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
     }
 
-    pub fn publisher(&self) -> PublisherClient<Channel> {
+    pub fn publisher(&self) -> PublisherClient<Conn> {
         PublisherClient::new(self.channel.clone())
             .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
     }
 
-    pub fn consumer(&self) -> ConsumerClient<Channel> {
+    pub fn consumer(&self) -> ConsumerClient<Conn> {
         ConsumerClient::new(self.channel.clone())
             .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
     }
 
-    pub fn groups(&self) -> GroupsClient<Channel> {
+    pub fn groups(&self) -> GroupsClient<Conn> {
         GroupsClient::new(self.channel.clone())
             .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
     }
 
-    pub fn queues(&self) -> QueuesClient<Channel> {
+    pub fn queues(&self) -> QueuesClient<Conn> {
         QueuesClient::new(self.channel.clone())
             .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
     }
 
-    pub fn messages(&self) -> MessagesClient<Channel> {
+    pub fn messages(&self) -> MessagesClient<Conn> {
         MessagesClient::new(self.channel.clone())
             .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+    }
+
+    pub fn access(&self) -> AccessClient<Conn> {
+        AccessClient::new(self.channel.clone())
     }
 
     /// The error line for a failed call.

@@ -14,6 +14,7 @@
 //! `--json` an error is one JSON object on stderr (see [`error::error_json`]).
 #![deny(unsafe_code)]
 
+mod access;
 mod bench;
 mod broker;
 mod cli;
@@ -106,9 +107,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> CliResult<()> {
     let Cli {
         server,
+        token,
         json,
         command,
     } = cli;
+    client::set_token(token.as_deref())?;
     if let Command::Completions(args) = command {
         // Offline: the command tree is all it needs.
         let mut command = <Cli as clap::CommandFactory>::command();
@@ -147,6 +150,8 @@ fn run(cli: Cli) -> CliResult<()> {
             Command::Broker(command) => broker::run(&broker, command, json).await,
             Command::Queue(command) => queue::run(&broker, command, json).await,
             Command::Message(command) => message::run(&broker, command, json).await,
+            Command::Auth(command) => access::run_auth(&broker, command, json).await,
+            Command::Acl(command) => access::run_acl(&broker, command, json).await,
             Command::Segment(_) | Command::Bench(_) | Command::Completions(_) => Ok(()),
         }
     })

@@ -24,6 +24,7 @@ use tonic::{Request, Response, Status};
 use super::coordinator::{GroupStatus, GroupView, validate_group_id};
 use super::reset::{self, PartitionState, Target};
 use crate::AppState;
+use crate::auth::Target as Resource;
 use crate::convert;
 
 /// `(topic, partition, offset, metadata)`, as `OffsetStore::commit` takes them.
@@ -125,6 +126,9 @@ impl Groups for GroupsService {
         &self,
         request: Request<CommitOffsetsRequest>,
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
+        self.state
+            .auth
+            .authorize(&request, &[Resource::group(&request.get_ref().group_id)])?;
         let request = request.into_inner();
         validate_group_id(&request.group_id)?;
         // A member may send no offsets to end its handover window.
@@ -184,6 +188,9 @@ impl Groups for GroupsService {
         &self,
         request: Request<FetchOffsetsRequest>,
     ) -> Result<Response<FetchOffsetsResponse>, Status> {
+        self.state
+            .auth
+            .authorize(&request, &[Resource::group(&request.get_ref().group_id)])?;
         let request = request.into_inner();
         validate_group_id(&request.group_id)?;
         let offsets = self
@@ -206,13 +213,15 @@ impl Groups for GroupsService {
 
     async fn list_groups(
         &self,
-        _request: Request<ListGroupsRequest>,
+        request: Request<ListGroupsRequest>,
     ) -> Result<Response<ListGroupsResponse>, Status> {
+        let auth = &self.state.auth;
         let groups = self
             .state
             .groups
             .list_groups()
             .into_iter()
+            .filter(|g| auth.may(&request, Resource::group(&g.group_id)))
             .map(|g| GroupSummary {
                 group_id: g.group_id,
                 state: group_state(g.status) as i32,
@@ -226,6 +235,9 @@ impl Groups for GroupsService {
         &self,
         request: Request<DescribeGroupRequest>,
     ) -> Result<Response<DescribeGroupResponse>, Status> {
+        self.state
+            .auth
+            .authorize(&request, &[Resource::group(&request.get_ref().group_id)])?;
         let request = request.into_inner();
         validate_group_id(&request.group_id)?;
         let view = self
@@ -247,6 +259,9 @@ impl Groups for GroupsService {
         &self,
         request: Request<DeleteGroupRequest>,
     ) -> Result<Response<DeleteGroupResponse>, Status> {
+        self.state
+            .auth
+            .authorize(&request, &[Resource::group(&request.get_ref().group_id)])?;
         let request = request.into_inner();
         validate_group_id(&request.group_id)?;
         let coordinator = &self.state.groups;
@@ -273,6 +288,9 @@ impl Groups for GroupsService {
         &self,
         request: Request<DeleteOffsetsRequest>,
     ) -> Result<Response<DeleteOffsetsResponse>, Status> {
+        self.state
+            .auth
+            .authorize(&request, &[Resource::group(&request.get_ref().group_id)])?;
         let request = request.into_inner();
         validate_group_id(&request.group_id)?;
         let coordinator = &self.state.groups;
@@ -311,6 +329,9 @@ impl Groups for GroupsService {
         &self,
         request: Request<ResetOffsetsRequest>,
     ) -> Result<Response<ResetOffsetsResponse>, Status> {
+        self.state
+            .auth
+            .authorize(&request, &[Resource::group(&request.get_ref().group_id)])?;
         let request = request.into_inner();
         validate_group_id(&request.group_id)?;
         let coordinator = &self.state.groups;

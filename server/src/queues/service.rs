@@ -23,7 +23,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{QueueManager, Sink};
 use crate::AppState;
+use crate::auth::{Caller, Target};
 use crate::convert;
+use tidelog_storage::access::ResourceKind;
 
 /// Most deliveries one Receive returns.
 pub const RECEIVE_MESSAGES_MAX: u32 = 1000;
@@ -96,8 +98,16 @@ impl Queues for QueuesService {
         request: Request<CreateQueueRequest>,
     ) -> Result<Response<CreateQueueResponse>, Status> {
         let started = Instant::now();
+        let denied = self.state.auth.authorize(
+            &request,
+            &[
+                Target::queue(&request.get_ref().name),
+                Target::topic(&request.get_ref().topic),
+            ],
+        );
         let request = request.into_inner();
         let result = async {
+            denied?;
             let start = convert::start_at(request.start)?;
             let mut config = convert::queue_config_from_proto(&request.topic, request.config);
             // Checked here for the error that names the position; stored as text.
@@ -121,8 +131,13 @@ impl Queues for QueuesService {
         request: Request<AlterQueueRequest>,
     ) -> Result<Response<AlterQueueResponse>, Status> {
         let started = Instant::now();
+        let denied = self
+            .state
+            .auth
+            .authorize(&request, &[Target::queue(&request.get_ref().name)]);
         let request = request.into_inner();
         let result = async {
+            denied?;
             let name = request.name.clone();
             let update = request.config.unwrap_or_default();
             self.blocking(move |store| {
@@ -145,15 +160,23 @@ impl Queues for QueuesService {
         request: Request<DeleteQueueRequest>,
     ) -> Result<Response<DeleteQueueResponse>, Status> {
         let started = Instant::now();
+        let denied = self
+            .state
+            .auth
+            .authorize(&request, &[Target::queue(&request.get_ref().name)]);
         let name = request.into_inner().name;
         let owned = name.clone();
-        let result = self
-            .blocking(move |store| admin::delete_queue(store, &owned))
-            .await
-            .map(|()| {
-                self.manager().queue_deleted(&name);
-                DeleteQueueResponse {}
-            });
+        let result = match denied {
+            Ok(()) => {
+                self.blocking(move |store| admin::delete_queue(store, &owned))
+                    .await
+            }
+            Err(status) => Err(status),
+        }
+        .map(|()| {
+            self.manager().queue_deleted(&name);
+            DeleteQueueResponse {}
+        });
         self.finished("DeleteQueue", started, &result);
         result.map(Response::new)
     }
@@ -163,6 +186,8 @@ impl Queues for QueuesService {
         request: Request<ListQueuesRequest>,
     ) -> Result<Response<ListQueuesResponse>, Status> {
         let started = Instant::now();
+        let auth = self.state.auth.clone();
+        let caller = request.extensions().get::<Caller>().cloned();
         let topic = request.into_inner().topic;
         let result = async {
             let names: Vec<String> = admin::list_queues(
@@ -174,6 +199,9 @@ impl Queues for QueuesService {
             .collect();
             let mut queues = Vec::with_capacity(names.len());
             for name in names {
+                if !auth.may_caller(caller.as_ref(), Target::queue(&name)) {
+                    continue;
+                }
                 match self.describe(&name).await {
                     Ok(queue) => queues.push(queue),
                     // Deleted since the listing.
@@ -193,11 +221,16 @@ impl Queues for QueuesService {
         request: Request<DescribeQueueRequest>,
     ) -> Result<Response<DescribeQueueResponse>, Status> {
         let started = Instant::now();
+        let denied = self
+            .state
+            .auth
+            .authorize(&request, &[Target::queue(&request.get_ref().name)]);
         let name = request.into_inner().name;
-        let result = self
-            .describe(&name)
-            .await
-            .map(|queue| DescribeQueueResponse { queue: Some(queue) });
+        let result = match denied {
+            Ok(()) => self.describe(&name).await,
+            Err(status) => Err(status),
+        }
+        .map(|queue| DescribeQueueResponse { queue: Some(queue) });
         self.finished("DescribeQueue", started, &result);
         result.map(Response::new)
     }
@@ -207,11 +240,19 @@ impl Queues for QueuesService {
         request: Request<PurgeQueueRequest>,
     ) -> Result<Response<PurgeQueueResponse>, Status> {
         let started = Instant::now();
+        let denied = self
+            .state
+            .auth
+            .authorize(&request, &[Target::queue(&request.get_ref().name)]);
         let name = request.into_inner().name;
-        let result = self
-            .blocking(move |store| admin::purge_queue(store, &name))
-            .await
-            .map(|purged| PurgeQueueResponse { purged });
+        let result = match denied {
+            Ok(()) => {
+                self.blocking(move |store| admin::purge_queue(store, &name))
+                    .await
+            }
+            Err(status) => Err(status),
+        }
+        .map(|purged| PurgeQueueResponse { purged });
         self.finished("PurgeQueue", started, &result);
         result.map(Response::new)
     }
@@ -221,11 +262,21 @@ impl Queues for QueuesService {
         request: Request<RedriveQueueRequest>,
     ) -> Result<Response<RedriveQueueResponse>, Status> {
         let started = Instant::now();
+        let denied = self
+            .state
+            .auth
+            .authorize(&request, &[Target::queue(&request.get_ref().name)]);
         let request = request.into_inner();
-        let result = self
-            .blocking(move |store| admin::redrive_queue(store, &request.name, request.max_messages))
-            .await
-            .map(|(moved, remaining)| RedriveQueueResponse { moved, remaining });
+        let result = match denied {
+            Ok(()) => {
+                self.blocking(move |store| {
+                    admin::redrive_queue(store, &request.name, request.max_messages)
+                })
+                .await
+            }
+            Err(status) => Err(status),
+        }
+        .map(|(moved, remaining)| RedriveQueueResponse { moved, remaining });
         self.finished("RedriveQueue", started, &result);
         result.map(Response::new)
     }
@@ -235,8 +286,13 @@ impl Queues for QueuesService {
         request: Request<ListDeliveriesRequest>,
     ) -> Result<Response<ListDeliveriesResponse>, Status> {
         let started = Instant::now();
+        let denied = self
+            .state
+            .auth
+            .authorize(&request, &[Target::queue(&request.get_ref().queue)]);
         let request = request.into_inner();
         let result = async {
+            denied?;
             let query = DeliveriesQuery {
                 filter: convert::delivery_filter(request.filter)?,
                 since_ms: request.since_ms,
@@ -275,7 +331,9 @@ impl Queues for QueuesService {
         request: Request<Streaming<QueueConsumeRequest>>,
     ) -> Result<Response<Self::ConsumeStream>, Status> {
         let started = Instant::now();
+        let caller = request.extensions().get::<Caller>().cloned();
         let mut inbound = request.into_inner();
+        let mut queue_name = String::new();
         let result: Result<ConsumeStream, Status> = async {
             let open = match inbound.message().await? {
                 Some(QueueConsumeRequest {
@@ -287,6 +345,10 @@ impl Queues for QueuesService {
                     ));
                 }
             };
+            self.state
+                .auth
+                .check(caller.as_ref(), &[Target::queue(&open.queue)])?;
+            queue_name.clone_from(&open.queue);
             let runtime = self.manager().runtime(&open.queue).await?;
             let config = runtime.with_engine(|engine| engine.config()).await?;
             let member = self.manager().member_id();
@@ -364,6 +426,13 @@ impl Queues for QueuesService {
             Ok(Box::pin(UnboundedReceiverStream::new(rx)) as ConsumeStream)
         }
         .await;
+        // Checked again every 250 ms while open: a revoked token or a changed rule
+        // ends the stream.
+        let result = result.map(|stream| {
+            self.state
+                .auth
+                .guard(caller, vec![(ResourceKind::Queue, queue_name)], stream)
+        });
         self.finished("Consume", started, &result);
         result.map(Response::new)
     }
@@ -373,8 +442,13 @@ impl Queues for QueuesService {
         request: Request<ReceiveRequest>,
     ) -> Result<Response<ReceiveResponse>, Status> {
         let started = Instant::now();
+        let denied = self
+            .state
+            .auth
+            .authorize(&request, &[Target::queue(&request.get_ref().queue)]);
         let request = request.into_inner();
         let result = async {
+            denied?;
             if request.member.is_empty() || request.member.len() > 255 {
                 return Err(Status::invalid_argument(
                     "member must be 1 to 255 bytes: any name that identifies the caller",
@@ -413,8 +487,13 @@ impl Queues for QueuesService {
         request: Request<SettleRequest>,
     ) -> Result<Response<SettleResponse>, Status> {
         let started = Instant::now();
+        let denied = self
+            .state
+            .auth
+            .authorize(&request, &[Target::queue(&request.get_ref().queue)]);
         let request = request.into_inner();
         let result = async {
+            denied?;
             check_settlements(request.settlements.len())?;
             let runtime = self.manager().runtime(&request.queue).await?;
             let requests = request

@@ -1,5 +1,6 @@
 //! Black-box tests: the real tidelogd, spoken to as a client.
 
+mod auth;
 mod bad_requests;
 mod batch_wire;
 mod bench;

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::client::Conn;
 use tidelog_proto::v1::consumer_client::ConsumerClient;
 use tidelog_proto::v1::{
     ConsumedMessage, FetchRequest, FetchResponse, GroupMembership, MessageBatch, ResetPolicy,
@@ -21,7 +22,6 @@ use tidelog_storage::client_batch::delivered_records;
 use tokio::sync::{oneshot, watch};
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
-use tonic::transport::Channel;
 
 use super::stats::{ActorResult, Role};
 use super::validate::{Errors, Matches, PartitionCheck};
@@ -234,11 +234,7 @@ impl Reader {
 }
 
 /// Runs one consumer on its own connection; `ready` fires once it is subscribed.
-pub async fn run(
-    plan: ConsumerPlan,
-    channel: Channel,
-    ready: oneshot::Sender<()>,
-) -> ConsumerOutcome {
+pub async fn run(plan: ConsumerPlan, channel: Conn, ready: oneshot::Sender<()>) -> ConsumerOutcome {
     let client = ConsumerClient::new(channel)
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
@@ -254,7 +250,7 @@ fn current(targets: &Targets) -> Option<Arc<Vec<u64>>> {
 
 async fn run_subscribe(
     plan: ConsumerPlan,
-    mut client: ConsumerClient<Channel>,
+    mut client: ConsumerClient<Conn>,
     ready: oneshot::Sender<()>,
 ) -> ConsumerOutcome {
     let mut reader = Reader::new(&plan);
@@ -443,7 +439,7 @@ fn batches_event(event: SubscribeBatchesResponse) -> Result<SubscribeResponse, S
 
 /// FetchBatches, decoded into a FetchResponse.
 async fn fetch_batches(
-    client: &mut ConsumerClient<Channel>,
+    client: &mut ConsumerClient<Conn>,
     request: FetchRequest,
 ) -> Result<FetchResponse, Status> {
     let partition = request.partition;
@@ -459,7 +455,7 @@ async fn fetch_batches(
 /// Fetch mode: one long-poll loop per partition, all on this consumer's connection.
 async fn run_fetch(
     plan: ConsumerPlan,
-    client: ConsumerClient<Channel>,
+    client: ConsumerClient<Conn>,
     ready: oneshot::Sender<()>,
 ) -> ConsumerOutcome {
     let started = Instant::now();
@@ -495,7 +491,7 @@ async fn run_fetch(
 
 async fn fetch_partition(
     plan: ConsumerPlan,
-    mut client: ConsumerClient<Channel>,
+    mut client: ConsumerClient<Conn>,
     partition: u32,
 ) -> Reader {
     let mut reader = Reader::new(&plan);

@@ -47,7 +47,9 @@ use tidelog_proto::v1::{
 };
 use tokio::sync::{oneshot, watch};
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
+
+use crate::client::Conn;
 use validate::{Errors, Expectation, merge};
 
 use crate::cli::{AckArg, TopicConfigArgs};
@@ -196,7 +198,7 @@ pub fn run(command: BenchCommand, server: &str, json: bool) -> CliResult<()> {
 }
 
 /// A new HTTP/2 connection for one actor.
-async fn connect(server: &str) -> CliResult<Channel> {
+async fn connect(server: &str) -> CliResult<Conn> {
     let url = normalize_server(server);
     let endpoint = Endpoint::from_shared(url.clone()).map_err(|_| {
         CliError::usage(
@@ -211,6 +213,7 @@ async fn connect(server: &str) -> CliResult<Channel> {
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .connect()
         .await
+        .map(crate::client::authorized)
         .map_err(|e| {
             CliError::failure(
                 format!("cannot reach tidelogd at {url} ({})", root_cause(&e)),

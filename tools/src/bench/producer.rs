@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::client::Conn;
 use bytes::{Bytes, BytesMut};
 use tidelog_proto::v1::publisher_client::PublisherClient;
 use tidelog_proto::v1::{
@@ -22,7 +23,6 @@ use tidelog_proto::v1::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 use super::payload::{Header, Pool, fill};
 use super::stats::{ActorResult, Role};
@@ -252,11 +252,7 @@ struct InFlight {
 }
 
 /// Runs one producer on its own connection. `progress` counts acked messages.
-pub async fn run(
-    plan: ProducerPlan,
-    channel: Channel,
-    progress: Arc<AtomicU64>,
-) -> ProducerOutcome {
+pub async fn run(plan: ProducerPlan, channel: Conn, progress: Arc<AtomicU64>) -> ProducerOutcome {
     let client = PublisherClient::new(channel)
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
@@ -275,7 +271,7 @@ pub async fn run(
 
 async fn run_unary(
     plan: ProducerPlan,
-    mut client: PublisherClient<Channel>,
+    mut client: PublisherClient<Conn>,
     progress: &AtomicU64,
     outcome: &mut ProducerOutcome,
 ) {
@@ -346,7 +342,7 @@ fn record(
 
 async fn run_stream(
     plan: ProducerPlan,
-    mut client: PublisherClient<Channel>,
+    mut client: PublisherClient<Conn>,
     progress: &AtomicU64,
     outcome: &mut ProducerOutcome,
 ) {

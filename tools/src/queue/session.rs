@@ -6,6 +6,7 @@
 //! durable. Dropping the session ends the stream: the broker then delivers what this
 //! member still holds to other members (after its backoff).
 
+use crate::client::Conn;
 use tidelog_proto::v1::queue_consume_request::{Credit, Open, Request, Settle};
 use tidelog_proto::v1::queue_consume_response::{Deliveries, Event, Settled};
 use tidelog_proto::v1::queues_client::QueuesClient;
@@ -13,7 +14,6 @@ use tidelog_proto::v1::settlement::{Ack, Action, InProgress, Nack};
 use tidelog_proto::v1::{QueueConfig, QueueConsumeRequest, QueueDelivery, Settlement};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 
 /// Requests queued for the stream before `send` waits.
@@ -51,7 +51,7 @@ impl Session {
     /// Opens a stream on `queue` with `credit` deliveries allowed, and waits for the
     /// broker's Opened answer.
     pub async fn open(
-        mut client: QueuesClient<Channel>,
+        mut client: QueuesClient<Conn>,
         queue: &str,
         client_id: &str,
         credit: u32,

@@ -89,7 +89,7 @@ pub(super) struct InFlight {
 
 pub(super) async fn worker(
     plan: WorkerPlan,
-    channel: tonic::transport::Channel,
+    channel: crate::client::Conn,
     ready: oneshot::Sender<()>,
 ) -> WorkerOutcome {
     let mut outcome = WorkerOutcome {

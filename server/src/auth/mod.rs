@@ -1,0 +1,478 @@
+//! Authentication and authorization (tidelogd `--auth`).
+//!
+//! - [`rpcs`]: THE table of what each RPC needs (operation x resource kind).
+//! - [`layer`]: the tower layer in front of every service: resolves the caller's
+//!   principal from the `authorization` metadata (UNAUTHENTICATED when it cannot), puts a
+//!   [`Caller`] (principal + the call's table row) into the request's extensions.
+//! - [`Auth::authorize`]: the per-RPC check every handler calls with the resources the
+//!   request names; PERMISSION_DENIED names the operation and the resource, and runs
+//!   before any lookup, so it never tells whether the resource exists.
+//! - [`Auth::guard`]: wraps a server stream so it re-checks its token and rules every
+//!   [`RECHECK_INTERVAL`] and ends when they no longer hold.
+//! - [`service`]: the `Access` gRPC service (tokens and rules).
+//!
+//! With auth off, [`Auth`] is empty: the layer passes calls through after one branch,
+//! `authorize` returns at once, and streams are not wrapped.
+//!
+//! Tokens: 8 random bytes of id and 32 of secret from the OS (getrandom); the broker
+//! stores the SHA-256 of the secret (tidelog_storage::access) and compares in constant
+//! time. The id is public; the secret is shown once.
+
+pub mod layer;
+pub mod rpcs;
+pub mod service;
+
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tidelog_storage::access::token::{self, TokenText};
+use tidelog_storage::access::{
+    self, AccessLog, AccessOp, Decision, Effect, Operation, ResourceKind, ResourcePattern, Rule,
+    StoredToken,
+};
+use tidelog_storage::{Error, OsFs, SystemClock};
+use tokio_stream::Stream;
+use tonic::{Request, Status};
+
+use rpcs::Rpc;
+
+/// How often an open stream checks again that its token and rules still allow it.
+pub const RECHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The principal the bootstrap token authenticates.
+pub const BOOTSTRAP_PRINCIPAL: &str = "admin";
+
+/// Who is calling, resolved by [`layer`]; in the request's extensions.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Arc<str>,
+    pub token_id: u64,
+    pub expires_at_ms: Option<i64>,
+    /// The call's row of [`rpcs::RPCS`]; `None` for calls that need no rule.
+    pub rpc: Option<&'static Rpc>,
+}
+
+/// A resource a request names.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub kind: ResourceKind,
+    pub name: &'a str,
+}
+
+impl<'a> Target<'a> {
+    pub fn topic(name: &'a str) -> Self {
+        Target {
+            kind: ResourceKind::Topic,
+            name,
+        }
+    }
+    pub fn group(name: &'a str) -> Self {
+        Target {
+            kind: ResourceKind::Group,
+            name,
+        }
+    }
+    pub fn queue(name: &'a str) -> Self {
+        Target {
+            kind: ResourceKind::Queue,
+            name,
+        }
+    }
+    pub fn cluster() -> Self {
+        Target {
+            kind: ResourceKind::Cluster,
+            name: "",
+        }
+    }
+}
+
+/// Authentication and authorization; empty when `--auth` is off.
+#[derive(Debug, Default)]
+pub struct Auth {
+    enabled: Option<AccessLog>,
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn sha256(secret: &[u8]) -> [u8; 32] {
+    Sha256::digest(secret).into()
+}
+
+fn storage_status(error: &Error) -> Status {
+    match error {
+        Error::InvalidArgument(message) => Status::invalid_argument(message.clone()),
+        other => Status::unavailable(format!(
+            "the access state cannot be written: {other}; restart tidelogd once the disk is fixed"
+        )),
+    }
+}
+
+impl Auth {
+    /// Auth off.
+    pub fn disabled() -> Self {
+        Auth::default()
+    }
+
+    /// Auth on: opens the access state in `data_dir` (blocking: file I/O, fsyncs). When
+    /// it holds no token, creates the bootstrap admin token and writes it to
+    /// `bootstrap_file` (created new, mode 0600).
+    pub fn open(data_dir: &Path, bootstrap_file: &Path) -> Result<Auth, String> {
+        let log = access::open(Arc::new(OsFs), data_dir, Arc::new(SystemClock)).map_err(|e| {
+            format!(
+                "cannot open the access state in {}: {e}",
+                data_dir.display()
+            )
+        })?;
+        let auth = Auth { enabled: Some(log) };
+        if auth
+            .log()
+            .is_some_and(|log| log.read(|a| a.token_count() == 0))
+        {
+            auth.bootstrap(bootstrap_file)?;
+        }
+        Ok(auth)
+    }
+
+    fn bootstrap(&self, file: &Path) -> Result<(), String> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let (text, info) = self
+            .create_token(BOOTSTRAP_PRINCIPAL, None, "bootstrap admin token".into())
+            .map_err(|s| format!("cannot create the bootstrap token: {}", s.message()))?;
+        let rule = Rule {
+            principal: BOOTSTRAP_PRINCIPAL.into(),
+            resource: ResourcePattern::parse("*").expect("valid"),
+            operation: None,
+            effect: Effect::Allow,
+        };
+        self.change(AccessOp::AddRule(rule))
+            .map_err(|s| format!("cannot add the bootstrap rule: {}", s.message()))?;
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(file)
+            .map_err(|e| {
+                format!(
+                    "cannot write the bootstrap admin token to {} ({e}); remove the file or \
+                     pass another --auth-bootstrap-token-file, then start again",
+                    file.display()
+                )
+            })?;
+        out.write_all(format!("{text}\n").as_bytes())
+            .and_then(|()| out.sync_all())
+            .map_err(|e| format!("writing {}: {e}", file.display()))?;
+        tracing::warn!(
+            file = %file.display(),
+            token_id = %token::format_id(info.id),
+            principal = BOOTSTRAP_PRINCIPAL,
+            "auth is on and no token existed: wrote a bootstrap admin token; create your own \
+             tokens and rules with it (tidelog auth, tidelog acl), then revoke it"
+        );
+        Ok(())
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.is_some()
+    }
+
+    pub fn log(&self) -> Option<&AccessLog> {
+        self.enabled.as_ref()
+    }
+
+    /// Resolves the principal of an `authorization` metadata value (`None`: missing).
+    pub fn authenticate(
+        &self,
+        value: Option<&[u8]>,
+        rpc: Option<&'static Rpc>,
+    ) -> Result<Caller, Status> {
+        let Some(log) = &self.enabled else {
+            return Err(Status::internal("authenticate called with auth off"));
+        };
+        let Some(value) = value else {
+            return Err(Status::unauthenticated(
+                "this broker requires a token (tidelogd --auth): pass --token or set \
+                 TIDELOG_TOKEN, or send the metadata authorization: Bearer <token>",
+            ));
+        };
+        let parsed = token::parse_authorization(value).map_err(|e| {
+            Status::unauthenticated(format!("{e}; tokens look like tidelog_<id>_<secret>"))
+        })?;
+        let now = now_ms();
+        log.read(|a| {
+            let stored = a.token(parsed.id).ok_or_else(|| unknown_token(parsed.id))?;
+            verify(stored, &parsed, now)?;
+            Ok(Caller {
+                principal: stored.principal.as_str().into(),
+                token_id: stored.id,
+                expires_at_ms: stored.expires_at_ms,
+                rpc,
+            })
+        })
+    }
+
+    /// Checks that the caller of `request` may do its RPC's operation on every target.
+    /// Returns at once when auth is off.
+    pub fn authorize<T>(&self, request: &Request<T>, targets: &[Target<'_>]) -> Result<(), Status> {
+        if self.enabled.is_none() {
+            return Ok(());
+        }
+        self.check(request.extensions().get::<Caller>(), targets)
+    }
+
+    /// [`Auth::authorize`] for a caller taken out of its request (a stream's items).
+    pub fn check(&self, caller: Option<&Caller>, targets: &[Target<'_>]) -> Result<(), Status> {
+        let result = self.check_quietly(caller, targets);
+        if let Err(status) = &result {
+            audit_denied(caller, status);
+        }
+        result
+    }
+
+    fn check_quietly(&self, caller: Option<&Caller>, targets: &[Target<'_>]) -> Result<(), Status> {
+        let Some(log) = &self.enabled else {
+            return Ok(());
+        };
+        let Some(caller) = caller else {
+            return Err(Status::permission_denied(
+                "the call was not authenticated by the auth layer",
+            ));
+        };
+        let now = now_ms();
+        log.read(|a| {
+            // The token may have been revoked or expired since the call started.
+            if a.token(caller.token_id).is_none() {
+                return Err(unknown_token(caller.token_id));
+            }
+            if let Some(expired) = caller.expires_at_ms.filter(|at| *at <= now) {
+                return Err(expired_token(caller.token_id, expired));
+            }
+            let rpc = caller
+                .rpc
+                .ok_or_else(|| Status::permission_denied("no RPC to authorize"))?;
+            for target in targets {
+                let operation = rpc.operation_on(target.kind).ok_or_else(|| {
+                    Status::internal(format!(
+                        "{} names a {} but the RPC table has no operation for it",
+                        rpc.name(),
+                        target.kind.name()
+                    ))
+                })?;
+                if a.decide(&caller.principal, operation, target.kind, target.name)
+                    != Decision::Allow
+                {
+                    return Err(denied(&caller.principal, operation, *target, rpc));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Whether the caller may see `target` (for list RPCs, which leave out what not).
+    pub fn may<T>(&self, request: &Request<T>, target: Target<'_>) -> bool {
+        self.may_caller(request.extensions().get::<Caller>(), target)
+    }
+
+    /// [`Auth::may`] for a caller taken out of its request. Writes no audit line: a
+    /// list leaving something out is not a refused call.
+    pub fn may_caller(&self, caller: Option<&Caller>, target: Target<'_>) -> bool {
+        self.enabled.is_none() || self.check_quietly(caller, &[target]).is_ok()
+    }
+
+    /// Wraps a server stream so it ends with the status of the first failed re-check
+    /// (token revoked or expired, a rule changed) within [`RECHECK_INTERVAL`]. With
+    /// auth off the stream is returned as it is.
+    pub fn guard<S, T>(
+        self: &Arc<Self>,
+        caller: Option<Caller>,
+        targets: Vec<(ResourceKind, String)>,
+        stream: S,
+    ) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>
+    where
+        S: Stream<Item = Result<T, Status>> + Send + 'static,
+        T: Send + 'static,
+    {
+        if self.enabled.is_none() {
+            return Box::pin(stream);
+        }
+        let mut interval = tokio::time::interval(RECHECK_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Box::pin(Guarded {
+            auth: self.clone(),
+            caller,
+            targets,
+            interval,
+            inner: Box::pin(stream),
+            done: false,
+        })
+    }
+
+    /// Appends one change durably (blocking: an fdatasync).
+    pub fn change(&self, op: AccessOp) -> Result<bool, Status> {
+        let log = self.log().ok_or_else(auth_off)?;
+        log.append_one(op).map_err(|e| storage_status(&e))
+    }
+
+    /// Creates a token; returns its text (shown once) and what is stored.
+    pub fn create_token(
+        &self,
+        principal: &str,
+        expires_at_ms: Option<i64>,
+        description: String,
+    ) -> Result<(String, StoredToken), Status> {
+        let log = self.log().ok_or_else(auth_off)?;
+        access::validate_principal(principal).map_err(|e| storage_status(&e))?;
+        if log.read(|a| a.token_count()) >= tidelog_storage::limits::ACCESS_TOKENS_MAX {
+            return Err(Status::resource_exhausted(format!(
+                "the broker holds {} tokens, its limit; revoke unused ones first",
+                tidelog_storage::limits::ACCESS_TOKENS_MAX
+            )));
+        }
+        let mut id = [0u8; 8];
+        let mut secret = [0u8; token::TOKEN_SECRET_BYTES];
+        getrandom::fill(&mut id)
+            .and_then(|()| getrandom::fill(&mut secret))
+            .map_err(|e| Status::internal(format!("the OS gave no random bytes: {e}")))?;
+        let text = TokenText {
+            id: u64::from_le_bytes(id),
+            secret,
+        };
+        let stored = StoredToken {
+            id: text.id,
+            principal: principal.to_string(),
+            secret_sha256: sha256(&text.secret),
+            created_at_ms: now_ms(),
+            expires_at_ms,
+            description,
+        };
+        self.change(AccessOp::CreateToken(stored.clone()))?;
+        Ok((text.to_text(), stored))
+    }
+}
+
+/// The target of the audit lines: `RUST_LOG`/`--log-level` can route or silence it
+/// (`tidelog_audit=info`).
+pub const AUDIT_TARGET: &str = "tidelog_audit";
+
+/// One audit line for a refused call.
+pub fn audit_denied(caller: Option<&Caller>, status: &Status) {
+    tracing::warn!(
+        target: AUDIT_TARGET,
+        principal = caller.map_or("-", |c| &*c.principal),
+        rpc = caller.and_then(|c| c.rpc).map_or("-", Rpc::name),
+        result = tidelog_proto::code_name(status.code()),
+        reason = status.message(),
+        "call refused"
+    );
+}
+
+/// One audit line for a change of the access state by `caller`.
+pub fn audit_change(caller: Option<&Caller>, change: &str, result: &Result<bool, Status>) {
+    let outcome = match result {
+        Ok(true) => "OK",
+        Ok(false) => "UNCHANGED",
+        Err(status) => tidelog_proto::code_name(status.code()),
+    };
+    tracing::info!(
+        target: AUDIT_TARGET,
+        principal = caller.map_or("-", |c| &*c.principal),
+        change,
+        result = outcome,
+        "access changed"
+    );
+}
+
+fn auth_off() -> Status {
+    Status::failed_precondition(
+        "authentication is off on this broker: start tidelogd with --auth to manage tokens and ACLs",
+    )
+}
+
+fn verify(stored: &StoredToken, parsed: &TokenText, now: i64) -> Result<(), Status> {
+    let hash = sha256(&parsed.secret);
+    if !bool::from(hash.ct_eq(&stored.secret_sha256)) {
+        // Same message as an unknown id: a wrong secret tells nothing more.
+        return Err(unknown_token(parsed.id));
+    }
+    if let Some(at) = stored.expires_at_ms.filter(|at| *at <= now) {
+        return Err(expired_token(stored.id, at));
+    }
+    Ok(())
+}
+
+fn unknown_token(id: u64) -> Status {
+    Status::unauthenticated(format!(
+        "token {} is not valid: unknown, revoked, or its secret is wrong; ask an admin for a \
+         new one (tidelog auth token create)",
+        token::format_id(id)
+    ))
+}
+
+fn expired_token(id: u64, at_ms: i64) -> Status {
+    Status::unauthenticated(format!(
+        "token {} expired at {at_ms} ms since the epoch; ask an admin for a new one \
+         (tidelog auth token create)",
+        token::format_id(id)
+    ))
+}
+
+fn denied(principal: &str, operation: Operation, target: Target<'_>, rpc: &Rpc) -> Status {
+    let resource = if target.kind == ResourceKind::Cluster {
+        "cluster".to_string()
+    } else {
+        format!("{}:{}", target.kind.name(), target.name)
+    };
+    Status::permission_denied(format!(
+        "principal {principal} may not {operation} {resource} ({}); an admin can allow it: \
+         tidelog acl add --principal {principal} --operation {operation} --resource {resource}",
+        rpc.name()
+    ))
+}
+
+/// A server stream that re-checks its caller every [`RECHECK_INTERVAL`].
+struct Guarded<T> {
+    auth: Arc<Auth>,
+    caller: Option<Caller>,
+    targets: Vec<(ResourceKind, String)>,
+    interval: tokio::time::Interval,
+    inner: Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>,
+    done: bool,
+}
+
+impl<T> Guarded<T> {
+    fn recheck(&self) -> Result<(), Status> {
+        let targets: Vec<Target<'_>> = self
+            .targets
+            .iter()
+            .map(|(kind, name)| Target { kind: *kind, name })
+            .collect();
+        self.auth.check(self.caller.as_ref(), &targets)
+    }
+}
+
+impl<T> Stream for Guarded<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        while self.interval.poll_tick(cx).is_ready() {
+            if let Err(status) = self.recheck() {
+                self.done = true;
+                return Poll::Ready(Some(Err(status)));
+            }
+        }
+        self.inner.as_mut().poll_next(cx)
+    }
+}

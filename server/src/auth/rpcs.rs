@@ -1,0 +1,188 @@
+//! THE table: which operation on which kind of resource every RPC needs. The one place
+//! that says so; [`super::layer`] finds a call's row by its path, and a handler names
+//! only the resources (`Target::topic(&request.topic)`), never the operation.
+//!
+//! A test checks that every RPC of every tidelog service has a row, and the README's
+//! "Security" table is this one.
+
+use tidelog_storage::access::{Operation, ResourceKind};
+
+use Operation::*;
+use ResourceKind::*;
+
+/// One RPC's needs.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Rpc {
+    /// The gRPC path, `/tidelog.v1.Service/Method`.
+    pub path: &'static str,
+    /// The operation needed on each kind of resource the call names. Empty: being
+    /// authenticated is enough.
+    pub needs: &'static [(ResourceKind, Operation)],
+}
+
+impl Rpc {
+    /// The operation this RPC needs on `kind`, if it names resources of that kind.
+    pub fn operation_on(&self, kind: ResourceKind) -> Option<Operation> {
+        self.needs
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, op)| *op)
+    }
+
+    /// `Service/Method` without the package, for messages.
+    pub fn name(&self) -> &'static str {
+        self.path.strip_prefix("/tidelog.v1.").unwrap_or(self.path)
+    }
+}
+
+const fn rpc(path: &'static str, needs: &'static [(ResourceKind, Operation)]) -> Rpc {
+    Rpc { path, needs }
+}
+
+/// Every tidelog RPC. List calls (ListTopics, ListGroups, ListQueues) return only what
+/// the caller may describe. A queue reads its topic: CreateQueue also needs consume on
+/// the topic.
+pub static RPCS: &[Rpc] = &[
+    rpc("/tidelog.v1.Admin/CreateTopic", &[(Topic, Create)]),
+    rpc("/tidelog.v1.Admin/DeleteTopic", &[(Topic, Delete)]),
+    rpc("/tidelog.v1.Admin/ListTopics", &[(Topic, Describe)]),
+    rpc("/tidelog.v1.Admin/DescribeTopic", &[(Topic, Describe)]),
+    rpc("/tidelog.v1.Admin/AlterTopicConfig", &[(Topic, Alter)]),
+    rpc("/tidelog.v1.Admin/CreatePartitions", &[(Topic, Alter)]),
+    rpc("/tidelog.v1.Admin/DescribeBroker", &[(Cluster, Describe)]),
+    rpc("/tidelog.v1.Publisher/Publish", &[(Topic, Publish)]),
+    rpc("/tidelog.v1.Publisher/PublishStream", &[(Topic, Publish)]),
+    rpc("/tidelog.v1.Publisher/PublishBatch", &[(Topic, Publish)]),
+    rpc("/tidelog.v1.Consumer/Fetch", &[(Topic, Consume)]),
+    rpc("/tidelog.v1.Consumer/FetchBatches", &[(Topic, Consume)]),
+    rpc("/tidelog.v1.Consumer/SubscribeBatches", &[(Topic, Consume)]),
+    rpc(
+        "/tidelog.v1.Consumer/Subscribe",
+        &[(Topic, Consume), (Group, Consume)],
+    ),
+    rpc("/tidelog.v1.Consumer/ListOffsets", &[(Topic, Describe)]),
+    rpc("/tidelog.v1.Groups/CommitOffsets", &[(Group, GroupCommit)]),
+    rpc("/tidelog.v1.Groups/FetchOffsets", &[(Group, Describe)]),
+    rpc("/tidelog.v1.Groups/ListGroups", &[(Group, Describe)]),
+    rpc("/tidelog.v1.Groups/DescribeGroup", &[(Group, Describe)]),
+    rpc("/tidelog.v1.Groups/DeleteGroup", &[(Group, Delete)]),
+    rpc("/tidelog.v1.Groups/DeleteOffsets", &[(Group, GroupReset)]),
+    rpc("/tidelog.v1.Groups/ResetOffsets", &[(Group, GroupReset)]),
+    rpc(
+        "/tidelog.v1.Queues/CreateQueue",
+        &[(Queue, Create), (Topic, Consume)],
+    ),
+    rpc("/tidelog.v1.Queues/AlterQueue", &[(Queue, Alter)]),
+    rpc("/tidelog.v1.Queues/DeleteQueue", &[(Queue, Delete)]),
+    rpc("/tidelog.v1.Queues/ListQueues", &[(Queue, Describe)]),
+    rpc("/tidelog.v1.Queues/DescribeQueue", &[(Queue, Describe)]),
+    rpc("/tidelog.v1.Queues/PurgeQueue", &[(Queue, Delete)]),
+    rpc("/tidelog.v1.Queues/RedriveQueue", &[(Queue, Alter)]),
+    rpc("/tidelog.v1.Queues/Consume", &[(Queue, Consume)]),
+    rpc("/tidelog.v1.Queues/Receive", &[(Queue, Consume)]),
+    rpc("/tidelog.v1.Queues/Settle", &[(Queue, Consume)]),
+    rpc("/tidelog.v1.Queues/ListDeliveries", &[(Queue, Describe)]),
+    rpc("/tidelog.v1.Messages/GetMessage", &[(Topic, Consume)]),
+    rpc(
+        "/tidelog.v1.Messages/GetDeliveryStatus",
+        &[(Topic, Describe), (Queue, Describe), (Group, Describe)],
+    ),
+    rpc(
+        "/tidelog.v1.Messages/GetDeliveryHistory",
+        &[(Topic, Describe), (Queue, Describe)],
+    ),
+    rpc("/tidelog.v1.Access/CreateToken", &[(Cluster, Admin)]),
+    rpc("/tidelog.v1.Access/ListTokens", &[(Cluster, Admin)]),
+    rpc("/tidelog.v1.Access/RevokeToken", &[(Cluster, Admin)]),
+    rpc("/tidelog.v1.Access/ListAcls", &[(Cluster, Admin)]),
+    rpc("/tidelog.v1.Access/AddAcl", &[(Cluster, Admin)]),
+    rpc("/tidelog.v1.Access/RemoveAcl", &[(Cluster, Admin)]),
+    rpc("/tidelog.v1.Access/WhoAmI", &[]),
+];
+
+/// Calls that need no credentials: the gRPC health check (load balancers and
+/// orchestrators probe it without a token).
+pub const OPEN_PREFIXES: &[&str] = &["/grpc.health.v1.Health/"];
+
+/// Services that need a valid token but no rule: server reflection (it shows the API,
+/// never data).
+pub const AUTHENTICATED_PREFIXES: &[&str] = &[
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+];
+
+/// What the layer does with a call on `path`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    Open,
+    AuthenticatedOnly,
+    Rpc(&'static Rpc),
+    /// No such RPC: refused after authentication (tonic would say UNIMPLEMENTED).
+    Unknown,
+}
+
+pub fn route(path: &str) -> Route {
+    if OPEN_PREFIXES.iter().any(|p| path.starts_with(p)) {
+        return Route::Open;
+    }
+    if AUTHENTICATED_PREFIXES.iter().any(|p| path.starts_with(p)) {
+        return Route::AuthenticatedOnly;
+    }
+    match RPCS.iter().find(|rpc| rpc.path == path) {
+        Some(rpc) => Route::Rpc(rpc),
+        None => Route::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message as _;
+
+    /// Every method of every tidelog service, read from the descriptor set the broker
+    /// serves, has exactly one row, and no row names a method that does not exist.
+    #[test]
+    fn every_rpc_has_exactly_one_row() {
+        let set =
+            prost_types::FileDescriptorSet::decode(tidelog_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let mut paths = Vec::new();
+        for file in &set.file {
+            if file.package() != "tidelog.v1" {
+                continue;
+            }
+            for service in &file.service {
+                for method in &service.method {
+                    paths.push(format!("/tidelog.v1.{}/{}", service.name(), method.name()));
+                }
+            }
+        }
+        assert!(paths.len() >= 40, "{paths:?}");
+        for path in &paths {
+            let rows = RPCS.iter().filter(|rpc| rpc.path == path).count();
+            assert_eq!(rows, 1, "{path} has {rows} rows in RPCS");
+        }
+        for rpc in RPCS {
+            assert!(
+                paths.iter().any(|p| p == rpc.path),
+                "{} is no RPC",
+                rpc.path
+            );
+        }
+        assert_eq!(paths.len(), RPCS.len());
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("/grpc.health.v1.Health/Check"), Route::Open);
+        assert_eq!(
+            route("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            Route::AuthenticatedOnly
+        );
+        assert!(matches!(
+            route("/tidelog.v1.Publisher/Publish"),
+            Route::Rpc(_)
+        ));
+        assert_eq!(route("/tidelog.v1.Publisher/Nope"), Route::Unknown);
+        assert_eq!(route("/grpc.health.v1.HealthX/Check"), Route::Unknown);
+    }
+}

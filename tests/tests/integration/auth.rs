@@ -1,0 +1,534 @@
+//! `tidelogd --auth` through the real binary (plaintext; TLS is not built yet):
+//!
+//! - the authorization matrix: every operation x a principal allowed, a principal
+//!   denied (PERMISSION_DENIED naming the operation and resource, the same for a
+//!   resource that does not exist), no token, an expired token, a revoked token
+//!   (UNAUTHENTICATED);
+//! - an open Subscribe ends within a second of its token's revocation, and of its rule's
+//!   removal;
+//! - tokens and rules survive kill -9; the bootstrap token is written once;
+//! - the CLI's `auth` / `acl` commands and `--token`;
+//! - with auth off, the Access service says so and everything else is unchanged.
+
+use std::time::{Duration, Instant};
+
+use tidelog_proto::v1::access_client::AccessClient;
+use tidelog_proto::v1::admin_client::AdminClient;
+use tidelog_proto::v1::consumer_client::ConsumerClient;
+use tidelog_proto::v1::groups_client::GroupsClient;
+use tidelog_proto::v1::publisher_client::PublisherClient;
+use tidelog_proto::v1::{
+    AclRule, AddAclRequest, CommitOffsetsRequest, CreatePartitionsRequest, CreateTokenRequest,
+    CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, FetchRequest, ListTokensRequest,
+    ListTopicsRequest, Message, PublishRequest, RemoveAclRequest, ResetOffsetsRequest,
+    RevokeTokenRequest, SubscribeRequest, TopicConfig, TopicPartitionOffset, WhoAmIRequest,
+    reset_offsets_request,
+};
+use tidelog_tests::{TestBroker, tidelog_command};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+type Conn = InterceptedService<Channel, Token>;
+
+#[derive(Clone)]
+struct Token(Option<String>);
+
+impl tonic::service::Interceptor for Token {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        Ok(request)
+    }
+}
+
+async fn conn(broker: &TestBroker, token: Option<&str>) -> Conn {
+    InterceptedService::new(broker.channel().await, Token(token.map(str::to_string)))
+}
+
+fn bootstrap_token(broker: &TestBroker) -> String {
+    std::fs::read_to_string(broker.data_dir().join("bootstrap-admin.token"))
+        .expect("the bootstrap token file")
+        .trim()
+        .to_string()
+}
+
+async fn create_token(admin: &Conn, principal: &str, ttl_ms: u64) -> String {
+    AccessClient::new(admin.clone())
+        .create_token(CreateTokenRequest {
+            principal: principal.into(),
+            ttl_ms,
+            description: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+}
+
+fn rule(principal: &str, resource: &str, operation: &str) -> AclRule {
+    AclRule {
+        principal: principal.into(),
+        resource: resource.into(),
+        operation: operation.into(),
+        effect: "allow".into(),
+    }
+}
+
+async fn allow(admin: &Conn, principal: &str, resource: &str, operation: &str) {
+    AccessClient::new(admin.clone())
+        .add_acl(AddAclRequest {
+            rule: Some(rule(principal, resource, operation)),
+        })
+        .await
+        .unwrap();
+}
+
+/// One call of `operation` on a resource, by whoever `conn` carries.
+async fn call(operation: &str, conn: &Conn, n: usize) -> Result<(), Status> {
+    let mut admin = AdminClient::new(conn.clone());
+    match operation {
+        "publish" => PublisherClient::new(conn.clone())
+            .publish(PublishRequest {
+                topic: "orders".into(),
+                messages: vec![Message {
+                    value: "v".into(),
+                    ..Message::default()
+                }],
+                ..PublishRequest::default()
+            })
+            .await
+            .map(drop),
+        "consume" => ConsumerClient::new(conn.clone())
+            .fetch(FetchRequest {
+                topic: "orders".into(),
+                max_messages: 1,
+                ..FetchRequest::default()
+            })
+            .await
+            .map(drop),
+        "create" => admin
+            .create_topic(CreateTopicRequest {
+                name: format!("made-{n}"),
+                partitions: 1,
+                config: None,
+            })
+            .await
+            .map(drop),
+        "alter" => admin
+            .create_partitions(CreatePartitionsRequest {
+                name: "orders".into(),
+                partitions: 2,
+            })
+            .await
+            .map(drop),
+        "delete" => admin
+            .delete_topic(DeleteTopicRequest {
+                name: "doomed".into(),
+            })
+            .await
+            .map(drop),
+        "describe" => admin
+            .describe_topic(DescribeTopicRequest {
+                name: "orders".into(),
+            })
+            .await
+            .map(drop),
+        "group-commit" => GroupsClient::new(conn.clone())
+            .commit_offsets(CommitOffsetsRequest {
+                group_id: "billing".into(),
+                offsets: vec![TopicPartitionOffset {
+                    topic: "orders".into(),
+                    partition: 0,
+                    offset: 0,
+                    metadata: String::new(),
+                }],
+                ..CommitOffsetsRequest::default()
+            })
+            .await
+            .map(drop),
+        "group-reset" => GroupsClient::new(conn.clone())
+            .reset_offsets(ResetOffsetsRequest {
+                group_id: "billing".into(),
+                scope: Some(reset_offsets_request::Scope::AllTopics(
+                    reset_offsets_request::AllTopics {},
+                )),
+                spec: Some(reset_offsets_request::Spec::ToEarliest(
+                    reset_offsets_request::ToEarliest {},
+                )),
+                execute: false,
+            })
+            .await
+            .map(drop),
+        "admin" => AccessClient::new(conn.clone())
+            .list_tokens(ListTokensRequest {})
+            .await
+            .map(drop),
+        other => panic!("no call for {other}"),
+    }
+}
+
+/// The resource each operation's call names, as a rule pattern.
+fn resource_of(operation: &str) -> &'static str {
+    match operation {
+        "create" => "topic:made-*",
+        "delete" => "topic:doomed",
+        "group-commit" | "group-reset" => "group:billing",
+        "admin" => "cluster",
+        _ => "topic:orders",
+    }
+}
+
+const OPERATIONS: [&str; 9] = [
+    "publish",
+    "consume",
+    "create",
+    "alter",
+    "delete",
+    "describe",
+    "group-commit",
+    "group-reset",
+    "admin",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authorization_matrix_holds_for_every_operation() {
+    let broker = TestBroker::start_with(&["--auth"]);
+    let admin = conn(&broker, Some(&bootstrap_token(&broker))).await;
+    let mut admin_client = AdminClient::new(admin.clone());
+    for name in ["orders", "doomed"] {
+        admin_client
+            .create_topic(CreateTopicRequest {
+                name: name.into(),
+                partitions: 1,
+                config: Some(TopicConfig::default()),
+            })
+            .await
+            .unwrap();
+    }
+    let none = conn(&broker, None).await;
+    let expired_token = create_token(&admin, "alice", 1).await;
+    let revoked_token = create_token(&admin, "alice", 0).await;
+    AccessClient::new(admin.clone())
+        .revoke_token(RevokeTokenRequest {
+            id: revoked_token.clone(),
+        })
+        .await
+        .unwrap();
+    let expired = conn(&broker, Some(&expired_token)).await;
+    let revoked = conn(&broker, Some(&revoked_token)).await;
+    let malformed = conn(&broker, Some("tidelog_nope")).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    for (n, operation) in OPERATIONS.into_iter().enumerate() {
+        // A principal allowed this operation only, and one allowed nothing.
+        let allowed_name = format!("ok-{operation}");
+        let allowed = conn(&broker, Some(&create_token(&admin, &allowed_name, 0).await)).await;
+        let denied = conn(&broker, Some(&create_token(&admin, "nobody", 0).await)).await;
+        allow(&admin, &allowed_name, resource_of(operation), operation).await;
+        let outcome = call(operation, &allowed, n).await;
+        assert!(
+            outcome.is_ok(),
+            "{operation} by a principal allowed it: {outcome:?}"
+        );
+        let status = call(operation, &denied, n).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::PermissionDenied,
+            "{operation}: {status:?}"
+        );
+        assert!(
+            status.message().contains(&format!("may not {operation} ")),
+            "{operation}: {}",
+            status.message()
+        );
+        for (who, conn) in [
+            ("no token", &none),
+            ("an expired token", &expired),
+            ("a revoked token", &revoked),
+            ("a malformed token", &malformed),
+        ] {
+            let status = call(operation, conn, n).await.unwrap_err();
+            assert_eq!(
+                status.code(),
+                Code::Unauthenticated,
+                "{operation} with {who}: {status:?}"
+            );
+        }
+        // Allowed another operation is not allowed this one.
+        if operation != "admin" {
+            let other = call("admin", &allowed, n).await.unwrap_err();
+            assert_eq!(other.code(), Code::PermissionDenied);
+        }
+    }
+    let expired_message = call("describe", &expired, 0).await.unwrap_err();
+    assert!(
+        expired_message.message().contains("expired"),
+        "{expired_message:?}"
+    );
+
+    // Denied the same way whether or not the topic exists.
+    let nobody = conn(&broker, Some(&create_token(&admin, "nobody", 0).await)).await;
+    let mut nobody_admin = AdminClient::new(nobody.clone());
+    let mut answers = Vec::new();
+    for name in ["orders", "no-such-topic"] {
+        let status = nobody_admin
+            .describe_topic(DescribeTopicRequest { name: name.into() })
+            .await
+            .unwrap_err();
+        answers.push((status.code(), status.message().replace(name, "NAME")));
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[0].0, Code::PermissionDenied);
+    // Lists show only what the caller may describe.
+    let listed = nobody_admin
+        .list_topics(ListTopicsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .topics;
+    assert!(listed.is_empty(), "{listed:?}");
+    let listed =
+        AdminClient::new(conn(&broker, Some(&create_token(&admin, "ok-describe", 0).await)).await)
+            .list_topics(ListTopicsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .topics;
+    assert_eq!(
+        listed.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        ["orders"]
+    );
+
+    // The health check needs no token.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(broker.channel().await);
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap();
+    // WhoAmI: any valid token.
+    let me = AccessClient::new(nobody)
+        .who_am_i(WhoAmIRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(me.principal, "nobody");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_subscribe_ends_within_a_second_of_revocation_or_rule_removal() {
+    let broker = TestBroker::start_with(&["--auth"]);
+    let admin = conn(&broker, Some(&bootstrap_token(&broker))).await;
+    AdminClient::new(admin.clone())
+        .create_topic(CreateTopicRequest {
+            name: "orders".into(),
+            partitions: 1,
+            config: Some(TopicConfig::default()),
+        })
+        .await
+        .unwrap();
+    allow(&admin, "reader", "topic:orders", "consume").await;
+    for ending in ["revoke", "remove the rule"] {
+        let token = create_token(&admin, "reader", 0).await;
+        let reader = conn(&broker, Some(&token)).await;
+        let mut stream = ConsumerClient::new(reader)
+            .subscribe(SubscribeRequest {
+                topic: "orders".into(),
+                ..SubscribeRequest::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        // Open and quiet for a while: the re-checks pass.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(600), stream.message())
+                .await
+                .is_err(),
+            "{ending}: the stream should wait for messages"
+        );
+        let started = Instant::now();
+        let mut access = AccessClient::new(admin.clone());
+        let expected = if ending == "revoke" {
+            access
+                .revoke_token(RevokeTokenRequest { id: token.clone() })
+                .await
+                .unwrap();
+            Code::Unauthenticated
+        } else {
+            access
+                .remove_acl(RemoveAclRequest {
+                    rule: Some(rule("reader", "topic:orders", "consume")),
+                })
+                .await
+                .unwrap();
+            Code::PermissionDenied
+        };
+        let ended = tokio::time::timeout(Duration::from_secs(3), stream.message())
+            .await
+            .expect("the stream ended");
+        let status = ended.unwrap_err();
+        assert_eq!(status.code(), expected, "{ending}: {status:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{ending}: took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_rules_survive_kill_9_and_the_bootstrap_token_is_written_once() {
+    let mut broker = TestBroker::start_with(&["--auth"]);
+    let bootstrap = bootstrap_token(&broker);
+    let admin = conn(&broker, Some(&bootstrap)).await;
+    let token = create_token(&admin, "alice", 0).await;
+    allow(&admin, "alice", "topic:*", "describe").await;
+    let gone = create_token(&admin, "mallory", 0).await;
+    AccessClient::new(admin.clone())
+        .revoke_token(RevokeTokenRequest { id: gone.clone() })
+        .await
+        .unwrap();
+    broker.kill9();
+    broker.restart();
+    assert_eq!(
+        bootstrap_token(&broker),
+        bootstrap,
+        "the bootstrap file is not rewritten"
+    );
+    let alice = conn(&broker, Some(&token)).await;
+    AdminClient::new(alice)
+        .list_topics(ListTopicsRequest::default())
+        .await
+        .unwrap();
+    let status = AdminClient::new(conn(&broker, Some(&gone)).await)
+        .list_topics(ListTopicsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(
+        !broker.log().contains(&bootstrap[30..]),
+        "the token's secret must never be logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_manages_tokens_and_rules_and_sends_its_token() {
+    let broker = TestBroker::start_with(&["--auth"]);
+    let admin = bootstrap_token(&broker);
+    let cli = |token: Option<&str>, args: &[&str]| {
+        let mut command = tidelog_command();
+        command.args(["--server", &broker.endpoint()]);
+        command.env_remove("TIDELOG_TOKEN");
+        if let Some(token) = token {
+            command.env("TIDELOG_TOKEN", token);
+        }
+        command.args(args).output().unwrap()
+    };
+    let created = cli(
+        Some(&admin),
+        &[
+            "auth",
+            "token",
+            "create",
+            "--principal",
+            "ops",
+            "--ttl",
+            "1h",
+            "--json",
+        ],
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let ops = created["token"].as_str().unwrap().to_string();
+    assert!(created["expires_at_ms"].as_i64().is_some());
+
+    let denied = cli(Some(&ops), &["topic", "create", "ops-topic"]);
+    assert_eq!(denied.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        stderr.contains("may not create topic:ops-topic"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("tidelog acl add"), "{stderr}");
+
+    let added = cli(
+        Some(&admin),
+        &[
+            "acl",
+            "add",
+            "--principal",
+            "ops",
+            "--resource",
+            "topic:ops-*",
+            "--operation",
+            "create",
+        ],
+    );
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let made = cli(Some(&ops), &["topic", "create", "ops-topic"]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+
+    let listed = cli(Some(&admin), &["acl", "list", "--json"]);
+    let rules: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert!(
+        rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["principal"] == "ops" && r["resource"] == "topic:ops-*")
+    );
+    let tokens = cli(Some(&admin), &["auth", "token", "list"]);
+    let text = String::from_utf8_lossy(&tokens.stdout);
+    assert!(text.contains("ops") && !text.contains(&ops[25..]), "{text}");
+
+    let id = created["id"].as_str().unwrap();
+    let revoked = cli(Some(&admin), &["auth", "token", "revoke", id]);
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    let refused = cli(Some(&ops), &["topic", "list"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is not valid"));
+    let none = cli(None, &["topic", "list"]);
+    assert!(String::from_utf8_lossy(&none.stderr).contains("requires a token"));
+    let typo = cli(Some("tidelog_123"), &["topic", "list"]);
+    assert_eq!(
+        typo.status.code(),
+        Some(2),
+        "a malformed token is a usage error"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_off_the_access_service_says_so() {
+    let broker = TestBroker::start();
+    let mut access = AccessClient::new(broker.channel().await);
+    let status = access.list_tokens(ListTokensRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("--auth"), "{status:?}");
+    let me = access
+        .who_am_i(WhoAmIRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(me.principal, "");
+    assert!(!broker.data_dir().join("bootstrap-admin.token").exists());
+    assert!(!broker.data_dir().join("state/access").exists());
+}
