@@ -532,3 +532,88 @@ async fn with_auth_off_the_access_service_says_so() {
     assert!(!broker.data_dir().join("bootstrap-admin.token").exists());
     assert!(!broker.data_dir().join("state/access").exists());
 }
+
+/// The record-batch RPCs and topic patterns are checked like the per-message ones: a
+/// caller allowed to consume `orders` and nothing else may FetchBatches and
+/// SubscribeBatches on it, is refused PublishBatch (before its bytes are looked at:
+/// garbage gets PERMISSION_DENIED, not INVALID_ARGUMENT) and every batch form on
+/// `secret`; an admin's garbage batch reaches validation. A Subscribe by pattern is
+/// refused under --auth (FAILED_PRECONDITION), since a pattern could reach topics the
+/// caller may not read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_rpcs_and_patterns_are_authorized() {
+    use tidelog_proto::v1::PublishBatchRequest;
+
+    let broker = TestBroker::start_with(&["--auth"]);
+    let admin = conn(&broker, Some(&bootstrap_token(&broker))).await;
+    for name in ["orders", "secret"] {
+        AdminClient::new(admin.clone())
+            .create_topic(CreateTopicRequest {
+                name: name.into(),
+                partitions: 1,
+                config: Some(TopicConfig::default()),
+            })
+            .await
+            .unwrap();
+    }
+    let reader_token = create_token(&admin, "reader", 0).await;
+    allow(&admin, "reader", "topic:orders", "consume").await;
+    let reader = conn(&broker, Some(&reader_token)).await;
+
+    let garbage = |topic: &str| PublishBatchRequest {
+        topic: topic.into(),
+        partition: 0,
+        batch: vec![0xff; 80].into(),
+        ..PublishBatchRequest::default()
+    };
+    let denied = PublisherClient::new(reader.clone())
+        .publish_batch(garbage("orders"))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    let invalid = PublisherClient::new(admin.clone())
+        .publish_batch(garbage("orders"))
+        .await
+        .unwrap_err();
+    assert_eq!(invalid.code(), Code::InvalidArgument, "{invalid:?}");
+
+    let fetch = |topic: &str| FetchRequest {
+        topic: topic.into(),
+        max_messages: 1,
+        ..FetchRequest::default()
+    };
+    ConsumerClient::new(reader.clone())
+        .fetch_batches(fetch("orders"))
+        .await
+        .expect("consume on orders allows FetchBatches");
+    let denied = ConsumerClient::new(reader.clone())
+        .fetch_batches(fetch("secret"))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    let denied = ConsumerClient::new(reader.clone())
+        .subscribe_batches(SubscribeRequest {
+            topic: "secret".into(),
+            ..SubscribeRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    ConsumerClient::new(reader.clone())
+        .subscribe_batches(SubscribeRequest {
+            topic: "orders".into(),
+            ..SubscribeRequest::default()
+        })
+        .await
+        .expect("consume on orders allows SubscribeBatches");
+
+    let pattern = ConsumerClient::new(admin.clone())
+        .subscribe(SubscribeRequest {
+            topic_pattern: "ord.*".into(),
+            ..SubscribeRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(pattern.code(), Code::FailedPrecondition, "{pattern:?}");
+    assert!(pattern.message().contains("--auth"), "{pattern:?}");
+}
