@@ -966,6 +966,21 @@ impl<'a> RawHeaders<'a> {
     }
 }
 
+impl<'a> RawHeaders<'a> {
+    /// The value of the first header named `name`, comparing bytes (keys were checked
+    /// to be UTF-8 when the record was; no check is repeated here).
+    pub fn value_of(mut self, name: &str) -> Option<&'a [u8]> {
+        for _ in 0..self.left {
+            let key = self.field()?;
+            let value = self.field()?;
+            if key == name.as_bytes() {
+                return Some(value);
+            }
+        }
+        None
+    }
+}
+
 impl<'a> Iterator for RawHeaders<'a> {
     type Item = (&'a str, &'a [u8]);
 
@@ -1014,6 +1029,12 @@ pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
 /// Reads an unsigned LEB128 varint: the value and the bytes it used, or `None` if the
 /// bytes end first or it is longer than 10 bytes / overflows u64.
 pub fn get_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    // Most lengths and deltas fit one byte.
+    if let Some(&byte) = bytes.first()
+        && byte < 0x80
+    {
+        return Some((u64::from(byte), 1));
+    }
     let mut value = 0u64;
     for (index, &byte) in bytes.iter().enumerate().take(10) {
         let low = u64::from(byte & 0x7f);

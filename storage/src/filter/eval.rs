@@ -29,7 +29,7 @@ impl<'a> Headers<'a> {
                 .iter()
                 .find(|h| h.key == name)
                 .map(|h| h.value.as_ref()),
-            Headers::Raw(mut headers) => headers.find(|(key, _)| *key == name).map(|(_, v)| v),
+            Headers::Raw(headers) => headers.value_of(name),
         }
     }
 }

@@ -1,0 +1,338 @@
+//! Reading partitions for subscribers: the read limits every reader applies,
+//! [`read_round`] (the one loop that reads a set of partitions under a batch budget,
+//! for the plain Subscribe and for group members alike), [`PartitionReader`] (follows
+//! partitions of one topic, or of every topic a pattern matches, and yields Subscribe
+//! events) and [`spawn_subscription`] (runs one into a bounded queue).
+//!
+//! Memory per Subscribe stream is bounded by [`SUBSCRIBE_QUEUE_EVENTS`] events of at
+//! most `max_batch_bytes` each (one message can exceed it, up to the topic's
+//! `max_message_bytes`): the reader task only reads the next batch once the queue has
+//! room, and the queue only drains as fast as HTTP/2 flow control lets the client
+//! receive. A slow subscriber therefore slows its own reader and nothing else.
+//!
+//! This module imports neither [`crate::consume`] nor [`crate::groups`]; both import it.
+
+use std::borrow::BorrowMut;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tidelog_proto::v1::{MessageBatch, PartitionPosition};
+use tidelog_storage::filter::Filtered;
+use tidelog_storage::{Error, Filter, Partition, ReadResult};
+
+use crate::convert;
+
+/// Messages per Fetch or batch when the client leaves it at 0.
+pub const READ_MESSAGES_DEFAULT: u32 = 500;
+/// Most messages per Fetch or batch, whatever the client asks.
+pub const READ_MESSAGES_MAX: u32 = 10_000;
+/// Bytes per Fetch or batch (soft) when the client leaves it at 0.
+pub const READ_BYTES_DEFAULT: u64 = 1024 * 1024;
+/// Largest byte budget per Fetch or batch (soft: one message may be larger).
+pub const READ_BYTES_MAX: u64 = 8 * 1024 * 1024;
+/// Events (message batches, resets) queued per Subscribe stream ahead of the client.
+pub const SUBSCRIBE_QUEUE_EVENTS: usize = 4;
+/// Reads in a row that only skip expired messages before a reader yields.
+const EXPIRED_SKIPS_MAX: u32 = 64;
+/// How often at most a filtered stream sends a batch without messages, only positions,
+/// while its filter skips messages and none match (and at once when skipping reached
+/// the end of the partitions read): so a consumer learns (and can commit, or resume
+/// from) how far the broker read for it, without an event per skipped read. At the
+/// end it is at once, not later, since nothing may come to carry it: a stream then
+/// sends one event per append it skips, as many as it would send without a filter.
+pub const FILTER_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a topic-pattern stream looks at the topic list for topics that appeared,
+/// grew or went (at once, too, when a read finds its topic deleted): the "within 1
+/// second" of the API's promise.
+pub const TOPIC_RESCAN_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a pattern stream waits before reading again when a read found its topic
+/// deleted but the topic list still holds it (the delete is under way).
+const IDLE_RESCAN_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Whether a round that delivered nothing but `filtered` skips sends its positions
+/// alone: see [`FILTER_PROGRESS_INTERVAL`].
+pub fn send_progress(batch: &MessageBatch, filtered: Filtered, last_sent: Instant) -> bool {
+    filtered.skipped > 0
+        && !batch.positions.is_empty()
+        && (last_sent.elapsed() >= FILTER_PROGRESS_INTERVAL
+            || batch
+                .positions
+                .iter()
+                .all(|p| p.next_offset >= p.end_offset))
+}
+
+/// How much one read may return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimits {
+    pub max_messages: u32,
+    pub max_bytes: u64,
+}
+
+impl ReadLimits {
+    /// The client's values (0 = default), capped at the server's maximums.
+    pub fn from_request(max_messages: u32, max_bytes: u32) -> Self {
+        ReadLimits {
+            max_messages: match max_messages {
+                0 => READ_MESSAGES_DEFAULT,
+                n => n.min(READ_MESSAGES_MAX),
+            },
+            max_bytes: match max_bytes {
+                0 => READ_BYTES_DEFAULT,
+                n => u64::from(n).min(READ_BYTES_MAX),
+            },
+        }
+    }
+}
+
+/// One partition a subscriber reads, and the next offset to deliver from it.
+#[derive(Debug)]
+pub struct Cursor {
+    pub partition: Arc<Partition>,
+    /// The next offset to deliver. [`read_round`] moves it past what it returns (and
+    /// past expired messages it skips), never past a message it did not return.
+    pub position: u64,
+    /// The partition's topic, on streams that read several topics (a topic pattern):
+    /// [`read_round`] names it in every message and position it returns. `None` on a
+    /// single-topic stream (nothing to name, nothing to copy per message).
+    pub topic: Option<Arc<str>>,
+}
+
+impl Cursor {
+    pub fn new(partition: Arc<Partition>, position: u64) -> Self {
+        Cursor {
+            partition,
+            position,
+            topic: None,
+        }
+    }
+
+    /// A cursor whose messages and positions name `topic`.
+    pub fn in_topic(partition: Arc<Partition>, position: u64, topic: Arc<str>) -> Self {
+        Cursor {
+            partition,
+            position,
+            topic: Some(topic),
+        }
+    }
+
+    /// The topic to name in messages and positions (empty = the stream's one topic).
+    fn topic_name(&self) -> String {
+        self.topic
+            .as_deref()
+            .map(str::to_string)
+            .unwrap_or_default()
+    }
+
+    /// Reads from the position under the budget that is left, only messages `filter`
+    /// matches (all without one). Skips expired messages (moving the position past
+    /// them) up to [`EXPIRED_SKIPS_MAX`] reads; a read in which the filter skipped
+    /// messages and none matched ends at once (an empty `Records`, the position past
+    /// them), so one call scans at most one storage scan limit. With `strict`, a
+    /// first message over `bytes` is refused: the position moves only past what was
+    /// skipped before it, so only the first message of a batch may be over the budget.
+    /// What the filter skipped is added to `filtered`.
+    fn read(
+        &mut self,
+        messages: u32,
+        bytes: u64,
+        strict: bool,
+        filter: Option<&Filter>,
+        filtered: &mut Filtered,
+    ) -> Result<CursorRead, Error> {
+        for _ in 0..EXPIRED_SKIPS_MAX {
+            let read = self
+                .partition
+                .read_filtered(self.position, messages, bytes, filter)?;
+            match read.records.first() {
+                Some(first) if strict && first.payload_bytes() > bytes => {
+                    // Everything before it was skipped (expired, or the filter's):
+                    // the position passes those, and the next read starts with it.
+                    if first.offset > self.position {
+                        self.position = first.offset;
+                        filtered.skipped += read.filtered.skipped;
+                        filtered.not_json += read.filtered.not_json;
+                    }
+                    return Ok(CursorRead::Refused);
+                }
+                Some(_) => {
+                    self.position = read.next_offset;
+                    filtered.skipped += read.filtered.skipped;
+                    filtered.not_json += read.filtered.not_json;
+                    return Ok(CursorRead::Records(read));
+                }
+                None if read.next_offset > self.position => {
+                    self.position = read.next_offset;
+                    if read.filtered.skipped > 0 {
+                        filtered.skipped += read.filtered.skipped;
+                        filtered.not_json += read.filtered.not_json;
+                        return Ok(CursorRead::Records(read));
+                    }
+                    // Only expired messages were skipped: look again from past them.
+                }
+                None => return Ok(CursorRead::CaughtUp(read.end_offset)),
+            }
+        }
+        Ok(CursorRead::CaughtUp(self.partition.end_offset()))
+    }
+}
+
+/// What one [`Cursor::read`] found.
+enum CursorRead {
+    /// Messages, or none when a filter skipped every message the read looked at.
+    Records(ReadResult),
+    /// Nothing to deliver now (the end, or many expired messages in a row); the end
+    /// offset.
+    CaughtUp(u64),
+    /// The next message is over what is left of the batch's budget.
+    Refused,
+}
+
+/// How [`read_round`] fills a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batching {
+    /// The messages of one partition per batch (the plain Subscribe).
+    OnePartition,
+    /// Go on to the next partitions while the budget lasts (a group member's batches).
+    Fill,
+}
+
+/// What one [`read_round`] read.
+#[derive(Debug, PartialEq)]
+pub enum Round {
+    /// The messages read, possibly none (every partition caught up, or only expired
+    /// messages skipped), and the position of every partition whose position moved.
+    Batch {
+        batch: MessageBatch,
+        /// Id, key, value and header bytes of the messages (what the budget counts).
+        bytes: u64,
+        /// Messages the filter skipped in this round (their positions moved past them).
+        filtered: Filtered,
+    },
+    /// The first partition read has its position outside the log; nothing was read.
+    /// The cursor is left where it was: the caller applies its reset policy.
+    OutOfRange {
+        /// Index of the cursor in the slice passed to [`read_round`].
+        index: usize,
+        partition: u32,
+        requested: u64,
+        log_start: u64,
+        end: u64,
+    },
+}
+
+/// Reads one batch from `cursors`, the one reading loop of every subscriber.
+///
+/// Partitions take turns: the round starts at `turn` and, once something was read,
+/// sets `turn` just past the first partition that delivered, so every partition with
+/// data comes first within `cursors.len()` rounds and none starves another.
+///
+/// The batch keeps to `limits`: it stops at the first message the budget refuses, and
+/// that message's partition stays at its offset, so nothing is skipped. Only the
+/// batch's first message may be over `max_bytes` (it then comes alone), so a large
+/// message never stalls a reader. With [`Batching::Fill`] it goes on to the next
+/// partitions while the budget lasts; with [`Batching::OnePartition`] it ends after
+/// the first partition that delivered.
+///
+/// With a `filter`, only messages it matches are read; those it skips are passed over
+/// (positions move past them and are reported in the batch even when nothing matched)
+/// and counted in `Round::Batch::filtered`. Each partition's read scans at most the
+/// storage's filter scan limits, so a round may deliver nothing while positions move.
+///
+/// An error (or a position out of range) after messages were read ends the round with
+/// those messages; the partition is left where it was, so the error comes again on a
+/// later round, first in its batch. Errors are storage errors: `TopicDeleted`,
+/// `PartitionUnavailable`, `Corrupt`, ...
+pub fn read_round<C: BorrowMut<Cursor>>(
+    cursors: &mut [C],
+    turn: &mut usize,
+    limits: ReadLimits,
+    batching: Batching,
+    filter: Option<&Filter>,
+) -> Result<Round, Error> {
+    let count = cursors.len();
+    let mut batch = MessageBatch::default();
+    let mut filtered = Filtered::default();
+    let mut bytes_read = 0u64;
+    let mut messages_left = limits.max_messages.max(1);
+    let mut bytes_left = limits.max_bytes;
+    let mut first_delivered = None;
+    for step in 0..count {
+        let index = (*turn + step) % count;
+        let started = !batch.messages.is_empty();
+        if started && (batching == Batching::OnePartition || messages_left == 0 || bytes_left == 0)
+        {
+            break;
+        }
+        let cursor = cursors[index].borrow_mut();
+        let before = cursor.position;
+        let read = match cursor.read(messages_left, bytes_left, started, filter, &mut filtered) {
+            Ok(read) => read,
+            // Comes again on a later round, first in its batch.
+            Err(_) if started => break,
+            Err(Error::OffsetOutOfRange {
+                requested,
+                log_start,
+                end,
+                ..
+            }) => {
+                *turn = (index + 1) % count;
+                return Ok(Round::OutOfRange {
+                    index,
+                    partition: cursor.partition.id(),
+                    requested,
+                    log_start,
+                    end,
+                });
+            }
+            Err(error) => return Err(error),
+        };
+        let id = cursor.partition.id();
+        let refused = matches!(read, CursorRead::Refused);
+        let end_offset = match read {
+            CursorRead::Refused => cursor.partition.end_offset(),
+            CursorRead::CaughtUp(end) => end,
+            CursorRead::Records(read) => {
+                if !read.records.is_empty() {
+                    first_delivered.get_or_insert(index);
+                }
+                for record in read.records {
+                    let size = record.payload_bytes();
+                    bytes_read += size;
+                    bytes_left = bytes_left.saturating_sub(size);
+                    messages_left = messages_left.saturating_sub(1);
+                    let mut message = convert::consumed_message(id, record);
+                    if let Some(topic) = &cursor.topic {
+                        message.topic = topic.to_string();
+                    }
+                    batch.messages.push(message);
+                }
+                read.end_offset
+            }
+        };
+        if cursor.position != before {
+            batch.positions.push(PartitionPosition {
+                partition: id,
+                next_offset: cursor.position,
+                end_offset,
+                topic: cursor.topic_name(),
+            });
+        }
+        if refused {
+            break;
+        }
+    }
+    if let Some(index) = first_delivered {
+        *turn = (index + 1) % count;
+    }
+    Ok(Round::Batch {
+        batch,
+        bytes: bytes_read,
+        filtered,
+    })
+}
+
+mod reader;
+#[cfg(test)]
+mod tests;
+
+pub use reader::{LaterStart, PartitionReader, spawn_subscription};

@@ -1,0 +1,555 @@
+//! [`PartitionReader`]: the plain Subscribe (one topic or a pattern's topics) around
+//! [`super::read_round`], and [`spawn_subscription`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Instant;
+
+use tidelog_proto::v1::{
+    PartitionPosition, PositionReset, Positioned, ResetPolicy, ResetReason, SubscribeResponse,
+    TopicsChanged, subscribe_response::Event,
+};
+use tidelog_storage::{Error, Filter, Partition, Topic, TopicPattern};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::AppState;
+use crate::convert;
+
+use super::{
+    Batching, Cursor, IDLE_RESCAN_BACKOFF, ReadLimits, Round, SUBSCRIBE_QUEUE_EVENTS,
+    TOPIC_RESCAN_INTERVAL, read_round, send_progress,
+};
+
+/// What a [`PartitionReader`] reads: one topic, or every topic a pattern matches.
+#[derive(Debug)]
+enum Source {
+    /// One topic; its deletion ends the stream with NOT_FOUND.
+    Topic(Arc<Topic>),
+    /// Every topic the pattern matches, as they come and go.
+    Pattern(Box<PatternSource>),
+}
+
+/// The topics a pattern stream reads and when it looks for changes.
+#[derive(Debug)]
+struct PatternSource {
+    pattern: Arc<TopicPattern>,
+    /// Read topics by name, with the number of their partitions read.
+    topics: BTreeMap<String, (Arc<Topic>, usize)>,
+    /// Where partitions that appear after the start begin.
+    later: LaterStart,
+    /// When to look at the topic list next.
+    next_scan: tokio::time::Instant,
+}
+
+/// Where a pattern stream starts reading a topic (or partition) that appeared after
+/// the stream started: every message in it is new to the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaterStart {
+    /// The log start.
+    Earliest,
+    /// The first message at or after this timestamp (ms), the end if none.
+    Timestamp(i64),
+}
+
+impl LaterStart {
+    fn offset(self, partition: &Partition) -> u64 {
+        match self {
+            LaterStart::Earliest => partition.log_start(),
+            LaterStart::Timestamp(ms) => match partition.offset_for_timestamp(ms) {
+                Ok(Some(offset)) => offset,
+                // Nothing at or after it, or unreadable (the read reports it).
+                Ok(None) => partition.end_offset(),
+                Err(_) => partition.log_start(),
+            },
+        }
+    }
+}
+
+/// Follows a set of partitions, of one topic or of every topic a pattern matches,
+/// from given positions and yields their messages as [`SubscribeResponse`] events,
+/// waiting (without spinning) when all are caught up. The plain Subscribe; a group
+/// member runs its own task (it owns partitions that come and go) around the same
+/// [`read_round`].
+///
+/// - Each [`PartitionReader::next_event`] returns one event: a [`MessageBatch`] from
+///   one partition (partitions take turns, so a busy one does not starve the others),
+///   or a [`PositionReset`] when a position fell outside the log and the reset
+///   policy moved it (counted in the `tidelog_position_resets` metric). With
+///   `RESET_POLICY_ERROR` it returns OUT_OF_RANGE instead.
+/// - It is cancel-safe: dropping the future (e.g. in `tokio::select!` against a
+///   rebalance signal) loses nothing; positions only move past messages an event
+///   returned or that were skipped (expired, or by the filter: never to be sent).
+/// - It ends with UNAVAILABLE when the broker shuts down, NOT_FOUND when its one topic
+///   is deleted, DATA_LOSS on a corrupt batch.
+/// - On a pattern ([`PartitionReader::with_pattern`]) it looks at the topic list every
+///   [`TOPIC_RESCAN_INTERVAL`] (and at once when a read finds a topic deleted): a
+///   matching topic that appeared (or grew partitions) is read from its
+///   [`LaterStart`], a deleted one drops out, and each change is a [`TopicsChanged`]
+///   event. Messages, positions and resets name their topic.
+///
+/// [`PartitionReader::positions`] gives the next offset of each partition after the
+/// events returned so far (what an auto-commit would store).
+#[derive(Debug)]
+pub struct PartitionReader {
+    state: Arc<AppState>,
+    source: Source,
+    cursors: Vec<Cursor>,
+    /// Per cursor: poisoned, so nothing will be appended until a restart; stop waiting
+    /// on it (its wait future resolves at once and would make the reader spin).
+    parked: Vec<bool>,
+    /// Index of the cursor that reads first next time (round robin).
+    turn: usize,
+    reset_policy: ResetPolicy,
+    limits: ReadLimits,
+    /// Only messages it matches are sent.
+    filter: Option<Arc<Filter>>,
+    /// When the last event went out: a batch of positions only is sent after
+    /// [`FILTER_PROGRESS_INTERVAL`] without one.
+    last_sent: Instant,
+    /// Events to return before any read (TopicsChanged, Positioned).
+    queued: VecDeque<SubscribeResponse>,
+}
+
+impl PartitionReader {
+    /// A reader of `starts` (partition, first offset) of `topic`. A start outside a
+    /// partition's log is handled by the reset policy on the first read, so callers
+    /// can pass a remembered or committed offset as it is.
+    pub fn new(
+        state: Arc<AppState>,
+        topic: Arc<Topic>,
+        starts: &[(u32, u64)],
+        reset_policy: ResetPolicy,
+        limits: ReadLimits,
+        filter: Option<Arc<Filter>>,
+    ) -> Result<Self, Status> {
+        let cursors = starts
+            .iter()
+            .map(|&(id, position)| {
+                Ok(Cursor::new(
+                    convert::or_status(topic.partition(id))?.clone(),
+                    position,
+                ))
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        Ok(PartitionReader {
+            state,
+            source: Source::Topic(topic),
+            parked: vec![false; cursors.len()],
+            cursors,
+            turn: 0,
+            reset_policy,
+            limits,
+            filter,
+            last_sent: Instant::now(),
+            queued: VecDeque::new(),
+        })
+    }
+
+    /// A reader of every topic `pattern` matches: `initial` are the topics matched at
+    /// the start with the first offset of each of their partitions (all of them);
+    /// topics and partitions that appear later start at `later`. The first event is a
+    /// [`TopicsChanged`] naming the initial topics (possibly none).
+    pub fn with_pattern(
+        state: Arc<AppState>,
+        pattern: Arc<TopicPattern>,
+        initial: Vec<(Arc<Topic>, Vec<u64>)>,
+        later: LaterStart,
+        reset_policy: ResetPolicy,
+        limits: ReadLimits,
+        filter: Option<Arc<Filter>>,
+    ) -> Self {
+        let mut topics = BTreeMap::new();
+        let mut cursors = Vec::new();
+        for (topic, starts) in initial {
+            let name: Arc<str> = Arc::from(topic.name());
+            for (partition, start) in topic.partitions().iter().zip(&starts) {
+                cursors.push(Cursor::in_topic(partition.clone(), *start, name.clone()));
+            }
+            topics.insert(topic.name().to_string(), (topic.clone(), starts.len()));
+        }
+        let names: Vec<String> = topics.keys().cloned().collect();
+        let mut queued = VecDeque::new();
+        queued.push_back(SubscribeResponse {
+            event: Some(Event::TopicsChanged(TopicsChanged {
+                added: names.clone(),
+                removed: Vec::new(),
+                topics: names,
+            })),
+        });
+        PartitionReader {
+            state,
+            source: Source::Pattern(Box::new(PatternSource {
+                pattern,
+                topics,
+                later,
+                next_scan: tokio::time::Instant::now() + TOPIC_RESCAN_INTERVAL,
+            })),
+            parked: vec![false; cursors.len()],
+            cursors,
+            turn: 0,
+            reset_policy,
+            limits,
+            filter,
+            last_sent: Instant::now(),
+            queued,
+        }
+    }
+
+    /// Makes the first event (after a pattern stream's TopicsChanged) a [`Positioned`]
+    /// naming every partition's start (a start out of range is then followed by its
+    /// PositionReset).
+    pub fn announce_positions(mut self) -> Self {
+        let positions = self
+            .cursors
+            .iter()
+            .map(|c| PartitionPosition {
+                partition: c.partition.id(),
+                next_offset: c.position,
+                end_offset: c.partition.end_offset(),
+                topic: c.topic_name(),
+            })
+            .collect();
+        self.queued.push_back(SubscribeResponse {
+            event: Some(Event::Positioned(Positioned { positions })),
+        });
+        self
+    }
+
+    /// (partition, next offset to deliver) for every partition read.
+    pub fn positions(&self) -> Vec<(u32, u64)> {
+        self.cursors
+            .iter()
+            .map(|c| (c.partition.id(), c.position))
+            .collect()
+    }
+
+    /// Looks at the topic list (a pattern stream only): adds cursors for matching
+    /// topics that appeared and partitions that were added, drops those of topics that
+    /// went (deleted, or deleted and created again: then dropped and added back from
+    /// its start). The change as a TopicsChanged event, `None` when nothing changed.
+    fn rescan(&mut self) -> Option<SubscribeResponse> {
+        let Source::Pattern(source) = &mut self.source else {
+            return None;
+        };
+        source.next_scan = tokio::time::Instant::now() + TOPIC_RESCAN_INTERVAL;
+        let now: BTreeMap<String, Arc<Topic>> = self
+            .state
+            .store
+            .topics()
+            .into_iter()
+            .filter(|t| source.pattern.matches(t.name()))
+            .map(|t| (t.name().to_string(), t))
+            .collect();
+        let removed: Vec<String> = source
+            .topics
+            .iter()
+            .filter(|(name, (old, _))| !now.get(*name).is_some_and(|t| t.is_same_topic(old)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut changed_cursors = false;
+        for name in &removed {
+            source.topics.remove(name);
+            let before = self.cursors.len();
+            self.cursors
+                .retain(|c| c.topic.as_deref() != Some(name.as_str()));
+            changed_cursors |= self.cursors.len() != before;
+        }
+        let mut added = Vec::new();
+        for (name, topic) in now {
+            let (read, first_new) = match source.topics.get(&name) {
+                Some((_, read)) => (*read, *read),
+                None => {
+                    added.push(name.clone());
+                    (0, 0)
+                }
+            };
+            let count = topic.partitions().len();
+            if count <= read && read > 0 {
+                continue;
+            }
+            let label: Arc<str> = Arc::from(name.as_str());
+            for partition in topic.partitions().iter().skip(first_new) {
+                let start = source.later.offset(partition);
+                self.cursors
+                    .push(Cursor::in_topic(partition.clone(), start, label.clone()));
+                changed_cursors = true;
+            }
+            source.topics.insert(name, (topic, count));
+        }
+        if changed_cursors {
+            self.parked = vec![false; self.cursors.len()];
+            self.turn = 0;
+        }
+        if added.is_empty() && removed.is_empty() {
+            return None;
+        }
+        tracing::debug!(
+            pattern = source.pattern.as_str(),
+            ?added,
+            ?removed,
+            "pattern subscription's topics changed"
+        );
+        Some(SubscribeResponse {
+            event: Some(Event::TopicsChanged(TopicsChanged {
+                added,
+                removed,
+                topics: source.topics.keys().cloned().collect(),
+            })),
+        })
+    }
+
+    /// When a pattern stream looks at the topic list next; `None` for one topic.
+    fn next_scan(&self) -> Option<tokio::time::Instant> {
+        match &self.source {
+            Source::Topic(_) => None,
+            Source::Pattern(source) => Some(source.next_scan),
+        }
+    }
+
+    /// Waits for and returns the next event. Cancel-safe (see the type's docs).
+    pub async fn next_event(&mut self) -> Result<SubscribeResponse, Status> {
+        if let Some(event) = self.queued.pop_front() {
+            return Ok(event);
+        }
+        let mut woke_empty = false;
+        loop {
+            if self.state.shutdown.is_triggered() {
+                return Err(Status::unavailable(
+                    "the broker is shutting down; subscribe again once it is back",
+                ));
+            }
+            match &self.source {
+                Source::Topic(topic) => {
+                    if !self.topic_still_exists(topic) {
+                        return Err(Status::not_found(format!(
+                            "topic {:?} was deleted",
+                            topic.name()
+                        )));
+                    }
+                }
+                Source::Pattern(source) => {
+                    if tokio::time::Instant::now() >= source.next_scan
+                        && let Some(event) = self.rescan()
+                    {
+                        return Ok(event);
+                    }
+                }
+            }
+            if !self.cursors.is_empty() {
+                let round = read_round(
+                    &mut self.cursors,
+                    &mut self.turn,
+                    self.limits,
+                    Batching::OnePartition,
+                    self.filter.as_deref(),
+                );
+                let round = match round {
+                    // A topic of a pattern went: look at the list now (it drops out).
+                    Err(Error::TopicDeleted { .. })
+                        if matches!(self.source, Source::Pattern(_)) =>
+                    {
+                        if let Some(event) = self.rescan() {
+                            return Ok(event);
+                        }
+                        // Not in the list yet: look again after the interval.
+                        tokio::time::sleep(IDLE_RESCAN_BACKOFF).await;
+                        continue;
+                    }
+                    round => round,
+                };
+                match convert::or_status(round)? {
+                    Round::Batch {
+                        batch,
+                        bytes,
+                        filtered,
+                    } => {
+                        self.state.metrics.filtered("subscribe", filtered);
+                        let progress = send_progress(&batch, filtered, self.last_sent);
+                        if !batch.messages.is_empty() || progress {
+                            let topic = match &self.source {
+                                Source::Topic(topic) => topic.name(),
+                                // One partition per batch: the first names them all.
+                                Source::Pattern(_) => batch
+                                    .messages
+                                    .first()
+                                    .map(|m| m.topic.as_str())
+                                    .unwrap_or_default(),
+                            };
+                            if !batch.messages.is_empty() {
+                                self.state.metrics.fetched(
+                                    topic,
+                                    batch.messages.len() as u64,
+                                    bytes,
+                                );
+                            }
+                            self.last_sent = Instant::now();
+                            return Ok(SubscribeResponse {
+                                event: Some(Event::Batch(batch)),
+                            });
+                        }
+                        if filtered.skipped > 0 {
+                            // The filter skipped messages and may have more to look
+                            // at: read on, letting other tasks run first.
+                            tokio::task::yield_now().await;
+                            woke_empty = false;
+                            continue;
+                        }
+                    }
+                    Round::OutOfRange {
+                        index,
+                        partition,
+                        requested,
+                        log_start,
+                        end,
+                    } => return self.reset(index, partition, requested, log_start, end),
+                }
+            }
+            if woke_empty {
+                // Woken with nothing to read: a partition was poisoned (its wait
+                // resolves at once from now on). Stop waiting on such partitions.
+                let label = match &self.source {
+                    Source::Topic(topic) => topic.name(),
+                    Source::Pattern(_) => "",
+                };
+                for (cursor, parked) in self.cursors.iter().zip(&mut self.parked) {
+                    if !*parked && cursor.partition.poisoned().is_some() {
+                        tracing::warn!(
+                            topic = cursor.topic.as_deref().unwrap_or(label),
+                            partition = cursor.partition.id(),
+                            "partition is poisoned: the subscription stops waiting for it"
+                        );
+                        *parked = true;
+                    }
+                }
+            }
+            let next_scan = self.next_scan();
+            let mut waits: Vec<_> = self
+                .cursors
+                .iter()
+                .zip(&self.parked)
+                .filter(|(_, parked)| !**parked)
+                .map(|(c, _)| c.partition.wait_for_data(c.position))
+                .collect();
+            let any_data = poll_fn(|cx| {
+                for wait in &mut waits {
+                    if Pin::new(wait).poll(cx).is_ready() {
+                        return Poll::Ready(());
+                    }
+                }
+                Poll::Pending
+            });
+            let rescan = async {
+                match next_scan {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = any_data => { woke_empty = true; }
+                _ = rescan => { woke_empty = false; }
+                _ = self.state.shutdown.wait() => { woke_empty = true; }
+            }
+        }
+    }
+
+    /// The one topic's name; empty for a pattern.
+    fn topic_label(&self) -> &str {
+        match &self.source {
+            Source::Topic(topic) => topic.name(),
+            Source::Pattern(_) => "",
+        }
+    }
+
+    fn topic_still_exists(&self, topic: &Arc<Topic>) -> bool {
+        self.state
+            .store
+            .topic(topic.name())
+            .is_ok_and(|t| t.is_same_topic(topic))
+    }
+
+    /// Applies the reset policy to the cursor at `index` (of `partition`), whose
+    /// position `requested` is outside `log_start..=end`: the PositionReset event, or
+    /// OUT_OF_RANGE with `RESET_POLICY_ERROR`.
+    fn reset(
+        &mut self,
+        index: usize,
+        partition: u32,
+        requested: u64,
+        log_start: u64,
+        end: u64,
+    ) -> Result<SubscribeResponse, Status> {
+        let (reason, label) = if requested < log_start {
+            (ResetReason::BelowLogStart, "below_log_start")
+        } else {
+            (ResetReason::AboveEndOffset, "above_end_offset")
+        };
+        let topic = match self.cursors.get(index).and_then(|c| c.topic.clone()) {
+            Some(topic) => topic.to_string(),
+            None => self.topic_label().to_string(),
+        };
+        let to_offset = match self.reset_policy {
+            ResetPolicy::Latest => end,
+            ResetPolicy::Error => {
+                return Err(convert::status(&Error::OffsetOutOfRange {
+                    partition: format!("{topic}/{partition}"),
+                    requested,
+                    log_start,
+                    end,
+                }));
+            }
+            ResetPolicy::Earliest | ResetPolicy::Unspecified => log_start,
+        };
+        if let Some(cursor) = self.cursors.get_mut(index) {
+            cursor.position = to_offset;
+        }
+        self.state.metrics.position_reset(&topic, label);
+        Ok(SubscribeResponse {
+            event: Some(Event::PositionReset(PositionReset {
+                partition,
+                from_offset: Some(requested),
+                to_offset,
+                reason: reason as i32,
+                topic: match self.source {
+                    Source::Topic(_) => String::new(),
+                    Source::Pattern(_) => topic,
+                },
+            })),
+        })
+    }
+}
+
+/// Runs `reader` into a bounded queue until the client goes away or the reader
+/// ends, and returns the receiving side as the response stream.
+pub fn spawn_subscription(
+    state: &Arc<AppState>,
+    mut reader: PartitionReader,
+) -> ReceiverStream<Result<SubscribeResponse, Status>> {
+    let (tx, rx) = mpsc::channel(SUBSCRIBE_QUEUE_EVENTS);
+    let metrics = state.metrics.clone();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let _guard = metrics.open_stream("subscribe");
+        let mut final_error = None;
+        loop {
+            let event = tokio::select! {
+                event = reader.next_event() => event,
+                // The client went away while the reader waited for data.
+                _ = tx.closed() => break,
+            };
+            if let Err(status) = &event {
+                final_error = Some(status.code());
+            }
+            let end = event.is_err();
+            if tx.send(event).await.is_err() || end {
+                break;
+            }
+        }
+        metrics.rpc_finished("Subscribe", started, final_error);
+    });
+    ReceiverStream::new(rx)
+}
