@@ -1,0 +1,370 @@
+//! Reading the records of a batch: [`RecordIter`] parses and validates each record in
+//! place ([`RecordView`], [`RawRecord`]) and makes a [`Record`] only when asked.
+
+use bytes::Bytes;
+
+use super::{
+    BatchHeader, Compression, FormatError, HEADER_BYTES, Header, RECORD_ATTRIBUTES_KNOWN,
+    RECORD_HAS_DELIVER_AT, RECORD_HAS_EXPIRY, RECORD_HAS_ID, RECORD_HAS_KEY, RECORD_HAS_PRIORITY,
+    Record, get_varint, invalid, unzigzag,
+};
+use crate::limits::{MESSAGE_ID_BYTES_MAX, PRIORITY_LEVELS_MAX, RECORD_HEADERS_MAX};
+
+/// Decodes the records of a whole, CRC-checked batch. `batch` is exactly the batch's
+/// bytes; for an uncompressed batch every key and value is a slice of it (no copy).
+/// Records are validated as they are read: lengths against what remains, UTF-8 header
+/// keys, offset deltas in order and within the header's range.
+pub fn decode_records(batch: &Bytes, header: &BatchHeader) -> Result<Vec<Record>, FormatError> {
+    let mut records = Vec::with_capacity(header.record_count.min(4096) as usize);
+    for record in RecordIter::new(batch, header)? {
+        records.push(record?);
+    }
+    Ok(records)
+}
+
+/// Iterates over the records of one batch (see [`decode_records`]).
+pub struct RecordIter {
+    section: Bytes,
+    position: usize,
+    remaining: u32,
+    previous_delta: Option<u64>,
+    header: BatchHeader,
+}
+
+impl RecordIter {
+    pub fn new(batch: &Bytes, header: &BatchHeader) -> Result<RecordIter, FormatError> {
+        if batch.len() != header.batch_length as usize {
+            return Err(FormatError::Incomplete {
+                needed: u64::from(header.batch_length),
+            });
+        }
+        let stored = batch.slice(HEADER_BYTES..);
+        let section = match header.compression {
+            Compression::None => stored,
+            Compression::Zstd => {
+                let capacity = header.uncompressed_length as usize;
+                let plain = zstd::bulk::decompress(&stored, capacity)
+                    .map_err(|e| invalid(format!("zstd records section does not decode: {e}")))?;
+                if plain.len() != capacity {
+                    return Err(invalid(format!(
+                        "zstd records section decodes to {} bytes, header says {capacity}",
+                        plain.len()
+                    )));
+                }
+                Bytes::from(plain)
+            }
+        };
+        Ok(RecordIter {
+            section,
+            position: 0,
+            remaining: header.record_count,
+            previous_delta: None,
+            header: *header,
+        })
+    }
+
+    /// Parses and validates the next record in place: every check [`RecordIter::next`]
+    /// makes, with the variable-length fields as spans of the records section and
+    /// nothing copied or allocated. [`RecordIter::record`] makes a [`Record`] of it,
+    /// [`RecordIter::raw`] lends its bytes (for a filter that may skip it).
+    fn next_view_inner(&mut self) -> Result<RecordView, FormatError> {
+        let record_length = self.varint()? as usize;
+        let end = self
+            .position
+            .checked_add(record_length)
+            .filter(|&end| end <= self.section.len())
+            .ok_or_else(|| invalid("record length runs past the records section"))?;
+        let attributes = self.byte()?;
+        if attributes & !RECORD_ATTRIBUTES_KNOWN != 0 {
+            return Err(invalid(format!(
+                "unknown record attributes {attributes:#x}"
+            )));
+        }
+        let offset_delta = self.varint()?;
+        if offset_delta > u64::from(self.header.last_offset_delta)
+            || self.previous_delta.is_some_and(|prev| offset_delta <= prev)
+        {
+            return Err(invalid(format!(
+                "record offset delta {offset_delta} is out of order"
+            )));
+        }
+        self.previous_delta = Some(offset_delta);
+        let first = self.header.first_timestamp_ms;
+        let timestamp_ms = first.wrapping_add(unzigzag(self.varint()?));
+        let expires_at_ms = if attributes & RECORD_HAS_EXPIRY != 0 {
+            Some(first.wrapping_add(unzigzag(self.varint()?)))
+        } else {
+            None
+        };
+        let deliver_at_ms = if attributes & RECORD_HAS_DELIVER_AT != 0 {
+            Some(first.wrapping_add(unzigzag(self.varint()?)))
+        } else {
+            None
+        };
+        let priority = if attributes & RECORD_HAS_PRIORITY != 0 {
+            let priority = self.byte()?;
+            if priority == 0 || priority >= PRIORITY_LEVELS_MAX {
+                return Err(invalid(format!(
+                    "record priority {priority} is out of range"
+                )));
+            }
+            priority
+        } else {
+            0
+        };
+        let id = if attributes & RECORD_HAS_ID != 0 {
+            let id = self.span(end)?;
+            if !(1..=MESSAGE_ID_BYTES_MAX).contains(&id.len()) {
+                return Err(invalid(format!(
+                    "record id of {} bytes is out of range",
+                    id.len()
+                )));
+            }
+            Some(id)
+        } else {
+            None
+        };
+        let key = if attributes & RECORD_HAS_KEY != 0 {
+            Some(self.span(end)?)
+        } else {
+            None
+        };
+        let value = self.span(end)?;
+        let header_count = self.varint()?;
+        if header_count > u64::from(RECORD_HEADERS_MAX) {
+            return Err(invalid(format!("{header_count} headers is over the limit")));
+        }
+        let headers_start = self.position;
+        let mut header_bytes = 0;
+        for _ in 0..header_count {
+            let key = self.span(end)?;
+            if std::str::from_utf8(&self.section[key.start..key.end]).is_err() {
+                return Err(invalid("header key is not UTF-8"));
+            }
+            let value = self.span(end)?;
+            header_bytes += key.len() + value.len();
+        }
+        if self.position != end {
+            return Err(invalid("record length does not match its fields"));
+        }
+        let payload_bytes =
+            (id.map_or(0, |i| i.len()) + key.map_or(0, |k| k.len()) + value.len() + header_bytes)
+                as u64;
+        Ok(RecordView {
+            offset: self.header.base_offset + offset_delta,
+            timestamp_ms,
+            expires_at_ms,
+            deliver_at_ms,
+            priority,
+            payload_bytes,
+            id,
+            key,
+            value,
+            headers: Span {
+                start: headers_start,
+                end,
+            },
+            header_count: header_count as u32,
+        })
+    }
+
+    /// The next record in place (see [`RecordView`]); after an error, `None`.
+    pub fn next_view(&mut self) -> Option<Result<RecordView, FormatError>> {
+        if self.remaining == 0 {
+            if self.position != self.section.len() {
+                self.position = self.section.len();
+                return Some(Err(invalid("bytes left over after the last record")));
+            }
+            return None;
+        }
+        self.remaining -= 1;
+        let view = self.next_view_inner();
+        if view.is_err() {
+            // Stop after the first error: what follows cannot be trusted.
+            self.remaining = 0;
+            self.position = self.section.len();
+        }
+        Some(view)
+    }
+
+    /// The [`Record`] of a view this iterator returned: keys, values and header values
+    /// are slices of the batch (no copy); header keys are copied into `String`s.
+    pub fn record(&self, view: &RecordView) -> Record {
+        let slice = |span: Span| self.section.slice(span.start..span.end);
+        Record {
+            offset: view.offset,
+            timestamp_ms: view.timestamp_ms,
+            expires_at_ms: view.expires_at_ms,
+            key: view.key.map(slice),
+            value: slice(view.value),
+            headers: self
+                .raw(view)
+                .headers()
+                .map(|(key, value)| Header {
+                    key: key.to_owned(),
+                    value: self.section.slice_ref(value),
+                })
+                .collect(),
+            id: view.id.map(slice),
+            deliver_at_ms: view.deliver_at_ms,
+            priority: view.priority,
+        }
+    }
+
+    /// The bytes of a view this iterator returned, borrowed.
+    pub fn raw<'a>(&'a self, view: &RecordView) -> RawRecord<'a> {
+        let bytes = |span: Span| &self.section[span.start..span.end];
+        RawRecord {
+            key: view.key.map(bytes),
+            value: bytes(view.value),
+            headers: RawHeaders {
+                bytes: bytes(view.headers),
+                left: view.header_count,
+            },
+        }
+    }
+
+    fn byte(&mut self) -> Result<u8, FormatError> {
+        let byte = *self
+            .section
+            .get(self.position)
+            .ok_or_else(|| invalid("record truncated"))?;
+        self.position += 1;
+        Ok(byte)
+    }
+
+    fn varint(&mut self) -> Result<u64, FormatError> {
+        let (value, used) = get_varint(self.section.get(self.position..).unwrap_or_default())
+            .ok_or_else(|| invalid("malformed varint"))?;
+        self.position += used;
+        Ok(value)
+    }
+
+    /// A varint length followed by that many bytes, all within `end`: their span.
+    fn span(&mut self, end: usize) -> Result<Span, FormatError> {
+        let length = self.varint()?;
+        let stop = usize::try_from(length)
+            .ok()
+            .and_then(|len| self.position.checked_add(len))
+            .filter(|&stop| stop <= end)
+            .ok_or_else(|| invalid("field length runs past its record"))?;
+        let span = Span {
+            start: self.position,
+            end: stop,
+        };
+        self.position = stop;
+        Ok(span)
+    }
+}
+
+impl Iterator for RecordIter {
+    type Item = Result<Record, FormatError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let view = self.next_view()?;
+        Some(view.map(|view| self.record(&view)))
+    }
+}
+
+/// Where a field lies in a batch's records section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: usize,
+    end: usize,
+}
+
+impl Span {
+    fn len(self) -> usize {
+        self.end - self.start
+    }
+}
+
+/// A record of a batch, validated but not decoded into a [`Record`]: its fixed fields,
+/// and where its id, key, value and headers lie in the batch ([`RecordIter::raw`]).
+/// Reads look at a view first and make a `Record` only of what they return, so what
+/// they pass over (records before the read's start, expired ones, ones a filter skips)
+/// costs no allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordView {
+    pub offset: u64,
+    pub timestamp_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    pub deliver_at_ms: Option<i64>,
+    pub priority: u8,
+    /// Id, key, value and header bytes, as [`Record::payload_bytes`] counts them.
+    pub payload_bytes: u64,
+    id: Option<Span>,
+    key: Option<Span>,
+    value: Span,
+    /// The header entries, after their count.
+    headers: Span,
+    header_count: u32,
+}
+
+/// A record's key, value and headers as borrowed bytes of its batch.
+#[derive(Debug, Clone, Copy)]
+pub struct RawRecord<'a> {
+    pub key: Option<&'a [u8]>,
+    pub value: &'a [u8],
+    pub headers: RawHeaders<'a>,
+}
+
+impl<'a> RawRecord<'a> {
+    /// The headers in stored order, as (key, value).
+    pub fn headers(&self) -> RawHeaders<'a> {
+        self.headers
+    }
+}
+
+/// The headers of a [`RawRecord`], read in place. They were validated when the record
+/// was (lengths within the record, keys UTF-8), so reading them cannot fail; bytes
+/// that do not parse end the iteration.
+#[derive(Debug, Clone, Copy)]
+pub struct RawHeaders<'a> {
+    bytes: &'a [u8],
+    left: u32,
+}
+
+impl<'a> RawHeaders<'a> {
+    fn field(&mut self) -> Option<&'a [u8]> {
+        let (length, used) = get_varint(self.bytes)?;
+        let stop = used.checked_add(usize::try_from(length).ok()?)?;
+        let field = self.bytes.get(used..stop)?;
+        self.bytes = &self.bytes[stop..];
+        Some(field)
+    }
+}
+
+impl<'a> RawHeaders<'a> {
+    /// The value of the first header named `name`, comparing bytes (keys were checked
+    /// to be UTF-8 when the record was; no check is repeated here).
+    pub fn value_of(mut self, name: &str) -> Option<&'a [u8]> {
+        for _ in 0..self.left {
+            let key = self.field()?;
+            let value = self.field()?;
+            if key == name.as_bytes() {
+                return Some(value);
+            }
+        }
+        None
+    }
+}
+
+impl<'a> Iterator for RawHeaders<'a> {
+    type Item = (&'a str, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let entry = (|| {
+            let key = std::str::from_utf8(self.field()?).ok()?;
+            Some((key, self.field()?))
+        })();
+        if entry.is_none() {
+            self.left = 0;
+        }
+        entry
+    }
+}
