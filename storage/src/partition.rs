@@ -826,48 +826,24 @@ impl Partition {
         if from == visible.offset || max_records == 0 {
             return Ok(result);
         }
-        let segments = self.segments();
-        // Retention may have deleted segments since `log_start` was read: the snapshot
-        // is the authority, or the read below would skip to the next segment in silence.
-        if let Some(oldest) = segments.first()
-            && from < oldest.base_offset
-        {
-            return Err(out_of_range(from, oldest.base_offset));
-        }
-        let first = segments
-            .partition_point(|s| s.base_offset <= from)
-            .saturating_sub(1);
         let now_ms = self.clock.now_ms();
         let mut budget = ReadBudget::new(max_records, max_bytes).with_filter(filter);
-        let mut cursor = from;
-        for segment in &segments[first..] {
-            if segment.base_offset >= visible.offset || budget.exhausted() {
-                break;
-            }
-            cursor = cursor.max(segment.base_offset);
-            let end_position = if segment.base_offset == visible.segment_base {
-                visible.position
-            } else {
-                segment.summary().log_bytes
-            };
-            let read = segment.read(
-                cursor,
-                end_position,
-                visible.offset,
-                now_ms,
-                &mut budget,
-                &mut result.records,
-            );
-            self.mapped.note_read(segment);
-            cursor = match read {
-                Ok(next) => next,
-                // Retention removed the segment after the snapshot was taken.
-                Err(Error::Io { .. }) if self.log_start() > cursor => {
-                    return Err(out_of_range(cursor, self.log_start()));
-                }
-                Err(error) => return Err(error),
-            };
-        }
+        let cursor = self.read_segments(
+            from,
+            visible,
+            &mut budget,
+            ReadBudget::exhausted,
+            |segment, cursor, end_position, budget| {
+                segment.read(
+                    cursor,
+                    end_position,
+                    visible.offset,
+                    now_ms,
+                    budget,
+                    &mut result.records,
+                )
+            },
+        )?;
         result.filtered = budget.filtered();
         result.next_offset = if budget.exhausted() {
             cursor
@@ -918,6 +894,52 @@ impl Partition {
         if from == visible.offset || max_records == 0 {
             return Ok(result);
         }
+        let mut budget = BatchBudget::new(max_records, max_bytes, filter);
+        let cursor = self.read_segments(
+            from,
+            visible,
+            &mut budget,
+            BatchBudget::exhausted,
+            |segment, cursor, end_position, budget| {
+                segment.read_batches(
+                    cursor,
+                    end_position,
+                    visible.offset,
+                    now_ms,
+                    budget,
+                    &mut result.batches,
+                )
+            },
+        )?;
+        result.filtered = budget.filtered();
+        result.next_offset = if budget.exhausted() {
+            cursor
+        } else {
+            visible.offset
+        };
+        Ok(result)
+    }
+
+    /// The one loop over segments for message and batch reads: from the segment holding
+    /// `from` up to `visible`, each read by `read(segment, cursor, end position,
+    /// budget)` (which returns where it stopped) until `exhausted(budget)`. Returns the
+    /// offset the reads stopped at. Retention may delete segments while this runs: the
+    /// snapshot is the authority, so a read from before its oldest segment, or one whose
+    /// segment went away, is `OffsetOutOfRange`, never a silent skip to the next segment.
+    fn read_segments<B>(
+        &self,
+        from: u64,
+        visible: LogEnd,
+        budget: &mut B,
+        exhausted: fn(&B) -> bool,
+        mut read: impl FnMut(&Segment, u64, u64, &mut B) -> Result<u64>,
+    ) -> Result<u64> {
+        let out_of_range = |requested, log_start| Error::OffsetOutOfRange {
+            partition: self.name.clone(),
+            requested,
+            log_start,
+            end: visible.offset,
+        };
         let segments = self.segments();
         if let Some(oldest) = segments.first()
             && from < oldest.base_offset
@@ -927,10 +949,9 @@ impl Partition {
         let first = segments
             .partition_point(|s| s.base_offset <= from)
             .saturating_sub(1);
-        let mut budget = BatchBudget::new(max_records, max_bytes, filter);
         let mut cursor = from;
         for segment in &segments[first..] {
-            if segment.base_offset >= visible.offset || budget.exhausted() {
+            if segment.base_offset >= visible.offset || exhausted(budget) {
                 break;
             }
             cursor = cursor.max(segment.base_offset);
@@ -939,30 +960,18 @@ impl Partition {
             } else {
                 segment.summary().log_bytes
             };
-            let read = segment.read_batches(
-                cursor,
-                end_position,
-                visible.offset,
-                now_ms,
-                &mut budget,
-                &mut result.batches,
-            );
+            let outcome = read(segment, cursor, end_position, budget);
             self.mapped.note_read(segment);
-            cursor = match read {
+            cursor = match outcome {
                 Ok(next) => next,
+                // Retention removed the segment after the snapshot was taken.
                 Err(Error::Io { .. }) if self.log_start() > cursor => {
                     return Err(out_of_range(cursor, self.log_start()));
                 }
                 Err(error) => return Err(error),
             };
         }
-        result.filtered = budget.filtered();
-        result.next_offset = if budget.exhausted() {
-            cursor
-        } else {
-            visible.offset
-        };
-        Ok(result)
+        Ok(cursor)
     }
 
     /// About how many log bytes the visible messages from `offset` on take (exact to
