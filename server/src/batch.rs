@@ -25,13 +25,12 @@ use tidelog_proto::v1::{
     subscribe_batches_response::Event,
 };
 use tidelog_storage::{AckLevel, BatchReadResult, Error, Filter, Partition, StoredBatch, Topic};
-use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::AppState;
 use crate::convert;
-use crate::read::{ReadLimits, SUBSCRIBE_QUEUE_EVENTS};
+use crate::read::{EventSource, ReadLimits, spawn_events};
 
 /// A batch appended (or found a duplicate), and what a DURABLE ack still waits for.
 #[derive(Debug)]
@@ -450,32 +449,21 @@ impl BatchReader {
     }
 }
 
-/// Runs `reader` into a bounded queue (as Subscribe does) and returns the receiving
-/// side as the response stream.
+impl EventSource for BatchReader {
+    type Event = SubscribeBatchesResponse;
+
+    fn next_stream_event(
+        &mut self,
+    ) -> impl Future<Output = Result<SubscribeBatchesResponse, Status>> + Send + '_ {
+        self.next_event()
+    }
+}
+
+/// Runs `reader` as Subscribe runs its reader ([`spawn_events`]) and returns the
+/// receiving side as the response stream.
 pub fn spawn(
     state: &Arc<AppState>,
-    mut reader: BatchReader,
+    reader: BatchReader,
 ) -> ReceiverStream<Result<SubscribeBatchesResponse, Status>> {
-    let (tx, rx) = mpsc::channel(SUBSCRIBE_QUEUE_EVENTS);
-    let metrics = state.metrics.clone();
-    tokio::spawn(async move {
-        let started = Instant::now();
-        let _guard = metrics.open_stream("subscribe");
-        let mut final_error = None;
-        loop {
-            let event = tokio::select! {
-                event = reader.next_event() => event,
-                _ = tx.closed() => break,
-            };
-            if let Err(status) = &event {
-                final_error = Some(status.code());
-            }
-            let end = event.is_err();
-            if tx.send(event).await.is_err() || end {
-                break;
-            }
-        }
-        metrics.rpc_finished("SubscribeBatches", started, final_error);
-    });
-    ReceiverStream::new(rx)
+    spawn_events(state, "SubscribeBatches", reader)
 }

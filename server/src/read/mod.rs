@@ -335,4 +335,4 @@ mod reader;
 #[cfg(test)]
 mod tests;
 
-pub use reader::{LaterStart, PartitionReader, spawn_subscription};
+pub use reader::{EventSource, LaterStart, PartitionReader, spawn_events, spawn_subscription};

@@ -523,12 +523,36 @@ impl PartitionReader {
     }
 }
 
+/// What a server stream reads its events from: the plain Subscribe's
+/// [`PartitionReader`] and the batch form's reader.
+pub trait EventSource: Send + 'static {
+    type Event: Send + 'static;
+
+    /// The next event, waiting for data; an error ends the stream.
+    fn next_stream_event(
+        &mut self,
+    ) -> impl Future<Output = Result<Self::Event, Status>> + Send + '_;
+}
+
+impl EventSource for PartitionReader {
+    type Event = SubscribeResponse;
+
+    fn next_stream_event(
+        &mut self,
+    ) -> impl Future<Output = Result<SubscribeResponse, Status>> + Send + '_ {
+        self.next_event()
+    }
+}
+
 /// Runs `reader` into a bounded queue until the client goes away or the reader
-/// ends, and returns the receiving side as the response stream.
-pub fn spawn_subscription(
+/// ends, and returns the receiving side as the response stream: the one runner of
+/// every subscription stream, counted as an open `subscribe` stream and, when it ends,
+/// as an `rpc` call.
+pub fn spawn_events<S: EventSource>(
     state: &Arc<AppState>,
-    mut reader: PartitionReader,
-) -> ReceiverStream<Result<SubscribeResponse, Status>> {
+    rpc: &'static str,
+    mut reader: S,
+) -> ReceiverStream<Result<S::Event, Status>> {
     let (tx, rx) = mpsc::channel(SUBSCRIBE_QUEUE_EVENTS);
     let metrics = state.metrics.clone();
     tokio::spawn(async move {
@@ -537,7 +561,7 @@ pub fn spawn_subscription(
         let mut final_error = None;
         loop {
             let event = tokio::select! {
-                event = reader.next_event() => event,
+                event = reader.next_stream_event() => event,
                 // The client went away while the reader waited for data.
                 _ = tx.closed() => break,
             };
@@ -549,7 +573,15 @@ pub fn spawn_subscription(
                 break;
             }
         }
-        metrics.rpc_finished("Subscribe", started, final_error);
+        metrics.rpc_finished(rpc, started, final_error);
     });
     ReceiverStream::new(rx)
+}
+
+/// The plain Subscribe's stream ([`spawn_events`] of a [`PartitionReader`]).
+pub fn spawn_subscription(
+    state: &Arc<AppState>,
+    reader: PartitionReader,
+) -> ReceiverStream<Result<SubscribeResponse, Status>> {
+    spawn_events(state, "Subscribe", reader)
 }
