@@ -16,6 +16,10 @@ pub const BATCH_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Most records in one batch. Bounds the record vector a decode allocates.
 pub const BATCH_RECORDS_MAX: u32 = 1 << 20;
 
+/// Most records a read reserves room for before it starts (16,384 records, about
+/// 3 MiB): past it the record vector grows as it fills.
+pub const READ_RESERVE_RECORDS_MAX: u64 = 16 * 1024;
+
 /// Most headers on one record.
 pub const RECORD_HEADERS_MAX: u32 = 1024;
 

@@ -23,7 +23,7 @@ use crate::fs::{FileSystem, FsFile, OpenMode};
 use crate::fsutil;
 use crate::idindex;
 use crate::index::SegmentSummary;
-use crate::limits::{ID_INDEX_ENTRIES_MAX, SEGMENT_FILE_BYTES_MAX};
+use crate::limits::{ID_INDEX_ENTRIES_MAX, READ_RESERVE_RECORDS_MAX, SEGMENT_FILE_BYTES_MAX};
 use crate::progress::{LogEnd, Progress, WaitDurable, WaitForData};
 use crate::recovery;
 use crate::segment::{
@@ -816,8 +816,14 @@ impl Partition {
         if from < log_start || from > visible.offset {
             return Err(out_of_range(from, log_start));
         }
+        // Room for what the read can return without a filter, so the vector of
+        // records is not regrown (and moved) as it fills; bounded by what is there.
+        let expected = match filter {
+            None => (visible.offset - from.min(visible.offset)).min(u64::from(max_records)),
+            Some(_) => 0,
+        };
         let mut result = ReadResult {
-            records: Vec::new(),
+            records: Vec::with_capacity(expected.min(READ_RESERVE_RECORDS_MAX) as usize),
             next_offset: from,
             log_start,
             end_offset: visible.offset,

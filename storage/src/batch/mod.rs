@@ -673,6 +673,7 @@ pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
 
 /// Reads an unsigned LEB128 varint: the value and the bytes it used, or `None` if the
 /// bytes end first or it is longer than 10 bytes / overflows u64.
+#[inline]
 pub fn get_varint(bytes: &[u8]) -> Option<(u64, usize)> {
     // Most lengths and deltas fit one byte.
     if let Some(&byte) = bytes.first()

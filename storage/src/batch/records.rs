@@ -169,6 +169,7 @@ impl RecordIter {
     }
 
     /// The next record in place (see [`RecordView`]); after an error, `None`.
+    #[inline]
     pub fn next_view(&mut self) -> Option<Result<RecordView, FormatError>> {
         if self.remaining == 0 {
             if self.position != self.section.len() {
@@ -189,6 +190,7 @@ impl RecordIter {
 
     /// The [`Record`] of a view this iterator returned: keys, values and header values
     /// are slices of the batch (no copy); header keys are copied into `String`s.
+    #[inline(always)]
     pub fn record(&self, view: &RecordView) -> Record {
         let slice = |span: Span| self.section.slice(span.start..span.end);
         Record {
@@ -197,14 +199,17 @@ impl RecordIter {
             expires_at_ms: view.expires_at_ms,
             key: view.key.map(slice),
             value: slice(view.value),
-            headers: self
-                .raw(view)
-                .headers()
-                .map(|(key, value)| Header {
-                    key: key.to_owned(),
-                    value: self.section.slice_ref(value),
-                })
-                .collect(),
+            headers: if view.header_count == 0 {
+                Vec::new()
+            } else {
+                self.raw(view)
+                    .headers()
+                    .map(|(key, value)| Header {
+                        key: key.to_owned(),
+                        value: self.section.slice_ref(value),
+                    })
+                    .collect()
+            },
             id: view.id.map(slice),
             deliver_at_ms: view.deliver_at_ms,
             priority: view.priority,
@@ -212,6 +217,7 @@ impl RecordIter {
     }
 
     /// The bytes of a view this iterator returned, borrowed.
+    #[inline]
     pub fn raw<'a>(&'a self, view: &RecordView) -> RawRecord<'a> {
         let bytes = |span: Span| &self.section[span.start..span.end];
         RawRecord {
@@ -224,6 +230,7 @@ impl RecordIter {
         }
     }
 
+    #[inline(always)]
     fn byte(&mut self) -> Result<u8, FormatError> {
         let byte = *self
             .section
@@ -233,7 +240,15 @@ impl RecordIter {
         Ok(byte)
     }
 
+    #[inline(always)]
     fn varint(&mut self) -> Result<u64, FormatError> {
+        // Most lengths and deltas fit one byte: read it here, without the loop.
+        if let Some(&byte) = self.section.get(self.position)
+            && byte < 0x80
+        {
+            self.position += 1;
+            return Ok(u64::from(byte));
+        }
         let (value, used) = get_varint(self.section.get(self.position..).unwrap_or_default())
             .ok_or_else(|| invalid("malformed varint"))?;
         self.position += used;
@@ -241,6 +256,7 @@ impl RecordIter {
     }
 
     /// A varint length followed by that many bytes, all within `end`: their span.
+    #[inline(always)]
     fn span(&mut self, end: usize) -> Result<Span, FormatError> {
         let length = self.varint()?;
         let stop = usize::try_from(length)
@@ -326,6 +342,7 @@ pub struct RawHeaders<'a> {
 }
 
 impl<'a> RawHeaders<'a> {
+    #[inline]
     fn field(&mut self) -> Option<&'a [u8]> {
         let (length, used) = get_varint(self.bytes)?;
         let stop = used.checked_add(usize::try_from(length).ok()?)?;
