@@ -216,6 +216,11 @@ impl RecordIter {
         }
     }
 
+    /// The message id of a view this iterator returned, borrowed.
+    pub fn id<'a>(&'a self, view: &RecordView) -> Option<&'a [u8]> {
+        view.id.map(|span| &self.section[span.start..span.end])
+    }
+
     /// The bytes of a view this iterator returned, borrowed.
     #[inline]
     pub fn raw<'a>(&'a self, view: &RecordView) -> RawRecord<'a> {

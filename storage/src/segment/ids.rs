@@ -76,10 +76,13 @@ fn batch_ids(
     base_offset: u64,
     out: &mut Vec<IdEntry>,
 ) -> Result<(), BatchIds> {
-    let records = RecordIter::new(bytes, header).map_err(|_| BatchIds::Undecodable)?;
-    for record in records {
-        let record = record.map_err(|_| BatchIds::Undecodable)?;
-        let Some(id) = &record.id else { continue };
+    let mut records = RecordIter::new(bytes, header).map_err(|_| BatchIds::Undecodable)?;
+    // Records are looked at in place: only their ids are needed.
+    while let Some(view) = records.next_view() {
+        let record = view.map_err(|_| BatchIds::Undecodable)?;
+        let Some(id) = records.id(&record) else {
+            continue;
+        };
         if out.len() >= ID_INDEX_ENTRIES_MAX as usize {
             return Err(BatchIds::TooMany);
         }
