@@ -225,7 +225,7 @@ pub fn delivery_event_to_proto(listed: ListedDelivery) -> pb::DeliveryEvent {
         attempt,
         at_ms,
         outcome: outcome_to_proto(outcome) as i32,
-        member,
+        member: member.to_string(),
         reason,
         deadline_ms: matches!(outcome, Outcome::Delivered | Outcome::Extended)
             .then_some(deadline_ms),

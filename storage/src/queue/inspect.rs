@@ -156,7 +156,7 @@ pub fn queue_state(
                 member,
                 deadline_ms,
             } => QueueState::Unacked {
-                member,
+                member: member.to_string(),
                 attempt: pending.attempts,
                 deadline_ms,
                 delivered_ms: pending.last_delivery_ms,

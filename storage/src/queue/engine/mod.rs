@@ -145,7 +145,7 @@ pub struct QueueEngine {
     /// partition, offset).
     due: BTreeSet<(u8, i64, u32, u64)>,
     /// Connected members and how many deliveries each holds.
-    members: HashMap<String, u64>,
+    members: HashMap<Arc<str>, u64>,
     /// The partition a new-message scan starts with next (turns).
     next_partition: usize,
     /// The last delivery round stopped because a higher level had more of the log to
@@ -336,7 +336,7 @@ impl QueueEngine {
 
     /// A member connected.
     pub fn member_joined(&mut self, member: &str) {
-        self.members.entry(member.to_string()).or_insert(0);
+        self.members.entry(Arc::from(member)).or_insert(0);
     }
 
     /// A member left: its leases are given up now (in the next [`QueueEngine::tick`]).
@@ -353,7 +353,7 @@ impl QueueEngine {
                         .iter()
                         .flat_map(|(&p, part)| {
                             part.pending.iter_undelayed().filter_map(move |(o, pending)| {
-                                matches!(&pending.hold, Hold::Leased { member: m, .. } if m == member)
+                                matches!(&pending.hold, Hold::Leased { member: m, .. } if **m == *member)
                                     .then_some((p, o))
                             })
                         })
@@ -524,10 +524,21 @@ impl QueueEngine {
         let topic = self.store.topic(&queue.topic)?;
         let now = self.store.clock().now_ms();
         let deadline = now.saturating_add(queue.config.ack_deadline_ms as i64);
-        // Members in turns: a list of who gets the next delivery.
-        let mut turns: Vec<String> = Vec::new();
+        // Members in turns: a list of who gets the next delivery. A member's id is
+        // one shared `Arc` for all its leases, their state and history (no copy per
+        // message): the connected member's own where it has joined.
+        let mut turns: Vec<Arc<str>> = Vec::new();
         {
-            let mut left: Vec<(String, u32)> = wants.to_vec();
+            let mut left: Vec<(Arc<str>, u32)> = wants
+                .iter()
+                .map(|(member, want)| {
+                    let shared = match self.members.get_key_value(member.as_str()) {
+                        Some((shared, _)) => Arc::clone(shared),
+                        None => Arc::from(member.as_str()),
+                    };
+                    (shared, *want)
+                })
+                .collect();
             while turns.len() < DELIVERIES_PER_ROUND_MAX && left.iter().any(|w| w.1 > 0) {
                 for (member, want) in &mut left {
                     if *want > 0 {
@@ -539,7 +550,7 @@ impl QueueEngine {
         }
         turns.truncate(DELIVERIES_PER_ROUND_MAX);
         let mut turns = turns.into_iter();
-        let mut out: BTreeMap<String, Vec<Delivery>> = BTreeMap::new();
+        let mut out: BTreeMap<Arc<str>, Vec<Delivery>> = BTreeMap::new();
         let mut ops = Vec::new();
         let mut next_member = turns.next();
 
@@ -669,7 +680,10 @@ impl QueueEngine {
             *self.members.entry(member.clone()).or_insert(0) += deliveries.len() as u64;
             self.counters.delivered += deliveries.len() as u64;
         }
-        Ok(out.into_iter().collect())
+        Ok(out
+            .into_iter()
+            .map(|(member, deliveries)| (member.to_string(), deliveries))
+            .collect())
     }
 
     /// Scans `partition` from `cursor` for new messages of `level`: leases them to the
@@ -689,9 +703,9 @@ impl QueueEngine {
         cursor: u64,
         now: i64,
         deadline: i64,
-        next_member: &mut Option<String>,
-        turns: &mut impl Iterator<Item = String>,
-        out: &mut BTreeMap<String, Vec<Delivery>>,
+        next_member: &mut Option<Arc<str>>,
+        turns: &mut impl Iterator<Item = Arc<str>>,
+        out: &mut BTreeMap<Arc<str>, Vec<Delivery>>,
     ) -> Result<(u64, Vec<Taken>)> {
         let id = partition.id();
         let mut position = cursor;
@@ -855,7 +869,7 @@ impl QueueEngine {
                             now,
                             Outcome::DeadLettered,
                             0,
-                            "",
+                            &Arc::from(""),
                             &reason,
                         ));
                         letters.push(dead_letter_record(

@@ -2,6 +2,7 @@
 //! when it returns.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use super::{
     ACK_LATENCIES_KEPT_MAX, QueueEngine, SettleAction, SettleOutcome, SettleRequest, Timer,
@@ -25,7 +26,7 @@ impl QueueEngine {
         let mut outcomes = Vec::with_capacity(requests.len());
         // Offsets settled so far in this call, so a duplicate is not counted twice.
         let mut gone: BTreeSet<(u32, u64)> = BTreeSet::new();
-        let mut released: HashMap<String, u64> = HashMap::new();
+        let mut released: HashMap<Arc<str>, u64> = HashMap::new();
         for request in requests {
             if let SettleAction::Ack {
                 through: Some(through),
@@ -45,7 +46,7 @@ impl QueueEngine {
                         let Hold::Leased { member: holder, .. } = &pending.hold else {
                             continue;
                         };
-                        if member.is_some_and(|m| m != holder)
+                        if member.is_some_and(|m| m != &**holder)
                             || !gone.insert((request.partition, offset))
                         {
                             continue;
@@ -112,7 +113,7 @@ impl QueueEngine {
             // A settlement after the deadline is still taken while the lease stands (the
             // next tick has not given it up): the work was done.
             let stale_attempt = request.attempt != 0 && request.attempt != pending.attempts;
-            let other_member = member.is_some_and(|m| m != holder);
+            let other_member = member.is_some_and(|m| m != &**holder);
             if stale_attempt || other_member {
                 outcomes.push(SettleOutcome::Stale(format!(
                     "partition {} offset {}: attempt {} is current, held by {holder:?}",

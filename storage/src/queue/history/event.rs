@@ -14,6 +14,8 @@
 //! | 34 | 2 + n | `member` str16 | at most 255 bytes: who held the attempt (empty for an overflow dead letter) |
 //! | .. | 2 + n | `reason` str16 | at most 1024 bytes: a nack's, term's or dead letter's reason, else empty |
 
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
 use crate::statelog::{DecodeError, LogOp, OpReader, put_str16};
 
@@ -113,7 +115,7 @@ pub struct HistoryEvent {
     /// The lease's deadline for `Delivered` and `Extended`, else 0.
     pub deadline_ms: i64,
     /// The member that held the attempt (empty for an overflow dead letter).
-    pub member: String,
+    pub member: Arc<str>,
     /// The reason of a nack, a term or a dead letter, else empty.
     pub reason: String,
 }
@@ -132,7 +134,7 @@ impl HistoryEvent {
         at_ms: i64,
         outcome: Outcome,
         deadline_ms: i64,
-        member: &str,
+        member: &Arc<str>,
         reason: &str,
     ) -> HistoryEvent {
         HistoryEvent {
@@ -142,7 +144,11 @@ impl HistoryEvent {
             at_ms,
             outcome,
             deadline_ms,
-            member: truncate_utf8(member, MEMBER_BYTES_MAX).to_string(),
+            member: if member.len() > MEMBER_BYTES_MAX {
+                truncate_utf8(member, MEMBER_BYTES_MAX).into()
+            } else {
+                Arc::clone(member)
+            },
             reason: truncate_utf8(reason, REASON_BYTES_MAX).to_string(),
         }
     }
@@ -191,7 +197,7 @@ impl LogOp for HistoryEvent {
             at_ms,
             outcome,
             deadline_ms: r.i64("deadline_ms")?,
-            member: r.str16("member", 0, MEMBER_BYTES_MAX)?,
+            member: r.str16("member", 0, MEMBER_BYTES_MAX)?.into(),
             reason: r.str16("reason", 0, REASON_BYTES_MAX)?,
         })
     }
@@ -222,7 +228,7 @@ mod tests {
                         at_ms,
                         outcome: Outcome::ALL[outcome],
                         deadline_ms,
-                        member,
+                        member: member.into(),
                         reason,
                     }
                 },
@@ -243,7 +249,7 @@ mod tests {
             at_ms: 0,
             outcome: Outcome::Acked,
             deadline_ms: 0,
-            member: String::new(),
+            member: "".into(),
             reason: String::new(),
         };
         let mut bytes = Vec::new();
@@ -265,7 +271,7 @@ mod tests {
             at_ms: 0,
             outcome: Outcome::Nacked,
             deadline_ms: 0,
-            member: "m".repeat(MEMBER_BYTES_MAX + 1),
+            member: "m".repeat(MEMBER_BYTES_MAX + 1).into(),
             reason: String::new(),
         };
         let mut bytes = Vec::new();

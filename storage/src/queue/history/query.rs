@@ -51,7 +51,7 @@ pub struct AttemptRecord {
 impl AttemptRecord {
     fn fold(&mut self, event: HistoryEvent) {
         if self.member.is_empty() {
-            self.member = event.member;
+            self.member = event.member.to_string();
         }
         match event.outcome {
             Outcome::Delivered => {

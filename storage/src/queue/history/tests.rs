@@ -26,7 +26,7 @@ fn event(partition: u32, offset: u64, attempt: u32, at_ms: i64, outcome: Outcome
         } else {
             0
         },
-        member: format!("m{}", offset % 3),
+        member: format!("m{}", offset % 3).into(),
         reason: if outcome == Outcome::Nacked {
             "busy".into()
         } else {

@@ -123,7 +123,7 @@ fn put_hold(out: &mut Vec<u8>, hold: &Hold) {
 fn read_hold(r: &mut OpReader<'_>) -> Result<Hold, DecodeError> {
     match r.u8("hold")? {
         HOLD_LEASED => Ok(Hold::Leased {
-            member: r.str16("member", 0, MEMBER_BYTES_MAX)?,
+            member: r.str16("member", 0, MEMBER_BYTES_MAX)?.into(),
             deadline_ms: r.i64("deadline_ms")?,
         }),
         HOLD_WAITING => Ok(Hold::Waiting {
@@ -474,7 +474,7 @@ impl LogOp for QueueOp {
                 name: read_name(r)?,
                 partition: r.u32("partition")?,
                 offset: r.u64("offset")?,
-                member: r.str16("member", 0, MEMBER_BYTES_MAX)?,
+                member: r.str16("member", 0, MEMBER_BYTES_MAX)?.into(),
                 deadline_ms: r.i64("deadline_ms")?,
                 at_ms: r.i64("at_ms")?,
             },

@@ -1,6 +1,7 @@
 //! The queues' state as it is kept in memory, and the operations that change it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::config::QueueConfig;
 use super::pending::{Hold, Pending, PendingMap};
@@ -133,7 +134,7 @@ pub enum QueueOp {
         name: String,
         partition: u32,
         offset: u64,
-        member: String,
+        member: Arc<str>,
         deadline_ms: i64,
         at_ms: i64,
     },

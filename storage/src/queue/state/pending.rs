@@ -14,12 +14,14 @@ use std::collections::BTreeMap;
 use std::collections::btree_map;
 use std::iter::Peekable;
 use std::ops::RangeBounds;
+use std::sync::Arc;
 
 /// Why a pending message is held.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hold {
-    /// Delivered to `member`, to be settled by `deadline_ms`.
-    Leased { member: String, deadline_ms: i64 },
+    /// Delivered to `member`, to be settled by `deadline_ms`. The member's id is
+    /// shared (`Arc`) by every message it holds, its leases and their history events.
+    Leased { member: Arc<str>, deadline_ms: i64 },
     /// Waiting for a redelivery (nacked, or a delivery given up) until `due_ms`.
     Waiting { due_ms: i64 },
     /// Never delivered yet: waiting for its deliver-at time.

@@ -47,7 +47,7 @@ pub(super) fn round_trip(op: &QueueOp) -> QueueOp {
 pub(super) fn arb_hold() -> impl Strategy<Value = Hold> {
     prop_oneof![
         ("[a-z0-9-]{0,20}", any::<i64>()).prop_map(|(member, deadline_ms)| Hold::Leased {
-            member,
+            member: member.into(),
             deadline_ms
         }),
         any::<i64>().prop_map(|due_ms| Hold::Waiting { due_ms }),
@@ -82,7 +82,7 @@ pub(super) fn arb_op() -> impl Strategy<Value = QueueOp> {
                 name: n,
                 partition,
                 offset,
-                member,
+                member: member.into(),
                 deadline_ms: 9,
                 at_ms: 7,
             }
