@@ -7,7 +7,7 @@
 //! uses the storage engine's `wait_for_data` futures (woken by the append or the
 //! group commit that makes data visible), never a poll loop.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -191,10 +191,36 @@ fn pattern_subscription(
     request: SubscribeRequest,
     access: Option<TopicAccess>,
 ) -> Result<PartitionReader, Status> {
-    if !request.partitions.is_empty() || !request.partition_starts.is_empty() {
+    if !request.partitions.is_empty() {
         return Err(Status::invalid_argument(
-            "topic_pattern reads every partition of every matching topic: leave partitions and partition_starts empty",
+            "topic_pattern reads every partition of every matching topic: leave partitions empty (resume with partition_starts naming their topics)",
         ));
+    }
+    // A resume: where listed partitions stood; the rest are new to the stream.
+    let mut resume: HashMap<(&str, u32), u64> = HashMap::new();
+    if !request.partition_starts.is_empty() {
+        if request.start.is_some() {
+            return Err(Status::invalid_argument(
+                "partition_starts names where the pattern stream resumes: leave start empty",
+            ));
+        }
+        for start in &request.partition_starts {
+            if start.topic.is_empty() {
+                return Err(Status::invalid_argument(format!(
+                    "partition_starts entry for partition {} names no topic: with topic_pattern each names its topic",
+                    start.partition
+                )));
+            }
+            if resume
+                .insert((start.topic.as_str(), start.partition), start.offset)
+                .is_some()
+            {
+                return Err(Status::invalid_argument(format!(
+                    "partition {}/{} is listed twice in partition_starts; list each once",
+                    start.topic, start.partition
+                )));
+            }
+        }
     }
     let pattern = convert::topic_pattern("topic_pattern", &request.topic_pattern)?;
     let reset_policy = convert::reset_policy(request.reset_policy)?;
@@ -203,12 +229,21 @@ fn pattern_subscription(
     let position = request.start.and_then(|s| s.position);
     let mut initial = Vec::new();
     for topic in state.store.topics() {
-        if !pattern.matches(topic.name()) || access.as_ref().is_some_and(|a| !a.allows(topic.name())) {
+        if !pattern.matches(topic.name())
+            || access.as_ref().is_some_and(|a| !a.allows(topic.name()))
+        {
             continue;
         }
         let mut starts = Vec::with_capacity(topic.partitions().len());
         for partition in topic.partitions() {
-            starts.push(start_offset(partition, position)?);
+            starts.push(if resume.is_empty() {
+                start_offset(partition, position)?
+            } else {
+                resume
+                    .get(&(topic.name(), partition.id()))
+                    .copied()
+                    .unwrap_or_else(|| partition.log_start())
+            });
         }
         initial.push((topic, starts));
     }

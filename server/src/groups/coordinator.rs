@@ -106,9 +106,10 @@ impl Subscription {
     fn same_as(&self, other: &Subscription) -> bool {
         match (self, other) {
             (Subscription::Topic(a), Subscription::Topic(b)) => a == b,
-            (Subscription::Pattern { pattern: a, .. }, Subscription::Pattern { pattern: b, .. }) => {
-                a.as_str() == b.as_str()
-            }
+            (
+                Subscription::Pattern { pattern: a, .. },
+                Subscription::Pattern { pattern: b, .. },
+            ) => a.as_str() == b.as_str(),
             _ => false,
         }
     }
@@ -128,9 +129,9 @@ type Matched = BTreeMap<String, (Arc<Topic>, usize)>;
 /// Whether two matched sets name the same incarnations with the same counts.
 fn same_matched(a: &Matched, b: &Matched) -> bool {
     a.len() == b.len()
-        && a.iter().zip(b).all(|((na, (ta, ca)), (nb, (tb, cb)))| {
-            na == nb && ca == cb && ta.is_same_topic(tb)
-        })
+        && a.iter()
+            .zip(b)
+            .all(|((na, (ta, ca)), (nb, (tb, cb)))| na == nb && ca == cb && ta.is_same_topic(tb))
 }
 
 /// Longest session timeout a member may ask for; longer requests are capped. A
@@ -1384,9 +1385,7 @@ mod tests {
     }
 
     /// Drains a control channel: the last Assign's (generation, partitions, topics).
-    fn last_pattern_assign(
-        joined: &mut Joined,
-    ) -> Option<(u64, Vec<TopicPartition>, Vec<String>)> {
+    fn last_pattern_assign(joined: &mut Joined) -> Option<(u64, Vec<TopicPartition>, Vec<String>)> {
         let mut assign = None;
         while let Ok(control) = joined.control.try_recv() {
             if let Control::Assign {
@@ -1429,9 +1428,16 @@ mod tests {
         assert_eq!(pa.len(), 1);
         assert_eq!(pt, tps(&[("t", 0), ("t", 1)]));
         // A commit names the topic: a's partition of orders.eu, not b's nor t's.
-        c.authorize_member_commit("g", &a.member_id, ga, &pa).unwrap();
-        assert!(c.authorize_member_commit("g", &a.member_id, ga, &pb).is_err());
-        assert!(c.authorize_member_commit("g", &a.member_id, ga, &pt).is_err());
+        c.authorize_member_commit("g", &a.member_id, ga, &pa)
+            .unwrap();
+        assert!(
+            c.authorize_member_commit("g", &a.member_id, ga, &pb)
+                .is_err()
+        );
+        assert!(
+            c.authorize_member_commit("g", &a.member_id, ga, &pt)
+                .is_err()
+        );
         let view = c.describe_group("g").unwrap();
         let member = view
             .members
@@ -1462,7 +1468,9 @@ mod tests {
         c.store
             .create_topic("orders.us", 1, TopicConfig::default())
             .unwrap();
-        c.store.create_topic("other", 1, TopicConfig::default()).unwrap();
+        c.store
+            .create_topic("other", 1, TopicConfig::default())
+            .unwrap();
         c.rescan_topics();
         let (g1, pa, ta) = last_pattern_assign(&mut a).unwrap();
         let (_, pb, _) = last_pattern_assign(&mut b).unwrap();
@@ -1472,7 +1480,12 @@ mod tests {
         all.sort();
         assert_eq!(
             all,
-            tps(&[("orders.eu", 0), ("orders.eu", 1), ("orders.eu", 2), ("orders.us", 0)])
+            tps(&[
+                ("orders.eu", 0),
+                ("orders.eu", 1),
+                ("orders.eu", 2),
+                ("orders.us", 0)
+            ])
         );
 
         // A deleted topic leaves the assignment; no stream is ended.
@@ -1483,9 +1496,9 @@ mod tests {
         while let Ok(control) = a.control.try_recv() {
             match control {
                 Control::End(_) => ended = true,
-                Control::Assign { partitions, topics, .. } => {
-                    latest = Some((partitions, topics.into_keys().collect::<Vec<_>>()))
-                }
+                Control::Assign {
+                    partitions, topics, ..
+                } => latest = Some((partitions, topics.into_keys().collect::<Vec<_>>())),
                 Control::HandOver { .. } => {}
             }
         }
@@ -1514,7 +1527,9 @@ mod tests {
         let f = fixture(2);
         let c = &f.coordinator;
         for name in ["orders.eu", "orders.secret"] {
-            c.store.create_topic(name, 1, TopicConfig::default()).unwrap();
+            c.store
+                .create_topic(name, 1, TopicConfig::default())
+                .unwrap();
         }
         let denied = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let flag = denied.clone();

@@ -500,7 +500,8 @@ fn plan(
         Some(Scope::TopicPattern(scope)) => {
             // Every partition of every topic it matches now, as a pattern member
             // would read them.
-            let pattern = convert::topic_pattern("topic_pattern.topic_pattern", &scope.topic_pattern)?;
+            let pattern =
+                convert::topic_pattern("topic_pattern.topic_pattern", &scope.topic_pattern)?;
             let mut topics = store.topics();
             topics.retain(|t| pattern.matches(t.name()));
             topics.sort_by(|a, b| a.name().cmp(b.name()));

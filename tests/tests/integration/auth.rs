@@ -626,7 +626,11 @@ async fn batch_rpcs_and_patterns_are_authorized() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(changed(first), vec!["orders".to_string()], "secret is left out");
+    assert_eq!(
+        changed(first),
+        vec!["orders".to_string()],
+        "secret is left out"
+    );
     // A member of a group it may not consume is refused, naming the group.
     let member = |group: &str| SubscribeRequest {
         topic_pattern: ".*".into(),
@@ -673,7 +677,10 @@ async fn batch_rpcs_and_patterns_are_authorized() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(changed(next), vec!["orders".to_string(), "secret".to_string()]);
+    assert_eq!(
+        changed(next),
+        vec!["orders".to_string(), "secret".to_string()]
+    );
     assert_eq!(
         assigned(&mut grouped).await,
         vec!["orders".to_string(), "secret".to_string()]

@@ -192,8 +192,12 @@ fn spawn_member(
                         let mut seen = seen.lock().unwrap();
                         for m in &batch.messages {
                             assert!(!m.topic.is_empty(), "each message names its topic");
-                            seen.deliveries
-                                .push((member.clone(), m.topic.clone(), m.partition, m.offset));
+                            seen.deliveries.push((
+                                member.clone(),
+                                m.topic.clone(),
+                                m.partition,
+                                m.offset,
+                            ));
                         }
                     }
                     for p in &batch.positions {
@@ -242,7 +246,10 @@ async fn wait_for_group(
         if let Some(d) = description.as_ref().filter(|d| done(d)) {
             return d.clone();
         }
-        assert!(Instant::now() < deadline, "group never got there: {description:?}");
+        assert!(
+            Instant::now() < deadline,
+            "group never got there: {description:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -296,7 +303,11 @@ async fn wait_for_deliveries(seen: &Arc<Mutex<Seen>>, model: &BTreeSet<(String, 
 
 /// Polls FetchOffsets until the group's commit of every (topic, partition) of
 /// `ends` is that end offset.
-async fn wait_for_commits(groups: &mut GroupsClient<Channel>, group: &str, ends: &BTreeMap<Tp, u64>) {
+async fn wait_for_commits(
+    groups: &mut GroupsClient<Channel>,
+    group: &str,
+    ends: &BTreeMap<Tp, u64>,
+) {
     let deadline = Instant::now() + EVENT_TIMEOUT;
     loop {
         let committed: BTreeMap<Tp, u64> = groups
@@ -314,7 +325,10 @@ async fn wait_for_commits(groups: &mut GroupsClient<Channel>, group: &str, ends:
         if ends.iter().all(|(tp, end)| committed.get(tp) == Some(end)) {
             return;
         }
-        assert!(Instant::now() < deadline, "commits {committed:?}, expected {ends:?}");
+        assert!(
+            Instant::now() < deadline,
+            "commits {committed:?}, expected {ends:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -322,8 +336,15 @@ async fn wait_for_commits(groups: &mut GroupsClient<Channel>, group: &str, ends:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pattern_group_takes_in_new_topics_drops_deleted_ones_and_loses_nothing() {
     let broker = TestBroker::start();
-    for (name, partitions) in [("orders.eu", 2), ("orders.us", 2), ("payments", 1), ("old-orders.eu", 1)] {
-        broker.create_topic(name, partitions, TopicConfig::default()).await;
+    for (name, partitions) in [
+        ("orders.eu", 2),
+        ("orders.us", 2),
+        ("payments", 1),
+        ("old-orders.eu", 1),
+    ] {
+        broker
+            .create_topic(name, partitions, TopicConfig::default())
+            .await;
     }
     let mut model = BTreeSet::new();
     publish_all(&broker, "orders.eu", 2, 20, &mut model).await;
@@ -334,11 +355,21 @@ async fn a_pattern_group_takes_in_new_topics_drops_deleted_ones_and_loses_nothin
 
     let mut groups = broker.groups().await;
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let first = spawn_member(broker.consumer().await, broker.groups().await, "pg", seen.clone());
+    let first = spawn_member(
+        broker.consumer().await,
+        broker.groups().await,
+        "pg",
+        seen.clone(),
+    );
     wait_for_group(&mut groups, "pg", |g| g.state == GroupState::Stable as i32).await;
     // The second member joins while the first is reading: a rebalance mid-stream.
     publish_all(&broker, "orders.eu", 2, 30, &mut model).await;
-    let second = spawn_member(broker.consumer().await, broker.groups().await, "pg", seen.clone());
+    let second = spawn_member(
+        broker.consumer().await,
+        broker.groups().await,
+        "pg",
+        seen.clone(),
+    );
     let stable = wait_for_group(&mut groups, "pg", |g| {
         g.members.len() == 2 && g.state == GroupState::Stable as i32
     })
@@ -348,9 +379,17 @@ async fn a_pattern_group_takes_in_new_topics_drops_deleted_ones_and_loses_nothin
         assert_eq!(member.topic_pattern, PATTERN);
         assert_eq!(member.topic, "");
         let topics: Vec<&str> = member.topics.iter().map(|t| t.topic.as_str()).collect();
-        assert_eq!(topics, ["orders.eu", "orders.us"], "describe names the matched topics");
         assert_eq!(
-            member.topics.iter().map(|t| t.partitions.len()).sum::<usize>(),
+            topics,
+            ["orders.eu", "orders.us"],
+            "describe names the matched topics"
+        );
+        assert_eq!(
+            member
+                .topics
+                .iter()
+                .map(|t| t.partitions.len())
+                .sum::<usize>(),
             2,
             "two partitions each: {stable:?}"
         );
@@ -360,7 +399,9 @@ async fn a_pattern_group_takes_in_new_topics_drops_deleted_ones_and_loses_nothin
 
     // A matching topic created now is assigned within a second, without a reconnect.
     let created = Instant::now();
-    broker.create_topic("orders.asia", 3, TopicConfig::default()).await;
+    broker
+        .create_topic("orders.asia", 3, TopicConfig::default())
+        .await;
     let took_in = wait_for_group(&mut groups, "pg", |g| {
         g.state == GroupState::Stable as i32
             && owned(g) == tps(&[("orders.asia", 3), ("orders.eu", 2), ("orders.us", 2)])
@@ -392,7 +433,10 @@ async fn a_pattern_group_takes_in_new_topics_drops_deleted_ones_and_loses_nothin
             && owned(g) == tps(&[("orders.asia", 3), ("orders.eu", 2)])
     })
     .await;
-    assert!(dropped.lags.iter().all(|l| l.topic != "orders.us"), "{dropped:?}");
+    assert!(
+        dropped.lags.iter().all(|l| l.topic != "orders.us"),
+        "{dropped:?}"
+    );
     publish_all(&broker, "orders.asia", 3, 10, &mut model).await;
     publish_all(&broker, "orders.eu", 2, 10, &mut model).await;
     wait_for_deliveries(&seen, &model).await;
@@ -420,7 +464,9 @@ async fn a_pattern_group_takes_in_new_topics_drops_deleted_ones_and_loses_nothin
     // and every rebalance (orders.us's were delivered too before it went).
     let mut count: BTreeMap<(String, u32, u64), usize> = BTreeMap::new();
     for (_, topic, partition, offset) in &seen.deliveries {
-        *count.entry((topic.clone(), *partition, *offset)).or_default() += 1;
+        *count
+            .entry((topic.clone(), *partition, *offset))
+            .or_default() += 1;
     }
     let duplicated: Vec<_> = count.iter().filter(|(_, n)| **n > 1).take(10).collect();
     assert!(duplicated.is_empty(), "delivered twice: {duplicated:?}");
@@ -428,7 +474,10 @@ async fn a_pattern_group_takes_in_new_topics_drops_deleted_ones_and_loses_nothin
         .into_keys()
         .filter(|(topic, _, _)| topic != "orders.us")
         .collect();
-    assert_eq!(delivered, model, "nothing lost, nothing unpublished or unmatched");
+    assert_eq!(
+        delivered, model,
+        "nothing lost, nothing unpublished or unmatched"
+    );
     // Assignments of one generation never give a partition to two members.
     let mut owner: BTreeMap<(u64, Tp), &str> = BTreeMap::new();
     for (member, generation, _, partitions) in &seen.assignments {
@@ -446,7 +495,10 @@ async fn a_pattern_group_takes_in_new_topics_drops_deleted_ones_and_loses_nothin
         .collect();
     assert_eq!(last.len(), 2);
     for topics in last.values() {
-        assert_eq!(**topics, ["orders.asia".to_string(), "orders.eu".to_string()]);
+        assert_eq!(
+            **topics,
+            ["orders.asia".to_string(), "orders.eu".to_string()]
+        );
     }
 }
 
@@ -491,9 +543,12 @@ async fn read(
             .expect("an event");
         match event {
             Event::Assignment(a) => assignment = Some(a),
-            Event::Batch(batch) => {
-                got.extend(batch.messages.into_iter().map(|m| (m.topic, m.partition, m.offset)))
-            }
+            Event::Batch(batch) => got.extend(
+                batch
+                    .messages
+                    .into_iter()
+                    .map(|m| (m.topic, m.partition, m.offset)),
+            ),
             Event::PositionReset(_) => {}
             other => panic!("unexpected {other:?}"),
         }
@@ -505,7 +560,9 @@ async fn read(
 async fn reset_offsets_per_matched_topic_and_by_pattern_and_mixed_members() {
     let broker = TestBroker::start();
     for (name, partitions) in [("orders.eu", 2), ("orders.us", 1), ("other", 1)] {
-        broker.create_topic(name, partitions, TopicConfig::default()).await;
+        broker
+            .create_topic(name, partitions, TopicConfig::default())
+            .await;
         for p in 0..partitions {
             publish(&broker, name, p, 10).await;
         }
@@ -519,12 +576,19 @@ async fn reset_offsets_per_matched_topic_and_by_pattern_and_mixed_members() {
         }),
         ..pattern_member("pr", PATTERN, "")
     };
-    let mut stream = consumer.subscribe(member.clone()).await.unwrap().into_inner();
+    let mut stream = consumer
+        .subscribe(member.clone())
+        .await
+        .unwrap()
+        .into_inner();
     let (got, assignment) = read(&mut stream, 30).await;
     let topics: BTreeSet<&str> = got.iter().map(|(t, _, _)| t.as_str()).collect();
     assert_eq!(topics, BTreeSet::from(["orders.eu", "orders.us"]));
     let assignment = assignment.unwrap();
-    assert_eq!(assigned(&assignment), tps(&[("orders.eu", 2), ("orders.us", 1)]));
+    assert_eq!(
+        assigned(&assignment),
+        tps(&[("orders.eu", 2), ("orders.us", 1)])
+    );
 
     // A member by name shares orders.eu with the pattern member; orders.us stays
     // the pattern member's alone (the by-name member does not read it).
@@ -541,10 +605,18 @@ async fn reset_offsets_per_matched_topic_and_by_pattern_and_mixed_members() {
         g.members.len() == 2 && g.state == GroupState::Stable as i32
     })
     .await;
-    let named = shared.members.iter().find(|m| m.topic == "orders.eu").unwrap();
+    let named = shared
+        .members
+        .iter()
+        .find(|m| m.topic == "orders.eu")
+        .unwrap();
     assert_eq!(named.partitions.len(), 1, "{shared:?}");
     assert!(named.topics.is_empty() && named.topic_pattern.is_empty());
-    let patterned = shared.members.iter().find(|m| m.topic_pattern == PATTERN).unwrap();
+    let patterned = shared
+        .members
+        .iter()
+        .find(|m| m.topic_pattern == PATTERN)
+        .unwrap();
     let of: BTreeMap<&str, usize> = patterned
         .topics
         .iter()
@@ -558,7 +630,11 @@ async fn reset_offsets_per_matched_topic_and_by_pattern_and_mixed_members() {
         g.members.len() == 1 && g.lags.len() == 3 && g.lags.iter().all(|l| l.lag == Some(0))
     })
     .await;
-    let lags: Vec<(String, u32)> = settled.lags.iter().map(|l| (l.topic.clone(), l.partition)).collect();
+    let lags: Vec<(String, u32)> = settled
+        .lags
+        .iter()
+        .map(|l| (l.topic.clone(), l.partition))
+        .collect();
     assert_eq!(lags, tps(&[("orders.eu", 2), ("orders.us", 1)]));
     drop(stream);
     wait_for_group(&mut groups, "pr", |g| g.state == GroupState::Empty as i32).await;
@@ -570,7 +646,9 @@ async fn reset_offsets_per_matched_topic_and_by_pattern_and_mixed_members() {
             topic_pattern: PATTERN.into(),
         })
     };
-    let dry = reset(&mut groups, by_pattern(), earliest(), false).await.unwrap();
+    let dry = reset(&mut groups, by_pattern(), earliest(), false)
+        .await
+        .unwrap();
     assert_eq!(
         dry,
         vec![
@@ -579,13 +657,17 @@ async fn reset_offsets_per_matched_topic_and_by_pattern_and_mixed_members() {
             ("orders.us".to_string(), 0, Some(10), 0),
         ]
     );
-    reset(&mut groups, by_pattern(), earliest(), true).await.unwrap();
+    reset(&mut groups, by_pattern(), earliest(), true)
+        .await
+        .unwrap();
     // Per matched topic: orders.us back to its end.
     let us = Scope::Topic(TopicScope {
         topic: "orders.us".into(),
         partitions: vec![],
     });
-    let changed = reset(&mut groups, us, Spec::ToLatest(ToLatest {}), true).await.unwrap();
+    let changed = reset(&mut groups, us, Spec::ToLatest(ToLatest {}), true)
+        .await
+        .unwrap();
     assert_eq!(changed, vec![("orders.us".to_string(), 0, Some(0), 10)]);
     let bad = reset(
         &mut groups,
@@ -647,4 +729,238 @@ async fn a_pattern_member_is_checked_like_a_plain_pattern() {
     let described = describe(&mut broker.groups().await, "g").await.unwrap();
     assert_eq!(described.members[0].topic_pattern, "nothing-yet.*");
     assert!(described.members[0].topics.is_empty());
+}
+
+fn sorted(mut lines: Vec<String>) -> Vec<String> {
+    lines.sort();
+    lines
+}
+
+fn strings(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// `tidelog consume --topic-pattern P --group G`: stops once caught up on every matched
+/// topic and commits per (topic, partition); `group reset-offsets --topic-pattern`
+/// moves every matched topic; with --follow the member takes in a topic created while
+/// it runs, outlives a broker restart, and `group describe` shows the pattern and the
+/// matched topics.
+#[test]
+fn cli_pattern_group_commits_per_topic_follows_new_topics_and_resets_by_pattern() {
+    use crate::cli::{GroupConsumer, cli, cli_with_input, wait_until};
+
+    let mut broker = TestBroker::start();
+    for (topic, partitions) in [("orders.eu", "2"), ("orders.us", "1"), ("other", "1")] {
+        cli(
+            &broker,
+            &["topic", "create", topic, "--partitions", partitions],
+        )
+        .ok("create");
+    }
+    cli_with_input(&broker, &["produce", "orders.eu"], b"e1\ne2\ne3\ne4\n").ok("produce");
+    cli_with_input(&broker, &["produce", "orders.us"], b"u1\nu2\n").ok("produce");
+    cli_with_input(&broker, &["produce", "other"], b"x\n").ok("produce");
+    let consume = |group: &str| {
+        cli(
+            &broker,
+            &[
+                "consume",
+                "--topic-pattern",
+                PATTERN,
+                "--group",
+                group,
+                "--json",
+            ],
+        )
+        .ok("consume by pattern as a group")
+    };
+    let run = consume("cg");
+    let lines = run.json_lines();
+    let got: Vec<(String, String)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["topic"]
+                    .as_str()
+                    .expect("each line names its topic")
+                    .to_string(),
+                l["value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(got.len(), 6, "{got:?}\n{}", run.stderr);
+    let values: Vec<String> = sorted(got.iter().map(|(_, v)| v.clone()).collect());
+    assert_eq!(values, strings(&["e1", "e2", "e3", "e4", "u1", "u2"]));
+    assert!(
+        got.iter()
+            .all(|(t, v)| t.starts_with("orders.") && v.starts_with(&t[7..8]))
+    );
+    // Committed per (topic, partition), at each end.
+    let described = cli(&broker, &["group", "describe", "cg", "--json"])
+        .ok("describe")
+        .json();
+    let partitions = described["partitions"].as_array().unwrap();
+    let committed: Vec<(String, u64)> = partitions
+        .iter()
+        .map(|p| {
+            (
+                p["topic"].as_str().unwrap().to_string(),
+                p["partition"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        committed,
+        [
+            ("orders.eu".to_string(), 0),
+            ("orders.eu".to_string(), 1),
+            ("orders.us".to_string(), 0)
+        ]
+    );
+    for p in partitions {
+        assert_eq!(p["committed_offset"], p["end_offset"], "{p}");
+    }
+    assert_eq!(consume("cg").stdout, "", "everything was committed");
+
+    // Reset every matched topic, dry run first (the default).
+    let dry = cli(
+        &broker,
+        &[
+            "group",
+            "reset-offsets",
+            "--group",
+            "cg",
+            "--topic-pattern",
+            PATTERN,
+            "--to-earliest",
+            "--json",
+        ],
+    )
+    .ok("reset dry run")
+    .json();
+    assert_eq!(dry["executed"], false);
+    assert_eq!(dry["changes"].as_array().unwrap().len(), 3, "{dry}");
+    cli(
+        &broker,
+        &[
+            "group",
+            "reset-offsets",
+            "--group",
+            "cg",
+            "--topic-pattern",
+            PATTERN,
+            "--to-earliest",
+            "--execute",
+        ],
+    )
+    .ok("reset by pattern");
+    assert_eq!(consume("cg").json_lines().len(), 6);
+    let bad = cli(
+        &broker,
+        &[
+            "group",
+            "reset-offsets",
+            "--group",
+            "cg",
+            "--topic-pattern",
+            "(",
+            "--to-earliest",
+        ],
+    );
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(bad.stderr.contains("--topic-pattern"), "{}", bad.stderr);
+
+    // A following member: a new topic comes in without a restart of the command.
+    let member = GroupConsumer::spawn(
+        &broker,
+        &[
+            "consume",
+            "--topic-pattern",
+            PATTERN,
+            "--group",
+            "live",
+            "--follow",
+        ],
+        false,
+    );
+    wait_until("the member printed what was there", || {
+        member.lines().len() == 6
+    });
+    let text = cli(&broker, &["group", "describe", "live"])
+        .ok("describe")
+        .stdout;
+    assert!(text.contains(&format!("pattern {PATTERN}")), "{text}");
+    assert!(
+        text.contains("orders.eu") && text.contains("orders.us"),
+        "{text}"
+    );
+    assert!(!text.contains("other"), "{text}");
+    let json = cli(&broker, &["group", "describe", "live", "--json"])
+        .ok("describe")
+        .json();
+    assert_eq!(json["members"][0]["topic_pattern"], PATTERN);
+    let topics: Vec<&str> = json["members"][0]["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["topic"].as_str().unwrap())
+        .collect();
+    assert_eq!(topics, ["orders.eu", "orders.us"]);
+    cli(&broker, &["topic", "create", "orders.asia"]).ok("create");
+    cli_with_input(&broker, &["produce", "orders.asia"], b"a1\n").ok("produce");
+    wait_until("the new topic's message", || {
+        member.lines().contains(&"a1".to_string())
+    });
+    broker.restart_on_the_same_ports();
+    cli_with_input(&broker, &["produce", "orders.asia"], b"a2\n").ok("produce after restart");
+    wait_until("after the restart", || {
+        member.lines().contains(&"a2".to_string())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let (code, stderr, lines) = member.finish(true);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        sorted(lines),
+        strings(&["a1", "a2", "e1", "e2", "e3", "e4", "u1", "u2"]),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the group reads topics orders.asia"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("reconnected"), "{stderr}");
+}
+
+/// `tidelog consume --topic-pattern P` (no group) outlives a broker restart: it
+/// subscribes again from where each (topic, partition) stood, so nothing is printed
+/// twice, and a topic created meanwhile is read from its start.
+#[test]
+fn cli_pattern_consume_reconnects_where_each_topic_stood() {
+    use crate::cli::{GroupConsumer, cli, cli_with_input, wait_until};
+
+    let mut broker = TestBroker::start();
+    cli(
+        &broker,
+        &["topic", "create", "orders.eu", "--partitions", "2"],
+    )
+    .ok("create");
+    cli(&broker, &["topic", "create", "orders.us"]).ok("create");
+    cli_with_input(&broker, &["produce", "orders.eu"], b"e1\ne2\n").ok("produce");
+    cli_with_input(&broker, &["produce", "orders.us"], b"u1\n").ok("produce");
+    let plain = GroupConsumer::spawn(&broker, &["consume", "--topic-pattern", PATTERN], false);
+    wait_until("printed what was there", || plain.lines().len() == 3);
+    broker.restart_on_the_same_ports();
+    cli_with_input(&broker, &["produce", "orders.us"], b"u2\n").ok("produce after restart");
+    cli(&broker, &["topic", "create", "orders.asia"]).ok("create");
+    cli_with_input(&broker, &["produce", "orders.asia"], b"a1\n").ok("produce");
+    wait_until("printed what came after", || plain.lines().len() >= 5);
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, stderr, lines) = plain.finish(true);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        sorted(lines),
+        strings(&["a1", "e1", "e2", "u1", "u2"]),
+        "{stderr}"
+    );
+    assert!(stderr.contains("reconnected"), "{stderr}");
 }
