@@ -633,6 +633,16 @@ impl GroupCoordinator {
     /// to one changed). Called every [`TOPIC_RESCAN_INTERVAL`] and after topic
     /// administration.
     pub fn rescan_topics(&self) {
+        let any_pattern = lock(&self.state)
+            .groups
+            .values()
+            .any(|g| g.members.values().any(|m| m.subscription.is_pattern()));
+        if !any_pattern {
+            return;
+        }
+        // Listed before our lock is taken. (A rebalance does take the store's topic
+        // lock inside ours; the store never calls the coordinator, so the order is
+        // always ours, then the store's.)
         let all = self.store.topics();
         let mut state = lock(&self.state);
         for (group_id, group) in state.groups.iter_mut() {
