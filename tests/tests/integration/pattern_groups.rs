@@ -911,6 +911,12 @@ fn cli_pattern_group_commits_per_topic_follows_new_topics_and_resets_by_pattern(
     wait_until("the new topic's message", || {
         member.lines().contains(&"a1".to_string())
     });
+    // A deleted topic drops out of the member's assignment; it reads on.
+    cli(&broker, &["topic", "delete", "orders.us"]).ok("delete");
+    wait_until("orders.us left the group", || {
+        let json = cli(&broker, &["group", "describe", "live", "--json"]).json();
+        json["members"][0]["topics"].as_array().map(Vec::len) == Some(2)
+    });
     broker.restart_on_the_same_ports();
     cli_with_input(&broker, &["produce", "orders.asia"], b"a2\n").ok("produce after restart");
     wait_until("after the restart", || {
@@ -929,6 +935,14 @@ fn cli_pattern_group_commits_per_topic_follows_new_topics_and_resets_by_pattern(
         "{stderr}"
     );
     assert!(stderr.contains("reconnected"), "{stderr}");
+    assert!(
+        stderr.contains("topics orders.us are no longer matched"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("delivered again"),
+        "no commit failed: {stderr}"
+    );
 }
 
 /// `tidelog consume --topic-pattern P` (no group) outlives a broker restart: it
@@ -963,4 +977,72 @@ fn cli_pattern_consume_reconnects_where_each_topic_stood() {
         "{stderr}"
     );
     assert!(stderr.contains("reconnected"), "{stderr}");
+}
+
+/// A member that auto-commits reads on when a matched topic is deleted (its stream
+/// does not end), and no commit of it brings back the offsets DeleteTopic removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_committing_pattern_member_never_brings_back_a_deleted_topics_offsets() {
+    let broker = TestBroker::start();
+    for name in ["orders.eu", "orders.us"] {
+        broker.create_topic(name, 1, TopicConfig::default()).await;
+        publish(&broker, name, 0, 5).await;
+    }
+    let mut groups = broker.groups().await;
+    let request = pattern_member("pa", PATTERN, "");
+    let mut member = request.group.clone().unwrap();
+    member.auto_commit_interval_ms = 10;
+    let mut stream = broker
+        .consumer()
+        .await
+        .subscribe(SubscribeRequest {
+            group: Some(member),
+            ..request
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (got, _) = read(&mut stream, 10).await;
+    assert_eq!(got.len(), 10);
+    let ends = BTreeMap::from([
+        (("orders.eu".to_string(), 0), 5),
+        (("orders.us".to_string(), 0), 5),
+    ]);
+    wait_for_commits(&mut groups, "pa", &ends).await;
+
+    broker
+        .admin()
+        .await
+        .delete_topic(DeleteTopicRequest {
+            name: "orders.us".into(),
+        })
+        .await
+        .unwrap();
+    publish(&broker, "orders.eu", 0, 3).await;
+    let (got, assignment) = read(&mut stream, 3).await;
+    assert!(got.iter().all(|(t, _, _)| t == "orders.eu"), "{got:?}");
+    let topics: Vec<String> = assignment
+        .expect("the rebalance that dropped orders.us")
+        .topics
+        .into_iter()
+        .map(|t| t.topic)
+        .collect();
+    assert_eq!(topics, ["orders.eu"]);
+    // Several auto-commit ticks, then the member leaves (a final commit).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(stream);
+    wait_for_group(&mut groups, "pa", |g| g.state == GroupState::Empty as i32).await;
+    let offsets: Vec<(String, u32, u64)> = groups
+        .fetch_offsets(FetchOffsetsRequest {
+            group_id: "pa".into(),
+            topic: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .offsets
+        .into_iter()
+        .map(|c| (c.topic, c.partition, c.offset))
+        .collect();
+    assert_eq!(offsets, [("orders.eu".to_string(), 0, 8)]);
 }
