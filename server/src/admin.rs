@@ -74,6 +74,8 @@ impl AdminService {
         let store = self.state.store.clone();
         let name = request.name;
         let topic = blocking(move || store.create_topic(&name, partitions, config)).await?;
+        // Groups whose pattern members match it take it in now.
+        self.state.groups.topic_created(topic.name());
         Ok(CreateTopicResponse {
             topic: Some(convert::topic_description(&topic.info())),
         })
@@ -84,7 +86,8 @@ impl AdminService {
         let name = request.name.clone();
         blocking(move || store.delete_topic(&name)).await?;
         self.state.metrics.forget_topic(&request.name);
-        // Group members reading the topic end with NOT_FOUND.
+        // Group members reading the topic by name end with NOT_FOUND; it drops out
+        // of pattern members' assignments.
         self.state.groups.topic_deleted(&request.name);
         // Its queues went with it: their members' streams end with NOT_FOUND.
         self.state.queues.forget_missing();

@@ -7,7 +7,7 @@
 //! uses the storage engine's `wait_for_data` futures (woken by the append or the
 //! group commit that makes data visible), never a poll loop.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status};
 use crate::AppState;
 use crate::auth::{Caller, Target};
 use crate::convert;
-use crate::read::{LaterStart, PartitionReader, ReadLimits, spawn_subscription};
+use crate::read::{LaterStart, PartitionReader, ReadLimits, TopicAccess, spawn_subscription};
 use tidelog_storage::access::ResourceKind;
 
 /// Longest long poll of a Fetch, whatever the client asks.
@@ -170,16 +170,57 @@ fn chosen_partitions(topic: &Topic, partitions: &[u32]) -> Result<Vec<u32>, Stat
     Ok(partitions.to_vec())
 }
 
+/// Under `--auth`, the topics a pattern subscription (plain or group) may match: those
+/// the caller may consume, Subscribe's operation on a topic (see "Topic patterns" in
+/// the .proto: others are left out silently). `None` with auth off.
+fn topic_access(state: &Arc<AppState>, caller: Option<&Caller>) -> Option<TopicAccess> {
+    if !state.auth.is_enabled() {
+        return None;
+    }
+    let auth = state.auth.clone();
+    let caller = caller.cloned();
+    Some(TopicAccess::new(move |topic| {
+        auth.may_caller(caller.as_ref(), Target::topic(topic))
+    }))
+}
+
 /// A plain subscription by topic pattern: every partition of every matching topic
 /// from `start`; topics that appear later from their start (or the timestamp).
 fn pattern_subscription(
     state: &Arc<AppState>,
     request: SubscribeRequest,
+    access: Option<TopicAccess>,
 ) -> Result<PartitionReader, Status> {
-    if !request.partitions.is_empty() || !request.partition_starts.is_empty() {
+    if !request.partitions.is_empty() {
         return Err(Status::invalid_argument(
-            "topic_pattern reads every partition of every matching topic: leave partitions and partition_starts empty",
+            "topic_pattern reads every partition of every matching topic: leave partitions empty (resume with partition_starts naming their topics)",
         ));
+    }
+    // A resume: where listed partitions stood; the rest are new to the stream.
+    let mut resume: HashMap<(&str, u32), u64> = HashMap::new();
+    if !request.partition_starts.is_empty() {
+        if request.start.is_some() {
+            return Err(Status::invalid_argument(
+                "partition_starts names where the pattern stream resumes: leave start empty",
+            ));
+        }
+        for start in &request.partition_starts {
+            if start.topic.is_empty() {
+                return Err(Status::invalid_argument(format!(
+                    "partition_starts entry for partition {} names no topic: with topic_pattern each names its topic",
+                    start.partition
+                )));
+            }
+            if resume
+                .insert((start.topic.as_str(), start.partition), start.offset)
+                .is_some()
+            {
+                return Err(Status::invalid_argument(format!(
+                    "partition {}/{} is listed twice in partition_starts; list each once",
+                    start.topic, start.partition
+                )));
+            }
+        }
     }
     let pattern = convert::topic_pattern("topic_pattern", &request.topic_pattern)?;
     let reset_policy = convert::reset_policy(request.reset_policy)?;
@@ -188,12 +229,21 @@ fn pattern_subscription(
     let position = request.start.and_then(|s| s.position);
     let mut initial = Vec::new();
     for topic in state.store.topics() {
-        if !pattern.matches(topic.name()) {
+        if !pattern.matches(topic.name())
+            || access.as_ref().is_some_and(|a| !a.allows(topic.name()))
+        {
             continue;
         }
         let mut starts = Vec::with_capacity(topic.partitions().len());
         for partition in topic.partitions() {
-            starts.push(start_offset(partition, position)?);
+            starts.push(if resume.is_empty() {
+                start_offset(partition, position)?
+            } else {
+                resume
+                    .get(&(topic.name(), partition.id()))
+                    .copied()
+                    .unwrap_or_else(|| partition.log_start())
+            });
         }
         initial.push((topic, starts));
     }
@@ -204,6 +254,7 @@ fn pattern_subscription(
     let reader = PartitionReader::with_pattern(
         state.clone(),
         pattern,
+        access,
         initial,
         later,
         reset_policy,
@@ -221,9 +272,10 @@ fn pattern_subscription(
 fn plain_subscription(
     state: &Arc<AppState>,
     request: SubscribeRequest,
+    access: Option<TopicAccess>,
 ) -> Result<PartitionReader, Status> {
     match (request.topic.is_empty(), request.topic_pattern.is_empty()) {
-        (true, false) => return pattern_subscription(state, request),
+        (true, false) => return pattern_subscription(state, request, access),
         (false, false) => {
             return Err(Status::invalid_argument(
                 "set one of topic and topic_pattern, not both",
@@ -420,8 +472,12 @@ impl Consumer for ConsumerService {
         let started = Instant::now();
         let remote_addr = request.remote_addr();
         // The topic and, for a member, its group; checked now and again every 250 ms
-        // while the stream is open.
-        let mut targets = vec![(ResourceKind::Topic, request.get_ref().topic.clone())];
+        // while the stream is open. A pattern names no topic: each topic it matches is
+        // checked when it is matched (see `topic_access`).
+        let mut targets = Vec::new();
+        if request.get_ref().topic_pattern.is_empty() {
+            targets.push((ResourceKind::Topic, request.get_ref().topic.clone()));
+        }
         if let Some(group) = &request.get_ref().group {
             targets.push((ResourceKind::Group, group.group_id.clone()));
         }
@@ -434,22 +490,13 @@ impl Consumer for ConsumerService {
         );
         let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
+        let access = topic_access(&self.state, caller.as_ref());
         let result: Result<SubscribeStream, Status> = if let Err(status) = checked {
             Err(status)
-        } else if self.state.auth.is_enabled() && !request.topic_pattern.is_empty() {
-            // A pattern reads topics that appear later; until the reader checks each one
-            // against the caller's rules, patterns are refused rather than let through.
-            Err(Status::failed_precondition(
-                "topic_pattern is not supported yet on a broker started with --auth: subscribe to each topic by name",
-            ))
         } else if self.state.shutdown.is_triggered() {
             Err(Status::unavailable("the broker is shutting down"))
         } else if request.group.is_some() {
-            if !request.topic_pattern.is_empty() {
-                Err(Status::invalid_argument(
-                    "topic_pattern with a group is not supported yet: subscribe the group to one topic, or read the pattern without a group",
-                ))
-            } else if !request.partitions.is_empty()
+            if !request.partitions.is_empty()
                 || request.start.is_some()
                 || !request.partition_starts.is_empty()
                 || request.send_positioned
@@ -458,12 +505,12 @@ impl Consumer for ConsumerService {
                     "partitions, start, partition_starts and send_positioned must be unset with a group: the broker assigns partitions (announced by Assignment) and starts at the group's committed offsets (move them with Groups.ResetOffsets)",
                 ))
             } else {
-                crate::groups::subscribe_member(self.state.clone(), request, remote_addr)
+                crate::groups::subscribe_member(self.state.clone(), request, remote_addr, access)
                     .await
                     .map(|stream| Box::pin(stream) as SubscribeStream)
             }
         } else {
-            plain_subscription(&self.state, request)
+            plain_subscription(&self.state, request, access)
                 .map(|reader| Box::pin(spawn_subscription(&self.state, reader)) as SubscribeStream)
         };
         let result = result.map(|stream| self.state.auth.guard(caller, targets, stream));

@@ -22,8 +22,10 @@
 //! - [`messages`]: the `Messages` service: a message by its id, and its delivery status
 //!   in a queue or group and its history in a queue (the lookups run on the blocking
 //!   pool: they may read and rebuild id index files and read history files).
-//! - [`groups`]: consumer groups (coordinator and the `Groups` service; a member's task
-//!   reads the partitions it owns through [`read::read_round`], like a plain Subscribe).
+//! - [`groups`]: consumer groups (coordinator and the `Groups` service; a member
+//!   subscribes to one topic or a topic pattern, partitions are assigned per (topic,
+//!   partition); a member's task reads those it owns through [`read::read_round`],
+//!   like a plain Subscribe).
 //! - [`log_writer`]: the writer under the logs; a line stderr refuses is dropped, so a
 //!   broken log pipe never stops serving or shutting down.
 //! - [`metrics`]: Prometheus metrics and the `/metrics` HTTP endpoint.

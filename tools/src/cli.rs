@@ -777,6 +777,7 @@ Examples:
   tidelog consume orders --from 2026-11-23T08:00:00Z --until 2026-11-23T09:00:00Z
   tidelog consume orders --print-key --print-headers
   tidelog consume orders --group billing --follow
+  tidelog consume --topic-pattern 'orders\\..*' --group billing --follow
   tidelog consume orders --follow --filter 'header.type == \"order\" && json.amount >= 100'
 
 Without --follow, reading stops at the end offsets seen when it started. With --group
@@ -812,8 +813,12 @@ pub struct ConsumeArgs {
     /// stderr says when the set changes. Always follows (like --follow; stop with
     /// Ctrl-C or -n). Each message names its topic: `topic` in --json, `TOPIC/` before
     /// partition:offset with --print-meta. --from applies to the topics matched at the
-    /// start. Not with --group, --partition or --until.
-    #[arg(long, value_name = "REGEX", conflicts_with_all = ["group", "partition", "until"])]
+    /// start. When the broker goes away, it reconnects and goes on where each topic's
+    /// partitions stood. With --group, the member joins the group on every matching
+    /// topic (the group rebalances as they come and go) and commits per topic and
+    /// partition; it stops once caught up unless --follow (--from then takes earliest
+    /// or latest). Not with --partition or --until.
+    #[arg(long, value_name = "REGEX", conflicts_with_all = ["partition", "until"])]
     pub topic_pattern: Option<String>,
 
     /// Where to start: earliest, latest, an offset, or a date-time (YYYY-MM-DDTHH:mm:SS[.sss][Z|+hh:mm]).
@@ -957,6 +962,7 @@ Examples:
   tidelog group reset-offsets --group billing --topic orders:0,1 --shift-by -100 --execute
   tidelog group reset-offsets --group billing --all-topics --to-datetime 2026-11-23T08:00:00Z --execute
   tidelog group reset-offsets --group billing --all-topics --by-duration PT30M
+  tidelog group reset-offsets --group billing --topic-pattern 'orders\\..*' --to-earliest
   tidelog group reset-offsets --group billing --all-topics --to-current --export > offsets.csv
   tidelog group reset-offsets --group billing --from-file offsets.csv --execute
 
@@ -979,6 +985,11 @@ pub struct ResetOffsetsArgs {
     /// Every topic the group has committed offsets for.
     #[arg(long)]
     pub all_topics: bool,
+
+    /// Every partition of every topic this regular expression matches (whole names,
+    /// as `consume --topic-pattern`): what a group on that pattern reads.
+    #[arg(long, value_name = "REGEX", conflicts_with_all = ["topics", "all_topics"])]
+    pub topic_pattern: Option<String>,
 
     #[command(flatten)]
     pub mode: ResetMode,

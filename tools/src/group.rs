@@ -140,6 +140,12 @@ fn owners(group: &GroupDescription) -> BTreeMap<(&str, u32), &str> {
         for &p in &m.partitions {
             owners.insert((m.topic.as_str(), p), m.member_id.as_str());
         }
+        // A member on a pattern: its partitions per matched topic.
+        for t in &m.topics {
+            for &p in &t.partitions {
+                owners.insert((t.topic.as_str(), p), m.member_id.as_str());
+            }
+        }
     }
     owners
 }
@@ -156,6 +162,11 @@ pub fn group_json(group: &GroupDescription) -> Value {
                 "client_address": m.client_address,
                 "topic": m.topic,
                 "partitions": m.partitions,
+                "topic_pattern": m.topic_pattern,
+                "topics": m.topics.iter().map(|t| json!({
+                    "topic": t.topic,
+                    "partitions": t.partitions,
+                })).collect::<Vec<Value>>(),
                 "filter": m.filter,
             })
         })
@@ -243,19 +254,49 @@ fn render_group(group: &GroupDescription) -> String {
     }
     if members > 0 {
         let mut table = Table::new(&["MEMBER", "CLIENT-ID", "ADDRESS", "TOPIC", "PARTITIONS"]);
+        let list = |partitions: &[u32]| {
+            if partitions.is_empty() {
+                "-".to_string()
+            } else {
+                partitions
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }
+        };
         for m in &group.members {
-            let partitions: Vec<String> = m.partitions.iter().map(u32::to_string).collect();
+            if m.topic_pattern.is_empty() {
+                table.row(vec![
+                    m.member_id.clone(),
+                    m.client_id.clone(),
+                    m.client_address.clone(),
+                    m.topic.clone(),
+                    list(&m.partitions),
+                ]);
+                continue;
+            }
+            // A pattern member: the pattern, then one row per matched topic.
             table.row(vec![
                 m.member_id.clone(),
                 m.client_id.clone(),
                 m.client_address.clone(),
-                m.topic.clone(),
-                if partitions.is_empty() {
-                    "-".into()
+                format!("pattern {}", m.topic_pattern),
+                if m.topics.is_empty() {
+                    "(no topic matches yet)".into()
                 } else {
-                    partitions.join(",")
+                    String::new()
                 },
             ]);
+            for t in &m.topics {
+                table.row(vec![
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    format!("  {}", t.topic),
+                    list(&t.partitions),
+                ]);
+            }
         }
         text.push('\n');
         text.push_str(&table.render());
@@ -344,10 +385,10 @@ async fn reset_offsets(
         execute,
     };
     let (mut changes, executed) = if let Some(path) = &args.mode.from_file {
-        if !args.topics.is_empty() || args.all_topics {
+        if !args.topics.is_empty() || args.all_topics || args.topic_pattern.is_some() {
             return Err(CliError::usage(
                 "--from-file takes its topics and partitions from the file",
-                "drop --topic / --all-topics",
+                "drop --topic / --all-topics / --topic-pattern",
             ));
         }
         let text = std::fs::read_to_string(path)
@@ -378,7 +419,18 @@ async fn reset_offsets(
             )
         })?;
         let specs = merge_specs(&args.topics);
-        if args.all_topics {
+        if let Some(pattern) = &args.topic_pattern {
+            if let Err(error) = tidelog_storage::TopicPattern::parse(pattern) {
+                return Err(CliError::usage(
+                    format!("--topic-pattern {error}"),
+                    r"give a regular expression that matches whole topic names, e.g. --topic-pattern 'orders\..*'",
+                ));
+            }
+            let scope = reset::Scope::TopicPattern(reset::TopicPatternScope {
+                topic_pattern: pattern.clone(),
+            });
+            reset_call(broker, request(Some(scope), spec, execute)).await?
+        } else if args.all_topics {
             let scope = reset::Scope::AllTopics(reset::AllTopics {});
             reset_call(broker, request(Some(scope), spec, execute)).await?
         } else if specs.len() == 1 {
@@ -390,7 +442,7 @@ async fn reset_offsets(
         } else if specs.is_empty() {
             return Err(CliError::usage(
                 "no partitions to reset",
-                "give --topic TOPIC[:P,P..] (repeatable) or --all-topics",
+                "give --topic TOPIC[:P,P..] (repeatable), --topic-pattern REGEX or --all-topics",
             ));
         } else {
             // One scope per request: plan each topic by dry run, then commit the whole
@@ -536,6 +588,7 @@ mod tests {
                 topic: "orders".into(),
                 partitions: vec![0],
                 filter: r#"key ^= "eu-""#.into(),
+                ..GroupMember::default()
             }],
             lags: vec![
                 PartitionLag {

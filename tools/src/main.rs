@@ -192,15 +192,15 @@ fn validate(command: &Command) -> CliResult<()> {
             ))
         }
         Command::Group(GroupCommand::ResetOffsets(args)) => {
-            let scoped = !args.topics.is_empty() || args.all_topics;
+            let scoped = !args.topics.is_empty() || args.all_topics || args.topic_pattern.is_some();
             match (&args.mode.from_file, scoped) {
                 (Some(_), true) => Err(CliError::usage(
                     "--from-file takes its topics and partitions from the file",
-                    "drop --topic / --all-topics",
+                    "drop --topic / --all-topics / --topic-pattern",
                 )),
                 (None, false) => Err(CliError::usage(
                     "no partitions to reset",
-                    "give --topic TOPIC[:P,P..] (repeatable) or --all-topics",
+                    "give --topic TOPIC[:P,P..] (repeatable), --topic-pattern REGEX or --all-topics",
                 )),
                 _ => Ok(()),
             }

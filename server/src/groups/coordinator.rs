@@ -5,10 +5,24 @@
 //!
 //! A *member* is one Subscribe stream with group membership (plus, after that stream
 //! ends, up to `session_timeout_ms` of grace in which a reconnect with the same
-//! member id keeps its partitions). Members of a group may read different topics;
-//! each topic's partitions are split among the members reading it with the range
-//! assignor, and one generation counter covers the whole group (as in Kafka), so any
-//! rebalance makes every member's older generation stale.
+//! member id keeps its partitions). A member subscribes to one topic or to a topic
+//! pattern ([`Subscription`]); members of a group may subscribe differently. The
+//! coordinator assigns per `(topic, partition)`: each topic's partitions are split
+//! among the members whose subscription includes it with the range assignor, and
+//! one generation counter covers the whole group (as in Kafka), so any rebalance
+//! makes every member's older generation stale.
+//!
+//! # Patterns
+//!
+//! A pattern member's topics are those the pattern matches (and, under `--auth`, the
+//! member's caller may consume) at the last rebalance, kept in `Member::matched`.
+//! [`GroupCoordinator::rescan_topics`] runs every [`TOPIC_RESCAN_INTERVAL`] (from the
+//! session reaper's loop) and at once on CreateTopic / DeleteTopic / CreatePartitions:
+//! when any pattern member's matched set (names, incarnations, partition counts)
+//! differs from the store's, its group rebalances. So a new matching topic is
+//! assigned within a second, and a deleted one leaves every Assignment without ending
+//! a pattern member's stream (a member subscribed to that one topic by name still
+//! ends with NOT_FOUND, as before patterns).
 //!
 //! # Invariants
 //!
@@ -37,11 +51,88 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use tidelog_storage::limits::GROUP_ID_BYTES_MAX;
-use tidelog_storage::{Clock, Store};
+use tidelog_storage::{Clock, Store, Topic, TopicPattern};
 use tokio::sync::{Notify, RwLock, Semaphore, mpsc};
 use tonic::Status;
 
 use super::assignment::range_assign;
+use crate::read::{TOPIC_RESCAN_INTERVAL, TopicAccess};
+
+/// One partition of one topic: what the coordinator assigns and a member commits.
+pub(crate) type TopicPartition = (String, u32);
+
+/// What a member reads.
+#[derive(Clone)]
+pub(crate) enum Subscription {
+    /// One topic, by name. Its deletion ends the member's stream with NOT_FOUND.
+    Topic(String),
+    /// Every topic the pattern matches (and `allowed` lets through), as they come and
+    /// go.
+    Pattern {
+        pattern: Arc<TopicPattern>,
+        allowed: Option<TopicAccess>,
+    },
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subscription::Topic(topic) => write!(f, "Topic({topic:?})"),
+            Subscription::Pattern { pattern, allowed } => write!(
+                f,
+                "Pattern({:?}, access checked: {})",
+                pattern.as_str(),
+                allowed.is_some()
+            ),
+        }
+    }
+}
+
+impl Subscription {
+    pub(crate) fn is_pattern(&self) -> bool {
+        matches!(self, Subscription::Pattern { .. })
+    }
+
+    fn includes(&self, topic: &str) -> bool {
+        match self {
+            Subscription::Topic(name) => name == topic,
+            Subscription::Pattern { pattern, allowed } => {
+                pattern.matches(topic) && allowed.as_ref().is_none_or(|a| a.allows(topic))
+            }
+        }
+    }
+
+    /// Same topic, or same pattern text.
+    fn same_as(&self, other: &Subscription) -> bool {
+        match (self, other) {
+            (Subscription::Topic(a), Subscription::Topic(b)) => a == b,
+            (
+                Subscription::Pattern { pattern: a, .. },
+                Subscription::Pattern { pattern: b, .. },
+            ) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
+
+    /// The topics of `all` it includes, with their partition counts.
+    fn matched(&self, all: &[Arc<Topic>]) -> Matched {
+        all.iter()
+            .filter(|t| self.includes(t.name()))
+            .map(|t| (t.name().to_string(), (t.clone(), t.partitions().len())))
+            .collect()
+    }
+}
+
+/// A member's topics at the last rebalance: name -> (the topic, its partition count).
+type Matched = BTreeMap<String, (Arc<Topic>, usize)>;
+
+/// Whether two matched sets name the same incarnations with the same counts.
+fn same_matched(a: &Matched, b: &Matched) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((na, (ta, ca)), (nb, (tb, cb)))| na == nb && ca == cb && ta.is_same_topic(tb))
+}
 
 /// Longest session timeout a member may ask for; longer requests are capped. A
 /// member kept this long after its stream ended blocks its partitions that long.
@@ -58,7 +149,11 @@ pub(crate) enum Control {
     /// partitions not listed, then sends the Assignment event, then starts the new ones.
     Assign {
         generation: u64,
-        partitions: Vec<u32>,
+        /// Sorted.
+        partitions: Vec<TopicPartition>,
+        /// Every topic the member's subscription includes, by name (for a pattern
+        /// member, those with no partition of its own too).
+        topics: BTreeMap<String, Arc<Topic>>,
     },
     /// End the stream with this status (ABORTED when taken over, NOT_FOUND when the
     /// topic is deleted, UNAVAILABLE at shutdown).
@@ -85,8 +180,15 @@ pub struct MemberView {
     pub member_id: String,
     pub client_id: String,
     pub client_address: String,
+    /// The member's one topic; empty for a pattern member.
     pub topic: String,
-    pub partitions: Vec<u32>,
+    /// The member's pattern; empty for a member of one topic.
+    pub topic_pattern: String,
+    /// Its partitions, sorted by topic then partition.
+    pub partitions: Vec<TopicPartition>,
+    /// Every topic it read at the last rebalance, with its partitions of each
+    /// (possibly none), sorted.
+    pub topics: Vec<(String, Vec<u32>)>,
     /// The filter of its stream, as the client wrote it; empty = none.
     pub filter: String,
     /// False while the member is kept only by its session timeout.
@@ -130,7 +232,7 @@ pub struct GroupSummaryView {
 pub(crate) struct JoinRequest {
     pub group_id: String,
     pub member_id: String,
-    pub topic: String,
+    pub subscription: Subscription,
     pub client_id: String,
     pub client_address: String,
     pub session_timeout_ms: u64,
@@ -164,13 +266,16 @@ enum Connection {
 struct Member {
     client_id: String,
     client_address: String,
-    topic: String,
+    subscription: Subscription,
+    /// The topics its subscription included at the last rebalance.
+    matched: Matched,
     filter: String,
     session_timeout_ms: u64,
-    partitions: Vec<u32>,
+    /// Sorted.
+    partitions: Vec<TopicPartition>,
     /// Revoked partitions the member's task still keeps for the client's commit (a
     /// handover window); the member may commit them in the current generation.
-    revoking: BTreeSet<u32>,
+    revoking: BTreeSet<TopicPartition>,
     connection: Connection,
 }
 
@@ -289,6 +394,7 @@ impl GroupCoordinator {
                     return;
                 };
                 let next_deadline_ms = coordinator.expire_sessions();
+                coordinator.rescan_topics();
                 let wait = match next_deadline_ms {
                     Some(deadline) => {
                         let remaining = deadline.saturating_sub(coordinator.now_ms()).max(1);
@@ -297,7 +403,9 @@ impl GroupCoordinator {
                         Duration::from_millis(remaining as u64).min(REAPER_TICK_MAX)
                     }
                     None => REAPER_TICK_MAX,
-                };
+                }
+                // Pattern members' topics are looked at this often.
+                .min(TOPIC_RESCAN_INTERVAL);
                 let wake = coordinator.reaper_wake.clone();
                 let woken = wake.notified();
                 tokio::pin!(woken);
@@ -392,18 +500,26 @@ impl GroupCoordinator {
             member.session_timeout_ms = session_timeout_ms;
             // The old stream's task is ending and drops what it kept.
             member.revoking.clear();
-            if member.topic != request.topic {
-                member.topic = request.topic;
-                tracing::info!(group = %request.group_id, member = %member_id, "member rejoined on another topic");
+            let same = member.subscription.same_as(&request.subscription);
+            // The new stream's caller decides what a pattern lets through.
+            member.subscription = request.subscription;
+            if !same {
+                tracing::info!(group = %request.group_id, member = %member_id, "member rejoined with another subscription");
                 self.rebalance(&request.group_id, group);
             } else {
                 // Same partitions, same generation: no rebalance.
                 let generation = group.generation;
                 let partitions = member.partitions.clone();
+                let topics = member
+                    .matched
+                    .iter()
+                    .map(|(name, (topic, _))| (name.clone(), topic.clone()))
+                    .collect();
                 if let Connection::Open { control, .. } = &member.connection {
                     let _ = control.send(Control::Assign {
                         generation,
                         partitions,
+                        topics,
                     });
                 }
                 tracing::info!(group = %request.group_id, member = %member_id, generation, "member reconnected");
@@ -414,7 +530,8 @@ impl GroupCoordinator {
                 Member {
                     client_id: request.client_id,
                     client_address: request.client_address,
-                    topic: request.topic,
+                    subscription: request.subscription,
+                    matched: Matched::new(),
                     filter: request.filter,
                     session_timeout_ms,
                     partitions: Vec::new(),
@@ -459,38 +576,85 @@ impl GroupCoordinator {
         }
     }
 
-    /// Recomputes every topic's assignment in `group`, bumps the generation and sends
-    /// each connected member its new Assignment.
+    /// Recomputes every member's topics and every topic's assignment in `group`,
+    /// bumps the generation and sends each connected member its new Assignment.
     fn rebalance(&self, group_id: &str, group: &mut Group) {
+        self.rebalance_over(group_id, group, &self.store.topics());
+    }
+
+    /// [`GroupCoordinator::rebalance`] over the topic list `all`.
+    fn rebalance_over(&self, group_id: &str, group: &mut Group, all: &[Arc<Topic>]) {
         group.generation += 1;
-        let mut by_topic: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for (id, member) in &group.members {
-            by_topic
-                .entry(member.topic.as_str())
-                .or_default()
-                .push(id.as_str());
+        // A deleted topic is in no member's matched set: no partitions to hand out;
+        // a member of that one topic learns of the deletion from `topic_deleted` or
+        // its reads.
+        let mut by_topic: BTreeMap<String, (usize, Vec<String>)> = BTreeMap::new();
+        for (id, member) in group.members.iter_mut() {
+            member.matched = member.subscription.matched(all);
+            for (name, (_, count)) in &member.matched {
+                by_topic
+                    .entry(name.clone())
+                    .or_insert_with(|| (*count, Vec::new()))
+                    .1
+                    .push(id.clone());
+            }
         }
-        let mut assignment: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-        for (topic, ids) in by_topic {
-            // A deleted topic has no partitions to hand out; its members learn of the
-            // deletion from their reads or from `topic_deleted`.
-            let partition_count = self
-                .store
-                .topic(topic)
-                .map_or(0, |t| t.partitions().len() as u32);
-            assignment.extend(range_assign(ids, partition_count));
+        let mut assignment: BTreeMap<String, Vec<TopicPartition>> = BTreeMap::new();
+        for (topic, (count, ids)) in by_topic {
+            let count = u32::try_from(count).unwrap_or(u32::MAX);
+            for (id, partitions) in range_assign(ids.iter().map(String::as_str), count) {
+                assignment
+                    .entry(id)
+                    .or_default()
+                    .extend(partitions.into_iter().map(|p| (topic.clone(), p)));
+            }
         }
         let generation = group.generation;
         for (id, member) in &mut group.members {
             member.partitions = assignment.remove(id).unwrap_or_default();
+            member.partitions.sort();
             if let Connection::Open { control, .. } = &member.connection {
                 let _ = control.send(Control::Assign {
                     generation,
                     partitions: member.partitions.clone(),
+                    topics: member
+                        .matched
+                        .iter()
+                        .map(|(name, (topic, _))| (name.clone(), topic.clone()))
+                        .collect(),
                 });
             }
         }
         tracing::info!(group = %group_id, generation, members = group.members.len(), "rebalanced");
+    }
+
+    /// Rebalances every group in which some pattern member's topics changed (a
+    /// matching topic appeared, went, was recreated or grew, or the caller's access
+    /// to one changed). Called every [`TOPIC_RESCAN_INTERVAL`] and after topic
+    /// administration.
+    pub fn rescan_topics(&self) {
+        let any_pattern = lock(&self.state)
+            .groups
+            .values()
+            .any(|g| g.members.values().any(|m| m.subscription.is_pattern()));
+        if !any_pattern {
+            return;
+        }
+        // Listed before our lock is taken. (A rebalance does take the store's topic
+        // lock inside ours; the store never calls the coordinator, so the order is
+        // always ours, then the store's.)
+        let all = self.store.topics();
+        let mut state = lock(&self.state);
+        for (group_id, group) in state.groups.iter_mut() {
+            let changed = group.members.values().any(|m| {
+                m.subscription.is_pattern()
+                    && !same_matched(&m.matched, &m.subscription.matched(&all))
+            });
+            if changed {
+                tracing::info!(group = %group_id, "a pattern member's topics changed");
+                self.rebalance_over(group_id, group, &all);
+            }
+        }
     }
 
     /// The member task has sent the Assignment of `generation` on its stream.
@@ -566,7 +730,7 @@ impl GroupCoordinator {
         group_id: &str,
         member_id: &str,
         generation: u64,
-        partitions: &[(String, u32)],
+        partitions: &[TopicPartition],
     ) -> Result<(), Status> {
         let state = lock(&self.state);
         let Some(group) = state.groups.get(group_id) else {
@@ -585,9 +749,9 @@ impl GroupCoordinator {
                 group.generation
             )));
         }
-        for (topic, partition) in partitions {
-            let kept = member.partitions.contains(partition) || member.revoking.contains(partition);
-            if *topic != member.topic || !kept {
+        for tp @ (topic, partition) in partitions {
+            let kept = member.partitions.binary_search(tp).is_ok() || member.revoking.contains(tp);
+            if !kept {
                 return Err(Status::failed_precondition(format!(
                     "partition {topic}/{partition} is not assigned to member {member_id:?} in generation {generation} of group {group_id:?}"
                 )));
@@ -603,7 +767,7 @@ impl GroupCoordinator {
         group_id: &str,
         member_id: &str,
         stream_id: u64,
-        partitions: BTreeSet<u32>,
+        partitions: BTreeSet<TopicPartition>,
     ) {
         let mut state = lock(&self.state);
         if let Some(member) = state
@@ -663,36 +827,52 @@ impl GroupCoordinator {
         }
     }
 
-    /// Ends the streams of members reading `topic` with NOT_FOUND (call after the
-    /// topic was deleted).
+    /// Ends the streams of members subscribed to `topic` by name with NOT_FOUND, and
+    /// rebalances the groups whose pattern members read it, so it drops out of their
+    /// Assignments (call after the topic was deleted).
     pub fn topic_deleted(&self, topic: &str) {
-        let state = lock(&self.state);
-        for (group_id, group) in &state.groups {
-            for member in group.members.values() {
-                if member.topic == topic
-                    && let Connection::Open { control, .. } = &member.connection
-                {
-                    let _ = control.send(Control::End(Status::not_found(format!(
-                        "topic {topic:?} was deleted; group {group_id:?} stopped reading it"
-                    ))));
+        {
+            let state = lock(&self.state);
+            for (group_id, group) in &state.groups {
+                for member in group.members.values() {
+                    if matches!(&member.subscription, Subscription::Topic(name) if name == topic)
+                        && let Connection::Open { control, .. } = &member.connection
+                    {
+                        let _ = control.send(Control::End(Status::not_found(format!(
+                            "topic {topic:?} was deleted; group {group_id:?} stopped reading it"
+                        ))));
+                    }
                 }
             }
         }
+        self.rescan_topics();
+    }
+
+    /// A topic was created: groups whose pattern members match it rebalance now
+    /// rather than at the next rescan.
+    pub fn topic_created(&self, _topic: &str) {
+        self.rescan_topics();
     }
 
     /// Rebalances every group with members reading `topic` (call after its partition
     /// count grew), so the new partitions are assigned.
     pub fn topic_grew(&self, topic: &str) {
+        let all = self.store.topics();
         let mut state = lock(&self.state);
         let groups: Vec<String> = state
             .groups
             .iter()
-            .filter(|(_, group)| group.members.values().any(|m| m.topic == topic))
+            .filter(|(_, group)| {
+                group
+                    .members
+                    .values()
+                    .any(|m| m.subscription.includes(topic) || m.matched.contains_key(topic))
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for group_id in groups {
             if let Some(group) = state.groups.get_mut(&group_id) {
-                self.rebalance(&group_id, group);
+                self.rebalance_over(&group_id, group, &all);
             }
         }
     }
@@ -775,8 +955,30 @@ impl GroupCoordinator {
                             member_id: id.clone(),
                             client_id: m.client_id.clone(),
                             client_address: m.client_address.clone(),
-                            topic: m.topic.clone(),
+                            topic: match &m.subscription {
+                                Subscription::Topic(topic) => topic.clone(),
+                                Subscription::Pattern { .. } => String::new(),
+                            },
+                            topic_pattern: match &m.subscription {
+                                Subscription::Topic(_) => String::new(),
+                                Subscription::Pattern { pattern, .. } => {
+                                    pattern.as_str().to_string()
+                                }
+                            },
                             partitions: m.partitions.clone(),
+                            topics: m
+                                .matched
+                                .keys()
+                                .map(|name| {
+                                    let mine = m
+                                        .partitions
+                                        .iter()
+                                        .filter(|(t, _)| t == name)
+                                        .map(|(_, p)| *p)
+                                        .collect();
+                                    (name.clone(), mine)
+                                })
+                                .collect(),
                             filter: m.filter.clone(),
                             connected: matches!(m.connection, Connection::Open { .. }),
                         })
@@ -790,8 +992,8 @@ impl GroupCoordinator {
         }
         let mut positions: BTreeMap<(String, u32), Option<u64>> = BTreeMap::new();
         for member in &members {
-            for partition in &member.partitions {
-                positions.insert((member.topic.clone(), *partition), None);
+            for tp in &member.partitions {
+                positions.insert(tp.clone(), None);
             }
         }
         for (topic, partition, committed) in commits {
@@ -877,7 +1079,7 @@ mod tests {
         JoinRequest {
             group_id: "g".into(),
             member_id: member_id.into(),
-            topic: topic.into(),
+            subscription: Subscription::Topic(topic.into()),
             client_id: "app".into(),
             client_address: "127.0.0.1:1".into(),
             session_timeout_ms,
@@ -894,7 +1096,8 @@ mod tests {
                 Control::Assign {
                     generation,
                     partitions,
-                } => assign = Some((generation, partitions)),
+                    ..
+                } => assign = Some((generation, partitions.into_iter().map(|(_, p)| p).collect())),
                 Control::End(status) => end = Some(status),
                 Control::HandOver { .. } => {}
             }
@@ -1008,7 +1211,7 @@ mod tests {
             "g",
             &a.member_id,
             a.stream_id,
-            taken.iter().copied().collect(),
+            taken.iter().map(|p| ("t".to_string(), *p)).collect(),
         );
         c.authorize_member_commit("g", &a.member_id, generation, &revoked)
             .unwrap();
@@ -1047,7 +1250,7 @@ mod tests {
             "g",
             &a.member_id,
             a.stream_id,
-            taken.iter().copied().collect(),
+            taken.iter().map(|p| ("t".to_string(), *p)).collect(),
         );
         c.stream_ended("g", &a.member_id, a.stream_id);
         let _ = b;
@@ -1179,6 +1382,204 @@ mod tests {
         shutdown.await.unwrap();
         let err = c.join(request("", "t", 0)).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unavailable);
+    }
+
+    fn pattern_request(pattern: &str, access: Option<TopicAccess>) -> JoinRequest {
+        JoinRequest {
+            subscription: Subscription::Pattern {
+                pattern: Arc::new(TopicPattern::parse(pattern).unwrap()),
+                allowed: access,
+            },
+            ..request("", "", 0)
+        }
+    }
+
+    /// Drains a control channel: the last Assign's (generation, partitions, topics).
+    fn last_pattern_assign(joined: &mut Joined) -> Option<(u64, Vec<TopicPartition>, Vec<String>)> {
+        let mut assign = None;
+        while let Ok(control) = joined.control.try_recv() {
+            if let Control::Assign {
+                generation,
+                partitions,
+                topics,
+            } = control
+            {
+                assign = Some((generation, partitions, topics.into_keys().collect()));
+            }
+        }
+        assign
+    }
+
+    fn tps(list: &[(&str, u32)]) -> Vec<TopicPartition> {
+        list.iter().map(|(t, p)| (t.to_string(), *p)).collect()
+    }
+
+    #[tokio::test]
+    async fn pattern_members_share_each_topic_with_members_of_that_topic() {
+        let f = fixture(2);
+        let c = &f.coordinator;
+        f.coordinator
+            .store
+            .create_topic("orders.eu", 2, TopicConfig::default())
+            .unwrap();
+        // Matches orders.eu only: the pattern is anchored, "t" and "u" stay out.
+        let mut a = c.join(pattern_request(r"orders\..*", None)).await.unwrap();
+        let (_, pa, topics) = last_pattern_assign(&mut a).unwrap();
+        assert_eq!(pa, tps(&[("orders.eu", 0), ("orders.eu", 1)]));
+        assert_eq!(topics, vec!["orders.eu".to_string()]);
+        // A member of orders.eu by name shares it; one of "t" takes "t" alone.
+        let mut b = c.join(request("", "orders.eu", 0)).await.unwrap();
+        let mut t = c.join(request("", "t", 0)).await.unwrap();
+        let (ga, pa, _) = last_pattern_assign(&mut a).unwrap();
+        let (gb, pb, _) = last_pattern_assign(&mut b).unwrap();
+        let (gt, pt, _) = last_pattern_assign(&mut t).unwrap();
+        assert_eq!((ga, gb), (gt, gt));
+        assert_eq!(pa.len() + pb.len(), 2);
+        assert_eq!(pa.len(), 1);
+        assert_eq!(pt, tps(&[("t", 0), ("t", 1)]));
+        // A commit names the topic: a's partition of orders.eu, not b's nor t's.
+        c.authorize_member_commit("g", &a.member_id, ga, &pa)
+            .unwrap();
+        assert!(
+            c.authorize_member_commit("g", &a.member_id, ga, &pb)
+                .is_err()
+        );
+        assert!(
+            c.authorize_member_commit("g", &a.member_id, ga, &pt)
+                .is_err()
+        );
+        let view = c.describe_group("g").unwrap();
+        let member = view
+            .members
+            .iter()
+            .find(|m| m.member_id == a.member_id)
+            .unwrap();
+        assert_eq!(member.topic_pattern, r"orders\..*");
+        assert_eq!(member.topic, "");
+        assert_eq!(member.topics.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_rescan_takes_in_new_topics_and_drops_deleted_ones() {
+        let f = fixture(2);
+        let c = &f.coordinator;
+        let mut a = c.join(pattern_request(r"orders\..*", None)).await.unwrap();
+        let mut b = c.join(pattern_request(r"orders\..*", None)).await.unwrap();
+        let (g0, pa, topics) = last_pattern_assign(&mut a).unwrap();
+        assert!(pa.is_empty() && topics.is_empty(), "nothing matches yet");
+        last_pattern_assign(&mut b);
+        // Nothing changed: no rebalance.
+        c.rescan_topics();
+        assert!(last_pattern_assign(&mut a).is_none());
+
+        c.store
+            .create_topic("orders.eu", 3, TopicConfig::default())
+            .unwrap();
+        c.store
+            .create_topic("orders.us", 1, TopicConfig::default())
+            .unwrap();
+        c.store
+            .create_topic("other", 1, TopicConfig::default())
+            .unwrap();
+        c.rescan_topics();
+        let (g1, pa, ta) = last_pattern_assign(&mut a).unwrap();
+        let (_, pb, _) = last_pattern_assign(&mut b).unwrap();
+        assert!(g1 > g0);
+        assert_eq!(ta, vec!["orders.eu".to_string(), "orders.us".to_string()]);
+        let mut all: Vec<TopicPartition> = [pa, pb].concat();
+        all.sort();
+        assert_eq!(
+            all,
+            tps(&[
+                ("orders.eu", 0),
+                ("orders.eu", 1),
+                ("orders.eu", 2),
+                ("orders.us", 0)
+            ])
+        );
+
+        // A deleted topic leaves the assignment; no stream is ended.
+        c.store.delete_topic("orders.eu").unwrap();
+        c.topic_deleted("orders.eu");
+        let mut ended = false;
+        let mut latest = None;
+        while let Ok(control) = a.control.try_recv() {
+            match control {
+                Control::End(_) => ended = true,
+                Control::Assign {
+                    partitions, topics, ..
+                } => latest = Some((partitions, topics.into_keys().collect::<Vec<_>>())),
+                Control::HandOver { .. } => {}
+            }
+        }
+        assert!(!ended);
+        let (pa, ta) = latest.unwrap();
+        assert_eq!(ta, vec!["orders.us".to_string()]);
+        let (_, pb, _) = last_pattern_assign(&mut b).unwrap();
+        let mut all: Vec<TopicPartition> = [pa, pb].concat();
+        all.sort();
+        assert_eq!(all, tps(&[("orders.us", 0)]));
+
+        // Recreated under the same name: a new incarnation, so a rebalance.
+        c.store
+            .create_topic("orders.us", 1, TopicConfig::default())
+            .unwrap_err();
+        c.store.delete_topic("orders.us").unwrap();
+        c.store
+            .create_topic("orders.us", 1, TopicConfig::default())
+            .unwrap();
+        c.rescan_topics();
+        assert!(last_pattern_assign(&mut a).is_some());
+    }
+
+    #[tokio::test]
+    async fn access_leaves_out_topics_the_caller_may_not_consume() {
+        let f = fixture(2);
+        let c = &f.coordinator;
+        for name in ["orders.eu", "orders.secret"] {
+            c.store
+                .create_topic(name, 1, TopicConfig::default())
+                .unwrap();
+        }
+        let denied = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = denied.clone();
+        let access = TopicAccess::new(move |topic| {
+            topic != "orders.secret" || !flag.load(Ordering::Relaxed)
+        });
+        let mut a = c
+            .join(pattern_request(r"orders\..*", Some(access)))
+            .await
+            .unwrap();
+        let (_, pa, ta) = last_pattern_assign(&mut a).unwrap();
+        assert_eq!(ta, vec!["orders.eu".to_string()]);
+        assert_eq!(pa, tps(&[("orders.eu", 0)]));
+        // The rule changes: the next rescan takes the topic in.
+        denied.store(false, Ordering::Relaxed);
+        c.rescan_topics();
+        let (_, pa, _) = last_pattern_assign(&mut a).unwrap();
+        assert_eq!(pa, tps(&[("orders.eu", 0), ("orders.secret", 0)]));
+    }
+
+    #[tokio::test]
+    async fn rejoining_with_another_subscription_rebalances() {
+        let f = fixture(2);
+        let c = &f.coordinator;
+        let mut a = c.join(request("", "t", 0)).await.unwrap();
+        let (g0, _, _) = last_pattern_assign(&mut a).unwrap();
+        let mut a2 = c.join(pattern_request("t|u", None)).await.unwrap();
+        let _ = a2.member_id.clone();
+        let mut a3 = c
+            .join(JoinRequest {
+                member_id: a.member_id.clone(),
+                ..pattern_request("t|u", None)
+            })
+            .await
+            .unwrap();
+        let (g1, pa, ta) = last_pattern_assign(&mut a3).unwrap();
+        assert!(g1 > g0 + 1, "the second join and the changed subscription");
+        assert_eq!(ta, vec!["t".to_string(), "u".to_string()]);
+        let (_, pa2, _) = last_pattern_assign(&mut a2).unwrap();
+        assert_eq!(pa.len() + pa2.len(), 4);
     }
 
     #[test]

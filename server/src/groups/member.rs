@@ -22,9 +22,16 @@
 //!    fills from several of them within the byte and message budget (only a batch's
 //!    first message may be over it), and a position moves only past what was sent.
 //!
+//! Partitions are keyed by `(topic, partition)`: a member subscribed by pattern owns
+//! partitions of several topics, and each Assign names the topics (their current
+//! incarnations). A partition whose topic went (deleted, or deleted and created
+//! again) is dropped without a commit, so no commit brings back offsets DeleteTopic
+//! removed; for a pattern member the task asks the coordinator to rescan at once and
+//! reads on (the topic drops out of the next Assignment).
+//!
 //! When the stream ends (the client went away, another stream took over the member,
-//! the topic was deleted, the broker shuts down, or an error), the task commits its
-//! positions (with auto-commit), releases its leases, tells the coordinator, and
+//! its one topic was deleted, the broker shuts down, or an error), the task commits
+//! its positions (with auto-commit), releases its leases, tells the coordinator, and
 //! finally sends the ending status if there is one.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -35,14 +42,16 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tidelog_proto::v1::subscribe_response::Event;
-use tidelog_proto::v1::{Assignment, PositionReset, ResetPolicy, ResetReason, SubscribeResponse};
+use tidelog_proto::v1::{
+    Assignment, PositionReset, ResetPolicy, ResetReason, SubscribeResponse, TopicPartitions,
+};
 use tidelog_storage::{Error, Filter, Topic};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::{Interval, MissedTickBehavior};
 use tonic::Status;
 
-use super::coordinator::{Control, GroupCoordinator, Joined};
+use super::coordinator::{Control, GroupCoordinator, Joined, TopicPartition};
 use crate::AppState;
 use crate::convert;
 use crate::read::{
@@ -76,7 +85,10 @@ pub(crate) type Sender = mpsc::Sender<Result<SubscribeResponse, Status>>;
 /// A partition this member reads, with the lease that makes it the only reader.
 #[derive(Debug)]
 struct Owned {
-    /// The partition and the offset of the next message to send.
+    /// The partition's topic (this incarnation of it).
+    topic: Arc<Topic>,
+    /// The partition and the offset of the next message to send (naming its topic on
+    /// a pattern member's stream).
     cursor: Cursor,
     /// What the offsets store holds for the group, as far as this task knows; an
     /// auto-commit writes only positions that differ.
@@ -96,23 +108,28 @@ struct Revoking {
 }
 
 /// Result of waiting for one partition's lease.
-type LeaseOutcome = (u32, u64, Option<OwnedSemaphorePermit>);
+type LeaseOutcome = (TopicPartition, u64, Option<OwnedSemaphorePermit>);
 
 pub(crate) struct MemberTask {
     app: Arc<AppState>,
     group_id: String,
     member_id: String,
     stream_id: u64,
-    topic: Arc<Topic>,
+    /// Subscribed by pattern: messages, positions and resets name their topic, the
+    /// Assignment lists topics, and a deleted topic drops out instead of ending the
+    /// stream.
+    pattern: bool,
+    /// The topics of the latest Assign, by name.
+    topics: BTreeMap<String, Arc<Topic>>,
     settings: Settings,
     out: Sender,
     control: mpsc::UnboundedReceiver<Control>,
     /// Partitions of the latest Assign, read or waited for.
-    owned: BTreeMap<u32, Owned>,
+    owned: BTreeMap<TopicPartition, Owned>,
     /// Revoked partitions kept for the client's commit (handover window).
-    revoking: BTreeMap<u32, Revoking>,
+    revoking: BTreeMap<TopicPartition, Revoking>,
     /// Leases being waited for: partition -> (token, handle to cancel the wait).
-    pending: HashMap<u32, (u64, AbortHandle)>,
+    pending: HashMap<TopicPartition, (u64, AbortHandle)>,
     acquiring: JoinSet<LeaseOutcome>,
     next_token: u64,
     /// Events to send before any more messages.
@@ -133,7 +150,7 @@ impl MemberTask {
         app: Arc<AppState>,
         group_id: String,
         joined: Joined,
-        topic: Arc<Topic>,
+        pattern: bool,
         settings: Settings,
         out: Sender,
     ) -> Self {
@@ -142,7 +159,8 @@ impl MemberTask {
             group_id,
             member_id: joined.member_id,
             stream_id: joined.stream_id,
-            topic,
+            pattern,
+            topics: BTreeMap::new(),
             settings,
             out,
             control: joined.control,
@@ -170,7 +188,7 @@ impl MemberTask {
         let outcome = self.deliver().await;
         self.acquiring.abort_all();
         self.pending.clear();
-        let all: Vec<u32> = self.owned.keys().copied().collect();
+        let all: Vec<TopicPartition> = self.owned.keys().cloned().collect();
         self.commit_positions(&all).await;
         // Releases the leases: the partitions' next owners may start.
         self.owned.clear();
@@ -221,8 +239,8 @@ impl MemberTask {
                     ));
                 }
                 control = self.control.recv() => match control {
-                    Some(Control::Assign { generation, partitions }) => {
-                        self.on_assign(generation, partitions).await;
+                    Some(Control::Assign { generation, partitions, topics }) => {
+                        self.on_assign(generation, partitions, topics).await;
                     }
                     Some(Control::HandOver { generation }) => {
                         self.release_revoking(|r| r.generation <= generation);
@@ -233,8 +251,8 @@ impl MemberTask {
                 () = out.closed() => return Ok(()),
                 Some(joined) = self.acquiring.join_next(), if !self.acquiring.is_empty() => {
                     // An Err is a wait cancelled by a revoke.
-                    if let Ok((partition, token, Some(permit))) = joined {
-                        self.on_lease(partition, token, permit)?;
+                    if let Ok((tp, token, Some(permit))) = joined {
+                        self.on_lease(tp, token, permit)?;
                     }
                 }
                 () = handover_deadline(&self.revoking) => {
@@ -242,7 +260,7 @@ impl MemberTask {
                     self.release_revoking(|r| r.deadline <= now);
                 }
                 () = tick(&mut ticker) => {
-                    let all: Vec<u32> = self.owned.keys().copied().collect();
+                    let all: Vec<TopicPartition> = self.owned.keys().cloned().collect();
                     self.commit_positions(&all).await;
                 }
                 permit = out.reserve(), if want_send => match permit {
@@ -259,16 +277,43 @@ impl MemberTask {
     }
 
     /// Applies a new assignment (see the module docs for the order of steps).
-    async fn on_assign(&mut self, generation: u64, partitions: Vec<u32>) {
-        let assigned: BTreeSet<u32> = partitions.iter().copied().collect();
-        let revoked: Vec<u32> = self
+    async fn on_assign(
+        &mut self,
+        generation: u64,
+        partitions: Vec<TopicPartition>,
+        topics: BTreeMap<String, Arc<Topic>>,
+    ) {
+        let assigned: BTreeSet<TopicPartition> = partitions.iter().cloned().collect();
+        // Partitions of a topic that went (or came back as a new incarnation): their
+        // positions and leases mean nothing now, and a commit would bring back
+        // offsets DeleteTopic removed.
+        let gone: Vec<TopicPartition> = self
+            .owned
+            .iter()
+            .filter(|((name, _), owned)| {
+                !topics
+                    .get(name)
+                    .is_some_and(|t| t.is_same_topic(&owned.topic))
+            })
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        for tp in &gone {
+            self.owned.remove(tp);
+        }
+        self.revoking.retain(|(name, _), kept| {
+            topics
+                .get(name)
+                .is_some_and(|t| t.is_same_topic(&kept.owned.topic))
+        });
+        self.topics = topics;
+        let revoked: Vec<TopicPartition> = self
             .owned
             .keys()
-            .filter(|p| !assigned.contains(p))
-            .copied()
+            .filter(|tp| !assigned.contains(*tp))
+            .cloned()
             .collect();
-        self.pending.retain(|partition, (_, handle)| {
-            let keep = assigned.contains(partition);
+        self.pending.retain(|tp, (_, handle)| {
+            let keep = assigned.contains(tp);
             if !keep {
                 handle.abort();
             }
@@ -277,26 +322,26 @@ impl MemberTask {
         self.commit_positions(&revoked).await;
         // Kept in a handover window and assigned again: read it on (same stream, same
         // position, so nothing is skipped or repeated).
-        let back: Vec<u32> = self
+        let back: Vec<TopicPartition> = self
             .revoking
             .keys()
-            .filter(|p| assigned.contains(p))
-            .copied()
+            .filter(|tp| assigned.contains(*tp))
+            .cloned()
             .collect();
-        for partition in back {
-            if let Some(kept) = self.revoking.remove(&partition) {
-                self.owned.insert(partition, kept.owned);
+        for tp in back {
+            if let Some(kept) = self.revoking.remove(&tp) {
+                self.owned.insert(tp, kept.owned);
                 self.data_ready = true;
             }
         }
-        for partition in &revoked {
+        for tp in &revoked {
             // Dropping the entry releases the lease, unless a handover window keeps it.
-            let Some(owned) = self.owned.remove(partition) else {
+            let Some(owned) = self.owned.remove(tp) else {
                 continue;
             };
             if let Some(window) = self.settings.handover {
                 self.revoking.insert(
-                    *partition,
+                    tp.clone(),
                     Revoking {
                         owned,
                         generation,
@@ -306,15 +351,18 @@ impl MemberTask {
             }
         }
         self.publish_revoking();
+        let pattern = self.pattern;
         self.events.retain(|event| match event {
-            Event::PositionReset(reset) => assigned.contains(&reset.partition),
+            Event::PositionReset(reset) => {
+                // A pattern stream's resets name their topic; a one-topic stream's
+                // partitions are all of its topic.
+                assigned.iter().any(|(topic, partition)| {
+                    *partition == reset.partition && (!pattern || *topic == reset.topic)
+                })
+            }
             _ => true,
         });
-        let assignment = Event::Assignment(Assignment {
-            member_id: self.member_id.clone(),
-            generation,
-            partitions,
-        });
+        let assignment = Event::Assignment(self.assignment_event(generation, &partitions));
         // A client that is not reading would otherwise collect one Assignment per
         // rebalance: replace an unsent one in place (what follows it concerns
         // partitions still assigned), so the queue stays bounded by the partitions.
@@ -326,23 +374,53 @@ impl MemberTask {
             Some(unsent) => *unsent = assignment,
             None => self.events.push_back(assignment),
         }
-        for partition in assigned {
-            if self.owned.contains_key(&partition) || self.pending.contains_key(&partition) {
+        for tp in assigned {
+            if self.owned.contains_key(&tp) || self.pending.contains_key(&tp) {
                 continue;
             }
-            let lease = self
-                .coordinator()
-                .lease(&self.group_id, self.topic.name(), partition);
+            let lease = self.coordinator().lease(&self.group_id, &tp.0, tp.1);
             let token = self.next_token;
             self.next_token += 1;
+            let key = tp.clone();
             let handle = self.acquiring.spawn(async move {
                 // The semaphore is never closed; an Err would only mean "no lease".
-                (partition, token, lease.acquire_owned().await.ok())
+                (key, token, lease.acquire_owned().await.ok())
             });
-            self.pending.insert(partition, (token, handle));
+            self.pending.insert(tp, (token, handle));
         }
-        if !revoked.is_empty() {
-            tracing::debug!(group = %self.group_id, member = %self.member_id, generation, ?revoked, "stopped revoked partitions");
+        if !revoked.is_empty() || !gone.is_empty() {
+            tracing::debug!(group = %self.group_id, member = %self.member_id, generation, ?revoked, ?gone, "stopped revoked partitions");
+        }
+    }
+
+    /// The Assignment event of `partitions`: a list of partition numbers for a member
+    /// of one topic, every matched topic with its partitions for a pattern member.
+    fn assignment_event(&self, generation: u64, partitions: &[TopicPartition]) -> Assignment {
+        if !self.pattern {
+            return Assignment {
+                member_id: self.member_id.clone(),
+                generation,
+                partitions: partitions.iter().map(|(_, p)| *p).collect(),
+                topics: Vec::new(),
+            };
+        }
+        let topics = self
+            .topics
+            .keys()
+            .map(|name| TopicPartitions {
+                topic: name.clone(),
+                partitions: partitions
+                    .iter()
+                    .filter(|(t, _)| t == name)
+                    .map(|(_, p)| *p)
+                    .collect(),
+            })
+            .collect();
+        Assignment {
+            member_id: self.member_id.clone(),
+            generation,
+            partitions: Vec::new(),
+            topics,
         }
     }
 
@@ -362,35 +440,39 @@ impl MemberTask {
             &self.group_id,
             &self.member_id,
             self.stream_id,
-            self.revoking.keys().copied().collect(),
+            self.revoking.keys().cloned().collect(),
         );
     }
 
-    /// The lease of `partition` is ours: find where to start and begin reading.
+    /// The lease of `tp` is ours: find where to start and begin reading.
     fn on_lease(
         &mut self,
-        partition: u32,
+        tp: TopicPartition,
         token: u64,
         permit: OwnedSemaphorePermit,
     ) -> Result<(), Status> {
-        match self.pending.get(&partition) {
+        match self.pending.get(&tp) {
             Some((current, _)) if *current == token => {
-                self.pending.remove(&partition);
+                self.pending.remove(&tp);
             }
             // Revoked (or re-requested) while the wait completed: give it back.
             _ => return Ok(()),
         }
-        // Partitions added since this member started are in the store's newer value.
-        if self.topic.partitions().len() <= partition as usize
-            && let Ok(current) = self.app.store.topic(self.topic.name())
-            && current.is_same_topic(&self.topic)
+        let (name, partition) = (tp.0.as_str(), tp.1);
+        let Some(mut topic) = self.topics.get(name).cloned() else {
+            return Ok(());
+        };
+        // Partitions added since the Assign are in the store's newer value.
+        if topic.partitions().len() <= partition as usize
+            && let Ok(current) = self.app.store.topic(name)
+            && current.is_same_topic(&topic)
         {
-            self.topic = current;
+            topic = current;
+            self.topics.insert(name.to_string(), topic.clone());
         }
-        let Some(log) = self.topic.partitions().get(partition as usize).cloned() else {
+        let Some(log) = topic.partitions().get(partition as usize).cloned() else {
             return Err(Status::not_found(format!(
-                "topic {:?} has no partition {partition}",
-                self.topic.name()
+                "topic {name:?} has no partition {partition}"
             )));
         };
         // Read only now, after the previous owner's final commit.
@@ -398,37 +480,37 @@ impl MemberTask {
             .app
             .store
             .offsets()
-            .fetch(&self.group_id, self.topic.name(), partition)
+            .fetch(&self.group_id, name, partition)
             .map(|c| c.offset);
         let (log_start, end) = (log.log_start(), log.end_offset());
         let position = match committed {
             Some(offset) if offset < log_start => self.reset(
-                partition,
+                &tp,
                 Some(offset),
                 log_start,
                 end,
                 ResetReason::BelowLogStart,
             )?,
             Some(offset) if offset > end => self.reset(
-                partition,
+                &tp,
                 Some(offset),
                 log_start,
                 end,
                 ResetReason::AboveEndOffset,
             )?,
             Some(offset) => offset,
-            None => self.reset(
-                partition,
-                None,
-                log_start,
-                end,
-                ResetReason::NoCommittedOffset,
-            )?,
+            None => self.reset(&tp, None, log_start, end, ResetReason::NoCommittedOffset)?,
+        };
+        let cursor = if self.pattern {
+            Cursor::in_topic(log, position, Arc::from(name))
+        } else {
+            Cursor::new(log, position)
         };
         self.owned.insert(
-            partition,
+            tp,
             Owned {
-                cursor: Cursor::new(log, position),
+                topic,
+                cursor,
                 committed,
                 _lease: permit,
             },
@@ -441,13 +523,13 @@ impl MemberTask {
     /// event and returns the new position; OUT_OF_RANGE with policy ERROR.
     fn reset(
         &mut self,
-        partition: u32,
+        tp: &TopicPartition,
         from: Option<u64>,
         log_start: u64,
         end: u64,
         reason: ResetReason,
     ) -> Result<u64, Status> {
-        let topic = self.topic.name();
+        let (topic, partition) = (tp.0.as_str(), tp.1);
         let to = match self.settings.reset_policy {
             ResetPolicy::Latest => end,
             ResetPolicy::Error => {
@@ -478,7 +560,11 @@ impl MemberTask {
             from_offset: from,
             to_offset: to,
             reason: reason as i32,
-            topic: String::new(),
+            topic: if self.pattern {
+                topic.to_string()
+            } else {
+                String::new()
+            },
         }));
         Ok(to)
     }
@@ -513,6 +599,14 @@ impl MemberTask {
             Batching::Fill,
             self.settings.filter.as_deref(),
         );
+        let round = match round {
+            // A pattern member reads on without the topic that went.
+            Err(Error::TopicDeleted { .. }) if self.pattern => {
+                self.drop_gone_topics();
+                return Ok(());
+            }
+            round => round,
+        };
         match round.map_err(|error| self.read_error(&error))? {
             Round::Batch {
                 batch, filtered, ..
@@ -538,16 +632,14 @@ impl MemberTask {
                 filtered,
             } => {
                 self.app.metrics.filtered("group", filtered);
-                self.app
-                    .metrics
-                    .fetched(self.topic.name(), batch.messages.len() as u64, bytes);
+                self.count_fetched(&batch, bytes);
                 self.last_batch = Instant::now();
                 permit.send(Ok(SubscribeResponse {
                     event: Some(Event::Batch(batch)),
                 }));
             }
             Round::OutOfRange {
-                partition,
+                index,
                 requested,
                 log_start,
                 end,
@@ -558,14 +650,47 @@ impl MemberTask {
                 } else {
                     ResetReason::AboveEndOffset
                 };
-                let to = self.reset(partition, Some(requested), log_start, end, reason)?;
-                if let Some(owned) = self.owned.get_mut(&partition) {
+                // The cursors were the owned partitions in key order.
+                let Some(tp) = self.owned.keys().nth(index).cloned() else {
+                    return Ok(());
+                };
+                let to = self.reset(&tp, Some(requested), log_start, end, reason)?;
+                if let Some(owned) = self.owned.get_mut(&tp) {
                     owned.cursor.position = to;
                 }
                 // Read it again after its PositionReset event has gone out.
             }
         }
         Ok(())
+    }
+
+    /// Counts a batch's messages and bytes per topic in the metrics.
+    fn count_fetched(&self, batch: &tidelog_proto::v1::MessageBatch, bytes: u64) {
+        if !self.pattern {
+            let topic = self.topics.keys().next().map_or("", String::as_str);
+            self.app
+                .metrics
+                .fetched(topic, batch.messages.len() as u64, bytes);
+            return;
+        }
+        // A batch may hold several topics: count each topic's messages, and the
+        // bytes by what each message weighs (its id, key, value and headers).
+        let mut per_topic: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        for m in &batch.messages {
+            let weight = (m.id.len()
+                + m.key.len()
+                + m.value.len()
+                + m.headers
+                    .iter()
+                    .map(|h| h.key.len() + h.value.len())
+                    .sum::<usize>()) as u64;
+            let entry = per_topic.entry(m.topic.as_str()).or_default();
+            entry.0 += 1;
+            entry.1 += weight;
+        }
+        for (topic, (messages, bytes)) in per_topic {
+            self.app.metrics.fetched(topic, messages, bytes);
+        }
     }
 
     /// The status that ends the stream after a failed read.
@@ -579,9 +704,43 @@ impl MemberTask {
     fn topic_deleted(&self) -> Status {
         Status::not_found(format!(
             "topic {:?} was deleted; group {:?} stopped reading it",
-            self.topic.name(),
+            self.topics.keys().next().map_or("", String::as_str),
             self.group_id
         ))
+    }
+
+    /// Whether `owned`'s topic is still the store's topic of that name.
+    fn still_there(&self, owned: &Owned) -> bool {
+        self.app
+            .store
+            .topic(owned.topic.name())
+            .is_ok_and(|current| current.is_same_topic(&owned.topic))
+    }
+
+    /// A pattern member found a topic gone: stop reading its partitions (no commit:
+    /// DeleteTopic removed its offsets) and have the coordinator rebalance now, so
+    /// the topic leaves the Assignment.
+    fn drop_gone_topics(&mut self) {
+        let gone: Vec<TopicPartition> = self
+            .owned
+            .iter()
+            .filter(|(_, owned)| !self.still_there(owned))
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        for tp in &gone {
+            self.owned.remove(tp);
+        }
+        self.turn = 0;
+        self.data_ready = !self.owned.is_empty();
+        if gone.is_empty() {
+            // The delete is under way (the list still holds the topic): look again in
+            // a moment rather than spin on the failing read.
+            self.backoff = true;
+            self.data_ready = false;
+        } else {
+            tracing::debug!(group = %self.group_id, member = %self.member_id, ?gone, "a matched topic went; its partitions drop out");
+        }
+        self.coordinator().rescan_topics();
     }
 
     /// A partition woke the task. Either data arrived, or the partition ended
@@ -596,12 +755,11 @@ impl MemberTask {
             self.data_ready = true;
             return Ok(());
         }
-        let same_topic = self
-            .app
-            .store
-            .topic(self.topic.name())
-            .is_ok_and(|current| current.is_same_topic(&self.topic));
-        if !same_topic {
+        if self.owned.values().any(|o| !self.still_there(o)) {
+            if self.pattern {
+                self.drop_gone_topics();
+                return Ok(());
+            }
             return Err(self.topic_deleted());
         }
         if self
@@ -622,22 +780,17 @@ impl MemberTask {
     /// With auto-commit, durably commits the positions of `partitions` that moved.
     /// A failed commit is logged and retried at the next tick: the messages it
     /// covered are delivered again after a rebalance rather than lost.
-    async fn commit_positions(&mut self, partitions: &[u32]) {
+    async fn commit_positions(&mut self, partitions: &[TopicPartition]) {
         if self.settings.auto_commit.is_none() {
             return;
         }
         let commits: Vec<(String, u32, u64, String)> = partitions
             .iter()
-            .filter_map(|p| {
-                let owned = self.owned.get(p)?;
-                (owned.committed != Some(owned.cursor.position)).then(|| {
-                    (
-                        self.topic.name().to_string(),
-                        *p,
-                        owned.cursor.position,
-                        String::new(),
-                    )
-                })
+            .filter_map(|tp| {
+                let owned = self.owned.get(tp)?;
+                // Not for a topic that went: that would bring back its offsets.
+                (owned.committed != Some(owned.cursor.position) && self.still_there(owned))
+                    .then(|| (tp.0.clone(), tp.1, owned.cursor.position, String::new()))
             })
             .collect();
         if commits.is_empty() {
@@ -650,8 +803,8 @@ impl MemberTask {
             tokio::task::spawn_blocking(move || store.offsets().commit(&group_id, &to_write)).await;
         match written {
             Ok(Ok(())) => {
-                for (_, partition, offset, _) in commits {
-                    if let Some(owned) = self.owned.get_mut(&partition) {
+                for (topic, partition, offset, _) in commits {
+                    if let Some(owned) = self.owned.get_mut(&(topic, partition)) {
                         owned.committed = Some(offset);
                     }
                 }
@@ -677,7 +830,7 @@ async fn tick(ticker: &mut Option<Interval>) {
 }
 
 /// Resolves at the earliest end of a handover window; never without one.
-async fn handover_deadline(revoking: &BTreeMap<u32, Revoking>) {
+async fn handover_deadline(revoking: &BTreeMap<TopicPartition, Revoking>) {
     match revoking.values().map(|r| r.deadline).min() {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending::<()>().await,
@@ -685,7 +838,7 @@ async fn handover_deadline(revoking: &BTreeMap<u32, Revoking>) {
 }
 
 /// Resolves when any owned partition has a message at its position, or ended.
-fn any_data(owned: &BTreeMap<u32, Owned>) -> impl Future<Output = ()> + '_ {
+fn any_data(owned: &BTreeMap<TopicPartition, Owned>) -> impl Future<Output = ()> + '_ {
     std::future::poll_fn(move |cx| {
         for o in owned.values() {
             let mut wait = o.cursor.partition.wait_for_data(o.cursor.position);

@@ -72,13 +72,19 @@ pub type MemberStream = Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Stat
 /// `Consumer.Subscribe` when the request has a group; `remote_addr` is shown as the
 /// member's client_address.
 ///
+/// A member subscribes to `request.topic` or, by `request.topic_pattern`, to every
+/// topic the pattern matches; with `access` (under `--auth`) only to those it lets
+/// through (see [`coordinator`]'s Patterns).
+///
 /// Errors before the stream starts: INVALID_ARGUMENT for `partitions` or `start` set
-/// together with a group, a bad group id, client id or reset policy; NOT_FOUND for an
-/// unknown topic; UNAVAILABLE while the broker shuts down.
+/// together with a group, both or neither of topic and topic_pattern, a bad pattern,
+/// group id, client id or reset policy; NOT_FOUND for an unknown topic; UNAVAILABLE
+/// while the broker shuts down.
 pub async fn subscribe_member(
     state: Arc<AppState>,
     request: SubscribeRequest,
     remote_addr: Option<SocketAddr>,
+    access: Option<crate::read::TopicAccess>,
 ) -> Result<MemberStream, Status> {
     let Some(membership) = request.group else {
         return Err(Status::invalid_argument(
@@ -103,10 +109,27 @@ pub async fn subscribe_member(
         )));
     }
     let reset_policy = convert::reset_policy(request.reset_policy)?;
-    if request.topic.is_empty() {
-        return Err(Status::invalid_argument("topic is required"));
-    }
-    let topic = convert::or_status(state.store.topic(&request.topic))?;
+    let subscription = match (request.topic.is_empty(), request.topic_pattern.is_empty()) {
+        (true, true) => {
+            return Err(Status::invalid_argument(
+                "topic or topic_pattern is required",
+            ));
+        }
+        (false, false) => {
+            return Err(Status::invalid_argument(
+                "set one of topic and topic_pattern, not both",
+            ));
+        }
+        (false, true) => {
+            convert::or_status(state.store.topic(&request.topic))?;
+            coordinator::Subscription::Topic(request.topic.clone())
+        }
+        (true, false) => coordinator::Subscription::Pattern {
+            pattern: convert::topic_pattern("topic_pattern", &request.topic_pattern)?,
+            allowed: access,
+        },
+    };
+    let pattern = subscription.is_pattern();
     if state.shutdown.is_triggered() {
         return Err(Status::unavailable("the broker is shutting down"));
     }
@@ -134,7 +157,7 @@ pub async fn subscribe_member(
         .join(coordinator::JoinRequest {
             group_id: membership.group_id.clone(),
             member_id: membership.member_id,
-            topic: request.topic,
+            subscription,
             client_id: membership.client_id,
             client_address: remote_addr.map(|a| a.to_string()).unwrap_or_default(),
             session_timeout_ms: membership.session_timeout_ms,
@@ -146,7 +169,7 @@ pub async fn subscribe_member(
         state.clone(),
         membership.group_id,
         joined,
-        topic,
+        pattern,
         settings,
         sender,
     );

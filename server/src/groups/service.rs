@@ -15,7 +15,7 @@ use tidelog_proto::v1::{
     DeleteGroupResponse, DeleteOffsetsRequest, DeleteOffsetsResponse, DescribeGroupRequest,
     DescribeGroupResponse, FetchOffsetsRequest, FetchOffsetsResponse, GroupDescription,
     GroupMember, GroupState, GroupSummary, ListGroupsRequest, ListGroupsResponse, OffsetChange,
-    PartitionLag, ResetOffsetsRequest, ResetOffsetsResponse,
+    PartitionLag, ResetOffsetsRequest, ResetOffsetsResponse, TopicPartitions,
 };
 use tidelog_storage::limits::COMMIT_METADATA_BYTES_MAX;
 use tidelog_storage::{Partition, Store, Topic};
@@ -62,8 +62,23 @@ fn group_description(view: GroupView) -> GroupDescription {
                 member_id: m.member_id,
                 client_id: m.client_id,
                 client_address: m.client_address,
+                // A member of one topic lists its partitions; a pattern member lists
+                // every matched topic with its partitions.
+                partitions: if m.topic_pattern.is_empty() {
+                    m.partitions.iter().map(|(_, p)| *p).collect()
+                } else {
+                    Vec::new()
+                },
+                topics: if m.topic_pattern.is_empty() {
+                    Vec::new()
+                } else {
+                    m.topics
+                        .into_iter()
+                        .map(|(topic, partitions)| TopicPartitions { topic, partitions })
+                        .collect()
+                },
                 topic: m.topic,
-                partitions: m.partitions,
+                topic_pattern: m.topic_pattern,
                 filter: m.filter,
             })
             .collect(),
@@ -462,7 +477,7 @@ fn plan(
     match &request.scope {
         None => {
             return Err(Status::invalid_argument(
-                "scope is required: a topic (optionally with partitions) or all_topics",
+                "scope is required: a topic (optionally with partitions), topic_pattern or all_topics",
             ));
         }
         Some(Scope::Topic(scope)) => {
@@ -480,6 +495,26 @@ fn plan(
                     target,
                     metadata: None,
                 });
+            }
+        }
+        Some(Scope::TopicPattern(scope)) => {
+            // Every partition of every topic it matches now, as a pattern member
+            // would read them.
+            let pattern =
+                convert::topic_pattern("topic_pattern.topic_pattern", &scope.topic_pattern)?;
+            let mut topics = store.topics();
+            topics.retain(|t| pattern.matches(t.name()));
+            topics.sort_by(|a, b| a.name().cmp(b.name()));
+            for topic in topics {
+                for log in topic.partitions() {
+                    items.push(PlanItem {
+                        topic: topic.name().to_string(),
+                        partition: log.id(),
+                        log: log.clone(),
+                        target,
+                        metadata: None,
+                    });
+                }
             }
         }
         Some(Scope::AllTopics(_)) => {

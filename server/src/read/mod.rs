@@ -49,6 +49,29 @@ pub const TOPIC_RESCAN_INTERVAL: Duration = Duration::from_millis(500);
 /// deleted but the topic list still holds it (the delete is under way).
 const IDLE_RESCAN_BACKOFF: Duration = Duration::from_millis(50);
 
+/// Which topics a topic-pattern subscription (plain or group member) may match, on a
+/// broker with `--auth`: those its caller may consume, asked each time the topics are
+/// looked at, so a rule that changes takes effect within a rescan. Topics it refuses
+/// are left out silently (as list RPCs leave out what the caller may not see).
+#[derive(Clone)]
+pub struct TopicAccess(Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl TopicAccess {
+    pub fn new(allows: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        TopicAccess(Arc::new(allows))
+    }
+
+    pub fn allows(&self, topic: &str) -> bool {
+        (self.0)(topic)
+    }
+}
+
+impl std::fmt::Debug for TopicAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TopicAccess(..)")
+    }
+}
+
 /// Whether a round that delivered nothing but `filtered` skips sends its positions
 /// alone: see [`FILTER_PROGRESS_INTERVAL`].
 pub fn send_progress(batch: &MessageBatch, filtered: Filtered, last_sent: Instant) -> bool {

@@ -22,7 +22,7 @@ use crate::convert;
 
 use super::{
     Batching, Cursor, IDLE_RESCAN_BACKOFF, ReadLimits, Round, SUBSCRIBE_QUEUE_EVENTS,
-    TOPIC_RESCAN_INTERVAL, read_round, send_progress,
+    TOPIC_RESCAN_INTERVAL, TopicAccess, read_round, send_progress,
 };
 
 /// What a [`PartitionReader`] reads: one topic, or every topic a pattern matches.
@@ -38,6 +38,8 @@ enum Source {
 #[derive(Debug)]
 struct PatternSource {
     pattern: Arc<TopicPattern>,
+    /// Under `--auth`: only topics the caller may consume match.
+    access: Option<TopicAccess>,
     /// Read topics by name, with the number of their partitions read.
     topics: BTreeMap<String, (Arc<Topic>, usize)>,
     /// Where partitions that appear after the start begin.
@@ -150,13 +152,16 @@ impl PartitionReader {
         })
     }
 
-    /// A reader of every topic `pattern` matches: `initial` are the topics matched at
-    /// the start with the first offset of each of their partitions (all of them);
-    /// topics and partitions that appear later start at `later`. The first event is a
-    /// [`TopicsChanged`] naming the initial topics (possibly none).
+    /// A reader of every topic `pattern` matches (and `access`, if any, lets
+    /// through): `initial` are the topics matched at the start with the first offset
+    /// of each of their partitions (all of them); topics and partitions that appear
+    /// later start at `later`. The first event is a [`TopicsChanged`] naming the
+    /// initial topics (possibly none).
+    #[allow(clippy::too_many_arguments)] // reason: each is one setting of the stream
     pub fn with_pattern(
         state: Arc<AppState>,
         pattern: Arc<TopicPattern>,
+        access: Option<TopicAccess>,
         initial: Vec<(Arc<Topic>, Vec<u64>)>,
         later: LaterStart,
         reset_policy: ResetPolicy,
@@ -185,6 +190,7 @@ impl PartitionReader {
             state,
             source: Source::Pattern(Box::new(PatternSource {
                 pattern,
+                access,
                 topics,
                 later,
                 next_scan: tokio::time::Instant::now() + TOPIC_RESCAN_INTERVAL,
@@ -242,7 +248,10 @@ impl PartitionReader {
             .store
             .topics()
             .into_iter()
-            .filter(|t| source.pattern.matches(t.name()))
+            .filter(|t| {
+                source.pattern.matches(t.name())
+                    && source.access.as_ref().is_none_or(|a| a.allows(t.name()))
+            })
             .map(|t| (t.name().to_string(), t))
             .collect();
         let removed: Vec<String> = source

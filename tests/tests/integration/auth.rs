@@ -24,6 +24,7 @@ use tidelog_proto::v1::{
     RevokeTokenRequest, SubscribeRequest, TopicConfig, TopicPartitionOffset, WhoAmIRequest,
     reset_offsets_request,
 };
+use tidelog_proto::v1::{GroupMembership, SubscribeResponse, subscribe_response::Event};
 use tidelog_tests::{TestBroker, tidelog_command};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -537,9 +538,9 @@ async fn with_auth_off_the_access_service_says_so() {
 /// caller allowed to consume `orders` and nothing else may FetchBatches and
 /// SubscribeBatches on it, is refused PublishBatch (before its bytes are looked at:
 /// garbage gets PERMISSION_DENIED, not INVALID_ARGUMENT) and every batch form on
-/// `secret`; an admin's garbage batch reaches validation. A Subscribe by pattern is
-/// refused under --auth (FAILED_PRECONDITION), since a pattern could reach topics the
-/// caller may not read.
+/// `secret`; an admin's garbage batch reaches validation. A Subscribe by pattern, plain
+/// or as a group member, matches only the topics the caller may consume (others are
+/// left out silently), and takes a topic in once a rule allows it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_rpcs_and_patterns_are_authorized() {
     use tidelog_proto::v1::PublishBatchRequest;
@@ -607,13 +608,86 @@ async fn batch_rpcs_and_patterns_are_authorized() {
         .await
         .expect("consume on orders allows SubscribeBatches");
 
-    let pattern = ConsumerClient::new(admin.clone())
+    // A pattern matches only the topics the caller may consume, plain and as a
+    // group member; a rule added later takes a topic in within a rescan.
+    let mut plain = ConsumerClient::new(reader.clone())
         .subscribe(SubscribeRequest {
-            topic_pattern: "ord.*".into(),
+            topic_pattern: ".*".into(),
             ..SubscribeRequest::default()
         })
         .await
+        .expect("a pattern is allowed under --auth")
+        .into_inner();
+    let changed = |event: Option<SubscribeResponse>| match event.and_then(|e| e.event) {
+        Some(Event::TopicsChanged(changed)) => changed.topics,
+        other => panic!("expected TopicsChanged, got {other:?}"),
+    };
+    let first = tokio::time::timeout(Duration::from_secs(10), plain.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        changed(first),
+        vec!["orders".to_string()],
+        "secret is left out"
+    );
+    // A member of a group it may not consume is refused, naming the group.
+    let member = |group: &str| SubscribeRequest {
+        topic_pattern: ".*".into(),
+        group: Some(GroupMembership {
+            group_id: group.into(),
+            ..GroupMembership::default()
+        }),
+        ..SubscribeRequest::default()
+    };
+    let denied = ConsumerClient::new(reader.clone())
+        .subscribe(member("other"))
+        .await
         .unwrap_err();
-    assert_eq!(pattern.code(), Code::FailedPrecondition, "{pattern:?}");
-    assert!(pattern.message().contains("--auth"), "{pattern:?}");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    allow(&admin, "reader", "group:g", "consume").await;
+    let mut grouped = ConsumerClient::new(reader.clone())
+        .subscribe(member("g"))
+        .await
+        .expect("a pattern member under --auth")
+        .into_inner();
+    // The topics of the next Assignment (skipping the PositionResets of a group
+    // without commits).
+    async fn assigned(stream: &mut tonic::Streaming<SubscribeResponse>) -> Vec<String> {
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(10), stream.message())
+                .await
+                .unwrap()
+                .unwrap()
+                .and_then(|e| e.event);
+            match event {
+                Some(Event::Assignment(a)) => {
+                    return a.topics.into_iter().map(|t| t.topic).collect();
+                }
+                Some(Event::PositionReset(_)) => {}
+                other => panic!("expected an Assignment, got {other:?}"),
+            }
+        }
+    }
+    assert_eq!(assigned(&mut grouped).await, vec!["orders".to_string()]);
+
+    allow(&admin, "reader", "topic:secret", "consume").await;
+    let granted = Instant::now();
+    let next = tokio::time::timeout(Duration::from_secs(10), plain.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        changed(next),
+        vec!["orders".to_string(), "secret".to_string()]
+    );
+    assert_eq!(
+        assigned(&mut grouped).await,
+        vec!["orders".to_string(), "secret".to_string()]
+    );
+    assert!(
+        granted.elapsed() < Duration::from_millis(1500),
+        "taken in after {:?}",
+        granted.elapsed()
+    );
 }

@@ -18,6 +18,7 @@ mod kill9;
 mod message_lookup;
 mod message_metadata;
 mod metrics_http;
+mod pattern_groups;
 mod patterns;
 mod positions;
 mod queue_cli;

@@ -299,13 +299,14 @@ async fn bad_and_abusive_patterns_are_invalid_argument_at_once() {
         (
             SubscribeRequest {
                 topic_pattern: "t".into(),
+                partitions: vec![0],
                 group: Some(GroupMembership {
                     group_id: "g".into(),
                     ..Default::default()
                 }),
                 ..Default::default()
             },
-            "not supported yet",
+            "must be unset with a group",
         ),
     ] {
         let status = consumer.subscribe(request).await.expect_err(expected);

@@ -318,10 +318,12 @@ async fn a_start_per_partition_resumes_each_where_it_got_to() {
                 PartitionStart {
                     partition: 2,
                     offset: 5,
+                    ..Default::default()
                 },
                 PartitionStart {
                     partition: 0,
                     offset: 2,
+                    ..Default::default()
                 },
             ],
             send_positioned: true,
@@ -357,10 +359,12 @@ async fn a_start_per_partition_resumes_each_where_it_got_to() {
                     PartitionStart {
                         partition: 1,
                         offset: 0,
+                        ..Default::default()
                     },
                     PartitionStart {
                         partition: 1,
                         offset: 3,
+                        ..Default::default()
                     },
                 ],
                 ..Default::default()
@@ -373,6 +377,7 @@ async fn a_start_per_partition_resumes_each_where_it_got_to() {
                 partition_starts: vec![PartitionStart {
                     partition: 1,
                     offset: 0,
+                    ..Default::default()
                 }],
                 start: Some(StartPosition {
                     position: Some(Position::Earliest(Earliest {})),

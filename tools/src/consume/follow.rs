@@ -62,6 +62,7 @@ pub(super) async fn consume_follow(
                     .map(|(&partition, &offset)| subscribe_request::PartitionStart {
                         partition,
                         offset,
+                        topic: String::new(),
                     })
                     .collect(),
                 ..SubscribeRequest::default()

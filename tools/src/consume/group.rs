@@ -2,13 +2,18 @@
 //! partitions and starts at the committed offsets. What is printed is committed with
 //! the member's generation after each printed batch, when a rebalance takes partitions
 //! away (inside the broker's handover window), and before leaving.
+//!
+//! With `--topic-pattern` the member subscribes to every matching topic: positions
+//! and commits are per (topic, partition), the Assignment names the matched topics
+//! (a topic created later that matches comes in with a rebalance, a deleted one goes
+//! out, each said on stderr). One topic is the same with that topic in every key.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use tidelog_proto::v1::{
-    CommitOffsetsRequest, FetchOffsetsRequest, GroupMembership, ResetPolicy, SubscribeRequest,
-    TopicPartitionOffset, subscribe_response,
+    Assignment, CommitOffsetsRequest, FetchOffsetsRequest, GroupMembership, ResetPolicy,
+    SubscribeRequest, TopicPartitionOffset, subscribe_response,
 };
 
 use super::damage::{DAMAGE_TODO, past_damaged_batch, probe_damage};
@@ -31,22 +36,60 @@ const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Shown to the broker as the member's client id.
 const CLIENT_ID: &str = "tidelog-cli";
 
+/// One partition of one topic.
+type Tp = (String, u32);
+
+/// What the member subscribes to.
+#[derive(Debug, Clone, Copy)]
+enum Source<'a> {
+    Topic(&'a str),
+    Pattern(&'a str),
+}
+
+impl Source<'_> {
+    /// The (topic, partition) a message, position or reset names: on a one-topic
+    /// stream they leave the topic empty.
+    fn tp(&self, topic: &str, partition: u32) -> Tp {
+        match self {
+            Source::Topic(name) => ((*name).to_string(), partition),
+            Source::Pattern(_) => (topic.to_string(), partition),
+        }
+    }
+
+    /// The topic to ask FetchOffsets for: all of them for a pattern.
+    fn offsets_topic(&self) -> Option<String> {
+        match self {
+            Source::Topic(name) => Some((*name).to_string()),
+            Source::Pattern(_) => None,
+        }
+    }
+
+    fn what(&self) -> String {
+        match self {
+            Source::Topic(name) => format!("topic {name:?}"),
+            Source::Pattern(pattern) => format!("topic pattern {pattern:?}"),
+        }
+    }
+}
+
 /// A group member's view of its partitions.
 #[derive(Debug, Default)]
 struct Member {
     member_id: String,
     generation: u64,
-    assigned: Vec<u32>,
+    assigned: Vec<Tp>,
+    /// With a pattern: the topics matched at the last Assignment.
+    topics: BTreeSet<String>,
     /// Next offset per partition, as far as known (committed, reset, or printed).
-    position: BTreeMap<u32, u64>,
+    position: BTreeMap<Tp, u64>,
     /// End offsets seen at the last assignment (the target without --follow).
-    end: BTreeMap<u32, u64>,
+    end: BTreeMap<Tp, u64>,
     /// Offsets to commit: where reading goes on after what was printed (the batch's
     /// position, past expired messages, when the whole batch was printed).
-    printed: BTreeMap<u32, u64>,
-    committed: BTreeMap<u32, u64>,
+    printed: BTreeMap<Tp, u64>,
+    committed: BTreeMap<Tp, u64>,
     /// Partitions that reached `--until`: nothing more of them is printed.
-    finished: std::collections::BTreeSet<u32>,
+    finished: BTreeSet<Tp>,
 }
 
 impl Member {
@@ -68,9 +111,14 @@ pub(super) async fn consume_group(
     group: &str,
     printer: &mut Printer,
 ) -> CliResult<()> {
-    let context = format!("consuming topic {:?} as group {group:?}", args.topic);
+    let source = match &args.topic_pattern {
+        Some(pattern) => Source::Pattern(pattern),
+        None => Source::Topic(&args.topic),
+    };
+    let context = format!("consuming {} as group {group:?}", source.what());
     let join = |member_id: String| SubscribeRequest {
         topic: args.topic.clone(),
+        topic_pattern: args.topic_pattern.clone().unwrap_or_default(),
         partitions: vec![],
         start: None,
         group: Some(GroupMembership {
@@ -94,7 +142,13 @@ pub(super) async fn consume_group(
         Some(StartAt::Earliest) => ResetPolicy::Earliest,
         Some(StartAt::Latest) => ResetPolicy::Latest,
         Some(start) => {
-            seed_group_start(broker, group, &args.topic, start).await?;
+            let Source::Topic(topic) = source else {
+                return Err(CliError::usage(
+                    "--from OFFSET or a date-time with --topic-pattern and --group: a group                      on a pattern has no one topic to start",
+                    "use --from earliest or --from latest, or move the group first with                      `tidelog group reset-offsets --topic-pattern REGEX`",
+                ));
+            };
+            seed_group_start(broker, group, topic, start).await?;
             reset_policy(args.offset_reset)
         }
         None => reset_policy(args.offset_reset),
@@ -128,7 +182,7 @@ pub(super) async fn consume_group(
             // The broker ended the stream (and the membership): every printed batch
             // was committed when it was printed.
             Err(status) if status.code() == tonic::Code::DataLoss => {
-                break Err(group_damage_error(broker, group, &args.topic, &member, &status).await);
+                break Err(group_damage_error(broker, group, &member, &status).await);
             }
             Err(status) if args.follow && reconnectable(&status) => {
                 // The broker restarted: join again (the same member id, which the
@@ -163,19 +217,24 @@ pub(super) async fn consume_group(
             Ok(None) => break Ok(()),
             Ok(Some(subscribe_response::Event::Assignment(assignment))) => {
                 backoff.connected();
-                hand_over(broker, group, &args.topic, &mut member, &assignment).await;
+                let assigned = assigned_of(source, &assignment);
+                if let Source::Pattern(pattern) = source {
+                    topics_note(pattern, &member, &assignment);
+                }
+                hand_over(broker, group, source, &mut member, &assignment, &assigned).await;
                 if let Err(e) =
-                    on_assignment(broker, group, &args.topic, &mut member, assignment).await
+                    on_assignment(broker, group, source, &mut member, assignment, assigned).await
                 {
                     break Err(e);
                 }
             }
             Ok(Some(subscribe_response::Event::PositionReset(reset))) => {
                 reset_note(&reset);
-                member.position.insert(reset.partition, reset.to_offset);
+                let tp = source.tp(&reset.topic, reset.partition);
+                member.position.insert(tp.clone(), reset.to_offset);
                 // Where the group reads next: committed with what is printed, so a
                 // group that starts at `latest` goes on from there next time.
-                member.printed.insert(reset.partition, reset.to_offset);
+                member.printed.insert(tp, reset.to_offset);
             }
             // Only plain streams that ask for it get one.
             Ok(Some(
@@ -185,24 +244,25 @@ pub(super) async fn consume_group(
             Ok(Some(subscribe_response::Event::Batch(batch))) => {
                 let mut stop = false;
                 // Partitions of this batch not printed to their end (--until).
-                let mut cut = std::collections::BTreeSet::new();
+                let mut cut = BTreeSet::new();
                 for m in &batch.messages {
-                    if member.finished.contains(&m.partition) {
-                        cut.insert(m.partition);
+                    let tp = source.tp(&m.topic, m.partition);
+                    if member.finished.contains(&tp) {
+                        cut.insert(tp);
                         continue;
                     }
                     if printer.past_until(m) {
-                        member.finished.insert(m.partition);
-                        cut.insert(m.partition);
+                        member.finished.insert(tp.clone());
+                        cut.insert(tp);
                         continue;
                     }
                     if let Err(e) = printer.print(m) {
                         // Commit what did reach the reader, then report.
-                        final_commit(broker, group, &args.topic, &mut member, printer).await;
+                        final_commit(broker, group, source, &mut member, printer).await;
                         return Err(e);
                     }
-                    member.position.insert(m.partition, m.offset + 1);
-                    member.printed.insert(m.partition, m.offset + 1);
+                    member.position.insert(tp.clone(), m.offset + 1);
+                    member.printed.insert(tp, m.offset + 1);
                     if printer.done() {
                         stop = true;
                         break;
@@ -215,19 +275,14 @@ pub(super) async fn consume_group(
                 // says the partition stands, past expired messages never delivered,
                 // not from "last offset + 1".
                 for position in &batch.positions {
-                    if cut.contains(&position.partition)
-                        || !member.assigned.contains(&position.partition)
-                    {
+                    let tp = source.tp(&position.topic, position.partition);
+                    if cut.contains(&tp) || !member.assigned.contains(&tp) {
                         continue;
                     }
-                    member
-                        .position
-                        .insert(position.partition, position.next_offset);
-                    member
-                        .printed
-                        .insert(position.partition, position.next_offset);
+                    member.position.insert(tp.clone(), position.next_offset);
+                    member.printed.insert(tp.clone(), position.next_offset);
                     if printer.reached_until(position.next_offset) {
-                        member.finished.insert(position.partition);
+                        member.finished.insert(tp);
                     }
                 }
                 // Unknown how much of a failed flush reached the reader: leave it
@@ -236,9 +291,7 @@ pub(super) async fn consume_group(
                 // Printed: commit now, so an error, a crash or a rebalance a moment
                 // later does not deliver these again.
                 let assigned = member.assigned.clone();
-                if let Err(refused) =
-                    commit(broker, group, &args.topic, &mut member, &assigned).await
-                {
+                if let Err(refused) = commit(broker, group, &mut member, &assigned).await {
                     // FAILED_PRECONDITION: a rebalance is under way; the commit made
                     // when its Assignment arrives covers these messages.
                     if refused.code != tonic::Code::FailedPrecondition {
@@ -248,8 +301,52 @@ pub(super) async fn consume_group(
             }
         }
     };
-    final_commit(broker, group, &args.topic, &mut member, printer).await;
+    final_commit(broker, group, source, &mut member, printer).await;
     outcome
+}
+
+/// The (topic, partition)s an Assignment gives this member, sorted.
+fn assigned_of(source: Source<'_>, assignment: &Assignment) -> Vec<Tp> {
+    let mut assigned: Vec<Tp> = match source {
+        Source::Topic(topic) => assignment
+            .partitions
+            .iter()
+            .map(|p| (topic.to_string(), *p))
+            .collect(),
+        Source::Pattern(_) => assignment
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| (t.topic.clone(), *p)))
+            .collect(),
+    };
+    assigned.sort();
+    assigned
+}
+
+/// Says on stderr how the topics a pattern member reads changed.
+fn topics_note(pattern: &str, member: &Member, assignment: &Assignment) {
+    let now: BTreeSet<String> = assignment.topics.iter().map(|t| t.topic.clone()).collect();
+    let first = member.member_id.is_empty();
+    if now.is_empty() && (first || !member.topics.is_empty()) {
+        note(&format!(
+            "note: no topic matches --topic-pattern {pattern:?} yet; waiting for one to be created"
+        ));
+        return;
+    }
+    let added: Vec<&str> = now.difference(&member.topics).map(String::as_str).collect();
+    let removed: Vec<&str> = member.topics.difference(&now).map(String::as_str).collect();
+    if !added.is_empty() {
+        note(&format!(
+            "note: the group reads topics {}",
+            added.join(", ")
+        ));
+    }
+    if !removed.is_empty() {
+        note(&format!(
+            "note: topics {} are no longer matched (deleted): no longer read",
+            removed.join(", ")
+        ));
+    }
 }
 
 /// `--from OFFSET|TIME` with a group: commits that start, as a tool, for the
@@ -338,21 +435,31 @@ async fn seed_group_start(
 async fn group_damage_error(
     broker: &Broker,
     group: &str,
-    topic: &str,
     member: &Member,
     status: &tonic::Status,
 ) -> CliError {
-    let positions: BTreeMap<u32, u64> = member
-        .assigned
-        .iter()
-        .filter_map(|p| member.position.get(p).map(|&o| (*p, o)))
-        .collect();
-    let found = probe_damage(broker, topic, &positions).await;
-    let Some(damage) = found.first() else {
-        return broker.error(
-            &format!("consuming topic {topic:?} as group {group:?}"),
-            status,
-        );
+    let mut by_topic: BTreeMap<&str, BTreeMap<u32, u64>> = BTreeMap::new();
+    for tp in &member.assigned {
+        if let Some(&offset) = member.position.get(tp) {
+            by_topic
+                .entry(tp.0.as_str())
+                .or_default()
+                .insert(tp.1, offset);
+        }
+    }
+    let mut found = None;
+    for (topic, positions) in &by_topic {
+        if let Some(damage) = probe_damage(broker, topic, positions)
+            .await
+            .into_iter()
+            .next()
+        {
+            found = Some((*topic, damage));
+            break;
+        }
+    }
+    let Some((topic, damage)) = found else {
+        return broker.error(&format!("consuming as group {group:?}"), status);
     };
     CliError::failure(
         format!(
@@ -375,7 +482,7 @@ async fn group_damage_error(
 async fn final_commit(
     broker: &Broker,
     group: &str,
-    topic: &str,
+    source: Source<'_>,
     member: &mut Member,
     printer: &mut Printer,
 ) {
@@ -384,13 +491,13 @@ async fn final_commit(
         return;
     }
     let assigned = member.assigned.clone();
-    match commit(broker, group, topic, member, &assigned).await {
+    match commit(broker, group, member, &assigned).await {
         Ok(_) => {}
         // The broker ended the membership (a stream that ended with an error takes the
         // member with it, even when its last batch arrived just before): commit as a
         // tool, which the broker accepts only while the group has no live member.
         Err(refused) if refused.code == tonic::Code::FailedPrecondition => {
-            if let Err(refused) = commit_as_tool(broker, group, topic, member).await {
+            if let Err(refused) = commit_as_tool(broker, group, source, member).await {
                 commit_warning(&refused.error);
             }
         }
@@ -405,33 +512,33 @@ async fn final_commit(
 async fn commit_as_tool(
     broker: &Broker,
     group: &str,
-    topic: &str,
+    source: Source<'_>,
     member: &Member,
 ) -> Result<(), Refused> {
     let refused = |status: tonic::Status| Refused {
         code: status.code(),
         error: broker.error(&format!("committing offsets of group {group:?}"), &status),
     };
-    let current: BTreeMap<u32, u64> = broker
+    let current: BTreeMap<Tp, u64> = broker
         .groups()
         .fetch_offsets(FetchOffsetsRequest {
             group_id: group.to_string(),
-            topic: Some(topic.to_string()),
+            topic: source.offsets_topic(),
         })
         .await
         .map_err(refused)?
         .into_inner()
         .offsets
         .into_iter()
-        .map(|c| (c.partition, c.offset))
+        .map(|c| ((c.topic, c.partition), c.offset))
         .collect();
     let offsets: Vec<TopicPartitionOffset> = member
         .printed
         .iter()
-        .filter(|(p, offset)| current.get(p).is_none_or(|c| c < offset))
-        .map(|(&partition, &offset)| TopicPartitionOffset {
-            topic: topic.to_string(),
-            partition,
+        .filter(|(tp, offset)| current.get(*tp).is_none_or(|c| c < *offset))
+        .map(|((topic, partition), &offset)| TopicPartitionOffset {
+            topic: topic.clone(),
+            partition: *partition,
             offset,
             metadata: String::new(),
         })
@@ -455,19 +562,31 @@ async fn commit_as_tool(
 /// A new Assignment arrived: every message of the partitions it takes away came
 /// before it and was printed. Commit them in the new generation while the broker
 /// keeps them for this member (its handover window), which also hands them over, so
-/// their next owner starts right after what was printed.
+/// their next owner starts right after what was printed. Partitions of a topic a
+/// pattern no longer matches (deleted) are forgotten, not committed.
 async fn hand_over(
     broker: &Broker,
     group: &str,
-    topic: &str,
+    source: Source<'_>,
     member: &mut Member,
-    assignment: &tidelog_proto::v1::Assignment,
+    assignment: &Assignment,
+    assigned: &[Tp],
 ) {
+    if let Source::Pattern(_) = source {
+        // The topics named are those the pattern still matches: the others were
+        // deleted, with their offsets (a commit naming them would fail whole).
+        let live: BTreeSet<&str> = assignment.topics.iter().map(|t| t.topic.as_str()).collect();
+        let kept = |tp: &Tp| live.contains(tp.0.as_str());
+        member.printed.retain(|tp, _| kept(tp));
+        member.position.retain(|tp, _| kept(tp));
+        member.committed.retain(|tp, _| kept(tp));
+        member.assigned.retain(|tp| kept(tp));
+    }
     let previous = std::mem::take(&mut member.assigned);
-    let revoked: Vec<u32> = previous
+    let revoked: Vec<Tp> = previous
         .iter()
-        .filter(|p| !assignment.partitions.contains(p))
-        .copied()
+        .filter(|tp| !assigned.contains(tp))
+        .cloned()
         .collect();
     member.generation = assignment.generation;
     if member.member_id.is_empty() || revoked.is_empty() {
@@ -476,10 +595,10 @@ async fn hand_over(
     }
     // Still assigned and revoked alike: one commit, all or nothing.
     let mut scope = previous.clone();
-    scope.extend(assignment.partitions.iter().copied());
-    scope.sort_unstable();
+    scope.extend(assigned.iter().cloned());
+    scope.sort();
     scope.dedup();
-    let outcome = match commit(broker, group, topic, member, &scope).await {
+    let outcome = match commit(broker, group, member, &scope).await {
         Ok(0) => {
             // Nothing new to commit: an empty commit ends the window at once.
             empty_commit(broker, group, member).await
@@ -493,11 +612,11 @@ async fn hand_over(
                 if revoked.len() == 1 { "" } else { "s" },
                 revoked
                     .iter()
-                    .map(u32::to_string)
+                    .map(|(topic, p)| format!("{topic}/{p}"))
                     .collect::<Vec<_>>()
                     .join(", ")
             ));
-            match commit(broker, group, topic, member, &assignment.partitions).await {
+            match commit(broker, group, member, assigned).await {
                 Ok(0) => empty_commit(broker, group, member).await,
                 other => other,
             }
@@ -511,10 +630,10 @@ async fn hand_over(
     }
     // Another member owns them now: should one come back, start from the group's
     // committed offset, not from what this member printed long ago.
-    for partition in &revoked {
-        member.printed.remove(partition);
-        member.position.remove(partition);
-        member.committed.remove(partition);
+    for tp in &revoked {
+        member.printed.remove(tp);
+        member.position.remove(tp);
+        member.committed.remove(tp);
     }
     member.assigned = previous;
 }
@@ -543,37 +662,45 @@ async fn empty_commit(broker: &Broker, group: &str, member: &Member) -> Result<u
 async fn on_assignment(
     broker: &Broker,
     group: &str,
-    topic: &str,
+    source: Source<'_>,
     member: &mut Member,
-    assignment: tidelog_proto::v1::Assignment,
+    assignment: Assignment,
+    assigned: Vec<Tp>,
 ) -> CliResult<()> {
     member.member_id = assignment.member_id;
     member.generation = assignment.generation;
-    member.assigned = assignment.partitions;
-    let description = describe(broker, topic).await?;
-    member.end = description
-        .map(|t| {
-            t.partitions
-                .iter()
-                .map(|p| (p.partition, p.end_offset))
-                .collect()
-        })
-        .unwrap_or_default();
+    member.topics = assignment.topics.into_iter().map(|t| t.topic).collect();
+    member.assigned = assigned;
+    let topics: BTreeSet<String> = member.assigned.iter().map(|(t, _)| t.clone()).collect();
+    member.end.clear();
+    for topic in topics {
+        // A topic deleted a moment ago has no end to reach: the next Assignment
+        // drops it.
+        let Ok(Some(description)) = describe(broker, &topic).await else {
+            continue;
+        };
+        for p in &description.partitions {
+            member
+                .end
+                .insert((topic.clone(), p.partition), p.end_offset);
+        }
+    }
     let context = format!("fetching the committed offsets of group {group:?}");
     let committed = broker
         .groups()
         .fetch_offsets(FetchOffsetsRequest {
             group_id: group.to_string(),
-            topic: Some(topic.to_string()),
+            topic: source.offsets_topic(),
         })
         .await
         .map_err(|s| broker.error(&context, &s))?
         .into_inner()
         .offsets;
     for c in committed {
-        if member.assigned.contains(&c.partition) {
-            member.committed.insert(c.partition, c.offset);
-            let position = member.position.entry(c.partition).or_insert(c.offset);
+        let tp = (c.topic, c.partition);
+        if member.assigned.contains(&tp) {
+            member.committed.insert(tp.clone(), c.offset);
+            let position = member.position.entry(tp).or_insert(c.offset);
             *position = (*position).max(c.offset);
         }
     }
@@ -599,17 +726,16 @@ fn commit_warning(error: &CliError) {
 async fn commit(
     broker: &Broker,
     group: &str,
-    topic: &str,
     member: &mut Member,
-    partitions: &[u32],
+    partitions: &[Tp],
 ) -> Result<usize, Refused> {
     let offsets: Vec<TopicPartitionOffset> = member
         .printed
         .iter()
-        .filter(|(p, offset)| partitions.contains(p) && member.committed.get(p) != Some(offset))
-        .map(|(&partition, &offset)| TopicPartitionOffset {
-            topic: topic.to_string(),
-            partition,
+        .filter(|(tp, offset)| partitions.contains(tp) && member.committed.get(*tp) != Some(offset))
+        .map(|((topic, partition), &offset)| TopicPartitionOffset {
+            topic: topic.clone(),
+            partition: *partition,
             offset,
             metadata: String::new(),
         })
@@ -627,7 +753,7 @@ async fn commit(
         Ok(_) => {
             let count = offsets.len();
             for o in offsets {
-                member.committed.insert(o.partition, o.offset);
+                member.committed.insert((o.topic, o.partition), o.offset);
             }
             Ok(count)
         }
@@ -644,16 +770,17 @@ mod tests {
 
     #[test]
     fn a_member_is_caught_up_when_every_partition_reached_its_end() {
+        let tp = |topic: &str, p: u32| (topic.to_string(), p);
         let mut member = Member {
-            assigned: vec![0, 1],
+            assigned: vec![tp("a", 0), tp("b", 0)],
             ..Member::default()
         };
-        member.end.insert(0, 5);
-        member.end.insert(1, 0);
+        member.end.insert(tp("a", 0), 5);
+        member.end.insert(tp("b", 0), 0);
         assert!(!member.caught_up());
-        member.position.insert(0, 5);
-        assert!(!member.caught_up(), "partition 1's position is unknown");
-        member.position.insert(1, 0);
+        member.position.insert(tp("a", 0), 5);
+        assert!(!member.caught_up(), "b/0's position is unknown");
+        member.position.insert(tp("b", 0), 0);
         assert!(member.caught_up());
         member.assigned.clear();
         assert!(member.caught_up());

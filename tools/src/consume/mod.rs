@@ -13,7 +13,9 @@
 //!   reached its end offset, or after a quiet spell.
 //!
 //! - `--topic-pattern`: one `Subscribe` stream by pattern over every matching topic,
-//!   including those created later; always follows.
+//!   including those created later; always follows, and after the broker went away
+//!   subscribes again from where every (topic, partition) stood. With `--group` the
+//!   member joins the group on the pattern (see [`group`]).
 //!
 //! The module's parts, each importing only those before it: [`printer`] (formats),
 //! [`damage`] (DATA_LOSS), [`start`] (where reading starts), [`stream`] (a Subscribe
@@ -49,10 +51,11 @@ pub async fn run(broker: &Broker, args: ConsumeArgs, json: bool) -> CliResult<()
             "no topic given",
             "name a TOPIC, or read several with --topic-pattern REGEX",
         )),
+        (Some(_), true) if args.group.is_some() => Ok(()),
         (Some(p), true) => pattern::consume_pattern(broker, &args, p, &mut printer).await,
         (None, false) => Ok(()),
     };
-    if result.is_err() || args.topic_pattern.is_some() {
+    if result.is_err() || (args.topic_pattern.is_some() && args.group.is_none()) {
         let flushed = printer.out.flush();
         return result.and(flushed);
     }
