@@ -4,7 +4,7 @@
 use serde_json::{Map, Value, json};
 use tidelog_proto::v1::DescribeBrokerRequest;
 
-use crate::cli::BrokerCommand;
+use crate::args::BrokerCommand;
 use crate::client::Broker;
 use crate::error::CliResult;
 use crate::output::{Stdout, render_pairs};

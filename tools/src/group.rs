@@ -9,7 +9,7 @@ use tidelog_proto::v1::{
     reset_offsets_request as reset,
 };
 
-use crate::cli::{GroupCommand, ResetMode, ResetOffsetsArgs};
+use crate::args::{GroupCommand, ResetMode, ResetOffsetsArgs};
 use crate::client::Broker;
 use crate::error::{CliError, CliResult};
 use crate::output::{Stdout, Table, note};

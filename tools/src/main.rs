@@ -15,6 +15,7 @@
 #![deny(unsafe_code)]
 
 mod access;
+mod args;
 mod bench;
 mod broker;
 mod cli;
@@ -39,7 +40,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use tidelog_storage::limits::TOPIC_PARTITIONS_MAX;
 
-use crate::cli::{Cli, Command, GroupCommand, TopicCommand};
+use crate::args::{GroupCommand, TopicCommand};
+use crate::cli::{Cli, Command};
 use crate::client::Broker;
 use crate::error::{CliError, CliResult, Exit, error_json};
 use crate::output::note;

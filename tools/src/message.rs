@@ -12,7 +12,7 @@ use tidelog_proto::v1::{
 };
 use tidelog_storage::msgid;
 
-use crate::cli::{
+use crate::args::{
     MessageCommand, MessageGetArgs, MessageHistoryArgs, MessageRefArgs, MessageStatusArgs,
 };
 use crate::client::Broker;

@@ -22,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use tidelog_storage::msgid;
 
-use crate::cli::{AckArg, InputFormat, ProduceArgs};
+use crate::args::{AckArg, InputFormat, ProduceArgs};
 use crate::client::Broker;
 use crate::error::{CliError, CliResult, code_name};
 use crate::output::{Stdout, base64_decode, note};

@@ -11,7 +11,7 @@ use tidelog_proto::v1::{
 };
 use tidelog_storage::duration::format_duration_ms;
 
-use crate::cli::{CompressionArg, Fsync, Limit, TopicCommand, TopicConfigArgs};
+use crate::args::{CompressionArg, Fsync, Limit, TopicCommand, TopicConfigArgs};
 use crate::client::Broker;
 use crate::error::{CliError, CliResult};
 use crate::output::{Stdout, Table, note, render_pairs};

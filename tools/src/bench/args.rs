@@ -3,7 +3,7 @@
 use clap::{Args, Subcommand};
 
 use super::payload::{FillerKind, HEADER_BYTES};
-use crate::cli::{AckArg, CompressionArg, Fsync, duration as parse_duration_ms, fsync};
+use crate::args::{AckArg, CompressionArg, Fsync, duration as parse_duration_ms, fsync};
 use crate::error::{CliError, CliResult};
 use crate::units::parse_size;
 

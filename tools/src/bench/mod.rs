@@ -52,7 +52,7 @@ use tonic::transport::Endpoint;
 use crate::client::Conn;
 use validate::{Errors, Expectation, merge};
 
-use crate::cli::{AckArg, TopicConfigArgs};
+use crate::args::{AckArg, TopicConfigArgs};
 use crate::client::{Broker, normalize_server};
 use crate::error::{CliError, CliResult, root_cause};
 use crate::topic::{create_config, describe};
@@ -339,8 +339,8 @@ async fn produce(
             clock,
             tag: args.filter.is_some(),
             batch_wire: args.batch_wire.then_some(match args.compression {
-                crate::cli::CompressionArg::None => tidelog_storage::Compression::None,
-                crate::cli::CompressionArg::Zstd => tidelog_storage::Compression::Zstd,
+                crate::args::CompressionArg::None => tidelog_storage::Compression::None,
+                crate::args::CompressionArg::Zstd => tidelog_storage::Compression::Zstd,
             }),
         };
         tasks.push(tokio::spawn(producer::run(plan, channel, progress.clone())));

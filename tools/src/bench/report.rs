@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use super::Outcome;
 use super::args::Kind;
 use super::stats::{ActorResult, MB, Totals, actor_json, format_latency_us, round2};
-use crate::cli::{AckArg, CompressionArg};
+use crate::args::{AckArg, CompressionArg};
 use crate::error::CliResult;
 use crate::output::{Stdout, Table};
 use crate::topic::fsync_name;

@@ -6,7 +6,7 @@ use tidelog_proto::v1::FetchRequest;
 use super::damage::{Damage, damage_error};
 use super::printer::Printer;
 use super::start::{offsets_for_time, out_of_range_start, topic_and_partitions};
-use crate::cli::{ConsumeArgs, StartAt};
+use crate::args::{ConsumeArgs, StartAt};
 use crate::client::Broker;
 use crate::error::CliResult;
 

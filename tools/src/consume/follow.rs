@@ -15,7 +15,7 @@ use super::stream::{
     Reconnect, StopSignal, next_status_event, reconnectable, sleep_until_opt, stream_error,
     until_deadline,
 };
-use crate::cli::{ConsumeArgs, StartAt};
+use crate::args::{ConsumeArgs, StartAt};
 use crate::client::Broker;
 use crate::error::CliResult;
 

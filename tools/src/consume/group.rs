@@ -20,7 +20,7 @@ use super::damage::{DAMAGE_TODO, past_damaged_batch, probe_damage};
 use super::printer::Printer;
 use super::start::{offsets_for_time, reset_note, reset_policy};
 use super::stream::{Reconnect, StopSignal, next_status_event, reconnectable, stream_error};
-use crate::cli::{ConsumeArgs, StartAt};
+use crate::args::{ConsumeArgs, StartAt};
 use crate::client::Broker;
 use crate::error::{CliError, CliResult};
 use crate::output::note;

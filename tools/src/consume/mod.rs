@@ -33,7 +33,7 @@ pub use printer::{LineFormat, message_json};
 mod start;
 mod stream;
 
-use crate::cli::ConsumeArgs;
+use crate::args::ConsumeArgs;
 use crate::client::Broker;
 use crate::error::CliResult;
 

@@ -16,7 +16,7 @@ use tidelog_proto::v1::{
 use super::printer::Printer;
 use super::start::{reset_note, reset_policy};
 use super::stream::{Reconnect, StopSignal, next_status_event, reconnectable, stream_error};
-use crate::cli::{ConsumeArgs, StartAt};
+use crate::args::{ConsumeArgs, StartAt};
 use crate::client::Broker;
 use crate::error::{CliError, CliResult};
 use crate::output::note;

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use tidelog_proto::v1::ConsumedMessage;
 use tidelog_storage::msgid;
 
-use crate::cli::{ConsumeArgs, Format, Until};
+use crate::args::{ConsumeArgs, Format, Until};
 use crate::error::CliResult;
 use crate::output::{Stdout, bytes_json};
 use crate::time::format_datetime_ms;

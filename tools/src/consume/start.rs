@@ -8,7 +8,7 @@ use tidelog_proto::v1::{
     ResetOffsetsRequest, ResetPolicy, ResetReason, TopicDescription, reset_offsets_request,
 };
 
-use crate::cli::{ConsumeArgs, ResetPolicyArg};
+use crate::args::{ConsumeArgs, ResetPolicyArg};
 use crate::client::Broker;
 use crate::error::{CliError, CliResult};
 use crate::output::note;

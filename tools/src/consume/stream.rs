@@ -8,7 +8,7 @@ use tidelog_proto::v1::subscribe_response;
 use tonic::Streaming;
 
 use super::start::OUT_OF_RANGE_TODO;
-use crate::cli::Until;
+use crate::args::Until;
 use crate::client::Broker;
 use crate::error::CliError;
 use crate::output::note;

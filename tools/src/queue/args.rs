@@ -9,7 +9,7 @@ use tidelog_storage::queue::state::{
     MAX_UNACKED_PER_MEMBER_MAX, QUEUE_DELAY_MS_MAX,
 };
 
-use crate::cli::{Format, duration, header};
+use crate::args::{Format, duration, header};
 use crate::error::{CliError, CliResult};
 use crate::time::parse_datetime_ms;
 

@@ -16,7 +16,7 @@ use tidelog_proto::v1::QueueDelivery;
 use super::args::QueueConsumeArgs;
 use super::session::{Session, SessionError, SessionEvent, ack_ranges, nack, position};
 use super::{StopSignal, queue_error};
-use crate::cli::Format;
+use crate::args::Format;
 use crate::client::Broker;
 use crate::consume::{LineFormat, message_json};
 use crate::error::{CliError, CliResult};

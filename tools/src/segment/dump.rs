@@ -13,7 +13,7 @@ use tidelog_storage::offsets::{OffsetOp, decode_record};
 use tidelog_storage::segment::{LOG_SUFFIX, parse_segment_name};
 
 use super::check::{LOG_FILE_BYTES_MAX, read_file};
-use crate::cli::DumpArgs;
+use crate::args::DumpArgs;
 use crate::error::{CliError, CliResult};
 use crate::output::{Stdout, bytes_json, preview};
 use crate::terms::range;

@@ -18,7 +18,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::cli::SegmentCommand;
+use crate::args::SegmentCommand;
 use crate::error::{CliError, CliResult};
 use crate::output::{Stdout, note};
 use crate::units::format_bytes;

@@ -28,7 +28,7 @@ use super::check::{
 };
 use super::layout;
 use super::progress::{byte_progress, total_log_bytes};
-use crate::cli::RepairArgs;
+use crate::args::RepairArgs;
 use crate::error::{CliError, CliResult};
 use crate::output::{Stdout, note};
 

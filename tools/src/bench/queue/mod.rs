@@ -38,7 +38,7 @@ use super::args::{BenchArgs, count};
 use super::payload::HEADER_BYTES;
 use super::validate::Errors;
 use super::{Clock, connect, open_topic, produce, run_id, written_ends};
-use crate::cli::fsync;
+use crate::args::fsync;
 use crate::client::{Broker, normalize_server};
 use crate::error::{CliError, CliResult};
 use crate::output::Stdout;
@@ -86,7 +86,7 @@ fn history_retention(text: &str) -> Result<u64, String> {
 }
 
 fn nonzero_duration(text: &str) -> Result<u64, String> {
-    match crate::cli::duration(text)? {
+    match crate::args::duration(text)? {
         0 => Err("give a duration above 0 (e.g. 10s)".into()),
         ms => Ok(ms),
     }
@@ -638,7 +638,7 @@ mod tests {
         assert_eq!(publish.message_size, 64);
         assert_eq!(publish.partitions, 4);
         assert!(publish.stream);
-        assert_eq!(publish.fsync, Some(crate::cli::Fsync::Never));
+        assert_eq!(publish.fsync, Some(crate::args::Fsync::Never));
     }
 
     #[test]

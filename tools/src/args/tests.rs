@@ -1,7 +1,8 @@
 //! The command tree parses what the README and help show, and refuses the rest.
 
 use super::*;
-use clap::CommandFactory;
+use crate::cli::{Cli, Command};
+use clap::{CommandFactory, Parser};
 
 #[test]
 fn the_command_tree_is_consistent() {

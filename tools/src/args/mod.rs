@@ -1,153 +1,22 @@
-//! The command tree (clap derive). Values are parsed here, with the pure parsers of
-//! `units`, `time` and `spec`, so a bad value is a usage error (exit 2) naming the
-//! flag before anything touches the network or the disk.
+//! The clap types of every command's arguments, and their value parsers: shared by
+//! the command tree (`cli`) and the commands that run them, so neither imports the
+//! other. Values are parsed here, with the pure parsers of `units`, `time` and `spec`,
+//! so a bad value is a usage error (exit 2) naming the flag before anything touches
+//! the network or the disk.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-
-use crate::client::DEFAULT_SERVER;
-use tidelog_storage::duration::parse_duration_ms;
+use clap::{Args, Subcommand, ValueEnum};
 
 use crate::time::parse_datetime_ms;
 use crate::units::parse_size;
+use tidelog_storage::duration::parse_duration_ms;
 
 mod group;
 mod segment;
 
 pub use group::*;
 pub use segment::*;
-
-const MAIN_EXAMPLES: &str = "\
-Examples:
-  tidelog topic create orders --partitions 3 --retention 7d
-  printf 'a\\nb\\n' | tidelog produce orders
-  tidelog consume orders --group billing -n 10
-  tidelog group reset-offsets --group billing --topic orders --to-datetime 2026-11-23T00:00:00Z --execute
-  tidelog segment verify /var/lib/tidelog
-  tidelog completions bash > ~/.local/share/bash-completion/completions/tidelog
-
-The broker address comes from --server or TIDELOG_SERVER (default http://127.0.0.1:7420).
-Exit codes: 0 ok, 1 error from the broker or the data, 2 bad arguments. With --json an
-error is one JSON object on stderr: {\"error\": {\"message\", \"exit_code\", \"grpc_code\"}}.";
-
-/// tidelog: operate a tidelogd broker and inspect its data files.
-#[derive(Debug, Parser)]
-#[command(
-    name = "tidelog",
-    version,
-    about = "tidelog: operate a tidelogd broker and inspect its data files",
-    after_help = MAIN_EXAMPLES,
-    subcommand_required = true,
-    arg_required_else_help = true
-)]
-pub struct Cli {
-    /// Address of tidelogd.
-    #[arg(
-        long,
-        global = true,
-        env = "TIDELOG_SERVER",
-        default_value = DEFAULT_SERVER,
-        value_name = "URL"
-    )]
-    pub server: String,
-
-    /// Bearer token for a broker started with --auth (tidelog_<id>_<secret>), sent as
-    /// the authorization metadata of every call.
-    #[arg(
-        long,
-        global = true,
-        env = "TIDELOG_TOKEN",
-        hide_env_values = true,
-        value_name = "TOKEN"
-    )]
-    pub token: Option<String>,
-
-    /// Print JSON for scripts instead of tables; an error is then one JSON object on
-    /// stderr: {"error": {"message": "...", "exit_code": 1, "grpc_code": "NOT_FOUND"}}.
-    #[arg(long, global = true)]
-    pub json: bool,
-
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Create, list, describe, alter and delete topics.
-    #[command(
-        subcommand,
-        after_help = "Examples:\n  tidelog topic list\n  tidelog topic create orders --partitions 3 --retention 7d"
-    )]
-    Topic(TopicCommand),
-
-    /// Publish lines from stdin or a file as messages.
-    Produce(ProduceArgs),
-
-    /// Print messages of a topic, optionally as a member of a consumer group.
-    Consume(ConsumeArgs),
-
-    /// List, describe and delete consumer groups; reset their offsets.
-    #[command(
-        subcommand,
-        after_help = "Examples:\n  tidelog group list\n  tidelog group describe billing\n  tidelog group reset-offsets --group billing --topic orders --to-earliest"
-    )]
-    Group(GroupCommand),
-
-    /// Show the broker: version, addresses, data directory, effective settings.
-    #[command(
-        subcommand,
-        after_help = "Examples:\n  tidelog broker describe\n  tidelog broker describe --json"
-    )]
-    Broker(BrokerCommand),
-
-    /// Work queues: create and inspect them, consume with acks, run a command per message.
-    #[command(
-        subcommand,
-        after_help = "Examples:\n  tidelog queue create billing --topic orders --from earliest\n  tidelog queue describe billing\n  tidelog queue work billing --concurrency 4 -- ./charge.sh"
-    )]
-    Queue(crate::queue::QueueCommand),
-    /// Look a message up by its message id; its delivery status and history.
-    #[command(
-        subcommand,
-        after_help = "Examples:\n  tidelog message get orders order-17\n  tidelog message get orders 01JD3N6Z9M2Q8W4X7Y5V0T1R3S --value --json\n  tidelog message status orders order-17 --queue billing\n  tidelog message history orders order-17 --queue billing"
-    )]
-    Message(MessageCommand),
-
-    /// Tokens for a broker started with --auth: create (printed once), list, revoke.
-    #[command(
-        subcommand,
-        after_help = "Examples:\n  tidelog auth token create --principal svc-orders --ttl 30d\n  tidelog auth token list\n  tidelog auth token revoke 0123456789abcdef\n  tidelog auth whoami"
-    )]
-    Auth(crate::access::AuthCommand),
-
-    /// Authorization rules (ACLs): principal x resource x operation, allow or deny.
-    #[command(
-        subcommand,
-        after_help = "Examples:\n  tidelog acl add --principal svc-orders --resource 'topic:orders.*' --operation publish\n  tidelog acl add --principal '*' --resource topic:secret --operation '*' --deny\n  tidelog acl list"
-    )]
-    Acl(crate::access::AclCommand),
-
-    /// Offline tools for a data directory (stop tidelogd first): dump, verify, repair.
-    #[command(
-        subcommand,
-        after_help = "Examples:\n  tidelog segment verify /var/lib/tidelog\n  tidelog segment dump /var/lib/tidelog/topics/orders/0/00000000000000000000.log --records"
-    )]
-    Segment(SegmentCommand),
-
-    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-    #[command(
-        after_help = "Examples:\n  tidelog completions bash > ~/.local/share/bash-completion/completions/tidelog\n  tidelog completions zsh > \"${fpath[1]}/_tidelog\"\n  tidelog completions fish > ~/.config/fish/completions/tidelog.fish"
-    )]
-    Completions(CompletionsArgs),
-
-    /// Benchmark a broker: produce, consume or end to end, with validation.
-    #[command(
-        subcommand,
-        after_help = "Examples:\n  tidelog bench produce --producers 2 --stream\n  tidelog bench consume --messages 5M\n  tidelog bench e2e --stream --rate 100k --duration 20s\n\nThe whole scenario suite (builds, starts its own tidelogd, writes a table):\n  cargo run --release -p tidelog-benches --bin scenarios -- --quick   # ~1-2 min; --help lists every option"
-    )]
-    Bench(crate::bench::BenchCommand),
-}
 
 // ---------------------------------------------------------------------------------
 // topic
