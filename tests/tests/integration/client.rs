@@ -1,0 +1,708 @@
+//! tidelog-client through the real broker: the producer's batches (keys, headers, TTL,
+//! empty and 1 MiB values, zstd) read back by a batch-form subscription; a producer, a
+//! subscription and a group member across a broker restart; producer retries across a
+//! kill -9 with no duplicate (ids); back-pressure while the broker is down; a group
+//! rebalance mid-stream between two members; a queue worker's ack, nack and term.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tidelog_client::proto::start_position::{Earliest, Position};
+use tidelog_client::proto::{CreateQueueRequest, QueueConfig, StartPosition, TopicConfig};
+use tidelog_client::{
+    Ack, Client, Commit, Compression, Delivered, GroupMember, GroupOptions, IdMode, Message,
+    Producer, ProducerConfig, QueueWorker, Record, StartAt, SubscribeOptions, Subscription,
+};
+use tidelog_tests::TestBroker;
+use tokio::time::timeout;
+
+/// Bound on any one wait in these tests.
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn client(broker: &TestBroker) -> Client {
+    Client::connect(&broker.endpoint()).await.expect("connect")
+}
+
+fn topic_config(max_message_bytes: u64) -> TopicConfig {
+    TopicConfig {
+        max_message_bytes,
+        ..TopicConfig::default()
+    }
+}
+
+async fn subscribe_earliest(client: &Client, topic: &str) -> Subscription {
+    let options = SubscribeOptions {
+        start: StartAt::Earliest,
+        ..SubscribeOptions::default()
+    };
+    Subscription::open(client, topic, options)
+        .await
+        .expect("subscribe")
+}
+
+/// Reads `count` messages (failing after [`WAIT`] without one).
+async fn read(subscription: &mut Subscription, count: usize) -> Vec<Message> {
+    let mut out = Vec::with_capacity(count);
+    while out.len() < count {
+        let message = timeout(WAIT, subscription.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} messages arrived", out.len()))
+            .expect("next");
+        out.push(message);
+    }
+    out
+}
+
+/// Nothing more arrives within `quiet`.
+async fn assert_quiet(subscription: &mut Subscription, quiet: Duration) {
+    if let Ok(message) = timeout(quiet, subscription.next()).await {
+        panic!("an extra message arrived: {message:?}");
+    }
+}
+
+/// The record of round-trip test number `n`, and what a reader should see of it.
+fn varied(topic: &str, n: usize) -> Record {
+    let value = match n % 9 {
+        0 => Bytes::new(),
+        4 => Bytes::from(vec![b'M'; 1 << 20]),
+        _ => Bytes::from(format!("value {n} {}", "v".repeat(n % 200))),
+    };
+    let mut record = Record::new(topic, value).header("n", n.to_string());
+    if n % 3 != 0 {
+        record = record.key(format!("key-{}", n % 17));
+    }
+    if n % 4 == 1 {
+        record = record.header("second", Bytes::from(vec![n as u8; n % 5]));
+    }
+    if n % 5 == 2 {
+        record = record.ttl_ms(3_600_000);
+    }
+    if n % 11 == 3 {
+        record = record.ack(Ack::Written);
+    }
+    record
+}
+
+#[tokio::test]
+async fn round_trips_with_batching_compression_keys_headers_ttl_and_sizes() {
+    let broker = TestBroker::start();
+    let client = client(&broker).await;
+    for (topic, compression) in [
+        ("rt-plain", Compression::None),
+        ("rt-zstd", Compression::Zstd),
+    ] {
+        client
+            .create_topic(topic, 3, topic_config(2 << 20))
+            .await
+            .expect("create");
+        let config = ProducerConfig {
+            batch_bytes: 48 * 1024,
+            batch_records: 25,
+            linger: Duration::from_millis(3),
+            compression,
+            in_flight: 3,
+            ..ProducerConfig::default()
+        };
+        let producer = Producer::new(&client, config);
+        const COUNT: usize = 240;
+        let mut acks = Vec::new();
+        for n in 0..COUNT {
+            acks.push(producer.send(varied(topic, n)).await.expect("send"));
+        }
+        // Records that expire soon: acked, then never delivered.
+        let mut short = Vec::new();
+        for n in 0..5 {
+            let record = Record::new(topic, format!("short {n}")).ttl_ms(1500);
+            short.push(producer.send(record).await.expect("send"));
+        }
+        let mut delivered: Vec<Delivered> = Vec::new();
+        for ack in acks {
+            delivered.push(
+                timeout(WAIT, ack)
+                    .await
+                    .expect("ack in time")
+                    .expect("acked"),
+            );
+        }
+        for ack in short {
+            timeout(WAIT, ack)
+                .await
+                .expect("ack in time")
+                .expect("acked");
+        }
+        producer.close().await.expect("close");
+        // Every ack is a distinct position; keyed records sit at Kafka's partition.
+        let positions: BTreeSet<(u32, u64)> =
+            delivered.iter().map(|d| (d.partition, d.offset)).collect();
+        assert_eq!(positions.len(), COUNT, "two records acked at one position");
+        for (n, d) in delivered.iter().enumerate() {
+            assert!(!d.duplicate);
+            assert!(
+                d.id.is_some(),
+                "ids are attached on a topic with a dedup window"
+            );
+            if n % 3 != 0 {
+                let key = format!("key-{}", n % 17);
+                assert_eq!(
+                    d.partition,
+                    tidelog_storage::partitioner::partition_for_key(key.as_bytes(), 3),
+                    "record {n}"
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        let mut subscription = subscribe_earliest(&client, topic).await;
+        let messages = read(&mut subscription, COUNT).await;
+        assert_quiet(&mut subscription, Duration::from_millis(500)).await;
+        let by_position: BTreeMap<(u32, u64), &Message> = messages
+            .iter()
+            .map(|m| ((m.partition, m.offset), m))
+            .collect();
+        for (n, d) in delivered.iter().enumerate() {
+            let expected = varied(topic, n);
+            let message = by_position
+                .get(&(d.partition, d.offset))
+                .unwrap_or_else(|| panic!("record {n} at {d:?} was not delivered"));
+            assert_eq!(message.topic, topic);
+            assert_eq!(
+                message.header("n").map(|v| v.as_ref()),
+                Some(n.to_string().as_bytes())
+            );
+            assert_eq!(
+                message.value.len() as u64
+                    + 16
+                    + message.key.as_ref().map_or(0, |k| k.len() as u64)
+                    + message
+                        .headers
+                        .iter()
+                        .map(|h| (h.key.len() + h.value.len()) as u64)
+                        .sum::<u64>(),
+                expected.size_bytes() + 16,
+                "record {n}"
+            );
+            assert_eq!(message.id, d.id, "record {n}");
+            assert_eq!(message.key.is_some(), n % 3 != 0, "record {n}");
+            assert_eq!(
+                message.headers.len(),
+                if n % 4 == 1 { 2 } else { 1 },
+                "record {n}"
+            );
+            assert_eq!(message.expires_at_ms.is_some(), n % 5 == 2, "record {n}");
+            match n % 9 {
+                0 => assert!(message.value.is_empty()),
+                4 => assert_eq!(message.value.len(), 1 << 20),
+                _ => assert!(message.value.starts_with(format!("value {n} ").as_bytes())),
+            }
+        }
+        // Per partition, offsets arrive in order.
+        let mut last: BTreeMap<u32, u64> = BTreeMap::new();
+        for message in &messages {
+            if let Some(previous) = last.insert(message.partition, message.offset) {
+                assert!(
+                    message.offset > previous,
+                    "out of order in partition {}",
+                    message.partition
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_record_over_the_topic_limit_fails_alone() {
+    let broker = TestBroker::start();
+    let client = client(&broker).await;
+    client
+        .create_topic("limits", 1, topic_config(1024))
+        .await
+        .expect("create");
+    let producer = Producer::new(&client, ProducerConfig::default());
+    let big = producer
+        .send(Record::new("limits", vec![0u8; 2000]))
+        .await
+        .expect("send");
+    let small = producer
+        .send(Record::new("limits", "ok"))
+        .await
+        .expect("send");
+    let error = timeout(WAIT, big)
+        .await
+        .expect("in time")
+        .expect_err("too large");
+    assert!(
+        matches!(error, tidelog_client::Error::InvalidRecord { .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("max_message_bytes"), "{error}");
+    timeout(WAIT, small)
+        .await
+        .expect("in time")
+        .expect("the small record is stored");
+    let unknown = producer
+        .send(Record::new("no-such-topic", "x"))
+        .await
+        .expect("send");
+    let error = timeout(WAIT, unknown)
+        .await
+        .expect("in time")
+        .expect_err("no topic");
+    assert_eq!(
+        error,
+        tidelog_client::Error::TopicNotFound {
+            topic: "no-such-topic".into()
+        }
+    );
+}
+
+/// Sends `values` and returns the ack futures.
+async fn send_all(
+    producer: &Producer,
+    topic: &str,
+    values: std::ops::Range<usize>,
+) -> Vec<tidelog_client::DeliveryFuture> {
+    let mut acks = Vec::new();
+    for n in values {
+        acks.push(
+            producer
+                .send(Record::new(topic, format!("m-{n}")))
+                .await
+                .expect("send"),
+        );
+    }
+    acks
+}
+
+#[tokio::test]
+async fn producer_subscription_and_group_member_continue_across_a_broker_restart() {
+    let mut broker = TestBroker::start();
+    let client = client(&broker).await;
+    client
+        .create_topic("restart", 2, TopicConfig::default())
+        .await
+        .expect("create");
+    let producer = Producer::new(&client, ProducerConfig::default());
+    let mut subscription = subscribe_earliest(&client, "restart").await;
+    let mut member = GroupMember::join(&client, "restart", GroupOptions::new("g"))
+        .await
+        .expect("join");
+    assert_eq!(member.assignment().2, [0, 1]);
+    for ack in send_all(&producer, "restart", 0..300).await {
+        timeout(WAIT, ack).await.expect("in time").expect("acked");
+    }
+    let first = read(&mut subscription, 300).await;
+    let mut group_seen = Vec::new();
+    for _ in 0..150 {
+        group_seen.push(
+            timeout(WAIT, member.next())
+                .await
+                .expect("in time")
+                .expect("next"),
+        );
+    }
+    member.commit().await.expect("commit");
+
+    broker.restart_on_the_same_ports();
+
+    // The producer reconnects by itself; records sent meanwhile wait in its buffer.
+    for ack in send_all(&producer, "restart", 300..600).await {
+        timeout(WAIT, ack)
+            .await
+            .expect("in time")
+            .expect("acked after the restart");
+    }
+    let second = read(&mut subscription, 300).await;
+    assert_quiet(&mut subscription, Duration::from_millis(500)).await;
+    let values: Vec<String> = first
+        .iter()
+        .chain(&second)
+        .map(|m| String::from_utf8_lossy(&m.value).into_owned())
+        .collect();
+    let distinct: BTreeSet<&String> = values.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        600,
+        "the subscription skipped or repeated a message"
+    );
+    // The member rejoins and continues from its commit: nothing is lost.
+    let mut group_values: BTreeSet<String> = group_seen
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.value).into_owned())
+        .collect();
+    while group_values.len() < 600 {
+        let message = timeout(WAIT, member.next())
+            .await
+            .unwrap_or_else(|_| panic!("the member stalled at {} of 600", group_values.len()))
+            .expect("next");
+        group_values.insert(String::from_utf8_lossy(&message.value).into_owned());
+    }
+    producer.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn retries_after_kill9_store_no_duplicate_when_ids_are_used() {
+    let mut broker = TestBroker::start();
+    let client = client(&broker).await;
+    // Default config: fsync always, a 2-minute dedup window.
+    client
+        .create_topic("k9", 2, TopicConfig::default())
+        .await
+        .expect("create");
+    let config = ProducerConfig {
+        batch_records: 50,
+        in_flight: 8,
+        linger: Duration::from_millis(1),
+        ids: IdMode::Auto,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(&client, config);
+    const COUNT: usize = 20_000;
+    let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sending = {
+        let producer = producer.clone();
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            let mut waits = Vec::new();
+            for n in 0..COUNT {
+                let ack = producer
+                    .send(Record::new("k9", format!("m-{n}")))
+                    .await
+                    .expect("send");
+                let acked = acked.clone();
+                waits.push(tokio::spawn(async move {
+                    let delivered = ack.await;
+                    acked.fetch_add(1, Ordering::Relaxed);
+                    delivered
+                }));
+            }
+            waits
+        })
+    };
+    // Kill the broker while batches are in flight: some acked, not all.
+    let started = std::time::Instant::now();
+    while acked.load(Ordering::Relaxed) < 2000 {
+        assert!(started.elapsed() < WAIT, "no progress before the kill");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    broker.kill9();
+    let acked_at_kill = acked.load(Ordering::Relaxed);
+    assert!(
+        acked_at_kill < COUNT,
+        "everything was acked before the kill: the test proves nothing"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    broker.restart_on_the_same_ports();
+    let waits = timeout(WAIT, sending)
+        .await
+        .expect("sends in time")
+        .expect("task");
+    let mut positions = BTreeSet::new();
+    let mut duplicates = 0;
+    for wait in waits {
+        let delivered = timeout(WAIT, wait)
+            .await
+            .expect("ack in time")
+            .expect("task")
+            .expect("acked");
+        duplicates += usize::from(delivered.duplicate);
+        positions.insert((delivered.partition, delivered.offset));
+    }
+    assert_eq!(positions.len(), COUNT, "two records acked at one position");
+    let mut subscription = subscribe_earliest(&client, "k9").await;
+    let messages = read(&mut subscription, COUNT).await;
+    assert_quiet(&mut subscription, Duration::from_secs(1)).await;
+    let distinct: BTreeSet<&Bytes> = messages.iter().map(|m| &m.value).collect();
+    assert_eq!(distinct.len(), COUNT, "a record was stored twice");
+    eprintln!(
+        "kill -9 retry: {acked_at_kill} of {COUNT} acked at the kill; {duplicates} resolved as duplicates of a stored original"
+    );
+    producer.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_resend_of_stored_ids_resolves_to_the_originals() {
+    let broker = TestBroker::start();
+    let client = client(&broker).await;
+    client
+        .create_topic("ids", 3, TopicConfig::default())
+        .await
+        .expect("create");
+    let send = |producer: Producer| async move {
+        let mut acks = Vec::new();
+        for n in 0..120 {
+            let record = Record::new("ids", format!("v-{n}"))
+                .key(format!("k{n}"))
+                .id(format!("id-{n}"));
+            acks.push(producer.send(record).await.expect("send"));
+        }
+        let mut out = Vec::new();
+        for ack in acks {
+            out.push(timeout(WAIT, ack).await.expect("in time").expect("acked"));
+        }
+        producer.close().await.expect("close");
+        out
+    };
+    let first = send(Producer::new(&client, ProducerConfig::default())).await;
+    // A second producer (a restarted service) sends the same records again.
+    let config = ProducerConfig {
+        batch_records: 7,
+        ..ProducerConfig::default()
+    };
+    let second = send(Producer::new(&client, config)).await;
+    for (a, b) in first.iter().zip(&second) {
+        assert!(!a.duplicate);
+        assert!(b.duplicate, "{b:?}");
+        assert_eq!(
+            (a.partition, a.offset, &a.id),
+            (b.partition, b.offset, &b.id)
+        );
+    }
+    let description = client.describe_topic("ids").await.expect("describe");
+    let stored: u64 = description.partitions.iter().map(|p| p.end_offset).sum();
+    assert_eq!(stored, 120);
+}
+
+#[tokio::test]
+async fn send_waits_while_the_buffer_is_full_and_resumes_after_the_broker_returns() {
+    let mut broker = TestBroker::start();
+    let client = client(&broker).await;
+    client
+        .create_topic("bp", 1, TopicConfig::default())
+        .await
+        .expect("create");
+    let config = ProducerConfig {
+        buffer_bytes: 64 * 1024,
+        in_flight: 1,
+        linger: Duration::ZERO,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(&client, config);
+    // The topic is described while the broker is up.
+    producer
+        .send_and_wait(Record::new("bp", "first"))
+        .await
+        .expect("first");
+    broker.kill9();
+    let value = vec![b'x'; 10 * 1024];
+    let mut acks = Vec::new();
+    for _ in 0..5 {
+        acks.push(
+            producer
+                .send(Record::new("bp", value.clone()))
+                .await
+                .expect("send"),
+        );
+    }
+    // 5 x 10 KiB are buffered; the next ones cannot fit in 64 KiB.
+    let blocked = {
+        let producer = producer.clone();
+        let value = value.clone();
+        tokio::spawn(async move {
+            let mut more = Vec::new();
+            for _ in 0..3 {
+                more.push(
+                    producer
+                        .send(Record::new("bp", value.clone()))
+                        .await
+                        .expect("send"),
+                );
+            }
+            more
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!blocked.is_finished(), "send did not wait for buffer space");
+    broker.restart_on_the_same_ports();
+    let more = timeout(WAIT, blocked)
+        .await
+        .expect("sends resume")
+        .expect("task");
+    for ack in acks.into_iter().chain(more) {
+        timeout(WAIT, ack).await.expect("in time").expect("acked");
+    }
+    let description = client.describe_topic("bp").await.expect("describe");
+    assert_eq!(description.partitions[0].end_offset, 9);
+    producer.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_group_rebalance_mid_stream_moves_partitions_without_loss_or_repeat() {
+    let broker = TestBroker::start();
+    let client = client(&broker).await;
+    client
+        .create_topic("rb", 4, TopicConfig::default())
+        .await
+        .expect("create");
+    const COUNT: usize = 4000;
+    let producer = Producer::new(&client, ProducerConfig::default());
+    for ack in send_all(&producer, "rb", 0..COUNT).await {
+        timeout(WAIT, ack).await.expect("in time").expect("acked");
+    }
+    let options = GroupOptions {
+        commit: Commit::Explicit,
+        max_batch_messages: 50,
+        ..GroupOptions::new("rb-group")
+    };
+    let mut first = GroupMember::join(&client, "rb", options.clone())
+        .await
+        .expect("join");
+    assert_eq!(first.assignment().2, [0, 1, 2, 3]);
+    let mut seen: Vec<(usize, Message)> = Vec::new();
+    for _ in 0..500 {
+        seen.push((
+            1,
+            timeout(WAIT, first.next())
+                .await
+                .expect("in time")
+                .expect("next"),
+        ));
+    }
+    first.commit().await.expect("commit");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sink, mut collected) = tokio::sync::mpsc::unbounded_channel();
+    let run = |id: usize, mut member: GroupMember| {
+        let stop = stop.clone();
+        let sink = sink.clone();
+        tokio::spawn(async move {
+            let mut partitions_seen = BTreeSet::new();
+            while !stop.load(Ordering::Relaxed) {
+                match timeout(Duration::from_millis(100), member.next()).await {
+                    Ok(Ok(message)) => {
+                        partitions_seen.insert(member.assignment().2.to_vec());
+                        let _ = sink.send((id, message));
+                        match member.commit().await {
+                            Ok(()) | Err(tidelog_client::Error::Rebalanced { .. }) => {}
+                            Err(error) => panic!("member {id}: commit failed: {error}"),
+                        }
+                    }
+                    Ok(Err(error)) => panic!("member {id}: {error}"),
+                    Err(_) => {}
+                }
+            }
+            partitions_seen
+        })
+    };
+    let first_task = run(1, first);
+    // The second member joins while the first is mid-stream.
+    let second = GroupMember::join(&client, "rb", options)
+        .await
+        .expect("second join");
+    let second_task = run(2, second);
+    while seen.len() < COUNT {
+        match timeout(WAIT, collected.recv()).await {
+            Ok(Some(item)) => seen.push(item),
+            _ => panic!("only {} of {COUNT} messages consumed", seen.len()),
+        }
+    }
+    // Anything more would be a repeat.
+    while let Ok(Some(item)) = timeout(Duration::from_millis(700), collected.recv()).await {
+        seen.push(item);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let first_assignments = first_task.await.expect("first member");
+    let second_assignments = second_task.await.expect("second member");
+    let values: BTreeSet<&Bytes> = seen.iter().map(|(_, m)| &m.value).collect();
+    assert_eq!(values.len(), COUNT, "a message was lost");
+    assert_eq!(
+        seen.len(),
+        COUNT,
+        "a message was delivered twice across the handover"
+    );
+    assert!(
+        second_assignments.iter().any(|p| !p.is_empty()),
+        "the second member never got a partition"
+    );
+    assert!(
+        first_assignments.iter().any(|p| p.len() < 4),
+        "the first member kept every partition: {first_assignments:?}"
+    );
+    assert!(
+        seen.iter().any(|(id, _)| *id == 2),
+        "the second member consumed nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_queue_worker_acks_nacks_with_a_delay_and_terms() {
+    let broker = TestBroker::start();
+    let client = client(&broker).await;
+    client
+        .create_topic("jobs", 1, TopicConfig::default())
+        .await
+        .expect("create");
+    client
+        .queues()
+        .create_queue(CreateQueueRequest {
+            name: "jobs-q".into(),
+            topic: "jobs".into(),
+            start: Some(StartPosition {
+                position: Some(Position::Earliest(Earliest {})),
+            }),
+            config: Some(QueueConfig::default()),
+            ..Default::default()
+        })
+        .await
+        .expect("create queue");
+    let producer = Producer::new(&client, ProducerConfig::default());
+    for value in ["ok", "retry", "poison"] {
+        producer
+            .send_and_wait(Record::new("jobs", value))
+            .await
+            .expect("publish");
+    }
+    let worker = QueueWorker::new(&client, "jobs-q", "w1");
+    let mut deliveries = Vec::new();
+    while deliveries.len() < 3 {
+        deliveries.extend(
+            worker
+                .receive(10, Duration::from_secs(5))
+                .await
+                .expect("receive"),
+        );
+    }
+    for delivery in &deliveries {
+        assert_eq!(delivery.attempt(), 1);
+        match delivery.message().value.as_ref() {
+            b"ok" => delivery.ack().await.expect("ack"),
+            b"retry" => delivery
+                .nack(Some(Duration::from_millis(300)), "try later")
+                .await
+                .expect("nack"),
+            b"poison" => {
+                delivery
+                    .in_progress(Some(Duration::from_secs(10)))
+                    .await
+                    .expect("in progress");
+                delivery.term("cannot parse").await.expect("term");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Settling twice is refused, in the API's terms.
+    let error = deliveries[0].ack().await.expect_err("already settled");
+    assert!(
+        matches!(error, tidelog_client::Error::SettleRefused { .. }),
+        "{error}"
+    );
+    let again = worker
+        .receive(10, Duration::from_secs(5))
+        .await
+        .expect("receive");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].message().value.as_ref(), b"retry");
+    assert_eq!(again[0].attempt(), 2);
+    again[0].ack().await.expect("ack");
+    assert!(
+        worker
+            .receive(10, Duration::from_millis(300))
+            .await
+            .expect("receive")
+            .is_empty()
+    );
+    // The termed message is a dead letter.
+    let mut dead = subscribe_earliest(&client, "jobs.dlq").await;
+    let letters = read(&mut dead, 1).await;
+    assert_eq!(letters[0].value.as_ref(), b"poison");
+}
