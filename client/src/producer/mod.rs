@@ -172,7 +172,7 @@ impl Producer {
         self.shared
             .commands
             .send(sender::Command::Record {
-                record,
+                record: Box::new(record),
                 reply,
                 permit,
             })

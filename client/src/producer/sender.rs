@@ -27,7 +27,7 @@ use crate::record::{Delivered, Record};
 
 pub(crate) enum Command {
     Record {
-        record: Record,
+        record: Box<Record>,
         reply: oneshot::Sender<Result<Delivered>>,
         permit: OwnedSemaphorePermit,
     },
@@ -82,7 +82,7 @@ struct TopicState {
 
 impl TopicState {
     fn new(description: &TopicDescription, ids: IdMode) -> TopicState {
-        let config = description.config.clone().unwrap_or_default();
+        let config = description.config.unwrap_or_default();
         let dedups = config.dedup_window_ms.unwrap_or(0) > 0 || config.assign_ids;
         let partitions = u32::try_from(description.partitions.len())
             .unwrap_or(u32::MAX)
@@ -282,7 +282,7 @@ impl Sender {
                 record,
                 reply,
                 permit,
-            } => self.add(record, reply, permit).await,
+            } => self.add(*record, reply, permit).await,
             Command::Flush { reply } => {
                 self.drain();
                 self.flushes.push(reply);
@@ -387,14 +387,21 @@ impl Sender {
     }
 
     fn encode(&self, batch: Sealed<Pending>) -> Option<Outgoing> {
-        let Some(state) = self.topics.get(&batch.key.topic) else {
-            return None;
-        };
         let (records, waiters): (Vec<NewRecord>, Vec<Waiter>) = batch
             .items
             .into_iter()
             .map(|p| (p.record, p.waiter))
             .unzip();
+        let Some(state) = self.topics.get(&batch.key.topic) else {
+            // Forgotten after a NOT_FOUND: the topic was deleted under the producer.
+            let error = Error::TopicNotFound {
+                topic: batch.key.topic.to_string(),
+            };
+            for waiter in waiters {
+                let _ = waiter.reply.send(Err(error.clone()));
+            }
+            return None;
+        };
         let options = EncodeOptions {
             now_ms: now_ms(),
             default_ttl_ms: state.default_ttl_ms,

@@ -71,7 +71,7 @@ fn varied(topic: &str, n: usize) -> Record {
         _ => Bytes::from(format!("value {n} {}", "v".repeat(n % 200))),
     };
     let mut record = Record::new(topic, value).header("n", n.to_string());
-    if n % 3 != 0 {
+    if !n.is_multiple_of(3) {
         record = record.key(format!("key-{}", n % 17));
     }
     if n % 4 == 1 {
@@ -144,7 +144,7 @@ async fn round_trips_with_batching_compression_keys_headers_ttl_and_sizes() {
                 d.id.is_some(),
                 "ids are attached on a topic with a dedup window"
             );
-            if n % 3 != 0 {
+            if !n.is_multiple_of(3) {
                 let key = format!("key-{}", n % 17);
                 assert_eq!(
                     d.partition,
