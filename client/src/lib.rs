@@ -7,6 +7,7 @@
 //! | [`Subscription`] | reads a topic without a group, decoding stored batches client-side; resumes after a broker restart | `SubscribeBatches` |
 //! | [`GroupMember`] | a consumer-group member with automatic or explicit commits; rejoins after a broker restart | `Subscribe` (group), `CommitOffsets` |
 //! | [`QueueWorker`] | receives queue deliveries and settles them (ack, nack, in progress, term) | `Receive`, `Settle` |
+//! | [`Router`] | topics or patterns -> async handlers, with retry-with-backoff and poison-to-dead-letter middleware | group members + a producer |
 //!
 //! The record batch is the wire unit both ways and there is one implementation of it:
 //! the producer encodes with `tidelog_storage::batch::encode_batch` (the encoder the
@@ -66,6 +67,7 @@ mod error;
 mod producer;
 mod queue;
 mod record;
+mod router;
 
 pub use backoff::Backoff;
 pub use connection::{Client, ClientOptions, Conn};
@@ -76,6 +78,7 @@ pub use error::{Error, Result};
 pub use producer::{Compression, DeliveryFuture, IdMode, Producer, ProducerConfig};
 pub use queue::{Delivery, QueueWorker};
 pub use record::{Ack, Delivered, Message, Record};
+pub use router::{HandlerResult, Retry, Router, RouterConfig};
 pub use tidelog_storage::Header;
 
 /// The generated gRPC types and clients (`tidelog.v1`), for what this crate does not

@@ -706,3 +706,130 @@ async fn a_queue_worker_acks_nacks_with_a_delay_and_terms() {
     let letters = read(&mut dead, 1).await;
     assert_eq!(letters[0].value.as_ref(), b"poison");
 }
+
+#[tokio::test]
+async fn a_router_retries_dead_letters_poison_and_picks_up_new_pattern_topics() {
+    use std::sync::Mutex;
+    use tidelog_client::{Retry, Router, RouterConfig};
+
+    let broker = TestBroker::start();
+    let client = client(&broker).await;
+    client
+        .create_topic("rt.a", 2, TopicConfig::default())
+        .await
+        .expect("create");
+    client
+        .create_topic("plain", 1, TopicConfig::default())
+        .await
+        .expect("create");
+    let handled: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let flaky_runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let handler = {
+        let handled = handled.clone();
+        let flaky_runs = flaky_runs.clone();
+        move |message: Message| {
+            let handled = handled.clone();
+            let flaky_runs = flaky_runs.clone();
+            async move {
+                let value = String::from_utf8_lossy(&message.value).into_owned();
+                if value == "poison" {
+                    return Err("cannot parse poison".into());
+                }
+                if value == "flaky" && flaky_runs.fetch_add(1, Ordering::SeqCst) < 2 {
+                    return Err("flaky failed".into());
+                }
+                handled.lock().unwrap().push((message.topic.clone(), value));
+                Ok(())
+            }
+        }
+    };
+    let config = RouterConfig {
+        retry: Retry {
+            attempts: 3,
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(50),
+        },
+        rescan: Duration::from_millis(200),
+        ..RouterConfig::new("router")
+    };
+    let router = Router::new(&client, config)
+        .route("plain", handler.clone())
+        .route_pattern(r"rt\..*", handler)
+        .expect("pattern");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(router.run(stopped));
+    let producer = Producer::new(&client, ProducerConfig::default());
+    for (topic, value) in [
+        ("rt.a", "a-1"),
+        ("rt.a", "poison"),
+        ("rt.a", "flaky"),
+        ("plain", "p-1"),
+    ] {
+        producer
+            .send_and_wait(Record::new(topic, value))
+            .await
+            .expect("publish");
+    }
+    // A topic created while the router runs is picked up by the pattern.
+    client
+        .create_topic("rt.b", 1, TopicConfig::default())
+        .await
+        .expect("create");
+    producer
+        .send_and_wait(Record::new("rt.b", "b-1"))
+        .await
+        .expect("publish");
+    let expected: BTreeSet<(String, String)> = [
+        ("rt.a", "a-1"),
+        ("rt.a", "flaky"),
+        ("plain", "p-1"),
+        ("rt.b", "b-1"),
+    ]
+    .iter()
+    .map(|(t, v)| (t.to_string(), v.to_string()))
+    .collect();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let got: BTreeSet<(String, String)> = handled.lock().unwrap().iter().cloned().collect();
+        if got == expected {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "handled only {got:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        flaky_runs.load(Ordering::SeqCst),
+        3,
+        "flaky: two failures, then success"
+    );
+    let mut dead = subscribe_earliest(&client, "rt.a.dlq").await;
+    let letter = read(&mut dead, 1).await.remove(0);
+    assert_eq!(letter.value.as_ref(), b"poison");
+    assert_eq!(
+        letter.header("x-dead-letter-reason").map(|v| v.as_ref()),
+        Some(&b"cannot parse poison"[..])
+    );
+    assert_eq!(
+        letter.header("x-dead-letter-topic").map(|v| v.as_ref()),
+        Some(&b"rt.a"[..])
+    );
+    assert_eq!(
+        letter.header("x-dead-letter-attempts").map(|v| v.as_ref()),
+        Some(&b"3"[..])
+    );
+    // Each message handled once, and the dead-letter topic is not routed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        handled.lock().unwrap().len(),
+        4,
+        "{:?}",
+        handled.lock().unwrap()
+    );
+    let _ = stop.send(());
+    timeout(WAIT, running)
+        .await
+        .expect("router stops")
+        .expect("task")
+        .expect("router");
+    producer.close().await.expect("close");
+}
