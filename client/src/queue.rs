@@ -1,10 +1,14 @@
 //! A queue worker: `Queues.Receive` leases deliveries to this worker, `Queues.Settle`
 //! answers each one (ack, nack with a delay and a reason, in progress, term).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tidelog_proto::v1::settlement::{self, Action};
-use tidelog_proto::v1::{QueueDelivery, ReceiveRequest, SettleRequest, Settlement};
+use tidelog_proto::v1::{
+    DescribeQueueRequest, QueueDelivery, ReceiveRequest, SettleRequest, Settlement,
+};
+use tokio::sync::OnceCell;
 use tonic::Code;
 
 use crate::backoff::Backoff;
@@ -42,6 +46,8 @@ pub struct QueueWorker {
     client: Client,
     queue: String,
     member: String,
+    /// The queue's topic (`DescribeQueue`, once), for [`Message::topic`].
+    topic: Arc<OnceCell<Arc<str>>>,
 }
 
 impl QueueWorker {
@@ -51,6 +57,7 @@ impl QueueWorker {
             client: client.clone(),
             queue: queue.to_string(),
             member: member.to_string(),
+            topic: Arc::new(OnceCell::new()),
         }
     }
 
@@ -58,6 +65,24 @@ impl QueueWorker {
     /// the first. Empty when none came. While the broker is unreachable it retries with
     /// backoff until `wait` has passed.
     pub async fn receive(&self, max: u32, wait: Duration) -> Result<Vec<Delivery>> {
+        let topic = self
+            .topic
+            .get_or_try_init(|| async {
+                let queue = self
+                    .client
+                    .queues()
+                    .describe_queue(DescribeQueueRequest {
+                        name: self.queue.clone(),
+                    })
+                    .await
+                    .map_err(|s| Error::from_status("DescribeQueue", None, &s))?
+                    .into_inner()
+                    .queue
+                    .unwrap_or_default();
+                Ok::<_, Error>(Arc::from(queue.topic))
+            })
+            .await?
+            .clone();
         let wait = wait.min(RECEIVE_WAIT_MAX);
         let deadline = tokio::time::Instant::now() + wait;
         let mut backoff = Backoff::default();
@@ -75,7 +100,7 @@ impl QueueWorker {
                         .into_inner()
                         .deliveries
                         .into_iter()
-                        .filter_map(|d| Delivery::new(self, d))
+                        .filter_map(|d| Delivery::new(self, &topic, d))
                         .collect());
                 }
                 Err(status) => {
@@ -141,10 +166,10 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    fn new(worker: &QueueWorker, delivery: QueueDelivery) -> Option<Delivery> {
+    fn new(worker: &QueueWorker, topic: &Arc<str>, delivery: QueueDelivery) -> Option<Delivery> {
         Some(Delivery {
             worker: worker.clone(),
-            message: Message::from_proto("", delivery.message?),
+            message: Message::from_proto(topic, delivery.message?),
             attempt: delivery.attempt,
             deadline_ms: delivery.deadline_ms,
         })

@@ -1,5 +1,7 @@
 //! What a producer sends ([`Record`]) and what a consumer receives ([`Message`]).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use tidelog_storage::{Header, NewRecord};
 
@@ -154,7 +156,8 @@ pub struct Delivered {
 /// A message as a consumer receives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
-    pub topic: String,
+    /// The topic (shared by the messages of one stream: no copy per message).
+    pub topic: Arc<str>,
     pub partition: u32,
     pub offset: u64,
     /// The producer's timestamp, or the append time (ms since the Unix epoch).
@@ -180,12 +183,12 @@ impl Message {
     }
 
     pub(crate) fn from_record(
-        topic: &str,
+        topic: &Arc<str>,
         partition: u32,
         record: tidelog_storage::Record,
     ) -> Message {
         Message {
-            topic: topic.to_string(),
+            topic: topic.clone(),
             partition,
             offset: record.offset,
             timestamp_ms: record.timestamp_ms,
@@ -199,12 +202,15 @@ impl Message {
         }
     }
 
-    pub(crate) fn from_proto(topic: &str, message: tidelog_proto::v1::ConsumedMessage) -> Message {
+    pub(crate) fn from_proto(
+        topic: &Arc<str>,
+        message: tidelog_proto::v1::ConsumedMessage,
+    ) -> Message {
         Message {
             topic: if message.topic.is_empty() {
-                topic.to_string()
+                topic.clone()
             } else {
-                message.topic
+                Arc::from(message.topic)
             },
             partition: message.partition,
             offset: message.offset,

@@ -288,7 +288,7 @@ impl RouteTask {
     async fn dead_letter(&self, message: Message, attempts: u32, reason: &str) -> Result<()> {
         let topic = (self.config.dead_letter)(&message.topic);
         tracing::warn!(
-            topic = message.topic,
+            topic = &*message.topic,
             offset = message.offset,
             dead_letter = topic,
             reason,
@@ -296,7 +296,7 @@ impl RouteTask {
         );
         let mut record = Record::new(&topic, message.value.clone())
             .header("x-dead-letter-reason", reason.to_string())
-            .header("x-dead-letter-topic", message.topic.clone())
+            .header("x-dead-letter-topic", message.topic.to_string())
             .header("x-dead-letter-partition", message.partition.to_string())
             .header("x-dead-letter-offset", message.offset.to_string())
             .header("x-dead-letter-attempts", attempts.to_string());

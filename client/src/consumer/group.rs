@@ -2,6 +2,7 @@
 //! form has no group yet), `CommitOffsets`, and the `Assignment` events of rebalances.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tidelog_proto::v1::{
@@ -91,7 +92,7 @@ impl GroupOptions {
 #[derive(Debug)]
 pub struct GroupMember {
     client: Client,
-    topic: String,
+    topic: Arc<str>,
     options: GroupOptions,
     member_id: String,
     generation: u64,
@@ -103,6 +104,8 @@ pub struct GroupMember {
     consumed: BTreeMap<u32, u64>,
     /// Per partition, the position last committed by this member.
     committed: BTreeMap<u32, u64>,
+    /// A rebalance took partitions away: what to commit in the new generation.
+    handover: Option<BTreeMap<u32, u64>>,
     backoff: Backoff,
 }
 
@@ -111,7 +114,7 @@ impl GroupMember {
     pub async fn join(client: &Client, topic: &str, options: GroupOptions) -> Result<GroupMember> {
         let mut member = GroupMember {
             client: client.clone(),
-            topic: topic.to_string(),
+            topic: Arc::from(topic),
             options,
             member_id: String::new(),
             generation: 0,
@@ -120,6 +123,7 @@ impl GroupMember {
             buffer: VecDeque::new(),
             consumed: BTreeMap::new(),
             committed: BTreeMap::new(),
+            handover: None,
             backoff: Backoff::default(),
         };
         member.connect().await?;
@@ -128,7 +132,7 @@ impl GroupMember {
                 return Err(Error::Closed);
             };
             match stream.message().await {
-                Ok(Some(event)) => member.event(event).await?,
+                Ok(Some(event)) => member.event(event)?,
                 Ok(None) => return Err(Error::Closed),
                 Err(status) => return Err(Error::from_status("Subscribe", Some(topic), &status)),
             }
@@ -142,8 +146,23 @@ impl GroupMember {
     }
 
     /// The next message of an assigned partition, waiting for one.
+    ///
+    /// Cancel-safe: a `next` dropped before it returns loses no message and leaves no
+    /// handover commit undone.
     pub async fn next(&mut self) -> Result<Message> {
         loop {
+            if let Some(handover) = &self.handover {
+                let handover = handover.clone();
+                let result = if handover.is_empty() {
+                    self.end_handover().await
+                } else {
+                    self.commit_offsets(&handover).await
+                };
+                if let Err(error) = result {
+                    tracing::warn!(%error, group = self.options.group, "handover commit failed: the next owner starts at the last commit");
+                }
+                self.handover = None;
+            }
             if let Some((message, position)) = self.buffer.pop_front() {
                 self.consumed.insert(message.partition, position);
                 return Ok(message);
@@ -160,7 +179,7 @@ impl GroupMember {
             match stream.message().await {
                 Ok(Some(event)) => {
                     self.backoff.reset();
-                    self.event(event).await?;
+                    self.event(event)?;
                 }
                 Ok(None) => self.lost(),
                 Err(status) if retryable_status(&status) || status.code() == Code::Aborted => {
@@ -185,7 +204,9 @@ impl GroupMember {
         let offsets: BTreeMap<u32, u64> = self
             .consumed
             .iter()
-            .filter(|(p, offset)| self.committed.get(p) != Some(offset))
+            .filter(|(p, offset)| {
+                self.partitions.contains(p) && self.committed.get(p) != Some(offset)
+            })
             .map(|(&p, &o)| (p, o))
             .collect();
         if offsets.is_empty() {
@@ -202,7 +223,7 @@ impl GroupMember {
             offsets: offsets
                 .iter()
                 .map(|(&partition, &offset)| TopicPartitionOffset {
-                    topic: self.topic.clone(),
+                    topic: self.topic.to_string(),
                     partition,
                     offset,
                     metadata: String::new(),
@@ -229,6 +250,7 @@ impl GroupMember {
     /// offsets, so they are dropped.
     fn lost(&mut self) {
         self.stream = None;
+        self.handover = None;
         self.buffer.clear();
         self.consumed.clear();
         self.committed.clear();
@@ -240,7 +262,7 @@ impl GroupMember {
             Commit::Explicit => 0,
         };
         let request = SubscribeRequest {
-            topic: self.topic.clone(),
+            topic: self.topic.to_string(),
             group: Some(GroupMembership {
                 group_id: self.options.group.clone(),
                 member_id: self.member_id.clone(),
@@ -263,7 +285,7 @@ impl GroupMember {
         }
     }
 
-    async fn event(&mut self, event: SubscribeResponse) -> Result<()> {
+    fn event(&mut self, event: SubscribeResponse) -> Result<()> {
         match event.event {
             Some(subscribe_response::Event::Batch(batch)) => {
                 let positions: BTreeMap<u32, u64> = batch
@@ -320,21 +342,17 @@ impl GroupMember {
                 self.buffer.retain(|(m, _)| owned.contains(&m.partition));
                 if self.options.commit == Commit::Explicit && !revoked.is_empty() {
                     // Hand the revoked partitions over at what was returned, in the new
-                    // generation (which also ends the broker's handover window).
+                    // generation (which also ends the broker's handover window). Done
+                    // by `next` before it returns another message, so a `next`
+                    // cancelled mid-commit (a select!, a timeout) commits on its
+                    // next call instead of leaving the handover undone.
                     let handover: BTreeMap<u32, u64> = self
                         .consumed
                         .iter()
                         .filter(|(p, offset)| self.committed.get(p) != Some(offset))
                         .map(|(&p, &o)| (p, o))
                         .collect();
-                    let result = if handover.is_empty() {
-                        self.end_handover().await
-                    } else {
-                        self.commit_offsets(&handover).await
-                    };
-                    if let Err(error) = result {
-                        tracing::warn!(%error, group = self.options.group, "handover commit failed: the next owner starts at the last commit");
-                    }
+                    self.handover = Some(handover);
                 }
                 let owned = &self.partitions;
                 self.consumed.retain(|p, _| owned.contains(p));

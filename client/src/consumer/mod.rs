@@ -4,6 +4,7 @@
 mod group;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use tidelog_proto::v1::start_position::{Earliest, Latest, Position};
 use tidelog_proto::v1::subscribe_request::PartitionStart;
@@ -96,7 +97,7 @@ pub struct SubscribeOptions {
 #[derive(Debug)]
 pub struct Subscription {
     client: Client,
-    topic: String,
+    topic: Arc<str>,
     options: SubscribeOptions,
     /// Per partition, where the next read starts (after the last batch received).
     positions: BTreeMap<u32, u64>,
@@ -115,7 +116,7 @@ impl Subscription {
     ) -> Result<Subscription> {
         let mut subscription = Subscription {
             client: client.clone(),
-            topic: topic.to_string(),
+            topic: Arc::from(topic),
             options,
             positions: BTreeMap::new(),
             stream: None,
@@ -141,7 +142,8 @@ impl Subscription {
 
     /// The next message, waiting for one to arrive. Reconnects when the broker goes
     /// away; fails only for what a retry cannot fix (the topic was deleted, a bad
-    /// filter, a damaged batch).
+    /// filter, a damaged batch). Cancel-safe: a `next` dropped before it returns loses
+    /// no message.
     pub async fn next(&mut self) -> Result<Message> {
         loop {
             if let Some(message) = self.buffer.pop_front() {
@@ -163,7 +165,7 @@ impl Subscription {
                 }
                 Ok(None) => self.stream = None,
                 Err(status) if retryable_status(&status) => {
-                    tracing::debug!(%status, topic = self.topic, "subscription broke; reconnecting");
+                    tracing::debug!(%status, topic = &*self.topic, "subscription broke; reconnecting");
                     self.stream = None;
                 }
                 Err(status) => {
@@ -185,7 +187,7 @@ impl Subscription {
 
     async fn connect(&mut self) -> Result<()> {
         let mut request = SubscribeRequest {
-            topic: self.topic.clone(),
+            topic: self.topic.to_string(),
             reset_policy: self.options.reset.policy() as i32,
             max_batch_messages: self.options.max_batch_messages,
             max_batch_bytes: self.options.max_batch_bytes,
@@ -236,7 +238,7 @@ impl Subscription {
             }
             Some(subscribe_batches_response::Event::PositionReset(reset)) => {
                 tracing::info!(
-                    topic = self.topic,
+                    topic = &*self.topic,
                     partition = reset.partition,
                     to = reset.to_offset,
                     "position reset"
@@ -257,7 +259,7 @@ impl Subscription {
 
 /// Decodes one stored batch and appends the records to deliver.
 pub(crate) fn decode_into(
-    topic: &str,
+    topic: &Arc<str>,
     partition: u32,
     batch: &StoredRecordBatch,
     now_ms: i64,

@@ -166,7 +166,7 @@ async fn round_trips_with_batching_compression_keys_headers_ttl_and_sizes() {
             let message = by_position
                 .get(&(d.partition, d.offset))
                 .unwrap_or_else(|| panic!("record {n} at {d:?} was not delivered"));
-            assert_eq!(message.topic, topic);
+            assert_eq!(&*message.topic, topic);
             assert_eq!(
                 message.header("n").map(|v| v.as_ref()),
                 Some(n.to_string().as_bytes())
@@ -537,9 +537,21 @@ async fn a_group_rebalance_mid_stream_moves_partitions_without_loss_or_repeat() 
         .expect("create");
     const COUNT: usize = 4000;
     let producer = Producer::new(&client, ProducerConfig::default());
-    for ack in send_all(&producer, "rb", 0..COUNT).await {
-        timeout(WAIT, ack).await.expect("in time").expect("acked");
-    }
+    // Keyed, so every partition gets its share.
+    let publish = |range: std::ops::Range<usize>| {
+        let producer = producer.clone();
+        async move {
+            let mut acks = Vec::new();
+            for n in range {
+                let record = Record::new("rb", format!("m-{n}")).key(format!("k{n}"));
+                acks.push(producer.send(record).await.expect("send"));
+            }
+            for ack in acks {
+                timeout(WAIT, ack).await.expect("in time").expect("acked");
+            }
+        }
+    };
+    publish(0..COUNT / 2).await;
     let options = GroupOptions {
         commit: Commit::Explicit,
         max_batch_messages: 50,
@@ -585,11 +597,14 @@ async fn a_group_rebalance_mid_stream_moves_partitions_without_loss_or_repeat() 
         })
     };
     let first_task = run(1, first);
-    // The second member joins while the first is mid-stream.
+    // The second member joins while the first is mid-stream; then the second half is
+    // published, so both have messages to read after the rebalance.
     let second = GroupMember::join(&client, "rb", options)
         .await
         .expect("second join");
+    let second_partitions = second.assignment().2.to_vec();
     let second_task = run(2, second);
+    publish(COUNT / 2..COUNT).await;
     while seen.len() < COUNT {
         match timeout(WAIT, collected.recv()).await {
             Ok(Some(item)) => seen.push(item),
@@ -604,14 +619,35 @@ async fn a_group_rebalance_mid_stream_moves_partitions_without_loss_or_repeat() 
     let first_assignments = first_task.await.expect("first member");
     let second_assignments = second_task.await.expect("second member");
     let values: BTreeSet<&Bytes> = seen.iter().map(|(_, m)| &m.value).collect();
-    assert_eq!(values.len(), COUNT, "a message was lost");
+    let mut by_position: BTreeMap<(u32, u64), Vec<usize>> = BTreeMap::new();
+    for (id, m) in &seen {
+        by_position
+            .entry((m.partition, m.offset))
+            .or_default()
+            .push(*id);
+    }
+    let repeated: Vec<_> = by_position
+        .iter()
+        .filter(|(_, ids)| ids.len() > 1)
+        .take(5)
+        .collect();
+    let per_partition: BTreeMap<(usize, u32), usize> =
+        seen.iter().fold(BTreeMap::new(), |mut acc, (id, m)| {
+            *acc.entry((*id, m.partition)).or_default() += 1;
+            acc
+        });
+    assert_eq!(
+        values.len(),
+        COUNT,
+        "a message was lost; deliveries per (member, partition): {per_partition:?}"
+    );
     assert_eq!(
         seen.len(),
         COUNT,
-        "a message was delivered twice across the handover"
+        "a message was delivered twice across the handover: (partition, offset) -> members, first 5: {repeated:?}; deliveries per (member, partition): {per_partition:?}"
     );
     assert!(
-        second_assignments.iter().any(|p| !p.is_empty()),
+        !second_partitions.is_empty() || second_assignments.iter().any(|p| !p.is_empty()),
         "the second member never got a partition"
     );
     assert!(
@@ -664,6 +700,7 @@ async fn a_queue_worker_acks_nacks_with_a_delay_and_terms() {
     }
     for delivery in &deliveries {
         assert_eq!(delivery.attempt(), 1);
+        assert_eq!(&*delivery.message().topic, "jobs");
         match delivery.message().value.as_ref() {
             b"ok" => delivery.ack().await.expect("ack"),
             b"retry" => delivery
@@ -738,7 +775,10 @@ async fn a_router_retries_dead_letters_poison_and_picks_up_new_pattern_topics() 
                 if value == "flaky" && flaky_runs.fetch_add(1, Ordering::SeqCst) < 2 {
                     return Err("flaky failed".into());
                 }
-                handled.lock().unwrap().push((message.topic.clone(), value));
+                handled
+                    .lock()
+                    .unwrap()
+                    .push((message.topic.to_string(), value));
                 Ok(())
             }
         }
