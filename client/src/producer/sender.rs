@@ -39,6 +39,10 @@ pub(crate) enum Command {
     },
 }
 
+/// Most commands taken per turn of the task's loop (bounds how long acks and linger
+/// timers wait behind a burst of sends).
+const COMMANDS_PER_WAKE: usize = 1024;
+
 /// A record waiting in an open batch.
 struct Pending {
     record: NewRecord,
@@ -185,6 +189,8 @@ struct Sender {
     request_id: u64,
     flushes: Vec<oneshot::Sender<()>>,
     closing: Option<Vec<oneshot::Sender<()>>>,
+    /// The topic of the last record (see `known_topic`).
+    last_topic: Option<Arc<str>>,
 }
 
 pub(crate) async fn run(
@@ -213,6 +219,7 @@ pub(crate) async fn run(
         request_id: 0,
         flushes: Vec::new(),
         closing: None,
+        last_topic: None,
     };
     let mut commands_open = true;
     loop {
@@ -239,7 +246,20 @@ pub(crate) async fn run(
         let retry_due = (sender.stream.is_none() && !idle).then_some(sender.retry_at);
         tokio::select! {
             command = commands.recv(), if commands_open && sender.closing.is_none() => match command {
-                Some(command) => sender.command(command).await,
+                Some(command) => {
+                    sender.command(command).await;
+                    // Take what else is queued before going round the loop again:
+                    // one wake-up and one pass of the select per many records.
+                    for _ in 1..COMMANDS_PER_WAKE {
+                        if sender.closing.is_some() {
+                            break;
+                        }
+                        match commands.try_recv() {
+                            Ok(command) => sender.command(command).await,
+                            Err(_) => break,
+                        }
+                    }
+                }
                 None => {
                     commands_open = false;
                     sender.drain();
@@ -282,7 +302,20 @@ impl Sender {
                 record,
                 reply,
                 permit,
-            } => self.add(*record, reply, permit).await,
+            } => {
+                let topic = match self.known_topic(&record.topic) {
+                    Some(topic) => topic,
+                    None => match self.describe(&record.topic).await {
+                        Ok(topic) => topic,
+                        Err(error) => {
+                            let _ = reply.send(Err(error));
+                            return;
+                        }
+                    },
+                };
+                self.last_topic = Some(topic.clone());
+                self.add(topic, record, reply, permit);
+            }
             Command::Flush { reply } => {
                 self.drain();
                 self.flushes.push(reply);
@@ -294,6 +327,17 @@ impl Sender {
         }
     }
 
+    /// The topic's key if it is described already (the last topic first: most
+    /// producers send to one topic, and a string compare is cheaper than a hash).
+    fn known_topic(&self, name: &str) -> Option<Arc<str>> {
+        if let Some(last) = &self.last_topic
+            && **last == *name
+        {
+            return Some(last.clone());
+        }
+        self.topics.get_key_value(name).map(|(key, _)| key.clone())
+    }
+
     /// Seals every open batch (flush, close).
     fn drain(&mut self) {
         let mut sealed = Vec::new();
@@ -301,20 +345,19 @@ impl Sender {
         self.enqueue(sealed);
     }
 
-    async fn add(
+    fn add(
         &mut self,
-        record: Record,
+        topic: Arc<str>,
+        record: Box<Record>,
         reply: oneshot::Sender<Result<Delivered>>,
         permit: OwnedSemaphorePermit,
     ) {
-        let topic = match self.topic(&record.topic).await {
-            Ok(topic) => topic,
-            Err(error) => {
-                let _ = reply.send(Err(error));
-                return;
-            }
+        let Some(state) = self.topics.get(&topic) else {
+            let _ = reply.send(Err(Error::TopicNotFound {
+                topic: topic.to_string(),
+            }));
+            return;
         };
-        let state = &self.topics[&topic];
         let partition = match state
             .partition(&record)
             .and_then(|p| state.check(&record.inner).map(|()| p))
@@ -325,15 +368,17 @@ impl Sender {
                 return;
             }
         };
-        let mut inner = record.inner;
-        if inner.id.is_none() && state.attach_ids {
+        let attach_id = state.attach_ids;
+        let Record { inner, ack, .. } = *record;
+        let mut inner = inner;
+        if inner.id.is_none() && attach_id {
             inner.id = Some(Bytes::copy_from_slice(&self.ids.next(now_ms())));
         }
         let size = inner.payload_bytes() as usize;
         let key = BatchKey {
             topic,
             partition,
-            ack: record.ack,
+            ack,
         };
         let waiter = Waiter {
             reply,
@@ -351,14 +396,13 @@ impl Sender {
             Instant::now(),
             &mut sealed,
         );
-        self.enqueue(sealed);
+        if !sealed.is_empty() {
+            self.enqueue(sealed);
+        }
     }
 
-    /// The topic's state, described on first use.
-    async fn topic(&mut self, name: &str) -> Result<Arc<str>> {
-        if let Some((key, _)) = self.topics.get_key_value(name) {
-            return Ok(key.clone());
-        }
+    /// Describes a topic the producer has not seen (or forgot after a NOT_FOUND).
+    async fn describe(&mut self, name: &str) -> Result<Arc<str>> {
         let description = self.client.describe_topic(name).await?;
         let state = TopicState::new(&description, self.config.ids);
         let key = state.name.clone();
@@ -591,6 +635,7 @@ impl Sender {
                 } else {
                     if code == Code::NotFound {
                         self.topics.remove(&batch.key.topic);
+                        self.last_topic = None;
                     }
                     let error = Error::from_code(
                         "PublishBatch",
