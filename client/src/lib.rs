@@ -75,7 +75,9 @@ pub use consumer::{
     Commit, GroupMember, GroupOptions, Reset, StartAt, SubscribeOptions, Subscription,
 };
 pub use error::{Error, Result};
-pub use producer::{Compression, DeliveryFuture, IdMode, Producer, ProducerConfig};
+pub use producer::{
+    BatchDeliveryFuture, Compression, DeliveryFuture, IdMode, Producer, ProducerConfig,
+};
 pub use queue::{Delivery, QueueWorker};
 pub use record::{Ack, Delivered, Message, Record};
 pub use router::{HandlerResult, Retry, Router, RouterConfig};

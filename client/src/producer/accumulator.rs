@@ -115,6 +115,13 @@ impl<T> Accumulator<T> {
         }
     }
 
+    /// Seals the open batch of `key`, if there is one.
+    pub fn seal(&mut self, key: &BatchKey, sealed: &mut Vec<Sealed<T>>) {
+        if let Some(open) = self.open.remove(key) {
+            sealed.push(seal(key.clone(), open));
+        }
+    }
+
     /// Seals every open batch, oldest first (flush, close).
     pub fn drain(&mut self, sealed: &mut Vec<Sealed<T>>) {
         let mut all: Vec<(BatchKey, Open<T>)> = self.open.drain().collect();

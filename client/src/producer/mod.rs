@@ -180,6 +180,44 @@ impl Producer {
         Ok(DeliveryFuture { receiver })
     }
 
+    /// Sends `records` as one batch to `partition` of `topic`, as they are (no
+    /// partitioner, no linger, one ack for the batch), for callers that batch
+    /// themselves; it goes through the same window, retries and ids as `send`, after
+    /// what `send` gathered for that partition. Waits for buffer space like `send`;
+    /// the future resolves to one [`Delivered`] per record, in order.
+    pub async fn send_batch(
+        &self,
+        topic: &str,
+        partition: u32,
+        ack: crate::record::Ack,
+        records: Vec<Record>,
+    ) -> Result<BatchDeliveryFuture> {
+        let size: usize = records
+            .iter()
+            .map(|r| (r.size_bytes() as usize).saturating_add(RECORD_OVERHEAD_BYTES))
+            .sum();
+        let permit = self
+            .shared
+            .buffer
+            .clone()
+            .acquire_many_owned(size.min(self.shared.buffer_bytes) as u32)
+            .await
+            .map_err(|_| Error::Closed)?;
+        let (reply, receiver) = oneshot::channel();
+        self.shared
+            .commands
+            .send(sender::Command::Batch {
+                topic: topic.to_string(),
+                partition,
+                ack,
+                records: records.into_iter().map(|r| r.inner).collect(),
+                reply,
+                permit,
+            })
+            .map_err(|_| Error::Closed)?;
+        Ok(BatchDeliveryFuture { receiver })
+    }
+
     /// Sends `record` and waits for its ack.
     pub async fn send_and_wait(&self, record: Record) -> Result<Delivered> {
         self.send(record).await?.await
@@ -205,6 +243,23 @@ impl Producer {
             .send(sender::Command::Close { reply })
             .map_err(|_| Error::Closed)?;
         receiver.await.map_err(|_| Error::Closed)
+    }
+}
+
+/// The ack of a [`Producer::send_batch`]: one [`Delivered`] per record, in order.
+#[derive(Debug)]
+#[must_use = "a batch is only known to be stored once its future resolves"]
+pub struct BatchDeliveryFuture {
+    receiver: oneshot::Receiver<Result<Vec<Delivered>>>,
+}
+
+impl Future for BatchDeliveryFuture {
+    type Output = Result<Vec<Delivered>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.receiver)
+            .poll(cx)
+            .map(|result| result.unwrap_or(Err(Error::Closed)))
     }
 }
 

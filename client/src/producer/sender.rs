@@ -31,6 +31,14 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<Delivered>>,
         permit: OwnedSemaphorePermit,
     },
+    Batch {
+        topic: String,
+        partition: u32,
+        ack: crate::record::Ack,
+        records: Vec<NewRecord>,
+        reply: oneshot::Sender<Result<Vec<Delivered>>>,
+        permit: OwnedSemaphorePermit,
+    },
     Flush {
         reply: oneshot::Sender<()>,
     },
@@ -56,19 +64,43 @@ struct Waiter {
     _permit: OwnedSemaphorePermit,
 }
 
+/// Who waits for a batch's ack: each record (`send`), or the caller of `send_batch`.
+enum Waiters {
+    Records(Vec<Waiter>),
+    Batch {
+        reply: oneshot::Sender<Result<Vec<Delivered>>>,
+        ids: Vec<Option<Bytes>>,
+        _permit: OwnedSemaphorePermit,
+    },
+}
+
 /// An encoded batch, kept byte for byte until answered (a resend is identical).
 struct Outgoing {
     key: BatchKey,
     bytes: Bytes,
-    waiters: Vec<Waiter>,
+    waiters: Waiters,
     /// When its oldest record was handed over: the delivery timeout counts from here.
     opened: Instant,
 }
 
 impl Outgoing {
+    fn records(&self) -> usize {
+        match &self.waiters {
+            Waiters::Records(waiters) => waiters.len(),
+            Waiters::Batch { ids, .. } => ids.len(),
+        }
+    }
+
     fn fail(self, error: &Error) {
-        for waiter in self.waiters {
-            let _ = waiter.reply.send(Err(error.clone()));
+        match self.waiters {
+            Waiters::Records(waiters) => {
+                for waiter in waiters {
+                    let _ = waiter.reply.send(Err(error.clone()));
+                }
+            }
+            Waiters::Batch { reply, .. } => {
+                let _ = reply.send(Err(error.clone()));
+            }
         }
     }
 }
@@ -316,6 +348,26 @@ impl Sender {
                 self.last_topic = Some(topic.clone());
                 self.add(topic, record, reply, permit);
             }
+            Command::Batch {
+                topic,
+                partition,
+                ack,
+                records,
+                reply,
+                permit,
+            } => {
+                let topic = match self.known_topic(&topic) {
+                    Some(topic) => topic,
+                    None => match self.describe(&topic).await {
+                        Ok(topic) => topic,
+                        Err(error) => {
+                            let _ = reply.send(Err(error));
+                            return;
+                        }
+                    },
+                };
+                self.add_batch(topic, partition, ack, records, reply, permit);
+            }
             Command::Flush { reply } => {
                 self.drain();
                 self.flushes.push(reply);
@@ -401,6 +453,82 @@ impl Sender {
         }
     }
 
+    /// A caller's batch: checked, given ids, encoded and queued as it is, behind
+    /// the records `send` put in the same partition before it.
+    fn add_batch(
+        &mut self,
+        topic: Arc<str>,
+        partition: u32,
+        ack: crate::record::Ack,
+        mut records: Vec<NewRecord>,
+        reply: oneshot::Sender<Result<Vec<Delivered>>>,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let Some(state) = self.topics.get(&topic) else {
+            let _ = reply.send(Err(Error::TopicNotFound {
+                topic: topic.to_string(),
+            }));
+            return;
+        };
+        let checked = if partition >= state.partitions {
+            Err(Error::InvalidRecord {
+                reason: format!(
+                    "partition {partition} is beyond topic {topic:?}'s {} partitions",
+                    state.partitions
+                ),
+            })
+        } else if records.is_empty() {
+            Err(Error::InvalidRecord {
+                reason: "send_batch needs at least one record".into(),
+            })
+        } else {
+            records.iter().try_for_each(|r| state.check(r))
+        };
+        if let Err(error) = checked {
+            let _ = reply.send(Err(error));
+            return;
+        }
+        if state.attach_ids {
+            let now = now_ms();
+            for record in records.iter_mut().filter(|r| r.id.is_none()) {
+                record.id = Some(Bytes::copy_from_slice(&self.ids.next(now)));
+            }
+        }
+        let options = EncodeOptions {
+            now_ms: now_ms(),
+            default_ttl_ms: state.default_ttl_ms,
+            compression: self.config.compression,
+            max_message_bytes: state.max_message_bytes,
+            priority_levels: state.priority_levels,
+        };
+        let key = BatchKey {
+            topic,
+            partition,
+            ack,
+        };
+        // Order within the partition: what `send` gathered there goes first.
+        let mut sealed = Vec::new();
+        self.accumulator.seal(&key, &mut sealed);
+        self.enqueue(sealed);
+        match encode_batch(&records, &options) {
+            Ok(encoded) => self.ready.push_back(Outgoing {
+                key,
+                bytes: Bytes::from(encoded.bytes),
+                waiters: Waiters::Batch {
+                    reply,
+                    ids: records.into_iter().map(|r| r.id).collect(),
+                    _permit: permit,
+                },
+                opened: Instant::now(),
+            }),
+            Err(error) => {
+                let _ = reply.send(Err(Error::InvalidRecord {
+                    reason: error.to_string(),
+                }));
+            }
+        }
+    }
+
     /// Describes a topic the producer has not seen (or forgot after a NOT_FOUND).
     async fn describe(&mut self, name: &str) -> Result<Arc<str>> {
         let description = self.client.describe_topic(name).await?;
@@ -457,7 +585,7 @@ impl Sender {
             Ok(encoded) => Some(Outgoing {
                 key: batch.key,
                 bytes: Bytes::from(encoded.bytes),
-                waiters,
+                waiters: Waiters::Records(waiters),
                 opened: batch.opened,
             }),
             Err(error) => {
@@ -564,7 +692,7 @@ impl Sender {
             for batch in gone {
                 let what = format!(
                     "a batch of {} records for topic {:?} partition {}",
-                    batch.waiters.len(),
+                    batch.records(),
                     batch.key.topic,
                     batch.key.partition
                 );
@@ -660,20 +788,24 @@ impl Sender {
 
 /// Each record's [`Delivered`] from the batch's ack.
 fn resolve(batch: Outgoing, ack: &PublishBatchResponse) {
-    let outcomes = deliveries(&batch.waiters, ack);
-    for (waiter, delivered) in batch.waiters.into_iter().zip(outcomes) {
-        // The receiver may have been dropped: the caller stopped caring.
-        let _ = waiter.reply.send(delivered);
+    // A receiver may have been dropped: the caller stopped caring.
+    match batch.waiters {
+        Waiters::Records(waiters) => {
+            let ids: Vec<Option<Bytes>> = waiters.iter().map(|w| w.id.clone()).collect();
+            let outcomes = deliveries_for(&ids, ack);
+            for (waiter, delivered) in waiters.into_iter().zip(outcomes) {
+                let _ = waiter.reply.send(delivered);
+            }
+        }
+        Waiters::Batch { reply, ids, .. } => {
+            let outcome = deliveries_for(&ids, ack).into_iter().collect();
+            let _ = reply.send(outcome);
+        }
     }
 }
 
 /// The outcome of each record of a batch: `base_offset + index`; for a duplicate
 /// batch, the originals the ack names, one per record with an id.
-fn deliveries(waiters: &[Waiter], ack: &PublishBatchResponse) -> Vec<Result<Delivered>> {
-    let ids: Vec<Option<Bytes>> = waiters.iter().map(|w| w.id.clone()).collect();
-    deliveries_for(&ids, ack)
-}
-
 fn deliveries_for(ids: &[Option<Bytes>], ack: &PublishBatchResponse) -> Vec<Result<Delivered>> {
     if !ack.duplicate {
         return ids

@@ -873,3 +873,74 @@ async fn a_router_retries_dead_letters_poison_and_picks_up_new_pattern_topics() 
         .expect("router");
     producer.close().await.expect("close");
 }
+
+#[tokio::test]
+async fn send_batch_goes_after_what_send_gathered_and_resends_as_duplicates() {
+    let broker = TestBroker::start();
+    let client = client(&broker).await;
+    client
+        .create_topic("sb", 2, TopicConfig::default())
+        .await
+        .expect("create");
+    let config = ProducerConfig {
+        linger: Duration::from_secs(10), // only send_batch seals the gathered records
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(&client, config);
+    let mut singles = Vec::new();
+    for n in 0..5 {
+        let record = Record::new("sb", format!("single-{n}")).partition(1);
+        singles.push(producer.send(record).await.expect("send"));
+    }
+    let batch = |tag: &str| -> Vec<Record> {
+        (0..100)
+            .map(|n| Record::new("sb", format!("{tag}-{n}")).id(format!("batch-id-{n}")))
+            .collect()
+    };
+    let first = producer
+        .send_batch("sb", 1, Ack::Durable, batch("a"))
+        .await
+        .expect("send_batch");
+    let first = timeout(WAIT, first).await.expect("in time").expect("acked");
+    for single in singles {
+        let delivered = timeout(WAIT, single)
+            .await
+            .expect("in time")
+            .expect("acked");
+        assert!(
+            delivered.offset < first[0].offset,
+            "a single sent first is stored first"
+        );
+    }
+    assert_eq!(first.len(), 100);
+    for (i, d) in first.iter().enumerate() {
+        assert_eq!((d.partition, d.offset), (1, first[0].offset + i as u64));
+        assert!(!d.duplicate);
+    }
+    // The same ids again: nothing stored, the originals named.
+    let again = producer
+        .send_batch("sb", 1, Ack::Durable, batch("b"))
+        .await
+        .expect("send_batch");
+    let again = timeout(WAIT, again).await.expect("in time").expect("acked");
+    assert!(again.iter().all(|d| d.duplicate));
+    assert_eq!(
+        again.iter().map(|d| d.offset).collect::<Vec<_>>(),
+        first.iter().map(|d| d.offset).collect::<Vec<_>>()
+    );
+    let beyond = producer
+        .send_batch("sb", 2, Ack::Durable, batch("c"))
+        .await
+        .expect("send_batch");
+    let error = timeout(WAIT, beyond)
+        .await
+        .expect("in time")
+        .expect_err("partition 2 of 2");
+    assert!(
+        matches!(error, tidelog_client::Error::InvalidRecord { .. }),
+        "{error}"
+    );
+    let description = client.describe_topic("sb").await.expect("describe");
+    assert_eq!(description.partitions[1].end_offset, 105);
+    producer.close().await.expect("close");
+}
