@@ -944,3 +944,52 @@ async fn send_batch_goes_after_what_send_gathered_and_resends_as_duplicates() {
     assert_eq!(description.partitions[1].end_offset, 105);
     producer.close().await.expect("close");
 }
+
+#[tokio::test]
+async fn the_token_option_authenticates_every_call_and_errors_say_what_to_do() {
+    use tidelog_client::{ClientOptions, Error};
+    let broker = TestBroker::start_with(&["--auth"]);
+    let token = std::fs::read_to_string(broker.data_dir().join("bootstrap-admin.token"))
+        .expect("the bootstrap token file")
+        .trim()
+        .to_string();
+    let anonymous = client(&broker).await;
+    let error = anonymous
+        .create_topic("auth-t", 1, TopicConfig::default())
+        .await
+        .expect_err("no token");
+    assert!(matches!(error, Error::Unauthenticated { .. }), "{error}");
+    assert!(
+        error.to_string().contains("ClientOptions::token"),
+        "{error}"
+    );
+    let client = Client::connect_with(&broker.endpoint(), ClientOptions::default().token(&token))
+        .await
+        .expect("connect");
+    client
+        .create_topic("auth-t", 1, TopicConfig::default())
+        .await
+        .expect("create with the token");
+    let producer = Producer::new(&client, ProducerConfig::default());
+    producer
+        .send_and_wait(Record::new("auth-t", "x"))
+        .await
+        .expect("publish with the token");
+    producer.close().await.expect("close");
+    let mut subscription = subscribe_earliest(&client, "auth-t").await;
+    assert_eq!(read(&mut subscription, 1).await[0].value.as_ref(), b"x");
+    // Bad input is refused before any call, in the caller's terms.
+    let error = Client::connect_with(&broker.endpoint(), ClientOptions::default().token("nope"))
+        .await
+        .expect_err("not a token");
+    assert!(matches!(error, Error::InvalidToken { .. }), "{error}");
+    let error = Client::connect("https://127.0.0.1:1")
+        .await
+        .expect_err("tls");
+    assert!(matches!(error, Error::TlsUnsupported { .. }), "{error}");
+    let error = Client::connect("127.0.0.1:1")
+        .await
+        .expect_err("nothing listens");
+    assert!(matches!(error, Error::Unreachable { .. }), "{error}");
+    assert!(error.is_retryable());
+}
