@@ -38,6 +38,7 @@ mod mmap;
 pub mod msgid;
 pub mod offsets;
 pub mod partition;
+pub mod partitioner;
 pub mod pattern;
 pub mod procstat;
 mod progress;

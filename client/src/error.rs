@@ -1,0 +1,217 @@
+//! Errors in the client's terms: what went wrong, which call or setting it concerns, and
+//! whether trying again can help ([`Error::is_retryable`]).
+
+use std::time::Duration;
+
+use tonic::Code;
+
+/// What a client call can fail with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The URL given to [`crate::Client::connect`] is not an address.
+    InvalidUrl { url: String, reason: String },
+    /// An `https://` URL: this build speaks plain HTTP/2 only (TLS comes with the
+    /// broker's TLS work; see [`crate::ClientOptions`]).
+    TlsUnsupported { url: String },
+    /// The token given to [`crate::ClientOptions::token`] is not one tidelog prints.
+    InvalidToken { reason: String },
+    /// No broker answered at the address (refused, unresolvable, timed out).
+    Unreachable { url: String, reason: String },
+    /// The topic does not exist (`NOT_FOUND` from the broker).
+    TopicNotFound { topic: String },
+    /// Something else the call names does not exist (a queue, a group, a message).
+    NotFound { rpc: &'static str, message: String },
+    /// The broker refused the request as malformed or over a limit. Retrying the same
+    /// request fails again.
+    InvalidArgument { rpc: &'static str, message: String },
+    /// A record the producer was given breaks a rule before it reaches the broker
+    /// (too large for the topic, too many headers, a bad id, ...).
+    InvalidRecord { reason: String },
+    /// The call's credentials were refused: no token, or a token that is malformed,
+    /// unknown, revoked or expired.
+    Unauthenticated { message: String },
+    /// The token's principal may not do this.
+    PermissionDenied { message: String },
+    /// The broker is starting, stopping, or the partition is poisoned. Retryable.
+    Unavailable { rpc: &'static str, message: String },
+    /// A consumer-group call lost a race with a rebalance (`FAILED_PRECONDITION` on
+    /// `CommitOffsets`): the partitions moved; drop the work of revoked partitions.
+    Rebalanced { message: String },
+    /// A queue settlement was refused: `FAILED_PRECONDITION` when the message was
+    /// delivered again since (stale), `NOT_FOUND` when it is unknown or settled.
+    SettleRefused { code: Code, message: String },
+    /// A record could not be delivered within
+    /// [`crate::ProducerConfig::delivery_timeout`] (the broker stayed unreachable).
+    Timeout { what: String, after: Duration },
+    /// The producer or consumer was closed, or its background task ended.
+    Closed,
+    /// A batch the broker returned could not be decoded (a damaged batch: report it).
+    Corrupt { reason: String },
+    /// Any other status from the broker.
+    Broker {
+        rpc: &'static str,
+        code: Code,
+        message: String,
+    },
+}
+
+impl Error {
+    /// The error a broker status means for `rpc` (the RPC's name, e.g. "PublishBatch"),
+    /// with the topic it concerned for `NOT_FOUND`.
+    pub(crate) fn from_status(
+        rpc: &'static str,
+        topic: Option<&str>,
+        status: &tonic::Status,
+    ) -> Error {
+        Error::from_code(rpc, topic, status.code(), status.message())
+    }
+
+    pub(crate) fn from_code(
+        rpc: &'static str,
+        topic: Option<&str>,
+        code: Code,
+        message: &str,
+    ) -> Error {
+        let message = message.to_string();
+        match code {
+            Code::NotFound => match topic {
+                Some(topic) if message.contains("topic") => Error::TopicNotFound {
+                    topic: topic.to_string(),
+                },
+                _ => Error::NotFound { rpc, message },
+            },
+            Code::InvalidArgument | Code::OutOfRange => Error::InvalidArgument { rpc, message },
+            Code::Unauthenticated => Error::Unauthenticated { message },
+            Code::PermissionDenied => Error::PermissionDenied { message },
+            Code::Unavailable => Error::Unavailable { rpc, message },
+            code => Error::Broker { rpc, code, message },
+        }
+    }
+
+    /// True when the same call may succeed later (the broker was unavailable or the
+    /// connection broke), false when it would fail the same way again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Unavailable { .. } | Error::Unreachable { .. } => true,
+            Error::Broker { code, .. } => retryable_code(*code),
+            _ => false,
+        }
+    }
+}
+
+/// Codes after which a call is worth repeating: the broker was away or the transport
+/// broke (tonic reports a reset connection as `UNKNOWN` or `INTERNAL` with an h2
+/// error, `CANCELLED` when the server went away mid-stream).
+pub(crate) fn retryable_code(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted
+    )
+}
+
+/// Whether a failed stream (or call) should be opened again after a backoff.
+pub(crate) fn retryable_status(status: &tonic::Status) -> bool {
+    retryable_code(status.code())
+        || (status.code() == Code::Internal
+            && (status.message().contains("h2 protocol error")
+                || status.message().contains("transport")
+                || status.message().contains("connection")))
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::InvalidUrl { url, reason } => write!(
+                f,
+                "{url:?} is not a broker address ({reason}): use a URL such as http://127.0.0.1:7420"
+            ),
+            Error::TlsUnsupported { url } => write!(
+                f,
+                "{url} asks for TLS, which this client does not speak yet: use an http:// address"
+            ),
+            Error::InvalidToken { reason } => write!(
+                f,
+                "the token is not a tidelog token ({reason}): pass the text `tidelog auth token create` printed"
+            ),
+            Error::Unreachable { url, reason } => {
+                write!(
+                    f,
+                    "cannot reach tidelogd at {url} ({reason}): is it running?"
+                )
+            }
+            Error::TopicNotFound { topic } => write!(
+                f,
+                "topic {topic:?} does not exist: create it first (Admin.CreateTopic, `tidelog topic create`)"
+            ),
+            Error::NotFound { rpc, message } => write!(f, "{rpc}: not found: {message}"),
+            Error::InvalidArgument { rpc, message } => write!(
+                f,
+                "{rpc} refused the request: {message} (retrying it unchanged fails again)"
+            ),
+            Error::InvalidRecord { reason } => {
+                write!(f, "record refused by the producer: {reason}")
+            }
+            Error::Unauthenticated { message } => write!(
+                f,
+                "the broker refused the credentials: {message} (set ClientOptions::token)"
+            ),
+            Error::PermissionDenied { message } => write!(f, "not allowed: {message}"),
+            Error::Unavailable { rpc, message } => {
+                write!(
+                    f,
+                    "{rpc}: the broker is unavailable: {message} (retry with backoff)"
+                )
+            }
+            Error::Rebalanced { message } => write!(
+                f,
+                "the group rebalanced: {message} (drop the work of partitions no longer assigned)"
+            ),
+            Error::SettleRefused { code, message } => write!(
+                f,
+                "settlement refused ({}): {message}",
+                tidelog_proto::code_name(*code)
+            ),
+            Error::Timeout { what, after } => write!(
+                f,
+                "{what} not delivered within {after:?} (ProducerConfig::delivery_timeout): the broker stayed unreachable"
+            ),
+            Error::Closed => write!(f, "the client was closed"),
+            Error::Corrupt { reason } => write!(f, "the broker sent a damaged batch: {reason}"),
+            Error::Broker { rpc, code, message } => {
+                write!(
+                    f,
+                    "{rpc} failed ({}): {message}",
+                    tidelog_proto::code_name(*code)
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_api_terms() {
+        let status = tonic::Status::not_found("topic \"t\" does not exist");
+        assert_eq!(
+            Error::from_status("PublishBatch", Some("t"), &status),
+            Error::TopicNotFound { topic: "t".into() }
+        );
+        let status = tonic::Status::unavailable("shutting down");
+        let error = Error::from_status("PublishBatch", Some("t"), &status);
+        assert!(error.is_retryable());
+        assert!(error.to_string().contains("retry"));
+        let status = tonic::Status::invalid_argument("record 0 is too large");
+        let error = Error::from_status("PublishBatch", None, &status);
+        assert!(!error.is_retryable());
+        assert!(error.to_string().contains("record 0 is too large"));
+    }
+}

@@ -1,0 +1,88 @@
+//! tidelog-client: the Rust library a service uses to talk to tidelogd.
+//!
+//! | type | what it does | RPCs |
+//! |---|---|---|
+//! | [`Client`] | one HTTP/2 connection (token, timeouts) | all |
+//! | [`Producer`] | batches records by size and linger time, optional zstd, a bounded window of batches in flight, back-pressure, Kafka's partitioner, retries without duplicates on dedup topics | `PublishStream` (batch form) |
+//! | [`Subscription`] | reads a topic without a group, decoding stored batches client-side; resumes after a broker restart | `SubscribeBatches` |
+//! | [`GroupMember`] | a consumer-group member with automatic or explicit commits; rejoins after a broker restart | `Subscribe` (group), `CommitOffsets` |
+//! | [`QueueWorker`] | receives queue deliveries and settles them (ack, nack, in progress, term) | `Receive`, `Settle` |
+//! | [`Router`] | topics or patterns -> async handlers, with retry-with-backoff and poison-to-dead-letter middleware | group members + a producer |
+//!
+//! The record batch is the wire unit both ways and there is one implementation of it:
+//! the producer encodes with `tidelog_storage::batch::encode_batch` (the encoder the
+//! broker's own log uses) and consumers decode with
+//! `tidelog_storage::client_batch::delivered_records`; keys are routed with
+//! `tidelog_storage::partitioner` (the broker's function).
+//!
+//! # Produce
+//! ```no_run
+//! # async fn example() -> Result<(), tidelog_client::Error> {
+//! use tidelog_client::{Client, Compression, Producer, ProducerConfig, Record};
+//! let client = Client::connect("http://127.0.0.1:7420").await?;
+//! let config = ProducerConfig { compression: Compression::Zstd, ..ProducerConfig::default() };
+//! let producer = Producer::new(&client, config);
+//! let mut acks = Vec::new();
+//! for i in 0..1000 {
+//!     let record = Record::new("orders", format!("order {i}")).key(format!("customer-{}", i % 10));
+//!     acks.push(producer.send(record).await?); // waits only when the buffer is full
+//! }
+//! for ack in acks {
+//!     let delivered = ack.await?;
+//!     assert!(delivered.offset < u64::MAX);
+//! }
+//! producer.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Consume
+//! ```no_run
+//! # async fn example() -> Result<(), tidelog_client::Error> {
+//! use tidelog_client::{Client, Commit, GroupMember, GroupOptions};
+//! let client = Client::connect("http://127.0.0.1:7420").await?;
+//! let options = GroupOptions { commit: Commit::Explicit, ..GroupOptions::new("billing") };
+//! let mut member = GroupMember::join(&client, "orders", options).await?;
+//! let message = member.next().await?;
+//! println!("{:?}", message.value);
+//! member.commit().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Delivery guarantees
+//! - Producer retries are exactly-once in the log on topics with a dedup window (ids
+//!   are attached, [`IdMode::Auto`]), at-least-once otherwise.
+//! - [`Subscription`] resumes at the broker's `next_offset` after a restart: no gap, no
+//!   repeat on one subscription.
+//! - [`GroupMember`]: at-least-once with [`Commit::Explicit`], at-most-once with
+//!   [`Commit::Auto`].
+//! - [`QueueWorker`]: a delivery not settled by its deadline is delivered again.
+//!
+//! Runnable programs: `client/examples/` (`cargo run -p tidelog-client --example
+//! produce -- http://127.0.0.1:7420 demo`).
+
+mod backoff;
+mod connection;
+mod consumer;
+mod error;
+mod producer;
+mod queue;
+mod record;
+mod router;
+
+pub use backoff::Backoff;
+pub use connection::{Client, ClientOptions, Conn};
+pub use consumer::{
+    Commit, GroupMember, GroupOptions, Reset, StartAt, SubscribeOptions, Subscription,
+};
+pub use error::{Error, Result};
+pub use producer::{
+    BatchDeliveryFuture, Compression, DeliveryFuture, IdMode, Producer, ProducerConfig,
+};
+pub use queue::{Delivery, QueueWorker};
+pub use record::{Ack, Delivered, Message, Record};
+pub use router::{HandlerResult, Retry, Router, RouterConfig};
+pub use tidelog_storage::Header;
+
+/// The generated gRPC types and clients (`tidelog.v1`), for what this crate does not
+/// wrap (admin calls, queue creation, ...): use them with [`Client::admin`] and friends.
+pub use tidelog_proto::v1 as proto;

@@ -1,0 +1,281 @@
+//! The producer: batching, optional zstd, a bounded window of batches in flight on one
+//! `PublishStream`, back-pressure, Kafka's partitioner, and retries across broken
+//! connections.
+//!
+//! # How a record travels
+//! [`Producer::send`] reserves the record's bytes in the producer's buffer
+//! ([`ProducerConfig::buffer_bytes`]; when it is full, `send` waits: that is the
+//! back-pressure) and hands the record to the producer's task. The task picks the
+//! partition, adds the record to the open batch of (topic, partition, ack level), and
+//! seals the batch when it reaches [`ProducerConfig::batch_bytes`] or
+//! [`ProducerConfig::batch_records`], or, when the window has room, after
+//! [`ProducerConfig::linger`]. A sealed batch is encoded once, in the log's own format
+//! (`tidelog_storage::batch::encode_batch`, the one encoder, zstd-compressed if
+//! [`ProducerConfig::compression`] says so), and sent as a `PublishStreamRequest.batch`;
+//! at most [`ProducerConfig::in_flight`] batches wait for their answer at a time. The
+//! broker answers in order with the batch's base offset; record `i` is at
+//! `base_offset + i`, and its [`DeliveryFuture`] resolves to that [`Delivered`].
+//!
+//! # Partitions
+//! A record's own [`Record::partition`] wins; else a keyed record goes to Kafka's
+//! default partition, `(murmur2(key) & 0x7fffffff) % partitions` (the broker's
+//! function, `tidelog_storage::partitioner`); else keyless records are **sticky**: they
+//! all go to one partition until its batch is sealed, then to the next partition in
+//! turn (Kafka's sticky partitioner, with round robin for the next choice), so
+//! keyless traffic fills whole batches rather than many small ones.
+//!
+//! # Retries and duplicates
+//! When the stream breaks (the broker restarted, the connection dropped, or a batch
+//! was answered `UNAVAILABLE`), the producer reconnects with backoff and sends every
+//! unanswered batch again, byte for byte and in order, until
+//! [`ProducerConfig::delivery_timeout`] passes. A batch the broker had stored before
+//! the break is then stored again **unless its records carry ids on a topic with a
+//! dedup window**: with [`IdMode::Auto`] (the default) the producer gives every record
+//! without an id a fresh time-ordered id on such topics (and on `assign_ids` topics),
+//! so the resend is answered `duplicate` and each record resolves to its original
+//! offset ([`Delivered::duplicate`]). On topics without a dedup window (or with
+//! [`IdMode::Never`]) retries are **at-least-once**: a record may be stored twice.
+//! Other refusals (`INVALID_ARGUMENT`, `NOT_FOUND`, ...) fail that batch's records and
+//! are not retried.
+
+mod accumulator;
+mod sender;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+pub use tidelog_storage::Compression;
+
+use crate::connection::Client;
+use crate::error::{Error, Result};
+use crate::record::{Delivered, Record};
+
+/// When records get message ids from the producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdMode {
+    /// On topics with a dedup window or `assign_ids`, records without an id get one
+    /// (16 bytes, time-ordered, the broker's own layout), so retries cannot duplicate.
+    #[default]
+    Auto,
+    /// Every record without an id gets one.
+    Always,
+    /// Only the ids callers set; retries are at-least-once.
+    Never,
+}
+
+/// How a [`Producer`] batches, sends and retries.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// A batch is sealed when its records' bytes reach this. Default 256 KiB.
+    pub batch_bytes: usize,
+    /// ... or when it holds this many records. Default 10,000.
+    pub batch_records: usize,
+    /// ... or when it has waited this long and the window has room. Default 5 ms.
+    pub linger: Duration,
+    /// Compression of each batch (the broker stores it as sent). Default none.
+    pub compression: Compression,
+    /// Batches sent and not yet answered, at most. Default 8.
+    pub in_flight: usize,
+    /// Bytes of records accepted and not yet acknowledged, at most: `send` waits
+    /// beyond it. Default 64 MiB.
+    pub buffer_bytes: usize,
+    /// Message ids for retries without duplicates. Default [`IdMode::Auto`].
+    pub ids: IdMode,
+    /// How long a record may wait for its ack while the broker is unreachable before
+    /// it fails with [`Error::Timeout`]. Default 2 minutes.
+    pub delivery_timeout: Duration,
+    /// First and longest reconnect delay. Default 50 ms and 2 s.
+    pub backoff: (Duration, Duration),
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            batch_bytes: 256 * 1024,
+            batch_records: 10_000,
+            linger: Duration::from_millis(5),
+            compression: Compression::None,
+            in_flight: 8,
+            buffer_bytes: 64 * 1024 * 1024,
+            ids: IdMode::Auto,
+            delivery_timeout: Duration::from_secs(120),
+            backoff: (crate::backoff::BACKOFF_INITIAL, crate::backoff::BACKOFF_MAX),
+        }
+    }
+}
+
+/// Bytes a record holds in the buffer beyond its payload (its share of framing).
+const RECORD_OVERHEAD_BYTES: usize = 64;
+
+/// Publishes records to tidelogd in batches. Clones share one task and one stream.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), tidelog_client::Error> {
+/// use tidelog_client::{Client, Producer, ProducerConfig, Record};
+/// let client = Client::connect("http://127.0.0.1:7420").await?;
+/// let producer = Producer::new(&client, ProducerConfig::default());
+/// // `send` waits only for buffer space; the returned future waits for the ack.
+/// let ack = producer.send(Record::new("orders", "hello").key("customer-42")).await?;
+/// let delivered = ack.await?;
+/// println!("stored at partition {} offset {}", delivered.partition, delivered.offset);
+/// producer.close().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Producer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    commands: mpsc::UnboundedSender<sender::Command>,
+    buffer: Arc<Semaphore>,
+    buffer_bytes: usize,
+}
+
+impl Producer {
+    /// A producer on `client`'s connection; its task runs on the current tokio runtime.
+    pub fn new(client: &Client, config: ProducerConfig) -> Producer {
+        let buffer_bytes = config.buffer_bytes.clamp(1, u32::MAX as usize);
+        let (commands, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(sender::run(client.clone(), config, receiver));
+        Producer {
+            shared: Arc::new(Shared {
+                commands,
+                buffer: Arc::new(Semaphore::new(buffer_bytes)),
+                buffer_bytes,
+            }),
+        }
+    }
+
+    /// Hands `record` to the producer. Waits while the buffer is full (the window of
+    /// batches in flight is full and the batches behind it have taken the buffer);
+    /// the returned future resolves once the broker acknowledged the record at its
+    /// ack level, or failed it.
+    pub async fn send(&self, record: Record) -> Result<DeliveryFuture> {
+        let size = (record.size_bytes() as usize)
+            .saturating_add(RECORD_OVERHEAD_BYTES)
+            .min(self.shared.buffer_bytes);
+        let permit = self
+            .shared
+            .buffer
+            .clone()
+            .acquire_many_owned(size as u32)
+            .await
+            .map_err(|_| Error::Closed)?;
+        let (reply, receiver) = oneshot::channel();
+        self.shared
+            .commands
+            .send(sender::Command::Record {
+                record: Box::new(record),
+                reply,
+                permit,
+            })
+            .map_err(|_| Error::Closed)?;
+        Ok(DeliveryFuture { receiver })
+    }
+
+    /// Sends `records` as one batch to `partition` of `topic`, as they are (no
+    /// partitioner, no linger, one ack for the batch), for callers that batch
+    /// themselves; it goes through the same window, retries and ids as `send`, after
+    /// what `send` gathered for that partition. Waits for buffer space like `send`;
+    /// the future resolves to one [`Delivered`] per record, in order.
+    pub async fn send_batch(
+        &self,
+        topic: &str,
+        partition: u32,
+        ack: crate::record::Ack,
+        records: Vec<Record>,
+    ) -> Result<BatchDeliveryFuture> {
+        let size: usize = records
+            .iter()
+            .map(|r| (r.size_bytes() as usize).saturating_add(RECORD_OVERHEAD_BYTES))
+            .sum();
+        let permit = self
+            .shared
+            .buffer
+            .clone()
+            .acquire_many_owned(size.min(self.shared.buffer_bytes) as u32)
+            .await
+            .map_err(|_| Error::Closed)?;
+        let (reply, receiver) = oneshot::channel();
+        self.shared
+            .commands
+            .send(sender::Command::Batch {
+                topic: topic.to_string(),
+                partition,
+                ack,
+                records: records.into_iter().map(|r| r.inner).collect(),
+                reply,
+                permit,
+            })
+            .map_err(|_| Error::Closed)?;
+        Ok(BatchDeliveryFuture { receiver })
+    }
+
+    /// Sends `record` and waits for its ack.
+    pub async fn send_and_wait(&self, record: Record) -> Result<Delivered> {
+        self.send(record).await?.await
+    }
+
+    /// Sends every open batch now (without waiting for its linger) and waits until
+    /// everything handed to the producer before the call is answered.
+    pub async fn flush(&self) -> Result<()> {
+        let (reply, receiver) = oneshot::channel();
+        self.shared
+            .commands
+            .send(sender::Command::Flush { reply })
+            .map_err(|_| Error::Closed)?;
+        receiver.await.map_err(|_| Error::Closed)
+    }
+
+    /// Flushes, then ends the producer's stream. Other clones of this producer fail
+    /// with [`Error::Closed`] afterwards.
+    pub async fn close(self) -> Result<()> {
+        let (reply, receiver) = oneshot::channel();
+        self.shared
+            .commands
+            .send(sender::Command::Close { reply })
+            .map_err(|_| Error::Closed)?;
+        receiver.await.map_err(|_| Error::Closed)
+    }
+}
+
+/// The ack of a [`Producer::send_batch`]: one [`Delivered`] per record, in order.
+#[derive(Debug)]
+#[must_use = "a batch is only known to be stored once its future resolves"]
+pub struct BatchDeliveryFuture {
+    receiver: oneshot::Receiver<Result<Vec<Delivered>>>,
+}
+
+impl Future for BatchDeliveryFuture {
+    type Output = Result<Vec<Delivered>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.receiver)
+            .poll(cx)
+            .map(|result| result.unwrap_or(Err(Error::Closed)))
+    }
+}
+
+/// The ack of one sent record: resolves to where it was stored, or why it was not.
+#[derive(Debug)]
+#[must_use = "a send is only known to be stored once its DeliveryFuture resolves"]
+pub struct DeliveryFuture {
+    receiver: oneshot::Receiver<Result<Delivered>>,
+}
+
+impl Future for DeliveryFuture {
+    type Output = Result<Delivered>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.receiver)
+            .poll(cx)
+            .map(|result| result.unwrap_or(Err(Error::Closed)))
+    }
+}

@@ -1,0 +1,995 @@
+//! tidelog-client through the real broker: the producer's batches (keys, headers, TTL,
+//! empty and 1 MiB values, zstd) read back by a batch-form subscription; a producer, a
+//! subscription and a group member across a broker restart; producer retries across a
+//! kill -9 with no duplicate (ids); back-pressure while the broker is down; a group
+//! rebalance mid-stream between two members; a queue worker's ack, nack and term.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tidelog_client::proto::start_position::{Earliest, Position};
+use tidelog_client::proto::{CreateQueueRequest, QueueConfig, StartPosition, TopicConfig};
+use tidelog_client::{
+    Ack, Client, Commit, Compression, Delivered, GroupMember, GroupOptions, IdMode, Message,
+    Producer, ProducerConfig, QueueWorker, Record, StartAt, SubscribeOptions, Subscription,
+};
+use tidelog_tests::TestBroker;
+use tokio::time::timeout;
+
+/// Bound on any one wait in these tests.
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn client(broker: &TestBroker) -> Client {
+    Client::connect(&broker.endpoint()).await.expect("connect")
+}
+
+fn topic_config(max_message_bytes: u64) -> TopicConfig {
+    TopicConfig {
+        max_message_bytes,
+        ..TopicConfig::default()
+    }
+}
+
+async fn subscribe_earliest(client: &Client, topic: &str) -> Subscription {
+    let options = SubscribeOptions {
+        start: StartAt::Earliest,
+        ..SubscribeOptions::default()
+    };
+    Subscription::open(client, topic, options)
+        .await
+        .expect("subscribe")
+}
+
+/// Reads `count` messages (failing after [`WAIT`] without one).
+async fn read(subscription: &mut Subscription, count: usize) -> Vec<Message> {
+    let mut out = Vec::with_capacity(count);
+    while out.len() < count {
+        let message = timeout(WAIT, subscription.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} messages arrived", out.len()))
+            .expect("next");
+        out.push(message);
+    }
+    out
+}
+
+/// Nothing more arrives within `quiet`.
+async fn assert_quiet(subscription: &mut Subscription, quiet: Duration) {
+    if let Ok(message) = timeout(quiet, subscription.next()).await {
+        panic!("an extra message arrived: {message:?}");
+    }
+}
+
+/// The record of round-trip test number `n`, and what a reader should see of it.
+fn varied(topic: &str, n: usize) -> Record {
+    let value = match n % 9 {
+        0 => Bytes::new(),
+        4 => Bytes::from(vec![b'M'; 1 << 20]),
+        _ => Bytes::from(format!("value {n} {}", "v".repeat(n % 200))),
+    };
+    let mut record = Record::new(topic, value).header("n", n.to_string());
+    if !n.is_multiple_of(3) {
+        record = record.key(format!("key-{}", n % 17));
+    }
+    if n % 4 == 1 {
+        record = record.header("second", Bytes::from(vec![n as u8; n % 5]));
+    }
+    if n % 5 == 2 {
+        record = record.ttl_ms(3_600_000);
+    }
+    if n % 11 == 3 {
+        record = record.ack(Ack::Written);
+    }
+    record
+}
+
+#[tokio::test]
+async fn round_trips_with_batching_compression_keys_headers_ttl_and_sizes() {
+    let broker = TestBroker::start();
+    let client = client(&broker).await;
+    for (topic, compression) in [
+        ("rt-plain", Compression::None),
+        ("rt-zstd", Compression::Zstd),
+    ] {
+        client
+            .create_topic(topic, 3, topic_config(2 << 20))
+            .await
+            .expect("create");
+        let config = ProducerConfig {
+            batch_bytes: 48 * 1024,
+            batch_records: 25,
+            linger: Duration::from_millis(3),
+            compression,
+            in_flight: 3,
+            ..ProducerConfig::default()
+        };
+        let producer = Producer::new(&client, config);
+        const COUNT: usize = 240;
+        let mut acks = Vec::new();
+        for n in 0..COUNT {
+            acks.push(producer.send(varied(topic, n)).await.expect("send"));
+        }
+        // Records that expire soon: acked, then never delivered.
+        let mut short = Vec::new();
+        for n in 0..5 {
+            let record = Record::new(topic, format!("short {n}")).ttl_ms(1500);
+            short.push(producer.send(record).await.expect("send"));
+        }
+        let mut delivered: Vec<Delivered> = Vec::new();
+        for ack in acks {
+            delivered.push(
+                timeout(WAIT, ack)
+                    .await
+                    .expect("ack in time")
+                    .expect("acked"),
+            );
+        }
+        for ack in short {
+            timeout(WAIT, ack)
+                .await
+                .expect("ack in time")
+                .expect("acked");
+        }
+        producer.close().await.expect("close");
+        // Every ack is a distinct position; keyed records sit at Kafka's partition.
+        let positions: BTreeSet<(u32, u64)> =
+            delivered.iter().map(|d| (d.partition, d.offset)).collect();
+        assert_eq!(positions.len(), COUNT, "two records acked at one position");
+        for (n, d) in delivered.iter().enumerate() {
+            assert!(!d.duplicate);
+            assert!(
+                d.id.is_some(),
+                "ids are attached on a topic with a dedup window"
+            );
+            if !n.is_multiple_of(3) {
+                let key = format!("key-{}", n % 17);
+                assert_eq!(
+                    d.partition,
+                    tidelog_storage::partitioner::partition_for_key(key.as_bytes(), 3),
+                    "record {n}"
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        let mut subscription = subscribe_earliest(&client, topic).await;
+        let messages = read(&mut subscription, COUNT).await;
+        assert_quiet(&mut subscription, Duration::from_millis(500)).await;
+        let by_position: BTreeMap<(u32, u64), &Message> = messages
+            .iter()
+            .map(|m| ((m.partition, m.offset), m))
+            .collect();
+        for (n, d) in delivered.iter().enumerate() {
+            let expected = varied(topic, n);
+            let message = by_position
+                .get(&(d.partition, d.offset))
+                .unwrap_or_else(|| panic!("record {n} at {d:?} was not delivered"));
+            assert_eq!(&*message.topic, topic);
+            assert_eq!(
+                message.header("n").map(|v| v.as_ref()),
+                Some(n.to_string().as_bytes())
+            );
+            assert_eq!(
+                message.value.len() as u64
+                    + 16
+                    + message.key.as_ref().map_or(0, |k| k.len() as u64)
+                    + message
+                        .headers
+                        .iter()
+                        .map(|h| (h.key.len() + h.value.len()) as u64)
+                        .sum::<u64>(),
+                expected.size_bytes() + 16,
+                "record {n}"
+            );
+            assert_eq!(message.id, d.id, "record {n}");
+            assert_eq!(message.key.is_some(), n % 3 != 0, "record {n}");
+            assert_eq!(
+                message.headers.len(),
+                if n % 4 == 1 { 2 } else { 1 },
+                "record {n}"
+            );
+            assert_eq!(message.expires_at_ms.is_some(), n % 5 == 2, "record {n}");
+            match n % 9 {
+                0 => assert!(message.value.is_empty()),
+                4 => assert_eq!(message.value.len(), 1 << 20),
+                _ => assert!(message.value.starts_with(format!("value {n} ").as_bytes())),
+            }
+        }
+        // Per partition, offsets arrive in order.
+        let mut last: BTreeMap<u32, u64> = BTreeMap::new();
+        for message in &messages {
+            if let Some(previous) = last.insert(message.partition, message.offset) {
+                assert!(
+                    message.offset > previous,
+                    "out of order in partition {}",
+                    message.partition
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_record_over_the_topic_limit_fails_alone() {
+    let broker = TestBroker::start();
+    let client = client(&broker).await;
+    client
+        .create_topic("limits", 1, topic_config(1024))
+        .await
+        .expect("create");
+    let producer = Producer::new(&client, ProducerConfig::default());
+    let big = producer
+        .send(Record::new("limits", vec![0u8; 2000]))
+        .await
+        .expect("send");
+    let small = producer
+        .send(Record::new("limits", "ok"))
+        .await
+        .expect("send");
+    let error = timeout(WAIT, big)
+        .await
+        .expect("in time")
+        .expect_err("too large");
+    assert!(
+        matches!(error, tidelog_client::Error::InvalidRecord { .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("max_message_bytes"), "{error}");
+    timeout(WAIT, small)
+        .await
+        .expect("in time")
+        .expect("the small record is stored");
+    let unknown = producer
+        .send(Record::new("no-such-topic", "x"))
+        .await
+        .expect("send");
+    let error = timeout(WAIT, unknown)
+        .await
+        .expect("in time")
+        .expect_err("no topic");
+    assert_eq!(
+        error,
+        tidelog_client::Error::TopicNotFound {
+            topic: "no-such-topic".into()
+        }
+    );
+}
+
+/// Sends `values` and returns the ack futures.
+async fn send_all(
+    producer: &Producer,
+    topic: &str,
+    values: std::ops::Range<usize>,
+) -> Vec<tidelog_client::DeliveryFuture> {
+    let mut acks = Vec::new();
+    for n in values {
+        acks.push(
+            producer
+                .send(Record::new(topic, format!("m-{n}")))
+                .await
+                .expect("send"),
+        );
+    }
+    acks
+}
+
+#[tokio::test]
+async fn producer_subscription_and_group_member_continue_across_a_broker_restart() {
+    let mut broker = TestBroker::start();
+    let client = client(&broker).await;
+    client
+        .create_topic("restart", 2, TopicConfig::default())
+        .await
+        .expect("create");
+    let producer = Producer::new(&client, ProducerConfig::default());
+    let mut subscription = subscribe_earliest(&client, "restart").await;
+    let mut member = GroupMember::join(&client, "restart", GroupOptions::new("g"))
+        .await
+        .expect("join");
+    assert_eq!(member.assignment().2, [0, 1]);
+    for ack in send_all(&producer, "restart", 0..300).await {
+        timeout(WAIT, ack).await.expect("in time").expect("acked");
+    }
+    let first = read(&mut subscription, 300).await;
+    let mut group_seen = Vec::new();
+    for _ in 0..150 {
+        group_seen.push(
+            timeout(WAIT, member.next())
+                .await
+                .expect("in time")
+                .expect("next"),
+        );
+    }
+    member.commit().await.expect("commit");
+
+    broker.restart_on_the_same_ports();
+
+    // The producer reconnects by itself; records sent meanwhile wait in its buffer.
+    for ack in send_all(&producer, "restart", 300..600).await {
+        timeout(WAIT, ack)
+            .await
+            .expect("in time")
+            .expect("acked after the restart");
+    }
+    let second = read(&mut subscription, 300).await;
+    assert_quiet(&mut subscription, Duration::from_millis(500)).await;
+    let values: Vec<String> = first
+        .iter()
+        .chain(&second)
+        .map(|m| String::from_utf8_lossy(&m.value).into_owned())
+        .collect();
+    let distinct: BTreeSet<&String> = values.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        600,
+        "the subscription skipped or repeated a message"
+    );
+    // The member rejoins and continues from its commit: nothing is lost.
+    let mut group_values: BTreeSet<String> = group_seen
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.value).into_owned())
+        .collect();
+    while group_values.len() < 600 {
+        let message = timeout(WAIT, member.next())
+            .await
+            .unwrap_or_else(|_| panic!("the member stalled at {} of 600", group_values.len()))
+            .expect("next");
+        group_values.insert(String::from_utf8_lossy(&message.value).into_owned());
+    }
+    producer.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn retries_after_kill9_store_no_duplicate_when_ids_are_used() {
+    let mut broker = TestBroker::start();
+    let client = client(&broker).await;
+    // Default config: fsync always, a 2-minute dedup window.
+    client
+        .create_topic("k9", 2, TopicConfig::default())
+        .await
+        .expect("create");
+    let config = ProducerConfig {
+        batch_records: 50,
+        in_flight: 8,
+        linger: Duration::from_millis(1),
+        ids: IdMode::Auto,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(&client, config);
+    const COUNT: usize = 20_000;
+    let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sending = {
+        let producer = producer.clone();
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            let mut waits = Vec::new();
+            for n in 0..COUNT {
+                let ack = producer
+                    .send(Record::new("k9", format!("m-{n}")))
+                    .await
+                    .expect("send");
+                let acked = acked.clone();
+                waits.push(tokio::spawn(async move {
+                    let delivered = ack.await;
+                    acked.fetch_add(1, Ordering::Relaxed);
+                    delivered
+                }));
+            }
+            waits
+        })
+    };
+    // Kill the broker while batches are in flight: some acked, not all.
+    let started = std::time::Instant::now();
+    while acked.load(Ordering::Relaxed) < 2000 {
+        assert!(started.elapsed() < WAIT, "no progress before the kill");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    broker.kill9();
+    let acked_at_kill = acked.load(Ordering::Relaxed);
+    assert!(
+        acked_at_kill < COUNT,
+        "everything was acked before the kill: the test proves nothing"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    broker.restart_on_the_same_ports();
+    let waits = timeout(WAIT, sending)
+        .await
+        .expect("sends in time")
+        .expect("task");
+    let mut positions = BTreeSet::new();
+    let mut duplicates = 0;
+    for wait in waits {
+        let delivered = timeout(WAIT, wait)
+            .await
+            .expect("ack in time")
+            .expect("task")
+            .expect("acked");
+        duplicates += usize::from(delivered.duplicate);
+        positions.insert((delivered.partition, delivered.offset));
+    }
+    assert_eq!(positions.len(), COUNT, "two records acked at one position");
+    let mut subscription = subscribe_earliest(&client, "k9").await;
+    let messages = read(&mut subscription, COUNT).await;
+    assert_quiet(&mut subscription, Duration::from_secs(1)).await;
+    let distinct: BTreeSet<&Bytes> = messages.iter().map(|m| &m.value).collect();
+    assert_eq!(distinct.len(), COUNT, "a record was stored twice");
+    eprintln!(
+        "kill -9 retry: {acked_at_kill} of {COUNT} acked at the kill; {duplicates} resolved as duplicates of a stored original"
+    );
+    producer.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_resend_of_stored_ids_resolves_to_the_originals() {
+    let broker = TestBroker::start();
+    let client = client(&broker).await;
+    client
+        .create_topic("ids", 3, TopicConfig::default())
+        .await
+        .expect("create");
+    let send = |producer: Producer| async move {
+        let mut acks = Vec::new();
+        for n in 0..120 {
+            let record = Record::new("ids", format!("v-{n}"))
+                .key(format!("k{n}"))
+                .id(format!("id-{n}"));
+            acks.push(producer.send(record).await.expect("send"));
+        }
+        let mut out = Vec::new();
+        for ack in acks {
+            out.push(timeout(WAIT, ack).await.expect("in time").expect("acked"));
+        }
+        producer.close().await.expect("close");
+        out
+    };
+    let first = send(Producer::new(&client, ProducerConfig::default())).await;
+    // A second producer (a restarted service) sends the same records again.
+    let config = ProducerConfig {
+        batch_records: 7,
+        ..ProducerConfig::default()
+    };
+    let second = send(Producer::new(&client, config)).await;
+    for (a, b) in first.iter().zip(&second) {
+        assert!(!a.duplicate);
+        assert!(b.duplicate, "{b:?}");
+        assert_eq!(
+            (a.partition, a.offset, &a.id),
+            (b.partition, b.offset, &b.id)
+        );
+    }
+    let description = client.describe_topic("ids").await.expect("describe");
+    let stored: u64 = description.partitions.iter().map(|p| p.end_offset).sum();
+    assert_eq!(stored, 120);
+}
+
+#[tokio::test]
+async fn send_waits_while_the_buffer_is_full_and_resumes_after_the_broker_returns() {
+    let mut broker = TestBroker::start();
+    let client = client(&broker).await;
+    client
+        .create_topic("bp", 1, TopicConfig::default())
+        .await
+        .expect("create");
+    let config = ProducerConfig {
+        buffer_bytes: 64 * 1024,
+        in_flight: 1,
+        linger: Duration::ZERO,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(&client, config);
+    // The topic is described while the broker is up.
+    producer
+        .send_and_wait(Record::new("bp", "first"))
+        .await
+        .expect("first");
+    broker.kill9();
+    let value = vec![b'x'; 10 * 1024];
+    let mut acks = Vec::new();
+    for _ in 0..5 {
+        acks.push(
+            producer
+                .send(Record::new("bp", value.clone()))
+                .await
+                .expect("send"),
+        );
+    }
+    // 5 x 10 KiB are buffered; the next ones cannot fit in 64 KiB.
+    let blocked = {
+        let producer = producer.clone();
+        let value = value.clone();
+        tokio::spawn(async move {
+            let mut more = Vec::new();
+            for _ in 0..3 {
+                more.push(
+                    producer
+                        .send(Record::new("bp", value.clone()))
+                        .await
+                        .expect("send"),
+                );
+            }
+            more
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!blocked.is_finished(), "send did not wait for buffer space");
+    broker.restart_on_the_same_ports();
+    let more = timeout(WAIT, blocked)
+        .await
+        .expect("sends resume")
+        .expect("task");
+    for ack in acks.into_iter().chain(more) {
+        timeout(WAIT, ack).await.expect("in time").expect("acked");
+    }
+    let description = client.describe_topic("bp").await.expect("describe");
+    assert_eq!(description.partitions[0].end_offset, 9);
+    producer.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_group_rebalance_mid_stream_moves_partitions_without_loss_or_repeat() {
+    let broker = TestBroker::start();
+    let client = client(&broker).await;
+    client
+        .create_topic("rb", 4, TopicConfig::default())
+        .await
+        .expect("create");
+    const COUNT: usize = 4000;
+    let producer = Producer::new(&client, ProducerConfig::default());
+    // Keyed, so every partition gets its share.
+    let publish = |range: std::ops::Range<usize>| {
+        let producer = producer.clone();
+        async move {
+            let mut acks = Vec::new();
+            for n in range {
+                let record = Record::new("rb", format!("m-{n}")).key(format!("k{n}"));
+                acks.push(producer.send(record).await.expect("send"));
+            }
+            for ack in acks {
+                timeout(WAIT, ack).await.expect("in time").expect("acked");
+            }
+        }
+    };
+    publish(0..COUNT / 2).await;
+    let options = GroupOptions {
+        commit: Commit::Explicit,
+        max_batch_messages: 50,
+        ..GroupOptions::new("rb-group")
+    };
+    let mut first = GroupMember::join(&client, "rb", options.clone())
+        .await
+        .expect("join");
+    assert_eq!(first.assignment().2, [0, 1, 2, 3]);
+    let mut seen: Vec<(usize, Message)> = Vec::new();
+    for _ in 0..500 {
+        seen.push((
+            1,
+            timeout(WAIT, first.next())
+                .await
+                .expect("in time")
+                .expect("next"),
+        ));
+    }
+    first.commit().await.expect("commit");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sink, mut collected) = tokio::sync::mpsc::unbounded_channel();
+    let run = |id: usize, mut member: GroupMember| {
+        let stop = stop.clone();
+        let sink = sink.clone();
+        tokio::spawn(async move {
+            let mut partitions_seen = BTreeSet::new();
+            while !stop.load(Ordering::Relaxed) {
+                match timeout(Duration::from_millis(100), member.next()).await {
+                    Ok(Ok(message)) => {
+                        partitions_seen.insert(member.assignment().2.to_vec());
+                        let _ = sink.send((id, message));
+                        match member.commit().await {
+                            Ok(()) | Err(tidelog_client::Error::Rebalanced { .. }) => {}
+                            Err(error) => panic!("member {id}: commit failed: {error}"),
+                        }
+                    }
+                    Ok(Err(error)) => panic!("member {id}: {error}"),
+                    Err(_) => {}
+                }
+            }
+            partitions_seen
+        })
+    };
+    let first_task = run(1, first);
+    // The second member joins while the first is mid-stream; then the second half is
+    // published, so both have messages to read after the rebalance.
+    let second = GroupMember::join(&client, "rb", options)
+        .await
+        .expect("second join");
+    let second_partitions = second.assignment().2.to_vec();
+    let second_task = run(2, second);
+    publish(COUNT / 2..COUNT).await;
+    while seen.len() < COUNT {
+        match timeout(WAIT, collected.recv()).await {
+            Ok(Some(item)) => seen.push(item),
+            _ => panic!("only {} of {COUNT} messages consumed", seen.len()),
+        }
+    }
+    // Anything more would be a repeat.
+    while let Ok(Some(item)) = timeout(Duration::from_millis(700), collected.recv()).await {
+        seen.push(item);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let first_assignments = first_task.await.expect("first member");
+    let second_assignments = second_task.await.expect("second member");
+    let values: BTreeSet<&Bytes> = seen.iter().map(|(_, m)| &m.value).collect();
+    let mut by_position: BTreeMap<(u32, u64), Vec<usize>> = BTreeMap::new();
+    for (id, m) in &seen {
+        by_position
+            .entry((m.partition, m.offset))
+            .or_default()
+            .push(*id);
+    }
+    let repeated: Vec<_> = by_position
+        .iter()
+        .filter(|(_, ids)| ids.len() > 1)
+        .take(5)
+        .collect();
+    let per_partition: BTreeMap<(usize, u32), usize> =
+        seen.iter().fold(BTreeMap::new(), |mut acc, (id, m)| {
+            *acc.entry((*id, m.partition)).or_default() += 1;
+            acc
+        });
+    assert_eq!(
+        values.len(),
+        COUNT,
+        "a message was lost; deliveries per (member, partition): {per_partition:?}"
+    );
+    assert_eq!(
+        seen.len(),
+        COUNT,
+        "a message was delivered twice across the handover: (partition, offset) -> members, first 5: {repeated:?}; deliveries per (member, partition): {per_partition:?}"
+    );
+    assert!(
+        !second_partitions.is_empty() || second_assignments.iter().any(|p| !p.is_empty()),
+        "the second member never got a partition"
+    );
+    assert!(
+        first_assignments.iter().any(|p| p.len() < 4),
+        "the first member kept every partition: {first_assignments:?}"
+    );
+    assert!(
+        seen.iter().any(|(id, _)| *id == 2),
+        "the second member consumed nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_queue_worker_acks_nacks_with_a_delay_and_terms() {
+    let broker = TestBroker::start();
+    let client = client(&broker).await;
+    client
+        .create_topic("jobs", 1, TopicConfig::default())
+        .await
+        .expect("create");
+    client
+        .queues()
+        .create_queue(CreateQueueRequest {
+            name: "jobs-q".into(),
+            topic: "jobs".into(),
+            start: Some(StartPosition {
+                position: Some(Position::Earliest(Earliest {})),
+            }),
+            config: Some(QueueConfig::default()),
+            ..Default::default()
+        })
+        .await
+        .expect("create queue");
+    let producer = Producer::new(&client, ProducerConfig::default());
+    for value in ["ok", "retry", "poison"] {
+        producer
+            .send_and_wait(Record::new("jobs", value))
+            .await
+            .expect("publish");
+    }
+    let worker = QueueWorker::new(&client, "jobs-q", "w1");
+    let mut deliveries = Vec::new();
+    while deliveries.len() < 3 {
+        deliveries.extend(
+            worker
+                .receive(10, Duration::from_secs(5))
+                .await
+                .expect("receive"),
+        );
+    }
+    for delivery in &deliveries {
+        assert_eq!(delivery.attempt(), 1);
+        assert_eq!(&*delivery.message().topic, "jobs");
+        match delivery.message().value.as_ref() {
+            b"ok" => delivery.ack().await.expect("ack"),
+            b"retry" => delivery
+                .nack(Some(Duration::from_millis(300)), "try later")
+                .await
+                .expect("nack"),
+            b"poison" => {
+                delivery
+                    .in_progress(Some(Duration::from_secs(10)))
+                    .await
+                    .expect("in progress");
+                delivery.term("cannot parse").await.expect("term");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Settling twice is refused, in the API's terms.
+    let error = deliveries[0].ack().await.expect_err("already settled");
+    assert!(
+        matches!(error, tidelog_client::Error::SettleRefused { .. }),
+        "{error}"
+    );
+    let again = worker
+        .receive(10, Duration::from_secs(5))
+        .await
+        .expect("receive");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].message().value.as_ref(), b"retry");
+    assert_eq!(again[0].attempt(), 2);
+    again[0].ack().await.expect("ack");
+    assert!(
+        worker
+            .receive(10, Duration::from_millis(300))
+            .await
+            .expect("receive")
+            .is_empty()
+    );
+    // The termed message is a dead letter.
+    let mut dead = subscribe_earliest(&client, "jobs.dlq").await;
+    let letters = read(&mut dead, 1).await;
+    assert_eq!(letters[0].value.as_ref(), b"poison");
+}
+
+#[tokio::test]
+async fn a_router_retries_dead_letters_poison_and_picks_up_new_pattern_topics() {
+    use std::sync::Mutex;
+    use tidelog_client::{Retry, Router, RouterConfig};
+
+    let broker = TestBroker::start();
+    let client = client(&broker).await;
+    client
+        .create_topic("rt.a", 2, TopicConfig::default())
+        .await
+        .expect("create");
+    client
+        .create_topic("plain", 1, TopicConfig::default())
+        .await
+        .expect("create");
+    let handled: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let flaky_runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let handler = {
+        let handled = handled.clone();
+        let flaky_runs = flaky_runs.clone();
+        move |message: Message| {
+            let handled = handled.clone();
+            let flaky_runs = flaky_runs.clone();
+            async move {
+                let value = String::from_utf8_lossy(&message.value).into_owned();
+                if value == "poison" {
+                    return Err("cannot parse poison".into());
+                }
+                if value == "flaky" && flaky_runs.fetch_add(1, Ordering::SeqCst) < 2 {
+                    return Err("flaky failed".into());
+                }
+                handled
+                    .lock()
+                    .unwrap()
+                    .push((message.topic.to_string(), value));
+                Ok(())
+            }
+        }
+    };
+    let config = RouterConfig {
+        retry: Retry {
+            attempts: 3,
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(50),
+        },
+        rescan: Duration::from_millis(200),
+        ..RouterConfig::new("router")
+    };
+    let router = Router::new(&client, config)
+        .route("plain", handler.clone())
+        .route_pattern(r"rt\..*", handler)
+        .expect("pattern");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(router.run(stopped));
+    let producer = Producer::new(&client, ProducerConfig::default());
+    for (topic, value) in [
+        ("rt.a", "a-1"),
+        ("rt.a", "poison"),
+        ("rt.a", "flaky"),
+        ("plain", "p-1"),
+    ] {
+        producer
+            .send_and_wait(Record::new(topic, value))
+            .await
+            .expect("publish");
+    }
+    // A topic created while the router runs is picked up by the pattern.
+    client
+        .create_topic("rt.b", 1, TopicConfig::default())
+        .await
+        .expect("create");
+    producer
+        .send_and_wait(Record::new("rt.b", "b-1"))
+        .await
+        .expect("publish");
+    let expected: BTreeSet<(String, String)> = [
+        ("rt.a", "a-1"),
+        ("rt.a", "flaky"),
+        ("plain", "p-1"),
+        ("rt.b", "b-1"),
+    ]
+    .iter()
+    .map(|(t, v)| (t.to_string(), v.to_string()))
+    .collect();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let got: BTreeSet<(String, String)> = handled.lock().unwrap().iter().cloned().collect();
+        if got == expected {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "handled only {got:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        flaky_runs.load(Ordering::SeqCst),
+        3,
+        "flaky: two failures, then success"
+    );
+    let mut dead = subscribe_earliest(&client, "rt.a.dlq").await;
+    let letter = read(&mut dead, 1).await.remove(0);
+    assert_eq!(letter.value.as_ref(), b"poison");
+    assert_eq!(
+        letter.header("x-dead-letter-reason").map(|v| v.as_ref()),
+        Some(&b"cannot parse poison"[..])
+    );
+    assert_eq!(
+        letter.header("x-dead-letter-topic").map(|v| v.as_ref()),
+        Some(&b"rt.a"[..])
+    );
+    assert_eq!(
+        letter.header("x-dead-letter-attempts").map(|v| v.as_ref()),
+        Some(&b"3"[..])
+    );
+    // Each message handled once, and the dead-letter topic is not routed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        handled.lock().unwrap().len(),
+        4,
+        "{:?}",
+        handled.lock().unwrap()
+    );
+    let _ = stop.send(());
+    timeout(WAIT, running)
+        .await
+        .expect("router stops")
+        .expect("task")
+        .expect("router");
+    producer.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn send_batch_goes_after_what_send_gathered_and_resends_as_duplicates() {
+    let broker = TestBroker::start();
+    let client = client(&broker).await;
+    client
+        .create_topic("sb", 2, TopicConfig::default())
+        .await
+        .expect("create");
+    let config = ProducerConfig {
+        linger: Duration::from_secs(10), // only send_batch seals the gathered records
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(&client, config);
+    let mut singles = Vec::new();
+    for n in 0..5 {
+        let record = Record::new("sb", format!("single-{n}")).partition(1);
+        singles.push(producer.send(record).await.expect("send"));
+    }
+    let batch = |tag: &str| -> Vec<Record> {
+        (0..100)
+            .map(|n| Record::new("sb", format!("{tag}-{n}")).id(format!("batch-id-{n}")))
+            .collect()
+    };
+    let first = producer
+        .send_batch("sb", 1, Ack::Durable, batch("a"))
+        .await
+        .expect("send_batch");
+    let first = timeout(WAIT, first).await.expect("in time").expect("acked");
+    for single in singles {
+        let delivered = timeout(WAIT, single)
+            .await
+            .expect("in time")
+            .expect("acked");
+        assert!(
+            delivered.offset < first[0].offset,
+            "a single sent first is stored first"
+        );
+    }
+    assert_eq!(first.len(), 100);
+    for (i, d) in first.iter().enumerate() {
+        assert_eq!((d.partition, d.offset), (1, first[0].offset + i as u64));
+        assert!(!d.duplicate);
+    }
+    // The same ids again: nothing stored, the originals named.
+    let again = producer
+        .send_batch("sb", 1, Ack::Durable, batch("b"))
+        .await
+        .expect("send_batch");
+    let again = timeout(WAIT, again).await.expect("in time").expect("acked");
+    assert!(again.iter().all(|d| d.duplicate));
+    assert_eq!(
+        again.iter().map(|d| d.offset).collect::<Vec<_>>(),
+        first.iter().map(|d| d.offset).collect::<Vec<_>>()
+    );
+    let beyond = producer
+        .send_batch("sb", 2, Ack::Durable, batch("c"))
+        .await
+        .expect("send_batch");
+    let error = timeout(WAIT, beyond)
+        .await
+        .expect("in time")
+        .expect_err("partition 2 of 2");
+    assert!(
+        matches!(error, tidelog_client::Error::InvalidRecord { .. }),
+        "{error}"
+    );
+    let description = client.describe_topic("sb").await.expect("describe");
+    assert_eq!(description.partitions[1].end_offset, 105);
+    producer.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn the_token_option_authenticates_every_call_and_errors_say_what_to_do() {
+    use tidelog_client::{ClientOptions, Error};
+    let broker = TestBroker::start_with(&["--auth"]);
+    let token = std::fs::read_to_string(broker.data_dir().join("bootstrap-admin.token"))
+        .expect("the bootstrap token file")
+        .trim()
+        .to_string();
+    let anonymous = client(&broker).await;
+    let error = anonymous
+        .create_topic("auth-t", 1, TopicConfig::default())
+        .await
+        .expect_err("no token");
+    assert!(matches!(error, Error::Unauthenticated { .. }), "{error}");
+    assert!(
+        error.to_string().contains("ClientOptions::token"),
+        "{error}"
+    );
+    let client = Client::connect_with(&broker.endpoint(), ClientOptions::default().token(&token))
+        .await
+        .expect("connect");
+    client
+        .create_topic("auth-t", 1, TopicConfig::default())
+        .await
+        .expect("create with the token");
+    let producer = Producer::new(&client, ProducerConfig::default());
+    producer
+        .send_and_wait(Record::new("auth-t", "x"))
+        .await
+        .expect("publish with the token");
+    producer.close().await.expect("close");
+    let mut subscription = subscribe_earliest(&client, "auth-t").await;
+    assert_eq!(read(&mut subscription, 1).await[0].value.as_ref(), b"x");
+    // Bad input is refused before any call, in the caller's terms.
+    let error = Client::connect_with(&broker.endpoint(), ClientOptions::default().token("nope"))
+        .await
+        .expect_err("not a token");
+    assert!(matches!(error, Error::InvalidToken { .. }), "{error}");
+    let error = Client::connect("https://127.0.0.1:1")
+        .await
+        .expect_err("tls");
+    assert!(matches!(error, Error::TlsUnsupported { .. }), "{error}");
+    let error = Client::connect("127.0.0.1:1")
+        .await
+        .expect_err("nothing listens");
+    assert!(matches!(error, Error::Unreachable { .. }), "{error}");
+    assert!(error.is_retryable());
+}
