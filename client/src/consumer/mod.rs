@@ -202,7 +202,12 @@ impl Subscription {
             request.partition_starts = self
                 .positions
                 .iter()
-                .map(|(&partition, &offset)| PartitionStart { partition, offset })
+                .map(|(&partition, &offset)| PartitionStart {
+                    partition,
+                    offset,
+                    // One topic per subscription: the request's `topic` names it.
+                    topic: String::new(),
+                })
                 .collect();
         }
         match self.client.consumer().subscribe_batches(request).await {
