@@ -142,14 +142,14 @@ impl MessagesService {
             let status = match consumer {
                 get_delivery_status_request::Consumer::Queue(queue) => {
                     let now = store.clock().now_ms();
-                    let state = inspect::queue_state(&store, &queue, partition, offset, &at, now)
+                    let state = inspect::queue_state(&*store, &queue, partition, offset, &at, now)
                         .map_err(|e| convert::status(&e))?;
                     get_delivery_status_response::Status::Queue(convert::queue_status_to_proto(
                         &queue, state,
                     ))
                 }
                 get_delivery_status_request::Consumer::Group(group) => {
-                    let state = inspect::group_state(&store, &group, &name, partition, offset);
+                    let state = inspect::group_state(&*store, &group, &name, partition, offset);
                     get_delivery_status_response::Status::Group(convert::group_status_to_proto(
                         &group, state,
                     ))
@@ -183,10 +183,16 @@ impl MessagesService {
             let config = queue_on(&store, &queue, &name)?;
             let (partition, offset, at) = locate(&topic, &message)?;
             let now = store.clock().now_ms();
-            let attempts =
-                inspect::message_history(&store, &queue, partition, offset, timestamp_of(&at), now)
-                    .map_err(|e| convert::status(&e))?;
-            let state = inspect::queue_state(&store, &queue, partition, offset, &at, now)
+            let attempts = inspect::message_history(
+                &*store,
+                &queue,
+                partition,
+                offset,
+                timestamp_of(&at),
+                now,
+            )
+            .map_err(|e| convert::status(&e))?;
+            let state = inspect::queue_state(&*store, &queue, partition, offset, &at, now)
                 .map_err(|e| convert::status(&e))?;
             let (history_attempts, history_retention_ms) = convert::history_bounds(&config);
             Ok(GetDeliveryHistoryResponse {

@@ -163,7 +163,7 @@ fn check_queue_caps(
         .map(NewRecord::payload_bytes)
         .sum();
     let over = convert::or_status(tidelog_storage::queue::admin::over_caps(
-        &state.store,
+        &*state.store,
         topic,
         messages,
         bytes,

@@ -48,6 +48,7 @@ pub mod rng;
 pub mod segment;
 pub mod statelog;
 pub mod store;
+pub mod topic;
 
 pub use batch::{Compression, Header, NewRecord, Record};
 #[cfg(any(test, feature = "testing"))]
@@ -69,4 +70,5 @@ pub use partition::{
 pub use pattern::{PatternError, TopicPattern};
 pub use progress::{LogEnd, WaitDurable, WaitForData};
 pub use segment::StoredBatch;
-pub use store::{Store, StoreOptions, Topic, TopicInfo};
+pub use store::{Store, StoreOptions};
+pub use topic::{Topic, TopicInfo};

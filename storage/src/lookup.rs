@@ -5,7 +5,7 @@
 use crate::batch::Record;
 use crate::error::{Error, Result};
 use crate::msgid;
-use crate::store::Topic;
+use crate::topic::Topic;
 
 /// A message found by its id.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -72,7 +72,7 @@ fn setup(fs: &FaultyFs, data: &Path, clock: &Arc<ManualClock>, config: QueueConf
         .unwrap()
         .append_durable(&records)
         .unwrap();
-    admin::create_queue(&store, "work", "jobs", StartAt::Earliest, config).unwrap();
+    admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, config).unwrap();
     store
 }
 
@@ -290,7 +290,7 @@ fn every_outcome_has_its_status_and_history_across_a_reopen() {
     let store = open(&fs, dir.path(), &clock).unwrap();
     check(&store, "after a power cut");
     // A deleted queue's history goes with it.
-    admin::delete_queue(&store, "work").unwrap();
+    admin::delete_queue(&*store, "work").unwrap();
     assert!(!dir.path().join("state/history/work").exists());
 }
 
@@ -335,7 +335,7 @@ fn expired_and_group_states() {
         let message = inspect::message_at(&topic, 0, offset).unwrap();
         assert_eq!(message, MessageAt::Expired);
         let state =
-            inspect::queue_state(&store, "work", 0, offset, &message, clock.now_ms()).unwrap();
+            inspect::queue_state(&*store, "work", 0, offset, &message, clock.now_ms()).unwrap();
         if acked {
             assert!(
                 matches!(state, QueueState::Acked { attempts: 1, .. }),
@@ -353,12 +353,12 @@ fn expired_and_group_states() {
         .offsets()
         .commit("g", &[("jobs".into(), 0, 3, String::new())])
         .unwrap();
-    let past = inspect::group_state(&store, "g", "jobs", 0, 2);
+    let past = inspect::group_state(&*store, "g", "jobs", 0, 2);
     assert_eq!((past.committed, past.past), (Some(3), true));
-    let not_yet = inspect::group_state(&store, "g", "jobs", 0, 3);
+    let not_yet = inspect::group_state(&*store, "g", "jobs", 0, 3);
     assert!(!not_yet.past);
     assert_eq!(
-        inspect::group_state(&store, "none", "jobs", 0, 0).committed,
+        inspect::group_state(&*store, "none", "jobs", 0, 0).committed,
         None
     );
 }
@@ -369,12 +369,12 @@ fn a_bad_cursor_is_refused_and_says_why() {
     let fs = FaultyFs::new(dir.path(), 3).unwrap();
     let clock = ManualClock::new(START_MS);
     let store = setup(&fs, dir.path(), &clock, config());
-    admin::create_queue(&store, "other", "jobs", StartAt::Earliest, config()).unwrap();
+    admin::create_queue(&*store, "other", "jobs", StartAt::Earliest, config()).unwrap();
     let mut engine = QueueEngine::open(store.clone(), "other").unwrap();
     engine.member_joined("m");
     engine.deliver(&[("m".into(), 4)]).unwrap();
     let page = inspect::list_deliveries(
-        &store,
+        &*store,
         "other",
         &DeliveriesQuery {
             limit: 2,
@@ -387,7 +387,7 @@ fn a_bad_cursor_is_refused_and_says_why() {
     let cursor = page.next_cursor.unwrap();
     let refuse = |queue: &str, cursor: &str| {
         let error = inspect::list_deliveries(
-            &store,
+            &*store,
             queue,
             &DeliveriesQuery {
                 cursor: Some(cursor.into()),
@@ -406,7 +406,7 @@ fn a_bad_cursor_is_refused_and_says_why() {
     flipped[12] = if flipped[12] == b'a' { b'b' } else { b'a' };
     assert!(refuse("other", &String::from_utf8(flipped).unwrap()).contains("checksum"));
     let error = inspect::list_deliveries(
-        &store,
+        &*store,
         "other",
         &DeliveriesQuery {
             limit: 1001,
@@ -418,7 +418,7 @@ fn a_bad_cursor_is_refused_and_says_why() {
     assert!(error.to_string().contains("limit 1001"), "{error}");
     // The cursor of the other queue goes on where it stopped.
     let rest = inspect::list_deliveries(
-        &store,
+        &*store,
         "other",
         &DeliveriesQuery {
             cursor: Some(cursor),

@@ -179,7 +179,7 @@ fn run(seed: u64) {
         )
         .unwrap();
     publish(&store, &mut rng, &mut model);
-    admin::create_queue(&store, "work", "jobs", StartAt::Earliest, config()).unwrap();
+    admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, config()).unwrap();
     let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
     let members = ["a", "b", "c"];
     // What the run did, so a seed that exercises nothing fails.
@@ -396,12 +396,12 @@ fn run(seed: u64) {
                 .messages
                 .values()
                 .all(|m| m.acked || m.dead || m.attempts >= config().max_deliveries)
-            && admin::queue_status(&store, "work", now).unwrap().ready == 0
+            && admin::queue_status(&*store, "work", now).unwrap().ready == 0
         {
             break;
         }
     }
-    let status = admin::queue_status(&store, "work", clock.now_ms()).unwrap();
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
     assert_eq!(
         (status.ready, status.unacked, status.waiting, status.delayed),
         (0, 0, 0, 0),
@@ -476,7 +476,7 @@ fn a_high_priority_message_goes_first_whatever_the_backlog() {
     for chunk in backlog.chunks(5_000) {
         partition.append_durable(chunk).unwrap();
     }
-    admin::create_queue(&store, "work", "jobs", StartAt::Earliest, config()).unwrap();
+    admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, config()).unwrap();
     let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
     engine.member_joined("m");
     // Before any priority-0 message goes out, every higher level looks through the log
@@ -531,7 +531,7 @@ fn a_delayed_message_waits_for_its_time() {
             NewRecord::value("now"),
         ])
         .unwrap();
-    admin::create_queue(&store, "work", "jobs", StartAt::Earliest, config()).unwrap();
+    admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, config()).unwrap();
     let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
     engine.member_joined("m");
     let first: Vec<u64> = engine.deliver(&[("m".into(), 10)]).unwrap()[0]
@@ -551,7 +551,7 @@ fn a_delayed_message_waits_for_its_time() {
             }],
         )
         .unwrap();
-    let status = admin::queue_status(&store, "work", clock.now_ms()).unwrap();
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
     assert_eq!(status.delayed, 1);
     clock.advance_ms(4_999);
     engine.tick().unwrap();
@@ -581,7 +581,7 @@ fn dead_letters_carry_their_story_and_redrive_brings_them_back() {
         max_deliveries: 2,
         ..config()
     };
-    admin::create_queue(&store, "work", "jobs", StartAt::Earliest, config).unwrap();
+    admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, config).unwrap();
     let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
     engine.member_joined("m");
     for attempt in 1..=2 {
@@ -633,7 +633,7 @@ fn dead_letters_carry_their_story_and_redrive_brings_them_back() {
         header("tidelog-dlq-reason")
     );
 
-    let (moved, remaining) = admin::redrive_queue(&store, "work", 0).unwrap();
+    let (moved, remaining) = admin::redrive_queue(&*store, "work", 0).unwrap();
     assert_eq!((moved, remaining), (1, 0));
     let back = partition.read(1, 10, u64::MAX).unwrap().records;
     assert_eq!(back.len(), 1);
@@ -645,7 +645,7 @@ fn dead_letters_carry_their_story_and_redrive_brings_them_back() {
             .all(|h| !h.key.starts_with("tidelog-dlq"))
     );
     assert_eq!(
-        admin::redrive_queue(&store, "work", 0).unwrap(),
+        admin::redrive_queue(&*store, "work", 0).unwrap(),
         (0, 0),
         "nothing twice"
     );

@@ -98,7 +98,7 @@ fn delayed_messages_cost_a_bounded_amount_each_and_survive_a_restart() {
         published += n as u64;
     }
     admin::create_queue(
-        &store,
+        &*store,
         "later",
         "jobs",
         StartAt::Earliest,
@@ -111,7 +111,7 @@ fn delayed_messages_cost_a_bounded_amount_each_and_survive_a_restart() {
     engine.member_joined("m");
     take_all(&mut engine, messages);
     let grown = rss_anon_bytes().saturating_sub(before);
-    let status = admin::queue_status(&store, "later", clock.now_ms()).unwrap();
+    let status = admin::queue_status(&*store, "later", clock.now_ms()).unwrap();
     assert_eq!(status.delayed, messages, "{status:?}");
     eprintln!(
         "{messages} delayed messages: {} MiB of anonymous memory, {} bytes each",
@@ -134,7 +134,7 @@ fn delayed_messages_cost_a_bounded_amount_each_and_survive_a_restart() {
     let store = open(dir.path(), &clock);
     let mut engine = QueueEngine::open(store.clone(), "later").unwrap();
     engine.member_joined("m");
-    let status = admin::queue_status(&store, "later", clock.now_ms()).unwrap();
+    let status = admin::queue_status(&*store, "later", clock.now_ms()).unwrap();
     assert_eq!(status.delayed, messages, "after a restart: {status:?}");
     assert_eq!(status.ready, 0, "after a restart: {status:?}");
     assert!(engine.deliver(&[("m".into(), 1000)]).unwrap().is_empty());
@@ -172,7 +172,7 @@ fn delayed_messages_cost_a_bounded_amount_each_and_survive_a_restart() {
             .collect();
         engine.settle(Some("m"), &requests).unwrap();
     }
-    let status = admin::queue_status(&store, "later", clock.now_ms()).unwrap();
+    let status = admin::queue_status(&*store, "later", clock.now_ms()).unwrap();
     assert_eq!(status.delayed, 0, "{status:?}");
     assert_eq!(status.ready, messages - 10_000, "{status:?}");
 }

@@ -68,7 +68,7 @@ fn only_matching_messages_are_delivered_and_the_rest_are_settled() {
     let records: Vec<NewRecord> = (0..100).map(message).collect();
     topic.partition(0).unwrap().append(&records).unwrap();
     admin::create_queue(
-        &store,
+        &*store,
         "orders",
         "jobs",
         StartAt::Earliest,
@@ -101,7 +101,7 @@ fn only_matching_messages_are_delivered_and_the_rest_are_settled() {
             .unwrap();
     }
     // Every message is settled: the skipped ones count as acked.
-    let status = queue_status(&store, "orders", store.clock().now_ms()).unwrap();
+    let status = queue_status(&*store, "orders", store.clock().now_ms()).unwrap();
     assert_eq!(status.partitions, vec![(0, 100, 100)]);
     assert_eq!(status.ready, 0);
     assert_eq!(status.unacked, 0);
@@ -115,7 +115,7 @@ fn a_json_filter_skips_values_that_are_not_json_and_counts_them() {
     let records: Vec<NewRecord> = (0..20).map(message).collect();
     topic.partition(0).unwrap().append(&records).unwrap();
     admin::create_queue(
-        &store,
+        &*store,
         "big",
         "jobs",
         StartAt::Earliest,
@@ -145,7 +145,7 @@ fn the_filter_is_kept_through_alter_reopen_and_compaction() {
             .create_topic("jobs", 2, TopicConfig::default())
             .unwrap();
         admin::create_queue(
-            &store,
+            &*store,
             "q",
             "jobs",
             StartAt::Latest,
@@ -153,14 +153,14 @@ fn the_filter_is_kept_through_alter_reopen_and_compaction() {
         )
         .unwrap();
         admin::create_queue(
-            &store,
+            &*store,
             "plain",
             "jobs",
             StartAt::Latest,
             QueueConfig::defaults_for("jobs"),
         )
         .unwrap();
-        admin::alter_queue(&store, "q", |c| c.max_deliveries = 9).unwrap();
+        admin::alter_queue(&*store, "q", |c| c.max_deliveries = 9).unwrap();
         let config = store.queues().read(|q| q.get("q").unwrap().config.clone());
         assert_eq!(config.filter.as_deref(), Some(filter));
         assert_eq!(config.max_deliveries, 9);
@@ -214,7 +214,7 @@ fn a_malformed_filter_is_refused_with_its_position() {
     let store = open(dir.path());
     store.create_topic("jobs", 1, visible_at_once()).unwrap();
     let error = admin::create_queue(
-        &store,
+        &*store,
         "q",
         "jobs",
         StartAt::Latest,
@@ -247,7 +247,7 @@ fn overflow_passes_over_what_the_filter_skips_and_dead_letters_only_matches() {
     let records: Vec<NewRecord> = (0..100).map(message).collect();
     topic.partition(0).unwrap().append(&records).unwrap();
     admin::create_queue(
-        &store,
+        &*store,
         "orders",
         "jobs",
         StartAt::Earliest,
@@ -269,7 +269,7 @@ fn overflow_passes_over_what_the_filter_skips_and_dead_letters_only_matches() {
             .iter()
             .any(|h| h.key == "kind" && &h.value[..] == b"order")
     }));
-    let status = queue_status(&store, "orders", 0).unwrap();
+    let status = queue_status(&*store, "orders", 0).unwrap();
     assert_eq!(status.ready, 5);
 }
 
@@ -282,7 +282,7 @@ fn a_message_the_filter_skips_says_filtered_in_its_status() {
     let records: Vec<NewRecord> = (0..20).map(message).collect();
     topic.partition(0).unwrap().append(&records).unwrap();
     admin::create_queue(
-        &store,
+        &*store,
         "orders",
         "jobs",
         StartAt::Earliest,
@@ -292,7 +292,7 @@ fn a_message_the_filter_skips_says_filtered_in_its_status() {
     let state = |offset: u64| {
         let at = message_at(&topic, 0, offset).unwrap();
         assert!(matches!(at, MessageAt::Stored(_)));
-        queue_state(&store, "orders", 0, offset, &at, 0).unwrap()
+        queue_state(&*store, "orders", 0, offset, &at, 0).unwrap()
     };
     // Before the queue scanned them: a match is ready, the others filtered.
     assert_eq!(state(3), QueueState::Ready);

@@ -158,7 +158,7 @@ fn run(seed: u64) {
         filter: filtered.then(|| r#"header.kind == "job""#.to_string()),
         ..QueueConfig::defaults_for("jobs")
     };
-    admin::create_queue(&store, "work", "jobs", StartAt::Earliest, config).unwrap();
+    admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, config).unwrap();
     let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
     let members = ["a", "b", "c"];
     for member in members {
@@ -264,7 +264,7 @@ fn run(seed: u64) {
         "{context}: every message the filter matches is delivered"
     );
     // Every cursor at the end of its partition, nothing held or ready.
-    let status = queue_status(&store, "work", clock.now_ms()).unwrap();
+    let status = queue_status(&*store, "work", clock.now_ms()).unwrap();
     assert_eq!(
         (status.ready, status.unacked),
         (0, 0),

@@ -507,7 +507,7 @@ impl crate::metrics::QueueMetricsSource for QueueManager {
             .into_iter()
             .filter_map(|name| {
                 let status =
-                    tidelog_storage::queue::admin::queue_status(&self.store, &name, now).ok()?;
+                    tidelog_storage::queue::admin::queue_status(&*self.store, &name, now).ok()?;
                 let c = counters.get(&name).copied().unwrap_or_default();
                 Some(crate::metrics::QueueMetrics {
                     queue: name,

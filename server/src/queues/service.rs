@@ -191,7 +191,7 @@ impl Queues for QueuesService {
         let topic = request.into_inner().topic;
         let result = async {
             let names: Vec<String> = admin::list_queues(
-                &self.state.store,
+                &*self.state.store,
                 (!topic.is_empty()).then_some(topic.as_str()),
             )
             .into_iter()

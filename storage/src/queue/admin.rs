@@ -7,7 +7,8 @@ use bytes::Bytes;
 use super::state::{Hold, Queue, QueueConfig, QueueOp, validate_queue_name};
 use crate::batch::NewRecord;
 use crate::error::{Error, Result};
-use crate::store::{Store, Topic};
+use crate::queue::QueueHost;
+use crate::topic::Topic;
 
 /// Headers a dead letter carries, besides the original message's own.
 pub const DLQ_HEADER_QUEUE: &str = "tidelog-dlq-queue";
@@ -70,7 +71,7 @@ fn not_found(name: &str) -> Error {
 /// Creates queue `name` on `topic`, starting at `start` in every partition, with the
 /// topic's priority levels.
 pub fn create_queue(
-    store: &Store,
+    store: &dyn QueueHost,
     name: &str,
     topic: &str,
     start: StartAt,
@@ -117,7 +118,7 @@ pub fn create_queue(
 
 /// Changes queue `name`'s config with `change`, checked before it is stored.
 pub fn alter_queue(
-    store: &Store,
+    store: &dyn QueueHost,
     name: &str,
     change: impl FnOnce(&mut QueueConfig),
 ) -> Result<Queue> {
@@ -138,7 +139,7 @@ pub fn alter_queue(
 }
 
 /// Deletes queue `name` and its state.
-pub fn delete_queue(store: &Store, name: &str) -> Result<()> {
+pub fn delete_queue(store: &dyn QueueHost, name: &str) -> Result<()> {
     match store.queues().append_one(QueueOp::Delete {
         name: name.to_string(),
     })? {
@@ -149,7 +150,7 @@ pub fn delete_queue(store: &Store, name: &str) -> Result<()> {
 
 /// Settles everything queue `name` has not settled, up to each partition's end now.
 /// Returns about how many messages that settled (the unsettled span of each partition).
-pub fn purge_queue(store: &Store, name: &str) -> Result<u64> {
+pub fn purge_queue(store: &dyn QueueHost, name: &str) -> Result<u64> {
     let queue = store
         .queues()
         .read(|q| q.get(name).cloned())
@@ -174,7 +175,7 @@ pub fn purge_queue(store: &Store, name: &str) -> Result<u64> {
 }
 
 /// Every queue (of `topic` if given), by name.
-pub fn list_queues(store: &Store, topic: Option<&str>) -> Vec<Queue> {
+pub fn list_queues(store: &dyn QueueHost, topic: Option<&str>) -> Vec<Queue> {
     store.queues().read(|q| {
         q.iter()
             .filter(|q| topic.is_none_or(|t| q.topic == t))
@@ -184,7 +185,7 @@ pub fn list_queues(store: &Store, topic: Option<&str>) -> Vec<Queue> {
 }
 
 /// Counts for queue `name` at `now_ms`.
-pub fn queue_status(store: &Store, name: &str, now_ms: i64) -> Result<QueueStatus> {
+pub fn queue_status(store: &dyn QueueHost, name: &str, now_ms: i64) -> Result<QueueStatus> {
     let queue = store
         .queues()
         .read(|q| q.get(name).cloned())
@@ -275,7 +276,7 @@ pub fn backlog(queue: &Queue, topic: &Topic) -> Result<(u64, u64)> {
 /// The first queue of `topic` that `incoming` more messages of `incoming_bytes` would
 /// put over the topic's caps, if any (None at once when the topic has no caps).
 pub fn over_caps(
-    store: &Store,
+    store: &dyn QueueHost,
     topic: &Topic,
     incoming: u64,
     incoming_bytes: u64,
@@ -325,7 +326,7 @@ pub fn redrive_group(queue: &str) -> String {
 /// it got. A crash between the two publishes them again on the next call
 /// (at-least-once). Returns (moved, dead letters of any queue still after the
 /// position).
-pub fn redrive_queue(store: &Store, name: &str, max_messages: u32) -> Result<(u64, u64)> {
+pub fn redrive_queue(store: &dyn QueueHost, name: &str, max_messages: u32) -> Result<(u64, u64)> {
     let queue = store
         .queues()
         .read(|q| q.get(name).cloned())

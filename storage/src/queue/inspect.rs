@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use crate::batch::Record;
 use crate::error::{Error, Result};
-use crate::store::{Store, Topic};
+use crate::queue::QueueHost;
+use crate::topic::Topic;
 
 use super::history::query::{
     EventPage, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, ListRequest, list_events, message_attempts,
@@ -116,7 +117,7 @@ impl QueueState {
     }
 }
 
-fn queue_of(store: &Store, name: &str) -> Result<Queue> {
+fn queue_of(store: &dyn QueueHost, name: &str) -> Result<Queue> {
     store
         .queues()
         .read(|q| q.get(name).map(Queue::without_pending))
@@ -128,7 +129,7 @@ fn queue_of(store: &Store, name: &str) -> Result<Queue> {
 /// holds wins; a settled message is acked or dead-lettered as its history says (even
 /// if it expired since), expired if it expired without either, else `Settled`.
 pub fn queue_state(
-    store: &Store,
+    store: &dyn QueueHost,
     name: &str,
     partition: u32,
     offset: u64,
@@ -235,7 +236,7 @@ pub fn queue_state(
 /// `timestamp_ms` is the message's (history is looked for from
 /// [`HISTORY_TIMESTAMP_SLACK_MS`] before it).
 pub fn message_history(
-    store: &Store,
+    store: &dyn QueueHost,
     name: &str,
     partition: u32,
     offset: u64,
@@ -339,7 +340,7 @@ pub struct DeliveriesPage {
 /// this queue's listing returned fails with [`Error::InvalidArgument`] saying so; the
 /// page holds at most `limit` events (see [`list_events`] for its budgets).
 pub fn list_deliveries(
-    store: &Store,
+    store: &dyn QueueHost,
     name: &str,
     query: &DeliveriesQuery,
     now_ms: i64,
@@ -450,7 +451,7 @@ pub struct GroupState {
 
 /// Whether `group` committed past message (`partition`, `offset`) of `topic`.
 pub fn group_state(
-    store: &Store,
+    store: &dyn QueueHost,
     group: &str,
     topic: &str,
     partition: u32,

@@ -25,8 +25,39 @@ pub mod history;
 pub mod inspect;
 pub mod state;
 
+use std::sync::Arc;
+
+use crate::clock::Clock;
+use crate::config::TopicConfig;
+use crate::error::Result;
+use crate::offsets::OffsetStore;
+use crate::statelog::StateLog;
+use crate::topic::Topic;
+
 pub use admin::{QueueStatus, StartAt};
 pub use engine::{Delivery, HistoryWait, QueueEngine, SettleAction, SettleOutcome, SettleRequest};
 pub use state::{
     Hold, Pending, Queue, QueueConfig, QueueOp, QueuePartition, Queues, Taken, validate_queue_name,
 };
+
+/// What the queues need of the store that holds them: their state log and delivery
+/// histories, the topics they read and dead-letter to, the groups' offsets (a redrive
+/// reads the dead-letter topic as a group) and the clock. [`crate::store::Store`] is
+/// the implementation; the queue code reaches the store only through this trait, so
+/// the store (which opens the queues' state) and the queues do not import each other.
+pub trait QueueHost: Send + Sync + std::fmt::Debug {
+    /// The queues' state log.
+    fn queues(&self) -> &StateLog<Queues>;
+    /// Queue `name`'s delivery history, opened on first use.
+    fn queue_history(&self, name: &str) -> Result<Arc<history::QueueHistory>>;
+    /// Removes queue `name`'s delivery history (the queue is gone).
+    fn remove_queue_history(&self, name: &str) -> Result<()>;
+    /// Topic `name`, or `NotFound`.
+    fn topic(&self, name: &str) -> Result<Arc<Topic>>;
+    /// Creates topic `name` (a dead-letter topic created when first needed).
+    fn create_topic(&self, name: &str, partitions: u32, config: TopicConfig) -> Result<Arc<Topic>>;
+    /// The consumer groups' committed offsets.
+    fn offsets(&self) -> &OffsetStore;
+    /// The store's clock: every queue decision is timed by it.
+    fn clock(&self) -> &Arc<dyn Clock>;
+}

@@ -41,7 +41,8 @@ use crate::config::TopicConfig;
 use crate::error::{Error, Result};
 use crate::filter::{Filter, Verdict};
 use crate::partition::Partition;
-use crate::store::{Store, Topic};
+use crate::queue::QueueHost;
+use crate::topic::Topic;
 
 mod settle;
 
@@ -137,7 +138,7 @@ enum Timer {
 /// The delivery engine of one queue. See the module docs.
 #[derive(Debug)]
 pub struct QueueEngine {
-    store: Arc<Store>,
+    store: Arc<dyn QueueHost>,
     name: String,
     /// (time, kind, partition, offset).
     timers: BTreeSet<(i64, Timer, u32, u64)>,
@@ -190,7 +191,7 @@ const ACK_LATENCIES_KEPT_MAX: usize = 65_536;
 impl QueueEngine {
     /// The engine of queue `name`, its timers rebuilt from the durable state. Every
     /// lease is given up at once: no member is connected yet.
-    pub fn open(store: Arc<Store>, name: &str) -> Result<QueueEngine> {
+    pub fn open(store: Arc<dyn QueueHost>, name: &str) -> Result<QueueEngine> {
         let queue = store
             .queues()
             .read(|q| q.get(name).cloned())
@@ -824,7 +825,7 @@ impl QueueEngine {
             "overflow: queue {:?} held {messages} ready messages ({bytes} bytes), over its topic's caps (queue_max_ready_messages {:?}, queue_max_ready_bytes {:?})",
             self.name, config.queue_max_ready_messages, config.queue_max_ready_bytes
         );
-        let dlq = dead_letter_topic(&self.store, &queue.config.dead_letter_topic)?;
+        let dlq = dead_letter_topic(&*self.store, &queue.config.dead_letter_topic)?;
         let mut ops = Vec::new();
         let mut events = Vec::new();
         let now = self.store.clock().now_ms();
@@ -974,7 +975,7 @@ impl QueueEngine {
                 pending.last_delivery_ms,
                 &reason,
             );
-            let dlq = dead_letter_topic(&self.store, &queue.config.dead_letter_topic)?;
+            let dlq = dead_letter_topic(&*self.store, &queue.config.dead_letter_topic)?;
             dlq.partition(dead_letter_partition(&dlq, partition))?
                 .append_durable(&[letter])?;
         }
@@ -999,7 +1000,7 @@ fn read_one(topic: &Topic, partition: u32, offset: u64) -> Result<Option<Record>
 }
 
 /// The dead-letter topic, created with one partition and default settings if missing.
-fn dead_letter_topic(store: &Store, name: &str) -> Result<Arc<Topic>> {
+fn dead_letter_topic(store: &dyn QueueHost, name: &str) -> Result<Arc<Topic>> {
     match store.topic(name) {
         Ok(topic) => Ok(topic),
         Err(Error::NotFound { .. }) => match store.create_topic(name, 1, TopicConfig::default()) {

@@ -1,0 +1,154 @@
+//! A topic: its partitions, its config and its dedup window, and the append paths
+//! through the topic's message-id rules. The [`crate::store::Store`] creates, grows
+//! and deletes topics; everything else reads and appends through a `Topic`.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+
+use crate::batch::NewRecord;
+use crate::client_batch::{BatchRules, CheckedBatch, validate_batch};
+use crate::config::TopicConfig;
+use crate::dedup::{BatchPlaced, DedupWindow, Placed};
+use crate::error::{Error, Result};
+use crate::partition::{Partition, PartitionInfo};
+
+/// A topic: its partitions and config.
+///
+/// The partition list of a `Topic` never changes; raising the partition count
+/// ([`Store::create_partitions`]) puts a new `Topic` in the store that shares the
+/// existing partitions and the config, with the same [`Topic::is_same_topic`] identity.
+/// A holder of the older value finds the new partitions through [`Store::topic`].
+#[derive(Debug)]
+pub struct Topic {
+    pub(crate) name: String,
+    pub(crate) dir: PathBuf,
+    /// Shared with the `Topic`s this one grew into, so an alter reaches every holder.
+    pub(crate) config: Arc<RwLock<Arc<TopicConfig>>>,
+    pub(crate) partitions: Vec<Arc<Partition>>,
+    /// Which creation of the topic this is: a topic deleted and created again under
+    /// the same name is another topic; one with more partitions is the same.
+    pub(crate) incarnation: u64,
+    /// The ids stored within the dedup window; shared with the `Topic`s this one grew
+    /// into.
+    pub(crate) dedup: Arc<DedupWindow>,
+}
+
+/// Gives every created or opened topic its own incarnation.
+static NEXT_INCARNATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+pub(crate) fn next_incarnation() -> u64 {
+    NEXT_INCARNATION.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Topic {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether `other` is this topic, possibly with more partitions since (rather than
+    /// a topic of the same name created after this one was deleted).
+    pub fn is_same_topic(&self, other: &Topic) -> bool {
+        self.incarnation == other.incarnation
+    }
+
+    pub fn config(&self) -> Arc<TopicConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn partitions(&self) -> &[Arc<Partition>] {
+        &self.partitions
+    }
+
+    /// The partition with this number; `InvalidArgument` naming the valid range if
+    /// there is none.
+    pub fn partition(&self, id: u32) -> Result<&Arc<Partition>> {
+        self.partitions.get(id as usize).ok_or_else(|| {
+            Error::invalid(format!(
+                "topic {:?} has partitions 0..{}, not {id}",
+                self.name,
+                self.partitions.len()
+            ))
+        })
+    }
+
+    /// Appends `records` to partition `partition` as one batch, through the topic's
+    /// message-id rules: on a topic with `assign_ids` each record without an id gets
+    /// one, and with a dedup window on, a record whose id was stored within the window
+    /// is not appended again: its placement names the original (see [`crate::dedup`]).
+    /// Records without ids on a topic without `assign_ids` go straight to
+    /// [`Partition::append`].
+    pub fn append(&self, partition: u32, records: Vec<NewRecord>) -> Result<Placed> {
+        let config = self.config();
+        self.dedup.append(
+            &self.partitions,
+            partition,
+            records,
+            config.dedup_window_ms.unwrap_or(0),
+            config.assign_ids,
+        )
+    }
+
+    /// Validates `bytes`, one record batch a client built in the log's format, against
+    /// this topic's rules ([`crate::client_batch::validate_batch`]: a malformed batch is
+    /// `InvalidArgument` naming the reason, and nothing is appended) and appends it to
+    /// partition `partition` as it came, with the log's base offset written in, under
+    /// the topic's id rules ([`crate::dedup`]: a batch is deduplicated whole). Returns
+    /// what was done and the batch's checked summary.
+    pub fn append_batch(
+        &self,
+        partition: u32,
+        bytes: Vec<u8>,
+    ) -> Result<(BatchPlaced, CheckedBatch)> {
+        let config = self.config();
+        let now_ms = self.dedup.now_ms();
+        let rules = BatchRules {
+            now_ms,
+            max_message_bytes: config.max_message_bytes,
+            priority_levels: config.priority_levels,
+            expiry_required: config.default_ttl_ms.is_some_and(|ttl| ttl > 0),
+        };
+        let checked = validate_batch(&bytes, &rules)
+            .map_err(|e| Error::invalid(format!("the record batch is malformed: {e}")))?;
+        let placed = self.dedup.append_batch(
+            &self.partitions,
+            partition,
+            bytes,
+            &checked,
+            now_ms,
+            config.dedup_window_ms.unwrap_or(0),
+            config.assign_ids,
+        )?;
+        Ok((placed, checked))
+    }
+
+    /// Ids the dedup window holds and the bytes it takes, for metrics.
+    pub fn dedup_window_size(&self) -> (usize, usize) {
+        (self.dedup.len(), self.dedup.memory_bytes())
+    }
+
+    pub fn info(&self) -> TopicInfo {
+        TopicInfo {
+            name: self.name.clone(),
+            config: (*self.config()).clone(),
+            partitions: self.partitions.iter().map(|p| p.info()).collect(),
+        }
+    }
+}
+
+/// A topic as `describe` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub name: String,
+    pub config: TopicConfig,
+    pub partitions: Vec<PartitionInfo>,
+}
+
+impl TopicInfo {
+    pub fn size_bytes(&self) -> u64 {
+        self.partitions.iter().map(|p| p.size_bytes).sum()
+    }
+}
