@@ -328,6 +328,7 @@ pub fn partition_count(requested: u32) -> u32 {
 
 /// A published message as a record for the log. `index` is its position in the
 /// request, for error messages.
+#[inline]
 pub fn new_record(index: usize, message: pb::Message) -> Result<storage::NewRecord, Status> {
     if let Some(timestamp) = message.timestamp_ms
         && timestamp < 0

@@ -109,7 +109,6 @@ pub fn prepare(state: &AppState, request: PublishRequest) -> Result<Prepared, St
             }
             None => state.round_robin.next(partition_count),
         };
-        let record = convert::new_record(index, message)?;
         if batches
             .get(current)
             .is_none_or(|b| b.partition != partition)
@@ -129,7 +128,8 @@ pub fn prepare(state: &AppState, request: PublishRequest) -> Result<Prepared, St
             });
         }
         let batch = &mut batches[current];
-        batch.records.push(record);
+        // Made where it is pushed, so the record is built in place rather than moved.
+        batch.records.push(convert::new_record(index, message)?);
         batch.indexes.push(index);
     }
     // Appends go in partition order, as before.
