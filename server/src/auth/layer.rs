@@ -1,5 +1,6 @@
 //! The tower layer in front of every gRPC service: with auth on, it resolves the
-//! caller from the `authorization` metadata and refuses the call with UNAUTHENTICATED
+//! caller from the `authorization` metadata (or, with mutual TLS and no token, from
+//! the connection's client certificate, [`crate::listener::ConnInfo`]) and refuses the call with UNAUTHENTICATED
 //! before any handler runs; the [`Caller`] it resolved travels in the request's
 //! extensions to [`super::Auth::authorize`]. With auth off it passes calls through.
 
@@ -71,7 +72,11 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .map(http::HeaderValue::as_bytes);
-        match self.auth.authenticate(value, rpc) {
+        let certificate = request
+            .extensions()
+            .get::<crate::listener::ConnInfo>()
+            .and_then(|info| info.certificate_principal.clone());
+        match self.auth.authenticate(value, certificate.as_ref(), rpc) {
             Ok(caller) => {
                 request.extensions_mut().insert::<Caller>(caller);
                 Box::pin(self.inner.call(request))

@@ -51,7 +51,9 @@ pub const BOOTSTRAP_PRINCIPAL: &str = "admin";
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub principal: Arc<str>,
-    pub token_id: u64,
+    /// The token that authenticated the call; `None` when the principal is the
+    /// subject of the connection's verified client certificate (mutual TLS).
+    pub token_id: Option<u64>,
     pub expires_at_ms: Option<i64>,
     /// The call's row of [`rpcs::RPCS`]; `None` for calls that need no rule.
     pub rpc: Option<&'static Rpc>,
@@ -190,19 +192,39 @@ impl Auth {
         self.enabled.as_ref()
     }
 
-    /// Resolves the principal of an `authorization` metadata value (`None`: missing).
+    /// Resolves the caller's principal from an `authorization` metadata value
+    /// (`None`: missing) or else from the connection's verified client certificate
+    /// (`certificate`: its subject CN, mutual TLS). A token, when sent, wins: a bad
+    /// token is UNAUTHENTICATED even on a connection with a certificate.
     pub fn authenticate(
         &self,
         value: Option<&[u8]>,
+        certificate: Option<&Arc<str>>,
         rpc: Option<&'static Rpc>,
     ) -> Result<Caller, Status> {
         let Some(log) = &self.enabled else {
             return Err(Status::internal("authenticate called with auth off"));
         };
         let Some(value) = value else {
+            if let Some(principal) = certificate {
+                access::validate_principal(principal).map_err(|e| {
+                    Status::unauthenticated(format!(
+                        "the client certificate's subject CN is not a usable principal ({e}); \
+                         issue a certificate whose CN is 1-255 printable ASCII characters \
+                         without spaces, or send a token"
+                    ))
+                })?;
+                return Ok(Caller {
+                    principal: principal.clone(),
+                    token_id: None,
+                    expires_at_ms: None,
+                    rpc,
+                });
+            }
             return Err(Status::unauthenticated(
                 "this broker requires a token (tidelogd --auth): pass --token or set \
-                 TIDELOG_TOKEN, or send the metadata authorization: Bearer <token>",
+                 TIDELOG_TOKEN, or send the metadata authorization: Bearer <token> (or, \
+                 when tidelogd has --tls-client-ca, connect with a client certificate)",
             ));
         };
         let parsed = token::parse_authorization(value).map_err(|e| {
@@ -214,7 +236,7 @@ impl Auth {
             verify(stored, &parsed, now)?;
             Ok(Caller {
                 principal: stored.principal.as_str().into(),
-                token_id: stored.id,
+                token_id: Some(stored.id),
                 expires_at_ms: stored.expires_at_ms,
                 rpc,
             })
@@ -250,12 +272,15 @@ impl Auth {
         };
         let now = now_ms();
         log.read(|a| {
-            // The token may have been revoked or expired since the call started.
-            if a.token(caller.token_id).is_none() {
-                return Err(unknown_token(caller.token_id));
-            }
-            if let Some(expired) = caller.expires_at_ms.filter(|at| *at <= now) {
-                return Err(expired_token(caller.token_id, expired));
+            // The token may have been revoked or expired since the call started. (A
+            // certificate was checked in the handshake; its rules are checked below.)
+            if let Some(token_id) = caller.token_id {
+                if a.token(token_id).is_none() {
+                    return Err(unknown_token(token_id));
+                }
+                if let Some(expired) = caller.expires_at_ms.filter(|at| *at <= now) {
+                    return Err(expired_token(token_id, expired));
+                }
             }
             let rpc = caller
                 .rpc

@@ -255,7 +255,8 @@ impl Access for AccessService {
         Ok(Response::new(WhoAmIResponse {
             principal: caller.map(|c| c.principal.to_string()).unwrap_or_default(),
             token_id: caller
-                .map(|c| token::format_id(c.token_id))
+                .and_then(|c| c.token_id)
+                .map(token::format_id)
                 .unwrap_or_default(),
             expires_at_ms: caller.and_then(|c| c.expires_at_ms).unwrap_or(0),
         }))

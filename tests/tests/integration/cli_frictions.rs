@@ -365,7 +365,11 @@ fn cli_if_exists_flags_and_the_total_lag() {
     cli(&broker, &["consume", "t", "--group", "g", "-n", "1"]).ok("consume");
     let described = cli(&broker, &["group", "describe", "g", "--json"]).ok("describe");
     let lag = described.json()["total_lag"].as_u64().unwrap();
-    assert!(lag == 1 || lag == 4, "total lag {lag}: {}", described.stdout);
+    assert!(
+        lag == 1 || lag == 4,
+        "total lag {lag}: {}",
+        described.stdout
+    );
 
     // Delete: an error for a missing topic, unless --if-exists.
     cli(&broker, &["topic", "delete", "t"]).ok("delete");
