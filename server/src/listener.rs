@@ -454,4 +454,44 @@ mod tests {
         assert_eq!(limits.open(a), (0, 0));
         assert!(limits.open.lock().unwrap().1.is_empty());
     }
+
+    proptest::proptest! {
+        /// Any sequence of opens and closes: a slot is given exactly when both counts
+        /// are under their limits, and the counts match a plain model.
+        #[test]
+        fn limits_match_a_model(
+            total_max in 1usize..6,
+            per_ip_max in 1usize..4,
+            ops in proptest::collection::vec((0u8..4, proptest::bool::ANY, 0usize..8), 0..200),
+        ) {
+            let limits = ConnectionLimits::new(total_max, per_ip_max);
+            let mut held: Vec<(IpAddr, Slot)> = Vec::new();
+            for (ip, open, pick) in ops {
+                let ip = IpAddr::from([10, 0, 0, ip]);
+                if open {
+                    let from_ip = held.iter().filter(|(i, _)| *i == ip).count();
+                    let expected = if held.len() >= total_max {
+                        Err(Refusal::Total)
+                    } else if from_ip >= per_ip_max {
+                        Err(Refusal::PerIp)
+                    } else {
+                        Ok(())
+                    };
+                    match limits.acquire(ip) {
+                        Ok(slot) => {
+                            proptest::prop_assert_eq!(expected, Ok(()));
+                            held.push((ip, slot));
+                        }
+                        Err(refusal) => proptest::prop_assert_eq!(expected, Err(refusal)),
+                    }
+                } else if !held.is_empty() {
+                    held.swap_remove(pick % held.len());
+                }
+                let from_ip = held.iter().filter(|(i, _)| *i == ip).count();
+                proptest::prop_assert_eq!(limits.open(ip), (held.len(), from_ip));
+            }
+            held.clear();
+            proptest::prop_assert!(limits.open.lock().unwrap().1.is_empty());
+        }
+    }
 }
