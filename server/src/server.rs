@@ -79,7 +79,7 @@ pub async fn run(
     } else {
         crate::auth::Auth::disabled()
     };
-    let auth = Arc::new(auth);
+    let auth = Arc::new(auth.with_metrics(metrics.clone()));
     if settings.insecure_allow_network_plaintext
         && !(settings.listen.ip().is_loopback() && settings.metrics_listen.ip().is_loopback())
     {

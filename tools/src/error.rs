@@ -384,6 +384,31 @@ mod tests {
     }
 
     #[test]
+    fn tls_failures_say_which_flag_to_pass() {
+        for (message, flag) in [
+            ("invalid peer certificate: UnknownIssuer", "--ca-file"),
+            (
+                "received fatal alert: CertificateRequired",
+                "--cert and --key",
+            ),
+            ("received fatal alert: UnknownCA", "--tls-client-ca"),
+            (
+                "received corrupt message of type InvalidContentType",
+                "http://",
+            ),
+            (
+                "connection error received: security properties do not meet minimum \
+                 requirements (b\"tidelogd: this port speaks TLS; ...\")",
+                "https://",
+            ),
+        ] {
+            let hint = tls_hint(message).unwrap_or_else(|| panic!("no hint for {message}"));
+            assert!(hint.contains(flag), "{message}: {hint}");
+        }
+        assert_eq!(tls_hint("Connection refused (os error 111)"), None);
+    }
+
+    #[test]
     fn exit_codes_follow_the_convention() {
         assert_eq!(CliError::usage("a", "b").exit.code(), 2);
         assert_eq!(CliError::failure("a", "b").exit.code(), 1);

@@ -97,6 +97,8 @@ impl<'a> Target<'a> {
 #[derive(Debug, Default)]
 pub struct Auth {
     enabled: Option<AccessLog>,
+    /// Where audit events are counted (`tidelog_audit_events{result}`).
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// Unix milliseconds now.
@@ -135,7 +137,10 @@ impl Auth {
                 data_dir.display()
             )
         })?;
-        let auth = Auth { enabled: Some(log) };
+        let auth = Auth {
+            enabled: Some(log),
+            metrics: None,
+        };
         if auth
             .log()
             .is_some_and(|log| log.read(|a| a.token_count() == 0))
@@ -182,6 +187,85 @@ impl Auth {
              tokens and rules with it (tidelog auth, tidelog acl), then revoke it"
         );
         Ok(())
+    }
+
+    /// Counts audit events in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Counts a call the layer refused (UNAUTHENTICATED); the layer writes its line.
+    pub fn count_refused(&self) {
+        self.count_audit("UNAUTHENTICATED");
+    }
+
+    fn count_audit(&self, result: &'static str) {
+        if let Some(metrics) = &self.metrics {
+            metrics.audit_event(result);
+        }
+    }
+
+    /// One audit line for a refused call.
+    pub fn audit_denied(&self, caller: Option<&Caller>, status: &Status) {
+        let result = tidelog_proto::code_name(status.code());
+        self.count_audit(result);
+        tracing::warn!(
+            target: AUDIT_TARGET,
+            principal = caller.map_or("-", |c| &*c.principal),
+            rpc = caller.and_then(|c| c.rpc).map_or("-", Rpc::name),
+            result,
+            reason = status.message(),
+            "call refused"
+        );
+    }
+
+    /// One audit line for a change of the access state by `caller`.
+    pub fn audit_change(
+        &self,
+        caller: Option<&Caller>,
+        change: &str,
+        result: &Result<bool, Status>,
+    ) {
+        let outcome = match result {
+            Ok(true) => "OK",
+            Ok(false) => "UNCHANGED",
+            Err(status) => tidelog_proto::code_name(status.code()),
+        };
+        self.count_audit(outcome);
+        tracing::info!(
+            target: AUDIT_TARGET,
+            principal = caller.map_or("-", |c| &*c.principal),
+            change,
+            result = outcome,
+            "access changed"
+        );
+    }
+
+    /// One audit line for an admin change (a topic, group or queue created, altered,
+    /// deleted or reset; see [`rpcs::Rpc::is_change`]) once its answer is known.
+    pub fn audit_admin_change(
+        &self,
+        principal: &str,
+        rpc: &Rpc,
+        resources: &[String],
+        result: &'static str,
+    ) {
+        self.count_audit(result);
+        let resource = if resources.is_empty() {
+            "-".to_string()
+        } else {
+            resources.join(",")
+        };
+        tracing::info!(
+            target: AUDIT_TARGET,
+            principal,
+            rpc = rpc.name(),
+            operation = rpc.change_operation().map_or("-", |op| op.name()),
+            resource,
+            result,
+            "admin change"
+        );
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -246,6 +330,9 @@ impl Auth {
     /// Checks that the caller of `request` may do its RPC's operation on every target.
     /// Returns at once when auth is off.
     pub fn authorize<T>(&self, request: &Request<T>, targets: &[Target<'_>]) -> Result<(), Status> {
+        if let Some(note) = request.extensions().get::<AuditNote>() {
+            note.record(targets);
+        }
         if self.enabled.is_none() {
             return Ok(());
         }
@@ -256,7 +343,7 @@ impl Auth {
     pub fn check(&self, caller: Option<&Caller>, targets: &[Target<'_>]) -> Result<(), Status> {
         let result = self.check_quietly(caller, targets);
         if let Err(status) = &result {
-            audit_denied(caller, status);
+            self.audit_denied(caller, status);
         }
         result
     }
@@ -389,32 +476,24 @@ impl Auth {
 /// (`tidelog_audit=info`).
 pub const AUDIT_TARGET: &str = "tidelog_audit";
 
-/// One audit line for a refused call.
-pub fn audit_denied(caller: Option<&Caller>, status: &Status) {
-    tracing::warn!(
-        target: AUDIT_TARGET,
-        principal = caller.map_or("-", |c| &*c.principal),
-        rpc = caller.and_then(|c| c.rpc).map_or("-", Rpc::name),
-        result = tidelog_proto::code_name(status.code()),
-        reason = status.message(),
-        "call refused"
-    );
-}
+/// The resources an admin change named, filled in by [`Auth::authorize`] (which every
+/// handler calls with them) for the audit line the layer writes once the call is
+/// answered. Only change RPCs carry one.
+#[derive(Debug, Clone, Default)]
+pub struct AuditNote(Arc<std::sync::Mutex<Vec<String>>>);
 
-/// One audit line for a change of the access state by `caller`.
-pub fn audit_change(caller: Option<&Caller>, change: &str, result: &Result<bool, Status>) {
-    let outcome = match result {
-        Ok(true) => "OK",
-        Ok(false) => "UNCHANGED",
-        Err(status) => tidelog_proto::code_name(status.code()),
-    };
-    tracing::info!(
-        target: AUDIT_TARGET,
-        principal = caller.map_or("-", |c| &*c.principal),
-        change,
-        result = outcome,
-        "access changed"
-    );
+impl AuditNote {
+    fn record(&self, targets: &[Target<'_>]) {
+        let mut names = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for target in targets {
+            names.push(format!("{}:{}", target.kind.name(), target.name));
+        }
+    }
+
+    /// The resources recorded.
+    pub fn resources(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 fn auth_off() -> Status {

@@ -115,7 +115,7 @@ impl Access for AccessService {
                 auth.create_token(&request.principal, expires_at_ms, request.description)
             })
             .await;
-        super::audit_change(
+        self.auth.audit_change(
             caller.as_ref(),
             &format!(
                 "create token for {principal} ({})",
@@ -160,7 +160,7 @@ impl Access for AccessService {
         let existed = self
             .blocking(move |auth| auth.change(AccessOp::RevokeToken { id }))
             .await;
-        super::audit_change(
+        self.auth.audit_change(
             caller.as_ref(),
             &format!("revoke token {}", token::format_id(id)),
             &existed,
@@ -205,7 +205,7 @@ impl Access for AccessService {
                 auth.change(AccessOp::AddRule(rule))
             })
             .await;
-        super::audit_change(
+        self.auth.audit_change(
             caller.as_ref(),
             &format!(
                 "add rule {} {} {} on {}",
@@ -228,7 +228,7 @@ impl Access for AccessService {
         let existed = self
             .blocking(move |auth| auth.change(AccessOp::RemoveRule(rule)))
             .await;
-        super::audit_change(
+        self.auth.audit_change(
             caller.as_ref(),
             &format!(
                 "remove rule {} {} {} on {}",

@@ -38,6 +38,7 @@
 //! | tidelog_queue_ack_latency_seconds | histogram | queue |
 //! | tidelog_connections_open (gRPC connections being served) | gauge | |
 //! | tidelog_connections_refused (closed at accept or in the TLS handshake) | counter | reason (max_connections, max_connections_per_ip, plaintext_on_tls, tls_handshake) |
+//! | tidelog_audit_events (audit lines written: refused calls, access and admin changes) | counter | result (OK, UNCHANGED, or the gRPC code name) |
 //! | tidelog_tls_reloads (SIGHUP re-reads of the TLS files and the metrics token) | counter | result (ok, error) |
 
 use std::fmt::Write as _;
@@ -252,6 +253,7 @@ pub struct Metrics {
     connections_open: Gauge,
     connections_refused: Family<ReasonLabels, Counter>,
     tls_reloads: Family<ResultLabels, Counter>,
+    audit_events: Family<ResultLabels, Counter>,
     flush: Arc<FlushMetrics>,
     sources: Arc<ScrapeSources>,
 }
@@ -310,6 +312,7 @@ impl Metrics {
             connections_open: Gauge::default(),
             connections_refused: Family::default(),
             tls_reloads: Family::default(),
+            audit_events: Family::default(),
             flush: flush.clone(),
             sources: sources.clone(),
             registry: Registry::default(),
@@ -443,6 +446,12 @@ impl Metrics {
              the old configuration stays)",
             metrics.tls_reloads.clone(),
         );
+        registry.register(
+            "tidelog_audit_events",
+            "Audit lines written (refused calls, access changes, admin changes), by result: \
+             OK, UNCHANGED, or the gRPC code name",
+            metrics.audit_events.clone(),
+        );
         registry.register_collector(Box::new(sources));
         Metrics {
             registry,
@@ -466,6 +475,13 @@ impl Metrics {
     pub fn tls_reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.tls_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// An audit line written with `result`.
+    pub fn audit_event(&self, result: &'static str) {
+        self.audit_events
             .get_or_create(&ResultLabels { result })
             .inc();
     }
@@ -901,6 +917,9 @@ mod tests {
             .flush_observer()
             .on_flush(Duration::from_millis(1), 1, 1);
         let _guard = metrics.open_stream("publish");
+        metrics.connection_refused("max_connections");
+        metrics.tls_reload(true);
+        metrics.audit_event("OK");
 
         let classic = metrics.encode_as(Format::Classic);
         assert_every_sample_has_help(&classic);
@@ -934,7 +953,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(families, 27, "a family was added or lost:\n{openmetrics}");
+        assert_eq!(families, 31, "a family was added or lost:\n{openmetrics}");
         assert_eq!(lines.last(), Some(&"# EOF"));
         store.close().unwrap();
     }

@@ -640,3 +640,124 @@ async fn batch_rpcs_and_patterns_are_authorized() {
     assert_eq!(pattern.code(), Code::FailedPrecondition, "{pattern:?}");
     assert!(pattern.message().contains("--auth"), "{pattern:?}");
 }
+
+/// Every admin change (topic, group reset, queue) writes an audit line with principal,
+/// RPC, operation, resource and result, with auth on and off; audit lines count in
+/// `tidelog_audit_events{result}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_changes_are_audited_and_counted_by_result() {
+    use tidelog_tests::metric_value;
+    let broker = TestBroker::start_with(&["--auth"]);
+    let admin = conn(&broker, Some(&bootstrap_token(&broker))).await;
+    let mut admin_client = AdminClient::new(admin.clone());
+    admin_client
+        .create_topic(CreateTopicRequest {
+            name: "audited".into(),
+            partitions: 1,
+            config: Some(TopicConfig::default()),
+        })
+        .await
+        .unwrap();
+    admin_client
+        .create_partitions(CreatePartitionsRequest {
+            name: "audited".into(),
+            partitions: 2,
+        })
+        .await
+        .unwrap();
+    GroupsClient::new(admin.clone())
+        .reset_offsets(ResetOffsetsRequest {
+            group_id: "billing".into(),
+            scope: Some(reset_offsets_request::Scope::AllTopics(
+                reset_offsets_request::AllTopics {},
+            )),
+            spec: Some(reset_offsets_request::Spec::ToEarliest(
+                reset_offsets_request::ToEarliest {},
+            )),
+            execute: true,
+        })
+        .await
+        .unwrap();
+    admin_client
+        .delete_topic(DeleteTopicRequest {
+            name: "no-such-topic".into(),
+        })
+        .await
+        .unwrap_err();
+    admin_client
+        .delete_topic(DeleteTopicRequest {
+            name: "audited".into(),
+        })
+        .await
+        .unwrap();
+    // A refused change: one "call refused" line, no "admin change" line.
+    let nobody = conn(&broker, Some(&create_token(&admin, "nobody", 0).await)).await;
+    AdminClient::new(nobody)
+        .create_topic(CreateTopicRequest {
+            name: "sneaky".into(),
+            partitions: 1,
+            config: None,
+        })
+        .await
+        .unwrap_err();
+    let log = broker.log();
+    let changes: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("tidelog_audit") && l.contains("admin change"))
+        .collect();
+    for expected in [
+        ("Admin/CreateTopic", "create", "topic:audited", "OK"),
+        ("Admin/CreatePartitions", "alter", "topic:audited", "OK"),
+        ("Groups/ResetOffsets", "group-reset", "group:billing", "OK"),
+        (
+            "Admin/DeleteTopic",
+            "delete",
+            "topic:no-such-topic",
+            "NOT_FOUND",
+        ),
+        ("Admin/DeleteTopic", "delete", "topic:audited", "OK"),
+    ] {
+        let (rpc, operation, resource, result) = expected;
+        assert!(
+            changes.iter().any(|l| l.contains("principal=\"admin\"")
+                && l.contains(&format!("rpc=\"{rpc}\""))
+                && l.contains(&format!("operation=\"{operation}\""))
+                && l.contains(&format!("resource=\"{resource}\""))
+                && l.contains(&format!("result=\"{result}\""))),
+            "{expected:?} not in:\n{}",
+            changes.join("\n")
+        );
+    }
+    assert!(!changes.iter().any(|l| l.contains("sneaky")), "{changes:?}");
+    assert!(log.contains("call refused") && log.contains("may not create topic:sneaky"));
+    let metrics = broker.metrics_text();
+    // The four admin changes that succeeded, and the token made for nobody.
+    assert!(
+        metric_value(&metrics, "tidelog_audit_events_total{result=\"OK\"}")
+            .is_some_and(|n| n >= 5.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(&metrics, "tidelog_audit_events_total{result=\"NOT_FOUND\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "tidelog_audit_events_total{result=\"PERMISSION_DENIED\"}"
+        ),
+        Some(1.0)
+    );
+
+    // Auth off: the changes are audited all the same, by principal "-".
+    let open = TestBroker::start();
+    tidelog_tests::create_topic(&open.channel().await, "plain", 1, TopicConfig::default()).await;
+    assert!(
+        open.log().lines().any(|l| l.contains("admin change")
+            && l.contains("principal=\"-\"")
+            && l.contains("resource=\"topic:plain\"")
+            && l.contains("result=\"OK\"")),
+        "{}",
+        open.log()
+    );
+}
