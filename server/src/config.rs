@@ -65,7 +65,9 @@ then built-in defaults. Durations need a unit: 500ms, 30s, 5m, 1h30m, 7d, or ISO
 such as PT30S; a bare number other than 0 is refused.\n\n\
 Once both sockets are bound tidelogd prints one line to stdout:\n  \
 tidelogd ready grpc=ADDR metrics=ADDR data=DIR\n\
-and logs to stderr. SIGINT or SIGTERM stops it gracefully (exit status 0)."
+and logs to stderr. SIGINT or SIGTERM stops it gracefully (exit status 0). SIGHUP re-reads \
+the TLS files and the metrics token (--tls-cert, --tls-key, --tls-client-ca, \
+--metrics-token-file) for new connections; a file that does not load keeps the old ones."
 )]
 pub struct Cli {
     /// TOML file with settings (keys: data_dir, listen, metrics_listen, log_level,
