@@ -343,8 +343,11 @@ async fn handshake(
     mut tcp: TcpStream,
     config: Arc<rustls::ServerConfig>,
 ) -> Result<(TlsStream<TcpStream>, Option<Arc<str>>), &'static str> {
-    if !speaks_tls(&mut tcp).await {
-        return Err("plaintext_on_tls");
+    match first_bytes(&mut tcp).await {
+        FirstBytes::Tls => {}
+        FirstBytes::Plaintext => return Err("plaintext_on_tls"),
+        // Closed before a byte (a TCP probe), or a read error.
+        FirstBytes::Nothing => return Err("tls_handshake"),
     }
     let tls = match tokio_rustls::TlsAcceptor::from(config)
         .accept(tcp)
@@ -356,7 +359,7 @@ async fn handshake(
             tracing::debug!(%error, "TLS handshake failed");
             // rustls has queued its alert (no certificate, unknown CA): let the client
             // read it rather than a reset.
-            linger(&mut tcp).await;
+            linger(&mut tcp, false).await;
             return Err("tls_handshake");
         }
     };
@@ -370,27 +373,38 @@ async fn handshake(
     Ok((tls, principal))
 }
 
-/// Looks at the client's first bytes: true when they start a TLS handshake. A
-/// plaintext client is told in its own protocol that the port wants TLS (so it
-/// fails with a message and not a bare reset), and false is returned.
-pub async fn speaks_tls(tcp: &mut TcpStream) -> bool {
+/// What a client's first bytes say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstBytes {
+    /// A TLS handshake record.
+    Tls,
+    /// Anything else; the client has been told, in its own protocol, to use TLS.
+    Plaintext,
+    /// The client closed before sending a byte, or the read failed.
+    Nothing,
+}
+
+/// Looks at (peeks) the client's first bytes. A plaintext client is told in its own
+/// protocol that the port wants TLS, so it fails with a message and not a bare reset.
+pub async fn first_bytes(tcp: &mut TcpStream) -> FirstBytes {
     let mut first = [0u8; 16];
     let Ok(peeked) = tcp.peek(&mut first).await else {
-        return false;
+        return FirstBytes::Nothing;
     };
     let first = &first[..peeked];
     match first.first() {
-        Some(&TLS_HANDSHAKE_RECORD) => true,
-        None => false,
+        Some(&TLS_HANDSHAKE_RECORD) => FirstBytes::Tls,
+        None => FirstBytes::Nothing,
         Some(_) => {
             tell_plaintext_client(tcp, first).await;
-            false
+            FirstBytes::Plaintext
         }
     }
 }
 
 async fn tell_plaintext_client(tcp: &mut TcpStream, first: &[u8]) {
-    let answer = if H2_PREFACE.starts_with(first) || first.starts_with(H2_PREFACE) {
+    let http2 = H2_PREFACE.starts_with(first) || first.starts_with(H2_PREFACE);
+    let answer = if http2 {
         // An empty SETTINGS frame, then GOAWAY(last stream 0, INADEQUATE_SECURITY) with
         // the message as its debug data (clients show the code, some the text).
         let mut frames = vec![0, 0, 0, 0x4, 0, 0, 0, 0, 0];
@@ -411,15 +425,19 @@ async fn tell_plaintext_client(tcp: &mut TcpStream, first: &[u8]) {
         .into_bytes()
     };
     let _ = tokio::time::timeout(PLAINTEXT_ANSWER_TIMEOUT, tcp.write_all(&answer)).await;
-    linger(tcp).await;
+    // An HTTP/2 client closes once it has read the GOAWAY (closing first races with
+    // its reading it); an HTTP/1 client reads the answer until the connection closes.
+    linger(tcp, !http2).await;
 }
 
-/// Closes the sending side, then reads what the client still sends until it closes
-/// (bounded in time and bytes): closing with unread bytes would reset the connection,
-/// and the client would lose the last thing it was sent.
-async fn linger(tcp: &mut TcpStream) {
+/// Reads what the client still sends until it closes (bounded in time and bytes),
+/// having closed the sending side first when `close_first`: closing with unread bytes
+/// would reset the connection, and the client would lose the last thing it was sent.
+async fn linger(tcp: &mut TcpStream, close_first: bool) {
     let _ = tokio::time::timeout(PLAINTEXT_ANSWER_TIMEOUT, async {
-        let _ = tcp.shutdown().await;
+        if close_first {
+            let _ = tcp.shutdown().await;
+        }
         let mut sink = [0u8; 4096];
         let mut drained = 0;
         while drained < PLAINTEXT_DRAIN_BYTES_MAX {

@@ -82,7 +82,7 @@ async fn handle(stream: TcpStream, metrics: &Metrics, security: &Security) -> st
         None => handle_http(stream, metrics, security).await,
         Some(config) => {
             let mut stream = stream;
-            if !crate::listener::speaks_tls(&mut stream).await {
+            if crate::listener::first_bytes(&mut stream).await != crate::listener::FirstBytes::Tls {
                 return Ok(());
             }
             let stream = tokio_rustls::TlsAcceptor::from(config)

@@ -325,22 +325,30 @@ async fn mutual_tls_makes_the_certificate_cn_the_principal_and_refuses_other_cas
 async fn a_plaintext_client_on_the_tls_port_is_told_to_use_tls_and_the_broker_goes_on() {
     let pki = Pki::new("test-ca");
     let broker = start_tls(&pki, &[]);
-    // tonic over plaintext HTTP/2.
-    let plain = Channel::from_shared(format!("http://{}", broker.grpc_addr()))
-        .unwrap()
-        .connect()
-        .await;
-    let error = match plain {
-        Err(error) => chain(&error),
-        Ok(channel) => {
-            let status = AdminClient::new(channel)
-                .list_topics(ListTopicsRequest::default())
-                .await
-                .unwrap_err();
-            chain(&status)
-        }
-    };
-    assert!(error.contains("this port speaks TLS"), "{error}");
+    // tonic over plaintext HTTP/2 fails, with the broker's GOAWAY text. (hyper may
+    // report a connection closed before it hands the GOAWAY to the call: of a few
+    // tries, one must carry the text.)
+    let mut errors = Vec::new();
+    for _ in 0..3 {
+        let plain = Channel::from_shared(format!("http://{}", broker.grpc_addr()))
+            .unwrap()
+            .connect()
+            .await;
+        errors.push(match plain {
+            Err(error) => chain(&error),
+            Ok(channel) => {
+                let status = AdminClient::new(channel)
+                    .list_topics(ListTopicsRequest::default())
+                    .await
+                    .unwrap_err();
+                chain(&status)
+            }
+        });
+    }
+    assert!(
+        errors.iter().any(|e| e.contains("this port speaks TLS")),
+        "{errors:#?}"
+    );
     // The CLI says what to do.
     let output = tidelog_command()
         .args([
@@ -384,7 +392,7 @@ async fn a_plaintext_client_on_the_tls_port_is_told_to_use_tls_and_the_broker_go
         .list_topics(ListTopicsRequest::default())
         .await
         .unwrap();
-    // tonic, the CLI, HTTP/1 and garbage: each counted once the broker has closed it.
+    // tonic (3), the CLI, HTTP/1 and garbage: each counted once the broker closed it.
     let started = Instant::now();
     loop {
         let metrics = https_get(&broker, &pki.ca_pem(), "/metrics", None).await;
@@ -392,7 +400,7 @@ async fn a_plaintext_client_on_the_tls_port_is_told_to_use_tls_and_the_broker_go
             &metrics,
             "tidelog_connections_refused_total{reason=\"plaintext_on_tls\"}",
         );
-        if refused.is_some_and(|n| n >= 4.0) {
+        if refused.is_some_and(|n| n >= 6.0) {
             break;
         }
         assert!(started.elapsed() < Duration::from_secs(10), "{refused:?}");
