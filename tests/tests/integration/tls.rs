@@ -633,3 +633,42 @@ async fn connections_over_the_limits_are_refused_and_counted() {
             .unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_token_protects_a_plaintext_metrics_port_too() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("metrics.token");
+    std::fs::write(&token_file, "plain-scrape-0123456789\n").unwrap();
+    let broker = TestBroker::start_with(&["--metrics-token-file", s(&token_file)]);
+    let (status, body) = tidelog_tests::http_get(broker.metrics_addr(), "/metrics");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("--metrics-token-file"), "{body}");
+    let get = |authorization: &str| {
+        let mut stream = std::net::TcpStream::connect(broker.metrics_addr()).unwrap();
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: {authorization}\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    };
+    assert!(get("Bearer plain-scrape-0123456789").starts_with("HTTP/1.1 200"));
+    assert!(get("Bearer plain-scrape-012345678").starts_with("HTTP/1.1 401"));
+    assert!(get("Basic cGxhaW4=").starts_with("HTTP/1.1 401"));
+    // A new token on SIGHUP; the old one stops working.
+    std::fs::write(&token_file, "plain-scrape-rotated-42\n").unwrap();
+    sighup(&broker);
+    let started = Instant::now();
+    while !get("Bearer plain-scrape-rotated-42").starts_with("HTTP/1.1 200") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{}",
+            broker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(get("Bearer plain-scrape-0123456789").starts_with("HTTP/1.1 401"));
+}
