@@ -41,6 +41,13 @@ pub const FLUSH_THREADS_DEFAULT: usize = 4;
 pub const FLUSH_THREADS_MAX: usize = 64;
 /// Name of the bootstrap admin token file inside the data directory.
 pub const BOOTSTRAP_TOKEN_FILE_DEFAULT: &str = "bootstrap-admin.token";
+/// Default cap on open gRPC connections in total; tidelogd raises its open-file
+/// limit to the hard limit at start (each connection is one descriptor).
+pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
+/// Default cap on open gRPC connections from one client IP address.
+pub const MAX_CONNECTIONS_PER_IP_DEFAULT: usize = 1_000;
+/// Most `max_connections` accepts.
+pub const MAX_CONNECTIONS_MAX: usize = 1_000_000;
 /// Default time allowed for in-flight calls to finish on shutdown.
 pub const SHUTDOWN_TIMEOUT_DEFAULT: &str = "10s";
 
@@ -58,12 +65,15 @@ then built-in defaults. Durations need a unit: 500ms, 30s, 5m, 1h30m, 7d, or ISO
 such as PT30S; a bare number other than 0 is refused.\n\n\
 Once both sockets are bound tidelogd prints one line to stdout:\n  \
 tidelogd ready grpc=ADDR metrics=ADDR data=DIR\n\
-and logs to stderr. SIGINT or SIGTERM stops it gracefully (exit status 0)."
+and logs to stderr. SIGINT or SIGTERM stops it gracefully (exit status 0). SIGHUP re-reads \
+the TLS files and the metrics token (--tls-cert, --tls-key, --tls-client-ca, \
+--metrics-token-file) for new connections; a file that does not load keeps the old ones."
 )]
 pub struct Cli {
     /// TOML file with settings (keys: data_dir, listen, metrics_listen, log_level,
     /// retention_interval, flush_threads, max_request_bytes, max_streams_per_connection,
-    /// shutdown_timeout, auth, auth_bootstrap_token_file,
+    /// shutdown_timeout, auth, auth_bootstrap_token_file, tls_cert, tls_key,
+    /// tls_client_ca, metrics_token_file, max_connections, max_connections_per_ip,
     /// insecure_allow_network_plaintext).
     #[arg(long, env = "TIDELOG_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -124,9 +134,54 @@ pub struct Cli {
     #[arg(long, env = "TIDELOG_AUTH_BOOTSTRAP_TOKEN_FILE", value_name = "FILE")]
     pub auth_bootstrap_token_file: Option<PathBuf>,
 
-    /// Listen on a non-loopback address although this build has no TLS (tokens and
-    /// messages cross the network in clear) and, without --auth, anyone who reaches
-    /// the port may do anything. Without this flag tidelogd refuses such an address
+    /// Serve TLS on the gRPC and metrics ports with this PEM certificate chain (leaf
+    /// first); needs --tls-key. Re-read on SIGHUP (new connections get the new
+    /// files; open ones keep theirs; a bad file keeps the old ones and is logged)
+    #[arg(
+        long,
+        env = "TIDELOG_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1)
+    #[arg(
+        long,
+        env = "TIDELOG_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: every gRPC client must present a certificate signed by a CA in
+    /// this PEM file; with --auth its subject CN is the caller's principal unless
+    /// the call also carries a token (the token wins)
+    #[arg(
+        long,
+        env = "TIDELOG_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Require `Authorization: Bearer <token>` on /metrics, the token being this
+    /// file's one line (at least 16 characters); re-read on SIGHUP
+    #[arg(long, env = "TIDELOG_METRICS_TOKEN_FILE", value_name = "FILE")]
+    pub metrics_token_file: Option<PathBuf>,
+
+    /// Most gRPC connections open at once; more are closed at accept and counted in
+    /// tidelog_connections_refused{reason="max_connections"} [default: 10000]
+    #[arg(long, env = "TIDELOG_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Most gRPC connections open at once from one client IP address [default: 1000]
+    #[arg(long, env = "TIDELOG_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+
+    /// Listen on a non-loopback address without the protection such an address
+    /// needs: for --listen, TLS (--tls-cert) and --auth; for --metrics-listen, TLS
+    /// and --metrics-token-file. Without it tidelogd refuses such an address
     #[arg(long, env = "TIDELOG_INSECURE_ALLOW_NETWORK_PLAINTEXT", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub insecure_allow_network_plaintext: Option<bool>,
 }
@@ -169,6 +224,12 @@ pub struct FileSettings {
     pub shutdown_timeout: Option<String>,
     pub auth: Option<bool>,
     pub auth_bootstrap_token_file: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
+    pub metrics_token_file: Option<PathBuf>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
     pub insecure_allow_network_plaintext: Option<bool>,
 }
 
@@ -191,7 +252,15 @@ pub struct Settings {
     pub auth: bool,
     /// Where the bootstrap admin token goes on the first start with auth on.
     pub auth_bootstrap_token_file: PathBuf,
-    /// Whether a non-loopback listen address is allowed without TLS.
+    /// TLS on both ports (`--tls-cert`, `--tls-key`, `--tls-client-ca`).
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// The metrics port's bearer token file.
+    pub metrics_token_file: Option<PathBuf>,
+    /// Most gRPC connections in total.
+    pub max_connections: usize,
+    /// Most gRPC connections from one client IP.
+    pub max_connections_per_ip: usize,
+    /// Whether a non-loopback listen address is allowed without TLS and auth.
     pub insecure_allow_network_plaintext: bool,
 }
 
@@ -226,6 +295,27 @@ impl Settings {
             ("flush_threads", self.flush_threads.to_string()),
             ("listen", self.listen.to_string()),
             ("log_level", self.log_level.clone()),
+            ("max_connections", self.max_connections.to_string()),
+            (
+                "max_connections_per_ip",
+                self.max_connections_per_ip.to_string(),
+            ),
+            (
+                "metrics_token_file",
+                path_or_none(self.metrics_token_file.as_deref()),
+            ),
+            (
+                "tls_cert",
+                path_or_none(self.tls.as_ref().map(|t| t.cert.as_path())),
+            ),
+            (
+                "tls_client_ca",
+                path_or_none(self.tls.as_ref().and_then(|t| t.client_ca.as_deref())),
+            ),
+            (
+                "tls_key",
+                path_or_none(self.tls.as_ref().map(|t| t.key.as_path())),
+            ),
             ("max_request_bytes", self.max_request_bytes.to_string()),
             (
                 "max_streams_per_connection",
@@ -331,25 +421,55 @@ impl Settings {
             .metrics_listen
             .or(file.metrics_listen)
             .unwrap_or_else(|| parse_addr(METRICS_LISTEN_DEFAULT));
-        for (name, addr) in [("listen", listen), ("metrics_listen", metrics_listen)] {
-            if !addr.ip().is_loopback() && !insecure_allow_network_plaintext {
-                return Err(format!(
-                    "refusing to listen on {addr} ({name}): it is not a loopback address and \
-                     this build has no TLS, so tokens and messages would cross the network \
-                     in clear{}. Listen on 127.0.0.1 (and reach it through an SSH tunnel or \
-                     a TLS proxy), or accept the risk with \
-                     --insecure-allow-network-plaintext",
-                    if cli.auth.or(file.auth).unwrap_or(false) {
-                        ""
-                    } else {
-                        ", and without --auth anyone who reaches the port may do anything"
-                    }
-                ));
+        let auth = cli.auth.or(file.auth).unwrap_or(false);
+        let tls_cert = cli.tls_cert.or(file.tls_cert);
+        let tls_key = cli.tls_key.or(file.tls_key);
+        let tls_client_ca = cli.tls_client_ca.or(file.tls_client_ca);
+        let tls = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                cert,
+                key,
+                client_ca: tls_client_ca,
+            }),
+            (None, None) if tls_client_ca.is_none() => None,
+            _ => {
+                return Err(
+                    "TLS needs both tls_cert and tls_key (--tls-cert, --tls-key);                      tls_client_ca only with them"
+                        .into(),
+                );
             }
+        };
+        let metrics_token_file = cli.metrics_token_file.or(file.metrics_token_file);
+        let max_connections = in_range(
+            "max_connections",
+            cli.max_connections
+                .or(file.max_connections)
+                .unwrap_or(MAX_CONNECTIONS_DEFAULT),
+            1..=MAX_CONNECTIONS_MAX,
+        )?;
+        let max_connections_per_ip = in_range(
+            "max_connections_per_ip",
+            cli.max_connections_per_ip
+                .or(file.max_connections_per_ip)
+                .unwrap_or(MAX_CONNECTIONS_PER_IP_DEFAULT),
+            1..=MAX_CONNECTIONS_MAX,
+        )?;
+        if !insecure_allow_network_plaintext {
+            secure_enough(
+                listen,
+                metrics_listen,
+                tls.is_some(),
+                auth,
+                metrics_token_file.is_some(),
+            )?;
         }
         Ok(Settings {
             insecure_allow_network_plaintext,
-            auth: cli.auth.or(file.auth).unwrap_or(false),
+            auth,
+            tls,
+            metrics_token_file,
+            max_connections,
+            max_connections_per_ip,
             auth_bootstrap_token_file: cli
                 .auth_bootstrap_token_file
                 .or(file.auth_bootstrap_token_file)
@@ -369,6 +489,61 @@ impl Settings {
             shutdown_timeout,
         })
     }
+}
+
+/// The secure defaults: a non-loopback gRPC address needs TLS and auth, a
+/// non-loopback metrics address TLS and a metrics token; what is missing is named.
+fn secure_enough(
+    listen: SocketAddr,
+    metrics_listen: SocketAddr,
+    tls: bool,
+    auth: bool,
+    metrics_token: bool,
+) -> Result<(), String> {
+    for (name, addr, needs) in [
+        (
+            "listen",
+            listen,
+            [(tls, "TLS (--tls-cert, --tls-key)"), (auth, "--auth")],
+        ),
+        (
+            "metrics_listen",
+            metrics_listen,
+            [
+                (tls, "TLS (--tls-cert, --tls-key)"),
+                (metrics_token, "--metrics-token-file"),
+            ],
+        ),
+    ] {
+        if addr.ip().is_loopback() {
+            continue;
+        }
+        let missing: Vec<&str> = needs
+            .iter()
+            .filter(|(on, _)| !on)
+            .map(|(_, what)| *what)
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        let risk = if tls {
+            "anyone who reaches the port could use it"
+        } else {
+            "tokens and messages would cross the network in clear"
+        };
+        return Err(format!(
+            "refusing to listen on {addr} ({name}): it is not a loopback address and it \
+             lacks {}, so {risk}. Add what is missing, or listen on 127.0.0.1 (and reach it \
+             through an SSH tunnel), or accept the risk with \
+             --insecure-allow-network-plaintext",
+            missing.join(" and ")
+        ));
+    }
+    Ok(())
+}
+
+fn path_or_none(path: Option<&Path>) -> String {
+    path.map_or_else(|| "none".to_string(), |p| p.display().to_string())
 }
 
 /// `value` if `range` holds it, else an error naming the setting and its bounds.
@@ -523,15 +698,47 @@ mod tests {
             let error = Settings::resolve(cli, FileSettings::default(), None).unwrap_err();
             assert!(
                 error.contains("refusing to listen")
-                    && error.contains("--insecure-allow-network-plaintext"),
+                    && error.contains("--insecure-allow-network-plaintext")
+                    && error.contains("lacks TLS (--tls-cert, --tls-key)")
+                    && error.contains("in clear"),
                 "{args:?}: {error}"
             );
-            assert_eq!(
-                error.contains("anyone who reaches"),
-                !args.contains(&"--auth"),
-                "{error}"
-            );
         }
+        // TLS without auth: the gRPC port still needs --auth; with both it listens.
+        let tls = ["--tls-cert", "c.pem", "--tls-key", "k.pem"];
+        let with_tls = |extra: &[&'static str]| {
+            let mut args = vec!["tidelogd", "--listen", "0.0.0.0:7420"];
+            args.extend_from_slice(&tls);
+            args.extend_from_slice(extra);
+            Settings::resolve(
+                Cli::try_parse_from(&args).unwrap(),
+                FileSettings::default(),
+                None,
+            )
+        };
+        let error = with_tls(&[]).unwrap_err();
+        assert!(
+            error.contains("lacks --auth") && error.contains("anyone who reaches"),
+            "{error}"
+        );
+        let settings = with_tls(&["--auth"]).unwrap();
+        assert_eq!(settings.tls.as_ref().unwrap().cert, PathBuf::from("c.pem"));
+        // A network metrics port needs TLS and its token.
+        let error = with_tls(&["--auth", "--metrics-listen", "0.0.0.0:7421"]).unwrap_err();
+        assert!(error.contains("lacks --metrics-token-file"), "{error}");
+        with_tls(&[
+            "--auth",
+            "--metrics-listen",
+            "0.0.0.0:7421",
+            "--metrics-token-file",
+            "m.token",
+        ])
+        .unwrap();
+        // Half a TLS configuration is refused by clap (flags) or resolve (file).
+        assert!(Cli::try_parse_from(["tidelogd", "--tls-cert", "c.pem"]).is_err());
+        let file: FileSettings = toml::from_str("tls_key = \"k.pem\"").unwrap();
+        let error = Settings::resolve(Cli::default(), file, None).unwrap_err();
+        assert!(error.contains("both tls_cert and tls_key"), "{error}");
         let cli = Cli::try_parse_from([
             "tidelogd",
             "--listen",

@@ -470,7 +470,7 @@ impl Consumer for ConsumerService {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let started = Instant::now();
-        let remote_addr = request.remote_addr();
+        let remote_addr = crate::listener::remote_addr(&request);
         // The topic and, for a member, its group; checked now and again every 250 ms
         // while the stream is open. A pattern names no topic: each topic it matches is
         // checked when it is matched (see `topic_access`).

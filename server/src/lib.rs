@@ -33,6 +33,12 @@
 //!   the choice between them by the `Accept` header.
 //! - [`request_limit`]: oversized requests answered RESOURCE_EXHAUSTED naming the limit.
 //! - [`shutdown`]: the signal every long-lived call watches so the broker can stop.
+//! - [`tls`]: `--tls-cert/--tls-key/--tls-client-ca` and `--metrics-token-file`: the
+//!   rustls configurations and the metrics token, re-read on SIGHUP (a bad file keeps
+//!   the old ones), and the principal of a client certificate (its subject CN).
+//! - [`listener`]: the gRPC accept loop: connection limits (total, per client IP),
+//!   the TLS handshake on its own task, plaintext clients told to use TLS, and the
+//!   [`listener::ConnInfo`] (client address, certificate principal) of each request.
 //! - [`server`]: binds the sockets, wires the services, runs until shutdown; sets the
 //!   HTTP/2 guards tonic leaves off (streams per connection, provoked resets).
 //!
@@ -55,6 +61,7 @@ pub mod consume;
 pub mod convert;
 pub mod exposition;
 pub mod groups;
+pub mod listener;
 pub mod log_writer;
 pub mod messages;
 pub mod metrics;
@@ -65,6 +72,8 @@ pub mod read;
 pub mod request_limit;
 pub mod server;
 pub mod shutdown;
+pub mod sniff;
+pub mod tls;
 
 /// What every service shares. Handed around as `Arc<AppState>`.
 #[derive(Debug)]

@@ -20,7 +20,6 @@ use tidelog_proto::v1::publisher_server::PublisherServer;
 use tidelog_proto::v1::queues_server::QueuesServer;
 use tidelog_storage::{Store, StoreOptions, SystemClock};
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 
 use crate::admin::AdminService;
 use crate::auth::service::AccessService;
@@ -80,7 +79,7 @@ pub async fn run(
     } else {
         crate::auth::Auth::disabled()
     };
-    let auth = Arc::new(auth);
+    let auth = Arc::new(auth.with_metrics(metrics.clone()));
     if settings.insecure_allow_network_plaintext
         && !(settings.listen.ip().is_loopback() && settings.metrics_listen.ip().is_loopback())
     {
@@ -88,8 +87,11 @@ pub async fn run(
             listen = %settings.listen,
             metrics_listen = %settings.metrics_listen,
             auth = settings.auth,
-            "--insecure-allow-network-plaintext: listening beyond loopback without TLS; \
-             tokens and messages cross the network in clear"
+            tls = settings.tls.is_some(),
+            metrics_token = settings.metrics_token_file.is_some(),
+            "--insecure-allow-network-plaintext: listening beyond loopback; without TLS \
+             tokens and messages cross the network in clear, without --auth anyone who \
+             reaches the port may do anything"
         );
     }
     let groups = Arc::new(GroupCoordinator::new(store.clone(), store.clock().clone()));
@@ -113,7 +115,15 @@ pub async fn run(
         round_robin: partitioner::RoundRobin::default(),
     });
 
-    let result = serve(&settings, &state, on_ready).await;
+    let tls = settings.tls.clone();
+    let metrics_token_file = settings.metrics_token_file.clone();
+    let security =
+        tokio::task::spawn_blocking(move || crate::tls::Security::load(tls, metrics_token_file))
+            .await
+            .map_err(|e| format!("loading the TLS files failed: {e}"))??;
+    let security = Arc::new(security);
+
+    let result = serve(&settings, &state, &security, on_ready).await;
     shutdown.trigger();
 
     let closing = store.clone();
@@ -133,6 +143,7 @@ pub async fn run(
 async fn serve(
     settings: &Settings,
     state: &Arc<AppState>,
+    security: &Arc<crate::tls::Security>,
     on_ready: impl FnOnce(&Bound),
 ) -> Result<(), String> {
     let grpc_listener = TcpListener::bind(settings.listen)
@@ -231,6 +242,12 @@ async fn serve(
     let metrics_server = tokio::spawn(crate::metrics::serve(
         metrics_listener,
         state.metrics.clone(),
+        security.clone(),
+        state.shutdown.clone(),
+    ));
+    let reloader = tokio::spawn(reload_on_sighup(
+        security.clone(),
+        state.metrics.clone(),
         state.shutdown.clone(),
     ));
 
@@ -252,11 +269,27 @@ async fn serve(
         groups.shutdown(group_timeout).await;
     });
 
-    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let incoming = crate::listener::incoming(
+        grpc_listener,
+        security.clone(),
+        crate::listener::ConnectionLimits::new(
+            settings.max_connections,
+            settings.max_connections_per_ip,
+        ),
+        state.metrics.clone(),
+        state.shutdown.clone(),
+    );
     let stopping = state.shutdown.clone();
     let serving =
         router.serve_with_incoming_shutdown(incoming, async move { stopping.wait().await });
-    tracing::info!(grpc = %bound.grpc, metrics = %bound.metrics, data = %bound.data_dir.display(), "tidelogd is ready");
+    tracing::info!(
+        grpc = %bound.grpc,
+        metrics = %bound.metrics,
+        data = %bound.data_dir.display(),
+        tls = security.is_tls(),
+        mutual_tls = security.is_mutual(),
+        "tidelogd is ready"
+    );
     on_ready(&bound);
 
     tokio::pin!(serving);
@@ -274,8 +307,50 @@ async fn serve(
     };
     state.shutdown.trigger();
     retention.abort();
+    reloader.abort();
     let _ = metrics_server.await;
     result
+}
+
+/// Re-reads the TLS files and the metrics token on every SIGHUP until shutdown. A
+/// reload that fails keeps the old configuration and says why in the log.
+async fn reload_on_sighup(
+    security: Arc<crate::tls::Security>,
+    metrics: Arc<crate::metrics::Metrics>,
+    shutdown: Shutdown,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => hangup,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; TLS files are not reloaded");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            received = hangup.recv() => if received.is_none() { return },
+        }
+        let reloading = security.clone();
+        match tokio::task::spawn_blocking(move || reloading.reload()).await {
+            Ok(Ok(())) => {
+                metrics.tls_reload(true);
+                tracing::info!(
+                    tls = security.is_tls(),
+                    "SIGHUP: reloaded the TLS files and the metrics token; new connections use them"
+                );
+            }
+            Ok(Err(error)) => {
+                metrics.tls_reload(false);
+                tracing::error!(%error, "SIGHUP: reload failed; keeping the previous TLS configuration");
+            }
+            Err(error) => {
+                metrics.tls_reload(false);
+                tracing::error!(%error, "SIGHUP: reload failed; keeping the previous TLS configuration");
+            }
+        }
+    }
 }
 
 /// Runs retention on every partition every `interval`, on the blocking pool (it

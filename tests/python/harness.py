@@ -63,7 +63,10 @@ def tidelogd_bin() -> Path:
 class Broker:
     """A running tidelogd and one channel to it, with the four service stubs."""
 
-    def __init__(self, binary: Path, workdir: Path, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, binary: Path, workdir: Path, extra_args: tuple[str, ...] = (),
+                 credentials: Optional[grpc.ChannelCredentials] = None) -> None:
+        # With credentials (grpc.ssl_channel_credentials) the channel speaks TLS.
+        self.credentials = credentials
         self.binary = binary
         self.extra_args = list(extra_args)
         self.data_dir = workdir / "data"
@@ -107,7 +110,11 @@ class Broker:
                         f"its log:\n{self.log()}", pytrace=False)
         self.grpc_addr = _field(line, "grpc=")
         self.metrics_addr = _field(line, "metrics=")
-        self.channel = grpc.insecure_channel(self.grpc_addr, options=CHANNEL_OPTIONS)
+        if self.credentials is None:
+            self.channel = grpc.insecure_channel(self.grpc_addr, options=CHANNEL_OPTIONS)
+        else:
+            self.channel = grpc.secure_channel(self.grpc_addr, self.credentials,
+                                               options=CHANNEL_OPTIONS)
         grpc.channel_ready_future(self.channel).result(timeout=CONNECT_TIMEOUT)
         self.admin = tidelog_pb2_grpc.AdminStub(self.channel)
         self.publisher = tidelog_pb2_grpc.PublisherStub(self.channel)

@@ -1,7 +1,8 @@
 """A grpcio client against tidelogd --auth: the bootstrap admin token creates a token
 and a rule through the Access service; calls carry `authorization: Bearer <token>`
 metadata; no token is UNAUTHENTICATED, a topic the rules do not allow is
-PERMISSION_DENIED naming the operation and resource. (Plaintext: TLS is not built yet.)"""
+PERMISSION_DENIED naming the operation and resource. (Plaintext; test_tls.py runs
+over TLS.)"""
 
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ Examples:
   tidelog segment verify /var/lib/tidelog
   tidelog completions bash > ~/.local/share/bash-completion/completions/tidelog
 
-The broker address comes from --server or TIDELOG_SERVER (default http://127.0.0.1:7420).
+The broker address comes from --server or TIDELOG_SERVER (default http://127.0.0.1:7420);
+an https:// address speaks TLS (--ca-file, and --cert/--key for mutual TLS).
 Exit codes: 0 ok, 1 error from the broker or the data, 2 bad arguments. With --json an
 error is one JSON object on stderr: {\"error\": {\"message\", \"exit_code\", \"grpc_code\"}}.";
 
@@ -52,6 +53,20 @@ pub struct Cli {
         value_name = "TOKEN"
     )]
     pub token: Option<String>,
+
+    /// CA certificate (PEM) that signed tidelogd's certificate, for an https://
+    /// --server [default: the system's CAs]
+    #[arg(long, global = true, env = "TIDELOG_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+
+    /// Client certificate (PEM) for a tidelogd with --tls-client-ca (mutual TLS); its
+    /// subject CN is the principal unless --token is also given
+    #[arg(long, global = true, env = "TIDELOG_CERT", value_name = "FILE")]
+    pub cert: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) of --cert
+    #[arg(long, global = true, env = "TIDELOG_KEY", value_name = "FILE")]
+    pub key: Option<std::path::PathBuf>,
 
     /// Print JSON for scripts instead of tables; an error is then one JSON object on
     /// stderr: {"error": {"message": "...", "exit_code": 1, "grpc_code": "NOT_FOUND"}}.

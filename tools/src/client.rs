@@ -14,7 +14,7 @@ use tidelog_proto::v1::queues_client::QueuesClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::error::{CliError, CliResult, root_cause};
 
@@ -25,6 +25,116 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest gRPC message accepted or sent: a fetch can carry many messages of up to
 /// 16 MiB each, well above tonic's 4 MiB default.
 const GRPC_MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// The TLS files given on the command line (`--ca-file`, `--cert`, `--key`).
+#[derive(Debug, Clone, Default)]
+pub struct TlsArgs {
+    pub ca_file: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    fn any(&self) -> bool {
+        self.ca_file.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+}
+
+/// The TLS configuration for `https://` servers, set once by `main`.
+static TLS: OnceLock<(bool, ClientTlsConfig)> = OnceLock::new();
+
+fn read_pem(flag: &str, path: &std::path::Path) -> CliResult<Vec<u8>> {
+    let bytes =
+        std::fs::read(path).map_err(|e| CliError::io(format!("{flag} {}", path.display()), &e))?;
+    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Err(CliError::usage(
+            format!("{flag} {} is not a PEM file", path.display()),
+            "give the PEM file (-----BEGIN ...-----) the operator issued",
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Reads the TLS files every `https://` connection uses: the CA that signed
+/// tidelogd's certificate (default: the system's CAs) and, for a broker that wants
+/// client certificates (`tidelogd --tls-client-ca`), this client's certificate and
+/// key.
+pub fn set_tls(args: &TlsArgs) -> CliResult<()> {
+    let mut config = ClientTlsConfig::new();
+    match &args.ca_file {
+        Some(path) => {
+            config = config.ca_certificate(Certificate::from_pem(read_pem("--ca-file", path)?))
+        }
+        None => config = config.with_native_roots(),
+    }
+    match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => {
+            config = config.identity(Identity::from_pem(
+                read_pem("--cert", cert)?,
+                read_pem("--key", key)?,
+            ));
+        }
+        (None, None) => {}
+        _ => {
+            return Err(CliError::usage(
+                "--cert and --key go together",
+                "give both (or TIDELOG_CERT and TIDELOG_KEY), or neither",
+            ));
+        }
+    }
+    crate::error::note_client_certificate(args.cert.is_some());
+    let _ = TLS.set((args.any(), config));
+    Ok(())
+}
+
+/// The endpoint for `server` (as given by the operator): `https://` with the TLS
+/// files of [`set_tls`]. A server without a scheme is `https://` when TLS files
+/// were given, `http://` otherwise.
+pub fn endpoint(server: &str) -> CliResult<(String, Endpoint)> {
+    let (tls_given, config) = TLS.get().cloned().unwrap_or_default();
+    let url = if tls_given && !server.contains("://") {
+        format!("https://{}", server.trim())
+    } else {
+        normalize_server(server)
+    };
+    let endpoint = Endpoint::from_shared(url.clone()).map_err(|_| {
+        CliError::usage(
+            format!("--server {server:?} is not an address"),
+            format!("use a URL such as {DEFAULT_SERVER} (or set TIDELOG_SERVER)"),
+        )
+    })?;
+    if url.starts_with("https://") {
+        let endpoint = endpoint.tls_config(config).map_err(|e| {
+            CliError::usage(
+                format!("the TLS files cannot be used ({})", root_cause(&e)),
+                "check --ca-file, --cert and --key (PEM; the key must be the certificate's)",
+            )
+        })?;
+        Ok((url, endpoint))
+    } else if tls_given {
+        Err(CliError::usage(
+            format!("--ca-file/--cert/--key were given but --server {server:?} is not https://"),
+            "use an https:// address (or drop the TLS flags)",
+        ))
+    } else {
+        Ok((url, endpoint))
+    }
+}
+
+/// The error for a connection to `url` that failed with `error`.
+pub fn connect_error(url: &str, error: &(dyn std::error::Error + 'static)) -> CliError {
+    let cause = root_cause(error);
+    match crate::error::tls_hint(&cause) {
+        Some(hint) => CliError::failure(
+            format!("cannot connect to tidelogd at {url} ({cause})"),
+            hint,
+        ),
+        None => CliError::failure(
+            format!("cannot reach tidelogd at {url} ({cause})"),
+            "is it running? (--server / TIDELOG_SERVER)",
+        ),
+    }
+}
 
 /// A connection that carries the credentials (`--token` / `TIDELOG_TOKEN`) on every
 /// call.
@@ -102,30 +212,13 @@ pub fn normalize_server(server: &str) -> String {
 
 impl Broker {
     pub async fn connect(server: &str) -> CliResult<Broker> {
-        let url = normalize_server(server);
-        let endpoint = Endpoint::from_shared(url.clone()).map_err(|_| {
-            CliError::usage(
-                format!("--server {server:?} is not an address"),
-                format!("use a URL such as {DEFAULT_SERVER} (or set TIDELOG_SERVER)"),
-            )
-        })?;
-        if url.starts_with("https://") {
-            return Err(CliError::usage(
-                format!("--server {server:?} asks for TLS, which this build does not speak"),
-                "use an http:// address",
-            ));
-        }
+        let (url, endpoint) = endpoint(server)?;
         let channel = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .connect()
             .await
-            .map_err(|e| {
-                CliError::failure(
-                    format!("cannot reach tidelogd at {url} ({})", root_cause(&e)),
-                    "is it running? (--server / TIDELOG_SERVER)",
-                )
-            })?;
+            .map_err(|e| connect_error(&url, &e))?;
         Ok(Broker {
             server: url,
             channel: authorized(channel),

@@ -114,12 +114,45 @@ impl CliError {
 
     fn status_line(context: &str, status: &tonic::Status, server: &str) -> Self {
         let message = status.message().trim();
-        // The broker's hints name RPCs and request fields: say them in commands and flags.
+        // A status made by the client's transport ("transport error", "h2 protocol
+        // error") says little by itself: its cause does (a TLS alert, a GOAWAY). A
+        // status the broker sent has no source.
+        let cause = std::error::Error::source(status).map(root_cause);
+        let with_cause;
+        let message = match &cause {
+            Some(cause) if !message.contains(cause.as_str()) => {
+                with_cause = format!("{message}: {cause}");
+                with_cause.as_str()
+            }
+            _ => message,
+        };
         let message = if message.is_empty() {
             code_name(status.code()).to_string()
         } else {
             crate::terms::to_cli(message)
         };
+        if cause.is_some()
+            || matches!(
+                status.code(),
+                Code::Unavailable | Code::Unknown | Code::Internal
+            )
+        {
+            // Refused for want of a client certificate, the client sometimes sees the
+            // connection closed before it reads the broker's alert.
+            let closed_without_certificate = server.starts_with("https://")
+                && message.contains("connection closed")
+                && !has_client_certificate();
+            let hint = tls_hint(&message).or(closed_without_certificate.then_some(
+                "tidelogd closed the connection: if it requires client certificates \
+                 (--tls-client-ca), pass --cert and --key (or TIDELOG_CERT and TIDELOG_KEY)",
+            ));
+            if let Some(hint) = hint {
+                return CliError::failure(
+                    format!("{context} failed: cannot connect to tidelogd at {server} ({message})"),
+                    hint,
+                );
+            }
+        }
         let what = format!("{context} failed: {message}");
         let todo = match status.code() {
             Code::Unavailable => {
@@ -196,6 +229,59 @@ fn looks_like_transport(message: &str) -> bool {
     .any(|needle| message.contains(needle))
 }
 
+/// What to do about a TLS failure, from its message (`None`: not a TLS failure).
+pub fn tls_hint(message: &str) -> Option<&'static str> {
+    let hints: [(&[&str], &str); 7] = [
+        (
+            &[
+                "UnknownIssuer",
+                "invalid peer certificate: Other",
+                "BadSignature",
+            ],
+            "tidelogd's certificate is not trusted: pass --ca-file (or TIDELOG_CA_FILE) with \
+             the CA certificate that signed it",
+        ),
+        (
+            &["NotValidForName", "not valid for name"],
+            "tidelogd's certificate does not hold the host in --server: connect by a name or \
+             IP address the certificate lists",
+        ),
+        (
+            &["Expired", "NotValidYet"],
+            "a certificate is outside its validity period: check the clocks, or have the \
+             operator renew it (tidelogd re-reads its files on SIGHUP)",
+        ),
+        (
+            &["CertificateRequired"],
+            "tidelogd requires a client certificate (--tls-client-ca): pass --cert and --key \
+             (or TIDELOG_CERT and TIDELOG_KEY)",
+        ),
+        (
+            &[
+                "UnknownCA",
+                "BadCertificate",
+                "alert: DecryptError",
+                "CertificateUnknown",
+            ],
+            "tidelogd does not accept this client certificate (not signed by its \
+             --tls-client-ca): pass a --cert and --key it trusts",
+        ),
+        (
+            &["InvalidContentType", "corrupt message"],
+            "tidelogd at this address does not speak TLS: use an http:// --server",
+        ),
+        (
+            &["this port speaks TLS", "inadequate security"],
+            "tidelogd there speaks TLS: use --server https://HOST:PORT, with --ca-file if its \
+             certificate is not signed by a system CA",
+        ),
+    ];
+    hints
+        .iter()
+        .find(|(needles, _)| needles.iter().any(|n| message.contains(n)))
+        .map(|(_, hint)| *hint)
+}
+
 pub use tidelog_proto::code_name;
 
 /// The innermost message of an error chain (the one that names the cause, such as
@@ -206,6 +292,18 @@ pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
         current = source;
     }
     current.to_string()
+}
+
+/// Whether a client certificate was given (`--cert`), for the connection hints.
+static CLIENT_CERTIFICATE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Records whether `--cert`/`--key` were given (set once, where the TLS settings are).
+pub fn note_client_certificate(given: bool) {
+    let _ = CLIENT_CERTIFICATE.set(given);
+}
+
+fn has_client_certificate() -> bool {
+    CLIENT_CERTIFICATE.get().copied().unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -295,6 +393,31 @@ mod tests {
             error_json(&usage.message, usage.exit, usage.code).to_string(),
             r#"{"error":{"message":"bad; fix it","exit_code":2,"grpc_code":null}}"#
         );
+    }
+
+    #[test]
+    fn tls_failures_say_which_flag_to_pass() {
+        for (message, flag) in [
+            ("invalid peer certificate: UnknownIssuer", "--ca-file"),
+            (
+                "received fatal alert: CertificateRequired",
+                "--cert and --key",
+            ),
+            ("received fatal alert: UnknownCA", "--tls-client-ca"),
+            (
+                "received corrupt message of type InvalidContentType",
+                "http://",
+            ),
+            (
+                "connection error received: security properties do not meet minimum \
+                 requirements (b\"tidelogd: this port speaks TLS; ...\")",
+                "https://",
+            ),
+        ] {
+            let hint = tls_hint(message).unwrap_or_else(|| panic!("no hint for {message}"));
+            assert!(hint.contains(flag), "{message}: {hint}");
+        }
+        assert_eq!(tls_hint("Connection refused (os error 111)"), None);
     }
 
     #[test]

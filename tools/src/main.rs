@@ -110,10 +110,16 @@ fn run(cli: Cli) -> CliResult<()> {
     let Cli {
         server,
         token,
+        ca_file,
+        cert,
+        key,
         json,
         command,
     } = cli;
     client::set_token(token.as_deref())?;
+    if !matches!(command, Command::Segment(_) | Command::Completions(_)) {
+        client::set_tls(&client::TlsArgs { ca_file, cert, key })?;
+    }
     if let Command::Completions(args) = command {
         // Offline: the command tree is all it needs.
         let mut command = <Cli as clap::CommandFactory>::command();

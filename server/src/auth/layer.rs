@@ -1,5 +1,6 @@
 //! The tower layer in front of every gRPC service: with auth on, it resolves the
-//! caller from the `authorization` metadata and refuses the call with UNAUTHENTICATED
+//! caller from the `authorization` metadata (or, with mutual TLS and no token, from
+//! the connection's client certificate, [`crate::listener::ConnInfo`]) and refuses the call with UNAUTHENTICATED
 //! before any handler runs; the [`Caller`] it resolved travels in the request's
 //! extensions to [`super::Auth::authorize`]. With auth off it passes calls through.
 
@@ -10,8 +11,8 @@ use std::task::{Context, Poll};
 
 use tonic::codegen::http;
 
-use super::rpcs::{self, Route};
-use super::{Auth, Caller};
+use super::rpcs::{self, Route, Rpc};
+use super::{AuditNote, Auth, Caller};
 
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
@@ -59,25 +60,57 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        let path = request.uri().path();
+        // With auth off, only paths that may be a change are looked up (the hot paths
+        // pass with one string test).
+        let route =
+            (self.auth.is_enabled() || rpcs::may_be_change(path)).then(|| rpcs::route(path));
+        let change = match route {
+            Some(Route::Rpc(rpc)) if rpc.is_change() => Some(rpc),
+            _ => None,
+        };
+        let note = change.map(|_| {
+            let note = AuditNote::default();
+            request.extensions_mut().insert(note.clone());
+            note
+        });
         if !self.auth.is_enabled() {
-            return Box::pin(self.inner.call(request));
+            let future = self.inner.call(request);
+            return match (change, note) {
+                (Some(rpc), Some(note)) => {
+                    audited(future, self.auth.clone(), "-".into(), rpc, note)
+                }
+                _ => Box::pin(future),
+            };
         }
-        let rpc = match rpcs::route(request.uri().path()) {
-            Route::Open => return Box::pin(self.inner.call(request)),
-            Route::AuthenticatedOnly | Route::Unknown => None,
-            Route::Rpc(rpc) => Some(rpc),
+        let rpc = match route {
+            Some(Route::Open) => return Box::pin(self.inner.call(request)),
+            Some(Route::AuthenticatedOnly | Route::Unknown) | None => None,
+            Some(Route::Rpc(rpc)) => Some(rpc),
         };
         let value = request
             .headers()
             .get(http::header::AUTHORIZATION)
             .map(http::HeaderValue::as_bytes);
-        match self.auth.authenticate(value, rpc) {
+        let certificate = request
+            .extensions()
+            .get::<crate::listener::ConnInfo>()
+            .and_then(|info| info.certificate_principal.clone());
+        match self.auth.authenticate(value, certificate.as_ref(), rpc) {
             Ok(caller) => {
+                let principal = caller.principal.clone();
                 request.extensions_mut().insert::<Caller>(caller);
-                Box::pin(self.inner.call(request))
+                let future = self.inner.call(request);
+                match (change, note) {
+                    (Some(rpc), Some(note)) => {
+                        audited(future, self.auth.clone(), principal, rpc, note)
+                    }
+                    _ => Box::pin(future),
+                }
             }
             Err(status) => {
                 let path = request.uri().path();
+                self.auth.count_refused();
                 tracing::warn!(
                     target: super::AUDIT_TARGET,
                     principal = "-",
@@ -91,4 +124,42 @@ where
             }
         }
     }
+}
+
+/// `future` (a change RPC's call), followed by its audit line with the result. A call
+/// refused by the rules has its "call refused" line already and gets no second one.
+fn audited<F, ResBody, E>(
+    future: F,
+    auth: Arc<Auth>,
+    principal: Arc<str>,
+    rpc: &'static Rpc,
+    note: AuditNote,
+) -> BoxFuture<http::Response<ResBody>, E>
+where
+    F: Future<Output = Result<http::Response<ResBody>, E>> + Send + 'static,
+{
+    Box::pin(async move {
+        let result = future.await;
+        let code = match &result {
+            // A unary call that failed answers its status in the headers; one that
+            // succeeded has it in the trailers (OK).
+            Ok(response) => response
+                .headers()
+                .get("grpc-status")
+                .map_or(tonic::Code::Ok, |v| tonic::Code::from_bytes(v.as_bytes())),
+            Err(_) => tonic::Code::Internal,
+        };
+        if !matches!(
+            code,
+            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+        ) {
+            auth.audit_admin_change(
+                &principal,
+                rpc,
+                &note.resources(),
+                tidelog_proto::code_name(code),
+            );
+        }
+        result
+    })
 }

@@ -51,7 +51,9 @@ pub const BOOTSTRAP_PRINCIPAL: &str = "admin";
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub principal: Arc<str>,
-    pub token_id: u64,
+    /// The token that authenticated the call; `None` when the principal is the
+    /// subject of the connection's verified client certificate (mutual TLS).
+    pub token_id: Option<u64>,
     pub expires_at_ms: Option<i64>,
     /// The call's row of [`rpcs::RPCS`]; `None` for calls that need no rule.
     pub rpc: Option<&'static Rpc>,
@@ -95,6 +97,8 @@ impl<'a> Target<'a> {
 #[derive(Debug, Default)]
 pub struct Auth {
     enabled: Option<AccessLog>,
+    /// Where audit events are counted (`tidelog_audit_events{result}`).
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// Unix milliseconds now.
@@ -133,7 +137,10 @@ impl Auth {
                 data_dir.display()
             )
         })?;
-        let auth = Auth { enabled: Some(log) };
+        let auth = Auth {
+            enabled: Some(log),
+            metrics: None,
+        };
         if auth
             .log()
             .is_some_and(|log| log.read(|a| a.token_count() == 0))
@@ -182,6 +189,85 @@ impl Auth {
         Ok(())
     }
 
+    /// Counts audit events in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Counts a call the layer refused (UNAUTHENTICATED); the layer writes its line.
+    pub fn count_refused(&self) {
+        self.count_audit("UNAUTHENTICATED");
+    }
+
+    fn count_audit(&self, result: &'static str) {
+        if let Some(metrics) = &self.metrics {
+            metrics.audit_event(result);
+        }
+    }
+
+    /// One audit line for a refused call.
+    pub fn audit_denied(&self, caller: Option<&Caller>, status: &Status) {
+        let result = tidelog_proto::code_name(status.code());
+        self.count_audit(result);
+        tracing::warn!(
+            target: AUDIT_TARGET,
+            principal = caller.map_or("-", |c| &*c.principal),
+            rpc = caller.and_then(|c| c.rpc).map_or("-", Rpc::name),
+            result,
+            reason = status.message(),
+            "call refused"
+        );
+    }
+
+    /// One audit line for a change of the access state by `caller`.
+    pub fn audit_change(
+        &self,
+        caller: Option<&Caller>,
+        change: &str,
+        result: &Result<bool, Status>,
+    ) {
+        let outcome = match result {
+            Ok(true) => "OK",
+            Ok(false) => "UNCHANGED",
+            Err(status) => tidelog_proto::code_name(status.code()),
+        };
+        self.count_audit(outcome);
+        tracing::info!(
+            target: AUDIT_TARGET,
+            principal = caller.map_or("-", |c| &*c.principal),
+            change,
+            result = outcome,
+            "access changed"
+        );
+    }
+
+    /// One audit line for an admin change (a topic, group or queue created, altered,
+    /// deleted or reset; see [`rpcs::Rpc::is_change`]) once its answer is known.
+    pub fn audit_admin_change(
+        &self,
+        principal: &str,
+        rpc: &Rpc,
+        resources: &[String],
+        result: &'static str,
+    ) {
+        self.count_audit(result);
+        let resource = if resources.is_empty() {
+            "-".to_string()
+        } else {
+            resources.join(",")
+        };
+        tracing::info!(
+            target: AUDIT_TARGET,
+            principal,
+            rpc = rpc.name(),
+            operation = rpc.change_operation().map_or("-", |op| op.name()),
+            resource,
+            result,
+            "admin change"
+        );
+    }
+
     pub fn is_enabled(&self) -> bool {
         self.enabled.is_some()
     }
@@ -190,19 +276,39 @@ impl Auth {
         self.enabled.as_ref()
     }
 
-    /// Resolves the principal of an `authorization` metadata value (`None`: missing).
+    /// Resolves the caller's principal from an `authorization` metadata value
+    /// (`None`: missing) or else from the connection's verified client certificate
+    /// (`certificate`: its subject CN, mutual TLS). A token, when sent, wins: a bad
+    /// token is UNAUTHENTICATED even on a connection with a certificate.
     pub fn authenticate(
         &self,
         value: Option<&[u8]>,
+        certificate: Option<&Arc<str>>,
         rpc: Option<&'static Rpc>,
     ) -> Result<Caller, Status> {
         let Some(log) = &self.enabled else {
             return Err(Status::internal("authenticate called with auth off"));
         };
         let Some(value) = value else {
+            if let Some(principal) = certificate {
+                access::validate_principal(principal).map_err(|e| {
+                    Status::unauthenticated(format!(
+                        "the client certificate's subject CN is not a usable principal ({e}); \
+                         issue a certificate whose CN is 1-255 printable ASCII characters \
+                         without spaces, or send a token"
+                    ))
+                })?;
+                return Ok(Caller {
+                    principal: principal.clone(),
+                    token_id: None,
+                    expires_at_ms: None,
+                    rpc,
+                });
+            }
             return Err(Status::unauthenticated(
                 "this broker requires a token (tidelogd --auth): pass --token or set \
-                 TIDELOG_TOKEN, or send the metadata authorization: Bearer <token>",
+                 TIDELOG_TOKEN, or send the metadata authorization: Bearer <token> (or, \
+                 when tidelogd has --tls-client-ca, connect with a client certificate)",
             ));
         };
         let parsed = token::parse_authorization(value).map_err(|e| {
@@ -214,7 +320,7 @@ impl Auth {
             verify(stored, &parsed, now)?;
             Ok(Caller {
                 principal: stored.principal.as_str().into(),
-                token_id: stored.id,
+                token_id: Some(stored.id),
                 expires_at_ms: stored.expires_at_ms,
                 rpc,
             })
@@ -224,6 +330,9 @@ impl Auth {
     /// Checks that the caller of `request` may do its RPC's operation on every target.
     /// Returns at once when auth is off.
     pub fn authorize<T>(&self, request: &Request<T>, targets: &[Target<'_>]) -> Result<(), Status> {
+        if let Some(note) = request.extensions().get::<AuditNote>() {
+            note.record(targets);
+        }
         if self.enabled.is_none() {
             return Ok(());
         }
@@ -234,7 +343,7 @@ impl Auth {
     pub fn check(&self, caller: Option<&Caller>, targets: &[Target<'_>]) -> Result<(), Status> {
         let result = self.check_quietly(caller, targets);
         if let Err(status) = &result {
-            audit_denied(caller, status);
+            self.audit_denied(caller, status);
         }
         result
     }
@@ -250,12 +359,15 @@ impl Auth {
         };
         let now = now_ms();
         log.read(|a| {
-            // The token may have been revoked or expired since the call started.
-            if a.token(caller.token_id).is_none() {
-                return Err(unknown_token(caller.token_id));
-            }
-            if let Some(expired) = caller.expires_at_ms.filter(|at| *at <= now) {
-                return Err(expired_token(caller.token_id, expired));
+            // The token may have been revoked or expired since the call started. (A
+            // certificate was checked in the handshake; its rules are checked below.)
+            if let Some(token_id) = caller.token_id {
+                if a.token(token_id).is_none() {
+                    return Err(unknown_token(token_id));
+                }
+                if let Some(expired) = caller.expires_at_ms.filter(|at| *at <= now) {
+                    return Err(expired_token(token_id, expired));
+                }
             }
             let rpc = caller
                 .rpc
@@ -364,32 +476,24 @@ impl Auth {
 /// (`tidelog_audit=info`).
 pub const AUDIT_TARGET: &str = "tidelog_audit";
 
-/// One audit line for a refused call.
-pub fn audit_denied(caller: Option<&Caller>, status: &Status) {
-    tracing::warn!(
-        target: AUDIT_TARGET,
-        principal = caller.map_or("-", |c| &*c.principal),
-        rpc = caller.and_then(|c| c.rpc).map_or("-", Rpc::name),
-        result = tidelog_proto::code_name(status.code()),
-        reason = status.message(),
-        "call refused"
-    );
-}
+/// The resources an admin change named, filled in by [`Auth::authorize`] (which every
+/// handler calls with them) for the audit line the layer writes once the call is
+/// answered. Only change RPCs carry one.
+#[derive(Debug, Clone, Default)]
+pub struct AuditNote(Arc<std::sync::Mutex<Vec<String>>>);
 
-/// One audit line for a change of the access state by `caller`.
-pub fn audit_change(caller: Option<&Caller>, change: &str, result: &Result<bool, Status>) {
-    let outcome = match result {
-        Ok(true) => "OK",
-        Ok(false) => "UNCHANGED",
-        Err(status) => tidelog_proto::code_name(status.code()),
-    };
-    tracing::info!(
-        target: AUDIT_TARGET,
-        principal = caller.map_or("-", |c| &*c.principal),
-        change,
-        result = outcome,
-        "access changed"
-    );
+impl AuditNote {
+    fn record(&self, targets: &[Target<'_>]) {
+        let mut names = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for target in targets {
+            names.push(format!("{}:{}", target.kind.name(), target.name));
+        }
+    }
+
+    /// The resources recorded.
+    pub fn resources(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 fn auth_off() -> Status {

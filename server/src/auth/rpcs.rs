@@ -29,6 +29,21 @@ impl Rpc {
             .map(|(_, op)| *op)
     }
 
+    /// Whether the RPC changes a topic, group or queue (create, alter, delete,
+    /// group-reset): an admin change, written to the audit log (Access changes have
+    /// their own lines).
+    pub fn is_change(&self) -> bool {
+        self.change_operation().is_some()
+    }
+
+    /// The operation that makes this RPC a change, if it is one.
+    pub fn change_operation(&self) -> Option<Operation> {
+        self.needs
+            .iter()
+            .map(|(_, op)| *op)
+            .find(|op| matches!(op, Create | Alter | Delete | GroupReset))
+    }
+
     /// `Service/Method` without the package, for messages.
     pub fn name(&self) -> &'static str {
         self.path.strip_prefix("/tidelog.v1.").unwrap_or(self.path)
@@ -121,6 +136,18 @@ pub enum Route {
     Unknown,
 }
 
+/// What the method name of every change RPC starts with: a cheap test the layer makes
+/// before it looks a path up (a test checks every [`Rpc::is_change`] passes it).
+const CHANGE_METHOD_PREFIXES: [&str; 6] =
+    ["Create", "Alter", "Delete", "Reset", "Purge", "Redrive"];
+
+/// False for paths that are certainly not a change RPC (the hot paths: publish,
+/// fetch, settle), without a table lookup.
+pub fn may_be_change(path: &str) -> bool {
+    let method = path.rsplit('/').next().unwrap_or("");
+    CHANGE_METHOD_PREFIXES.iter().any(|p| method.starts_with(p))
+}
+
 pub fn route(path: &str) -> Route {
     if OPEN_PREFIXES.iter().any(|p| path.starts_with(p)) {
         return Route::Open;
@@ -141,6 +168,40 @@ mod tests {
 
     /// Every method of every tidelog service, read from the descriptor set the broker
     /// serves, has exactly one row, and no row names a method that does not exist.
+    #[test]
+    fn change_rpcs_are_the_ones_that_create_alter_delete_or_reset() {
+        let changes: Vec<&str> = RPCS
+            .iter()
+            .filter(|r| r.is_change())
+            .map(Rpc::name)
+            .collect();
+        for rpc in RPCS.iter().filter(|r| r.is_change()) {
+            assert!(may_be_change(rpc.path), "{}", rpc.path);
+        }
+        for name in [
+            "Admin/CreateTopic",
+            "Admin/DeleteTopic",
+            "Admin/AlterTopicConfig",
+            "Admin/CreatePartitions",
+            "Groups/ResetOffsets",
+            "Groups/DeleteOffsets",
+            "Groups/DeleteGroup",
+            "Queues/CreateQueue",
+            "Queues/PurgeQueue",
+        ] {
+            assert!(changes.contains(&name), "{name}: {changes:?}");
+        }
+        for name in [
+            "Publisher/Publish",
+            "Consumer/Fetch",
+            "Groups/CommitOffsets",
+        ] {
+            assert!(!changes.contains(&name), "{name}");
+        }
+        assert!(!may_be_change("/tidelog.v1.Publisher/Publish"));
+        assert!(!may_be_change("/tidelog.v1.Queues/Settle"));
+    }
+
     #[test]
     fn every_rpc_has_exactly_one_row() {
         let set =

@@ -115,7 +115,7 @@ impl Access for AccessService {
                 auth.create_token(&request.principal, expires_at_ms, request.description)
             })
             .await;
-        super::audit_change(
+        self.auth.audit_change(
             caller.as_ref(),
             &format!(
                 "create token for {principal} ({})",
@@ -160,7 +160,7 @@ impl Access for AccessService {
         let existed = self
             .blocking(move |auth| auth.change(AccessOp::RevokeToken { id }))
             .await;
-        super::audit_change(
+        self.auth.audit_change(
             caller.as_ref(),
             &format!("revoke token {}", token::format_id(id)),
             &existed,
@@ -205,7 +205,7 @@ impl Access for AccessService {
                 auth.change(AccessOp::AddRule(rule))
             })
             .await;
-        super::audit_change(
+        self.auth.audit_change(
             caller.as_ref(),
             &format!(
                 "add rule {} {} {} on {}",
@@ -228,7 +228,7 @@ impl Access for AccessService {
         let existed = self
             .blocking(move |auth| auth.change(AccessOp::RemoveRule(rule)))
             .await;
-        super::audit_change(
+        self.auth.audit_change(
             caller.as_ref(),
             &format!(
                 "remove rule {} {} {} on {}",
@@ -255,7 +255,8 @@ impl Access for AccessService {
         Ok(Response::new(WhoAmIResponse {
             principal: caller.map(|c| c.principal.to_string()).unwrap_or_default(),
             token_id: caller
-                .map(|c| token::format_id(c.token_id))
+                .and_then(|c| c.token_id)
+                .map(token::format_id)
                 .unwrap_or_default(),
             expires_at_ms: caller.and_then(|c| c.expires_at_ms).unwrap_or(0),
         }))

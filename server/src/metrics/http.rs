@@ -1,15 +1,19 @@
 //! The `/metrics` HTTP endpoint: a small HTTP/1.1 responder with bounded reads that
-//! answers in OpenMetrics or the classic text format as the scraper asks.
+//! answers in OpenMetrics or the classic text format as the scraper asks; over TLS
+//! when tidelogd has `--tls-cert` (HTTPS, no client certificate asked), and only to a
+//! scraper with the bearer token when it has `--metrics-token-file` (others get
+//! `401 Unauthorized`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::Metrics;
 use crate::exposition::Format;
 use crate::shutdown::Shutdown;
+use crate::tls::Security;
 
 /// Longest request head the metrics endpoint reads; a scraper sends a few hundred
 /// bytes.
@@ -23,7 +27,12 @@ const HTTP_CONNECTIONS_MAX: usize = 16;
 /// one request per connection, with bounded reads. The format follows the `Accept`
 /// header ([`Format::negotiate`]); `HEAD /metrics` answers the same headers without
 /// the body. Other paths are 404, other methods 405.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: Shutdown) {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    security: Arc<Security>,
+    shutdown: Shutdown,
+) {
     let permits = Arc::new(tokio::sync::Semaphore::new(HTTP_CONNECTIONS_MAX));
     loop {
         let permit = tokio::select! {
@@ -40,18 +49,20 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: Shutd
         match accepted {
             Ok((stream, _)) => {
                 let metrics = metrics.clone();
+                let security = security.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    if let Err(error) =
-                        tokio::time::timeout(HTTP_REQUEST_TIMEOUT, handle_http(stream, &metrics))
-                            .await
-                            .unwrap_or_else(|_| {
-                                Err(std::io::Error::new(
-                                    std::io::ErrorKind::TimedOut,
-                                    "request took too long",
-                                ))
-                            })
-                    {
+                    if let Err(error) = tokio::time::timeout(
+                        HTTP_REQUEST_TIMEOUT,
+                        handle(stream, &metrics, &security),
+                    )
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "request took too long",
+                        ))
+                    }) {
                         tracing::debug!(%error, "metrics connection failed");
                     }
                 });
@@ -65,7 +76,28 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: Shutd
     }
 }
 
-async fn handle_http(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+/// Handshakes TLS when configured, then answers one request.
+async fn handle(stream: TcpStream, metrics: &Metrics, security: &Security) -> std::io::Result<()> {
+    match security.metrics() {
+        None => handle_http(stream, metrics, security).await,
+        Some(config) => {
+            let mut stream = stream;
+            if crate::sniff::first_bytes(&mut stream).await != crate::sniff::FirstBytes::Tls {
+                return Ok(());
+            }
+            let stream = tokio_rustls::TlsAcceptor::from(config)
+                .accept(stream)
+                .await?;
+            handle_http(stream, metrics, security).await
+        }
+    }
+}
+
+async fn handle_http<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    metrics: &Metrics,
+    security: &Security,
+) -> std::io::Result<()> {
     let mut buffer = vec![0u8; HTTP_REQUEST_BYTES_MAX];
     let mut filled = 0;
     let head_end = loop {
@@ -82,18 +114,29 @@ async fn handle_http(mut stream: TcpStream, metrics: &Metrics) -> std::io::Resul
         filled += read;
     };
     let head = String::from_utf8_lossy(&buffer[..head_end]);
-    let mut lines = head.lines();
-    let mut parts = lines.next().unwrap_or("").split_whitespace();
+    let mut parts = head.lines().next().unwrap_or("").split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
+    let header = |wanted: &str| -> Vec<&str> {
+        head.lines()
+            .skip(1)
+            .filter_map(|line| line.split_once(':'))
+            .filter(|(name, _)| name.trim().eq_ignore_ascii_case(wanted))
+            .map(|(_, value)| value.trim())
+            .collect()
+    };
+    if !security.metrics_authorized(header("authorization").first().copied()) {
+        return respond(
+            &mut stream,
+            "401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"tidelogd metrics\"",
+            "this endpoint needs Authorization: Bearer <token> (tidelogd --metrics-token-file)\n",
+        )
+        .await;
+    }
     match (method, path) {
         ("GET" | "HEAD", "/metrics") => {
             // Several Accept headers make one list (RFC 9110, 5.3).
-            let accept: Vec<&str> = lines
-                .filter_map(|line| line.split_once(':'))
-                .filter(|(name, _)| name.trim().eq_ignore_ascii_case("accept"))
-                .map(|(_, value)| value.trim())
-                .collect();
+            let accept = header("accept");
             let format =
                 Format::negotiate((!accept.is_empty()).then(|| accept.join(",")).as_deref());
             let body = metrics.encode_as(format);
@@ -119,7 +162,11 @@ fn find_head_end(bytes: &[u8]) -> Option<usize> {
     bytes.windows(4).position(|w| w == b"\r\n\r\n")
 }
 
-async fn respond(stream: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
+async fn respond<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: &str,
+    body: &str,
+) -> std::io::Result<()> {
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -139,7 +186,8 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         metrics.published("t", 1, 1);
         let shutdown = Shutdown::new();
-        let server = tokio::spawn(serve(listener, metrics, shutdown.clone()));
+        let security = Arc::new(Security::plaintext());
+        let server = tokio::spawn(serve(listener, metrics, security, shutdown.clone()));
         let request = |head: &'static str| async move {
             let mut stream = TcpStream::connect(addr).await.unwrap();
             stream

@@ -36,6 +36,10 @@
 //! | tidelog_queue_delivered, _redelivered, _acked, _nacked, _timed_out | counter | queue |
 //! | tidelog_queue_dead_lettered | counter | queue, reason (max_deliveries, term, overflow) |
 //! | tidelog_queue_ack_latency_seconds | histogram | queue |
+//! | tidelog_connections_open (gRPC connections being served) | gauge | |
+//! | tidelog_connections_refused (closed at accept or in the TLS handshake) | counter | reason (max_connections, max_connections_per_ip, plaintext_on_tls, tls_handshake) |
+//! | tidelog_audit_events (audit lines written: refused calls, access and admin changes) | counter | result (OK, UNCHANGED, or the gRPC code name) |
+//! | tidelog_tls_reloads (SIGHUP re-reads of the TLS files and the metrics token) | counter | result (ok, error) |
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Weak};
@@ -112,6 +116,16 @@ struct GroupLagLabels {
     group: String,
     topic: String,
     partition: u32,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -236,6 +250,10 @@ pub struct Metrics {
     filtered_messages: Family<KindLabels, Counter>,
     filter_not_json: Family<KindLabels, Counter>,
     queue_ack_latency: HistogramFamily<QueueLabels>,
+    connections_open: Gauge,
+    connections_refused: Family<ReasonLabels, Counter>,
+    tls_reloads: Family<ResultLabels, Counter>,
+    audit_events: Family<ResultLabels, Counter>,
     flush: Arc<FlushMetrics>,
     sources: Arc<ScrapeSources>,
 }
@@ -291,6 +309,10 @@ impl Metrics {
             filtered_messages: Family::default(),
             filter_not_json: Family::default(),
             queue_ack_latency: Family::new_with_constructor(ack_latency_histogram),
+            connections_open: Gauge::default(),
+            connections_refused: Family::default(),
+            tls_reloads: Family::default(),
+            audit_events: Family::default(),
             flush: flush.clone(),
             sources: sources.clone(),
             registry: Registry::default(),
@@ -406,11 +428,62 @@ impl Metrics {
             "Bytes made durable by one group commit",
             flush.bytes.clone(),
         );
+        registry.register(
+            "tidelog_connections_open",
+            "gRPC connections being served",
+            metrics.connections_open.clone(),
+        );
+        registry.register(
+            "tidelog_connections_refused",
+            "gRPC connections closed at accept (over --max-connections or \
+             --max-connections-per-ip) or in the TLS handshake (a plaintext client, a \
+             failed handshake), by reason",
+            metrics.connections_refused.clone(),
+        );
+        registry.register(
+            "tidelog_tls_reloads",
+            "Re-reads of the TLS files and the metrics token on SIGHUP, by result (error: \
+             the old configuration stays)",
+            metrics.tls_reloads.clone(),
+        );
+        registry.register(
+            "tidelog_audit_events",
+            "Audit lines written (refused calls, access changes, admin changes), by result: \
+             OK, UNCHANGED, or the gRPC code name",
+            metrics.audit_events.clone(),
+        );
         registry.register_collector(Box::new(sources));
         Metrics {
             registry,
             ..metrics
         }
+    }
+
+    /// A gRPC connection opened (`+1`) or closed (`-1`).
+    pub fn connection_open(&self, delta: i64) {
+        self.connections_open.inc_by(delta);
+    }
+
+    /// A gRPC connection refused for `reason` (see [`crate::listener::Refusal`]).
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// A reload of the TLS files on SIGHUP, `ok` or not.
+    pub fn tls_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.tls_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// An audit line written with `result`.
+    pub fn audit_event(&self, result: &'static str) {
+        self.audit_events
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// The observer to pass in `StoreOptions::flush_observer`.
@@ -844,6 +917,9 @@ mod tests {
             .flush_observer()
             .on_flush(Duration::from_millis(1), 1, 1);
         let _guard = metrics.open_stream("publish");
+        metrics.connection_refused("max_connections");
+        metrics.tls_reload(true);
+        metrics.audit_event("OK");
 
         let classic = metrics.encode_as(Format::Classic);
         assert_every_sample_has_help(&classic);
@@ -877,7 +953,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(families, 27, "a family was added or lost:\n{openmetrics}");
+        assert_eq!(families, 31, "a family was added or lost:\n{openmetrics}");
         assert_eq!(lines.last(), Some(&"# EOF"));
         store.close().unwrap();
     }

@@ -1,4 +1,5 @@
-//! `tidelogd --auth` through the real binary (plaintext; TLS is not built yet):
+//! `tidelogd --auth` through the real binary, in plaintext (the same matrix and
+//! revocation runs over TLS in `tls.rs`):
 //!
 //! - the authorization matrix: every operation x a principal allowed, a principal
 //!   denied (PERMISSION_DENIED naming the operation and resource, the same for a
@@ -30,10 +31,10 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
-type Conn = InterceptedService<Channel, Token>;
+pub(crate) type Conn = InterceptedService<Channel, Token>;
 
 #[derive(Clone)]
-struct Token(Option<String>);
+pub(crate) struct Token(Option<String>);
 
 impl tonic::service::Interceptor for Token {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
@@ -47,17 +48,22 @@ impl tonic::service::Interceptor for Token {
 }
 
 async fn conn(broker: &TestBroker, token: Option<&str>) -> Conn {
-    InterceptedService::new(broker.channel().await, Token(token.map(str::to_string)))
+    with_token(&broker.channel().await, token)
 }
 
-fn bootstrap_token(broker: &TestBroker) -> String {
+/// `channel` (plaintext or TLS) with a token on every call.
+pub(crate) fn with_token(channel: &Channel, token: Option<&str>) -> Conn {
+    InterceptedService::new(channel.clone(), Token(token.map(str::to_string)))
+}
+
+pub(crate) fn bootstrap_token(broker: &TestBroker) -> String {
     std::fs::read_to_string(broker.data_dir().join("bootstrap-admin.token"))
         .expect("the bootstrap token file")
         .trim()
         .to_string()
 }
 
-async fn create_token(admin: &Conn, principal: &str, ttl_ms: u64) -> String {
+pub(crate) async fn create_token(admin: &Conn, principal: &str, ttl_ms: u64) -> String {
     AccessClient::new(admin.clone())
         .create_token(CreateTokenRequest {
             principal: principal.into(),
@@ -79,7 +85,7 @@ fn rule(principal: &str, resource: &str, operation: &str) -> AclRule {
     }
 }
 
-async fn allow(admin: &Conn, principal: &str, resource: &str, operation: &str) {
+pub(crate) async fn allow(admin: &Conn, principal: &str, resource: &str, operation: &str) {
     AccessClient::new(admin.clone())
         .add_acl(AddAclRequest {
             rule: Some(rule(principal, resource, operation)),
@@ -198,7 +204,13 @@ const OPERATIONS: [&str; 9] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_authorization_matrix_holds_for_every_operation() {
     let broker = TestBroker::start_with(&["--auth"]);
-    let admin = conn(&broker, Some(&bootstrap_token(&broker))).await;
+    authorization_matrix(&broker.channel().await, &bootstrap_token(&broker)).await;
+}
+
+/// Every operation x a principal allowed, denied, with no token, an expired, a revoked
+/// and a malformed token, over `channel` to a broker started with `--auth`.
+pub(crate) async fn authorization_matrix(channel: &Channel, bootstrap: &str) {
+    let admin = with_token(channel, Some(bootstrap));
     let mut admin_client = AdminClient::new(admin.clone());
     for name in ["orders", "doomed"] {
         admin_client
@@ -210,7 +222,7 @@ async fn the_authorization_matrix_holds_for_every_operation() {
             .await
             .unwrap();
     }
-    let none = conn(&broker, None).await;
+    let none = with_token(channel, None);
     let expired_token = create_token(&admin, "alice", 1).await;
     let revoked_token = create_token(&admin, "alice", 0).await;
     AccessClient::new(admin.clone())
@@ -219,16 +231,16 @@ async fn the_authorization_matrix_holds_for_every_operation() {
         })
         .await
         .unwrap();
-    let expired = conn(&broker, Some(&expired_token)).await;
-    let revoked = conn(&broker, Some(&revoked_token)).await;
-    let malformed = conn(&broker, Some("tidelog_nope")).await;
+    let expired = with_token(channel, Some(&expired_token));
+    let revoked = with_token(channel, Some(&revoked_token));
+    let malformed = with_token(channel, Some("tidelog_nope"));
     tokio::time::sleep(Duration::from_millis(5)).await;
 
     for (n, operation) in OPERATIONS.into_iter().enumerate() {
         // A principal allowed this operation only, and one allowed nothing.
         let allowed_name = format!("ok-{operation}");
-        let allowed = conn(&broker, Some(&create_token(&admin, &allowed_name, 0).await)).await;
-        let denied = conn(&broker, Some(&create_token(&admin, "nobody", 0).await)).await;
+        let allowed = with_token(channel, Some(&create_token(&admin, &allowed_name, 0).await));
+        let denied = with_token(channel, Some(&create_token(&admin, "nobody", 0).await));
         allow(&admin, &allowed_name, resource_of(operation), operation).await;
         let outcome = call(operation, &allowed, n).await;
         assert!(
@@ -272,7 +284,7 @@ async fn the_authorization_matrix_holds_for_every_operation() {
     );
 
     // Denied the same way whether or not the topic exists.
-    let nobody = conn(&broker, Some(&create_token(&admin, "nobody", 0).await)).await;
+    let nobody = with_token(channel, Some(&create_token(&admin, "nobody", 0).await));
     let mut nobody_admin = AdminClient::new(nobody.clone());
     let mut answers = Vec::new();
     for name in ["orders", "no-such-topic"] {
@@ -292,20 +304,22 @@ async fn the_authorization_matrix_holds_for_every_operation() {
         .into_inner()
         .topics;
     assert!(listed.is_empty(), "{listed:?}");
-    let listed =
-        AdminClient::new(conn(&broker, Some(&create_token(&admin, "ok-describe", 0).await)).await)
-            .list_topics(ListTopicsRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .topics;
+    let listed = AdminClient::new(with_token(
+        channel,
+        Some(&create_token(&admin, "ok-describe", 0).await),
+    ))
+    .list_topics(ListTopicsRequest::default())
+    .await
+    .unwrap()
+    .into_inner()
+    .topics;
     assert_eq!(
         listed.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
         ["orders"]
     );
 
     // The health check needs no token.
-    let mut health = tonic_health::pb::health_client::HealthClient::new(broker.channel().await);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     health
         .check(tonic_health::pb::HealthCheckRequest::default())
         .await
@@ -322,19 +336,28 @@ async fn the_authorization_matrix_holds_for_every_operation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_subscribe_ends_within_a_second_of_revocation_or_rule_removal() {
     let broker = TestBroker::start_with(&["--auth"]);
-    let admin = conn(&broker, Some(&bootstrap_token(&broker))).await;
-    AdminClient::new(admin.clone())
+    revocation_ends_open_streams(&broker.channel().await, &bootstrap_token(&broker)).await;
+}
+
+/// An open Subscribe over `channel` ends within a second of its token's revocation,
+/// and of its rule's removal.
+pub(crate) async fn revocation_ends_open_streams(channel: &Channel, bootstrap: &str) {
+    let admin = with_token(channel, Some(bootstrap));
+    let created = AdminClient::new(admin.clone())
         .create_topic(CreateTopicRequest {
             name: "orders".into(),
             partitions: 1,
             config: Some(TopicConfig::default()),
         })
-        .await
-        .unwrap();
+        .await;
+    // The matrix may have made it on the same broker.
+    if let Err(status) = created {
+        assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    }
     allow(&admin, "reader", "topic:orders", "consume").await;
     for ending in ["revoke", "remove the rule"] {
         let token = create_token(&admin, "reader", 0).await;
-        let reader = conn(&broker, Some(&token)).await;
+        let reader = with_token(channel, Some(&token));
         let mut stream = ConsumerClient::new(reader)
             .subscribe(SubscribeRequest {
                 topic: "orders".into(),
@@ -689,5 +712,126 @@ async fn batch_rpcs_and_patterns_are_authorized() {
         granted.elapsed() < Duration::from_millis(1500),
         "taken in after {:?}",
         granted.elapsed()
+    );
+}
+
+/// Every admin change (topic, group reset, queue) writes an audit line with principal,
+/// RPC, operation, resource and result, with auth on and off; audit lines count in
+/// `tidelog_audit_events{result}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_changes_are_audited_and_counted_by_result() {
+    use tidelog_tests::metric_value;
+    let broker = TestBroker::start_with(&["--auth"]);
+    let admin = conn(&broker, Some(&bootstrap_token(&broker))).await;
+    let mut admin_client = AdminClient::new(admin.clone());
+    admin_client
+        .create_topic(CreateTopicRequest {
+            name: "audited".into(),
+            partitions: 1,
+            config: Some(TopicConfig::default()),
+        })
+        .await
+        .unwrap();
+    admin_client
+        .create_partitions(CreatePartitionsRequest {
+            name: "audited".into(),
+            partitions: 2,
+        })
+        .await
+        .unwrap();
+    GroupsClient::new(admin.clone())
+        .reset_offsets(ResetOffsetsRequest {
+            group_id: "billing".into(),
+            scope: Some(reset_offsets_request::Scope::AllTopics(
+                reset_offsets_request::AllTopics {},
+            )),
+            spec: Some(reset_offsets_request::Spec::ToEarliest(
+                reset_offsets_request::ToEarliest {},
+            )),
+            execute: true,
+        })
+        .await
+        .unwrap();
+    admin_client
+        .delete_topic(DeleteTopicRequest {
+            name: "no-such-topic".into(),
+        })
+        .await
+        .unwrap_err();
+    admin_client
+        .delete_topic(DeleteTopicRequest {
+            name: "audited".into(),
+        })
+        .await
+        .unwrap();
+    // A refused change: one "call refused" line, no "admin change" line.
+    let nobody = conn(&broker, Some(&create_token(&admin, "nobody", 0).await)).await;
+    AdminClient::new(nobody)
+        .create_topic(CreateTopicRequest {
+            name: "sneaky".into(),
+            partitions: 1,
+            config: None,
+        })
+        .await
+        .unwrap_err();
+    let log = broker.log();
+    let changes: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("tidelog_audit") && l.contains("admin change"))
+        .collect();
+    for expected in [
+        ("Admin/CreateTopic", "create", "topic:audited", "OK"),
+        ("Admin/CreatePartitions", "alter", "topic:audited", "OK"),
+        ("Groups/ResetOffsets", "group-reset", "group:billing", "OK"),
+        (
+            "Admin/DeleteTopic",
+            "delete",
+            "topic:no-such-topic",
+            "NOT_FOUND",
+        ),
+        ("Admin/DeleteTopic", "delete", "topic:audited", "OK"),
+    ] {
+        let (rpc, operation, resource, result) = expected;
+        assert!(
+            changes.iter().any(|l| l.contains("principal=\"admin\"")
+                && l.contains(&format!("rpc=\"{rpc}\""))
+                && l.contains(&format!("operation=\"{operation}\""))
+                && l.contains(&format!("resource=\"{resource}\""))
+                && l.contains(&format!("result=\"{result}\""))),
+            "{expected:?} not in:\n{}",
+            changes.join("\n")
+        );
+    }
+    assert!(!changes.iter().any(|l| l.contains("sneaky")), "{changes:?}");
+    assert!(log.contains("call refused") && log.contains("may not create topic:sneaky"));
+    let metrics = broker.metrics_text();
+    // The four admin changes that succeeded, and the token made for nobody.
+    assert!(
+        metric_value(&metrics, "tidelog_audit_events_total{result=\"OK\"}")
+            .is_some_and(|n| n >= 5.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(&metrics, "tidelog_audit_events_total{result=\"NOT_FOUND\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "tidelog_audit_events_total{result=\"PERMISSION_DENIED\"}"
+        ),
+        Some(1.0)
+    );
+
+    // Auth off: the changes are audited all the same, by principal "-".
+    let open = TestBroker::start();
+    tidelog_tests::create_topic(&open.channel().await, "plain", 1, TopicConfig::default()).await;
+    assert!(
+        open.log().lines().any(|l| l.contains("admin change")
+            && l.contains("principal=\"-\"")
+            && l.contains("resource=\"topic:plain\"")
+            && l.contains("result=\"OK\"")),
+        "{}",
+        open.log()
     );
 }

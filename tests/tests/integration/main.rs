@@ -31,4 +31,5 @@ mod signals;
 mod soak;
 mod stream_limits;
 mod support;
+mod tls;
 mod torn;

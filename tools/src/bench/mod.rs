@@ -47,14 +47,13 @@ use tidelog_proto::v1::{
 };
 use tokio::sync::{oneshot, watch};
 use tonic::Code;
-use tonic::transport::Endpoint;
 
 use crate::client::Conn;
 use validate::{Errors, Expectation, merge};
 
 use crate::args::{AckArg, TopicConfigArgs};
-use crate::client::{Broker, normalize_server};
-use crate::error::{CliError, CliResult, root_cause};
+use crate::client::Broker;
+use crate::error::{CliError, CliResult};
 use crate::topic::{create_config, describe};
 
 /// Largest gRPC message the bench sends or accepts.
@@ -199,13 +198,7 @@ pub fn run(command: BenchCommand, server: &str, json: bool) -> CliResult<()> {
 
 /// A new HTTP/2 connection for one actor.
 async fn connect(server: &str) -> CliResult<Conn> {
-    let url = normalize_server(server);
-    let endpoint = Endpoint::from_shared(url.clone()).map_err(|_| {
-        CliError::usage(
-            format!("--server {server:?} is not an address"),
-            "use a URL such as http://127.0.0.1:7420",
-        )
-    })?;
+    let (url, endpoint) = crate::client::endpoint(server)?;
     endpoint
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
@@ -214,12 +207,7 @@ async fn connect(server: &str) -> CliResult<Conn> {
         .connect()
         .await
         .map(crate::client::authorized)
-        .map_err(|e| {
-            CliError::failure(
-                format!("cannot reach tidelogd at {url} ({})", root_cause(&e)),
-                "is it running? (--server / TIDELOG_SERVER)",
-            )
-        })
+        .map_err(|e| crate::client::connect_error(&url, &e))
 }
 
 fn ack_level(ack: AckArg) -> AckLevel {
