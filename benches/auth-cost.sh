@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
-# What --auth costs: alternating A/B runs of `tidelog bench produce` (batch publish on
-# streams) and `tidelog bench consume`, tidelogd without auth (A) and with --auth and
-# the bench's token (B: the bootstrap admin token, plus 100 rules of other principals so
-# every check scans a realistic rule list). The consume run reads the topic the produce
-# run kept. Prints rate and tidelogd CPU per message
-# (utime+stime from /proc/<pid>/stat, fields 14+15) per run.
-#   benches/auth-cost.sh [ROUNDS] [MESSAGES]      (defaults 3, 2000000)
+# What --auth and TLS cost: alternating runs of `tidelog bench produce` (publish on
+# streams) and `tidelog bench consume`, tidelogd plaintext without auth (off), with
+# --auth and the bench's token (auth: the bootstrap admin token, plus 100 rules of
+# other principals so every check scans a realistic rule list), and with TLS as well
+# (tls: --tls-cert/--tls-key from tests/make-certs.sh, https:// with --ca-file, and the
+# token). The consume run reads the topic the produce run kept. Prints rate and
+# tidelogd CPU per message (utime+stime from /proc/<pid>/stat, fields 14+15) per run.
+#   benches/auth-cost.sh [ROUNDS] [MESSAGES] [MODES] [BENCH_FLAGS]
+#   defaults: 3, 2000000, "off auth", ""; e.g. issue 17's TLS cost in batch form:
+#   benches/auth-cost.sh 2 4000000 "off tls" --batch-wire
 # Needs release binaries: cargo build --release -p tidelog-server -p tidelog-tools
 set -euo pipefail
 rounds=${1:-3}
 messages=${2:-2000000}
+modes=${3:-off auth}
+shift $(( $# < 3 ? $# : 3 ))
+flags=("$@")
+certs=$(mktemp -d)
+trap 'rm -rf "$certs"' EXIT
+case " $modes " in *" tls "*) "$(dirname "$0")/../tests/make-certs.sh" "$certs" > /dev/null ;; esac
 bin=${CARGO_TARGET_DIR:-target}/release
 tick=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -17,14 +26,20 @@ run_one() { # mode round
   local mode=$1 dir
   dir=$(mktemp -d)
   local args=(--data-dir "$dir/data" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --log-level warn)
-  [ "$mode" = auth ] && args+=(--auth)
+  [ "$mode" != off ] && args+=(--auth)
+  [ "$mode" = tls ] && args+=(--tls-cert "$certs/server.pem" --tls-key "$certs/server.key")
   "$bin/tidelogd" "${args[@]}" > "$dir/out" 2> "$dir/err" &
   local pid=$!
   for _ in $(seq 100); do grep -q ready "$dir/out" 2>/dev/null && break; sleep 0.1; done
   local server
-  server=http://$(sed -n 's/.*grpc=\([^ ]*\).*/\1/p' "$dir/out")
-  unset TIDELOG_TOKEN
-  if [ "$mode" = auth ]; then
+  local scheme=http
+  unset TIDELOG_TOKEN TIDELOG_CA_FILE
+  if [ "$mode" = tls ]; then
+    scheme=https
+    export TIDELOG_CA_FILE=$certs/ca.pem
+  fi
+  server=$scheme://$(sed -n 's/.*grpc=\([^ ]*\).*/\1/p' "$dir/out")
+  if [ "$mode" != off ]; then
     export TIDELOG_TOKEN
     TIDELOG_TOKEN=$(cat "$dir/data/bootstrap-admin.token")
     for i in $(seq 100); do
@@ -33,12 +48,12 @@ run_one() { # mode round
   fi
   local before after rate
   before=$(cpu $pid)
-  rate=$("$bin/tidelog" --server "$server" bench produce --producers 2 --stream --fsync never --ack written --messages "$messages" --topic auth-bench --keep --json \
+  rate=$("$bin/tidelog" --server "$server" bench produce --producers 2 --stream --fsync never --ack written --messages "$messages" --topic auth-bench --keep --json "${flags[@]}" \
     | python3 -c 'import json,sys; d=json.load(sys.stdin); print(round(d["producers"]["total"]["messages_per_s"]))')
   after=$(cpu $pid)
   echo "produce $mode $2 rate=$rate msg/s cpu_us_per_msg=$(python3 -c "print(round(($after-$before)/$tick*1e6/$messages, 3))")"
   before=$(cpu $pid)
-  rate=$("$bin/tidelog" --server "$server" bench consume --topic auth-bench --messages "$messages" --json \
+  rate=$("$bin/tidelog" --server "$server" bench consume --topic auth-bench --messages "$messages" --json "${flags[@]}" \
     | python3 -c 'import json,sys; d=json.load(sys.stdin); print(round(d["consumers"]["total"]["messages_per_s"]))')
   after=$(cpu $pid)
   echo "consume $mode $2 rate=$rate msg/s cpu_us_per_msg=$(python3 -c "print(round(($after-$before)/$tick*1e6/$messages, 3))")"
@@ -46,6 +61,7 @@ run_one() { # mode round
   rm -rf "$dir"
 }
 for round in $(seq "$rounds"); do
-  run_one off "$round"
-  run_one auth "$round"
+  for mode in $modes; do
+    run_one "$mode" "$round"
+  done
 done
