@@ -11,7 +11,7 @@ use tidelog_proto::v1::{CreateTopicRequest, DescribeTopicRequest, TopicConfig, T
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::error::{Error, Result};
 
@@ -21,10 +21,24 @@ pub(crate) const GRPC_MESSAGE_BYTES_MAX: usize = 80 * 1024 * 1024;
 
 /// How a [`Client`] connects.
 ///
-/// TLS: an `https://` URL is refused with [`Error::TlsUnsupported`] today. The broker's
-/// TLS work adds the certificate settings here (a `tls` option taking the CA and an
-/// optional client identity), applied in `Client::connect_with` where the
-/// [`Endpoint`] is built: that is the one place a connection is configured.
+/// TLS: an `https://` URL speaks TLS to a tidelogd started with `--tls-cert` and
+/// `--tls-key`. Its certificate is checked against [`ClientOptions::ca_pem`] (the
+/// system's CAs when none is given); a broker with `--tls-client-ca` (mutual TLS) also
+/// wants [`ClientOptions::identity`], whose subject CN becomes the principal unless a
+/// token is sent as well. TLS settings with an `http://` URL are refused
+/// ([`Error::Tls`]), so a plaintext connection is never made by mistake.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), tidelog_client::Error> {
+/// use tidelog_client::{Client, ClientOptions};
+/// let ca = std::fs::read("ca.pem").expect("the CA that signed tidelogd's certificate");
+/// let client = Client::connect_with(
+///     "https://broker.internal:7420",
+///     ClientOptions::default().ca_pem(ca).token("tidelog_0123456789abcdef_..."),
+/// )
+/// .await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// Sent as `authorization: Bearer <token>` on every call (tidelogd `--auth on`).
@@ -38,6 +52,11 @@ pub struct ClientOptions {
     /// own receive window. Default 8 MiB and 16 MiB (as `tidelog bench`).
     pub stream_window_bytes: u32,
     pub connection_window_bytes: u32,
+    /// PEM of the CA that signed tidelogd's certificate (`https://` only); `None`
+    /// trusts the system's CAs.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM of this client's certificate and its key, for mutual TLS.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Default for ClientOptions {
@@ -48,6 +67,8 @@ impl Default for ClientOptions {
             request_timeout: None,
             stream_window_bytes: 8 << 20,
             connection_window_bytes: 16 << 20,
+            ca_pem: None,
+            identity: None,
         }
     }
 }
@@ -57,6 +78,35 @@ impl ClientOptions {
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
         self
+    }
+
+    /// These options trusting the CA in `pem` for `https://` brokers.
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// These options with a client certificate and its key (PEM), for mutual TLS.
+    pub fn identity(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+        self.identity = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    fn tls_given(&self) -> bool {
+        self.ca_pem.is_some() || self.identity.is_some()
+    }
+
+    /// The rustls settings of an `https://` connection.
+    fn tls_config(&self) -> ClientTlsConfig {
+        let mut config = ClientTlsConfig::new();
+        config = match &self.ca_pem {
+            Some(pem) => config.ca_certificate(Certificate::from_pem(pem)),
+            None => config.with_native_roots(),
+        };
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        config
     }
 }
 
@@ -117,8 +167,14 @@ impl Client {
         } else {
             format!("http://{url}")
         };
-        if url.starts_with("https://") {
-            return Err(Error::TlsUnsupported { url });
+        let https = url.starts_with("https://");
+        if !https && options.tls_given() {
+            return Err(Error::Tls {
+                url,
+                reason: "a CA or a client certificate was given for an http:// address; \
+                         use https://"
+                    .into(),
+            });
         }
         let value = match options
             .token
@@ -157,9 +213,29 @@ impl Client {
         if let Some(timeout) = options.request_timeout {
             endpoint = endpoint.timeout(timeout);
         }
-        let channel = endpoint.connect().await.map_err(|e| Error::Unreachable {
-            url: url.clone(),
-            reason: root_cause(&e),
+        if https {
+            endpoint = endpoint
+                .tls_config(options.tls_config())
+                .map_err(|e| Error::Tls {
+                    url: url.clone(),
+                    reason: root_cause(&e),
+                })?;
+        }
+        let channel = endpoint.connect().await.map_err(|e| {
+            let reason = root_cause(&e);
+            // A broker that answered but whose certificate (or whose view of ours)
+            // failed: retrying will not help, the settings must change.
+            if https && reason.to_ascii_lowercase().contains("certificate") {
+                Error::Tls {
+                    url: url.clone(),
+                    reason,
+                }
+            } else {
+                Error::Unreachable {
+                    url: url.clone(),
+                    reason,
+                }
+            }
         })?;
         Ok(Client {
             url,

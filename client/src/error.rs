@@ -11,9 +11,10 @@ use tonic::Code;
 pub enum Error {
     /// The URL given to [`crate::Client::connect`] is not an address.
     InvalidUrl { url: String, reason: String },
-    /// An `https://` URL: this build speaks plain HTTP/2 only (TLS comes with the
-    /// broker's TLS work; see [`crate::ClientOptions`]).
-    TlsUnsupported { url: String },
+    /// The TLS settings cannot be used: PEM that does not parse, a key that is not
+    /// the certificate's, or TLS settings with an `http://` URL (see
+    /// [`crate::ClientOptions`]).
+    Tls { url: String, reason: String },
     /// The token given to [`crate::ClientOptions::token`] is not one tidelog prints.
     InvalidToken { reason: String },
     /// No broker answered at the address (refused, unresolvable, timed out).
@@ -126,9 +127,9 @@ impl std::fmt::Display for Error {
                 f,
                 "{url:?} is not a broker address ({reason}): use a URL such as http://127.0.0.1:7420"
             ),
-            Error::TlsUnsupported { url } => write!(
+            Error::Tls { url, reason } => write!(
                 f,
-                "{url} asks for TLS, which this client does not speak yet: use an http:// address"
+                "the TLS settings for {url} cannot be used ({reason}): check ClientOptions::ca_pem and identity (PEM; the key must be the certificate's)"
             ),
             Error::InvalidToken { reason } => write!(
                 f,

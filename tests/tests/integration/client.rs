@@ -983,10 +983,14 @@ async fn the_token_option_authenticates_every_call_and_errors_say_what_to_do() {
         .await
         .expect_err("not a token");
     assert!(matches!(error, Error::InvalidToken { .. }), "{error}");
-    let error = Client::connect("https://127.0.0.1:1")
-        .await
-        .expect_err("tls");
-    assert!(matches!(error, Error::TlsUnsupported { .. }), "{error}");
+    let error = Client::connect_with(
+        &broker.endpoint(),
+        ClientOptions::default().ca_pem(b"not a pem".to_vec()),
+    )
+    .await
+    .expect_err("TLS settings for an http:// address");
+    assert!(matches!(error, Error::Tls { .. }), "{error}");
+    assert!(error.to_string().contains("use https://"), "{error}");
     let error = Client::connect("127.0.0.1:1")
         .await
         .expect_err("nothing listens");

@@ -672,3 +672,90 @@ async fn the_metrics_token_protects_a_plaintext_metrics_port_too() {
     }
     assert!(get("Bearer plain-scrape-0123456789").starts_with("HTTP/1.1 401"));
 }
+
+/// The Rust client (tidelog-client) over TLS: the CA and a token, mutual TLS with its
+/// identity as the principal, and a broker certificate from another CA refused as
+/// `Error::Tls` rather than retried as unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_speaks_tls_with_a_token_and_with_a_client_certificate() {
+    use tidelog_client::{Client, ClientOptions, Error, Producer, ProducerConfig, Record};
+    let pki = Pki::new("test-ca");
+    let other = Pki::new("other-ca");
+    let (client_cert, client_key) = pki.issue("client", "svc-client", false);
+    let broker = start_tls(&pki, &["--auth", "--tls-client-ca", s(&pki.path("ca.pem"))]);
+    let bootstrap = bootstrap_token(&broker);
+    let url = format!("https://{}", broker.grpc_addr());
+    let read = |path: &Path| std::fs::read(path).unwrap();
+
+    // The CA, a client certificate (the broker wants one) and the admin token.
+    let admin = Client::connect_with(
+        &url,
+        ClientOptions::default()
+            .ca_pem(pki.ca_pem())
+            .identity(read(&client_cert), read(&client_key))
+            .token(bootstrap.clone()),
+    )
+    .await
+    .expect("connect over TLS");
+    admin
+        .create_topic("tls-t", 1, TopicConfig::default())
+        .await
+        .expect("CreateTopic over TLS");
+    let producer = Producer::new(&admin, ProducerConfig::default());
+    let placed = producer
+        .send_and_wait(Record::new("tls-t", "over tls"))
+        .await
+        .expect("publish over TLS");
+    assert_eq!((placed.partition, placed.offset), (0, 0));
+    producer.close().await.expect("close");
+
+    // Without the token, the certificate's CN is the principal, and the ACLs apply to
+    // it: refused until rules name it.
+    let by_cert = Client::connect_with(
+        &url,
+        ClientOptions::default()
+            .ca_pem(pki.ca_pem())
+            .identity(read(&client_cert), read(&client_key)),
+    )
+    .await
+    .expect("connect with a client certificate");
+    let producer = Producer::new(&by_cert, ProducerConfig::default());
+    let refused = producer
+        .send_and_wait(Record::new("tls-t", "x"))
+        .await
+        .expect_err("svc-client may do nothing yet");
+    assert!(
+        matches!(refused, Error::PermissionDenied { .. }),
+        "{refused}"
+    );
+    drop(producer);
+    let admin_conn = with_token(
+        &tls_channel(&broker, &pki.ca_pem(), Some((&client_cert, &client_key)))
+            .await
+            .unwrap(),
+        Some(&bootstrap),
+    );
+    // The producer describes the topic (its partitions) before it publishes.
+    allow(&admin_conn, "svc-client", "topic:tls-t", "describe").await;
+    allow(&admin_conn, "svc-client", "topic:tls-t", "publish").await;
+    let producer = Producer::new(&by_cert, ProducerConfig::default());
+    let placed = producer
+        .send_and_wait(Record::new("tls-t", "by certificate"))
+        .await
+        .expect("publish as the certificate's principal");
+    assert_eq!(placed.offset, 1);
+    producer.close().await.expect("close");
+
+    // A client that trusts another CA refuses the broker's certificate: a settings
+    // error, not "unreachable".
+    let error = Client::connect_with(
+        &url,
+        ClientOptions::default()
+            .ca_pem(other.ca_pem())
+            .identity(read(&client_cert), read(&client_key)),
+    )
+    .await
+    .expect_err("the broker's certificate is not from other-ca");
+    assert!(matches!(error, Error::Tls { .. }), "{error}");
+    assert!(!error.is_retryable(), "{error}");
+}
