@@ -93,27 +93,7 @@ impl Partition {
         written: bool,
         filter: Option<&Filter>,
     ) -> Result<ReadResult> {
-        let (visible, log_start) = {
-            let state = self.progress.lock();
-            if state.deleted || state.unavailable.is_some() {
-                return Err(self.progress.closed_error_in(&state));
-            }
-            let end = if written {
-                state.written
-            } else {
-                state.visible()
-            };
-            (end, state.log_start)
-        };
-        let out_of_range = |requested, log_start| Error::OffsetOutOfRange {
-            partition: self.name.clone(),
-            requested,
-            log_start,
-            end: visible.offset,
-        };
-        if from < log_start || from > visible.offset {
-            return Err(out_of_range(from, log_start));
-        }
+        let (visible, log_start) = self.read_snapshot(from, written)?;
         // Room for what the read can return without a filter, so the vector of
         // records is not regrown (and moved) as it fills; bounded by what is there.
         let expected = match filter {
@@ -170,22 +150,7 @@ impl Partition {
         max_bytes: u64,
         filter: Option<&Filter>,
     ) -> Result<BatchReadResult> {
-        let (visible, log_start) = {
-            let state = self.progress.lock();
-            if state.deleted || state.unavailable.is_some() {
-                return Err(self.progress.closed_error_in(&state));
-            }
-            (state.visible(), state.log_start)
-        };
-        let out_of_range = |requested, log_start| Error::OffsetOutOfRange {
-            partition: self.name.clone(),
-            requested,
-            log_start,
-            end: visible.offset,
-        };
-        if from < log_start || from > visible.offset {
-            return Err(out_of_range(from, log_start));
-        }
+        let (visible, log_start) = self.read_snapshot(from, false)?;
         let now_ms = self.clock.now_ms();
         let mut result = BatchReadResult {
             batches: Vec::new(),
@@ -222,6 +187,34 @@ impl Partition {
             visible.offset
         };
         Ok(result)
+    }
+
+    /// Where a read from `from` may go: the end readers see (the written end when
+    /// `written`) and the log start, taken together under the progress lock. A deleted
+    /// or unavailable partition fails; `from` outside `[log_start, end]` is
+    /// `OffsetOutOfRange`.
+    fn read_snapshot(&self, from: u64, written: bool) -> Result<(LogEnd, u64)> {
+        let (end, log_start) = {
+            let state = self.progress.lock();
+            if state.deleted || state.unavailable.is_some() {
+                return Err(self.progress.closed_error_in(&state));
+            }
+            let end = if written {
+                state.written
+            } else {
+                state.visible()
+            };
+            (end, state.log_start)
+        };
+        if from < log_start || from > end.offset {
+            return Err(Error::OffsetOutOfRange {
+                partition: self.name.clone(),
+                requested: from,
+                log_start,
+                end: end.offset,
+            });
+        }
+        Ok((end, log_start))
     }
 
     /// The one loop over segments for message and batch reads: from the segment holding
