@@ -470,7 +470,7 @@ fn delimiter(text: &str) -> Result<Delimiter, String> {
 }
 
 /// A separator; `\t` and `\n`-style escapes are understood.
-fn separator(text: &str) -> Result<String, String> {
+pub(crate) fn separator(text: &str) -> Result<String, String> {
     let unescaped = text.replace("\\t", "\t").replace("\\n", "\n");
     if unescaped.is_empty() {
         return Err("the separator is empty".into());

@@ -9,7 +9,7 @@ use tidelog_storage::queue::state::{
     MAX_UNACKED_PER_MEMBER_MAX, QUEUE_DELAY_MS_MAX,
 };
 
-use crate::args::{Format, duration, header};
+use crate::args::{Format, duration, header, separator};
 use crate::error::{CliError, CliResult};
 use crate::time::parse_datetime_ms;
 
@@ -456,15 +456,6 @@ pub struct QueueRedriveArgs {
     /// Dead letters moved per request.
     #[arg(long, default_value_t = 1000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch: u32,
-}
-
-/// Text separator: `\t` and `\n` are understood.
-fn separator(text: &str) -> Result<String, String> {
-    let unescaped = text.replace("\\t", "\t").replace("\\n", "\n");
-    if unescaped.is_empty() {
-        return Err("the separator is empty".into());
-    }
-    Ok(unescaped)
 }
 
 #[derive(Debug, Args)]
