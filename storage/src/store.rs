@@ -41,6 +41,12 @@ const TOPIC_CONFIG_FILE: &str = "topic.config";
 /// How often the housekeeping thread looks for interval-policy flushes that are due.
 const HOUSEKEEPING_TICK: Duration = Duration::from_millis(5);
 
+/// How long `Store::open` tries for the `LOCK` before saying the directory is in use.
+/// A lock released a moment ago can still be held for a while: a child process another
+/// thread is starting has a copy of the descriptor (and so of the lock) until its
+/// exec closes it.
+const LOCK_WAIT: Duration = Duration::from_millis(500);
+
 /// How a store runs.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -158,14 +164,18 @@ impl Store {
         let lock_file = fs
             .open(&lock_path, OpenMode::Create)
             .ctx(|| format!("opening {}", lock_path.display()))?;
-        if !lock_file
+        let waiting_since = Instant::now();
+        while !lock_file
             .try_lock()
             .ctx(|| format!("locking {}", lock_path.display()))?
         {
-            return Err(Error::invalid(format!(
-                "data directory {} is in use by another tidelog process; stop it or choose another directory",
-                dir.display()
-            )));
+            if waiting_since.elapsed() >= LOCK_WAIT {
+                return Err(Error::invalid(format!(
+                    "data directory {} is in use by another tidelog process; stop it or choose another directory",
+                    dir.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
         // Finish deletions a crash interrupted.
         let trash = dir.join("trash");
