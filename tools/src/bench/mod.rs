@@ -157,17 +157,13 @@ pub struct Outcome {
     pub client_cpu_seconds: Option<f64>,
 }
 
-pub fn run(command: BenchCommand, server: &str, json: bool) -> CliResult<()> {
-    if let BenchCommand::Queue(args) = command {
-        return queue::run(args, server, json);
-    }
-    let (kind, args) = command.split();
-    args.check(kind)?;
-    let threads = args.client_threads.map_or_else(
+/// The bench client's runtime: `client_threads` workers (default one per core).
+fn runtime(client_threads: Option<u32>) -> CliResult<tokio::runtime::Runtime> {
+    let threads = client_threads.map_or_else(
         || std::thread::available_parallelism().map_or(2, |n| n.get()),
         |n| n as usize,
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .thread_name("tidelog-bench")
         .enable_all()
@@ -177,7 +173,16 @@ pub fn run(command: BenchCommand, server: &str, json: bool) -> CliResult<()> {
                 format!("cannot start the async runtime: {e}"),
                 "check the system's limits",
             )
-        })?;
+        })
+}
+
+pub fn run(command: BenchCommand, server: &str, json: bool) -> CliResult<()> {
+    if let BenchCommand::Queue(args) = command {
+        return queue::run(args, server, json);
+    }
+    let (kind, args) = command.split();
+    args.check(kind)?;
+    let runtime = runtime(args.client_threads)?;
     let outcome = runtime.block_on(bench(kind, args, server))?;
     runtime.shutdown_timeout(Duration::from_secs(1));
     report::print(&outcome, json)?;

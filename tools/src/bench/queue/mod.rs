@@ -316,21 +316,7 @@ fn broker_pid(args: &QueueBenchArgs, server: &str) -> Option<u32> {
 }
 
 pub fn run(args: QueueBenchArgs, server: &str, json: bool) -> CliResult<()> {
-    let threads = args.client_threads.map_or_else(
-        || std::thread::available_parallelism().map_or(2, |n| n.get()),
-        |n| n as usize,
-    );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name("tidelog-bench")
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            CliError::failure(
-                format!("cannot start the async runtime: {e}"),
-                "check the system's limits",
-            )
-        })?;
+    let runtime = super::runtime(args.client_threads)?;
     let outcome = runtime.block_on(bench(args, server))?;
     runtime.shutdown_timeout(Duration::from_secs(1));
     let mut out = Stdout::new();
