@@ -175,6 +175,8 @@ pub const ACCESS_DESCRIPTION_BYTES_MAX: usize = 256;
 pub const ACCESS_TOKENS_MAX: usize = 10_000;
 /// Authorization rules the broker keeps; every call scans them, so they stay few.
 pub const ACCESS_RULES_MAX: usize = 10_000;
+/// Most quotas (one per principal, plus the default).
+pub const ACCESS_QUOTAS_MAX: usize = 10_000;
 
 const _: () = assert!(ACCESS_NAME_BYTES_MAX >= TOPIC_NAME_BYTES_MAX);
 const _: () = assert!(ACCESS_NAME_BYTES_MAX >= GROUP_ID_BYTES_MAX);

@@ -5,6 +5,7 @@
 //! DATA/
 //!   LOCK                                  held while a store has the directory open
 //!   topics/<topic>/topic.config           partitions and config (key=value)
+//!   topics/<topic>/topic.owner            the principal that created it (optional)
 //!   topics/<topic>/<partition>/           segments (.log .index .timeindex), checkpoint
 //!   offsets/                              the consumer offsets store
 //!   state/queues/queues.statelog          the work queues' state (crate::queue)
@@ -38,6 +39,8 @@ use crate::statelog::{StateLog, StateLogOptions};
 use crate::topic::{Topic, next_incarnation};
 
 const TOPIC_CONFIG_FILE: &str = "topic.config";
+/// The principal that created the topic; written before [`TOPIC_CONFIG_FILE`].
+const TOPIC_OWNER_FILE: &str = "topic.owner";
 /// How often the housekeeping thread looks for interval-policy flushes that are due.
 const HOUSEKEEPING_TICK: Duration = Duration::from_millis(5);
 
@@ -320,7 +323,23 @@ impl Store {
         partitions: u32,
         config: TopicConfig,
     ) -> Result<Arc<Topic>> {
+        self.create_topic_owned(name, partitions, config, None)
+    }
+
+    /// Creates a topic with `partitions` partitions, recording `owner` (the principal
+    /// that created it, for the broker's per-principal topic limits) in its
+    /// `topic.owner` file.
+    pub fn create_topic_owned(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: TopicConfig,
+        owner: Option<&str>,
+    ) -> Result<Arc<Topic>> {
         self.check_open()?;
+        if let Some(owner) = owner {
+            crate::access::validate_principal(owner)?;
+        }
         validate_topic_name(name)?;
         if !(1..=TOPIC_PARTITIONS_MAX).contains(&partitions) {
             return Err(Error::invalid(format!(
@@ -347,6 +366,9 @@ impl Store {
             .ctx(|| format!("creating {}", dir.display()))?;
         let config = Arc::new(config);
         let partitions = open_partitions(name, &dir, partitions, &config, &self.inner.context)?;
+        if let Some(owner) = owner {
+            fsutil::write_file_atomically(fs, &dir.join(TOPIC_OWNER_FILE), owner.as_bytes())?;
+        }
         fsutil::sync_dir(fs, &dir)?;
         // Written last: a topic without its config file did not finish being created.
         fsutil::write_file_atomically(
@@ -365,6 +387,7 @@ impl Store {
                 self.inner.context.clock.clone(),
                 self.inner.context.ids.clone(),
             )),
+            owner: owner.map(Arc::from),
         });
         self.inner
             .topics
@@ -528,6 +551,7 @@ impl Store {
             partitions,
             incarnation: topic.incarnation,
             dedup: topic.dedup.clone(),
+            owner: topic.owner.clone(),
         });
         self.inner
             .topics
@@ -644,6 +668,7 @@ fn open_topic(dir: &Path, name: &str, context: &PartitionContext) -> Result<Opti
     let (partition_count, config) = TopicConfig::from_file(&text)
         .map_err(|e| Error::corrupt(&config_path, 0, e.to_string()))?;
     let config = Arc::new(config);
+    let owner = read_owner(dir, context)?;
     // The config file and partition directories may be known to the page cache only.
     fsutil::sync_dir(&*context.fs, dir)?;
     // One partition that recovery refuses to open must not take the others down: it
@@ -671,7 +696,28 @@ fn open_topic(dir: &Path, name: &str, context: &PartitionContext) -> Result<Opti
         partitions,
         incarnation: next_incarnation(),
         dedup: Arc::new(DedupWindow::new(context.clock.clone(), context.ids.clone())),
+        owner,
     }))
+}
+
+/// The principal in a topic's `topic.owner` file, if it has one (topics created
+/// without an authenticated caller have none).
+fn read_owner(dir: &Path, context: &PartitionContext) -> Result<Option<Arc<str>>> {
+    let path = dir.join(TOPIC_OWNER_FILE);
+    let Some(bytes) = fsutil::read_small_file(&*context.fs, &path, SMALL_FILE_BYTES_MAX)? else {
+        return Ok(None);
+    };
+    let owner = std::str::from_utf8(&bytes)
+        .ok()
+        .filter(|owner| crate::access::validate_principal(owner).is_ok())
+        .ok_or_else(|| {
+            Error::corrupt(
+                &path,
+                0,
+                "the owner file is not a principal (1-255 printable ASCII characters)",
+            )
+        })?;
+    Ok(Some(Arc::from(owner)))
 }
 
 fn enforce_retention(inner: &Inner) -> Vec<(String, u32, RetentionOutcome)> {

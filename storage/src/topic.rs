@@ -32,6 +32,9 @@ pub struct Topic {
     /// The ids stored within the dedup window; shared with the `Topic`s this one grew
     /// into.
     pub(crate) dedup: Arc<DedupWindow>,
+    /// The principal that created the topic, when one did (see
+    /// [`crate::store::Store::create_topic_owned`]).
+    pub(crate) owner: Option<Arc<str>>,
 }
 
 /// Gives every created or opened topic its own incarnation.
@@ -44,6 +47,11 @@ pub(crate) fn next_incarnation() -> u64 {
 impl Topic {
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The principal that created the topic, if the broker knew one.
+    pub fn owner(&self) -> Option<&str> {
+        self.owner.as_deref()
     }
 
     /// Whether `other` is this topic, possibly with more partitions since (rather than

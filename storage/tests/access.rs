@@ -14,8 +14,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tidelog_storage::access::{
-    self, Access, AccessLog, AccessOp, Effect, Operation, ResourceKind, ResourcePattern, Rule,
-    StoredToken,
+    self, Access, AccessLog, AccessOp, Effect, Operation, Quota, QuotaLimits, ResourceKind,
+    ResourcePattern, Rule, StoredToken,
 };
 use tidelog_storage::fs::{CrashOptions, FaultyFs, SeededRng as Rng, SyncFault, SyncKind};
 use tidelog_storage::statelog::StateMachine;
@@ -24,7 +24,11 @@ use tidelog_storage::{Error, ManualClock, Result};
 const START_MS: i64 = 1_700_000_000_000;
 const WORKLOAD_STEPS: u64 = 30;
 
-type Model = (BTreeMap<u64, StoredToken>, BTreeSet<Rule>);
+type Model = (
+    BTreeMap<u64, StoredToken>,
+    BTreeSet<Rule>,
+    BTreeMap<String, Quota>,
+);
 
 fn scratch_dir() -> tempfile::TempDir {
     let shm = Path::new("/dev/shm");
@@ -49,6 +53,9 @@ fn dump(log: &AccessLog) -> Model {
         (
             a.tokens().map(|t| (t.id, t.clone())).collect(),
             a.rules().cloned().collect(),
+            a.quotas()
+                .map(|q| (q.principal.clone(), q.clone()))
+                .collect(),
         )
     })
 }
@@ -66,6 +73,12 @@ fn apply(model: &mut Model, op: AccessOp) {
         }
         AccessOp::RemoveRule(rule) => {
             model.1.remove(&rule);
+        }
+        AccessOp::SetQuota(quota) => {
+            model.2.insert(quota.principal.clone(), quota);
+        }
+        AccessOp::RemoveQuota { principal } => {
+            model.2.remove(&principal);
         }
     }
 }
@@ -87,8 +100,12 @@ fn random_rule(rng: &mut Rng) -> Rule {
     }
 }
 
+fn random_quota_principal(rng: &mut Rng) -> String {
+    ["alice", "bob", "*"][rng.below(3) as usize].to_string()
+}
+
 fn random_op(rng: &mut Rng, step: u64) -> AccessOp {
-    match rng.below(4) {
+    match rng.below(6) {
         0 => AccessOp::CreateToken(StoredToken {
             id: rng.below(6),
             principal: format!("user-{}", rng.below(3)),
@@ -99,7 +116,24 @@ fn random_op(rng: &mut Rng, step: u64) -> AccessOp {
         }),
         1 => AccessOp::RevokeToken { id: rng.below(6) },
         2 => AccessOp::AddRule(random_rule(rng)),
-        _ => AccessOp::RemoveRule(random_rule(rng)),
+        3 => AccessOp::RemoveRule(random_rule(rng)),
+        4 => {
+            let principal = random_quota_principal(rng);
+            let mut limit = || (rng.below(2) == 0).then(|| 1 + rng.below(1 << 20));
+            AccessOp::SetQuota(Quota {
+                principal,
+                limits: QuotaLimits {
+                    publish_bytes_per_sec: limit(),
+                    consume_bytes_per_sec: limit(),
+                    requests_per_sec: limit(),
+                    topics_max: limit(),
+                    partitions_max: limit(),
+                },
+            })
+        }
+        _ => AccessOp::RemoveQuota {
+            principal: random_quota_principal(rng),
+        },
     }
 }
 
@@ -208,7 +242,7 @@ fn seeds() -> u64 {
 }
 
 #[test]
-fn every_crash_point_keeps_every_acknowledged_token_and_rule_change() {
+fn every_crash_point_keeps_every_acknowledged_token_rule_and_quota_change() {
     let mut points = 0;
     for seed in 0..seeds() {
         let (powered_off, total) = crash_point(seed, None, 0);

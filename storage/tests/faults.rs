@@ -1107,3 +1107,71 @@ fn create_partitions_is_all_or_nothing_at_every_crash_point() {
         }
     }
 }
+
+#[test]
+fn an_owned_topic_is_created_with_its_owner_or_not_at_all_at_every_crash_point() {
+    let run = |crash_after: Option<u64>, seed: u64| -> (bool, u64) {
+        let dir = scratch_dir();
+        let data = dir.path().join("data");
+        let fs = FaultyFs::new(dir.path(), seed).unwrap();
+        let clock = ManualClock::new(START_MS);
+        let store = Store::open(&data, options(&fs, &clock)).unwrap();
+        let before = fs.ops();
+        if let Some(at) = crash_after {
+            fs.power_off_after(at);
+        }
+        let created = store
+            .create_topic_owned(
+                "t",
+                3,
+                topic_config(FsyncPolicy::Always, 1 << 30),
+                Some("alice"),
+            )
+            .map(|topic| topic.owner().map(str::to_string));
+        let ops = fs.ops() - before;
+        let powered_off = fs.is_powered_off();
+        let context = format!("seed {seed}, crash after op {crash_after:?}: {created:?}");
+        if !powered_off {
+            assert_eq!(
+                created.as_ref().ok(),
+                Some(&Some("alice".into())),
+                "{context}"
+            );
+        }
+        store.simulate_crash();
+        fs.crash(if seed.is_multiple_of(2) {
+            CrashOptions::lose_unsynced()
+        } else {
+            CrashOptions::keep_some(seed)
+        })
+        .unwrap();
+        let store = reopen(&fs, &data, &clock, &context);
+        match store.topic("t") {
+            Ok(topic) => {
+                assert_eq!(topic.owner(), Some("alice"), "{context}");
+                assert_eq!(topic.partitions().len(), 3, "{context}");
+            }
+            Err(error) => {
+                assert!(
+                    created.is_err(),
+                    "{context}: an acknowledged creation was taken back: {error}"
+                );
+                // Creating it again works and records the owner.
+                let topic = store
+                    .create_topic_owned("t", 3, TopicConfig::default(), Some("alice"))
+                    .unwrap_or_else(|e| panic!("{context}: again: {e}"));
+                assert_eq!(topic.owner(), Some("alice"));
+            }
+        }
+        store.close().unwrap();
+        (powered_off, ops)
+    };
+    let (powered_off, total) = run(None, 0);
+    assert!(!powered_off);
+    assert!(total > 5, "create_topic_owned did only {total} operations");
+    for seed in 0..2 {
+        for at in 0..total {
+            run(Some(at), seed);
+        }
+    }
+}

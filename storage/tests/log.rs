@@ -788,6 +788,37 @@ fn topics_are_validated_listed_described_and_deleted() {
 }
 
 #[test]
+fn a_topic_s_owner_survives_reopen_and_growth_and_a_bad_owner_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = Store::open(dir.path(), options(&clock)).unwrap();
+    assert!(matches!(
+        store.create_topic_owned("o", 1, TopicConfig::default(), Some("has space")),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(store.topic("o").is_err(), "nothing was created");
+    store
+        .create_topic_owned("o", 1, TopicConfig::default(), Some("svc-orders"))
+        .unwrap();
+    store
+        .create_topic("plain", 1, TopicConfig::default())
+        .unwrap();
+    assert_eq!(
+        store.create_partitions("o", 4).unwrap().owner(),
+        Some("svc-orders")
+    );
+    drop(store);
+    let store = Store::open(dir.path(), options(&clock)).unwrap();
+    assert_eq!(store.topic("o").unwrap().owner(), Some("svc-orders"));
+    assert_eq!(store.topic("o").unwrap().partitions().len(), 4);
+    assert_eq!(store.topic("plain").unwrap().owner(), None);
+    drop(store);
+    std::fs::write(dir.path().join("topics/o/topic.owner"), b"two\nlines").unwrap();
+    let error = Store::open(dir.path(), options(&clock)).unwrap_err();
+    assert!(error.to_string().contains("topic.owner"), "{error}");
+}
+
+#[test]
 fn a_second_store_on_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(START_MS);

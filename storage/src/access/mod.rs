@@ -29,6 +29,8 @@
 //! | 2 | revoke-token | `id` u64 |
 //! | 3 | add-rule | rule |
 //! | 4 | remove-rule | rule |
+//! | 5 | set-quota | `principal` str16 (1..=255, `*` = the default), `publish_bytes_per_sec` u64, `consume_bytes_per_sec` u64, `requests_per_sec` u64, `topics_max` u64, `partitions_max` u64 (each 0 = no limit) |
+//! | 6 | remove-quota | `principal` str16 |
 //!
 //! **Rule**: `principal` str16 (1..=255, `*` = every principal), `effect` u8 (1 allow, 2
 //! deny), `operation` u8 (0 every operation, else [`Operation`]'s code 1..=9),
@@ -37,9 +39,18 @@
 //!
 //! Applying: create-token inserts or replaces the token of that id; revoke-token removes
 //! it (reports whether it existed); add-rule inserts (reports whether it was new);
-//! remove-rule removes (reports whether it existed). A snapshot writes every token and
-//! every rule. The number of tokens and rules is bounded by the broker before it appends
-//! ([`crate::limits::ACCESS_TOKENS_MAX`], [`crate::limits::ACCESS_RULES_MAX`]).
+//! remove-rule removes (reports whether it existed); set-quota inserts or replaces the
+//! quota of that principal (reports whether it changed); remove-quota removes it
+//! (reports whether it existed). A snapshot writes every token, every rule and every
+//! quota. The number of tokens, rules and quotas is bounded by the broker before it
+//! appends ([`crate::limits::ACCESS_TOKENS_MAX`], [`crate::limits::ACCESS_RULES_MAX`],
+//! [`crate::limits::ACCESS_QUOTAS_MAX`]).
+//!
+//! # Quotas
+//!
+//! A [`Quota`] belongs to a principal or to `*`, the default. What a principal may use
+//! is [`Access::quota_for`]: each limit from its own quota when that quota sets it,
+//! else from `*`'s (per limit, as Kafka resolves a user's quota over its default).
 
 pub mod token;
 
@@ -69,10 +80,16 @@ const KIND_CREATE_TOKEN: u8 = 1;
 const KIND_REVOKE_TOKEN: u8 = 2;
 const KIND_ADD_RULE: u8 = 3;
 const KIND_REMOVE_RULE: u8 = 4;
+const KIND_SET_QUOTA: u8 = 5;
+const KIND_REMOVE_QUOTA: u8 = 6;
+
+/// The principal whose quota is every other principal's default.
+pub const DEFAULT_QUOTA_PRINCIPAL: &str = "*";
 
 /// Smallest encoded rule, for sizing estimates.
 const RULE_FIXED_BYTES: usize = 2 + 1 + 1 + 1 + 1 + 2;
 const TOKEN_FIXED_BYTES: usize = 8 + 2 + SECRET_HASH_BYTES + 8 + 8 + 2;
+const QUOTA_FIXED_BYTES: usize = 2 + 5 * 8;
 
 // The largest operation fits one record.
 const _: () = assert!(
@@ -318,6 +335,63 @@ pub struct StoredToken {
     pub description: String,
 }
 
+/// What one principal may use (or, for [`DEFAULT_QUOTA_PRINCIPAL`], every principal
+/// without a limit of its own). `None`: no limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Quota {
+    /// A principal's name, or `*` for the default.
+    pub principal: String,
+    pub limits: QuotaLimits,
+}
+
+/// The limits of a [`Quota`]; every one optional (`None` = no limit). Rates are per
+/// second over all of the principal's connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QuotaLimits {
+    /// Bytes of publish requests per second.
+    pub publish_bytes_per_sec: Option<u64>,
+    /// Bytes of fetched and delivered messages per second.
+    pub consume_bytes_per_sec: Option<u64>,
+    /// Calls and stream requests per second.
+    pub requests_per_sec: Option<u64>,
+    /// Topics the principal created that exist at once.
+    pub topics_max: Option<u64>,
+    /// Partitions of those topics.
+    pub partitions_max: Option<u64>,
+}
+
+impl QuotaLimits {
+    /// Each limit of `self`, or `fallback`'s where `self` has none.
+    pub fn or(self, fallback: QuotaLimits) -> QuotaLimits {
+        QuotaLimits {
+            publish_bytes_per_sec: self
+                .publish_bytes_per_sec
+                .or(fallback.publish_bytes_per_sec),
+            consume_bytes_per_sec: self
+                .consume_bytes_per_sec
+                .or(fallback.consume_bytes_per_sec),
+            requests_per_sec: self.requests_per_sec.or(fallback.requests_per_sec),
+            topics_max: self.topics_max.or(fallback.topics_max),
+            partitions_max: self.partitions_max.or(fallback.partitions_max),
+        }
+    }
+
+    /// Whether no limit is set.
+    pub fn is_empty(&self) -> bool {
+        *self == QuotaLimits::default()
+    }
+
+    fn fields(&self) -> [Option<u64>; 5] {
+        [
+            self.publish_bytes_per_sec,
+            self.consume_bytes_per_sec,
+            self.requests_per_sec,
+            self.topics_max,
+            self.partitions_max,
+        ]
+    }
+}
+
 /// One change to the access state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccessOp {
@@ -325,6 +399,8 @@ pub enum AccessOp {
     RevokeToken { id: u64 },
     AddRule(Rule),
     RemoveRule(Rule),
+    SetQuota(Quota),
+    RemoveQuota { principal: String },
 }
 
 /// What the rules say about one call.
@@ -341,6 +417,7 @@ pub enum Decision {
 pub struct Access {
     tokens: BTreeMap<u64, StoredToken>,
     rules: BTreeSet<Rule>,
+    quotas: BTreeMap<String, Quota>,
     encoded_bytes: u64,
     /// Counts applied changes; a cache of a decision is valid while it is unchanged.
     generation: u64,
@@ -396,6 +473,27 @@ impl Access {
     pub fn generation(&self) -> u64 {
         self.generation
     }
+
+    /// The quota set for exactly `principal` (`*`: the default), if any.
+    pub fn quota(&self, principal: &str) -> Option<&Quota> {
+        self.quotas.get(principal)
+    }
+
+    /// Every quota, ordered by principal (`*` first).
+    pub fn quotas(&self) -> impl Iterator<Item = &Quota> {
+        self.quotas.values()
+    }
+
+    pub fn quota_count(&self) -> usize {
+        self.quotas.len()
+    }
+
+    /// What `principal` may use: each limit of its own quota, else the default's.
+    pub fn quota_for(&self, principal: &str) -> QuotaLimits {
+        let own = self.quotas.get(principal).map(|q| q.limits);
+        let default = self.quotas.get(DEFAULT_QUOTA_PRINCIPAL).map(|q| q.limits);
+        own.unwrap_or_default().or(default.unwrap_or_default())
+    }
 }
 
 fn token_bytes(token: &StoredToken) -> u64 {
@@ -406,10 +504,15 @@ fn rule_bytes(rule: &Rule) -> u64 {
     (1 + RULE_FIXED_BYTES + rule.principal.len() + rule.resource.name.len()) as u64
 }
 
+fn quota_bytes(quota: &Quota) -> u64 {
+    (1 + QUOTA_FIXED_BYTES + quota.principal.len()) as u64
+}
+
 impl StateMachine for Access {
     type Op = AccessOp;
     /// Whether the operation changed something (a revoked token existed, an added rule
-    /// was new, a removed rule existed).
+    /// was new, a removed rule existed, a set quota differs from the one it replaced, a
+    /// removed quota existed).
     type Outcome = bool;
     const NAME: &'static str = "access control";
 
@@ -445,6 +548,21 @@ impl StateMachine for Access {
                 }
                 existed
             }
+            AccessOp::SetQuota(quota) => {
+                self.encoded_bytes += quota_bytes(&quota);
+                let changed = self.quotas.get(&quota.principal) != Some(&quota);
+                if let Some(old) = self.quotas.insert(quota.principal.clone(), quota) {
+                    self.encoded_bytes -= quota_bytes(&old);
+                }
+                changed
+            }
+            AccessOp::RemoveQuota { principal } => match self.quotas.remove(&principal) {
+                Some(old) => {
+                    self.encoded_bytes -= quota_bytes(&old);
+                    true
+                }
+                None => false,
+            },
         }
     }
 
@@ -454,6 +572,9 @@ impl StateMachine for Access {
         }
         for rule in &self.rules {
             out.push(&AccessOp::AddRule(rule.clone()))?;
+        }
+        for quota in self.quotas.values() {
+            out.push(&AccessOp::SetQuota(quota.clone()))?;
         }
         Ok(())
     }
@@ -508,6 +629,17 @@ impl LogOp for AccessOp {
                 out.push(KIND_REMOVE_RULE);
                 put_rule(out, rule);
             }
+            AccessOp::SetQuota(quota) => {
+                out.push(KIND_SET_QUOTA);
+                put_str16(out, &quota.principal);
+                for limit in quota.limits.fields() {
+                    out.extend_from_slice(&limit.unwrap_or(0).to_le_bytes());
+                }
+            }
+            AccessOp::RemoveQuota { principal } => {
+                out.push(KIND_REMOVE_QUOTA);
+                put_str16(out, principal);
+            }
         }
         Ok(())
     }
@@ -542,6 +674,28 @@ impl LogOp for AccessOp {
             }),
             KIND_ADD_RULE => Ok(AccessOp::AddRule(read_rule(reader)?)),
             KIND_REMOVE_RULE => Ok(AccessOp::RemoveRule(read_rule(reader)?)),
+            KIND_SET_QUOTA => {
+                let principal = reader.str16("principal", 1, ACCESS_PRINCIPAL_BYTES_MAX)?;
+                let mut limit = |name| reader.u64(name).map(|v| (v != 0).then_some(v));
+                let limits = QuotaLimits {
+                    publish_bytes_per_sec: limit("publish_bytes_per_sec")?,
+                    consume_bytes_per_sec: limit("consume_bytes_per_sec")?,
+                    requests_per_sec: limit("requests_per_sec")?,
+                    topics_max: limit("topics_max")?,
+                    partitions_max: limit("partitions_max")?,
+                };
+                if let Err(e) = validate_principal(&principal) {
+                    return Err(reader.malformed(e.to_string()));
+                }
+                Ok(AccessOp::SetQuota(Quota { principal, limits }))
+            }
+            KIND_REMOVE_QUOTA => {
+                let principal = reader.str16("principal", 1, ACCESS_PRINCIPAL_BYTES_MAX)?;
+                if let Err(e) = validate_principal(&principal) {
+                    return Err(reader.malformed(e.to_string()));
+                }
+                Ok(AccessOp::RemoveQuota { principal })
+            }
             kind => Err(reader.unknown_kind(kind)),
         }
     }
@@ -653,6 +807,16 @@ fn validate_op(op: &AccessOp) -> Result<()> {
         }
         AccessOp::RevokeToken { .. } => Ok(()),
         AccessOp::AddRule(rule) | AccessOp::RemoveRule(rule) => validate_rule(rule),
+        AccessOp::SetQuota(quota) => {
+            validate_principal(&quota.principal)?;
+            if quota.limits.fields().contains(&Some(0)) {
+                return Err(Error::invalid(
+                    "a quota limit of 0 is stored as no limit: leave the limit out instead",
+                ));
+            }
+            Ok(())
+        }
+        AccessOp::RemoveQuota { principal } => validate_principal(principal),
     }
 }
 

@@ -162,6 +162,52 @@ fn tokens_replace_revoke_and_replay() {
 }
 
 #[test]
+fn a_principal_s_quota_falls_back_to_the_default_limit_by_limit() {
+    let mut access = Access::default();
+    assert!(access.quota_for("alice").is_empty());
+    let default = QuotaLimits {
+        publish_bytes_per_sec: Some(1000),
+        topics_max: Some(5),
+        ..QuotaLimits::default()
+    };
+    assert!(access.apply(AccessOp::SetQuota(Quota {
+        principal: DEFAULT_QUOTA_PRINCIPAL.into(),
+        limits: default,
+    })));
+    let own = QuotaLimits {
+        publish_bytes_per_sec: Some(10),
+        requests_per_sec: Some(3),
+        ..QuotaLimits::default()
+    };
+    let alice = Quota {
+        principal: "alice".into(),
+        limits: own,
+    };
+    assert!(access.apply(AccessOp::SetQuota(alice.clone())));
+    // Setting the same quota again changes nothing.
+    assert!(!access.apply(AccessOp::SetQuota(alice)));
+    assert_eq!(
+        access.quota_for("alice"),
+        QuotaLimits {
+            publish_bytes_per_sec: Some(10),
+            requests_per_sec: Some(3),
+            topics_max: Some(5),
+            ..QuotaLimits::default()
+        }
+    );
+    assert_eq!(access.quota_for("bob"), default);
+    assert!(access.apply(AccessOp::RemoveQuota {
+        principal: "*".into()
+    }));
+    assert!(!access.apply(AccessOp::RemoveQuota {
+        principal: "*".into()
+    }));
+    assert_eq!(access.quota_for("alice"), own);
+    assert!(access.quota_for("bob").is_empty());
+    assert_eq!(access.quota_count(), 1);
+}
+
+#[test]
 fn invalid_operations_are_refused_before_anything_is_written() {
     let bad = [
         AccessOp::AddRule(Rule {
@@ -188,6 +234,16 @@ fn invalid_operations_are_refused_before_anything_is_written() {
             expires_at_ms: None,
             description: "d".repeat(257),
         }),
+        AccessOp::SetQuota(Quota {
+            principal: "alice".into(),
+            limits: QuotaLimits {
+                requests_per_sec: Some(0),
+                ..QuotaLimits::default()
+            },
+        }),
+        AccessOp::RemoveQuota {
+            principal: String::new(),
+        },
     ];
     for op in bad {
         let mut out = Vec::new();
@@ -245,7 +301,33 @@ fn any_op() -> impl Strategy<Value = AccessOp> {
         any::<u64>().prop_map(|id| AccessOp::RevokeToken { id }),
         any_rule().prop_map(AccessOp::AddRule),
         any_rule().prop_map(AccessOp::RemoveRule),
+        any_quota().prop_map(AccessOp::SetQuota),
+        "[a-z]{1,8}|\\*".prop_map(|principal| AccessOp::RemoveQuota { principal }),
     ]
+}
+
+fn any_quota() -> impl Strategy<Value = Quota> {
+    let limit = || proptest::option::of(1u64..);
+    (
+        "[a-z]{1,8}|\\*",
+        limit(),
+        limit(),
+        limit(),
+        limit(),
+        limit(),
+    )
+        .prop_map(
+            |(principal, publish, consume, requests, topics, partitions)| Quota {
+                principal,
+                limits: QuotaLimits {
+                    publish_bytes_per_sec: publish,
+                    consume_bytes_per_sec: consume,
+                    requests_per_sec: requests,
+                    topics_max: topics,
+                    partitions_max: partitions,
+                },
+            },
+        )
 }
 
 proptest! {
