@@ -14,7 +14,8 @@ use tidelog_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::auth::Target;
+use crate::auth::{Caller, Target};
+use tidelog_storage::access::QuotaLimits;
 
 use crate::AppState;
 use crate::config::Bound;
@@ -62,7 +63,58 @@ impl AdminService {
         result
     }
 
-    async fn create(&self, request: CreateTopicRequest) -> Result<CreateTopicResponse, Status> {
+    /// Refuses a creation of `topics` topics and `partitions` partitions owned by
+    /// `owner` that would take it past its topics_max or partitions_max. The caller
+    /// holds [`Auth::lock_creations`] when the owner has either limit.
+    fn check_owned_limits(
+        &self,
+        owner: &str,
+        limits: &QuotaLimits,
+        topics: u64,
+        partitions: u64,
+    ) -> Result<(), Status> {
+        let owned: Vec<_> = self
+            .state
+            .store
+            .topics()
+            .into_iter()
+            .filter(|t| t.owner() == Some(owner))
+            .collect();
+        let owned_topics = owned.len() as u64;
+        let owned_partitions: u64 = owned.iter().map(|t| t.partitions().len() as u64).sum();
+        let over = |limit: Option<u64>, have: u64, adding: u64| {
+            limit.filter(|max| adding > 0 && have.saturating_add(adding) > *max)
+        };
+        let refused = if let Some(max) = over(limits.topics_max, owned_topics, topics) {
+            Some(("topics", max, owned_topics, topics, "--topics"))
+        } else {
+            over(limits.partitions_max, owned_partitions, partitions).map(|max| {
+                (
+                    "partitions",
+                    max,
+                    owned_partitions,
+                    partitions,
+                    "--partitions",
+                )
+            })
+        };
+        let Some((kind, max, have, adding, flag)) = refused else {
+            return Ok(());
+        };
+        self.state.metrics.quota_limit_refused(owner, kind);
+        Err(Status::resource_exhausted(format!(
+            "principal {owner} has {have} {kind} in topics it created and may have at most \
+             {max} (its {kind}_max quota); {adding} more would pass it. Delete topics it no \
+             longer needs, or an admin can raise the limit: tidelog quota set --principal \
+             {owner} {flag} N"
+        )))
+    }
+
+    async fn create(
+        &self,
+        request: CreateTopicRequest,
+        caller: Option<Caller>,
+    ) -> Result<CreateTopicResponse, Status> {
         if request.name.starts_with(INTERNAL_PREFIX) {
             return Err(Status::invalid_argument(format!(
                 "topic name {:?} starts with {INTERNAL_PREFIX:?}, which is reserved for internal topics; choose another name",
@@ -71,9 +123,25 @@ impl AdminService {
         }
         let config = convert::topic_config_from_proto(request.config)?;
         let partitions = convert::partition_count(request.partitions);
+        let owner = caller.map(|c| c.principal);
+        let limits = owner
+            .as_deref()
+            .and_then(|owner| self.state.auth.limits_of(owner))
+            .map(|(_, limits)| limits)
+            .filter(|l| l.topics_max.is_some() || l.partitions_max.is_some());
+        let _counted = match (&owner, &limits) {
+            (Some(owner), Some(limits)) => {
+                let lock = self.state.auth.lock_creations().await;
+                self.check_owned_limits(owner, limits, 1, u64::from(partitions))?;
+                Some(lock)
+            }
+            _ => None,
+        };
         let store = self.state.store.clone();
         let name = request.name;
-        let topic = blocking(move || store.create_topic(&name, partitions, config)).await?;
+        let topic =
+            blocking(move || store.create_topic_owned(&name, partitions, config, owner.as_deref()))
+                .await?;
         // Groups whose pattern members match it take it in now.
         self.state.groups.topic_created(topic.name());
         Ok(CreateTopicResponse {
@@ -140,6 +208,29 @@ impl AdminService {
         &self,
         request: CreatePartitionsRequest,
     ) -> Result<CreatePartitionsResponse, Status> {
+        let topic = convert::or_status(self.state.store.topic(&request.name))?;
+        // The partitions count toward the limit of the topic's owner, whoever adds them.
+        let owner = topic.owner().map(str::to_string);
+        let limits = owner
+            .as_deref()
+            .and_then(|owner| self.state.auth.limits_of(owner))
+            .map(|(_, limits)| limits)
+            .filter(|l| l.partitions_max.is_some());
+        let _counted = match (&owner, &limits) {
+            (Some(owner), Some(limits)) => {
+                let lock = self.state.auth.lock_creations().await;
+                let current = self
+                    .state
+                    .store
+                    .topic(&request.name)
+                    .map_or(0, |t| t.partitions().len() as u64);
+                let adding = u64::from(request.partitions).saturating_sub(current);
+                self.check_owned_limits(owner, limits, 0, adding)?;
+                Some(lock)
+            }
+            _ => None,
+        };
+        drop(topic);
         let store = self.state.store.clone();
         let name = request.name.clone();
         let count = request.partitions;
@@ -210,7 +301,10 @@ impl Admin for AdminService {
             .auth
             .authorize(&request, &[Target::topic(&request.get_ref().name)])
         {
-            Ok(()) => self.create(request.into_inner()).await,
+            Ok(()) => {
+                let caller = request.extensions().get::<Caller>().cloned();
+                self.create(request.into_inner(), caller).await
+            }
             Err(status) => Err(status),
         };
         self.finish("CreateTopic", started, result)

@@ -67,14 +67,15 @@ Once both sockets are bound tidelogd prints one line to stdout:\n  \
 tidelogd ready grpc=ADDR metrics=ADDR data=DIR\n\
 and logs to stderr. SIGINT or SIGTERM stops it gracefully (exit status 0). SIGHUP re-reads \
 the TLS files and the metrics token (--tls-cert, --tls-key, --tls-client-ca, \
---metrics-token-file) for new connections; a file that does not load keeps the old ones."
+--metrics-token-file) for new connections, and opens the --audit-log file again; a file \
+that does not load keeps the old ones."
 )]
 pub struct Cli {
     /// TOML file with settings (keys: data_dir, listen, metrics_listen, log_level,
     /// retention_interval, flush_threads, max_request_bytes, max_streams_per_connection,
     /// shutdown_timeout, auth, auth_bootstrap_token_file, tls_cert, tls_key,
     /// tls_client_ca, metrics_token_file, max_connections, max_connections_per_ip,
-    /// insecure_allow_network_plaintext).
+    /// insecure_allow_network_plaintext, audit_log).
     #[arg(long, env = "TIDELOG_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -170,6 +171,12 @@ pub struct Cli {
     #[arg(long, env = "TIDELOG_METRICS_TOKEN_FILE", value_name = "FILE")]
     pub metrics_token_file: Option<PathBuf>,
 
+    /// Append the audit trail (refused calls, token, ACL and quota changes, topic,
+    /// group and queue changes) to this file as JSON lines instead of the log; opened
+    /// again on SIGHUP for rotation [default: the log, target tidelog_audit]
+    #[arg(long, env = "TIDELOG_AUDIT_LOG", value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+
     /// Most gRPC connections open at once; more are closed at accept and counted in
     /// tidelog_connections_refused{reason="max_connections"} [default: 10000]
     #[arg(long, env = "TIDELOG_MAX_CONNECTIONS", value_name = "N")]
@@ -228,6 +235,7 @@ pub struct FileSettings {
     pub tls_key: Option<PathBuf>,
     pub tls_client_ca: Option<PathBuf>,
     pub metrics_token_file: Option<PathBuf>,
+    pub audit_log: Option<PathBuf>,
     pub max_connections: Option<usize>,
     pub max_connections_per_ip: Option<usize>,
     pub insecure_allow_network_plaintext: Option<bool>,
@@ -256,6 +264,8 @@ pub struct Settings {
     pub tls: Option<crate::tls::TlsFiles>,
     /// The metrics port's bearer token file.
     pub metrics_token_file: Option<PathBuf>,
+    /// The audit trail's file (`--audit-log`); `None`: the log.
+    pub audit_log: Option<PathBuf>,
     /// Most gRPC connections in total.
     pub max_connections: usize,
     /// Most gRPC connections from one client IP.
@@ -304,6 +314,7 @@ impl Settings {
                 "metrics_token_file",
                 path_or_none(self.metrics_token_file.as_deref()),
             ),
+            ("audit_log", path_or_none(self.audit_log.as_deref())),
             (
                 "tls_cert",
                 path_or_none(self.tls.as_ref().map(|t| t.cert.as_path())),
@@ -468,6 +479,7 @@ impl Settings {
             auth,
             tls,
             metrics_token_file,
+            audit_log: cli.audit_log.or(file.audit_log),
             max_connections,
             max_connections_per_ip,
             auth_bootstrap_token_file: cli

@@ -310,6 +310,7 @@ pub fn topic_description(info: &storage::TopicInfo) -> pb::TopicDescription {
         name: info.name.clone(),
         config: Some(topic_config_to_proto(&info.config)),
         partitions: info.partitions.iter().map(partition_description).collect(),
+        owner: info.owner.clone().unwrap_or_default(),
     }
 }
 

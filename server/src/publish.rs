@@ -29,6 +29,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::AppState;
+use crate::auth::quota::QuotaKind;
 use crate::auth::{Caller, Target};
 use crate::convert;
 use crate::partitioner;
@@ -318,7 +319,15 @@ impl Publisher for PublisherService {
             .auth
             .authorize(&request, &[Target::topic(&request.get_ref().topic)])
         {
-            Ok(()) => publish(&self.state, request.into_inner()).await,
+            Ok(()) => {
+                self.state
+                    .auth
+                    .throttle_request(&request, QuotaKind::PublishBytes, || {
+                        prost::Message::encoded_len(request.get_ref())
+                    })
+                    .await;
+                publish(&self.state, request.into_inner()).await
+            }
             Err(status) => Err(status),
         };
         self.state.metrics.rpc_finished(
@@ -342,7 +351,15 @@ impl Publisher for PublisherService {
             .auth
             .authorize(&request, &[Target::topic(&request.get_ref().topic)])
         {
-            Ok(()) => crate::batch::publish(&self.state, request.into_inner()).await,
+            Ok(()) => {
+                self.state
+                    .auth
+                    .throttle_request(&request, QuotaKind::PublishBytes, || {
+                        prost::Message::encoded_len(request.get_ref())
+                    })
+                    .await;
+                crate::batch::publish(&self.state, request.into_inner()).await
+            }
             Err(status) => Err(status),
         };
         self.state.metrics.rpc_finished(
@@ -382,6 +399,17 @@ impl Publisher for PublisherService {
                 };
                 let pending = match next {
                     Ok(Some(item)) => {
+                        // Over a quota, the stream stops reading for a while.
+                        state
+                            .auth
+                            .throttle(caller.as_ref(), QuotaKind::Requests, || 1)
+                            .await;
+                        state
+                            .auth
+                            .throttle(caller.as_ref(), QuotaKind::PublishBytes, || {
+                                prost::Message::encoded_len(&item)
+                            })
+                            .await;
                         let topic = match (&item.request, &item.batch) {
                             (Some(request), _) => Some(request.topic.as_str()),
                             (None, Some(batch)) => Some(batch.topic.as_str()),

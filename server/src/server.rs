@@ -79,7 +79,11 @@ pub async fn run(
     } else {
         crate::auth::Auth::disabled()
     };
-    let auth = Arc::new(auth.with_metrics(metrics.clone()));
+    let audit = match &settings.audit_log {
+        Some(path) => crate::auth::audit::AuditSink::file(path)?,
+        None => crate::auth::audit::AuditSink::log(),
+    };
+    let auth = Arc::new(auth.with_metrics(metrics.clone()).with_audit(audit));
     if settings.insecure_allow_network_plaintext
         && !(settings.listen.ip().is_loopback() && settings.metrics_listen.ip().is_loopback())
     {
@@ -247,6 +251,7 @@ async fn serve(
     ));
     let reloader = tokio::spawn(reload_on_sighup(
         security.clone(),
+        state.auth.clone(),
         state.metrics.clone(),
         state.shutdown.clone(),
     ));
@@ -312,10 +317,12 @@ async fn serve(
     result
 }
 
-/// Re-reads the TLS files and the metrics token on every SIGHUP until shutdown. A
-/// reload that fails keeps the old configuration and says why in the log.
+/// Re-reads the TLS files and the metrics token, and opens the audit file again, on
+/// every SIGHUP until shutdown. A reload that fails keeps the old configuration and
+/// says why in the log.
 async fn reload_on_sighup(
     security: Arc<crate::tls::Security>,
+    auth: Arc<crate::auth::Auth>,
     metrics: Arc<crate::metrics::Metrics>,
     shutdown: Shutdown,
 ) {
@@ -331,6 +338,9 @@ async fn reload_on_sighup(
         tokio::select! {
             _ = shutdown.wait() => return,
             received = hangup.recv() => if received.is_none() { return },
+        }
+        if let Err(error) = auth.reopen_audit() {
+            tracing::error!(%error, "SIGHUP: keeping the audit log file open as it was");
         }
         let reloading = security.clone();
         match tokio::task::spawn_blocking(move || reloading.reload()).await {

@@ -140,6 +140,7 @@ impl Topic {
 
     pub fn info(&self) -> TopicInfo {
         TopicInfo {
+            owner: self.owner.as_deref().map(str::to_string),
             name: self.name.clone(),
             config: (*self.config()).clone(),
             partitions: self.partitions.iter().map(|p| p.info()).collect(),
@@ -153,6 +154,8 @@ pub struct TopicInfo {
     pub name: String,
     pub config: TopicConfig,
     pub partitions: Vec<PartitionInfo>,
+    /// The principal that created the topic, if known.
+    pub owner: Option<String>,
 }
 
 impl TopicInfo {

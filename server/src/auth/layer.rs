@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 
 use tonic::codegen::http;
 
+use super::quota::QuotaKind;
 use super::rpcs::{self, Route, Rpc};
 use super::{AuditNote, Auth, Caller};
 
@@ -99,26 +100,28 @@ where
         match self.auth.authenticate(value, certificate.as_ref(), rpc) {
             Ok(caller) => {
                 let principal = caller.principal.clone();
+                // Over its requests quota, the call waits before it runs.
+                let wait = self.auth.charge(Some(&caller), QuotaKind::Requests, || 1);
                 request.extensions_mut().insert::<Caller>(caller);
                 let future = self.inner.call(request);
-                match (change, note) {
+                let future: BoxFuture<_, _> = match (change, note) {
                     (Some(rpc), Some(note)) => {
                         audited(future, self.auth.clone(), principal, rpc, note)
                     }
                     _ => Box::pin(future),
+                };
+                if wait.is_zero() {
+                    future
+                } else {
+                    Box::pin(async move {
+                        tokio::time::sleep(wait).await;
+                        future.await
+                    })
                 }
             }
             Err(status) => {
-                let path = request.uri().path();
-                self.auth.count_refused();
-                tracing::warn!(
-                    target: super::AUDIT_TARGET,
-                    principal = "-",
-                    rpc = path.strip_prefix("/tidelog.v1.").unwrap_or(path),
-                    result = "UNAUTHENTICATED",
-                    reason = status.message(),
-                    "call refused"
-                );
+                self.auth
+                    .audit_unauthenticated(request.uri().path(), &status);
                 let response = status.into_http::<ResBody>();
                 Box::pin(async move { Ok(response) })
             }

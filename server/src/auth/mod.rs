@@ -9,7 +9,9 @@
 //!   before any lookup, so it never tells whether the resource exists.
 //! - [`Auth::guard`]: wraps a server stream so it re-checks its token and rules every
 //!   [`RECHECK_INTERVAL`] and ends when they no longer hold.
-//! - [`service`]: the `Access` gRPC service (tokens and rules).
+//! - [`service`]: the `Access` gRPC service (tokens, rules and quotas).
+//! - [`quota`]: the pacing of a principal's rates ([`Auth::charge`], [`Auth::throttle`])
+//!   and its topic and partition limits ([`Auth::limits_of`]).
 //!
 //! With auth off, [`Auth`] is empty: the layer passes calls through after one branch,
 //! `authorize` returns at once, and streams are not wrapped.
@@ -18,10 +20,13 @@
 //! stores the SHA-256 of the secret (tidelog_storage::access) and compares in constant
 //! time. The id is public; the secret is shown once.
 
+pub mod audit;
 pub mod layer;
+pub mod quota;
 pub mod rpcs;
 pub mod service;
 
+use std::future::Future as _;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,13 +37,15 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tidelog_storage::access::token::{self, TokenText};
 use tidelog_storage::access::{
-    self, AccessLog, AccessOp, Decision, Effect, Operation, ResourceKind, ResourcePattern, Rule,
-    StoredToken,
+    self, AccessLog, AccessOp, Decision, Effect, Operation, QuotaLimits, ResourceKind,
+    ResourcePattern, Rule, StoredToken,
 };
 use tidelog_storage::{Error, OsFs, SystemClock};
 use tokio_stream::Stream;
 use tonic::{Request, Status};
 
+use audit::{AuditLine, AuditSink, EVENT_ACCESS, EVENT_ADMIN, EVENT_REFUSED};
+use quota::{Pacer, QuotaKind};
 use rpcs::Rpc;
 
 /// How often an open stream checks again that its token and rules still allow it.
@@ -99,6 +106,10 @@ pub struct Auth {
     enabled: Option<AccessLog>,
     /// Where audit events are counted (`tidelog_audit_events{result}`).
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// The paces of principals with rate quotas.
+    pacer: Pacer,
+    /// Where audit lines go.
+    audit: AuditSink,
 }
 
 /// Unix milliseconds now.
@@ -140,6 +151,8 @@ impl Auth {
         let auth = Auth {
             enabled: Some(log),
             metrics: None,
+            pacer: Pacer::default(),
+            audit: AuditSink::log(),
         };
         if auth
             .log()
@@ -195,9 +208,29 @@ impl Auth {
         self
     }
 
-    /// Counts a call the layer refused (UNAUTHENTICATED); the layer writes its line.
-    pub fn count_refused(&self) {
+    /// Writes audit lines to `sink` (`--audit-log`) rather than to the log.
+    pub fn with_audit(mut self, sink: AuditSink) -> Self {
+        self.audit = sink;
+        self
+    }
+
+    /// Opens the audit file again (SIGHUP).
+    pub fn reopen_audit(&self) -> Result<(), String> {
+        self.audit.reopen()
+    }
+
+    /// One audit line for a call the layer refused (UNAUTHENTICATED) on `path`.
+    pub fn audit_unauthenticated(&self, path: &str, status: &Status) {
         self.count_audit("UNAUTHENTICATED");
+        self.audit.write(&AuditLine {
+            event: EVENT_REFUSED,
+            principal: "-",
+            rpc: path.strip_prefix("/tidelog.v1.").unwrap_or(path),
+            operation: "-",
+            resource: "-",
+            result: "UNAUTHENTICATED",
+            detail: status.message(),
+        });
     }
 
     fn count_audit(&self, result: &'static str) {
@@ -210,14 +243,15 @@ impl Auth {
     pub fn audit_denied(&self, caller: Option<&Caller>, status: &Status) {
         let result = tidelog_proto::code_name(status.code());
         self.count_audit(result);
-        tracing::warn!(
-            target: AUDIT_TARGET,
-            principal = caller.map_or("-", |c| &*c.principal),
-            rpc = caller.and_then(|c| c.rpc).map_or("-", Rpc::name),
+        self.audit.write(&AuditLine {
+            event: EVENT_REFUSED,
+            principal: caller.map_or("-", |c| &*c.principal),
+            rpc: caller.and_then(|c| c.rpc).map_or("-", Rpc::name),
+            operation: "-",
+            resource: "-",
             result,
-            reason = status.message(),
-            "call refused"
-        );
+            detail: status.message(),
+        });
     }
 
     /// One audit line for a change of the access state by `caller`.
@@ -233,13 +267,15 @@ impl Auth {
             Err(status) => tidelog_proto::code_name(status.code()),
         };
         self.count_audit(outcome);
-        tracing::info!(
-            target: AUDIT_TARGET,
-            principal = caller.map_or("-", |c| &*c.principal),
-            change,
-            result = outcome,
-            "access changed"
-        );
+        self.audit.write(&AuditLine {
+            event: EVENT_ACCESS,
+            principal: caller.map_or("-", |c| &*c.principal),
+            rpc: caller.and_then(|c| c.rpc).map_or("-", Rpc::name),
+            operation: "admin",
+            resource: "cluster",
+            result: outcome,
+            detail: change,
+        });
     }
 
     /// One audit line for an admin change (a topic, group or queue created, altered,
@@ -257,19 +293,92 @@ impl Auth {
         } else {
             resources.join(",")
         };
-        tracing::info!(
-            target: AUDIT_TARGET,
+        self.audit.write(&AuditLine {
+            event: EVENT_ADMIN,
             principal,
-            rpc = rpc.name(),
-            operation = rpc.change_operation().map_or("-", |op| op.name()),
-            resource,
+            rpc: rpc.name(),
+            operation: rpc.change_operation().map_or("-", |op| op.name()),
+            resource: &resource,
             result,
-            "admin change"
-        );
+            detail: "",
+        });
     }
 
     pub fn is_enabled(&self) -> bool {
         self.enabled.is_some()
+    }
+
+    /// The limits that apply to `principal` (its own, else the default's, limit by
+    /// limit) and the access state's generation; `None` when auth is off or no quota
+    /// exists.
+    pub fn limits_of(&self, principal: &str) -> Option<(u64, QuotaLimits)> {
+        self.enabled
+            .as_ref()?
+            .read(|a| (a.quota_count() > 0).then(|| (a.generation(), a.quota_for(principal))))
+    }
+
+    /// Charges `units` (computed only when the caller has a `kind` rate) to the
+    /// caller's quota; returns how long the caller must wait first (zero: not at all),
+    /// counted in the throttle metrics. See [`quota`].
+    pub fn charge(
+        &self,
+        caller: Option<&Caller>,
+        kind: QuotaKind,
+        units: impl FnOnce() -> usize,
+    ) -> Duration {
+        let Some(caller) = caller else {
+            return Duration::ZERO;
+        };
+        let Some((generation, limits)) = self.limits_of(&caller.principal) else {
+            return Duration::ZERO;
+        };
+        if !kind.is_limited(&limits) {
+            return Duration::ZERO;
+        }
+        let wait = self.pacer.charge(
+            &caller.principal,
+            generation,
+            limits,
+            kind,
+            units() as u64,
+            std::time::Instant::now(),
+        );
+        if !wait.is_zero()
+            && let Some(metrics) = &self.metrics
+        {
+            metrics.quota_throttled(&caller.principal, kind.name(), wait);
+        }
+        wait
+    }
+
+    /// [`Auth::charge`], then the wait.
+    pub async fn throttle(
+        &self,
+        caller: Option<&Caller>,
+        kind: QuotaKind,
+        units: impl FnOnce() -> usize,
+    ) {
+        let wait = self.charge(caller, kind, units);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Held while a creation is checked against a principal's topics_max or
+    /// partitions_max and made.
+    pub async fn lock_creations(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.pacer.lock_creations().await
+    }
+
+    /// [`Auth::throttle`] for the caller of `request`.
+    pub async fn throttle_request<T>(
+        &self,
+        request: &Request<T>,
+        kind: QuotaKind,
+        units: impl FnOnce() -> usize,
+    ) {
+        self.throttle(request.extensions().get::<Caller>(), kind, units)
+            .await;
     }
 
     pub fn log(&self) -> Option<&AccessLog> {
@@ -404,6 +513,9 @@ impl Auth {
     /// Wraps a server stream so it ends with the status of the first failed re-check
     /// (token revoked or expired, a rule changed) within [`RECHECK_INTERVAL`]. With
     /// auth off the stream is returned as it is.
+    ///
+    /// The caller's consume-bytes quota paces the stream too: after a delivery over
+    /// the rate, the next one waits.
     pub fn guard<S, T>(
         self: &Arc<Self>,
         caller: Option<Caller>,
@@ -412,7 +524,7 @@ impl Auth {
     ) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>
     where
         S: Stream<Item = Result<T, Status>> + Send + 'static,
-        T: Send + 'static,
+        T: prost::Message + Send + 'static,
     {
         if self.enabled.is_none() {
             return Box::pin(stream);
@@ -425,6 +537,7 @@ impl Auth {
             targets,
             interval,
             inner: Box::pin(stream),
+            wait: None,
             done: false,
         })
     }
@@ -472,9 +585,7 @@ impl Auth {
     }
 }
 
-/// The target of the audit lines: `RUST_LOG`/`--log-level` can route or silence it
-/// (`tidelog_audit=info`).
-pub const AUDIT_TARGET: &str = "tidelog_audit";
+pub use audit::AUDIT_TARGET;
 
 /// The resources an admin change named, filled in by [`Auth::authorize`] (which every
 /// handler calls with them) for the audit line the layer writes once the call is
@@ -550,6 +661,8 @@ struct Guarded<T> {
     targets: Vec<(ResourceKind, String)>,
     interval: tokio::time::Interval,
     inner: Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>,
+    /// Set after a delivery over the caller's consume rate: the next one waits for it.
+    wait: Option<Pin<Box<tokio::time::Sleep>>>,
     done: bool,
 }
 
@@ -564,7 +677,7 @@ impl<T> Guarded<T> {
     }
 }
 
-impl<T> Stream for Guarded<T> {
+impl<T: prost::Message> Stream for Guarded<T> {
     type Item = Result<T, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -577,6 +690,21 @@ impl<T> Stream for Guarded<T> {
                 return Poll::Ready(Some(Err(status)));
             }
         }
-        self.inner.as_mut().poll_next(cx)
+        if let Some(wait) = self.wait.as_mut() {
+            std::task::ready!(wait.as_mut().poll(cx));
+            self.wait = None;
+        }
+        let next = self.inner.as_mut().poll_next(cx);
+        if let Poll::Ready(Some(Ok(item))) = &next {
+            let wait = self
+                .auth
+                .charge(self.caller.as_ref(), QuotaKind::ConsumeBytes, || {
+                    item.encoded_len()
+                });
+            if !wait.is_zero() {
+                self.wait = Some(Box::pin(tokio::time::sleep(wait)));
+            }
+        }
+        next
     }
 }

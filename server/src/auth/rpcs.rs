@@ -113,6 +113,9 @@ pub static RPCS: &[Rpc] = &[
     rpc("/tidelog.v1.Access/AddAcl", &[(Cluster, Admin)]),
     rpc("/tidelog.v1.Access/RemoveAcl", &[(Cluster, Admin)]),
     rpc("/tidelog.v1.Access/WhoAmI", &[]),
+    rpc("/tidelog.v1.Access/SetQuota", &[(Cluster, Admin)]),
+    rpc("/tidelog.v1.Access/ListQuotas", &[(Cluster, Admin)]),
+    rpc("/tidelog.v1.Access/RemoveQuota", &[(Cluster, Admin)]),
 ];
 
 /// Calls that need no credentials: the gRPC health check (load balancers and

@@ -5,14 +5,18 @@ use std::sync::Arc;
 
 use tidelog_proto::v1::access_server::Access;
 use tidelog_proto::v1::{
-    AclRule, AddAclRequest, AddAclResponse, CreateTokenRequest, CreateTokenResponse,
-    ListAclsRequest, ListAclsResponse, ListTokensRequest, ListTokensResponse, RemoveAclRequest,
-    RemoveAclResponse, RevokeTokenRequest, RevokeTokenResponse, TokenInfo, WhoAmIRequest,
-    WhoAmIResponse,
+    self as pb, AclRule, AddAclRequest, AddAclResponse, CreateTokenRequest, CreateTokenResponse,
+    ListAclsRequest, ListAclsResponse, ListQuotasRequest, ListQuotasResponse, ListTokensRequest,
+    ListTokensResponse, RemoveAclRequest, RemoveAclResponse, RemoveQuotaRequest,
+    RemoveQuotaResponse, RevokeTokenRequest, RevokeTokenResponse, SetQuotaRequest,
+    SetQuotaResponse, TokenInfo, WhoAmIRequest, WhoAmIResponse,
 };
 use tidelog_storage::access::token;
-use tidelog_storage::access::{AccessOp, Effect, Operation, ResourcePattern, Rule, StoredToken};
-use tidelog_storage::limits::{ACCESS_DESCRIPTION_BYTES_MAX, ACCESS_RULES_MAX};
+use tidelog_storage::access::{
+    AccessOp, DEFAULT_QUOTA_PRINCIPAL, Effect, Operation, Quota, QuotaLimits, ResourcePattern,
+    Rule, StoredToken,
+};
+use tidelog_storage::limits::{ACCESS_DESCRIPTION_BYTES_MAX, ACCESS_QUOTAS_MAX, ACCESS_RULES_MAX};
 use tonic::{Request, Response, Status};
 
 use super::{Auth, Caller, Target, now_ms};
@@ -88,6 +92,68 @@ pub fn rule_from_proto(rule: Option<AclRule>) -> Result<Rule, Status> {
         operation,
         effect,
     })
+}
+
+/// The stored form of limits as the API shows them (unset = no limit).
+pub fn limits_to_proto(limits: &QuotaLimits) -> pb::QuotaLimits {
+    pb::QuotaLimits {
+        publish_bytes_per_sec: limits.publish_bytes_per_sec,
+        consume_bytes_per_sec: limits.consume_bytes_per_sec,
+        requests_per_sec: limits.requests_per_sec,
+        topics_max: limits.topics_max,
+        partitions_max: limits.partitions_max,
+    }
+}
+
+fn quota_to_proto(quota: &Quota) -> pb::Quota {
+    pb::Quota {
+        principal: quota.principal.clone(),
+        limits: Some(limits_to_proto(&quota.limits)),
+    }
+}
+
+/// `current` changed by a SetQuota request: an unset limit keeps its value, 0 removes
+/// the limit.
+pub fn merge_limits(current: QuotaLimits, change: &pb::QuotaLimits) -> QuotaLimits {
+    let merge = |now: Option<u64>, change: Option<u64>| match change {
+        None => now,
+        Some(0) => None,
+        Some(value) => Some(value),
+    };
+    QuotaLimits {
+        publish_bytes_per_sec: merge(current.publish_bytes_per_sec, change.publish_bytes_per_sec),
+        consume_bytes_per_sec: merge(current.consume_bytes_per_sec, change.consume_bytes_per_sec),
+        requests_per_sec: merge(current.requests_per_sec, change.requests_per_sec),
+        topics_max: merge(current.topics_max, change.topics_max),
+        partitions_max: merge(current.partitions_max, change.partitions_max),
+    }
+}
+
+fn quota_principal(principal: &str) -> Result<(), Status> {
+    if principal == DEFAULT_QUOTA_PRINCIPAL {
+        return Ok(());
+    }
+    tidelog_storage::access::validate_principal(principal).map_err(|e| {
+        Status::invalid_argument(format!("principal: {e} (or * for the default quota)"))
+    })
+}
+
+fn describe_limits(limits: &QuotaLimits) -> String {
+    let parts: Vec<String> = [
+        ("publish_bytes_per_sec", limits.publish_bytes_per_sec),
+        ("consume_bytes_per_sec", limits.consume_bytes_per_sec),
+        ("requests_per_sec", limits.requests_per_sec),
+        ("topics_max", limits.topics_max),
+        ("partitions_max", limits.partitions_max),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| value.map(|v| format!("{name}={v}")))
+    .collect();
+    if parts.is_empty() {
+        "no limits".into()
+    } else {
+        parts.join(" ")
+    }
 }
 
 #[tonic::async_trait]
@@ -244,6 +310,116 @@ impl Access for AccessService {
             )));
         }
         Ok(Response::new(RemoveAclResponse {}))
+    }
+
+    async fn set_quota(
+        &self,
+        request: Request<SetQuotaRequest>,
+    ) -> Result<Response<SetQuotaResponse>, Status> {
+        self.auth.authorize(&request, &[Target::cluster()])?;
+        let caller = request.extensions().get::<Caller>().cloned();
+        let request = request.into_inner();
+        quota_principal(&request.principal)?;
+        let change = request.limits.unwrap_or_default();
+        let principal = request.principal.clone();
+        let set = self
+            .blocking(move |auth| {
+                let log = auth.log().ok_or_else(super::auth_off)?;
+                // Read, merge and append as one: two changes racing on one quota
+                // both apply.
+                let _changing = auth.pacer.lock_quota_changes();
+                let (current, count) = log.read(|a| {
+                    (
+                        a.quota(&request.principal).map(|q| q.limits),
+                        a.quota_count(),
+                    )
+                });
+                if current.is_none() && count >= ACCESS_QUOTAS_MAX {
+                    return Err(Status::resource_exhausted(format!(
+                        "the broker holds {ACCESS_QUOTAS_MAX} quotas, its limit; set a default \
+                         quota for * or remove unused ones"
+                    )));
+                }
+                let limits = merge_limits(current.unwrap_or_default(), &change);
+                if limits.is_empty() {
+                    let changed = match current {
+                        Some(_) => auth.change(AccessOp::RemoveQuota {
+                            principal: request.principal,
+                        })?,
+                        None => false,
+                    };
+                    return Ok((None, changed));
+                }
+                let quota = Quota {
+                    principal: request.principal,
+                    limits,
+                };
+                let changed = auth.change(AccessOp::SetQuota(quota.clone()))?;
+                Ok((Some(quota), changed))
+            })
+            .await;
+        self.auth.audit_change(
+            caller.as_ref(),
+            &format!(
+                "set quota of {principal}: {}",
+                set.as_ref()
+                    .map_or("-".into(), |(quota, _)| describe_limits(
+                        &quota.as_ref().map(|q| q.limits).unwrap_or_default()
+                    ))
+            ),
+            &set.as_ref()
+                .map(|(_, changed)| *changed)
+                .map_err(Clone::clone),
+        );
+        let (quota, changed) = set?;
+        Ok(Response::new(SetQuotaResponse {
+            quota: quota.as_ref().map(quota_to_proto),
+            changed,
+        }))
+    }
+
+    async fn list_quotas(
+        &self,
+        request: Request<ListQuotasRequest>,
+    ) -> Result<Response<ListQuotasResponse>, Status> {
+        self.auth.authorize(&request, &[Target::cluster()])?;
+        let log = self.auth.log().ok_or_else(super::auth_off)?;
+        let principal = request.into_inner().principal;
+        if !principal.is_empty() {
+            quota_principal(&principal)?;
+        }
+        let (quotas, effective) = log.read(|a| {
+            (
+                a.quotas().map(quota_to_proto).collect(),
+                (!principal.is_empty()).then(|| limits_to_proto(&a.quota_for(&principal))),
+            )
+        });
+        Ok(Response::new(ListQuotasResponse { quotas, effective }))
+    }
+
+    async fn remove_quota(
+        &self,
+        request: Request<RemoveQuotaRequest>,
+    ) -> Result<Response<RemoveQuotaResponse>, Status> {
+        self.auth.authorize(&request, &[Target::cluster()])?;
+        let caller = request.extensions().get::<Caller>().cloned();
+        let principal = request.into_inner().principal;
+        quota_principal(&principal)?;
+        let shown = principal.clone();
+        let existed = self
+            .blocking(move |auth| auth.change(AccessOp::RemoveQuota { principal }))
+            .await;
+        self.auth.audit_change(
+            caller.as_ref(),
+            &format!("remove quota of {shown}"),
+            &existed,
+        );
+        if !existed? {
+            return Err(Status::not_found(format!(
+                "principal {shown} has no quota of its own (tidelog quota list shows them)"
+            )));
+        }
+        Ok(Response::new(RemoveQuotaResponse {}))
     }
 
     async fn who_am_i(

@@ -39,9 +39,13 @@
 //! | tidelog_connections_open (gRPC connections being served) | gauge | |
 //! | tidelog_connections_refused (closed at accept or in the TLS handshake) | counter | reason (max_connections, max_connections_per_ip, plaintext_on_tls, tls_handshake) |
 //! | tidelog_audit_events (audit lines written: refused calls, access and admin changes) | counter | result (OK, UNCHANGED, or the gRPC code name) |
+//! | tidelog_quota_throttle_seconds (time calls and streams were held back by a quota) | counter | principal, kind (publish_bytes, consume_bytes, requests) |
+//! | tidelog_quota_throttled (calls and stream items held back by a quota) | counter | principal, kind |
+//! | tidelog_quota_limit_refusals (topic or partition creations refused by topics_max or partitions_max) | counter | principal, kind (topics, partitions) |
 //! | tidelog_tls_reloads (SIGHUP re-reads of the TLS files and the metrics token) | counter | result (ok, error) |
 
 use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -126,6 +130,12 @@ struct ReasonLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PrincipalKindLabels {
+    principal: String,
+    kind: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -254,6 +264,9 @@ pub struct Metrics {
     connections_refused: Family<ReasonLabels, Counter>,
     tls_reloads: Family<ResultLabels, Counter>,
     audit_events: Family<ResultLabels, Counter>,
+    quota_throttle_seconds: Family<PrincipalKindLabels, Counter<f64, AtomicU64>>,
+    quota_throttled: Family<PrincipalKindLabels, Counter>,
+    quota_limit_refusals: Family<PrincipalKindLabels, Counter>,
     flush: Arc<FlushMetrics>,
     sources: Arc<ScrapeSources>,
 }
@@ -313,6 +326,9 @@ impl Metrics {
             connections_refused: Family::default(),
             tls_reloads: Family::default(),
             audit_events: Family::default(),
+            quota_throttle_seconds: Family::default(),
+            quota_throttled: Family::default(),
+            quota_limit_refusals: Family::default(),
             flush: flush.clone(),
             sources: sources.clone(),
             registry: Registry::default(),
@@ -452,6 +468,23 @@ impl Metrics {
              OK, UNCHANGED, or the gRPC code name",
             metrics.audit_events.clone(),
         );
+        registry.register(
+            "tidelog_quota_throttle_seconds",
+            "Time calls and streams of a principal were held back by its quota, by kind: \
+             publish_bytes, consume_bytes, requests",
+            metrics.quota_throttle_seconds.clone(),
+        );
+        registry.register(
+            "tidelog_quota_throttled",
+            "Calls and stream items of a principal held back by its quota, by kind",
+            metrics.quota_throttled.clone(),
+        );
+        registry.register(
+            "tidelog_quota_limit_refusals",
+            "Topic and partition creations refused by a principal's topics_max or \
+             partitions_max, by kind: topics, partitions",
+            metrics.quota_limit_refusals.clone(),
+        );
         registry.register_collector(Box::new(sources));
         Metrics {
             registry,
@@ -483,6 +516,28 @@ impl Metrics {
     pub fn audit_event(&self, result: &'static str) {
         self.audit_events
             .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// A principal held back `wait` by its `kind` quota.
+    pub fn quota_throttled(&self, principal: &str, kind: &'static str, wait: Duration) {
+        let labels = PrincipalKindLabels {
+            principal: principal.to_string(),
+            kind,
+        };
+        self.quota_throttle_seconds
+            .get_or_create(&labels)
+            .inc_by(wait.as_secs_f64());
+        self.quota_throttled.get_or_create(&labels).inc();
+    }
+
+    /// A creation refused by a principal's `kind` limit (topics or partitions).
+    pub fn quota_limit_refused(&self, principal: &str, kind: &'static str) {
+        self.quota_limit_refusals
+            .get_or_create(&PrincipalKindLabels {
+                principal: principal.to_string(),
+                kind,
+            })
             .inc();
     }
 

@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{QueueManager, Sink};
 use crate::AppState;
+use crate::auth::quota::QuotaKind;
 use crate::auth::{Caller, Target};
 use crate::convert;
 use tidelog_storage::access::ResourceKind;
@@ -446,6 +447,7 @@ impl Queues for QueuesService {
             .state
             .auth
             .authorize(&request, &[Target::queue(&request.get_ref().queue)]);
+        let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
         let result = async {
             denied?;
@@ -475,7 +477,14 @@ impl Queues for QueuesService {
                 m.credit = 0;
                 m.sink = Sink::Unary(None);
             }
-            Ok(ReceiveResponse { deliveries })
+            let response = ReceiveResponse { deliveries };
+            self.state
+                .auth
+                .throttle(caller.as_ref(), QuotaKind::ConsumeBytes, || {
+                    prost::Message::encoded_len(&response)
+                })
+                .await;
+            Ok(response)
         }
         .await;
         self.finished("Receive", started, &result);
