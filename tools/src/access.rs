@@ -1,18 +1,21 @@
-//! `tidelog auth` (tokens) and `tidelog acl` (authorization rules), over the broker's
-//! `Access` service. Every command needs a token allowed `admin` on `cluster`
-//! (`--token` / `TIDELOG_TOKEN`), except `auth whoami`.
+//! `tidelog auth` (tokens), `tidelog acl` (authorization rules) and `tidelog quota`
+//! (limits per principal), over the broker's `Access` service. Every command needs a
+//! token allowed `admin` on `cluster` (`--token` / `TIDELOG_TOKEN`), except
+//! `auth whoami`.
 
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use tidelog_proto::v1::{
-    AclRule, AddAclRequest, CreateTokenRequest, ListAclsRequest, ListTokensRequest,
-    RemoveAclRequest, RevokeTokenRequest, TokenInfo, WhoAmIRequest,
+    AclRule, AddAclRequest, CreateTokenRequest, ListAclsRequest, ListQuotasRequest,
+    ListTokensRequest, Quota, QuotaLimits, RemoveAclRequest, RemoveQuotaRequest,
+    RevokeTokenRequest, SetQuotaRequest, TokenInfo, WhoAmIRequest,
 };
 use tidelog_storage::duration::parse_duration_ms;
 
 use crate::client::Broker;
 use crate::error::CliResult;
 use crate::output::{Stdout, Table, render_pairs};
+use crate::units::{format_bytes, parse_size};
 use crate::time::format_datetime_ms;
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +104,207 @@ impl RuleArgs {
             effect: if self.deny { "deny" } else { "allow" }.to_string(),
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuotaCommand {
+    /// Set limits of a principal, or of * (the default of every principal without
+    /// that limit of its own). Limits left out keep their value; `none` removes one.
+    #[command(
+        after_help = "Over a rate the broker slows the principal down (it delays its calls, \
+publishes and deliveries) rather than failing it; creating topics or partitions past \
+--topics or --partitions is refused.\n\nExamples:\n  tidelog quota set --principal svc-orders --publish-bytes 10MiB --requests 500\n  tidelog quota set --principal '*' --topics 20 --partitions 200\n  tidelog quota set --principal svc-orders --requests none"
+    )]
+    Set(QuotaArgs),
+    /// List every quota; with --principal, also the limits that apply to it.
+    #[command(
+        after_help = "Examples:\n  tidelog quota list\n  tidelog quota list --principal svc-orders --json"
+    )]
+    List {
+        /// Also show the limits that apply to this principal (its own, else *'s).
+        #[arg(long)]
+        principal: Option<String>,
+    },
+    /// Remove a principal's (or *'s) quota.
+    #[command(after_help = "Examples:\n  tidelog quota remove --principal svc-orders")]
+    Remove {
+        /// The principal, or *.
+        #[arg(long)]
+        principal: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct QuotaArgs {
+    /// A principal, or * for the default.
+    #[arg(long)]
+    principal: String,
+    /// Bytes of publish requests per second, e.g. 10MiB; `none` removes the limit.
+    #[arg(long, value_name = "SIZE|none", value_parser = size_limit)]
+    publish_bytes: Option<u64>,
+    /// Bytes of delivered messages per second (fetch, subscribe, groups, queues).
+    #[arg(long, value_name = "SIZE|none", value_parser = size_limit)]
+    consume_bytes: Option<u64>,
+    /// Calls and stream requests per second.
+    #[arg(long, value_name = "N|none", value_parser = count_limit)]
+    requests: Option<u64>,
+    /// Topics the principal may have created at once.
+    #[arg(long, value_name = "N|none", value_parser = count_limit)]
+    topics: Option<u64>,
+    /// Partitions of the topics the principal created.
+    #[arg(long, value_name = "N|none", value_parser = count_limit)]
+    partitions: Option<u64>,
+}
+
+/// A limit as typed: `none` (sent as 0: remove the limit) or a size; a rate may end
+/// in `/s`.
+fn size_limit(text: &str) -> Result<u64, String> {
+    match text {
+        "none" => Ok(0),
+        _ => match parse_size(text.strip_suffix("/s").unwrap_or(text))? {
+            0 => Err("a limit of 0 would stop the principal; write none for no limit".into()),
+            bytes => Ok(bytes),
+        },
+    }
+}
+
+fn count_limit(text: &str) -> Result<u64, String> {
+    match text {
+        "none" => Ok(0),
+        _ => match text.strip_suffix("/s").unwrap_or(text).parse::<u64>() {
+            Ok(0) => Err("a limit of 0 would stop the principal; write none for no limit".into()),
+            Ok(n) => Ok(n),
+            Err(_) => Err(format!("{text:?} is not a whole number or none")),
+        },
+    }
+}
+
+fn limits_json(limits: Option<&QuotaLimits>) -> Value {
+    let limits = limits.cloned().unwrap_or_default();
+    json!({
+        "publish_bytes_per_sec": limits.publish_bytes_per_sec,
+        "consume_bytes_per_sec": limits.consume_bytes_per_sec,
+        "requests_per_sec": limits.requests_per_sec,
+        "topics_max": limits.topics_max,
+        "partitions_max": limits.partitions_max,
+    })
+}
+
+fn quota_json(quota: &Quota) -> Value {
+    json!({ "principal": quota.principal, "limits": limits_json(quota.limits.as_ref()) })
+}
+
+fn limits_row(principal: &str, limits: Option<&QuotaLimits>) -> Vec<String> {
+    let limits = limits.cloned().unwrap_or_default();
+    let bytes = |v: Option<u64>| v.map_or("-".into(), |v| format!("{}/s", format_bytes(v)));
+    let count = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
+    vec![
+        principal.to_string(),
+        bytes(limits.publish_bytes_per_sec),
+        bytes(limits.consume_bytes_per_sec),
+        limits
+            .requests_per_sec
+            .map_or("-".into(), |v| format!("{v}/s")),
+        count(limits.topics_max),
+        count(limits.partitions_max),
+    ]
+}
+
+const QUOTA_COLUMNS: [&str; 6] = [
+    "PRINCIPAL",
+    "PUBLISH",
+    "CONSUME",
+    "REQUESTS",
+    "TOPICS",
+    "PARTITIONS",
+];
+
+pub async fn run_quota(broker: &Broker, command: QuotaCommand, json: bool) -> CliResult<()> {
+    let mut out = Stdout::new();
+    let mut client = broker.access();
+    match command {
+        QuotaCommand::Set(args) => {
+            let response = client
+                .set_quota(SetQuotaRequest {
+                    principal: args.principal.clone(),
+                    limits: Some(QuotaLimits {
+                        publish_bytes_per_sec: args.publish_bytes,
+                        consume_bytes_per_sec: args.consume_bytes,
+                        requests_per_sec: args.requests,
+                        topics_max: args.topics,
+                        partitions_max: args.partitions,
+                    }),
+                })
+                .await
+                .map_err(|s| broker.error(&format!("setting the quota of {}", args.principal), &s))?
+                .into_inner();
+            if json {
+                out.json_pretty(&json!({
+                    "quota": response.quota.as_ref().map(quota_json),
+                    "changed": response.changed,
+                }))?;
+            } else {
+                match &response.quota {
+                    Some(quota) => {
+                        let mut table = Table::new(&QUOTA_COLUMNS);
+                        table.row(limits_row(&quota.principal, quota.limits.as_ref()));
+                        out.text(&table.render())?;
+                    }
+                    None => out.line(&format!("{} has no limits now", args.principal))?,
+                }
+                if !response.changed {
+                    out.line("(unchanged)")?;
+                }
+            }
+        }
+        QuotaCommand::List { principal } => {
+            let response = client
+                .list_quotas(ListQuotasRequest {
+                    principal: principal.clone().unwrap_or_default(),
+                })
+                .await
+                .map_err(|s| broker.error("listing quotas", &s))?
+                .into_inner();
+            if json {
+                let mut value = json!({
+                    "quotas": response.quotas.iter().map(quota_json).collect::<Vec<_>>(),
+                });
+                if let Some(principal) = &principal {
+                    value["effective"] = json!({
+                        "principal": principal,
+                        "limits": limits_json(response.effective.as_ref()),
+                    });
+                }
+                out.json_pretty(&value)?;
+            } else {
+                let mut table = Table::new(&QUOTA_COLUMNS);
+                for quota in &response.quotas {
+                    table.row(limits_row(&quota.principal, quota.limits.as_ref()));
+                }
+                out.text(&table.render())?;
+                if let Some(principal) = &principal {
+                    out.line(&format!("\nlimits that apply to {principal}:"))?;
+                    let mut table = Table::new(&QUOTA_COLUMNS);
+                    table.row(limits_row(principal, response.effective.as_ref()));
+                    out.text(&table.render())?;
+                }
+            }
+        }
+        QuotaCommand::Remove { principal } => {
+            client
+                .remove_quota(RemoveQuotaRequest {
+                    principal: principal.clone(),
+                })
+                .await
+                .map_err(|s| broker.error(&format!("removing the quota of {principal}"), &s))?;
+            if json {
+                out.json_pretty(&json!({ "removed": true }))?;
+            } else {
+                out.line("removed")?;
+            }
+        }
+    }
+    out.flush()
 }
 
 fn ttl(text: &str) -> Result<u64, String> {
@@ -294,4 +498,22 @@ pub async fn run_acl(broker: &Broker, command: AclCommand, json: bool) -> CliRes
         }
     }
     out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_parse_with_units_rates_and_none() {
+        assert_eq!(size_limit("10MiB"), Ok(10 << 20));
+        assert_eq!(size_limit("1MB/s"), Ok(1_000_000));
+        assert_eq!(size_limit("none"), Ok(0));
+        assert!(size_limit("0").unwrap_err().contains("none"));
+        assert!(size_limit("lots").is_err());
+        assert_eq!(count_limit("500/s"), Ok(500));
+        assert_eq!(count_limit("none"), Ok(0));
+        assert!(count_limit("0").is_err());
+        assert!(count_limit("-1").is_err());
+    }
 }

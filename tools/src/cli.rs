@@ -133,6 +133,14 @@ pub enum Command {
     )]
     Acl(crate::access::AclCommand),
 
+    /// Quotas per principal: publish/consume bytes and requests per second (the broker
+    /// slows a principal down past them), and topics and partitions it may create.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  tidelog quota set --principal svc-orders --publish-bytes 10MiB --requests 500\n  tidelog quota set --principal '*' --topics 20\n  tidelog quota list"
+    )]
+    Quota(crate::access::QuotaCommand),
+
     /// Offline tools for a data directory (stop tidelogd first): dump, verify, repair.
     #[command(
         subcommand,

@@ -160,6 +160,7 @@ fn run(cli: Cli) -> CliResult<()> {
             Command::Message(command) => message::run(&broker, command, json).await,
             Command::Auth(command) => access::run_auth(&broker, command, json).await,
             Command::Acl(command) => access::run_acl(&broker, command, json).await,
+            Command::Quota(command) => access::run_quota(&broker, command, json).await,
             Command::Segment(_) | Command::Bench(_) | Command::Completions(_) => Ok(()),
         }
     })

@@ -384,6 +384,7 @@ pub fn topic_json(topic: &TopicDescription) -> Value {
         .collect();
     json!({
         "name": topic.name,
+        "owner": (!topic.owner.is_empty()).then_some(&topic.owner),
         "config": config_json(topic.config.as_ref()),
         "partitions": partitions,
     })
@@ -431,10 +432,15 @@ fn print_description(out: &mut Stdout, topic: &TopicDescription, json: bool) -> 
         return out.json_pretty(&topic_json(topic));
     }
     out.line(&format!(
-        "topic {}  ({} partition{})",
+        "topic {}  ({} partition{}{})",
         topic.name,
         topic.partitions.len(),
-        plural(topic.partitions.len())
+        plural(topic.partitions.len()),
+        if topic.owner.is_empty() {
+            String::new()
+        } else {
+            format!(", created by {}", topic.owner)
+        }
     ))?;
     out.text(&render_config(topic.config.as_ref()))?;
     out.line("")?;
