@@ -15,8 +15,8 @@ use tidelog_storage::duration::parse_duration_ms;
 use crate::client::Broker;
 use crate::error::CliResult;
 use crate::output::{Stdout, Table, render_pairs};
-use crate::units::{format_bytes, parse_size};
 use crate::time::format_datetime_ms;
+use crate::units::{format_bytes, parse_size};
 
 #[derive(Debug, Subcommand)]
 pub enum AuthCommand {

@@ -24,6 +24,7 @@ mod patterns;
 mod positions;
 mod queue_cli;
 mod queues;
+mod quotas;
 mod read_budget;
 mod recovery;
 mod retention_race;
