@@ -395,6 +395,17 @@ fn the_fuzz_seeds_decode() {
     assert_eq!(used, record.len());
     assert_eq!(decoded.ops.len(), 4);
     assert_eq!(encode_record(&decoded).unwrap(), record.to_vec());
+    let quotas = include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fuzz/corpus/access_record/quota"
+    ));
+    let (decoded, _) = decode_record(quotas).unwrap().unwrap();
+    let mut access = Access::default();
+    for op in decoded.ops {
+        access.apply(op);
+    }
+    assert_eq!(access.quota_for("svc-orders").requests_per_sec, Some(500));
+    assert_eq!(access.quota_for("svc-orders").topics_max, Some(20));
     let bearer = include_bytes!(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../fuzz/corpus/access_record/bearer"
