@@ -754,6 +754,43 @@ mod tests {
         ]
     }
 
+    /// A header key that is not UTF-8 (written by no tidelog, but behind a valid CRC):
+    /// the view of its record is read (a filter may compare it as bytes and pass over
+    /// it), and making a `Record` of it is an error, never a lossy key.
+    #[test]
+    fn a_header_key_that_is_not_utf8_is_refused_when_its_record_is_made() {
+        let records = vec![
+            NewRecord {
+                headers: vec![Header {
+                    key: "kind".into(),
+                    value: Bytes::from_static(b"a"),
+                }],
+                ..NewRecord::value(Bytes::from_static(b"first"))
+            },
+            NewRecord::value(Bytes::from_static(b"second")),
+        ];
+        let mut encoded = encode_batch(&records, &options()).unwrap();
+        let at = encoded.bytes.windows(4).position(|w| w == b"kind").unwrap();
+        encoded.bytes[at] = 0xff;
+        let crc = compute_crc(&encoded.bytes);
+        encoded.bytes[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+        let bytes = Bytes::from(encoded.bytes);
+        let header = BatchHeader::parse(&bytes).unwrap();
+        let mut iter = RecordIter::new(&bytes, &header).unwrap();
+        let view = iter.next_view().unwrap().unwrap();
+        assert_eq!(iter.raw(&view).headers().value_of("kind"), None);
+        let error = iter.record(&view).unwrap_err();
+        assert!(error.to_string().contains("not UTF-8"), "{error}");
+        // The record after it is fine.
+        let next = iter.next_view().unwrap().unwrap();
+        assert_eq!(
+            iter.record(&next).unwrap().value,
+            Bytes::from_static(b"second")
+        );
+        // Decoding the whole batch refuses it.
+        assert!(decode_batch(&bytes).is_err());
+    }
+
     fn round_trip(compression: Compression) {
         let mut options = options();
         options.compression = compression;

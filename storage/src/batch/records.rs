@@ -136,11 +136,11 @@ impl RecordIter {
         }
         let headers_start = self.position;
         let mut header_bytes = 0;
+        // Header keys are checked to be UTF-8 when a `Record` is made of the view
+        // ([`RecordIter::record`]): a record a filter passes over is never decoded, so
+        // its keys are compared as bytes and not checked.
         for _ in 0..header_count {
             let key = self.span(end)?;
-            if std::str::from_utf8(&self.section[key.start..key.end]).is_err() {
-                return Err(invalid("header key is not UTF-8"));
-            }
             let value = self.span(end)?;
             header_bytes += key.len() + value.len();
         }
@@ -189,31 +189,41 @@ impl RecordIter {
     }
 
     /// The [`Record`] of a view this iterator returned: keys, values and header values
-    /// are slices of the batch (no copy); header keys are copied into `String`s.
+    /// are slices of the batch (no copy); header keys are copied into `String`s, and a
+    /// key that is not UTF-8 is an error (the one check [`RecordIter::next_view`] leaves
+    /// to this step).
     #[inline(always)]
-    pub fn record(&self, view: &RecordView) -> Record {
+    pub fn record(&self, view: &RecordView) -> Result<Record, FormatError> {
         let slice = |span: Span| self.section.slice(span.start..span.end);
-        Record {
+        let headers = if view.header_count == 0 {
+            Vec::new()
+        } else {
+            let mut raw = self.raw(view).headers;
+            let mut headers = Vec::with_capacity(view.header_count as usize);
+            for _ in 0..raw.left {
+                let (Some(key), Some(value)) = (raw.field(), raw.field()) else {
+                    return Err(invalid("record headers do not parse"));
+                };
+                let key =
+                    std::str::from_utf8(key).map_err(|_| invalid("header key is not UTF-8"))?;
+                headers.push(Header {
+                    key: key.to_owned(),
+                    value: self.section.slice_ref(value),
+                });
+            }
+            headers
+        };
+        Ok(Record {
             offset: view.offset,
             timestamp_ms: view.timestamp_ms,
             expires_at_ms: view.expires_at_ms,
             key: view.key.map(slice),
             value: slice(view.value),
-            headers: if view.header_count == 0 {
-                Vec::new()
-            } else {
-                self.raw(view)
-                    .headers()
-                    .map(|(key, value)| Header {
-                        key: key.to_owned(),
-                        value: self.section.slice_ref(value),
-                    })
-                    .collect()
-            },
+            headers,
             id: view.id.map(slice),
             deliver_at_ms: view.deliver_at_ms,
             priority: view.priority,
-        }
+        })
     }
 
     /// The message id of a view this iterator returned, borrowed.
@@ -283,7 +293,7 @@ impl Iterator for RecordIter {
 
     fn next(&mut self) -> Option<Self::Item> {
         let view = self.next_view()?;
-        Some(view.map(|view| self.record(&view)))
+        Some(view.and_then(|view| self.record(&view)))
     }
 }
 
@@ -337,9 +347,10 @@ impl<'a> RawRecord<'a> {
     }
 }
 
-/// The headers of a [`RawRecord`], read in place. They were validated when the record
-/// was (lengths within the record, keys UTF-8), so reading them cannot fail; bytes
-/// that do not parse end the iteration.
+/// The headers of a [`RawRecord`], read in place. Their lengths were validated when the
+/// record was (within the record), so reading them cannot fail; their keys are not
+/// known to be UTF-8 (see [`RecordIter::record`]): a key that is not, or bytes that do
+/// not parse, end the iteration.
 #[derive(Debug, Clone, Copy)]
 pub struct RawHeaders<'a> {
     bytes: &'a [u8],
@@ -349,7 +360,11 @@ pub struct RawHeaders<'a> {
 impl<'a> RawHeaders<'a> {
     #[inline]
     fn field(&mut self) -> Option<&'a [u8]> {
-        let (length, used) = get_varint(self.bytes)?;
+        // Header keys and short values have one-byte lengths: no varint loop for them.
+        let (length, used) = match self.bytes.first() {
+            Some(&byte) if byte < 0x80 => (u64::from(byte), 1),
+            _ => get_varint(self.bytes)?,
+        };
         let stop = used.checked_add(usize::try_from(length).ok()?)?;
         let field = self.bytes.get(used..stop)?;
         self.bytes = &self.bytes[stop..];
@@ -358,8 +373,9 @@ impl<'a> RawHeaders<'a> {
 }
 
 impl<'a> RawHeaders<'a> {
-    /// The value of the first header named `name`, comparing bytes (keys were checked
-    /// to be UTF-8 when the record was; no check is repeated here).
+    /// The value of the first header named `name`, comparing bytes (a key that is not
+    /// UTF-8 equals no name).
+    #[inline]
     pub fn value_of(mut self, name: &str) -> Option<&'a [u8]> {
         for _ in 0..self.left {
             let key = self.field()?;

@@ -23,6 +23,7 @@ pub(super) enum Headers<'a> {
 
 impl<'a> Headers<'a> {
     /// The first header named `name`.
+    #[inline]
     fn find(self, name: &str) -> Option<&'a [u8]> {
         match self {
             Headers::Decoded(headers) => headers
@@ -104,6 +105,7 @@ fn eval(expr: &Expr, message: &mut Message<'_>) -> Result<bool, NotJson> {
     })
 }
 
+#[inline]
 fn lookup<'m>(field: &Field, message: &'m mut Message<'_>) -> Result<Found<'m>, NotJson> {
     Ok(match field {
         // A message without a key compares as the empty key.
@@ -139,6 +141,7 @@ fn lookup<'m>(field: &Field, message: &'m mut Message<'_>) -> Result<Found<'m>, 
     })
 }
 
+#[inline]
 fn equals(found: &Found<'_>, value: &Value) -> bool {
     match (found, value) {
         (Found::Missing, _) => false,

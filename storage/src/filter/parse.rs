@@ -449,6 +449,7 @@ fn number_len(bytes: &[u8]) -> usize {
 
 /// `bytes` as a number in the grammar's `number` form: an integer (exact) or a finite
 /// float. `None` for anything else. Allocates nothing.
+#[inline]
 pub(super) fn parse_number(bytes: &[u8]) -> Option<Number> {
     let digits = |from: usize| {
         bytes[from.min(bytes.len())..]
@@ -485,6 +486,19 @@ pub(super) fn parse_number(bytes: &[u8]) -> Option<Number> {
     }
     if i != bytes.len() {
         return None;
+    }
+    // Up to 18 digits fit an i64 as they are: no text to parse (the common header
+    // value, compared once per message a filter reads).
+    if integer && whole <= 18 {
+        let negative = bytes[0] == b'-';
+        let magnitude = bytes[usize::from(negative)..]
+            .iter()
+            .fold(0i64, |n, digit| n * 10 + i64::from(digit - b'0'));
+        return Some(Number::Int(i128::from(if negative {
+            -magnitude
+        } else {
+            magnitude
+        })));
     }
     // Only ASCII digits, signs, '.', 'e' were accepted: valid UTF-8.
     let text = std::str::from_utf8(bytes).ok()?;

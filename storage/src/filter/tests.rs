@@ -486,6 +486,23 @@ proptest! {
         ..ProptestConfig::default()
     })]
 
+    /// Integers of any length, with leading zeros and signs, parse to what the text
+    /// says, whether through the short digits' path (up to 18 digits) or the text's.
+    #[test]
+    fn integers_parse_exactly(n in any::<i64>(), zeros in 0usize..4, wide in any::<u64>()) {
+        let text = if n < 0 {
+            format!("-{}{}", "0".repeat(zeros), n.unsigned_abs())
+        } else {
+            format!("{}{n}", "0".repeat(zeros))
+        };
+        prop_assert_eq!(parse::parse_number(text.as_bytes()), Some(Number::Int(i128::from(n))));
+        let text = format!("{wide}{}", wide % 1_000_000_000_000_000_000);
+        prop_assert_eq!(
+            parse::parse_number(text.as_bytes()),
+            Some(Number::Int(text.parse::<i128>().unwrap()))
+        );
+    }
+
     /// Any tree prints to text that parses back to the same tree.
     #[test]
     fn printed_filters_parse_back_the_same(expr in expr()) {
@@ -560,7 +577,7 @@ proptest! {
             last = Some(view.unwrap());
         }
         let view = last.unwrap();
-        let decoded = iter.record(&view);
+        let decoded = iter.record(&view).unwrap();
         prop_assert_eq!(view.payload_bytes, decoded.payload_bytes());
         prop_assert_eq!(&decoded.headers, &headers);
         prop_assert_eq!(filter.evaluate_raw(&iter.raw(&view)), filter.evaluate_record(&decoded));

@@ -753,8 +753,11 @@ impl Segment {
                     if !budget.admit(view.payload_bytes) {
                         return Ok(());
                     }
+                    let record = records.record(&view).map_err(|e| {
+                        Error::corrupt(self.log_path(), position - length as u64, e.to_string())
+                    })?;
                     next = view.offset + 1;
-                    out.push(records.record(&view));
+                    out.push(record);
                 }
                 next = next.max(header.next_offset());
             }
