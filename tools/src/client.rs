@@ -39,13 +39,12 @@ struct TlsPem {
 /// Sets the token every connection sends (`authorization: Bearer <token>`); the
 /// client checks it looks like a token before connecting, so a typo fails at once and
 /// not as UNAUTHENTICATED later.
-pub fn set_token(token: Option<&str>) -> CliResult<()> {
+pub fn set_token(token: Option<&str>) {
     let token = token
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .map(str::to_string);
     let _ = TOKEN.set(token);
-    Ok(())
 }
 
 fn read_pem(flag: &str, path: &Path) -> CliResult<Vec<u8>> {

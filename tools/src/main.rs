@@ -116,7 +116,7 @@ fn run(cli: Cli) -> CliResult<()> {
         json,
         command,
     } = cli;
-    client::set_token(token.as_deref())?;
+    client::set_token(token.as_deref());
     if !matches!(command, Command::Segment(_) | Command::Completions(_)) {
         client::set_tls(&client::TlsArgs { ca_file, cert, key })?;
     }
