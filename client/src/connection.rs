@@ -2,9 +2,11 @@
 
 use std::time::Duration;
 
+use tidelog_proto::v1::access_client::AccessClient;
 use tidelog_proto::v1::admin_client::AdminClient;
 use tidelog_proto::v1::consumer_client::ConsumerClient;
 use tidelog_proto::v1::groups_client::GroupsClient;
+use tidelog_proto::v1::messages_client::MessagesClient;
 use tidelog_proto::v1::publisher_client::PublisherClient;
 use tidelog_proto::v1::queues_client::QueuesClient;
 use tidelog_proto::v1::{CreateTopicRequest, DescribeTopicRequest, TopicConfig, TopicDescription};
@@ -15,9 +17,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::error::{Error, Result};
 
-/// Largest gRPC message sent or accepted: a batch read may carry batches of up to
-/// 64 MiB (the format's limit), and a record up to 16 MiB.
-pub(crate) const GRPC_MESSAGE_BYTES_MAX: usize = 80 * 1024 * 1024;
+/// Largest gRPC message sent or accepted, by every generated client of a [`Client`]: a
+/// batch read may carry batches of up to 64 MiB (the format's limit), a read of
+/// messages up to its 8 MiB budget plus one message of up to 16 MiB.
+pub const GRPC_MESSAGE_BYTES_MAX: usize = 80 * 1024 * 1024;
 
 /// How a [`Client`] connects.
 ///
@@ -25,8 +28,10 @@ pub(crate) const GRPC_MESSAGE_BYTES_MAX: usize = 80 * 1024 * 1024;
 /// `--tls-key`. Its certificate is checked against [`ClientOptions::ca_pem`] (the
 /// system's CAs when none is given); a broker with `--tls-client-ca` (mutual TLS) also
 /// wants [`ClientOptions::identity`], whose subject CN becomes the principal unless a
-/// token is sent as well. TLS settings with an `http://` URL are refused
-/// ([`Error::Tls`]), so a plaintext connection is never made by mistake.
+/// token is sent as well. An address without a scheme (`host:port`) is `https://` when
+/// TLS settings are given and `http://` otherwise; TLS settings with an explicit
+/// `http://` URL are refused ([`Error::Tls`]), so a plaintext connection is never made
+/// by mistake.
 ///
 /// ```no_run
 /// # async fn example() -> Result<(), tidelog_client::Error> {
@@ -92,7 +97,8 @@ impl ClientOptions {
         self
     }
 
-    fn tls_given(&self) -> bool {
+    /// Whether any TLS setting is given (a CA or a client certificate).
+    pub fn tls_given(&self) -> bool {
         self.ca_pem.is_some() || self.identity.is_some()
     }
 
@@ -130,7 +136,9 @@ impl Interceptor for Credentials {
     }
 }
 
-/// The transport every generated client runs on.
+/// The transport every generated client runs on: the channel with the token
+/// interceptor. [`Client::conn`] hands it out for generated clients this crate does not
+/// name.
 pub type Conn = InterceptedService<Channel, Credentials>;
 
 /// A connection to one tidelogd. Cheap to clone: clones share the HTTP/2 connection,
@@ -159,14 +167,33 @@ impl Client {
         Client::connect_with(url, ClientOptions::default()).await
     }
 
-    /// Connects with options (a token, timeouts).
-    pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Client> {
-        let url = url.trim();
-        let url = if url.contains("://") {
-            url.to_string()
+    /// The URL a [`Client`] connects to for `address` with `options`: kept when it has a
+    /// scheme; `host:port` becomes `https://host:port` when TLS settings are given and
+    /// `http://host:port` otherwise.
+    ///
+    /// ```
+    /// use tidelog_client::{Client, ClientOptions};
+    /// let plain = ClientOptions::default();
+    /// assert_eq!(Client::url_for(" 127.0.0.1:7420 ", &plain), "http://127.0.0.1:7420");
+    /// let tls = ClientOptions::default().ca_pem("-----BEGIN CERTIFICATE-----...");
+    /// assert_eq!(Client::url_for("broker:7420", &tls), "https://broker:7420");
+    /// assert_eq!(Client::url_for("http://broker:7420", &tls), "http://broker:7420");
+    /// ```
+    pub fn url_for(address: &str, options: &ClientOptions) -> String {
+        let address = address.trim();
+        if address.contains("://") {
+            address.to_string()
+        } else if options.tls_given() {
+            format!("https://{address}")
         } else {
-            format!("http://{url}")
-        };
+            format!("http://{address}")
+        }
+    }
+
+    /// Connects with options (a token, timeouts, TLS); `url` as [`Client::url_for`]
+    /// reads it.
+    pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Client> {
+        let url = Client::url_for(url, &options);
         let https = url.starts_with("https://");
         if !https && options.tls_given() {
             return Err(Error::Tls {
@@ -248,9 +275,17 @@ impl Client {
         &self.url
     }
 
+    /// The connection itself, for a generated client this crate does not name (each
+    /// call carries the token). Set its message limits: tonic's default accepts 4 MiB.
+    pub fn conn(&self) -> Conn {
+        self.conn.clone()
+    }
+
     /// The generated `Admin` client on this connection (every admin RPC).
     pub fn admin(&self) -> AdminClient<Conn> {
         AdminClient::new(self.conn.clone())
+            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
     }
 
     /// The generated `Publisher` client on this connection.
@@ -270,11 +305,28 @@ impl Client {
     /// The generated `Groups` client on this connection.
     pub fn groups(&self) -> GroupsClient<Conn> {
         GroupsClient::new(self.conn.clone())
+            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
     }
 
     /// The generated `Queues` client on this connection.
     pub fn queues(&self) -> QueuesClient<Conn> {
         QueuesClient::new(self.conn.clone())
+            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+    }
+
+    /// The generated `Messages` client on this connection (lookups by id, delivery
+    /// status and history).
+    pub fn messages(&self) -> MessagesClient<Conn> {
+        MessagesClient::new(self.conn.clone())
+            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+    }
+
+    /// The generated `Access` client on this connection (tokens and ACLs).
+    pub fn access(&self) -> AccessClient<Conn> {
+        AccessClient::new(self.conn.clone())
             .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
     }

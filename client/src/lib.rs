@@ -2,7 +2,7 @@
 //!
 //! | type | what it does | RPCs |
 //! |---|---|---|
-//! | [`Client`] | one HTTP/2 connection (token, timeouts) | all |
+//! | [`Client`] | one HTTP/2 connection (token, TLS, timeouts) and the generated clients on it, for the RPCs this crate does not wrap | all |
 //! | [`Producer`] | batches records by size and linger time, optional zstd, a bounded window of batches in flight, back-pressure, Kafka's partitioner, retries without duplicates on dedup topics | `PublishStream` (batch form) |
 //! | [`Subscription`] | reads a topic without a group, decoding stored batches client-side; resumes after a broker restart | `SubscribeBatches` |
 //! | [`GroupMember`] | a consumer-group member with automatic or explicit commits; rejoins after a broker restart | `Subscribe` (group), `CommitOffsets` |
@@ -70,7 +70,7 @@ mod record;
 mod router;
 
 pub use backoff::Backoff;
-pub use connection::{Client, ClientOptions, Conn};
+pub use connection::{Client, ClientOptions, Conn, GRPC_MESSAGE_BYTES_MAX};
 pub use consumer::{
     Commit, GroupMember, GroupOptions, Reset, StartAt, SubscribeOptions, Subscription,
 };

@@ -1,49 +1,53 @@
-//! The connection to tidelogd and the gRPC clients over it.
+//! The CLI's side of the connection to tidelogd: the command line's `--server`,
+//! `--token` / `TIDELOG_TOKEN` and `--ca-file` / `--cert` / `--key` become
+//! tidelog-client's [`ClientOptions`], and its connection errors become lines in CLI
+//! terms. The connection itself (URL rules, TLS, the token interceptor, message
+//! limits, HTTP/2 windows) is [`tidelog_client::Client`]: one client code path for
+//! services, the CLI and `tidelog bench`.
 
-use std::time::Duration;
-
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use tidelog_proto::v1::access_client::AccessClient;
-use tidelog_proto::v1::admin_client::AdminClient;
-use tidelog_proto::v1::consumer_client::ConsumerClient;
-use tidelog_proto::v1::groups_client::GroupsClient;
-use tidelog_proto::v1::messages_client::MessagesClient;
-use tidelog_proto::v1::publisher_client::PublisherClient;
-use tidelog_proto::v1::queues_client::QueuesClient;
 
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tidelog_client::{Client, ClientOptions};
 
-use crate::error::{CliError, CliResult, root_cause};
+use crate::error::{CliError, CliResult, tls_hint};
+
+pub use tidelog_client::Conn;
 
 /// The default address of tidelogd.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7420";
-/// How long to wait for the TCP connection before saying the broker is unreachable.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest gRPC message accepted or sent: a fetch can carry many messages of up to
-/// 16 MiB each, well above tonic's 4 MiB default.
-const GRPC_MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
 
 /// The TLS files given on the command line (`--ca-file`, `--cert`, `--key`).
 #[derive(Debug, Clone, Default)]
 pub struct TlsArgs {
-    pub ca_file: Option<std::path::PathBuf>,
-    pub cert: Option<std::path::PathBuf>,
-    pub key: Option<std::path::PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
-impl TlsArgs {
-    fn any(&self) -> bool {
-        self.ca_file.is_some() || self.cert.is_some() || self.key.is_some()
-    }
+/// The token of `--token`, set once by `main` before any connection.
+static TOKEN: OnceLock<Option<String>> = OnceLock::new();
+/// The TLS files' contents, set once by `main` (commands that talk to a broker only).
+static TLS: OnceLock<TlsPem> = OnceLock::new();
+
+#[derive(Debug, Default)]
+struct TlsPem {
+    ca: Option<Vec<u8>>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
-/// The TLS configuration for `https://` servers, set once by `main`.
-static TLS: OnceLock<(bool, ClientTlsConfig)> = OnceLock::new();
+/// Sets the token every connection sends (`authorization: Bearer <token>`); the
+/// client checks it looks like a token before connecting, so a typo fails at once and
+/// not as UNAUTHENTICATED later.
+pub fn set_token(token: Option<&str>) {
+    let token = token
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string);
+    let _ = TOKEN.set(token);
+}
 
-fn read_pem(flag: &str, path: &std::path::Path) -> CliResult<Vec<u8>> {
+fn read_pem(flag: &str, path: &Path) -> CliResult<Vec<u8>> {
     let bytes =
         std::fs::read(path).map_err(|e| CliError::io(format!("{flag} {}", path.display()), &e))?;
     if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
@@ -55,214 +59,116 @@ fn read_pem(flag: &str, path: &std::path::Path) -> CliResult<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Reads the TLS files every `https://` connection uses: the CA that signed
-/// tidelogd's certificate (default: the system's CAs) and, for a broker that wants
-/// client certificates (`tidelogd --tls-client-ca`), this client's certificate and
-/// key.
+/// Reads the TLS files every connection uses: the CA that signed tidelogd's
+/// certificate (default: the system's CAs) and, for a broker that wants client
+/// certificates (`tidelogd --tls-client-ca`), this client's certificate and key.
 pub fn set_tls(args: &TlsArgs) -> CliResult<()> {
-    let mut config = ClientTlsConfig::new();
-    match &args.ca_file {
-        Some(path) => {
-            config = config.ca_certificate(Certificate::from_pem(read_pem("--ca-file", path)?))
-        }
-        None => config = config.with_native_roots(),
-    }
-    match (&args.cert, &args.key) {
-        (Some(cert), Some(key)) => {
-            config = config.identity(Identity::from_pem(
-                read_pem("--cert", cert)?,
-                read_pem("--key", key)?,
-            ));
-        }
-        (None, None) => {}
+    let ca = match &args.ca_file {
+        Some(path) => Some(read_pem("--ca-file", path)?),
+        None => None,
+    };
+    let identity = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => Some((read_pem("--cert", cert)?, read_pem("--key", key)?)),
+        (None, None) => None,
         _ => {
             return Err(CliError::usage(
                 "--cert and --key go together",
                 "give both (or TIDELOG_CERT and TIDELOG_KEY), or neither",
             ));
         }
-    }
-    crate::error::note_client_certificate(args.cert.is_some());
-    let _ = TLS.set((args.any(), config));
+    };
+    crate::error::note_client_certificate(identity.is_some());
+    let _ = TLS.set(TlsPem { ca, identity });
     Ok(())
 }
 
-/// The endpoint for `server` (as given by the operator): `https://` with the TLS
-/// files of [`set_tls`]. A server without a scheme is `https://` when TLS files
-/// were given, `http://` otherwise.
-pub fn endpoint(server: &str) -> CliResult<(String, Endpoint)> {
-    let (tls_given, config) = TLS.get().cloned().unwrap_or_default();
-    let url = if tls_given && !server.contains("://") {
-        format!("https://{}", server.trim())
-    } else {
-        normalize_server(server)
+/// The client options of the command line.
+fn options() -> ClientOptions {
+    let mut options = ClientOptions {
+        token: TOKEN.get().cloned().flatten(),
+        ..ClientOptions::default()
     };
-    let endpoint = Endpoint::from_shared(url.clone()).map_err(|_| {
-        CliError::usage(
+    if let Some(tls) = TLS.get() {
+        options.ca_pem = tls.ca.clone();
+        options.identity = tls.identity.clone();
+    }
+    options
+}
+
+/// A new connection to `server` (as the operator gave it) with the command line's
+/// token and TLS files. A server without a scheme is `https://` when TLS files were
+/// given, `http://` otherwise (tidelog-client's rule).
+pub async fn connect(server: &str) -> CliResult<Client> {
+    Client::connect_with(server, options())
+        .await
+        .map_err(|e| connect_error(server, e))
+}
+
+/// A connection error in CLI terms: the flag to fix, or the broker's state.
+fn connect_error(server: &str, error: tidelog_client::Error) -> CliError {
+    use tidelog_client::Error;
+    match error {
+        Error::InvalidUrl { .. } => CliError::usage(
             format!("--server {server:?} is not an address"),
             format!("use a URL such as {DEFAULT_SERVER} (or set TIDELOG_SERVER)"),
-        )
-    })?;
-    if url.starts_with("https://") {
-        let endpoint = endpoint.tls_config(config).map_err(|e| {
-            CliError::usage(
-                format!("the TLS files cannot be used ({})", root_cause(&e)),
-                "check --ca-file, --cert and --key (PEM; the key must be the certificate's)",
-            )
-        })?;
-        Ok((url, endpoint))
-    } else if tls_given {
-        Err(CliError::usage(
+        ),
+        Error::InvalidToken { reason } => CliError::usage(
+            format!("--token / TIDELOG_TOKEN: {reason}"),
+            "pass the token tidelog auth token create printed (tidelog_<id>_<secret>)",
+        ),
+        Error::Tls { url, .. } if url.starts_with("http://") => CliError::usage(
             format!("--ca-file/--cert/--key were given but --server {server:?} is not https://"),
             "use an https:// address (or drop the TLS flags)",
-        ))
-    } else {
-        Ok((url, endpoint))
-    }
-}
-
-/// The error for a connection to `url` that failed with `error`.
-pub fn connect_error(url: &str, error: &(dyn std::error::Error + 'static)) -> CliError {
-    let cause = root_cause(error);
-    match crate::error::tls_hint(&cause) {
-        Some(hint) => CliError::failure(
-            format!("cannot connect to tidelogd at {url} ({cause})"),
-            hint,
         ),
-        None => CliError::failure(
-            format!("cannot reach tidelogd at {url} ({cause})"),
-            "is it running? (--server / TIDELOG_SERVER)",
-        ),
-    }
-}
-
-/// A connection that carries the credentials (`--token` / `TIDELOG_TOKEN`) on every
-/// call.
-pub type Conn = InterceptedService<Channel, Credentials>;
-
-/// The token given on the command line, set once by `main` before any connection.
-static TOKEN: OnceLock<Option<MetadataValue<Ascii>>> = OnceLock::new();
-
-/// Sets the token every connection sends (`authorization: Bearer <token>`); checks it
-/// looks like a token, so a typo fails here and not as UNAUTHENTICATED later.
-pub fn set_token(token: Option<&str>) -> CliResult<()> {
-    let value = match token.map(str::trim).filter(|t| !t.is_empty()) {
-        None => None,
-        Some(text) => {
-            tidelog_storage::access::token::parse_token(text.as_bytes()).map_err(|e| {
-                CliError::usage(
-                    format!("--token / TIDELOG_TOKEN: {e}"),
-                    "pass the token tidelog auth token create printed (tidelog_<id>_<secret>)",
-                )
-            })?;
-            Some(
-                MetadataValue::try_from(format!("Bearer {text}")).map_err(|_| {
-                    CliError::usage("--token is not ASCII", "pass the token as printed")
-                })?,
+        Error::Tls { url, reason } | Error::Unreachable { url, reason }
+            if tls_hint(&reason).is_some() =>
+        {
+            let hint = tls_hint(&reason).unwrap_or_default();
+            CliError::failure(
+                format!("cannot connect to tidelogd at {url} ({reason})"),
+                hint,
             )
         }
-    };
-    let _ = TOKEN.set(value);
-    Ok(())
-}
-
-/// Adds the `authorization` metadata to every call, when a token was given.
-#[derive(Debug, Clone, Default)]
-pub struct Credentials {
-    value: Option<MetadataValue<Ascii>>,
-}
-
-impl Interceptor for Credentials {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.value {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
+        Error::Tls { reason, .. } => CliError::usage(
+            format!("the TLS files cannot be used ({reason})"),
+            "check --ca-file, --cert and --key (PEM; the key must be the certificate's)",
+        ),
+        Error::Unreachable { url, reason } => CliError::failure(
+            format!("cannot reach tidelogd at {url} ({reason})"),
+            "is it running? (--server / TIDELOG_SERVER)",
+        ),
+        other => CliError::failure(
+            format!("cannot connect to tidelogd at {server} ({other})"),
+            "check --server, --token and the TLS flags",
+        ),
     }
 }
 
-/// `channel` with the command line's credentials.
-pub fn authorized(channel: Channel) -> Conn {
-    let value = TOKEN.get().cloned().flatten();
-    InterceptedService::new(channel, Credentials { value })
-}
-
-/// A connected broker.
+/// A connected broker: tidelog-client's [`Client`] (its generated clients through
+/// `Deref`: `broker.admin()`, `broker.publisher()`, ...) and the error lines of calls
+/// on it.
 #[derive(Debug, Clone)]
 pub struct Broker {
-    /// The address as the operator gave it (for error messages).
+    /// The URL as connected (for error messages).
     pub server: String,
-    channel: Conn,
+    client: Client,
 }
 
-/// `host:port` becomes `http://host:port`; anything with a scheme is kept.
-pub fn normalize_server(server: &str) -> String {
-    let server = server.trim();
-    if server.contains("://") {
-        server.to_string()
-    } else {
-        format!("http://{server}")
+impl std::ops::Deref for Broker {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
     }
 }
 
 impl Broker {
     pub async fn connect(server: &str) -> CliResult<Broker> {
-        let (url, endpoint) = endpoint(server)?;
-        let channel = endpoint
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|e| connect_error(&url, &e))?;
+        let client = connect(server).await?;
         Ok(Broker {
-            server: url,
-            channel: authorized(channel),
+            server: client.url().to_string(),
+            client,
         })
-    }
-
-    pub fn admin(&self) -> AdminClient<Conn> {
-        AdminClient::new(self.channel.clone())
-            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-    }
-
-    pub fn publisher(&self) -> PublisherClient<Conn> {
-        PublisherClient::new(self.channel.clone())
-            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-    }
-
-    pub fn consumer(&self) -> ConsumerClient<Conn> {
-        ConsumerClient::new(self.channel.clone())
-            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-    }
-
-    pub fn groups(&self) -> GroupsClient<Conn> {
-        GroupsClient::new(self.channel.clone())
-            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-    }
-
-    pub fn queues(&self) -> QueuesClient<Conn> {
-        QueuesClient::new(self.channel.clone())
-            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-    }
-
-    pub fn messages(&self) -> MessagesClient<Conn> {
-        MessagesClient::new(self.channel.clone())
-            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-    }
-
-    pub fn access(&self) -> AccessClient<Conn> {
-        AccessClient::new(self.channel.clone())
     }
 
     /// The error line for a failed call.
@@ -274,10 +180,58 @@ impl Broker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tidelog_client::Error;
 
     #[test]
-    fn servers_get_a_scheme() {
-        assert_eq!(normalize_server("127.0.0.1:7420"), "http://127.0.0.1:7420");
-        assert_eq!(normalize_server(" http://h:1 "), "http://h:1");
+    fn connection_errors_name_the_flag_to_fix() {
+        let e = connect_error(
+            "http://[bad",
+            Error::InvalidUrl {
+                url: "http://[bad".into(),
+                reason: "invalid authority".into(),
+            },
+        );
+        assert_eq!(e.exit, crate::error::Exit::Usage);
+        assert!(
+            e.message
+                .contains("--server \"http://[bad\" is not an address")
+        );
+        let e = connect_error(
+            "h:1",
+            Error::Tls {
+                url: "http://h:1".into(),
+                reason: "a CA was given for an http:// address".into(),
+            },
+        );
+        assert!(e.message.contains("is not https://"), "{e}");
+        let e = connect_error(
+            "https://h:1",
+            Error::Tls {
+                url: "https://h:1".into(),
+                reason: "invalid peer certificate: UnknownIssuer".into(),
+            },
+        );
+        assert_eq!(e.exit, crate::error::Exit::Failure);
+        assert!(e.message.contains("--ca-file"), "{e}");
+        let e = connect_error(
+            "127.0.0.1:1",
+            Error::Unreachable {
+                url: "http://127.0.0.1:1".into(),
+                reason: "Connection refused (os error 111)".into(),
+            },
+        );
+        assert_eq!(
+            e.to_string(),
+            "error: cannot reach tidelogd at http://127.0.0.1:1 (Connection refused (os error \
+             111)); is it running? (--server / TIDELOG_SERVER)"
+        );
+        let e = connect_error(
+            "h:1",
+            Error::InvalidToken {
+                reason: "no tidelog_ prefix".into(),
+            },
+        );
+        assert_eq!(e.exit, crate::error::Exit::Usage);
+        assert!(e.message.starts_with("--token / TIDELOG_TOKEN: "), "{e}");
     }
 }

@@ -8,7 +8,7 @@
 //! | [`bench`] | `tidelog bench produce / consume / e2e`: load with validation |
 //! | [`units`], [`time`], [`spec`], [`output`] | pure parsers and formatters |
 //! | [`terms`] | the broker's messages in the CLI's commands and flags; the one range notation |
-//! | [`client`], [`error`] | the connection, and the one-line errors with exit codes |
+//! | [`client`], [`error`] | the command line's connection flags mapped to tidelog-client's `ClientOptions`, and the one-line errors with exit codes |
 //!
 //! Exit codes: 0 ok, 1 an error from the broker or in the data, 2 bad arguments. With
 //! `--json` an error is one JSON object on stderr (see [`error::error_json`]).
@@ -116,7 +116,7 @@ fn run(cli: Cli) -> CliResult<()> {
         json,
         command,
     } = cli;
-    client::set_token(token.as_deref())?;
+    client::set_token(token.as_deref());
     if !matches!(command, Command::Segment(_) | Command::Completions(_)) {
         client::set_tls(&client::TlsArgs { ca_file, cert, key })?;
     }

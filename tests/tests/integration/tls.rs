@@ -278,6 +278,28 @@ async fn mutual_tls_makes_the_certificate_cn_the_principal_and_refuses_other_cas
     ]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("\"svc-orders\""), "{stdout}");
+    // A bare host:port is https:// when TLS flags are given (tidelog-client's rule);
+    // with an explicit http:// the flags are refused rather than ignored.
+    let bare = |scheme: &str| {
+        tidelog_command()
+            .args(["--server", &format!("{scheme}{}", broker.grpc_addr())])
+            .args(["--ca-file", s(&ca), "--cert", s(&client_cert)])
+            .args(["--key", s(&client_key), "--json", "auth", "whoami"])
+            .output()
+            .unwrap()
+    };
+    let output = bare("");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("\"svc-orders\""));
+    let output = bare("http://");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is not https://"), "{stderr}");
     let (code, _, stderr) = run(&[
         "--cert",
         s(&client_cert),

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::client::Conn;
+use tidelog_client::{Client, Conn};
 use tidelog_proto::v1::consumer_client::ConsumerClient;
 use tidelog_proto::v1::{
     ConsumedMessage, FetchRequest, FetchResponse, GroupMembership, MessageBatch, ResetPolicy,
@@ -23,9 +23,9 @@ use tokio::sync::{oneshot, watch};
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 
+use super::Clock;
 use super::stats::{ActorResult, Role};
 use super::validate::{Errors, Matches, PartitionCheck};
-use super::{Clock, GRPC_MESSAGE_BYTES_MAX};
 
 /// Bytes per subscribe batch or fetch asked for (the broker caps it at 8 MiB).
 const READ_BYTES: u32 = 8 << 20;
@@ -234,10 +234,12 @@ impl Reader {
 }
 
 /// Runs one consumer on its own connection; `ready` fires once it is subscribed.
-pub async fn run(plan: ConsumerPlan, channel: Conn, ready: oneshot::Sender<()>) -> ConsumerOutcome {
-    let client = ConsumerClient::new(channel)
-        .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+pub async fn run(
+    plan: ConsumerPlan,
+    client: Client,
+    ready: oneshot::Sender<()>,
+) -> ConsumerOutcome {
+    let client = client.consumer();
     match plan.mode {
         ReadMode::Fetch => run_fetch(plan, client, ready).await,
         _ => run_subscribe(plan, client, ready).await,

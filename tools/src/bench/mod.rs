@@ -48,7 +48,6 @@ use tidelog_proto::v1::{
 use tokio::sync::{oneshot, watch};
 use tonic::Code;
 
-use crate::client::Conn;
 use validate::{Errors, Expectation, merge};
 
 use crate::args::{AckArg, TopicConfigArgs};
@@ -56,12 +55,6 @@ use crate::client::Broker;
 use crate::error::{CliError, CliResult};
 use crate::topic::{create_config, describe};
 
-/// Largest gRPC message the bench sends or accepts.
-pub const GRPC_MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
-/// HTTP/2 flow-control windows of the bench's connections: large enough that a
-/// subscriber is never throttled by its own receive window on loopback.
-const STREAM_WINDOW_BYTES: u32 = 8 << 20;
-const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
 /// How long group members may take to settle before producers start anyway.
 const GROUP_SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -201,18 +194,11 @@ pub fn run(command: BenchCommand, server: &str, json: bool) -> CliResult<()> {
     }
 }
 
-/// A new HTTP/2 connection for one actor.
-async fn connect(server: &str) -> CliResult<Conn> {
-    let (url, endpoint) = crate::client::endpoint(server)?;
-    endpoint
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .initial_stream_window_size(STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-        .connect()
-        .await
-        .map(crate::client::authorized)
-        .map_err(|e| crate::client::connect_error(&url, &e))
+/// A new HTTP/2 connection for one actor: tidelog-client's `Client`, whose HTTP/2
+/// windows (8 MiB a stream, 16 MiB the connection) keep a subscriber from being
+/// throttled by its own receive window on loopback.
+async fn connect(server: &str) -> CliResult<tidelog_client::Client> {
+    crate::client::connect(server).await
 }
 
 fn ack_level(ack: AckArg) -> AckLevel {

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::client::Conn;
 use bytes::{Bytes, BytesMut};
+use tidelog_client::{Client, Conn};
 use tidelog_proto::v1::publisher_client::PublisherClient;
 use tidelog_proto::v1::{
     AckLevel, Header as ProtoHeader, Message, MessageAck, PublishBatchRequest, PublishRequest,
@@ -24,10 +24,10 @@ use tidelog_proto::v1::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::Clock;
 use super::payload::{Header, Pool, fill};
 use super::stats::{ActorResult, Role};
 use super::validate::Errors;
-use super::{Clock, GRPC_MESSAGE_BYTES_MAX};
 
 /// How much a producer sends.
 #[derive(Debug, Clone, Copy)]
@@ -252,10 +252,8 @@ struct InFlight {
 }
 
 /// Runs one producer on its own connection. `progress` counts acked messages.
-pub async fn run(plan: ProducerPlan, channel: Conn, progress: Arc<AtomicU64>) -> ProducerOutcome {
-    let client = PublisherClient::new(channel)
-        .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+pub async fn run(plan: ProducerPlan, client: Client, progress: Arc<AtomicU64>) -> ProducerOutcome {
+    let client = client.publisher();
     let mut outcome = ProducerOutcome {
         result: ActorResult::new(Role::Producer, plan.id),
         sent: vec![0; plan.partitions as usize],

@@ -39,7 +39,7 @@ use super::payload::HEADER_BYTES;
 use super::validate::Errors;
 use super::{Clock, connect, open_topic, produce, run_id, written_ends};
 use crate::args::fsync;
-use crate::client::{Broker, normalize_server};
+use crate::client::Broker;
 use crate::error::{CliError, CliResult};
 use crate::output::Stdout;
 use crate::units::{format_rate, parse_size};
@@ -298,11 +298,10 @@ fn listener_pid(port: u16) -> Option<u32> {
 
 /// The broker's pid: the flag, or the listener of the server's port when it is on
 /// this machine.
-fn broker_pid(args: &QueueBenchArgs, server: &str) -> Option<u32> {
+fn broker_pid(args: &QueueBenchArgs, url: &str) -> Option<u32> {
     if args.broker_pid.is_some() {
         return args.broker_pid;
     }
-    let url = normalize_server(server);
     let authority = url.split("://").nth(1)?.split('/').next()?;
     let (host, port) = authority.rsplit_once(':')?;
     let local = matches!(
@@ -358,7 +357,7 @@ async fn bench(args: QueueBenchArgs, server: &str) -> CliResult<QueueOutcome> {
     let load_before = machine_load();
     let publish = publish_args(&args)?;
     let broker = Broker::connect(server).await?;
-    let pid = broker_pid(&args, server);
+    let pid = broker_pid(&args, &broker.server);
     let clock = Clock::new();
     let run = run_id();
     let name = format!("tidelog-bench-q-{run:08x}");

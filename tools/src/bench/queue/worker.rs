@@ -5,14 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tidelog_proto::v1::queues_client::QueuesClient;
 use tokio::sync::{oneshot, watch};
 
 use super::wall_clock_ms;
+use crate::bench::Clock;
 use crate::bench::payload::open;
 use crate::bench::stats::Latency;
 use crate::bench::validate::Errors;
-use crate::bench::{Clock, GRPC_MESSAGE_BYTES_MAX};
 use crate::queue::session::{Session, SessionError, SessionEvent, ack_ranges, position};
 
 /// State the workers share.
@@ -89,16 +88,14 @@ pub(super) struct InFlight {
 
 pub(super) async fn worker(
     plan: WorkerPlan,
-    channel: crate::client::Conn,
+    client: tidelog_client::Client,
     ready: oneshot::Sender<()>,
 ) -> WorkerOutcome {
     let mut outcome = WorkerOutcome {
         id: plan.id,
         ..WorkerOutcome::default()
     };
-    let client = QueuesClient::new(channel)
-        .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    let client = client.queues();
     let mut session = match Session::open(
         client,
         &plan.queue,
