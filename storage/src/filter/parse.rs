@@ -451,6 +451,36 @@ fn number_len(bytes: &[u8]) -> usize {
 /// float. `None` for anything else. Allocates nothing.
 #[inline]
 pub(super) fn parse_number(bytes: &[u8]) -> Option<Number> {
+    // The common header value, compared once per message a filter reads: up to 18
+    // digits fit an i64 as they are, with no text to parse.
+    if let Some(n) = small_integer(bytes) {
+        return Some(Number::Int(i128::from(n)));
+    }
+    parse_number_text(bytes)
+}
+
+/// `-?[0-9]{1,18}` as its value; `None` for anything else.
+#[inline]
+fn small_integer(bytes: &[u8]) -> Option<i64> {
+    let (negative, digits) = match bytes {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, bytes),
+    };
+    if digits.is_empty() || digits.len() > 18 {
+        return None;
+    }
+    let mut magnitude = 0i64;
+    for &digit in digits {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        magnitude = magnitude * 10 + i64::from(digit - b'0');
+    }
+    Some(if negative { -magnitude } else { magnitude })
+}
+
+/// [`parse_number`] of what is not a small integer.
+fn parse_number_text(bytes: &[u8]) -> Option<Number> {
     let digits = |from: usize| {
         bytes[from.min(bytes.len())..]
             .iter()
@@ -486,19 +516,6 @@ pub(super) fn parse_number(bytes: &[u8]) -> Option<Number> {
     }
     if i != bytes.len() {
         return None;
-    }
-    // Up to 18 digits fit an i64 as they are: no text to parse (the common header
-    // value, compared once per message a filter reads).
-    if integer && whole <= 18 {
-        let negative = bytes[0] == b'-';
-        let magnitude = bytes[usize::from(negative)..]
-            .iter()
-            .fold(0i64, |n, digit| n * 10 + i64::from(digit - b'0'));
-        return Some(Number::Int(i128::from(if negative {
-            -magnitude
-        } else {
-            magnitude
-        })));
     }
     // Only ASCII digits, signs, '.', 'e' were accepted: valid UTF-8.
     let text = std::str::from_utf8(bytes).ok()?;
