@@ -67,6 +67,7 @@ impl RecordIter {
     /// makes, with the variable-length fields as spans of the records section and
     /// nothing copied or allocated. [`RecordIter::record`] makes a [`Record`] of it,
     /// [`RecordIter::raw`] lends its bytes (for a filter that may skip it).
+    #[inline(always)]
     fn next_view_inner(&mut self) -> Result<RecordView, FormatError> {
         let record_length = self.varint()? as usize;
         let end = self

@@ -86,18 +86,7 @@ fn eval(expr: &Expr, message: &mut Message<'_>) -> Result<bool, NotJson> {
         // The empty key is no key.
         Expr::Exists(Field::Key) => !message.key.is_empty(),
         Expr::Exists(field) => !matches!(lookup(field, message)?, Found::Missing),
-        Expr::Compare { field, op, value } => {
-            let found = lookup(field, message)?;
-            match op {
-                Op::Eq => equals(&found, value),
-                Op::Ne => !equals(&found, value),
-                Op::Prefix => prefix(&found, value),
-                Op::Lt => order(&found, value).is_some_and(Ordering::is_lt),
-                Op::Le => order(&found, value).is_some_and(Ordering::is_le),
-                Op::Gt => order(&found, value).is_some_and(Ordering::is_gt),
-                Op::Ge => order(&found, value).is_some_and(Ordering::is_ge),
-            }
-        }
+        Expr::Compare { field, op, value } => compare_found(&lookup(field, message)?, *op, value),
         Expr::In { field, values } => {
             let found = lookup(field, message)?;
             values.iter().any(|value| equals(&found, value))
@@ -139,6 +128,33 @@ fn lookup<'m>(field: &Field, message: &'m mut Message<'_>) -> Result<Found<'m>, 
             Found::Json(at)
         }
     })
+}
+
+/// The verdict of `field op value` on what the field holds.
+#[inline]
+fn compare_found(found: &Found<'_>, op: Op, value: &Value) -> bool {
+    match op {
+        Op::Eq => equals(found, value),
+        Op::Ne => !equals(found, value),
+        Op::Prefix => prefix(found, value),
+        Op::Lt => order(found, value).is_some_and(Ordering::is_lt),
+        Op::Le => order(found, value).is_some_and(Ordering::is_le),
+        Op::Gt => order(found, value).is_some_and(Ordering::is_gt),
+        Op::Ge => order(found, value).is_some_and(Ordering::is_ge),
+    }
+}
+
+/// The verdict of a filter that is one comparison of a header (see
+/// [`super::Filter::evaluate_raw`]): `found` is the header's value, if the message has
+/// the header.
+#[inline]
+pub(super) fn compare_header(found: Option<&[u8]>, op: Op, value: &Value) -> Verdict {
+    let found = found.map_or(Found::Missing, Found::Bytes);
+    if compare_found(&found, op, value) {
+        Verdict::Match
+    } else {
+        Verdict::Skip
+    }
 }
 
 #[inline]

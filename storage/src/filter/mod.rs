@@ -76,6 +76,10 @@ pub use crate::limits::{
 pub struct Filter {
     expr: Expr,
     needs_json: bool,
+    /// When the whole filter is one comparison of a header with a literal (the most
+    /// common filter): the header's name, the operator and the literal, so a record
+    /// read in place is judged without the tree walk.
+    header_compare: Option<(String, Op, Value)>,
 }
 
 /// What a filter says about one message.
@@ -130,9 +134,25 @@ impl std::error::Error for FilterError {}
 impl Filter {
     /// Parses `text` (see the module docs for the grammar and limits).
     pub fn parse(text: &str) -> Result<Filter, FilterError> {
-        let expr = parse::parse(text)?;
+        Ok(Filter::from_expr(parse::parse(text)?))
+    }
+
+    /// The filter of a tree (parsed, or built by a test).
+    pub(crate) fn from_expr(expr: Expr) -> Filter {
         let needs_json = expr.needs_json();
-        Ok(Filter { expr, needs_json })
+        let header_compare = match &expr {
+            Expr::Compare {
+                field: Field::Header(name),
+                op,
+                value,
+            } => Some((name.clone(), *op, value.clone())),
+            _ => None,
+        };
+        Filter {
+            expr,
+            needs_json,
+            header_compare,
+        }
     }
 
     /// Whether some condition reads a `json` field (evaluation may parse the value).
@@ -159,7 +179,11 @@ impl Filter {
     /// The verdict on a record read in place from its batch
     /// ([`crate::batch::RecordIter::raw`]): the same as on the decoded record, without
     /// decoding it.
+    #[inline]
     pub fn evaluate_raw(&self, record: &crate::batch::RawRecord<'_>) -> Verdict {
+        if let Some((name, op, value)) = &self.header_compare {
+            return eval::compare_header(record.headers().value_of(name), *op, value);
+        }
         eval::evaluate(
             &self.expr,
             record.key.unwrap_or_default(),

@@ -553,7 +553,7 @@ proptest! {
         zstd in any::<bool>(),
     ) {
         use crate::batch::{EncodeOptions, NewRecord, RecordIter, encode_batch};
-        let filter = Filter { needs_json: a.needs_json(), expr: a };
+        let filter = Filter::from_expr(a);
         let record = NewRecord {
             key: (!key.is_empty()).then(|| Bytes::from(key.clone())),
             value: Bytes::from(value.clone()),
@@ -617,4 +617,76 @@ fn fuzz_findings_parse_or_fail_in_bounds() {
             Err(e) => assert!(e.position <= text.len(), "{e}"),
         }
     }
+}
+
+/// A filter that is one header comparison is judged in place without the tree walk
+/// (`Filter::evaluate_raw`'s short path): the same verdicts as the tree on decoded
+/// records, for every operator and the forms a number takes.
+#[test]
+fn one_header_comparison_judged_in_place_agrees_with_the_tree() {
+    use crate::batch::{EncodeOptions, NewRecord, RecordIter, encode_batch};
+    let values: [Option<&[u8]>; 9] = [
+        Some(b"7"),
+        Some(b"07"),
+        Some(b"7.0"),
+        Some(b"7e0"),
+        Some(b"-7"),
+        Some(b"70"),
+        Some(b"x"),
+        Some(b""),
+        None,
+    ];
+    let records: Vec<NewRecord> = values
+        .iter()
+        .map(|value| NewRecord {
+            headers: value
+                .map(|v| Header {
+                    key: "h".into(),
+                    value: Bytes::copy_from_slice(v),
+                })
+                .into_iter()
+                .collect(),
+            ..NewRecord::value("v")
+        })
+        .collect();
+    let options = EncodeOptions {
+        now_ms: 1_000,
+        default_ttl_ms: None,
+        compression: crate::Compression::None,
+        max_message_bytes: 1 << 20,
+        priority_levels: 0,
+    };
+    let batch = Bytes::from(encode_batch(&records, &options).unwrap().bytes);
+    let header = crate::batch::BatchHeader::parse(&batch).unwrap();
+    let mut matched = Vec::new();
+    for text in [
+        "header.h == 7",
+        "header.h != 7",
+        "header.h < 8",
+        "header.h >= 7",
+        "header.h == \"7\"",
+        "header.h ^= \"7\"",
+        "header.h == true",
+    ] {
+        let filter = Filter::parse(text).unwrap();
+        assert!(filter.header_compare.is_some(), "{text}");
+        let mut iter = RecordIter::new(&batch, &header).unwrap();
+        let mut hits = 0;
+        while let Some(view) = iter.next_view() {
+            let view = view.unwrap();
+            let raw = filter.evaluate_raw(&iter.raw(&view));
+            let decoded = filter.evaluate_record(&iter.record(&view).unwrap());
+            assert_eq!(
+                raw,
+                decoded,
+                "{text} on {:?}",
+                values[(view.offset) as usize]
+            );
+            hits += usize::from(raw.matches());
+        }
+        matched.push(hits);
+    }
+    // == 7 holds for 7, 07, 7.0, 7e0; != 7 for the other five (a missing header too);
+    // < 8 for those four and -7.
+    assert_eq!(matched, [4, 5, 5, 5, 1, 4, 0]);
 }
