@@ -378,10 +378,13 @@ impl<'a> RawHeaders<'a> {
     /// UTF-8 equals no name).
     #[inline]
     pub fn value_of(mut self, name: &str) -> Option<&'a [u8]> {
+        let name = name.as_bytes();
         for _ in 0..self.left {
             let key = self.field()?;
             let value = self.field()?;
-            if key == name.as_bytes() {
+            // Header keys are short: compared here byte by byte rather than by a call
+            // to memcmp per header of every record a filter reads.
+            if key.len() == name.len() && key.iter().zip(name).all(|(a, b)| a == b) {
                 return Some(value);
             }
         }
