@@ -23,7 +23,6 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
-use crate::auth::quota::QuotaKind;
 use crate::auth::{Caller, Target};
 use crate::convert;
 use crate::read::{LaterStart, PartitionReader, ReadLimits, TopicAccess, spawn_subscription};
@@ -386,14 +385,7 @@ impl Consumer for ConsumerService {
             Ok(()) => ConsumerService::fetch(self, &request).await,
             Err(status) => Err(status),
         };
-        if let Ok(response) = &result {
-            self.state
-                .auth
-                .throttle_request(&request, QuotaKind::ConsumeBytes, || {
-                    prost::Message::encoded_len(response)
-                })
-                .await;
-        }
+        self.state.auth.throttle_answer(&request, &result).await;
         self.state
             .metrics
             .rpc_finished("Fetch", started, result.as_ref().err().map(Status::code));
@@ -416,14 +408,7 @@ impl Consumer for ConsumerService {
             Ok(()) => crate::batch::fetch(&self.state, request.get_ref(), wait).await,
             Err(status) => Err(status),
         };
-        if let Ok(response) = &result {
-            self.state
-                .auth
-                .throttle_request(&request, QuotaKind::ConsumeBytes, || {
-                    prost::Message::encoded_len(response)
-                })
-                .await;
-        }
+        self.state.auth.throttle_answer(&request, &result).await;
         self.state.metrics.rpc_finished(
             "FetchBatches",
             started,

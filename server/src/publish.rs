@@ -320,12 +320,7 @@ impl Publisher for PublisherService {
             .authorize(&request, &[Target::topic(&request.get_ref().topic)])
         {
             Ok(()) => {
-                self.state
-                    .auth
-                    .throttle_request(&request, QuotaKind::PublishBytes, || {
-                        prost::Message::encoded_len(request.get_ref())
-                    })
-                    .await;
+                self.state.auth.throttle_publish(&request).await;
                 publish(&self.state, request.into_inner()).await
             }
             Err(status) => Err(status),
@@ -352,12 +347,7 @@ impl Publisher for PublisherService {
             .authorize(&request, &[Target::topic(&request.get_ref().topic)])
         {
             Ok(()) => {
-                self.state
-                    .auth
-                    .throttle_request(&request, QuotaKind::PublishBytes, || {
-                        prost::Message::encoded_len(request.get_ref())
-                    })
-                    .await;
+                self.state.auth.throttle_publish(&request).await;
                 crate::batch::publish(&self.state, request.into_inner()).await
             }
             Err(status) => Err(status),

@@ -370,6 +370,28 @@ impl Auth {
         self.pacer.lock_creations().await
     }
 
+    /// Waits out the caller's publish-bytes quota for `request` (before it is
+    /// appended).
+    pub async fn throttle_publish<T: prost::Message>(&self, request: &Request<T>) {
+        self.throttle_request(request, QuotaKind::PublishBytes, || {
+            request.get_ref().encoded_len()
+        })
+        .await;
+    }
+
+    /// Waits out the caller's consume-bytes quota for a unary answer that carries
+    /// messages (before it is sent); an error answer is not charged.
+    pub async fn throttle_answer<R, T: prost::Message>(
+        &self,
+        request: &Request<R>,
+        answer: &Result<T, Status>,
+    ) {
+        if let Ok(answer) = answer {
+            self.throttle_request(request, QuotaKind::ConsumeBytes, || answer.encoded_len())
+                .await;
+        }
+    }
+
     /// [`Auth::throttle`] for the caller of `request`.
     pub async fn throttle_request<T>(
         &self,
