@@ -81,3 +81,62 @@ def test_a_token_and_a_rule_let_a_grpcio_client_publish_and_fetch(auth_broker: B
             pb.FetchRequest(topic="py-orders", partition=0, offset=0, max_messages=1),
             metadata=me, timeout=RPC_TIMEOUT)
     assert revoked.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_quotas_from_grpcio_limit_topics_and_slow_publishes(auth_broker: Broker) -> None:
+    """SetQuota / ListQuotas / RemoveQuota as a client written from the .proto sees them:
+    proto3 optional limits (unset keeps, 0 removes), a topics_max that refuses a third
+    topic with RESOURCE_EXHAUSTED, and a publish-bytes rate that slows, never fails."""
+    import time
+
+    admin = bearer((auth_broker.data_dir / "bootstrap-admin.token").read_text().strip())
+    access = tidelog_pb2_grpc.AccessStub(auth_broker.channel)
+    created = access.CreateToken(pb.CreateTokenRequest(principal="py-quota"),
+                                 metadata=admin, timeout=RPC_TIMEOUT)
+    access.AddAcl(pb.AddAclRequest(rule=pb.AclRule(
+        principal="py-quota", resource="topic:q-*", operation="*", effect="allow")),
+        metadata=admin, timeout=RPC_TIMEOUT)
+    me = bearer(created.token)
+
+    set_ = access.SetQuota(pb.SetQuotaRequest(principal="py-quota", limits=pb.QuotaLimits(
+        topics_max=2, publish_bytes_per_sec=256 * 1024)), metadata=admin, timeout=RPC_TIMEOUT)
+    assert set_.changed and set_.quota.limits.topics_max == 2
+    assert not set_.quota.limits.HasField("requests_per_sec")
+    # Unset limits keep their value; 0 removes one.
+    again = access.SetQuota(pb.SetQuotaRequest(principal="py-quota", limits=pb.QuotaLimits(
+        requests_per_sec=0)), metadata=admin, timeout=RPC_TIMEOUT)
+    assert not again.changed and again.quota.limits.topics_max == 2
+
+    for name in ("q-1", "q-2"):
+        auth_broker.admin.CreateTopic(pb.CreateTopicRequest(name=name), metadata=me,
+                                      timeout=RPC_TIMEOUT)
+    with pytest.raises(grpc.RpcError) as refused:
+        auth_broker.admin.CreateTopic(pb.CreateTopicRequest(name="q-3"), metadata=me,
+                                      timeout=RPC_TIMEOUT)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "topics_max" in refused.value.details()
+    described = auth_broker.admin.DescribeTopic(pb.DescribeTopicRequest(name="q-1"),
+                                                metadata=me, timeout=RPC_TIMEOUT)
+    assert described.topic.owner == "py-quota"
+
+    # 768 KiB at 256 KiB/s with a one-second burst: at least ~2 s, every publish acked.
+    started = time.monotonic()
+    for _ in range(12):
+        ack = auth_broker.publisher.Publish(pb.PublishRequest(
+            topic="q-1", messages=[pb.Message(value=b"v" * 4096) for _ in range(16)]),
+            metadata=me, timeout=RPC_TIMEOUT)
+        assert len(ack.acks) == 16
+    assert time.monotonic() - started >= 1.8
+
+    listed = access.ListQuotas(pb.ListQuotasRequest(principal="py-quota"), metadata=admin,
+                               timeout=RPC_TIMEOUT)
+    assert [q.principal for q in listed.quotas] == ["py-quota"]
+    assert listed.effective.publish_bytes_per_sec == 256 * 1024
+    access.RemoveQuota(pb.RemoveQuotaRequest(principal="py-quota"), metadata=admin,
+                       timeout=RPC_TIMEOUT)
+    with pytest.raises(grpc.RpcError) as gone:
+        access.RemoveQuota(pb.RemoveQuotaRequest(principal="py-quota"), metadata=admin,
+                           timeout=RPC_TIMEOUT)
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+    auth_broker.admin.CreateTopic(pb.CreateTopicRequest(name="q-3"), metadata=me,
+                                  timeout=RPC_TIMEOUT)
