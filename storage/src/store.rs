@@ -707,16 +707,13 @@ fn read_owner(dir: &Path, context: &PartitionContext) -> Result<Option<Arc<str>>
     let Some(bytes) = fsutil::read_small_file(&*context.fs, &path, SMALL_FILE_BYTES_MAX)? else {
         return Ok(None);
     };
-    let owner = std::str::from_utf8(&bytes)
-        .ok()
-        .filter(|owner| crate::access::validate_principal(owner).is_ok())
-        .ok_or_else(|| {
-            Error::corrupt(
-                &path,
-                0,
-                "the owner file is not a principal (1-255 printable ASCII characters)",
-            )
-        })?;
+    let owner = crate::topic::parse_owner(&bytes).ok_or_else(|| {
+        Error::corrupt(
+            &path,
+            0,
+            "the owner file is not a principal (1-255 printable ASCII characters)",
+        )
+    })?;
     Ok(Some(Arc::from(owner)))
 }
 

@@ -37,6 +37,14 @@ pub struct Topic {
     pub(crate) owner: Option<Arc<str>>,
 }
 
+/// The principal in the bytes of a `topic.owner` file (untrusted: read from disk), if
+/// they are one: 1-255 printable ASCII bytes without spaces, nothing else.
+pub fn parse_owner(bytes: &[u8]) -> Option<&str> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .filter(|owner| crate::access::validate_principal(owner).is_ok())
+}
+
 /// Gives every created or opened topic its own incarnation.
 static NEXT_INCARNATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
