@@ -12,10 +12,10 @@ use tidelog_proto::v1::{
     DeleteTopicResponse, DescribeBrokerRequest, DescribeBrokerResponse, DescribeTopicRequest,
     DescribeTopicResponse, ListTopicsRequest, ListTopicsResponse,
 };
+use tidelog_storage::access::QuotaLimits;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Caller, Target};
-use tidelog_storage::access::QuotaLimits;
 
 use crate::AppState;
 use crate::config::Bound;
@@ -61,6 +61,12 @@ impl AdminService {
             .metrics
             .rpc_finished(method, started, result.as_ref().err().map(Status::code));
         result
+    }
+
+    /// The topics_max and partitions_max of `owner`, when it has either.
+    fn creation_limits(&self, owner: Option<&str>) -> Option<QuotaLimits> {
+        let (_, limits) = self.state.auth.limits_of(owner?)?;
+        (limits.topics_max.is_some() || limits.partitions_max.is_some()).then_some(limits)
     }
 
     /// Refuses a creation of `topics` topics and `partitions` partitions owned by
@@ -124,11 +130,7 @@ impl AdminService {
         let config = convert::topic_config_from_proto(request.config)?;
         let partitions = convert::partition_count(request.partitions);
         let owner = caller.map(|c| c.principal);
-        let limits = owner
-            .as_deref()
-            .and_then(|owner| self.state.auth.limits_of(owner))
-            .map(|(_, limits)| limits)
-            .filter(|l| l.topics_max.is_some() || l.partitions_max.is_some());
+        let limits = self.creation_limits(owner.as_deref());
         let _counted = match (&owner, &limits) {
             (Some(owner), Some(limits)) => {
                 let lock = self.state.auth.lock_creations().await;
@@ -211,11 +213,7 @@ impl AdminService {
         let topic = convert::or_status(self.state.store.topic(&request.name))?;
         // The partitions count toward the limit of the topic's owner, whoever adds them.
         let owner = topic.owner().map(str::to_string);
-        let limits = owner
-            .as_deref()
-            .and_then(|owner| self.state.auth.limits_of(owner))
-            .map(|(_, limits)| limits)
-            .filter(|l| l.partitions_max.is_some());
+        let limits = self.creation_limits(owner.as_deref());
         let _counted = match (&owner, &limits) {
             (Some(owner), Some(limits)) => {
                 let lock = self.state.auth.lock_creations().await;
