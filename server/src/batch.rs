@@ -143,15 +143,45 @@ fn read(
     limits: ReadLimits,
     filter: Option<&Filter>,
 ) -> Result<BatchReadResult, Status> {
-    convert::or_status(partition.read_batches(
-        offset,
-        limits.max_messages,
-        limits.max_bytes,
-        filter,
-    ))
+    convert::or_status(read_partition(partition, offset, limits, filter))
 }
 
-fn delivered(batches: &[StoredBatch]) -> (u64, u64) {
+/// One batch-form read of `partition` from `offset`: what Fetch's, SubscribeBatches'
+/// and a batch-form group member's reads all are.
+pub(crate) fn read_partition(
+    partition: &Partition,
+    offset: u64,
+    limits: ReadLimits,
+    filter: Option<&Filter>,
+) -> tidelog_storage::Result<BatchReadResult> {
+    partition.read_batches(offset, limits.max_messages, limits.max_bytes, filter)
+}
+
+/// A read of one partition as the RecordBatches event of a SubscribeBatches stream;
+/// `topic` names the partition's topic on a stream of several topics ("" otherwise).
+pub(crate) fn record_batches(
+    partition: u32,
+    result: BatchReadResult,
+    topic: &str,
+) -> SubscribeBatchesResponse {
+    SubscribeBatchesResponse {
+        event: Some(Event::Batches(RecordBatches {
+            partition,
+            batches: result.batches.into_iter().map(stored).collect(),
+            position: Some(PartitionPosition {
+                partition,
+                next_offset: result.next_offset,
+                end_offset: result.end_offset,
+                topic: topic.to_string(),
+            }),
+            now_ms: result.now_ms,
+        })),
+    }
+}
+
+/// Records the client receives (a batch's records less those it skips) and bytes of
+/// `batches`, for the fetched metrics.
+pub(crate) fn delivered(batches: &[StoredBatch]) -> (u64, u64) {
     batches.iter().fold((0, 0), |(records, bytes), b| {
         (
             records + u64::from(b.delivered()),
@@ -205,7 +235,8 @@ pub async fn fetch(
 
 /// Reads a plain subscription's partitions in batch form, one partition per event,
 /// partitions taking turns; waits for data when caught up. The batch twin of
-/// [`crate::read::PartitionReader`] (groups are not served in batch form yet).
+/// [`crate::read::PartitionReader`] (group members in batch form are
+/// [`crate::groups::subscribe_member_batches`]).
 #[derive(Debug)]
 pub struct BatchReader {
     state: Arc<AppState>,
@@ -237,8 +268,8 @@ impl BatchReader {
     /// Checks a SubscribeBatches request and fixes every partition's start.
     pub fn new(state: Arc<AppState>, request: SubscribeRequest) -> Result<Self, Status> {
         if request.group.is_some() {
-            return Err(Status::invalid_argument(
-                "SubscribeBatches reads without a group for now: leave group unset, or subscribe as a group member with Subscribe",
+            return Err(Status::internal(
+                "a group member's SubscribeBatches is served by the group coordinator",
             ));
         }
         let topic = convert::or_status(state.store.topic(&request.topic))?;
@@ -341,21 +372,17 @@ impl BatchReader {
                 let (partition, position) = &self.cursors[index];
                 let partition = partition.clone();
                 let from = *position;
-                let result = match partition.read_batches(
-                    from,
-                    self.limits.max_messages,
-                    self.limits.max_bytes,
-                    self.filter.as_deref(),
-                ) {
-                    Ok(result) => result,
-                    Err(Error::OffsetOutOfRange {
-                        requested,
-                        log_start,
-                        end,
-                        ..
-                    }) => return self.reset(index, requested, log_start, end),
-                    Err(error) => return Err(convert::status(&error)),
-                };
+                let result =
+                    match read_partition(&partition, from, self.limits, self.filter.as_deref()) {
+                        Ok(result) => result,
+                        Err(Error::OffsetOutOfRange {
+                            requested,
+                            log_start,
+                            end,
+                            ..
+                        }) => return self.reset(index, requested, log_start, end),
+                        Err(error) => return Err(convert::status(&error)),
+                    };
                 self.state.metrics.filtered("subscribe", result.filtered);
                 self.cursors[index].1 = result.next_offset;
                 if result.batches.is_empty() && result.next_offset == from {
@@ -366,19 +393,8 @@ impl BatchReader {
                 self.state
                     .metrics
                     .fetched(self.topic.name(), records, bytes);
-                return Ok(SubscribeBatchesResponse {
-                    event: Some(Event::Batches(RecordBatches {
-                        partition: partition.id(),
-                        batches: result.batches.into_iter().map(stored).collect(),
-                        position: Some(PartitionPosition {
-                            partition: partition.id(),
-                            next_offset: result.next_offset,
-                            end_offset: result.end_offset,
-                            topic: String::new(),
-                        }),
-                        now_ms: result.now_ms,
-                    })),
-                });
+                // Batch streams without a group read one topic: positions name none.
+                return Ok(record_batches(partition.id(), result, ""));
             }
             if woke_empty {
                 for ((partition, _), parked) in self.cursors.iter().zip(&mut self.parked) {

@@ -425,22 +425,48 @@ impl Consumer for ConsumerService {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeBatchesStream>, Status> {
         let started = Instant::now();
-        // Checked now and again every 250 ms while the stream is open.
-        let targets = vec![(ResourceKind::Topic, request.get_ref().topic.clone())];
-        let checked = self
-            .state
-            .auth
-            .authorize(&request, &[Target::topic(&request.get_ref().topic)]);
+        let remote_addr = crate::listener::remote_addr(&request);
+        // Checked now and again every 250 ms while the stream is open: the topic (a
+        // group member's pattern checks each topic it matches, see `topic_access`)
+        // and a member's group.
+        let mut targets = Vec::new();
+        if request.get_ref().topic_pattern.is_empty() {
+            targets.push((ResourceKind::Topic, request.get_ref().topic.clone()));
+        }
+        if let Some(group) = &request.get_ref().group {
+            targets.push((ResourceKind::Group, group.group_id.clone()));
+        }
+        let checked = self.state.auth.authorize(
+            &request,
+            &targets
+                .iter()
+                .map(|(kind, name)| Target { kind: *kind, name })
+                .collect::<Vec<_>>(),
+        );
         let caller = request.extensions().get::<Caller>().cloned();
+        let request = request.into_inner();
         let result = if let Err(status) = checked {
             Err(status)
         } else if self.state.shutdown.is_triggered() {
             Err(Status::unavailable("the broker is shutting down"))
+        } else if request.group.is_some() {
+            let access = topic_access(&self.state, caller.as_ref());
+            crate::groups::subscribe_member_batches(
+                self.state.clone(),
+                request,
+                remote_addr,
+                access,
+            )
+            .await
+        } else if !request.topic_pattern.is_empty() {
+            Err(Status::invalid_argument(
+                "SubscribeBatches reads a topic_pattern only as a group member: set group, or use Subscribe for a plain pattern stream",
+            ))
         } else {
-            crate::batch::BatchReader::new(self.state.clone(), request.into_inner())
-                .map(|reader| crate::batch::spawn(&self.state, reader))
-                .map(|stream| self.state.auth.guard(caller, targets, stream))
+            crate::batch::BatchReader::new(self.state.clone(), request)
+                .map(|reader| Box::pin(crate::batch::spawn(&self.state, reader)) as _)
         };
+        let result = result.map(|stream| self.state.auth.guard(caller, targets, stream));
         if let Err(status) = &result {
             self.state
                 .metrics

@@ -256,7 +256,8 @@ impl Subscription {
                         .insert(position.partition, position.next_offset);
                 }
             }
-            None => {}
+            // Group streams only; a Subscription has no group.
+            Some(subscribe_batches_response::Event::Assignment(_)) | None => {}
         }
         Ok(())
     }

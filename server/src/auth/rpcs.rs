@@ -70,7 +70,10 @@ pub static RPCS: &[Rpc] = &[
     rpc("/tidelog.v1.Publisher/PublishBatch", &[(Topic, Publish)]),
     rpc("/tidelog.v1.Consumer/Fetch", &[(Topic, Consume)]),
     rpc("/tidelog.v1.Consumer/FetchBatches", &[(Topic, Consume)]),
-    rpc("/tidelog.v1.Consumer/SubscribeBatches", &[(Topic, Consume)]),
+    rpc(
+        "/tidelog.v1.Consumer/SubscribeBatches",
+        &[(Topic, Consume), (Group, Consume)],
+    ),
     rpc(
         "/tidelog.v1.Consumer/Subscribe",
         &[(Topic, Consume), (Group, Consume)],

@@ -22,6 +22,12 @@
 //!    fills from several of them within the byte and message budget (only a batch's
 //!    first message may be over it), and a position moves only past what was sent.
 //!
+//! A member of `SubscribeBatches` ([`Settings::batches`]) is the same task: its events
+//! go out as `SubscribeBatchesResponse`s ([`Out::Batches`]), and its data as the stored
+//! batches of one partition at a time, partitions taking turns, as a plain
+//! SubscribeBatches reads them ([`crate::batch::read_partition`]); the position moves
+//! past the batches sent.
+//!
 //! Partitions are keyed by `(topic, partition)`: a member subscribed by pattern owns
 //! partitions of several topics, and each Assign names the topics (their current
 //! incarnations). A partition whose topic went (deleted, or deleted and created
@@ -43,7 +49,8 @@ use std::time::{Duration, Instant};
 
 use tidelog_proto::v1::subscribe_response::Event;
 use tidelog_proto::v1::{
-    Assignment, PositionReset, ResetPolicy, ResetReason, SubscribeResponse, TopicPartitions,
+    Assignment, PositionReset, ResetPolicy, ResetReason, SubscribeBatchesResponse,
+    SubscribeResponse, TopicPartitions, subscribe_batches_response,
 };
 use tidelog_storage::{Error, Filter, Topic};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -77,10 +84,19 @@ pub(crate) struct Settings {
     /// Only messages it matches are sent; the position (and so the commit) still
     /// moves past those it skips.
     pub filter: Option<Arc<Filter>>,
+    /// The stream is a SubscribeBatches: data goes out as stored batches.
+    pub batches: bool,
+}
+
+/// One event of a member stream: Subscribe's, or SubscribeBatches'.
+#[derive(Debug)]
+pub(crate) enum Out {
+    Messages(SubscribeResponse),
+    Batches(SubscribeBatchesResponse),
 }
 
 /// The sending half of a member stream.
-pub(crate) type Sender = mpsc::Sender<Result<SubscribeResponse, Status>>;
+pub(crate) type Sender = mpsc::Sender<Result<Out, Status>>;
 
 /// A partition this member reads, with the lease that makes it the only reader.
 #[derive(Debug)]
@@ -204,7 +220,11 @@ impl MemberTask {
             }
         }
         self.app.metrics.rpc_finished(
-            "Subscribe",
+            if self.settings.batches {
+                "SubscribeBatches"
+            } else {
+                "Subscribe"
+            },
             started,
             outcome.as_ref().err().map(Status::code),
         );
@@ -569,17 +589,30 @@ impl MemberTask {
         Ok(to)
     }
 
+    /// `event` in the stream's form. A batch form stream queues only Assignment and
+    /// PositionReset events.
+    fn out(&self, event: Event) -> Out {
+        if !self.settings.batches {
+            return Out::Messages(SubscribeResponse { event: Some(event) });
+        }
+        use subscribe_batches_response::Event as B;
+        let event = match event {
+            Event::Assignment(a) => Some(B::Assignment(a)),
+            Event::PositionReset(r) => Some(B::PositionReset(r)),
+            Event::Positioned(p) => Some(B::Positioned(p)),
+            Event::Batch(_) | Event::TopicsChanged(_) => None,
+        };
+        Out::Batches(SubscribeBatchesResponse { event })
+    }
+
     /// Sends the next queued event, or a batch of messages if there is one.
-    fn send_next(
-        &mut self,
-        permit: mpsc::Permit<'_, Result<SubscribeResponse, Status>>,
-    ) -> Result<(), Status> {
+    fn send_next(&mut self, permit: mpsc::Permit<'_, Result<Out, Status>>) -> Result<(), Status> {
         if let Some(event) = self.events.pop_front() {
             let delivered = match &event {
                 Event::Assignment(a) => Some(a.generation),
                 _ => None,
             };
-            permit.send(Ok(SubscribeResponse { event: Some(event) }));
+            permit.send(Ok(self.out(event)));
             if let Some(generation) = delivered {
                 self.coordinator().assignment_delivered(
                     &self.group_id,
@@ -589,6 +622,9 @@ impl MemberTask {
                 );
             }
             return Ok(());
+        }
+        if self.settings.batches {
+            return self.send_batches(permit);
         }
         let mut cursors: Vec<&mut Cursor> =
             self.owned.values_mut().map(|o| &mut o.cursor).collect();
@@ -618,9 +654,9 @@ impl MemberTask {
                     // commit past what was skipped.
                     if send_progress(&batch, filtered, self.last_batch) {
                         self.last_batch = Instant::now();
-                        permit.send(Ok(SubscribeResponse {
+                        permit.send(Ok(Out::Messages(SubscribeResponse {
                             event: Some(Event::Batch(batch)),
-                        }));
+                        })));
                     }
                 } else if self.events.is_empty() {
                     self.data_ready = false;
@@ -634,9 +670,9 @@ impl MemberTask {
                 self.app.metrics.filtered("group", filtered);
                 self.count_fetched(&batch, bytes);
                 self.last_batch = Instant::now();
-                permit.send(Ok(SubscribeResponse {
+                permit.send(Ok(Out::Messages(SubscribeResponse {
                     event: Some(Event::Batch(batch)),
-                }));
+                })));
             }
             Round::OutOfRange {
                 index,
@@ -662,6 +698,88 @@ impl MemberTask {
             }
         }
         Ok(())
+    }
+
+    /// The batch form of the data step of [`MemberTask::send_next`]: the stored
+    /// batches of the next owned partition (in turn) that has any, as one
+    /// RecordBatches; a filter's skips alone go out as a position now and then.
+    fn send_batches(
+        &mut self,
+        permit: mpsc::Permit<'_, Result<Out, Status>>,
+    ) -> Result<(), Status> {
+        let keys: Vec<TopicPartition> = self.owned.keys().cloned().collect();
+        let count = keys.len();
+        let mut skipped = false;
+        for step in 0..count {
+            let index = (self.turn + step) % count;
+            let tp = &keys[index];
+            let Some(owned) = self.owned.get_mut(tp) else {
+                continue;
+            };
+            let from = owned.cursor.position;
+            let read = crate::batch::read_partition(
+                &owned.cursor.partition,
+                from,
+                self.settings.limits,
+                self.settings.filter.as_deref(),
+            );
+            let result = match read {
+                Ok(result) => result,
+                Err(Error::TopicDeleted { .. }) if self.pattern => {
+                    self.drop_gone_topics();
+                    return Ok(());
+                }
+                Err(Error::OffsetOutOfRange {
+                    requested,
+                    log_start,
+                    end,
+                    ..
+                }) => {
+                    let reason = if requested < log_start {
+                        ResetReason::BelowLogStart
+                    } else {
+                        ResetReason::AboveEndOffset
+                    };
+                    let tp = tp.clone();
+                    let to = self.reset(&tp, Some(requested), log_start, end, reason)?;
+                    if let Some(owned) = self.owned.get_mut(&tp) {
+                        owned.cursor.position = to;
+                    }
+                    // Read it again after its PositionReset event has gone out.
+                    return Ok(());
+                }
+                Err(error) => return Err(self.read_error(&error)),
+            };
+            owned.cursor.position = result.next_offset;
+            self.app.metrics.filtered("group", result.filtered);
+            let moved = result.next_offset != from;
+            if result.batches.is_empty() {
+                skipped |= moved && result.filtered.skipped > 0;
+                if !(moved && result.filtered.skipped > 0 && self.progress_due(&result)) {
+                    continue;
+                }
+            }
+            self.turn = (index + 1) % count;
+            self.last_batch = Instant::now();
+            let topic = if self.pattern { tp.0.as_str() } else { "" };
+            let (records, bytes) = crate::batch::delivered(&result.batches);
+            self.app.metrics.fetched(&tp.0, records, bytes);
+            permit.send(Ok(Out::Batches(crate::batch::record_batches(
+                tp.1, result, topic,
+            ))));
+            return Ok(());
+        }
+        if !skipped && self.events.is_empty() {
+            self.data_ready = false;
+        }
+        Ok(())
+    }
+
+    /// Whether a read that returned no batch but passed over filtered records sends
+    /// its position alone (see [`crate::read::FILTER_PROGRESS_INTERVAL`]).
+    fn progress_due(&self, result: &tidelog_storage::BatchReadResult) -> bool {
+        self.last_batch.elapsed() >= crate::read::FILTER_PROGRESS_INTERVAL
+            || result.next_offset >= result.end_offset
     }
 
     /// Counts a batch's messages and bytes per topic in the metrics.
@@ -851,6 +969,6 @@ fn any_data(owned: &BTreeMap<TopicPartition, Owned>) -> impl Future<Output = ()>
 }
 
 /// The buffer between a member task and tonic's encoder, in events.
-pub(crate) fn channel() -> (Sender, mpsc::Receiver<Result<SubscribeResponse, Status>>) {
+pub(crate) fn channel() -> (Sender, mpsc::Receiver<Result<Out, Status>>) {
     mpsc::channel(SUBSCRIBE_QUEUE_EVENTS)
 }

@@ -30,9 +30,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tidelog_proto::v1::{SubscribeRequest, SubscribeResponse};
-use tokio_stream::Stream;
+use tidelog_proto::v1::{SubscribeBatchesResponse, SubscribeRequest, SubscribeResponse};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::Status;
 
 use crate::AppState;
@@ -68,6 +68,27 @@ pub const CLIENT_ID_BYTES_MAX: usize = 255;
 /// The events of one group member's Subscribe stream.
 pub type MemberStream = Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Status>> + Send>>;
 
+/// The events of one group member's SubscribeBatches stream.
+pub type MemberBatchesStream =
+    Pin<Box<dyn Stream<Item = Result<SubscribeBatchesResponse, Status>> + Send>>;
+
+/// [`subscribe_member`] in batch form, for `Consumer.SubscribeBatches` with a group:
+/// the same member, its data as stored batches.
+pub async fn subscribe_member_batches(
+    state: Arc<AppState>,
+    request: SubscribeRequest,
+    remote_addr: Option<SocketAddr>,
+    access: Option<crate::read::TopicAccess>,
+) -> Result<MemberBatchesStream, Status> {
+    let events = start_member(state, request, remote_addr, access, true).await?;
+    Ok(Box::pin(events.map(|event| match event? {
+        member::Out::Batches(response) => Ok(response),
+        member::Out::Messages(_) => Err(Status::internal(
+            "a batch-form member stream made a message event",
+        )),
+    })))
+}
+
 /// Joins `request.group` and streams the member's assignments and messages. Called by
 /// `Consumer.Subscribe` when the request has a group; `remote_addr` is shown as the
 /// member's client_address.
@@ -86,6 +107,23 @@ pub async fn subscribe_member(
     remote_addr: Option<SocketAddr>,
     access: Option<crate::read::TopicAccess>,
 ) -> Result<MemberStream, Status> {
+    let events = start_member(state, request, remote_addr, access, false).await?;
+    Ok(Box::pin(events.map(|event| match event? {
+        member::Out::Messages(response) => Ok(response),
+        member::Out::Batches(_) => Err(Status::internal(
+            "a message-form member stream made a batch event",
+        )),
+    })))
+}
+
+/// Validates the request, joins the group and starts the member's task; its events.
+async fn start_member(
+    state: Arc<AppState>,
+    request: SubscribeRequest,
+    remote_addr: Option<SocketAddr>,
+    access: Option<crate::read::TopicAccess>,
+    batches: bool,
+) -> Result<ReceiverStream<Result<member::Out, Status>>, Status> {
     let Some(membership) = request.group else {
         return Err(Status::invalid_argument(
             "subscribe_member needs a request with `group` set",
@@ -150,6 +188,7 @@ pub async fn subscribe_member(
         // The same defaults and caps as a plain subscription.
         limits: ReadLimits::from_request(request.max_batch_messages, request.max_batch_bytes),
         filter: convert::filter(&request.filter)?,
+        batches,
     };
     state.groups.spawn_session_reaper();
     let joined = state
@@ -174,7 +213,7 @@ pub async fn subscribe_member(
         sender,
     );
     tokio::spawn(task.run());
-    Ok(Box::pin(ReceiverStream::new(receiver)))
+    Ok(ReceiverStream::new(receiver))
 }
 
 impl GroupMetricsSource for GroupCoordinator {

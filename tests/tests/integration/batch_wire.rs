@@ -593,3 +593,213 @@ async fn durable_batches_survive_a_kill_9() {
     .unwrap();
     assert_eq!((ack.base_offset, ack.duplicate), (sent.len() as u64, false));
 }
+
+/// The events of a batch-form member stream until `want` records of `topic` arrived:
+/// (partition, offset) of each delivered record, and the Assignments seen.
+async fn read_member(
+    stream: &mut tonic::Streaming<tidelog_proto::v1::SubscribeBatchesResponse>,
+    want: usize,
+    topic: &str,
+) -> (Vec<(u32, u64)>, Vec<Vec<u32>>) {
+    let mut got = Vec::new();
+    let mut assignments = Vec::new();
+    while got.len() < want {
+        let event = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .expect("an event in time")
+            .expect("open")
+            .expect("ok")
+            .event
+            .expect("an event");
+        match event {
+            Event::Assignment(assignment) => assignments.push(
+                assignment
+                    .partitions
+                    .iter()
+                    .copied()
+                    .chain(assignment.topics.iter().flat_map(|t| t.partitions.clone()))
+                    .collect(),
+            ),
+            Event::Batches(batches) => {
+                let position = batches.position.expect("a position");
+                assert_eq!(position.partition, batches.partition);
+                assert_eq!(
+                    position.topic, topic,
+                    "the position names the topic on a pattern member only"
+                );
+                for batch in &batches.batches {
+                    for record in delivered_records(
+                        &batch.batch,
+                        batch.skip_front,
+                        &batch.skip,
+                        batches.now_ms,
+                    )
+                    .unwrap()
+                    {
+                        got.push((batches.partition, record.offset));
+                    }
+                }
+            }
+            // A partition without a committed offset starts by the reset policy.
+            Event::PositionReset(reset) => assert_eq!(reset.topic, topic),
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    (got, assignments)
+}
+
+/// SubscribeBatches with a group: a member like Subscribe's (Assignment first, a
+/// rebalance when a second member joins, auto-commit of the positions), its data as
+/// stored batches; every record reaches the group once; a pattern member's positions
+/// name the topic; a plain pattern stream in batch form is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_members_read_stored_batches_and_commit_their_positions() {
+    use tidelog_proto::v1::GroupMembership;
+    use tidelog_proto::v1::groups_client::GroupsClient;
+    let broker = TestBroker::start();
+    broker.create_topic("gw", 4, TopicConfig::default()).await;
+    let mut publisher = PublisherClient::new(broker.channel().await);
+    let fill = |first: usize| {
+        (first..first + 40)
+            .map(|n| NewRecord::value(Bytes::from(format!("v{n}"))))
+            .collect::<Vec<_>>()
+    };
+    for partition in 0..4 {
+        publish(
+            &mut publisher,
+            "gw",
+            partition,
+            encode(&fill(0), Compression::None),
+        )
+        .await
+        .unwrap();
+    }
+    let member = |group: &str| GroupMembership {
+        group_id: group.into(),
+        auto_commit_interval_ms: 50,
+        client_id: "batch-member".into(),
+        ..Default::default()
+    };
+    let subscribe = |topic: &str, pattern: &str, group: &str| SubscribeRequest {
+        topic: topic.into(),
+        topic_pattern: pattern.into(),
+        group: Some(member(group)),
+        max_batch_messages: 25,
+        ..Default::default()
+    };
+    let mut a = broker
+        .consumer()
+        .await
+        .subscribe_batches(subscribe("gw", "", "g"))
+        .await
+        .unwrap()
+        .into_inner();
+    let (first, assignments) = read_member(&mut a, 160, "").await;
+    assert_eq!(assignments, vec![vec![0, 1, 2, 3]]);
+    let mut expected: Vec<(u32, u64)> = (0..4).flat_map(|p| (0..40).map(move |o| (p, o))).collect();
+    let mut sorted = first.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted, expected,
+        "every record once, in offset order per partition"
+    );
+
+    // A second member: the partitions are split, and the next 160 records reach the
+    // group once between the two.
+    let mut b = broker
+        .consumer()
+        .await
+        .subscribe_batches(subscribe("gw", "", "g"))
+        .await
+        .unwrap()
+        .into_inner();
+    let b_assignment = loop {
+        let event = tokio::time::timeout(Duration::from_secs(20), b.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(Event::Assignment(assignment)) = event.event {
+            let partitions = assignment.partitions;
+            if !partitions.is_empty() {
+                break partitions;
+            }
+        }
+    };
+    assert_eq!(b_assignment.len(), 2, "{b_assignment:?}");
+    for partition in 0..4 {
+        publish(
+            &mut publisher,
+            "gw",
+            partition,
+            encode(&fill(40), Compression::None),
+        )
+        .await
+        .unwrap();
+    }
+    let (from_b, _) = read_member(&mut b, 80, "").await;
+    assert!(
+        from_b.iter().all(|(p, _)| b_assignment.contains(p)),
+        "{from_b:?}"
+    );
+    let (from_a, a_assignments) = read_member(&mut a, 80, "").await;
+    assert!(
+        a_assignments.last().is_some_and(|p| p.len() == 2),
+        "{a_assignments:?}"
+    );
+    let mut second: Vec<(u32, u64)> = from_a.into_iter().chain(from_b).collect();
+    second.sort_unstable();
+    expected = (0..4).flat_map(|p| (40..80).map(move |o| (p, o))).collect();
+    assert_eq!(second, expected);
+
+    // Auto-commit moved every partition's committed offset to the end.
+    let mut groups = GroupsClient::new(broker.channel().await);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let offsets: Vec<u64> = groups
+            .fetch_offsets(tidelog_proto::v1::FetchOffsetsRequest {
+                group_id: "g".into(),
+                topic: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .offsets
+            .iter()
+            .map(|o| o.offset)
+            .collect();
+        if offsets == [80, 80, 80, 80] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "committed {offsets:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop((a, b));
+
+    // A pattern member: its positions name the topic.
+    let mut p = broker
+        .consumer()
+        .await
+        .subscribe_batches(subscribe("", "gw.*", "gp"))
+        .await
+        .unwrap()
+        .into_inner();
+    let (all, _) = read_member(&mut p, 320, "gw").await;
+    assert_eq!(all.len(), 320);
+
+    // Without a group, SubscribeBatches reads one named topic.
+    let refused = broker
+        .consumer()
+        .await
+        .subscribe_batches(SubscribeRequest {
+            topic_pattern: "gw.*".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().contains("group"), "{}", refused.message());
+}

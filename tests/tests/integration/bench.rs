@@ -173,6 +173,21 @@ fn bench_consume_validates_what_it_reads_back() {
         ],
     );
     assert_clean(code, &json, &stderr, &["consumers"], 18_000);
+    // A consumer group in batch form (SubscribeBatches with a group), validated the
+    // same way.
+    let (code, json, stderr) = bench(
+        &broker,
+        &[
+            "consume",
+            "--topic",
+            "bench-kept",
+            "--consumers",
+            "2",
+            "--group",
+            "--batch-wire",
+        ],
+    );
+    assert_clean(code, &json, &stderr, &["consumers"], 6000);
 }
 
 #[test]

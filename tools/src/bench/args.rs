@@ -298,12 +298,6 @@ impl BenchArgs {
                 "add --stream",
             ));
         }
-        if self.batch_wire && kind.consumes() && self.group {
-            return Err(CliError::usage(
-                "--batch-wire reads without a group (SubscribeBatches has no group form yet)",
-                "drop --group, or drop --batch-wire",
-            ));
-        }
         if self.rate == Some(0) {
             return Err(CliError::usage(
                 "--rate 0 sends nothing",

@@ -434,6 +434,7 @@ fn batches_event(event: SubscribeBatchesResponse) -> Result<SubscribeResponse, S
         }
         Some(BatchesEvent::PositionReset(reset)) => Some(Event::PositionReset(reset)),
         Some(BatchesEvent::Positioned(positioned)) => Some(Event::Positioned(positioned)),
+        Some(BatchesEvent::Assignment(assignment)) => Some(Event::Assignment(assignment)),
         None => None,
     };
     Ok(SubscribeResponse { event })
