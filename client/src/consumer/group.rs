@@ -1,13 +1,14 @@
-//! A consumer-group member: `Subscribe` with a group (the per-message form: the batch
-//! form has no group yet), `CommitOffsets`, and the `Assignment` events of rebalances.
+//! A consumer-group member: `SubscribeBatches` with a group (the broker sends stored
+//! batches, decoded here as a [`super::Subscription`] decodes them), `CommitOffsets`,
+//! and the `Assignment` events of rebalances.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tidelog_proto::v1::{
-    CommitOffsetsRequest, GroupMembership, SubscribeRequest, SubscribeResponse,
-    TopicPartitionOffset, subscribe_response,
+    CommitOffsetsRequest, GroupMembership, SubscribeBatchesResponse, SubscribeRequest,
+    TopicPartitionOffset, subscribe_batches_response,
 };
 use tonic::Code;
 
@@ -97,7 +98,7 @@ pub struct GroupMember {
     member_id: String,
     generation: u64,
     partitions: Vec<u32>,
-    stream: Option<tonic::Streaming<SubscribeResponse>>,
+    stream: Option<tonic::Streaming<SubscribeBatchesResponse>>,
     /// Messages received, each with its partition's position after it.
     buffer: VecDeque<(Message, u64)>,
     /// Per partition, the position after the last message `next` returned.
@@ -134,7 +135,9 @@ impl GroupMember {
             match stream.message().await {
                 Ok(Some(event)) => member.event(event)?,
                 Ok(None) => return Err(Error::Closed),
-                Err(status) => return Err(Error::from_status("Subscribe", Some(topic), &status)),
+                Err(status) => {
+                    return Err(Error::from_status("SubscribeBatches", Some(topic), &status));
+                }
             }
         }
         Ok(member)
@@ -187,7 +190,11 @@ impl GroupMember {
                     self.lost();
                 }
                 Err(status) => {
-                    return Err(Error::from_status("Subscribe", Some(&self.topic), &status));
+                    return Err(Error::from_status(
+                        "SubscribeBatches",
+                        Some(&self.topic),
+                        &status,
+                    ));
                 }
             }
         }
@@ -276,52 +283,56 @@ impl GroupMember {
             filter: self.options.filter.clone(),
             ..SubscribeRequest::default()
         };
-        match self.client.consumer().subscribe(request).await {
+        match self.client.consumer().subscribe_batches(request).await {
             Ok(response) => {
                 self.stream = Some(response.into_inner());
                 Ok(())
             }
-            Err(status) => Err(Error::from_status("Subscribe", Some(&self.topic), &status)),
+            Err(status) => Err(Error::from_status(
+                "SubscribeBatches",
+                Some(&self.topic),
+                &status,
+            )),
         }
     }
 
-    fn event(&mut self, event: SubscribeResponse) -> Result<()> {
+    fn event(&mut self, event: SubscribeBatchesResponse) -> Result<()> {
         match event.event {
-            Some(subscribe_response::Event::Batch(batch)) => {
-                let positions: BTreeMap<u32, u64> = batch
-                    .positions
-                    .iter()
-                    .map(|p| (p.partition, p.next_offset))
-                    .collect();
-                let messages: Vec<Message> = batch
-                    .messages
-                    .into_iter()
-                    .map(|m| Message::from_proto(&self.topic, m))
-                    .collect();
-                // A message's position is the next message's offset in its partition,
-                // or the batch's position for the partition's last message (never
-                // "offset + 1": expired messages leave gaps).
-                for (index, message) in messages.iter().enumerate() {
-                    let next_in_partition = messages[index + 1..]
-                        .iter()
-                        .find(|m| m.partition == message.partition)
-                        .map(|m| m.offset);
-                    let position = next_in_partition
-                        .or_else(|| positions.get(&message.partition).copied())
-                        .unwrap_or(message.offset + 1);
-                    self.buffer.push_back((message.clone(), position));
+            Some(subscribe_batches_response::Event::Batches(batches)) => {
+                let partition = batches.partition;
+                let mut messages = VecDeque::new();
+                for batch in &batches.batches {
+                    super::decode_into(
+                        &self.topic,
+                        partition,
+                        batch,
+                        batches.now_ms,
+                        &mut messages,
+                    )?;
                 }
-                // A batch without messages (a filter skipped them all) still moves the
-                // positions, so commits pass the skipped messages.
-                if self.buffer.is_empty() {
-                    for (partition, offset) in positions {
-                        if self.partitions.contains(&partition) {
-                            self.consumed.insert(partition, offset);
-                        }
-                    }
+                let after = batches.position.map(|p| p.next_offset);
+                // A message's position is the next delivered message's offset, or the
+                // read's position for the last one (never "offset + 1": expired and
+                // filtered records leave gaps).
+                let mut messages = messages.into_iter().peekable();
+                while let Some(message) = messages.next() {
+                    let position = messages
+                        .peek()
+                        .map(|next| next.offset)
+                        .or(after)
+                        .unwrap_or(message.offset + 1);
+                    self.buffer.push_back((message, position));
+                }
+                // A read without messages (a filter skipped them all) still moves the
+                // position, so commits pass the skipped records.
+                if self.buffer.is_empty()
+                    && let Some(offset) = after
+                    && self.partitions.contains(&partition)
+                {
+                    self.consumed.insert(partition, offset);
                 }
             }
-            Some(subscribe_response::Event::Assignment(assignment)) => {
+            Some(subscribe_batches_response::Event::Assignment(assignment)) => {
                 let revoked: Vec<u32> = self
                     .partitions
                     .iter()
@@ -358,7 +369,7 @@ impl GroupMember {
                 self.consumed.retain(|p, _| owned.contains(p));
                 self.committed.retain(|p, _| owned.contains(p));
             }
-            Some(subscribe_response::Event::PositionReset(reset)) => {
+            Some(subscribe_batches_response::Event::PositionReset(reset)) => {
                 tracing::info!(
                     group = self.options.group,
                     partition = reset.partition,
@@ -366,11 +377,7 @@ impl GroupMember {
                     "position reset"
                 );
             }
-            Some(
-                subscribe_response::Event::Positioned(_)
-                | subscribe_response::Event::TopicsChanged(_),
-            )
-            | None => {}
+            Some(subscribe_batches_response::Event::Positioned(_)) | None => {}
         }
         Ok(())
     }
