@@ -998,6 +998,47 @@ mod tests {
         );
     }
 
+    /// Not a test: the window's own cost per id, without the log (the claims of 2,000
+    /// batches of 1,000 new ids, each settled as if appended, the table growing from
+    /// empty to 2,000,000 ids; three rounds, each on a fresh window). Run with
+    /// `cargo test --release -p tidelog-storage --lib window_timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn window_timing() {
+        const TOTAL: usize = 2_000_000;
+        const BATCH: usize = 1000;
+        let ids: Vec<[u8; 16]> = (0..TOTAL as u64)
+            .map(|i| {
+                let mut id = [0u8; 16];
+                id[..8].copy_from_slice(&i.to_le_bytes());
+                id[8..].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
+                id
+            })
+            .collect();
+        let hashes: Vec<u64> = ids.iter().map(|id| crate::idindex::hash_id(id)).collect();
+        for round in 0..3 {
+            let clock = crate::clock::ManualClock::new(1_000_000_000);
+            let window = DedupWindow::new(clock.clone(), Arc::new(IdGenerator::new(1)));
+            let start = std::time::Instant::now();
+            for (n, chunk) in ids.chunks(BATCH).enumerate() {
+                let records: Vec<Option<&[u8]>> = chunk.iter().map(|id| Some(&id[..])).collect();
+                let batch_hashes: Vec<(u32, u64)> = (0..chunk.len())
+                    .map(|i| (i as u32, hashes[n * BATCH + i]))
+                    .collect();
+                let decisions = window.claim(&[], &records, &batch_hashes, 120_000).unwrap();
+                window.finish(&decisions, Some((0, (n * BATCH) as u64)));
+                clock.advance_ms(1);
+            }
+            let elapsed = start.elapsed();
+            assert_eq!(window.len(), TOTAL);
+            println!(
+                "round {round}: {:.0} ns an id, {:.1} bytes an id",
+                elapsed.as_nanos() as f64 / TOTAL as f64,
+                window.memory_bytes() as f64 / TOTAL as f64
+            );
+        }
+    }
+
     #[test]
     fn locations_pack_into_64_bits_below_the_pending_bit() {
         assert_eq!(
