@@ -25,7 +25,8 @@
 //! (partition in 14 bits, offset in 49). The table is rebuilt at a load of 0.6 every
 //! 1/16 of the window (dropping expired ids) and doubles at 0.8, so an id costs 20 to
 //! 40 bytes (expired ids not yet swept counted), within the 64. The ids claimed
-//! by appends under way are in a second, small table (see Races), 16 bytes a claim.
+//! by appends under way are in a second, small table (see Races), 16 to 40 bytes a
+//! claim, sized by the most claims under way at once (it does not shrink).
 //! The id's bytes are not kept: a hash match is confirmed by reading the original
 //! record (a duplicate is the rare path), so ids that share 32 hash bits are still told
 //! apart.
@@ -47,8 +48,10 @@
 //! (home tags and entries again read at once first, as the append in between may have
 //! evicted them). A fresh table's pages are written once each when it is made, so the
 //! kernel maps each page once (a read first would map its zero page, then copy it on
-//! the first write). About 120 ns an id on this machine without the log (the ignored
-//! test `window_timing`; see BENCHMARKS.md).
+//! the first write). Claiming and settling ids in batches of 1,000, up to 2,000,000
+//! in the window, takes about 125-135 ns an id on the 2-core test VM, without the log
+//! (the ignored test `window_timing`; 170-195 ns with the table of 16-byte slots
+//! probed whole and claims kept in it as pending slots; see BENCHMARKS.md).
 //!
 //! # Races
 //! Claiming ids and recording where they went are two short critical sections around
