@@ -955,7 +955,7 @@ mod tests {
             for (op, tag, at) in ops {
                 // Few tags, so runs collide and wrap; few places, so they repeat.
                 let tag = tag.wrapping_mul(0x9E37_79B9) | 1;
-                let at = (at % 64) << 58 | at % 7;
+                let at = ((at % 64) << 58) | (at % 7);
                 if op > 0 {
                     table.insert(tag, Entry { time: time(tag, at), at });
                     *model.entry((tag, at)).or_default() += 1;
