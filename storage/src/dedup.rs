@@ -18,14 +18,18 @@
 //! only with its message (a crash losing unsynced data of an `fsync = interval` topic,
 //! which never acked it durably, or retention).
 //!
-//! # Memory: about 30 bytes an id
-//! One open-addressing table of 16-byte slots: a 32-bit tag of the id (which also
-//! places the slot), the time it was stored (in [`TIME_UNIT_MS`] units), and where the
-//! message is (partition in 14 bits, offset in 49). The table is rebuilt at a load of
-//! 0.6 every 1/16 of the window (dropping expired ids) and grows by half at 0.8, so an
-//! id costs 20 to 30 bytes (expired ids not yet swept counted). The id's bytes are not
-//! kept: a hash match is confirmed by reading the original record (a duplicate is the
-//! rare path), so ids that share 32 hash bits are still told apart.
+//! # Memory: 20 to 40 bytes an id
+//! One open-addressing table of 16-byte slots, in two parallel arrays: the 32-bit tags
+//! of the ids (a tag also places its slot; 0 = empty), and the entries, 12 bytes each:
+//! the time the id was stored (in [`TIME_UNIT_MS`] units) and where the message is
+//! (partition in 14 bits, offset in 49). The table is rebuilt at a load of 0.6 every
+//! 1/16 of the window (dropping expired ids) and doubles at 0.8, so an id costs 20 to
+//! 40 bytes (expired ids not yet swept counted), within the 64. The ids claimed
+//! by appends under way are in a second, small table (see Races), 16 to 40 bytes a
+//! claim, sized by the most claims under way at once (it does not shrink).
+//! The id's bytes are not kept: a hash match is confirmed by reading the original
+//! record (a duplicate is the rare path), so ids that share 32 hash bits are still told
+//! apart.
 //!
 //! The tag is a keyed mix (two multiply-xorshift rounds with a secret 128-bit key drawn
 //! when the window is made) of the id's 64-bit [`crate::idindex::hash_id`], which the
@@ -33,18 +37,29 @@
 //! one part of the table would need the secret, or many ids with one 64-bit SipHash
 //! value (as for the id index).
 //!
-//! # Speed: one cache miss an id, overlapped
-//! The table (tens of MB for a few million ids) is far larger than the caches, so each
-//! id's first probe misses. A publish request's ids have their home slots read first,
-//! all at once, so their misses overlap (and again before their claims are settled,
-//! as the append in between may have evicted them).
+//! # Speed: two cache misses an id, overlapped
+//! The table (tens of MB for a few million ids) is far larger than the caches, so an
+//! id's first probe misses. The probes scan only the tags, 16 to a cache line, so an
+//! unsuccessful probe (a new id: the usual case) reads one line, or two, even at a load
+//! of 0.8; an entry is read only where a tag matches. Each publish request's ids have
+//! their home tags read first, all at once, so their misses overlap. A claim goes into
+//! the small table of claims under way, not the large one; when the append returns,
+//! each id appended is inserted once into the large table with its time and place
+//! (home tags and entries again read at once first, as the append in between may have
+//! evicted them). A fresh table's pages are written once each when it is made, so the
+//! kernel maps each page once (a read first would map its zero page, then copy it on
+//! the first write). Claiming and settling ids in batches of 1,000, up to 2,000,000
+//! in the window, takes about 125-135 ns an id on the 2-core test VM, without the log
+//! (the ignored test `window_timing`; 170-195 ns with the table of 16-byte slots
+//! probed whole and claims kept in it as pending slots; see BENCHMARKS.md).
 //!
 //! # Races
 //! Claiming ids and recording where they went are two short critical sections around
-//! the append; between them a claimed id is *pending*. A publish that meets another's
-//! pending id waits for that append to return (microseconds: a `pwrite`) and is then
-//! answered with its offset, so of concurrent duplicates one is stored and the others
-//! get its offset. A failed append releases its claims.
+//! the append; between them a claimed id is *pending*, in the table of claims under
+//! way with its claim's token. A publish that meets another's pending id (by tag)
+//! waits for that append to return (microseconds: a `pwrite`) and is then answered
+//! with its offset, so of concurrent duplicates one is stored and the others get its
+//! offset. A failed append releases its claims and stores none.
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -69,11 +84,9 @@ const REBUILD_READ_BYTES: u64 = 16 << 20;
 const SLOTS_MIN: usize = 1024;
 
 /// Offsets a slot can hold: 49 bits (17 years of a million messages a second); the
-/// partition takes the 14 bits above, the pending bit the top one.
+/// partition takes the 14 bits above.
 const OFFSET_BITS: u32 = 49;
 const _: () = assert!(crate::limits::TOPIC_PARTITIONS_MAX <= 1 << (63 - OFFSET_BITS));
-/// A slot's `at` while its append is under way: this bit plus the claim's token.
-const PENDING_BIT: u64 = 1 << 63;
 
 /// Where a message of an append went.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,124 +134,114 @@ pub struct BatchPlaced {
     pub duplicates: Vec<Placement>,
 }
 
-/// A slot of the table; `tag == 0` is empty.
+/// What a slot holds beside its tag.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Slot {
-    tag: u32,
+struct Entry {
     /// When it was stored, in `TIME_UNIT_MS` since the table's base time.
     time: u32,
-    /// Partition and offset, or `PENDING_BIT | token`.
+    /// Partition and offset (in the window's table) or the claim's token (in its
+    /// table of claims under way).
     at: u64,
 }
 
-/// Bytes of a [`Slot`] in [`Slots`].
-const SLOT_BYTES: usize = 16;
-
-/// The table's slots, [`SLOT_BYTES`] each (tag, time, at; little-endian), zeroed when
-/// made (a zero slot is empty). The zeroed bytes come from the allocator's zeroed
-/// memory (fresh pages from the kernel for a large table), without a pass that writes
-/// every slot first. (Transparent huge pages were tried for the table, to spare the
-/// TLB misses of its random probes: in this virtual machine the kernel's zeroing of
-/// each new 2 MiB page cost more than the misses saved; see BENCHMARKS.md.)
-#[derive(Debug, Default)]
-struct Slots {
-    bytes: Vec<u8>,
-    len: usize,
-}
-
-impl Slots {
-    fn zeroed(len: usize) -> Slots {
-        Slots {
-            bytes: vec![0; len * SLOT_BYTES],
-            len,
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Slot `index` (an index past the end reads as empty).
-    fn get(&self, index: usize) -> Slot {
-        let raw = self
-            .bytes
-            .get(index * SLOT_BYTES..(index + 1) * SLOT_BYTES)
-            .and_then(|b| <[u8; SLOT_BYTES]>::try_from(b).ok())
-            .unwrap_or([0; SLOT_BYTES]);
-        let word = u128::from_le_bytes(raw);
-        Slot {
-            tag: word as u32,
-            time: (word >> 32) as u32,
-            at: (word >> 64) as u64,
-        }
-    }
-
-    fn set(&mut self, index: usize, slot: Slot) {
-        let word = u128::from(slot.tag) | u128::from(slot.time) << 32 | u128::from(slot.at) << 64;
-        if let Some(bytes) = self
-            .bytes
-            .get_mut(index * SLOT_BYTES..(index + 1) * SLOT_BYTES)
-        {
-            bytes.copy_from_slice(&word.to_le_bytes());
-        }
-    }
-
-    fn iter(&self) -> impl Iterator<Item = Slot> + '_ {
-        (0..self.len).map(|index| self.get(index))
-    }
-
-    /// Bytes of memory the slots take.
-    fn memory_bytes(&self) -> usize {
-        self.len * SLOT_BYTES
-    }
-}
-
 /// Open addressing with linear probing; a tag's home slot is `tag * len >> 32`, so
-/// any table length works and deletion shifts the run back (no tombstones).
+/// any table length works and deletion shifts the run back (no tombstones). The tags
+/// (0 = empty) are an array of their own, 16 to a cache line, which the probes scan;
+/// the entries are a parallel array read only where a tag matches.
 #[derive(Debug, Default)]
 struct Table {
-    slots: Slots,
+    tags: Vec<u32>,
+    /// `[time, at low, at high]`.
+    entries: Vec<[u32; 3]>,
     used: usize,
 }
 
+/// Bytes of memory a slot takes: its tag and its entry.
+const SLOT_BYTES: usize = 16;
+const _: () = assert!(std::mem::size_of::<u32>() + std::mem::size_of::<[u32; 3]>() == SLOT_BYTES);
+
+/// Bytes of a memory page: a fresh table is written once a page (see
+/// [`Table::with_slots`]).
+const PAGE_BYTES: usize = 4096;
+
 impl Table {
+    /// A table of `count` (at least [`SLOTS_MIN`]) empty slots. The zeroed memory
+    /// comes from the allocator (fresh pages from the kernel for a large table)
+    /// without a pass writing every slot; one word of each page is written at once,
+    /// so the kernel maps each page once for writing, rather than first mapping its
+    /// shared zero page for a probe's read and then copying it on the first insert.
+    /// (Transparent huge pages were tried for the table, to spare the TLB misses of
+    /// its random probes: in this virtual machine the kernel's zeroing of each new
+    /// 2 MiB page cost more than the misses saved; see BENCHMARKS.md.)
     fn with_slots(count: usize) -> Table {
+        let count = count.max(SLOTS_MIN);
+        let mut tags = vec![0u32; count];
+        let mut entries = vec![[0u32; 3]; count];
+        // `black_box`: a store of a zero known to the compiler into zeroed memory
+        // could be dropped as a no-op.
+        for index in (0..count).step_by(PAGE_BYTES / 4) {
+            tags[index] = std::hint::black_box(0);
+        }
+        for index in (0..count).step_by(PAGE_BYTES / 12) {
+            entries[index][0] = std::hint::black_box(0);
+        }
         Table {
-            slots: Slots::zeroed(count.max(SLOTS_MIN)),
+            tags,
+            entries,
             used: 0,
         }
     }
 
+    fn len(&self) -> usize {
+        self.tags.len()
+    }
+
     fn home(&self, tag: u32) -> usize {
-        ((u64::from(tag) * self.slots.len() as u64) >> 32) as usize
+        ((u64::from(tag) * self.len() as u64) >> 32) as usize
     }
 
     fn next(&self, index: usize) -> usize {
-        if index + 1 == self.slots.len() {
+        if index + 1 == self.len() {
             0
         } else {
             index + 1
         }
     }
 
+    /// The tag of slot `index` (past the end: empty).
+    fn tag(&self, index: usize) -> u32 {
+        self.tags.get(index).copied().unwrap_or(0)
+    }
+
+    fn entry(&self, index: usize) -> Entry {
+        let [time, low, high] = self.entries.get(index).copied().unwrap_or_default();
+        Entry {
+            time,
+            at: u64::from(low) | u64::from(high) << 32,
+        }
+    }
+
+    fn set(&mut self, index: usize, tag: u32, entry: Entry) {
+        if let (Some(t), Some(e)) = (self.tags.get_mut(index), self.entries.get_mut(index)) {
+            *t = tag;
+            *e = [entry.time, entry.at as u32, (entry.at >> 32) as u32];
+        }
+    }
+
     /// Indexes of the slots holding `tag`, in probe order.
     fn matches(&self, tag: u32) -> impl Iterator<Item = usize> + '_ {
         let mut index = self.home(tag);
-        let mut left = self.slots.len();
+        let mut left = self.len();
         std::iter::from_fn(move || {
             while left > 0 {
-                let slot = self.slots.get(index);
-                if slot.tag == 0 {
+                let here_tag = self.tag(index);
+                if here_tag == 0 {
                     return None;
                 }
                 let here = index;
                 index = self.next(index);
                 left -= 1;
-                if slot.tag == tag {
+                if here_tag == tag {
                     return Some(here);
                 }
             }
@@ -246,15 +249,16 @@ impl Table {
         })
     }
 
-    fn insert(&mut self, slot: Slot) {
-        if (self.used + 1) * 5 > self.slots.len() * 4 {
-            self.resize(self.slots.len() + self.slots.len() / 2);
+    /// Puts `tag` in; the table doubles at a load of 0.8.
+    fn insert(&mut self, tag: u32, entry: Entry) {
+        if (self.used + 1) * 5 > self.len() * 4 {
+            self.resize(self.len() * 2);
         }
-        let mut index = self.home(slot.tag);
-        while self.slots.get(index).tag != 0 {
+        let mut index = self.home(tag);
+        while self.tag(index) != 0 {
             index = self.next(index);
         }
-        self.slots.set(index, slot);
+        self.set(index, tag, entry);
         self.used += 1;
     }
 
@@ -262,11 +266,11 @@ impl Table {
         let mut index = hole;
         loop {
             index = self.next(index);
-            let slot = self.slots.get(index);
-            if slot.tag == 0 {
+            let tag = self.tag(index);
+            if tag == 0 {
                 break;
             }
-            let home = self.home(slot.tag);
+            let home = self.home(tag);
             // The slot stays when its home lies cyclically in (hole, index].
             let stays = if hole <= index {
                 hole < home && home <= index
@@ -274,19 +278,23 @@ impl Table {
                 hole < home || home <= index
             };
             if !stays {
-                self.slots.set(hole, slot);
+                let entry = self.entry(index);
+                self.set(hole, tag, entry);
                 hole = index;
             }
         }
-        self.slots.set(hole, Slot::default());
+        self.set(hole, 0, Entry::default());
         self.used -= 1;
     }
 
-    /// Rebuilds the table with the slots `keep` keeps, at a load of 0.6.
-    fn resize_keeping(&mut self, count: usize, keep: impl Fn(&Slot) -> bool) {
+    /// Rebuilds the table in `count` slots with the entries `keep` keeps.
+    fn resize_keeping(&mut self, count: usize, keep: impl Fn(&Entry) -> bool) {
         let old = std::mem::replace(self, Table::with_slots(count));
-        for slot in old.slots.iter().filter(|s| s.tag != 0 && keep(s)) {
-            self.insert(slot);
+        for (index, &tag) in old.tags.iter().enumerate() {
+            let entry = old.entry(index);
+            if tag != 0 && keep(&entry) {
+                self.insert(tag, entry);
+            }
         }
     }
 
@@ -294,13 +302,14 @@ impl Table {
         self.resize_keeping(count, |_| true);
     }
 
-    fn find_pending(&self, tag: u32, token: u64) -> Option<usize> {
-        self.find_at(tag, PENDING_BIT | token)
-    }
-
     fn find_at(&self, tag: u32, at: u64) -> Option<usize> {
         let mut matches = self.matches(tag);
-        matches.find(|&i| self.slots.get(i).at == at)
+        matches.find(|&i| self.entry(i).at == at)
+    }
+
+    /// Bytes of memory the slots take.
+    fn memory_bytes(&self) -> usize {
+        self.len() * SLOT_BYTES
     }
 }
 
@@ -319,8 +328,12 @@ struct State {
     rebuilt: bool,
     /// The secret of [`tag_of`].
     key: (u64, u64),
+    /// The ids stored, timed and placed.
     table: Table,
-    /// `Slot::time` 0 is this time.
+    /// The ids claimed by appends under way, with their claims' tokens (a few
+    /// batches' worth: cache-resident).
+    pending: Table,
+    /// `Entry::time` 0 is this time.
     base_ms: i64,
     /// When the table was last swept of expired ids.
     swept_ms: i64,
@@ -363,6 +376,7 @@ impl DedupWindow {
                     (random.hash_one(1u64), random.hash_one(2u64))
                 },
                 table: Table::default(),
+                pending: Table::default(),
                 // Before any time a window can reach back to, so no stored time
                 // clamps to 0 (which would keep it forever).
                 base_ms: now_ms.saturating_sub(2 * DEDUP_WINDOW_MS_MAX as i64),
@@ -384,7 +398,7 @@ impl DedupWindow {
         self.clock.now_ms()
     }
 
-    /// Ids in the table (some may have expired since the last sweep).
+    /// Ids stored in the table (some may have expired since the last sweep).
     pub fn len(&self) -> usize {
         self.lock().table.used
     }
@@ -395,19 +409,15 @@ impl DedupWindow {
 
     /// Bytes of memory the window holds.
     pub fn memory_bytes(&self) -> usize {
-        self.lock().table.slots.memory_bytes()
+        let state = self.lock();
+        state.table.memory_bytes() + state.pending.memory_bytes()
     }
 
     /// Forgets everything (the topic's window was changed): the next publish with an id
     /// reads the window back from the log. Waits for appends under way to settle.
     pub fn reset(&self) {
         let mut state = self.lock();
-        while state
-            .table
-            .slots
-            .iter()
-            .any(|s| s.tag != 0 && s.at & PENDING_BIT != 0)
-        {
+        while state.pending.used > 0 {
             state = self.settled.wait(state).unwrap_or_else(|e| e.into_inner());
         }
         state.table = Table::default();
@@ -666,37 +676,32 @@ impl DedupWindow {
     }
 
     /// Settles the claims where the append put them (`Some((partition, base offset))`),
-    /// or releases them when it failed (`None`).
+    /// or releases them when it failed (`None`): each claim leaves the claims under
+    /// way, and the ids appended go into the table.
     fn finish(&self, decisions: &[Decision], appended: Option<(u32, u64)>) {
         let mut state = self.lock();
         let time = time_of(&state, self.clock.now_ms());
-        // The append in between may have pushed the claimed slots out of the caches.
-        let tags: Vec<u32> = decisions
-            .iter()
-            .map(|decision| match *decision {
-                Decision::Append {
-                    claim: Some((tag, _)),
-                    ..
-                } => tag,
-                _ => 0,
-            })
-            .collect();
-        touch_homes(&state.table, &tags);
-        for decision in decisions {
-            let Decision::Append {
+        let claims = decisions.iter().filter_map(|decision| match *decision {
+            Decision::Append {
                 index,
                 claim: Some((tag, token)),
-            } = *decision
-            else {
-                continue;
-            };
-            let Some(slot) = state.table.find_pending(tag, token) else {
-                continue;
-            };
-            match appended.and_then(|(partition, base)| pack(partition, base + index as u64)) {
-                Some(at) => state.table.slots.set(slot, Slot { tag, time, at }),
-                // Failed, or an offset past 2^49 (not deduplicated).
-                None => state.table.remove(slot),
+            } => Some((index, tag, token)),
+            _ => None,
+        });
+        if appended.is_some() {
+            // Where the ids go: read at once, so the misses overlap.
+            let tags: Vec<u32> = claims.clone().map(|(_, tag, _)| tag).collect();
+            touch_homes(&state.table, &tags, true);
+        }
+        for (index, tag, token) in claims {
+            if let Some(slot) = state.pending.find_at(tag, token) {
+                state.pending.remove(slot);
+            }
+            // Failed, or an offset past 2^49: not deduplicated.
+            if let Some(at) =
+                appended.and_then(|(partition, base)| pack(partition, base + index as u64))
+            {
+                state.table.insert(tag, Entry { time, at });
             }
         }
         drop(state);
@@ -724,21 +729,20 @@ fn sweep(state: &mut State, now_ms: i64, window_ms: i64) {
     // Rebase once the times are past half their range: the window is at most 7 days,
     // far less than the other half.
     let shift = if horizon > u32::MAX / 2 { horizon } else { 0 };
-    let live = state
-        .table
-        .slots
-        .iter()
-        .filter(|s| s.tag != 0 && (s.time >= horizon || s.at & PENDING_BIT != 0))
+    let table = &state.table;
+    let live = (0..table.len())
+        .filter(|&i| table.tag(i) != 0 && table.entry(i).time >= horizon)
         .count();
-    state.table.resize_keeping(live * 5 / 3, |s| {
-        s.time >= horizon || s.at & PENDING_BIT != 0
-    });
+    state
+        .table
+        .resize_keeping(live * 5 / 3, |entry| entry.time >= horizon);
     if shift > 0 {
-        for index in 0..state.table.slots.len() {
-            let mut slot = state.table.slots.get(index);
-            if slot.tag != 0 {
-                slot.time = slot.time.saturating_sub(shift);
-                state.table.slots.set(index, slot);
+        for index in 0..state.table.len() {
+            let tag = state.table.tag(index);
+            if tag != 0 {
+                let mut entry = state.table.entry(index);
+                entry.time = entry.time.saturating_sub(shift);
+                state.table.set(index, tag, entry);
             }
         }
         state.base_ms += i64::from(shift) * TIME_UNIT_MS;
@@ -764,7 +768,7 @@ fn claim_pass(
     for &(index, hash) in hashes {
         tags[index as usize] = tag_of(state.key, hash);
     }
-    touch_homes(&state.table, &tags);
+    touch_homes(&state.table, &tags, false);
     let mut appended = 0;
     let mut blocked = false;
     'records: for (i, record) in records.iter().enumerate() {
@@ -777,26 +781,28 @@ fn claim_pass(
             continue;
         };
         let tag = tags[i];
-        for slot in state.table.matches(tag).map(|s| state.table.slots.get(s)) {
-            if slot.at & PENDING_BIT != 0 {
-                let token = slot.at & !PENDING_BIT;
-                match token.checked_sub(first_token) {
-                    Some(first) if (first as usize) < i => {
-                        if records[first as usize] == Some(id) {
-                            decisions.push(Decision::SameAs {
-                                first: first as usize,
-                            });
-                            continue 'records;
-                        }
-                    }
-                    // Another append's claim: it may be this id.
-                    _ => {
-                        blocked = true;
-                        break 'records;
+        for slot in state.pending.matches(tag) {
+            let token = state.pending.entry(slot).at;
+            match token.checked_sub(first_token) {
+                Some(first) if (first as usize) < i => {
+                    if records[first as usize] == Some(id) {
+                        decisions.push(Decision::SameAs {
+                            first: first as usize,
+                        });
+                        continue 'records;
                     }
                 }
-            } else if slot.time >= horizon {
-                let (partition, offset) = unpack(slot.at);
+                // Another append's claim: it may be this id.
+                _ => {
+                    blocked = true;
+                    break 'records;
+                }
+            }
+        }
+        for slot in state.table.matches(tag) {
+            let entry = state.table.entry(slot);
+            if entry.time >= horizon {
+                let (partition, offset) = unpack(entry.at);
                 if stored_id_is(partitions, partition, offset, id) {
                     decisions.push(Decision::Duplicate { partition, offset });
                     continue 'records;
@@ -804,11 +810,7 @@ fn claim_pass(
             }
         }
         let token = first_token + i as u64;
-        state.table.insert(Slot {
-            tag,
-            time: 0,
-            at: PENDING_BIT | token,
-        });
+        state.pending.insert(tag, Entry { time: 0, at: token });
         decisions.push(Decision::Append {
             index: appended,
             claim: Some((tag, token)),
@@ -821,9 +823,9 @@ fn claim_pass(
                 claim: Some((tag, token)),
                 ..
             } = *decision
-                && let Some(slot) = state.table.find_pending(tag, token)
+                && let Some(slot) = state.pending.find_at(tag, token)
             {
-                state.table.remove(slot);
+                state.pending.remove(slot);
             }
         }
         return None;
@@ -843,18 +845,23 @@ fn tag_of(key: (u64, u64), hash: u64) -> u32 {
     ((x ^ (x >> 29)) >> 32).max(1) as u32
 }
 
-/// Reads the home slot of every tag (0: none) before the claims probe them. The table
-/// is far larger than the caches, so each first probe misses; these reads do not
-/// depend on each other, so the processor overlaps their misses instead of waiting
-/// for one probe after another (a batch of 1,000 ids claims in a fraction of the time).
-fn touch_homes(table: &Table, tags: &[u32]) {
-    if table.slots.is_empty() {
+/// Reads the home slot of every tag (0: none) before the claims probe them (and, with
+/// `entries`, its entry, before an insert writes it). The table is far larger than
+/// the caches, so each first probe misses; these reads do not depend on each other, so
+/// the processor overlaps their misses instead of waiting for one probe after another
+/// (a batch of 1,000 ids claims in a fraction of the time).
+fn touch_homes(table: &Table, tags: &[u32], entries: bool) {
+    if table.len() == 0 {
         return;
     }
     let mut seen = 0u32;
     for &tag in tags {
         if tag != 0 {
-            seen ^= table.slots.get(table.home(tag)).tag;
+            let home = table.home(tag);
+            seen ^= table.tag(home);
+            if entries {
+                seen ^= table.entry(home).time;
+            }
         }
     }
     std::hint::black_box(seen);
@@ -907,11 +914,13 @@ fn rebuild(
                 if newest < horizon_ms {
                     continue;
                 }
-                table.insert(Slot {
-                    tag: tag_of(state.key, crate::idindex::hash_id(id)),
-                    time: time_of(state, newest),
-                    at,
-                });
+                table.insert(
+                    tag_of(state.key, crate::idindex::hash_id(id)),
+                    Entry {
+                        time: time_of(state, newest),
+                        at,
+                    },
+                );
             }
             if read.next_offset <= offset || read.next_offset >= read.end_offset {
                 break;
@@ -933,19 +942,22 @@ mod tests {
 
     proptest! {
         /// The table against a map: inserts, removals (by position found through
-        /// `matches`), growth and rebuilds keep every entry findable.
+        /// `matches`), growth and rebuilds keep every entry findable, with its time
+        /// and place, and nothing else.
         #[test]
         fn the_table_finds_what_it_holds(
-            ops in proptest::collection::vec((any::<bool>(), 1u32..40, any::<u16>()), 1..600),
+            ops in proptest::collection::vec((0u8..3, 1u32..40, any::<u64>()), 1..3000),
         ) {
             let mut table = Table::with_slots(4);
             let mut model: HashMap<(u32, u64), usize> = HashMap::new();
-            for (insert, tag, at) in ops {
-                // Few tags, so runs collide and wrap.
+            // The time an entry is stored with: a function of it, to check it.
+            let time = |tag: u32, at: u64| tag ^ (at as u32).rotate_left(7);
+            for (op, tag, at) in ops {
+                // Few tags, so runs collide and wrap; few places, so they repeat.
                 let tag = tag.wrapping_mul(0x9E37_79B9) | 1;
-                let at = u64::from(at);
-                if insert {
-                    table.insert(Slot { tag, time: 0, at });
+                let at = ((at % 64) << 58) | (at % 7);
+                if op > 0 {
+                    table.insert(tag, Entry { time: time(tag, at), at });
                     *model.entry((tag, at)).or_default() += 1;
                 } else if let Some(slot) = table.find_at(tag, at) {
                     table.remove(slot);
@@ -955,42 +967,56 @@ mod tests {
                     prop_assert_eq!(model.get(&(tag, at)).copied().unwrap_or(0), 0);
                 }
                 prop_assert_eq!(table.used, model.values().sum::<usize>());
+                prop_assert!(table.used * 5 <= table.len() * 4);
             }
-            for (&(tag, at), &count) in &model {
-                let found = table.matches(tag).filter(|&i| table.slots.get(i).at == at).count();
-                prop_assert_eq!(found, count);
-            }
+            let check = |table: &Table| -> std::result::Result<(), TestCaseError> {
+                let mut found: HashMap<(u32, u64), usize> = HashMap::new();
+                for (index, &tag) in table.tags.iter().enumerate() {
+                    if tag != 0 {
+                        let entry = table.entry(index);
+                        prop_assert_eq!(entry.time, time(tag, entry.at));
+                        prop_assert!(table.matches(tag).any(|i| i == index));
+                        *found.entry((tag, entry.at)).or_default() += 1;
+                    }
+                }
+                found.retain(|_, count| *count > 0);
+                let mut expected = model.clone();
+                expected.retain(|_, count| *count > 0);
+                prop_assert_eq!(found, expected);
+                Ok(())
+            };
+            check(&table)?;
             table.resize_keeping(table.used * 2, |_| true);
-            for (&(tag, at), &count) in &model {
-                let found = table.matches(tag).filter(|&i| table.slots.get(i).at == at).count();
-                prop_assert_eq!(found, count);
-            }
+            check(&table)?;
         }
     }
 
     /// The bound: at most 64 bytes of memory an id, 1,000,000 ids in at most
-    /// 64 MiB. The table stays under 31 bytes an id at every size it passes through.
+    /// 64 MiB. The table stays within 40 bytes an id at every size it passes through.
     #[test]
-    fn an_id_costs_at_most_31_bytes() {
+    fn an_id_costs_at_most_40_bytes() {
         let mut table = Table::default();
         let mut rng = crate::rng::SeededRng::new(1);
         let mut worst = 0.0f64;
         for used in 1..=1_000_000usize {
-            table.insert(Slot {
-                tag: (rng.next() >> 32).max(1) as u32,
-                time: 0,
-                at: used as u64,
-            });
+            table.insert(
+                (rng.next() >> 32).max(1) as u32,
+                Entry {
+                    time: 0,
+                    at: used as u64,
+                },
+            );
             if used >= SLOTS_MIN {
-                let bytes = table.slots.memory_bytes();
+                let bytes = table.memory_bytes();
                 worst = worst.max(bytes as f64 / used as f64);
             }
         }
-        assert!(worst <= 31.0, "{worst:.1} bytes an id");
-        assert!(table.slots.memory_bytes() <= 64 << 20);
+        assert!(worst <= 40.01, "{worst:.2} bytes an id");
+        assert!(worst > 39.0, "{worst:.2} bytes an id");
+        assert!(table.memory_bytes() <= 64 << 20);
         // A sweep that keeps half rebuilds at a load of 0.6.
-        table.resize_keeping(500_000 * 5 / 3, |slot| slot.at % 2 == 0);
-        let bytes = table.slots.memory_bytes();
+        table.resize_keeping(500_000 * 5 / 3, |entry| entry.at % 2 == 0);
+        let bytes = table.memory_bytes();
         assert!(
             bytes / table.used <= 27,
             "{} bytes an id after a sweep",
@@ -998,14 +1024,69 @@ mod tests {
         );
     }
 
+    /// A fresh table reads as empty everywhere, whichever words were written to map
+    /// its pages.
     #[test]
-    fn locations_pack_into_64_bits_below_the_pending_bit() {
+    fn a_fresh_table_is_empty() {
+        for count in [0, 1, 1023, 1024, 1025, 4096 / 12 * 3 + 1, 100_000] {
+            let table = Table::with_slots(count);
+            assert_eq!(table.len(), count.max(SLOTS_MIN));
+            assert_eq!(table.entries.len(), table.len());
+            assert!(table.tags.iter().all(|&t| t == 0));
+            assert!(table.entries.iter().all(|e| *e == [0; 3]));
+            assert_eq!(table.matches(7).count(), 0);
+        }
+    }
+
+    /// Not a test: the window's own cost per id, without the log (the claims of 2,000
+    /// batches of 1,000 new ids, each settled as if appended, the table growing from
+    /// empty to 2,000,000 ids; three rounds, each on a fresh window). Run with
+    /// `cargo test --release -p tidelog-storage --lib window_timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn window_timing() {
+        const TOTAL: usize = 2_000_000;
+        const BATCH: usize = 1000;
+        let ids: Vec<[u8; 16]> = (0..TOTAL as u64)
+            .map(|i| {
+                let mut id = [0u8; 16];
+                id[..8].copy_from_slice(&i.to_le_bytes());
+                id[8..].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
+                id
+            })
+            .collect();
+        let hashes: Vec<u64> = ids.iter().map(|id| crate::idindex::hash_id(id)).collect();
+        for round in 0..3 {
+            let clock = crate::clock::ManualClock::new(1_000_000_000);
+            let window = DedupWindow::new(clock.clone(), Arc::new(IdGenerator::new(1)));
+            let start = std::time::Instant::now();
+            for (n, chunk) in ids.chunks(BATCH).enumerate() {
+                let records: Vec<Option<&[u8]>> = chunk.iter().map(|id| Some(&id[..])).collect();
+                let batch_hashes: Vec<(u32, u64)> = (0..chunk.len())
+                    .map(|i| (i as u32, hashes[n * BATCH + i]))
+                    .collect();
+                let decisions = window.claim(&[], &records, &batch_hashes, 120_000).unwrap();
+                window.finish(&decisions, Some((0, (n * BATCH) as u64)));
+                clock.advance_ms(1);
+            }
+            let elapsed = start.elapsed();
+            assert_eq!(window.len(), TOTAL);
+            println!(
+                "round {round}: {:.0} ns an id, {:.1} bytes an id",
+                elapsed.as_nanos() as f64 / TOTAL as f64,
+                window.memory_bytes() as f64 / TOTAL as f64
+            );
+        }
+    }
+
+    #[test]
+    fn locations_pack_into_63_bits() {
         assert_eq!(
             unpack(pack(9_999, (1 << 49) - 1).unwrap()),
             (9_999, (1 << 49) - 1)
         );
         assert_eq!(pack(0, 1 << 49), None);
         assert_eq!(pack(1 << 14, 0), None);
-        assert_eq!(pack((1 << 14) - 1, (1 << 49) - 1).unwrap() & PENDING_BIT, 0);
+        assert_eq!(pack((1 << 14) - 1, (1 << 49) - 1).unwrap() >> 63, 0);
     }
 }
