@@ -367,6 +367,31 @@ fn list_offsets(
     Ok(ListOffsetsResponse { offsets })
 }
 
+/// Checks a Subscribe or SubscribeBatches request: the topic and, for a member, its
+/// group. Returns them too, for the stream's re-checks every 250 ms while it is open. A
+/// pattern names no topic: each topic it matches is checked when it is matched (see
+/// `topic_access`).
+fn authorize_stream(
+    state: &AppState,
+    request: &Request<SubscribeRequest>,
+) -> (Vec<(ResourceKind, String)>, Result<(), Status>) {
+    let mut targets = Vec::new();
+    if request.get_ref().topic_pattern.is_empty() {
+        targets.push((ResourceKind::Topic, request.get_ref().topic.clone()));
+    }
+    if let Some(group) = &request.get_ref().group {
+        targets.push((ResourceKind::Group, group.group_id.clone()));
+    }
+    let checked = state.auth.authorize(
+        request,
+        &targets
+            .iter()
+            .map(|(kind, name)| Target { kind: *kind, name })
+            .collect::<Vec<_>>(),
+    );
+    (targets, checked)
+}
+
 /// The Subscribe stream type: a plain subscription or a group member's stream.
 pub type SubscribeStream = Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Status>> + Send>>;
 
@@ -426,23 +451,7 @@ impl Consumer for ConsumerService {
     ) -> Result<Response<Self::SubscribeBatchesStream>, Status> {
         let started = Instant::now();
         let remote_addr = crate::listener::remote_addr(&request);
-        // Checked now and again every 250 ms while the stream is open: the topic (a
-        // group member's pattern checks each topic it matches, see `topic_access`)
-        // and a member's group.
-        let mut targets = Vec::new();
-        if request.get_ref().topic_pattern.is_empty() {
-            targets.push((ResourceKind::Topic, request.get_ref().topic.clone()));
-        }
-        if let Some(group) = &request.get_ref().group {
-            targets.push((ResourceKind::Group, group.group_id.clone()));
-        }
-        let checked = self.state.auth.authorize(
-            &request,
-            &targets
-                .iter()
-                .map(|(kind, name)| Target { kind: *kind, name })
-                .collect::<Vec<_>>(),
-        );
+        let (targets, checked) = authorize_stream(&self.state, &request);
         let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
         let result = if let Err(status) = checked {
@@ -499,23 +508,7 @@ impl Consumer for ConsumerService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let started = Instant::now();
         let remote_addr = crate::listener::remote_addr(&request);
-        // The topic and, for a member, its group; checked now and again every 250 ms
-        // while the stream is open. A pattern names no topic: each topic it matches is
-        // checked when it is matched (see `topic_access`).
-        let mut targets = Vec::new();
-        if request.get_ref().topic_pattern.is_empty() {
-            targets.push((ResourceKind::Topic, request.get_ref().topic.clone()));
-        }
-        if let Some(group) = &request.get_ref().group {
-            targets.push((ResourceKind::Group, group.group_id.clone()));
-        }
-        let checked = self.state.auth.authorize(
-            &request,
-            &targets
-                .iter()
-                .map(|(kind, name)| Target { kind: *kind, name })
-                .collect::<Vec<_>>(),
-        );
+        let (targets, checked) = authorize_stream(&self.state, &request);
         let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
         let access = topic_access(&self.state, caller.as_ref());
