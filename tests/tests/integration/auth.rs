@@ -630,6 +630,25 @@ async fn batch_rpcs_and_patterns_are_authorized() {
         })
         .await
         .expect("consume on orders allows SubscribeBatches");
+    // As a group member, SubscribeBatches also needs consume on the group.
+    let member = |group: &str| SubscribeRequest {
+        topic: "orders".into(),
+        group: Some(GroupMembership {
+            group_id: group.into(),
+            ..GroupMembership::default()
+        }),
+        ..SubscribeRequest::default()
+    };
+    let denied = ConsumerClient::new(reader.clone())
+        .subscribe_batches(member("not-mine"))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(
+        denied.message().contains("group:not-mine"),
+        "{}",
+        denied.message()
+    );
 
     // A pattern matches only the topics the caller may consume, plain and as a
     // group member; a rule added later takes a topic in within a rescan.
