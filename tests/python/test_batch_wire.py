@@ -17,6 +17,7 @@ import pytest
 
 from harness import Broker
 from tidelog.v1 import tidelog_pb2 as pb
+from tidelog.v1 import tidelog_pb2_grpc
 
 RPC_TIMEOUT = 20.0
 NEVER = (1 << 63) - 1
@@ -236,3 +237,50 @@ def test_a_damaged_batch_is_refused_and_nothing_is_appended(broker: Broker) -> N
     response = broker.consumer.FetchBatches(pb.FetchRequest(topic="py-strict", partition=0),
                                             timeout=RPC_TIMEOUT)
     assert response.end_offset == 0 and not response.batches
+
+
+def test_a_group_member_reads_stored_batches_and_commits(broker: Broker) -> None:
+    """SubscribeBatches with a group, from a grpcio client: the Assignment first, then
+    stored batches of the assigned partitions (decoded here), and the broker's
+    auto-commit moves the group's offsets past them."""
+    broker.admin.CreateTopic(pb.CreateTopicRequest(name="py-group-batches", partitions=2),
+                             timeout=RPC_TIMEOUT)
+    now = int(time.time() * 1000)
+    for partition in (0, 1):
+        broker.publisher.PublishBatch(
+            pb.PublishBatchRequest(
+                topic="py-group-batches", partition=partition,
+                batch=encode_batch([{"value": b"p%d-%d" % (partition, n)} for n in range(30)],
+                                   now),
+                ack=pb.ACK_LEVEL_DURABLE),
+            timeout=RPC_TIMEOUT)
+    stream = broker.consumer.SubscribeBatches(pb.SubscribeRequest(
+        topic="py-group-batches", max_batch_messages=7,
+        group=pb.GroupMembership(group_id="py-batch-group", auto_commit_interval_ms=20,
+                                 client_id="py")), timeout=RPC_TIMEOUT)
+    assignment = None
+    got: dict[int, list[bytes]] = {0: [], 1: []}
+    for event in stream:
+        kind = event.WhichOneof("event")
+        if kind == "assignment":
+            assignment = event.assignment
+        elif kind == "batches":
+            assert assignment is not None, "the Assignment comes before any data"
+            for stored in event.batches.batches:
+                got[event.batches.partition].extend(
+                    r["value"] for r in delivered(stored, event.batches.now_ms))
+        if sum(len(v) for v in got.values()) == 60:
+            break
+    assert assignment is not None and list(assignment.partitions) == [0, 1]
+    for partition in (0, 1):
+        assert got[partition] == [b"p%d-%d" % (partition, n) for n in range(30)]
+    groups = tidelog_pb2_grpc.GroupsStub(broker.channel)
+    deadline = time.monotonic() + 10
+    while True:
+        offsets = groups.FetchOffsets(pb.FetchOffsetsRequest(group_id="py-batch-group"),
+                                      timeout=RPC_TIMEOUT).offsets
+        if [(o.partition, o.offset) for o in offsets] == [(0, 30), (1, 30)]:
+            break
+        assert time.monotonic() < deadline, offsets
+        time.sleep(0.05)
+    stream.cancel()
