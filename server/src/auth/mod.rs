@@ -221,16 +221,25 @@ impl Auth {
 
     /// One audit line for a call the layer refused (UNAUTHENTICATED) on `path`.
     pub fn audit_unauthenticated(&self, path: &str, status: &Status) {
-        self.count_audit("UNAUTHENTICATED");
-        self.audit.write(&AuditLine {
-            event: EVENT_REFUSED,
-            principal: "-",
-            rpc: path.strip_prefix("/tidelog.v1.").unwrap_or(path),
-            operation: "-",
-            resource: "-",
-            result: "UNAUTHENTICATED",
-            detail: status.message(),
-        });
+        self.audit(
+            AuditLine {
+                event: EVENT_REFUSED,
+                principal: "-",
+                rpc: path.strip_prefix("/tidelog.v1.").unwrap_or(path),
+                operation: "-",
+                resource: "-",
+                result: "",
+                detail: status.message(),
+            },
+            "UNAUTHENTICATED",
+        );
+    }
+
+    /// Counts `line` by its result and writes it where audit lines go: the one path
+    /// of every audit line.
+    fn audit(&self, line: AuditLine<'_>, result: &'static str) {
+        self.count_audit(result);
+        self.audit.write(&AuditLine { result, ..line });
     }
 
     fn count_audit(&self, result: &'static str) {
@@ -241,17 +250,18 @@ impl Auth {
 
     /// One audit line for a refused call.
     pub fn audit_denied(&self, caller: Option<&Caller>, status: &Status) {
-        let result = tidelog_proto::code_name(status.code());
-        self.count_audit(result);
-        self.audit.write(&AuditLine {
-            event: EVENT_REFUSED,
-            principal: caller.map_or("-", |c| &*c.principal),
-            rpc: caller.and_then(|c| c.rpc).map_or("-", Rpc::name),
-            operation: "-",
-            resource: "-",
-            result,
-            detail: status.message(),
-        });
+        self.audit(
+            AuditLine {
+                event: EVENT_REFUSED,
+                principal: caller.map_or("-", |c| &*c.principal),
+                rpc: caller.and_then(|c| c.rpc).map_or("-", Rpc::name),
+                operation: "-",
+                resource: "-",
+                result: "",
+                detail: status.message(),
+            },
+            tidelog_proto::code_name(status.code()),
+        );
     }
 
     /// One audit line for a change of the access state by `caller`.
@@ -266,16 +276,18 @@ impl Auth {
             Ok(false) => "UNCHANGED",
             Err(status) => tidelog_proto::code_name(status.code()),
         };
-        self.count_audit(outcome);
-        self.audit.write(&AuditLine {
-            event: EVENT_ACCESS,
-            principal: caller.map_or("-", |c| &*c.principal),
-            rpc: caller.and_then(|c| c.rpc).map_or("-", Rpc::name),
-            operation: "admin",
-            resource: "cluster",
-            result: outcome,
-            detail: change,
-        });
+        self.audit(
+            AuditLine {
+                event: EVENT_ACCESS,
+                principal: caller.map_or("-", |c| &*c.principal),
+                rpc: caller.and_then(|c| c.rpc).map_or("-", Rpc::name),
+                operation: "admin",
+                resource: "cluster",
+                result: "",
+                detail: change,
+            },
+            outcome,
+        );
     }
 
     /// One audit line for an admin change (a topic, group or queue created, altered,
@@ -287,21 +299,23 @@ impl Auth {
         resources: &[String],
         result: &'static str,
     ) {
-        self.count_audit(result);
         let resource = if resources.is_empty() {
             "-".to_string()
         } else {
             resources.join(",")
         };
-        self.audit.write(&AuditLine {
-            event: EVENT_ADMIN,
-            principal,
-            rpc: rpc.name(),
-            operation: rpc.change_operation().map_or("-", |op| op.name()),
-            resource: &resource,
+        self.audit(
+            AuditLine {
+                event: EVENT_ADMIN,
+                principal,
+                rpc: rpc.name(),
+                operation: rpc.change_operation().map_or("-", |op| op.name()),
+                resource: &resource,
+                result: "",
+                detail: "",
+            },
             result,
-            detail: "",
-        });
+        );
     }
 
     pub fn is_enabled(&self) -> bool {
