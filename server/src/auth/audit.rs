@@ -140,13 +140,13 @@ impl AuditSink {
         self.file.as_ref().map(|f| f.path.as_path())
     }
 
-    /// Writes one line where lines go.
-    pub fn write(&self, line: &AuditLine<'_>) {
+    /// Writes one line where lines go; `ts_ms` is its time (Unix ms) in the file.
+    pub fn write(&self, line: &AuditLine<'_>, ts_ms: i64) {
         let Some(audit) = &self.file else {
             line.trace();
             return;
         };
-        let bytes = line.to_json(super::now_ms());
+        let bytes = line.to_json(ts_ms);
         let written = audit
             .file
             .lock()
@@ -185,11 +185,11 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         let sink = AuditSink::file(&path).unwrap();
         // Quotes, newlines and non-ASCII in names stay inside their JSON string.
-        sink.write(&line("", "topic:\"odd\"\nname"));
-        sink.write(&line("why ünïcode", "topic:orders"));
+        sink.write(&line("", "topic:\"odd\"\nname"), 1_764_871_200_123);
+        sink.write(&line("why ünïcode", "topic:orders"), 1_764_871_200_124);
         std::fs::rename(&path, dir.path().join("audit.jsonl.1")).unwrap();
         sink.reopen().unwrap();
-        sink.write(&line("", "topic:after"));
+        sink.write(&line("", "topic:after"), 1_764_871_200_125);
         let rotated = std::fs::read_to_string(dir.path().join("audit.jsonl.1")).unwrap();
         let lines: Vec<serde_json::Value> = rotated
             .lines()
@@ -200,7 +200,7 @@ mod tests {
         assert!(lines[0].get("detail").is_none());
         assert_eq!(lines[1]["detail"], "why ünïcode");
         assert_eq!(lines[1]["principal"], "alice");
-        assert!(lines[1]["ts_ms"].as_i64().unwrap() > 1_700_000_000_000);
+        assert_eq!(lines[1]["ts_ms"], 1_764_871_200_124i64);
         let fresh = std::fs::read_to_string(&path).unwrap();
         assert_eq!(fresh.lines().count(), 1);
         assert!(fresh.contains("topic:after"));

@@ -239,7 +239,7 @@ impl Auth {
     /// of every audit line.
     fn audit(&self, line: AuditLine<'_>, result: &'static str) {
         self.count_audit(result);
-        self.audit.write(&AuditLine { result, ..line });
+        self.audit.write(&AuditLine { result, ..line }, now_ms());
     }
 
     fn count_audit(&self, result: &'static str) {
