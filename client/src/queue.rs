@@ -5,10 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tidelog_proto::v1::settlement::{self, Action};
-use tidelog_proto::v1::{
-    DescribeQueueRequest, QueueDelivery, ReceiveRequest, SettleRequest, Settlement,
-};
-use tokio::sync::OnceCell;
+use tidelog_proto::v1::{QueueDelivery, ReceiveRequest, SettleRequest, Settlement};
 use tonic::Code;
 
 use crate::backoff::Backoff;
@@ -46,8 +43,6 @@ pub struct QueueWorker {
     client: Client,
     queue: String,
     member: String,
-    /// The queue's topic (`DescribeQueue`, once), for [`Message::topic`].
-    topic: Arc<OnceCell<Arc<str>>>,
 }
 
 impl QueueWorker {
@@ -57,7 +52,6 @@ impl QueueWorker {
             client: client.clone(),
             queue: queue.to_string(),
             member: member.to_string(),
-            topic: Arc::new(OnceCell::new()),
         }
     }
 
@@ -65,24 +59,8 @@ impl QueueWorker {
     /// the first. Empty when none came. While the broker is unreachable it retries with
     /// backoff until `wait` has passed.
     pub async fn receive(&self, max: u32, wait: Duration) -> Result<Vec<Delivery>> {
-        let topic = self
-            .topic
-            .get_or_try_init(|| async {
-                let queue = self
-                    .client
-                    .queues()
-                    .describe_queue(DescribeQueueRequest {
-                        name: self.queue.clone(),
-                    })
-                    .await
-                    .map_err(|s| Error::from_status("DescribeQueue", None, &s))?
-                    .into_inner()
-                    .queue
-                    .unwrap_or_default();
-                Ok::<_, Error>(Arc::from(queue.topic))
-            })
-            .await?
-            .clone();
+        // Each delivery names its topic (a queue on a topic pattern has many).
+        let topic: Arc<str> = Arc::from("");
         let wait = wait.min(RECEIVE_WAIT_MAX);
         let deadline = tokio::time::Instant::now() + wait;
         let mut backoff = Backoff::default();
@@ -124,6 +102,7 @@ impl QueueWorker {
         let request = SettleRequest {
             queue: self.queue.clone(),
             settlements: vec![Settlement {
+                topic: delivery.message.topic.to_string(),
                 partition: delivery.message.partition,
                 offset: delivery.message.offset,
                 through_offset: through,

@@ -146,6 +146,7 @@ impl AdminService {
                 .await?;
         // Groups whose pattern members match it take it in now.
         self.state.groups.topic_created(topic.name());
+        self.state.queues.topics_changed();
         Ok(CreateTopicResponse {
             topic: Some(convert::topic_description(&topic.info())),
         })
@@ -161,6 +162,7 @@ impl AdminService {
         self.state.groups.topic_deleted(&request.name);
         // Its queues went with it: their members' streams end with NOT_FOUND.
         self.state.queues.forget_missing();
+        self.state.queues.topics_changed();
         Ok(DeleteTopicResponse {})
     }
 

@@ -90,10 +90,27 @@ fn locate(topic: &Topic, message: &convert::MessageRef) -> Result<(u32, u64, Mes
 }
 
 /// Queue `queue`'s config, checking that it consumes `topic`.
-fn queue_on(store: &Store, queue: &str, topic: &str) -> Result<QueueConfig, Status> {
-    let found = store
-        .queues()
-        .read(|q| q.get(queue).map(|q| (q.topic.clone(), q.config.clone())));
+/// The storage queue holding queue `queue`'s state for `topic` (a pattern queue's
+/// queue of that topic) and its config.
+fn queue_on(store: &Store, queue: &str, topic: &str) -> Result<(String, QueueConfig), Status> {
+    if store.queues().read(|q| q.pattern(queue).is_some()) {
+        let child = tidelog_storage::queue::admin::queue_for_topic(store, queue, topic)
+            .map_err(|e| convert::status(&e))?;
+        let config = store
+            .queues()
+            .read(|q| q.get(&child).map(|q| q.config.clone()))
+            .ok_or_else(|| {
+                convert::status(&tidelog_storage::Error::not_found(format!(
+                    "topic {topic:?} in queue {queue:?}"
+                )))
+            })?;
+        return Ok((child, config));
+    }
+    let found = store.queues().read(|q| {
+        q.get(queue)
+            .filter(|_| tidelog_storage::queue::admin::public_name(queue) == queue)
+            .map(|q| (q.topic.clone(), q.config.clone()))
+    });
     match found {
         None => Err(convert::status(&tidelog_storage::Error::not_found(
             format!("queue {queue:?} (Queues.ListQueues lists the queues)"),
@@ -101,7 +118,7 @@ fn queue_on(store: &Store, queue: &str, topic: &str) -> Result<QueueConfig, Stat
         Some((queue_topic, _)) if queue_topic != topic => {
             Err(convert::queue_of_other_topic(queue, &queue_topic, topic))
         }
-        Some((_, config)) => Ok(config),
+        Some((_, config)) => Ok((queue.to_string(), config)),
     }
 }
 
@@ -135,14 +152,18 @@ impl MessagesService {
         let topic = convert::or_status(store.topic(&request.topic))?;
         let name = request.topic;
         tokio::task::spawn_blocking(move || {
-            if let get_delivery_status_request::Consumer::Queue(queue) = &consumer {
-                queue_on(&store, queue, &name)?;
-            }
+            let state_queue = match &consumer {
+                get_delivery_status_request::Consumer::Queue(queue) => {
+                    Some(queue_on(&store, queue, &name)?.0)
+                }
+                get_delivery_status_request::Consumer::Group(_) => None,
+            };
             let (partition, offset, at) = locate(&topic, &message)?;
             let status = match consumer {
                 get_delivery_status_request::Consumer::Queue(queue) => {
                     let now = store.clock().now_ms();
-                    let state = inspect::queue_state(&*store, &queue, partition, offset, &at, now)
+                    let held = state_queue.as_deref().unwrap_or(&queue);
+                    let state = inspect::queue_state(&*store, held, partition, offset, &at, now)
                         .map_err(|e| convert::status(&e))?;
                     get_delivery_status_response::Status::Queue(convert::queue_status_to_proto(
                         &queue, state,
@@ -180,19 +201,13 @@ impl MessagesService {
         let topic = convert::or_status(store.topic(&request.topic))?;
         let (name, queue) = (request.topic, request.queue);
         tokio::task::spawn_blocking(move || {
-            let config = queue_on(&store, &queue, &name)?;
+            let (held, config) = queue_on(&store, &queue, &name)?;
             let (partition, offset, at) = locate(&topic, &message)?;
             let now = store.clock().now_ms();
-            let attempts = inspect::message_history(
-                &*store,
-                &queue,
-                partition,
-                offset,
-                timestamp_of(&at),
-                now,
-            )
-            .map_err(|e| convert::status(&e))?;
-            let state = inspect::queue_state(&*store, &queue, partition, offset, &at, now)
+            let attempts =
+                inspect::message_history(&*store, &held, partition, offset, timestamp_of(&at), now)
+                    .map_err(|e| convert::status(&e))?;
+            let state = inspect::queue_state(&*store, &held, partition, offset, &at, now)
                 .map_err(|e| convert::status(&e))?;
             let (history_attempts, history_retention_ms) = convert::history_bounds(&config);
             Ok(GetDeliveryHistoryResponse {

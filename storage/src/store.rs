@@ -824,6 +824,10 @@ impl QueueHost for Store {
         Store::create_topic(self, name, partitions, config)
     }
 
+    fn topics(&self) -> Vec<Arc<Topic>> {
+        Store::topics(self)
+    }
+
     fn offsets(&self) -> &OffsetStore {
         Store::offsets(self)
     }

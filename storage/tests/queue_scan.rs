@@ -271,7 +271,7 @@ fn run(seed: u64) {
         "{context}: {status:?}"
     );
     let topic = store.topic("jobs").unwrap();
-    for (partition, settled_below, end) in &status.partitions {
+    for (_, partition, settled_below, end) in &status.partitions {
         let partition_end = topic.partition(*partition).unwrap().end_offset();
         assert_eq!(
             (*settled_below, *end),

@@ -93,22 +93,33 @@ pub fn queue_description(
             })
             .collect(),
         filter: status.config.filter.clone().unwrap_or_default(),
+        topic_pattern: status.pattern.clone().unwrap_or_default(),
+        topics: match status.pattern {
+            Some(_) => {
+                let mut topics: Vec<String> =
+                    status.partitions.iter().map(|p| p.0.clone()).collect();
+                topics.dedup();
+                topics
+            }
+            None => Vec::new(),
+        },
         partitions: status
             .partitions
             .iter()
             .map(
-                |&(partition, settled_below, end_offset)| pb::QueuePartition {
-                    partition,
-                    settled_below,
-                    end_offset,
+                |(topic, partition, settled_below, end_offset)| pb::QueuePartition {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    settled_below: *settled_below,
+                    end_offset: *end_offset,
                 },
             )
             .collect(),
     }
 }
 
-/// A settlement from the API.
-pub fn settle_request(settlement: pb::Settlement) -> q::SettleRequest {
+/// A settlement from the API, with the topic it names.
+pub fn settle_request(settlement: pb::Settlement) -> (String, q::SettleRequest) {
     use pb::settlement::Action;
     let action = match settlement.action {
         None | Some(Action::Ack(_)) => q::SettleAction::Ack {
@@ -125,12 +136,15 @@ pub fn settle_request(settlement: pb::Settlement) -> q::SettleRequest {
             reason: term.reason,
         },
     };
-    q::SettleRequest {
-        partition: settlement.partition,
-        offset: settlement.offset,
-        attempt: settlement.attempt,
-        action,
-    }
+    (
+        settlement.topic,
+        q::SettleRequest {
+            partition: settlement.partition,
+            offset: settlement.offset,
+            attempt: settlement.attempt,
+            action,
+        },
+    )
 }
 
 /// A settlement's outcome for the API.

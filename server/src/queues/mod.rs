@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tidelog_proto::v1::{QueueConsumeResponse, QueueDelivery, queue_consume_response};
 use tidelog_storage::filter::Filtered;
-use tidelog_storage::queue::{QueueEngine, SettleOutcome, SettleRequest};
+use tidelog_storage::queue::{QueueEngine, SettleOutcome, SettleRequest, admin};
 use tidelog_storage::{Error, Store};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tonic::Status;
@@ -58,22 +58,19 @@ struct Member {
     sink: Sink,
 }
 
-/// One queue in use.
+/// One topic of a runtime's queue, with the engine of the queue that holds its state:
+/// the queue itself, or a pattern queue's queue for that topic.
 #[derive(Debug)]
-pub struct Runtime {
-    name: String,
-    metrics: Arc<Metrics>,
+struct Part {
+    topic: String,
+    /// The storage queue (a pattern queue's per-topic queue has its own name).
+    queue: String,
     engine: Arc<Mutex<QueueEngine>>,
-    members: Mutex<HashMap<String, Member>>,
-    wake: Notify,
-    stopped: AtomicBool,
+    /// The engine's filter counters already added to the metrics.
+    filtered_reported: Mutex<Filtered>,
 }
 
-impl Runtime {
-    fn wake(&self) {
-        self.wake.notify_one();
-    }
-
+impl Part {
     /// Runs `f` on the engine on the blocking pool, and returns once the history
     /// events it recorded are durable too. The engine defers them (see
     /// `QueueEngine::defer_history`): they are waited for after the engine is let go,
@@ -98,9 +95,100 @@ impl Runtime {
         .map_err(|e| convert::status(&e))
     }
 
+    /// Opens the engine of storage queue `queue` on `topic`.
+    async fn open(store: &Arc<Store>, topic: String, queue: String) -> Result<Part, Status> {
+        let store = store.clone();
+        let name = queue.clone();
+        let engine = tokio::task::spawn_blocking(move || {
+            QueueEngine::open(store, &name).map(|mut engine| {
+                // Part::with_engine waits for the history after letting go of the
+                // engine.
+                engine.defer_history(true);
+                engine
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(format!("opening the queue engine failed: {e}")))?
+        .map_err(|e| convert::status(&e))?;
+        Ok(Part {
+            topic,
+            queue,
+            engine: Arc::new(Mutex::new(engine)),
+            filtered_reported: Mutex::new(Filtered::default()),
+        })
+    }
+
+    /// Adds what the queue's filter skipped since the last report to the `queue` kind
+    /// of the filtered-messages metric.
+    fn report_filtered(&self, metrics: &Metrics) {
+        let counters = lock(&self.engine).counters;
+        let now = Filtered {
+            skipped: counters.filtered,
+            not_json: counters.filtered_not_json,
+        };
+        let mut reported = lock(&self.filtered_reported);
+        metrics.filtered(
+            "queue",
+            Filtered {
+                skipped: now.skipped.saturating_sub(reported.skipped),
+                not_json: now.not_json.saturating_sub(reported.not_json),
+            },
+        );
+        *reported = now;
+    }
+}
+
+/// One queue in use: a queue on one topic (one part), or a queue on a topic pattern
+/// (a part per topic it has taken, which come and go as topics are created and
+/// deleted). Members belong to the runtime and are served by every part.
+#[derive(Debug)]
+pub struct Runtime {
+    name: String,
+    /// A queue on a topic pattern: its parts are synced with the topics.
+    pattern: bool,
+    metrics: Arc<Metrics>,
+    parts: Mutex<Vec<Arc<Part>>>,
+    members: Mutex<HashMap<String, Member>>,
+    wake: Notify,
+    stopped: AtomicBool,
+    /// Rotates which part delivers first, so no topic starves the others.
+    turn: AtomicU64,
+    /// Topics were created or deleted: sync the parts now (a pattern queue).
+    resync: AtomicBool,
+}
+
+/// How often a queue on a topic pattern looks for new and deleted topics (besides
+/// when the broker's topic admin tells it).
+const PATTERN_SYNC_INTERVAL: Duration = Duration::from_millis(500);
+
+impl Runtime {
+    fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    fn parts(&self) -> Vec<Arc<Part>> {
+        lock(&self.parts).clone()
+    }
+
+    /// The config deliveries follow (every part has the same).
+    async fn config(
+        &self,
+        store: &Arc<Store>,
+    ) -> Result<tidelog_storage::queue::QueueConfig, Status> {
+        if let Some(part) = self.parts().first() {
+            return part.with_engine(|engine| engine.config()).await;
+        }
+        let name = self.name.clone();
+        store
+            .queues()
+            .read(|q| q.pattern(&name).map(|p| p.config.clone()))
+            .ok_or_else(|| convert::status(&Error::not_found(format!("queue {:?}", self.name))))
+    }
+
     /// A member joins with `credit` deliveries allowed.
     fn join(&self, member: &str, client_id: &str, credit: u64, sink: Sink) {
-        lock(&self.engine).member_joined(member);
+        // Listed first, then joined to the parts there are: a part added meanwhile
+        // joins every listed member after it is in place (see `sync_parts`).
         lock(&self.members).insert(
             member.to_string(),
             Member {
@@ -109,13 +197,18 @@ impl Runtime {
                 sink,
             },
         );
+        for part in self.parts() {
+            lock(&part.engine).member_joined(member);
+        }
         self.wake();
     }
 
     /// A stream member leaves: what it holds is delivered again to others.
     fn leave(&self, member: &str) {
         lock(&self.members).remove(member);
-        lock(&self.engine).member_left(member);
+        for part in self.parts() {
+            lock(&part.engine).member_left(member);
+        }
         self.wake();
     }
 
@@ -126,29 +219,83 @@ impl Runtime {
         self.wake();
     }
 
-    /// Settles for `member` (None: whoever holds the deliveries).
+    /// Settles for `member` (None: whoever holds the deliveries). Each settlement
+    /// names its topic; on a queue on one topic the topic is not looked at.
     async fn settle(
         &self,
         member: Option<String>,
-        requests: Vec<SettleRequest>,
+        requests: Vec<(String, SettleRequest)>,
     ) -> Result<Vec<SettleOutcome>, Status> {
-        let (outcomes, latencies) = self
-            .with_engine(move |engine| {
-                let outcomes = engine.settle(member.as_deref(), &requests)?;
-                Ok((outcomes, engine.take_ack_latencies()))
-            })
-            .await?;
-        self.metrics.queue_acked(&self.name, &latencies);
+        let parts = self.parts();
+        let mut outcomes: Vec<Option<SettleOutcome>> = vec![None; requests.len()];
+        // Per part, the requests (and where their outcomes go), in request order.
+        let mut by_part: Vec<(Arc<Part>, Vec<usize>, Vec<SettleRequest>)> = Vec::new();
+        for (index, (topic, request)) in requests.into_iter().enumerate() {
+            let part = if self.pattern {
+                if topic.is_empty() {
+                    outcomes[index] = Some(SettleOutcome::Invalid(format!(
+                        "queue {:?} is on a topic pattern: name the delivery's topic (Settlement.topic, from ConsumedMessage.topic)",
+                        self.name
+                    )));
+                    continue;
+                }
+                parts.iter().find(|p| p.topic == topic)
+            } else {
+                parts.first()
+            };
+            let Some(part) = part else {
+                outcomes[index] = Some(SettleOutcome::NotFound(format!(
+                    "topic {topic:?} in queue {:?} (not one of its topics now)",
+                    self.name
+                )));
+                continue;
+            };
+            match by_part.iter_mut().find(|(p, _, _)| Arc::ptr_eq(p, part)) {
+                Some((_, indexes, batch)) => {
+                    indexes.push(index);
+                    batch.push(request);
+                }
+                None => by_part.push((part.clone(), vec![index], vec![request])),
+            }
+        }
+        for (part, indexes, batch) in by_part {
+            let member = member.clone();
+            let (settled, latencies) = part
+                .with_engine(move |engine| {
+                    let outcomes = engine.settle(member.as_deref(), &batch)?;
+                    Ok((outcomes, engine.take_ack_latencies()))
+                })
+                .await?;
+            self.metrics.queue_acked(&self.name, &latencies);
+            for (index, outcome) in indexes.into_iter().zip(settled) {
+                outcomes[index] = Some(outcome);
+            }
+        }
         self.wake();
-        Ok(outcomes)
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| SettleOutcome::Invalid("not settled".into())))
+            .collect())
+    }
+
+    /// Deliveries `member` holds over every part.
+    fn unacked(parts: &[Arc<Part>], member: &str) -> u64 {
+        parts.iter().map(|p| lock(&p.engine).unacked(member)).sum()
     }
 
     /// (member id, client id, unacked) of every member.
     fn member_list(&self) -> Vec<(String, String, u64)> {
-        let engine = lock(&self.engine);
-        let mut members: Vec<_> = lock(&self.members)
+        let parts = self.parts();
+        let ids: Vec<(String, String)> = lock(&self.members)
             .iter()
-            .map(|(id, m)| (id.clone(), m.client_id.clone(), engine.unacked(id)))
+            .map(|(id, m)| (id.clone(), m.client_id.clone()))
+            .collect();
+        let mut members: Vec<_> = ids
+            .into_iter()
+            .map(|(id, client)| {
+                let unacked = Self::unacked(&parts, &id);
+                (id, client, unacked)
+            })
             .collect();
         members.sort();
         members
@@ -166,20 +313,21 @@ impl Runtime {
     }
 
     /// What each member can take now: credit, capped by its room under the unacked
-    /// limit.
-    fn wants(&self) -> Vec<(String, u32)> {
-        let (max_unacked, unacked): (u64, HashMap<String, u64>) = {
-            let engine = lock(&self.engine);
-            let max = engine
+    /// limit (over every part).
+    fn wants(&self, parts: &[Arc<Part>]) -> Vec<(String, u32)> {
+        let max_unacked = parts.first().map_or(0, |p| {
+            lock(&p.engine)
                 .config()
-                .map_or(0, |c| u64::from(c.max_unacked_per_member));
-            let members = lock(&self.members);
-            let unacked = members
-                .keys()
-                .map(|id| (id.clone(), engine.unacked(id)))
-                .collect();
-            (max, unacked)
-        };
+                .map_or(0, |c| u64::from(c.max_unacked_per_member))
+        });
+        let ids: Vec<String> = lock(&self.members).keys().cloned().collect();
+        let unacked: HashMap<String, u64> = ids
+            .into_iter()
+            .map(|id| {
+                let n = Self::unacked(parts, &id);
+                (id, n)
+            })
+            .collect();
         lock(&self.members)
             .iter()
             .filter(|(_, m)| match &m.sink {
@@ -194,19 +342,19 @@ impl Runtime {
             .collect()
     }
 
-    /// Hands deliveries to their members.
-    fn dispatch(&self, batches: Vec<(String, Vec<tidelog_storage::queue::Delivery>)>) {
+    /// Hands a part's deliveries to their members.
+    fn dispatch(&self, part: &Part, batches: Vec<(String, Vec<tidelog_storage::queue::Delivery>)>) {
         let mut members = lock(&self.members);
         for (id, deliveries) in batches {
             let count = deliveries.len() as u64;
             let deliveries: Vec<QueueDelivery> = deliveries
                 .into_iter()
-                .map(convert::queue_delivery)
+                .map(|d| convert::queue_delivery(&part.topic, d))
                 .collect();
             let Some(member) = members.get_mut(&id) else {
                 // Gone between the choice and now: the engine gives its leases up.
                 drop(members);
-                lock(&self.engine).member_left(&id);
+                lock(&part.engine).member_left(&id);
                 members = lock(&self.members);
                 continue;
             };
@@ -230,66 +378,115 @@ impl Runtime {
         }
     }
 
-    /// Adds what the queue's filter skipped since `reported` (the engine's counters
-    /// then) to the `queue` kind of the filtered-messages metric.
-    fn report_filtered(&self, reported: &mut Filtered) {
-        let counters = lock(&self.engine).counters;
-        let now = Filtered {
-            skipped: counters.filtered,
-            not_json: counters.filtered_not_json,
-        };
-        self.metrics.filtered(
-            "queue",
-            Filtered {
-                skipped: now.skipped.saturating_sub(reported.skipped),
-                not_json: now.not_json.saturating_sub(reported.not_json),
-            },
+    /// Brings a pattern queue's parts in line with the topics it has taken: takes
+    /// new matching topics (storage decides), opens their engines (every member
+    /// joined), and drops the parts of topics that are gone.
+    async fn sync_parts(&self, store: &Arc<Store>) -> Result<(), Status> {
+        let name = self.name.clone();
+        let owned = store.clone();
+        let serving = tokio::task::spawn_blocking(move || {
+            admin::sync_pattern_queue(&*owned, &name)?;
+            admin::serving_queues(&*owned, &name)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the queue sync task failed: {e}")))?
+        .map_err(|e| convert::status(&e))?;
+        let current = self.parts();
+        let mut next: Vec<Arc<Part>> = Vec::with_capacity(serving.len());
+        let mut added = Vec::new();
+        for (topic, queue) in serving {
+            match current.iter().find(|p| p.queue == queue) {
+                Some(part) => next.push(part.clone()),
+                None => {
+                    let part = Arc::new(Part::open(store, topic, queue).await?);
+                    added.push(part.clone());
+                    next.push(part);
+                }
+            }
+        }
+        if added.is_empty() && next.len() == current.len() {
+            return Ok(());
+        }
+        tracing::info!(
+            queue = %self.name,
+            topics = ?next.iter().map(|p| p.topic.as_str()).collect::<Vec<_>>(),
+            "queue on a topic pattern: topics changed"
         );
-        *reported = now;
+        *lock(&self.parts) = next;
+        let ids: Vec<String> = lock(&self.members).keys().cloned().collect();
+        for part in &added {
+            let mut engine = lock(&part.engine);
+            for id in &ids {
+                engine.member_joined(id);
+            }
+        }
+        Ok(())
     }
 
     /// Delivers, runs timers and sleeps, until the queue is stopped or the broker
     /// shuts down.
     async fn drive(self: Arc<Self>, store: Arc<Store>, shutdown: Shutdown) {
-        let mut filtered_reported = Filtered::default();
+        let mut synced = tokio::time::Instant::now();
         while !self.stopped.load(Ordering::Acquire) && !shutdown.is_triggered() {
-            let now = store.clock().now_ms();
-            let due = lock(&self.engine).next_wakeup().is_some_and(|at| at <= now);
-            if due && let Err(status) = self.with_engine(|e| e.tick()).await {
-                self.failed(&status).await;
-                continue;
-            }
-            let capped = self.with_engine(|e| e.enforce_caps()).await;
-            self.report_filtered(&mut filtered_reported);
-            if let Err(status) = capped {
-                self.failed(&status).await;
-                continue;
-            }
-            let wants = self.wants();
-            if !wants.is_empty() {
-                let delivered = self.with_engine(move |e| e.deliver(&wants)).await;
-                self.report_filtered(&mut filtered_reported);
-                match delivered {
-                    Ok(batches) => {
-                        let delivered = !batches.is_empty();
-                        self.dispatch(batches);
-                        if delivered || lock(&self.engine).behind() {
-                            continue;
-                        }
-                    }
-                    Err(status) => {
-                        self.failed(&status).await;
-                        continue;
-                    }
+            let asked = self.resync.swap(false, Ordering::AcqRel);
+            if self.pattern && (asked || synced.elapsed() >= PATTERN_SYNC_INTERVAL) {
+                synced = tokio::time::Instant::now();
+                if let Err(status) = self.sync_parts(&store).await {
+                    self.failed(&status).await;
+                    continue;
                 }
             }
-            self.wait(&store, &shutdown, !self.wants().is_empty()).await;
+            match self.round(&store).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(status) => {
+                    self.failed(&status).await;
+                    continue;
+                }
+            }
+            let parts = self.parts();
+            let wanted = !self.wants(&parts).is_empty();
+            self.wait(&store, &shutdown, &parts, wanted).await;
         }
+    }
+
+    /// One round over the parts: timers, caps, then deliveries while members want
+    /// them, starting with a different part each round. Whether to go again at once
+    /// (something was delivered, or a part is behind).
+    async fn round(&self, store: &Store) -> Result<bool, Status> {
+        let mut parts = self.parts();
+        if !parts.is_empty() {
+            let turn = self.turn.fetch_add(1, Ordering::Relaxed) as usize % parts.len();
+            parts.rotate_left(turn);
+        }
+        let now = store.clock().now_ms();
+        for part in &parts {
+            let due = lock(&part.engine).next_wakeup().is_some_and(|at| at <= now);
+            if due {
+                part.with_engine(|e| e.tick()).await?;
+            }
+            let capped = part.with_engine(|e| e.enforce_caps()).await;
+            part.report_filtered(&self.metrics);
+            capped?;
+        }
+        let mut again = false;
+        for part in &parts {
+            let wants = self.wants(&parts);
+            if wants.is_empty() {
+                break;
+            }
+            let delivered = part.with_engine(move |e| e.deliver(&wants)).await;
+            part.report_filtered(&self.metrics);
+            let batches = delivered?;
+            again |= !batches.is_empty() || lock(&part.engine).behind();
+            self.dispatch(part, batches);
+        }
+        Ok(again)
     }
 
     /// Logs an engine failure; a deleted queue stops the runtime.
     async fn failed(&self, status: &Status) {
-        if status.code() == tonic::Code::NotFound {
+        if status.code() == tonic::Code::NotFound && self.gone() {
             self.stop(status.clone());
             return;
         }
@@ -297,11 +494,26 @@ impl Runtime {
         tokio::time::sleep(ERROR_BACKOFF).await;
     }
 
+    /// Whether the queue is gone: for a queue on a pattern, a NOT_FOUND may be about
+    /// one of its topics (deleted), which the next sync drops.
+    fn gone(&self) -> bool {
+        !self.pattern || self.stopped.load(Ordering::Acquire)
+    }
+
     /// Sleeps until a member asks, the next timer, new messages (when a member wants
-    /// some) or the broker stops.
-    async fn wait(&self, store: &Store, shutdown: &Shutdown, data_wanted: bool) {
+    /// some), the next topic sync (a pattern queue) or the broker stops.
+    async fn wait(
+        &self,
+        store: &Store,
+        shutdown: &Shutdown,
+        parts: &[Arc<Part>],
+        data_wanted: bool,
+    ) {
         let notified = self.wake.notified();
-        let next = lock(&self.engine).next_wakeup();
+        let next = parts
+            .iter()
+            .filter_map(|p| lock(&p.engine).next_wakeup())
+            .min();
         let sleep = async {
             match next {
                 Some(at) => {
@@ -312,20 +524,21 @@ impl Runtime {
                 None => std::future::pending().await,
             }
         };
+        let resync = async {
+            if self.pattern {
+                tokio::time::sleep(PATTERN_SYNC_INTERVAL).await
+            } else {
+                std::future::pending().await
+            }
+        };
         let mut waits: Vec<Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
-        if data_wanted
-            && let Some(topic) = lock(&self.engine)
-                .config()
-                .ok()
-                .and_then(|_| {
-                    store
-                        .queues()
-                        .read(|q| q.get(&self.name).map(|q| q.topic.clone()))
-                })
-                .and_then(|name| store.topic(&name).ok())
-        {
-            for partition in topic.partitions() {
-                waits.push(Box::pin(partition.wait_for_data(partition.end_offset())));
+        if data_wanted {
+            for part in parts {
+                if let Ok(topic) = store.topic(&part.topic) {
+                    for partition in topic.partitions() {
+                        waits.push(Box::pin(partition.wait_for_data(partition.end_offset())));
+                    }
+                }
             }
         }
         let data = poll_fn(|cx| {
@@ -339,6 +552,7 @@ impl Runtime {
         tokio::select! {
             _ = notified => {}
             _ = sleep => {}
+            _ = resync => {}
             _ = data, if data_wanted => {}
             _ = shutdown.wait() => {}
         }
@@ -366,36 +580,39 @@ impl QueueManager {
         }
     }
 
-    /// The runtime of queue `name`, started on first use.
+    /// The runtime of queue `name`, started on first use. NOT_FOUND for a queue that
+    /// does not exist (or a name only a pattern queue's own queues have).
     pub async fn runtime(&self, name: &str) -> Result<Arc<Runtime>, Status> {
         if let Some(runtime) = lock(&self.runtimes).get(name) {
             return Ok(runtime.clone());
         }
-        let store = self.store.clone();
-        let owned = name.to_string();
-        let engine = tokio::task::spawn_blocking(move || {
-            QueueEngine::open(store, &owned).map(|mut engine| {
-                // Runtime::with_engine waits for the history after letting go of the
-                // engine.
-                engine.defer_history(true);
-                engine
-            })
-        })
-        .await
-        .map_err(|e| Status::internal(format!("opening the queue engine failed: {e}")))?
-        .map_err(|e| convert::status(&e))?;
+        let pattern = self.store.queues().read(|q| q.pattern(name).is_some());
+        let mut parts = Vec::new();
+        if !pattern {
+            let serving =
+                admin::serving_queues(&*self.store, name).map_err(|e| convert::status(&e))?;
+            for (topic, queue) in serving {
+                parts.push(Arc::new(Part::open(&self.store, topic, queue).await?));
+            }
+        }
+        let runtime = Arc::new(Runtime {
+            name: name.to_string(),
+            pattern,
+            metrics: self.metrics.clone(),
+            parts: Mutex::new(parts),
+            members: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            stopped: AtomicBool::new(false),
+            turn: AtomicU64::new(0),
+            resync: AtomicBool::new(false),
+        });
+        if pattern {
+            runtime.sync_parts(&self.store).await?;
+        }
         let mut runtimes = lock(&self.runtimes);
         if let Some(runtime) = runtimes.get(name) {
             return Ok(runtime.clone());
         }
-        let runtime = Arc::new(Runtime {
-            name: name.to_string(),
-            metrics: self.metrics.clone(),
-            engine: Arc::new(Mutex::new(engine)),
-            members: Mutex::new(HashMap::new()),
-            wake: Notify::new(),
-            stopped: AtomicBool::new(false),
-        });
         runtimes.insert(name.to_string(), runtime.clone());
         tokio::spawn(
             runtime
@@ -403,6 +620,16 @@ impl QueueManager {
                 .drive(self.store.clone(), self.shutdown.clone()),
         );
         Ok(runtime)
+    }
+
+    /// Topics were created or deleted: queues on a topic pattern look again now.
+    pub fn topics_changed(&self) {
+        for runtime in lock(&self.runtimes).values() {
+            if runtime.pattern {
+                runtime.resync.store(true, Ordering::Release);
+                runtime.wake();
+            }
+        }
     }
 
     /// Stops queue `name`'s runtime (it was deleted): its members' streams end with
@@ -419,7 +646,7 @@ impl QueueManager {
     pub fn forget_missing(&self) {
         let names: Vec<String> = lock(&self.runtimes).keys().cloned().collect();
         for name in names {
-            if self.store.queues().read(|q| q.get(&name).is_none()) {
+            if self.store.queues().read(|q| !q.exists(&name)) {
                 self.queue_deleted(&name);
             }
         }
@@ -434,12 +661,7 @@ impl QueueManager {
         {
             return;
         }
-        let names: Vec<String> = self.store.queues().read(|q| {
-            q.iter()
-                .filter(|q| q.topic == topic.name())
-                .map(|q| q.name.clone())
-                .collect()
-        });
+        let names = admin::list_queues(&*self.store, Some(topic.name()));
         for name in names {
             if let Some(runtime) = lock(&self.runtimes).get(&name) {
                 runtime.wake();
@@ -469,23 +691,6 @@ impl QueueManager {
         )
     }
 
-    pub fn engine_metrics(
-        &self,
-    ) -> Vec<(
-        String,
-        tidelog_storage::queue::engine::EngineCounters,
-        Vec<u64>,
-    )> {
-        let runtimes: Vec<Arc<Runtime>> = lock(&self.runtimes).values().cloned().collect();
-        runtimes
-            .iter()
-            .map(|r| {
-                let mut engine = lock(&r.engine);
-                (r.name.clone(), engine.counters, engine.take_ack_latencies())
-            })
-            .collect()
-    }
-
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
@@ -494,14 +699,17 @@ impl QueueManager {
 impl crate::metrics::QueueMetricsSource for QueueManager {
     fn queue_metrics(&self) -> Vec<crate::metrics::QueueMetrics> {
         let now = self.store.clock().now_ms();
-        let names: Vec<String> = self
-            .store
-            .queues()
-            .read(|q| q.iter().map(|q| q.name.clone()).collect());
+        let names = admin::list_queues(&*self.store, None);
         let counters: HashMap<String, tidelog_storage::queue::engine::EngineCounters> =
             lock(&self.runtimes)
                 .iter()
-                .map(|(name, r)| (name.clone(), lock(&r.engine).counters))
+                .map(|(name, r)| {
+                    let mut sum = tidelog_storage::queue::engine::EngineCounters::default();
+                    for part in r.parts() {
+                        sum.add(&lock(&part.engine).counters);
+                    }
+                    (name.clone(), sum)
+                })
                 .collect();
         names
             .into_iter()

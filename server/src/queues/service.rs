@@ -65,7 +65,13 @@ impl QueuesService {
     async fn describe(&self, name: &str) -> Result<QueueDescription, Status> {
         let owned = name.to_string();
         let status = self
-            .blocking(move |store| admin::queue_status(store, &owned, store.clock().now_ms()))
+            .blocking(move |store| {
+                // A pattern queue takes the topics that match now before it is shown.
+                if store.queues().read(|q| q.pattern(&owned).is_some()) {
+                    admin::sync_pattern_queue(store, &owned)?;
+                }
+                admin::queue_status(store, &owned, store.clock().now_ms())
+            })
             .await?;
         Ok(convert::queue_description(
             &status,
@@ -78,6 +84,28 @@ impl QueuesService {
         self.state
             .metrics
             .rpc_finished(method, started, result.as_ref().err().map(Status::code));
+    }
+}
+
+/// The storage queue whose delivery history answers for `topic` in queue `name`: the
+/// queue itself, or a pattern queue's queue of that topic (which must be named).
+fn history_queue(store: &Store, name: &str, topic: &str) -> tidelog_storage::Result<String> {
+    let pattern = store
+        .queues()
+        .read(|q| q.pattern(name).map(|p| p.pattern.clone()));
+    match (pattern, topic.is_empty()) {
+        (Some(pattern), true) => Err(tidelog_storage::Error::invalid(format!(
+            "queue {name:?} is on topic pattern {pattern:?}: name the topic whose deliveries to list (`topic`)"
+        ))),
+        (None, true) => admin::queue_for_topic(
+            store,
+            name,
+            &store
+                .queues()
+                .read(|q| q.get(name).map(|q| q.topic.clone()))
+                .unwrap_or_default(),
+        ),
+        (_, false) => admin::queue_for_topic(store, name, topic),
     }
 }
 
@@ -99,25 +127,50 @@ impl Queues for QueuesService {
         request: Request<CreateQueueRequest>,
     ) -> Result<Response<CreateQueueResponse>, Status> {
         let started = Instant::now();
+        // A pattern queue takes topics that do not exist yet: it needs the permission
+        // on every topic.
+        let topic_target = match request.get_ref().topic_pattern.is_empty() {
+            true => request.get_ref().topic.clone(),
+            false => "*".to_string(),
+        };
         let denied = self.state.auth.authorize(
             &request,
             &[
                 Target::queue(&request.get_ref().name),
-                Target::topic(&request.get_ref().topic),
+                Target::topic(&topic_target),
             ],
         );
         let request = request.into_inner();
         let result = async {
             denied?;
             let start = convert::start_at(request.start)?;
-            let mut config = convert::queue_config_from_proto(&request.topic, request.config);
+            let pattern = match (request.topic.is_empty(), request.topic_pattern.is_empty()) {
+                (false, true) => None,
+                (true, false) => Some(request.topic_pattern.clone()),
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "set exactly one of topic and topic_pattern: the topic the queue consumes, or a pattern of topics",
+                    ));
+                }
+            };
+            // A pattern queue's dead letters default to "<name>.dlq" (one topic for all).
+            let defaults_for = match &pattern {
+                None => &request.topic,
+                Some(_) => &request.name,
+            };
+            let mut config = convert::queue_config_from_proto(defaults_for, request.config);
             // Checked here for the error that names the position; stored as text.
             if convert::filter(&request.filter)?.is_some() {
                 config.filter = Some(request.filter.clone());
             }
             let (name, topic) = (request.name.clone(), request.topic.clone());
-            self.blocking(move |store| admin::create_queue(store, &name, &topic, start, config))
-                .await?;
+            self.blocking(move |store| match pattern {
+                None => admin::create_queue(store, &name, &topic, start, config).map(drop),
+                Some(pattern) => {
+                    admin::create_pattern_queue(store, &name, &pattern, start, config).map(drop)
+                }
+            })
+            .await?;
             Ok(CreateQueueResponse {
                 queue: Some(self.describe(&request.name).await?),
             })
@@ -194,10 +247,7 @@ impl Queues for QueuesService {
             let names: Vec<String> = admin::list_queues(
                 &*self.state.store,
                 (!topic.is_empty()).then_some(topic.as_str()),
-            )
-            .into_iter()
-            .map(|q| q.name)
-            .collect();
+            );
             let mut queues = Vec::with_capacity(names.len());
             for name in names {
                 if !auth.may_caller(caller.as_ref(), Target::queue(&name)) {
@@ -302,10 +352,11 @@ impl Queues for QueuesService {
                 limit: request.limit,
                 cursor: (!request.cursor.is_empty()).then_some(request.cursor),
             };
-            let name = request.queue;
+            let (name, topic) = (request.queue, request.topic);
             let page = self
                 .blocking(move |store| {
-                    inspect::list_deliveries(store, &name, &query, store.clock().now_ms())
+                    let queue = history_queue(store, &name, &topic)?;
+                    inspect::list_deliveries(store, &queue, &query, store.clock().now_ms())
                 })
                 .await?;
             Ok(ListDeliveriesResponse {
@@ -351,7 +402,7 @@ impl Queues for QueuesService {
                 .check(caller.as_ref(), &[Target::queue(&open.queue)])?;
             queue_name.clone_from(&open.queue);
             let runtime = self.manager().runtime(&open.queue).await?;
-            let config = runtime.with_engine(|engine| engine.config()).await?;
+            let config = runtime.config(&self.state.store).await?;
             let member = self.manager().member_id();
             let (tx, rx) = mpsc::unbounded_channel();
             let _ = tx.send(Ok(QueueConsumeResponse {

@@ -4,9 +4,13 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use super::state::{Hold, Queue, QueueConfig, QueueOp, validate_queue_name};
+use super::state::{
+    Hold, PATTERN_QUEUE_NAME_BYTES_MAX, PatternQueue, Queue, QueueConfig, QueueOp,
+    pattern_child_name, pattern_child_parent, validate_new_queue_name,
+};
 use crate::batch::NewRecord;
 use crate::error::{Error, Result};
+use crate::pattern::TopicPattern;
 use crate::queue::QueueHost;
 use crate::topic::Topic;
 
@@ -34,20 +38,16 @@ pub const DLQ_HEADERS: [&str; 8] = [
 /// Dead letters moved back by one redrive call when the caller does not say.
 pub const REDRIVE_DEFAULT_MESSAGES: u32 = 1000;
 
-/// Where a new queue starts in every partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartAt {
-    Earliest,
-    Latest,
-    /// The first message at or after this time (the end where there is none).
-    TimestampMs(i64),
-}
+pub use super::state::StartAt;
 
 /// A queue as it stands now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueStatus {
     pub name: String,
+    /// Its topic (empty for a queue on a topic pattern).
     pub topic: String,
+    /// The topic pattern of a queue on one.
+    pub pattern: Option<String>,
     pub config: QueueConfig,
     pub levels: u8,
     /// Messages stored and not taken yet, plus taken ones whose (re)delivery is due.
@@ -60,12 +60,47 @@ pub struct QueueStatus {
     pub waiting: u64,
     /// Age of the oldest unsettled delivery, 0 when there is none.
     pub oldest_unacked_age_ms: u64,
-    /// (partition, settled below, end offset).
-    pub partitions: Vec<(u32, u64, u64)>,
+    /// (topic, partition, settled below, end offset), by topic and partition.
+    pub partitions: Vec<(String, u32, u64, u64)>,
 }
 
 fn not_found(name: &str) -> Error {
     Error::not_found(format!("queue {name:?}"))
+}
+
+/// Per partition of `topic`, the cursor of each of `levels` where `start` puts it.
+fn start_cursors(topic: &Topic, start: StartAt, levels: u8) -> Result<Vec<(u32, Vec<u64>)>> {
+    let mut cursors = Vec::with_capacity(topic.partitions().len());
+    for partition in topic.partitions() {
+        let at = match start {
+            StartAt::Earliest => partition.log_start(),
+            StartAt::Latest => partition.end_offset(),
+            StartAt::TimestampMs(ms) => partition
+                .offset_for_timestamp(ms)?
+                .unwrap_or_else(|| partition.end_offset()),
+        };
+        cursors.push((partition.id(), vec![at; usize::from(levels)]));
+    }
+    Ok(cursors)
+}
+
+/// The operation that creates queue `name` on `topic` as `start` puts it.
+fn create_op(
+    store: &dyn QueueHost,
+    name: &str,
+    topic: &Topic,
+    start: StartAt,
+    config: QueueConfig,
+) -> Result<QueueOp> {
+    let levels = topic.config().priority_levels.max(1);
+    Ok(QueueOp::Create {
+        name: name.to_string(),
+        topic: topic.name().to_string(),
+        config,
+        levels,
+        created_ms: store.clock().now_ms(),
+        cursors: start_cursors(topic, start, levels)?,
+    })
 }
 
 /// Creates queue `name` on `topic`, starting at `start` in every partition, with the
@@ -77,34 +112,18 @@ pub fn create_queue(
     start: StartAt,
     config: QueueConfig,
 ) -> Result<Queue> {
-    validate_queue_name(name)?;
+    validate_new_queue_name(name)?;
     config.validate()?;
     let topic_handle = store.topic(topic)?;
-    if store.queues().read(|q| q.get(name).is_some()) {
+    if store.queues().read(|q| q.exists(name)) {
         return Err(Error::AlreadyExists {
             what: format!("queue {name:?}"),
         });
     }
-    let levels = topic_handle.config().priority_levels.max(1);
-    let mut cursors = Vec::with_capacity(topic_handle.partitions().len());
-    for partition in topic_handle.partitions() {
-        let at = match start {
-            StartAt::Earliest => partition.log_start(),
-            StartAt::Latest => partition.end_offset(),
-            StartAt::TimestampMs(ms) => partition
-                .offset_for_timestamp(ms)?
-                .unwrap_or_else(|| partition.end_offset()),
-        };
-        cursors.push((partition.id(), vec![at; usize::from(levels)]));
-    }
-    let created = store.queues().append_one(QueueOp::Create {
-        name: name.to_string(),
-        topic: topic.to_string(),
-        config,
-        levels,
-        created_ms: store.clock().now_ms(),
-        cursors,
-    })?;
+    let created =
+        store
+            .queues()
+            .append_one(create_op(store, name, &topic_handle, start, config)?)?;
     if created == 0 {
         return Err(Error::AlreadyExists {
             what: format!("queue {name:?}"),
@@ -116,44 +135,309 @@ pub fn create_queue(
         .ok_or_else(|| not_found(name))
 }
 
-/// Changes queue `name`'s config with `change`, checked before it is stored.
+/// Parses a pattern queue's topic pattern.
+fn parse_pattern(text: &str) -> Result<TopicPattern> {
+    TopicPattern::parse(text).map_err(|e| Error::invalid(format!("topic_pattern {e}")))
+}
+
+/// Whether pattern queue `queue` takes topic `name`: its pattern matches and it is
+/// not the queue's own dead-letter topic (whose letters it would otherwise consume).
+fn takes_topic(queue: &PatternQueue, pattern: &TopicPattern, name: &str) -> bool {
+    pattern.matches(name) && name != queue.config.dead_letter_topic
+}
+
+/// Creates queue `name` on every topic `pattern` matches, now and later: the topics
+/// matching now start at `start`, later ones as [`StartAt::for_later_topic`] says
+/// (they are taken by [`sync_pattern_queue`]). Its dead letters go to one topic
+/// (`config.dead_letter_topic`), which it never consumes itself.
+pub fn create_pattern_queue(
+    store: &dyn QueueHost,
+    name: &str,
+    pattern: &str,
+    start: StartAt,
+    config: QueueConfig,
+) -> Result<PatternQueue> {
+    validate_new_queue_name(name)?;
+    if name.len() > PATTERN_QUEUE_NAME_BYTES_MAX {
+        return Err(Error::invalid(format!(
+            "queue name {name:?} is {} bytes; a queue on a topic pattern takes at most {PATTERN_QUEUE_NAME_BYTES_MAX}",
+            name.len()
+        )));
+    }
+    let parsed = parse_pattern(pattern)?;
+    config.validate()?;
+    if store.queues().read(|q| q.exists(name)) {
+        return Err(Error::AlreadyExists {
+            what: format!("queue {name:?}"),
+        });
+    }
+    let mut queue = PatternQueue {
+        name: name.to_string(),
+        pattern: pattern.to_string(),
+        config,
+        start,
+        created_ms: store.clock().now_ms(),
+        next_child: 0,
+    };
+    // The definition and the queues of the topics matching now, in one append: a crash
+    // leaves all of them or none.
+    let mut ops = Vec::new();
+    let mut topics = store.topics();
+    topics.sort_by(|a, b| a.name().cmp(b.name()));
+    for topic in topics {
+        if takes_topic(&queue, &parsed, topic.name()) {
+            let child = pattern_child_name(name, queue.next_child + ops.len() as u32);
+            ops.push(create_op(
+                store,
+                &child,
+                &topic,
+                start,
+                queue.config.clone(),
+            )?);
+        }
+    }
+    queue.next_child = ops.len() as u32;
+    ops.insert(0, QueueOp::CreatePattern(queue.clone()));
+    let outcomes = store.queues().append(ops)?;
+    if outcomes.first() != Some(&1) {
+        return Err(Error::AlreadyExists {
+            what: format!("queue {name:?}"),
+        });
+    }
+    store
+        .queues()
+        .read(|q| q.pattern(name).cloned())
+        .ok_or_else(|| not_found(name))
+}
+
+/// What [`sync_pattern_queue`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PatternSync {
+    /// Topics that got a queue.
+    pub added: Vec<String>,
+    /// Per-topic queues deleted (their topic was gone).
+    pub removed: Vec<String>,
+}
+
+/// Gives pattern queue `name` a queue on every topic its pattern matches that has
+/// none yet (starting as [`StartAt::for_later_topic`] says), and deletes the queues of
+/// topics that are gone. Cheap when nothing changed (no write).
+pub fn sync_pattern_queue(store: &dyn QueueHost, name: &str) -> Result<PatternSync> {
+    let Some(queue) = store.queues().read(|q| q.pattern(name).cloned()) else {
+        return Err(not_found(name));
+    };
+    let pattern = parse_pattern(&queue.pattern)?;
+    let children: BTreeMap<String, String> = store.queues().read(|q| {
+        q.children(name)
+            .map(|c| (c.topic.clone(), c.name.clone()))
+            .collect()
+    });
+    let mut topics = store.topics();
+    topics.sort_by(|a, b| a.name().cmp(b.name()));
+    let mut sync = PatternSync::default();
+    let mut ops = Vec::new();
+    let mut created = Vec::new();
+    let mut next = queue.next_child;
+    for topic in &topics {
+        if children.contains_key(topic.name()) || !takes_topic(&queue, &pattern, topic.name()) {
+            continue;
+        }
+        let child = pattern_child_name(name, next);
+        next += 1;
+        ops.push(create_op(
+            store,
+            &child,
+            topic,
+            queue.start.for_later_topic(),
+            queue.config.clone(),
+        )?);
+        created.push((topic.clone(), child));
+        sync.added.push(topic.name().to_string());
+    }
+    let live = |topic: &str| topics.iter().any(|t| t.name() == topic);
+    for (topic, child) in &children {
+        if !live(topic) {
+            ops.push(QueueOp::Delete {
+                name: child.clone(),
+            });
+            sync.removed.push(child.clone());
+        }
+    }
+    if ops.is_empty() {
+        return Ok(sync);
+    }
+    // Gone since the definition was read: nothing to give it.
+    if !store.queues().read(|q| {
+        q.pattern(name)
+            .is_some_and(|p| p.created_ms == queue.created_ms)
+    }) {
+        return Err(not_found(name));
+    }
+    store.queues().append(ops)?;
+    // A topic deleted (or deleted and created again) while its queue was being made
+    // may have missed the deletion's sweep of its queues: sweep it here.
+    let mut stale = Vec::new();
+    for (topic, child) in created {
+        let same = store
+            .topic(topic.name())
+            .is_ok_and(|now| std::sync::Arc::ptr_eq(&now, &topic));
+        if !same {
+            stale.push(QueueOp::Delete {
+                name: child.clone(),
+            });
+            sync.removed.push(child);
+        }
+    }
+    if !stale.is_empty() {
+        store.queues().append(stale)?;
+    }
+    for child in &sync.removed {
+        store.remove_queue_history(child)?;
+    }
+    Ok(sync)
+}
+
+/// The queue that holds message state for topic `topic` in queue `name`: the queue
+/// itself when it is on `topic`, its queue for `topic` when it is on a pattern.
+/// NOT_FOUND names the queue and topic when it holds none (a pattern queue's topic
+/// that it has not taken yet, or a queue on another topic).
+pub fn queue_for_topic(store: &dyn QueueHost, name: &str, topic: &str) -> Result<String> {
+    store.queues().read(|q| {
+        if let Some(queue) = user_queue(q, name) {
+            if queue.topic == topic {
+                return Ok(queue.name.clone());
+            }
+            return Err(Error::not_found(format!(
+                "queue {name:?} consumes topic {:?}, not {topic:?}",
+                queue.topic
+            )));
+        }
+        if let Some(pattern) = q.pattern(name) {
+            return q
+                .children(name)
+                .find(|c| c.topic == topic)
+                .map(|c| c.name.clone())
+                .ok_or_else(|| {
+                    Error::not_found(format!(
+                        "topic {topic:?} in queue {name:?} (its pattern {:?} has not taken that topic)",
+                        pattern.pattern
+                    ))
+                });
+        }
+        Err(not_found(name))
+    })
+}
+
+/// The queues serving queue `name`: (topic, queue name) of itself, or of each topic of
+/// a pattern queue. NOT_FOUND for an unknown name (or a pattern queue's own queue).
+pub fn serving_queues(store: &dyn QueueHost, name: &str) -> Result<Vec<(String, String)>> {
+    store.queues().read(|q| {
+        if let Some(queue) = user_queue(q, name) {
+            return Ok(vec![(queue.topic.clone(), queue.name.clone())]);
+        }
+        if q.pattern(name).is_some() {
+            return Ok(q
+                .children(name)
+                .map(|c| (c.topic.clone(), c.name.clone()))
+                .collect());
+        }
+        Err(not_found(name))
+    })
+}
+
+/// Queue `name` as a client may name it: not one of a pattern queue's own queues.
+fn user_queue<'a>(queues: &'a super::Queues, name: &str) -> Option<&'a Queue> {
+    if pattern_child_parent(name).is_some() {
+        return None;
+    }
+    queues.get(name)
+}
+
+/// The name a client knows queue `name` by: its pattern queue's for the queue of one
+/// of its topics, else its own.
+pub fn public_name(name: &str) -> &str {
+    pattern_child_parent(name).map_or(name, |(parent, _)| parent)
+}
+
+/// Changes queue `name`'s config with `change`, checked before it is stored; a pattern
+/// queue's topics' queues change with it. Returns the new config.
 pub fn alter_queue(
     store: &dyn QueueHost,
     name: &str,
     change: impl FnOnce(&mut QueueConfig),
-) -> Result<Queue> {
-    let mut config = store
+) -> Result<QueueConfig> {
+    let (mut config, names) = store
         .queues()
-        .read(|q| q.get(name).map(|q| q.config.clone()))
+        .read(|q| {
+            if let Some(queue) = user_queue(q, name) {
+                return Some((queue.config.clone(), vec![name.to_string()]));
+            }
+            let pattern = q.pattern(name)?;
+            let mut names = vec![name.to_string()];
+            names.extend(q.children(name).map(|c| c.name.clone()));
+            Some((pattern.config.clone(), names))
+        })
         .ok_or_else(|| not_found(name))?;
     change(&mut config);
     config.validate()?;
-    store.queues().append_one(QueueOp::Alter {
-        name: name.to_string(),
-        config,
-    })?;
-    store
-        .queues()
-        .read(|q| q.get(name).cloned())
-        .ok_or_else(|| not_found(name))
+    // A pattern queue and its topics' queues change together (one append).
+    store.queues().append(
+        names
+            .into_iter()
+            .map(|name| QueueOp::Alter {
+                name,
+                config: config.clone(),
+            })
+            .collect(),
+    )?;
+    Ok(config)
 }
 
-/// Deletes queue `name` and its state.
+/// Deletes queue `name` and its state (a pattern queue with its topics' queues).
 pub fn delete_queue(store: &dyn QueueHost, name: &str) -> Result<()> {
-    match store.queues().append_one(QueueOp::Delete {
-        name: name.to_string(),
-    })? {
-        0 => Err(not_found(name)),
-        _ => store.remove_queue_history(name),
+    let names = store
+        .queues()
+        .read(|q| {
+            if user_queue(q, name).is_some() {
+                return Some(vec![name.to_string()]);
+            }
+            q.pattern(name)?;
+            let mut names: Vec<String> = q.children(name).map(|c| c.name.clone()).collect();
+            // The definition last: a crash in between cannot happen (one append), and
+            // an apply order that deleted it first would leave nothing wrong either.
+            names.push(name.to_string());
+            Some(names)
+        })
+        .ok_or_else(|| not_found(name))?;
+    let outcomes = store.queues().append(
+        names
+            .iter()
+            .map(|name| QueueOp::Delete { name: name.clone() })
+            .collect(),
+    )?;
+    if outcomes.last() == Some(&0) {
+        return Err(not_found(name));
     }
+    for name in &names {
+        store.remove_queue_history(name)?;
+    }
+    Ok(())
 }
 
 /// Settles everything queue `name` has not settled, up to each partition's end now.
 /// Returns about how many messages that settled (the unsettled span of each partition).
 pub fn purge_queue(store: &dyn QueueHost, name: &str) -> Result<u64> {
+    let mut purged = 0;
+    for (_, queue) in serving_queues(store, name)? {
+        purged += purge_one(store, &queue)?;
+    }
+    Ok(purged)
+}
+
+fn purge_one(store: &dyn QueueHost, name: &str) -> Result<u64> {
     let queue = store
         .queues()
-        .read(|q| q.get(name).cloned())
+        .read(|q| q.get(name).map(Queue::without_pending))
         .ok_or_else(|| not_found(name))?;
     let topic = store.topic(&queue.topic)?;
     let mut ends = Vec::new();
@@ -174,35 +458,53 @@ pub fn purge_queue(store: &dyn QueueHost, name: &str) -> Result<u64> {
     Ok(purged)
 }
 
-/// Every queue (of `topic` if given), by name.
-pub fn list_queues(store: &dyn QueueHost, topic: Option<&str>) -> Vec<Queue> {
+/// The name of every queue (consuming `topic` if given, a pattern queue when it has
+/// taken `topic`), sorted.
+pub fn list_queues(store: &dyn QueueHost, topic: Option<&str>) -> Vec<String> {
     store.queues().read(|q| {
-        q.iter()
+        let mut names: Vec<String> = q
+            .iter()
             .filter(|q| topic.is_none_or(|t| q.topic == t))
-            .cloned()
-            .collect()
+            .map(|q| public_name(&q.name).to_string())
+            .collect();
+        if topic.is_none() {
+            names.extend(q.patterns().map(|p| p.name.clone()));
+        }
+        names.sort();
+        names.dedup();
+        names
     })
 }
 
-/// Counts for queue `name` at `now_ms`.
+/// Counts for queue `name` at `now_ms` (a pattern queue's summed over its topics).
 pub fn queue_status(store: &dyn QueueHost, name: &str, now_ms: i64) -> Result<QueueStatus> {
-    let queue = store
+    let (topic, pattern, config, levels) = store
         .queues()
-        .read(|q| q.get(name).cloned())
+        .read(|q| {
+            if let Some(queue) = user_queue(q, name) {
+                return Some((
+                    queue.topic.clone(),
+                    None,
+                    queue.config.clone(),
+                    queue.levels,
+                ));
+            }
+            let pattern = q.pattern(name)?;
+            let levels = q.children(name).map(|c| c.levels).max().unwrap_or(1);
+            Some((
+                String::new(),
+                Some(pattern.pattern.clone()),
+                pattern.config.clone(),
+                levels,
+            ))
+        })
         .ok_or_else(|| not_found(name))?;
-    let ends: BTreeMap<u32, u64> = match store.topic(&queue.topic) {
-        Ok(topic) => topic
-            .partitions()
-            .iter()
-            .map(|p| (p.id(), p.end_offset()))
-            .collect(),
-        Err(_) => BTreeMap::new(),
-    };
     let mut status = QueueStatus {
-        name: queue.name.clone(),
-        topic: queue.topic.clone(),
-        config: queue.config.clone(),
-        levels: queue.levels,
+        name: name.to_string(),
+        topic,
+        pattern,
+        config,
+        levels,
         ready: 0,
         delayed: 0,
         unacked: 0,
@@ -211,6 +513,36 @@ pub fn queue_status(store: &dyn QueueHost, name: &str, now_ms: i64) -> Result<Qu
         partitions: Vec::new(),
     };
     let mut oldest_delivery = i64::MAX;
+    for (_, child) in serving_queues(store, name)? {
+        // A topic's queue deleted since the listing counts nothing.
+        let Some(queue) = store.queues().read(|q| q.get(&child).cloned()) else {
+            continue;
+        };
+        add_status(store, &queue, now_ms, &mut status, &mut oldest_delivery);
+    }
+    status.partitions.sort();
+    if oldest_delivery != i64::MAX {
+        status.oldest_unacked_age_ms = now_ms.saturating_sub(oldest_delivery).max(0) as u64;
+    }
+    Ok(status)
+}
+
+/// Adds the counts of `queue` (on one topic) to `status`.
+fn add_status(
+    store: &dyn QueueHost,
+    queue: &Queue,
+    now_ms: i64,
+    status: &mut QueueStatus,
+    oldest_delivery: &mut i64,
+) {
+    let ends: BTreeMap<u32, u64> = match store.topic(&queue.topic) {
+        Ok(topic) => topic
+            .partitions()
+            .iter()
+            .map(|p| (p.id(), p.end_offset()))
+            .collect(),
+        Err(_) => BTreeMap::new(),
+    };
     for (&id, &end) in &ends {
         let part = queue.partitions.get(&id);
         let lowest_cursor = part.map_or(0, |p| p.cursors.iter().copied().min().unwrap_or(0));
@@ -223,7 +555,7 @@ pub fn queue_status(store: &dyn QueueHost, name: &str, now_ms: i64) -> Result<Qu
                 match &pending.hold {
                     Hold::Leased { .. } => {
                         status.unacked += 1;
-                        oldest_delivery = oldest_delivery.min(pending.last_delivery_ms);
+                        *oldest_delivery = (*oldest_delivery).min(pending.last_delivery_ms);
                     }
                     Hold::Waiting { due_ms } if *due_ms <= now_ms => status.ready += 1,
                     Hold::Waiting { .. } => status.waiting += 1,
@@ -238,12 +570,10 @@ pub fn queue_status(store: &dyn QueueHost, name: &str, now_ms: i64) -> Result<Qu
             .saturating_sub(lowest_cursor)
             .saturating_sub(pending_ahead);
         let settled_below = part.map_or(0, |p| p.settled_below());
-        status.partitions.push((id, settled_below, end));
+        status
+            .partitions
+            .push((queue.topic.clone(), id, settled_below, end));
     }
-    if oldest_delivery != i64::MAX {
-        status.oldest_unacked_age_ms = now_ms.saturating_sub(oldest_delivery).max(0) as u64;
-    }
-    Ok(status)
 }
 
 /// A queue over its topic's backpressure caps.
@@ -327,14 +657,27 @@ pub fn redrive_group(queue: &str) -> String {
 /// (at-least-once). Returns (moved, dead letters of any queue still after the
 /// position).
 pub fn redrive_queue(store: &dyn QueueHost, name: &str, max_messages: u32) -> Result<(u64, u64)> {
-    let queue = store
+    let config = store
         .queues()
-        .read(|q| q.get(name).cloned())
+        .read(|q| {
+            user_queue(q, name)
+                .map(|q| q.config.clone())
+                .or_else(|| q.pattern(name).map(|p| p.config.clone()))
+        })
         .ok_or_else(|| not_found(name))?;
-    let Ok(dlq) = store.topic(&queue.config.dead_letter_topic) else {
+    let Ok(dlq) = store.topic(&config.dead_letter_topic) else {
         return Ok((0, 0));
     };
-    let target = store.topic(&queue.topic)?;
+    // The topics its letters may go back to: its own, or each its pattern has taken (a
+    // pattern queue's letter goes back to the topic it names; one whose topic is gone
+    // is passed over).
+    let mut targets: BTreeMap<String, std::sync::Arc<Topic>> = BTreeMap::new();
+    for (topic, _) in serving_queues(store, name)? {
+        if let Ok(handle) = store.topic(&topic) {
+            targets.insert(topic, handle);
+        }
+    }
+    let single = store.queues().read(|q| user_queue(q, name).is_some());
     let group = redrive_group(name);
     let max_messages = if max_messages == 0 {
         REDRIVE_DEFAULT_MESSAGES
@@ -353,7 +696,7 @@ pub fn redrive_queue(store: &dyn QueueHost, name: &str, max_messages: u32) -> Re
             .unwrap_or(0)
             .max(partition.log_start())
             .min(partition.end_offset());
-        let mut batches: BTreeMap<u32, Vec<NewRecord>> = BTreeMap::new();
+        let mut batches: BTreeMap<(String, u32), Vec<NewRecord>> = BTreeMap::new();
         while moved < u64::from(max_messages) && position < partition.end_offset() {
             let want = (u64::from(max_messages) - moved).min(1000) as u32;
             let read = partition.read(position, want, 4 << 20)?;
@@ -373,12 +716,21 @@ pub fn redrive_queue(store: &dyn QueueHost, name: &str, max_messages: u32) -> Re
                 if header(DLQ_HEADER_QUEUE).as_deref() != Some(name.as_bytes()) {
                     continue;
                 }
+                let target = if single {
+                    targets.values().next()
+                } else {
+                    header(DLQ_HEADER_TOPIC)
+                        .and_then(|t| targets.get(std::str::from_utf8(&t).ok()?))
+                };
+                let Some(target) = target else {
+                    continue;
+                };
                 let source_partition = header(DLQ_HEADER_PARTITION)
                     .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u32>().ok())
                     .filter(|p| (*p as usize) < target.partitions().len())
                     .unwrap_or(0);
                 batches
-                    .entry(source_partition)
+                    .entry((target.name().to_string(), source_partition))
                     .or_default()
                     .push(NewRecord {
                         key: record.key.clone(),
@@ -402,7 +754,8 @@ pub fn redrive_queue(store: &dyn QueueHost, name: &str, max_messages: u32) -> Re
                 break;
             }
         }
-        for (source, records) in batches {
+        for ((topic, source), records) in batches {
+            let target = &targets[&topic];
             for chunk in records.chunks(1000) {
                 target.partition(source)?.append_durable(chunk)?;
             }

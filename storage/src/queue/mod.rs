@@ -1,5 +1,6 @@
 //! Work queues: a second way to consume a topic beside consumer groups. A queue is a
-//! named, durable consumer of one topic; its members share its messages, each message
+//! named, durable consumer of one topic (or of every topic a pattern matches: see
+//! [`PatternQueue`]); its members share its messages, each message
 //! going to one member at a time, which settles it (ack, nack, in progress, term). A
 //! message not acked by its deadline, or nacked, is delivered again after a backoff,
 //! until it has used `max_deliveries`; then it is appended to the queue's dead-letter
@@ -34,10 +35,11 @@ use crate::offsets::OffsetStore;
 use crate::statelog::StateLog;
 use crate::topic::Topic;
 
-pub use admin::{QueueStatus, StartAt};
+pub use admin::{PatternSync, QueueStatus, StartAt};
 pub use engine::{Delivery, HistoryWait, QueueEngine, SettleAction, SettleOutcome, SettleRequest};
 pub use state::{
-    Hold, Pending, Queue, QueueConfig, QueueOp, QueuePartition, Queues, Taken, validate_queue_name,
+    Hold, PatternQueue, Pending, Queue, QueueConfig, QueueOp, QueuePartition, Queues, Taken,
+    validate_new_queue_name, validate_queue_name,
 };
 
 /// What the queues need of the store that holds them: their state log and delivery
@@ -54,6 +56,8 @@ pub trait QueueHost: Send + Sync + std::fmt::Debug {
     fn remove_queue_history(&self, name: &str) -> Result<()>;
     /// Topic `name`, or `NotFound`.
     fn topic(&self, name: &str) -> Result<Arc<Topic>>;
+    /// Every topic (queues on a topic pattern take the ones they match).
+    fn topics(&self) -> Vec<Arc<Topic>>;
     /// Creates topic `name` (a dead-letter topic created when first needed).
     fn create_topic(&self, name: &str, partitions: u32, config: TopicConfig) -> Result<Arc<Topic>>;
     /// The consumer groups' committed offsets.

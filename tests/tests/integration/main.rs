@@ -23,6 +23,7 @@ mod pattern_groups;
 mod patterns;
 mod positions;
 mod queue_cli;
+mod queue_pattern;
 mod queues;
 mod quotas;
 mod read_budget;

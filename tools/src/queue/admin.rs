@@ -34,7 +34,8 @@ pub async fn run(broker: &Broker, command: QueueCommand, json: bool) -> CliResul
                 .queues()
                 .create_queue(CreateQueueRequest {
                     name: args.name.clone(),
-                    topic: args.topic.clone(),
+                    topic: args.topic.clone().unwrap_or_default(),
+                    topic_pattern: args.topic_pattern.clone().unwrap_or_default(),
                     start: Some(StartPosition {
                         position: Some(start),
                     }),
@@ -50,8 +51,10 @@ pub async fn run(broker: &Broker, command: QueueCommand, json: bool) -> CliResul
                 out.json_pretty(&queue_json(&queue))?;
             } else {
                 out.line(&format!(
-                    "created queue {} on topic {} ({} ready)",
-                    queue.name, queue.topic, queue.ready
+                    "created queue {} on {} ({} ready)",
+                    queue.name,
+                    consumes(&queue),
+                    queue.ready
                 ))?;
                 if !queue.filter.is_empty() {
                     out.line(&format!("filter: {}", queue.filter))?;
@@ -91,7 +94,10 @@ pub async fn run(broker: &Broker, command: QueueCommand, json: bool) -> CliResul
                 for q in &queues {
                     table.row(vec![
                         q.name.clone(),
-                        q.topic.clone(),
+                        match q.topic_pattern.is_empty() {
+                            true => q.topic.clone(),
+                            false => format!("/{}/", q.topic_pattern),
+                        },
                         q.ready.to_string(),
                         q.delayed.to_string(),
                         q.unacked.to_string(),
@@ -355,12 +361,32 @@ fn render_config(config: Option<&QueueConfig>) -> String {
     ])
 }
 
+/// What a queue consumes, for people: `topic orders`, or `topic pattern orders\..*
+/// (2 topics: orders.eu, orders.us)`.
+fn consumes(queue: &QueueDescription) -> String {
+    if queue.topic_pattern.is_empty() {
+        return format!("topic {}", queue.topic);
+    }
+    match queue.topics.len() {
+        0 => format!(
+            "topic pattern {} (no topic matches yet: waiting for one)",
+            queue.topic_pattern
+        ),
+        n => format!(
+            "topic pattern {} ({n} topic{}: {})",
+            queue.topic_pattern,
+            plural(n as u64),
+            queue.topics.join(", ")
+        ),
+    }
+}
+
 fn render_queue(queue: &QueueDescription) -> String {
     let members = queue.members.len() as u64;
     let mut text = format!(
-        "queue {}  topic {}  ({members} member{})\n\n",
+        "queue {}  {}  ({members} member{})\n\n",
         queue.name,
-        queue.topic,
+        consumes(queue),
         plural(members)
     );
     text.push_str(&render_pairs(&[
@@ -378,14 +404,23 @@ fn render_queue(queue: &QueueDescription) -> String {
     if !queue.filter.is_empty() {
         text.push_str(&render_pairs(&[("filter", queue.filter.clone())]));
     }
-    let mut table = Table::new(&[">PARTITION", ">SETTLED-BELOW", ">END", ">UNSETTLED"]);
+    let pattern = !queue.topic_pattern.is_empty();
+    let mut headers = vec![">PARTITION", ">SETTLED-BELOW", ">END", ">UNSETTLED"];
+    if pattern {
+        headers.insert(0, "TOPIC");
+    }
+    let mut table = Table::new(&headers);
     for p in &queue.partitions {
-        table.row(vec![
+        let mut row = vec![
             p.partition.to_string(),
             p.settled_below.to_string(),
             p.end_offset.to_string(),
             p.end_offset.saturating_sub(p.settled_below).to_string(),
-        ]);
+        ];
+        if pattern {
+            row.insert(0, p.topic.clone());
+        }
+        table.row(row);
     }
     if !table.is_empty() {
         text.push('\n');
@@ -431,6 +466,7 @@ pub fn queue_json(queue: &QueueDescription) -> Value {
         .iter()
         .map(|p| {
             json!({
+                "topic": p.topic,
                 "partition": p.partition,
                 "settled_below": p.settled_below,
                 "end_offset": p.end_offset,
@@ -440,6 +476,8 @@ pub fn queue_json(queue: &QueueDescription) -> Value {
     json!({
         "name": queue.name,
         "topic": queue.topic,
+        "topic_pattern": queue.topic_pattern,
+        "topics": queue.topics,
         "config": config_json(queue.config.as_ref()),
         "ready": queue.ready,
         "delayed": queue.delayed,
@@ -482,11 +520,14 @@ mod tests {
                 unacked: 2,
             }],
             partitions: vec![QueuePartition {
+                topic: "orders".into(),
                 partition: 0,
                 settled_below: 5,
                 end_offset: 17,
             }],
             filter: r#"header.type == "order""#.into(),
+            topic_pattern: String::new(),
+            topics: Vec::new(),
         }
     }
 
@@ -513,6 +554,25 @@ mod tests {
         assert_eq!(value["config"]["max_deliveries"], 0);
         assert_eq!(value["partitions"][0]["end_offset"], 17);
         assert_eq!(value["members"][0]["unacked"], 2);
+    }
+
+    #[test]
+    fn a_pattern_queue_names_its_pattern_and_topics() {
+        let mut queue = sample();
+        queue.topic = String::new();
+        queue.topic_pattern = r"orders\..*".into();
+        queue.topics = vec!["orders.eu".into(), "orders.us".into()];
+        let text = render_queue(&queue);
+        assert!(
+            text.starts_with(
+                "queue billing  topic pattern orders\\..* (2 topics: orders.eu, orders.us)  (1 member)\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("TOPIC"), "{text}");
+        queue.topics.clear();
+        assert!(render_queue(&queue).contains("no topic matches yet"));
+        assert_eq!(queue_json(&queue)["topic_pattern"], r"orders\..*");
     }
 
     #[test]

@@ -125,6 +125,11 @@ pub struct QueueDeliveriesArgs {
     #[arg(long, value_name = "KEY=VALUE", value_parser = header)]
     pub header: Option<(String, String)>,
 
+    /// The topic whose deliveries to list: required for a queue on a topic pattern
+    /// (each topic keeps its own history).
+    #[arg(long, value_name = "TOPIC")]
+    pub topic: Option<String>,
+
     /// Events per page (1 to 1000).
     #[arg(long, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub limit: u32,
@@ -421,8 +426,19 @@ pub struct QueueCreateArgs {
     pub name: String,
 
     /// The topic the queue consumes (all its partitions).
-    #[arg(short, long, value_name = "TOPIC")]
-    pub topic: String,
+    #[arg(
+        short,
+        long,
+        value_name = "TOPIC",
+        required_unless_present = "topic_pattern"
+    )]
+    pub topic: Option<String>,
+
+    /// Consume every topic this regular expression matches (as a whole name), now
+    /// and created later (they start at their beginning), except the queue's own
+    /// dead-letter topic (default NAME.dlq, shared by all its topics).
+    #[arg(long, value_name = "REGEX", conflicts_with = "topic")]
+    pub topic_pattern: Option<String>,
 
     /// Where it starts in every partition: latest, earliest, or a date-time
     /// (YYYY-MM-DDTHH:mm:SS[.sss][Z|+hh:mm]).

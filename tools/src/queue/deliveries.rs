@@ -50,6 +50,7 @@ pub async fn run(broker: &Broker, args: QueueDeliveriesArgs, json: bool) -> CliR
             }),
             limit: args.limit,
             cursor: args.cursor.clone().unwrap_or_default(),
+            topic: args.topic.clone().unwrap_or_default(),
         })
         .await
         .map_err(|s| queue_error(broker, &context, &s))?

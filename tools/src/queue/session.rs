@@ -144,24 +144,29 @@ impl Session {
     }
 }
 
-/// (partition, offset) of a delivery.
-pub fn position(delivery: &QueueDelivery) -> (u32, u64) {
+/// (topic, partition, offset) of a delivery (a queue on a topic pattern delivers
+/// from many topics).
+pub fn position(delivery: &QueueDelivery) -> (String, u32, u64) {
     delivery
         .message
         .as_ref()
-        .map_or((0, 0), |m| (m.partition, m.offset))
+        .map_or((String::new(), 0, 0), |m| {
+            (m.topic.clone(), m.partition, m.offset)
+        })
 }
 
 /// Acks of `offsets` (any order, duplicates ignored): one settlement per run of
-/// consecutive offsets of a partition (`through_offset` for runs longer than one).
-/// A member only acks what it holds, so a run acks exactly the deliveries it names.
-pub fn ack_ranges(offsets: &mut [(u32, u64)]) -> Vec<Settlement> {
+/// consecutive offsets of a topic's partition (`through_offset` for runs longer than
+/// one). A member only acks what it holds, so a run acks exactly the deliveries it
+/// names.
+pub fn ack_ranges(offsets: &mut [(String, u32, u64)]) -> Vec<Settlement> {
     offsets.sort_unstable();
     let mut settlements: Vec<Settlement> = Vec::new();
-    let mut run: Option<(u32, u64, u64)> = None;
-    let flush = |run: (u32, u64, u64), settlements: &mut Vec<Settlement>| {
-        let (partition, first, last) = run;
+    let mut run: Option<(&str, u32, u64, u64)> = None;
+    let flush = |run: (&str, u32, u64, u64), settlements: &mut Vec<Settlement>| {
+        let (topic, partition, first, last) = run;
         settlements.push(Settlement {
+            topic: topic.to_string(),
             partition,
             offset: first,
             through_offset: (last > first).then_some(last),
@@ -169,16 +174,17 @@ pub fn ack_ranges(offsets: &mut [(u32, u64)]) -> Vec<Settlement> {
             action: Some(Action::Ack(Ack {})),
         });
     };
-    for &(partition, offset) in offsets.iter() {
+    for (topic, partition, offset) in offsets.iter() {
+        let (partition, offset) = (*partition, *offset);
         run = match run {
-            Some((p, first, last)) if p == partition && offset <= last + 1 => {
-                Some((p, first, last.max(offset)))
+            Some((t, p, first, last)) if t == topic && p == partition && offset <= last + 1 => {
+                Some((t, p, first, last.max(offset)))
             }
             Some(done) => {
                 flush(done, &mut settlements);
-                Some((partition, offset, offset))
+                Some((topic, partition, offset, offset))
             }
-            None => Some((partition, offset, offset)),
+            None => Some((topic, partition, offset, offset)),
         };
     }
     if let Some(done) = run {
@@ -189,8 +195,9 @@ pub fn ack_ranges(offsets: &mut [(u32, u64)]) -> Vec<Settlement> {
 
 /// An ack of one delivery, of its attempt.
 pub fn ack(delivery: &QueueDelivery) -> Settlement {
-    let (partition, offset) = position(delivery);
+    let (topic, partition, offset) = position(delivery);
     Settlement {
+        topic,
         partition,
         offset,
         through_offset: None,
@@ -221,21 +228,35 @@ mod tests {
 
     #[test]
     fn consecutive_offsets_become_ranges_per_partition() {
-        let mut offsets = vec![
-            (1, 7),
-            (0, 3),
-            (0, 1),
-            (0, 2),
-            (1, 5),
-            (0, 2),
-            (1, 6),
-            (0, 9),
-        ];
-        let ranges: Vec<(u32, u64, Option<u64>)> = ack_ranges(&mut offsets)
+        let mut offsets: Vec<(String, u32, u64)> = [
+            ("a", 1, 7),
+            ("a", 0, 3),
+            ("a", 0, 1),
+            ("a", 0, 2),
+            ("a", 1, 5),
+            ("a", 0, 2),
+            ("a", 1, 6),
+            ("a", 0, 9),
+            // Another topic's partition 0 is another run.
+            ("b", 0, 4),
+        ]
+        .into_iter()
+        .map(|(t, p, o)| (t.to_string(), p, o))
+        .collect();
+        let ranges: Vec<(String, u32, u64, Option<u64>)> = ack_ranges(&mut offsets)
             .iter()
-            .map(|s| (s.partition, s.offset, s.through_offset))
+            .map(|s| (s.topic.clone(), s.partition, s.offset, s.through_offset))
             .collect();
-        assert_eq!(ranges, vec![(0, 1, Some(3)), (0, 9, None), (1, 5, Some(7))]);
+        let a = |p, o, t| ("a".to_string(), p, o, t);
+        assert_eq!(
+            ranges,
+            vec![
+                a(0, 1, Some(3)),
+                a(0, 9, None),
+                a(1, 5, Some(7)),
+                ("b".to_string(), 0, 4, None)
+            ]
+        );
         assert!(ack_ranges(&mut []).is_empty());
     }
 }

@@ -442,7 +442,7 @@ pub async fn run(broker: &Broker, args: QueueWorkArgs, json: bool) -> CliResult<
     let started_at = Instant::now();
     let (events_tx, mut events) = mpsc::unbounded_channel::<JobEvent>();
     let (kill_tx, kill_rx) = watch::channel(false);
-    let mut running: HashMap<(u32, u64), ()> = HashMap::new();
+    let mut running: HashMap<(String, u32, u64), ()> = HashMap::new();
     let mut waiting: HashMap<u64, Sent> = HashMap::new();
     let mut tally = Tally::default();
     let mut stop = StopSignal::new();

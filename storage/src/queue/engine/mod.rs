@@ -126,6 +126,24 @@ pub struct EngineCounters {
     pub filtered_not_json: u64,
 }
 
+impl EngineCounters {
+    /// Adds `other`'s counts (the engines of a queue on a topic pattern, one per
+    /// topic, reported as one queue).
+    pub fn add(&mut self, other: &EngineCounters) {
+        self.delivered += other.delivered;
+        self.redelivered += other.redelivered;
+        self.acked += other.acked;
+        self.nacked += other.nacked;
+        self.timed_out += other.timed_out;
+        self.dead_lettered_max_deliveries += other.dead_lettered_max_deliveries;
+        self.dead_lettered_term += other.dead_lettered_term;
+        self.dead_lettered_overflow += other.dead_lettered_overflow;
+        self.lost_to_retention += other.lost_to_retention;
+        self.filtered += other.filtered;
+        self.filtered_not_json += other.filtered_not_json;
+    }
+}
+
 /// Why a timer was set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
@@ -874,7 +892,7 @@ impl QueueEngine {
                             &reason,
                         ));
                         letters.push(dead_letter_record(
-                            &self.name,
+                            super::admin::public_name(&self.name),
                             &queue.topic,
                             id,
                             &record,
@@ -966,7 +984,7 @@ impl QueueEngine {
         let topic = self.store.topic(&queue.topic)?;
         if let Some(record) = read_one(&topic, partition, offset)? {
             let letter = dead_letter_record(
-                &self.name,
+                super::admin::public_name(&self.name),
                 &queue.topic,
                 partition,
                 &record,

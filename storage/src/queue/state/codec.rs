@@ -20,6 +20,7 @@
 //! | 12 | create (v2) | as 1, with config v2 | as 1 |
 //! | 13 | alter (v2) | as 2, with config v2 | as 2 |
 //! | 14 | create with a filter | the fields of 12, then `filter` str16 | as 12, for a queue whose config has a filter (12 has none) |
+//! | 15 | create on a pattern | `name` str16, `pattern` str16, config v2, `filter` str16 (empty = none), start, `created_ms` i64, `next_child` u32 | a queue on a topic pattern; its per-topic queues are created by kind 12 or 14 (named `__pq.<name>.<n>`, each raising `next_child` past its `n`) |
 //!
 //! **config**: `ack_deadline_ms` u64, `max_deliveries` u32 (0 = unlimited),
 //! `backoff_initial_ms` u64, `backoff_max_ms` u64, `dead_letter_topic` str16,
@@ -31,6 +32,9 @@
 //! them: it is fixed when the queue is created (kind 14) and an alter keeps it.
 //! **hold**: a tag u8 then: 1 = leased (`member` str16, `deadline_ms` i64); 2 =
 //! waiting (`due_ms` i64); 3 = delayed (`due_ms` i64).
+//! **start**: a tag u8 then: 1 = earliest; 2 = latest; 3 = a time (`timestamp_ms` i64).
+//! A delete (3) or alter (2, 13) naming a queue on a pattern deletes or alters it (an
+//! alter keeps its filter); its per-topic queues get their own operations.
 //! **pending**: `level` u8, `attempts` u32, hold, `first_delivery_ms` i64,
 //! `last_delivery_ms` i64, `reason` str16.
 //!
@@ -41,12 +45,14 @@
 
 use super::config::{
     HISTORY_ATTEMPTS_DEFAULT, HISTORY_RETENTION_MS_DEFAULT, MEMBER_BYTES_MAX, QueueConfig,
-    REASON_BYTES_MAX,
+    REASON_BYTES_MAX, StartAt,
 };
-use super::model::{QueueOp, Taken};
+use super::model::{PatternQueue, QueueOp, Taken};
 use super::pending::{Hold, Pending};
 use crate::error::{Error, Result};
-use crate::limits::{FILTER_BYTES_MAX, PRIORITY_LEVELS_MAX, TOPIC_NAME_BYTES_MAX};
+use crate::limits::{
+    FILTER_BYTES_MAX, PRIORITY_LEVELS_MAX, TOPIC_NAME_BYTES_MAX, TOPIC_PATTERN_BYTES_MAX,
+};
 use crate::statelog::{DecodeError, LogOp, OpReader, put_str16};
 
 const KIND_CREATE: u8 = 1;
@@ -63,6 +69,11 @@ const KIND_RESTORE: u8 = 11;
 const KIND_CREATE_V2: u8 = 12;
 const KIND_ALTER_V2: u8 = 13;
 const KIND_CREATE_FILTERED: u8 = 14;
+const KIND_CREATE_PATTERN: u8 = 15;
+
+const START_EARLIEST: u8 = 1;
+const START_LATEST: u8 = 2;
+const START_TIMESTAMP: u8 = 3;
 
 const HOLD_LEASED: u8 = 1;
 const HOLD_WAITING: u8 = 2;
@@ -206,6 +217,14 @@ fn validate_op(op: &QueueOp) -> Result<()> {
             name_ok(name)?;
             config.validate()
         }
+        QueueOp::CreatePattern(queue) => {
+            name_ok(&queue.name)?;
+            if queue.pattern.is_empty() {
+                return Err(Error::invalid("a queue's topic pattern is empty"));
+            }
+            short("topic pattern", &queue.pattern, TOPIC_PATTERN_BYTES_MAX)?;
+            queue.config.validate()
+        }
         QueueOp::Delete { name } | QueueOp::Purge { name, .. } | QueueOp::Ack { name, .. } => {
             name_ok(name)
         }
@@ -288,6 +307,23 @@ impl LogOp for QueueOp {
             QueueOp::Delete { name } => {
                 out.push(KIND_DELETE);
                 put_str16(out, name);
+            }
+            QueueOp::CreatePattern(queue) => {
+                out.push(KIND_CREATE_PATTERN);
+                put_str16(out, &queue.name);
+                put_str16(out, &queue.pattern);
+                put_config(out, &queue.config);
+                put_str16(out, queue.config.filter.as_deref().unwrap_or(""));
+                match queue.start {
+                    StartAt::Earliest => out.push(START_EARLIEST),
+                    StartAt::Latest => out.push(START_LATEST),
+                    StartAt::TimestampMs(ms) => {
+                        out.push(START_TIMESTAMP);
+                        put_i64(out, ms);
+                    }
+                }
+                put_i64(out, queue.created_ms);
+                put_u32(out, queue.next_child);
             }
             QueueOp::Take {
                 name,
@@ -446,6 +482,27 @@ impl LogOp for QueueOp {
             KIND_DELETE => QueueOp::Delete {
                 name: read_name(r)?,
             },
+            KIND_CREATE_PATTERN => {
+                let name = read_name(r)?;
+                let pattern = r.str16("topic pattern", 1, TOPIC_PATTERN_BYTES_MAX)?;
+                let mut config = read_config(r, true)?;
+                let filter = r.str16("filter", 0, FILTER_BYTES_MAX)?;
+                config.filter = (!filter.is_empty()).then_some(filter);
+                let start = match r.u8("start")? {
+                    START_EARLIEST => StartAt::Earliest,
+                    START_LATEST => StartAt::Latest,
+                    START_TIMESTAMP => StartAt::TimestampMs(r.i64("timestamp_ms")?),
+                    other => return Err(r.malformed(format!("unknown start {other}"))),
+                };
+                QueueOp::CreatePattern(PatternQueue {
+                    name,
+                    pattern,
+                    config,
+                    start,
+                    created_ms: r.i64("created_ms")?,
+                    next_child: r.u32("next_child")?,
+                })
+            }
             KIND_TAKE => {
                 let name = read_name(r)?;
                 let partition = r.u32("partition")?;

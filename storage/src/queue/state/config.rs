@@ -21,6 +21,29 @@ pub const HISTORY_ATTEMPTS_DEFAULT: u32 = 10;
 /// How long a queue keeps its delivery history unless it says otherwise: 7 days.
 pub const HISTORY_RETENTION_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1000;
 
+/// Where a new queue starts in every partition. For a queue on a topic pattern, the
+/// topics that match when it is created start here; a topic that matches later was
+/// created after the queue, so it starts at its beginning (every message published
+/// to it since the queue existed), or at the timestamp when one was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    Earliest,
+    Latest,
+    /// The first message at or after this time (the end where there is none).
+    TimestampMs(i64),
+}
+
+impl StartAt {
+    /// Where a topic that matched a pattern queue's pattern only after the queue was
+    /// created starts.
+    pub fn for_later_topic(self) -> StartAt {
+        match self {
+            StartAt::Earliest | StartAt::Latest => StartAt::Earliest,
+            at @ StartAt::TimestampMs(_) => at,
+        }
+    }
+}
+
 /// How a queue delivers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueConfig {
@@ -139,6 +162,43 @@ impl QueueConfig {
 pub fn validate_queue_name(name: &str) -> Result<()> {
     crate::config::validate_topic_name(name)
         .map_err(|e| Error::invalid(e.to_string().replace("topic name", "queue name")))
+}
+
+/// Queue names starting with this are the per-topic queues of queues on a topic
+/// pattern (`__pq.<queue>.<n>`); a client cannot name one (see
+/// [`validate_new_queue_name`]).
+pub const PATTERN_CHILD_PREFIX: &str = "__pq.";
+
+/// Longest name of a queue on a topic pattern, so that its per-topic queues' names
+/// (`__pq.<name>.<n>`) stay within the queue-name limit.
+pub const PATTERN_QUEUE_NAME_BYTES_MAX: usize = 200;
+
+/// The name of pattern queue `parent`'s `n`-th per-topic queue.
+pub fn pattern_child_name(parent: &str, n: u32) -> String {
+    format!("{PATTERN_CHILD_PREFIX}{parent}.{n}")
+}
+
+/// The pattern queue and number of per-topic queue `name`, if it is one.
+pub fn pattern_child_parent(name: &str) -> Option<(&str, u32)> {
+    let rest = name.strip_prefix(PATTERN_CHILD_PREFIX)?;
+    let (parent, n) = rest.rsplit_once('.')?;
+    if parent.is_empty() || n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((parent, n.parse().ok()?))
+}
+
+/// Checks the name of a queue a client creates: a queue name that does not start with
+/// [`PATTERN_CHILD_PREFIX`] (the per-topic queues of pattern queues).
+pub fn validate_new_queue_name(name: &str) -> Result<()> {
+    validate_queue_name(name)?;
+    if name.starts_with(PATTERN_CHILD_PREFIX) {
+        return Err(Error::invalid(format!(
+            "queue name {name:?} starts with {:?}, which names the per-topic queues of queues on a topic pattern; choose another name",
+            PATTERN_CHILD_PREFIX
+        )));
+    }
+    Ok(())
 }
 
 /// `text` cut to at most `max` bytes at a character boundary.

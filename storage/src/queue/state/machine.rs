@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use super::config::QueueConfig;
-use super::model::{Queue, QueueOp, QueuePartition};
+use super::config::{QueueConfig, pattern_child_parent};
+use super::model::{PatternQueue, Queue, QueueOp, QueuePartition};
 use super::pending::{Hold, Pending, PendingMap};
 use crate::error::Result;
 use crate::statelog::{SnapshotWriter, StateMachine};
@@ -13,6 +13,8 @@ use crate::statelog::{SnapshotWriter, StateMachine};
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Queues {
     queues: BTreeMap<String, Queue>,
+    /// Queues on a topic pattern (their per-topic queues are in `queues`).
+    patterns: BTreeMap<String, PatternQueue>,
     /// Pending messages over every queue (for the snapshot estimate).
     pending_total: u64,
 }
@@ -26,9 +28,31 @@ impl Queues {
         self.queues.get(name)
     }
 
-    /// Every queue, by name.
+    /// Every queue, by name (the per-topic queues of pattern queues included).
     pub fn iter(&self) -> impl Iterator<Item = &Queue> {
         self.queues.values()
+    }
+
+    /// The queue on a topic pattern named `name`.
+    pub fn pattern(&self, name: &str) -> Option<&PatternQueue> {
+        self.patterns.get(name)
+    }
+
+    /// Every queue on a topic pattern, by name.
+    pub fn patterns(&self) -> impl Iterator<Item = &PatternQueue> {
+        self.patterns.values()
+    }
+
+    /// The per-topic queues of pattern queue `name`.
+    pub fn children<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Queue> + 'a {
+        self.queues.values().filter(move |q| {
+            pattern_child_parent(&q.name).is_some_and(|(parent, _)| parent == name)
+        })
+    }
+
+    /// Whether a queue or a pattern queue is named `name`.
+    pub fn exists(&self, name: &str) -> bool {
+        self.queues.contains_key(name) || self.patterns.contains_key(name)
     }
 
     /// Pending messages over every queue.
@@ -69,8 +93,13 @@ impl StateMachine for Queues {
                 created_ms,
                 cursors,
             } => {
-                if self.queues.contains_key(&name) {
+                if self.exists(&name) {
                     return 0;
+                }
+                if let Some((parent, n)) = pattern_child_parent(&name)
+                    && let Some(parent) = self.patterns.get_mut(parent)
+                {
+                    parent.next_child = parent.next_child.max(n.saturating_add(1));
                 }
                 let partitions = cursors
                     .into_iter()
@@ -97,15 +126,37 @@ impl StateMachine for Queues {
                 );
                 1
             }
-            QueueOp::Alter { name, config } => match self.queues.get_mut(&name) {
-                Some(queue) => {
-                    // The filter is fixed at creation (an Alter does not carry it).
-                    let filter = queue.config.filter.take();
-                    queue.config = QueueConfig { filter, ..config };
-                    1
+            QueueOp::CreatePattern(mut queue) => {
+                if self.exists(&queue.name) {
+                    return 0;
                 }
-                None => 0,
-            },
+                // Per-topic queues that outlived an earlier pattern queue of this name
+                // keep their numbers.
+                for child in self.children(&queue.name) {
+                    if let Some((_, n)) = pattern_child_parent(&child.name) {
+                        queue.next_child = queue.next_child.max(n.saturating_add(1));
+                    }
+                }
+                self.patterns.insert(queue.name.clone(), queue);
+                1
+            }
+            QueueOp::Alter { name, config } => {
+                // The filter is fixed at creation (an Alter does not carry it).
+                let target = match self.queues.get_mut(&name) {
+                    Some(queue) => &mut queue.config,
+                    None => match self.patterns.get_mut(&name) {
+                        Some(pattern) => &mut pattern.config,
+                        None => return 0,
+                    },
+                };
+                let filter = target.filter.take();
+                *target = QueueConfig { filter, ..config };
+                1
+            }
+            QueueOp::Delete { name } if self.patterns.contains_key(&name) => {
+                self.patterns.remove(&name);
+                1
+            }
             QueueOp::Delete { name } => match self.queues.remove(&name) {
                 Some(queue) => {
                     *total -= queue
@@ -297,6 +348,9 @@ impl StateMachine for Queues {
     }
 
     fn snapshot(&self, out: &mut SnapshotWriter<'_>) -> Result<()> {
+        for pattern in self.patterns.values() {
+            out.push(&QueueOp::CreatePattern(pattern.clone()))?;
+        }
         for queue in self.queues.values() {
             out.push(&QueueOp::Create {
                 name: queue.name.clone(),
@@ -325,14 +379,15 @@ impl StateMachine for Queues {
     }
 
     fn snapshot_bytes(&self) -> u64 {
-        self.queues.len() as u64 * SNAPSHOT_QUEUE_BYTES
+        (self.queues.len() + self.patterns.len()) as u64 * SNAPSHOT_QUEUE_BYTES
             + self.pending_total * SNAPSHOT_PENDING_BYTES
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::strategies::{arb_op, create, leased};
+    use super::super::config::StartAt;
+    use super::super::strategies::{arb_op, create, create_pattern, leased};
     use super::*;
     use crate::statelog::StateMachine;
     use proptest::prelude::*;
@@ -425,6 +480,54 @@ mod tests {
             0,
             "a second create is a no-op"
         );
+    }
+
+    #[test]
+    fn pattern_queues_share_the_name_space_and_number_their_topics_queues() {
+        let mut state = Queues::default();
+        assert_eq!(state.apply(create_pattern("orders", StartAt::Latest, 0)), 1);
+        assert_eq!(state.apply(create("orders", 1, 1)), 0, "the name is taken");
+        assert_eq!(
+            state.apply(create_pattern("orders", StartAt::Earliest, 0)),
+            0
+        );
+        state.apply(create("__pq.orders.4", 1, 2));
+        // A queue on another pattern queue whose name extends this one's.
+        state.apply(create("__pq.orders.eu.7", 1, 1));
+        let pattern = state.pattern("orders").unwrap();
+        assert_eq!(pattern.next_child, 5, "past the highest number used");
+        assert_eq!(
+            state
+                .children("orders")
+                .map(|q| q.name.as_str())
+                .collect::<Vec<_>>(),
+            vec!["__pq.orders.4"]
+        );
+        let mut altered = pattern.config.clone();
+        altered.ack_deadline_ms = 999;
+        altered.filter = None;
+        assert_eq!(
+            state.apply(QueueOp::Alter {
+                name: "orders".into(),
+                config: altered,
+            }),
+            1
+        );
+        assert_eq!(state.pattern("orders").unwrap().config.ack_deadline_ms, 999);
+        assert_eq!(
+            state.apply(QueueOp::Delete {
+                name: "orders".into()
+            }),
+            1
+        );
+        assert!(state.pattern("orders").is_none());
+        assert!(
+            state.get("__pq.orders.4").is_some(),
+            "a per-topic queue goes by its own delete"
+        );
+        // A pattern queue of the same name again numbers past what is left.
+        state.apply(create_pattern("orders", StartAt::Latest, 0));
+        assert_eq!(state.pattern("orders").unwrap().next_child, 5);
     }
 
     #[test]

@@ -51,9 +51,10 @@ mod strategies;
 pub use config::{
     ACK_DEADLINE_MS_MIN, HISTORY_ATTEMPTS_DEFAULT, HISTORY_ATTEMPTS_MAX,
     HISTORY_RETENTION_MS_DEFAULT, HISTORY_RETENTION_MS_MAX, MAX_UNACKED_PER_MEMBER_MAX,
-    MEMBER_BYTES_MAX, QUEUE_DELAY_MS_MAX, QueueConfig, REASON_BYTES_MAX, truncate_utf8,
-    validate_queue_name,
+    MEMBER_BYTES_MAX, PATTERN_CHILD_PREFIX, PATTERN_QUEUE_NAME_BYTES_MAX, QUEUE_DELAY_MS_MAX,
+    QueueConfig, REASON_BYTES_MAX, StartAt, pattern_child_name, pattern_child_parent,
+    truncate_utf8, validate_new_queue_name, validate_queue_name,
 };
 pub use machine::Queues;
-pub use model::{Queue, QueueOp, QueuePartition, Taken};
+pub use model::{PatternQueue, Queue, QueueOp, QueuePartition, Taken};
 pub use pending::{Hold, Pending, PendingMap};

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::config::QueueConfig;
+#[cfg(doc)]
+use super::config::pattern_child_name;
+use super::config::{QueueConfig, StartAt};
 use super::pending::{Hold, Pending, PendingMap};
 
 /// One partition of a queue.
@@ -96,6 +98,27 @@ impl Queue {
     }
 }
 
+/// A queue on a topic pattern. It holds no messages itself: each topic its pattern
+/// matches gets an ordinary queue of its own (named by [`pattern_child_name`]) with
+/// the pattern queue's config, and members of the pattern queue are served by all of
+/// them. So every per-message rule, record and file of a queue holds unchanged per
+/// topic; this definition adds only which topics belong and where new ones start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatternQueue {
+    pub name: String,
+    /// The topic pattern (see [`crate::pattern`]), as the client wrote it.
+    pub pattern: String,
+    /// The config every per-topic queue gets (its filter included).
+    pub config: QueueConfig,
+    /// Where the topics matched at creation start (see [`StartAt::for_later_topic`]
+    /// for the later ones).
+    pub start: StartAt,
+    pub created_ms: i64,
+    /// The number the next per-topic queue gets (never reused, so a topic deleted and
+    /// created again gets a new queue, with a new history).
+    pub next_child: u32,
+}
+
 /// A taken message: leased at once, or delayed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Taken {
@@ -119,9 +142,13 @@ pub enum QueueOp {
         name: String,
         config: QueueConfig,
     },
+    /// Deletes a queue, or a queue on a topic pattern (its per-topic queues are
+    /// deleted by their own operations, in the same append).
     Delete {
         name: String,
     },
+    /// A queue on a topic pattern (its per-topic queues are `Create`d beside it).
+    CreatePattern(PatternQueue),
     Take {
         name: String,
         partition: u32,

@@ -3,8 +3,8 @@
 
 use proptest::prelude::*;
 
-use super::config::QueueConfig;
-use super::model::{QueueOp, Taken};
+use super::config::{QueueConfig, StartAt};
+use super::model::{PatternQueue, QueueOp, Taken};
 use super::pending::Hold;
 use crate::statelog::{LogOp, OpReader};
 
@@ -23,6 +23,20 @@ pub(super) fn create(name: &str, levels: u8, partitions: u32) -> QueueOp {
             .map(|p| (p, vec![0; usize::from(levels)]))
             .collect(),
     }
+}
+
+pub(super) fn create_pattern(name: &str, start: StartAt, next_child: u32) -> QueueOp {
+    QueueOp::CreatePattern(PatternQueue {
+        name: name.into(),
+        pattern: r"jobs\..*".into(),
+        config: QueueConfig {
+            filter: (next_child % 2 == 1).then(|| "header.kind == \"a\"".into()),
+            ..QueueConfig::defaults_for(name)
+        },
+        start,
+        created_ms: 3,
+        next_child,
+    })
 }
 
 pub(super) fn leased(offset: u64, member: &str) -> Taken {
@@ -55,12 +69,40 @@ pub(super) fn arb_hold() -> impl Strategy<Value = Hold> {
     ]
 }
 
-pub(super) fn arb_op() -> impl Strategy<Value = QueueOp> {
-    let name = "[a-c]";
+/// A queue name: a plain queue, a pattern queue (`pa`) or one of its per-topic queues.
+fn arb_name() -> impl Strategy<Value = String> {
     prop_oneof![
-        (name, 1u8..=3, 0u32..3).prop_map(|(n, levels, partitions)| create(&n, levels, partitions)),
+        "[a-c]",
+        Just("pa".to_string()),
+        Just("__pq.pa.0".to_string()),
+        Just("__pq.pa.1".to_string()),
+    ]
+}
+
+pub(super) fn arb_op() -> impl Strategy<Value = QueueOp> {
+    let name = arb_name;
+    prop_oneof![
+        (name(), 1u8..=3, 0u32..3)
+            .prop_map(|(n, levels, partitions)| create(&n, levels, partitions)),
         (
-            name,
+            name(),
+            prop_oneof![
+                Just(StartAt::Earliest),
+                Just(StartAt::Latest),
+                any::<i64>().prop_map(StartAt::TimestampMs)
+            ],
+            0u32..4
+        )
+            .prop_map(|(n, start, next_child)| create_pattern(&n, start, next_child)),
+        (name(), 100u64..500).prop_map(|(n, ack_deadline_ms)| QueueOp::Alter {
+            name: n,
+            config: QueueConfig {
+                ack_deadline_ms,
+                ..config()
+            }
+        }),
+        (
+            name(),
             0u32..3,
             0u8..3,
             0u64..50,
@@ -77,7 +119,7 @@ pub(super) fn arb_op() -> impl Strategy<Value = QueueOp> {
                     .map(|(offset, hold)| Taken { offset, hold })
                     .collect(),
             }),
-        (name, 0u32..3, 0u64..50, "[a-z]{0,8}").prop_map(|(n, partition, offset, member)| {
+        (name(), 0u32..3, 0u64..50, "[a-z]{0,8}").prop_map(|(n, partition, offset, member)| {
             QueueOp::Lease {
                 name: n,
                 partition,
@@ -88,7 +130,7 @@ pub(super) fn arb_op() -> impl Strategy<Value = QueueOp> {
             }
         }),
         (
-            name,
+            name(),
             0u32..3,
             prop::collection::vec((0u64..50, 0u64..50), 0..4)
         )
@@ -97,7 +139,7 @@ pub(super) fn arb_op() -> impl Strategy<Value = QueueOp> {
                 partition,
                 ranges
             }),
-        (name, 0u32..3, 0u64..50, any::<i64>(), "[a-z ]{0,12}").prop_map(
+        (name(), 0u32..3, 0u64..50, any::<i64>(), "[a-z ]{0,12}").prop_map(
             |(n, partition, offset, due_ms, reason)| QueueOp::Nack {
                 name: n,
                 partition,
@@ -106,14 +148,14 @@ pub(super) fn arb_op() -> impl Strategy<Value = QueueOp> {
                 reason
             }
         ),
-        (name, 0u32..3, 0u64..50).prop_map(|(n, partition, offset)| QueueOp::DeadLetter {
+        (name(), 0u32..3, 0u64..50).prop_map(|(n, partition, offset)| QueueOp::DeadLetter {
             name: n,
             partition,
             offset,
             reason: "max deliveries".into()
         }),
-        (name, prop::collection::vec((0u32..3, 0u64..60), 0..3))
+        (name(), prop::collection::vec((0u32..3, 0u64..60), 0..3))
             .prop_map(|(n, ends)| QueueOp::Purge { name: n, ends }),
-        name.prop_map(|n| QueueOp::Delete { name: n }),
+        name().prop_map(|n| QueueOp::Delete { name: n }),
     ]
 }
