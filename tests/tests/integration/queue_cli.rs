@@ -900,3 +900,90 @@ fn segment_verify_and_repair_cover_the_queue_state_and_its_history() {
     assert_eq!(seen, all, "{}", again.stdout);
     broker.stop();
 }
+
+#[test]
+fn a_queue_on_a_topic_pattern_from_the_cli() {
+    let broker = TestBroker::start();
+    topic_with(&broker, "orders.eu", 2, &values(6), &[]);
+    topic_with(&broker, "payments", 1, &values(3), &[]);
+    let created = cli(
+        &broker,
+        &[
+            "queue",
+            "create",
+            "all-orders",
+            "--topic-pattern",
+            r"orders\..*",
+            "--from",
+            "earliest",
+        ],
+    )
+    .ok("queue create --topic-pattern");
+    assert!(
+        created.stdout.starts_with(
+            r"created queue all-orders on topic pattern orders\..* (1 topic: orders.eu) (6 ready)"
+        ),
+        "{}",
+        created.stdout
+    );
+    topic_with(&broker, "orders.us", 1, &values(4), &[]);
+    let described = describe(&broker, "all-orders");
+    assert_eq!(described["topic_pattern"], r"orders\..*", "{described:#}");
+    assert_eq!(
+        described["topics"],
+        serde_json::json!(["orders.eu", "orders.us"]),
+        "{described:#}"
+    );
+    assert_eq!(described["ready"], 10, "{described:#}");
+    let text = cli(&broker, &["queue", "describe", "all-orders"]).ok("describe");
+    assert!(text.stdout.contains("TOPIC"), "{}", text.stdout);
+
+    // Every delivery names its topic, and is acked (by topic) once printed.
+    let consumed = cli(&broker, &["queue", "consume", "all-orders", "--json"]).ok("consume");
+    let mut by_topic: BTreeMap<String, usize> = BTreeMap::new();
+    for line in consumed.json_lines() {
+        *by_topic
+            .entry(line["topic"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        by_topic,
+        BTreeMap::from([("orders.eu".to_string(), 6), ("orders.us".to_string(), 4)])
+    );
+    let after = describe(&broker, "all-orders");
+    assert_eq!(
+        (after["ready"].clone(), after["unacked"].clone()),
+        (0.into(), 0.into())
+    );
+
+    // Listing deliveries needs the topic; both flags at once is a usage error.
+    let listed = cli(
+        &broker,
+        &[
+            "queue",
+            "deliveries",
+            "all-orders",
+            "--topic",
+            "orders.us",
+            "--json",
+        ],
+    )
+    .ok("deliveries --topic");
+    assert!(!listed.stdout.is_empty());
+    let without = cli(&broker, &["queue", "deliveries", "all-orders"]);
+    assert_ne!(without.code, 0);
+    assert!(without.stderr.contains("topic"), "{}", without.stderr);
+    let both = cli(
+        &broker,
+        &[
+            "queue",
+            "create",
+            "x",
+            "--topic",
+            "a",
+            "--topic-pattern",
+            "b",
+        ],
+    );
+    assert_eq!(both.code, 2, "{}", both.stderr);
+}
