@@ -18,7 +18,9 @@ const RECEIVE_WAIT_MAX: Duration = Duration::from_secs(30);
 /// Most deliveries one `Receive` returns (the broker's limit).
 const RECEIVE_MESSAGES_MAX: u32 = 1000;
 
-/// A member of a queue: receives deliveries leased to it and settles them.
+/// A member of a queue: receives deliveries leased to it and settles them. On a queue
+/// on a topic pattern the deliveries come from every topic it has taken
+/// ([`Message::topic`] says which); settling names that topic for you.
 ///
 /// Receive retries with backoff while the broker is away. A delivery not settled by
 /// its deadline (or whose worker died) is delivered again, to any member, after the

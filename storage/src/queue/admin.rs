@@ -636,7 +636,7 @@ pub fn over_caps(
             _ => continue,
         };
         return Ok(Some(OverCap {
-            queue: queue.name,
+            queue: public_name(&queue.name).to_string(),
             ready_messages: messages,
             ready_bytes: bytes,
             cap,
