@@ -841,7 +841,9 @@ impl QueueEngine {
         }
         let reason = format!(
             "overflow: queue {:?} held {messages} ready messages ({bytes} bytes), over its topic's caps (queue_max_ready_messages {:?}, queue_max_ready_bytes {:?})",
-            super::admin::public_name(&self.name), config.queue_max_ready_messages, config.queue_max_ready_bytes
+            super::admin::public_name(&self.name),
+            config.queue_max_ready_messages,
+            config.queue_max_ready_bytes
         );
         let dlq = dead_letter_topic(&*self.store, &queue.config.dead_letter_topic)?;
         let mut ops = Vec::new();
