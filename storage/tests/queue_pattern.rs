@@ -486,3 +486,41 @@ fn an_fsync_error_or_a_full_disk_fails_the_call_and_recovery_keeps_the_rest() {
         );
     }
 }
+
+#[test]
+fn racing_syncs_give_each_topic_exactly_one_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::new(dir.path(), 7).unwrap();
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let store = open(&fs, &dir.path().join("data"), &clock).unwrap();
+    admin::create_pattern_queue(&*store, "race", r"r\..*", StartAt::Latest, config("race"))
+        .unwrap();
+    std::thread::scope(|scope| {
+        // Topics appear while four threads sync (as the broker's runtime and
+        // DescribeQueue calls do).
+        scope.spawn(|| {
+            for i in 0..40 {
+                store
+                    .create_topic(&format!("r.{i:02}"), 1, TopicConfig::default())
+                    .unwrap();
+            }
+        });
+        for _ in 0..4 {
+            scope.spawn(|| {
+                for _ in 0..60 {
+                    admin::sync_pattern_queue(&*store, "race").unwrap();
+                }
+            });
+        }
+    });
+    admin::sync_pattern_queue(&*store, "race").unwrap();
+    let per_topic: BTreeMap<String, usize> = store.queues().read(|q| {
+        let mut counts = BTreeMap::new();
+        for child in q.children("race") {
+            *counts.entry(child.topic.clone()).or_default() += 1;
+        }
+        counts
+    });
+    assert_eq!(per_topic.len(), 40, "{per_topic:?}");
+    assert!(per_topic.values().all(|n| *n == 1), "{per_topic:?}");
+}

@@ -273,7 +273,16 @@ pub fn sync_pattern_queue(store: &dyn QueueHost, name: &str) -> Result<PatternSy
     }) {
         return Err(not_found(name));
     }
-    store.queues().append(ops)?;
+    let outcomes = store.queues().append(ops)?;
+    // A create that changed nothing lost a race with another sync (which made the
+    // topic's queue, or took the number): the next sync looks again.
+    let created: Vec<(std::sync::Arc<Topic>, String)> = created
+        .into_iter()
+        .zip(&outcomes)
+        .filter(|(_, outcome)| **outcome == 1)
+        .map(|(created, _)| created)
+        .collect();
+    sync.added = created.iter().map(|(t, _)| t.name().to_string()).collect();
     // A topic deleted (or deleted and created again) while its queue was being made
     // may have missed the deletion's sweep of its queues: sweep it here.
     let mut stale = Vec::new();

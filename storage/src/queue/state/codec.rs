@@ -20,7 +20,7 @@
 //! | 12 | create (v2) | as 1, with config v2 | as 1 |
 //! | 13 | alter (v2) | as 2, with config v2 | as 2 |
 //! | 14 | create with a filter | the fields of 12, then `filter` str16 | as 12, for a queue whose config has a filter (12 has none) |
-//! | 15 | create on a pattern | `name` str16, `pattern` str16, config v2, `filter` str16 (empty = none), start, `created_ms` i64, `next_child` u32 | a queue on a topic pattern; its per-topic queues are created by kind 12 or 14 (named `__pq.<name>.<n>`, each raising `next_child` past its `n`) |
+//! | 15 | create on a pattern | `name` str16, `pattern` str16, config v2, `filter` str16 (empty = none), start, `created_ms` i64, `next_child` u32 | a queue on a topic pattern; its per-topic queues are created by kind 12 or 14 (named `__pq.<name>.<n>`, each raising `next_child` past its `n`; one for a topic that already has one is a no-op) |
 //!
 //! **config**: `ack_deadline_ms` u64, `max_deliveries` u32 (0 = unlimited),
 //! `backoff_initial_ms` u64, `backoff_max_ms` u64, `dead_letter_topic` str16,

@@ -96,10 +96,15 @@ impl StateMachine for Queues {
                 if self.exists(&name) {
                     return 0;
                 }
-                if let Some((parent, n)) = pattern_child_parent(&name)
-                    && let Some(parent) = self.patterns.get_mut(parent)
-                {
-                    parent.next_child = parent.next_child.max(n.saturating_add(1));
+                if let Some((parent, n)) = pattern_child_parent(&name) {
+                    // One queue per topic: of two racing syncs that both took a
+                    // topic, the second's queue is not made.
+                    if self.children(parent).any(|c| c.topic == topic) {
+                        return 0;
+                    }
+                    if let Some(parent) = self.patterns.get_mut(parent) {
+                        parent.next_child = parent.next_child.max(n.saturating_add(1));
+                    }
                 }
                 let partitions = cursors
                     .into_iter()
@@ -492,6 +497,11 @@ mod tests {
             0
         );
         state.apply(create("__pq.orders.4", 1, 2));
+        assert_eq!(
+            state.apply(create("__pq.orders.5", 1, 2)),
+            0,
+            "a second queue on the same topic is not made"
+        );
         // A queue on another pattern queue whose name extends this one's.
         state.apply(create("__pq.orders.eu.7", 1, 1));
         let pattern = state.pattern("orders").unwrap();
