@@ -97,9 +97,12 @@ impl StateMachine for Queues {
                     return 0;
                 }
                 if let Some((parent, n)) = pattern_child_parent(&name) {
-                    // One queue per topic: of two racing syncs that both took a
-                    // topic, the second's queue is not made.
-                    if self.children(parent).any(|c| c.topic == topic) {
+                    // Only for a pattern queue that exists (a sync racing the pattern
+                    // queue's deletion makes nothing), and one queue per topic (of two
+                    // racing syncs that both took a topic, the second's is not made).
+                    if !self.patterns.contains_key(parent)
+                        || self.children(parent).any(|c| c.topic == topic)
+                    {
                         return 0;
                     }
                     if let Some(parent) = self.patterns.get_mut(parent) {
@@ -131,16 +134,9 @@ impl StateMachine for Queues {
                 );
                 1
             }
-            QueueOp::CreatePattern(mut queue) => {
+            QueueOp::CreatePattern(queue) => {
                 if self.exists(&queue.name) {
                     return 0;
-                }
-                // Per-topic queues that outlived an earlier pattern queue of this name
-                // keep their numbers.
-                for child in self.children(&queue.name) {
-                    if let Some((_, n)) = pattern_child_parent(&child.name) {
-                        queue.next_child = queue.next_child.max(n.saturating_add(1));
-                    }
                 }
                 self.patterns.insert(queue.name.clone(), queue);
                 1
@@ -159,7 +155,19 @@ impl StateMachine for Queues {
                 1
             }
             QueueOp::Delete { name } if self.patterns.contains_key(&name) => {
+                // Its per-topic queues go with it (the broker deletes them first in
+                // the same append, which leaves none here).
                 self.patterns.remove(&name);
+                let children: Vec<String> = self.children(&name).map(|c| c.name.clone()).collect();
+                for child in children {
+                    if let Some(queue) = self.queues.remove(&child) {
+                        self.pending_total -= queue
+                            .partitions
+                            .values()
+                            .map(|p| p.pending.len() as u64)
+                            .sum::<u64>();
+                    }
+                }
                 1
             }
             QueueOp::Delete { name } => match self.queues.remove(&name) {
@@ -502,8 +510,9 @@ mod tests {
             0,
             "a second queue on the same topic is not made"
         );
-        // A queue on another pattern queue whose name extends this one's.
-        state.apply(create("__pq.orders.eu.7", 1, 1));
+        // A queue of another pattern queue whose name extends this one's.
+        state.apply(create_pattern("orders.eu", StartAt::Latest, 0));
+        assert_eq!(state.apply(create("__pq.orders.eu.7", 1, 1)), 1);
         let pattern = state.pattern("orders").unwrap();
         assert_eq!(pattern.next_child, 5, "past the highest number used");
         assert_eq!(
@@ -532,12 +541,14 @@ mod tests {
         );
         assert!(state.pattern("orders").is_none());
         assert!(
-            state.get("__pq.orders.4").is_some(),
-            "a per-topic queue goes by its own delete"
+            state.get("__pq.orders.4").is_none(),
+            "its per-topic queues go with it"
         );
-        // A pattern queue of the same name again numbers past what is left.
-        state.apply(create_pattern("orders", StartAt::Latest, 0));
-        assert_eq!(state.pattern("orders").unwrap().next_child, 5);
+        assert_eq!(
+            state.apply(create("__pq.orders.6", 1, 1)),
+            0,
+            "no per-topic queue without its pattern queue"
+        );
     }
 
     #[test]
