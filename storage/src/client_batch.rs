@@ -325,9 +325,10 @@ struct Walk<'a> {
 }
 
 impl Walk<'_> {
-    fn varint(&mut self) -> Result<u64, String> {
-        let (value, used) = batch::get_varint(self.bytes.get(self.at..).unwrap_or_default())
-            .ok_or("malformed varint")?;
+    /// A varint that ends before `end` (a record's varints never run past its length).
+    fn varint(&mut self, end: usize) -> Result<u64, String> {
+        let (value, used) = batch::get_varint(self.bytes.get(self.at..end).unwrap_or_default())
+            .ok_or("malformed varint, or one that runs past the record's length")?;
         self.at += used;
         Ok(value)
     }
@@ -343,7 +344,7 @@ impl Walk<'_> {
 
     /// A varint length and that many bytes, all before `end`: their range.
     fn field(&mut self, end: usize, what: &str) -> Result<std::ops::Range<usize>, String> {
-        let length = self.varint()?;
+        let length = self.varint(end)?;
         let start = self.at;
         let stop = usize::try_from(length)
             .ok()
@@ -355,7 +356,7 @@ impl Walk<'_> {
     }
 
     fn record(&mut self, index: u32, first: i64, rules: &BatchRules) -> Result<Fields, String> {
-        let length = self.varint()?;
+        let length = self.varint(self.bytes.len())?;
         let end = usize::try_from(length)
             .ok()
             .and_then(|len| self.at.checked_add(len))
@@ -365,20 +366,20 @@ impl Walk<'_> {
         if attributes & !RECORD_ATTRIBUTES_KNOWN != 0 {
             return Err(format!("unknown attribute bits {attributes:#04x}"));
         }
-        let delta = self.varint()?;
+        let delta = self.varint(end)?;
         if delta != u64::from(index) {
             return Err(format!(
                 "offset delta {delta} where {index} was expected (dense offsets)"
             ));
         }
-        let timestamp_ms = first.wrapping_add(batch::unzigzag(self.varint()?));
+        let timestamp_ms = first.wrapping_add(batch::unzigzag(self.varint(end)?));
         let expires_at_ms = if attributes & RECORD_HAS_EXPIRY != 0 {
-            Some(first.wrapping_add(batch::unzigzag(self.varint()?)))
+            Some(first.wrapping_add(batch::unzigzag(self.varint(end)?)))
         } else {
             None
         };
         if attributes & RECORD_HAS_DELIVER_AT != 0 {
-            self.varint()?;
+            self.varint(end)?;
         }
         if attributes & RECORD_HAS_PRIORITY != 0 {
             let priority = self.byte(end)?;
@@ -408,7 +409,7 @@ impl Walk<'_> {
             payload += self.field(end, "key")?.len() as u64;
         }
         payload += self.field(end, "value")?.len() as u64;
-        let header_count = self.varint()?;
+        let header_count = self.varint(end)?;
         if header_count > u64::from(RECORD_HEADERS_MAX) {
             return Err(format!(
                 "{header_count} headers, over the limit of {RECORD_HEADERS_MAX}"
@@ -734,6 +735,33 @@ mod tests {
 
     /// The fuzz target's seeds (written by the Python encoder of FORMAT.md) validate:
     /// a second, independent encoder agrees with this validator.
+    #[test]
+    fn a_header_count_past_the_records_length_is_refused_not_a_panic() {
+        // Found by the client_batch fuzz target: a record whose length ends inside its
+        // fields, so the header count's varint was read past it and the length check's
+        // message subtracted the other way round.
+        let bytes: &[u8] = &[
+            198, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 42, 96, 234, 223, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0,
+            0, 0, 0, 104, 229, 207, 139, 1, 0, 0, 0, 104, 229, 207, 139, 1, 0, 0, 255, 255, 255,
+            255, 255, 255, 255, 127, 138, 0, 0, 0, 138, 0, 0, 0, 20, 19, 0, 0, 192, 169, 7, 4, 105,
+            100, 45, 49, 1, 107, 1, 118, 1, 1, 104, 1, 120, 4, 0, 1, 0, 0, 0, 110, 16, 2, 9, 4,
+            105, 100, 45, 51, 100, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122,
+            122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122,
+            122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122,
+            122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122,
+            122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122,
+            122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 122, 0, 60, 122, 122, 122,
+            122, 0,
+        ];
+        let rules = BatchRules {
+            now_ms: 1_700_000_000_000,
+            priority_levels: 0,
+            ..rules()
+        };
+        let error = validate_batch(bytes, &rules).unwrap_err().to_string();
+        assert!(error.contains("length"), "{error}");
+    }
+
     #[test]
     fn the_fuzz_seeds_from_the_python_encoder_validate() {
         let dir =
