@@ -252,7 +252,6 @@ pub fn sync_pattern_queue(store: &dyn QueueHost, name: &str) -> Result<PatternSy
             queue.config.clone(),
         )?);
         created.push((topic.clone(), child));
-        sync.added.push(topic.name().to_string());
     }
     let live = |topic: &str| topics.iter().any(|t| t.name() == topic);
     for (topic, child) in &children {
