@@ -967,6 +967,67 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Records whose lengths, offset deltas and header fields cross the one- and
+        /// two-byte varint boundaries (127/128, 16383/16384) read back as written, in
+        /// place and decoded, and each header is found by name as a linear search finds
+        /// it (the reader's fast paths for two-byte varints and short key comparisons).
+        #[test]
+        fn records_round_trip_across_varint_sizes(
+            values in proptest::collection::vec(
+                proptest::prop_oneof![0usize..200, 16_300usize..16_500, 100usize..140],
+                1..3,
+            ),
+            count in 1usize..400,
+            names in proptest::collection::vec("[a-z.-]{0,20}", 0..4),
+            probe in "[a-z.-]{0,20}",
+            flip in 0usize..20,
+        ) {
+            // Names that differ from a header's in one byte only, anywhere in it.
+            let near: Vec<String> = names
+                .iter()
+                .filter(|name| !name.is_empty())
+                .map(|name| {
+                    let mut bytes = name.clone().into_bytes();
+                    let at = flip % bytes.len();
+                    bytes[at] = b'X';
+                    String::from_utf8(bytes).unwrap()
+                })
+                .collect();
+            let records: Vec<NewRecord> = (0..count)
+                .map(|i| NewRecord {
+                    value: Bytes::from(vec![i as u8; values[i % values.len()]]),
+                    headers: names
+                        .iter()
+                        .enumerate()
+                        .map(|(n, name)| Header {
+                            key: name.clone(),
+                            value: Bytes::from(format!("{i}-{n}")),
+                        })
+                        .collect(),
+                    ..NewRecord::default()
+                })
+                .collect();
+            let encoded = encode_batch(&records, &options()).unwrap();
+            let bytes = Bytes::from(encoded.bytes);
+            let header = BatchHeader::parse(&bytes).unwrap();
+            let mut iter = RecordIter::new(&bytes, &header).unwrap();
+            let mut read = 0;
+            while let Some(view) = iter.next_view() {
+                let view = view.unwrap();
+                let record = iter.record(&view).unwrap();
+                let written = &records[read];
+                proptest::prop_assert_eq!(record.offset, read as u64);
+                proptest::prop_assert_eq!(&record.value, &written.value);
+                proptest::prop_assert_eq!(&record.headers, &written.headers);
+                for name in names.iter().chain(&near).chain([&probe]) {
+                    let expected = written.headers.iter().find(|h| &h.key == name).map(|h| h.value.as_ref());
+                    proptest::prop_assert_eq!(iter.raw(&view).headers().value_of(name), expected);
+                }
+                read += 1;
+            }
+            proptest::prop_assert_eq!(read, count);
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
             let _ = decode_batch(&Bytes::from(data));
