@@ -3,18 +3,21 @@
 //! connections.
 //!
 //! # How a record travels
-//! [`Producer::send`] reserves the record's bytes in the producer's buffer
-//! ([`ProducerConfig::buffer_bytes`]; when it is full, `send` waits: that is the
-//! back-pressure) and hands the record to the producer's task. The task picks the
-//! partition, adds the record to the open batch of (topic, partition, ack level), and
-//! seals the batch when it reaches [`ProducerConfig::batch_bytes`] or
-//! [`ProducerConfig::batch_records`], or, when the window has room, after
-//! [`ProducerConfig::linger`]. A sealed batch is encoded once, in the log's own format
+//! [`Producer::send`] does the per-record work in the caller's task, under one short
+//! lock: it picks the partition, checks the record, reserves its bytes in the
+//! producer's buffer ([`ProducerConfig::buffer_bytes`]; when it is full, `send` waits:
+//! that is the back-pressure) and adds it to the open batch of (topic, partition, ack
+//! level). No channel message and no allocation per record: the producer's task is
+//! woken once per batch. A batch is sealed when it reaches
+//! [`ProducerConfig::batch_bytes`] or [`ProducerConfig::batch_records`], or, when the
+//! window has room, after [`ProducerConfig::linger`]. A sealed batch is encoded once,
+//! by the producer's task, in the log's own format
 //! (`tidelog_storage::batch::encode_batch`, the one encoder, zstd-compressed if
 //! [`ProducerConfig::compression`] says so), and sent as a `PublishStreamRequest.batch`;
 //! at most [`ProducerConfig::in_flight`] batches wait for their answer at a time. The
 //! broker answers in order with the batch's base offset; record `i` is at
-//! `base_offset + i`, and its [`DeliveryFuture`] resolves to that [`Delivered`].
+//! `base_offset + i`. The answer is kept once per batch, and each record's
+//! [`DeliveryFuture`] resolves to its own [`Delivered`] from it.
 //!
 //! # Partitions
 //! A record's own [`Record::partition`] wins; else a keyed record goes to Kafka's
@@ -39,6 +42,7 @@
 //! are not retried.
 
 mod accumulator;
+mod front;
 mod sender;
 
 use std::future::Future;
@@ -47,7 +51,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use accumulator::Limits;
+use front::{Core, Front, Placed, RECORD_OVERHEAD_BYTES, Slot};
 
 pub use tidelog_storage::Compression;
 
@@ -109,9 +117,6 @@ impl Default for ProducerConfig {
     }
 }
 
-/// Bytes a record holds in the buffer beyond its payload (its share of framing).
-const RECORD_OVERHEAD_BYTES: usize = 64;
-
 /// Publishes records to tidelogd in batches. Clones share one task and one stream.
 ///
 /// ```no_run
@@ -131,53 +136,119 @@ pub struct Producer {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
 struct Shared {
+    client: Client,
+    core: Arc<Core>,
+    /// To the producer's task; when every producer is dropped it closes, and the task
+    /// sends what it holds and ends.
     commands: mpsc::UnboundedSender<sender::Command>,
-    buffer: Arc<Semaphore>,
-    buffer_bytes: usize,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer").finish_non_exhaustive()
+    }
 }
 
 impl Producer {
     /// A producer on `client`'s connection; its task runs on the current tokio runtime.
     pub fn new(client: &Client, config: ProducerConfig) -> Producer {
         let buffer_bytes = config.buffer_bytes.clamp(1, u32::MAX as usize);
+        let limits = Limits {
+            max_bytes: config.batch_bytes,
+            max_records: config
+                .batch_records
+                .min(tidelog_storage::limits::BATCH_RECORDS_MAX as usize),
+            linger: config.linger,
+        };
+        let core = Arc::new(Core::new(Front::new(limits, config.ids, buffer_bytes)));
         let (commands, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(sender::run(client.clone(), config, receiver));
+        tokio::spawn(sender::run(client.clone(), config, core.clone(), receiver));
         Producer {
             shared: Arc::new(Shared {
+                client: client.clone(),
+                core,
                 commands,
-                buffer: Arc::new(Semaphore::new(buffer_bytes)),
-                buffer_bytes,
             }),
         }
     }
 
     /// Hands `record` to the producer. Waits while the buffer is full (the window of
-    /// batches in flight is full and the batches behind it have taken the buffer);
+    /// batches in flight is full and the batches behind it have taken the buffer),
+    /// and, for the first record of a topic, while the producer describes the topic;
     /// the returned future resolves once the broker acknowledged the record at its
-    /// ack level, or failed it.
+    /// ack level, or failed it. Fails at once only with [`Error::Closed`].
     pub async fn send(&self, record: Record) -> Result<DeliveryFuture> {
-        let size = (record.size_bytes() as usize)
-            .saturating_add(RECORD_OVERHEAD_BYTES)
-            .min(self.shared.buffer_bytes);
-        let permit = self
-            .shared
-            .buffer
-            .clone()
-            .acquire_many_owned(size as u32)
-            .await
-            .map_err(|_| Error::Closed)?;
-        let (reply, receiver) = oneshot::channel();
-        self.shared
-            .commands
-            .send(sender::Command::Record {
-                record: Box::new(record),
-                reply,
-                permit,
-            })
-            .map_err(|_| Error::Closed)?;
-        Ok(DeliveryFuture { receiver })
+        let core = &self.shared.core;
+        let mut record = Some(record);
+        let mut waiting = None;
+        loop {
+            let placed = {
+                let mut front = core.front();
+                if front.closed {
+                    return Err(Error::Closed);
+                }
+                front.push(&mut record)
+            };
+            match placed {
+                Placed::Added {
+                    slot,
+                    index,
+                    id,
+                    wake,
+                } => {
+                    if wake {
+                        core.wake.notify_one();
+                    }
+                    return Ok(DeliveryFuture::waiting(slot, index, id));
+                }
+                Placed::Refused(error) => return Ok(DeliveryFuture::ready(Err(error))),
+                Placed::UnknownTopic => {
+                    let Some(topic) = record.as_ref().map(|r| r.topic.clone()) else {
+                        return Err(Error::Closed);
+                    };
+                    match self.shared.client.describe_topic(&topic).await {
+                        Ok(description) => core.front().learn(&description),
+                        Err(error) => return Ok(DeliveryFuture::ready(Err(error))),
+                    }
+                }
+                // Register for the wake-up first, then try again: space given back in
+                // between is not missed.
+                Placed::Full => match waiting.take() {
+                    None => {
+                        let mut notified = Box::pin(core.space.notified());
+                        notified.as_mut().enable();
+                        waiting = Some(notified);
+                    }
+                    Some(notified) => notified.await,
+                },
+            }
+        }
+    }
+
+    /// Reserves `bytes` of the buffer, waiting for space like `send`.
+    async fn reserve(&self, bytes: usize) -> Result<()> {
+        let core = &self.shared.core;
+        let mut waiting = None;
+        loop {
+            {
+                let mut front = core.front();
+                if front.closed {
+                    return Err(Error::Closed);
+                }
+                if front.reserve(bytes) {
+                    return Ok(());
+                }
+            }
+            match waiting.take() {
+                None => {
+                    let mut notified = Box::pin(core.space.notified());
+                    notified.as_mut().enable();
+                    waiting = Some(notified);
+                }
+                Some(notified) => notified.await,
+            }
+        }
     }
 
     /// Sends `records` as one batch to `partition` of `topic`, as they are (no
@@ -192,29 +263,26 @@ impl Producer {
         ack: crate::record::Ack,
         records: Vec<Record>,
     ) -> Result<BatchDeliveryFuture> {
+        let buffer_bytes = self.shared.core.front().buffer_bytes();
         let size: usize = records
             .iter()
             .map(|r| (r.size_bytes() as usize).saturating_add(RECORD_OVERHEAD_BYTES))
-            .sum();
-        let permit = self
-            .shared
-            .buffer
-            .clone()
-            .acquire_many_owned(size.min(self.shared.buffer_bytes) as u32)
-            .await
-            .map_err(|_| Error::Closed)?;
+            .sum::<usize>()
+            .min(buffer_bytes);
+        self.reserve(size).await?;
         let (reply, receiver) = oneshot::channel();
-        self.shared
-            .commands
-            .send(sender::Command::Batch {
-                topic: topic.to_string(),
-                partition,
-                ack,
-                records: records.into_iter().map(|r| r.inner).collect(),
-                reply,
-                permit,
-            })
-            .map_err(|_| Error::Closed)?;
+        let sent = self.shared.commands.send(sender::Command::Batch {
+            topic: topic.to_string(),
+            partition,
+            ack,
+            records: records.into_iter().map(|r| r.inner).collect(),
+            reply,
+            reserved: size,
+        });
+        if sent.is_err() {
+            self.shared.core.give_back(size);
+            return Err(Error::Closed);
+        }
         Ok(BatchDeliveryFuture { receiver })
     }
 
@@ -242,6 +310,8 @@ impl Producer {
             .commands
             .send(sender::Command::Close { reply })
             .map_err(|_| Error::Closed)?;
+        // After the command: what was sent before it is drained by it.
+        self.shared.core.front().closed = true;
         receiver.await.map_err(|_| Error::Closed)
     }
 }
@@ -267,15 +337,54 @@ impl Future for BatchDeliveryFuture {
 #[derive(Debug)]
 #[must_use = "a send is only known to be stored once its DeliveryFuture resolves"]
 pub struct DeliveryFuture {
-    receiver: oneshot::Receiver<Result<Delivered>>,
+    state: Delivery,
+}
+
+#[derive(Debug)]
+enum Delivery {
+    /// Decided when it was sent (refused, or the topic could not be described).
+    Ready(Option<Result<Delivered>>),
+    /// Record `index` of the batch whose outcome `slot` will hold.
+    Waiting {
+        slot: Arc<Slot>,
+        index: usize,
+        id: Option<Bytes>,
+        /// Where this future's waker is in the slot's list, once it waited.
+        waker_at: Option<usize>,
+    },
+}
+
+impl DeliveryFuture {
+    fn ready(result: Result<Delivered>) -> DeliveryFuture {
+        DeliveryFuture {
+            state: Delivery::Ready(Some(result)),
+        }
+    }
+
+    fn waiting(slot: Arc<Slot>, index: usize, id: Option<Bytes>) -> DeliveryFuture {
+        DeliveryFuture {
+            state: Delivery::Waiting {
+                slot,
+                index,
+                id,
+                waker_at: None,
+            },
+        }
+    }
 }
 
 impl Future for DeliveryFuture {
     type Output = Result<Delivered>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.receiver)
-            .poll(cx)
-            .map(|result| result.unwrap_or(Err(Error::Closed)))
+        match &mut self.state {
+            Delivery::Ready(result) => Poll::Ready(result.take().unwrap_or(Err(Error::Closed))),
+            Delivery::Waiting {
+                slot,
+                index,
+                id,
+                waker_at,
+            } => slot.poll(*index, id, waker_at, cx),
+        }
     }
 }

@@ -1,43 +1,39 @@
-//! The producer's task: owns the accumulator, the publish stream and the batches in
-//! flight (see the module docs of `producer` for the rules).
+//! The producer's task: takes sealed batches from the front (see `front`), encodes
+//! them, and owns the publish stream and the batches in flight (see the module docs of
+//! `producer` for the rules).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use tidelog_proto::v1::{
     PublishBatchRequest, PublishBatchResponse, PublishStreamRequest, PublishStreamResponse,
-    TopicDescription, publish_stream_response,
+    publish_stream_response,
 };
 use tidelog_storage::NewRecord;
 use tidelog_storage::batch::{EncodeOptions, encode_batch};
-use tidelog_storage::limits::{MESSAGE_ID_BYTES_MAX, RECORD_HEADERS_MAX};
-use tidelog_storage::msgid::IdGenerator;
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
-use super::accumulator::{Accumulator, BatchKey, Limits, Sealed};
-use super::{IdMode, ProducerConfig};
+use super::ProducerConfig;
+use super::accumulator::BatchKey;
+use super::front::{Core, Outcome, SealedBatch, Slot, TopicState, now_ms};
 use crate::backoff::Backoff;
 use crate::connection::Client;
 use crate::error::{Error, Result, retryable_status};
-use crate::record::{Delivered, Record};
+use crate::record::Delivered;
 
 pub(crate) enum Command {
-    Record {
-        record: Box<Record>,
-        reply: oneshot::Sender<Result<Delivered>>,
-        permit: OwnedSemaphorePermit,
-    },
+    /// A caller's own batch (`send_batch`), with the buffer bytes it reserved.
     Batch {
         topic: String,
         partition: u32,
         ack: crate::record::Ack,
         records: Vec<NewRecord>,
         reply: oneshot::Sender<Result<Vec<Delivered>>>,
-        permit: OwnedSemaphorePermit,
+        reserved: usize,
     },
     Flush {
         reply: oneshot::Sender<()>,
@@ -47,30 +43,18 @@ pub(crate) enum Command {
     },
 }
 
-/// Most commands taken per turn of the task's loop (bounds how long acks and linger
-/// timers wait behind a burst of sends).
-const COMMANDS_PER_WAKE: usize = 1024;
-
-/// A record waiting in an open batch.
-struct Pending {
-    record: NewRecord,
-    waiter: Waiter,
-}
-
-/// What is kept of a record until its ack: who waits, its id, its buffer share.
-struct Waiter {
-    reply: oneshot::Sender<Result<Delivered>>,
-    id: Option<Bytes>,
-    _permit: OwnedSemaphorePermit,
-}
-
-/// Who waits for a batch's ack: each record (`send`), or the caller of `send_batch`.
+/// Who waits for a batch's ack: `send`'s records (through the batch's slot), or the
+/// caller of `send_batch`.
 enum Waiters {
-    Records(Vec<Waiter>),
+    Records {
+        slot: Arc<Slot>,
+        /// Each record's id, or empty when none has one.
+        ids: Vec<Option<Bytes>>,
+    },
     Batch {
         reply: oneshot::Sender<Result<Vec<Delivered>>>,
         ids: Vec<Option<Bytes>>,
-        _permit: OwnedSemaphorePermit,
+        reserved: usize,
     },
 }
 
@@ -78,123 +62,83 @@ enum Waiters {
 struct Outgoing {
     key: BatchKey,
     bytes: Bytes,
+    records: usize,
     waiters: Waiters,
     /// When its oldest record was handed over: the delivery timeout counts from here.
     opened: Instant,
 }
 
 impl Outgoing {
-    fn records(&self) -> usize {
-        match &self.waiters {
-            Waiters::Records(waiters) => waiters.len(),
-            Waiters::Batch { ids, .. } => ids.len(),
-        }
-    }
-
-    fn fail(self, error: &Error) {
+    fn fail(self, core: &Core, error: &Error) {
         match self.waiters {
-            Waiters::Records(waiters) => {
-                for waiter in waiters {
-                    let _ = waiter.reply.send(Err(error.clone()));
-                }
-            }
-            Waiters::Batch { reply, .. } => {
+            Waiters::Records { slot, .. } => core.finish(&slot, Outcome::Failed(error.clone())),
+            Waiters::Batch {
+                reply, reserved, ..
+            } => {
                 let _ = reply.send(Err(error.clone()));
+                core.give_back(reserved);
+            }
+        }
+    }
+
+    /// Each record's [`Delivered`] from the batch's ack.
+    fn resolve(self, core: &Core, ack: &PublishBatchResponse) {
+        // A future may have been dropped: the caller stopped caring.
+        match self.waiters {
+            Waiters::Records { slot, ids } => {
+                let outcome = if ack.duplicate {
+                    let ids = if ids.is_empty() {
+                        vec![None; self.records]
+                    } else {
+                        ids
+                    };
+                    Outcome::Each(deliveries_for(&ids, ack))
+                } else {
+                    Outcome::Stored {
+                        partition: ack.partition,
+                        base_offset: ack.base_offset,
+                    }
+                };
+                core.finish(&slot, outcome);
+            }
+            Waiters::Batch {
+                reply,
+                ids,
+                reserved,
+            } => {
+                let outcome = deliveries_for(&ids, ack).into_iter().collect();
+                let _ = reply.send(outcome);
+                core.give_back(reserved);
             }
         }
     }
 }
 
-/// What the producer knows of a topic (from DescribeTopic), and its sticky partition.
-struct TopicState {
-    name: Arc<str>,
-    partitions: u32,
-    max_message_bytes: u64,
+/// What encoding a topic's batch needs to know of it.
+#[derive(Debug, Clone, Copy)]
+struct TopicRules {
     default_ttl_ms: Option<u64>,
+    max_message_bytes: u64,
     priority_levels: u8,
-    attach_ids: bool,
-    sticky: u32,
 }
 
-impl TopicState {
-    fn new(description: &TopicDescription, ids: IdMode) -> TopicState {
-        let config = description.config.unwrap_or_default();
-        let dedups = config.dedup_window_ms.unwrap_or(0) > 0 || config.assign_ids;
-        let partitions = u32::try_from(description.partitions.len())
-            .unwrap_or(u32::MAX)
-            .max(1);
-        TopicState {
-            name: Arc::from(description.name.as_str()),
-            partitions,
-            max_message_bytes: if config.max_message_bytes == 0 {
-                tidelog_storage::limits::MESSAGE_BYTES_DEFAULT
-            } else {
-                config.max_message_bytes
-            },
-            default_ttl_ms: config.default_ttl_ms.filter(|&ttl| ttl > 0),
-            priority_levels: u8::try_from(config.priority_levels).unwrap_or(u8::MAX),
-            attach_ids: match ids {
-                IdMode::Auto => dedups,
-                IdMode::Always => true,
-                IdMode::Never => false,
-            },
-            sticky: tidelog_storage::msgid::process_seed() as u32 % partitions,
+impl TopicRules {
+    fn of(state: &TopicState) -> TopicRules {
+        TopicRules {
+            default_ttl_ms: state.default_ttl_ms,
+            max_message_bytes: state.max_message_bytes,
+            priority_levels: state.priority_levels,
         }
     }
 
-    /// The record's partition, or why it cannot go anywhere.
-    fn partition(&self, record: &Record) -> Result<u32> {
-        match (record.partition, &record.inner.key) {
-            (Some(p), _) if p >= self.partitions => Err(Error::InvalidRecord {
-                reason: format!(
-                    "partition {p} is beyond topic {:?}'s {} partitions (0..{})",
-                    record.topic, self.partitions, self.partitions
-                ),
-            }),
-            (Some(p), _) => Ok(p),
-            (None, Some(key)) => Ok(tidelog_storage::partitioner::partition_for_key(
-                key,
-                self.partitions,
-            )),
-            (None, None) => Ok(self.sticky),
+    fn options(self, compression: tidelog_storage::Compression) -> EncodeOptions {
+        EncodeOptions {
+            now_ms: now_ms(),
+            default_ttl_ms: self.default_ttl_ms,
+            compression,
+            max_message_bytes: self.max_message_bytes,
+            priority_levels: self.priority_levels,
         }
-    }
-
-    /// Checks the rules the broker would check on one record, so a bad record fails
-    /// alone at once instead of failing the batch it would have joined.
-    fn check(&self, record: &NewRecord) -> Result<()> {
-        let invalid = |reason: String| Err(Error::InvalidRecord { reason });
-        let size = record.payload_bytes();
-        if size > self.max_message_bytes {
-            return invalid(format!(
-                "{size} bytes of id, key, value and headers, over topic {:?}'s max_message_bytes {}",
-                self.name, self.max_message_bytes
-            ));
-        }
-        if record.headers.len() > RECORD_HEADERS_MAX as usize {
-            return invalid(format!(
-                "{} headers, over the limit of {RECORD_HEADERS_MAX}",
-                record.headers.len()
-            ));
-        }
-        if let Some(id) = &record.id
-            && !(1..=MESSAGE_ID_BYTES_MAX).contains(&id.len())
-        {
-            return invalid(format!(
-                "an id of {} bytes; ids are 1 to {MESSAGE_ID_BYTES_MAX} bytes",
-                id.len()
-            ));
-        }
-        if record.timestamp_ms.is_some_and(|t| t < 0) {
-            return invalid("a negative timestamp_ms".into());
-        }
-        if record.priority > 0 && record.priority >= self.priority_levels.max(1) {
-            return invalid(format!(
-                "priority {} but topic {:?} has {} priority levels",
-                record.priority, self.name, self.priority_levels
-            ));
-        }
-        Ok(())
     }
 }
 
@@ -207,9 +151,8 @@ struct Stream {
 struct Sender {
     client: Client,
     config: ProducerConfig,
-    topics: HashMap<Arc<str>, TopicState>,
-    accumulator: Accumulator<Pending>,
-    /// Sealed, waiting for room in the window; resends go first.
+    core: Arc<Core>,
+    /// Sealed and encoded, waiting for room in the window; resends go first.
     ready: VecDeque<Outgoing>,
     /// Sent, in the order the broker answers.
     in_flight: VecDeque<Outgoing>,
@@ -217,46 +160,35 @@ struct Sender {
     /// When to try to open the stream again.
     retry_at: Instant,
     backoff: Backoff,
-    ids: IdGenerator,
     request_id: u64,
     flushes: Vec<oneshot::Sender<()>>,
     closing: Option<Vec<oneshot::Sender<()>>>,
-    /// The topic of the last record (see `known_topic`).
-    last_topic: Option<Arc<str>>,
 }
 
 pub(crate) async fn run(
     client: Client,
     config: ProducerConfig,
+    core: Arc<Core>,
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
-    let limits = Limits {
-        max_bytes: config.batch_bytes,
-        max_records: config
-            .batch_records
-            .min(tidelog_storage::limits::BATCH_RECORDS_MAX as usize),
-        linger: config.linger,
-    };
     let mut sender = Sender {
         client,
         backoff: Backoff::new(config.backoff.0, config.backoff.1),
         config,
-        topics: HashMap::new(),
-        accumulator: Accumulator::new(limits),
+        core: core.clone(),
         ready: VecDeque::new(),
         in_flight: VecDeque::new(),
         stream: None,
         retry_at: Instant::now(),
-        ids: IdGenerator::new(tidelog_storage::msgid::process_seed()),
         request_id: 0,
         flushes: Vec::new(),
         closing: None,
-        last_topic: None,
     };
     let mut commands_open = true;
     loop {
+        sender.take_sealed(None);
         let idle =
-            sender.accumulator.is_empty() && sender.ready.is_empty() && sender.in_flight.is_empty();
+            core.front().is_empty() && sender.ready.is_empty() && sender.in_flight.is_empty();
         if idle {
             for flush in sender.flushes.drain(..) {
                 let _ = flush.send(());
@@ -271,27 +203,15 @@ pub(crate) async fn run(
         sender.fill_window();
         let window_has_room = sender.in_flight.len() < sender.config.in_flight.max(1);
         let linger_due = if sender.stream.is_some() && window_has_room && sender.ready.is_empty() {
-            sender.accumulator.next_deadline()
+            core.front().next_deadline()
         } else {
             None
         };
         let retry_due = (sender.stream.is_none() && !idle).then_some(sender.retry_at);
         tokio::select! {
+            () = core.wake.notified() => {}
             command = commands.recv(), if commands_open && sender.closing.is_none() => match command {
-                Some(command) => {
-                    sender.command(command).await;
-                    // Take what else is queued before going round the loop again:
-                    // one wake-up and one pass of the select per many records.
-                    for _ in 1..COMMANDS_PER_WAKE {
-                        if sender.closing.is_some() {
-                            break;
-                        }
-                        match commands.try_recv() {
-                            Ok(command) => sender.command(command).await,
-                            Err(_) => break,
-                        }
-                    }
-                }
+                Some(command) => sender.command(command).await,
                 None => {
                     commands_open = false;
                     sender.drain();
@@ -327,46 +247,57 @@ async fn sleep_until(due: Option<Instant>) {
     }
 }
 
+/// When the task ends (closed, every producer dropped, or its runtime shutting down),
+/// nothing is left waiting forever: what it still held fails with [`Error::Closed`],
+/// and later sends are refused.
+impl Drop for Sender {
+    fn drop(&mut self) {
+        let left = {
+            let mut front = self.core.front();
+            front.closed = true;
+            front.drain()
+        };
+        for batch in left {
+            self.core
+                .finish(&batch.handle, Outcome::Failed(Error::Closed));
+        }
+        for batch in self.in_flight.drain(..).chain(self.ready.drain(..)) {
+            batch.fail(&self.core, &Error::Closed);
+        }
+    }
+}
+
 impl Sender {
     async fn command(&mut self, command: Command) {
         match command {
-            Command::Record {
-                record,
-                reply,
-                permit,
-            } => {
-                let topic = match self.known_topic(&record.topic) {
-                    Some(topic) => topic,
-                    None => match self.describe(&record.topic).await {
-                        Ok(topic) => topic,
-                        Err(error) => {
-                            let _ = reply.send(Err(error));
-                            return;
-                        }
-                    },
-                };
-                self.last_topic = Some(topic.clone());
-                self.add(topic, record, reply, permit);
-            }
             Command::Batch {
                 topic,
                 partition,
                 ack,
                 records,
                 reply,
-                permit,
+                reserved,
             } => {
-                let topic = match self.known_topic(&topic) {
+                let known = self.core.front().known_topic(&topic);
+                let topic = match known {
                     Some(topic) => topic,
-                    None => match self.describe(&topic).await {
-                        Ok(topic) => topic,
+                    None => match self.client.describe_topic(&topic).await {
+                        Ok(description) => {
+                            let mut front = self.core.front();
+                            front.learn(&description);
+                            match front.known_topic(&description.name) {
+                                Some(topic) => topic,
+                                None => Arc::from(description.name.as_str()),
+                            }
+                        }
                         Err(error) => {
                             let _ = reply.send(Err(error));
+                            self.core.give_back(reserved);
                             return;
                         }
                     },
                 };
-                self.add_batch(topic, partition, ack, records, reply, permit);
+                self.add_batch(topic, partition, ack, records, reply, reserved);
             }
             Command::Flush { reply } => {
                 self.drain();
@@ -379,75 +310,16 @@ impl Sender {
         }
     }
 
-    /// The topic's key if it is described already (the last topic first: most
-    /// producers send to one topic, and a string compare is cheaper than a hash).
-    fn known_topic(&self, name: &str) -> Option<Arc<str>> {
-        if let Some(last) = &self.last_topic
-            && **last == *name
-        {
-            return Some(last.clone());
-        }
-        self.topics.get_key_value(name).map(|(key, _)| key.clone())
-    }
-
     /// Seals every open batch (flush, close).
     fn drain(&mut self) {
-        let mut sealed = Vec::new();
-        self.accumulator.drain(&mut sealed);
+        let sealed = self.core.front().drain();
         self.enqueue(sealed);
     }
 
-    fn add(
-        &mut self,
-        topic: Arc<str>,
-        record: Box<Record>,
-        reply: oneshot::Sender<Result<Delivered>>,
-        permit: OwnedSemaphorePermit,
-    ) {
-        let Some(state) = self.topics.get(&topic) else {
-            let _ = reply.send(Err(Error::TopicNotFound {
-                topic: topic.to_string(),
-            }));
-            return;
-        };
-        let partition = match state
-            .partition(&record)
-            .and_then(|p| state.check(&record.inner).map(|()| p))
-        {
-            Ok(partition) => partition,
-            Err(error) => {
-                let _ = reply.send(Err(error));
-                return;
-            }
-        };
-        let attach_id = state.attach_ids;
-        let Record { inner, ack, .. } = *record;
-        let mut inner = inner;
-        if inner.id.is_none() && attach_id {
-            inner.id = Some(Bytes::copy_from_slice(&self.ids.next(now_ms())));
-        }
-        let size = inner.payload_bytes() as usize;
-        let key = BatchKey {
-            topic,
-            partition,
-            ack,
-        };
-        let waiter = Waiter {
-            reply,
-            id: inner.id.clone(),
-            _permit: permit,
-        };
-        let mut sealed = Vec::new();
-        self.accumulator.push(
-            key,
-            Pending {
-                record: inner,
-                waiter,
-            },
-            size,
-            Instant::now(),
-            &mut sealed,
-        );
+    /// Takes what `send` sealed (and, with `expire_at`, what lingered long enough)
+    /// and encodes it into the ready queue.
+    fn take_sealed(&mut self, expire_at: Option<Instant>) {
+        let sealed = self.core.front().take_sealed(expire_at);
         if !sealed.is_empty() {
             self.enqueue(sealed);
         }
@@ -462,62 +334,62 @@ impl Sender {
         ack: crate::record::Ack,
         mut records: Vec<NewRecord>,
         reply: oneshot::Sender<Result<Vec<Delivered>>>,
-        permit: OwnedSemaphorePermit,
+        reserved: usize,
     ) {
-        let Some(state) = self.topics.get(&topic) else {
-            let _ = reply.send(Err(Error::TopicNotFound {
-                topic: topic.to_string(),
-            }));
-            return;
-        };
-        let checked = if partition >= state.partitions {
-            Err(Error::InvalidRecord {
-                reason: format!(
-                    "partition {partition} is beyond topic {topic:?}'s {} partitions",
-                    state.partitions
-                ),
-            })
-        } else if records.is_empty() {
-            Err(Error::InvalidRecord {
-                reason: "send_batch needs at least one record".into(),
-            })
-        } else {
-            records.iter().try_for_each(|r| state.check(r))
-        };
-        if let Err(error) = checked {
-            let _ = reply.send(Err(error));
-            return;
-        }
-        if state.attach_ids {
-            let now = now_ms();
-            for record in records.iter_mut().filter(|r| r.id.is_none()) {
-                record.id = Some(Bytes::copy_from_slice(&self.ids.next(now)));
-            }
-        }
-        let options = EncodeOptions {
-            now_ms: now_ms(),
-            default_ttl_ms: state.default_ttl_ms,
-            compression: self.config.compression,
-            max_message_bytes: state.max_message_bytes,
-            priority_levels: state.priority_levels,
-        };
         let key = BatchKey {
             topic,
             partition,
             ack,
         };
-        // Order within the partition: what `send` gathered there goes first.
-        let mut sealed = Vec::new();
-        self.accumulator.seal(&key, &mut sealed);
+        let checked = {
+            let mut front = self.core.front();
+            match front.topic(&key.topic) {
+                None => Err(Error::TopicNotFound {
+                    topic: key.topic.to_string(),
+                }),
+                Some(state) if partition >= state.partitions => Err(Error::InvalidRecord {
+                    reason: format!(
+                        "partition {partition} is beyond topic {:?}'s {} partitions",
+                        key.topic, state.partitions
+                    ),
+                }),
+                Some(_) if records.is_empty() => Err(Error::InvalidRecord {
+                    reason: "send_batch needs at least one record".into(),
+                }),
+                Some(state) => {
+                    let rules = TopicRules::of(state);
+                    let attach_ids = state.attach_ids;
+                    records.iter().try_for_each(|r| state.check(r)).map(|()| {
+                        if attach_ids {
+                            for record in records.iter_mut().filter(|r| r.id.is_none()) {
+                                record.id = Some(front.next_id());
+                            }
+                        }
+                        // Order within the partition: what `send` gathered there goes
+                        // first.
+                        (rules, front.seal(&key))
+                    })
+                }
+            }
+        };
+        let (rules, sealed) = match checked {
+            Ok(checked) => checked,
+            Err(error) => {
+                let _ = reply.send(Err(error));
+                self.core.give_back(reserved);
+                return;
+            }
+        };
         self.enqueue(sealed);
-        match encode_batch(&records, &options) {
+        match encode_batch(&records, &rules.options(self.config.compression)) {
             Ok(encoded) => self.ready.push_back(Outgoing {
                 key,
                 bytes: Bytes::from(encoded.bytes),
+                records: records.len(),
                 waiters: Waiters::Batch {
                     reply,
                     ids: records.into_iter().map(|r| r.id).collect(),
-                    _permit: permit,
+                    reserved,
                 },
                 opened: Instant::now(),
             }),
@@ -525,76 +397,71 @@ impl Sender {
                 let _ = reply.send(Err(Error::InvalidRecord {
                     reason: error.to_string(),
                 }));
+                self.core.give_back(reserved);
             }
         }
     }
 
-    /// Describes a topic the producer has not seen (or forgot after a NOT_FOUND).
-    async fn describe(&mut self, name: &str) -> Result<Arc<str>> {
-        let description = self.client.describe_topic(name).await?;
-        let state = TopicState::new(&description, self.config.ids);
-        let key = state.name.clone();
-        self.topics.insert(key.clone(), state);
-        Ok(key)
-    }
-
-    /// Encodes sealed batches into the ready queue; moves sticky partitions on.
-    fn enqueue(&mut self, sealed: Vec<Sealed<Pending>>) {
-        for batch in sealed {
+    /// Encodes sealed batches into the ready queue.
+    fn enqueue(&mut self, sealed: Vec<SealedBatch>) {
+        if sealed.is_empty() {
+            return;
+        }
+        let batches: Vec<(SealedBatch, Option<TopicRules>)> = {
+            let front = self.core.front();
+            sealed
+                .into_iter()
+                .map(|batch| {
+                    let rules = front.topic(&batch.key.topic).map(TopicRules::of);
+                    (batch, rules)
+                })
+                .collect()
+        };
+        for (batch, rules) in batches {
             tracing::trace!(
                 records = batch.items.len(),
                 bytes = batch.bytes,
                 partition = batch.key.partition,
                 "batch sealed"
             );
-            if let Some(state) = self.topics.get_mut(&batch.key.topic)
-                && state.sticky == batch.key.partition
-            {
-                state.sticky = (state.sticky + 1) % state.partitions;
-            }
-            if let Some(outgoing) = self.encode(batch) {
+            if let Some(outgoing) = self.encode(batch, rules) {
                 self.ready.push_back(outgoing);
             }
         }
     }
 
-    fn encode(&self, batch: Sealed<Pending>) -> Option<Outgoing> {
-        let (records, waiters): (Vec<NewRecord>, Vec<Waiter>) = batch
-            .items
-            .into_iter()
-            .map(|p| (p.record, p.waiter))
-            .unzip();
-        let Some(state) = self.topics.get(&batch.key.topic) else {
+    fn encode(&self, batch: SealedBatch, rules: Option<TopicRules>) -> Option<Outgoing> {
+        let Some(rules) = rules else {
             // Forgotten after a NOT_FOUND: the topic was deleted under the producer.
             let error = Error::TopicNotFound {
                 topic: batch.key.topic.to_string(),
             };
-            for waiter in waiters {
-                let _ = waiter.reply.send(Err(error.clone()));
-            }
+            self.core.finish(&batch.handle, Outcome::Failed(error));
             return None;
         };
-        let options = EncodeOptions {
-            now_ms: now_ms(),
-            default_ttl_ms: state.default_ttl_ms,
-            compression: self.config.compression,
-            max_message_bytes: state.max_message_bytes,
-            priority_levels: state.priority_levels,
-        };
-        match encode_batch(&records, &options) {
-            Ok(encoded) => Some(Outgoing {
-                key: batch.key,
-                bytes: Bytes::from(encoded.bytes),
-                waiters: Waiters::Records(waiters),
-                opened: batch.opened,
-            }),
+        match encode_batch(&batch.items, &rules.options(self.config.compression)) {
+            Ok(encoded) => {
+                let ids = if batch.items.iter().any(|r| r.id.is_some()) {
+                    batch.items.iter().map(|r| r.id.clone()).collect()
+                } else {
+                    Vec::new()
+                };
+                Some(Outgoing {
+                    key: batch.key,
+                    bytes: Bytes::from(encoded.bytes),
+                    records: batch.items.len(),
+                    waiters: Waiters::Records {
+                        slot: batch.handle,
+                        ids,
+                    },
+                    opened: batch.opened,
+                })
+            }
             Err(error) => {
                 let error = Error::InvalidRecord {
                     reason: error.to_string(),
                 };
-                for waiter in waiters {
-                    let _ = waiter.reply.send(Err(error.clone()));
-                }
+                self.core.finish(&batch.handle, Outcome::Failed(error));
                 None
             }
         }
@@ -605,9 +472,7 @@ impl Sender {
         let window = self.config.in_flight.max(1);
         while self.stream.is_some() && self.in_flight.len() < window {
             if self.ready.is_empty() {
-                let mut sealed = Vec::new();
-                self.accumulator.expire(Instant::now(), &mut sealed);
-                self.enqueue(sealed);
+                self.take_sealed(Some(Instant::now()));
             }
             let Some(batch) = self.ready.pop_front() else {
                 break;
@@ -692,14 +557,15 @@ impl Sender {
             for batch in gone {
                 let what = format!(
                     "a batch of {} records for topic {:?} partition {}",
-                    batch.records(),
-                    batch.key.topic,
-                    batch.key.partition
+                    batch.records, batch.key.topic, batch.key.partition
                 );
-                batch.fail(&Error::Timeout {
-                    what,
-                    after: timeout,
-                });
+                batch.fail(
+                    &self.core,
+                    &Error::Timeout {
+                        what,
+                        after: timeout,
+                    },
+                );
             }
         }
     }
@@ -707,7 +573,7 @@ impl Sender {
     fn fail_all(&mut self, error: &Error) {
         self.drain();
         for batch in self.in_flight.drain(..).chain(self.ready.drain(..)) {
-            batch.fail(error);
+            batch.fail(&self.core, error);
         }
     }
 
@@ -736,7 +602,7 @@ impl Sender {
                     let error = Error::from_status("PublishStream", None, &status);
                     self.stream = None;
                     for batch in self.in_flight.drain(..) {
-                        batch.fail(&error);
+                        batch.fail(&self.core, &error);
                     }
                     self.retry_later();
                 }
@@ -752,7 +618,9 @@ impl Sender {
             return;
         };
         match response.outcome {
-            Some(publish_stream_response::Outcome::BatchResponse(ack)) => resolve(batch, &ack),
+            Some(publish_stream_response::Outcome::BatchResponse(ack)) => {
+                batch.resolve(&self.core, &ack)
+            }
             Some(publish_stream_response::Outcome::Error(status)) => {
                 let code = Code::from_i32(status.code);
                 if code == Code::Unavailable {
@@ -762,8 +630,7 @@ impl Sender {
                     self.broken();
                 } else {
                     if code == Code::NotFound {
-                        self.topics.remove(&batch.key.topic);
-                        self.last_topic = None;
+                        self.core.front().forget(&batch.key.topic);
                     }
                     let error = Error::from_code(
                         "PublishBatch",
@@ -771,7 +638,7 @@ impl Sender {
                         code,
                         &status.message,
                     );
-                    batch.fail(&error);
+                    batch.fail(&self.core, &error);
                 }
             }
             Some(publish_stream_response::Outcome::Response(_)) | None => {
@@ -780,26 +647,8 @@ impl Sender {
                     code: Code::Internal,
                     message: "a batch was answered without a batch_response".into(),
                 };
-                batch.fail(&error);
+                batch.fail(&self.core, &error);
             }
-        }
-    }
-}
-
-/// Each record's [`Delivered`] from the batch's ack.
-fn resolve(batch: Outgoing, ack: &PublishBatchResponse) {
-    // A receiver may have been dropped: the caller stopped caring.
-    match batch.waiters {
-        Waiters::Records(waiters) => {
-            let ids: Vec<Option<Bytes>> = waiters.iter().map(|w| w.id.clone()).collect();
-            let outcomes = deliveries_for(&ids, ack);
-            for (waiter, delivered) in waiters.into_iter().zip(outcomes) {
-                let _ = waiter.reply.send(delivered);
-            }
-        }
-        Waiters::Batch { reply, ids, .. } => {
-            let outcome = deliveries_for(&ids, ack).into_iter().collect();
-            let _ = reply.send(outcome);
         }
     }
 }
@@ -843,12 +692,6 @@ fn deliveries_for(ids: &[Option<Bytes>], ack: &PublishBatchResponse) -> Vec<Resu
             }),
         })
         .collect()
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -997,3 +997,122 @@ async fn the_token_option_authenticates_every_call_and_errors_say_what_to_do() {
     assert!(matches!(error, Error::Unreachable { .. }), "{error}");
     assert!(error.is_retryable());
 }
+
+/// Nothing waits forever: after `close`, a clone's `send` fails with `Closed`; records
+/// still held when the producer's runtime shuts down (the broker gone, so they could
+/// not be delivered) resolve to `Closed` in whichever runtime awaits them; and records
+/// sent from many tasks at once resolve in order, one offset each.
+#[tokio::test]
+async fn producers_end_cleanly_and_concurrent_sends_get_one_offset_each() {
+    let mut broker = TestBroker::start();
+    let endpoint = broker.endpoint();
+    let client = client(&broker).await;
+    client
+        .create_topic("end", 1, TopicConfig::default())
+        .await
+        .expect("create");
+
+    // Eight tasks send 2,000 records each of 3 KB; every offset is given once, and
+    // each task's records are in its own order.
+    let producer = Producer::new(&client, ProducerConfig::default());
+    let mut tasks = Vec::new();
+    for task in 0..8u32 {
+        let producer = producer.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acks = Vec::new();
+            for n in 0..2_000u32 {
+                let value = format!("{task}:{n}:{}", "x".repeat(3_000));
+                acks.push(
+                    producer
+                        .send(Record::new("end", value))
+                        .await
+                        .expect("send"),
+                );
+            }
+            let mut offsets = Vec::new();
+            for ack in acks {
+                offsets.push(
+                    timeout(WAIT, ack)
+                        .await
+                        .expect("in time")
+                        .expect("ack")
+                        .offset,
+                );
+            }
+            offsets
+        }));
+    }
+    let mut all = BTreeSet::new();
+    for task in tasks {
+        let offsets = task.await.expect("task");
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "a task's records out of order"
+        );
+        all.extend(offsets);
+    }
+    assert_eq!(all.len(), 16_000);
+    assert_eq!(all.iter().next_back(), Some(&15_999));
+
+    let clone = producer.clone();
+    producer.close().await.expect("close");
+    let refused = clone.send(Record::new("end", "late")).await;
+    assert!(
+        matches!(refused, Err(tidelog_client::Error::Closed)),
+        "{refused:?}"
+    );
+
+    // A producer on a runtime of its own, with the broker gone: its records wait in
+    // the retry loop until that runtime shuts down, and then fail with Closed.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let own = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let futures = runtime.block_on(async {
+            let client = Client::connect(&endpoint).await.expect("connect");
+            let config = ProducerConfig {
+                delivery_timeout: Duration::from_secs(600),
+                ..ProducerConfig::default()
+            };
+            let producer = Producer::new(&client, config);
+            producer
+                .send_and_wait(Record::new("end", "described"))
+                .await
+                .expect("first");
+            ready_tx.send(()).expect("ready");
+            go_rx.recv().expect("go");
+            let mut futures = Vec::new();
+            for n in 0..3 {
+                futures.push(
+                    producer
+                        .send(Record::new("end", format!("{n}")))
+                        .await
+                        .expect("send"),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            futures
+        });
+        drop(runtime);
+        futures
+    });
+    ready_rx
+        .recv()
+        .expect("the other runtime's producer is ready");
+    broker.kill9();
+    go_tx.send(()).expect("go");
+    let pending = own.join().expect("thread");
+    assert_eq!(pending.len(), 3);
+    for future in pending {
+        let outcome = timeout(WAIT, future)
+            .await
+            .expect("resolved, not left waiting");
+        assert!(
+            matches!(outcome, Err(tidelog_client::Error::Closed)),
+            "{outcome:?}"
+        );
+    }
+}
