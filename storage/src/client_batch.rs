@@ -448,25 +448,56 @@ pub fn delivered_records(
     skip: &[u32],
     now_ms: i64,
 ) -> Result<Vec<crate::Record>, FormatError> {
-    let (header, records) = batch::decode_batch(bytes)?;
-    if bytes.len() != header.batch_length as usize {
+    let mut records = Vec::new();
+    for_each_delivered(bytes, skip_front, skip, now_ms, |record| {
+        records.push(record)
+    })?;
+    Ok(records)
+}
+
+/// [`delivered_records`] handing each record to `deliver` as it is decoded, without a
+/// vector between (a consumer builds its own messages from them). Every record is
+/// checked in place; only the delivered ones become [`crate::Record`]s. On an error,
+/// records of the batch may already have been handed over: a caller that must take a
+/// batch whole or not at all drops them (the error names the damage).
+pub fn for_each_delivered(
+    bytes: &bytes::Bytes,
+    skip_front: u32,
+    skip: &[u32],
+    now_ms: i64,
+    mut deliver: impl FnMut(crate::Record),
+) -> Result<(), FormatError> {
+    let header = BatchHeader::parse(bytes)?;
+    let length = header.batch_length as usize;
+    if bytes.len() < length {
+        return Err(FormatError::Incomplete {
+            needed: length as u64,
+        });
+    }
+    if bytes.len() != length {
         return Err(FormatError::Invalid(format!(
             "{} bytes hold a batch of {}: one batch expected",
             bytes.len(),
             header.batch_length
         )));
     }
-    Ok(records
-        .into_iter()
-        .enumerate()
-        .filter(|(index, record)| {
-            let delta = (record.offset - header.base_offset) as u32;
-            *index as u32 >= skip_front
-                && skip.binary_search(&delta).is_err()
-                && record.expires_at_ms.is_none_or(|at| at > now_ms)
-        })
-        .map(|(_, record)| record)
-        .collect())
+    if !batch::verify_crc(bytes, &header) {
+        return Err(FormatError::Invalid("CRC mismatch".into()));
+    }
+    let mut records = batch::RecordIter::new(bytes, &header)?;
+    let mut index = 0u32;
+    while let Some(view) = records.next_view() {
+        let view = view?;
+        let delta = (view.offset - header.base_offset) as u32;
+        let kept = index >= skip_front
+            && skip.binary_search(&delta).is_err()
+            && view.expires_at_ms.is_none_or(|at| at > now_ms);
+        if kept {
+            deliver(records.record(&view)?);
+        }
+        index = index.saturating_add(1);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -891,6 +922,59 @@ mod tests {
                     // record holds.
                     prop_assert_eq!(decoded, original);
                 }
+            }
+        }
+
+        /// What a reader delivers is what decoding the whole batch and then dropping
+        /// the front, the skipped and the expired gives, for random skips and clocks;
+        /// and a damaged batch (bytes changed, CRC fixed or not) delivers nothing the
+        /// whole decode would refuse.
+        #[test]
+        fn delivered_records_are_the_decoded_ones_minus_the_dropped(
+            records in proptest::collection::vec(record(), 1..30),
+            zstd in any::<bool>(),
+            skip_front in 0u32..6,
+            skip in proptest::collection::btree_set(0u32..30, 0..8),
+            clock in prop_oneof![Just(NOW), Just(NOW + 60_000), Just(i64::MAX)],
+            edit in proptest::option::of((any::<prop::sample::Index>(), any::<u8>(), any::<bool>())),
+        ) {
+            let compression = if zstd { Compression::Zstd } else { Compression::None };
+            let mut bytes = encode(&records, compression);
+            if let Some((index, value, fix_crc)) = edit {
+                let at = index.index(bytes.len());
+                if !(BASE_OFFSET_AT..BASE_OFFSET_AT + 8).contains(&at) {
+                    bytes[at] = value;
+                }
+                if fix_crc {
+                    recrc(&mut bytes);
+                }
+            }
+            let bytes = Bytes::from(bytes);
+            let skip: Vec<u32> = skip.into_iter().collect();
+            let expected = decode_batch(&bytes).map(|(header, decoded)| {
+                decoded
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(index, record)| {
+                        let delta = (record.offset - header.base_offset) as u32;
+                        *index as u32 >= skip_front
+                            && skip.binary_search(&delta).is_err()
+                            && record.expires_at_ms.is_none_or(|at| at > clock)
+                    })
+                    .map(|(_, record)| record)
+                    .collect::<Vec<_>>()
+            });
+            match (delivered_records(&bytes, skip_front, &skip, clock), expected) {
+                (Ok(got), Ok(expected)) => prop_assert_eq!(got, expected),
+                (Err(_), Err(_)) => {}
+                // A reader checks header keys as UTF-8 only on what it delivers, so a
+                // batch whose bad key is on a dropped record reads; nothing else may
+                // differ.
+                (Ok(got), Err(error)) => prop_assert!(
+                    error.to_string().contains("UTF-8"),
+                    "delivered {} records of a batch that does not decode: {}", got.len(), error
+                ),
+                (Err(error), Ok(_)) => prop_assert!(false, "refused a batch that decodes: {}", error),
             }
         }
 

@@ -12,7 +12,7 @@ use tidelog_proto::v1::{
     ResetPolicy, StartPosition, StoredRecordBatch, SubscribeBatchesResponse, SubscribeRequest,
     subscribe_batches_response,
 };
-use tidelog_storage::client_batch::delivered_records;
+use tidelog_storage::client_batch::for_each_delivered;
 
 pub use group::{Commit, GroupMember, GroupOptions};
 
@@ -263,7 +263,8 @@ impl Subscription {
     }
 }
 
-/// Decodes one stored batch and appends the records to deliver.
+/// Decodes one stored batch and appends the records to deliver (all of them, or none
+/// when the batch is damaged).
 pub(crate) fn decode_into(
     topic: &Arc<str>,
     partition: u32,
@@ -271,21 +272,25 @@ pub(crate) fn decode_into(
     now_ms: i64,
     out: &mut VecDeque<Message>,
 ) -> Result<()> {
-    let records =
-        delivered_records(&batch.batch, batch.skip_front, &batch.skip, now_ms).map_err(|e| {
-            Error::Corrupt {
-                reason: format!(
-                    "topic {topic:?} partition {partition} batch at offset {}: {e}",
-                    batch.base_offset
-                ),
-            }
-        })?;
-    out.extend(
-        records
-            .into_iter()
-            .map(|r| Message::from_record(topic, partition, r)),
-    );
-    Ok(())
+    let before = out.len();
+    for_each_delivered(
+        &batch.batch,
+        batch.skip_front,
+        &batch.skip,
+        now_ms,
+        |record| {
+            out.push_back(Message::from_record(topic, partition, record));
+        },
+    )
+    .map_err(|e| {
+        out.truncate(before);
+        Error::Corrupt {
+            reason: format!(
+                "topic {topic:?} partition {partition} batch at offset {}: {e}",
+                batch.base_offset
+            ),
+        }
+    })
 }
 
 fn start_position(start: StartAt) -> StartPosition {
