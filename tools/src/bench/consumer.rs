@@ -18,7 +18,7 @@ use tidelog_proto::v1::{
     SubscribeResponse, subscribe_batches_response::Event as BatchesEvent,
     subscribe_response::Event,
 };
-use tidelog_storage::client_batch::delivered_records;
+use tidelog_storage::client_batch::for_each_delivered;
 use tokio::sync::{oneshot, watch};
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
@@ -409,15 +409,16 @@ fn decode_batches(
 ) -> Result<Vec<ConsumedMessage>, Status> {
     let mut messages = Vec::new();
     for batch in batches {
-        let records = delivered_records(&batch.batch, batch.skip_front, &batch.skip, now_ms)
-            .map_err(|e| Status::data_loss(format!("a stored batch does not decode: {e}")))?;
-        messages.extend(records.into_iter().map(|r| ConsumedMessage {
-            partition,
-            offset: r.offset,
-            timestamp_ms: r.timestamp_ms,
-            value: r.value,
-            ..ConsumedMessage::default()
-        }));
+        for_each_delivered(&batch.batch, batch.skip_front, &batch.skip, now_ms, |r| {
+            messages.push(ConsumedMessage {
+                partition,
+                offset: r.offset,
+                timestamp_ms: r.timestamp_ms,
+                value: r.value,
+                ..ConsumedMessage::default()
+            })
+        })
+        .map_err(|e| Status::data_loss(format!("a stored batch does not decode: {e}")))?;
     }
     Ok(messages)
 }
