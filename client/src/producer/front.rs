@@ -757,6 +757,140 @@ mod tests {
         assert!(id.is_none(), "no dedup window, no id");
     }
 
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A record for topic `t0` or `t1`: its value size, key or partition, ack.
+        Push {
+            topic: bool,
+            size: usize,
+            key: Option<u8>,
+            partition: Option<u32>,
+            written: bool,
+        },
+        /// The task takes what was sealed (and, with `expire`, what lingered).
+        Take {
+            expire: bool,
+        },
+        /// The broker answers the oldest batch taken.
+        Answer,
+        Drain,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            8 => (any::<bool>(), prop_oneof![0usize..200, 0usize..3000, Just(5000usize)],
+                  proptest::option::of(any::<u8>()), proptest::option::of(0u32..4), any::<bool>())
+                .prop_map(|(topic, size, key, partition, written)| Op::Push { topic, size, key, partition, written }),
+            2 => any::<bool>().prop_map(|expire| Op::Take { expire }),
+            3 => Just(Op::Answer),
+            1 => Just(Op::Drain),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Against a model of the buffer and of each partition's order: the bytes
+        /// reserved are what the records not yet answered hold, and within the buffer
+        /// unless one record alone is larger; a push is `Full` exactly when the record
+        /// does not fit; every record added comes out once, in its batch at the index
+        /// `push` gave, in send order per (topic, partition, ack); and once every batch
+        /// is answered the buffer is empty.
+        #[test]
+        fn the_buffer_and_the_batches_follow_the_model(
+            ops in proptest::collection::vec(op(), 1..200),
+            buffer_bytes in 500usize..20_000,
+            max_records in 1usize..20,
+            max_bytes in 100usize..8_000,
+        ) {
+            let limits = Limits { max_bytes, max_records, linger: std::time::Duration::ZERO };
+            let mut front = Front::new(limits, IdMode::Never, buffer_bytes);
+            for name in ["t0", "t1"] {
+                front.learn(&description(name, 3, false));
+            }
+            let mut taken: std::collections::VecDeque<SealedBatch> = Default::default();
+            // Per record added: its batch's slot and its index there, in send order.
+            let mut added: Vec<(Arc<Slot>, usize)> = Vec::new();
+            let mut outstanding = 0usize;
+            let mut seen = 0usize;
+            // The records that went into `batch`, in send order, must be its items
+            // 0, 1, 2, ...: each at the index `push` gave it.
+            let check_batch = |batch: &SealedBatch, added: &[(Arc<Slot>, usize)]| {
+                let mine: Vec<usize> = added
+                    .iter()
+                    .filter(|(slot, _)| Arc::ptr_eq(slot, &batch.handle))
+                    .map(|(_, index)| *index)
+                    .collect();
+                assert_eq!(mine, (0..batch.items.len()).collect::<Vec<_>>(), "indexes in send order");
+                batch.items.len()
+            };
+            for op in ops {
+                match op {
+                    Op::Push { topic, size, key, partition, written } => {
+                        let name = if topic { "t1" } else { "t0" };
+                        let mut record = Record::new(name, vec![7u8; size]);
+                        if let Some(key) = key {
+                            record = record.key(vec![key]);
+                        }
+                        if let Some(partition) = partition {
+                            record = record.partition(partition);
+                        }
+                        if written {
+                            record = record.ack(Ack::Written);
+                        }
+                        let share = front.share(&record);
+                        let fits = outstanding == 0 || outstanding + share <= buffer_bytes;
+                        let mut slot = Some(record);
+                        match front.push(&mut slot) {
+                            Placed::Added { slot: batch, index, .. } => {
+                                proptest::prop_assert!(fits);
+                                outstanding += share;
+                                added.push((batch, index));
+                            }
+                            Placed::Full => proptest::prop_assert!(!fits),
+                            Placed::Refused(error) => {
+                                // Partition 3 of 3, and payloads over max_message_bytes.
+                                let payload = size + usize::from(key.is_some());
+                                proptest::prop_assert!(partition == Some(3) || payload > 1000, "{}", error);
+                            }
+                            Placed::UnknownTopic => proptest::prop_assert!(false, "known topics"),
+                        }
+                    }
+                    Op::Take { expire } => {
+                        let now = expire.then(|| Instant::now() + std::time::Duration::from_millis(1));
+                        for batch in front.take_sealed(now) {
+                            seen += check_batch(&batch, &added);
+                            taken.push_back(batch);
+                        }
+                    }
+                    Op::Answer => {
+                        if let Some(batch) = taken.pop_front() {
+                            outstanding -= batch.handle.reserved();
+                            front.release(batch.handle.reserved());
+                        }
+                    }
+                    Op::Drain => {
+                        for batch in front.drain() {
+                            seen += check_batch(&batch, &added);
+                            taken.push_back(batch);
+                        }
+                    }
+                }
+                proptest::prop_assert_eq!(front.buffered, outstanding);
+                // A record's share is at most the whole buffer, so never past it.
+                proptest::prop_assert!(outstanding <= buffer_bytes);
+            }
+            for batch in front.drain() {
+                seen += check_batch(&batch, &added);
+                taken.push_back(batch);
+            }
+            for batch in taken.drain(..) {
+                front.release(batch.handle.reserved());
+            }
+            proptest::prop_assert_eq!(seen, added.len(), "every record once");
+            proptest::prop_assert_eq!(front.buffered, 0);
+        }
+    }
+
     /// `Slot` is what a `DeliveryFuture` polls; check it is `Send` and the future
     /// machinery works through `Pin`.
     #[test]
