@@ -1,6 +1,7 @@
 //! Consumers: [`Subscription`] (a plain subscription in batch form), [`GroupMember`]
 //! (a consumer-group member) and, in [`crate::queue`], the queue worker.
 
+mod fetch;
 mod group;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -14,6 +15,7 @@ use tidelog_proto::v1::{
 };
 use tidelog_storage::client_batch::for_each_delivered;
 
+pub use fetch::{FetchOptions, Fetched};
 pub use group::{Commit, GroupMember, GroupOptions};
 
 use crate::backoff::Backoff;

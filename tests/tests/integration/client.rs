@@ -13,8 +13,9 @@ use bytes::Bytes;
 use tidelog_client::proto::start_position::{Earliest, Position};
 use tidelog_client::proto::{CreateQueueRequest, QueueConfig, StartPosition, TopicConfig};
 use tidelog_client::{
-    Ack, Client, Commit, Compression, Delivered, GroupMember, GroupOptions, IdMode, Message,
-    Producer, ProducerConfig, QueueWorker, Record, StartAt, SubscribeOptions, Subscription,
+    Ack, Client, Commit, Compression, Delivered, FetchOptions, GroupMember, GroupOptions, IdMode,
+    Message, Producer, ProducerConfig, QueueWorker, Record, StartAt, SubscribeOptions,
+    Subscription,
 };
 use tidelog_tests::TestBroker;
 use tokio::time::timeout;
@@ -1115,4 +1116,159 @@ async fn producers_end_cleanly_and_concurrent_sends_get_one_offset_each() {
             "{outcome:?}"
         );
     }
+}
+
+/// `Client::fetch` followed by `next_offset` under random budgets reads every message
+/// once, in order, whatever the sizes (empty, 100 B, 3 KB, 1 MiB); with a filter only
+/// the matching ones, and the positions still reach the end; a read at the end waits
+/// for the next message; an offset outside the log names the range.
+#[tokio::test]
+async fn fetch_follows_next_offset_under_random_budgets() {
+    let broker = TestBroker::start();
+    let client = client(&broker).await;
+    client
+        .create_topic("pull", 1, topic_config(2 << 20))
+        .await
+        .expect("create");
+    let producer = Producer::new(&client, ProducerConfig::default());
+    let size = |n: usize| match n % 7 {
+        0 => 0,
+        1 | 2 => 100,
+        3 | 4 | 5 => 3_000,
+        _ if n % 500 == 6 => 1 << 20,
+        _ => 40,
+    };
+    let count = 3_000usize;
+    let mut acks = Vec::new();
+    for n in 0..count {
+        let record = Record::new("pull", vec![(n % 251) as u8; size(n)])
+            .header("n", n.to_string())
+            .header("even", if n % 2 == 0 { "yes" } else { "no" });
+        acks.push(producer.send(record).await.expect("send"));
+    }
+    for ack in acks {
+        timeout(WAIT, ack).await.expect("in time").expect("stored");
+    }
+
+    // A small generator of budgets (the same every run).
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |bound: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % bound
+    };
+    for round in 0..3 {
+        let mut offset = 0;
+        let mut read = Vec::new();
+        let mut fetches = 0;
+        loop {
+            let options = FetchOptions {
+                max_messages: next(800) as u32,
+                max_bytes: match round {
+                    0 => 1 + next(10_000) as u32,
+                    1 => 1 + next(3 << 20) as u32,
+                    _ => 0,
+                },
+                ..FetchOptions::default()
+            };
+            let fetched = client
+                .fetch("pull", 0, offset, &options)
+                .await
+                .expect("fetch");
+            fetches += 1;
+            assert!(fetched.next_offset >= offset, "next_offset went back");
+            if let Some(first) = fetched.messages.first() {
+                assert_eq!(first.offset, offset, "a gap before the first message");
+                assert_eq!(
+                    fetched.next_offset,
+                    fetched.messages.last().expect("last").offset + 1
+                );
+            }
+            read.extend(fetched.messages);
+            offset = fetched.next_offset;
+            if offset == fetched.end_offset {
+                break;
+            }
+            assert!(fetches < 20_000, "not moving");
+        }
+        assert_eq!(read.len(), count, "round {round}");
+        for (n, message) in read.iter().enumerate() {
+            assert_eq!(message.offset, n as u64);
+            assert_eq!(message.value.len(), size(n));
+            assert_eq!(
+                message.header("n").map(|v| v.as_ref()),
+                Some(n.to_string().as_bytes())
+            );
+        }
+    }
+
+    // With a filter: only the matching half, and following next_offset still ends.
+    let mut offset = 0;
+    let mut matched = Vec::new();
+    let options = FetchOptions {
+        filter: "header.even == \"yes\"".into(),
+        max_bytes: 64 * 1024,
+        ..FetchOptions::default()
+    };
+    loop {
+        let fetched = client
+            .fetch("pull", 0, offset, &options)
+            .await
+            .expect("filtered fetch");
+        matched.extend(fetched.messages.iter().map(|m| m.offset));
+        offset = fetched.next_offset;
+        if offset == fetched.end_offset {
+            break;
+        }
+    }
+    assert_eq!(
+        matched,
+        (0..count as u64).step_by(2).collect::<Vec<_>>(),
+        "every even message once"
+    );
+
+    // At the end: the read waits for the next message.
+    let end = count as u64;
+    let late = {
+        let producer = producer.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            producer
+                .send_and_wait(Record::new("pull", "late"))
+                .await
+                .expect("late")
+        })
+    };
+    let options = FetchOptions {
+        max_wait: Duration::from_secs(20),
+        ..FetchOptions::default()
+    };
+    let started = std::time::Instant::now();
+    let fetched = client
+        .fetch("pull", 0, end, &options)
+        .await
+        .expect("waiting fetch");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "waited the whole max_wait"
+    );
+    assert_eq!(fetched.messages.len(), 1);
+    assert_eq!(fetched.messages[0].value, Bytes::from_static(b"late"));
+    late.await.expect("task");
+
+    // Outside the log: the range is named.
+    let error = client
+        .fetch("pull", 0, end + 100, &FetchOptions::default())
+        .await
+        .expect_err("past the end");
+    assert!(
+        matches!(error, tidelog_client::Error::InvalidArgument { .. }),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains(&(end + 1).to_string()),
+        "{error}"
+    );
+    producer.close().await.expect("close");
 }
