@@ -1134,7 +1134,7 @@ async fn fetch_follows_next_offset_under_random_budgets() {
     let size = |n: usize| match n % 7 {
         0 => 0,
         1 | 2 => 100,
-        3 | 4 | 5 => 3_000,
+        3..=5 => 3_000,
         _ if n % 500 == 6 => 1 << 20,
         _ => 40,
     };
