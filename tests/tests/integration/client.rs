@@ -1135,7 +1135,7 @@ async fn fetch_follows_next_offset_under_random_budgets() {
         0 => 0,
         1 | 2 => 100,
         3..=5 => 3_000,
-        _ if n % 500 == 6 => 1 << 20,
+        _ if n % 100 == 6 => 1 << 20,
         _ => 40,
     };
     let count = 3_000usize;
