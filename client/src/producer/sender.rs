@@ -545,10 +545,19 @@ impl Sender {
         self.expire_undeliverable();
     }
 
-    /// Fails the batches that waited past the delivery timeout.
+    /// Fails the batches that waited past the delivery timeout, those still open
+    /// included (while the broker is away, batches are not sealed by their linger).
     fn expire_undeliverable(&mut self) {
         let timeout = self.config.delivery_timeout;
         let now = Instant::now();
+        if self
+            .core
+            .front()
+            .next_deadline()
+            .is_some_and(|due| due <= now)
+        {
+            self.take_sealed(Some(now));
+        }
         let expired = |batch: &Outgoing| batch.opened + timeout <= now;
         for queue in [&mut self.in_flight, &mut self.ready] {
             let (gone, kept): (VecDeque<Outgoing>, VecDeque<Outgoing>) =

@@ -1272,3 +1272,76 @@ async fn fetch_follows_next_offset_under_random_budgets() {
     );
     producer.close().await.expect("close");
 }
+
+/// While the broker is away, records fail with `Timeout` once they waited
+/// `delivery_timeout`, those in a batch not yet sent as well as those in flight; their
+/// buffer space comes back, and the producer delivers again once the broker returns.
+#[tokio::test]
+async fn records_fail_after_the_delivery_timeout_while_the_broker_is_away() {
+    let mut broker = TestBroker::start();
+    let client = client(&broker).await;
+    client
+        .create_topic("late", 1, TopicConfig::default())
+        .await
+        .expect("create");
+    let config = ProducerConfig {
+        delivery_timeout: Duration::from_secs(1),
+        buffer_bytes: 64 * 1024,
+        backoff: (Duration::from_millis(50), Duration::from_millis(200)),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(&client, config);
+    producer
+        .send_and_wait(Record::new("late", "described"))
+        .await
+        .expect("first");
+    broker.kill9();
+    // The first record after the kill finds the stream broken: it times out in flight
+    // or in the resend queue, and the producer is then between reconnect attempts.
+    let first = producer
+        .send(Record::new("late", "in flight"))
+        .await
+        .expect("send");
+    let outcome = timeout(WAIT, first).await.expect("resolved in time");
+    assert!(
+        matches!(outcome, Err(tidelog_client::Error::Timeout { .. })),
+        "{outcome:?}"
+    );
+    // These wait in a batch that is not sealed while there is no stream.
+    let started = std::time::Instant::now();
+    let mut acks = Vec::new();
+    for n in 0..20 {
+        let value = vec![b'v'; 3_000 + n];
+        acks.push(
+            producer
+                .send(Record::new("late", value))
+                .await
+                .expect("send"),
+        );
+    }
+    for ack in acks {
+        let outcome = timeout(WAIT, ack).await.expect("resolved in time");
+        assert!(
+            matches!(outcome, Err(tidelog_client::Error::Timeout { .. })),
+            "{outcome:?}"
+        );
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "failed before the timeout: {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(20), "took {waited:?}");
+    // The buffer was given back: 30 more records of 3 KB fit again, and go out once the
+    // broker is back.
+    broker.restart_on_the_same_ports();
+    let mut acks = Vec::new();
+    for _ in 0..30 {
+        let send = timeout(WAIT, producer.send(Record::new("late", vec![b'w'; 3_000])));
+        acks.push(send.await.expect("buffer space came back").expect("send"));
+    }
+    for ack in acks {
+        timeout(WAIT, ack).await.expect("in time").expect("stored");
+    }
+    producer.close().await.expect("close");
+}
