@@ -202,6 +202,32 @@ impl Message {
         }
     }
 
+    /// The message in the proto's shape (`ConsumedMessage`), for code that speaks the
+    /// generated types (no key and an empty key are alike there, as are no id and an
+    /// empty one).
+    pub fn into_proto(self) -> tidelog_proto::v1::ConsumedMessage {
+        tidelog_proto::v1::ConsumedMessage {
+            partition: self.partition,
+            offset: self.offset,
+            timestamp_ms: self.timestamp_ms,
+            expires_at_ms: self.expires_at_ms,
+            key: self.key.unwrap_or_default(),
+            value: self.value,
+            headers: self
+                .headers
+                .into_iter()
+                .map(|h| tidelog_proto::v1::Header {
+                    key: h.key,
+                    value: h.value,
+                })
+                .collect(),
+            id: self.id.unwrap_or_default(),
+            deliver_at_ms: self.deliver_at_ms,
+            priority: u32::from(self.priority),
+            topic: self.topic.to_string(),
+        }
+    }
+
     pub(crate) fn from_proto(
         topic: &Arc<str>,
         message: tidelog_proto::v1::ConsumedMessage,

@@ -175,6 +175,41 @@ impl Broker {
     pub fn error(&self, context: &str, status: &tonic::Status) -> CliError {
         CliError::status(context, status, &self.server)
     }
+
+    /// The error line for a failed call made through tidelog-client's wrappers: what
+    /// the broker said reads as [`Broker::error`] makes it read (the status is put back
+    /// together from the error), the rest as the client's own words.
+    pub fn client_error(&self, context: &str, error: &tidelog_client::Error) -> CliError {
+        match broker_status(error) {
+            Some(status) => self.error(context, &status),
+            None => CliError::failure(
+                format!("{context} failed: {error}"),
+                "check --server and the tidelogd log",
+            ),
+        }
+    }
+}
+
+/// The broker's status a client error stands for, when the broker said it.
+pub fn broker_status(error: &tidelog_client::Error) -> Option<tonic::Status> {
+    use tidelog_client::Error;
+    use tonic::Status;
+    Some(match error {
+        Error::TopicNotFound { topic } => Status::not_found(format!(
+            "topic {topic:?} does not exist; check the name (Admin.ListTopics lists the topics) \
+             or create it with Admin.CreateTopic"
+        )),
+        Error::NotFound { message, .. } => Status::not_found(message.clone()),
+        Error::InvalidArgument { message, .. } => Status::invalid_argument(message.clone()),
+        Error::Unauthenticated { message } => Status::unauthenticated(message.clone()),
+        Error::PermissionDenied { message } => Status::permission_denied(message.clone()),
+        Error::Unavailable { message, .. } => Status::unavailable(message.clone()),
+        Error::Rebalanced { message } => Status::failed_precondition(message.clone()),
+        Error::SettleRefused { code, message } | Error::Broker { code, message, .. } => {
+            Status::new(*code, message.clone())
+        }
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

@@ -1,13 +1,15 @@
-//! `tidelog consume` without a group or `--follow`: unary `Fetch` per partition, from
-//! the start position up to the end offsets seen at the start; exact and finite.
+//! `tidelog consume` without a group or `--follow`: reads of each partition through
+//! tidelog-client's [`tidelog_client::Client::fetch`] (`FetchBatches`, whole stored
+//! batches decoded client-side), from the start position up to the end offsets seen
+//! at the start; exact and finite.
 
-use tidelog_proto::v1::FetchRequest;
+use tidelog_client::FetchOptions;
 
 use super::damage::{Damage, damage_error};
 use super::printer::Printer;
 use super::start::{offsets_for_time, out_of_range_start, topic_and_partitions};
 use crate::args::{ConsumeArgs, StartAt};
-use crate::client::Broker;
+use crate::client::{Broker, broker_status};
 use crate::error::CliResult;
 
 /// Most messages asked for per fetch.
@@ -25,7 +27,6 @@ pub(super) async fn consume_fetch(
         }
         _ => None,
     };
-    let mut consumer = broker.consumer();
     let mut damaged = Vec::new();
     for &partition in &partitions {
         let Some(state) = topic.partitions.iter().find(|p| p.partition == partition) else {
@@ -49,36 +50,35 @@ pub(super) async fn consume_fetch(
             let left = printer
                 .limit
                 .map_or(u64::MAX, |limit| limit - printer.printed);
-            let fetched = consumer
-                .fetch(FetchRequest {
-                    topic: args.topic.clone(),
-                    partition,
-                    offset,
-                    max_messages: left.min(u64::from(FETCH_MESSAGES_MAX)) as u32,
-                    max_bytes: 0,
-                    max_wait_ms: 0,
-                    filter: args.filter.clone().unwrap_or_default(),
-                })
-                .await;
-            let response = match fetched {
-                Ok(response) => response.into_inner(),
-                // The messages before the damage were printed; the other partitions
-                // are read on, and the damage is reported at the end.
-                Err(status) if status.code() == tonic::Code::DataLoss => {
-                    let damage = Damage::new(partition, offset, &status);
-                    damage.warn(&args.topic);
-                    damaged.push(damage);
-                    break;
-                }
-                Err(status) => return Err(broker.error(&context, &status)),
+            let options = FetchOptions {
+                max_messages: left.min(u64::from(FETCH_MESSAGES_MAX)) as u32,
+                filter: args.filter.clone().unwrap_or_default(),
+                ..FetchOptions::default()
+            };
+            let response = match broker.fetch(&args.topic, partition, offset, &options).await {
+                Ok(response) => response,
+                Err(error) => match broker_status(&error) {
+                    // The messages before the damage were printed; the other partitions
+                    // are read on, and the damage is reported at the end.
+                    Some(status) if status.code() == tonic::Code::DataLoss => {
+                        let damage = Damage::new(partition, offset, &status);
+                        damage.warn(&args.topic);
+                        damaged.push(damage);
+                        break;
+                    }
+                    _ => return Err(broker.client_error(&context, &error)),
+                },
             };
             let mut reached_until = false;
-            for m in response.messages.iter().filter(|m| m.offset < end) {
-                if printer.past_until(m) {
+            for message in response.messages.into_iter().filter(|m| m.offset < end) {
+                // One topic: its name is not printed with each message.
+                let mut m = message.into_proto();
+                m.topic.clear();
+                if printer.past_until(&m) {
                     reached_until = true;
                     break;
                 }
-                printer.print(m)?;
+                printer.print(&m)?;
                 if printer.done() {
                     return damage_error(&args.topic, &damaged);
                 }
