@@ -491,8 +491,18 @@ Examples:
 Each line is one message (the newline is not part of it); -D picks another delimiter
 (NUL included), --value-file sends a whole file as one message. A line ending in \\r
 (CRLF input) keeps the \\r, with a warning (-D '\\r\\n' splits at CRLF); input that is
-not UTF-8 split at newlines gets a warning too. Messages are sent in batches over a
-pipelined stream; the offsets are printed as `partition <p> offset <o>`.";
+not UTF-8 split at newlines gets a warning too.
+
+Messages go through tidelog-client's producer: a line is sent as soon as fewer than
+--in-flight batches await their answer (no linger timer, so a line typed is sent at
+once); lines arriving meanwhile gather into the next batch. Each message's ack is
+printed in input order as `partition <p> offset <o>`, with ` duplicate` when the
+topic's dedup window had the id given by --id / --id-separator, and ` id <id>` on a
+topic that assigns ids (--assign-ids). On topics with a dedup window (the default)
+or assign_ids, the producer gives every message without an id one of its own, so a
+resend after the broker restarts is not stored twice. If tidelogd goes away, the producer reconnects and
+sends again for up to 2 minutes. At the first message that fails, nothing more is
+sent and the error names its line and how many earlier messages were stored.";
 
 #[derive(Debug, Args)]
 #[command(after_help = PRODUCE_EXAMPLES)]
@@ -551,7 +561,8 @@ pub struct ProduceArgs {
     #[arg(long, value_name = "DURATION", value_parser = duration)]
     pub ttl: Option<u64>,
 
-    /// When the broker answers.
+    /// When the broker answers (`none` prints no offsets; it waits for the write, as
+    /// `written`).
     #[arg(long, value_enum, default_value_t = AckArg::Durable)]
     pub ack: AckArg,
 
@@ -560,15 +571,16 @@ pub struct ProduceArgs {
     #[arg(short, long)]
     pub quiet: bool,
 
-    /// Most messages per publish request.
+    /// Most messages per batch. With --id / --id-separator every message travels in a
+    /// batch of its own (the dedup window judges a batch whole).
     #[arg(long, default_value_t = 1000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_messages: u32,
 
-    /// Most bytes of payload per publish request.
+    /// A batch is sent once its messages' bytes reach this.
     #[arg(long, default_value = "1MiB", value_name = "SIZE", value_parser = size)]
     pub batch_bytes: u64,
 
-    /// Publish requests in flight at once on the stream.
+    /// Batches sent and not yet answered, at most.
     #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub in_flight: u32,
 }
