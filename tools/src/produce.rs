@@ -37,6 +37,8 @@ use crate::units::{format_bytes, format_rate};
 
 /// Messages read ahead of the batcher.
 const READ_AHEAD_MESSAGES: usize = 16 * 1024;
+/// Messages handed to the producer whose acks the printer has not taken yet, at most.
+const ACKS_AHEAD_MESSAGES: usize = 64 * 1024;
 /// Largest line accepted: over the broker's 16 MiB message limit anyway.
 const LINE_BYTES_MAX: u64 = 32 * 1024 * 1024;
 
@@ -485,7 +487,8 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
     let started = Instant::now();
     let producer = Producer::new(broker, config);
     let stop = Arc::new(AtomicBool::new(false));
-    let (fed_tx, mut fed_rx) = mpsc::unbounded_channel::<Fed>();
+    // Bounded, so a slow stdout holds the feeder (and the reader) back.
+    let (fed_tx, mut fed_rx) = mpsc::channel::<Fed>(ACKS_AHEAD_MESSAGES);
     let feeder = {
         let producer = producer.clone();
         let stop = stop.clone();
@@ -512,7 +515,7 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
                     Err(error) => Fed::Unreadable(error),
                 };
                 let last = !matches!(fed, Fed::Sent { .. });
-                if fed_tx.send(fed).is_err() || last {
+                if fed_tx.send(fed).await.is_err() || last {
                     break;
                 }
             }
@@ -691,6 +694,20 @@ fn client_error(broker: &Broker, context: &str, error: &ClientError) -> CliError
              or create it with Admin.CreateTopic"
         )),
         ClientError::NotFound { message, .. } => Status::not_found(message.clone()),
+        // The producer stamps expiry times from its clock when it encodes a batch, and
+        // the broker refuses a batch holding a record that expired on the way.
+        ClientError::InvalidArgument { message, .. }
+            if message.contains("not after the append time") =>
+        {
+            return CliError::failure(
+                format!(
+                    "{context} failed: the messages expired before tidelogd stored them (--ttl \
+                     is shorter than their way to the broker)"
+                ),
+                "give a longer --ttl (a second or more)",
+            )
+            .with_code(tonic::Code::InvalidArgument);
+        }
         ClientError::InvalidArgument { message, .. } => Status::invalid_argument(message.clone()),
         ClientError::Unauthenticated { message } => Status::unauthenticated(message.clone()),
         ClientError::PermissionDenied { message } => Status::permission_denied(message.clone()),
@@ -889,6 +906,38 @@ mod tests {
             summary.ack(p, 0);
         }
         assert_eq!(summary.offsets_text(), "; 1000 partitions");
+    }
+
+    #[test]
+    fn failed_lines_are_named_as_ranges() {
+        assert_eq!(lines_text(&[11]), "lines 11");
+        assert_eq!(lines_text(&[4, 5, 6, 9]), "lines 4-6 9");
+        let many: Vec<u64> = (0..20).map(|i| i * 2).collect();
+        assert_eq!(lines_text(&many), "lines 0 2 4 6 ...");
+    }
+
+    #[test]
+    fn a_refused_record_reads_in_cli_terms() {
+        let e = refused_record(
+            "publishing to topic \"t\" (lines 3)",
+            "2000 bytes of id, key, value and headers, over topic \"t\"'s max_message_bytes 1024",
+        );
+        assert_eq!(e.code, Some(tonic::Code::InvalidArgument));
+        assert!(e.message.contains("(lines 3) failed: 2000 bytes"), "{e}");
+        assert!(e.message.contains("--max-message-bytes 1024"), "{e}");
+        assert!(e.message.contains("raise the topic's limit"), "{e}");
+        let e = refused_record(
+            "p",
+            "17000000 bytes of id, key, value and headers, over topic \"t\"'s max_message_bytes 16777216",
+        );
+        assert!(e.message.contains("16 MiB is the largest"), "{e}");
+        assert!(!e.message.contains("raise"), "{e}");
+        let e = refused_record(
+            "p",
+            "partition 5 is beyond topic \"t\"'s 1 partitions (0..1)",
+        );
+        assert!(e.message.contains("--partition"), "{e}");
+        assert!(!e.message.contains(".."), "{e}");
     }
 
     #[test]

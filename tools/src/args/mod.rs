@@ -540,7 +540,8 @@ pub struct ProduceArgs {
     #[arg(short = 'H', long = "header", value_name = "KEY=VALUE", value_parser = header)]
     pub headers: Vec<(String, String)>,
 
-    /// Partition to append to (default: by key hash, or round robin without a key).
+    /// Partition to append to (default: by key hash; without a key, one partition per
+    /// batch, the next partition for the next batch).
     #[arg(short, long, value_name = "N")]
     pub partition: Option<u32>,
 
@@ -556,8 +557,9 @@ pub struct ProduceArgs {
     #[arg(long, value_name = "SEP", value_parser = separator)]
     pub id_separator: Option<String>,
 
-    /// Time to live of the messages (e.g. 5m, 1h30m); `0` = never expire, even with a
-    /// topic TTL.
+    /// Time to live of the messages (e.g. 5m, 1h30m), counted from when they are sent:
+    /// one that expires before it reaches the broker is refused; `0` = never expire,
+    /// even with a topic TTL.
     #[arg(long, value_name = "DURATION", value_parser = duration)]
     pub ttl: Option<u64>,
 
