@@ -574,7 +574,8 @@ pub struct ProduceArgs {
     pub quiet: bool,
 
     /// Most messages per batch. With --id / --id-separator every message travels in a
-    /// batch of its own (the dedup window judges a batch whole).
+    /// batch of its own (the dedup window judges a batch whole), which is slower: raise
+    /// --in-flight (e.g. 256) for a large file.
     #[arg(long, default_value_t = 1000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_messages: u32,
 
