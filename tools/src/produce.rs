@@ -316,12 +316,14 @@ impl Summary {
     }
 }
 
-/// How long an open batch waits for more lines before it is sent: not at all. A line
-/// goes out as soon as the producer's window (`--in-flight`) has room, so a person
-/// typing sees each line acknowledged at once; while the window is full, the lines
-/// that arrive gather into the next batch (up to `--batch-messages` / `--batch-bytes`),
-/// so a file goes out in large batches without waiting for a timer.
-const LINGER: Duration = Duration::ZERO;
+/// How long an open batch waits for more lines before it is sent (when the producer's
+/// window, `--in-flight`, has room; while it is full, lines gather into the next batch
+/// up to `--batch-messages` / `--batch-bytes` anyway). Short enough that a person
+/// typing sees each line acknowledged at once; long enough that a file goes out in
+/// full batches: with no linger the producer seals a batch every time its task wakes,
+/// and a 1M-line file (100 B lines) cost the broker 540-680 ms of CPU instead of 290 ms
+/// (release build, 2026-12-05).
+const LINGER: Duration = Duration::from_millis(2);
 
 /// What the feeder hands the printer, in input order.
 enum Fed {

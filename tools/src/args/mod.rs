@@ -493,9 +493,9 @@ Each line is one message (the newline is not part of it); -D picks another delim
 (CRLF input) keeps the \\r, with a warning (-D '\\r\\n' splits at CRLF); input that is
 not UTF-8 split at newlines gets a warning too.
 
-Messages go through tidelog-client's producer: a line is sent as soon as fewer than
---in-flight batches await their answer (no linger timer, so a line typed is sent at
-once); lines arriving meanwhile gather into the next batch. Each message's ack is
+Messages go through tidelog-client's producer: a batch waits at most 2 ms for more
+lines once fewer than --in-flight batches await their answer (so a line typed is sent
+at once); lines arriving meanwhile gather into the next batch. Each message's ack is
 printed in input order as `partition <p> offset <o>`, with ` duplicate` when the
 topic's dedup window had the id given by --id / --id-separator, and ` id <id>` on a
 topic that assigns ids (--assign-ids). On topics with a dedup window (the default)
