@@ -37,6 +37,11 @@ use crate::units::{format_bytes, format_rate};
 
 /// Messages read ahead of the batcher.
 const READ_AHEAD_MESSAGES: usize = 16 * 1024;
+/// Batches in flight without --in-flight.
+const IN_FLIGHT_DEFAULT: usize = 8;
+/// ... when each message is a batch of its own (--id, --id-separator): 100,000 lines
+/// with ids went at 23k/s with 8 in flight, 117k/s with 256 (release, 2026-12-05).
+const IN_FLIGHT_ONE_PER_BATCH: usize = 256;
 /// Messages handed to the producer whose acks the printer has not taken yet, at most.
 const ACKS_AHEAD_MESSAGES: usize = 64 * 1024;
 /// Largest line accepted: over the broker's 16 MiB message limit anyway.
@@ -424,7 +429,14 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
             args.batch_messages as usize
         },
         batch_bytes: usize::try_from(args.batch_bytes).unwrap_or(usize::MAX),
-        in_flight: args.in_flight as usize,
+        in_flight: args.in_flight.map_or(
+            if user_ids {
+                IN_FLIGHT_ONE_PER_BATCH
+            } else {
+                IN_FLIGHT_DEFAULT
+            },
+            |n| n as usize,
+        ),
         linger: LINGER,
         ..ProducerConfig::default()
     };
