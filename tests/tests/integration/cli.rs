@@ -1316,13 +1316,14 @@ async fn cli_group_consumers_hand_partitions_over_without_duplicates() {
         &["topic", "create", "handover", "--partitions", "4"],
     )
     .ok("topic create");
-    // About 1 KiB each, round robin over the partitions: far more than a pipe holds.
+    // About 1 KiB each, over every partition (keyless messages fill a batch of one
+    // partition, then the next: small batches spread them): far more than a pipe holds.
     let padding = "x".repeat(1_000);
     let produce = |range: std::ops::Range<usize>| {
         let input: String = range.map(|i| format!("m-{i:04}-{padding}\n")).collect();
         cli_with_input(
             &broker,
-            &["produce", "handover", "--quiet"],
+            &["produce", "handover", "--quiet", "--batch-messages", "25"],
             input.as_bytes(),
         )
         .ok("produce");

@@ -9,6 +9,7 @@ mod broker;
 mod cli;
 mod cli_damage;
 mod cli_frictions;
+mod cli_produce;
 mod client;
 mod dedup;
 mod delivery_history;

@@ -491,8 +491,18 @@ Examples:
 Each line is one message (the newline is not part of it); -D picks another delimiter
 (NUL included), --value-file sends a whole file as one message. A line ending in \\r
 (CRLF input) keeps the \\r, with a warning (-D '\\r\\n' splits at CRLF); input that is
-not UTF-8 split at newlines gets a warning too. Messages are sent in batches over a
-pipelined stream; the offsets are printed as `partition <p> offset <o>`.";
+not UTF-8 split at newlines gets a warning too.
+
+Messages go through tidelog-client's producer: a batch waits at most 2 ms for more
+lines once fewer than --in-flight batches await their answer (so a line typed is sent
+at once); lines arriving meanwhile gather into the next batch. Each message's ack is
+printed in input order as `partition <p> offset <o>`, with ` duplicate` when the
+topic's dedup window had the id given by --id / --id-separator, and ` id <id>` on a
+topic that assigns ids (--assign-ids). On topics with a dedup window (the default)
+or assign_ids, the producer gives every message without an id one of its own, so a
+resend after the broker restarts is not stored twice. If tidelogd goes away, the producer reconnects and
+sends again for up to 2 minutes. At the first message that fails, nothing more is
+sent and the error names its line and how many earlier messages were stored.";
 
 #[derive(Debug, Args)]
 #[command(after_help = PRODUCE_EXAMPLES)]
@@ -530,7 +540,8 @@ pub struct ProduceArgs {
     #[arg(short = 'H', long = "header", value_name = "KEY=VALUE", value_parser = header)]
     pub headers: Vec<(String, String)>,
 
-    /// Partition to append to (default: by key hash, or round robin without a key).
+    /// Partition to append to (default: by key hash; without a key, one partition per
+    /// batch, the next partition for the next batch).
     #[arg(short, long, value_name = "N")]
     pub partition: Option<u32>,
 
@@ -546,12 +557,14 @@ pub struct ProduceArgs {
     #[arg(long, value_name = "SEP", value_parser = separator)]
     pub id_separator: Option<String>,
 
-    /// Time to live of the messages (e.g. 5m, 1h30m); `0` = never expire, even with a
-    /// topic TTL.
+    /// Time to live of the messages (e.g. 5m, 1h30m), counted from when they are sent:
+    /// one that expires before it reaches the broker is refused; `0` = never expire,
+    /// even with a topic TTL.
     #[arg(long, value_name = "DURATION", value_parser = duration)]
     pub ttl: Option<u64>,
 
-    /// When the broker answers.
+    /// When the broker answers (`none` prints no offsets; it waits for the write, as
+    /// `written`).
     #[arg(long, value_enum, default_value_t = AckArg::Durable)]
     pub ack: AckArg,
 
@@ -560,17 +573,20 @@ pub struct ProduceArgs {
     #[arg(short, long)]
     pub quiet: bool,
 
-    /// Most messages per publish request.
+    /// Most messages per batch. With --id / --id-separator every message travels in a
+    /// batch of its own (the dedup window judges a batch whole), with more of them in
+    /// flight (--in-flight).
     #[arg(long, default_value_t = 1000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_messages: u32,
 
-    /// Most bytes of payload per publish request.
+    /// A batch is sent once its messages' bytes reach this.
     #[arg(long, default_value = "1MiB", value_name = "SIZE", value_parser = size)]
     pub batch_bytes: u64,
 
-    /// Publish requests in flight at once on the stream.
-    #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub in_flight: u32,
+    /// Batches sent and not yet answered, at most [default: 8; 256 with --id or
+    /// --id-separator, whose messages travel one per batch].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub in_flight: Option<u32>,
 }
 
 // ---------------------------------------------------------------------------------
