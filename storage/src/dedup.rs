@@ -88,6 +88,12 @@ const SLOTS_MIN: usize = 1024;
 const OFFSET_BITS: u32 = 49;
 const _: () = assert!(crate::limits::TOPIC_PARTITIONS_MAX <= 1 << (63 - OFFSET_BITS));
 
+/// The words of the refusal of a batch that mixes ids stored within the window with
+/// new ones (or repeats one): clients that batch records with ids of their callers
+/// (tidelog-client's producer) look for them, and send the batch's records again one
+/// per batch.
+pub const BATCH_DEDUPLICATED_WHOLE: &str = "a batch is deduplicated whole";
+
 /// Where a message of an append went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
@@ -625,7 +631,7 @@ impl DedupWindow {
                 })
                 .unwrap_or((0, String::new()));
             return Err(Error::invalid(format!(
-                "record {index} of the batch has an id within the topic's dedup window ({at}) while {appending} record(s) with ids are new: a batch is deduplicated whole, so nothing was appended; publish the new records in a batch of their own"
+                "record {index} of the batch has an id within the topic's dedup window ({at}) while {appending} record(s) with ids are new: {BATCH_DEDUPLICATED_WHOLE}, so nothing was appended; publish the new records in a batch of their own"
             )));
         }
         // Every id is a duplicate (a repeat inside the batch names an appended record,

@@ -39,9 +39,6 @@ use crate::units::{format_bytes, format_rate};
 const READ_AHEAD_MESSAGES: usize = 16 * 1024;
 /// Batches in flight without --in-flight.
 const IN_FLIGHT_DEFAULT: usize = 8;
-/// ... when each message is a batch of its own (--id, --id-separator): 100,000 lines
-/// with ids went at 23k/s with 8 in flight, 117k/s with 256 (release, 2026-12-05).
-const IN_FLIGHT_ONE_PER_BATCH: usize = 256;
 /// Messages handed to the producer whose acks the printer has not taken yet, at most.
 const ACKS_AHEAD_MESSAGES: usize = 64 * 1024;
 /// Largest line accepted: over the broker's 16 MiB message limit anyway.
@@ -418,25 +415,13 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
         AckArg::Written => (Ack::Written, true),
         AckArg::Durable => (Ack::Durable, true),
     };
-    // A batch is deduplicated whole (a batch mixing ids stored before with new ones,
-    // or repeating an id, is refused): the user's ids travel one message per batch,
-    // so each is judged alone, as a message of its own.
-    let user_ids = format.id.is_some() || format.id_separator.is_some();
+    // Ids of the user's go in batches like any others: a batch mixing ids stored
+    // before with new ones is refused whole by the broker, and the producer then sends
+    // its messages again one per batch, each judged alone.
     let config = ProducerConfig {
-        batch_records: if user_ids {
-            1
-        } else {
-            args.batch_messages as usize
-        },
+        batch_records: args.batch_messages as usize,
         batch_bytes: usize::try_from(args.batch_bytes).unwrap_or(usize::MAX),
-        in_flight: args.in_flight.map_or(
-            if user_ids {
-                IN_FLIGHT_ONE_PER_BATCH
-            } else {
-                IN_FLIGHT_DEFAULT
-            },
-            |n| n as usize,
-        ),
+        in_flight: args.in_flight.map_or(IN_FLIGHT_DEFAULT, |n| n as usize),
         linger: LINGER,
         ..ProducerConfig::default()
     };
@@ -700,53 +685,34 @@ fn lines_text(lines: &[u64]) -> String {
 /// the CLI published by itself (through [`Broker::error`]), the producer's own as
 /// flags and commands.
 fn client_error(broker: &Broker, context: &str, error: &ClientError) -> CliError {
-    use tonic::Status;
-    let status = match error {
-        ClientError::InvalidRecord { reason } => return refused_record(context, reason),
-        ClientError::TopicNotFound { topic } => Status::not_found(format!(
-            "topic {topic:?} does not exist; check the name (Admin.ListTopics lists the topics) \
-             or create it with Admin.CreateTopic"
-        )),
-        ClientError::NotFound { message, .. } => Status::not_found(message.clone()),
+    match error {
+        ClientError::InvalidRecord { reason } => refused_record(context, reason),
         // The producer stamps expiry times from its clock when it encodes a batch, and
         // the broker refuses a batch holding a record that expired on the way.
         ClientError::InvalidArgument { message, .. }
             if message.contains("not after the append time") =>
         {
-            return CliError::failure(
+            CliError::failure(
                 format!(
                     "{context} failed: the messages expired before tidelogd stored them (--ttl \
                      is shorter than their way to the broker)"
                 ),
                 "give a longer --ttl (a second or more)",
             )
-            .with_code(tonic::Code::InvalidArgument);
+            .with_code(tonic::Code::InvalidArgument)
         }
-        ClientError::InvalidArgument { message, .. } => Status::invalid_argument(message.clone()),
-        ClientError::Unauthenticated { message } => Status::unauthenticated(message.clone()),
-        ClientError::PermissionDenied { message } => Status::permission_denied(message.clone()),
-        ClientError::Unavailable { message, .. } => Status::unavailable(message.clone()),
-        ClientError::Broker { code, message, .. } => Status::new(*code, message.clone()),
-        ClientError::Timeout { after, .. } => {
-            return CliError::failure(
-                format!(
-                    "{context} failed: tidelogd at {} could not be reached for {}s",
-                    broker.server,
-                    after.as_secs()
-                ),
-                "is it running? (--server / TIDELOG_SERVER); messages not acknowledged may or \
-                 may not be stored",
-            )
-            .with_code(tonic::Code::Unavailable);
-        }
-        other => {
-            return CliError::failure(
-                format!("{context} failed: {other}"),
-                "check the tidelogd log for the cause",
-            );
-        }
-    };
-    broker.error(context, &status)
+        ClientError::Timeout { after, .. } => CliError::failure(
+            format!(
+                "{context} failed: tidelogd at {} could not be reached for {}s",
+                broker.server,
+                after.as_secs()
+            ),
+            "is it running? (--server / TIDELOG_SERVER); messages not acknowledged may or \
+             may not be stored",
+        )
+        .with_code(tonic::Code::Unavailable),
+        other => broker.client_error(context, other),
+    }
 }
 
 /// A message the producer refused before sending it (too large for the topic, a

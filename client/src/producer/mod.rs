@@ -38,6 +38,11 @@
 //! so the resend is answered `duplicate` and each record resolves to its original
 //! offset ([`Delivered::duplicate`]). On topics without a dedup window (or with
 //! [`IdMode::Never`]) retries are **at-least-once**: a record may be stored twice.
+//! Records with their callers' own ids may meet ids stored before (a service sending
+//! again after a restart): the broker deduplicates a batch whole and refuses one that
+//! mixes stored and new ids, and the producer then sends that batch's records again
+//! one per batch, so each old record resolves to its original and each new one is
+//! stored (these go after what was already in flight to the partition).
 //! Other refusals (`INVALID_ARGUMENT`, `NOT_FOUND`, ...) fail that batch's records and
 //! are not retried.
 

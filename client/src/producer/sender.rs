@@ -13,6 +13,7 @@ use tidelog_proto::v1::{
 };
 use tidelog_storage::NewRecord;
 use tidelog_storage::batch::{EncodeOptions, encode_batch};
+use tidelog_storage::dedup::BATCH_DEDUPLICATED_WHOLE;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -56,6 +57,64 @@ enum Waiters {
         ids: Vec<Option<Bytes>>,
         reserved: usize,
     },
+    /// Record `index` of a batch sent again one record per batch (see
+    /// [`Sender::split`]).
+    Part {
+        split: Arc<Split>,
+        index: usize,
+        id: Option<Bytes>,
+    },
+}
+
+/// A batch the broker refused whole for mixing ids it had stored with new ones, sent
+/// again one record per batch: the records' outcomes gather here, and the batch's own
+/// waiters get them once the last is in.
+struct Split {
+    state: std::sync::Mutex<SplitState>,
+}
+
+struct SplitState {
+    /// The batch's waiters, until every part is answered.
+    waiters: Option<Waiters>,
+    outcomes: Vec<Option<Result<Delivered>>>,
+    left: usize,
+}
+
+impl Split {
+    fn done(&self, core: &Core, index: usize, outcome: Result<Delivered>) {
+        let finished = {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(slot) = state.outcomes.get_mut(index)
+                && slot.is_none()
+            {
+                *slot = Some(outcome);
+                state.left = state.left.saturating_sub(1);
+            }
+            if state.left > 0 {
+                return;
+            }
+            let outcomes: Vec<Result<Delivered>> = std::mem::take(&mut state.outcomes)
+                .into_iter()
+                .map(|o| o.unwrap_or(Err(Error::Closed)))
+                .collect();
+            state.waiters.take().map(|waiters| (waiters, outcomes))
+        };
+        match finished {
+            Some((Waiters::Records { slot, .. }, outcomes)) => {
+                core.finish(&slot, Outcome::Each(outcomes));
+            }
+            Some((
+                Waiters::Batch {
+                    reply, reserved, ..
+                },
+                outcomes,
+            )) => {
+                let _ = reply.send(outcomes.into_iter().collect());
+                core.give_back(reserved);
+            }
+            Some((Waiters::Part { .. }, _)) | None => {}
+        }
+    }
 }
 
 /// An encoded batch, kept byte for byte until answered (a resend is identical).
@@ -78,6 +137,7 @@ impl Outgoing {
                 let _ = reply.send(Err(error.clone()));
                 core.give_back(reserved);
             }
+            Waiters::Part { split, index, .. } => split.done(core, index, Err(error.clone())),
         }
     }
 
@@ -109,6 +169,12 @@ impl Outgoing {
                 let outcome = deliveries_for(&ids, ack).into_iter().collect();
                 let _ = reply.send(outcome);
                 core.give_back(reserved);
+            }
+            Waiters::Part { split, index, id } => {
+                let outcome = deliveries_for(&[id], ack)
+                    .pop()
+                    .unwrap_or(Err(Error::Closed));
+                split.done(core, index, outcome);
             }
         }
     }
@@ -467,6 +533,91 @@ impl Sender {
         }
     }
 
+    /// Sends the records of `batch` again, one per batch, ahead of what is ready (after
+    /// what is already in flight to the partition: the only case where the producer
+    /// does not keep a partition's order). Their outcomes go to the batch's waiters
+    /// once all are in.
+    fn split(&mut self, batch: Outgoing) {
+        let records = match tidelog_storage::batch::decode_batch(&batch.bytes) {
+            Ok((_, records)) => records,
+            Err(error) => {
+                let error = Error::Corrupt {
+                    reason: format!("a batch the producer made does not decode: {error}"),
+                };
+                batch.fail(&self.core, &error);
+                return;
+            }
+        };
+        let rules = self
+            .core
+            .front()
+            .topic(&batch.key.topic)
+            .map(TopicRules::of);
+        let Some(rules) = rules else {
+            let error = Error::TopicNotFound {
+                topic: batch.key.topic.to_string(),
+            };
+            batch.fail(&self.core, &error);
+            return;
+        };
+        let split = Arc::new(Split {
+            state: std::sync::Mutex::new(SplitState {
+                waiters: None,
+                outcomes: (0..records.len()).map(|_| None).collect(),
+                left: records.len(),
+            }),
+        });
+        let now = now_ms();
+        let mut parts = Vec::with_capacity(records.len());
+        for (index, record) in records.into_iter().enumerate() {
+            let id = record.id.clone();
+            let again = NewRecord {
+                key: record.key,
+                value: record.value,
+                headers: record.headers,
+                timestamp_ms: Some(record.timestamp_ms),
+                // The expiry as encoded (the topic's default applied); none = never.
+                ttl_ms: Some(record.expires_at_ms.map_or(0, |at| {
+                    u64::try_from(at.saturating_sub(now)).unwrap_or(0).max(1)
+                })),
+                id: record.id,
+                deliver_at_ms: record.deliver_at_ms,
+                delay_ms: None,
+                priority: record.priority,
+            };
+            match encode_batch(&[again], &rules.options(self.config.compression)) {
+                Ok(encoded) => parts.push(Outgoing {
+                    key: batch.key.clone(),
+                    bytes: Bytes::from(encoded.bytes),
+                    records: 1,
+                    waiters: Waiters::Part {
+                        split: split.clone(),
+                        index,
+                        id,
+                    },
+                    opened: batch.opened,
+                }),
+                Err(error) => {
+                    let error = Error::InvalidRecord {
+                        reason: error.to_string(),
+                    };
+                    split.done(&self.core, index, Err(error));
+                }
+            }
+        }
+        {
+            let mut state = split.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.waiters = Some(batch.waiters);
+        }
+        // Every part may have failed to encode already: finish then.
+        if parts.is_empty() {
+            split.done(&self.core, usize::MAX, Err(Error::Closed));
+        }
+        for part in parts.into_iter().rev() {
+            self.ready.push_front(part);
+        }
+    }
+
     /// Sends ready batches (and lingered ones) while the window has room.
     fn fill_window(&mut self) {
         let window = self.config.in_flight.max(1);
@@ -638,6 +789,15 @@ impl Sender {
                     self.in_flight.push_front(batch);
                     self.broken();
                 } else {
+                    if code == Code::InvalidArgument
+                        && status.message.contains(BATCH_DEDUPLICATED_WHOLE)
+                    {
+                        // Some records' ids were stored before (a caller's resend), some
+                        // are new: each record goes again in a batch of its own, and is
+                        // stored or answered with its original.
+                        self.split(batch);
+                        return;
+                    }
                     if code == Code::NotFound {
                         self.core.front().forget(&batch.key.topic);
                     }

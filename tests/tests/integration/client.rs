@@ -1345,3 +1345,91 @@ async fn records_fail_after_the_delivery_timeout_while_the_broker_is_away() {
     }
     producer.close().await.expect("close");
 }
+
+/// Records with their callers' ids, some stored before and some new, sent together:
+/// the broker refuses such a batch whole, and the producer sends its records again one
+/// per batch, so every old record resolves to its original (duplicate) and every new
+/// one is stored once; an id repeated within a batch is stored once too. The same
+/// through `send_batch`.
+#[tokio::test]
+async fn a_batch_mixing_stored_and_new_ids_is_sent_again_record_by_record() {
+    let broker = TestBroker::start();
+    let client = client(&broker).await;
+    let config = TopicConfig {
+        dedup_window_ms: Some(3_600_000),
+        ..TopicConfig::default()
+    };
+    client.create_topic("ids", 1, config).await.expect("create");
+    let producer = Producer::new(&client, ProducerConfig::default());
+    let id = |n: usize| format!("event-{n}");
+    // Every third id is stored first.
+    let mut originals = BTreeMap::new();
+    for n in (0..300).step_by(3) {
+        let delivered = producer
+            .send_and_wait(Record::new("ids", format!("first {n}")).id(id(n)))
+            .await
+            .expect("first");
+        originals.insert(n, delivered.offset);
+    }
+    // Then all 300 (and event-7 twice) in one go: batches that mix old and new.
+    let mut acks = Vec::new();
+    for n in (0..300).chain([7]) {
+        let record = Record::new("ids", format!("again {n}")).id(id(n));
+        acks.push((n, producer.send(record).await.expect("send")));
+    }
+    let mut stored = BTreeMap::new();
+    for (n, ack) in acks {
+        let delivered = timeout(WAIT, ack)
+            .await
+            .expect("in time")
+            .expect("delivered");
+        assert_eq!(delivered.id.as_deref(), Some(id(n).as_bytes()));
+        match originals.get(&n) {
+            Some(&offset) => {
+                assert!(delivered.duplicate, "{n} was stored before");
+                assert_eq!(delivered.offset, offset);
+            }
+            None => {
+                if let Some(&first) = stored.get(&n) {
+                    // The repeat of event-7 resolves to where the first went.
+                    assert!(delivered.duplicate);
+                    assert_eq!(delivered.offset, first);
+                } else {
+                    assert!(!delivered.duplicate, "{n} is new");
+                    stored.insert(n, delivered.offset);
+                }
+            }
+        }
+    }
+    assert_eq!(stored.len(), 200);
+    let end = client
+        .describe_topic("ids")
+        .await
+        .expect("describe")
+        .partitions[0]
+        .end_offset;
+    assert_eq!(end, 300, "100 first, then the 200 new ones once each");
+
+    // send_batch: one old id, one new, one old.
+    let batch = vec![
+        Record::new("ids", "x").id(id(0)),
+        Record::new("ids", "y").id(id(1_000)),
+        Record::new("ids", "z").id(id(3)),
+    ];
+    let delivered = timeout(
+        WAIT,
+        producer
+            .send_batch("ids", 0, Ack::Durable, batch)
+            .await
+            .expect("send_batch"),
+    )
+    .await
+    .expect("in time")
+    .expect("delivered");
+    let shape: Vec<(u64, bool)> = delivered.iter().map(|d| (d.offset, d.duplicate)).collect();
+    assert_eq!(
+        shape,
+        [(originals[&0], true), (300, false), (originals[&3], true)]
+    );
+    producer.close().await.expect("close");
+}

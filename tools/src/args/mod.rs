@@ -573,9 +573,7 @@ pub struct ProduceArgs {
     #[arg(short, long)]
     pub quiet: bool,
 
-    /// Most messages per batch. With --id / --id-separator every message travels in a
-    /// batch of its own (the dedup window judges a batch whole), with more of them in
-    /// flight (--in-flight).
+    /// Most messages per batch.
     #[arg(long, default_value_t = 1000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_messages: u32,
 
@@ -583,8 +581,7 @@ pub struct ProduceArgs {
     #[arg(long, default_value = "1MiB", value_name = "SIZE", value_parser = size)]
     pub batch_bytes: u64,
 
-    /// Batches sent and not yet answered, at most [default: 8; 256 with --id or
-    /// --id-separator, whose messages travel one per batch].
+    /// Batches sent and not yet answered, at most [default: 8].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub in_flight: Option<u32>,
 }
