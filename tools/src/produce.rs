@@ -47,6 +47,45 @@ const LINE_BYTES_MAX: u64 = 32 * 1024 * 1024;
 /// What the reader thread hands the batcher.
 type Line = Result<(Message, u64), CliError>;
 
+/// Lines per hand-over from the reader thread, and messages per hand-over from the
+/// feeder to the printer: a channel message (and a wake-up) per line cost more than
+/// the rest of the CLI's work on it.
+const CHUNK_LINES: usize = 1024;
+
+/// Gathers lines into chunks for the channel.
+struct Chunker<'a> {
+    sender: &'a mpsc::Sender<Vec<Line>>,
+    chunk: Vec<Line>,
+}
+
+impl<'a> Chunker<'a> {
+    fn new(sender: &'a mpsc::Sender<Vec<Line>>) -> Self {
+        Chunker {
+            sender,
+            chunk: Vec::new(),
+        }
+    }
+
+    /// Adds `item`; sends the chunk when it is full or `now` (the input has nothing
+    /// more buffered, so a person typing sees each line go at once). False when the
+    /// receiver went away.
+    fn push(&mut self, item: Line, now: bool) -> bool {
+        self.chunk.push(item);
+        if now || self.chunk.len() >= CHUNK_LINES {
+            return self.flush();
+        }
+        true
+    }
+
+    fn flush(&mut self) -> bool {
+        if self.chunk.is_empty() {
+            return true;
+        }
+        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_LINES));
+        self.sender.blocking_send(chunk).is_ok()
+    }
+}
+
 /// How lines become messages.
 #[derive(Debug, Clone)]
 pub struct LineFormat {
@@ -188,7 +227,7 @@ impl Splitter {
 fn read_whole(
     input: Box<dyn Read + Send>,
     format: &LineFormat,
-    sender: &mpsc::Sender<Line>,
+    sender: &mpsc::Sender<Vec<Line>>,
     progress: &ProgressBar,
 ) {
     let mut value = Vec::new();
@@ -207,7 +246,7 @@ fn read_whole(
         }
         Err(e) => Err(CliError::io("reading the value file", &e)),
     };
-    let _ = sender.blocking_send(item);
+    let _ = sender.blocking_send(vec![item]);
 }
 
 /// Reads records ended by the splitter's delimiter (or the end of the input) and
@@ -216,9 +255,10 @@ fn read_lines(
     input: Box<dyn Read + Send>,
     format: &LineFormat,
     splitter: &mut Splitter,
-    sender: &mpsc::Sender<Line>,
+    sender: &mpsc::Sender<Vec<Line>>,
     progress: &ProgressBar,
 ) {
+    let mut chunker = Chunker::new(sender);
     let mut reader = BufReader::with_capacity(1 << 20, input);
     let delimiter = splitter.delimiter.clone();
     let last = *delimiter.last().unwrap_or(&b'\n');
@@ -246,7 +286,10 @@ fn read_lines(
             }
         }
         let item = match read {
-            Ok(0) => return,
+            Ok(0) => {
+                chunker.flush();
+                return;
+            }
             Ok(n) => {
                 progress.inc(n as u64);
                 line_number += 1;
@@ -254,13 +297,14 @@ fn read_lines(
                     line.truncate(line.len() - delimiter.len());
                     splitter.check(&line, line_number);
                 } else if line.len() as u64 > LINE_BYTES_MAX {
-                    let _ = sender.blocking_send(Err(CliError::failure(
+                    let too_long = Err(CliError::failure(
                         format!(
                             "line {line_number} is longer than {}",
                             format_bytes(LINE_BYTES_MAX)
                         ),
                         "messages are limited to 16 MiB; split the input",
-                    )));
+                    ));
+                    chunker.push(too_long, true);
                     return;
                 } else {
                     splitter.check(&line, line_number);
@@ -270,7 +314,8 @@ fn read_lines(
             Err(e) => Err(CliError::io("reading the input", &e)),
         };
         let stop = item.is_err();
-        if sender.blocking_send(item).is_err() || stop {
+        let now = stop || reader.buffer().is_empty();
+        if !chunker.push(item, now) || stop {
             return;
         }
     }
@@ -449,7 +494,7 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
         _ => ProgressBar::hidden(),
     };
 
-    let (line_tx, mut line_rx) = mpsc::channel::<Line>(READ_AHEAD_MESSAGES);
+    let (line_tx, mut line_rx) = mpsc::channel::<Vec<Line>>(READ_AHEAD_MESSAGES / CHUNK_LINES);
     let reader_progress = progress.clone();
     let whole = args.value_file.is_some();
     let mut splitter = Splitter::new(args.delimiter.clone().map(|d| d.0));
@@ -487,35 +532,49 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
     let producer = Producer::new(broker, config);
     let stop = Arc::new(AtomicBool::new(false));
     // Bounded, so a slow stdout holds the feeder (and the reader) back.
-    let (fed_tx, mut fed_rx) = mpsc::channel::<Fed>(ACKS_AHEAD_MESSAGES);
+    let (fed_tx, mut fed_rx) = mpsc::channel::<Vec<Fed>>(ACKS_AHEAD_MESSAGES / CHUNK_LINES);
     let feeder = {
         let producer = producer.clone();
         let stop = stop.clone();
         let topic = args.topic.clone();
         tokio::spawn(async move {
-            while let Some(item) = line_rx.recv().await {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let fed = match item {
-                    Ok((message, line)) => {
-                        let user_id = !message.id.is_empty();
-                        let bytes = (message.key.len() + message.value.len()) as u64;
-                        match producer.send(record(&topic, message, ack)).await {
-                            Ok(delivery) => Fed::Sent {
-                                line,
-                                user_id,
-                                bytes,
-                                delivery,
-                            },
-                            Err(error) => Fed::Refused { line, error },
-                        }
+            'lines: while let Some(chunk) = line_rx.recv().await {
+                let mut fed_chunk = Vec::with_capacity(chunk.len());
+                let mut last = false;
+                for item in chunk {
+                    if stop.load(Ordering::Relaxed) {
+                        last = true;
+                        break;
                     }
-                    Err(error) => Fed::Unreadable(error),
-                };
-                let last = !matches!(fed, Fed::Sent { .. });
-                if fed_tx.send(fed).await.is_err() || last {
-                    break;
+                    let fed = match item {
+                        Ok((message, line)) => {
+                            let user_id = !message.id.is_empty();
+                            let bytes = (message.key.len() + message.value.len()) as u64;
+                            match producer.send(record(&topic, message, ack)).await {
+                                // Refused before it was sent: stop feeding now.
+                                Ok(delivery) if delivery.refused().is_some() => Fed::Refused {
+                                    line,
+                                    error: delivery.await.err().unwrap_or(ClientError::Closed),
+                                },
+                                Ok(delivery) => Fed::Sent {
+                                    line,
+                                    user_id,
+                                    bytes,
+                                    delivery,
+                                },
+                                Err(error) => Fed::Refused { line, error },
+                            }
+                        }
+                        Err(error) => Fed::Unreadable(error),
+                    };
+                    last = !matches!(fed, Fed::Sent { .. });
+                    fed_chunk.push(fed);
+                    if last {
+                        break;
+                    }
+                }
+                if fed_tx.send(fed_chunk).await.is_err() || last {
+                    break 'lines;
                 }
             }
         })
@@ -525,54 +584,56 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
     let mut out = Stdout::new();
     let mut summary = Summary::default();
     let mut failure = Failure::default();
-    while let Some(fed) = fed_rx.recv().await {
-        let (line, error) = match fed {
-            Fed::Sent {
-                line,
-                user_id,
-                bytes,
-                delivery,
-            } => match delivery.await {
-                Ok(delivered) if failure.first.is_none() => {
-                    summary.messages += 1;
-                    summary.payload_bytes += bytes;
-                    if !print_offsets {
+    'acks: while let Some(chunk) = fed_rx.recv().await {
+        for fed in chunk {
+            let (line, error) = match fed {
+                Fed::Sent {
+                    line,
+                    user_id,
+                    bytes,
+                    delivery,
+                } => match delivery.await {
+                    Ok(delivered) if failure.first.is_none() => {
+                        summary.messages += 1;
+                        summary.payload_bytes += bytes;
+                        if !print_offsets {
+                            continue;
+                        }
+                        // Only a user's id can have been stored before this run: the id
+                        // the producer attached is new, and a `duplicate` answer to it
+                        // means the broker had stored this very message before a
+                        // reconnect made the producer send it again.
+                        let duplicate = delivered.duplicate && user_id;
+                        summary.ack(delivered.partition, delivered.offset);
+                        summary.duplicates += u64::from(duplicate);
+                        if !args.quiet {
+                            let shown_id = delivered.id.as_ref().filter(|_| show_ids && !user_id);
+                            print_ack(&mut out, &delivered, duplicate, shown_id, json)?;
+                        }
                         continue;
                     }
-                    // Only a user's id can have been stored before this run: the id
-                    // the producer attached is new, and a `duplicate` answer to it
-                    // means the broker had stored this very message before a
-                    // reconnect made the producer send it again.
-                    let duplicate = delivered.duplicate && user_id;
-                    summary.ack(delivered.partition, delivered.offset);
-                    summary.duplicates += u64::from(duplicate);
-                    if !args.quiet {
-                        let shown_id = delivered.id.as_ref().filter(|_| show_ids && !user_id);
-                        print_ack(&mut out, &delivered, duplicate, shown_id, json)?;
+                    Ok(_) => {
+                        failure.stored_after.push(line);
+                        continue;
                     }
-                    continue;
+                    Err(error) => (line, error),
+                },
+                Fed::Refused { line, error } => (line, error),
+                Fed::Unreadable(error) => {
+                    if failure.first.is_none() {
+                        failure.first = Some(FirstFailure::Input(error));
+                    }
+                    break 'acks;
                 }
-                Ok(_) => {
-                    failure.stored_after.push(line);
-                    continue;
-                }
-                Err(error) => (line, error),
-            },
-            Fed::Refused { line, error } => (line, error),
-            Fed::Unreadable(error) => {
-                if failure.first.is_none() {
-                    failure.first = Some(FirstFailure::Input(error));
-                }
-                break;
+            };
+            failure.failed_lines.push(line);
+            if failure.first.is_none() {
+                // Stop at the first failure: nothing more is handed to the producer; what
+                // was sent already is waited for and counted.
+                stop.store(true, Ordering::Relaxed);
+                progress.abandon();
+                failure.first = Some(FirstFailure::Message(error));
             }
-        };
-        failure.failed_lines.push(line);
-        if failure.first.is_none() {
-            // Stop at the first failure: nothing more is handed to the producer; what
-            // was sent already is waited for and counted.
-            stop.store(true, Ordering::Relaxed);
-            progress.abandon();
-            failure.first = Some(FirstFailure::Message(error));
         }
     }
     drop(fed_rx);
@@ -815,8 +876,11 @@ mod tests {
         );
         drop(tx);
         let mut got = Vec::new();
-        while let Ok(Ok((m, _))) = rx.try_recv() {
-            got.push(m.value.to_vec());
+        while let Ok(chunk) = rx.try_recv() {
+            for line in chunk {
+                let Ok((m, _)) = line else { break };
+                got.push(m.value.to_vec());
+            }
         }
         got
     }
@@ -933,8 +997,11 @@ mod tests {
         );
         drop(tx);
         let mut got = Vec::new();
-        while let Ok(Ok((m, line))) = rx.try_recv() {
-            got.push((String::from_utf8_lossy(&m.value).to_string(), line));
+        while let Ok(chunk) = rx.try_recv() {
+            for item in chunk {
+                let Ok((m, line)) = item else { break };
+                got.push((String::from_utf8_lossy(&m.value).to_string(), line));
+            }
         }
         assert_eq!(
             got,

@@ -360,6 +360,16 @@ enum Delivery {
 }
 
 impl DeliveryFuture {
+    /// The error, when the record was refused by `send` itself and never sent (too
+    /// large for the topic, a partition it does not have, the topic unknown, ...): a
+    /// caller that stops at the first failure can stop at once, without awaiting.
+    pub fn refused(&self) -> Option<&Error> {
+        match &self.state {
+            Delivery::Ready(Some(Err(error))) => Some(error),
+            _ => None,
+        }
+    }
+
     fn ready(result: Result<Delivered>) -> DeliveryFuture {
         DeliveryFuture {
             state: Delivery::Ready(Some(result)),
