@@ -217,16 +217,7 @@ impl Producer {
                         Err(error) => return Ok(DeliveryFuture::ready(Err(error))),
                     }
                 }
-                // Register for the wake-up first, then try again: space given back in
-                // between is not missed.
-                Placed::Full => match waiting.take() {
-                    None => {
-                        let mut notified = Box::pin(core.space.notified());
-                        notified.as_mut().enable();
-                        waiting = Some(notified);
-                    }
-                    Some(notified) => notified.await,
-                },
+                Placed::Full => wait_for_space(core, &mut waiting).await,
             }
         }
     }
@@ -245,14 +236,7 @@ impl Producer {
                     return Ok(());
                 }
             }
-            match waiting.take() {
-                None => {
-                    let mut notified = Box::pin(core.space.notified());
-                    notified.as_mut().enable();
-                    waiting = Some(notified);
-                }
-                Some(notified) => notified.await,
-            }
+            wait_for_space(core, &mut waiting).await;
         }
     }
 
@@ -318,6 +302,23 @@ impl Producer {
         // After the command: what was sent before it is drained by it.
         self.shared.core.front().closed = true;
         receiver.await.map_err(|_| Error::Closed)
+    }
+}
+
+/// One turn of a caller's wait for buffer space: the first registers for the wake-up
+/// and returns at once (the caller tries again, so space given back in between is not
+/// missed); the next waits for it.
+async fn wait_for_space<'a>(
+    core: &'a Core,
+    waiting: &mut Option<Pin<Box<tokio::sync::futures::Notified<'a>>>>,
+) {
+    match waiting.take() {
+        None => {
+            let mut notified = Box::pin(core.space.notified());
+            notified.as_mut().enable();
+            *waiting = Some(notified);
+        }
+        Some(notified) => notified.await,
     }
 }
 
