@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tidelog_proto::v1::FetchRequest;
 
-use super::decode_into;
+use super::decode::decode_into;
 use crate::connection::Client;
 use crate::error::{Error, Result};
 use crate::record::Message;

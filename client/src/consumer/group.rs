@@ -12,7 +12,8 @@ use tidelog_proto::v1::{
 };
 use tonic::Code;
 
-use super::Reset;
+use super::decode::decode_into;
+use super::start::Reset;
 use crate::backoff::Backoff;
 use crate::connection::Client;
 use crate::error::{Error, Result, retryable_status};
@@ -302,13 +303,7 @@ impl GroupMember {
                 let partition = batches.partition;
                 let mut messages = VecDeque::new();
                 for batch in &batches.batches {
-                    super::decode_into(
-                        &self.topic,
-                        partition,
-                        batch,
-                        batches.now_ms,
-                        &mut messages,
-                    )?;
+                    decode_into(&self.topic, partition, batch, batches.now_ms, &mut messages)?;
                 }
                 let after = batches.position.map(|p| p.next_offset);
                 // A message's position is the next delivered message's offset, or the

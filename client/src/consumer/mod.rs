@@ -1,8 +1,10 @@
 //! Consumers: [`Subscription`] (a plain subscription in batch form), [`GroupMember`]
 //! (a consumer-group member) and, in [`crate::queue`], the queue worker.
 
+mod decode;
 mod fetch;
 mod group;
+mod start;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -10,54 +12,18 @@ use std::sync::Arc;
 use tidelog_proto::v1::start_position::{Earliest, Latest, Position};
 use tidelog_proto::v1::subscribe_request::PartitionStart;
 use tidelog_proto::v1::{
-    ResetPolicy, StartPosition, StoredRecordBatch, SubscribeBatchesResponse, SubscribeRequest,
-    subscribe_batches_response,
+    StartPosition, SubscribeBatchesResponse, SubscribeRequest, subscribe_batches_response,
 };
-use tidelog_storage::client_batch::for_each_delivered;
 
 pub use fetch::{FetchOptions, Fetched};
 pub use group::{Commit, GroupMember, GroupOptions};
+pub use start::{Reset, StartAt};
 
 use crate::backoff::Backoff;
 use crate::connection::Client;
 use crate::error::{Error, Result, retryable_status};
 use crate::record::Message;
-
-/// Where a subscription starts in each partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum StartAt {
-    /// The oldest retained message.
-    Earliest,
-    /// Only messages published after the subscription is positioned. The default.
-    #[default]
-    Latest,
-    /// This offset in every partition.
-    Offset(u64),
-    /// The first message at or after this time (ms since the Unix epoch).
-    Timestamp(i64),
-}
-
-/// What to do when a position is out of range (retention deleted it, or a bad offset).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Reset {
-    /// To the log start (loses the fewest messages). The default.
-    #[default]
-    Earliest,
-    /// To the end.
-    Latest,
-    /// Fail with [`Error::InvalidArgument`] (`OUT_OF_RANGE`).
-    Error,
-}
-
-impl Reset {
-    fn policy(self) -> ResetPolicy {
-        match self {
-            Reset::Earliest => ResetPolicy::Earliest,
-            Reset::Latest => ResetPolicy::Latest,
-            Reset::Error => ResetPolicy::Error,
-        }
-    }
-}
+use decode::decode_into;
 
 /// How a [`Subscription`] reads.
 #[derive(Debug, Clone, Default)]
@@ -263,36 +229,6 @@ impl Subscription {
         }
         Ok(())
     }
-}
-
-/// Decodes one stored batch and appends the records to deliver (all of them, or none
-/// when the batch is damaged).
-pub(crate) fn decode_into(
-    topic: &Arc<str>,
-    partition: u32,
-    batch: &StoredRecordBatch,
-    now_ms: i64,
-    out: &mut VecDeque<Message>,
-) -> Result<()> {
-    let before = out.len();
-    for_each_delivered(
-        &batch.batch,
-        batch.skip_front,
-        &batch.skip,
-        now_ms,
-        |record| {
-            out.push_back(Message::from_record(topic, partition, record));
-        },
-    )
-    .map_err(|e| {
-        out.truncate(before);
-        Error::Corrupt {
-            reason: format!(
-                "topic {topic:?} partition {partition} batch at offset {}: {e}",
-                batch.base_offset
-            ),
-        }
-    })
 }
 
 fn start_position(start: StartAt) -> StartPosition {

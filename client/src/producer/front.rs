@@ -25,8 +25,8 @@ use tidelog_storage::limits::{MESSAGE_ID_BYTES_MAX, RECORD_HEADERS_MAX};
 use tidelog_storage::msgid::IdGenerator;
 use tokio::sync::Notify;
 
-use super::IdMode;
 use super::accumulator::{Accumulator, BatchKey, Limits, Sealed};
+use super::config::IdMode;
 use crate::error::{Error, Result};
 use crate::record::{Delivered, Record};
 

@@ -18,8 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
-use super::ProducerConfig;
 use super::accumulator::BatchKey;
+use super::config::ProducerConfig;
 use super::front::{Core, Outcome, SealedBatch, Slot, TopicState, now_ms};
 use crate::backoff::Backoff;
 use crate::connection::Client;
@@ -74,7 +74,8 @@ struct Split {
 }
 
 struct SplitState {
-    /// The batch's waiters, until every part is answered.
+    /// The batch's waiters, taken when the last part is answered (a part that fails
+    /// to encode counts as answered).
     waiters: Option<Waiters>,
     outcomes: Vec<Option<Result<Delivered>>>,
     left: usize,
@@ -560,9 +561,15 @@ impl Sender {
             batch.fail(&self.core, &error);
             return;
         };
+        let Outgoing {
+            key,
+            waiters,
+            opened,
+            ..
+        } = batch;
         let split = Arc::new(Split {
             state: std::sync::Mutex::new(SplitState {
-                waiters: None,
+                waiters: Some(waiters),
                 outcomes: (0..records.len()).map(|_| None).collect(),
                 left: records.len(),
             }),
@@ -587,7 +594,7 @@ impl Sender {
             };
             match encode_batch(&[again], &rules.options(self.config.compression)) {
                 Ok(encoded) => parts.push(Outgoing {
-                    key: batch.key.clone(),
+                    key: key.clone(),
                     bytes: Bytes::from(encoded.bytes),
                     records: 1,
                     waiters: Waiters::Part {
@@ -595,7 +602,7 @@ impl Sender {
                         index,
                         id,
                     },
-                    opened: batch.opened,
+                    opened,
                 }),
                 Err(error) => {
                     let error = Error::InvalidRecord {
@@ -604,14 +611,6 @@ impl Sender {
                     split.done(&self.core, index, Err(error));
                 }
             }
-        }
-        {
-            let mut state = split.state.lock().unwrap_or_else(|e| e.into_inner());
-            state.waiters = Some(batch.waiters);
-        }
-        // Every part may have failed to encode already: finish then.
-        if parts.is_empty() {
-            split.done(&self.core, usize::MAX, Err(Error::Closed));
         }
         for part in parts.into_iter().rev() {
             self.ready.push_front(part);

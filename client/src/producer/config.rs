@@ -1,0 +1,60 @@
+//! How a producer is set up: [`ProducerConfig`] and [`IdMode`] (re-exported by
+//! `producer`; the front and the task read them from here).
+
+use std::time::Duration;
+
+use tidelog_storage::Compression;
+
+/// When records get message ids from the producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdMode {
+    /// On topics with a dedup window or `assign_ids`, records without an id get one
+    /// (16 bytes, time-ordered, the broker's own layout), so retries cannot duplicate.
+    #[default]
+    Auto,
+    /// Every record without an id gets one.
+    Always,
+    /// Only the ids callers set; retries are at-least-once.
+    Never,
+}
+
+/// How a [`Producer`] batches, sends and retries.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// A batch is sealed when its records' bytes reach this. Default 256 KiB.
+    pub batch_bytes: usize,
+    /// ... or when it holds this many records. Default 10,000.
+    pub batch_records: usize,
+    /// ... or when it has waited this long and the window has room. Default 5 ms.
+    pub linger: Duration,
+    /// Compression of each batch (the broker stores it as sent). Default none.
+    pub compression: Compression,
+    /// Batches sent and not yet answered, at most. Default 8.
+    pub in_flight: usize,
+    /// Bytes of records accepted and not yet acknowledged, at most: `send` waits
+    /// beyond it. Default 64 MiB.
+    pub buffer_bytes: usize,
+    /// Message ids for retries without duplicates. Default [`IdMode::Auto`].
+    pub ids: IdMode,
+    /// How long a record may wait for its ack while the broker is unreachable before
+    /// it fails with [`Error::Timeout`]. Default 2 minutes.
+    pub delivery_timeout: Duration,
+    /// First and longest reconnect delay. Default 50 ms and 2 s.
+    pub backoff: (Duration, Duration),
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            batch_bytes: 256 * 1024,
+            batch_records: 10_000,
+            linger: Duration::from_millis(5),
+            compression: Compression::None,
+            in_flight: 8,
+            buffer_bytes: 64 * 1024 * 1024,
+            ids: IdMode::Auto,
+            delivery_timeout: Duration::from_secs(120),
+            backoff: (crate::backoff::BACKOFF_INITIAL, crate::backoff::BACKOFF_MAX),
+        }
+    }
+}
