@@ -23,7 +23,7 @@ use serde_json::json;
 use tidelog_client::{
     Ack, Delivered, DeliveryFuture, Error as ClientError, Producer, ProducerConfig, Record,
 };
-use tidelog_proto::v1::{DescribeTopicRequest, Header, Message};
+use tidelog_proto::v1::{Header, Message};
 use tokio::sync::mpsc;
 
 use tidelog_storage::msgid;
@@ -513,17 +513,10 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
     // acks read as they always did. The user's own ids are never repeated back.
     let context = format!("publishing to topic {:?}", args.topic);
     let description = broker
-        .admin()
-        .describe_topic(DescribeTopicRequest {
-            name: args.topic.clone(),
-        })
+        .describe_topic(&args.topic)
         .await
-        .map_err(|s| broker.error(&context, &s))?
-        .into_inner();
-    let show_ids = description
-        .topic
-        .and_then(|t| t.config)
-        .is_some_and(|c| c.assign_ids);
+        .map_err(|e| broker.client_error(&context, &e))?;
+    let show_ids = description.config.is_some_and(|c| c.assign_ids);
 
     // The feeder: lines -> the producer, in order, until the input ends or a message
     // fails (`stop`). `send` waits while the producer's buffer is full, which holds
