@@ -1382,10 +1382,12 @@ async fn a_member_that_stops_reading_does_not_hold_up_a_rebalance() {
     }
 
     // The slow member's backlog ends with its new Assignment; after it, only its
-    // remaining partition.
+    // remaining partition. How much of the kept partition the stream's buffers held
+    // before the Assignment depends on timing (all of it, on a loaded machine), so
+    // reading goes on until both the whole partition and the Assignment arrived.
     let mut after_assignment = false;
     let mut kept_count = 0;
-    while kept_count < 2048 {
+    while kept_count < 2048 || !after_assignment {
         match next_event(&mut slow).await.unwrap() {
             Event::Assignment(a) => {
                 assert_eq!(a.generation, fast_assignment.generation);
