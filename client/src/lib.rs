@@ -6,7 +6,7 @@
 //! | [`Producer`] | batches records by size and linger time, optional zstd, a bounded window of batches in flight, back-pressure, Kafka's partitioner, retries without duplicates on dedup topics | `PublishStream` (batch form) |
 //! | [`Subscription`] | reads a topic without a group, decoding stored batches client-side; resumes after a broker restart | `SubscribeBatches` |
 //! | [`Client::fetch`] | one read of a partition from an offset you keep, decoded client-side ([`Fetched`]) | `FetchBatches` |
-//! | [`GroupMember`] | a consumer-group member with automatic or explicit commits, decoding stored batches client-side; rejoins after a broker restart | `SubscribeBatches` (group), `CommitOffsets` |
+//! | [`GroupMember`] | a consumer-group member on one topic or a topic pattern (topics created later join), with automatic or explicit commits, decoding stored batches client-side; rejoins after a broker restart | `SubscribeBatches` (group), `CommitOffsets` |
 //! | [`QueueWorker`] | receives queue deliveries and settles them (ack, nack, in progress, term) | `Receive`, `Settle` |
 //! | [`Router`] | topics or patterns -> async handlers, with retry-with-backoff and poison-to-dead-letter middleware | group members + a producer |
 //!

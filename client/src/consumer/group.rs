@@ -1,8 +1,11 @@
 //! A consumer-group member: `SubscribeBatches` with a group (the broker sends stored
 //! batches, decoded here as a [`super::Subscription`] decodes them), `CommitOffsets`,
-//! and the `Assignment` events of rebalances.
+//! and the `Assignment` events of rebalances. A member reads one topic
+//! ([`GroupMember::join`]) or every topic a pattern matches, now and later
+//! ([`GroupMember::join_pattern`]); either way its positions are kept per (topic,
+//! partition).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +14,8 @@ use tidelog_proto::v1::{
     TopicPartitionOffset, subscribe_batches_response,
 };
 use tonic::Code;
+
+use tidelog_storage::pattern::TopicPattern;
 
 use super::decode::decode_into;
 use super::start::Reset;
@@ -71,8 +76,9 @@ impl GroupOptions {
     }
 }
 
-/// A member of a consumer group reading one topic: the broker assigns it partitions
-/// and moves them when members join or leave.
+/// A member of a consumer group reading one topic, or every topic a pattern matches:
+/// the broker assigns it partitions and moves them when members join or leave (and, on
+/// a pattern, when matching topics are created or deleted).
 ///
 /// Reconnects with backoff when the broker goes away: it rejoins with its member id
 /// (keeping its partitions if the broker still holds it) and continues from the
@@ -94,33 +100,99 @@ impl GroupOptions {
 #[derive(Debug)]
 pub struct GroupMember {
     client: Client,
-    topic: Arc<str>,
+    source: Source,
     options: GroupOptions,
     member_id: String,
     generation: u64,
+    /// The assigned partitions of a one-topic member (empty on a pattern).
     partitions: Vec<u32>,
+    /// Every assigned (topic, partition), on either kind of member.
+    owned: BTreeSet<TopicPartition>,
+    /// A pattern member's topics as the latest Assignment listed them (every topic
+    /// the pattern matches, each with the partitions this member owns).
+    topics: Vec<(Arc<str>, Vec<u32>)>,
     stream: Option<tonic::Streaming<SubscribeBatchesResponse>>,
     /// Messages received, each with its partition's position after it.
     buffer: VecDeque<(Message, u64)>,
-    /// Per partition, the position after the last message `next` returned.
-    consumed: BTreeMap<u32, u64>,
-    /// Per partition, the position last committed by this member.
-    committed: BTreeMap<u32, u64>,
+    /// Per (topic, partition), the position after the last message `next` returned.
+    consumed: BTreeMap<TopicPartition, u64>,
+    /// Per (topic, partition), the position last committed by this member.
+    committed: BTreeMap<TopicPartition, u64>,
     /// A rebalance took partitions away: what to commit in the new generation.
-    handover: Option<BTreeMap<u32, u64>>,
+    handover: Option<BTreeMap<TopicPartition, u64>>,
     backoff: Backoff,
+}
+
+/// A topic and one of its partitions.
+type TopicPartition = (Arc<str>, u32);
+
+/// What a member reads.
+#[derive(Debug, Clone)]
+enum Source {
+    Topic(Arc<str>),
+    Pattern(String),
+}
+
+impl Source {
+    /// The topic for [`Error::from_status`]'s NOT_FOUND (none on a pattern).
+    fn topic(&self) -> Option<&str> {
+        match self {
+            Source::Topic(topic) => Some(topic),
+            Source::Pattern(_) => None,
+        }
+    }
 }
 
 impl GroupMember {
     /// Joins `options.group` on `topic`; returns after the first Assignment.
     pub async fn join(client: &Client, topic: &str, options: GroupOptions) -> Result<GroupMember> {
+        GroupMember::start(client, Source::Topic(Arc::from(topic)), options).await
+    }
+
+    /// Joins `options.group` on every topic whose whole name matches `pattern` (the
+    /// proto's "Topic patterns" syntax), including topics created later: the broker
+    /// adds their partitions to the group's assignment within a second of their
+    /// creation and drops those of deleted topics. Each [`Message`] names its topic,
+    /// and commits are per (topic, partition). Returns after the first Assignment
+    /// (which may hold no topic: a pattern matching nothing yet waits for topics).
+    /// A group's members all subscribe the same way (one topic, or the same pattern).
+    /// [`Error::InvalidArgument`] for a pattern the broker would refuse.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), tidelog_client::Error> {
+    /// use tidelog_client::{Client, GroupMember, GroupOptions};
+    /// let client = Client::connect("http://127.0.0.1:7420").await?;
+    /// let options = GroupOptions::new("audit");
+    /// let mut member = GroupMember::join_pattern(&client, r"orders\..*", options).await?;
+    /// loop {
+    ///     let message = member.next().await?;
+    ///     println!("{} {}/{}", message.topic, message.partition, message.offset);
+    ///     member.commit().await?;
+    /// }
+    /// # }
+    /// ```
+    pub async fn join_pattern(
+        client: &Client,
+        pattern: &str,
+        options: GroupOptions,
+    ) -> Result<GroupMember> {
+        TopicPattern::parse(pattern).map_err(|error| Error::InvalidArgument {
+            rpc: "SubscribeBatches",
+            message: format!("topic_pattern {error}"),
+        })?;
+        GroupMember::start(client, Source::Pattern(pattern.to_string()), options).await
+    }
+
+    async fn start(client: &Client, source: Source, options: GroupOptions) -> Result<GroupMember> {
         let mut member = GroupMember {
             client: client.clone(),
-            topic: Arc::from(topic),
+            source,
             options,
             member_id: String::new(),
             generation: 0,
             partitions: Vec::new(),
+            owned: BTreeSet::new(),
+            topics: Vec::new(),
             stream: None,
             buffer: VecDeque::new(),
             consumed: BTreeMap::new(),
@@ -137,16 +209,36 @@ impl GroupMember {
                 Ok(Some(event)) => member.event(event)?,
                 Ok(None) => return Err(Error::Closed),
                 Err(status) => {
-                    return Err(Error::from_status("SubscribeBatches", Some(topic), &status));
+                    return Err(Error::from_status(
+                        "SubscribeBatches",
+                        member.source.topic(),
+                        &status,
+                    ));
                 }
             }
         }
         Ok(member)
     }
 
-    /// The member id, the generation and the partitions of the latest Assignment.
+    /// The member id, the generation and the partitions of the latest Assignment. On
+    /// a pattern member the partitions are empty: see [`GroupMember::assigned`].
     pub fn assignment(&self) -> (&str, u64, &[u32]) {
         (&self.member_id, self.generation, &self.partitions)
+    }
+
+    /// Every (topic, partition) of the latest Assignment, in order; on a one-topic
+    /// member, its topic with each of [`GroupMember::assignment`]'s partitions.
+    pub fn assigned(&self) -> impl Iterator<Item = (&str, u32)> + '_ {
+        self.owned
+            .iter()
+            .map(|(topic, partition)| (&**topic, *partition))
+    }
+
+    /// A pattern member's topics as the latest Assignment listed them: every topic the
+    /// pattern matches, each with the partitions of it this member owns (possibly
+    /// none). Empty on a one-topic member.
+    pub fn topics(&self) -> &[(Arc<str>, Vec<u32>)] {
+        &self.topics
     }
 
     /// The next message of an assigned partition, waiting for one.
@@ -168,7 +260,8 @@ impl GroupMember {
                 self.handover = None;
             }
             if let Some((message, position)) = self.buffer.pop_front() {
-                self.consumed.insert(message.partition, position);
+                self.consumed
+                    .insert((message.topic.clone(), message.partition), position);
                 return Ok(message);
             }
             let Some(stream) = self.stream.as_mut() else {
@@ -193,7 +286,7 @@ impl GroupMember {
                 Err(status) => {
                     return Err(Error::from_status(
                         "SubscribeBatches",
-                        Some(&self.topic),
+                        self.source.topic(),
                         &status,
                     ));
                 }
@@ -209,13 +302,11 @@ impl GroupMember {
         if matches!(self.options.commit, Commit::Auto { .. }) {
             return Ok(());
         }
-        let offsets: BTreeMap<u32, u64> = self
+        let offsets: BTreeMap<TopicPartition, u64> = self
             .consumed
             .iter()
-            .filter(|(p, offset)| {
-                self.partitions.contains(p) && self.committed.get(p) != Some(offset)
-            })
-            .map(|(&p, &o)| (p, o))
+            .filter(|(p, offset)| self.owned.contains(*p) && self.committed.get(*p) != Some(offset))
+            .map(|(p, &o)| (p.clone(), o))
             .collect();
         if offsets.is_empty() {
             return Ok(());
@@ -223,16 +314,16 @@ impl GroupMember {
         self.commit_offsets(&offsets).await
     }
 
-    async fn commit_offsets(&mut self, offsets: &BTreeMap<u32, u64>) -> Result<()> {
+    async fn commit_offsets(&mut self, offsets: &BTreeMap<TopicPartition, u64>) -> Result<()> {
         let request = CommitOffsetsRequest {
             group_id: self.options.group.clone(),
             member_id: self.member_id.clone(),
             generation: Some(self.generation),
             offsets: offsets
                 .iter()
-                .map(|(&partition, &offset)| TopicPartitionOffset {
-                    topic: self.topic.to_string(),
-                    partition,
+                .map(|((topic, partition), &offset)| TopicPartitionOffset {
+                    topic: topic.to_string(),
+                    partition: *partition,
                     offset,
                     metadata: String::new(),
                 })
@@ -240,7 +331,8 @@ impl GroupMember {
         };
         match self.client.groups().commit_offsets(request).await {
             Ok(_) => {
-                self.committed.extend(offsets);
+                self.committed
+                    .extend(offsets.iter().map(|(p, &o)| (p.clone(), o)));
                 Ok(())
             }
             Err(status) if status.code() == Code::FailedPrecondition => Err(Error::Rebalanced {
@@ -248,7 +340,7 @@ impl GroupMember {
             }),
             Err(status) => Err(Error::from_status(
                 "CommitOffsets",
-                Some(&self.topic),
+                self.source.topic(),
                 &status,
             )),
         }
@@ -269,8 +361,13 @@ impl GroupMember {
             Commit::Auto { interval } => (interval.as_millis() as u64).max(1),
             Commit::Explicit => 0,
         };
+        let (topic, topic_pattern) = match &self.source {
+            Source::Topic(topic) => (topic.to_string(), String::new()),
+            Source::Pattern(pattern) => (String::new(), pattern.clone()),
+        };
         let request = SubscribeRequest {
-            topic: self.topic.to_string(),
+            topic,
+            topic_pattern,
             group: Some(GroupMembership {
                 group_id: self.options.group.clone(),
                 member_id: self.member_id.clone(),
@@ -291,7 +388,7 @@ impl GroupMember {
             }
             Err(status) => Err(Error::from_status(
                 "SubscribeBatches",
-                Some(&self.topic),
+                self.source.topic(),
                 &status,
             )),
         }
@@ -301,9 +398,10 @@ impl GroupMember {
         match event.event {
             Some(subscribe_batches_response::Event::Batches(batches)) => {
                 let partition = batches.partition;
+                let topic = self.batch_topic(batches.position.as_ref().map(|p| &*p.topic))?;
                 let mut messages = VecDeque::new();
                 for batch in &batches.batches {
-                    decode_into(&self.topic, partition, batch, batches.now_ms, &mut messages)?;
+                    decode_into(&topic, partition, batch, batches.now_ms, &mut messages)?;
                 }
                 let after = batches.position.map(|p| p.next_offset);
                 // A message's position is the next delivered message's offset, or the
@@ -320,53 +418,73 @@ impl GroupMember {
                 }
                 // A read without messages (a filter skipped them all) still moves the
                 // position, so commits pass the skipped records.
+                let key = (topic, partition);
                 if self.buffer.is_empty()
                     && let Some(offset) = after
-                    && self.partitions.contains(&partition)
+                    && self.owned.contains(&key)
                 {
-                    self.consumed.insert(partition, offset);
+                    self.consumed.insert(key, offset);
                 }
             }
             Some(subscribe_batches_response::Event::Assignment(assignment)) => {
-                let revoked: Vec<u32> = self
-                    .partitions
-                    .iter()
-                    .copied()
-                    .filter(|p| !assignment.partitions.contains(p))
-                    .collect();
+                let owned: BTreeSet<TopicPartition> = match &self.source {
+                    Source::Topic(topic) => assignment
+                        .partitions
+                        .iter()
+                        .map(|&p| (topic.clone(), p))
+                        .collect(),
+                    Source::Pattern(_) => assignment
+                        .topics
+                        .iter()
+                        .flat_map(|t| {
+                            let topic: Arc<str> = Arc::from(t.topic.as_str());
+                            t.partitions.iter().map(move |&p| (topic.clone(), p))
+                        })
+                        .collect(),
+                };
+                let revoked: Vec<&TopicPartition> = self.owned.difference(&owned).collect();
                 tracing::debug!(
                     group = self.options.group,
                     generation = assignment.generation,
-                    partitions = ?assignment.partitions,
+                    assigned = ?owned,
                     ?revoked,
                     "assignment"
                 );
+                let revoked = !revoked.is_empty();
                 self.member_id = assignment.member_id;
                 self.generation = assignment.generation;
                 self.partitions = assignment.partitions;
-                let owned = &self.partitions;
-                self.buffer.retain(|(m, _)| owned.contains(&m.partition));
-                if self.options.commit == Commit::Explicit && !revoked.is_empty() {
+                self.topics = assignment
+                    .topics
+                    .into_iter()
+                    .map(|t| (Arc::from(t.topic.as_str()), t.partitions))
+                    .collect();
+                self.owned = owned;
+                let owned = &self.owned;
+                self.buffer
+                    .retain(|(m, _)| owned.contains(&(m.topic.clone(), m.partition)));
+                if self.options.commit == Commit::Explicit && revoked {
                     // Hand the revoked partitions over at what was returned, in the new
                     // generation (which also ends the broker's handover window). Done
                     // by `next` before it returns another message, so a `next`
                     // cancelled mid-commit (a select!, a timeout) commits on its
                     // next call instead of leaving the handover undone.
-                    let handover: BTreeMap<u32, u64> = self
+                    let handover: BTreeMap<TopicPartition, u64> = self
                         .consumed
                         .iter()
-                        .filter(|(p, offset)| self.committed.get(p) != Some(offset))
-                        .map(|(&p, &o)| (p, o))
+                        .filter(|(p, offset)| self.committed.get(*p) != Some(offset))
+                        .map(|(p, &o)| (p.clone(), o))
                         .collect();
                     self.handover = Some(handover);
                 }
-                let owned = &self.partitions;
+                let owned = &self.owned;
                 self.consumed.retain(|p, _| owned.contains(p));
                 self.committed.retain(|p, _| owned.contains(p));
             }
             Some(subscribe_batches_response::Event::PositionReset(reset)) => {
                 tracing::info!(
                     group = self.options.group,
+                    topic = reset.topic,
                     partition = reset.partition,
                     to = reset.to_offset,
                     "position reset"
@@ -375,6 +493,25 @@ impl GroupMember {
             Some(subscribe_batches_response::Event::Positioned(_)) | None => {}
         }
         Ok(())
+    }
+
+    /// The topic of a RecordBatches event: the member's topic, or on a pattern the one
+    /// its position names (a pattern stream without it is a broker fault).
+    fn batch_topic(&self, named: Option<&str>) -> Result<Arc<str>> {
+        match (&self.source, named) {
+            (Source::Topic(topic), _) => Ok(topic.clone()),
+            (Source::Pattern(_), Some(named)) if !named.is_empty() => Ok(self
+                .owned
+                .range((Arc::from(named), 0)..)
+                .next()
+                .filter(|(topic, _)| &**topic == named)
+                .map_or_else(|| Arc::from(named), |(topic, _)| topic.clone())),
+            (Source::Pattern(pattern), _) => Err(Error::Corrupt {
+                reason: format!(
+                    "the broker sent batches without their topic on the stream of pattern {pattern:?}"
+                ),
+            }),
+        }
     }
 
     /// A commit with no offsets: ends the handover window of this generation.
@@ -390,6 +527,6 @@ impl GroupMember {
             .commit_offsets(request)
             .await
             .map(|_| ())
-            .map_err(|status| Error::from_status("CommitOffsets", Some(&self.topic), &status))
+            .map_err(|status| Error::from_status("CommitOffsets", self.source.topic(), &status))
     }
 }
