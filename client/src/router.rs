@@ -4,9 +4,10 @@
 //! Each matched topic is read by one [`GroupMember`] of the router's group (so several
 //! router processes share the partitions), with explicit commits after each message's
 //! handling is settled: **at-least-once**. A pattern is matched against the topic list
-//! client-side (`Admin.ListTopics`, every [`RouterConfig::rescan`]), since group
-//! members read one topic each; topics ending in `.dlq` are never matched (they are
-//! where poison goes).
+//! client-side (`Admin.ListTopics`, every [`RouterConfig::rescan`]) and each matched
+//! topic gets a member of its own (rather than one [`GroupMember::join_pattern`]
+//! member), so topics ending in `.dlq` are never read (they are where poison goes) and
+//! each topic's handler runs on its own task.
 //!
 //! A message's handling: the handler runs; if it fails, it runs again after a backoff
 //! (doubling from [`Retry::initial`] up to [`Retry::max`]) until [`Retry::attempts`]

@@ -155,7 +155,8 @@ impl GroupMember {
     /// creation and drops those of deleted topics. Each [`Message`] names its topic,
     /// and commits are per (topic, partition). Returns after the first Assignment
     /// (which may hold no topic: a pattern matching nothing yet waits for topics).
-    /// A group's members all subscribe the same way (one topic, or the same pattern).
+    /// Members of one group may subscribe differently (by name, by other patterns):
+    /// the broker splits each topic's partitions among the members that include it.
     /// [`Error::InvalidArgument`] for a pattern the broker would refuse.
     ///
     /// ```no_run
