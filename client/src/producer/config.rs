@@ -18,7 +18,7 @@ pub enum IdMode {
     Never,
 }
 
-/// How a [`Producer`] batches, sends and retries.
+/// How a [`Producer`](crate::Producer) batches, sends and retries.
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
     /// A batch is sealed when its records' bytes reach this. Default 256 KiB.
@@ -37,7 +37,7 @@ pub struct ProducerConfig {
     /// Message ids for retries without duplicates. Default [`IdMode::Auto`].
     pub ids: IdMode,
     /// How long a record may wait for its ack while the broker is unreachable before
-    /// it fails with [`Error::Timeout`]. Default 2 minutes.
+    /// it fails with [`Error::Timeout`](crate::Error::Timeout). Default 2 minutes.
     pub delivery_timeout: Duration,
     /// First and longest reconnect delay. Default 50 ms and 2 s.
     pub backoff: (Duration, Duration),
