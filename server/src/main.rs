@@ -9,6 +9,10 @@ use tidelog_server::log_writer::Lossy;
 use tidelog_server::shutdown::Shutdown;
 use tracing_subscriber::EnvFilter;
 
+/// The broker's allocator (see ARCHITECTURE.md, "Memory").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let settings = match Settings::load(Cli::parse()) {
         Ok(settings) => settings,
