@@ -90,6 +90,19 @@ impl Error {
         }
     }
 
+    /// True for a damaged batch: `DATA_LOSS` from the broker (it never serves one), or
+    /// a batch that does not decode here. Retrying reads the same bytes: see
+    /// [`crate::Subscription::damaged`].
+    pub fn is_data_loss(&self) -> bool {
+        matches!(
+            self,
+            Error::Broker {
+                code: Code::DataLoss,
+                ..
+            } | Error::Corrupt { .. }
+        )
+    }
+
     /// True when the same call may succeed later (the broker was unavailable or the
     /// connection broke), false when it would fail the same way again.
     pub fn is_retryable(&self) -> bool {
