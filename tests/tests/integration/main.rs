@@ -11,6 +11,7 @@ mod cli_damage;
 mod cli_frictions;
 mod cli_produce;
 mod client;
+mod client_subscribe;
 mod dedup;
 mod delivery_history;
 mod filters;
