@@ -127,10 +127,20 @@ pub(crate) fn retryable_code(code: Code) -> bool {
 /// Whether a failed stream (or call) should be opened again after a backoff.
 pub(crate) fn retryable_status(status: &tonic::Status) -> bool {
     retryable_code(status.code())
-        || (status.code() == Code::Internal
-            && (status.message().contains("h2 protocol error")
-                || status.message().contains("transport")
-                || status.message().contains("connection")))
+        || (status.code() == Code::Internal && {
+            let message = status.message().to_ascii_lowercase();
+            [
+                "h2 protocol error",
+                "transport",
+                "connection",
+                "broken pipe",
+                "stream closed",
+                "error reading a body",
+                "error trying to connect",
+            ]
+            .iter()
+            .any(|needle| message.contains(needle))
+        })
 }
 
 impl std::fmt::Display for Error {

@@ -12,7 +12,7 @@ use tidelog_proto::v1::{
 };
 use tonic::Code;
 
-use super::decode::decode_into;
+use super::decode::decode_as;
 use super::fetch::FetchOptions;
 use super::start::{Reset, StartAt};
 use crate::backoff::Backoff;
@@ -226,8 +226,6 @@ pub struct Subscription {
     /// The next reconnect comes without waiting (a partition was dropped or moved).
     reopen_now: bool,
     events: VecDeque<Event>,
-    /// Decoded messages of one batch before they join `events` (kept for its buffer).
-    decoded: VecDeque<Message>,
     backoff: Backoff,
 }
 
@@ -284,7 +282,6 @@ impl Subscription {
             reconnecting: false,
             reopen_now: false,
             events: VecDeque::new(),
-            decoded: VecDeque::new(),
             backoff: Backoff::default(),
         };
         subscription.connect().await?;
@@ -310,10 +307,24 @@ impl Subscription {
     /// loses no message.
     pub async fn next(&mut self) -> Result<Message> {
         loop {
+            while let Some(event) = self.try_next_event() {
+                if let Event::Message(message) = event {
+                    return Ok(message);
+                }
+            }
             if let Event::Message(message) = self.next_event().await? {
                 return Ok(message);
             }
         }
+    }
+
+    /// The next event already received, without waiting (`None`: the next one is
+    /// still to come, [`Subscription::next_event`] waits for it). A loop that awaits
+    /// [`Subscription::next_event`] in a `select!` (against a shutdown signal, say)
+    /// drains what was received with this first, so it sets up the select once per
+    /// delivery rather than once per message.
+    pub fn try_next_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
     }
 
     /// The next [`Event`]: a message, or something about the stream. Fails as
@@ -329,7 +340,9 @@ impl Subscription {
                 if !std::mem::take(&mut self.reopen_now) {
                     self.backoff.wait().await;
                 }
-                match self.connect().await {
+                // Boxed: the connect future is large and rarely needed; inline it
+                // would make every `next_event` future (created per call) as large.
+                match Box::pin(self.connect()).await {
                     Ok(()) => {}
                     Err(error) if error.is_retryable() => {}
                     Err(error) => return Err(error),
@@ -559,10 +572,15 @@ impl Subscription {
                     }
                 };
                 for batch in &batches.batches {
-                    decode_into(&topic, partition, batch, batches.now_ms, &mut self.decoded)?;
+                    decode_as(
+                        &topic,
+                        partition,
+                        batch,
+                        batches.now_ms,
+                        &mut self.events,
+                        Event::Message,
+                    )?;
                 }
-                self.events
-                    .extend(self.decoded.drain(..).map(Event::Message));
                 if let Some(position) = &batches.position
                     && let Some(progress) = self.position(position)
                 {

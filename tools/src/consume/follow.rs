@@ -51,6 +51,7 @@ pub(super) async fn consume_follow(
         .map(|((_, partition), _)| *partition)
         .collect();
     let mut backoff = Reconnect::default();
+    let no_topic: std::sync::Arc<str> = std::sync::Arc::from("");
     loop {
         if !subscription.positions().is_empty()
             && subscription
@@ -60,19 +61,26 @@ pub(super) async fn consume_follow(
         {
             return damage_error(&args.topic, &damaged);
         }
-        let event = tokio::select! {
-            event = subscription.next_event() => event,
-            _ = stop.recv() => return damage_error(&args.topic, &damaged),
-            _ = sleep_until_opt(until_clock) => return damage_error(&args.topic, &damaged),
+        // What was received is printed first; the wait (and with it the stop signal
+        // and the --until clock) is set up once per delivery, not per message.
+        let event = match subscription.try_next_event() {
+            Some(event) => Ok(event),
+            None => tokio::select! {
+                event = subscription.next_event() => event,
+                _ = stop.recv() => return damage_error(&args.topic, &damaged),
+                _ = sleep_until_opt(until_clock) => return damage_error(&args.topic, &damaged),
+            },
         };
         match event {
             Ok(Event::Message(message)) => {
                 if finished.contains(&message.partition) {
                     continue;
                 }
-                // One topic: its name is not printed with each message.
-                let mut m = message.into_proto();
-                m.topic.clear();
+                // One topic: its name is not printed with each message (nor copied
+                // into each one).
+                let mut message = message;
+                message.topic = no_topic.clone();
+                let m = message.into_proto();
                 if printer.past_until(&m) {
                     finished.insert(m.partition);
                     continue;

@@ -46,9 +46,13 @@ pub(super) async fn consume_pattern(
     };
     let mut backoff = Reconnect::default();
     loop {
-        let event = tokio::select! {
-            event = subscription.next_event() => event,
-            _ = stop.recv() => return Ok(()),
+        // What was received is printed first; the wait is set up once per delivery.
+        let event = match subscription.try_next_event() {
+            Some(event) => Ok(event),
+            None => tokio::select! {
+                event = subscription.next_event() => event,
+                _ = stop.recv() => return Ok(()),
+            },
         };
         match event {
             Ok(Event::Message(message)) => {
