@@ -90,6 +90,19 @@ impl Error {
         }
     }
 
+    /// True for a damaged batch: `DATA_LOSS` from the broker (it never serves one), or
+    /// a batch that does not decode here. Retrying reads the same bytes: see
+    /// [`crate::Subscription::damaged`].
+    pub fn is_data_loss(&self) -> bool {
+        matches!(
+            self,
+            Error::Broker {
+                code: Code::DataLoss,
+                ..
+            } | Error::Corrupt { .. }
+        )
+    }
+
     /// True when the same call may succeed later (the broker was unavailable or the
     /// connection broke), false when it would fail the same way again.
     pub fn is_retryable(&self) -> bool {
@@ -114,10 +127,20 @@ pub(crate) fn retryable_code(code: Code) -> bool {
 /// Whether a failed stream (or call) should be opened again after a backoff.
 pub(crate) fn retryable_status(status: &tonic::Status) -> bool {
     retryable_code(status.code())
-        || (status.code() == Code::Internal
-            && (status.message().contains("h2 protocol error")
-                || status.message().contains("transport")
-                || status.message().contains("connection")))
+        || (status.code() == Code::Internal && {
+            let message = status.message().to_ascii_lowercase();
+            [
+                "h2 protocol error",
+                "transport",
+                "connection",
+                "broken pipe",
+                "stream closed",
+                "error reading a body",
+                "error trying to connect",
+            ]
+            .iter()
+            .any(|needle| message.contains(needle))
+        })
 }
 
 impl std::fmt::Display for Error {

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | [`Client`] | one HTTP/2 connection (token, TLS, timeouts) and the generated clients on it, for the RPCs this crate does not wrap | all |
 //! | [`Producer`] | batches records by size and linger time, optional zstd, a bounded window of batches in flight, back-pressure, Kafka's partitioner, retries without duplicates on dedup topics | `PublishStream` (batch form) |
-//! | [`Subscription`] | reads a topic without a group, decoding stored batches client-side; resumes after a broker restart | `SubscribeBatches` |
+//! | [`Subscription`] | reads a topic, or every topic a pattern matches (including later ones), without a group, decoding stored batches client-side; resumes after a broker restart; tells positions, resets, topic changes and lost connections as [`Event`]s; gets past damaged partitions ([`Subscription::damaged`]) | `SubscribeBatches` (+ `FetchBatches` to find damage) |
 //! | [`Client::fetch`] | one read of a partition from an offset you keep, decoded client-side ([`Fetched`]) | `FetchBatches` |
 //! | [`GroupMember`] | a consumer-group member on one topic or a topic pattern (topics created later join), with automatic or explicit commits, decoding stored batches client-side; rejoins after a broker restart | `SubscribeBatches` (group), `CommitOffsets` |
 //! | [`QueueWorker`] | receives queue deliveries and settles them (ack, nack, in progress, term) | `Receive`, `Settle` |
@@ -73,8 +73,8 @@ mod router;
 pub use backoff::Backoff;
 pub use connection::{Client, ClientOptions, Conn, GRPC_MESSAGE_BYTES_MAX};
 pub use consumer::{
-    Commit, FetchOptions, Fetched, GroupMember, GroupOptions, Reset, StartAt, SubscribeOptions,
-    Subscription,
+    Commit, Damaged, Event, FetchOptions, Fetched, GroupMember, GroupOptions, PartitionProgress,
+    PositionReset, Reset, ResetReason, StartAt, SubscribeOptions, Subscription, TopicsChanged,
 };
 pub use error::{Error, Result};
 pub use producer::{

@@ -25,7 +25,9 @@ use tonic::{Request, Response, Status};
 use crate::AppState;
 use crate::auth::{Caller, Target};
 use crate::convert;
-use crate::read::{LaterStart, PartitionReader, ReadLimits, TopicAccess, spawn_subscription};
+use crate::read::{
+    LaterStart, PartitionReader, ReadLimits, TopicAccess, spawn_events, spawn_subscription,
+};
 use tidelog_storage::access::ResourceKind;
 
 /// Longest long poll of a Fetch, whatever the client asks.
@@ -467,13 +469,15 @@ impl Consumer for ConsumerService {
                 access,
             )
             .await
-        } else if !request.topic_pattern.is_empty() {
-            Err(Status::invalid_argument(
-                "SubscribeBatches reads a topic_pattern only as a group member: set group, or use Subscribe for a plain pattern stream",
-            ))
         } else {
-            crate::batch::BatchReader::new(self.state.clone(), request)
-                .map(|reader| Box::pin(crate::batch::spawn(&self.state, reader)) as _)
+            let access = topic_access(&self.state, caller.as_ref());
+            plain_subscription(&self.state, request, access).map(|reader| {
+                Box::pin(spawn_events(
+                    &self.state,
+                    "SubscribeBatches",
+                    reader.in_batch_form(),
+                )) as _
+            })
         };
         let result = result.map(|stream| self.state.auth.guard(caller, targets, stream));
         if let Err(status) = &result {

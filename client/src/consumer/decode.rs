@@ -19,6 +19,19 @@ pub(crate) fn decode_into(
     now_ms: i64,
     out: &mut VecDeque<Message>,
 ) -> Result<()> {
+    decode_as(topic, partition, batch, now_ms, out, |message| message)
+}
+
+/// [`decode_into`] with each message wrapped by `wrap` as it is appended (a queue of
+/// events holds them without moving each message once more).
+pub(crate) fn decode_as<T>(
+    topic: &Arc<str>,
+    partition: u32,
+    batch: &StoredRecordBatch,
+    now_ms: i64,
+    out: &mut VecDeque<T>,
+    wrap: impl Fn(Message) -> T,
+) -> Result<()> {
     let before = out.len();
     for_each_delivered(
         &batch.batch,
@@ -26,7 +39,7 @@ pub(crate) fn decode_into(
         &batch.skip,
         now_ms,
         |record| {
-            out.push_back(Message::from_record(topic, partition, record));
+            out.push_back(wrap(Message::from_record(topic, partition, record)));
         },
     )
     .map_err(|e| {

@@ -491,7 +491,11 @@ impl GroupMember {
                     "position reset"
                 );
             }
-            Some(subscribe_batches_response::Event::Positioned(_)) | None => {}
+            Some(
+                subscribe_batches_response::Event::Positioned(_)
+                | subscribe_batches_response::Event::TopicsChanged(_),
+            )
+            | None => {}
         }
         Ok(())
     }

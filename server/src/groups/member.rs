@@ -25,7 +25,7 @@
 //! A member of `SubscribeBatches` ([`Settings::batches`]) is the same task: its events
 //! go out as `SubscribeBatchesResponse`s ([`Out::Batches`]), and its data as the stored
 //! batches of one partition at a time, partitions taking turns, as a plain
-//! SubscribeBatches reads them ([`crate::batch::read_partition`]); the position moves
+//! SubscribeBatches reads them ([`crate::read::batches::read_partition`]); the position moves
 //! past the batches sent.
 //!
 //! Partitions are keyed by `(topic, partition)`: a member subscribed by pattern owns
@@ -717,7 +717,7 @@ impl MemberTask {
                 continue;
             };
             let from = owned.cursor.position;
-            let read = crate::batch::read_partition(
+            let read = crate::read::batches::read_partition(
                 &owned.cursor.partition,
                 from,
                 self.settings.limits,
@@ -762,9 +762,9 @@ impl MemberTask {
             self.turn = (index + 1) % count;
             self.last_batch = Instant::now();
             let topic = if self.pattern { tp.0.as_str() } else { "" };
-            let (records, bytes) = crate::batch::delivered(&result.batches);
+            let (records, bytes) = crate::read::batches::delivered(&result.batches);
             self.app.metrics.fetched(&tp.0, records, bytes);
-            permit.send(Ok(Out::Batches(crate::batch::record_batches(
+            permit.send(Ok(Out::Batches(crate::read::batches::record_batches(
                 tp.1, result, topic,
             ))));
             return Ok(());

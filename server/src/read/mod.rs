@@ -2,7 +2,8 @@
 //! [`read_round`] (the one loop that reads a set of partitions under a batch budget,
 //! for the plain Subscribe and for group members alike), [`PartitionReader`] (follows
 //! partitions of one topic, or of every topic a pattern matches, and yields Subscribe
-//! events) and [`spawn_subscription`] (runs one into a bounded queue).
+//! events, or in [`BatchForm`] SubscribeBatches events), [`batches`] (the batch-form
+//! read of one partition) and [`spawn_subscription`] (runs one into a bounded queue).
 //!
 //! Memory per Subscribe stream is bounded by [`SUBSCRIBE_QUEUE_EVENTS`] events of at
 //! most `max_batch_bytes` each (one message can exceed it, up to the topic's
@@ -354,8 +355,11 @@ pub fn read_round<C: BorrowMut<Cursor>>(
     })
 }
 
+pub mod batches;
 mod reader;
 #[cfg(test)]
 mod tests;
 
-pub use reader::{EventSource, LaterStart, PartitionReader, spawn_events, spawn_subscription};
+pub use reader::{
+    BatchForm, EventSource, LaterStart, PartitionReader, spawn_events, spawn_subscription,
+};

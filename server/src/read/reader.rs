@@ -1,5 +1,7 @@
 //! [`PartitionReader`]: the plain Subscribe (one topic or a pattern's topics) around
-//! [`super::read_round`], and [`spawn_subscription`].
+//! [`super::read_round`], the plain SubscribeBatches as its [`BatchForm`] (the same
+//! reader, reading stored batches with [`super::batches::read_partition`]), and
+//! [`spawn_subscription`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::poll_fn;
@@ -9,8 +11,9 @@ use std::task::Poll;
 use std::time::Instant;
 
 use tidelog_proto::v1::{
-    PartitionPosition, PositionReset, Positioned, ResetPolicy, ResetReason, SubscribeResponse,
-    TopicsChanged, subscribe_response::Event,
+    PartitionPosition, PositionReset, Positioned, ResetPolicy, ResetReason,
+    SubscribeBatchesResponse, SubscribeResponse, TopicsChanged, subscribe_batches_response,
+    subscribe_response::Event,
 };
 use tidelog_storage::{Error, Filter, Partition, Topic, TopicPattern};
 use tokio::sync::mpsc;
@@ -20,6 +23,7 @@ use tonic::Status;
 use crate::AppState;
 use crate::convert;
 
+use super::batches::{delivered, read_partition, record_batches};
 use super::{
     Batching, Cursor, IDLE_RESCAN_BACKOFF, ReadLimits, Round, SUBSCRIBE_QUEUE_EVENTS,
     TOPIC_RESCAN_INTERVAL, TopicAccess, read_round, send_progress,
@@ -115,6 +119,26 @@ pub struct PartitionReader {
     last_sent: Instant,
     /// Events to return before any read (TopicsChanged, Positioned).
     queued: VecDeque<SubscribeResponse>,
+    /// Reads stored batches, one partition's per event ([`BatchForm`]), instead of
+    /// messages.
+    batch_form: bool,
+}
+
+/// What the reader's next step produced.
+enum Step {
+    /// A Subscribe event: messages, or an event both forms share.
+    Event(SubscribeResponse),
+    /// Stored batches of one partition (batch form only).
+    Batches(SubscribeBatchesResponse),
+}
+
+/// What one batch-form read of the partitions found.
+enum BatchRead {
+    Send(Step),
+    /// Every partition is caught up.
+    Idle,
+    /// A pattern's topic went: look at the topic list.
+    TopicGone,
 }
 
 impl PartitionReader {
@@ -149,6 +173,7 @@ impl PartitionReader {
             filter,
             last_sent: Instant::now(),
             queued: VecDeque::new(),
+            batch_form: false,
         })
     }
 
@@ -203,6 +228,7 @@ impl PartitionReader {
             filter,
             last_sent: Instant::now(),
             queued,
+            batch_form: false,
         }
     }
 
@@ -224,6 +250,15 @@ impl PartitionReader {
             event: Some(Event::Positioned(Positioned { positions })),
         });
         self
+    }
+
+    /// The reader in batch form, for `SubscribeBatches` without a group: each data
+    /// event is the stored batches of one partition (partitions taking turns), as a
+    /// RecordBatches whose position names its topic on a pattern stream; the other
+    /// events are the same.
+    pub fn in_batch_form(mut self) -> BatchForm {
+        self.batch_form = true;
+        BatchForm(self)
     }
 
     /// (partition, next offset to deliver) for every partition read.
@@ -322,8 +357,18 @@ impl PartitionReader {
 
     /// Waits for and returns the next event. Cancel-safe (see the type's docs).
     pub async fn next_event(&mut self) -> Result<SubscribeResponse, Status> {
+        match self.next_step().await? {
+            Step::Event(event) => Ok(event),
+            Step::Batches(_) => Err(Status::internal(
+                "a batch-form reader was read as a Subscribe stream",
+            )),
+        }
+    }
+
+    /// The next event of either form. Cancel-safe.
+    async fn next_step(&mut self) -> Result<Step, Status> {
         if let Some(event) = self.queued.pop_front() {
-            return Ok(event);
+            return Ok(Step::Event(event));
         }
         let mut woke_empty = false;
         loop {
@@ -345,11 +390,23 @@ impl PartitionReader {
                     if tokio::time::Instant::now() >= source.next_scan
                         && let Some(event) = self.rescan()
                     {
-                        return Ok(event);
+                        return Ok(Step::Event(event));
                     }
                 }
             }
-            if !self.cursors.is_empty() {
+            if self.batch_form && !self.cursors.is_empty() {
+                match self.read_batches()? {
+                    BatchRead::Send(step) => return Ok(step),
+                    BatchRead::Idle => {}
+                    BatchRead::TopicGone => {
+                        if let Some(event) = self.rescan() {
+                            return Ok(Step::Event(event));
+                        }
+                        tokio::time::sleep(IDLE_RESCAN_BACKOFF).await;
+                        continue;
+                    }
+                }
+            } else if !self.cursors.is_empty() {
                 let round = read_round(
                     &mut self.cursors,
                     &mut self.turn,
@@ -363,7 +420,7 @@ impl PartitionReader {
                         if matches!(self.source, Source::Pattern(_)) =>
                     {
                         if let Some(event) = self.rescan() {
-                            return Ok(event);
+                            return Ok(Step::Event(event));
                         }
                         // Not in the list yet: look again after the interval.
                         tokio::time::sleep(IDLE_RESCAN_BACKOFF).await;
@@ -397,9 +454,9 @@ impl PartitionReader {
                                 );
                             }
                             self.last_sent = Instant::now();
-                            return Ok(SubscribeResponse {
+                            return Ok(Step::Event(SubscribeResponse {
                                 event: Some(Event::Batch(batch)),
-                            });
+                            }));
                         }
                         if filtered.skipped > 0 {
                             // The filter skipped messages and may have more to look
@@ -415,7 +472,11 @@ impl PartitionReader {
                         requested,
                         log_start,
                         end,
-                    } => return self.reset(index, partition, requested, log_start, end),
+                    } => {
+                        return self
+                            .reset(index, partition, requested, log_start, end)
+                            .map(Step::Event);
+                    }
                 }
             }
             if woke_empty {
@@ -464,6 +525,61 @@ impl PartitionReader {
                 _ = self.state.shutdown.wait() => { woke_empty = true; }
             }
         }
+    }
+
+    /// The batch form's data step: the stored batches of the next partition (in turn)
+    /// that has any, or whose position moved past records it will never send (expired,
+    /// or refused by the filter), as one RecordBatches.
+    fn read_batches(&mut self) -> Result<BatchRead, Status> {
+        let count = self.cursors.len();
+        for step in 0..count {
+            let index = (self.turn + step) % count;
+            let cursor = &self.cursors[index];
+            let from = cursor.position;
+            let id = cursor.partition.id();
+            let read = read_partition(&cursor.partition, from, self.limits, self.filter.as_deref());
+            let result = match read {
+                Ok(result) => result,
+                Err(Error::OffsetOutOfRange {
+                    requested,
+                    log_start,
+                    end,
+                    ..
+                }) => {
+                    self.turn = (index + 1) % count;
+                    return self
+                        .reset(index, id, requested, log_start, end)
+                        .map(|event| BatchRead::Send(Step::Event(event)));
+                }
+                Err(Error::TopicDeleted { .. }) if matches!(self.source, Source::Pattern(_)) => {
+                    return Ok(BatchRead::TopicGone);
+                }
+                Err(error) => return Err(convert::status(&error)),
+            };
+            self.state.metrics.filtered("subscribe", result.filtered);
+            self.cursors[index].position = result.next_offset;
+            if result.batches.is_empty() && result.next_offset == from {
+                continue;
+            }
+            self.turn = (index + 1) % count;
+            let cursor = &self.cursors[index];
+            let topic = match &cursor.topic {
+                Some(topic) => topic.to_string(),
+                None => String::new(),
+            };
+            let (records, bytes) = delivered(&result.batches);
+            let label = if topic.is_empty() {
+                self.topic_label()
+            } else {
+                &topic
+            };
+            self.state.metrics.fetched(label, records, bytes);
+            self.last_sent = Instant::now();
+            return Ok(BatchRead::Send(Step::Batches(record_batches(
+                id, result, &topic,
+            ))));
+        }
+        Ok(BatchRead::Idle)
     }
 
     /// The one topic's name; empty for a pattern.
@@ -549,6 +665,45 @@ impl EventSource for PartitionReader {
     fn next_stream_event(
         &mut self,
     ) -> impl Future<Output = Result<SubscribeResponse, Status>> + Send + '_ {
+        self.next_event()
+    }
+}
+
+/// A [`PartitionReader`] in batch form ([`PartitionReader::in_batch_form`]): the plain
+/// `SubscribeBatches` stream, of one topic or of a pattern's topics.
+#[derive(Debug)]
+pub struct BatchForm(PartitionReader);
+
+impl BatchForm {
+    /// Waits for and returns the next event. Cancel-safe (see [`PartitionReader`]).
+    pub async fn next_event(&mut self) -> Result<SubscribeBatchesResponse, Status> {
+        use subscribe_batches_response::Event as B;
+        let event = match self.0.next_step().await? {
+            Step::Batches(batches) => return Ok(batches),
+            Step::Event(event) => event.event,
+        };
+        let event = match event {
+            Some(Event::TopicsChanged(changed)) => Some(B::TopicsChanged(changed)),
+            Some(Event::PositionReset(reset)) => Some(B::PositionReset(reset)),
+            Some(Event::Positioned(positioned)) => Some(B::Positioned(positioned)),
+            Some(Event::Assignment(assignment)) => Some(B::Assignment(assignment)),
+            Some(Event::Batch(_)) => {
+                return Err(Status::internal(
+                    "a batch-form reader read messages; report this",
+                ));
+            }
+            None => None,
+        };
+        Ok(SubscribeBatchesResponse { event })
+    }
+}
+
+impl EventSource for BatchForm {
+    type Event = SubscribeBatchesResponse;
+
+    fn next_stream_event(
+        &mut self,
+    ) -> impl Future<Output = Result<SubscribeBatchesResponse, Status>> + Send + '_ {
         self.next_event()
     }
 }

@@ -790,16 +790,39 @@ async fn group_members_read_stored_batches_and_commit_their_positions() {
     let (all, _) = read_member(&mut p, 320, "gw").await;
     assert_eq!(all.len(), 320);
 
-    // Without a group, SubscribeBatches reads one named topic.
-    let refused = broker
+    // Without a group, SubscribeBatches reads a pattern as Subscribe does: the topics
+    // first, then batches whose positions name their topic.
+    let mut plain = broker
         .consumer()
         .await
         .subscribe_batches(SubscribeRequest {
             topic_pattern: "gw.*".into(),
+            start: Some(StartPosition {
+                position: Some(start_position::Position::Earliest(Default::default())),
+            }),
             ..Default::default()
         })
         .await
-        .unwrap_err();
-    assert_eq!(refused.code(), Code::InvalidArgument);
-    assert!(refused.message().contains("group"), "{}", refused.message());
+        .expect("a plain pattern stream")
+        .into_inner();
+    let Event::TopicsChanged(changed) = next_event(&mut plain).await else {
+        panic!("the first event is TopicsChanged");
+    };
+    assert!(changed.topics.contains(&"gw".to_string()), "{changed:?}");
+    let Event::Batches(batches) = next_event(&mut plain).await else {
+        panic!("then batches");
+    };
+    assert_eq!(batches.position.expect("a position").topic, "gw");
+}
+
+async fn next_event(
+    stream: &mut tonic::Streaming<tidelog_proto::v1::SubscribeBatchesResponse>,
+) -> Event {
+    tokio::time::timeout(Duration::from_secs(20), stream.next())
+        .await
+        .expect("an event in time")
+        .expect("open")
+        .expect("ok")
+        .event
+        .expect("an event")
 }

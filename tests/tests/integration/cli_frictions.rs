@@ -664,6 +664,69 @@ fn cli_follow_reconnects_when_the_broker_restarts() {
     assert!(stderr.contains("reconnected"), "{stderr}");
 }
 
+/// `consume --topic-pattern` (no group) notes the topics it reads, picks up a topic
+/// created later, outlives a broker restart (resuming every (topic, partition) where it
+/// stood) and notes a deleted topic; each message printed once, with its topic.
+#[test]
+fn cli_topic_pattern_follows_new_topics_and_reconnects_when_the_broker_restarts() {
+    let mut broker = TestBroker::start();
+    cli(&broker, &["topic", "create", "tp.a", "--partitions", "2"]).ok("create");
+    cli_with_input(&broker, &["produce", "tp.a"], b"a1\na2\n").ok("produce");
+    let reader = crate::cli::GroupConsumer::spawn(
+        &broker,
+        &["--json", "consume", "--topic-pattern", r"tp\..*"],
+        false,
+    );
+    crate::cli::wait_until("it printed what was there", || reader.lines().len() == 2);
+    cli(&broker, &["topic", "create", "tp.b"]).ok("create later");
+    cli_with_input(&broker, &["produce", "tp.b"], b"b1\n").ok("produce");
+    crate::cli::wait_until("it printed the new topic's message", || {
+        reader.lines().len() == 3
+    });
+
+    broker.restart_on_the_same_ports();
+    cli_with_input(&broker, &["produce", "tp.a"], b"a3\n").ok("produce after the restart");
+    cli_with_input(&broker, &["produce", "tp.b"], b"b2\n").ok("produce after the restart");
+    crate::cli::wait_until("it printed what came after the restart", || {
+        reader.lines().len() >= 5
+    });
+    cli(&broker, &["topic", "delete", "tp.b"]).ok("delete");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (code, stderr, lines) = reader.finish(true);
+    assert_eq!(code, 0, "{stderr}");
+    let mut printed: Vec<(String, String)> = lines
+        .iter()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).expect(line);
+            (
+                v["topic"].as_str().expect("topic").to_string(),
+                v["value"].as_str().expect("value").to_string(),
+            )
+        })
+        .collect();
+    printed.sort();
+    let expected: Vec<(String, String)> = [
+        ("tp.a", "a1"),
+        ("tp.a", "a2"),
+        ("tp.a", "a3"),
+        ("tp.b", "b1"),
+        ("tp.b", "b2"),
+    ]
+    .iter()
+    .map(|(t, v)| (t.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(printed, expected, "{stderr}");
+    for needle in [
+        "note: reading topics tp.a",
+        "note: reading topics tp.b",
+        "reconnecting with backoff",
+        "reconnected",
+        "note: topics tp.b were deleted: no longer read",
+    ] {
+        assert!(stderr.contains(needle), "no {needle:?} in {stderr}");
+    }
+}
+
 /// `consume --group --from`: where partitions without a committed offset start (as
 /// kafka-console-consumer --from-beginning); a group with commits goes on from them.
 #[test]

@@ -12,6 +12,7 @@ mod cli_frictions;
 mod cli_produce;
 mod client;
 mod client_group_pattern;
+mod client_subscribe;
 mod dedup;
 mod delivery_history;
 mod filters;

@@ -436,6 +436,7 @@ fn batches_event(event: SubscribeBatchesResponse) -> Result<SubscribeResponse, S
         Some(BatchesEvent::PositionReset(reset)) => Some(Event::PositionReset(reset)),
         Some(BatchesEvent::Positioned(positioned)) => Some(Event::Positioned(positioned)),
         Some(BatchesEvent::Assignment(assignment)) => Some(Event::Assignment(assignment)),
+        Some(BatchesEvent::TopicsChanged(changed)) => Some(Event::TopicsChanged(changed)),
         None => None,
     };
     Ok(SubscribeResponse { event })

@@ -1,9 +1,12 @@
 //! `tidelog consume`: print messages.
 //!
 //! Three ways to read, chosen by the flags:
-//! - no group, no `--follow`: unary `Fetch` per partition, from the start position up
-//!   to the end offsets seen at the start; exact and finite.
-//! - no group, `--follow`: one `Subscribe` stream from the start position.
+//! - no group, no `--follow`: reads of each partition through tidelog-client's
+//!   `Client::fetch` (`FetchBatches`), from the start position up to the end offsets
+//!   seen at the start; exact and finite.
+//! - no group, `--follow`: a tidelog-client `Subscription` (`SubscribeBatches`) from
+//!   the start position; it reconnects after a broker restart, and a partition with a
+//!   damaged batch is dropped while the others are read on.
 //! - `--group`: `Subscribe` as a group member; the broker assigns partitions and starts
 //!   at the committed offsets. What is printed is committed with the member's
 //!   generation after each printed batch (so a stream the broker ends with an error,
@@ -12,14 +15,15 @@
 //!   before leaving. Without `--follow` reading stops when every assigned partition
 //!   reached its end offset, or after a quiet spell.
 //!
-//! - `--topic-pattern`: one `Subscribe` stream by pattern over every matching topic,
-//!   including those created later; always follows, and after the broker went away
-//!   subscribes again from where every (topic, partition) stood. With `--group` the
-//!   member joins the group on the pattern (see [`group`]).
+//! - `--topic-pattern`: a tidelog-client `Subscription` by pattern
+//!   (`SubscribeBatches` with `topic_pattern`) over every matching topic, including
+//!   those created later; always follows, and after the broker went away subscribes
+//!   again from where every (topic, partition) stood. With `--group` the member joins
+//!   the group on the pattern (see [`group`]).
 //!
 //! The module's parts, each importing only those before it: [`printer`] (formats),
-//! [`damage`] (DATA_LOSS), [`start`] (where reading starts), [`stream`] (a Subscribe
-//! stream: errors, reconnecting, signals), then the ways to read: [`fetch`],
+//! [`damage`] (DATA_LOSS), [`start`] (where reading starts), [`stream`] (a stream or
+//! subscription: errors, reconnecting, signals), then the ways to read: [`fetch`],
 //! [`follow`], [`group`], [`pattern`].
 
 mod damage;

@@ -148,3 +148,20 @@ pub(super) fn reset_note(reset: &tidelog_proto::v1::PositionReset) {
         reset.partition, reset.to_offset
     ));
 }
+
+/// [`reset_note`] for a position a tidelog-client `Subscription` reset.
+pub(super) fn client_reset_note(reset: &tidelog_client::PositionReset) {
+    use tidelog_client::ResetReason as Why;
+    let reason = match reset.reason {
+        Why::BelowLogStart => ResetReason::BelowLogStart,
+        Why::AboveEndOffset => ResetReason::AboveEndOffset,
+        _ => ResetReason::Unspecified,
+    };
+    reset_note(&tidelog_proto::v1::PositionReset {
+        partition: reset.partition,
+        from_offset: reset.from_offset,
+        to_offset: reset.to_offset,
+        reason: reason as i32,
+        topic: reset.topic.to_string(),
+    });
+}

@@ -1,6 +1,8 @@
-//! Living with a Subscribe stream: its next event, the error it ended with in the
-//! CLI's terms, reconnecting with backoff after the broker went away, Ctrl-C / SIGTERM,
-//! and `--until TIME` as a deadline.
+//! Living with a subscription: a group member's Subscribe stream (its next event,
+//! reconnecting with backoff after the broker went away), the error a stream or a
+//! tidelog-client `Subscription` ended with in the CLI's terms, the notes about a lost
+//! and regained broker, the CLI's flags as the client's options, Ctrl-C / SIGTERM, and
+//! `--until TIME` as a deadline.
 
 use std::time::Duration;
 
@@ -8,8 +10,8 @@ use tidelog_proto::v1::subscribe_response;
 use tonic::Streaming;
 
 use super::start::OUT_OF_RANGE_TODO;
-use crate::args::Until;
-use crate::client::Broker;
+use crate::args::{ResetPolicyArg, StartAt, Until};
+use crate::client::{Broker, broker_status};
 use crate::error::CliError;
 use crate::output::note;
 use crate::terms::to_cli;
@@ -38,6 +40,55 @@ pub(super) fn stream_error(
         todo,
     )
     .with_code(tonic::Code::OutOfRange)
+}
+
+/// The broker's status a tidelog-client error stands for; the client's own words as
+/// UNAVAILABLE when the broker said nothing (a connection that broke). The client
+/// reports OUT_OF_RANGE as `InvalidArgument`: the broker's message ("offset N is out of
+/// range for T/P: ...") tells it apart, so `--offset-reset error` reads as it does on
+/// the other paths.
+pub(super) fn client_status(error: &tidelog_client::Error) -> tonic::Status {
+    match broker_status(error) {
+        Some(status)
+            if status.code() == tonic::Code::InvalidArgument
+                && status.message().contains(" is out of range for ") =>
+        {
+            tonic::Status::out_of_range(status.message())
+        }
+        Some(status) => status,
+        None => tonic::Status::unavailable(error.to_string()),
+    }
+}
+
+/// The error for a `Subscription` that failed, as [`stream_error`] words it.
+pub(super) fn subscription_error(
+    broker: &Broker,
+    context: &str,
+    error: &tidelog_client::Error,
+) -> CliError {
+    match broker_status(error) {
+        Some(_) => stream_error(broker, context, &client_status(error), false),
+        None => broker.client_error(context, error),
+    }
+}
+
+/// `--from` as the client's start (earliest when not given).
+pub(super) fn client_start(from: Option<StartAt>) -> tidelog_client::StartAt {
+    match from.unwrap_or(StartAt::Earliest) {
+        StartAt::Earliest => tidelog_client::StartAt::Earliest,
+        StartAt::Latest => tidelog_client::StartAt::Latest,
+        StartAt::Offset(offset) => tidelog_client::StartAt::Offset(offset),
+        StartAt::TimestampMs(ms) => tidelog_client::StartAt::Timestamp(ms),
+    }
+}
+
+/// `--offset-reset` as the client's reset policy.
+pub(super) fn client_reset(arg: ResetPolicyArg) -> tidelog_client::Reset {
+    match arg {
+        ResetPolicyArg::Earliest => tidelog_client::Reset::Earliest,
+        ResetPolicyArg::Latest => tidelog_client::Reset::Latest,
+        ResetPolicyArg::Error => tidelog_client::Reset::Error,
+    }
 }
 
 /// The next event of a stream, or the status that ended it; `Ok(None)` when it ended
@@ -81,7 +132,8 @@ pub(super) fn reconnectable(status: &tonic::Status) -> bool {
     }
 }
 
-/// Reconnecting with backoff after the broker went away (`--follow`).
+/// Reconnecting with backoff after the broker went away (a `--follow` group member),
+/// and the notes that say so (every `--follow`: a `Subscription` waits itself).
 #[derive(Debug, Default)]
 pub(super) struct Reconnect {
     /// The pause before the next attempt; zero while connected.
