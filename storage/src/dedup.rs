@@ -910,6 +910,24 @@ fn rebuild(
                     offset = log_start;
                     continue;
                 }
+                // A damaged batch (never served): its ids cannot be read, so they are
+                // not deduplicated; the rest of the window still is. Failing here
+                // instead would refuse every publish with an id to the whole topic
+                // until an operator repaired the one partition.
+                Err(error @ Error::Corrupt { .. }) => {
+                    let Some(after) = offset_after_damage(partition, offset)? else {
+                        break;
+                    };
+                    tracing::warn!(
+                        partition = partition.id(),
+                        from = offset,
+                        to = after,
+                        %error,
+                        "dedup window: a damaged batch's ids are not deduplicated; `tidelog segment verify` finds it, `tidelog segment repair` mends it"
+                    );
+                    offset = after;
+                    continue;
+                }
                 Err(error) => return Err(error),
             };
             for record in &read.records {
@@ -938,6 +956,50 @@ fn rebuild(
     state.rebuilt = true;
     state.swept_ms = now_ms;
     Ok(())
+}
+
+/// The first offset after the damaged batch a read at `damaged` failed on (`None`: no
+/// readable offset follows it). A read at an offset inside a damaged batch fails and a
+/// read past it does not, so a gallop from `damaged` finds a readable offset and a
+/// binary search the boundary: about 2 log2(batch size) reads. (Past a second
+/// damaged batch close behind the first, the boundary found may lie past both; their
+/// ids are then all left out.)
+fn offset_after_damage(partition: &Partition, damaged: u64) -> Result<Option<u64>> {
+    let readable = |offset: u64| -> Result<Option<bool>> {
+        match partition.read(offset, 1, 1) {
+            Ok(_) => Ok(Some(true)),
+            Err(Error::Corrupt { .. }) => Ok(Some(false)),
+            Err(Error::OffsetOutOfRange { .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    };
+    let end = partition.end_offset();
+    let (mut bad, mut step) = (damaged, 1u64);
+    let good = loop {
+        let probe = bad.saturating_add(step).min(end);
+        if probe <= bad {
+            return Ok(None);
+        }
+        match readable(probe)? {
+            Some(true) => break probe,
+            Some(false) => {
+                bad = probe;
+                step = step.saturating_mul(2);
+            }
+            // At (or past) the end: nothing readable follows.
+            None => return Ok(None),
+        }
+    };
+    let mut good = good;
+    while good - bad > 1 {
+        let middle = bad + (good - bad) / 2;
+        match readable(middle)? {
+            Some(true) => good = middle,
+            Some(false) => bad = middle,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(good))
 }
 
 #[cfg(test)]

@@ -355,3 +355,109 @@ fn assigned_ids_are_unique_returned_and_deduplicate_when_sent_back() {
         "a message with its own id gets none"
     );
 }
+
+/// A damaged batch in the window does not stop the window: publishes with ids go on
+/// (to every partition, the damaged one too), ids before and after the damage are
+/// still deduplicated, and only the damaged batch's own ids (which cannot be read)
+/// are stored again. Before, rebuilding the window failed on the damage and every
+/// publish with an id to the topic was refused until the partition was repaired.
+#[test]
+fn a_damaged_batch_leaves_the_rest_of_the_window_deduplicating() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = Store::open(dir.path(), options(&clock, None)).unwrap();
+    let topic = store
+        .create_topic("t", PARTITIONS, config(FsyncPolicy::Always))
+        .unwrap();
+    // 40 batches of 10 records with ids in partition 0 (some of 3 KB, so they span
+    // several segments), 5 in partition 1.
+    let mut offsets: HashMap<String, (u32, u64)> = HashMap::new();
+    for (partition, batches) in [(0u32, 40usize), (1, 5)] {
+        for b in 0..batches {
+            let ids: Vec<String> = (0..10).map(|i| format!("p{partition}-{b}-{i}")).collect();
+            let records = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| record(Some(id), if i % 3 == 0 { 3000 } else { 100 }))
+                .collect();
+            let placed = placements(topic.append(partition, records).unwrap(), partition, 10);
+            for (id, p) in ids.iter().zip(&placed) {
+                assert!(!p.duplicate);
+                offsets.insert(id.clone(), (p.partition, p.offset));
+            }
+        }
+    }
+    drop(topic);
+    store.close().unwrap();
+    drop(store);
+
+    // Batch 17 of partition 0 loses one value bit.
+    let (_, damaged_base) = offsets["p0-17-0"];
+    let pdir = dir.path().join("topics").join("t").join("0");
+    let mut logs: Vec<_> = std::fs::read_dir(&pdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    let mut flipped = false;
+    'files: for log in &logs {
+        let mut bytes = std::fs::read(log).unwrap();
+        let mut at = 0usize;
+        while at < bytes.len() {
+            let Ok(header) = tidelog_storage::batch::BatchHeader::parse(&bytes[at..]) else {
+                break;
+            };
+            let length = header.batch_length as usize;
+            if header.base_offset == damaged_base {
+                bytes[at + length - 1] ^= 0x10;
+                std::fs::write(log, &bytes).unwrap();
+                flipped = true;
+                break 'files;
+            }
+            at += length;
+        }
+    }
+    assert!(flipped, "no batch at offset {damaged_base}");
+
+    let store = Store::open(dir.path(), options(&clock, None)).unwrap();
+    let topic = store.topic("t").unwrap();
+    // A new id goes in, on each partition.
+    for partition in 0..PARTITIONS {
+        let id = format!("new-{partition}");
+        let placed = placements(
+            topic
+                .append(partition, vec![record(Some(&id), 100)])
+                .unwrap_or_else(|e| panic!("publish with an id to partition {partition}: {e}")),
+            partition,
+            1,
+        );
+        assert!(!placed[0].duplicate);
+    }
+    // Every stored id is a duplicate of its original, except the damaged batch's.
+    for b in [0usize, 16, 18, 39] {
+        for i in [0, 5, 9] {
+            let id = format!("p0-{b}-{i}");
+            let again = placements(topic.append(2, vec![record(Some(&id), 100)]).unwrap(), 2, 1);
+            assert!(again[0].duplicate, "{id} was forgotten");
+            assert_eq!((again[0].partition, again[0].offset), offsets[&id], "{id}");
+        }
+    }
+    let again = placements(
+        topic.append(2, vec![record(Some("p1-4-9"), 100)]).unwrap(),
+        2,
+        1,
+    );
+    assert!(again[0].duplicate);
+    let lost = placements(
+        topic.append(2, vec![record(Some("p0-17-3"), 100)]).unwrap(),
+        2,
+        1,
+    );
+    assert!(
+        !lost[0].duplicate,
+        "the damaged batch's id cannot be read back, so it is stored again"
+    );
+    drop(topic);
+    store.close().unwrap();
+}
