@@ -284,3 +284,55 @@ def test_a_group_member_reads_stored_batches_and_commits(broker: Broker) -> None
         assert time.monotonic() < deadline, offsets
         time.sleep(0.05)
     stream.cancel()
+
+
+def test_a_plain_pattern_subscription_reads_stored_batches_naming_their_topics(
+        broker: Broker) -> None:
+    """SubscribeBatches by topic_pattern without a group, from a grpcio client: the
+    TopicsChanged event first, then stored batches whose position names their topic; a
+    topic created later that matches comes in with another TopicsChanged, and a topic
+    that does not match is never read."""
+    admin = broker.admin
+    for name in ("pyb.a", "pyb-other"):
+        admin.CreateTopic(pb.CreateTopicRequest(name=name, partitions=1), timeout=RPC_TIMEOUT)
+    now = int(time.time() * 1000)
+
+    def publish(topic: str, count: int) -> None:
+        broker.publisher.PublishBatch(
+            pb.PublishBatchRequest(
+                topic=topic, partition=0,
+                batch=encode_batch([{"value": b"%s-%d" % (topic.encode(), n)}
+                                    for n in range(count)], now),
+                ack=pb.ACK_LEVEL_DURABLE),
+            timeout=RPC_TIMEOUT)
+
+    publish("pyb.a", 20)
+    publish("pyb-other", 5)
+    stream = broker.consumer.SubscribeBatches(pb.SubscribeRequest(
+        topic_pattern=r"pyb\..*", max_batch_messages=6,
+        start=pb.StartPosition(earliest=pb.StartPosition.Earliest())), timeout=RPC_TIMEOUT)
+    changes: list[list[str]] = []
+    got: dict[str, list[bytes]] = {}
+    created = False
+    for event in stream:
+        kind = event.WhichOneof("event")
+        if kind == "topics_changed":
+            changes.append(sorted(event.topics_changed.topics))
+        elif kind == "batches":
+            assert changes, "TopicsChanged comes before any data"
+            topic = event.batches.position.topic
+            assert topic.startswith("pyb."), topic
+            for stored in event.batches.batches:
+                got.setdefault(topic, []).extend(
+                    r["value"] for r in delivered(stored, event.batches.now_ms))
+        if not created and len(got.get("pyb.a", [])) == 20:
+            admin.CreateTopic(pb.CreateTopicRequest(name="pyb.b", partitions=1),
+                              timeout=RPC_TIMEOUT)
+            publish("pyb.b", 8)
+            created = True
+        if len(got.get("pyb.b", [])) == 8:
+            break
+    stream.cancel()
+    assert changes[0] == ["pyb.a"] and changes[-1] == ["pyb.a", "pyb.b"], changes
+    assert got["pyb.a"] == [b"pyb.a-%d" % n for n in range(20)]
+    assert got["pyb.b"] == [b"pyb.b-%d" % n for n in range(8)]
