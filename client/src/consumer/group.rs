@@ -204,6 +204,9 @@ pub struct GroupMember {
     /// A rebalance took these partitions away: they are committed (with the owned
     /// ones) in the new generation by the next call unless the caller commits first.
     handover: Option<BTreeSet<TopicPartition>>,
+    /// The [`GroupEvent::Assigned`] of that rebalance was returned: the caller had its
+    /// chance to commit, so the next call hands over.
+    handover_due: bool,
     /// The stream broke; [`GroupEvent::Reconnected`] is due with the next event.
     reconnecting: bool,
     backoff: Backoff,
@@ -284,6 +287,7 @@ impl GroupMember {
             consumed: BTreeMap::new(),
             committed: BTreeMap::new(),
             handover: None,
+            handover_due: false,
             reconnecting: false,
             backoff: Backoff::default(),
         };
@@ -356,7 +360,7 @@ impl GroupMember {
     /// both). A loop that awaits `next_event` in a `select!` drains what was received
     /// with this first, so it sets up the select once per delivery.
     pub fn try_next_event(&mut self) -> Option<GroupEvent> {
-        if self.handover.is_some() {
+        if self.handover_due {
             return None;
         }
         let event = self.events.pop_front()?;
@@ -371,7 +375,7 @@ impl GroupMember {
     /// again from the committed offsets). Cancel-safe.
     pub async fn next_event(&mut self) -> Result<GroupEvent> {
         loop {
-            if self.handover.is_some() {
+            if self.handover_due {
                 self.hand_over().await;
             }
             if let Some(event) = self.events.pop_front() {
@@ -428,6 +432,7 @@ impl GroupMember {
                     self.consumed.insert(key, progress.next_offset);
                 }
             }
+            GroupEvent::Assigned(_) => self.handover_due = self.handover.is_some(),
             _ => {}
         }
     }
@@ -457,6 +462,7 @@ impl GroupMember {
     /// The handover is done (or moot): forget the revoked partitions.
     fn end_handover(&mut self) {
         self.handover = None;
+        self.handover_due = false;
         let owned = &self.owned;
         self.consumed.retain(|p, _| owned.contains(p));
         self.committed.retain(|p, _| owned.contains(p));
@@ -575,6 +581,7 @@ impl GroupMember {
     /// The membership is gone: nothing received or returned stands any more.
     fn forget(&mut self) {
         self.handover = None;
+        self.handover_due = false;
         self.events.clear();
         self.consumed.clear();
         self.committed.clear();
@@ -730,6 +737,7 @@ impl GroupMember {
                 let reason = match ProtoResetReason::try_from(reset.reason) {
                     Ok(ProtoResetReason::BelowLogStart) => ResetReason::BelowLogStart,
                     Ok(ProtoResetReason::AboveEndOffset) => ResetReason::AboveEndOffset,
+                    Ok(ProtoResetReason::NoCommittedOffset) => ResetReason::NoCommittedOffset,
                     _ => ResetReason::Other,
                 };
                 self.events
