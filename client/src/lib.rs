@@ -6,7 +6,7 @@
 //! | [`Producer`] | batches records by size and linger time, optional zstd, a bounded window of batches in flight, back-pressure, Kafka's partitioner, retries without duplicates on dedup topics | `PublishStream` (batch form) |
 //! | [`Subscription`] | reads a topic, or every topic a pattern matches (including later ones), without a group, decoding stored batches client-side; resumes after a broker restart; tells positions, resets, topic changes and lost connections as [`Event`]s; gets past damaged partitions ([`Subscription::damaged`]) | `SubscribeBatches` (+ `FetchBatches` to find damage) |
 //! | [`Client::fetch`] | one read of a partition from an offset you keep, decoded client-side ([`Fetched`]) | `FetchBatches` |
-//! | [`GroupMember`] | a consumer-group member on one topic or a topic pattern (topics created later join), with automatic or explicit commits, decoding stored batches client-side; rejoins after a broker restart | `SubscribeBatches` (group), `CommitOffsets` |
+//! | [`GroupMember`] | a consumer-group member on one topic or a topic pattern (topics created later join), with automatic or explicit commits (of what was returned, or exactly the positions given), decoding stored batches client-side; rejoins after a broker restart; tells deliveries' positions and end offsets, rebalances (revoked / added partitions), resets and lost connections as [`GroupEvent`]s | `SubscribeBatches` (group), `CommitOffsets` |
 //! | [`QueueWorker`] | receives queue deliveries and settles them (ack, nack, in progress, term) | `Receive`, `Settle` |
 //! | [`Router`] | topics or patterns -> async handlers, with retry-with-backoff and poison-to-dead-letter middleware | group members + a producer |
 //!
@@ -73,8 +73,9 @@ mod router;
 pub use backoff::Backoff;
 pub use connection::{Client, ClientOptions, Conn, GRPC_MESSAGE_BYTES_MAX};
 pub use consumer::{
-    Commit, Damaged, Event, FetchOptions, Fetched, GroupMember, GroupOptions, PartitionProgress,
-    PositionReset, Reset, ResetReason, StartAt, SubscribeOptions, Subscription, TopicsChanged,
+    AssignmentChange, Commit, Damaged, Event, FetchOptions, Fetched, GroupEvent, GroupMember,
+    GroupOptions, PartitionProgress, PositionReset, Reset, ResetReason, StartAt, SubscribeOptions,
+    Subscription, TopicsChanged,
 };
 pub use error::{Error, Result};
 pub use producer::{

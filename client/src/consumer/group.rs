@@ -10,15 +10,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tidelog_proto::v1::{
-    CommitOffsetsRequest, GroupMembership, SubscribeBatchesResponse, SubscribeRequest,
-    TopicPartitionOffset, subscribe_batches_response,
+    CommitOffsetsRequest, GroupMembership, ResetReason as ProtoResetReason,
+    SubscribeBatchesResponse, SubscribeRequest, TopicPartitionOffset, subscribe_batches_response,
 };
 use tonic::Code;
 
 use tidelog_storage::pattern::TopicPattern;
 
-use super::decode::decode_into;
+use super::decode::decode_as;
 use super::start::Reset;
+use super::subscription::{PartitionProgress, PositionReset, ResetReason};
 use crate::backoff::Backoff;
 use crate::connection::Client;
 use crate::error::{Error, Result, retryable_status};
@@ -45,7 +46,8 @@ pub struct GroupOptions {
     pub group: String,
     pub commit: Commit,
     /// How long the broker keeps this member's partitions after its stream breaks,
-    /// for a reconnect that keeps them without a rebalance. Default 10 s.
+    /// for a reconnect that keeps them without a rebalance. Default 10 s; zero = the
+    /// broker's default.
     pub session_timeout: Duration,
     /// With [`Commit::Explicit`]: how long a revoked partition waits for this member's
     /// commit before its next owner reads it. Default 5 s.
@@ -76,6 +78,53 @@ impl GroupOptions {
     }
 }
 
+/// One thing a [`GroupMember`] tells its reader ([`GroupMember::next_event`]).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum GroupEvent {
+    /// The next message of an assigned partition (in offset order per partition).
+    Message(Message),
+    /// Every message of one delivery from a partition has been returned: where the
+    /// partition stands now and its end offset when it was read. Also comes for a
+    /// delivery without messages (a filter refused them, or they expired). A good
+    /// moment to flush output and commit what was handled.
+    Progress(PartitionProgress),
+    /// The group's assignment changed (the first one is in
+    /// [`GroupMember::assignment`] already, so this comes for later ones). With
+    /// revoked partitions this is the moment to commit what was handled of them
+    /// ([`GroupMember::commit`] or [`GroupMember::commit_offsets`], within
+    /// [`GroupOptions::handover_timeout`]); without such a commit the member commits
+    /// what `next`/`next_event` returned at the next call.
+    Assigned(AssignmentChange),
+    /// The reset policy ([`Reset`]) moved a position that was outside the log.
+    PositionReset(PositionReset),
+    /// The stream broke (the broker restarted or stopped, the connection dropped, a
+    /// rebalance ended the membership): the member rejoins with backoff from the
+    /// group's committed offsets. Messages received but not yet returned are dropped
+    /// (they come again). `error` says why; [`Error::Closed`] when the broker ended
+    /// the stream without an error.
+    Disconnected { error: Error },
+    /// The member rejoined after [`GroupEvent::Disconnected`].
+    Reconnected,
+}
+
+/// A new assignment ([`GroupEvent::Assigned`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AssignmentChange {
+    pub member_id: String,
+    pub generation: u64,
+    /// Every (topic, partition) assigned now, sorted.
+    pub assigned: Vec<(Arc<str>, u32)>,
+    /// Assigned now and not before, sorted.
+    pub added: Vec<(Arc<str>, u32)>,
+    /// Assigned before and not now (moved to another member, or of a deleted topic),
+    /// sorted.
+    pub revoked: Vec<(Arc<str>, u32)>,
+    /// On a pattern member: every topic the pattern matches now, sorted (empty on a
+    /// one-topic member).
+    pub topics: Vec<String>,
+}
+
 /// A member of a consumer group reading one topic, or every topic a pattern matches:
 /// the broker assigns it partitions and moves them when members join or leave (and, on
 /// a pattern, when matching topics are created or deleted).
@@ -84,6 +133,14 @@ impl GroupOptions {
 /// (keeping its partitions if the broker still holds it) and continues from the
 /// group's committed offsets; messages buffered but not yet returned are dropped and
 /// come again.
+///
+/// Two ways to read: [`GroupMember::next`] returns only messages;
+/// [`GroupMember::next_event`] also tells what a tool needs to act on
+/// ([`GroupEvent`]): each delivery's position and end offset, assignment changes with
+/// the revoked and added partitions, position resets, lost and regained connections.
+/// Either way [`GroupMember::commit`] commits what was returned, and
+/// [`GroupMember::commit_offsets`] commits exactly the positions the caller names
+/// (what it handled, when that is less than what it received).
 ///
 /// ```no_run
 /// # async fn example() -> Result<(), tidelog_client::Error> {
@@ -94,6 +151,31 @@ impl GroupOptions {
 ///     let message = member.next().await?;
 ///     // ... process it ...
 ///     member.commit().await?; // or every N messages
+/// }
+/// # }
+/// ```
+///
+/// With events, committing after each delivery and at rebalances:
+///
+/// ```no_run
+/// # async fn example() -> Result<(), tidelog_client::Error> {
+/// use tidelog_client::{Client, GroupEvent, GroupMember, GroupOptions};
+/// let client = Client::connect("http://127.0.0.1:7420").await?;
+/// let mut member = GroupMember::join(&client, "orders", GroupOptions::new("billing")).await?;
+/// loop {
+///     match member.next_event().await? {
+///         GroupEvent::Message(m) => println!("{} {}: {:?}", m.partition, m.offset, m.value),
+///         GroupEvent::Progress(p) => {
+///             eprintln!("{}/{} at {} of {}", p.topic, p.partition, p.next_offset, p.end_offset);
+///             member.commit().await?;
+///         }
+///         GroupEvent::Assigned(change) => {
+///             eprintln!("revoked {:?}, added {:?}", change.revoked, change.added);
+///             member.commit().await?; // hands the revoked partitions over
+///         }
+///         GroupEvent::Disconnected { error } => eprintln!("lost the broker ({error})"),
+///         _ => {}
+///     }
 /// }
 /// # }
 /// ```
@@ -112,17 +194,23 @@ pub struct GroupMember {
     /// the pattern matches, each with the partitions this member owns).
     topics: Vec<(Arc<str>, Vec<u32>)>,
     stream: Option<tonic::Streaming<SubscribeBatchesResponse>>,
-    /// Messages received, each with its partition's position after it.
-    buffer: VecDeque<(Message, u64)>,
-    /// Per (topic, partition), the position after the last message `next` returned.
+    /// Events received and not yet returned.
+    events: VecDeque<GroupEvent>,
+    /// Per (topic, partition), the position after the last message (or delivery)
+    /// returned, or as the caller last committed it.
     consumed: BTreeMap<TopicPartition, u64>,
     /// Per (topic, partition), the position last committed by this member.
     committed: BTreeMap<TopicPartition, u64>,
-    /// A rebalance took partitions away: what to commit in the new generation.
-    handover: Option<BTreeMap<TopicPartition, u64>>,
+    /// A rebalance took these partitions away: they are committed (with the owned
+    /// ones) in the new generation by the next call unless the caller commits first.
+    handover: Option<BTreeSet<TopicPartition>>,
+    /// The [`GroupEvent::Assigned`] of that rebalance was returned: the caller had its
+    /// chance to commit, so the next call hands over.
+    handover_due: bool,
+    /// The stream broke; [`GroupEvent::Reconnected`] is due with the next event.
+    reconnecting: bool,
     backoff: Backoff,
 }
-
 /// A topic and one of its partitions.
 type TopicPartition = (Arc<str>, u32);
 
@@ -195,10 +283,12 @@ impl GroupMember {
             owned: BTreeSet::new(),
             topics: Vec::new(),
             stream: None,
-            buffer: VecDeque::new(),
+            events: VecDeque::new(),
             consumed: BTreeMap::new(),
             committed: BTreeMap::new(),
             handover: None,
+            handover_due: false,
+            reconnecting: false,
             backoff: Backoff::default(),
         };
         member.connect().await?;
@@ -218,6 +308,10 @@ impl GroupMember {
                 }
             }
         }
+        // The first assignment is the one `assignment` reports, not a change.
+        member
+            .events
+            .retain(|event| !matches!(event, GroupEvent::Assigned(_)));
         Ok(member)
     }
 
@@ -242,32 +336,55 @@ impl GroupMember {
         &self.topics
     }
 
+    /// Per (topic, partition), the position after what was returned (or as
+    /// [`GroupMember::commit_offsets`] last set it): what [`GroupMember::commit`]
+    /// would commit. Partitions nothing was returned of yet are absent.
+    pub fn positions(&self) -> &BTreeMap<(Arc<str>, u32), u64> {
+        &self.consumed
+    }
+
     /// The next message of an assigned partition, waiting for one.
     ///
     /// Cancel-safe: a `next` dropped before it returns loses no message and leaves no
     /// handover commit undone.
     pub async fn next(&mut self) -> Result<Message> {
         loop {
-            if let Some(handover) = &self.handover {
-                let handover = handover.clone();
-                let result = if handover.is_empty() {
-                    self.end_handover().await
-                } else {
-                    self.commit_offsets(&handover).await
-                };
-                if let Err(error) = result {
-                    tracing::warn!(%error, group = self.options.group, "handover commit failed: the next owner starts at the last commit");
-                }
-                self.handover = None;
-            }
-            if let Some((message, position)) = self.buffer.pop_front() {
-                self.consumed
-                    .insert((message.topic.clone(), message.partition), position);
+            if let GroupEvent::Message(message) = self.next_event().await? {
                 return Ok(message);
+            }
+        }
+    }
+
+    /// The next event already received, without waiting (`None`: the next one is
+    /// still to come, or a handover commit is due: [`GroupMember::next_event`] does
+    /// both). A loop that awaits `next_event` in a `select!` drains what was received
+    /// with this first, so it sets up the select once per delivery.
+    pub fn try_next_event(&mut self) -> Option<GroupEvent> {
+        if self.handover_due {
+            return None;
+        }
+        let event = self.events.pop_front()?;
+        self.returned(&event);
+        Some(event)
+    }
+
+    /// The next [`GroupEvent`]: a message, or something about the group or the
+    /// stream. Fails for what rejoining cannot fix (the topic was deleted, a bad
+    /// filter, a position out of range with [`Reset::Error`], a damaged batch:
+    /// [`Error::is_data_loss`], which also ends the membership; the next call joins
+    /// again from the committed offsets). Cancel-safe.
+    pub async fn next_event(&mut self) -> Result<GroupEvent> {
+        loop {
+            if self.handover_due {
+                self.hand_over().await;
+            }
+            if let Some(event) = self.events.pop_front() {
+                self.returned(&event);
+                return Ok(event);
             }
             let Some(stream) = self.stream.as_mut() else {
                 self.backoff.wait().await;
-                match self.connect().await {
+                match Box::pin(self.connect()).await {
                     Ok(()) => {}
                     Err(error) if error.is_retryable() => {}
                     Err(error) => return Err(error),
@@ -277,14 +394,21 @@ impl GroupMember {
             match stream.message().await {
                 Ok(Some(event)) => {
                     self.backoff.reset();
+                    if std::mem::take(&mut self.reconnecting) {
+                        self.events.push_back(GroupEvent::Reconnected);
+                    }
                     self.event(event)?;
                 }
-                Ok(None) => self.lost(),
+                Ok(None) => self.lost(Error::Closed),
                 Err(status) if retryable_status(&status) || status.code() == Code::Aborted => {
                     tracing::debug!(%status, group = self.options.group, "group stream broke; rejoining");
-                    self.lost();
+                    let error =
+                        Error::from_status("SubscribeBatches", self.source.topic(), &status);
+                    self.lost(error);
                 }
                 Err(status) => {
+                    self.stream = None;
+                    self.forget();
                     return Err(Error::from_status(
                         "SubscribeBatches",
                         self.source.topic(),
@@ -295,27 +419,123 @@ impl GroupMember {
         }
     }
 
-    /// Commits, for every assigned partition, the position after the last message
-    /// [`GroupMember::next`] returned. [`Error::Rebalanced`] when the group moved on
-    /// (the next `next` brings the new Assignment). With [`Commit::Auto`] the broker
-    /// commits by itself and this does nothing.
+    /// An event leaves the queue: what it tells moves the positions `commit` commits.
+    fn returned(&mut self, event: &GroupEvent) {
+        match event {
+            GroupEvent::Message(message) => {
+                let key = (message.topic.clone(), message.partition);
+                self.consumed.insert(key, message.offset.saturating_add(1));
+            }
+            GroupEvent::Progress(progress) => {
+                let key = (progress.topic.clone(), progress.partition);
+                if self.owned.contains(&key) {
+                    self.consumed.insert(key, progress.next_offset);
+                }
+            }
+            GroupEvent::Assigned(_) => self.handover_due = self.handover.is_some(),
+            _ => {}
+        }
+    }
+
+    /// A rebalance took partitions away and the caller did not commit since: commit
+    /// what was returned (owned and revoked partitions alike, in the new generation),
+    /// or end the handover window with an empty commit.
+    async fn hand_over(&mut self) {
+        let Some(revoked) = self.handover.clone() else {
+            return;
+        };
+        let offsets: BTreeMap<TopicPartition, u64> = self
+            .consumed
+            .iter()
+            .filter(|(p, offset)| {
+                (self.owned.contains(*p) || revoked.contains(*p))
+                    && self.committed.get(*p) != Some(offset)
+            })
+            .map(|(p, &o)| (p.clone(), o))
+            .collect();
+        if let Err(error) = self.send_commit(&offsets).await {
+            tracing::warn!(%error, group = self.options.group, "handover commit failed: the next owner starts at the last commit");
+        }
+        self.end_handover();
+    }
+
+    /// The handover is done (or moot): forget the revoked partitions.
+    fn end_handover(&mut self) {
+        self.handover = None;
+        self.handover_due = false;
+        let owned = &self.owned;
+        self.consumed.retain(|p, _| owned.contains(p));
+        self.committed.retain(|p, _| owned.contains(p));
+    }
+
+    /// Commits, for every assigned partition (and, right after a rebalance, the ones
+    /// it took away), the position after the last message [`GroupMember::next`] or
+    /// [`GroupMember::next_event`] returned (past a whole delivery once its
+    /// [`GroupEvent::Progress`] was returned). [`Error::Rebalanced`] when the group
+    /// moved on (the next call brings the new Assignment). With [`Commit::Auto`] the
+    /// broker commits by itself and this does nothing.
     pub async fn commit(&mut self) -> Result<()> {
         if matches!(self.options.commit, Commit::Auto { .. }) {
             return Ok(());
         }
+        let revoked = self.handover.clone().unwrap_or_default();
         let offsets: BTreeMap<TopicPartition, u64> = self
             .consumed
             .iter()
-            .filter(|(p, offset)| self.owned.contains(*p) && self.committed.get(*p) != Some(offset))
+            .filter(|(p, offset)| {
+                (self.owned.contains(*p) || revoked.contains(*p))
+                    && self.committed.get(*p) != Some(offset)
+            })
             .map(|(p, &o)| (p.clone(), o))
             .collect();
-        if offsets.is_empty() {
+        if offsets.is_empty() && self.handover.is_none() {
             return Ok(());
         }
-        self.commit_offsets(&offsets).await
+        self.send_commit(&offsets).await?;
+        if self.handover.is_some() {
+            self.end_handover();
+        }
+        Ok(())
     }
 
-    async fn commit_offsets(&mut self, offsets: &BTreeMap<TopicPartition, u64>) -> Result<()> {
+    /// Commits exactly these (topic, partition, position) in the member's generation:
+    /// each position is where the group goes on (one past the last message handled).
+    /// Also sets what [`GroupMember::commit`] would commit next for them. Right after
+    /// a [`GroupEvent::Assigned`] that revoked partitions this may name them (within
+    /// the handover window) and ends the window, even with no offsets at all (an
+    /// empty commit says "nothing more to hand over"). [`Error::Rebalanced`] when the
+    /// group moved on; the offsets are then not committed.
+    pub async fn commit_offsets(&mut self, offsets: &[(&str, u32, u64)]) -> Result<()> {
+        let offsets: BTreeMap<TopicPartition, u64> = offsets
+            .iter()
+            .map(|&(topic, partition, offset)| ((self.name(topic), partition), offset))
+            .collect();
+        self.send_commit(&offsets).await?;
+        self.consumed
+            .extend(offsets.iter().map(|(p, &o)| (p.clone(), o)));
+        if self.handover.is_some() {
+            self.end_handover();
+        }
+        Ok(())
+    }
+
+    /// The shared name of `topic` when the member knows it.
+    fn name(&self, topic: &str) -> Arc<str> {
+        if let Source::Topic(name) = &self.source
+            && &**name == topic
+        {
+            return name.clone();
+        }
+        self.owned
+            .range((Arc::from(topic), 0)..)
+            .next()
+            .filter(|(name, _)| &**name == topic)
+            .map_or_else(|| Arc::from(topic), |(name, _)| name.clone())
+    }
+
+    /// One CommitOffsets in the current generation (with no offsets: ends the
+    /// handover window).
+    async fn send_commit(&mut self, offsets: &BTreeMap<TopicPartition, u64>) -> Result<()> {
         let request = CommitOffsetsRequest {
             group_id: self.options.group.clone(),
             member_id: self.member_id.clone(),
@@ -347,12 +567,22 @@ impl GroupMember {
         }
     }
 
-    /// The stream is gone: buffered messages will come again from the committed
-    /// offsets, so they are dropped.
-    fn lost(&mut self) {
+    /// The stream broke for a reason worth rejoining for: received events will come
+    /// again from the committed offsets, so they are dropped.
+    fn lost(&mut self, error: Error) {
         self.stream = None;
+        self.forget();
+        if !self.reconnecting {
+            self.reconnecting = true;
+            self.events.push_back(GroupEvent::Disconnected { error });
+        }
+    }
+
+    /// The membership is gone: nothing received or returned stands any more.
+    fn forget(&mut self) {
         self.handover = None;
-        self.buffer.clear();
+        self.handover_due = false;
+        self.events.clear();
         self.consumed.clear();
         self.committed.clear();
     }
@@ -400,31 +630,28 @@ impl GroupMember {
             Some(subscribe_batches_response::Event::Batches(batches)) => {
                 let partition = batches.partition;
                 let topic = self.batch_topic(batches.position.as_ref().map(|p| &*p.topic))?;
-                let mut messages = VecDeque::new();
+                let before = self.events.len();
                 for batch in &batches.batches {
-                    decode_into(&topic, partition, batch, batches.now_ms, &mut messages)?;
+                    if let Err(error) = decode_as(
+                        &topic,
+                        partition,
+                        batch,
+                        batches.now_ms,
+                        &mut self.events,
+                        GroupEvent::Message,
+                    ) {
+                        self.events.truncate(before);
+                        return Err(error);
+                    }
                 }
-                let after = batches.position.map(|p| p.next_offset);
-                // A message's position is the next delivered message's offset, or the
-                // read's position for the last one (never "offset + 1": expired and
-                // filtered records leave gaps).
-                let mut messages = messages.into_iter().peekable();
-                while let Some(message) = messages.next() {
-                    let position = messages
-                        .peek()
-                        .map(|next| next.offset)
-                        .or(after)
-                        .unwrap_or(message.offset + 1);
-                    self.buffer.push_back((message, position));
-                }
-                // A read without messages (a filter skipped them all) still moves the
-                // position, so commits pass the skipped records.
-                let key = (topic, partition);
-                if self.buffer.is_empty()
-                    && let Some(offset) = after
-                    && self.owned.contains(&key)
-                {
-                    self.consumed.insert(key, offset);
+                if let Some(position) = batches.position {
+                    self.events
+                        .push_back(GroupEvent::Progress(PartitionProgress {
+                            topic,
+                            partition,
+                            next_offset: position.next_offset,
+                            end_offset: position.end_offset,
+                        }));
                 }
             }
             Some(subscribe_batches_response::Event::Assignment(assignment)) => {
@@ -438,12 +665,13 @@ impl GroupMember {
                         .topics
                         .iter()
                         .flat_map(|t| {
-                            let topic: Arc<str> = Arc::from(t.topic.as_str());
+                            let topic = self.name(&t.topic);
                             t.partitions.iter().map(move |&p| (topic.clone(), p))
                         })
                         .collect(),
                 };
-                let revoked: Vec<&TopicPartition> = self.owned.difference(&owned).collect();
+                let revoked: Vec<TopicPartition> = self.owned.difference(&owned).cloned().collect();
+                let added: Vec<TopicPartition> = owned.difference(&self.owned).cloned().collect();
                 tracing::debug!(
                     group = self.options.group,
                     generation = assignment.generation,
@@ -451,36 +679,48 @@ impl GroupMember {
                     ?revoked,
                     "assignment"
                 );
-                let revoked = !revoked.is_empty();
                 self.member_id = assignment.member_id;
                 self.generation = assignment.generation;
                 self.partitions = assignment.partitions;
                 self.topics = assignment
                     .topics
                     .into_iter()
-                    .map(|t| (Arc::from(t.topic.as_str()), t.partitions))
+                    .map(|t| (self.name(&t.topic), t.partitions))
                     .collect();
                 self.owned = owned;
                 let owned = &self.owned;
-                self.buffer
-                    .retain(|(m, _)| owned.contains(&(m.topic.clone(), m.partition)));
-                if self.options.commit == Commit::Explicit && revoked {
-                    // Hand the revoked partitions over at what was returned, in the new
-                    // generation (which also ends the broker's handover window). Done
-                    // by `next` before it returns another message, so a `next`
-                    // cancelled mid-commit (a select!, a timeout) commits on its
-                    // next call instead of leaving the handover undone.
-                    let handover: BTreeMap<TopicPartition, u64> = self
-                        .consumed
-                        .iter()
-                        .filter(|(p, offset)| self.committed.get(*p) != Some(offset))
-                        .map(|(p, &o)| (p.clone(), o))
-                        .collect();
+                self.events.retain(|event| match event {
+                    GroupEvent::Message(m) => owned.contains(&(m.topic.clone(), m.partition)),
+                    GroupEvent::Progress(p) => owned.contains(&(p.topic.clone(), p.partition)),
+                    _ => true,
+                });
+                // A handover still due from an earlier rebalance goes with this one.
+                let mut handover = self.handover.take().unwrap_or_default();
+                handover.extend(revoked.iter().cloned());
+                if self.options.commit == Commit::Explicit && !handover.is_empty() {
+                    // Hand the revoked partitions over at what was returned (or what
+                    // the caller commits first), in the new generation (which also
+                    // ends the broker's handover window). Done by the next call after
+                    // this event was returned, so a call cancelled mid-commit commits
+                    // on the following one.
                     self.handover = Some(handover);
+                } else {
+                    let owned = &self.owned;
+                    self.consumed.retain(|p, _| owned.contains(p));
+                    self.committed.retain(|p, _| owned.contains(p));
                 }
-                let owned = &self.owned;
-                self.consumed.retain(|p, _| owned.contains(p));
-                self.committed.retain(|p, _| owned.contains(p));
+                let mut topics: Vec<String> =
+                    self.topics.iter().map(|(t, _)| t.to_string()).collect();
+                topics.sort();
+                self.events
+                    .push_back(GroupEvent::Assigned(AssignmentChange {
+                        member_id: self.member_id.clone(),
+                        generation: self.generation,
+                        assigned: self.owned.iter().cloned().collect(),
+                        added,
+                        revoked,
+                        topics,
+                    }));
             }
             Some(subscribe_batches_response::Event::PositionReset(reset)) => {
                 tracing::info!(
@@ -490,6 +730,24 @@ impl GroupMember {
                     to = reset.to_offset,
                     "position reset"
                 );
+                let topic = match &self.source {
+                    Source::Topic(topic) => topic.clone(),
+                    Source::Pattern(_) => self.name(&reset.topic),
+                };
+                let reason = match ProtoResetReason::try_from(reset.reason) {
+                    Ok(ProtoResetReason::BelowLogStart) => ResetReason::BelowLogStart,
+                    Ok(ProtoResetReason::AboveEndOffset) => ResetReason::AboveEndOffset,
+                    Ok(ProtoResetReason::NoCommittedOffset) => ResetReason::NoCommittedOffset,
+                    _ => ResetReason::Other,
+                };
+                self.events
+                    .push_back(GroupEvent::PositionReset(PositionReset {
+                        topic,
+                        partition: reset.partition,
+                        from_offset: reset.from_offset,
+                        to_offset: reset.to_offset,
+                        reason,
+                    }));
             }
             Some(
                 subscribe_batches_response::Event::Positioned(_)
@@ -517,21 +775,5 @@ impl GroupMember {
                 ),
             }),
         }
-    }
-
-    /// A commit with no offsets: ends the handover window of this generation.
-    async fn end_handover(&mut self) -> Result<()> {
-        let request = CommitOffsetsRequest {
-            group_id: self.options.group.clone(),
-            member_id: self.member_id.clone(),
-            generation: Some(self.generation),
-            offsets: Vec::new(),
-        };
-        self.client
-            .groups()
-            .commit_offsets(request)
-            .await
-            .map(|_| ())
-            .map_err(|status| Error::from_status("CommitOffsets", self.source.topic(), &status))
     }
 }

@@ -9,7 +9,7 @@ mod start;
 mod subscription;
 
 pub use fetch::{FetchOptions, Fetched};
-pub use group::{Commit, GroupMember, GroupOptions};
+pub use group::{AssignmentChange, Commit, GroupEvent, GroupMember, GroupOptions};
 pub use start::{Reset, StartAt};
 pub use subscription::{
     Damaged, Event, PartitionProgress, PositionReset, ResetReason, SubscribeOptions, Subscription,

@@ -95,6 +95,8 @@ pub enum ResetReason {
     BelowLogStart,
     /// It was past the end (a bad start offset, or a log that lost its unsynced tail).
     AboveEndOffset,
+    /// A group member's partition had no committed offset: it starts by the policy.
+    NoCommittedOffset,
     /// A reason this client does not know (a newer broker).
     Other,
 }
@@ -602,6 +604,7 @@ impl Subscription {
                 let reason = match ProtoResetReason::try_from(reset.reason) {
                     Ok(ProtoResetReason::BelowLogStart) => ResetReason::BelowLogStart,
                     Ok(ProtoResetReason::AboveEndOffset) => ResetReason::AboveEndOffset,
+                    Ok(ProtoResetReason::NoCommittedOffset) => ResetReason::NoCommittedOffset,
                     _ => ResetReason::Other,
                 };
                 self.events.push_back(Event::PositionReset(PositionReset {

@@ -1,5 +1,6 @@
-//! `tidelog consume --group`: `Subscribe` as a group member; the broker assigns
-//! partitions and starts at the committed offsets. What is printed is committed with
+//! `tidelog consume --group`: a tidelog-client `GroupMember` (`SubscribeBatches` with
+//! a group, read through its `GroupEvent`s); the broker assigns partitions and starts
+//! at the committed offsets. What is printed is committed with
 //! the member's generation after each printed batch, when a rebalance takes partitions
 //! away (inside the broker's handover window), and before leaving.
 //!
@@ -11,17 +12,19 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use tidelog_proto::v1::{
-    Assignment, CommitOffsetsRequest, FetchOffsetsRequest, GroupMembership, ResetPolicy,
-    SubscribeRequest, TopicPartitionOffset, subscribe_response,
-};
+use std::sync::Arc;
+
+use tidelog_client::{Commit, GroupEvent, GroupMember, GroupOptions};
+use tidelog_proto::v1::{CommitOffsetsRequest, FetchOffsetsRequest, TopicPartitionOffset};
 
 use super::damage::{DAMAGE_TODO, past_damaged_batch, probe_damage};
 use super::printer::Printer;
-use super::start::{offsets_for_time, reset_note, reset_policy};
-use super::stream::{Reconnect, StopSignal, next_status_event, reconnectable, stream_error};
+use super::start::{client_reset_note, offsets_for_time};
+use super::stream::{
+    Reconnect, StopSignal, client_reset, client_status, reconnectable, stream_error,
+};
 use crate::args::{ConsumeArgs, StartAt};
-use crate::client::Broker;
+use crate::client::{Broker, broker_status};
 use crate::error::{CliError, CliResult};
 use crate::output::note;
 use crate::topic::describe;
@@ -47,15 +50,6 @@ enum Source<'a> {
 }
 
 impl Source<'_> {
-    /// The (topic, partition) a message, position or reset names: on a one-topic
-    /// stream they leave the topic empty.
-    fn tp(&self, topic: &str, partition: u32) -> Tp {
-        match self {
-            Source::Topic(name) => ((*name).to_string(), partition),
-            Source::Pattern(_) => (topic.to_string(), partition),
-        }
-    }
-
     /// The topic to ask FetchOffsets for: all of them for a pattern.
     fn offsets_topic(&self) -> Option<String> {
         match self {
@@ -116,31 +110,12 @@ pub(super) async fn consume_group(
         None => Source::Topic(&args.topic),
     };
     let context = format!("consuming {} as group {group:?}", source.what());
-    let join = |member_id: String| SubscribeRequest {
-        topic: args.topic.clone(),
-        topic_pattern: args.topic_pattern.clone().unwrap_or_default(),
-        partitions: vec![],
-        start: None,
-        group: Some(GroupMembership {
-            group_id: group.to_string(),
-            member_id,
-            session_timeout_ms: 0,
-            auto_commit_interval_ms: 0,
-            client_id: CLIENT_ID.into(),
-            handover_timeout_ms: HANDOVER_TIMEOUT.as_millis() as u64,
-        }),
-        reset_policy: reset_policy(args.offset_reset) as i32,
-        max_batch_messages: 0,
-        max_batch_bytes: 0,
-        filter: args.filter.clone().unwrap_or_default(),
-        ..SubscribeRequest::default()
-    };
     // --from with a group: where partitions without a committed offset start
     // (kafka-console-consumer's --from-beginning), as the reset policy for earliest
     // and latest, or committed before joining for an offset or a time.
-    let policy = match args.from {
-        Some(StartAt::Earliest) => ResetPolicy::Earliest,
-        Some(StartAt::Latest) => ResetPolicy::Latest,
+    let reset = match args.from {
+        Some(StartAt::Earliest) => tidelog_client::Reset::Earliest,
+        Some(StartAt::Latest) => tidelog_client::Reset::Latest,
         Some(start) => {
             let Source::Topic(topic) = source else {
                 return Err(CliError::usage(
@@ -149,139 +124,150 @@ pub(super) async fn consume_group(
                 ));
             };
             seed_group_start(broker, group, topic, start).await?;
-            reset_policy(args.offset_reset)
+            client_reset(args.offset_reset)
         }
-        None => reset_policy(args.offset_reset),
+        None => client_reset(args.offset_reset),
     };
-    let join = |member_id: String| SubscribeRequest {
-        reset_policy: policy as i32,
-        ..join(member_id)
+    let options = GroupOptions {
+        commit: Commit::Explicit,
+        // Zero: the broker's default session.
+        session_timeout: Duration::ZERO,
+        handover_timeout: HANDOVER_TIMEOUT,
+        client_id: CLIENT_ID.into(),
+        reset,
+        filter: args.filter.clone().unwrap_or_default(),
+        ..GroupOptions::new(group)
     };
-    let mut stream = broker
-        .consumer()
-        .subscribe(join(String::new()))
-        .await
-        .map_err(|s| broker.error(&context, &s))?
-        .into_inner();
-    let mut member = Member::default();
     let mut stop = StopSignal::new();
+    let joined = tokio::select! {
+        joined = async {
+            match source {
+                Source::Topic(topic) => GroupMember::join(broker, topic, options).await,
+                Source::Pattern(pattern) => GroupMember::join_pattern(broker, pattern, options).await,
+            }
+        } => joined,
+        _ = stop.recv() => return Ok(()),
+    };
+    let mut gm = joined.map_err(|error| group_error(broker, &context, &error))?;
+    let mut member = Member::default();
+    let first = Assigned {
+        member_id: gm.assignment().0.to_string(),
+        generation: gm.assignment().1,
+        assigned: gm.assigned().map(|(t, p)| (t.to_string(), p)).collect(),
+        topics: gm.topics().iter().map(|(t, _)| t.to_string()).collect(),
+    };
+    if let Source::Pattern(pattern) = source {
+        topics_note(pattern, &member, &first.topics);
+    }
+    on_assignment(broker, group, source, &mut member, first).await?;
     let mut backoff = Reconnect::default();
+    // On one topic the name is not printed with each message (nor copied into each).
+    let no_topic: Arc<str> = Arc::from("");
+    // Partitions of the delivery being printed that were not printed to its end
+    // (--until).
+    let mut cut: BTreeSet<Tp> = BTreeSet::new();
     let outcome = loop {
-        if !args.follow && !member.member_id.is_empty() && member.caught_up() {
+        if !args.follow && member.caught_up() {
             break Ok(());
         }
         if member.all_finished() {
             break Ok(());
         }
-        let event = tokio::select! {
-            event = next_status_event(&mut stream) => event,
-            _ = tokio::time::sleep(QUIET_SPELL), if !args.follow && !member.member_id.is_empty() => break Ok(()),
-            _ = stop.recv() => break Ok(()),
+        // What was received is printed first; the wait (with the stop signal and the
+        // quiet spell) is set up once per delivery, not per message.
+        let event = match gm.try_next_event() {
+            Some(event) => Ok(event),
+            None => tokio::select! {
+                event = gm.next_event() => event,
+                _ = tokio::time::sleep(QUIET_SPELL), if !args.follow => break Ok(()),
+                _ = stop.recv() => break Ok(()),
+            },
         };
         match event {
             // The broker ended the stream (and the membership): every printed batch
             // was committed when it was printed.
-            Err(status) if status.code() == tonic::Code::DataLoss => {
+            Err(error) if error.is_data_loss() => {
+                let status = client_status(&error);
                 break Err(group_damage_error(broker, group, &member, &status).await);
             }
-            Err(status) if args.follow && reconnectable(&status) => {
-                // The broker restarted: join again (the same member id, which the
-                // broker keeps or treats as a first join) once it is back.
+            Err(error) => break Err(group_error(broker, &context, &error)),
+            Ok(GroupEvent::Disconnected { error }) => {
+                if matches!(error, tidelog_client::Error::Closed) {
+                    break Ok(());
+                }
+                let status = client_status(&error);
+                if !(args.follow && reconnectable(&status)) {
+                    break Err(group_error(broker, &context, &error));
+                }
+                // The broker restarted: the member joins again (the same member id,
+                // which the broker keeps or treats as a first join) once it is back.
                 printer.out.flush()?;
                 backoff.lost(&status);
-                let rejoined = loop {
-                    if !backoff.wait(&mut stop).await {
-                        break None;
-                    }
-                    match broker
-                        .consumer()
-                        .subscribe(join(member.member_id.clone()))
-                        .await
-                    {
-                        Ok(stream) => break Some(stream.into_inner()),
-                        Err(status) if reconnectable(&status) => {}
-                        Err(status) => {
-                            return Err(broker.error(&context, &status));
-                        }
-                    }
-                };
-                match rejoined {
-                    Some(rejoined) => {
-                        stream = rejoined;
-                        continue;
-                    }
-                    None => break Ok(()),
-                }
+                cut.clear();
             }
-            Err(status) => break Err(stream_error(broker, &context, &status, true)),
-            Ok(None) => break Ok(()),
-            Ok(Some(subscribe_response::Event::Assignment(assignment))) => {
-                backoff.connected();
-                let assigned = assigned_of(source, &assignment);
+            Ok(GroupEvent::Reconnected) => backoff.connected(),
+            Ok(GroupEvent::Assigned(change)) => {
+                let assigned = Assigned {
+                    member_id: change.member_id,
+                    generation: change.generation,
+                    assigned: change
+                        .assigned
+                        .iter()
+                        .map(|(t, p)| (t.to_string(), *p))
+                        .collect(),
+                    topics: change.topics,
+                };
                 if let Source::Pattern(pattern) = source {
-                    topics_note(pattern, &member, &assignment);
+                    topics_note(pattern, &member, &assigned.topics);
                 }
-                hand_over(broker, group, source, &mut member, &assignment, &assigned).await;
-                if let Err(e) =
-                    on_assignment(broker, group, source, &mut member, assignment, assigned).await
-                {
+                hand_over(broker, group, source, &mut gm, &mut member, &assigned).await;
+                if let Err(e) = on_assignment(broker, group, source, &mut member, assigned).await {
                     break Err(e);
                 }
             }
-            Ok(Some(subscribe_response::Event::PositionReset(reset))) => {
-                reset_note(&reset);
-                let tp = source.tp(&reset.topic, reset.partition);
+            Ok(GroupEvent::PositionReset(reset)) => {
+                client_reset_note(&reset);
+                let tp = (reset.topic.to_string(), reset.partition);
                 member.position.insert(tp.clone(), reset.to_offset);
                 // Where the group reads next: committed with what is printed, so a
                 // group that starts at `latest` goes on from there next time.
                 member.printed.insert(tp, reset.to_offset);
             }
-            // Only plain streams that ask for it get one.
-            Ok(Some(
-                subscribe_response::Event::Positioned(_)
-                | subscribe_response::Event::TopicsChanged(_),
-            )) => {}
-            Ok(Some(subscribe_response::Event::Batch(batch))) => {
-                let mut stop = false;
-                // Partitions of this batch not printed to their end (--until).
-                let mut cut = BTreeSet::new();
-                for m in &batch.messages {
-                    let tp = source.tp(&m.topic, m.partition);
-                    if member.finished.contains(&tp) {
-                        cut.insert(tp);
-                        continue;
-                    }
-                    if printer.past_until(m) {
-                        member.finished.insert(tp.clone());
-                        cut.insert(tp);
-                        continue;
-                    }
-                    if let Err(e) = printer.print(m) {
-                        // Commit what did reach the reader, then report.
-                        final_commit(broker, group, source, &mut member, printer).await;
-                        return Err(e);
-                    }
-                    member.position.insert(tp.clone(), m.offset + 1);
-                    member.printed.insert(tp, m.offset + 1);
-                    if printer.done() {
-                        stop = true;
-                        break;
-                    }
+            Ok(GroupEvent::Message(mut message)) => {
+                let tp = (message.topic.to_string(), message.partition);
+                if member.finished.contains(&tp) {
+                    cut.insert(tp);
+                    continue;
                 }
-                if stop {
+                if let Source::Topic(_) = source {
+                    message.topic = no_topic.clone();
+                }
+                let m = message.into_proto();
+                if printer.past_until(&m) {
+                    member.finished.insert(tp.clone());
+                    cut.insert(tp);
+                    continue;
+                }
+                if let Err(e) = printer.print(&m) {
+                    // Commit what did reach the reader, then report.
+                    final_commit(broker, group, source, &mut gm, &mut member, printer).await;
+                    return Err(e);
+                }
+                member.position.insert(tp.clone(), m.offset + 1);
+                member.printed.insert(tp, m.offset + 1);
+                if printer.done() {
                     break Ok(());
                 }
-                // Printed to the batch's end: go on (and commit) from where the broker
-                // says the partition stands, past expired messages never delivered,
-                // not from "last offset + 1".
-                for position in &batch.positions {
-                    let tp = source.tp(&position.topic, position.partition);
-                    if cut.contains(&tp) || !member.assigned.contains(&tp) {
-                        continue;
-                    }
-                    member.position.insert(tp.clone(), position.next_offset);
-                    member.printed.insert(tp.clone(), position.next_offset);
-                    if printer.reached_until(position.next_offset) {
+            }
+            Ok(GroupEvent::Progress(progress)) => {
+                // Printed to the delivery's end: go on (and commit) from where the
+                // broker says the partition stands, past expired messages never
+                // delivered, not from "last offset + 1".
+                let tp = (progress.topic.to_string(), progress.partition);
+                if !cut.remove(&tp) && member.assigned.contains(&tp) {
+                    member.position.insert(tp.clone(), progress.next_offset);
+                    member.printed.insert(tp.clone(), progress.next_offset);
+                    if printer.reached_until(progress.next_offset) {
                         member.finished.insert(tp);
                     }
                 }
@@ -291,7 +277,7 @@ pub(super) async fn consume_group(
                 // Printed: commit now, so an error, a crash or a rebalance a moment
                 // later does not deliver these again.
                 let assigned = member.assigned.clone();
-                if let Err(refused) = commit(broker, group, &mut member, &assigned).await {
+                if let Err(refused) = commit(&mut gm, broker, group, &mut member, &assigned).await {
                     // FAILED_PRECONDITION: a rebalance is under way; the commit made
                     // when its Assignment arrives covers these messages.
                     if refused.code != tonic::Code::FailedPrecondition {
@@ -299,33 +285,36 @@ pub(super) async fn consume_group(
                     }
                 }
             }
+            Ok(_) => {}
         }
     };
-    final_commit(broker, group, source, &mut member, printer).await;
+    final_commit(broker, group, source, &mut gm, &mut member, printer).await;
     outcome
 }
 
-/// The (topic, partition)s an Assignment gives this member, sorted.
-fn assigned_of(source: Source<'_>, assignment: &Assignment) -> Vec<Tp> {
-    let mut assigned: Vec<Tp> = match source {
-        Source::Topic(topic) => assignment
-            .partitions
-            .iter()
-            .map(|p| (topic.to_string(), *p))
-            .collect(),
-        Source::Pattern(_) => assignment
-            .topics
-            .iter()
-            .flat_map(|t| t.partitions.iter().map(|p| (t.topic.clone(), *p)))
-            .collect(),
-    };
-    assigned.sort();
-    assigned
+/// The error a group member failed with, in the CLI's terms (an OUT_OF_RANGE under
+/// `--offset-reset error` says which flags move the position).
+fn group_error(broker: &Broker, context: &str, error: &tidelog_client::Error) -> CliError {
+    match broker_status(error) {
+        Some(_) => stream_error(broker, context, &client_status(error), true),
+        None => broker.client_error(context, error),
+    }
+}
+
+/// An assignment as the CLI keeps it.
+#[derive(Debug)]
+struct Assigned {
+    member_id: String,
+    generation: u64,
+    /// Sorted.
+    assigned: Vec<Tp>,
+    /// With a pattern: every topic it matches now.
+    topics: Vec<String>,
 }
 
 /// Says on stderr how the topics a pattern member reads changed.
-fn topics_note(pattern: &str, member: &Member, assignment: &Assignment) {
-    let now: BTreeSet<String> = assignment.topics.iter().map(|t| t.topic.clone()).collect();
+fn topics_note(pattern: &str, member: &Member, topics: &[String]) {
+    let now: BTreeSet<String> = topics.iter().cloned().collect();
     let first = member.member_id.is_empty();
     if now.is_empty() && (first || !member.topics.is_empty()) {
         note(&format!(
@@ -483,6 +472,7 @@ async fn final_commit(
     broker: &Broker,
     group: &str,
     source: Source<'_>,
+    gm: &mut GroupMember,
     member: &mut Member,
     printer: &mut Printer,
 ) {
@@ -491,7 +481,7 @@ async fn final_commit(
         return;
     }
     let assigned = member.assigned.clone();
-    match commit(broker, group, member, &assigned).await {
+    match commit(gm, broker, group, member, &assigned).await {
         Ok(_) => {}
         // The broker ended the membership (a stream that ended with an error takes the
         // member with it, even when its last batch arrived just before): commit as a
@@ -568,14 +558,15 @@ async fn hand_over(
     broker: &Broker,
     group: &str,
     source: Source<'_>,
+    gm: &mut GroupMember,
     member: &mut Member,
-    assignment: &Assignment,
-    assigned: &[Tp],
+    assignment: &Assigned,
 ) {
+    let assigned = &assignment.assigned;
     if let Source::Pattern(_) = source {
         // The topics named are those the pattern still matches: the others were
         // deleted, with their offsets (a commit naming them would fail whole).
-        let live: BTreeSet<&str> = assignment.topics.iter().map(|t| t.topic.as_str()).collect();
+        let live: BTreeSet<&str> = assignment.topics.iter().map(String::as_str).collect();
         let kept = |tp: &Tp| live.contains(tp.0.as_str());
         member.printed.retain(|tp, _| kept(tp));
         member.position.retain(|tp, _| kept(tp));
@@ -598,10 +589,10 @@ async fn hand_over(
     scope.extend(assigned.iter().cloned());
     scope.sort();
     scope.dedup();
-    let outcome = match commit(broker, group, member, &scope).await {
+    let outcome = match commit(gm, broker, group, member, &scope).await {
         Ok(0) => {
             // Nothing new to commit: an empty commit ends the window at once.
-            empty_commit(broker, group, member).await
+            empty_commit(gm, broker, group).await
         }
         Ok(_) => Ok(0),
         Err(refused) if refused.code == tonic::Code::FailedPrecondition => {
@@ -616,8 +607,8 @@ async fn hand_over(
                     .collect::<Vec<_>>()
                     .join(", ")
             ));
-            match commit(broker, group, member, assigned).await {
-                Ok(0) => empty_commit(broker, group, member).await,
+            match commit(gm, broker, group, member, assigned).await {
+                Ok(0) => empty_commit(gm, broker, group).await,
                 other => other,
             }
         }
@@ -640,21 +631,16 @@ async fn hand_over(
 
 /// A commit with no offsets: tells the broker this member saw its latest Assignment,
 /// which ends its handover window.
-async fn empty_commit(broker: &Broker, group: &str, member: &Member) -> Result<usize, Refused> {
-    let request = CommitOffsetsRequest {
-        group_id: group.to_string(),
-        member_id: member.member_id.clone(),
-        generation: Some(member.generation),
-        offsets: Vec::new(),
-    };
-    match broker.groups().commit_offsets(request).await {
-        Ok(_) => Ok(0),
+async fn empty_commit(
+    gm: &mut GroupMember,
+    broker: &Broker,
+    group: &str,
+) -> Result<usize, Refused> {
+    match gm.commit_offsets(&[]).await {
+        Ok(()) => Ok(0),
         // A broker without handover windows has nothing to end.
-        Err(status) if status.code() == tonic::Code::InvalidArgument => Ok(0),
-        Err(status) => Err(Refused {
-            code: status.code(),
-            error: broker.error(&format!("committing offsets of group {group:?}"), &status),
-        }),
+        Err(tidelog_client::Error::InvalidArgument { .. }) => Ok(0),
+        Err(error) => Err(refused(broker, group, &error)),
     }
 }
 
@@ -664,13 +650,12 @@ async fn on_assignment(
     group: &str,
     source: Source<'_>,
     member: &mut Member,
-    assignment: Assignment,
-    assigned: Vec<Tp>,
+    assignment: Assigned,
 ) -> CliResult<()> {
     member.member_id = assignment.member_id;
     member.generation = assignment.generation;
-    member.topics = assignment.topics.into_iter().map(|t| t.topic).collect();
-    member.assigned = assigned;
+    member.topics = assignment.topics.into_iter().collect();
+    member.assigned = assignment.assigned;
     let topics: BTreeSet<String> = member.assigned.iter().map(|(t, _)| t.clone()).collect();
     member.end.clear();
     for topic in topics {
@@ -721,46 +706,43 @@ fn commit_warning(error: &CliError) {
     ));
 }
 
+/// The error of a refused commit, with its status code.
+fn refused(broker: &Broker, group: &str, error: &tidelog_client::Error) -> Refused {
+    Refused {
+        code: client_status(error).code(),
+        error: broker.client_error(&format!("committing offsets of group {group:?}"), error),
+    }
+}
+
 /// Commits, with the member's current generation, what was printed on `partitions`
 /// and not committed yet; returns how many partitions it committed.
 async fn commit(
+    gm: &mut GroupMember,
     broker: &Broker,
     group: &str,
     member: &mut Member,
     partitions: &[Tp],
 ) -> Result<usize, Refused> {
-    let offsets: Vec<TopicPartitionOffset> = member
+    let offsets: Vec<(&str, u32, u64)> = member
         .printed
         .iter()
         .filter(|(tp, offset)| partitions.contains(tp) && member.committed.get(*tp) != Some(offset))
-        .map(|((topic, partition), &offset)| TopicPartitionOffset {
-            topic: topic.clone(),
-            partition: *partition,
-            offset,
-            metadata: String::new(),
-        })
+        .map(|((topic, partition), &offset)| (topic.as_str(), *partition, offset))
         .collect();
     if offsets.is_empty() || member.member_id.is_empty() {
         return Ok(0);
     }
-    let request = CommitOffsetsRequest {
-        group_id: group.to_string(),
-        member_id: member.member_id.clone(),
-        generation: Some(member.generation),
-        offsets: offsets.clone(),
-    };
-    match broker.groups().commit_offsets(request).await {
-        Ok(_) => {
+    match gm.commit_offsets(&offsets).await {
+        Ok(()) => {
             let count = offsets.len();
-            for o in offsets {
-                member.committed.insert((o.topic, o.partition), o.offset);
-            }
+            let done: Vec<(Tp, u64)> = offsets
+                .into_iter()
+                .map(|(topic, partition, offset)| ((topic.to_string(), partition), offset))
+                .collect();
+            member.committed.extend(done);
             Ok(count)
         }
-        Err(status) => Err(Refused {
-            code: status.code(),
-            error: broker.error(&format!("committing offsets of group {group:?}"), &status),
-        }),
+        Err(error) => Err(refused(broker, group, &error)),
     }
 }
 

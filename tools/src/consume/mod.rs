@@ -7,8 +7,9 @@
 //! - no group, `--follow`: a tidelog-client `Subscription` (`SubscribeBatches`) from
 //!   the start position; it reconnects after a broker restart, and a partition with a
 //!   damaged batch is dropped while the others are read on.
-//! - `--group`: `Subscribe` as a group member; the broker assigns partitions and starts
-//!   at the committed offsets. What is printed is committed with the member's
+//! - `--group`: a tidelog-client `GroupMember` (`SubscribeBatches` with a group); the
+//!   broker assigns partitions and starts at the committed offsets, and the CLI
+//!   commits exactly what it printed (`GroupMember::commit_offsets`). What is printed is committed with the member's
 //!   generation after each printed batch (so a stream the broker ends with an error,
 //!   or a crash, repeats nothing that was committed), when a rebalance takes partitions
 //!   away (inside the broker's handover window, before the next owner starts), and

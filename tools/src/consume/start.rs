@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use tidelog_proto::v1::{
-    ResetOffsetsRequest, ResetPolicy, ResetReason, TopicDescription, reset_offsets_request,
+    ResetOffsetsRequest, ResetReason, TopicDescription, reset_offsets_request,
 };
 
 use crate::args::{ConsumeArgs, ResetPolicyArg};
@@ -18,14 +18,6 @@ use crate::topic::describe;
 /// Group id used for dry-run offset lookups by time; a dry run never commits, so
 /// the group is never created.
 const LOOKUP_GROUP: &str = "tidelog-cli.offset-lookup";
-
-pub(super) fn reset_policy(arg: ResetPolicyArg) -> ResetPolicy {
-    match arg {
-        ResetPolicyArg::Earliest => ResetPolicy::Earliest,
-        ResetPolicyArg::Latest => ResetPolicy::Latest,
-        ResetPolicyArg::Error => ResetPolicy::Error,
-    }
-}
 
 /// The topic, and the chosen partitions checked against it.
 pub(super) async fn topic_and_partitions(
@@ -155,6 +147,7 @@ pub(super) fn client_reset_note(reset: &tidelog_client::PositionReset) {
     let reason = match reset.reason {
         Why::BelowLogStart => ResetReason::BelowLogStart,
         Why::AboveEndOffset => ResetReason::AboveEndOffset,
+        Why::NoCommittedOffset => ResetReason::NoCommittedOffset,
         _ => ResetReason::Unspecified,
     };
     reset_note(&tidelog_proto::v1::PositionReset {

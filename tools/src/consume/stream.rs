@@ -1,13 +1,9 @@
-//! Living with a subscription: a group member's Subscribe stream (its next event,
-//! reconnecting with backoff after the broker went away), the error a stream or a
-//! tidelog-client `Subscription` ended with in the CLI's terms, the notes about a lost
+//! Living with a subscription: the error a tidelog-client `Subscription` or
+//! `GroupMember` ended with in the CLI's terms, the notes about a lost
 //! and regained broker, the CLI's flags as the client's options, Ctrl-C / SIGTERM, and
 //! `--until TIME` as a deadline.
 
 use std::time::Duration;
-
-use tidelog_proto::v1::subscribe_response;
-use tonic::Streaming;
 
 use super::start::OUT_OF_RANGE_TODO;
 use crate::args::{ResetPolicyArg, StartAt, Until};
@@ -91,22 +87,6 @@ pub(super) fn client_reset(arg: ResetPolicyArg) -> tidelog_client::Reset {
     }
 }
 
-/// The next event of a stream, or the status that ended it; `Ok(None)` when it ended
-/// without one.
-pub(super) async fn next_status_event(
-    stream: &mut Streaming<tidelog_proto::v1::SubscribeResponse>,
-) -> Result<Option<subscribe_response::Event>, tonic::Status> {
-    loop {
-        if let Some(response) = stream.message().await? {
-            if let Some(event) = response.event {
-                return Ok(Some(event));
-            }
-        } else {
-            return Ok(None);
-        }
-    }
-}
-
 /// Whether a stream that ended with `status` is worth opening again after a pause:
 /// the broker went away (a restart, a lost connection) or is stopping. A partition
 /// recovery refused stays refused until an operator repairs it: not retried.
@@ -132,55 +112,35 @@ pub(super) fn reconnectable(status: &tonic::Status) -> bool {
     }
 }
 
-/// Reconnecting with backoff after the broker went away (a `--follow` group member),
-/// and the notes that say so (every `--follow`: a `Subscription` waits itself).
+/// The notes about a lost and regained broker while a tidelog-client `Subscription`
+/// or `GroupMember` reconnects with backoff by itself (every `--follow`): one when the
+/// stream breaks, one when reading goes on.
 #[derive(Debug, Default)]
 pub(super) struct Reconnect {
-    /// The pause before the next attempt; zero while connected.
-    delay: Duration,
+    /// The broker was lost and not regained yet.
+    retrying: bool,
 }
 
 impl Reconnect {
-    /// First pause; doubled after every failed attempt up to [`RECONNECT_DELAY_MAX`].
-    const FIRST: Duration = Duration::from_millis(100);
-
-    pub(super) fn is_retrying(&self) -> bool {
-        !self.delay.is_zero()
-    }
-
-    /// The stream ended with `status`: say so once and start backing off.
+    /// The stream ended with `status`: say so once.
     pub(super) fn lost(&mut self, status: &tonic::Status) {
-        if !self.is_retrying() {
+        if !self.retrying {
             note(&format!(
                 "warning: lost the broker ({}: {}); reconnecting with backoff (Ctrl-C stops)",
                 crate::error::code_name(status.code()),
                 to_cli(status.message())
             ));
-            self.delay = Self::FIRST;
+            self.retrying = true;
         }
     }
 
     /// A stream delivered an event: connected again.
     pub(super) fn connected(&mut self) {
-        if self.is_retrying() {
+        if std::mem::take(&mut self.retrying) {
             note("note: reconnected to the broker; reading on");
-            self.delay = Duration::ZERO;
-        }
-    }
-
-    /// Pauses before the next attempt; false when a stop signal came first.
-    pub(super) async fn wait(&mut self, stop: &mut StopSignal) -> bool {
-        let delay = self.delay.max(Self::FIRST);
-        self.delay = (delay * 2).min(RECONNECT_DELAY_MAX);
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => true,
-            _ = stop.recv() => false,
         }
     }
 }
-
-/// The longest pause between two attempts to reach the broker again.
-const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(5);
 
 /// With `--until TIME` and `--follow`: the moment the clock passes TIME.
 pub(super) fn until_deadline(until: Option<Until>) -> Option<tokio::time::Instant> {

@@ -1,0 +1,453 @@
+//! tidelog-client's `GroupMember` event form (`next_event`, `GroupEvent`) and its
+//! commits of what the caller handled (`commit`, `commit_offsets`) through the real
+//! broker: a rebalance reports revoked partitions and moves them without a message
+//! lost or repeated, progress reaches each partition's end offset, a damaged batch
+//! fails with DATA_LOSS after what came before it, values of every size arrive whole,
+//! and a random run of members leaving and rejoining handles every message at least
+//! once and never again after its commit.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tidelog_client::proto::TopicConfig;
+use tidelog_client::{
+    Ack, Client, Commit, GroupEvent, GroupMember, GroupOptions, Message, Producer, ProducerConfig,
+    Record,
+};
+use tidelog_tests::TestBroker;
+use tokio::time::timeout;
+
+use crate::support::{Rng, always, batch_positions, segment_logs};
+
+/// Bound on any one wait in these tests.
+const WAIT: Duration = Duration::from_secs(30);
+
+fn options(group: &str) -> GroupOptions {
+    GroupOptions {
+        commit: Commit::Explicit,
+        session_timeout: Duration::from_secs(1),
+        handover_timeout: Duration::from_secs(5),
+        max_batch_messages: 25,
+        ..GroupOptions::new(group)
+    }
+}
+
+/// Publishes values `0..count` to `partitions` partitions of `topic`, round robin,
+/// each value its number; returns (partition, number) for each.
+async fn publish(client: &Client, topic: &str, partitions: u32, numbers: std::ops::Range<u64>) {
+    let producer = Producer::new(client, ProducerConfig::default());
+    let mut acks = Vec::new();
+    for n in numbers {
+        let partition = (n % u64::from(partitions)) as u32;
+        let record = Record::new(topic, n.to_string()).partition(partition);
+        acks.push(producer.send(record).await.expect("send"));
+    }
+    for ack in acks {
+        timeout(WAIT, ack).await.expect("in time").expect("acked");
+    }
+    producer.close().await.expect("close");
+}
+
+fn number(message: &Message) -> u64 {
+    std::str::from_utf8(&message.value)
+        .expect("utf-8")
+        .parse()
+        .expect("a number")
+}
+
+/// The next event of `member`, within [`WAIT`].
+async fn next(member: &mut GroupMember) -> GroupEvent {
+    timeout(WAIT, member.next_event())
+        .await
+        .expect("an event in time")
+        .expect("next_event")
+}
+
+#[tokio::test]
+async fn a_rebalance_reports_revoked_partitions_and_loses_or_repeats_nothing() {
+    let broker = TestBroker::start();
+    let client = Client::connect(&broker.endpoint()).await.expect("connect");
+    client
+        .create_topic("ev", 4, TopicConfig::default())
+        .await
+        .expect("create");
+    publish(&client, "ev", 4, 0..400).await;
+
+    let mut first = GroupMember::join(&client, "ev", options("g"))
+        .await
+        .expect("join");
+    assert_eq!(first.assignment().2, [0, 1, 2, 3]);
+    let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
+    // Read some (committing after each delivery), then a second member joins.
+    let mut handled = 0;
+    while handled < 100 {
+        match next(&mut first).await {
+            GroupEvent::Message(m) => {
+                *seen.entry(number(&m)).or_default() += 1;
+                handled += 1;
+            }
+            GroupEvent::Progress(_) => first.commit().await.expect("commit"),
+            // A fresh group starts each partition by its reset policy.
+            GroupEvent::PositionReset(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    first.commit().await.expect("commit what was handled");
+    let second = tokio::spawn({
+        let client = client.clone();
+        async move { GroupMember::join(&client, "ev", options("g")).await }
+    });
+    // The first member is told which partitions moved, and commits what it handled
+    // (of the revoked partitions too) at once: nothing was committed for it before.
+    let mut handled_at: BTreeMap<u32, u64> = BTreeMap::new();
+    let change = loop {
+        match next(&mut first).await {
+            GroupEvent::Message(m) => {
+                *seen.entry(number(&m)).or_default() += 1;
+                handled_at.insert(m.partition, m.offset + 1);
+            }
+            GroupEvent::Progress(_) => {}
+            GroupEvent::Assigned(change) => break change,
+            // A fresh group starts each partition by its reset policy.
+            GroupEvent::PositionReset(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    let offsets: Vec<(&str, u32, u64)> = handled_at.iter().map(|(p, o)| ("ev", *p, *o)).collect();
+    first
+        .commit_offsets(&offsets)
+        .await
+        .expect("the handover commit, revoked partitions included, inside the window");
+    assert_eq!(change.revoked.len(), 2, "{change:?}");
+    assert!(change.added.is_empty(), "{change:?}");
+    assert_eq!(change.assigned.len(), 2, "{change:?}");
+    let mut second = timeout(WAIT, second)
+        .await
+        .expect("second joins in time")
+        .expect("task")
+        .expect("second join");
+    let owned: BTreeSet<u32> = first
+        .assigned()
+        .chain(second.assigned())
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(owned, BTreeSet::from([0, 1, 2, 3]));
+
+    // Both read the rest, committing every message as handled.
+    while seen.len() < 400 {
+        let (index, event) = tokio::select! {
+            e = first.next_event() => (0, e),
+            e = second.next_event() => (1, e),
+            _ = tokio::time::sleep(WAIT) => panic!("only {} of 400 arrived", seen.len()),
+        };
+        let member = if index == 0 { &mut first } else { &mut second };
+        if let GroupEvent::Message(m) = event.expect("next_event") {
+            *seen.entry(number(&m)).or_default() += 1;
+            let position = m.offset + 1;
+            member
+                .commit_offsets(&[(&m.topic, m.partition, position)])
+                .await
+                .expect("commit_offsets");
+        }
+    }
+    let repeated: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(repeated.is_empty(), "delivered twice: {repeated:?}");
+    // Nothing more comes.
+    tokio::select! {
+        e = first.next_event() => assert!(!matches!(e, Ok(GroupEvent::Message(_))), "extra {e:?}"),
+        e = second.next_event() => assert!(!matches!(e, Ok(GroupEvent::Message(_))), "extra {e:?}"),
+        _ = tokio::time::sleep(Duration::from_millis(700)) => {}
+    }
+}
+
+#[tokio::test]
+async fn progress_reaches_each_partition_end_offset() {
+    let broker = TestBroker::start();
+    let client = Client::connect(&broker.endpoint()).await.expect("connect");
+    client
+        .create_topic("pr", 3, TopicConfig::default())
+        .await
+        .expect("create");
+    publish(&client, "pr", 3, 0..300).await;
+    let mut member = GroupMember::join(&client, "pr", options("g"))
+        .await
+        .expect("join");
+    let mut at_end: BTreeSet<u32> = BTreeSet::new();
+    let mut messages = 0;
+    let mut last: BTreeMap<u32, u64> = BTreeMap::new();
+    while at_end.len() < 3 {
+        match next(&mut member).await {
+            GroupEvent::Message(m) => {
+                messages += 1;
+                last.insert(m.partition, m.offset);
+            }
+            GroupEvent::Progress(p) => {
+                assert_eq!(&*p.topic, "pr");
+                assert_eq!(p.end_offset, 100, "{p:?}");
+                assert_eq!(Some(&(p.next_offset - 1)), last.get(&p.partition), "{p:?}");
+                if p.next_offset == p.end_offset {
+                    at_end.insert(p.partition);
+                }
+            }
+            // A fresh group starts each partition by its reset policy.
+            GroupEvent::PositionReset(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(messages, 300);
+    // What commit commits is what was returned: the positions at the end.
+    let positions: Vec<u64> = member.positions().values().copied().collect();
+    assert_eq!(positions, [100, 100, 100]);
+    member.commit().await.expect("commit");
+    drop(member);
+    let committed = client
+        .groups()
+        .fetch_offsets(tidelog_client::proto::FetchOffsetsRequest {
+            group_id: "g".into(),
+            topic: Some("pr".into()),
+        })
+        .await
+        .expect("FetchOffsets")
+        .into_inner();
+    assert!(
+        committed.offsets.iter().all(|o| o.offset == 100) && committed.offsets.len() == 3,
+        "{committed:?}"
+    );
+}
+
+#[tokio::test]
+async fn commit_offsets_commits_exactly_what_the_caller_handled() {
+    let broker = TestBroker::start();
+    let client = Client::connect(&broker.endpoint()).await.expect("connect");
+    client
+        .create_topic("ex", 1, TopicConfig::default())
+        .await
+        .expect("create");
+    publish(&client, "ex", 1, 0..50).await;
+    let mut member = GroupMember::join(&client, "ex", options("g"))
+        .await
+        .expect("join");
+    let mut received = 0;
+    while received < 50 {
+        if let GroupEvent::Message(_) = next(&mut member).await {
+            received += 1;
+        }
+    }
+    // Only 20 were handled: commit that, not what was received.
+    member
+        .commit_offsets(&[("ex", 0, 20)])
+        .await
+        .expect("commit_offsets");
+    drop(member);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut member = GroupMember::join(&client, "ex", options("g"))
+        .await
+        .expect("rejoin");
+    let first = loop {
+        if let GroupEvent::Message(m) = next(&mut member).await {
+            break m;
+        }
+    };
+    assert_eq!(first.offset, 20);
+}
+
+#[tokio::test]
+async fn values_of_every_size_arrive_whole() {
+    let broker = TestBroker::start();
+    let client = Client::connect(&broker.endpoint()).await.expect("connect");
+    client
+        .create_topic(
+            "sizes",
+            1,
+            TopicConfig {
+                max_message_bytes: 2 << 20,
+                ..TopicConfig::default()
+            },
+        )
+        .await
+        .expect("create");
+    let sizes = [0usize, 100, 3 << 10, 1 << 20, 0, 100];
+    let producer = Producer::new(&client, ProducerConfig::default());
+    for (i, size) in sizes.iter().enumerate() {
+        let value: Vec<u8> = (0..*size).map(|b| (b % 251) as u8 ^ i as u8).collect();
+        let ack = producer
+            .send(Record::new("sizes", Bytes::from(value)).partition(0))
+            .await
+            .expect("send");
+        timeout(WAIT, ack).await.expect("in time").expect("acked");
+    }
+    producer.close().await.expect("close");
+    let mut member = GroupMember::join(&client, "sizes", options("g"))
+        .await
+        .expect("join");
+    let mut got = Vec::new();
+    while got.len() < sizes.len() {
+        if let GroupEvent::Message(m) = next(&mut member).await {
+            got.push(m);
+            member.commit().await.expect("commit");
+        }
+    }
+    for (i, (m, size)) in got.iter().zip(sizes).enumerate() {
+        assert_eq!(m.offset, i as u64);
+        assert_eq!(m.value.len(), size, "message {i}");
+        assert!(
+            m.value
+                .iter()
+                .enumerate()
+                .all(|(b, v)| *v == (b % 251) as u8 ^ i as u8),
+            "message {i} arrived changed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_damaged_batch_fails_with_data_loss_after_what_came_before_it() {
+    let mut broker = TestBroker::start();
+    let client = Client::connect(&broker.endpoint()).await.expect("connect");
+    client
+        .create_topic(
+            "dmg",
+            1,
+            TopicConfig {
+                fsync: always(),
+                ..TopicConfig::default()
+            },
+        )
+        .await
+        .expect("create");
+    let producer = Producer::new(&client, ProducerConfig::default());
+    for range in [0..40u64, 40..70, 70..80] {
+        let records = range.map(|o| Record::new("dmg", o.to_string())).collect();
+        let batch = producer
+            .send_batch("dmg", 0, Ack::Durable, records)
+            .await
+            .expect("send_batch");
+        timeout(WAIT, batch).await.expect("in time").expect("acked");
+    }
+    producer.close().await.expect("close");
+    drop(client);
+    broker.stop();
+    let logs = segment_logs(&broker.data_dir(), "dmg", 0);
+    let mut bytes = std::fs::read(&logs[0]).unwrap();
+    let batches = batch_positions(&bytes);
+    assert_eq!(batches.len(), 3);
+    let (start, length) = batches[1];
+    bytes[start + length - 3] ^= 0x04;
+    std::fs::write(&logs[0], &bytes).unwrap();
+    broker.restart();
+
+    let client = Client::connect(&broker.endpoint()).await.expect("connect");
+    let mut member = GroupMember::join(&client, "dmg", options("g"))
+        .await
+        .expect("join");
+    let mut numbers = Vec::new();
+    let error = loop {
+        match timeout(WAIT, member.next_event()).await.expect("in time") {
+            Ok(GroupEvent::Message(m)) => numbers.push(number(&m)),
+            Ok(GroupEvent::Progress(_)) => member.commit().await.expect("commit"),
+            Ok(GroupEvent::PositionReset(_)) => {}
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(error) => break error,
+        }
+    };
+    assert!(error.is_data_loss(), "{error:?}");
+    assert_eq!(numbers, (0..40).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn members_leaving_and_rejoining_handle_everything_and_repeat_nothing_committed() {
+    let seed = crate::support::env_u64("TIDELOG_TEST_SEED", 0x5EED_6E0F);
+    let mut rng = Rng::new(seed);
+    let broker = TestBroker::start();
+    let client = Client::connect(&broker.endpoint()).await.expect("connect");
+    client
+        .create_topic(
+            "prop",
+            3,
+            TopicConfig {
+                max_message_bytes: 1 << 20,
+                ..TopicConfig::default()
+            },
+        )
+        .await
+        .expect("create");
+    let count = 200 + rng.below(400);
+    let producer = Producer::new(&client, ProducerConfig::default());
+    let mut acks = Vec::new();
+    for n in 0..count {
+        let size = match rng.below(10) {
+            0 => 0,
+            1 => 3 << 10,
+            2 if rng.below(4) == 0 => 200 << 10,
+            _ => rng.below(200) as usize,
+        };
+        let mut value = n.to_string().into_bytes();
+        value.push(b':');
+        value.resize(value.len() + size, b'x');
+        let record = Record::new("prop", Bytes::from(value)).partition((n % 3) as u32);
+        acks.push(producer.send(record).await.expect("send"));
+    }
+    for ack in acks {
+        timeout(WAIT, ack).await.expect("in time").expect("acked");
+    }
+    producer.close().await.expect("close");
+    let number = |m: &Message| -> u64 {
+        let end = m.value.iter().position(|b| *b == b':').expect("a number");
+        std::str::from_utf8(&m.value[..end])
+            .expect("utf-8")
+            .parse()
+            .expect("a number")
+    };
+
+    // Committed position per partition, as the test knows it.
+    let mut committed: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut handled: BTreeSet<u64> = BTreeSet::new();
+    let mut rounds = 0;
+    while (handled.len() as u64) < count {
+        rounds += 1;
+        assert!(
+            rounds < 50,
+            "seed {seed:#x}: no progress after {rounds} members"
+        );
+        let mut member = GroupMember::join(&client, "prop", options("prop"))
+            .await
+            .expect("join");
+        // Each member handles a random number of messages, commits at random points,
+        // then leaves (a drop, as a crash would) with what it did not commit.
+        let quota = 1 + rng.below(count / 2);
+        let mut taken = 0;
+        let mut uncommitted: BTreeMap<u32, u64> = BTreeMap::new();
+        while taken < quota && (handled.len() as u64) < count {
+            let event = match timeout(Duration::from_secs(3), member.next_event()).await {
+                Ok(event) => event.expect("next_event"),
+                Err(_) => break,
+            };
+            let GroupEvent::Message(m) = event else {
+                continue;
+            };
+            let at = committed.get(&m.partition).copied().unwrap_or(0);
+            assert!(
+                m.offset >= at,
+                "seed {seed:#x}: {}/{} came again after offset {at} was committed",
+                m.partition,
+                m.offset
+            );
+            handled.insert(number(&m));
+            uncommitted.insert(m.partition, m.offset + 1);
+            taken += 1;
+            if rng.below(5) == 0 {
+                let topic: Arc<str> = m.topic.clone();
+                let offsets: Vec<(&str, u32, u64)> =
+                    uncommitted.iter().map(|(p, o)| (&*topic, *p, *o)).collect();
+                member.commit_offsets(&offsets).await.expect("commit");
+                committed.extend(std::mem::take(&mut uncommitted));
+            }
+        }
+        drop(member);
+        // The broker lets the dropped member's partitions go after its session.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+    assert_eq!(handled, (0..count).collect(), "seed {seed:#x}");
+}
