@@ -441,22 +441,28 @@ impl GroupMember {
     /// what was returned (owned and revoked partitions alike, in the new generation),
     /// or end the handover window with an empty commit.
     async fn hand_over(&mut self) {
-        let Some(revoked) = self.handover.clone() else {
+        if self.handover.is_none() {
             return;
-        };
-        let offsets: BTreeMap<TopicPartition, u64> = self
-            .consumed
-            .iter()
-            .filter(|(p, offset)| {
-                (self.owned.contains(*p) || revoked.contains(*p))
-                    && self.committed.get(*p) != Some(offset)
-            })
-            .map(|(p, &o)| (p.clone(), o))
-            .collect();
+        }
+        let offsets = self.uncommitted();
         if let Err(error) = self.send_commit(&offsets).await {
             tracing::warn!(%error, group = self.options.group, "handover commit failed: the next owner starts at the last commit");
         }
         self.end_handover();
+    }
+
+    /// The positions returned and not committed yet, of the assigned partitions and,
+    /// right after a rebalance, of the ones it took away.
+    fn uncommitted(&self) -> BTreeMap<TopicPartition, u64> {
+        let revoked = self.handover.as_ref();
+        self.consumed
+            .iter()
+            .filter(|(p, offset)| {
+                (self.owned.contains(*p) || revoked.is_some_and(|r| r.contains(*p)))
+                    && self.committed.get(*p) != Some(offset)
+            })
+            .map(|(p, &o)| (p.clone(), o))
+            .collect()
     }
 
     /// The handover is done (or moot): forget the revoked partitions.
@@ -478,16 +484,7 @@ impl GroupMember {
         if matches!(self.options.commit, Commit::Auto { .. }) {
             return Ok(());
         }
-        let revoked = self.handover.clone().unwrap_or_default();
-        let offsets: BTreeMap<TopicPartition, u64> = self
-            .consumed
-            .iter()
-            .filter(|(p, offset)| {
-                (self.owned.contains(*p) || revoked.contains(*p))
-                    && self.committed.get(*p) != Some(offset)
-            })
-            .map(|(p, &o)| (p.clone(), o))
-            .collect();
+        let offsets = self.uncommitted();
         if offsets.is_empty() && self.handover.is_none() {
             return Ok(());
         }
