@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tidelog_proto::v1::{
-    CommitOffsetsRequest, GroupMembership, ResetReason as ProtoResetReason,
+    CommitOffsetsRequest, FetchOffsetsRequest, GroupMembership, ResetReason as ProtoResetReason,
     SubscribeBatchesResponse, SubscribeRequest, TopicPartitionOffset, subscribe_batches_response,
 };
 use tonic::Code;
 
 use tidelog_storage::pattern::TopicPattern;
 
+use super::damage::{Damaged, probe};
 use super::decode::decode_as;
 use super::start::Reset;
 use super::subscription::{PartitionProgress, PositionReset, ResetReason};
@@ -201,6 +202,10 @@ pub struct GroupMember {
     consumed: BTreeMap<TopicPartition, u64>,
     /// Per (topic, partition), the position last committed by this member.
     committed: BTreeMap<TopicPartition, u64>,
+    /// Per assigned (topic, partition), where the stream reads next as far as the
+    /// member knows (after what was received, or where a reset moved it); kept when
+    /// the membership ends, for [`GroupMember::damaged`].
+    read_at: BTreeMap<TopicPartition, u64>,
     /// A rebalance took these partitions away: they are committed (with the owned
     /// ones) in the new generation by the next call unless the caller commits first.
     handover: Option<BTreeSet<TopicPartition>>,
@@ -286,6 +291,7 @@ impl GroupMember {
             events: VecDeque::new(),
             consumed: BTreeMap::new(),
             committed: BTreeMap::new(),
+            read_at: BTreeMap::new(),
             handover: None,
             handover_due: false,
             reconnecting: false,
@@ -516,6 +522,48 @@ impl GroupMember {
         Ok(())
     }
 
+    /// The assigned partitions whose next read fails with `DATA_LOSS`: a damaged
+    /// batch the broker never serves. Ask after [`GroupMember::next`] (or
+    /// `next_event`) failed with [`Error::is_data_loss`]: the broker then ended the
+    /// membership, and the group reads on once its committed offset for the partition
+    /// is past the batch (`CommitOffsets` from a tool, or `tidelog group reset-offsets
+    /// --to-offset`). A partition is tried where this member's stream got to, else at
+    /// the group's committed offset (`FetchOffsets`); one with neither is not tried.
+    /// One `FetchBatches` of one message per partition tried.
+    pub async fn damaged(&self) -> Result<Vec<Damaged>> {
+        let mut at: BTreeMap<TopicPartition, u64> = self
+            .owned
+            .iter()
+            .filter_map(|p| self.read_at.get(p).map(|&offset| (p.clone(), offset)))
+            .collect();
+        if at.len() < self.owned.len() {
+            let request = FetchOffsetsRequest {
+                group_id: self.options.group.clone(),
+                topic: self.source.topic().map(str::to_string),
+            };
+            let committed = self
+                .client
+                .groups()
+                .fetch_offsets(request)
+                .await
+                .map_err(|status| Error::from_status("FetchOffsets", self.source.topic(), &status))?
+                .into_inner()
+                .offsets;
+            for c in committed {
+                let key = (self.name(&c.topic), c.partition);
+                if self.owned.contains(&key) {
+                    at.entry(key).or_insert(c.offset);
+                }
+            }
+        }
+        probe(
+            &self.client,
+            at.into_iter()
+                .map(|((topic, partition), offset)| (topic, partition, offset)),
+        )
+        .await
+    }
+
     /// The shared name of `topic` when the member knows it.
     fn name(&self, topic: &str) -> Arc<str> {
         if let Source::Topic(name) = &self.source
@@ -641,6 +689,16 @@ impl GroupMember {
                         return Err(error);
                     }
                 }
+                let next = match (&batches.position, self.events.back()) {
+                    (Some(position), _) => Some(position.next_offset),
+                    (None, Some(GroupEvent::Message(m))) if self.events.len() > before => {
+                        Some(m.offset.saturating_add(1))
+                    }
+                    _ => None,
+                };
+                if let Some(next) = next {
+                    self.read_at.insert((topic.clone(), partition), next);
+                }
                 if let Some(position) = batches.position {
                     self.events
                         .push_back(GroupEvent::Progress(PartitionProgress {
@@ -686,6 +744,7 @@ impl GroupMember {
                     .collect();
                 self.owned = owned;
                 let owned = &self.owned;
+                self.read_at.retain(|p, _| owned.contains(p));
                 self.events.retain(|event| match event {
                     GroupEvent::Message(m) => owned.contains(&(m.topic.clone(), m.partition)),
                     GroupEvent::Progress(p) => owned.contains(&(p.topic.clone(), p.partition)),
@@ -731,6 +790,8 @@ impl GroupMember {
                     Source::Topic(topic) => topic.clone(),
                     Source::Pattern(_) => self.name(&reset.topic),
                 };
+                self.read_at
+                    .insert((topic.clone(), reset.partition), reset.to_offset);
                 let reason = match ProtoResetReason::try_from(reset.reason) {
                     Ok(ProtoResetReason::BelowLogStart) => ResetReason::BelowLogStart,
                     Ok(ProtoResetReason::AboveEndOffset) => ResetReason::AboveEndOffset,

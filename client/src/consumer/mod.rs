@@ -2,16 +2,18 @@
 //! pattern), [`GroupMember`]
 //! (a consumer-group member) and, in [`crate::queue`], the queue worker.
 
+mod damage;
 mod decode;
 mod fetch;
 mod group;
 mod start;
 mod subscription;
 
+pub use damage::Damaged;
 pub use fetch::{FetchOptions, Fetched};
 pub use group::{AssignmentChange, Commit, GroupEvent, GroupMember, GroupOptions};
 pub use start::{Reset, StartAt};
 pub use subscription::{
-    Damaged, Event, PartitionProgress, PositionReset, ResetReason, SubscribeOptions, Subscription,
+    Event, PartitionProgress, PositionReset, ResetReason, SubscribeOptions, Subscription,
     TopicsChanged,
 };

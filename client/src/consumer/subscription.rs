@@ -12,8 +12,8 @@ use tidelog_proto::v1::{
 };
 use tonic::Code;
 
+use super::damage::{Damaged, probe};
 use super::decode::decode_as;
-use super::fetch::FetchOptions;
 use super::start::{Reset, StartAt};
 use crate::backoff::Backoff;
 use crate::connection::Client;
@@ -111,18 +111,6 @@ pub struct TopicsChanged {
     pub removed: Vec<String>,
     /// Every topic read now (sorted).
     pub topics: Vec<String>,
-}
-
-/// A partition whose next read fails on a damaged batch ([`Subscription::damaged`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Damaged {
-    pub topic: Arc<str>,
-    pub partition: u32,
-    /// The position whose read failed: the damaged batch holds it (or the first
-    /// message after it).
-    pub offset: u64,
-    /// What the broker said (`DATA_LOSS`).
-    pub error: Error,
 }
 
 /// What a subscription reads.
@@ -390,24 +378,12 @@ impl Subscription {
     /// [`Subscription::next`] failed with [`Error::is_data_loss`]; one `FetchBatches`
     /// of one message per partition.
     pub async fn damaged(&self) -> Result<Vec<Damaged>> {
-        let mut found = Vec::new();
-        let probe = FetchOptions {
-            max_messages: 1,
-            ..FetchOptions::default()
-        };
-        for ((topic, partition), &offset) in &self.positions {
-            match self.client.fetch(topic, *partition, offset, &probe).await {
-                Err(error) if error.is_data_loss() => found.push(Damaged {
-                    topic: topic.clone(),
-                    partition: *partition,
-                    offset,
-                    error,
-                }),
-                // Anything else is that partition's own story, told when it is read.
-                _ => {}
-            }
-        }
-        Ok(found)
+        let positions = self.positions.iter();
+        probe(
+            &self.client,
+            positions.map(|((topic, partition), &offset)| (topic.clone(), *partition, offset)),
+        )
+        .await
     }
 
     /// Stops reading `partition` of `topic` (one damaged beyond repair, say): the

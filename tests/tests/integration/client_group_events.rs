@@ -354,6 +354,35 @@ async fn a_damaged_batch_fails_with_data_loss_after_what_came_before_it() {
     };
     assert!(error.is_data_loss(), "{error:?}");
     assert_eq!(numbers, (0..40).collect::<Vec<_>>());
+    // Which partition, and where: found where the stream got to.
+    let damaged = member.damaged().await.expect("damaged");
+    let found: Vec<(&str, u32, u64)> = damaged
+        .iter()
+        .map(|d| (&*d.topic, d.partition, d.offset))
+        .collect();
+    assert_eq!(found, [("dmg", 0, 40)]);
+    assert!(damaged[0].error.is_data_loss(), "{:?}", damaged[0].error);
+    drop(member);
+
+    // A new member of the group starts at its commit (40), on the damage at once:
+    // found through the committed offset.
+    let mut again = GroupMember::join(&client, "dmg", options("g"))
+        .await
+        .expect("join");
+    let error = loop {
+        match timeout(WAIT, again.next_event()).await.expect("in time") {
+            Ok(GroupEvent::Message(m)) => panic!("offset {} read past the damage", m.offset),
+            Ok(_) => {}
+            Err(error) => break error,
+        }
+    };
+    assert!(error.is_data_loss(), "{error:?}");
+    let damaged = again.damaged().await.expect("damaged");
+    let found: Vec<(&str, u32, u64)> = damaged
+        .iter()
+        .map(|d| (&*d.topic, d.partition, d.offset))
+        .collect();
+    assert_eq!(found, [("dmg", 0, 40)]);
 }
 
 #[tokio::test]

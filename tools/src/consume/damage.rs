@@ -1,11 +1,6 @@
 //! Damaged batches: the broker never serves them (DATA_LOSS). Which partition stopped
 //! where, the offset past the damaged batch, and the error that names them all.
 
-use std::collections::BTreeMap;
-
-use tidelog_proto::v1::FetchRequest;
-
-use crate::client::Broker;
 use crate::error::{CliError, CliResult};
 use crate::output::note;
 use crate::terms::to_cli;
@@ -101,37 +96,6 @@ pub(super) fn damage_error(topic: &str, damaged: &[Damage]) -> CliResult<()> {
         )
         .with_code(tonic::Code::DataLoss)),
     }
-}
-
-/// The partitions whose next read (at `positions`) fails with DATA_LOSS.
-pub(super) async fn probe_damage(
-    broker: &Broker,
-    topic: &str,
-    positions: &BTreeMap<u32, u64>,
-) -> Vec<Damage> {
-    let mut consumer = broker.consumer();
-    let mut found = Vec::new();
-    for (&partition, &offset) in positions {
-        let probe = consumer
-            .fetch(FetchRequest {
-                topic: topic.to_string(),
-                partition,
-                offset,
-                max_messages: 1,
-                max_bytes: 0,
-                max_wait_ms: 0,
-                ..FetchRequest::default()
-            })
-            .await;
-        match probe {
-            Err(status) if status.code() == tonic::Code::DataLoss => {
-                found.push(Damage::new(partition, offset, &status));
-            }
-            // Anything else is that partition's own story, told when it is read.
-            _ => {}
-        }
-    }
-    found
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use tidelog_client::{Commit, GroupEvent, GroupMember, GroupOptions};
 use tidelog_proto::v1::{CommitOffsetsRequest, FetchOffsetsRequest, TopicPartitionOffset};
 
-use super::damage::{DAMAGE_TODO, past_damaged_batch, probe_damage};
+use super::damage::{DAMAGE_TODO, Damage, past_damaged_batch};
 use super::printer::Printer;
 use super::start::{client_reset_note, offsets_for_time};
 use super::stream::{
@@ -188,7 +188,7 @@ pub(super) async fn consume_group(
             // was committed when it was printed.
             Err(error) if error.is_data_loss() => {
                 let status = client_status(&error);
-                break Err(group_damage_error(broker, group, &member, &status).await);
+                break Err(group_damage_error(broker, group, &gm, &status).await);
             }
             Err(error) => break Err(group_error(broker, &context, &error)),
             Ok(GroupEvent::Disconnected { error }) => {
@@ -424,29 +424,19 @@ async fn seed_group_start(
 async fn group_damage_error(
     broker: &Broker,
     group: &str,
-    member: &Member,
+    gm: &GroupMember,
     status: &tonic::Status,
 ) -> CliError {
-    let mut by_topic: BTreeMap<&str, BTreeMap<u32, u64>> = BTreeMap::new();
-    for tp in &member.assigned {
-        if let Some(&offset) = member.position.get(tp) {
-            by_topic
-                .entry(tp.0.as_str())
-                .or_default()
-                .insert(tp.1, offset);
-        }
-    }
-    let mut found = None;
-    for (topic, positions) in &by_topic {
-        if let Some(damage) = probe_damage(broker, topic, positions)
-            .await
-            .into_iter()
-            .next()
-        {
-            found = Some((*topic, damage));
-            break;
-        }
-    }
+    let found = gm
+        .damaged()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .next()
+        .map(|d| {
+            let damage = Damage::new(d.partition, d.offset, &client_status(&d.error));
+            (d.topic, damage)
+        });
     let Some((topic, damage)) = found else {
         return broker.error(&format!("consuming as group {group:?}"), status);
     };
