@@ -355,12 +355,14 @@ async fn a_damaged_batch_fails_with_data_loss_after_what_came_before_it() {
     assert!(error.is_data_loss(), "{error:?}");
     assert_eq!(numbers, (0..40).collect::<Vec<_>>());
     // Which partition, and where: found where the stream got to.
+    let places = |damaged: &[tidelog_client::Damaged]| -> Vec<(String, u32, u64)> {
+        damaged
+            .iter()
+            .map(|d| (d.topic.to_string(), d.partition, d.offset))
+            .collect()
+    };
     let damaged = member.damaged().await.expect("damaged");
-    let found: Vec<(&str, u32, u64)> = damaged
-        .iter()
-        .map(|d| (&*d.topic, d.partition, d.offset))
-        .collect();
-    assert_eq!(found, [("dmg", 0, 40)]);
+    assert_eq!(places(&damaged), [("dmg".to_string(), 0, 40)]);
     assert!(damaged[0].error.is_data_loss(), "{:?}", damaged[0].error);
     drop(member);
 
@@ -378,11 +380,7 @@ async fn a_damaged_batch_fails_with_data_loss_after_what_came_before_it() {
     };
     assert!(error.is_data_loss(), "{error:?}");
     let damaged = again.damaged().await.expect("damaged");
-    let found: Vec<(&str, u32, u64)> = damaged
-        .iter()
-        .map(|d| (&*d.topic, d.partition, d.offset))
-        .collect();
-    assert_eq!(found, [("dmg", 0, 40)]);
+    assert_eq!(places(&damaged), [("dmg".to_string(), 0, 40)]);
 }
 
 #[tokio::test]
