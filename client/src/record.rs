@@ -8,6 +8,13 @@ use tidelog_storage::{Header, NewRecord};
 /// When the broker acknowledges a send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub enum Ack {
+    /// As soon as the broker handed the batch to the partition's log, without reporting
+    /// where it went (Kafka's `acks=0` as far as offsets go, but not blind): refusals
+    /// (an unknown topic, a record too large, a lost connection past the delivery
+    /// timeout) still fail the send, and the producer still keeps its window of batches
+    /// in flight, so back-pressure works. The [`Delivered`] has no `offset` and
+    /// `duplicate` is always false (the broker does not say).
+    None,
     /// After the record is written to the partition's log (offsets assigned), before
     /// any fsync: a machine crash may lose it.
     Written,
@@ -19,6 +26,7 @@ pub enum Ack {
 impl Ack {
     pub(crate) fn level(self) -> tidelog_proto::v1::AckLevel {
         match self {
+            Ack::None => tidelog_proto::v1::AckLevel::None,
             Ack::Written => tidelog_proto::v1::AckLevel::Written,
             Ack::Durable => tidelog_proto::v1::AckLevel::Durable,
         }
@@ -140,16 +148,26 @@ impl Record {
     }
 }
 
+/// What the encoder reads of a record (`send_batch` encodes its records in place).
+impl AsRef<NewRecord> for Record {
+    fn as_ref(&self) -> &NewRecord {
+        &self.inner
+    }
+}
+
 /// Where a sent record was stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivered {
     pub partition: u32,
-    pub offset: u64,
+    /// The record's offset; `None` when it was sent with [`Ack::None`] (the broker
+    /// stored it but reports no offsets at that level).
+    pub offset: Option<u64>,
     /// The record's message id, when it carries one (the caller's, or one the producer
     /// attached: see [`crate::ProducerConfig::ids`]).
     pub id: Option<Bytes>,
     /// The id was already stored within the topic's dedup window (a retry of a send the
     /// broker had stored): nothing new was appended and `offset` is the original's.
+    /// Always false with [`Ack::None`].
     pub duplicate: bool,
 }
 

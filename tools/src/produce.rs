@@ -453,10 +453,10 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
         },
         id_separator: args.id_separator.as_ref().map(|s| s.as_bytes().to_vec()),
     };
-    // The producer has no fire-and-forget level: `--ack none` waits for the write
-    // (as `written`) and, as before, prints no offsets.
+    // `--ack none`: the broker answers once the batch is handed to the log, with no
+    // offsets (errors still come back), so none are printed.
     let (ack, print_offsets) = match args.ack {
-        AckArg::None => (Ack::Written, false),
+        AckArg::None => (Ack::None, false),
         AckArg::Written => (Ack::Written, true),
         AckArg::Durable => (Ack::Durable, true),
     };
@@ -589,19 +589,20 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
                     Ok(delivered) if failure.first.is_none() => {
                         summary.messages += 1;
                         summary.payload_bytes += bytes;
-                        if !print_offsets {
+                        // `--ack none` (Ack::None): stored, no offsets to show.
+                        let Some(offset) = delivered.offset.filter(|_| print_offsets) else {
                             continue;
-                        }
+                        };
                         // Only a user's id can have been stored before this run: the id
                         // the producer attached is new, and a `duplicate` answer to it
                         // means the broker had stored this very message before a
                         // reconnect made the producer send it again.
                         let duplicate = delivered.duplicate && user_id;
-                        summary.ack(delivered.partition, delivered.offset);
+                        summary.ack(delivered.partition, offset);
                         summary.duplicates += u64::from(duplicate);
                         if !args.quiet {
                             let shown_id = delivered.id.as_ref().filter(|_| show_ids && !user_id);
-                            print_ack(&mut out, &delivered, duplicate, shown_id, json)?;
+                            print_ack(&mut out, &delivered, offset, duplicate, shown_id, json)?;
                         }
                         continue;
                     }
@@ -685,13 +686,14 @@ pub async fn run(broker: &Broker, args: ProduceArgs, json: bool) -> CliResult<()
 fn print_ack(
     out: &mut Stdout,
     delivered: &Delivered,
+    offset: u64,
     duplicate: bool,
     id: Option<&Bytes>,
     json: bool,
 ) -> CliResult<()> {
     let id = id.map(|id| msgid::display(id));
     if json {
-        let mut value = json!({"partition": delivered.partition, "offset": delivered.offset});
+        let mut value = json!({"partition": delivered.partition, "offset": offset});
         if duplicate {
             value["duplicate"] = json!(true);
         }
@@ -700,10 +702,7 @@ fn print_ack(
         }
         return out.json(&value);
     }
-    let mut line = format!(
-        "partition {} offset {}",
-        delivered.partition, delivered.offset
-    );
+    let mut line = format!("partition {} offset {offset}", delivered.partition);
     if duplicate {
         line.push_str(" duplicate");
     }

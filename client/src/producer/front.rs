@@ -136,8 +136,11 @@ impl TopicState {
 /// How a batch's records were answered.
 #[derive(Debug)]
 pub(crate) enum Outcome {
-    /// Stored: record `i` at `base_offset + i`.
-    Stored { partition: u32, base_offset: u64 },
+    /// Stored: record `i` at `base_offset + i` (no offsets with `Ack::None`).
+    Stored {
+        partition: u32,
+        base_offset: Option<u64>,
+    },
     /// Per record (a batch answered as a duplicate: each record's original).
     Each(Vec<Result<Delivered>>),
     /// Every record failed with this.
@@ -195,7 +198,7 @@ impl Slot {
                 base_offset,
             }) => Poll::Ready(Ok(Delivered {
                 partition: *partition,
-                offset: base_offset + index as u64,
+                offset: base_offset.map(|base| base + index as u64),
                 id: id.take(),
                 duplicate: false,
             })),
@@ -612,7 +615,7 @@ mod tests {
         assert_eq!(slot.state().wakers.len(), 2);
         slot.resolve(Outcome::Stored {
             partition: 3,
-            base_offset: 40,
+            base_offset: Some(40),
         });
         assert_eq!(
             counter.0.load(Ordering::SeqCst),
@@ -629,7 +632,7 @@ mod tests {
             delivered,
             Delivered {
                 partition: 3,
-                offset: 41,
+                offset: Some(41),
                 id: Some(Bytes::from_static(b"b")),
                 duplicate: false,
             }
@@ -638,7 +641,7 @@ mod tests {
         assert!(matches!(
             first,
             Poll::Ready(Ok(Delivered {
-                offset: 40,
+                offset: Some(40),
                 id: None,
                 ..
             }))
@@ -902,11 +905,11 @@ mod tests {
         assert!(Pin::new(&mut future).poll(&mut cx).is_pending());
         slot.resolve(Outcome::Stored {
             partition: 0,
-            base_offset: 7,
+            base_offset: Some(7),
         });
         let Poll::Ready(Ok(delivered)) = Pin::new(&mut future).poll(&mut cx) else {
             panic!("not resolved");
         };
-        assert_eq!(delivered.offset, 9);
+        assert_eq!(delivered.offset, Some(9));
     }
 }

@@ -16,7 +16,8 @@
 //! [`ProducerConfig::compression`] says so), and sent as a `PublishStreamRequest.batch`;
 //! at most [`ProducerConfig::in_flight`] batches wait for their answer at a time. The
 //! broker answers in order with the batch's base offset; record `i` is at
-//! `base_offset + i`. The answer is kept once per batch, and each record's
+//! `base_offset + i` (with [`Ack::None`](crate::Ack::None) the broker answers once the
+//! batch is in the log, without offsets: [`Delivered::offset`] is `None`). The answer is kept once per batch, and each record's
 //! [`DeliveryFuture`] resolves to its own [`Delivered`] from it.
 //!
 //! # Partitions
@@ -79,7 +80,7 @@ use crate::record::{Delivered, Record};
 /// // `send` waits only for buffer space; the returned future waits for the ack.
 /// let ack = producer.send(Record::new("orders", "hello").key("customer-42")).await?;
 /// let delivered = ack.await?;
-/// println!("stored at partition {} offset {}", delivered.partition, delivered.offset);
+/// println!("stored at partition {} offset {:?}", delivered.partition, delivered.offset);
 /// producer.close().await?;
 /// # Ok(()) }
 /// ```
@@ -190,8 +191,15 @@ impl Producer {
     /// Sends `records` as one batch to `partition` of `topic`, as they are (no
     /// partitioner, no linger, one ack for the batch), for callers that batch
     /// themselves; it goes through the same window, retries and ids as `send`, after
-    /// what `send` gathered for that partition. Waits for buffer space like `send`;
-    /// the future resolves to one [`Delivered`] per record, in order.
+    /// what `send` gathered for that partition. The records' own topic, partition and
+    /// ack level are not looked at (`Record::new("", value)` costs no allocation for
+    /// the topic). Waits for buffer space like `send`; the future resolves to one
+    /// [`Delivered`] per record, in order (without offsets with
+    /// [`Ack::None`](crate::Ack::None)).
+    ///
+    /// The cheap way to send many records: the records are encoded where they lie
+    /// (no copy into another vector), once, by the producer's task, and answered with
+    /// one ack.
     pub async fn send_batch(
         &self,
         topic: &str,
@@ -211,7 +219,7 @@ impl Producer {
             topic: topic.to_string(),
             partition,
             ack,
-            records: records.into_iter().map(|r| r.inner).collect(),
+            records,
             reply,
             reserved: size,
         });

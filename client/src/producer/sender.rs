@@ -24,15 +24,15 @@ use super::front::{Core, Outcome, SealedBatch, Slot, TopicState, now_ms};
 use crate::backoff::Backoff;
 use crate::connection::Client;
 use crate::error::{Error, Result, retryable_status};
-use crate::record::Delivered;
+use crate::record::{Ack, Delivered, Record};
 
 pub(crate) enum Command {
     /// A caller's own batch (`send_batch`), with the buffer bytes it reserved.
     Batch {
         topic: String,
         partition: u32,
-        ack: crate::record::Ack,
-        records: Vec<NewRecord>,
+        ack: Ack,
+        records: Vec<Record>,
         reply: oneshot::Sender<Result<Vec<Delivered>>>,
         reserved: usize,
     },
@@ -54,6 +54,7 @@ enum Waiters {
     },
     Batch {
         reply: oneshot::Sender<Result<Vec<Delivered>>>,
+        /// Each record's id, or empty when none has one.
         ids: Vec<Option<Bytes>>,
         reserved: usize,
     },
@@ -144,20 +145,23 @@ impl Outgoing {
 
     /// Each record's [`Delivered`] from the batch's ack.
     fn resolve(self, core: &Core, ack: &PublishBatchResponse) {
+        let level = self.key.ack;
+        let all_ids = |ids: Vec<Option<Bytes>>, records: usize| {
+            if ids.is_empty() {
+                vec![None; records]
+            } else {
+                ids
+            }
+        };
         // A future may have been dropped: the caller stopped caring.
         match self.waiters {
             Waiters::Records { slot, ids } => {
                 let outcome = if ack.duplicate {
-                    let ids = if ids.is_empty() {
-                        vec![None; self.records]
-                    } else {
-                        ids
-                    };
-                    Outcome::Each(deliveries_for(&ids, ack))
+                    Outcome::Each(deliveries_for(&all_ids(ids, self.records), level, ack))
                 } else {
                     Outcome::Stored {
                         partition: ack.partition,
-                        base_offset: ack.base_offset,
+                        base_offset: (level != Ack::None).then_some(ack.base_offset),
                     }
                 };
                 core.finish(&slot, outcome);
@@ -167,12 +171,14 @@ impl Outgoing {
                 ids,
                 reserved,
             } => {
-                let outcome = deliveries_for(&ids, ack).into_iter().collect();
+                let outcome = deliveries_for(&all_ids(ids, self.records), level, ack)
+                    .into_iter()
+                    .collect();
                 let _ = reply.send(outcome);
                 core.give_back(reserved);
             }
             Waiters::Part { split, index, id } => {
-                let outcome = deliveries_for(&[id], ack)
+                let outcome = deliveries_for(&[id], level, ack)
                     .pop()
                     .unwrap_or(Err(Error::Closed));
                 split.done(core, index, outcome);
@@ -398,8 +404,8 @@ impl Sender {
         &mut self,
         topic: Arc<str>,
         partition: u32,
-        ack: crate::record::Ack,
-        mut records: Vec<NewRecord>,
+        ack: Ack,
+        mut records: Vec<Record>,
         reply: oneshot::Sender<Result<Vec<Delivered>>>,
         reserved: usize,
     ) {
@@ -426,16 +432,19 @@ impl Sender {
                 Some(state) => {
                     let rules = TopicRules::of(state);
                     let attach_ids = state.attach_ids;
-                    records.iter().try_for_each(|r| state.check(r)).map(|()| {
-                        if attach_ids {
-                            for record in records.iter_mut().filter(|r| r.id.is_none()) {
-                                record.id = Some(front.next_id());
+                    records
+                        .iter()
+                        .try_for_each(|r| state.check(&r.inner))
+                        .map(|()| {
+                            if attach_ids {
+                                for record in records.iter_mut().filter(|r| r.inner.id.is_none()) {
+                                    record.inner.id = Some(front.next_id());
+                                }
                             }
-                        }
-                        // Order within the partition: what `send` gathered there goes
-                        // first.
-                        (rules, front.seal(&key))
-                    })
+                            // Order within the partition: what `send` gathered there goes
+                            // first.
+                            (rules, front.seal(&key))
+                        })
                 }
             }
         };
@@ -455,7 +464,11 @@ impl Sender {
                 records: records.len(),
                 waiters: Waiters::Batch {
                     reply,
-                    ids: records.into_iter().map(|r| r.id).collect(),
+                    ids: if records.iter().any(|r| r.inner.id.is_some()) {
+                        records.into_iter().map(|r| r.inner.id).collect()
+                    } else {
+                        Vec::new()
+                    },
                     reserved,
                 },
                 opened: Instant::now(),
@@ -821,17 +834,23 @@ impl Sender {
     }
 }
 
-/// The outcome of each record of a batch: `base_offset + index`; for a duplicate
-/// batch, the originals the ack names, one per record with an id.
-fn deliveries_for(ids: &[Option<Bytes>], ack: &PublishBatchResponse) -> Vec<Result<Delivered>> {
+/// The outcome of each record of a batch: `base_offset + index` (no offset when sent
+/// with [`Ack::None`]); for a duplicate batch, the originals the ack names, one per
+/// record with an id.
+fn deliveries_for(
+    ids: &[Option<Bytes>],
+    level: Ack,
+    ack: &PublishBatchResponse,
+) -> Vec<Result<Delivered>> {
     if !ack.duplicate {
+        let offsets = level != Ack::None;
         return ids
             .iter()
             .enumerate()
             .map(|(index, id)| {
                 Ok(Delivered {
                     partition: ack.partition,
-                    offset: ack.base_offset + index as u64,
+                    offset: offsets.then(|| ack.base_offset + index as u64),
                     id: id.clone(),
                     duplicate: false,
                 })
@@ -844,7 +863,7 @@ fn deliveries_for(ids: &[Option<Bytes>], ack: &PublishBatchResponse) -> Vec<Resu
             Some(id) => match originals.next() {
                 Some(original) => Ok(Delivered {
                     partition: original.partition,
-                    offset: original.offset,
+                    offset: Some(original.offset),
                     id: Some(id.clone()),
                     duplicate: true,
                 }),
@@ -877,11 +896,22 @@ mod tests {
             duplicate: false,
             acks: vec![],
         };
-        let got: Vec<u64> = deliveries_for(&ids, &ack)
+        let got: Vec<Option<u64>> = deliveries_for(&ids, Ack::Written, &ack)
             .into_iter()
             .map(|d| d.unwrap().offset)
             .collect();
-        assert_eq!(got, [40, 41, 42]);
+        assert_eq!(got, [Some(40), Some(41), Some(42)]);
+        // Ack::None: stored, no offsets (the broker answers base_offset 0).
+        let none = PublishBatchResponse {
+            base_offset: 0,
+            ..ack.clone()
+        };
+        let got: Vec<Delivered> = deliveries_for(&ids, Ack::None, &none)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert!(got.iter().all(|d| d.offset.is_none() && d.partition == 2));
+        assert_eq!(got[1].id.as_deref(), Some(&b"a"[..]));
     }
 
     #[test]
@@ -904,10 +934,10 @@ mod tests {
             duplicate: true,
             acks: vec![original(7), original(9)],
         };
-        let got = deliveries_for(&ids, &ack);
-        assert_eq!(got[0].as_ref().unwrap().offset, 7);
+        let got = deliveries_for(&ids, Ack::Durable, &ack);
+        assert_eq!(got[0].as_ref().unwrap().offset, Some(7));
         assert!(got[0].as_ref().unwrap().duplicate);
         assert!(matches!(got[1], Err(Error::InvalidArgument { .. })));
-        assert_eq!(got[2].as_ref().unwrap().offset, 9);
+        assert_eq!(got[2].as_ref().unwrap().offset, Some(9));
     }
 }

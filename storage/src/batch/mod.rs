@@ -147,6 +147,12 @@ pub struct NewRecord {
     pub priority: u8,
 }
 
+impl AsRef<NewRecord> for NewRecord {
+    fn as_ref(&self) -> &NewRecord {
+        self
+    }
+}
+
 impl NewRecord {
     /// A record with just a value.
     pub fn value(value: impl Into<Bytes>) -> Self {
@@ -421,9 +427,11 @@ pub struct EncodeOptions {
 
 /// Encodes records into one batch with base offset 0 (set it with [`set_base_offset`]).
 /// Fails with `TooLarge` naming the first record over `max_message_bytes`, or the
-/// batch if it would exceed [`BATCH_BYTES_MAX`].
-pub fn encode_batch(
-    records: &[NewRecord],
+/// batch if it would exceed [`BATCH_BYTES_MAX`]. The records are anything that holds
+/// a [`NewRecord`] (a client's own record type, say), so a caller need not copy them
+/// into a `Vec<NewRecord>` first.
+pub fn encode_batch<R: AsRef<NewRecord>>(
+    records: &[R],
     options: &EncodeOptions,
 ) -> Result<EncodedBatch, crate::Error> {
     let record_count = u32::try_from(records.len())
@@ -436,7 +444,7 @@ pub fn encode_batch(
             ))
         })?;
     let mut payload_total = 0u64;
-    for (index, record) in records.iter().enumerate() {
+    for (index, record) in records.iter().map(AsRef::as_ref).enumerate() {
         let size = record.payload_bytes();
         if size > options.max_message_bytes {
             return Err(crate::Error::TooLarge {
@@ -490,14 +498,14 @@ pub fn encode_batch(
     }
 
     let timestamp = |record: &NewRecord| record.timestamp_ms.unwrap_or(options.now_ms);
-    let first_timestamp_ms = timestamp(&records[0]);
+    let first_timestamp_ms = timestamp(records[0].as_ref());
     let mut max_timestamp_ms = first_timestamp_ms;
     let mut max_expiry_ms = i64::MIN;
 
     let mut bytes = Vec::with_capacity(HEADER_BYTES + payload_total as usize);
     bytes.resize(HEADER_BYTES, 0);
     let mut record_body = Vec::with_capacity(64);
-    for (delta, record) in records.iter().enumerate() {
+    for (delta, record) in records.iter().map(AsRef::as_ref).enumerate() {
         let ts = timestamp(record);
         max_timestamp_ms = max_timestamp_ms.max(ts);
         // A TTL of 0 on a record means "never expires", overriding the default.
@@ -945,7 +953,7 @@ mod tests {
                 ..
             }
         ));
-        assert!(encode_batch(&[], &options).is_err());
+        assert!(encode_batch::<NewRecord>(&[], &options).is_err());
     }
 
     #[test]

@@ -285,3 +285,207 @@ fn bench_consume_fails_on_messages_it_did_not_write() {
     );
     assert!(stderr.contains("validation failed"), "{stderr}");
 }
+
+/// `--batch-wire` produces through tidelog-client's `Producer::send_batch` and reads
+/// through its `Subscription`, `GroupMember` and `Client::fetch`: every size the bench
+/// allows (from its 32-byte header up to 1 MiB; 0 B is below the header) round-trips
+/// validated, and `--ack none` (the library's `Ack::None`) stores every message.
+#[test]
+fn bench_batch_wire_goes_through_the_library_at_every_size() {
+    let broker = TestBroker::start();
+    for (size, bytes, batch, messages) in [
+        ("32", 32, "500", 3000u64),
+        ("100", 100, "500", 4000),
+        ("3KB", 3000, "100", 1000),
+        ("1MiB", 1 << 20, "4", 12),
+    ] {
+        let (code, json, stderr) = bench(
+            &broker,
+            &[
+                "consume",
+                "--batch-wire",
+                "--stream",
+                "--message-size",
+                size,
+                "--batch",
+                batch,
+                "--messages",
+                &messages.to_string(),
+                "--partitions",
+                "2",
+                "--consumers",
+                "2",
+            ],
+        );
+        assert_clean(code, &json, &stderr, &["consumers"], messages);
+        assert_eq!(json["prefill"]["messages"], messages, "{size}: {json:#}");
+        assert_eq!(
+            json["consumers"]["total"]["payload_bytes"],
+            messages * bytes,
+            "{size}: {json:#}"
+        );
+    }
+
+    // Produce alone, with ids, zstd and in-flight requests; latency per request.
+    let (code, json, stderr) = bench(
+        &broker,
+        &[
+            "produce",
+            "--batch-wire",
+            "--stream",
+            "--ids",
+            "--compression",
+            "zstd",
+            "--messages",
+            "5000",
+            "--batch",
+            "250",
+            "--in-flight",
+            "4",
+            "--partitions",
+            "3",
+        ],
+    );
+    assert_clean(code, &json, &stderr, &["producers"], 5000);
+    assert_eq!(
+        json["producers"]["total"]["latency"]["count"], 20,
+        "one sample per send_batch: {json:#}"
+    );
+
+    // --ack none: no offsets come back, yet every message is stored (the consumers of
+    // an e2e run read all of them, validated).
+    let (code, json, stderr) = bench(
+        &broker,
+        &[
+            "e2e",
+            "--batch-wire",
+            "--stream",
+            "--ack",
+            "none",
+            "--messages",
+            "3000",
+            "--batch",
+            "100",
+            "--partitions",
+            "2",
+            "--consumers",
+            "2",
+        ],
+    );
+    assert_clean(code, &json, &stderr, &["producers", "consumers"], 3000);
+    assert_eq!(json["parameters"]["ack"], "none", "{json:#}");
+
+    // The kept topic, read by fetch and by a group in batch form.
+    let (code, json, stderr) = bench(
+        &broker,
+        &[
+            "consume",
+            "--topic",
+            "bw-kept",
+            "--keep",
+            "--batch-wire",
+            "--stream",
+            "--ack",
+            "none",
+            "--messages",
+            "3000",
+            "--batch",
+            "300",
+            "--partitions",
+            "3",
+        ],
+    );
+    assert_clean(code, &json, &stderr, &["consumers"], 3000);
+    for mode in ["--fetch", "--group"] {
+        let (code, json, stderr) = bench(
+            &broker,
+            &[
+                "consume",
+                "--topic",
+                "bw-kept",
+                "--batch-wire",
+                "--consumers",
+                "2",
+                mode,
+            ],
+        );
+        assert_clean(code, &json, &stderr, &["consumers"], 3000);
+    }
+}
+
+/// A message missing from the middle of a producer's sequence is found when the bench
+/// reads in batch form through the library (subscription, fetch and group alike): the
+/// topic holds a bench run's messages copied with one left out.
+#[test]
+fn bench_batch_wire_reads_find_a_gap() {
+    let broker = TestBroker::start();
+    let (code, json, stderr) = bench(
+        &broker,
+        &[
+            "produce",
+            "--topic",
+            "whole",
+            "--keep",
+            "--batch-wire",
+            "--stream",
+            "--messages",
+            "300",
+            "--batch",
+            "100",
+        ],
+    );
+    assert_clean(code, &json, &stderr, &["producers"], 300);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        use tidelog_client::{Ack, Client, Producer, ProducerConfig, Record};
+        let client = Client::connect(&broker.endpoint()).await.expect("connect");
+        client
+            .create_topic("gappy", 1, tidelog_client::proto::TopicConfig::default())
+            .await
+            .expect("create");
+        let fetched = client
+            .fetch(
+                "whole",
+                0,
+                0,
+                &tidelog_client::FetchOptions {
+                    max_messages: 1000,
+                    ..tidelog_client::FetchOptions::default()
+                },
+            )
+            .await
+            .expect("fetch");
+        assert_eq!(fetched.messages.len(), 300);
+        let records: Vec<Record> = fetched
+            .messages
+            .into_iter()
+            .filter(|m| m.offset != 150)
+            .map(|m| Record::new("", m.value))
+            .collect();
+        let producer = Producer::new(&client, ProducerConfig::default());
+        let stored = producer
+            .send_batch("gappy", 0, Ack::Durable, records)
+            .await
+            .expect("send_batch")
+            .await
+            .expect("stored");
+        assert_eq!(stored.len(), 299);
+        producer.close().await.expect("close");
+    });
+    for mode in [None, Some("--fetch"), Some("--group")] {
+        let mut args = vec!["consume", "--topic", "gappy", "--batch-wire"];
+        args.extend(mode);
+        let (code, json, stderr) = bench(&broker, &args);
+        assert_eq!(
+            code, 1,
+            "{mode:?}: the gap fails the run: {stderr}\n{json:#}"
+        );
+        assert_eq!(json["validation"]["ok"], false, "{json:#}");
+        let errors = json["validation"]["first_errors"].to_string();
+        assert!(
+            errors.contains("producer 0 sequence 151, expected 150"),
+            "{mode:?}: {errors}"
+        );
+        assert_eq!(json["consumers"]["total"]["messages"], 299, "{json:#}");
+    }
+}

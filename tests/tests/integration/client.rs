@@ -136,8 +136,10 @@ async fn round_trips_with_batching_compression_keys_headers_ttl_and_sizes() {
         }
         producer.close().await.expect("close");
         // Every ack is a distinct position; keyed records sit at Kafka's partition.
-        let positions: BTreeSet<(u32, u64)> =
-            delivered.iter().map(|d| (d.partition, d.offset)).collect();
+        let positions: BTreeSet<(u32, u64)> = delivered
+            .iter()
+            .map(|d| (d.partition, d.offset.expect("durable acks carry offsets")))
+            .collect();
         assert_eq!(positions.len(), COUNT, "two records acked at one position");
         for (n, d) in delivered.iter().enumerate() {
             assert!(!d.duplicate);
@@ -165,7 +167,7 @@ async fn round_trips_with_batching_compression_keys_headers_ttl_and_sizes() {
         for (n, d) in delivered.iter().enumerate() {
             let expected = varied(topic, n);
             let message = by_position
-                .get(&(d.partition, d.offset))
+                .get(&(d.partition, d.offset.expect("durable acks carry offsets")))
                 .unwrap_or_else(|| panic!("record {n} at {d:?} was not delivered"));
             assert_eq!(&*message.topic, topic);
             assert_eq!(
@@ -915,7 +917,10 @@ async fn send_batch_goes_after_what_send_gathered_and_resends_as_duplicates() {
     }
     assert_eq!(first.len(), 100);
     for (i, d) in first.iter().enumerate() {
-        assert_eq!((d.partition, d.offset), (1, first[0].offset + i as u64));
+        assert_eq!(
+            (d.partition, d.offset),
+            (1, first[0].offset.map(|base| base + i as u64))
+        );
         assert!(!d.duplicate);
     }
     // The same ids again: nothing stored, the originals named.
@@ -1037,7 +1042,8 @@ async fn producers_end_cleanly_and_concurrent_sends_get_one_offset_each() {
                         .await
                         .expect("in time")
                         .expect("ack")
-                        .offset,
+                        .offset
+                        .expect("durable acks carry offsets"),
                 );
             }
             offsets
@@ -1426,10 +1432,115 @@ async fn a_batch_mixing_stored_and_new_ids_is_sent_again_record_by_record() {
     .await
     .expect("in time")
     .expect("delivered");
-    let shape: Vec<(u64, bool)> = delivered.iter().map(|d| (d.offset, d.duplicate)).collect();
+    let shape: Vec<(Option<u64>, bool)> =
+        delivered.iter().map(|d| (d.offset, d.duplicate)).collect();
     assert_eq!(
         shape,
-        [(originals[&0], true), (300, false), (originals[&3], true)]
+        [
+            (originals[&0], true),
+            (Some(300), false),
+            (originals[&3], true)
+        ]
+    );
+    producer.close().await.expect("close");
+}
+
+/// `Ack::None` through the real broker: the records are stored (read back, end
+/// offsets moved), no offsets come back, and errors still surface: a topic the broker
+/// does not have (found by `send`'s describe), and one deleted under the producer
+/// (refused by the broker itself, on a batch sent with ACK_LEVEL_NONE).
+#[tokio::test]
+async fn ack_none_stores_reports_no_offsets_and_still_fails_on_errors() {
+    let broker = TestBroker::start();
+    let client = client(&broker).await;
+    client
+        .create_topic("fire", 2, TopicConfig::default())
+        .await
+        .expect("create");
+    let producer = Producer::new(&client, ProducerConfig::default());
+    let mut singles = Vec::new();
+    for n in 0..10 {
+        let record = Record::new("fire", format!("single-{n}"))
+            .partition(0)
+            .ack(Ack::None);
+        singles.push(producer.send(record).await.expect("send"));
+    }
+    for single in singles {
+        let delivered = timeout(WAIT, single)
+            .await
+            .expect("in time")
+            .expect("stored");
+        assert_eq!(delivered.partition, 0);
+        assert_eq!(delivered.offset, None, "ACK_LEVEL_NONE reports no offsets");
+        assert!(!delivered.duplicate);
+    }
+    let records: Vec<Record> = (0..50)
+        .map(|n| Record::new("", format!("batch-{n}")))
+        .collect();
+    let batch = producer
+        .send_batch("fire", 1, Ack::None, records)
+        .await
+        .expect("send_batch");
+    let batch = timeout(WAIT, batch)
+        .await
+        .expect("in time")
+        .expect("stored");
+    assert_eq!(batch.len(), 50);
+    assert!(batch.iter().all(|d| d.partition == 1 && d.offset.is_none()));
+
+    // Really stored: the values read back in order (a reader of an fsync=always topic
+    // sees them once the group commit covered them, which an ACK_LEVEL_NONE answer does
+    // not wait for), and nothing else is there.
+    let mut subscription = subscribe_earliest(&client, "fire").await;
+    let mut seen: BTreeMap<u32, Vec<Bytes>> = BTreeMap::new();
+    for message in read(&mut subscription, 60).await {
+        seen.entry(message.partition)
+            .or_default()
+            .push(message.value);
+    }
+    let expect = |tag: &str, count: usize| -> Vec<Bytes> {
+        (0..count)
+            .map(|n| Bytes::from(format!("{tag}-{n}")))
+            .collect()
+    };
+    assert_eq!(seen[&0], expect("single", 10));
+    assert_eq!(seen[&1], expect("batch", 50));
+    let description = client.describe_topic("fire").await.expect("describe");
+    assert_eq!(description.partitions[0].end_offset, 10);
+    assert_eq!(description.partitions[1].end_offset, 50);
+
+    // Errors still come back at this level.
+    let unknown = producer
+        .send(Record::new("no-such-topic", "x").ack(Ack::None))
+        .await
+        .expect("send");
+    let error = timeout(WAIT, unknown)
+        .await
+        .expect("in time")
+        .expect_err("unknown topic");
+    assert!(
+        matches!(error, tidelog_client::Error::TopicNotFound { .. }),
+        "{error}"
+    );
+    client
+        .admin()
+        .delete_topic(tidelog_client::proto::DeleteTopicRequest {
+            name: "fire".into(),
+        })
+        .await
+        .expect("delete");
+    let records = vec![Record::new("", "after the delete")];
+    let gone = producer
+        .send_batch("fire", 0, Ack::None, records)
+        .await
+        .expect("send_batch");
+    let error = timeout(WAIT, gone)
+        .await
+        .expect("in time")
+        .expect_err("the broker refuses a deleted topic at ACK_LEVEL_NONE too");
+    assert!(
+        matches!(error, tidelog_client::Error::TopicNotFound { .. }),
+        "{error}"
     );
     producer.close().await.expect("close");
 }

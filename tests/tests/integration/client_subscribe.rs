@@ -128,7 +128,13 @@ fn expected_places(delivered: &[Delivered], topics: &[String]) -> BTreeSet<Place
     delivered
         .iter()
         .zip(topics)
-        .map(|(d, topic)| (topic.clone(), d.partition, d.offset))
+        .map(|(d, topic)| {
+            (
+                topic.clone(),
+                d.partition,
+                d.offset.expect("durable acks carry offsets"),
+            )
+        })
         .collect()
 }
 
@@ -334,7 +340,11 @@ async fn values_of_0_100_3k_and_1_mib_bytes_arrive_whole_on_a_pattern() {
     let mut by_place = BTreeMap::new();
     for (n, d) in delivered.iter().enumerate() {
         by_place.insert(
-            (topics[n].clone(), d.partition, d.offset),
+            (
+                topics[n].clone(),
+                d.partition,
+                d.offset.expect("durable acks carry offsets"),
+            ),
             values[&n].1.clone(),
         );
     }
@@ -429,7 +439,11 @@ async fn random_messages_across_topics_and_partitions_arrive_once_in_partition_o
         let mut expected: BTreeMap<Place, Bytes> = BTreeMap::new();
         for (n, d) in delivered.iter().enumerate() {
             expected.insert(
-                (topics[n].clone(), d.partition, d.offset),
+                (
+                    topics[n].clone(),
+                    d.partition,
+                    d.offset.expect("durable acks carry offsets"),
+                ),
                 values[n].clone(),
             );
         }

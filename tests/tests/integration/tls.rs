@@ -728,7 +728,7 @@ async fn the_rust_client_speaks_tls_with_a_token_and_with_a_client_certificate()
         .send_and_wait(Record::new("tls-t", "over tls"))
         .await
         .expect("publish over TLS");
-    assert_eq!((placed.partition, placed.offset), (0, 0));
+    assert_eq!((placed.partition, placed.offset), (0, Some(0)));
     producer.close().await.expect("close");
 
     // Without the token, the certificate's CN is the principal, and the ACLs apply to
@@ -765,7 +765,7 @@ async fn the_rust_client_speaks_tls_with_a_token_and_with_a_client_certificate()
         .send_and_wait(Record::new("tls-t", "by certificate"))
         .await
         .expect("publish as the certificate's principal");
-    assert_eq!(placed.offset, 1);
+    assert_eq!(placed.offset, Some(1));
     producer.close().await.expect("close");
 
     // A client that trusts another CA refuses the broker's certificate: a settings

@@ -251,10 +251,12 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub client_threads: Option<u32>,
 
-    /// Record batches on the wire: producers encode each request as one record batch
-    /// in the log's format (PublishBatch on the publish stream; zstd with --compression
-    /// zstd, the client's choice), consumers read whole stored batches (FetchBatches
-    /// with --fetch, else SubscribeBatches) and decode them.
+    /// Record batches on the wire, through tidelog-client (the path a service takes):
+    /// producers send each request as one record batch with `Producer::send_batch`
+    /// (PublishBatch on the publish stream; zstd with --compression zstd, the client's
+    /// choice), consumers read whole stored batches with `Subscription`, `GroupMember`
+    /// (--group) or `Client::fetch` (--fetch), which decode them. Without it the bench
+    /// measures the per-message API on the generated clients.
     #[arg(long)]
     pub batch_wire: bool,
 }

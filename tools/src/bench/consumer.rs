@@ -2,6 +2,13 @@
 //! by unary `Fetch` long polls, validates every message (see `validate`) and, in an
 //! e2e run, measures publish -> receive per message.
 //!
+//! With `--batch-wire` it reads whole stored batches through tidelog-client, as a
+//! service would: a [`Subscription`] (SubscribeBatches), a [`GroupMember`] with
+//! `--group`, [`Client::fetch`] (FetchBatches) with `--fetch`; the library decodes
+//! them. The per-message forms (`Subscribe`, `Fetch`) measure the broker's
+//! per-message API, which the library deliberately does not offer: they stay on the
+//! generated `ConsumerClient`.
+//!
 //! It stops once it has read up to the target end offsets: known at the start for
 //! `consume`, sent by the orchestrator once the producers are done for `e2e`.
 //! Group members share their progress, since the broker decides who reads what.
@@ -10,18 +17,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tidelog_client::{Client, Conn};
+use tidelog_client::{
+    Client, Commit, Conn, Event as SubscriptionEvent, FetchOptions, GroupEvent, GroupMember,
+    GroupOptions, Reset, StartAt, SubscribeOptions, Subscription,
+};
 use tidelog_proto::v1::consumer_client::ConsumerClient;
 use tidelog_proto::v1::{
-    ConsumedMessage, FetchRequest, FetchResponse, GroupMembership, MessageBatch, ResetPolicy,
-    StartPosition, StoredRecordBatch, SubscribeBatchesResponse, SubscribeRequest,
-    SubscribeResponse, subscribe_batches_response::Event as BatchesEvent,
-    subscribe_response::Event,
+    ConsumedMessage, FetchRequest, GroupMembership, ResetPolicy, StartPosition, SubscribeRequest,
+    start_position, subscribe_response::Event,
 };
-use tidelog_storage::client_batch::for_each_delivered;
 use tokio::sync::{oneshot, watch};
-use tokio_stream::{Stream, StreamExt};
-use tonic::Status;
 
 use super::Clock;
 use super::stats::{ActorResult, Role};
@@ -163,8 +168,7 @@ impl Reader {
         }
     }
 
-    /// Validates and counts a batch; messages at or past the target are not the
-    /// bench's (another writer) and are skipped.
+    /// Validates and counts a batch (see [`Reader::message`]).
     fn batch(
         &mut self,
         plan: &ConsumerPlan,
@@ -174,36 +178,57 @@ impl Reader {
         let now_ns = plan.clock.now_ns();
         let mut counted = 0u64;
         for m in messages {
-            let p = m.partition as usize;
-            if p >= self.checks.len() {
-                let partition = m.partition;
-                self.errors
-                    .push(|| format!("consumer {}: message from partition {partition}, which the topic does not have", plan.id));
-                continue;
-            }
-            if targets.is_some_and(|t| m.offset >= t[p]) {
-                continue;
-            }
-            let check = self.checks[p].get_or_insert_with(|| {
-                Box::new(
-                    PartitionCheck::new(m.partition, plan.run_filter)
-                        .filtered(plan.matches.clone()),
+            counted +=
+                u64::from(self.message(plan, m.partition, m.offset, &m.value, targets, now_ns));
+        }
+        self.counted(plan, counted);
+    }
+
+    /// Validates one message; true when it counts. Messages at or past the target are
+    /// not the bench's (another writer) and are skipped. Call [`Reader::counted`] after
+    /// a delivery's messages.
+    fn message(
+        &mut self,
+        plan: &ConsumerPlan,
+        partition: u32,
+        offset: u64,
+        value: &[u8],
+        targets: Option<&[u64]>,
+        now_ns: u64,
+    ) -> bool {
+        let p = partition as usize;
+        if p >= self.checks.len() {
+            self.errors.push(|| {
+                format!(
+                    "consumer {}: message from partition {partition}, which the topic does not have",
+                    plan.id
                 )
             });
-            if let Some(header) = check.message(m.offset, &m.value)
-                && plan.latency
-            {
-                self.result
-                    .latency
-                    .record_us_n(now_ns.saturating_sub(header.sent_ns) / 1_000, 1);
-            }
-            self.positions[p] = self.positions[p].max(m.offset + 1);
-            self.result.bytes += m.value.len() as u64;
-            counted += 1;
-            if let ReadMode::Group(_) = plan.mode {
-                plan.shared.delivered[p].fetch_max(m.offset + 1, Ordering::AcqRel);
-            }
+            return false;
         }
+        if targets.is_some_and(|t| offset >= t[p]) {
+            return false;
+        }
+        let check = self.checks[p].get_or_insert_with(|| {
+            Box::new(PartitionCheck::new(partition, plan.run_filter).filtered(plan.matches.clone()))
+        });
+        if let Some(header) = check.message(offset, value)
+            && plan.latency
+        {
+            self.result
+                .latency
+                .record_us_n(now_ns.saturating_sub(header.sent_ns) / 1_000, 1);
+        }
+        self.positions[p] = self.positions[p].max(offset + 1);
+        self.result.bytes += value.len() as u64;
+        if let ReadMode::Group(_) = plan.mode {
+            plan.shared.delivered[p].fetch_max(offset + 1, Ordering::AcqRel);
+        }
+        true
+    }
+
+    /// Counts `counted` messages of one delivery.
+    fn counted(&mut self, plan: &ConsumerPlan, counted: u64) {
         if counted > 0 {
             self.result.messages += counted;
             self.last_message = Some(Instant::now());
@@ -239,10 +264,280 @@ pub async fn run(
     client: Client,
     ready: oneshot::Sender<()>,
 ) -> ConsumerOutcome {
-    let client = client.consumer();
-    match plan.mode {
-        ReadMode::Fetch => run_fetch(plan, client, ready).await,
-        _ => run_subscribe(plan, client, ready).await,
+    match (plan.mode.clone(), plan.batch_wire) {
+        (ReadMode::Fetch, _) => run_fetch(plan, client, ready).await,
+        (ReadMode::Subscribe(start), true) => {
+            run_subscription(plan, client, start_at(start), ready).await
+        }
+        (ReadMode::Group(group), true) => run_member(plan, client, group, ready).await,
+        (_, false) => run_subscribe(plan, client.consumer(), ready).await,
+    }
+}
+
+/// The library's start for the bench's (earliest for `consume`, latest for `e2e`).
+fn start_at(start: StartPosition) -> StartAt {
+    match start.position {
+        Some(start_position::Position::Latest(_)) => StartAt::Latest,
+        _ => StartAt::Earliest,
+    }
+}
+
+/// `--batch-wire` without a group: a [`Subscription`] on the plan's partitions.
+async fn run_subscription(
+    plan: ConsumerPlan,
+    client: Client,
+    start: StartAt,
+    ready: oneshot::Sender<()>,
+) -> ConsumerOutcome {
+    let mut reader = Reader::new(&plan);
+    let options = SubscribeOptions {
+        partitions: plan.partitions.clone(),
+        start,
+        reset: Reset::Earliest,
+        filter: plan.filter.clone(),
+        max_batch_messages: plan.read_batch,
+        max_batch_bytes: READ_BYTES,
+    };
+    let mut subscription = match Subscription::open(&client, &plan.topic, options).await {
+        Ok(subscription) => subscription,
+        Err(error) => {
+            reader
+                .errors
+                .push(|| format!("consumer {}: subscribe failed: {error}", plan.id));
+            let _ = ready.send(());
+            return reader.finish();
+        }
+    };
+    reader.started = Instant::now();
+    let _ = ready.send(());
+    let mut targets_rx = plan.targets.clone();
+    let mut targets_open = true;
+    let mut progress_at = Instant::now();
+    loop {
+        let targets = current(&targets_rx);
+        if let Some(t) = &targets
+            && reader.caught_up(&plan.partitions, t)
+        {
+            break;
+        }
+        let idle_deadline = progress_at + plan.idle_timeout;
+        tokio::select! {
+            biased;
+            event = subscription.next_event() => {
+                // One delivery's events at a time, without a select per message.
+                let t = targets.as_deref().map(Vec::as_slice);
+                let now_ns = plan.clock.now_ns();
+                let mut counted = 0u64;
+                let failed = match &event {
+                    Ok(event) => {
+                        counted += subscription_event(&mut reader, &plan, event, t, now_ns);
+                        false
+                    }
+                    Err(error) => {
+                        reader
+                            .errors
+                            .push(|| format!("consumer {}: subscription failed: {error}", plan.id));
+                        true
+                    }
+                };
+                // Handled in place (by reference): an event is a few hundred bytes,
+                // and moving each one again costs more than reading it.
+                while let Some(event) = subscription.try_next_event() {
+                    counted += subscription_event(&mut reader, &plan, &event, t, now_ns);
+                }
+                reader.counted(&plan, counted);
+                progress_at = Instant::now();
+                if failed {
+                    break;
+                }
+            }
+            changed = targets_rx.changed(), if targets_open => {
+                targets_open = changed.is_ok();
+                progress_at = Instant::now();
+            }
+            _ = tokio::time::sleep_until(idle_deadline.into()), if targets.is_some() => {
+                reader.errors.push(|| {
+                    format!(
+                        "consumer {}: no message for {:?} while messages were still expected",
+                        plan.id, plan.idle_timeout
+                    )
+                });
+                break;
+            }
+        }
+    }
+    reader.finish()
+}
+
+/// Reads one subscription event; returns the messages it counts (0 or 1).
+fn subscription_event(
+    reader: &mut Reader,
+    plan: &ConsumerPlan,
+    event: &SubscriptionEvent,
+    targets: Option<&[u64]>,
+    now_ns: u64,
+) -> u64 {
+    match event {
+        SubscriptionEvent::Message(m) => {
+            u64::from(reader.message(plan, m.partition, m.offset, &m.value, targets, now_ns))
+        }
+        SubscriptionEvent::Progress(progress) => {
+            reader.position(plan, progress.partition, progress.next_offset);
+            0
+        }
+        SubscriptionEvent::Disconnected { error } => {
+            // The library resumes where it stopped; a run with an outage in it is not a
+            // measurement to trust.
+            reader.errors.push(|| {
+                format!(
+                    "consumer {}: the subscription lost the broker ({error}) and resumed",
+                    plan.id
+                )
+            });
+            0
+        }
+        // A reset moves past missing data; the merge reports the gap.
+        _ => 0,
+    }
+}
+
+/// `--batch-wire --group`: a [`GroupMember`] (auto commit, as the per-message group
+/// consumer asks the broker to do). Members share their progress: the run ends when
+/// every partition reached its target, whoever read it.
+async fn run_member(
+    plan: ConsumerPlan,
+    client: Client,
+    group: String,
+    ready: oneshot::Sender<()>,
+) -> ConsumerOutcome {
+    let mut reader = Reader::new(&plan);
+    let options = GroupOptions {
+        commit: Commit::Auto {
+            interval: Duration::from_millis(AUTO_COMMIT_MS),
+        },
+        client_id: format!("tidelog-bench-{}", plan.id),
+        reset: Reset::Earliest,
+        filter: plan.filter.clone(),
+        max_batch_messages: plan.read_batch,
+        ..GroupOptions::new(group)
+    };
+    let mut member = match GroupMember::join(&client, &plan.topic, options).await {
+        Ok(member) => member,
+        Err(error) => {
+            reader
+                .errors
+                .push(|| format!("consumer {}: joining the group failed: {error}", plan.id));
+            let _ = ready.send(());
+            return reader.finish();
+        }
+    };
+    note_generation(&plan, member.assignment().1);
+    reader.started = Instant::now();
+    let _ = ready.send(());
+    let mut targets_rx = plan.targets.clone();
+    let mut finished_rx = plan.shared.finished.subscribe();
+    let (mut targets_open, mut finished_open) = (true, true);
+    let mut progress_at = Instant::now();
+    loop {
+        let targets = current(&targets_rx);
+        if let Some(t) = &targets
+            && plan.shared.all_delivered(t)
+        {
+            plan.shared.finished.send_replace(true);
+            break;
+        }
+        if *finished_rx.borrow() {
+            break;
+        }
+        let idle_deadline = progress_at + plan.idle_timeout;
+        tokio::select! {
+            biased;
+            event = member.next_event() => {
+                let t = targets.as_deref().map(Vec::as_slice);
+                let now_ns = plan.clock.now_ns();
+                let mut counted = 0u64;
+                let failed = match &event {
+                    Ok(event) => {
+                        counted += member_event(&mut reader, &plan, event, t, now_ns);
+                        false
+                    }
+                    Err(error) => {
+                        reader
+                            .errors
+                            .push(|| format!("consumer {}: the group member failed: {error}", plan.id));
+                        true
+                    }
+                };
+                while let Some(event) = member.try_next_event() {
+                    counted += member_event(&mut reader, &plan, &event, t, now_ns);
+                }
+                reader.counted(&plan, counted);
+                progress_at = Instant::now();
+                if failed {
+                    break;
+                }
+            }
+            changed = targets_rx.changed(), if targets_open => {
+                targets_open = changed.is_ok();
+                progress_at = Instant::now();
+            }
+            changed = finished_rx.changed(), if finished_open => finished_open = changed.is_ok(),
+            _ = tokio::time::sleep_until(idle_deadline.into()), if targets.is_some() => {
+                reader.errors.push(|| {
+                    format!(
+                        "consumer {}: no message for {:?} while messages were still expected",
+                        plan.id, plan.idle_timeout
+                    )
+                });
+                // Group members stop together: one stalled member ends the run.
+                plan.shared.finished.send_replace(true);
+                break;
+            }
+        }
+    }
+    reader.finish()
+}
+
+/// Reads one group event; returns the messages it counts (0 or 1).
+fn member_event(
+    reader: &mut Reader,
+    plan: &ConsumerPlan,
+    event: &GroupEvent,
+    targets: Option<&[u64]>,
+    now_ns: u64,
+) -> u64 {
+    match event {
+        GroupEvent::Message(m) => {
+            u64::from(reader.message(plan, m.partition, m.offset, &m.value, targets, now_ns))
+        }
+        GroupEvent::Progress(progress) => {
+            reader.position(plan, progress.partition, progress.next_offset);
+            0
+        }
+        GroupEvent::Assigned(change) => {
+            note_generation(plan, change.generation);
+            0
+        }
+        GroupEvent::Disconnected { error } => {
+            reader.errors.push(|| {
+                format!(
+                    "consumer {}: the group member lost the broker ({error}) and rejoined",
+                    plan.id
+                )
+            });
+            0
+        }
+        _ => 0,
+    }
+}
+
+/// Tells the orchestrator this consumer's latest group generation (it waits until
+/// every member is at the same one before it starts the clock).
+fn note_generation(plan: &ConsumerPlan, generation: u64) {
+    if let Ok(mut generations) = plan.shared.generations.lock()
+        && let Some(slot) = generations.get_mut(plan.id as usize)
+    {
+        *slot = Some(generation);
     }
 }
 
@@ -284,20 +579,10 @@ async fn run_subscribe(
         filter: plan.filter.clone(),
         ..SubscribeRequest::default()
     };
-    let opened = if plan.batch_wire {
-        client.subscribe_batches(request).await.map(|response| {
-            Box::pin(
-                response
-                    .into_inner()
-                    .map(|event| event.and_then(batches_event)),
-            ) as EventStream
-        })
-    } else {
-        client
-            .subscribe(request)
-            .await
-            .map(|response| Box::pin(response.into_inner()) as EventStream)
-    };
+    let opened = client
+        .subscribe(request)
+        .await
+        .map(tonic::Response::into_inner);
     let mut stream = match opened {
         Ok(stream) => stream,
         Err(status) => {
@@ -340,7 +625,7 @@ async fn run_subscribe(
         let idle_deadline = progress_at + plan.idle_timeout;
         tokio::select! {
             biased;
-            event = stream.next() => match event.transpose() {
+            event = stream.message() => match event {
                 Ok(Some(response)) => match response.event {
                     Some(Event::Batch(batch)) => {
                         reader.batch(&plan, &batch.messages, targets.as_deref().map(Vec::as_slice));
@@ -350,11 +635,7 @@ async fn run_subscribe(
                         progress_at = Instant::now();
                     }
                     Some(Event::Assignment(assignment)) => {
-                        if let Ok(mut generations) = plan.shared.generations.lock()
-                            && let Some(slot) = generations.get_mut(plan.id as usize)
-                        {
-                            *slot = Some(assignment.generation);
-                        }
+                        note_generation(&plan, assignment.generation);
                         progress_at = Instant::now();
                     }
                     // A reset moves past missing data; the merge reports the gap.
@@ -397,70 +678,10 @@ async fn run_subscribe(
     reader.finish()
 }
 
-/// Subscribe events, from either Subscribe or SubscribeBatches (decoded).
-type EventStream = std::pin::Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Status>> + Send>>;
-
-/// The messages of stored batches as a client decodes them (FORMAT.md): skipping what
-/// the broker marked and what expired by its clock.
-fn decode_batches(
-    partition: u32,
-    batches: &[StoredRecordBatch],
-    now_ms: i64,
-) -> Result<Vec<ConsumedMessage>, Status> {
-    let mut messages = Vec::new();
-    for batch in batches {
-        for_each_delivered(&batch.batch, batch.skip_front, &batch.skip, now_ms, |r| {
-            messages.push(ConsumedMessage {
-                partition,
-                offset: r.offset,
-                timestamp_ms: r.timestamp_ms,
-                value: r.value,
-                ..ConsumedMessage::default()
-            })
-        })
-        .map_err(|e| Status::data_loss(format!("a stored batch does not decode: {e}")))?;
-    }
-    Ok(messages)
-}
-
-/// A SubscribeBatches event as the Subscribe event it stands for.
-fn batches_event(event: SubscribeBatchesResponse) -> Result<SubscribeResponse, Status> {
-    let event = match event.event {
-        Some(BatchesEvent::Batches(batches)) => {
-            let messages = decode_batches(batches.partition, &batches.batches, batches.now_ms)?;
-            Some(Event::Batch(MessageBatch {
-                messages,
-                positions: batches.position.into_iter().collect(),
-            }))
-        }
-        Some(BatchesEvent::PositionReset(reset)) => Some(Event::PositionReset(reset)),
-        Some(BatchesEvent::Positioned(positioned)) => Some(Event::Positioned(positioned)),
-        Some(BatchesEvent::Assignment(assignment)) => Some(Event::Assignment(assignment)),
-        Some(BatchesEvent::TopicsChanged(changed)) => Some(Event::TopicsChanged(changed)),
-        None => None,
-    };
-    Ok(SubscribeResponse { event })
-}
-
-/// FetchBatches, decoded into a FetchResponse.
-async fn fetch_batches(
-    client: &mut ConsumerClient<Conn>,
-    request: FetchRequest,
-) -> Result<FetchResponse, Status> {
-    let partition = request.partition;
-    let response = client.fetch_batches(request).await?.into_inner();
-    Ok(FetchResponse {
-        messages: decode_batches(partition, &response.batches, response.now_ms)?,
-        next_offset: response.next_offset,
-        log_start_offset: response.log_start_offset,
-        end_offset: response.end_offset,
-    })
-}
-
 /// Fetch mode: one long-poll loop per partition, all on this consumer's connection.
 async fn run_fetch(
     plan: ConsumerPlan,
-    client: ConsumerClient<Conn>,
+    client: Client,
     ready: oneshot::Sender<()>,
 ) -> ConsumerOutcome {
     let started = Instant::now();
@@ -494,11 +715,66 @@ async fn run_fetch(
     reader.finish()
 }
 
-async fn fetch_partition(
-    plan: ConsumerPlan,
-    mut client: ConsumerClient<Conn>,
+/// Fetched messages as the bench reads them: (offset, value) in order.
+struct Fetched {
+    messages: Vec<(u64, bytes::Bytes)>,
+    next_offset: u64,
+}
+
+/// One fetch: `FetchBatches` through the library (`--batch-wire`), else `Fetch`.
+async fn fetch(
+    plan: &ConsumerPlan,
+    client: &Client,
+    consumer: &mut ConsumerClient<Conn>,
     partition: u32,
-) -> Reader {
+    offset: u64,
+) -> Result<Fetched, String> {
+    if plan.batch_wire {
+        let options = FetchOptions {
+            max_messages: plan.read_batch,
+            max_bytes: READ_BYTES,
+            max_wait: Duration::from_millis(FETCH_WAIT_MS),
+            filter: plan.filter.clone(),
+        };
+        let fetched = client
+            .fetch(&plan.topic, partition, offset, &options)
+            .await
+            .map_err(|error| error.to_string())?;
+        return Ok(Fetched {
+            messages: fetched
+                .messages
+                .into_iter()
+                .map(|m| (m.offset, m.value))
+                .collect(),
+            next_offset: fetched.next_offset,
+        });
+    }
+    let request = FetchRequest {
+        topic: plan.topic.clone(),
+        partition,
+        offset,
+        max_messages: plan.read_batch,
+        max_bytes: READ_BYTES,
+        max_wait_ms: FETCH_WAIT_MS,
+        filter: plan.filter.clone(),
+    };
+    let response = consumer
+        .fetch(request)
+        .await
+        .map_err(|status| format!("{} ({:?})", status.message(), status.code()))?
+        .into_inner();
+    Ok(Fetched {
+        messages: response
+            .messages
+            .into_iter()
+            .map(|m| (m.offset, m.value))
+            .collect(),
+        next_offset: response.next_offset,
+    })
+}
+
+async fn fetch_partition(plan: ConsumerPlan, client: Client, partition: u32) -> Reader {
+    let mut consumer = client.consumer();
     let mut reader = Reader::new(&plan);
     let mut offset = plan.starts[partition as usize];
     let targets_rx = plan.targets.clone();
@@ -524,31 +800,20 @@ async fn fetch_partition(
                 break;
             }
         }
-        let request = FetchRequest {
-            topic: plan.topic.clone(),
-            partition,
-            offset,
-            max_messages: plan.read_batch,
-            max_bytes: READ_BYTES,
-            max_wait_ms: FETCH_WAIT_MS,
-            filter: plan.filter.clone(),
-        };
-        let fetched = if plan.batch_wire {
-            fetch_batches(&mut client, request).await
-        } else {
-            client.fetch(request).await.map(tonic::Response::into_inner)
-        };
-        match fetched {
+        match fetch(&plan, &client, &mut consumer, partition, offset).await {
             Ok(response) => {
                 // A filtered fetch may move on without a message.
                 if !response.messages.is_empty() || response.next_offset > offset {
                     progress_at = Instant::now();
                 }
-                reader.batch(
-                    &plan,
-                    &response.messages,
-                    targets.as_deref().map(Vec::as_slice),
-                );
+                let t = targets.as_deref().map(Vec::as_slice);
+                let now_ns = plan.clock.now_ns();
+                let mut counted = 0u64;
+                for (offset, value) in &response.messages {
+                    counted +=
+                        u64::from(reader.message(&plan, partition, *offset, value, t, now_ns));
+                }
+                reader.counted(&plan, counted);
                 if response.next_offset < offset {
                     let next = response.next_offset;
                     reader.errors.push(|| {
@@ -559,13 +824,11 @@ async fn fetch_partition(
                 reader.position(&plan, partition, response.next_offset);
                 offset = response.next_offset;
             }
-            Err(status) => {
+            Err(error) => {
                 reader.errors.push(|| {
                     format!(
-                        "consumer {} partition {partition}: fetch at offset {offset} failed: {} ({:?})",
-                        plan.id,
-                        status.message(),
-                        status.code()
+                        "consumer {} partition {partition}: fetch at offset {offset} failed: {error}",
+                        plan.id
                     )
                 });
                 break;

@@ -1,6 +1,14 @@
 //! A producer: publishes batches of bench payloads, by unary `Publish` (one request
-//! at a time, as Iggy's producers do) or on a `PublishStream` with a bounded number
-//! of requests in flight, and measures publish -> ack per request.
+//! at a time, as Iggy's producers do), on a `PublishStream` with a bounded number
+//! of requests in flight, or (`--batch-wire`) through tidelog-client's [`Producer`]
+//! as one record batch per request ([`Producer::send_batch`]), and measures publish ->
+//! ack per request.
+//!
+//! The per-message forms (unary `Publish`, `PublishStream` with `PublishRequest`s)
+//! measure the broker's per-message API, which tidelog-client deliberately does not
+//! offer (its producer always sends record batches): they stay on the generated
+//! `PublisherClient`. The batch form is what a service using the library sends, so it
+//! goes through the library: its window, its encoder call, its ack handling.
 //!
 //! Each request goes to one partition (round robin per request, starting at the
 //! producer's id), so the broker appends it as one record batch. The messages of a
@@ -15,11 +23,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tidelog_client::{Client, Conn};
+use tidelog_client::{
+    Ack, BatchDeliveryFuture, Client, Conn, Delivered, IdMode, Producer, ProducerConfig, Record,
+};
 use tidelog_proto::v1::publisher_client::PublisherClient;
 use tidelog_proto::v1::{
-    AckLevel, Header as ProtoHeader, Message, MessageAck, PublishBatchRequest, PublishRequest,
-    PublishStreamRequest, publish_stream_response,
+    AckLevel, Header as ProtoHeader, Message, MessageAck, PublishRequest, PublishStreamRequest,
+    publish_stream_response,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -59,7 +69,8 @@ pub struct ProducerPlan {
     pub clock: Clock,
     /// Give each message the header [`PCT_HEADER`] (its sequence mod 100), for filters.
     pub tag: bool,
-    /// Send each request as one record batch (PublishBatch), compressed so.
+    /// Send each request as one record batch through tidelog-client's producer
+    /// (`Producer::send_batch`: PublishBatch on its stream), compressed so.
     pub batch_wire: Option<tidelog_storage::Compression>,
 }
 
@@ -115,6 +126,71 @@ impl Batcher {
     /// The next request: its partition, messages and the buffer they point into.
     fn build(&mut self, count: usize, sent_ns: u64) -> (u32, Vec<Message>, Bytes) {
         let size = self.plan.message_size;
+        let Filled {
+            partition,
+            first_sequence,
+            buffer,
+            ids,
+        } = self.fill(count, sent_ns);
+        let messages = (0..count)
+            .map(|i| Message {
+                key: Bytes::new(),
+                value: buffer.slice(i * size..(i + 1) * size),
+                headers: if self.plan.tag {
+                    vec![ProtoHeader {
+                        key: PCT_HEADER.into(),
+                        value: pct(first_sequence + i as u64),
+                    }]
+                } else {
+                    Vec::new()
+                },
+                timestamp_ms: None,
+                ttl_ms: None,
+                partition: Some(partition),
+                id: if ids.is_empty() {
+                    Bytes::new()
+                } else {
+                    ids.slice(i * ID_BYTES..(i + 1) * ID_BYTES)
+                },
+                delay_ms: self.plan.delay_ms,
+                ..Message::default()
+            })
+            .collect();
+        (partition, messages, buffer)
+    }
+
+    /// The next request as tidelog-client records (for `Producer::send_batch`, which
+    /// takes the topic, partition and ack level of the batch: the records carry none).
+    fn build_records(&mut self, count: usize, sent_ns: u64) -> (u32, Vec<Record>, Bytes) {
+        let size = self.plan.message_size;
+        let Filled {
+            partition,
+            first_sequence,
+            buffer,
+            ids,
+        } = self.fill(count, sent_ns);
+        let records = (0..count)
+            .map(|i| {
+                let mut record = Record::new("", buffer.slice(i * size..(i + 1) * size));
+                if !ids.is_empty() {
+                    record = record.id(ids.slice(i * ID_BYTES..(i + 1) * ID_BYTES));
+                }
+                if self.plan.tag {
+                    record = record.header(PCT_HEADER, pct(first_sequence + i as u64));
+                }
+                if let Some(delay_ms) = self.plan.delay_ms {
+                    record = record.delay_ms(delay_ms);
+                }
+                record
+            })
+            .collect();
+        (partition, records, buffer)
+    }
+
+    /// Fills the next request's bodies (and ids, with `--ids`) and moves the partition
+    /// and sequences on.
+    fn fill(&mut self, count: usize, sent_ns: u64) -> Filled {
+        let size = self.plan.message_size;
         let partition = self.next_partition;
         self.next_partition = (partition + 1) % self.plan.partitions;
         let mut buffer = self.free.pop().unwrap_or_default();
@@ -152,31 +228,12 @@ impl Batcher {
         } else {
             Bytes::new()
         };
-        let messages = (0..count)
-            .map(|i| Message {
-                key: Bytes::new(),
-                value: buffer.slice(i * size..(i + 1) * size),
-                headers: if self.plan.tag {
-                    vec![ProtoHeader {
-                        key: PCT_HEADER.into(),
-                        value: Bytes::from(((first_sequence + i as u64) % 100).to_string()),
-                    }]
-                } else {
-                    Vec::new()
-                },
-                timestamp_ms: None,
-                ttl_ms: None,
-                partition: Some(partition),
-                id: if ids.is_empty() {
-                    Bytes::new()
-                } else {
-                    ids.slice(i * ID_BYTES..(i + 1) * ID_BYTES)
-                },
-                delay_ms: self.plan.delay_ms,
-                ..Message::default()
-            })
-            .collect();
-        (partition, messages, buffer)
+        Filled {
+            partition,
+            first_sequence,
+            buffer,
+            ids,
+        }
     }
 
     /// Takes a buffer back once nothing else points into it.
@@ -187,6 +244,21 @@ impl Batcher {
             self.free.push(buffer);
         }
     }
+}
+
+/// One request's bodies, written into one buffer.
+struct Filled {
+    partition: u32,
+    first_sequence: u64,
+    /// `count` bodies of `message_size` bytes, back to back.
+    buffer: Bytes,
+    /// `count` ids of [`ID_BYTES`] back to back, or empty without `--ids`.
+    ids: Bytes,
+}
+
+/// The value of [`PCT_HEADER`] for a message's sequence.
+fn pct(sequence: u64) -> Bytes {
+    Bytes::from((sequence % 100).to_string())
 }
 
 const ID_BYTES: usize = 16;
@@ -253,18 +325,203 @@ struct InFlight {
 
 /// Runs one producer on its own connection. `progress` counts acked messages.
 pub async fn run(plan: ProducerPlan, client: Client, progress: Arc<AtomicU64>) -> ProducerOutcome {
-    let client = client.publisher();
     let mut outcome = ProducerOutcome {
         result: ActorResult::new(Role::Producer, plan.id),
         sent: vec![0; plan.partitions as usize],
         errors: Errors::default(),
     };
-    if plan.stream {
-        run_stream(plan, client, &progress, &mut outcome).await;
+    if let Some(compression) = plan.batch_wire {
+        run_batches(plan, compression, &client, &progress, &mut outcome).await;
+    } else if plan.stream {
+        run_stream(plan, client.publisher(), &progress, &mut outcome).await;
     } else {
-        run_unary(plan, client, &progress, &mut outcome).await;
+        run_unary(plan, client.publisher(), &progress, &mut outcome).await;
     }
     outcome
+}
+
+/// The library's ack level for the bench's.
+fn client_ack(ack: AckLevel) -> Ack {
+    match ack {
+        AckLevel::None => Ack::None,
+        AckLevel::Written => Ack::Written,
+        AckLevel::Durable | AckLevel::Unspecified => Ack::Durable,
+    }
+}
+
+/// A `send_batch` waiting for its ack.
+struct Pending {
+    due: Instant,
+    partition: u32,
+    count: usize,
+    buffer: Bytes,
+    delivery: BatchDeliveryFuture,
+}
+
+/// `--batch-wire`: every request is one `Producer::send_batch` (one record batch, one
+/// ack) to the next partition in turn, with at most `--in-flight` unanswered; the
+/// producer's window is as wide, so a request waits in the library only for the
+/// broker. Latency counts from the due time to the batch's ack.
+async fn run_batches(
+    plan: ProducerPlan,
+    compression: tidelog_storage::Compression,
+    client: &Client,
+    progress: &AtomicU64,
+    outcome: &mut ProducerOutcome,
+) {
+    let in_flight_max = plan.in_flight.max(1);
+    let config = ProducerConfig {
+        compression,
+        in_flight: in_flight_max,
+        // Only `--ids` gives messages ids (the bench's own, checked on the way back);
+        // the library's would make every run a dedup run.
+        ids: IdMode::Never,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client, config);
+    let ack = client_ack(plan.ack);
+    let started = Instant::now();
+    let mut batcher = Batcher::new(plan.clone());
+    let mut in_flight: VecDeque<Pending> = VecDeque::with_capacity(in_flight_max);
+    let mut request = 0u32;
+    loop {
+        // Send what is due while fewer than --in-flight wait.
+        let mut next_due = None;
+        let mut spent = false;
+        while in_flight.len() < in_flight_max {
+            let now = Instant::now();
+            let Some(count) = batcher.next_count(now) else {
+                spent = true;
+                break;
+            };
+            let due = match plan.interval {
+                Some(interval) => {
+                    let due = started + interval * request;
+                    if due > now {
+                        next_due = Some(due);
+                        break;
+                    }
+                    due
+                }
+                None => now,
+            };
+            let (partition, records, buffer) =
+                batcher.build_records(count, plan.clock.unix_ns(due));
+            match producer
+                .send_batch(&plan.topic, partition, ack, records)
+                .await
+            {
+                Ok(delivery) => in_flight.push_back(Pending {
+                    due,
+                    partition,
+                    count,
+                    buffer,
+                    delivery,
+                }),
+                Err(error) => {
+                    outcome
+                        .errors
+                        .push(|| format!("producer {}: send_batch failed: {error}", plan.id));
+                    return;
+                }
+            }
+            request = request.wrapping_add(1);
+        }
+        let Some(oldest) = in_flight.front_mut() else {
+            if spent {
+                break;
+            }
+            sleep_until_opt(next_due).await;
+            continue;
+        };
+        let delivered = tokio::select! {
+            delivered = &mut oldest.delivery => delivered,
+            _ = sleep_until_opt(next_due), if next_due.is_some() => continue,
+        };
+        let acked = Instant::now();
+        let Some(sent) = in_flight.pop_front() else {
+            continue;
+        };
+        match delivered {
+            Ok(delivered) => {
+                outcome.result.latency.record(acked - sent.due);
+                check_delivered(
+                    &delivered,
+                    ack,
+                    sent.partition,
+                    sent.count,
+                    plan.id,
+                    &mut outcome.errors,
+                );
+                drop(delivered);
+                record(
+                    outcome,
+                    sent.partition,
+                    sent.count,
+                    plan.message_size,
+                    started,
+                    acked,
+                );
+                progress.fetch_add(sent.count as u64, Ordering::Relaxed);
+                batcher.reclaim(sent.buffer);
+            }
+            Err(error) => {
+                outcome.errors.push(|| {
+                    format!(
+                        "producer {}: a batch of {} messages to partition {} failed: {error}",
+                        plan.id, sent.count, sent.partition
+                    )
+                });
+                return;
+            }
+        }
+    }
+    if let Err(error) = producer.close().await {
+        outcome
+            .errors
+            .push(|| format!("producer {}: closing the producer failed: {error}", plan.id));
+    }
+}
+
+/// Checks what `send_batch` resolved to: one [`Delivered`] per message, in the
+/// partition it was sent to, at consecutive offsets, none a duplicate; with
+/// [`Ack::None`], no offsets at all.
+fn check_delivered(
+    delivered: &[Delivered],
+    ack: Ack,
+    partition: u32,
+    count: usize,
+    producer: u32,
+    errors: &mut Errors,
+) {
+    if delivered.len() != count {
+        let got = delivered.len();
+        errors.push(|| {
+            format!("producer {producer}: a batch of {count} messages was answered for {got}")
+        });
+        return;
+    }
+    let base = delivered.first().and_then(|d| d.offset);
+    for (i, d) in delivered.iter().enumerate() {
+        let expected = if ack == Ack::None {
+            None
+        } else {
+            base.map(|base| base + i as u64)
+        };
+        if d.partition != partition
+            || d.duplicate
+            || d.offset != expected
+            || (ack != Ack::None && d.offset.is_none())
+        {
+            let (p, o, duplicate) = (d.partition, d.offset, d.duplicate);
+            errors.push(|| {
+                format!(
+                    "producer {producer}: message {i} of a batch to partition {partition} was answered partition {p} offset {o:?} duplicate {duplicate} (expected offset {expected:?}, not a duplicate)"
+                )
+            });
+            return;
+        }
+    }
 }
 
 async fn run_unary(
@@ -386,34 +643,14 @@ async fn run_stream(
             };
             let Some(tx) = &sender else { break };
             let (partition, messages, buffer) = batcher.build(count, plan.clock.unix_ns(due));
-            let request = match plan.batch_wire {
-                None => PublishStreamRequest {
-                    batch: None,
-                    request_id,
-                    request: Some(PublishRequest {
-                        topic: plan.topic.clone(),
-                        messages,
-                        ack: plan.ack as i32,
-                    }),
-                },
-                Some(compression) => match record_batch(&messages, compression) {
-                    Ok(batch) => PublishStreamRequest {
-                        batch: Some(PublishBatchRequest {
-                            topic: plan.topic.clone(),
-                            partition,
-                            batch,
-                            ack: plan.ack as i32,
-                        }),
-                        request_id,
-                        request: None,
-                    },
-                    Err(error) => {
-                        outcome.errors.push(|| {
-                            format!("producer {}: could not encode a batch: {error}", plan.id)
-                        });
-                        return;
-                    }
-                },
+            let request = PublishStreamRequest {
+                batch: None,
+                request_id,
+                request: Some(PublishRequest {
+                    topic: plan.topic.clone(),
+                    messages,
+                    ack: plan.ack as i32,
+                }),
             };
             // Never full: the channel holds as many requests as may be in flight.
             if tx.try_send(request).is_err() {
@@ -507,28 +744,14 @@ async fn run_stream(
                 });
                 return;
             }
-            Some(publish_stream_response::Outcome::BatchResponse(ack)) => {
-                outcome.result.latency.record(acked - sent.due);
-                let expected = plan.ack == AckLevel::None || !ack.duplicate;
-                if ack.count as usize != sent.count || ack.partition != sent.partition || !expected
-                {
-                    outcome.errors.push(|| {
-                        format!(
-                            "producer {}: batch ack {ack:?} for {} messages to partition {}",
-                            plan.id, sent.count, sent.partition
-                        )
-                    });
-                }
-                record(
-                    outcome,
-                    sent.partition,
-                    sent.count,
-                    plan.message_size,
-                    started,
-                    acked,
-                );
-                progress.fetch_add(sent.count as u64, Ordering::Relaxed);
-                batcher.reclaim(sent.buffer);
+            Some(publish_stream_response::Outcome::BatchResponse(_)) => {
+                outcome.errors.push(|| {
+                    format!(
+                        "producer {}: request {} (messages) was answered as a record batch",
+                        plan.id, sent.request_id
+                    )
+                });
+                return;
             }
             None => {
                 outcome.errors.push(|| {
@@ -541,44 +764,6 @@ async fn run_stream(
             }
         }
     }
-}
-
-/// One record batch of `messages` in the log's format, as a client builds it.
-fn record_batch(
-    messages: &[Message],
-    compression: tidelog_storage::Compression,
-) -> Result<Bytes, tidelog_storage::Error> {
-    let records: Vec<tidelog_storage::NewRecord> = messages
-        .iter()
-        .map(|m| tidelog_storage::NewRecord {
-            key: (!m.key.is_empty()).then(|| m.key.clone()),
-            value: m.value.clone(),
-            headers: m
-                .headers
-                .iter()
-                .map(|h| tidelog_storage::Header {
-                    key: h.key.clone(),
-                    value: h.value.clone(),
-                })
-                .collect(),
-            id: (!m.id.is_empty()).then(|| m.id.clone()),
-            delay_ms: m.delay_ms,
-            ..tidelog_storage::NewRecord::default()
-        })
-        .collect();
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    let options = tidelog_storage::batch::EncodeOptions {
-        now_ms,
-        default_ttl_ms: None,
-        compression,
-        max_message_bytes: u64::MAX,
-        priority_levels: 0,
-    };
-    Ok(Bytes::from(
-        tidelog_storage::batch::encode_batch(&records, &options)?.bytes,
-    ))
 }
 
 async fn sleep_until_opt(due: Option<Instant>) {
@@ -615,33 +800,101 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_wire_request_holds_the_messages_as_built() {
-        let mut batcher = Batcher::new(ProducerPlan {
+    fn batch_wire_records_hold_the_messages_as_built() {
+        let plan = ProducerPlan {
             ids: true,
             tag: true,
-            ..plan(1, Budget::Messages(4))
-        });
-        let (_, messages, _) = batcher.build(4, 7);
-        for compression in [
-            tidelog_storage::Compression::None,
-            tidelog_storage::Compression::Zstd,
-        ] {
-            let batch = record_batch(&messages, compression).unwrap();
-            let rules = tidelog_storage::client_batch::BatchRules {
-                now_ms: 0,
-                max_message_bytes: 1 << 20,
-                priority_levels: 0,
-                expiry_required: false,
-            };
-            let checked = tidelog_storage::client_batch::validate_batch(&batch, &rules).unwrap();
-            assert_eq!(checked.ids.len(), 4);
-            let (_, records) = tidelog_storage::batch::decode_batch(&batch).unwrap();
-            for (record, message) in records.iter().zip(&messages) {
-                assert_eq!(record.value, message.value);
-                assert_eq!(record.id.as_ref(), Some(&message.id));
-                assert_eq!(record.headers[0].value, message.headers[0].value);
-            }
+            delay_ms: Some(5),
+            ..plan(1, Budget::Messages(8))
+        };
+        // The same bodies, ids and headers as the per-message form.
+        let (_, messages, _) = Batcher::new(plan.clone()).build(4, 7);
+        let (partition, records, _) = Batcher::new(plan).build_records(4, 7);
+        assert_eq!(partition, 0, "one partition");
+        // Encoded in place as the producer does (records are `AsRef<NewRecord>`).
+        let options = tidelog_storage::batch::EncodeOptions {
+            now_ms: 1_000,
+            default_ttl_ms: None,
+            compression: tidelog_storage::Compression::None,
+            max_message_bytes: 1 << 20,
+            priority_levels: 0,
+        };
+        let batch = tidelog_storage::batch::encode_batch(&records, &options).unwrap();
+        let (_, decoded) = tidelog_storage::batch::decode_batch(&Bytes::from(batch.bytes)).unwrap();
+        assert_eq!(decoded.len(), 4);
+        for (record, message) in decoded.iter().zip(&messages) {
+            assert_eq!(record.value, message.value);
+            assert_eq!(record.id.as_ref(), Some(&message.id));
+            assert_eq!(record.headers[0].key, PCT_HEADER);
+            assert_eq!(record.headers[0].value, message.headers[0].value);
+            assert_eq!(record.deliver_at_ms, Some(1_005));
+            assert_eq!(open(&record.value).unwrap().partition, 0);
         }
+    }
+
+    #[test]
+    fn library_acks_are_checked() {
+        let delivered = |offsets: &[Option<u64>]| -> Vec<Delivered> {
+            offsets
+                .iter()
+                .map(|&offset| Delivered {
+                    partition: 0,
+                    offset,
+                    id: None,
+                    duplicate: false,
+                })
+                .collect()
+        };
+        let mut errors = Errors::default();
+        check_delivered(
+            &delivered(&[Some(5), Some(6)]),
+            Ack::Durable,
+            0,
+            2,
+            0,
+            &mut errors,
+        );
+        check_delivered(&delivered(&[None, None]), Ack::None, 0, 2, 0, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        // Too few, a gap, offsets missing, offsets where none were asked for, the
+        // wrong partition, a duplicate.
+        check_delivered(&delivered(&[Some(5)]), Ack::Written, 0, 2, 0, &mut errors);
+        check_delivered(
+            &delivered(&[Some(5), Some(7)]),
+            Ack::Written,
+            0,
+            2,
+            0,
+            &mut errors,
+        );
+        check_delivered(
+            &delivered(&[None, None]),
+            Ack::Written,
+            0,
+            2,
+            0,
+            &mut errors,
+        );
+        check_delivered(
+            &delivered(&[Some(5), Some(6)]),
+            Ack::None,
+            0,
+            2,
+            0,
+            &mut errors,
+        );
+        check_delivered(
+            &delivered(&[Some(5), Some(6)]),
+            Ack::Written,
+            1,
+            2,
+            0,
+            &mut errors,
+        );
+        let mut duplicate = delivered(&[Some(5), Some(6)]);
+        duplicate[1].duplicate = true;
+        check_delivered(&duplicate, Ack::Durable, 0, 2, 0, &mut errors);
+        assert_eq!(errors.count, 6, "{errors:?}");
     }
 
     #[test]
