@@ -81,7 +81,10 @@ pub use error::{Error, Result};
 pub use producer::{
     BatchDeliveryFuture, Compression, DeliveryFuture, IdMode, Producer, ProducerConfig,
 };
-pub use queue::{Delivery, QueueWorker};
+pub use queue::{
+    Delivery, QueueConsumer, QueueConsumerOptions, QueueEvent, QueueWorker, RangeAck, Settle,
+    Settled,
+};
 pub use record::{Ack, Delivered, Message, Record};
 pub use router::{HandlerResult, Retry, Router, RouterConfig};
 pub use tidelog_storage::Header;
