@@ -730,7 +730,14 @@ impl Driver {
         self.fail_pending(
             "the stream broke before the broker answered (the settlement may or may not have been applied)",
         );
-        lock(&self.shared.items).retain(|item| !matches!(item, Item::Deliveries(..)));
+        // Stale deliveries go; so do the news of an earlier break not read yet (the
+        // reader learns of this one), so repeated breaks buffer nothing more.
+        lock(&self.shared.items).retain(|item| {
+            !matches!(
+                item,
+                Item::Deliveries(..) | Item::Disconnected(_) | Item::Reconnected(_)
+            )
+        });
     }
 
     /// The stream broke for a reason worth reconnecting for.
@@ -761,4 +768,28 @@ fn refuse_reply(reply: oneshot::Sender<Result<Vec<SettlementOutcome>>>) {
     let _ = reply.send(Err(lease_lost(
         "the stream it came on broke, and the broker took the delivery back to deliver it again",
     )));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credit_never_goes_past_the_limit() {
+        let mut left = 5;
+        assert_eq!(take_credit(&mut left, 3), 3);
+        assert_eq!(take_credit(&mut left, 3), 2);
+        assert_eq!(take_credit(&mut left, 3), 0);
+        let mut unlimited = u64::MAX;
+        assert_eq!(take_credit(&mut unlimited, 1000), 1000);
+        assert_eq!(unlimited, u64::MAX);
+    }
+
+    #[tokio::test]
+    async fn a_delivery_of_a_closed_consumer_has_lost_its_lease() {
+        let link = Link::detached();
+        let error = link.settle(Vec::new(), Vec::new()).await.unwrap_err();
+        assert!(matches!(error, Error::LeaseLost { .. }), "{error}");
+        assert!(error.to_string().contains("delivers the message again"));
+    }
 }

@@ -452,6 +452,98 @@ async fn a_broker_killed_mid_stream_loses_no_ack_and_stale_settlements_say_so() 
     consumer.close().await;
 }
 
+async fn pattern_queue(client: &Client, name: &str, pattern: &str) {
+    client
+        .queues()
+        .create_queue(CreateQueueRequest {
+            name: name.into(),
+            topic_pattern: pattern.into(),
+            start: Some(StartPosition {
+                position: Some(Position::Earliest(Earliest {})),
+            }),
+            config: Some(config(30_000, 5)),
+            ..Default::default()
+        })
+        .await
+        .expect("create pattern queue");
+}
+
+#[tokio::test]
+async fn a_queue_on_a_topic_pattern_names_each_delivery_topic() {
+    let broker = TestBroker::start();
+    let client = client(&broker).await;
+    for (topic, partitions) in [("pt.a", 2), ("pt.b", 1)] {
+        client
+            .create_topic(topic, partitions, TopicConfig::default())
+            .await
+            .expect("create topic");
+    }
+    pattern_queue(&client, "pt-q", r"pt\..*").await;
+    pattern_queue(&client, "pt-w", r"pt\..*").await;
+    let records = (0..6)
+        .map(|i| {
+            let topic = if i % 2 == 0 { "pt.a" } else { "pt.b" };
+            Record::new(topic, format!("v{i}")).key(format!("k{i}"))
+        })
+        .collect();
+    publish(&client, records).await;
+    let options = QueueConsumerOptions {
+        credit: 3,
+        ..QueueConsumerOptions::new("pattern")
+    };
+    let mut consumer = QueueConsumer::open(&client, "pt-q", options)
+        .await
+        .expect("open");
+    let mut by_topic: BTreeMap<String, usize> = BTreeMap::new();
+    let deadline = Instant::now() + WAIT;
+    while by_topic.values().sum::<usize>() < 6 {
+        assert!(Instant::now() < deadline, "{by_topic:?}");
+        let batch = batch_within(&mut consumer, Duration::from_secs(2)).await;
+        // Settlements name each delivery's topic: acked per topic in one request.
+        let ranges = Delivery::ack_all(&batch).await.expect("ack");
+        assert!(
+            ranges.iter().all(|r| r.outcome == Ok(r.deliveries)),
+            "{ranges:?}"
+        );
+        for d in &batch {
+            *by_topic.entry(d.message().topic.to_string()).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        by_topic,
+        BTreeMap::from([("pt.a".to_string(), 3), ("pt.b".to_string(), 3)])
+    );
+    assert_settled(&client, "pt-q").await;
+    consumer.close().await;
+
+    // `tidelog queue work` gives the command each delivery's own topic.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("topics");
+    let script = dir.path().join("topic.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho \"$TIDELOG_TOPIC\" >> {}\n", log.display()),
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let script = script.to_str().expect("utf-8").to_string();
+    let run = super::cli::cli_with_input(
+        &broker,
+        &["queue", "work", "pt-w", "-n", "6", "--", &script],
+        b"",
+    )
+    .ok("queue work");
+    assert!(run.stderr.contains("6 acked"), "{}", run.stderr);
+    let mut topics: Vec<String> = std::fs::read_to_string(&log)
+        .expect("log")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    topics.sort();
+    assert_eq!(topics, ["pt.a", "pt.a", "pt.a", "pt.b", "pt.b", "pt.b"]);
+}
+
 /// What a message's deliveries do, attempt by attempt (after the last: ack).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {

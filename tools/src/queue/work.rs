@@ -256,6 +256,15 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The topic a delivery is from: its own (a queue on a topic pattern has many; the
+/// queue's topic is empty there), else the queue's.
+fn delivery_topic<'a>(queue_topic: &'a str, delivery: &'a Delivery) -> &'a str {
+    match &*delivery.message().topic {
+        "" => queue_topic,
+        topic => topic,
+    }
+}
+
 /// Runs the command for one delivery; reports extensions and the end on `events`.
 async fn run_job(
     spec: Arc<JobSpec>,
@@ -267,7 +276,11 @@ async fn run_job(
     let mut command = tokio::process::Command::new(&spec.program);
     command
         .args(&spec.args)
-        .envs(environment(&spec.queue, &spec.topic, &delivery.to_proto()))
+        .envs(environment(
+            &spec.queue,
+            delivery_topic(&spec.topic, &delivery),
+            &delivery.to_proto(),
+        ))
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         // A terminal's Ctrl-C goes to the foreground process group: not to commands,
