@@ -2,12 +2,11 @@
 //! nack with a delay and a reason, in progress, term).
 //!
 //! Two ways to be a member, with one [`Delivery`] type:
-//! - [`QueueConsumer`] (`worker.rs` beside it is the other): the `Queues.Consume`
-//!   stream, credit-based push with automatic credit, reconnects with backoff;
-//!   settlements travel on the stream and are matched to the broker's Settled answers
-//!   by request id.
-//! - [`QueueWorker`]: the unary `Queues.Receive` (long poll) and `Queues.Settle`, for
-//!   callers that want no stream.
+//! - [`QueueConsumer`] (`consumer.rs`): the `Queues.Consume` stream, credit-based push
+//!   with credit given back automatically, reconnects with backoff; settlements travel
+//!   on the stream and are matched to the broker's Settled answers by request id.
+//! - [`QueueWorker`] (`worker.rs`): the unary `Queues.Receive` (long poll) and
+//!   `Queues.Settle`, for callers that want no stream.
 
 mod consumer;
 mod worker;
