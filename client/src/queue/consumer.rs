@@ -180,6 +180,7 @@ impl QueueConsumer {
             credit_left,
             next_request_id: 1,
             pending: HashMap::new(),
+            topic: Arc::from(""),
         };
         let driver = tokio::spawn(driver.run());
         Ok(QueueConsumer {
@@ -497,6 +498,8 @@ struct Driver {
     credit_left: u64,
     next_request_id: u64,
     pending: HashMap<u64, Pending>,
+    /// The topic of the latest delivery, shared by the messages of that topic.
+    topic: Arc<str>,
 }
 
 impl Driver {
@@ -651,11 +654,22 @@ impl Driver {
                     commands: self.commands_tx.clone(),
                     session: session_number,
                 };
-                let topic: Arc<str> = Arc::from("");
                 let list: Vec<Delivery> = deliveries
                     .deliveries
                     .into_iter()
-                    .filter_map(|d| Delivery::new(Settler::Stream(link.clone()), &topic, d))
+                    .filter_map(|mut d| {
+                        // One shared topic name per run of deliveries of one topic,
+                        // not one allocation per message.
+                        let named = d.message.as_mut().map(|m| std::mem::take(&mut m.topic));
+                        let topic = match named {
+                            Some(name) if *self.topic != *name => {
+                                self.topic = Arc::from(name);
+                                self.topic.clone()
+                            }
+                            _ => self.topic.clone(),
+                        };
+                        Delivery::new(Settler::Stream(link.clone()), &topic, d)
+                    })
                     .collect();
                 session.held = session.held.saturating_add(list.len() as u64);
                 if !list.is_empty() {
