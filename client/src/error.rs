@@ -42,6 +42,12 @@ pub enum Error {
     /// A queue settlement was refused: `FAILED_PRECONDITION` when the message was
     /// delivered again since (stale), `NOT_FOUND` when it is unknown or settled.
     SettleRefused { code: Code, message: String },
+    /// A settlement of a [`crate::QueueConsumer`]'s delivery could not be made: the
+    /// stream it came on broke (the broker restarted, the connection dropped) or the
+    /// consumer was closed, and the broker took the delivery back. The message is
+    /// delivered again (attempt + 1). When the stream broke after the settlement was
+    /// sent, the broker may have applied it: an ack then is not delivered again.
+    LeaseLost { reason: String },
     /// A record could not be delivered within
     /// [`crate::ProducerConfig::delivery_timeout`] (the broker stayed unreachable).
     Timeout { what: String, after: Duration },
@@ -195,6 +201,10 @@ impl std::fmt::Display for Error {
                 f,
                 "settlement refused ({}): {message}",
                 tidelog_proto::code_name(*code)
+            ),
+            Error::LeaseLost { reason } => write!(
+                f,
+                "the delivery's lease was lost: {reason}; the broker delivers the message again: drop this delivery and handle the redelivery"
             ),
             Error::Timeout { what, after } => write!(
                 f,

@@ -7,7 +7,8 @@
 //! | [`Subscription`] | reads a topic, or every topic a pattern matches (including later ones), without a group, decoding stored batches client-side; resumes after a broker restart; tells positions, resets, topic changes and lost connections as [`Event`]s; gets past damaged partitions ([`Subscription::damaged`]) | `SubscribeBatches` (+ `FetchBatches` to find damage) |
 //! | [`Client::fetch`] | one read of a partition from an offset you keep, decoded client-side ([`Fetched`]) | `FetchBatches` |
 //! | [`GroupMember`] | a consumer-group member on one topic or a topic pattern (topics created later join), with automatic or explicit commits (of what was returned, or exactly the positions given), decoding stored batches client-side; rejoins after a broker restart; tells deliveries' positions and end offsets, rebalances (revoked / added partitions), resets and lost connections as [`GroupEvent`]s | `SubscribeBatches` (group), `CommitOffsets` |
-//! | [`QueueWorker`] | receives queue deliveries and settles them (ack, nack, in progress, term) | `Receive`, `Settle` |
+//! | [`QueueConsumer`] | a queue member on one stream: deliveries pushed as credit allows, credit given back as they are settled (at most [`QueueConsumerOptions::credit`] held), each [`Delivery`] settled (ack, nack with a delay, in progress, term) once durable; reconnects after a broker restart ([`Error::LeaseLost`] for a delivery of the broken stream); queues on a topic pattern | `Consume` |
+//! | [`QueueWorker`] | receives queue deliveries and settles them (ack, nack, in progress, term) on unary calls | `Receive`, `Settle` |
 //! | [`Router`] | topics or patterns -> async handlers, with retry-with-backoff and poison-to-dead-letter middleware | group members + a producer |
 //!
 //! The record batch is the wire unit both ways and there is one implementation of it:
@@ -49,6 +50,27 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Work a queue
+//! ```no_run
+//! # async fn example() -> Result<(), tidelog_client::Error> {
+//! use std::time::Duration;
+//! use tidelog_client::{Client, QueueConsumer, QueueConsumerOptions};
+//! let client = Client::connect("http://127.0.0.1:7420").await?;
+//! let options = QueueConsumerOptions { credit: 32, ..QueueConsumerOptions::new("resizer-1") };
+//! let mut consumer = QueueConsumer::open(&client, "thumbnails", options).await?;
+//! loop {
+//!     let delivery = consumer.next().await?;
+//!     if delivery.message().value.is_empty() {
+//!         delivery.term("no image").await?; // dead-lettered now
+//!     } else if delivery.attempt() < 3 && delivery.message().value.starts_with(b"busy") {
+//!         delivery.nack(Some(Duration::from_secs(10)), "busy").await?; // again in 10 s
+//!     } else {
+//!         delivery.ack().await?; // returns once the ack is durable; credit comes back
+//!     }
+//! }
+//! # }
+//! ```
+//!
 //! # Delivery guarantees
 //! - Producer retries are exactly-once in the log on topics with a dedup window (ids
 //!   are attached, [`IdMode::Auto`]), at-least-once otherwise.
@@ -56,7 +78,9 @@
 //!   repeat on one subscription.
 //! - [`GroupMember`]: at-least-once with [`Commit::Explicit`], at-most-once with
 //!   [`Commit::Auto`].
-//! - [`QueueWorker`]: a delivery not settled by its deadline is delivered again.
+//! - [`QueueConsumer`] and [`QueueWorker`]: at-least-once. A delivery not settled by
+//!   its deadline, nacked, or held when the stream broke is delivered again (attempt
+//!   + 1); an answered settlement is durable (never undone by a broker crash).
 //!
 //! Runnable programs: `client/examples/` (`cargo run -p tidelog-client --example
 //! produce -- http://127.0.0.1:7420 demo`).
@@ -81,7 +105,10 @@ pub use error::{Error, Result};
 pub use producer::{
     BatchDeliveryFuture, Compression, DeliveryFuture, IdMode, Producer, ProducerConfig,
 };
-pub use queue::{Delivery, QueueWorker};
+pub use queue::{
+    Delivery, QueueConsumer, QueueConsumerOptions, QueueEvent, QueueWorker, RangeAck, Settle,
+    Settled,
+};
 pub use record::{Ack, Delivered, Message, Record};
 pub use router::{HandlerResult, Retry, Router, RouterConfig};
 pub use tidelog_storage::Header;

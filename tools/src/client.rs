@@ -12,8 +12,6 @@ use tidelog_client::{Client, ClientOptions};
 
 use crate::error::{CliError, CliResult, tls_hint};
 
-pub use tidelog_client::Conn;
-
 /// The default address of tidelogd.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7420";
 

@@ -13,6 +13,7 @@ mod cli_produce;
 mod client;
 mod client_group_events;
 mod client_group_pattern;
+mod client_queue;
 mod client_subscribe;
 mod dedup;
 mod delivery_history;

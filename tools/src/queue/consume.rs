@@ -1,29 +1,31 @@
 //! `tidelog queue consume`: print a queue's deliveries and ack each once printed.
 //!
-//! Credit is what the printer can take: at most [`WINDOW`] deliveries are unsettled at
-//! once, and with `-n N` no more than N are ever asked for, so nothing is delivered
-//! that will not be printed (a delivery taken and dropped would count as an attempt).
-//! Each Deliveries event is printed and flushed, then acked in one Settle (consecutive
-//! offsets as ranges); credit comes back as the broker confirms the acks. On exit the
-//! stream ends only after every ack was answered.
+//! It reads through tidelog-client's [`QueueConsumer`] (the `Consume` stream), without
+//! its reconnect: a broken stream is this command's error. Credit is what the printer
+//! can take: at most [`WINDOW`] deliveries are unsettled at once, and with `-n N` no
+//! more than N are ever asked for (the consumer's limit), so nothing is delivered that
+//! will not be printed (a delivery taken and dropped would count as an attempt). Each
+//! batch of deliveries the broker sent together is printed and flushed, then acked in
+//! one Settle (`Delivery::ack_all`: consecutive offsets as ranges); the consumer gives
+//! the credit back as the broker confirms the acks. It exits only after every ack was
+//! answered.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tidelog_client::{Delivery, QueueConsumer, QueueConsumerOptions, Settle};
 use tidelog_proto::v1::QueueDelivery;
 
 use super::args::QueueConsumeArgs;
-use super::session::{Session, SessionError, SessionEvent, ack_ranges, nack, position};
 use super::{StopSignal, queue_error};
 use crate::args::Format;
-use crate::client::Broker;
+use crate::client::{Broker, broker_status};
 use crate::consume::{LineFormat, message_json};
 use crate::error::{CliError, CliResult};
 use crate::output::{Stdout, note};
 
 /// Most deliveries held (printed or not, unacked) at once.
-const WINDOW: u64 = 256;
+const WINDOW: u32 = 256;
 /// Without --follow: stop once the queue delivered nothing for this long.
 const QUIET_SPELL: Duration = Duration::from_secs(1);
 /// Shown to the broker as the member's client id.
@@ -63,14 +65,57 @@ pub fn delivery_json(d: &QueueDelivery) -> Value {
     value
 }
 
-/// The error for a stream that failed or ended.
-pub fn session_error(broker: &Broker, context: &str, error: SessionError) -> CliError {
+/// The options of the CLI's consumers: `credit` at once, `limit` in all, no
+/// reconnect (a broken stream is the command's error, as it always was).
+pub fn consumer_options(client_id: &str, credit: u32, limit: Option<u64>) -> QueueConsumerOptions {
+    QueueConsumerOptions {
+        client_id: client_id.to_string(),
+        credit,
+        limit,
+        reconnect: false,
+    }
+}
+
+/// The error for a consumer that failed or whose stream ended.
+pub fn consumer_error(broker: &Broker, context: &str, error: &tidelog_client::Error) -> CliError {
     match error {
-        SessionError::Status(status) => queue_error(broker, context, &status),
-        SessionError::Ended => CliError::failure(
-            format!("{context} failed: the broker ended the stream"),
-            "retry; if it persists, check the tidelogd log",
-        ),
+        tidelog_client::Error::Closed | tidelog_client::Error::LeaseLost { .. } => {
+            CliError::failure(
+                format!("{context} failed: the broker ended the stream"),
+                "retry; if it persists, check the tidelogd log",
+            )
+        }
+        error => match broker_status(error) {
+            Some(status) => queue_error(broker, context, &status),
+            None => broker.client_error(context, error),
+        },
+    }
+}
+
+/// Why a settlement failed: the stream's own error when the stream broke (a lost
+/// lease says only that), else `error`.
+pub async fn settle_failure(
+    consumer: &mut QueueConsumer,
+    error: tidelog_client::Error,
+) -> tidelog_client::Error {
+    if !matches!(error, tidelog_client::Error::LeaseLost { .. }) {
+        return error;
+    }
+    // Without reconnect the consumer's next read is the stream's error.
+    loop {
+        match consumer.next_event().await {
+            Err(stream_error) => return stream_error,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// What the broker said when it refused a settlement (its own words, as before).
+pub fn refusal_text(error: &tidelog_client::Error) -> String {
+    match error {
+        tidelog_client::Error::SettleRefused { message, .. }
+        | tidelog_client::Error::InvalidArgument { message, .. } => message.clone(),
+        error => error.to_string(),
     }
 }
 
@@ -91,118 +136,109 @@ pub async fn run(broker: &Broker, args: QueueConsumeArgs, json: bool) -> CliResu
     };
     let context = format!("consuming queue {:?}", args.name);
     let limit = args.count.unwrap_or(u64::MAX);
-    let first_credit = WINDOW.min(limit);
-    let mut session = Session::open(broker.queues(), &args.name, CLIENT_ID, first_credit as u32)
+    let options = consumer_options(CLIENT_ID, WINDOW, args.count);
+    let mut consumer = QueueConsumer::open(broker, &args.name, options)
         .await
-        .map_err(|e| session_error(broker, &context, e))?;
-    let mut credit_given = first_credit;
+        .map_err(|e| consumer_error(broker, &context, &e))?;
     let mut printed = 0u64;
-    // Settle request id -> messages it acks.
-    let mut waiting: HashMap<u64, u64> = HashMap::new();
     let mut last_delivery = Instant::now();
     let mut stop = StopSignal::new();
     let mut stopping = false;
     let outcome: CliResult<()> = loop {
-        if (stopping || printed >= limit) && waiting.is_empty() {
+        if stopping || printed >= limit {
             break Ok(());
         }
         let quiet_until = last_delivery + QUIET_SPELL;
-        let event = tokio::select! {
-            event = session.next() => event,
-            _ = tokio::time::sleep_until(quiet_until.into()), if !args.follow && !stopping => {
+        let batch = tokio::select! {
+            batch = consumer.next_batch() => batch,
+            _ = tokio::time::sleep_until(quiet_until.into()), if !args.follow => {
                 stopping = true;
                 continue;
             }
-            _ = stop.recv(), if !stopping => {
+            _ = stop.recv() => {
                 stopping = true;
                 continue;
             }
         };
-        match event {
-            Err(error) => break Err(session_error(broker, &context, error)),
-            Ok(None) => {
-                break Err(session_error(broker, &context, SessionError::Ended));
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(error) => break Err(consumer_error(broker, &context, &error)),
+        };
+        last_delivery = Instant::now();
+        let mut acks = Vec::new();
+        let mut unprinted = Vec::new();
+        for d in batch {
+            if printed >= limit {
+                unprinted.push(d);
+                continue;
             }
-            Ok(Some(SessionEvent::Deliveries(batch))) => {
-                last_delivery = Instant::now();
-                let mut acks = Vec::new();
-                let mut unprinted = Vec::new();
-                for d in &batch.deliveries {
-                    if stopping || printed >= limit {
-                        unprinted.push(d);
-                        continue;
-                    }
-                    printer.print(d)?;
-                    printed += 1;
-                    acks.push(position(d));
-                }
-                // Ack only what reached the reader: a failed flush leaves them unacked
-                // (delivered again rather than lost).
-                printer.out.flush()?;
-                if !acks.is_empty() {
-                    let count = acks.len() as u64;
-                    let id = session
-                        .settle(ack_ranges(&mut acks))
-                        .await
-                        .map_err(|e| session_error(broker, &context, e))?;
-                    waiting.insert(id, count);
-                }
-                if !unprinted.is_empty() {
-                    // Taken while stopping: give them back at once.
-                    let nacks = unprinted
-                        .iter()
-                        .map(|d| {
-                            nack(
-                                d,
-                                Some(0),
-                                "tidelog queue consume stopped before printing it".into(),
-                            )
-                        })
-                        .collect();
-                    let id = session
-                        .settle(nacks)
-                        .await
-                        .map_err(|e| session_error(broker, &context, e))?;
-                    waiting.insert(id, 0);
-                }
-            }
-            Ok(Some(SessionEvent::Settled(settled))) => {
-                let Some(count) = waiting.remove(&settled.request_id) else {
-                    continue;
-                };
-                let acked: u64 = settled
-                    .outcomes
-                    .iter()
-                    .filter(|o| o.code == 0)
-                    .map(|o| o.settled)
-                    .sum();
-                if acked < count {
-                    let why = settled
-                        .outcomes
-                        .iter()
-                        .find(|o| o.code != 0)
-                        .map(|o| format!(" ({})", o.message))
-                        .unwrap_or_default();
-                    note(&format!(
-                        "warning: {} printed message{} could not be acked{why}: the ack deadline passed and the queue will deliver {} again",
-                        count - acked,
-                        if count - acked == 1 { "" } else { "s" },
-                        if count - acked == 1 { "it" } else { "them" },
-                    ));
-                }
-                if !stopping && count > 0 {
-                    let more = count.min(limit.saturating_sub(credit_given));
-                    credit_given += more;
-                    session
-                        .credit(more as u32)
-                        .await
-                        .map_err(|e| session_error(broker, &context, e))?;
-                }
-            }
+            printer.print(&d.to_proto())?;
+            printed += 1;
+            acks.push(d);
+        }
+        // Ack only what reached the reader: a failed flush leaves them unacked
+        // (delivered again rather than lost).
+        printer.out.flush()?;
+        if let Err(error) = ack_printed(&mut consumer, &acks).await {
+            break Err(consumer_error(broker, &context, &error));
+        }
+        // Taken past the limit (never, with the consumer's limit): give them back.
+        if let Err(error) = give_back(&mut consumer, unprinted).await {
+            break Err(consumer_error(broker, &context, &error));
         }
     };
+    consumer.close().await;
     let flushed = printer.out.flush();
     outcome.and(flushed)
+}
+
+/// Nacks deliveries that will not be printed, to be delivered again at once.
+async fn give_back(
+    consumer: &mut QueueConsumer,
+    deliveries: Vec<Delivery>,
+) -> Result<(), tidelog_client::Error> {
+    for d in deliveries {
+        let settle = Settle::Nack {
+            delay: Some(Duration::ZERO),
+            reason: "tidelog queue consume stopped before printing it".into(),
+        };
+        match d.settle(settle).await {
+            Ok(_) | Err(tidelog_client::Error::SettleRefused { .. }) => {}
+            Err(error) => return Err(settle_failure(consumer, error).await),
+        }
+    }
+    Ok(())
+}
+
+/// Acks the printed deliveries in one Settle; warns about those the broker no longer
+/// held (their deadline passed: they come again).
+async fn ack_printed(
+    consumer: &mut QueueConsumer,
+    acks: &[Delivery],
+) -> Result<(), tidelog_client::Error> {
+    if acks.is_empty() {
+        return Ok(());
+    }
+    let count = acks.len() as u64;
+    let ranges = match Delivery::ack_all(acks).await {
+        Ok(ranges) => ranges,
+        Err(error) => return Err(settle_failure(consumer, error).await),
+    };
+    let acked: u64 = ranges.iter().filter_map(|r| r.outcome.as_ref().ok()).sum();
+    if acked < count {
+        let why = ranges
+            .iter()
+            .find_map(|r| r.outcome.as_ref().err())
+            .map(|e| format!(" ({})", refusal_text(e)))
+            .unwrap_or_default();
+        note(&format!(
+            "warning: {} printed message{} could not be acked{why}: the ack deadline passed and the queue will deliver {} again",
+            count - acked,
+            if count - acked == 1 { "" } else { "s" },
+            if count - acked == 1 { "it" } else { "them" },
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

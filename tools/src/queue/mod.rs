@@ -4,8 +4,7 @@
 //! |---|---|
 //! | [`args`] | the command line, every value parsed and range-checked |
 //! | [`admin`] | create, list, describe, alter, delete, purge, redrive |
-//! | [`session`] | a member's `Consume` stream: open, credit, settle, events |
-//! | [`consume`] | `queue consume`: print deliveries, ack what was printed |
+//! | [`consume`] | `queue consume`: print deliveries, ack what was printed (through tidelog-client's `QueueConsumer`, as `work` and `bench queue`) |
 //! | [`work`] | `queue work`: a command per message, ack on exit 0, nack otherwise |
 //! | [`deliveries`] | `queue deliveries`: delivery events newest first, filtered, paged |
 //!
@@ -17,7 +16,6 @@ mod admin;
 mod args;
 mod consume;
 mod deliveries;
-pub mod session;
 mod work;
 
 pub use admin::queue_json;

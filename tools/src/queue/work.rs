@@ -1,7 +1,9 @@
 //! `tidelog queue work QUEUE -- CMD ARGS...`: a worker that runs a command per message.
 //!
-//! One Consume stream; credit is the number of free slots (`--concurrency`), so the
-//! worker never holds a message it has not started. Each delivery runs the command in
+//! One tidelog-client [`QueueConsumer`] (the `Consume` stream, without its reconnect:
+//! a broken stream is this command's error); its credit is the number of free slots
+//! (`--concurrency`), given back as each settlement is answered, so the worker never
+//! holds a message it has not started. Each delivery runs the command in
 //! its own process group with the value on stdin and the message's coordinates in
 //! its environment; exit 0 acks the delivery (of its attempt), anything else nacks it
 //! with the command's status and the end of its stderr as the reason, and the queue
@@ -26,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
+use tidelog_client::{Delivery, QueueConsumer, Settle, Settled};
 use tidelog_proto::v1::QueueDelivery;
 use tidelog_storage::queue::state::REASON_BYTES_MAX;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,8 +37,7 @@ use tokio::sync::{mpsc, watch};
 use super::StopSignal;
 use super::admin::describe;
 use super::args::QueueWorkArgs;
-use super::consume::session_error;
-use super::session::{Session, SessionEvent, ack, in_progress, nack, position};
+use super::consume::{consumer_error, consumer_options, refusal_text, settle_failure};
 use crate::client::Broker;
 use crate::error::{CliError, CliResult};
 use crate::output::{Stdout, note};
@@ -225,9 +227,9 @@ fn nack_reason(ended: &Ended, stderr: &[u8]) -> String {
 #[derive(Debug)]
 enum JobEvent {
     /// Past half its deadline: ask for more time.
-    Extend(Box<QueueDelivery>),
+    Extend(Box<Delivery>),
     Done {
-        delivery: Box<QueueDelivery>,
+        delivery: Box<Delivery>,
         ended: Ended,
         stderr: Vec<u8>,
     },
@@ -254,22 +256,31 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The topic a delivery is from: its own (a queue on a topic pattern has many; the
+/// queue's topic is empty there), else the queue's.
+fn delivery_topic<'a>(queue_topic: &'a str, delivery: &'a Delivery) -> &'a str {
+    match &*delivery.message().topic {
+        "" => queue_topic,
+        topic => topic,
+    }
+}
+
 /// Runs the command for one delivery; reports extensions and the end on `events`.
 async fn run_job(
     spec: Arc<JobSpec>,
-    delivery: QueueDelivery,
+    delivery: Delivery,
     events: mpsc::UnboundedSender<JobEvent>,
     mut kill: watch::Receiver<bool>,
 ) {
-    let value = delivery
-        .message
-        .as_ref()
-        .map(|m| m.value.clone())
-        .unwrap_or_default();
+    let value = delivery.message().value.clone();
     let mut command = tokio::process::Command::new(&spec.program);
     command
         .args(&spec.args)
-        .envs(environment(&spec.queue, &spec.topic, &delivery))
+        .envs(environment(
+            &spec.queue,
+            delivery_topic(&spec.topic, &delivery),
+            &delivery.to_proto(),
+        ))
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         // A terminal's Ctrl-C goes to the foreground process group: not to commands,
@@ -330,7 +341,7 @@ async fn run_job(
     });
     // First extension at half the time left, then every half deadline.
     let half = Duration::from_millis(spec.ack_deadline_ms / 2);
-    let left = delivery.deadline_ms.saturating_sub(now_ms()).max(0) as u64;
+    let left = delivery.deadline_ms().saturating_sub(now_ms()).max(0) as u64;
     let mut extend_at = Instant::now() + Duration::from_millis(left.min(spec.ack_deadline_ms) / 2);
     let ended = loop {
         tokio::select! {
@@ -404,6 +415,27 @@ impl Tally {
     }
 }
 
+/// (topic, partition, offset) of a delivery: what names a running command.
+fn position(delivery: &Delivery) -> (String, u32, u64) {
+    let m = delivery.message();
+    (m.topic.to_string(), m.partition, m.offset)
+}
+
+/// Settles `delivery` on its own task (the loop reads on meanwhile) and reports the
+/// answer as `sent` on `answers`.
+fn settle_in_background(
+    delivery: Delivery,
+    settle: Settle,
+    sent: Sent,
+    answers: &mpsc::UnboundedSender<(Sent, Result<Settled, tidelog_client::Error>)>,
+) {
+    let answers = answers.clone();
+    tokio::spawn(async move {
+        let answer = delivery.settle(settle).await;
+        let _ = answers.send((sent, answer));
+    });
+}
+
 pub async fn run(broker: &Broker, args: QueueWorkArgs, json: bool) -> CliResult<()> {
     let queue = describe(broker, &args.name).await?;
     let context = format!("working on queue {:?}", args.name);
@@ -411,12 +443,10 @@ pub async fn run(broker: &Broker, args: QueueWorkArgs, json: bool) -> CliResult<
     if limit == 0 {
         return Ok(());
     }
-    let concurrency = u64::from(args.concurrency);
-    let first_credit = concurrency.min(limit);
-    let mut session = Session::open(broker.queues(), &args.name, CLIENT_ID, first_credit as u32)
+    let options = consumer_options(CLIENT_ID, args.concurrency, args.count);
+    let mut consumer = QueueConsumer::open(broker, &args.name, options)
         .await
-        .map_err(|e| session_error(broker, &context, e))?;
-    let mut credit_given = first_credit;
+        .map_err(|e| consumer_error(broker, &context, &e))?;
     let bar = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::new_spinner();
         bar.set_style(
@@ -434,16 +464,19 @@ pub async fn run(broker: &Broker, args: QueueWorkArgs, json: bool) -> CliResult<
         args: command.collect(),
         queue: queue.name.clone(),
         topic: queue.topic.clone(),
-        ack_deadline_ms: session.ack_deadline_ms(),
+        ack_deadline_ms: consumer.config().ack_deadline_ms.unwrap_or(30_000),
         stdout_to_stderr: json,
         quiet: args.quiet,
         bar: bar.clone(),
     });
     let started_at = Instant::now();
     let (events_tx, mut events) = mpsc::unbounded_channel::<JobEvent>();
+    // Settlement answers; at most one per running command plus its extensions.
+    let (answers_tx, mut answers) = mpsc::unbounded_channel();
     let (kill_tx, kill_rx) = watch::channel(false);
     let mut running: HashMap<(String, u32, u64), ()> = HashMap::new();
-    let mut waiting: HashMap<u64, Sent> = HashMap::new();
+    // Settlements sent and not answered yet.
+    let mut waiting = 0usize;
     let mut tally = Tally::default();
     let mut stop = StopSignal::new();
     let mut signals = 0u32;
@@ -454,7 +487,8 @@ pub async fn run(broker: &Broker, args: QueueWorkArgs, json: bool) -> CliResult<
 
     /// One thing that happened.
     enum Step {
-        Broker(Result<Option<SessionEvent>, super::session::SessionError>),
+        Broker(Result<Vec<Delivery>, tidelog_client::Error>),
+        Answer((Sent, Result<Settled, tidelog_client::Error>)),
         Job(JobEvent),
         Idle,
         Signal,
@@ -462,15 +496,20 @@ pub async fn run(broker: &Broker, args: QueueWorkArgs, json: bool) -> CliResult<
 
     let outcome: CliResult<()> = loop {
         let over = stopping || tally.started >= limit;
-        if over && running.is_empty() && waiting.is_empty() {
+        if over && running.is_empty() && waiting == 0 {
             break Ok(());
+        }
+        if stopping {
+            // No more credit: the broker sends nothing more.
+            consumer.drain();
         }
         let idle = args
             .stop_when_idle
-            .filter(|_| running.is_empty() && waiting.is_empty() && !stopping)
+            .filter(|_| running.is_empty() && waiting == 0 && !stopping)
             .map(|ms| last_activity + Duration::from_millis(ms));
         let step = tokio::select! {
-            event = session.next() => Step::Broker(event),
+            batch = consumer.next_batch() => Step::Broker(batch),
+            Some(answer) = answers.recv() => Step::Answer(answer),
             Some(event) = events.recv() => Step::Job(event),
             _ = tokio::time::sleep_until(idle.unwrap_or_else(Instant::now).into()), if idle.is_some() => Step::Idle,
             _ = stop.recv() => Step::Signal,
@@ -493,24 +532,17 @@ pub async fn run(broker: &Broker, args: QueueWorkArgs, json: bool) -> CliResult<
                 }
             }
             Step::Idle => stopping = true,
-            Step::Broker(Err(error)) => break Err(session_error(broker, &context, error)),
-            Step::Broker(Ok(None)) => {
-                break Err(session_error(
-                    broker,
-                    &context,
-                    super::session::SessionError::Ended,
-                ));
-            }
-            Step::Broker(Ok(Some(SessionEvent::Deliveries(batch)))) => {
+            Step::Broker(Err(error)) => break Err(consumer_error(broker, &context, &error)),
+            Step::Broker(Ok(batch)) => {
                 last_activity = Instant::now();
-                let mut give_back = Vec::new();
-                for delivery in batch.deliveries {
+                for delivery in batch {
                     if stopping || tally.started >= limit {
-                        give_back.push(nack(
-                            &delivery,
-                            Some(0),
-                            "the worker was stopping and did not run it".into(),
-                        ));
+                        let settle = Settle::Nack {
+                            delay: Some(Duration::ZERO),
+                            reason: "the worker was stopping and did not run it".into(),
+                        };
+                        waiting += 1;
+                        settle_in_background(delivery, settle, Sent::GiveBack, &answers_tx);
                         continue;
                     }
                     tally.started += 1;
@@ -522,41 +554,32 @@ pub async fn run(broker: &Broker, args: QueueWorkArgs, json: bool) -> CliResult<
                         kill_rx.clone(),
                     ));
                 }
-                if !give_back.is_empty() {
-                    match session.settle(give_back).await {
-                        Ok(id) => {
-                            waiting.insert(id, Sent::GiveBack);
-                        }
-                        Err(error) => break Err(session_error(broker, &context, error)),
-                    }
-                }
             }
-            Step::Broker(Ok(Some(SessionEvent::Settled(settled)))) => {
-                let Some(sent) = waiting.remove(&settled.request_id) else {
-                    continue;
-                };
-                let Some(outcome) = settled.outcomes.first() else {
-                    continue;
-                };
-                match (sent, outcome.code) {
-                    (Sent::Ack, 0) => tally.acked += 1,
-                    (Sent::Nack, 0) if outcome.settled > 0 => tally.dead_lettered += 1,
-                    (Sent::Nack, 0) => tally.nacked += 1,
-                    (Sent::Extend, 0) => tally.extended += 1,
+            Step::Answer((sent, answer)) => {
+                waiting = waiting.saturating_sub(1);
+                match (sent, answer) {
+                    (_, Err(error @ tidelog_client::Error::LeaseLost { .. })) => {
+                        let error = settle_failure(&mut consumer, error).await;
+                        break Err(consumer_error(broker, &context, &error));
+                    }
+                    (Sent::Ack, Ok(_)) => tally.acked += 1,
+                    (Sent::Nack, Ok(Settled::DeadLettered)) => tally.dead_lettered += 1,
+                    (Sent::Nack, Ok(_)) => tally.nacked += 1,
+                    (Sent::Extend, Ok(_)) => tally.extended += 1,
                     (Sent::GiveBack, _) => {}
-                    (Sent::Ack | Sent::Nack, _) => {
+                    (Sent::Ack | Sent::Nack, Err(error)) => {
                         tally.refused += 1;
                         bar.suspend(|| {
                             note(&format!(
                                 "warning: the broker refused a settlement: {}",
-                                outcome.message
+                                refusal_text(&error)
                             ))
                         });
                     }
-                    (Sent::Extend, _) => bar.suspend(|| {
+                    (Sent::Extend, Err(error)) => bar.suspend(|| {
                         note(&format!(
                             "warning: could not extend a deadline: {}",
-                            outcome.message
+                            refusal_text(&error)
                         ))
                     }),
                 }
@@ -564,12 +587,9 @@ pub async fn run(broker: &Broker, args: QueueWorkArgs, json: bool) -> CliResult<
             }
             Step::Job(JobEvent::Extend(delivery)) => {
                 if running.contains_key(&position(&delivery)) {
-                    match session.settle(vec![in_progress(&delivery)]).await {
-                        Ok(id) => {
-                            waiting.insert(id, Sent::Extend);
-                        }
-                        Err(error) => break Err(session_error(broker, &context, error)),
-                    }
+                    waiting += 1;
+                    let settle = Settle::InProgress { extend: None };
+                    settle_in_background(*delivery, settle, Sent::Extend, &answers_tx);
                 }
             }
             Step::Job(JobEvent::Done {
@@ -580,11 +600,15 @@ pub async fn run(broker: &Broker, args: QueueWorkArgs, json: bool) -> CliResult<
                 last_activity = Instant::now();
                 running.remove(&position(&delivery));
                 *tally.exit_codes.entry(ended.code_key()).or_insert(0) += 1;
-                let (settlement, sent) = if ended.success() {
-                    (ack(&delivery), Sent::Ack)
+                let (settle, sent) = if ended.success() {
+                    (Settle::Ack, Sent::Ack)
                 } else {
+                    let reason = nack_reason(&ended, &stderr);
                     (
-                        nack(&delivery, None, nack_reason(&ended, &stderr)),
+                        Settle::Nack {
+                            delay: None,
+                            reason,
+                        },
                         Sent::Nack,
                     )
                 };
@@ -600,26 +624,16 @@ pub async fn run(broker: &Broker, args: QueueWorkArgs, json: bool) -> CliResult<
                         "check the command and its permissions",
                     ));
                 }
-                match session.settle(vec![settlement]).await {
-                    Ok(id) => {
-                        waiting.insert(id, sent);
-                    }
-                    Err(error) => break Err(session_error(broker, &context, error)),
-                }
-                if !stopping && credit_given < limit {
-                    credit_given += 1;
-                    if let Err(error) = session.credit(1).await {
-                        break Err(session_error(broker, &context, error));
-                    }
-                }
+                waiting += 1;
+                settle_in_background(*delivery, settle, sent, &answers_tx);
                 bar.set_message(tally.line(&queue.name, running.len()));
             }
         }
     };
     bar.finish_and_clear();
-    let member_id = session.member_id.clone();
+    let member_id = consumer.member_id().to_string();
     // Ends the stream: the broker takes back whatever is still held.
-    drop(session);
+    consumer.close().await;
     let seconds = started_at.elapsed().as_secs_f64();
     if json {
         let mut out = Stdout::new();

@@ -1,18 +1,20 @@
-//! One bench worker: a queue member on its own connection and `Consume` stream that
-//! checks every delivery and acks it at once, and what it measured.
+//! One bench worker: a queue member on its own connection and `Consume` stream
+//! (tidelog-client's `QueueConsumer`, as every other queue consumer) that checks every
+//! delivery and acks each event's deliveries at once in one Settle
+//! (`Delivery::ack_all`), and what it measured.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{oneshot, watch};
+use tidelog_client::{Delivery, QueueConsumer, QueueConsumerOptions, RangeAck};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::wall_clock_ms;
 use crate::bench::Clock;
 use crate::bench::payload::open;
 use crate::bench::stats::Latency;
 use crate::bench::validate::Errors;
-use crate::queue::session::{Session, SessionError, SessionEvent, ack_ranges, position};
 
 /// State the workers share.
 #[derive(Debug)]
@@ -79,12 +81,14 @@ impl WorkerOutcome {
     }
 }
 
-/// A Settle in flight: when its deliveries arrived, and what it acks.
+/// A Settle in flight: when its deliveries arrived, and how many it acks.
 pub(super) struct InFlight {
     pub(super) arrived: Instant,
     pub(super) count: u64,
-    pub(super) ranges: Vec<(u32, u64, u64)>,
 }
+
+/// The answer to one event's acks.
+type Answer = (InFlight, Result<Vec<RangeAck>, tidelog_client::Error>);
 
 pub(super) async fn worker(
     plan: WorkerPlan,
@@ -95,32 +99,34 @@ pub(super) async fn worker(
         id: plan.id,
         ..WorkerOutcome::default()
     };
-    let client = client.queues();
-    let mut session = match Session::open(
-        client,
-        &plan.queue,
-        &format!("tidelog-bench-{}", plan.id),
-        plan.credit,
-    )
-    .await
-    {
-        Ok(session) => session,
+    // No reconnect: a broken stream is a failed run.
+    let options = QueueConsumerOptions {
+        client_id: format!("tidelog-bench-{}", plan.id),
+        credit: plan.credit,
+        limit: None,
+        reconnect: false,
+    };
+    let mut consumer = match QueueConsumer::open(&client, &plan.queue, options).await {
+        Ok(consumer) => consumer,
         Err(error) => {
             outcome
                 .errors
-                .push(|| format!("worker {}: opening the stream failed: {error:?}", plan.id));
+                .push(|| format!("worker {}: opening the stream failed: {error}", plan.id));
             let _ = ready.send(());
             plan.shared.finished.send_replace(true);
             return outcome;
         }
     };
     let _ = ready.send(());
-    let mut in_flight: std::collections::HashMap<u64, InFlight> = Default::default();
+    // Each event's acks are awaited on their own task, so the worker reads the next
+    // event while the broker makes them durable (as the stream allows).
+    let (answers_tx, mut answers) = mpsc::unbounded_channel::<Answer>();
     let mut finished = plan.shared.finished.subscribe();
     let mut expected = plan.expected.clone();
     let mut progress_at = Instant::now();
     enum Step {
-        Event(Result<Option<SessionEvent>, SessionError>),
+        Event(Result<Vec<Delivery>, tidelog_client::Error>),
+        Answer(Answer),
         Finished,
         Expected,
         Idle,
@@ -131,7 +137,8 @@ pub(super) async fn worker(
         }
         let idle_at = progress_at + plan.idle_timeout;
         let step = tokio::select! {
-            event = session.next() => Step::Event(event),
+            event = consumer.next_batch() => Step::Event(event),
+            Some(answer) = answers.recv() => Step::Answer(answer),
             _ = finished.changed() => Step::Finished,
             _ = expected.changed() => Step::Expected,
             _ = tokio::time::sleep_until(idle_at.into()), if expected.borrow().is_some() => Step::Idle,
@@ -153,130 +160,63 @@ pub(super) async fn worker(
                 let id = plan.id;
                 outcome
                     .errors
-                    .push(|| format!("worker {id}: the stream failed: {error:?}"));
+                    .push(|| format!("worker {id}: the stream failed: {error}"));
                 plan.shared.finished.send_replace(true);
                 break;
             }
-            Step::Event(Ok(None)) => {
-                let id = plan.id;
-                outcome
-                    .errors
-                    .push(|| format!("worker {id}: the broker ended the stream"));
-                plan.shared.finished.send_replace(true);
-                break;
-            }
-            Step::Event(Ok(Some(SessionEvent::Deliveries(batch)))) => {
+            Step::Event(Ok(batch)) => {
                 let arrived = Instant::now();
                 progress_at = arrived;
                 outcome.first_delivery.get_or_insert(arrived);
                 let now_ns = plan.clock.now_ns();
                 let wall_ms = wall_clock_ms();
-                let count = batch.deliveries.len() as u64;
+                let count = batch.len() as u64;
                 outcome.events += 1;
                 outcome.largest_event = outcome.largest_event.max(count);
                 outcome.delivered += count;
-                let mut offsets = Vec::with_capacity(batch.deliveries.len());
-                for d in &batch.deliveries {
-                    let Some(m) = d.message.as_ref() else {
-                        continue;
-                    };
-                    if d.attempt > 1 {
-                        outcome.redelivered += 1;
-                    } else if let Some(due_ms) = m.deliver_at_ms {
-                        // The broker decides with the same wall clock: a delivery
-                        // before the time is an error, not a fast delivery.
-                        if wall_ms < due_ms {
-                            let (p, o) = (m.partition, m.offset);
-                            outcome.errors.push(|| {
-                                format!(
-                                    "{p}/{o}: delivered {} ms before its deliver-at time",
-                                    due_ms - wall_ms
-                                )
-                            });
-                        }
-                        let late_ms = u64::try_from(wall_ms - due_ms).unwrap_or(0);
-                        outcome.due_lateness.record_us_n(late_ms * 1_000, 1);
-                    }
-                    outcome.bytes += m.value.len() as u64;
-                    match open(&m.value) {
-                        Ok(header) if header.run != plan.run => {
-                            let (p, o) = (m.partition, m.offset);
-                            outcome.errors.push(|| {
-                                format!(
-                                    "{p}/{o}: a message of run {:08x}, not of this run",
-                                    header.run
-                                )
-                            });
-                        }
-                        Ok(header) if header.partition != m.partition => {
-                            let (p, o) = (m.partition, m.offset);
-                            outcome.errors.push(|| {
-                                format!("{p}/{o}: sent to partition {}", header.partition)
-                            });
-                        }
-                        Ok(header) => {
-                            if plan.live {
-                                outcome
-                                    .publish_latency
-                                    .record_us_n(now_ns.saturating_sub(header.sent_ns) / 1_000, 1);
-                            }
-                        }
-                        Err(error) => {
-                            let (p, o) = (m.partition, m.offset);
-                            outcome.errors.push(|| format!("{p}/{o}: {error}"));
-                        }
-                    }
-                    offsets.push(position(d));
+                for d in &batch {
+                    check(&plan, &mut outcome, d, now_ns, wall_ms);
                 }
-                let settlements = ack_ranges(&mut offsets);
-                let ranges = settlements
-                    .iter()
-                    .map(|s| (s.partition, s.offset, s.through_offset.unwrap_or(s.offset)))
-                    .collect();
-                match session.settle(settlements).await {
-                    Ok(request) => {
-                        outcome.settles += 1;
-                        in_flight.insert(
-                            request,
-                            InFlight {
-                                arrived,
-                                count,
-                                ranges,
-                            },
-                        );
-                    }
+                outcome.settles += 1;
+                let answers = answers_tx.clone();
+                tokio::spawn(async move {
+                    let answer = Delivery::ack_all(&batch).await;
+                    let _ = answers.send((InFlight { arrived, count }, answer));
+                });
+            }
+            Step::Answer((sent, answer)) => {
+                let now = Instant::now();
+                progress_at = now;
+                outcome.last_ack = Some(now);
+                let ranges = match answer {
+                    Ok(ranges) => ranges,
                     Err(error) => {
                         let id = plan.id;
                         outcome
                             .errors
-                            .push(|| format!("worker {id}: sending acks failed: {error:?}"));
+                            .push(|| format!("worker {id}: sending acks failed: {error}"));
                         plan.shared.finished.send_replace(true);
                         break;
                     }
-                }
-            }
-            Step::Event(Ok(Some(SessionEvent::Settled(settled)))) => {
-                let Some(sent) = in_flight.remove(&settled.request_id) else {
-                    continue;
                 };
-                let now = Instant::now();
-                progress_at = now;
-                outcome.last_ack = Some(now);
                 let mut acked = 0;
-                for (result, &(partition, first, last)) in settled.outcomes.iter().zip(&sent.ranges)
-                {
+                for range in &ranges {
+                    let (partition, first, last) = (range.partition, range.first, range.last);
                     let want = last - first + 1;
-                    if result.code == 0 && result.settled == want {
-                        outcome.mark_acked(partition, first, last);
-                        acked += want;
-                    } else {
-                        let message = result.message.clone();
-                        let (code, settled) = (result.code, result.settled);
-                        outcome.errors.push(|| {
-                            format!(
-                                "ack of {partition}/{first}..={last} answered code {code}, {settled} of {want} settled: {message}"
-                            )
-                        });
+                    match &range.outcome {
+                        Ok(settled) if *settled == want => {
+                            outcome.mark_acked(partition, first, last);
+                            acked += want;
+                        }
+                        result => {
+                            let result = match result {
+                                Ok(settled) => format!("{settled} of {want} settled"),
+                                Err(error) => format!("refused: {error}"),
+                            };
+                            outcome.errors.push(|| {
+                                format!("ack of {partition}/{first}..={last} answered {result}")
+                            });
+                        }
                     }
                 }
                 outcome.acked += acked;
@@ -289,16 +229,59 @@ pub(super) async fn worker(
                     plan.shared.finished.send_replace(true);
                     break;
                 }
-                if let Err(error) = session.credit(sent.count as u32).await {
-                    let id = plan.id;
-                    outcome
-                        .errors
-                        .push(|| format!("worker {id}: sending credit failed: {error:?}"));
-                    plan.shared.finished.send_replace(true);
-                    break;
-                }
             }
         }
     }
     outcome
+}
+
+/// Checks one delivery's payload and records its latencies.
+fn check(plan: &WorkerPlan, outcome: &mut WorkerOutcome, d: &Delivery, now_ns: u64, wall_ms: i64) {
+    let m = d.message();
+    if d.attempt() > 1 {
+        outcome.redelivered += 1;
+    } else if let Some(due_ms) = m.deliver_at_ms {
+        // The broker decides with the same wall clock: a delivery before the time is
+        // an error, not a fast delivery.
+        if wall_ms < due_ms {
+            let (p, o) = (m.partition, m.offset);
+            outcome.errors.push(|| {
+                format!(
+                    "{p}/{o}: delivered {} ms before its deliver-at time",
+                    due_ms - wall_ms
+                )
+            });
+        }
+        let late_ms = u64::try_from(wall_ms - due_ms).unwrap_or(0);
+        outcome.due_lateness.record_us_n(late_ms * 1_000, 1);
+    }
+    outcome.bytes += m.value.len() as u64;
+    match open(&m.value) {
+        Ok(header) if header.run != plan.run => {
+            let (p, o) = (m.partition, m.offset);
+            outcome.errors.push(|| {
+                format!(
+                    "{p}/{o}: a message of run {:08x}, not of this run",
+                    header.run
+                )
+            });
+        }
+        Ok(header) if header.partition != m.partition => {
+            let (p, o) = (m.partition, m.offset);
+            outcome
+                .errors
+                .push(|| format!("{p}/{o}: sent to partition {}", header.partition));
+        }
+        Ok(header) => {
+            if plan.live {
+                outcome
+                    .publish_latency
+                    .record_us_n(now_ns.saturating_sub(header.sent_ns) / 1_000, 1);
+            }
+        }
+        Err(error) => {
+            let (p, o) = (m.partition, m.offset);
+            outcome.errors.push(|| format!("{p}/{o}: {error}"));
+        }
+    }
 }
