@@ -1119,7 +1119,7 @@ mod tests {
             table.resize_keeping(table.used * 2, |_| true);
             check(&table, &model)?;
             // A sweep in place keeps exactly what it is told to, findable.
-            let kept = |entry: &Entry| entry.at % 3 != 0;
+            let kept = |entry: &Entry| !entry.at.is_multiple_of(3);
             table.retain(kept);
             model.retain(|&(_, at), _| kept(&Entry { time: 0, at }));
             prop_assert_eq!(table.used, model.values().sum::<usize>());
@@ -1152,11 +1152,11 @@ mod tests {
         assert!(table.memory_bytes() <= 64 << 20);
         // A sweep that keeps 90% works in place (the load stays above 0.4)...
         let len = table.len();
-        table.sweep_keeping(|entry| entry.at % 10 != 0);
+        table.sweep_keeping(|entry| !entry.at.is_multiple_of(10));
         assert_eq!((table.used, table.len()), (900_000, len));
         assert!(table.memory_bytes() / table.used <= 40);
         // ... and one that keeps half rebuilds at a load of 0.6.
-        table.sweep_keeping(|entry| entry.at % 2 == 0);
+        table.sweep_keeping(|entry| entry.at.is_multiple_of(2));
         assert_eq!(table.used, 400_000);
         let bytes = table.memory_bytes();
         assert!(
