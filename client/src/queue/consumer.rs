@@ -29,7 +29,7 @@ use crate::error::{Error, Result, retryable_status};
 
 /// Most credit a consumer may give at once ([`QueueConsumerOptions::credit`]): each
 /// unit is a delivery (up to a whole message) held in memory.
-pub const CREDIT_MAX: u32 = 65_536;
+pub(crate) const CREDIT_MAX: u32 = 65_536;
 /// Requests (credit, settlements) queued for the stream before the driver waits.
 const REQUESTS_QUEUED_MAX: usize = 256;
 /// Settlements queued for the driver before a settling caller waits.
@@ -40,9 +40,9 @@ const COMMANDS_QUEUED_MAX: usize = 1024;
 pub struct QueueConsumerOptions {
     /// Free-form name shown by `DescribeQueue` (and `tidelog queue describe`).
     pub client_id: String,
-    /// The window: most deliveries held unsettled at once (1 to [`CREDIT_MAX`];
-    /// default 100). Each final settlement (ack, nack, term; not an extension) gives
-    /// its credit back once the broker answered it. The queue's
+    /// The window: most deliveries held unsettled at once (1 to 65,536, more counts as
+    /// 65,536; default 100). Each final settlement (ack, nack, term; not an
+    /// extension) gives its credit back once the broker answered it. The queue's
     /// `max_unacked_per_member` applies too.
     pub credit: u32,
     /// Most deliveries in all (`None`: no limit): credit never goes past it, so

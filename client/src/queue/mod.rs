@@ -169,6 +169,13 @@ pub struct RangeAck {
 
 /// One delivery of a message to a [`QueueConsumer`] or a [`QueueWorker`], to settle
 /// before its deadline. Settling returns once the broker has made the outcome durable.
+///
+/// A delivery dropped without a settlement is not given back at once: the broker
+/// delivers it again after its deadline (to any member), and on a [`QueueConsumer`]
+/// it keeps its unit of credit until the stream is opened again, as an unacked
+/// message counts against a RabbitMQ channel's prefetch. A consumer that drops
+/// deliveries unsettled runs out of credit; nack them instead (`nack` with
+/// `Some(Duration::ZERO)` hands one back at once).
 #[derive(Debug, Clone)]
 pub struct Delivery {
     settler: Settler,
