@@ -50,10 +50,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut consumer = QueueConsumer::open(&client, &queue, options).await?;
     println!("member {} of {queue}", consumer.member_id());
+    // One Ctrl-C listener for the whole run: made anew each turn, a Ctrl-C pressed
+    // while a delivery is being handled would find no listener and be lost.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     loop {
         let event = tokio::select! {
             event = consumer.next_event() => event?,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut ctrl_c => break,
         };
         match event {
             QueueEvent::Deliveries(deliveries) => {
