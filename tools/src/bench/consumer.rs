@@ -324,30 +324,19 @@ async fn run_subscription(
         tokio::select! {
             biased;
             event = subscription.next_event() => {
-                // One delivery's events at a time, without a select per message.
                 let t = targets.as_deref().map(Vec::as_slice);
                 let now_ns = plan.clock.now_ns();
-                let mut counted = 0u64;
-                let failed = match &event {
-                    Ok(event) => {
-                        counted += subscription_event(&mut reader, &plan, event, t, now_ns);
-                        false
-                    }
-                    Err(error) => {
-                        reader
-                            .errors
-                            .push(|| format!("consumer {}: subscription failed: {error}", plan.id));
-                        true
-                    }
-                };
-                // Handled in place (by reference): an event is a few hundred bytes,
-                // and moving each one again costs more than reading it.
-                while let Some(event) = subscription.try_next_event() {
-                    counted += subscription_event(&mut reader, &plan, &event, t, now_ns);
-                }
+                let (counted, failed) = one_delivery(
+                    event,
+                    || subscription.try_next_event(),
+                    |event| subscription_event(&mut reader, &plan, event, t, now_ns),
+                );
                 reader.counted(&plan, counted);
                 progress_at = Instant::now();
-                if failed {
+                if let Some(error) = failed {
+                    reader
+                        .errors
+                        .push(|| format!("consumer {}: subscription failed: {error}", plan.id));
                     break;
                 }
             }
@@ -367,6 +356,26 @@ async fn run_subscription(
         }
     }
     reader.finish()
+}
+
+/// One delivery's events, without a select per message: `first` (what `next_event`
+/// returned), then whatever else was already received (`more`), each handed to
+/// `count` in place (by reference: an event is a few hundred bytes, and moving each
+/// one again costs more than reading it). Returns the messages counted, and the error
+/// `first` was.
+fn one_delivery<E>(
+    first: Result<E, tidelog_client::Error>,
+    mut more: impl FnMut() -> Option<E>,
+    mut count: impl FnMut(&E) -> u64,
+) -> (u64, Option<tidelog_client::Error>) {
+    let (mut counted, failed) = match first {
+        Ok(event) => (count(&event), None),
+        Err(error) => (0, Some(error)),
+    };
+    while let Some(event) = more() {
+        counted += count(&event);
+    }
+    (counted, failed)
 }
 
 /// Reads one subscription event; returns the messages it counts (0 or 1).
@@ -455,25 +464,17 @@ async fn run_member(
             event = member.next_event() => {
                 let t = targets.as_deref().map(Vec::as_slice);
                 let now_ns = plan.clock.now_ns();
-                let mut counted = 0u64;
-                let failed = match &event {
-                    Ok(event) => {
-                        counted += member_event(&mut reader, &plan, event, t, now_ns);
-                        false
-                    }
-                    Err(error) => {
-                        reader
-                            .errors
-                            .push(|| format!("consumer {}: the group member failed: {error}", plan.id));
-                        true
-                    }
-                };
-                while let Some(event) = member.try_next_event() {
-                    counted += member_event(&mut reader, &plan, &event, t, now_ns);
-                }
+                let (counted, failed) = one_delivery(
+                    event,
+                    || member.try_next_event(),
+                    |event| member_event(&mut reader, &plan, event, t, now_ns),
+                );
                 reader.counted(&plan, counted);
                 progress_at = Instant::now();
-                if failed {
+                if let Some(error) = failed {
+                    reader
+                        .errors
+                        .push(|| format!("consumer {}: the group member failed: {error}", plan.id));
                     break;
                 }
             }
