@@ -14,14 +14,15 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tidelog_proto::v1::SettlementOutcome;
 use tidelog_proto::v1::queue_consume_request::{Credit, Open, Request, Settle};
 use tidelog_proto::v1::queue_consume_response::{Event, Opened};
 use tidelog_proto::v1::{QueueConfig, QueueConsumeRequest, QueueConsumeResponse};
-use tidelog_proto::v1::{Settlement, SettlementOutcome};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Streaming};
 
+use super::route::{Command, Link, lease_lost};
 use super::{Delivery, Settler};
 use crate::backoff::Backoff;
 use crate::connection::Client;
@@ -330,69 +331,6 @@ enum Item {
     Disconnected(Error),
     Reconnected(Opened),
     Failed(Error),
-}
-
-/// A delivery's way back to the driver that received it.
-#[derive(Debug, Clone)]
-pub(super) struct Link {
-    commands: mpsc::Sender<Command>,
-    session: u64,
-}
-
-impl Link {
-    /// A link to no driver (settling fails with [`Error::LeaseLost`]), for tests.
-    #[cfg(test)]
-    pub(super) fn detached() -> Link {
-        let (commands, _) = mpsc::channel(1);
-        Link {
-            commands,
-            session: 0,
-        }
-    }
-
-    pub(super) fn same_session(&self, other: &Link) -> bool {
-        self.session == other.session && self.commands.same_channel(&other.commands)
-    }
-
-    pub(super) async fn settle(
-        &self,
-        settlements: Vec<Settlement>,
-        frees: Vec<u32>,
-    ) -> Result<Vec<SettlementOutcome>> {
-        let (reply, answer) = oneshot::channel();
-        let command = Command {
-            session: self.session,
-            settlements,
-            frees,
-            reply,
-        };
-        if self.commands.send(command).await.is_err() {
-            return Err(lease_lost(
-                "the consumer it came from was closed or dropped",
-            ));
-        }
-        answer.await.unwrap_or_else(|_| {
-            Err(lease_lost(
-                "the consumer was closed or dropped before the broker answered",
-            ))
-        })
-    }
-}
-
-fn lease_lost(reason: &str) -> Error {
-    Error::LeaseLost {
-        reason: reason.to_string(),
-    }
-}
-
-/// A settlement request for the driver.
-#[derive(Debug)]
-struct Command {
-    session: u64,
-    settlements: Vec<Settlement>,
-    /// Per settlement, the deliveries it settles for good (credit to give back).
-    frees: Vec<u32>,
-    reply: oneshot::Sender<Result<Vec<SettlementOutcome>>>,
 }
 
 /// A settlement sent and not answered yet.

@@ -7,8 +7,12 @@
 //!   on the stream and are matched to the broker's Settled answers by request id.
 //! - [`QueueWorker`] (`worker.rs`): the unary `Queues.Receive` (long poll) and
 //!   `Queues.Settle`, for callers that want no stream.
+//!
+//! A delivery settles through its way back to the member that received it
+//! (`route.rs`), which knows neither member type.
 
 mod consumer;
+mod route;
 mod worker;
 
 use std::sync::Arc;
@@ -28,9 +32,9 @@ pub use worker::QueueWorker;
 #[derive(Debug, Clone)]
 enum Settler {
     /// Unary `Settle` calls of a [`QueueWorker`].
-    Worker(QueueWorker),
+    Worker(route::Unary),
     /// The `Consume` stream of a [`QueueConsumer`], in the session it came on.
-    Stream(consumer::Link),
+    Stream(route::Link),
 }
 
 impl Settler {
@@ -405,7 +409,7 @@ mod tests {
             attempt: 2,
             deadline_ms: 0,
         };
-        let settler = Settler::Stream(consumer::Link::detached());
+        let settler = Settler::Stream(route::Link::detached());
         Delivery::new(settler, &Arc::from(""), proto).expect("a message")
     }
 

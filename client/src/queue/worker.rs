@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tidelog_proto::v1::{ReceiveRequest, SettleRequest, Settlement, SettlementOutcome};
+use tidelog_proto::v1::ReceiveRequest;
 
+use super::route::Unary;
 use super::{Delivery, Settler};
 use crate::backoff::Backoff;
 use crate::connection::Client;
@@ -81,7 +82,7 @@ impl QueueWorker {
                         .into_inner()
                         .deliveries
                         .into_iter()
-                        .filter_map(|d| Delivery::new(Settler::Worker(self.clone()), &topic, d))
+                        .filter_map(|d| Delivery::new(Settler::Worker(self.route()), &topic, d))
                         .collect());
                 }
                 Err(status) => {
@@ -96,27 +97,12 @@ impl QueueWorker {
         }
     }
 
-    /// One unary `Settle` of `settlements`: the outcome of each, once durable.
-    pub(super) async fn settle(
-        &self,
-        settlements: Vec<Settlement>,
-    ) -> Result<Vec<SettlementOutcome>> {
-        let request = SettleRequest {
+    /// How its deliveries are settled: unary `Settle` calls naming this worker's queue.
+    fn route(&self) -> Unary {
+        Unary {
+            client: self.client.clone(),
             queue: self.queue.clone(),
-            settlements,
-        };
-        let response = self
-            .client
-            .queues()
-            .settle(request)
-            .await
-            .map_err(|s| Error::from_status("Settle", None, &s))?
-            .into_inner();
-        Ok(response.outcomes)
-    }
-
-    /// Whether `other` leases under the same name on the same queue.
-    pub(super) fn same_member(&self, other: &QueueWorker) -> bool {
-        self.queue == other.queue && self.member == other.member
+            member: self.member.clone(),
+        }
     }
 }
