@@ -7,6 +7,11 @@
 #
 #   benches/vs-iggy.sh IGGY_SOURCE_DIR TIDELOG_RELEASE_DIR [ROUNDS]
 #   e.g. benches/vs-iggy.sh /work/iggy target/release 2
+# The durable runs also print the bytes tidelog wrote to its log per second and, when
+# TIDELOG_RELEASE_DIR holds `disk-ceiling` (`cargo build --release -p tidelog-benches
+# --bin disk-ceiling`), this disk's own fdatasync'd bandwidth, measured in the data
+# directory right after them: the issue's durable target is 3x Iggy or 90% of that
+# bandwidth, whichever is lower.
 # Build Iggy first: apt-get install libhwloc-dev libudev-dev pkg-config, then in its
 # source root `cargo +stable build --release -p server -p iggy-bench` (about 8 minutes
 # on 2 cores).
@@ -63,6 +68,15 @@ iggy_run() { # label durable? command actors batches
   pkill -f "target/release/iggy-server"; sleep 1
 }
 
+# The disk's fdatasync'd bandwidth in the data directory, in MB/s.
+disk_ceiling() {
+  if [ -x "$TL/disk-ceiling" ]; then
+    echo "disk    fdatasync'd bandwidth: $("$TL/disk-ceiling" "$DATA" 256 | sed -n 's/.*: \([0-9.]*\) MiB\/s.*/\1/p' | awk '{printf "%.1f MB/s (%s MiB/s)", $1 * 1.048576, $1}')"
+  else
+    echo "disk    (no $TL/disk-ceiling: cargo build --release -p tidelog-benches --bin disk-ceiling)"
+  fi
+}
+
 tidelog_run() { # label kind actors total args...
   local label=$1 kind=$2 actors=$3 total=$4; shift 4
   rm -rf "$DATA/tl"
@@ -75,22 +89,30 @@ tidelog_run() { # label kind actors total args...
     "$TL/tidelog" bench produce --server http://127.0.0.1:7431 --topic vs --keep \
       --producers "$actors" --partitions "$actors" --stream --batch-wire --batch 1000 \
       --message-size 100 --messages "$total" --fsync never --ack written > /dev/null 2>&1
-    set -- --topic vs --keep "$@"
   fi
+  # Kept, so its log's size can be read after the run.
+  set -- --topic vs --keep "$@"
   local a=$(cpu $pid)
   "$TL/tidelog" --json bench "$kind" --server http://127.0.0.1:7431 $flag "$actors" \
     --partitions "$actors" --batch-wire --batch 1000 --message-size 100 --messages "$total" "$@" > "$DATA/tl.json" 2>&1
   local b=$(cpu $pid)
-  python3 - "$DATA/tl.json" "$label" "$a" "$b" "$TICKS" "$total" "$kind" <<'PY'
+  # Bytes of the topic's segments (the log as written: records, batch headers).
+  local log_bytes=$(find "$DATA/tl/topics" -name '*.log' -printf '%s\n' 2>/dev/null | awk '{s+=$1} END {print s+0}')
+  python3 - "$DATA/tl.json" "$label" "$a" "$b" "$TICKS" "$total" "$kind" "$log_bytes" <<'PY'
 import json, sys
-path, label, a, b, ticks, total, kind = sys.argv[1:]
+path, label, a, b, ticks, total, kind, log_bytes = sys.argv[1:]
 try:
     d = json.load(open(path))
 except Exception:
     print(f"tidelog {label}: failed: {open(path).read()[:300]}"); sys.exit()
 side = d["consumers" if kind == "consume" else "producers"]["total"]
 cpu_ns = (int(b) - int(a)) * 1e9 / int(ticks) / int(total)
-print(f"tidelog {label}: {side['messages_per_s']:.0f} msg/s, server {cpu_ns:.0f} ns/msg, valid {d['validation']['ok']}")
+rate = side['messages_per_s']
+written = ""
+if kind == "produce" and int(log_bytes) > 0:
+    # The log bytes of the measured messages, at the measured rate.
+    written = f", log {int(log_bytes) / int(total) * rate / 1e6:.1f} MB/s"
+print(f"tidelog {label}: {rate:.0f} msg/s, server {cpu_ns:.0f} ns/msg{written}, valid {d['validation']['ok']}")
 PY
   kill $pid; wait $pid 2>/dev/null
 }
@@ -109,6 +131,7 @@ for r in $(seq "$ROUNDS"); do
     iggy_run "durable publish (ack after fsync), $k producers" durable pinned-producer "$k" "$per"
     tidelog_run "durable publish (ack after fsync), $k producers" produce "$k" "$total" --stream
   done
+  disk_ceiling
   for k in 1 2 8; do
     per=$(( 20000 / (k > 1 ? k : 2) / SCALE ))
     total=$(( per * 1000 * k ))
