@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(header, checked.header);
     assert_eq!(records.len(), header.record_count as usize);
     let ids: Vec<&[u8]> = records.iter().filter_map(|r| r.id.as_deref()).collect();
-    let checked_ids: Vec<&[u8]> = checked.ids.iter().map(|i| i.id.as_slice()).collect();
+    let checked_ids: Vec<&[u8]> = checked.ids.iter().map(|i| checked.id(bytes, i)).collect();
     assert_eq!(ids, checked_ids);
     let payload: u64 = records.iter().map(|r| r.payload_bytes()).sum();
     assert_eq!(payload, checked.payload_bytes);

@@ -142,14 +142,16 @@ impl std::fmt::Display for BatchError {
 
 impl std::error::Error for BatchError {}
 
-/// A record's id in a checked batch.
+/// A record's id in a checked batch: where it lies in the records section (see
+/// [`CheckedBatch::id`]), not a copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedId {
     /// The record's position in the batch (its offset delta).
     pub index: u32,
     /// [`crate::idindex::hash_id`] of the id.
     pub hash: u64,
-    pub id: Vec<u8>,
+    /// The id's bytes in the records section.
+    pub range: std::ops::Range<usize>,
 }
 
 /// A batch [`validate_batch`] accepted.
@@ -160,12 +162,25 @@ pub struct CheckedBatch {
     pub ids: Vec<CheckedId>,
     /// Id + key + value + header bytes of all records: what metrics count.
     pub payload_bytes: u64,
+    /// The records section decompressed (a zstd batch's, when it has ids), which the
+    /// ids lie in; `None`: they lie in the batch's own bytes.
+    plain: Option<Vec<u8>>,
 }
 
 impl CheckedBatch {
     /// Records that carry no id.
     pub fn records_without_id(&self) -> u32 {
         self.header.record_count - self.ids.len() as u32
+    }
+
+    /// The bytes of `id`, one of [`CheckedBatch::ids`], in `bytes`: the batch this
+    /// checked. Empty if `bytes` is not that batch.
+    pub fn id<'a>(&'a self, bytes: &'a [u8], id: &CheckedId) -> &'a [u8] {
+        let section = match &self.plain {
+            Some(plain) => plain.as_slice(),
+            None => bytes.get(batch::HEADER_BYTES..).unwrap_or_default(),
+        };
+        section.get(id.range.clone()).unwrap_or_default()
     }
 }
 
@@ -212,21 +227,21 @@ pub fn validate_batch(bytes: &[u8], rules: &BatchRules) -> Result<CheckedBatch, 
         });
     }
     let stored = &bytes[batch::HEADER_BYTES..];
-    let plain;
+    let mut plain: Option<Vec<u8>> = None;
     let section: &[u8] = match header.compression {
         Compression::None => stored,
         Compression::Zstd => {
             let capacity = header.uncompressed_length as usize;
             debug_assert!(capacity as u64 <= BATCH_BYTES_MAX);
-            plain = zstd::bulk::decompress(stored, capacity)
+            let decoded = zstd::bulk::decompress(stored, capacity)
                 .map_err(|e| BatchError::Compression(format!("it does not decode: {e}")))?;
-            if plain.len() != capacity {
+            if decoded.len() != capacity {
                 return Err(BatchError::Compression(format!(
                     "it decodes to {} bytes, the header says {capacity}",
-                    plain.len()
+                    decoded.len()
                 )));
             }
-            &plain
+            plain.insert(decoded)
         }
     };
     let mut walk = Walk {
@@ -279,11 +294,10 @@ pub fn validate_batch(bytes: &[u8], rules: &BatchRules) -> Result<CheckedBatch, 
         }
         payload_bytes += fields.payload_bytes;
         if let Some(range) = fields.id {
-            let id = &section[range];
             ids.push(CheckedId {
                 index,
-                hash: crate::idindex::hash_id(id),
-                id: id.to_vec(),
+                hash: crate::idindex::hash_id(&section[range.clone()]),
+                range,
             });
         }
     }
@@ -302,10 +316,13 @@ pub fn validate_batch(bytes: &[u8], rules: &BatchRules) -> Result<CheckedBatch, 
             header.max_expiry_ms, NEVER_EXPIRES
         )));
     }
+    // The ids lie in the decompressed section: keep it while they are needed.
+    let plain = plain.filter(|_| !ids.is_empty());
     Ok(CheckedBatch {
         header,
         ids,
         payload_bytes,
+        plain,
     })
 }
 
@@ -580,7 +597,7 @@ mod tests {
             let ids: Vec<_> = checked
                 .ids
                 .iter()
-                .map(|i| (i.index, i.id.clone()))
+                .map(|i| (i.index, checked.id(&bytes, i).to_vec()))
                 .collect();
             assert_eq!(ids, vec![(0, b"id-1".to_vec()), (2, b"id-3".to_vec())]);
             assert_eq!(checked.ids[0].hash, crate::idindex::hash_id(b"id-1"));
@@ -882,7 +899,7 @@ mod tests {
             let checked = validate_batch(&bytes, &rules()).unwrap();
             prop_assert_eq!(checked.header.record_count as usize, records.len());
             let ids: Vec<Vec<u8>> = records.iter().filter_map(|r| r.id.as_ref().map(|i| i.to_vec())).collect();
-            prop_assert_eq!(checked.ids.iter().map(|i| i.id.clone()).collect::<Vec<_>>(), ids);
+            prop_assert_eq!(checked.ids.iter().map(|i| checked.id(&bytes, i).to_vec()).collect::<Vec<_>>(), ids);
         }
 
         /// A batch with bytes changed either fails validation or decodes to the same
@@ -916,7 +933,7 @@ mod tests {
                     // what a reader decodes.
                     prop_assert_eq!(decoded.len(), checked.header.record_count as usize);
                     let ids: Vec<Vec<u8>> = decoded.iter().filter_map(|r| r.id.as_ref().map(|i| i.to_vec())).collect();
-                    prop_assert_eq!(checked.ids.iter().map(|i| i.id.clone()).collect::<Vec<_>>(), ids);
+                    prop_assert_eq!(checked.ids.iter().map(|i| checked.id(&mutated, i).to_vec()).collect::<Vec<_>>(), ids);
                 } else {
                     // Edits under the CRC never pass unless they changed nothing a
                     // record holds.

@@ -423,7 +423,7 @@ impl DedupWindow {
         }
         let mut ids: Vec<Option<&[u8]>> = vec![None; checked.header.record_count as usize];
         for id in &checked.ids {
-            ids[id.index as usize] = Some(&id.id);
+            ids[id.index as usize] = Some(checked.id(&bytes, id));
         }
         let hashes: Vec<(u32, u64)> = checked.ids.iter().map(|id| (id.index, id.hash)).collect();
         let decisions = self.claim(partitions, &ids, &hashes, window_ms)?;
