@@ -343,13 +343,23 @@ struct Walk<'a> {
 
 impl Walk<'_> {
     /// A varint that ends before `end` (a record's varints never run past its length).
+    #[inline]
     fn varint(&mut self, end: usize) -> Result<u64, String> {
+        // Most lengths and deltas fit one byte.
+        if self.at < end
+            && let Some(&byte) = self.bytes.get(self.at)
+            && byte < 0x80
+        {
+            self.at += 1;
+            return Ok(u64::from(byte));
+        }
         let (value, used) = batch::get_varint(self.bytes.get(self.at..end).unwrap_or_default())
             .ok_or("malformed varint, or one that runs past the record's length")?;
         self.at += used;
         Ok(value)
     }
 
+    #[inline]
     fn byte(&mut self, end: usize) -> Result<u8, String> {
         if self.at >= end {
             return Err("fields run past the record's length".into());
@@ -360,6 +370,7 @@ impl Walk<'_> {
     }
 
     /// A varint length and that many bytes, all before `end`: their range.
+    #[inline]
     fn field(&mut self, end: usize, what: &str) -> Result<std::ops::Range<usize>, String> {
         let length = self.varint(end)?;
         let start = self.at;
@@ -999,6 +1010,54 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..600)) {
             let _ = validate_batch(&data, &rules());
+        }
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use crate::batch::{EncodeOptions, NewRecord, encode_batch};
+
+    /// Not a test: the validation's cost per record of a 1,000-record batch of 100-byte
+    /// values, without and with 16-byte ids. Run with `cargo test --release -p
+    /// tidelog-storage --lib validate_timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn validate_timing() {
+        for ids in [false, true] {
+            let records: Vec<NewRecord> = (0..1000u32)
+                .map(|i| {
+                    let mut r = NewRecord::value(vec![b'x'; 100]);
+                    if ids {
+                        r.id = Some(bytes::Bytes::from(format!("{i:016}")));
+                    }
+                    r
+                })
+                .collect();
+            let options = EncodeOptions {
+                now_ms: 1_700_000_000_000,
+                default_ttl_ms: None,
+                compression: Compression::None,
+                max_message_bytes: 1 << 20,
+                priority_levels: 1,
+            };
+            let bytes = encode_batch(&records, &options).unwrap().bytes;
+            let rules = BatchRules {
+                now_ms: 1_700_000_000_000,
+                max_message_bytes: 1 << 20,
+                priority_levels: 1,
+                expiry_required: false,
+            };
+            let start = std::time::Instant::now();
+            let rounds = 3000;
+            for _ in 0..rounds {
+                std::hint::black_box(validate_batch(std::hint::black_box(&bytes), &rules).unwrap());
+            }
+            println!(
+                "ids {ids}: {:.1} ns a record",
+                start.elapsed().as_nanos() as f64 / (rounds * 1000) as f64
+            );
         }
     }
 }
