@@ -42,8 +42,7 @@ pub fn append(state: &AppState, request: PublishBatchRequest) -> Result<BatchWri
     let ack = convert::ack_level(request.ack)?;
     let partition = request.partition;
     convert::or_status(topic.partition(partition))?;
-    let (placed, checked) =
-        convert::or_status(topic.append_batch(partition, Vec::from(request.batch)))?;
+    let (placed, checked) = convert::or_status(topic.append_batch(partition, request.batch))?;
     let count = checked.header.record_count;
     let mut durable_waits = Vec::new();
     let response = match placed.appended {

@@ -387,7 +387,7 @@ impl DedupWindow {
         &self,
         partitions: &[Arc<Partition>],
         partition: u32,
-        bytes: Vec<u8>,
+        bytes: Bytes,
         checked: &CheckedBatch,
         now_ms: i64,
         window_ms: u64,

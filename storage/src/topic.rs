@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
+use bytes::Bytes;
+
 use crate::batch::NewRecord;
 use crate::client_batch::{BatchRules, CheckedBatch, validate_batch};
 use crate::config::TopicConfig;
@@ -117,7 +119,7 @@ impl Topic {
     pub fn append_batch(
         &self,
         partition: u32,
-        bytes: Vec<u8>,
+        bytes: Bytes,
     ) -> Result<(BatchPlaced, CheckedBatch)> {
         let config = self.config();
         let now_ms = self.dedup.now_ms();

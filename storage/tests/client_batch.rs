@@ -131,6 +131,16 @@ fn run_seed(seed: u64) {
                 priority_levels: 0,
             };
             let bytes = encode_batch(&records, &options).unwrap().bytes;
+            // As a buffer of its own, or (as a request's batch is) a slice of a
+            // larger one, which a large batch is written from without a copy.
+            let bytes = if rng.below(2) == 0 {
+                Bytes::from(bytes)
+            } else {
+                let mut request = vec![0xa5; 7];
+                request.extend_from_slice(&bytes);
+                request.extend_from_slice(&[0x5a; 9]);
+                Bytes::from(request).slice(7..7 + bytes.len())
+            };
             let (placed, checked) = topic.append_batch(0, bytes).unwrap();
             let appended = placed.appended.expect("new ids are appended");
             assert_eq!(appended.base_offset, expected, "seed {seed} step {step}");

@@ -20,9 +20,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tidelog_storage::batch::{Compression, EncodeOptions, encode_batch};
+use tidelog_storage::client_batch::{BatchRules, validate_batch};
 use tidelog_storage::fs::{CrashOptions, FaultyFs, SyncFault, SyncKind};
 use tidelog_storage::{
-    Error, FsyncPolicy, ManualClock, NewRecord, Partition, Store, StoreOptions, TopicConfig,
+    Clock, Error, FsyncPolicy, ManualClock, NewRecord, Partition, Store, StoreOptions, TopicConfig,
 };
 
 const START_MS: i64 = 1_700_000_000_000;
@@ -168,8 +170,19 @@ fn run_workload(
         match rng.below(100) {
             0..=59 => {
                 let count = 1 + rng.below(6);
-                let records = batch(&mut rng, &format!("{seed}/{log}/{step}"), count);
-                let offsets = part.append(&records)?;
+                let mut records = batch(&mut rng, &format!("{seed}/{log}/{step}"), count);
+                let offsets = if rng.below(4) == 0 {
+                    // As a client's batch; a large one (as a request's batch is, a
+                    // slice of a larger buffer) is written in two parts.
+                    if rng.below(2) == 0 {
+                        let mut value = records[0].value.to_vec();
+                        value.resize(17 * 1024, b'z');
+                        records[0].value = Bytes::from(value);
+                    }
+                    append_client_batch(&part, clock, &records)?
+                } else {
+                    part.append(&records)?
+                };
                 for (i, record) in records.iter().enumerate() {
                     ledger.values[log].insert(offsets.base_offset + i as u64, record.value.clone());
                 }
@@ -227,6 +240,35 @@ fn run_workload(
         }
     }
     slot.as_ref().unwrap().close()
+}
+
+/// Appends `records` as a client's batch would come (encoded by the client, in a
+/// request's buffer), through validation.
+fn append_client_batch(
+    part: &Arc<Partition>,
+    clock: &Arc<ManualClock>,
+    records: &[NewRecord],
+) -> Result<tidelog_storage::Appended, Error> {
+    let options = EncodeOptions {
+        now_ms: clock.now_ms(),
+        default_ttl_ms: None,
+        compression: Compression::None,
+        max_message_bytes: 1 << 20,
+        priority_levels: 0,
+    };
+    let bytes = encode_batch(records, &options)?.bytes;
+    let mut request = vec![0xa5; 5];
+    request.extend_from_slice(&bytes);
+    request.extend_from_slice(&[0x5a; 3]);
+    let bytes = Bytes::from(request).slice(5..5 + bytes.len());
+    let rules = BatchRules {
+        now_ms: clock.now_ms(),
+        max_message_bytes: 1 << 20,
+        priority_levels: 0,
+        expiry_required: false,
+    };
+    let checked = validate_batch(&bytes, &rules).expect("an encoded batch validates");
+    part.append_checked(bytes, &checked, clock.now_ms())
 }
 
 /// Everything readable in `[from, to)` of a partition.

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::batch::{self, EncodeOptions, NewRecord};
 use crate::checkpoint::CheckpointFile;
 use crate::client_batch::CheckedBatch;
@@ -192,6 +194,29 @@ pub(crate) struct PartitionContext {
     pub mapped: Arc<MappedSegments>,
     /// Gives broker-assigned message ids (one per store, so they are ordered store-wide).
     pub ids: Arc<crate::msgid::IdGenerator>,
+}
+
+/// Batches at least this large that share their buffer are written in two parts
+/// rather than copied (see [`Partition::append_checked`]); a smaller one is copied, as
+/// a copy costs less than the second write.
+const SHARED_WRITE_BYTES_MIN: usize = 16 << 10;
+
+/// A batch's bytes as an append takes them.
+enum BatchBytes {
+    /// Its own buffer: the base offset is written into it.
+    Owned(Vec<u8>),
+    /// A slice of a larger buffer, at least [`batch::CRC_AT`] bytes long: written as
+    /// its head, with the base offset written in, and the rest.
+    Shared(Bytes),
+}
+
+impl BatchBytes {
+    fn len(&self) -> usize {
+        match self {
+            BatchBytes::Owned(bytes) => bytes.len(),
+            BatchBytes::Shared(bytes) => bytes.len(),
+        }
+    }
 }
 
 impl Partition {
@@ -428,40 +453,55 @@ impl Partition {
         };
         // Encoding, compression, the CRC and the ids' hashes happen outside the lock.
         let encoded = batch::encode_batch(records, &options)?;
-        self.append_encoded(encoded, &ids, options.now_ms, &config)
+        let header = encoded.header;
+        self.append_encoded(
+            BatchBytes::Owned(encoded.bytes),
+            header,
+            &ids,
+            options.now_ms,
+            &config,
+        )
     }
 
     /// Appends a batch a client built, checked by
     /// [`crate::client_batch::validate_batch`] (`checked` is its verdict on `bytes`):
     /// the bytes go to the log as they came, with the log's base offset written in.
     /// The caller validated against this partition's topic config and the append time.
+    ///
+    /// A large batch that shares its buffer (the request it came in) is not copied: it
+    /// is written in two parts, its first bytes with the base offset written in, then
+    /// the rest as it is.
     pub fn append_checked(
         self: &Arc<Self>,
-        bytes: Vec<u8>,
+        bytes: Bytes,
         checked: &CheckedBatch,
         now_ms: i64,
     ) -> Result<Appended> {
         let config = self.config();
         let ids: Vec<(u32, u64)> = checked.ids.iter().map(|id| (id.index, id.hash)).collect();
-        let encoded = batch::EncodedBatch {
-            bytes,
-            header: checked.header,
+        let bytes = if bytes.len() >= SHARED_WRITE_BYTES_MIN && bytes.len() > batch::CRC_AT {
+            BatchBytes::Shared(bytes)
+        } else {
+            // Without a copy when the buffer is the batch's own.
+            BatchBytes::Owned(Vec::from(bytes))
         };
-        self.append_encoded(encoded, &ids, now_ms, &config)
+        self.append_encoded(bytes, checked.header, &ids, now_ms, &config)
     }
 
     /// The locked part of an append: roll if due, assign the base offset, write.
     fn append_encoded(
         self: &Arc<Self>,
-        mut encoded: batch::EncodedBatch,
+        mut bytes: BatchBytes,
+        mut header: batch::BatchHeader,
         ids: &[(u32, u64)],
         now_ms: i64,
         config: &TopicConfig,
     ) -> Result<Appended> {
+        let length = bytes.len() as u64;
         let mut writer = lock(&self.writer);
         self.check_writable(&writer)?;
         let size = writer.state.summary.log_bytes;
-        let too_big = size + encoded.bytes.len() as u64 > config.segment_bytes
+        let too_big = size + length > config.segment_bytes
             || writer.ids_bound + ids.len() as u64 > u64::from(ID_INDEX_ENTRIES_MAX);
         let too_old = config
             .segment_ms
@@ -470,9 +510,25 @@ impl Partition {
             self.roll(&mut writer)?;
         }
         let base_offset = writer.state.summary.next_offset;
-        encoded.set_base_offset(base_offset);
+        header.base_offset = base_offset;
         let position = writer.state.summary.log_bytes;
-        if let Err(error) = writer.file.write_all_at(&encoded.bytes, position) {
+        let written = match &mut bytes {
+            BatchBytes::Owned(bytes) => {
+                batch::set_base_offset(bytes, base_offset);
+                writer.file.write_all_at(bytes, position)
+            }
+            BatchBytes::Shared(bytes) => {
+                let (head, rest) = bytes.split_at(batch::CRC_AT);
+                let mut head = head.to_vec();
+                batch::set_base_offset(&mut head, base_offset);
+                writer.file.write_all_at(&head, position).and_then(|()| {
+                    writer
+                        .file
+                        .write_all_at(rest, position + batch::CRC_AT as u64)
+                })
+            }
+        };
+        if let Err(error) = written {
             // Take back whatever part of the batch reached the file, so the tail
             // stays valid; if even that fails the file is in an unknown state.
             if let Err(rollback) = writer.file.set_len(position) {
@@ -484,14 +540,13 @@ impl Partition {
                 error,
             ));
         }
-        let header = encoded.header;
         writer.state.observe(position, &header);
         writer.active.observe_append(&writer.state);
         let relative_base = (base_offset - writer.active.base_offset) as u32;
         writer.active.add_ids(position, relative_base, ids);
         writer.ids_bound += ids.len() as u64;
         writer.appends_since_flush += 1;
-        writer.bytes_since_flush += encoded.bytes.len() as u64;
+        writer.bytes_since_flush += length;
         let end = LogEnd {
             offset: header.next_offset(),
             segment_base: writer.active.base_offset,
