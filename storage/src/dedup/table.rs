@@ -48,6 +48,17 @@ impl Slot for Claim {
     }
 }
 
+/// Where a sweep of a [`Table`] stands (see [`Table::start_sweep`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Sweep {
+    /// The slot the next step reads first.
+    next: usize,
+    /// Slots still to read (at least).
+    left: usize,
+    /// The table's length when the sweep started.
+    len: usize,
+}
+
 /// Open addressing with linear probing; a tag's home slot is `tag * len >> 32`, so
 /// any table length works and deletion shifts the run back (no tombstones). A probe
 /// reads the slots from the tag's home to the first empty one.
@@ -192,27 +203,56 @@ impl<S: Slot> Table<S> {
         self.resize_keeping(count, |_| true);
     }
 
-    /// Drops the slots `keep` does not keep, in place. Each run of occupied slots
-    /// (between two empty ones) is read in order; where the run lost a slot, its slots
-    /// are emptied and the kept ones put back in their order, each in the first empty
-    /// slot from its home. A slot's home lies in its run, before it, and every slot put
-    /// back before it sat before it too, so each lands in its run at or before where
-    /// it was: the probes still find everything. The table is read and written in
-    /// order, once, and nothing is allocated (rebuilding into a fresh table re-inserted
-    /// every id kept at random and had the kernel map a new table).
-    pub fn retain(&mut self, keep: impl Fn(&S) -> bool) {
-        // A run cannot wrap past an empty slot: start after one (the load is at most
-        // 0.8, so a table with slots has one).
-        let Some(empty) = self.slots.iter().position(|slot| slot.tag() == 0) else {
-            return;
-        };
+    /// Starts a sweep: a pass over every slot, in slot order, in steps
+    /// ([`Table::sweep_step`]), that drops the slots its `keep` does not keep.
+    pub fn start_sweep(&self) -> Sweep {
+        // Start after an empty slot (the load is at most 0.8, so a table with slots has
+        // one), so the first run is read from its start.
+        let empty = self.slots.iter().position(|slot| slot.tag() == 0);
+        Sweep {
+            next: empty.map_or(0, |empty| self.next(empty)),
+            left: if empty.is_some() { self.len() } else { 0 },
+            len: self.len(),
+        }
+    }
+
+    /// Sweeps on from where `sweep` stands: reads at least `budget` slots (and on to
+    /// the end of the run it is in), in place; true once the sweep has read every slot
+    /// (or the table was rebuilt since it started: the next sweep reads the rest).
+    ///
+    /// Each run of occupied slots (up to an empty one) is read in order; where it lost
+    /// a slot, its slots are emptied and the kept ones put back in their order, each in
+    /// the first empty slot from its home. A slot's home lies before it in its run, and
+    /// every slot put back before it sat before it too, so each lands at or before where
+    /// it was: the probes still find everything. That holds as well for a run the
+    /// step begins in the middle of (slots inserted between two steps may have filled
+    /// the empty slot a step ended at): the slots before the step's start stay, and
+    /// those put back probe from their homes through them. The table is read and
+    /// written in order and nothing is allocated but the run being read (rebuilding
+    /// into a fresh table re-inserted every id kept at random and had the kernel map a
+    /// new table), so a step costs its budget, not the table.
+    pub fn sweep_step(
+        &mut self,
+        sweep: &mut Sweep,
+        budget: usize,
+        keep: impl Fn(&S) -> bool,
+    ) -> bool {
+        if sweep.len != self.len() {
+            sweep.left = 0;
+        }
+        if sweep.left == 0 {
+            return true;
+        }
         let mut run: Vec<S> = Vec::new();
-        let mut run_start = self.next(empty);
+        let mut run_start = sweep.next;
         let mut dropped = false;
-        let mut index = run_start;
-        // Every slot once, the empty one last, which ends the last run.
-        for _ in 0..self.len() {
+        let mut index = sweep.next;
+        let mut read = 0usize;
+        // Ends on an empty slot, which ends the last run read.
+        loop {
             let slot = self.get(index);
+            sweep.left = sweep.left.saturating_sub(1);
+            read += 1;
             if slot.tag() != 0 {
                 if keep(&slot) {
                     run.push(slot);
@@ -234,16 +274,26 @@ impl<S: Slot> Table<S> {
                 run.clear();
                 dropped = false;
                 run_start = self.next(index);
+                if sweep.left == 0 || read >= budget {
+                    sweep.next = run_start;
+                    return sweep.left == 0;
+                }
             }
             index = self.next(index);
         }
     }
 
-    /// A sweep: drops the slots `keep` does not keep, in place, then rebuilds the
-    /// table at a load of 0.6 if that left it below 0.4, so a slot in use costs at most
-    /// 2.5 slots of memory (with the expired ids not yet swept).
-    pub fn sweep_keeping(&mut self, keep: impl Fn(&S) -> bool) {
-        self.retain(keep);
+    /// Drops the slots `keep` does not keep, in place: a whole sweep at once.
+    #[cfg(test)]
+    pub fn retain(&mut self, keep: impl Fn(&S) -> bool) {
+        let mut sweep = self.start_sweep();
+        while !self.sweep_step(&mut sweep, usize::MAX, &keep) {}
+    }
+
+    /// After a sweep: rebuilds the table at a load of 0.6 if the sweep left it below
+    /// 0.4, so a slot in use costs at most 2.5 slots of memory (with the expired ids
+    /// not yet swept).
+    pub fn shrink_after_sweep(&mut self) {
         if self.len() > SLOTS_MIN && self.used * 5 < self.len() * 2 {
             self.resize(self.used * 5 / 3);
         }
@@ -290,7 +340,6 @@ impl Stored {
         self.first + self.times.len() as u64
     }
 
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.times.len()
     }
@@ -309,8 +358,10 @@ impl Stored {
 
     /// The position in the buffers of the id a window slot names, if it is held.
     fn position(&self, slot: u64) -> Option<usize> {
-        // Every slot names an id in first..end (the sweep drops the slots of the ids
-        // it drops), fewer than 2^32 of them: the low 32 bits tell which.
+        // Every slot names an id in first..end, fewer than 2^32 of them, or one dropped
+        // since the sweep under way started (it takes their slots out within a few
+        // slots read per id claimed, so far fewer than 2^32 ids come meanwhile): the
+        // low 32 bits tell which, and whether it is still held.
         let back = (self.end() as u32).wrapping_sub(slot as u32) as usize;
         (back != 0 && back <= self.times.len()).then(|| self.times.len() - back)
     }
@@ -414,6 +465,71 @@ mod tests {
             model.retain(|slot, _| kept(slot));
             prop_assert_eq!(table.used, model.values().sum::<usize>());
             check(&table, &model)?;
+        }
+
+        /// A sweep in steps of random sizes, with slots inserted between the steps (in
+        /// runs it has read, is in the middle of, or has yet to read): every slot kept
+        /// is findable after every step, and when the sweep ends exactly the slots it
+        /// was to drop are gone (unless the table grew meanwhile, which ends a sweep
+        /// early: then nothing kept is lost).
+        #[test]
+        fn a_sweep_in_steps_with_inserts_between_drops_what_it_should(
+            before in proptest::collection::vec((1u32..60, any::<u32>()), 1..500),
+            steps in proptest::collection::vec(
+                (1usize..80, proptest::collection::vec((1u32..60, any::<u32>()), 0..6)),
+                1..120,
+            ),
+            roomy in any::<bool>(),
+        ) {
+            // Few tags, so runs are long and wrap. Slots inserted before the sweep have
+            // values below 2^31 (a third of them to drop), those inserted during it
+            // above (kept).
+            let slot = |tag: u32, value: u32| window_slot(tag.wrapping_mul(0x9E37_79B9) | 1, u64::from(value));
+            let keep = |slot: &u64| (*slot as u32) >= 1 << 31 || !(*slot as u32).is_multiple_of(3);
+            let inserts = before.len() + steps.iter().map(|(_, i)| i.len()).sum::<usize>();
+            let mut table: Table<u64> = Table::with_slots(if roomy { inserts * 2 } else { 4 });
+            let mut model: HashMap<u64, usize> = HashMap::new();
+            for &(tag, value) in &before {
+                let s = slot(tag, value & !(1 << 31));
+                table.insert(s);
+                *model.entry(s).or_default() += 1;
+            }
+            let len = table.len();
+            let mut sweep = table.start_sweep();
+            let mut done = false;
+            let findable = |table: &Table<u64>, model: &HashMap<u64, usize>| {
+                model.iter().filter(|(s, _)| keep(s)).all(|(&s, &count)| {
+                    table.matches(s.tag()).filter(|&(_, here)| here == s).count() >= count
+                })
+            };
+            for (budget, inserted) in steps {
+                if !done {
+                    done = table.sweep_step(&mut sweep, budget, keep);
+                }
+                prop_assert!(findable(&table, &model));
+                for (tag, value) in inserted {
+                    let s = slot(tag, value | 1 << 31);
+                    table.insert(s);
+                    *model.entry(s).or_default() += 1;
+                }
+            }
+            while !done {
+                done = table.sweep_step(&mut sweep, 7, keep);
+            }
+            prop_assert!(findable(&table, &model));
+            let mut found: HashMap<u64, usize> = HashMap::new();
+            for index in 0..table.len() {
+                let s = table.get(index);
+                if s.tag() != 0 {
+                    *found.entry(s).or_default() += 1;
+                }
+            }
+            prop_assert_eq!(found.values().sum::<usize>(), table.used);
+            if table.len() == len {
+                let mut expected = model.clone();
+                expected.retain(|s, _| keep(s));
+                prop_assert_eq!(found, expected);
+            }
         }
 
         /// `Stored` against a list of what it holds: pushes, expiries and time shifts;
