@@ -83,7 +83,7 @@ impl Seen {
                 })
                 .expect("next_event");
             match event {
-                Event::Message(message) => self.messages.push(message),
+                Event::Messages(messages) => self.messages.extend(messages),
                 other => self.events.push(other),
             }
         }
