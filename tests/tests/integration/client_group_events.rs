@@ -327,9 +327,9 @@ async fn a_damaged_batch_fails_with_data_loss_after_what_came_before_it() {
         .expect("create");
     let producer = Producer::new(&client, ProducerConfig::default());
     for range in [0..40u64, 40..70, 70..80] {
-        let records = range.map(|o| Record::new("dmg", o.to_string())).collect();
+        let records: Vec<Record> = range.map(|o| Record::new("dmg", o.to_string())).collect();
         let batch = producer
-            .send_batch("dmg", 0, Ack::Durable, records)
+            .send_batch("dmg", 0, Ack::Durable, &records)
             .await
             .expect("send_batch");
         timeout(WAIT, batch).await.expect("in time").expect("acked");
