@@ -228,7 +228,8 @@ impl Producer {
                 return Ok(BatchDeliveryFuture::ready(Err(error)));
             }
         };
-        let batch = match checked.encode(records, self.shared.compression) {
+        let buffer = core.encode_buffer();
+        let batch = match checked.encode(records, self.shared.compression, buffer) {
             Ok(batch) => batch,
             Err(error) => {
                 core.give_back(size);

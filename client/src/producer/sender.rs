@@ -12,7 +12,7 @@ use tidelog_proto::v1::{
     publish_stream_response,
 };
 use tidelog_storage::NewRecord;
-use tidelog_storage::batch::{EncodeOptions, encode_batch};
+use tidelog_storage::batch::{EncodeOptions, encode_batch, encode_batch_into};
 use tidelog_storage::dedup::BATCH_DEDUPLICATED_WHOLE;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -141,7 +141,9 @@ impl Outgoing {
     }
 
     /// Each record's [`Delivered`] from the batch's ack.
-    fn resolve(self, core: &Core, ack: &PublishBatchResponse) {
+    /// Hands each waiter its outcome; returns the batch's bytes (a spare buffer, once
+    /// nothing else holds them).
+    fn resolve(self, core: &Core, ack: &PublishBatchResponse) -> Bytes {
         let level = self.key.ack;
         let all_ids = |ids: Vec<Option<Bytes>>, records: usize| {
             if ids.is_empty() {
@@ -181,6 +183,7 @@ impl Outgoing {
                 split.done(core, index, outcome);
             }
         }
+        self.bytes
     }
 }
 
@@ -257,10 +260,11 @@ impl CheckedBatch {
         self,
         records: &[R],
         compression: tidelog_storage::Compression,
+        buffer: Vec<u8>,
     ) -> Result<EncodedOwn> {
         let options = self.rules.options(compression);
         let encoded = if self.attached.is_empty() {
-            encode_batch(records, &options)
+            encode_batch_into(records, &options, buffer)
         } else {
             let with_ids: Vec<NewRecord> = records
                 .iter()
@@ -273,7 +277,7 @@ impl CheckedBatch {
                     record
                 })
                 .collect();
-            encode_batch(&with_ids, &options)
+            encode_batch_into(&with_ids, &options, buffer)
         };
         let encoded = encoded.map_err(|error| Error::InvalidRecord {
             reason: error.to_string(),
@@ -539,7 +543,8 @@ impl Sender {
             self.core.finish(&batch.handle, Outcome::Failed(error));
             return None;
         };
-        match encode_batch(&batch.items, &rules.options(self.config.compression)) {
+        let options = rules.options(self.config.compression);
+        match encode_batch_into(&batch.items, &options, self.core.encode_buffer()) {
             Ok(encoded) => {
                 let ids = if batch.items.iter().any(|r| r.id.is_some()) {
                     batch.items.iter().map(|r| r.id.clone()).collect()
@@ -811,7 +816,8 @@ impl Sender {
         };
         match response.outcome {
             Some(publish_stream_response::Outcome::BatchResponse(ack)) => {
-                batch.resolve(&self.core, &ack)
+                let bytes = batch.resolve(&self.core, &ack);
+                self.core.keep_buffer(bytes);
             }
             Some(publish_stream_response::Outcome::Error(status)) => {
                 let code = Code::from_i32(status.code);

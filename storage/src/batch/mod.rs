@@ -434,6 +434,17 @@ pub fn encode_batch<R: AsRef<NewRecord>>(
     records: &[R],
     options: &EncodeOptions,
 ) -> Result<EncodedBatch, crate::Error> {
+    encode_batch_into(records, options, Vec::new())
+}
+
+/// [`encode_batch`] into `buffer`: emptied first, its allocation reused when large
+/// enough (an encoder of many batches hands back the buffers of batches already sent,
+/// rather than asking the allocator for a fresh ~100 KB one per batch).
+pub fn encode_batch_into<R: AsRef<NewRecord>>(
+    records: &[R],
+    options: &EncodeOptions,
+    buffer: Vec<u8>,
+) -> Result<EncodedBatch, crate::Error> {
     let record_count = u32::try_from(records.len())
         .ok()
         .filter(|&n| n > 0 && n <= BATCH_RECORDS_MAX)
@@ -502,7 +513,9 @@ pub fn encode_batch<R: AsRef<NewRecord>>(
     let mut max_timestamp_ms = first_timestamp_ms;
     let mut max_expiry_ms = i64::MIN;
 
-    let mut bytes = Vec::with_capacity(HEADER_BYTES + payload_total as usize);
+    let mut bytes = buffer;
+    bytes.clear();
+    bytes.reserve(HEADER_BYTES + payload_total as usize);
     bytes.resize(HEADER_BYTES, 0);
     let mut record_body = Vec::with_capacity(64);
     for (delta, record) in records.iter().map(AsRef::as_ref).enumerate() {
