@@ -775,6 +775,26 @@ mod tests {
         ]
     }
 
+    /// A reused buffer (holding an earlier batch, with room to spare, or too small)
+    /// encodes byte for byte what a fresh one does, compressed or not.
+    #[test]
+    fn a_reused_buffer_encodes_what_a_fresh_one_does() {
+        for compression in [Compression::None, Compression::Zstd] {
+            let options = EncodeOptions {
+                compression,
+                ..options()
+            };
+            let fresh = encode_batch(&sample_records(), &options).unwrap();
+            let mut dirty = vec![0xa5u8; 10_000];
+            dirty.truncate(7_000);
+            for buffer in [dirty, vec![1, 2, 3], Vec::new()] {
+                let reused = encode_batch_into(&sample_records(), &options, buffer).unwrap();
+                assert_eq!(reused.bytes, fresh.bytes, "{compression:?}");
+                assert_eq!(reused.header, fresh.header);
+            }
+        }
+    }
+
     /// A header key that is not UTF-8 (written by no tidelog, but behind a valid CRC):
     /// the view of its record is read (a filter may compare it as bytes and pass over
     /// it), and making a `Record` of it is an error, never a lossy key.
