@@ -9,12 +9,17 @@
 #   benches/ab-client.sh TIDELOGD BEFORE_TIDELOG AFTER_TIDELOG [MESSAGES] [ROUNDS]
 #   SPECS="produce --producers 1 --messages 2000000" benches/ab-client.sh ...   (some runs;
 #   several separated by ';')
+#   PARTITIONS=8 SPECS="consume --topic ab --partitions 8 --consumers 8 --batch-wire ..."
+#   (the consume topic filled with that many partitions; default 1)
+#   PORT=7441 ...   (the broker's port; default 7431)
 set -u
 BROKER=${1:?tidelogd}; BEFORE=${2:?before tidelog}; AFTER=${3:?after tidelog}
 N=${4:-2000000}; ROUNDS=${5:-2}
 DATA=$(mktemp -d)
 trap 'rm -rf "$DATA"' EXIT
-SERVER=http://127.0.0.1:7431
+PORT=${PORT:-7431}
+PARTITIONS=${PARTITIONS:-1}
+SERVER=http://127.0.0.1:$PORT
 TICKS=$(getconf CLK_TCK)
 cpu() { awk '{print $14+$15}' /proc/$1/stat; }
 summary() { # json-file messages
@@ -30,10 +35,11 @@ EOF
 run() { # label tidelog kind args...
   local label=$1 bin=$2 kind=$3; shift 3
   rm -rf "$DATA/d"
-  "$BROKER" --data-dir "$DATA/d" --listen 127.0.0.1:7431 --metrics-listen 127.0.0.1:0 > "$DATA/broker.log" 2>&1 &
+  "$BROKER" --data-dir "$DATA/d" --listen 127.0.0.1:$PORT --metrics-listen 127.0.0.1:0 > "$DATA/broker.log" 2>&1 &
   local pid=$!; sleep 1
   if [ "$kind" = consume ]; then
     "$BIN_FILL" bench produce --server $SERVER --topic ab --keep --producers 2 --stream \
+      --partitions "$PARTITIONS" \
       --messages $N --fsync never --ack written > /dev/null 2>&1
   fi
   local a=$(cpu $pid)

@@ -109,7 +109,7 @@ pub use queue::{
     Delivery, QueueConsumer, QueueConsumerOptions, QueueEvent, QueueWorker, RangeAck, Settle,
     Settled,
 };
-pub use record::{Ack, Delivered, Message, Record};
+pub use record::{Ack, Delivered, Message, Messages, Record};
 pub use router::{HandlerResult, Retry, Router, RouterConfig};
 pub use tidelog_storage::Header;
 

@@ -191,6 +191,81 @@ pub struct Message {
     pub priority: u8,
 }
 
+/// The messages of one delivery from one partition, in offset order: what
+/// [`crate::Event::Messages`] and [`crate::GroupEvent::Messages`] carry. Never empty.
+/// Read it as a slice (`for m in &messages`, `messages.len()`, `messages[0]`) or take
+/// the messages out ([`Messages::into_vec`], `for m in messages`).
+///
+/// One value per delivery (up to the subscription's `max_batch_messages`) instead of
+/// one event per message: the consumer decodes a delivery's batches straight into it,
+/// and the reader walks it in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Messages {
+    topic: Arc<str>,
+    partition: u32,
+    messages: Vec<Message>,
+}
+
+impl Messages {
+    /// `None` when `messages` is empty (a chunk always holds one at least).
+    pub(crate) fn new(topic: Arc<str>, partition: u32, messages: Vec<Message>) -> Option<Messages> {
+        (!messages.is_empty()).then_some(Messages {
+            topic,
+            partition,
+            messages,
+        })
+    }
+
+    /// The topic of every message here.
+    pub fn topic(&self) -> &Arc<str> {
+        &self.topic
+    }
+
+    /// The partition of every message here.
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    /// One past the last message's offset: where the partition goes on once these
+    /// are handled (what a commit of them names).
+    pub fn next_offset(&self) -> u64 {
+        self.messages
+            .last()
+            .map_or(0, |m| m.offset.saturating_add(1))
+    }
+
+    /// The messages, to keep or hand on.
+    pub fn into_vec(self) -> Vec<Message> {
+        self.messages
+    }
+}
+
+impl std::ops::Deref for Messages {
+    type Target = [Message];
+
+    fn deref(&self) -> &[Message] {
+        &self.messages
+    }
+}
+
+impl IntoIterator for Messages {
+    type Item = Message;
+    type IntoIter = std::vec::IntoIter<Message>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.messages.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Messages {
+    type Item = &'a Message;
+    type IntoIter = std::slice::Iter<'a, Message>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.messages.iter()
+    }
+}
+
 impl Message {
     /// The value of the first header named `name`.
     pub fn header(&self, name: &str) -> Option<&Bytes> {

@@ -4,13 +4,12 @@
 //! read from `offset`, handle the messages, read again from
 //! [`Fetched::next_offset`].
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tidelog_proto::v1::FetchRequest;
 
-use super::decode::decode_into;
+use super::decode::{decode_into, room_for};
 use crate::connection::Client;
 use crate::error::{Error, Result};
 use crate::record::Message;
@@ -93,12 +92,12 @@ impl Client {
             .map_err(|status| Error::from_status("FetchBatches", Some(topic), &status))?
             .into_inner();
         let name: Arc<str> = Arc::from(topic);
-        let mut messages = VecDeque::new();
+        let mut messages = room_for(&response.batches);
         for batch in &response.batches {
             decode_into(&name, partition, batch, response.now_ms, &mut messages)?;
         }
         Ok(Fetched {
-            messages: messages.into(),
+            messages,
             next_offset: response.next_offset,
             log_start_offset: response.log_start_offset,
             end_offset: response.end_offset,

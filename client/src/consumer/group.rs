@@ -18,13 +18,13 @@ use tonic::Code;
 use tidelog_storage::pattern::TopicPattern;
 
 use super::damage::{Damaged, probe};
-use super::decode::decode_as;
+use super::decode::{decode_into, room_for};
 use super::start::Reset;
 use super::subscription::{PartitionProgress, PositionReset, ResetReason};
 use crate::backoff::Backoff;
 use crate::connection::Client;
 use crate::error::{Error, Result, retryable_status};
-use crate::record::Message;
+use crate::record::{Message, Messages};
 
 /// Who commits a member's positions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,8 +83,10 @@ impl GroupOptions {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum GroupEvent {
-    /// The next message of an assigned partition (in offset order per partition).
-    Message(Message),
+    /// The messages of one delivery from an assigned partition, in offset order (the
+    /// next of that partition; never empty). Returning them counts them all as
+    /// returned for [`GroupMember::commit`].
+    Messages(Messages),
     /// Every message of one delivery from a partition has been returned: where the
     /// partition stands now and its end offset when it was read. Also comes for a
     /// delivery without messages (a filter refused them, or they expired). A good
@@ -135,11 +137,13 @@ pub struct AssignmentChange {
 /// group's committed offsets; messages buffered but not yet returned are dropped and
 /// come again.
 ///
-/// Two ways to read: [`GroupMember::next`] returns only messages;
-/// [`GroupMember::next_event`] also tells what a tool needs to act on
-/// ([`GroupEvent`]): each delivery's position and end offset, assignment changes with
-/// the revoked and added partitions, position resets, lost and regained connections.
-/// Either way [`GroupMember::commit`] commits what was returned, and
+/// Two ways to read: [`GroupMember::next`] returns one message at a time;
+/// [`GroupMember::next_event`] returns each delivery's messages together
+/// ([`GroupEvent::Messages`], walked in place: the cheap way to read many) and also
+/// tells what a tool needs to act on ([`GroupEvent`]): each delivery's position and
+/// end offset, assignment changes with the revoked and added partitions, position
+/// resets, lost and regained connections. The two mix: what `next` has not returned
+/// of a delivery comes first from `next_event`. Either way [`GroupMember::commit`] commits what was returned, and
 /// [`GroupMember::commit_offsets`] commits exactly the positions the caller names
 /// (what it handled, when that is less than what it received).
 ///
@@ -165,7 +169,11 @@ pub struct AssignmentChange {
 /// let mut member = GroupMember::join(&client, "orders", GroupOptions::new("billing")).await?;
 /// loop {
 ///     match member.next_event().await? {
-///         GroupEvent::Message(m) => println!("{} {}: {:?}", m.partition, m.offset, m.value),
+///         GroupEvent::Messages(messages) => {
+///             for m in &messages {
+///                 println!("{} {}: {:?}", m.partition, m.offset, m.value);
+///             }
+///         }
 ///         GroupEvent::Progress(p) => {
 ///             eprintln!("{}/{} at {} of {}", p.topic, p.partition, p.next_offset, p.end_offset);
 ///             member.commit().await?;
@@ -197,6 +205,9 @@ pub struct GroupMember {
     stream: Option<tonic::Streaming<SubscribeBatchesResponse>>,
     /// Events received and not yet returned.
     events: VecDeque<GroupEvent>,
+    /// The rest of the [`GroupEvent::Messages`] that [`GroupMember::next`] is returning
+    /// one by one (one partition's; empty when none).
+    pending: std::vec::IntoIter<Message>,
     /// Per (topic, partition), the position after the last message (or delivery)
     /// returned, or as the caller last committed it.
     consumed: BTreeMap<TopicPartition, u64>,
@@ -289,6 +300,7 @@ impl GroupMember {
             topics: Vec::new(),
             stream: None,
             events: VecDeque::new(),
+            pending: Vec::new().into_iter(),
             consumed: BTreeMap::new(),
             committed: BTreeMap::new(),
             read_at: BTreeMap::new(),
@@ -355,8 +367,16 @@ impl GroupMember {
     /// handover commit undone.
     pub async fn next(&mut self) -> Result<Message> {
         loop {
-            if let GroupEvent::Message(message) = self.next_event().await? {
+            if !self.handover_due
+                && let Some(message) = self.pending.next()
+            {
+                let key = (message.topic.clone(), message.partition);
+                self.consumed.insert(key, message.offset.saturating_add(1));
                 return Ok(message);
+            }
+            match self.receive().await? {
+                GroupEvent::Messages(messages) => self.pending = messages.into_iter(),
+                event => self.returned(&event),
             }
         }
     }
@@ -369,9 +389,18 @@ impl GroupMember {
         if self.handover_due {
             return None;
         }
-        let event = self.events.pop_front()?;
+        let event = self.take_pending().or_else(|| self.events.pop_front())?;
         self.returned(&event);
         Some(event)
+    }
+
+    /// What [`GroupMember::next`] has not returned yet of the delivery it started on,
+    /// as the event it came in.
+    fn take_pending(&mut self) -> Option<GroupEvent> {
+        let rest: Vec<Message> = std::mem::take(&mut self.pending).collect();
+        let first = rest.first()?;
+        let (topic, partition) = (first.topic.clone(), first.partition);
+        Messages::new(topic, partition, rest).map(GroupEvent::Messages)
     }
 
     /// The next [`GroupEvent`]: a message, or something about the group or the
@@ -380,12 +409,19 @@ impl GroupMember {
     /// [`Error::is_data_loss`], which also ends the membership; the next call joins
     /// again from the committed offsets). Cancel-safe.
     pub async fn next_event(&mut self) -> Result<GroupEvent> {
+        let event = self.receive().await?;
+        self.returned(&event);
+        Ok(event)
+    }
+
+    /// The next event, not yet counted as returned ([`GroupMember::returned`]).
+    /// Cancel-safe.
+    async fn receive(&mut self) -> Result<GroupEvent> {
         loop {
             if self.handover_due {
                 self.hand_over().await;
             }
-            if let Some(event) = self.events.pop_front() {
-                self.returned(&event);
+            if let Some(event) = self.take_pending().or_else(|| self.events.pop_front()) {
                 return Ok(event);
             }
             let Some(stream) = self.stream.as_mut() else {
@@ -428,9 +464,9 @@ impl GroupMember {
     /// An event leaves the queue: what it tells moves the positions `commit` commits.
     fn returned(&mut self, event: &GroupEvent) {
         match event {
-            GroupEvent::Message(message) => {
-                let key = (message.topic.clone(), message.partition);
-                self.consumed.insert(key, message.offset.saturating_add(1));
+            GroupEvent::Messages(messages) => {
+                let key = (messages.topic().clone(), messages.partition());
+                self.consumed.insert(key, messages.next_offset());
             }
             GroupEvent::Progress(progress) => {
                 let key = (progress.topic.clone(), progress.partition);
@@ -628,6 +664,7 @@ impl GroupMember {
         self.handover = None;
         self.handover_due = false;
         self.events.clear();
+        self.pending = Vec::new().into_iter();
         self.consumed.clear();
         self.committed.clear();
     }
@@ -675,29 +712,22 @@ impl GroupMember {
             Some(subscribe_batches_response::Event::Batches(batches)) => {
                 let partition = batches.partition;
                 let topic = self.batch_topic(batches.position.as_ref().map(|p| &*p.topic))?;
-                let before = self.events.len();
+                // A damaged batch drops the whole delivery.
+                let mut messages = room_for(&batches.batches);
                 for batch in &batches.batches {
-                    if let Err(error) = decode_as(
-                        &topic,
-                        partition,
-                        batch,
-                        batches.now_ms,
-                        &mut self.events,
-                        GroupEvent::Message,
-                    ) {
-                        self.events.truncate(before);
-                        return Err(error);
-                    }
+                    decode_into(&topic, partition, batch, batches.now_ms, &mut messages)?;
                 }
-                let next = match (&batches.position, self.events.back()) {
+                let messages = Messages::new(topic.clone(), partition, messages);
+                let next = match (&batches.position, &messages) {
                     (Some(position), _) => Some(position.next_offset),
-                    (None, Some(GroupEvent::Message(m))) if self.events.len() > before => {
-                        Some(m.offset.saturating_add(1))
-                    }
-                    _ => None,
+                    (None, Some(messages)) => Some(messages.next_offset()),
+                    (None, None) => None,
                 };
                 if let Some(next) = next {
                     self.read_at.insert((topic.clone(), partition), next);
+                }
+                if let Some(messages) = messages {
+                    self.events.push_back(GroupEvent::Messages(messages));
                 }
                 if let Some(position) = batches.position {
                     self.events
@@ -745,8 +775,16 @@ impl GroupMember {
                 self.owned = owned;
                 let owned = &self.owned;
                 self.read_at.retain(|p, _| owned.contains(p));
+                if self
+                    .pending
+                    .as_slice()
+                    .first()
+                    .is_some_and(|m| !owned.contains(&(m.topic.clone(), m.partition)))
+                {
+                    self.pending = Vec::new().into_iter();
+                }
                 self.events.retain(|event| match event {
-                    GroupEvent::Message(m) => owned.contains(&(m.topic.clone(), m.partition)),
+                    GroupEvent::Messages(m) => owned.contains(&(m.topic().clone(), m.partition())),
                     GroupEvent::Progress(p) => owned.contains(&(p.topic.clone(), p.partition)),
                     _ => true,
                 });

@@ -13,12 +13,12 @@ use tidelog_proto::v1::{
 use tonic::Code;
 
 use super::damage::{Damaged, probe};
-use super::decode::decode_as;
+use super::decode::{decode_into, room_for};
 use super::start::{Reset, StartAt};
 use crate::backoff::Backoff;
 use crate::connection::Client;
 use crate::error::{Error, Result, retryable_status};
-use crate::record::Message;
+use crate::record::{Message, Messages};
 
 /// How a [`Subscription`] reads.
 #[derive(Debug, Clone, Default)]
@@ -40,8 +40,10 @@ pub struct SubscribeOptions {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Event {
-    /// The next message (of its partition, in offset order).
-    Message(Message),
+    /// The messages of one delivery from one partition, in offset order (the next of
+    /// that partition; never empty). A delivery holds up to
+    /// [`SubscribeOptions::max_batch_messages`] messages.
+    Messages(Messages),
     /// Every message of one delivery from a partition has been returned: the
     /// partition's position now. It also comes when a delivery held no message (a
     /// filter refused them, or they expired) but the position moved past them. A
@@ -132,10 +134,12 @@ enum Source {
 /// resumes every (topic, partition) at the position after the last batch it received
 /// (the broker's `next_offset`), so nothing is skipped and nothing is delivered twice.
 ///
-/// Two ways to read: [`Subscription::next`] returns only messages;
-/// [`Subscription::next_event`] also tells what a tool needs to report or act on
-/// ([`Event`]): each delivery's position, position resets, a pattern's topic changes,
-/// lost and regained connections. A `DATA_LOSS` error (a damaged batch the broker
+/// Two ways to read: [`Subscription::next`] returns one message at a time;
+/// [`Subscription::next_event`] returns each delivery's messages together
+/// ([`Event::Messages`], walked in place: the cheap way to read many) and also tells
+/// what a tool needs to report or act on ([`Event`]): each delivery's position,
+/// position resets, a pattern's topic changes, lost and regained connections. The two
+/// mix: what `next` has not returned of a delivery comes first from `next_event`. A `DATA_LOSS` error (a damaged batch the broker
 /// never serves) can be got past: [`Subscription::damaged`] names the partition,
 /// then [`Subscription::drop_partition`] leaves it out or [`Subscription::seek`] moves
 /// past the batch, and reading goes on with the next call.
@@ -163,7 +167,11 @@ enum Source {
 ///     Subscription::open_pattern(&client, r"orders\..*", SubscribeOptions::default()).await?;
 /// loop {
 ///     match subscription.next_event().await? {
-///         Event::Message(m) => println!("{}/{} {}: {:?}", m.topic, m.partition, m.offset, m.value),
+///         Event::Messages(messages) => {
+///             for m in &messages {
+///                 println!("{}/{} {}: {:?}", m.topic, m.partition, m.offset, m.value);
+///             }
+///         }
 ///         Event::TopicsChanged(changed) => eprintln!("now reading {:?}", changed.topics),
 ///         Event::Disconnected { error } => eprintln!("lost the broker ({error}); reconnecting"),
 ///         _ => {}
@@ -216,6 +224,9 @@ pub struct Subscription {
     /// The next reconnect comes without waiting (a partition was dropped or moved).
     reopen_now: bool,
     events: VecDeque<Event>,
+    /// The rest of the [`Event::Messages`] that [`Subscription::next`] is returning one
+    /// by one (one partition's; empty when none).
+    pending: std::vec::IntoIter<Message>,
     backoff: Backoff,
 }
 
@@ -272,6 +283,7 @@ impl Subscription {
             reconnecting: false,
             reopen_now: false,
             events: VecDeque::new(),
+            pending: Vec::new().into_iter(),
             backoff: Backoff::default(),
         };
         subscription.connect().await?;
@@ -297,13 +309,11 @@ impl Subscription {
     /// loses no message.
     pub async fn next(&mut self) -> Result<Message> {
         loop {
-            while let Some(event) = self.try_next_event() {
-                if let Event::Message(message) = event {
-                    return Ok(message);
-                }
-            }
-            if let Event::Message(message) = self.next_event().await? {
+            if let Some(message) = self.pending.next() {
                 return Ok(message);
+            }
+            if let Event::Messages(messages) = self.next_event().await? {
+                self.pending = messages.into_iter();
             }
         }
     }
@@ -314,7 +324,16 @@ impl Subscription {
     /// drains what was received with this first, so it sets up the select once per
     /// delivery rather than once per message.
     pub fn try_next_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.take_pending().or_else(|| self.events.pop_front())
+    }
+
+    /// What [`Subscription::next`] has not returned yet of the delivery it started on,
+    /// as the event it came in.
+    fn take_pending(&mut self) -> Option<Event> {
+        let rest: Vec<Message> = std::mem::take(&mut self.pending).collect();
+        let first = rest.first()?;
+        let (topic, partition) = (first.topic.clone(), first.partition);
+        Messages::new(topic, partition, rest).map(Event::Messages)
     }
 
     /// The next [`Event`]: a message, or something about the stream. Fails as
@@ -323,7 +342,7 @@ impl Subscription {
     /// [`Subscription::seek`], without the damaged partition). Cancel-safe.
     pub async fn next_event(&mut self) -> Result<Event> {
         loop {
-            if let Some(event) = self.events.pop_front() {
+            if let Some(event) = self.try_next_event() {
                 return Ok(event);
             }
             let Some(stream) = self.stream.as_mut() else {
@@ -414,10 +433,14 @@ impl Subscription {
     /// the reset policy.
     pub fn seek(&mut self, topic: &str, partition: u32, offset: u64) {
         let key = (self.name(topic), partition);
+        let of_partition = |m: &Message| m.partition == partition && *m.topic == *topic;
         self.events.retain(|event| match event {
-            Event::Message(m) => !(m.partition == partition && *m.topic == *topic),
+            Event::Messages(m) => !m.first().is_some_and(of_partition),
             _ => true,
         });
+        if self.pending.as_slice().first().is_some_and(of_partition) {
+            self.pending = Vec::new().into_iter();
+        }
         self.positions.insert(key, offset);
         self.restart_stream();
     }
@@ -549,16 +572,20 @@ impl Subscription {
                         });
                     }
                 };
+                // One event for the delivery's messages; on a damaged batch, the
+                // messages of the batches before it still come, then the error.
+                let mut messages = room_for(&batches.batches);
+                let mut decoded = Ok(());
                 for batch in &batches.batches {
-                    decode_as(
-                        &topic,
-                        partition,
-                        batch,
-                        batches.now_ms,
-                        &mut self.events,
-                        Event::Message,
-                    )?;
+                    decoded = decode_into(&topic, partition, batch, batches.now_ms, &mut messages);
+                    if decoded.is_err() {
+                        break;
+                    }
                 }
+                if let Some(messages) = Messages::new(topic.clone(), partition, messages) {
+                    self.events.push_back(Event::Messages(messages));
+                }
+                decoded?;
                 if let Some(position) = &batches.position
                     && let Some(progress) = self.position(position)
                 {

@@ -36,6 +36,9 @@ pub(crate) type SealedBatch = Sealed<NewRecord, Arc<Slot>>;
 /// Bytes a record holds in the buffer beyond its payload (its share of framing).
 pub(crate) const RECORD_OVERHEAD_BYTES: usize = 64;
 
+/// Encode buffers of answered batches a producer keeps for the next encodes.
+pub(crate) const SPARE_BUFFERS_MAX: usize = 4;
+
 /// Ids given between two reads of the clock (see [`Front::id_time`]).
 const ID_CLOCK_READS_EVERY: u32 = 64;
 
@@ -496,6 +499,10 @@ impl Front {
 /// other.
 pub(crate) struct Core {
     front: Mutex<Front>,
+    /// The encode buffers of answered batches, for the next encodes (at most
+    /// [`SPARE_BUFFERS_MAX`]): a producer of ~100 KB batches otherwise asks the
+    /// allocator for a fresh one per batch, and glibc hands each back to the kernel.
+    spare: Mutex<Vec<Vec<u8>>>,
     /// Wakes the producer's task (a batch opened or was sealed, a caller waits).
     pub wake: Notify,
     /// Wakes callers waiting for buffer space.
@@ -506,6 +513,7 @@ impl Core {
     pub fn new(front: Front) -> Core {
         Core {
             front: Mutex::new(front),
+            spare: Mutex::new(Vec::new()),
             wake: Notify::new(),
             space: Notify::new(),
         }
@@ -513,6 +521,24 @@ impl Core {
 
     pub fn front(&self) -> MutexGuard<'_, Front> {
         self.front.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A buffer to encode a batch into (a spare one, or a new empty one).
+    pub fn encode_buffer(&self) -> Vec<u8> {
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        spare.pop().unwrap_or_default()
+    }
+
+    /// Takes an answered batch's bytes back as a spare buffer, when nothing else
+    /// holds them and fewer than [`SPARE_BUFFERS_MAX`] are kept.
+    pub fn keep_buffer(&self, bytes: Bytes) {
+        let Ok(bytes) = bytes.try_into_mut() else {
+            return;
+        };
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.len() < SPARE_BUFFERS_MAX {
+            spare.push(bytes.into());
+        }
     }
 
     /// Fills a batch's slot and gives its buffer bytes back.

@@ -91,6 +91,8 @@ pub struct Producer {
 
 struct Shared {
     client: Client,
+    /// How `send_batch` compresses (`send`'s batches are encoded by the task).
+    compression: Compression,
     core: Arc<Core>,
     /// To the producer's task; when every producer is dropped it closes, and the task
     /// sends what it holds and ends.
@@ -116,10 +118,12 @@ impl Producer {
         };
         let core = Arc::new(Core::new(Front::new(limits, config.ids, buffer_bytes)));
         let (commands, receiver) = mpsc::unbounded_channel();
+        let compression = config.compression;
         tokio::spawn(sender::run(client.clone(), config, core.clone(), receiver));
         Producer {
             shared: Arc::new(Shared {
                 client: client.clone(),
+                compression,
                 core,
                 commands,
             }),
@@ -191,43 +195,84 @@ impl Producer {
     /// Sends `records` as one batch to `partition` of `topic`, as they are (no
     /// partitioner, no linger, one ack for the batch), for callers that batch
     /// themselves; it goes through the same window, retries and ids as `send`, after
-    /// what `send` gathered for that partition. The records' own topic, partition and
-    /// ack level are not looked at (`Record::new("", value)` costs no allocation for
-    /// the topic). Waits for buffer space like `send`; the future resolves to one
-    /// [`Delivered`] per record, in order (without offsets with
+    /// what `send` gathered for that partition. The records are anything that holds a
+    /// [`NewRecord`](tidelog_storage::NewRecord) ([`Record`]s, say: their own topic,
+    /// partition and ack level are not looked at, and `Record::new("", value)` costs no
+    /// allocation for the topic). Waits for buffer space like `send`; the future
+    /// resolves to one [`Delivered`] per record, in order (without offsets with
     /// [`Ack::None`](crate::Ack::None)).
     ///
-    /// The cheap way to send many records: the records are encoded where they lie
-    /// (no copy into another vector), once, by the producer's task, and answered with
-    /// one ack.
-    pub async fn send_batch(
+    /// The cheap way to send many records: they are checked and encoded where they
+    /// lie, once, in the caller's task (the producer's task only sends the bytes), and
+    /// answered with one ack. The caller keeps its records: a sender of many batches
+    /// fills one vector again and again.
+    pub async fn send_batch<R: AsRef<tidelog_storage::NewRecord>>(
         &self,
         topic: &str,
         partition: u32,
         ack: crate::record::Ack,
-        records: Vec<Record>,
+        records: &[R],
     ) -> Result<BatchDeliveryFuture> {
-        let buffer_bytes = self.shared.core.front().buffer_bytes();
+        let core = &self.shared.core;
+        let buffer_bytes = core.front().buffer_bytes();
         let size: usize = records
             .iter()
-            .map(|r| (r.size_bytes() as usize).saturating_add(RECORD_OVERHEAD_BYTES))
+            .map(|r| (r.as_ref().payload_bytes() as usize).saturating_add(RECORD_OVERHEAD_BYTES))
             .sum::<usize>()
             .min(buffer_bytes);
         self.reserve(size).await?;
+        let checked = match self.check_batch(topic, partition, ack, records).await {
+            Ok(checked) => checked,
+            Err(error) => {
+                core.give_back(size);
+                return Ok(BatchDeliveryFuture::ready(Err(error)));
+            }
+        };
+        let buffer = core.encode_buffer();
+        let batch = match checked.encode(records, self.shared.compression, buffer) {
+            Ok(batch) => batch,
+            Err(error) => {
+                core.give_back(size);
+                return Ok(BatchDeliveryFuture::ready(Err(error)));
+            }
+        };
         let (reply, receiver) = oneshot::channel();
         let sent = self.shared.commands.send(sender::Command::Batch {
-            topic: topic.to_string(),
-            partition,
-            ack,
-            records,
+            batch,
             reply,
             reserved: size,
         });
         if sent.is_err() {
-            self.shared.core.give_back(size);
+            core.give_back(size);
             return Err(Error::Closed);
         }
         Ok(BatchDeliveryFuture { receiver })
+    }
+
+    /// `send_batch`'s checks against the topic (described first if it is new to the
+    /// producer) and the ids it attaches.
+    async fn check_batch<R: AsRef<tidelog_storage::NewRecord>>(
+        &self,
+        topic: &str,
+        partition: u32,
+        ack: crate::record::Ack,
+        records: &[R],
+    ) -> Result<sender::CheckedBatch> {
+        let core = &self.shared.core;
+        if let Some(checked) =
+            sender::check_batch(&mut core.front(), topic, partition, ack, records)
+        {
+            return checked;
+        }
+        let description = self.shared.client.describe_topic(topic).await?;
+        core.front().learn(&description);
+        sender::check_batch(&mut core.front(), topic, partition, ack, records).unwrap_or_else(
+            || {
+                Err(Error::TopicNotFound {
+                    topic: topic.to_string(),
+                })
+            },
+        )
     }
 
     /// Sends `record` and waits for its ack.
@@ -282,6 +327,15 @@ async fn wait_for_space<'a>(
 #[must_use = "a batch is only known to be stored once its future resolves"]
 pub struct BatchDeliveryFuture {
     receiver: oneshot::Receiver<Result<Vec<Delivered>>>,
+}
+
+impl BatchDeliveryFuture {
+    /// A future that resolves to `result` at once (a batch refused before it was sent).
+    fn ready(result: Result<Vec<Delivered>>) -> BatchDeliveryFuture {
+        let (reply, receiver) = oneshot::channel();
+        let _ = reply.send(result);
+        BatchDeliveryFuture { receiver }
+    }
 }
 
 impl Future for BatchDeliveryFuture {

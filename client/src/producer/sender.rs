@@ -12,7 +12,7 @@ use tidelog_proto::v1::{
     publish_stream_response,
 };
 use tidelog_storage::NewRecord;
-use tidelog_storage::batch::{EncodeOptions, encode_batch};
+use tidelog_storage::batch::{EncodeOptions, encode_batch, encode_batch_into};
 use tidelog_storage::dedup::BATCH_DEDUPLICATED_WHOLE;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -20,19 +20,16 @@ use tonic::Code;
 
 use super::accumulator::BatchKey;
 use super::config::ProducerConfig;
-use super::front::{Core, Outcome, SealedBatch, Slot, TopicState, now_ms};
+use super::front::{Core, Front, Outcome, SealedBatch, Slot, TopicState, now_ms};
 use crate::backoff::Backoff;
 use crate::connection::Client;
 use crate::error::{Error, Result, retryable_status};
-use crate::record::{Ack, Delivered, Record};
+use crate::record::{Ack, Delivered};
 
 pub(crate) enum Command {
-    /// A caller's own batch (`send_batch`), with the buffer bytes it reserved.
+    /// A caller's own batch (`send_batch`), encoded, with the buffer bytes it reserved.
     Batch {
-        topic: String,
-        partition: u32,
-        ack: Ack,
-        records: Vec<Record>,
+        batch: EncodedOwn,
         reply: oneshot::Sender<Result<Vec<Delivered>>>,
         reserved: usize,
     },
@@ -144,7 +141,9 @@ impl Outgoing {
     }
 
     /// Each record's [`Delivered`] from the batch's ack.
-    fn resolve(self, core: &Core, ack: &PublishBatchResponse) {
+    /// Hands each waiter its outcome; returns the batch's bytes (a spare buffer, once
+    /// nothing else holds them).
+    fn resolve(self, core: &Core, ack: &PublishBatchResponse) -> Bytes {
         let level = self.key.ack;
         let all_ids = |ids: Vec<Option<Bytes>>, records: usize| {
             if ids.is_empty() {
@@ -184,6 +183,124 @@ impl Outgoing {
                 split.done(core, index, outcome);
             }
         }
+        self.bytes
+    }
+}
+
+/// A caller's own batch (`send_batch`) checked against its topic, with the ids the
+/// producer attaches; encoded in the caller's task ([`CheckedBatch::encode`]).
+pub(crate) struct CheckedBatch {
+    key: BatchKey,
+    rules: TopicRules,
+    /// Per record, the id the producer attached (`None`: it keeps its own, or none);
+    /// empty when none was attached.
+    attached: Vec<Option<Bytes>>,
+}
+
+/// A caller's own batch as it goes on the wire.
+pub(crate) struct EncodedOwn {
+    key: BatchKey,
+    bytes: Bytes,
+    records: usize,
+    /// Each record's id, or empty when none has one.
+    ids: Vec<Option<Bytes>>,
+}
+
+/// Checks a caller's batch against its topic under the front's lock and attaches ids
+/// where the topic wants them: `None` when the topic is not described yet.
+pub(crate) fn check_batch<R: AsRef<NewRecord>>(
+    front: &mut Front,
+    topic: &str,
+    partition: u32,
+    ack: Ack,
+    records: &[R],
+) -> Option<Result<CheckedBatch>> {
+    let name = front.known_topic(topic)?;
+    let state = front.topic(topic)?;
+    if partition >= state.partitions {
+        return Some(Err(Error::InvalidRecord {
+            reason: format!(
+                "partition {partition} is beyond topic {topic:?}'s {} partitions",
+                state.partitions
+            ),
+        }));
+    }
+    if records.is_empty() {
+        return Some(Err(Error::InvalidRecord {
+            reason: "send_batch needs at least one record".into(),
+        }));
+    }
+    if let Err(error) = records.iter().try_for_each(|r| state.check(r.as_ref())) {
+        return Some(Err(error));
+    }
+    let rules = TopicRules::of(state);
+    let attached = if state.attach_ids && records.iter().any(|r| r.as_ref().id.is_none()) {
+        records
+            .iter()
+            .map(|r| r.as_ref().id.is_none().then(|| front.next_id()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Some(Ok(CheckedBatch {
+        key: BatchKey {
+            topic: name,
+            partition,
+            ack,
+        },
+        rules,
+        attached,
+    }))
+}
+
+impl CheckedBatch {
+    /// Encodes `records` (the ones checked) with the attached ids, where they lie
+    /// unless an id had to be attached (then through copies that carry it).
+    pub(crate) fn encode<R: AsRef<NewRecord>>(
+        self,
+        records: &[R],
+        compression: tidelog_storage::Compression,
+        buffer: Vec<u8>,
+    ) -> Result<EncodedOwn> {
+        let options = self.rules.options(compression);
+        let encoded = if self.attached.is_empty() {
+            encode_batch_into(records, &options, buffer)
+        } else {
+            let with_ids: Vec<NewRecord> = records
+                .iter()
+                .zip(&self.attached)
+                .map(|(r, id)| {
+                    let mut record = r.as_ref().clone();
+                    if id.is_some() {
+                        record.id.clone_from(id);
+                    }
+                    record
+                })
+                .collect();
+            encode_batch_into(&with_ids, &options, buffer)
+        };
+        let encoded = encoded.map_err(|error| Error::InvalidRecord {
+            reason: error.to_string(),
+        })?;
+        let ids: Vec<Option<Bytes>> = if self.attached.is_empty() {
+            if records.iter().any(|r| r.as_ref().id.is_some()) {
+                records.iter().map(|r| r.as_ref().id.clone()).collect()
+            } else {
+                Vec::new()
+            }
+        } else {
+            records
+                .iter()
+                .zip(self.attached)
+                .map(|(r, id)| id.or_else(|| r.as_ref().id.clone()))
+                .collect()
+        };
+        Ok(EncodedOwn {
+            key: self.key,
+            bytes: Bytes::from(encoded.bytes),
+            records: records.len(),
+            ids,
+        })
     }
 }
 
@@ -344,33 +461,24 @@ impl Sender {
     async fn command(&mut self, command: Command) {
         match command {
             Command::Batch {
-                topic,
-                partition,
-                ack,
-                records,
+                batch,
                 reply,
                 reserved,
             } => {
-                let known = self.core.front().known_topic(&topic);
-                let topic = match known {
-                    Some(topic) => topic,
-                    None => match self.client.describe_topic(&topic).await {
-                        Ok(description) => {
-                            let mut front = self.core.front();
-                            front.learn(&description);
-                            match front.known_topic(&description.name) {
-                                Some(topic) => topic,
-                                None => Arc::from(description.name.as_str()),
-                            }
-                        }
-                        Err(error) => {
-                            let _ = reply.send(Err(error));
-                            self.core.give_back(reserved);
-                            return;
-                        }
+                // Order within the partition: what `send` gathered there goes first.
+                let sealed = self.core.front().seal(&batch.key);
+                self.enqueue(sealed);
+                self.ready.push_back(Outgoing {
+                    key: batch.key,
+                    bytes: batch.bytes,
+                    records: batch.records,
+                    waiters: Waiters::Batch {
+                        reply,
+                        ids: batch.ids,
+                        reserved,
                     },
-                };
-                self.add_batch(topic, partition, ack, records, reply, reserved);
+                    opened: Instant::now(),
+                });
             }
             Command::Flush { reply } => {
                 self.drain();
@@ -395,90 +503,6 @@ impl Sender {
         let sealed = self.core.front().take_sealed(expire_at);
         if !sealed.is_empty() {
             self.enqueue(sealed);
-        }
-    }
-
-    /// A caller's batch: checked, given ids, encoded and queued as it is, behind
-    /// the records `send` put in the same partition before it.
-    fn add_batch(
-        &mut self,
-        topic: Arc<str>,
-        partition: u32,
-        ack: Ack,
-        mut records: Vec<Record>,
-        reply: oneshot::Sender<Result<Vec<Delivered>>>,
-        reserved: usize,
-    ) {
-        let key = BatchKey {
-            topic,
-            partition,
-            ack,
-        };
-        let checked = {
-            let mut front = self.core.front();
-            match front.topic(&key.topic) {
-                None => Err(Error::TopicNotFound {
-                    topic: key.topic.to_string(),
-                }),
-                Some(state) if partition >= state.partitions => Err(Error::InvalidRecord {
-                    reason: format!(
-                        "partition {partition} is beyond topic {:?}'s {} partitions",
-                        key.topic, state.partitions
-                    ),
-                }),
-                Some(_) if records.is_empty() => Err(Error::InvalidRecord {
-                    reason: "send_batch needs at least one record".into(),
-                }),
-                Some(state) => {
-                    let rules = TopicRules::of(state);
-                    let attach_ids = state.attach_ids;
-                    records
-                        .iter()
-                        .try_for_each(|r| state.check(&r.inner))
-                        .map(|()| {
-                            if attach_ids {
-                                for record in records.iter_mut().filter(|r| r.inner.id.is_none()) {
-                                    record.inner.id = Some(front.next_id());
-                                }
-                            }
-                            // Order within the partition: what `send` gathered there goes
-                            // first.
-                            (rules, front.seal(&key))
-                        })
-                }
-            }
-        };
-        let (rules, sealed) = match checked {
-            Ok(checked) => checked,
-            Err(error) => {
-                let _ = reply.send(Err(error));
-                self.core.give_back(reserved);
-                return;
-            }
-        };
-        self.enqueue(sealed);
-        match encode_batch(&records, &rules.options(self.config.compression)) {
-            Ok(encoded) => self.ready.push_back(Outgoing {
-                key,
-                bytes: Bytes::from(encoded.bytes),
-                records: records.len(),
-                waiters: Waiters::Batch {
-                    reply,
-                    ids: if records.iter().any(|r| r.inner.id.is_some()) {
-                        records.into_iter().map(|r| r.inner.id).collect()
-                    } else {
-                        Vec::new()
-                    },
-                    reserved,
-                },
-                opened: Instant::now(),
-            }),
-            Err(error) => {
-                let _ = reply.send(Err(Error::InvalidRecord {
-                    reason: error.to_string(),
-                }));
-                self.core.give_back(reserved);
-            }
         }
     }
 
@@ -519,7 +543,8 @@ impl Sender {
             self.core.finish(&batch.handle, Outcome::Failed(error));
             return None;
         };
-        match encode_batch(&batch.items, &rules.options(self.config.compression)) {
+        let options = rules.options(self.config.compression);
+        match encode_batch_into(&batch.items, &options, self.core.encode_buffer()) {
             Ok(encoded) => {
                 let ids = if batch.items.iter().any(|r| r.id.is_some()) {
                     batch.items.iter().map(|r| r.id.clone()).collect()
@@ -791,7 +816,8 @@ impl Sender {
         };
         match response.outcome {
             Some(publish_stream_response::Outcome::BatchResponse(ack)) => {
-                batch.resolve(&self.core, &ack)
+                let bytes = batch.resolve(&self.core, &ack);
+                self.core.keep_buffer(bytes);
             }
             Some(publish_stream_response::Outcome::Error(status)) => {
                 let code = Code::from_i32(status.code);

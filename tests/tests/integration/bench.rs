@@ -464,7 +464,7 @@ fn bench_batch_wire_reads_find_a_gap() {
             .collect();
         let producer = Producer::new(&client, ProducerConfig::default());
         let stored = producer
-            .send_batch("gappy", 0, Ack::Durable, records)
+            .send_batch("gappy", 0, Ack::Durable, &records)
             .await
             .expect("send_batch")
             .await

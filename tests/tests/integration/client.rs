@@ -901,7 +901,7 @@ async fn send_batch_goes_after_what_send_gathered_and_resends_as_duplicates() {
             .collect()
     };
     let first = producer
-        .send_batch("sb", 1, Ack::Durable, batch("a"))
+        .send_batch("sb", 1, Ack::Durable, &batch("a"))
         .await
         .expect("send_batch");
     let first = timeout(WAIT, first).await.expect("in time").expect("acked");
@@ -925,7 +925,7 @@ async fn send_batch_goes_after_what_send_gathered_and_resends_as_duplicates() {
     }
     // The same ids again: nothing stored, the originals named.
     let again = producer
-        .send_batch("sb", 1, Ack::Durable, batch("b"))
+        .send_batch("sb", 1, Ack::Durable, &batch("b"))
         .await
         .expect("send_batch");
     let again = timeout(WAIT, again).await.expect("in time").expect("acked");
@@ -935,7 +935,7 @@ async fn send_batch_goes_after_what_send_gathered_and_resends_as_duplicates() {
         first.iter().map(|d| d.offset).collect::<Vec<_>>()
     );
     let beyond = producer
-        .send_batch("sb", 2, Ack::Durable, batch("c"))
+        .send_batch("sb", 2, Ack::Durable, &batch("c"))
         .await
         .expect("send_batch");
     let error = timeout(WAIT, beyond)
@@ -1425,7 +1425,7 @@ async fn a_batch_mixing_stored_and_new_ids_is_sent_again_record_by_record() {
     let delivered = timeout(
         WAIT,
         producer
-            .send_batch("ids", 0, Ack::Durable, batch)
+            .send_batch("ids", 0, Ack::Durable, &batch)
             .await
             .expect("send_batch"),
     )
@@ -1478,7 +1478,7 @@ async fn ack_none_stores_reports_no_offsets_and_still_fails_on_errors() {
         .map(|n| Record::new("", format!("batch-{n}")))
         .collect();
     let batch = producer
-        .send_batch("fire", 1, Ack::None, records)
+        .send_batch("fire", 1, Ack::None, &records)
         .await
         .expect("send_batch");
     let batch = timeout(WAIT, batch)
@@ -1531,7 +1531,7 @@ async fn ack_none_stores_reports_no_offsets_and_still_fails_on_errors() {
         .expect("delete");
     let records = vec![Record::new("", "after the delete")];
     let gone = producer
-        .send_batch("fire", 0, Ack::None, records)
+        .send_batch("fire", 0, Ack::None, &records)
         .await
         .expect("send_batch");
     let error = timeout(WAIT, gone)

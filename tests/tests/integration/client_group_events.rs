@@ -84,9 +84,11 @@ async fn a_rebalance_reports_revoked_partitions_and_loses_or_repeats_nothing() {
     let mut handled = 0;
     while handled < 100 {
         match next(&mut first).await {
-            GroupEvent::Message(m) => {
-                *seen.entry(number(&m)).or_default() += 1;
-                handled += 1;
+            GroupEvent::Messages(messages) => {
+                for m in &messages {
+                    *seen.entry(number(m)).or_default() += 1;
+                    handled += 1;
+                }
             }
             GroupEvent::Progress(_) => first.commit().await.expect("commit"),
             // A fresh group starts each partition by its reset policy.
@@ -104,9 +106,11 @@ async fn a_rebalance_reports_revoked_partitions_and_loses_or_repeats_nothing() {
     let mut handled_at: BTreeMap<u32, u64> = BTreeMap::new();
     let change = loop {
         match next(&mut first).await {
-            GroupEvent::Message(m) => {
-                *seen.entry(number(&m)).or_default() += 1;
-                handled_at.insert(m.partition, m.offset + 1);
+            GroupEvent::Messages(messages) => {
+                for m in &messages {
+                    *seen.entry(number(m)).or_default() += 1;
+                    handled_at.insert(m.partition, m.offset + 1);
+                }
             }
             GroupEvent::Progress(_) => {}
             GroupEvent::Assigned(change) => break change,
@@ -143,21 +147,23 @@ async fn a_rebalance_reports_revoked_partitions_and_loses_or_repeats_nothing() {
             _ = tokio::time::sleep(WAIT) => panic!("only {} of 400 arrived", seen.len()),
         };
         let member = if index == 0 { &mut first } else { &mut second };
-        if let GroupEvent::Message(m) = event.expect("next_event") {
-            *seen.entry(number(&m)).or_default() += 1;
-            let position = m.offset + 1;
-            member
-                .commit_offsets(&[(&m.topic, m.partition, position)])
-                .await
-                .expect("commit_offsets");
+        if let GroupEvent::Messages(messages) = event.expect("next_event") {
+            for m in &messages {
+                *seen.entry(number(m)).or_default() += 1;
+                let position = m.offset + 1;
+                member
+                    .commit_offsets(&[(&m.topic, m.partition, position)])
+                    .await
+                    .expect("commit_offsets");
+            }
         }
     }
     let repeated: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).collect();
     assert!(repeated.is_empty(), "delivered twice: {repeated:?}");
     // Nothing more comes.
     tokio::select! {
-        e = first.next_event() => assert!(!matches!(e, Ok(GroupEvent::Message(_))), "extra {e:?}"),
-        e = second.next_event() => assert!(!matches!(e, Ok(GroupEvent::Message(_))), "extra {e:?}"),
+        e = first.next_event() => assert!(!matches!(e, Ok(GroupEvent::Messages(_))), "extra {e:?}"),
+        e = second.next_event() => assert!(!matches!(e, Ok(GroupEvent::Messages(_))), "extra {e:?}"),
         _ = tokio::time::sleep(Duration::from_millis(700)) => {}
     }
 }
@@ -179,9 +185,11 @@ async fn progress_reaches_each_partition_end_offset() {
     let mut last: BTreeMap<u32, u64> = BTreeMap::new();
     while at_end.len() < 3 {
         match next(&mut member).await {
-            GroupEvent::Message(m) => {
-                messages += 1;
-                last.insert(m.partition, m.offset);
+            GroupEvent::Messages(delivered) => {
+                for m in &delivered {
+                    messages += 1;
+                    last.insert(m.partition, m.offset);
+                }
             }
             GroupEvent::Progress(p) => {
                 assert_eq!(&*p.topic, "pr");
@@ -231,8 +239,8 @@ async fn commit_offsets_commits_exactly_what_the_caller_handled() {
         .expect("join");
     let mut received = 0;
     while received < 50 {
-        if let GroupEvent::Message(_) = next(&mut member).await {
-            received += 1;
+        if let GroupEvent::Messages(messages) = next(&mut member).await {
+            received += messages.len();
         }
     }
     // Only 20 were handled: commit that, not what was received.
@@ -246,8 +254,8 @@ async fn commit_offsets_commits_exactly_what_the_caller_handled() {
         .await
         .expect("rejoin");
     let first = loop {
-        if let GroupEvent::Message(m) = next(&mut member).await {
-            break m;
+        if let GroupEvent::Messages(messages) = next(&mut member).await {
+            break messages[0].clone();
         }
     };
     assert_eq!(first.offset, 20);
@@ -284,8 +292,8 @@ async fn values_of_every_size_arrive_whole() {
         .expect("join");
     let mut got = Vec::new();
     while got.len() < sizes.len() {
-        if let GroupEvent::Message(m) = next(&mut member).await {
-            got.push(m);
+        if let GroupEvent::Messages(messages) = next(&mut member).await {
+            got.extend(messages.into_vec());
             member.commit().await.expect("commit");
         }
     }
@@ -319,9 +327,9 @@ async fn a_damaged_batch_fails_with_data_loss_after_what_came_before_it() {
         .expect("create");
     let producer = Producer::new(&client, ProducerConfig::default());
     for range in [0..40u64, 40..70, 70..80] {
-        let records = range.map(|o| Record::new("dmg", o.to_string())).collect();
+        let records: Vec<Record> = range.map(|o| Record::new("dmg", o.to_string())).collect();
         let batch = producer
-            .send_batch("dmg", 0, Ack::Durable, records)
+            .send_batch("dmg", 0, Ack::Durable, &records)
             .await
             .expect("send_batch");
         timeout(WAIT, batch).await.expect("in time").expect("acked");
@@ -345,7 +353,7 @@ async fn a_damaged_batch_fails_with_data_loss_after_what_came_before_it() {
     let mut numbers = Vec::new();
     let error = loop {
         match timeout(WAIT, member.next_event()).await.expect("in time") {
-            Ok(GroupEvent::Message(m)) => numbers.push(number(&m)),
+            Ok(GroupEvent::Messages(messages)) => numbers.extend(messages.iter().map(number)),
             Ok(GroupEvent::Progress(_)) => member.commit().await.expect("commit"),
             Ok(GroupEvent::PositionReset(_)) => {}
             Ok(other) => panic!("unexpected {other:?}"),
@@ -373,7 +381,7 @@ async fn a_damaged_batch_fails_with_data_loss_after_what_came_before_it() {
         .expect("join");
     let error = loop {
         match timeout(WAIT, again.next_event()).await.expect("in time") {
-            Ok(GroupEvent::Message(m)) => panic!("offset {} read past the damage", m.offset),
+            Ok(GroupEvent::Messages(m)) => panic!("offset {} read past the damage", m[0].offset),
             Ok(_) => {}
             Err(error) => break error,
         }
@@ -451,25 +459,30 @@ async fn members_leaving_and_rejoining_handle_everything_and_repeat_nothing_comm
                 Ok(event) => event.expect("next_event"),
                 Err(_) => break,
             };
-            let GroupEvent::Message(m) = event else {
+            let GroupEvent::Messages(messages) = event else {
                 continue;
             };
-            let at = committed.get(&m.partition).copied().unwrap_or(0);
-            assert!(
-                m.offset >= at,
-                "seed {seed:#x}: {}/{} came again after offset {at} was committed",
-                m.partition,
-                m.offset
-            );
-            handled.insert(number(&m));
-            uncommitted.insert(m.partition, m.offset + 1);
-            taken += 1;
-            if rng.below(5) == 0 {
-                let topic: Arc<str> = m.topic.clone();
-                let offsets: Vec<(&str, u32, u64)> =
-                    uncommitted.iter().map(|(p, o)| (&*topic, *p, *o)).collect();
-                member.commit_offsets(&offsets).await.expect("commit");
-                committed.extend(std::mem::take(&mut uncommitted));
+            for m in &messages {
+                if taken >= quota {
+                    break;
+                }
+                let at = committed.get(&m.partition).copied().unwrap_or(0);
+                assert!(
+                    m.offset >= at,
+                    "seed {seed:#x}: {}/{} came again after offset {at} was committed",
+                    m.partition,
+                    m.offset
+                );
+                handled.insert(number(m));
+                uncommitted.insert(m.partition, m.offset + 1);
+                taken += 1;
+                if rng.below(5) == 0 {
+                    let topic: Arc<str> = m.topic.clone();
+                    let offsets: Vec<(&str, u32, u64)> =
+                        uncommitted.iter().map(|(p, o)| (&*topic, *p, *o)).collect();
+                    member.commit_offsets(&offsets).await.expect("commit");
+                    committed.extend(std::mem::take(&mut uncommitted));
+                }
             }
         }
         drop(member);

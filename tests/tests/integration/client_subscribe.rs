@@ -83,7 +83,7 @@ impl Seen {
                 })
                 .expect("next_event");
             match event {
-                Event::Message(message) => self.messages.push(message),
+                Event::Messages(messages) => self.messages.extend(messages),
                 other => self.events.push(other),
             }
         }
@@ -499,11 +499,11 @@ async fn broker_with_a_damaged_batch() -> TestBroker {
         (2, 0..10),
     ] {
         // Each range one batch: sent at once, acked before the next.
-        let records = range
+        let records: Vec<Record> = range
             .map(|o| Record::new(DAMAGED, format!("p{partition}-{o}")))
             .collect();
         let batch = producer
-            .send_batch(DAMAGED, partition, Ack::Durable, records)
+            .send_batch(DAMAGED, partition, Ack::Durable, &records)
             .await
             .expect("send_batch");
         timeout(WAIT, batch).await.expect("in time").expect("acked");
@@ -562,11 +562,11 @@ async fn a_damaged_partition_is_dropped_and_the_others_are_read_on() {
     // With ids (the producer's default): the topic's dedup window is read back past
     // the damaged batch, so publishing goes on, to every partition.
     let producer = Producer::new(&client, ProducerConfig::default());
-    let late = (10..12)
+    let late: Vec<Record> = (10..12)
         .map(|o| Record::new(DAMAGED, format!("p2-{o}")))
         .collect();
     let sent = producer
-        .send_batch(DAMAGED, 2, Ack::Durable, late)
+        .send_batch(DAMAGED, 2, Ack::Durable, &late)
         .await
         .expect("send");
     timeout(WAIT, sent).await.expect("in time").expect("acked");

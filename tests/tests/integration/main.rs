@@ -11,6 +11,7 @@ mod cli_damage;
 mod cli_frictions;
 mod cli_produce;
 mod client;
+mod client_chunks;
 mod client_group_events;
 mod client_group_pattern;
 mod client_queue;

@@ -360,9 +360,8 @@ async fn run_subscription(
 
 /// One delivery's events, without a select per message: `first` (what `next_event`
 /// returned), then whatever else was already received (`more`), each handed to
-/// `count` in place (by reference: an event is a few hundred bytes, and moving each
-/// one again costs more than reading it). Returns the messages counted, and the error
-/// `first` was.
+/// `count` in place (by reference: a delivery's messages are read where they lie, not
+/// moved once more). Returns the messages counted, and the error `first` was.
 fn one_delivery<E>(
     first: Result<E, tidelog_client::Error>,
     mut more: impl FnMut() -> Option<E>,
@@ -378,7 +377,7 @@ fn one_delivery<E>(
     (counted, failed)
 }
 
-/// Reads one subscription event; returns the messages it counts (0 or 1).
+/// Reads one subscription event; returns the messages it counts.
 fn subscription_event(
     reader: &mut Reader,
     plan: &ConsumerPlan,
@@ -387,9 +386,12 @@ fn subscription_event(
     now_ns: u64,
 ) -> u64 {
     match event {
-        SubscriptionEvent::Message(m) => {
-            u64::from(reader.message(plan, m.partition, m.offset, &m.value, targets, now_ns))
-        }
+        SubscriptionEvent::Messages(messages) => messages
+            .iter()
+            .map(|m| {
+                u64::from(reader.message(plan, m.partition, m.offset, &m.value, targets, now_ns))
+            })
+            .sum(),
         SubscriptionEvent::Progress(progress) => {
             reader.position(plan, progress.partition, progress.next_offset);
             0
@@ -499,7 +501,7 @@ async fn run_member(
     reader.finish()
 }
 
-/// Reads one group event; returns the messages it counts (0 or 1).
+/// Reads one group event; returns the messages it counts.
 fn member_event(
     reader: &mut Reader,
     plan: &ConsumerPlan,
@@ -508,9 +510,12 @@ fn member_event(
     now_ns: u64,
 ) -> u64 {
     match event {
-        GroupEvent::Message(m) => {
-            u64::from(reader.message(plan, m.partition, m.offset, &m.value, targets, now_ns))
-        }
+        GroupEvent::Messages(messages) => messages
+            .iter()
+            .map(|m| {
+                u64::from(reader.message(plan, m.partition, m.offset, &m.value, targets, now_ns))
+            })
+            .sum(),
         GroupEvent::Progress(progress) => {
             reader.position(plan, progress.partition, progress.next_offset);
             0

@@ -72,22 +72,23 @@ pub(super) async fn consume_follow(
             },
         };
         match event {
-            Ok(Event::Message(message)) => {
-                if finished.contains(&message.partition) {
-                    continue;
-                }
-                // One topic: its name is not printed with each message (nor copied
-                // into each one).
-                let mut message = message;
-                message.topic = no_topic.clone();
-                let m = message.into_proto();
-                if printer.past_until(&m) {
-                    finished.insert(m.partition);
-                    continue;
-                }
-                printer.print(&m)?;
-                if printer.done() {
-                    return damage_error(&args.topic, &damaged);
+            Ok(Event::Messages(messages)) => {
+                for mut message in messages {
+                    if finished.contains(&message.partition) {
+                        break;
+                    }
+                    // One topic: its name is not printed with each message (nor copied
+                    // into each one).
+                    message.topic = no_topic.clone();
+                    let m = message.into_proto();
+                    if printer.past_until(&m) {
+                        finished.insert(m.partition);
+                        break;
+                    }
+                    printer.print(&m)?;
+                    if printer.done() {
+                        return damage_error(&args.topic, &damaged);
+                    }
                 }
             }
             Ok(Event::Progress(progress)) => {

@@ -233,29 +233,45 @@ pub(super) async fn consume_group(
                 // group that starts at `latest` goes on from there next time.
                 member.printed.insert(tp, reset.to_offset);
             }
-            Ok(GroupEvent::Message(mut message)) => {
-                let tp = (message.topic.to_string(), message.partition);
-                if member.finished.contains(&tp) {
-                    cut.insert(tp);
-                    continue;
+            Ok(GroupEvent::Messages(messages)) => {
+                let tp = (messages.topic().to_string(), messages.partition());
+                // One past the last message printed of this delivery.
+                let mut printed = None;
+                let mut done = false;
+                for mut message in messages {
+                    if member.finished.contains(&tp) {
+                        cut.insert(tp.clone());
+                        break;
+                    }
+                    if let Source::Topic(_) = source {
+                        message.topic = no_topic.clone();
+                    }
+                    let m = message.into_proto();
+                    if printer.past_until(&m) {
+                        member.finished.insert(tp.clone());
+                        cut.insert(tp.clone());
+                        break;
+                    }
+                    if let Err(e) = printer.print(&m) {
+                        if let Some(at) = printed {
+                            member.position.insert(tp.clone(), at);
+                            member.printed.insert(tp.clone(), at);
+                        }
+                        // Commit what did reach the reader, then report.
+                        final_commit(broker, group, source, &mut gm, &mut member, printer).await;
+                        return Err(e);
+                    }
+                    printed = Some(m.offset + 1);
+                    if printer.done() {
+                        done = true;
+                        break;
+                    }
                 }
-                if let Source::Topic(_) = source {
-                    message.topic = no_topic.clone();
+                if let Some(at) = printed {
+                    member.position.insert(tp.clone(), at);
+                    member.printed.insert(tp, at);
                 }
-                let m = message.into_proto();
-                if printer.past_until(&m) {
-                    member.finished.insert(tp.clone());
-                    cut.insert(tp);
-                    continue;
-                }
-                if let Err(e) = printer.print(&m) {
-                    // Commit what did reach the reader, then report.
-                    final_commit(broker, group, source, &mut gm, &mut member, printer).await;
-                    return Err(e);
-                }
-                member.position.insert(tp.clone(), m.offset + 1);
-                member.printed.insert(tp, m.offset + 1);
-                if printer.done() {
+                if done {
                     break Ok(());
                 }
             }

@@ -55,10 +55,12 @@ pub(super) async fn consume_pattern(
             },
         };
         match event {
-            Ok(Event::Message(message)) => {
-                printer.print(&message.into_proto())?;
-                if printer.done() {
-                    return Ok(());
+            Ok(Event::Messages(messages)) => {
+                for message in messages {
+                    printer.print(&message.into_proto())?;
+                    if printer.done() {
+                        return Ok(());
+                    }
                 }
             }
             // A pipe reader sees each batch as it arrives.
