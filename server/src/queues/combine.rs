@@ -166,3 +166,158 @@ fn answer(round: Vec<Waiting>, result: Result<(Vec<Vec<SettleOutcome>>, Vec<u64>
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The combiner against settling one caller at a time: callers submitted in a
+    //! random order, with random pauses (waiting for some answers) between them so
+    //! rounds form differently, get what settling each alone in submission order
+    //! gives, and leave the same state.
+
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use proptest::prelude::*;
+    use tidelog_storage::queue::{Queue, admin};
+    use tidelog_storage::queue::{QueueConfig, QueueEngine, SettleAction, SettleRequest, StartAt};
+    use tidelog_storage::{ManualClock, NewRecord, Store, StoreOptions, TopicConfig};
+
+    use super::{Combiner, lock};
+
+    const MEMBERS: [&str; 3] = ["m0", "m1", "m2"];
+
+    /// A store with queue `work` on 2 x 6 messages, each member holding 3.
+    fn setup(dir: &std::path::Path) -> (Arc<Store>, QueueEngine) {
+        let store = Arc::new(
+            Store::open(
+                dir,
+                StoreOptions {
+                    clock: ManualClock::new(1_700_000_000_000),
+                    flush_threads: 1,
+                    retention_interval: None,
+                    ..StoreOptions::default()
+                },
+            )
+            .unwrap(),
+        );
+        let topic = store
+            .create_topic("jobs", 2, TopicConfig::default())
+            .unwrap();
+        for partition in 0..2 {
+            let records: Vec<NewRecord> = (0..6)
+                .map(|i| NewRecord {
+                    value: Bytes::from(format!("{partition}-{i}")),
+                    ..NewRecord::default()
+                })
+                .collect();
+            topic
+                .partition(partition)
+                .unwrap()
+                .append_durable(&records)
+                .unwrap();
+        }
+        let config = QueueConfig {
+            max_deliveries: 1,
+            ..QueueConfig::defaults_for("jobs")
+        };
+        admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, config).unwrap();
+        let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+        for member in MEMBERS {
+            engine.member_joined(member);
+        }
+        let wants: Vec<(String, u32)> = MEMBERS.iter().map(|m| (m.to_string(), 3)).collect();
+        engine.deliver(&wants).unwrap();
+        (store, engine)
+    }
+
+    fn state(store: &Store) -> Queue {
+        store.queues().read(|q| q.get("work").cloned()).unwrap()
+    }
+
+    /// (member index, 3 = None; settlements as (partition, offset, action); wait for
+    /// the answers so far after submitting).
+    type Caller = (usize, Vec<(u32, u64, u8)>, bool);
+
+    fn request((partition, offset, action): (u32, u64, u8)) -> SettleRequest {
+        SettleRequest {
+            partition,
+            offset,
+            attempt: 0,
+            action: match action {
+                0 | 1 => SettleAction::Ack { through: None },
+                2 => SettleAction::Ack {
+                    through: Some(offset + 2),
+                },
+                3 => SettleAction::Nack {
+                    delay_ms: None,
+                    reason: "n".into(),
+                },
+                4 => SettleAction::InProgress {
+                    extend_ms: Some(5_000),
+                },
+                _ => SettleAction::Term { reason: "t".into() },
+            },
+        }
+    }
+
+    fn callers() -> impl Strategy<Value = Vec<Caller>> {
+        prop::collection::vec(
+            (
+                0usize..4,
+                prop::collection::vec((0u32..2, 0u64..7, 0u8..6), 1..4),
+                any::<bool>(),
+            ),
+            1..12,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        #[test]
+        fn combined_callers_get_what_settling_each_alone_gives(callers in callers()) {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .build()
+                .unwrap();
+            let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let (store_a, mut engine_a) = setup(dir_a.path());
+            engine_a.defer_history(true);
+            let engine_a = Arc::new(std::sync::Mutex::new(engine_a));
+            let (store_b, mut alone) = setup(dir_b.path());
+            prop_assert_eq!(state(&store_a), state(&store_b));
+            let combiner = Combiner::default();
+            let got = runtime.block_on(async {
+                let mut answers = Vec::new();
+                let mut got = Vec::new();
+                for (member, settlements, wait) in &callers {
+                    let requests = settlements.iter().copied().map(request).collect();
+                    let member = MEMBERS.get(*member).map(|m| m.to_string());
+                    answers.push(combiner.submit(&engine_a, member, requests));
+                    if *wait {
+                        for answer in answers.drain(..) {
+                            got.push(answer.await.unwrap().unwrap().outcomes);
+                        }
+                    }
+                }
+                for answer in answers {
+                    got.push(answer.await.unwrap().unwrap().outcomes);
+                }
+                got
+            });
+            let mut want = Vec::new();
+            for (member, settlements, _) in &callers {
+                let requests: Vec<SettleRequest> =
+                    settlements.iter().copied().map(request).collect();
+                want.push(alone.settle(MEMBERS.get(*member).copied(), &requests).unwrap());
+            }
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(state(&store_a), state(&store_b));
+            let engine_a = lock(&engine_a);
+            prop_assert_eq!(engine_a.counters, alone.counters);
+            for member in MEMBERS {
+                prop_assert_eq!(engine_a.unacked(member), alone.unacked(member));
+            }
+        }
+    }
+}
