@@ -1,5 +1,6 @@
 //! The `tidelog.v1.Queues` RPCs.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -36,57 +37,27 @@ pub const RECEIVE_WAIT_MAX: Duration = Duration::from_secs(30);
 /// Most settlements in one request.
 pub const SETTLEMENTS_MAX: usize = 10_000;
 /// Settle messages of one Consume stream read but not yet answered. Past this the
-/// server stops reading the stream and HTTP/2 flow control pushes back on the client.
+/// server stops reading the stream (until the oldest is answered) and HTTP/2 flow
+/// control pushes back on the client.
 /// Settles in flight are combined into one fsync per round (see `combine`); 64 keeps
 /// a round full without holding much memory, as for a publish stream.
 pub const CONSUME_SETTLES_IN_FLIGHT_MAX: usize = 64;
 
-/// What a Consume stream's responder sends next, in the order the reader read.
-enum Answer {
-    /// A Settle message's outcomes, once durable.
-    Settled {
-        request_id: u64,
-        outcomes: Pin<Box<dyn Future<Output = Result<Vec<SettleOutcome>, Status>> + Send>>,
-    },
-    /// The stream ends with this error (after the answers before it).
-    End(Status),
-}
+/// A Consume stream's Settle being settled: its outcomes once durable.
+type SettleFuture = Pin<Box<dyn Future<Output = Result<Vec<SettleOutcome>, Status>> + Send>>;
 
-/// Sends each answer in order; after the first failure sends nothing more (the
-/// stream ends with it, and `broken` tells the reader to stop) but still waits for
-/// every settlement in flight.
-async fn answer_in_order(
-    mut answers: mpsc::Receiver<Answer>,
-    tx: mpsc::UnboundedSender<Result<QueueConsumeResponse, Status>>,
-    broken: oneshot::Sender<()>,
-) {
-    let mut broken = Some(broken);
-    while let Some(answer) = answers.recv().await {
-        let answer = match answer {
-            Answer::Settled {
+/// The Settled event answering Settle `request_id`.
+fn settled(request_id: u64, outcomes: Vec<SettleOutcome>) -> QueueConsumeResponse {
+    QueueConsumeResponse {
+        event: Some(queue_consume_response::Event::Settled(
+            queue_consume_response::Settled {
                 request_id,
-                outcomes,
-            } => outcomes.await.map(|outcomes| QueueConsumeResponse {
-                event: Some(queue_consume_response::Event::Settled(
-                    queue_consume_response::Settled {
-                        request_id,
-                        outcomes: outcomes
-                            .into_iter()
-                            .map(convert::settlement_outcome)
-                            .collect(),
-                    },
-                )),
-            }),
-            Answer::End(status) => Err(status),
-        };
-        if broken.is_none() {
-            continue;
-        }
-        let failed = answer.is_err();
-        let _ = tx.send(answer);
-        if failed && let Some(broken) = broken.take() {
-            let _ = broken.send(());
-        }
+                outcomes: outcomes
+                    .into_iter()
+                    .map(convert::settlement_outcome)
+                    .collect(),
+            },
+        )),
     }
 }
 
@@ -475,62 +446,84 @@ impl Queues for QueuesService {
                 Sink::Stream(tx.clone()),
             );
             let guard = self.state.metrics.open_stream("queue");
-            let (answers_tx, answers_rx) = mpsc::channel::<Answer>(CONSUME_SETTLES_IN_FLIGHT_MAX);
-            let (broken_tx, mut broken) = oneshot::channel::<()>();
-            // Responder: answers the Settle messages in the order they came, each once
-            // it is durable; after a failure it answers no more (the stream ends with
-            // the error) but still waits for the rest to be settled.
-            let responder = tokio::spawn(answer_in_order(answers_rx, tx.clone(), broken_tx));
-            // Reader: takes Credit and Settle messages as they come; a Settle goes to the
-            // queue's combiner at once, without waiting for the answers of the ones
-            // before it, so a client's pipelined Settles are settled together.
+            // One task reads the stream and answers it: a Settle goes to the queue's
+            // combiner at once, without waiting for the answers of the ones before it
+            // (so a client's pipelined Settles are settled together), and the answers
+            // go out in the order the Settles came, each once durable.
             tokio::spawn(async move {
                 let _guard = guard;
+                let mut in_flight: VecDeque<(u64, SettleFuture)> = VecDeque::new();
+                // Reading stops at the client's half-close or a message that ends the
+                // stream; `end` is sent after the answers before it.
+                let mut reading = true;
+                let mut end: Option<Status> = None;
                 loop {
-                    let message = tokio::select! {
-                        message = inbound.message() => message,
-                        _ = tx.closed() => break,
-                        _ = &mut broken => break,
-                    };
-                    let answer = match message {
-                        Ok(Some(QueueConsumeRequest {
-                            request: Some(queue_consume_request::Request::Credit(credit)),
-                        })) => {
-                            runtime.add_credit(&member, u64::from(credit.messages));
-                            continue;
+                    if !reading && in_flight.is_empty() {
+                        if let Some(status) = end.take() {
+                            let _ = tx.send(Err(status));
                         }
-                        Ok(Some(QueueConsumeRequest {
-                            request: Some(queue_consume_request::Request::Settle(settle)),
-                        })) => match check_settlements(settle.settlements.len()) {
-                            Ok(()) => {
-                                let requests = settle
-                                    .settlements
-                                    .into_iter()
-                                    .map(convert::settle_request)
-                                    .collect();
-                                Answer::Settled {
-                                    request_id: settle.request_id,
-                                    outcomes: Box::pin(
-                                        runtime.submit_settle(Some(member.clone()), requests),
-                                    ),
-                                }
-                            }
-                            Err(status) => Answer::End(status),
-                        },
-                        Ok(Some(_)) => Answer::End(Status::invalid_argument(
-                            "after the Open, send Credit or Settle messages",
-                        )),
-                        Ok(None) | Err(_) => break,
-                    };
-                    let end = matches!(answer, Answer::End(_));
-                    if answers_tx.send(answer).await.is_err() || end {
                         break;
+                    }
+                    let room = reading && in_flight.len() < CONSUME_SETTLES_IN_FLIGHT_MAX;
+                    let next_answer = async {
+                        match in_flight.front_mut() {
+                            Some((_, outcomes)) => outcomes.as_mut().await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        outcomes = next_answer => {
+                            let Some((request_id, _)) = in_flight.pop_front() else {
+                                break;
+                            };
+                            let answer = outcomes.map(|outcomes| settled(request_id, outcomes));
+                            let failed = answer.is_err();
+                            let _ = tx.send(answer);
+                            if failed {
+                                break;
+                            }
+                        }
+                        message = inbound.message(), if room =>
+                        {
+                            match message {
+                                Ok(Some(QueueConsumeRequest {
+                                    request: Some(queue_consume_request::Request::Credit(credit)),
+                                })) => runtime.add_credit(&member, u64::from(credit.messages)),
+                                Ok(Some(QueueConsumeRequest {
+                                    request: Some(queue_consume_request::Request::Settle(settle)),
+                                })) => match check_settlements(settle.settlements.len()) {
+                                    Ok(()) => {
+                                        let requests = settle
+                                            .settlements
+                                            .into_iter()
+                                            .map(convert::settle_request)
+                                            .collect();
+                                        let outcomes =
+                                            runtime.submit_settle(Some(member.clone()), requests);
+                                        in_flight.push_back((settle.request_id, Box::pin(outcomes)));
+                                    }
+                                    Err(status) => {
+                                        end = Some(status);
+                                        reading = false;
+                                    }
+                                },
+                                Ok(Some(_)) => {
+                                    end = Some(Status::invalid_argument(
+                                        "after the Open, send Credit or Settle messages",
+                                    ));
+                                    reading = false;
+                                }
+                                Ok(None) | Err(_) => reading = false,
+                            }
+                        }
+                        _ = tx.closed() => break,
                     }
                 }
                 // Every settlement read is settled (answered or not) before the member
                 // leaves, so leaving never turns one of its acks into a redelivery.
-                drop(answers_tx);
-                let _ = responder.await;
+                for (_, outcomes) in in_flight {
+                    let _ = outcomes.await;
+                }
                 runtime.leave(&member);
             });
             Ok(Box::pin(UnboundedReceiverStream::new(rx)) as ConsumeStream)
