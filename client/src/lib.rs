@@ -71,6 +71,19 @@
 //! # }
 //! ```
 //!
+//! Every settlement returns once the broker made it durable (NATS JetStream's
+//! `double_ack`, not its fire-and-forget `ack`). Awaited one after another as above, a
+//! consumer settles one delivery per round trip and fsync (1-2k a second on a disk
+//! whose fsync takes ~0.8 ms). To go faster, keep several settlements in flight:
+//! handle deliveries concurrently, a task each (`examples/queue_consumer_concurrent.rs`;
+//! the credit window bounds how many), or settle many in one request with
+//! [`Delivery::ack_all`]. [`QueueConsumer`] never waits for one answer before sending
+//! the next settlement, and the broker settles together, with one fsync, whatever
+//! arrives from all of a queue's consumers while it makes the previous ones durable.
+//! There is no ack that skips the answer: a refused ack, a lost lease or a failed
+//! fsync is always some caller's error; a settlement whose future is dropped before
+//! its answer may or may not have been made (the message may come again).
+//!
 //! # Delivery guarantees
 //! - Producer retries are exactly-once in the log on topics with a dedup window (ids
 //!   are attached, [`IdMode::Auto`]), at-least-once otherwise.

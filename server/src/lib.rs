@@ -17,8 +17,9 @@
 //!   expired messages skipped) and [`read::PartitionReader`], the plain Subscribe
 //!   around it. Imported by [`consume`] and [`groups`], importing neither.
 //! - [`queues`]: work queues: a runtime per queue in use around the storage engine's
-//!   delivery engine, and the `Queues` service (with `ListDeliveries`, a queue's
-//!   delivery events newest first).
+//!   delivery engine (settlements that arrive together combined into one fsync), and
+//!   the `Queues` service (with `ListDeliveries`, a queue's delivery events newest
+//!   first; a Consume stream's Settle messages pipelined, answered in order).
 //! - [`messages`]: the `Messages` service: a message by its id, and its delivery status
 //!   in a queue or group and its history in a queue (the lookups run on the blocking
 //!   pool: they may read and rebuild id index files and read history files).

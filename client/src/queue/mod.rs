@@ -10,6 +10,12 @@
 //!
 //! A delivery settles through its way back to the member that received it
 //! (`route.rs`), which knows neither member type.
+//!
+//! Settling never serialises a member: each [`Delivery::settle`] is its own request
+//! (a stream's driver sends it at once and matches the answer by request id), so
+//! deliveries handled concurrently have their settlements in flight together, and the
+//! broker combines them into one fsync. Each call still returns only once its
+//! settlement is durable (see the crate docs for the trade-off).
 
 mod consumer;
 mod route;

@@ -8,7 +8,9 @@
 //! topic, or the broker stops. The engine blocks on fsync, so every call into it runs
 //! on the blocking pool; it is behind a mutex, which also serializes deliveries and
 //! settlements of one queue (a settlement is judged against exactly the state the
-//! deliveries left).
+//! deliveries left). Settlements go through each part's [`combine::Combiner`]: those
+//! that arrive while one engine call settles are settled together in the next, with
+//! one fsync (a group commit), each answered as if settled alone.
 
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
@@ -29,6 +31,7 @@ use crate::convert;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
+mod combine;
 pub mod service;
 
 pub use service::QueuesService;
@@ -66,6 +69,8 @@ struct Part {
     /// The storage queue (a pattern queue's per-topic queue has its own name).
     queue: String,
     engine: Arc<Mutex<QueueEngine>>,
+    /// Settlements waiting for the engine, settled together (see [`combine`]).
+    combiner: combine::Combiner,
     /// The engine's filter counters already added to the metrics.
     filtered_reported: Mutex<Filtered>,
 }
@@ -114,6 +119,7 @@ impl Part {
             topic,
             queue,
             engine: Arc::new(Mutex::new(engine)),
+            combiner: combine::Combiner::default(),
             filtered_reported: Mutex::new(Filtered::default()),
         })
     }
@@ -221,11 +227,17 @@ impl Runtime {
 
     /// Settles for `member` (None: whoever holds the deliveries). Each settlement
     /// names its topic; on a queue on one topic the topic is not looked at.
-    async fn settle(
-        &self,
+    ///
+    /// The settlements are queued with their parts' combiners now, before this
+    /// returns: the order of the calls is the order they are judged in (a stream's
+    /// Settle messages, read one after another, keep their order). The future
+    /// answers once every part has settled its share, durably; it needs no polling to
+    /// make progress.
+    fn submit_settle(
+        self: &Arc<Self>,
         member: Option<String>,
         requests: Vec<(String, SettleRequest)>,
-    ) -> Result<Vec<SettleOutcome>, Status> {
+    ) -> impl Future<Output = Result<Vec<SettleOutcome>, Status>> + Send + 'static {
         let parts = self.parts();
         let mut outcomes: Vec<Option<SettleOutcome>> = vec![None; requests.len()];
         // Per part, the requests (and where their outcomes go), in request order.
@@ -258,24 +270,45 @@ impl Runtime {
                 None => by_part.push((part.clone(), vec![index], vec![request])),
             }
         }
-        for (part, indexes, batch) in by_part {
-            let member = member.clone();
-            let (settled, latencies) = part
-                .with_engine(move |engine| {
-                    let outcomes = engine.settle(member.as_deref(), &batch)?;
-                    Ok((outcomes, engine.take_ack_latencies()))
-                })
-                .await?;
-            self.metrics.queue_acked(&self.name, &latencies);
-            for (index, outcome) in indexes.into_iter().zip(settled) {
-                outcomes[index] = Some(outcome);
-            }
-        }
-        self.wake();
-        Ok(outcomes
+        let submitted: Vec<_> = by_part
             .into_iter()
-            .map(|o| o.unwrap_or_else(|| SettleOutcome::Invalid("not settled".into())))
-            .collect())
+            .map(|(part, indexes, batch)| {
+                let answer = part.combiner.submit(&part.engine, member.clone(), batch);
+                (indexes, answer)
+            })
+            .collect();
+        let runtime = self.clone();
+        async move {
+            let mut failed = None;
+            for (indexes, answer) in submitted {
+                // Every part's answer is waited for, even after one failed.
+                let settled = match answer.await {
+                    Ok(settled) => settled,
+                    Err(_) => Err(Status::internal(
+                        "the queue's settlement task ended without an answer; send the settlements again",
+                    )),
+                };
+                match settled {
+                    Ok(settled) => {
+                        runtime
+                            .metrics
+                            .queue_acked(&runtime.name, &settled.ack_latencies_ms);
+                        for (index, outcome) in indexes.into_iter().zip(settled.outcomes) {
+                            outcomes[index] = Some(outcome);
+                        }
+                    }
+                    Err(status) => failed = failed.or(Some(status)),
+                }
+            }
+            runtime.wake();
+            if let Some(status) = failed {
+                return Err(status);
+            }
+            Ok(outcomes
+                .into_iter()
+                .map(|o| o.unwrap_or_else(|| SettleOutcome::Invalid("not settled".into())))
+                .collect())
+        }
     }
 
     /// Deliveries `member` holds over every part.

@@ -1,5 +1,7 @@
 //! The `tidelog.v1.Queues` RPCs.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,8 +16,8 @@ use tidelog_proto::v1::{
     SettleRequest, SettleResponse, queue_consume_request, queue_consume_response,
 };
 use tidelog_storage::Store;
-use tidelog_storage::queue::admin;
 use tidelog_storage::queue::inspect::{self, DeliveriesQuery};
+use tidelog_storage::queue::{SettleOutcome, admin};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -34,6 +36,30 @@ pub const RECEIVE_MESSAGES_MAX: u32 = 1000;
 pub const RECEIVE_WAIT_MAX: Duration = Duration::from_secs(30);
 /// Most settlements in one request.
 pub const SETTLEMENTS_MAX: usize = 10_000;
+/// Settle messages of one Consume stream read but not yet answered. Past this the
+/// server stops reading the stream (until the oldest is answered) and HTTP/2 flow
+/// control pushes back on the client.
+/// Settles in flight are combined into one fsync per round (see `combine`); 64 keeps
+/// a round full without holding much memory, as for a publish stream.
+pub const CONSUME_SETTLES_IN_FLIGHT_MAX: usize = 64;
+
+/// A Consume stream's Settle being settled: its outcomes once durable.
+type SettleFuture = Pin<Box<dyn Future<Output = Result<Vec<SettleOutcome>, Status>> + Send>>;
+
+/// The Settled event answering Settle `request_id`.
+fn settled(request_id: u64, outcomes: Vec<SettleOutcome>) -> QueueConsumeResponse {
+    QueueConsumeResponse {
+        event: Some(queue_consume_response::Event::Settled(
+            queue_consume_response::Settled {
+                request_id,
+                outcomes: outcomes
+                    .into_iter()
+                    .map(convert::settlement_outcome)
+                    .collect(),
+            },
+        )),
+    }
+}
 
 /// The Queues service.
 #[derive(Debug, Clone)]
@@ -420,58 +446,83 @@ impl Queues for QueuesService {
                 Sink::Stream(tx.clone()),
             );
             let guard = self.state.metrics.open_stream("queue");
+            // One task reads the stream and answers it: a Settle goes to the queue's
+            // combiner at once, without waiting for the answers of the ones before it
+            // (so a client's pipelined Settles are settled together), and the answers
+            // go out in the order the Settles came, each once durable.
             tokio::spawn(async move {
                 let _guard = guard;
+                let mut in_flight: VecDeque<(u64, SettleFuture)> = VecDeque::new();
+                // Reading stops at the client's half-close or a message that ends the
+                // stream; `end` is sent after the answers before it.
+                let mut reading = true;
+                let mut end: Option<Status> = None;
                 loop {
-                    let message = tokio::select! {
-                        message = inbound.message() => message,
-                        _ = tx.closed() => break,
+                    if !reading && in_flight.is_empty() {
+                        if let Some(status) = end.take() {
+                            let _ = tx.send(Err(status));
+                        }
+                        break;
+                    }
+                    let room = reading && in_flight.len() < CONSUME_SETTLES_IN_FLIGHT_MAX;
+                    let next_answer = async {
+                        match in_flight.front_mut() {
+                            Some((_, outcomes)) => outcomes.as_mut().await,
+                            None => std::future::pending().await,
+                        }
                     };
-                    match message {
-                        Ok(Some(QueueConsumeRequest {
-                            request: Some(queue_consume_request::Request::Credit(credit)),
-                        })) => runtime.add_credit(&member, u64::from(credit.messages)),
-                        Ok(Some(QueueConsumeRequest {
-                            request: Some(queue_consume_request::Request::Settle(settle)),
-                        })) => {
-                            if let Err(status) = check_settlements(settle.settlements.len()) {
-                                let _ = tx.send(Err(status));
+                    tokio::select! {
+                        outcomes = next_answer => {
+                            let Some((request_id, _)) = in_flight.pop_front() else {
                                 break;
-                            }
-                            let requests = settle
-                                .settlements
-                                .into_iter()
-                                .map(convert::settle_request)
-                                .collect();
-                            let answer = match runtime.settle(Some(member.clone()), requests).await
-                            {
-                                Ok(outcomes) => Ok(QueueConsumeResponse {
-                                    event: Some(queue_consume_response::Event::Settled(
-                                        queue_consume_response::Settled {
-                                            request_id: settle.request_id,
-                                            outcomes: outcomes
-                                                .into_iter()
-                                                .map(convert::settlement_outcome)
-                                                .collect(),
-                                        },
-                                    )),
-                                }),
-                                Err(status) => Err(status),
                             };
+                            let answer = outcomes.map(|outcomes| settled(request_id, outcomes));
                             let failed = answer.is_err();
                             let _ = tx.send(answer);
                             if failed {
                                 break;
                             }
                         }
-                        Ok(Some(_)) => {
-                            let _ = tx.send(Err(Status::invalid_argument(
-                                "after the Open, send Credit or Settle messages",
-                            )));
-                            break;
+                        message = inbound.message(), if room =>
+                        {
+                            match message {
+                                Ok(Some(QueueConsumeRequest {
+                                    request: Some(queue_consume_request::Request::Credit(credit)),
+                                })) => runtime.add_credit(&member, u64::from(credit.messages)),
+                                Ok(Some(QueueConsumeRequest {
+                                    request: Some(queue_consume_request::Request::Settle(settle)),
+                                })) => match check_settlements(settle.settlements.len()) {
+                                    Ok(()) => {
+                                        let requests = settle
+                                            .settlements
+                                            .into_iter()
+                                            .map(convert::settle_request)
+                                            .collect();
+                                        let outcomes =
+                                            runtime.submit_settle(Some(member.clone()), requests);
+                                        in_flight.push_back((settle.request_id, Box::pin(outcomes)));
+                                    }
+                                    Err(status) => {
+                                        end = Some(status);
+                                        reading = false;
+                                    }
+                                },
+                                Ok(Some(_)) => {
+                                    end = Some(Status::invalid_argument(
+                                        "after the Open, send Credit or Settle messages",
+                                    ));
+                                    reading = false;
+                                }
+                                Ok(None) | Err(_) => reading = false,
+                            }
                         }
-                        Ok(None) | Err(_) => break,
+                        _ = tx.closed() => break,
                     }
+                }
+                // Every settlement read is settled (answered or not) before the member
+                // leaves, so leaving never turns one of its acks into a redelivery.
+                for (_, outcomes) in in_flight {
+                    let _ = outcomes.await;
                 }
                 runtime.leave(&member);
             });
@@ -561,7 +612,7 @@ impl Queues for QueuesService {
                 .into_iter()
                 .map(convert::settle_request)
                 .collect();
-            let outcomes = runtime.settle(None, requests).await?;
+            let outcomes = runtime.submit_settle(None, requests).await?;
             Ok(SettleResponse {
                 outcomes: outcomes
                     .into_iter()

@@ -36,7 +36,9 @@ use crate::statelog::StateLog;
 use crate::topic::Topic;
 
 pub use admin::{PatternSync, QueueStatus, StartAt};
-pub use engine::{Delivery, HistoryWait, QueueEngine, SettleAction, SettleOutcome, SettleRequest};
+pub use engine::{
+    Delivery, HistoryWait, QueueEngine, SettleAction, SettleBatch, SettleOutcome, SettleRequest,
+};
 pub use state::{
     Hold, PatternQueue, Pending, Queue, QueueConfig, QueueOp, QueuePartition, Queues, Taken,
     validate_new_queue_name, validate_queue_name,

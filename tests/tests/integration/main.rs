@@ -30,6 +30,7 @@ mod patterns;
 mod positions;
 mod queue_cli;
 mod queue_pattern;
+mod queue_settle;
 mod queues;
 mod quotas;
 mod read_budget;

@@ -46,6 +46,8 @@ use crate::topic::Topic;
 
 mod settle;
 
+pub use settle::SettleBatch;
+
 /// Records a new-message scan examines in one partition and level per delivery round
 /// at most, so a level far behind (or far ahead through other levels' messages) does
 /// not hold the engine for long.

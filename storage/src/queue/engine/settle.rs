@@ -1,5 +1,6 @@
 //! [`QueueEngine::settle`]: acks, nacks, deadline extensions and terminations, durable
-//! when it returns.
+//! when it returns; [`QueueEngine::settle_combined`]: several callers' settlements in
+//! one call (one state-log append, so one fsync), each answered as if settled alone.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -11,6 +12,21 @@ use crate::error::Result;
 use crate::queue::history::{HistoryEvent, Outcome};
 use crate::queue::state::{Hold, QueueOp, truncate_utf8};
 
+/// What an earlier request of a combined call did to a message, as the state will
+/// have it once the call's operations are applied: later requests are judged
+/// against that, not against the state before the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Earlier {
+    /// Acked or dead-lettered: no longer pending.
+    Settled,
+    /// Nacked: pending, waiting for a redelivery (not leased).
+    Nacked,
+}
+
+/// One caller's part of a combined settlement: the member settling (None: whoever
+/// holds the deliveries, for the unary API) and its settlements, in order.
+pub type SettleBatch<'a> = (Option<&'a str>, &'a [SettleRequest]);
+
 impl QueueEngine {
     /// Settles deliveries for `member` (None: whoever holds them, for the unary API).
     /// Every outcome is durable when this returns.
@@ -19,55 +35,159 @@ impl QueueEngine {
         member: Option<&str>,
         requests: &[SettleRequest],
     ) -> Result<Vec<SettleOutcome>> {
+        let mut outcomes = self.settle_combined(&[(member, requests)])?;
+        Ok(outcomes.pop().unwrap_or_default())
+    }
+
+    /// Settles several callers' requests in one call: one append to the queue state
+    /// log (so one fsync) for all of them, one history submission. Each batch's
+    /// outcomes are exactly what [`QueueEngine::settle`] would give it called alone,
+    /// after the batches before it (an offset acked by one batch is NotFound to the
+    /// next, one nacked is Stale to the next), and the state afterwards is the same.
+    /// Every outcome is durable when this returns; an error (a failed fsync, which
+    /// poisons the state log) fails every batch, and none of their settlements was
+    /// answered.
+    pub fn settle_combined(
+        &mut self,
+        batches: &[SettleBatch<'_>],
+    ) -> Result<Vec<Vec<SettleOutcome>>> {
         let queue = self.queue()?;
         let now = self.store.clock().now_ms();
         let mut ops = Vec::new();
         let mut events = Vec::new();
-        let mut outcomes = Vec::with_capacity(requests.len());
-        // Offsets settled so far in this call, so a duplicate is not counted twice.
-        let mut gone: BTreeSet<(u32, u64)> = BTreeSet::new();
+        let mut all = Vec::with_capacity(batches.len());
+        // What the batches before the current one did, by (partition, offset).
+        let mut earlier: HashMap<(u32, u64), Earlier> = HashMap::new();
         let mut released: HashMap<Arc<str>, u64> = HashMap::new();
-        for request in requests {
-            if let SettleAction::Ack {
-                through: Some(through),
-            } = request.action
-            {
-                // A range: every offset in it this member holds.
-                let mut ranges: Vec<(u64, u64)> = Vec::new();
-                let mut settled = 0;
+        for &(member, requests) in batches {
+            let mut outcomes = Vec::with_capacity(requests.len());
+            // Offsets settled so far in this batch, so a duplicate is not counted twice,
+            // and what each did (merged into `earlier` after the batch).
+            let mut gone: BTreeSet<(u32, u64)> = BTreeSet::new();
+            let mut nacked: BTreeSet<(u32, u64)> = BTreeSet::new();
+            for request in requests {
+                if let SettleAction::Ack {
+                    through: Some(through),
+                } = request.action
                 {
-                    let held = self.pending_range(
-                        request.partition,
-                        request.offset,
-                        through.max(request.offset),
-                    );
-                    for (offset, pending) in &held {
-                        let offset = *offset;
-                        let Hold::Leased { member: holder, .. } = &pending.hold else {
-                            continue;
-                        };
-                        if member.is_some_and(|m| m != &**holder)
-                            || !gone.insert((request.partition, offset))
-                        {
-                            continue;
-                        }
-                        match released.get_mut(holder) {
-                            Some(count) => *count += 1,
-                            None => {
-                                released.insert(holder.clone(), 1);
+                    // A range: every offset in it this member holds.
+                    let mut ranges: Vec<(u64, u64)> = Vec::new();
+                    let mut settled = 0;
+                    {
+                        let held = self.pending_range(
+                            request.partition,
+                            request.offset,
+                            through.max(request.offset),
+                        );
+                        for (offset, pending) in &held {
+                            let offset = *offset;
+                            let Hold::Leased { member: holder, .. } = &pending.hold else {
+                                continue;
+                            };
+                            if member.is_some_and(|m| m != &**holder)
+                                || earlier.contains_key(&(request.partition, offset))
+                                || !gone.insert((request.partition, offset))
+                            {
+                                continue;
                             }
+                            match released.get_mut(holder) {
+                                Some(count) => *count += 1,
+                                None => {
+                                    released.insert(holder.clone(), 1);
+                                }
+                            }
+                            if self.ack_latencies_ms.len() < ACK_LATENCIES_KEPT_MAX {
+                                self.ack_latencies_ms.push(
+                                    now.saturating_sub(pending.last_delivery_ms).max(0) as u64,
+                                );
+                            }
+                            match ranges.last_mut() {
+                                Some(last) if last.1 + 1 == offset => last.1 = offset,
+                                _ => ranges.push((offset, offset)),
+                            }
+                            events.push(HistoryEvent::new(
+                                request.partition,
+                                offset,
+                                pending.attempts,
+                                now,
+                                Outcome::Acked,
+                                0,
+                                holder,
+                                "",
+                            ));
+                            settled += 1;
                         }
+                    }
+                    if !ranges.is_empty() {
+                        ops.push(QueueOp::Ack {
+                            name: self.name.clone(),
+                            partition: request.partition,
+                            ranges,
+                        });
+                    }
+                    self.counters.acked += settled;
+                    outcomes.push(SettleOutcome::Ok { settled });
+                    continue;
+                }
+                let key = (request.partition, request.offset);
+                let before = earlier.get(&key).copied();
+                let pending = match before {
+                    Some(Earlier::Settled) => None,
+                    _ => self.pending_of(request.partition, request.offset),
+                };
+                let Some(pending) = pending else {
+                    outcomes.push(SettleOutcome::NotFound(format!(
+                    "partition {} offset {} is not pending in queue {:?}: it was settled already, or never delivered",
+                    request.partition, request.offset, self.name
+                )));
+                    continue;
+                };
+                if gone.contains(&(request.partition, request.offset)) {
+                    outcomes.push(SettleOutcome::NotFound(format!(
+                        "partition {} offset {} was settled earlier in this request",
+                        request.partition, request.offset
+                    )));
+                    continue;
+                }
+                let leased = match (&pending.hold, before) {
+                    (_, Some(Earlier::Nacked)) => None,
+                    (Hold::Leased { member: holder, .. }, _) => Some(holder),
+                    _ => None,
+                };
+                let Some(holder) = leased else {
+                    outcomes.push(SettleOutcome::Stale(format!(
+                    "partition {} offset {} is not delivered now (attempt {} is over and the message waits for a redelivery)",
+                    request.partition, request.offset, pending.attempts
+                )));
+                    continue;
+                };
+                // A settlement after the deadline is still taken while the lease stands (the
+                // next tick has not given it up): the work was done.
+                let stale_attempt = request.attempt != 0 && request.attempt != pending.attempts;
+                let other_member = member.is_some_and(|m| m != &**holder);
+                if stale_attempt || other_member {
+                    outcomes.push(SettleOutcome::Stale(format!(
+                        "partition {} offset {}: attempt {} is current, held by {holder:?}",
+                        request.partition, request.offset, pending.attempts
+                    )));
+                    continue;
+                }
+                match &request.action {
+                    SettleAction::Ack { through: None } => {
+                        gone.insert(key);
                         if self.ack_latencies_ms.len() < ACK_LATENCIES_KEPT_MAX {
                             self.ack_latencies_ms
                                 .push(now.saturating_sub(pending.last_delivery_ms).max(0) as u64);
                         }
-                        match ranges.last_mut() {
-                            Some(last) if last.1 + 1 == offset => last.1 = offset,
-                            _ => ranges.push((offset, offset)),
-                        }
+                        *released.entry(holder.clone()).or_insert(0) += 1;
+                        ops.push(QueueOp::Ack {
+                            name: self.name.clone(),
+                            partition: request.partition,
+                            ranges: vec![(request.offset, request.offset)],
+                        });
                         events.push(HistoryEvent::new(
                             request.partition,
-                            offset,
+                            request.offset,
                             pending.attempts,
                             now,
                             Outcome::Acked,
@@ -75,144 +195,136 @@ impl QueueEngine {
                             holder,
                             "",
                         ));
-                        settled += 1;
+                        self.counters.acked += 1;
+                        outcomes.push(SettleOutcome::Ok { settled: 1 });
                     }
-                }
-                if !ranges.is_empty() {
-                    ops.push(QueueOp::Ack {
-                        name: self.name.clone(),
-                        partition: request.partition,
-                        ranges,
-                    });
-                }
-                self.counters.acked += settled;
-                outcomes.push(SettleOutcome::Ok { settled });
-                continue;
-            }
-            let Some(pending) = self.pending_of(request.partition, request.offset) else {
-                outcomes.push(SettleOutcome::NotFound(format!(
-                    "partition {} offset {} is not pending in queue {:?}: it was settled already, or never delivered",
-                    request.partition, request.offset, self.name
-                )));
-                continue;
-            };
-            if gone.contains(&(request.partition, request.offset)) {
-                outcomes.push(SettleOutcome::NotFound(format!(
-                    "partition {} offset {} was settled earlier in this request",
-                    request.partition, request.offset
-                )));
-                continue;
-            }
-            let Hold::Leased { member: holder, .. } = &pending.hold else {
-                outcomes.push(SettleOutcome::Stale(format!(
-                    "partition {} offset {} is not delivered now (attempt {} is over and the message waits for a redelivery)",
-                    request.partition, request.offset, pending.attempts
-                )));
-                continue;
-            };
-            // A settlement after the deadline is still taken while the lease stands (the
-            // next tick has not given it up): the work was done.
-            let stale_attempt = request.attempt != 0 && request.attempt != pending.attempts;
-            let other_member = member.is_some_and(|m| m != &**holder);
-            if stale_attempt || other_member {
-                outcomes.push(SettleOutcome::Stale(format!(
-                    "partition {} offset {}: attempt {} is current, held by {holder:?}",
-                    request.partition, request.offset, pending.attempts
-                )));
-                continue;
-            }
-            let key = (request.partition, request.offset);
-            match &request.action {
-                SettleAction::Ack { through: None } => {
-                    gone.insert(key);
-                    if self.ack_latencies_ms.len() < ACK_LATENCIES_KEPT_MAX {
-                        self.ack_latencies_ms
-                            .push(now.saturating_sub(pending.last_delivery_ms).max(0) as u64);
+                    SettleAction::Ack { through: Some(_) } => {
+                        unreachable!("ranges are handled above")
                     }
-                    *released.entry(holder.clone()).or_insert(0) += 1;
-                    ops.push(QueueOp::Ack {
-                        name: self.name.clone(),
-                        partition: request.partition,
-                        ranges: vec![(request.offset, request.offset)],
-                    });
-                    events.push(HistoryEvent::new(
-                        request.partition,
-                        request.offset,
-                        pending.attempts,
-                        now,
-                        Outcome::Acked,
-                        0,
-                        holder,
-                        "",
-                    ));
-                    self.counters.acked += 1;
-                    outcomes.push(SettleOutcome::Ok { settled: 1 });
-                }
-                SettleAction::Ack { through: Some(_) } => unreachable!("ranges are handled above"),
-                SettleAction::InProgress { extend_ms } => {
-                    let extend = extend_ms.unwrap_or(queue.config.ack_deadline_ms);
-                    if !(crate::queue::state::ACK_DEADLINE_MS_MIN
-                        ..=crate::queue::state::QUEUE_DELAY_MS_MAX)
-                        .contains(&extend)
-                    {
-                        outcomes.push(SettleOutcome::Invalid(format!(
-                            "extend_ms {extend} is outside {}..={}",
-                            crate::queue::state::ACK_DEADLINE_MS_MIN,
-                            crate::queue::state::QUEUE_DELAY_MS_MAX
-                        )));
-                        continue;
+                    SettleAction::InProgress { extend_ms } => {
+                        let extend = extend_ms.unwrap_or(queue.config.ack_deadline_ms);
+                        if !(crate::queue::state::ACK_DEADLINE_MS_MIN
+                            ..=crate::queue::state::QUEUE_DELAY_MS_MAX)
+                            .contains(&extend)
+                        {
+                            outcomes.push(SettleOutcome::Invalid(format!(
+                                "extend_ms {extend} is outside {}..={}",
+                                crate::queue::state::ACK_DEADLINE_MS_MIN,
+                                crate::queue::state::QUEUE_DELAY_MS_MAX
+                            )));
+                            continue;
+                        }
+                        let deadline = now.saturating_add(extend as i64);
+                        ops.push(QueueOp::Extend {
+                            name: self.name.clone(),
+                            partition: request.partition,
+                            offset: request.offset,
+                            deadline_ms: deadline,
+                        });
+                        events.push(HistoryEvent::new(
+                            request.partition,
+                            request.offset,
+                            pending.attempts,
+                            now,
+                            Outcome::Extended,
+                            deadline,
+                            holder,
+                            "",
+                        ));
+                        self.timers.insert((
+                            deadline,
+                            Timer::Deadline,
+                            request.partition,
+                            request.offset,
+                        ));
+                        outcomes.push(SettleOutcome::Ok { settled: 0 });
                     }
-                    let deadline = now.saturating_add(extend as i64);
-                    ops.push(QueueOp::Extend {
-                        name: self.name.clone(),
-                        partition: request.partition,
-                        offset: request.offset,
-                        deadline_ms: deadline,
-                    });
-                    events.push(HistoryEvent::new(
-                        request.partition,
-                        request.offset,
-                        pending.attempts,
-                        now,
-                        Outcome::Extended,
-                        deadline,
-                        holder,
-                        "",
-                    ));
-                    self.timers.insert((
-                        deadline,
-                        Timer::Deadline,
-                        request.partition,
-                        request.offset,
-                    ));
-                    outcomes.push(SettleOutcome::Ok { settled: 0 });
-                }
-                SettleAction::Nack { delay_ms, reason } => {
-                    if delay_ms.is_some_and(|d| d > crate::queue::state::QUEUE_DELAY_MS_MAX) {
-                        outcomes.push(SettleOutcome::Invalid(format!(
-                            "delay_ms is over the maximum of {}",
-                            crate::queue::state::QUEUE_DELAY_MS_MAX
-                        )));
-                        continue;
+                    SettleAction::Nack { delay_ms, reason } => {
+                        if delay_ms.is_some_and(|d| d > crate::queue::state::QUEUE_DELAY_MS_MAX) {
+                            outcomes.push(SettleOutcome::Invalid(format!(
+                                "delay_ms is over the maximum of {}",
+                                crate::queue::state::QUEUE_DELAY_MS_MAX
+                            )));
+                            continue;
+                        }
+                        gone.insert(key);
+                        *released.entry(holder.clone()).or_insert(0) += 1;
+                        let reason = truncate_utf8(reason, crate::queue::state::REASON_BYTES_MAX);
+                        self.counters.nacked += 1;
+                        events.push(HistoryEvent::new(
+                            request.partition,
+                            request.offset,
+                            pending.attempts,
+                            now,
+                            Outcome::Nacked,
+                            0,
+                            holder,
+                            reason,
+                        ));
+                        if queue.config.exhausted(pending.attempts) {
+                            let reason = format!(
+                                "nacked on the last of {} deliveries: {reason}",
+                                queue.config.max_deliveries
+                            );
+                            let op = self.dead_letter(
+                                &queue,
+                                request.partition,
+                                request.offset,
+                                &pending,
+                                &reason,
+                            )?;
+                            if let QueueOp::DeadLetter { reason, .. } = &op {
+                                events.push(HistoryEvent::new(
+                                    request.partition,
+                                    request.offset,
+                                    pending.attempts,
+                                    now,
+                                    Outcome::DeadLettered,
+                                    0,
+                                    holder,
+                                    reason,
+                                ));
+                            }
+                            ops.push(op);
+                            self.counters.dead_lettered_max_deliveries += 1;
+                            outcomes.push(SettleOutcome::Ok { settled: 1 });
+                        } else {
+                            let wait = delay_ms
+                                .unwrap_or_else(|| queue.config.backoff_ms(pending.attempts));
+                            let due = now.saturating_add(wait as i64);
+                            ops.push(QueueOp::Nack {
+                                name: self.name.clone(),
+                                partition: request.partition,
+                                offset: request.offset,
+                                due_ms: due,
+                                reason: reason.to_string(),
+                            });
+                            self.timers.insert((
+                                due,
+                                Timer::Due,
+                                request.partition,
+                                request.offset,
+                            ));
+                            nacked.insert(key);
+                            outcomes.push(SettleOutcome::Ok { settled: 0 });
+                        }
                     }
-                    gone.insert(key);
-                    *released.entry(holder.clone()).or_insert(0) += 1;
-                    let reason = truncate_utf8(reason, crate::queue::state::REASON_BYTES_MAX);
-                    self.counters.nacked += 1;
-                    events.push(HistoryEvent::new(
-                        request.partition,
-                        request.offset,
-                        pending.attempts,
-                        now,
-                        Outcome::Nacked,
-                        0,
-                        holder,
-                        reason,
-                    ));
-                    if queue.config.exhausted(pending.attempts) {
+                    SettleAction::Term { reason } => {
+                        gone.insert(key);
+                        *released.entry(holder.clone()).or_insert(0) += 1;
+                        events.push(HistoryEvent::new(
+                            request.partition,
+                            request.offset,
+                            pending.attempts,
+                            now,
+                            Outcome::Terminated,
+                            0,
+                            holder,
+                            reason,
+                        ));
                         let reason = format!(
-                            "nacked on the last of {} deliveries: {reason}",
-                            queue.config.max_deliveries
+                            "terminated: {}",
+                            truncate_utf8(reason, crate::queue::state::REASON_BYTES_MAX - 12)
                         );
                         let op = self.dead_letter(
                             &queue,
@@ -234,65 +346,19 @@ impl QueueEngine {
                             ));
                         }
                         ops.push(op);
-                        self.counters.dead_lettered_max_deliveries += 1;
+                        self.counters.dead_lettered_term += 1;
                         outcomes.push(SettleOutcome::Ok { settled: 1 });
-                    } else {
-                        let wait =
-                            delay_ms.unwrap_or_else(|| queue.config.backoff_ms(pending.attempts));
-                        let due = now.saturating_add(wait as i64);
-                        ops.push(QueueOp::Nack {
-                            name: self.name.clone(),
-                            partition: request.partition,
-                            offset: request.offset,
-                            due_ms: due,
-                            reason: reason.to_string(),
-                        });
-                        self.timers
-                            .insert((due, Timer::Due, request.partition, request.offset));
-                        outcomes.push(SettleOutcome::Ok { settled: 0 });
                     }
-                }
-                SettleAction::Term { reason } => {
-                    gone.insert(key);
-                    *released.entry(holder.clone()).or_insert(0) += 1;
-                    events.push(HistoryEvent::new(
-                        request.partition,
-                        request.offset,
-                        pending.attempts,
-                        now,
-                        Outcome::Terminated,
-                        0,
-                        holder,
-                        reason,
-                    ));
-                    let reason = format!(
-                        "terminated: {}",
-                        truncate_utf8(reason, crate::queue::state::REASON_BYTES_MAX - 12)
-                    );
-                    let op = self.dead_letter(
-                        &queue,
-                        request.partition,
-                        request.offset,
-                        &pending,
-                        &reason,
-                    )?;
-                    if let QueueOp::DeadLetter { reason, .. } = &op {
-                        events.push(HistoryEvent::new(
-                            request.partition,
-                            request.offset,
-                            pending.attempts,
-                            now,
-                            Outcome::DeadLettered,
-                            0,
-                            holder,
-                            reason,
-                        ));
-                    }
-                    ops.push(op);
-                    self.counters.dead_lettered_term += 1;
-                    outcomes.push(SettleOutcome::Ok { settled: 1 });
                 }
             }
+            for key in gone {
+                let what = match nacked.contains(&key) {
+                    true => Earlier::Nacked,
+                    false => Earlier::Settled,
+                };
+                earlier.insert(key, what);
+            }
+            all.push(outcomes);
         }
         if !ops.is_empty() {
             self.store.queues().append(ops)?;
@@ -303,6 +369,6 @@ impl QueueEngine {
                 *held = held.saturating_sub(count);
             }
         }
-        Ok(outcomes)
+        Ok(all)
     }
 }
