@@ -43,7 +43,11 @@ pub struct QueueConsumerOptions {
     pub client_id: String,
     /// The window: most deliveries held unsettled at once (1 to 65,536, more counts as
     /// 65,536; default 100). Each final settlement (ack, nack, term; not an
-    /// extension) gives its credit back once the broker answered it. The queue's
+    /// extension) frees its credit once the broker answered it, and freed credit goes
+    /// back to the broker once half the window is free: the broker then delivers
+    /// half a window in one round rather than one message a settlement (a consumer
+    /// that settles one delivery at a time acks more a second), while it always has
+    /// credit left to deliver with when the consumer holds nothing. The queue's
     /// `max_unacked_per_member` applies too.
     pub credit: u32,
     /// Most deliveries in all (`None`: no limit): credit never goes past it, so
@@ -91,8 +95,8 @@ pub enum QueueEvent {
 }
 
 /// A member of a queue on one `Queues.Consume` stream: the broker pushes deliveries
-/// as credit allows, and the consumer gives credit back as they are settled, so at
-/// most [`QueueConsumerOptions::credit`] are held at once (back-pressure: a caller
+/// as credit allows, and the consumer gives credit back as they are settled (half a
+/// window at a time), so at most [`QueueConsumerOptions::credit`] are held at once (back-pressure: a caller
 /// that does not settle gets no more). On a queue on a topic pattern each delivery
 /// names its topic ([`crate::Message::topic`]).
 ///
@@ -350,6 +354,8 @@ struct Session {
     granted: u64,
     received: u64,
     held: u64,
+    /// Credit freed by settlements and not given back yet (see [`Driver::credit`]).
+    owed: u64,
 }
 
 /// Takes up to `want` from what the limit leaves.
@@ -399,6 +405,7 @@ async fn open_session(
                     granted: credit,
                     received: 0,
                     held: 0,
+                    owed: 0,
                 };
                 return Ok((session, opened));
             }
@@ -643,15 +650,23 @@ impl Driver {
         }
     }
 
-    /// Gives `freed` credit back, within the limit, unless draining.
+    /// Gives `freed` credit back, within the limit, unless draining: once the credit
+    /// freed and not given back yet reaches half the window (so the broker, which
+    /// holds the rest, can always deliver while the consumer holds nothing).
     async fn credit(&mut self, freed: u64) {
         if freed == 0 || self.closing || self.shared.draining.load(Ordering::Acquire) {
             return;
         }
-        let more = take_credit(&mut self.credit_left, freed.min(u64::from(u32::MAX)));
+        let threshold = u64::from(self.window / 2).max(1);
         let Some(session) = self.session.as_mut() else {
             return;
         };
+        session.owed = session.owed.saturating_add(freed);
+        if session.owed < threshold {
+            return;
+        }
+        let owed = std::mem::take(&mut session.owed);
+        let more = take_credit(&mut self.credit_left, owed.min(u64::from(u32::MAX)));
         if more == 0 {
             return;
         }

@@ -350,6 +350,40 @@ async fn a_consumer_that_does_not_settle_gets_at_most_its_credit() {
     consumer.close().await;
 }
 
+/// Credit goes back half a window at a time: one ack of a full window of 4 brings
+/// nothing, the second brings two (one delivery round for both).
+#[tokio::test]
+async fn credit_goes_back_half_a_window_at_a_time() {
+    let broker = TestBroker::start();
+    let client = client(&broker).await;
+    topic_and_queue(&client, "hw", 1, "hw-q", config(30_000, 5)).await;
+    let records = (0..20)
+        .map(|i| Record::new("hw", format!("m{i}")))
+        .collect();
+    publish(&client, records).await;
+    let options = QueueConsumerOptions {
+        credit: 4,
+        ..QueueConsumerOptions::new("half")
+    };
+    let mut consumer = QueueConsumer::open(&client, "hw-q", options)
+        .await
+        .expect("open");
+    let held = drain_for(&mut consumer, Duration::from_secs(1)).await;
+    assert_eq!(held.len(), 4, "the window");
+    held[0].ack().await.expect("ack");
+    assert!(
+        drain_for(&mut consumer, Duration::from_millis(500))
+            .await
+            .is_empty(),
+        "one settlement of a window of 4 gives no credit back yet"
+    );
+    held[1].ack().await.expect("ack");
+    let more = drain_for(&mut consumer, Duration::from_secs(1)).await;
+    assert_eq!(more.len(), 2, "half the window given back");
+    assert_eq!(describe(&client, "hw-q").await.unacked, 4);
+    consumer.close().await;
+}
+
 #[tokio::test]
 async fn a_broker_killed_mid_stream_loses_no_ack_and_stale_settlements_say_so() {
     const MESSAGES: u64 = 120;
