@@ -4,6 +4,7 @@
 # Prints seconds and rate for the messages and the broker's CPU per message.
 #
 #   benches/ab-ids.sh [RELEASE_DIR] [MESSAGES] [ROUNDS]
+#   EXTRA="--batch-wire" benches/ab-ids.sh ...   (more bench flags for every run: the batch form)
 set -u
 DIR=${1:-target/release}; N=${2:-2000000}; ROUNDS=${3:-3}
 DATA=$(mktemp -d)
@@ -14,7 +15,7 @@ run() { # label args...
   nice -n -10 "$DIR/tidelogd" --data-dir "$DATA/d" --listen 127.0.0.1:7431 --metrics-listen 127.0.0.1:0 > "$DATA/$label.log" 2>&1 &
   local pid=$!; sleep 1
   local a=$(awk '{print $14+$15}' /proc/$pid/stat)
-  local out=$(nice -n -10 "$DIR/tidelog" bench produce --server http://127.0.0.1:7431 --producers 2 --stream --messages "$N" "$@" 2>&1)
+  local out=$(nice -n -10 "$DIR/tidelog" bench produce --server http://127.0.0.1:7431 --producers 2 --stream --messages "$N" ${EXTRA:-} "$@" 2>&1)
   local b=$(awk '{print $14+$15}' /proc/$pid/stat)
   local ticks=$(getconf CLK_TCK)
   echo "$label $* :: $(echo "$out" | awk '/producers total/{print $5" s, "$6" msg/s"}'), broker $(( (b-a)*1000000000/ticks/N )) ns/msg, $(echo "$out" | grep -o 'validation: [a-zA-Z]*'), load $(cut -d' ' -f1 /proc/loadavg), cpu-some $(awk '/some/{print $2}' /proc/pressure/cpu)"
