@@ -914,14 +914,19 @@ mod tests {
 
     /// Not a test: the window's own cost per id, without the log (the claims of 2,000
     /// batches of 1,000 new ids, each settled as if appended, the table growing from
-    /// empty to 2,000,000 ids; three rounds, each on a fresh window). Run with
+    /// empty to 2,000,000 ids, or `WINDOW_IDS`; three rounds, each on a fresh window). Run with
     /// `cargo test --release -p tidelog-storage --lib window_timing -- --ignored --nocapture`.
     #[test]
     #[ignore]
     fn window_timing() {
-        const TOTAL: usize = 2_000_000;
+        // `WINDOW_IDS=N` for another size (e.g. 50000: a table within the caches).
+        let total = std::env::var("WINDOW_IDS")
+            .ok()
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|&n| n >= 20_000)
+            .unwrap_or(2_000_000);
         const BATCH: usize = 1000;
-        let ids: Vec<[u8; 16]> = (0..TOTAL as u64)
+        let ids: Vec<[u8; 16]> = (0..total as u64)
             .map(|i| {
                 let mut id = [0u8; 16];
                 id[..8].copy_from_slice(&i.to_le_bytes());
@@ -944,12 +949,12 @@ mod tests {
                 clock.advance_ms(1);
             }
             let elapsed = start.elapsed();
-            assert_eq!(window.len(), TOTAL);
-            let bytes_an_id = window.memory_bytes() as f64 / TOTAL as f64;
+            assert_eq!(window.len(), total);
+            let bytes_an_id = window.memory_bytes() as f64 / total as f64;
             // A sweep: the window moves past the first 1/16 of the ids, and the next
             // claims drop them, a step each, under the window's lock. The longest claim
             // of a fresh batch (1,000 new ids) while the sweep runs is its stall.
-            clock.advance_ms(120_000 - (TOTAL / BATCH) as i64 * 15 / 16);
+            clock.advance_ms(120_000 - (total / BATCH) as i64 * 15 / 16);
             let mut longest = std::time::Duration::ZERO;
             let mut claims = 0u64;
             loop {
@@ -979,13 +984,13 @@ mod tests {
             let left = window.lock().table.used - claims as usize * BATCH;
             // To within the stored times' unit (8 ms: 8 batches).
             assert!(
-                (TOTAL * 15 / 16 - 10 * BATCH..TOTAL * 15 / 16 + 10 * BATCH).contains(&left),
+                (total * 15 / 16 - 10 * BATCH..total * 15 / 16 + 10 * BATCH).contains(&left),
                 "{left} ids left after the sweep"
             );
             let sweep = longest;
             println!(
                 "round {round}: {:.0} ns an id, {:.1} bytes an id; sweeping 1/16 out took {claims} claims, the longest {:.2} ms",
-                elapsed.as_nanos() as f64 / TOTAL as f64,
+                elapsed.as_nanos() as f64 / total as f64,
                 bytes_an_id,
                 sweep.as_secs_f64() * 1000.0
             );
