@@ -62,6 +62,36 @@
 //! ignored test `window_timing`, against 115-140 ns with 16-byte slots in two arrays,
 //! time and place beside each tag; see BENCHMARKS.md).
 //!
+//! # Runs: a producer's ids in a row, one range each
+//! Producers that give their messages ids for retries usually make them in a row: a
+//! producer's own prefix and a counter (Kafka's producer id and sequence numbers; the
+//! bench's `--ids`), or a ULID-like layout whose last 8 bytes count up (this crate's
+//! [`IdGenerator`], so tidelog-client's ids and the broker's assigned ids). The window
+//! keeps such ids as ranges, in `dedup/runs.rs`: a 16-byte id is split into a prefix
+//! (its first 8 bytes) and a suffix (the last 8, big-endian), and records in a row of
+//! one publish whose ids share the prefix and whose suffixes count up by one, at least
+//! `RUN_IDS_MIN` (8) of them, make a *run*. A run is checked against the stored
+//! runs (a B-tree by prefix and first suffix; the stored runs never share an id, so
+//! one look at the run starting closest below its last id answers) and against the
+//! runs claimed by appends under way, and stored as one entry: its first suffix, its
+//! length, its time and the place of its first id (the others follow it, one offset
+//! each). No id of a run is hashed into the table or read ahead, so a publish of 1,000
+//! ids in a row costs the window a few lookups instead of 1,000 probes.
+//!
+//! An id can be held only one way. A run is taken whole only when no id of it can be
+//! held as a single: no single 16-byte id with its prefix is claimed by an append under
+//! way (a count of them), or stored within the window (a filter of 4,096 cells, by a
+//! keyed hash of the prefix, holding the latest time a single with a prefix of that
+//! cell was claimed or stored), or comes before the run in the same publish. Otherwise
+//! its ids are claimed one by one, as singles, as every id that is not 16 bytes long
+//! or not in a row is. A single 16-byte id is looked up in the runs too (stored, and
+//! claimed under way, where another append's claim makes it wait as for a single's).
+//! A stored run's hit is confirmed by reading the record, as a table hit is. Expired
+//! runs leave in the order they were stored, up to 1,024 with each claim. Runs cost
+//! at most about 27 bytes an id (at 8 ids a run; long runs a fraction of a byte), and
+//! a window read back after a restart finds its runs again (rows of records at offsets
+//! in a row).
+//!
 //! # Races
 //! Claiming ids and recording where they went are two short critical sections around
 //! the append; between them a claimed id is *pending*, in the table of claims under
@@ -83,12 +113,20 @@ use crate::limits::DEDUP_WINDOW_MS_MAX;
 use crate::msgid::IdGenerator;
 use crate::partition::{Appended, Partition, id_hashes};
 
+mod runs;
 mod table;
+use runs::{RUN_IDS_MIN, RunClaim, Runs, id_parts, key};
 use table::{Claim, Stored, Sweep, Table, window_slot};
 
 /// Slots a step of a sweep reads for each id claimed, and at least.
 const SWEEP_SLOTS_PER_ID: usize = 4;
 const SWEEP_STEP_SLOTS_MIN: usize = 4096;
+
+/// Cells of the filter of the prefixes of single 16-byte ids (see "Runs" in the
+/// module docs): 4,096 times of 4 bytes, 16 KiB.
+const PREFIX_CELLS: usize = 4096;
+/// Expired runs dropped at most with each claim.
+const RUN_EXPIRE_BUDGET: usize = 1024;
 
 /// Granularity of the stored times, in ms.
 pub const TIME_UNIT_MS: i64 = 8;
@@ -175,6 +213,15 @@ struct State {
     /// The ids claimed by appends under way, with their claims' tokens (a few
     /// batches' worth: cache-resident).
     pending: Table<Claim>,
+    /// The runs stored (see "Runs" in the module docs).
+    runs: Runs,
+    /// The runs claimed by appends under way.
+    pending_runs: Vec<RunClaim>,
+    /// Single 16-byte ids claimed by appends under way (in `pending`).
+    pending_singles: usize,
+    /// By a keyed hash of the prefix, the latest time a single 16-byte id with a
+    /// prefix of that hash was claimed or stored (0: never).
+    prefix_cells: Box<[u32]>,
     /// Stored time 0 is this time.
     base_ms: i64,
     /// When the expired ids were last dropped.
@@ -196,14 +243,27 @@ pub struct DedupWindow {
     ids: Arc<IdGenerator>,
 }
 
+/// How a record to append holds its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdClaim {
+    /// It has none.
+    NoId,
+    /// Claimed alone: its tag and the claim's token, and for a 16-byte id the cell of
+    /// its prefix in `State::prefix_cells`.
+    Single {
+        tag: u32,
+        token: u64,
+        cell: Option<u16>,
+    },
+    /// In one of the call's run claims.
+    InRun,
+}
+
 /// What the claim pass decided for one record.
 #[derive(Debug, Clone, Copy)]
 enum Decision {
-    /// To append, as the `index`th appended record; `claim` = (tag, token) of its id.
-    Append {
-        index: usize,
-        claim: Option<(u32, u64)>,
-    },
+    /// To append, as the `index`th appended record.
+    Append { index: usize, claim: IdClaim },
     /// Stored before, there.
     Duplicate { partition: u32, offset: u64 },
     /// The same id as the earlier record `first` of this call, which is appended.
@@ -223,6 +283,10 @@ impl DedupWindow {
                 table: Table::default(),
                 stored: Stored::default(),
                 pending: Table::default(),
+                runs: Runs::default(),
+                pending_runs: Vec::new(),
+                pending_singles: 0,
+                prefix_cells: vec![0; PREFIX_CELLS].into_boxed_slice(),
                 // Before any time a window can reach back to, so no stored time
                 // clamps to 0 (which would keep it forever).
                 base_ms: now_ms.saturating_sub(2 * DEDUP_WINDOW_MS_MAX as i64),
@@ -248,7 +312,8 @@ impl DedupWindow {
     /// Ids stored (some may have expired since the expired ones were last dropped,
     /// every 1/16 of the window).
     pub fn len(&self) -> usize {
-        self.lock().stored.len()
+        let state = self.lock();
+        state.stored.len() + state.runs.ids()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -258,18 +323,25 @@ impl DedupWindow {
     /// Bytes of memory the window holds.
     pub fn memory_bytes(&self) -> usize {
         let state = self.lock();
-        state.table.memory_bytes() + state.stored.memory_bytes() + state.pending.memory_bytes()
+        state.table.memory_bytes()
+            + state.stored.memory_bytes()
+            + state.pending.memory_bytes()
+            + state.runs.memory_bytes()
+            + state.pending_runs.capacity() * std::mem::size_of::<RunClaim>()
+            + state.prefix_cells.len() * 4
     }
 
     /// Forgets everything (the topic's window was changed): the next publish with an id
     /// reads the window back from the log. Waits for appends under way to settle.
     pub fn reset(&self) {
         let mut state = self.lock();
-        while state.pending.used > 0 {
+        while state.pending.used > 0 || !state.pending_runs.is_empty() {
             state = self.settled.wait(state).unwrap_or_else(|e| e.into_inner());
         }
         state.table = Table::default();
         state.stored = Stored::default();
+        state.runs = Runs::default();
+        state.prefix_cells.fill(0);
         state.sweep = None;
         state.rebuilt = false;
     }
@@ -327,7 +399,8 @@ impl DedupWindow {
         }
         let hashes = id_hashes(&records);
         let ids: Vec<Option<&[u8]>> = records.iter().map(|r| r.id.as_deref()).collect();
-        let decisions = self.claim(partitions, &ids, &hashes, window_ms)?;
+        let claimed = self.claim(partitions, &ids, &hashes, window_ms)?;
+        let decisions = &claimed.decisions;
         drop(ids);
         // Usually every record is new: append them as they came, without a copy.
         let (kept, hashes): (Vec<NewRecord>, Vec<(u32, u64)>) = if decisions
@@ -338,7 +411,7 @@ impl DedupWindow {
         } else {
             let kept: Vec<NewRecord> = records
                 .into_iter()
-                .zip(&decisions)
+                .zip(decisions)
                 .filter(|(_, d)| matches!(d, Decision::Append { .. }))
                 .map(|(record, _)| record)
                 .collect();
@@ -351,13 +424,13 @@ impl DedupWindow {
             match target.append_hashed(&kept, hashes) {
                 Ok(appended) => Some(appended),
                 Err(error) => {
-                    self.finish(&decisions, None);
+                    self.finish(&claimed, None);
                     return Err(error);
                 }
             }
         };
         let base = appended.as_ref().map_or(0, |a| a.base_offset);
-        self.finish(&decisions, Some((partition, base)));
+        self.finish(&claimed, Some((partition, base)));
         let placements = decisions
             .iter()
             .enumerate()
@@ -440,9 +513,18 @@ impl DedupWindow {
             ids[id.index as usize] = Some(checked.id(&bytes, id));
         }
         let hashes: Vec<(u32, u64)> = checked.ids.iter().map(|id| (id.index, id.hash)).collect();
-        let decisions = self.claim(partitions, &ids, &hashes, window_ms)?;
+        let claimed = self.claim(partitions, &ids, &hashes, window_ms)?;
+        let decisions = &claimed.decisions;
         // Records without an id have no say: the records with ids decide.
-        let with_id = |d: &&Decision| !matches!(d, Decision::Append { claim: None, .. });
+        let with_id = |d: &&Decision| {
+            !matches!(
+                d,
+                Decision::Append {
+                    claim: IdClaim::NoId,
+                    ..
+                }
+            )
+        };
         let appending = decisions
             .iter()
             .filter(with_id)
@@ -451,14 +533,14 @@ impl DedupWindow {
         if appending == checked.ids.len() {
             let result = target.append_checked(bytes, checked, now_ms);
             let base = result.as_ref().ok().map(|a| (partition, a.base_offset));
-            self.finish(&decisions, base);
+            self.finish(&claimed, base);
             return Ok(BatchPlaced {
                 appended: Some(result?),
                 duplicates: Vec::new(),
             });
         }
         // Nothing is appended: release the claims taken.
-        self.finish(&decisions, None);
+        self.finish(&claimed, None);
         if appending > 0 {
             let (index, at) = decisions
                 .iter()
@@ -507,7 +589,7 @@ impl DedupWindow {
         records: &[Option<&[u8]>],
         hashes: &[(u32, u64)],
         window_ms: u64,
-    ) -> Result<Vec<Decision>> {
+    ) -> Result<Claimed> {
         let window_ms = i64::try_from(window_ms).unwrap_or(i64::MAX);
         let mut state = self.lock();
         loop {
@@ -520,7 +602,7 @@ impl DedupWindow {
             let budget = (records.len() * SWEEP_SLOTS_PER_ID).max(SWEEP_STEP_SLOTS_MIN);
             sweep(&mut state, now_ms, window_ms, budget);
             match claim_pass(&mut state, partitions, records, hashes, now_ms, window_ms) {
-                Some(decisions) => return Ok(decisions),
+                Some(claimed) => return Ok(claimed),
                 None => {
                     state = self.settled.wait(state).unwrap_or_else(|e| e.into_inner());
                 }
@@ -530,37 +612,68 @@ impl DedupWindow {
 
     /// Settles the claims where the append put them (`Some((partition, base offset))`),
     /// or releases them when it failed (`None`): each claim leaves the claims under
-    /// way, and the ids appended go into the table.
-    fn finish(&self, decisions: &[Decision], appended: Option<(u32, u64)>) {
+    /// way, and the ids appended go into the table or, a run at a time, the runs.
+    fn finish(&self, claimed: &Claimed, appended: Option<(u32, u64)>) {
         let mut state = self.lock();
         let time = time_of(&state, self.clock.now_ms());
-        let claims = decisions.iter().filter_map(|decision| match *decision {
-            Decision::Append {
-                index,
-                claim: Some((tag, token)),
-            } => Some((index, tag, token)),
-            _ => None,
-        });
+        let claims = claimed
+            .decisions
+            .iter()
+            .filter_map(|decision| match *decision {
+                Decision::Append {
+                    index,
+                    claim: IdClaim::Single { tag, token, cell },
+                } => Some((index, tag, token, cell)),
+                _ => None,
+            });
         if appended.is_some() {
             // Where the ids go (claiming read them, but the append in between may
             // have evicted them): read at once, so the misses overlap.
-            let tags: Vec<u32> = claims.clone().map(|(_, tag, _)| tag).collect();
+            let tags: Vec<u32> = claims.clone().map(|(_, tag, ..)| tag).collect();
             state.table.touch_homes(&tags);
         }
-        for (index, tag, token) in claims {
+        for (index, tag, token, cell) in claims {
             if let Some(slot) = state.pending.find(Claim { tag, token }) {
                 state.pending.remove(slot);
             }
             // Failed, or an offset past 2^49: not deduplicated.
-            if let Some(at) =
-                appended.and_then(|(partition, base)| pack(partition, base + index as u64))
-            {
+            let at = appended.and_then(|(partition, base)| pack(partition, base + index as u64));
+            if let Some(cell) = cell {
+                state.pending_singles -= 1;
+                if at.is_some() {
+                    mark_prefix_cell(&mut state, cell, time);
+                }
+            }
+            if let Some(at) = at {
                 store(&mut state, tag, time, at);
+            }
+        }
+        for run in &claimed.runs {
+            if let Some(at) = state.pending_runs.iter().position(|c| c.token == run.token) {
+                state.pending_runs.swap_remove(at);
+            }
+            let Some((partition, base)) = appended else {
+                continue;
+            };
+            let first = base + run.index as u64;
+            // Past 2^49: not deduplicated.
+            if let (Some(at), Some(_)) = (
+                pack(partition, first),
+                pack(partition, first + u64::from(run.len) - 1),
+            ) {
+                state.runs.insert(run.key, run.len, time, at);
             }
         }
         drop(state);
         self.settled.notify_all();
     }
+}
+
+/// What [`DedupWindow::claim`] decided: one decision a record, and the runs claimed.
+#[derive(Debug)]
+struct Claimed {
+    decisions: Vec<Decision>,
+    runs: Vec<RunClaim>,
 }
 
 fn time_of(state: &State, ms: i64) -> u32 {
@@ -575,11 +688,13 @@ fn horizon(state: &State, now_ms: i64, window_ms: i64) -> u32 {
 /// Every 1/16 of the window, drops the expired ids from the front of `Stored` (their
 /// slots then name nothing) and starts a sweep of the table that takes those slots out
 /// in place, `budget` slots a call (see [`Table::sweep_step`]); moves the base time
-/// forward when the times would overflow.
+/// forward when the times would overflow. Drops expired runs, up to
+/// [`RUN_EXPIRE_BUDGET`] a call.
 fn sweep(state: &mut State, now_ms: i64, window_ms: i64, budget: usize) {
+    let horizon = horizon(state, now_ms, window_ms);
+    state.runs.expire(horizon, RUN_EXPIRE_BUDGET);
     if now_ms.saturating_sub(state.swept_ms) >= (window_ms / 16).max(TIME_UNIT_MS) {
         state.swept_ms = now_ms;
-        let horizon = horizon(state, now_ms, window_ms);
         // Rebase once the times are past half their range: the window is at most 7
         // days, far less than the other half.
         let shift = if horizon > u32::MAX / 2 { horizon } else { 0 };
@@ -587,6 +702,12 @@ fn sweep(state: &mut State, now_ms: i64, window_ms: i64, budget: usize) {
             state.sweep = Some(state.table.start_sweep());
         }
         if shift > 0 {
+            // Every expired run out first: shifted, its time would look current.
+            state.runs.expire(horizon, usize::MAX);
+            state.runs.shift_times(shift);
+            for cell in state.prefix_cells.iter_mut() {
+                *cell = cell.saturating_sub(shift);
+            }
             state.stored.shift_times(shift);
             state.base_ms += i64::from(shift) * TIME_UNIT_MS;
         }
@@ -613,6 +734,80 @@ fn store(state: &mut State, tag: u32, time: u32, at: u64) {
     }
 }
 
+/// The cell of `prefix` in `State::prefix_cells`: a keyed mix, so ids crafted to
+/// share cells with another producer's need the secret.
+fn prefix_cell(key: (u64, u64), prefix: u64) -> u16 {
+    (tag_of((key.1, key.0), prefix) as usize % PREFIX_CELLS) as u16
+}
+
+/// Notes that a single 16-byte id whose prefix is in `cell` was claimed or stored at
+/// `time` (never 0: 0 is "never").
+fn mark_prefix_cell(state: &mut State, cell: u16, time: u32) {
+    let cell = &mut state.prefix_cells[usize::from(cell)];
+    *cell = (*cell).max(time.max(1));
+}
+
+/// Claims the call's runs that can be claimed whole (see "Runs" in the module docs),
+/// marking their records in `in_run`. A run is claimed whole only when no id of it can
+/// be held anywhere else: no stored or claimed run shares an id with it, no single
+/// 16-byte id with its prefix is claimed by another append, or stored within the
+/// window as far as the prefix filter can tell, or comes before it in this call. The
+/// others' ids are claimed one by one, as singles.
+fn claim_runs(
+    state: &mut State,
+    records: &[Option<&[u8]>],
+    horizon: u32,
+    first_token: u64,
+    in_run: &mut [bool],
+) -> Vec<RunClaim> {
+    let mut claims = Vec::new();
+    // The prefix cells of this call's singles so far.
+    let mut singles = [0u64; PREFIX_CELLS / 64];
+    let mut i = 0;
+    while i < records.len() {
+        let Some((prefix, suffix)) = records[i].and_then(id_parts) else {
+            i += 1;
+            continue;
+        };
+        let mut len = 1;
+        while i + len < records.len()
+            && len < u32::MAX as usize
+            && suffix
+                .checked_add(len as u64)
+                .is_some_and(|next| records[i + len].and_then(id_parts) == Some((prefix, next)))
+        {
+            len += 1;
+        }
+        let cell = usize::from(prefix_cell(state.key, prefix));
+        let start = key(prefix, suffix);
+        let whole = len >= RUN_IDS_MIN
+            && state.pending_singles == 0
+            && singles[cell / 64] & (1 << (cell % 64)) == 0
+            && state.prefix_cells[cell] < horizon.max(1)
+            && state.runs.overlapping(start, len as u32).is_none()
+            && !state
+                .pending_runs
+                .iter()
+                .any(|c| c.overlaps(start, len as u32));
+        if whole {
+            let claim = RunClaim {
+                key: start,
+                len: len as u32,
+                token: first_token + i as u64,
+                record: i,
+                index: 0,
+            };
+            state.pending_runs.push(claim);
+            claims.push(claim);
+            in_run[i..i + len].fill(true);
+        } else {
+            singles[cell / 64] |= 1 << (cell % 64);
+        }
+        i += len;
+    }
+    claims
+}
+
 /// One pass over the records; `None` when another append holds a claim this call
 /// needs (this pass's claims are then withdrawn, so two appends never wait on each
 /// other).
@@ -623,23 +818,47 @@ fn claim_pass(
     hashes: &[(u32, u64)],
     now_ms: i64,
     window_ms: i64,
-) -> Option<Vec<Decision>> {
+) -> Option<Claimed> {
     let horizon = horizon(state, now_ms, window_ms);
+    let now = time_of(state, now_ms);
     let first_token = state.next_token;
     state.next_token += records.len() as u64;
+    let tokens = first_token..state.next_token;
+    let mut in_run = vec![false; records.len()];
+    let mut runs = claim_runs(state, records, horizon, first_token, &mut in_run);
     let mut decisions = Vec::with_capacity(records.len());
     let mut tags = vec![0u32; records.len()];
+    let mut singles = Vec::new();
     for &(index, hash) in hashes {
-        tags[index as usize] = tag_of(state.key, hash);
+        if !in_run[index as usize] {
+            let tag = tag_of(state.key, hash);
+            tags[index as usize] = tag;
+            singles.push(tag);
+        }
     }
-    state.table.touch_homes(&tags);
+    state.table.touch_homes(&singles);
     let mut appended = 0;
+    let mut next_run = 0;
     let mut blocked = false;
     'records: for (i, record) in records.iter().enumerate() {
+        if in_run[i] {
+            if let Some(run) = runs.get_mut(next_run)
+                && run.record == i
+            {
+                run.index = appended;
+                next_run += 1;
+            }
+            decisions.push(Decision::Append {
+                index: appended,
+                claim: IdClaim::InRun,
+            });
+            appended += 1;
+            continue;
+        }
         let Some(id) = *record else {
             decisions.push(Decision::Append {
                 index: appended,
-                claim: None,
+                claim: IdClaim::NoId,
             });
             appended += 1;
             continue;
@@ -663,6 +882,32 @@ fn claim_pass(
                 }
             }
         }
+        let parts = id_parts(id);
+        if let Some((prefix, suffix)) = parts {
+            let id_key = key(prefix, suffix);
+            if let Some(run) = state.pending_runs.iter().find(|c| c.overlaps(id_key, 1)) {
+                if !tokens.contains(&run.token) {
+                    // Another append's run holds it.
+                    blocked = true;
+                    break 'records;
+                }
+                // One of this call's runs, which come before any single of their
+                // prefix (see `claim_runs`).
+                decisions.push(Decision::SameAs {
+                    first: run.record + (id_key - run.key) as usize,
+                });
+                continue 'records;
+            }
+            if let Some((time, at)) = state.runs.find(id_key)
+                && time >= horizon
+            {
+                let (partition, offset) = unpack(at);
+                if stored_id_is(partitions, partition, offset, id) {
+                    decisions.push(Decision::Duplicate { partition, offset });
+                    continue 'records;
+                }
+            }
+        }
         for (_, slot) in state.table.matches(tag) {
             let Some((time, at)) = state.stored.get(slot) else {
                 continue;
@@ -677,26 +922,38 @@ fn claim_pass(
         }
         let token = first_token + i as u64;
         state.pending.insert(Claim { tag, token });
+        let cell = parts.map(|(prefix, _)| {
+            let cell = prefix_cell(state.key, prefix);
+            mark_prefix_cell(state, cell, now);
+            state.pending_singles += 1;
+            cell
+        });
         decisions.push(Decision::Append {
             index: appended,
-            claim: Some((tag, token)),
+            claim: IdClaim::Single { tag, token, cell },
         });
         appended += 1;
     }
     if blocked {
         for decision in &decisions {
             if let Decision::Append {
-                claim: Some((tag, token)),
+                claim: IdClaim::Single { tag, token, cell },
                 ..
             } = *decision
-                && let Some(slot) = state.pending.find(Claim { tag, token })
             {
-                state.pending.remove(slot);
+                if let Some(slot) = state.pending.find(Claim { tag, token }) {
+                    state.pending.remove(slot);
+                }
+                if cell.is_some() {
+                    state.pending_singles -= 1;
+                }
             }
         }
+        state.pending_runs.retain(|c| !tokens.contains(&c.token));
         return None;
     }
-    Some(decisions)
+    debug_assert_eq!(next_run, runs.len());
+    Some(Claimed { decisions, runs })
 }
 
 /// The table tag of an id whose [`crate::idindex::hash_id`] is `hash` (never 0, the
@@ -727,10 +984,14 @@ fn rebuild(
     window_ms: i64,
 ) -> Result<()> {
     let horizon_ms = now_ms.saturating_sub(window_ms);
-    // (time, tag, place) of every id found, put back in time order once all are read
-    // (the partitions are read one after the other; `Stored` holds ids in time order).
-    let mut found: Vec<(u32, u32, u64)> = Vec::new();
+    // (time, tag, place, prefix of a 16-byte id) of every single id found, and the
+    // runs found (see "Runs" in the module docs), put back in time order once all are
+    // read (the partitions are read one after the other; `Stored` and `Runs` hold ids
+    // in time order).
+    let mut found: Vec<(u32, u32, u64, Option<u64>)> = Vec::new();
+    let mut rows = Rows::default();
     for partition in partitions {
+        rows.close(&mut found);
         let start = match partition.offset_for_timestamp(horizon_ms) {
             Ok(start) => start,
             // Served as unavailable until repaired: nothing can be appended to it, and
@@ -773,15 +1034,20 @@ fn rebuild(
             for record in &read.records {
                 newest = newest.max(record.timestamp_ms);
                 let (Some(id), Some(at)) = (&record.id, pack(partition.id(), record.offset)) else {
+                    rows.close(&mut found);
                     continue;
                 };
                 if newest < horizon_ms {
                     continue;
                 }
+                let time = time_of(state, newest);
+                let parts = id_parts(id);
+                rows.add(parts, at, time, &mut found);
                 found.push((
-                    time_of(state, newest),
+                    time,
                     tag_of(state.key, crate::idindex::hash_id(id)),
                     at,
+                    parts.map(|(prefix, _)| prefix),
                 ));
             }
             if read.next_offset <= offset || read.next_offset >= read.end_offset {
@@ -790,16 +1056,112 @@ fn rebuild(
             offset = read.next_offset;
         }
     }
+    rows.close(&mut found);
+    // Runs that share ids (stored again after the window) go in as singles.
+    rows.runs.sort_by_key(|&(time, ..)| time);
+    state.runs = Runs::default();
+    for (time, start, len, at) in rows.runs {
+        if state.runs.overlapping(start, len).is_none() {
+            state.runs.insert(start, len, time, at);
+            continue;
+        }
+        for i in 0..len {
+            let id = (start + u128::from(i)).to_be_bytes();
+            let tag = tag_of(state.key, crate::idindex::hash_id(&id));
+            found.push((time, tag, at + u64::from(i), Some((start >> 64) as u64)));
+        }
+    }
     found.sort_by_key(|&(time, ..)| time);
     state.table = Table::with_slots(found.len() * 5 / 3);
     state.stored = Stored::default();
-    for (time, tag, at) in found {
+    state.prefix_cells.fill(0);
+    for (time, tag, at, prefix) in found {
+        if let Some(prefix) = prefix {
+            mark_prefix_cell(state, prefix_cell(state.key, prefix), time);
+        }
         store(state, tag, time, at);
     }
     state.rebuilt = true;
     state.sweep = None;
     state.swept_ms = now_ms;
     Ok(())
+}
+
+/// The runs of ids found while a window is read back: records in a row, at offsets in
+/// a row, whose 16-byte ids make a run (see "Runs" in the module docs).
+#[derive(Default)]
+struct Rows {
+    /// The row being read.
+    open: Option<Row>,
+    /// (time, first key, ids, first place) of each run found.
+    runs: Vec<(u32, u128, u32, u64)>,
+}
+
+struct Row {
+    prefix: u64,
+    /// The suffix the next id needs to go on the row.
+    next_suffix: u64,
+    start: u128,
+    len: u32,
+    /// The first id's place, and the place the next id needs.
+    at: u64,
+    next_at: u64,
+    /// The time of its newest id.
+    time: u32,
+    /// Where its ids start in `found`.
+    from: usize,
+}
+
+impl Rows {
+    /// The id with `parts` at place `at`, stored at `time`, about to be pushed to
+    /// `found`: it goes on the open row or starts another.
+    fn add(
+        &mut self,
+        parts: Option<(u64, u64)>,
+        at: u64,
+        time: u32,
+        found: &mut Vec<(u32, u32, u64, Option<u64>)>,
+    ) {
+        // (The last suffix is left to singles: the next would wrap.)
+        if let (Some((prefix, suffix)), Some(open)) = (parts, &mut self.open)
+            && open.prefix == prefix
+            && open.next_suffix == suffix
+            && suffix < u64::MAX
+            && open.next_at == at
+            && open.len < u32::MAX
+        {
+            open.next_suffix = suffix + 1;
+            open.len += 1;
+            open.next_at = at + 1;
+            open.time = time;
+            return;
+        }
+        self.close(found);
+        if let Some((prefix, suffix)) = parts
+            && suffix < u64::MAX
+        {
+            self.open = Some(Row {
+                prefix,
+                next_suffix: suffix + 1,
+                start: key(prefix, suffix),
+                len: 1,
+                at,
+                next_at: at + 1,
+                time,
+                from: found.len(),
+            });
+        }
+    }
+
+    /// Ends the open row: a run if long enough (its ids then leave `found`).
+    fn close(&mut self, found: &mut Vec<(u32, u32, u64, Option<u64>)>) {
+        if let Some(row) = self.open.take()
+            && row.len as usize >= RUN_IDS_MIN
+        {
+            found.truncate(row.from);
+            self.runs.push((row.time, row.start, row.len, row.at));
+        }
+    }
 }
 
 /// The first offset after the damaged batch a read at `damaged` failed on (`None`: no

@@ -46,10 +46,49 @@ fn config(fsync: FsyncPolicy) -> TopicConfig {
 }
 
 fn record(id: Option<&str>, value_bytes: usize) -> NewRecord {
+    record_with(id.map(str::as_bytes), value_bytes)
+}
+
+fn record_with(id: Option<&[u8]>, value_bytes: usize) -> NewRecord {
     NewRecord {
-        id: id.map(|id| Bytes::copy_from_slice(id.as_bytes())),
+        id: id.map(Bytes::copy_from_slice),
         ..NewRecord::value(vec![b'v'; value_bytes])
     }
+}
+
+/// A 16-byte id of the window's runs: an 8-byte prefix and a big-endian counter.
+fn sequenced(prefix: u64, suffix: u64) -> Vec<u8> {
+    [prefix.to_be_bytes(), suffix.to_be_bytes()].concat()
+}
+
+/// The ids of one publish: from a small pool of names, or (half the time) rows of
+/// sequenced ids from a small space (two prefixes, 48 suffixes), so that runs overlap
+/// stored runs, claimed runs and single ids of the same prefix, in part or whole,
+/// inside one publish too.
+fn publish_ids(rng: &mut Rng) -> Vec<Option<Vec<u8>>> {
+    if rng.below(2) == 0 {
+        let count = 1 + rng.below(8) as usize;
+        return (0..count)
+            .map(|_| (rng.below(6) != 0).then(|| format!("id-{}", rng.below(30)).into_bytes()))
+            .collect();
+    }
+    let mut ids = Vec::new();
+    for _ in 0..1 + rng.below(3) {
+        let prefix = rng.below(2);
+        let start = rng.below(48);
+        let len = 1 + rng.below(14);
+        for suffix in start..start + len {
+            ids.push(Some(sequenced(prefix, suffix)));
+            // Now and then a record without an id, or another id, breaks the row.
+            match rng.below(40) {
+                0 => ids.push(None),
+                1 => ids.push(Some(format!("id-{}", rng.below(30)).into_bytes())),
+                2 => ids.push(Some(sequenced(rng.below(2), rng.below(48)))),
+                _ => {}
+            }
+        }
+    }
+    ids
 }
 
 fn placements(placed: Placed, partition: u32, count: usize) -> Vec<Placement> {
@@ -69,12 +108,12 @@ fn placements(placed: Placed, partition: u32, count: usize) -> Vec<Placement> {
 /// Where each id was stored and when.
 #[derive(Default)]
 struct Model {
-    stored: HashMap<String, (u32, u64, i64)>,
+    stored: HashMap<Vec<u8>, (u32, u64, i64)>,
 }
 
 impl Model {
     /// Checks one placement against the model and records what it stored.
-    fn check(&mut self, id: Option<&str>, placement: &Placement, now_ms: i64, context: &str) {
+    fn check(&mut self, id: Option<&[u8]>, placement: &Placement, now_ms: i64, context: &str) {
         let Some(id) = id else {
             assert!(
                 !placement.duplicate,
@@ -86,44 +125,38 @@ impl Model {
             Some(&(partition, offset, at)) if now_ms - at <= WINDOW_MS as i64 => {
                 assert!(
                     placement.duplicate,
-                    "{context}: {id} stored {} ms ago was stored again",
+                    "{context}: {id:?} stored {} ms ago was stored again",
                     now_ms - at
                 );
                 assert_eq!(
                     (placement.partition, placement.offset),
                     (partition, offset),
-                    "{context}: {id}"
+                    "{context}: {id:?}"
                 );
             }
             Some(&(_, _, at)) if now_ms - at > WINDOW_MS as i64 + TIME_UNIT_MS => {
                 assert!(
                     !placement.duplicate,
-                    "{context}: {id} stored {} ms ago, past the window, was refused",
+                    "{context}: {id:?} stored {} ms ago, past the window, was refused",
                     now_ms - at
                 );
-                self.stored.insert(
-                    id.to_string(),
-                    (placement.partition, placement.offset, now_ms),
-                );
+                self.stored
+                    .insert(id.to_vec(), (placement.partition, placement.offset, now_ms));
             }
             Some(_) => {
                 // At the edge of the window (its time granularity): either is right.
                 if !placement.duplicate {
-                    self.stored.insert(
-                        id.to_string(),
-                        (placement.partition, placement.offset, now_ms),
-                    );
+                    self.stored
+                        .insert(id.to_vec(), (placement.partition, placement.offset, now_ms));
                 }
             }
             None => {
                 assert!(
                     !placement.duplicate,
-                    "{context}: {id} was never stored but was called a duplicate"
+                    "{context}: {id:?} was never stored but was called a duplicate"
                 );
-                self.stored.insert(
-                    id.to_string(),
-                    (placement.partition, placement.offset, now_ms),
-                );
+                self.stored
+                    .insert(id.to_vec(), (placement.partition, placement.offset, now_ms));
             }
         }
     }
@@ -147,13 +180,11 @@ fn run_seed(seed: u64, dir: &Path) {
             1..=4 => clock.advance_ms(rng.below(WINDOW_MS / 2) as i64),
             5 => clock.advance_ms(WINDOW_MS as i64 + rng.below(3) as i64 - 1),
             _ => {
-                let count = 1 + rng.below(8) as usize;
-                let ids: Vec<Option<String>> = (0..count)
-                    .map(|_| (rng.below(6) != 0).then(|| format!("id-{}", rng.below(30))))
-                    .collect();
+                let ids = publish_ids(&mut rng);
+                let count = ids.len();
                 let records = ids
                     .iter()
-                    .map(|id| record(id.as_deref(), rng.below(3000) as usize))
+                    .map(|id| record_with(id.as_deref(), rng.below(3000) as usize))
                     .collect();
                 let partition = rng.below(u64::from(PARTITIONS)) as u32;
                 let topic = store.topic("t").unwrap();
@@ -173,8 +204,8 @@ fn run_seed(seed: u64, dir: &Path) {
             .unwrap();
         assert_eq!(
             read.records[0].id.as_deref(),
-            Some(id.as_bytes()),
-            "seed {seed}: {id}"
+            Some(&id[..]),
+            "seed {seed}: {id:?}"
         );
     }
 }
@@ -245,6 +276,86 @@ fn a_durable_id_survives_a_power_cut() {
         assert_eq!(read.records[0].id.as_deref(), Some(maybe.as_bytes()));
         store.close().unwrap();
         clock.advance_ms(1);
+    }
+}
+
+/// Concurrent publishes of runs of sequenced ids (see "Runs" in the window's docs)
+/// that share some ids and not others: each thread cuts the same 3,000 ids into rows
+/// of its own length and offset, two publishing them in order and two in an order of
+/// their own, so rows meet rows claimed by another append under way, whole or in
+/// part. Each id is stored exactly once, and every answer names that copy.
+#[test]
+fn concurrent_runs_that_overlap_store_each_id_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = Arc::new(Store::open(dir.path(), options(&clock, None)).unwrap());
+    store
+        .create_topic("t", 4, config(FsyncPolicy::Never))
+        .unwrap();
+    let ids = 3000u64;
+    let threads: Vec<_> = (0..4u32)
+        .map(|thread| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let topic = store.topic("t").unwrap();
+                let row = [8u64, 12, 20, 9][thread as usize];
+                let skew = u64::from(thread) * 3;
+                // Cut at skew + a multiple of the row's length.
+                let mut cuts: Vec<u64> = std::iter::once(0)
+                    .chain((1..).map(|n| n * row - skew))
+                    .take_while(|&cut| cut < ids)
+                    .collect();
+                cuts.push(ids);
+                cuts.dedup();
+                let mut rows: Vec<(u64, u64)> = cuts.windows(2).map(|w| (w[0], w[1])).collect();
+                // Two threads in order, so they race on the same ids; two in their
+                // own order.
+                if thread >= 2 {
+                    let mut rng = Rng::new(u64::from(thread) + 10);
+                    for i in (1..rows.len()).rev() {
+                        rows.swap(i, rng.below(i as u64 + 1) as usize);
+                    }
+                }
+                let mut seen = Vec::new();
+                for (start, end) in rows {
+                    let records = (start..end)
+                        .map(|s| record_with(Some(&sequenced(7, s)), 50))
+                        .collect();
+                    let placed = placements(
+                        topic.append(thread, records).unwrap(),
+                        thread,
+                        (end - start) as usize,
+                    );
+                    seen.extend((start..end).zip(placed));
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut answers: HashMap<u64, Vec<Placement>> = HashMap::new();
+    for thread in threads {
+        for (id, placement) in thread.join().unwrap() {
+            answers.entry(id).or_default().push(placement);
+        }
+    }
+    let topic = store.topic("t").unwrap();
+    let stored: u64 = topic.partitions().iter().map(|p| p.end_offset()).sum();
+    assert_eq!(stored, ids, "each id stored exactly once");
+    for (id, placements) in answers {
+        assert_eq!(placements.len(), 4);
+        let originals: Vec<_> = placements.iter().filter(|p| !p.duplicate).collect();
+        assert_eq!(originals.len(), 1, "{id}: {placements:?}");
+        let original = (originals[0].partition, originals[0].offset);
+        assert!(
+            placements
+                .iter()
+                .all(|p| (p.partition, p.offset) == original),
+            "{id}: {placements:?}"
+        );
+        let read = topic.partitions()[original.0 as usize]
+            .read(original.1, 1, u64::MAX)
+            .unwrap();
+        assert_eq!(read.records[0].id.as_deref(), Some(&sequenced(7, id)[..]));
     }
 }
 
