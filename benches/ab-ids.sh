@@ -1,7 +1,8 @@
 #!/bin/bash
 # Publish with and without message ids (issue 14: the rate with ids must be at least 85%
 # of the rate without), alternating in one sitting, each run on a fresh data directory.
-# Prints seconds and rate for the messages and the broker's CPU per message.
+# Prints seconds and rate for the messages and the broker's and the bench's CPU per
+# message.
 #
 #   benches/ab-ids.sh [RELEASE_DIR] [MESSAGES] [ROUNDS]
 #   EXTRA="--batch-wire" benches/ab-ids.sh ...   (more bench flags for every run: the batch form)
@@ -15,10 +16,12 @@ run() { # label args...
   nice -n -10 "$DIR/tidelogd" --data-dir "$DATA/d" --listen 127.0.0.1:7431 --metrics-listen 127.0.0.1:0 > "$DATA/$label.log" 2>&1 &
   local pid=$!; sleep 1
   local a=$(awk '{print $14+$15}' /proc/$pid/stat)
-  local out=$(nice -n -10 "$DIR/tidelog" bench produce --server http://127.0.0.1:7431 --producers 2 --stream --messages "$N" ${EXTRA:-} "$@" 2>&1)
+  # The bench's own CPU: the subshell's children's times, from `times`.
+  local out=$( (nice -n -10 "$DIR/tidelog" bench produce --server http://127.0.0.1:7431 --producers 2 --stream --messages "$N" ${EXTRA:-} "$@" 2>&1; times) )
   local b=$(awk '{print $14+$15}' /proc/$pid/stat)
   local ticks=$(getconf CLK_TCK)
-  echo "$label $* :: $(echo "$out" | awk '/producers total/{print $5" s, "$6" msg/s"}'), broker $(( (b-a)*1000000000/ticks/N )) ns/msg, $(echo "$out" | grep -o 'validation: [a-zA-Z]*'), load $(cut -d' ' -f1 /proc/loadavg), cpu-some $(awk '/some/{print $2}' /proc/pressure/cpu)"
+  local client=$(echo "$out" | tail -1 | awk '{ split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%.0f", (u[1]*60+u[2]+s[1]*60+s[2])*1e9/'"$N"' }')
+  echo "$label $* :: $(echo "$out" | awk '/producers total/{print $5" s, "$6" msg/s"}'), broker $(( (b-a)*1000000000/ticks/N )) ns/msg, client $client ns/msg, $(echo "$out" | grep -o 'validation: [a-zA-Z]*'), load $(cut -d' ' -f1 /proc/loadavg), cpu-some $(awk '/some/{print $2}' /proc/pressure/cpu)"
   kill $pid; wait $pid 2>/dev/null
 }
 for r in $(seq "$ROUNDS"); do

@@ -273,7 +273,7 @@ fn id_index_state_full(
     };
     let incomplete = scan.incomplete || scan.valid_bytes < data.len() as u64;
     let mut expected = scan.entries;
-    expected.sort_unstable_by_key(|e| (e.hash, e.relative_offset));
+    crate::idindex::sort_entries(&mut expected);
     let found: Vec<_> = table.iter().collect();
     if found != expected || table.incomplete() != incomplete {
         return IdIndexState::Invalid(format!(
