@@ -1,5 +1,7 @@
-//! An `.idindex` file: never panics; an accepted one is sorted, in bounds, agrees with
-//! its header, encodes back to the same bytes, and every entry is found by its hash.
+//! An `.idindex` file (version 1 or 2): never panics; an accepted one is sorted, in
+//! bounds, agrees with its header, encodes back to the same bytes (as version 2), and
+//! every entry is found by its hash and every id of every run by its prefix and
+//! suffix.
 #![no_main]
 
 use bytes::Bytes;
@@ -14,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
     };
     assert_eq!(idindex::decode_header(data).ok(), Some(header));
     assert_eq!(table.len() as u64, u64::from(header.entry_count));
+    assert_eq!(table.run_count() as u64, u64::from(header.run_count));
     let span = header.next_offset - header.base_offset;
     let entries: Vec<_> = table.iter().collect();
     for pair in entries.windows(2) {
@@ -24,13 +27,30 @@ fuzz_target!(|data: &[u8]| {
         assert!(u64::from(entry.position) < header.log_bytes);
         assert!(table.candidates(entry.hash).any(|c| c == *entry));
     }
-    let mut again = entries.clone();
+    let runs: Vec<_> = table.runs().collect();
+    for run in &runs {
+        assert!(run.count as usize >= idindex::RUN_IDS_MIN);
+        assert!(u64::from(run.relative_offset) + u64::from(run.count) <= span);
+        for suffix in [run.first, run.first + u64::from(run.count) - 1] {
+            let found = table.run_candidates(run.prefix, suffix, 0);
+            let relative = run.relative_offset + (suffix - run.first) as u32;
+            assert!(found.iter().any(|e| e.relative_offset == relative && e.position == run.position));
+            assert!(found.windows(2).all(|p| p[0].relative_offset >= p[1].relative_offset));
+        }
+    }
+    let (mut again, mut again_runs) = (entries.clone(), runs.clone());
     let encoded = idindex::encode(
         header.base_offset,
         header.log_bytes,
         header.next_offset,
         header.incomplete(),
         &mut again,
+        &mut again_runs,
     );
-    assert_eq!(encoded, data);
+    if header.version == idindex::VERSION {
+        assert_eq!(encoded, data);
+    } else {
+        let (_, reread) = idindex::decode(&Bytes::from(encoded)).expect("re-encoded index decodes");
+        assert_eq!(reread.iter().collect::<Vec<_>>(), entries);
+    }
 });

@@ -4,8 +4,8 @@
 //! [`validate_batch`] is a pure function over `&[u8]` (the fuzz target
 //! `client_batch` calls it): it walks the batch without building [`crate::Record`]s
 //! and returns a typed [`BatchError`] naming the first thing wrong, or a
-//! [`CheckedBatch`] with what the appender needs (the header, the ids and their hashes
-//! for the id index and the dedup window, the payload bytes for metrics).
+//! [`CheckedBatch`] with what the appender needs (the header, where the ids are, for
+//! the id index and the dedup window, the payload bytes for metrics).
 //!
 //! What a client batch must be, beyond what the format itself demands (and what
 //! [`crate::batch::decode_batch`] checks):
@@ -148,8 +148,6 @@ impl std::error::Error for BatchError {}
 pub struct CheckedId {
     /// The record's position in the batch (its offset delta).
     pub index: u32,
-    /// [`crate::idindex::hash_id`] of the id.
-    pub hash: u64,
     /// The id's bytes in the records section.
     pub range: std::ops::Range<usize>,
 }
@@ -181,6 +179,13 @@ impl CheckedBatch {
             None => bytes.get(batch::HEADER_BYTES..).unwrap_or_default(),
         };
         section.get(id.range.clone()).unwrap_or_default()
+    }
+
+    /// The ids split as the id index and the dedup window take them
+    /// ([`crate::idindex::split_ids`]: runs, and the others hashed), in `bytes`, the
+    /// batch this checked.
+    pub fn split_ids(&self, bytes: &[u8]) -> crate::idindex::SplitIds {
+        crate::idindex::split_ids(self.ids.iter().map(|id| (id.index, self.id(bytes, id))))
     }
 }
 
@@ -294,11 +299,7 @@ pub fn validate_batch(bytes: &[u8], rules: &BatchRules) -> Result<CheckedBatch, 
         }
         payload_bytes += fields.payload_bytes;
         if let Some(range) = fields.id {
-            ids.push(CheckedId {
-                index,
-                hash: crate::idindex::hash_id(&section[range.clone()]),
-                range,
-            });
+            ids.push(CheckedId { index, range });
         }
     }
     if walk.at != section.len() {
@@ -611,7 +612,13 @@ mod tests {
                 .map(|i| (i.index, checked.id(&bytes, i).to_vec()))
                 .collect();
             assert_eq!(ids, vec![(0, b"id-1".to_vec()), (2, b"id-3".to_vec())]);
-            assert_eq!(checked.ids[0].hash, crate::idindex::hash_id(b"id-1"));
+            assert_eq!(
+                checked.split_ids(&bytes).singles,
+                vec![
+                    (0, crate::idindex::hash_id(b"id-1")),
+                    (2, crate::idindex::hash_id(b"id-3"))
+                ]
+            );
             assert_eq!(checked.payload_bytes, 4 + 1 + 2 + 2 + 4 + 70_000);
         }
     }

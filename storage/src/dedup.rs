@@ -70,13 +70,15 @@
 //! keeps such ids as ranges, in `dedup/runs.rs`: a 16-byte id is split into a prefix
 //! (its first 8 bytes) and a suffix (the last 8, big-endian), and records in a row of
 //! one publish whose ids share the prefix and whose suffixes count up by one, at least
-//! `RUN_IDS_MIN` (8) of them, make a *run*. A run is checked against the stored
+//! 8 of them, make a *run* (the one rule, [`crate::idindex::split_ids`], by which the
+//! segment's id index lists them as one range too, so a run's ids are never hashed).
+//! A run is checked against the stored
 //! runs (a B-tree by prefix and first suffix; the stored runs never share an id, so
 //! one look at the run starting closest below its last id answers) and against the
 //! runs claimed by appends under way, and stored as one entry: its first suffix, its
 //! length, its time and the place of its first id (the others follow it, one offset
-//! each). No id of a run is hashed into the table or read ahead, so a publish of 1,000
-//! ids in a row costs the window a few lookups instead of 1,000 probes.
+//! each). No id of a run is hashed, put in the table or read ahead, so a publish of
+//! 1,000 ids in a row costs the window a few lookups instead of 1,000 probes.
 //!
 //! An id can be held only one way. A run is taken whole only when no id of it can be
 //! held as a single: no single 16-byte id with its prefix is claimed by an append under
@@ -109,13 +111,14 @@ use crate::batch::{NewRecord, Record};
 use crate::client_batch::CheckedBatch;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
+use crate::idindex::{RUN_IDS_MIN, SplitIds, id_parts};
 use crate::limits::DEDUP_WINDOW_MS_MAX;
 use crate::msgid::IdGenerator;
-use crate::partition::{Appended, Partition, id_hashes};
+use crate::partition::{Appended, Partition, split_record_ids};
 
 mod runs;
 mod table;
-use runs::{RUN_IDS_MIN, RunClaim, Runs, id_parts, key};
+use runs::{RunClaim, Runs, key};
 use table::{Claim, Stored, Sweep, Table, window_slot};
 
 /// Slots a step of a sweep reads for each id claimed, and at least.
@@ -397,17 +400,17 @@ impl DedupWindow {
                 placements,
             });
         }
-        let hashes = id_hashes(&records);
+        let split = split_record_ids(&records);
         let ids: Vec<Option<&[u8]>> = records.iter().map(|r| r.id.as_deref()).collect();
-        let claimed = self.claim(partitions, &ids, &hashes, window_ms)?;
+        let claimed = self.claim(partitions, &ids, &split, window_ms)?;
         let decisions = &claimed.decisions;
         drop(ids);
         // Usually every record is new: append them as they came, without a copy.
-        let (kept, hashes): (Vec<NewRecord>, Vec<(u32, u64)>) = if decisions
+        let (kept, split): (Vec<NewRecord>, SplitIds) = if decisions
             .iter()
             .all(|d| matches!(d, Decision::Append { .. }))
         {
-            (records, hashes)
+            (records, split)
         } else {
             let kept: Vec<NewRecord> = records
                 .into_iter()
@@ -415,13 +418,13 @@ impl DedupWindow {
                 .filter(|(_, d)| matches!(d, Decision::Append { .. }))
                 .map(|(record, _)| record)
                 .collect();
-            let hashes = id_hashes(&kept);
-            (kept, hashes)
+            let split = split_record_ids(&kept);
+            (kept, split)
         };
         let appended = if kept.is_empty() {
             None
         } else {
-            match target.append_hashed(&kept, hashes) {
+            match target.append_split(&kept, split) {
                 Ok(appended) => Some(appended),
                 Err(error) => {
                     self.finish(&claimed, None);
@@ -501,8 +504,9 @@ impl DedupWindow {
                 "record {index} of the batch has no id, but the topic assigns ids (assign_ids), which a batch cannot take without re-encoding: give every record of the batch an id, or publish it with Publish"
             )));
         }
+        let split = checked.split_ids(&bytes);
         if window_ms == 0 || checked.ids.is_empty() {
-            let appended = target.append_checked(bytes, checked, now_ms)?;
+            let appended = target.append_checked_split(bytes, checked, &split, now_ms)?;
             return Ok(BatchPlaced {
                 appended: Some(appended),
                 duplicates: Vec::new(),
@@ -512,8 +516,7 @@ impl DedupWindow {
         for id in &checked.ids {
             ids[id.index as usize] = Some(checked.id(&bytes, id));
         }
-        let hashes: Vec<(u32, u64)> = checked.ids.iter().map(|id| (id.index, id.hash)).collect();
-        let claimed = self.claim(partitions, &ids, &hashes, window_ms)?;
+        let claimed = self.claim(partitions, &ids, &split, window_ms)?;
         let decisions = &claimed.decisions;
         // Records without an id have no say: the records with ids decide.
         let with_id = |d: &&Decision| {
@@ -531,7 +534,7 @@ impl DedupWindow {
             .filter(|d| matches!(d, Decision::Append { .. }))
             .count();
         if appending == checked.ids.len() {
-            let result = target.append_checked(bytes, checked, now_ms);
+            let result = target.append_checked_split(bytes, checked, &split, now_ms);
             let base = result.as_ref().ok().map(|a| (partition, a.base_offset));
             self.finish(&claimed, base);
             return Ok(BatchPlaced {
@@ -587,7 +590,7 @@ impl DedupWindow {
         &self,
         partitions: &[Arc<Partition>],
         records: &[Option<&[u8]>],
-        hashes: &[(u32, u64)],
+        split: &SplitIds,
         window_ms: u64,
     ) -> Result<Claimed> {
         let window_ms = i64::try_from(window_ms).unwrap_or(i64::MAX);
@@ -601,7 +604,7 @@ impl DedupWindow {
             // it ends long before the next one starts, at no stall of its own.
             let budget = (records.len() * SWEEP_SLOTS_PER_ID).max(SWEEP_STEP_SLOTS_MIN);
             sweep(&mut state, now_ms, window_ms, budget);
-            match claim_pass(&mut state, partitions, records, hashes, now_ms, window_ms) {
+            match claim_pass(&mut state, partitions, records, split, now_ms, window_ms) {
                 Some(claimed) => return Ok(claimed),
                 None => {
                     state = self.settled.wait(state).unwrap_or_else(|e| e.into_inner());
@@ -747,52 +750,54 @@ fn mark_prefix_cell(state: &mut State, cell: u16, time: u32) {
     *cell = (*cell).max(time.max(1));
 }
 
-/// Claims the call's runs that can be claimed whole (see "Runs" in the module docs),
-/// marking their records in `in_run`. A run is claimed whole only when no id of it can
-/// be held anywhere else: no stored or claimed run shares an id with it, no single
-/// 16-byte id with its prefix is claimed by another append, or stored within the
-/// window as far as the prefix filter can tell, or comes before it in this call. The
-/// others' ids are claimed one by one, as singles.
+/// Claims the call's runs (`split`'s, [`crate::idindex::split_ids`]) that can be
+/// claimed whole (see "Runs" in the module docs), marking their records in `in_run`.
+/// A run is claimed whole only when no id of it can be held anywhere else: no stored
+/// or claimed run shares an id with it, no single 16-byte id with its prefix is claimed
+/// by another append, or stored within the window as far as the prefix filter can
+/// tell, or comes before it in this call. The others' ids are claimed one by one, as
+/// singles: their hashes are returned (the split hashes only the singles).
 fn claim_runs(
     state: &mut State,
     records: &[Option<&[u8]>],
+    split: &SplitIds,
     horizon: u32,
     first_token: u64,
     in_run: &mut [bool],
-) -> Vec<RunClaim> {
+) -> (Vec<RunClaim>, Vec<(u32, u64)>) {
     let mut claims = Vec::new();
+    let mut hashed = Vec::new();
     // The prefix cells of this call's singles so far.
     let mut singles = [0u64; PREFIX_CELLS / 64];
+    let mut rows = split.runs.iter().peekable();
     let mut i = 0;
     while i < records.len() {
-        let Some((prefix, suffix)) = records[i].and_then(id_parts) else {
+        let Some(row) = rows.next_if(|row| row.index as usize == i) else {
+            if let Some((prefix, _)) = records[i].and_then(id_parts) {
+                let cell = usize::from(prefix_cell(state.key, prefix));
+                singles[cell / 64] |= 1 << (cell % 64);
+            }
             i += 1;
             continue;
         };
-        let mut len = 1;
-        while i + len < records.len()
-            && len < u32::MAX as usize
-            && suffix
-                .checked_add(len as u64)
-                .is_some_and(|next| records[i + len].and_then(id_parts) == Some((prefix, next)))
-        {
-            len += 1;
-        }
-        let cell = usize::from(prefix_cell(state.key, prefix));
-        let start = key(prefix, suffix);
+        let (len, cell) = (
+            row.count as usize,
+            usize::from(prefix_cell(state.key, row.prefix)),
+        );
+        let start = key(row.prefix, row.first);
         let whole = len >= RUN_IDS_MIN
             && state.pending_singles == 0
             && singles[cell / 64] & (1 << (cell % 64)) == 0
             && state.prefix_cells[cell] < horizon.max(1)
-            && state.runs.overlapping(start, len as u32).is_none()
+            && state.runs.overlapping(start, row.count).is_none()
             && !state
                 .pending_runs
                 .iter()
-                .any(|c| c.overlaps(start, len as u32));
+                .any(|c| c.overlaps(start, row.count));
         if whole {
             let claim = RunClaim {
                 key: start,
-                len: len as u32,
+                len: row.count,
                 token: first_token + i as u64,
                 record: i,
                 index: 0,
@@ -802,10 +807,14 @@ fn claim_runs(
             in_run[i..i + len].fill(true);
         } else {
             singles[cell / 64] |= 1 << (cell % 64);
+            for k in 0..row.count {
+                let id = crate::idindex::id_of_parts(row.prefix, row.first + u64::from(k));
+                hashed.push((row.index + k, crate::idindex::hash_id(&id)));
+            }
         }
         i += len;
     }
-    claims
+    (claims, hashed)
 }
 
 /// One pass over the records; `None` when another append holds a claim this call
@@ -815,7 +824,7 @@ fn claim_pass(
     state: &mut State,
     partitions: &[Arc<Partition>],
     records: &[Option<&[u8]>],
-    hashes: &[(u32, u64)],
+    split: &SplitIds,
     now_ms: i64,
     window_ms: i64,
 ) -> Option<Claimed> {
@@ -825,16 +834,14 @@ fn claim_pass(
     state.next_token += records.len() as u64;
     let tokens = first_token..state.next_token;
     let mut in_run = vec![false; records.len()];
-    let mut runs = claim_runs(state, records, horizon, first_token, &mut in_run);
+    let (mut runs, hashed) = claim_runs(state, records, split, horizon, first_token, &mut in_run);
     let mut decisions = Vec::with_capacity(records.len());
     let mut tags = vec![0u32; records.len()];
     let mut singles = Vec::new();
-    for &(index, hash) in hashes {
-        if !in_run[index as usize] {
-            let tag = tag_of(state.key, hash);
-            tags[index as usize] = tag;
-            singles.push(tag);
-        }
+    for &(index, hash) in split.singles.iter().chain(&hashed) {
+        let tag = tag_of(state.key, hash);
+        tags[index as usize] = tag;
+        singles.push(tag);
     }
     state.table.touch_homes(&singles);
     let mut appended = 0;
@@ -1303,10 +1310,14 @@ mod tests {
             let start = std::time::Instant::now();
             for (n, chunk) in ids.chunks(BATCH).enumerate() {
                 let records: Vec<Option<&[u8]>> = chunk.iter().map(|id| Some(&id[..])).collect();
-                let batch_hashes: Vec<(u32, u64)> = (0..chunk.len())
-                    .map(|i| (i as u32, hashes[n * BATCH + i]))
-                    .collect();
-                let decisions = window.claim(&[], &records, &batch_hashes, 120_000).unwrap();
+                // No two ids share a prefix: every one a single, hashed beforehand.
+                let split = SplitIds {
+                    singles: (0..chunk.len())
+                        .map(|i| (i as u32, hashes[n * BATCH + i]))
+                        .collect(),
+                    runs: Vec::new(),
+                };
+                let decisions = window.claim(&[], &records, &split, 120_000).unwrap();
                 window.finish(&decisions, Some((0, (n * BATCH) as u64)));
                 clock.advance_ms(1);
             }
@@ -1329,13 +1340,11 @@ mod tests {
                     })
                     .collect();
                 let records: Vec<Option<&[u8]>> = fresh.iter().map(|id| Some(&id[..])).collect();
-                let batch_hashes: Vec<(u32, u64)> = fresh
-                    .iter()
-                    .enumerate()
-                    .map(|(i, id)| (i as u32, crate::idindex::hash_id(id)))
-                    .collect();
+                let split = crate::idindex::split_ids(
+                    fresh.iter().enumerate().map(|(i, id)| (i as u32, &id[..])),
+                );
                 let claim_start = std::time::Instant::now();
-                let decisions = window.claim(&[], &records, &batch_hashes, 120_000).unwrap();
+                let decisions = window.claim(&[], &records, &split, 120_000).unwrap();
                 longest = longest.max(claim_start.elapsed());
                 window.finish(&decisions, Some((1, claims * BATCH as u64)));
                 claims += 1;

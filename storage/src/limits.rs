@@ -67,9 +67,9 @@ pub const DEDUP_WINDOW_MS_MAX: u64 = 7 * 24 * 60 * 60 * 1000;
 /// id index file (128 MiB at most) whatever the ratio.
 pub const ID_INDEX_ENTRIES_MAX: u32 = 8 * 1024 * 1024;
 
-/// Longest valid id index file (48-byte header, 16-byte entries): nothing longer is
+/// Longest valid id index file (56-byte header, 16 bytes an id at most): nothing longer is
 /// read or mapped.
-pub const ID_INDEX_FILE_BYTES_MAX: u64 = 48 + 16 * ID_INDEX_ENTRIES_MAX as u64;
+pub const ID_INDEX_FILE_BYTES_MAX: u64 = 56 + 16 * ID_INDEX_ENTRIES_MAX as u64;
 
 /// Most priority levels a topic may have; priorities run from 0 (lowest) to
 /// `PRIORITY_LEVELS_MAX - 1`.

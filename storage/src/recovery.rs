@@ -272,14 +272,19 @@ fn id_index_state_full(
         Err(e) => return IdIndexState::Invalid(e.to_string()),
     };
     let incomplete = scan.incomplete || scan.valid_bytes < data.len() as u64;
-    let mut expected = scan.entries;
-    crate::idindex::sort_entries(&mut expected);
-    let found: Vec<_> = table.iter().collect();
+    let mut expected = scan.ids;
+    crate::idindex::sort_entries(&mut expected.entries);
+    expected.runs.sort_unstable();
+    let mut found = segment::IdLists {
+        entries: table.iter().collect(),
+        runs: table.runs().collect(),
+    };
+    found.runs.sort_unstable();
     if found != expected || table.incomplete() != incomplete {
         return IdIndexState::Invalid(format!(
             "it does not list the ids the log holds ({} listed, {} in the log{})",
-            found.len(),
-            expected.len(),
+            found.ids(),
+            expected.ids(),
             if table.incomplete() != incomplete {
                 ", and it is wrong about batches whose ids cannot be read"
             } else {

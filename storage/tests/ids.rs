@@ -20,6 +20,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use proptest::prelude::*;
 use tidelog_storage::fs::{CrashOptions, FaultyFs, SyncFault, SyncKind};
+use tidelog_storage::recovery;
 use tidelog_storage::segment::{self, ID_INDEX_SUFFIX, LOG_SUFFIX};
 use tidelog_storage::{
     Compression, Error, FsyncPolicy, ManualClock, NewRecord, OsFs, Partition, Store, StoreOptions,
@@ -523,15 +524,37 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         12 => prop::collection::vec((prop::option::weighted(0.8, 0u8..60), value_size()), 1..6)
             .prop_map(Op::Append),
+        // A row of sequenced ids (a run in the id index when 8 or more), sometimes
+        // with a record without id or another id breaking it.
+        6 => (0u8..40, 1u8..20, 1usize..3000, prop::option::of((0u8..20, prop::option::of(0u8..60))))
+            .prop_map(|(start, len, size, cut)| {
+                let mut records: Vec<(Option<u8>, usize)> =
+                    (start..start + len).map(|s| (Some(SEQUENCED + s), size)).collect();
+                if let Some((at, id)) = cut {
+                    records.insert(usize::from(at).min(records.len()), (id, size));
+                }
+                Op::Append(records)
+            }),
         1 => Just(Op::Reopen),
         1 => Just(Op::Kill),
         1 => Just(Op::Retention),
-        3 => (0u8..70).prop_map(Op::Find),
+        3 => prop_oneof![0u8..70, SEQUENCED..SEQUENCED + 60].prop_map(Op::Find),
     ]
 }
 
+/// Model ids from here up are 16-byte sequenced ids (an 8-byte prefix and a counter:
+/// a producer's ids, which the id index keeps as runs).
+const SEQUENCED: u8 = 100;
+
 fn model_id(k: u8) -> Bytes {
-    Bytes::from(format!("m-{k}"))
+    if k >= SEQUENCED {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&0x7469_6465_6c6f_6721u64.to_be_bytes());
+        id[8..].copy_from_slice(&u64::from(k - SEQUENCED).to_be_bytes());
+        Bytes::copy_from_slice(&id)
+    } else {
+        Bytes::from(format!("m-{k}"))
+    }
 }
 
 /// What was appended: the id and value of every offset, and the log start.
@@ -551,7 +574,7 @@ impl Appended {
 }
 
 fn check_every_id(partition: &Partition, model: &Appended) -> Result<(), TestCaseError> {
-    for k in 0..70u8 {
+    for k in (0..70u8).chain(SEQUENCED..SEQUENCED + 60) {
         let found = partition.find_by_id(&model_id(k)).unwrap();
         let expected = model.newest(k);
         prop_assert_eq!(found.as_ref().map(|r| r.offset), expected, "id m-{}", k);
@@ -627,6 +650,24 @@ fn run_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
     drop(partition);
     store.close().unwrap();
     drop(store);
+    // What `tidelog segment verify` checks: every id index lists exactly the ids its
+    // log holds, entries and runs.
+    let observation = recovery::observe(
+        &OsFs,
+        &partition_dir(dir.path(), "m", 0),
+        None,
+        recovery::Depth::Full,
+        None,
+    )
+    .unwrap();
+    for segment in &observation.segments {
+        prop_assert!(
+            !matches!(segment.id_index, recovery::IdIndexState::Invalid(_)),
+            "segment {}: {:?}",
+            segment.base,
+            segment.id_index
+        );
+    }
     let store = open();
     check_every_id(&partition_of(&store), &model)?;
     store.close().unwrap();
@@ -651,10 +692,21 @@ proptest! {
 // Faults
 // ---------------------------------------------------------------------------------
 
-/// The fault workload: durable appends of ids `id-0..` to a topic whose segments roll
-/// every few appends (each roll seals a segment: its log, index files and id index are
-/// written by the flusher), then a clean close. Records in `acked` the ids whose
-/// durable append returned, and in `tried` every id it appended or tried to.
+/// The id of record `n` of the fault workload: 16 bytes, an 8-byte prefix and `n`, so
+/// the records appended eight at a time are a run in the id index.
+fn fault_id(n: u64) -> Bytes {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(b"faultid!");
+    id[8..].copy_from_slice(&n.to_be_bytes());
+    Bytes::copy_from_slice(&id)
+}
+
+/// The fault workload: durable appends of ids `fault_id(0..)` to a topic whose
+/// segments roll every few appends (each roll seals a segment: its log, index files
+/// and id index are written by the flusher), then a clean close: alternately eight
+/// appends of one record (entries in the id index) and one of eight (a run). Records
+/// in `acked` the ids whose durable append returned, and in `tried` every id it
+/// appended or tried to.
 fn fault_workload(
     fs: &FaultyFs,
     data: &Path,
@@ -669,18 +721,29 @@ fn fault_workload(
     };
     let partition = topic.partition(0)?.clone();
     let from = tried.len() as u64;
-    for n in from..from + 48 {
-        tried.push(n);
+    let mut n = from;
+    while n < from + 48 {
+        let row = if (n / 8) % 2 == 1 { 8 } else { 1 };
         // A padding header makes segments roll every few appends.
-        let mut record = with_id(n);
-        record.headers.push(tidelog_storage::Header {
-            key: "pad".into(),
-            value: Bytes::from(vec![b'p'; 700]),
-        });
-        let appended = partition.append_durable(&[record]);
+        let records: Vec<NewRecord> = (n..n + row)
+            .map(|n| {
+                let mut record = with_id(n);
+                record.id = Some(fault_id(n));
+                record.headers.push(tidelog_storage::Header {
+                    key: "pad".into(),
+                    value: Bytes::from(vec![b'p'; 900 / row as usize]),
+                });
+                record
+            })
+            .collect();
+        tried.extend(n..n + row);
+        let appended = partition.append_durable(&records);
+        n += row;
         match appended {
             Ok(appended) => {
-                acked.insert(n, appended.base_offset);
+                for (i, n) in (n - row..n).enumerate() {
+                    acked.insert(n, appended.base_offset + i as u64);
+                }
             }
             Err(error) => {
                 drop(partition);
@@ -702,6 +765,7 @@ fn check_ids_after_recovery(
     fs: &FaultyFs,
     acked: &BTreeMap<u64, u64>,
     tried: &[u64],
+    id_of: fn(u64) -> Bytes,
     context: &str,
 ) {
     let store = Store::open(data, faulty_options(fs, clock))
@@ -750,7 +814,8 @@ fn a_power_cut_at_every_step_of_sealing_keeps_every_acknowledged_id_findable() {
         fault_workload(&fs, &data, &clock, &mut acked, &mut tried).unwrap();
         assert_eq!(acked.len(), 48);
         // Every segment but the active one was sealed while the workload ran.
-        assert!(bases(&partition_dir(&data, "f", 0)).len() >= 8);
+        let segments = bases(&partition_dir(&data, "f", 0)).len();
+        assert!(segments >= 8, "{segments} segments");
         fs.ops()
     };
     for crash_at in 0..count_ops {
@@ -769,11 +834,11 @@ fn a_power_cut_at_every_step_of_sealing_keeps_every_acknowledged_id_findable() {
         };
         fs.crash(options).unwrap();
         let context = format!("power cut after op {crash_at} of {count_ops} ({options:?})");
-        check_ids_after_recovery(&data, &clock, &fs, &acked, &tried, &context);
+        check_ids_after_recovery(&data, &clock, &fs, &acked, &tried, fault_id, &context);
         // And the partition goes on: more appends and seals, then all of it again.
         fault_workload(&fs, &data, &clock, &mut acked, &mut tried)
             .unwrap_or_else(|e| panic!("{context}: the workload after recovery failed: {e}"));
-        check_ids_after_recovery(&data, &clock, &fs, &acked, &tried, &context);
+        check_ids_after_recovery(&data, &clock, &fs, &acked, &tried, fault_id, &context);
     }
 }
 
@@ -820,7 +885,15 @@ fn a_failed_fsync_of_an_id_index_keeps_lookups_exact_and_is_not_retried() {
     drop(partition);
     store.simulate_crash();
     fs.crash(CrashOptions::lose_unsynced()).unwrap();
-    check_ids_after_recovery(&data, &clock, &fs, &acked, &tried, "after the power cut");
+    check_ids_after_recovery(
+        &data,
+        &clock,
+        &fs,
+        &acked,
+        &tried,
+        id_of,
+        "after the power cut",
+    );
 }
 
 #[test]
@@ -902,5 +975,13 @@ fn a_full_disk_while_an_id_index_is_written_keeps_lookups_exact() {
     drop(partition);
     store.close().unwrap();
     drop(store);
-    check_ids_after_recovery(&data, &clock, &fs, &acked, &tried, "after the disk full");
+    check_ids_after_recovery(
+        &data,
+        &clock,
+        &fs,
+        &acked,
+        &tried,
+        id_of,
+        "after the disk full",
+    );
 }

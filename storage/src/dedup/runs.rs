@@ -4,20 +4,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-/// Ids in a row that make a run; shorter rows go into the table id by id. At 8, a run
-/// costs at most about 16 bytes an id (see [`Runs::memory_bytes`]).
-pub(super) const RUN_IDS_MIN: usize = 8;
-
-/// Prefix and suffix of a 16-byte id; `None` for ids of other lengths.
-pub(super) fn id_parts(id: &[u8]) -> Option<(u64, u64)> {
-    let id: &[u8; 16] = id.try_into().ok()?;
-    let (prefix, suffix) = id.split_at(8);
-    Some((
-        u64::from_be_bytes(prefix.try_into().ok()?),
-        u64::from_be_bytes(suffix.try_into().ok()?),
-    ))
-}
-
 /// The key of a range: prefix in the high 64 bits, first suffix in the low.
 pub(super) fn key(prefix: u64, suffix: u64) -> u128 {
     u128::from(prefix) << 64 | u128::from(suffix)
@@ -149,7 +135,7 @@ impl Runs {
     /// Bytes of memory held, estimated: a B-tree entry of 16 + 24 bytes in nodes at
     /// least half full (a node holds 11, in about 460 bytes), and 32 bytes of the
     /// order's buffer, at least a quarter used. So a run costs at most about 212
-    /// bytes, and a run of [`RUN_IDS_MIN`] ids or more at most 27 bytes an id; the
+    /// bytes, and a run of `RUN_IDS_MIN` ids or more at most 27 bytes an id; the
     /// usual runs (hundreds of ids) a fraction of a byte.
     pub fn memory_bytes(&self) -> usize {
         const NODE_BYTES: usize = 460;
@@ -165,12 +151,7 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn parts_of_a_16_byte_id() {
-        let mut id = [0u8; 16];
-        id[7] = 1;
-        id[15] = 2;
-        assert_eq!(id_parts(&id), Some((1, 2)));
-        assert_eq!(id_parts(&id[..15]), None);
+    fn a_key_is_prefix_then_suffix() {
         assert_eq!(key(1, 2), 1 << 64 | 2);
     }
 
@@ -214,6 +195,8 @@ mod tests {
             }
         }
     }
+
+    use crate::idindex::RUN_IDS_MIN;
 
     #[test]
     fn a_run_of_eight_ids_costs_at_most_27_bytes_an_id() {

@@ -22,7 +22,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::flusher::{Flush, FlushQueue};
 use crate::fs::{FileSystem, FsFile, OpenMode};
 use crate::fsutil;
-use crate::idindex;
+use crate::idindex::{self, SplitIds};
 use crate::index::SegmentSummary;
 use crate::limits::{ID_INDEX_ENTRIES_MAX, SEGMENT_FILE_BYTES_MAX};
 use crate::progress::{LogEnd, Progress, WaitDurable, WaitForData};
@@ -430,19 +430,18 @@ impl Partition {
     /// Appends `records` as one batch and returns their offsets once written to the
     /// operating system. Durability is a separate wait: [`Partition::wait_durable`].
     pub fn append(self: &Arc<Self>, records: &[NewRecord]) -> Result<Appended> {
-        self.append_hashed(records, id_hashes(records))
+        self.append_split(records, split_record_ids(records))
     }
 
-    /// [`Partition::append`] with the records' id hashes already computed (one
-    /// `(index in records, idindex::hash_id of its id)` per record with an id, in
-    /// order), so a caller that needed them first (the dedup window) does not hash
-    /// every id twice.
-    pub(crate) fn append_hashed(
+    /// [`Partition::append`] with the records' ids already split
+    /// ([`split_record_ids`]), so a caller that needed them first (the dedup window)
+    /// does not split and hash them twice.
+    pub(crate) fn append_split(
         self: &Arc<Self>,
         records: &[NewRecord],
-        ids: Vec<(u32, u64)>,
+        ids: SplitIds,
     ) -> Result<Appended> {
-        debug_assert_eq!(ids, id_hashes(records));
+        debug_assert_eq!(ids, split_record_ids(records));
         let config = self.config();
         let options = EncodeOptions {
             now_ms: self.clock.now_ms(),
@@ -477,15 +476,28 @@ impl Partition {
         checked: &CheckedBatch,
         now_ms: i64,
     ) -> Result<Appended> {
+        let ids = checked.split_ids(&bytes);
+        self.append_checked_split(bytes, checked, &ids, now_ms)
+    }
+
+    /// [`Partition::append_checked`] with the batch's ids already split
+    /// ([`CheckedBatch::split_ids`]) by a caller that needed them first (the dedup
+    /// window).
+    pub(crate) fn append_checked_split(
+        self: &Arc<Self>,
+        bytes: Bytes,
+        checked: &CheckedBatch,
+        ids: &SplitIds,
+        now_ms: i64,
+    ) -> Result<Appended> {
         let config = self.config();
-        let ids: Vec<(u32, u64)> = checked.ids.iter().map(|id| (id.index, id.hash)).collect();
         let bytes = if bytes.len() >= SHARED_WRITE_BYTES_MIN && bytes.len() > batch::CRC_AT {
             BatchBytes::Shared(bytes)
         } else {
             // Without a copy when the buffer is the batch's own.
             BatchBytes::Owned(Vec::from(bytes))
         };
-        self.append_encoded(bytes, checked.header, &ids, now_ms, &config)
+        self.append_encoded(bytes, checked.header, ids, now_ms, &config)
     }
 
     /// The locked part of an append: roll if due, assign the base offset, write.
@@ -493,7 +505,7 @@ impl Partition {
         self: &Arc<Self>,
         mut bytes: BatchBytes,
         mut header: batch::BatchHeader,
-        ids: &[(u32, u64)],
+        ids: &SplitIds,
         now_ms: i64,
         config: &TopicConfig,
     ) -> Result<Appended> {
@@ -502,7 +514,7 @@ impl Partition {
         self.check_writable(&writer)?;
         let size = writer.state.summary.log_bytes;
         let too_big = size + length > config.segment_bytes
-            || writer.ids_bound + ids.len() as u64 > u64::from(ID_INDEX_ENTRIES_MAX);
+            || writer.ids_bound + ids.ids() as u64 > u64::from(ID_INDEX_ENTRIES_MAX);
         let too_old = config
             .segment_ms
             .is_some_and(|ms| now_ms.saturating_sub(writer.created_ms) >= ms as i64);
@@ -544,7 +556,7 @@ impl Partition {
         writer.active.observe_append(&writer.state);
         let relative_base = (base_offset - writer.active.base_offset) as u32;
         writer.active.add_ids(position, relative_base, ids);
-        writer.ids_bound += ids.len() as u64;
+        writer.ids_bound += ids.ids() as u64;
         writer.appends_since_flush += 1;
         writer.bytes_since_flush += length;
         let end = LogEnd {
@@ -609,6 +621,8 @@ impl Partition {
             Segment::with_state(self.fs.clone(), &self.dir, state.clone(), SEGMENT_MAP_BYTES)
                 .with_open_ids(0),
         );
+        // About as many ids as the old segment held.
+        segment.reserve_ids(writer.active.open_ids_len());
         let old_segment = std::mem::replace(&mut writer.active, segment.clone());
         let old_file = std::mem::replace(&mut writer.file, file);
         let old_state = std::mem::replace(&mut writer.state, state);
@@ -925,15 +939,13 @@ impl Flush for Partition {
     }
 }
 
-/// `(index in records, idindex::hash_id of its id)` of every record with an id, in
-/// order: what the active segment's id index takes.
-pub(crate) fn id_hashes(records: &[NewRecord]) -> Vec<(u32, u64)> {
-    records
-        .iter()
-        .enumerate()
-        .filter_map(|(index, record)| {
-            let id = record.id.as_ref()?;
-            Some((index as u32, idindex::hash_id(id)))
-        })
-        .collect()
+/// The records' ids split into runs and hashed singles ([`idindex::split_ids`]): what
+/// the active segment's id index takes.
+pub(crate) fn split_record_ids(records: &[NewRecord]) -> SplitIds {
+    idindex::split_ids(
+        records
+            .iter()
+            .enumerate()
+            .filter_map(|(index, record)| Some((index as u32, &record.id.as_ref()?[..]))),
+    )
 }

@@ -4,11 +4,104 @@
 
 use super::*;
 
+/// A segment's ids in memory, as its id index lists them: entries, and runs of ids in
+/// a row (see [`idindex`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdLists {
+    pub entries: Vec<IdEntry>,
+    pub runs: Vec<IdRun>,
+}
+
+impl IdLists {
+    /// Ids listed: entries and the runs' ids.
+    pub fn ids(&self) -> usize {
+        self.entries.len() + self.runs.iter().map(|r| r.count as usize).sum::<usize>()
+    }
+
+    /// The lists of a table.
+    fn of_table(table: &IdTable) -> IdLists {
+        IdLists {
+            entries: table.iter().collect(),
+            runs: table.runs().collect(),
+        }
+    }
+
+    /// Moves `other`'s ids to the end of these.
+    fn append(&mut self, other: &mut IdLists) {
+        self.entries.append(&mut other.entries);
+        self.runs.append(&mut other.runs);
+    }
+
+    /// The ids of a batch at `position` whose first record is `relative_base` from the
+    /// segment's base offset.
+    fn add(&mut self, position: u32, relative_base: u32, split: &SplitIds) {
+        self.entries
+            .extend(split.singles.iter().map(|&(index, hash)| IdEntry {
+                hash,
+                relative_offset: relative_base + index,
+                position,
+            }));
+        self.runs.extend(split.runs.iter().map(|row| IdRun {
+            prefix: row.prefix,
+            first: row.first,
+            count: row.count,
+            relative_offset: relative_base + row.index,
+            position,
+        }));
+    }
+
+    /// Where the id `id` (whose hash is `hash`) may be, newest first.
+    fn candidates(&self, id: &[u8], hash: u64) -> Vec<IdEntry> {
+        let mut found: Vec<IdEntry> = self
+            .entries
+            .iter()
+            .filter(|e| e.hash == hash)
+            .copied()
+            .collect();
+        if let Some((prefix, suffix)) = idindex::id_parts(id) {
+            found.extend(
+                self.runs
+                    .iter()
+                    .filter(|run| run.prefix == prefix && run.holds(suffix))
+                    .map(|run| IdEntry {
+                        hash,
+                        relative_offset: run.relative_offset + (suffix - run.first) as u32,
+                        position: run.position,
+                    }),
+            );
+        }
+        found.sort_unstable_by_key(|b| std::cmp::Reverse(b.relative_offset));
+        found
+    }
+
+    /// The `.idindex` bytes of these ids (sorting them).
+    fn encode(
+        &mut self,
+        base_offset: u64,
+        log_bytes: u64,
+        next_offset: u64,
+        incomplete: bool,
+    ) -> Vec<u8> {
+        idindex::encode(
+            base_offset,
+            log_bytes,
+            next_offset,
+            incomplete,
+            &mut self.entries,
+            &mut self.runs,
+        )
+    }
+
+    fn into_table(self, incomplete: bool) -> IdTable {
+        IdTable::from_parts(self.entries, self.runs, incomplete)
+    }
+}
+
 /// What [`collect_ids`] found of a log's message ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdScan {
-    /// One per record with an id, in log order.
-    pub entries: Vec<IdEntry>,
+    /// The ids, in log order.
+    pub ids: IdLists,
     /// Some batch failed its CRC (or its records did not decode): the ids in it are
     /// unknown.
     pub incomplete: bool,
@@ -26,7 +119,7 @@ pub struct IdScan {
 /// rolls before that, so only a log written otherwise can).
 pub fn collect_ids(data: &Bytes, base_offset: u64) -> Result<IdScan, FormatError> {
     let mut scan = IdScan {
-        entries: Vec::new(),
+        ids: IdLists::default(),
         incomplete: false,
         valid_bytes: 0,
         next_offset: base_offset,
@@ -45,7 +138,7 @@ pub fn collect_ids(data: &Bytes, base_offset: u64) -> Result<IdScan, FormatError
             scan.incomplete = true;
         } else {
             let bytes = data.slice(position as usize..position as usize + length);
-            match batch_ids(&bytes, &header, position, base_offset, &mut scan.entries) {
+            match batch_ids(&bytes, &header, position, base_offset, &mut scan.ids) {
                 Ok(()) => {}
                 Err(BatchIds::Undecodable) => scan.incomplete = true,
                 Err(BatchIds::TooMany) => {
@@ -68,36 +161,48 @@ enum BatchIds {
 }
 
 /// Adds the ids of one CRC-checked batch (at `position` of a segment starting at
-/// `base_offset`) to `out`.
+/// `base_offset`) to `out`: runs of ids in a row as the append made them
+/// ([`idindex::split_ids`]), the others one by one.
 fn batch_ids(
     bytes: &Bytes,
     header: &BatchHeader,
     position: u64,
     base_offset: u64,
-    out: &mut Vec<IdEntry>,
+    out: &mut IdLists,
 ) -> Result<(), BatchIds> {
     let mut records = RecordIter::new(bytes, header).map_err(|_| BatchIds::Undecodable)?;
-    // Records are looked at in place: only their ids are needed.
+    let (Ok(relative_base), Ok(position)) = (
+        u32::try_from(header.base_offset - base_offset),
+        u32::try_from(position),
+    ) else {
+        return Err(BatchIds::Undecodable);
+    };
+    // Records are looked at in place: only their ids are needed, copied out back to
+    // back (the records' bytes may be a decompressed buffer the iterator owns).
+    let mut id_bytes: Vec<u8> = Vec::new();
+    let mut ids: Vec<(u32, std::ops::Range<usize>)> = Vec::new();
     while let Some(view) = records.next_view() {
         let record = view.map_err(|_| BatchIds::Undecodable)?;
         let Some(id) = records.id(&record) else {
             continue;
         };
-        if out.len() >= ID_INDEX_ENTRIES_MAX as usize {
+        if out.ids() + ids.len() >= ID_INDEX_ENTRIES_MAX as usize {
             return Err(BatchIds::TooMany);
         }
-        let (Ok(relative_offset), Ok(position)) = (
-            u32::try_from(record.offset - base_offset),
-            u32::try_from(position),
-        ) else {
+        let Some(index) = record
+            .offset
+            .checked_sub(header.base_offset)
+            .and_then(|index| u32::try_from(index).ok())
+            .filter(|&index| relative_base.checked_add(index).is_some())
+        else {
             return Err(BatchIds::Undecodable);
         };
-        out.push(IdEntry {
-            hash: idindex::hash_id(id),
-            relative_offset,
-            position,
-        });
+        let start = id_bytes.len();
+        id_bytes.extend_from_slice(id);
+        ids.push((index, start..id_bytes.len()));
     }
+    let split = idindex::split_ids(ids.into_iter().map(|(i, range)| (i, &id_bytes[range])));
+    out.add(position, relative_base, &split);
     Ok(())
 }
 
@@ -139,19 +244,33 @@ impl Segment {
         segment_path(&self.dir, self.base_offset, ID_INDEX_SUFFIX)
     }
 
-    /// Records the ids of a batch appended at `position` (active segment only): one
-    /// `(index in the batch, hash of the id)` per record with an id, the batch's first
-    /// record at `relative_base` from the segment's base offset.
-    pub fn add_ids(&self, position: u64, relative_base: u32, ids: &[(u32, u64)]) {
+    /// Records the ids of a batch appended at `position` (active segment only), as
+    /// [`idindex::split_ids`] split them, the batch's first record at `relative_base`
+    /// from the segment's base offset.
+    pub fn add_ids(&self, position: u64, relative_base: u32, ids: &SplitIds) {
         if ids.is_empty() {
             return;
         }
         if let Ids::Open { appended, .. } = &mut self.lock_ids().ids {
-            appended.extend(ids.iter().map(|&(index, hash)| IdEntry {
-                hash,
-                relative_offset: relative_base + index,
-                position: position as u32,
-            }));
+            appended.add(position as u32, relative_base, ids);
+        }
+    }
+
+    /// Ids the active segment holds in memory (0 for a sealed one).
+    pub fn open_ids_len(&self) -> usize {
+        match &self.lock_ids().ids {
+            Ids::Open { appended, .. } => appended.entries.len(),
+            Ids::Sealed { .. } => 0,
+        }
+    }
+
+    /// Makes room for `count` more ids in the active segment's memory at once. A
+    /// partition that rolls gives the new segment the old one's count: the ids' vector
+    /// then does not grow by doubling, which copied it and touched fresh pages (a few
+    /// ns an id, mostly page faults, in a profile of publish with ids).
+    pub fn reserve_ids(&self, count: usize) {
+        if let Ids::Open { appended, .. } = &mut self.lock_ids().ids {
+            appended.entries.reserve(count);
         }
     }
 
@@ -185,7 +304,7 @@ impl Segment {
         if *prefix_bytes > 0 {
             match load_id_index(&*self.fs, &self.dir, self.base_offset, *prefix_bytes, None) {
                 Ok(table) => {
-                    let mut all: Vec<IdEntry> = table.iter().collect();
+                    let mut all = IdLists::of_table(&table);
                     all.append(appended);
                     *appended = all;
                     *incomplete |= table.incomplete();
@@ -203,17 +322,16 @@ impl Segment {
             }
         }
         let incomplete = *incomplete;
-        let mut entries = if seal {
+        let mut ids = if seal {
             std::mem::take(appended)
         } else {
             appended.clone()
         };
-        let bytes = idindex::encode(
+        let bytes = ids.encode(
             self.base_offset,
             summary.log_bytes,
             summary.next_offset,
             incomplete,
-            &mut entries,
         );
         let written = if removed {
             Ok(())
@@ -227,7 +345,7 @@ impl Segment {
                     pinned: false,
                 },
                 Err(_) => Ids::Sealed {
-                    table: Some(IdTable::from_entries(entries, incomplete)),
+                    table: Some(ids.into_table(incomplete)),
                     pinned: true,
                 },
             };
@@ -255,7 +373,7 @@ impl Segment {
             let mut state = self.lock_ids();
             match state.ids {
                 Ids::Open { .. } => {
-                    let (list, incomplete) = self.open_candidates(&mut state, hash)?;
+                    let (list, incomplete) = self.open_candidates(&mut state, id, hash)?;
                     IdSource::List(list, incomplete)
                 }
                 Ids::Sealed { .. } => IdSource::Table(self.sealed_table(&mut state)?),
@@ -263,7 +381,16 @@ impl Segment {
         };
         let (candidates, incomplete): (Box<dyn Iterator<Item = IdEntry> + '_>, bool) = match &source
         {
-            IdSource::Table(table) => (Box::new(table.candidates(hash)), table.incomplete()),
+            IdSource::Table(table) => match idindex::id_parts(id) {
+                // A 16-byte id may be in a run as well: both, newest first.
+                Some((prefix, suffix)) => {
+                    let mut all: Vec<IdEntry> = table.candidates(hash).collect();
+                    all.extend(table.run_candidates(prefix, suffix, hash));
+                    all.sort_unstable_by_key(|e| std::cmp::Reverse(e.relative_offset));
+                    (Box::new(all.into_iter()), table.incomplete())
+                }
+                None => (Box::new(table.candidates(hash)), table.incomplete()),
+            },
             IdSource::List(list, incomplete) => (Box::new(list.iter().copied()), *incomplete),
         };
         for entry in candidates {
@@ -287,9 +414,15 @@ impl Segment {
         })
     }
 
-    /// The active segment's entries with this hash, newest first, after reading the
-    /// ids of the bytes there before the partition opened if that is still to do.
-    fn open_candidates(&self, state: &mut IdState, hash: u64) -> Result<(Vec<IdEntry>, bool)> {
+    /// Where the active segment may hold `id` (whose hash is `hash`), newest first,
+    /// after reading the ids of the bytes there before the partition opened if that is
+    /// still to do.
+    fn open_candidates(
+        &self,
+        state: &mut IdState,
+        id: &[u8],
+        hash: u64,
+    ) -> Result<(Vec<IdEntry>, bool)> {
         let Ids::Open {
             prefix_bytes,
             appended,
@@ -301,13 +434,13 @@ impl Segment {
         if *prefix_bytes > 0 {
             let (mut all, prefix_incomplete) =
                 match load_id_index(&*self.fs, &self.dir, self.base_offset, *prefix_bytes, None) {
-                    Ok(table) => (table.iter().collect::<Vec<_>>(), table.incomplete()),
+                    Ok(table) => (IdLists::of_table(&table), table.incomplete()),
                     Err(_) => {
                         let data = self.visible_bytes(*prefix_bytes)?;
                         let scan = collect_ids(&data, self.base_offset)
                             .map_err(|e| Error::corrupt(self.log_path(), 0, e.to_string()))?;
                         let incomplete = scan.incomplete || scan.valid_bytes < *prefix_bytes;
-                        (scan.entries, incomplete)
+                        (scan.ids, incomplete)
                     }
                 };
             all.append(appended);
@@ -315,13 +448,7 @@ impl Segment {
             *incomplete |= prefix_incomplete;
             *prefix_bytes = 0;
         }
-        let mut found: Vec<IdEntry> = appended
-            .iter()
-            .filter(|e| e.hash == hash)
-            .copied()
-            .collect();
-        found.sort_unstable_by_key(|b| std::cmp::Reverse(b.relative_offset));
-        Ok((found, *incomplete))
+        Ok((appended.candidates(id, hash), *incomplete))
     }
 
     /// A sealed segment's id table: loaded already, or mapped from its `.idindex` and
@@ -349,13 +476,12 @@ impl Segment {
                 let scan = collect_ids(&data, self.base_offset)
                     .map_err(|e| Error::corrupt(self.log_path(), 0, e.to_string()))?;
                 let incomplete = scan.incomplete || scan.valid_bytes < summary.log_bytes;
-                let mut entries = scan.entries;
-                let bytes = idindex::encode(
+                let mut ids = scan.ids;
+                let bytes = ids.encode(
                     self.base_offset,
                     summary.log_bytes,
                     summary.next_offset,
                     incomplete,
-                    &mut entries,
                 );
                 let written = if state.removed {
                     Ok(())
@@ -366,7 +492,7 @@ impl Segment {
                 if let Err(error) = &written {
                     tracing::warn!(file = %self.id_index_path().display(), %error, "could not write a rebuilt id index; it stays in memory and recovery writes it");
                 }
-                (IdTable::from_entries(entries, incomplete), written.is_err())
+                (ids.into_table(incomplete), written.is_err())
             }
         };
         state.ids = Ids::Sealed {
@@ -501,7 +627,7 @@ pub fn id_index_describes(
 }
 
 /// Checks that a sealed segment's `.idindex` is present and that its header (read
-/// alone, 48 bytes) describes the log: what recovery checks on open. The entries are
+/// alone) describes the log: what recovery checks on open. The entries are
 /// checked when first used. `Err` says why it must be written again.
 pub fn check_id_index_header(
     fs: &dyn FileSystem,
@@ -511,6 +637,7 @@ pub fn check_id_index_header(
     next_offset: u64,
 ) -> std::result::Result<(), String> {
     let path = segment_path(dir, base_offset, ID_INDEX_SUFFIX);
+    // The longest header (an older version's is shorter).
     let bytes = match fs.read_file(&path, idindex::HEADER_BYTES as u64) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("missing".into()),
@@ -546,15 +673,9 @@ pub fn rebuild_id_index(fs: &dyn FileSystem, dir: &Path, base_offset: u64) -> Re
     let data = data.slice(..(log_bytes as usize).min(data.len()));
     let scan =
         collect_ids(&data, base_offset).map_err(|e| Error::corrupt(&path, 0, e.to_string()))?;
-    let mut entries = scan.entries;
+    let mut ids = scan.ids;
     // Bytes that cannot be delimited (damage the plan keeps) hide their ids too.
     let incomplete = scan.incomplete || scan.valid_bytes < log_bytes;
-    let bytes = idindex::encode(
-        base_offset,
-        log_bytes,
-        scan.next_offset,
-        incomplete,
-        &mut entries,
-    );
+    let bytes = ids.encode(base_offset, log_bytes, scan.next_offset, incomplete);
     fsutil::replace_file(fs, &segment_path(dir, base_offset, ID_INDEX_SUFFIX), &bytes)
 }

@@ -19,7 +19,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::filter::{Filter, Filtered, Verdict};
 use crate::fs::FileSystem;
 use crate::fsutil;
-use crate::idindex::{self, IdEntry, IdTable};
+use crate::idindex::{self, IdEntry, IdRun, IdTable, SplitIds};
 use crate::index::{self, OffsetEntry, SegmentIndex, SegmentSummary, TimeEntry};
 use crate::limits::{
     FILTER_SCAN_BYTES_MAX, FILTER_SCAN_RECORDS_MAX, ID_INDEX_ENTRIES_MAX, ID_INDEX_FILE_BYTES_MAX,
@@ -32,8 +32,8 @@ mod ids;
 pub use batches::{BatchBudget, StoredBatch};
 
 pub use ids::{
-    IdLookup, IdScan, check_id_index_header, collect_ids, id_index_describes, load_id_index,
-    rebuild_id_index,
+    IdLists, IdLookup, IdScan, check_id_index_header, collect_ids, id_index_describes,
+    load_id_index, rebuild_id_index,
 };
 
 pub const LOG_SUFFIX: &str = "log";
@@ -378,7 +378,7 @@ enum Ids {
     /// them (from the `.idindex` a clean close wrote, or by decoding the log).
     Open {
         prefix_bytes: u64,
-        appended: Vec<IdEntry>,
+        appended: IdLists,
         /// A batch of the decoded prefix failed its CRC: its ids are unknown.
         incomplete: bool,
     },
@@ -483,7 +483,7 @@ impl Segment {
         *self.ids.lock().unwrap_or_else(|e| e.into_inner()) = IdState {
             ids: Ids::Open {
                 prefix_bytes,
-                appended: Vec::new(),
+                appended: IdLists::default(),
                 incomplete: false,
             },
             removed: false,
