@@ -156,7 +156,7 @@ impl Outgoing {
         match self.waiters {
             Waiters::Records { slot, ids } => {
                 let outcome = if ack.duplicate {
-                    Outcome::Each(deliveries_for(&all_ids(ids, self.records), level, ack))
+                    Outcome::Each(deliveries_for(all_ids(ids, self.records), level, ack))
                 } else {
                     Outcome::Stored {
                         partition: ack.partition,
@@ -170,14 +170,14 @@ impl Outgoing {
                 ids,
                 reserved,
             } => {
-                let outcome = deliveries_for(&all_ids(ids, self.records), level, ack)
+                let outcome = deliveries_for(all_ids(ids, self.records), level, ack)
                     .into_iter()
                     .collect();
                 let _ = reply.send(outcome);
                 core.give_back(reserved);
             }
             Waiters::Part { split, index, id } => {
-                let outcome = deliveries_for(&[id], level, ack)
+                let outcome = deliveries_for(vec![id], level, ack)
                     .pop()
                     .unwrap_or(Err(Error::Closed));
                 split.done(core, index, outcome);
@@ -862,35 +862,35 @@ impl Sender {
 
 /// The outcome of each record of a batch: `base_offset + index` (no offset when sent
 /// with [`Ack::None`]); for a duplicate batch, the originals the ack names, one per
-/// record with an id.
+/// record with an id. Each record's id moves into its outcome.
 fn deliveries_for(
-    ids: &[Option<Bytes>],
+    ids: Vec<Option<Bytes>>,
     level: Ack,
     ack: &PublishBatchResponse,
 ) -> Vec<Result<Delivered>> {
     if !ack.duplicate {
         let offsets = level != Ack::None;
         return ids
-            .iter()
+            .into_iter()
             .enumerate()
             .map(|(index, id)| {
                 Ok(Delivered {
                     partition: ack.partition,
                     offset: offsets.then(|| ack.base_offset + index as u64),
-                    id: id.clone(),
+                    id,
                     duplicate: false,
                 })
             })
             .collect();
     }
     let mut originals = ack.acks.iter();
-    ids.iter()
+    ids.into_iter()
         .map(|id| match id {
             Some(id) => match originals.next() {
                 Some(original) => Ok(Delivered {
                     partition: original.partition,
                     offset: Some(original.offset),
-                    id: Some(id.clone()),
+                    id: Some(id),
                     duplicate: true,
                 }),
                 None => Err(Error::Broker {
@@ -922,7 +922,7 @@ mod tests {
             duplicate: false,
             acks: vec![],
         };
-        let got: Vec<Option<u64>> = deliveries_for(&ids, Ack::Written, &ack)
+        let got: Vec<Option<u64>> = deliveries_for(ids.to_vec(), Ack::Written, &ack)
             .into_iter()
             .map(|d| d.unwrap().offset)
             .collect();
@@ -932,7 +932,7 @@ mod tests {
             base_offset: 0,
             ..ack.clone()
         };
-        let got: Vec<Delivered> = deliveries_for(&ids, Ack::None, &none)
+        let got: Vec<Delivered> = deliveries_for(ids.to_vec(), Ack::None, &none)
             .into_iter()
             .map(Result::unwrap)
             .collect();
@@ -960,7 +960,7 @@ mod tests {
             duplicate: true,
             acks: vec![original(7), original(9)],
         };
-        let got = deliveries_for(&ids, Ack::Durable, &ack);
+        let got = deliveries_for(ids.to_vec(), Ack::Durable, &ack);
         assert_eq!(got[0].as_ref().unwrap().offset, Some(7));
         assert!(got[0].as_ref().unwrap().duplicate);
         assert!(matches!(got[1], Err(Error::InvalidArgument { .. })));

@@ -684,7 +684,13 @@ fn varint_len(mut value: u64) -> usize {
 }
 
 /// Appends `value` as an unsigned LEB128 varint.
+#[inline]
 pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    // Most lengths and deltas fit one byte.
+    if value < 0x80 {
+        out.push(value as u8);
+        return;
+    }
     while value >= 0x80 {
         out.push((value as u8) | 0x80);
         value >>= 7;
