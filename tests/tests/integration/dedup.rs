@@ -176,6 +176,157 @@ async fn a_retrying_producer_stores_each_id_once_across_a_kill_9() {
     assert_eq!(duplicates, Some(241.0));
 }
 
+/// A producer's id `n`: 16 bytes, its own 8-byte prefix and a counter, the layout the
+/// broker keeps as one range per row of ids (runs, in the dedup window and the id
+/// index).
+fn sequenced(n: u64) -> Vec<u8> {
+    [*b"producr7", n.to_be_bytes()].concat()
+}
+
+fn sequenced_message(n: u64) -> Message {
+    Message {
+        id: sequenced(n).into(),
+        value: format!("{n}:{}", "v".repeat(100 + (n % 7) as usize * 500))
+            .into_bytes()
+            .into(),
+        partition: Some(0),
+        ..Default::default()
+    }
+}
+
+/// Ids in a row (runs) through the real broker: whole requests retried, a single id
+/// from the middle of a row, a row that overlaps stored rows in part, before and after
+/// a kill -9 and across segments that roll and seal (their id indexes list the rows
+/// as runs). Each id is stored once, every duplicate names the original, and
+/// GetMessage finds every id after the restart.
+#[tokio::test]
+async fn ids_in_a_row_are_stored_once_across_a_kill_9_and_found_by_id() {
+    use tidelog_proto::v1::GetMessageRequest;
+    use tidelog_proto::v1::messages_client::MessagesClient;
+    let mut broker = TestBroker::start();
+    broker
+        .create_topic(
+            "rows",
+            1,
+            TopicConfig {
+                segment_bytes: 256 * 1024,
+                ..TopicConfig::default()
+            },
+        )
+        .await;
+    let mut client = broker.publisher().await;
+    let mut placed: HashMap<u64, u64> = HashMap::new();
+    let check = |acks: &[MessageAck], ids: &[u64], placed: &mut HashMap<u64, u64>, when: &str| {
+        assert_eq!(acks.len(), ids.len(), "{when}");
+        for (ack, &n) in acks.iter().zip(ids) {
+            match placed.get(&n) {
+                Some(&offset) => {
+                    assert!(ack.duplicate, "{when}: id {n} stored twice");
+                    assert_eq!(ack.offset, offset, "{when}: id {n}");
+                }
+                None => {
+                    assert!(
+                        !ack.duplicate,
+                        "{when}: id {n} never stored, called a duplicate"
+                    );
+                    placed.insert(n, ack.offset);
+                }
+            }
+        }
+    };
+    let send = async |client: &mut PublisherClient<Channel>,
+                      ids: Vec<u64>,
+                      placed: &mut HashMap<u64, u64>,
+                      when: &str| {
+        let messages = ids.iter().map(|&n| sequenced_message(n)).collect();
+        let acks = publish(client, "rows", messages).await;
+        check(&acks, &ids, placed, when);
+    };
+    // Ten rows of 100 ids.
+    for row in 0..10u64 {
+        send(
+            &mut client,
+            (row * 100..row * 100 + 100).collect(),
+            &mut placed,
+            "new rows",
+        )
+        .await;
+    }
+    // Retries: a whole row, one id from the middle of another, a row across two.
+    send(
+        &mut client,
+        (300..400).collect(),
+        &mut placed,
+        "a row again",
+    )
+    .await;
+    send(&mut client, vec![555], &mut placed, "one id of a row").await;
+    send(
+        &mut client,
+        (650..760).collect(),
+        &mut placed,
+        "across two rows",
+    )
+    .await;
+    broker.kill9();
+    broker.restart();
+    let mut client = broker.publisher().await;
+    send(
+        &mut client,
+        (0..100).collect(),
+        &mut placed,
+        "after the kill, a row again",
+    )
+    .await;
+    send(
+        &mut client,
+        (940..1060).collect(),
+        &mut placed,
+        "after the kill, half new",
+    )
+    .await;
+    send(
+        &mut client,
+        vec![999, 1000, 1059, 1060],
+        &mut placed,
+        "after the kill, singles",
+    )
+    .await;
+    send(
+        &mut client,
+        (1061..1100).collect(),
+        &mut placed,
+        "after the kill, new",
+    )
+    .await;
+    let log = stored(&broker, "rows", 1).await;
+    assert_eq!(log.len(), placed.len(), "each id once");
+    let mut lookups = MessagesClient::new(broker.channel().await);
+    for (&n, &offset) in &placed {
+        let found = lookups
+            .get_message(GetMessageRequest {
+                topic: "rows".into(),
+                id: sequenced(n).into(),
+                include_value: false,
+            })
+            .await
+            .unwrap_or_else(|s| panic!("id {n} not found: {s:?}"))
+            .into_inner()
+            .message
+            .expect("a message");
+        assert_eq!((found.partition, found.offset), (0, offset), "id {n}");
+    }
+    let missing = lookups
+        .get_message(GetMessageRequest {
+            topic: "rows".into(),
+            id: sequenced(5000).into(),
+            include_value: false,
+        })
+        .await
+        .expect_err("an id never published");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+}
+
 #[tokio::test]
 async fn concurrent_duplicates_on_separate_connections_store_one_copy() {
     let broker = TestBroker::start();
