@@ -517,7 +517,6 @@ pub fn encode_batch_into<R: AsRef<NewRecord>>(
     bytes.clear();
     bytes.reserve(HEADER_BYTES + payload_total as usize);
     bytes.resize(HEADER_BYTES, 0);
-    let mut record_body = Vec::with_capacity(64);
     for (delta, record) in records.iter().map(AsRef::as_ref).enumerate() {
         let ts = timestamp(record);
         max_timestamp_ms = max_timestamp_ms.max(ts);
@@ -533,8 +532,6 @@ pub fn encode_batch_into<R: AsRef<NewRecord>>(
         });
         max_expiry_ms = max_expiry_ms.max(expiry.unwrap_or(NEVER_EXPIRES));
 
-        // The record body is built apart so its length prefix can be written first.
-        record_body.clear();
         let mut attributes = 0u8;
         if record.key.is_some() {
             attributes |= RECORD_HAS_KEY;
@@ -556,37 +553,25 @@ pub fn encode_batch_into<R: AsRef<NewRecord>>(
         if record.id.is_some() {
             attributes |= RECORD_HAS_ID;
         }
-        record_body.push(attributes);
-        put_varint(&mut record_body, delta as u64);
-        put_varint(
-            &mut record_body,
-            zigzag(ts.wrapping_sub(first_timestamp_ms)),
-        );
-        if let Some(expiry) = expiry {
-            put_varint(
-                &mut record_body,
-                zigzag(expiry.wrapping_sub(first_timestamp_ms)),
-            );
-        }
-        if let Some(deliver_at) = deliver_at {
-            put_varint(
-                &mut record_body,
-                zigzag(deliver_at.wrapping_sub(first_timestamp_ms)),
-            );
-        }
-        if record.priority > 0 {
-            record_body.push(record.priority);
-        }
-        if let Some(id) = &record.id {
-            put_varint(&mut record_body, id.len() as u64);
-            record_body.extend_from_slice(id);
-        }
-        if let Some(key) = &record.key {
-            put_varint(&mut record_body, key.len() as u64);
-        }
-        // The value and key are appended straight to the batch after the prefix, so
-        // only the small fixed part goes through `record_body`.
-        let fixed_len = record_body.len();
+        // The record's length comes first: the fixed part's length is summed from its
+        // fields, then everything is written straight into the batch.
+        let ts_delta = zigzag(ts.wrapping_sub(first_timestamp_ms));
+        let expiry_delta = expiry.map(|e| zigzag(e.wrapping_sub(first_timestamp_ms)));
+        let deliver_delta = deliver_at.map(|d| zigzag(d.wrapping_sub(first_timestamp_ms)));
+        let fixed_len = 1
+            + varint_len(delta as u64)
+            + varint_len(ts_delta)
+            + expiry_delta.map_or(0, varint_len)
+            + deliver_delta.map_or(0, varint_len)
+            + usize::from(record.priority > 0)
+            + record
+                .id
+                .as_ref()
+                .map_or(0, |id| varint_len(id.len() as u64) + id.len())
+            + record
+                .key
+                .as_ref()
+                .map_or(0, |key| varint_len(key.len() as u64));
         let mut tail_len = record.key.as_ref().map_or(0, |k| k.len());
         tail_len += varint_len(record.value.len() as u64) + record.value.len();
         tail_len += varint_len(record.headers.len() as u64);
@@ -595,7 +580,27 @@ pub fn encode_batch_into<R: AsRef<NewRecord>>(
             tail_len += varint_len(header.value.len() as u64) + header.value.len();
         }
         put_varint(&mut bytes, (fixed_len + tail_len) as u64);
-        bytes.extend_from_slice(&record_body);
+        let fixed_at = bytes.len();
+        bytes.push(attributes);
+        put_varint(&mut bytes, delta as u64);
+        put_varint(&mut bytes, ts_delta);
+        if let Some(expiry_delta) = expiry_delta {
+            put_varint(&mut bytes, expiry_delta);
+        }
+        if let Some(deliver_delta) = deliver_delta {
+            put_varint(&mut bytes, deliver_delta);
+        }
+        if record.priority > 0 {
+            bytes.push(record.priority);
+        }
+        if let Some(id) = &record.id {
+            put_varint(&mut bytes, id.len() as u64);
+            bytes.extend_from_slice(id);
+        }
+        if let Some(key) = &record.key {
+            put_varint(&mut bytes, key.len() as u64);
+        }
+        debug_assert_eq!(bytes.len() - fixed_at, fixed_len);
         if let Some(key) = &record.key {
             bytes.extend_from_slice(key);
         }
@@ -674,6 +679,7 @@ pub(crate) fn unzigzag(value: u64) -> i64 {
     ((value >> 1) as i64) ^ -((value & 1) as i64)
 }
 
+#[inline]
 fn varint_len(mut value: u64) -> usize {
     let mut len = 1;
     while value >= 0x80 {
