@@ -164,7 +164,7 @@ pub struct Placement {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Placed {
     /// Every record appended, in order, from `base_offset`: nothing was deduplicated or
-    /// assigned (the path of messages without ids).
+    /// assigned (messages without ids, or with ids all new).
     All(Appended),
     /// Per record, in order. `appended` covers the records stored (none when every one
     /// was a duplicate).
@@ -406,10 +406,10 @@ impl DedupWindow {
         let decisions = &claimed.decisions;
         drop(ids);
         // Usually every record is new: append them as they came, without a copy.
-        let (kept, split): (Vec<NewRecord>, SplitIds) = if decisions
+        let all_new = decisions
             .iter()
-            .all(|d| matches!(d, Decision::Append { .. }))
-        {
+            .all(|d| matches!(d, Decision::Append { .. }));
+        let (kept, split): (Vec<NewRecord>, SplitIds) = if all_new {
             (records, split)
         } else {
             let kept: Vec<NewRecord> = records
@@ -434,6 +434,14 @@ impl DedupWindow {
         };
         let base = appended.as_ref().map_or(0, |a| a.base_offset);
         self.finish(&claimed, Some((partition, base)));
+        // Every record appended as it came and none given an id: nothing to say per
+        // record (the common case, and the cheap answer).
+        if assigned.is_empty()
+            && all_new
+            && let Some(appended) = appended
+        {
+            return Ok(Placed::All(appended));
+        }
         let placements = decisions
             .iter()
             .enumerate()
