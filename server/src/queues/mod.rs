@@ -599,16 +599,22 @@ pub struct QueueManager {
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
     runtimes: Mutex<HashMap<String, Arc<Runtime>>>,
+    /// This broker run's start (ms since the epoch), in hex in every member id it
+    /// gives: leases outlive a restart, and a member of the next run must not take the
+    /// id (and so the leases) of a member of this one.
+    run_ms: u64,
     next_member: AtomicU64,
 }
 
 impl QueueManager {
     pub fn new(store: Arc<Store>, metrics: Arc<Metrics>, shutdown: Shutdown) -> Self {
+        let run_ms = store.clock().now_ms().max(0) as u64;
         QueueManager {
             store,
             metrics,
             shutdown,
             runtimes: Mutex::new(HashMap::new()),
+            run_ms,
             next_member: AtomicU64::new(1),
         }
     }
@@ -719,7 +725,8 @@ impl QueueManager {
 
     fn member_id(&self) -> String {
         format!(
-            "member-{}",
+            "member-{:x}-{}",
+            self.run_ms,
             self.next_member.fetch_add(1, Ordering::Relaxed)
         )
     }

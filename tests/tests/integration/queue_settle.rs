@@ -338,3 +338,113 @@ async fn a_kill_9_with_settlements_in_flight_loses_no_answered_ack() {
     // The counter starts again with the broker: the acks made since.
     assert_eq!(acked_metric(&broker), f64::from(acked_after));
 }
+
+/// Opens a member of queue `q` with `credit` and waits for its Opened event: the
+/// request sender, the stream and the member id the broker gave.
+async fn open_member(
+    channel: Channel,
+    client_id: &str,
+    credit: u32,
+) -> (
+    mpsc::Sender<QueueConsumeRequest>,
+    tonic::Streaming<tidelog_proto::v1::QueueConsumeResponse>,
+    String,
+) {
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(QueueConsumeRequest {
+        request: Some(ConsumeRequest::Open(Open {
+            queue: "q".into(),
+            client_id: client_id.into(),
+            credit,
+        })),
+    })
+    .await
+    .unwrap();
+    let mut stream = QueuesClient::new(channel)
+        .consume(ReceiverStream::new(rx))
+        .await
+        .expect("consume")
+        .into_inner();
+    loop {
+        match stream
+            .message()
+            .await
+            .expect("a response")
+            .expect("open")
+            .event
+        {
+            Some(Event::Opened(opened)) => return (tx, stream, opened.member_id),
+            Some(_) => {}
+            None => panic!("an empty event before Opened"),
+        }
+    }
+}
+
+/// The next Deliveries or Settled event of `stream`.
+async fn next_event(
+    stream: &mut tonic::Streaming<tidelog_proto::v1::QueueConsumeResponse>,
+) -> Event {
+    tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .expect("an event within 30 s")
+        .expect("the stream stands")
+        .expect("an event")
+        .event
+        .expect("a set event")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_after_a_restart_gets_a_new_id_and_cannot_settle_a_delivery_before_it() {
+    // A member of the next broker run never gets the id of a member before the
+    // restart: the delivery history names members by id, and a lease the restart
+    // gives up must not be settled by a member that was never given the message.
+    let mut broker = TestBroker::start();
+    setup(&broker, 1, 120_000).await;
+    let (_tx, mut stream, before) = open_member(broker.channel().await, "worker-a", 1).await;
+    let Event::Deliveries(batch) = next_event(&mut stream).await else {
+        panic!("a delivery first");
+    };
+    assert_eq!(batch.deliveries.len(), 1);
+    let leased = batch.deliveries[0].clone();
+    tokio::task::block_in_place(|| broker.kill9());
+    tokio::task::block_in_place(|| broker.restart());
+
+    let (tx, mut stream, after) = open_member(broker.channel().await, "worker-b", 0).await;
+    assert_ne!(
+        after, before,
+        "member ids are not given again after a restart"
+    );
+    let mut stale = ack(&leased);
+    stale.attempt = 0;
+    tx.send(QueueConsumeRequest {
+        request: Some(ConsumeRequest::Settle(Settle {
+            request_id: 1,
+            settlements: vec![stale],
+        })),
+    })
+    .await
+    .unwrap();
+    let Event::Settled(settled) = next_event(&mut stream).await else {
+        panic!("the answer to the Settle");
+    };
+    assert_eq!(settled.outcomes.len(), 1);
+    assert_eq!(
+        settled.outcomes[0].code,
+        tonic::Code::FailedPrecondition as i32,
+        "{after} was never given the message {before} held: {:?}",
+        settled.outcomes[0]
+    );
+    let queue = QueuesClient::new(broker.channel().await)
+        .describe_queue(DescribeQueueRequest { name: "q".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .queue
+        .unwrap();
+    assert_eq!(
+        queue.ready + queue.unacked + queue.waiting + queue.delayed,
+        1,
+        "not acked: delivered again after its backoff: {queue:?}"
+    );
+    assert_eq!(acked_metric(&broker), 0.0);
+}
