@@ -223,12 +223,21 @@ pub struct GroupMember {
     /// The [`GroupEvent::Assigned`] of that rebalance was returned: the caller had its
     /// chance to commit, so the next call hands over.
     handover_due: bool,
+    /// A commit in this generation was refused (the group moved on): the next call
+    /// reads the stream ahead to the new Assignment before it returns anything, so
+    /// messages of partitions it took away, received before it, are dropped instead
+    /// of returned (and the handover is not held up by them).
+    behind: bool,
     /// The stream broke; [`GroupEvent::Reconnected`] is due with the next event.
     reconnecting: bool,
     backoff: Backoff,
 }
 /// A topic and one of its partitions.
 type TopicPartition = (Arc<str>, u32);
+
+/// Most events a member reads ahead for the Assignment after a refused commit
+/// ([`GroupMember::read_to_assignment`]); beyond them it returns what it has in order.
+const READ_AHEAD_EVENTS_MAX: usize = 256;
 
 /// What a member reads.
 #[derive(Debug, Clone)]
@@ -306,6 +315,7 @@ impl GroupMember {
             read_at: BTreeMap::new(),
             handover: None,
             handover_due: false,
+            behind: false,
             reconnecting: false,
             backoff: Backoff::default(),
         };
@@ -368,6 +378,7 @@ impl GroupMember {
     pub async fn next(&mut self) -> Result<Message> {
         loop {
             if !self.handover_due
+                && !self.behind
                 && let Some(message) = self.pending.next()
             {
                 let key = (message.topic.clone(), message.partition);
@@ -386,7 +397,7 @@ impl GroupMember {
     /// both). A loop that awaits `next_event` in a `select!` drains what was received
     /// with this first, so it sets up the select once per delivery.
     pub fn try_next_event(&mut self) -> Option<GroupEvent> {
-        if self.handover_due {
+        if self.handover_due || self.behind {
             return None;
         }
         let event = self.take_pending().or_else(|| self.events.pop_front())?;
@@ -421,6 +432,9 @@ impl GroupMember {
             if self.handover_due {
                 self.hand_over().await;
             }
+            if self.behind {
+                self.read_to_assignment().await?;
+            }
             if let Some(event) = self.take_pending().or_else(|| self.events.pop_front()) {
                 return Ok(event);
             }
@@ -433,30 +447,62 @@ impl GroupMember {
                 }
                 continue;
             };
-            match stream.message().await {
-                Ok(Some(event)) => {
-                    self.backoff.reset();
-                    if std::mem::take(&mut self.reconnecting) {
-                        self.events.push_back(GroupEvent::Reconnected);
-                    }
-                    self.event(event)?;
+            let received = stream.message().await;
+            self.take(received)?;
+        }
+    }
+
+    /// After a refused commit: reads the stream on until the new Assignment (which
+    /// drops what was received of the partitions it takes away), for at most
+    /// [`GroupOptions::handover_timeout`] (after it those partitions moved on anyway)
+    /// and [`READ_AHEAD_EVENTS_MAX`] events. Cancel-safe: what it read is queued.
+    async fn read_to_assignment(&mut self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + self.options.handover_timeout;
+        while self.behind && self.events.len() < READ_AHEAD_EVENTS_MAX {
+            let Some(stream) = self.stream.as_mut() else {
+                break;
+            };
+            match tokio::time::timeout_at(deadline, stream.message()).await {
+                Ok(received) => self.take(received)?,
+                Err(_) => break,
+            }
+        }
+        self.behind = false;
+        Ok(())
+    }
+
+    /// One read of the stream: an event queued, or the stream lost (to rejoin) or
+    /// failed for good.
+    fn take(
+        &mut self,
+        received: std::result::Result<Option<SubscribeBatchesResponse>, tonic::Status>,
+    ) -> Result<()> {
+        match received {
+            Ok(Some(event)) => {
+                self.backoff.reset();
+                if std::mem::take(&mut self.reconnecting) {
+                    self.events.push_back(GroupEvent::Reconnected);
                 }
-                Ok(None) => self.lost(Error::Closed),
-                Err(status) if retryable_status(&status) || status.code() == Code::Aborted => {
-                    tracing::debug!(%status, group = self.options.group, "group stream broke; rejoining");
-                    let error =
-                        Error::from_status("SubscribeBatches", self.source.topic(), &status);
-                    self.lost(error);
-                }
-                Err(status) => {
-                    self.stream = None;
-                    self.forget();
-                    return Err(Error::from_status(
-                        "SubscribeBatches",
-                        self.source.topic(),
-                        &status,
-                    ));
-                }
+                self.event(event)
+            }
+            Ok(None) => {
+                self.lost(Error::Closed);
+                Ok(())
+            }
+            Err(status) if retryable_status(&status) || status.code() == Code::Aborted => {
+                tracing::debug!(%status, group = self.options.group, "group stream broke; rejoining");
+                let error = Error::from_status("SubscribeBatches", self.source.topic(), &status);
+                self.lost(error);
+                Ok(())
+            }
+            Err(status) => {
+                self.stream = None;
+                self.forget();
+                Err(Error::from_status(
+                    "SubscribeBatches",
+                    self.source.topic(),
+                    &status,
+                ))
             }
         }
     }
@@ -520,7 +566,10 @@ impl GroupMember {
     /// it took away), the position after the last message [`GroupMember::next`] or
     /// [`GroupMember::next_event`] returned (past a whole delivery once its
     /// [`GroupEvent::Progress`] was returned). [`Error::Rebalanced`] when the group
-    /// moved on (the next call brings the new Assignment). With [`Commit::Auto`] the
+    /// moved on: the next call reads ahead to the new Assignment (for at most
+    /// [`GroupOptions::handover_timeout`]) and drops what was received of the
+    /// partitions it takes away, so none of them is returned after the refusal and
+    /// their next owner starts after what was returned. With [`Commit::Auto`] the
     /// broker commits by itself and this does nothing.
     pub async fn commit(&mut self) -> Result<()> {
         if matches!(self.options.commit, Commit::Auto { .. }) {
@@ -637,9 +686,12 @@ impl GroupMember {
                     .extend(offsets.iter().map(|(p, &o)| (p.clone(), o)));
                 Ok(())
             }
-            Err(status) if status.code() == Code::FailedPrecondition => Err(Error::Rebalanced {
-                message: status.message().to_string(),
-            }),
+            Err(status) if status.code() == Code::FailedPrecondition => {
+                self.behind = true;
+                Err(Error::Rebalanced {
+                    message: status.message().to_string(),
+                })
+            }
             Err(status) => Err(Error::from_status(
                 "CommitOffsets",
                 self.source.topic(),
@@ -663,6 +715,7 @@ impl GroupMember {
     fn forget(&mut self) {
         self.handover = None;
         self.handover_due = false;
+        self.behind = false;
         self.events.clear();
         self.pending = Vec::new().into_iter();
         self.consumed.clear();
@@ -766,6 +819,7 @@ impl GroupMember {
                 );
                 self.member_id = assignment.member_id;
                 self.generation = assignment.generation;
+                self.behind = false;
                 self.partitions = assignment.partitions;
                 self.topics = assignment
                     .topics

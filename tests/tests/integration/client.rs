@@ -663,6 +663,87 @@ async fn a_group_rebalance_mid_stream_moves_partitions_without_loss_or_repeat() 
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_refused_commit_a_member_returns_nothing_of_revoked_partitions_it_had_buffered() {
+    // A member whose stream holds many deliveries (1 KB messages, 50 a delivery, all
+    // four partitions) when a second member joins: the new Assignment sits behind
+    // them. Once a commit is refused (the generation moved), the member reads ahead to
+    // the Assignment and drops what it holds of the partitions taken away, instead of
+    // returning (and processing) them while the next owner waits for its handover.
+    let broker = TestBroker::start();
+    let client = client(&broker).await;
+    client
+        .create_topic("ra", 4, TopicConfig::default())
+        .await
+        .expect("create");
+    const COUNT: usize = 8_000;
+    let producer = Producer::new(&client, ProducerConfig::default());
+    let mut acks = Vec::new();
+    for n in 0..COUNT {
+        let mut value = format!("m-{n}-").into_bytes();
+        value.resize(1024, b'.');
+        let record = Record::new("ra", value).key(format!("k{n}"));
+        acks.push(producer.send(record).await.expect("send"));
+    }
+    for ack in acks {
+        timeout(WAIT, ack).await.expect("in time").expect("acked");
+    }
+    let options = GroupOptions {
+        commit: Commit::Explicit,
+        max_batch_messages: 50,
+        ..GroupOptions::new("ra-group")
+    };
+    let mut first = GroupMember::join(&client, "ra", options.clone())
+        .await
+        .expect("join");
+    let mut seen: Vec<(usize, Message)> = Vec::new();
+    seen.push((
+        1,
+        timeout(WAIT, first.next())
+            .await
+            .expect("in time")
+            .expect("next"),
+    ));
+    // Let the stream fill up behind the first message.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut second = GroupMember::join(&client, "ra", options)
+        .await
+        .expect("second join");
+    let (_, _, taken) = second.assignment();
+    let taken: BTreeSet<u32> = taken.iter().copied().collect();
+    assert!(!taken.is_empty(), "the second member got partitions");
+    match first.commit().await {
+        Err(tidelog_client::Error::Rebalanced { .. }) => {}
+        other => panic!("a commit in the old generation is refused: {other:?}"),
+    }
+    // What the first member returns from now on: owned partitions only.
+    let mut after = Vec::new();
+    while let Ok(Ok(message)) = timeout(Duration::from_millis(1500), first.next()).await {
+        after.push(message);
+    }
+    let stray: Vec<(u32, u64)> = after
+        .iter()
+        .filter(|m| taken.contains(&m.partition))
+        .map(|m| (m.partition, m.offset))
+        .take(5)
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "after the refused commit the first member returned messages of partitions {taken:?} it no longer owns: {stray:?}"
+    );
+    seen.extend(after.into_iter().map(|m| (1, m)));
+    // The second member starts right after what the first returned of them.
+    while seen.len() < COUNT {
+        let message = timeout(WAIT, second.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {COUNT} messages consumed", seen.len()))
+            .expect("next");
+        seen.push((2, message));
+    }
+    let values: BTreeSet<&Bytes> = seen.iter().map(|(_, m)| &m.value).collect();
+    assert_eq!(values.len(), COUNT, "each message consumed once");
+}
+
 #[tokio::test]
 async fn a_queue_worker_acks_nacks_with_a_delay_and_terms() {
     let broker = TestBroker::start();
