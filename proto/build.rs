@@ -37,6 +37,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .bytes(".")
+        // Decodes each message from one `Bytes` (see src/codec.rs).
+        .codec_path("crate::codec::Codec")
         // The rerun-if-changed lines above cover the inputs; tonic-prost-build's own
         // would be based on protoc's include paths, which we do not use.
         .emit_rerun_if_changed(false)

@@ -23,6 +23,8 @@
 //! API (comments included), for `tonic_reflection`'s
 //! `Builder::register_encoded_file_descriptor_set`.
 
+pub mod codec;
+
 /// Generated code for protobuf package `tidelog.v1`.
 pub mod v1 {
     // The default clippy set passes on the generated code today; these groups do not
