@@ -257,12 +257,12 @@ async fn consumers_settling_one_by_one_without_waiting_ack_each_message_once() {
 async fn a_kill_9_with_settlements_in_flight_loses_no_answered_ack() {
     const MESSAGES: usize = 20_000;
     let mut broker = TestBroker::start();
-    // Deliveries whose acks were not yet durable at the kill stay leased after the
-    // restart until their deadline (the broker keeps a lease through a restart, as
-    // JetStream keeps a message through its AckWait). With a deadline as long as the
-    // drain's wait (120 s), such a run timed out about 1 time in 12 with those messages
-    // still `waiting`: short, so they come back within seconds. A lease that runs out
-    // before the kill only means a redelivery then, which the checks allow.
+    // Deliveries whose acks were not yet durable at the kill are given up when the
+    // queue's engine opens after the restart (no member holds them any more) and
+    // delivered again after their backoff. With a deadline as long as the drain's wait
+    // (120 s), such a run once timed out about 1 time in 12 with those messages still
+    // `waiting`: short, so they come back within seconds. A lease that runs out before
+    // the kill only means a redelivery then, which the checks allow.
     setup(&broker, MESSAGES, 5_000).await;
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let channel = broker.channel().await;
