@@ -228,12 +228,26 @@ pub struct GroupMember {
     /// messages of partitions it took away, received before it, are dropped instead
     /// of returned (and the handover is not held up by them).
     behind: bool,
+    /// What the read ahead met that ends the stream (its end, an error, a delivery
+    /// that does not decode): taken once the events received before it are returned,
+    /// so none of them is lost to it.
+    held: Option<Held>,
     /// The stream broke; [`GroupEvent::Reconnected`] is due with the next event.
     reconnecting: bool,
     backoff: Backoff,
 }
 /// A topic and one of its partitions.
 type TopicPartition = (Arc<str>, u32);
+
+/// One read of the group stream.
+type Received = std::result::Result<Option<SubscribeBatchesResponse>, tonic::Status>;
+
+/// See [`GroupMember::held`].
+#[derive(Debug)]
+enum Held {
+    Received(Received),
+    Failed(Error),
+}
 
 /// Most events a member reads ahead for the Assignment after a refused commit
 /// ([`GroupMember::read_to_assignment`]); beyond them it returns what it has in order.
@@ -316,6 +330,7 @@ impl GroupMember {
             handover: None,
             handover_due: false,
             behind: false,
+            held: None,
             reconnecting: false,
             backoff: Backoff::default(),
         };
@@ -433,10 +448,18 @@ impl GroupMember {
                 self.hand_over().await;
             }
             if self.behind {
-                self.read_to_assignment().await?;
+                self.read_to_assignment().await;
             }
             if let Some(event) = self.take_pending().or_else(|| self.events.pop_front()) {
                 return Ok(event);
+            }
+            match self.held.take() {
+                Some(Held::Received(received)) => {
+                    self.take(received)?;
+                    continue;
+                }
+                Some(Held::Failed(error)) => return Err(error),
+                None => {}
             }
             let Some(stream) = self.stream.as_mut() else {
                 self.backoff.wait().await;
@@ -455,28 +478,30 @@ impl GroupMember {
     /// After a refused commit: reads the stream on until the new Assignment (which
     /// drops what was received of the partitions it takes away), for at most
     /// [`GroupOptions::handover_timeout`] (after it those partitions moved on anyway)
-    /// and [`READ_AHEAD_EVENTS_MAX`] events. Cancel-safe: what it read is queued.
-    async fn read_to_assignment(&mut self) -> Result<()> {
+    /// and [`READ_AHEAD_EVENTS_MAX`] events. What ends the stream is held
+    /// ([`GroupMember::held`]). Cancel-safe: what it read is queued.
+    async fn read_to_assignment(&mut self) {
         let deadline = tokio::time::Instant::now() + self.options.handover_timeout;
-        while self.behind && self.events.len() < READ_AHEAD_EVENTS_MAX {
+        while self.behind && self.held.is_none() && self.events.len() < READ_AHEAD_EVENTS_MAX {
             let Some(stream) = self.stream.as_mut() else {
                 break;
             };
             match tokio::time::timeout_at(deadline, stream.message()).await {
-                Ok(received) => self.take(received)?,
+                Ok(Ok(Some(event))) => {
+                    if let Err(error) = self.take(Ok(Some(event))) {
+                        self.held = Some(Held::Failed(error));
+                    }
+                }
+                Ok(ended) => self.held = Some(Held::Received(ended)),
                 Err(_) => break,
             }
         }
         self.behind = false;
-        Ok(())
     }
 
     /// One read of the stream: an event queued, or the stream lost (to rejoin) or
     /// failed for good.
-    fn take(
-        &mut self,
-        received: std::result::Result<Option<SubscribeBatchesResponse>, tonic::Status>,
-    ) -> Result<()> {
+    fn take(&mut self, received: Received) -> Result<()> {
         match received {
             Ok(Some(event)) => {
                 self.backoff.reset();
@@ -716,6 +741,7 @@ impl GroupMember {
         self.handover = None;
         self.handover_due = false;
         self.behind = false;
+        self.held = None;
         self.events.clear();
         self.pending = Vec::new().into_iter();
         self.consumed.clear();

@@ -178,3 +178,71 @@ async fn cli_consume_prints_up_to_a_damaged_batch_and_reads_the_other_partitions
         assert_eq!(committed, Some(Some(DAMAGED_FIRST)), "{}", described.stdout);
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_member_whose_commit_is_refused_returns_every_message_before_the_damage() {
+    // The broker ends the membership with DATA_LOSS at the damaged batch while the
+    // member still holds deliveries it has not returned; a commit then is refused (the
+    // member is gone) and the member reads ahead for an Assignment. It meets the
+    // stream's end instead, and must return everything received before it first.
+    let broker = broker_with_a_damaged_batch().await;
+    let client = tidelog_client::Client::connect(&broker.endpoint())
+        .await
+        .expect("connect");
+    let options = tidelog_client::GroupOptions {
+        max_batch_messages: 10,
+        session_timeout: Duration::from_secs(1),
+        ..tidelog_client::GroupOptions::new("refused")
+    };
+    let mut member = tidelog_client::GroupMember::join(&client, TOPIC, options)
+        .await
+        .expect("join");
+    let mut values = vec![member.next().await.expect("a first message").value];
+    // The broker sends what it can, ends the stream at the damage and, once the
+    // session timeout passed, forgets the member.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let described = client
+            .groups()
+            .describe_group(tidelog_proto::v1::DescribeGroupRequest {
+                group_id: "refused".into(),
+            })
+            .await;
+        let members = match described {
+            Ok(response) => response.into_inner().group.expect("a group").members,
+            // No live members and no commits: the group is gone.
+            Err(status) if status.code() == tonic::Code::NotFound => Vec::new(),
+            Err(status) => panic!("describe: {status}"),
+        };
+        if members.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the member stayed: {members:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    match member.commit().await {
+        Err(tidelog_client::Error::Rebalanced { .. }) => {}
+        other => panic!("the membership ended at the damage, so the commit is refused: {other:?}"),
+    }
+    let error = loop {
+        match tokio::time::timeout(Duration::from_secs(30), member.next()).await {
+            Ok(Ok(message)) => values.push(message.value),
+            Ok(Err(error)) => break error,
+            Err(_) => panic!("neither a message nor the error within 30 s"),
+        }
+    };
+    assert!(error.is_data_loss(), "{error}");
+    let mut printed: Vec<String> = values
+        .iter()
+        .map(|v| String::from_utf8(v.to_vec()).unwrap())
+        .collect();
+    printed.sort();
+    let mut expected: Vec<String> = (0..10).map(|o| value(0, o)).collect();
+    expected.extend((0..DAMAGED_FIRST).map(|o| value(DAMAGED_PARTITION, o)));
+    expected.extend((0..10).map(|o| value(2, o)));
+    expected.sort();
+    assert_eq!(printed, expected, "every message before the damage, once");
+}
