@@ -31,7 +31,8 @@ fuzz_target!(|data: &[u8]| {
     for run in &runs {
         assert!(run.count as usize >= idindex::RUN_IDS_MIN);
         assert!(u64::from(run.relative_offset) + u64::from(run.count) <= span);
-        for suffix in [run.first, run.first + u64::from(run.count) - 1] {
+        // The last suffix may be u64::MAX (the seed `runs` has one): add count - 1.
+        for suffix in [run.first, run.first + (u64::from(run.count) - 1)] {
             let found = table.run_candidates(run.prefix, suffix, 0);
             let relative = run.relative_offset + (suffix - run.first) as u32;
             assert!(found.iter().any(|e| e.relative_offset == relative && e.position == run.position));
