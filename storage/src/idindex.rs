@@ -830,15 +830,17 @@ mod tests {
         assert_eq!(table.runs().collect::<Vec<_>>(), sorted);
     }
 
+    /// `bytes` with both CRCs made right again, so only the check under test fails.
+    fn reseal(mut bytes: Vec<u8>) -> Bytes {
+        let crc = crc32fast::hash(&bytes[HEADER_BYTES..]);
+        bytes[AT_ENTRIES_CRC..AT_HEADER_CRC].copy_from_slice(&crc.to_le_bytes());
+        let crc = crc32fast::hash(&bytes[..AT_HEADER_CRC]);
+        bytes[AT_HEADER_CRC..HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
+        Bytes::from(bytes)
+    }
+
     #[test]
     fn runs_short_out_of_order_or_outside_are_rejected_even_with_good_crcs() {
-        let reseal = |mut bytes: Vec<u8>| {
-            let crc = crc32fast::hash(&bytes[HEADER_BYTES..]);
-            bytes[AT_ENTRIES_CRC..AT_HEADER_CRC].copy_from_slice(&crc.to_le_bytes());
-            let crc = crc32fast::hash(&bytes[..AT_HEADER_CRC]);
-            bytes[AT_HEADER_CRC..HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
-            Bytes::from(bytes)
-        };
         let runs_at = HEADER_BYTES + ENTRY_BYTES * entries().len();
         let good = file().to_vec();
         assert!(decode(&reseal(good.clone())).is_ok());
@@ -1028,13 +1030,6 @@ mod tests {
     #[test]
     fn entries_out_of_bounds_or_order_are_rejected_even_with_good_crcs() {
         // Encoded by hand past `encode`'s sort.
-        let reseal = |mut bytes: Vec<u8>| {
-            let crc = crc32fast::hash(&bytes[HEADER_BYTES..]);
-            bytes[AT_ENTRIES_CRC..AT_HEADER_CRC].copy_from_slice(&crc.to_le_bytes());
-            let crc = crc32fast::hash(&bytes[..AT_HEADER_CRC]);
-            bytes[AT_HEADER_CRC..HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
-            Bytes::from(bytes)
-        };
         let mut swapped = file().to_vec();
         let (first, second) = (HEADER_BYTES, HEADER_BYTES + ENTRY_BYTES);
         let entry: Vec<u8> = swapped[first..second].to_vec();
