@@ -299,6 +299,12 @@ pub fn validate_batch(bytes: &[u8], rules: &BatchRules) -> Result<CheckedBatch, 
         }
         payload_bytes += fields.payload_bytes;
         if let Some(range) = fields.id {
+            if ids.is_empty() {
+                // Room for an id in every record left, bounded by the bytes left (a
+                // record with an id takes at least 7).
+                let left = (header.record_count - index) as usize;
+                ids.reserve(left.min((section.len() - walk.at) / 7 + 1));
+            }
             ids.push(CheckedId { index, range });
         }
     }

@@ -401,14 +401,16 @@ impl DedupWindow {
             });
         }
         let split = split_record_ids(&records);
+        let records_len = records.len();
         let ids: Vec<Option<&[u8]>> = records.iter().map(|r| r.id.as_deref()).collect();
         let claimed = self.claim(partitions, &ids, &split, window_ms)?;
         let decisions = &claimed.decisions;
         drop(ids);
         // Usually every record is new: append them as they came, without a copy.
-        let all_new = decisions
-            .iter()
-            .all(|d| matches!(d, Decision::Append { .. }));
+        let all_new = claimed.all_appended
+            || decisions
+                .iter()
+                .all(|d| matches!(d, Decision::Append { .. }));
         let (kept, split): (Vec<NewRecord>, SplitIds) = if all_new {
             (records, split)
         } else {
@@ -442,14 +444,12 @@ impl DedupWindow {
         {
             return Ok(Placed::All(appended));
         }
-        let placements = decisions
-            .iter()
-            .enumerate()
-            .map(|(i, decision)| {
-                let (at_partition, offset, duplicate) = match *decision {
+        let placements = (0..records_len)
+            .map(|i| {
+                let (at_partition, offset, duplicate) = match claimed.decision(i) {
                     Decision::Append { index, .. } => (partition, base + index as u64, false),
                     Decision::Duplicate { partition, offset } => (partition, offset, true),
-                    Decision::SameAs { first } => match decisions[first] {
+                    Decision::SameAs { first } => match claimed.decision(first) {
                         Decision::Append { index, .. } => (partition, base + index as u64, true),
                         _ => unreachable!("SameAs names an appended record"),
                     },
@@ -536,11 +536,15 @@ impl DedupWindow {
                 }
             )
         };
-        let appending = decisions
-            .iter()
-            .filter(with_id)
-            .filter(|d| matches!(d, Decision::Append { .. }))
-            .count();
+        let appending = if claimed.all_appended {
+            checked.ids.len()
+        } else {
+            decisions
+                .iter()
+                .filter(with_id)
+                .filter(|d| matches!(d, Decision::Append { .. }))
+                .count()
+        };
         if appending == checked.ids.len() {
             let result = target.append_checked_split(bytes, checked, &split, now_ms);
             let base = result.as_ref().ok().map(|a| (partition, a.base_offset));
@@ -683,8 +687,28 @@ impl DedupWindow {
 /// What [`DedupWindow::claim`] decided: one decision a record, and the runs claimed.
 #[derive(Debug)]
 struct Claimed {
+    /// One decision a record; empty when `all_appended`.
     decisions: Vec<Decision>,
+    /// Every record is appended as it came: each id lies in a run claimed whole, and no
+    /// record was claimed alone (the usual batch of ids in a row, decided without a
+    /// decision a record).
+    all_appended: bool,
     runs: Vec<RunClaim>,
+}
+
+impl Claimed {
+    /// What was decided for record `i` of the call.
+    fn decision(&self, i: usize) -> Decision {
+        if self.all_appended {
+            // Records without an id are appended too; which claim they hold does not
+            // matter to a caller of this.
+            return Decision::Append {
+                index: i,
+                claim: IdClaim::InRun,
+            };
+        }
+        self.decisions[i]
+    }
 }
 
 fn time_of(state: &State, ms: i64) -> u32 {
@@ -843,6 +867,18 @@ fn claim_pass(
     let tokens = first_token..state.next_token;
     let mut in_run = vec![false; records.len()];
     let (mut runs, hashed) = claim_runs(state, records, split, horizon, first_token, &mut in_run);
+    if split.singles.is_empty() && hashed.is_empty() {
+        // Every id lies in a run claimed whole (an id outside one would be a single):
+        // nothing can block, and each record is appended as it came.
+        for run in &mut runs {
+            run.index = run.record;
+        }
+        return Some(Claimed {
+            decisions: Vec::new(),
+            all_appended: true,
+            runs,
+        });
+    }
     let mut decisions = Vec::with_capacity(records.len());
     let mut tags = vec![0u32; records.len()];
     let mut singles = Vec::new();
@@ -968,7 +1004,11 @@ fn claim_pass(
         return None;
     }
     debug_assert_eq!(next_run, runs.len());
-    Some(Claimed { decisions, runs })
+    Some(Claimed {
+        decisions,
+        all_appended: false,
+        runs,
+    })
 }
 
 /// The table tag of an id whose [`crate::idindex::hash_id`] is `hash` (never 0, the
