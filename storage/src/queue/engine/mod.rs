@@ -483,18 +483,7 @@ impl QueueEngine {
                             pending.attempts, queue.config.max_deliveries
                         );
                         let op = self.dead_letter(&queue, partition, offset, pending, &reason)?;
-                        if let QueueOp::DeadLetter { reason, .. } = &op {
-                            events.push(HistoryEvent::new(
-                                partition,
-                                offset,
-                                pending.attempts,
-                                now,
-                                Outcome::DeadLettered,
-                                0,
-                                member,
-                                reason,
-                            ));
-                        }
+                        events.extend(dead_lettered_event(&op, pending.attempts, now, member));
                         ops.push(op);
                         self.counters.dead_lettered_max_deliveries += 1;
                     } else {
@@ -1008,6 +997,36 @@ impl QueueEngine {
             reason,
         })
     }
+}
+
+/// The history's dead-lettered event of `op`, a [`QueueOp::DeadLetter`] from
+/// [`QueueEngine::dead_letter`], for the delivery `attempt` that `member` held at
+/// `now_ms`.
+fn dead_lettered_event(
+    op: &QueueOp,
+    attempt: u32,
+    now_ms: i64,
+    member: &Arc<str>,
+) -> Option<HistoryEvent> {
+    let QueueOp::DeadLetter {
+        partition,
+        offset,
+        reason,
+        ..
+    } = op
+    else {
+        return None;
+    };
+    Some(HistoryEvent::new(
+        *partition,
+        *offset,
+        attempt,
+        now_ms,
+        Outcome::DeadLettered,
+        0,
+        member,
+        reason,
+    ))
 }
 
 /// The record at `offset` of `partition`, or None when it is gone (retention) or

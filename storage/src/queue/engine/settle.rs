@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::{
     ACK_LATENCIES_KEPT_MAX, QueueEngine, SettleAction, SettleOutcome, SettleRequest, Timer,
+    dead_lettered_event,
 };
 use crate::error::Result;
 use crate::queue::history::{HistoryEvent, Outcome};
@@ -273,18 +274,7 @@ impl QueueEngine {
                                 &pending,
                                 &reason,
                             )?;
-                            if let QueueOp::DeadLetter { reason, .. } = &op {
-                                events.push(HistoryEvent::new(
-                                    request.partition,
-                                    request.offset,
-                                    pending.attempts,
-                                    now,
-                                    Outcome::DeadLettered,
-                                    0,
-                                    holder,
-                                    reason,
-                                ));
-                            }
+                            events.extend(dead_lettered_event(&op, pending.attempts, now, holder));
                             ops.push(op);
                             self.counters.dead_lettered_max_deliveries += 1;
                             outcomes.push(SettleOutcome::Ok { settled: 1 });
@@ -333,18 +323,7 @@ impl QueueEngine {
                             &pending,
                             &reason,
                         )?;
-                        if let QueueOp::DeadLetter { reason, .. } = &op {
-                            events.push(HistoryEvent::new(
-                                request.partition,
-                                request.offset,
-                                pending.attempts,
-                                now,
-                                Outcome::DeadLettered,
-                                0,
-                                holder,
-                                reason,
-                            ));
-                        }
+                        events.extend(dead_lettered_event(&op, pending.attempts, now, holder));
                         ops.push(op);
                         self.counters.dead_lettered_term += 1;
                         outcomes.push(SettleOutcome::Ok { settled: 1 });
