@@ -22,12 +22,22 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
 targets=("$@")
+export RUSTC_BOOTSTRAP=1
 if [ ${#targets[@]} -eq 0 ]; then
   mapfile -t targets < <(cargo fuzz list)
+  # Every target in one cargo build, which links them side by side; each run below
+  # then finds its binary up to date.
+  echo "== building every fuzz target (sanitizer: $sanitizer)"
+  started=$SECONDS
+  if ! cargo fuzz build --sanitizer "$sanitizer" >"${TMPDIR:-/tmp}/fuzz-build.log" 2>&1; then
+    tail -n 60 "${TMPDIR:-/tmp}/fuzz-build.log"
+    echo "building the fuzz targets failed" >&2
+    exit 1
+  fi
+  echo "built in $((SECONDS - started)) s"
 fi
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-export RUSTC_BOOTSTRAP=1
 for target in "${targets[@]}"; do
   [ -n "$target" ] || continue
   mkdir -p "$scratch/$target"
