@@ -296,6 +296,12 @@ impl TestBroker {
     }
 
     /// SIGTERM, waits for the exit and asserts it was successful.
+    ///
+    /// This blocks the calling thread. In a `#[tokio::test]` on the default
+    /// current-thread runtime, the test's clients cannot run meanwhile, so they never
+    /// answer the broker's HTTP/2 goodbye (GOAWAY and its PING) and its graceful
+    /// shutdown waits out its whole shutdown timeout (10 s) for them. A test that stops
+    /// or restarts a broker while it holds a connection runs on a multi-thread runtime.
     pub fn stop(&mut self) -> ExitStatus {
         let status = self.terminate();
         assert!(

@@ -1150,7 +1150,9 @@ async fn health_reports_serving_and_reflection_lists_the_services() {
     }
 }
 
-#[tokio::test]
+// A multi-thread runtime: the client answers the broker's goodbye while `stop`
+// blocks (see `TestBroker::stop`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_after_durable_acks_loses_nothing() {
     let mut broker = TestBroker::start();
     broker

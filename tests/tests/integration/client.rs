@@ -278,7 +278,9 @@ async fn send_all(
     acks
 }
 
-#[tokio::test]
+// A multi-thread runtime: the client answers the broker's goodbye while `stop`
+// blocks (see `TestBroker::stop`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producer_subscription_and_group_member_continue_across_a_broker_restart() {
     let mut broker = TestBroker::start();
     let client = client(&broker).await;

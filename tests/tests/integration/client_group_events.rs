@@ -310,7 +310,9 @@ async fn values_of_every_size_arrive_whole() {
     }
 }
 
-#[tokio::test]
+// A multi-thread runtime: the client answers the broker's goodbye while `stop`
+// blocks (see `TestBroker::stop`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_batch_fails_with_data_loss_after_what_came_before_it() {
     let mut broker = TestBroker::start();
     let client = Client::connect(&broker.endpoint()).await.expect("connect");

@@ -227,7 +227,9 @@ async fn a_pattern_subscription_picks_up_a_topic_created_later_and_names_each_to
     producer.close().await.expect("close");
 }
 
-#[tokio::test]
+// A multi-thread runtime: the client answers the broker's goodbye while `stop`
+// blocks (see `TestBroker::stop`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pattern_subscription_resumes_after_a_broker_restart_without_gap_or_repeat() {
     let mut broker = TestBroker::start();
     let client = client(&broker).await;
@@ -527,7 +529,9 @@ fn value_of(m: &Message) -> String {
     String::from_utf8_lossy(&m.value).into_owned()
 }
 
-#[tokio::test]
+// A multi-thread runtime: the client answers the broker's goodbye while `stop`
+// blocks (see `TestBroker::stop`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_partition_is_dropped_and_the_others_are_read_on() {
     let broker = broker_with_a_damaged_batch().await;
     let client = client(&broker).await;
