@@ -572,3 +572,77 @@ fn a_damaged_batch_leaves_the_rest_of_the_window_deduplicating() {
     drop(topic);
     store.close().unwrap();
 }
+
+/// A client batch whose ids all lie in runs (with records without ids among them): the
+/// window decides it without a decision a record, and must still store it once, answer
+/// its retry with every original, refuse a batch that repeats one of its ids among new
+/// ones, and do all of that again after a kill.
+#[test]
+fn a_batch_of_ids_in_a_row_is_stored_once_and_its_retry_names_the_originals() {
+    use tidelog_storage::Compression;
+    use tidelog_storage::batch::{EncodeOptions, encode_batch};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let encode = |records: &[NewRecord], clock: &Arc<ManualClock>| {
+        let options = EncodeOptions {
+            now_ms: clock.now_ms(),
+            default_ttl_ms: None,
+            compression: Compression::None,
+            max_message_bytes: 1 << 20,
+            priority_levels: 0,
+        };
+        Bytes::from(encode_batch(records, &options).unwrap().bytes)
+    };
+    // No id, 40 ids in a row, no id, 12 more of another prefix in a row.
+    let mut records = vec![record(None, 10)];
+    records.extend((0..40).map(|k| record_with(Some(&sequenced(7, 1_000 + k)), 100)));
+    records.push(record(None, 10));
+    records.extend((0..12).map(|k| record_with(Some(&sequenced(8, k)), 3_000)));
+    let with_ids: Vec<u64> = (1..41).chain(42..54).collect();
+
+    let mut store = Store::open(dir.path(), options(&clock, None)).unwrap();
+    store
+        .create_topic("t", 1, config(FsyncPolicy::Never))
+        .unwrap();
+    let first = encode(&records, &clock);
+    let (placed, _) = store.topic("t").unwrap().append_batch(0, first).unwrap();
+    assert_eq!(placed.appended.expect("all new").base_offset, 0);
+    assert!(placed.duplicates.is_empty());
+
+    for round in ["retry", "retry after a kill"] {
+        clock.advance_ms(1_000);
+        let topic = store.topic("t").unwrap();
+        let end = topic.partition(0).unwrap().end_offset();
+        let (placed, _) = topic.append_batch(0, encode(&records, &clock)).unwrap();
+        assert!(placed.appended.is_none(), "{round}: nothing appended");
+        let originals: Vec<(u32, u64, bool)> = placed
+            .duplicates
+            .iter()
+            .map(|p| (p.partition, p.offset, p.duplicate))
+            .collect();
+        let expected: Vec<(u32, u64, bool)> = with_ids.iter().map(|&o| (0, o, true)).collect();
+        assert_eq!(originals, expected, "{round}");
+
+        // New ids in a row with one of the stored ones among them: refused whole.
+        let mut mixed: Vec<NewRecord> = (0..20)
+            .map(|k| record_with(Some(&sequenced(9, k)), 100))
+            .collect();
+        mixed.push(record_with(Some(&sequenced(7, 1_020)), 100));
+        let refused = topic.append_batch(0, encode(&mixed, &clock));
+        assert!(refused.is_err(), "{round}: a batch repeating a stored id");
+        assert_eq!(topic.partition(0).unwrap().end_offset(), end, "{round}");
+
+        store.simulate_crash();
+        store = Store::open(dir.path(), options(&clock, None)).unwrap();
+    }
+    // New ids in a row right after the stored ones: appended after them.
+    let next: Vec<NewRecord> = (40..60)
+        .map(|k| record_with(Some(&sequenced(7, 1_000 + k)), 100))
+        .collect();
+    let (placed, _) = store
+        .topic("t")
+        .unwrap()
+        .append_batch(0, encode(&next, &clock))
+        .unwrap();
+    assert_eq!(placed.appended.expect("new").base_offset, 54);
+}
