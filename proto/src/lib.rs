@@ -54,6 +54,13 @@ pub const SERVICE_NAMES: [&str; 7] = [
     "tidelog.v1.Access",
 ];
 
+/// Trailing metadata key of a `CommitOffsets` refusal (FAILED_PRECONDITION) of a
+/// member's commit in a group that exists: the group's current generation, in decimal.
+/// A member whose generation is older has an Assignment still to read; one whose
+/// generation is current committed a partition it does not own (no Assignment is
+/// coming).
+pub const GROUP_GENERATION_METADATA: &str = "tidelog-group-generation";
+
 /// A status code's name as gRPC spells it (`NOT_FOUND`): for metric labels and for
 /// messages a person reads. (`tonic::Code`'s own description is a sentence.)
 pub fn code_name(code: tonic::Code) -> &'static str {

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tidelog_proto::GROUP_GENERATION_METADATA;
 use tidelog_proto::v1::{
     CommitOffsetsRequest, FetchOffsetsRequest, GroupMembership, ResetReason as ProtoResetReason,
     SubscribeBatchesResponse, SubscribeRequest, TopicPartitionOffset, subscribe_batches_response,
@@ -594,7 +595,10 @@ impl GroupMember {
     /// moved on: the next call reads ahead to the new Assignment (for at most
     /// [`GroupOptions::handover_timeout`]) and drops what was received of the
     /// partitions it takes away, so none of them is returned after the refusal and
-    /// their next owner starts after what was returned. With [`Commit::Auto`] the
+    /// their next owner starts after what was returned. (A refusal in the member's
+    /// current generation, of a partition that is not its own, is also
+    /// [`Error::Rebalanced`], but no Assignment is coming: the next call reads on at
+    /// once.) With [`Commit::Auto`] the
     /// broker commits by itself and this does nothing.
     pub async fn commit(&mut self) -> Result<()> {
         if matches!(self.options.commit, Commit::Auto { .. }) {
@@ -712,7 +716,14 @@ impl GroupMember {
                 Ok(())
             }
             Err(status) if status.code() == Code::FailedPrecondition => {
-                self.behind = true;
+                // Read ahead to an Assignment only when one is coming: a broker that
+                // names its current generation says whether ours is older. (Without
+                // it, e.g. the member is gone, the stream ends soon anyway.)
+                self.behind = status
+                    .metadata()
+                    .get(GROUP_GENERATION_METADATA)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                    .is_none_or(|current| current > self.generation);
                 Err(Error::Rebalanced {
                     message: status.message().to_string(),
                 })
@@ -863,9 +874,12 @@ impl GroupMember {
                 {
                     self.pending = Vec::new().into_iter();
                 }
+                // What was received of the partitions it takes away, resets included
+                // (the broker drops its unsent ones the same way), is not returned.
                 self.events.retain(|event| match event {
                     GroupEvent::Messages(m) => owned.contains(&(m.topic().clone(), m.partition())),
                     GroupEvent::Progress(p) => owned.contains(&(p.topic.clone(), p.partition)),
+                    GroupEvent::PositionReset(r) => owned.contains(&(r.topic.clone(), r.partition)),
                     _ => true,
                 });
                 // A handover still due from an earlier rebalance goes with this one.

@@ -13,9 +13,9 @@ use bytes::Bytes;
 use tidelog_client::proto::start_position::{Earliest, Position};
 use tidelog_client::proto::{CreateQueueRequest, QueueConfig, StartPosition, TopicConfig};
 use tidelog_client::{
-    Ack, Client, Commit, Compression, Delivered, FetchOptions, GroupMember, GroupOptions, IdMode,
-    Message, Producer, ProducerConfig, QueueWorker, Record, StartAt, SubscribeOptions,
-    Subscription,
+    Ack, Client, Commit, Compression, Delivered, FetchOptions, GroupEvent, GroupMember,
+    GroupOptions, IdMode, Message, Producer, ProducerConfig, QueueWorker, Record, StartAt,
+    SubscribeOptions, Subscription,
 };
 use tidelog_tests::TestBroker;
 use tokio::time::timeout;
@@ -744,6 +744,113 @@ async fn after_a_refused_commit_a_member_returns_nothing_of_revoked_partitions_i
     }
     let values: BTreeSet<&Bytes> = seen.iter().map(|(_, m)| &m.value).collect();
     assert_eq!(values.len(), COUNT, "each message consumed once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_commit_reads_ahead_only_when_an_assignment_is_coming() {
+    // A member with a long handover window holds resets and messages of all four
+    // partitions when a second member joins. Its commit in the old generation is
+    // refused: it reads ahead to the new Assignment, and returns nothing of the
+    // partitions taken away, not even the resets that came before the Assignment.
+    // Then it commits a partition that is not its own in the current generation:
+    // refused too, but no Assignment is coming, so it must not wait for one (it once
+    // waited the whole handover window before returning the next message).
+    let broker = TestBroker::start();
+    let client = client(&broker).await;
+    client
+        .create_topic("rr", 4, TopicConfig::default())
+        .await
+        .expect("create");
+    let producer = Producer::new(&client, ProducerConfig::default());
+    let mut acks = Vec::new();
+    for n in 0..400u32 {
+        let record = Record::new("rr", format!("m-{n}")).partition(n % 4);
+        acks.push(producer.send(record).await.expect("send"));
+    }
+    for ack in acks {
+        timeout(WAIT, ack).await.expect("in time").expect("acked");
+    }
+    let options = GroupOptions {
+        commit: Commit::Explicit,
+        max_batch_messages: 10,
+        // Longer than WAIT: a wait for it fails the test.
+        handover_timeout: Duration::from_secs(120),
+        ..GroupOptions::new("rr-group")
+    };
+    let mut first = GroupMember::join(&client, "rr", options.clone())
+        .await
+        .expect("join");
+    // Let the stream fill up: the resets of all four partitions, then deliveries.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut second = GroupMember::join(&client, "rr", options)
+        .await
+        .expect("second join");
+    let (_, generation, taken) = second.assignment();
+    let taken: BTreeSet<u32> = taken.iter().copied().collect();
+    assert!(!taken.is_empty() && taken.len() < 4, "{taken:?}");
+    let kept: u32 = (0..4).find(|p| !taken.contains(p)).expect("one kept");
+    match first.commit_offsets(&[("rr", kept, 0)]).await {
+        Err(tidelog_client::Error::Rebalanced { .. }) => {}
+        other => panic!("a commit in the old generation is refused: {other:?}"),
+    }
+    let mut returned = Vec::new();
+    loop {
+        let event = timeout(WAIT, first.next_event())
+            .await
+            .expect("in time")
+            .expect("event");
+        let assigned = matches!(&event, GroupEvent::Assigned(a) if a.generation == generation);
+        returned.push(event);
+        if assigned {
+            break;
+        }
+    }
+    let stray: Vec<&GroupEvent> = returned
+        .iter()
+        .filter(|event| match event {
+            GroupEvent::PositionReset(r) => taken.contains(&r.partition),
+            GroupEvent::Messages(m) => taken.contains(&m.partition()),
+            GroupEvent::Progress(p) => taken.contains(&p.partition),
+            _ => false,
+        })
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "after the refused commit, events of partitions {taken:?} taken away: {stray:?}"
+    );
+    assert_eq!(first.assignment().1, generation);
+    // Hand over what was returned: the window ends, the second member starts.
+    first.commit().await.expect("the handover commit");
+    // A partition of the second member's, in the current generation: refused, and
+    // the next message of its own comes at once.
+    let foreign = *taken.iter().next().expect("taken");
+    match first.commit_offsets(&[("rr", foreign, 0)]).await {
+        Err(tidelog_client::Error::Rebalanced { .. }) => {}
+        other => panic!("a commit of a partition not owned is refused: {other:?}"),
+    }
+    let ack = producer
+        .send(Record::new("rr", "after").partition(kept))
+        .await
+        .expect("send");
+    timeout(WAIT, ack).await.expect("in time").expect("acked");
+    let message = loop {
+        let message = timeout(WAIT, first.next())
+            .await
+            .expect("the next message without waiting out the handover window")
+            .expect("next");
+        assert!(!taken.contains(&message.partition), "{message:?}");
+        if message.value == "after" {
+            break message;
+        }
+    };
+    assert_eq!(message.partition, kept);
+    // The second member reads its partitions from the start (nothing was committed).
+    let first_of_taken = timeout(WAIT, second.next())
+        .await
+        .expect("in time")
+        .expect("next");
+    assert!(taken.contains(&first_of_taken.partition));
+    assert_eq!(first_of_taken.offset, 0);
 }
 
 #[tokio::test]

@@ -744,17 +744,23 @@ impl GroupCoordinator {
             )));
         };
         if generation != group.generation {
-            return Err(Status::failed_precondition(format!(
-                "generation {generation} of group {group_id:?} is stale: the current generation is {}; a rebalance happened, so drop the work of revoked partitions and commit with the generation of the latest Assignment",
-                group.generation
-            )));
+            return Err(with_generation(
+                Status::failed_precondition(format!(
+                    "generation {generation} of group {group_id:?} is stale: the current generation is {}; a rebalance happened, so drop the work of revoked partitions and commit with the generation of the latest Assignment",
+                    group.generation
+                )),
+                group.generation,
+            ));
         }
         for tp @ (topic, partition) in partitions {
             let kept = member.partitions.binary_search(tp).is_ok() || member.revoking.contains(tp);
             if !kept {
-                return Err(Status::failed_precondition(format!(
-                    "partition {topic}/{partition} is not assigned to member {member_id:?} in generation {generation} of group {group_id:?}"
-                )));
+                return Err(with_generation(
+                    Status::failed_precondition(format!(
+                        "partition {topic}/{partition} is not assigned to member {member_id:?} in generation {generation} of group {group_id:?}"
+                    )),
+                    group.generation,
+                ));
             }
         }
         Ok(())
@@ -1038,6 +1044,18 @@ impl GroupCoordinator {
             .filter_map(|g| self.describe_group(&g.group_id))
             .collect()
     }
+}
+
+/// A commit refusal carrying the group's current generation
+/// ([`tidelog_proto::GROUP_GENERATION_METADATA`]), so a client can tell "an Assignment
+/// is on its way" from "this partition is not yours".
+fn with_generation(mut status: Status, generation: u64) -> Status {
+    if let Ok(value) = generation.to_string().parse() {
+        status
+            .metadata_mut()
+            .insert(tidelog_proto::GROUP_GENERATION_METADATA, value);
+    }
+    status
 }
 
 #[cfg(test)]

@@ -111,17 +111,28 @@ async fn commit_rules_generation_member_and_ownership() {
         .unwrap_err();
     assert_eq!(stale.code(), tonic::Code::FailedPrecondition);
     assert!(stale.message().contains("stale"), "{}", stale.message());
+    // Both member refusals name the current generation, so a client can tell whether
+    // an Assignment is coming; an unknown member gets none.
+    let named = |status: &Status| {
+        status
+            .metadata()
+            .get(tidelog_proto::GROUP_GENERATION_METADATA)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    assert_eq!(named(&stale), Some(generation.to_string()));
 
     let foreign = vec![("t".to_string(), pb[0])];
     let err = c
         .authorize_member_commit("g", &a.member_id, generation, &foreign)
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(named(&err), Some(generation.to_string()));
 
     let err = c
         .authorize_member_commit("g", "nobody", generation, &own)
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(named(&err), None);
     let err = c
         .authorize_member_commit("other", &a.member_id, generation, &own)
         .unwrap_err();
