@@ -131,11 +131,13 @@ impl CliError {
         } else {
             crate::terms::to_cli(message)
         };
+        // A TLS port answers a plaintext call with FAILED_PRECONDITION and its own text.
         if cause.is_some()
             || matches!(
                 status.code(),
                 Code::Unavailable | Code::Unknown | Code::Internal
             )
+            || message.contains("this port speaks TLS")
         {
             // Refused for want of a client certificate, the client sometimes sees the
             // connection closed before it reads the broker's alert.
