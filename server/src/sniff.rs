@@ -7,8 +7,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// What the HTTP/2 client preface starts with.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+/// The HTTP/2 client preface (RFC 9113, 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// How much of it the first-bytes sniff asks for ("PRI * HTTP/2.0").
+const H2_PREFACE_SNIFFED: usize = 14;
 /// How long a plaintext client on the TLS port is given to read its answer.
 const PLAINTEXT_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most bytes read from such a client while it reads its answer.
@@ -59,7 +61,8 @@ pub async fn first_bytes(tcp: &mut TcpStream) -> FirstBytes {
 }
 
 async fn tell_plaintext_client(tcp: &mut TcpStream, first: &[u8]) {
-    let http2 = H2_PREFACE.starts_with(first) || first.starts_with(H2_PREFACE);
+    let start = &H2_PREFACE[..H2_PREFACE_SNIFFED];
+    let http2 = start.starts_with(first) || first.starts_with(start);
     if http2 {
         answer_http2(tcp).await;
         return;
@@ -144,9 +147,8 @@ pub enum H2Scan {
 /// preface, then frames (9-byte header, then the payload its length says) up to the
 /// first HEADERS frame. Only frame headers are read; no payload is decoded.
 pub fn scan_h2_request(bytes: &[u8]) -> H2Scan {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let seen = bytes.len().min(PREFACE.len());
-    if bytes[..seen] != PREFACE[..seen] {
+    let seen = bytes.len().min(H2_PREFACE.len());
+    if bytes[..seen] != H2_PREFACE[..seen] {
         return H2Scan::Invalid;
     }
     let mut at = seen;
@@ -258,10 +260,8 @@ pub async fn linger(tcp: &mut TcpStream, close_first: bool) {
 mod tests {
     use super::*;
 
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
     fn client_bytes(frames: &[(u8, u32, usize)]) -> Vec<u8> {
-        let mut bytes = PREFACE.to_vec();
+        let mut bytes = H2_PREFACE.to_vec();
         for &(kind, stream, length) in frames {
             bytes.extend_from_slice(&h2_frame(kind, 0, stream, &vec![7; length]));
         }
@@ -287,7 +287,7 @@ mod tests {
 
     #[test]
     fn what_is_not_a_client_opening_a_stream_is_invalid() {
-        let mut wrong = PREFACE.to_vec();
+        let mut wrong = H2_PREFACE.to_vec();
         wrong[3] = b'X';
         assert_eq!(scan_h2_request(&wrong), H2Scan::Invalid);
         assert_eq!(scan_h2_request(b"GET / HTTP/1.1\r\n"), H2Scan::Invalid);
