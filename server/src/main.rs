@@ -10,6 +10,7 @@ use tidelog_server::shutdown::Shutdown;
 use tracing_subscriber::EnvFilter;
 
 /// The broker's allocator (see ARCHITECTURE.md, "Memory").
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
