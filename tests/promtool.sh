@@ -9,7 +9,8 @@
 #   Python client library, requiring help text on every family.
 # Then checks the shipped alert rules (deploy/prometheus/) with `promtool check rules`
 # and runs their unit tests with `promtool test rules`.
-# Run by .ci/run after the tests.
+# Run by .ci/run after the tests; `tests/promtool.sh --prepare` only fetches promtool and
+# the parser (CI does that while it compiles).
 #
 # promtool comes from PATH, else from Debian's `prometheus` package, unpacked into
 # $CARGO_TARGET_DIR/promtool/ (the package is not installed: its postinst would start
@@ -43,10 +44,17 @@ apt_install() {
 }
 command -v curl >/dev/null || apt_install curl
 /usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || apt_install python3-prometheus-client
+if [ "${1:-}" = --prepare ]; then
+    echo "promtool and the OpenMetrics parser ready in $((SECONDS - started)) s"
+    exit 0
+fi
 
 # TIDELOGD_BIN / TIDELOG_BIN choose other binaries, as for the integration tests.
 if [ -z "${TIDELOGD_BIN:-}" ] || [ -z "${TIDELOG_BIN:-}" ]; then
-    cargo build --quiet --bin tidelogd --bin tidelog
+    # The integration tests' commands (tests/src/lib.rs), one package each: both bins in
+    # one command would unify their features and build both packages again.
+    cargo build --quiet -p tidelog-server --bin tidelogd
+    cargo build --quiet -p tidelog-tools --bin tidelog
 fi
 tidelogd=${TIDELOGD_BIN:-$target/debug/tidelogd}
 tidelog=${TIDELOG_BIN:-$target/debug/tidelog}

@@ -3,6 +3,8 @@
 # pytest against the real tidelogd. CI runs this after `cargo test --workspace`.
 #
 #   tests/python/run.sh [PYTEST ARGS...]      e.g. -k read_budget, -x, -v
+#   tests/python/run.sh --prepare             only step 1, the Python environment (CI
+#                                             fetches it while it compiles)
 #
 # Environment:
 #   TIDELOGD_BIN      the broker to test. Default: ${CARGO_TARGET_DIR:-target}/debug/tidelogd,
@@ -71,6 +73,11 @@ if [[ -x "$env_dir/bin/python" ]]; then
 else
   py="$python"
   pythonpath="$env_dir/site"
+fi
+
+if [[ "${1:-}" == --prepare ]]; then
+  echo "== python: environment ready in $((SECONDS - start)) s"
+  exit 0
 fi
 
 # 2. The broker. Without TIDELOGD_BIN, cargo brings the debug build up to date (a
