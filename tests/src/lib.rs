@@ -59,6 +59,28 @@ pub fn workspace_binary(env_var: &str, package: &str, name: &str) -> PathBuf {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut command = Command::new(cargo);
         command.args(["build", "--quiet", "-p", package, "--bin", name]);
+        // What cargo set for this test process (the package under test) must not reach
+        // the build: ring's build script reruns when CARGO_MANIFEST_DIR or
+        // CARGO_PKG_NAME differ from the last build's, which rebuilt rustls,
+        // tidelog-server and tidelog-tools here (30-40 s) and again at the next build
+        // from a shell.
+        for (var, _) in std::env::vars_os() {
+            if let Some(var) = var.to_str()
+                && (var.starts_with("CARGO_PKG_")
+                    || var.starts_with("CARGO_MANIFEST_")
+                    || matches!(
+                        var,
+                        "CARGO_CRATE_NAME"
+                            | "CARGO_BIN_NAME"
+                            | "CARGO_PRIMARY_PACKAGE"
+                            | "CARGO_TARGET_TMPDIR"
+                            | "CARGO_RUSTC_CURRENT_DIR"
+                            | "OUT_DIR"
+                    ))
+            {
+                command.env_remove(var);
+            }
+        }
         if profile_dir.file_name().is_some_and(|p| p == "release") {
             command.arg("--release");
         }
