@@ -6,6 +6,10 @@
 #
 #   benches/ab-ids.sh [RELEASE_DIR] [MESSAGES] [ROUNDS]
 #   EXTRA="--batch-wire" benches/ab-ids.sh ...   (more bench flags for every run: the batch form)
+#   BYTES_CONTROL=1 benches/ab-ids.sh ...        (the control: non-durable only, 100 B values,
+#                                                 117 B values without ids, 100 B with ids,
+#                                                 so the 17 bytes an id adds are told apart
+#                                                 from the id's own cost)
 set -u
 DIR=${1:-target/release}; N=${2:-2000000}; ROUNDS=${3:-3}
 DATA=$(mktemp -d)
@@ -24,6 +28,14 @@ run() { # label args...
   echo "$label $* :: $(echo "$out" | awk '/producers total/{print $5" s, "$6" msg/s"}'), broker $(( (b-a)*1000000000/ticks/N )) ns/msg, client $client ns/msg, $(echo "$out" | grep -o 'validation: [a-zA-Z]*'), load $(cut -d' ' -f1 /proc/loadavg), cpu-some $(awk '/some/{print $2}' /proc/pressure/cpu)"
   kill $pid; wait $pid 2>/dev/null
 }
+if [ -n "${BYTES_CONTROL:-}" ]; then
+  for r in $(seq "$ROUNDS"); do
+    run nd100 --fsync never --ack written
+    run nd117 --fsync never --ack written --message-size 117
+    run nd100ids --fsync never --ack written --ids
+  done
+  exit 0
+fi
 for r in $(seq "$ROUNDS"); do
   run durable
   run durable --ids
