@@ -239,13 +239,15 @@ async fn mutual_tls_makes_the_certificate_cn_the_principal_and_refuses_other_cas
                 .map_err(|status| chain(&status)),
         };
         let error = outcome.expect_err(who);
-        // The broker's alert, or (when the client reads the close first) the close.
+        // The broker's alert, or (when the client reads the close first) the close, or
+        // (when hyper sees the close before its connection is ready) "not ready".
         assert!(
             error.contains("CertificateRequired")
                 || error.contains("UnknownCA")
                 || error.contains("BadCertificate")
                 || error.contains("alert")
-                || error.contains("connection closed"),
+                || error.contains("connection closed")
+                || error.contains("connection was not ready"),
             "{who}: {error}"
         );
     }
