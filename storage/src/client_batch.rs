@@ -32,6 +32,7 @@
 use crate::batch::{
     self, BatchHeader, Compression, FormatError, NEVER_EXPIRES, RECORD_ATTRIBUTES_KNOWN,
     RECORD_HAS_DELIVER_AT, RECORD_HAS_EXPIRY, RECORD_HAS_ID, RECORD_HAS_KEY, RECORD_HAS_PRIORITY,
+    RECORD_ID_FOLLOWS,
 };
 use crate::limits::{BATCH_BYTES_MAX, MESSAGE_ID_BYTES_MAX, RECORD_HEADERS_MAX};
 
@@ -148,8 +149,16 @@ impl std::error::Error for BatchError {}
 pub struct CheckedId {
     /// The record's position in the batch (its offset delta).
     pub index: u32,
-    /// The id's bytes in the records section.
-    pub range: std::ops::Range<usize>,
+    place: IdPlace,
+}
+
+/// Where a checked id is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum IdPlace {
+    /// These bytes of the records section.
+    Stored(std::ops::Range<usize>),
+    /// Not stored: the previous record's plus one (record attribute bit 5).
+    Follows([u8; 16]),
 }
 
 /// A batch [`validate_batch`] accepted.
@@ -173,12 +182,16 @@ impl CheckedBatch {
 
     /// The bytes of `id`, one of [`CheckedBatch::ids`], in `bytes`: the batch this
     /// checked. Empty if `bytes` is not that batch.
-    pub fn id<'a>(&'a self, bytes: &'a [u8], id: &CheckedId) -> &'a [u8] {
+    pub fn id<'a>(&'a self, bytes: &'a [u8], id: &'a CheckedId) -> &'a [u8] {
+        let range = match &id.place {
+            IdPlace::Stored(range) => range.clone(),
+            IdPlace::Follows(id) => return id,
+        };
         let section = match &self.plain {
             Some(plain) => plain.as_slice(),
             None => bytes.get(batch::HEADER_BYTES..).unwrap_or_default(),
         };
-        section.get(id.range.clone()).unwrap_or_default()
+        section.get(range).unwrap_or_default()
     }
 
     /// The ids split as the id index and the dedup window take them
@@ -252,6 +265,7 @@ pub fn validate_batch(bytes: &[u8], rules: &BatchRules) -> Result<CheckedBatch, 
     let mut walk = Walk {
         bytes: section,
         at: 0,
+        follower: None,
     };
     let mut ids = Vec::new();
     let mut payload_bytes = 0u64;
@@ -298,14 +312,14 @@ pub fn validate_batch(bytes: &[u8], rules: &BatchRules) -> Result<CheckedBatch, 
             });
         }
         payload_bytes += fields.payload_bytes;
-        if let Some(range) = fields.id {
+        if let Some(place) = fields.id {
             if ids.is_empty() {
                 // Room for an id in every record left, bounded by the bytes left (a
                 // record with an id takes at least 7).
                 let left = (header.record_count - index) as usize;
                 ids.reserve(left.min((section.len() - walk.at) / 7 + 1));
             }
-            ids.push(CheckedId { index, range });
+            ids.push(CheckedId { index, place });
         }
     }
     if walk.at != section.len() {
@@ -337,8 +351,8 @@ pub fn validate_batch(bytes: &[u8], rules: &BatchRules) -> Result<CheckedBatch, 
 struct Fields {
     timestamp_ms: i64,
     expires_at_ms: Option<i64>,
-    /// Where the id lies in the records section.
-    id: Option<std::ops::Range<usize>>,
+    /// Where the id is.
+    id: Option<IdPlace>,
     payload_bytes: u64,
 }
 
@@ -346,6 +360,8 @@ struct Fields {
 struct Walk<'a> {
     bytes: &'a [u8],
     at: usize,
+    /// The id the next record has if it carries `RECORD_ID_FOLLOWS`.
+    follower: Option<[u8; 16]>,
 }
 
 impl Walk<'_> {
@@ -427,7 +443,11 @@ impl Walk<'_> {
             }
         }
         let mut payload = 0u64;
+        let follower = self.follower.take();
         let id = if attributes & RECORD_HAS_ID != 0 {
+            if attributes & RECORD_ID_FOLLOWS != 0 {
+                return Err("attribute bits 4 (has id) and 5 (id follows) together".into());
+            }
             let range = self.field(end, "id")?;
             if !(1..=MESSAGE_ID_BYTES_MAX).contains(&range.len()) {
                 return Err(format!(
@@ -436,7 +456,15 @@ impl Walk<'_> {
                 ));
             }
             payload += range.len() as u64;
-            Some(range)
+            self.follower = batch::next_id(Some(&self.bytes[range.clone()]));
+            Some(IdPlace::Stored(range))
+        } else if attributes & RECORD_ID_FOLLOWS != 0 {
+            let id = follower.ok_or(
+                "attribute bit 5 (id follows) after a record without a 16-byte id whose last 8 bytes can count up",
+            )?;
+            payload += id.len() as u64;
+            self.follower = batch::next_id(Some(&id));
+            Some(IdPlace::Follows(id))
         } else {
             None
         };
@@ -627,6 +655,163 @@ mod tests {
             );
             assert_eq!(checked.payload_bytes, 4 + 1 + 2 + 2 + 4 + 70_000);
         }
+    }
+
+    fn with_id(id: &[u8]) -> NewRecord {
+        NewRecord {
+            id: Some(Bytes::copy_from_slice(id)),
+            ..NewRecord::value(Bytes::from_static(b"value"))
+        }
+    }
+
+    /// The ids of a batch as the validator and the reader each see them, which must
+    /// agree.
+    fn ids_both_ways(bytes: &[u8]) -> Vec<(u32, Vec<u8>)> {
+        let checked = validate_batch(bytes, &rules()).unwrap();
+        let validated: Vec<(u32, Vec<u8>)> = checked
+            .ids
+            .iter()
+            .map(|i| (i.index, checked.id(bytes, i).to_vec()))
+            .collect();
+        let read: Vec<(u32, Vec<u8>)> = decode_batch(&Bytes::copy_from_slice(bytes))
+            .unwrap()
+            .1
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| Some((i as u32, r.id.as_ref()?.to_vec())))
+            .collect();
+        assert_eq!(validated, read);
+        validated
+    }
+
+    /// A 16-byte id that counts up from the record before's is not stored (record
+    /// attribute bit 5): a run costs one id's bytes, and both readers give every id
+    /// back. A record without an id, an id of another length or another prefix, and a
+    /// suffix that cannot count up each end the run.
+    #[test]
+    fn ids_that_count_up_are_stored_once_and_read_back() {
+        let id = |prefix: u64, suffix: u64| crate::idindex::id_of_parts(prefix, suffix);
+        let plain = vec![NewRecord::value(Bytes::from_static(b"value")); 100];
+        let run: Vec<NewRecord> = (0..100).map(|i| with_id(&id(7, 1_000 + i))).collect();
+        for compression in [Compression::None, Compression::Zstd] {
+            let bytes = encode(&run, compression);
+            assert_eq!(
+                ids_both_ways(&bytes),
+                (0..100u32)
+                    .map(|i| (i, id(7, 1_000 + u64::from(i)).to_vec()))
+                    .collect::<Vec<_>>()
+            );
+        }
+        // One id stored: its length byte and 16 bytes.
+        let without = encode(&plain, Compression::None).len();
+        assert_eq!(encode(&run, Compression::None).len(), without + 17);
+        let records = vec![
+            with_id(&id(7, 5)),
+            with_id(&id(7, 6)),
+            NewRecord::value(Bytes::from_static(b"no id")),
+            with_id(&id(7, 7)),
+            with_id(&id(8, 8)),
+            with_id(&id(8, 9)),
+            with_id(b"short"),
+            with_id(&id(8, 10)),
+            with_id(&id(9, u64::MAX - 1)),
+            with_id(&id(9, u64::MAX)),
+            with_id(&id(10, 0)),
+            with_id(&id(10, 0)),
+        ];
+        let bytes = encode(&records, Compression::None);
+        let expected: Vec<(u32, Vec<u8>)> = records
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| Some((i as u32, r.id.as_ref()?.to_vec())))
+            .collect();
+        assert_eq!(ids_both_ways(&bytes), expected);
+        // Stored in full: records 0, 3, 4, 6, 7, 8, 10 and 11 (the same id twice does
+        // not count up); records 1, 5 and 9 follow.
+        let stored: usize = [0, 3, 4, 7, 8, 10, 11].len() * 17 + 6;
+        let bare: Vec<NewRecord> = records
+            .iter()
+            .map(|r| NewRecord {
+                id: None,
+                ..r.clone()
+            })
+            .collect();
+        assert_eq!(bytes.len(), encode(&bare, Compression::None).len() + stored);
+    }
+
+    /// Attribute bit 5 where no id can follow (on the first record, after a record
+    /// without an id, after an id that is not 16 bytes, after a suffix of all ones),
+    /// and with bit 4: refused by the validator and the reader alike.
+    #[test]
+    fn an_id_that_follows_nothing_is_refused_by_both_readers() {
+        let id = |prefix: u64, suffix: u64| crate::idindex::id_of_parts(prefix, suffix);
+        // Records below 128 bytes: a one-byte length, then the attributes.
+        let attributes_of = |bytes: &[u8], record: usize| {
+            let mut at = batch::HEADER_BYTES;
+            for _ in 0..record {
+                at += 1 + bytes[at] as usize;
+            }
+            at + 1
+        };
+        let no_id = NewRecord::value(Bytes::from_static(b"value"));
+        let cases: Vec<(&str, Vec<NewRecord>, usize, u8)> = vec![
+            (
+                "on the first record",
+                vec![no_id.clone(), no_id.clone()],
+                0,
+                RECORD_ID_FOLLOWS,
+            ),
+            (
+                "after no id",
+                vec![no_id.clone(), no_id.clone()],
+                1,
+                RECORD_ID_FOLLOWS,
+            ),
+            (
+                "after a 5-byte id",
+                vec![with_id(b"short"), no_id.clone()],
+                1,
+                RECORD_ID_FOLLOWS,
+            ),
+            (
+                "after a suffix of all ones",
+                vec![with_id(&id(3, u64::MAX)), no_id.clone()],
+                1,
+                RECORD_ID_FOLLOWS,
+            ),
+            (
+                "with bit 4",
+                vec![with_id(&id(3, 1)), with_id(&id(3, 2))],
+                1,
+                RECORD_HAS_ID,
+            ),
+        ];
+        for (name, records, record, bit) in cases {
+            let mut bytes = encode(&records, Compression::None);
+            let at = attributes_of(&bytes, record);
+            bytes[at] |= bit;
+            recrc(&mut bytes);
+            assert!(
+                matches!(validate_batch(&bytes, &rules()), Err(BatchError::Record { index, .. }) if index as usize == record),
+                "{name}: {:?}",
+                validate_batch(&bytes, &rules())
+            );
+            assert!(
+                decode_batch(&Bytes::from(bytes)).is_err(),
+                "{name}: decoded"
+            );
+        }
+        // The same bit after a 16-byte id that can count up: that id plus one.
+        let mut bytes = encode(&[with_id(&id(3, 41)), no_id.clone()], Compression::None);
+        // The record's length grows by nothing: bit 5 adds no field.
+        let at = attributes_of(&bytes, 1);
+        bytes[at] |= RECORD_ID_FOLLOWS;
+        recrc(&mut bytes);
+        // Its payload now counts the id: within max_message_bytes, so it validates.
+        assert_eq!(
+            ids_both_ways(&bytes),
+            vec![(0, id(3, 41).to_vec()), (1, id(3, 42).to_vec())]
+        );
     }
 
     /// Every class of malformed batch, each refused with its own error.
@@ -888,7 +1073,17 @@ mod tests {
             ),
             proptest::option::of(0i64..2_000_000_000_000),
             proptest::option::of(0u64..1_000_000),
-            proptest::option::of(proptest::collection::vec(any::<u8>(), 1..20)),
+            proptest::option::of(prop_oneof![
+                proptest::collection::vec(any::<u8>(), 1..20),
+                // 16-byte ids, some whose suffix cannot count up.
+                (
+                    0u64..3,
+                    prop_oneof![any::<u64>(), Just(u64::MAX - 1), Just(u64::MAX)]
+                )
+                    .prop_map(
+                        |(prefix, suffix)| crate::idindex::id_of_parts(prefix, suffix).to_vec()
+                    ),
+            ]),
             0u8..10,
         )
             .prop_map(
@@ -911,13 +1106,32 @@ mod tests {
             )
     }
 
+    /// Gives record `i` the id that counts up from record `i - 1`'s where `chain[i]`
+    /// and that one is 16 bytes (wrapping at the end, where the encoder must store it),
+    /// so runs of ids that follow, their ends and their edges come up often.
+    fn chain_ids(mut records: Vec<NewRecord>, chain: &[bool]) -> Vec<NewRecord> {
+        for i in 1..records.len() {
+            let previous = records[i - 1]
+                .id
+                .as_deref()
+                .and_then(|id| <[u8; 16]>::try_from(id).ok());
+            if let (Some(previous), Some(true)) = (previous, chain.get(i)) {
+                let next = u128::from_be_bytes(previous).wrapping_add(1);
+                records[i].id = Some(Bytes::copy_from_slice(&next.to_be_bytes()));
+            }
+        }
+        records
+    }
+
     proptest! {
         /// Every batch the encoder makes validates, and its ids are the records' ids.
         #[test]
         fn every_encoded_batch_validates(
             records in proptest::collection::vec(record(), 1..20),
+            chain in proptest::collection::vec(any::<bool>(), 30),
             zstd in any::<bool>(),
         ) {
+            let records = chain_ids(records, &chain);
             let compression = if zstd { Compression::Zstd } else { Compression::None };
             let bytes = encode(&records, compression);
             let checked = validate_batch(&bytes, &rules()).unwrap();
@@ -931,10 +1145,12 @@ mod tests {
         #[test]
         fn every_mutation_fails_or_changes_nothing(
             records in proptest::collection::vec(record(), 1..8),
+            chain in proptest::collection::vec(any::<bool>(), 30),
             zstd in any::<bool>(),
             edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
             fix_crc in any::<bool>(),
         ) {
+            let records = chain_ids(records, &chain);
             let compression = if zstd { Compression::Zstd } else { Compression::None };
             let bytes = encode(&records, compression);
             let original = decode_batch(&Bytes::from(bytes.clone())).unwrap().1;
@@ -973,12 +1189,14 @@ mod tests {
         #[test]
         fn delivered_records_are_the_decoded_ones_minus_the_dropped(
             records in proptest::collection::vec(record(), 1..30),
+            chain in proptest::collection::vec(any::<bool>(), 30),
             zstd in any::<bool>(),
             skip_front in 0u32..6,
             skip in proptest::collection::btree_set(0u32..30, 0..8),
             clock in prop_oneof![Just(NOW), Just(NOW + 60_000), Just(i64::MAX)],
             edit in proptest::option::of((any::<prop::sample::Index>(), any::<u8>(), any::<bool>())),
         ) {
+            let records = chain_ids(records, &chain);
             let compression = if zstd { Compression::Zstd } else { Compression::None };
             let mut bytes = encode(&records, compression);
             if let Some((index, value, fix_crc)) = edit {

@@ -24,7 +24,8 @@
 //! readers still validate it against the offset they expect.
 //!
 //! Each record: `varint length` (bytes that follow), `u8 attributes` (bit 0 has key,
-//! bit 1 has expiry), `varint offset_delta`, `zigzag varint timestamp_delta` (from
+//! bit 1 has expiry, bit 2 has deliver-at, bit 3 has priority, bit 4 has id, bit 5 id
+//! follows the previous record's), `varint offset_delta`, `zigzag varint timestamp_delta` (from
 //! `first_timestamp_ms`), [`zigzag varint expiry_delta`], [`varint key_length`, key],
 //! `varint value_length`, value, `varint header_count`, then per header `varint
 //! key_length`, UTF-8 key, `varint value_length`, value.
@@ -68,12 +69,28 @@ pub(crate) const RECORD_HAS_EXPIRY: u8 = 1 << 1;
 pub(crate) const RECORD_HAS_DELIVER_AT: u8 = 1 << 2;
 pub(crate) const RECORD_HAS_PRIORITY: u8 = 1 << 3;
 pub(crate) const RECORD_HAS_ID: u8 = 1 << 4;
+/// The record's id is not stored: it is the previous record's (a 16-byte id) with its
+/// last 8 bytes, read big-endian, plus one (see [`next_id`]). Never with
+/// [`RECORD_HAS_ID`].
+pub(crate) const RECORD_ID_FOLLOWS: u8 = 1 << 5;
 /// Every attribute bit a record may carry; the others must be 0.
 pub(crate) const RECORD_ATTRIBUTES_KNOWN: u8 = RECORD_HAS_KEY
     | RECORD_HAS_EXPIRY
     | RECORD_HAS_DELIVER_AT
     | RECORD_HAS_PRIORITY
-    | RECORD_HAS_ID;
+    | RECORD_HAS_ID
+    | RECORD_ID_FOLLOWS;
+
+/// The id a record with [`RECORD_ID_FOLLOWS`] has after a record whose id is
+/// `previous`: `None` when `previous` is not a 16-byte id whose last 8 bytes can count
+/// up (then the bit is invalid there). The one rule, for the encoder and every reader.
+#[inline]
+pub(crate) fn next_id(previous: Option<&[u8]>) -> Option<[u8; 16]> {
+    let previous: &[u8; 16] = previous?.try_into().ok()?;
+    let next = u128::from_be_bytes(*previous);
+    // The last 8 bytes count up; they may not wrap into the first 8.
+    (next as u64 != u64::MAX).then(|| (next + 1).to_be_bytes())
+}
 /// zstd level for compressed batches: level 1 keeps appends CPU-cheap.
 const ZSTD_LEVEL: i32 = 1;
 
@@ -517,6 +534,8 @@ pub fn encode_batch_into<R: AsRef<NewRecord>>(
     bytes.clear();
     bytes.reserve(HEADER_BYTES + payload_total as usize);
     bytes.resize(HEADER_BYTES, 0);
+    // The id a record would have if it followed the one before (see RECORD_ID_FOLLOWS).
+    let mut follower: Option<[u8; 16]> = None;
     for (delta, record) in records.iter().map(AsRef::as_ref).enumerate() {
         let ts = timestamp(record);
         max_timestamp_ms = max_timestamp_ms.max(ts);
@@ -550,7 +569,16 @@ pub fn encode_batch_into<R: AsRef<NewRecord>>(
         if record.priority > 0 {
             attributes |= RECORD_HAS_PRIORITY;
         }
-        if record.id.is_some() {
+        // An id that counts on from the previous record's is not written out.
+        let follows = record
+            .id
+            .as_deref()
+            .is_some_and(|id| follower.is_some_and(|f| f[..] == *id));
+        follower = next_id(record.id.as_deref());
+        let written_id = record.id.as_ref().filter(|_| !follows);
+        if follows {
+            attributes |= RECORD_ID_FOLLOWS;
+        } else if record.id.is_some() {
             attributes |= RECORD_HAS_ID;
         }
         // The record's length comes first: the fixed part's length is summed from its
@@ -564,10 +592,7 @@ pub fn encode_batch_into<R: AsRef<NewRecord>>(
             + expiry_delta.map_or(0, varint_len)
             + deliver_delta.map_or(0, varint_len)
             + usize::from(record.priority > 0)
-            + record
-                .id
-                .as_ref()
-                .map_or(0, |id| varint_len(id.len() as u64) + id.len())
+            + written_id.map_or(0, |id| varint_len(id.len() as u64) + id.len())
             + record
                 .key
                 .as_ref()
@@ -593,7 +618,7 @@ pub fn encode_batch_into<R: AsRef<NewRecord>>(
         if record.priority > 0 {
             bytes.push(record.priority);
         }
-        if let Some(id) = &record.id {
+        if let Some(id) = written_id {
             put_varint(&mut bytes, id.len() as u64);
             bytes.extend_from_slice(id);
         }

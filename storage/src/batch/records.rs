@@ -1,12 +1,14 @@
 //! Reading the records of a batch: [`RecordIter`] parses and validates each record in
 //! place ([`RecordView`], [`RawRecord`]) and makes a [`Record`] only when asked.
 
-use bytes::Bytes;
+use std::cell::RefCell;
+
+use bytes::{Bytes, BytesMut};
 
 use super::{
     BatchHeader, Compression, FormatError, HEADER_BYTES, Header, RECORD_ATTRIBUTES_KNOWN,
     RECORD_HAS_DELIVER_AT, RECORD_HAS_EXPIRY, RECORD_HAS_ID, RECORD_HAS_KEY, RECORD_HAS_PRIORITY,
-    Record, get_varint, invalid, unzigzag,
+    RECORD_ID_FOLLOWS, Record, get_varint, invalid, next_id, unzigzag,
 };
 use crate::limits::{MESSAGE_ID_BYTES_MAX, PRIORITY_LEVELS_MAX, RECORD_HEADERS_MAX};
 
@@ -29,6 +31,11 @@ pub struct RecordIter {
     remaining: u32,
     previous_delta: Option<u64>,
     header: BatchHeader,
+    /// The id the next record has if it carries [`RECORD_ID_FOLLOWS`].
+    follower: Option<[u8; 16]>,
+    /// Where the [`Record`]s made of views get the ids that are not stored (a
+    /// [`RECORD_ID_FOLLOWS`] run): one allocation for many ids, not one each.
+    followed: RefCell<BytesMut>,
 }
 
 impl RecordIter {
@@ -60,6 +67,8 @@ impl RecordIter {
             remaining: header.record_count,
             previous_delta: None,
             header: *header,
+            follower: None,
+            followed: RefCell::new(BytesMut::new()),
         })
     }
 
@@ -113,7 +122,11 @@ impl RecordIter {
         } else {
             0
         };
+        let follower = self.follower.take();
         let id = if attributes & RECORD_HAS_ID != 0 {
+            if attributes & RECORD_ID_FOLLOWS != 0 {
+                return Err(invalid("record has both a stored id and one that follows"));
+            }
             let id = self.span(end)?;
             if !(1..=MESSAGE_ID_BYTES_MAX).contains(&id.len()) {
                 return Err(invalid(format!(
@@ -121,7 +134,14 @@ impl RecordIter {
                     id.len()
                 )));
             }
-            Some(id)
+            self.follower = next_id(Some(&self.section[id.start..id.end]));
+            Some(IdAt::Stored(id))
+        } else if attributes & RECORD_ID_FOLLOWS != 0 {
+            let id = follower.ok_or_else(|| {
+                invalid("record id follows a record without a 16-byte id that can count up")
+            })?;
+            self.follower = next_id(Some(&id));
+            Some(IdAt::Follows(id))
         } else {
             None
         };
@@ -149,7 +169,7 @@ impl RecordIter {
             return Err(invalid("record length does not match its fields"));
         }
         let payload_bytes =
-            (id.map_or(0, |i| i.len()) + key.map_or(0, |k| k.len()) + value.len() + header_bytes)
+            (id.map_or(0, IdAt::len) + key.map_or(0, |k| k.len()) + value.len() + header_bytes)
                 as u64;
         Ok(RecordView {
             offset: self.header.base_offset + offset_delta,
@@ -221,15 +241,30 @@ impl RecordIter {
             key: view.key.map(slice),
             value: slice(view.value),
             headers,
-            id: view.id.map(slice),
+            id: view.id.map(|id| match id {
+                IdAt::Stored(span) => slice(span),
+                IdAt::Follows(id) => {
+                    let mut followed = self.followed.borrow_mut();
+                    if followed.capacity() < id.len() {
+                        // Room for the ids of the records left, which likely follow too.
+                        let left = self.remaining as usize + 1;
+                        followed.reserve(id.len() * left.min(4096));
+                    }
+                    followed.extend_from_slice(&id);
+                    followed.split().freeze()
+                }
+            }),
             deliver_at_ms: view.deliver_at_ms,
             priority: view.priority,
         })
     }
 
     /// The message id of a view this iterator returned, borrowed.
-    pub fn id<'a>(&'a self, view: &RecordView) -> Option<&'a [u8]> {
-        view.id.map(|span| &self.section[span.start..span.end])
+    pub fn id<'a>(&'a self, view: &'a RecordView) -> Option<&'a [u8]> {
+        view.id.as_ref().map(|id| match id {
+            IdAt::Stored(span) => &self.section[span.start..span.end],
+            IdAt::Follows(id) => &id[..],
+        })
     }
 
     /// The bytes of a view this iterator returned, borrowed.
@@ -318,6 +353,24 @@ impl Span {
     }
 }
 
+/// Where a record's id is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdAt {
+    /// In the records section.
+    Stored(Span),
+    /// Not stored: the previous record's plus one ([`RECORD_ID_FOLLOWS`]).
+    Follows([u8; 16]),
+}
+
+impl IdAt {
+    fn len(self) -> usize {
+        match self {
+            IdAt::Stored(span) => span.len(),
+            IdAt::Follows(id) => id.len(),
+        }
+    }
+}
+
 /// A record of a batch, validated but not decoded into a [`Record`]: its fixed fields,
 /// and where its id, key, value and headers lie in the batch ([`RecordIter::raw`]).
 /// Reads look at a view first and make a `Record` only of what they return, so what
@@ -332,7 +385,7 @@ pub struct RecordView {
     pub priority: u8,
     /// Id, key, value and header bytes, as [`Record::payload_bytes`] counts them.
     pub payload_bytes: u64,
-    id: Option<Span>,
+    id: Option<IdAt>,
     key: Option<Span>,
     value: Span,
     /// The header entries, after their count.
