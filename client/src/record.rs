@@ -163,7 +163,9 @@ pub struct Delivered {
     /// stored it but reports no offsets at that level).
     pub offset: Option<u64>,
     /// The record's message id, when it carries one (the caller's, or one the producer
-    /// attached: see [`crate::ProducerConfig::ids`]).
+    /// attached: see [`crate::ProducerConfig::ids`]). In the answer of
+    /// [`crate::Producer::send_batch`], only an id the producer attached: the caller's
+    /// own ids are not repeated there.
     pub id: Option<Bytes>,
     /// The id was already stored within the topic's dedup window (a retry of a send the
     /// broker had stored): nothing new was appended and `offset` is the original's.

@@ -51,8 +51,10 @@ enum Waiters {
     },
     Batch {
         reply: oneshot::Sender<Result<Vec<Delivered>>>,
-        /// Each record's id, or empty when none has one.
-        ids: Vec<Option<Bytes>>,
+        /// Per record, the id the producer attached; empty when it attached none. The
+        /// caller's own ids are not kept (its answer does not repeat them: the caller
+        /// has them, and holding each would cost two reference counts a record).
+        attached: Vec<Option<Bytes>>,
         reserved: usize,
     },
     /// Record `index` of a batch sent again one record per batch (see
@@ -104,11 +106,23 @@ impl Split {
             }
             Some((
                 Waiters::Batch {
-                    reply, reserved, ..
+                    reply,
+                    attached,
+                    reserved,
                 },
                 outcomes,
             )) => {
-                let _ = reply.send(outcomes.into_iter().collect());
+                let outcomes = outcomes
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, outcome)| {
+                        outcome.map(|delivered| Delivered {
+                            id: attached.get(index).cloned().flatten(),
+                            ..delivered
+                        })
+                    })
+                    .collect();
+                let _ = reply.send(outcomes);
                 core.give_back(reserved);
             }
             Some((Waiters::Part { .. }, _)) | None => {}
@@ -167,13 +181,30 @@ impl Outgoing {
             }
             Waiters::Batch {
                 reply,
-                ids,
+                attached,
                 reserved,
             } => {
-                let outcome = deliveries_for(all_ids(ids, self.records), level, ack)
-                    .into_iter()
-                    .collect();
-                let _ = reply.send(outcome);
+                let outcome = if ack.duplicate {
+                    // Which records carry ids decides which acks are whose: read from
+                    // the batch itself (a rare answer; the ids are not kept for it).
+                    batch_ids(&self.bytes).map(|ids| {
+                        deliveries_for(ids, level, ack)
+                            .into_iter()
+                            .enumerate()
+                            .map(|(index, outcome)| {
+                                outcome.map(|delivered| Delivered {
+                                    id: attached.get(index).cloned().flatten(),
+                                    ..delivered
+                                })
+                            })
+                            .collect::<Result<Vec<_>>>()
+                    })
+                } else {
+                    Ok(deliveries_for(all_ids(attached, self.records), level, ack)
+                        .into_iter()
+                        .collect())
+                };
+                let _ = reply.send(outcome.and_then(|outcome| outcome));
                 core.give_back(reserved);
             }
             Waiters::Part { split, index, id } => {
@@ -202,8 +233,18 @@ pub(crate) struct EncodedOwn {
     key: BatchKey,
     bytes: Bytes,
     records: usize,
-    /// Each record's id, or empty when none has one.
-    ids: Vec<Option<Bytes>>,
+    /// Per record, the id the producer attached; empty when it attached none.
+    attached: Vec<Option<Bytes>>,
+}
+
+/// Each record's id in a batch the producer encoded (its duplicate answer names
+/// the records with ids).
+fn batch_ids(bytes: &Bytes) -> Result<Vec<Option<Bytes>>> {
+    let (_, records) =
+        tidelog_storage::batch::decode_batch(bytes).map_err(|error| Error::Corrupt {
+            reason: format!("a batch the producer made does not decode: {error}"),
+        })?;
+    Ok(records.into_iter().map(|record| record.id).collect())
 }
 
 /// Checks a caller's batch against its topic under the front's lock and attaches ids
@@ -282,24 +323,11 @@ impl CheckedBatch {
         let encoded = encoded.map_err(|error| Error::InvalidRecord {
             reason: error.to_string(),
         })?;
-        let ids: Vec<Option<Bytes>> = if self.attached.is_empty() {
-            if records.iter().any(|r| r.as_ref().id.is_some()) {
-                records.iter().map(|r| r.as_ref().id.clone()).collect()
-            } else {
-                Vec::new()
-            }
-        } else {
-            records
-                .iter()
-                .zip(self.attached)
-                .map(|(r, id)| id.or_else(|| r.as_ref().id.clone()))
-                .collect()
-        };
         Ok(EncodedOwn {
             key: self.key,
             bytes: Bytes::from(encoded.bytes),
             records: records.len(),
-            ids,
+            attached: self.attached,
         })
     }
 }
@@ -474,7 +502,7 @@ impl Sender {
                     records: batch.records,
                     waiters: Waiters::Batch {
                         reply,
-                        ids: batch.ids,
+                        attached: batch.attached,
                         reserved,
                     },
                     opened: Instant::now(),

@@ -1112,6 +1112,7 @@ async fn send_batch_goes_after_what_send_gathered_and_resends_as_duplicates() {
             (1, first[0].offset.map(|base| base + i as u64))
         );
         assert!(!d.duplicate);
+        assert_eq!(d.id, None, "the caller's own id is not repeated");
     }
     // The same ids again: nothing stored, the originals named.
     let again = producer
@@ -1119,7 +1120,7 @@ async fn send_batch_goes_after_what_send_gathered_and_resends_as_duplicates() {
         .await
         .expect("send_batch");
     let again = timeout(WAIT, again).await.expect("in time").expect("acked");
-    assert!(again.iter().all(|d| d.duplicate));
+    assert!(again.iter().all(|d| d.duplicate && d.id.is_none()));
     assert_eq!(
         again.iter().map(|d| d.offset).collect::<Vec<_>>(),
         first.iter().map(|d| d.offset).collect::<Vec<_>>()
@@ -1138,6 +1139,34 @@ async fn send_batch_goes_after_what_send_gathered_and_resends_as_duplicates() {
     );
     let description = client.describe_topic("sb").await.expect("describe");
     assert_eq!(description.partitions[1].end_offset, 105);
+    // Records without ids on a topic with a dedup window: the producer attaches ids
+    // and the answer names them, as stored; a record with its own id keeps it unnamed.
+    let mixed = vec![
+        Record::new("sb", "attached 0"),
+        Record::new("sb", "own").id("own-id"),
+        Record::new("sb", "attached 2"),
+    ];
+    let delivered = producer
+        .send_batch("sb", 0, Ack::Durable, &mixed)
+        .await
+        .expect("send_batch");
+    let delivered = timeout(WAIT, delivered)
+        .await
+        .expect("in time")
+        .expect("acked");
+    let offset = delivered[0].offset.expect("durable");
+    let fetched = client
+        .fetch("sb", 0, offset, &tidelog_client::FetchOptions::default())
+        .await
+        .expect("fetch");
+    let stored: Vec<Option<Bytes>> = fetched.messages[..3].iter().map(|m| m.id.clone()).collect();
+    assert_eq!(delivered[1].id, None);
+    assert_eq!(stored[1].as_deref(), Some(&b"own-id"[..]));
+    for i in [0, 2] {
+        assert!(delivered[i].id.is_some(), "record {i}: {delivered:?}");
+        assert_eq!(delivered[i].id, stored[i], "record {i}");
+    }
+    assert_ne!(delivered[0].id, delivered[2].id);
     producer.close().await.expect("close");
 }
 
