@@ -87,9 +87,14 @@ pub(crate) const RECORD_ATTRIBUTES_KNOWN: u8 = RECORD_HAS_KEY
 #[inline]
 pub(crate) fn next_id(previous: Option<&[u8]>) -> Option<[u8; 16]> {
     let previous: &[u8; 16] = previous?.try_into().ok()?;
-    let next = u128::from_be_bytes(*previous);
+    id_after(u128::from_be_bytes(*previous)).map(u128::to_be_bytes)
+}
+
+/// [`next_id`] of a 16-byte id read as a big-endian `u128`.
+#[inline]
+fn id_after(previous: u128) -> Option<u128> {
     // The last 8 bytes count up; they may not wrap into the first 8.
-    (next as u64 != u64::MAX).then(|| (next + 1).to_be_bytes())
+    (previous as u64 != u64::MAX).then_some(previous + 1)
 }
 /// zstd level for compressed batches: level 1 keeps appends CPU-cheap.
 const ZSTD_LEVEL: i32 = 1;
@@ -534,8 +539,9 @@ pub fn encode_batch_into<R: AsRef<NewRecord>>(
     bytes.clear();
     bytes.reserve(HEADER_BYTES + payload_total as usize);
     bytes.resize(HEADER_BYTES, 0);
-    // The id a record would have if it followed the one before (see RECORD_ID_FOLLOWS).
-    let mut follower: Option<[u8; 16]> = None;
+    // The id a record would have if it followed the one before (see RECORD_ID_FOLLOWS),
+    // as a big-endian u128: compared as one number, not as bytes.
+    let mut follower: Option<u128> = None;
     for (delta, record) in records.iter().map(AsRef::as_ref).enumerate() {
         let ts = timestamp(record);
         max_timestamp_ms = max_timestamp_ms.max(ts);
@@ -570,11 +576,13 @@ pub fn encode_batch_into<R: AsRef<NewRecord>>(
             attributes |= RECORD_HAS_PRIORITY;
         }
         // An id that counts on from the previous record's is not written out.
-        let follows = record
+        let id = record
             .id
             .as_deref()
-            .is_some_and(|id| follower.is_some_and(|f| f[..] == *id));
-        follower = next_id(record.id.as_deref());
+            .and_then(|id| <[u8; 16]>::try_from(id).ok())
+            .map(u128::from_be_bytes);
+        let follows = id.is_some() && id == follower;
+        follower = id.and_then(id_after);
         let written_id = record.id.as_ref().filter(|_| !follows);
         if follows {
             attributes |= RECORD_ID_FOLLOWS;
