@@ -718,6 +718,8 @@ mod tests {
             with_id(&id(9, u64::MAX)),
             with_id(&id(10, 0)),
             with_id(&id(10, 0)),
+            with_id(&id(u64::MAX, u64::MAX)),
+            with_id(&id(u64::MAX, 0)),
         ];
         let bytes = encode(&records, Compression::None);
         let expected: Vec<(u32, Vec<u8>)> = records
@@ -726,9 +728,10 @@ mod tests {
             .filter_map(|(i, r)| Some((i as u32, r.id.as_ref()?.to_vec())))
             .collect();
         assert_eq!(ids_both_ways(&bytes), expected);
-        // Stored in full: records 0, 3, 4, 6, 7, 8, 10 and 11 (the same id twice does
-        // not count up); records 1, 5 and 9 follow.
-        let stored: usize = [0, 3, 4, 7, 8, 10, 11].len() * 17 + 6;
+        // Stored in full: records 0, 3, 4, 6, 7, 8, 10, 11, 12 and 13 (the same id
+        // twice does not count up, nor does an id of all ones, into any id); records 1,
+        // 5 and 9 follow.
+        let stored: usize = [0, 3, 4, 7, 8, 10, 11, 12, 13].len() * 17 + 6;
         let bare: Vec<NewRecord> = records
             .iter()
             .map(|r| NewRecord {

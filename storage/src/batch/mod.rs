@@ -94,7 +94,7 @@ pub(crate) fn next_id(previous: Option<&[u8]>) -> Option<[u8; 16]> {
 #[inline]
 fn id_after(previous: u128) -> Option<u128> {
     // The last 8 bytes count up; they may not wrap into the first 8.
-    (previous as u64 != u64::MAX).then_some(previous + 1)
+    (previous as u64 != u64::MAX).then(|| previous + 1)
 }
 /// zstd level for compressed batches: level 1 keeps appends CPU-cheap.
 const ZSTD_LEVEL: i32 = 1;
