@@ -112,17 +112,7 @@ impl Split {
                 },
                 outcomes,
             )) => {
-                let outcomes = outcomes
-                    .into_iter()
-                    .enumerate()
-                    .map(|(index, outcome)| {
-                        outcome.map(|delivered| Delivered {
-                            id: attached.get(index).cloned().flatten(),
-                            ..delivered
-                        })
-                    })
-                    .collect();
-                let _ = reply.send(outcomes);
+                let _ = reply.send(batch_answer(outcomes, &attached));
                 core.give_back(reserved);
             }
             Some((Waiters::Part { .. }, _)) | None => {}
@@ -187,24 +177,14 @@ impl Outgoing {
                 let outcome = if ack.duplicate {
                     // Which records carry ids decides which acks are whose: read from
                     // the batch itself (a rare answer; the ids are not kept for it).
-                    batch_ids(&self.bytes).map(|ids| {
-                        deliveries_for(ids, level, ack)
-                            .into_iter()
-                            .enumerate()
-                            .map(|(index, outcome)| {
-                                outcome.map(|delivered| Delivered {
-                                    id: attached.get(index).cloned().flatten(),
-                                    ..delivered
-                                })
-                            })
-                            .collect::<Result<Vec<_>>>()
-                    })
+                    batch_ids(&self.bytes)
+                        .and_then(|ids| batch_answer(deliveries_for(ids, level, ack), &attached))
                 } else {
-                    Ok(deliveries_for(all_ids(attached, self.records), level, ack)
+                    deliveries_for(all_ids(attached, self.records), level, ack)
                         .into_iter()
-                        .collect())
+                        .collect()
                 };
-                let _ = reply.send(outcome.and_then(|outcome| outcome));
+                let _ = reply.send(outcome);
                 core.give_back(reserved);
             }
             Waiters::Part { split, index, id } => {
@@ -235,6 +215,24 @@ pub(crate) struct EncodedOwn {
     records: usize,
     /// Per record, the id the producer attached; empty when it attached none.
     attached: Vec<Option<Bytes>>,
+}
+
+/// The answer of a `send_batch` from each record's outcome: with only the ids the
+/// producer attached (`attached`, per record; empty when it attached none).
+fn batch_answer(
+    outcomes: Vec<Result<Delivered>>,
+    attached: &[Option<Bytes>],
+) -> Result<Vec<Delivered>> {
+    outcomes
+        .into_iter()
+        .enumerate()
+        .map(|(index, outcome)| {
+            outcome.map(|delivered| Delivered {
+                id: attached.get(index).cloned().flatten(),
+                ..delivered
+            })
+        })
+        .collect()
 }
 
 /// Each record's id in a batch the producer encoded (its duplicate answer names
