@@ -43,7 +43,7 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        BytesDecoder { _pd: PhantomData }
+        BytesDecoder::new()
     }
 }
 
@@ -51,6 +51,19 @@ where
 #[derive(Debug, Clone)]
 pub struct BytesDecoder<U> {
     _pd: PhantomData<U>,
+}
+
+impl<U> BytesDecoder<U> {
+    /// A decoder of `U` (for a service that decodes a request outside tonic's server).
+    pub fn new() -> Self {
+        BytesDecoder { _pd: PhantomData }
+    }
+}
+
+impl<U> Default for BytesDecoder<U> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl<U: prost::Message + Default> Decoder for BytesDecoder<U> {

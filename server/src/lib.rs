@@ -12,6 +12,9 @@
 //! - [`batch`]: record batches on the wire: `PublishBatch` (and batch requests on
 //!   `PublishStream`), `FetchBatches`, `SubscribeBatches`; storage validates and reads,
 //!   this module only moves the bytes.
+//! - [`zero_copy`]: the `Consumer` service as the server adds it: `FetchBatches` and
+//!   `SubscribeBatches` responses sent as pieces, the stored batches slices of the
+//!   segments (not copied into an encode buffer); other methods go to tonic's server.
 //! - [`read`]: the read limits every reader applies, [`read::read_round`] (the one loop
 //!   that reads partitions for every subscriber: batch budget, turns among partitions,
 //!   expired messages skipped) and [`read::PartitionReader`], the plain Subscribe
@@ -75,6 +78,7 @@ pub mod server;
 pub mod shutdown;
 pub mod sniff;
 pub mod tls;
+pub mod zero_copy;
 
 /// What every service shares. Handed around as `Arc<AppState>`.
 #[derive(Debug)]

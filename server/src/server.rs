@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use tidelog_proto::v1::access_server::AccessServer;
 use tidelog_proto::v1::admin_server::AdminServer;
-use tidelog_proto::v1::consumer_server::ConsumerServer;
 use tidelog_proto::v1::groups_server::GroupsServer;
 use tidelog_proto::v1::messages_server::MessagesServer;
 use tidelog_proto::v1::publisher_server::PublisherServer;
@@ -227,7 +226,8 @@ async fn serve(
                 .max_decoding_message_size(max),
         )
         .add_service(
-            ConsumerServer::new(ConsumerService::new(state.clone())).max_decoding_message_size(max),
+            // FetchBatches and SubscribeBatches answered without copying the batches.
+            crate::zero_copy::ConsumerRoutes::new(ConsumerService::new(state.clone()), max),
         )
         .add_service(
             GroupsServer::new(GroupsService::new(state.clone())).max_decoding_message_size(max),

@@ -826,3 +826,129 @@ async fn next_event(
         .event
         .expect("an event")
 }
+
+/// Batches of random sizes (records of 0 B to 200 KB, so stored batches from a few
+/// dozen bytes, copied into the response, to megabytes, sent as slices of the
+/// segments) come back whole through FetchBatches and SubscribeBatches with random
+/// byte budgets, every record once and in order; deleting the topic then ends the
+/// stream with NOT_FOUND in its trailers.
+#[tokio::test]
+async fn batches_of_random_sizes_read_back_in_both_forms_and_a_stream_ends_with_its_status() {
+    let broker = TestBroker::start();
+    broker
+        .create_topic(
+            "sizes",
+            1,
+            TopicConfig {
+                max_message_bytes: 4 << 20,
+                ..Default::default()
+            },
+        )
+        .await;
+    let mut rng = crate::support::Rng::new(0x5eed_b47c);
+    let mut client = broker.publisher().await;
+    let mut sent: Vec<Bytes> = Vec::new();
+    for _ in 0..24 {
+        let count = 1 + rng.below(40) as usize;
+        let batch: Vec<NewRecord> = (0..count)
+            .map(|_| {
+                let len = match rng.below(10) {
+                    0 => 0,
+                    1 => rng.below(200_000) as usize,
+                    _ => rng.below(3_000) as usize,
+                };
+                NewRecord {
+                    value: Bytes::from(rng.bytes(len)),
+                    ..NewRecord::default()
+                }
+            })
+            .collect();
+        publish(&mut client, "sizes", 0, encode(&batch, Compression::None))
+            .await
+            .expect("publish batch");
+        sent.extend(batch.into_iter().map(|r| r.value));
+    }
+
+    let mut consumer = broker.consumer().await;
+    let mut fetched = Vec::new();
+    while fetched.len() < sent.len() {
+        let response = consumer
+            .fetch_batches(FetchRequest {
+                topic: "sizes".into(),
+                offset: fetched.len() as u64,
+                max_bytes: 1 + rng.below(1 << 20) as u32,
+                ..Default::default()
+            })
+            .await
+            .expect("fetch batches")
+            .into_inner();
+        assert!(!response.batches.is_empty(), "at {}", fetched.len());
+        for batch in &response.batches {
+            for record in
+                delivered_records(&batch.batch, batch.skip_front, &batch.skip, response.now_ms)
+                    .expect("a stored batch decodes")
+            {
+                assert_eq!(record.offset, fetched.len() as u64);
+                fetched.push(record.value);
+            }
+        }
+    }
+    assert!(fetched == sent, "FetchBatches returned other values");
+
+    let mut stream = consumer
+        .subscribe_batches(SubscribeRequest {
+            topic: "sizes".into(),
+            start: Some(StartPosition {
+                position: Some(start_position::Position::Earliest(
+                    start_position::Earliest {},
+                )),
+            }),
+            max_batch_bytes: 1 + rng.below(2 << 20) as u32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut streamed = Vec::new();
+    while streamed.len() < sent.len() {
+        let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("an event in time")
+            .expect("open")
+            .expect("ok");
+        let Some(Event::Batches(batches)) = event.event else {
+            continue;
+        };
+        for batch in &batches.batches {
+            for record in
+                delivered_records(&batch.batch, batch.skip_front, &batch.skip, batches.now_ms)
+                    .expect("a stored batch decodes")
+            {
+                assert_eq!(record.offset, streamed.len() as u64);
+                streamed.push(record.value);
+            }
+        }
+    }
+    assert!(streamed == sent, "SubscribeBatches delivered other values");
+
+    broker
+        .admin()
+        .await
+        .delete_topic(tidelog_proto::v1::DeleteTopicRequest {
+            name: "sizes".into(),
+        })
+        .await
+        .unwrap();
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("the stream ends in time")
+        {
+            Some(Ok(_)) => continue,
+            Some(Err(status)) => break status,
+            None => panic!("the stream ended without a status"),
+        }
+    };
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert!(status.message().contains("deleted"), "{status:?}");
+}
