@@ -12,9 +12,11 @@
 //! - [`batch`]: record batches on the wire: `PublishBatch` (and batch requests on
 //!   `PublishStream`), `FetchBatches`, `SubscribeBatches`; storage validates and reads,
 //!   this module only moves the bytes.
-//! - [`zero_copy`]: the `Consumer` service as the server adds it: `FetchBatches` and
-//!   `SubscribeBatches` responses sent as pieces, the stored batches slices of the
-//!   segments (not copied into an encode buffer); other methods go to tonic's server.
+//! - [`zero_copy`]: the `Consumer` and `Publisher` services as the server adds them:
+//!   `FetchBatches` and `SubscribeBatches` responses sent as pieces (the stored
+//!   batches slices of the segments), `Publish`, `PublishBatch` and `PublishStream`
+//!   requests decoded from the HTTP/2 chunks they came in; other methods go to tonic's
+//!   generated servers.
 //! - [`read`]: the read limits every reader applies, [`read::read_round`] (the one loop
 //!   that reads partitions for every subscriber: batch budget, turns among partitions,
 //!   expired messages skipped) and [`read::PartitionReader`], the plain Subscribe

@@ -26,6 +26,7 @@ use tidelog_proto::v1::{
 use tidelog_storage::{AckLevel, NewRecord, Partition, Placed, Topic};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::AppState;
@@ -366,6 +367,20 @@ impl Publisher for PublisherService {
         &self,
         request: Request<Streaming<PublishStreamRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        Ok(self.publish_stream_from(request))
+    }
+}
+
+impl PublisherService {
+    /// PublishStream over the requests `request` carries: tonic's decoder of the
+    /// stream, or the one [`crate::zero_copy`] uses.
+    pub fn publish_stream_from<S>(
+        &self,
+        request: Request<S>,
+    ) -> Response<ReceiverStream<Result<PublishStreamResponse, Status>>>
+    where
+        S: Stream<Item = Result<PublishStreamRequest, Status>> + Send + Unpin + 'static,
+    {
         let started = Instant::now();
         // Each request names its topic: checked one by one, so a revoked token or a
         // changed rule applies from the next request on.
@@ -385,10 +400,10 @@ impl Publisher for PublisherService {
                         let _ = pending_tx.send(Pending::End(shutting_down())).await;
                         return;
                     }
-                    next = inbound.message() => next,
+                    next = inbound.next() => next,
                 };
                 let pending = match next {
-                    Ok(Some(item)) => {
+                    Some(Ok(item)) => {
                         // Over a quota, the stream stops reading for a while.
                         state
                             .auth
@@ -437,9 +452,9 @@ impl Publisher for PublisherService {
                         }
                     }
                     // The client half-closed: answer what is outstanding, then end OK.
-                    Ok(None) => return,
+                    None => return,
                     // A message over the size limit breaks the stream's framing.
-                    Err(status) => Pending::End(crate::request_limit::rewrite_status(
+                    Some(Err(status)) => Pending::End(crate::request_limit::rewrite_status(
                         status,
                         state.config.max_request_bytes,
                     )),
@@ -495,7 +510,7 @@ impl Publisher for PublisherService {
             }
             metrics.rpc_finished("PublishStream", started, final_error);
         });
-        Ok(Response::new(ReceiverStream::new(response_rx)))
+        Response::new(ReceiverStream::new(response_rx))
     }
 }
 

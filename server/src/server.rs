@@ -15,7 +15,6 @@ use tidelog_proto::v1::access_server::AccessServer;
 use tidelog_proto::v1::admin_server::AdminServer;
 use tidelog_proto::v1::groups_server::GroupsServer;
 use tidelog_proto::v1::messages_server::MessagesServer;
-use tidelog_proto::v1::publisher_server::PublisherServer;
 use tidelog_proto::v1::queues_server::QueuesServer;
 use tidelog_storage::{Store, StoreOptions, SystemClock};
 use tokio::net::TcpListener;
@@ -211,6 +210,8 @@ async fn serve(
         // tonic announces no limit by default: one connection could pin unbounded
         // memory with streams. Clients queue calls beyond the limit.
         .max_concurrent_streams(settings.max_streams_per_connection)
+        // A publish of up to 1 MiB may come in one DATA frame, taken without a copy.
+        .max_frame_size(Some(crate::zero_copy::MAX_FRAME_BYTES))
         // tonic turns off h2's cap on streams a client makes the server reset (the
         // "MadeYouReset" flood, CVE-2025-8671); past it the connection gets GOAWAY.
         .http2_max_local_error_reset_streams(Some(HTTP2_LOCAL_ERROR_RESETS_MAX))
@@ -221,13 +222,14 @@ async fn serve(
             AdminServer::new(AdminService::new(state.clone(), bound.clone()))
                 .max_decoding_message_size(max),
         )
-        .add_service(
-            PublisherServer::new(PublisherService::new(state.clone()))
-                .max_decoding_message_size(max),
-        )
+        // Publish, PublishBatch and PublishStream decoded without copying.
+        .add_service(crate::zero_copy::PublisherRoutes::publisher(
+            PublisherService::new(state.clone()),
+            max,
+        ))
         .add_service(
             // FetchBatches and SubscribeBatches answered without copying the batches.
-            crate::zero_copy::ConsumerRoutes::new(ConsumerService::new(state.clone()), max),
+            crate::zero_copy::ConsumerRoutes::consumer(ConsumerService::new(state.clone()), max),
         )
         .add_service(
             GroupsServer::new(GroupsService::new(state.clone())).max_decoding_message_size(max),

@@ -182,3 +182,168 @@ fn an_empty_fetch_is_one_piece() {
     assert_eq!(pieces.0.len(), 1);
     assert_eq!(message_of(&joined(&pieces)), message.encode_to_vec());
 }
+
+/// A request body of given chunks (and then, optionally, an error).
+struct Chunks {
+    frames: VecDeque<Result<Frame<Bytes>, Status>>,
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        Poll::Ready(self.frames.pop_front())
+    }
+}
+
+fn body(chunks: Vec<Bytes>, error: Option<Status>) -> Body {
+    let mut frames: VecDeque<_> = chunks.into_iter().map(|c| Ok(Frame::data(c))).collect();
+    frames.extend(error.map(Err));
+    Body::new(Chunks { frames })
+}
+
+/// A gRPC frame of `message`.
+fn framed(message: &impl Message) -> Vec<u8> {
+    let mut out = vec![0];
+    out.extend_from_slice(&(message.encoded_len() as u32).to_be_bytes());
+    message.encode(&mut out).unwrap();
+    out
+}
+
+fn decode_all(body: Body, max: usize) -> Vec<Result<PublishBatchRequest, Status>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(RequestMessages::<PublishBatchRequest>::new(body, max).collect())
+}
+
+fn publish_batch(len: usize, fill: u8) -> PublishBatchRequest {
+    PublishBatchRequest {
+        topic: format!("t{fill}"),
+        partition: u32::from(fill),
+        batch: Bytes::from(vec![fill; len]),
+        ack: i32::from(fill % 3),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Messages of random sizes, their bytes cut into chunks at random places, decode
+    /// to themselves in order; a message inside one chunk is a slice of it.
+    #[test]
+    fn request_messages_decode_across_any_chunking(
+        lens in proptest::collection::vec(prop_oneof![0usize..100, 0usize..300_000], 0..8),
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..20),
+    ) {
+        let messages: Vec<_> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, len)| publish_batch(*len, i as u8))
+            .collect();
+        let stream: Vec<u8> = messages.iter().flat_map(framed).collect();
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
+        cuts.extend([0, stream.len()]);
+        cuts.sort_unstable();
+        cuts.dedup();
+        let chunks: Vec<Bytes> = cuts
+            .windows(2)
+            .map(|w| Bytes::copy_from_slice(&stream[w[0]..w[1]]))
+            .collect();
+        let decoded = decode_all(body(chunks.clone(), None), 1 << 20);
+        prop_assert_eq!(decoded.len(), messages.len());
+        let mut start = 0;
+        for (got, sent) in decoded.into_iter().zip(&messages) {
+            let got = got.expect("decodes");
+            prop_assert_eq!(&got, sent);
+            // Within one chunk (from its header to its end): not copied.
+            let end = start + framed(sent).len();
+            let chunk_ends: Vec<usize> = cuts[1..].to_vec();
+            let first_chunk = chunk_ends.iter().position(|e| *e > start);
+            let last_chunk = chunk_ends.iter().position(|e| *e >= end);
+            if !got.batch.is_empty() && first_chunk == last_chunk {
+                let chunk = &chunks[first_chunk.unwrap()];
+                prop_assert!(chunk.as_ptr_range().contains(&got.batch.as_ptr()), "copied");
+            }
+            start = end;
+        }
+    }
+}
+
+#[test]
+fn request_messages_refuse_what_they_cannot_take() {
+    // Over the limit: refused from the header alone, with the limit named.
+    let big = framed(&publish_batch(5_000, 1));
+    let got = decode_all(body(vec![Bytes::copy_from_slice(&big[..5])], None), 4_000);
+    assert_eq!(got.len(), 1);
+    let status = got[0].as_ref().unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("4000 bytes"), "{status:?}");
+
+    // A compressed message without an encoding.
+    let mut compressed = framed(&publish_batch(10, 2));
+    compressed[0] = 1;
+    let got = decode_all(body(vec![Bytes::from(compressed)], None), 1 << 20);
+    assert_eq!(got[0].as_ref().unwrap_err().code(), tonic::Code::Internal);
+
+    // A body that ends inside a message.
+    let whole = framed(&publish_batch(100, 3));
+    let got = decode_all(
+        body(vec![Bytes::copy_from_slice(&whole[..50])], None),
+        1 << 20,
+    );
+    assert_eq!(got.len(), 1);
+    let status = got[0].as_ref().unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Internal);
+    assert!(status.message().contains("EOF"), "{status:?}");
+
+    // A message that does not parse.
+    let garbage = Bytes::from_static(&[0, 0, 0, 0, 3, 0xff, 0xff, 0xff]);
+    let got = decode_all(body(vec![garbage], None), 1 << 20);
+    assert_eq!(got[0].as_ref().unwrap_err().code(), tonic::Code::Internal);
+
+    // The body's own error, after the messages before it.
+    let got = decode_all(
+        body(
+            vec![Bytes::from(whole)],
+            Some(Status::cancelled("connection reset")),
+        ),
+        1 << 20,
+    );
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].as_ref().unwrap(), &publish_batch(100, 3));
+    assert_eq!(got[1].as_ref().unwrap_err().code(), tonic::Code::Cancelled);
+}
+
+/// The paths answered here are the generated servers' (a misspelt one would quietly
+/// go to tonic's server, with its copies).
+#[test]
+fn the_paths_answered_here_are_the_services_methods() {
+    let consumer = <ConsumerServer<ConsumerService> as NamedService>::NAME;
+    let publisher = <PublisherServer<PublisherService> as NamedService>::NAME;
+    for method in ["FetchBatches", "SubscribeBatches"] {
+        let path = format!("/{consumer}/{method}");
+        assert!(ConsumerService::method(&path).is_some(), "{path}");
+    }
+    for method in ["Publish", "PublishBatch", "PublishStream"] {
+        let path = format!("/{publisher}/{method}");
+        assert!(PublisherService::method(&path).is_some(), "{path}");
+    }
+    for other in ["Fetch", "Subscribe", "ListOffsets"] {
+        assert!(ConsumerService::method(&format!("/{consumer}/{other}")).is_none());
+    }
+    // The methods exist in the API's descriptor set.
+    let descriptors = String::from_utf8_lossy(tidelog_proto::FILE_DESCRIPTOR_SET);
+    for method in [
+        "FetchBatches",
+        "SubscribeBatches",
+        "PublishBatch",
+        "PublishStream",
+    ] {
+        assert!(descriptors.contains(method), "{method}");
+    }
+}
