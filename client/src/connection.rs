@@ -234,6 +234,9 @@ impl Client {
             .tcp_nodelay(true)
             .initial_stream_window_size(options.stream_window_bytes)
             .initial_connection_window_size(options.connection_window_bytes)
+            // A stored batch of up to 1 MiB may come in one DATA frame, read without a
+            // copy (crate::wire).
+            .max_frame_size(tidelog_proto::frames::MAX_FRAME_BYTES)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);

@@ -106,6 +106,7 @@ mod producer;
 mod queue;
 mod record;
 mod router;
+mod wire;
 
 pub use backoff::Backoff;
 pub use connection::{Client, ClientOptions, Conn, GRPC_MESSAGE_BYTES_MAX};

@@ -24,6 +24,7 @@
 //! `Builder::register_encoded_file_descriptor_set`.
 
 pub mod codec;
+pub mod frames;
 
 /// Generated code for protobuf package `tidelog.v1`.
 pub mod v1 {

@@ -21,15 +21,14 @@ use tonic::codegen::http;
 const TONIC_TOO_LARGE: &str = "decoded message length too large";
 const TONIC_TOO_LARGE_ENCODED: &str = "decoded%20message%20length%20too%20large";
 
-/// The status for a request over `limit` bytes.
+/// The status for a request over `limit` bytes (one wording, also
+/// [`tidelog_proto::frames`]' when it refuses a message from its header).
 pub fn too_large(limit: usize) -> Status {
-    Status::resource_exhausted(message(limit))
+    tidelog_proto::frames::too_large(limit)
 }
 
 fn message(limit: usize) -> String {
-    format!(
-        "the request is over the server's limit of {limit} bytes per gRPC message (tidelogd --max-request-bytes); send fewer or smaller messages per request, or have the operator raise the limit"
-    )
+    too_large(limit).message().to_string()
 }
 
 /// Turns tonic's OUT_OF_RANGE for an oversized message into [`too_large`]; other

@@ -211,7 +211,7 @@ async fn serve(
         // memory with streams. Clients queue calls beyond the limit.
         .max_concurrent_streams(settings.max_streams_per_connection)
         // A publish of up to 1 MiB may come in one DATA frame, taken without a copy.
-        .max_frame_size(Some(crate::zero_copy::MAX_FRAME_BYTES))
+        .max_frame_size(Some(tidelog_proto::frames::MAX_FRAME_BYTES))
         // tonic turns off h2's cap on streams a client makes the server reset (the
         // "MadeYouReset" flood, CVE-2025-8671); past it the connection gets GOAWAY.
         .http2_max_local_error_reset_streams(Some(HTTP2_LOCAL_ERROR_RESETS_MAX))

@@ -203,7 +203,7 @@ pub struct GroupMember {
     /// A pattern member's topics as the latest Assignment listed them (every topic
     /// the pattern matches, each with the partitions this member owns).
     topics: Vec<(Arc<str>, Vec<u32>)>,
-    stream: Option<tonic::Streaming<SubscribeBatchesResponse>>,
+    stream: Option<tidelog_proto::frames::Messages<SubscribeBatchesResponse>>,
     /// Events received and not yet returned.
     events: VecDeque<GroupEvent>,
     /// The rest of the [`GroupEvent::Messages`] that [`GroupMember::next`] is returning
@@ -784,9 +784,9 @@ impl GroupMember {
             filter: self.options.filter.clone(),
             ..SubscribeRequest::default()
         };
-        match self.client.consumer().subscribe_batches(request).await {
-            Ok(response) => {
-                self.stream = Some(response.into_inner());
+        match crate::wire::subscribe_batches(self.client.conn(), request).await {
+            Ok(stream) => {
+                self.stream = Some(stream);
                 Ok(())
             }
             Err(status) => Err(Error::from_status(

@@ -216,7 +216,7 @@ pub struct Subscription {
     names: BTreeMap<String, Arc<str>>,
     /// The topics a pattern reads, as the last TopicsChanged said (`None` before it).
     topics: Option<BTreeSet<String>>,
-    stream: Option<tonic::Streaming<SubscribeBatchesResponse>>,
+    stream: Option<tidelog_proto::frames::Messages<SubscribeBatchesResponse>>,
     /// The first stream fixed every start (its Positioned event came).
     positioned: bool,
     /// The stream broke; [`Event::Reconnected`] is due with the next event.
@@ -535,9 +535,9 @@ impl Subscription {
                 })
                 .collect();
         }
-        match self.client.consumer().subscribe_batches(request).await {
-            Ok(response) => {
-                self.stream = Some(response.into_inner());
+        match crate::wire::subscribe_batches(self.client.conn(), request).await {
+            Ok(stream) => {
+                self.stream = Some(stream);
                 Ok(())
             }
             Err(status) => Err(self.error(&status)),
