@@ -68,10 +68,11 @@ pub enum Trailers {
     Status,
 }
 
-/// A body's gRPC messages, each decoded from one [`Bytes`]: a slice of the
-/// HTTP/2 chunk it arrived in when it fits in one, else its chunks copied once into a
-/// buffer of its exact length. A message longer than the limit is refused from its
-/// header, before its bytes are buffered.
+/// A body's gRPC messages, decoded from the chunks they arrived in without joining
+/// them: each `bytes` field (a record batch) that lies inside one chunk is a slice of
+/// it, and only one that spans chunks is copied (by [`ChunkBuf::copy_to_bytes`]). A
+/// message longer than the limit is refused from its header, before its bytes are
+/// buffered.
 pub struct Messages<M> {
     body: Body,
     trailers: Trailers,
@@ -107,8 +108,9 @@ impl<M> Messages<M> {
         }
     }
 
-    /// The next whole message's bytes, if they are all buffered.
-    fn take_message(&mut self) -> Result<Option<Bytes>, Status> {
+    /// The next whole message's bytes, if they are all buffered: the chunks they are
+    /// in, the first and last cut to the message.
+    fn take_message(&mut self) -> Result<Option<ChunkBuf>, Status> {
         if self.buffered < 5 {
             return Ok(None);
         }
@@ -136,27 +138,24 @@ impl<M> Messages<M> {
         }
         self.advance(5);
         self.buffered -= 5 + len;
-        let front = self.chunks.front_mut().map_or(0, |chunk| chunk.len());
-        if front >= len {
-            let message = self.chunks[0].split_to(len);
-            if self.chunks[0].is_empty() {
-                self.chunks.pop_front();
-            }
-            return Ok(Some(message));
-        }
-        let mut message = BytesMut::with_capacity(len);
-        while message.len() < len {
+        let mut message = ChunkBuf {
+            chunks: VecDeque::with_capacity(1),
+            remaining: len,
+        };
+        let mut wanted = len;
+        while wanted > 0 {
             let Some(chunk) = self.chunks.front_mut() else {
                 break;
             };
-            let n = chunk.len().min(len - message.len());
-            message.extend_from_slice(&chunk[..n]);
-            chunk.advance(n);
-            if chunk.is_empty() {
-                self.chunks.pop_front();
+            if chunk.len() <= wanted {
+                wanted -= chunk.len();
+                message.chunks.extend(self.chunks.pop_front());
+            } else {
+                message.chunks.push_back(chunk.split_to(wanted));
+                wanted = 0;
             }
         }
-        Ok(Some(message.freeze()))
+        Ok(Some(message))
     }
 
     /// Drops `n` buffered bytes from the front (the caller keeps `buffered`).
@@ -475,6 +474,61 @@ impl Writer {
             self.pieces.push(self.current.freeze());
         }
         Pieces(self.pieces)
+    }
+}
+
+/// One message's bytes as the chunks they came in, read by prost as one [`Buf`]: a
+/// `bytes` field inside one chunk is taken as a slice of it.
+#[derive(Debug)]
+pub struct ChunkBuf {
+    chunks: VecDeque<Bytes>,
+    remaining: usize,
+}
+
+impl Buf for ChunkBuf {
+    fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.chunks.front().map_or(&[], |chunk| &chunk[..])
+    }
+
+    fn advance(&mut self, n: usize) {
+        // prost checks lengths against `remaining` before it advances; past the end
+        // would only empty the buffer.
+        let mut n = n.min(self.remaining);
+        self.remaining -= n;
+        while n > 0 {
+            let Some(chunk) = self.chunks.front_mut() else {
+                return;
+            };
+            let step = chunk.len().min(n);
+            chunk.advance(step);
+            n -= step;
+            if chunk.is_empty() {
+                self.chunks.pop_front();
+            }
+        }
+    }
+
+    fn copy_to_bytes(&mut self, len: usize) -> Bytes {
+        let len = len.min(self.remaining);
+        match self.chunks.front_mut() {
+            Some(chunk) if chunk.len() >= len => {
+                let bytes = chunk.split_to(len);
+                if chunk.is_empty() {
+                    self.chunks.pop_front();
+                }
+                self.remaining -= len;
+                bytes
+            }
+            _ => {
+                let mut out = BytesMut::with_capacity(len);
+                out.put((&mut *self).take(len));
+                out.freeze()
+            }
+        }
     }
 }
 

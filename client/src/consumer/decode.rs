@@ -10,19 +10,29 @@ use tidelog_storage::client_batch::for_each_delivered;
 use crate::error::{Error, Result};
 use crate::record::Message;
 
-/// The most messages room is made for ahead of a decode (what a batch claims, an
-/// untrusted count, is capped at this; a larger delivery grows the vector as it
-/// decodes).
-const RESERVE_MESSAGES_MAX: usize = 4096;
+/// The most messages room is made for ahead of a decode when the request set no
+/// limit (what a batch claims, an untrusted count, is capped; a larger delivery grows
+/// the vector as it decodes).
+const RESERVE_MESSAGES_DEFAULT: usize = 4096;
+
+/// The most messages room is made for ahead of a decode at all: tidelogd reads at most
+/// 10,000 messages a delivery, so a request that asks for more does not make a claim
+/// (an untrusted count) reserve more.
+const RESERVE_MESSAGES_MAX: usize = 10_000;
 
 /// An empty vector with room for the messages of a delivery's `batches` (what their
-/// untrusted record counts claim, capped), so the decode of a delivery moves no
-/// message twice.
-pub(crate) fn room_for(batches: &[StoredRecordBatch]) -> Vec<Message> {
+/// untrusted record counts claim, capped at `asked`, the most messages the request
+/// asked for, and [`RESERVE_MESSAGES_MAX`]; 0, none asked, caps at
+/// [`RESERVE_MESSAGES_DEFAULT`]), so the decode of a delivery moves no message twice.
+pub(crate) fn room_for(batches: &[StoredRecordBatch], asked: u32) -> Vec<Message> {
     let claimed = batches.iter().fold(0usize, |sum, batch| {
         sum.saturating_add(batch.record_count.saturating_sub(batch.skip_front) as usize)
     });
-    Vec::with_capacity(claimed.min(RESERVE_MESSAGES_MAX))
+    let cap = match asked {
+        0 => RESERVE_MESSAGES_DEFAULT,
+        asked => (asked as usize).min(RESERVE_MESSAGES_MAX),
+    };
+    Vec::with_capacity(claimed.min(cap))
 }
 
 /// Decodes one stored batch and appends the records to deliver to `out` (all of them,
@@ -36,7 +46,7 @@ pub(crate) fn decode_into(
 ) -> Result<()> {
     let before = out.len();
     if let Ok(header) = BatchHeader::parse(&batch.batch) {
-        out.reserve((header.record_count as usize).min(RESERVE_MESSAGES_MAX));
+        out.reserve((header.record_count as usize).min(RESERVE_MESSAGES_DEFAULT));
     }
     for_each_delivered(
         &batch.batch,
@@ -66,6 +76,24 @@ mod tests {
     use super::*;
 
     const NOW: i64 = 1_700_000_000_000;
+
+    #[test]
+    fn room_is_what_the_batches_claim_capped_by_the_request_and_the_broker() {
+        let claim = |count: u32, skip_front: u32| StoredRecordBatch {
+            record_count: count,
+            skip_front,
+            ..StoredRecordBatch::default()
+        };
+        let ten_batches: Vec<_> = (0..10).map(|_| claim(1_000, 0)).collect();
+        // As many as claimed when the request allows them (no regrowth on decode).
+        assert!(room_for(&ten_batches, 10_000).capacity() >= 10_000);
+        assert!(room_for(&[claim(1_000, 400)], 10_000).capacity() >= 600);
+        // The request's limit, and the broker's, cap an untrusted claim.
+        let lying = [claim(u32::MAX, 0), claim(u32::MAX, 0)];
+        assert!(room_for(&lying, 50).capacity() < 10_000);
+        assert!(room_for(&lying, u32::MAX).capacity() < 20_000);
+        assert!(room_for(&lying, 0).capacity() < 10_000);
+    }
 
     /// One stored batch at `base` of records with these value sizes and expiries, and
     /// what the broker marks: `skip_front` records, the offset deltas in `skip`.

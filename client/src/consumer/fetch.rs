@@ -92,7 +92,7 @@ impl Client {
             .map_err(|status| Error::from_status("FetchBatches", Some(topic), &status))?
             .into_inner();
         let name: Arc<str> = Arc::from(topic);
-        let mut messages = room_for(&response.batches);
+        let mut messages = room_for(&response.batches, options.max_messages);
         for batch in &response.batches {
             decode_into(&name, partition, batch, response.now_ms, &mut messages)?;
         }

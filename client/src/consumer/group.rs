@@ -803,7 +803,7 @@ impl GroupMember {
                 let partition = batches.partition;
                 let topic = self.batch_topic(batches.position.as_ref().map(|p| &*p.topic))?;
                 // A damaged batch drops the whole delivery.
-                let mut messages = room_for(&batches.batches);
+                let mut messages = room_for(&batches.batches, self.options.max_batch_messages);
                 for batch in &batches.batches {
                     decode_into(&topic, partition, batch, batches.now_ms, &mut messages)?;
                 }

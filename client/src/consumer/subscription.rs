@@ -574,7 +574,7 @@ impl Subscription {
                 };
                 // One event for the delivery's messages; on a damaged batch, the
                 // messages of the batches before it still come, then the error.
-                let mut messages = room_for(&batches.batches);
+                let mut messages = room_for(&batches.batches, self.options.max_batch_messages);
                 let mut decoded = Ok(());
                 for batch in &batches.batches {
                     decoded = decode_into(&topic, partition, batch, batches.now_ms, &mut messages);
