@@ -1,13 +1,17 @@
-//! Calls that read record batches, made on the HTTP/2 connection without tonic's
-//! client codec: the request goes out as [`Pieces`] and the response's messages are
-//! decoded by [`Messages`] from the chunks they arrive in (a stored batch inside one
-//! DATA frame is a slice of it, not copied into a receive buffer; the client asks for
-//! frames of up to [`tidelog_proto::frames::MAX_FRAME_BYTES`]). Everything else about
+//! Calls that carry record batches, made on the HTTP/2 connection without tonic's
+//! client codec: requests go out as [`Pieces`] (a batch a producer sends is a chunk of
+//! its own, not copied into an encode buffer) and the response's messages are decoded
+//! by [`Messages`] from the chunks they arrive in (a stored batch inside one DATA frame
+//! is a slice of it, not copied into a receive buffer; the client asks for frames of up
+//! to [`tidelog_proto::frames::MAX_FRAME_BYTES`]). Everything else about
 //! the call is the connection's: the token interceptor, the per-call timeout, the
 //! reconnects.
 
 use tidelog_proto::frames::{Messages, Pieces, PiecesBody, Trailers};
-use tidelog_proto::v1::{SubscribeBatchesResponse, SubscribeRequest};
+use tidelog_proto::v1::{
+    PublishStreamRequest, PublishStreamResponse, SubscribeBatchesResponse, SubscribeRequest,
+};
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::body::Body;
 use tonic::codegen::{Service, http};
 use tonic::metadata::GRPC_CONTENT_TYPE;
@@ -20,21 +24,30 @@ pub async fn subscribe_batches(
     conn: Conn,
     request: SubscribeRequest,
 ) -> Result<Messages<SubscribeBatchesResponse>, Status> {
-    server_streaming(conn, "/tidelog.v1.Consumer/SubscribeBatches", &request).await
+    let body = PiecesBody::request(tokio_stream::once(Pieces::message(&request)));
+    call(conn, "/tidelog.v1.Consumer/SubscribeBatches", body).await
 }
 
-/// A server-streaming call (or a unary one: its stream has one message): the request,
-/// then the response's messages, with the call's status from its headers (a refusal)
-/// or its trailers (the last item of the stream when not OK).
-async fn server_streaming<M: prost::Message + Default>(
+/// `Publisher.PublishStream`: `requests` as they come, and the stream of answers.
+pub async fn publish_stream(
+    conn: Conn,
+    requests: impl Stream<Item = PublishStreamRequest> + Send + 'static,
+) -> Result<Messages<PublishStreamResponse>, Status> {
+    let body = PiecesBody::request(requests.map(Pieces::publish_stream_request));
+    call(conn, "/tidelog.v1.Publisher/PublishStream", body).await
+}
+
+/// A call with the request messages of `body`: the response's messages, with the
+/// call's status from its headers (a refusal) or its trailers (the last item of the
+/// stream when not OK).
+async fn call<M: prost::Message + Default>(
     mut conn: Conn,
     path: &'static str,
-    request: &impl prost::Message,
+    body: PiecesBody,
 ) -> Result<Messages<M>, Status> {
     std::future::poll_fn(|cx| conn.poll_ready(cx))
         .await
         .map_err(|error| Status::from_error(error.into()))?;
-    let body = PiecesBody::request(tokio_stream::once(Pieces::message(request)));
     let mut http_request = http::Request::new(Body::new(body));
     *http_request.method_mut() = http::Method::POST;
     *http_request.uri_mut() = http::Uri::from_static(path);

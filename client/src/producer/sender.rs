@@ -361,7 +361,7 @@ impl TopicRules {
 /// The open publish stream.
 struct Stream {
     requests: mpsc::Sender<PublishStreamRequest>,
-    responses: tonic::Streaming<PublishStreamResponse>,
+    responses: tidelog_proto::frames::Messages<PublishStreamResponse>,
 }
 
 struct Sender {
@@ -723,16 +723,11 @@ impl Sender {
     async fn open(&mut self) {
         let window = self.config.in_flight.max(1);
         let (requests, receiver) = mpsc::channel(window + 1);
-        match self
-            .client
-            .publisher()
-            .publish_stream(ReceiverStream::new(receiver))
-            .await
-        {
-            Ok(response) => {
+        match crate::wire::publish_stream(self.client.conn(), ReceiverStream::new(receiver)).await {
+            Ok(responses) => {
                 self.stream = Some(Stream {
                     requests,
-                    responses: response.into_inner(),
+                    responses,
                 });
                 self.backoff.reset();
                 // Unanswered batches first, in their order, then the ready ones.
