@@ -191,8 +191,13 @@ impl<M: Message + Default> Stream for Messages<M> {
             match self.take_message() {
                 Ok(Some(bytes)) => {
                     // INTERNAL for a message that does not parse, as tonic's prost
-                    // codec has it.
+                    // codec has it; the stream ends there, as after any error.
                     let message = M::decode(bytes).map_err(|e| Status::internal(e.to_string()));
+                    if message.is_err() {
+                        self.ended = true;
+                        self.chunks.clear();
+                        self.buffered = 0;
+                    }
                     return Poll::Ready(Some(message));
                 }
                 Ok(None) => {}

@@ -313,9 +313,11 @@ fn request_messages_refuse_what_they_cannot_take() {
     assert_eq!(status.code(), tonic::Code::Internal);
     assert!(status.message().contains("EOF"), "{status:?}");
 
-    // A message that does not parse.
-    let garbage = Bytes::from_static(&[0, 0, 0, 0, 3, 0xff, 0xff, 0xff]);
-    let got = decode_all(body(vec![garbage], None), 1 << 20);
+    // A message that does not parse ends the stream: what follows is not read.
+    let mut garbage = vec![0, 0, 0, 0, 3, 0xff, 0xff, 0xff];
+    garbage.extend(framed(&publish_batch(10, 4)));
+    let got = decode_all(body(vec![Bytes::from(garbage)], None), 1 << 20);
+    assert_eq!(got.len(), 1);
     assert_eq!(got[0].as_ref().unwrap_err().code(), tonic::Code::Internal);
 
     // The body's own error, after the messages before it.
