@@ -9,7 +9,8 @@
 
 use tidelog_proto::frames::{Messages, Pieces, PiecesBody, Trailers};
 use tidelog_proto::v1::{
-    PublishStreamRequest, PublishStreamResponse, SubscribeBatchesResponse, SubscribeRequest,
+    FetchBatchesResponse, FetchRequest, PublishStreamRequest, PublishStreamResponse,
+    SubscribeBatchesResponse, SubscribeRequest,
 };
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::body::Body;
@@ -26,6 +27,26 @@ pub async fn subscribe_batches(
 ) -> Result<Messages<SubscribeBatchesResponse>, Status> {
     let body = PiecesBody::request(tokio_stream::once(Pieces::message(&request)));
     call(conn, "/tidelog.v1.Consumer/SubscribeBatches", body).await
+}
+
+/// `Consumer.FetchBatches`: its one answer (the status follows it in the trailers).
+pub async fn fetch_batches(
+    conn: Conn,
+    request: FetchRequest,
+) -> Result<FetchBatchesResponse, Status> {
+    let body = PiecesBody::request(tokio_stream::once(Pieces::message(&request)));
+    let mut answers: Messages<FetchBatchesResponse> =
+        call(conn, "/tidelog.v1.Consumer/FetchBatches", body).await?;
+    let answer = answers
+        .message()
+        .await?
+        .ok_or_else(|| Status::internal("the broker's FetchBatches response had no message"))?;
+    match answers.message().await? {
+        None => Ok(answer),
+        Some(_) => Err(Status::internal(
+            "the broker's FetchBatches response had more than one message",
+        )),
+    }
 }
 
 /// `Publisher.PublishStream`: `requests` as they come, and the stream of answers.

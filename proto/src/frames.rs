@@ -159,17 +159,22 @@ impl<M> Messages<M> {
     }
 
     /// Drops `n` buffered bytes from the front (the caller keeps `buffered`).
-    fn advance(&mut self, mut n: usize) {
-        while n > 0 {
-            let Some(chunk) = self.chunks.front_mut() else {
-                return;
-            };
-            let step = chunk.len().min(n);
-            chunk.advance(step);
-            n -= step;
-            if chunk.is_empty() {
-                self.chunks.pop_front();
-            }
+    fn advance(&mut self, n: usize) {
+        drop_front(&mut self.chunks, n);
+    }
+}
+
+/// Drops the first `n` bytes of `chunks` (all of them if they hold fewer).
+fn drop_front(chunks: &mut VecDeque<Bytes>, mut n: usize) {
+    while n > 0 {
+        let Some(chunk) = chunks.front_mut() else {
+            return;
+        };
+        let step = chunk.len().min(n);
+        chunk.advance(step);
+        n -= step;
+        if chunk.is_empty() {
+            chunks.pop_front();
         }
     }
 }
@@ -502,19 +507,9 @@ impl Buf for ChunkBuf {
     fn advance(&mut self, n: usize) {
         // prost checks lengths against `remaining` before it advances; past the end
         // would only empty the buffer.
-        let mut n = n.min(self.remaining);
+        let n = n.min(self.remaining);
         self.remaining -= n;
-        while n > 0 {
-            let Some(chunk) = self.chunks.front_mut() else {
-                return;
-            };
-            let step = chunk.len().min(n);
-            chunk.advance(step);
-            n -= step;
-            if chunk.is_empty() {
-                self.chunks.pop_front();
-            }
-        }
+        drop_front(&mut self.chunks, n);
     }
 
     fn copy_to_bytes(&mut self, len: usize) -> Bytes {

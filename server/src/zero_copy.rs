@@ -20,9 +20,9 @@ use std::task::{Context, Poll};
 
 use prost::Message;
 use tidelog_proto::frames::{Messages, Pieces, PiecesBody, Trailers};
+use tidelog_proto::v1::SubscribeRequest;
 use tidelog_proto::v1::consumer_server::{Consumer, ConsumerServer};
 use tidelog_proto::v1::publisher_server::{Publisher, PublisherServer};
-use tidelog_proto::v1::{FetchRequest, PublishBatchRequest, PublishRequest, SubscribeRequest};
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::body::Body;
 use tonic::codegen::http;
@@ -161,15 +161,12 @@ impl Answers for ConsumerService {
         max: usize,
     ) -> BoxFuture<http::Response<Body>> {
         match method {
-            ConsumerMethod::FetchBatches => Box::pin(async move {
-                let answer = match unary_request::<FetchRequest>(request, max).await {
-                    Ok(request) => self.fetch_batches(request).await,
-                    Err(status) => Err(status),
-                };
-                respond(answer.map(|response| {
-                    response.map(|message| tokio_stream::once(Ok(Pieces::fetch_batches(message))))
-                }))
-            }),
+            ConsumerMethod::FetchBatches => Box::pin(unary(
+                request,
+                max,
+                move |request| async move { self.fetch_batches(request).await },
+                Pieces::fetch_batches,
+            )),
             ConsumerMethod::SubscribeBatches => Box::pin(async move {
                 let answer = match unary_request::<SubscribeRequest>(request, max).await {
                     Ok(request) => self.subscribe_batches(request).await,
@@ -210,24 +207,18 @@ impl Answers for PublisherService {
         max: usize,
     ) -> BoxFuture<http::Response<Body>> {
         match method {
-            PublisherMethod::Publish => Box::pin(async move {
-                let answer = match unary_request::<PublishRequest>(request, max).await {
-                    Ok(request) => self.publish(request).await,
-                    Err(status) => Err(status),
-                };
-                respond(answer.map(|response| {
-                    response.map(|message| tokio_stream::once(Ok(Pieces::message(&message))))
-                }))
-            }),
-            PublisherMethod::PublishBatch => Box::pin(async move {
-                let answer = match unary_request::<PublishBatchRequest>(request, max).await {
-                    Ok(request) => self.publish_batch(request).await,
-                    Err(status) => Err(status),
-                };
-                respond(answer.map(|response| {
-                    response.map(|message| tokio_stream::once(Ok(Pieces::message(&message))))
-                }))
-            }),
+            PublisherMethod::Publish => Box::pin(unary(
+                request,
+                max,
+                move |request| async move { self.publish(request).await },
+                |answer| Pieces::message(&answer),
+            )),
+            PublisherMethod::PublishBatch => Box::pin(unary(
+                request,
+                max,
+                move |request| async move { self.publish_batch(request).await },
+                |answer| Pieces::message(&answer),
+            )),
             PublisherMethod::PublishStream => Box::pin(async move {
                 let answer = streaming_request(request, max).map(|request| {
                     self.publish_stream_from(request).map(|responses| {
@@ -264,6 +255,26 @@ fn streaming_request<M: Message + Default>(
     Ok(Request::from_http(
         request.map(|body| Messages::new(body, Trailers::Ignore, max)),
     ))
+}
+
+/// A unary call answered here: its request decoded, `handler` called with it, its
+/// answer encoded by `encode`.
+async fn unary<Req, Resp, Fut>(
+    request: http::Request<Body>,
+    max: usize,
+    handler: impl FnOnce(Request<Req>) -> Fut,
+    encode: fn(Resp) -> Pieces,
+) -> http::Response<Body>
+where
+    Req: Message + Default,
+    Resp: Send + 'static,
+    Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+{
+    let answer = match unary_request::<Req>(request, max).await {
+        Ok(request) => handler(request).await,
+        Err(status) => Err(status),
+    };
+    respond(answer.map(|response| response.map(|answer| tokio_stream::once(Ok(encode(answer))))))
 }
 
 /// The one request message of a unary or server-streaming call. The body's trailers,

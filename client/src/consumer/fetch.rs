@@ -85,12 +85,9 @@ impl Client {
             max_wait_ms: u64::try_from(options.max_wait.as_millis()).unwrap_or(u64::MAX),
             filter: options.filter.clone(),
         };
-        let response = self
-            .consumer()
-            .fetch_batches(request)
+        let response = crate::wire::fetch_batches(self.conn(), request)
             .await
-            .map_err(|status| Error::from_status("FetchBatches", Some(topic), &status))?
-            .into_inner();
+            .map_err(|status| Error::from_status("FetchBatches", Some(topic), &status))?;
         let name: Arc<str> = Arc::from(topic);
         let mut messages = room_for(&response.batches, options.max_messages);
         for batch in &response.batches {
