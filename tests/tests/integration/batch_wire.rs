@@ -82,19 +82,30 @@ async fn fetch_all_batches(
     from: u64,
     filter: &str,
 ) -> Vec<Record> {
+    let request = FetchRequest {
+        topic: topic.into(),
+        partition: 0,
+        offset: from,
+        max_messages: 50,
+        filter: filter.into(),
+        ..Default::default()
+    };
+    fetch_records(broker, request, |_| {}).await
+}
+
+/// Every record from `request`'s offset to the end through FetchBatches, following
+/// each response's `next_offset`; `vary` sets each request's limits before it goes.
+async fn fetch_records(
+    broker: &TestBroker,
+    mut request: FetchRequest,
+    mut vary: impl FnMut(&mut FetchRequest),
+) -> Vec<Record> {
     let mut consumer = broker.consumer().await;
     let mut out = Vec::new();
-    let mut offset = from;
     loop {
+        vary(&mut request);
         let response = consumer
-            .fetch_batches(FetchRequest {
-                topic: topic.into(),
-                partition: 0,
-                offset,
-                max_messages: 50,
-                filter: filter.into(),
-                ..Default::default()
-            })
+            .fetch_batches(request.clone())
             .await
             .expect("fetch batches")
             .into_inner();
@@ -107,7 +118,38 @@ async fn fetch_all_batches(
         if response.next_offset >= response.end_offset {
             break;
         }
-        offset = response.next_offset;
+        assert!(
+            response.next_offset > request.offset,
+            "no progress at {}",
+            request.offset
+        );
+        request.offset = response.next_offset;
+    }
+    out
+}
+
+/// The next `count` records of a SubscribeBatches stream (other events skipped),
+/// decoded as a client does.
+async fn stream_records(
+    stream: &mut tonic::Streaming<tidelog_proto::v1::SubscribeBatchesResponse>,
+    count: usize,
+) -> Vec<Record> {
+    let mut out = Vec::new();
+    while out.len() < count {
+        let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("an event in time")
+            .expect("open")
+            .expect("ok");
+        let Some(Event::Batches(batches)) = event.event else {
+            continue;
+        };
+        for batch in &batches.batches {
+            out.extend(
+                delivered_records(&batch.batch, batch.skip_front, &batch.skip, batches.now_ms)
+                    .expect("a stored batch decodes"),
+            );
+        }
     }
     out
 }
@@ -256,25 +298,11 @@ async fn batches_round_trip_through_the_broker_both_ways() {
         .await
         .unwrap()
         .into_inner();
-    let mut offsets = Vec::new();
-    while offsets.len() < sent.len() {
-        let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
-            .await
-            .expect("an event in time")
-            .expect("open")
-            .expect("ok");
-        let Some(Event::Batches(batches)) = event.event else {
-            panic!("unexpected event {event:?}");
-        };
-        for batch in &batches.batches {
-            for record in
-                delivered_records(&batch.batch, batch.skip_front, &batch.skip, batches.now_ms)
-                    .unwrap()
-            {
-                offsets.push(record.offset);
-            }
-        }
-    }
+    let offsets: Vec<u64> = stream_records(&mut stream, sent.len())
+        .await
+        .iter()
+        .map(|r| r.offset)
+        .collect();
     assert_eq!(offsets, (0..sent.len() as u64).collect::<Vec<_>>());
 }
 
@@ -869,33 +897,22 @@ async fn batches_of_random_sizes_read_back_in_both_forms_and_a_stream_ends_with_
         sent.extend(batch.into_iter().map(|r| r.value));
     }
 
-    let mut consumer = broker.consumer().await;
-    let mut fetched = Vec::new();
-    while fetched.len() < sent.len() {
-        let response = consumer
-            .fetch_batches(FetchRequest {
-                topic: "sizes".into(),
-                offset: fetched.len() as u64,
-                max_bytes: 1 + rng.below(1 << 20) as u32,
-                ..Default::default()
-            })
-            .await
-            .expect("fetch batches")
-            .into_inner();
-        assert!(!response.batches.is_empty(), "at {}", fetched.len());
-        for batch in &response.batches {
-            for record in
-                delivered_records(&batch.batch, batch.skip_front, &batch.skip, response.now_ms)
-                    .expect("a stored batch decodes")
-            {
-                assert_eq!(record.offset, fetched.len() as u64);
-                fetched.push(record.value);
-            }
-        }
-    }
+    let request = FetchRequest {
+        topic: "sizes".into(),
+        ..Default::default()
+    };
+    let fetched = fetch_records(&broker, request, |request| {
+        request.max_bytes = 1 + rng.below(1 << 20) as u32;
+    })
+    .await;
+    let offsets: Vec<u64> = fetched.iter().map(|r| r.offset).collect();
+    assert_eq!(offsets, (0..sent.len() as u64).collect::<Vec<_>>());
+    let fetched: Vec<Bytes> = fetched.into_iter().map(|r| r.value).collect();
     assert!(fetched == sent, "FetchBatches returned other values");
 
-    let mut stream = consumer
+    let mut stream = broker
+        .consumer()
+        .await
         .subscribe_batches(SubscribeRequest {
             topic: "sizes".into(),
             start: Some(StartPosition {
@@ -909,26 +926,10 @@ async fn batches_of_random_sizes_read_back_in_both_forms_and_a_stream_ends_with_
         .await
         .unwrap()
         .into_inner();
-    let mut streamed = Vec::new();
-    while streamed.len() < sent.len() {
-        let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
-            .await
-            .expect("an event in time")
-            .expect("open")
-            .expect("ok");
-        let Some(Event::Batches(batches)) = event.event else {
-            continue;
-        };
-        for batch in &batches.batches {
-            for record in
-                delivered_records(&batch.batch, batch.skip_front, &batch.skip, batches.now_ms)
-                    .expect("a stored batch decodes")
-            {
-                assert_eq!(record.offset, streamed.len() as u64);
-                streamed.push(record.value);
-            }
-        }
-    }
+    let streamed = stream_records(&mut stream, sent.len()).await;
+    let offsets: Vec<u64> = streamed.iter().map(|r| r.offset).collect();
+    assert_eq!(offsets, (0..sent.len() as u64).collect::<Vec<_>>());
+    let streamed: Vec<Bytes> = streamed.into_iter().map(|r| r.value).collect();
     assert!(streamed == sent, "SubscribeBatches delivered other values");
 
     broker
