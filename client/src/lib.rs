@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | [`Client`] | one HTTP/2 connection (token, TLS, timeouts) and the generated clients on it, for the RPCs this crate does not wrap | all |
 //! | [`Producer`] | batches records by size and linger time, optional zstd, a bounded window of batches in flight, back-pressure, Kafka's partitioner, retries without duplicates on dedup topics | `PublishStream` (batch form) |
-//! | [`Subscription`] | reads a topic, or every topic a pattern matches (including later ones), without a group, decoding stored batches client-side; resumes after a broker restart; tells positions, resets, topic changes and lost connections as [`Event`]s; gets past damaged partitions ([`Subscription::damaged`]) | `SubscribeBatches` (+ `FetchBatches` to find damage) |
+//! | [`Subscription`] | reads a topic, or every topic a pattern matches (including later ones), without a group, decoding stored batches client-side (or lending each record in place: [`SubscribeOptions::views`], [`Views`]); resumes after a broker restart; tells positions, resets, topic changes and lost connections as [`Event`]s; gets past damaged partitions ([`Subscription::damaged`]) | `SubscribeBatches` (+ `FetchBatches` to find damage) |
 //! | [`Client::fetch`] | one read of a partition from an offset you keep, decoded client-side ([`Fetched`]) | `FetchBatches` |
 //! | [`GroupMember`] | a consumer-group member on one topic or a topic pattern (topics created later join), with automatic or explicit commits (of what was returned, or exactly the positions given), decoding stored batches client-side; rejoins after a broker restart; tells deliveries' positions and end offsets, rebalances (revoked / added partitions), resets and lost connections as [`GroupEvent`]s | `SubscribeBatches` (group), `CommitOffsets` |
 //! | [`QueueConsumer`] | a queue member on one stream: deliveries pushed as credit allows, credit given back as they are settled (at most [`QueueConsumerOptions::credit`] held), each [`Delivery`] settled (ack, nack with a delay, in progress, term) once durable; reconnects after a broker restart ([`Error::LeaseLost`] for a delivery of the broken stream); queues on a topic pattern | `Consume` |
@@ -112,8 +112,8 @@ pub use backoff::Backoff;
 pub use connection::{Client, ClientOptions, Conn, GRPC_MESSAGE_BYTES_MAX};
 pub use consumer::{
     AssignmentChange, Commit, Damaged, Event, FetchOptions, Fetched, GroupEvent, GroupMember,
-    GroupOptions, PartitionProgress, PositionReset, Reset, ResetReason, StartAt, SubscribeOptions,
-    Subscription, TopicsChanged,
+    GroupOptions, MessageView, PartitionProgress, PositionReset, Reset, ResetReason, StartAt,
+    SubscribeOptions, Subscription, TopicsChanged, Views,
 };
 pub use error::{Error, Result};
 pub use producer::{

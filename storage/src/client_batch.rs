@@ -530,6 +530,26 @@ pub fn for_each_delivered(
     now_ms: i64,
     mut deliver: impl FnMut(crate::Record),
 ) -> Result<(), FormatError> {
+    let (header, mut records) = open_returned(bytes)?;
+    for_each_delivered_view(
+        &mut records,
+        header.base_offset,
+        skip_front,
+        skip,
+        now_ms,
+        |records, view| {
+            deliver(records.record(view)?);
+            Ok(())
+        },
+    )
+}
+
+/// Opens one batch a batch read returned (`bytes`, exactly one batch): its header,
+/// checked against the length and the CRC, and an iterator over its records (a zstd
+/// section decompressed). The first step of [`for_each_delivered`].
+pub fn open_returned(
+    bytes: &bytes::Bytes,
+) -> Result<(BatchHeader, batch::RecordIter), FormatError> {
     let header = BatchHeader::parse(bytes)?;
     let length = header.batch_length as usize;
     if bytes.len() < length {
@@ -547,16 +567,33 @@ pub fn for_each_delivered(
     if !batch::verify_crc(bytes, &header) {
         return Err(FormatError::Invalid("CRC mismatch".into()));
     }
-    let mut records = batch::RecordIter::new(bytes, &header)?;
+    let records = batch::RecordIter::new(bytes, &header)?;
+    Ok((header, records))
+}
+
+/// The one rule of which records of a returned batch the reader delivers, over the
+/// records of `records` (from [`open_returned`], of the batch at `base_offset`): not
+/// the first `skip_front`, not those whose offset delta `skip` lists, not those expired
+/// at `now_ms`. Each is checked in place and handed to `deliver` as a view (with the
+/// iterator, to borrow its bytes or make a [`crate::Record`]); the first error ends the
+/// walk, after the records before it were handed over.
+pub fn for_each_delivered_view(
+    records: &mut batch::RecordIter,
+    base_offset: u64,
+    skip_front: u32,
+    skip: &[u32],
+    now_ms: i64,
+    mut deliver: impl FnMut(&batch::RecordIter, &batch::RecordView) -> Result<(), FormatError>,
+) -> Result<(), FormatError> {
     let mut index = 0u32;
     while let Some(view) = records.next_view() {
         let view = view?;
-        let delta = (view.offset - header.base_offset) as u32;
+        let delta = (view.offset - base_offset) as u32;
         let kept = index >= skip_front
             && skip.binary_search(&delta).is_err()
             && view.expires_at_ms.is_none_or(|at| at > now_ms);
         if kept {
-            deliver(records.record(&view)?);
+            deliver(records, &view)?;
         }
         index = index.saturating_add(1);
     }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use tidelog_proto::v1::StoredRecordBatch;
-use tidelog_storage::batch::BatchHeader;
+use tidelog_storage::batch::{BatchHeader, FormatError};
 use tidelog_storage::client_batch::for_each_delivered;
 
 use crate::error::{Error, Result};
@@ -57,22 +57,28 @@ pub(crate) fn decode_into(
     )
     .map_err(|e| {
         out.truncate(before);
-        Error::Corrupt {
-            reason: format!(
-                "topic {topic:?} partition {partition} batch at offset {}: {e}",
-                batch.base_offset
-            ),
-        }
+        damaged(topic, partition, batch.base_offset, e)
     })
+}
+
+/// What a consumer reports for a damaged batch it received (the batch at
+/// `base_offset`).
+pub(crate) fn damaged(topic: &str, partition: u32, base_offset: u64, error: FormatError) -> Error {
+    Error::Corrupt {
+        reason: format!(
+            "topic {topic:?} partition {partition} batch at offset {base_offset}: {error}"
+        ),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
     use proptest::prelude::*;
-    use tidelog_storage::NewRecord;
     use tidelog_storage::batch::{Compression, EncodeOptions, encode_batch};
+    use tidelog_storage::{Header, NewRecord};
 
+    use super::super::views::Views;
     use super::*;
 
     const NOW: i64 = 1_700_000_000_000;
@@ -96,26 +102,46 @@ mod tests {
     }
 
     /// One stored batch at `base` of records with these value sizes and expiries, and
-    /// what the broker marks: `skip_front` records, the offset deltas in `skip`.
+    /// what the broker marks: `skip_front` records, the offset deltas in `skip`. Every
+    /// third record has a key, a header and an id; `zstd` compresses the batch.
     fn stored(
         base: u64,
         records: &[(usize, bool)],
         skip_front: u32,
         skip: Vec<u32>,
+        zstd: bool,
     ) -> StoredRecordBatch {
         let records: Vec<NewRecord> = records
             .iter()
             .enumerate()
-            .map(|(i, &(size, expires))| NewRecord {
-                value: Bytes::from(vec![(base as usize + i) as u8; size]),
-                ttl_ms: expires.then_some(1),
-                ..NewRecord::default()
+            .map(|(i, &(size, expires))| {
+                let offset = base as usize + i;
+                let extras = offset.is_multiple_of(3);
+                NewRecord {
+                    key: extras.then(|| Bytes::from(format!("key-{offset}"))),
+                    value: Bytes::from(vec![offset as u8; size]),
+                    headers: if extras {
+                        vec![Header {
+                            key: "n".into(),
+                            value: Bytes::from(offset.to_string()),
+                        }]
+                    } else {
+                        Vec::new()
+                    },
+                    id: extras.then(|| Bytes::from(format!("id-{offset}"))),
+                    ttl_ms: expires.then_some(1),
+                    ..NewRecord::default()
+                }
             })
             .collect();
         let options = EncodeOptions {
             now_ms: NOW,
             default_ttl_ms: None,
-            compression: Compression::None,
+            compression: if zstd {
+                Compression::Zstd
+            } else {
+                Compression::None
+            },
             max_message_bytes: 2 << 20,
             priority_levels: 1,
         };
@@ -142,15 +168,20 @@ mod tests {
         #[test]
         fn a_delivery_decodes_every_kept_record_once_in_order(
             batches in prop::collection::vec(
-                (prop::collection::vec((size(), any::<bool>(), any::<bool>()), 1..8), 0u32..4),
+                (
+                    prop::collection::vec((size(), any::<bool>(), any::<bool>()), 1..8),
+                    0u32..4,
+                    any::<bool>(),
+                ),
                 1..5,
             ),
         ) {
             let topic: Arc<str> = Arc::from("t");
             let mut out = Vec::new();
             let mut expected = Vec::new();
+            let mut delivery = Vec::new();
             let mut base = 0u64;
-            for (records, front) in &batches {
+            for (records, front, zstd) in &batches {
                 let skip_front = (*front).min(records.len() as u32);
                 let skip: Vec<u32> = records
                     .iter()
@@ -165,10 +196,24 @@ mod tests {
                 }
                 let flags: Vec<(usize, bool)> =
                     records.iter().map(|(s, e, _)| (*s, *e)).collect();
-                let batch = stored(base, &flags, skip_front, skip);
+                let batch = stored(base, &flags, skip_front, skip, *zstd);
                 decode_into(&topic, 3, &batch, NOW + 10, &mut out).expect("decode");
+                delivery.push(batch);
                 base += records.len() as u64;
             }
+            // Read in place, the same delivery lends the same messages.
+            let (views, opened) = Views::open(&topic, 3, &delivery, NOW + 10);
+            prop_assert!(opened.is_ok());
+            let views = views.expect("batches");
+            prop_assert_eq!((&**views.topic(), views.partition()), ("t", 3));
+            let mut lent = Vec::new();
+            views
+                .for_each(|m| lent.push(owned(&topic, 3, &m)))
+                .expect("checked");
+            prop_assert_eq!(&lent, &out);
+            let mut appended = Vec::new();
+            views.append_to(&mut appended).expect("checked");
+            prop_assert_eq!(&appended, &out);
             let got: Vec<(u64, usize)> = out.iter().map(|m| (m.offset, m.value.len())).collect();
             prop_assert_eq!(got, expected);
             for m in &out {
@@ -181,21 +226,114 @@ mod tests {
         }
     }
 
+    /// A [`MessageView`](super::super::views::MessageView) made owned, to compare with
+    /// the decoded [`Message`].
+    fn owned(
+        topic: &Arc<str>,
+        partition: u32,
+        m: &super::super::views::MessageView<'_>,
+    ) -> Message {
+        Message {
+            topic: topic.clone(),
+            partition,
+            offset: m.offset,
+            timestamp_ms: m.timestamp_ms,
+            expires_at_ms: m.expires_at_ms,
+            key: m.key.map(Bytes::copy_from_slice),
+            value: Bytes::copy_from_slice(m.value),
+            headers: m
+                .headers()
+                .map(|(key, value)| Header {
+                    key: key.into(),
+                    value: Bytes::copy_from_slice(value),
+                })
+                .collect(),
+            id: m.id.map(Bytes::copy_from_slice),
+            deliver_at_ms: m.deliver_at_ms,
+            priority: m.priority,
+        }
+    }
+
+    /// A delivery of a good batch at 0 and a batch at 2 whose CRC fails.
+    fn good_then_bad_crc() -> [StoredRecordBatch; 2] {
+        let good = stored(0, &[(10, false), (20, false)], 0, Vec::new(), false);
+        let mut bad = stored(2, &[(10, false), (20, false)], 0, Vec::new(), false);
+        let mut bytes = bad.batch.to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        bad.batch = Bytes::from(bytes);
+        [good, bad]
+    }
+
     /// A damaged batch adds nothing: what the delivery decoded before it stays, the
     /// damaged batch's records do not come, and the error names the batch.
     #[test]
     fn a_damaged_batch_adds_nothing() {
         let topic: Arc<str> = Arc::from("t");
         let mut out = Vec::new();
-        let good = stored(0, &[(10, false), (20, false)], 0, Vec::new());
+        let [good, bad] = good_then_bad_crc();
         decode_into(&topic, 0, &good, NOW, &mut out).expect("decode");
-        let mut bad = stored(2, &[(10, false), (20, false)], 0, Vec::new());
-        let mut bytes = bad.batch.to_vec();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0xff;
-        bad.batch = Bytes::from(bytes);
         let error = decode_into(&topic, 0, &bad, NOW, &mut out).expect_err("damaged");
         assert!(error.to_string().contains("offset 2"), "{error}");
         assert_eq!(out.iter().map(|m| m.offset).collect::<Vec<_>>(), [0, 1]);
+    }
+
+    /// Views of a delivery with a batch whose CRC fails hold the batches before it,
+    /// and opening them fails as the decode does.
+    #[test]
+    fn views_stop_before_a_batch_whose_crc_fails() {
+        let topic: Arc<str> = Arc::from("t");
+        let (views, opened) = Views::open(&topic, 0, &good_then_bad_crc(), NOW);
+        let error = opened.expect_err("damaged");
+        assert!(matches!(error, Error::Corrupt { .. }), "{error}");
+        assert!(error.to_string().contains("offset 2"), "{error}");
+        let mut offsets = Vec::new();
+        views
+            .expect("the good batch")
+            .for_each(|m| offsets.push(m.offset))
+            .expect("good");
+        assert_eq!(offsets, [0, 1]);
+        // Nothing before the damage: no views at all.
+        let [_, bad] = good_then_bad_crc();
+        let (views, opened) = Views::open(&topic, 0, &[bad], NOW);
+        assert!(views.is_none() && opened.is_err());
+    }
+
+    /// A batch whose CRC holds but whose second record does not parse (only a broker
+    /// bug sends one): reading it in place lends the first record, then fails naming
+    /// the batch; so does making messages of it.
+    #[test]
+    fn a_record_that_does_not_parse_ends_the_walk_after_those_before() {
+        let topic: Arc<str> = Arc::from("t");
+        let mut batch = stored(
+            5,
+            &[(10, false), (20, false), (30, false)],
+            0,
+            Vec::new(),
+            false,
+        );
+        let mut bytes = batch.batch.to_vec();
+        let section = tidelog_storage::batch::HEADER_BYTES;
+        // The first record's length (one varint byte), then its bytes; the second's
+        // attributes follow its own length byte.
+        let second = section + 1 + usize::from(bytes[section]);
+        bytes[second + 1] = 0xff;
+        let crc = tidelog_storage::batch::compute_crc(&bytes);
+        let crc_at = tidelog_storage::batch::CRC_COVERS_FROM - 4;
+        bytes[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
+        batch.batch = Bytes::from(bytes);
+        let (views, opened) = Views::open(&topic, 0, &[batch], NOW);
+        opened.expect("the CRC holds");
+        let views = views.expect("one batch");
+        let mut offsets = Vec::new();
+        let error = views
+            .for_each(|m| offsets.push(m.offset))
+            .expect_err("damaged");
+        assert_eq!(offsets, [5]);
+        assert!(error.to_string().contains("offset 5"), "{error}");
+        assert!(error.to_string().contains("attributes"), "{error}");
+        let mut messages = Vec::new();
+        views.append_to(&mut messages).expect_err("damaged");
+        assert_eq!(messages.iter().map(|m| m.offset).collect::<Vec<_>>(), [5]);
     }
 }

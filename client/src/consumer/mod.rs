@@ -8,6 +8,7 @@ mod fetch;
 mod group;
 mod start;
 mod subscription;
+mod views;
 
 pub use damage::Damaged;
 pub use fetch::{FetchOptions, Fetched};
@@ -17,3 +18,4 @@ pub use subscription::{
     Event, PartitionProgress, PositionReset, ResetReason, SubscribeOptions, Subscription,
     TopicsChanged,
 };
+pub use views::{MessageView, Views};

@@ -15,6 +15,7 @@ use tonic::Code;
 use super::damage::{Damaged, probe};
 use super::decode::{decode_into, room_for};
 use super::start::{Reset, StartAt};
+use super::views::Views;
 use crate::backoff::Backoff;
 use crate::connection::Client;
 use crate::error::{Error, Result, retryable_status};
@@ -34,6 +35,10 @@ pub struct SubscribeOptions {
     pub max_batch_messages: u32,
     /// Bytes of batches per delivery; 0 = the broker's default.
     pub max_batch_bytes: u32,
+    /// Deliveries come as [`Event::Views`] (read in place, no allocation a message)
+    /// instead of [`Event::Messages`]. [`Subscription::next`] returns messages either
+    /// way.
+    pub views: bool,
 }
 
 /// One thing a [`Subscription`] tells its reader ([`Subscription::next_event`]).
@@ -44,6 +49,9 @@ pub enum Event {
     /// that partition; never empty). A delivery holds up to
     /// [`SubscribeOptions::max_batch_messages`] messages.
     Messages(Messages),
+    /// The same delivery read in place, when [`SubscribeOptions::views`] is set: its
+    /// batches' CRCs checked, its records not decoded into [`Message`]s.
+    Views(Views),
     /// Every message of one delivery from a partition has been returned: the
     /// partition's position now. It also comes when a delivery held no message (a
     /// filter refused them, or they expired) but the position moved past them. A
@@ -312,8 +320,17 @@ impl Subscription {
             if let Some(message) = self.pending.next() {
                 return Ok(message);
             }
-            if let Event::Messages(messages) = self.next_event().await? {
-                self.pending = messages.into_iter();
+            match self.next_event().await? {
+                Event::Messages(messages) => self.pending = messages.into_iter(),
+                Event::Views(views) => {
+                    // As a delivery decoded into messages: those before a damage come
+                    // after the error.
+                    let mut messages = Vec::new();
+                    let read = views.append_to(&mut messages);
+                    self.pending = messages.into_iter();
+                    read?;
+                }
+                _ => {}
             }
         }
     }
@@ -574,17 +591,28 @@ impl Subscription {
                 };
                 // One event for the delivery's messages; on a damaged batch, the
                 // messages of the batches before it still come, then the error.
-                let mut messages = room_for(&batches.batches, self.options.max_batch_messages);
-                let mut decoded = Ok(());
-                for batch in &batches.batches {
-                    decoded = decode_into(&topic, partition, batch, batches.now_ms, &mut messages);
-                    if decoded.is_err() {
-                        break;
+                let decoded = if self.options.views {
+                    let (views, opened) =
+                        Views::open(&topic, partition, &batches.batches, batches.now_ms);
+                    if let Some(views) = views {
+                        self.events.push_back(Event::Views(views));
                     }
-                }
-                if let Some(messages) = Messages::new(topic.clone(), partition, messages) {
-                    self.events.push_back(Event::Messages(messages));
-                }
+                    opened
+                } else {
+                    let mut messages = room_for(&batches.batches, self.options.max_batch_messages);
+                    let mut decoded = Ok(());
+                    for batch in &batches.batches {
+                        decoded =
+                            decode_into(&topic, partition, batch, batches.now_ms, &mut messages);
+                        if decoded.is_err() {
+                            break;
+                        }
+                    }
+                    if let Some(messages) = Messages::new(topic.clone(), partition, messages) {
+                        self.events.push_back(Event::Messages(messages));
+                    }
+                    decoded
+                };
                 decoded?;
                 if let Some(position) = &batches.position
                     && let Some(progress) = self.position(position)

@@ -867,12 +867,21 @@ mod tests {
         assert_eq!(iter.raw(&view).headers().value_of("kind"), None);
         let error = iter.record(&view).unwrap_err();
         assert!(error.to_string().contains("not UTF-8"), "{error}");
+        // The check without making the record says the same.
+        let error = iter.check_headers(&view).unwrap_err();
+        assert!(error.to_string().contains("not UTF-8"), "{error}");
         // The record after it is fine.
         let next = iter.next_view().unwrap().unwrap();
+        assert_eq!(iter.check_headers(&next), Ok(()));
         assert_eq!(
             iter.record(&next).unwrap().value,
             Bytes::from_static(b"second")
         );
+        // Over its section again, the iterator reads the same records from the first.
+        let mut again = RecordIter::over_section(iter.section().clone(), &header);
+        let first = again.next_view().unwrap().unwrap();
+        assert_eq!(first, view);
+        assert_eq!(again.raw(&first).value, b"first");
         // Decoding the whole batch refuses it.
         assert!(decode_batch(&bytes).is_err());
     }

@@ -61,7 +61,15 @@ impl RecordIter {
                 Bytes::from(plain)
             }
         };
-        Ok(RecordIter {
+        Ok(RecordIter::over_section(section, header))
+    }
+
+    /// An iterator over `section`, the records section of the batch whose header is
+    /// `header` as [`RecordIter::section`] returned it (decompressed): the records
+    /// again from the first, without a second CRC check or decompression. Every record
+    /// is validated as it is read, whatever `section` holds.
+    pub fn over_section(section: Bytes, header: &BatchHeader) -> RecordIter {
+        RecordIter {
             section,
             position: 0,
             remaining: header.record_count,
@@ -69,7 +77,13 @@ impl RecordIter {
             header: *header,
             follower: None,
             followed: RefCell::new(BytesMut::new()),
-        })
+        }
+    }
+
+    /// The records section this iterator reads (decompressed when the batch is zstd),
+    /// for [`RecordIter::over_section`].
+    pub fn section(&self) -> &Bytes {
+        &self.section
     }
 
     /// Parses and validates the next record in place: every check [`RecordIter::next`]
@@ -257,6 +271,20 @@ impl RecordIter {
             deliver_at_ms: view.deliver_at_ms,
             priority: view.priority,
         })
+    }
+
+    /// Checks what [`RecordIter::record`] checks beyond [`RecordIter::next_view`] (that
+    /// the header keys are UTF-8, so [`RawHeaders`] reads every header), without making
+    /// the record.
+    pub fn check_headers(&self, view: &RecordView) -> Result<(), FormatError> {
+        if view.header_count == 0 {
+            return Ok(());
+        }
+        let read = self.raw(view).headers.count();
+        if read != view.header_count as usize {
+            return Err(invalid("header key is not UTF-8"));
+        }
+        Ok(())
     }
 
     /// The message id of a view this iterator returned, borrowed.

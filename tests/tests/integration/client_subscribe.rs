@@ -2,8 +2,9 @@
 //! (`client.rs` has the basics): a pattern subscription picks up a topic created after
 //! it opened and names each message's topic; survives a broker restart without a gap
 //! or a repeat; carries 0 B to 1 MiB values; random messages across topics and
-//! partitions all arrive once, in partition order; a damaged partition is found, left
-//! out (one topic) or passed (a pattern), and the others are read on.
+//! partitions all arrive once, in partition order (read in place with
+//! `SubscribeOptions::views` or not); a damaged partition is found, left out (one
+//! topic) or passed (a pattern), and the others are read on.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -11,8 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tidelog_client::proto::TopicConfig;
 use tidelog_client::{
-    Ack, Client, Delivered, Event, Message, Producer, ProducerConfig, Record, StartAt,
-    SubscribeOptions, Subscription,
+    Ack, Client, Delivered, Event, Header, Message, MessageView, Producer, ProducerConfig, Record,
+    StartAt, SubscribeOptions, Subscription, Views,
 };
 use tidelog_tests::TestBroker;
 use tokio::time::timeout;
@@ -61,6 +62,29 @@ async fn send(producer: &Producer, records: Vec<Record>) -> Vec<Delivered> {
     delivered
 }
 
+/// A message lent by a delivery read in place (`SubscribeOptions::views`), owned.
+fn owned(views: &Views, m: &MessageView<'_>) -> Message {
+    Message {
+        topic: views.topic().clone(),
+        partition: views.partition(),
+        offset: m.offset,
+        timestamp_ms: m.timestamp_ms,
+        expires_at_ms: m.expires_at_ms,
+        key: m.key.map(Bytes::copy_from_slice),
+        value: Bytes::copy_from_slice(m.value),
+        headers: m
+            .headers()
+            .map(|(key, value)| Header {
+                key: key.into(),
+                value: Bytes::copy_from_slice(value),
+            })
+            .collect(),
+        id: m.id.map(Bytes::copy_from_slice),
+        deliver_at_ms: m.deliver_at_ms,
+        priority: m.priority,
+    }
+}
+
 /// What a reader saw: the messages in arrival order and every other event.
 #[derive(Default)]
 struct Seen {
@@ -84,6 +108,9 @@ impl Seen {
                 .expect("next_event");
             match event {
                 Event::Messages(messages) => self.messages.extend(messages),
+                Event::Views(views) => views
+                    .for_each(|m| self.messages.push(owned(&views, &m)))
+                    .expect("a delivery read in place"),
                 other => self.events.push(other),
             }
         }
@@ -325,6 +352,14 @@ async fn values_of_0_100_3k_and_1_mib_bytes_arrive_whole_on_a_pattern() {
     let mut subscription = Subscription::open_pattern(&client, r"sz\..*", earliest())
         .await
         .expect("open_pattern");
+    // The same deliveries read in place.
+    let in_place = SubscribeOptions {
+        views: true,
+        ..earliest()
+    };
+    let mut viewing = Subscription::open_pattern(&client, r"sz\..*", in_place)
+        .await
+        .expect("open_pattern with views");
     let producer = Producer::new(&client, ProducerConfig::default());
     let sizes = [0usize, 100, 3 * 1024, 1 << 20];
     let mut records = Vec::new();
@@ -365,6 +400,19 @@ async fn values_of_0_100_3k_and_1_mib_bytes_arrive_whole_on_a_pattern() {
     }
     let sizes_seen: BTreeSet<usize> = seen.messages.iter().map(|m| m.value.len()).collect();
     assert_eq!(sizes_seen, sizes.into_iter().collect());
+    let mut viewed = Seen::default();
+    viewed
+        .read_until(&mut viewing, |s| s.messages.len() >= by_place.len())
+        .await;
+    viewed.assert_once_in_order();
+    let by_place_of = |seen: &Seen| -> BTreeMap<Place, Message> {
+        let places = seen.places().into_iter();
+        places.zip(seen.messages.iter().cloned()).collect()
+    };
+    assert!(
+        by_place_of(&viewed) == by_place_of(&seen),
+        "read in place, the messages differ"
+    );
     producer.close().await.expect("close");
 }
 
@@ -399,6 +447,7 @@ async fn random_messages_across_topics_and_partitions_arrive_once_in_partition_o
         let options = SubscribeOptions {
             start: StartAt::Earliest,
             max_batch_messages: [0, 1, 7, 500][rng.below(4) as usize],
+            views: rng.below(2) == 0,
             ..SubscribeOptions::default()
         };
         let mut subscription =
@@ -595,8 +644,13 @@ async fn a_damaged_partition_is_dropped_and_the_others_are_read_on() {
     );
 
     // A pattern: leaving a partition out is refused (it would start over); seeking
-    // past the damaged batch reads on from there.
-    let mut subscription = Subscription::open_pattern(&client, "dm.*", earliest())
+    // past the damaged batch reads on from there. Read in place (`next` makes the
+    // messages of each delivery's views), which changes none of it.
+    let in_place = SubscribeOptions {
+        views: true,
+        ..earliest()
+    };
+    let mut subscription = Subscription::open_pattern(&client, "dm.*", in_place)
         .await
         .expect("open_pattern");
     let mut got = Vec::new();

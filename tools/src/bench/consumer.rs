@@ -297,6 +297,8 @@ async fn run_subscription(
         filter: plan.filter.clone(),
         max_batch_messages: plan.read_batch,
         max_batch_bytes: READ_BYTES,
+        // Read in place: the bench checks bytes, it keeps no message.
+        views: true,
     };
     let mut subscription = match Subscription::open(&client, &plan.topic, options).await {
         Ok(subscription) => subscription,
@@ -392,6 +394,25 @@ fn subscription_event(
                 u64::from(reader.message(plan, m.partition, m.offset, &m.value, targets, now_ns))
             })
             .sum(),
+        SubscriptionEvent::Views(views) => {
+            let mut counted = 0;
+            let read = views.for_each(|m| {
+                counted += u64::from(reader.message(
+                    plan,
+                    views.partition(),
+                    m.offset,
+                    m.value,
+                    targets,
+                    now_ns,
+                ));
+            });
+            if let Err(error) = read {
+                reader
+                    .errors
+                    .push(|| format!("consumer {}: {error}", plan.id));
+            }
+            counted
+        }
         SubscriptionEvent::Progress(progress) => {
             reader.position(plan, progress.partition, progress.next_offset);
             0
