@@ -6,11 +6,13 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use tidelog_storage::filter::{FILTER_BYTES_MAX, Filter};
 use tidelog_storage::Header;
+use tidelog_storage::filter::{FILTER_BYTES_MAX, Filter};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     match Filter::parse(text) {
         Ok(filter) => {
             assert!(text.len() <= FILTER_BYTES_MAX);
@@ -20,14 +22,23 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(Filter::parse(&printed).as_ref(), Ok(&filter), "{printed}");
             }
             let headers = [
-                Header { key: "type".into(), value: Bytes::from_static(b"order") },
-                Header { key: "n".into(), value: Bytes::from_static(b"42") },
+                Header {
+                    key: "type".into(),
+                    value: Bytes::from_static(b"order"),
+                },
+                Header {
+                    key: "n".into(),
+                    value: Bytes::from_static(b"42"),
+                },
             ];
             for value in [&br#"{"a":{"b":[1,"x",null]},"n":5}"#[..], b"not json", b""] {
                 let _ = filter.evaluate(Some(b"eu-1"), &headers, value);
                 let _ = filter.evaluate(None, &[], value);
             }
         }
-        Err(error) => assert!(error.position <= text.len().max(FILTER_BYTES_MAX), "{error}"),
+        Err(error) => assert!(
+            error.position <= text.len().max(FILTER_BYTES_MAX),
+            "{error}"
+        ),
     }
 });

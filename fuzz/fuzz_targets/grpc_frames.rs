@@ -75,7 +75,10 @@ fn check<M: prost::Message + Default + PartialEq + Clone + std::fmt::Debug>(
         max,
     ));
     // Messages up to the first error, then at most that error, then nothing.
-    let ok: Vec<M> = got.iter().map_while(|item| item.as_ref().ok().cloned()).collect();
+    let ok: Vec<M> = got
+        .iter()
+        .map_while(|item| item.as_ref().ok().cloned())
+        .collect();
     assert!(got.len() <= ok.len() + 1, "items after an error");
     let expected: Vec<M> = joined(joined_bytes, max);
     assert_eq!(ok[..], expected[..ok.len().min(expected.len())]);

@@ -35,8 +35,16 @@ fuzz_target!(|data: &[u8]| {
         for suffix in [run.first, run.first + (u64::from(run.count) - 1)] {
             let found = table.run_candidates(run.prefix, suffix, 0);
             let relative = run.relative_offset + (suffix - run.first) as u32;
-            assert!(found.iter().any(|e| e.relative_offset == relative && e.position == run.position));
-            assert!(found.windows(2).all(|p| p[0].relative_offset >= p[1].relative_offset));
+            assert!(
+                found
+                    .iter()
+                    .any(|e| e.relative_offset == relative && e.position == run.position)
+            );
+            assert!(
+                found
+                    .windows(2)
+                    .all(|p| p[0].relative_offset >= p[1].relative_offset)
+            );
         }
     }
     let (mut again, mut again_runs) = (entries.clone(), runs.clone());

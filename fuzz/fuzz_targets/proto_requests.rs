@@ -24,9 +24,9 @@ use tidelog_proto::v1::{
     PublishRequest, ResetOffsetsRequest, SubscribeRequest, reset_offsets_request::Spec,
 };
 use tidelog_server::consume::FETCH_WAIT_MAX;
-use tidelog_server::read::{READ_BYTES_MAX, READ_MESSAGES_MAX, ReadLimits};
 use tidelog_server::groups::coordinator::validate_group_id;
 use tidelog_server::groups::reset::{self, PartitionState, Target};
+use tidelog_server::read::{READ_BYTES_MAX, READ_MESSAGES_MAX, ReadLimits};
 use tidelog_server::{convert, partitioner};
 use tidelog_storage::batch::{self, EncodeOptions};
 use tidelog_storage::config::validate_topic_name;
@@ -137,13 +137,19 @@ fn publish(request: PublishRequest, context: &Context) {
             assert_eq!(stored.key, sent.key);
             assert_eq!(stored.value, sent.value);
             assert_eq!(stored.headers, sent.headers);
-            assert_eq!(stored.timestamp_ms, sent.timestamp_ms.unwrap_or(context.now_ms));
+            assert_eq!(
+                stored.timestamp_ms,
+                sent.timestamp_ms.unwrap_or(context.now_ms)
+            );
             let ttl = sent
                 .ttl_ms
                 .or(context.default_ttl_ms)
                 .filter(|&ttl| ttl > 0);
-            let expiry =
-                ttl.map(|ttl| context.now_ms.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)));
+            let expiry = ttl.map(|ttl| {
+                context
+                    .now_ms
+                    .saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX))
+            });
             assert_eq!(stored.expires_at_ms, expiry);
         }
     }
@@ -323,8 +329,7 @@ fn reset_offsets(request: ResetOffsetsRequest, context: &Context) {
     for (topic, partition, target, metadata) in targets {
         let Some(new_offset) = reset::new_offset(target, &state) else {
             assert!(
-                state.committed.is_none()
-                    && matches!(target, Target::ShiftBy(_) | Target::Current)
+                state.committed.is_none() && matches!(target, Target::ShiftBy(_) | Target::Current)
             );
             continue;
         };
@@ -341,8 +346,12 @@ fn reset_offsets(request: ResetOffsetsRequest, context: &Context) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&kind, rest)) = data.split_first() else { return };
-    let Some((context, body)) = rest.split_first_chunk::<16>() else { return };
+    let Some((&kind, rest)) = data.split_first() else {
+        return;
+    };
+    let Some((context, body)) = rest.split_first_chunk::<16>() else {
+        return;
+    };
     let context = Context::parse(context);
     let body = Bytes::copy_from_slice(body);
     match kind % 7 {

@@ -23,7 +23,10 @@ fuzz_target!(|data: &[u8]| {
         let mut encoded = Vec::new();
         if op.encode(&mut encoded).is_ok() {
             let mut again = OpReader::new(&encoded);
-            assert_eq!(QueueOp::decode(&mut again).expect("re-encoded op decodes"), op);
+            assert_eq!(
+                QueueOp::decode(&mut again).expect("re-encoded op decodes"),
+                op
+            );
             assert_eq!(again.remaining(), 0);
         }
         state.apply(op);

@@ -77,7 +77,10 @@ fn plan_invariants(data: &[u8]) {
         }
         segments.push((base, bytes));
         // The next segment starts where this one's valid batches end (or past it).
-        base = segment::scan(bytes, 0, SegmentState::new(base)).state.summary.next_offset;
+        base = segment::scan(bytes, 0, SegmentState::new(base))
+            .state
+            .summary
+            .next_offset;
     }
     let checkpoint = match control[8] % 4 {
         0 => None,
@@ -167,7 +170,10 @@ fn plan_invariants(data: &[u8]) {
                 if let Some(len) = segment_len {
                     assert!(end.position <= len, "end past its segment");
                 } else {
-                    assert!(segments.is_empty(), "the end names a segment that is not there");
+                    assert!(
+                        segments.is_empty(),
+                        "the end names a segment that is not there"
+                    );
                 }
                 if let Some(state) = &recovered.active {
                     assert_eq!(state.summary.next_offset, end.offset);

@@ -10,7 +10,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(tidelog_storage::access::validate_principal(owner).is_ok());
         assert_eq!(owner.as_bytes(), data);
     }
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok((partitions, config)) = TopicConfig::from_file(text) {
         config.validate().expect("accepted config is valid");
         let again = TopicConfig::from_file(&config.to_file(partitions)).expect("round trip");

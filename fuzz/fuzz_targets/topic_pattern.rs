@@ -9,7 +9,9 @@ use tidelog_storage::TopicPattern;
 use tidelog_storage::limits::TOPIC_PATTERN_BYTES_MAX;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     match TopicPattern::parse(text) {
         Ok(pattern) => {
             assert!(text.len() <= TOPIC_PATTERN_BYTES_MAX);
@@ -29,7 +31,10 @@ fuzz_target!(|data: &[u8]| {
 
 /// `text` itself when it is a literal (letters, digits, `-`, `_` only), else empty.
 fn literal(text: &str) -> &str {
-    if text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         text
     } else {
         ""
