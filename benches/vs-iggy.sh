@@ -25,8 +25,19 @@ TICKS=$(getconf CLK_TCK)
 cpu() { awk '{print $14+$15}' /proc/$1/stat; }
 per_msg() { echo $(( ($2 - $1) * 1000000000 / TICKS / $3 )); }
 
+# Each run starts with nothing left to write back: the previous run's data directory
+# is deleted when it ends (its dirty pages are dropped, not written), and a sync
+# flushes the rest. Without this the kernel wrote the last run's gigabyte out during
+# the next one (the other system's, in turn), which on 2 cores took a quarter off
+# either side's rate at random.
+settle() {
+  sync
+  sleep 1
+}
+
 iggy_server() { # durable?
   rm -rf "$DATA/iggy"
+  settle
   local extra=()
   if [ "$1" = durable ]; then
     extra=(IGGY_SYSTEM_PARTITION_MESSAGES_REQUIRED_TO_SAVE=1 IGGY_SYSTEM_PARTITION_ENFORCE_FSYNC=true)
@@ -57,6 +68,7 @@ iggy_run() { # label durable? command actors batches
   if [ "$command" = pinned-consumer ]; then
     (cd "$IGGY" && target/release/iggy-bench -m 100 -P 1000 -b "$batches" pinned-producer \
       --producers "$actors" --streams "$actors" tcp --server-address 127.0.0.1:8090 > /dev/null 2>&1)
+    settle
   fi
   local a=$(cpu $pid)
   local flag=--producers
@@ -66,6 +78,7 @@ iggy_run() { # label durable? command actors batches
   local b=$(cpu $pid)
   echo "iggy    $label: $(iggy_rate "$DATA/bench.log" $total) msg/s, server $(per_msg $a $b $total) ns/msg"
   pkill -f "target/release/iggy-server"; sleep 1
+  rm -rf "$DATA/iggy"
 }
 
 # The disk's fdatasync'd bandwidth in the data directory, in MB/s.
@@ -80,6 +93,7 @@ disk_ceiling() {
 tidelog_run() { # label kind actors total args...
   local label=$1 kind=$2 actors=$3 total=$4; shift 4
   rm -rf "$DATA/tl"
+  settle
   "$TL/tidelogd" --data-dir "$DATA/tl" --listen 127.0.0.1:7431 --metrics-listen 127.0.0.1:0 > "$DATA/tl.log" 2>&1 &
   local pid=$!; sleep 1
   local flag=--producers
@@ -89,6 +103,7 @@ tidelog_run() { # label kind actors total args...
     "$TL/tidelog" bench produce --server http://127.0.0.1:7431 --topic vs --keep \
       --producers "$actors" --partitions "$actors" --stream --batch-wire --batch 1000 \
       --message-size 100 --messages "$total" --fsync never --ack written > /dev/null 2>&1
+    settle
   fi
   # Kept, so its log's size can be read after the run.
   set -- --topic vs --keep "$@"
@@ -115,6 +130,7 @@ if kind == "produce" and int(log_bytes) > 0:
 print(f"tidelog {label}: {rate:.0f} msg/s, server {cpu_ns:.0f} ns/msg{written}, valid {d['validation']['ok']}")
 PY
   kill $pid; wait $pid 2>/dev/null
+  rm -rf "$DATA/tl"
 }
 
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
