@@ -185,6 +185,7 @@ impl NewRecord {
     }
 
     /// Id, key, value and header bytes: what `max_message_bytes` limits.
+    #[inline]
     pub fn payload_bytes(&self) -> u64 {
         payload_size(
             self.id.as_ref(),
@@ -197,6 +198,7 @@ impl NewRecord {
 
 /// Id + key + value + header bytes: the one definition of a message's size, for what a
 /// producer sends and what a reader gets back.
+#[inline]
 fn payload_size(id: Option<&Bytes>, key: Option<&Bytes>, value: &Bytes, headers: &[Header]) -> u64 {
     let id = id.map_or(0, |i| i.len());
     let key = key.map_or(0, |k| k.len());
@@ -225,6 +227,7 @@ pub struct Record {
 
 impl Record {
     /// Id, key, value and header bytes: what read budgets and metrics count.
+    #[inline]
     pub fn payload_bytes(&self) -> u64 {
         payload_size(
             self.id.as_ref(),

@@ -3,7 +3,7 @@
 //!
 //! | bytes | field | |
 //! |---|---|---|
-//! | 0..4 | checksum of bytes 4.. of the message ([`checksum`]) | |
+//! | 0..4 | checksum of the fields below and the body ([`checksum`]) | |
 //! | 4..8 | run id (u32 LE) | one per `tidelog bench` run |
 //! | 8..12 | producer id (u32 LE) | 0-based within the run |
 //! | 12..16 | partition (u32 LE) | the partition the producer sent it to |
@@ -57,7 +57,7 @@ impl fmt::Display for PayloadError {
 }
 
 /// Writes `header` into the first [`HEADER_BYTES`] of `message` and seals it with
-/// the checksum over everything after the checksum field.
+/// the checksum of the header and the rest of the message.
 pub fn seal(message: &mut [u8], header: &Header) {
     debug_assert!(message.len() >= HEADER_BYTES);
     message[4..8].copy_from_slice(&header.run.to_le_bytes());
@@ -65,33 +65,48 @@ pub fn seal(message: &mut [u8], header: &Header) {
     message[12..16].copy_from_slice(&header.partition.to_le_bytes());
     message[16..24].copy_from_slice(&header.sequence.to_le_bytes());
     message[24..32].copy_from_slice(&header.sent_ns.to_le_bytes());
-    let sum = checksum(&message[4..]);
+    let sum = checksum(header, &message[HEADER_BYTES..]);
     message[0..4].copy_from_slice(&sum.to_le_bytes());
 }
 
-/// The payload checksum: a 32-bit multiply-rotate hash of `bytes` and their length,
-/// read 8 bytes at a time in four independent lanes. Not the CRC-32 the batches carry:
-/// that one covers the bytes on disk and on the wire, and the client library checks
-/// it; this one is the bench's own check that a value arrives as the producer wrote it,
-/// paid per message on both sides. crc32fast takes its table path below 128 bytes (about
-/// 40 ns for a 100-byte message, a fifth of the consuming bench's CPU); this takes a few
-/// ns. Any single changed bit, a truncation, and two words swapped change it.
-pub fn checksum(bytes: &[u8]) -> u32 {
+/// The payload checksum: a 32-bit multiply-rotate hash of the header's fields and of
+/// `body` (the bytes after the header) with its length, the body read 8 bytes at a time
+/// in four independent lanes. Not the CRC-32 the batches carry: that one covers the
+/// bytes on disk and on the wire, and the client library checks it; this one is the
+/// bench's own check that a value arrives as the producer wrote it, paid per message on
+/// both sides. crc32fast takes its table path below 128 bytes (about 40 ns for a
+/// 100-byte message, a fifth of the consuming bench's CPU); this takes a few ns. The
+/// header enters as its fields, not as the bytes [`seal`] just wrote (reading those
+/// back in 8-byte words that straddle its 4-byte stores stalled the producer). Any
+/// single changed bit, a truncation, and two words swapped change it.
+pub fn checksum(header: &Header, body: &[u8]) -> u32 {
     const K: u64 = 0x9E37_79B9_7F4A_7C15;
     let mix = |lane: u64, word: u64| (lane ^ word).wrapping_mul(K).rotate_left(31);
-    let word = |chunk: &[u8]| {
-        let mut word = [0u8; 8];
-        word[..chunk.len()].copy_from_slice(chunk);
-        u64::from_le_bytes(word)
+    // A short last chunk is gathered in a register: copied into an 8-byte array in
+    // memory and read back whole, its load waited for the stores before it.
+    let word = |chunk: &[u8]| match <[u8; 8]>::try_from(chunk) {
+        Ok(word) => u64::from_le_bytes(word),
+        Err(_) => chunk
+            .iter()
+            .rev()
+            .fold(0u64, |word, &byte| word << 8 | u64::from(byte)),
     };
-    let mut lanes = [K, K.rotate_left(16), K.rotate_left(32), K.rotate_left(48)];
-    let mut rounds = bytes.chunks_exact(32);
+    let mut lanes = [
+        mix(K, u64::from(header.run) | u64::from(header.producer) << 32),
+        mix(
+            K.rotate_left(16),
+            u64::from(header.partition) | (body.len() as u64) << 32,
+        ),
+        mix(K.rotate_left(32), header.sequence),
+        mix(K.rotate_left(48), header.sent_ns),
+    ];
+    let mut rounds = body.chunks_exact(32);
     for round in &mut rounds {
         for (i, lane) in lanes.iter_mut().enumerate() {
             *lane = mix(*lane, word(&round[i * 8..i * 8 + 8]));
         }
     }
-    let mut sum = bytes.len() as u64;
+    let mut sum = body.len() as u64;
     for chunk in rounds.remainder().chunks(8) {
         sum = mix(sum, word(chunk));
     }
@@ -119,18 +134,19 @@ pub fn open(message: &[u8]) -> Result<Header, PayloadError> {
     if message.len() < HEADER_BYTES {
         return Err(PayloadError::TooShort { len: message.len() });
     }
-    let stored = u32_at(message, 0);
-    let computed = checksum(&message[4..]);
-    if stored != computed {
-        return Err(PayloadError::Checksum { stored, computed });
-    }
-    Ok(Header {
+    let header = Header {
         run: u32_at(message, 4),
         producer: u32_at(message, 8),
         partition: u32_at(message, 12),
         sequence: u64_at(message, 16),
         sent_ns: u64_at(message, 24),
-    })
+    };
+    let stored = u32_at(message, 0);
+    let computed = checksum(&header, &message[HEADER_BYTES..]);
+    if stored != computed {
+        return Err(PayloadError::Checksum { stored, computed });
+    }
+    Ok(header)
 }
 
 /// What the bodies of messages are made of.
@@ -231,7 +247,17 @@ impl Pool {
 
 /// Writes one whole message into `out` (which must be `size` bytes): the body from
 /// the pool, then the sealed header.
+#[cfg(test)]
 pub fn fill(out: &mut [u8], pool: &Pool, number: u64, header: &Header) {
+    fill_body(out, pool, number);
+    seal(out, header);
+}
+
+/// Writes the body of message `number` into `out` (after its header's place):
+/// [`fill`] without the header. A producer fills a request's bodies first and seals
+/// them after, so the checksum reads bytes stored a while before, not ones still on
+/// their way to the cache.
+pub fn fill_body(out: &mut [u8], pool: &Pool, number: u64) {
     let mut at = HEADER_BYTES;
     let mut window = number;
     while at < out.len() {
@@ -240,7 +266,6 @@ pub fn fill(out: &mut [u8], pool: &Pool, number: u64, header: &Header) {
         at += len;
         window = window.wrapping_add(1);
     }
-    seal(out, header);
 }
 
 #[cfg(test)]

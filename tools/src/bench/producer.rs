@@ -37,7 +37,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tidelog_storage::{Header as RecordHeader, NewRecord};
 
 use super::Clock;
-use super::payload::{Header, Pool, fill};
+use super::payload::{Header, Pool, fill_body, seal};
 use super::stats::{ActorResult, Role};
 use super::validate::Errors;
 
@@ -208,6 +208,10 @@ impl Batcher {
         buffer.clear();
         buffer.resize(count * size, 0);
         let first_sequence = self.sequences[partition as usize];
+        // Bodies first, then the headers and checksums (see `fill_body`).
+        for (i, out) in buffer.chunks_exact_mut(size).enumerate() {
+            fill_body(out, &self.plan.pool, self.number + i as u64);
+        }
         for (i, out) in buffer.chunks_exact_mut(size).enumerate() {
             let header = Header {
                 run: self.plan.run,
@@ -216,7 +220,7 @@ impl Batcher {
                 sequence: first_sequence + i as u64,
                 sent_ns,
             };
-            fill(out, &self.plan.pool, self.number + i as u64, &header);
+            seal(out, &header);
         }
         self.number += count as u64;
         self.sequences[partition as usize] += count as u64;
