@@ -208,7 +208,7 @@ mod tests {
             prop_assert_eq!((&**views.topic(), views.partition()), ("t", 3));
             let mut lent = Vec::new();
             views
-                .for_each(|m| lent.push(owned(&topic, 3, &m)))
+                .for_each(|m| lent.push(m.to_message(&topic, 3)))
                 .expect("checked");
             prop_assert_eq!(&lent, &out);
             let mut appended = Vec::new();
@@ -226,32 +226,54 @@ mod tests {
         }
     }
 
-    /// A [`MessageView`](super::super::views::MessageView) made owned, to compare with
-    /// the decoded [`Message`].
-    fn owned(
-        topic: &Arc<str>,
-        partition: u32,
-        m: &super::super::views::MessageView<'_>,
-    ) -> Message {
-        Message {
-            topic: topic.clone(),
-            partition,
-            offset: m.offset,
-            timestamp_ms: m.timestamp_ms,
-            expires_at_ms: m.expires_at_ms,
-            key: m.key.map(Bytes::copy_from_slice),
-            value: Bytes::copy_from_slice(m.value),
-            headers: m
-                .headers()
-                .map(|(key, value)| Header {
-                    key: key.into(),
-                    value: Bytes::copy_from_slice(value),
-                })
-                .collect(),
-            id: m.id.map(Bytes::copy_from_slice),
-            deliver_at_ms: m.deliver_at_ms,
-            priority: m.priority,
-        }
+    /// Ids that count up are stored once a batch (the others follow): lent, each is
+    /// the right one, and a message made of a view owns it.
+    #[test]
+    fn ids_that_count_up_are_lent_and_owned_whole() {
+        let ids: Vec<Bytes> = (0..3u64)
+            .map(|n| {
+                let mut id = [7u8; 16];
+                id[8..].copy_from_slice(&(1_000 + n).to_be_bytes());
+                Bytes::copy_from_slice(&id)
+            })
+            .collect();
+        let records: Vec<NewRecord> = ids
+            .iter()
+            .map(|id| NewRecord {
+                id: Some(id.clone()),
+                ..NewRecord::value(Bytes::from_static(b"v"))
+            })
+            .collect();
+        let options = EncodeOptions {
+            now_ms: NOW,
+            default_ttl_ms: None,
+            compression: Compression::None,
+            max_message_bytes: 1 << 20,
+            priority_levels: 1,
+        };
+        let encoded = encode_batch(&records, &options).expect("encode");
+        // One id stored, two that follow: the batch is smaller than three ids.
+        assert!(encoded.bytes.len() < tidelog_storage::batch::HEADER_BYTES + 3 * 16);
+        let batch = StoredRecordBatch {
+            batch: Bytes::from(encoded.bytes),
+            record_count: 3,
+            ..StoredRecordBatch::default()
+        };
+        let topic: Arc<str> = Arc::from("t");
+        let (views, opened) = Views::open(&topic, 0, &[batch], NOW);
+        opened.expect("good");
+        let views = views.expect("one batch");
+        let mut lent = Vec::new();
+        let mut owned = Vec::new();
+        views
+            .for_each(|m| {
+                lent.push(m.id.map(Bytes::copy_from_slice));
+                owned.push(m.to_message(&topic, 0).id);
+            })
+            .expect("good");
+        let expected: Vec<Option<Bytes>> = ids.into_iter().map(Some).collect();
+        assert_eq!(lent, expected);
+        assert_eq!(owned, expected);
     }
 
     /// A delivery of a good batch at 0 and a batch at 2 whose CRC fails.

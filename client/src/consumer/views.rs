@@ -15,6 +15,7 @@ use tidelog_storage::client_batch::{for_each_delivered_view, open_returned};
 use super::decode::damaged;
 use crate::error::Result;
 use crate::record::Message;
+use tidelog_storage::Header;
 
 /// The messages of one delivery from one partition, in offset order, read in place:
 /// what [`crate::Event::Views`] carries when [`crate::SubscribeOptions::views`] is set.
@@ -155,6 +156,8 @@ pub struct MessageView<'a> {
     pub deliver_at_ms: Option<i64>,
     pub priority: u8,
     headers: RawHeaders<'a>,
+    /// The records section the borrowed bytes lie in, for [`MessageView::to_message`].
+    section: &'a Bytes,
 }
 
 impl<'a> MessageView<'a> {
@@ -170,6 +173,44 @@ impl<'a> MessageView<'a> {
             deliver_at_ms: view.deliver_at_ms,
             priority: view.priority,
             headers: raw.headers(),
+            section: records.section(),
+        }
+    }
+
+    /// The message as an owned [`Message`] of `topic` and `partition` (the
+    /// [`Views`]'): its key, value, header values and id share the delivery's buffer
+    /// (a reference count, no copy), as [`Views::append_to`] makes them.
+    pub fn to_message(&self, topic: &Arc<str>, partition: u32) -> Message {
+        Message {
+            topic: topic.clone(),
+            partition,
+            offset: self.offset,
+            timestamp_ms: self.timestamp_ms,
+            expires_at_ms: self.expires_at_ms,
+            key: self.key.map(|key| self.share(key)),
+            value: self.share(self.value),
+            headers: self
+                .headers
+                .map(|(key, value)| Header {
+                    key: key.to_owned(),
+                    value: self.share(value),
+                })
+                .collect(),
+            id: self.id.map(|id| self.share(id)),
+            deliver_at_ms: self.deliver_at_ms,
+            priority: self.priority,
+        }
+    }
+
+    /// `bytes` as a slice of the records section when they lie in it; copied when they
+    /// do not (an id that follows the one before is not stored).
+    fn share(&self, bytes: &[u8]) -> Bytes {
+        let section = self.section.as_ptr_range();
+        let range = bytes.as_ptr_range();
+        if !bytes.is_empty() && section.start <= range.start && range.end <= section.end {
+            self.section.slice_ref(bytes)
+        } else {
+            Bytes::copy_from_slice(bytes)
         }
     }
 

@@ -62,29 +62,6 @@ async fn send(producer: &Producer, records: Vec<Record>) -> Vec<Delivered> {
     delivered
 }
 
-/// A message lent by a delivery read in place (`SubscribeOptions::views`), owned.
-fn owned(views: &Views, m: &MessageView<'_>) -> Message {
-    Message {
-        topic: views.topic().clone(),
-        partition: views.partition(),
-        offset: m.offset,
-        timestamp_ms: m.timestamp_ms,
-        expires_at_ms: m.expires_at_ms,
-        key: m.key.map(Bytes::copy_from_slice),
-        value: Bytes::copy_from_slice(m.value),
-        headers: m
-            .headers()
-            .map(|(key, value)| Header {
-                key: key.into(),
-                value: Bytes::copy_from_slice(value),
-            })
-            .collect(),
-        id: m.id.map(Bytes::copy_from_slice),
-        deliver_at_ms: m.deliver_at_ms,
-        priority: m.priority,
-    }
-}
-
 /// What a reader saw: the messages in arrival order and every other event.
 #[derive(Default)]
 struct Seen {
@@ -109,7 +86,10 @@ impl Seen {
             match event {
                 Event::Messages(messages) => self.messages.extend(messages),
                 Event::Views(views) => views
-                    .for_each(|m| self.messages.push(owned(&views, &m)))
+                    .for_each(|m| {
+                        let message = m.to_message(views.topic(), views.partition());
+                        self.messages.push(message);
+                    })
                     .expect("a delivery read in place"),
                 other => self.events.push(other),
             }
