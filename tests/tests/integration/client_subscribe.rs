@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tidelog_client::proto::TopicConfig;
 use tidelog_client::{
-    Ack, Client, Delivered, Event, Header, Message, MessageView, Producer, ProducerConfig, Record,
-    StartAt, SubscribeOptions, Subscription, Views,
+    Ack, Client, Delivered, Event, Message, Producer, ProducerConfig, Record, StartAt,
+    SubscribeOptions, Subscription,
 };
 use tidelog_tests::TestBroker;
 use tokio::time::timeout;
