@@ -22,6 +22,7 @@ use super::damage::{Damaged, probe};
 use super::decode::{decode_into, room_for};
 use super::start::Reset;
 use super::subscription::{PartitionProgress, PositionReset, ResetReason};
+use super::views::Views;
 use crate::backoff::Backoff;
 use crate::connection::Client;
 use crate::error::{Error, Result, retryable_status};
@@ -62,6 +63,11 @@ pub struct GroupOptions {
     pub filter: String,
     /// Messages per delivered batch; 0 = the broker's default.
     pub max_batch_messages: u32,
+    /// Deliveries come as [`GroupEvent::Views`] (read in place, no allocation a
+    /// message) instead of [`GroupEvent::Messages`]; as on a
+    /// [`crate::SubscribeOptions::views`] subscription. [`GroupMember::next`] returns
+    /// messages either way.
+    pub views: bool,
 }
 
 impl GroupOptions {
@@ -76,6 +82,7 @@ impl GroupOptions {
             reset: Reset::Earliest,
             filter: String::new(),
             max_batch_messages: 0,
+            views: false,
         }
     }
 }
@@ -88,6 +95,10 @@ pub enum GroupEvent {
     /// next of that partition; never empty). Returning them counts them all as
     /// returned for [`GroupMember::commit`].
     Messages(Messages),
+    /// The same delivery read in place, when [`GroupOptions::views`] is set (see
+    /// [`Views`]). Returning it counts it all as returned, up to the end of its last
+    /// batch (records there that are never delivered, expired or filtered, included).
+    Views(Views),
     /// Every message of one delivery from a partition has been returned: where the
     /// partition stands now and its end offset when it was read. Also comes for a
     /// delivery without messages (a filter refused them, or they expired). A good
@@ -403,6 +414,11 @@ impl GroupMember {
             }
             match self.receive().await? {
                 GroupEvent::Messages(messages) => self.pending = messages.into_iter(),
+                GroupEvent::Views(views) => {
+                    let mut messages = Vec::new();
+                    views.append_to(&mut messages)?;
+                    self.pending = messages.into_iter();
+                }
                 event => self.returned(&event),
             }
         }
@@ -539,6 +555,10 @@ impl GroupMember {
             GroupEvent::Messages(messages) => {
                 let key = (messages.topic().clone(), messages.partition());
                 self.consumed.insert(key, messages.next_offset());
+            }
+            GroupEvent::Views(views) => {
+                let key = (views.topic().clone(), views.partition());
+                self.consumed.insert(key, views.next_offset());
             }
             GroupEvent::Progress(progress) => {
                 let key = (progress.topic.clone(), progress.partition);
@@ -803,21 +823,29 @@ impl GroupMember {
                 let partition = batches.partition;
                 let topic = self.batch_topic(batches.position.as_ref().map(|p| &*p.topic))?;
                 // A damaged batch drops the whole delivery.
-                let mut messages = room_for(&batches.batches, self.options.max_batch_messages);
-                for batch in &batches.batches {
-                    decode_into(&topic, partition, batch, batches.now_ms, &mut messages)?;
-                }
-                let messages = Messages::new(topic.clone(), partition, messages);
-                let next = match (&batches.position, &messages) {
+                let delivery = if self.options.views {
+                    let (views, opened) =
+                        Views::open(&topic, partition, &batches.batches, batches.now_ms);
+                    opened?;
+                    views.map(GroupEvent::Views)
+                } else {
+                    let mut messages = room_for(&batches.batches, self.options.max_batch_messages);
+                    for batch in &batches.batches {
+                        decode_into(&topic, partition, batch, batches.now_ms, &mut messages)?;
+                    }
+                    Messages::new(topic.clone(), partition, messages).map(GroupEvent::Messages)
+                };
+                let next = match (&batches.position, &delivery) {
                     (Some(position), _) => Some(position.next_offset),
-                    (None, Some(messages)) => Some(messages.next_offset()),
-                    (None, None) => None,
+                    (None, Some(GroupEvent::Messages(messages))) => Some(messages.next_offset()),
+                    (None, Some(GroupEvent::Views(views))) => Some(views.next_offset()),
+                    (None, _) => None,
                 };
                 if let Some(next) = next {
                     self.read_at.insert((topic.clone(), partition), next);
                 }
-                if let Some(messages) = messages {
-                    self.events.push_back(GroupEvent::Messages(messages));
+                if let Some(delivery) = delivery {
+                    self.events.push_back(delivery);
                 }
                 if let Some(position) = batches.position {
                     self.events
@@ -878,6 +906,7 @@ impl GroupMember {
                 // (the broker drops its unsent ones the same way), is not returned.
                 self.events.retain(|event| match event {
                     GroupEvent::Messages(m) => owned.contains(&(m.topic().clone(), m.partition())),
+                    GroupEvent::Views(v) => owned.contains(&(v.topic().clone(), v.partition())),
                     GroupEvent::Progress(p) => owned.contains(&(p.topic.clone(), p.partition)),
                     GroupEvent::PositionReset(r) => owned.contains(&(r.topic.clone(), r.partition)),
                     _ => true,

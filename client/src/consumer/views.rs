@@ -18,7 +18,8 @@ use crate::record::Message;
 use tidelog_storage::Header;
 
 /// The messages of one delivery from one partition, in offset order, read in place:
-/// what [`crate::Event::Views`] carries when [`crate::SubscribeOptions::views`] is set.
+/// what [`crate::Event::Views`] carries when [`crate::SubscribeOptions::views`] is set
+/// (and [`crate::GroupEvent::Views`] when [`crate::GroupOptions::views`] is).
 ///
 /// Each batch's length, header and CRC were checked when it arrived (a zstd batch was
 /// decompressed then, once); its records are checked as they are read, so a batch whose
@@ -95,6 +96,14 @@ impl Views {
 
     pub fn partition(&self) -> u32 {
         self.partition
+    }
+
+    /// One past the last record of the last batch: where a read after this delivery
+    /// starts (past records at its end that are not delivered, if any).
+    pub fn next_offset(&self) -> u64 {
+        self.batches
+            .last()
+            .map_or(0, |batch| batch.header.next_offset())
     }
 
     /// Calls `read` with each message to deliver, in offset order. A record that does

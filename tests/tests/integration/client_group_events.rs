@@ -168,6 +168,84 @@ async fn a_rebalance_reports_revoked_partitions_and_loses_or_repeats_nothing() {
     }
 }
 
+/// Read in place (`GroupOptions::views`): a member's deliveries come as views, a
+/// delivery counts as returned whole, a rebalance's handover commit covers what was
+/// read, and `next` returns messages made of the views: every number once.
+#[tokio::test]
+async fn members_reading_in_place_hand_over_without_loss_or_repeat() {
+    let broker = TestBroker::start();
+    let client = Client::connect(&broker.endpoint()).await.expect("connect");
+    client
+        .create_topic("vw", 4, TopicConfig::default())
+        .await
+        .expect("create");
+    publish(&client, "vw", 4, 0..400).await;
+    let in_place = |group: &str| GroupOptions {
+        views: true,
+        ..options(group)
+    };
+    let mut first = GroupMember::join(&client, "vw", in_place("g"))
+        .await
+        .expect("join");
+    let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
+    let count = |value: &[u8], seen: &mut BTreeMap<u64, usize>| {
+        let n: u64 = std::str::from_utf8(value).unwrap().parse().unwrap();
+        *seen.entry(n).or_default() += 1;
+    };
+    while seen.len() < 100 {
+        match next(&mut first).await {
+            GroupEvent::Views(views) => views
+                .for_each(|m| count(m.value, &mut seen))
+                .expect("read in place"),
+            GroupEvent::Progress(_) => first.commit().await.expect("commit"),
+            GroupEvent::PositionReset(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let second = tokio::spawn({
+        let client = client.clone();
+        async move { GroupMember::join(&client, "vw", in_place("g")).await }
+    });
+    // Up to the new assignment, then the handover commit of everything returned.
+    loop {
+        match next(&mut first).await {
+            GroupEvent::Views(views) => views
+                .for_each(|m| count(m.value, &mut seen))
+                .expect("read in place"),
+            GroupEvent::Assigned(change) => {
+                assert_eq!(change.revoked.len(), 2, "{change:?}");
+                break;
+            }
+            GroupEvent::Progress(_) | GroupEvent::PositionReset(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    first.commit().await.expect("the handover commit");
+    let mut second = timeout(WAIT, second)
+        .await
+        .expect("second joins in time")
+        .expect("task")
+        .expect("second join");
+    // The rest through `next`, committing each message.
+    while seen.len() < 400 {
+        let (index, message) = tokio::select! {
+            m = first.next() => (0, m),
+            m = second.next() => (1, m),
+            _ = tokio::time::sleep(WAIT) => panic!("only {} of 400 arrived", seen.len()),
+        };
+        let message = message.expect("next");
+        count(&message.value, &mut seen);
+        let member = if index == 0 { &mut first } else { &mut second };
+        member.commit().await.expect("commit");
+    }
+    let repeated: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(repeated.is_empty(), "delivered twice: {repeated:?}");
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        (0..400).collect::<Vec<_>>()
+    );
+}
+
 #[tokio::test]
 async fn progress_reaches_each_partition_end_offset() {
     let broker = TestBroker::start();

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tidelog_client::{
     Client, Commit, Conn, Event as SubscriptionEvent, FetchOptions, GroupEvent, GroupMember,
-    GroupOptions, Reset, StartAt, SubscribeOptions, Subscription,
+    GroupOptions, Reset, StartAt, SubscribeOptions, Subscription, Views,
 };
 use tidelog_proto::v1::consumer_client::ConsumerClient;
 use tidelog_proto::v1::{
@@ -394,25 +394,7 @@ fn subscription_event(
                 u64::from(reader.message(plan, m.partition, m.offset, &m.value, targets, now_ns))
             })
             .sum(),
-        SubscriptionEvent::Views(views) => {
-            let mut counted = 0;
-            let read = views.for_each(|m| {
-                counted += u64::from(reader.message(
-                    plan,
-                    views.partition(),
-                    m.offset,
-                    m.value,
-                    targets,
-                    now_ns,
-                ));
-            });
-            if let Err(error) = read {
-                reader
-                    .errors
-                    .push(|| format!("consumer {}: {error}", plan.id));
-            }
-            counted
-        }
+        SubscriptionEvent::Views(views) => read_views(reader, plan, views, targets, now_ns),
         SubscriptionEvent::Progress(progress) => {
             reader.position(plan, progress.partition, progress.next_offset);
             0
@@ -433,6 +415,27 @@ fn subscription_event(
     }
 }
 
+/// Reads a delivery in place ([`Views`]); returns the messages it counts.
+fn read_views(
+    reader: &mut Reader,
+    plan: &ConsumerPlan,
+    views: &Views,
+    targets: Option<&[u64]>,
+    now_ns: u64,
+) -> u64 {
+    let mut counted = 0;
+    let read = views.for_each(|m| {
+        counted +=
+            u64::from(reader.message(plan, views.partition(), m.offset, m.value, targets, now_ns));
+    });
+    if let Err(error) = read {
+        reader
+            .errors
+            .push(|| format!("consumer {}: {error}", plan.id));
+    }
+    counted
+}
+
 /// `--batch-wire --group`: a [`GroupMember`] (auto commit, as the per-message group
 /// consumer asks the broker to do). Members share their progress: the run ends when
 /// every partition reached its target, whoever read it.
@@ -451,6 +454,8 @@ async fn run_member(
         reset: Reset::Earliest,
         filter: plan.filter.clone(),
         max_batch_messages: plan.read_batch,
+        // Read in place: the bench checks bytes, it keeps no message.
+        views: true,
         ..GroupOptions::new(group)
     };
     let mut member = match GroupMember::join(&client, &plan.topic, options).await {
@@ -537,6 +542,7 @@ fn member_event(
                 u64::from(reader.message(plan, m.partition, m.offset, &m.value, targets, now_ns))
             })
             .sum(),
+        GroupEvent::Views(views) => read_views(reader, plan, views, targets, now_ns),
         GroupEvent::Progress(progress) => {
             reader.position(plan, progress.partition, progress.next_offset);
             0
