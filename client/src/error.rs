@@ -64,6 +64,21 @@ pub enum Error {
 }
 
 impl Error {
+    /// What a consumer reports for a damaged batch it received (the batch at
+    /// `base_offset` of `topic`'s `partition`).
+    pub(crate) fn damaged_batch(
+        topic: &str,
+        partition: u32,
+        base_offset: u64,
+        error: tidelog_storage::batch::FormatError,
+    ) -> Error {
+        Error::Corrupt {
+            reason: format!(
+                "topic {topic:?} partition {partition} batch at offset {base_offset}: {error}"
+            ),
+        }
+    }
+
     /// The error a broker status means for `rpc` (the RPC's name, e.g. "PublishBatch"),
     /// with the topic it concerned for `NOT_FOUND`.
     pub(crate) fn from_status(

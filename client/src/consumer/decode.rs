@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use tidelog_proto::v1::StoredRecordBatch;
-use tidelog_storage::batch::{BatchHeader, FormatError};
+use tidelog_storage::batch::BatchHeader;
 use tidelog_storage::client_batch::for_each_delivered;
 
 use crate::error::{Error, Result};
@@ -57,18 +57,8 @@ pub(crate) fn decode_into(
     )
     .map_err(|e| {
         out.truncate(before);
-        damaged(topic, partition, batch.base_offset, e)
+        Error::damaged_batch(topic, partition, batch.base_offset, e)
     })
-}
-
-/// What a consumer reports for a damaged batch it received (the batch at
-/// `base_offset`).
-pub(crate) fn damaged(topic: &str, partition: u32, base_offset: u64, error: FormatError) -> Error {
-    Error::Corrupt {
-        reason: format!(
-            "topic {topic:?} partition {partition} batch at offset {base_offset}: {error}"
-        ),
-    }
 }
 
 #[cfg(test)]

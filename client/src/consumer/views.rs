@@ -12,8 +12,7 @@ use tidelog_proto::v1::StoredRecordBatch;
 use tidelog_storage::batch::{BatchHeader, FormatError, RawHeaders, RecordIter, RecordView};
 use tidelog_storage::client_batch::{for_each_delivered_view, open_returned};
 
-use super::decode::damaged;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::record::Message;
 use tidelog_storage::Header;
 
@@ -82,7 +81,12 @@ impl Views {
                     skip: batch.skip.clone(),
                 }),
                 Err(error) => {
-                    opened = Err(damaged(topic, partition, batch.base_offset, error));
+                    opened = Err(Error::damaged_batch(
+                        topic,
+                        partition,
+                        batch.base_offset,
+                        error,
+                    ));
                     break;
                 }
             }
@@ -143,7 +147,7 @@ impl Views {
                 &mut deliver,
             )
             .map_err(|error| {
-                damaged(&self.topic, self.partition, batch.header.base_offset, error)
+                Error::damaged_batch(&self.topic, self.partition, batch.header.base_offset, error)
             })?;
         }
         Ok(())
