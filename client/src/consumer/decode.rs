@@ -192,7 +192,7 @@ mod tests {
                 base += records.len() as u64;
             }
             // Read in place, the same delivery lends the same messages.
-            let (views, opened) = Views::open(&topic, 3, &delivery, NOW + 10);
+            let (views, opened) = Views::open(&topic, 3, delivery, NOW + 10);
             prop_assert!(opened.is_ok());
             let views = views.expect("batches");
             prop_assert_eq!((&**views.topic(), views.partition()), ("t", 3));
@@ -250,7 +250,7 @@ mod tests {
             ..StoredRecordBatch::default()
         };
         let topic: Arc<str> = Arc::from("t");
-        let (views, opened) = Views::open(&topic, 0, &[batch], NOW);
+        let (views, opened) = Views::open(&topic, 0, vec![batch], NOW);
         opened.expect("good");
         let views = views.expect("one batch");
         let mut lent = Vec::new();
@@ -295,7 +295,7 @@ mod tests {
     #[test]
     fn views_stop_before_a_batch_whose_crc_fails() {
         let topic: Arc<str> = Arc::from("t");
-        let (views, opened) = Views::open(&topic, 0, &good_then_bad_crc(), NOW);
+        let (views, opened) = Views::open(&topic, 0, Vec::from(good_then_bad_crc()), NOW);
         let error = opened.expect_err("damaged");
         assert!(matches!(error, Error::Corrupt { .. }), "{error}");
         assert!(error.to_string().contains("offset 2"), "{error}");
@@ -307,7 +307,7 @@ mod tests {
         assert_eq!(offsets, [0, 1]);
         // Nothing before the damage: no views at all.
         let [_, bad] = good_then_bad_crc();
-        let (views, opened) = Views::open(&topic, 0, &[bad], NOW);
+        let (views, opened) = Views::open(&topic, 0, vec![bad], NOW);
         assert!(views.is_none() && opened.is_err());
     }
 
@@ -334,7 +334,7 @@ mod tests {
         let crc_at = tidelog_storage::batch::CRC_COVERS_FROM - 4;
         bytes[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
         batch.batch = Bytes::from(bytes);
-        let (views, opened) = Views::open(&topic, 0, &[batch], NOW);
+        let (views, opened) = Views::open(&topic, 0, vec![batch], NOW);
         opened.expect("the CRC holds");
         let views = views.expect("one batch");
         let mut offsets = Vec::new();

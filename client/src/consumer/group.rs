@@ -19,7 +19,7 @@ use tonic::Code;
 use tidelog_storage::pattern::TopicPattern;
 
 use super::damage::{Damaged, probe};
-use super::decode::{decode_into, room_for};
+use super::delivery::{Delivery, open_delivery};
 use super::start::Reset;
 use super::subscription::{PartitionProgress, PositionReset, ResetReason};
 use super::views::Views;
@@ -819,22 +819,23 @@ impl GroupMember {
 
     fn event(&mut self, event: SubscribeBatchesResponse) -> Result<()> {
         match event.event {
-            Some(subscribe_batches_response::Event::Batches(batches)) => {
+            Some(subscribe_batches_response::Event::Batches(mut batches)) => {
                 let partition = batches.partition;
                 let topic = self.batch_topic(batches.position.as_ref().map(|p| &*p.topic))?;
                 // A damaged batch drops the whole delivery.
-                let delivery = if self.options.views {
-                    let (views, opened) =
-                        Views::open(&topic, partition, &batches.batches, batches.now_ms);
-                    opened?;
-                    views.map(GroupEvent::Views)
-                } else {
-                    let mut messages = room_for(&batches.batches, self.options.max_batch_messages);
-                    for batch in &batches.batches {
-                        decode_into(&topic, partition, batch, batches.now_ms, &mut messages)?;
-                    }
-                    Messages::new(topic.clone(), partition, messages).map(GroupEvent::Messages)
-                };
+                let (delivery, opened) = open_delivery(
+                    &topic,
+                    partition,
+                    std::mem::take(&mut batches.batches),
+                    batches.now_ms,
+                    self.options.views,
+                    self.options.max_batch_messages,
+                );
+                opened?;
+                let delivery = delivery.map(|delivery| match delivery {
+                    Delivery::Views(views) => GroupEvent::Views(views),
+                    Delivery::Messages(messages) => GroupEvent::Messages(messages),
+                });
                 let next = match (&batches.position, &delivery) {
                     (Some(position), _) => Some(position.next_offset),
                     (None, Some(GroupEvent::Messages(messages))) => Some(messages.next_offset()),

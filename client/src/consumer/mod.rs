@@ -4,6 +4,7 @@
 
 mod damage;
 mod decode;
+mod delivery;
 mod fetch;
 mod group;
 mod start;

@@ -13,7 +13,7 @@ use tidelog_proto::v1::{
 use tonic::Code;
 
 use super::damage::{Damaged, probe};
-use super::decode::{decode_into, room_for};
+use super::delivery::{Delivery, open_delivery};
 use super::start::{Reset, StartAt};
 use super::views::Views;
 use crate::backoff::Backoff;
@@ -576,7 +576,7 @@ impl Subscription {
     fn event(&mut self, event: SubscribeBatchesResponse) -> Result<()> {
         use subscribe_batches_response::Event as E;
         match event.event {
-            Some(E::Batches(batches)) => {
+            Some(E::Batches(mut batches)) => {
                 let partition = batches.partition;
                 let topic = match (&self.source, &batches.position) {
                     (Source::Topic(topic), _) => topic.clone(),
@@ -591,29 +591,22 @@ impl Subscription {
                 };
                 // One event for the delivery's messages; on a damaged batch, the
                 // messages of the batches before it still come, then the error.
-                let decoded = if self.options.views {
-                    let (views, opened) =
-                        Views::open(&topic, partition, &batches.batches, batches.now_ms);
-                    if let Some(views) = views {
-                        self.events.push_back(Event::Views(views));
+                let (delivery, opened) = open_delivery(
+                    &topic,
+                    partition,
+                    std::mem::take(&mut batches.batches),
+                    batches.now_ms,
+                    self.options.views,
+                    self.options.max_batch_messages,
+                );
+                match delivery {
+                    Some(Delivery::Views(views)) => self.events.push_back(Event::Views(views)),
+                    Some(Delivery::Messages(messages)) => {
+                        self.events.push_back(Event::Messages(messages))
                     }
-                    opened
-                } else {
-                    let mut messages = room_for(&batches.batches, self.options.max_batch_messages);
-                    let mut decoded = Ok(());
-                    for batch in &batches.batches {
-                        decoded =
-                            decode_into(&topic, partition, batch, batches.now_ms, &mut messages);
-                        if decoded.is_err() {
-                            break;
-                        }
-                    }
-                    if let Some(messages) = Messages::new(topic.clone(), partition, messages) {
-                        self.events.push_back(Event::Messages(messages));
-                    }
-                    decoded
-                };
-                decoded?;
+                    None => {}
+                }
+                opened?;
                 if let Some(position) = &batches.position
                     && let Some(progress) = self.position(position)
                 {

@@ -58,11 +58,12 @@ struct Checked {
 impl Views {
     /// Opens a delivery's `batches` in order: the views of those before the first
     /// damaged one (`None` when there are none), and the damage, the same
-    /// [`crate::Error::Corrupt`] decoding them into messages reports.
+    /// [`crate::Error::Corrupt`] decoding them into messages reports. Takes the batches
+    /// whole: what the broker marked to skip moves into the views, no copy.
     pub(crate) fn open(
         topic: &Arc<str>,
         partition: u32,
-        batches: &[StoredRecordBatch],
+        batches: Vec<StoredRecordBatch>,
         now_ms: i64,
     ) -> (Option<Views>, Result<()>) {
         let mut views = Views {
@@ -78,7 +79,7 @@ impl Views {
                     header,
                     section: records.section().clone(),
                     skip_front: batch.skip_front,
-                    skip: batch.skip.clone(),
+                    skip: batch.skip,
                 }),
                 Err(error) => {
                     opened = Err(Error::damaged_batch(
