@@ -8,9 +8,11 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tidelog_benches::{records, run_appenders, store_with_topic};
-use tidelog_storage::FsyncPolicy;
+use tidelog_storage::batch::{Compression, EncodeOptions, encode_batch};
+use tidelog_storage::{FsyncPolicy, client_batch};
 
 fn append(c: &mut Criterion) {
     let full = std::env::var_os("TIDELOG_BENCH_FULL").is_some();
@@ -102,5 +104,65 @@ fn read(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, append, read);
+/// The broker's check of a published batch (`client_batch::validate_batch`) and a
+/// consumer's walk of a returned one (`open_returned` + `for_each_delivered_view`), per
+/// record: 1,000 records of 100 B, timestamps a few ms apart, with and without 16-byte
+/// ids that count up.
+fn wire(c: &mut Criterion) {
+    let mut group = c.benchmark_group("wire");
+    group.sample_size(30);
+    group.throughput(Throughput::Elements(1000));
+    let now_ms = 1_700_000_000_000;
+    let rules = client_batch::BatchRules {
+        now_ms,
+        max_message_bytes: 1 << 20,
+        priority_levels: 1,
+        expiry_required: false,
+    };
+    let options = EncodeOptions {
+        now_ms,
+        default_ttl_ms: None,
+        compression: Compression::None,
+        max_message_bytes: 1 << 20,
+        priority_levels: 1,
+    };
+    for ids in [false, true] {
+        let mut batch = records(1000, 100);
+        for (n, record) in batch.iter_mut().enumerate() {
+            record.timestamp_ms = Some(now_ms - 1000 + (n as i64 / 100));
+            if ids {
+                let mut id = [7u8; 16];
+                id[8..].copy_from_slice(&(n as u64).to_be_bytes());
+                record.id = Some(Bytes::copy_from_slice(&id));
+            }
+        }
+        let bytes = Bytes::from(encode_batch(&batch, &options).expect("encode").bytes);
+        let name = if ids { "ids" } else { "plain" };
+        group.bench_function(format!("validate_batch_100B/{name}"), |b| {
+            b.iter(|| black_box(client_batch::validate_batch(&bytes, &rules).expect("valid")))
+        });
+        group.bench_function(format!("read_views_100B/{name}"), |b| {
+            b.iter(|| {
+                let (header, mut iter) = client_batch::open_returned(&bytes).expect("open");
+                let mut sum = 0usize;
+                client_batch::for_each_delivered_view(
+                    &mut iter,
+                    header.base_offset,
+                    0,
+                    &[],
+                    now_ms,
+                    |_, view| {
+                        sum += view.payload_bytes as usize;
+                        Ok(())
+                    },
+                )
+                .expect("walk");
+                black_box(sum)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, append, read, wire);
 criterion_main!(benches);

@@ -347,6 +347,23 @@ pub fn validate_batch(bytes: &[u8], rules: &BatchRules) -> Result<CheckedBatch, 
     })
 }
 
+/// [`Walk::varint`] of three bytes or more, or a malformed one: the value and its
+/// length. Out of line, and not a method, so the walk's position stays in a register.
+#[inline(never)]
+fn long_varint(bytes: &[u8], at: usize, end: usize) -> Result<(u64, usize), String> {
+    batch::get_varint(bytes.get(at..end).unwrap_or_default()).ok_or_else(bad_varint)
+}
+
+#[cold]
+fn bad_varint() -> String {
+    "malformed varint, or one that runs past the record's length".into()
+}
+
+#[cold]
+fn past_the_record(what: &str) -> String {
+    format!("the {what} runs past the record's length")
+}
+
 /// What the walk learns of one record.
 struct Fields {
     timestamp_ms: i64,
@@ -366,19 +383,26 @@ struct Walk<'a> {
 
 impl Walk<'_> {
     /// A varint that ends before `end` (a record's varints never run past its length).
-    #[inline]
+    /// Inlined: a record has five or more, and most are one or two bytes.
+    #[inline(always)]
     fn varint(&mut self, end: usize) -> Result<u64, String> {
-        // Most lengths and deltas fit one byte.
-        if self.at < end
-            && let Some(&byte) = self.bytes.get(self.at)
-            && byte < 0x80
-        {
-            self.at += 1;
-            return Ok(u64::from(byte));
+        let at = self.at;
+        if at < end && end <= self.bytes.len() {
+            let low = self.bytes[at];
+            if low < 0x80 {
+                self.at = at + 1;
+                return Ok(u64::from(low));
+            }
+            if at + 1 < end {
+                let high = self.bytes[at + 1];
+                if high < 0x80 {
+                    self.at = at + 2;
+                    return Ok(u64::from(low & 0x7f) | u64::from(high) << 7);
+                }
+            }
         }
-        let (value, used) = batch::get_varint(self.bytes.get(self.at..end).unwrap_or_default())
-            .ok_or("malformed varint, or one that runs past the record's length")?;
-        self.at += used;
+        let (value, used) = long_varint(self.bytes, at, end)?;
+        self.at = at + used;
         Ok(value)
     }
 
@@ -393,19 +417,24 @@ impl Walk<'_> {
     }
 
     /// A varint length and that many bytes, all before `end`: their range.
-    #[inline]
+    #[inline(always)]
     fn field(&mut self, end: usize, what: &str) -> Result<std::ops::Range<usize>, String> {
         let length = self.varint(end)?;
         let start = self.at;
-        let stop = usize::try_from(length)
+        match usize::try_from(length)
             .ok()
             .and_then(|len| start.checked_add(len))
             .filter(|&stop| stop <= end)
-            .ok_or_else(|| format!("the {what} runs past the record's length"))?;
-        self.at = stop;
-        Ok(start..stop)
+        {
+            Some(stop) => {
+                self.at = stop;
+                Ok(start..stop)
+            }
+            None => Err(past_the_record(what)),
+        }
     }
 
+    #[inline(always)]
     fn record(&mut self, index: u32, first: i64, rules: &BatchRules) -> Result<Fields, String> {
         let length = self.varint(self.bytes.len())?;
         let end = usize::try_from(length)

@@ -744,12 +744,18 @@ pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
 /// bytes end first or it is longer than 10 bytes / overflows u64.
 #[inline]
 pub fn get_varint(bytes: &[u8]) -> Option<(u64, usize)> {
-    // Most lengths and deltas fit one byte.
-    if let Some(&byte) = bytes.first()
-        && byte < 0x80
-    {
-        return Some((u64::from(byte), 1));
+    // Most lengths and deltas fit one byte, and the offset deltas of a batch past its
+    // 128th record two: both inline, the rest out of line.
+    match *bytes {
+        [low, ..] if low < 0x80 => Some((u64::from(low), 1)),
+        [low, high, ..] if high < 0x80 => Some((u64::from(low & 0x7f) | u64::from(high) << 7, 2)),
+        _ => get_long_varint(bytes),
     }
+}
+
+/// [`get_varint`] of three bytes or more (or none).
+#[inline(never)]
+fn get_long_varint(bytes: &[u8]) -> Option<(u64, usize)> {
     let mut value = 0u64;
     for (index, &byte) in bytes.iter().enumerate().take(10) {
         let low = u64::from(byte & 0x7f);
@@ -1061,6 +1067,34 @@ mod tests {
         );
         for value in [0i64, -1, 1, i64::MIN, i64::MAX] {
             assert_eq!(unzigzag(zigzag(value)), value);
+        }
+    }
+
+    proptest::proptest! {
+        /// The varint reader (one- and two-byte fast paths, the rest out of line) reads
+        /// any bytes as the plain LEB128 loop does: the same value and length, or
+        /// `None` for the same inputs (truncated, over 10 bytes, over u64).
+        #[test]
+        fn varints_read_as_the_plain_loop_reads_them(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![0u8..0x80, 0x80u8..=0xff, proptest::strategy::Just(0x80u8)],
+                0..13,
+            ),
+        ) {
+            let mut model = None;
+            let mut value = 0u64;
+            for (index, &byte) in bytes.iter().enumerate().take(10) {
+                let low = u64::from(byte & 0x7f);
+                if index == 9 && low > 1 {
+                    break;
+                }
+                value |= low << (7 * index);
+                if byte & 0x80 == 0 {
+                    model = Some((value, index + 1));
+                    break;
+                }
+            }
+            proptest::prop_assert_eq!(get_varint(&bytes), model);
         }
     }
 
