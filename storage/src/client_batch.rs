@@ -347,13 +347,6 @@ pub fn validate_batch(bytes: &[u8], rules: &BatchRules) -> Result<CheckedBatch, 
     })
 }
 
-/// [`Walk::varint`] of three bytes or more, or a malformed one: the value and its
-/// length. Out of line, and not a method, so the walk's position stays in a register.
-#[inline(never)]
-fn long_varint(bytes: &[u8], at: usize, end: usize) -> Result<(u64, usize), String> {
-    batch::get_varint(bytes.get(at..end).unwrap_or_default()).ok_or_else(bad_varint)
-}
-
 #[cold]
 fn bad_varint() -> String {
     "malformed varint, or one that runs past the record's length".into()
@@ -383,26 +376,10 @@ struct Walk<'a> {
 
 impl Walk<'_> {
     /// A varint that ends before `end` (a record's varints never run past its length).
-    /// Inlined: a record has five or more, and most are one or two bytes.
     #[inline(always)]
     fn varint(&mut self, end: usize) -> Result<u64, String> {
-        let at = self.at;
-        if at < end && end <= self.bytes.len() {
-            let low = self.bytes[at];
-            if low < 0x80 {
-                self.at = at + 1;
-                return Ok(u64::from(low));
-            }
-            if at + 1 < end {
-                let high = self.bytes[at + 1];
-                if high < 0x80 {
-                    self.at = at + 2;
-                    return Ok(u64::from(low & 0x7f) | u64::from(high) << 7);
-                }
-            }
-        }
-        let (value, used) = long_varint(self.bytes, at, end)?;
-        self.at = at + used;
+        let (value, used) = batch::varint_at(self.bytes, self.at, end).ok_or_else(bad_varint)?;
+        self.at += used;
         Ok(value)
     }
 

@@ -744,20 +744,35 @@ pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
 /// bytes end first or it is longer than 10 bytes / overflows u64.
 #[inline]
 pub fn get_varint(bytes: &[u8]) -> Option<(u64, usize)> {
-    // Most lengths and deltas fit one byte, and the offset deltas of a batch past its
-    // 128th record two: both inline, the rest out of line.
-    match *bytes {
-        [low, ..] if low < 0x80 => Some((u64::from(low), 1)),
-        [low, high, ..] if high < 0x80 => Some((u64::from(low & 0x7f) | u64::from(high) << 7, 2)),
-        _ => get_long_varint(bytes),
-    }
+    varint_at(bytes, 0, bytes.len())
 }
 
-/// [`get_varint`] of three bytes or more (or none).
+/// [`get_varint`] of `bytes[at..end]` (`None` when that range is not in `bytes`), for
+/// the record walks: most lengths and deltas fit one byte, and the offset deltas of a
+/// batch past its 128th record (and the lengths of records of 128 bytes or more) two.
+/// Both are read inline, with the walk's position in a register; the rest out of line.
+#[inline(always)]
+pub fn varint_at(bytes: &[u8], at: usize, end: usize) -> Option<(u64, usize)> {
+    if at < end && end <= bytes.len() {
+        let low = bytes[at];
+        if low < 0x80 {
+            return Some((u64::from(low), 1));
+        }
+        if at + 1 < end {
+            let high = bytes[at + 1];
+            if high < 0x80 {
+                return Some((u64::from(low & 0x7f) | u64::from(high) << 7, 2));
+            }
+        }
+    }
+    long_varint_at(bytes, at, end)
+}
+
+/// [`varint_at`] of three bytes or more, or none (truncated, malformed).
 #[inline(never)]
-fn get_long_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+fn long_varint_at(bytes: &[u8], at: usize, end: usize) -> Option<(u64, usize)> {
     let mut value = 0u64;
-    for (index, &byte) in bytes.iter().enumerate().take(10) {
+    for (index, &byte) in bytes.get(at..end)?.iter().enumerate().take(10) {
         let low = u64::from(byte & 0x7f);
         if index == 9 && low > 1 {
             return None;

@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use super::{
     BatchHeader, Compression, FormatError, HEADER_BYTES, Header, RECORD_ATTRIBUTES_KNOWN,
     RECORD_HAS_DELIVER_AT, RECORD_HAS_EXPIRY, RECORD_HAS_ID, RECORD_HAS_KEY, RECORD_HAS_PRIORITY,
-    RECORD_ID_FOLLOWS, Record, get_varint, invalid, next_id, unzigzag,
+    RECORD_ID_FOLLOWS, Record, get_varint, invalid, next_id, unzigzag, varint_at,
 };
 use crate::limits::{MESSAGE_ID_BYTES_MAX, PRIORITY_LEVELS_MAX, RECORD_HEADERS_MAX};
 
@@ -321,21 +321,7 @@ impl RecordIter {
 
     #[inline(always)]
     fn varint(&mut self) -> Result<u64, FormatError> {
-        // Most lengths and deltas fit one byte, the rest of a record's (a record of
-        // 128 bytes or more, a delta past 127) two: read those here, without the loop.
-        if let Some(&byte) = self.section.get(self.position)
-            && byte < 0x80
-        {
-            self.position += 1;
-            return Ok(u64::from(byte));
-        }
-        if let Some(&[low, high]) = self.section.get(self.position..self.position + 2)
-            && high < 0x80
-        {
-            self.position += 2;
-            return Ok(u64::from(low & 0x7f) | u64::from(high) << 7);
-        }
-        let (value, used) = get_varint(self.section.get(self.position..).unwrap_or_default())
+        let (value, used) = varint_at(&self.section, self.position, self.section.len())
             .ok_or_else(|| invalid("malformed varint"))?;
         self.position += used;
         Ok(value)
