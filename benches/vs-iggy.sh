@@ -17,8 +17,11 @@
 # on 2 cores).
 set -u
 IGGY=${1:?iggy source dir}; TL=${2:?tidelog release dir}; ROUNDS=${3:-1}
-# SCALE=10 divides every run by 10 (a quick check of the script itself).
+# SCALE=10 divides every run by 10 (a quick check of the script itself); LONGER=3
+# makes every run 3 times as long (on a machine where tidelog's runs take a second,
+# and Iggy's swing with their length).
 SCALE=${SCALE:-1}
+LONGER=${LONGER:-1}
 DATA=$(mktemp -d)
 trap 'pkill -f "target/release/iggy-server" 2>/dev/null; rm -rf "$DATA"' EXIT
 TICKS=$(getconf CLK_TCK)
@@ -112,7 +115,7 @@ tidelog_run() { # label kind actors total args...
     --partitions "$actors" --batch-wire --batch 1000 --message-size 100 --messages "$total" "$@" > "$DATA/tl.json" 2>&1
   local b=$(cpu $pid)
   # Bytes of the topic's segments (the log as written: records, batch headers).
-  local log_bytes=$(find "$DATA/tl/topics" -name '*.log' -printf '%s\n' 2>/dev/null | awk '{s+=$1} END {print s+0}')
+  local log_bytes=$(find "$DATA/tl/topics" -name '*.log' -printf '%s\n' 2>/dev/null | awk '{s+=$1} END {printf "%.0f\n", s}')
   python3 - "$DATA/tl.json" "$label" "$a" "$b" "$TICKS" "$total" "$kind" "$log_bytes" <<'PY'
 import json, sys
 path, label, a, b, ticks, total, kind, log_bytes = sys.argv[1:]
@@ -136,20 +139,20 @@ PY
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq "$ROUNDS"); do
   for k in 1 2 8; do
-    per=$(( 20000 / (k > 1 ? k : 2) / SCALE ))
+    per=$(( 20000 * LONGER / (k > 1 ? k : 2) / SCALE ))
     total=$(( per * 1000 * k ))
     iggy_run "non-durable publish, $k producers" non pinned-producer "$k" "$per"
     tidelog_run "non-durable publish, $k producers" produce "$k" "$total" --stream --fsync never --ack written
   done
   for k in 1 2; do
-    per=$(( 2000 / k / SCALE ))
+    per=$(( 2000 * LONGER / k / SCALE ))
     total=$(( per * 1000 * k ))
     iggy_run "durable publish (ack after fsync), $k producers" durable pinned-producer "$k" "$per"
     tidelog_run "durable publish (ack after fsync), $k producers" produce "$k" "$total" --stream
   done
   disk_ceiling
   for k in 1 2 8; do
-    per=$(( 20000 / (k > 1 ? k : 2) / SCALE ))
+    per=$(( 20000 * LONGER / (k > 1 ? k : 2) / SCALE ))
     total=$(( per * 1000 * k ))
     iggy_run "consume, $k consumers" non pinned-consumer "$k" "$per"
     tidelog_run "consume, $k consumers" consume "$k" "$total"
