@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use tidelog_proto::v1::StoredRecordBatch;
+use tidelog_proto::v1::RecordBatches;
 
 use super::decode::{decode_into, room_for};
 use super::views::Views;
@@ -17,19 +17,19 @@ pub(crate) enum Delivery {
     Messages(Messages),
 }
 
-/// Opens `batches` (one delivery of `partition` of `topic`, read by the broker at
-/// `now_ms`) as views when `views` is set, else decodes them into messages (room made
-/// for at most `max_messages`, the request's limit). Returns what the batches before
-/// the first damaged one hold (`None` when nothing), and the damage: the same
-/// [`crate::Error::Corrupt`] either way.
+/// Opens a delivery's batches (taken out of `delivery`, one partition's, read by the
+/// broker at its `now_ms`) as views when `views` is set, else decodes them into
+/// messages (room made for at most `max_messages`, the request's limit). Returns what
+/// the batches before the first damaged one hold (`None` when nothing), and the damage:
+/// the same [`crate::Error::Corrupt`] either way.
 pub(crate) fn open_delivery(
     topic: &Arc<str>,
-    partition: u32,
-    batches: Vec<StoredRecordBatch>,
-    now_ms: i64,
+    delivery: &mut RecordBatches,
     views: bool,
     max_messages: u32,
 ) -> (Option<Delivery>, Result<()>) {
+    let (partition, now_ms) = (delivery.partition, delivery.now_ms);
+    let batches = std::mem::take(&mut delivery.batches);
     if views {
         let (views, opened) = Views::open(topic, partition, batches, now_ms);
         return (views.map(Delivery::Views), opened);

@@ -825,9 +825,7 @@ impl GroupMember {
                 // A damaged batch drops the whole delivery.
                 let (delivery, opened) = open_delivery(
                     &topic,
-                    partition,
-                    std::mem::take(&mut batches.batches),
-                    batches.now_ms,
+                    &mut batches,
                     self.options.views,
                     self.options.max_batch_messages,
                 );

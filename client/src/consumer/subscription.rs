@@ -593,9 +593,7 @@ impl Subscription {
                 // messages of the batches before it still come, then the error.
                 let (delivery, opened) = open_delivery(
                     &topic,
-                    partition,
-                    std::mem::take(&mut batches.batches),
-                    batches.now_ms,
+                    &mut batches,
                     self.options.views,
                     self.options.max_batch_messages,
                 );
