@@ -1088,28 +1088,36 @@ mod tests {
     proptest::proptest! {
         /// The varint reader (one- and two-byte fast paths, the rest out of line) reads
         /// any bytes as the plain LEB128 loop does: the same value and length, or
-        /// `None` for the same inputs (truncated, over 10 bytes, over u64).
+        /// `None` for the same inputs (truncated, over 10 bytes, over u64), and a
+        /// varint that must end before `end` as the loop reads the bytes up to it.
         #[test]
         fn varints_read_as_the_plain_loop_reads_them(
             bytes in proptest::collection::vec(
                 proptest::prop_oneof![0u8..0x80, 0x80u8..=0xff, proptest::strategy::Just(0x80u8)],
                 0..13,
             ),
+            at in 0usize..15,
+            end in 0usize..15,
         ) {
-            let mut model = None;
-            let mut value = 0u64;
-            for (index, &byte) in bytes.iter().enumerate().take(10) {
-                let low = u64::from(byte & 0x7f);
-                if index == 9 && low > 1 {
-                    break;
+            let model = |bytes: &[u8]| {
+                let mut value = 0u64;
+                for (index, &byte) in bytes.iter().enumerate().take(10) {
+                    let low = u64::from(byte & 0x7f);
+                    if index == 9 && low > 1 {
+                        return None;
+                    }
+                    value |= low << (7 * index);
+                    if byte & 0x80 == 0 {
+                        return Some((value, index + 1));
+                    }
                 }
-                value |= low << (7 * index);
-                if byte & 0x80 == 0 {
-                    model = Some((value, index + 1));
-                    break;
-                }
-            }
-            proptest::prop_assert_eq!(get_varint(&bytes), model);
+                None
+            };
+            proptest::prop_assert_eq!(get_varint(&bytes), model(&bytes));
+            // Within a record: only bytes[at..end] count, and a range outside the
+            // bytes reads nothing.
+            let inside = bytes.get(at..end).and_then(model);
+            proptest::prop_assert_eq!(varint_at(&bytes, at, end), inside);
         }
     }
 
