@@ -3,7 +3,9 @@
 //! `cargo bench -p tidelog-benches --bench storage -- --quick --noplot`
 //! The append matrix is 100 B and 1 KiB records, batches of 1/100/1000, each fsync
 //! policy, 1/4/16 appenders; set TIDELOG_BENCH_FULL=1 for the whole matrix (the
-//! default runs the corners that matter: it takes minutes, not an hour).
+//! default runs the corners that matter: it takes minutes, not an hour). The `wire`
+//! group times a published batch's check and a returned batch's in-place read, per
+//! record (`-- --noplot wire` runs it alone).
 
 use std::hint::black_box;
 use std::time::Duration;
