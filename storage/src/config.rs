@@ -169,6 +169,15 @@ impl Default for TopicConfig {
 }
 
 impl TopicConfig {
+    /// Whether the topic's queues dead-letter their oldest ready messages past a cap
+    /// (`queue_overflow` is `DeadLetterOldest` and a cap is set): the one rule of when
+    /// [`crate::queue::QueueEngine::enforce_caps`] has work, which must then look again
+    /// whenever more of the topic becomes visible.
+    pub fn dead_letters_over_caps(&self) -> bool {
+        self.queue_overflow == QueueOverflow::DeadLetterOldest
+            && (self.queue_max_ready_messages.is_some() || self.queue_max_ready_bytes.is_some())
+    }
+
     /// Checks every value against its bounds.
     pub fn validate(&self) -> Result<()> {
         if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {

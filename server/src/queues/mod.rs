@@ -478,8 +478,12 @@ impl Runtime {
                 }
             }
             let parts = self.parts();
-            let wanted = !self.wants(&parts).is_empty();
-            self.wait(&store, &shutdown, &parts, wanted).await;
+            // New data wakes the runtime when members want it, and when a cap must be
+            // enforced on it: a publish notifies when it is written, and on an fsync
+            // = always topic its messages become visible (and count) only after the
+            // fsync. Without this the last publish's overflow waited for the next.
+            let watch = !self.wants(&parts).is_empty() || caps_to_enforce(&store, &parts);
+            self.wait(&store, &shutdown, &parts, watch).await;
         }
     }
 
@@ -533,14 +537,15 @@ impl Runtime {
         !self.pattern || self.stopped.load(Ordering::Acquire)
     }
 
-    /// Sleeps until a member asks, the next timer, new messages (when a member wants
-    /// some), the next topic sync (a pattern queue) or the broker stops.
+    /// Sleeps until a member asks, the next timer, new visible messages (when
+    /// `watch_data`: a member wants some, or a cap must be enforced on them), the next
+    /// topic sync (a pattern queue) or the broker stops.
     async fn wait(
         &self,
         store: &Store,
         shutdown: &Shutdown,
         parts: &[Arc<Part>],
-        data_wanted: bool,
+        watch_data: bool,
     ) {
         let notified = self.wake.notified();
         let next = parts
@@ -565,7 +570,7 @@ impl Runtime {
             }
         };
         let mut waits: Vec<Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
-        if data_wanted {
+        if watch_data {
             for part in parts {
                 if let Ok(topic) = store.topic(&part.topic) {
                     for partition in topic.partitions() {
@@ -586,10 +591,20 @@ impl Runtime {
             _ = notified => {}
             _ = sleep => {}
             _ = resync => {}
-            _ = data, if data_wanted => {}
+            _ = data, if watch_data => {}
             _ = shutdown.wait() => {}
         }
     }
+}
+
+/// Whether a topic of `parts` dead-letters its oldest over a cap
+/// ([`tidelog_storage::TopicConfig::dead_letters_over_caps`]).
+fn caps_to_enforce(store: &Store, parts: &[Arc<Part>]) -> bool {
+    parts.iter().any(|part| {
+        store
+            .topic(&part.topic)
+            .is_ok_and(|topic| topic.config().dead_letters_over_caps())
+    })
 }
 
 /// Every queue runtime of the broker.
@@ -694,10 +709,7 @@ impl QueueManager {
     /// New messages went to `topic`: when its queues dead-letter their oldest past the
     /// topic's caps, their runtimes (started if need be) look at once, consumers or not.
     pub fn topic_published(self: &Arc<Self>, topic: &tidelog_storage::Topic) {
-        let config = topic.config();
-        if config.queue_overflow != tidelog_storage::QueueOverflow::DeadLetterOldest
-            || (config.queue_max_ready_messages.is_none() && config.queue_max_ready_bytes.is_none())
-        {
+        if !topic.config().dead_letters_over_caps() {
             return;
         }
         let names = admin::list_queues(&*self.store, Some(topic.name()));

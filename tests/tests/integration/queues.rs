@@ -14,10 +14,11 @@ use tidelog_proto::v1::queues_client::QueuesClient;
 use tidelog_proto::v1::settlement::{Ack, Action, Nack, Term};
 use tidelog_proto::v1::start_position::{Earliest, Position};
 use tidelog_proto::v1::{
-    AckLevel, CommitOffsetsRequest, CreateQueueRequest, DeleteQueueRequest, DescribeQueueRequest,
-    FetchRequest, ListQueuesRequest, Message, PublishRequest, PurgeQueueRequest, QueueConfig,
-    QueueConsumeRequest, QueueDelivery, ReceiveRequest, RedriveQueueRequest, SettleRequest,
-    Settlement, StartPosition, TopicConfig, TopicPartitionOffset,
+    AckLevel, CommitOffsetsRequest, ConsumedMessage, CreateQueueRequest, DeleteQueueRequest,
+    DescribeQueueRequest, FetchRequest, ListQueuesRequest, Message, PublishRequest,
+    PurgeQueueRequest, QueueConfig, QueueConsumeRequest, QueueDelivery, ReceiveRequest,
+    RedriveQueueRequest, SettleRequest, Settlement, StartPosition, TopicConfig,
+    TopicPartitionOffset,
 };
 use tidelog_tests::{TestBroker, now_ms};
 use tokio::sync::mpsc;
@@ -877,6 +878,81 @@ async fn the_metrics_the_alerts_and_dashboard_use_are_exported() {
     }
 }
 
+/// The messages of dead-letter topic `dlq` once it holds `at_least` (or what it holds
+/// after 10 s).
+async fn dead_letters(broker: &TestBroker, dlq: &str, at_least: usize) -> Vec<ConsumedMessage> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let letters = broker
+            .consumer()
+            .await
+            .fetch(FetchRequest {
+                topic: dlq.into(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().messages)
+            .unwrap_or_default();
+        if letters.len() >= at_least || tokio::time::Instant::now() > deadline {
+            return letters;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The cap is enforced on messages that become visible after their publish was
+/// answered. On an fsync = always topic, a publish with ack WRITTEN returns (and tells
+/// the queue) before the fsync, when none of its messages is visible yet. The queue
+/// has no consumer to wake it, and no publish follows. The fsync alone must make the
+/// queue dead-letter the oldest three of eight (CI once saw two: the last publish's
+/// overflow waited for a next publish that never came).
+#[tokio::test]
+async fn overflow_is_enforced_on_messages_the_fsync_makes_visible() {
+    use tidelog_proto::v1::QueueOverflow;
+    let broker = TestBroker::start();
+    broker
+        .create_topic(
+            "late",
+            1,
+            TopicConfig {
+                queue_max_ready_messages: Some(5),
+                queue_overflow: QueueOverflow::DeadLetterOldest as i32,
+                ..TopicConfig::default()
+            },
+        )
+        .await;
+    create_queue(&broker, "late-q", "late", QueueConfig::default()).await;
+    let mut publisher = broker.publisher().await;
+    let publish = |range: std::ops::Range<usize>, ack: AckLevel| PublishRequest {
+        topic: "late".into(),
+        messages: range
+            .map(|i| Message {
+                value: format!("m-{i}").into_bytes().into(),
+                ..Default::default()
+            })
+            .collect(),
+        ack: ack as i32,
+    };
+    // Up to the cap, durably: the queue's runtime has started and seen them all.
+    for i in 0..5 {
+        publisher
+            .publish(publish(i..i + 1, AckLevel::Durable))
+            .await
+            .unwrap();
+    }
+    // Three more: the runtime looks when they are written, before the fsync.
+    publisher
+        .publish(publish(5..8, AckLevel::Written))
+        .await
+        .unwrap();
+    let values: Vec<String> = dead_letters(&broker, "late.dlq", 3)
+        .await
+        .iter()
+        .map(|m| String::from_utf8(m.value.to_vec()).unwrap())
+        .collect();
+    assert_eq!(values, vec!["m-0", "m-1", "m-2"], "the oldest three");
+}
+
 /// Backpressure both ways: a full queue refuses publishes (discard new) or dead-letters
 /// its oldest ready messages with reason overflow (discard old).
 #[tokio::test]
@@ -954,23 +1030,7 @@ async fn overflow_rejects_new_or_dead_letters_old() {
     for i in 0..8 {
         publisher.publish(one("lossy", i)).await.unwrap();
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let letters = loop {
-        let letters = broker
-            .consumer()
-            .await
-            .fetch(FetchRequest {
-                topic: "lossy.dlq".into(),
-                ..Default::default()
-            })
-            .await
-            .map(|r| r.into_inner().messages)
-            .unwrap_or_default();
-        if letters.len() >= 3 || tokio::time::Instant::now() > deadline {
-            break letters;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let letters = dead_letters(&broker, "lossy.dlq", 3).await;
     let values: Vec<String> = letters
         .iter()
         .map(|m| String::from_utf8(m.value.to_vec()).unwrap())

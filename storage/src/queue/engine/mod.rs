@@ -808,9 +808,7 @@ impl QueueEngine {
             .ok_or_else(|| Error::not_found(format!("queue {:?}", self.name)))?;
         let topic = self.store.topic(&topic_name)?;
         let config = topic.config();
-        if config.queue_overflow != crate::config::QueueOverflow::DeadLetterOldest
-            || (config.queue_max_ready_messages.is_none() && config.queue_max_ready_bytes.is_none())
-        {
+        if !config.dead_letters_over_caps() {
             return Ok(0);
         }
         let queue = self.queue()?;
