@@ -33,6 +33,10 @@ pub(crate) struct ProgressState {
     pub unavailable: Option<Error>,
     data_wakers: Vec<Waker>,
     durable_wakers: Vec<(u64, Waker)>,
+    /// Threads blocked on `Progress::changed`. An update notifies the condition
+    /// variable only when there are some: std's `notify_all` is a `futex` system call
+    /// even with no waiter, and an append updates the progress once a batch.
+    blocked: usize,
 }
 
 impl ProgressState {
@@ -69,6 +73,7 @@ impl Progress {
                 unavailable: None,
                 data_wakers: Vec::new(),
                 durable_wakers: Vec::new(),
+                blocked: 0,
             }),
             changed: Condvar::new(),
         })
@@ -81,7 +86,7 @@ impl Progress {
     /// Applies `change` and wakes whoever it may concern.
     fn update(&self, change: impl FnOnce(&mut ProgressState)) {
         let mut wake = Vec::new();
-        {
+        let blocked = {
             let mut state = self.lock();
             let visible_before = state.visible().offset;
             change(&mut state);
@@ -115,8 +120,13 @@ impl Progress {
                     index += 1;
                 }
             }
+            // Read under the lock: a thread counts itself in before `wait` releases
+            // it, so it has either seen this change or is counted here.
+            state.blocked
+        };
+        if blocked > 0 {
+            self.changed.notify_all();
         }
-        self.changed.notify_all();
         for waker in wake {
             waker.wake();
         }
@@ -238,7 +248,7 @@ impl Progress {
             if let Some(error) = self.ended_error(&state) {
                 return Err(error);
             }
-            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+            state = self.wait(state, None);
         }
     }
 
@@ -254,12 +264,28 @@ impl Progress {
             if now >= deadline || state.poisoned.is_some() || state.closed {
                 return false;
             }
-            state = self
-                .changed
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            state = self.wait(state, Some(deadline - now));
         }
+    }
+
+    /// Blocks this thread until an update (or `timeout`), counted in `blocked`.
+    fn wait<'a>(
+        &self,
+        mut state: MutexGuard<'a, ProgressState>,
+        timeout: Option<Duration>,
+    ) -> MutexGuard<'a, ProgressState> {
+        state.blocked += 1;
+        let mut state = match timeout {
+            None => self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
+            Some(timeout) => {
+                self.changed
+                    .wait_timeout(state, timeout)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+        };
+        state.blocked -= 1;
+        state
     }
 }
 
@@ -294,5 +320,71 @@ impl Future for WaitForData {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.progress.poll_data(self.offset, cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    fn end(offset: u64) -> LogEnd {
+        LogEnd {
+            offset,
+            segment_base: 0,
+            position: offset * 10,
+        }
+    }
+
+    /// Waits until `count` threads are blocked on the progress.
+    fn until_blocked(progress: &Progress, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while progress.lock().blocked != count {
+            assert!(Instant::now() < deadline, "no thread blocked");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn updates_wake_blocked_threads_and_skip_the_notify_without_them() {
+        let progress = Progress::new("t-0".into(), end(0), 0, false);
+        // Nobody blocked: updates only change the state.
+        progress.set_written(end(3));
+        progress.set_durable(end(2));
+        assert_eq!(progress.lock().blocked, 0);
+
+        let (done_tx, done) = mpsc::channel();
+        let durable = {
+            let (progress, done_tx) = (progress.clone(), done_tx.clone());
+            std::thread::spawn(move || {
+                done_tx.send(("durable", progress.wait_durable_blocking(4).is_ok()))
+            })
+        };
+        let data = {
+            let progress = progress.clone();
+            std::thread::spawn(move || {
+                let seen = progress.wait_for_data_blocking(5, Duration::from_secs(60));
+                done_tx.send(("data", seen))
+            })
+        };
+        until_blocked(&progress, 2);
+        // Not far enough for either: both stay blocked.
+        progress.set_written(end(4));
+        progress.set_durable(end(4));
+        assert!(done.recv_timeout(Duration::from_millis(50)).is_err());
+        until_blocked(&progress, 2);
+        progress.set_written(end(6));
+        assert_eq!(
+            done.recv_timeout(Duration::from_secs(10)),
+            Ok(("data", true))
+        );
+        progress.set_durable(end(5));
+        assert_eq!(
+            done.recv_timeout(Duration::from_secs(10)),
+            Ok(("durable", true))
+        );
+        durable.join().unwrap().unwrap();
+        data.join().unwrap().unwrap();
+        assert_eq!(progress.lock().blocked, 0);
     }
 }
