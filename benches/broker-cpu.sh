@@ -5,9 +5,12 @@
 # (--stream --fsync never --ack written). Each run starts after a sync, on a fresh data
 # directory. Prints the rate (messages/s over the slowest actor), the broker's utime +
 # stime over the measured run, and the measured `tidelog bench` process's utime + stime
-# (its whole run), per message. CLIENT_DIR=DIR takes `tidelog` from another build (an
-# A/B of clients against one broker). Used for BENCHMARKS.md, "2026-12-06, 05:48-07:03:
-# Without tonic's copies" and "2026-12-06, 09:10-09:58".
+# (its whole run), per message; the broker's figure includes its flush threads, whose
+# share (the fdatasync of each sealed segment: writeback the kernel's flusher would
+# otherwise do outside the process) is printed beside it. CLIENT_DIR=DIR takes
+# `tidelog` from another build (an A/B of clients against one broker). Used for
+# BENCHMARKS.md, "2026-12-06, 05:48-07:03: Without tonic's copies", "2026-12-06,
+# 09:10-09:58" and "2026-12-06, 14:37-15:25".
 #
 #   benches/broker-cpu.sh RELEASE_DIR consume|publish [ACTORS] [MESSAGES] [ROUNDS]
 #   e.g. benches/broker-cpu.sh target/release consume 1 10000000 2
@@ -18,6 +21,16 @@ CLIENT=$(realpath "${CLIENT_DIR:-$1}")/tidelog
 DATA=$(mktemp -d); trap 'rm -rf "$DATA"' EXIT
 tick=$(getconf CLK_TCK)
 cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# The flush threads' utime + stime (threads named tidelog-flush-N).
+flush_cpu() {
+  local sum=0 t
+  for t in /proc/$1/task/*; do
+    case $(cat "$t/comm" 2>/dev/null) in
+      tidelog-flush-*) sum=$((sum + $(awk '{print $14+$15}' "$t/stat"))) ;;
+    esac
+  done
+  echo $sum
+}
 common=(--server http://127.0.0.1:7436 --topic vs --keep --partitions "$K" --batch-wire
   --batch 1000 --message-size 100 --messages "$N")
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -30,29 +43,30 @@ for round in $(seq "$ROUNDS"); do
     "$CLIENT" bench produce "${common[@]}" --producers "$K" --stream --fsync never \
       --ack written > /dev/null 2>&1
     sync
-    a=$(cpu $pid)
+    a=$(cpu $pid); fa=$(flush_cpu $pid)
     # `times` in the subshell: its children's user and system time, the client's.
     ( "$CLIENT" --json bench consume "${common[@]}" --consumers "$K" > "$DATA/out.json" 2>&1
       times > "$DATA/times" )
     section=consumers
   else
-    a=$(cpu $pid)
+    a=$(cpu $pid); fa=$(flush_cpu $pid)
     ( "$CLIENT" --json bench produce "${common[@]}" --producers "$K" --stream \
       --fsync never --ack written > "$DATA/out.json" 2>&1
       times > "$DATA/times" )
     section=producers
   fi
-  b=$(cpu $pid)
+  b=$(cpu $pid); fb=$(flush_cpu $pid)
   kill $pid; wait $pid 2>/dev/null
-  python3 - "$DATA/out.json" "$section" "$a" "$b" "$tick" "$N" "$KIND" "$K" "$round" "$DATA/times" <<'PY'
+  python3 - "$DATA/out.json" "$section" "$a" "$b" "$tick" "$N" "$KIND" "$K" "$round" "$DATA/times" "$fa" "$fb" <<'PY'
 import json, re, sys
-path, section, a, b, tick, n, kind, k, rnd, times = sys.argv[1:]
+path, section, a, b, tick, n, kind, k, rnd, times, fa, fb = sys.argv[1:]
 total = json.load(open(path))[section]["total"]
 ns = (int(b) - int(a)) * 1e9 / int(tick) / int(n)
+flush = (int(fb) - int(fa)) * 1e9 / int(tick) / int(n)
 # The second line of `times`: children's user and system time, as "XmY.YYYs".
 spans = re.findall(r"(\d+)m([\d.]+)s", open(times).read().splitlines()[1])
 client = sum(int(m) * 60 + float(s) for m, s in spans) * 1e9 / int(n)
-print(f"round {rnd}: {kind}, {k} actors: {total['messages_per_s'] / 1e6:.2f}M msg/s, broker {ns:.0f} ns/msg, client {client:.0f} ns/msg")
+print(f"round {rnd}: {kind}, {k} actors: {total['messages_per_s'] / 1e6:.2f}M msg/s, broker {ns:.0f} ns/msg ({flush:.0f} of it flushing), client {client:.0f} ns/msg")
 PY
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
