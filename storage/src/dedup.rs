@@ -103,13 +103,14 @@
 //! offset. A failed append releases its claims and stores none.
 
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
 use crate::batch::{NewRecord, Record};
 use crate::client_batch::CheckedBatch;
 use crate::clock::Clock;
+use crate::condition::Condition;
 use crate::error::{Error, Result};
 use crate::idindex::{RUN_IDS_MIN, SplitIds, id_parts};
 use crate::limits::DEDUP_WINDOW_MS_MAX;
@@ -241,7 +242,7 @@ struct State {
 pub struct DedupWindow {
     state: Mutex<State>,
     /// Signalled whenever pending claims are settled or released.
-    settled: Condvar,
+    settled: Condition,
     clock: Arc<dyn Clock>,
     ids: Arc<IdGenerator>,
 }
@@ -297,7 +298,7 @@ impl DedupWindow {
                 sweep: None,
                 next_token: 0,
             }),
-            settled: Condvar::new(),
+            settled: Condition::default(),
             clock,
             ids,
         }
@@ -339,7 +340,7 @@ impl DedupWindow {
     pub fn reset(&self) {
         let mut state = self.lock();
         while state.pending.used > 0 || !state.pending_runs.is_empty() {
-            state = self.settled.wait(state).unwrap_or_else(|e| e.into_inner());
+            state = self.settled.wait(state);
         }
         state.table = Table::default();
         state.stored = Stored::default();
@@ -619,7 +620,7 @@ impl DedupWindow {
             match claim_pass(&mut state, partitions, records, split, now_ms, window_ms) {
                 Some(claimed) => return Ok(claimed),
                 None => {
-                    state = self.settled.wait(state).unwrap_or_else(|e| e.into_inner());
+                    state = self.settled.wait(state);
                 }
             }
         }

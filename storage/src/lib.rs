@@ -21,6 +21,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod client_batch;
 pub mod clock;
+mod condition;
 pub mod config;
 pub mod dedup;
 pub mod duration;

@@ -4,10 +4,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use crate::condition::Condition;
 use crate::error::{Error, Result};
 
 /// A position at the end of a log: the next offset and where it would be written.
@@ -33,10 +34,6 @@ pub(crate) struct ProgressState {
     pub unavailable: Option<Error>,
     data_wakers: Vec<Waker>,
     durable_wakers: Vec<(u64, Waker)>,
-    /// Threads blocked on `Progress::changed`. An update notifies the condition
-    /// variable only when there are some: std's `notify_all` is a `futex` system call
-    /// even with no waiter, and an append updates the progress once a batch.
-    blocked: usize,
 }
 
 impl ProgressState {
@@ -55,7 +52,9 @@ impl ProgressState {
 pub(crate) struct Progress {
     name: String,
     state: Mutex<ProgressState>,
-    changed: Condvar,
+    /// Blocked threads' wait (an append updates the progress once a batch, almost
+    /// always with nobody blocked: see [`Condition`]).
+    changed: Condition,
 }
 
 impl Progress {
@@ -73,9 +72,8 @@ impl Progress {
                 unavailable: None,
                 data_wakers: Vec::new(),
                 durable_wakers: Vec::new(),
-                blocked: 0,
             }),
-            changed: Condvar::new(),
+            changed: Condition::default(),
         })
     }
 
@@ -86,7 +84,7 @@ impl Progress {
     /// Applies `change` and wakes whoever it may concern.
     fn update(&self, change: impl FnOnce(&mut ProgressState)) {
         let mut wake = Vec::new();
-        let blocked = {
+        {
             let mut state = self.lock();
             let visible_before = state.visible().offset;
             change(&mut state);
@@ -120,13 +118,8 @@ impl Progress {
                     index += 1;
                 }
             }
-            // Read under the lock: a thread counts itself in before `wait` releases
-            // it, so it has either seen this change or is counted here.
-            state.blocked
-        };
-        if blocked > 0 {
-            self.changed.notify_all();
         }
+        self.changed.notify_all();
         for waker in wake {
             waker.wake();
         }
@@ -248,7 +241,7 @@ impl Progress {
             if let Some(error) = self.ended_error(&state) {
                 return Err(error);
             }
-            state = self.wait(state, None);
+            state = self.changed.wait(state);
         }
     }
 
@@ -264,28 +257,8 @@ impl Progress {
             if now >= deadline || state.poisoned.is_some() || state.closed {
                 return false;
             }
-            state = self.wait(state, Some(deadline - now));
+            state = self.changed.wait_timeout(state, deadline - now);
         }
-    }
-
-    /// Blocks this thread until an update (or `timeout`), counted in `blocked`.
-    fn wait<'a>(
-        &self,
-        mut state: MutexGuard<'a, ProgressState>,
-        timeout: Option<Duration>,
-    ) -> MutexGuard<'a, ProgressState> {
-        state.blocked += 1;
-        let mut state = match timeout {
-            None => self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
-            Some(timeout) => {
-                self.changed
-                    .wait_timeout(state, timeout)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0
-            }
-        };
-        state.blocked -= 1;
-        state
     }
 }
 
@@ -339,7 +312,7 @@ mod tests {
     /// Waits until `count` threads are blocked on the progress.
     fn until_blocked(progress: &Progress, count: usize) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while progress.lock().blocked != count {
+        while progress.changed.blocked() != count {
             assert!(Instant::now() < deadline, "no thread blocked");
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -351,7 +324,7 @@ mod tests {
         // Nobody blocked: updates only change the state.
         progress.set_written(end(3));
         progress.set_durable(end(2));
-        assert_eq!(progress.lock().blocked, 0);
+        assert_eq!(progress.changed.blocked(), 0);
 
         let (done_tx, done) = mpsc::channel();
         let durable = {
@@ -385,6 +358,6 @@ mod tests {
         );
         durable.join().unwrap().unwrap();
         data.join().unwrap().unwrap();
-        assert_eq!(progress.lock().blocked, 0);
+        assert_eq!(progress.changed.blocked(), 0);
     }
 }

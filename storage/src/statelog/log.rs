@@ -5,11 +5,10 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{
-    Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
-};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::clock::Clock;
+use crate::condition::Condition;
 use crate::error::{Error, IoContext, Result};
 use crate::fs::{FileSystem, FsFile, OpenMode};
 use crate::fsutil::{parent_dir, sync_dir, temp_path};
@@ -41,7 +40,7 @@ pub struct StateLog<M: StateMachine> {
     shared: Mutex<Shared<M>>,
     /// Signalled when a flush or compaction finishes, so waiters look for their outcome
     /// or take the writer role.
-    changed: Condvar,
+    changed: Condition,
     /// The open log. Locked only by the thread holding the writer role, so never
     /// contended and never held with `shared`.
     log: Mutex<LogFile>,
@@ -193,7 +192,7 @@ impl<M: StateMachine> StateLog<M> {
                 poisoned: None,
                 stats: StateLogStats::default(),
             }),
-            changed: Condvar::new(),
+            changed: Condition::default(),
             log: Mutex::new(LogFile {
                 file,
                 len: scan.valid_len,
@@ -270,10 +269,7 @@ impl<M: StateMachine> StateLog<M> {
                 self.changed.notify_all();
                 continue;
             }
-            shared = self
-                .changed
-                .wait(shared)
-                .unwrap_or_else(PoisonError::into_inner);
+            shared = self.changed.wait(shared);
         }
     }
 
@@ -294,10 +290,7 @@ impl<M: StateMachine> StateLog<M> {
                 self.changed.notify_all();
                 continue;
             }
-            shared = self
-                .changed
-                .wait(shared)
-                .unwrap_or_else(PoisonError::into_inner);
+            shared = self.changed.wait(shared);
         }
     }
 
@@ -520,10 +513,7 @@ impl<M: StateMachine> StateLog<M> {
     fn acquire_writer_role(&self) -> Result<MutexGuard<'_, Shared<M>>> {
         let mut shared = self.lock_shared();
         while shared.writer_busy {
-            shared = self
-                .changed
-                .wait(shared)
-                .unwrap_or_else(PoisonError::into_inner);
+            shared = self.changed.wait(shared);
         }
         self.refuse_if_poisoned(&shared)?;
         shared.writer_busy = true;
