@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
@@ -23,7 +22,7 @@ use std::time::Duration;
 use tidelog_proto::v1::{QueueConsumeResponse, QueueDelivery, queue_consume_response};
 use tidelog_storage::filter::Filtered;
 use tidelog_storage::queue::{QueueEngine, SettleOutcome, SettleRequest, admin};
-use tidelog_storage::{Error, Store};
+use tidelog_storage::{Error, Partition, Store};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tonic::Status;
 
@@ -469,29 +468,35 @@ impl Runtime {
                     continue;
                 }
             }
-            match self.round(&store).await {
-                Ok(true) => continue,
-                Ok(false) => {}
+            let seen = match self.round(&store).await {
+                Ok(Round { again: true, .. }) => continue,
+                Ok(Round { seen, .. }) => seen,
                 Err(status) => {
                     self.failed(&status).await;
                     continue;
                 }
-            }
+            };
             let parts = self.parts();
             // New data wakes the runtime when members want it, and when a cap must be
             // enforced on it: a publish notifies when it is written, and on an fsync
             // = always topic its messages become visible (and count) only after the
-            // fsync. Without this the last publish's overflow waited for the next.
+            // fsync. Without this the last publish's overflow waited for the next. The
+            // wait is for data past what the round saw (`seen`), so an fsync that ended
+            // during the round is not waited past.
             let watch = !self.wants(&parts).is_empty() || caps_to_enforce(&store, &parts);
-            self.wait(&store, &shutdown, &parts, watch).await;
+            self.wait(&store, &shutdown, &parts, watch.then_some(&seen))
+                .await;
         }
     }
 
     /// One round over the parts: timers, caps, then deliveries while members want
-    /// them, starting with a different part each round. Whether to go again at once
-    /// (something was delivered, or a part is behind).
-    async fn round(&self, store: &Store) -> Result<bool, Status> {
+    /// them, starting with a different part each round.
+    async fn round(&self, store: &Store) -> Result<Round, Status> {
         let mut parts = self.parts();
+        // Before anything is read: what becomes visible from here on (an fsync may end
+        // while the round runs) is past these ends, so the wait after the round is
+        // over at once rather than waiting past it.
+        let seen = visible_ends(store, &parts);
         if !parts.is_empty() {
             let turn = self.turn.fetch_add(1, Ordering::Relaxed) as usize % parts.len();
             parts.rotate_left(turn);
@@ -518,7 +523,7 @@ impl Runtime {
             again |= !batches.is_empty() || lock(&part.engine).behind();
             self.dispatch(part, batches);
         }
-        Ok(again)
+        Ok(Round { again, seen })
     }
 
     /// Logs an engine failure; a deleted queue stops the runtime.
@@ -537,15 +542,15 @@ impl Runtime {
         !self.pattern || self.stopped.load(Ordering::Acquire)
     }
 
-    /// Sleeps until a member asks, the next timer, new visible messages (when
-    /// `watch_data`: a member wants some, or a cap must be enforced on them), the next
+    /// Sleeps until a member asks, the next timer, messages visible past `watch_data`
+    /// (when given: a member wants some, or a cap must be enforced on them), the next
     /// topic sync (a pattern queue) or the broker stops.
     async fn wait(
         &self,
         store: &Store,
         shutdown: &Shutdown,
         parts: &[Arc<Part>],
-        watch_data: bool,
+        watch_data: Option<&[(Arc<Partition>, u64)]>,
     ) {
         let notified = self.wake.notified();
         let next = parts
@@ -569,32 +574,58 @@ impl Runtime {
                 std::future::pending().await
             }
         };
-        let mut waits: Vec<Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
-        if watch_data {
-            for part in parts {
-                if let Ok(topic) = store.topic(&part.topic) {
-                    for partition in topic.partitions() {
-                        waits.push(Box::pin(partition.wait_for_data(partition.end_offset())));
-                    }
-                }
-            }
-        }
-        let data = poll_fn(|cx| {
-            for wait in &mut waits {
-                if wait.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(());
-                }
-            }
-            Poll::Pending
-        });
+        let watching = watch_data.is_some();
+        let data = data_past(watch_data.unwrap_or_default());
         tokio::select! {
             _ = notified => {}
             _ = sleep => {}
             _ = resync => {}
-            _ = data, if watch_data => {}
+            _ = data, if watching => {}
             _ = shutdown.wait() => {}
         }
     }
+}
+
+/// What a round did.
+struct Round {
+    /// Go again at once: something was delivered, or a part is behind.
+    again: bool,
+    /// Each partition's visible end when the round began: the runtime waits for data
+    /// past these.
+    seen: Vec<(Arc<Partition>, u64)>,
+}
+
+/// Each partition of the topics of `parts`, with the end of what is visible in it
+/// now.
+fn visible_ends(store: &Store, parts: &[Arc<Part>]) -> Vec<(Arc<Partition>, u64)> {
+    parts
+        .iter()
+        .filter_map(|part| store.topic(&part.topic).ok())
+        .flat_map(|topic| {
+            topic
+                .partitions()
+                .iter()
+                .map(|partition| (partition.clone(), partition.end_offset()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Resolves once a partition of `ends` has a message visible at or past its end
+/// there (at once if it has already).
+fn data_past(ends: &[(Arc<Partition>, u64)]) -> impl Future<Output = ()> + Send + 'static {
+    let mut waits: Vec<_> = ends
+        .iter()
+        .map(|(partition, end)| Box::pin(partition.wait_for_data(*end)))
+        .collect();
+    poll_fn(move |cx| {
+        for wait in &mut waits {
+            if wait.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    })
 }
 
 /// Whether a topic of `parts` dead-letters its oldest over a cap
@@ -787,5 +818,71 @@ impl crate::metrics::QueueMetricsSource for QueueManager {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::{Context, Waker};
+
+    use bytes::Bytes;
+    use tidelog_storage::{FsyncPolicy, NewRecord, StoreOptions, TopicConfig};
+
+    use super::*;
+
+    /// The runtime's wait for data is for data past what its round saw. On an fsync =
+    /// always topic a publish's messages become visible when the flusher's fsync ends,
+    /// which may be while the round runs: a wait for data past the ends seen before the
+    /// round is then over at once, where a wait past the ends when it starts (as
+    /// before: CI saw a queue's overflow never dead-lettered) waits past them.
+    #[test]
+    fn data_that_became_visible_during_a_round_ends_the_wait_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), StoreOptions::default()).unwrap());
+        let topic = store
+            .create_topic(
+                "late",
+                2,
+                TopicConfig {
+                    fsync: FsyncPolicy::Always,
+                    ..TopicConfig::default()
+                },
+            )
+            .unwrap();
+        let seen: Vec<_> = topic
+            .partitions()
+            .iter()
+            .map(|p| (p.clone(), p.end_offset()))
+            .collect();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut waiting = Box::pin(data_past(&seen));
+        assert!(
+            waiting.as_mut().poll(&mut cx).is_pending(),
+            "nothing new yet"
+        );
+        // During the round: written, then visible once fsynced.
+        topic
+            .partition(1)
+            .unwrap()
+            .append_durable(&[NewRecord {
+                value: Bytes::from_static(b"m"),
+                ..NewRecord::default()
+            }])
+            .unwrap();
+        // After the round: waited for past what the round saw, it is there.
+        assert!(Box::pin(data_past(&seen)).as_mut().poll(&mut cx).is_ready());
+        assert!(waiting.as_mut().poll(&mut cx).is_ready());
+        // Past the ends when the wait starts, it would wait on.
+        let now: Vec<_> = topic
+            .partitions()
+            .iter()
+            .map(|p| (p.clone(), p.end_offset()))
+            .collect();
+        assert!(
+            Box::pin(data_past(&now))
+                .as_mut()
+                .poll(&mut cx)
+                .is_pending()
+        );
     }
 }
