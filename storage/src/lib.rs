@@ -69,7 +69,7 @@ pub use partition::{
     RetentionOutcome,
 };
 pub use pattern::{PatternError, TopicPattern};
-pub use progress::{LogEnd, WaitDurable, WaitForData};
+pub use progress::{LogEnd, WaitDurable, WaitForAnyData, WaitForData};
 pub use segment::StoredBatch;
 pub use store::{Store, StoreOptions};
 pub use topic::{Topic, TopicInfo};

@@ -296,6 +296,32 @@ impl Future for WaitForData {
     }
 }
 
+/// Resolves when any of its [`WaitForData`]s does (never when it has none): a reader
+/// of several partitions waits for the first with data at its position.
+#[derive(Debug)]
+#[must_use = "a future does nothing unless polled"]
+pub struct WaitForAnyData(Vec<WaitForData>);
+
+impl WaitForAnyData {
+    pub fn new(waits: impl IntoIterator<Item = WaitForData>) -> Self {
+        WaitForAnyData(waits.into_iter().collect())
+    }
+}
+
+impl Future for WaitForAnyData {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Pending only once every one was polled, so each wakes this task.
+        for wait in &mut self.0 {
+            if Pin::new(wait).poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,6 +342,45 @@ mod tests {
             assert!(Instant::now() < deadline, "no thread blocked");
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    /// Any of several partitions' data: pending until one has data at its offset,
+    /// and then woken; never with none.
+    #[test]
+    fn wait_for_any_data_is_over_when_one_partition_has_data() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::task::Wake;
+        #[derive(Default)]
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let woken = Arc::new(Count::default());
+        let waker = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        let partitions: Vec<_> = (0..3)
+            .map(|i| Progress::new(format!("t-{i}"), end(4), 0, false))
+            .collect();
+        let wait_at = |offsets: [u64; 3]| {
+            WaitForAnyData::new(partitions.iter().zip(offsets).map(|(progress, offset)| {
+                WaitForData {
+                    progress: progress.clone(),
+                    offset,
+                }
+            }))
+        };
+        let mut none = WaitForAnyData::new(Vec::new());
+        assert!(Pin::new(&mut none).poll(&mut cx).is_pending());
+        let mut waiting = wait_at([4, 4, 4]);
+        assert!(Pin::new(&mut waiting).poll(&mut cx).is_pending());
+        // At an offset already visible: over at once.
+        assert!(Pin::new(&mut wait_at([4, 3, 4])).poll(&mut cx).is_ready());
+        // The last partition gets data: the waiting task is woken, and the wait is over.
+        partitions[2].set_written(end(5));
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+        assert!(Pin::new(&mut waiting).poll(&mut cx).is_ready());
     }
 
     #[test]

@@ -41,10 +41,7 @@
 //! finally sends the ending status if there is one.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tidelog_proto::v1::subscribe_response::Event;
@@ -52,7 +49,7 @@ use tidelog_proto::v1::{
     Assignment, PositionReset, ResetPolicy, ResetReason, SubscribeBatchesResponse,
     SubscribeResponse, TopicPartitions, subscribe_batches_response,
 };
-use tidelog_storage::{Error, Filter, Topic};
+use tidelog_storage::{Error, Filter, Topic, WaitForAnyData};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::{Interval, MissedTickBehavior};
@@ -956,16 +953,12 @@ async fn handover_deadline(revoking: &BTreeMap<TopicPartition, Revoking>) {
 }
 
 /// Resolves when any owned partition has a message at its position, or ended.
-fn any_data(owned: &BTreeMap<TopicPartition, Owned>) -> impl Future<Output = ()> + '_ {
-    std::future::poll_fn(move |cx| {
-        for o in owned.values() {
-            let mut wait = o.cursor.partition.wait_for_data(o.cursor.position);
-            if Pin::new(&mut wait).poll(cx).is_ready() {
-                return Poll::Ready(());
-            }
-        }
-        Poll::Pending
-    })
+fn any_data(owned: &BTreeMap<TopicPartition, Owned>) -> WaitForAnyData {
+    WaitForAnyData::new(
+        owned
+            .values()
+            .map(|o| o.cursor.partition.wait_for_data(o.cursor.position)),
+    )
 }
 
 /// The buffer between a member task and tonic's encoder, in events.

@@ -13,16 +13,15 @@
 //! one fsync (a group commit), each answered as if settled alone.
 
 use std::collections::HashMap;
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
 use std::time::Duration;
 
 use tidelog_proto::v1::{QueueConsumeResponse, QueueDelivery, queue_consume_response};
 use tidelog_storage::filter::Filtered;
 use tidelog_storage::queue::{QueueEngine, SettleOutcome, SettleRequest, admin};
-use tidelog_storage::{Error, Partition, Store};
+use tidelog_storage::{Error, Partition, Store, WaitForAnyData};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tonic::Status;
 
@@ -613,19 +612,11 @@ fn visible_ends(store: &Store, parts: &[Arc<Part>]) -> Vec<(Arc<Partition>, u64)
 
 /// Resolves once a partition of `ends` has a message visible at or past its end
 /// there (at once if it has already).
-fn data_past(ends: &[(Arc<Partition>, u64)]) -> impl Future<Output = ()> + Send + 'static {
-    let mut waits: Vec<_> = ends
-        .iter()
-        .map(|(partition, end)| Box::pin(partition.wait_for_data(*end)))
-        .collect();
-    poll_fn(move |cx| {
-        for wait in &mut waits {
-            if wait.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(());
-            }
-        }
-        Poll::Pending
-    })
+fn data_past(ends: &[(Arc<Partition>, u64)]) -> WaitForAnyData {
+    WaitForAnyData::new(
+        ends.iter()
+            .map(|(partition, end)| partition.wait_for_data(*end)),
+    )
 }
 
 /// Whether a topic of `parts` dead-letters its oldest over a cap

@@ -4,10 +4,7 @@
 //! [`spawn_subscription`].
 
 use std::collections::{BTreeMap, VecDeque};
-use std::future::poll_fn;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Instant;
 
 use tidelog_proto::v1::{
@@ -15,7 +12,7 @@ use tidelog_proto::v1::{
     SubscribeBatchesResponse, SubscribeResponse, TopicsChanged, subscribe_batches_response,
     subscribe_response::Event,
 };
-use tidelog_storage::{Error, Filter, Partition, Topic, TopicPattern};
+use tidelog_storage::{Error, Filter, Partition, Topic, TopicPattern, WaitForAnyData};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -498,21 +495,13 @@ impl PartitionReader {
                 }
             }
             let next_scan = self.next_scan();
-            let mut waits: Vec<_> = self
-                .cursors
-                .iter()
-                .zip(&self.parked)
-                .filter(|(_, parked)| !**parked)
-                .map(|(c, _)| c.partition.wait_for_data(c.position))
-                .collect();
-            let any_data = poll_fn(|cx| {
-                for wait in &mut waits {
-                    if Pin::new(wait).poll(cx).is_ready() {
-                        return Poll::Ready(());
-                    }
-                }
-                Poll::Pending
-            });
+            let any_data = WaitForAnyData::new(
+                self.cursors
+                    .iter()
+                    .zip(&self.parked)
+                    .filter(|(_, parked)| !**parked)
+                    .map(|(c, _)| c.partition.wait_for_data(c.position)),
+            );
             let rescan = async {
                 match next_scan {
                     Some(at) => tokio::time::sleep_until(at).await,
