@@ -573,13 +573,13 @@ impl Runtime {
                 std::future::pending().await
             }
         };
-        let watching = watch_data.is_some();
+        // Not watching is waiting on no partition: never over.
         let data = data_past(watch_data.unwrap_or_default());
         tokio::select! {
             _ = notified => {}
             _ = sleep => {}
             _ = resync => {}
-            _ = data, if watching => {}
+            _ = data => {}
             _ = shutdown.wait() => {}
         }
     }
