@@ -50,8 +50,13 @@ async fn create_queue(broker: &TestBroker, name: &str, topic: &str, config: Queu
         .expect("create queue");
 }
 
-/// Publishes `count` messages "m-<i>" round robin over the topic's partitions.
+/// Publishes `count` messages "m-<i>" round robin over the topic's partitions, durably.
 async fn publish(broker: &TestBroker, topic: &str, from: usize, count: usize) {
+    publish_acked(broker, topic, from, count, AckLevel::Durable).await;
+}
+
+/// [`publish`], answered at `ack`.
+async fn publish_acked(broker: &TestBroker, topic: &str, from: usize, count: usize, ack: AckLevel) {
     let mut publisher = broker.publisher().await;
     for chunk in (from..from + count).collect::<Vec<_>>().chunks(1000) {
         publisher
@@ -64,7 +69,7 @@ async fn publish(broker: &TestBroker, topic: &str, from: usize, count: usize) {
                         ..Default::default()
                     })
                     .collect(),
-                ack: AckLevel::Durable as i32,
+                ack: ack as i32,
             })
             .await
             .expect("publish");
@@ -922,29 +927,12 @@ async fn overflow_is_enforced_on_messages_the_fsync_makes_visible() {
         )
         .await;
     create_queue(&broker, "late-q", "late", QueueConfig::default()).await;
-    let mut publisher = broker.publisher().await;
-    let publish = |range: std::ops::Range<usize>, ack: AckLevel| PublishRequest {
-        topic: "late".into(),
-        messages: range
-            .map(|i| Message {
-                value: format!("m-{i}").into_bytes().into(),
-                ..Default::default()
-            })
-            .collect(),
-        ack: ack as i32,
-    };
     // Up to the cap, durably: the queue's runtime has started and seen them all.
     for i in 0..5 {
-        publisher
-            .publish(publish(i..i + 1, AckLevel::Durable))
-            .await
-            .unwrap();
+        publish(&broker, "late", i, 1).await;
     }
     // Three more: the runtime looks when they are written, before the fsync.
-    publisher
-        .publish(publish(5..8, AckLevel::Written))
-        .await
-        .unwrap();
+    publish_acked(&broker, "late", 5, 3, AckLevel::Written).await;
     let values: Vec<String> = dead_letters(&broker, "late.dlq", 3)
         .await
         .iter()
@@ -980,19 +968,8 @@ async fn a_waiting_consumer_gets_each_message_the_fsync_makes_visible() {
         .await
         .unwrap()
         .into_inner();
-    let mut publisher = broker.publisher().await;
     for i in 0..30 {
-        publisher
-            .publish(PublishRequest {
-                topic: "one".into(),
-                messages: vec![Message {
-                    value: format!("m-{i}").into_bytes().into(),
-                    ..Default::default()
-                }],
-                ack: AckLevel::Written as i32,
-            })
-            .await
-            .unwrap();
+        publish_acked(&broker, "one", i as usize, 1, AckLevel::Written).await;
         let delivery = loop {
             let event = tokio::time::timeout(Duration::from_secs(10), stream.message())
                 .await
