@@ -212,6 +212,9 @@ async fn serve(
         .max_concurrent_streams(settings.max_streams_per_connection)
         // A publish of up to 1 MiB may come in one DATA frame, taken without a copy.
         .max_frame_size(Some(tidelog_proto::frames::MAX_FRAME_BYTES))
+        // Room for a publisher's pipelined batches without waiting for WINDOW_UPDATEs.
+        .initial_stream_window_size(Some(tidelog_proto::frames::STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(tidelog_proto::frames::CONNECTION_WINDOW_BYTES))
         // tonic turns off h2's cap on streams a client makes the server reset (the
         // "MadeYouReset" flood, CVE-2025-8671); past it the connection gets GOAWAY.
         .http2_max_local_error_reset_streams(Some(HTTP2_LOCAL_ERROR_RESETS_MAX))

@@ -186,6 +186,94 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// What the broker announces to a client written from the HTTP/2 spec: a stream
+/// window and a connection window of [`STREAM_WINDOW_BYTES`] and
+/// [`CONNECTION_WINDOW_BYTES`] (room for a publisher's eight 1,000-message batches in
+/// flight without waiting for WINDOW_UPDATEs), and DATA frames of up to
+/// [`MAX_FRAME_BYTES`]. hyper's defaults would be 1 MiB, 1 MiB and 16 KiB.
+///
+/// [`STREAM_WINDOW_BYTES`]: tidelog_proto::frames::STREAM_WINDOW_BYTES
+/// [`CONNECTION_WINDOW_BYTES`]: tidelog_proto::frames::CONNECTION_WINDOW_BYTES
+/// [`MAX_FRAME_BYTES`]: tidelog_proto::frames::MAX_FRAME_BYTES
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_announces_windows_that_hold_pipelined_batches() {
+    use tidelog_proto::frames::{CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, STREAM_WINDOW_BYTES};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const FRAME_SETTINGS: u8 = 0x4;
+    const FRAME_WINDOW_UPDATE: u8 = 0x8;
+    const ACK: u8 = 0x1;
+    const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
+    const SETTINGS_MAX_FRAME_SIZE: u16 = 0x5;
+    // Every window starts at 65,535 bytes until SETTINGS or WINDOW_UPDATE change it.
+    const PROTOCOL_WINDOW: u64 = 65_535;
+    let mut broker = TestBroker::start();
+    let mut socket = tokio::net::TcpStream::connect(broker.grpc_addr())
+        .await
+        .unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(FRAME_SETTINGS, 0, 0, &[]));
+    socket.write_all(&out).await.unwrap();
+
+    let mut settings = None;
+    let mut connection_window = PROTOCOL_WINDOW;
+    let mut received = Vec::new();
+    let mut at = 0;
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    // The server's SETTINGS come first; its connection WINDOW_UPDATE, if any, right
+    // after. Read until the SETTINGS and the window are in, or the deadline.
+    while settings.is_none() || connection_window == PROTOCOL_WINDOW {
+        let mut chunk = vec![0u8; 4096];
+        let read = tokio::time::timeout_at(deadline, socket.read(&mut chunk))
+            .await
+            .expect("the broker's SETTINGS and connection WINDOW_UPDATE within the timeout")
+            .unwrap();
+        assert!(
+            read > 0,
+            "the broker closed the connection after {received:?}"
+        );
+        received.extend_from_slice(&chunk[..read]);
+        while at + 9 <= received.len() {
+            let length = u32::from_be_bytes([0, received[at], received[at + 1], received[at + 2]]);
+            let end = at + 9 + length as usize;
+            if end > received.len() {
+                break;
+            }
+            let (kind, flags) = (received[at + 3], received[at + 4]);
+            let stream = u32::from_be_bytes(received[at + 5..at + 9].try_into().unwrap());
+            let payload = &received[at + 9..end];
+            if kind == FRAME_SETTINGS && flags & ACK == 0 {
+                let mut announced = std::collections::BTreeMap::new();
+                for setting in payload.chunks_exact(6) {
+                    let id = u16::from_be_bytes([setting[0], setting[1]]);
+                    let value = u32::from_be_bytes(setting[2..6].try_into().unwrap());
+                    announced.insert(id, value);
+                }
+                settings = Some(announced);
+            }
+            if kind == FRAME_WINDOW_UPDATE && stream == 0 {
+                let increment = u32::from_be_bytes(payload[..4].try_into().unwrap()) & 0x7fff_ffff;
+                connection_window += u64::from(increment);
+            }
+            at = end;
+        }
+    }
+    let settings = settings.unwrap();
+    assert_eq!(
+        settings.get(&SETTINGS_INITIAL_WINDOW_SIZE),
+        Some(&STREAM_WINDOW_BYTES),
+        "SETTINGS: {settings:?}"
+    );
+    assert_eq!(
+        settings.get(&SETTINGS_MAX_FRAME_SIZE),
+        Some(&MAX_FRAME_BYTES),
+        "SETTINGS: {settings:?}"
+    );
+    assert_eq!(connection_window, u64::from(CONNECTION_WINDOW_BYTES));
+    drop(socket);
+    broker.stop();
+    assert_no_panic(&broker);
+}
+
 /// "MadeYouReset" (CVE-2025-8671): a client that makes the server reset stream after
 /// stream (here malformed requests) costs the server work without counting against
 /// the open-stream cap. tonic turns h2's limit on such
