@@ -8,7 +8,11 @@
 # (its whole run), per message; the broker's figure includes its flush threads, whose
 # share (the fdatasync of each sealed segment: writeback the kernel's flusher would
 # otherwise do outside the process) is printed beside it. CLIENT_DIR=DIR takes
-# `tidelog` from another build (an A/B of clients against one broker). Used for
+# `tidelog` from another build (an A/B of clients against one broker). PRETOUCH=G
+# touches G GiB of anonymous memory and frees it right before the measured run: on a VM
+# that hands free memory back to the host (virtio-balloon free page reporting), the run's
+# page cache then grows into memory the host still backs (BENCHMARKS.md, "The machine").
+# Used for
 # BENCHMARKS.md, "2026-12-06, 05:48-07:03: Without tonic's copies", "2026-12-06,
 # 09:10-09:58" and "2026-12-06, 14:37-15:25".
 #
@@ -31,6 +35,15 @@ flush_cpu() {
   done
   echo $sum
 }
+# PRETOUCH=G: touch G GiB of anonymous memory, one byte a page, and free it.
+pretouch() {
+  [ "${PRETOUCH:-0}" = 0 ] && return
+  python3 -c 'import mmap, sys
+n = int(sys.argv[1]) << 30
+m = mmap.mmap(-1, n)
+for off in range(0, n, 4096):
+    m[off] = 1' "$PRETOUCH"
+}
 common=(--server http://127.0.0.1:7436 --topic vs --keep --partitions "$K" --batch-wire
   --batch 1000 --message-size 100 --messages "$N")
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -43,12 +56,14 @@ for round in $(seq "$ROUNDS"); do
     "$CLIENT" bench produce "${common[@]}" --producers "$K" --stream --fsync never \
       --ack written > /dev/null 2>&1
     sync
+    pretouch
     a=$(cpu $pid); fa=$(flush_cpu $pid)
     # `times` in the subshell: its children's user and system time, the client's.
     ( "$CLIENT" --json bench consume "${common[@]}" --consumers "$K" > "$DATA/out.json" 2>&1
       times > "$DATA/times" )
     section=consumers
   else
+    pretouch
     a=$(cpu $pid); fa=$(flush_cpu $pid)
     ( "$CLIENT" --json bench produce "${common[@]}" --producers "$K" --stream \
       --fsync never --ack written > "$DATA/out.json" 2>&1
