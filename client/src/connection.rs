@@ -54,8 +54,7 @@ pub struct ClientOptions {
     pub request_timeout: Option<Duration>,
     /// HTTP/2 flow-control window of one stream, and of the whole connection: large
     /// enough that a subscription reading batches of a few MiB is not throttled by its
-    /// own receive window. Default 8 MiB and 16 MiB, as tidelogd's
-    /// ([`tidelog_proto::frames::STREAM_WINDOW_BYTES`]).
+    /// own receive window. Default 8 MiB and 16 MiB (as `tidelog bench`).
     pub stream_window_bytes: u32,
     pub connection_window_bytes: u32,
     /// PEM of the CA that signed tidelogd's certificate (`https://` only); `None`
@@ -71,8 +70,8 @@ impl Default for ClientOptions {
             token: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: None,
-            stream_window_bytes: tidelog_proto::frames::STREAM_WINDOW_BYTES,
-            connection_window_bytes: tidelog_proto::frames::CONNECTION_WINDOW_BYTES,
+            stream_window_bytes: 8 << 20,
+            connection_window_bytes: 16 << 20,
             ca_pem: None,
             identity: None,
         }

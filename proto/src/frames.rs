@@ -44,17 +44,17 @@ use crate::v1::{
 /// copy.
 pub const MAX_FRAME_BYTES: u32 = 1 << 20;
 
-/// The HTTP/2 receive windows tidelogd announces and tidelog-client's default: of one
-/// stream, and of a whole connection (the protocol's default is 64 KiB; hyper's 1 MiB).
-/// h2 announces a window again once half of it has been read, so a sender may have
-/// about half a window in flight: at 1 MiB a publisher with eight 107 KB batches in
-/// flight waited for WINDOW_UPDATEs, and the broker woke more often for each batch
-/// (81-82 against 76 ns of its CPU a message, BENCHMARKS.md "2026-12-06, 17:30").
-/// A connection can hold at most the connection window of data not yet read, beside a
-/// request being decoded (at most tidelogd's `--max-request-bytes`, 32 MiB by default).
-pub const STREAM_WINDOW_BYTES: u32 = 8 << 20;
+/// The HTTP/2 receive windows tidelogd announces: of one stream, and of a whole
+/// connection (hyper's default, set explicitly so an upgrade cannot change it unseen).
+/// h2 announces a window again once half of it has been read, so a publisher has about
+/// half a window in flight. 8 / 16 MiB windows spared a batch-form publisher with eight
+/// 107 KB batches in flight those waits (76 against 81 ns of broker CPU a message) but
+/// cost rate with broker and client on two cores: 3-5% in batch form and 10% for
+/// message-form PublishStreams, which the issue 16 API must not lose
+/// (BENCHMARKS.md, "2026-12-06, 16:46-17:08" and "18:00-18:35").
+pub const STREAM_WINDOW_BYTES: u32 = 1 << 20;
 /// See [`STREAM_WINDOW_BYTES`].
-pub const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
+pub const CONNECTION_WINDOW_BYTES: u32 = 1 << 20;
 
 /// A record batch shorter than this is copied into the piece around it: a chunk of its
 /// own costs h2 a frame header and the writer a vector entry, more than copying a few

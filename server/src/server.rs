@@ -212,7 +212,7 @@ async fn serve(
         .max_concurrent_streams(settings.max_streams_per_connection)
         // A publish of up to 1 MiB may come in one DATA frame, taken without a copy.
         .max_frame_size(Some(tidelog_proto::frames::MAX_FRAME_BYTES))
-        // Room for a publisher's pipelined batches without waiting for WINDOW_UPDATEs.
+        // Stated, not left to hyper's defaults: see STREAM_WINDOW_BYTES for the trade.
         .initial_stream_window_size(Some(tidelog_proto::frames::STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(tidelog_proto::frames::CONNECTION_WINDOW_BYTES))
         // tonic turns off h2's cap on streams a client makes the server reset (the

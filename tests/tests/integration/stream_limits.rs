@@ -188,15 +188,14 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 
 /// What the broker announces to a client written from the HTTP/2 spec: a stream
 /// window and a connection window of [`STREAM_WINDOW_BYTES`] and
-/// [`CONNECTION_WINDOW_BYTES`] (room for a publisher's eight 1,000-message batches in
-/// flight without waiting for WINDOW_UPDATEs), and DATA frames of up to
-/// [`MAX_FRAME_BYTES`]. hyper's defaults would be 1 MiB, 1 MiB and 16 KiB.
+/// [`CONNECTION_WINDOW_BYTES`] (their docs say why these sizes), and DATA frames of up
+/// to [`MAX_FRAME_BYTES`] (the protocol's default is 16 KiB).
 ///
 /// [`STREAM_WINDOW_BYTES`]: tidelog_proto::frames::STREAM_WINDOW_BYTES
 /// [`CONNECTION_WINDOW_BYTES`]: tidelog_proto::frames::CONNECTION_WINDOW_BYTES
 /// [`MAX_FRAME_BYTES`]: tidelog_proto::frames::MAX_FRAME_BYTES
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_broker_announces_windows_that_hold_pipelined_batches() {
+async fn the_broker_announces_its_receive_windows_and_frame_size() {
     use tidelog_proto::frames::{CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, STREAM_WINDOW_BYTES};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const FRAME_SETTINGS: u8 = 0x4;
