@@ -51,7 +51,7 @@ pub const MAX_FRAME_BYTES: u32 = 1 << 20;
 /// 107 KB batches in flight those waits (76 against 81 ns of broker CPU a message) but
 /// cost rate with broker and client on two cores: 3-5% in batch form and 10% for
 /// message-form PublishStreams, which the issue 16 API must not lose
-/// (BENCHMARKS.md, "2026-12-06, 16:46-17:08" and "18:00-18:35").
+/// (BENCHMARKS.md, "2026-12-06, 16:46-17:08" and "17:17-17:25").
 pub const STREAM_WINDOW_BYTES: u32 = 1 << 20;
 /// See [`STREAM_WINDOW_BYTES`].
 pub const CONNECTION_WINDOW_BYTES: u32 = 1 << 20;
