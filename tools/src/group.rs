@@ -460,9 +460,14 @@ async fn reset_offsets(
                 );
             }
             if execute && !plan.is_empty() {
-                let current: BTreeMap<(String, u32), Option<u64>> = plan
+                // The explicit request gets offsets already clamped: what the plan's
+                // dry runs knew (the commit before, what was asked) is taken from them.
+                let planned: BTreeMap<(String, u32), (Option<u64>, Option<u64>)> = plan
                     .iter()
-                    .map(|c| ((c.topic.clone(), c.partition), c.current_offset))
+                    .map(|c| {
+                        let key = (c.topic.clone(), c.partition);
+                        (key, (c.current_offset, c.clamped_from))
+                    })
                     .collect();
                 let offsets = plan
                     .iter()
@@ -476,8 +481,9 @@ async fn reset_offsets(
                 let spec = reset::Spec::Explicit(reset::ExplicitOffsets { offsets });
                 let (mut done, executed) = reset_call(broker, request(None, spec, true)).await?;
                 for c in &mut done {
-                    if let Some(before) = current.get(&(c.topic.clone(), c.partition)) {
-                        c.current_offset = *before;
+                    if let Some(&(before, asked)) = planned.get(&(c.topic.clone(), c.partition)) {
+                        c.current_offset = before;
+                        c.clamped_from = asked;
                     }
                 }
                 (done, executed)
@@ -507,6 +513,7 @@ async fn reset_offsets(
                     "partition": c.partition,
                     "current_offset": c.current_offset,
                     "new_offset": c.new_offset,
+                    "clamped_from": c.clamped_from,
                 })
             })
             .collect();
@@ -538,6 +545,13 @@ async fn reset_offsets(
         out.text(&table.render())?;
     }
     out.flush()?;
+    if !json && !args.export {
+        for c in &changes {
+            if let Some(asked) = c.clamped_from {
+                note(&clamped_note(c, asked));
+            }
+        }
+    }
     if executed {
         note(&format!(
             "committed the new offsets of group {} ({} partition{})",
@@ -549,6 +563,23 @@ async fn reset_offsets(
         note("dry run: nothing was committed; add --execute to commit these offsets");
     }
     Ok(())
+}
+
+/// What `tidelog` says of a partition whose reset was clamped to the log, as Kafka's
+/// tool warns: the offset asked for, the bound it became, and why.
+fn clamped_note(change: &OffsetChange, asked: u64) -> String {
+    let (topic, partition, offset) = (&change.topic, change.partition, change.new_offset);
+    if asked > offset {
+        format!(
+            "{topic}/{partition}: offset {asked} is past the end of the log; set to the end, \
+             {offset} (a commit past it would skip messages not yet written)"
+        )
+    } else {
+        format!(
+            "{topic}/{partition}: offset {asked} is before the log start; set to the log \
+             start, {offset} (the messages before it were deleted by retention)"
+        )
+    }
 }
 
 #[cfg(test)]

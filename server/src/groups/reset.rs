@@ -18,7 +18,8 @@
 //! | to-current | `committed` | left out |
 //! | explicit (from-file) | the listed offset | included |
 //!
-//! Every result is clamped to `[log_start, end]`, as Kafka does: an offset below the
+//! Every result is clamped to `[log_start, end]`, as Kafka does (and, as its tool warns,
+//! the response says so: [`NewOffset::clamped_from`]): an offset below the
 //! log start would only be reset again by the consumer's policy, one above the end
 //! would skip messages not yet written.
 
@@ -79,9 +80,19 @@ pub fn clamp(offset: u64, log_start: u64, end: u64) -> u64 {
     offset.min(end).max(log_start)
 }
 
+/// Where a reset moves one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewOffset {
+    /// The new committed offset, within `[log_start, end]`.
+    pub offset: u64,
+    /// The offset the mode asked for, when it lay outside `[log_start, end]` and
+    /// [`clamp`] moved it (Kafka's tool warns then; so does `tidelog`).
+    pub clamped_from: Option<u64>,
+}
+
 /// The new committed offset for one partition, or `None` when the mode leaves the
 /// partition out (shift-by and to-current without a committed offset).
-pub fn new_offset(target: Target, state: &PartitionState) -> Option<u64> {
+pub fn new_offset(target: Target, state: &PartitionState) -> Option<NewOffset> {
     let PartitionState {
         committed,
         log_start,
@@ -103,12 +114,52 @@ pub fn new_offset(target: Target, state: &PartitionState) -> Option<u64> {
         }
         Target::Current => committed?,
     };
-    Some(clamp(raw, log_start, end))
+    let offset = clamp(raw, log_start, end);
+    Some(NewOffset {
+        offset,
+        clamped_from: (offset != raw).then_some(raw),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Just the new offset of [`new_offset`].
+    fn offset(target: Target, state: &PartitionState) -> Option<u64> {
+        new_offset(target, state).map(|moved| moved.offset)
+    }
+
+    #[test]
+    fn a_clamped_offset_says_what_was_asked() {
+        let asked = |target| new_offset(target, &state()).and_then(|m| m.clamped_from);
+        // Inside the log: nothing to say.
+        assert_eq!(asked(Target::Offset(120)), None);
+        assert_eq!(asked(Target::Offset(200)), None);
+        assert_eq!(asked(Target::ShiftBy(10)), None);
+        // Past the end, before the log start, or a commit retention overtook.
+        assert_eq!(
+            new_offset(Target::Offset(10_000), &state()),
+            Some(NewOffset {
+                offset: 200,
+                clamped_from: Some(10_000)
+            })
+        );
+        assert_eq!(asked(Target::Offset(5)), Some(5));
+        assert_eq!(asked(Target::ShiftBy(-100)), Some(50));
+        let behind = PartitionState {
+            committed: Some(40),
+            ..state()
+        };
+        assert_eq!(
+            new_offset(Target::Current, &behind).and_then(|m| m.clamped_from),
+            Some(40)
+        );
+        // The bounds themselves never clamp.
+        assert_eq!(asked(Target::Earliest), None);
+        assert_eq!(asked(Target::Latest), None);
+        assert_eq!(asked(datetime_target(0)), None);
+    }
 
     /// A partition holding offsets 100..200 with a commit at 150, where the first
     /// message at or after the looked-up timestamp is 170.
@@ -130,36 +181,36 @@ mod tests {
 
     #[test]
     fn to_earliest_is_log_start_with_or_without_commit() {
-        assert_eq!(new_offset(Target::Earliest, &state()), Some(100));
-        assert_eq!(new_offset(Target::Earliest, &uncommitted()), Some(100));
+        assert_eq!(offset(Target::Earliest, &state()), Some(100));
+        assert_eq!(offset(Target::Earliest, &uncommitted()), Some(100));
     }
 
     #[test]
     fn to_latest_is_end_with_or_without_commit() {
-        assert_eq!(new_offset(Target::Latest, &state()), Some(200));
-        assert_eq!(new_offset(Target::Latest, &uncommitted()), Some(200));
+        assert_eq!(offset(Target::Latest, &state()), Some(200));
+        assert_eq!(offset(Target::Latest, &uncommitted()), Some(200));
     }
 
     #[test]
     fn to_offset_is_clamped_to_the_log() {
-        assert_eq!(new_offset(Target::Offset(120), &state()), Some(120));
-        assert_eq!(new_offset(Target::Offset(5), &state()), Some(100));
-        assert_eq!(new_offset(Target::Offset(10_000), &state()), Some(200));
-        assert_eq!(new_offset(Target::Offset(200), &uncommitted()), Some(200));
-        assert_eq!(new_offset(Target::Offset(u64::MAX), &state()), Some(200));
+        assert_eq!(offset(Target::Offset(120), &state()), Some(120));
+        assert_eq!(offset(Target::Offset(5), &state()), Some(100));
+        assert_eq!(offset(Target::Offset(10_000), &state()), Some(200));
+        assert_eq!(offset(Target::Offset(200), &uncommitted()), Some(200));
+        assert_eq!(offset(Target::Offset(u64::MAX), &state()), Some(200));
     }
 
     #[test]
     fn to_datetime_uses_the_time_lookup_or_the_end() {
         let target = datetime_target(1_700_000_000_000);
         assert_eq!(target.lookup_timestamp(), Some(1_700_000_000_000));
-        assert_eq!(new_offset(target, &state()), Some(170));
+        assert_eq!(offset(target, &state()), Some(170));
         let none_newer = PartitionState {
             offset_for_timestamp: None,
             ..state()
         };
-        assert_eq!(new_offset(target, &none_newer), Some(200));
-        assert_eq!(new_offset(target, &uncommitted()), Some(170));
+        assert_eq!(offset(target, &none_newer), Some(200));
+        assert_eq!(offset(target, &uncommitted()), Some(170));
     }
 
     #[test]
@@ -172,44 +223,41 @@ mod tests {
             Target::Timestamp(10_000 - i64::MAX)
         );
         assert_eq!(duration_target(i64::MIN, 5), Target::Timestamp(i64::MIN));
-        assert_eq!(
-            new_offset(duration_target(10_000, 3_000), &state()),
-            Some(170)
-        );
+        assert_eq!(offset(duration_target(10_000, 3_000), &state()), Some(170));
     }
 
     #[test]
     fn shift_by_moves_from_the_commit_and_clamps() {
-        assert_eq!(new_offset(Target::ShiftBy(10), &state()), Some(160));
-        assert_eq!(new_offset(Target::ShiftBy(-10), &state()), Some(140));
-        assert_eq!(new_offset(Target::ShiftBy(0), &state()), Some(150));
-        assert_eq!(new_offset(Target::ShiftBy(-1_000), &state()), Some(100));
-        assert_eq!(new_offset(Target::ShiftBy(1_000), &state()), Some(200));
-        assert_eq!(new_offset(Target::ShiftBy(i64::MAX), &state()), Some(200));
-        assert_eq!(new_offset(Target::ShiftBy(i64::MIN), &state()), Some(100));
+        assert_eq!(offset(Target::ShiftBy(10), &state()), Some(160));
+        assert_eq!(offset(Target::ShiftBy(-10), &state()), Some(140));
+        assert_eq!(offset(Target::ShiftBy(0), &state()), Some(150));
+        assert_eq!(offset(Target::ShiftBy(-1_000), &state()), Some(100));
+        assert_eq!(offset(Target::ShiftBy(1_000), &state()), Some(200));
+        assert_eq!(offset(Target::ShiftBy(i64::MAX), &state()), Some(200));
+        assert_eq!(offset(Target::ShiftBy(i64::MIN), &state()), Some(100));
     }
 
     #[test]
     fn shift_by_leaves_out_partitions_without_a_commit() {
-        assert_eq!(new_offset(Target::ShiftBy(5), &uncommitted()), None);
+        assert_eq!(offset(Target::ShiftBy(5), &uncommitted()), None);
     }
 
     #[test]
     fn to_current_keeps_the_commit_clamped_and_skips_uncommitted() {
-        assert_eq!(new_offset(Target::Current, &state()), Some(150));
-        assert_eq!(new_offset(Target::Current, &uncommitted()), None);
+        assert_eq!(offset(Target::Current, &state()), Some(150));
+        assert_eq!(offset(Target::Current, &uncommitted()), None);
         // Retention moved the log start past the commit.
         let behind = PartitionState {
             committed: Some(40),
             ..state()
         };
-        assert_eq!(new_offset(Target::Current, &behind), Some(100));
+        assert_eq!(offset(Target::Current, &behind), Some(100));
     }
 
     #[test]
     fn explicit_offsets_are_offset_targets() {
         // An explicit list is one Target::Offset per listed partition.
-        assert_eq!(new_offset(Target::Offset(180), &uncommitted()), Some(180));
+        assert_eq!(offset(Target::Offset(180), &uncommitted()), Some(180));
     }
 
     #[test]
@@ -221,7 +269,7 @@ mod tests {
             Target::Offset(7),
             Target::Timestamp(0),
         ] {
-            assert_eq!(new_offset(target, &empty), Some(0), "{target:?}");
+            assert_eq!(offset(target, &empty), Some(0), "{target:?}");
         }
     }
 
@@ -234,6 +282,6 @@ mod tests {
             end: 3,
             offset_for_timestamp: None,
         };
-        assert_eq!(new_offset(Target::Current, &crossed), Some(10));
+        assert_eq!(offset(Target::Current, &crossed), Some(10));
     }
 }

@@ -381,7 +381,7 @@ impl Groups for GroupsService {
                     None => None,
                 },
             };
-            let Some(new_offset) = reset::new_offset(item.target, &state) else {
+            let Some(moved) = reset::new_offset(item.target, &state) else {
                 continue;
             };
             // Explicit offsets carry their own metadata; computed ones keep the
@@ -394,9 +394,10 @@ impl Groups for GroupsService {
                 topic: item.topic.clone(),
                 partition: item.partition,
                 current_offset: state.committed,
-                new_offset,
+                new_offset: moved.offset,
+                clamped_from: moved.clamped_from,
             });
-            commits.push((item.topic, item.partition, new_offset, metadata));
+            commits.push((item.topic, item.partition, moved.offset, metadata));
         }
         changes.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         if request.execute && !commits.is_empty() {

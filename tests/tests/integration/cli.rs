@@ -524,6 +524,64 @@ async fn cli_reset_offsets_every_mode_dry_run_and_execute() {
         &[&events("events"), "--to-offset", "99"],
         &[Some(10), Some(10)],
     );
+    // ... and says so, as Kafka's tool warns: a note under the table, `clamped_from` in
+    // the JSON.
+    let clamped = [
+        "group",
+        "reset-offsets",
+        "--group",
+        g,
+        "--topic=events:1",
+        "--to-offset",
+        "99",
+    ];
+    let told = cli(&broker, &clamped).ok("clamped dry run");
+    assert!(
+        told.stderr
+            .contains("events/1: offset 99 is past the end of the log; set to the end, 10"),
+        "{}",
+        told.stderr
+    );
+    let mut json = clamped.to_vec();
+    json.push("--json");
+    let changes = cli(&broker, &json).ok("clamped dry run, JSON").json()["changes"].clone();
+    assert_eq!(changes[0]["new_offset"], 10, "{changes}");
+    assert_eq!(changes[0]["clamped_from"], 99, "{changes}");
+    // Several topics are planned by dry runs and committed by one explicit request,
+    // whose offsets are already clamped: what was asked comes from the plan.
+    cli(&broker, &["topic", "create", "quiet", "--partitions", "1"]).ok("topic create");
+    let both = [
+        "group",
+        "reset-offsets",
+        "--group",
+        "clampers",
+        "--topic=events:0",
+        "--topic=quiet",
+        "--to-offset",
+        "99",
+        "--execute",
+        "--json",
+    ];
+    let done = cli(&broker, &both)
+        .ok("clamped execute over two topics")
+        .json();
+    assert_eq!(done["executed"], true, "{done}");
+    let moved: Vec<(String, u64, u64)> = done["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["topic"].as_str().unwrap().to_string(),
+                c["new_offset"].as_u64().unwrap(),
+                c["clamped_from"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        moved,
+        vec![("events".to_string(), 10, 99), ("quiet".to_string(), 0, 99)]
+    );
     // The first message at or after 7h30m before base is the one of 7h before (i = 3).
     let datetime = rfc3339(base - 7 * 3_600_000 - 1_800_000);
     reset(

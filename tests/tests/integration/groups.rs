@@ -642,13 +642,27 @@ async fn committed_offsets_survive_a_crash_and_a_graceful_restart() {
 }
 
 /// Runs one reset (dry run, then execute) and checks both against `expected`
-/// (partition -> (current, new)); returns the offsets after the execute.
+/// (partition -> (current, new)), none of them clamped; returns the offsets after the
+/// execute.
 async fn reset_both_ways(
     groups: &mut GroupsClient<Channel>,
     group: &str,
     scope: Option<Scope>,
     spec: Spec,
     expected: &[(u32, Option<u64>, u64)],
+) -> BTreeMap<(String, u32), u64> {
+    reset_clamped(groups, group, scope, spec, expected, &[]).await
+}
+
+/// [`reset_both_ways`] where the partitions of `clamped` (partition -> the offset the
+/// mode asked for) were clamped to the log, and say so (`clamped_from`).
+async fn reset_clamped(
+    groups: &mut GroupsClient<Channel>,
+    group: &str,
+    scope: Option<Scope>,
+    spec: Spec,
+    expected: &[(u32, Option<u64>, u64)],
+    clamped: &[(u32, u64)],
 ) -> BTreeMap<(String, u32), u64> {
     let before = fetch_offsets(groups, group).await;
     let request = ResetOffsetsRequest {
@@ -669,6 +683,10 @@ async fn reset_both_ways(
             partition: *partition,
             current_offset: *current,
             new_offset: *new,
+            clamped_from: clamped
+                .iter()
+                .find(|(p, _)| p == partition)
+                .map(|&(_, asked)| asked),
         })
         .collect();
     assert_eq!(dry.changes, expected_changes, "dry run of {spec:?}");
@@ -750,12 +768,13 @@ async fn every_reset_mode_with_dry_run_and_execute() {
         &[(0, Some(1), 7), (1, Some(0), 6)],
     )
     .await;
-    reset_both_ways(
+    reset_clamped(
         &mut groups,
         g,
         topic(&[0]),
         Spec::ShiftBy(100),
         &[(0, Some(7), 10)],
+        &[(0, 107)],
     )
     .await;
     // to-earliest and to-latest cover uncommitted partitions too.
@@ -784,12 +803,13 @@ async fn every_reset_mode_with_dry_run_and_execute() {
         &[(0, Some(0), 4), (1, Some(10), 4)],
     )
     .await;
-    reset_both_ways(
+    reset_clamped(
         &mut groups,
         g,
         topic(&[2]),
         Spec::ToOffset(1_000),
         &[(2, Some(10), 10)],
+        &[(2, 1_000)],
     )
     .await;
     // to-datetime: the first message at or after the time; the end if none.
@@ -837,7 +857,7 @@ async fn every_reset_mode_with_dry_run_and_execute() {
     )
     .await;
     // explicit (from-file): offsets and metadata per partition, clamped.
-    reset_both_ways(
+    reset_clamped(
         &mut groups,
         g,
         None,
@@ -858,6 +878,7 @@ async fn every_reset_mode_with_dry_run_and_execute() {
             ],
         }),
         &[(0, Some(6), 10), (2, Some(0), 8)],
+        &[(0, 99)],
     )
     .await;
     let fetched = groups
