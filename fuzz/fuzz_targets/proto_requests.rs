@@ -327,13 +327,19 @@ fn reset_offsets(request: ResetOffsetsRequest, context: &Context) {
     };
     let mut entries = Vec::new();
     for (topic, partition, target, metadata) in targets {
-        let Some(new_offset) = reset::new_offset(target, &state) else {
+        let Some(moved) = reset::new_offset(target, &state) else {
             assert!(
                 state.committed.is_none() && matches!(target, Target::ShiftBy(_) | Target::Current)
             );
             continue;
         };
+        let new_offset = moved.offset;
         assert!((state.log_start..=state.end).contains(&new_offset));
+        // What was asked is reported exactly when it lay outside the log.
+        if let Some(asked) = moved.clamped_from {
+            assert_ne!(asked, new_offset);
+            assert_eq!(reset::clamp(asked, state.log_start, state.end), new_offset);
+        }
         entries.push(CommitEntry {
             topic,
             partition,
