@@ -186,6 +186,55 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// HTTP/2 frame types and flags the raw-frame tests use.
+const FRAME_HEADERS: u8 = 0x1;
+const FRAME_SETTINGS: u8 = 0x4;
+const FRAME_GOAWAY: u8 = 0x7;
+const FRAME_WINDOW_UPDATE: u8 = 0x8;
+
+/// One frame read back: type, flags, stream id, payload.
+struct RawFrame<'a> {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: &'a [u8],
+}
+
+/// The whole frames at the start of `bytes`, and how many bytes they take (a frame
+/// cut off at the end is left for more bytes).
+fn h2_frames(bytes: &[u8]) -> (Vec<RawFrame<'_>>, usize) {
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at + 9 <= bytes.len() {
+        let length = u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]);
+        let end = at + 9 + length as usize;
+        if end > bytes.len() {
+            break;
+        }
+        frames.push(RawFrame {
+            kind: bytes[at + 3],
+            flags: bytes[at + 4],
+            stream: u32::from_be_bytes(bytes[at + 5..at + 9].try_into().unwrap()),
+            payload: &bytes[at + 9..end],
+        });
+        at = end;
+    }
+    (frames, at)
+}
+
+/// A TCP connection to the broker's gRPC port that has sent the HTTP/2 preface and
+/// an empty SETTINGS frame, as a client written from the spec starts.
+async fn h2_open(broker: &TestBroker) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut socket = tokio::net::TcpStream::connect(broker.grpc_addr())
+        .await
+        .unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(FRAME_SETTINGS, 0, 0, &[]));
+    socket.write_all(&out).await.unwrap();
+    socket
+}
+
 /// What the broker announces to a client written from the HTTP/2 spec: a stream
 /// window and a connection window of [`STREAM_WINDOW_BYTES`] and
 /// [`CONNECTION_WINDOW_BYTES`] (their docs say why these sizes), and DATA frames of up
@@ -197,21 +246,14 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_announces_its_receive_windows_and_frame_size() {
     use tidelog_proto::frames::{CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, STREAM_WINDOW_BYTES};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const FRAME_SETTINGS: u8 = 0x4;
-    const FRAME_WINDOW_UPDATE: u8 = 0x8;
+    use tokio::io::AsyncReadExt;
     const ACK: u8 = 0x1;
     const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
     const SETTINGS_MAX_FRAME_SIZE: u16 = 0x5;
     // Every window starts at 65,535 bytes until SETTINGS or WINDOW_UPDATE change it.
     const PROTOCOL_WINDOW: u64 = 65_535;
     let mut broker = TestBroker::start();
-    let mut socket = tokio::net::TcpStream::connect(broker.grpc_addr())
-        .await
-        .unwrap();
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(h2_frame(FRAME_SETTINGS, 0, 0, &[]));
-    socket.write_all(&out).await.unwrap();
+    let mut socket = h2_open(&broker).await;
 
     let mut settings = None;
     let mut connection_window = PROTOCOL_WINDOW;
@@ -231,30 +273,23 @@ async fn the_broker_announces_its_receive_windows_and_frame_size() {
             "the broker closed the connection after {received:?}"
         );
         received.extend_from_slice(&chunk[..read]);
-        while at + 9 <= received.len() {
-            let length = u32::from_be_bytes([0, received[at], received[at + 1], received[at + 2]]);
-            let end = at + 9 + length as usize;
-            if end > received.len() {
-                break;
-            }
-            let (kind, flags) = (received[at + 3], received[at + 4]);
-            let stream = u32::from_be_bytes(received[at + 5..at + 9].try_into().unwrap());
-            let payload = &received[at + 9..end];
-            if kind == FRAME_SETTINGS && flags & ACK == 0 {
+        let (frames, used) = h2_frames(&received[at..]);
+        for frame in frames {
+            if frame.kind == FRAME_SETTINGS && frame.flags & ACK == 0 {
                 let mut announced = std::collections::BTreeMap::new();
-                for setting in payload.chunks_exact(6) {
+                for setting in frame.payload.chunks_exact(6) {
                     let id = u16::from_be_bytes([setting[0], setting[1]]);
                     let value = u32::from_be_bytes(setting[2..6].try_into().unwrap());
                     announced.insert(id, value);
                 }
                 settings = Some(announced);
             }
-            if kind == FRAME_WINDOW_UPDATE && stream == 0 {
-                let increment = u32::from_be_bytes(payload[..4].try_into().unwrap()) & 0x7fff_ffff;
-                connection_window += u64::from(increment);
+            if frame.kind == FRAME_WINDOW_UPDATE && frame.stream == 0 {
+                let increment = u32::from_be_bytes(frame.payload[..4].try_into().unwrap());
+                connection_window += u64::from(increment & 0x7fff_ffff);
             }
-            at = end;
         }
+        at += used;
     }
     let settings = settings.unwrap();
     assert_eq!(
@@ -281,8 +316,6 @@ async fn the_broker_announces_its_receive_windows_and_frame_size() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_provoking_endless_stream_resets_is_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const FRAME_HEADERS: u8 = 0x1;
-    const FRAME_GOAWAY: u8 = 0x7;
     const END_STREAM: u8 = 0x1;
     const END_HEADERS: u8 = 0x4;
     const ENHANCE_YOUR_CALM: u32 = 0xb;
@@ -291,11 +324,8 @@ async fn a_client_provoking_endless_stream_resets_is_cut_off() {
     let channel = broker.channel().await;
     create_topic(&channel, "calm", 1, TopicConfig::default()).await;
 
-    let mut socket = tokio::net::TcpStream::connect(broker.grpc_addr())
-        .await
-        .unwrap();
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(h2_frame(0x4, 0, 0, &[])); // SETTINGS, none changed
+    let mut socket = h2_open(&broker).await;
+    let mut out = Vec::new();
     // HPACK: :method POST, :scheme http, :path / (static table), then `connection: x`
     // as a literal, a header HTTP/2 forbids: a malformed request, reset by the server.
     let mut request = vec![0x83, 0x86, 0x84, 0x00, 10];
@@ -327,18 +357,13 @@ async fn a_client_provoking_endless_stream_resets_is_cut_off() {
     let (_, received) = tokio::time::timeout(EVENT_TIMEOUT, async { tokio::join!(write, read) })
         .await
         .expect("the server must close a connection that keeps provoking resets");
-    let mut goaway = None;
-    let mut at = 0;
-    while at + 9 <= received.len() {
-        let length = u32::from_be_bytes([0, received[at], received[at + 1], received[at + 2]]);
-        let end = at + 9 + length as usize;
-        if received[at + 3] == FRAME_GOAWAY && end <= received.len() {
-            goaway = Some(u32::from_be_bytes(
-                received[at + 13..at + 17].try_into().unwrap(),
-            ));
-        }
-        at = end;
-    }
+    // GOAWAY's payload: the last stream id, then the error code.
+    let goaway = h2_frames(&received)
+        .0
+        .iter()
+        .filter(|frame| frame.kind == FRAME_GOAWAY)
+        .map(|frame| u32::from_be_bytes(frame.payload[4..8].try_into().unwrap()))
+        .next_back();
     assert_eq!(goaway, Some(ENHANCE_YOUR_CALM));
 
     // Everyone else is still served.
