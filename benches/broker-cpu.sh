@@ -12,9 +12,8 @@
 # touches G GiB of anonymous memory and frees it right before the measured run: on a VM
 # that hands free memory back to the host (virtio-balloon free page reporting), the run's
 # page cache then grows into memory the host still backs (BENCHMARKS.md, "The machine").
-# Used for
-# BENCHMARKS.md, "2026-12-06, 05:48-07:03: Without tonic's copies", "2026-12-06,
-# 09:10-09:58" and "2026-12-06, 14:37-15:25".
+# Used for BENCHMARKS.md, "2026-12-06, 05:48-07:03: Without tonic's copies",
+# "2026-12-06, 09:10-09:58", "2026-12-06, 14:37-15:25" and the sections after it.
 #
 #   benches/broker-cpu.sh RELEASE_DIR consume|publish [ACTORS] [MESSAGES] [ROUNDS]
 #   e.g. benches/broker-cpu.sh target/release consume 1 10000000 2
