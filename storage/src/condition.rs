@@ -64,6 +64,21 @@ impl Condition {
     pub fn blocked(&self) -> usize {
         self.blocked.load(Ordering::SeqCst)
     }
+
+    /// Waits (10 s at most, then panics) until exactly `count` threads are blocked: a
+    /// test's way to know its threads wait before it updates.
+    #[cfg(test)]
+    pub fn until_blocked(&self, count: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.blocked() != count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} threads blocked, not {count}",
+                self.blocked()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -71,15 +86,6 @@ mod tests {
     use super::*;
     use std::sync::mpsc;
     use std::sync::{Arc, Mutex};
-    use std::time::Instant;
-
-    fn until_blocked(condition: &Condition, count: usize) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while condition.blocked() != count {
-            assert!(Instant::now() < deadline, "no thread blocked");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
 
     /// Threads waiting (with and without a timeout) for a value are woken by the
     /// update that reaches it, and by no other; they are counted while they wait.
@@ -106,17 +112,17 @@ mod tests {
                 })
             })
             .collect();
-        until_blocked(&shared.1, 2);
+        shared.1.until_blocked(2);
         let set = |to: u32| {
             *shared.0.lock().unwrap() = to;
             shared.1.notify_all();
         };
         set(2);
         assert!(done.recv_timeout(Duration::from_millis(50)).is_err());
-        until_blocked(&shared.1, 2);
+        shared.1.until_blocked(2);
         set(3);
         assert_eq!(done.recv_timeout(Duration::from_secs(10)), Ok(3));
-        until_blocked(&shared.1, 1);
+        shared.1.until_blocked(1);
         set(5);
         assert_eq!(done.recv_timeout(Duration::from_secs(10)), Ok(5));
         for thread in threads {

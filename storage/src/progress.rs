@@ -335,15 +335,6 @@ mod tests {
         }
     }
 
-    /// Waits until `count` threads are blocked on the progress.
-    fn until_blocked(progress: &Progress, count: usize) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while progress.changed.blocked() != count {
-            assert!(Instant::now() < deadline, "no thread blocked");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
     /// Any of several partitions' data: pending until one has data at its offset,
     /// and then woken; never with none.
     #[test]
@@ -405,12 +396,12 @@ mod tests {
                 done_tx.send(("data", seen))
             })
         };
-        until_blocked(&progress, 2);
+        progress.changed.until_blocked(2);
         // Not far enough for either: both stay blocked.
         progress.set_written(end(4));
         progress.set_durable(end(4));
         assert!(done.recv_timeout(Duration::from_millis(50)).is_err());
-        until_blocked(&progress, 2);
+        progress.changed.until_blocked(2);
         progress.set_written(end(6));
         assert_eq!(
             done.recv_timeout(Duration::from_secs(10)),
