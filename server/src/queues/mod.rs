@@ -21,7 +21,7 @@ use std::time::Duration;
 use tidelog_proto::v1::{QueueConsumeResponse, QueueDelivery, queue_consume_response};
 use tidelog_storage::filter::Filtered;
 use tidelog_storage::queue::{QueueEngine, SettleOutcome, SettleRequest, admin};
-use tidelog_storage::{Error, Partition, Store, WaitForAnyData};
+use tidelog_storage::{Error, Partition, Store, Topic, WaitForAnyData};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tonic::Status;
 
@@ -597,17 +597,21 @@ struct Round {
 /// Each partition of the topics of `parts`, with the end of what is visible in it
 /// now.
 fn visible_ends(store: &Store, parts: &[Arc<Part>]) -> Vec<(Arc<Partition>, u64)> {
-    parts
+    let mut ends = Vec::new();
+    for part in parts {
+        if let Ok(topic) = store.topic(&part.topic) {
+            ends.extend(topic_ends(&topic));
+        }
+    }
+    ends
+}
+
+/// Each partition of `topic` with the end of what is visible in it now.
+fn topic_ends(topic: &Topic) -> impl Iterator<Item = (Arc<Partition>, u64)> + '_ {
+    topic
+        .partitions()
         .iter()
-        .filter_map(|part| store.topic(&part.topic).ok())
-        .flat_map(|topic| {
-            topic
-                .partitions()
-                .iter()
-                .map(|partition| (partition.clone(), partition.end_offset()))
-                .collect::<Vec<_>>()
-        })
-        .collect()
+        .map(|partition| (partition.clone(), partition.end_offset()))
 }
 
 /// Resolves once a partition of `ends` has a message visible at or past its end
@@ -840,11 +844,7 @@ mod tests {
                 },
             )
             .unwrap();
-        let seen: Vec<_> = topic
-            .partitions()
-            .iter()
-            .map(|p| (p.clone(), p.end_offset()))
-            .collect();
+        let seen: Vec<_> = topic_ends(&topic).collect();
         let mut cx = Context::from_waker(Waker::noop());
         let mut waiting = Box::pin(data_past(&seen));
         assert!(
@@ -864,11 +864,7 @@ mod tests {
         assert!(Box::pin(data_past(&seen)).as_mut().poll(&mut cx).is_ready());
         assert!(waiting.as_mut().poll(&mut cx).is_ready());
         // Past the ends when the wait starts, it would wait on.
-        let now: Vec<_> = topic
-            .partitions()
-            .iter()
-            .map(|p| (p.clone(), p.end_offset()))
-            .collect();
+        let now: Vec<_> = topic_ends(&topic).collect();
         assert!(
             Box::pin(data_past(&now))
                 .as_mut()
