@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use tidelog_proto::v1::{
     FetchBatchesResponse, FetchRequest, MessageAck, PublishBatchRequest, PublishBatchResponse,
 };
-use tidelog_storage::{AckLevel, BatchReadResult, Filter, Partition};
+use tidelog_storage::client_batch::CheckedBatch;
+use tidelog_storage::{AckLevel, BatchPlaced, BatchReadResult, Filter, Partition, Topic};
 use tonic::Status;
 
 use crate::AppState;
@@ -38,11 +39,103 @@ pub struct BatchWritten {
 
 /// Validates and appends one batch request (storage does the validating).
 pub fn append(state: &AppState, request: PublishBatchRequest) -> Result<BatchWritten, Status> {
-    let topic = convert::or_status(state.store.topic(&request.topic))?;
-    let ack = convert::ack_level(request.ack)?;
-    let partition = request.partition;
-    convert::or_status(topic.partition(partition))?;
-    let (placed, checked) = convert::or_status(topic.append_batch(partition, request.batch))?;
+    append_all(state, vec![request]).pop().unwrap_or_else(|| {
+        Err(Status::internal(
+            "an append of one batch returned no result",
+        ))
+    })
+}
+
+/// [`append`] for requests that came one after the other (on one PublishStream), one
+/// result a request, in their order. The requests to one topic and partition are
+/// appended together, in their order ([`tidelog_storage::Topic::append_batches`]): one
+/// write for several batches costs the page cache less a byte. Partitions are
+/// independent logs, so requests to different ones may be appended in any order.
+pub fn append_all(
+    state: &AppState,
+    requests: Vec<PublishBatchRequest>,
+) -> Vec<Result<BatchWritten, Status>> {
+    let count = requests.len();
+    // (topic, partition) -> the requests' places and the requests, in order.
+    let mut groups: Vec<(Vec<usize>, Vec<PublishBatchRequest>)> = Vec::new();
+    for (place, request) in requests.into_iter().enumerate() {
+        let same = |(_, group): &&mut (Vec<usize>, Vec<PublishBatchRequest>)| {
+            group[0].topic == request.topic && group[0].partition == request.partition
+        };
+        match groups.iter_mut().find(same) {
+            Some((places, group)) => {
+                places.push(place);
+                group.push(request);
+            }
+            None => groups.push((vec![place], vec![request])),
+        }
+    }
+    let mut results: Vec<Option<Result<BatchWritten, Status>>> = Vec::new();
+    results.resize_with(count, || None);
+    let mut written = Vec::with_capacity(count);
+    for (places, group) in groups {
+        append_group(state, group, &mut written);
+        for (place, result) in places.into_iter().zip(written.drain(..)) {
+            results[place] = Some(result);
+        }
+    }
+    results
+        .into_iter()
+        .map(|result| {
+            result.unwrap_or_else(|| Err(Status::internal("a batch request was not appended")))
+        })
+        .collect()
+}
+
+/// Appends requests to one topic and partition, pushing one result a request.
+fn append_group(
+    state: &AppState,
+    group: Vec<PublishBatchRequest>,
+    results: &mut Vec<Result<BatchWritten, Status>>,
+) {
+    let partition = group[0].partition;
+    let topic = match convert::or_status(state.store.topic(&group[0].topic)).and_then(|topic| {
+        convert::or_status(topic.partition(partition))?;
+        Ok(topic)
+    }) {
+        Ok(topic) => topic,
+        Err(status) => {
+            results.extend(group.iter().map(|_| Err(status.clone())));
+            return;
+        }
+    };
+    // A request with an unknown ack level fails alone; the others are appended.
+    let acks: Vec<Result<AckLevel, Status>> =
+        group.iter().map(|r| convert::ack_level(r.ack)).collect();
+    let batches = group
+        .into_iter()
+        .zip(&acks)
+        .filter(|(_, ack)| ack.is_ok())
+        .map(|(request, _)| request.batch)
+        .collect();
+    let mut appended = topic.append_batches(partition, batches).into_iter();
+    for ack in acks {
+        let result = ack.and_then(|ack| {
+            let placed = appended.next().unwrap_or_else(|| {
+                Err(tidelog_storage::Error::invalid(
+                    "an append of batches returned fewer results than batches",
+                ))
+            });
+            written(state, &topic, partition, ack, convert::or_status(placed)?)
+        });
+        results.push(result);
+    }
+    state.queues.topic_published(&topic);
+}
+
+/// The answer to an appended (or deduplicated) batch, and what its ack waits for.
+fn written(
+    state: &AppState,
+    topic: &Topic,
+    partition: u32,
+    ack: AckLevel,
+    (placed, checked): (BatchPlaced, CheckedBatch),
+) -> Result<BatchWritten, Status> {
     let count = checked.header.record_count;
     let mut durable_waits = Vec::new();
     let response = match placed.appended {
@@ -86,7 +179,6 @@ pub fn append(state: &AppState, request: PublishBatchRequest) -> Result<BatchWri
             }
         }
     };
-    state.queues.topic_published(&topic);
     Ok(BatchWritten {
         ack,
         response,

@@ -15,7 +15,9 @@
 //! answers still go out in request order, because fsyncs complete in offset order.
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use tidelog_proto::v1::publisher_server::Publisher;
@@ -391,6 +393,8 @@ impl PublisherService {
         let guard = self.state.metrics.open_stream("publish");
 
         // Reader: validates and appends in request order, without waiting for fsyncs.
+        // It takes every request that has already arrived (up to a limit) before
+        // appending, so batches in a row to one partition are written together.
         let state = self.state.clone();
         tokio::spawn(async move {
             loop {
@@ -402,65 +406,60 @@ impl PublisherService {
                     }
                     next = inbound.next() => next,
                 };
-                let pending = match next {
-                    Some(Ok(item)) => {
-                        // Over a quota, the stream stops reading for a while.
-                        state
-                            .auth
-                            .throttle(caller.as_ref(), QuotaKind::Requests, || 1)
-                            .await;
-                        state
-                            .auth
-                            .throttle(caller.as_ref(), QuotaKind::PublishBytes, || {
-                                prost::Message::encoded_len(&item)
-                            })
-                            .await;
-                        let topic = match (&item.request, &item.batch) {
-                            (Some(request), _) => Some(request.topic.as_str()),
-                            (None, Some(batch)) => Some(batch.topic.as_str()),
-                            (None, None) => None,
-                        };
-                        let checked = match topic {
-                            Some(topic) => {
-                                state.auth.check(caller.as_ref(), &[Target::topic(topic)])
-                            }
-                            None => Ok(()),
-                        };
-                        match checked {
-                            // A revoked or expired token ends the stream; a denied topic
-                            // fails that request only.
-                            Err(status) if status.code() == tonic::Code::Unauthenticated => {
-                                Pending::End(status)
-                            }
-                            checked => Pending::Request {
-                                request_id: item.request_id,
-                                outcome: checked.and_then(|()| match (item.request, item.batch) {
-                                    (Some(request), None) => prepare(&state, request)
-                                        .and_then(|p| append(&state, p))
-                                        .map(Appended::Messages),
-                                    (None, Some(batch)) => {
-                                        crate::batch::append(&state, batch).map(Appended::Batch)
-                                    }
-                                    (Some(_), Some(_)) => Err(Status::invalid_argument(
-                                        "PublishStreamRequest has both request and batch; set one per request",
-                                    )),
-                                    (None, None) => Err(Status::invalid_argument(
-                                        "PublishStreamRequest.request is missing; set it (or batch) to the publish to perform",
-                                    )),
-                                }),
-                            },
-                        }
+                let mut arrived = vec![next];
+                while arrived.len() < STREAM_READ_AHEAD_MAX
+                    && matches!(arrived.last(), Some(Some(Ok(_))))
+                {
+                    match next_if_arrived(&mut inbound).await {
+                        Poll::Ready(next) => arrived.push(next),
+                        Poll::Pending => break,
                     }
-                    // The client half-closed: answer what is outstanding, then end OK.
-                    None => return,
-                    // A message over the size limit breaks the stream's framing.
-                    Some(Err(status)) => Pending::End(crate::request_limit::rewrite_status(
-                        status,
-                        state.config.max_request_bytes,
-                    )),
-                };
-                let end = matches!(pending, Pending::End(_));
-                if pending_tx.send(pending).await.is_err() || end {
+                }
+                let mut answers = Vec::with_capacity(arrived.len());
+                // Batch requests taken but not yet appended, in order.
+                let mut batches: Vec<(u64, PublishBatchRequest)> = Vec::new();
+                for next in arrived {
+                    let step = match next {
+                        Some(Ok(item)) => take(&state, caller.as_ref(), item).await,
+                        // The client half-closed: answer what is outstanding, then end
+                        // OK.
+                        None => Step::Close,
+                        // A message over the size limit breaks the stream's framing.
+                        Some(Err(status)) => Step::End(crate::request_limit::rewrite_status(
+                            status,
+                            state.config.max_request_bytes,
+                        )),
+                    };
+                    if let Step::Batch { request_id, batch } = step {
+                        batches.push((request_id, batch));
+                        continue;
+                    }
+                    // What came before is appended, and answered, first.
+                    append_batches(&state, &mut batches, &mut answers);
+                    let closes = matches!(step, Step::Close | Step::End(_));
+                    match step {
+                        Step::Messages {
+                            request_id,
+                            request,
+                        } => answers.push(Pending::Request {
+                            request_id,
+                            outcome: prepare(&state, request)
+                                .and_then(|p| append(&state, p))
+                                .map(Appended::Messages),
+                        }),
+                        Step::Failed { request_id, status } => answers.push(Pending::Request {
+                            request_id,
+                            outcome: Err(status),
+                        }),
+                        Step::End(status) => answers.push(Pending::End(status)),
+                        Step::Close | Step::Batch { .. } => {}
+                    }
+                    if !hand_over(&pending_tx, &mut answers).await || closes {
+                        return;
+                    }
+                }
+                append_batches(&state, &mut batches, &mut answers);
+                if !hand_over(&pending_tx, &mut answers).await {
                     return;
                 }
             }
@@ -512,6 +511,117 @@ impl PublisherService {
         });
         Response::new(ReceiverStream::new(response_rx))
     }
+}
+
+/// The most requests the stream's reader takes at once, when they have arrived: as
+/// many as a producer keeps in flight (tidelog-client's default is 8), a few hundred
+/// KB to a few MB of batches, written together.
+const STREAM_READ_AHEAD_MAX: usize = 16;
+
+/// What the stream's reader does with one request, once its quota and access are
+/// checked.
+enum Step {
+    /// Messages to prepare and append.
+    Messages {
+        request_id: u64,
+        request: PublishRequest,
+    },
+    /// A batch to append, with the batches in a row to the same partition.
+    Batch {
+        request_id: u64,
+        batch: PublishBatchRequest,
+    },
+    /// The request fails alone.
+    Failed { request_id: u64, status: Status },
+    /// The stream ends with this status after the earlier requests are answered.
+    End(Status),
+    /// The client half-closed the stream: it ends OK once the earlier requests are
+    /// answered.
+    Close,
+}
+
+/// Hands `answers` to the responder in order (emptying it); false once the stream is
+/// over: the responder has gone, or an answer ended the stream.
+async fn hand_over(to: &mpsc::Sender<Pending>, answers: &mut Vec<Pending>) -> bool {
+    for pending in answers.drain(..) {
+        let end = matches!(pending, Pending::End(_));
+        if to.send(pending).await.is_err() || end {
+            return false;
+        }
+    }
+    true
+}
+
+/// Checks one PublishStream request against the caller's quotas (waiting while over
+/// one) and access, and says what to do with it.
+async fn take(state: &AppState, caller: Option<&Caller>, item: PublishStreamRequest) -> Step {
+    // Over a quota, the stream stops reading for a while.
+    state.auth.throttle(caller, QuotaKind::Requests, || 1).await;
+    state
+        .auth
+        .throttle(caller, QuotaKind::PublishBytes, || {
+            prost::Message::encoded_len(&item)
+        })
+        .await;
+    let topic = match (&item.request, &item.batch) {
+        (Some(request), _) => Some(request.topic.as_str()),
+        (None, Some(batch)) => Some(batch.topic.as_str()),
+        (None, None) => None,
+    };
+    let checked = match topic {
+        Some(topic) => state.auth.check(caller, &[Target::topic(topic)]),
+        None => Ok(()),
+    };
+    let request_id = item.request_id;
+    match (checked, item.request, item.batch) {
+        // A revoked or expired token ends the stream; a denied topic fails that
+        // request only.
+        (Err(status), _, _) if status.code() == tonic::Code::Unauthenticated => Step::End(status),
+        (Err(status), _, _) => Step::Failed { request_id, status },
+        (Ok(()), Some(request), None) => Step::Messages {
+            request_id,
+            request,
+        },
+        (Ok(()), None, Some(batch)) => Step::Batch { request_id, batch },
+        (Ok(()), Some(_), Some(_)) => Step::Failed {
+            request_id,
+            status: Status::invalid_argument(
+                "PublishStreamRequest has both request and batch; set one per request",
+            ),
+        },
+        (Ok(()), None, None) => Step::Failed {
+            request_id,
+            status: Status::invalid_argument(
+                "PublishStreamRequest.request is missing; set it (or batch) to the publish to perform",
+            ),
+        },
+    }
+}
+
+/// Appends the batch requests taken (emptying `batches`), pushing their answers.
+fn append_batches(
+    state: &AppState,
+    batches: &mut Vec<(u64, PublishBatchRequest)>,
+    answers: &mut Vec<Pending>,
+) {
+    if batches.is_empty() {
+        return;
+    }
+    let (ids, requests): (Vec<u64>, Vec<PublishBatchRequest>) = batches.drain(..).unzip();
+    let written = crate::batch::append_all(state, requests);
+    answers.extend(
+        ids.into_iter()
+            .zip(written)
+            .map(|(request_id, outcome)| Pending::Request {
+                request_id,
+                outcome: outcome.map(Appended::Batch),
+            }),
+    );
+}
+
+/// The stream's next item if it has arrived, without waiting for one.
+async fn next_if_arrived<S: Stream + Unpin>(stream: &mut S) -> Poll<Option<S::Item>> {
+    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *stream).poll_next(cx))).await
 }
 
 fn shutting_down() -> Status {

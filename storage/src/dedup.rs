@@ -498,29 +498,14 @@ impl DedupWindow {
                 partitions.len()
             ))
         })?;
-        if assign_ids && checked.records_without_id() > 0 {
-            let index = (0..checked.header.record_count)
-                .zip(
-                    checked
-                        .ids
-                        .iter()
-                        .map(|id| id.index)
-                        .chain(std::iter::repeat(u32::MAX)),
-                )
-                .find(|(i, with)| i != with)
-                .map_or(0, |(i, _)| i);
-            return Err(Error::invalid(format!(
-                "record {index} of the batch has no id, but the topic assigns ids (assign_ids), which a batch cannot take without re-encoding: give every record of the batch an id, or publish it with Publish"
-            )));
-        }
-        let split = checked.split_ids(&bytes);
-        if window_ms == 0 || checked.ids.is_empty() {
-            let appended = target.append_checked_split(bytes, checked, &split, now_ms)?;
+        if !window_decides(checked, window_ms, assign_ids)? {
+            let appended = target.append_checked(bytes, checked, now_ms)?;
             return Ok(BatchPlaced {
                 appended: Some(appended),
                 duplicates: Vec::new(),
             });
         }
+        let split = checked.split_ids(&bytes);
         let mut ids: Vec<Option<&[u8]>> = vec![None; checked.header.record_count as usize];
         for id in &checked.ids {
             ids[id.index as usize] = Some(checked.id(&bytes, id));
@@ -1262,6 +1247,33 @@ fn offset_after_damage(partition: &Partition, damaged: u64) -> Result<Option<u64
         }
     }
     Ok(Some(good))
+}
+
+/// Whether the dedup window decides a client batch's fate (see
+/// [`DedupWindow::append_batch`]): only with a window on and ids in the batch. A batch
+/// it has no say on is appended as it came. `InvalidArgument` for a batch the topic
+/// cannot take: with `assign_ids`, every record must carry an id.
+pub(crate) fn window_decides(
+    checked: &CheckedBatch,
+    window_ms: u64,
+    assign_ids: bool,
+) -> Result<bool> {
+    if assign_ids && checked.records_without_id() > 0 {
+        let index = (0..checked.header.record_count)
+            .zip(
+                checked
+                    .ids
+                    .iter()
+                    .map(|id| id.index)
+                    .chain(std::iter::repeat(u32::MAX)),
+            )
+            .find(|(i, with)| i != with)
+            .map_or(0, |(i, _)| i);
+        return Err(Error::invalid(format!(
+            "record {index} of the batch has no id, but the topic assigns ids (assign_ids), which a batch cannot take without re-encoding: give every record of the batch an id, or publish it with Publish"
+        )));
+    }
+    Ok(window_ms > 0 && !checked.ids.is_empty())
 }
 
 #[cfg(test)]

@@ -11,9 +11,10 @@ use bytes::Bytes;
 use crate::batch::NewRecord;
 use crate::client_batch::{BatchRules, CheckedBatch, validate_batch};
 use crate::config::TopicConfig;
-use crate::dedup::{BatchPlaced, DedupWindow, Placed};
+use crate::dedup::{BatchPlaced, DedupWindow, Placed, window_decides};
 use crate::error::{Error, Result};
-use crate::partition::{Partition, PartitionInfo};
+use crate::idindex::SplitIds;
+use crate::partition::{Partition, PartitionInfo, RunBatch};
 
 /// A topic: its partitions and config.
 ///
@@ -121,6 +122,26 @@ impl Topic {
         partition: u32,
         bytes: Bytes,
     ) -> Result<(BatchPlaced, CheckedBatch)> {
+        self.append_batches(partition, vec![bytes])
+            .pop()
+            .unwrap_or_else(|| Err(Error::invalid("an append of one batch returned no result")))
+    }
+
+    /// [`Topic::append_batch`] for several batches to one partition, in order, with
+    /// one result a batch. Batches the dedup window has no say on (no window, or no
+    /// ids) that follow each other are written together, in one `pwritev`
+    /// ([`Partition::append_checked_run`]); a malformed batch fails alone. Once a write
+    /// fails, the batches after it in the same run fail with its error.
+    pub fn append_batches(
+        &self,
+        partition: u32,
+        batches: Vec<Bytes>,
+    ) -> Vec<Result<(BatchPlaced, CheckedBatch)>> {
+        let count = batches.len();
+        let target = match self.partition(partition) {
+            Ok(target) => target,
+            Err(error) => return vec![Err(error); count],
+        };
         let config = self.config();
         let now_ms = self.dedup.now_ms();
         let rules = BatchRules {
@@ -129,18 +150,61 @@ impl Topic {
             priority_levels: config.priority_levels,
             expiry_required: config.default_ttl_ms.is_some_and(|ttl| ttl > 0),
         };
-        let checked = validate_batch(&bytes, &rules)
-            .map_err(|e| Error::invalid(format!("the record batch is malformed: {e}")))?;
-        let placed = self.dedup.append_batch(
-            &self.partitions,
-            partition,
-            bytes,
-            &checked,
-            now_ms,
-            config.dedup_window_ms.unwrap_or(0),
-            config.assign_ids,
-        )?;
-        Ok((placed, checked))
+        let window_ms = config.dedup_window_ms.unwrap_or(0);
+        let mut results = Vec::with_capacity(count);
+        // Batches waiting to be written together: (bytes, verdict, ids).
+        let mut run: Vec<(Bytes, CheckedBatch, SplitIds)> = Vec::new();
+        let write_run = |run: &mut Vec<(Bytes, CheckedBatch, SplitIds)>, results: &mut Vec<_>| {
+            if run.is_empty() {
+                return;
+            }
+            let batches = run
+                .iter()
+                .map(|(bytes, checked, ids)| RunBatch::checked(bytes.clone(), checked, ids))
+                .collect();
+            let appended = target.append_checked_run(batches, now_ms);
+            for ((_, checked, _), appended) in run.drain(..).zip(appended) {
+                results.push(appended.map(|appended| {
+                    let placed = BatchPlaced {
+                        appended: Some(appended),
+                        duplicates: Vec::new(),
+                    };
+                    (placed, checked)
+                }));
+            }
+        };
+        for bytes in batches {
+            let checked = match validate_batch(&bytes, &rules)
+                .map_err(|e| Error::invalid(format!("the record batch is malformed: {e}")))
+                .and_then(|checked| {
+                    let decides = window_decides(&checked, window_ms, config.assign_ids)?;
+                    Ok((checked, decides))
+                }) {
+                Ok((checked, false)) => {
+                    let ids = checked.split_ids(&bytes);
+                    run.push((bytes, checked, ids));
+                    continue;
+                }
+                Ok((checked, true)) => Ok(checked),
+                Err(error) => Err(error),
+            };
+            // What went before is appended before this batch is decided on.
+            write_run(&mut run, &mut results);
+            results.push(checked.and_then(|checked| {
+                let placed = self.dedup.append_batch(
+                    &self.partitions,
+                    partition,
+                    bytes,
+                    &checked,
+                    now_ms,
+                    window_ms,
+                    config.assign_ids,
+                )?;
+                Ok((placed, checked))
+            }));
+        }
+        write_run(&mut run, &mut results);
+        results
     }
 
     /// Ids the dedup window holds and the bytes it takes, for metrics.

@@ -1,6 +1,7 @@
 //! Client batches against the per-message paths: random batches built by a client
 //! (`encode_batch`, plain and zstd, some with TTLs and ids) go in through
-//! `Topic::append_batch`, mixed with per-message appends, across small segments, a
+//! `Topic::append_batch` and in runs through `Topic::append_batches` (a malformed one
+//! among them), mixed with per-message appends, across small segments, a
 //! process kill and a reopen; then every read in batch form (`Partition::read_batches`
 //! from random offsets with random budgets, with and without a filter, before and after
 //! TTLs pass), decoded with `delivered_records` and followed by `next_offset`, must give
@@ -99,6 +100,32 @@ fn by_batch(
     }
 }
 
+/// `records` as a client sends them: encoded, plain or zstd, in a buffer of their own
+/// or (as a request's batch is) a slice of a larger one, which is written without a
+/// copy.
+fn client_bytes(rng: &mut Rng, clock: &ManualClock, records: &[NewRecord]) -> Bytes {
+    let options = EncodeOptions {
+        now_ms: clock.now_ms(),
+        default_ttl_ms: None,
+        compression: if rng.below(2) == 0 {
+            Compression::Zstd
+        } else {
+            Compression::None
+        },
+        max_message_bytes: 1 << 20,
+        priority_levels: 0,
+    };
+    let bytes = encode_batch(records, &options).unwrap().bytes;
+    if rng.below(2) == 0 {
+        Bytes::from(bytes)
+    } else {
+        let mut request = vec![0xa5; 7];
+        request.extend_from_slice(&bytes);
+        request.extend_from_slice(&[0x5a; 9]);
+        Bytes::from(request).slice(7..7 + bytes.len())
+    }
+}
+
 fn run_seed(seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(START_MS);
@@ -116,35 +143,63 @@ fn run_seed(seed: u64) {
         let records = random_records(&mut rng, &mut next_id);
         let topic = store.topic("t").unwrap();
         let count = records.len() as u64;
-        if rng.below(3) == 0 {
-            topic.append(0, records).unwrap();
-        } else {
-            let options = EncodeOptions {
-                now_ms: clock.now_ms(),
-                default_ttl_ms: None,
-                compression: if rng.below(2) == 0 {
-                    Compression::Zstd
-                } else {
-                    Compression::None
-                },
-                max_message_bytes: 1 << 20,
-                priority_levels: 0,
-            };
-            let bytes = encode_batch(&records, &options).unwrap().bytes;
-            // As a buffer of its own, or (as a request's batch is) a slice of a
-            // larger one, which a large batch is written from without a copy.
-            let bytes = if rng.below(2) == 0 {
-                Bytes::from(bytes)
-            } else {
-                let mut request = vec![0xa5; 7];
-                request.extend_from_slice(&bytes);
-                request.extend_from_slice(&[0x5a; 9]);
-                Bytes::from(request).slice(7..7 + bytes.len())
-            };
-            let (placed, checked) = topic.append_batch(0, bytes).unwrap();
-            let appended = placed.appended.expect("new ids are appended");
-            assert_eq!(appended.base_offset, expected, "seed {seed} step {step}");
-            assert_eq!(u64::from(checked.header.record_count), count);
+        match rng.below(4) {
+            0 => {
+                topic.append(0, records).unwrap();
+            }
+            1 => {
+                // A run of batches, as a PublishStream's requests are appended: the
+                // valid ones in order (rolling segments between them), a malformed
+                // one failing alone.
+                let mut runs = vec![records];
+                for _ in 0..rng.below(6) {
+                    runs.push(random_records(&mut rng, &mut next_id));
+                }
+                let torn = (rng.below(2) == 0).then(|| rng.below(runs.len() as u64) as usize);
+                let batches = runs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, records)| {
+                        let bytes = client_bytes(&mut rng, &clock, records);
+                        if torn == Some(i) {
+                            let mut broken = bytes.to_vec();
+                            let last = broken.len() - 1;
+                            broken[last] ^= 0x40;
+                            Bytes::from(broken)
+                        } else {
+                            bytes
+                        }
+                    })
+                    .collect();
+                let results = topic.append_batches(0, batches);
+                assert_eq!(results.len(), runs.len());
+                for (i, (result, records)) in results.into_iter().zip(&runs).enumerate() {
+                    if torn == Some(i) {
+                        let error = result.unwrap_err();
+                        assert!(
+                            error.to_string().contains("malformed"),
+                            "seed {seed} step {step}: {error}"
+                        );
+                        continue;
+                    }
+                    let (placed, checked) = result.unwrap();
+                    let appended = placed.appended.expect("new ids are appended");
+                    assert_eq!(
+                        appended.base_offset, expected,
+                        "seed {seed} step {step} batch {i}"
+                    );
+                    assert_eq!(checked.header.record_count as usize, records.len());
+                    expected += records.len() as u64;
+                }
+                continue;
+            }
+            _ => {
+                let bytes = client_bytes(&mut rng, &clock, &records);
+                let (placed, checked) = topic.append_batch(0, bytes).unwrap();
+                let appended = placed.appended.expect("new ids are appended");
+                assert_eq!(appended.base_offset, expected, "seed {seed} step {step}");
+                assert_eq!(u64::from(checked.header.record_count), count);
+            }
         }
         expected += count;
         if step == 30 {

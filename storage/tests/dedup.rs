@@ -646,3 +646,97 @@ fn a_batch_of_ids_in_a_row_is_stored_once_and_its_retry_names_the_originals() {
         .unwrap();
     assert_eq!(placed.appended.expect("new").base_offset, 54);
 }
+
+/// A run of client batches (as a PublishStream's requests to one partition come):
+/// batches without ids are written together, batches with ids go through the window
+/// one at a time, in order, so every batch lands after the ones before it; a retry
+/// inside the run names its originals, and a batch the window refuses fails alone.
+#[test]
+fn a_run_of_batches_with_and_without_ids_keeps_its_order_through_the_window() {
+    use tidelog_storage::Compression;
+    use tidelog_storage::batch::{EncodeOptions, encode_batch};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let encode = |records: &[NewRecord]| {
+        let options = EncodeOptions {
+            now_ms: clock.now_ms(),
+            default_ttl_ms: None,
+            compression: Compression::None,
+            max_message_bytes: 1 << 20,
+            priority_levels: 0,
+        };
+        Bytes::from(encode_batch(records, &options).unwrap().bytes)
+    };
+    let plain =
+        |n: usize, size: usize| -> Vec<NewRecord> { (0..n).map(|_| record(None, size)).collect() };
+    let ids = |prefix: u64, n: u64| -> Vec<NewRecord> {
+        (0..n)
+            .map(|k| record_with(Some(&sequenced(prefix, k)), 300))
+            .collect()
+    };
+    let mut refused = ids(3, 4);
+    refused.extend(ids(1, 1));
+    /// What becomes of a batch of the run.
+    #[derive(Debug)]
+    enum Fate {
+        /// Appended at this base offset.
+        Appended(u64),
+        /// A retry: its placements name the originals, from this offset on.
+        Retry(u64),
+        /// Refused by the window.
+        Refused,
+    }
+    let run = vec![
+        (plain(3, 2_000), Fate::Appended(0)),
+        (ids(1, 5), Fate::Appended(3)),
+        (plain(2, 9_000), Fate::Appended(8)),
+        (ids(1, 5), Fate::Retry(3)),
+        (ids(2, 4), Fate::Appended(10)),
+        (refused, Fate::Refused),
+        (plain(1, 10), Fate::Appended(14)),
+    ];
+    let store = Store::open(dir.path(), options(&clock, None)).unwrap();
+    store
+        .create_topic("t", 1, config(FsyncPolicy::Never))
+        .unwrap();
+    let topic = store.topic("t").unwrap();
+    let results = topic.append_batches(0, run.iter().map(|(r, _)| encode(r)).collect());
+    assert_eq!(results.len(), run.len());
+    for (i, (result, (records, expected))) in results.into_iter().zip(&run).enumerate() {
+        match (result, expected) {
+            (Ok((placed, _)), Fate::Appended(base)) => {
+                assert_eq!(
+                    placed.appended.map(|a| a.base_offset),
+                    Some(*base),
+                    "batch {i}"
+                );
+            }
+            (Ok((placed, _)), Fate::Retry(first)) => {
+                assert!(placed.appended.is_none(), "batch {i}");
+                let offsets: Vec<u64> = placed.duplicates.iter().map(|p| p.offset).collect();
+                let want: Vec<u64> = (*first..*first + records.len() as u64).collect();
+                assert_eq!(offsets, want, "batch {i}");
+            }
+            (Err(error), Fate::Refused) => {
+                assert!(
+                    error.to_string().contains("dedup window"),
+                    "batch {i}: {error}"
+                );
+            }
+            (other, _) => panic!("batch {i}: {other:?}, expected {expected:?}"),
+        }
+    }
+    let partition = topic.partition(0).unwrap();
+    assert_eq!(partition.end_offset(), 15);
+    // Every record where its batch was placed.
+    let read = partition.read(0, 100, u64::MAX).unwrap();
+    let ids_read: Vec<Option<Bytes>> = read.records.iter().map(|r| r.id.clone()).collect();
+    let ids_written: Vec<Option<Bytes>> = run
+        .iter()
+        .filter(|(_, expected)| matches!(expected, Fate::Appended(_)))
+        .flat_map(|(records, _)| records.iter().map(|r| r.id.clone()))
+        .collect();
+    assert_eq!(ids_read, ids_written);
+    drop(topic);
+    store.close().unwrap();
+}

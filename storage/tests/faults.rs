@@ -14,6 +14,8 @@
 //! 3. A full disk fails appends with a clear error, keeps the log valid, and appends
 //!    resume once retention frees space.
 //! 4. Short writes never leave a torn batch behind.
+//! 5. A run of client batches that fills the disk appends the batches it wrote whole,
+//!    and only those.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -168,7 +170,41 @@ fn run_workload(
         let log = rng.below(LOGS.len() as u64) as usize;
         let part = log_partition(current, log);
         match rng.below(100) {
-            0..=59 => {
+            0..=9 => {
+                // A run of client batches: each one written whole is appended, in
+                // order; after a failure, none.
+                let runs: Vec<Vec<NewRecord>> = (0..2 + rng.below(3))
+                    .map(|i| {
+                        let count = 1 + rng.below(4);
+                        batch(&mut rng, &format!("{seed}/{log}/{step}/{i}"), count)
+                    })
+                    .collect();
+                let mut last = None;
+                for (records, result) in runs
+                    .iter()
+                    .zip(append_client_run(current, log, clock, &runs))
+                {
+                    let offsets = result?;
+                    assert_eq!(
+                        offsets.base_offset,
+                        last.map_or(offsets.base_offset, |l: u64| l + 1),
+                        "a run's batches take consecutive offsets"
+                    );
+                    last = Some(offsets.last_offset);
+                    for (i, record) in records.iter().enumerate() {
+                        ledger.values[log]
+                            .insert(offsets.base_offset + i as u64, record.value.clone());
+                    }
+                }
+                let always = TOPICS[LOGS[log].0].2 == FsyncPolicy::Always;
+                if let Some(last) = last
+                    && (always || rng.below(3) == 0)
+                {
+                    part.wait_durable_blocking(last)?;
+                    ledger.acked_end[log] = last + 1;
+                }
+            }
+            10..=59 => {
                 let count = 1 + rng.below(6);
                 let mut records = batch(&mut rng, &format!("{seed}/{log}/{step}"), count);
                 let offsets = if rng.below(4) == 0 {
@@ -242,13 +278,8 @@ fn run_workload(
     slot.as_ref().unwrap().close()
 }
 
-/// Appends `records` as a client's batch would come (encoded by the client, in a
-/// request's buffer), through validation.
-fn append_client_batch(
-    part: &Arc<Partition>,
-    clock: &Arc<ManualClock>,
-    records: &[NewRecord],
-) -> Result<tidelog_storage::Appended, Error> {
+/// `records` as a client's batch comes: encoded by the client, in a request's buffer.
+fn client_batch_bytes(clock: &Arc<ManualClock>, records: &[NewRecord]) -> Bytes {
     let options = EncodeOptions {
         now_ms: clock.now_ms(),
         default_ttl_ms: None,
@@ -256,11 +287,20 @@ fn append_client_batch(
         max_message_bytes: 1 << 20,
         priority_levels: 0,
     };
-    let bytes = encode_batch(records, &options)?.bytes;
+    let bytes = encode_batch(records, &options).unwrap().bytes;
     let mut request = vec![0xa5; 5];
     request.extend_from_slice(&bytes);
     request.extend_from_slice(&[0x5a; 3]);
-    let bytes = Bytes::from(request).slice(5..5 + bytes.len());
+    Bytes::from(request).slice(5..5 + bytes.len())
+}
+
+/// Appends `records` as a client's batch would come, through validation.
+fn append_client_batch(
+    part: &Arc<Partition>,
+    clock: &Arc<ManualClock>,
+    records: &[NewRecord],
+) -> Result<tidelog_storage::Appended, Error> {
+    let bytes = client_batch_bytes(clock, records);
     let rules = BatchRules {
         now_ms: clock.now_ms(),
         max_message_bytes: 1 << 20,
@@ -269,6 +309,25 @@ fn append_client_batch(
     };
     let checked = validate_batch(&bytes, &rules).expect("an encoded batch validates");
     part.append_checked(bytes, &checked, clock.now_ms())
+}
+
+/// Appends client batches as a run (as a PublishStream's requests to one partition
+/// are), through `Topic::append_batches`: one result a batch.
+fn append_client_run(
+    store: &Store,
+    log: usize,
+    clock: &Arc<ManualClock>,
+    runs: &[Vec<NewRecord>],
+) -> Vec<Result<tidelog_storage::Appended, Error>> {
+    let (topic, partition) = LOGS[log];
+    let batches = runs.iter().map(|r| client_batch_bytes(clock, r)).collect();
+    store
+        .topic(TOPICS[topic].0)
+        .unwrap()
+        .append_batches(partition, batches)
+        .into_iter()
+        .map(|result| result.map(|(placed, _)| placed.appended.expect("no ids: appended")))
+        .collect()
 }
 
 /// Everything readable in `[from, to)` of a partition.
@@ -899,6 +958,86 @@ fn a_full_disk_fails_appends_cleanly_and_they_resume_once_retention_frees_space(
         failed_at_a_roll > 0,
         "no variant ran out of space at a segment roll"
     );
+}
+
+/// The bytes of a partition directory's segment files.
+fn log_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "log"))
+        .map(|path| std::fs::metadata(path).unwrap().len())
+        .sum()
+}
+
+#[test]
+fn a_run_that_fills_the_disk_appends_the_batches_it_wrote_whole() {
+    for variant in 0..6u64 {
+        for restart in [Restart::ProcessThenPowerCut, Restart::PowerCut] {
+            let context = format!("run filling the disk, variant {variant}");
+            let dir = scratch_dir();
+            let data = dir.path().join("data");
+            let fs = FaultyFs::new(dir.path(), variant).unwrap();
+            let clock = ManualClock::new(START_MS);
+            let store = Store::open(&data, options(&fs, &clock)).unwrap();
+            let topic = store
+                .create_topic("t", 1, topic_config(FsyncPolicy::Always, 1 << 30))
+                .unwrap();
+            let part = topic.partition(0).unwrap().clone();
+            let mut rng = Rng::new(variant);
+            let mut values = BTreeMap::new();
+            let acked_end = append_acked(&part, &mut rng, "before", 3, &mut values);
+            let runs: Vec<Vec<NewRecord>> = (0..8)
+                .map(|i| {
+                    let count = 1 + rng.below(4);
+                    batch(&mut rng, &format!("run/{i}"), count)
+                })
+                .collect();
+            // Room for `whole` batches and part of the next (none of it for variant 0).
+            let whole = variant as usize;
+            let sizes: Vec<u64> = runs
+                .iter()
+                .map(|r| client_batch_bytes(&clock, r).len() as u64)
+                .collect();
+            let room = sizes[..whole].iter().sum::<u64>() + sizes[whole] * variant.min(1) / 2;
+            fs.set_capacity(Some(fs.used_bytes() + room));
+            let length_before = log_bytes(&data.join("topics/t/0"));
+            let results = append_client_run(&store, 0, &clock, &runs);
+            let mut next = acked_end;
+            for (i, (result, records)) in results.iter().zip(&runs).enumerate() {
+                match result {
+                    Ok(appended) if i < whole => {
+                        assert_eq!(appended.base_offset, next, "{context}: batch {i}");
+                        note_values(&mut values, next, records);
+                        next = appended.last_offset + 1;
+                    }
+                    Err(error) if i >= whole => {
+                        assert!(is_disk_full(error), "{context}: batch {i}: {error}");
+                    }
+                    other => {
+                        panic!("{context}: batch {i} of a run with room for {whole}: {other:?}")
+                    }
+                }
+            }
+            // The batches written whole are there; the torn one left nothing.
+            // (Segments are 4 KiB: some runs roll in the middle.)
+            assert_eq!(
+                log_bytes(&data.join("topics/t/0")),
+                length_before + sizes[..whole].iter().sum::<u64>(),
+                "{context}: a segment keeps a torn batch"
+            );
+            assert!(part.info().poisoned.is_none(), "{context}");
+            assert_eq!(part.info().written_offset, next, "{context}");
+            assert_holds(&part, &values, acked_end, &context);
+            fs.set_capacity(None);
+            let durable = part.wait_durable_blocking(next.saturating_sub(1));
+            durable.unwrap_or_else(|e| panic!("{context}: syncing after space came back: {e}"));
+            drop(part);
+            drop(topic);
+            store.simulate_crash();
+            check_after_restart(&fs, &data, &clock, restart, &values, next, &context);
+        }
+    }
 }
 
 #[test]

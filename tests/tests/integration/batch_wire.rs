@@ -953,3 +953,191 @@ async fn batches_of_random_sizes_read_back_in_both_forms_and_a_stream_ends_with_
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     assert!(status.message().contains("deleted"), "{status:?}");
 }
+
+/// What a request of the stream below is, and what must become of it.
+enum Sent {
+    /// A batch to a partition: its values, appended there in request order.
+    Batch(u32, Vec<Bytes>),
+    /// Messages by the per-message form, to one partition.
+    Messages(u32, Vec<Bytes>),
+    /// Refused alone, with this code.
+    Refused(Code),
+}
+
+/// Requests sent on one PublishStream without waiting (so the broker finds many
+/// arrived at once and writes a partition's batches together): batches of random
+/// sizes to three partitions in random order, with per-message requests, malformed
+/// batches and batches to a partition that does not exist among them. Every request
+/// is answered in its order; each batch lands in its partition right after the
+/// partition's earlier requests, whatever came between them on the stream; a refused
+/// request changes nothing; and every partition reads back exactly what was sent to it.
+#[tokio::test]
+async fn requests_sent_together_on_a_stream_are_answered_in_order_and_land_in_order() {
+    const PARTITIONS: u32 = 3;
+    let broker = TestBroker::start();
+    broker
+        .create_topic(
+            "together",
+            PARTITIONS,
+            TopicConfig {
+                max_message_bytes: 4 << 20,
+                // Small segments: runs of batches roll in the middle.
+                segment_bytes: 1 << 20,
+                ..Default::default()
+            },
+        )
+        .await;
+    let mut rng = crate::support::Rng::new(0x70_6e7e);
+    let mut requests = Vec::new();
+    let mut sent = Vec::new();
+    for request_id in 0..80u64 {
+        let partition = rng.below(u64::from(PARTITIONS)) as u32;
+        let values: Vec<Bytes> = (0..1 + rng.below(30))
+            .map(|_| {
+                let len = match rng.below(40) {
+                    0 => 0,
+                    1 => 150_000 + rng.below(200_000) as usize,
+                    _ => rng.below(3_500) as usize,
+                };
+                Bytes::from(rng.bytes(len))
+            })
+            .collect();
+        let records: Vec<NewRecord> = values.iter().cloned().map(NewRecord::value).collect();
+        let ack = if rng.below(2) == 0 {
+            AckLevel::Written
+        } else {
+            AckLevel::Durable
+        } as i32;
+        let batch = |partition, bytes| PublishStreamRequest {
+            request_id,
+            request: None,
+            batch: Some(PublishBatchRequest {
+                topic: "together".into(),
+                partition,
+                batch: bytes,
+                ack,
+            }),
+        };
+        let (request, what) = match rng.below(20) {
+            0 => {
+                let mut torn = encode(&records, Compression::None).to_vec();
+                let last = torn.len() - 1;
+                torn[last] ^= 1;
+                (
+                    batch(partition, Bytes::from(torn)),
+                    Sent::Refused(Code::InvalidArgument),
+                )
+            }
+            1 => (
+                batch(PARTITIONS + 4, encode(&records, Compression::None)),
+                Sent::Refused(Code::InvalidArgument),
+            ),
+            2 | 3 => {
+                let messages = values
+                    .iter()
+                    .map(|value| tidelog_proto::v1::Message {
+                        value: value.clone(),
+                        partition: Some(partition),
+                        ..Default::default()
+                    })
+                    .collect();
+                let request = tidelog_proto::v1::PublishRequest {
+                    topic: "together".into(),
+                    messages,
+                    ack,
+                };
+                (
+                    PublishStreamRequest {
+                        request_id,
+                        request: Some(request),
+                        batch: None,
+                    },
+                    Sent::Messages(partition, values),
+                )
+            }
+            n => {
+                let compression = if n % 4 == 0 {
+                    Compression::Zstd
+                } else {
+                    Compression::None
+                };
+                (
+                    batch(partition, encode(&records, compression)),
+                    Sent::Batch(partition, values),
+                )
+            }
+        };
+        requests.push(request);
+        sent.push(what);
+    }
+
+    let mut client = broker.publisher().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(requests.len());
+    for request in requests {
+        tx.send(request).await.unwrap();
+    }
+    drop(tx);
+    let mut responses = client
+        .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut expected: Vec<Vec<Bytes>> = vec![Vec::new(); PARTITIONS as usize];
+    for (request_id, what) in sent.iter().enumerate() {
+        let response = responses.next().await.expect("an answer").expect("ok");
+        assert_eq!(response.request_id, request_id as u64, "answers in order");
+        let context = format!("request {request_id}");
+        match (what, response.outcome) {
+            (Sent::Batch(partition, values), Some(Outcome::BatchResponse(ack))) => {
+                let log = &mut expected[*partition as usize];
+                assert_eq!(ack.partition, *partition, "{context}");
+                assert_eq!(ack.base_offset, log.len() as u64, "{context}");
+                assert_eq!(ack.count as usize, values.len(), "{context}");
+                log.extend(values.iter().cloned());
+            }
+            (Sent::Messages(partition, values), Some(Outcome::Response(response))) => {
+                let log = &mut expected[*partition as usize];
+                let offsets: Vec<(u32, u64)> = response
+                    .acks
+                    .iter()
+                    .map(|ack| (ack.partition, ack.offset))
+                    .collect();
+                let want: Vec<(u32, u64)> = (0..values.len() as u64)
+                    .map(|i| (*partition, log.len() as u64 + i))
+                    .collect();
+                assert_eq!(offsets, want, "{context}");
+                log.extend(values.iter().cloned());
+            }
+            (Sent::Refused(code), Some(Outcome::Error(error))) => {
+                assert_eq!(error.code, *code as i32, "{context}: {error:?}");
+            }
+            (_, other) => panic!("{context}: {other:?}"),
+        }
+    }
+    assert!(responses.next().await.is_none(), "the stream ends OK");
+    for partition in 0..PARTITIONS {
+        // Readers see what is durable (the topic syncs every append): a durable
+        // publish last makes the partition's earlier appends durable too.
+        let last = vec![Bytes::from(format!("last of {partition}"))];
+        let records: Vec<NewRecord> = last.iter().cloned().map(NewRecord::value).collect();
+        let batch = encode(&records, Compression::None);
+        let ack = publish(&mut client, "together", partition, batch)
+            .await
+            .unwrap();
+        let log = &mut expected[partition as usize];
+        assert_eq!(ack.base_offset, log.len() as u64);
+        log.extend(last);
+
+        let request = FetchRequest {
+            topic: "together".into(),
+            partition,
+            ..Default::default()
+        };
+        let fetched = fetch_records(&broker, request, |_| {}).await;
+        let offsets: Vec<u64> = fetched.iter().map(|r| r.offset).collect();
+        let log = &expected[partition as usize];
+        assert_eq!(offsets, (0..log.len() as u64).collect::<Vec<_>>());
+        let values: Vec<Bytes> = fetched.into_iter().map(|r| r.value).collect();
+        assert!(values == *log, "partition {partition} holds other values");
+    }
+}
