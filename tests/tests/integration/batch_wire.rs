@@ -1141,3 +1141,105 @@ async fn requests_sent_together_on_a_stream_are_answered_in_order_and_land_in_or
         assert!(values == *log, "partition {partition} holds other values");
     }
 }
+
+/// A PublishStream of durable batches to three partitions, sent without waiting (so the
+/// broker writes a partition's batches together), killed with SIGKILL half-way through
+/// its answers. After the restart each partition holds a prefix of what was sent to it,
+/// in order, byte for byte: every batch acked durable, and of the rest only batches
+/// whose predecessors in that partition are there too.
+#[tokio::test]
+async fn batches_written_together_survive_a_kill_9_in_order() {
+    const PARTITIONS: u32 = 3;
+    const REQUESTS: u64 = 90;
+    let mut broker = TestBroker::start();
+    broker
+        .create_topic("runs", PARTITIONS, TopicConfig::default())
+        .await;
+    let mut rng = crate::support::Rng::new(0x6b11_1009);
+    let mut sent: Vec<(u32, Vec<Bytes>)> = Vec::new();
+    let (tx, rx) = tokio::sync::mpsc::channel(REQUESTS as usize);
+    // Each request's base offset in its partition, and the partitions' ends.
+    let mut bases = Vec::new();
+    let mut ends = [0u64; PARTITIONS as usize];
+    for request_id in 0..REQUESTS {
+        let partition = rng.below(u64::from(PARTITIONS)) as u32;
+        let values: Vec<Bytes> = (0..1 + rng.below(40))
+            .map(|_| {
+                let len = rng.below(4_000) as usize;
+                Bytes::from(rng.bytes(len))
+            })
+            .collect();
+        let records: Vec<NewRecord> = values.iter().cloned().map(NewRecord::value).collect();
+        tx.send(PublishStreamRequest {
+            request_id,
+            request: None,
+            batch: Some(PublishBatchRequest {
+                topic: "runs".into(),
+                partition,
+                batch: encode(&records, Compression::None),
+                ack: AckLevel::Durable as i32,
+            }),
+        })
+        .await
+        .unwrap();
+        bases.push(ends[partition as usize]);
+        ends[partition as usize] += values.len() as u64;
+        sent.push((partition, values));
+    }
+    let mut client = broker.publisher().await;
+    let mut responses = client
+        .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    // Durable acks: (partition, base offset, count).
+    let mut acked = Vec::new();
+    for request_id in 0..REQUESTS / 2 {
+        let response = responses.next().await.expect("an answer").expect("ok");
+        assert_eq!(response.request_id, request_id);
+        match response.outcome {
+            Some(Outcome::BatchResponse(ack)) => {
+                acked.push((ack.partition, ack.base_offset, ack.count))
+            }
+            other => panic!("request {request_id}: {other:?}"),
+        }
+    }
+    broker.kill9();
+    drop(responses);
+    broker.restart();
+
+    for partition in 0..PARTITIONS {
+        let request = FetchRequest {
+            topic: "runs".into(),
+            partition,
+            ..Default::default()
+        };
+        let stored: Vec<Bytes> = fetch_records(&broker, request, |_| {})
+            .await
+            .into_iter()
+            .map(|r| r.value)
+            .collect();
+        let mut expected: Vec<Bytes> = Vec::new();
+        let mut batch_ends = vec![0];
+        for (_, values) in sent.iter().filter(|(p, _)| *p == partition) {
+            expected.extend(values.iter().cloned());
+            batch_ends.push(expected.len());
+        }
+        assert!(
+            batch_ends.contains(&stored.len()),
+            "partition {partition}: {} records recovered, not a whole number of batches",
+            stored.len()
+        );
+        assert!(
+            stored[..] == expected[..stored.len()],
+            "partition {partition}: the recovered records are not what was sent, in order"
+        );
+        for (_, base, count) in acked.iter().filter(|(p, ..)| *p == partition) {
+            assert!(
+                base + u64::from(*count) <= stored.len() as u64,
+                "partition {partition}: acked durable {base}+{count}, but {} records recovered",
+                stored.len()
+            );
+        }
+    }
+}
