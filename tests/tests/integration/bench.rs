@@ -489,3 +489,85 @@ fn bench_batch_wire_reads_find_a_gap() {
         assert_eq!(json["consumers"]["total"]["messages"], 299, "{json:#}");
     }
 }
+
+/// `--pin`: each producer publishes to its own partition only (its number mod
+/// `--partitions`), so partition k holds producer k's messages and no other's; without
+/// it, each producer goes round the partitions. Fewer producers than partitions is a
+/// usage error.
+#[test]
+fn bench_pin_keeps_each_producer_on_its_own_partition() {
+    let broker = TestBroker::start();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    for (pin, topic) in [(true, "pinned"), (false, "spread")] {
+        let mut args = vec![
+            "produce",
+            "--batch-wire",
+            "--stream",
+            "--topic",
+            topic,
+            "--keep",
+            "--messages",
+            "6000",
+            "--batch",
+            "200",
+            "--producers",
+            "3",
+            "--partitions",
+            "3",
+        ];
+        if pin {
+            args.push("--pin");
+        }
+        let (code, json, stderr) = bench(&broker, &args);
+        assert_clean(code, &json, &stderr, &["producers"], 6000);
+        for partition in 0..3u32 {
+            // The producer id of every message in the partition (payload bytes 8..12).
+            let producers: std::collections::BTreeSet<u32> = runtime.block_on(async {
+                let response = broker
+                    .consumer()
+                    .await
+                    .fetch(tidelog_proto::v1::FetchRequest {
+                        topic: topic.into(),
+                        partition,
+                        max_messages: 10_000,
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("fetch")
+                    .into_inner();
+                response
+                    .messages
+                    .iter()
+                    .map(|m| u32::from_le_bytes(m.value[8..12].try_into().unwrap()))
+                    .collect()
+            });
+            let expected: std::collections::BTreeSet<u32> = if pin {
+                [partition].into()
+            } else {
+                (0..3).collect()
+            };
+            assert_eq!(producers, expected, "{topic} partition {partition}");
+        }
+    }
+    let output = tidelog_command()
+        .arg("--server")
+        .arg(broker.endpoint())
+        .args([
+            "bench",
+            "produce",
+            "--pin",
+            "--producers",
+            "2",
+            "--partitions",
+            "3",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running tidelog bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--pin with 2 producers leaves some of the 3 partitions empty"),
+        "{stderr}"
+    );
+}

@@ -178,6 +178,13 @@ pub struct BenchArgs {
     #[arg(long)]
     pub ids: bool,
 
+    /// Each producer publishes to one partition only (its number mod --partitions), as
+    /// Iggy's pinned producers do, so the broker can write a producer's batches that
+    /// arrive together in one go (default: each producer goes round the partitions, one
+    /// request each).
+    #[arg(long)]
+    pub pin: bool,
+
     /// Requests in flight per producer with --stream.
     #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub in_flight: u32,
@@ -298,6 +305,15 @@ impl BenchArgs {
             return Err(CliError::usage(
                 "--batch-wire publishes on the publish stream",
                 "add --stream",
+            ));
+        }
+        if self.pin && kind.produces() && self.producers < self.partitions {
+            return Err(CliError::usage(
+                format!(
+                    "--pin with {} producers leaves some of the {} partitions empty",
+                    self.producers, self.partitions
+                ),
+                "give at least as many --producers as --partitions, or drop --pin",
             ));
         }
         if self.rate == Some(0) {

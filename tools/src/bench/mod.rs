@@ -306,6 +306,7 @@ async fn produce(
             batch: args.batch as usize,
             ack: ack_level(args.ack),
             stream: args.stream,
+            pin: args.pin,
             ids: args.ids,
             delay_ms: args.delay,
             in_flight: args.in_flight as usize,

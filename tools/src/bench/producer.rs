@@ -11,7 +11,8 @@
 //! goes through the library: its window, its encoder call, its ack handling.
 //!
 //! Each request goes to one partition (round robin per request, starting at the
-//! producer's id), so the broker appends it as one record batch. The messages of a
+//! producer's id; with `--pin` always that one), so the broker appends it as one
+//! record batch. The messages of a
 //! request are written into one buffer and sent as `Bytes` slices of it; once the
 //! broker acked the request and the transport dropped it, the buffer is reused.
 //! With a target rate, requests are due at fixed times and latency counts from the
@@ -59,6 +60,8 @@ pub struct ProducerPlan {
     pub batch: usize,
     pub ack: AckLevel,
     pub stream: bool,
+    /// Every request goes to partition `id % partitions` (`--pin`).
+    pub pin: bool,
     /// Each message carries a unique message id ([`message_id`]).
     pub ids: bool,
     /// Each message's `delay_ms` (queues hold it until then).
@@ -203,7 +206,9 @@ impl Batcher {
     fn fill(&mut self, count: usize, sent_ns: u64) -> Filled {
         let size = self.plan.message_size;
         let partition = self.next_partition;
-        self.next_partition = (partition + 1) % self.plan.partitions;
+        if !self.plan.pin {
+            self.next_partition = (partition + 1) % self.plan.partitions;
+        }
         let mut buffer = self.free.pop().unwrap_or_default();
         buffer.clear();
         buffer.resize(count * size, 0);
