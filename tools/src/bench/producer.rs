@@ -819,6 +819,7 @@ mod tests {
             batch: 4,
             ack: AckLevel::Durable,
             stream: false,
+            pin: false,
             ids: false,
             delay_ms: None,
             in_flight: 1,
