@@ -12,6 +12,8 @@
 # touches G GiB of anonymous memory and frees it right before the measured run: on a VM
 # that hands free memory back to the host (virtio-balloon free page reporting), the run's
 # page cache then grows into memory the host still backs (BENCHMARKS.md, "The machine").
+# PIN=1 publishes with `--pin`: each producer to its own partition, as the issue's
+# setup and Iggy's pinned producers (default: each producer goes round the partitions).
 # Used for BENCHMARKS.md, "2026-12-06, 05:48-07:03: Without tonic's copies",
 # "2026-12-06, 09:10-09:58", "2026-12-06, 14:37-15:25" and the sections after it.
 #
@@ -65,7 +67,7 @@ for round in $(seq "$ROUNDS"); do
     pretouch
     a=$(cpu $pid); fa=$(flush_cpu $pid)
     ( "$CLIENT" --json bench produce "${common[@]}" --producers "$K" --stream \
-      --fsync never --ack written > "$DATA/out.json" 2>&1
+      --fsync never --ack written ${PIN:+--pin} > "$DATA/out.json" 2>&1
       times > "$DATA/times" )
     section=producers
   fi

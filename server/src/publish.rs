@@ -393,8 +393,8 @@ impl PublisherService {
         let guard = self.state.metrics.open_stream("publish");
 
         // Reader: validates and appends in request order, without waiting for fsyncs.
-        // It takes every request that has already arrived (up to a limit) before
-        // appending, so batches in a row to one partition are written together.
+        // After a batch request it takes every request that has already arrived (up to
+        // a limit) before appending, so a partition's batches are written together.
         let state = self.state.clone();
         tokio::spawn(async move {
             loop {
@@ -406,9 +406,11 @@ impl PublisherService {
                     }
                     next = inbound.next() => next,
                 };
+                // Only batches are written together: a per-message request is taken
+                // and answered as it comes (reading ahead made that form slower).
                 let mut arrived = vec![next];
                 while arrived.len() < STREAM_READ_AHEAD_MAX
-                    && matches!(arrived.last(), Some(Some(Ok(_))))
+                    && matches!(arrived.last(), Some(Some(Ok(item))) if item.batch.is_some())
                 {
                     match next_if_arrived(&mut inbound).await {
                         Poll::Ready(next) => arrived.push(next),
