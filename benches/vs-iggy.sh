@@ -22,6 +22,11 @@ IGGY=${1:?iggy source dir}; TL=${2:?tidelog release dir}; ROUNDS=${3:-1}
 # and Iggy's swing with their length).
 SCALE=${SCALE:-1}
 LONGER=${LONGER:-1}
+# tidelog's producers publish with --pin (each to its own partition, as this script's
+# setup says and Iggy's pinned producers do); PIN=0 has each go round the partitions,
+# as the sittings before 2026-12-06 20:30 did.
+PIN_FLAG=--pin
+[ "${PIN:-1}" = 0 ] && PIN_FLAG=
 DATA=$(mktemp -d)
 trap 'pkill -f "target/release/iggy-server" 2>/dev/null; rm -rf "$DATA"' EXIT
 TICKS=$(getconf CLK_TCK)
@@ -142,13 +147,13 @@ for r in $(seq "$ROUNDS"); do
     per=$(( 20000 * LONGER / (k > 1 ? k : 2) / SCALE ))
     total=$(( per * 1000 * k ))
     iggy_run "non-durable publish, $k producers" non pinned-producer "$k" "$per"
-    tidelog_run "non-durable publish, $k producers" produce "$k" "$total" --stream --fsync never --ack written
+    tidelog_run "non-durable publish, $k producers" produce "$k" "$total" --stream --fsync never --ack written $PIN_FLAG
   done
   for k in 1 2; do
     per=$(( 2000 * LONGER / k / SCALE ))
     total=$(( per * 1000 * k ))
     iggy_run "durable publish (ack after fsync), $k producers" durable pinned-producer "$k" "$per"
-    tidelog_run "durable publish (ack after fsync), $k producers" produce "$k" "$total" --stream
+    tidelog_run "durable publish (ack after fsync), $k producers" produce "$k" "$total" --stream $PIN_FLAG
   done
   disk_ceiling
   for k in 1 2 8; do

@@ -408,15 +408,7 @@ impl PublisherService {
                 };
                 // Only batches are written together: a per-message request is taken
                 // and answered as it comes (reading ahead made that form slower).
-                let mut arrived = vec![next];
-                while arrived.len() < STREAM_READ_AHEAD_MAX
-                    && matches!(arrived.last(), Some(Some(Ok(item))) if item.batch.is_some())
-                {
-                    match next_if_arrived(&mut inbound).await {
-                        Poll::Ready(next) => arrived.push(next),
-                        Poll::Pending => break,
-                    }
-                }
+                let arrived = read_ahead(next, &mut inbound).await;
                 let mut answers = Vec::with_capacity(arrived.len());
                 // Batch requests taken but not yet appended, in order.
                 let mut batches: Vec<(u64, PublishBatchRequest)> = Vec::new();
@@ -520,6 +512,11 @@ impl PublisherService {
 /// KB to a few MB of batches, written together.
 const STREAM_READ_AHEAD_MAX: usize = 16;
 
+/// The reader takes no more requests once those taken hold this many batch bytes, so a
+/// stream of large requests holds a few of them at most (a write of 1 MiB already
+/// costs the page cache as little a byte as larger ones).
+const STREAM_READ_AHEAD_BYTES: usize = 4 << 20;
+
 /// What the stream's reader does with one request, once its quota and access are
 /// checked.
 enum Step {
@@ -621,6 +618,33 @@ fn append_batches(
     );
 }
 
+/// `first` and, when it is a batch request, the requests that follow it and have
+/// already arrived, while they are batch requests too: at most
+/// [`STREAM_READ_AHEAD_MAX`] requests, stopping once they hold
+/// [`STREAM_READ_AHEAD_BYTES`] of batches. The end of the stream or an error is taken
+/// as the last item.
+async fn read_ahead<S>(first: Option<S::Item>, inbound: &mut S) -> Vec<Option<S::Item>>
+where
+    S: Stream<Item = Result<PublishStreamRequest, Status>> + Unpin,
+{
+    let mut arrived = vec![first];
+    let mut bytes = 0;
+    while let Some(Some(Ok(PublishStreamRequest {
+        batch: Some(batch), ..
+    }))) = arrived.last()
+    {
+        bytes += batch.batch.len();
+        if arrived.len() >= STREAM_READ_AHEAD_MAX || bytes >= STREAM_READ_AHEAD_BYTES {
+            break;
+        }
+        match next_if_arrived(inbound).await {
+            Poll::Ready(next) => arrived.push(next),
+            Poll::Pending => break,
+        }
+    }
+    arrived
+}
+
 /// The stream's next item if it has arrived, without waiting for one.
 async fn next_if_arrived<S: Stream + Unpin>(stream: &mut S) -> Poll<Option<S::Item>> {
     std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *stream).poll_next(cx))).await
@@ -628,4 +652,95 @@ async fn next_if_arrived<S: Stream + Unpin>(stream: &mut S) -> Poll<Option<S::It
 
 fn shutting_down() -> Status {
     Status::unavailable("the broker is shutting down; retry against the restarted broker")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(request_id: u64, bytes: usize) -> Result<PublishStreamRequest, Status> {
+        Ok(PublishStreamRequest {
+            request_id,
+            request: None,
+            batch: Some(PublishBatchRequest {
+                batch: vec![0; bytes].into(),
+                ..Default::default()
+            }),
+        })
+    }
+
+    fn messages(request_id: u64) -> Result<PublishStreamRequest, Status> {
+        Ok(PublishStreamRequest {
+            request_id,
+            request: Some(PublishRequest::default()),
+            batch: None,
+        })
+    }
+
+    /// The request ids taken; `None` for the end of the stream, `u64::MAX` for an error.
+    fn ids(taken: &[Option<Result<PublishStreamRequest, Status>>]) -> Vec<Option<u64>> {
+        taken
+            .iter()
+            .map(|item| {
+                item.as_ref()
+                    .map(|r| r.as_ref().map_or(u64::MAX, |r| r.request_id))
+            })
+            .collect()
+    }
+
+    /// `first`, then `rest` as arrived, then nothing more yet (the stream pends), or
+    /// the end of the stream when `ends`.
+    async fn taken(
+        first: Result<PublishStreamRequest, Status>,
+        rest: Vec<Result<PublishStreamRequest, Status>>,
+        ends: bool,
+    ) -> Vec<Option<u64>> {
+        let arrived = tokio_stream::iter(rest);
+        if ends {
+            ids(&read_ahead(Some(first), &mut Box::pin(arrived)).await)
+        } else {
+            let mut stream = Box::pin(arrived.chain(tokio_stream::pending()));
+            ids(&read_ahead(Some(first), &mut stream).await)
+        }
+    }
+
+    #[tokio::test]
+    async fn read_ahead_takes_the_batches_that_arrived_up_to_its_limits() {
+        let small = |n| (1..n).map(|i| batch(i, 100)).collect::<Vec<_>>();
+        let upto = |n: u64| (0..n).map(Some).collect::<Vec<_>>();
+        // As many as have arrived, up to the count limit.
+        assert_eq!(taken(batch(0, 100), small(5), false).await, upto(5));
+        assert_eq!(
+            taken(batch(0, 100), small(40), false).await,
+            upto(STREAM_READ_AHEAD_MAX as u64)
+        );
+        // Large batches: it stops once they hold the byte limit.
+        let mib = 1 << 20;
+        let large = (1..10).map(|i| batch(i, mib)).collect();
+        let limit = (STREAM_READ_AHEAD_BYTES / mib) as u64;
+        assert_eq!(taken(batch(0, mib), large, false).await, upto(limit));
+        let huge = vec![batch(1, 100)];
+        assert_eq!(
+            taken(batch(0, STREAM_READ_AHEAD_BYTES), huge, false).await,
+            upto(1)
+        );
+        // A per-message request is not read ahead of, nor past.
+        assert_eq!(taken(messages(0), small(5), false).await, upto(1));
+        let mixed = vec![batch(1, 100), messages(2), batch(3, 100)];
+        assert_eq!(taken(batch(0, 100), mixed, false).await, upto(3));
+        // The end of the stream and an error are taken as the last item.
+        assert_eq!(
+            taken(batch(0, 100), small(3), true).await,
+            vec![Some(0), Some(1), Some(2), None]
+        );
+        let failed = vec![
+            batch(1, 100),
+            Err(Status::invalid_argument("x")),
+            batch(3, 1),
+        ];
+        assert_eq!(
+            taken(batch(0, 100), failed, false).await,
+            vec![Some(0), Some(1), Some(u64::MAX)]
+        );
+    }
 }
