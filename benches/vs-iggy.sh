@@ -24,7 +24,7 @@ SCALE=${SCALE:-1}
 LONGER=${LONGER:-1}
 # tidelog's producers publish with --pin (each to its own partition, as this script's
 # setup says and Iggy's pinned producers do); PIN=0 has each go round the partitions,
-# as the sittings before 2026-12-06 20:30 did.
+# as the sittings before 2026-12-06 20:00 did.
 PIN_FLAG=--pin
 [ "${PIN:-1}" = 0 ] && PIN_FLAG=
 DATA=$(mktemp -d)
