@@ -1,8 +1,9 @@
 """Record batches on the wire from a Python client written from storage/FORMAT.md and
 the .proto alone: the batch is built by hand here (varints, zigzag, CRC-32 from zlib),
-published with PublishBatch, read back with FetchBatches and decoded by hand, skipping
-what StoredRecordBatch says to skip. A damaged batch is refused with INVALID_ARGUMENT
-and nothing is appended.
+published with PublishBatch (and on a PublishStream, many at once, to several
+partitions), read back with FetchBatches and decoded by hand, skipping what
+StoredRecordBatch says to skip. A damaged batch is refused with INVALID_ARGUMENT and
+nothing is appended.
 """
 
 from __future__ import annotations
@@ -159,11 +160,12 @@ def delivered(stored: pb.StoredRecordBatch, now_ms: int) -> list[dict]:
     ]
 
 
-def fetch_all(broker: Broker, topic: str, offset: int = 0, filter: str = "") -> list[dict]:
+def fetch_all(broker: Broker, topic: str, offset: int = 0, filter: str = "",
+              partition: int = 0) -> list[dict]:
     out = []
     while True:
         response = broker.consumer.FetchBatches(
-            pb.FetchRequest(topic=topic, partition=0, offset=offset, max_messages=7,
+            pb.FetchRequest(topic=topic, partition=partition, offset=offset, max_messages=7,
                             filter=filter),
             timeout=RPC_TIMEOUT,
         )
@@ -272,6 +274,52 @@ def test_a_damaged_batch_is_refused_and_nothing_is_appended(broker: Broker) -> N
     response = broker.consumer.FetchBatches(pb.FetchRequest(topic="py-strict", partition=0),
                                             timeout=RPC_TIMEOUT)
     assert response.end_offset == 0 and not response.batches
+
+
+def test_batches_sent_together_on_a_stream_land_in_order(broker: Broker) -> None:
+    """Batch requests sent on one PublishStream without waiting for answers, to three
+    partitions in a shuffled order with a damaged one among them: every request is
+    answered in its order, each batch lands in its partition after that partition's
+    earlier batches (the broker writes a partition's waiting batches together), the
+    damaged one fails alone, and each partition reads back what was sent to it."""
+    import random
+    broker.admin.CreateTopic(pb.CreateTopicRequest(name="py-together", partitions=3),
+                             timeout=RPC_TIMEOUT)
+    rng = random.Random(20261206)
+    now = int(time.time() * 1000)
+    requests, expected = [], []
+    ends = [0, 0, 0]
+    sent: list[list[bytes]] = [[], [], []]
+    for request_id in range(40):
+        partition = rng.randrange(3)
+        values = [rng.randbytes(rng.choice([0, 10, 3000, 3000, 120_000]))
+                  for _ in range(rng.randrange(1, 20))]
+        batch = encode_batch([{"value": v} for v in values], now)
+        if request_id == 17:
+            batch = batch[:-1] + bytes([batch[-1] ^ 1])
+            expected.append(None)
+        else:
+            expected.append((partition, ends[partition], len(values)))
+            ends[partition] += len(values)
+            sent[partition].extend(values)
+        requests.append(pb.PublishStreamRequest(
+            request_id=request_id,
+            batch=pb.PublishBatchRequest(topic="py-together", partition=partition, batch=batch,
+                                         ack=pb.ACK_LEVEL_DURABLE)))
+    responses = list(broker.publisher.PublishStream(iter(requests), timeout=RPC_TIMEOUT))
+    assert [r.request_id for r in responses] == list(range(40))
+    for response, want in zip(responses, expected):
+        if want is None:
+            assert response.WhichOneof("outcome") == "error"
+            assert response.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            assert "CRC mismatch" in response.error.message
+        else:
+            ack = response.batch_response
+            assert (ack.partition, ack.base_offset, ack.count) == want
+    for partition in range(3):
+        got = fetch_all(broker, "py-together", partition=partition)
+        assert [r["offset"] for r in got] == list(range(ends[partition]))
+        assert [r["value"] for r in got] == sent[partition]
 
 
 def test_a_group_member_reads_stored_batches_and_commits(broker: Broker) -> None:
