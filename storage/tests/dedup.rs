@@ -61,6 +61,20 @@ fn sequenced(prefix: u64, suffix: u64) -> Vec<u8> {
     [prefix.to_be_bytes(), suffix.to_be_bytes()].concat()
 }
 
+/// `records` as a client's batch, encoded at the clock's time, uncompressed.
+fn encode(records: &[NewRecord], clock: &ManualClock) -> Bytes {
+    use tidelog_storage::Compression;
+    use tidelog_storage::batch::{EncodeOptions, encode_batch};
+    let options = EncodeOptions {
+        now_ms: clock.now_ms(),
+        default_ttl_ms: None,
+        compression: Compression::None,
+        max_message_bytes: 1 << 20,
+        priority_levels: 0,
+    };
+    Bytes::from(encode_batch(records, &options).unwrap().bytes)
+}
+
 /// The ids of one publish: from a small pool of names, or (half the time) rows of
 /// sequenced ids from a small space (two prefixes, 48 suffixes), so that runs overlap
 /// stored runs, claimed runs and single ids of the same prefix, in part or whole,
@@ -579,20 +593,8 @@ fn a_damaged_batch_leaves_the_rest_of_the_window_deduplicating() {
 /// ones, and do all of that again after a kill.
 #[test]
 fn a_batch_of_ids_in_a_row_is_stored_once_and_its_retry_names_the_originals() {
-    use tidelog_storage::Compression;
-    use tidelog_storage::batch::{EncodeOptions, encode_batch};
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(START_MS);
-    let encode = |records: &[NewRecord], clock: &Arc<ManualClock>| {
-        let options = EncodeOptions {
-            now_ms: clock.now_ms(),
-            default_ttl_ms: None,
-            compression: Compression::None,
-            max_message_bytes: 1 << 20,
-            priority_levels: 0,
-        };
-        Bytes::from(encode_batch(records, &options).unwrap().bytes)
-    };
     // No id, 40 ids in a row, no id, 12 more of another prefix in a row.
     let mut records = vec![record(None, 10)];
     records.extend((0..40).map(|k| record_with(Some(&sequenced(7, 1_000 + k)), 100)));
@@ -653,20 +655,8 @@ fn a_batch_of_ids_in_a_row_is_stored_once_and_its_retry_names_the_originals() {
 /// inside the run names its originals, and a batch the window refuses fails alone.
 #[test]
 fn a_run_of_batches_with_and_without_ids_keeps_its_order_through_the_window() {
-    use tidelog_storage::Compression;
-    use tidelog_storage::batch::{EncodeOptions, encode_batch};
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(START_MS);
-    let encode = |records: &[NewRecord]| {
-        let options = EncodeOptions {
-            now_ms: clock.now_ms(),
-            default_ttl_ms: None,
-            compression: Compression::None,
-            max_message_bytes: 1 << 20,
-            priority_levels: 0,
-        };
-        Bytes::from(encode_batch(records, &options).unwrap().bytes)
-    };
     let plain =
         |n: usize, size: usize| -> Vec<NewRecord> { (0..n).map(|_| record(None, size)).collect() };
     let ids = |prefix: u64, n: u64| -> Vec<NewRecord> {
@@ -700,7 +690,7 @@ fn a_run_of_batches_with_and_without_ids_keeps_its_order_through_the_window() {
         .create_topic("t", 1, config(FsyncPolicy::Never))
         .unwrap();
     let topic = store.topic("t").unwrap();
-    let results = topic.append_batches(0, run.iter().map(|(r, _)| encode(r)).collect());
+    let results = topic.append_batches(0, run.iter().map(|(r, _)| encode(r, &clock)).collect());
     assert_eq!(results.len(), run.len());
     for (i, (result, (records, expected))) in results.into_iter().zip(&run).enumerate() {
         match (result, expected) {
