@@ -462,7 +462,7 @@ async fn reset_offsets(
             if execute && !plan.is_empty() {
                 // The explicit request gets offsets already clamped: what the plan's
                 // dry runs knew (the commit before, what was asked) is taken from them.
-                let planned: BTreeMap<(String, u32), (Option<u64>, Option<u64>)> = plan
+                let planned: BTreeMap<(String, u32), (Option<u64>, Option<i64>)> = plan
                     .iter()
                     .map(|c| {
                         let key = (c.topic.clone(), c.partition);
@@ -567,12 +567,17 @@ async fn reset_offsets(
 
 /// What `tidelog` says of a partition whose reset was clamped to the log, as Kafka's
 /// tool warns: the offset asked for, the bound it became, and why.
-fn clamped_note(change: &OffsetChange, asked: u64) -> String {
+fn clamped_note(change: &OffsetChange, asked: i64) -> String {
     let (topic, partition, offset) = (&change.topic, change.partition, change.new_offset);
-    if asked > offset {
+    if asked >= 0 && asked.unsigned_abs() > offset {
         format!(
             "{topic}/{partition}: offset {asked} is past the end of the log; set to the end, \
              {offset} (a commit past it would skip messages not yet written)"
+        )
+    } else if asked < 0 {
+        format!(
+            "{topic}/{partition}: offset {asked} is below 0 (the shift went past the first \
+             offset); set to the log start, {offset}"
         )
     } else {
         format!(

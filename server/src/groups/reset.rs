@@ -86,8 +86,9 @@ pub struct NewOffset {
     /// The new committed offset, within `[log_start, end]`.
     pub offset: u64,
     /// The offset the mode asked for, when it lay outside `[log_start, end]` and
-    /// [`clamp`] moved it (Kafka's tool warns then; so does `tidelog`).
-    pub clamped_from: Option<u64>,
+    /// [`clamp`] moved it (Kafka's tool warns then; so does `tidelog`): negative when a
+    /// shift-by went below 0, saturated at the ends of `i64`.
+    pub clamped_from: Option<i64>,
 }
 
 /// The new committed offset for one partition, or `None` when the mode leaves the
@@ -99,25 +100,24 @@ pub fn new_offset(target: Target, state: &PartitionState) -> Option<NewOffset> {
         end,
         offset_for_timestamp,
     } = *state;
-    let raw = match target {
-        Target::Earliest => log_start,
-        Target::Latest => end,
-        Target::Offset(offset) => offset,
-        Target::Timestamp(_) => offset_for_timestamp.unwrap_or(end),
-        Target::ShiftBy(delta) => {
-            let current = committed?;
-            if delta >= 0 {
-                current.saturating_add(delta.unsigned_abs())
-            } else {
-                current.saturating_sub(delta.unsigned_abs())
-            }
-        }
-        Target::Current => committed?,
+    // Wide enough for any u64 offset shifted by any i64.
+    let raw: i128 = match target {
+        Target::Earliest => log_start.into(),
+        Target::Latest => end.into(),
+        Target::Offset(offset) => offset.into(),
+        Target::Timestamp(_) => offset_for_timestamp.unwrap_or(end).into(),
+        Target::ShiftBy(delta) => i128::from(committed?) + i128::from(delta),
+        Target::Current => committed?.into(),
     };
-    let offset = clamp(raw, log_start, end);
+    let offset = clamp(
+        u64::try_from(raw.max(0)).unwrap_or(u64::MAX),
+        log_start,
+        end,
+    );
+    let saturated = i64::try_from(raw).unwrap_or(if raw < 0 { i64::MIN } else { i64::MAX });
     Some(NewOffset {
         offset,
-        clamped_from: (offset != raw).then_some(raw),
+        clamped_from: (i128::from(offset) != raw).then_some(saturated),
     })
 }
 
@@ -147,6 +147,22 @@ mod tests {
         );
         assert_eq!(asked(Target::Offset(5)), Some(5));
         assert_eq!(asked(Target::ShiftBy(-100)), Some(50));
+        // Below offset 0: what was asked, not 0.
+        assert_eq!(asked(Target::ShiftBy(-4_000)), Some(-3_850));
+        let from_zero = PartitionState {
+            log_start: 0,
+            ..state()
+        };
+        assert_eq!(
+            new_offset(Target::ShiftBy(-4_000), &from_zero),
+            Some(NewOffset {
+                offset: 0,
+                clamped_from: Some(-3_850)
+            })
+        );
+        // Past what i64 holds: saturated, and still clamped to the end.
+        assert_eq!(asked(Target::Offset(u64::MAX)), Some(i64::MAX));
+        assert_eq!(asked(Target::ShiftBy(i64::MIN)), Some(i64::MIN + 150));
         let behind = PartitionState {
             committed: Some(40),
             ..state()

@@ -662,7 +662,7 @@ async fn reset_clamped(
     scope: Option<Scope>,
     spec: Spec,
     expected: &[(u32, Option<u64>, u64)],
-    clamped: &[(u32, u64)],
+    clamped: &[(u32, i64)],
 ) -> BTreeMap<(String, u32), u64> {
     let before = fetch_offsets(groups, group).await;
     let request = ResetOffsetsRequest {
@@ -752,12 +752,15 @@ async fn every_reset_mode_with_dry_run_and_execute() {
     )
     .await;
     // shift-by moves the commits, clamped to the log; partition 2 still left out.
-    reset_both_ways(
+    // Partition 1 goes below offset 0: it says what was asked, not 0 (the log starts
+    // at 0, so only the sign shows the clamp).
+    reset_clamped(
         &mut groups,
         g,
         topic(&[]),
         Spec::ShiftBy(-4),
         &[(0, Some(5), 1), (1, Some(3), 0)],
+        &[(1, -1)],
     )
     .await;
     reset_both_ways(
@@ -848,12 +851,13 @@ async fn every_reset_mode_with_dry_run_and_execute() {
     )
     .await;
     // all_topics: every partition with a commit.
-    reset_both_ways(
+    reset_clamped(
         &mut groups,
         g,
         Some(Scope::AllTopics(AllTopics {})),
         Spec::ShiftBy(-1),
         &[(0, Some(7), 6), (1, Some(10), 9), (2, Some(0), 0)],
+        &[(2, -1)],
     )
     .await;
     // explicit (from-file): offsets and metadata per partition, clamped.
