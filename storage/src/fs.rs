@@ -6,7 +6,8 @@
 //! fail the Nth fsync with EIO, run out of space, return short writes.
 //!
 //! The trait has exactly the operations the engine performs: open (read, write, create
-//! new, create or open, create or truncate), positional write and read, `fdatasync`,
+//! new, create or open, create or truncate), positional write (of one buffer, or of
+//! several in one `pwritev`) and read, `fdatasync`,
 //! `fsync`, `set_len`, whole-file reads, metadata, directory listing, directory creation,
 //! rename, remove, directory fsync and read-only mapping.
 //!
@@ -26,8 +27,8 @@
 //! reads at once, survives a crash only once `sync_data`/`sync_all` returned `Ok`, and a
 //! directory entry created, renamed or removed survives only once `sync_dir` of its
 //! directory returned `Ok`. A failed sync may have lost what it covered (the engine
-//! never retries one). `write_at` may write fewer bytes than asked:
-//! [`FsFile::write_all_at`] loops.
+//! never retries one). `write_at` and `write_vectored_at` may write fewer bytes than
+//! asked: [`FsFile::write_all_at`] and [`FsFile::write_all_vectored_at`] loop.
 
 use std::ffi::OsString;
 use std::fmt;
