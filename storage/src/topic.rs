@@ -130,7 +130,7 @@ impl Topic {
     /// [`Topic::append_batch`] for several batches to one partition, in order, with
     /// one result a batch. Batches the dedup window has no say on (no window, or no
     /// ids) that follow each other are written together, in one `pwritev`
-    /// ([`Partition::append_checked_run`]); a malformed batch fails alone. Once a write
+    /// (`Partition::append_checked_run`); a malformed batch fails alone. Once a write
     /// fails, the batches after it in the same run fail with its error.
     pub fn append_batches(
         &self,
