@@ -1072,13 +1072,8 @@ async fn requests_sent_together_on_a_stream_are_answered_in_order_and_land_in_or
     }
 
     let mut client = broker.publisher().await;
-    let (tx, rx) = tokio::sync::mpsc::channel(requests.len());
-    for request in requests {
-        tx.send(request).await.unwrap();
-    }
-    drop(tx);
     let mut responses = client
-        .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .publish_stream(tokio_stream::iter(requests))
         .await
         .expect("stream")
         .into_inner();
@@ -1157,7 +1152,7 @@ async fn batches_written_together_survive_a_kill_9_in_order() {
         .await;
     let mut rng = crate::support::Rng::new(0x6b11_1009);
     let mut sent: Vec<(u32, Vec<Bytes>)> = Vec::new();
-    let (tx, rx) = tokio::sync::mpsc::channel(REQUESTS as usize);
+    let mut requests = Vec::new();
     // Each request's base offset in its partition, and the partitions' ends.
     let mut bases = Vec::new();
     let mut ends = [0u64; PARTITIONS as usize];
@@ -1170,7 +1165,7 @@ async fn batches_written_together_survive_a_kill_9_in_order() {
             })
             .collect();
         let records: Vec<NewRecord> = values.iter().cloned().map(NewRecord::value).collect();
-        tx.send(PublishStreamRequest {
+        requests.push(PublishStreamRequest {
             request_id,
             request: None,
             batch: Some(PublishBatchRequest {
@@ -1179,16 +1174,14 @@ async fn batches_written_together_survive_a_kill_9_in_order() {
                 batch: encode(&records, Compression::None),
                 ack: AckLevel::Durable as i32,
             }),
-        })
-        .await
-        .unwrap();
+        });
         bases.push(ends[partition as usize]);
         ends[partition as usize] += values.len() as u64;
         sent.push((partition, values));
     }
     let mut client = broker.publisher().await;
     let mut responses = client
-        .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .publish_stream(tokio_stream::iter(requests))
         .await
         .expect("stream")
         .into_inner();
