@@ -26,7 +26,8 @@ use tidelog_storage::batch::{Compression, EncodeOptions, encode_batch};
 use tidelog_storage::client_batch::{BatchRules, validate_batch};
 use tidelog_storage::fs::{CrashOptions, FaultyFs, SyncFault, SyncKind};
 use tidelog_storage::{
-    Clock, Error, FsyncPolicy, ManualClock, NewRecord, Partition, Store, StoreOptions, TopicConfig,
+    Clock, Error, FsyncPolicy, ManualClock, NewRecord, Partition, Store, StoreOptions, Topic,
+    TopicConfig,
 };
 
 const START_MS: i64 = 1_700_000_000_000;
@@ -57,6 +58,34 @@ fn scratch_dir() -> tempfile::TempDir {
         return dir;
     }
     tempfile::tempdir().unwrap()
+}
+
+/// A store on a fresh FaultyFs (seeded `seed`) in a scratch directory, with one topic.
+struct Scene {
+    /// Dropped last: it holds the directory.
+    dir: tempfile::TempDir,
+    data: PathBuf,
+    fs: FaultyFs,
+    clock: Arc<ManualClock>,
+    store: Store,
+    topic: Arc<Topic>,
+}
+
+fn scene(seed: u64, name: &str, partitions: u32, config: TopicConfig) -> Scene {
+    let dir = scratch_dir();
+    let data = dir.path().join("data");
+    let fs = FaultyFs::new(dir.path(), seed).unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = Store::open(&data, options(&fs, &clock)).unwrap();
+    let topic = store.create_topic(name, partitions, config).unwrap();
+    Scene {
+        dir,
+        data,
+        fs,
+        clock,
+        store,
+        topic,
+    }
 }
 
 fn options(fs: &FaultyFs, clock: &Arc<ManualClock>) -> StoreOptions {
@@ -596,14 +625,14 @@ fn every_crash_point_keeps_what_was_acknowledged() {
 #[test]
 fn a_roll_over_unsynced_data_recovers_after_a_power_cut() {
     for seed in 0..64 {
-        let dir = scratch_dir();
-        let data = dir.path().join("data");
-        let fs = FaultyFs::new(dir.path(), seed).unwrap();
-        let clock = ManualClock::new(START_MS);
-        let store = Store::open(&data, options(&fs, &clock)).unwrap();
-        let topic = store
-            .create_topic("n", 1, topic_config(FsyncPolicy::Never, 1 << 30))
-            .unwrap();
+        let Scene {
+            dir: _dir,
+            data,
+            fs,
+            clock,
+            store,
+            topic,
+        } = scene(seed, "n", 1, topic_config(FsyncPolicy::Never, 1 << 30));
         let part = topic.partition(0).unwrap().clone();
         let mut rng = Rng::new(seed);
         let mut values = BTreeMap::new();
@@ -780,14 +809,14 @@ fn a_failed_fsync_fails_pending_acks_and_poisons_only_its_partition() {
     for (name, fault) in faults {
         for restart in [Restart::ProcessThenPowerCut, Restart::PowerCut] {
             let context = format!("EIO on the first {name}");
-            let dir = scratch_dir();
-            let data = dir.path().join("data");
-            let fs = FaultyFs::new(dir.path(), 5).unwrap();
-            let clock = ManualClock::new(START_MS);
-            let store = Store::open(&data, options(&fs, &clock)).unwrap();
-            let topic = store
-                .create_topic("t", 2, topic_config(FsyncPolicy::Always, 1 << 30))
-                .unwrap();
+            let Scene {
+                dir: _dir,
+                data,
+                fs,
+                clock,
+                store,
+                topic,
+            } = scene(5, "t", 2, topic_config(FsyncPolicy::Always, 1 << 30));
             let p0 = topic.partition(0).unwrap().clone();
             let p1 = topic.partition(1).unwrap().clone();
             let mut rng = Rng::new(9);
@@ -880,14 +909,14 @@ fn a_full_disk_fails_appends_cleanly_and_they_resume_once_retention_frees_space(
     for variant in 0..8u64 {
         for restart in [Restart::ProcessThenPowerCut, Restart::PowerCut] {
             let context = format!("full disk, variant {variant}");
-            let dir = scratch_dir();
-            let data = dir.path().join("data");
-            let fs = FaultyFs::new(dir.path(), variant).unwrap();
-            let clock = ManualClock::new(START_MS);
-            let store = Store::open(&data, options(&fs, &clock)).unwrap();
-            let topic = store
-                .create_topic("t", 1, topic_config(FsyncPolicy::Always, 8 * 1024))
-                .unwrap();
+            let Scene {
+                dir: _dir,
+                data,
+                fs,
+                clock,
+                store,
+                topic,
+            } = scene(variant, "t", 1, topic_config(FsyncPolicy::Always, 8 * 1024));
             let part = topic.partition(0).unwrap().clone();
             let mut rng = Rng::new(variant);
             let mut values = BTreeMap::new();
@@ -975,14 +1004,14 @@ fn a_run_that_fills_the_disk_appends_the_batches_it_wrote_whole() {
     for variant in 0..6u64 {
         for restart in [Restart::ProcessThenPowerCut, Restart::PowerCut] {
             let context = format!("run filling the disk, variant {variant}");
-            let dir = scratch_dir();
-            let data = dir.path().join("data");
-            let fs = FaultyFs::new(dir.path(), variant).unwrap();
-            let clock = ManualClock::new(START_MS);
-            let store = Store::open(&data, options(&fs, &clock)).unwrap();
-            let topic = store
-                .create_topic("t", 1, topic_config(FsyncPolicy::Always, 1 << 30))
-                .unwrap();
+            let Scene {
+                dir: _dir,
+                data,
+                fs,
+                clock,
+                store,
+                topic,
+            } = scene(variant, "t", 1, topic_config(FsyncPolicy::Always, 1 << 30));
             let part = topic.partition(0).unwrap().clone();
             let mut rng = Rng::new(variant);
             let mut values = BTreeMap::new();
