@@ -600,9 +600,9 @@ impl Partition {
     }
 
     /// Writes `group` (base offsets assigned) at the end of the active segment in one
-    /// `pwritev`, then records each batch written as appended, in `results`, and
-    /// publishes the new end once. A write that fails part-way counts the batches it
-    /// wrote whole as appended and cuts the file back to their end, so the tail stays
+    /// `pwritev`, then records each batch written whole as appended, in `results`, and
+    /// publishes the new end once. A write that fails part-way leaves the batches it
+    /// wrote whole appended and cuts the file back to their end, so the tail stays
     /// valid; the batch it tore and the rest of the group are not appended: the error.
     fn write_group(
         &self,
@@ -615,60 +615,51 @@ impl Partition {
         }
         let start = writer.state.summary.log_bytes;
         let mut slices: Vec<IoSlice<'_>> = group.iter().flat_map(|b| b.bytes.slices()).collect();
-        let written = writer.file.write_all_vectored_at(&mut slices, start);
-        drop(slices);
-        let failed = match written {
-            Ok(()) => None,
-            Err(PartialWrite { written, error }) => {
-                // The batches before the one the write tore.
-                let mut whole = 0;
-                let mut end = start;
-                for batch in group.iter() {
-                    let next = end + batch.bytes.len() as u64;
-                    if next > start + written {
-                        break;
-                    }
-                    end = next;
-                    whole += 1;
-                }
-                group.truncate(whole);
-                // Take back the torn part, so the tail stays valid; if even that fails
-                // the file is in an unknown state.
-                if let Err(rollback) = writer.file.set_len(end) {
-                    let cause =
-                        format!("write failed ({error}) and could not be undone ({rollback})");
-                    self.poison_locked(writer, cause);
-                }
-                Some(Error::io(
-                    format!("appending to {}", writer.active.log_path().display()),
-                    error,
-                ))
-            }
+        let (written, failure) = match writer.file.write_all_vectored_at(&mut slices, start) {
+            Ok(()) => (u64::MAX, None),
+            Err(PartialWrite { written, error }) => (written, Some(error)),
         };
-        if !group.is_empty() {
-            for batch in group.drain(..) {
-                let position = writer.state.summary.log_bytes;
-                let length = batch.bytes.len() as u64;
-                let header = batch.header;
-                writer.state.observe(position, &header);
-                writer.active.observe_append(&writer.state);
-                let relative_base = (header.base_offset - writer.active.base_offset) as u32;
-                writer.active.add_ids(position, relative_base, batch.ids);
-                writer.ids_bound += batch.ids.ids() as u64;
-                writer.appends_since_flush += 1;
-                writer.bytes_since_flush += length;
-                results.push(Ok(Appended {
-                    base_offset: header.base_offset,
-                    last_offset: header.last_offset(),
-                }));
+        drop(slices);
+        let recorded = results.len();
+        for batch in group.drain(..) {
+            let position = writer.state.summary.log_bytes;
+            let length = batch.bytes.len() as u64;
+            if position - start + length > written {
+                break;
             }
+            let header = batch.header;
+            writer.state.observe(position, &header);
+            writer.active.observe_append(&writer.state);
+            let relative_base = (header.base_offset - writer.active.base_offset) as u32;
+            writer.active.add_ids(position, relative_base, batch.ids);
+            writer.ids_bound += batch.ids.ids() as u64;
+            writer.appends_since_flush += 1;
+            writer.bytes_since_flush += length;
+            results.push(Ok(Appended {
+                base_offset: header.base_offset,
+                last_offset: header.last_offset(),
+            }));
+        }
+        if results.len() > recorded {
             self.progress.set_written(LogEnd {
                 offset: writer.state.summary.next_offset,
                 segment_base: writer.active.base_offset,
                 position: writer.state.summary.log_bytes,
             });
         }
-        failed.map_or(Ok(()), Err)
+        let Some(error) = failure else {
+            return Ok(());
+        };
+        // Take back the torn part, so the tail stays valid; if even that fails the file
+        // is in an unknown state.
+        if let Err(rollback) = writer.file.set_len(writer.state.summary.log_bytes) {
+            let cause = format!("write failed ({error}) and could not be undone ({rollback})");
+            self.poison_locked(writer, cause);
+        }
+        Err(Error::io(
+            format!("appending to {}", writer.active.log_path().display()),
+            error,
+        ))
     }
 
     /// Appends and blocks until the append is durable: a convenience for threads.
