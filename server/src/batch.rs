@@ -114,6 +114,7 @@ fn append_group(
         .map(|(request, _)| request.batch)
         .collect();
     let mut appended = topic.append_batches(partition, batches).into_iter();
+    let first = results.len();
     for ack in acks {
         let result = ack.and_then(|ack| {
             let placed = appended.next().unwrap_or_else(|| {
@@ -125,7 +126,10 @@ fn append_group(
         });
         results.push(result);
     }
-    state.queues.topic_published(&topic);
+    // Queue consumers of the topic look for new messages.
+    if results[first..].iter().any(Result::is_ok) {
+        state.queues.topic_published(&topic);
+    }
 }
 
 /// The answer to an appended (or deduplicated) batch, and what its ack waits for.
