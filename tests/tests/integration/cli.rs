@@ -526,50 +526,29 @@ async fn cli_reset_offsets_every_mode_dry_run_and_execute() {
     );
     // ... and says so, as Kafka's tool warns: a note under the table, `clamped_from` in
     // the JSON.
-    let clamped = [
-        "group",
-        "reset-offsets",
-        "--group",
-        g,
-        "--topic=events:1",
-        "--to-offset",
-        "99",
-    ];
-    let told = cli(&broker, &clamped).ok("clamped dry run");
-    assert!(
-        told.stderr
-            .contains("events/1: offset 99 is past the end of the log; set to the end, 10"),
-        "{}",
-        told.stderr
+    let dry_clamp = |mode: &[&str], note: &str, new_offset: u64, clamped_from: i64| {
+        let mut args = vec!["group", "reset-offsets", "--group", g, "--topic=events:1"];
+        args.extend_from_slice(mode);
+        let told = cli(&broker, &args).ok("clamped dry run");
+        assert!(told.stderr.contains(note), "{}", told.stderr);
+        args.push("--json");
+        let changes = cli(&broker, &args).ok("clamped dry run, JSON").json()["changes"].clone();
+        assert_eq!(changes[0]["new_offset"], new_offset, "{changes}");
+        assert_eq!(changes[0]["clamped_from"], clamped_from, "{changes}");
+    };
+    dry_clamp(
+        &["--to-offset", "99"],
+        "events/1: offset 99 is past the end of the log; set to the end, 10",
+        10,
+        99,
     );
-    let mut json = clamped.to_vec();
-    json.push("--json");
-    let changes = cli(&broker, &json).ok("clamped dry run, JSON").json()["changes"].clone();
-    assert_eq!(changes[0]["new_offset"], 10, "{changes}");
-    assert_eq!(changes[0]["clamped_from"], 99, "{changes}");
     // A shift below offset 0 says what it asked for, not 0.
-    let below = [
-        "group",
-        "reset-offsets",
-        "--group",
-        g,
-        "--topic=events:1",
-        "--shift-by",
-        "-4000",
-    ];
-    let told = cli(&broker, &below).ok("shift below 0, dry run");
-    assert!(
-        told.stderr.contains(
-            "events/1: offset -3990 is below 0 (the shift went past the first offset); set to the log start, 0"
-        ),
-        "{}",
-        told.stderr
+    dry_clamp(
+        &["--shift-by", "-4000"],
+        "events/1: offset -3990 is below 0 (the shift went past the first offset); set to the log start, 0",
+        0,
+        -3990,
     );
-    let mut json = below.to_vec();
-    json.push("--json");
-    let changes = cli(&broker, &json).ok("shift below 0, JSON").json()["changes"].clone();
-    assert_eq!(changes[0]["new_offset"], 0, "{changes}");
-    assert_eq!(changes[0]["clamped_from"], -3990, "{changes}");
     // Several topics are planned by dry runs and committed by one explicit request,
     // whose offsets are already clamped: what was asked comes from the plan.
     cli(&broker, &["topic", "create", "quiet", "--partitions", "1"]).ok("topic create");
