@@ -237,3 +237,61 @@ fn batch_reads_give_what_message_reads_give() {
         run_seed(seed);
     }
 }
+
+/// The segments' base offsets of partition 0 of topic `t` under `dir`, from the file
+/// names.
+fn segment_bases(dir: &std::path::Path) -> Vec<u64> {
+    let mut bases: Vec<u64> = std::fs::read_dir(dir.join("topics/t/0"))
+        .unwrap()
+        .filter_map(|entry| {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".log")?.parse().ok()
+        })
+        .collect();
+    bases.sort_unstable();
+    bases
+}
+
+/// A run of batches rolls segments exactly where the same batches appended one at a
+/// time do: each segment fills up to `segment_bytes`, whether its batches came in a
+/// run or not, and a run that spans several rolls counts each segment from its own
+/// start.
+#[test]
+fn a_run_rolls_segments_where_single_appends_do() {
+    for seed in 0..8 {
+        let mut rng = Rng::new(1000 + seed);
+        let clock = ManualClock::new(START_MS);
+        // Without ids, so the dedup window leaves every run whole; 3 to 40 KB a batch.
+        let batches: Vec<Bytes> = (0..60)
+            .map(|_| {
+                let records: Vec<NewRecord> = (0..1 + rng.below(20))
+                    .map(|_| NewRecord {
+                        value: Bytes::from(vec![b'v'; 100 + rng.below(2_000) as usize]),
+                        ..NewRecord::default()
+                    })
+                    .collect();
+                client_bytes(&mut rng, &clock, &records)
+            })
+            .collect();
+        let config = TopicConfig {
+            segment_bytes: 64 * 1024,
+            fsync: FsyncPolicy::Never,
+            ..TopicConfig::default()
+        };
+        let one_at_a_time = tempfile::tempdir().unwrap();
+        let in_runs = tempfile::tempdir().unwrap();
+        for (dir, run) in [(&one_at_a_time, 1), (&in_runs, 1 + rng.below(20) as usize)] {
+            let store = Store::open(dir.path(), options(&clock)).unwrap();
+            store.create_topic("t", 1, config.clone()).unwrap();
+            let topic = store.topic("t").unwrap();
+            for chunk in batches.chunks(run) {
+                for result in topic.append_batches(0, chunk.to_vec()) {
+                    result.unwrap();
+                }
+            }
+        }
+        let bases = segment_bases(one_at_a_time.path());
+        assert!(bases.len() > 3, "seed {seed}: {bases:?}");
+        assert_eq!(segment_bases(in_runs.path()), bases, "seed {seed}");
+    }
+}

@@ -565,9 +565,9 @@ impl Partition {
         let failed = (|| -> Result<()> {
             self.check_writable(&writer)?;
             let mut group: Vec<RunBatch<'_>> = Vec::with_capacity(count);
+            // The bytes and ids of `group`, not yet written.
+            let (mut grouped_bytes, mut grouped_ids) = (0u64, 0u64);
             for mut batch in run {
-                let grouped_bytes: u64 = group.iter().map(|b| b.bytes.len() as u64).sum();
-                let grouped_ids: u64 = group.iter().map(|b| b.ids.ids() as u64).sum();
                 let size = writer.state.summary.log_bytes + grouped_bytes;
                 let too_big = size + batch.bytes.len() as u64 > config.segment_bytes
                     || writer.ids_bound + grouped_ids + batch.ids.ids() as u64
@@ -578,6 +578,7 @@ impl Partition {
                 if size > 0 && (too_big || too_old) {
                     // What is grouped belongs to the segment being sealed.
                     self.write_group(&mut writer, &mut group, &mut results)?;
+                    (grouped_bytes, grouped_ids) = (0, 0);
                     self.roll(&mut writer)?;
                 }
                 let base_offset = group
@@ -585,6 +586,8 @@ impl Partition {
                     .map_or(writer.state.summary.next_offset, |b| b.header.next_offset());
                 batch.header.base_offset = base_offset;
                 batch.bytes.set_base_offset(base_offset);
+                grouped_bytes += batch.bytes.len() as u64;
+                grouped_ids += batch.ids.ids() as u64;
                 group.push(batch);
             }
             self.write_group(&mut writer, &mut group, &mut results)
