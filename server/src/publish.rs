@@ -424,14 +424,16 @@ impl PublisherService {
                             state.config.max_request_bytes,
                         )),
                     };
-                    if let Step::Batch { request_id, batch } = step {
-                        batches.push((request_id, batch));
-                        continue;
+                    if !matches!(step, Step::Batch { .. }) {
+                        // What came before is appended, and answered, first.
+                        append_batches(&state, &mut batches, &mut answers);
                     }
-                    // What came before is appended, and answered, first.
-                    append_batches(&state, &mut batches, &mut answers);
                     let closes = matches!(step, Step::Close | Step::End(_));
                     match step {
+                        Step::Batch { request_id, batch } => {
+                            batches.push((request_id, batch));
+                            continue;
+                        }
                         Step::Messages {
                             request_id,
                             request,
@@ -446,7 +448,7 @@ impl PublisherService {
                             outcome: Err(status),
                         }),
                         Step::End(status) => answers.push(Pending::End(status)),
-                        Step::Close | Step::Batch { .. } => {}
+                        Step::Close => {}
                     }
                     if !hand_over(&pending_tx, &mut answers).await || closes {
                         return;
