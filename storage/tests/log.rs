@@ -880,3 +880,84 @@ fn mapped_segments_stay_within_the_bound_and_reads_stay_correct() {
         );
     }
 }
+
+/// Damage that appears under an open partition (the disk returns other bytes than were
+/// written, after recovery looked) is caught by the reads themselves: the per-message
+/// read and the batch read each report the damaged batch as corruption and never serve
+/// it, whether the flip is in a record, a header's CRC or its `max_expiry_ms` (which
+/// would otherwise pass the batch off as expired), in a sealed segment or the active
+/// one. Reads before and after the damaged batch still work.
+#[test]
+fn damage_under_an_open_partition_is_reported_by_both_reads_never_served() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = Store::open(dir.path(), options(&clock)).unwrap();
+    let partition = create_partition(&store, "t", small_segments());
+    for i in 0..60 {
+        partition.append_durable(&records(i * 10, 10)).unwrap();
+    }
+    let logs = segment_logs(dir.path(), "t");
+    assert!(logs.len() > 2, "{logs:?}");
+    // The active segment holds at least three batches: one before the damage, one after.
+    let mut i = 60;
+    while fs::metadata(logs.last().unwrap()).unwrap().len() < 3000 {
+        partition.append_durable(&records(i * 10, 10)).unwrap();
+        i += 1;
+    }
+    assert_eq!(segment_logs(dir.path(), "t").len(), logs.len());
+    // In the second batch of the first (sealed) segment and of the active one: its last
+    // byte (a record), its CRC (bytes 12..16) and the sign bit of its max_expiry_ms
+    // (bytes 44..52).
+    for log in [&logs[0], logs.last().unwrap()] {
+        let bytes = fs::read(log).unwrap();
+        let first = BatchHeader::parse(&bytes).unwrap();
+        let at = first.batch_length as usize;
+        let damaged = BatchHeader::parse(&bytes[at..]).unwrap();
+        let last = at + damaged.batch_length as usize - 1;
+        for position in [last, at + 13, at + 51] {
+            let file = fs::OpenOptions::new().write(true).open(log).unwrap();
+            file.write_all_at(&[bytes[position] ^ 0x80], position as u64)
+                .unwrap();
+            let range = damaged.base_offset..=damaged.last_offset();
+            let what = format!("{} at {position}", log.display());
+            let error = partition.read(*range.start(), 100, u64::MAX).unwrap_err();
+            assert!(matches!(error, Error::Corrupt { .. }), "{what}: {error}");
+            let error = partition
+                .read_batches(*range.start(), 100, u64::MAX, None)
+                .unwrap_err();
+            assert!(matches!(error, Error::Corrupt { .. }), "{what}: {error}");
+            // From the batch before: its records, then a stop before the damage.
+            let from = first.base_offset;
+            let read = partition.read(from, 1000, u64::MAX).unwrap();
+            assert!(
+                read.records.iter().all(|r| !range.contains(&r.offset)),
+                "{what}"
+            );
+            assert!(
+                read.records.iter().all(|r| r.value == value(r.offset)),
+                "{what}"
+            );
+            assert_eq!(read.next_offset, *range.start(), "{what}");
+            let read = partition.read_batches(from, 1000, u64::MAX, None).unwrap();
+            assert_eq!(read.batches.len(), 1, "{what}");
+            assert_eq!(read.batches[0].base_offset, from, "{what}");
+            assert_eq!(read.next_offset, *range.start(), "{what}");
+            // Past it, both serve.
+            let after = range.end() + 1;
+            let read = partition.read(after, 5, u64::MAX).unwrap();
+            assert_eq!(
+                read.records.first().map(|r| r.offset),
+                Some(after),
+                "{what}"
+            );
+            let read = partition.read_batches(after, 5, u64::MAX, None).unwrap();
+            assert_eq!(read.batches.first().map(|b| b.base_offset), Some(after));
+            assert_eq!(read.next_offset, after + 10, "{what}");
+            file.write_all_at(&[bytes[position]], position as u64)
+                .unwrap();
+        }
+    }
+    let read = partition.read(0, 1000, u64::MAX).unwrap();
+    assert!(read.records.iter().all(|r| r.value == value(r.offset)));
+}

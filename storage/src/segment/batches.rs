@@ -21,8 +21,8 @@
 
 use bytes::Bytes;
 
-use super::Segment;
-use crate::batch::{self, RecordIter};
+use super::{ScannedBatch, Segment};
+use crate::batch::RecordIter;
 use crate::error::{Error, Result};
 use crate::filter::{Filter, Filtered, Verdict};
 use crate::limits::{FILTER_SCAN_BYTES_MAX, FILTER_SCAN_RECORDS_MAX};
@@ -132,39 +132,12 @@ impl Segment {
     ) -> Result<u64> {
         let mut next = from;
         let scanned = (|| -> Result<()> {
-            let relative = u32::try_from(from.saturating_sub(self.base_offset)).unwrap_or(u32::MAX);
-            let (mut position, mut expected) = self.start_for(relative)?;
-            let data = self.visible_bytes(end_position)?;
-            while position < end_position && !budget.exhausted() {
-                let rest = data.slice(position as usize..);
-                let header = self.header_at(&rest, position, expected)?;
-                expected = header.next_offset();
-                let length = header.batch_length as usize;
-                if header.base_offset >= end_offset {
+            let mut scan = self.scan(from, end_position, end_offset, now_ms)?;
+            while !budget.exhausted() {
+                let Some(ScannedBatch { at, header, bytes }) = scan.next_batch(&mut next)? else {
                     break;
-                }
-                let at = position;
-                position += length as u64;
-                if header.next_offset() <= from {
-                    continue;
-                }
-                let bytes = rest.slice(..length);
-                // Checked before the header's expiry is believed (see `Segment::read`).
-                if !batch::verify_crc(&bytes, &header) {
-                    return Err(Error::corrupt(
-                        self.log_path(),
-                        at,
-                        format!(
-                            "CRC mismatch in the batch holding offsets {}..={}",
-                            header.base_offset,
-                            header.last_offset()
-                        ),
-                    ));
-                }
-                if header.all_expired(now_ms) {
-                    next = header.next_offset();
-                    continue;
-                }
+                };
+                let length = bytes.len();
                 let start = from.max(header.base_offset);
                 let dense = header.last_offset_delta == header.record_count - 1;
                 let skip_front = if dense {

@@ -650,6 +650,29 @@ impl Segment {
         ))
     }
 
+    /// The walk of stored batches both reads share ([`Segment::read`] and
+    /// [`Segment::read_batches`]) from the index entry at or before `from`.
+    fn scan(
+        &self,
+        from: u64,
+        end_position: u64,
+        end_offset: u64,
+        now_ms: i64,
+    ) -> Result<BatchScan<'_>> {
+        let relative = u32::try_from(from.saturating_sub(self.base_offset)).unwrap_or(u32::MAX);
+        let (position, expected) = self.start_for(relative)?;
+        Ok(BatchScan {
+            segment: self,
+            data: self.visible_bytes(end_position)?,
+            position,
+            expected,
+            end_position,
+            from,
+            end_offset,
+            now_ms,
+        })
+    }
+
     /// Parses the header of the batch at `position` (whose bytes start `rest`) and
     /// checks it is whole and carries the `expected` base offset: the base offset is
     /// outside the CRC, so continuity is what vouches for it.
@@ -690,48 +713,17 @@ impl Segment {
         // `next` is kept up to date as the scan goes, so an error leaves it at the first
         // offset not yet read.
         let scanned = (|| -> Result<()> {
-            let relative = u32::try_from(from.saturating_sub(self.base_offset)).unwrap_or(u32::MAX);
-            let (mut position, mut expected) = self.start_for(relative)?;
-            let data = self.visible_bytes(end_position)?;
-            while position < end_position && !budget.exhausted() {
-                let rest = data.slice(position as usize..);
-                let header = self.header_at(&rest, position, expected)?;
-                expected = header.next_offset();
-                let length = header.batch_length as usize;
-                if header.base_offset >= end_offset {
+            let mut scan = self.scan(from, end_position, end_offset, now_ms)?;
+            while !budget.exhausted() {
+                let Some(ScannedBatch { at, header, bytes }) = scan.next_batch(&mut next)? else {
                     break;
-                }
-                position += length as u64;
-                if header.next_offset() <= from {
-                    continue;
-                }
-                // The CRC is checked before the header's expiry is believed: a flipped bit
-                // in max_expiry_ms must read as corruption, not pass the batch off as
-                // expired and skip it in silence.
-                let bytes = rest.slice(..length);
-                if !batch::verify_crc(&bytes, &header) {
-                    return Err(Error::corrupt(
-                        self.log_path(),
-                        position - length as u64,
-                        format!(
-                            "CRC mismatch in the batch holding offsets {}..={}",
-                            header.base_offset,
-                            header.last_offset()
-                        ),
-                    ));
-                }
-                if header.all_expired(now_ms) {
-                    next = header.next_offset();
-                    continue;
-                }
-                let mut records = RecordIter::new(&bytes, &header).map_err(|e| {
-                    Error::corrupt(self.log_path(), position - length as u64, e.to_string())
-                })?;
+                };
+                let mut records = RecordIter::new(&bytes, &header)
+                    .map_err(|e| Error::corrupt(self.log_path(), at, e.to_string()))?;
                 // Records are looked at in place; only those returned become `Record`s.
                 while let Some(view) = records.next_view() {
-                    let view = view.map_err(|e| {
-                        Error::corrupt(self.log_path(), position - length as u64, e.to_string())
-                    })?;
+                    let view =
+                        view.map_err(|e| Error::corrupt(self.log_path(), at, e.to_string()))?;
                     if view.offset < from {
                         continue;
                     }
@@ -753,9 +745,9 @@ impl Segment {
                     if !budget.admit(view.payload_bytes) {
                         return Ok(());
                     }
-                    let record = records.record(&view).map_err(|e| {
-                        Error::corrupt(self.log_path(), position - length as u64, e.to_string())
-                    })?;
+                    let record = records
+                        .record(&view)
+                        .map_err(|e| Error::corrupt(self.log_path(), at, e.to_string()))?;
                     next = view.offset + 1;
                     out.push(record);
                 }
@@ -810,6 +802,72 @@ impl Segment {
                 }
             }
             position += length as u64;
+        }
+        Ok(None)
+    }
+}
+
+/// A batch a [`BatchScan`] found: where it starts in the segment, its header, its
+/// whole bytes.
+struct ScannedBatch {
+    at: u64,
+    header: BatchHeader,
+    bytes: Bytes,
+}
+
+/// The batches of a segment holding offsets in `[from, end_offset)` within its first
+/// `end_position` bytes, in order ([`Segment::scan`]). Each is whole and continuous
+/// with the one before (its base offset is outside the CRC, so continuity vouches for
+/// it), and its CRC is checked before its header's expiry is believed: a flipped bit in
+/// `max_expiry_ms` must read as corruption, not pass the batch off as expired and skip
+/// it in silence.
+struct BatchScan<'a> {
+    segment: &'a Segment,
+    data: Bytes,
+    position: u64,
+    expected: u64,
+    end_position: u64,
+    from: u64,
+    end_offset: u64,
+    now_ms: i64,
+}
+
+impl BatchScan<'_> {
+    /// The next batch, or `None` at the end of the range. A batch whose every record
+    /// has expired is passed over, and `next` (the offset the read resumes from) moved
+    /// past it.
+    fn next_batch(&mut self, next: &mut u64) -> Result<Option<ScannedBatch>> {
+        while self.position < self.end_position {
+            let at = self.position;
+            let rest = self.data.slice(at as usize..);
+            let header = self.segment.header_at(&rest, at, self.expected)?;
+            if header.base_offset >= self.end_offset {
+                self.position = self.end_position;
+                break;
+            }
+            self.expected = header.next_offset();
+            let length = header.batch_length as usize;
+            self.position += length as u64;
+            if header.next_offset() <= self.from {
+                continue;
+            }
+            let bytes = rest.slice(..length);
+            if !batch::verify_crc(&bytes, &header) {
+                return Err(Error::corrupt(
+                    self.segment.log_path(),
+                    at,
+                    format!(
+                        "CRC mismatch in the batch holding offsets {}..={}",
+                        header.base_offset,
+                        header.last_offset()
+                    ),
+                ));
+            }
+            if header.all_expired(self.now_ms) {
+                *next = header.next_offset();
+                continue;
+            }
+            return Ok(Some(ScannedBatch { at, header, bytes }));
         }
         Ok(None)
     }
