@@ -4,7 +4,10 @@
 //! A request goes through three steps:
 //! 1. [`prepare`]: validate, choose each message's partition (explicit, else key hash,
 //!    else round robin; see [`crate::partitioner`]) and group the messages by
-//!    partition, keeping request order within each partition;
+//!    partition, keeping request order within each partition. On a topic with a dedup
+//!    window, a message whose id an earlier message of the request carries is set
+//!    aside as that message's duplicate here, in request order: the appends run in
+//!    partition order, and would otherwise keep whichever went to the lower partition;
 //! 2. [`append`]: one storage append (one record batch) per partition. An append is a
 //!    short `pwrite` into the page cache, so it runs inline on the async worker;
 //! 3. [`complete`]: for ack DURABLE, await each partition's durability future (the
@@ -14,7 +17,8 @@
 //! for its fsync, so a producer pipelines many requests into one group commit; the
 //! answers still go out in request order, because fsyncs complete in offset order.
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -70,6 +74,9 @@ pub struct Prepared {
     ack: AckLevel,
     message_count: usize,
     batches: Vec<PartitionBatch>,
+    /// (index, index of the earlier message of the request with the same id): not
+    /// appended, acked as that message's duplicate.
+    repeats: Vec<(usize, usize)>,
 }
 
 /// Appended messages and what a DURABLE ack still waits for.
@@ -99,6 +106,10 @@ pub fn prepare(state: &AppState, request: PublishRequest) -> Result<Prepared, St
     let mut batches: Vec<PartitionBatch> = Vec::new();
     let mut positions: BTreeMap<u32, usize> = BTreeMap::new();
     let mut current = usize::MAX;
+    let dedup = topic.config().dedup_window_ms.is_some_and(|ms| ms > 0);
+    // Ids in this request so far, with the first message carrying each (dedup only).
+    let mut first_with_id: HashMap<bytes::Bytes, usize> = HashMap::new();
+    let mut repeats = Vec::new();
     for (index, mut message) in request.messages.into_iter().enumerate() {
         let partition = match message.partition.take() {
             Some(partition) => {
@@ -113,6 +124,19 @@ pub fn prepare(state: &AppState, request: PublishRequest) -> Result<Prepared, St
             }
             None => state.round_robin.next(partition_count),
         };
+        if dedup && !message.id.is_empty() {
+            match first_with_id.entry(message.id.clone()) {
+                Entry::Occupied(first) => {
+                    // Still checked: a malformed duplicate fails the request.
+                    convert::new_record(index, message)?;
+                    repeats.push((index, *first.get()));
+                    continue;
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(index);
+                }
+            }
+        }
         if batches
             .get(current)
             .is_none_or(|b| b.partition != partition)
@@ -144,6 +168,7 @@ pub fn prepare(state: &AppState, request: PublishRequest) -> Result<Prepared, St
         ack,
         message_count,
         batches,
+        repeats,
     })
 }
 
@@ -248,6 +273,18 @@ pub fn append(state: &AppState, prepared: Prepared) -> Result<Written, Status> {
                 }
             }
         }
+    }
+    if !prepared.repeats.is_empty() {
+        state
+            .metrics
+            .duplicates(topic.name(), prepared.repeats.len() as u64);
+    }
+    for (index, first) in prepared.repeats {
+        acks[index] = MessageAck {
+            id: bytes::Bytes::new(),
+            duplicate: true,
+            ..acks[first].clone()
+        };
     }
     let durable_waits = durable_ends
         .into_iter()

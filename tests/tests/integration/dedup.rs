@@ -327,6 +327,67 @@ async fn ids_in_a_row_are_stored_once_across_a_kill_9_and_found_by_id() {
     assert_eq!(missing.code(), tonic::Code::NotFound);
 }
 
+/// Bug hunt 2026-12-06: a request's appends run in partition order, so of two
+/// messages with one id the one sent to the lower partition was kept, even when it came
+/// second. The first in the request is kept now, whatever partitions they go to; the
+/// later ones name it, and a repeat of an id stored earlier names the stored message.
+#[tokio::test]
+async fn within_one_request_the_first_message_with_an_id_is_kept_whatever_its_partition() {
+    let broker = TestBroker::start();
+    broker.create_topic("jobs", 3, TopicConfig::default()).await;
+    let mut client = broker.publisher().await;
+    let to = |partition: u32, id: &str, value: &str| Message {
+        partition: Some(partition),
+        ..message(id, value)
+    };
+    let earlier = publish(&mut client, "jobs", vec![to(1, "z", "STORED-BEFORE")]).await;
+    let value = "v".repeat(3000);
+    let acks = publish(
+        &mut client,
+        "jobs",
+        vec![
+            to(2, "x", "x-first"),
+            to(0, "y", "y-first"),
+            to(2, "y", "y-second"),
+            to(0, "x", "x-second"),
+            to(1, "x", "x-third"),
+            to(0, "z", "z-again"),
+            to(2, "z", "z-again-2"),
+            to(0, "w", &value),
+        ],
+    )
+    .await;
+    let placed: Vec<(u32, u64, bool)> = acks
+        .iter()
+        .map(|a| (a.partition, a.offset, a.duplicate))
+        .collect();
+    let (x, y, z) = (placed[0], placed[1], earlier[0].clone());
+    assert!(!x.2 && !y.2, "{placed:?}");
+    assert_eq!((x.0, y.0), (2, 0), "{placed:?}");
+    assert_eq!(placed[2], (y.0, y.1, true), "{placed:?}");
+    assert_eq!(placed[3], (x.0, x.1, true), "{placed:?}");
+    assert_eq!(placed[4], (x.0, x.1, true), "{placed:?}");
+    assert_eq!(placed[5], (z.partition, z.offset, true), "{placed:?}");
+    assert_eq!(placed[6], (z.partition, z.offset, true), "{placed:?}");
+    assert_eq!(placed[7].0, 0, "{placed:?}");
+    assert!(!placed[7].2, "{placed:?}");
+    let mut values: Vec<(String, String)> = stored(&broker, "jobs", 3)
+        .await
+        .into_iter()
+        .map(|(_, _, id, value)| (id, value))
+        .collect();
+    values.sort();
+    assert_eq!(
+        values,
+        [
+            ("w".to_string(), value),
+            ("x".to_string(), "x-first".to_string()),
+            ("y".to_string(), "y-first".to_string()),
+            ("z".to_string(), "STORED-BEFORE".to_string()),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn concurrent_duplicates_on_separate_connections_store_one_copy() {
     let broker = TestBroker::start();
