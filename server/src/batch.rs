@@ -47,22 +47,23 @@ pub fn append(state: &AppState, request: PublishBatchRequest) -> Result<BatchWri
 }
 
 /// [`append`] for requests that came one after the other (on one PublishStream), one
-/// result a request, in their order. The requests to one topic and partition are
-/// appended together, in their order ([`tidelog_storage::Topic::append_batches`]): one
-/// write for several batches costs the page cache less a byte. Partitions are
-/// independent logs, so requests to different ones may be appended in any order.
+/// result a request, in their order. The requests to one topic are appended together
+/// ([`tidelog_storage::Topic::append_batches_across`]): each partition's batches in one
+/// write, which costs the page cache less a byte, and in request order wherever the
+/// topic's dedup window has a say. Topics are independent (ids are per topic), so
+/// requests to different topics may be appended in any order.
 pub fn append_all(
     state: &AppState,
     requests: Vec<PublishBatchRequest>,
 ) -> Vec<Result<BatchWritten, Status>> {
     let count = requests.len();
-    // (topic, partition) -> the requests' places and the requests, in order.
+    // topic -> the requests' places and the requests, in order.
     let mut groups: Vec<(Vec<usize>, Vec<PublishBatchRequest>)> = Vec::new();
     for (place, request) in requests.into_iter().enumerate() {
-        let same = |(_, group): &&mut (Vec<usize>, Vec<PublishBatchRequest>)| {
-            group[0].topic == request.topic && group[0].partition == request.partition
-        };
-        match groups.iter_mut().find(same) {
+        match groups
+            .iter_mut()
+            .find(|(_, group)| group[0].topic == request.topic)
+        {
             Some((places, group)) => {
                 places.push(place);
                 group.push(request);
@@ -87,17 +88,13 @@ pub fn append_all(
         .collect()
 }
 
-/// Appends requests to one topic and partition, pushing one result a request.
+/// Appends requests to one topic, pushing one result a request.
 fn append_group(
     state: &AppState,
     group: Vec<PublishBatchRequest>,
     results: &mut Vec<Result<BatchWritten, Status>>,
 ) {
-    let partition = group[0].partition;
-    let topic = match convert::or_status(state.store.topic(&group[0].topic)).and_then(|topic| {
-        convert::or_status(topic.partition(partition))?;
-        Ok(topic)
-    }) {
+    let topic = match convert::or_status(state.store.topic(&group[0].topic)) {
         Ok(topic) => topic,
         Err(status) => {
             results.extend(group.iter().map(|_| Err(status.clone())));
@@ -105,17 +102,19 @@ fn append_group(
         }
     };
     // A request with an unknown ack level fails alone; the others are appended.
-    let acks: Vec<Result<AckLevel, Status>> =
-        group.iter().map(|r| convert::ack_level(r.ack)).collect();
+    let acks: Vec<(u32, Result<AckLevel, Status>)> = group
+        .iter()
+        .map(|r| (r.partition, convert::ack_level(r.ack)))
+        .collect();
     let batches = group
         .into_iter()
         .zip(&acks)
-        .filter(|(_, ack)| ack.is_ok())
-        .map(|(request, _)| request.batch)
+        .filter(|(_, (_, ack))| ack.is_ok())
+        .map(|(request, _)| (request.partition, request.batch))
         .collect();
-    let mut appended = topic.append_batches(partition, batches).into_iter();
+    let mut appended = topic.append_batches_across(batches).into_iter();
     let first = results.len();
-    for ack in acks {
+    for (partition, ack) in acks {
         let result = ack.and_then(|ack| {
             let placed = appended.next().unwrap_or_else(|| {
                 Err(tidelog_storage::Error::invalid(

@@ -128,20 +128,30 @@ impl Topic {
     }
 
     /// [`Topic::append_batch`] for several batches to one partition, in order, with
-    /// one result a batch. Batches the dedup window has no say on (no window, or no
-    /// ids) that follow each other are written together, in one `pwritev`
-    /// (`Partition::append_checked_run`); a malformed batch fails alone. Once a write
-    /// fails, the batches after it in the same run fail with its error.
+    /// one result a batch: [`Topic::append_batches_across`] with one partition.
     pub fn append_batches(
         &self,
         partition: u32,
         batches: Vec<Bytes>,
     ) -> Vec<Result<(BatchPlaced, CheckedBatch)>> {
+        self.append_batches_across(batches.into_iter().map(|b| (partition, b)).collect())
+    }
+
+    /// [`Topic::append_batch`] for several batches, each to its partition, as they
+    /// came (the requests of one PublishStream), with one result a batch, in order.
+    /// Batches the dedup window has no say on (no window, or no ids) are written
+    /// together with the others to their partition, in one `pwritev` a partition
+    /// (`Partition::append_checked_run`): partitions are independent logs. A batch the
+    /// window decides on goes through the window alone, after everything before it in
+    /// `batches` is appended, to whichever partition: of two batches with one id, the
+    /// first is kept. A malformed batch, or one to a partition the topic lacks, fails
+    /// alone. Once a write fails, the batches after it in the same partition's run
+    /// fail with its error.
+    pub fn append_batches_across(
+        &self,
+        batches: Vec<(u32, Bytes)>,
+    ) -> Vec<Result<(BatchPlaced, CheckedBatch)>> {
         let count = batches.len();
-        let target = match self.partition(partition) {
-            Ok(target) => target,
-            Err(error) => return vec![Err(error); count],
-        };
         let config = self.config();
         let now_ms = self.dedup.now_ms();
         let rules = BatchRules {
@@ -151,46 +161,58 @@ impl Topic {
             expiry_required: config.default_ttl_ms.is_some_and(|ttl| ttl > 0),
         };
         let window_ms = config.dedup_window_ms.unwrap_or(0);
-        let mut results = Vec::with_capacity(count);
-        // Batches waiting to be written together: (bytes, verdict, ids).
-        let mut run: Vec<(Bytes, CheckedBatch, SplitIds)> = Vec::new();
-        let write_run = |run: &mut Vec<(Bytes, CheckedBatch, SplitIds)>, results: &mut Vec<_>| {
-            if run.is_empty() {
-                return;
-            }
-            let batches = run
-                .iter()
-                .map(|(bytes, checked, ids)| RunBatch::checked(bytes.clone(), checked, ids))
-                .collect();
-            let appended = target.append_checked_run(batches, now_ms);
-            for ((_, checked, _), appended) in run.drain(..).zip(appended) {
-                results.push(appended.map(|appended| {
-                    let placed = BatchPlaced {
-                        appended: Some(appended),
-                        duplicates: Vec::new(),
-                    };
-                    (placed, checked)
-                }));
+        let mut results: Vec<Option<Result<(BatchPlaced, CheckedBatch)>>> = Vec::new();
+        results.resize_with(count, || None);
+        // Batches waiting to be written together, a run per partition in the order the
+        // partitions first came: (place in `batches`, bytes, verdict, ids).
+        type Run = Vec<(usize, Bytes, CheckedBatch, SplitIds)>;
+        let mut runs: Vec<(&Arc<Partition>, Run)> = Vec::new();
+        let write_runs = |runs: &mut Vec<(&Arc<Partition>, Run)>,
+                          results: &mut Vec<Option<Result<_>>>| {
+            for (target, run) in runs.drain(..) {
+                let batches = run
+                    .iter()
+                    .map(|(_, bytes, checked, ids)| RunBatch::checked(bytes.clone(), checked, ids))
+                    .collect();
+                let appended = target.append_checked_run(batches, now_ms);
+                for ((place, _, checked, _), appended) in run.into_iter().zip(appended) {
+                    results[place] = Some(appended.map(|appended| {
+                        let placed = BatchPlaced {
+                            appended: Some(appended),
+                            duplicates: Vec::new(),
+                        };
+                        (placed, checked)
+                    }));
+                }
             }
         };
-        for bytes in batches {
-            let checked = match validate_batch(&bytes, &rules)
-                .map_err(|e| Error::invalid(format!("the record batch is malformed: {e}")))
-                .and_then(|checked| {
-                    let decides = window_decides(&checked, window_ms, config.assign_ids)?;
-                    Ok((checked, decides))
-                }) {
-                Ok((checked, false)) => {
+        for (place, (partition, bytes)) in batches.into_iter().enumerate() {
+            let checked = self.partition(partition).and_then(|target| {
+                let checked = validate_batch(&bytes, &rules)
+                    .map_err(|e| Error::invalid(format!("the record batch is malformed: {e}")))?;
+                let decides = window_decides(&checked, window_ms, config.assign_ids)?;
+                Ok((target, checked, decides))
+            });
+            let checked = match checked {
+                Ok((target, checked, false)) => {
                     let ids = checked.split_ids(&bytes);
-                    run.push((bytes, checked, ids));
+                    let at = match runs.iter().position(|(t, _)| Arc::ptr_eq(t, target)) {
+                        Some(at) => at,
+                        None => {
+                            runs.push((target, Vec::new()));
+                            runs.len() - 1
+                        }
+                    };
+                    runs[at].1.push((place, bytes, checked, ids));
                     continue;
                 }
-                Ok((checked, true)) => Ok(checked),
+                Ok((_, checked, true)) => Ok(checked),
                 Err(error) => Err(error),
             };
-            // What went before is appended before this batch is decided on.
-            write_run(&mut run, &mut results);
-            results.push(checked.and_then(|checked| {
+            // What went before, to any partition, is appended before this batch is
+            // decided on.
+            write_runs(&mut runs, &mut results);
+            results[place] = Some(checked.and_then(|checked| {
                 let placed = self.dedup.append_batch(
                     &self.partitions,
                     partition,
@@ -203,8 +225,11 @@ impl Topic {
                 Ok((placed, checked))
             }));
         }
-        write_run(&mut run, &mut results);
+        write_runs(&mut runs, &mut results);
         results
+            .into_iter()
+            .map(|result| result.unwrap_or_else(|| Err(Error::invalid("a batch was not appended"))))
+            .collect()
     }
 
     /// Ids the dedup window holds and the bytes it takes, for metrics.

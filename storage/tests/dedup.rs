@@ -730,3 +730,68 @@ fn a_run_of_batches_with_and_without_ids_keeps_its_order_through_the_window() {
     drop(topic);
     store.close().unwrap();
 }
+
+/// Batches to several partitions, as one PublishStream's requests come
+/// (`Topic::append_batches_across`): of two batches with the same ids the first is
+/// kept whatever partitions they go to, though plain batches are grouped a partition at
+/// a time; a batch to a partition the topic lacks fails alone.
+#[test]
+fn across_partitions_the_first_batch_with_an_id_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let plain = |n: usize| -> Vec<NewRecord> { (0..n).map(|_| record(None, 3_000)).collect() };
+    let ids = |prefix: u64, n: u64| -> Vec<NewRecord> {
+        (0..n)
+            .map(|k| record_with(Some(&sequenced(prefix, k)), 300))
+            .collect()
+    };
+    let store = Store::open(dir.path(), options(&clock, None)).unwrap();
+    store
+        .create_topic("t", 3, config(FsyncPolicy::Never))
+        .unwrap();
+    let topic = store.topic("t").unwrap();
+    let sent = [
+        (0, plain(2)),
+        (2, ids(1, 3)),
+        (0, ids(1, 3)),
+        (7, plain(1)),
+        (0, plain(1)),
+        (1, ids(2, 2)),
+        (2, ids(2, 2)),
+    ];
+    let results = topic.append_batches_across(
+        sent.iter()
+            .map(|(partition, records)| (*partition, encode(records, &clock)))
+            .collect(),
+    );
+    /// A batch's base offset if appended, and the (partition, offset)s it duplicates.
+    type Outcome = Result<(Option<u64>, Vec<(u32, u64)>), String>;
+    let outcome: Vec<Outcome> = results
+        .into_iter()
+        .map(|result| {
+            result
+                .map(|(placed, _)| {
+                    let duplicates = placed
+                        .duplicates
+                        .iter()
+                        .map(|p| (p.partition, p.offset))
+                        .collect();
+                    (placed.appended.map(|a| a.base_offset), duplicates)
+                })
+                .map_err(|e| e.to_string())
+        })
+        .collect();
+    assert_eq!(outcome[0], Ok((Some(0), vec![])));
+    assert_eq!(outcome[1], Ok((Some(0), vec![])));
+    assert_eq!(outcome[2], Ok((None, vec![(2, 0), (2, 1), (2, 2)])));
+    assert!(outcome[3].is_err(), "{outcome:?}");
+    assert_eq!(outcome[4], Ok((Some(2), vec![])));
+    assert_eq!(outcome[5], Ok((Some(0), vec![])));
+    assert_eq!(outcome[6], Ok((None, vec![(1, 0), (1, 1)])));
+    let ends: Vec<u64> = (0..3)
+        .map(|p| topic.partition(p).unwrap().end_offset())
+        .collect();
+    assert_eq!(ends, [3, 2, 3]);
+    drop(topic);
+    store.close().unwrap();
+}

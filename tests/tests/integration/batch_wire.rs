@@ -1137,6 +1137,112 @@ async fn requests_sent_together_on_a_stream_are_answered_in_order_and_land_in_or
     }
 }
 
+/// Bug hunt 2026-12-06: the requests a PublishStream reader takes together were
+/// appended a partition at a time, so of two batches with one id sent to different
+/// partitions, the one to the partition appended first was kept even when it came
+/// second. Each id here goes first to one partition, then, a few requests later, to
+/// another (or the same), with plain batches between: the first is kept, the second
+/// is acked as its duplicate, and each partition holds its plain batches in order.
+#[tokio::test]
+async fn of_two_batches_with_one_id_sent_together_the_first_is_kept() {
+    const PARTITIONS: u32 = 3;
+    let broker = TestBroker::start();
+    broker
+        .create_topic("ids", PARTITIONS, TopicConfig::default())
+        .await;
+    let mut rng = crate::support::Rng::new(0x1d5_f125);
+    let with_id = |id: &str, value: String| {
+        vec![NewRecord {
+            id: Some(Bytes::from(id.to_string())),
+            ..NewRecord::value(value)
+        }]
+    };
+    // (partition, records, the id's first request if this repeats it).
+    let mut sent: Vec<(u32, Vec<NewRecord>, Option<usize>)> = Vec::new();
+    for k in 0..30 {
+        let first = rng.below(u64::from(PARTITIONS)) as u32;
+        let again = rng.below(u64::from(PARTITIONS)) as u32;
+        let id = format!("id-{k}");
+        sent.push((first, with_id(&id, format!("first {k}")), None));
+        let repeated = sent.len() - 1;
+        for _ in 0..rng.below(3) {
+            let partition = rng.below(u64::from(PARTITIONS)) as u32;
+            let plain = (0..1 + rng.below(20))
+                .map(|i| NewRecord::value(format!("plain {k} {i} {}", "p".repeat(3000))))
+                .collect();
+            sent.push((partition, plain, None));
+        }
+        sent.push((again, with_id(&id, format!("second {k}")), Some(repeated)));
+    }
+    let requests: Vec<PublishStreamRequest> = sent
+        .iter()
+        .enumerate()
+        .map(
+            |(request_id, (partition, records, _))| PublishStreamRequest {
+                request_id: request_id as u64,
+                request: None,
+                batch: Some(PublishBatchRequest {
+                    topic: "ids".into(),
+                    partition: *partition,
+                    batch: encode(records, Compression::None),
+                    // Readers see only what is durable.
+                    ack: AckLevel::Durable as i32,
+                }),
+            },
+        )
+        .collect();
+    let mut client = broker.publisher().await;
+    let mut responses = client
+        .publish_stream(tokio_stream::iter(requests))
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut acks = Vec::new();
+    let mut expected: Vec<Vec<Bytes>> = vec![Vec::new(); PARTITIONS as usize];
+    for (request_id, (partition, records, repeats)) in sent.iter().enumerate() {
+        let response = responses.next().await.expect("an answer").expect("ok");
+        let Some(Outcome::BatchResponse(ack)) = response.outcome else {
+            panic!("request {request_id}: {response:?}");
+        };
+        match repeats {
+            None => {
+                assert!(!ack.duplicate, "request {request_id}: {ack:?}");
+                let log = &mut expected[*partition as usize];
+                assert_eq!(ack.base_offset, log.len() as u64, "request {request_id}");
+                log.extend(records.iter().map(|r| r.value.clone()));
+            }
+            Some(first) => {
+                let original: &tidelog_proto::v1::PublishBatchResponse = &acks[*first];
+                assert!(ack.duplicate, "request {request_id}: {ack:?}");
+                let named: Vec<(u32, u64)> =
+                    ack.acks.iter().map(|a| (a.partition, a.offset)).collect();
+                assert_eq!(
+                    named,
+                    [(original.partition, original.base_offset)],
+                    "request {request_id} names request {first}"
+                );
+            }
+        }
+        acks.push(ack);
+    }
+    for partition in 0..PARTITIONS {
+        let request = FetchRequest {
+            topic: "ids".into(),
+            partition,
+            ..Default::default()
+        };
+        let values: Vec<Bytes> = fetch_records(&broker, request, |_| {})
+            .await
+            .into_iter()
+            .map(|r| r.value)
+            .collect();
+        assert!(
+            values == expected[partition as usize],
+            "partition {partition} holds other values"
+        );
+    }
+}
+
 /// A PublishStream of durable batches to three partitions, sent without waiting (so the
 /// broker writes a partition's batches together), killed with SIGKILL half-way through
 /// its answers. After the restart each partition holds a prefix of what was sent to it,
