@@ -1136,6 +1136,68 @@ fn short_writes_never_leave_a_torn_batch() {
     }
 }
 
+/// Bug hunt 2026-12-06: size retention deleted sealed segments that were written but
+/// not yet durable on an `always` topic, so the log start went above the end readers
+/// see (every Fetch out of range, Subscribe streams resetting in a loop). With the
+/// disk's syncs held, retention deletes nothing readers cannot see, the log start stays
+/// at or below the end; once the syncs complete it deletes what the limit asks.
+#[test]
+fn retention_never_deletes_past_what_readers_can_see() {
+    let dir = scratch_dir();
+    let data = dir.path().join("data");
+    let fs = FaultyFs::new(dir.path(), 11).unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = Store::open(&data, options(&fs, &clock)).unwrap();
+    let topic = store
+        .create_topic("t", 1, topic_config(FsyncPolicy::Always, 8 * 1024))
+        .unwrap();
+    let part = topic.partition(0).unwrap().clone();
+    let mut rng = Rng::new(11);
+    let mut values = BTreeMap::new();
+    let durable_end = append_acked(&part, &mut rng, "durable", 10, &mut values);
+    /// Lets the syncs go when the test ends, failed or not: the store's close waits
+    /// for its flusher (dropped before the store).
+    struct Release(FaultyFs);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.0.hold_syncs(false);
+        }
+    }
+    let release = Release(fs.clone());
+    fs.hold_syncs(true);
+    let mut written_end = durable_end;
+    for n in 0..60 {
+        let count = 1 + rng.below(5);
+        let records = batch(&mut rng, &format!("held {n}"), count);
+        written_end = part.append(&records).unwrap().last_offset + 1;
+    }
+    assert!(part.info().segment_count > 5, "too few segments");
+    for _ in 0..3 {
+        part.enforce_retention().unwrap();
+        let (start, end) = (part.log_start(), part.end_offset());
+        assert!(end <= durable_end, "readers see only durable data: {end}");
+        assert!(start <= end, "log start {start} above the end {end}");
+        let read = part.read(start, 1_000, u64::MAX).unwrap();
+        assert_eq!(read.next_offset, end);
+    }
+    fs.hold_syncs(false);
+    part.wait_durable_blocking(written_end - 1).unwrap();
+    part.enforce_retention().unwrap();
+    let (start, end) = (part.log_start(), part.end_offset());
+    assert_eq!(end, written_end);
+    assert!(
+        start > durable_end,
+        "the limit deletes once visible: {start}"
+    );
+    assert!(
+        part.info().size_bytes < 8 * 1024 + 4096,
+        "{:?}",
+        part.info()
+    );
+    drop((topic, part, release));
+    store.close().unwrap();
+}
+
 #[test]
 fn a_failed_directory_fsync_in_retention_poisons_the_partition() {
     for restart in [Restart::ProcessThenPowerCut, Restart::PowerCut] {

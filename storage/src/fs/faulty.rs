@@ -285,6 +285,8 @@ struct State {
     /// Bytes in the files known to this filesystem.
     used: u64,
     stats: FaultStats,
+    /// File syncs wait while this is set ([`FaultyFs::hold_syncs`]).
+    syncs_held: bool,
 }
 
 impl State {
@@ -305,6 +307,7 @@ impl State {
             capacity: None,
             used: 0,
             stats,
+            syncs_held: false,
         };
         state.root_node = state.register(&root)?;
         Ok(state)
@@ -625,6 +628,13 @@ impl FaultyFs {
         self.lock().sync_fault = Some(ArmedSyncFault { fault, seen: 0 });
     }
 
+    /// Holds every file sync (fsync, fdatasync) until called again with `false`: a
+    /// disk slow to sync, so written data stays not durable for as long as a test
+    /// needs. The other operations go on.
+    pub fn hold_syncs(&self, held: bool) {
+        self.lock().syncs_held = held;
+    }
+
     /// One write in `one_in` is short (`None`: none are).
     pub fn set_short_writes(&self, one_in: Option<u64>) {
         self.lock().short_write_one_in = one_in.map(|n| n.max(1));
@@ -926,6 +936,11 @@ impl FaultyFile {
 
     fn sync(&self, kind: SyncKind) -> io::Result<()> {
         let mut state = self.lock()?;
+        while state.syncs_held {
+            drop(state);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            state = self.lock()?;
+        }
         if state.sync_fails(kind, &self.path) {
             state.lose_unsynced(self.node);
             return Err(eio());

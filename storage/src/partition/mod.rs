@@ -904,12 +904,19 @@ impl Partition {
         let mut outcome = RetentionOutcome::default();
         let mut deleted = Vec::new();
         let mut deleted_segments = Vec::new();
+        // Only what readers can see goes: a segment with offsets past the visible end
+        // (written, not yet durable on an `always` topic) would put the log start
+        // above the end, where no offset can be read.
+        let visible = self.progress.lock().visible().offset;
         {
             let mut segments = self.segments.write().unwrap_or_else(|e| e.into_inner());
             let mut total: u64 = segments.iter().map(|s| s.summary().log_bytes).sum();
             let sealed_count = segments.len() - 1;
             for segment in &segments[..sealed_count] {
                 let summary = segment.summary();
+                if summary.next_offset > visible {
+                    break;
+                }
                 let over_size = config
                     .retention_bytes
                     .is_some_and(|limit| total - summary.log_bytes >= limit);

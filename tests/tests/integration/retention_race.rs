@@ -355,3 +355,73 @@ async fn retention_deletes_segments_under_readers_without_harm() {
     broker.stop();
     assert_no_panic(&broker);
 }
+
+/// Bug hunt 2026-12-06: on an `fsync = always` topic (the default) with a size limit,
+/// producers acking WRITTEN keep data written but not yet durable, which readers do
+/// not see; retention deleted such segments, so the log start went above the end
+/// (every Fetch OUT_OF_RANGE, Subscribe streams resetting in a loop). For about two
+/// seconds of such publishing under a retention pass every 20 ms, DescribeTopic must
+/// never show a log start above the end, and a Fetch at the log start never fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_never_moves_the_log_start_past_the_end_readers_see() {
+    let broker = TestBroker::start_with(&["--retention-interval", "20ms"]);
+    let channel = broker.channel().await;
+    create_topic(
+        &channel,
+        "synced",
+        1,
+        TopicConfig {
+            segment_bytes: 4096,
+            retention_bytes: Some(12_000),
+            ..Default::default()
+        },
+    )
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut producers = Vec::new();
+    for producer in 0..2 {
+        producers.push(tokio::spawn(churn_producer(
+            broker.channel().await,
+            "synced",
+            producer,
+            AckLevel::Written,
+            stop.clone(),
+        )));
+    }
+    let started = Instant::now();
+    let (mut polls, mut moved) = (0u64, 0u64);
+    let mut last_start = 0;
+    // Two seconds, and on a slow machine until retention has deleted something.
+    let long_enough = |moved| {
+        let elapsed = started.elapsed();
+        elapsed > Duration::from_secs(20) || (elapsed > Duration::from_secs(2) && moved > 0)
+    };
+    while !long_enough(moved) {
+        let partition = describe_topic(&channel, "synced").await.partitions[0].clone();
+        let (start, end) = (partition.log_start_offset, partition.end_offset);
+        assert!(
+            start <= end,
+            "poll {polls}: log start {start} above the end {end}"
+        );
+        moved += u64::from(start > last_start);
+        last_start = start;
+        polls += 1;
+        if polls % 10 == 0 {
+            let read = fetch(&channel, "synced", 0, start, 10).await;
+            if let Err(status) = read {
+                // Retention may have moved the start since the describe.
+                assert_eq!(status.code(), Code::OutOfRange, "{status}");
+                let now = describe_topic(&channel, "synced").await.partitions[0].clone();
+                assert!(now.log_start_offset > start, "{status}");
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for producer in producers {
+        assert_eq!(producer.await.unwrap(), Vec::<String>::new());
+    }
+    assert!(
+        moved > 0,
+        "retention deleted nothing to test: {polls} polls"
+    );
+}
