@@ -154,7 +154,7 @@ pub(crate) struct MemberTask {
     /// The partition read first next time (an index into `owned`, see
     /// [`read_round`]), so a busy partition cannot starve others.
     turn: usize,
-    /// When the last batch went out (see [`crate::read::FILTER_PROGRESS_INTERVAL`]).
+    /// When the last batch went out (see [`crate::read::SKIP_PROGRESS_INTERVAL`]).
     last_batch: Instant,
 }
 
@@ -645,17 +645,16 @@ impl MemberTask {
                 batch, filtered, ..
             } if batch.messages.is_empty() => {
                 self.app.metrics.filtered("group", filtered);
-                if filtered.skipped > 0 {
-                    // The filter may have more to look at: stay ready. Now and then
-                    // the positions alone go out, so a client that commits itself can
-                    // commit past what was skipped.
-                    if send_progress(&batch, filtered, self.last_batch) {
-                        self.last_batch = Instant::now();
-                        permit.send(Ok(Out::Messages(SubscribeResponse {
-                            event: Some(Event::Batch(batch)),
-                        })));
-                    }
-                } else if self.events.is_empty() {
+                // Now and then the positions alone go out, so a client that commits
+                // itself can commit past what was skipped (filtered or expired).
+                if send_progress(&batch, self.last_batch) {
+                    self.last_batch = Instant::now();
+                    permit.send(Ok(Out::Messages(SubscribeResponse {
+                        event: Some(Event::Batch(batch)),
+                    })));
+                }
+                // The filter may have more to look at: stay ready.
+                if filtered.skipped == 0 && self.events.is_empty() {
                     self.data_ready = false;
                 }
             }
@@ -773,9 +772,9 @@ impl MemberTask {
     }
 
     /// Whether a read that returned no batch but passed over filtered records sends
-    /// its position alone (see [`crate::read::FILTER_PROGRESS_INTERVAL`]).
+    /// its position alone (see [`crate::read::SKIP_PROGRESS_INTERVAL`]).
     fn progress_due(&self, result: &tidelog_storage::BatchReadResult) -> bool {
-        self.last_batch.elapsed() >= crate::read::FILTER_PROGRESS_INTERVAL
+        self.last_batch.elapsed() >= crate::read::SKIP_PROGRESS_INTERVAL
             || result.next_offset >= result.end_offset
     }
 

@@ -35,13 +35,14 @@ pub const READ_BYTES_MAX: u64 = 8 * 1024 * 1024;
 pub const SUBSCRIBE_QUEUE_EVENTS: usize = 4;
 /// Reads in a row that only skip expired messages before a reader yields.
 const EXPIRED_SKIPS_MAX: u32 = 64;
-/// How often at most a filtered stream sends a batch without messages, only positions,
-/// while its filter skips messages and none match (and at once when skipping reached
-/// the end of the partitions read): so a consumer learns (and can commit, or resume
-/// from) how far the broker read for it, without an event per skipped read. At the
-/// end it is at once, not later, since nothing may come to carry it: a stream then
-/// sends one event per append it skips, as many as it would send without a filter.
-pub const FILTER_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+/// How often at most a stream sends a batch without messages, only positions, while
+/// its reads move past messages none of which it delivers (the filter skips them, or
+/// they expired), and at once when that reached the end of the partitions read: so a
+/// consumer learns (and can commit, or resume from) how far the broker read for it,
+/// without an event per skipped read. At the end it is at once, not later, since
+/// nothing may come to carry it: a stream then sends one event per append it skips, as
+/// many as it would send without a filter.
+pub const SKIP_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a topic-pattern stream looks at the topic list for topics that appeared,
 /// grew or went (at once, too, when a read finds its topic deleted): the "within 1
 /// second" of the API's promise.
@@ -73,12 +74,12 @@ impl std::fmt::Debug for TopicAccess {
     }
 }
 
-/// Whether a round that delivered nothing but `filtered` skips sends its positions
-/// alone: see [`FILTER_PROGRESS_INTERVAL`].
-pub fn send_progress(batch: &MessageBatch, filtered: Filtered, last_sent: Instant) -> bool {
-    filtered.skipped > 0
+/// Whether a round that delivered nothing but moved positions (past messages the filter
+/// skipped, or expired ones) sends its positions alone: see [`SKIP_PROGRESS_INTERVAL`].
+pub fn send_progress(batch: &MessageBatch, last_sent: Instant) -> bool {
+    batch.messages.is_empty()
         && !batch.positions.is_empty()
-        && (last_sent.elapsed() >= FILTER_PROGRESS_INTERVAL
+        && (last_sent.elapsed() >= SKIP_PROGRESS_INTERVAL
             || batch
                 .positions
                 .iter()

@@ -112,7 +112,7 @@ pub struct PartitionReader {
     /// Only messages it matches are sent.
     filter: Option<Arc<Filter>>,
     /// When the last event went out: a batch of positions only is sent after
-    /// [`FILTER_PROGRESS_INTERVAL`] without one.
+    /// [`SKIP_PROGRESS_INTERVAL`] without one.
     last_sent: Instant,
     /// Events to return before any read (TopicsChanged, Positioned).
     queued: VecDeque<SubscribeResponse>,
@@ -432,7 +432,7 @@ impl PartitionReader {
                         filtered,
                     } => {
                         self.state.metrics.filtered("subscribe", filtered);
-                        let progress = send_progress(&batch, filtered, self.last_sent);
+                        let progress = send_progress(&batch, self.last_sent);
                         if !batch.messages.is_empty() || progress {
                             let topic = match &self.source {
                                 Source::Topic(topic) => topic.name(),

@@ -214,6 +214,57 @@ async fn every_batch_carries_the_next_offset_past_expired_messages_and_the_end()
     assert_eq!(batch.positions, vec![position(0, 5, 5)]);
 }
 
+/// Bug hunt 2026-12-06: when a read found only expired messages (its budget had
+/// stopped the read before them), a plain Subscribe stream or a group member sent
+/// nothing, so the client never learned it was past them: a lag of 2 forever, and a
+/// loop reading until next_offset == end_offset never ended. Each now sends a batch
+/// with no messages and the position past them.
+#[tokio::test]
+async fn a_read_that_finds_only_expired_messages_still_reports_the_position_past_them() {
+    let broker = TestBroker::start();
+    broker.create_topic("tail", 1, TopicConfig::default()).await;
+    publish(&broker, "tail", 0, 2, 1_000, None).await;
+    publish(&broker, "tail", 0, 2, 2_000, Some(1)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for group in [None, Some("tail-readers")] {
+        let mut stream = subscribe(
+            &broker,
+            SubscribeRequest {
+                topic: "tail".into(),
+                // A new group starts at the earliest offset too.
+                start: group.is_none().then_some(StartPosition {
+                    position: Some(Position::Earliest(Earliest {})),
+                }),
+                group: group.map(|g| GroupMembership {
+                    group_id: g.into(),
+                    ..Default::default()
+                }),
+                max_batch_messages: 1,
+                ..Default::default()
+            },
+        )
+        .await;
+        let mut got = Vec::new();
+        loop {
+            let batch = next_batch(&mut stream).await;
+            let offsets: Vec<u64> = batch.messages.iter().map(|m| m.offset).collect();
+            got.push((offsets, batch.positions));
+            if got.len() == 3 {
+                break;
+            }
+        }
+        assert_eq!(
+            got,
+            vec![
+                (vec![0], vec![position(0, 1, 4)]),
+                (vec![1], vec![position(0, 2, 4)]),
+                (vec![], vec![position(0, 4, 4)]),
+            ],
+            "group {group:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_group_members_batches_carry_a_position_per_partition_read() {
     let broker = TestBroker::start();
