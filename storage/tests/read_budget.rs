@@ -189,6 +189,17 @@ fn check(
         if read.next_offset == end {
             break;
         }
+        // A read that returned records and stopped short of the end stopped on its
+        // budget: the message it stopped before would have gone over it (or was one
+        // past the message count), never one that fits.
+        if !read.records.is_empty() && (read.records.len() as u64) < u64::from(max_records) {
+            let stopped_at = sizes[read.next_offset as usize];
+            prop_assert!(
+                bytes > max_bytes || bytes + stopped_at > max_bytes,
+                "read from {next} with budget ({max_records}, {max_bytes}) took {bytes} B and stopped before offset {} of {stopped_at} B, which fits",
+                read.next_offset
+            );
+        }
         prop_assert!(
             !read.records.is_empty() || read.next_offset > next,
             "read from {next} made no progress"
@@ -233,6 +244,33 @@ fn a_budget_ending_between_messages_reports_the_next_unread_offset() {
     ];
     for max_bytes in [1500, 2000, 2001, 2500, 999, 0] {
         check(&ten, &[(100, max_bytes)], Compression::None, 64 << 20).unwrap();
+    }
+    // Bug hunt 2026-12-06: a budget used up exactly still takes an empty message (it
+    // does not go over); one over the budget on its own ends the read.
+    let sized = |sizes: &[usize]| -> Vec<Vec<Message>> {
+        vec![
+            sizes
+                .iter()
+                .map(|&bytes| Message {
+                    bytes,
+                    expires: false,
+                })
+                .collect(),
+        ]
+    };
+    for (sizes, max_bytes) in [
+        (&[1000, 0, 10][..], 1000),
+        (&[400, 600, 0, 0, 1], 1000),
+        (&[2000, 0, 0], 1000),
+        (&[0, 0, 5], 0),
+    ] {
+        check(
+            &sized(sizes),
+            &[(100, max_bytes)],
+            Compression::None,
+            64 << 20,
+        )
+        .unwrap();
     }
     let thousand: Vec<Vec<Message>> = (0..1000)
         .map(|_| {

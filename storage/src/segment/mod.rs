@@ -264,7 +264,8 @@ pub struct ReadBudget<'f> {
     /// Whether a record has been returned yet: the first is returned even if it alone
     /// is over `bytes_left`, so a large message cannot stall a consumer.
     returned_any: bool,
-    /// A record was refused: the read is over although bytes may be left.
+    /// The read is over although records or bytes may be left: a record was refused,
+    /// the first was over the whole byte budget, or the filter's scan limits ran out.
     refused: bool,
     filter: Option<&'f Filter>,
     /// Records and bytes the filter may still skip in this read.
@@ -322,13 +323,15 @@ impl<'f> ReadBudget<'f> {
     }
 
     /// No further record will be taken: the read stopped on the budget, not at the
-    /// end of the data.
+    /// end of the data. A budget used up exactly still takes empty records: they do
+    /// not go over it.
     pub fn exhausted(&self) -> bool {
-        self.refused || self.records_left == 0 || (self.returned_any && self.bytes_left == 0)
+        self.refused || self.records_left == 0
     }
 
     /// Takes a record of `payload_bytes` ([`Record::payload_bytes`]) if the budget has
-    /// room for it; otherwise marks the budget exhausted and returns `false`.
+    /// room for it; otherwise marks the budget exhausted and returns `false`. The first
+    /// record is always taken; one larger than the whole budget ends the read.
     fn admit(&mut self, payload_bytes: u64) -> bool {
         let fits = !self.exhausted() && (!self.returned_any || payload_bytes <= self.bytes_left);
         if !fits {
@@ -336,6 +339,10 @@ impl<'f> ReadBudget<'f> {
             return false;
         }
         self.records_left = self.records_left.saturating_sub(1);
+        if payload_bytes > self.bytes_left {
+            // Over the budget on its own: nothing more fits, not even an empty record.
+            self.refused = true;
+        }
         self.bytes_left = self.bytes_left.saturating_sub(payload_bytes);
         self.returned_any = true;
         true
