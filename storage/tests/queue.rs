@@ -275,7 +275,9 @@ fn run(seed: u64) {
                         );
                         known.held = None;
                     }
-                    SettleOutcome::Invalid(ref e) => panic!("{context}: {e}"),
+                    SettleOutcome::Invalid(ref e)
+                    | SettleOutcome::Refused(ref e)
+                    | SettleOutcome::Unavailable(ref e) => panic!("{context}: {e}"),
                 }
             }
             11..=13 => {
@@ -652,4 +654,244 @@ fn dead_letters_carry_their_story_and_redrive_brings_them_back() {
     // Delivered again as a new message, attempt 1.
     let again = engine.deliver(&[("m".into(), 1)]).unwrap();
     assert_eq!((again[0].1[0].record.offset, again[0].1[0].attempt), (1, 1));
+}
+
+/// The one-partition store of [`plain_store`] with topic `jobs` at its default
+/// `max_message_bytes` (1 MiB), three messages of exactly that size, and a queue on
+/// it with `max_deliveries` 1 whose member `m` holds all three.
+fn three_held_at_the_limit(dir: &Path, clock: &Arc<ManualClock>) -> (Arc<Store>, QueueEngine) {
+    let store = plain_store(dir, clock, 0);
+    let limit = TopicConfig::default().max_message_bytes as usize;
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    for i in 0..3u8 {
+        partition
+            .append_durable(&[NewRecord::value(vec![b'a' + i; limit])])
+            .unwrap();
+    }
+    let queue_config = QueueConfig {
+        max_deliveries: 1,
+        ..config()
+    };
+    admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, queue_config).unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    let delivered = engine.deliver(&[("m".into(), 3)]).unwrap();
+    assert_eq!(delivered[0].1.len(), 3);
+    (store, engine)
+}
+
+fn settle_one(offset: u64, action: SettleAction) -> SettleRequest {
+    SettleRequest {
+        partition: 0,
+        offset,
+        attempt: 1,
+        action,
+    }
+}
+
+#[test]
+fn a_message_at_its_topics_limit_is_dead_lettered_by_nack_term_and_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let (store, mut engine) = three_held_at_the_limit(dir.path(), &clock);
+    // A nack on the last attempt and a term (with a reason past the longest kept), in
+    // one call: each dead-lettered, though its letter is over the dead-letter topic's
+    // max_message_bytes (the same 1 MiB) by the headers the broker added.
+    let outcomes = engine
+        .settle(
+            Some("m"),
+            &[
+                settle_one(
+                    0,
+                    SettleAction::Nack {
+                        delay_ms: None,
+                        reason: "bad".into(),
+                    },
+                ),
+                settle_one(
+                    1,
+                    SettleAction::Term {
+                        reason: "x".repeat(5_000),
+                    },
+                ),
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            SettleOutcome::Ok { settled: 1 },
+            SettleOutcome::Ok { settled: 1 }
+        ]
+    );
+    // The third by its deadline.
+    clock.advance_ms(config().ack_deadline_ms as i64);
+    engine.tick().unwrap();
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!(
+        (status.ready, status.unacked, status.waiting),
+        (0, 0, 0),
+        "{status:?}"
+    );
+    assert_eq!(status.partitions[0].2, 3, "all three settled");
+
+    let limit = TopicConfig::default().max_message_bytes;
+    let dlq = store.topic("jobs.dlq").unwrap();
+    assert_eq!(dlq.config().max_message_bytes, limit);
+    let letters = dlq
+        .partition(0)
+        .unwrap()
+        .read(0, 10, u64::MAX)
+        .unwrap()
+        .records;
+    assert_eq!(letters.len(), 3);
+    for (i, letter) in letters.iter().enumerate() {
+        assert_eq!(letter.value.len() as u64, limit);
+        assert_eq!(letter.value[0], b'a' + i as u8);
+        let offset = letter
+            .headers
+            .iter()
+            .find(|h| h.key == DLQ_HEADER_OFFSET)
+            .unwrap();
+        assert_eq!(&offset.value[..], i.to_string().as_bytes());
+        let size = letter.payload_bytes();
+        assert!(
+            size > limit && size <= limit + admin::DLQ_HEADERS_BYTES_MAX,
+            "letter {i}: {size} bytes"
+        );
+    }
+    // Redrive takes the headers off: the messages fit their topic again.
+    assert_eq!(admin::redrive_queue(&*store, "work", 0).unwrap(), (3, 0));
+    let back = store
+        .topic("jobs")
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .read(3, 10, u64::MAX)
+        .unwrap()
+        .records;
+    assert_eq!(back.len(), 3);
+    assert!(back.iter().all(|r| r.payload_bytes() == limit));
+}
+
+#[test]
+fn a_dead_letter_refused_for_good_sends_the_message_back_and_spares_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    // A dead-letter topic that refuses the letters: its limit (with the allowance
+    // for the headers) is far below the messages' size, an operator's choice.
+    let store = plain_store(dir.path(), &clock, 0);
+    store
+        .create_topic(
+            "jobs.dlq",
+            1,
+            TopicConfig {
+                max_message_bytes: 100,
+                ..TopicConfig::default()
+            },
+        )
+        .unwrap();
+    drop(store);
+    let store = plain_store_reopened(dir.path(), &clock);
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    for _ in 0..3 {
+        partition
+            .append_durable(&[NewRecord::value(vec![b'z'; 5_000])])
+            .unwrap();
+    }
+    let queue_config = QueueConfig {
+        max_deliveries: 1,
+        ..config()
+    };
+    admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, queue_config).unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    assert_eq!(engine.deliver(&[("m".into(), 3)]).unwrap()[0].1.len(), 3);
+    // A term and a last nack the dead-letter topic refuses, and an ack, in one call:
+    // the ack is done, the other two are refused each on its own and released.
+    let outcomes = engine
+        .settle(
+            Some("m"),
+            &[
+                settle_one(
+                    0,
+                    SettleAction::Term {
+                        reason: "give up".into(),
+                    },
+                ),
+                settle_one(1, SettleAction::Ack { through: None }),
+                settle_one(
+                    2,
+                    SettleAction::Nack {
+                        delay_ms: Some(0),
+                        reason: "bad".into(),
+                    },
+                ),
+            ],
+        )
+        .unwrap();
+    assert!(
+        matches!(&outcomes[0], SettleOutcome::Refused(m) if m.contains("max_message_bytes")),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes[1], SettleOutcome::Ok { settled: 1 });
+    assert!(
+        matches!(&outcomes[2], SettleOutcome::Refused(_)),
+        "{outcomes:?}"
+    );
+    assert_eq!(engine.unacked("m"), 0);
+    // Delivered again after the backoff, not held by nobody forever.
+    clock.advance_ms(config().backoff_max_ms as i64);
+    engine.tick().unwrap();
+    let again = engine.deliver(&[("m".into(), 3)]).unwrap();
+    let mut offsets: Vec<(u64, u32)> = again[0]
+        .1
+        .iter()
+        .map(|d| (d.record.offset, d.attempt))
+        .collect();
+    offsets.sort();
+    assert_eq!(offsets, vec![(0, 2), (2, 2)]);
+    // Its deadline passing does the same: the lease is given up, the message waits.
+    clock.advance_ms(config().ack_deadline_ms as i64);
+    engine.tick().unwrap();
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!((status.unacked, status.waiting), (0, 2), "{status:?}");
+    assert!(
+        store
+            .topic("jobs.dlq")
+            .unwrap()
+            .partition(0)
+            .unwrap()
+            .end_offset()
+            == 0
+    );
+    // After a restart the same: waiting, then delivered again.
+    drop(engine);
+    drop(store);
+    let store = plain_store_reopened(dir.path(), &clock);
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    clock.advance_ms(config().backoff_max_ms as i64);
+    engine.tick().unwrap();
+    assert_eq!(engine.deliver(&[("m".into(), 3)]).unwrap()[0].1.len(), 2);
+    // The operator's way out: purge settles them.
+    admin::purge_queue(&*store, "work").unwrap();
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!((status.unacked, status.waiting, status.ready), (0, 0, 0));
+}
+
+fn plain_store_reopened(dir: &Path, clock: &Arc<ManualClock>) -> Arc<Store> {
+    Arc::new(
+        Store::open(
+            dir,
+            StoreOptions {
+                clock: clock.clone(),
+                flush_threads: 1,
+                retention_interval: None,
+                flush_observer: None,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap(),
+    )
 }

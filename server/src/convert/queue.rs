@@ -154,6 +154,8 @@ pub fn settlement_outcome(outcome: q::SettleOutcome) -> pb::SettlementOutcome {
         q::SettleOutcome::NotFound(message) => (Code::NotFound, message, 0),
         q::SettleOutcome::Stale(message) => (Code::FailedPrecondition, message, 0),
         q::SettleOutcome::Invalid(message) => (Code::InvalidArgument, message, 0),
+        q::SettleOutcome::Refused(message) => (Code::FailedPrecondition, message, 0),
+        q::SettleOutcome::Unavailable(message) => (Code::Unavailable, message, 0),
     };
     pb::SettlementOutcome {
         code: code as i32,

@@ -6,10 +6,12 @@ use bytes::Bytes;
 
 use super::state::{
     Hold, PATTERN_QUEUE_NAME_BYTES_MAX, PatternQueue, Queue, QueueConfig, QueueOp,
-    pattern_child_name, pattern_child_parent, validate_new_queue_name,
+    REASON_BYTES_MAX, pattern_child_name, pattern_child_parent, truncate_utf8,
+    validate_new_queue_name,
 };
 use crate::batch::NewRecord;
 use crate::error::{Error, Result};
+use crate::limits::TOPIC_NAME_BYTES_MAX;
 use crate::pattern::TopicPattern;
 use crate::queue::QueueHost;
 use crate::topic::Topic;
@@ -34,6 +36,34 @@ pub const DLQ_HEADERS: [&str; 8] = [
     DLQ_HEADER_LAST_DELIVERY,
     DLQ_HEADER_REASON,
 ];
+
+/// The most bytes the dead-letter headers add to a message (what `max_message_bytes`
+/// counts: keys and values): their keys, two names of at most
+/// [`TOPIC_NAME_BYTES_MAX`] (the queue's public name and the topic's), five decimal
+/// numbers of at most 20 digits and a sign, and a reason of at most
+/// [`REASON_BYTES_MAX`]. A dead letter may pass its topic's `max_message_bytes` by
+/// this much, so any message its topic accepted can be dead-lettered (a topic with
+/// the same limit would refuse it otherwise); [`dead_letter_record`] keeps to it.
+pub const DLQ_HEADERS_BYTES_MAX: u64 = {
+    let mut keys = 0;
+    let mut i = 0;
+    while i < DLQ_HEADERS.len() {
+        keys += DLQ_HEADERS[i].len();
+        i += 1;
+    }
+    (keys + 2 * TOPIC_NAME_BYTES_MAX + 5 * DLQ_NUMBER_BYTES_MAX + REASON_BYTES_MAX) as u64
+};
+
+/// Longest decimal number in a dead-letter header (an i64 with its sign).
+const DLQ_NUMBER_BYTES_MAX: usize = 20;
+
+const _: () = assert!(PATTERN_QUEUE_NAME_BYTES_MAX <= TOPIC_NAME_BYTES_MAX);
+// README's dead-letter section and the .proto's QueueConfig.dead_letter_topic say
+// this number.
+const _: () = assert!(DLQ_HEADERS_BYTES_MAX == 1790);
+const _: () = assert!(
+    crate::limits::MESSAGE_BYTES_MAX + DLQ_HEADERS_BYTES_MAX < crate::limits::BATCH_BYTES_MAX
+);
 
 /// Dead letters moved back by one redrive call when the caller does not say.
 pub const REDRIVE_DEFAULT_MESSAGES: u32 = 1000;
@@ -798,21 +828,37 @@ pub(crate) fn dead_letter_record(
     last_delivery_ms: i64,
     reason: &str,
 ) -> NewRecord {
-    let mut headers = record.headers.clone();
+    // The message's own headers with those names give way to the broker's, so the
+    // bytes added stay within DLQ_HEADERS_BYTES_MAX.
+    let mut headers: Vec<_> = record
+        .headers
+        .iter()
+        .filter(|h| !DLQ_HEADERS.contains(&h.key.as_str()))
+        .cloned()
+        .collect();
     let mut add = |key: &str, value: String| {
         headers.push(crate::batch::Header {
             key: key.to_string(),
             value: Bytes::from(value),
         })
     };
-    add(DLQ_HEADER_QUEUE, queue.to_string());
-    add(DLQ_HEADER_TOPIC, topic.to_string());
+    add(
+        DLQ_HEADER_QUEUE,
+        truncate_utf8(queue, TOPIC_NAME_BYTES_MAX).to_string(),
+    );
+    add(
+        DLQ_HEADER_TOPIC,
+        truncate_utf8(topic, TOPIC_NAME_BYTES_MAX).to_string(),
+    );
     add(DLQ_HEADER_PARTITION, partition.to_string());
     add(DLQ_HEADER_OFFSET, record.offset.to_string());
     add(DLQ_HEADER_ATTEMPTS, attempts.to_string());
     add(DLQ_HEADER_FIRST_DELIVERY, first_delivery_ms.to_string());
     add(DLQ_HEADER_LAST_DELIVERY, last_delivery_ms.to_string());
-    add(DLQ_HEADER_REASON, reason.to_string());
+    add(
+        DLQ_HEADER_REASON,
+        truncate_utf8(reason, REASON_BYTES_MAX).to_string(),
+    );
     NewRecord {
         key: record.key.clone(),
         value: record.value.clone(),
