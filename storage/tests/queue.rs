@@ -895,3 +895,106 @@ fn plain_store_reopened(dir: &Path, clock: &Arc<ManualClock>) -> Arc<Store> {
         .unwrap(),
     )
 }
+
+/// A store whose topic `jobs` caps each queue at 5 ready messages under `overflow`,
+/// with 5 messages and a queue whose member `slow` holds offset 0 while `fast` took
+/// offsets 1-4 and acked them: 0 ready, 1 unacked.
+fn one_held_under_a_cap_of_five(
+    dir: &Path,
+    clock: &Arc<ManualClock>,
+    overflow: tidelog_storage::QueueOverflow,
+) -> (Arc<Store>, QueueEngine) {
+    let store = plain_store_reopened(dir, clock);
+    store
+        .create_topic(
+            "jobs",
+            1,
+            TopicConfig {
+                queue_max_ready_messages: Some(5),
+                queue_overflow: overflow,
+                ..TopicConfig::default()
+            },
+        )
+        .unwrap();
+    admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, config()).unwrap();
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    for i in 0..5 {
+        partition
+            .append_durable(&[NewRecord::value(format!("m{i}"))])
+            .unwrap();
+    }
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("slow");
+    engine.member_joined("fast");
+    assert_eq!(engine.deliver(&[("slow".into(), 1)]).unwrap()[0].1.len(), 1);
+    assert_eq!(engine.deliver(&[("fast".into(), 4)]).unwrap()[0].1.len(), 4);
+    let outcomes = engine
+        .settle(
+            Some("fast"),
+            &[SettleRequest {
+                partition: 0,
+                offset: 1,
+                attempt: 0,
+                action: SettleAction::Ack { through: Some(4) },
+            }],
+        )
+        .unwrap();
+    assert_eq!(outcomes, vec![SettleOutcome::Ok { settled: 4 }]);
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!((status.ready, status.unacked), (0, 1), "{status:?}");
+    (store, engine)
+}
+
+#[test]
+fn the_reject_cap_counts_ready_messages_not_held_nor_acked_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let (store, _engine) =
+        one_held_under_a_cap_of_five(dir.path(), &clock, tidelog_storage::QueueOverflow::Reject);
+    let topic = store.topic("jobs").unwrap();
+    // 0 ready: room for 5 more, not for 6.
+    assert_eq!(admin::over_caps(&*store, &topic, 5, 10).unwrap(), None);
+    let over = admin::over_caps(&*store, &topic, 6, 12).unwrap().unwrap();
+    assert_eq!(over.ready_messages, 0);
+    let partition = topic.partition(0).unwrap().clone();
+    for i in 0..5 {
+        partition
+            .append_durable(&[NewRecord::value(format!("n{i}"))])
+            .unwrap();
+    }
+    let over = admin::over_caps(&*store, &topic, 1, 2).unwrap().unwrap();
+    assert_eq!(over.ready_messages, 5, "{over:?}");
+    assert_eq!(over.cap, "queue_max_ready_messages 5");
+}
+
+#[test]
+fn the_dead_letter_oldest_cap_counts_by_the_same_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let (store, mut engine) = one_held_under_a_cap_of_five(
+        dir.path(),
+        &clock,
+        tidelog_storage::QueueOverflow::DeadLetterOldest,
+    );
+    assert_eq!(engine.enforce_caps().unwrap(), 0);
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    for i in 0..7 {
+        partition
+            .append_durable(&[NewRecord::value(format!("n{i}"))])
+            .unwrap();
+    }
+    // 7 ready, cap 5: the two oldest ready ones go, not the held one.
+    assert_eq!(engine.enforce_caps().unwrap(), 2);
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!((status.ready, status.unacked), (5, 1), "{status:?}");
+    let letters = store
+        .topic("jobs.dlq")
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .read(0, 10, u64::MAX)
+        .unwrap()
+        .records;
+    let values: Vec<&[u8]> = letters.iter().map(|r| &r.value[..]).collect();
+    assert_eq!(values, vec![&b"n0"[..], b"n1"]);
+}

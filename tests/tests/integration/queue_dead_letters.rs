@@ -3,7 +3,7 @@
 //! dead letter's headers take it past the dead-letter topic's max_message_bytes, also
 //! across a kill -9, and redrive brings it back; a dead-letter topic that refuses a
 //! letter fails that settlement alone, and the message is delivered again rather than
-//! held by nobody.
+//! held by nobody; the reject cap counts ready messages, not held or acked ones.
 
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use tidelog_proto::v1::settlement::{Ack, Action, Nack, Term};
 use tidelog_proto::v1::start_position::{Earliest, Position};
 use tidelog_proto::v1::{
     AckLevel, ConsumedMessage, CreateQueueRequest, DescribeQueueRequest, FetchRequest, Message,
-    PublishRequest, QueueConfig, QueueDelivery, QueueDescription, ReceiveRequest,
+    PublishRequest, QueueConfig, QueueDelivery, QueueDescription, QueueOverflow, ReceiveRequest,
     RedriveQueueRequest, SettleRequest, Settlement, SettlementOutcome, StartPosition, TopicConfig,
 };
 use tidelog_tests::TestBroker;
@@ -333,4 +333,59 @@ async fn a_refused_dead_letter_fails_its_settlement_alone_and_the_message_comes_
     }
     let described = describe(&broker, "jobs-q").await;
     assert_eq!(described.partitions[0].settled_below, 0);
+}
+
+#[tokio::test]
+async fn the_reject_cap_counts_ready_messages_not_held_or_acked_ones() {
+    let broker = TestBroker::start();
+    broker
+        .create_topic(
+            "capped",
+            1,
+            TopicConfig {
+                queue_max_ready_messages: Some(5),
+                queue_overflow: QueueOverflow::Reject as i32,
+                ..TopicConfig::default()
+            },
+        )
+        .await;
+    create_queue(&broker, "capped-q", "capped", QueueConfig::default()).await;
+    let five = |from: usize| {
+        (from..from + 5)
+            .map(|i| format!("m-{i}").into_bytes())
+            .collect()
+    };
+    publish(&broker, "capped", five(0)).await;
+    // A slow member holds offset 0; a fast one takes 1-4 and acks them.
+    assert_eq!(receive(&broker, "capped-q", "slow", 1).await.len(), 1);
+    let fast = receive(&broker, "capped-q", "fast", 4).await;
+    assert_eq!(fast.len(), 4);
+    let acked = settle(
+        &broker,
+        "capped-q",
+        fast.iter()
+            .map(|d| settlement(d, Action::Ack(Ack {})))
+            .collect(),
+    )
+    .await;
+    assert!(acked.iter().all(|o| o.code == Code::Ok as i32), "{acked:?}");
+    let described = describe(&broker, "capped-q").await;
+    assert_eq!((described.ready, described.unacked), (0, 1));
+    // 0 ready: room for five.
+    publish(&broker, "capped", five(5)).await;
+    let refused = broker
+        .publisher()
+        .await
+        .publish(PublishRequest {
+            topic: "capped".into(),
+            messages: vec![Message {
+                value: b"one too many".to_vec().into(),
+                ..Default::default()
+            }],
+            ack: AckLevel::Durable as i32,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("5 ready"), "{refused:?}");
 }

@@ -836,7 +836,15 @@ impl QueueEngine {
         }
         let queue = self.queue()?;
         let filter = self.filter_of(&queue.config)?;
-        let (messages, bytes) = super::admin::backlog(&queue, &topic)?;
+        let Some((messages, bytes)) = super::admin::backlog(
+            &*self.store,
+            &self.name,
+            &topic,
+            self.store.clock().now_ms(),
+        )?
+        else {
+            return Ok(0);
+        };
         let over_messages = config
             .queue_max_ready_messages
             .map_or(0, |max| messages.saturating_sub(max));
