@@ -875,7 +875,7 @@ fn a_dead_letter_refused_for_good_sends_the_message_back_and_spares_the_others()
     engine.tick().unwrap();
     assert_eq!(engine.deliver(&[("m".into(), 3)]).unwrap()[0].1.len(), 2);
     // The operator's way out: purge settles them.
-    admin::purge_queue(&*store, "work").unwrap();
+    assert_eq!(admin::purge_queue(&*store, "work").unwrap(), 2);
     let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
     assert_eq!((status.unacked, status.waiting, status.ready), (0, 0, 0));
 }
@@ -997,4 +997,60 @@ fn the_dead_letter_oldest_cap_counts_by_the_same_rule() {
         .records;
     let values: Vec<&[u8]> = letters.iter().map(|r| &r.value[..]).collect();
     assert_eq!(values, vec![&b"n0"[..], b"n1"]);
+}
+
+#[test]
+fn purge_reports_every_message_it_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = plain_store(dir.path(), &clock, 0);
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    // 0-1 taken and delayed, 2-4 held, 5-6 nacked and waiting, 7-9 never taken.
+    for i in 0..10u64 {
+        partition
+            .append_durable(&[NewRecord {
+                value: Bytes::from(format!("m{i}")),
+                delay_ms: (i < 2).then_some(60_000),
+                ..NewRecord::default()
+            }])
+            .unwrap();
+    }
+    admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, config()).unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    let delivered = engine.deliver(&[("m".into(), 5)]).unwrap();
+    assert_eq!(delivered[0].1.len(), 5);
+    for offset in 5..7 {
+        engine
+            .settle(
+                Some("m"),
+                &[SettleRequest {
+                    partition: 0,
+                    offset,
+                    attempt: 1,
+                    action: SettleAction::Nack {
+                        delay_ms: Some(60_000),
+                        reason: "later".into(),
+                    },
+                }],
+            )
+            .unwrap();
+    }
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!(
+        (status.unacked, status.waiting, status.delayed, status.ready),
+        (3, 2, 2, 3),
+        "{status:?}"
+    );
+    assert_eq!(admin::purge_queue(&*store, "work").unwrap(), 10);
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!(
+        (status.unacked, status.waiting, status.delayed, status.ready),
+        (0, 0, 0, 0)
+    );
+    assert_eq!(
+        admin::purge_queue(&*store, "work").unwrap(),
+        0,
+        "nothing twice"
+    );
 }
