@@ -1054,3 +1054,35 @@ fn purge_reports_every_message_it_settled() {
         "nothing twice"
     );
 }
+
+#[test]
+fn an_ack_range_ending_below_its_offset_is_invalid_and_spares_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = plain_store(dir.path(), &clock, 0);
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    for i in 0..3 {
+        partition
+            .append_durable(&[NewRecord::value(format!("m{i}"))])
+            .unwrap();
+    }
+    admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, config()).unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    assert_eq!(engine.deliver(&[("m".into(), 3)]).unwrap()[0].1.len(), 3);
+    let outcomes = engine
+        .settle(
+            Some("m"),
+            &[
+                settle_one(2, SettleAction::Ack { through: Some(1) }),
+                settle_one(0, SettleAction::Ack { through: Some(0) }),
+            ],
+        )
+        .unwrap();
+    assert!(
+        matches!(&outcomes[0], SettleOutcome::Invalid(m) if m.contains("through_offset 1")),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes[1], SettleOutcome::Ok { settled: 1 });
+    assert_eq!(engine.unacked("m"), 2, "offsets 1 and 2 still held");
+}

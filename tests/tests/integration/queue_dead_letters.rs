@@ -3,7 +3,9 @@
 //! dead letter's headers take it past the dead-letter topic's max_message_bytes, also
 //! across a kill -9, and redrive brings it back; a dead-letter topic that refuses a
 //! letter fails that settlement alone, and the message is delivered again rather than
-//! held by nobody; the reject cap counts ready messages, not held or acked ones.
+//! held by nobody; the reject cap counts ready messages, not held or acked ones; a
+//! through_offset below its offset, or on a nack, is INVALID_ARGUMENT for that
+//! settlement alone.
 
 use std::time::Duration;
 
@@ -388,4 +390,60 @@ async fn the_reject_cap_counts_ready_messages_not_held_or_acked_ones() {
         .unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert!(refused.message().contains("5 ready"), "{refused:?}");
+}
+
+#[tokio::test]
+async fn a_bad_range_or_a_range_on_a_nack_is_invalid_for_that_settlement_alone() {
+    let broker = TestBroker::start();
+    broker
+        .create_topic("ranges", 1, TopicConfig::default())
+        .await;
+    publish(
+        &broker,
+        "ranges",
+        (0..3).map(|i| format!("m-{i}").into_bytes()).collect(),
+    )
+    .await;
+    create_queue(&broker, "ranges-q", "ranges", QueueConfig::default()).await;
+    let held = receive(&broker, "ranges-q", "u1", 3).await;
+    assert_eq!(held.len(), 3);
+    let by_offset = |o: u64| held.iter().find(|d| offset(d) == o).unwrap();
+    let outcomes = settle(
+        &broker,
+        "ranges-q",
+        vec![
+            Settlement {
+                through_offset: Some(1),
+                ..settlement(by_offset(2), Action::Ack(Ack {}))
+            },
+            Settlement {
+                through_offset: Some(2),
+                ..settlement(
+                    by_offset(1),
+                    Action::Nack(Nack {
+                        delay_ms: None,
+                        reason: "r".into(),
+                    }),
+                )
+            },
+            settlement(by_offset(0), Action::Ack(Ack {})),
+        ],
+    )
+    .await;
+    let codes: Vec<(i32, u64)> = outcomes.iter().map(|o| (o.code, o.settled)).collect();
+    assert_eq!(
+        codes,
+        vec![
+            (Code::InvalidArgument as i32, 0),
+            (Code::InvalidArgument as i32, 0),
+            (Code::Ok as i32, 1)
+        ],
+        "{outcomes:?}"
+    );
+    let described = describe(&broker, "ranges-q").await;
+    assert_eq!(
+        (described.unacked, described.waiting),
+        (2, 0),
+        "the invalid ones changed nothing"
+    );
 }

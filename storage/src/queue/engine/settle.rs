@@ -70,16 +70,23 @@ impl QueueEngine {
                 if let SettleAction::Ack {
                     through: Some(through),
                 } = request.action
+                    && through < request.offset
+                {
+                    outcomes.push(SettleOutcome::Invalid(format!(
+                        "partition {} offset {}: through_offset {through} is below offset",
+                        request.partition, request.offset
+                    )));
+                    continue;
+                }
+                if let SettleAction::Ack {
+                    through: Some(through),
+                } = request.action
                 {
                     // A range: every offset in it this member holds.
                     let mut ranges: Vec<(u64, u64)> = Vec::new();
                     let mut settled = 0;
                     {
-                        let held = self.pending_range(
-                            request.partition,
-                            request.offset,
-                            through.max(request.offset),
-                        );
+                        let held = self.pending_range(request.partition, request.offset, through);
                         for (offset, pending) in &held {
                             let offset = *offset;
                             let Hold::Leased { member: holder, .. } = &pending.hold else {
