@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tidelog_storage::fs::{CrashOptions, FaultyFs};
+use tidelog_storage::fs::{CrashOptions, FaultyFs, SyncFault};
 use tidelog_storage::queue::admin::{self, DLQ_HEADER_OFFSET, DLQ_HEADER_PARTITION};
 use tidelog_storage::queue::{
     Delivery, Hold, QueueConfig, QueueEngine, SettleAction, SettleOutcome, SettleRequest, StartAt,
@@ -1085,4 +1085,149 @@ fn an_ack_range_ending_below_its_offset_is_invalid_and_spares_the_others() {
     );
     assert_eq!(outcomes[1], SettleOutcome::Ok { settled: 1 });
     assert_eq!(engine.unacked("m"), 2, "offsets 1 and 2 still held");
+}
+
+/// A FaultyFs store with topic `jobs` (1 MiB max_message_bytes), one message of
+/// exactly that size, and a queue (max_deliveries 1) whose member `m` holds it, all
+/// durable.
+fn big_one_held(fs: &FaultyFs, data: &Path, clock: &Arc<ManualClock>) -> Arc<Store> {
+    let store = open(fs, data, clock);
+    store
+        .create_topic("jobs", 1, TopicConfig::default())
+        .unwrap();
+    let limit = TopicConfig::default().max_message_bytes as usize;
+    store
+        .topic("jobs")
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .append_durable(&[NewRecord::value(vec![b'q'; limit])])
+        .unwrap();
+    let queue_config = QueueConfig {
+        max_deliveries: 1,
+        ..config()
+    };
+    admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, queue_config).unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    assert_eq!(engine.deliver(&[("m".into(), 1)]).unwrap()[0].1.len(), 1);
+    store
+}
+
+/// The dead letters of `store`'s `jobs.dlq` (none if it does not exist).
+fn letters_of(store: &Store) -> Vec<tidelog_storage::Record> {
+    match store.topic("jobs.dlq") {
+        Ok(dlq) => {
+            dlq.partition(0)
+                .unwrap()
+                .read(0, 10, u64::MAX)
+                .unwrap()
+                .records
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+/// A power cut at every point of a term of a message at its topic's limit: after
+/// recovery, the message is either still pending (delivered again) or settled with
+/// its whole dead letter in the dead-letter topic, never settled without one; and a
+/// term answered OK is settled after any cut.
+#[test]
+fn a_power_cut_anywhere_in_a_large_dead_letter_loses_nothing() {
+    let limit = TopicConfig::default().max_message_bytes;
+    let mut cut_after = 0;
+    loop {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let fs = FaultyFs::new(dir.path(), cut_after).unwrap();
+        let clock = ManualClock::new(START_MS);
+        let store = big_one_held(&fs, &data, &clock);
+        let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+        engine.member_joined("m");
+        fs.power_off_after(cut_after);
+        let answered = engine.settle(
+            Some("m"),
+            &[settle_one(
+                0,
+                SettleAction::Term {
+                    reason: "give up".into(),
+                },
+            )],
+        );
+        let cut = fs.is_powered_off();
+        drop(engine);
+        let store = Arc::try_unwrap(store).expect("the engine is gone");
+        store.simulate_crash();
+        fs.crash(CrashOptions::keep_some(cut_after)).unwrap();
+        let store = open(&fs, &data, &clock);
+        let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+        let settled = status.partitions[0].2 == 1;
+        let letters = letters_of(&store);
+        if settled {
+            assert_eq!(
+                letters.len(),
+                1,
+                "cut after {cut_after}: settled without its letter"
+            );
+            assert_eq!(letters[0].value.len() as u64, limit);
+        } else {
+            assert!(
+                !matches!(answered.as_deref(), Ok([SettleOutcome::Ok { .. }])),
+                "cut after {cut_after}: a term answered OK was taken back"
+            );
+            assert_eq!(status.unacked + status.waiting + status.ready, 1);
+        }
+        if !cut {
+            assert!(settled, "no cut: the term is done");
+            assert!(cut_after >= 3, "only {cut_after} points to cut at");
+            break;
+        }
+        cut_after += 1;
+        assert!(cut_after < 10_000, "the term never completed");
+    }
+}
+
+/// An fsync of the dead-letter topic that fails (poisoning its partition) is a
+/// passing failure: the term is answered UNAVAILABLE, the member still holds the
+/// message, and after a restart the term dead-letters it.
+#[test]
+fn a_failed_fsync_of_the_dead_letter_leaves_the_delivery_held_for_a_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let fs = FaultyFs::new(dir.path(), 7).unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = big_one_held(&fs, &data, &clock);
+    // The dead-letter topic exists (its creation is not what fails).
+    store
+        .create_topic("jobs.dlq", 1, TopicConfig::default())
+        .unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    fs.fail_sync(SyncFault::nth(1).path_contains("jobs.dlq"));
+    let term = [settle_one(
+        0,
+        SettleAction::Term {
+            reason: "give up".into(),
+        },
+    )];
+    let outcomes = engine.settle(Some("m"), &term).unwrap();
+    assert!(
+        matches!(&outcomes[0], SettleOutcome::Unavailable(_)),
+        "{outcomes:?}"
+    );
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!(status.unacked, 1, "still held: {status:?}");
+    drop(engine);
+    let store = Arc::try_unwrap(store).expect("the engine is gone");
+    store.simulate_crash();
+    fs.crash(CrashOptions::lose_unsynced()).unwrap();
+    let store = open(&fs, &data, &clock);
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    // The lease survived the restart: the member settles it again.
+    assert_eq!(
+        engine.settle(Some("m"), &term).unwrap(),
+        vec![SettleOutcome::Ok { settled: 1 }]
+    );
+    assert_eq!(letters_of(&store).len(), 1);
 }
