@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tidelog_storage::fs::{CrashOptions, FaultyFs};
+use tidelog_storage::fs::{CrashOptions, FaultyFs, SyncFault};
 use tidelog_storage::queue::admin::{self, DLQ_HEADER_OFFSET, DLQ_HEADER_PARTITION};
 use tidelog_storage::queue::{
     Delivery, Hold, QueueConfig, QueueEngine, SettleAction, SettleOutcome, SettleRequest, StartAt,
@@ -275,7 +275,9 @@ fn run(seed: u64) {
                         );
                         known.held = None;
                     }
-                    SettleOutcome::Invalid(ref e) => panic!("{context}: {e}"),
+                    SettleOutcome::Invalid(ref e)
+                    | SettleOutcome::Refused(ref e)
+                    | SettleOutcome::Unavailable(ref e) => panic!("{context}: {e}"),
                 }
             }
             11..=13 => {
@@ -652,4 +654,580 @@ fn dead_letters_carry_their_story_and_redrive_brings_them_back() {
     // Delivered again as a new message, attempt 1.
     let again = engine.deliver(&[("m".into(), 1)]).unwrap();
     assert_eq!((again[0].1[0].record.offset, again[0].1[0].attempt), (1, 1));
+}
+
+/// The one-partition store of [`plain_store`] with topic `jobs` at its default
+/// `max_message_bytes` (1 MiB), three messages of exactly that size, and a queue on
+/// it with `max_deliveries` 1 whose member `m` holds all three.
+fn three_held_at_the_limit(dir: &Path, clock: &Arc<ManualClock>) -> (Arc<Store>, QueueEngine) {
+    let store = plain_store(dir, clock, 0);
+    let limit = TopicConfig::default().max_message_bytes as usize;
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    for i in 0..3u8 {
+        partition
+            .append_durable(&[NewRecord::value(vec![b'a' + i; limit])])
+            .unwrap();
+    }
+    let queue_config = QueueConfig {
+        max_deliveries: 1,
+        ..config()
+    };
+    admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, queue_config).unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    let delivered = engine.deliver(&[("m".into(), 3)]).unwrap();
+    assert_eq!(delivered[0].1.len(), 3);
+    (store, engine)
+}
+
+fn settle_one(offset: u64, action: SettleAction) -> SettleRequest {
+    SettleRequest {
+        partition: 0,
+        offset,
+        attempt: 1,
+        action,
+    }
+}
+
+#[test]
+fn a_message_at_its_topics_limit_is_dead_lettered_by_nack_term_and_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let (store, mut engine) = three_held_at_the_limit(dir.path(), &clock);
+    // A nack on the last attempt and a term (with a reason past the longest kept), in
+    // one call: each dead-lettered, though its letter is over the dead-letter topic's
+    // max_message_bytes (the same 1 MiB) by the headers the broker added.
+    let outcomes = engine
+        .settle(
+            Some("m"),
+            &[
+                settle_one(
+                    0,
+                    SettleAction::Nack {
+                        delay_ms: None,
+                        reason: "bad".into(),
+                    },
+                ),
+                settle_one(
+                    1,
+                    SettleAction::Term {
+                        reason: "x".repeat(5_000),
+                    },
+                ),
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            SettleOutcome::Ok { settled: 1 },
+            SettleOutcome::Ok { settled: 1 }
+        ]
+    );
+    // The third by its deadline.
+    clock.advance_ms(config().ack_deadline_ms as i64);
+    engine.tick().unwrap();
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!(
+        (status.ready, status.unacked, status.waiting),
+        (0, 0, 0),
+        "{status:?}"
+    );
+    assert_eq!(status.partitions[0].2, 3, "all three settled");
+
+    let limit = TopicConfig::default().max_message_bytes;
+    let dlq = store.topic("jobs.dlq").unwrap();
+    assert_eq!(dlq.config().max_message_bytes, limit);
+    let letters = dlq
+        .partition(0)
+        .unwrap()
+        .read(0, 10, u64::MAX)
+        .unwrap()
+        .records;
+    assert_eq!(letters.len(), 3);
+    for (i, letter) in letters.iter().enumerate() {
+        assert_eq!(letter.value.len() as u64, limit);
+        assert_eq!(letter.value[0], b'a' + i as u8);
+        let offset = letter
+            .headers
+            .iter()
+            .find(|h| h.key == DLQ_HEADER_OFFSET)
+            .unwrap();
+        assert_eq!(&offset.value[..], i.to_string().as_bytes());
+        let size = letter.payload_bytes();
+        assert!(
+            size > limit && size <= limit + admin::DLQ_HEADERS_BYTES_MAX,
+            "letter {i}: {size} bytes"
+        );
+    }
+    // Redrive takes the headers off: the messages fit their topic again.
+    assert_eq!(admin::redrive_queue(&*store, "work", 0).unwrap(), (3, 0));
+    let back = store
+        .topic("jobs")
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .read(3, 10, u64::MAX)
+        .unwrap()
+        .records;
+    assert_eq!(back.len(), 3);
+    assert!(back.iter().all(|r| r.payload_bytes() == limit));
+}
+
+#[test]
+fn a_dead_letter_refused_for_good_sends_the_message_back_and_spares_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    // A dead-letter topic that refuses the letters: its limit (with the allowance
+    // for the headers) is far below the messages' size, an operator's choice.
+    let store = plain_store(dir.path(), &clock, 0);
+    store
+        .create_topic(
+            "jobs.dlq",
+            1,
+            TopicConfig {
+                max_message_bytes: 100,
+                ..TopicConfig::default()
+            },
+        )
+        .unwrap();
+    drop(store);
+    let store = plain_store_reopened(dir.path(), &clock);
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    for _ in 0..3 {
+        partition
+            .append_durable(&[NewRecord::value(vec![b'z'; 5_000])])
+            .unwrap();
+    }
+    let queue_config = QueueConfig {
+        max_deliveries: 1,
+        ..config()
+    };
+    admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, queue_config).unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    assert_eq!(engine.deliver(&[("m".into(), 3)]).unwrap()[0].1.len(), 3);
+    // A term and a last nack the dead-letter topic refuses, and an ack, in one call:
+    // the ack is done, the other two are refused each on its own and released.
+    let outcomes = engine
+        .settle(
+            Some("m"),
+            &[
+                settle_one(
+                    0,
+                    SettleAction::Term {
+                        reason: "give up".into(),
+                    },
+                ),
+                settle_one(1, SettleAction::Ack { through: None }),
+                settle_one(
+                    2,
+                    SettleAction::Nack {
+                        delay_ms: Some(0),
+                        reason: "bad".into(),
+                    },
+                ),
+            ],
+        )
+        .unwrap();
+    assert!(
+        matches!(&outcomes[0], SettleOutcome::Refused(m) if m.contains("max_message_bytes")),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes[1], SettleOutcome::Ok { settled: 1 });
+    assert!(
+        matches!(&outcomes[2], SettleOutcome::Refused(_)),
+        "{outcomes:?}"
+    );
+    assert_eq!(engine.unacked("m"), 0);
+    // Delivered again after the backoff, not held by nobody forever.
+    clock.advance_ms(config().backoff_max_ms as i64);
+    engine.tick().unwrap();
+    let again = engine.deliver(&[("m".into(), 3)]).unwrap();
+    let mut offsets: Vec<(u64, u32)> = again[0]
+        .1
+        .iter()
+        .map(|d| (d.record.offset, d.attempt))
+        .collect();
+    offsets.sort();
+    assert_eq!(offsets, vec![(0, 2), (2, 2)]);
+    // Its deadline passing does the same: the lease is given up, the message waits.
+    clock.advance_ms(config().ack_deadline_ms as i64);
+    engine.tick().unwrap();
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!((status.unacked, status.waiting), (0, 2), "{status:?}");
+    assert!(
+        store
+            .topic("jobs.dlq")
+            .unwrap()
+            .partition(0)
+            .unwrap()
+            .end_offset()
+            == 0
+    );
+    // After a restart the same: waiting, then delivered again.
+    drop(engine);
+    drop(store);
+    let store = plain_store_reopened(dir.path(), &clock);
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    clock.advance_ms(config().backoff_max_ms as i64);
+    engine.tick().unwrap();
+    assert_eq!(engine.deliver(&[("m".into(), 3)]).unwrap()[0].1.len(), 2);
+    // The operator's way out: purge settles them.
+    assert_eq!(admin::purge_queue(&*store, "work").unwrap(), 2);
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!((status.unacked, status.waiting, status.ready), (0, 0, 0));
+}
+
+fn plain_store_reopened(dir: &Path, clock: &Arc<ManualClock>) -> Arc<Store> {
+    Arc::new(
+        Store::open(
+            dir,
+            StoreOptions {
+                clock: clock.clone(),
+                flush_threads: 1,
+                retention_interval: None,
+                flush_observer: None,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap(),
+    )
+}
+
+/// A store whose topic `jobs` caps each queue at 5 ready messages under `overflow`,
+/// with 5 messages and a queue whose member `slow` holds offset 0 while `fast` took
+/// offsets 1-4 and acked them: 0 ready, 1 unacked.
+fn one_held_under_a_cap_of_five(
+    dir: &Path,
+    clock: &Arc<ManualClock>,
+    overflow: tidelog_storage::QueueOverflow,
+) -> (Arc<Store>, QueueEngine) {
+    let store = plain_store_reopened(dir, clock);
+    store
+        .create_topic(
+            "jobs",
+            1,
+            TopicConfig {
+                queue_max_ready_messages: Some(5),
+                queue_overflow: overflow,
+                ..TopicConfig::default()
+            },
+        )
+        .unwrap();
+    admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, config()).unwrap();
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    for i in 0..5 {
+        partition
+            .append_durable(&[NewRecord::value(format!("m{i}"))])
+            .unwrap();
+    }
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("slow");
+    engine.member_joined("fast");
+    assert_eq!(engine.deliver(&[("slow".into(), 1)]).unwrap()[0].1.len(), 1);
+    assert_eq!(engine.deliver(&[("fast".into(), 4)]).unwrap()[0].1.len(), 4);
+    let outcomes = engine
+        .settle(
+            Some("fast"),
+            &[SettleRequest {
+                partition: 0,
+                offset: 1,
+                attempt: 0,
+                action: SettleAction::Ack { through: Some(4) },
+            }],
+        )
+        .unwrap();
+    assert_eq!(outcomes, vec![SettleOutcome::Ok { settled: 4 }]);
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!((status.ready, status.unacked), (0, 1), "{status:?}");
+    (store, engine)
+}
+
+#[test]
+fn the_reject_cap_counts_ready_messages_not_held_nor_acked_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let (store, _engine) =
+        one_held_under_a_cap_of_five(dir.path(), &clock, tidelog_storage::QueueOverflow::Reject);
+    let topic = store.topic("jobs").unwrap();
+    // 0 ready: room for 5 more, not for 6.
+    assert_eq!(admin::over_caps(&*store, &topic, 5, 10).unwrap(), None);
+    let over = admin::over_caps(&*store, &topic, 6, 12).unwrap().unwrap();
+    assert_eq!(over.ready_messages, 0);
+    let partition = topic.partition(0).unwrap().clone();
+    for i in 0..5 {
+        partition
+            .append_durable(&[NewRecord::value(format!("n{i}"))])
+            .unwrap();
+    }
+    let over = admin::over_caps(&*store, &topic, 1, 2).unwrap().unwrap();
+    assert_eq!(over.ready_messages, 5, "{over:?}");
+    assert_eq!(over.cap, "queue_max_ready_messages 5");
+}
+
+#[test]
+fn the_dead_letter_oldest_cap_counts_by_the_same_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let (store, mut engine) = one_held_under_a_cap_of_five(
+        dir.path(),
+        &clock,
+        tidelog_storage::QueueOverflow::DeadLetterOldest,
+    );
+    assert_eq!(engine.enforce_caps().unwrap(), 0);
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    for i in 0..7 {
+        partition
+            .append_durable(&[NewRecord::value(format!("n{i}"))])
+            .unwrap();
+    }
+    // 7 ready, cap 5: the two oldest ready ones go, not the held one.
+    assert_eq!(engine.enforce_caps().unwrap(), 2);
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!((status.ready, status.unacked), (5, 1), "{status:?}");
+    let letters = store
+        .topic("jobs.dlq")
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .read(0, 10, u64::MAX)
+        .unwrap()
+        .records;
+    let values: Vec<&[u8]> = letters.iter().map(|r| &r.value[..]).collect();
+    assert_eq!(values, vec![&b"n0"[..], b"n1"]);
+}
+
+#[test]
+fn purge_reports_every_message_it_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = plain_store(dir.path(), &clock, 0);
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    // 0-1 taken and delayed, 2-4 held, 5-6 nacked and waiting, 7-9 never taken.
+    for i in 0..10u64 {
+        partition
+            .append_durable(&[NewRecord {
+                value: Bytes::from(format!("m{i}")),
+                delay_ms: (i < 2).then_some(60_000),
+                ..NewRecord::default()
+            }])
+            .unwrap();
+    }
+    admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, config()).unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    let delivered = engine.deliver(&[("m".into(), 5)]).unwrap();
+    assert_eq!(delivered[0].1.len(), 5);
+    for offset in 5..7 {
+        engine
+            .settle(
+                Some("m"),
+                &[SettleRequest {
+                    partition: 0,
+                    offset,
+                    attempt: 1,
+                    action: SettleAction::Nack {
+                        delay_ms: Some(60_000),
+                        reason: "later".into(),
+                    },
+                }],
+            )
+            .unwrap();
+    }
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!(
+        (status.unacked, status.waiting, status.delayed, status.ready),
+        (3, 2, 2, 3),
+        "{status:?}"
+    );
+    assert_eq!(admin::purge_queue(&*store, "work").unwrap(), 10);
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!(
+        (status.unacked, status.waiting, status.delayed, status.ready),
+        (0, 0, 0, 0)
+    );
+    assert_eq!(
+        admin::purge_queue(&*store, "work").unwrap(),
+        0,
+        "nothing twice"
+    );
+}
+
+#[test]
+fn an_ack_range_ending_below_its_offset_is_invalid_and_spares_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = plain_store(dir.path(), &clock, 0);
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    for i in 0..3 {
+        partition
+            .append_durable(&[NewRecord::value(format!("m{i}"))])
+            .unwrap();
+    }
+    admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, config()).unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    assert_eq!(engine.deliver(&[("m".into(), 3)]).unwrap()[0].1.len(), 3);
+    let outcomes = engine
+        .settle(
+            Some("m"),
+            &[
+                settle_one(2, SettleAction::Ack { through: Some(1) }),
+                settle_one(0, SettleAction::Ack { through: Some(0) }),
+            ],
+        )
+        .unwrap();
+    assert!(
+        matches!(&outcomes[0], SettleOutcome::Invalid(m) if m.contains("through_offset 1")),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes[1], SettleOutcome::Ok { settled: 1 });
+    assert_eq!(engine.unacked("m"), 2, "offsets 1 and 2 still held");
+}
+
+/// A FaultyFs store with topic `jobs` (1 MiB max_message_bytes), one message of
+/// exactly that size, and a queue (max_deliveries 1) whose member `m` holds it, all
+/// durable.
+fn big_one_held(fs: &FaultyFs, data: &Path, clock: &Arc<ManualClock>) -> Arc<Store> {
+    let store = open(fs, data, clock);
+    store
+        .create_topic("jobs", 1, TopicConfig::default())
+        .unwrap();
+    let limit = TopicConfig::default().max_message_bytes as usize;
+    store
+        .topic("jobs")
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .append_durable(&[NewRecord::value(vec![b'q'; limit])])
+        .unwrap();
+    let queue_config = QueueConfig {
+        max_deliveries: 1,
+        ..config()
+    };
+    admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, queue_config).unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    assert_eq!(engine.deliver(&[("m".into(), 1)]).unwrap()[0].1.len(), 1);
+    store
+}
+
+/// The dead letters of `store`'s `jobs.dlq` (none if it does not exist).
+fn letters_of(store: &Store) -> Vec<tidelog_storage::Record> {
+    match store.topic("jobs.dlq") {
+        Ok(dlq) => {
+            dlq.partition(0)
+                .unwrap()
+                .read(0, 10, u64::MAX)
+                .unwrap()
+                .records
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+/// A power cut at every point of a term of a message at its topic's limit: after
+/// recovery, the message is either still pending (delivered again) or settled with
+/// its whole dead letter in the dead-letter topic, never settled without one; and a
+/// term answered OK is settled after any cut.
+#[test]
+fn a_power_cut_anywhere_in_a_large_dead_letter_loses_nothing() {
+    let limit = TopicConfig::default().max_message_bytes;
+    let mut cut_after = 0;
+    loop {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let fs = FaultyFs::new(dir.path(), cut_after).unwrap();
+        let clock = ManualClock::new(START_MS);
+        let store = big_one_held(&fs, &data, &clock);
+        let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+        engine.member_joined("m");
+        fs.power_off_after(cut_after);
+        let answered = engine.settle(
+            Some("m"),
+            &[settle_one(
+                0,
+                SettleAction::Term {
+                    reason: "give up".into(),
+                },
+            )],
+        );
+        let cut = fs.is_powered_off();
+        drop(engine);
+        let store = Arc::try_unwrap(store).expect("the engine is gone");
+        store.simulate_crash();
+        fs.crash(CrashOptions::keep_some(cut_after)).unwrap();
+        let store = open(&fs, &data, &clock);
+        let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+        let settled = status.partitions[0].2 == 1;
+        let letters = letters_of(&store);
+        if settled {
+            assert_eq!(
+                letters.len(),
+                1,
+                "cut after {cut_after}: settled without its letter"
+            );
+            assert_eq!(letters[0].value.len() as u64, limit);
+        } else {
+            assert!(
+                !matches!(answered.as_deref(), Ok([SettleOutcome::Ok { .. }])),
+                "cut after {cut_after}: a term answered OK was taken back"
+            );
+            assert_eq!(status.unacked + status.waiting + status.ready, 1);
+        }
+        if !cut {
+            assert!(settled, "no cut: the term is done");
+            assert!(cut_after >= 3, "only {cut_after} points to cut at");
+            break;
+        }
+        cut_after += 1;
+        assert!(cut_after < 10_000, "the term never completed");
+    }
+}
+
+/// An fsync of the dead-letter topic that fails (poisoning its partition) is a
+/// passing failure: the term is answered UNAVAILABLE, the member still holds the
+/// message, and after a restart the term dead-letters it.
+#[test]
+fn a_failed_fsync_of_the_dead_letter_leaves_the_delivery_held_for_a_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let fs = FaultyFs::new(dir.path(), 7).unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = big_one_held(&fs, &data, &clock);
+    // The dead-letter topic exists (its creation is not what fails).
+    store
+        .create_topic("jobs.dlq", 1, TopicConfig::default())
+        .unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    fs.fail_sync(SyncFault::nth(1).path_contains("jobs.dlq"));
+    let term = [settle_one(
+        0,
+        SettleAction::Term {
+            reason: "give up".into(),
+        },
+    )];
+    let outcomes = engine.settle(Some("m"), &term).unwrap();
+    assert!(
+        matches!(&outcomes[0], SettleOutcome::Unavailable(_)),
+        "{outcomes:?}"
+    );
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!(status.unacked, 1, "still held: {status:?}");
+    drop(engine);
+    let store = Arc::try_unwrap(store).expect("the engine is gone");
+    store.simulate_crash();
+    fs.crash(CrashOptions::lose_unsynced()).unwrap();
+    let store = open(&fs, &data, &clock);
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    // The lease survived the restart: the member settles it again.
+    assert_eq!(
+        engine.settle(Some("m"), &term).unwrap(),
+        vec![SettleOutcome::Ok { settled: 1 }]
+    );
+    assert_eq!(letters_of(&store).len(), 1);
 }

@@ -118,32 +118,37 @@ pub fn queue_description(
     }
 }
 
-/// A settlement from the API, with the topic it names.
-pub fn settle_request(settlement: pb::Settlement) -> (String, q::SettleRequest) {
+/// A settlement from the API, with the topic it names; Err (the reason, for an
+/// INVALID_ARGUMENT outcome) for a through_offset on anything but an ack.
+pub fn settle_request(settlement: pb::Settlement) -> (String, Result<q::SettleRequest, String>) {
     use pb::settlement::Action;
     let action = match settlement.action {
-        None | Some(Action::Ack(_)) => q::SettleAction::Ack {
+        None | Some(Action::Ack(_)) => Ok(q::SettleAction::Ack {
             through: settlement.through_offset,
-        },
-        Some(Action::Nack(nack)) => q::SettleAction::Nack {
+        }),
+        Some(_) if settlement.through_offset.is_some() => Err(format!(
+            "partition {} offset {}: through_offset is for an ack only",
+            settlement.partition, settlement.offset
+        )),
+        Some(Action::Nack(nack)) => Ok(q::SettleAction::Nack {
             delay_ms: nack.delay_ms,
             reason: nack.reason,
-        },
-        Some(Action::InProgress(progress)) => q::SettleAction::InProgress {
+        }),
+        Some(Action::InProgress(progress)) => Ok(q::SettleAction::InProgress {
             extend_ms: progress.extend_ms,
-        },
-        Some(Action::Term(term)) => q::SettleAction::Term {
+        }),
+        Some(Action::Term(term)) => Ok(q::SettleAction::Term {
             reason: term.reason,
-        },
+        }),
     };
     (
         settlement.topic,
-        q::SettleRequest {
+        action.map(|action| q::SettleRequest {
             partition: settlement.partition,
             offset: settlement.offset,
             attempt: settlement.attempt,
             action,
-        },
+        }),
     )
 }
 
@@ -154,6 +159,8 @@ pub fn settlement_outcome(outcome: q::SettleOutcome) -> pb::SettlementOutcome {
         q::SettleOutcome::NotFound(message) => (Code::NotFound, message, 0),
         q::SettleOutcome::Stale(message) => (Code::FailedPrecondition, message, 0),
         q::SettleOutcome::Invalid(message) => (Code::InvalidArgument, message, 0),
+        q::SettleOutcome::Refused(message) => (Code::FailedPrecondition, message, 0),
+        q::SettleOutcome::Unavailable(message) => (Code::Unavailable, message, 0),
     };
     pb::SettlementOutcome {
         code: code as i32,

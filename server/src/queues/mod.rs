@@ -234,13 +234,20 @@ impl Runtime {
     fn submit_settle(
         self: &Arc<Self>,
         member: Option<String>,
-        requests: Vec<(String, SettleRequest)>,
+        requests: Vec<(String, Result<SettleRequest, String>)>,
     ) -> impl Future<Output = Result<Vec<SettleOutcome>, Status>> + Send + 'static {
         let parts = self.parts();
         let mut outcomes: Vec<Option<SettleOutcome>> = vec![None; requests.len()];
         // Per part, the requests (and where their outcomes go), in request order.
         let mut by_part: Vec<(Arc<Part>, Vec<usize>, Vec<SettleRequest>)> = Vec::new();
         for (index, (topic, request)) in requests.into_iter().enumerate() {
+            let request = match request {
+                Ok(request) => request,
+                Err(reason) => {
+                    outcomes[index] = Some(SettleOutcome::Invalid(reason));
+                    continue;
+                }
+            };
             let part = if self.pattern {
                 if topic.is_empty() {
                     outcomes[index] = Some(SettleOutcome::Invalid(format!(

@@ -487,13 +487,37 @@ impl Partition {
         records: &[NewRecord],
         ids: SplitIds,
     ) -> Result<Appended> {
+        self.append_split_allowing(records, ids, 0)
+    }
+
+    /// [`Partition::append_durable`] for the broker's own copies of messages a log
+    /// already accepted (a queue's dead letters): each record may pass the topic's
+    /// `max_message_bytes` by up to `allowance_bytes`, the bounded bytes the broker
+    /// added to it. No client publish comes this way.
+    pub(crate) fn append_durable_allowing(
+        self: &Arc<Self>,
+        records: &[NewRecord],
+        allowance_bytes: u64,
+    ) -> Result<Appended> {
+        let appended =
+            self.append_split_allowing(records, split_record_ids(records), allowance_bytes)?;
+        self.wait_durable_blocking(appended.last_offset)?;
+        Ok(appended)
+    }
+
+    fn append_split_allowing(
+        self: &Arc<Self>,
+        records: &[NewRecord],
+        ids: SplitIds,
+        allowance_bytes: u64,
+    ) -> Result<Appended> {
         debug_assert_eq!(ids, split_record_ids(records));
         let config = self.config();
         let options = EncodeOptions {
             now_ms: self.clock.now_ms(),
             default_ttl_ms: config.default_ttl_ms,
             compression: config.compression,
-            max_message_bytes: config.max_message_bytes,
+            max_message_bytes: config.max_message_bytes.saturating_add(allowance_bytes),
             priority_levels: config.priority_levels,
         };
         // Encoding, compression, the CRC and the ids' hashes happen outside the lock.

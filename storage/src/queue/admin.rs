@@ -6,10 +6,12 @@ use bytes::Bytes;
 
 use super::state::{
     Hold, PATTERN_QUEUE_NAME_BYTES_MAX, PatternQueue, Queue, QueueConfig, QueueOp,
-    pattern_child_name, pattern_child_parent, validate_new_queue_name,
+    REASON_BYTES_MAX, pattern_child_name, pattern_child_parent, truncate_utf8,
+    validate_new_queue_name,
 };
 use crate::batch::NewRecord;
 use crate::error::{Error, Result};
+use crate::limits::TOPIC_NAME_BYTES_MAX;
 use crate::pattern::TopicPattern;
 use crate::queue::QueueHost;
 use crate::topic::Topic;
@@ -34,6 +36,34 @@ pub const DLQ_HEADERS: [&str; 8] = [
     DLQ_HEADER_LAST_DELIVERY,
     DLQ_HEADER_REASON,
 ];
+
+/// The most bytes the dead-letter headers add to a message (what `max_message_bytes`
+/// counts: keys and values): their keys, two names of at most
+/// [`TOPIC_NAME_BYTES_MAX`] (the queue's public name and the topic's), five decimal
+/// numbers of at most 20 digits and a sign, and a reason of at most
+/// [`REASON_BYTES_MAX`]. A dead letter may pass its topic's `max_message_bytes` by
+/// this much, so any message its topic accepted can be dead-lettered (a topic with
+/// the same limit would refuse it otherwise); [`dead_letter_record`] keeps to it.
+pub const DLQ_HEADERS_BYTES_MAX: u64 = {
+    let mut keys = 0;
+    let mut i = 0;
+    while i < DLQ_HEADERS.len() {
+        keys += DLQ_HEADERS[i].len();
+        i += 1;
+    }
+    (keys + 2 * TOPIC_NAME_BYTES_MAX + 5 * DLQ_NUMBER_BYTES_MAX + REASON_BYTES_MAX) as u64
+};
+
+/// Longest decimal number in a dead-letter header (an i64 with its sign).
+const DLQ_NUMBER_BYTES_MAX: usize = 20;
+
+const _: () = assert!(PATTERN_QUEUE_NAME_BYTES_MAX <= TOPIC_NAME_BYTES_MAX);
+// README's dead-letter section and the .proto's QueueConfig.dead_letter_topic say
+// this number.
+const _: () = assert!(DLQ_HEADERS_BYTES_MAX == 1790);
+const _: () = assert!(
+    crate::limits::MESSAGE_BYTES_MAX + DLQ_HEADERS_BYTES_MAX < crate::limits::BATCH_BYTES_MAX
+);
 
 /// Dead letters moved back by one redrive call when the caller does not say.
 pub const REDRIVE_DEFAULT_MESSAGES: u32 = 1000;
@@ -433,7 +463,9 @@ pub fn delete_queue(store: &dyn QueueHost, name: &str) -> Result<()> {
 }
 
 /// Settles everything queue `name` has not settled, up to each partition's end now.
-/// Returns about how many messages that settled (the unsettled span of each partition).
+/// Returns how many messages that settled: those held, waiting or delayed, and those
+/// not taken yet (exact with one priority level; with several, messages a faster
+/// level already settled past the slowest cursor are counted too).
 pub fn purge_queue(store: &dyn QueueHost, name: &str) -> Result<u64> {
     let mut purged = 0;
     for (_, queue) in serving_queues(store, name)? {
@@ -443,27 +475,21 @@ pub fn purge_queue(store: &dyn QueueHost, name: &str) -> Result<u64> {
 }
 
 fn purge_one(store: &dyn QueueHost, name: &str) -> Result<u64> {
-    let queue = store
+    let topic_name = store
         .queues()
-        .read(|q| q.get(name).map(Queue::without_pending))
+        .read(|q| q.get(name).map(|q| q.topic.clone()))
         .ok_or_else(|| not_found(name))?;
-    let topic = store.topic(&queue.topic)?;
-    let mut ends = Vec::new();
-    let mut purged = 0;
-    for partition in topic.partitions() {
-        let end = partition.end_offset();
-        let settled_below = queue
-            .partitions
-            .get(&partition.id())
-            .map_or(0, |p| p.settled_below());
-        purged += end.saturating_sub(settled_below);
-        ends.push((partition.id(), end));
-    }
+    let topic = store.topic(&topic_name)?;
+    let ends = topic
+        .partitions()
+        .iter()
+        .map(|p| (p.id(), p.end_offset()))
+        .collect();
+    // The state machine counts what the purge settles as it applies it.
     store.queues().append_one(QueueOp::Purge {
         name: name.to_string(),
         ends,
-    })?;
-    Ok(purged)
+    })
 }
 
 /// The name of every queue (consuming `topic` if given, a pattern queue when it has
@@ -543,45 +569,95 @@ fn add_status(
     status: &mut QueueStatus,
     oldest_delivery: &mut i64,
 ) {
-    let ends: BTreeMap<u32, u64> = match store.topic(&queue.topic) {
+    let ends: BTreeMap<u32, (u64, u64)> = match store.topic(&queue.topic) {
         Ok(topic) => topic
             .partitions()
             .iter()
-            .map(|p| (p.id(), p.end_offset()))
+            .map(|p| (p.id(), (p.log_start(), p.end_offset())))
             .collect(),
         Err(_) => BTreeMap::new(),
     };
-    for (&id, &end) in &ends {
+    for (&id, &(start, end)) in &ends {
         let part = queue.partitions.get(&id);
-        let lowest_cursor = part.map_or(0, |p| p.cursors.iter().copied().min().unwrap_or(0));
-        let mut pending_ahead = 0;
-        if let Some(part) = part {
-            for (offset, pending) in part.pending.iter() {
-                if offset >= lowest_cursor {
-                    pending_ahead += 1;
-                }
-                match &pending.hold {
-                    Hold::Leased { .. } => {
-                        status.unacked += 1;
-                        *oldest_delivery = (*oldest_delivery).min(pending.last_delivery_ms);
-                    }
-                    Hold::Waiting { due_ms } if *due_ms <= now_ms => status.ready += 1,
-                    Hold::Waiting { .. } => status.waiting += 1,
-                    Hold::Delayed { due_ms } if *due_ms <= now_ms => status.ready += 1,
-                    Hold::Delayed { .. } => status.delayed += 1,
-                }
-            }
+        let counts = partition_counts(part, start, end, now_ms);
+        status.ready += counts.ready;
+        status.delayed += counts.delayed;
+        status.unacked += counts.unacked;
+        status.waiting += counts.waiting;
+        if let Some(at) = counts.oldest_delivery_ms {
+            *oldest_delivery = (*oldest_delivery).min(at);
         }
-        // Not taken yet (exact with one priority level; with several, messages that
-        // a faster level already took are left out as far as they are pending).
-        status.ready += end
-            .saturating_sub(lowest_cursor)
-            .saturating_sub(pending_ahead);
         let settled_below = part.map_or(0, |p| p.settled_below());
         status
             .partitions
             .push((queue.topic.clone(), id, settled_below, end));
     }
+}
+
+/// A queue's messages on one partition now, by the one rule of what is ready, which
+/// DescribeQueue's counts, the backpressure caps and the overflow policy all use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartitionCounts {
+    /// Stored, not settled, not held by a member, not waiting for a redelivery nor for
+    /// its deliver-at time: not taken yet, or taken and due now. (A message not taken
+    /// yet counts as ready even if its deliver-at time is ahead: only taking it reads
+    /// that time.)
+    pub ready: u64,
+    /// Taken, waiting for their deliver-at time.
+    pub delayed: u64,
+    /// Held by members.
+    pub unacked: u64,
+    /// Waiting for a redelivery that is not due yet.
+    pub waiting: u64,
+    /// The offset from which nothing is taken yet (the slowest level's cursor, or the
+    /// log's start if retention passed it).
+    pub untaken_from: u64,
+    /// The earliest last delivery of a message held.
+    pub oldest_delivery_ms: Option<i64>,
+}
+
+/// The counts of a queue's partition state `part` (None: nothing taken yet) on a
+/// partition whose log holds `start..end`, at `now_ms`.
+pub fn partition_counts(
+    part: Option<&super::state::QueuePartition>,
+    start: u64,
+    end: u64,
+    now_ms: i64,
+) -> PartitionCounts {
+    let lowest_cursor = part.map_or(0, |p| p.cursors.iter().copied().min().unwrap_or(0));
+    let untaken_from = lowest_cursor.max(start).min(end);
+    let mut counts = PartitionCounts {
+        untaken_from,
+        ..PartitionCounts::default()
+    };
+    // Pending at or past the slowest cursor were taken by a faster level: not in the
+    // untaken span's count.
+    let mut pending_ahead = 0;
+    if let Some(part) = part {
+        for (offset, pending) in part.pending.iter() {
+            if offset >= untaken_from {
+                pending_ahead += 1;
+            }
+            match &pending.hold {
+                Hold::Leased { .. } => {
+                    counts.unacked += 1;
+                    counts.oldest_delivery_ms = Some(
+                        counts
+                            .oldest_delivery_ms
+                            .map_or(pending.last_delivery_ms, |at| {
+                                at.min(pending.last_delivery_ms)
+                            }),
+                    );
+                }
+                Hold::Waiting { due_ms } if *due_ms <= now_ms => counts.ready += 1,
+                Hold::Waiting { .. } => counts.waiting += 1,
+                Hold::Delayed { due_ms } if *due_ms <= now_ms => counts.ready += 1,
+                Hold::Delayed { .. } => counts.delayed += 1,
+            }
+        }
+    }
+    counts.ready += (end - untaken_from).saturating_sub(pending_ahead);
+    counts
 }
 
 /// A queue over its topic's backpressure caps.
@@ -594,25 +670,46 @@ pub struct OverCap {
     pub cap: String,
 }
 
-/// The ready backlog of `queue` on `topic`: messages (and bytes of log, about) from
-/// where each partition is settled to its end.
-pub fn backlog(queue: &Queue, topic: &Topic) -> Result<(u64, u64)> {
-    let mut messages = 0;
+/// The ready backlog of queue `name` (a queue on one topic), on its `topic`, at
+/// `now_ms`: its ready messages ([`PartitionCounts::ready`], the one rule both caps
+/// and DescribeQueue use) and, about, their bytes of log (those of the span not taken
+/// yet; a message taken and due again is not counted in bytes). None for a queue that
+/// is gone. Counted under the state's read lock, without copying the pending.
+pub fn backlog(
+    store: &dyn QueueHost,
+    name: &str,
+    topic: &Topic,
+    now_ms: i64,
+) -> Result<Option<(u64, u64)>> {
+    let logs: Vec<(u32, u64, u64)> = topic
+        .partitions()
+        .iter()
+        .map(|p| (p.id(), p.log_start(), p.end_offset()))
+        .collect();
+    let counted = store.queues().read(|q| {
+        let queue = q.get(name)?;
+        let mut ready = 0;
+        let mut untaken = Vec::with_capacity(logs.len());
+        for &(id, start, end) in &logs {
+            let counts = partition_counts(queue.partitions.get(&id), start, end, now_ms);
+            ready += counts.ready;
+            untaken.push((id, counts.untaken_from));
+        }
+        Some((ready, untaken))
+    });
+    let Some((messages, untaken)) = counted else {
+        return Ok(None);
+    };
     let mut bytes = 0;
-    for partition in topic.partitions() {
-        let from = queue
-            .partitions
-            .get(&partition.id())
-            .map_or(0, |p| p.settled_below())
-            .max(partition.log_start());
-        messages += partition.end_offset().saturating_sub(from);
-        bytes += partition.bytes_from(from)?;
+    for (id, from) in untaken {
+        bytes += topic.partition(id)?.bytes_from(from)?;
     }
-    Ok((messages, bytes))
+    Ok(Some((messages, bytes)))
 }
 
 /// The first queue of `topic` that `incoming` more messages of `incoming_bytes` would
-/// put over the topic's caps, if any (None at once when the topic has no caps).
+/// put over the topic's caps on ready messages ([`backlog`]), if any (None at once
+/// when the topic has no caps).
 pub fn over_caps(
     store: &dyn QueueHost,
     topic: &Topic,
@@ -623,14 +720,17 @@ pub fn over_caps(
     if config.queue_max_ready_messages.is_none() && config.queue_max_ready_bytes.is_none() {
         return Ok(None);
     }
-    let queues: Vec<Queue> = store.queues().read(|q| {
+    let now_ms = store.clock().now_ms();
+    let names: Vec<String> = store.queues().read(|q| {
         q.iter()
             .filter(|q| q.topic == topic.name())
-            .cloned()
+            .map(|q| q.name.clone())
             .collect()
     });
-    for queue in queues {
-        let (messages, bytes) = backlog(&queue, topic)?;
+    for name in names {
+        let Some((messages, bytes)) = backlog(store, &name, topic, now_ms)? else {
+            continue;
+        };
         let cap = match (
             config.queue_max_ready_messages,
             config.queue_max_ready_bytes,
@@ -644,7 +744,7 @@ pub fn over_caps(
             _ => continue,
         };
         return Ok(Some(OverCap {
-            queue: public_name(&queue.name).to_string(),
+            queue: public_name(&name).to_string(),
             ready_messages: messages,
             ready_bytes: bytes,
             cap,
@@ -798,21 +898,37 @@ pub(crate) fn dead_letter_record(
     last_delivery_ms: i64,
     reason: &str,
 ) -> NewRecord {
-    let mut headers = record.headers.clone();
+    // The message's own headers with those names give way to the broker's, so the
+    // bytes added stay within DLQ_HEADERS_BYTES_MAX.
+    let mut headers: Vec<_> = record
+        .headers
+        .iter()
+        .filter(|h| !DLQ_HEADERS.contains(&h.key.as_str()))
+        .cloned()
+        .collect();
     let mut add = |key: &str, value: String| {
         headers.push(crate::batch::Header {
             key: key.to_string(),
             value: Bytes::from(value),
         })
     };
-    add(DLQ_HEADER_QUEUE, queue.to_string());
-    add(DLQ_HEADER_TOPIC, topic.to_string());
+    add(
+        DLQ_HEADER_QUEUE,
+        truncate_utf8(queue, TOPIC_NAME_BYTES_MAX).to_string(),
+    );
+    add(
+        DLQ_HEADER_TOPIC,
+        truncate_utf8(topic, TOPIC_NAME_BYTES_MAX).to_string(),
+    );
     add(DLQ_HEADER_PARTITION, partition.to_string());
     add(DLQ_HEADER_OFFSET, record.offset.to_string());
     add(DLQ_HEADER_ATTEMPTS, attempts.to_string());
     add(DLQ_HEADER_FIRST_DELIVERY, first_delivery_ms.to_string());
     add(DLQ_HEADER_LAST_DELIVERY, last_delivery_ms.to_string());
-    add(DLQ_HEADER_REASON, reason.to_string());
+    add(
+        DLQ_HEADER_REASON,
+        truncate_utf8(reason, REASON_BYTES_MAX).to_string(),
+    );
     NewRecord {
         key: record.key.clone(),
         value: record.value.clone(),

@@ -29,6 +29,7 @@ mod pattern_groups;
 mod patterns;
 mod positions;
 mod queue_cli;
+mod queue_dead_letters;
 mod queue_pattern;
 mod queue_settle;
 mod queues;

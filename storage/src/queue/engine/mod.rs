@@ -31,7 +31,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use super::admin::dead_letter_record;
+use super::admin::{DLQ_HEADERS_BYTES_MAX, dead_letter_record};
 use super::history::{HistoryEvent, HistorySubmitted, Outcome, QueueHistory};
 use super::state::{
     Hold, Pending, PendingMap, Queue, QueueConfig, QueueOp, QueuePartition, Taken, truncate_utf8,
@@ -106,6 +106,14 @@ pub enum SettleOutcome {
     Stale(String),
     /// A delay or extension out of range.
     Invalid(String),
+    /// A term, or a nack on the last attempt, whose dead letter the dead-letter topic
+    /// refuses for good (see [`LetterFailure::ForGood`]): the message was released
+    /// and waits for a redelivery instead.
+    Refused(String),
+    /// A term, or a nack on the last attempt, whose dead letter could not be written
+    /// now (an I/O error, a poisoned dead-letter partition): nothing changed, the
+    /// member still holds the delivery and may settle it again.
+    Unavailable(String),
 }
 
 /// Counters since the engine started, for metrics.
@@ -453,10 +461,6 @@ impl QueueEngine {
                             .insert((*deadline_ms, Timer::Deadline, partition, offset));
                         continue;
                     }
-                    if let Some(count) = self.members.get_mut(member) {
-                        *count = count.saturating_sub(1);
-                    }
-                    self.counters.timed_out += 1;
                     let reason = if member_gone {
                         "member left"
                     } else {
@@ -467,6 +471,29 @@ impl QueueEngine {
                     } else {
                         Outcome::DeadlinePassed
                     };
+                    // The dead letter first: while it cannot be written for a passing
+                    // cause, nothing changes and the lease is given up on a later tick.
+                    let mut retry_reason = None;
+                    let mut letter = None;
+                    if queue.config.exhausted(pending.attempts) {
+                        let reason = format!(
+                            "{reason} after {} deliveries (max_deliveries {})",
+                            pending.attempts, queue.config.max_deliveries
+                        );
+                        match self.dead_letter(&queue, partition, offset, pending, &reason) {
+                            Ok(op) => letter = Some(op),
+                            Err(error) => {
+                                match self.dead_letter_failed(partition, offset, &error) {
+                                    LetterFailure::ForGood(why) => retry_reason = Some(why),
+                                    LetterFailure::Passing => continue,
+                                }
+                            }
+                        }
+                    }
+                    if let Some(count) = self.members.get_mut(member) {
+                        *count = count.saturating_sub(1);
+                    }
+                    self.counters.timed_out += 1;
                     events.push(HistoryEvent::new(
                         partition,
                         offset,
@@ -477,24 +504,20 @@ impl QueueEngine {
                         member,
                         "",
                     ));
-                    if queue.config.exhausted(pending.attempts) {
-                        let reason = format!(
-                            "{reason} after {} deliveries (max_deliveries {})",
-                            pending.attempts, queue.config.max_deliveries
-                        );
-                        let op = self.dead_letter(&queue, partition, offset, pending, &reason)?;
+                    if let Some(op) = letter {
                         events.extend(dead_lettered_event(&op, pending.attempts, now, member));
                         ops.push(op);
                         self.counters.dead_lettered_max_deliveries += 1;
                     } else {
                         let due = (*deadline_ms).min(now)
                             + queue.config.backoff_ms(pending.attempts) as i64;
+                        let reason = retry_reason.unwrap_or_else(|| reason.to_string());
                         ops.push(QueueOp::Nack {
                             name: self.name.clone(),
                             partition,
                             offset,
                             due_ms: due,
-                            reason: reason.to_string(),
+                            reason,
                         });
                         // Judged against the state before this tick's operations: a
                         // redelivery due already goes straight to the due set.
@@ -813,7 +836,15 @@ impl QueueEngine {
         }
         let queue = self.queue()?;
         let filter = self.filter_of(&queue.config)?;
-        let (messages, bytes) = super::admin::backlog(&queue, &topic)?;
+        let Some((messages, bytes)) = super::admin::backlog(
+            &*self.store,
+            &self.name,
+            &topic,
+            self.store.clock().now_ms(),
+        )?
+        else {
+            return Ok(0);
+        };
         let over_messages = config
             .queue_max_ready_messages
             .map_or(0, |max| messages.saturating_sub(max));
@@ -901,9 +932,9 @@ impl QueueEngine {
                     }
                 }
                 if !letters.is_empty() {
-                    for chunk in letters.chunks(1000) {
-                        dlq.partition(dead_letter_partition(&dlq, id))?
-                            .append_durable(chunk)?;
+                    let target = dlq.partition(dead_letter_partition(&dlq, id))?;
+                    for chunk in letter_batches(&letters) {
+                        target.append_durable_allowing(chunk, DLQ_HEADERS_BYTES_MAX)?;
                     }
                 }
                 if position > start {
@@ -986,7 +1017,7 @@ impl QueueEngine {
             );
             let dlq = dead_letter_topic(&*self.store, &queue.config.dead_letter_topic)?;
             dlq.partition(dead_letter_partition(&dlq, partition))?
-                .append_durable(&[letter])?;
+                .append_durable_allowing(&[letter], DLQ_HEADERS_BYTES_MAX)?;
         }
         Ok(QueueOp::DeadLetter {
             name: self.name.clone(),
@@ -994,6 +1025,48 @@ impl QueueEngine {
             offset,
             reason,
         })
+    }
+}
+
+/// Why a dead letter could not be written, for its caller to act on.
+pub(super) enum LetterFailure {
+    /// The dead-letter topic refuses it (too large for its `max_message_bytes`, too
+    /// many headers, a name it cannot be created with): trying again changes nothing,
+    /// so the message waits for a redelivery instead, with this reason, and stays
+    /// pending (the operator raises the dead-letter topic's limit, or purges it).
+    ForGood(String),
+    /// An I/O error, a poisoned or closed partition: tried again
+    /// [`DEAD_LETTER_RETRY_MS`] later, the message's state unchanged until then.
+    Passing,
+}
+
+/// Wait before a dead letter that failed for a passing cause is tried again, in ms.
+pub(super) const DEAD_LETTER_RETRY_MS: i64 = 1000;
+
+impl QueueEngine {
+    /// Judges a failed dead letter of `partition`/`offset` (logging it): for good or
+    /// passing. A passing failure sets the timer that gives up the lease again later.
+    pub(super) fn dead_letter_failed(
+        &mut self,
+        partition: u32,
+        offset: u64,
+        error: &Error,
+    ) -> LetterFailure {
+        let for_good = matches!(error, Error::TooLarge { .. } | Error::InvalidArgument(_));
+        tracing::warn!(queue = %self.name, partition, offset, %error, for_good, "dead letter not written");
+        if for_good {
+            let why = format!("its dead letter was refused, so it is delivered again: {error}");
+            return LetterFailure::ForGood(
+                truncate_utf8(&why, super::state::REASON_BYTES_MAX).to_string(),
+            );
+        }
+        let at = self
+            .store
+            .clock()
+            .now_ms()
+            .saturating_add(DEAD_LETTER_RETRY_MS);
+        self.timers.insert((at, Timer::Deadline, partition, offset));
+        LetterFailure::Passing
     }
 }
 
@@ -1025,6 +1098,39 @@ fn dead_lettered_event(
         member,
         reason,
     ))
+}
+
+/// Most dead letters appended as one batch, and most bytes (what
+/// `max_message_bytes` counts) of the letters of one batch after its first: a batch
+/// of large letters stays far below [`crate::limits::BATCH_BYTES_MAX`].
+const LETTER_BATCH_RECORDS_MAX: usize = 1000;
+const LETTER_BATCH_BYTES_MAX: u64 = 8 * 1024 * 1024;
+const _: () = assert!(
+    LETTER_BATCH_BYTES_MAX + crate::limits::MESSAGE_BYTES_MAX + DLQ_HEADERS_BYTES_MAX
+        < crate::limits::BATCH_BYTES_MAX / 2
+);
+
+/// `letters` in batches of at most [`LETTER_BATCH_RECORDS_MAX`] records and about
+/// [`LETTER_BATCH_BYTES_MAX`] bytes (each batch takes at least one letter).
+fn letter_batches(letters: &[crate::batch::NewRecord]) -> Vec<&[crate::batch::NewRecord]> {
+    let mut batches = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0u64;
+    for (i, letter) in letters.iter().enumerate() {
+        let size = letter.payload_bytes();
+        if i > start
+            && (i - start >= LETTER_BATCH_RECORDS_MAX || bytes + size > LETTER_BATCH_BYTES_MAX)
+        {
+            batches.push(&letters[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    if start < letters.len() {
+        batches.push(&letters[start..]);
+    }
+    batches
 }
 
 /// The record at `offset` of `partition`, or None when it is gone (retention) or

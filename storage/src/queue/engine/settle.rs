@@ -6,8 +6,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::{
-    ACK_LATENCIES_KEPT_MAX, QueueEngine, SettleAction, SettleOutcome, SettleRequest, Timer,
-    dead_lettered_event,
+    ACK_LATENCIES_KEPT_MAX, LetterFailure, QueueEngine, SettleAction, SettleOutcome, SettleRequest,
+    Timer, dead_lettered_event,
 };
 use crate::error::Result;
 use crate::queue::history::{HistoryEvent, Outcome};
@@ -70,16 +70,23 @@ impl QueueEngine {
                 if let SettleAction::Ack {
                     through: Some(through),
                 } = request.action
+                    && through < request.offset
+                {
+                    outcomes.push(SettleOutcome::Invalid(format!(
+                        "partition {} offset {}: through_offset {through} is below offset",
+                        request.partition, request.offset
+                    )));
+                    continue;
+                }
+                if let SettleAction::Ack {
+                    through: Some(through),
+                } = request.action
                 {
                     // A range: every offset in it this member holds.
                     let mut ranges: Vec<(u64, u64)> = Vec::new();
                     let mut settled = 0;
                     {
-                        let held = self.pending_range(
-                            request.partition,
-                            request.offset,
-                            through.max(request.offset),
-                        );
+                        let held = self.pending_range(request.partition, request.offset, through);
                         for (offset, pending) in &held {
                             let offset = *offset;
                             let Hold::Leased { member: holder, .. } = &pending.hold else {
@@ -248,9 +255,42 @@ impl QueueEngine {
                             )));
                             continue;
                         }
+                        let reason = truncate_utf8(reason, crate::queue::state::REASON_BYTES_MAX);
+                        // On the last attempt, the dead letter first: a failure leaves
+                        // this settlement's message as it was, not the others'.
+                        let mut refused = None;
+                        let mut letter = None;
+                        if queue.config.exhausted(pending.attempts) {
+                            let why = format!(
+                                "nacked on the last of {} deliveries: {reason}",
+                                queue.config.max_deliveries
+                            );
+                            match self.dead_letter(
+                                &queue,
+                                request.partition,
+                                request.offset,
+                                &pending,
+                                &why,
+                            ) {
+                                Ok(op) => letter = Some(op),
+                                Err(error) => match self.dead_letter_failed(
+                                    request.partition,
+                                    request.offset,
+                                    &error,
+                                ) {
+                                    LetterFailure::ForGood(why) => refused = Some(why),
+                                    LetterFailure::Passing => {
+                                        outcomes.push(SettleOutcome::Unavailable(format!(
+                                            "partition {} offset {}: its dead letter could not be written now ({error}); it is still delivered, settle it again",
+                                            request.partition, request.offset
+                                        )));
+                                        continue;
+                                    }
+                                },
+                            }
+                        }
                         gone.insert(key);
                         *released.entry(holder.clone()).or_insert(0) += 1;
-                        let reason = truncate_utf8(reason, crate::queue::state::REASON_BYTES_MAX);
                         self.counters.nacked += 1;
                         events.push(HistoryEvent::new(
                             request.partition,
@@ -262,18 +302,7 @@ impl QueueEngine {
                             holder,
                             reason,
                         ));
-                        if queue.config.exhausted(pending.attempts) {
-                            let reason = format!(
-                                "nacked on the last of {} deliveries: {reason}",
-                                queue.config.max_deliveries
-                            );
-                            let op = self.dead_letter(
-                                &queue,
-                                request.partition,
-                                request.offset,
-                                &pending,
-                                &reason,
-                            )?;
+                        if let Some(op) = letter {
                             events.extend(dead_lettered_event(&op, pending.attempts, now, holder));
                             ops.push(op);
                             self.counters.dead_lettered_max_deliveries += 1;
@@ -287,7 +316,7 @@ impl QueueEngine {
                                 partition: request.partition,
                                 offset: request.offset,
                                 due_ms: due,
-                                reason: reason.to_string(),
+                                reason: refused.clone().unwrap_or_else(|| reason.to_string()),
                             });
                             self.timers.insert((
                                 due,
@@ -296,10 +325,43 @@ impl QueueEngine {
                                 request.offset,
                             ));
                             nacked.insert(key);
-                            outcomes.push(SettleOutcome::Ok { settled: 0 });
+                            outcomes.push(match refused {
+                                Some(why) => SettleOutcome::Refused(format!(
+                                    "partition {} offset {}: {why}",
+                                    request.partition, request.offset
+                                )),
+                                None => SettleOutcome::Ok { settled: 0 },
+                            });
                         }
                     }
                     SettleAction::Term { reason } => {
+                        let why = format!(
+                            "terminated: {}",
+                            truncate_utf8(reason, crate::queue::state::REASON_BYTES_MAX - 12)
+                        );
+                        let letter = match self.dead_letter(
+                            &queue,
+                            request.partition,
+                            request.offset,
+                            &pending,
+                            &why,
+                        ) {
+                            Ok(op) => Ok(op),
+                            Err(error) => match self.dead_letter_failed(
+                                request.partition,
+                                request.offset,
+                                &error,
+                            ) {
+                                LetterFailure::ForGood(why) => Err(why),
+                                LetterFailure::Passing => {
+                                    outcomes.push(SettleOutcome::Unavailable(format!(
+                                        "partition {} offset {}: its dead letter could not be written now ({error}); it is still delivered, settle it again",
+                                        request.partition, request.offset
+                                    )));
+                                    continue;
+                                }
+                            },
+                        };
                         gone.insert(key);
                         *released.entry(holder.clone()).or_insert(0) += 1;
                         events.push(HistoryEvent::new(
@@ -312,21 +374,43 @@ impl QueueEngine {
                             holder,
                             reason,
                         ));
-                        let reason = format!(
-                            "terminated: {}",
-                            truncate_utf8(reason, crate::queue::state::REASON_BYTES_MAX - 12)
-                        );
-                        let op = self.dead_letter(
-                            &queue,
-                            request.partition,
-                            request.offset,
-                            &pending,
-                            &reason,
-                        )?;
-                        events.extend(dead_lettered_event(&op, pending.attempts, now, holder));
-                        ops.push(op);
-                        self.counters.dead_lettered_term += 1;
-                        outcomes.push(SettleOutcome::Ok { settled: 1 });
+                        match letter {
+                            Ok(op) => {
+                                events.extend(dead_lettered_event(
+                                    &op,
+                                    pending.attempts,
+                                    now,
+                                    holder,
+                                ));
+                                ops.push(op);
+                                self.counters.dead_lettered_term += 1;
+                                outcomes.push(SettleOutcome::Ok { settled: 1 });
+                            }
+                            Err(why) => {
+                                // Delivered again after the backoff, like a nack.
+                                let due = now.saturating_add(
+                                    queue.config.backoff_ms(pending.attempts) as i64,
+                                );
+                                ops.push(QueueOp::Nack {
+                                    name: self.name.clone(),
+                                    partition: request.partition,
+                                    offset: request.offset,
+                                    due_ms: due,
+                                    reason: why.clone(),
+                                });
+                                self.timers.insert((
+                                    due,
+                                    Timer::Due,
+                                    request.partition,
+                                    request.offset,
+                                ));
+                                nacked.insert(key);
+                                outcomes.push(SettleOutcome::Refused(format!(
+                                    "partition {} offset {}: {why}",
+                                    request.partition, request.offset
+                                )));
+                            }
+                        }
                     }
                 }
             }

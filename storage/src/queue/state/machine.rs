@@ -332,15 +332,25 @@ impl StateMachine for Queues {
                 let Some(queue) = self.queues.get_mut(&name) else {
                     return 0;
                 };
+                // Messages settled: the pending ones below the end, and those not taken
+                // yet (from the slowest cursor to the end, less the pending there,
+                // taken by a faster level; exact with one level).
                 let mut purged = 0;
                 for (partition, end) in ends {
                     let part = queue.partition(partition);
+                    let lowest = part.cursors.iter().copied().min().unwrap_or(end);
+                    let untaken = if lowest < end {
+                        (end - lowest)
+                            .saturating_sub(part.pending.range(lowest..end).count() as u64)
+                    } else {
+                        0
+                    };
                     for cursor in &mut part.cursors {
                         *cursor = (*cursor).max(end);
                     }
                     let below = part.pending.remove_range(..end);
                     *total -= below;
-                    purged += below;
+                    purged += below + untaken;
                 }
                 purged
             }
@@ -563,10 +573,12 @@ mod tests {
             at_ms: 1,
             taken: vec![leased(7, "m")],
         });
-        state.apply(QueueOp::Purge {
+        // Offsets 0-9: the one held and the nine not taken by the slowest level.
+        let purged = state.apply(QueueOp::Purge {
             name: "q".into(),
             ends: vec![(0, 10)],
         });
+        assert_eq!(purged, 10);
         let part = &state.get("q").unwrap().partitions[&0];
         assert_eq!(part.cursors, vec![10, 10, 10]);
         assert_eq!(part.settled_below(), 10);

@@ -1,0 +1,449 @@
+//! Work queues at their limits, through the real broker: a message as large as its
+//! topic allows is dead-lettered (by a term, a last nack and its deadline) though the
+//! dead letter's headers take it past the dead-letter topic's max_message_bytes, also
+//! across a kill -9, and redrive brings it back; a dead-letter topic that refuses a
+//! letter fails that settlement alone, and the message is delivered again rather than
+//! held by nobody; the reject cap counts ready messages, not held or acked ones; a
+//! through_offset below its offset, or on a nack, is INVALID_ARGUMENT for that
+//! settlement alone.
+
+use std::time::Duration;
+
+use tidelog_proto::v1::queues_client::QueuesClient;
+use tidelog_proto::v1::settlement::{Ack, Action, Nack, Term};
+use tidelog_proto::v1::start_position::{Earliest, Position};
+use tidelog_proto::v1::{
+    AckLevel, ConsumedMessage, CreateQueueRequest, DescribeQueueRequest, FetchRequest, Message,
+    PublishRequest, QueueConfig, QueueDelivery, QueueDescription, QueueOverflow, ReceiveRequest,
+    RedriveQueueRequest, SettleRequest, Settlement, SettlementOutcome, StartPosition, TopicConfig,
+};
+use tidelog_tests::TestBroker;
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// 1 MiB, the default max_message_bytes, less 64 bytes: what the hunt found stuck.
+const BIG_BYTES: usize = (1 << 20) - 64;
+
+async fn queues(broker: &TestBroker) -> QueuesClient<Channel> {
+    QueuesClient::new(broker.channel().await).max_decoding_message_size(64 << 20)
+}
+
+async fn create_queue(broker: &TestBroker, name: &str, topic: &str, config: QueueConfig) {
+    queues(broker)
+        .await
+        .create_queue(CreateQueueRequest {
+            name: name.into(),
+            topic: topic.into(),
+            start: Some(StartPosition {
+                position: Some(Position::Earliest(Earliest {})),
+            }),
+            config: Some(config),
+            ..Default::default()
+        })
+        .await
+        .expect("create queue");
+}
+
+async fn publish(broker: &TestBroker, topic: &str, values: Vec<Vec<u8>>) {
+    broker
+        .publisher()
+        .await
+        .publish(PublishRequest {
+            topic: topic.into(),
+            messages: values
+                .into_iter()
+                .map(|v| Message {
+                    value: v.into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ack: AckLevel::Durable as i32,
+        })
+        .await
+        .expect("publish");
+}
+
+async fn receive(broker: &TestBroker, queue: &str, member: &str, max: u32) -> Vec<QueueDelivery> {
+    queues(broker)
+        .await
+        .receive(ReceiveRequest {
+            queue: queue.into(),
+            member: member.into(),
+            max_messages: max,
+            max_wait_ms: 2_000,
+        })
+        .await
+        .expect("receive")
+        .into_inner()
+        .deliveries
+}
+
+async fn settle(
+    broker: &TestBroker,
+    queue: &str,
+    settlements: Vec<Settlement>,
+) -> Vec<SettlementOutcome> {
+    queues(broker)
+        .await
+        .settle(SettleRequest {
+            queue: queue.into(),
+            settlements,
+        })
+        .await
+        .expect("the Settle call itself succeeds")
+        .into_inner()
+        .outcomes
+}
+
+async fn describe(broker: &TestBroker, queue: &str) -> QueueDescription {
+    queues(broker)
+        .await
+        .describe_queue(DescribeQueueRequest { name: queue.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .queue
+        .unwrap()
+}
+
+fn settlement(d: &QueueDelivery, action: Action) -> Settlement {
+    let m = d.message.as_ref().unwrap();
+    Settlement {
+        partition: m.partition,
+        offset: m.offset,
+        attempt: d.attempt,
+        action: Some(action),
+        ..Default::default()
+    }
+}
+
+fn offset(d: &QueueDelivery) -> u64 {
+    d.message.as_ref().unwrap().offset
+}
+
+/// The messages of topic `topic` once it holds `at_least` (or what it holds after 10 s).
+async fn messages(broker: &TestBroker, topic: &str, at_least: usize) -> Vec<ConsumedMessage> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut all = Vec::new();
+        loop {
+            let got = broker
+                .consumer()
+                .await
+                .max_decoding_message_size(64 << 20)
+                .fetch(FetchRequest {
+                    topic: topic.into(),
+                    offset: all.len() as u64,
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner().messages)
+                .unwrap_or_default();
+            if got.is_empty() {
+                break;
+            }
+            all.extend(got);
+        }
+        if all.len() >= at_least || tokio::time::Instant::now() > deadline {
+            return all;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn header(message: &ConsumedMessage, key: &str) -> Option<String> {
+    message
+        .headers
+        .iter()
+        .find(|h| h.key == key)
+        .map(|h| String::from_utf8(h.value.to_vec()).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_at_its_topics_limit_is_dead_lettered_and_survives_a_kill() {
+    let mut broker = TestBroker::start();
+    broker.create_topic("big", 1, TopicConfig::default()).await;
+    publish(
+        &broker,
+        "big",
+        vec![
+            vec![b'a'; BIG_BYTES],
+            vec![b'b'; BIG_BYTES],
+            vec![b'c'; BIG_BYTES],
+            b"small".to_vec(),
+        ],
+    )
+    .await;
+    create_queue(
+        &broker,
+        "big-q",
+        "big",
+        QueueConfig {
+            ack_deadline_ms: Some(300),
+            max_deliveries: Some(1),
+            backoff_initial_ms: Some(50),
+            backoff_max_ms: Some(50),
+            ..Default::default()
+        },
+    )
+    .await;
+    let held = receive(&broker, "big-q", "u1", 4).await;
+    assert_eq!(held.len(), 4);
+    let by_offset = |o: u64| held.iter().find(|d| offset(d) == o).unwrap();
+    // A term, a nack on the last attempt and an ack in one Settle: each done.
+    let outcomes = settle(
+        &broker,
+        "big-q",
+        vec![
+            settlement(
+                by_offset(0),
+                Action::Term(Term {
+                    reason: "give up".into(),
+                }),
+            ),
+            settlement(
+                by_offset(1),
+                Action::Nack(Nack {
+                    delay_ms: None,
+                    reason: "failed".into(),
+                }),
+            ),
+            settlement(by_offset(3), Action::Ack(Ack {})),
+        ],
+    )
+    .await;
+    let codes: Vec<i32> = outcomes.iter().map(|o| o.code).collect();
+    assert_eq!(codes, vec![Code::Ok as i32; 3], "{outcomes:?}");
+    // Offset 2 by its deadline.
+    let letters = messages(&broker, "big.dlq", 3).await;
+    assert_eq!(letters.len(), 3, "three dead letters");
+    let mut reasons = Vec::new();
+    for letter in &letters {
+        assert_eq!(letter.value.len(), BIG_BYTES);
+        let source: u64 = header(letter, "tidelog-dlq-offset")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(letter.value[0], b'a' + source as u8);
+        reasons.push(header(letter, "tidelog-dlq-reason").unwrap());
+    }
+    assert!(
+        reasons[2].starts_with("deadline passed"),
+        "the third by its deadline: {reasons:?}"
+    );
+    let settled =
+        |q: &QueueDescription| (q.ready, q.unacked, q.waiting, q.partitions[0].settled_below);
+    let described = describe(&broker, "big-q").await;
+    assert_eq!(settled(&described), (0, 0, 0, 4), "{described:?}");
+
+    // A kill -9 takes back none of it.
+    broker.kill9();
+    broker.restart();
+    let described = describe(&broker, "big-q").await;
+    assert_eq!(settled(&described), (0, 0, 0, 4), "{described:?}");
+    assert_eq!(messages(&broker, "big.dlq", 3).await.len(), 3);
+    assert!(receive(&broker, "big-q", "u2", 10).await.is_empty());
+
+    // Redrive takes the headers off: the messages fit their topic again.
+    let redriven = queues(&broker)
+        .await
+        .redrive_queue(RedriveQueueRequest {
+            name: "big-q".into(),
+            max_messages: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((redriven.moved, redriven.remaining), (3, 0));
+    let again = receive(&broker, "big-q", "u2", 10).await;
+    assert_eq!(again.len(), 3);
+    for d in &again {
+        let m = d.message.as_ref().unwrap();
+        assert_eq!((m.value.len(), d.attempt), (BIG_BYTES, 1));
+        assert!(m.headers.iter().all(|h| !h.key.starts_with("tidelog-dlq")));
+    }
+}
+
+#[tokio::test]
+async fn a_refused_dead_letter_fails_its_settlement_alone_and_the_message_comes_back() {
+    let broker = TestBroker::start();
+    broker.create_topic("jobs", 1, TopicConfig::default()).await;
+    // The operator's dead-letter topic takes far smaller messages than the queue's.
+    broker
+        .create_topic(
+            "jobs.dlq",
+            1,
+            TopicConfig {
+                max_message_bytes: 1_000,
+                ..TopicConfig::default()
+            },
+        )
+        .await;
+    publish(&broker, "jobs", vec![vec![b'x'; 5_000], b"small".to_vec()]).await;
+    create_queue(
+        &broker,
+        "jobs-q",
+        "jobs",
+        QueueConfig {
+            ack_deadline_ms: Some(300),
+            max_deliveries: Some(1),
+            backoff_initial_ms: Some(50),
+            backoff_max_ms: Some(50),
+            ..Default::default()
+        },
+    )
+    .await;
+    let held = receive(&broker, "jobs-q", "u1", 2).await;
+    assert_eq!(held.len(), 2);
+    let (large, small) = match offset(&held[0]) {
+        0 => (&held[0], &held[1]),
+        _ => (&held[1], &held[0]),
+    };
+    let outcomes = settle(
+        &broker,
+        "jobs-q",
+        vec![
+            settlement(
+                large,
+                Action::Term(Term {
+                    reason: "give up".into(),
+                }),
+            ),
+            settlement(small, Action::Ack(Ack {})),
+        ],
+    )
+    .await;
+    assert_eq!(
+        outcomes[0].code,
+        Code::FailedPrecondition as i32,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes[0].message.contains("max_message_bytes"),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        (outcomes[1].code, outcomes[1].settled),
+        (Code::Ok as i32, 1),
+        "{outcomes:?}"
+    );
+    // Delivered again, then, past its deadline, again: never held by nobody.
+    for attempt in [2, 3] {
+        let again = receive(&broker, "jobs-q", "u2", 10).await;
+        assert_eq!(again.len(), 1, "attempt {attempt}");
+        assert_eq!((offset(&again[0]), again[0].attempt), (0, attempt));
+    }
+    let described = describe(&broker, "jobs-q").await;
+    assert_eq!(described.partitions[0].settled_below, 0);
+}
+
+#[tokio::test]
+async fn the_reject_cap_counts_ready_messages_not_held_or_acked_ones() {
+    let broker = TestBroker::start();
+    broker
+        .create_topic(
+            "capped",
+            1,
+            TopicConfig {
+                queue_max_ready_messages: Some(5),
+                queue_overflow: QueueOverflow::Reject as i32,
+                ..TopicConfig::default()
+            },
+        )
+        .await;
+    create_queue(&broker, "capped-q", "capped", QueueConfig::default()).await;
+    let five = |from: usize| {
+        (from..from + 5)
+            .map(|i| format!("m-{i}").into_bytes())
+            .collect()
+    };
+    publish(&broker, "capped", five(0)).await;
+    // A slow member holds offset 0; a fast one takes 1-4 and acks them.
+    assert_eq!(receive(&broker, "capped-q", "slow", 1).await.len(), 1);
+    let fast = receive(&broker, "capped-q", "fast", 4).await;
+    assert_eq!(fast.len(), 4);
+    let acked = settle(
+        &broker,
+        "capped-q",
+        fast.iter()
+            .map(|d| settlement(d, Action::Ack(Ack {})))
+            .collect(),
+    )
+    .await;
+    assert!(acked.iter().all(|o| o.code == Code::Ok as i32), "{acked:?}");
+    let described = describe(&broker, "capped-q").await;
+    assert_eq!((described.ready, described.unacked), (0, 1));
+    // 0 ready: room for five.
+    publish(&broker, "capped", five(5)).await;
+    let refused = broker
+        .publisher()
+        .await
+        .publish(PublishRequest {
+            topic: "capped".into(),
+            messages: vec![Message {
+                value: b"one too many".to_vec().into(),
+                ..Default::default()
+            }],
+            ack: AckLevel::Durable as i32,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("5 ready"), "{refused:?}");
+}
+
+#[tokio::test]
+async fn a_bad_range_or_a_range_on_a_nack_is_invalid_for_that_settlement_alone() {
+    let broker = TestBroker::start();
+    broker
+        .create_topic("ranges", 1, TopicConfig::default())
+        .await;
+    publish(
+        &broker,
+        "ranges",
+        (0..3).map(|i| format!("m-{i}").into_bytes()).collect(),
+    )
+    .await;
+    create_queue(&broker, "ranges-q", "ranges", QueueConfig::default()).await;
+    let held = receive(&broker, "ranges-q", "u1", 3).await;
+    assert_eq!(held.len(), 3);
+    let by_offset = |o: u64| held.iter().find(|d| offset(d) == o).unwrap();
+    let outcomes = settle(
+        &broker,
+        "ranges-q",
+        vec![
+            Settlement {
+                through_offset: Some(1),
+                ..settlement(by_offset(2), Action::Ack(Ack {}))
+            },
+            Settlement {
+                through_offset: Some(2),
+                ..settlement(
+                    by_offset(1),
+                    Action::Nack(Nack {
+                        delay_ms: None,
+                        reason: "r".into(),
+                    }),
+                )
+            },
+            settlement(by_offset(0), Action::Ack(Ack {})),
+        ],
+    )
+    .await;
+    let codes: Vec<(i32, u64)> = outcomes.iter().map(|o| (o.code, o.settled)).collect();
+    assert_eq!(
+        codes,
+        vec![
+            (Code::InvalidArgument as i32, 0),
+            (Code::InvalidArgument as i32, 0),
+            (Code::Ok as i32, 1)
+        ],
+        "{outcomes:?}"
+    );
+    let described = describe(&broker, "ranges-q").await;
+    assert_eq!(
+        (described.unacked, described.waiting),
+        (2, 0),
+        "the invalid ones changed nothing"
+    );
+}
