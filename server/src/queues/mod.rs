@@ -372,9 +372,11 @@ impl Runtime {
             .collect();
         lock(&self.members)
             .iter()
+            // Not to a sink whose receiver is gone (a stream's response dropped, a
+            // Receive call cancelled): nothing would be there to take the deliveries.
             .filter(|(_, m)| match &m.sink {
-                Sink::Stream(_) => true,
-                Sink::Unary(waiting) => waiting.is_some(),
+                Sink::Stream(tx) => !tx.is_closed(),
+                Sink::Unary(waiting) => waiting.as_ref().is_some_and(|tx| !tx.is_closed()),
             })
             .filter_map(|(id, m)| {
                 let room = max_unacked.saturating_sub(unacked.get(id).copied().unwrap_or(0));
