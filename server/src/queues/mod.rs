@@ -20,13 +20,14 @@ use std::time::Duration;
 
 use tidelog_proto::v1::{QueueConsumeResponse, QueueDelivery, queue_consume_response};
 use tidelog_storage::filter::Filtered;
-use tidelog_storage::queue::{QueueEngine, SettleOutcome, SettleRequest, admin};
+use tidelog_storage::queue::{QueueEngine, SettleOutcome, SettleRequest, Want, admin};
 use tidelog_storage::{Error, Partition, Store, Topic, WaitForAnyData};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tonic::Status;
 
 use crate::convert;
 use crate::metrics::Metrics;
+use crate::read::QUEUE_RESPONSE_BYTES_MAX;
 use crate::shutdown::Shutdown;
 
 mod combine;
@@ -159,6 +160,12 @@ pub struct Runtime {
     turn: AtomicU64,
     /// Topics were created or deleted: sync the parts now (a pattern queue).
     resync: AtomicBool,
+    /// Held from choosing who gets deliveries until they are handed to their sinks
+    /// ([`Runtime::deliver_all`]). A member stops taking deliveries (a stream leaves, a
+    /// Receive stops waiting) only under it, so every delivery the engine makes has a
+    /// sink to go to: none is leased to a member that is no longer there to be sent
+    /// it (which would count an attempt nobody saw).
+    delivering: tokio::sync::Mutex<()>,
 }
 
 /// How often a queue on a topic pattern looks for new and deleted topics (besides
@@ -207,8 +214,10 @@ impl Runtime {
         self.wake();
     }
 
-    /// A stream member leaves: what it holds is delivered again to others.
-    fn leave(&self, member: &str) {
+    /// A stream member leaves: what it holds is delivered again to others. Between
+    /// delivery rounds, so a round's deliveries to it were sent on its stream.
+    async fn leave(&self, member: &str) {
+        let _delivering = self.delivering.lock().await;
         lock(&self.members).remove(member);
         for part in self.parts() {
             lock(&part.engine).member_left(member);
@@ -351,8 +360,10 @@ impl Runtime {
     }
 
     /// What each member can take now: credit, capped by its room under the unacked
-    /// limit (over every part).
-    fn wants(&self, parts: &[Arc<Part>]) -> Vec<(String, u32)> {
+    /// limit (over every part); a waiting Receive at most [`QUEUE_RESPONSE_BYTES_MAX`]
+    /// (its one response), a stream any bytes (its deliveries are split into events
+    /// under the bound, see [`Runtime::dispatch`]).
+    fn wants(&self, parts: &[Arc<Part>]) -> Vec<Want> {
         let max_unacked = parts.first().map_or(0, |p| {
             lock(&p.engine)
                 .config()
@@ -368,14 +379,24 @@ impl Runtime {
             .collect();
         lock(&self.members)
             .iter()
+            // Not to a sink whose receiver is gone (a stream's response dropped, a
+            // Receive call cancelled): nothing would be there to take the deliveries.
             .filter(|(_, m)| match &m.sink {
-                Sink::Stream(_) => true,
-                Sink::Unary(waiting) => waiting.is_some(),
+                Sink::Stream(tx) => !tx.is_closed(),
+                Sink::Unary(waiting) => waiting.as_ref().is_some_and(|tx| !tx.is_closed()),
             })
             .filter_map(|(id, m)| {
                 let room = max_unacked.saturating_sub(unacked.get(id).copied().unwrap_or(0));
                 let want = m.credit.min(room).min(u64::from(u32::MAX)) as u32;
-                (want > 0).then(|| (id.clone(), want))
+                let bytes = match &m.sink {
+                    Sink::Stream(_) => u64::MAX,
+                    Sink::Unary(_) => QUEUE_RESPONSE_BYTES_MAX,
+                };
+                (want > 0).then(|| Want {
+                    member: id.clone(),
+                    messages: want,
+                    bytes,
+                })
             })
             .collect()
     }
@@ -399,12 +420,14 @@ impl Runtime {
             member.credit = member.credit.saturating_sub(count);
             match &mut member.sink {
                 Sink::Stream(tx) => {
-                    let event = QueueConsumeResponse {
-                        event: Some(queue_consume_response::Event::Deliveries(
-                            queue_consume_response::Deliveries { deliveries },
-                        )),
-                    };
-                    let _ = tx.send(Ok(event));
+                    for deliveries in split_deliveries(deliveries) {
+                        let event = QueueConsumeResponse {
+                            event: Some(queue_consume_response::Event::Deliveries(
+                                queue_consume_response::Deliveries { deliveries },
+                            )),
+                        };
+                        let _ = tx.send(Ok(event));
+                    }
                 }
                 Sink::Unary(waiting) => {
                     member.credit = 0;
@@ -517,19 +540,57 @@ impl Runtime {
             part.report_filtered(&self.metrics);
             capped?;
         }
+        let again = self.deliver_all(&parts).await?;
+        Ok(Round { again, seen })
+    }
+
+    /// Delivers to the members that want deliveries, part by part in `parts`' order,
+    /// and hands each part's deliveries to their sinks before the next; under
+    /// `delivering` (see there). Returns whether to go again at once (something was
+    /// delivered, or a part is behind).
+    async fn deliver_all(&self, parts: &[Arc<Part>]) -> Result<bool, Status> {
+        let _delivering = self.delivering.lock().await;
         let mut again = false;
-        for part in &parts {
-            let wants = self.wants(&parts);
+        for part in parts {
+            let wants = self.wants(parts);
             if wants.is_empty() {
                 break;
             }
-            let delivered = part.with_engine(move |e| e.deliver(&wants)).await;
+            let topic = part.topic.clone();
+            let delivered = part
+                .with_engine(move |e| {
+                    e.deliver_bounded(&wants, &|record| delivery_bytes_max(&topic, record))
+                })
+                .await;
             part.report_filtered(&self.metrics);
             let batches = delivered?;
             again |= !batches.is_empty() || lock(&part.engine).behind();
             self.dispatch(part, batches);
         }
-        Ok(Round { again, seen })
+        Ok(again)
+    }
+
+    /// A Receive of `member` stops waiting: what is ready now is delivered to it first
+    /// (so a Receive that waits 0 ms still gets the messages that were ready), then
+    /// nothing more goes to it until it asks again. Between delivery rounds, so a
+    /// round's deliveries to it went to its call, never to nobody.
+    async fn stop_waiting(&self, member: &str) -> Result<(), Status> {
+        let waiting = matches!(
+            lock(&self.members).get(member).map(|m| &m.sink),
+            Some(Sink::Unary(Some(_)))
+        );
+        let delivered = match waiting {
+            true => self.deliver_all(&self.parts()).await.map(drop),
+            false => Ok(()),
+        };
+        let _delivering = self.delivering.lock().await;
+        if let Some(m) = lock(&self.members).get_mut(member) {
+            m.credit = 0;
+            m.sink = Sink::Unary(None);
+        }
+        drop(_delivering);
+        self.wake();
+        delivered
     }
 
     /// Logs an engine failure; a deleted queue stops the runtime.
@@ -590,6 +651,54 @@ impl Runtime {
             _ = shutdown.wait() => {}
         }
     }
+}
+
+/// Bytes one delivery of `record` from `topic` takes at most in a response's
+/// repeated deliveries field (tag, length and message; its partition, attempt and
+/// deadline taken at their longest encodings): what a Receive's byte budget counts.
+fn delivery_bytes_max(topic: &str, record: &tidelog_storage::Record) -> u64 {
+    let delivery = convert::queue_delivery(
+        topic,
+        tidelog_storage::queue::Delivery {
+            partition: u32::MAX,
+            record: record.clone(),
+            attempt: u32::MAX,
+            deadline_ms: -1,
+        },
+    );
+    delivery_bytes(&delivery)
+}
+
+/// Bytes `delivery` takes in a response's repeated deliveries field.
+fn delivery_bytes(delivery: &QueueDelivery) -> u64 {
+    let len = prost::Message::encoded_len(delivery);
+    (1 + prost::encoding::encoded_len_varint(len as u64) + len) as u64
+}
+
+/// Room a Deliveries event's framing takes in a Consume response (the event's tag and
+/// length).
+const DELIVERIES_EVENT_FRAMING_BYTES: u64 = 16;
+
+/// `deliveries` in groups for Consume events, in order, each event's encoding at most
+/// [`QUEUE_RESPONSE_BYTES_MAX`] (one delivery larger than that goes alone).
+fn split_deliveries(deliveries: Vec<QueueDelivery>) -> Vec<Vec<QueueDelivery>> {
+    let budget = QUEUE_RESPONSE_BYTES_MAX - DELIVERIES_EVENT_FRAMING_BYTES;
+    let mut groups: Vec<Vec<QueueDelivery>> = Vec::new();
+    let mut group: Vec<QueueDelivery> = Vec::new();
+    let mut group_bytes = 0u64;
+    for delivery in deliveries {
+        let bytes = delivery_bytes(&delivery);
+        if !group.is_empty() && group_bytes.saturating_add(bytes) > budget {
+            groups.push(std::mem::take(&mut group));
+            group_bytes = 0;
+        }
+        group_bytes = group_bytes.saturating_add(bytes);
+        group.push(delivery);
+    }
+    if !group.is_empty() {
+        groups.push(group);
+    }
+    groups
 }
 
 /// What a round did.
@@ -692,6 +801,7 @@ impl QueueManager {
             stopped: AtomicBool::new(false),
             turn: AtomicU64::new(0),
             resync: AtomicBool::new(false),
+            delivering: tokio::sync::Mutex::new(()),
         });
         if pattern {
             runtime.sync_parts(&self.store).await?;
@@ -827,6 +937,8 @@ impl crate::metrics::QueueMetricsSource for QueueManager {
 mod tests {
     use std::task::{Context, Waker};
 
+    use tidelog_proto::v1::ConsumedMessage;
+
     use bytes::Bytes;
     use tidelog_storage::{FsyncPolicy, NewRecord, StoreOptions, TopicConfig};
 
@@ -878,5 +990,62 @@ mod tests {
                 .poll(&mut cx)
                 .is_pending()
         );
+    }
+
+    fn delivery(offset: u64, bytes: usize) -> QueueDelivery {
+        QueueDelivery {
+            message: Some(ConsumedMessage {
+                offset,
+                value: Bytes::from(vec![b'v'; bytes]),
+                topic: "jobs".into(),
+                ..ConsumedMessage::default()
+            }),
+            attempt: 1,
+            deadline_ms: 1_700_000_000_000,
+        }
+    }
+
+    /// A Consume stream's deliveries go out in events of at most
+    /// QUEUE_RESPONSE_BYTES_MAX encoded (one larger delivery alone), in order, none
+    /// lost: small, 1 MiB - 4 KiB (the size that broke a client's 4 MiB limit as one
+    /// 104 MB event), just under and over the bound, and 16 MiB.
+    #[test]
+    fn deliveries_are_split_into_events_under_the_bound() {
+        let mib = 1 << 20;
+        let bound = QUEUE_RESPONSE_BYTES_MAX as usize;
+        let sizes: Vec<usize> = std::iter::repeat_n(mib - 4096, 100)
+            .chain(std::iter::repeat_n(10, 5000))
+            .chain([bound - 100, bound, 16 * mib, 0, bound / 2, bound / 2 + 1])
+            .collect();
+        let deliveries: Vec<_> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &bytes)| delivery(i as u64, bytes))
+            .collect();
+        let groups = split_deliveries(deliveries);
+        let mut next = 0u64;
+        for group in &groups {
+            let event = QueueConsumeResponse {
+                event: Some(queue_consume_response::Event::Deliveries(
+                    queue_consume_response::Deliveries {
+                        deliveries: group.clone(),
+                    },
+                )),
+            };
+            let bytes = prost::Message::encoded_len(&event);
+            assert!(
+                bytes <= bound || group.len() == 1,
+                "{bytes} bytes in {} deliveries",
+                group.len()
+            );
+            for d in group {
+                assert_eq!(d.message.as_ref().unwrap().offset, next);
+                next += 1;
+            }
+        }
+        assert_eq!(next as usize, sizes.len());
+        // 3 of 1 MiB - 4 KiB per event.
+        assert_eq!(groups[0].len(), 3);
+        assert!(split_deliveries(Vec::new()).is_empty());
     }
 }

@@ -524,7 +524,7 @@ impl Queues for QueuesService {
                 for (_, outcomes) in in_flight {
                     let _ = outcomes.await;
                 }
-                runtime.leave(&member);
+                runtime.leave(&member).await;
             });
             Ok(Box::pin(UnboundedReceiverStream::new(rx)) as ConsumeStream)
         }
@@ -562,22 +562,25 @@ impl Queues for QueuesService {
             let wait = Duration::from_millis(request.max_wait_ms).min(RECEIVE_WAIT_MAX);
             let runtime = self.manager().runtime(&request.queue).await?;
             let member = format!("receive:{}", request.member);
-            let (tx, rx) = oneshot::channel();
+            let (tx, mut rx) = oneshot::channel();
             runtime.join(
                 &member,
                 &request.member,
                 u64::from(max),
                 Sink::Unary(Some(tx)),
             );
-            let deliveries = match tokio::time::timeout(wait, rx).await {
+            let waited = tokio::time::timeout(wait, &mut rx).await;
+            // No longer waiting: what is ready now is delivered to this call, then
+            // nothing more goes to it until it asks again. A delivery round that
+            // chose this call has handed its deliveries over by the time this returns
+            // (they are in `rx`), so none is leased without being returned here.
+            let stopped = runtime.stop_waiting(&member).await;
+            let deliveries = match waited {
                 Ok(Ok(deliveries)) => deliveries,
-                _ => Vec::new(),
+                _ => rx.try_recv().unwrap_or_default(),
             };
-            // No longer waiting: nothing more goes to this caller until it asks again.
-            runtime.add_credit(&member, 0);
-            if let Some(m) = super::lock(&runtime.members).get_mut(&member) {
-                m.credit = 0;
-                m.sink = Sink::Unary(None);
+            if deliveries.is_empty() {
+                stopped?;
             }
             let response = ReceiveResponse { deliveries };
             self.state

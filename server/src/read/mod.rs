@@ -31,6 +31,18 @@ pub const READ_MESSAGES_MAX: u32 = 10_000;
 pub const READ_BYTES_DEFAULT: u64 = 1024 * 1024;
 /// Largest byte budget per Fetch or batch (soft: one message may be larger).
 pub const READ_BYTES_MAX: u64 = 8 * 1024 * 1024;
+/// Largest encoded response message of queue deliveries: a Receive response, or one
+/// Deliveries event of a Consume stream (soft: one delivery alone may be larger, up to
+/// its topic's `max_message_bytes` plus framing, and then goes out alone). Under the
+/// 4 MiB receive limit gRPC clients have by default (grpcio, grpc-java, grpc-go), with
+/// room to spare, so a client with default settings takes every response of a queue
+/// whose messages fit in it. Smaller than [`READ_BYTES_MAX`], which applies to
+/// Fetch, where the client chooses its budget.
+pub const QUEUE_RESPONSE_BYTES_MAX: u64 = 3 * 1024 * 1024;
+/// The receive limit gRPC clients have by default.
+const GRPC_CLIENT_RECEIVE_BYTES_DEFAULT: u64 = 4 * 1024 * 1024;
+const _: () = assert!(QUEUE_RESPONSE_BYTES_MAX < GRPC_CLIENT_RECEIVE_BYTES_DEFAULT);
+const _: () = assert!(QUEUE_RESPONSE_BYTES_MAX <= READ_BYTES_MAX);
 /// Events (message batches, resets) queued per Subscribe stream ahead of the client.
 pub const SUBSCRIBE_QUEUE_EVENTS: usize = 4;
 /// Reads in a row that only skip expired messages before a reader yields.

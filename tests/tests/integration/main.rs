@@ -28,6 +28,7 @@ mod metrics_http;
 mod pattern_groups;
 mod patterns;
 mod positions;
+mod queue_bounds;
 mod queue_cli;
 mod queue_dead_letters;
 mod queue_pattern;

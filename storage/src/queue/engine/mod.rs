@@ -67,6 +67,95 @@ pub struct Delivery {
     pub deadline_ms: i64,
 }
 
+/// What one member may take in a delivery round ([`QueueEngine::deliver_bounded`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Want {
+    pub member: String,
+    /// Most deliveries.
+    pub messages: u32,
+    /// Most bytes of deliveries, by the round's size function (`u64::MAX`: no
+    /// bound). The first delivery goes whatever its size.
+    pub bytes: u64,
+}
+
+/// Who gets the next delivery of a round: the members in turns, one delivery each
+/// per turn, each until its count or its byte budget is used.
+#[derive(Debug)]
+struct Turns {
+    /// The turns, in order (at most [`DELIVERIES_PER_ROUND_MAX`]).
+    order: std::vec::IntoIter<Arc<str>>,
+    /// The member whose turn it is.
+    current: Option<Arc<str>>,
+    /// Per member with a budget: bytes left, and whether it has had a delivery.
+    budgets: HashMap<Arc<str>, (u64, bool)>,
+}
+
+impl Turns {
+    fn new(wants: &[(Arc<str>, u32, u64)]) -> Turns {
+        let mut order: Vec<Arc<str>> = Vec::new();
+        let mut left: Vec<(Arc<str>, u32)> = wants.iter().map(|w| (w.0.clone(), w.1)).collect();
+        while order.len() < DELIVERIES_PER_ROUND_MAX && left.iter().any(|w| w.1 > 0) {
+            for (member, want) in &mut left {
+                if *want > 0 {
+                    order.push(member.clone());
+                    *want -= 1;
+                }
+            }
+        }
+        order.truncate(DELIVERIES_PER_ROUND_MAX);
+        let budgets = wants
+            .iter()
+            .filter(|w| w.2 != u64::MAX)
+            .map(|w| (w.0.clone(), (w.2, false)))
+            .collect();
+        let mut order = order.into_iter();
+        let current = order.next();
+        Turns {
+            order,
+            current,
+            budgets,
+        }
+    }
+
+    /// The member whose turn it is; None when the round is over.
+    fn current(&self) -> Option<&Arc<str>> {
+        self.current.as_ref()
+    }
+
+    /// Moves to the next turn of a member with budget left.
+    fn advance(&mut self) {
+        self.current = self
+            .order
+            .by_ref()
+            .find(|m| self.budgets.get(m).is_none_or(|&(left, _)| left > 0));
+    }
+
+    /// The member a message of `size()` bytes goes to: the one whose turn it is if it
+    /// fits its budget (its first delivery always fits), else the next that it fits.
+    /// A member it does not fit is done for the round. None: it fits no one left.
+    fn take(&mut self, size: impl FnOnce() -> u64) -> Option<Arc<str>> {
+        let mut size = Some(size);
+        let mut bytes = None;
+        while let Some(member) = self.current.clone() {
+            let Some((left, served)) = self.budgets.get_mut(&member) else {
+                self.advance();
+                return Some(member);
+            };
+            let need = *bytes.get_or_insert_with(|| size.take().map_or(0, |f| f()));
+            if !*served || need <= *left {
+                *left = left.saturating_sub(need);
+                *served = true;
+                self.advance();
+                return Some(member);
+            }
+            // Done for this round: its later turns are passed over.
+            *left = 0;
+            self.advance();
+        }
+        None
+    }
+}
+
 /// What a member says about a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SettleAction {
@@ -551,6 +640,29 @@ impl QueueEngine {
     /// records them durably before returning them. Fewer (or none) when nothing is
     /// ready.
     pub fn deliver(&mut self, wants: &[(String, u32)]) -> Result<Vec<(String, Vec<Delivery>)>> {
+        let wants: Vec<Want> = wants
+            .iter()
+            .map(|(member, messages)| Want {
+                member: member.clone(),
+                messages: *messages,
+                bytes: u64::MAX,
+            })
+            .collect();
+        self.deliver_bounded(&wants, &|_| 0)
+    }
+
+    /// [`QueueEngine::deliver`] with a byte budget per member: a member's deliveries
+    /// add up to at most `want.bytes` by `size` (its first delivery always goes, so
+    /// one message larger than the budget still goes out alone). A message that does
+    /// not fit the member whose turn it is ends that member's share of the round and
+    /// goes to the next member it fits; one that fits none is not taken (it stays
+    /// ready, at the head of its partition and level, for the next round). `size` is
+    /// called only for members with a budget (not `u64::MAX`).
+    pub fn deliver_bounded(
+        &mut self,
+        wants: &[Want],
+        size: &dyn Fn(&Record) -> u64,
+    ) -> Result<Vec<(String, Vec<Delivery>)>> {
         self.behind = false;
         let queue = self.queue()?;
         let filter = self.filter_of(&queue.config)?;
@@ -560,39 +672,26 @@ impl QueueEngine {
         // Members in turns: a list of who gets the next delivery. A member's id is
         // one shared `Arc` for all its leases, their state and history (no copy per
         // message): the connected member's own where it has joined.
-        let mut turns: Vec<Arc<str>> = Vec::new();
-        {
-            let mut left: Vec<(Arc<str>, u32)> = wants
-                .iter()
-                .map(|(member, want)| {
-                    let shared = match self.members.get_key_value(member.as_str()) {
-                        Some((shared, _)) => Arc::clone(shared),
-                        None => Arc::from(member.as_str()),
-                    };
-                    (shared, *want)
-                })
-                .collect();
-            while turns.len() < DELIVERIES_PER_ROUND_MAX && left.iter().any(|w| w.1 > 0) {
-                for (member, want) in &mut left {
-                    if *want > 0 {
-                        turns.push(member.clone());
-                        *want -= 1;
-                    }
-                }
-            }
-        }
-        turns.truncate(DELIVERIES_PER_ROUND_MAX);
-        let mut turns = turns.into_iter();
+        let shared: Vec<(Arc<str>, u32, u64)> = wants
+            .iter()
+            .map(|want| {
+                let shared = match self.members.get_key_value(want.member.as_str()) {
+                    Some((shared, _)) => Arc::clone(shared),
+                    None => Arc::from(want.member.as_str()),
+                };
+                (shared, want.messages, want.bytes)
+            })
+            .collect();
+        let mut turns = Turns::new(&shared);
         let mut out: BTreeMap<Arc<str>, Vec<Delivery>> = BTreeMap::new();
         let mut ops = Vec::new();
-        let mut next_member = turns.next();
 
         for level in (0..queue.levels).rev() {
-            if next_member.is_none() {
+            if turns.current().is_none() {
                 break;
             }
             // Redeliveries of this level whose time has come.
-            while let Some(member) = next_member.clone() {
+            while turns.current().is_some() {
                 let rank = u8::MAX - level;
                 let Some(&entry) = self
                     .due
@@ -620,6 +719,11 @@ impl QueueEngine {
                     });
                     continue;
                 };
+                let Some(member) = turns.take(|| size(&record)) else {
+                    // Fits no member's budget this round: still due.
+                    self.due.insert(entry);
+                    break;
+                };
                 if pending.attempts > 0 {
                     self.counters.redelivered += 1;
                 }
@@ -633,20 +737,19 @@ impl QueueEngine {
                 });
                 self.timers
                     .insert((deadline, Timer::Deadline, partition, offset));
-                out.entry(member.clone()).or_default().push(Delivery {
+                out.entry(member).or_default().push(Delivery {
                     partition,
                     record,
                     attempt: pending.attempts + 1,
                     deadline_ms: deadline,
                 });
-                next_member = turns.next();
             }
             // New messages of this level, partitions taking turns.
             let partitions = topic.partitions();
             let count = partitions.len();
             let mut caught_up = true;
             for step in 0..count {
-                if next_member.is_none() {
+                if turns.current().is_none() {
                     break;
                 }
                 let index = (self.next_partition + step) % count;
@@ -664,8 +767,7 @@ impl QueueEngine {
                     cursor,
                     now,
                     deadline,
-                    &mut next_member,
-                    &mut turns,
+                    (&mut turns, size),
                     &mut out,
                 )?;
                 caught_up &= cursor_to >= partition.end_offset();
@@ -683,7 +785,7 @@ impl QueueEngine {
             self.next_partition = self.next_partition.wrapping_add(1);
             // Strict priority: a lower level waits until this level has looked at every
             // message stored so far (its scan budget ran out first: call again).
-            if !caught_up && next_member.is_some() {
+            if !caught_up && turns.current().is_some() {
                 self.behind = true;
                 break;
             }
@@ -736,8 +838,7 @@ impl QueueEngine {
         cursor: u64,
         now: i64,
         deadline: i64,
-        next_member: &mut Option<Arc<str>>,
-        turns: &mut impl Iterator<Item = Arc<str>>,
+        (turns, size): (&mut Turns, &dyn Fn(&Record) -> u64),
         out: &mut BTreeMap<Arc<str>, Vec<Delivery>>,
     ) -> Result<(u64, Vec<Taken>)> {
         let id = partition.id();
@@ -750,7 +851,7 @@ impl QueueEngine {
         }
         let mut taken = Vec::new();
         let mut examined = 0u32;
-        while next_member.is_some()
+        while turns.current().is_some()
             && examined < SCAN_RECORDS_PER_ROUND
             && position < partition.end_offset()
         {
@@ -776,10 +877,10 @@ impl QueueEngine {
                 if self.filter_skips(filter, &record) {
                     continue;
                 }
-                let Some(member) = next_member.clone() else {
+                if turns.current().is_none() {
                     stopped_at = Some(record.offset);
                     break;
-                };
+                }
                 let offset = record.offset;
                 match record.deliver_at_ms {
                     Some(due) if due > now => {
@@ -790,6 +891,11 @@ impl QueueEngine {
                         });
                     }
                     _ => {
+                        let Some(member) = turns.take(|| size(&record)) else {
+                            // Fits no member's budget: the next round starts here.
+                            stopped_at = Some(offset);
+                            break;
+                        };
                         self.timers.insert((deadline, Timer::Deadline, id, offset));
                         taken.push(Taken {
                             offset,
@@ -804,7 +910,6 @@ impl QueueEngine {
                             attempt: 1,
                             deadline_ms: deadline,
                         });
-                        *next_member = turns.next();
                     }
                 }
             }
