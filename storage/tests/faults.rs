@@ -1143,14 +1143,13 @@ fn short_writes_never_leave_a_torn_batch() {
 /// at or below the end; once the syncs complete it deletes what the limit asks.
 #[test]
 fn retention_never_deletes_past_what_readers_can_see() {
-    let dir = scratch_dir();
-    let data = dir.path().join("data");
-    let fs = FaultyFs::new(dir.path(), 11).unwrap();
-    let clock = ManualClock::new(START_MS);
-    let store = Store::open(&data, options(&fs, &clock)).unwrap();
-    let topic = store
-        .create_topic("t", 1, topic_config(FsyncPolicy::Always, 8 * 1024))
-        .unwrap();
+    let Scene {
+        dir: _dir,
+        fs,
+        store,
+        topic,
+        ..
+    } = scene(11, "t", 1, topic_config(FsyncPolicy::Always, 8 * 1024));
     let part = topic.partition(0).unwrap().clone();
     let mut rng = Rng::new(11);
     let mut values = BTreeMap::new();

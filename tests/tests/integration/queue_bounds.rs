@@ -15,16 +15,17 @@ use tidelog_proto::v1::queue_consume_request::{Open, Request as ConsumeRequest};
 use tidelog_proto::v1::queue_consume_response::Event;
 use tidelog_proto::v1::queues_client::QueuesClient;
 use tidelog_proto::v1::settlement::{Ack, Action};
-use tidelog_proto::v1::start_position::{Earliest, Position};
 use tidelog_proto::v1::{
-    AckLevel, CreateQueueRequest, DeliveryOutcome, DescribeQueueRequest, ListDeliveriesRequest,
-    Message, PublishRequest, QueueConfig, QueueConsumeRequest, QueueDelivery, ReceiveRequest,
-    SettleRequest, Settlement, StartPosition, TopicConfig,
+    AckLevel, DeliveryOutcome, DescribeQueueRequest, ListDeliveriesRequest, Message,
+    PublishRequest, QueueConfig, QueueConsumeRequest, QueueDelivery, ReceiveRequest, SettleRequest,
+    Settlement, TopicConfig,
 };
 use tidelog_tests::TestBroker;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
+
+use crate::support::create_queue;
 
 /// The documented bound on a Receive response and on a Consume Deliveries event
 /// (server `read::QUEUE_RESPONSE_BYTES_MAX`).
@@ -33,21 +34,6 @@ const QUEUE_RESPONSE_BYTES_MAX: usize = 3 * 1024 * 1024;
 /// clients here keep it, except where a test raises it for a 16 MiB message.
 const CLIENT_DEFAULT_RECEIVE_BYTES: usize = 4 * 1024 * 1024;
 const _: () = assert!(QUEUE_RESPONSE_BYTES_MAX < CLIENT_DEFAULT_RECEIVE_BYTES);
-
-async fn create_queue(broker: &TestBroker, name: &str, topic: &str, config: QueueConfig) {
-    QueuesClient::new(broker.channel().await)
-        .create_queue(CreateQueueRequest {
-            name: name.into(),
-            topic: topic.into(),
-            start: Some(StartPosition {
-                position: Some(Position::Earliest(Earliest {})),
-            }),
-            config: Some(config),
-            ..Default::default()
-        })
-        .await
-        .expect("create queue");
-}
 
 /// Publishes `count` messages of `bytes` value bytes each, durably, one per request.
 async fn publish_sized(broker: &TestBroker, topic: &str, count: usize, bytes: usize) {

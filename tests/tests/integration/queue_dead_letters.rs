@@ -11,37 +11,22 @@ use std::time::Duration;
 
 use tidelog_proto::v1::queues_client::QueuesClient;
 use tidelog_proto::v1::settlement::{Ack, Action, Nack, Term};
-use tidelog_proto::v1::start_position::{Earliest, Position};
 use tidelog_proto::v1::{
-    AckLevel, ConsumedMessage, CreateQueueRequest, DescribeQueueRequest, FetchRequest, Message,
-    PublishRequest, QueueConfig, QueueDelivery, QueueDescription, QueueOverflow, ReceiveRequest,
-    RedriveQueueRequest, SettleRequest, Settlement, SettlementOutcome, StartPosition, TopicConfig,
+    AckLevel, ConsumedMessage, DescribeQueueRequest, FetchRequest, Message, PublishRequest,
+    QueueConfig, QueueDelivery, QueueDescription, QueueOverflow, ReceiveRequest,
+    RedriveQueueRequest, SettleRequest, Settlement, SettlementOutcome, TopicConfig,
 };
 use tidelog_tests::TestBroker;
 use tonic::Code;
 use tonic::transport::Channel;
+
+use crate::support::create_queue;
 
 /// 1 MiB, the default max_message_bytes, less 64 bytes: what the hunt found stuck.
 const BIG_BYTES: usize = (1 << 20) - 64;
 
 async fn queues(broker: &TestBroker) -> QueuesClient<Channel> {
     QueuesClient::new(broker.channel().await).max_decoding_message_size(64 << 20)
-}
-
-async fn create_queue(broker: &TestBroker, name: &str, topic: &str, config: QueueConfig) {
-    queues(broker)
-        .await
-        .create_queue(CreateQueueRequest {
-            name: name.into(),
-            topic: topic.into(),
-            start: Some(StartPosition {
-                position: Some(Position::Earliest(Earliest {})),
-            }),
-            config: Some(config),
-            ..Default::default()
-        })
-        .await
-        .expect("create queue");
 }
 
 async fn publish(broker: &TestBroker, topic: &str, values: Vec<Vec<u8>>) {

@@ -12,13 +12,11 @@ use tidelog_proto::v1::queue_consume_request::{Credit, Open, Request as ConsumeR
 use tidelog_proto::v1::queue_consume_response::Event;
 use tidelog_proto::v1::queues_client::QueuesClient;
 use tidelog_proto::v1::settlement::{Ack, Action, Nack, Term};
-use tidelog_proto::v1::start_position::{Earliest, Position};
 use tidelog_proto::v1::{
     AckLevel, CommitOffsetsRequest, ConsumedMessage, CreateQueueRequest, DeleteQueueRequest,
     DescribeQueueRequest, FetchRequest, ListQueuesRequest, Message, PublishRequest,
     PurgeQueueRequest, QueueConfig, QueueConsumeRequest, QueueDelivery, ReceiveRequest,
-    RedriveQueueRequest, SettleRequest, Settlement, StartPosition, TopicConfig,
-    TopicPartitionOffset,
+    RedriveQueueRequest, SettleRequest, Settlement, TopicConfig, TopicPartitionOffset,
 };
 use tidelog_tests::{TestBroker, now_ms};
 use tokio::sync::mpsc;
@@ -26,28 +24,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::transport::Channel;
 
-fn earliest() -> Option<StartPosition> {
-    Some(StartPosition {
-        position: Some(Position::Earliest(Earliest {})),
-    })
-}
+use crate::support::create_queue;
 
 async fn queues(broker: &TestBroker) -> QueuesClient<Channel> {
     QueuesClient::new(broker.channel().await)
-}
-
-async fn create_queue(broker: &TestBroker, name: &str, topic: &str, config: QueueConfig) {
-    queues(broker)
-        .await
-        .create_queue(CreateQueueRequest {
-            name: name.into(),
-            topic: topic.into(),
-            start: earliest(),
-            config: Some(config),
-            ..Default::default()
-        })
-        .await
-        .expect("create queue");
 }
 
 /// Publishes `count` messages "m-<i>" round robin over the topic's partitions, durably.

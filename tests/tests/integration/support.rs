@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tidelog_proto::v1::consumer_client::ConsumerClient;
 use tidelog_proto::v1::publisher_client::PublisherClient;
+use tidelog_proto::v1::queues_client::QueuesClient;
+use tidelog_proto::v1::start_position::{Earliest, Position};
 use tidelog_proto::v1::subscribe_response::Event;
 use tidelog_proto::v1::{
-    AckLevel, ConsumedMessage, FetchRequest, FetchResponse, FsyncPolicy, Message, PublishRequest,
-    SubscribeResponse, fsync_policy::Policy,
+    AckLevel, ConsumedMessage, CreateQueueRequest, FetchRequest, FetchResponse, FsyncPolicy,
+    Message, PublishRequest, QueueConfig, StartPosition, SubscribeResponse, fsync_policy::Policy,
 };
 use tidelog_tests::TestBroker;
 use tonic::transport::Channel;
@@ -75,6 +77,22 @@ pub fn never() -> Option<FsyncPolicy> {
     Some(FsyncPolicy {
         policy: Some(Policy::Never(Default::default())),
     })
+}
+
+/// Creates queue `name` on `topic`, from its earliest offset.
+pub async fn create_queue(broker: &TestBroker, name: &str, topic: &str, config: QueueConfig) {
+    QueuesClient::new(broker.channel().await)
+        .create_queue(CreateQueueRequest {
+            name: name.into(),
+            topic: topic.into(),
+            start: Some(StartPosition {
+                position: Some(Position::Earliest(Earliest {})),
+            }),
+            config: Some(config),
+            ..Default::default()
+        })
+        .await
+        .expect("create queue");
 }
 
 pub fn consumer(channel: &Channel) -> ConsumerClient<Channel> {
