@@ -106,7 +106,7 @@ pub fn prepare(state: &AppState, request: PublishRequest) -> Result<Prepared, St
     let mut batches: Vec<PartitionBatch> = Vec::new();
     let mut positions: BTreeMap<u32, usize> = BTreeMap::new();
     let mut current = usize::MAX;
-    let dedup = topic.config().dedup_window_ms.is_some_and(|ms| ms > 0);
+    let dedup = topic.deduplicates_ids();
     // Ids in this request so far, with the first message carrying each (dedup only).
     let mut first_with_id: HashMap<bytes::Bytes, usize> = HashMap::new();
     let mut repeats = Vec::new();

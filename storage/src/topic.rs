@@ -232,6 +232,12 @@ impl Topic {
             .collect()
     }
 
+    /// Whether the topic has a dedup window: a message whose id was stored within it
+    /// is not stored again (see [`crate::dedup`]).
+    pub fn deduplicates_ids(&self) -> bool {
+        self.config().dedup_window_ms.unwrap_or(0) > 0
+    }
+
     /// Ids the dedup window holds and the bytes it takes, for metrics.
     pub fn dedup_window_size(&self) -> (usize, usize) {
         (self.dedup.len(), self.dedup.memory_bytes())
