@@ -311,18 +311,11 @@ impl QueueEngine {
                             let wait = delay_ms
                                 .unwrap_or_else(|| queue.config.backoff_ms(pending.attempts));
                             let due = now.saturating_add(wait as i64);
-                            ops.push(QueueOp::Nack {
-                                name: self.name.clone(),
-                                partition: request.partition,
-                                offset: request.offset,
-                                due_ms: due,
-                                reason: refused.clone().unwrap_or_else(|| reason.to_string()),
-                            });
-                            self.timers.insert((
-                                due,
-                                Timer::Due,
+                            ops.push(self.redeliver_at(
                                 request.partition,
                                 request.offset,
+                                due,
+                                refused.clone().unwrap_or_else(|| reason.to_string()),
                             ));
                             nacked.insert(key);
                             outcomes.push(match refused {
@@ -391,18 +384,11 @@ impl QueueEngine {
                                 let due = now.saturating_add(
                                     queue.config.backoff_ms(pending.attempts) as i64,
                                 );
-                                ops.push(QueueOp::Nack {
-                                    name: self.name.clone(),
-                                    partition: request.partition,
-                                    offset: request.offset,
-                                    due_ms: due,
-                                    reason: why.clone(),
-                                });
-                                self.timers.insert((
-                                    due,
-                                    Timer::Due,
+                                ops.push(self.redeliver_at(
                                     request.partition,
                                     request.offset,
+                                    due,
+                                    why.clone(),
                                 ));
                                 nacked.insert(key);
                                 outcomes.push(SettleOutcome::Refused(format!(
@@ -433,5 +419,26 @@ impl QueueEngine {
             }
         }
         Ok(all)
+    }
+}
+
+impl QueueEngine {
+    /// Releases a held message for a redelivery at `due_ms` (a nack, or a dead letter
+    /// refused for good): its timer, and the state op to commit.
+    fn redeliver_at(
+        &mut self,
+        partition: u32,
+        offset: u64,
+        due_ms: i64,
+        reason: String,
+    ) -> QueueOp {
+        self.timers.insert((due_ms, Timer::Due, partition, offset));
+        QueueOp::Nack {
+            name: self.name.clone(),
+            partition,
+            offset,
+            due_ms,
+            reason,
+        }
     }
 }
