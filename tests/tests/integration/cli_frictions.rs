@@ -767,6 +767,66 @@ fn cli_group_from_applies_without_a_committed_offset() {
     assert_eq!(printed(run), values(0..11));
 }
 
+/// Bug hunt 2026-12-06: `consume --group --from OFFSET` past a partition's end
+/// committed the end there, skipping every message of that partition in silence, where
+/// the same --from without a group follows --offset-reset. Now the group's start
+/// follows it too: earliest (the default) starts at the log start with a note, error
+/// fails naming the offsets; a partition the offset lies in starts there.
+#[test]
+fn cli_group_from_past_a_partitions_end_follows_offset_reset() {
+    let broker = TestBroker::start();
+    cli(&broker, &["topic", "create", "fr", "--partitions", "2"]).ok("create");
+    let lines =
+        |range: std::ops::Range<u32>| -> String { range.map(|i| format!("m{i}\n")).collect() };
+    cli_with_input(
+        &broker,
+        &["produce", "fr", "-p", "0"],
+        lines(0..30).as_bytes(),
+    )
+    .ok("p0");
+    cli_with_input(
+        &broker,
+        &["produce", "fr", "-p", "1"],
+        lines(100..120).as_bytes(),
+    )
+    .ok("p1");
+    // Partition 0 holds 0..30, partition 1 0..20: offset 25 is past partition 1's end.
+    let run = cli(&broker, &["consume", "fr", "--group", "g", "--from", "25"]).ok("consume");
+    let mut printed: Vec<&str> = run.stdout.lines().collect();
+    printed.sort_unstable();
+    let mut want: Vec<String> = (25..30).chain(100..120).map(|i| format!("m{i}")).collect();
+    want.sort_unstable();
+    assert_eq!(printed, want, "stderr: {}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("partition 1: offset 25 is past the end 20; starting at the log start 0"),
+        "{}",
+        run.stderr
+    );
+    let run = cli(
+        &broker,
+        &[
+            "consume",
+            "fr",
+            "--group",
+            "e",
+            "--from",
+            "500",
+            "--offset-reset",
+            "error",
+        ],
+    );
+    assert_eq!(run.code, 1, "stdout: {} stderr: {}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("offset 500 of fr/0 is past the end 30"),
+        "{}",
+        run.stderr
+    );
+    // Nothing was committed for the group that failed: a later start still applies.
+    let run = cli(&broker, &["consume", "fr", "--group", "e", "--from", "29"]).ok("consume");
+    assert!(run.stdout.lines().any(|l| l == "m29"), "{}", run.stdout);
+}
+
 /// What a terminal shows while `tidelog ARGS` runs (through script(1)), escape
 /// sequences and all.
 fn on_a_terminal(broker: &TestBroker, args: &str) -> String {

@@ -19,7 +19,7 @@ use tidelog_proto::v1::{CommitOffsetsRequest, FetchOffsetsRequest, TopicPartitio
 
 use super::damage::{DAMAGE_TODO, Damage, past_damaged_batch};
 use super::printer::Printer;
-use super::start::{client_reset_note, offsets_for_time};
+use super::start::{client_reset_note, offsets_for_time, out_of_range_start};
 use super::stream::{
     Reconnect, StopSignal, client_reset, client_status, reconnectable, stream_error,
 };
@@ -123,7 +123,7 @@ pub(super) async fn consume_group(
                     "use --from earliest or --from latest, or move the group first with                      `tidelog group reset-offsets --topic-pattern REGEX`",
                 ));
             };
-            seed_group_start(broker, group, topic, start).await?;
+            seed_group_start(broker, args, group, topic, start).await?;
             client_reset(args.offset_reset)
         }
         None => client_reset(args.offset_reset),
@@ -355,11 +355,14 @@ fn topics_note(pattern: &str, member: &Member, topics: &[String]) {
 }
 
 /// `--from OFFSET|TIME` with a group: commits that start, as a tool, for the
-/// partitions the group has no committed offset for, before joining. A group with
-/// live members refuses a tool's commit: then --from does not apply (said on stderr)
-/// and those partitions start by --offset-reset.
+/// partitions the group has no committed offset for, before joining. An offset outside
+/// a partition's offsets follows --offset-reset there, as without a group
+/// ([`out_of_range_start`]). A group with live members refuses a tool's commit: then
+/// --from does not apply (said on stderr) and those partitions start by
+/// --offset-reset.
 async fn seed_group_start(
     broker: &Broker,
+    args: &ConsumeArgs,
     group: &str,
     topic: &str,
     start: StartAt,
@@ -392,26 +395,30 @@ async fn seed_group_start(
         StartAt::TimestampMs(ms) => Some(offsets_for_time(broker, topic, &fresh, ms).await?),
         _ => None,
     };
-    let offsets: Vec<TopicPartitionOffset> = description
+    let mut offsets: Vec<TopicPartitionOffset> = Vec::new();
+    for p in description
         .partitions
         .iter()
         .filter(|p| fresh.contains(&p.partition))
-        .map(|p| {
-            let offset = match start {
-                StartAt::Offset(o) => o.clamp(p.log_start_offset, p.end_offset),
-                _ => by_time
-                    .as_ref()
-                    .and_then(|m| m.get(&p.partition).copied())
-                    .unwrap_or(p.end_offset),
-            };
-            TopicPartitionOffset {
-                topic: topic.to_string(),
-                partition: p.partition,
-                offset,
-                metadata: String::new(),
+    {
+        let (log_start, end) = (p.log_start_offset, p.end_offset);
+        let offset = match start {
+            StartAt::Offset(o) if o < log_start || o > end => {
+                out_of_range_start(args, p.partition, o, log_start, end)?
             }
-        })
-        .collect();
+            StartAt::Offset(o) => o,
+            _ => by_time
+                .as_ref()
+                .and_then(|m| m.get(&p.partition).copied())
+                .unwrap_or(end),
+        };
+        offsets.push(TopicPartitionOffset {
+            topic: topic.to_string(),
+            partition: p.partition,
+            offset,
+            metadata: String::new(),
+        });
+    }
     let committed = broker
         .groups()
         .commit_offsets(CommitOffsetsRequest {
