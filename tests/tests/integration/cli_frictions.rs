@@ -827,6 +827,67 @@ fn cli_group_from_past_a_partitions_end_follows_offset_reset() {
     assert!(run.stdout.lines().any(|l| l == "m29"), "{}", run.stdout);
 }
 
+/// Bug hunt 2026-12-06: two `consume --group G -n 7` started together. The first to
+/// finish often had its final commit refused (the other's join had started a
+/// rebalance), fell back to a tool's commit, which live members refuse, and warned:
+/// what it printed was delivered again to the next reader (8 runs in 10). Now a member
+/// whose final commit meets a rebalance takes the coming Assignment and commits in its
+/// generation: across the two, every message is printed once, and the group's
+/// committed offsets are past everything printed.
+#[test]
+fn cli_group_members_started_together_print_each_message_once() {
+    let broker = TestBroker::start();
+    cli(&broker, &["topic", "create", "t", "--partitions", "2"]).ok("create");
+    for p in ["0", "1"] {
+        let lines: String = (0..60).map(|i| format!("{p}-{i}\n")).collect();
+        cli_with_input(&broker, &["produce", "t", "-p", p], lines.as_bytes()).ok("produce");
+    }
+    for trial in 0..5 {
+        let group = format!("together-{trial}");
+        let spawn = || {
+            tidelog_tests::tidelog_command()
+                .args(["--server", &broker.endpoint()])
+                .args(["consume", "t", "--group", &group, "-n", "7"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("starting tidelog")
+        };
+        let (a, b) = (spawn(), spawn());
+        let mut printed: Vec<String> = Vec::new();
+        for child in [a, b] {
+            let out = child.wait_with_output().expect("waiting for tidelog");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "trial {trial}: {stderr}");
+            assert!(
+                !stderr.contains("delivered again"),
+                "trial {trial}: {stderr}"
+            );
+            printed.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(str::to_string),
+            );
+        }
+        let mut unique = printed.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            printed.len(),
+            "trial {trial}: printed twice: {printed:?}"
+        );
+        // The next reader of the group starts after everything printed.
+        let next = cli(&broker, &["consume", "t", "--group", &group, "-n", "200"]).ok("consume");
+        for line in next.stdout.lines() {
+            assert!(
+                !printed.iter().any(|p| p == line),
+                "trial {trial}: {line} again"
+            );
+        }
+    }
+}
+
 /// What a terminal shows while `tidelog ARGS` runs (through script(1)), escape
 /// sequences and all.
 fn on_a_terminal(broker: &TestBroker, args: &str) -> String {

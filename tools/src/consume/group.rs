@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use tidelog_client::{Commit, GroupEvent, GroupMember, GroupOptions};
+use tidelog_client::{AssignmentChange, Commit, GroupEvent, GroupMember, GroupOptions};
 use tidelog_proto::v1::{CommitOffsetsRequest, FetchOffsetsRequest, TopicPartitionOffset};
 
 use super::damage::{DAMAGE_TODO, Damage, past_damaged_batch};
@@ -207,16 +207,7 @@ pub(super) async fn consume_group(
             }
             Ok(GroupEvent::Reconnected) => backoff.connected(),
             Ok(GroupEvent::Assigned(change)) => {
-                let assigned = Assigned {
-                    member_id: change.member_id,
-                    generation: change.generation,
-                    assigned: change
-                        .assigned
-                        .iter()
-                        .map(|(t, p)| (t.to_string(), *p))
-                        .collect(),
-                    topics: change.topics,
-                };
+                let assigned = Assigned::from(change);
                 if let Source::Pattern(pattern) = source {
                     topics_note(pattern, &member, &assigned.topics);
                 }
@@ -326,6 +317,21 @@ struct Assigned {
     assigned: Vec<Tp>,
     /// With a pattern: every topic it matches now.
     topics: Vec<String>,
+}
+
+impl From<AssignmentChange> for Assigned {
+    fn from(change: AssignmentChange) -> Assigned {
+        Assigned {
+            member_id: change.member_id,
+            generation: change.generation,
+            assigned: change
+                .assigned
+                .iter()
+                .map(|(t, p)| (t.to_string(), *p))
+                .collect(),
+            topics: change.topics,
+        }
+    }
 }
 
 /// Says on stderr how the topics a pattern member reads changed.
@@ -496,15 +502,48 @@ async fn final_commit(
     let assigned = member.assigned.clone();
     match commit(gm, broker, group, member, &assigned).await {
         Ok(_) => {}
-        // The broker ended the membership (a stream that ended with an error takes the
-        // member with it, even when its last batch arrived just before): commit as a
-        // tool, which the broker accepts only while the group has no live member.
         Err(refused) if refused.code == tonic::Code::FailedPrecondition => {
+            // A rebalance (another member joined or left a moment ago): take the
+            // Assignment that is coming and commit in its generation, inside the
+            // handover window for the partitions it takes away (what is received
+            // meanwhile is not printed).
+            if let Some(assignment) = next_assignment(gm).await {
+                hand_over(broker, group, source, gm, member, &assignment).await;
+                member.member_id = assignment.member_id;
+                member.generation = assignment.generation;
+                member.assigned = assignment.assigned;
+                let assigned = member.assigned.clone();
+                match commit(gm, broker, group, member, &assigned).await {
+                    Ok(_) => return,
+                    Err(refused) if refused.code != tonic::Code::FailedPrecondition => {
+                        return commit_warning(&refused.error);
+                    }
+                    Err(_) => {}
+                }
+            }
+            // The broker ended the membership (a stream that ended with an error takes
+            // the member with it, even when its last batch arrived just before): commit
+            // as a tool, which the broker accepts only while the group has no live
+            // member.
             if let Err(refused) = commit_as_tool(broker, group, source, member).await {
                 commit_warning(&refused.error);
             }
         }
         Err(refused) => commit_warning(&refused.error),
+    }
+}
+
+/// After a commit refused for a rebalance: the member's next Assignment, passing over
+/// what comes before it; None when none comes within the handover window (the
+/// membership ended, or the stream did).
+async fn next_assignment(gm: &mut GroupMember) -> Option<Assigned> {
+    let deadline = tokio::time::Instant::now() + HANDOVER_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline, gm.next_event()).await {
+            Ok(Ok(GroupEvent::Assigned(change))) => return Some(Assigned::from(change)),
+            Ok(Ok(GroupEvent::Disconnected { .. })) | Ok(Err(_)) | Err(_) => return None,
+            Ok(Ok(_)) => {}
+        }
     }
 }
 
