@@ -493,6 +493,28 @@ async fn reset_offsets(
         }
     };
     changes.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    // A pattern or --all-topics that names nothing is most likely a typo, or the wrong
+    // group: say so, rather than "committed ... (0 partitions)".
+    if changes.is_empty() {
+        if let Some(pattern) = &args.topic_pattern {
+            return Err(CliError::failure(
+                format!(
+                    "--topic-pattern {pattern:?} names no partition to reset for group {}",
+                    args.group
+                ),
+                "check the pattern against `tidelog topic list` (it matches whole topic names);                  for --to-current and --shift-by only partitions with committed offsets count",
+            ));
+        }
+        if args.all_topics {
+            return Err(CliError::failure(
+                format!(
+                    "group {} has no committed offsets, so --all-topics names no partition",
+                    args.group
+                ),
+                "check the group's name with `tidelog group list`, or name the topics with --topic",
+            ));
+        }
+    }
 
     if args.export {
         let rows: Vec<OffsetRow> = changes
@@ -552,14 +574,14 @@ async fn reset_offsets(
             }
         }
     }
-    if executed {
+    if executed && !changes.is_empty() {
         note(&format!(
             "committed the new offsets of group {} ({} partition{})",
             args.group,
             changes.len(),
             if changes.len() == 1 { "" } else { "s" }
         ));
-    } else if !json {
+    } else if !json && !changes.is_empty() {
         note("dry run: nothing was committed; add --execute to commit these offsets");
     }
     Ok(())

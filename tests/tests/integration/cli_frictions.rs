@@ -888,6 +888,53 @@ fn cli_group_members_started_together_print_each_message_once() {
     }
 }
 
+/// Bug hunt 2026-12-06: a mistyped --topic-pattern (or --all-topics on a group with no
+/// commits) exited 0 with "committed the new offsets of group billing (0
+/// partitions)". Now it fails, saying the scope names no partition and what to check.
+#[test]
+fn cli_a_reset_whose_pattern_or_group_names_nothing_fails() {
+    let broker = TestBroker::start();
+    cli(&broker, &["topic", "create", "orders"]).ok("create");
+    cli_with_input(&broker, &["produce", "orders"], b"a\nb\n").ok("produce");
+    for (scope, needle) in [
+        (vec!["--topic-pattern", "ordres.*"], "names no partition"),
+        (vec!["--all-topics"], "has no committed offsets"),
+    ] {
+        let mut args = vec!["group", "reset-offsets", "--group", "billing"];
+        args.extend(&scope);
+        args.extend(["--to-earliest", "--execute"]);
+        let run = cli(&broker, &args);
+        assert_eq!(run.code, 1, "{scope:?}: {} {}", run.stdout, run.stderr);
+        assert!(run.stderr.contains(needle), "{scope:?}: {}", run.stderr);
+        assert!(
+            !run.stderr.contains("committed the new offsets"),
+            "{}",
+            run.stderr
+        );
+    }
+    // A pattern that matches goes through.
+    let run = cli(
+        &broker,
+        &[
+            "group",
+            "reset-offsets",
+            "--group",
+            "billing",
+            "--topic-pattern",
+            "ord.*",
+            "--to-earliest",
+            "--execute",
+        ],
+    )
+    .ok("reset");
+    assert!(
+        run.stderr
+            .contains("committed the new offsets of group billing (1 partition)"),
+        "{}",
+        run.stderr
+    );
+}
+
 /// What a terminal shows while `tidelog ARGS` runs (through script(1)), escape
 /// sequences and all.
 fn on_a_terminal(broker: &TestBroker, args: &str) -> String {
