@@ -802,6 +802,7 @@ impl GroupCoordinator {
     }
 
     /// The number of live members (connected or kept by their session timeout).
+    #[cfg(test)]
     pub(crate) fn live_member_count(&self, group_id: &str) -> usize {
         lock(&self.state)
             .groups
@@ -809,15 +810,40 @@ impl GroupCoordinator {
             .map_or(0, |g| g.members.len())
     }
 
-    /// Refuses offset administration while the group has live members.
+    /// Refuses offset administration while the group has live members, saying how
+    /// many are connected and, for those kept by their session timeout after their
+    /// stream ended (a consumer killed), how long until the last one expires.
     pub(crate) fn require_no_live_members(&self, group_id: &str, what: &str) -> Result<(), Status> {
-        let count = self.live_member_count(group_id);
-        if count > 0 {
-            return Err(Status::failed_precondition(format!(
-                "{what} refused: group {group_id:?} has {count} live member(s) (including members kept by their session timeout); stop its consumers first"
-            )));
+        let now = self.now_ms();
+        let (count, kept, last_expiry_ms) = {
+            let state = lock(&self.state);
+            let Some(group) = state.groups.get(group_id) else {
+                return Ok(());
+            };
+            let mut kept = 0;
+            let mut last = now;
+            for member in group.members.values() {
+                if let Connection::Gone { since_ms } = member.connection {
+                    kept += 1;
+                    last = last.max(since_ms.saturating_add(member.session_timeout_ms as i64));
+                }
+            }
+            (group.members.len(), kept, last)
+        };
+        if count == 0 {
+            return Ok(());
         }
-        Ok(())
+        let todo = if kept == 0 {
+            "stop its consumers first".to_string()
+        } else {
+            let seconds = ((last_expiry_ms - now).max(0) as u64).div_ceil(1000);
+            format!(
+                "{kept} of them disconnected and kept for a reconnect by their session timeout, the last for {seconds} s more: stop the connected consumers, wait for that, then try again"
+            )
+        };
+        Err(Status::failed_precondition(format!(
+            "{what} refused: group {group_id:?} has {count} live member(s); {todo}"
+        )))
     }
 
     /// Forgets an empty group's in-memory state (after DeleteGroup). Returns whether

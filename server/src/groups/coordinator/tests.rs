@@ -233,9 +233,18 @@ async fn session_timeout_keeps_partitions_until_expiry_and_reconnect_keeps_them(
     let (generation, pb) = last_assign(&mut b).0.unwrap();
     last_assign(&mut a);
 
-    // b's stream ends: kept, no rebalance.
+    // b's stream ends: kept, no rebalance. An offset tool is refused, told how many
+    // are connected and how long the kept one has left.
     c.stream_ended("g", &b.member_id, b.stream_id);
     assert_eq!(c.live_member_count("g"), 2);
+    let refused = c.require_no_live_members("g", "ResetOffsets").unwrap_err();
+    assert!(
+        refused.message().contains(
+            "has 2 live member(s); 1 of them disconnected and kept for a reconnect by their session timeout, the last for 1 s more"
+        ),
+        "{}",
+        refused.message()
+    );
     assert_eq!(last_assign(&mut a).0, None);
     assert_eq!(c.expire_sessions(), Some(1_000_000 + 500));
 
