@@ -440,19 +440,7 @@ fn deliveries_settlements_deadlines_and_crashes_against_a_model() {
 }
 
 fn plain_store(dir: &Path, clock: &Arc<ManualClock>, levels: u8) -> Arc<Store> {
-    let store = Arc::new(
-        Store::open(
-            dir,
-            StoreOptions {
-                clock: clock.clone(),
-                flush_threads: 1,
-                retention_interval: None,
-                flush_observer: None,
-                ..StoreOptions::default()
-            },
-        )
-        .unwrap(),
-    );
+    let store = plain_store_reopened(dir, clock);
     store
         .create_topic(
             "jobs",
