@@ -35,6 +35,26 @@ const QUEUE_RESPONSE_BYTES_MAX: usize = 3 * 1024 * 1024;
 const CLIENT_DEFAULT_RECEIVE_BYTES: usize = 4 * 1024 * 1024;
 const _: () = assert!(QUEUE_RESPONSE_BYTES_MAX < CLIENT_DEFAULT_RECEIVE_BYTES);
 
+/// Topic `jobs` of `partitions` and queue `work` on it whose deliveries each get one
+/// attempt (max_deliveries 1), with a deadline far enough not to pass in a test: a
+/// delivery leased to no caller shows as a lease, never as a redelivery.
+async fn one_shot_queue(broker: &TestBroker, partitions: u32) {
+    broker
+        .create_topic("jobs", partitions, TopicConfig::default())
+        .await;
+    create_queue(
+        broker,
+        "work",
+        "jobs",
+        QueueConfig {
+            ack_deadline_ms: Some(60_000),
+            max_deliveries: Some(1),
+            ..Default::default()
+        },
+    )
+    .await;
+}
+
 /// Publishes `count` messages of `bytes` value bytes each, durably, one per request.
 async fn publish_sized(broker: &TestBroker, topic: &str, count: usize, bytes: usize) {
     let mut publisher = broker.publisher().await;
@@ -133,18 +153,7 @@ async fn delivered_to(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_receive_that_stops_waiting_returns_or_leases_nothing() {
     let broker = TestBroker::start();
-    broker.create_topic("jobs", 2, TopicConfig::default()).await;
-    create_queue(
-        &broker,
-        "work",
-        "jobs",
-        QueueConfig {
-            ack_deadline_ms: Some(60_000),
-            max_deliveries: Some(1),
-            ..Default::default()
-        },
-    )
-    .await;
+    one_shot_queue(&broker, 2).await;
     let mut client = QueuesClient::new(broker.channel().await);
     for round in 0..60u64 {
         publish_sized(&broker, "jobs", 1, 64).await;
@@ -187,18 +196,7 @@ async fn a_receive_that_stops_waiting_returns_or_leases_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_delivery_recorded_for_a_receive_member_was_returned() {
     let broker = TestBroker::start();
-    broker.create_topic("jobs", 3, TopicConfig::default()).await;
-    create_queue(
-        &broker,
-        "work",
-        "jobs",
-        QueueConfig {
-            ack_deadline_ms: Some(60_000),
-            max_deliveries: Some(1),
-            ..Default::default()
-        },
-    )
-    .await;
+    one_shot_queue(&broker, 3).await;
     let stop = Arc::new(AtomicBool::new(false));
     let producer = {
         let stop = stop.clone();
