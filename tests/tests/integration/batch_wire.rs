@@ -93,6 +93,21 @@ async fn fetch_all_batches(
     fetch_records(broker, request, |_| {}).await
 }
 
+/// The values partition `partition` of `topic` holds, in offset order (Fetch of every
+/// record).
+async fn stored_values(broker: &TestBroker, topic: &str, partition: u32) -> Vec<Bytes> {
+    let request = FetchRequest {
+        topic: topic.into(),
+        partition,
+        ..Default::default()
+    };
+    fetch_records(broker, request, |_| {})
+        .await
+        .into_iter()
+        .map(|r| r.value)
+        .collect()
+}
+
 /// Every record from `request`'s offset to the end through FetchBatches, following
 /// each response's `next_offset`; `vary` sets each request's limits before it goes.
 async fn fetch_records(
@@ -1226,16 +1241,7 @@ async fn of_two_batches_with_one_id_sent_together_the_first_is_kept() {
         acks.push(ack);
     }
     for partition in 0..PARTITIONS {
-        let request = FetchRequest {
-            topic: "ids".into(),
-            partition,
-            ..Default::default()
-        };
-        let values: Vec<Bytes> = fetch_records(&broker, request, |_| {})
-            .await
-            .into_iter()
-            .map(|r| r.value)
-            .collect();
+        let values = stored_values(&broker, "ids", partition).await;
         assert!(
             values == expected[partition as usize],
             "partition {partition} holds other values"
@@ -1308,16 +1314,7 @@ async fn batches_written_together_survive_a_kill_9_in_order() {
     broker.restart();
 
     for partition in 0..PARTITIONS {
-        let request = FetchRequest {
-            topic: "runs".into(),
-            partition,
-            ..Default::default()
-        };
-        let stored: Vec<Bytes> = fetch_records(&broker, request, |_| {})
-            .await
-            .into_iter()
-            .map(|r| r.value)
-            .collect();
+        let stored = stored_values(&broker, "runs", partition).await;
         let mut expected: Vec<Bytes> = Vec::new();
         let mut batch_ends = vec![0];
         for (_, values) in sent.iter().filter(|(p, _)| *p == partition) {
