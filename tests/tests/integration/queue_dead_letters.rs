@@ -83,6 +83,19 @@ async fn receive_all(
     held
 }
 
+/// A queue whose first delivery is its last (max_deliveries 1), with a short
+/// deadline and backoff: a nack, a term or a deadline dead-letters at once, and a
+/// refused dead letter comes back quickly.
+fn last_attempt_config() -> QueueConfig {
+    QueueConfig {
+        ack_deadline_ms: Some(300),
+        max_deliveries: Some(1),
+        backoff_initial_ms: Some(50),
+        backoff_max_ms: Some(50),
+        ..Default::default()
+    }
+}
+
 async fn settle(
     broker: &TestBroker,
     queue: &str,
@@ -179,19 +192,7 @@ async fn a_message_at_its_topics_limit_is_dead_lettered_and_survives_a_kill() {
         ],
     )
     .await;
-    create_queue(
-        &broker,
-        "big-q",
-        "big",
-        QueueConfig {
-            ack_deadline_ms: Some(300),
-            max_deliveries: Some(1),
-            backoff_initial_ms: Some(50),
-            backoff_max_ms: Some(50),
-            ..Default::default()
-        },
-    )
-    .await;
+    create_queue(&broker, "big-q", "big", last_attempt_config()).await;
     let held = receive_all(&broker, "big-q", "u1", 4).await;
     let by_offset = |o: u64| held.iter().find(|d| offset(d) == o).unwrap();
     // A term, a nack on the last attempt and an ack in one Settle: each done.
@@ -283,19 +284,7 @@ async fn a_refused_dead_letter_fails_its_settlement_alone_and_the_message_comes_
         )
         .await;
     publish(&broker, "jobs", vec![vec![b'x'; 5_000], b"small".to_vec()]).await;
-    create_queue(
-        &broker,
-        "jobs-q",
-        "jobs",
-        QueueConfig {
-            ack_deadline_ms: Some(300),
-            max_deliveries: Some(1),
-            backoff_initial_ms: Some(50),
-            backoff_max_ms: Some(50),
-            ..Default::default()
-        },
-    )
-    .await;
+    create_queue(&broker, "jobs-q", "jobs", last_attempt_config()).await;
     let held = receive(&broker, "jobs-q", "u1", 2).await;
     assert_eq!(held.len(), 2);
     let (large, small) = match offset(&held[0]) {
