@@ -55,6 +55,37 @@ async fn one_shot_queue(broker: &TestBroker, partitions: u32) {
     .await;
 }
 
+/// Publishes requests of `per_request` small messages to `jobs` (ack WRITTEN), a pause
+/// of `pause` between them, until `stop`: a producer racing the queue's members.
+async fn racing_producer(
+    broker: &TestBroker,
+    per_request: usize,
+    pause: Duration,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    let mut publisher = broker.publisher().await;
+    tokio::spawn(async move {
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            publisher
+                .publish(PublishRequest {
+                    topic: "jobs".into(),
+                    messages: (0..per_request)
+                        .map(|j| Message {
+                            value: format!("m-{i}-{j}").into_bytes().into(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ack: AckLevel::Written as i32,
+                })
+                .await
+                .expect("publish");
+            i += 1;
+            tokio::time::sleep(pause).await;
+        }
+    })
+}
+
 /// Publishes `count` messages of `bytes` value bytes each, durably, one per request.
 async fn publish_sized(broker: &TestBroker, topic: &str, count: usize, bytes: usize) {
     let mut publisher = broker.publisher().await;
@@ -198,28 +229,7 @@ async fn every_delivery_recorded_for_a_receive_member_was_returned() {
     let broker = TestBroker::start();
     one_shot_queue(&broker, 3).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let producer = {
-        let stop = stop.clone();
-        let mut publisher = broker.publisher().await;
-        tokio::spawn(async move {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                publisher
-                    .publish(PublishRequest {
-                        topic: "jobs".into(),
-                        messages: vec![Message {
-                            value: format!("m-{i}").into_bytes().into(),
-                            ..Default::default()
-                        }],
-                        ack: AckLevel::Written as i32,
-                    })
-                    .await
-                    .expect("publish");
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        })
-    };
+    let producer = racing_producer(&broker, 1, Duration::from_millis(1), stop.clone()).await;
     let mut client = QueuesClient::new(broker.channel().await);
     let mut returned = BTreeSet::new();
     for round in 0..400u64 {
@@ -322,30 +332,7 @@ async fn a_half_closed_stream_was_sent_every_delivery_recorded_for_it() {
     )
     .await;
     let stop = Arc::new(AtomicBool::new(false));
-    let producer = {
-        let stop = stop.clone();
-        let mut publisher = broker.publisher().await;
-        tokio::spawn(async move {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                publisher
-                    .publish(PublishRequest {
-                        topic: "jobs".into(),
-                        messages: (0..10)
-                            .map(|j| Message {
-                                value: format!("m-{i}-{j}").into_bytes().into(),
-                                ..Default::default()
-                            })
-                            .collect(),
-                        ack: AckLevel::Written as i32,
-                    })
-                    .await
-                    .expect("publish");
-                i += 1;
-                tokio::time::sleep(Duration::from_micros(200)).await;
-            }
-        })
-    };
+    let producer = racing_producer(&broker, 10, Duration::from_micros(200), stop.clone()).await;
     let mut client = QueuesClient::new(broker.channel().await);
     let mut members = Vec::new();
     for _ in 0..30 {
