@@ -15,8 +15,19 @@
 //! ([`RouterConfig::dead_letter`], default `<topic>.dlq`, created with 1 partition if
 //! missing) with headers `x-dead-letter-reason` (the last error),
 //! `x-dead-letter-topic`, `x-dead-letter-partition`, `x-dead-letter-offset` and
-//! `x-dead-letter-attempts`, and committed. If the dead-letter publish fails, the
-//! router stops with that error and the message is not committed (it comes again).
+//! `x-dead-letter-attempts`, and committed. A dead-letter topic the router creates
+//! takes messages as large as the routed topic's `max_message_bytes` plus the router's
+//! headers (the reason is cut to [`REASON_BYTES_MAX`]), so poison at the size limit can
+//! always be dead-lettered. When the dead-letter topic refuses the whole letter anyway
+//! (it existed with a smaller limit), the letter goes without the message's value and
+//! headers (and a key over 1 KiB), with `x-dead-letter-omitted` saying what was left
+//! out: the headers still say where the message is in its topic. If the dead-letter
+//! publish fails otherwise, the router stops with that error and the message is not
+//! committed (it comes again).
+//!
+//! A topic a pattern matched that is deleted ends its route, not the router; a topic
+//! of that name created later is routed anew. A route of a named topic ends the router
+//! when the topic is deleted.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -34,6 +45,18 @@ use crate::consumer::{GroupMember, GroupOptions};
 use crate::error::{Error, Result};
 use crate::producer::{Producer, ProducerConfig};
 use crate::record::{Message, Record};
+
+/// The longest `x-dead-letter-reason` a letter carries, in bytes (a handler's error can
+/// be any length): a longer reason is cut at a character boundary.
+pub const REASON_BYTES_MAX: usize = 1024;
+
+/// What the router's headers add to a letter at most: the reason, a topic name and
+/// three numbers, with their keys. A dead-letter topic the router creates allows this
+/// much more than the routed topic's `max_message_bytes`.
+const LETTER_HEADERS_BYTES_MAX: u64 = 2048;
+
+/// A key up to this size stays in a letter that leaves out the value and headers.
+const OMITTED_LETTER_KEY_BYTES_MAX: usize = 1024;
 
 /// What a handler returns: `Err` asks for a retry (and, after the last, dead-lettering).
 pub type HandlerResult = std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -156,7 +179,7 @@ impl Router {
     /// for good (a dead-letter publish failed, a topic was deleted, ...).
     pub async fn run(self, shutdown: impl Future<Output = impl Sized>) -> Result<()> {
         let producer = Producer::new(&self.client, ProducerConfig::default());
-        let mut tasks: JoinSet<Result<()>> = JoinSet::new();
+        let mut tasks: JoinSet<(String, bool, Result<()>)> = JoinSet::new();
         let mut started: BTreeSet<String> = BTreeSet::new();
         let mut rescan = tokio::time::interval(self.config.rescan);
         tokio::pin!(shutdown);
@@ -165,23 +188,31 @@ impl Router {
                 _ = &mut shutdown => break,
                 _ = rescan.tick() => {
                     let topics = self.matched_topics().await?;
-                    for (topic, handler) in topics {
+                    for (topic, handler, matched) in topics {
                         if started.insert(topic.clone()) {
                             let route = RouteTask {
                                 client: self.client.clone(),
                                 config: self.config.clone(),
                                 producer: producer.clone(),
-                                topic,
+                                topic: topic.clone(),
                                 handler,
                             };
-                            tasks.spawn(route.run());
+                            tasks.spawn(async move { (topic, matched, route.run().await) });
                         }
                     }
                 }
                 Some(ended) = tasks.join_next() => {
                     match ended {
-                        Ok(Ok(())) => {}
-                        Ok(Err(error)) => return Err(error),
+                        Ok((_, _, Ok(()))) => {}
+                        // A topic a pattern matched was deleted: its route ends, and a
+                        // topic created under its name later is routed anew.
+                        Ok((topic, true, Err(Error::TopicNotFound { topic: gone })))
+                            if gone == topic =>
+                        {
+                            tracing::info!(topic, "a routed topic was deleted; its route ends");
+                            started.remove(&topic);
+                        }
+                        Ok((_, _, Err(error))) => return Err(error),
                         Err(join) => {
                             return Err(Error::Broker {
                                 rpc: "Router",
@@ -197,8 +228,8 @@ impl Router {
         producer.close().await
     }
 
-    /// Every (topic, handler) the routes name now.
-    async fn matched_topics(&self) -> Result<Vec<(String, Handler)>> {
+    /// Every (topic, handler, whether a pattern matched it) the routes name now.
+    async fn matched_topics(&self) -> Result<Vec<(String, Handler, bool)>> {
         let needs_list = self
             .routes
             .iter()
@@ -222,12 +253,12 @@ impl Router {
         let mut out = Vec::new();
         for (source, handler) in &self.routes {
             match source {
-                Source::Topic(topic) => out.push((topic.clone(), handler.clone())),
+                Source::Topic(topic) => out.push((topic.clone(), handler.clone(), false)),
                 Source::Pattern(pattern) => out.extend(
                     listed
                         .iter()
                         .filter(|t| !t.ends_with(".dlq") && pattern.matches(t))
-                        .map(|t| (t.clone(), handler.clone())),
+                        .map(|t| (t.clone(), handler.clone(), true)),
                 ),
             }
         }
@@ -295,35 +326,172 @@ impl RouteTask {
             reason,
             "poison message dead-lettered"
         );
-        let mut record = Record::new(&topic, message.value.clone())
-            .header("x-dead-letter-reason", reason.to_string())
-            .header("x-dead-letter-topic", message.topic.to_string())
-            .header("x-dead-letter-partition", message.partition.to_string())
-            .header("x-dead-letter-offset", message.offset.to_string())
-            .header("x-dead-letter-attempts", attempts.to_string());
-        if let Some(key) = &message.key {
-            record = record.key(key.clone());
-        }
-        for header in &message.headers {
-            record = record.header(header.key.clone(), header.value.clone());
-        }
-        match self.producer.send_and_wait(record.clone()).await {
-            Err(Error::TopicNotFound { .. }) => {
-                match self
-                    .client
-                    .create_topic(&topic, 1, TopicConfig::default())
-                    .await
-                {
-                    Ok(_)
-                    | Err(Error::Broker {
-                        code: tonic::Code::AlreadyExists,
-                        ..
-                    }) => {}
-                    Err(error) => return Err(error),
-                }
-                self.producer.send_and_wait(record).await.map(|_| ())
+        let whole = letter(&topic, &message, attempts, reason, None);
+        match self.publish_letter(&topic, whole).await {
+            // Over the dead-letter topic's limit: the letter says where the message is.
+            Err(Error::InvalidRecord { reason: refused })
+            | Err(Error::InvalidArgument {
+                message: refused, ..
+            }) => {
+                let omitted = omitted(&message, &topic, &refused);
+                tracing::warn!(
+                    dead_letter = topic,
+                    omitted,
+                    "the dead-letter topic refused the whole letter; sending it without the message"
+                );
+                let reduced = letter(&topic, &message, attempts, reason, Some(omitted));
+                self.publish_letter(&topic, reduced).await
             }
-            other => other.map(|_| ()),
+            other => other,
         }
+    }
+
+    /// Publishes `letter` to `topic`, creating the topic first if it does not exist.
+    async fn publish_letter(&self, topic: &str, letter: Record) -> Result<()> {
+        match self.producer.send_and_wait(letter.clone()).await {
+            Err(Error::TopicNotFound { .. }) => {
+                self.create_dead_letter_topic(topic).await?;
+                self.producer.send_and_wait(letter).await.map(drop)
+            }
+            other => other.map(drop),
+        }
+    }
+
+    /// Creates the dead-letter topic `topic` (1 partition) with room for the largest
+    /// message the routed topic takes plus the router's headers.
+    async fn create_dead_letter_topic(&self, topic: &str) -> Result<()> {
+        let routed = match self.client.describe_topic(&self.topic).await {
+            Ok(description) => description.config.map_or(0, |c| c.max_message_bytes),
+            Err(_) => 0,
+        };
+        let routed = match routed {
+            0 => tidelog_storage::limits::MESSAGE_BYTES_DEFAULT,
+            limit => limit,
+        };
+        let config = TopicConfig {
+            max_message_bytes: (routed + LETTER_HEADERS_BYTES_MAX)
+                .min(tidelog_storage::limits::MESSAGE_BYTES_MAX),
+            ..TopicConfig::default()
+        };
+        match self.client.create_topic(topic, 1, config).await {
+            Ok(_)
+            | Err(Error::Broker {
+                code: tonic::Code::AlreadyExists,
+                ..
+            }) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// The letter of `message` for dead-letter topic `topic`: the message's key, value and
+/// headers after the router's, or, when `omitted` says what was left out, the router's
+/// headers and that alone (and the key when it is small).
+fn letter(
+    topic: &str,
+    message: &Message,
+    attempts: u32,
+    reason: &str,
+    omitted: Option<String>,
+) -> Record {
+    let value = match omitted {
+        Some(_) => bytes::Bytes::new(),
+        None => message.value.clone(),
+    };
+    let mut record = Record::new(topic, value)
+        .header("x-dead-letter-reason", cut(reason, REASON_BYTES_MAX))
+        .header("x-dead-letter-topic", message.topic.to_string())
+        .header("x-dead-letter-partition", message.partition.to_string())
+        .header("x-dead-letter-offset", message.offset.to_string())
+        .header("x-dead-letter-attempts", attempts.to_string());
+    let keep_key =
+        |key: &bytes::Bytes| omitted.is_none() || key.len() <= OMITTED_LETTER_KEY_BYTES_MAX;
+    if let Some(key) = message.key.as_ref().filter(|k| keep_key(k)) {
+        record = record.key(key.clone());
+    }
+    match omitted {
+        Some(omitted) => record = record.header("x-dead-letter-omitted", omitted),
+        None => {
+            for header in &message.headers {
+                record = record.header(header.key.clone(), header.value.clone());
+            }
+        }
+    }
+    record
+}
+
+/// What a letter without the message leaves out, and why.
+fn omitted(message: &Message, topic: &str, refused: &str) -> String {
+    let headers: usize = message
+        .headers
+        .iter()
+        .map(|h| h.key.len() + h.value.len())
+        .sum();
+    let key = match message.key.as_ref() {
+        Some(key) if key.len() > OMITTED_LETTER_KEY_BYTES_MAX => {
+            format!(", the key ({} bytes)", key.len())
+        }
+        _ => String::new(),
+    };
+    format!(
+        "the value ({} bytes), {} headers ({headers} bytes){key}: {topic} refused the whole letter ({}); \
+         the message is at the headers' topic, partition and offset while retention keeps it",
+        message.value.len(),
+        message.headers.len(),
+        cut(refused, REASON_BYTES_MAX),
+    )
+}
+
+/// `text` cut to at most `max` bytes at a character boundary, marked when cut.
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_is_cut_at_a_character_boundary_and_marked() {
+        assert_eq!(cut("short", 10), "short");
+        let long = "é".repeat(1000); // 2,000 bytes
+        let cut_reason = cut(&long, REASON_BYTES_MAX);
+        assert!(cut_reason.len() <= REASON_BYTES_MAX, "{}", cut_reason.len());
+        assert!(cut_reason.ends_with('…'));
+        assert!(cut_reason.len() > REASON_BYTES_MAX - 8);
+    }
+
+    #[test]
+    fn the_router_headers_fit_their_allowance_at_their_largest() {
+        let message = Message {
+            topic: "t"
+                .repeat(tidelog_storage::limits::TOPIC_NAME_BYTES_MAX)
+                .into(),
+            partition: u32::MAX,
+            offset: u64::MAX,
+            timestamp_ms: 0,
+            expires_at_ms: None,
+            key: None,
+            value: bytes::Bytes::new(),
+            headers: Vec::new(),
+            id: None,
+            deliver_at_ms: None,
+            priority: 0,
+        };
+        let letter = letter("d", &message, u32::MAX, &"r".repeat(10_000), None);
+        // An empty value and no key: the size is the router's headers.
+        let headers = letter.size_bytes();
+        assert!(headers <= LETTER_HEADERS_BYTES_MAX, "{headers}");
+        assert!(
+            headers > LETTER_HEADERS_BYTES_MAX / 2,
+            "{headers}: the test is at the largest"
+        );
     }
 }

@@ -1763,3 +1763,163 @@ async fn ack_none_stores_reports_no_offsets_and_still_fails_on_errors() {
     );
     producer.close().await.expect("close");
 }
+
+/// [`subscribe_earliest`] once `topic` exists (a topic the code under test creates).
+async fn subscribe_once_created(client: &Client, topic: &str) -> Subscription {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let options = SubscribeOptions {
+            start: StartAt::Earliest,
+            ..SubscribeOptions::default()
+        };
+        match Subscription::open(client, topic, options).await {
+            Ok(subscription) => return subscription,
+            Err(tidelog_client::Error::TopicNotFound { .. })
+                if std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(error) => panic!("subscribe to {topic}: {error:?}"),
+        }
+    }
+}
+
+/// A router whose handler fails every message, with one attempt and a quick rescan;
+/// what it handled successfully (never) and its task.
+fn failing_router(
+    client: &Client,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<tidelog_client::Result<()>>,
+) {
+    use tidelog_client::{Retry, Router, RouterConfig};
+    let config = RouterConfig {
+        retry: Retry {
+            attempts: 1,
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(10),
+        },
+        rescan: Duration::from_millis(100),
+        ..RouterConfig::new("poison-router")
+    };
+    let router = Router::new(client, config)
+        .route_pattern(r"big\..*", |_message: Message| async move {
+            Err("never handled".into())
+        })
+        .expect("pattern");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    (stop, tokio::spawn(router.run(stopped)))
+}
+
+#[tokio::test]
+async fn a_router_dead_letters_poison_at_the_size_limit_and_goes_on() {
+    let broker = TestBroker::start();
+    let client = client(&broker).await;
+    // Topic a: its dead-letter topic is created by the router. Topic b: its dead-letter
+    // topic already exists with a smaller limit than b's messages.
+    for topic in ["big.a", "big.b"] {
+        client
+            .create_topic(topic, 1, topic_config(2 * 1024 * 1024))
+            .await
+            .expect("create");
+    }
+    client
+        .create_topic("big.b.dlq", 1, topic_config(64 * 1024))
+        .await
+        .expect("create dlq");
+    let (stop, running) = failing_router(&client);
+    let producer = Producer::new(&client, ProducerConfig::default());
+    // As large as the topic allows, with a header; then a small one after it.
+    let limit = 2 * 1024 * 1024;
+    for topic in ["big.a", "big.b"] {
+        let big = Record::new(topic, vec![7u8; limit - 100])
+            .key("k")
+            .header("h", "v");
+        producer.send_and_wait(big).await.expect("publish big");
+        producer
+            .send_and_wait(Record::new(topic, "small"))
+            .await
+            .expect("publish small");
+    }
+    // Whole letter in big.a.dlq: value, key and headers as published, plus the
+    // router's.
+    let mut dead_a = subscribe_once_created(&client, "big.a.dlq").await;
+    let letters = read(&mut dead_a, 2).await;
+    assert_eq!(letters[0].value.len(), limit - 100);
+    assert_eq!(letters[0].key.as_deref(), Some(&b"k"[..]));
+    assert_eq!(letters[0].header("h").map(|v| v.as_ref()), Some(&b"v"[..]));
+    assert_eq!(letters[1].value.as_ref(), b"small");
+    // big.b.dlq cannot take the message: its letter says where the original is.
+    let mut dead_b = subscribe_earliest(&client, "big.b.dlq").await;
+    let letters = read(&mut dead_b, 2).await;
+    assert!(letters[0].value.is_empty(), "value omitted");
+    assert_eq!(letters[0].header("h"), None, "original headers omitted");
+    assert_eq!(
+        letters[0]
+            .header("x-dead-letter-offset")
+            .map(|v| v.as_ref()),
+        Some(&b"0"[..])
+    );
+    let omitted = letters[0]
+        .header("x-dead-letter-omitted")
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .expect("omitted header");
+    assert!(
+        omitted.contains(&format!("{} bytes", limit - 100)),
+        "{omitted}"
+    );
+    assert_eq!(letters[1].value.as_ref(), b"small");
+    assert!(!running.is_finished(), "the router is still running");
+    stop.send(()).expect("stop");
+    running.await.expect("join").expect("router");
+}
+
+#[tokio::test]
+async fn a_router_pattern_route_outlives_its_topic() {
+    let broker = TestBroker::start();
+    let client = client(&broker).await;
+    for topic in ["big.a", "big.b"] {
+        client
+            .create_topic(topic, 1, TopicConfig::default())
+            .await
+            .expect("create");
+    }
+    let (stop, running) = failing_router(&client);
+    let producer = Producer::new(&client, ProducerConfig::default());
+    producer
+        .send_and_wait(Record::new("big.a", "a-1"))
+        .await
+        .expect("publish");
+    let mut dead_a = subscribe_once_created(&client, "big.a.dlq").await;
+    assert_eq!(read(&mut dead_a, 1).await[0].value.as_ref(), b"a-1");
+    // big.a goes: the router goes on with big.b, and routes a new big.a.
+    client
+        .admin()
+        .delete_topic(tidelog_client::proto::DeleteTopicRequest {
+            name: "big.a".into(),
+        })
+        .await
+        .expect("delete");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !running.is_finished(),
+        "a deleted pattern topic ends its route only"
+    );
+    producer
+        .send_and_wait(Record::new("big.b", "b-1"))
+        .await
+        .expect("publish");
+    let mut dead_b = subscribe_once_created(&client, "big.b.dlq").await;
+    assert_eq!(read(&mut dead_b, 1).await[0].value.as_ref(), b"b-1");
+    client
+        .create_topic("big.a", 1, TopicConfig::default())
+        .await
+        .expect("create again");
+    producer
+        .send_and_wait(Record::new("big.a", "a-2"))
+        .await
+        .expect("publish");
+    assert_eq!(read(&mut dead_a, 1).await[0].value.as_ref(), b"a-2");
+    stop.send(()).expect("stop");
+    running.await.expect("join").expect("router");
+}
