@@ -9,7 +9,8 @@
 //! member), so topics ending in `.dlq` are never read (they are where poison goes) and
 //! each topic's handler runs on its own task.
 //!
-//! A message's handling: the handler runs; if it fails, it runs again after a backoff
+//! A message's handling: the handler runs (on a task of its own: a panic counts as a
+//! failure, with the panic's message as the reason); if it fails, it runs again after a backoff
 //! (doubling from [`Retry::initial`] up to [`Retry::max`]) until [`Retry::attempts`]
 //! runs failed; then the message is **poison**: it is published to the dead-letter topic
 //! ([`RouterConfig::dead_letter`], default `<topic>.dlq`, created with 1 partition if
@@ -304,10 +305,10 @@ impl RouteTask {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match (self.handler)(message.clone()).await {
+            match run_handler(&self.handler, message.clone()).await {
                 Ok(()) => return Ok(()),
                 Err(error) if attempt >= retry.attempts.max(1) => {
-                    return self.dead_letter(message, attempt, &error.to_string()).await;
+                    return self.dead_letter(message, attempt, &error).await;
                 }
                 Err(error) => {
                     tracing::debug!(topic = self.topic, offset = message.offset, attempt, %error, "handler failed; retrying");
@@ -381,6 +382,28 @@ impl RouteTask {
             }) => Ok(()),
             Err(error) => Err(error),
         }
+    }
+}
+
+/// One run of `handler` on `message`, on a task of its own: a panic is the run's
+/// failure (retried, then dead-lettered, like an `Err`), not the router's end. The
+/// task is aborted if the route stops meanwhile.
+async fn run_handler(handler: &Handler, message: Message) -> std::result::Result<(), String> {
+    let mut run = JoinSet::new();
+    run.spawn(handler(message));
+    match run.join_next().await {
+        Some(Ok(outcome)) => outcome.map_err(|error| error.to_string()),
+        Some(Err(ended)) if ended.is_panic() => {
+            let panic = ended.into_panic();
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-text panic payload".to_string());
+            Err(format!("the handler panicked: {what}"))
+        }
+        Some(Err(ended)) => Err(format!("the handler's task ended: {ended}")),
+        None => Err("the handler's task was not run".to_string()),
     }
 }
 

@@ -1923,3 +1923,70 @@ async fn a_router_pattern_route_outlives_its_topic() {
     stop.send(()).expect("stop");
     running.await.expect("join").expect("router");
 }
+
+#[tokio::test]
+async fn a_router_handler_that_panics_is_retried_then_dead_lettered() {
+    use tidelog_client::{Retry, Router, RouterConfig};
+    let broker = TestBroker::start();
+    let client = client(&broker).await;
+    client
+        .create_topic("jobs", 1, TopicConfig::default())
+        .await
+        .expect("create");
+    let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let handled: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let config = RouterConfig {
+        retry: Retry {
+            attempts: 2,
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(10),
+        },
+        ..RouterConfig::new("panicky")
+    };
+    let router = Router::new(&client, config).route("jobs", {
+        let runs = runs.clone();
+        let handled = handled.clone();
+        move |message: Message| {
+            let runs = runs.clone();
+            let handled = handled.clone();
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                let value = String::from_utf8_lossy(&message.value).into_owned();
+                if value == "boom" {
+                    panic!("cannot handle {value}");
+                }
+                handled.lock().unwrap().push(value);
+                Ok(())
+            }
+        }
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(router.run(stopped));
+    let producer = Producer::new(&client, ProducerConfig::default());
+    for value in ["boom", "fine"] {
+        producer
+            .send_and_wait(Record::new("jobs", value))
+            .await
+            .expect("publish");
+    }
+    let mut dead = subscribe_once_created(&client, "jobs.dlq").await;
+    let letter = read(&mut dead, 1).await.remove(0);
+    assert_eq!(letter.value.as_ref(), b"boom");
+    assert_eq!(
+        letter.header("x-dead-letter-reason").map(|v| v.as_ref()),
+        Some(&b"the handler panicked: cannot handle boom"[..])
+    );
+    assert_eq!(
+        letter.header("x-dead-letter-attempts").map(|v| v.as_ref()),
+        Some(&b"2"[..])
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    while handled.lock().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "fine was not handled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(*handled.lock().unwrap(), vec!["fine".to_string()]);
+    assert_eq!(runs.load(Ordering::SeqCst), 3, "boom twice, fine once");
+    stop.send(()).expect("stop");
+    running.await.expect("join").expect("router");
+}
