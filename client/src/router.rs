@@ -28,7 +28,9 @@
 //!
 //! A topic a pattern matched that is deleted ends its route, not the router; a topic
 //! of that name created later is routed anew. A route of a named topic ends the router
-//! when the topic is deleted.
+//! when the topic is deleted. While the broker is away (a restart) the routes' members
+//! reconnect by themselves, rescans that fail are skipped, and a route that fails with
+//! a retryable error ([`Error::is_retryable`]) starts again at the next rescan.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -188,7 +190,16 @@ impl Router {
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = rescan.tick() => {
-                    let topics = self.matched_topics().await?;
+                    let topics = match self.matched_topics().await {
+                        Ok(topics) => topics,
+                        // The broker is away (restarting): the routes' members
+                        // reconnect by themselves; the next rescan tries again.
+                        Err(error) if error.is_retryable() => {
+                            tracing::debug!(%error, "ListTopics failed; rescanning later");
+                            continue;
+                        }
+                        Err(error) => return Err(error),
+                    };
                     for (topic, handler, matched) in topics {
                         if started.insert(topic.clone()) {
                             let route = RouteTask {
@@ -211,6 +222,13 @@ impl Router {
                             if gone == topic =>
                         {
                             tracing::info!(topic, "a routed topic was deleted; its route ends");
+                            started.remove(&topic);
+                        }
+                        // Joining while the broker was away, a dead-letter publish
+                        // that timed out, ...: what the route had not committed comes
+                        // again when it starts over at the next rescan.
+                        Ok((topic, _, Err(error))) if error.is_retryable() => {
+                            tracing::warn!(topic, %error, "a route failed; it starts again at the next rescan");
                             started.remove(&topic);
                         }
                         Ok((_, _, Err(error))) => return Err(error),

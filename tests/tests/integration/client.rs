@@ -1990,3 +1990,76 @@ async fn a_router_handler_that_panics_is_retried_then_dead_lettered() {
     stop.send(()).expect("stop");
     running.await.expect("join").expect("router");
 }
+
+// Multi-threaded: the router's rescans run while the restart blocks this thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_goes_on_across_a_broker_restart() {
+    use tidelog_client::{Router, RouterConfig};
+    let mut broker = TestBroker::start();
+    let client = client(&broker).await;
+    for topic in ["rs.a", "plain"] {
+        client
+            .create_topic(topic, 2, TopicConfig::default())
+            .await
+            .expect("create");
+    }
+    let handled: Arc<std::sync::Mutex<BTreeSet<String>>> = Arc::default();
+    let handler = {
+        let handled = handled.clone();
+        move |message: Message| {
+            let handled = handled.clone();
+            async move {
+                let value = String::from_utf8_lossy(&message.value).into_owned();
+                handled.lock().unwrap().insert(value);
+                Ok(())
+            }
+        }
+    };
+    let config = RouterConfig {
+        rescan: Duration::from_millis(50),
+        ..RouterConfig::new("restarting")
+    };
+    let router = Router::new(&client, config)
+        .route("plain", handler.clone())
+        .route_pattern(r"rs\..*", handler)
+        .expect("pattern");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(router.run(stopped));
+    let producer = Producer::new(&client, ProducerConfig::default());
+    let wait_for = |count: usize| {
+        let handled = handled.clone();
+        async move {
+            let deadline = std::time::Instant::now() + WAIT;
+            while handled.lock().unwrap().len() < count {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "handled only {:?}",
+                    handled.lock().unwrap()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    for i in 0..20 {
+        let topic = if i % 2 == 0 { "rs.a" } else { "plain" };
+        producer
+            .send_and_wait(Record::new(topic, format!("before-{i}")))
+            .await
+            .expect("publish");
+    }
+    wait_for(20).await;
+    // Down for longer than several rescans.
+    broker.restart_on_the_same_ports();
+    assert!(!running.is_finished(), "the router outlives the restart");
+    for i in 0..20 {
+        let topic = if i % 2 == 0 { "rs.a" } else { "plain" };
+        producer
+            .send_and_wait(Record::new(topic, format!("after-{i}")))
+            .await
+            .expect("publish after the restart");
+    }
+    wait_for(40).await;
+    assert!(!running.is_finished(), "the router is still running");
+    stop.send(()).expect("stop");
+    running.await.expect("join").expect("router");
+}
