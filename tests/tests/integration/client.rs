@@ -1764,6 +1764,20 @@ async fn ack_none_stores_reports_no_offsets_and_still_fails_on_errors() {
     producer.close().await.expect("close");
 }
 
+/// Waits (without blocking the runtime) until `done` holds, failing with `what` after
+/// [`WAIT`].
+async fn eventually(what: impl Fn() -> String, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out: {}",
+            what()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// [`subscribe_earliest`] once `topic` exists (a topic the code under test creates).
 async fn subscribe_once_created(client: &Client, topic: &str) -> Subscription {
     let deadline = std::time::Instant::now() + WAIT;
@@ -1980,11 +1994,11 @@ async fn a_router_handler_that_panics_is_retried_then_dead_lettered() {
         letter.header("x-dead-letter-attempts").map(|v| v.as_ref()),
         Some(&b"2"[..])
     );
-    let deadline = std::time::Instant::now() + WAIT;
-    while handled.lock().unwrap().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "fine was not handled");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        || "fine was not handled".into(),
+        || !handled.lock().unwrap().is_empty(),
+    )
+    .await;
     assert_eq!(*handled.lock().unwrap(), vec!["fine".to_string()]);
     assert_eq!(runs.load(Ordering::SeqCst), 3, "boom twice, fine once");
     stop.send(()).expect("stop");
@@ -2029,15 +2043,11 @@ async fn a_router_goes_on_across_a_broker_restart() {
     let wait_for = |count: usize| {
         let handled = handled.clone();
         async move {
-            let deadline = std::time::Instant::now() + WAIT;
-            while handled.lock().unwrap().len() < count {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "handled only {:?}",
-                    handled.lock().unwrap()
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            eventually(
+                || format!("handled only {:?}", handled.lock().unwrap()),
+                || handled.lock().unwrap().len() >= count,
+            )
+            .await
         }
     };
     for i in 0..20 {
