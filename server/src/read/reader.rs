@@ -43,6 +43,11 @@ struct PatternSource {
     access: Option<TopicAccess>,
     /// Read topics by name, with the number of their partitions read.
     topics: BTreeMap<String, (Arc<Topic>, usize)>,
+    /// Topics the caller's rights stopped matching (`--auth`), with their cursors as
+    /// they were and the number of partitions read: when the rights come back, the
+    /// stream goes on where it stood (never twice on one stream). Dropped when the
+    /// topic is deleted or stops matching.
+    withheld: BTreeMap<String, (Arc<Topic>, usize, Vec<Cursor>)>,
     /// Where partitions that appear after the start begin.
     later: LaterStart,
     /// When to look at the topic list next.
@@ -214,6 +219,7 @@ impl PartitionReader {
                 pattern,
                 access,
                 topics,
+                withheld: BTreeMap::new(),
                 later,
                 next_scan: tokio::time::Instant::now() + TOPIC_RESCAN_INTERVAL,
             })),
@@ -269,48 +275,72 @@ impl PartitionReader {
     /// Looks at the topic list (a pattern stream only): adds cursors for matching
     /// topics that appeared and partitions that were added, drops those of topics that
     /// went (deleted, or deleted and created again: then dropped and added back from
-    /// its start). The change as a TopicsChanged event, `None` when nothing changed.
+    /// its start). A topic the caller's rights no longer allow is set aside with its
+    /// cursors and, allowed again, goes on from them (see `withheld`). The change as a
+    /// TopicsChanged event, `None` when nothing changed.
     fn rescan(&mut self) -> Option<SubscribeResponse> {
         let Source::Pattern(source) = &mut self.source else {
             return None;
         };
         source.next_scan = tokio::time::Instant::now() + TOPIC_RESCAN_INTERVAL;
-        let now: BTreeMap<String, Arc<Topic>> = self
+        let matching: BTreeMap<String, Arc<Topic>> = self
             .state
             .store
             .topics()
             .into_iter()
-            .filter(|t| {
-                source.pattern.matches(t.name())
-                    && source.access.as_ref().is_none_or(|a| a.allows(t.name()))
-            })
+            .filter(|t| source.pattern.matches(t.name()))
             .map(|t| (t.name().to_string(), t))
             .collect();
+        let allowed = |name: &str| source.access.as_ref().is_none_or(|a| a.allows(name));
+        let still =
+            |name: &str, old: &Arc<Topic>| matching.get(name).is_some_and(|t| t.is_same_topic(old));
+        // A withheld topic that was deleted (or created again) starts afresh if it
+        // comes back.
+        source.withheld.retain(|name, (old, _, _)| still(name, old));
         let removed: Vec<String> = source
             .topics
             .iter()
-            .filter(|(name, (old, _))| !now.get(*name).is_some_and(|t| t.is_same_topic(old)))
+            .filter(|(name, (old, _))| !(still(name, old) && allowed(name)))
             .map(|(name, _)| name.clone())
             .collect();
         let mut changed_cursors = false;
         for name in &removed {
-            source.topics.remove(name);
+            let Some((old, read)) = source.topics.remove(name) else {
+                continue;
+            };
             let before = self.cursors.len();
-            self.cursors
-                .retain(|c| c.topic.as_deref() != Some(name.as_str()));
+            let (gone, kept): (Vec<Cursor>, Vec<Cursor>) = std::mem::take(&mut self.cursors)
+                .into_iter()
+                .partition(|c| c.topic.as_deref() == Some(name.as_str()));
+            self.cursors = kept;
             changed_cursors |= self.cursors.len() != before;
+            if still(name, &old) {
+                source.withheld.insert(name.clone(), (old, read, gone));
+            }
         }
         let mut added = Vec::new();
-        for (name, topic) in now {
+        for (name, topic) in matching {
+            if !allowed(&name) {
+                continue;
+            }
             let (read, first_new) = match source.topics.get(&name) {
                 Some((_, read)) => (*read, *read),
                 None => {
                     added.push(name.clone());
-                    (0, 0)
+                    match source.withheld.remove(&name) {
+                        // Allowed again: on from where it stood.
+                        Some((_, read, cursors)) => {
+                            changed_cursors |= !cursors.is_empty();
+                            self.cursors.extend(cursors);
+                            (read, read)
+                        }
+                        None => (0, 0),
+                    }
                 }
             };
             let count = topic.partitions().len();
             if count <= read && read > 0 {
+                source.topics.insert(name, (topic, read));
                 continue;
             }
             let label: Arc<str> = Arc::from(name.as_str());

@@ -11,6 +11,7 @@
 //! - the CLI's `auth` / `acl` commands and `--token`;
 //! - with auth off, the Access service says so and everything else is unchanged.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use tidelog_proto::v1::access_client::AccessClient;
@@ -853,4 +854,157 @@ async fn admin_changes_are_audited_and_counted_by_result() {
         "{}",
         open.log()
     );
+}
+
+/// What a pattern stream tells, in either form: values read, or its new topic list.
+enum Seen {
+    Values(Vec<String>),
+    Topics(Vec<String>),
+    Other,
+}
+
+type SeenStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Seen> + Send>>;
+
+/// A pattern stream whose right to one of its topics goes and comes back goes on in
+/// that topic where it stood: nothing is delivered twice on one stream (Subscribe and
+/// SubscribeBatches).
+#[tokio::test]
+async fn a_pattern_stream_resumes_a_topic_whose_right_comes_back_where_it_stood() {
+    use tidelog_proto::v1::StartPosition;
+    use tidelog_proto::v1::start_position::{Earliest, Position};
+    use tidelog_proto::v1::subscribe_batches_response::Event as BatchEvent;
+    use tokio_stream::StreamExt;
+
+    let broker = TestBroker::start_with(&["--auth"]);
+    let admin = conn(&broker, Some(&bootstrap_token(&broker))).await;
+    for name in ["pub-a", "pub-b"] {
+        AdminClient::new(admin.clone())
+            .create_topic(CreateTopicRequest {
+                name: name.into(),
+                partitions: 2,
+                config: Some(TopicConfig::default()),
+            })
+            .await
+            .unwrap();
+    }
+    let publish = |value: String| {
+        let admin = admin.clone();
+        async move {
+            PublisherClient::new(admin)
+                .publish(PublishRequest {
+                    topic: "pub-b".into(),
+                    messages: vec![Message {
+                        value: value.into(),
+                        ..Message::default()
+                    }],
+                    ..PublishRequest::default()
+                })
+                .await
+                .unwrap();
+        }
+    };
+    let reader_token = create_token(&admin, "reader", 0).await;
+    allow(&admin, "reader", "topic:pub-a", "consume").await;
+    allow(&admin, "reader", "topic:pub-b", "consume").await;
+    let reader = conn(&broker, Some(&reader_token)).await;
+    for (round, batch_form) in [false, true].into_iter().enumerate() {
+        let request = SubscribeRequest {
+            topic_pattern: "pub-.*".into(),
+            start: Some(StartPosition {
+                position: Some(Position::Earliest(Earliest {})),
+            }),
+            ..SubscribeRequest::default()
+        };
+        let mut client = ConsumerClient::new(reader.clone());
+        let mut events: SeenStream = if batch_form {
+            let stream = client
+                .subscribe_batches(request)
+                .await
+                .unwrap()
+                .into_inner();
+            Box::pin(stream.map(|event| {
+                match event.expect("ok").event {
+                    Some(BatchEvent::Batches(batches)) => Seen::Values(
+                        batches
+                            .batches
+                            .iter()
+                            .flat_map(|b| {
+                                tidelog_storage::client_batch::delivered_records(
+                                    &b.batch,
+                                    b.skip_front,
+                                    &b.skip,
+                                    batches.now_ms,
+                                )
+                                .expect("decode")
+                            })
+                            .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+                            .collect(),
+                    ),
+                    Some(BatchEvent::TopicsChanged(changed)) => Seen::Topics(changed.topics),
+                    _ => Seen::Other,
+                }
+            }))
+        } else {
+            let stream = client.subscribe(request).await.unwrap().into_inner();
+            Box::pin(stream.map(|event| {
+                match event.expect("ok").event {
+                    Some(Event::Batch(batch)) => Seen::Values(
+                        batch
+                            .messages
+                            .iter()
+                            .map(|m| String::from_utf8_lossy(&m.value).into_owned())
+                            .collect(),
+                    ),
+                    Some(Event::TopicsChanged(changed)) => Seen::Topics(changed.topics),
+                    _ => Seen::Other,
+                }
+            }))
+        };
+        let mut values: Vec<String> = Vec::new();
+        // Reads until `until` holds of the values read and the latest topic list.
+        let mut read_until =
+            async |values: &mut Vec<String>, until: &dyn Fn(&[String], &[String]) -> bool| {
+                let mut topics: Vec<String> = Vec::new();
+                while !until(values, &topics) {
+                    let seen = tokio::time::timeout(Duration::from_secs(10), events.next())
+                        .await
+                        .expect("an event in time")
+                        .expect("open");
+                    match seen {
+                        Seen::Values(more) => values.extend(more),
+                        Seen::Topics(list) => topics = list,
+                        Seen::Other => {}
+                    }
+                }
+            };
+        let three: Vec<String> = (0..3).map(|i| format!("r{round}-{i}")).collect();
+        for value in &three {
+            publish(value.clone()).await;
+        }
+        let skip = 4 * round; // the earlier round's messages
+        read_until(&mut values, &|v, _| v.len() >= skip + 3).await;
+        // The right goes: pub-b leaves the stream.
+        AccessClient::new(admin.clone())
+            .remove_acl(RemoveAclRequest {
+                rule: Some(rule("reader", "topic:pub-b", "consume")),
+            })
+            .await
+            .unwrap();
+        read_until(&mut values, &|_, t| t == ["pub-a"]).await;
+        // ... and comes back: pub-b is read on from where it stood.
+        allow(&admin, "reader", "topic:pub-b", "consume").await;
+        read_until(&mut values, &|_, t| t == ["pub-a", "pub-b"]).await;
+        publish(format!("r{round}-3")).await;
+        read_until(&mut values, &|v, _| {
+            v.iter().any(|v| v == &format!("r{round}-3"))
+        })
+        .await;
+        let distinct: BTreeSet<&String> = values.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            values.len(),
+            "delivered twice on one stream (batch form {batch_form}): {values:?}"
+        );
+        assert_eq!(values.len(), skip + 4, "{values:?}");
+    }
 }
