@@ -41,7 +41,7 @@ fn cli_broker_hints_name_cli_commands_and_flags() {
     assert_eq!(run.code, 1);
     assert!(
         run.stderr
-            .contains("has 3 partitions (0-2), not partition 5"),
+            .contains("topic \"small\" has 3 partitions (0-2); there is no partition 5"),
         "{}",
         run.stderr
     );

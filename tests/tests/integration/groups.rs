@@ -1118,6 +1118,28 @@ async fn commits_from_a_stale_generation_or_for_foreign_partitions_are_refused()
     .unwrap_err();
     assert_eq!(stale.code(), Code::FailedPrecondition);
     assert!(stale.message().contains("stale"), "{}", stale.message());
+    // A generation ahead of the group's was never given out: not "stale", rejoin.
+    let ahead = member_commit(
+        &mut groups,
+        "gen",
+        &first.member_id,
+        Some(second.generation + 100),
+        &[("gens", own, 0)],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(ahead.code(), Code::FailedPrecondition);
+    assert!(
+        ahead.message().contains(&format!(
+            "generation {} of group \"gen\" is ahead of the group's current generation {}",
+            second.generation + 100,
+            second.generation
+        )),
+        "{}",
+        ahead.message()
+    );
+    assert!(!ahead.message().contains("stale"), "{}", ahead.message());
+    assert!(ahead.message().contains("rejoin"), "{}", ahead.message());
     let not_owned = member_commit(
         &mut groups,
         "gen",
@@ -1168,6 +1190,28 @@ async fn commits_from_a_stale_generation_or_for_foreign_partitions_are_refused()
     .await
     .unwrap_err();
     assert_eq!(bad_partition.code(), Code::InvalidArgument);
+    assert!(
+        bad_partition
+            .message()
+            .contains("topic \"gens\" has 4 partitions (0-3); there is no partition 9"),
+        "{}",
+        bad_partition.message()
+    );
+    // One partition: said as such, not as a range.
+    broker
+        .create_topic("single", 1, TopicConfig::default())
+        .await;
+    let status = admin_commit(&mut groups, "tool", &[("single", 99, 0)])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .contains("topic \"single\" has 1 partition (0); there is no partition 99"),
+        "{}",
+        status.message()
+    );
     member_commit(
         &mut groups,
         "gen",

@@ -744,13 +744,7 @@ impl GroupCoordinator {
             )));
         };
         if generation != group.generation {
-            return Err(with_generation(
-                Status::failed_precondition(format!(
-                    "generation {generation} of group {group_id:?} is stale: the current generation is {}; a rebalance happened, so drop the work of revoked partitions and commit with the generation of the latest Assignment",
-                    group.generation
-                )),
-                group.generation,
-            ));
+            return Err(wrong_generation(group_id, generation, group.generation));
         }
         for tp @ (topic, partition) in partitions {
             let kept = member.partitions.binary_search(tp).is_ok() || member.revoking.contains(tp);
@@ -1070,6 +1064,23 @@ impl GroupCoordinator {
             .filter_map(|g| self.describe_group(&g.group_id))
             .collect()
     }
+}
+
+/// The refusal of a member's commit in `generation` while the group is at `current`
+/// (the one wording of it): an older generation is stale (a rebalance happened since);
+/// a newer one was never given out by this broker run, so the client did not take it
+/// from an Assignment.
+fn wrong_generation(group_id: &str, generation: u64, current: u64) -> Status {
+    let message = if generation < current {
+        format!(
+            "generation {generation} of group {group_id:?} is stale: the current generation is {current}; a rebalance happened, so drop the work of revoked partitions and commit with the generation of the latest Assignment"
+        )
+    } else {
+        format!(
+            "generation {generation} of group {group_id:?} is ahead of the group's current generation {current}: the broker never gave it out (it is not from an Assignment of this broker run); commit with the generation of the member's latest Assignment, or rejoin the group (Subscribe) and commit with the generation of the Assignment it gets"
+        )
+    };
+    with_generation(Status::failed_precondition(message), current)
 }
 
 /// A commit refusal carrying the group's current generation

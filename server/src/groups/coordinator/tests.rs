@@ -121,6 +121,24 @@ async fn commit_rules_generation_member_and_ownership() {
     };
     assert_eq!(named(&stale), Some(generation.to_string()));
 
+    // A generation the broker never gave out is not "stale": it is ahead, and the
+    // member is told to rejoin.
+    let ahead = c
+        .authorize_member_commit("g", &a.member_id, generation + 1, &own)
+        .unwrap_err();
+    assert_eq!(ahead.code(), tonic::Code::FailedPrecondition);
+    assert!(!ahead.message().contains("stale"), "{}", ahead.message());
+    assert!(
+        ahead.message().contains(&format!(
+            "generation {} of group \"g\" is ahead of the group's current generation {generation}",
+            generation + 1
+        )),
+        "{}",
+        ahead.message()
+    );
+    assert!(ahead.message().contains("rejoin"), "{}", ahead.message());
+    assert_eq!(named(&ahead), Some(generation.to_string()));
+
     let foreign = vec![("t".to_string(), pb[0])];
     let err = c
         .authorize_member_commit("g", &a.member_id, generation, &foreign)
