@@ -1233,6 +1233,77 @@ async fn commits_from_a_stale_generation_or_for_foreign_partitions_are_refused()
     assert_eq!(fetch_offsets(&mut groups, "gen").await.len(), 2);
 }
 
+/// Hunt findings: `DescribeGroup` of a group without live members left out the
+/// partitions it never committed (so its lag hid their messages), and showed a member
+/// whose consumer was killed like a connected one until its session timeout ended.
+#[tokio::test]
+async fn describe_lists_uncommitted_partitions_and_disconnected_members() {
+    let broker = TestBroker::start();
+    broker
+        .create_topic("lagging", 2, TopicConfig::default())
+        .await;
+    publish(&broker, "lagging", 0, 20, None).await;
+    publish(&broker, "lagging", 1, 20, None).await;
+    let mut groups = broker.groups().await;
+    admin_commit(&mut groups, "quiet", &[("lagging", 0, 3)])
+        .await
+        .unwrap();
+
+    let empty = describe(&mut groups, "quiet").await;
+    assert_eq!(empty.state, GroupState::Empty as i32);
+    let rows: Vec<_> = empty
+        .lags
+        .iter()
+        .map(|l| (l.partition, l.committed_offset, l.lag, l.lag_from_log_start))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![(0, Some(3), Some(17), None), (1, None, None, Some(20))],
+        "{empty:?}"
+    );
+
+    // One member stays connected; another, with a session timeout, loses its
+    // connection as a killed process does (its own channel goes away).
+    let mut stays = broker.consumer().await;
+    let _connected = subscribe(
+        &mut stays,
+        "lagging",
+        membership("quiet", "", 0, 0),
+        ResetPolicy::Earliest,
+    )
+    .await
+    .unwrap();
+    let kept_id = {
+        let mut killed = broker.consumer().await;
+        let mut stream = subscribe(
+            &mut killed,
+            "lagging",
+            membership("quiet", "", 60_000, 0),
+            ResetPolicy::Earliest,
+        )
+        .await
+        .unwrap();
+        expect_assignment(&mut stream).await.member_id
+    };
+    let described = wait_for_group(&mut groups, "quiet", |g| {
+        g.members.iter().any(|m| m.disconnected)
+    })
+    .await;
+    assert_eq!(described.members.len(), 2, "{described:?}");
+    for member in &described.members {
+        if member.member_id == kept_id {
+            assert!(member.disconnected);
+            let left = member.session_expires_in_ms.expect("time left");
+            assert!(left > 50_000 && left <= 60_000, "{member:?}");
+        } else {
+            assert!(!member.disconnected, "{member:?}");
+            assert_eq!(member.session_expires_in_ms, None, "{member:?}");
+        }
+    }
+    // Both partitions still listed, with a member each.
+    assert_eq!(described.lags.len(), 2, "{described:?}");
+}
+
 #[tokio::test]
 async fn a_reconnect_keeps_the_partitions_and_a_second_stream_takes_over() {
     let broker = TestBroker::start();
