@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 use tidelog_proto::v1::{
     DeleteGroupRequest, DeleteOffsetsRequest, DescribeGroupRequest, GroupDescription, GroupMember,
-    GroupState, ListGroupsRequest, OffsetChange, ResetOffsetsRequest, TopicPartitionOffset,
-    reset_offsets_request as reset,
+    GroupState, ListGroupsRequest, OffsetChange, PartitionLag, ResetOffsetsRequest,
+    TopicPartitionOffset, reset_offsets_request as reset,
 };
 
 use crate::args::{GroupCommand, ResetMode, ResetOffsetsArgs};
@@ -220,16 +220,16 @@ impl LagTotals {
         LagTotals {
             committed: group.lags.iter().filter_map(|l| l.lag).sum(),
             without_commit: without.len(),
-            // A broker from before lag_from_log_start: the span of the log.
-            without_commit_messages: without
-                .iter()
-                .map(|l| {
-                    l.lag_from_log_start
-                        .unwrap_or_else(|| l.end_offset.saturating_sub(l.log_start_offset))
-                })
-                .sum(),
+            without_commit_messages: without.iter().map(|l| lag_from_log_start(l)).sum(),
         }
     }
+}
+
+/// A partition's messages from the log start, what the broker reports for one
+/// without a commit (from a broker before `lag_from_log_start`: the same span).
+fn lag_from_log_start(lag: &PartitionLag) -> u64 {
+    lag.lag_from_log_start
+        .unwrap_or_else(|| lag.end_offset.saturating_sub(lag.log_start_offset))
 }
 
 /// How a member shows in the STATUS column: connected, or kept by its session
@@ -278,11 +278,7 @@ fn render_group(group: &GroupDescription) -> String {
             match (l.lag, l.committed_offset) {
                 (Some(lag), _) => lag.to_string(),
                 // No commit: counted from the log start, marked (see the footnote).
-                (None, None) => format!(
-                    "{}*",
-                    l.lag_from_log_start
-                        .unwrap_or_else(|| l.end_offset.saturating_sub(l.log_start_offset))
-                ),
+                (None, None) => format!("{}*", lag_from_log_start(l)),
                 (None, Some(_)) => dash(),
             },
             owners
@@ -689,7 +685,6 @@ fn clamped_note(change: &OffsetChange, asked: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tidelog_proto::v1::PartitionLag;
 
     fn spec(topic: &str, partitions: &[u32]) -> TopicSpec {
         TopicSpec {
