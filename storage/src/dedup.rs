@@ -350,11 +350,12 @@ impl DedupWindow {
         state.rebuilt = false;
     }
 
-    /// Appends `records` to partition `partition` of `partitions` (the topic whose
+    /// Appends `records` to partition `partition` of `partitions` (topic `topic`, whose
     /// window this is), giving ids where `assign_ids` asks and deduplicating ids within
     /// `window_ms` (0 = off).
     pub(crate) fn append(
         &self,
+        topic: &str,
         partitions: &[Arc<Partition>],
         partition: u32,
         mut records: Vec<NewRecord>,
@@ -362,9 +363,10 @@ impl DedupWindow {
         assign_ids: bool,
     ) -> Result<Placed> {
         let target = partitions.get(partition as usize).ok_or_else(|| {
-            Error::invalid(format!(
-                "the topic has partitions 0..{}, not {partition}",
-                partitions.len()
+            Error::invalid(crate::topic::no_such_partition(
+                topic,
+                partitions.len(),
+                partition,
             ))
         })?;
         let mut assigned = Vec::new();
@@ -484,6 +486,7 @@ impl DedupWindow {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn append_batch(
         &self,
+        topic: &str,
         partitions: &[Arc<Partition>],
         partition: u32,
         bytes: Bytes,
@@ -493,9 +496,10 @@ impl DedupWindow {
         assign_ids: bool,
     ) -> Result<BatchPlaced> {
         let target = partitions.get(partition as usize).ok_or_else(|| {
-            Error::invalid(format!(
-                "the topic has partitions 0..{}, not {partition}",
-                partitions.len()
+            Error::invalid(crate::topic::no_such_partition(
+                topic,
+                partitions.len(),
+                partition,
             ))
         })?;
         if !window_decides(checked, window_ms, assign_ids)? {

@@ -48,6 +48,19 @@ pub fn parse_owner(bytes: &[u8]) -> Option<&str> {
         .filter(|owner| crate::access::validate_principal(owner).is_ok())
 }
 
+/// How tidelog words a partition number a topic does not have, in the storage
+/// engine's errors, the broker's refusals (`Publish`, `CommitOffsets`,
+/// `ResetOffsets`, ...), the client's and the CLI's: `topic "orders" has 1 partition
+/// (0); there is no partition 99`. The one place this wording lives.
+pub fn no_such_partition(topic: &str, partition_count: usize, partition: u32) -> String {
+    let has = match partition_count {
+        0 => "no partitions".to_string(),
+        1 => "1 partition (0)".to_string(),
+        n => format!("{n} partitions (0-{})", n - 1),
+    };
+    format!("topic {topic:?} has {has}; there is no partition {partition}")
+}
+
 /// Gives every created or opened topic its own incarnation.
 static NEXT_INCARNATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -83,15 +96,11 @@ impl Topic {
     }
 
     /// The partition with this number; `InvalidArgument` naming the valid range if
-    /// there is none.
+    /// there is none ([`no_such_partition`]).
     pub fn partition(&self, id: u32) -> Result<&Arc<Partition>> {
-        self.partitions.get(id as usize).ok_or_else(|| {
-            Error::invalid(format!(
-                "topic {:?} has partitions 0..{}, not {id}",
-                self.name,
-                self.partitions.len()
-            ))
-        })
+        self.partitions
+            .get(id as usize)
+            .ok_or_else(|| Error::invalid(no_such_partition(&self.name, self.partitions.len(), id)))
     }
 
     /// Appends `records` to partition `partition` as one batch, through the topic's
@@ -103,6 +112,7 @@ impl Topic {
     pub fn append(&self, partition: u32, records: Vec<NewRecord>) -> Result<Placed> {
         let config = self.config();
         self.dedup.append(
+            &self.name,
             &self.partitions,
             partition,
             records,
@@ -214,6 +224,7 @@ impl Topic {
             write_runs(&mut runs, &mut results);
             results[place] = Some(checked.and_then(|checked| {
                 let placed = self.dedup.append_batch(
+                    &self.name,
                     &self.partitions,
                     partition,
                     bytes,
@@ -266,5 +277,26 @@ pub struct TopicInfo {
 impl TopicInfo {
     pub fn size_bytes(&self) -> u64 {
         self.partitions.iter().map(|p| p.size_bytes).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::no_such_partition;
+
+    #[test]
+    fn a_missing_partition_is_worded_with_the_partitions_the_topic_has() {
+        assert_eq!(
+            no_such_partition("orders", 1, 99),
+            "topic \"orders\" has 1 partition (0); there is no partition 99"
+        );
+        assert_eq!(
+            no_such_partition("orders", 3, 5),
+            "topic \"orders\" has 3 partitions (0-2); there is no partition 5"
+        );
+        assert_eq!(
+            no_such_partition("orders", 0, 0),
+            "topic \"orders\" has no partitions; there is no partition 0"
+        );
     }
 }

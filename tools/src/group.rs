@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 use tidelog_proto::v1::{
-    DeleteGroupRequest, DeleteOffsetsRequest, DescribeGroupRequest, GroupDescription, GroupState,
-    ListGroupsRequest, OffsetChange, ResetOffsetsRequest, TopicPartitionOffset,
-    reset_offsets_request as reset,
+    DeleteGroupRequest, DeleteOffsetsRequest, DescribeGroupRequest, GroupDescription, GroupMember,
+    GroupState, ListGroupsRequest, OffsetChange, PartitionLag, ResetOffsetsRequest,
+    TopicPartitionOffset, reset_offsets_request as reset,
 };
 
 use crate::args::{GroupCommand, ResetMode, ResetOffsetsArgs};
@@ -168,6 +168,8 @@ pub fn group_json(group: &GroupDescription) -> Value {
                     "partitions": t.partitions,
                 })).collect::<Vec<Value>>(),
                 "filter": m.filter,
+                "disconnected": m.disconnected,
+                "session_expires_in_ms": m.session_expires_in_ms,
             })
         })
         .collect();
@@ -182,38 +184,78 @@ pub fn group_json(group: &GroupDescription) -> Value {
                 "log_start_offset": l.log_start_offset,
                 "end_offset": l.end_offset,
                 "lag": l.lag,
+                "lag_from_log_start": l.lag_from_log_start,
                 "member_id": owners.get(&(l.topic.as_str(), l.partition)),
             })
         })
         .collect();
-    let (total_lag, without_commit) = total_lag(group);
+    let totals = LagTotals::of(group);
     json!({
         "group_id": group.group_id,
         "state": state_name(group.state),
         "generation": group.generation,
         "members": members,
         "partitions": partitions,
-        "total_lag": total_lag,
-        "partitions_without_commit": without_commit,
+        "total_lag": totals.committed,
+        "partitions_without_commit": totals.without_commit,
+        "lag_without_commit": totals.without_commit_messages,
     })
 }
 
-/// The group's lag summed over the partitions with a committed offset, and how many
-/// partitions have none (their lag is unknown until the group commits).
-pub fn total_lag(group: &GroupDescription) -> (u64, usize) {
-    let total = group.lags.iter().filter_map(|l| l.lag).sum();
-    let without = group.lags.iter().filter(|l| l.lag.is_none()).count();
-    (total, without)
+/// A group's lag, kept apart by whether the partition has a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LagTotals {
+    /// Summed over the partitions with a committed offset.
+    pub committed: u64,
+    /// Partitions without a committed offset.
+    pub without_commit: usize,
+    /// Their messages from the log start (`lag_from_log_start` summed): what a
+    /// member reads of them with `--offset-reset earliest`.
+    pub without_commit_messages: u64,
+}
+
+impl LagTotals {
+    pub fn of(group: &GroupDescription) -> LagTotals {
+        let without: Vec<_> = group.lags.iter().filter(|l| l.lag.is_none()).collect();
+        LagTotals {
+            committed: group.lags.iter().filter_map(|l| l.lag).sum(),
+            without_commit: without.len(),
+            without_commit_messages: without.iter().map(|l| lag_from_log_start(l)).sum(),
+        }
+    }
+}
+
+/// A partition's messages from the log start, what the broker reports for one
+/// without a commit (from a broker before `lag_from_log_start`: the same span).
+fn lag_from_log_start(lag: &PartitionLag) -> u64 {
+    lag.lag_from_log_start
+        .unwrap_or_else(|| lag.end_offset.saturating_sub(lag.log_start_offset))
+}
+
+/// How a member shows in the STATUS column: connected, or kept by its session
+/// timeout after its stream ended, with the seconds left (rounded up).
+fn member_status(member: &GroupMember) -> String {
+    match (member.disconnected, member.session_expires_in_ms) {
+        (false, _) => "connected".into(),
+        (true, Some(ms)) => format!("disconnected, leaves in {} s", ms.div_ceil(1000)),
+        (true, None) => "disconnected".into(),
+    }
 }
 
 fn render_group(group: &GroupDescription) -> String {
     let members = group.members.len();
+    let disconnected = group.members.iter().filter(|m| m.disconnected).count();
     let mut text = format!(
-        "group {}  state {}  generation {}  ({members} member{})\n",
+        "group {}  state {}  generation {}  ({members} member{}{})\n",
         group.group_id,
         state_name(group.state),
         group.generation,
-        if members == 1 { "" } else { "s" }
+        if members == 1 { "" } else { "s" },
+        if disconnected > 0 {
+            format!(", {disconnected} disconnected")
+        } else {
+            String::new()
+        }
     );
     let dash = || "-".to_string();
     let owners = owners(group);
@@ -233,7 +275,12 @@ fn render_group(group: &GroupDescription) -> String {
             l.committed_offset.map_or_else(dash, |o| o.to_string()),
             l.log_start_offset.to_string(),
             l.end_offset.to_string(),
-            l.lag.map_or_else(dash, |o| o.to_string()),
+            match (l.lag, l.committed_offset) {
+                (Some(lag), _) => lag.to_string(),
+                // No commit: counted from the log start, marked (see the footnote).
+                (None, None) => format!("{}*", lag_from_log_start(l)),
+                (None, Some(_)) => dash(),
+            },
             owners
                 .get(&(l.topic.as_str(), l.partition))
                 .map_or_else(dash, |m| m.to_string()),
@@ -242,18 +289,34 @@ fn render_group(group: &GroupDescription) -> String {
     if !table.is_empty() {
         text.push('\n');
         text.push_str(&table.render());
-        let (total, without) = total_lag(group);
-        text.push_str(&format!("total lag {total}"));
-        if without > 0 {
+        let totals = LagTotals::of(group);
+        text.push_str(&format!("total lag {}", totals.committed));
+        if totals.without_commit > 0 {
+            let n = totals.without_commit;
             text.push_str(&format!(
-                " ({without} partition{} without a committed offset not counted)",
-                if without == 1 { "" } else { "s" }
+                ", plus {} message{} on {n} partition{} without a commit (LAG marked *)\n\
+                 * no commit: LAG counts from the log start; a member starts such a partition \
+                 per its --offset-reset (earliest reads these messages, latest skips them)",
+                totals.without_commit_messages,
+                if totals.without_commit_messages == 1 {
+                    ""
+                } else {
+                    "s"
+                },
+                if n == 1 { "" } else { "s" },
             ));
         }
         text.push('\n');
     }
     if members > 0 {
-        let mut table = Table::new(&["MEMBER", "CLIENT-ID", "ADDRESS", "TOPIC", "PARTITIONS"]);
+        let mut table = Table::new(&[
+            "MEMBER",
+            "STATUS",
+            "CLIENT-ID",
+            "ADDRESS",
+            "TOPIC",
+            "PARTITIONS",
+        ]);
         let list = |partitions: &[u32]| {
             if partitions.is_empty() {
                 "-".to_string()
@@ -269,6 +332,7 @@ fn render_group(group: &GroupDescription) -> String {
             if m.topic_pattern.is_empty() {
                 table.row(vec![
                     m.member_id.clone(),
+                    member_status(m),
                     m.client_id.clone(),
                     m.client_address.clone(),
                     m.topic.clone(),
@@ -279,6 +343,7 @@ fn render_group(group: &GroupDescription) -> String {
             // A pattern member: the pattern, then one row per matched topic.
             table.row(vec![
                 m.member_id.clone(),
+                member_status(m),
                 m.client_id.clone(),
                 m.client_address.clone(),
                 format!("pattern {}", m.topic_pattern),
@@ -293,6 +358,7 @@ fn render_group(group: &GroupDescription) -> String {
                     String::new(),
                     String::new(),
                     String::new(),
+                    String::new(),
                     format!("  {}", t.topic),
                     list(&t.partitions),
                 ]);
@@ -302,6 +368,13 @@ fn render_group(group: &GroupDescription) -> String {
         text.push_str(&table.render());
         for m in group.members.iter().filter(|m| !m.filter.is_empty()) {
             text.push_str(&format!("filter of {}: {}\n", m.member_id, m.filter));
+        }
+        if disconnected > 0 {
+            text.push_str(
+                "a disconnected member's stream ended (its consumer was killed or lost its \
+                 connection); nobody reads its partitions until it reconnects, or until its \
+                 session timeout ends and the group rebalances them\n",
+            );
         }
     }
     text
@@ -612,7 +685,6 @@ fn clamped_note(change: &OffsetChange, asked: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tidelog_proto::v1::{GroupMember, PartitionLag};
 
     fn spec(topic: &str, partitions: &[u32]) -> TopicSpec {
         TopicSpec {
@@ -656,6 +728,7 @@ mod tests {
                     log_start_offset: 0,
                     end_offset: 12,
                     lag: Some(7),
+                    lag_from_log_start: None,
                 },
                 PartitionLag {
                     topic: "orders".into(),
@@ -664,6 +737,7 @@ mod tests {
                     log_start_offset: 0,
                     end_offset: 4,
                     lag: None,
+                    lag_from_log_start: Some(4),
                 },
             ],
         };
@@ -673,14 +747,21 @@ mod tests {
             text.contains("orders          0          5          0   12    7  m-1\n"),
             "{text}"
         );
+        // No commit: the partition's messages from the log start, marked, and the
+        // total says how many such partitions and messages there are.
         assert!(
-            text.contains("orders          1          -          0    4    -  -\n"),
+            text.contains("orders          1          -          0    4   4*  -\n"),
             "{text}"
         );
         assert!(
-            text.contains("total lag 7 (1 partition without a committed offset not counted)\n"),
+            text.contains(
+                "total lag 7, plus 4 messages on 1 partition without a commit (LAG marked *)\n\
+                 * no commit: LAG counts from the log start; a member starts such a partition \
+                 per its --offset-reset (earliest reads these messages, latest skips them)\n"
+            ),
             "{text}"
         );
+        assert!(text.contains("m-1     connected"), "{text}");
         let value = group_json(&group);
         assert!(text.contains("filter of m-1: key ^= \"eu-\"\n"), "{text}");
         assert_eq!(value["members"][0]["filter"], r#"key ^= "eu-""#);
@@ -688,6 +769,50 @@ mod tests {
         assert_eq!(value["partitions_without_commit"], 1);
         assert_eq!(value["partitions"][0]["member_id"], "m-1");
         assert_eq!(value["partitions"][1]["committed_offset"], Value::Null);
+        assert_eq!(value["partitions"][1]["lag"], Value::Null);
+        assert_eq!(value["partitions"][1]["lag_from_log_start"], 4);
+        assert_eq!(value["partitions"][0]["lag_from_log_start"], Value::Null);
+        assert_eq!(value["lag_without_commit"], 4);
         assert_eq!(value["state"], "STABLE");
+        assert_eq!(value["members"][0]["disconnected"], false);
+        assert_eq!(value["members"][0]["session_expires_in_ms"], Value::Null);
+    }
+
+    #[test]
+    fn a_disconnected_member_shows_the_seconds_its_session_has_left() {
+        let member = |id: &str, expires: Option<u64>| GroupMember {
+            member_id: id.into(),
+            client_id: "cli".into(),
+            client_address: "127.0.0.1:5000".into(),
+            topic: "orders".into(),
+            partitions: vec![0],
+            disconnected: expires.is_some(),
+            session_expires_in_ms: expires,
+            ..GroupMember::default()
+        };
+        let group = GroupDescription {
+            group_id: "billing".into(),
+            state: GroupState::Stable as i32,
+            generation: 3,
+            members: vec![member("m-1", None), member("m-2", Some(24_001))],
+            lags: Vec::new(),
+        };
+        let text = render_group(&group);
+        assert!(
+            text.starts_with(
+                "group billing  state STABLE  generation 3  (2 members, 1 disconnected)\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("m-1     connected "), "{text}");
+        assert!(
+            text.contains("m-2     disconnected, leaves in 25 s "),
+            "{text}"
+        );
+        assert!(text.contains("nobody reads its partitions"), "{text}");
+        let value = group_json(&group);
+        assert_eq!(value["members"][1]["disconnected"], true);
+        assert_eq!(value["members"][1]["session_expires_in_ms"], 24_001);
+        assert_eq!(value["members"][0]["disconnected"], false);
     }
 }

@@ -970,7 +970,7 @@ mod tests {
         assert!(!e.message.contains("raise"), "{e}");
         let e = refused_record(
             "p",
-            "partition 5 is beyond topic \"t\"'s 1 partitions (0..1)",
+            "topic \"t\" has 1 partition (0); there is no partition 5",
         );
         assert!(e.message.contains("--partition"), "{e}");
         assert!(!e.message.contains(".."), "{e}");

@@ -84,9 +84,10 @@ impl TopicState {
     fn partition(&self, record: &Record) -> Result<u32> {
         match (record.partition, &record.inner.key) {
             (Some(p), _) if p >= self.partitions => Err(Error::InvalidRecord {
-                reason: format!(
-                    "partition {p} is beyond topic {:?}'s {} partitions (0..{})",
-                    record.topic, self.partitions, self.partitions
+                reason: tidelog_storage::topic::no_such_partition(
+                    &record.topic,
+                    self.partitions as usize,
+                    p,
                 ),
             }),
             (Some(p), _) => Ok(p),

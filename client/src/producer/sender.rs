@@ -258,9 +258,10 @@ pub(crate) fn check_batch<R: AsRef<NewRecord>>(
     let state = front.topic(topic)?;
     if partition >= state.partitions {
         return Some(Err(Error::InvalidRecord {
-            reason: format!(
-                "partition {partition} is beyond topic {topic:?}'s {} partitions",
-                state.partitions
+            reason: tidelog_storage::topic::no_such_partition(
+                topic,
+                state.partitions as usize,
+                partition,
             ),
         }));
     }

@@ -59,6 +59,8 @@ fn group_description(view: GroupView) -> GroupDescription {
             .members
             .into_iter()
             .map(|m| GroupMember {
+                disconnected: m.session_expires_in_ms.is_some(),
+                session_expires_in_ms: m.session_expires_in_ms,
                 member_id: m.member_id,
                 client_id: m.client_id,
                 client_address: m.client_address,
@@ -92,6 +94,7 @@ fn group_description(view: GroupView) -> GroupDescription {
                 log_start_offset: p.log_start,
                 end_offset: p.end,
                 lag: p.lag,
+                lag_from_log_start: p.lag_from_log_start,
             })
             .collect(),
     }
@@ -105,8 +108,9 @@ fn topic(store: &Store, name: &str) -> Result<Arc<Topic>, Status> {
     convert::or_status(store.topic(name))
 }
 
-/// The partition, or INVALID_ARGUMENT naming the topic's range (the API's rule for
-/// a partition number beyond the partition count).
+/// The partition, or INVALID_ARGUMENT naming the topic's partitions (the API's rule
+/// for a partition number beyond the partition count, worded by
+/// `tidelog_storage::topic::no_such_partition`).
 fn partition(topic: &Topic, id: u32) -> Result<Arc<Partition>, Status> {
     convert::or_status(topic.partition(id)).cloned()
 }

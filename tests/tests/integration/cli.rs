@@ -385,7 +385,7 @@ fn cli_topics_produce_and_consume_round_trip() {
     let bad_partition = cli(&broker, &["consume", "orders", "--partition", "7"]);
     assert_eq!(bad_partition.code, 1);
     assert!(
-        bad_partition.stderr.contains("not partition 7"),
+        bad_partition.stderr.contains("there is no partition 7"),
         "{}",
         bad_partition.stderr
     );

@@ -167,8 +167,8 @@ async fn cli_consume_prints_up_to_a_damaged_batch_and_reads_the_other_partitions
         // committed all the same (as a tool, the group having no member left).
         assert!(!run.stderr.contains("warning"), "{}", run.stderr);
         let described = cli(broker, &["group", "describe", "g", "--json"]).ok("describe");
-        // (The broker lists the partitions the group committed: which of the others
-        // the member got to before the stream ended depends on the interleaving.)
+        // (The broker lists every partition, committed or not: which of the others
+        // the member committed before the stream ended depends on the interleaving.)
         let committed = described.json()["partitions"]
             .as_array()
             .unwrap()

@@ -41,7 +41,7 @@ fn cli_broker_hints_name_cli_commands_and_flags() {
     assert_eq!(run.code, 1);
     assert!(
         run.stderr
-            .contains("has 3 partitions (0-2), not partition 5"),
+            .contains("topic \"small\" has 3 partitions (0-2); there is no partition 5"),
         "{}",
         run.stderr
     );
@@ -346,9 +346,11 @@ fn cli_if_exists_flags_and_the_total_lag() {
     );
 
     // Total lag: the group committed partition 0 at 1 and nothing for partition 1;
-    // the broker describes (and sums) the partitions the group committed. (Set with
-    // reset-offsets: a consume -n 1 may or may not commit partition 1's start before
-    // it stops, depending on when that partition's position reaches it.)
+    // the total sums the committed partitions and says what the others hold, counted
+    // from the log start (hunt finding: partition 1 was left out, so its messages
+    // hid behind the total). (Set with reset-offsets: a consume -n 1 may or may not
+    // commit partition 1's start before it stops, depending on when that partition's
+    // position reaches it.)
     cli_with_input(&broker, &["produce", "t", "-p", "0"], b"a\nb\nc\n").ok("produce");
     cli_with_input(&broker, &["produce", "t", "-p", "1"], b"d\ne\nf\n").ok("produce");
     let reset = [
@@ -365,12 +367,41 @@ fn cli_if_exists_flags_and_the_total_lag() {
     cli(&broker, &reset).ok("reset-offsets");
     let described = cli(&broker, &["group", "describe", "g"]).ok("describe");
     assert!(
-        described.stdout.contains("total lag 2"),
+        described.stdout.contains(
+            "total lag 2, plus 3 messages on 1 partition without a commit (LAG marked *)\n\
+             * no commit: LAG counts from the log start; a member starts such a partition per \
+             its --offset-reset (earliest reads these messages, latest skips them)\n"
+        ),
+        "{}",
+        described.stdout
+    );
+    let uncommitted = described
+        .stdout
+        .lines()
+        .find(|line| line.starts_with("t ") && line.split_whitespace().nth(1) == Some("1"))
+        .unwrap_or_else(|| panic!("no row of t/1: {}", described.stdout));
+    assert_eq!(
+        uncommitted.split_whitespace().collect::<Vec<_>>(),
+        ["t", "1", "-", "0", "3", "3*", "-"],
         "{}",
         described.stdout
     );
     let described = cli(&broker, &["group", "describe", "g", "--json"]).ok("describe");
-    assert_eq!(described.json()["total_lag"], 2);
+    let json = described.json();
+    assert_eq!(json["total_lag"], 2);
+    assert_eq!(json["partitions_without_commit"], 1);
+    assert_eq!(json["lag_without_commit"], 3);
+    assert_eq!(json["partitions"].as_array().unwrap().len(), 2, "{json}");
+    assert_eq!(
+        json["partitions"][1]["committed_offset"],
+        serde_json::Value::Null
+    );
+    assert_eq!(json["partitions"][1]["lag"], serde_json::Value::Null);
+    assert_eq!(json["partitions"][1]["lag_from_log_start"], 3);
+    assert_eq!(
+        json["partitions"][0]["lag_from_log_start"],
+        serde_json::Value::Null
+    );
     // Both partitions read from their commits (or the start): one message more.
     cli(&broker, &["consume", "t", "--group", "g", "-n", "1"]).ok("consume");
     let described = cli(&broker, &["group", "describe", "g", "--json"]).ok("describe");
@@ -469,6 +500,79 @@ async fn cli_consume_until_an_offset_or_a_time_and_headers_in_text() {
 
 /// Issue 12 item 8: a group member commits where the broker says the partition stands
 /// (MessageBatch.positions), past expired messages it never saw, not "last offset + 1".
+/// Hunt finding: a member whose consumer was killed with -9 showed like a connected
+/// one until its session timeout removed it. Its connection goes away as a killed
+/// process's does (the member's own channel is dropped), and `group describe` says it
+/// is disconnected and how long its session keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_group_describe_shows_a_killed_member_as_disconnected() {
+    use tidelog_proto::v1::subscribe_response::Event;
+    use tidelog_proto::v1::{GroupMembership, ResetPolicy, SubscribeRequest};
+    let broker = TestBroker::start();
+    cli(&broker, &["topic", "create", "jobs", "--partitions", "2"]).ok("create");
+    {
+        let mut consumer = broker.consumer().await;
+        let mut stream = consumer
+            .subscribe(SubscribeRequest {
+                topic: "jobs".into(),
+                group: Some(GroupMembership {
+                    group_id: "workers".into(),
+                    session_timeout_ms: 60_000,
+                    client_id: "worker".into(),
+                    ..GroupMembership::default()
+                }),
+                reset_policy: ResetPolicy::Earliest as i32,
+                ..SubscribeRequest::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+            .await
+            .expect("an Assignment in time")
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(first.event, Some(Event::Assignment(_))),
+            "{first:?}"
+        );
+    }
+    let mut described = String::new();
+    crate::cli::wait_until("the member shows as disconnected", || {
+        described = cli(&broker, &["group", "describe", "workers"])
+            .ok("describe")
+            .stdout;
+        described.contains("disconnected")
+    });
+    assert!(
+        described.contains("state STABLE  generation 1  (1 member, 1 disconnected)"),
+        "{described}"
+    );
+    let row = described
+        .lines()
+        .find(|line| line.starts_with("worker-"))
+        .unwrap_or_else(|| panic!("no member row: {described}"));
+    let seconds: u64 = row
+        .split("disconnected, leaves in ")
+        .nth(1)
+        .and_then(|rest| rest.split(" s").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no seconds left in: {row}"));
+    assert!((50..=60).contains(&seconds), "{row}");
+    assert!(
+        described.contains("nobody reads its partitions"),
+        "{described}"
+    );
+
+    let json = cli(&broker, &["group", "describe", "workers", "--json"])
+        .ok("describe --json")
+        .json();
+    let member = &json["members"][0];
+    assert_eq!(member["disconnected"], true, "{json}");
+    let left = member["session_expires_in_ms"].as_u64().expect("ms left");
+    assert!(left > 50_000 && left <= 60_000, "{json}");
+}
+
 #[test]
 fn cli_group_commits_past_expired_messages() {
     let broker = TestBroker::start();

@@ -1118,6 +1118,28 @@ async fn commits_from_a_stale_generation_or_for_foreign_partitions_are_refused()
     .unwrap_err();
     assert_eq!(stale.code(), Code::FailedPrecondition);
     assert!(stale.message().contains("stale"), "{}", stale.message());
+    // A generation ahead of the group's was never given out: not "stale", rejoin.
+    let ahead = member_commit(
+        &mut groups,
+        "gen",
+        &first.member_id,
+        Some(second.generation + 100),
+        &[("gens", own, 0)],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(ahead.code(), Code::FailedPrecondition);
+    assert!(
+        ahead.message().contains(&format!(
+            "generation {} of group \"gen\" is ahead of the group's current generation {}",
+            second.generation + 100,
+            second.generation
+        )),
+        "{}",
+        ahead.message()
+    );
+    assert!(!ahead.message().contains("stale"), "{}", ahead.message());
+    assert!(ahead.message().contains("rejoin"), "{}", ahead.message());
     let not_owned = member_commit(
         &mut groups,
         "gen",
@@ -1168,6 +1190,28 @@ async fn commits_from_a_stale_generation_or_for_foreign_partitions_are_refused()
     .await
     .unwrap_err();
     assert_eq!(bad_partition.code(), Code::InvalidArgument);
+    assert!(
+        bad_partition
+            .message()
+            .contains("topic \"gens\" has 4 partitions (0-3); there is no partition 9"),
+        "{}",
+        bad_partition.message()
+    );
+    // One partition: said as such, not as a range.
+    broker
+        .create_topic("single", 1, TopicConfig::default())
+        .await;
+    let status = admin_commit(&mut groups, "tool", &[("single", 99, 0)])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .contains("topic \"single\" has 1 partition (0); there is no partition 99"),
+        "{}",
+        status.message()
+    );
     member_commit(
         &mut groups,
         "gen",
@@ -1187,6 +1231,77 @@ async fn commits_from_a_stale_generation_or_for_foreign_partitions_are_refused()
     .await
     .unwrap();
     assert_eq!(fetch_offsets(&mut groups, "gen").await.len(), 2);
+}
+
+/// Hunt findings: `DescribeGroup` of a group without live members left out the
+/// partitions it never committed (so its lag hid their messages), and showed a member
+/// whose consumer was killed like a connected one until its session timeout ended.
+#[tokio::test]
+async fn describe_lists_uncommitted_partitions_and_disconnected_members() {
+    let broker = TestBroker::start();
+    broker
+        .create_topic("lagging", 2, TopicConfig::default())
+        .await;
+    publish(&broker, "lagging", 0, 20, None).await;
+    publish(&broker, "lagging", 1, 20, None).await;
+    let mut groups = broker.groups().await;
+    admin_commit(&mut groups, "quiet", &[("lagging", 0, 3)])
+        .await
+        .unwrap();
+
+    let empty = describe(&mut groups, "quiet").await;
+    assert_eq!(empty.state, GroupState::Empty as i32);
+    let rows: Vec<_> = empty
+        .lags
+        .iter()
+        .map(|l| (l.partition, l.committed_offset, l.lag, l.lag_from_log_start))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![(0, Some(3), Some(17), None), (1, None, None, Some(20))],
+        "{empty:?}"
+    );
+
+    // One member stays connected; another, with a session timeout, loses its
+    // connection as a killed process does (its own channel goes away).
+    let mut stays = broker.consumer().await;
+    let _connected = subscribe(
+        &mut stays,
+        "lagging",
+        membership("quiet", "", 0, 0),
+        ResetPolicy::Earliest,
+    )
+    .await
+    .unwrap();
+    let kept_id = {
+        let mut killed = broker.consumer().await;
+        let mut stream = subscribe(
+            &mut killed,
+            "lagging",
+            membership("quiet", "", 60_000, 0),
+            ResetPolicy::Earliest,
+        )
+        .await
+        .unwrap();
+        expect_assignment(&mut stream).await.member_id
+    };
+    let described = wait_for_group(&mut groups, "quiet", |g| {
+        g.members.iter().any(|m| m.disconnected)
+    })
+    .await;
+    assert_eq!(described.members.len(), 2, "{described:?}");
+    for member in &described.members {
+        if member.member_id == kept_id {
+            assert!(member.disconnected);
+            let left = member.session_expires_in_ms.expect("time left");
+            assert!(left > 50_000 && left <= 60_000, "{member:?}");
+        } else {
+            assert!(!member.disconnected, "{member:?}");
+            assert_eq!(member.session_expires_in_ms, None, "{member:?}");
+        }
+    }
+    // Both partitions still listed, with a member each.
+    assert_eq!(described.lags.len(), 2, "{described:?}");
 }
 
 #[tokio::test]

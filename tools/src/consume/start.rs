@@ -36,12 +36,7 @@ pub(super) async fn topic_and_partitions(
     chosen.dedup();
     if let Some(&bad) = chosen.iter().find(|&&p| p >= count) {
         return Err(CliError::failure(
-            format!(
-                "topic {:?} has {count} partition{} ({}), not partition {bad}",
-                args.topic,
-                if count == 1 { "" } else { "s" },
-                half_open(0, u64::from(count))
-            ),
+            tidelog_storage::topic::no_such_partition(&args.topic, count as usize, bad),
             "pick an existing partition",
         ));
     }

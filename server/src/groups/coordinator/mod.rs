@@ -191,8 +191,11 @@ pub struct MemberView {
     pub topics: Vec<(String, Vec<u32>)>,
     /// The filter of its stream, as the client wrote it; empty = none.
     pub filter: String,
-    /// False while the member is kept only by its session timeout.
-    pub connected: bool,
+    /// `None` while its Subscribe stream is open. After the stream ended (the client
+    /// was killed, or lost its connection) the member is kept, partitions and all, for
+    /// a reconnect: then how long until its session timeout removes it, in ms (0 =
+    /// at the next look of the session reaper).
+    pub session_expires_in_ms: Option<u64>,
 }
 
 /// The group's position on one partition.
@@ -205,6 +208,10 @@ pub struct PartitionLagView {
     pub end: u64,
     /// `end - committed` (0 when the commit is ahead); `None` without a commit.
     pub lag: Option<u64>,
+    /// Without a commit: `end - log_start`, the messages the group has committed
+    /// nothing past (a member starts there only with reset policy EARLIEST; LATEST
+    /// skips them). `None` with a commit.
+    pub lag_from_log_start: Option<u64>,
 }
 
 /// A group with its members and, per partition, committed offset and lag.
@@ -215,7 +222,8 @@ pub struct GroupView {
     pub generation: u64,
     /// Sorted by member id.
     pub members: Vec<MemberView>,
-    /// Every partition with a commit or an owner, sorted by topic then partition.
+    /// Every partition of every topic the group has committed offsets on or a member
+    /// reads (committed or not), sorted by topic then partition.
     pub partitions: Vec<PartitionLagView>,
 }
 
@@ -277,6 +285,19 @@ struct Member {
     /// handover window); the member may commit them in the current generation.
     revoking: BTreeSet<TopicPartition>,
     connection: Connection,
+}
+
+impl Member {
+    /// When (coordinator clock, ms) the session timeout removes the member: `None`
+    /// while its stream is open.
+    fn expires_at_ms(&self) -> Option<i64> {
+        match self.connection {
+            Connection::Gone { since_ms } => {
+                Some(since_ms.saturating_add(self.session_timeout_ms as i64))
+            }
+            Connection::Open { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -432,17 +453,14 @@ impl GroupCoordinator {
             let expired: Vec<String> = group
                 .members
                 .iter()
-                .filter_map(|(id, member)| match member.connection {
-                    Connection::Gone { since_ms } => {
-                        let deadline = since_ms.saturating_add(member.session_timeout_ms as i64);
-                        if deadline <= now {
-                            Some(id.clone())
-                        } else {
-                            next = Some(next.map_or(deadline, |n| n.min(deadline)));
-                            None
-                        }
+                .filter_map(|(id, member)| {
+                    let deadline = member.expires_at_ms()?;
+                    if deadline <= now {
+                        Some(id.clone())
+                    } else {
+                        next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                        None
                     }
-                    Connection::Open { .. } => None,
                 })
                 .collect();
             if expired.is_empty() {
@@ -744,13 +762,7 @@ impl GroupCoordinator {
             )));
         };
         if generation != group.generation {
-            return Err(with_generation(
-                Status::failed_precondition(format!(
-                    "generation {generation} of group {group_id:?} is stale: the current generation is {}; a rebalance happened, so drop the work of revoked partitions and commit with the generation of the latest Assignment",
-                    group.generation
-                )),
-                group.generation,
-            ));
+            return Err(wrong_generation(group_id, generation, group.generation));
         }
         for tp @ (topic, partition) in partitions {
             let kept = member.partitions.binary_search(tp).is_ok() || member.revoking.contains(tp);
@@ -822,11 +834,9 @@ impl GroupCoordinator {
             };
             let mut kept = 0;
             let mut last = now;
-            for member in group.members.values() {
-                if let Connection::Gone { since_ms } = member.connection {
-                    kept += 1;
-                    last = last.max(since_ms.saturating_add(member.session_timeout_ms as i64));
-                }
+            for expiry in group.members.values().filter_map(Member::expires_at_ms) {
+                kept += 1;
+                last = last.max(expiry);
             }
             (group.members.len(), kept, last)
         };
@@ -972,8 +982,13 @@ impl GroupCoordinator {
     }
 
     /// Describes a group; `None` if it has neither live members nor commits.
+    ///
+    /// Lists every partition of every topic the group has committed on or a member
+    /// reads, so a partition the group never committed is not left out of its lag
+    /// (its `lag_from_log_start` counts what it holds).
     pub fn describe_group(&self, group_id: &str) -> Option<GroupView> {
         let commits = self.store.offsets().fetch_group(group_id);
+        let now = self.now_ms();
         let (status, generation, members) = {
             let state = lock(&self.state);
             match state.groups.get(group_id) {
@@ -1012,7 +1027,9 @@ impl GroupCoordinator {
                                 })
                                 .collect(),
                             filter: m.filter.clone(),
-                            connected: matches!(m.connection, Connection::Open { .. }),
+                            session_expires_in_ms: m
+                                .expires_at_ms()
+                                .map(|at| at.saturating_sub(now).max(0) as u64),
                         })
                         .collect::<Vec<_>>(),
                 ),
@@ -1022,37 +1039,38 @@ impl GroupCoordinator {
         if members.is_empty() && commits.is_empty() {
             return None;
         }
-        let mut positions: BTreeMap<(String, u32), Option<u64>> = BTreeMap::new();
+        // The topics: those with commits, and every topic a member reads (a pattern
+        // member's matched topics, with no partition of its own too).
+        let mut committed: BTreeMap<(String, u32), u64> = BTreeMap::new();
+        let mut topic_names: BTreeSet<String> = BTreeSet::new();
         for member in &members {
-            for tp in &member.partitions {
-                positions.insert(tp.clone(), None);
-            }
+            topic_names.extend(member.topics.iter().map(|(name, _)| name.clone()));
+            topic_names.extend(member.partitions.iter().map(|(name, _)| name.clone()));
         }
-        for (topic, partition, committed) in commits {
-            positions.insert((topic, partition), Some(committed.offset));
+        for (topic, partition, commit) in commits {
+            topic_names.insert(topic.clone());
+            committed.insert((topic, partition), commit.offset);
         }
-        let mut partitions = Vec::with_capacity(positions.len());
-        let mut topics = HashMap::new();
-        for ((topic_name, partition), committed) in positions {
-            let topic = topics
-                .entry(topic_name.clone())
-                .or_insert_with(|| self.store.topic(&topic_name).ok());
+        let mut partitions = Vec::new();
+        for topic_name in topic_names {
             // Commits of a topic deleted a moment ago: nothing to measure against.
-            let Some(p) = topic
-                .as_ref()
-                .and_then(|t| t.partitions().get(partition as usize))
-            else {
+            let Ok(topic) = self.store.topic(&topic_name) else {
                 continue;
             };
-            let (log_start, end) = (p.log_start(), p.end_offset());
-            partitions.push(PartitionLagView {
-                topic: topic_name,
-                partition,
-                committed,
-                log_start,
-                end,
-                lag: committed.map(|c| end.saturating_sub(c)),
-            });
+            for p in topic.partitions() {
+                let partition = p.id();
+                let committed = committed.get(&(topic_name.clone(), partition)).copied();
+                let (log_start, end) = (p.log_start(), p.end_offset());
+                partitions.push(PartitionLagView {
+                    topic: topic_name.clone(),
+                    partition,
+                    committed,
+                    log_start,
+                    end,
+                    lag: committed.map(|c| end.saturating_sub(c)),
+                    lag_from_log_start: committed.is_none().then(|| end.saturating_sub(log_start)),
+                });
+            }
         }
         Some(GroupView {
             group_id: group_id.to_string(),
@@ -1070,6 +1088,23 @@ impl GroupCoordinator {
             .filter_map(|g| self.describe_group(&g.group_id))
             .collect()
     }
+}
+
+/// The refusal of a member's commit in `generation` while the group is at `current`
+/// (the one wording of it): an older generation is stale (a rebalance happened since);
+/// a newer one was never given out by this broker run, so the client did not take it
+/// from an Assignment.
+fn wrong_generation(group_id: &str, generation: u64, current: u64) -> Status {
+    let message = if generation < current {
+        format!(
+            "generation {generation} of group {group_id:?} is stale: the current generation is {current}; a rebalance happened, so drop the work of revoked partitions and commit with the generation of the latest Assignment"
+        )
+    } else {
+        format!(
+            "generation {generation} of group {group_id:?} is ahead of the group's current generation {current}: the broker never gave it out (it is not from an Assignment of this broker run); commit with the generation of the member's latest Assignment, or rejoin the group (Subscribe) and commit with the generation of the Assignment it gets"
+        )
+    };
+    with_generation(Status::failed_precondition(message), current)
 }
 
 /// A commit refusal carrying the group's current generation

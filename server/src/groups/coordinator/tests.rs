@@ -121,6 +121,24 @@ async fn commit_rules_generation_member_and_ownership() {
     };
     assert_eq!(named(&stale), Some(generation.to_string()));
 
+    // A generation the broker never gave out is not "stale": it is ahead, and the
+    // member is told to rejoin.
+    let ahead = c
+        .authorize_member_commit("g", &a.member_id, generation + 1, &own)
+        .unwrap_err();
+    assert_eq!(ahead.code(), tonic::Code::FailedPrecondition);
+    assert!(!ahead.message().contains("stale"), "{}", ahead.message());
+    assert!(
+        ahead.message().contains(&format!(
+            "generation {} of group \"g\" is ahead of the group's current generation {generation}",
+            generation + 1
+        )),
+        "{}",
+        ahead.message()
+    );
+    assert!(ahead.message().contains("rejoin"), "{}", ahead.message());
+    assert_eq!(named(&ahead), Some(generation.to_string()));
+
     let foreign = vec![("t".to_string(), pb[0])];
     let err = c
         .authorize_member_commit("g", &a.member_id, generation, &foreign)
@@ -327,9 +345,99 @@ async fn list_and_describe_include_committed_only_groups() {
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].status, GroupStatus::Empty);
     let view = c.describe_group("g").unwrap();
-    assert_eq!(view.partitions.len(), 1);
-    assert_eq!(view.partitions[0].lag, Some(0));
+    // Every partition of the topic it committed on, committed or not.
+    assert_eq!(view.partitions.len(), 2);
+    assert_eq!(view.partitions[1].lag, Some(0));
+    assert_eq!(view.partitions[0].committed, None);
     assert_eq!(c.snapshot().len(), 1);
+}
+
+/// Hunt finding: an empty group that committed one partition of a topic described
+/// only that partition, so its total lag hid the messages of the others.
+#[tokio::test]
+async fn describe_lists_every_partition_of_a_topic_including_those_never_committed() {
+    let f = fixture(3);
+    let c = &f.coordinator;
+    let t = c.store.topic("t").unwrap();
+    for partition in 0..3 {
+        let records: Vec<_> = (0..20)
+            .map(|i| tidelog_storage::NewRecord::value(format!("{partition}-{i}")))
+            .collect();
+        t.partition(partition)
+            .unwrap()
+            .append_durable(&records)
+            .unwrap();
+    }
+    c.store
+        .offsets()
+        .commit("g", &[("t".into(), 0, 3, String::new())])
+        .unwrap();
+    let view = c.describe_group("g").unwrap();
+    assert_eq!(view.status, GroupStatus::Empty);
+    let rows: Vec<_> = view
+        .partitions
+        .iter()
+        .map(|p| (p.partition, p.committed, p.lag, p.lag_from_log_start))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (0, Some(3), Some(17), None),
+            (1, None, None, Some(20)),
+            (2, None, None, Some(20)),
+        ]
+    );
+
+    // A member of another topic brings every partition of its topic too.
+    let mut a = c.join(request("", "u", 0)).await.unwrap();
+    last_assign(&mut a);
+    let view = c.describe_group("g").unwrap();
+    let listed: Vec<_> = view
+        .partitions
+        .iter()
+        .map(|p| (p.topic.as_str(), p.partition))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![("t", 0), ("t", 1), ("t", 2), ("u", 0), ("u", 1)]
+    );
+}
+
+/// Hunt finding: a member whose stream ended (a consumer killed with -9) looked like
+/// any other until its session timeout removed it.
+#[tokio::test]
+async fn describe_shows_a_disconnected_member_and_the_time_its_session_has_left() {
+    let f = fixture(2);
+    let c = &f.coordinator;
+    let mut a = c.join(request("", "t", 0)).await.unwrap();
+    let mut b = c.join(request("", "t", 30_000)).await.unwrap();
+    last_assign(&mut a);
+    last_assign(&mut b);
+    let expiry = |view: &GroupView| {
+        view.members
+            .iter()
+            .map(|m| (m.member_id.clone(), m.session_expires_in_ms))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let view = c.describe_group("g").unwrap();
+    assert_eq!(expiry(&view)[&a.member_id], None);
+    assert_eq!(expiry(&view)[&b.member_id], None);
+
+    c.stream_ended("g", &b.member_id, b.stream_id);
+    f.clock.advance_ms(5_500);
+    let view = c.describe_group("g").unwrap();
+    assert_eq!(view.members.len(), 2);
+    assert_eq!(expiry(&view)[&a.member_id], None);
+    assert_eq!(expiry(&view)[&b.member_id], Some(24_500));
+
+    // Past the deadline but before the reaper looked: kept, 0 left.
+    f.clock.advance_ms(30_000);
+    assert_eq!(
+        expiry(&c.describe_group("g").unwrap())[&b.member_id],
+        Some(0)
+    );
+    c.expire_sessions();
+    assert_eq!(c.describe_group("g").unwrap().members.len(), 1);
 }
 
 #[tokio::test]
