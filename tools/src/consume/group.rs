@@ -119,8 +119,8 @@ pub(super) async fn consume_group(
         Some(start) => {
             let Source::Topic(topic) = source else {
                 return Err(CliError::usage(
-                    "--from OFFSET or a date-time with --topic-pattern and --group: a group                      on a pattern has no one topic to start",
-                    "use --from earliest or --from latest, or move the group first with                      `tidelog group reset-offsets --topic-pattern REGEX`",
+                    "--from OFFSET or a date-time with --topic-pattern and --group: a group on a pattern has no one topic to start",
+                    "use --from earliest or --from latest, or move the group first with `tidelog group reset-offsets --topic-pattern REGEX`",
                 ));
             };
             seed_group_start(broker, args, group, topic, start).await?;
@@ -130,7 +130,8 @@ pub(super) async fn consume_group(
     };
     let options = GroupOptions {
         commit: Commit::Explicit,
-        // Zero: the broker's default session.
+        // Zero: the member leaves as soon as its stream ends, so a run that ends or
+        // is killed frees its partitions at once (no session to wait out).
         session_timeout: Duration::ZERO,
         handover_timeout: HANDOVER_TIMEOUT,
         client_id: CLIENT_ID.into(),
