@@ -140,3 +140,45 @@ def test_quotas_from_grpcio_limit_topics_and_slow_publishes(auth_broker: Broker)
     assert gone.value.code() == grpc.StatusCode.NOT_FOUND
     auth_broker.admin.CreateTopic(pb.CreateTopicRequest(name="q-3"), metadata=me,
                                   timeout=RPC_TIMEOUT)
+
+
+def test_reset_offsets_tells_nothing_about_a_topic_the_caller_may_not_describe(
+        auth_broker: Broker) -> None:
+    """A principal with every right on its own groups and none on topic `secret`: a
+    dry-run ResetOffsets used to show secret's partitions and end offsets (and
+    NOT_FOUND for a topic that does not exist); by pattern it listed every topic."""
+    admin = bearer((auth_broker.data_dir / "bootstrap-admin.token").read_text().strip())
+    access = tidelog_pb2_grpc.AccessStub(auth_broker.channel)
+    for name, partitions in (("secret", 3), ("py-open", 1)):
+        auth_broker.admin.CreateTopic(pb.CreateTopicRequest(name=name, partitions=partitions),
+                                      metadata=admin, timeout=RPC_TIMEOUT)
+    auth_broker.publisher.Publish(
+        pb.PublishRequest(topic="secret", messages=[pb.Message(value=b"x", partition=1)] * 7),
+        metadata=admin, timeout=RPC_TIMEOUT)
+    created = access.CreateToken(pb.CreateTokenRequest(principal="bob"), metadata=admin,
+                                 timeout=RPC_TIMEOUT)
+    for resource in ("group:bob-*", "topic:py-*"):
+        access.AddAcl(pb.AddAclRequest(rule=pb.AclRule(
+            principal="bob", resource=resource, operation="*", effect="allow")),
+            metadata=admin, timeout=RPC_TIMEOUT)
+    bob = bearer(created.token)
+    latest = pb.ResetOffsetsRequest.ToLatest()
+
+    answers = []
+    for topic in ("secret", "no-such-topic"):
+        with pytest.raises(grpc.RpcError) as refused:
+            auth_broker.groups.ResetOffsets(pb.ResetOffsetsRequest(
+                group_id="bob-g", topic=pb.ResetOffsetsRequest.TopicScope(topic=topic),
+                to_latest=latest), metadata=bob, timeout=RPC_TIMEOUT)
+        answers.append((refused.value.code(), refused.value.details().replace(topic, "NAME")))
+    assert answers[0][0] == grpc.StatusCode.PERMISSION_DENIED, answers
+    assert "may not consume topic:NAME" in answers[0][1], answers
+    assert answers[0] == answers[1]
+
+    by_pattern = pb.ResetOffsetsRequest(
+        group_id="bob-g", topic_pattern=pb.ResetOffsetsRequest.TopicPatternScope(
+            topic_pattern=".*"), to_latest=latest)
+    seen = auth_broker.groups.ResetOffsets(by_pattern, metadata=bob, timeout=RPC_TIMEOUT)
+    assert [(c.topic, c.partition) for c in seen.changes] == [("py-open", 0)]
+    everything = auth_broker.groups.ResetOffsets(by_pattern, metadata=admin, timeout=RPC_TIMEOUT)
+    assert sorted({c.topic for c in everything.changes}) == ["py-open", "secret"]

@@ -546,6 +546,61 @@ impl Auth {
         self.enabled.is_none() || self.check_quietly(caller, &[target]).is_ok()
     }
 
+    /// Whether the caller may do its RPC's operation on topic `name`: the filter of
+    /// topics that come from a pattern or from a group's or queue's state, which a
+    /// description leaves out silently when the caller may not (see [`rpcs::RPCS`]).
+    pub fn may_see_topic(&self, caller: Option<&Caller>, name: &str) -> bool {
+        self.may_caller(caller, Target::topic(name))
+    }
+
+    /// [`Auth::check`] against `rpc`, a stricter row than the call's own, for a part of
+    /// the request that needs more (see [`rpcs::LIST_DELIVERIES_BY_HEADER`]).
+    pub fn check_as(
+        &self,
+        caller: Option<&Caller>,
+        rpc: &'static Rpc,
+        targets: &[Target<'_>],
+    ) -> Result<(), Status> {
+        if self.enabled.is_none() {
+            return Ok(());
+        }
+        let caller = caller.map(|c| Caller {
+            rpc: Some(rpc),
+            ..c.clone()
+        });
+        self.check(caller.as_ref(), targets)
+    }
+
+    /// [`Auth::check`] for a resource the broker found rather than one the request
+    /// names (the topic of a queue): a refusal says `what` ("the topic of queue q")
+    /// instead of the name, so it tells nothing the caller may not describe.
+    pub fn check_found(
+        &self,
+        caller: Option<&Caller>,
+        target: Target<'_>,
+        what: &str,
+    ) -> Result<(), Status> {
+        if self.may_caller(caller, target) {
+            return Ok(());
+        }
+        let (principal, rpc) = match caller {
+            Some(c) => (&*c.principal, c.rpc),
+            None => ("-", None),
+        };
+        let operation = rpc
+            .and_then(|r| r.operation_on(target.kind))
+            .map_or("-", Operation::name);
+        let status = Status::permission_denied(format!(
+            "principal {principal} may not {operation} {what} ({}); an admin can allow it: \
+             tidelog acl add --principal {principal} --operation {operation} --resource \
+             {}:<its name>",
+            rpc.map_or("-", Rpc::name),
+            target.kind.name()
+        ));
+        self.audit_denied(caller, &status);
+        Err(status)
+    }
+
     /// Wraps a server stream so it ends with the status of the first failed re-check
     /// (token revoked or expired, a rule changed) within [`RECHECK_INTERVAL`]. With
     /// auth off the stream is returned as it is.

@@ -118,6 +118,18 @@ pub fn queue_description(
     }
 }
 
+/// Leaves out of `queue` every topic `visible` refuses (those the caller may not
+/// describe): the topic of a queue on one topic, the topics a pattern queue has taken,
+/// and their partitions. They come from the queue's state, not from the request, so
+/// they are left out silently.
+pub fn leave_out_hidden_topics(queue: &mut pb::QueueDescription, visible: impl Fn(&str) -> bool) {
+    if !queue.topic.is_empty() && !visible(&queue.topic) {
+        queue.topic.clear();
+    }
+    queue.topics.retain(|t| visible(t));
+    queue.partitions.retain(|p| visible(&p.topic));
+}
+
 /// A settlement from the API, with the topic it names; Err (the reason, for an
 /// INVALID_ARGUMENT outcome) for a through_offset on anything but an ack.
 pub fn settle_request(settlement: pb::Settlement) -> (String, Result<q::SettleRequest, String>) {

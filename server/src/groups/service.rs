@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status};
 use super::coordinator::{GroupStatus, GroupView, validate_group_id};
 use super::reset::{self, PartitionState, Target};
 use crate::AppState;
-use crate::auth::Target as Resource;
+use crate::auth::{Caller, Target as Resource};
 use crate::convert;
 
 /// `(topic, partition, offset, metadata)`, as `OffsetStore::commit` takes them.
@@ -100,6 +100,32 @@ fn group_description(view: GroupView) -> GroupDescription {
     }
 }
 
+/// Leaves out of `description` every topic the caller may not describe (a member's
+/// topic, its partitions and matched topics, the lag of the topic's partitions): they
+/// come from the group's state, not from the request, so they are left out silently.
+fn leave_out_hidden_topics(description: &mut GroupDescription, visible: impl Fn(&str) -> bool) {
+    for member in &mut description.members {
+        if !member.topic.is_empty() && !visible(&member.topic) {
+            member.topic.clear();
+            member.partitions.clear();
+        }
+        member.topics.retain(|t| visible(&t.topic));
+    }
+    description.lags.retain(|lag| visible(&lag.topic));
+}
+
+/// The resources of a request on `group` that names `topics` (each once, for the
+/// check and the audit line).
+fn group_and_topics<'a>(
+    group: &'a str,
+    topics: impl Iterator<Item = &'a str>,
+) -> Vec<Resource<'a>> {
+    let topics: BTreeSet<&str> = topics.collect();
+    std::iter::once(Resource::group(group))
+        .chain(topics.into_iter().map(Resource::topic))
+        .collect()
+}
+
 /// The topic, or NOT_FOUND.
 fn topic(store: &Store, name: &str) -> Result<Arc<Topic>, Status> {
     if name.is_empty() {
@@ -145,9 +171,13 @@ impl Groups for GroupsService {
         &self,
         request: Request<CommitOffsetsRequest>,
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
-        self.state
-            .auth
-            .authorize(&request, &[Resource::group(&request.get_ref().group_id)])?;
+        // Every topic it commits to, before any is looked up.
+        let named = request.get_ref();
+        let targets = group_and_topics(
+            &named.group_id,
+            named.offsets.iter().map(|o| o.topic.as_str()),
+        );
+        self.state.auth.authorize(&request, &targets)?;
         let request = request.into_inner();
         validate_group_id(&request.group_id)?;
         // A member may send no offsets to end its handover window.
@@ -207,9 +237,20 @@ impl Groups for GroupsService {
         &self,
         request: Request<FetchOffsetsRequest>,
     ) -> Result<Response<FetchOffsetsResponse>, Status> {
-        self.state
-            .auth
-            .authorize(&request, &[Resource::group(&request.get_ref().group_id)])?;
+        let auth = &self.state.auth;
+        // A topic the request names is checked; the others it holds offsets for are
+        // left out when the caller may not describe them.
+        match &request.get_ref().topic {
+            Some(topic) => auth.authorize(
+                &request,
+                &[
+                    Resource::group(&request.get_ref().group_id),
+                    Resource::topic(topic),
+                ],
+            )?,
+            None => auth.authorize(&request, &[Resource::group(&request.get_ref().group_id)])?,
+        }
+        let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
         validate_group_id(&request.group_id)?;
         let offsets = self
@@ -219,6 +260,7 @@ impl Groups for GroupsService {
             .fetch_group(&request.group_id)
             .into_iter()
             .filter(|(topic, _, _)| request.topic.as_ref().is_none_or(|t| t == topic))
+            .filter(|(topic, _, _)| auth.may_see_topic(caller.as_ref(), topic))
             .map(|(topic, partition, committed)| CommittedOffset {
                 topic,
                 partition,
@@ -254,9 +296,9 @@ impl Groups for GroupsService {
         &self,
         request: Request<DescribeGroupRequest>,
     ) -> Result<Response<DescribeGroupResponse>, Status> {
-        self.state
-            .auth
-            .authorize(&request, &[Resource::group(&request.get_ref().group_id)])?;
+        let auth = &self.state.auth;
+        auth.authorize(&request, &[Resource::group(&request.get_ref().group_id)])?;
+        let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
         validate_group_id(&request.group_id)?;
         let view = self
@@ -269,9 +311,9 @@ impl Groups for GroupsService {
                     request.group_id
                 ))
             })?;
-        Ok(Response::new(DescribeGroupResponse {
-            group: Some(group_description(view)),
-        }))
+        let mut group = group_description(view);
+        leave_out_hidden_topics(&mut group, |t| auth.may_see_topic(caller.as_ref(), t));
+        Ok(Response::new(DescribeGroupResponse { group: Some(group) }))
     }
 
     async fn delete_group(
@@ -307,9 +349,13 @@ impl Groups for GroupsService {
         &self,
         request: Request<DeleteOffsetsRequest>,
     ) -> Result<Response<DeleteOffsetsResponse>, Status> {
-        self.state
-            .auth
-            .authorize(&request, &[Resource::group(&request.get_ref().group_id)])?;
+        self.state.auth.authorize(
+            &request,
+            &[
+                Resource::group(&request.get_ref().group_id),
+                Resource::topic(&request.get_ref().topic),
+            ],
+        )?;
         let request = request.into_inner();
         validate_group_id(&request.group_id)?;
         let coordinator = &self.state.groups;
@@ -348,9 +394,23 @@ impl Groups for GroupsService {
         &self,
         request: Request<ResetOffsetsRequest>,
     ) -> Result<Response<ResetOffsetsResponse>, Status> {
-        self.state
-            .auth
-            .authorize(&request, &[Resource::group(&request.get_ref().group_id)])?;
+        let auth = &self.state.auth;
+        // The topics the request names are checked with the group, before any is
+        // looked up; those a pattern or the group's offsets bring are left out when the
+        // caller may not consume them (see `plan`).
+        let named = request.get_ref();
+        let targets = match (&named.scope, &named.spec) {
+            (_, Some(Spec::Explicit(explicit))) => group_and_topics(
+                &named.group_id,
+                explicit.offsets.iter().map(|o| o.topic.as_str()),
+            ),
+            (Some(Scope::Topic(scope)), _) => {
+                group_and_topics(&named.group_id, std::iter::once(scope.topic.as_str()))
+            }
+            _ => group_and_topics(&named.group_id, std::iter::empty()),
+        };
+        auth.authorize(&request, &targets)?;
+        let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
         validate_group_id(&request.group_id)?;
         let coordinator = &self.state.groups;
@@ -370,7 +430,8 @@ impl Groups for GroupsService {
             .into_iter()
             .map(|(t, p, c)| ((t, p), c))
             .collect();
-        let plan = plan(store, &request, &committed, coordinator.now_ms())?;
+        let visible = |topic: &str| auth.may_see_topic(caller.as_ref(), topic);
+        let plan = plan(store, &request, &committed, coordinator.now_ms(), &visible)?;
 
         let mut changes = Vec::with_capacity(plan.len());
         let mut commits = Vec::with_capacity(plan.len());
@@ -425,12 +486,15 @@ struct PlanItem {
     metadata: Option<String>,
 }
 
-/// Resolves scope and spec to the partitions and their targets.
+/// Resolves scope and spec to the partitions and their targets. Topics the request
+/// names were authorized by the handler; those a pattern matches or the group has
+/// offsets for are taken only when `visible` (the caller may consume them).
 fn plan(
     store: &Store,
     request: &ResetOffsetsRequest,
     committed: &BTreeMap<(String, u32), tidelog_storage::CommittedOffset>,
     now_ms: i64,
+    visible: &dyn Fn(&str) -> bool,
 ) -> Result<Vec<PlanItem>, Status> {
     let Some(spec) = &request.spec else {
         return Err(Status::invalid_argument(
@@ -508,7 +572,7 @@ fn plan(
             let pattern =
                 convert::topic_pattern("topic_pattern.topic_pattern", &scope.topic_pattern)?;
             let mut topics = store.topics();
-            topics.retain(|t| pattern.matches(t.name()));
+            topics.retain(|t| pattern.matches(t.name()) && visible(t.name()));
             topics.sort_by(|a, b| a.name().cmp(b.name()));
             for topic in topics {
                 for log in topic.partitions() {
@@ -526,6 +590,9 @@ fn plan(
             // As Kafka's --all-topics: the partitions the group has committed offsets
             // for. Offsets of a topic deleted a moment ago are skipped.
             for (topic_name, id) in committed.keys() {
+                if !visible(topic_name) {
+                    continue;
+                }
                 let Ok(topic) = store.topic(topic_name) else {
                     continue;
                 };

@@ -26,7 +26,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{QueueManager, Sink};
 use crate::AppState;
 use crate::auth::quota::QuotaKind;
-use crate::auth::{Caller, Target};
+use crate::auth::{Caller, Target, rpcs};
 use crate::convert;
 use tidelog_storage::access::ResourceKind;
 
@@ -88,7 +88,13 @@ impl QueuesService {
             .map_err(|e| convert::status(&e))
     }
 
-    async fn describe(&self, name: &str) -> Result<QueueDescription, Status> {
+    /// The queue's description as `caller` may see it (topics it may not describe left
+    /// out).
+    async fn describe(
+        &self,
+        name: &str,
+        caller: Option<&Caller>,
+    ) -> Result<QueueDescription, Status> {
         let owned = name.to_string();
         let status = self
             .blocking(move |store| {
@@ -99,10 +105,10 @@ impl QueuesService {
                 admin::queue_status(store, &owned, store.clock().now_ms())
             })
             .await?;
-        Ok(convert::queue_description(
-            &status,
-            self.manager().members(name),
-        ))
+        let mut queue = convert::queue_description(&status, self.manager().members(name));
+        let auth = &self.state.auth;
+        convert::leave_out_hidden_topics(&mut queue, |t| auth.may_see_topic(caller, t));
+        Ok(queue)
     }
 
     /// Times an RPC into the metrics.
@@ -166,6 +172,7 @@ impl Queues for QueuesService {
                 Target::topic(&topic_target),
             ],
         );
+        let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
         let result = async {
             denied?;
@@ -198,7 +205,7 @@ impl Queues for QueuesService {
             })
             .await?;
             Ok(CreateQueueResponse {
-                queue: Some(self.describe(&request.name).await?),
+                queue: Some(self.describe(&request.name, caller.as_ref()).await?),
             })
         }
         .await;
@@ -215,6 +222,7 @@ impl Queues for QueuesService {
             .state
             .auth
             .authorize(&request, &[Target::queue(&request.get_ref().name)]);
+        let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
         let result = async {
             denied?;
@@ -227,7 +235,7 @@ impl Queues for QueuesService {
             })
             .await?;
             Ok(AlterQueueResponse {
-                queue: Some(self.describe(&request.name).await?),
+                queue: Some(self.describe(&request.name, caller.as_ref()).await?),
             })
         }
         .await;
@@ -268,8 +276,14 @@ impl Queues for QueuesService {
         let started = Instant::now();
         let auth = self.state.auth.clone();
         let caller = request.extensions().get::<Caller>().cloned();
+        // Listing the queues on a topic names it: checked, as a describe of it would be.
+        let denied = match request.get_ref().topic.is_empty() {
+            true => Ok(()),
+            false => auth.authorize(&request, &[Target::topic(&request.get_ref().topic)]),
+        };
         let topic = request.into_inner().topic;
         let result = async {
+            denied?;
             let names: Vec<String> = admin::list_queues(
                 &*self.state.store,
                 (!topic.is_empty()).then_some(topic.as_str()),
@@ -279,7 +293,7 @@ impl Queues for QueuesService {
                 if !auth.may_caller(caller.as_ref(), Target::queue(&name)) {
                     continue;
                 }
-                match self.describe(&name).await {
+                match self.describe(&name, caller.as_ref()).await {
                     Ok(queue) => queues.push(queue),
                     // Deleted since the listing.
                     Err(status) if status.code() == tonic::Code::NotFound => {}
@@ -302,9 +316,10 @@ impl Queues for QueuesService {
             .state
             .auth
             .authorize(&request, &[Target::queue(&request.get_ref().name)]);
+        let caller = request.extensions().get::<Caller>().cloned();
         let name = request.into_inner().name;
         let result = match denied {
-            Ok(()) => self.describe(&name).await,
+            Ok(()) => self.describe(&name, caller.as_ref()).await,
             Err(status) => Err(status),
         }
         .map(|queue| DescribeQueueResponse { queue: Some(queue) });
@@ -363,13 +378,50 @@ impl Queues for QueuesService {
         request: Request<ListDeliveriesRequest>,
     ) -> Result<Response<ListDeliveriesResponse>, Status> {
         let started = Instant::now();
-        let denied = self
-            .state
-            .auth
-            .authorize(&request, &[Target::queue(&request.get_ref().queue)]);
+        let auth = &self.state.auth;
+        // Describe on the topic too (its events carry message ids); a header filter
+        // tests the messages' headers: consume on it (`LIST_DELIVERIES_BY_HEADER`).
+        let named = request.get_ref();
+        let denied = match named.topic.is_empty() {
+            true => auth.authorize(&request, &[Target::queue(&named.queue)]),
+            false => auth.authorize(
+                &request,
+                &[Target::queue(&named.queue), Target::topic(&named.topic)],
+            ),
+        };
+        let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
         let result = async {
             denied?;
+            let topic = match request.topic.is_empty() {
+                // The queue's own topic (none for a pattern queue or an unknown queue,
+                // which `history_queue` refuses): found, not named, so a refusal does
+                // not name it.
+                true => {
+                    let own = self
+                        .state
+                        .store
+                        .queues()
+                        .read(|q| q.get(&request.queue).map(|q| q.topic.clone()))
+                        .unwrap_or_default();
+                    if !own.is_empty() {
+                        auth.check_found(
+                            caller.as_ref(),
+                            Target::topic(&own),
+                            &format!("the topic of queue {:?}", request.queue),
+                        )?;
+                    }
+                    own
+                }
+                false => request.topic.clone(),
+            };
+            if request.header.is_some() && !topic.is_empty() {
+                auth.check_as(
+                    caller.as_ref(),
+                    &rpcs::LIST_DELIVERIES_BY_HEADER,
+                    &[Target::queue(&request.queue), Target::topic(&topic)],
+                )?;
+            }
             let query = DeliveriesQuery {
                 filter: convert::delivery_filter(request.filter)?,
                 since_ms: request.since_ms,
