@@ -335,7 +335,11 @@ fn render_group(group: &GroupDescription) -> String {
                     member_status(m),
                     m.client_id.clone(),
                     m.client_address.clone(),
-                    m.topic.clone(),
+                    match m.topic.is_empty() {
+                        // Under --auth: a topic this token may not describe.
+                        true => "(a topic you may not describe)".into(),
+                        false => m.topic.clone(),
+                    },
                     list(&m.partitions),
                 ]);
                 continue;
@@ -814,5 +818,22 @@ mod tests {
         assert_eq!(value["members"][1]["disconnected"], true);
         assert_eq!(value["members"][1]["session_expires_in_ms"], 24_001);
         assert_eq!(value["members"][0]["disconnected"], false);
+    }
+
+    #[test]
+    fn a_member_on_a_topic_the_token_may_not_describe_says_so() {
+        let group = GroupDescription {
+            group_id: "billing".into(),
+            state: GroupState::Stable as i32,
+            generation: 1,
+            // What DescribeGroup answers under --auth for such a member.
+            members: vec![GroupMember {
+                member_id: "m-1".into(),
+                ..GroupMember::default()
+            }],
+            lags: Vec::new(),
+        };
+        let text = render_group(&group);
+        assert!(text.contains("(a topic you may not describe)"), "{text}");
     }
 }
