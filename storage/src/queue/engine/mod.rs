@@ -26,6 +26,9 @@
 //! `member left`), any other waits `backoff_ms(attempts)` and is then due again. A nack
 //! makes it due after its own delay or the backoff; a nack of the last allowed
 //! delivery dead-letters it with the nack's reason; a term dead-letters it at once.
+//! A delivery its owner could not hand to the member (the member's call or
+//! connection went first) is given back unseen with [`QueueEngine::release`]: due at
+//! once, its attempt taken back, so it never counts towards `max_deliveries`.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -221,6 +224,9 @@ pub struct EngineCounters {
     pub lost_to_retention: u64,
     /// Messages the queue's filter skipped (settled without a delivery).
     pub filtered: u64,
+    /// Deliveries given back unseen ([`QueueEngine::release`]): made, never handed
+    /// to their member, the attempt taken back.
+    pub released: u64,
     /// Of those, skipped because the filter reads JSON and the value is not JSON.
     pub filtered_not_json: u64,
 }
@@ -239,6 +245,7 @@ impl EngineCounters {
         self.dead_lettered_overflow += other.dead_lettered_overflow;
         self.lost_to_retention += other.lost_to_retention;
         self.filtered += other.filtered;
+        self.released += other.released;
         self.filtered_not_json += other.filtered_not_json;
     }
 }
@@ -483,6 +490,78 @@ impl QueueEngine {
             self.timers
                 .insert((now, Timer::Deadline, partition, offset));
         }
+    }
+
+    /// Gives back deliveries that were made to `member` but never handed to it (its
+    /// Receive was cancelled, its stream's connection dropped before they went out):
+    /// each `(partition, offset, attempt)` still leased to `member` at exactly that
+    /// attempt goes back to ready at once, the attempt taken back (no backoff, not
+    /// counted towards `max_deliveries`), with a `released` event in the history.
+    /// Durable when this returns (one state-log append). Others (settled, given up, or
+    /// delivered again since) are left alone. Returns how many were released.
+    ///
+    /// If the broker dies before this, the lease stands until its deadline, and is
+    /// given up (counted) at the restart like every other lease.
+    pub fn release(&mut self, member: &str, deliveries: &[(u32, u64, u32)]) -> Result<u64> {
+        let queue = self.queue()?;
+        let now = self.store.clock().now_ms();
+        let mut ops = Vec::new();
+        let mut events = Vec::new();
+        let mut released = Vec::new();
+        let mut seen = BTreeSet::new();
+        for &(partition, offset, attempt) in deliveries {
+            if !seen.insert((partition, offset)) {
+                continue;
+            }
+            let Some(pending) = self.pending_of(partition, offset) else {
+                continue;
+            };
+            let Hold::Leased { member: holder, .. } = &pending.hold else {
+                continue;
+            };
+            if **holder != *member || pending.attempts != attempt || attempt == 0 {
+                continue;
+            }
+            ops.push(QueueOp::Release {
+                name: self.name.clone(),
+                partition,
+                offset,
+                attempt,
+                due_ms: now,
+            });
+            events.push(HistoryEvent::new(
+                partition,
+                offset,
+                attempt,
+                now,
+                Outcome::Released,
+                0,
+                holder,
+                "",
+            ));
+            released.push((pending.level, partition, offset, attempt));
+        }
+        if ops.is_empty() {
+            return Ok(0);
+        }
+        self.store.queues().append(ops)?;
+        for &(level, partition, offset, attempt) in &released {
+            // The counters tell of deliveries members got.
+            self.counters.delivered = self.counters.delivered.saturating_sub(1);
+            if attempt > 1 {
+                self.counters.redelivered = self.counters.redelivered.saturating_sub(1);
+            }
+            // Ready at once: no backoff. (Its deadline timer finds it waiting: stale.)
+            self.due.insert((u8::MAX - level, now, partition, offset));
+        }
+        let count = released.len() as u64;
+        if let Some(held) = self.members.get_mut(member) {
+            *held = held.saturating_sub(count);
+        }
+        self.counters.released += count;
+        tracing::info!(queue = %self.name, member, released = count, "deliveries never handed to their member given back unseen");
+        self.record(&queue.config, events)?;
+        Ok(count)
     }
 
     /// Deliveries `member` holds now.
