@@ -1443,3 +1443,69 @@ fn a_full_disk_fails_the_release_and_leaves_the_lease() {
     assert_eq!(engine.release("m", &[(0, 0, 1)]).unwrap(), 1);
     check_after_crash(&store, &clock, true, "released after room came back");
 }
+
+/// The dead-letter-oldest pass when the dead-letter topic refuses one letter for good
+/// (too large for it): the others still go, the refused message stays ready (and is
+/// delivered to a member), and the next pass does not fail on it again.
+#[test]
+fn an_overflow_letter_refused_for_good_stays_ready_and_spares_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = plain_store_reopened(dir.path(), &clock);
+    store
+        .create_topic(
+            "jobs",
+            1,
+            TopicConfig {
+                queue_max_ready_messages: Some(2),
+                queue_overflow: tidelog_storage::QueueOverflow::DeadLetterOldest,
+                ..TopicConfig::default()
+            },
+        )
+        .unwrap();
+    store
+        .create_topic(
+            "jobs.dlq",
+            1,
+            TopicConfig {
+                max_message_bytes: 100,
+                ..TopicConfig::default()
+            },
+        )
+        .unwrap();
+    admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, config()).unwrap();
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    partition
+        .append_durable(&[NewRecord::value(vec![b'z'; 5_000])])
+        .unwrap();
+    for i in 1..5 {
+        partition
+            .append_durable(&[NewRecord::value(format!("n{i}"))])
+            .unwrap();
+    }
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    // 5 ready, cap 2: the oldest three go, but offset 0's letter is refused.
+    assert_eq!(engine.enforce_caps().unwrap(), 2);
+    assert_eq!(engine.counters.overflow_refused, 1);
+    assert_eq!(dead_letters(&store), BTreeSet::from([(0, 1), (0, 2)]));
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!(status.ready, 3, "{status:?}");
+    // The refused one counts as ready: the next pass takes the next oldest instead,
+    // and does not try offset 0 again.
+    assert_eq!(engine.enforce_caps().unwrap(), 1);
+    assert_eq!(engine.enforce_caps().unwrap(), 0);
+    assert_eq!(engine.counters.overflow_refused, 1);
+    assert_eq!(
+        dead_letters(&store),
+        BTreeSet::from([(0, 1), (0, 2), (0, 3)])
+    );
+    // It is delivered like any ready message, first (the oldest due).
+    engine.member_joined("m");
+    let delivered = engine.deliver(&[("m".into(), 2)]).unwrap();
+    let offsets: Vec<(u64, u32)> = delivered[0]
+        .1
+        .iter()
+        .map(|d| (d.record.offset, d.attempt))
+        .collect();
+    assert_eq!(offsets, vec![(0, 1), (4, 1)]);
+}

@@ -1034,6 +1034,7 @@ impl crate::metrics::QueueMetricsSource for QueueManager {
                     dead_lettered_term: c.dead_lettered_term,
                     dead_lettered_overflow: c.dead_lettered_overflow,
                     released: c.released,
+                    overflow_refused: c.overflow_refused,
                 })
             })
             .collect()
