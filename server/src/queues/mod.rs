@@ -663,6 +663,11 @@ impl Runtime {
             again |= !batches.is_empty() || lock(&part.engine).behind();
             for (member, unseen) in self.dispatch(part, batches) {
                 self.release(&member, unseen).await;
+                // A member gone from the runtime (not through `leave`, which waits for
+                // the round) is gone from the engine too: its other leases are given up.
+                if !lock(&self.members).contains_key(&member) {
+                    lock(&part.engine).member_left(&member);
+                }
             }
         }
         Ok(again)
