@@ -2,7 +2,8 @@
 //! decode to operations or a typed error, never a panic and never an allocation sized
 //! by the input; every decoded operation applies to the queues' state machine without
 //! a panic (operations about queues, partitions or offsets that do not exist are
-//! no-ops), and one that re-encodes decodes back to itself.
+//! no-ops), and one that re-encodes decodes back to itself. Every kind is reached,
+//! the release of a lease given back unseen (16) included (the seed has one).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

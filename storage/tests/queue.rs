@@ -11,6 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tidelog_storage::fs::{CrashOptions, FaultyFs, SyncFault};
 use tidelog_storage::queue::admin::{self, DLQ_HEADER_OFFSET, DLQ_HEADER_PARTITION};
+use tidelog_storage::queue::history::Outcome;
 use tidelog_storage::queue::{
     Delivery, Hold, QueueConfig, QueueEngine, SettleAction, SettleOutcome, SettleRequest, StartAt,
 };
@@ -1218,4 +1219,293 @@ fn a_failed_fsync_of_the_dead_letter_leaves_the_delivery_held_for_a_retry() {
         vec![SettleOutcome::Ok { settled: 1 }]
     );
     assert_eq!(letters_of(&store).len(), 1);
+}
+
+/// The attempts the history shows for offset 0 of queue `work`: (attempt, outcome).
+fn attempts_of_0(store: &Store, clock: &ManualClock) -> Vec<(u32, Option<Outcome>)> {
+    tidelog_storage::queue::inspect::message_history(store, "work", 0, 0, 0, clock.now_ms())
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.attempt, a.outcome.map(|o| o.0)))
+        .collect()
+}
+
+/// A queue (max_deliveries 1) on `jobs` with one message, and an engine whose member
+/// `m` was handed it (attempt 1), all durable.
+fn one_delivered_at_most_once(store: &Arc<Store>) -> QueueEngine {
+    store
+        .topic("jobs")
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .append_durable(&[NewRecord::value("only")])
+        .unwrap();
+    let queue_config = QueueConfig {
+        max_deliveries: 1,
+        ..config()
+    };
+    admin::create_queue(&**store, "work", "jobs", StartAt::Earliest, queue_config).unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    let delivered = engine.deliver(&[("m".into(), 1)]).unwrap();
+    assert_eq!(delivered[0].1[0].attempt, 1);
+    engine
+}
+
+/// A delivery given back unseen (its Receive cancelled, its stream gone) is ready at
+/// once with its attempt taken back: with max_deliveries 1 it is delivered again as
+/// attempt 1, not dead-lettered; the history shows the released attempt until the
+/// delivery that takes its number replaces it. Stale releases change nothing.
+#[test]
+fn a_delivery_given_back_unseen_is_ready_again_without_using_an_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = plain_store(dir.path(), &clock, 0);
+    let mut engine = one_delivered_at_most_once(&store);
+    assert_eq!(
+        engine.release("other", &[(0, 0, 1)]).unwrap(),
+        0,
+        "not its lease"
+    );
+    assert_eq!(
+        engine.release("m", &[(0, 0, 2)]).unwrap(),
+        0,
+        "not its attempt"
+    );
+    assert_eq!(engine.release("m", &[(0, 0, 1), (0, 0, 1)]).unwrap(), 1);
+    assert_eq!(engine.unacked("m"), 0);
+    assert_eq!(engine.counters.released, 1);
+    assert_eq!(engine.counters.delivered, 0, "nobody got it");
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!((status.ready, status.unacked), (1, 0), "{status:?}");
+    assert_eq!(
+        attempts_of_0(&store, &clock),
+        vec![(1, Some(Outcome::Released))]
+    );
+    assert_eq!(engine.release("m", &[(0, 0, 1)]).unwrap(), 0, "once");
+    // No backoff: delivered again at once, as attempt 1.
+    let again = engine.deliver(&[("m".into(), 1)]).unwrap();
+    assert_eq!((again[0].1[0].record.offset, again[0].1[0].attempt), (0, 1));
+    assert_eq!(attempts_of_0(&store, &clock), vec![(1, None)]);
+    // Its deadline passing now is the one attempt it had: dead-lettered.
+    clock.advance_ms(config().ack_deadline_ms as i64);
+    engine.tick().unwrap();
+    assert_eq!(dead_letters(&store).len(), 1);
+}
+
+/// After a restart the released message is still ready with no attempt used: the
+/// broker's restart gives up leases (counting them), so without the durable release
+/// this message would be dead-lettered (max_deliveries 1).
+#[test]
+fn a_release_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = plain_store(dir.path(), &clock, 0);
+    let mut engine = one_delivered_at_most_once(&store);
+    assert_eq!(engine.release("m", &[(0, 0, 1)]).unwrap(), 1);
+    drop(engine);
+    drop(store);
+    let store = plain_store_reopened(dir.path(), &clock);
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    engine.tick().unwrap();
+    let again = engine.deliver(&[("m".into(), 1)]).unwrap();
+    assert_eq!(again[0].1[0].attempt, 1);
+    assert!(dead_letters(&store).is_empty());
+}
+
+/// What a crash leaves of a release, whatever point it cuts at: the message is either
+/// still held at attempt 1 (the release was not durable: the restart gives the lease
+/// up, as without a release) or ready with no attempt used; a release answered Ok is
+/// never taken back.
+fn check_after_crash(store: &Store, clock: &ManualClock, answered: bool, context: &str) {
+    let pending = store.queues().read(|q| {
+        q.get("work").unwrap().partitions[&0]
+            .pending
+            .get(0)
+            .map(|p| p.into_owned())
+    });
+    let pending = pending.unwrap_or_else(|| panic!("{context}: the message was settled"));
+    match pending.hold {
+        Hold::Leased { .. } => {
+            assert!(!answered, "{context}: a release answered Ok was taken back");
+            assert_eq!(pending.attempts, 1, "{context}");
+        }
+        Hold::Waiting { due_ms } => {
+            assert_eq!(pending.attempts, 0, "{context}");
+            assert!(due_ms <= clock.now_ms(), "{context}: ready at once");
+        }
+        other => panic!("{context}: {other:?}"),
+    }
+}
+
+/// A power cut at every point of a release.
+#[test]
+fn a_power_cut_anywhere_in_a_release_keeps_the_lease_or_the_release() {
+    let mut cut_after = 0;
+    loop {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let fs = FaultyFs::new(dir.path(), cut_after).unwrap();
+        let clock = ManualClock::new(START_MS);
+        let store = open(&fs, &data, &clock);
+        store
+            .create_topic("jobs", 1, TopicConfig::default())
+            .unwrap();
+        let mut engine = one_delivered_at_most_once(&store);
+        fs.power_off_after(cut_after);
+        let answered = engine.release("m", &[(0, 0, 1)]);
+        let cut = fs.is_powered_off();
+        drop(engine);
+        let store = Arc::try_unwrap(store).expect("the engine is gone");
+        store.simulate_crash();
+        fs.crash(CrashOptions::keep_some(cut_after)).unwrap();
+        let store = open(&fs, &data, &clock);
+        let context = format!("cut after {cut_after}");
+        check_after_crash(&store, &clock, matches!(answered, Ok(1)), &context);
+        if !cut {
+            assert_eq!(answered.unwrap(), 1, "no cut: released");
+            assert!(cut_after >= 2, "only {cut_after} points to cut at");
+            break;
+        }
+        cut_after += 1;
+        assert!(cut_after < 1_000, "the release never completed");
+    }
+}
+
+/// A failed fsync of the queue state (EIO) fails the release (nothing is answered
+/// as released) and poisons the state log; after a restart the lease stands as it
+/// was durable, attempt 1, as if the release never happened.
+#[test]
+fn a_failed_fsync_fails_the_release_and_leaves_the_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let fs = FaultyFs::new(dir.path(), 11).unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = open(&fs, &data, &clock);
+    store
+        .create_topic("jobs", 1, TopicConfig::default())
+        .unwrap();
+    let mut engine = one_delivered_at_most_once(&store);
+    fs.fail_sync(SyncFault::nth(1).path_contains("queues"));
+    assert!(engine.release("m", &[(0, 0, 1)]).is_err());
+    assert!(
+        engine.release("m", &[(0, 0, 1)]).is_err(),
+        "poisoned: not retried"
+    );
+    drop(engine);
+    let store = Arc::try_unwrap(store).expect("the engine is gone");
+    store.simulate_crash();
+    fs.crash(CrashOptions::lose_unsynced()).unwrap();
+    let store = open(&fs, &data, &clock);
+    check_after_crash(&store, &clock, false, "after EIO");
+}
+
+/// A full disk (ENOSPC) fails the release; the lease stands, and once there is room
+/// again (a restart) the release goes through.
+#[test]
+fn a_full_disk_fails_the_release_and_leaves_the_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let fs = FaultyFs::new(dir.path(), 12).unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = open(&fs, &data, &clock);
+    store
+        .create_topic("jobs", 1, TopicConfig::default())
+        .unwrap();
+    let mut engine = one_delivered_at_most_once(&store);
+    fs.set_capacity(Some(fs.used_bytes()));
+    assert!(engine.release("m", &[(0, 0, 1)]).is_err());
+    let held = store.queues().read(|q| {
+        q.get("work").unwrap().partitions[&0]
+            .pending
+            .get(0)
+            .map(|p| p.into_owned())
+    });
+    assert!(
+        matches!(
+            held.map(|p| (p.hold, p.attempts)),
+            Some((Hold::Leased { .. }, 1))
+        ),
+        "readers see only durable state"
+    );
+    fs.set_capacity(None);
+    drop(engine);
+    let store = Arc::try_unwrap(store).expect("the engine is gone");
+    store.simulate_crash();
+    fs.crash(CrashOptions::lose_unsynced()).unwrap();
+    let store = open(&fs, &data, &clock);
+    check_after_crash(&store, &clock, false, "after ENOSPC");
+    // The member is back (a member of a restarted broker keeps its id only in tests):
+    // the release goes through now.
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    assert_eq!(engine.release("m", &[(0, 0, 1)]).unwrap(), 1);
+    check_after_crash(&store, &clock, true, "released after room came back");
+}
+
+/// The dead-letter-oldest pass when the dead-letter topic refuses one letter for good
+/// (too large for it): the others still go, the refused message stays ready (and is
+/// delivered to a member), and the next pass does not fail on it again.
+#[test]
+fn an_overflow_letter_refused_for_good_stays_ready_and_spares_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = plain_store_reopened(dir.path(), &clock);
+    store
+        .create_topic(
+            "jobs",
+            1,
+            TopicConfig {
+                queue_max_ready_messages: Some(2),
+                queue_overflow: tidelog_storage::QueueOverflow::DeadLetterOldest,
+                ..TopicConfig::default()
+            },
+        )
+        .unwrap();
+    store
+        .create_topic(
+            "jobs.dlq",
+            1,
+            TopicConfig {
+                max_message_bytes: 100,
+                ..TopicConfig::default()
+            },
+        )
+        .unwrap();
+    admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, config()).unwrap();
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    partition
+        .append_durable(&[NewRecord::value(vec![b'z'; 5_000])])
+        .unwrap();
+    for i in 1..5 {
+        partition
+            .append_durable(&[NewRecord::value(format!("n{i}"))])
+            .unwrap();
+    }
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    // 5 ready, cap 2: the oldest three go, but offset 0's letter is refused.
+    assert_eq!(engine.enforce_caps().unwrap(), 2);
+    assert_eq!(engine.counters.overflow_refused, 1);
+    assert_eq!(dead_letters(&store), BTreeSet::from([(0, 1), (0, 2)]));
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!(status.ready, 3, "{status:?}");
+    // The refused one counts as ready: the next pass takes the next oldest instead,
+    // and does not try offset 0 again.
+    assert_eq!(engine.enforce_caps().unwrap(), 1);
+    assert_eq!(engine.enforce_caps().unwrap(), 0);
+    assert_eq!(engine.counters.overflow_refused, 1);
+    assert_eq!(
+        dead_letters(&store),
+        BTreeSet::from([(0, 1), (0, 2), (0, 3)])
+    );
+    // It is delivered like any ready message, first (the oldest due).
+    engine.member_joined("m");
+    let delivered = engine.deliver(&[("m".into(), 2)]).unwrap();
+    let offsets: Vec<(u64, u32)> = delivered[0]
+        .1
+        .iter()
+        .map(|d| (d.record.offset, d.attempt))
+        .collect();
+    assert_eq!(offsets, vec![(0, 1), (4, 1)]);
 }

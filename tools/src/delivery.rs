@@ -22,6 +22,7 @@ pub fn outcome_name(outcome: i32) -> &'static str {
         Ok(DeliveryOutcome::MemberLeft) => "member-left",
         Ok(DeliveryOutcome::Terminated) => "terminated",
         Ok(DeliveryOutcome::DeadLettered) => "dead-lettered",
+        Ok(DeliveryOutcome::Released) => "released",
         Ok(DeliveryOutcome::Unspecified) => "in-progress",
         Err(_) => "unknown",
     }

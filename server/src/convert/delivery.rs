@@ -85,6 +85,7 @@ pub fn outcome_to_proto(outcome: Outcome) -> pb::DeliveryOutcome {
         Outcome::MemberLeft => pb::DeliveryOutcome::MemberLeft,
         Outcome::Terminated => pb::DeliveryOutcome::Terminated,
         Outcome::DeadLettered => pb::DeliveryOutcome::DeadLettered,
+        Outcome::Released => pb::DeliveryOutcome::Released,
     }
 }
 

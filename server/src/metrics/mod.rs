@@ -197,6 +197,10 @@ pub struct QueueMetrics {
     pub dead_lettered_max_deliveries: u64,
     pub dead_lettered_term: u64,
     pub dead_lettered_overflow: u64,
+    /// Deliveries given back unseen (never handed to their member).
+    pub released: u64,
+    /// Overflow dead letters the dead-letter topic refused for good.
+    pub overflow_refused: u64,
 }
 
 /// Implemented by the queue manager: read at every scrape for the `tidelog_queue_*`

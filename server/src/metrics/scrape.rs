@@ -184,7 +184,7 @@ impl Collector for ScrapeSources {
                     |q| gauge_value(q.oldest_unacked_age_ms / 1000),
                 ),
             ];
-            let counters: [QueueField<u64>; 5] = [
+            let counters: [QueueField<u64>; 7] = [
                 (
                     "tidelog_queue_delivered",
                     "Deliveries made, first ones and redeliveries.",
@@ -203,6 +203,16 @@ impl Collector for ScrapeSources {
                     "tidelog_queue_timed_out",
                     "Deliveries given up: the deadline passed or the member left.",
                     |q| q.timed_out,
+                ),
+                (
+                    "tidelog_queue_released",
+                    "Deliveries never handed to their member (a Receive cancelled, a Consume connection dropped) given back unseen: ready again, the attempt not counted.",
+                    |q| q.released,
+                ),
+                (
+                    "tidelog_queue_overflow_refused",
+                    "Oldest messages over the topic's queue caps whose dead letter the dead-letter topic refused for good: they stay ready.",
+                    |q| q.overflow_refused,
                 ),
             ];
             let snapshot = queues.queue_metrics();

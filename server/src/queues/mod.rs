@@ -52,6 +52,32 @@ enum Sink {
     Unary(Option<oneshot::Sender<Vec<QueueDelivery>>>),
 }
 
+/// A delivery made to a member that may not have reached it, by what identifies its
+/// lease: given back with [`Runtime::release`] when it did not go out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Unseen {
+    topic: String,
+    partition: u32,
+    offset: u64,
+    attempt: u32,
+}
+
+impl Unseen {
+    fn of(delivery: &QueueDelivery) -> Option<Unseen> {
+        let message = delivery.message.as_ref()?;
+        Some(Unseen {
+            topic: message.topic.clone(),
+            partition: message.partition,
+            offset: message.offset,
+            attempt: delivery.attempt,
+        })
+    }
+
+    fn all(deliveries: &[QueueDelivery]) -> Vec<Unseen> {
+        deliveries.iter().filter_map(Unseen::of).collect()
+    }
+}
+
 #[derive(Debug)]
 struct Member {
     client_id: String,
@@ -215,12 +241,57 @@ impl Runtime {
     }
 
     /// A stream member leaves: what it holds is delivered again to others. Between
-    /// delivery rounds, so a round's deliveries to it were sent on its stream.
-    async fn leave(&self, member: &str) {
+    /// delivery rounds, so a round's deliveries to it were sent on its stream (or
+    /// given back, when the stream was gone). `unsent`: deliveries that were sent on
+    /// its stream but never left the broker (the response stream was dropped with
+    /// them queued): given back unseen first, before its other leases are given up.
+    async fn leave(&self, member: &str, unsent: Vec<Unseen>) {
         let _delivering = self.delivering.lock().await;
         lock(&self.members).remove(member);
+        self.release(member, unsent).await;
         for part in self.parts() {
             lock(&part.engine).member_left(member);
+        }
+        self.wake();
+    }
+
+    /// Gives back deliveries made to `member` that never went out (its Receive was
+    /// cancelled, its stream's connection dropped): ready again at once, their
+    /// attempts taken back (`QueueEngine::release`), durably. A failure is logged:
+    /// the leases then stand until their deadlines, as before this existed.
+    async fn release(&self, member: &str, unseen: Vec<Unseen>) {
+        if unseen.is_empty() {
+            return;
+        }
+        let parts = self.parts();
+        // Per part, its (partition, offset, attempt) leases to give back.
+        type Leases = Vec<(u32, u64, u32)>;
+        let mut by_part: Vec<(Arc<Part>, Leases)> = Vec::new();
+        for u in unseen {
+            let part = match self.pattern {
+                true => parts.iter().find(|p| p.topic == u.topic),
+                false => parts.first(),
+            };
+            let Some(part) = part else { continue };
+            let item = (u.partition, u.offset, u.attempt);
+            match by_part.iter_mut().find(|(p, _)| Arc::ptr_eq(p, part)) {
+                Some((_, items)) => items.push(item),
+                None => by_part.push((part.clone(), vec![item])),
+            }
+        }
+        for (part, items) in by_part {
+            let owned = member.to_string();
+            let released = part
+                .with_engine(move |engine| engine.release(&owned, &items))
+                .await;
+            if let Err(status) = released {
+                tracing::warn!(
+                    queue = %self.name,
+                    member,
+                    %status,
+                    "deliveries that never went out could not be given back; they are delivered again after their deadline"
+                );
+            }
         }
         self.wake();
     }
@@ -401,8 +472,15 @@ impl Runtime {
             .collect()
     }
 
-    /// Hands a part's deliveries to their members.
-    fn dispatch(&self, part: &Part, batches: Vec<(String, Vec<tidelog_storage::queue::Delivery>)>) {
+    /// Hands a part's deliveries to their members. Returns those that could not be
+    /// handed over (the member is gone, its stream's receiver or its Receive call is),
+    /// by member, for [`Runtime::release`].
+    fn dispatch(
+        &self,
+        part: &Part,
+        batches: Vec<(String, Vec<tidelog_storage::queue::Delivery>)>,
+    ) -> Vec<(String, Vec<Unseen>)> {
+        let mut undelivered = Vec::new();
         let mut members = lock(&self.members);
         for (id, deliveries) in batches {
             let count = deliveries.len() as u64;
@@ -411,32 +489,50 @@ impl Runtime {
                 .map(|d| convert::queue_delivery(&part.topic, d))
                 .collect();
             let Some(member) = members.get_mut(&id) else {
-                // Gone between the choice and now: the engine gives its leases up.
-                drop(members);
-                lock(&part.engine).member_left(&id);
-                members = lock(&self.members);
+                // Gone between the choice and now (not through `leave`, which waits
+                // for the round): given back.
+                undelivered.push((id, Unseen::all(&deliveries)));
                 continue;
             };
             member.credit = member.credit.saturating_sub(count);
+            let mut unsent = Vec::new();
             match &mut member.sink {
                 Sink::Stream(tx) => {
                     for deliveries in split_deliveries(deliveries) {
+                        if !unsent.is_empty() {
+                            unsent.extend(Unseen::all(&deliveries));
+                            continue;
+                        }
                         let event = QueueConsumeResponse {
                             event: Some(queue_consume_response::Event::Deliveries(
                                 queue_consume_response::Deliveries { deliveries },
                             )),
                         };
-                        let _ = tx.send(Ok(event));
+                        if let Err(refused) = tx.send(Ok(event)) {
+                            // The stream's response is gone (its connection dropped).
+                            if let Ok(event) = refused.0 {
+                                unsent.extend(unseen_in(&event));
+                            }
+                        }
                     }
                 }
                 Sink::Unary(waiting) => {
                     member.credit = 0;
-                    if let Some(tx) = waiting.take() {
-                        let _ = tx.send(deliveries);
+                    let sent = match waiting.take() {
+                        Some(tx) => tx.send(deliveries),
+                        None => Err(deliveries),
+                    };
+                    // The Receive call is gone (cancelled), or stopped waiting.
+                    if let Err(deliveries) = sent {
+                        unsent = Unseen::all(&deliveries);
                     }
                 }
             }
+            if !unsent.is_empty() {
+                undelivered.push((id, unsent));
+            }
         }
+        undelivered
     }
 
     /// Brings a pattern queue's parts in line with the topics it has taken: takes
@@ -565,7 +661,14 @@ impl Runtime {
             part.report_filtered(&self.metrics);
             let batches = delivered?;
             again |= !batches.is_empty() || lock(&part.engine).behind();
-            self.dispatch(part, batches);
+            for (member, unseen) in self.dispatch(part, batches) {
+                self.release(&member, unseen).await;
+                // A member gone from the runtime (not through `leave`, which waits for
+                // the round) is gone from the engine too: its other leases are given up.
+                if !lock(&self.members).contains_key(&member) {
+                    lock(&part.engine).member_left(&member);
+                }
+            }
         }
         Ok(again)
     }
@@ -673,6 +776,14 @@ fn delivery_bytes_max(topic: &str, record: &tidelog_storage::Record) -> u64 {
 fn delivery_bytes(delivery: &QueueDelivery) -> u64 {
     let len = prost::Message::encoded_len(delivery);
     (1 + prost::encoding::encoded_len_varint(len as u64) + len) as u64
+}
+
+/// The deliveries of a Consume response event (none for other events).
+fn unseen_in(event: &QueueConsumeResponse) -> Vec<Unseen> {
+    match &event.event {
+        Some(queue_consume_response::Event::Deliveries(d)) => Unseen::all(&d.deliveries),
+        _ => Vec::new(),
+    }
 }
 
 /// Room a Deliveries event's framing takes in a Consume response (the event's tag and
@@ -927,6 +1038,8 @@ impl crate::metrics::QueueMetricsSource for QueueManager {
                     dead_lettered_max_deliveries: c.dead_lettered_max_deliveries,
                     dead_lettered_term: c.dead_lettered_term,
                     dead_lettered_overflow: c.dead_lettered_overflow,
+                    released: c.released,
+                    overflow_refused: c.overflow_refused,
                 })
             })
             .collect()
@@ -990,6 +1103,77 @@ mod tests {
                 .poll(&mut cx)
                 .is_pending()
         );
+    }
+
+    /// A round that chose a member whose sink went before its deliveries were handed
+    /// over (a Receive cancelled, a stream's response dropped, mid-round): dispatch
+    /// returns them, and the release leaves each message ready with its attempt
+    /// taken back, so with max_deliveries 1 nothing is dead-lettered for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deliveries_for_a_sink_gone_mid_round_are_given_back_unseen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), StoreOptions::default()).unwrap());
+        let topic = store
+            .create_topic("jobs", 1, TopicConfig::default())
+            .unwrap();
+        for value in [&b"a"[..], b"b"] {
+            topic
+                .partition(0)
+                .unwrap()
+                .append_durable(&[NewRecord {
+                    value: Bytes::copy_from_slice(value),
+                    ..NewRecord::default()
+                }])
+                .unwrap();
+        }
+        let config = tidelog_storage::queue::QueueConfig {
+            max_deliveries: 1,
+            ..tidelog_storage::queue::QueueConfig::defaults_for("jobs")
+        };
+        admin::create_queue(
+            &*store,
+            "work",
+            "jobs",
+            tidelog_storage::queue::StartAt::Earliest,
+            config,
+        )
+        .unwrap();
+        let manager = QueueManager::new(store.clone(), Arc::new(Metrics::new()), Shutdown::new());
+        let runtime = manager.runtime("work").await.unwrap();
+        // Both sinks' receivers are gone: the driver's own rounds pass them over.
+        let (unary, gone) = oneshot::channel();
+        drop(gone);
+        runtime.join("receive:a", "a", 1, Sink::Unary(Some(unary)));
+        let (stream, gone) = mpsc::unbounded_channel();
+        drop(gone);
+        runtime.join("s", "s", 1, Sink::Stream(stream));
+        // As if a round had chosen them just before: delivered, then dispatched.
+        let part = runtime.parts()[0].clone();
+        let batches = part
+            .with_engine(|e| e.deliver(&[("receive:a".into(), 1), ("s".into(), 1)]))
+            .await
+            .unwrap();
+        assert_eq!(batches.len(), 2);
+        let undelivered = runtime.dispatch(&part, batches);
+        let mut members: Vec<&str> = undelivered.iter().map(|(m, _)| m.as_str()).collect();
+        members.sort();
+        assert_eq!(members, vec!["receive:a", "s"]);
+        for (member, unseen) in undelivered {
+            assert_eq!(unseen.len(), 1);
+            runtime.release(&member, unseen).await;
+        }
+        let now = store.clock().now_ms();
+        let status = admin::queue_status(&*store, "work", now).unwrap();
+        assert_eq!((status.ready, status.unacked), (2, 0), "{status:?}");
+        let attempts: Vec<u32> = store.queues().read(|q| {
+            q.get("work").unwrap().partitions[&0]
+                .pending
+                .iter()
+                .map(|(_, p)| p.attempts)
+                .collect()
+        });
+        assert_eq!(attempts, vec![0, 0], "no attempt used");
+        assert_eq!(lock(&part.engine).counters.released, 2);
     }
 
     fn delivery(offset: u64, bytes: usize) -> QueueDelivery {

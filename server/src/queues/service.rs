@@ -12,18 +12,18 @@ use tidelog_proto::v1::{
     DeleteQueueRequest, DeleteQueueResponse, DescribeQueueRequest, DescribeQueueResponse,
     ListDeliveriesRequest, ListDeliveriesResponse, ListQueuesRequest, ListQueuesResponse,
     PurgeQueueRequest, PurgeQueueResponse, QueueConsumeRequest, QueueConsumeResponse,
-    QueueDescription, ReceiveRequest, ReceiveResponse, RedriveQueueRequest, RedriveQueueResponse,
-    SettleRequest, SettleResponse, queue_consume_request, queue_consume_response,
+    QueueDelivery, QueueDescription, ReceiveRequest, ReceiveResponse, RedriveQueueRequest,
+    RedriveQueueResponse, SettleRequest, SettleResponse, queue_consume_request,
+    queue_consume_response,
 };
 use tidelog_storage::Store;
 use tidelog_storage::queue::inspect::{self, DeliveriesQuery};
 use tidelog_storage::queue::{SettleOutcome, admin};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{QueueManager, Sink};
+use super::{QueueManager, Runtime, Sink, Unseen, lock};
 use crate::AppState;
 use crate::auth::quota::QuotaKind;
 use crate::auth::{Caller, Target, rpcs};
@@ -151,6 +151,123 @@ fn check_settlements(count: usize) -> Result<(), Status> {
 }
 
 type ConsumeStream = Pin<Box<dyn Stream<Item = Result<QueueConsumeResponse, Status>> + Send>>;
+
+/// How long a Consume stream whose inbound side failed (its connection dropped, or
+/// the client cancelled) waits for its response stream to be dropped before the
+/// member leaves, so deliveries still queued on it are given back unseen (not given
+/// up as `member left`, which counts the attempt).
+const UNSENT_WAIT: Duration = Duration::from_secs(2);
+
+/// Deliveries a Consume stream's response held, not yet sent, when it was dropped.
+#[derive(Debug, Default)]
+struct Unsent {
+    deliveries: Vec<Unseen>,
+    /// The member has left: a later drop gives its deliveries back itself.
+    left: bool,
+}
+
+/// A Consume stream's responses, as tonic sends them. Dropped before they are all
+/// sent (the connection dropped), it takes what is still queued, so those deliveries
+/// are given back unseen (see [`Runtime::release`]): by the member's `leave`, or by
+/// itself if the member has left already.
+struct ConsumeOut {
+    rx: mpsc::UnboundedReceiver<Result<QueueConsumeResponse, Status>>,
+    unsent: Arc<std::sync::Mutex<Unsent>>,
+    runtime: Arc<Runtime>,
+    member: String,
+}
+
+impl Stream for ConsumeOut {
+    type Item = Result<QueueConsumeResponse, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for ConsumeOut {
+    fn drop(&mut self) {
+        let mut unsent = lock(&self.unsent);
+        // Closed first, so nothing is sent after what is drained; under the lock, so
+        // the member's task (which sees the close) reads what is drained.
+        self.rx.close();
+        let mut deliveries = Vec::new();
+        while let Ok(item) = self.rx.try_recv() {
+            if let Ok(event) = item {
+                deliveries.extend(super::unseen_in(&event));
+            }
+        }
+        if deliveries.is_empty() {
+            return;
+        }
+        if !unsent.left {
+            unsent.deliveries.extend(deliveries);
+            return;
+        }
+        drop(unsent);
+        give_back(&self.runtime, &self.member, deliveries);
+    }
+}
+
+/// Gives back `deliveries` of `member` on a task of its own (from a `Drop`).
+fn give_back(runtime: &Arc<Runtime>, member: &str, deliveries: Vec<Unseen>) {
+    if deliveries.is_empty() {
+        return;
+    }
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let runtime = runtime.clone();
+    let member = member.to_string();
+    handle.spawn(async move { runtime.release(&member, deliveries).await });
+}
+
+/// The deliveries of one Receive call until its response is returned: dropped before
+/// that (the call was cancelled), it gives them back unseen, and those still in the
+/// channel too (closed first, so none arrives after).
+struct ReceiveHeld {
+    rx: oneshot::Receiver<Vec<QueueDelivery>>,
+    /// Taken from `rx`.
+    deliveries: Vec<QueueDelivery>,
+    runtime: Arc<Runtime>,
+    member: String,
+    /// Returned to the caller: nothing to give back.
+    returned: bool,
+}
+
+impl ReceiveHeld {
+    /// Waits for deliveries (keeping them, should the call be cancelled).
+    async fn wait(&mut self) {
+        if let Ok(deliveries) = (&mut self.rx).await {
+            self.deliveries = deliveries;
+        }
+    }
+
+    /// What is in the channel now (after the call stopped waiting).
+    fn take_ready(&mut self) {
+        if self.deliveries.is_empty()
+            && let Ok(deliveries) = self.rx.try_recv()
+        {
+            self.deliveries = deliveries;
+        }
+    }
+}
+
+impl Drop for ReceiveHeld {
+    fn drop(&mut self) {
+        if self.returned {
+            return;
+        }
+        self.rx.close();
+        if let Ok(deliveries) = self.rx.try_recv() {
+            self.deliveries.extend(deliveries);
+        }
+        give_back(&self.runtime, &self.member, Unseen::all(&self.deliveries));
+    }
+}
 
 #[tonic::async_trait]
 impl Queues for QueuesService {
@@ -498,6 +615,13 @@ impl Queues for QueuesService {
                 Sink::Stream(tx.clone()),
             );
             let guard = self.state.metrics.open_stream("queue");
+            let unsent = Arc::new(std::sync::Mutex::new(Unsent::default()));
+            let out = ConsumeOut {
+                rx,
+                unsent: unsent.clone(),
+                runtime: runtime.clone(),
+                member: member.clone(),
+            };
             // One task reads the stream and answers it: a Settle goes to the queue's
             // combiner at once, without waiting for the answers of the ones before it
             // (so a client's pipelined Settles are settled together), and the answers
@@ -508,6 +632,9 @@ impl Queues for QueuesService {
                 // Reading stops at the client's half-close or a message that ends the
                 // stream; `end` is sent after the answers before it.
                 let mut reading = true;
+                // The inbound side failed (not a half-close): the connection dropped
+                // or the client cancelled, and the response goes with it.
+                let mut broken = false;
                 let mut end: Option<Status> = None;
                 loop {
                     if !reading && in_flight.is_empty() {
@@ -565,7 +692,11 @@ impl Queues for QueuesService {
                                     ));
                                     reading = false;
                                 }
-                                Ok(None) | Err(_) => reading = false,
+                                Ok(None) => reading = false,
+                                Err(_) => {
+                                    reading = false;
+                                    broken = true;
+                                }
                             }
                         }
                         _ = tx.closed() => break,
@@ -576,9 +707,20 @@ impl Queues for QueuesService {
                 for (_, outcomes) in in_flight {
                     let _ = outcomes.await;
                 }
-                runtime.leave(&member).await;
+                // The response stream is being dropped with the connection: let it
+                // take what it still holds (see `ConsumeOut`) before leaving, so those
+                // deliveries are given back unseen rather than given up.
+                if broken {
+                    let _ = tokio::time::timeout(UNSENT_WAIT, tx.closed()).await;
+                }
+                let unsent = {
+                    let mut unsent = lock(&unsent);
+                    unsent.left = true;
+                    std::mem::take(&mut unsent.deliveries)
+                };
+                runtime.leave(&member, unsent).await;
             });
-            Ok(Box::pin(UnboundedReceiverStream::new(rx)) as ConsumeStream)
+            Ok(Box::pin(out) as ConsumeStream)
         }
         .await;
         // Checked again every 250 ms while open: a revoked token or a changed rule
@@ -614,33 +756,53 @@ impl Queues for QueuesService {
             let wait = Duration::from_millis(request.max_wait_ms).min(RECEIVE_WAIT_MAX);
             let runtime = self.manager().runtime(&request.queue).await?;
             let member = format!("receive:{}", request.member);
-            let (tx, mut rx) = oneshot::channel();
+            let (tx, rx) = oneshot::channel();
             runtime.join(
                 &member,
                 &request.member,
                 u64::from(max),
                 Sink::Unary(Some(tx)),
             );
-            let waited = tokio::time::timeout(wait, &mut rx).await;
+            // From here until the response is returned, a cancelled call gives back
+            // what it was handed (see `ReceiveHeld`), and a round that finds it gone
+            // gives back what it chose for it (`Runtime::dispatch`).
+            let mut held = ReceiveHeld {
+                rx,
+                deliveries: Vec::new(),
+                runtime: runtime.clone(),
+                member: member.clone(),
+                returned: false,
+            };
+            let _ = tokio::time::timeout(wait, held.wait()).await;
             // No longer waiting: what is ready now is delivered to this call, then
             // nothing more goes to it until it asks again. A delivery round that
             // chose this call has handed its deliveries over by the time this returns
-            // (they are in `rx`), so none is leased without being returned here.
-            let stopped = runtime.stop_waiting(&member).await;
-            let deliveries = match waited {
-                Ok(Ok(deliveries)) => deliveries,
-                _ => rx.try_recv().unwrap_or_default(),
+            // (they are in `rx`). On a task of its own, so a cancelled call does not
+            // stop a round half-way (its deliveries leased and handed to no one).
+            let stopping = {
+                let runtime = runtime.clone();
+                let member = member.clone();
+                tokio::spawn(async move { runtime.stop_waiting(&member).await })
             };
-            if deliveries.is_empty() {
+            let stopped = stopping.await.unwrap_or_else(|e| {
+                Err(Status::internal(format!(
+                    "the Receive's delivery task failed: {e}"
+                )))
+            });
+            held.take_ready();
+            if held.deliveries.is_empty() {
                 stopped?;
             }
-            let response = ReceiveResponse { deliveries };
+            let response = ReceiveResponse {
+                deliveries: held.deliveries.clone(),
+            };
             self.state
                 .auth
                 .throttle(caller.as_ref(), QuotaKind::ConsumeBytes, || {
                     prost::Message::encoded_len(&response)
                 })
                 .await;
+            held.returned = true;
             Ok(response)
         }
         .await;

@@ -400,7 +400,11 @@ pub fn list_deliveries(
                         .and_then(|q| q.partitions.get(&event.partition))
                         .and_then(|p| p.pending.get(event.offset))
                         .is_some_and(|p| {
-                            matches!(p.hold, Hold::Leased { .. }) && p.attempts == event.attempt
+                            // The lease of this very delivery: a delivery given back
+                            // unseen (released) left its attempt number to the next.
+                            matches!(p.hold, Hold::Leased { .. })
+                                && p.attempts == event.attempt
+                                && p.last_delivery_ms == event.at_ms
                         })
                 });
                 if !current {

@@ -34,6 +34,7 @@ mod queue_cli;
 mod queue_dead_letters;
 mod queue_pattern;
 mod queue_settle;
+mod queue_unseen;
 mod queues;
 mod quotas;
 mod read_budget;

@@ -26,6 +26,9 @@
 //! `member left`), any other waits `backoff_ms(attempts)` and is then due again. A nack
 //! makes it due after its own delay or the backoff; a nack of the last allowed
 //! delivery dead-letters it with the nack's reason; a term dead-letters it at once.
+//! A delivery its owner could not hand to the member (the member's call or
+//! connection went first) is given back unseen with [`QueueEngine::release`]: due at
+//! once, its attempt taken back, so it never counts towards `max_deliveries`.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -221,6 +224,12 @@ pub struct EngineCounters {
     pub lost_to_retention: u64,
     /// Messages the queue's filter skipped (settled without a delivery).
     pub filtered: u64,
+    /// Deliveries given back unseen ([`QueueEngine::release`]): made, never handed
+    /// to their member, the attempt taken back.
+    pub released: u64,
+    /// Dead letters of the overflow pass that the dead-letter topic refused for good
+    /// (the messages stay ready, see [`QueueEngine::enforce_caps`]).
+    pub overflow_refused: u64,
     /// Of those, skipped because the filter reads JSON and the value is not JSON.
     pub filtered_not_json: u64,
 }
@@ -239,6 +248,8 @@ impl EngineCounters {
         self.dead_lettered_overflow += other.dead_lettered_overflow;
         self.lost_to_retention += other.lost_to_retention;
         self.filtered += other.filtered;
+        self.released += other.released;
+        self.overflow_refused += other.overflow_refused;
         self.filtered_not_json += other.filtered_not_json;
     }
 }
@@ -483,6 +494,78 @@ impl QueueEngine {
             self.timers
                 .insert((now, Timer::Deadline, partition, offset));
         }
+    }
+
+    /// Gives back deliveries that were made to `member` but never handed to it (its
+    /// Receive was cancelled, its stream's connection dropped before they went out):
+    /// each `(partition, offset, attempt)` still leased to `member` at exactly that
+    /// attempt goes back to ready at once, the attempt taken back (no backoff, not
+    /// counted towards `max_deliveries`), with a `released` event in the history.
+    /// Durable when this returns (one state-log append). Others (settled, given up, or
+    /// delivered again since) are left alone. Returns how many were released.
+    ///
+    /// If the broker dies before this, the lease stands until its deadline, and is
+    /// given up (counted) at the restart like every other lease.
+    pub fn release(&mut self, member: &str, deliveries: &[(u32, u64, u32)]) -> Result<u64> {
+        let queue = self.queue()?;
+        let now = self.store.clock().now_ms();
+        let mut ops = Vec::new();
+        let mut events = Vec::new();
+        let mut released = Vec::new();
+        let mut seen = BTreeSet::new();
+        for &(partition, offset, attempt) in deliveries {
+            if !seen.insert((partition, offset)) {
+                continue;
+            }
+            let Some(pending) = self.pending_of(partition, offset) else {
+                continue;
+            };
+            let Hold::Leased { member: holder, .. } = &pending.hold else {
+                continue;
+            };
+            if **holder != *member || pending.attempts != attempt || attempt == 0 {
+                continue;
+            }
+            ops.push(QueueOp::Release {
+                name: self.name.clone(),
+                partition,
+                offset,
+                attempt,
+                due_ms: now,
+            });
+            events.push(HistoryEvent::new(
+                partition,
+                offset,
+                attempt,
+                now,
+                Outcome::Released,
+                0,
+                holder,
+                "",
+            ));
+            released.push((pending.level, partition, offset, attempt));
+        }
+        if ops.is_empty() {
+            return Ok(0);
+        }
+        self.store.queues().append(ops)?;
+        for &(level, partition, offset, attempt) in &released {
+            // The counters tell of deliveries members got.
+            self.counters.delivered = self.counters.delivered.saturating_sub(1);
+            if attempt > 1 {
+                self.counters.redelivered = self.counters.redelivered.saturating_sub(1);
+            }
+            // Ready at once: no backoff. (Its deadline timer finds it waiting: stale.)
+            self.due.insert((u8::MAX - level, now, partition, offset));
+        }
+        let count = released.len() as u64;
+        if let Some(held) = self.members.get_mut(member) {
+            *held = held.saturating_sub(count);
+        }
+        self.counters.released += count;
+        tracing::info!(queue = %self.name, member, released = count, "deliveries never handed to their member given back unseen");
+        self.record(&queue.config, events)?;
+        Ok(count)
     }
 
     /// Deliveries `member` holds now.
@@ -928,6 +1011,14 @@ impl QueueEngine {
     /// dead-letter the oldest: while the queue holds more ready messages (or bytes)
     /// than allowed, its oldest messages not yet taken, lowest priority first, go to the
     /// dead-letter topic with reason `overflow`. Returns how many went.
+    ///
+    /// A letter the dead-letter topic refuses for good (larger than its
+    /// `max_message_bytes` allows) does not stop the others: its message stays ready
+    /// (taken as waiting, due now, delivered to members like any other; counted in
+    /// `overflow_refused` and logged), and the pass goes on past it. At most
+    /// [`OVERFLOW_REFUSED_HELD_MAX`] such messages are held pending; past that the
+    /// pass stops at a refused message (tried again next pass). A passing failure (an
+    /// I/O error) fails the pass, which is tried again.
     pub fn enforce_caps(&mut self) -> Result<u64> {
         let topic_name = self
             .store
@@ -978,6 +1069,11 @@ impl QueueEngine {
         // Dead-lettered, or passed over as the queue's filter skips them: both leave
         // the backlog.
         let mut settled = 0u64;
+        // Messages whose letter the dead-letter topic refused for good, taken as
+        // waiting (ready) this pass: their (level, partition, offset).
+        let mut refused: Vec<(u8, u32, u64)> = Vec::new();
+        // How many more refused messages the queue may hold pending (the bound).
+        let mut room = OVERFLOW_REFUSED_HELD_MAX.saturating_sub(self.pending_count());
         for level in 0..queue.levels {
             for partition in topic.partitions() {
                 if settled >= excess {
@@ -991,7 +1087,7 @@ impl QueueEngine {
                     .unwrap_or(0)
                     .max(partition.log_start());
                 let start = position;
-                let mut letters = Vec::new();
+                let mut letters: Vec<Letter> = Vec::new();
                 while settled < excess && position < partition.end_offset() {
                     let want = (excess - settled).min(u64::from(SCAN_RECORDS_PER_ROUND)) as u32;
                     let read = partition.read(position, want, SCAN_READ_BYTES)?;
@@ -1008,27 +1104,29 @@ impl QueueEngine {
                             settled += 1;
                             continue;
                         }
-                        events.push(HistoryEvent::new(
-                            id,
-                            record.offset,
-                            0,
-                            now,
-                            Outcome::DeadLettered,
-                            0,
-                            &Arc::from(""),
-                            &reason,
-                        ));
-                        letters.push(dead_letter_record(
-                            super::admin::public_name(&self.name),
-                            &queue.topic,
-                            id,
-                            &record,
-                            0,
-                            0,
-                            0,
-                            &reason,
-                        ));
-                        dropped += 1;
+                        letters.push(Letter {
+                            offset: record.offset,
+                            event: HistoryEvent::new(
+                                id,
+                                record.offset,
+                                0,
+                                now,
+                                Outcome::DeadLettered,
+                                0,
+                                &Arc::from(""),
+                                &reason,
+                            ),
+                            record: dead_letter_record(
+                                super::admin::public_name(&self.name),
+                                &queue.topic,
+                                id,
+                                &record,
+                                0,
+                                0,
+                                0,
+                                &reason,
+                            ),
+                        });
                         settled += 1;
                     }
                     position = next;
@@ -1036,26 +1134,60 @@ impl QueueEngine {
                         break;
                     }
                 }
+                let mut taken = Vec::new();
                 if !letters.is_empty() {
                     let target = dlq.partition(dead_letter_partition(&dlq, id))?;
-                    for chunk in letter_batches(&letters) {
-                        target.append_durable_allowing(chunk, DLQ_HEADERS_BYTES_MAX)?;
+                    let written = self.append_letters(target, &letters, &mut room)?;
+                    if let Some(stop) = written.stopped_at {
+                        // Out of room for refused messages: the level's cursor stops at
+                        // the one that did not fit (the next pass starts there).
+                        position = stop;
+                    }
+                    for (letter, outcome) in letters.into_iter().zip(written.outcomes) {
+                        match outcome {
+                            LetterWritten::Yes => {
+                                events.push(letter.event);
+                                dropped += 1;
+                            }
+                            LetterWritten::Refused => {
+                                // Stays ready: taken as waiting (due now) and
+                                // delivered to members like any other message.
+                                taken.push(Taken {
+                                    offset: letter.offset,
+                                    hold: Hold::Waiting { due_ms: now },
+                                });
+                                refused.push((level, id, letter.offset));
+                            }
+                            LetterWritten::NotTried => {}
+                        }
                     }
                 }
-                if position > start {
+                if position > start || !taken.is_empty() {
                     ops.push(QueueOp::Take {
                         name: self.name.clone(),
                         partition: id,
                         level,
                         cursor_to: position,
                         at_ms: self.store.clock().now_ms(),
-                        taken: Vec::new(),
+                        taken,
                     });
                 }
             }
         }
         if !ops.is_empty() {
             self.store.queues().append(ops)?;
+        }
+        for &(level, partition, offset) in &refused {
+            self.due.insert((u8::MAX - level, now, partition, offset));
+        }
+        if !refused.is_empty() {
+            self.counters.overflow_refused += refused.len() as u64;
+            tracing::warn!(
+                queue = %self.name,
+                dead_letter_topic = %queue.config.dead_letter_topic,
+                refused = refused.len(),
+                "overflow: the dead-letter topic refused letters for good; their messages stay ready (raise the dead-letter topic's max_message_bytes, or purge the queue)"
+            );
         }
         self.record(&queue.config, events)?;
         self.counters.dead_lettered_overflow += dropped;
@@ -1133,6 +1265,112 @@ impl QueueEngine {
     }
 }
 
+/// Messages whose overflow dead letter the dead-letter topic refused for good that a
+/// queue holds pending (ready, waiting for a member) at most: past it, the overflow
+/// pass stops at a refused message instead of taking it, so a dead-letter topic that
+/// refuses every letter cannot turn the whole backlog into pending state (memory is
+/// bounded by what is in flight, not by the backlog).
+pub const OVERFLOW_REFUSED_HELD_MAX: u64 = 10_000;
+
+/// One overflow dead letter of [`QueueEngine::enforce_caps`]: the message's offset,
+/// the letter, and its history event (recorded if it is written).
+struct Letter {
+    offset: u64,
+    record: crate::batch::NewRecord,
+    event: HistoryEvent,
+}
+
+/// What became of one [`Letter`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LetterWritten {
+    Yes,
+    /// Refused for good: its message is taken as waiting (ready).
+    Refused,
+    /// Not tried: the pass stopped before it.
+    NotTried,
+}
+
+/// What [`QueueEngine::append_letters`] did: an outcome per letter, and the offset
+/// the pass stopped at (out of room for refused messages), if it did.
+struct LettersWritten {
+    outcomes: Vec<LetterWritten>,
+    stopped_at: Option<u64>,
+}
+
+impl QueueEngine {
+    /// Pending messages of this queue now.
+    fn pending_count(&self) -> u64 {
+        self.store.queues().read(|q| {
+            q.get(&self.name).map_or(0, |queue| {
+                queue
+                    .partitions
+                    .values()
+                    .map(|p| p.pending.len() as u64)
+                    .sum()
+            })
+        })
+    }
+
+    /// Appends `letters` (in offset order) to `target` durably, in batches; a batch
+    /// the dead-letter topic refuses for good is tried letter by letter, so a letter
+    /// it refuses (too large for it) does not keep the others out. A refused letter
+    /// uses one of `room`; with none left the pass stops at it (it and the letters
+    /// after it are not tried). A passing failure (I/O, a poisoned partition) is
+    /// returned: the pass is tried again later (letters already written may then be
+    /// written twice: dead letters are at least once).
+    fn append_letters(
+        &mut self,
+        target: &Arc<Partition>,
+        letters: &[Letter],
+        room: &mut u64,
+    ) -> Result<LettersWritten> {
+        let records: Vec<crate::batch::NewRecord> =
+            letters.iter().map(|l| l.record.clone()).collect();
+        let mut outcomes = vec![LetterWritten::NotTried; letters.len()];
+        let mut done = 0;
+        for chunk in letter_batches(&records) {
+            let first = done;
+            done += chunk.len();
+            let error = match target.append_durable_allowing(chunk, DLQ_HEADERS_BYTES_MAX) {
+                Ok(_) => {
+                    outcomes[first..done].fill(LetterWritten::Yes);
+                    continue;
+                }
+                Err(error) if letter_refused_for_good(&error) => error,
+                Err(error) => return Err(error),
+            };
+            tracing::debug!(queue = %self.name, %error, "an overflow batch was refused; trying its letters one by one");
+            for i in first..done {
+                match target.append_durable_allowing(&records[i..=i], DLQ_HEADERS_BYTES_MAX) {
+                    Ok(_) => outcomes[i] = LetterWritten::Yes,
+                    Err(error) if letter_refused_for_good(&error) => {
+                        if *room == 0 {
+                            return Ok(LettersWritten {
+                                outcomes,
+                                stopped_at: Some(letters[i].offset),
+                            });
+                        }
+                        *room -= 1;
+                        tracing::warn!(queue = %self.name, partition = letters[i].event.partition, offset = letters[i].offset, %error, "overflow dead letter refused for good; the message stays ready");
+                        outcomes[i] = LetterWritten::Refused;
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+        Ok(LettersWritten {
+            outcomes,
+            stopped_at: None,
+        })
+    }
+}
+
+/// Whether the dead-letter topic refuses a letter for good (see
+/// [`LetterFailure::ForGood`]): trying it again changes nothing.
+fn letter_refused_for_good(error: &Error) -> bool {
+    matches!(error, Error::TooLarge { .. } | Error::InvalidArgument(_))
+}
+
 /// Why a dead letter could not be written, for its caller to act on.
 pub(super) enum LetterFailure {
     /// The dead-letter topic refuses it (too large for its `max_message_bytes`, too
@@ -1157,7 +1395,7 @@ impl QueueEngine {
         offset: u64,
         error: &Error,
     ) -> LetterFailure {
-        let for_good = matches!(error, Error::TooLarge { .. } | Error::InvalidArgument(_));
+        let for_good = letter_refused_for_good(error);
         tracing::warn!(queue = %self.name, partition, offset, %error, for_good, "dead letter not written");
         if for_good {
             let why = format!("its dead letter was refused, so it is delivered again: {error}");

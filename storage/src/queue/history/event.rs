@@ -9,7 +9,7 @@
 //! | 5 | 8 | `offset` u64 | |
 //! | 13 | 4 | `attempt` u32 | 1 for the first delivery; 0 for a dead letter of a message never delivered (overflow) |
 //! | 17 | 8 | `at_ms` i64 | when it happened (the broker's clock, ms since the epoch) |
-//! | 25 | 1 | `outcome` u8 | 1 delivered, 2 extended, 3 acked, 4 nacked, 5 deadline passed, 6 member left, 7 terminated, 8 dead-lettered |
+//! | 25 | 1 | `outcome` u8 | 1 delivered, 2 extended, 3 acked, 4 nacked, 5 deadline passed, 6 member left, 7 terminated, 8 dead-lettered, 9 released (handed to no one: given back unseen, the attempt taken back; the next delivery has the same attempt number) |
 //! | 26 | 8 | `deadline_ms` i64 | delivered, extended: the lease's deadline; else 0 |
 //! | 34 | 2 + n | `member` str16 | at most 255 bytes: who held the attempt (empty for an overflow dead letter) |
 //! | .. | 2 + n | `reason` str16 | at most 1024 bytes: a nack's, term's or dead letter's reason, else empty |
@@ -45,11 +45,15 @@ pub enum Outcome {
     Terminated,
     /// Appended to the dead-letter topic (with the reason): settled.
     DeadLettered,
+    /// Never handed to the member (its Receive was cancelled, its stream's connection
+    /// dropped before the delivery went out): given back unseen, the attempt taken
+    /// back. The message's next delivery has the same attempt number.
+    Released,
 }
 
 impl Outcome {
     /// Every outcome, in code order.
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 9] = [
         Outcome::Delivered,
         Outcome::Extended,
         Outcome::Acked,
@@ -58,6 +62,7 @@ impl Outcome {
         Outcome::MemberLeft,
         Outcome::Terminated,
         Outcome::DeadLettered,
+        Outcome::Released,
     ];
 
     /// Its byte on disk.
@@ -71,6 +76,7 @@ impl Outcome {
             Outcome::MemberLeft => 6,
             Outcome::Terminated => 7,
             Outcome::DeadLettered => 8,
+            Outcome::Released => 9,
         }
     }
 
@@ -90,6 +96,7 @@ impl Outcome {
             Outcome::MemberLeft => "member left",
             Outcome::Terminated => "terminated",
             Outcome::DeadLettered => "dead-lettered",
+            Outcome::Released => "released",
         }
     }
 
@@ -241,7 +248,7 @@ mod tests {
             assert_eq!(Outcome::from_code(outcome.code()), Some(outcome));
         }
         assert_eq!(Outcome::from_code(0), None);
-        assert_eq!(Outcome::from_code(9), None);
+        assert_eq!(Outcome::from_code(10), None);
         let event = HistoryEvent {
             partition: 0,
             offset: 0,
@@ -255,9 +262,9 @@ mod tests {
         let mut bytes = Vec::new();
         event.encode(&mut bytes).unwrap();
         assert_eq!(bytes.len(), EVENT_BYTES_MIN);
-        bytes[25] = 9;
+        bytes[25] = 10;
         let error = HistoryEvent::decode(&mut OpReader::new(&bytes)).unwrap_err();
-        assert!(error.to_string().contains("unknown outcome 9"), "{error}");
+        assert!(error.to_string().contains("unknown outcome 10"), "{error}");
         bytes[0] = 2;
         assert!(HistoryEvent::decode(&mut OpReader::new(&bytes)).is_err());
     }

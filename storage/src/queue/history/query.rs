@@ -55,6 +55,15 @@ impl AttemptRecord {
         }
         match event.outcome {
             Outcome::Delivered => {
+                if matches!(self.outcome, Some((Outcome::Released, ..))) {
+                    // The attempt given back unseen is replaced by the delivery that
+                    // took its number.
+                    *self = AttemptRecord {
+                        attempt: self.attempt,
+                        member: event.member.to_string(),
+                        ..AttemptRecord::default()
+                    };
+                }
                 self.delivered_ms = Some(event.at_ms);
                 self.deadline_ms = Some(event.deadline_ms);
             }

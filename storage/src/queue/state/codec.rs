@@ -21,6 +21,12 @@
 //! | 13 | alter (v2) | as 2, with config v2 | as 2 |
 //! | 14 | create with a filter | the fields of 12, then `filter` str16 | as 12, for a queue whose config has a filter (12 has none) |
 //! | 15 | create on a pattern | `name` str16, `pattern` str16, config v2, `filter` str16 (empty = none), start, `created_ms` i64, `next_child` u32 | a queue on a topic pattern; its per-topic queues are created by kind 12 or 14 (named `__pq.<name>.<n>`, each raising `next_child` past its `n`; one for a topic that already has one is a no-op) |
+//! | 16 | release | `name`, `partition` u32, `offset` u64, `attempt` u32, `due_ms` i64 | a message leased at exactly `attempt` is given back unseen: `attempts - 1` (and, back at 0, its delivery times cleared), it waits until `due_ms`; else a no-op |
+//!
+//! Kind 16 is new with the release of unseen deliveries: this build reads every
+//! kind older builds wrote, and writes 16 only as a live record (a snapshot holds a
+//! released message as the `restore` of its pending state, never a 16). A build
+//! before it reads a live 16 as corruption (unknown kind), like 12 to 15 before it.
 //!
 //! **config**: `ack_deadline_ms` u64, `max_deliveries` u32 (0 = unlimited),
 //! `backoff_initial_ms` u64, `backoff_max_ms` u64, `dead_letter_topic` str16,
@@ -70,6 +76,7 @@ const KIND_CREATE_V2: u8 = 12;
 const KIND_ALTER_V2: u8 = 13;
 const KIND_CREATE_FILTERED: u8 = 14;
 const KIND_CREATE_PATTERN: u8 = 15;
+const KIND_RELEASE: u8 = 16;
 
 const START_EARLIEST: u8 = 1;
 const START_LATEST: u8 = 2;
@@ -245,7 +252,7 @@ fn validate_op(op: &QueueOp) -> Result<()> {
             name_ok(name)?;
             short("reason", reason, REASON_BYTES_MAX)
         }
-        QueueOp::Extend { name, .. } => name_ok(name),
+        QueueOp::Extend { name, .. } | QueueOp::Release { name, .. } => name_ok(name),
         QueueOp::Restore { name, pending, .. } => {
             name_ok(name)?;
             short("reason", &pending.reason, REASON_BYTES_MAX)?;
@@ -422,6 +429,20 @@ impl LogOp for QueueOp {
                     put_u64(out, *end);
                 }
             }
+            QueueOp::Release {
+                name,
+                partition,
+                offset,
+                attempt,
+                due_ms,
+            } => {
+                out.push(KIND_RELEASE);
+                put_str16(out, name);
+                put_u32(out, *partition);
+                put_u64(out, *offset);
+                put_u32(out, *attempt);
+                put_i64(out, *due_ms);
+            }
             QueueOp::Restore {
                 name,
                 partition,
@@ -562,6 +583,13 @@ impl LogOp for QueueOp {
                 offset: r.u64("offset")?,
                 deadline_ms: r.i64("deadline_ms")?,
             },
+            KIND_RELEASE => QueueOp::Release {
+                name: read_name(r)?,
+                partition: r.u32("partition")?,
+                offset: r.u64("offset")?,
+                attempt: r.u32("attempt")?,
+                due_ms: r.i64("due_ms")?,
+            },
             KIND_DEAD_LETTER => QueueOp::DeadLetter {
                 name: read_name(r)?,
                 partition: r.u32("partition")?,
@@ -636,7 +664,7 @@ mod tests {
     }
 
     /// The ops of the fuzz target's seed: a pattern queue, a queue of one of its
-    /// topics, and a delivery in it.
+    /// topics, a delivery in it, and a release of one of its leases (kind 16).
     fn seed_ops() -> Vec<QueueOp> {
         use super::super::strategies::{create, create_pattern, leased};
         vec![
@@ -650,11 +678,18 @@ mod tests {
                 at_ms: 5,
                 taken: vec![leased(3, "member-1"), leased(8, "member-1")],
             },
+            QueueOp::Release {
+                name: "__pq.all-orders.0".into(),
+                partition: 1,
+                offset: 8,
+                attempt: 1,
+                due_ms: 6,
+            },
         ]
     }
 
     /// The fuzz target's seed (fuzz/corpus/queue_state/pattern) is the ops above back
-    /// to back, so the fuzzer starts from the accepting paths of kind 15.
+    /// to back, so the fuzzer starts from the accepting paths of kinds 15 and 16.
     #[test]
     fn the_fuzz_seed_decodes() {
         let mut expected = Vec::new();

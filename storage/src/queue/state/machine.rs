@@ -354,6 +354,37 @@ impl StateMachine for Queues {
                 }
                 purged
             }
+            QueueOp::Release {
+                name,
+                partition,
+                offset,
+                attempt,
+                due_ms,
+            } => {
+                let Some(part) = self
+                    .queues
+                    .get_mut(&name)
+                    .and_then(|q| q.partitions.get_mut(&partition))
+                else {
+                    return 0;
+                };
+                part.pending
+                    .update(offset, |pending| {
+                        if !matches!(pending.hold, Hold::Leased { .. })
+                            || pending.attempts != attempt
+                        {
+                            return 0;
+                        }
+                        pending.attempts = attempt.saturating_sub(1);
+                        pending.hold = Hold::Waiting { due_ms };
+                        if pending.attempts == 0 {
+                            pending.first_delivery_ms = 0;
+                            pending.last_delivery_ms = 0;
+                        }
+                        1
+                    })
+                    .unwrap_or(0)
+            }
             QueueOp::Restore {
                 name,
                 partition,
@@ -474,6 +505,68 @@ mod tests {
         );
         assert_eq!(state.get("q").unwrap().partitions[&1].settled_below(), 5);
         assert_eq!(state.pending_total(), 0);
+    }
+
+    /// A release takes back exactly the attempt it names: the message waits with the
+    /// count it had before that delivery, and a stale or repeated release is a no-op.
+    #[test]
+    fn a_release_takes_back_the_attempt_it_names() {
+        let mut state = Queues::default();
+        state.apply(create("q", 1, 1));
+        state.apply(QueueOp::Take {
+            name: "q".into(),
+            partition: 0,
+            level: 0,
+            cursor_to: 2,
+            at_ms: 10,
+            taken: vec![leased(0, "m1"), leased(1, "m1")],
+        });
+        let release = |offset, attempt| QueueOp::Release {
+            name: "q".into(),
+            partition: 0,
+            offset,
+            attempt,
+            due_ms: 20,
+        };
+        let pending = |state: &Queues, offset| {
+            state.get("q").unwrap().partitions[&0]
+                .pending
+                .get(offset)
+                .unwrap()
+                .into_owned()
+        };
+        assert_eq!(state.apply(release(0, 2)), 0, "not attempt 2");
+        assert_eq!(state.apply(release(0, 1)), 1);
+        assert_eq!(
+            pending(&state, 0),
+            Pending {
+                level: 0,
+                attempts: 0,
+                hold: Hold::Waiting { due_ms: 20 },
+                first_delivery_ms: 0,
+                last_delivery_ms: 0,
+                reason: String::new(),
+            },
+            "as if never delivered"
+        );
+        assert_eq!(state.apply(release(0, 1)), 0, "not leased any more");
+        // A second attempt released keeps the first's story.
+        state.apply(QueueOp::Lease {
+            name: "q".into(),
+            partition: 0,
+            offset: 1,
+            member: "m2".into(),
+            deadline_ms: 99,
+            at_ms: 30,
+        });
+        assert_eq!(state.apply(release(1, 2)), 1);
+        let second = pending(&state, 1);
+        assert_eq!(
+            (second.attempts, second.first_delivery_ms, second.hold),
+            (1, 10, Hold::Waiting { due_ms: 20 })
+        );
+        assert_eq!(state.pending_total(), 2);
+        assert_eq!(state.get("q").unwrap().pending_counts(), (0, 2, 0));
     }
 
     #[test]

@@ -200,4 +200,16 @@ pub enum QueueOp {
         offset: u64,
         pending: Pending,
     },
+    /// A lease given back unseen: the delivery of attempt `attempt` could not be
+    /// handed to its member (its Receive was cancelled, its stream's connection
+    /// dropped). The attempt is taken back (`attempts - 1`, and the delivery times
+    /// cleared if it was the first) and the message waits until `due_ms` (now: no
+    /// backoff). A no-op unless the message is leased at exactly `attempt`.
+    Release {
+        name: String,
+        partition: u32,
+        offset: u64,
+        attempt: u32,
+        due_ms: i64,
+    },
 }

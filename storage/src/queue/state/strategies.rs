@@ -154,6 +154,15 @@ pub(super) fn arb_op() -> impl Strategy<Value = QueueOp> {
             offset,
             reason: "max deliveries".into()
         }),
+        (name(), 0u32..3, 0u64..50, 0u32..4, any::<i64>()).prop_map(
+            |(n, partition, offset, attempt, due_ms)| QueueOp::Release {
+                name: n,
+                partition,
+                offset,
+                attempt,
+                due_ms
+            }
+        ),
         (name(), prop::collection::vec((0u32..3, 0u64..60), 0..3))
             .prop_map(|(n, ends)| QueueOp::Purge { name: n, ends }),
         name().prop_map(|n| QueueOp::Delete { name: n }),
