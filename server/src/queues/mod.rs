@@ -435,11 +435,12 @@ impl Runtime {
     /// (its one response), a stream any bytes (its deliveries are split into events
     /// under the bound, see [`Runtime::dispatch`]).
     fn wants(&self, parts: &[Arc<Part>]) -> Vec<Want> {
-        let max_unacked = parts.first().map_or(0, |p| {
-            lock(&p.engine)
-                .config()
-                .map_or(0, |c| u64::from(c.max_unacked_per_member))
-        });
+        // Every part has the same config; one whose queue went (a pattern queue's
+        // deleted topic, until the next sync) has none.
+        let max_unacked = parts
+            .iter()
+            .find_map(|p| lock(&p.engine).config().ok())
+            .map_or(0, |c| u64::from(c.max_unacked_per_member));
         let ids: Vec<String> = lock(&self.members).keys().cloned().collect();
         let unacked: HashMap<String, u64> = ids
             .into_iter()
@@ -659,7 +660,17 @@ impl Runtime {
                 })
                 .await;
             part.report_filtered(&self.metrics);
-            let batches = delivered?;
+            let batches = match delivered {
+                Ok(batches) => batches,
+                // A pattern queue's topic deleted since the parts were synced: the
+                // next sync drops its part; the other topics deliver on (a Receive
+                // is not failed for it).
+                Err(status) if status.code() == tonic::Code::NotFound && !self.gone() => {
+                    self.resync.store(true, Ordering::Release);
+                    continue;
+                }
+                Err(status) => return Err(status),
+            };
             again |= !batches.is_empty() || lock(&part.engine).behind();
             for (member, unseen) in self.dispatch(part, batches) {
                 self.release(&member, unseen).await;
@@ -1174,6 +1185,73 @@ mod tests {
         });
         assert_eq!(attempts, vec![0, 0], "no attempt used");
         assert_eq!(lock(&part.engine).counters.released, 2);
+    }
+
+    /// A pattern queue's topic deleted before the parts are synced again: a delivery
+    /// round (a Receive's last one too) passes over its part and delivers the other
+    /// topics' messages, instead of failing with NOT_FOUND naming an internal queue.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_round_passes_over_the_part_of_a_deleted_pattern_topic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), StoreOptions::default()).unwrap());
+        for name in ["m.a", "m.b"] {
+            store.create_topic(name, 1, TopicConfig::default()).unwrap();
+        }
+        admin::create_pattern_queue(
+            &*store,
+            "pq",
+            r"m\..*",
+            tidelog_storage::queue::StartAt::Earliest,
+            tidelog_storage::queue::QueueConfig::defaults_for("pq"),
+        )
+        .unwrap();
+        let manager = QueueManager::new(store.clone(), Arc::new(Metrics::new()), Shutdown::new());
+        let runtime = manager.runtime("pq").await.unwrap();
+        let parts = runtime.parts();
+        assert_eq!(parts.len(), 2, "both topics are served");
+        for name in ["m.a", "m.b"] {
+            store
+                .topic(name)
+                .unwrap()
+                .partition(0)
+                .unwrap()
+                .append_durable(&[NewRecord {
+                    value: Bytes::from(name.to_string()),
+                    ..NewRecord::default()
+                }])
+                .unwrap();
+        }
+        // m.a goes, with a message no member took, and its queue with it, while the
+        // runtime's parts still hold it (as within a sync: the queues are synced
+        // before the parts are).
+        store.delete_topic("m.a").unwrap();
+        admin::sync_pattern_queue(&*store, "pq").unwrap();
+        // A stream with room for two, so it still wants one after m.b's message,
+        // whichever round (this one or the driver's) delivers that: this round looks
+        // at both parts.
+        let (sink, mut got) = mpsc::unbounded_channel();
+        runtime.join("s", "s", 2, Sink::Stream(sink));
+        // The deleted topic's part (the first) has no config: the limits come from
+        // another, so the member still wants deliveries.
+        assert_eq!(runtime.wants(&parts).len(), 1, "the stream wants more");
+        runtime
+            .deliver_all(&parts)
+            .await
+            .expect("a round over a deleted topic's part");
+        let deliveries = tokio::time::timeout(Duration::from_secs(10), got.recv())
+            .await
+            .expect("delivered in time")
+            .expect("sent")
+            .expect("deliveries");
+        let Some(queue_consume_response::Event::Deliveries(deliveries)) = deliveries.event else {
+            panic!("deliveries expected: {deliveries:?}");
+        };
+        let deliveries = deliveries.deliveries;
+        assert_eq!(deliveries.len(), 1);
+        assert_eq!(
+            deliveries[0].message.as_ref().map(|m| m.value.as_ref()),
+            Some(&b"m.b"[..])
+        );
     }
 
     fn delivery(offset: u64, bytes: usize) -> QueueDelivery {

@@ -1068,6 +1068,10 @@ async fn overflow_rejects_new_or_dead_letters_old() {
         .map(|h| String::from_utf8(h.value.to_vec()).unwrap())
         .unwrap();
     assert!(reason.starts_with("overflow"), "{reason}");
+    assert!(
+        reason.ends_with("(queue_max_ready_messages 5, queue_max_ready_bytes off)"),
+        "the caps in the operator's terms: {reason}"
+    );
     let described = client
         .describe_queue(DescribeQueueRequest {
             name: "lossy-q".into(),

@@ -1055,11 +1055,12 @@ impl QueueEngine {
         if excess == 0 {
             return Ok(0);
         }
+        let cap = |max: Option<u64>| max.map_or_else(|| "off".to_string(), |m| m.to_string());
         let reason = format!(
-            "overflow: queue {:?} held {messages} ready messages ({bytes} bytes), over its topic's caps (queue_max_ready_messages {:?}, queue_max_ready_bytes {:?})",
+            "overflow: queue {:?} held {messages} ready messages ({bytes} bytes), over its topic's caps (queue_max_ready_messages {}, queue_max_ready_bytes {})",
             super::admin::public_name(&self.name),
-            config.queue_max_ready_messages,
-            config.queue_max_ready_bytes
+            cap(config.queue_max_ready_messages),
+            cap(config.queue_max_ready_bytes)
         );
         let dlq = dead_letter_topic(&*self.store, &queue.config.dead_letter_topic)?;
         let mut ops = Vec::new();
