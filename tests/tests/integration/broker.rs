@@ -979,12 +979,12 @@ async fn errors_have_precise_codes_and_actionable_messages() {
         )
         .await,
         Code::InvalidArgument,
-        "0..2",
+        "has 2 partitions (0-1); there is no partition 2",
     );
     expect(
         fetch(&broker, "errs", 5, 0).await,
         Code::InvalidArgument,
-        "0..2",
+        "has 2 partitions (0-1); there is no partition 5",
     );
     let mut bad_subscribe = broker.consumer().await;
     expect(
@@ -1001,7 +1001,7 @@ async fn errors_have_precise_codes_and_actionable_messages() {
         }
         .await,
         Code::InvalidArgument,
-        "0..2",
+        "has 2 partitions (0-1); there is no partition 9",
     );
     // Offsets out of range name both bounds.
     expect(fetch(&broker, "errs", 0, 5).await, Code::OutOfRange, "0..1");
