@@ -20,32 +20,13 @@ use tidelog_tests::TestBroker;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::support::create_queue;
+use crate::support::{create_queue, publish_values as publish};
 
 /// 1 MiB, the default max_message_bytes, less 64 bytes: what the hunt found stuck.
 const BIG_BYTES: usize = (1 << 20) - 64;
 
 async fn queues(broker: &TestBroker) -> QueuesClient<Channel> {
     QueuesClient::new(broker.channel().await).max_decoding_message_size(64 << 20)
-}
-
-async fn publish(broker: &TestBroker, topic: &str, values: Vec<Vec<u8>>) {
-    broker
-        .publisher()
-        .await
-        .publish(PublishRequest {
-            topic: topic.into(),
-            messages: values
-                .into_iter()
-                .map(|v| Message {
-                    value: v.into(),
-                    ..Default::default()
-                })
-                .collect(),
-            ack: AckLevel::Durable as i32,
-        })
-        .await
-        .expect("publish");
 }
 
 async fn receive(broker: &TestBroker, queue: &str, member: &str, max: u32) -> Vec<QueueDelivery> {

@@ -23,7 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use crate::auth::{Conn, allow, bootstrap_token, create_token, with_token};
-use crate::support::create_queue;
+use crate::support::{create_queue, publish_values as publish};
 
 /// Deliveries count once (max_deliveries 1) and a lease outlives the test's waits
 /// only where it says so.
@@ -39,25 +39,6 @@ fn one_attempt(ack_deadline_ms: u64) -> QueueConfig {
 
 fn queues_of(channel: Channel) -> QueuesClient<Channel> {
     QueuesClient::new(channel).max_decoding_message_size(64 << 20)
-}
-
-async fn publish(broker: &TestBroker, topic: &str, values: Vec<Vec<u8>>) {
-    broker
-        .publisher()
-        .await
-        .publish(PublishRequest {
-            topic: topic.into(),
-            messages: values
-                .into_iter()
-                .map(|v| Message {
-                    value: v.into(),
-                    ..Default::default()
-                })
-                .collect(),
-            ack: AckLevel::Durable as i32,
-        })
-        .await
-        .expect("publish");
 }
 
 async fn describe(broker: &TestBroker, queue: &str) -> QueueDescription {

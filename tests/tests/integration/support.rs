@@ -79,6 +79,26 @@ pub fn never() -> Option<FsyncPolicy> {
     })
 }
 
+/// Publishes one message a value to `topic`, durably (the broker picks partitions).
+pub async fn publish_values(broker: &TestBroker, topic: &str, values: Vec<Vec<u8>>) {
+    broker
+        .publisher()
+        .await
+        .publish(PublishRequest {
+            topic: topic.into(),
+            messages: values
+                .into_iter()
+                .map(|v| Message {
+                    value: v.into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ack: AckLevel::Durable as i32,
+        })
+        .await
+        .expect("publish");
+}
+
 /// Creates queue `name` on `topic`, from its earliest offset.
 pub async fn create_queue(broker: &TestBroker, name: &str, topic: &str, config: QueueConfig) {
     QueuesClient::new(broker.channel().await)
