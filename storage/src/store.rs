@@ -347,7 +347,7 @@ impl Store {
             )));
         }
         config.validate()?;
-        let _admin = self.inner.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let _admin = self.admin()?;
         if self.read_topics().contains_key(name) {
             return Err(Error::AlreadyExists {
                 what: format!("topic {name:?}"),
@@ -405,7 +405,7 @@ impl Store {
     /// Deletes a topic, its data, its committed offsets and its queues.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
         self.check_open()?;
-        let _admin = self.inner.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let _admin = self.admin()?;
         let topic = self
             .inner
             .topics
@@ -461,7 +461,7 @@ impl Store {
     pub fn alter_topic(&self, name: &str, config: TopicConfig) -> Result<Arc<Topic>> {
         self.check_open()?;
         config.validate()?;
-        let _admin = self.inner.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let _admin = self.admin()?;
         let topic = self.topic(name)?;
         fsutil::write_file_atomically(
             &*self.inner.context.fs,
@@ -492,7 +492,7 @@ impl Store {
     /// call removes them and starts again.
     pub fn create_partitions(&self, name: &str, count: u32) -> Result<Arc<Topic>> {
         self.check_open()?;
-        let _admin = self.inner.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let _admin = self.admin()?;
         let topic = self.topic(name)?;
         let current = topic.partitions.len() as u32;
         if count <= current {
@@ -584,6 +584,17 @@ impl Store {
         enforce_retention(&self.inner)
     }
 
+    /// The admin lock (topic creation, deletion, alteration, new partitions), once the
+    /// store is known open under it: [`Store::close`] marks the store closed under the
+    /// same lock, so a topic is either created before the close (and closed by it) or
+    /// refused, never created behind it with partitions nobody closes or flushes (an
+    /// append to one would wait for durability forever).
+    fn admin(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
+        let admin = self.inner.admin.lock().unwrap_or_else(|e| e.into_inner());
+        self.check_open()?;
+        Ok(admin)
+    }
+
     fn check_open(&self) -> Result<()> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
@@ -594,12 +605,17 @@ impl Store {
     /// Flushes every partition, writes their checkpoints and index files, and stops
     /// the background threads. A store closed this way reopens without scanning.
     pub fn close(&self) -> Result<()> {
-        if self.inner.closed.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
+        // Under the admin lock: no topic is being created meanwhile (see `admin`).
+        let topics = {
+            let _admin = self.inner.admin.lock().unwrap_or_else(|e| e.into_inner());
+            if self.inner.closed.swap(true, Ordering::AcqRel) {
+                return Ok(());
+            }
+            self.topics()
+        };
         self.stop_housekeeping();
         let mut first_error = None;
-        for topic in self.topics() {
+        for topic in topics {
             for partition in topic.partitions() {
                 if let Err(error) = partition.close() {
                     tracing::error!(partition = %format!("{}/{}", topic.name, partition.id()), %error, "closing partition failed");

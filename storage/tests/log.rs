@@ -961,3 +961,43 @@ fn damage_under_an_open_partition_is_reported_by_both_reads_never_served() {
     let read = partition.read(0, 1000, u64::MAX).unwrap();
     assert!(read.records.iter().all(|r| r.value == value(r.offset)));
 }
+
+/// A topic created while the store closes is either refused (`Closed`) or closed with
+/// the others: an append to it fails, never waits for a flush that will not come
+/// (the broker's shutdown once hung on a dead-letter topic created that way).
+#[test]
+fn a_topic_created_while_the_store_closes_is_refused_or_closed_with_it() {
+    for round in 0..200 {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), StoreOptions::default()).unwrap());
+        let creator = {
+            let store = store.clone();
+            std::thread::spawn(move || store.create_topic("late", 1, TopicConfig::default()))
+        };
+        // Races the creation.
+        store.close().unwrap();
+        match creator.join().unwrap() {
+            Err(Error::Closed) => {}
+            Ok(topic) => {
+                let partition = topic.partition(0).unwrap().clone();
+                let (done, appended) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    let _ = done.send(partition.append_durable(&records(0, 1)).is_err());
+                });
+                let refused = appended
+                    .recv_timeout(Duration::from_secs(10))
+                    .unwrap_or_else(|_| {
+                        panic!(
+                            "round {round}: an append to a topic created during close waits forever"
+                        )
+                    });
+                assert!(refused, "round {round}: an append after close succeeded");
+            }
+            Err(other) => panic!("round {round}: {other:?}"),
+        }
+        assert!(matches!(
+            store.create_topic("later", 1, TopicConfig::default()),
+            Err(Error::Closed)
+        ));
+    }
+}
