@@ -3,7 +3,10 @@
 //! by the input; every decoded operation applies to the queues' state machine without
 //! a panic (operations about queues, partitions or offsets that do not exist are
 //! no-ops), and one that re-encodes decodes back to itself. Every kind is reached,
-//! the release of a lease given back unseen (16) included (the seed has one).
+//! the release of a lease given back unseen (16) included (the seed `pattern` has
+//! one), and the counted take (17) and the ahead counts (18) (the seed `counts`):
+//! whatever they carry, each level's count of messages taken ahead stays within its
+//! cursor's lead on the slowest cursor, and the ready count never underflows.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -38,4 +41,14 @@ fuzz_target!(|data: &[u8]| {
         .map(|p| p.pending.len() as u64)
         .sum();
     assert_eq!(state.pending_total(), pending);
+    for part in state.iter().flat_map(|q| q.partitions.values()) {
+        assert_eq!(part.ahead.len(), part.cursors.len());
+        let slowest = part.slowest();
+        for (ahead, cursor) in part.ahead.iter().zip(&part.cursors) {
+            assert!(*ahead <= cursor - slowest);
+        }
+        let end = part.cursors.iter().copied().max().unwrap_or(0);
+        let (from, untaken) = part.untaken(0, end);
+        assert!(from <= end && untaken <= end - from);
+    }
 });

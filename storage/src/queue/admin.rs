@@ -464,8 +464,7 @@ pub fn delete_queue(store: &dyn QueueHost, name: &str) -> Result<()> {
 
 /// Settles everything queue `name` has not settled, up to each partition's end now.
 /// Returns how many messages that settled: those held, waiting or delayed, and those
-/// not taken yet (exact with one priority level; with several, messages a faster
-/// level already settled past the slowest cursor are counted too).
+/// not taken yet (by the rule of the ready count, `QueuePartition::untaken`).
 pub fn purge_queue(store: &dyn QueueHost, name: &str) -> Result<u64> {
     let mut purged = 0;
     for (_, queue) in serving_queues(store, name)? {
@@ -612,6 +611,9 @@ pub struct PartitionCounts {
     /// The offset from which nothing is taken yet (the slowest level's cursor, or the
     /// log's start if retention passed it).
     pub untaken_from: u64,
+    /// Messages not taken yet (from `untaken_from` to the end, less those faster
+    /// priority levels took there): part of `ready`.
+    pub untaken: u64,
     /// The earliest last delivery of a message held.
     pub oldest_delivery_ms: Option<i64>,
 }
@@ -624,20 +626,23 @@ pub fn partition_counts(
     end: u64,
     now_ms: i64,
 ) -> PartitionCounts {
-    let lowest_cursor = part.map_or(0, |p| p.cursors.iter().copied().min().unwrap_or(0));
-    let untaken_from = lowest_cursor.max(start).min(end);
+    // Not taken yet: from the slowest cursor to the end, less what faster levels took
+    // there (QueuePartition::untaken, the one rule).
+    let (untaken_from, untaken) = match part {
+        Some(part) => part.untaken(start, end),
+        None => {
+            let from = start.min(end);
+            (from, end - from)
+        }
+    };
     let mut counts = PartitionCounts {
         untaken_from,
+        untaken,
+        ready: untaken,
         ..PartitionCounts::default()
     };
-    // Pending at or past the slowest cursor were taken by a faster level: not in the
-    // untaken span's count.
-    let mut pending_ahead = 0;
     if let Some(part) = part {
-        for (offset, pending) in part.pending.iter() {
-            if offset >= untaken_from {
-                pending_ahead += 1;
-            }
+        for (_, pending) in part.pending.iter() {
             match &pending.hold {
                 Hold::Leased { .. } => {
                     counts.unacked += 1;
@@ -656,7 +661,6 @@ pub fn partition_counts(
             }
         }
     }
-    counts.ready += (end - untaken_from).saturating_sub(pending_ahead);
     counts
 }
 
@@ -672,8 +676,10 @@ pub struct OverCap {
 
 /// The ready backlog of queue `name` (a queue on one topic), on its `topic`, at
 /// `now_ms`: its ready messages ([`PartitionCounts::ready`], the one rule both caps
-/// and DescribeQueue use) and, about, their bytes of log (those of the span not taken
-/// yet; a message taken and due again is not counted in bytes). None for a queue that
+/// and DescribeQueue use) and, about, their bytes of log (the bytes of the span not
+/// taken yet, times the share of its messages not taken: a faster priority level's
+/// messages taken there are assumed the average size; a message taken and due again
+/// is not counted in bytes). None for a queue that
 /// is gone. Counted under the state's read lock, without copying the pending.
 pub fn backlog(
     store: &dyn QueueHost,
@@ -693,7 +699,7 @@ pub fn backlog(
         for &(id, start, end) in &logs {
             let counts = partition_counts(queue.partitions.get(&id), start, end, now_ms);
             ready += counts.ready;
-            untaken.push((id, counts.untaken_from));
+            untaken.push((id, counts.untaken_from, end, counts.untaken));
         }
         Some((ready, untaken))
     });
@@ -701,8 +707,15 @@ pub fn backlog(
         return Ok(None);
     };
     let mut bytes = 0;
-    for (id, from) in untaken {
-        bytes += topic.partition(id)?.bytes_from(from)?;
+    for (id, from, end, count) in untaken {
+        // The span's bytes, in the share of its messages not taken yet (those faster
+        // levels took are spread over it like the rest, about).
+        let span = topic.partition(id)?.bytes_from(from)?;
+        let messages = end.saturating_sub(from);
+        if messages > 0 {
+            bytes +=
+                (u128::from(span) * u128::from(count.min(messages)) / u128::from(messages)) as u64;
+        }
     }
     Ok(Some((messages, bytes)))
 }

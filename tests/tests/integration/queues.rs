@@ -1083,3 +1083,137 @@ async fn overflow_rejects_new_or_dead_letters_old() {
         .unwrap();
     assert_eq!(described.ready, 5);
 }
+
+/// A message of a higher priority level delivered and acked before the lower ones
+/// before it (out of offset order) is not ready any more: DescribeQueue counts 5 of
+/// 5 low + 1 high, after a kill -9 and restart too; and the caps count the same:
+/// with 4 low + 1 high under a cap of 5, the high one acked leaves room for one more
+/// publish (reject), and a dead-letter-oldest queue then holding 5 at its cap of 5
+/// dead-letters nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_acked_out_of_offset_order_is_not_ready_nor_over_the_caps() {
+    use tidelog_proto::v1::QueueOverflow;
+    let mut broker = TestBroker::start();
+    let two_levels = |cap: Option<u64>, overflow: QueueOverflow| TopicConfig {
+        priority_levels: 2,
+        queue_max_ready_messages: cap,
+        queue_overflow: overflow as i32,
+        ..TopicConfig::default()
+    };
+    broker
+        .create_topic("plain", 1, two_levels(None, QueueOverflow::Reject))
+        .await;
+    broker
+        .create_topic("strict", 1, two_levels(Some(5), QueueOverflow::Reject))
+        .await;
+    broker
+        .create_topic(
+            "lossy",
+            1,
+            two_levels(Some(5), QueueOverflow::DeadLetterOldest),
+        )
+        .await;
+    for topic in ["plain", "strict", "lossy"] {
+        create_queue(
+            &broker,
+            &format!("{topic}-q"),
+            topic,
+            QueueConfig::default(),
+        )
+        .await;
+    }
+    let mut publisher = broker.publisher().await;
+    let messages = |topic: &str, low: usize, high: usize| PublishRequest {
+        topic: topic.into(),
+        messages: (0..low)
+            .map(|i| Message {
+                value: format!("low-{i}").into_bytes().into(),
+                ..Default::default()
+            })
+            .chain((0..high).map(|_| Message {
+                value: "high".into(),
+                priority: 1,
+                ..Default::default()
+            }))
+            .collect(),
+        ack: AckLevel::Durable as i32,
+    };
+    let mut client = queues(&broker).await;
+    let ready = |client: &mut QueuesClient<Channel>, queue: &str| {
+        let mut client = client.clone();
+        let queue = queue.to_string();
+        async move {
+            client
+                .describe_queue(DescribeQueueRequest { name: queue })
+                .await
+                .unwrap()
+                .into_inner()
+                .queue
+                .unwrap()
+                .ready
+        }
+    };
+    for (topic, low) in [("plain", 5), ("strict", 4), ("lossy", 4)] {
+        publisher.publish(messages(topic, low, 1)).await.unwrap();
+        let queue = format!("{topic}-q");
+        let got = client
+            .receive(ReceiveRequest {
+                queue: queue.clone(),
+                member: "m".into(),
+                max_messages: 1,
+                max_wait_ms: 2_000,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .deliveries;
+        assert_eq!(value(&got[0]), "high", "{topic}: the high one first");
+        let outcomes = client
+            .settle(SettleRequest {
+                queue: queue.clone(),
+                settlements: got.iter().map(ack).collect(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .outcomes;
+        assert_eq!(outcomes[0].code, Code::Ok as i32, "{outcomes:?}");
+        assert_eq!(ready(&mut client, &queue).await, low as u64, "{topic}");
+    }
+    publisher
+        .publish(messages("strict", 1, 0))
+        .await
+        .expect("4 ready under a cap of 5: room for one more");
+    publisher.publish(messages("lossy", 1, 0)).await.unwrap();
+    assert_eq!(ready(&mut client, "strict-q").await, 5);
+    assert_eq!(ready(&mut client, "lossy-q").await, 5);
+    // The overflow pass runs after each publish: give it time to (wrongly) act.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        dead_letters(&broker, "lossy.dlq", 0).await.is_empty(),
+        "5 ready at a cap of 5: nothing dead-lettered"
+    );
+    assert_eq!(ready(&mut client, "lossy-q").await, 5);
+
+    // The counts are durable state: the same after a kill -9.
+    tokio::task::block_in_place(|| broker.kill9());
+    tokio::task::block_in_place(|| broker.restart());
+    let mut client = queues(&broker).await;
+    for (queue, expected) in [("plain-q", 5), ("strict-q", 5), ("lossy-q", 5)] {
+        assert_eq!(
+            ready(&mut client, queue).await,
+            expected,
+            "{queue} after a kill -9"
+        );
+    }
+    let mut publisher = broker.publisher().await;
+    let refused = publisher
+        .publish(messages("strict", 1, 0))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Code::ResourceExhausted,
+        "5 ready at a cap of 5"
+    );
+}

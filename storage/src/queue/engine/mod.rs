@@ -37,7 +37,7 @@ use std::sync::Arc;
 use super::admin::{DLQ_HEADERS_BYTES_MAX, dead_letter_record};
 use super::history::{HistoryEvent, HistorySubmitted, Outcome, QueueHistory};
 use super::state::{
-    Hold, Pending, PendingMap, Queue, QueueConfig, QueueOp, QueuePartition, Taken, truncate_utf8,
+    Hold, Pending, Queue, QueueConfig, QueueOp, QueuePartition, TakeCounts, Taken, truncate_utf8,
 };
 use crate::batch::Record;
 use crate::config::TopicConfig;
@@ -366,28 +366,7 @@ impl QueueEngine {
     fn queue(&self) -> Result<Queue> {
         self.store
             .queues()
-            .read(|q| {
-                q.get(&self.name).map(|queue| Queue {
-                    name: queue.name.clone(),
-                    topic: queue.topic.clone(),
-                    config: queue.config.clone(),
-                    levels: queue.levels,
-                    created_ms: queue.created_ms,
-                    partitions: queue
-                        .partitions
-                        .iter()
-                        .map(|(&id, part)| {
-                            (
-                                id,
-                                QueuePartition {
-                                    cursors: part.cursors.clone(),
-                                    pending: PendingMap::new(),
-                                },
-                            )
-                        })
-                        .collect(),
-                })
-            })
+            .read(|q| q.get(&self.name).map(Queue::without_pending))
             .ok_or_else(|| Error::not_found(format!("queue {:?}", self.name)))
     }
 
@@ -747,7 +726,7 @@ impl QueueEngine {
         size: &dyn Fn(&Record) -> u64,
     ) -> Result<Vec<(String, Vec<Delivery>)>> {
         self.behind = false;
-        let queue = self.queue()?;
+        let mut queue = self.queue()?;
         let filter = self.filter_of(&queue.config)?;
         let topic = self.store.topic(&queue.topic)?;
         let now = self.store.clock().now_ms();
@@ -837,17 +816,13 @@ impl QueueEngine {
                 }
                 let index = (self.next_partition + step) % count;
                 let partition = &partitions[index];
-                let cursor = queue
-                    .partitions
-                    .get(&partition.id())
-                    .and_then(|p| p.cursors.get(usize::from(level)).copied())
-                    .unwrap_or(0);
+                let mut passed = Passed::new(&queue, partition.id(), level);
+                let cursor = passed.from;
                 let (cursor_to, taken) = self.scan(
                     &queue,
                     filter.as_deref(),
                     partition,
-                    level,
-                    cursor,
+                    &mut passed,
                     now,
                     deadline,
                     (&mut turns, size),
@@ -862,6 +837,7 @@ impl QueueEngine {
                         cursor_to,
                         at_ms: now,
                         taken,
+                        counts: passed.into_counts(&mut queue, partition.id(), cursor_to),
                     });
                 }
             }
@@ -917,15 +893,15 @@ impl QueueEngine {
         queue: &Queue,
         filter: Option<&Filter>,
         partition: &Arc<Partition>,
-        level: u8,
-        cursor: u64,
+        passed: &mut Passed,
         now: i64,
         deadline: i64,
         (turns, size): (&mut Turns, &dyn Fn(&Record) -> u64),
         out: &mut BTreeMap<Arc<str>, Vec<Delivery>>,
     ) -> Result<(u64, Vec<Taken>)> {
         let id = partition.id();
-        let mut position = cursor;
+        let level = passed.level;
+        let mut position = passed.from;
         let log_start = partition.log_start();
         if position < log_start {
             // Retention deleted messages the queue had not taken: they are gone.
@@ -954,10 +930,13 @@ impl QueueEngine {
             let mut stopped_at = None;
             for record in read.records {
                 examined += 1;
-                if queue.level_of(record.priority) != level {
+                let record_level = queue.level_of(record.priority);
+                if record_level != level {
+                    passed.see(record.offset, record_level);
                     continue;
                 }
                 if self.filter_skips(filter, &record) {
+                    passed.see(record.offset, level);
                     continue;
                 }
                 if turns.current().is_none() {
@@ -967,6 +946,7 @@ impl QueueEngine {
                 let offset = record.offset;
                 match record.deliver_at_ms {
                     Some(due) if due > now => {
+                        passed.see(offset, level);
                         self.timers.insert((due, Timer::Due, id, offset));
                         taken.push(Taken {
                             offset,
@@ -979,6 +959,7 @@ impl QueueEngine {
                             stopped_at = Some(offset);
                             break;
                         };
+                        passed.see(offset, level);
                         self.timers.insert((deadline, Timer::Deadline, id, offset));
                         taken.push(Taken {
                             offset,
@@ -1030,7 +1011,7 @@ impl QueueEngine {
         if !config.dead_letters_over_caps() {
             return Ok(0);
         }
-        let queue = self.queue()?;
+        let mut queue = self.queue()?;
         let filter = self.filter_of(&queue.config)?;
         let Some((messages, bytes)) = super::admin::backlog(
             &*self.store,
@@ -1081,12 +1062,8 @@ impl QueueEngine {
                     break;
                 }
                 let id = partition.id();
-                let mut position = queue
-                    .partitions
-                    .get(&id)
-                    .and_then(|p| p.cursors.get(usize::from(level)).copied())
-                    .unwrap_or(0)
-                    .max(partition.log_start());
+                let mut passed = Passed::new(&queue, id, level);
+                let mut position = passed.from.max(partition.log_start());
                 let start = position;
                 let mut letters: Vec<Letter> = Vec::new();
                 while settled < excess && position < partition.end_offset() {
@@ -1098,7 +1075,9 @@ impl QueueEngine {
                             next = record.offset;
                             break;
                         }
-                        if queue.level_of(record.priority) != level {
+                        let record_level = queue.level_of(record.priority);
+                        passed.see(record.offset, record_level);
+                        if record_level != level {
                             continue;
                         }
                         if self.filter_skips(filter.as_deref(), &record) {
@@ -1141,8 +1120,11 @@ impl QueueEngine {
                     let written = self.append_letters(target, &letters, &mut room)?;
                     if let Some(stop) = written.stopped_at {
                         // Out of room for refused messages: the level's cursor stops at
-                        // the one that did not fit (the next pass starts there).
+                        // the one that did not fit (the next pass starts there), and
+                        // the counts are of the span before it (read again: rare).
                         position = stop;
+                        passed = Passed::new(&queue, id, level);
+                        count_span(&queue, partition, &mut passed, start, stop)?;
                     }
                     for (letter, outcome) in letters.into_iter().zip(written.outcomes) {
                         match outcome {
@@ -1171,6 +1153,7 @@ impl QueueEngine {
                         cursor_to: position,
                         at_ms: self.store.clock().now_ms(),
                         taken,
+                        counts: passed.into_counts(&mut queue, id, position),
                     });
                 }
             }
@@ -1264,6 +1247,122 @@ impl QueueEngine {
             reason,
         })
     }
+}
+
+/// What one level's scan of one partition passed (the messages behind its new cursor,
+/// counted by level), for the [`TakeCounts`] its take carries: they keep the state's
+/// count of each level's messages taken ahead of the slowest level
+/// ([`QueuePartition::ahead`]), so a queue's ready count is exact without reading the
+/// log ([`QueuePartition::untaken`]).
+#[derive(Debug)]
+struct Passed {
+    level: u8,
+    /// The level's cursor in the engine's view of the state: where the scan starts
+    /// (or at the log's start, if retention passed it).
+    from: u64,
+    /// Records below it move the slowest cursor if passed: the lowest of the other
+    /// levels' cursors when this level is the slowest, else `from` (none do).
+    cut: u64,
+    /// This level's records passed.
+    own: u64,
+    /// Per level, its records passed below `cut`.
+    below: Vec<u64>,
+    /// Whether the queue has levels to count (a single-level queue's count is 0).
+    counted: bool,
+}
+
+impl Passed {
+    /// Counts for a scan of `level` in `partition`, from its cursor in `queue` (the
+    /// engine's view, kept up to date with the takes of the same round).
+    fn new(queue: &Queue, partition: u32, level: u8) -> Passed {
+        let cursors = queue
+            .partitions
+            .get(&partition)
+            .map(|p| p.cursors.clone())
+            .unwrap_or_else(|| vec![0; usize::from(queue.levels.max(1))]);
+        let from = cursors.get(usize::from(level)).copied().unwrap_or(0);
+        let others = cursors
+            .iter()
+            .enumerate()
+            .filter(|&(k, _)| k != usize::from(level))
+            .map(|(_, &c)| c)
+            .min();
+        let slowest = others.is_none_or(|others| from <= others);
+        Passed {
+            level,
+            from,
+            cut: if slowest {
+                others.unwrap_or(u64::MAX)
+            } else {
+                from
+            },
+            own: 0,
+            below: vec![0; cursors.len()],
+            counted: queue.levels > 1,
+        }
+    }
+
+    /// The record at `offset`, of level `level`, is behind the scan's cursor now.
+    fn see(&mut self, offset: u64, level: u8) {
+        if level == self.level {
+            self.own += 1;
+        }
+        if offset < self.cut
+            && let Some(below) = self.below.get_mut(usize::from(level))
+        {
+            *below += 1;
+        }
+    }
+
+    /// The take's counts (None for a single-level queue), and the engine's view of
+    /// the state moved as the take moves it, for the next level's scan.
+    fn into_counts(self, queue: &mut Queue, partition: u32, cursor_to: u64) -> Option<TakeCounts> {
+        let levels = queue.levels.max(1);
+        let part = queue
+            .partitions
+            .entry(partition)
+            .or_insert_with(|| QueuePartition::new(levels, 0));
+        if let Some(cursor) = part.cursors.get_mut(usize::from(self.level)) {
+            *cursor = (*cursor).max(cursor_to);
+        }
+        if !self.counted {
+            return None;
+        }
+        let mut ahead: Vec<i64> = self.below.iter().map(|&b| -(b as i64)).collect();
+        if let Some(own) = ahead.get_mut(usize::from(self.level)) {
+            *own += self.own as i64;
+        }
+        Some(TakeCounts {
+            from: self.from,
+            ahead,
+        })
+    }
+}
+
+/// Counts into `passed` every record of `partition` from `from` to `to` (what a scan
+/// that stopped at `to` passed).
+fn count_span(
+    queue: &Queue,
+    partition: &Partition,
+    passed: &mut Passed,
+    from: u64,
+    to: u64,
+) -> Result<()> {
+    let mut position = from.max(partition.log_start());
+    while position < to {
+        let read = partition.read(position, SCAN_RECORDS_PER_ROUND, SCAN_READ_BYTES)?;
+        for record in &read.records {
+            if record.offset >= to {
+                return Ok(());
+            }
+            passed.see(record.offset, queue.level_of(record.priority));
+        }
+        if read.next_offset == read.end_offset || read.next_offset <= position {
+            break;
+        }
+        position = read.next_offset;
+    }
+    Ok(())
 }
 
 /// Messages whose overflow dead letter the dead-letter topic refused for good that a

@@ -22,11 +22,28 @@
 //! | 14 | create with a filter | the fields of 12, then `filter` str16 | as 12, for a queue whose config has a filter (12 has none) |
 //! | 15 | create on a pattern | `name` str16, `pattern` str16, config v2, `filter` str16 (empty = none), start, `created_ms` i64, `next_child` u32 | a queue on a topic pattern; its per-topic queues are created by kind 12 or 14 (named `__pq.<name>.<n>`, each raising `next_child` past its `n`; one for a topic that already has one is a no-op) |
 //! | 16 | release | `name`, `partition` u32, `offset` u64, `attempt` u32, `due_ms` i64 | a message leased at exactly `attempt` is given back unseen: `attempts - 1` (and, back at 0, its delivery times cleared), it waits until `due_ms`; else a no-op |
+//! | 17 | take (counted) | the fields of 4, then `from` u64, `n` u8 (at most 10), `n` x `delta` i64 | as 4; first, if the level's cursor is at `from`, each level's *ahead* count (see below) changes by its `delta` (saturating at 0) |
+//! | 18 | ahead | `name`, `partition` u32, `n` u8 (at most 10), `n` x `ahead` u64 | the partition's *ahead* counts are these (snapshots only) |
 //!
 //! Kind 16 is new with the release of unseen deliveries: this build reads every
 //! kind older builds wrote, and writes 16 only as a live record (a snapshot holds a
 //! released message as the `restore` of its pending state, never a 16). A build
 //! before it reads a live 16 as corruption (unknown kind), like 12 to 15 before it.
+//!
+//! Kinds 17 and 18 are new with the exact ready count of queues with several priority
+//! levels. Per partition and level the state keeps *ahead*: how many of the level's
+//! messages between the slowest level's cursor and its own cursor are taken (they are
+//! not ready, yet lie past the slowest cursor). The engine's scan of a level reads every
+//! message it passes and knows each one's level, so its take (17) carries the changes:
+//! the taking level gains its own messages passed (taken, delayed, skipped by the
+//! filter); if the taking level was the slowest, every level loses its messages below
+//! the new slowest cursor. After every take (4 or 17), purge (10) or ahead (18), each
+//! count is cut to its cursor's lead on the slowest cursor (so the slowest level's is 0).
+//! A take of 4 (a single-level queue, or a build before the counts) changes no count, so
+//! state written before them reads as it did then (counts 0: the pending messages past
+//! the slowest cursor are then all it subtracts). A snapshot writes an 18 after the
+//! queue's create for each partition with a count above 0. A build before them reads 17
+//! and 18 as corruption (unknown kind), like 16 before it.
 //!
 //! **config**: `ack_deadline_ms` u64, `max_deliveries` u32 (0 = unlimited),
 //! `backoff_initial_ms` u64, `backoff_max_ms` u64, `dead_letter_topic` str16,
@@ -53,7 +70,7 @@ use super::config::{
     HISTORY_ATTEMPTS_DEFAULT, HISTORY_RETENTION_MS_DEFAULT, MEMBER_BYTES_MAX, QueueConfig,
     REASON_BYTES_MAX, StartAt,
 };
-use super::model::{PatternQueue, QueueOp, Taken};
+use super::model::{PatternQueue, QueueOp, TakeCounts, Taken};
 use super::pending::{Hold, Pending};
 use crate::error::{Error, Result};
 use crate::limits::{
@@ -77,6 +94,8 @@ const KIND_ALTER_V2: u8 = 13;
 const KIND_CREATE_FILTERED: u8 = 14;
 const KIND_CREATE_PATTERN: u8 = 15;
 const KIND_RELEASE: u8 = 16;
+const KIND_TAKE_COUNTED: u8 = 17;
+const KIND_AHEAD: u8 = 18;
 
 const START_EARLIEST: u8 = 1;
 const START_LATEST: u8 = 2;
@@ -168,6 +187,17 @@ fn read_levels(r: &mut OpReader<'_>) -> Result<u8, DecodeError> {
     Ok(levels)
 }
 
+/// A count of per-level values (0 to [`PRIORITY_LEVELS_MAX`]).
+fn read_count_of_levels(r: &mut OpReader<'_>) -> Result<u8, DecodeError> {
+    let levels = r.u8("level count")?;
+    if levels > PRIORITY_LEVELS_MAX {
+        return Err(r.malformed(format!(
+            "{levels} per-level counts, over {PRIORITY_LEVELS_MAX}"
+        )));
+    }
+    Ok(levels)
+}
+
 fn read_level(r: &mut OpReader<'_>) -> Result<u8, DecodeError> {
     let level = r.u8("level")?;
     if level >= PRIORITY_LEVELS_MAX {
@@ -236,13 +266,32 @@ fn validate_op(op: &QueueOp) -> Result<()> {
             name_ok(name)
         }
         QueueOp::Take {
-            name, level, taken, ..
+            name,
+            level,
+            taken,
+            counts,
+            ..
         } => {
             name_ok(name)?;
             if *level >= PRIORITY_LEVELS_MAX {
                 return Err(Error::invalid(format!("level {level} is out of range")));
             }
+            if counts
+                .as_ref()
+                .is_some_and(|c| c.ahead.len() > usize::from(PRIORITY_LEVELS_MAX))
+            {
+                return Err(Error::invalid("a take counts more levels than a queue has"));
+            }
             taken.iter().try_for_each(|t| hold_ok(&t.hold))
+        }
+        QueueOp::Ahead { name, ahead, .. } => {
+            name_ok(name)?;
+            if ahead.len() > usize::from(PRIORITY_LEVELS_MAX) {
+                return Err(Error::invalid(
+                    "ahead counts for more levels than a queue has",
+                ));
+            }
+            Ok(())
         }
         QueueOp::Lease { name, member, .. } => {
             name_ok(name)?;
@@ -339,8 +388,12 @@ impl LogOp for QueueOp {
                 cursor_to,
                 at_ms,
                 taken,
+                counts,
             } => {
-                out.push(KIND_TAKE);
+                out.push(match counts {
+                    None => KIND_TAKE,
+                    Some(_) => KIND_TAKE_COUNTED,
+                });
                 put_str16(out, name);
                 put_u32(out, *partition);
                 out.push(*level);
@@ -350,6 +403,26 @@ impl LogOp for QueueOp {
                 for t in taken {
                     put_u64(out, t.offset);
                     put_hold(out, &t.hold);
+                }
+                if let Some(counts) = counts {
+                    put_u64(out, counts.from);
+                    out.push(counts.ahead.len() as u8);
+                    for delta in &counts.ahead {
+                        put_i64(out, *delta);
+                    }
+                }
+            }
+            QueueOp::Ahead {
+                name,
+                partition,
+                ahead,
+            } => {
+                out.push(KIND_AHEAD);
+                put_str16(out, name);
+                put_u32(out, *partition);
+                out.push(ahead.len() as u8);
+                for count in ahead {
+                    put_u64(out, *count);
                 }
             }
             QueueOp::Lease {
@@ -524,7 +597,7 @@ impl LogOp for QueueOp {
                     next_child: r.u32("next_child")?,
                 })
             }
-            KIND_TAKE => {
+            KIND_TAKE | KIND_TAKE_COUNTED => {
                 let name = read_name(r)?;
                 let partition = r.u32("partition")?;
                 let level = read_level(r)?;
@@ -539,6 +612,17 @@ impl LogOp for QueueOp {
                         hold: read_hold(r)?,
                     });
                 }
+                let counts = if kind == KIND_TAKE_COUNTED {
+                    let from = r.u64("from")?;
+                    let levels = read_count_of_levels(r)?;
+                    let mut ahead = Vec::with_capacity(usize::from(levels));
+                    for _ in 0..levels {
+                        ahead.push(r.i64("ahead delta")?);
+                    }
+                    Some(TakeCounts { from, ahead })
+                } else {
+                    None
+                };
                 QueueOp::Take {
                     name,
                     partition,
@@ -546,6 +630,21 @@ impl LogOp for QueueOp {
                     cursor_to,
                     at_ms,
                     taken,
+                    counts,
+                }
+            }
+            KIND_AHEAD => {
+                let name = read_name(r)?;
+                let partition = r.u32("partition")?;
+                let levels = read_count_of_levels(r)?;
+                let mut ahead = Vec::with_capacity(usize::from(levels));
+                for _ in 0..levels {
+                    ahead.push(r.u64("ahead")?);
+                }
+                QueueOp::Ahead {
+                    name,
+                    partition,
+                    ahead,
                 }
             }
             KIND_LEASE => QueueOp::Lease {
@@ -677,6 +776,7 @@ mod tests {
                 cursor_to: 9,
                 at_ms: 5,
                 taken: vec![leased(3, "member-1"), leased(8, "member-1")],
+                counts: None,
             },
             QueueOp::Release {
                 name: "__pq.all-orders.0".into(),
@@ -710,6 +810,103 @@ mod tests {
             assert_eq!(QueueOp::decode(&mut reader).unwrap(), op);
         }
         assert_eq!(reader.remaining(), 0);
+    }
+
+    /// The ops of the second fuzz seed: a queue with two levels, a counted take
+    /// (kind 17) and a partition's ahead counts (kind 18).
+    fn counts_seed_ops() -> Vec<QueueOp> {
+        use super::super::strategies::{create, leased};
+        vec![
+            create("urgent", 2, 1),
+            QueueOp::Take {
+                name: "urgent".into(),
+                partition: 0,
+                level: 1,
+                cursor_to: 6,
+                at_ms: 5,
+                taken: vec![leased(5, "member-1")],
+                counts: Some(TakeCounts {
+                    from: 0,
+                    ahead: vec![0, 1],
+                }),
+            },
+            QueueOp::Ahead {
+                name: "urgent".into(),
+                partition: 0,
+                ahead: vec![0, 1],
+            },
+        ]
+    }
+
+    /// The fuzz target's seed fuzz/corpus/queue_state/counts is the ops above back to
+    /// back, so the fuzzer starts from the accepting paths of kinds 17 and 18.
+    #[test]
+    fn the_counts_fuzz_seed_decodes() {
+        let mut expected = Vec::new();
+        for op in counts_seed_ops() {
+            op.encode(&mut expected).unwrap();
+        }
+        assert_eq!(expected[0], KIND_CREATE_V2);
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fuzz/corpus/queue_state/counts"
+        );
+        if std::env::var_os("TIDELOG_WRITE_SEEDS").is_some() {
+            std::fs::write(path, &expected).unwrap();
+        }
+        let seed = std::fs::read(path).unwrap();
+        assert_eq!(seed, expected);
+        let mut reader = OpReader::new(&seed);
+        for op in counts_seed_ops() {
+            assert_eq!(QueueOp::decode(&mut reader).unwrap(), op);
+        }
+        assert_eq!(reader.remaining(), 0);
+    }
+
+    /// A take written before the counts existed (kind 4) reads with none, and a
+    /// counted take of more levels than any queue has is refused.
+    #[test]
+    fn takes_without_counts_read_as_before_and_counts_are_bounded() {
+        let take = QueueOp::Take {
+            name: "q".into(),
+            partition: 0,
+            level: 0,
+            cursor_to: 3,
+            at_ms: 1,
+            taken: Vec::new(),
+            counts: None,
+        };
+        let mut bytes = Vec::new();
+        take.encode(&mut bytes).unwrap();
+        assert_eq!(bytes[0], KIND_TAKE);
+        assert_eq!(round_trip(&take), take);
+        let mut counted = Vec::new();
+        QueueOp::Take {
+            name: "q".into(),
+            partition: 0,
+            level: 0,
+            cursor_to: 3,
+            at_ms: 1,
+            taken: Vec::new(),
+            counts: Some(TakeCounts {
+                from: 0,
+                ahead: vec![1; 10],
+            }),
+        }
+        .encode(&mut counted)
+        .unwrap();
+        assert_eq!(counted[0], KIND_TAKE_COUNTED);
+        // The level count is the byte after `from`, 9 bytes before the 10 deltas.
+        let at = counted.len() - 10 * 8 - 1;
+        assert_eq!(counted[at], 10);
+        counted[at] = 11;
+        assert!(QueueOp::decode(&mut OpReader::new(&counted)).is_err());
+        let too_many = QueueOp::Ahead {
+            name: "q".into(),
+            partition: 0,
+            ahead: vec![0; 11],
+        };
+        assert!(too_many.encode(&mut Vec::new()).is_err());
     }
 
     proptest! {

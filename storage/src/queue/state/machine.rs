@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::config::{QueueConfig, pattern_child_parent};
 use super::model::{PatternQueue, Queue, QueueOp, QueuePartition};
-use super::pending::{Hold, Pending, PendingMap};
+use super::pending::{Hold, Pending};
 use crate::error::Result;
 use crate::statelog::{SnapshotWriter, StateMachine};
 
@@ -111,15 +111,7 @@ impl StateMachine for Queues {
                 }
                 let partitions = cursors
                     .into_iter()
-                    .map(|(partition, cursors)| {
-                        (
-                            partition,
-                            QueuePartition {
-                                cursors,
-                                pending: PendingMap::new(),
-                            },
-                        )
-                    })
+                    .map(|(partition, cursors)| (partition, QueuePartition::at(cursors)))
                     .collect();
                 self.queues.insert(
                     name.clone(),
@@ -188,6 +180,7 @@ impl StateMachine for Queues {
                 cursor_to,
                 at_ms,
                 taken,
+                counts,
             } => {
                 let Some(queue) = self.queues.get_mut(&name) else {
                     return 0;
@@ -196,8 +189,12 @@ impl StateMachine for Queues {
                     return 0;
                 }
                 let part = queue.partition(partition);
+                if let Some(counts) = &counts {
+                    part.apply_counts(level, counts);
+                }
                 let cursor = &mut part.cursors[usize::from(level)];
                 *cursor = (*cursor).max(cursor_to);
+                part.normalize_ahead();
                 let mut changed = 0;
                 for t in taken {
                     let (attempts, first, last) = match t.hold {
@@ -333,21 +330,20 @@ impl StateMachine for Queues {
                     return 0;
                 };
                 // Messages settled: the pending ones below the end, and those not taken
-                // yet (from the slowest cursor to the end, less the pending there,
-                // taken by a faster level; exact with one level).
+                // yet (from the slowest cursor to the end, less those faster levels
+                // took: QueuePartition::untaken).
                 let mut purged = 0;
                 for (partition, end) in ends {
                     let part = queue.partition(partition);
-                    let lowest = part.cursors.iter().copied().min().unwrap_or(end);
-                    let untaken = if lowest < end {
-                        (end - lowest)
-                            .saturating_sub(part.pending.range(lowest..end).count() as u64)
+                    let untaken = if part.slowest() < end {
+                        part.untaken(0, end).1
                     } else {
                         0
                     };
                     for cursor in &mut part.cursors {
                         *cursor = (*cursor).max(end);
                     }
+                    part.normalize_ahead();
                     let below = part.pending.remove_range(..end);
                     *total -= below;
                     purged += below + untaken;
@@ -385,6 +381,19 @@ impl StateMachine for Queues {
                     })
                     .unwrap_or(0)
             }
+            QueueOp::Ahead {
+                name,
+                partition,
+                ahead,
+            } => {
+                let Some(queue) = self.queues.get_mut(&name) else {
+                    return 0;
+                };
+                let part = queue.partition(partition);
+                part.ahead = ahead;
+                part.normalize_ahead();
+                1
+            }
             QueueOp::Restore {
                 name,
                 partition,
@@ -419,6 +428,13 @@ impl StateMachine for Queues {
                     .collect(),
             })?;
             for (partition, part) in &queue.partitions {
+                if part.ahead.iter().any(|&a| a > 0) {
+                    out.push(&QueueOp::Ahead {
+                        name: queue.name.clone(),
+                        partition: *partition,
+                        ahead: part.ahead.clone(),
+                    })?;
+                }
                 for (offset, pending) in part.pending.iter() {
                     out.push(&QueueOp::Restore {
                         name: queue.name.clone(),
@@ -457,6 +473,7 @@ mod tests {
             cursor_to: 5,
             at_ms: 10,
             taken: vec![leased(2, "m1"), leased(4, "m1")],
+            counts: None,
         });
         let queue = state.get("q").unwrap();
         assert_eq!(
@@ -520,6 +537,7 @@ mod tests {
             cursor_to: 2,
             at_ms: 10,
             taken: vec![leased(0, "m1"), leased(1, "m1")],
+            counts: None,
         });
         let release = |offset, attempt| QueueOp::Release {
             name: "q".into(),
@@ -665,6 +683,7 @@ mod tests {
             cursor_to: 8,
             at_ms: 1,
             taken: vec![leased(7, "m")],
+            counts: None,
         });
         // Offsets 0-9: the one held and the nine not taken by the slowest level.
         let purged = state.apply(QueueOp::Purge {
@@ -676,6 +695,56 @@ mod tests {
         assert_eq!(part.cursors, vec![10, 10, 10]);
         assert_eq!(part.settled_below(), 10);
         assert_eq!(state.pending_total(), 0);
+    }
+
+    /// The counts of messages taken ahead of the slowest level: a counted take adds
+    /// them, the slowest level's take passing them takes them off, a take whose scan
+    /// started elsewhere (a purge came first) is not counted, and a purge to the end
+    /// leaves none.
+    #[test]
+    fn taken_ahead_counts_follow_the_takes() {
+        use super::super::model::TakeCounts;
+        let take = |level: u8, from: u64, to: u64, ahead: Vec<i64>| QueueOp::Take {
+            name: "q".into(),
+            partition: 0,
+            level,
+            cursor_to: to,
+            at_ms: 1,
+            taken: Vec::new(),
+            counts: Some(TakeCounts { from, ahead }),
+        };
+        let untaken =
+            |state: &Queues, end: u64| state.get("q").unwrap().partitions[&0].untaken(0, end).1;
+        let mut state = Queues::default();
+        state.apply(create("q", 2, 1));
+        // Offsets 0-4 level 0, 5 level 1: level 1 takes 5 (one of its own passed).
+        state.apply(take(1, 0, 6, vec![0, 1]));
+        assert_eq!(state.get("q").unwrap().partitions[&0].ahead, vec![0, 1]);
+        assert_eq!(untaken(&state, 6), 5);
+        // A stale take (its scan started at 3, the cursor is at 0): not counted.
+        state.apply(take(0, 3, 4, vec![1, -1]));
+        assert_eq!(state.get("q").unwrap().partitions[&0].ahead, vec![0, 1]);
+        // Its cursor still moved (as a kind 4 take's does); level 1's count (offset 5)
+        // is still within its lead.
+        let part = &state.get("q").unwrap().partitions[&0];
+        assert_eq!(part.cursors, vec![4, 6]);
+        // Level 0 passes 4 and 5 (5 is level 1's): the slowest cursor reaches 6.
+        state.apply(take(0, 4, 6, vec![0, -1]));
+        let part = &state.get("q").unwrap().partitions[&0];
+        assert_eq!(
+            (part.ahead.clone(), part.cursors.clone()),
+            (vec![0, 0], vec![6, 6])
+        );
+        assert_eq!(untaken(&state, 9), 3);
+        // Level 1 runs ahead again, then a purge to the end settles everything.
+        state.apply(take(1, 6, 9, vec![0, 2]));
+        assert_eq!(untaken(&state, 9), 1);
+        state.apply(QueueOp::Purge {
+            name: "q".into(),
+            ends: vec![(0, 9)],
+        });
+        assert_eq!(state.get("q").unwrap().partitions[&0].ahead, vec![0, 0]);
+        assert_eq!(untaken(&state, 9), 0);
     }
 
     proptest! {

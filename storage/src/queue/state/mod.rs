@@ -56,5 +56,5 @@ pub use config::{
     truncate_utf8, validate_new_queue_name, validate_queue_name,
 };
 pub use machine::Queues;
-pub use model::{PatternQueue, Queue, QueueOp, QueuePartition, Taken};
+pub use model::{PatternQueue, Queue, QueueOp, QueuePartition, TakeCounts, Taken};
 pub use pending::{Hold, Pending, PendingMap};

@@ -13,16 +13,89 @@ use super::pending::{Hold, Pending, PendingMap};
 pub struct QueuePartition {
     /// Per level: every message of that level below it is taken.
     pub cursors: Vec<u64>,
+    /// Per level: how many of that level's messages lie between the slowest cursor and
+    /// its own, all taken ("taken ahead" of the slowest level: pending, or settled).
+    /// So the messages not taken yet are `(end - slowest) - sum(ahead)` without reading
+    /// the log ([`QueuePartition::untaken`]). Kept by the counts each
+    /// [`QueueOp::Take`] carries ([`TakeCounts`]); 0 for the slowest level; never more
+    /// than its cursor's lead ([`QueuePartition::normalize_ahead`]). All 0 in state
+    /// written before the counts existed, which then counts as it did before.
+    pub ahead: Vec<u64>,
     /// Taken and not settled, by offset.
     pub pending: PendingMap,
 }
 
 impl QueuePartition {
-    pub(super) fn new(levels: u8, start: u64) -> Self {
+    /// A partition with every one of `levels` cursors at `start`, nothing taken.
+    pub fn new(levels: u8, start: u64) -> Self {
+        let levels = usize::from(levels.max(1));
         QueuePartition {
-            cursors: vec![start; usize::from(levels.max(1))],
+            cursors: vec![start; levels],
+            ahead: vec![0; levels],
             pending: PendingMap::new(),
         }
+    }
+
+    /// A partition at `cursors`, nothing taken ahead and nothing pending.
+    pub(super) fn at(cursors: Vec<u64>) -> Self {
+        QueuePartition {
+            ahead: vec![0; cursors.len()],
+            cursors,
+            pending: PendingMap::new(),
+        }
+    }
+
+    /// The slowest level's cursor: every message below it is taken.
+    pub fn slowest(&self) -> u64 {
+        self.cursors.iter().copied().min().unwrap_or(0)
+    }
+
+    /// Keeps [`QueuePartition::ahead`] within what it can be: one count per level, none
+    /// over its cursor's lead on the slowest (so the slowest level's is 0). Run after
+    /// every change of the cursors or the counts: a count that drifted (a message that
+    /// expired, or that retention removed, between a faster level's scan and the
+    /// slowest's) is put right at the latest when the slowest level catches up.
+    pub(super) fn normalize_ahead(&mut self) {
+        let slowest = self.slowest();
+        self.ahead.resize(self.cursors.len(), 0);
+        for (ahead, cursor) in self.ahead.iter_mut().zip(&self.cursors) {
+            *ahead = (*ahead).min(cursor.saturating_sub(slowest));
+        }
+    }
+
+    /// Applies the counts of a take by `level` whose scan started at `from` (see
+    /// [`TakeCounts`]), if that is where the level's cursor is now (else the scan saw
+    /// another state, e.g. a purge came first, and its counts are dropped; the cursor
+    /// still moves and [`QueuePartition::normalize_ahead`] keeps the counts in
+    /// bounds). Call before moving the cursor.
+    pub(super) fn apply_counts(&mut self, level: u8, counts: &TakeCounts) {
+        if self.cursors.get(usize::from(level)) != Some(&counts.from) {
+            return;
+        }
+        self.ahead.resize(self.cursors.len(), 0);
+        for (ahead, delta) in self.ahead.iter_mut().zip(&counts.ahead) {
+            *ahead = ahead.saturating_add_signed(*delta);
+        }
+    }
+
+    /// (where the span not taken yet starts, how many messages in it are not taken)
+    /// on a log holding `start..end`: the span starts at the slowest cursor (or the
+    /// log's start, if retention passed it) and holds every message from there to
+    /// `end`, less those faster levels took ahead ([`QueuePartition::ahead`], each
+    /// within its level's span still in the log; at least the pending ones there, as
+    /// state written before the counts existed has none). The one rule of what is not
+    /// taken yet, which DescribeQueue's ready count, the backpressure caps and a
+    /// purge's count use.
+    pub fn untaken(&self, start: u64, end: u64) -> (u64, u64) {
+        let from = self.slowest().max(start).min(end);
+        let ahead: u64 = self
+            .ahead
+            .iter()
+            .zip(&self.cursors)
+            .map(|(ahead, cursor)| (*ahead).min(cursor.min(&end).saturating_sub(from)))
+            .sum();
+        let pending = self.pending.range(from..end).count() as u64;
+        (from, (end - from).saturating_sub(ahead.max(pending)))
     }
 
     /// Every offset below it is settled.
@@ -69,6 +142,7 @@ impl Queue {
                         id,
                         QueuePartition {
                             cursors: part.cursors.clone(),
+                            ahead: part.ahead.clone(),
                             pending: PendingMap::new(),
                         },
                     )
@@ -126,6 +200,20 @@ pub struct Taken {
     pub hold: Hold,
 }
 
+/// What a level's scan passed, carried by its [`QueueOp::Take`] so the state keeps
+/// [`QueuePartition::ahead`] exact (a take without it leaves the counts as they
+/// were, which is how state written before them reads).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TakeCounts {
+    /// The level's cursor when its scan started: the counts apply only if it is still
+    /// there.
+    pub from: u64,
+    /// Per level, the change of its count: the taking level gains its own messages it
+    /// passed (taken, delayed, or skipped by the filter); when the taking level was
+    /// the slowest, every level loses its messages below the new slowest cursor.
+    pub ahead: Vec<i64>,
+}
+
 /// A change to the queues' state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueueOp {
@@ -156,6 +244,15 @@ pub enum QueueOp {
         cursor_to: u64,
         at_ms: i64,
         taken: Vec<Taken>,
+        /// None: a take of a single-level queue (nothing is ahead), or one written
+        /// before the counts existed.
+        counts: Option<TakeCounts>,
+    },
+    /// A partition's [`QueuePartition::ahead`] counts as they were (snapshots only).
+    Ahead {
+        name: String,
+        partition: u32,
+        ahead: Vec<u64>,
     },
     Lease {
         name: String,

@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 
 use super::config::{QueueConfig, StartAt};
-use super::model::{PatternQueue, QueueOp, Taken};
+use super::model::{PatternQueue, QueueOp, TakeCounts, Taken};
 use super::pending::Hold;
 use crate::statelog::{LogOp, OpReader};
 
@@ -106,19 +106,30 @@ pub(super) fn arb_op() -> impl Strategy<Value = QueueOp> {
             0u32..3,
             0u8..3,
             0u64..50,
-            prop::collection::vec((0u64..50, arb_hold()), 0..5)
+            prop::collection::vec((0u64..50, arb_hold()), 0..5),
+            prop::option::of((0u64..50, prop::collection::vec(-20i64..20, 0..4)))
         )
-            .prop_map(|(n, partition, level, cursor_to, taken)| QueueOp::Take {
+            .prop_map(
+                |(n, partition, level, cursor_to, taken, counts)| QueueOp::Take {
+                    name: n,
+                    partition,
+                    level,
+                    cursor_to,
+                    at_ms: 5,
+                    taken: taken
+                        .into_iter()
+                        .map(|(offset, hold)| Taken { offset, hold })
+                        .collect(),
+                    counts: counts.map(|(from, ahead)| TakeCounts { from, ahead }),
+                }
+            ),
+        (name(), 0u32..3, prop::collection::vec(0u64..50, 0..4)).prop_map(
+            |(n, partition, ahead)| QueueOp::Ahead {
                 name: n,
                 partition,
-                level,
-                cursor_to,
-                at_ms: 5,
-                taken: taken
-                    .into_iter()
-                    .map(|(offset, hold)| Taken { offset, hold })
-                    .collect(),
-            }),
+                ahead
+            }
+        ),
         (name(), 0u32..3, 0u64..50, "[a-z]{0,8}").prop_map(|(n, partition, offset, member)| {
             QueueOp::Lease {
                 name: n,

@@ -1,0 +1,532 @@
+//! The ready count of a queue with several priority levels: a message a faster level
+//! took (delivered, acked, nacked, delayed or skipped by the filter) is never counted
+//! as ready again, whatever the order of settlements, across restarts (replay) and
+//! compactions (snapshot), after power cuts, a failed fsync and a full disk. Checked
+//! against a brute-force count over the log (`TIDELOG_QUEUE_SEEDS=N` runs more
+//! seeds), and through the backpressure caps that use the same count.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tidelog_storage::fs::{CrashOptions, FaultyFs, SyncFault};
+use tidelog_storage::queue::admin;
+use tidelog_storage::queue::{
+    Hold, QueueConfig, QueueEngine, SettleAction, SettleOutcome, SettleRequest, StartAt,
+};
+use tidelog_storage::rng::SeededRng as Rng;
+use tidelog_storage::{
+    Clock, FsyncPolicy, Header, ManualClock, NewRecord, QueueOverflow, Store, StoreOptions,
+    TopicConfig,
+};
+
+const START_MS: i64 = 1_700_000_000_000;
+
+fn open(fs: &FaultyFs, data: &Path, clock: &Arc<ManualClock>) -> Arc<Store> {
+    Arc::new(
+        Store::open(
+            data,
+            StoreOptions {
+                clock: clock.clone(),
+                flush_threads: 1,
+                retention_interval: None,
+                flush_observer: None,
+                fs: Arc::new(fs.clone()),
+                ..StoreOptions::default()
+            },
+        )
+        .expect("opening the store"),
+    )
+}
+
+fn plain(dir: &Path, clock: &Arc<ManualClock>) -> Arc<Store> {
+    Arc::new(
+        Store::open(
+            dir,
+            StoreOptions {
+                clock: clock.clone(),
+                flush_threads: 1,
+                retention_interval: None,
+                flush_observer: None,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap(),
+    )
+}
+
+fn topic_config(levels: u8, cap: Option<u64>, overflow: QueueOverflow) -> TopicConfig {
+    TopicConfig {
+        priority_levels: levels,
+        queue_max_ready_messages: cap,
+        queue_overflow: overflow,
+        fsync: FsyncPolicy::Never,
+        ..TopicConfig::default()
+    }
+}
+
+/// A 2-level topic whose appends are durable before they are visible (the crash
+/// tests: a power cut takes back no message).
+fn durable_topic() -> TopicConfig {
+    TopicConfig {
+        priority_levels: 2,
+        ..TopicConfig::default()
+    }
+}
+
+fn message(priority: u8) -> NewRecord {
+    NewRecord {
+        value: Bytes::from(format!("p{priority}")),
+        priority,
+        ..NewRecord::default()
+    }
+}
+
+fn ack(offset: u64) -> SettleRequest {
+    SettleRequest {
+        partition: 0,
+        offset,
+        attempt: 0,
+        action: SettleAction::Ack { through: None },
+    }
+}
+
+/// The repro: 5 low messages, then 1 high; the high one is delivered first and acked
+/// (out of offset order): 5 ready, not 6.
+fn high_acked_after_five_low(store: &Arc<Store>) -> QueueEngine {
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    admin::create_queue(
+        &**store,
+        "work",
+        "jobs",
+        StartAt::Earliest,
+        QueueConfig::defaults_for("jobs"),
+    )
+    .unwrap();
+    for _ in 0..5 {
+        partition.append_durable(&[message(0)]).unwrap();
+    }
+    partition.append_durable(&[message(1)]).unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    let delivered = engine.deliver(&[("m".into(), 1)]).unwrap();
+    assert_eq!(delivered[0].1[0].record.offset, 5, "the high one first");
+    assert_eq!(
+        engine.settle(Some("m"), &[ack(5)]).unwrap(),
+        vec![SettleOutcome::Ok { settled: 1 }]
+    );
+    engine
+}
+
+#[test]
+fn a_message_acked_out_of_offset_order_is_not_ready_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = plain(dir.path(), &clock);
+    store
+        .create_topic("jobs", 1, topic_config(2, None, QueueOverflow::Reject))
+        .unwrap();
+    let engine = high_acked_after_five_low(&store);
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!((status.ready, status.unacked), (5, 0), "{status:?}");
+    drop(engine);
+    // Replay, then a snapshot: the same.
+    drop(store);
+    let store = plain(dir.path(), &clock);
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!(status.ready, 5, "after a replay");
+    store.queues().compact().unwrap();
+    drop(store);
+    let store = plain(dir.path(), &clock);
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!(status.ready, 5, "after a snapshot");
+}
+
+#[test]
+fn the_reject_cap_has_room_for_what_was_acked_out_of_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = plain(dir.path(), &clock);
+    store
+        .create_topic("jobs", 1, topic_config(2, Some(5), QueueOverflow::Reject))
+        .unwrap();
+    let engine = high_acked_after_five_low(&store);
+    let topic = store.topic("jobs").unwrap();
+    // 5 ready at a cap of 5: full, but not over.
+    let over = admin::over_caps(&*store, &topic, 1, 2).unwrap().unwrap();
+    assert_eq!(over.ready_messages, 5, "{over:?}");
+    drop(engine);
+    // One low message delivered and acked: room for exactly one.
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    let delivered = engine.deliver(&[("m".into(), 1)]).unwrap();
+    assert_eq!(delivered[0].1[0].record.offset, 0);
+    engine.settle(Some("m"), &[ack(0)]).unwrap();
+    assert_eq!(admin::over_caps(&*store, &topic, 1, 2).unwrap(), None);
+    assert!(admin::over_caps(&*store, &topic, 2, 4).unwrap().is_some());
+}
+
+#[test]
+fn the_dead_letter_oldest_cap_drops_nothing_under_its_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = plain(dir.path(), &clock);
+    store
+        .create_topic(
+            "jobs",
+            1,
+            topic_config(2, Some(5), QueueOverflow::DeadLetterOldest),
+        )
+        .unwrap();
+    let mut engine = high_acked_after_five_low(&store);
+    assert_eq!(engine.enforce_caps().unwrap(), 0, "5 ready at a cap of 5");
+    assert!(store.topic("jobs.dlq").is_err(), "no dead letter written");
+    // Two more: 7 ready, the two oldest low ones go.
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    partition.append_durable(&[message(0), message(0)]).unwrap();
+    assert_eq!(engine.enforce_caps().unwrap(), 2);
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!(status.ready, 5, "{status:?}");
+    // The overflow pass moved the slowest cursor past the high one's offset: still 5.
+    let cursors = store
+        .queues()
+        .read(|q| q.get("work").unwrap().partitions[&0].cursors.clone());
+    assert_eq!(cursors, vec![2, 6]);
+}
+
+/// The brute-force ready count of queue `work` on partition 0: every message of the
+/// log its level's cursor has not passed, plus the pending ones due now.
+fn brute_force_ready(store: &Store, now: i64) -> u64 {
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    let (cursors, levels, due) = store.queues().read(|q| {
+        let queue = q.get("work").unwrap();
+        let part = queue.partitions.get(&0);
+        let due = part.map_or(0, |p| {
+            p.pending
+                .iter()
+                .filter(|(_, pending)| match pending.hold {
+                    Hold::Leased { .. } => false,
+                    Hold::Waiting { due_ms } | Hold::Delayed { due_ms } => due_ms <= now,
+                })
+                .count() as u64
+        });
+        (
+            part.map(|p| p.cursors.clone())
+                .unwrap_or_else(|| vec![0; usize::from(queue.levels)]),
+            queue.levels,
+            due,
+        )
+    });
+    let mut untaken = 0;
+    let mut position = partition.log_start();
+    while position < partition.end_offset() {
+        let read = partition.read(position, 1000, u64::MAX).unwrap();
+        for record in &read.records {
+            let level = usize::from(record.priority.min(levels - 1));
+            if record.offset >= cursors[level] {
+                untaken += 1;
+            }
+        }
+        position = read.next_offset;
+    }
+    untaken + due
+}
+
+/// One random run: publishes of random priorities (some delayed, some the filter
+/// skips), deliveries of random sizes, acks, nacks and terms of random held messages
+/// in random order, ticks, restarts, compactions, and overflow passes; after every
+/// step the ready count equals the brute-force count.
+fn run(seed: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let mut rng = Rng::new(seed);
+    let levels = 2 + rng.below(3) as u8;
+    let filtered = rng.below(2) == 0;
+    let cap = (rng.below(3) == 0).then(|| 10 + rng.below(20));
+    let mut store = plain(dir.path(), &clock);
+    store
+        .create_topic(
+            "jobs",
+            1,
+            topic_config(levels, cap, QueueOverflow::DeadLetterOldest),
+        )
+        .unwrap();
+    let config = QueueConfig {
+        ack_deadline_ms: 1_000,
+        max_deliveries: 3,
+        backoff_initial_ms: 10,
+        backoff_max_ms: 40,
+        filter: filtered.then(|| r#"header.kind != "skip""#.to_string()),
+        ..QueueConfig::defaults_for("jobs")
+    };
+    admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, config).unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    let members = ["a", "b"];
+    for m in members {
+        engine.member_joined(m);
+    }
+    let mut held: Vec<(String, u64)> = Vec::new();
+    for step in 0..300 {
+        let now = clock.now_ms();
+        match rng.below(100) {
+            0..=29 => {
+                let count = 1 + rng.below(4);
+                let records: Vec<NewRecord> = (0..count)
+                    .map(|_| {
+                        let mut record = message(rng.below(u64::from(levels)) as u8);
+                        if rng.below(8) == 0 {
+                            record.deliver_at_ms = Some(now + 1 + rng.below(50) as i64);
+                        }
+                        if rng.below(5) == 0 {
+                            record.headers.push(Header {
+                                key: "kind".into(),
+                                value: Bytes::from_static(b"skip"),
+                            });
+                        }
+                        record
+                    })
+                    .collect();
+                let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+                partition.append_durable(&records).unwrap();
+            }
+            30..=54 => {
+                let member = members[rng.below(2) as usize];
+                let want = 1 + rng.below(4) as u32;
+                for (m, deliveries) in engine.deliver(&[(member.to_string(), want)]).unwrap() {
+                    held.extend(deliveries.iter().map(|d| (m.clone(), d.record.offset)));
+                }
+            }
+            55..=79 if !held.is_empty() => {
+                let (member, offset) = held.swap_remove(rng.below(held.len() as u64) as usize);
+                let action = match rng.below(6) {
+                    0 => SettleAction::Nack {
+                        delay_ms: Some(rng.below(30)),
+                        reason: "again".into(),
+                    },
+                    1 => SettleAction::Term {
+                        reason: "no".into(),
+                    },
+                    _ => SettleAction::Ack { through: None },
+                };
+                let request = SettleRequest {
+                    action,
+                    ..ack(offset)
+                };
+                engine.settle(Some(&member), &[request]).unwrap();
+            }
+            80..=87 => {
+                clock.advance_ms(1 + rng.below(60) as i64);
+                engine.tick().unwrap();
+            }
+            88..=91 => {
+                engine.enforce_caps().unwrap();
+            }
+            92..=95 => {
+                // A restart: the state replayed from the log; every lease is given up.
+                drop(engine);
+                drop(store);
+                store = plain(dir.path(), &clock);
+                engine = QueueEngine::open(store.clone(), "work").unwrap();
+                for m in members {
+                    engine.member_joined(m);
+                }
+                held.clear();
+                engine.tick().unwrap();
+            }
+            _ => {
+                store.queues().compact().unwrap();
+                if rng.below(2) == 0 {
+                    drop(engine);
+                    drop(store);
+                    store = plain(dir.path(), &clock);
+                    engine = QueueEngine::open(store.clone(), "work").unwrap();
+                    for m in members {
+                        engine.member_joined(m);
+                    }
+                    held.clear();
+                    engine.tick().unwrap();
+                }
+            }
+        }
+        let now = clock.now_ms();
+        let status = admin::queue_status(&*store, "work", now).unwrap();
+        assert_eq!(
+            status.ready,
+            brute_force_ready(&store, now),
+            "seed {seed} step {step}: levels {levels}, filtered {filtered}, {status:?}"
+        );
+    }
+}
+
+#[test]
+fn the_ready_count_equals_a_brute_force_count() {
+    let seeds: u64 = std::env::var("TIDELOG_QUEUE_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(24);
+    for seed in 0..seeds {
+        run(seed);
+    }
+}
+
+/// A store with a 2-level topic, 5 low and 1 high messages, and queue `work` whose
+/// member `m` holds the high one (a counted take of level 1 is durable).
+fn five_low_one_high_taken(store: &Arc<Store>) -> QueueEngine {
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    for _ in 0..5 {
+        partition.append_durable(&[message(0)]).unwrap();
+    }
+    partition.append_durable(&[message(1)]).unwrap();
+    admin::create_queue(
+        &**store,
+        "work",
+        "jobs",
+        StartAt::Earliest,
+        QueueConfig::defaults_for("jobs"),
+    )
+    .unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    engine
+}
+
+/// After a crash the count is one of the two durable states: before the take (6 not
+/// taken, 6 ready) or after it (5 ready; the high one held, then given up by the
+/// restart and due again after its backoff). Never 6 ready with the take durable.
+fn check_after_crash(store: &Store, clock: &ManualClock, answered: bool, context: &str) {
+    let taken = store
+        .queues()
+        .read(|q| {
+            q.get("work")
+                .unwrap()
+                .partitions
+                .get(&0)
+                .map(|p| p.cursors.clone())
+        })
+        .is_some_and(|cursors| cursors[1] == 6);
+    assert!(!answered || taken, "{context}: an answered take was lost");
+    let now = clock.now_ms();
+    let status = admin::queue_status(store, "work", now).unwrap();
+    assert_eq!(status.ready, brute_force_ready(store, now), "{context}");
+    let expected = if taken { (5, 1) } else { (6, 0) };
+    assert_eq!(
+        (status.ready, status.unacked),
+        expected,
+        "{context}: {status:?}"
+    );
+}
+
+/// From a restart after a crash: the high message goes first (again, or for the
+/// first time) and is acked out of offset order: 5 ready; then the rest: 0.
+fn ack_the_high_one_then_the_rest(store: &Arc<Store>, clock: &ManualClock, context: &str) {
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    engine.tick().unwrap();
+    clock.advance_ms(60_000);
+    engine.tick().unwrap();
+    let high = engine.deliver(&[("m".into(), 1)]).unwrap();
+    assert_eq!(high[0].1[0].record.offset, 5, "{context}");
+    engine.settle(Some("m"), &[ack(5)]).unwrap();
+    let status = admin::queue_status(&**store, "work", clock.now_ms()).unwrap();
+    assert_eq!(
+        (status.ready, status.unacked),
+        (5, 0),
+        "{context}: {status:?}"
+    );
+    let rest = engine.deliver(&[("m".into(), 10)]).unwrap();
+    assert_eq!(rest[0].1.len(), 5, "{context}");
+    for d in &rest[0].1 {
+        engine.settle(Some("m"), &[ack(d.record.offset)]).unwrap();
+    }
+    let status = admin::queue_status(&**store, "work", clock.now_ms()).unwrap();
+    assert_eq!((status.ready, status.unacked), (0, 0), "{context}");
+}
+
+/// A power cut at every point of a delivery whose take carries the counts.
+#[test]
+fn a_power_cut_anywhere_in_a_counted_take_keeps_the_count_exact() {
+    let mut cut_after = 0;
+    loop {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let fs = FaultyFs::new(dir.path(), cut_after).unwrap();
+        let clock = ManualClock::new(START_MS);
+        let store = open(&fs, &data, &clock);
+        store.create_topic("jobs", 1, durable_topic()).unwrap();
+        let mut engine = five_low_one_high_taken(&store);
+        fs.power_off_after(cut_after);
+        let answered = engine.deliver(&[("m".into(), 1)]);
+        let cut = fs.is_powered_off();
+        drop(engine);
+        let store = Arc::try_unwrap(store).expect("the engine is gone");
+        store.simulate_crash();
+        fs.crash(CrashOptions::keep_some(cut_after)).unwrap();
+        let store = open(&fs, &data, &clock);
+        let context = format!("cut after {cut_after}");
+        let delivered = matches!(&answered, Ok(d) if !d.is_empty());
+        check_after_crash(&store, &clock, delivered, &context);
+        ack_the_high_one_then_the_rest(&store, &clock, &context);
+        if !cut {
+            assert!(delivered, "no cut: delivered");
+            assert!(cut_after >= 2, "only {cut_after} points to cut at");
+            break;
+        }
+        cut_after += 1;
+        assert!(cut_after < 1_000, "the delivery never completed");
+    }
+}
+
+/// A failed fsync of the queue state (EIO) fails the delivery and poisons the state
+/// log; after a restart the count is the one before the take.
+#[test]
+fn a_failed_fsync_of_a_counted_take_leaves_the_count_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let fs = FaultyFs::new(dir.path(), 21).unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = open(&fs, &data, &clock);
+    store.create_topic("jobs", 1, durable_topic()).unwrap();
+    let mut engine = five_low_one_high_taken(&store);
+    fs.fail_sync(SyncFault::nth(1).path_contains("queues"));
+    assert!(engine.deliver(&[("m".into(), 1)]).is_err());
+    assert!(
+        engine.deliver(&[("m".into(), 1)]).is_err(),
+        "poisoned: not retried"
+    );
+    drop(engine);
+    let store = Arc::try_unwrap(store).expect("the engine is gone");
+    store.simulate_crash();
+    fs.crash(CrashOptions::lose_unsynced()).unwrap();
+    let store = open(&fs, &data, &clock);
+    check_after_crash(&store, &clock, false, "after EIO");
+    ack_the_high_one_then_the_rest(&store, &clock, "after EIO");
+}
+
+/// A full disk (ENOSPC) fails the delivery; once there is room again the take goes
+/// through and the count is exact.
+#[test]
+fn a_full_disk_fails_a_counted_take_and_the_count_stays_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let fs = FaultyFs::new(dir.path(), 22).unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = open(&fs, &data, &clock);
+    store.create_topic("jobs", 1, durable_topic()).unwrap();
+    let mut engine = five_low_one_high_taken(&store);
+    fs.set_capacity(Some(fs.used_bytes()));
+    assert!(engine.deliver(&[("m".into(), 1)]).is_err());
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!(
+        (status.ready, status.unacked),
+        (6, 0),
+        "readers see durable state"
+    );
+    fs.set_capacity(None);
+    drop(engine);
+    let store = Arc::try_unwrap(store).expect("the engine is gone");
+    store.simulate_crash();
+    fs.crash(CrashOptions::lose_unsynced()).unwrap();
+    let store = open(&fs, &data, &clock);
+    check_after_crash(&store, &clock, false, "after ENOSPC");
+    ack_the_high_one_then_the_rest(&store, &clock, "room again after ENOSPC");
+}
