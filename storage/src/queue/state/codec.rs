@@ -792,24 +792,31 @@ mod tests {
     /// to back, so the fuzzer starts from the accepting paths of kinds 15 and 16.
     #[test]
     fn the_fuzz_seed_decodes() {
+        check_seed("pattern", &seed_ops());
+    }
+
+    /// The fuzz seed fuzz/corpus/queue_state/`name` is `ops` encoded back to back, and
+    /// decodes to them (`TIDELOG_WRITE_SEEDS=1` writes it anew). Returns its bytes.
+    fn check_seed(name: &str, ops: &[QueueOp]) -> Vec<u8> {
         let mut expected = Vec::new();
-        for op in seed_ops() {
+        for op in ops {
             op.encode(&mut expected).unwrap();
         }
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../fuzz/corpus/queue_state/pattern"
+        let path = format!(
+            "{}/../fuzz/corpus/queue_state/{name}",
+            env!("CARGO_MANIFEST_DIR")
         );
         if std::env::var_os("TIDELOG_WRITE_SEEDS").is_some() {
-            std::fs::write(path, &expected).unwrap();
+            std::fs::write(&path, &expected).unwrap();
         }
-        let seed = std::fs::read(path).unwrap();
+        let seed = std::fs::read(&path).unwrap();
         assert_eq!(seed, expected);
         let mut reader = OpReader::new(&seed);
-        for op in seed_ops() {
-            assert_eq!(QueueOp::decode(&mut reader).unwrap(), op);
+        for op in ops {
+            assert_eq!(&QueueOp::decode(&mut reader).unwrap(), op);
         }
         assert_eq!(reader.remaining(), 0);
+        seed
     }
 
     /// The ops of the second fuzz seed: a queue with two levels, a counted take
@@ -842,25 +849,8 @@ mod tests {
     /// back, so the fuzzer starts from the accepting paths of kinds 17 and 18.
     #[test]
     fn the_counts_fuzz_seed_decodes() {
-        let mut expected = Vec::new();
-        for op in counts_seed_ops() {
-            op.encode(&mut expected).unwrap();
-        }
-        assert_eq!(expected[0], KIND_CREATE_V2);
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../fuzz/corpus/queue_state/counts"
-        );
-        if std::env::var_os("TIDELOG_WRITE_SEEDS").is_some() {
-            std::fs::write(path, &expected).unwrap();
-        }
-        let seed = std::fs::read(path).unwrap();
-        assert_eq!(seed, expected);
-        let mut reader = OpReader::new(&seed);
-        for op in counts_seed_ops() {
-            assert_eq!(QueueOp::decode(&mut reader).unwrap(), op);
-        }
-        assert_eq!(reader.remaining(), 0);
+        let seed = check_seed("counts", &counts_seed_ops());
+        assert_eq!(seed[0], KIND_CREATE_V2);
     }
 
     /// A take written before the counts existed (kind 4) reads with none, and a
