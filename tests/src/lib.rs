@@ -440,3 +440,62 @@ pub fn metric_value(metrics: &str, prefix: &str) -> Option<f64> {
         .and_then(|line| line.rsplit(' ').next())
         .and_then(|value| value.parse().ok())
 }
+
+/// A TCP proxy on 127.0.0.1 to a broker, for any number of connections. While
+/// paused, nothing goes from the clients to the broker (what the broker sends still
+/// arrives): a client's requests, commits among them, wait in it.
+pub struct PausableProxy {
+    addr: SocketAddr,
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PausableProxy {
+    pub fn start(target: SocketAddr) -> PausableProxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the proxy");
+        let addr = listener.local_addr().expect("the proxy's address");
+        let paused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = paused.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let (Ok(client), Ok(server)) = (client, TcpStream::connect(target)) else {
+                    return;
+                };
+                let (mut from_client, mut to_server) = (
+                    client.try_clone().expect("socket"),
+                    server.try_clone().expect("socket"),
+                );
+                let (mut from_server, mut to_client) = (server, client);
+                let paused = flag.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = from_client.read(&mut buf) {
+                        while paused.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        if to_server.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to_server.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from_server, &mut to_client);
+                    let _ = to_client.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        PausableProxy { addr, paused }
+    }
+
+    /// `http://` and the proxy's address.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Holds (true) or lets through (false) what the clients send.
+    pub fn pause(&self, paused: bool) {
+        self.paused
+            .store(paused, std::sync::atomic::Ordering::SeqCst);
+    }
+}

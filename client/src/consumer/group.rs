@@ -398,6 +398,24 @@ impl GroupMember {
         &self.consumed
     }
 
+    /// Sets where the caller's handling of a partition got to when it handled less
+    /// of a delivery than was returned (it stopped in the middle): what
+    /// [`GroupMember::commit`], and a handover commit the member makes by itself,
+    /// commit for it. Does not move the stream.
+    pub fn set_position(&mut self, topic: &str, partition: u32, offset: u64) {
+        let key = (self.name(topic), partition);
+        self.consumed.insert(key, offset);
+    }
+
+    /// A commit was refused because the group moved on to a generation whose
+    /// Assignment this member has not returned yet (another member joined or left):
+    /// the next [`GroupMember::next_event`] (or `next`) reads ahead to it. A caller
+    /// handing partitions over commits them again in that generation, rather than
+    /// taking them for lost.
+    pub fn rebalance_pending(&self) -> bool {
+        self.behind
+    }
+
     /// The next message of an assigned partition, waiting for one.
     ///
     /// Cancel-safe: a `next` dropped before it returns loses no message and leaves no
@@ -579,10 +597,20 @@ impl GroupMember {
             return;
         }
         let offsets = self.uncommitted();
-        if let Err(error) = self.send_commit(&offsets).await {
-            tracing::warn!(%error, group = self.options.group, "handover commit failed: the next owner starts at the last commit");
+        match self.send_commit(&offsets).await {
+            Ok(()) => self.end_handover(),
+            // The group moved on again before this commit (a member joined or left):
+            // the partitions are handed over with the next Assignment, in its
+            // generation (the broker keeps a revoked partition for this member until
+            // its window ends, across rebalances), or are this member's own again if
+            // it gives them back. Forgetting them here would leave what was returned
+            // of them uncommitted, to be delivered again.
+            Err(Error::Rebalanced { .. }) if self.behind => self.handover_due = false,
+            Err(error) => {
+                tracing::warn!(%error, group = self.options.group, "handover commit failed: the next owner starts at the last commit");
+                self.end_handover();
+            }
         }
-        self.end_handover();
     }
 
     /// The positions returned and not committed yet, of the assigned partitions and,

@@ -1161,3 +1161,115 @@ fn cli_group_delete_offsets_of_one_topic() {
     let again = cli(&broker, &["consume", "a", "--group", "g", "-n", "2"]).ok("consume");
     assert_eq!(again.stdout.lines().collect::<Vec<_>>(), vec!["3", "4"]);
 }
+
+/// CI run 2026-12-07: a member whose handover commit reached the broker after the
+/// group had moved on again (the member that took the partition left before the
+/// commit came: here the commit waits in a paused proxy) took the refusal as "the
+/// partition moved", said "delivered again", and never committed what it had
+/// printed of it, although the next Assignment gave the partition back: the next
+/// reader of the group printed those messages again. Now it commits them with that
+/// Assignment.
+#[test]
+fn cli_a_handover_refused_because_the_group_moved_on_again_commits_with_the_next_assignment() {
+    use std::io::BufRead;
+    use tidelog_client::{Client, GroupMember, GroupOptions};
+    let broker = TestBroker::start();
+    cli(&broker, &["topic", "create", "t", "--partitions", "2"]).ok("create");
+    let produce = |p: &str, from: usize, to: usize| {
+        let lines: String = (from..to).map(|i| format!("{p}-{i}\n")).collect();
+        cli_with_input(&broker, &["produce", "t", "-p", p], lines.as_bytes()).ok("produce");
+    };
+    for p in ["0", "1"] {
+        produce(p, 0, 3);
+    }
+    let proxy = tidelog_tests::PausableProxy::start(broker.grpc_addr());
+    let mut a = tidelog_tests::tidelog_command()
+        .args(["--server", &proxy.endpoint()])
+        .args(["consume", "t", "--group", "g", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting tidelog");
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stdout = a.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut printed: Vec<String> = Vec::new();
+    let read = |count: usize, printed: &mut Vec<String>| {
+        while printed.len() < count {
+            let line = lines
+                .recv_timeout(std::time::Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("member A printed only {printed:?}"));
+            printed.push(line);
+        }
+    };
+    read(6, &mut printed);
+    let describe = || {
+        cli(&broker, &["group", "describe", "g", "--json"])
+            .ok("describe")
+            .json()
+    };
+    let committed = |offsets: [u64; 2]| {
+        let partitions = describe()["partitions"].clone();
+        (0..2).all(|p| partitions[p]["committed_offset"].as_u64() == Some(offsets[p]))
+    };
+    crate::cli::wait_until("A committed what it printed", || committed([3, 3]));
+    let generation = describe()["generation"].as_u64().unwrap();
+    // A's commit of what it prints now waits in the proxy.
+    proxy.pause(true);
+    produce("0", 3, 5);
+    read(8, &mut printed);
+    // B joins and takes partition 0 (its id sorts first: the range assignor's first
+    // share), held for A's handover commit; then B leaves before that commit
+    // arrives, and partition 0 comes back to A.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = Client::connect(&broker.endpoint()).await.expect("connect");
+        let b = GroupMember::join(
+            &client,
+            "t",
+            GroupOptions {
+                client_id: "a-member".into(),
+                session_timeout: std::time::Duration::ZERO,
+                ..GroupOptions::new("g")
+            },
+        )
+        .await
+        .expect("B joins");
+        assert_eq!(b.assigned().collect::<Vec<_>>(), [("t", 0)]);
+        assert_eq!(b.assignment().1, generation + 1);
+    });
+    drop(runtime);
+    crate::cli::wait_until("B left", || {
+        describe()["generation"].as_u64() == Some(generation + 2)
+    });
+    proxy.pause(false);
+    // Without the fix the commit never comes: give it 10 s, then end A either way
+    // (SIGINT: it commits and leaves).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !committed([5, 3]) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &a.id().to_string()])
+        .status();
+    let out = a.wait_with_output().expect("waiting for A");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("delivered again"), "{stderr}");
+    let mut unique = printed.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 8, "{printed:?}");
+    let next = cli(&broker, &["consume", "t", "--group", "g", "-n", "100"]).ok("consume");
+    assert_eq!(
+        next.stdout, "",
+        "printed again by the next reader; A said: {stderr}"
+    );
+}

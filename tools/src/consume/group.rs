@@ -84,6 +84,10 @@ struct Member {
     committed: BTreeMap<Tp, u64>,
     /// Partitions that reached `--until`: nothing more of them is printed.
     finished: BTreeSet<Tp>,
+    /// Partitions a rebalance took away whose handover commit the group refused
+    /// because it had moved on again (a member joined or left meanwhile): committed
+    /// with the next Assignment, what was printed of them kept until then.
+    handing_over: BTreeSet<Tp>,
 }
 
 impl Member {
@@ -227,6 +231,7 @@ pub(super) async fn consume_group(
             }
             Ok(GroupEvent::Messages(messages)) => {
                 let tp = (messages.topic().to_string(), messages.partition());
+                let first = messages[0].offset;
                 // One past the last message printed of this delivery.
                 let mut printed = None;
                 let mut done = false;
@@ -242,6 +247,9 @@ pub(super) async fn consume_group(
                     if printer.past_until(&m) {
                         member.finished.insert(tp.clone());
                         cut.insert(tp.clone());
+                        // The group goes on here next time, even when nothing of the
+                        // partition was printed.
+                        member.printed.entry(tp.clone()).or_insert(m.offset);
                         break;
                     }
                     if let Err(e) = printer.print(&m) {
@@ -249,6 +257,8 @@ pub(super) async fn consume_group(
                             member.position.insert(tp.clone(), at);
                             member.printed.insert(tp.clone(), at);
                         }
+                        let resume = printed.or_else(|| member.printed.get(&tp).copied());
+                        gm.set_position(&tp.0, tp.1, resume.unwrap_or(first));
                         // Commit what did reach the reader, then report.
                         final_commit(broker, group, source, &mut gm, &mut member, printer).await;
                         return Err(e);
@@ -258,6 +268,12 @@ pub(super) async fn consume_group(
                         done = true;
                         break;
                     }
+                }
+                if done || cut.contains(&tp) {
+                    // Not printed to the delivery's end: a commit the member makes by
+                    // itself (a handover) must not pass what was not printed.
+                    let resume = printed.or_else(|| member.printed.get(&tp).copied());
+                    gm.set_position(&tp.0, tp.1, resume.unwrap_or(first));
                 }
                 if let Some(at) = printed {
                     member.position.insert(tp.clone(), at);
@@ -625,9 +641,16 @@ async fn hand_over(
         member.position.retain(|tp, _| kept(tp));
         member.committed.retain(|tp, _| kept(tp));
         member.assigned.retain(|tp| kept(tp));
+        member.handing_over.retain(|tp| kept(tp));
     }
     let previous = std::mem::take(&mut member.assigned);
-    let revoked: Vec<Tp> = previous
+    // Held: assigned until now, or taken away by an earlier rebalance and not
+    // handed over yet.
+    let mut held = previous.clone();
+    held.extend(std::mem::take(&mut member.handing_over));
+    held.sort();
+    held.dedup();
+    let revoked: Vec<Tp> = held
         .iter()
         .filter(|tp| !assigned.contains(tp))
         .cloned()
@@ -638,7 +661,7 @@ async fn hand_over(
         return;
     }
     // Still assigned and revoked alike: one commit, all or nothing.
-    let mut scope = previous.clone();
+    let mut scope = held;
     scope.extend(assigned.iter().cloned());
     scope.sort();
     scope.dedup();
@@ -648,6 +671,18 @@ async fn hand_over(
             empty_commit(gm, broker, group).await
         }
         Ok(_) => Ok(0),
+        Err(refused)
+            if refused.code == tonic::Code::FailedPrecondition && gm.rebalance_pending() =>
+        {
+            // The group moved on again before this commit (a member joined or left
+            // meanwhile): the broker keeps the revoked partitions for this member
+            // until its window ends, so they are committed with the next
+            // Assignment, in its generation, or are this member's own again if it
+            // gives them back.
+            member.handing_over = revoked.into_iter().collect();
+            member.assigned = previous;
+            return;
+        }
         Err(refused) if refused.code == tonic::Code::FailedPrecondition => {
             // The window has ended (or a newer rebalance happened): keep what is
             // still ours.
