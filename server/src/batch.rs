@@ -112,7 +112,20 @@ fn append_group(
         .filter(|(_, (_, ack))| ack.is_ok())
         .map(|(request, _)| (request.partition, request.batch))
         .collect();
-    let mut appended = topic.append_batches_across(batches).into_iter();
+    // Backpressure (the topic's queue caps), checked on each batch once it is valid.
+    let capped = {
+        let config = topic.config();
+        config.queue_max_ready_messages.is_some() || config.queue_max_ready_bytes.is_some()
+    };
+    let mut appended = if capped {
+        let store = &*state.store;
+        topic.append_batches_admitted(batches, &mut |messages, bytes| {
+            tidelog_storage::queue::admin::admit(store, &topic, messages, bytes)
+        })
+    } else {
+        topic.append_batches_across(batches)
+    }
+    .into_iter();
     let first = results.len();
     for (partition, ack) in acks {
         let result = ack.and_then(|ack| {

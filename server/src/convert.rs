@@ -60,6 +60,9 @@ pub fn status(error: &Error) -> Status {
             };
             Status::invalid_argument(format!("{error}{hint}"))
         }
+        Error::QueueFull { .. } => Status::resource_exhausted(format!(
+            "{error}; retry later, add workers to the queue, or raise the cap (Admin.AlterTopicConfig)"
+        )),
         Error::OffsetOutOfRange { .. } => Status::out_of_range(format!(
             "{error}; read from an offset in that range (the end is exclusive: reading at the end waits for new messages)"
         )),

@@ -180,9 +180,7 @@ fn check_queue_caps(
     batches: &[PartitionBatch],
 ) -> Result<(), Status> {
     let config = topic.config();
-    if config.queue_overflow != tidelog_storage::QueueOverflow::Reject
-        || (config.queue_max_ready_messages.is_none() && config.queue_max_ready_bytes.is_none())
-    {
+    if config.queue_max_ready_messages.is_none() && config.queue_max_ready_bytes.is_none() {
         return Ok(());
     }
     let messages = batches.iter().map(|b| b.records.len() as u64).sum();
@@ -191,23 +189,12 @@ fn check_queue_caps(
         .flat_map(|b| &b.records)
         .map(NewRecord::payload_bytes)
         .sum();
-    let over = convert::or_status(tidelog_storage::queue::admin::over_caps(
+    convert::or_status(tidelog_storage::queue::admin::admit(
         &*state.store,
         topic,
         messages,
         bytes,
-    ))?;
-    match over {
-        None => Ok(()),
-        Some(over) => Err(Status::resource_exhausted(format!(
-            "queue {:?} on topic {:?} is full: it holds {} ready messages ({} bytes) and this publish would pass the topic's {}; retry later, add workers to the queue, or raise the cap (Admin.AlterTopicConfig)",
-            over.queue,
-            topic.name(),
-            over.ready_messages,
-            over.ready_bytes,
-            over.cap
-        ))),
-    }
+    ))
 }
 
 /// Appends each partition's messages as one batch. On an error the batches of

@@ -75,6 +75,21 @@ pub enum Error {
     #[error("the storage engine is closed")]
     Closed,
 
+    /// A publish would put a queue of the topic over the topic's caps on ready
+    /// messages, and the topic's overflow policy is to refuse new messages
+    /// ([`crate::queue::admin::admit`]).
+    #[error(
+        "queue {queue:?} on topic {topic:?} is full: it holds {ready_messages} ready messages ({ready_bytes} bytes) and this publish would pass the topic's {cap}"
+    )]
+    QueueFull {
+        queue: String,
+        topic: String,
+        ready_messages: u64,
+        ready_bytes: u64,
+        /// Which cap, e.g. `queue_max_ready_messages 1000`.
+        cap: String,
+    },
+
     /// The partition's topic was deleted while the call was in flight.
     #[error("partition {partition} was deleted with its topic")]
     TopicDeleted { partition: String },

@@ -161,6 +161,18 @@ impl Topic {
         &self,
         batches: Vec<(u32, Bytes)>,
     ) -> Vec<Result<(BatchPlaced, CheckedBatch)>> {
+        self.append_batches_admitted(batches, &mut |_, _| Ok(()))
+    }
+
+    /// [`Topic::append_batches_across`], asking `admit` before each valid batch is
+    /// taken, with the messages and payload bytes it would add: its own and those of
+    /// the batches before it not written yet. A batch `admit` refuses fails alone,
+    /// with `admit`'s error (the broker's queue caps: [`crate::queue::admin::admit`]).
+    pub fn append_batches_admitted(
+        &self,
+        batches: Vec<(u32, Bytes)>,
+        admit: &mut dyn FnMut(u64, u64) -> Result<()>,
+    ) -> Vec<Result<(BatchPlaced, CheckedBatch)>> {
         let count = batches.len();
         let config = self.config();
         let now_ms = self.dedup.now_ms();
@@ -201,6 +213,17 @@ impl Topic {
                 let checked = validate_batch(&bytes, &rules)
                     .map_err(|e| Error::invalid(format!("the record batch is malformed: {e}")))?;
                 let decides = window_decides(&checked, window_ms, config.assign_ids)?;
+                // Taken with the batches before it still waiting in runs.
+                let (messages, payload) = runs.iter().flat_map(|(_, run)| run).fold(
+                    (0u64, 0u64),
+                    |(m, b), (_, _, c, _)| {
+                        (m + u64::from(c.header.record_count), b + c.payload_bytes)
+                    },
+                );
+                admit(
+                    messages + u64::from(checked.header.record_count),
+                    payload + checked.payload_bytes,
+                )?;
                 Ok((target, checked, decides))
             });
             let checked = match checked {

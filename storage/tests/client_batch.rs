@@ -295,3 +295,65 @@ fn a_run_rolls_segments_where_single_appends_do() {
         assert_eq!(segment_bases(in_runs.path()), bases, "seed {seed}");
     }
 }
+
+/// `Topic::append_batches_admitted` asks before each valid batch with what it would
+/// add on top of the batches before it not written yet; a batch refused fails alone
+/// with the refusal, and the batches around it are appended.
+#[test]
+fn admission_sees_the_batches_before_it_and_refuses_one_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let store = Store::open(dir.path(), options(&clock)).unwrap();
+    let config = TopicConfig {
+        fsync: FsyncPolicy::Never,
+        ..TopicConfig::default()
+    };
+    store.create_topic("t", 2, config).unwrap();
+    let topic = store.topic("t").unwrap();
+    let mut rng = Rng::new(7);
+    let batch = |count: usize, rng: &mut Rng| {
+        let records: Vec<NewRecord> = (0..count)
+            .map(|n| NewRecord {
+                value: Bytes::from(vec![b'v'; 10 + n]),
+                ..NewRecord::default()
+            })
+            .collect();
+        client_bytes(rng, &clock, &records)
+    };
+    let batches = vec![
+        (0, batch(2, &mut rng)),
+        (1, batch(3, &mut rng)),
+        (1, batch(4, &mut rng)),
+        (0, batch(1, &mut rng)),
+    ];
+    let mut asked = Vec::new();
+    let results = topic.append_batches_admitted(batches, &mut |messages, bytes| {
+        asked.push((messages, bytes));
+        if messages == 9 {
+            return Err(tidelog_storage::Error::invalid("full"));
+        }
+        Ok(())
+    });
+    // Payload bytes: a record's value is 10 + n bytes.
+    let payload = |count: u64| (0..count).map(|n| 10 + n).sum::<u64>();
+    assert_eq!(
+        asked,
+        [
+            (2, payload(2)),
+            (5, payload(2) + payload(3)),
+            (9, payload(2) + payload(3) + payload(4)),
+            // A batch that fails has what went before it written first.
+            (1, payload(1)),
+        ]
+    );
+    let outcome: Vec<Result<u32, String>> = results
+        .into_iter()
+        .map(|r| r.map(|(_, c)| c.header.record_count).map_err(|e| e.to_string()))
+        .collect();
+    assert_eq!(outcome[0], Ok(2));
+    assert_eq!(outcome[1], Ok(3));
+    assert!(outcome[2].as_ref().unwrap_err().contains("full"), "{outcome:?}");
+    assert_eq!(outcome[3], Ok(1));
+    assert_eq!(topic.partition(0).unwrap().end_offset(), 3);
+    assert_eq!(topic.partition(1).unwrap().end_offset(), 3);
+}

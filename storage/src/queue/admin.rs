@@ -720,6 +720,31 @@ pub fn backlog(
     Ok(Some((messages, bytes)))
 }
 
+/// Backpressure: refuses (`Error::QueueFull`) a publish of `incoming` messages of
+/// `incoming_bytes` that would put a queue of `topic` over the topic's caps on ready
+/// messages ([`over_caps`]) when the topic's overflow policy is to reject new messages.
+/// The one rule for every publish form.
+pub fn admit(
+    store: &dyn QueueHost,
+    topic: &Topic,
+    incoming: u64,
+    incoming_bytes: u64,
+) -> Result<()> {
+    if topic.config().queue_overflow != crate::QueueOverflow::Reject {
+        return Ok(());
+    }
+    match over_caps(store, topic, incoming, incoming_bytes)? {
+        None => Ok(()),
+        Some(over) => Err(crate::Error::QueueFull {
+            queue: over.queue,
+            topic: topic.name().to_string(),
+            ready_messages: over.ready_messages,
+            ready_bytes: over.ready_bytes,
+            cap: over.cap,
+        }),
+    }
+}
+
 /// The first queue of `topic` that `incoming` more messages of `incoming_bytes` would
 /// put over the topic's caps on ready messages ([`backlog`]), if any (None at once
 /// when the topic has no caps).

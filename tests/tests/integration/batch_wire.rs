@@ -1339,3 +1339,118 @@ async fn batches_written_together_survive_a_kill_9_in_order() {
         }
     }
 }
+
+/// Bug hunt 5 (2026-12-07): a topic's queue caps with the `reject` policy held only
+/// for the per-message Publish: PublishBatch, and batches on PublishStream (what the
+/// Rust client's Producer and `tidelog produce` send), went past them. Now every
+/// publish form is refused with RESOURCE_EXHAUSTED, a batch whole, and the stream goes
+/// on.
+#[tokio::test]
+async fn a_full_queue_refuses_batches_in_every_publish_form() {
+    use tidelog_proto::v1::{QueueConfig, QueueOverflow};
+    let broker = TestBroker::start();
+    broker
+        .create_topic(
+            "capped",
+            2,
+            TopicConfig {
+                queue_max_ready_messages: Some(5),
+                queue_overflow: QueueOverflow::Reject as i32,
+                ..TopicConfig::default()
+            },
+        )
+        .await;
+    crate::support::create_queue(&broker, "cq", "capped", QueueConfig::default()).await;
+    let plain = |first: usize, count: usize| -> Vec<NewRecord> {
+        (first..first + count)
+            .map(|n| NewRecord {
+                value: Bytes::from(format!("m-{n}")),
+                ..NewRecord::default()
+            })
+            .collect()
+    };
+    let mut client = broker.publisher().await;
+    // 3 fit; 3 more would make 6: refused whole, nothing appended.
+    publish(
+        &mut client,
+        "capped",
+        0,
+        encode(&plain(0, 3), Compression::None),
+    )
+    .await
+    .expect("3 of 5");
+    let refused = publish(
+        &mut client,
+        "capped",
+        1,
+        encode(&plain(3, 3), Compression::Zstd),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("queue \"cq\"") && refused.message().contains("3 ready"),
+        "{refused:?}"
+    );
+    // On the stream, one answered before the next is sent (the caps count what
+    // readers can see): 1 fits (4), the next fits (5), the third does not.
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut responses = client
+        .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut outcomes = Vec::new();
+    for request_id in 0..3u64 {
+        tx.send(PublishStreamRequest {
+            request_id,
+            request: None,
+            batch: Some(PublishBatchRequest {
+                topic: "capped".into(),
+                partition: request_id as u32 % 2,
+                batch: encode(&plain(10 + request_id as usize, 1), Compression::None),
+                ack: AckLevel::Durable as i32,
+            }),
+        })
+        .await
+        .unwrap();
+        let response = responses
+            .next()
+            .await
+            .expect("an answer")
+            .expect("the stream goes on after a refused batch");
+        outcomes.push(match response.outcome {
+            Some(Outcome::BatchResponse(_)) => Ok(response.request_id),
+            Some(Outcome::Error(error)) => Err((response.request_id, error.code)),
+            other => panic!("{other:?}"),
+        });
+    }
+    drop(tx);
+    assert_eq!(
+        outcomes,
+        [Ok(0), Ok(1), Err((2, Code::ResourceExhausted as i32))]
+    );
+    // The log holds exactly the 5 admitted.
+    let mut stored = 0;
+    for partition in 0..2 {
+        stored += stored_values(&broker, "capped", partition).await.len();
+    }
+    assert_eq!(stored, 5);
+    // The CLI publishes in batch form too.
+    let mut produce = tidelog_tests::tidelog_command()
+        .args(["--server", &broker.endpoint(), "produce", "capped"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tidelog produce");
+    {
+        use std::io::Write;
+        let mut stdin = produce.stdin.take().unwrap();
+        stdin.write_all(b"one more\n").unwrap();
+    }
+    let run = produce.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is full"), "{stderr}");
+}
