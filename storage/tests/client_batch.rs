@@ -348,11 +348,17 @@ fn admission_sees_the_batches_before_it_and_refuses_one_alone() {
     );
     let outcome: Vec<Result<u32, String>> = results
         .into_iter()
-        .map(|r| r.map(|(_, c)| c.header.record_count).map_err(|e| e.to_string()))
+        .map(|r| {
+            r.map(|(_, c)| c.header.record_count)
+                .map_err(|e| e.to_string())
+        })
         .collect();
     assert_eq!(outcome[0], Ok(2));
     assert_eq!(outcome[1], Ok(3));
-    assert!(outcome[2].as_ref().unwrap_err().contains("full"), "{outcome:?}");
+    assert!(
+        outcome[2].as_ref().unwrap_err().contains("full"),
+        "{outcome:?}"
+    );
     assert_eq!(outcome[3], Ok(1));
     assert_eq!(topic.partition(0).unwrap().end_offset(), 3);
     assert_eq!(topic.partition(1).unwrap().end_offset(), 3);

@@ -103,10 +103,24 @@ impl TopicState {
     /// alone at once instead of failing the batch it would have joined.
     pub fn check(&self, record: &NewRecord) -> Result<()> {
         let invalid = |reason: String| Err(Error::InvalidRecord { reason });
-        let size = record.payload_bytes();
+        // The id the producer attaches (for retries without duplicates) counts like any
+        // other: the broker checks the record as it arrives.
+        let attached = if self.attach_ids && record.id.is_none() {
+            tidelog_storage::msgid::ASSIGNED_ID_BYTES as u64
+        } else {
+            0
+        };
+        let size = record.payload_bytes() + attached;
         if size > self.max_message_bytes {
+            let id = if attached > 0 {
+                format!(
+                    " (with the {attached}-byte id the producer attaches to it on a topic that deduplicates)"
+                )
+            } else {
+                String::new()
+            };
             return invalid(format!(
-                "{size} bytes of id, key, value and headers, over topic {:?}'s max_message_bytes {}",
+                "{size} bytes of id, key, value and headers{id}, over topic {:?}'s max_message_bytes {}",
                 self.name, self.max_message_bytes
             ));
         }

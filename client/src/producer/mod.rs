@@ -37,7 +37,9 @@
 //! dedup window**: with [`IdMode::Auto`] (the default) the producer gives every record
 //! without an id a fresh time-ordered id on such topics (and on `assign_ids` topics),
 //! so the resend is answered `duplicate` and each record resolves to its original
-//! offset ([`Delivered::duplicate`]). On topics without a dedup window (or with
+//! offset ([`Delivered::duplicate`]). That id is 16 bytes and counts toward the
+//! topic's `max_message_bytes` like the record's own (id, key, value and headers): a
+//! record within 16 bytes of the limit is refused by the producer, which says so. On topics without a dedup window (or with
 //! [`IdMode::Never`]) retries are **at-least-once**: a record may be stored twice.
 //! Records with their callers' own ids may meet ids stored before (a service sending
 //! again after a restart): the broker deduplicates a batch whole and refuses one that

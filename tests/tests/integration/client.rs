@@ -214,6 +214,50 @@ async fn round_trips_with_batching_compression_keys_headers_ttl_and_sizes() {
     }
 }
 
+/// Bug hunt 5 (2026-12-07): on a topic that deduplicates, the producer's own id counted
+/// at the broker and not in the producer's check, so a record of exactly
+/// max_message_bytes was refused by the broker naming a size the caller never sent.
+/// Now the producer counts the id it attaches and says so; a record that fits with it
+/// is stored.
+#[tokio::test]
+async fn the_id_a_producer_attaches_counts_toward_the_topic_limit_and_is_named() {
+    let broker = TestBroker::start();
+    let client = client(&broker).await;
+    let config = TopicConfig {
+        dedup_window_ms: Some(60_000),
+        ..topic_config(1024)
+    };
+    client
+        .create_topic("dedup-limits", 1, config)
+        .await
+        .expect("create");
+    let producer = Producer::new(&client, ProducerConfig::default());
+    let exact = producer
+        .send(Record::new("dedup-limits", vec![b'x'; 1024]))
+        .await
+        .expect("send");
+    let error = timeout(WAIT, exact)
+        .await
+        .expect("in time")
+        .expect_err("too large with its id");
+    assert!(
+        matches!(error, tidelog_client::Error::InvalidRecord { .. })
+            && error.to_string().contains("1040 bytes")
+            && error
+                .to_string()
+                .contains("16-byte id the producer attaches"),
+        "{error}"
+    );
+    let fits = producer
+        .send(Record::new("dedup-limits", vec![b'x'; 1024 - 16]))
+        .await
+        .expect("send");
+    timeout(WAIT, fits)
+        .await
+        .expect("in time")
+        .expect("stored with its id");
+}
+
 #[tokio::test]
 async fn a_record_over_the_topic_limit_fails_alone() {
     let broker = TestBroker::start();
