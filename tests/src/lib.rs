@@ -443,7 +443,8 @@ pub fn metric_value(metrics: &str, prefix: &str) -> Option<f64> {
 
 /// A TCP proxy on 127.0.0.1 to a broker, for any number of connections. While
 /// paused, nothing goes from the clients to the broker (what the broker sends still
-/// arrives): a client's requests, commits among them, wait in it.
+/// arrives): a client's requests, commits among them, wait in it. Clones share it.
+#[derive(Clone)]
 pub struct PausableProxy {
     addr: SocketAddr,
     paused: std::sync::Arc<std::sync::atomic::AtomicBool>,

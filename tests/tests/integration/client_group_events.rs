@@ -571,3 +571,116 @@ async fn members_leaving_and_rejoining_handle_everything_and_repeat_nothing_comm
     }
     assert_eq!(handled, (0..count).collect(), "seed {seed:#x}");
 }
+
+/// A member that left its handover to the library (it did not commit after the
+/// Assignment that took a partition away) had that commit refused when the group
+/// moved on again before it arrived (the member that took the partition left; here
+/// the commit waits in a paused proxy). The library forgot the partition, so what it
+/// had returned of it was never committed, although the next Assignment gave it back.
+/// Now the handover goes with the next Assignment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_refused_because_the_group_moved_on_again_goes_with_the_next_assignment() {
+    use tidelog_client::proto::FetchOffsetsRequest;
+    let broker = TestBroker::start();
+    let direct = Client::connect(&broker.endpoint()).await.expect("connect");
+    direct
+        .create_topic("ho", 2, TopicConfig::default())
+        .await
+        .expect("create");
+    publish(&direct, "ho", 2, 0..6).await;
+    let proxy = tidelog_tests::PausableProxy::start(broker.grpc_addr());
+    let through = Client::connect(&proxy.endpoint()).await.expect("connect");
+    let member = |client_id: &str| GroupOptions {
+        client_id: client_id.into(),
+        session_timeout: Duration::ZERO,
+        ..options("g")
+    };
+    // "z-member" sorts after "a-member": the range assignor gives B partition 0.
+    let mut a = GroupMember::join(&through, "ho", member("z-member"))
+        .await
+        .expect("A joins");
+    let generation = a.assignment().1;
+    let at = |a: &GroupMember, partition: u32| {
+        a.positions()
+            .get(&(Arc::from("ho"), partition))
+            .copied()
+            .unwrap_or(0)
+    };
+    while at(&a, 0) < 3 || at(&a, 1) < 3 {
+        next(&mut a).await;
+    }
+    a.commit().await.expect("commit");
+    // A's next commit waits in the proxy; A receives two more of partition 0.
+    proxy.pause(true);
+    let producer = Producer::new(&direct, ProducerConfig::default());
+    for n in 6..8 {
+        let ack = producer
+            .send(Record::new("ho", n.to_string()).partition(0))
+            .await
+            .expect("send");
+        timeout(WAIT, ack).await.expect("in time").expect("acked");
+    }
+    while at(&a, 0) < 5 {
+        next(&mut a).await;
+    }
+    // B joins, takes partition 0 (held for A's handover), and leaves at once.
+    let b = GroupMember::join(&direct, "ho", member("a-member"))
+        .await
+        .expect("B joins");
+    assert_eq!(b.assigned().collect::<Vec<_>>(), [("ho", 0)]);
+    assert_eq!(b.assignment().1, generation + 1);
+    drop(b);
+    let mut groups = direct.groups();
+    let describe = tidelog_client::proto::DescribeGroupRequest {
+        group_id: "g".into(),
+    };
+    timeout(WAIT, async {
+        loop {
+            let group = groups
+                .describe_group(describe.clone())
+                .await
+                .expect("describe")
+                .into_inner();
+            if group.group.is_some_and(|g| g.generation == generation + 2) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("B left");
+    // A is told partition 0 went; its next call hands it over, in a commit the proxy
+    // lets through only once the group moved on.
+    loop {
+        if let GroupEvent::Assigned(change) = next(&mut a).await {
+            assert_eq!(change.generation, generation + 1);
+            break;
+        }
+    }
+    let release = proxy.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        release.pause(false);
+    });
+    loop {
+        if let GroupEvent::Assigned(change) = next(&mut a).await {
+            assert_eq!(change.generation, generation + 2);
+            assert_eq!(change.assigned.len(), 2, "{change:?}");
+            break;
+        }
+    }
+    a.commit().await.expect("commit");
+    let committed: BTreeMap<u32, u64> = groups
+        .fetch_offsets(FetchOffsetsRequest {
+            group_id: "g".into(),
+            topic: Some("ho".into()),
+        })
+        .await
+        .expect("fetch offsets")
+        .into_inner()
+        .offsets
+        .into_iter()
+        .map(|o| (o.partition, o.offset))
+        .collect();
+    assert_eq!(committed, BTreeMap::from([(0, 5), (1, 3)]));
+}
