@@ -69,6 +69,14 @@ fn main() -> ExitCode {
             note(&format!("error: {message}"));
         }
     }));
+    // The hook said exit code 1 (a failure): the process says the same, not Rust's 101.
+    std::panic::catch_unwind(|| parse_and_run(json))
+        .unwrap_or_else(|_| ExitCode::from(Exit::Failure.code()))
+}
+
+/// Parses the command line and runs the command: the exit code and, on an error, its
+/// line (or JSON object, with `--json`) on stderr.
+fn parse_and_run(json: bool) -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -112,10 +120,12 @@ fn run(cli: Cli) -> CliResult<()> {
         token,
         ca_file,
         cert,
-        key,
+        tls_key,
+        key_before_command,
         json,
         command,
     } = cli;
+    let key = tls_key.or(key_before_command);
     client::set_token(token.as_deref());
     if !matches!(command, Command::Segment(_) | Command::Completions(_)) {
         client::set_tls(&client::TlsArgs { ca_file, cert, key })?;
