@@ -176,6 +176,17 @@ fn run(cli: Cli) -> CliResult<()> {
     })
 }
 
+/// The flags of `topic alter`, read from its clap definition so a new setting is
+/// listed without a second list to keep.
+fn alter_flags() -> Vec<String> {
+    let command = <args::TopicAlterArgs as clap::Args>::augment_args(clap::Command::new("alter"));
+    command
+        .get_arguments()
+        .filter_map(|arg| arg.get_long())
+        .map(|long| format!("--{long}"))
+        .collect()
+}
+
 /// Usage errors clap cannot express, found before connecting (exit 2).
 fn validate(command: &Command) -> CliResult<()> {
     match command {
@@ -193,8 +204,7 @@ fn validate(command: &Command) -> CliResult<()> {
         {
             Err(CliError::usage(
                 "nothing to change",
-                "give at least one of --partitions, --retention, --retention-bytes, --ttl, \
-                 --segment-bytes, --segment-age, --fsync, --max-message-bytes, --compression",
+                format!("give at least one of {}", alter_flags().join(", ")),
             ))
         }
         Command::Topic(TopicCommand::Alter(args))

@@ -157,7 +157,7 @@ fn cli_topics_produce_and_consume_round_trip() {
     )
     .ok("topic alter");
     assert!(
-        altered.stdout.contains("retention          1d"),
+        altered.stdout.contains("retention              1d"),
         "{}",
         altered.stdout
     );
