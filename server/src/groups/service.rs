@@ -327,7 +327,7 @@ impl Groups for GroupsService {
         validate_group_id(&request.group_id)?;
         let coordinator = &self.state.groups;
         let _gate = coordinator.admin_gate.write().await;
-        coordinator.require_no_live_members(&request.group_id, "DeleteGroup")?;
+        coordinator.require_no_live_members(&request.group_id, "Groups.DeleteGroup")?;
         let store = self.state.store.clone();
         let group_id = request.group_id.clone();
         let existed = tokio::task::spawn_blocking(move || store.offsets().delete_group(&group_id))
@@ -360,7 +360,7 @@ impl Groups for GroupsService {
         validate_group_id(&request.group_id)?;
         let coordinator = &self.state.groups;
         let _gate = coordinator.admin_gate.write().await;
-        coordinator.require_no_live_members(&request.group_id, "DeleteOffsets")?;
+        coordinator.require_no_live_members(&request.group_id, "Groups.DeleteOffsets")?;
         let store = self.state.store.clone();
         let (group, topic, partitions) = (
             request.group_id.clone(),
@@ -419,7 +419,8 @@ impl Groups for GroupsService {
         // writes over, a state no member can change meanwhile.
         let _gate = if request.execute {
             let gate = coordinator.admin_gate.write().await;
-            coordinator.require_no_live_members(&request.group_id, "ResetOffsets with execute")?;
+            coordinator
+                .require_no_live_members(&request.group_id, "Groups.ResetOffsets with execute")?;
             Some(gate)
         } else {
             None
