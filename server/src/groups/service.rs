@@ -141,6 +141,34 @@ fn partition(topic: &Topic, id: u32) -> Result<Arc<Partition>, Status> {
     convert::or_status(topic.partition(id)).cloned()
 }
 
+/// ` partition 9` or ` partitions 0-3,7`: runs of consecutive partitions as `A-B`
+/// (both ends included), as the README writes ranges.
+fn partition_list(partitions: &[u32]) -> String {
+    let mut sorted = partitions.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let noun = if sorted.len() == 1 {
+        "partition"
+    } else {
+        "partitions"
+    };
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for p in sorted {
+        match runs.last_mut() {
+            Some((_, last)) if last.checked_add(1) == Some(p) => *last = p,
+            _ => runs.push((p, p)),
+        }
+    }
+    let text: Vec<String> = runs
+        .iter()
+        .map(|&(first, last)| match first == last {
+            true => first.to_string(),
+            false => format!("{first}-{last}"),
+        })
+        .collect();
+    format!(" {noun} {}", text.join(","))
+}
+
 fn check_metadata(metadata: &str, topic: &str, partition: u32) -> Result<(), Status> {
     if metadata.len() > COMMIT_METADATA_BYTES_MAX {
         return Err(Status::invalid_argument(format!(
@@ -382,7 +410,7 @@ impl Groups for GroupsService {
                 if request.partitions.is_empty() {
                     String::new()
                 } else {
-                    format!(" partitions {:?}", request.partitions)
+                    partition_list(&request.partitions)
                 }
             )));
         }

@@ -225,3 +225,41 @@ fn cli_broker_refusals_name_the_flags() {
     );
     assert!(!run.stderr.contains(" ms)"), "{}", run.stderr);
 }
+
+#[test]
+fn cli_partition_counts_and_lists_read_as_the_readme_writes_them() {
+    let broker = TestBroker::start();
+    cli(&broker, &["topic", "create", "one"]).ok("create");
+    let run = cli(&broker, &["topic", "alter", "one", "--partitions", "1"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("has 1 partition;"), "{}", run.stderr);
+
+    cli(&broker, &["topic", "create", "many", "--partitions", "12"]).ok("create");
+    let run = cli(
+        &broker,
+        &[
+            "group",
+            "delete-offsets",
+            "--group",
+            "g",
+            "--topic",
+            "many:9",
+        ],
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("partition 9"), "{}", run.stderr);
+    assert!(!run.stderr.contains('['), "{}", run.stderr);
+    let run = cli(
+        &broker,
+        &[
+            "group",
+            "delete-offsets",
+            "--group",
+            "g",
+            "--topic",
+            "many:1-3,7",
+        ],
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("partitions 1-3,7"), "{}", run.stderr);
+}
