@@ -206,8 +206,11 @@ impl TopicConfig {
                     "{name} must be positive (leave it unset for no limit)"
                 )));
             }
-            if value.is_some_and(|v| v > i64::MAX as u64) {
-                return Err(Error::invalid(format!("{name} is too large")));
+            if let Some(v) = value.filter(|&v| v > i64::MAX as u64) {
+                return Err(Error::invalid(format!(
+                    "{name} {v} is over the maximum of {}",
+                    i64::MAX
+                )));
             }
         }
         if let Some(window) = self.dedup_window_ms

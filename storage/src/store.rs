@@ -497,7 +497,8 @@ impl Store {
         let current = topic.partitions.len() as u32;
         if count <= current {
             return Err(Error::invalid(format!(
-                "topic {name:?} has {current} partitions; the count only grows, ask for more than {current}"
+                "topic {name:?} has {current} partition{}; the count only grows, ask for more than {current}",
+                if current == 1 { "" } else { "s" }
             )));
         }
         if count > TOPIC_PARTITIONS_MAX {

@@ -18,7 +18,7 @@ Examples:
   tidelog completions bash > ~/.local/share/bash-completion/completions/tidelog
 
 The broker address comes from --server or TIDELOG_SERVER (default http://127.0.0.1:7420);
-an https:// address speaks TLS (--ca-file, and --cert/--key for mutual TLS).
+an https:// address speaks TLS (--ca-file, and --cert/--tls-key for mutual TLS).
 Exit codes: 0 ok, 1 error from the broker or the data, 2 bad arguments. With --json an
 error is one JSON object on stderr: {\"error\": {\"message\", \"exit_code\", \"grpc_code\"}}.";
 
@@ -64,9 +64,26 @@ pub struct Cli {
     #[arg(long, global = true, env = "TIDELOG_CERT", value_name = "FILE")]
     pub cert: Option<std::path::PathBuf>,
 
-    /// Private key (PEM) of --cert
-    #[arg(long, global = true, env = "TIDELOG_KEY", value_name = "FILE")]
-    pub key: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --cert. Not `--key`: that is `produce --key`, the
+    /// message key (before the command, `tidelog --key FILE ...` still means this).
+    #[arg(
+        long,
+        id = "tls_key",
+        global = true,
+        env = "TIDELOG_KEY",
+        value_name = "FILE"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// The old name of --tls-key, taken before the command only (after it, `--key`
+    /// is produce's message key).
+    #[arg(
+        long = "key",
+        hide = true,
+        conflicts_with = "tls_key",
+        value_name = "FILE"
+    )]
+    pub key_before_command: Option<std::path::PathBuf>,
 
     /// Print JSON for scripts instead of tables; an error is then one JSON object on
     /// stderr: {"error": {"message": "...", "exit_code": 1, "grpc_code": "NOT_FOUND"}}.

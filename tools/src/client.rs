@@ -1,5 +1,5 @@
 //! The CLI's side of the connection to tidelogd: the command line's `--server`,
-//! `--token` / `TIDELOG_TOKEN` and `--ca-file` / `--cert` / `--key` become
+//! `--token` / `TIDELOG_TOKEN` and `--ca-file` / `--cert` / `--tls-key` become
 //! tidelog-client's [`ClientOptions`], and its connection errors become lines in CLI
 //! terms. The connection itself (URL rules, TLS, the token interceptor, message
 //! limits, HTTP/2 windows) is [`tidelog_client::Client`]: one client code path for
@@ -15,7 +15,7 @@ use crate::error::{CliError, CliResult, tls_hint};
 /// The default address of tidelogd.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7420";
 
-/// The TLS files given on the command line (`--ca-file`, `--cert`, `--key`).
+/// The TLS files given on the command line (`--ca-file`, `--cert`, `--tls-key`).
 #[derive(Debug, Clone, Default)]
 pub struct TlsArgs {
     pub ca_file: Option<PathBuf>,
@@ -66,11 +66,11 @@ pub fn set_tls(args: &TlsArgs) -> CliResult<()> {
         None => None,
     };
     let identity = match (&args.cert, &args.key) {
-        (Some(cert), Some(key)) => Some((read_pem("--cert", cert)?, read_pem("--key", key)?)),
+        (Some(cert), Some(key)) => Some((read_pem("--cert", cert)?, read_pem("--tls-key", key)?)),
         (None, None) => None,
         _ => {
             return Err(CliError::usage(
-                "--cert and --key go together",
+                "--cert and --tls-key go together",
                 "give both (or TIDELOG_CERT and TIDELOG_KEY), or neither",
             ));
         }
@@ -115,7 +115,9 @@ fn connect_error(server: &str, error: tidelog_client::Error) -> CliError {
             "pass the token tidelog auth token create printed (tidelog_<id>_<secret>)",
         ),
         Error::Tls { url, .. } if url.starts_with("http://") => CliError::usage(
-            format!("--ca-file/--cert/--key were given but --server {server:?} is not https://"),
+            format!(
+                "--ca-file/--cert/--tls-key were given but --server {server:?} is not https://"
+            ),
             "use an https:// address (or drop the TLS flags)",
         ),
         Error::Tls { url, reason } | Error::Unreachable { url, reason }
@@ -129,7 +131,7 @@ fn connect_error(server: &str, error: tidelog_client::Error) -> CliError {
         }
         Error::Tls { reason, .. } => CliError::usage(
             format!("the TLS files cannot be used ({reason})"),
-            "check --ca-file, --cert and --key (PEM; the key must be the certificate's)",
+            "check --ca-file, --cert and --tls-key (PEM; the key must be the certificate's)",
         ),
         Error::Unreachable { url, reason } => CliError::failure(
             format!("cannot reach tidelogd at {url} ({reason})"),

@@ -146,7 +146,7 @@ impl CliError {
                 && !has_client_certificate();
             let hint = tls_hint(&message).or(closed_without_certificate.then_some(
                 "tidelogd closed the connection: if it requires client certificates \
-                 (--tls-client-ca), pass --cert and --key (or TIDELOG_CERT and TIDELOG_KEY)",
+                 (--tls-client-ca), pass --cert and --tls-key (or TIDELOG_CERT and TIDELOG_KEY)",
             ));
             if let Some(hint) = hint {
                 return CliError::failure(
@@ -255,7 +255,7 @@ pub fn tls_hint(message: &str) -> Option<&'static str> {
         ),
         (
             &["CertificateRequired"],
-            "tidelogd requires a client certificate (--tls-client-ca): pass --cert and --key \
+            "tidelogd requires a client certificate (--tls-client-ca): pass --cert and --tls-key \
              (or TIDELOG_CERT and TIDELOG_KEY)",
         ),
         (
@@ -266,7 +266,7 @@ pub fn tls_hint(message: &str) -> Option<&'static str> {
                 "CertificateUnknown",
             ],
             "tidelogd does not accept this client certificate (not signed by its \
-             --tls-client-ca): pass a --cert and --key it trusts",
+             --tls-client-ca): pass a --cert and --tls-key it trusts",
         ),
         (
             &["InvalidContentType", "corrupt message"],
@@ -299,7 +299,7 @@ pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 /// Whether a client certificate was given (`--cert`), for the connection hints.
 static CLIENT_CERTIFICATE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
-/// Records whether `--cert`/`--key` were given (set once, where the TLS settings are).
+/// Records whether `--cert`/`--tls-key` were given (set once, where the TLS settings are).
 pub fn note_client_certificate(given: bool) {
     let _ = CLIENT_CERTIFICATE.set(given);
 }
@@ -403,7 +403,7 @@ mod tests {
             ("invalid peer certificate: UnknownIssuer", "--ca-file"),
             (
                 "received fatal alert: CertificateRequired",
-                "--cert and --key",
+                "--cert and --tls-key",
             ),
             ("received fatal alert: UnknownCA", "--tls-client-ca"),
             (

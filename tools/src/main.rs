@@ -69,6 +69,14 @@ fn main() -> ExitCode {
             note(&format!("error: {message}"));
         }
     }));
+    // The hook said exit code 1 (a failure): the process says the same, not Rust's 101.
+    std::panic::catch_unwind(|| parse_and_run(json))
+        .unwrap_or_else(|_| ExitCode::from(Exit::Failure.code()))
+}
+
+/// Parses the command line and runs the command: the exit code and, on an error, its
+/// line (or JSON object, with `--json`) on stderr.
+fn parse_and_run(json: bool) -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -112,10 +120,12 @@ fn run(cli: Cli) -> CliResult<()> {
         token,
         ca_file,
         cert,
-        key,
+        tls_key,
+        key_before_command,
         json,
         command,
     } = cli;
+    let key = tls_key.or(key_before_command);
     client::set_token(token.as_deref());
     if !matches!(command, Command::Segment(_) | Command::Completions(_)) {
         client::set_tls(&client::TlsArgs { ca_file, cert, key })?;
@@ -166,6 +176,17 @@ fn run(cli: Cli) -> CliResult<()> {
     })
 }
 
+/// The flags of `topic alter`, read from its clap definition so a new setting is
+/// listed without a second list to keep.
+fn alter_flags() -> Vec<String> {
+    let command = <args::TopicAlterArgs as clap::Args>::augment_args(clap::Command::new("alter"));
+    command
+        .get_arguments()
+        .filter_map(|arg| arg.get_long())
+        .map(|long| format!("--{long}"))
+        .collect()
+}
+
 /// Usage errors clap cannot express, found before connecting (exit 2).
 fn validate(command: &Command) -> CliResult<()> {
     match command {
@@ -183,8 +204,7 @@ fn validate(command: &Command) -> CliResult<()> {
         {
             Err(CliError::usage(
                 "nothing to change",
-                "give at least one of --partitions, --retention, --retention-bytes, --ttl, \
-                 --segment-bytes, --segment-age, --fsync, --max-message-bytes, --compression",
+                format!("give at least one of {}", alter_flags().join(", ")),
             ))
         }
         Command::Topic(TopicCommand::Alter(args))

@@ -75,6 +75,10 @@ pub const TRANSLATIONS: &[(&str, &str)] = &[
     ("Groups.DescribeGroup", "`tidelog group describe`"),
     ("Groups.DeleteGroup", "`tidelog group delete`"),
     ("Groups.DeleteOffsets", "`tidelog group delete-offsets`"),
+    (
+        "Groups.ResetOffsets with execute",
+        "`tidelog group reset-offsets --execute`",
+    ),
     ("Groups.ResetOffsets", "`tidelog group reset-offsets`"),
     ("Queues.CreateQueue", "`tidelog queue create`"),
     ("Queues.AlterQueue", "`tidelog queue alter`"),
@@ -107,6 +111,9 @@ pub const TRANSLATIONS: &[(&str, &str)] = &[
     ("segment_bytes", "--segment-bytes"),
     ("segment_ms", "--segment-age"),
     ("priority_levels", "--priority-levels"),
+    ("dedup_window_ms", "--dedup-window (ms)"),
+    ("queue_max_ready_messages", "--queue-max-ready"),
+    ("queue_max_ready_bytes", "--queue-max-ready-bytes"),
     ("end_offset", "end"),
     (
         "pass next_cursor exactly as it came, or start again without a cursor",

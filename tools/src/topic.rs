@@ -152,13 +152,12 @@ pub async fn run(broker: &Broker, command: TopicCommand, json: bool) -> CliResul
                 out.json_pretty(&topic_json(&topic))?;
             } else {
                 out.line(&format!("altered topic {}", topic.name))?;
+                let mut pairs = config_pairs(topic.config.as_ref());
                 if let Some(before) = grown_from {
-                    out.line(&format!(
-                        "partitions         {before} -> {}",
-                        topic.partitions.len()
-                    ))?;
+                    let grown = format!("{before} -> {}", topic.partitions.len());
+                    pairs.insert(0, ("partitions", grown));
                 }
-                out.text(&render_config(topic.config.as_ref()))?;
+                out.text(&render_pairs(&pairs))?;
             }
         }
         TopicCommand::Delete(args) => {
@@ -348,6 +347,15 @@ fn compression_name(code: i32) -> &'static str {
     }
 }
 
+/// `reject` or `dead-letter-oldest` (as `--queue-overflow` takes it).
+fn queue_overflow_name(code: i32) -> &'static str {
+    match QueueOverflow::try_from(code) {
+        Ok(QueueOverflow::DeadLetterOldest) => "dead-letter-oldest",
+        Ok(QueueOverflow::Reject | QueueOverflow::Unspecified) => "reject",
+        Err(_) => "unknown",
+    }
+}
+
 fn config_json(config: Option<&TopicConfig>) -> Value {
     let c = config.copied().unwrap_or_default();
     json!({
@@ -360,6 +368,10 @@ fn config_json(config: Option<&TopicConfig>) -> Value {
         "max_message_bytes": c.max_message_bytes,
         "compression": compression_name(c.compression),
         "priority_levels": c.priority_levels.max(1),
+        // null = no limit (absent and 0 both mean that).
+        "queue_max_ready_messages": c.queue_max_ready_messages.filter(|&n| n > 0),
+        "queue_max_ready_bytes": c.queue_max_ready_bytes.filter(|&n| n > 0),
+        "queue_overflow": queue_overflow_name(c.queue_overflow),
         "dedup_window_ms": c.dedup_window_ms.filter(|&w| w > 0),
         "assign_ids": c.assign_ids,
     })
@@ -392,11 +404,16 @@ pub fn topic_json(topic: &TopicDescription) -> Value {
 
 /// The configuration as aligned `key  value` lines.
 pub fn render_config(config: Option<&TopicConfig>) -> String {
+    render_pairs(&config_pairs(config))
+}
+
+/// The configuration's `key  value` pairs, keyed by the flags that set them.
+fn config_pairs(config: Option<&TopicConfig>) -> Vec<(&'static str, String)> {
     let c = config.copied().unwrap_or_default();
     let or = |value: Option<u64>, format: fn(u64) -> String, off: &str| {
         value.map_or_else(|| off.to_string(), format)
     };
-    render_pairs(&[
+    vec![
         (
             "retention",
             or(c.retention_ms, format_duration_ms, "forever"),
@@ -416,6 +433,26 @@ pub fn render_config(config: Option<&TopicConfig>) -> String {
         ("compression", compression_name(c.compression).to_string()),
         ("priority-levels", c.priority_levels.max(1).to_string()),
         (
+            "queue-max-ready",
+            or(
+                c.queue_max_ready_messages.filter(|&n| n > 0),
+                |n| n.to_string(),
+                "unlimited",
+            ),
+        ),
+        (
+            "queue-max-ready-bytes",
+            or(
+                c.queue_max_ready_bytes.filter(|&n| n > 0),
+                format_bytes,
+                "unlimited",
+            ),
+        ),
+        (
+            "queue-overflow",
+            queue_overflow_name(c.queue_overflow).to_string(),
+        ),
+        (
             "dedup-window",
             or(
                 c.dedup_window_ms.filter(|&w| w > 0),
@@ -424,7 +461,7 @@ pub fn render_config(config: Option<&TopicConfig>) -> String {
             ),
         ),
         ("assign-ids", c.assign_ids.to_string()),
-    ])
+    ]
 }
 
 fn print_description(out: &mut Stdout, topic: &TopicDescription, json: bool) -> CliResult<()> {
@@ -545,10 +582,13 @@ mod tests {
             ..TopicConfig::default()
         };
         let text = render_config(Some(&config));
-        assert!(text.contains("retention          7d\n"), "{text}");
-        assert!(text.contains("retention-bytes    unlimited\n"), "{text}");
-        assert!(text.contains("ttl                5m\n"), "{text}");
-        assert!(text.contains("segment-bytes      256 MiB\n"), "{text}");
-        assert!(text.contains("fsync              always\n"), "{text}");
+        assert!(text.contains("retention              7d\n"), "{text}");
+        assert!(
+            text.contains("retention-bytes        unlimited\n"),
+            "{text}"
+        );
+        assert!(text.contains("ttl                    5m\n"), "{text}");
+        assert!(text.contains("segment-bytes          256 MiB\n"), "{text}");
+        assert!(text.contains("fsync                  always\n"), "{text}");
     }
 }

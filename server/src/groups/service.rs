@@ -141,6 +141,34 @@ fn partition(topic: &Topic, id: u32) -> Result<Arc<Partition>, Status> {
     convert::or_status(topic.partition(id)).cloned()
 }
 
+/// ` partition 9` or ` partitions 0-3,7`: runs of consecutive partitions as `A-B`
+/// (both ends included), as the README writes ranges.
+fn partition_list(partitions: &[u32]) -> String {
+    let mut sorted = partitions.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let noun = if sorted.len() == 1 {
+        "partition"
+    } else {
+        "partitions"
+    };
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for p in sorted {
+        match runs.last_mut() {
+            Some((_, last)) if last.checked_add(1) == Some(p) => *last = p,
+            _ => runs.push((p, p)),
+        }
+    }
+    let text: Vec<String> = runs
+        .iter()
+        .map(|&(first, last)| match first == last {
+            true => first.to_string(),
+            false => format!("{first}-{last}"),
+        })
+        .collect();
+    format!(" {noun} {}", text.join(","))
+}
+
 fn check_metadata(metadata: &str, topic: &str, partition: u32) -> Result<(), Status> {
     if metadata.len() > COMMIT_METADATA_BYTES_MAX {
         return Err(Status::invalid_argument(format!(
@@ -327,7 +355,7 @@ impl Groups for GroupsService {
         validate_group_id(&request.group_id)?;
         let coordinator = &self.state.groups;
         let _gate = coordinator.admin_gate.write().await;
-        coordinator.require_no_live_members(&request.group_id, "DeleteGroup")?;
+        coordinator.require_no_live_members(&request.group_id, "Groups.DeleteGroup")?;
         let store = self.state.store.clone();
         let group_id = request.group_id.clone();
         let existed = tokio::task::spawn_blocking(move || store.offsets().delete_group(&group_id))
@@ -360,7 +388,7 @@ impl Groups for GroupsService {
         validate_group_id(&request.group_id)?;
         let coordinator = &self.state.groups;
         let _gate = coordinator.admin_gate.write().await;
-        coordinator.require_no_live_members(&request.group_id, "DeleteOffsets")?;
+        coordinator.require_no_live_members(&request.group_id, "Groups.DeleteOffsets")?;
         let store = self.state.store.clone();
         let (group, topic, partitions) = (
             request.group_id.clone(),
@@ -382,7 +410,7 @@ impl Groups for GroupsService {
                 if request.partitions.is_empty() {
                     String::new()
                 } else {
-                    format!(" partitions {:?}", request.partitions)
+                    partition_list(&request.partitions)
                 }
             )));
         }
@@ -419,7 +447,8 @@ impl Groups for GroupsService {
         // writes over, a state no member can change meanwhile.
         let _gate = if request.execute {
             let gate = coordinator.admin_gate.write().await;
-            coordinator.require_no_live_members(&request.group_id, "ResetOffsets with execute")?;
+            coordinator
+                .require_no_live_members(&request.group_id, "Groups.ResetOffsets with execute")?;
             Some(gate)
         } else {
             None

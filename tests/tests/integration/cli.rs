@@ -157,7 +157,7 @@ fn cli_topics_produce_and_consume_round_trip() {
     )
     .ok("topic alter");
     assert!(
-        altered.stdout.contains("retention          1d"),
+        altered.stdout.contains("retention              1d"),
         "{}",
         altered.stdout
     );
@@ -175,7 +175,7 @@ fn cli_topics_produce_and_consume_round_trip() {
     .ok("topic alter off");
     let described = cli(&broker, &["topic", "describe", "orders"]).ok("topic describe");
     assert!(
-        described.stdout.contains("ttl                none"),
+        described.stdout.contains("ttl                    none"),
         "{}",
         described.stdout
     );
@@ -913,9 +913,37 @@ async fn cli_execute_on_a_group_with_a_live_member_fails_clearly() {
         "{}",
         refused.stderr
     );
+    // The refusal names the command, not the RPC.
+    assert!(
+        refused
+            .stderr
+            .contains("`tidelog group reset-offsets --execute` refused"),
+        "{}",
+        refused.stderr
+    );
     let refused = cli(&broker, &["group", "delete", g]);
     assert_eq!(refused.code, 1);
     assert!(refused.stderr.contains("live member"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("`tidelog group delete` refused"),
+        "{}",
+        refused.stderr
+    );
+    let refused = cli(
+        &broker,
+        &["group", "delete-offsets", "--group", g, "--topic", "events"],
+    );
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused
+            .stderr
+            .contains("`tidelog group delete-offsets` refused"),
+        "{}",
+        refused.stderr
+    );
+    for api in ["ResetOffsets", "DeleteGroup", "DeleteOffsets"] {
+        assert!(!refused.stderr.contains(api), "{}", refused.stderr);
+    }
 
     let _ = consumer.kill();
     let _ = consumer.wait();

@@ -281,7 +281,7 @@ fn cli_topic_alter_raises_the_partition_count_and_says_keys_move() {
         altered.stderr
     );
     assert!(
-        altered.stdout.contains("partitions         2 -> 4"),
+        altered.stdout.contains("partitions             2 -> 4"),
         "{}",
         altered.stdout
     );

@@ -548,7 +548,7 @@ fn the_cli_publishes_with_ids_and_shows_them() {
         String::from_utf8(output.stdout).unwrap()
     };
     cli(&["topic", "create", "cli-ids", "--dedup-window", "10m"], "");
-    assert!(cli(&["topic", "describe", "cli-ids"], "").contains("dedup-window       10m"));
+    assert!(cli(&["topic", "describe", "cli-ids"], "").contains("dedup-window           10m"));
     assert_eq!(
         cli(&["produce", "cli-ids", "--id", "invoice-1"], "first\n"),
         "partition 0 offset 0\n"

@@ -9,6 +9,7 @@ mod bit_flips;
 mod broker;
 mod cli;
 mod cli_damage;
+mod cli_flags;
 mod cli_frictions;
 mod cli_produce;
 mod client;

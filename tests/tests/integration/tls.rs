@@ -3,7 +3,7 @@
 //!
 //! - the authorization matrix and the revocation of an open stream over TLS + tokens;
 //! - mutual TLS: a client certificate's CN is the principal (a token wins), no
-//!   certificate or one from another CA is refused; the CLI's --ca-file/--cert/--key
+//!   certificate or one from another CA is refused; the CLI's --ca-file/--cert/--tls-key
 //!   and its errors;
 //! - a plaintext client on the TLS port fails with a message saying so, the broker
 //!   unharmed;
@@ -252,7 +252,7 @@ async fn mutual_tls_makes_the_certificate_cn_the_principal_and_refuses_other_cas
         );
     }
 
-    // The CLI: --ca-file, --cert, --key; its errors say which flag to pass.
+    // The CLI: --ca-file, --cert, --tls-key (or --key before the command); its errors say which flag to pass.
     let server = format!("https://{}", broker.grpc_addr());
     let run = |args: &[&str]| {
         let output = tidelog_command()
@@ -286,7 +286,9 @@ async fn mutual_tls_makes_the_certificate_cn_the_principal_and_refuses_other_cas
         tidelog_command()
             .args(["--server", &format!("{scheme}{}", broker.grpc_addr())])
             .args(["--ca-file", s(&ca), "--cert", s(&client_cert)])
-            .args(["--key", s(&client_key), "--json", "auth", "whoami"])
+            // --tls-key after the command (global); `--key` before it, above, is its
+            // old name.
+            .args(["--json", "auth", "whoami", "--tls-key", s(&client_key)])
             .output()
             .unwrap()
     };
@@ -317,7 +319,7 @@ async fn mutual_tls_makes_the_certificate_cn_the_principal_and_refuses_other_cas
     );
     let (code, _, stderr) = run(&["--ca-file", s(&ca), "auth", "whoami"]);
     assert_eq!(code, Some(1));
-    assert!(stderr.contains("pass --cert and --key"), "{stderr}");
+    assert!(stderr.contains("pass --cert and --tls-key"), "{stderr}");
     let (code, _, stderr) = run(&[
         "--ca-file",
         s(&ca),
@@ -342,7 +344,10 @@ async fn mutual_tls_makes_the_certificate_cn_the_principal_and_refuses_other_cas
         "whoami",
     ]);
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("--cert and --key go together"), "{stderr}");
+    assert!(
+        stderr.contains("--cert and --tls-key go together"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,8 +9,11 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::time::parse_datetime_ms;
-use crate::units::parse_size;
+use crate::units::{format_bytes, parse_size};
 use tidelog_storage::duration::parse_duration_ms;
+use tidelog_storage::limits::{
+    MESSAGE_BYTES_MAX, PRIORITY_LEVELS_MAX, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN,
+};
 
 mod group;
 mod segment;
@@ -130,6 +133,44 @@ fn size(text: &str) -> Result<u64, String> {
     parse_size(text)
 }
 
+/// A size within `min..=max`, said in the flag's help terms when outside (so `0`,
+/// which the API takes as "the default", is refused rather than silently reset).
+fn size_in(text: &str, min: u64, max: u64) -> Result<u64, String> {
+    let bytes = parse_size(text)?;
+    if (min..=max).contains(&bytes) {
+        return Ok(bytes);
+    }
+    // As the flags take them: 4KiB, not "4 KiB".
+    let compact = |bytes: u64| format_bytes(bytes).replace(' ', "");
+    Err(format!(
+        "{} is outside {} to {}; give a size in that range (leave the flag out for the default)",
+        text.trim(),
+        compact(min),
+        compact(max)
+    ))
+}
+
+/// `--segment-bytes`: 4KiB to 1GiB.
+fn segment_size(text: &str) -> Result<u64, String> {
+    size_in(text, SEGMENT_BYTES_MIN, SEGMENT_BYTES_MAX)
+}
+
+/// `--max-message-bytes`: 1 byte to 16MiB.
+fn message_size(text: &str) -> Result<u64, String> {
+    size_in(text, 1, MESSAGE_BYTES_MAX)
+}
+
+/// `--priority-levels`: 1 to 10.
+fn priority_levels(text: &str) -> Result<u32, String> {
+    let max = u32::from(PRIORITY_LEVELS_MAX);
+    match text.trim().parse::<u32>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{text:?} is not a number of levels; give 1 to {max} (1 = no priorities)"
+        )),
+    }
+}
+
 /// How a topic's writes are made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fsync {
@@ -179,7 +220,7 @@ pub struct TopicConfigArgs {
     pub ttl: Option<Limit>,
 
     /// Roll to a new segment at this size (4KiB to 1GiB; default 256MiB).
-    #[arg(long, value_name = "SIZE", value_parser = size)]
+    #[arg(long, value_name = "SIZE", value_parser = segment_size)]
     pub segment_bytes: Option<u64>,
 
     /// Roll to a new segment at this age even if it is small (e.g. 1d); `off` or `0` = by
@@ -193,7 +234,7 @@ pub struct TopicConfigArgs {
     pub fsync: Option<Fsync>,
 
     /// Largest message (key + value + headers), up to 16MiB (default 1MiB).
-    #[arg(long, value_name = "SIZE", value_parser = size)]
+    #[arg(long, value_name = "SIZE", value_parser = message_size)]
     pub max_message_bytes: Option<u64>,
 
     /// Compression of stored batches.
@@ -202,7 +243,7 @@ pub struct TopicConfigArgs {
 
     /// Priority levels queues honour (1 to 10): messages may then be published with
     /// priorities 0 to N-1.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=10))]
+    #[arg(long, value_name = "N", value_parser = priority_levels)]
     pub priority_levels: Option<u32>,
 
     /// Backpressure: most ready messages any queue of the topic may hold; `off` = no limit.

@@ -10,8 +10,9 @@ use super::args::{DeliveryState, QueueDeliveriesArgs};
 use super::queue_error;
 use crate::client::Broker;
 use crate::delivery;
-use crate::error::CliResult;
+use crate::error::{CliError, CliResult};
 use crate::output::{Stdout, Table};
+use crate::time::format_datetime_ms;
 
 fn filter(state: DeliveryState) -> DeliveryFilter {
     match state {
@@ -37,13 +38,28 @@ fn now_ms() -> i64 {
 pub async fn run(broker: &Broker, args: QueueDeliveriesArgs, json: bool) -> CliResult<()> {
     let now = now_ms();
     let context = format!("listing the deliveries of queue {:?}", args.name);
+    let since_ms = args.since.map(|m| m.at_ms(now));
+    let until_ms = args.until.map(|m| m.at_ms(now));
+    if let (Some(since), Some(until)) = (since_ms, until_ms)
+        && since > until
+    {
+        // The broker refuses it too, in its request's terms (since_ms, until_ms).
+        return Err(CliError::usage(
+            format!(
+                "--since ({}) is after --until ({})",
+                format_datetime_ms(since),
+                format_datetime_ms(until)
+            ),
+            "give an earlier --since; a duration counts back from now (--since 2h --until 1h)",
+        ));
+    }
     let response = broker
         .queues()
         .list_deliveries(ListDeliveriesRequest {
             queue: args.name.clone(),
             filter: filter(args.state) as i32,
-            since_ms: args.since.map(|m| m.at_ms(now)),
-            until_ms: args.until.map(|m| m.at_ms(now)),
+            since_ms,
+            until_ms,
             header: args.header.clone().map(|(key, value)| Header {
                 key,
                 value: Bytes::from(value),

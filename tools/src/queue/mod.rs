@@ -93,7 +93,7 @@ fn status_error(server: &str, context: &str, status: &Status) -> CliError {
     if what.is_empty() {
         return CliError::status(context, status, server);
     }
-    CliError::failure(format!("{context} failed: {what}"), todo)
+    CliError::failure(format!("{context} failed: {what}"), todo).with_code(status.code())
 }
 
 /// The part of a broker message that says what went wrong (it goes on with what to
