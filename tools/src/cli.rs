@@ -66,11 +66,13 @@ pub struct Cli {
 
     /// Private key (PEM) of --cert. Not `--key`: that is `produce --key`, the
     /// message key (before the command, `tidelog --key FILE ...` still means this).
+    /// Its variable is not TIDELOG_KEY either: `queue work` gives its command the
+    /// message key there.
     #[arg(
         long,
         id = "tls_key",
         global = true,
-        env = "TIDELOG_KEY",
+        env = "TIDELOG_CERT_KEY",
         value_name = "FILE"
     )]
     pub tls_key: Option<std::path::PathBuf>,

@@ -71,7 +71,7 @@ pub fn set_tls(args: &TlsArgs) -> CliResult<()> {
         _ => {
             return Err(CliError::usage(
                 "--cert and --tls-key go together",
-                "give both (or TIDELOG_CERT and TIDELOG_KEY), or neither",
+                "give both (or TIDELOG_CERT and TIDELOG_CERT_KEY), or neither",
             ));
         }
     };

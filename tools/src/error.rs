@@ -146,7 +146,7 @@ impl CliError {
                 && !has_client_certificate();
             let hint = tls_hint(&message).or(closed_without_certificate.then_some(
                 "tidelogd closed the connection: if it requires client certificates \
-                 (--tls-client-ca), pass --cert and --tls-key (or TIDELOG_CERT and TIDELOG_KEY)",
+                 (--tls-client-ca), pass --cert and --tls-key (or TIDELOG_CERT and TIDELOG_CERT_KEY)",
             ));
             if let Some(hint) = hint {
                 return CliError::failure(
@@ -256,7 +256,7 @@ pub fn tls_hint(message: &str) -> Option<&'static str> {
         (
             &["CertificateRequired"],
             "tidelogd requires a client certificate (--tls-client-ca): pass --cert and --tls-key \
-             (or TIDELOG_CERT and TIDELOG_KEY)",
+             (or TIDELOG_CERT and TIDELOG_CERT_KEY)",
         ),
         (
             &[

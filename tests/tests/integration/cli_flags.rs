@@ -44,11 +44,22 @@ fn cli_produce_key_is_the_message_key_and_the_tls_key_has_its_own_flag() {
         .collect();
     assert_eq!(keys, ["user1", "user2"], "{}", consumed.stdout);
 
-    // TIDELOG_KEY is the TLS key file's variable (--tls-key), not the message key: a
-    // produce with it set (and no TIDELOG_CERT) says so instead of panicking.
+    // TIDELOG_KEY is the message key `queue work` gives its command, not a TLS key
+    // file: a produce run by a worker, with it set, neither panics nor asks for a
+    // certificate. The TLS key's variable is TIDELOG_CERT_KEY.
     let output = tidelog_command()
         .args(["--server", &broker.endpoint(), "produce", "s"])
         .env("TIDELOG_KEY", "user3")
+        .env_remove("TIDELOG_CERT")
+        .env_remove("TIDELOG_CERT_KEY")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let output = tidelog_command()
+        .args(["--server", &broker.endpoint(), "produce", "s"])
+        .env("TIDELOG_CERT_KEY", "k.pem")
         .env_remove("TIDELOG_CERT")
         .stdin(Stdio::null())
         .output()

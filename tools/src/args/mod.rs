@@ -233,7 +233,8 @@ pub struct TopicConfigArgs {
     #[arg(long, value_name = "POLICY", value_parser = fsync)]
     pub fsync: Option<Fsync>,
 
-    /// Largest message (key + value + headers), up to 16MiB (default 1MiB).
+    /// Largest message (id + key + value + headers; on a topic with a dedup window
+    /// the producer's own 16-byte id counts), 1B to 16MiB (default 1MiB).
     #[arg(long, value_name = "SIZE", value_parser = message_size)]
     pub max_message_bytes: Option<u64>,
 
