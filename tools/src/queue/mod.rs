@@ -55,21 +55,6 @@ pub fn validate(command: &QueueCommand) -> CliResult<()> {
     }
 }
 
-/// API field names in the broker's messages, and the flags that set them.
-const FIELD_FLAGS: [(&str, &str); 10] = [
-    // ListDeliveries' refusals of a cursor (the message begins with the field).
-    ("cursor is not one", "--cursor is not one"),
-    ("cursor was returned", "--cursor was returned"),
-    ("history_attempts", "--history-attempts"),
-    ("history_retention_ms", "--history-retention (ms)"),
-    ("ack_deadline_ms", "--ack-deadline (ms)"),
-    ("max_deliveries", "--max-deliveries"),
-    ("backoff_initial_ms", "--backoff-initial (ms)"),
-    ("backoff_max_ms", "--backoff-max (ms)"),
-    ("dead_letter_topic", "--dead-letter-topic"),
-    ("max_unacked_per_member", "--max-unacked"),
-];
-
 /// The error line for a refused queue call, in the CLI's terms. `context` says what
 /// was being done (`creating queue "billing"`).
 pub fn queue_error(broker: &Broker, context: &str, status: &Status) -> CliError {
@@ -100,11 +85,7 @@ fn status_error(server: &str, context: &str, status: &Status) -> CliError {
 /// do in API terms after "; "), with API field names replaced by their flags.
 fn cli_terms(message: &str) -> String {
     let what = message.split("; ").next().unwrap_or_default().trim();
-    let mut what = what.replace("invalid argument: ", "");
-    for (field, flag) in FIELD_FLAGS {
-        what = what.replace(field, flag);
-    }
-    what
+    crate::terms::to_cli(&what.replace("invalid argument: ", ""))
 }
 
 /// An answer without the field the call exists for.
@@ -166,7 +147,7 @@ mod tests {
         );
         assert_eq!(
             e.to_string(),
-            "error: creating queue \"q\" failed: --ack-deadline (ms) 5 is outside 100..=43200000; fix the value and try again (see --help)"
+            "error: creating queue \"q\" failed: --ack-deadline (ms) 5 is outside 100-43200000; fix the value and try again (see --help)"
         );
         let e = status_error(
             SERVER,
