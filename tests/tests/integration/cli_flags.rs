@@ -246,31 +246,14 @@ fn cli_partition_counts_and_lists_read_as_the_readme_writes_them() {
     assert!(run.stderr.contains("has 1 partition;"), "{}", run.stderr);
 
     cli(&broker, &["topic", "create", "many", "--partitions", "12"]).ok("create");
-    let run = cli(
-        &broker,
-        &[
-            "group",
-            "delete-offsets",
-            "--group",
-            "g",
-            "--topic",
-            "many:9",
-        ],
-    );
-    assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(run.stderr.contains("partition 9"), "{}", run.stderr);
-    assert!(!run.stderr.contains('['), "{}", run.stderr);
-    let run = cli(
-        &broker,
-        &[
-            "group",
-            "delete-offsets",
-            "--group",
-            "g",
-            "--topic",
-            "many:1-3,7",
-        ],
-    );
-    assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(run.stderr.contains("partitions 1-3,7"), "{}", run.stderr);
+    for (scope, named) in [
+        ("many:9", "partition 9"),
+        ("many:1-3,7", "partitions 1-3,7"),
+    ] {
+        let args = ["group", "delete-offsets", "--group", "g", "--topic", scope];
+        let run = cli(&broker, &args);
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(run.stderr.contains(named), "{}", run.stderr);
+        assert!(!run.stderr.contains('['), "{}", run.stderr);
+    }
 }
