@@ -232,10 +232,25 @@ async fn the_id_a_producer_attaches_counts_toward_the_topic_limit_and_is_named()
         .await
         .expect("create");
     let producer = Producer::new(&client, ProducerConfig::default());
+    // Sent together, so they would share a batch: the one over the limit fails alone.
+    let before = producer
+        .send(Record::new("dedup-limits", "before"))
+        .await
+        .expect("send");
     let exact = producer
         .send(Record::new("dedup-limits", vec![b'x'; 1024]))
         .await
         .expect("send");
+    let after = producer
+        .send(Record::new("dedup-limits", "after"))
+        .await
+        .expect("send");
+    for neighbour in [before, after] {
+        timeout(WAIT, neighbour)
+            .await
+            .expect("in time")
+            .expect("a neighbour is stored");
+    }
     let error = timeout(WAIT, exact)
         .await
         .expect("in time")
