@@ -208,21 +208,17 @@ impl Topic {
                 }
             }
         };
+        // Messages and payload bytes of the batches in `runs` (not written yet).
+        let mut waiting = (0u64, 0u64);
         for (place, (partition, bytes)) in batches.into_iter().enumerate() {
             let checked = self.partition(partition).and_then(|target| {
                 let checked = validate_batch(&bytes, &rules)
                     .map_err(|e| Error::invalid(format!("the record batch is malformed: {e}")))?;
                 let decides = window_decides(&checked, window_ms, config.assign_ids)?;
                 // Taken with the batches before it still waiting in runs.
-                let (messages, payload) = runs.iter().flat_map(|(_, run)| run).fold(
-                    (0u64, 0u64),
-                    |(m, b), (_, _, c, _)| {
-                        (m + u64::from(c.header.record_count), b + c.payload_bytes)
-                    },
-                );
                 admit(
-                    messages + u64::from(checked.header.record_count),
-                    payload + checked.payload_bytes,
+                    waiting.0 + u64::from(checked.header.record_count),
+                    waiting.1 + checked.payload_bytes,
                 )?;
                 Ok((target, checked, decides))
             });
@@ -236,6 +232,8 @@ impl Topic {
                             runs.len() - 1
                         }
                     };
+                    waiting.0 += u64::from(checked.header.record_count);
+                    waiting.1 += checked.payload_bytes;
                     runs[at].1.push((place, bytes, checked, ids));
                     continue;
                 }
@@ -245,6 +243,7 @@ impl Topic {
             // What went before, to any partition, is appended before this batch is
             // decided on.
             write_runs(&mut runs, &mut results);
+            waiting = (0, 0);
             results[place] = Some(checked.and_then(|checked| {
                 let placed = self.dedup.append_batch(
                     &self.name,
