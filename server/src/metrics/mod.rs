@@ -201,6 +201,8 @@ pub struct QueueMetrics {
     pub released: u64,
     /// Overflow dead letters the dead-letter topic refused for good.
     pub overflow_refused: u64,
+    /// Delivery-history events that could not be written (the queue went on).
+    pub history_failed_events: u64,
 }
 
 /// Implemented by the queue manager: read at every scrape for the `tidelog_queue_*`

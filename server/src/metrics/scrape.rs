@@ -184,7 +184,7 @@ impl Collector for ScrapeSources {
                     |q| gauge_value(q.oldest_unacked_age_ms / 1000),
                 ),
             ];
-            let counters: [QueueField<u64>; 7] = [
+            let counters: [QueueField<u64>; 8] = [
                 (
                     "tidelog_queue_delivered",
                     "Deliveries made, first ones and redeliveries.",
@@ -213,6 +213,11 @@ impl Collector for ScrapeSources {
                     "tidelog_queue_overflow_refused",
                     "Oldest messages over the topic's queue caps whose dead letter the dead-letter topic refused for good: they stay ready.",
                     |q| q.overflow_refused,
+                ),
+                (
+                    "tidelog_queue_history_failed_events",
+                    "Delivery-history events that could not be written (a full disk, a history file poisoned by a failed fsync until the broker restarts): the queue went on, message status and history lack them.",
+                    |q| q.history_failed_events,
                 ),
             ];
             let snapshot = queues.queue_metrics();

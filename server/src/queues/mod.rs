@@ -117,7 +117,9 @@ impl Part {
                 let result = f(&mut engine);
                 (result, engine.take_history())
             };
-            history.wait()?;
+            // A history that could not be written is counted and logged by it; the
+            // decision stands (see `QueueEngine::record`).
+            let _ = history.wait();
             result
         })
         .await
@@ -1051,6 +1053,7 @@ impl crate::metrics::QueueMetricsSource for QueueManager {
                     dead_lettered_overflow: c.dead_lettered_overflow,
                     released: c.released,
                     overflow_refused: c.overflow_refused,
+                    history_failed_events: c.history_failed_events,
                 })
             })
             .collect()

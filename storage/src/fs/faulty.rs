@@ -30,7 +30,8 @@
 //! - [`FaultyFs::set_capacity`] / [`FaultyFs::set_disk_full`]: writes that would grow
 //!   the files under the root past a byte capacity are cut short where the space ends,
 //!   then fail with ENOSPC; removing files frees space. Creating empty files, overwriting
-//!   in place and shrinking always work.
+//!   in place and shrinking always work. [`FaultyFs::set_full_for`] does the same for
+//!   the files whose path contains a string, leaving the others room.
 //! - [`FaultyFs::set_short_writes`]: one write in N writes only a seeded part of its
 //!   bytes (and says so), as `pwrite` may.
 //!
@@ -282,6 +283,8 @@ struct State {
     sync_fault: Option<ArmedSyncFault>,
     short_write_one_in: Option<u64>,
     capacity: Option<u64>,
+    /// Files whose path contains this take no more bytes ([`FaultyFs::set_full_for`]).
+    full_for: Option<String>,
     /// Bytes in the files known to this filesystem.
     used: u64,
     stats: FaultStats,
@@ -305,6 +308,7 @@ impl State {
             sync_fault: None,
             short_write_one_in: None,
             capacity: None,
+            full_for: None,
             used: 0,
             stats,
             syncs_held: false,
@@ -436,8 +440,16 @@ impl State {
         }
     }
 
-    /// Bytes that may still be added before the capacity is reached.
-    fn room(&self) -> Option<u64> {
+    /// Bytes that may still be added to the file at `path` before the capacity is
+    /// reached.
+    fn room(&self, path: &Path) -> Option<u64> {
+        if self
+            .full_for
+            .as_ref()
+            .is_some_and(|part| path.to_string_lossy().contains(part.as_str()))
+        {
+            return Some(0);
+        }
         self.capacity
             .map(|capacity| capacity.saturating_sub(self.used))
     }
@@ -649,6 +661,13 @@ impl FaultyFs {
     pub fn set_disk_full(&self, full: bool) {
         let mut state = self.lock();
         state.capacity = full.then_some(state.used);
+    }
+
+    /// Writes that would grow a file whose path contains `part` fail with ENOSPC, as on
+    /// a full disk, while other files take bytes as before (`None` lifts it): the disk
+    /// filling between one file's write and another's.
+    pub fn set_full_for(&self, part: Option<&str>) {
+        self.lock().full_for = part.map(str::to_string);
     }
 
     /// Bytes the files under the root hold now.
@@ -955,7 +974,7 @@ impl FsFile for FaultyFile {
         let mut state = self.lock()?;
         let len = self.file.metadata()?.len();
         let mut count = buf.len();
-        if let Some(room) = state.room() {
+        if let Some(room) = state.room(&self.path) {
             let fits = (len + room).saturating_sub(offset).min(count as u64) as usize;
             if fits < count {
                 state.stats.enospc += 1;
@@ -1005,7 +1024,11 @@ impl FsFile for FaultyFile {
     fn set_len(&self, new_len: u64) -> io::Result<()> {
         let mut state = self.lock()?;
         let len = self.file.metadata()?.len();
-        if new_len > len && state.room().is_some_and(|room| new_len - len > room) {
+        if new_len > len
+            && state
+                .room(&self.path)
+                .is_some_and(|room| new_len - len > room)
+        {
             state.stats.enospc += 1;
             return Err(enospc());
         }

@@ -232,6 +232,10 @@ pub struct EngineCounters {
     pub overflow_refused: u64,
     /// Of those, skipped because the filter reads JSON and the value is not JSON.
     pub filtered_not_json: u64,
+    /// History events whose append failed (the decisions stand; see
+    /// [`QueueHistory::failed`]), since the engine opened, as its history last
+    /// counted them.
+    pub history_failed_events: u64,
 }
 
 impl EngineCounters {
@@ -251,6 +255,7 @@ impl EngineCounters {
         self.released += other.released;
         self.overflow_refused += other.overflow_refused;
         self.filtered_not_json += other.filtered_not_json;
+        self.history_failed_events += other.history_failed_events;
     }
 }
 
@@ -299,12 +304,17 @@ pub struct QueueEngine {
 pub struct HistoryWait(Vec<(Arc<QueueHistory>, HistorySubmitted)>);
 
 impl HistoryWait {
-    /// Waits until every event is durable (the first failure is returned, after all
-    /// were waited for).
+    /// Waits until every event is durable. A failure is counted and logged by its
+    /// history ([`QueueHistory::failed`]) and returned (the first, after all were
+    /// waited for); the calls that recorded them stand whatever it is.
     pub fn wait(self) -> Result<()> {
         let mut outcome = Ok(());
         for (history, submitted) in self.0 {
+            let events = QueueHistory::submitted_events(&submitted);
             let waited = history.wait(submitted);
+            if let Err(error) = &waited {
+                history.failed(events, error);
+            }
             if outcome.is_ok() {
                 outcome = waited;
             }
@@ -543,7 +553,7 @@ impl QueueEngine {
         }
         self.counters.released += count;
         tracing::info!(queue = %self.name, member, released = count, "deliveries never handed to their member given back unseen");
-        self.record(&queue.config, events)?;
+        self.record(&queue.config, events);
         Ok(count)
     }
 
@@ -695,7 +705,8 @@ impl QueueEngine {
         if !ops.is_empty() {
             self.store.queues().append(ops)?;
         }
-        self.record(&queue.config, events)
+        self.record(&queue.config, events);
+        Ok(())
     }
 
     /// Makes up to `wants[i].1` deliveries to each member `wants[i].0`, in turns, and
@@ -869,7 +880,7 @@ impl QueueEngine {
                 })
             })
             .collect();
-        self.record(&queue.config, events)?;
+        self.record(&queue.config, events);
         for (member, deliveries) in &out {
             *self.members.entry(member.clone()).or_insert(0) += deliveries.len() as u64;
             self.counters.delivered += deliveries.len() as u64;
@@ -1173,7 +1184,7 @@ impl QueueEngine {
                 "overflow: the dead-letter topic refused letters for good; their messages stay ready (raise the dead-letter topic's max_message_bytes, or purge the queue)"
             );
         }
-        self.record(&queue.config, events)?;
+        self.record(&queue.config, events);
         self.counters.dead_lettered_overflow += dropped;
         Ok(dropped)
     }
@@ -1182,18 +1193,38 @@ impl QueueEngine {
     /// of are durable in the queue state (see [`super::history`] for the crash rule):
     /// durably before returning, or, with [`QueueEngine::defer_history`], submitted
     /// for the owner to wait for.
-    fn record(&mut self, config: &QueueConfig, events: Vec<HistoryEvent>) -> Result<()> {
+    /// Records the events of a decision the queue state already holds. A failure
+    /// (a full disk, a history file poisoned by a failed fsync) does not undo or fail
+    /// the decision: members got, or get, what it decided; the history lacks these
+    /// events, as after a crash, and the failure is counted and logged
+    /// ([`QueueHistory::failed`]).
+    fn record(&mut self, config: &QueueConfig, events: Vec<HistoryEvent>) {
         if events.is_empty() {
-            return Ok(());
+            return;
         }
-        let history = self.store.queue_history(&self.name)?;
-        if !self.history_deferred {
-            return history.append(events, config.history_retention_ms);
+        let count = events.len();
+        let history = match self.store.queue_history(&self.name) {
+            Ok(history) => history,
+            Err(error) => {
+                tracing::warn!(queue = %self.name, %error, events = count, "the queue's delivery history could not be opened; the queue goes on without these events");
+                return;
+            }
+        };
+        let recorded = if self.history_deferred {
+            history
+                .submit(events, config.history_retention_ms)
+                .map(|submitted| {
+                    if let Some(submitted) = submitted {
+                        self.history_submitted.push((history.clone(), submitted));
+                    }
+                })
+        } else {
+            history.append(events, config.history_retention_ms)
+        };
+        if let Err(error) = recorded {
+            history.failed(count, &error);
         }
-        if let Some(submitted) = history.submit(events, config.history_retention_ms)? {
-            self.history_submitted.push((history, submitted));
-        }
-        Ok(())
+        self.counters.history_failed_events = history.failed_events();
     }
 
     /// With `deferred`, the calls that record history (deliver, settle, tick,

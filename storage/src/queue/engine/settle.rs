@@ -412,7 +412,7 @@ impl QueueEngine {
         if !ops.is_empty() {
             self.store.queues().append(ops)?;
         }
-        self.record(&queue.config, events)?;
+        self.record(&queue.config, events);
         for (holder, count) in released {
             if let Some(held) = self.members.get_mut(&holder) {
                 *held = held.saturating_sub(count);

@@ -95,7 +95,15 @@ struct Inner {
     poisoned: Option<Error>,
     /// The last time an append pruned.
     last_prune_ms: i64,
+    /// Events whose append failed ([`QueueHistory::failed`]), since the broker started.
+    failed_events: u64,
+    /// When a failure was last logged (at most one line per
+    /// [`FAILURE_LOG_INTERVAL_MS`]).
+    failure_logged_ms: Option<i64>,
 }
+
+/// A history that keeps failing (a poisoned file, a full disk) logs at most this often.
+const FAILURE_LOG_INTERVAL_MS: i64 = 10_000;
 
 /// Events queued by [`QueueHistory::submit`]: wait for them with
 /// [`QueueHistory::wait`].
@@ -106,6 +114,7 @@ pub struct HistorySubmitted {
     ticket: Ticket,
     now_ms: i64,
     retention_ms: u64,
+    events: usize,
 }
 
 /// One queue's delivery history on disk. Appends come from the queue's engine (one at
@@ -134,6 +143,37 @@ impl QueueHistory {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// An append of `events` events failed with `error` (the queue engine goes on
+    /// without them: history is a record of decisions the queue state already holds).
+    /// Counted, and logged at most every 10 s with the count so far.
+    pub fn failed(&self, events: usize, error: &Error) {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        inner.failed_events += events as u64;
+        let due = inner
+            .failure_logged_ms
+            .is_none_or(|at| now.saturating_sub(at) >= FAILURE_LOG_INTERVAL_MS);
+        if due {
+            inner.failure_logged_ms = Some(now);
+            tracing::warn!(
+                dir = %self.dir.display(),
+                %error,
+                failed_events = inner.failed_events,
+                "a queue's delivery history could not be written; the queue goes on, its history lacks these events (message status and history may miss attempts)"
+            );
+        }
+    }
+
+    /// Events whose append failed since the broker started ([`QueueHistory::failed`]).
+    pub fn failed_events(&self) -> u64 {
+        self.lock().failed_events
+    }
+
+    /// The number of events `submitted` holds.
+    pub fn submitted_events(submitted: &HistorySubmitted) -> usize {
+        submitted.events
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -169,12 +209,14 @@ impl QueueHistory {
             .unwrap_or_else(PoisonError::into_inner);
         let now = self.clock.now_ms();
         let log = self.writable_log(now)?;
+        let count = events.len();
         match log.submit(events) {
             Ok(ticket) => Ok(ticket.map(|ticket| HistorySubmitted {
                 log,
                 ticket,
                 now_ms: now,
                 retention_ms,
+                events: count,
             })),
             Err(error) => {
                 if matches!(error, Error::Poisoned { .. }) {

@@ -47,8 +47,10 @@
 //! as an ack whose answer never arrived. Status ([`super::inspect`]) therefore reads
 //! pending state from the queue state, and only settled messages' outcome (acked or
 //! dead-lettered) from history. A failed fsync of a history file poisons this history
-//! (every later append fails, so the engine's calls fail and nothing more is answered)
-//! until the broker restarts; ENOSPC fails the one append and cuts the file back.
+//! (every later append fails, never retried) until the broker restarts; ENOSPC fails
+//! the one append and cuts the file back. Neither fails the engine's call: its
+//! decision is durable already, so members get what it decided and the history lacks
+//! those events, as after a crash ([`QueueHistory::failed`] counts and logs them).
 //!
 //! # Bounds
 //!
