@@ -837,7 +837,14 @@ pub fn execute(
                     Some(state) => (**state).clone(),
                     None => rescan(fs, dir, *base)?,
                 };
-                segment::replace_index_files(fs, dir, &state)?;
+                // Derived data, as the running partition treats it: a failure (a full
+                // disk) leaves the old or no file, which is checked when loaded and
+                // rebuilt by a scan; the open goes on with the state in memory, so a
+                // broker on a full disk still starts (and can delete topics to free
+                // space), and the next recovery writes it.
+                if let Err(error) = segment::replace_index_files(fs, dir, &state) {
+                    tracing::warn!(dir = %dir.display(), segment = base, %error, "could not write a segment's index; it will be rebuilt from the log when needed");
+                }
             }
             Action::WriteIdIndex { base } => {
                 // Derived data: a failure leaves the lookup path to rebuild it in

@@ -1446,3 +1446,69 @@ fn an_owned_topic_is_created_with_its_owner_or_not_at_all_at_every_crash_point()
         }
     }
 }
+
+/// Bug hunt 5 (2026-12-07): tidelogd could not start on a full disk once a sealed
+/// segment's index had to be written at recovery (its write while running had failed
+/// for room): `Store::open` failed with ENOSPC, so nothing was readable and no topic
+/// could be deleted through the broker to free space. The index is derived data: the
+/// open goes on without it (the segment's state is in memory), reads are whole, and
+/// the next open with room writes it.
+#[test]
+fn a_store_opens_on_a_full_disk_without_the_index_it_could_not_write() {
+    let Scene {
+        dir: _dir,
+        data,
+        fs,
+        clock,
+        store,
+        topic,
+    } = scene(3, "t", 1, topic_config(FsyncPolicy::Always, 1 << 40));
+    let part = topic.partition(0).unwrap().clone();
+    let part_dir = data.join("topics").join("t").join("0");
+    let mut rng = Rng::new(3);
+    let mut values = BTreeMap::new();
+    let mut end = 0;
+    while part.info().segment_count < 4 {
+        end = append_acked(&part, &mut rng, "v", 4, &mut values);
+    }
+    drop((topic, part));
+    store.close().unwrap();
+    drop(store);
+    // Every sealed segment's index must be written again at the next open.
+    let pdir = part_dir.clone();
+    let mut removed = 0;
+    for entry in std::fs::read_dir(&pdir).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .extension()
+            .is_some_and(|e| e == "index" || e == "timeindex")
+        {
+            tidelog_storage::fs::FileSystem::remove_file(&fs, &path).unwrap();
+            removed += 1;
+        }
+    }
+    assert!(removed >= 2, "{removed} index files in {}", pdir.display());
+    fs.set_full_for(Some("index"));
+    let store = Store::open(&data, options(&fs, &clock))
+        .unwrap_or_else(|e| panic!("the store does not open on a full disk: {e}"));
+    let part = store.topic("t").unwrap().partition(0).unwrap().clone();
+    assert_holds(&part, &values, end, "opened without its indexes");
+    drop(part);
+    store.close().unwrap();
+    drop(store);
+    fs.set_full_for(None);
+    let store = Store::open(&data, options(&fs, &clock)).unwrap();
+    let part = store.topic("t").unwrap().partition(0).unwrap().clone();
+    assert_holds(&part, &values, end, "opened with room");
+    let indexes = std::fs::read_dir(&pdir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|e| e == "index")
+        })
+        .count();
+    assert!(indexes >= 2, "the indexes are written once there is room");
+}

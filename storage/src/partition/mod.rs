@@ -1014,7 +1014,8 @@ impl Partition {
     }
 
     /// Flushes, writes the active segment's index and a final checkpoint, and refuses
-    /// further appends. Reopening after this scans nothing.
+    /// further appends. Reopening after this scans nothing (unless the index could not
+    /// be written: then it scans the active segment).
     pub(crate) fn close(&self) -> Result<()> {
         let flushed = self.flush();
         let mut flush = lock(&self.flush);
@@ -1030,7 +1031,11 @@ impl Partition {
         if let Err(error) = writer.active.write_id_index(&writer.state.summary, false) {
             tracing::warn!(partition = %self.name, %error, "could not write the active segment's id index at close");
         }
-        writer.active.write_index_files(&writer.state)?;
+        // The same for the index files: a failure (a full disk) costs the next open a
+        // scan of the active segment; the final checkpoint still goes out.
+        if let Err(error) = writer.active.write_index_files(&writer.state) {
+            tracing::warn!(partition = %self.name, %error, "could not write the active segment's index at close; the next start rebuilds it from the log");
+        }
         let end = self.progress.lock().durable;
         flush
             .checkpoint
