@@ -146,6 +146,8 @@ impl AdminService {
                 .await?;
         // Groups whose pattern members match it take it in now.
         self.state.groups.topic_created(topic.name());
+        // Plain pattern streams look at the topic list now.
+        self.state.topic_changes.changed();
         self.state.queues.topics_changed();
         Ok(CreateTopicResponse {
             topic: Some(convert::topic_description(&topic.info())),
@@ -160,6 +162,7 @@ impl AdminService {
         // Group members reading the topic by name end with NOT_FOUND; it drops out
         // of pattern members' assignments.
         self.state.groups.topic_deleted(&request.name);
+        self.state.topic_changes.changed();
         // Its queues went with it: their members' streams end with NOT_FOUND.
         self.state.queues.forget_missing();
         self.state.queues.topics_changed();
@@ -238,6 +241,9 @@ impl AdminService {
         let topic = blocking(move || store.create_partitions(&name, count)).await?;
         // Groups reading the topic take the new partitions in.
         self.state.groups.topic_grew(&request.name);
+        // Plain streams on every partition of the topic (or on a pattern that matches
+        // it) read the new partitions from now on.
+        self.state.topic_changes.changed();
         Ok(CreatePartitionsResponse {
             topic: Some(convert::topic_description(&topic.info())),
         })

@@ -198,6 +198,11 @@ fn pattern_subscription(
             "topic_pattern reads every partition of every matching topic: leave partitions empty (resume with partition_starts naming their topics)",
         ));
     }
+    if request.follow_partitions_from.is_some() {
+        return Err(Status::invalid_argument(
+            "topic_pattern reads every partition of every matching topic, those added later too: leave follow_partitions_from unset (it is for a topic)",
+        ));
+    }
     // A resume: where listed partitions stood; the rest are new to the stream.
     let mut resume: HashMap<(&str, u32), u64> = HashMap::new();
     if !request.partition_starts.is_empty() {
@@ -249,10 +254,7 @@ fn pattern_subscription(
         }
         initial.push((topic, starts));
     }
-    let later = match position {
-        Some(Position::TimestampMs(ms)) => LaterStart::Timestamp(ms),
-        _ => LaterStart::Earliest,
-    };
+    let later = LaterStart::for_start(position.as_ref());
     let reader = PartitionReader::with_pattern(
         state.clone(),
         pattern,
@@ -306,14 +308,23 @@ fn plain_subscription(
             }
             starts.push((start.partition, start.offset));
         }
-        let reader =
+        let mut reader =
             PartitionReader::new(state.clone(), topic, &starts, reset_policy, limits, filter)?;
+        if let Some(from) = request.follow_partitions_from {
+            reader = reader.following(from, LaterStart::Earliest);
+        }
         return Ok(if request.send_positioned {
             reader.announce_positions()
         } else {
             reader
         });
     }
+    if request.follow_partitions_from.is_some() {
+        return Err(Status::invalid_argument(
+            "follow_partitions_from goes with partition_starts (a resume): to read every partition of the topic as it grows, leave partitions empty",
+        ));
+    }
+    let every_partition = request.partitions.is_empty();
     let ids = chosen_partitions(&topic, &request.partitions)?;
     let position = request.start.and_then(|s| s.position);
     let mut starts = Vec::with_capacity(ids.len());
@@ -321,7 +332,12 @@ fn plain_subscription(
         let partition = convert::or_status(topic.partition(id))?;
         starts.push((id, start_offset(partition, position)?));
     }
-    let reader = PartitionReader::new(state.clone(), topic, &starts, reset_policy, limits, filter)?;
+    let mut reader =
+        PartitionReader::new(state.clone(), topic, &starts, reset_policy, limits, filter)?;
+    if every_partition {
+        // Empty = all: partitions added while it runs are read too.
+        reader = reader.following(0, LaterStart::for_start(position.as_ref()));
+    }
     Ok(if request.send_positioned {
         reader.announce_positions()
     } else {

@@ -102,4 +102,6 @@ pub struct AppState {
     pub auth: Arc<auth::Auth>,
     /// Round-robin counter for messages with neither key nor partition.
     pub round_robin: partitioner::RoundRobin,
+    /// Wakes plain subscriptions when topics or partitions are created or deleted.
+    pub topic_changes: read::TopicChanges,
 }

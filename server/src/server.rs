@@ -115,6 +115,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         auth: auth.clone(),
         round_robin: partitioner::RoundRobin::default(),
+        topic_changes: crate::read::TopicChanges::default(),
     });
 
     let tls = settings.tls.clone();

@@ -65,6 +65,7 @@ async fn a_failed_fsync_makes_the_partition_unavailable_without_losing_reads() {
         shutdown,
         auth: Arc::new(tidelog_server::auth::Auth::disabled()),
         round_robin: RoundRobin::default(),
+        topic_changes: Default::default(),
     });
 
     let acks = publish::publish(&state, request("kept"))

@@ -24,8 +24,10 @@ use crate::record::{Message, Messages};
 /// How a [`Subscription`] reads.
 #[derive(Debug, Clone, Default)]
 pub struct SubscribeOptions {
-    /// Partitions to read; empty = all. One topic only: a pattern reads every
-    /// partition of every topic it matches.
+    /// Partitions to read; empty = all, as the topic grows: a partition
+    /// CreatePartitions adds while the subscription runs (or while it reconnects) is
+    /// read from its log start (from the time with [`StartAt::Timestamp`]). One topic
+    /// only: a pattern reads every partition of every topic it matches.
     pub partitions: Vec<u32>,
     pub start: StartAt,
     pub reset: Reset,
@@ -140,7 +142,8 @@ enum Source {
 ///
 /// Survives broker restarts: when the stream breaks it reconnects with backoff and
 /// resumes every (topic, partition) at the position after the last batch it received
-/// (the broker's `next_offset`), so nothing is skipped and nothing is delivered twice.
+/// (the broker's `next_offset`), so nothing is skipped and nothing is delivered twice;
+/// on a topic read whole, partitions added meanwhile are read from their log start.
 ///
 /// Two ways to read: [`Subscription::next`] returns one message at a time;
 /// [`Subscription::next_event`] returns each delivery's messages together
@@ -227,6 +230,13 @@ pub struct Subscription {
     stream: Option<tidelog_proto::frames::Messages<SubscribeBatchesResponse>>,
     /// The first stream fixed every start (its Positioned event came).
     positioned: bool,
+    /// One more than the highest partition number seen (Positioned, batches,
+    /// resets): on a topic read whole ([`SubscribeOptions::partitions`] empty) a
+    /// reconnect asks the broker for every partition from there on that it does not
+    /// list from its log start (`follow_partitions_from`), so a partition
+    /// CreatePartitions added is read whole even when the stream broke before its
+    /// first batch, and one [`Subscription::drop_partition`] left out stays out.
+    partitions_seen: u32,
     /// The stream broke; [`Event::Reconnected`] is due with the next event.
     reconnecting: bool,
     /// The next reconnect comes without waiting (a partition was dropped or moved).
@@ -288,6 +298,7 @@ impl Subscription {
             topics: None,
             stream: None,
             positioned: false,
+            partitions_seen: 0,
             reconnecting: false,
             reopen_now: false,
             events: VecDeque::new(),
@@ -494,6 +505,11 @@ impl Subscription {
         name
     }
 
+    /// Counts `partition` as seen (see `partitions_seen`).
+    fn seen(&mut self, partition: u32) {
+        self.partitions_seen = self.partitions_seen.max(partition.saturating_add(1));
+    }
+
     /// The (topic, partition) a position or reset names: its topic on a pattern
     /// stream, the one topic otherwise. `None` when a pattern stream names none.
     fn key(&mut self, topic: &str, partition: u32) -> Option<(Arc<str>, u32)> {
@@ -551,6 +567,12 @@ impl Subscription {
                     },
                 })
                 .collect();
+            if !pattern && self.options.partitions.is_empty() {
+                // Every partition of the topic: those not listed and numbered past
+                // what this subscription has seen are new to it (added while the
+                // stream was down, or since): read them from their start.
+                request.follow_partitions_from = Some(self.partitions_seen);
+            }
         }
         match crate::wire::subscribe_batches(self.client.conn(), request).await {
             Ok(stream) => {
@@ -563,6 +585,7 @@ impl Subscription {
 
     fn position(&mut self, position: &PartitionPosition) -> Option<PartitionProgress> {
         let (topic, partition) = self.key(&position.topic, position.partition)?;
+        self.seen(partition);
         self.positions
             .insert((topic.clone(), partition), position.next_offset);
         Some(PartitionProgress {
@@ -621,6 +644,7 @@ impl Subscription {
                     to = reset.to_offset,
                     "position reset"
                 );
+                self.seen(partition);
                 self.positions
                     .insert((topic.clone(), partition), reset.to_offset);
                 let reason = match ProtoResetReason::try_from(reset.reason) {

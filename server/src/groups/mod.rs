@@ -140,6 +140,11 @@ async fn start_member(
             "start must be absent with a group: members start at the group's committed offsets; move them with Groups.ResetOffsets",
         ));
     }
+    if request.follow_partitions_from.is_some() {
+        return Err(Status::invalid_argument(
+            "follow_partitions_from must be unset with a group: members get partitions the topic gains by rebalancing",
+        ));
+    }
     if membership.client_id.len() > CLIENT_ID_BYTES_MAX {
         return Err(Status::invalid_argument(format!(
             "client_id is {} bytes, over the limit of {CLIENT_ID_BYTES_MAX} bytes",

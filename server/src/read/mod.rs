@@ -63,6 +63,32 @@ pub const TOPIC_RESCAN_INTERVAL: Duration = Duration::from_millis(500);
 /// deleted but the topic list still holds it (the delete is under way).
 const IDLE_RESCAN_BACKOFF: Duration = Duration::from_millis(50);
 
+/// Tells open plain subscriptions that the topic list or a topic's partition count
+/// changed (CreateTopic, DeleteTopic, CreatePartitions), so a stream on every partition
+/// of a topic reads a partition added while it runs at once, and a pattern stream
+/// looks at the topic list at once instead of at its next [`TOPIC_RESCAN_INTERVAL`].
+/// Only a wake-up: each reader looks at the store itself to learn what changed.
+#[derive(Debug, Clone)]
+pub struct TopicChanges(Arc<tokio::sync::watch::Sender<()>>);
+
+impl Default for TopicChanges {
+    fn default() -> Self {
+        TopicChanges(Arc::new(tokio::sync::watch::Sender::new(())))
+    }
+}
+
+impl TopicChanges {
+    /// Wakes every reader that watches (after the store holds the change).
+    pub fn changed(&self) {
+        self.0.send_replace(());
+    }
+
+    /// A watcher that sees the changes made from now on.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<()> {
+        self.0.subscribe()
+    }
+}
+
 /// Which topics a topic-pattern subscription (plain or group member) may match, on a
 /// broker with `--auth`: those its caller may consume, asked each time the topics are
 /// looked at, so a rule that changes takes effect within a rescan. Topics it refuses

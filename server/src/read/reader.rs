@@ -9,11 +9,11 @@ use std::time::Instant;
 
 use tidelog_proto::v1::{
     PartitionPosition, PositionReset, Positioned, ResetPolicy, ResetReason,
-    SubscribeBatchesResponse, SubscribeResponse, TopicsChanged, subscribe_batches_response,
-    subscribe_response::Event,
+    SubscribeBatchesResponse, SubscribeResponse, TopicsChanged, start_position,
+    subscribe_batches_response, subscribe_response::Event,
 };
 use tidelog_storage::{Error, Filter, Partition, Topic, TopicPattern, WaitForAnyData};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
@@ -54,8 +54,22 @@ struct PatternSource {
     next_scan: tokio::time::Instant,
 }
 
-/// Where a pattern stream starts reading a topic (or partition) that appeared after
-/// the stream started: every message in it is new to the stream.
+/// A one-topic stream that reads every partition of its topic, as the count grows
+/// (Subscribe with `partitions` empty, or a resume with `follow_partitions_from`).
+#[derive(Debug)]
+struct Follow {
+    /// Partitions numbered below it that the stream does not read stay unread (a
+    /// resume that left them out); 0 when it reads them all.
+    from: u32,
+    /// The partition count the stream has looked at: partitions numbered from it on
+    /// are new to the stream.
+    known: usize,
+    /// Where a new partition begins.
+    later: LaterStart,
+}
+
+/// Where a stream starts reading a topic (or partition) that appeared after the
+/// stream started: every message in it is new to the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LaterStart {
     /// The log start.
@@ -65,6 +79,17 @@ pub enum LaterStart {
 }
 
 impl LaterStart {
+    /// Where partitions new to a stream begin, for a stream whose `start` is
+    /// `position`: from that time with a timestamp start, else from the log start
+    /// (everything in them was published after the stream started, so a `latest` or
+    /// offset start skips nothing of them).
+    pub fn for_start(position: Option<&start_position::Position>) -> Self {
+        match position {
+            Some(start_position::Position::TimestampMs(ms)) => LaterStart::Timestamp(*ms),
+            _ => LaterStart::Earliest,
+        }
+    }
+
     fn offset(self, partition: &Partition) -> u64 {
         match self {
             LaterStart::Earliest => partition.log_start(),
@@ -94,8 +119,12 @@ impl LaterStart {
 ///   returned or that were skipped (expired, or by the filter: never to be sent).
 /// - It ends with UNAVAILABLE when the broker shuts down, NOT_FOUND when its one topic
 ///   is deleted, DATA_LOSS on a corrupt batch.
+/// - On every partition of one topic ([`PartitionReader::following`]) it reads a
+///   partition CreatePartitions adds from its [`LaterStart`], at once (woken through
+///   [`super::TopicChanges`]); no event tells of it, its messages and positions do.
 /// - On a pattern ([`PartitionReader::with_pattern`]) it looks at the topic list every
-///   [`TOPIC_RESCAN_INTERVAL`] (and at once when a read finds a topic deleted): a
+///   [`TOPIC_RESCAN_INTERVAL`] (and at once when a read finds a topic deleted, or
+///   [`super::TopicChanges`] tells of a created, deleted or grown topic): a
 ///   matching topic that appeared (or grew partitions) is read from its
 ///   [`LaterStart`], a deleted one drops out, and each change is a [`TopicsChanged`]
 ///   event. Messages, positions and resets name their topic.
@@ -124,6 +153,10 @@ pub struct PartitionReader {
     /// Reads stored batches, one partition's per event ([`BatchForm`]), instead of
     /// messages.
     batch_form: bool,
+    /// Reads the partitions added to its one topic while it runs.
+    follow: Option<Follow>,
+    /// Wakes the reader when a topic is created, deleted or grows.
+    topic_changes: watch::Receiver<()>,
 }
 
 /// What the reader's next step produced.
@@ -164,6 +197,7 @@ impl PartitionReader {
                 ))
             })
             .collect::<Result<Vec<_>, Status>>()?;
+        let topic_changes = state.topic_changes.watch();
         Ok(PartitionReader {
             state,
             source: Source::Topic(topic),
@@ -176,7 +210,64 @@ impl PartitionReader {
             last_sent: Instant::now(),
             queued: VecDeque::new(),
             batch_form: false,
+            follow: None,
+            topic_changes,
         })
+    }
+
+    /// Makes a one-topic reader follow the topic's partition count: it also reads the
+    /// partitions numbered `from` or more that exist now and it was not given
+    /// (from their log start: none of their messages was delivered to this stream),
+    /// and every partition added while it runs, from `later`. With `from` 0 and every
+    /// partition given, it reads the whole topic as it grows.
+    pub fn following(mut self, from: u32, later: LaterStart) -> Self {
+        let Source::Topic(topic) = &self.source else {
+            return self;
+        };
+        let read: std::collections::HashSet<u32> =
+            self.cursors.iter().map(|c| c.partition.id()).collect();
+        for partition in topic.partitions() {
+            if partition.id() >= from && !read.contains(&partition.id()) {
+                let start = partition.log_start();
+                self.cursors.push(Cursor::new(partition.clone(), start));
+                self.parked.push(false);
+            }
+        }
+        self.follow = Some(Follow {
+            from,
+            known: topic.partitions().len(),
+            later,
+        });
+        self
+    }
+
+    /// A following reader ([`PartitionReader::following`]): adds cursors for the
+    /// partitions its topic gained since it last looked.
+    fn take_new_partitions(&mut self) {
+        let (Source::Topic(topic), Some(follow)) = (&mut self.source, &mut self.follow) else {
+            return;
+        };
+        let Ok(now) = self.state.store.topic(topic.name()) else {
+            return;
+        };
+        if !now.is_same_topic(topic) || now.partitions().len() <= follow.known {
+            return;
+        }
+        for partition in now.partitions().iter().skip(follow.known) {
+            if partition.id() >= follow.from {
+                let start = follow.later.offset(partition);
+                tracing::debug!(
+                    topic = now.name(),
+                    partition = partition.id(),
+                    start,
+                    "subscription reads a new partition"
+                );
+                self.cursors.push(Cursor::new(partition.clone(), start));
+                self.parked.push(false);
+            }
+        }
+        follow.known = now.partitions().len();
+        *topic = now;
     }
 
     /// A reader of every topic `pattern` matches (and `access`, if any, lets
@@ -205,6 +296,7 @@ impl PartitionReader {
             topics.insert(topic.name().to_string(), (topic.clone(), starts.len()));
         }
         let names: Vec<String> = topics.keys().cloned().collect();
+        let topic_changes = state.topic_changes.watch();
         let mut queued = VecDeque::new();
         queued.push_back(SubscribeResponse {
             event: Some(Event::TopicsChanged(TopicsChanged {
@@ -232,6 +324,8 @@ impl PartitionReader {
             last_sent: Instant::now(),
             queued,
             batch_form: false,
+            follow: None,
+            topic_changes,
         }
     }
 
@@ -398,11 +492,21 @@ impl PartitionReader {
             return Ok(Step::Event(event));
         }
         let mut woke_empty = false;
+        let mut topics_changed = false;
         loop {
             if self.state.shutdown.is_triggered() {
                 return Err(Status::unavailable(
                     "the broker is shutting down; subscribe again once it is back",
                 ));
+            }
+            if std::mem::take(&mut topics_changed)
+                || self.topic_changes.has_changed().unwrap_or(false)
+            {
+                self.topic_changes.mark_unchanged();
+                match &mut self.source {
+                    Source::Topic(_) => self.take_new_partitions(),
+                    Source::Pattern(source) => source.next_scan = tokio::time::Instant::now(),
+                }
             }
             match &self.source {
                 Source::Topic(topic) => {
@@ -538,9 +642,19 @@ impl PartitionReader {
                     None => std::future::pending().await,
                 }
             };
+            let watch_topics = self.follow.is_some() || self.next_scan().is_some();
+            let changes = &mut self.topic_changes;
+            let topic_change = async {
+                // The sender lives in AppState, which this reader holds: it never
+                // closes, but if it did the reader would wait on the rest.
+                if !watch_topics || changes.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
                 _ = any_data => { woke_empty = true; }
                 _ = rescan => { woke_empty = false; }
+                _ = topic_change => { woke_empty = false; topics_changed = true; }
                 _ = self.state.shutdown.wait() => { woke_empty = true; }
             }
         }

@@ -44,6 +44,7 @@ mod retention_race;
 mod signals;
 mod soak;
 mod stream_limits;
+mod subscribe_added_partitions;
 mod support;
 mod tls;
 mod torn;
