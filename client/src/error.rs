@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use tonic::Code;
 
 /// What a client call can fail with.
@@ -49,8 +50,30 @@ pub enum Error {
     /// sent, the broker may have applied it: an ack then is not delivered again.
     LeaseLost { reason: String },
     /// A record could not be delivered within
-    /// [`crate::ProducerConfig::delivery_timeout`] (the broker stayed unreachable).
+    /// [`crate::ProducerConfig::delivery_timeout`] (the broker stayed unreachable) and
+    /// was **not stored**: the producer never sent it (it waited for a connection).
+    /// Records it sent and got no answer for fail with [`Error::OutcomeUnknown`].
     Timeout { what: String, after: Duration },
+    /// The producer sent these records and got no answer, and gave up on them: they
+    /// **may or may not be stored**. `reason` says why it gave up: the
+    /// [`crate::ProducerConfig::delivery_timeout`] passed, or the topic's dedup window
+    /// passed since it first sent them, so sending them again could store them twice
+    /// (see "Retries and duplicates" in [`crate::producer`]).
+    ///
+    /// `ids` are the records' message ids, for resending safely: for a record of
+    /// [`crate::Producer::send`], one entry, its id (`None` when it has none); for a
+    /// [`crate::Producer::send_batch`], per record in order, the id the producer
+    /// attached (`None` for a record with its own id or none), empty when it attached
+    /// none. On a topic with a dedup window, the same records sent again with the same
+    /// ids ([`crate::Record::id`]) within the window (counted from when the broker
+    /// stored the first copy) are answered with the stored originals
+    /// ([`crate::Delivered::duplicate`]) instead of being stored twice; without ids,
+    /// or after the window, a resend may store a record twice.
+    OutcomeUnknown {
+        what: String,
+        reason: String,
+        ids: Vec<Option<Bytes>>,
+    },
     /// The producer or consumer was closed, or its background task ended.
     Closed,
     /// A batch the broker returned could not be decoded (a damaged batch: report it).
@@ -217,14 +240,23 @@ impl std::fmt::Display for Error {
                 "settlement refused ({}): {message}",
                 tidelog_proto::code_name(*code)
             ),
-            Error::LeaseLost { reason } => write!(
-                f,
-                "the delivery's lease was lost: {reason}; the broker delivers the message again: drop this delivery and handle the redelivery"
-            ),
+            // The reason says whether the settlement may have been applied (and so
+            // whether a redelivery comes): see `queue::route`'s reasons.
+            Error::LeaseLost { reason } => write!(f, "the delivery's lease was lost: {reason}"),
             Error::Timeout { what, after } => write!(
                 f,
-                "{what} not delivered within {after:?} (ProducerConfig::delivery_timeout): the broker stayed unreachable"
+                "{what} not delivered within {after:?} (ProducerConfig::delivery_timeout): the broker stayed unreachable and the producer never sent it, so it is not stored; send it again once the broker is back"
             ),
+            Error::OutcomeUnknown { what, reason, ids } => {
+                write!(
+                    f,
+                    "{what} may or may not be stored (outcome unknown): {reason}"
+                )?;
+                if ids.iter().any(Option::is_some) {
+                    write!(f, " (the error carries the records' ids)")?;
+                }
+                Ok(())
+            }
             Error::Closed => write!(f, "the client was closed"),
             Error::Corrupt { reason } => write!(f, "the broker sent a damaged batch: {reason}"),
             Error::Broker { rpc, code, message } => {

@@ -41,6 +41,13 @@ pub struct ProducerConfig {
     pub delivery_timeout: Duration,
     /// First and longest reconnect delay. Default 50 ms and 2 s.
     pub backoff: (Duration, Duration),
+    /// How often the producer describes each topic it sends to again (Kafka's
+    /// `metadata.max.age.ms`), so that after Admin.CreatePartitions keyed records
+    /// route by the new partition count within this time: per-key order holds among
+    /// records sent after that. It also describes a topic again at once when a
+    /// record names a partition past the count it knows (at most once a second) or
+    /// the broker says a partition does not exist. Default 30 s.
+    pub metadata_max_age: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -55,6 +62,7 @@ impl Default for ProducerConfig {
             ids: IdMode::Auto,
             delivery_timeout: Duration::from_secs(120),
             backoff: (crate::backoff::BACKOFF_INITIAL, crate::backoff::BACKOFF_MAX),
+            metadata_max_age: Duration::from_secs(30),
         }
     }
 }

@@ -121,6 +121,11 @@ impl Producer {
         let core = Arc::new(Core::new(Front::new(limits, config.ids, buffer_bytes)));
         let (commands, receiver) = mpsc::unbounded_channel();
         let compression = config.compression;
+        tokio::spawn(describe_again(
+            client.clone(),
+            Arc::downgrade(&core),
+            config.metadata_max_age,
+        ));
         tokio::spawn(sender::run(client.clone(), config, core.clone(), receiver));
         Producer {
             shared: Arc::new(Shared {
@@ -307,6 +312,42 @@ impl Producer {
         // After the command: what was sent before it is drained by it.
         self.shared.core.front().closed = true;
         receiver.await.map_err(|_| Error::Closed)
+    }
+}
+
+/// Describes the producer's topics again every `every` (and at once when the task
+/// asks, after the broker said a partition does not exist), so records route by a
+/// partition count that grew (Admin.CreatePartitions). Ends with the producer.
+async fn describe_again(client: Client, core: std::sync::Weak<Core>, every: std::time::Duration) {
+    let every = every.max(std::time::Duration::from_millis(10));
+    loop {
+        {
+            let Some(core) = core.upgrade() else {
+                return;
+            };
+            let notified = core.refresh.notified();
+            tokio::pin!(notified);
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = &mut notified => {}
+            }
+        }
+        let names = match core.upgrade() {
+            Some(core) if !core.front().closed => core.front().topic_names(),
+            _ => return,
+        };
+        for name in names {
+            match client.describe_topic(&name).await {
+                Ok(description) => match core.upgrade() {
+                    Some(core) => core.front().learn(&description),
+                    None => return,
+                },
+                // Deleted: the next publish says NOT_FOUND, and the producer forgets it.
+                Err(error) => {
+                    tracing::debug!(topic = %name, %error, "producer: describing the topic again failed")
+                }
+            }
+        }
     }
 }
 
