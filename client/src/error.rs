@@ -58,7 +58,7 @@ pub enum Error {
     /// **may or may not be stored**. `reason` says why it gave up: the
     /// [`crate::ProducerConfig::delivery_timeout`] passed, or the topic's dedup window
     /// passed since it first sent them, so sending them again could store them twice
-    /// (see "Retries and duplicates" in [`crate::producer`]).
+    /// (see "Retries and duplicates" in the producer module's docs, `client/src/producer/mod.rs`).
     ///
     /// `ids` are the records' message ids, for resending safely: for a record of
     /// [`crate::Producer::send`], one entry, its id (`None` when it has none); for a

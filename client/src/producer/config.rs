@@ -36,8 +36,14 @@ pub struct ProducerConfig {
     pub buffer_bytes: usize,
     /// Message ids for retries without duplicates. Default [`IdMode::Auto`].
     pub ids: IdMode,
-    /// How long a record may wait for its ack while the broker is unreachable before
-    /// it fails with [`Error::Timeout`](crate::Error::Timeout). Default 2 minutes.
+    /// How long a record may wait for its ack while the broker is unreachable or
+    /// silent before it fails: with [`Error::Timeout`](crate::Error::Timeout) (not
+    /// stored) when its batch was never sent, with
+    /// [`Error::OutcomeUnknown`](crate::Error::OutcomeUnknown) (may be stored) when it
+    /// was sent and not answered. On a topic with a dedup window a batch sent and
+    /// unanswered is given up sooner, when the window (less a margin) passed since it
+    /// was first sent (see "Retries and duplicates" in the producer module's docs, `client/src/producer/mod.rs`).
+    /// Default 2 minutes.
     pub delivery_timeout: Duration,
     /// First and longest reconnect delay. Default 50 ms and 2 s.
     pub backoff: (Duration, Duration),
