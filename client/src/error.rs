@@ -152,7 +152,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Unavailable { .. } | Error::Unreachable { .. } => true,
-            Error::Broker { code, .. } => retryable_code(*code),
+            Error::Broker { code, message, .. } => retryable_answer(*code, message),
             _ => false,
         }
     }
@@ -170,9 +170,15 @@ pub(crate) fn retryable_code(code: Code) -> bool {
 
 /// Whether a failed stream (or call) should be opened again after a backoff.
 pub(crate) fn retryable_status(status: &tonic::Status) -> bool {
-    retryable_code(status.code())
-        || (status.code() == Code::Internal && {
-            let message = status.message().to_ascii_lowercase();
+    retryable_answer(status.code(), status.message())
+}
+
+/// Whether a call that failed with `code` and `message` may succeed later: a
+/// retryable code, or `INTERNAL` with the words of a broken connection.
+fn retryable_answer(code: Code, message: &str) -> bool {
+    retryable_code(code)
+        || (code == Code::Internal && {
+            let message = message.to_ascii_lowercase();
             [
                 "h2 protocol error",
                 "transport",
@@ -264,7 +270,16 @@ impl std::fmt::Display for Error {
                     f,
                     "{rpc} failed ({}): {message}",
                     tidelog_proto::code_name(*code)
-                )
+                )?;
+                if retryable_answer(*code, message) {
+                    // tonic's words for a broken connection ("transport error", "h2
+                    // protocol error") do not say what to do.
+                    write!(
+                        f,
+                        " (the connection to the broker broke or it went away: retryable, retry with backoff)"
+                    )?;
+                }
+                Ok(())
             }
         }
     }
@@ -290,6 +305,18 @@ mod tests {
         let error = Error::from_status("PublishBatch", Some("t"), &status);
         assert!(error.is_retryable());
         assert!(error.to_string().contains("retry"));
+        // A broken connection (a broker killed) says it is retryable.
+        let status = tonic::Status::unknown("transport error");
+        let error = Error::from_status("CommitOffsets", None, &status);
+        assert!(error.is_retryable());
+        assert!(error.to_string().contains("retry"), "{error}");
+        let status = tonic::Status::internal("h2 protocol error: error reading a body");
+        let error = Error::from_status("Settle", None, &status);
+        assert!(error.is_retryable());
+        assert!(error.to_string().contains("retryable"), "{error}");
+        let status = tonic::Status::internal("an invariant broke");
+        let error = Error::from_status("Settle", None, &status);
+        assert!(!error.is_retryable() && !error.to_string().contains("retry"));
         let status = tonic::Status::invalid_argument("record 0 is too large");
         let error = Error::from_status("PublishBatch", None, &status);
         assert!(!error.is_retryable());
