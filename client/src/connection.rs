@@ -161,6 +161,37 @@ pub struct Client {
     conn: Conn,
 }
 
+/// Refuses a URL whose host or port is not one (a port such as `7701x` would
+/// otherwise be dialled as something else and reported as unreachable).
+fn check_address(url: &str) -> Result<()> {
+    let invalid = |reason: String| {
+        Err(Error::InvalidUrl {
+            url: url.to_string(),
+            reason,
+        })
+    };
+    let uri: tonic::codegen::http::Uri = match url.parse() {
+        Ok(uri) => uri,
+        Err(error) => return invalid(error.to_string()),
+    };
+    let Some(authority) = uri.authority() else {
+        return invalid("no host".into());
+    };
+    if authority.host().is_empty() {
+        return invalid("no host".into());
+    }
+    // `Authority::port` is set only for a port that parses; a text after the last ':'
+    // of the authority (outside an IPv6 [address]) that does not is refused here.
+    let text = authority.as_str();
+    let after_host = text.rsplit_once(']').map_or(text, |(_, rest)| rest);
+    if let Some((_, port)) = after_host.rsplit_once(':')
+        && port.parse::<u16>().is_err()
+    {
+        return invalid(format!("the port {port:?} is not a number from 0 to 65535"));
+    }
+    Ok(())
+}
+
 impl Client {
     /// Connects to `url` (`http://host:port`; `host:port` is taken as `http://`).
     pub async fn connect(url: &str) -> Result<Client> {
@@ -194,6 +225,7 @@ impl Client {
     /// reads it.
     pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Client> {
         let url = Client::url_for(url, &options);
+        check_address(&url)?;
         let https = url.starts_with("https://");
         if !https && options.tls_given() {
             return Err(Error::Tls {
@@ -381,4 +413,23 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
         cause = source;
     }
     cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_address_with_a_bad_port_is_not_a_url() {
+        for address in ["127.0.0.1:7701x", "http://broker:99999", "http://:7420"] {
+            let error = Client::connect(address).await.unwrap_err();
+            assert!(
+                matches!(error, Error::InvalidUrl { .. }),
+                "{address}: {error}"
+            );
+        }
+        assert!(check_address("http://127.0.0.1:7420").is_ok());
+        assert!(check_address("https://[::1]:7420").is_ok());
+        assert!(check_address("http://broker").is_ok());
+    }
 }

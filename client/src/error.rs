@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use tonic::Code;
 
 /// What a client call can fail with.
@@ -49,8 +50,30 @@ pub enum Error {
     /// sent, the broker may have applied it: an ack then is not delivered again.
     LeaseLost { reason: String },
     /// A record could not be delivered within
-    /// [`crate::ProducerConfig::delivery_timeout`] (the broker stayed unreachable).
+    /// [`crate::ProducerConfig::delivery_timeout`] (the broker stayed unreachable) and
+    /// was **not stored**: the producer never sent it (it waited for a connection).
+    /// Records it sent and got no answer for fail with [`Error::OutcomeUnknown`].
     Timeout { what: String, after: Duration },
+    /// The producer sent these records and got no answer, and gave up on them: they
+    /// **may or may not be stored**. `reason` says why it gave up: the
+    /// [`crate::ProducerConfig::delivery_timeout`] passed, or the topic's dedup window
+    /// passed since it first sent them, so sending them again could store them twice
+    /// (see "Retries and duplicates" in the producer module's docs, `client/src/producer/mod.rs`).
+    ///
+    /// `ids` are the records' message ids, for resending safely: for a record of
+    /// [`crate::Producer::send`], one entry, its id (`None` when it has none); for a
+    /// [`crate::Producer::send_batch`], per record in order, the id the producer
+    /// attached (`None` for a record with its own id or none), empty when it attached
+    /// none. On a topic with a dedup window, the same records sent again with the same
+    /// ids ([`crate::Record::id`]) within the window (counted from when the broker
+    /// stored the first copy) are answered with the stored originals
+    /// ([`crate::Delivered::duplicate`]) instead of being stored twice; without ids,
+    /// or after the window, a resend may store a record twice.
+    OutcomeUnknown {
+        what: String,
+        reason: String,
+        ids: Vec<Option<Bytes>>,
+    },
     /// The producer or consumer was closed, or its background task ended.
     Closed,
     /// A batch the broker returned could not be decoded (a damaged batch: report it).
@@ -129,7 +152,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Unavailable { .. } | Error::Unreachable { .. } => true,
-            Error::Broker { code, .. } => retryable_code(*code),
+            Error::Broker { code, message, .. } => retryable_answer(*code, message),
             _ => false,
         }
     }
@@ -147,9 +170,15 @@ pub(crate) fn retryable_code(code: Code) -> bool {
 
 /// Whether a failed stream (or call) should be opened again after a backoff.
 pub(crate) fn retryable_status(status: &tonic::Status) -> bool {
-    retryable_code(status.code())
-        || (status.code() == Code::Internal && {
-            let message = status.message().to_ascii_lowercase();
+    retryable_answer(status.code(), status.message())
+}
+
+/// Whether a call that failed with `code` and `message` may succeed later: a
+/// retryable code, or `INTERNAL` with the words of a broken connection.
+fn retryable_answer(code: Code, message: &str) -> bool {
+    retryable_code(code)
+        || (code == Code::Internal && {
+            let message = message.to_ascii_lowercase();
             [
                 "h2 protocol error",
                 "transport",
@@ -217,14 +246,23 @@ impl std::fmt::Display for Error {
                 "settlement refused ({}): {message}",
                 tidelog_proto::code_name(*code)
             ),
-            Error::LeaseLost { reason } => write!(
-                f,
-                "the delivery's lease was lost: {reason}; the broker delivers the message again: drop this delivery and handle the redelivery"
-            ),
+            // The reason says whether the settlement may have been applied (and so
+            // whether a redelivery comes): see `queue::route`'s reasons.
+            Error::LeaseLost { reason } => write!(f, "the delivery's lease was lost: {reason}"),
             Error::Timeout { what, after } => write!(
                 f,
-                "{what} not delivered within {after:?} (ProducerConfig::delivery_timeout): the broker stayed unreachable"
+                "{what} not delivered within {after:?} (ProducerConfig::delivery_timeout): the broker stayed unreachable and the producer never sent it, so it is not stored; send it again once the broker is back"
             ),
+            Error::OutcomeUnknown { what, reason, ids } => {
+                write!(
+                    f,
+                    "{what} may or may not be stored (outcome unknown): {reason}"
+                )?;
+                if ids.iter().any(Option::is_some) {
+                    write!(f, " (the error carries the records' ids)")?;
+                }
+                Ok(())
+            }
             Error::Closed => write!(f, "the client was closed"),
             Error::Corrupt { reason } => write!(f, "the broker sent a damaged batch: {reason}"),
             Error::Broker { rpc, code, message } => {
@@ -232,7 +270,16 @@ impl std::fmt::Display for Error {
                     f,
                     "{rpc} failed ({}): {message}",
                     tidelog_proto::code_name(*code)
-                )
+                )?;
+                if retryable_answer(*code, message) {
+                    // tonic's words for a broken connection ("transport error", "h2
+                    // protocol error") do not say what to do.
+                    write!(
+                        f,
+                        " (the connection to the broker broke or it went away: retryable, retry with backoff)"
+                    )?;
+                }
+                Ok(())
             }
         }
     }
@@ -258,6 +305,18 @@ mod tests {
         let error = Error::from_status("PublishBatch", Some("t"), &status);
         assert!(error.is_retryable());
         assert!(error.to_string().contains("retry"));
+        // A broken connection (a broker killed) says it is retryable.
+        let status = tonic::Status::unknown("transport error");
+        let error = Error::from_status("CommitOffsets", None, &status);
+        assert!(error.is_retryable());
+        assert!(error.to_string().contains("retry"), "{error}");
+        let status = tonic::Status::internal("h2 protocol error: error reading a body");
+        let error = Error::from_status("Settle", None, &status);
+        assert!(error.is_retryable());
+        assert!(error.to_string().contains("retryable"), "{error}");
+        let status = tonic::Status::internal("an invariant broke");
+        let error = Error::from_status("Settle", None, &status);
+        assert!(!error.is_retryable() && !error.to_string().contains("retry"));
         let status = tonic::Status::invalid_argument("record 0 is too large");
         let error = Error::from_status("PublishBatch", None, &status);
         assert!(!error.is_retryable());

@@ -441,6 +441,103 @@ pub fn metric_value(metrics: &str, prefix: &str) -> Option<f64> {
         .and_then(|value| value.parse().ok())
 }
 
+/// A TCP proxy to the broker that can drop what the broker sends back (the requests
+/// still reach it: a publish is stored and its answer lost), refuse new connections,
+/// and cut every connection through it. A connection whose answers were dropped is
+/// out of step (its HTTP/2 frames were lost): cut it before letting answers through.
+pub struct FlakyProxy {
+    addr: SocketAddr,
+    state: std::sync::Arc<FlakyState>,
+}
+
+#[derive(Default)]
+struct FlakyState {
+    drop_answers: std::sync::atomic::AtomicBool,
+    refuse: std::sync::atomic::AtomicBool,
+    /// Both ends of every connection made through the proxy, for `cut`.
+    sockets: Mutex<Vec<TcpStream>>,
+}
+
+impl FlakyProxy {
+    pub fn start(target: SocketAddr) -> FlakyProxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the proxy");
+        let addr = listener.local_addr().expect("the proxy's address");
+        let state = std::sync::Arc::new(FlakyState::default());
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else {
+                    return;
+                };
+                if shared.refuse.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
+                {
+                    let mut sockets = shared.sockets.lock().unwrap_or_else(|e| e.into_inner());
+                    sockets.push(client.try_clone().expect("socket"));
+                    sockets.push(server.try_clone().expect("socket"));
+                }
+                let (mut from_client, mut to_server) = (
+                    client.try_clone().expect("socket"),
+                    server.try_clone().expect("socket"),
+                );
+                let (mut from_server, mut to_client) = (server, client);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from_client, &mut to_server);
+                    let _ = to_server.shutdown(std::net::Shutdown::Write);
+                });
+                let answers = shared.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = from_server.read(&mut buf) {
+                        if answers.drop_answers.load(Ordering::SeqCst) {
+                            continue;
+                        }
+                        if to_client.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to_client.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        FlakyProxy { addr, state }
+    }
+
+    /// `http://` and the proxy's address.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Drops (true) or passes on (false) what the broker sends back.
+    pub fn drop_answers(&self, on: bool) {
+        self.state
+            .drop_answers
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Closes new connections at once (true), or passes them on (false).
+    pub fn refuse(&self, on: bool) {
+        self.state
+            .refuse
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Shuts down every connection made through the proxy so far.
+    pub fn cut(&self) {
+        let sockets =
+            std::mem::take(&mut *self.state.sockets.lock().unwrap_or_else(|e| e.into_inner()));
+        for socket in sockets {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
 /// A TCP proxy on 127.0.0.1 to a broker, for any number of connections. While
 /// paused, nothing goes from the clients to the broker (what the broker sends still
 /// arrives): a client's requests, commits among them, wait in it. Clones share it.

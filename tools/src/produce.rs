@@ -764,6 +764,12 @@ fn client_error(broker: &Broker, context: &str, error: &ClientError) -> CliError
              may not be stored",
         )
         .with_code(tonic::Code::Unavailable),
+        ClientError::OutcomeUnknown { .. } => CliError::failure(
+            format!("{context} failed: {error}"),
+            "check with `tidelog consume` whether those messages are stored before producing \
+             them again",
+        )
+        .with_code(tonic::Code::Unavailable),
         other => broker.client_error(context, other),
     }
 }

@@ -36,11 +36,24 @@ pub struct ProducerConfig {
     pub buffer_bytes: usize,
     /// Message ids for retries without duplicates. Default [`IdMode::Auto`].
     pub ids: IdMode,
-    /// How long a record may wait for its ack while the broker is unreachable before
-    /// it fails with [`Error::Timeout`](crate::Error::Timeout). Default 2 minutes.
+    /// How long a record may wait for its ack while the broker is unreachable or
+    /// silent before it fails: with [`Error::Timeout`](crate::Error::Timeout) (not
+    /// stored) when its batch was never sent, with
+    /// [`Error::OutcomeUnknown`](crate::Error::OutcomeUnknown) (may be stored) when it
+    /// was sent and not answered. On a topic with a dedup window a batch sent and
+    /// unanswered is given up sooner, when the window (less a margin) passed since it
+    /// was first sent (see "Retries and duplicates" in the producer module's docs, `client/src/producer/mod.rs`).
+    /// Default 2 minutes.
     pub delivery_timeout: Duration,
     /// First and longest reconnect delay. Default 50 ms and 2 s.
     pub backoff: (Duration, Duration),
+    /// How often the producer describes each topic it sends to again (Kafka's
+    /// `metadata.max.age.ms`), so that after Admin.CreatePartitions keyed records
+    /// route by the new partition count within this time: per-key order holds among
+    /// records sent after that. It also describes a topic again at once when a
+    /// record names a partition past the count it knows (at most once a second) or
+    /// the broker says a partition does not exist. Default 30 s.
+    pub metadata_max_age: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -55,6 +68,7 @@ impl Default for ProducerConfig {
             ids: IdMode::Auto,
             delivery_timeout: Duration::from_secs(120),
             backoff: (crate::backoff::BACKOFF_INITIAL, crate::backoff::BACKOFF_MAX),
+            metadata_max_age: Duration::from_secs(30),
         }
     }
 }

@@ -42,6 +42,11 @@ pub(crate) const SPARE_BUFFERS_MAX: usize = 4;
 /// Ids given between two reads of the clock (see [`Front::id_time`]).
 const ID_CLOCK_READS_EVERY: u32 = 64;
 
+/// A record for a partition past the topic's known count makes `send` describe the
+/// topic again (partitions may have been added) when its description is older than
+/// this; else the record is refused. At most one such describe a topic this often.
+pub(crate) const REDESCRIBE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What the producer knows of a topic (from DescribeTopic), and its sticky partition.
 #[derive(Debug)]
 pub(crate) struct TopicState {
@@ -51,13 +56,21 @@ pub(crate) struct TopicState {
     pub default_ttl_ms: Option<u64>,
     pub priority_levels: u8,
     pub attach_ids: bool,
+    /// The topic's dedup window, when it has one.
+    pub dedup_window: Option<std::time::Duration>,
+    /// When the description was read.
+    pub described_at: Instant,
     sticky: u32,
 }
 
 impl TopicState {
     pub fn new(description: &TopicDescription, ids: IdMode) -> TopicState {
         let config = description.config.unwrap_or_default();
-        let dedups = config.dedup_window_ms.unwrap_or(0) > 0 || config.assign_ids;
+        let dedup_window = config
+            .dedup_window_ms
+            .filter(|&ms| ms > 0)
+            .map(std::time::Duration::from_millis);
+        let dedups = dedup_window.is_some() || config.assign_ids;
         let partitions = u32::try_from(description.partitions.len())
             .unwrap_or(u32::MAX)
             .max(1);
@@ -76,6 +89,8 @@ impl TopicState {
                 IdMode::Always => true,
                 IdMode::Never => false,
             },
+            dedup_window,
+            described_at: Instant::now(),
             sticky: tidelog_storage::msgid::process_seed() as u32 % partitions,
         }
     }
@@ -227,6 +242,13 @@ impl Slot {
                     message: "a batch was answered for fewer records than it held".into(),
                 })))
             }
+            Some(Outcome::Failed(Error::OutcomeUnknown { what, reason, .. })) => {
+                Poll::Ready(Err(Error::OutcomeUnknown {
+                    what: what.clone(),
+                    reason: reason.clone(),
+                    ids: vec![id.take()],
+                }))
+            }
             Some(Outcome::Failed(error)) => Poll::Ready(Err(error.clone())),
             None => {
                 match waker_at {
@@ -265,7 +287,9 @@ pub(crate) enum Placed {
     Refused(Error),
     /// The buffer is full: wait for answers, then push again.
     Full,
-    /// The topic is not described yet: describe it, then push again.
+    /// The topic is not described yet (or a record names a partition past its count
+    /// and the description is older than [`REDESCRIBE_AFTER`]): describe it, then
+    /// push again.
     UnknownTopic,
 }
 
@@ -328,15 +352,37 @@ impl Front {
         self.topic_at(name).map(|at| &self.topics[at])
     }
 
-    /// Keeps what DescribeTopic said (unless another caller did first).
+    /// Keeps what DescribeTopic said: a new topic, or a fresh description of a known
+    /// one (its partition count may have grown: keys route by the new count from here
+    /// on; the sticky partition stays where it is if it still exists).
     pub fn learn(&mut self, description: &TopicDescription) {
-        if self.topic_index.contains_key(description.name.as_str()) {
-            return;
+        let mut state = TopicState::new(description, self.ids_mode);
+        match self.topic_index.get(description.name.as_str()) {
+            Some(&at) => {
+                let old = &self.topics[at];
+                if old.partitions != state.partitions {
+                    tracing::debug!(
+                        topic = %state.name,
+                        from = old.partitions,
+                        to = state.partitions,
+                        "producer: the topic's partition count changed"
+                    );
+                }
+                state.sticky = old.sticky % state.partitions;
+                state.name = old.name.clone();
+                self.topics[at] = state;
+            }
+            None => {
+                self.topic_index
+                    .insert(state.name.clone(), self.topics.len());
+                self.topics.push(state);
+            }
         }
-        let state = TopicState::new(description, self.ids_mode);
-        self.topic_index
-            .insert(state.name.clone(), self.topics.len());
-        self.topics.push(state);
+    }
+
+    /// The names of the topics described so far (for the periodic describe).
+    pub fn topic_names(&self) -> Vec<Arc<str>> {
+        self.topics.iter().map(|state| state.name.clone()).collect()
     }
 
     /// Forgets a topic (after a NOT_FOUND): the next record for it describes it again.
@@ -405,6 +451,12 @@ impl Front {
             return Placed::UnknownTopic;
         };
         let state = &self.topics[at];
+        if pending.partition.is_some_and(|p| p >= state.partitions)
+            && state.described_at.elapsed() >= REDESCRIBE_AFTER
+        {
+            // Partitions may have been added since the topic was described.
+            return Placed::UnknownTopic;
+        }
         let partition = match state
             .partition(pending)
             .and_then(|p| state.check(&pending.inner).map(|()| p))
@@ -522,6 +574,9 @@ pub(crate) struct Core {
     pub wake: Notify,
     /// Wakes callers waiting for buffer space.
     pub space: Notify,
+    /// Asks for the topics to be described again now (the broker said a partition
+    /// does not exist).
+    pub refresh: Notify,
 }
 
 impl Core {
@@ -531,6 +586,7 @@ impl Core {
             spare: Mutex::new(Vec::new()),
             wake: Notify::new(),
             space: Notify::new(),
+            refresh: Notify::new(),
         }
     }
 
@@ -799,6 +855,41 @@ mod tests {
         let mut record = Some(Record::new("b", "v"));
         let (_, _, id, _) = added(front.push(&mut record));
         assert!(id.is_none(), "no dedup window, no id");
+    }
+
+    #[test]
+    fn a_fresh_description_routes_keys_by_the_new_partition_count() {
+        let mut front = front(10, 1 << 20);
+        front.learn(&description("t", 2, false));
+        let key = (0..100u32)
+            .map(|n| format!("key-{n}"))
+            .find(|key| {
+                tidelog_storage::partitioner::partition_for_key(key.as_bytes(), 2)
+                    != tidelog_storage::partitioner::partition_for_key(key.as_bytes(), 8)
+            })
+            .expect("a key that moves");
+        let mut record = Some(Record::new("t", "v").key(key.clone()));
+        let before = added(front.push(&mut record));
+        front.learn(&description("t", 8, false));
+        assert_eq!(front.topic("t").map(|t| t.partitions), Some(8));
+        let mut record = Some(Record::new("t", "v").key(key.clone()));
+        let after = added(front.push(&mut record));
+        let partitions: Vec<u32> = front.drain().iter().map(|b| b.key.partition).collect();
+        assert!(
+            !Arc::ptr_eq(&before.0, &after.0),
+            "another partition's batch"
+        );
+        assert!(
+            partitions.contains(&tidelog_storage::partitioner::partition_for_key(
+                key.as_bytes(),
+                8
+            )),
+            "{partitions:?}"
+        );
+        // A record for a partition past the known count describes the topic again
+        // once the description is older than REDESCRIBE_AFTER, else is refused.
+        let mut past = Some(Record::new("t", "v").partition(9));
+        assert!(matches!(front.push(&mut past), Placed::Refused(_)));
     }
 
     #[derive(Debug, Clone)]

@@ -21,6 +21,15 @@
 //! [`DeliveryFuture`] resolves to its own [`Delivered`] from it.
 //!
 //! # Partitions
+//! The producer knows each topic's partition count from DescribeTopic: it describes a
+//! topic before its first record, again every [`ProducerConfig::metadata_max_age`]
+//! (default 30 s), at once when a record names a partition past the known count (at
+//! most once a second; the record is refused only if the fresh count has no such
+//! partition), and when the broker says a partition does not exist. After
+//! Admin.CreatePartitions, keyed records route by the new count within
+//! `metadata_max_age`: per-key order holds among records sent after that (those sent
+//! before may be in the key's old partition).
+//!
 //! A record's own [`Record::partition`] wins; else a keyed record goes to Kafka's
 //! default partition, `(murmur2(key) & 0x7fffffff) % partitions` (the broker's
 //! function, `tidelog_storage::partitioner`); else keyless records are **sticky**: they
@@ -29,8 +38,10 @@
 //! keyless traffic fills whole batches rather than many small ones.
 //!
 //! # Retries and duplicates
-//! When the stream breaks (the broker restarted, the connection dropped, or a batch
-//! was answered `UNAVAILABLE`), the producer reconnects with backoff and sends every
+//! When the stream breaks (the broker restarted, the connection dropped, a batch
+//! was answered `UNAVAILABLE`, or the oldest batch in flight reached
+//! [`ProducerConfig::delivery_timeout`] without an answer on a stream still open, as
+//! with a frozen broker), the producer reconnects with backoff and sends every
 //! unanswered batch again, byte for byte and in order, until
 //! [`ProducerConfig::delivery_timeout`] passes. A batch the broker had stored before
 //! the break is then stored again **unless its records carry ids on a topic with a
@@ -39,8 +50,8 @@
 //! so the resend is answered `duplicate` and each record resolves to its original
 //! offset ([`Delivered::duplicate`]). That id is 16 bytes and counts toward the
 //! topic's `max_message_bytes` like the record's own (id, key, value and headers): a
-//! record within 16 bytes of the limit is refused by the producer, which says so. On topics without a dedup window (or with
-//! [`IdMode::Never`]) retries are **at-least-once**: a record may be stored twice.
+//! record within 16 bytes of the limit is refused by the producer, which says so. On
+//! topics without a dedup window (or with [`IdMode::Never`]) retries are **at-least-once**: a record may be stored twice.
 //! Records with their callers' own ids may meet ids stored before (a service sending
 //! again after a restart): the broker deduplicates a batch whole and refuses one that
 //! mixes stored and new ids, and the producer then sends that batch's records again
@@ -48,6 +59,31 @@
 //! stored (these go after what was already in flight to the partition).
 //! Other refusals (`INVALID_ARGUMENT`, `NOT_FOUND`, ...) fail that batch's records and
 //! are not retried.
+//!
+//! The broker remembers an id for the topic's `dedup_window_ms`, counted from when it
+//! stored the first copy; a copy arriving later is stored again. So the producer sends
+//! a batch with ids again only while less than the window less a margin has passed
+//! since it **first sent** it (which is before the broker stored it). The margin is a
+//! quarter of the window, at most 5 s: it covers the resend's way to the broker and a
+//! broker clock ahead of the producer's (after a restart the broker times the ids it
+//! reads back by the records' timestamps, which the producer sets). Past that, the
+//! batch is not sent again: its records fail with [`Error::OutcomeUnknown`], whose
+//! reason names the dedup window. So on a topic with a dedup window no record is
+//! stored twice by the producer's retries, provided a resend reaches the broker within
+//! the margin (a broker frozen after it accepted the resend may store it late).
+//!
+//! # When a record fails: stored or not
+//! - [`Error::Timeout`]: the delivery timeout passed before the producer could send
+//!   the record's batch (no connection): it is **not stored**. Send it again.
+//! - [`Error::OutcomeUnknown`]: the batch was sent and never answered, and the
+//!   delivery timeout or its dedup window (above) passed: the broker **may or may
+//!   not** have stored it. The error carries the records' ids
+//!   (`Error::OutcomeUnknown::ids`: a `send` record's id, or the ids the producer
+//!   attached to a `send_batch`). On a topic with a dedup window, sending the same
+//!   records again with those ids ([`Record::id`]) within the window (from when the
+//!   first copy was stored) is safe: a stored one is answered `duplicate` with its
+//!   original offset, a lost one is stored. Without ids, or after the window, a resend
+//!   may store a record twice: read the partition to find out.
 
 mod accumulator;
 mod config;
@@ -121,6 +157,11 @@ impl Producer {
         let core = Arc::new(Core::new(Front::new(limits, config.ids, buffer_bytes)));
         let (commands, receiver) = mpsc::unbounded_channel();
         let compression = config.compression;
+        tokio::spawn(describe_again(
+            client.clone(),
+            Arc::downgrade(&core),
+            config.metadata_max_age,
+        ));
         tokio::spawn(sender::run(client.clone(), config, core.clone(), receiver));
         Producer {
             shared: Arc::new(Shared {
@@ -307,6 +348,42 @@ impl Producer {
         // After the command: what was sent before it is drained by it.
         self.shared.core.front().closed = true;
         receiver.await.map_err(|_| Error::Closed)
+    }
+}
+
+/// Describes the producer's topics again every `every` (and at once when the task
+/// asks, after the broker said a partition does not exist), so records route by a
+/// partition count that grew (Admin.CreatePartitions). Ends with the producer.
+async fn describe_again(client: Client, core: std::sync::Weak<Core>, every: std::time::Duration) {
+    let every = every.max(std::time::Duration::from_millis(10));
+    loop {
+        {
+            let Some(core) = core.upgrade() else {
+                return;
+            };
+            let notified = core.refresh.notified();
+            tokio::pin!(notified);
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = &mut notified => {}
+            }
+        }
+        let names = match core.upgrade() {
+            Some(core) if !core.front().closed => core.front().topic_names(),
+            _ => return,
+        };
+        for name in names {
+            match client.describe_topic(&name).await {
+                Ok(description) => match core.upgrade() {
+                    Some(core) => core.front().learn(&description),
+                    None => return,
+                },
+                // Deleted: the next publish says NOT_FOUND, and the producer forgets it.
+                Err(error) => {
+                    tracing::debug!(topic = %name, %error, "producer: describing the topic again failed")
+                }
+            }
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tidelog_proto::v1::{
@@ -128,20 +128,85 @@ struct Outgoing {
     waiters: Waiters,
     /// When its oldest record was handed over: the delivery timeout counts from here.
     opened: Instant,
+    /// When it was first put on a stream: from then on the broker may have stored it,
+    /// and giving up on it leaves its outcome unknown.
+    first_sent: Option<Instant>,
+    /// The topic's dedup window when the batch's records carry ids: it is sent again
+    /// only within this of `first_sent` (less [`resend_margin`]).
+    dedup_window: Option<Duration>,
+}
+
+/// Bounds on how long opening the publish stream may take (until the oldest batch's
+/// delivery timeout, within these).
+const OPEN_TIMEOUT_MIN: Duration = Duration::from_millis(50);
+const OPEN_TIMEOUT_MAX: Duration = Duration::from_secs(10);
+
+/// How much earlier than the dedup window's end the producer stops sending a batch
+/// again: a quarter of the window, at most 5 s. It covers the time a resend takes to
+/// reach the broker and be appended, and a broker clock ahead of the producer's (after
+/// a restart the broker times the ids by the records' timestamps, which the producer
+/// sets). The window itself counts from the first copy's append, after `first_sent`.
+pub(crate) fn resend_margin(window: Duration) -> Duration {
+    (window / 4).min(Duration::from_secs(5))
+}
+
+/// Whether a batch first sent at `first_sent` may no longer be sent again at `now`
+/// (its topic's dedup window, less the margin, has passed).
+fn past_resend_window(first_sent: Option<Instant>, window: Option<Duration>, now: Instant) -> bool {
+    match (first_sent, window) {
+        (Some(first_sent), Some(window)) => {
+            now >= first_sent + window.saturating_sub(resend_margin(window))
+        }
+        _ => false,
+    }
 }
 
 impl Outgoing {
     fn fail(self, core: &Core, error: &Error) {
         match self.waiters {
+            // Each record's future puts its own id into an `OutcomeUnknown`.
             Waiters::Records { slot, .. } => core.finish(&slot, Outcome::Failed(error.clone())),
             Waiters::Batch {
-                reply, reserved, ..
+                reply,
+                reserved,
+                attached,
             } => {
-                let _ = reply.send(Err(error.clone()));
+                let _ = reply.send(Err(with_ids(error, || attached)));
                 core.give_back(reserved);
             }
-            Waiters::Part { split, index, .. } => split.done(core, index, Err(error.clone())),
+            Waiters::Part {
+                split, index, id, ..
+            } => split.done(core, index, Err(with_ids(error, || vec![id]))),
         }
+    }
+
+    /// What the batch is, for errors.
+    fn what(&self) -> String {
+        format!(
+            "a batch of {} records for topic {:?} partition {}",
+            self.records, self.key.topic, self.key.partition
+        )
+    }
+
+    /// Gives up on the batch, sent and unanswered, because its topic's dedup window
+    /// (less the margin) passed since it was first sent.
+    fn fail_past_window(self, core: &Core) {
+        let window = self.dedup_window.unwrap_or_default();
+        let error = Error::OutcomeUnknown {
+            what: self.what(),
+            reason: format!(
+                "it was sent and not answered (the connection broke), and sending it again \
+                 now would not be deduplicated: more than topic {:?}'s dedup window \
+                 ({} ms) less a margin of {} ms passed since it was first sent, so a copy \
+                 the broker stored would be stored again; read the partition to see \
+                 whether it is there, or send it again accepting a possible duplicate",
+                self.key.topic,
+                window.as_millis(),
+                resend_margin(window).as_millis()
+            ),
+            ids: Vec::new(),
+        };
+        self.fail(core, &error);
     }
 
     /// Each record's [`Delivered`] from the batch's ack.
@@ -198,6 +263,18 @@ impl Outgoing {
     }
 }
 
+/// `error` with the records' ids when it is an [`Error::OutcomeUnknown`].
+fn with_ids(error: &Error, ids: impl FnOnce() -> Vec<Option<Bytes>>) -> Error {
+    match error {
+        Error::OutcomeUnknown { what, reason, .. } => Error::OutcomeUnknown {
+            what: what.clone(),
+            reason: reason.clone(),
+            ids: ids(),
+        },
+        other => other.clone(),
+    }
+}
+
 /// A caller's own batch (`send_batch`) checked against its topic, with the ids the
 /// producer attaches; encoded in the caller's task ([`CheckedBatch::encode`]).
 pub(crate) struct CheckedBatch {
@@ -206,6 +283,8 @@ pub(crate) struct CheckedBatch {
     /// Per record, the id the producer attached (`None`: it keeps its own, or none);
     /// empty when none was attached.
     attached: Vec<Option<Bytes>>,
+    /// The topic's dedup window, when the records carry ids.
+    dedup_window: Option<Duration>,
 }
 
 /// A caller's own batch as it goes on the wire.
@@ -215,6 +294,8 @@ pub(crate) struct EncodedOwn {
     records: usize,
     /// Per record, the id the producer attached; empty when it attached none.
     attached: Vec<Option<Bytes>>,
+    /// The topic's dedup window, when the records carry ids.
+    dedup_window: Option<Duration>,
 }
 
 /// The answer of a `send_batch` from each record's outcome: with only the ids the
@@ -256,6 +337,12 @@ pub(crate) fn check_batch<R: AsRef<NewRecord>>(
 ) -> Option<Result<CheckedBatch>> {
     let name = front.known_topic(topic)?;
     let state = front.topic(topic)?;
+    if partition >= state.partitions
+        && state.described_at.elapsed() >= super::front::REDESCRIBE_AFTER
+    {
+        // Partitions may have been added since: describe the topic again first.
+        return None;
+    }
     if partition >= state.partitions {
         return Some(Err(Error::InvalidRecord {
             reason: tidelog_storage::topic::no_such_partition(
@@ -282,6 +369,7 @@ pub(crate) fn check_batch<R: AsRef<NewRecord>>(
     } else {
         Vec::new()
     };
+    let has_ids = !attached.is_empty() || records.iter().any(|r| r.as_ref().id.is_some());
     Some(Ok(CheckedBatch {
         key: BatchKey {
             topic: name,
@@ -290,6 +378,7 @@ pub(crate) fn check_batch<R: AsRef<NewRecord>>(
         },
         rules,
         attached,
+        dedup_window: rules.dedup_window.filter(|_| has_ids),
     }))
 }
 
@@ -327,6 +416,7 @@ impl CheckedBatch {
             bytes: Bytes::from(encoded.bytes),
             records: records.len(),
             attached: self.attached,
+            dedup_window: self.dedup_window,
         })
     }
 }
@@ -337,11 +427,13 @@ struct TopicRules {
     default_ttl_ms: Option<u64>,
     max_message_bytes: u64,
     priority_levels: u8,
+    dedup_window: Option<Duration>,
 }
 
 impl TopicRules {
     fn of(state: &TopicState) -> TopicRules {
         TopicRules {
+            dedup_window: state.dedup_window,
             default_ttl_ms: state.default_ttl_ms,
             max_message_bytes: state.max_message_bytes,
             priority_levels: state.priority_levels,
@@ -425,6 +517,17 @@ pub(crate) async fn run(
             None
         };
         let retry_due = (sender.stream.is_none() && !idle).then_some(sender.retry_at);
+        // A stream that stays open without answering (a frozen broker) is given up
+        // when its oldest batch reaches the delivery timeout.
+        let stall_due = if sender.stream.is_some() {
+            sender
+                .in_flight
+                .iter()
+                .map(|b| b.opened + sender.config.delivery_timeout)
+                .min()
+        } else {
+            None
+        };
         tokio::select! {
             () = core.wake.notified() => {}
             command = commands.recv(), if commands_open && sender.closing.is_none() => match command {
@@ -437,6 +540,12 @@ pub(crate) async fn run(
             response = next_response(&mut sender.stream) => sender.response(response),
             () = sleep_until(linger_due), if linger_due.is_some() => {}
             () = sleep_until(retry_due), if retry_due.is_some() => {}
+            () = sleep_until(stall_due), if stall_due.is_some() => {
+                tracing::debug!("publish stream: no answer within the delivery timeout, reconnecting");
+                // Its unanswered batches past the timeout fail (outcome unknown), the
+                // others are sent again on a new stream.
+                sender.broken();
+            }
         }
     }
     // Half-close: the broker ends the stream once it has answered everything (nothing
@@ -505,6 +614,8 @@ impl Sender {
                         reserved,
                     },
                     opened: Instant::now(),
+                    first_sent: None,
+                    dedup_window: batch.dedup_window,
                 });
             }
             Command::Flush { reply } => {
@@ -578,6 +689,7 @@ impl Sender {
                 } else {
                     Vec::new()
                 };
+                let dedup_window = rules.dedup_window.filter(|_| !ids.is_empty());
                 Some(Outgoing {
                     key: batch.key,
                     bytes: Bytes::from(encoded.bytes),
@@ -587,6 +699,8 @@ impl Sender {
                         ids,
                     },
                     opened: batch.opened,
+                    first_sent: None,
+                    dedup_window,
                 })
             }
             Err(error) => {
@@ -630,6 +744,7 @@ impl Sender {
             key,
             waiters,
             opened,
+            dedup_window,
             ..
         } = batch;
         let split = Arc::new(Split {
@@ -668,6 +783,9 @@ impl Sender {
                         id,
                     },
                     opened,
+                    // The batch was refused whole: these are first copies.
+                    first_sent: None,
+                    dedup_window,
                 }),
                 Err(error) => {
                     let error = Error::InvalidRecord {
@@ -689,14 +807,19 @@ impl Sender {
             if self.ready.is_empty() {
                 self.take_sealed(Some(Instant::now()));
             }
-            let Some(batch) = self.ready.pop_front() else {
+            let Some(mut batch) = self.ready.pop_front() else {
                 break;
             };
+            if past_resend_window(batch.first_sent, batch.dedup_window, Instant::now()) {
+                batch.fail_past_window(&self.core);
+                continue;
+            }
             if !self.send(&batch) {
                 self.ready.push_front(batch);
                 self.broken();
                 break;
             }
+            batch.first_sent.get_or_insert_with(Instant::now);
             self.in_flight.push_back(batch);
         }
     }
@@ -724,7 +847,28 @@ impl Sender {
     async fn open(&mut self) {
         let window = self.config.in_flight.max(1);
         let (requests, receiver) = mpsc::channel(window + 1);
-        match crate::wire::publish_stream(self.client.conn(), ReceiverStream::new(receiver)).await {
+        // A broker that accepts the connection and never answers (frozen) must not
+        // hold the records past their delivery timeout.
+        let now = Instant::now();
+        let due = self
+            .in_flight
+            .iter()
+            .chain(&self.ready)
+            .map(|b| b.opened + self.config.delivery_timeout)
+            .min()
+            .unwrap_or(now + OPEN_TIMEOUT_MAX)
+            .clamp(now + OPEN_TIMEOUT_MIN, now + OPEN_TIMEOUT_MAX);
+        let opened = tokio::time::timeout_at(
+            due.into(),
+            crate::wire::publish_stream(self.client.conn(), ReceiverStream::new(receiver)),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(tonic::Status::unavailable(
+                "opening the publish stream timed out",
+            ))
+        });
+        match opened {
             Ok(responses) => {
                 self.stream = Some(Stream {
                     requests,
@@ -768,23 +912,42 @@ impl Sender {
         {
             self.take_sealed(Some(now));
         }
-        let expired = |batch: &Outgoing| batch.opened + timeout <= now;
+        let expired = |batch: &Outgoing| {
+            batch.opened + timeout <= now
+                || past_resend_window(batch.first_sent, batch.dedup_window, now)
+        };
         for queue in [&mut self.in_flight, &mut self.ready] {
             let (gone, kept): (VecDeque<Outgoing>, VecDeque<Outgoing>) =
                 queue.drain(..).partition(expired);
             *queue = kept;
             for batch in gone {
-                let what = format!(
-                    "a batch of {} records for topic {:?} partition {}",
-                    batch.records, batch.key.topic, batch.key.partition
-                );
-                batch.fail(
-                    &self.core,
-                    &Error::Timeout {
-                        what,
-                        after: timeout,
-                    },
-                );
+                if batch.opened + timeout > now {
+                    batch.fail_past_window(&self.core);
+                } else if batch.first_sent.is_some() {
+                    // Sent and never answered: the broker may have stored it.
+                    let error = Error::OutcomeUnknown {
+                        what: batch.what(),
+                        reason: format!(
+                            "it was sent and no answer came within {timeout:?} \
+                             (ProducerConfig::delivery_timeout): the broker may have stored it \
+                             before the connection broke; on a topic with a dedup window, \
+                             sending the same records again with the same ids (this error's ids) \
+                             within the window is answered with the stored originals, not stored \
+                             twice; without ids a resend may store them twice"
+                        ),
+                        ids: Vec::new(),
+                    };
+                    batch.fail(&self.core, &error);
+                } else {
+                    let what = batch.what();
+                    batch.fail(
+                        &self.core,
+                        &Error::Timeout {
+                            what,
+                            after: timeout,
+                        },
+                    );
+                }
             }
         }
     }
@@ -861,6 +1024,10 @@ impl Sender {
                     if code == Code::NotFound {
                         self.core.front().forget(&batch.key.topic);
                     }
+                    if status.message.contains("there is no partition") {
+                        // The producer's partition count is stale: describe again now.
+                        self.core.refresh.notify_one();
+                    }
                     let error = Error::from_code(
                         "PublishBatch",
                         Some(&batch.key.topic),
@@ -933,6 +1100,26 @@ fn deliveries_for(
 mod tests {
     use super::*;
     use tidelog_proto::v1::MessageAck;
+
+    #[test]
+    fn a_batch_is_sent_again_only_within_its_dedup_window_less_the_margin() {
+        let first = Instant::now();
+        let window = Some(Duration::from_secs(2));
+        assert_eq!(
+            resend_margin(Duration::from_secs(2)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            resend_margin(Duration::from_secs(3600)),
+            Duration::from_secs(5)
+        );
+        let at = |ms| first + Duration::from_millis(ms);
+        assert!(!past_resend_window(Some(first), window, at(1_499)));
+        assert!(past_resend_window(Some(first), window, at(1_500)));
+        // Never sent, or no dedup window (or no ids): no limit but the delivery timeout.
+        assert!(!past_resend_window(None, window, at(60_000)));
+        assert!(!past_resend_window(Some(first), None, at(60_000)));
+    }
 
     #[test]
     fn acks_name_each_record_once() {

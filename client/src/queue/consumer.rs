@@ -485,7 +485,7 @@ impl Driver {
                 }
             }
         }
-        self.fail_pending("the consumer was closed before the broker answered");
+        self.fail_pending(super::route::UNANSWERED_CLOSED);
     }
 
     /// Without a stream: wait the backoff (answering settlements of the lost
@@ -694,9 +694,7 @@ impl Driver {
             self.give_back_credit(unused.saturating_add(session.held));
         }
         self.shared.session.fetch_add(1, Ordering::AcqRel);
-        self.fail_pending(
-            "the stream broke before the broker answered (the settlement may or may not have been applied)",
-        );
+        self.fail_pending(super::route::UNANSWERED_BROKEN);
         // Stale deliveries go; so do the news of an earlier break not read yet (the
         // reader learns of this one), so repeated breaks buffer nothing more.
         lock(&self.shared.items).retain(|item| {
@@ -732,9 +730,7 @@ fn refuse(command: Command) {
 }
 
 fn refuse_reply(reply: oneshot::Sender<Result<Vec<SettlementOutcome>>>) {
-    let _ = reply.send(Err(lease_lost(
-        "the stream it came on broke, and the broker took the delivery back to deliver it again",
-    )));
+    let _ = reply.send(Err(lease_lost(super::route::NOT_SENT_BROKEN)));
 }
 
 #[cfg(test)]
@@ -758,5 +754,29 @@ mod tests {
         let error = link.settle(Vec::new(), Vec::new()).await.unwrap_err();
         assert!(matches!(error, Error::LeaseLost { .. }), "{error}");
         assert!(error.to_string().contains("delivers the message again"));
+    }
+
+    /// A settlement sent and left unanswered (the stream broke, or the consumer
+    /// closed) may have been applied: the text says so, and does not also promise a
+    /// redelivery that an applied ack never gets.
+    #[test]
+    fn a_lease_lost_after_the_settlement_was_sent_promises_no_redelivery() {
+        for reason in [
+            super::super::route::UNANSWERED_BROKEN,
+            super::super::route::UNANSWERED_CLOSED,
+        ] {
+            let text = lease_lost(reason).to_string();
+            assert!(text.contains("may or may not have been applied"), "{text}");
+            assert!(text.contains("not delivered again"), "{text}");
+            assert!(!text.contains("drop this delivery"), "{text}");
+        }
+        for reason in [
+            super::super::route::NOT_SENT_BROKEN,
+            super::super::route::NOT_SENT_CLOSED,
+        ] {
+            let text = lease_lost(reason).to_string();
+            assert!(!text.contains("may or may not"), "{text}");
+            assert!(text.contains("delivers the message again"), "{text}");
+        }
     }
 }

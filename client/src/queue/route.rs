@@ -79,17 +79,25 @@ impl Link {
             reply,
         };
         if self.commands.send(command).await.is_err() {
-            return Err(lease_lost(
-                "the consumer it came from was closed or dropped",
-            ));
+            return Err(lease_lost(NOT_SENT_CLOSED));
         }
-        answer.await.unwrap_or_else(|_| {
-            Err(lease_lost(
-                "the consumer was closed or dropped before the broker answered",
-            ))
-        })
+        answer
+            .await
+            .unwrap_or_else(|_| Err(lease_lost(UNANSWERED_CLOSED)))
     }
 }
+
+/// A settlement never sent: the consumer was closed first.
+pub(super) const NOT_SENT_CLOSED: &str = "the consumer it came from was closed or dropped, so the settlement was not sent; the broker takes the delivery back and delivers the message again (attempt + 1): drop this delivery and handle the redelivery";
+
+/// A settlement sent, then the consumer closed before the broker answered.
+pub(super) const UNANSWERED_CLOSED: &str = "the consumer was closed or dropped before the broker answered, so the settlement may or may not have been applied: if it was (an ack), the message is not delivered again; if not, the broker delivers it again (attempt + 1): handle a redelivery if one comes";
+
+/// A settlement sent, then the stream broke before the broker answered.
+pub(super) const UNANSWERED_BROKEN: &str = "the stream broke before the broker answered, so the settlement may or may not have been applied: if it was (an ack), the message is not delivered again; if not, the broker delivers it again (attempt + 1): handle a redelivery if one comes";
+
+/// A settlement of a delivery whose stream broke before it was sent.
+pub(super) const NOT_SENT_BROKEN: &str = "the stream it came on broke before the settlement was sent, and the broker took the delivery back: it delivers the message again (attempt + 1): drop this delivery and handle the redelivery";
 
 pub(super) fn lease_lost(reason: &str) -> Error {
     Error::LeaseLost {

@@ -16,6 +16,7 @@ mod client;
 mod client_chunks;
 mod client_group_events;
 mod client_group_pattern;
+mod client_producer_outcomes;
 mod client_queue;
 mod client_subscribe;
 mod dedup;
