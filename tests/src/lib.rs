@@ -442,9 +442,12 @@ pub fn metric_value(metrics: &str, prefix: &str) -> Option<f64> {
 }
 
 /// A TCP proxy to the broker that can drop what the broker sends back (the requests
-/// still reach it: a publish is stored and its answer lost), refuse new connections,
-/// and cut every connection through it. A connection whose answers were dropped is
-/// out of step (its HTTP/2 frames were lost): cut it before letting answers through.
+/// still reach it: a publish is stored and its answer lost), hold what clients send
+/// (their requests, commits among them, wait in it while the broker's answers and
+/// stream events still arrive), refuse new connections, and cut every connection
+/// through it. A connection whose answers were dropped is out of step (its HTTP/2
+/// frames were lost): cut it before letting answers through. Clones share it.
+#[derive(Clone)]
 pub struct FlakyProxy {
     addr: SocketAddr,
     state: std::sync::Arc<FlakyState>,
@@ -453,6 +456,7 @@ pub struct FlakyProxy {
 #[derive(Default)]
 struct FlakyState {
     drop_answers: std::sync::atomic::AtomicBool,
+    hold_requests: std::sync::atomic::AtomicBool,
     refuse: std::sync::atomic::AtomicBool,
     /// Both ends of every connection made through the proxy, for `cut`.
     sockets: Mutex<Vec<TcpStream>>,
@@ -487,8 +491,17 @@ impl FlakyProxy {
                     server.try_clone().expect("socket"),
                 );
                 let (mut from_server, mut to_client) = (server, client);
+                let requests = shared.clone();
                 std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut from_client, &mut to_server);
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = from_client.read(&mut buf) {
+                        while requests.hold_requests.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        if to_server.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
                     let _ = to_server.shutdown(std::net::Shutdown::Write);
                 });
                 let answers = shared.clone();
@@ -521,6 +534,13 @@ impl FlakyProxy {
             .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Holds (true) or lets through (false) what the clients send.
+    pub fn pause(&self, on: bool) {
+        self.state
+            .hold_requests
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Closes new connections at once (true), or passes them on (false).
     pub fn refuse(&self, on: bool) {
         self.state
@@ -535,65 +555,5 @@ impl FlakyProxy {
         for socket in sockets {
             let _ = socket.shutdown(std::net::Shutdown::Both);
         }
-    }
-}
-
-/// A TCP proxy on 127.0.0.1 to a broker, for any number of connections. While
-/// paused, nothing goes from the clients to the broker (what the broker sends still
-/// arrives): a client's requests, commits among them, wait in it. Clones share it.
-#[derive(Clone)]
-pub struct PausableProxy {
-    addr: SocketAddr,
-    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl PausableProxy {
-    pub fn start(target: SocketAddr) -> PausableProxy {
-        use std::sync::atomic::Ordering;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the proxy");
-        let addr = listener.local_addr().expect("the proxy's address");
-        let paused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = paused.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let (Ok(client), Ok(server)) = (client, TcpStream::connect(target)) else {
-                    return;
-                };
-                let (mut from_client, mut to_server) = (
-                    client.try_clone().expect("socket"),
-                    server.try_clone().expect("socket"),
-                );
-                let (mut from_server, mut to_client) = (server, client);
-                let paused = flag.clone();
-                std::thread::spawn(move || {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    while let Ok(n @ 1..) = from_client.read(&mut buf) {
-                        while paused.load(Ordering::SeqCst) {
-                            std::thread::sleep(Duration::from_millis(5));
-                        }
-                        if to_server.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = to_server.shutdown(std::net::Shutdown::Write);
-                });
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut from_server, &mut to_client);
-                    let _ = to_client.shutdown(std::net::Shutdown::Write);
-                });
-            }
-        });
-        PausableProxy { addr, paused }
-    }
-
-    /// `http://` and the proxy's address.
-    pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Holds (true) or lets through (false) what the clients send.
-    pub fn pause(&self, paused: bool) {
-        self.paused
-            .store(paused, std::sync::atomic::Ordering::SeqCst);
     }
 }

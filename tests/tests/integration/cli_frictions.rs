@@ -1182,7 +1182,7 @@ fn cli_a_handover_refused_because_the_group_moved_on_again_commits_with_the_next
     for p in ["0", "1"] {
         produce(p, 0, 3);
     }
-    let proxy = tidelog_tests::PausableProxy::start(broker.grpc_addr());
+    let proxy = tidelog_tests::FlakyProxy::start(broker.grpc_addr());
     let mut a = tidelog_tests::tidelog_command()
         .args(["--server", &proxy.endpoint()])
         .args(["consume", "t", "--group", "g", "--follow"])

@@ -588,7 +588,7 @@ async fn a_handover_refused_because_the_group_moved_on_again_goes_with_the_next_
         .await
         .expect("create");
     publish(&direct, "ho", 2, 0..6).await;
-    let proxy = tidelog_tests::PausableProxy::start(broker.grpc_addr());
+    let proxy = tidelog_tests::FlakyProxy::start(broker.grpc_addr());
     let through = Client::connect(&proxy.endpoint()).await.expect("connect");
     let member = |client_id: &str| GroupOptions {
         client_id: client_id.into(),
