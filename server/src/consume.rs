@@ -475,7 +475,9 @@ impl Consumer for ConsumerService {
         let result = if let Err(status) = checked {
             Err(status)
         } else if self.state.shutdown.is_triggered() {
-            Err(Status::unavailable("the broker is shutting down"))
+            Err(crate::shutdown::unavailable(
+                "subscribe again once it is back",
+            ))
         } else if request.group.is_some() {
             let access = topic_access(&self.state, caller.as_ref());
             crate::groups::subscribe_member_batches(
@@ -535,7 +537,9 @@ impl Consumer for ConsumerService {
         let result: Result<SubscribeStream, Status> = if let Err(status) = checked {
             Err(status)
         } else if self.state.shutdown.is_triggered() {
-            Err(Status::unavailable("the broker is shutting down"))
+            Err(crate::shutdown::unavailable(
+                "subscribe again once it is back",
+            ))
         } else if request.group.is_some() {
             if !request.partitions.is_empty()
                 || request.start.is_some()

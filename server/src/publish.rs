@@ -677,7 +677,7 @@ async fn next_if_arrived<S: Stream + Unpin>(stream: &mut S) -> Poll<Option<S::It
 }
 
 fn shutting_down() -> Status {
-    Status::unavailable("the broker is shutting down; retry against the restarted broker")
+    crate::shutdown::unavailable("retry against the restarted broker")
 }
 
 #[cfg(test)]

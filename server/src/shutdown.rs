@@ -2,10 +2,18 @@
 //!
 //! gRPC graceful shutdown waits for every in-flight call to finish, but Subscribe
 //! streams and long polls would never finish by themselves. Each such call therefore
-//! also waits on this signal and ends (streams with UNAVAILABLE, long polls with what
-//! they have) once it fires.
+//! also waits on this signal and ends once it fires: streams (Subscribe, group
+//! members, PublishStream, queue Consume) with the UNAVAILABLE of [`unavailable`], long
+//! polls (Fetch, queue Receive) with what they have.
 
 use tokio::sync::watch;
+use tonic::Status;
+
+/// The status of a call ended because the broker is shutting down: UNAVAILABLE (a
+/// client retries it), every such call in the same words, `then` saying what to do.
+pub fn unavailable(then: &str) -> Status {
+    Status::unavailable(format!("the broker is shutting down; {then}"))
+}
 
 /// A one-shot, cloneable shutdown flag that can be awaited.
 #[derive(Debug, Clone)]

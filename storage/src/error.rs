@@ -71,6 +71,14 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    /// Another process (a broker or a CLI command) holds the data directory's lock: one
+    /// process at a time opens a store.
+    #[error(
+        "data directory {} is in use by another tidelog process; stop it or choose another directory",
+        dir.display()
+    )]
+    DataDirInUse { dir: PathBuf },
+
     /// The store is shutting down or closed.
     #[error("the storage engine is closed")]
     Closed,

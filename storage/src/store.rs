@@ -173,10 +173,9 @@ impl Store {
             .ctx(|| format!("locking {}", lock_path.display()))?
         {
             if waiting_since.elapsed() >= LOCK_WAIT {
-                return Err(Error::invalid(format!(
-                    "data directory {} is in use by another tidelog process; stop it or choose another directory",
-                    dir.display()
-                )));
+                return Err(Error::DataDirInUse {
+                    dir: dir.to_path_buf(),
+                });
             }
             std::thread::sleep(Duration::from_millis(5));
         }

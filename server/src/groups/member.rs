@@ -251,8 +251,8 @@ impl MemberTask {
             tokio::select! {
                 biased;
                 () = &mut shutdown => {
-                    return Err(Status::unavailable(
-                        "the broker is shutting down; reconnect with the same member_id to keep the partitions",
+                    return Err(crate::shutdown::unavailable(
+                        "reconnect with the same member_id to keep the partitions",
                     ));
                 }
                 control = self.control.recv() => match control {
@@ -886,8 +886,8 @@ impl MemberTask {
             self.backoff = true;
             return Ok(());
         }
-        Err(Status::unavailable(
-            "the broker is shutting down; reconnect with the same member_id to keep the partitions",
+        Err(crate::shutdown::unavailable(
+            "reconnect with the same member_id to keep the partitions",
         ))
     }
 

@@ -174,7 +174,9 @@ async fn start_member(
     };
     let pattern = subscription.is_pattern();
     if state.shutdown.is_triggered() {
-        return Err(Status::unavailable("the broker is shutting down"));
+        return Err(crate::shutdown::unavailable(
+            "reconnect to another broker or retry later",
+        ));
     }
     let settings = member::Settings {
         reset_policy,

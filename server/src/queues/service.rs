@@ -150,6 +150,13 @@ fn check_settlements(count: usize) -> Result<(), Status> {
     Ok(())
 }
 
+/// How a Consume stream (or a Consume that has not opened yet) ends at shutdown.
+fn shutting_down() -> Status {
+    crate::shutdown::unavailable(
+        "open Consume again once it is back; deliveries not settled are delivered again",
+    )
+}
+
 type ConsumeStream = Pin<Box<dyn Stream<Item = Result<QueueConsumeResponse, Status>> + Send>>;
 
 /// How long a Consume stream whose inbound side failed (its connection dropped, or
@@ -582,7 +589,12 @@ impl Queues for QueuesService {
         let mut inbound = request.into_inner();
         let mut queue_name = String::new();
         let result: Result<ConsumeStream, Status> = async {
-            let open = match inbound.message().await? {
+            // A stream that never sends its Open does not hold up a shutdown either.
+            let first = tokio::select! {
+                first = inbound.message() => first?,
+                () = self.state.shutdown.wait() => return Err(shutting_down()),
+            };
+            let open = match first {
                 Some(QueueConsumeRequest {
                     request: Some(queue_consume_request::Request::Open(open)),
                 }) => open,
@@ -626,6 +638,7 @@ impl Queues for QueuesService {
             // combiner at once, without waiting for the answers of the ones before it
             // (so a client's pipelined Settles are settled together), and the answers
             // go out in the order the Settles came, each once durable.
+            let shutdown = self.state.shutdown.clone();
             tokio::spawn(async move {
                 let _guard = guard;
                 let mut in_flight: VecDeque<(u64, SettleFuture)> = VecDeque::new();
@@ -700,6 +713,14 @@ impl Queues for QueuesService {
                             }
                         }
                         _ = tx.closed() => break,
+                        // The broker is shutting down: the stream ends (after the
+                        // answers to the Settles read) and the member leaves, as at a
+                        // half-close, so the gRPC server's graceful shutdown is not
+                        // held up by it.
+                        () = shutdown.wait(), if reading => {
+                            end = Some(shutting_down());
+                            reading = false;
+                        }
                     }
                 }
                 // Every settlement read is settled (answered or not) before the member
@@ -773,7 +794,13 @@ impl Queues for QueuesService {
                 member: member.clone(),
                 returned: false,
             };
-            let _ = tokio::time::timeout(wait, held.wait()).await;
+            // The wait ends early when the broker shuts down: the call returns what it
+            // has, as a Fetch long poll does, so it does not hold up the shutdown.
+            let shutdown = self.state.shutdown.clone();
+            tokio::select! {
+                _ = tokio::time::timeout(wait, held.wait()) => {}
+                () = shutdown.wait() => {}
+            }
             // No longer waiting: what is ready now is delivered to this call, then
             // nothing more goes to it until it asks again. A delivery round that
             // chose this call has handed its deliveries over by the time this returns

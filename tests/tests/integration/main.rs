@@ -36,6 +36,7 @@ mod queue_cli;
 mod queue_dead_letters;
 mod queue_pattern;
 mod queue_settle;
+mod queue_shutdown;
 mod queue_unseen;
 mod queues;
 mod quotas;

@@ -480,7 +480,9 @@ impl GroupCoordinator {
     pub(crate) async fn join(&self, request: JoinRequest) -> Result<Joined, Status> {
         let _gate = self.admin_gate.read().await;
         if self.shutting_down.load(Ordering::Acquire) {
-            return Err(Status::unavailable("the broker is shutting down"));
+            return Err(crate::shutdown::unavailable(
+                "reconnect to another broker or retry later",
+            ));
         }
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let stream_id = self.next_stream_id.fetch_add(1, Ordering::Relaxed);
@@ -928,8 +930,8 @@ impl GroupCoordinator {
             for group in state.groups.values() {
                 for member in group.members.values() {
                     if let Connection::Open { control, .. } = &member.connection {
-                        let _ = control.send(Control::End(Status::unavailable(
-                            "the broker is shutting down; reconnect to another broker or retry later",
+                        let _ = control.send(Control::End(crate::shutdown::unavailable(
+                            "reconnect to another broker or retry later",
                         )));
                     }
                 }

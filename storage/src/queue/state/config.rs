@@ -160,8 +160,13 @@ impl QueueConfig {
 
 /// Checks a queue name: the same rules as a topic name.
 pub fn validate_queue_name(name: &str) -> Result<()> {
-    crate::config::validate_topic_name(name)
-        .map_err(|e| Error::invalid(e.to_string().replace("topic name", "queue name")))
+    crate::config::validate_topic_name(name).map_err(|e| match e {
+        // The message, not the error's display (which adds "invalid argument: " again).
+        Error::InvalidArgument(message) => {
+            Error::invalid(message.replace("topic name", "queue name"))
+        }
+        other => other,
+    })
 }
 
 /// Queue names starting with this are the per-topic queues of queues on a topic
@@ -219,6 +224,19 @@ mod tests {
 
     fn config() -> QueueConfig {
         QueueConfig::defaults_for("jobs")
+    }
+
+    #[test]
+    fn a_bad_queue_name_is_named_once_as_a_queue_name() {
+        let error = validate_queue_name("q\"x").unwrap_err();
+        assert!(matches!(error, Error::InvalidArgument(_)), "{error:?}");
+        assert_eq!(
+            error.to_string(),
+            "invalid argument: queue name \"q\\\"x\" contains '\"'; use only letters, digits, '.', '_' and '-'"
+        );
+        let error = validate_queue_name("").unwrap_err().to_string();
+        assert_eq!(error.matches("invalid argument").count(), 1, "{error}");
+        assert!(error.contains("queue name must be"), "{error}");
     }
 
     #[test]
