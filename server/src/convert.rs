@@ -69,7 +69,7 @@ pub fn status(error: &Error) -> Status {
         Error::Poisoned { .. } | Error::PartitionUnavailable { .. } => {
             Status::unavailable(error.to_string())
         }
-        Error::Closed => Status::unavailable("the broker is shutting down; retry with backoff"),
+        Error::Closed => crate::shutdown::unavailable("retry with backoff"),
         Error::TopicDeleted { .. } => Status::not_found(format!(
             "{error} while the call was in flight; create the topic again if it is still needed"
         )),

@@ -495,8 +495,8 @@ impl PartitionReader {
         let mut topics_changed = false;
         loop {
             if self.state.shutdown.is_triggered() {
-                return Err(Status::unavailable(
-                    "the broker is shutting down; subscribe again once it is back",
+                return Err(crate::shutdown::unavailable(
+                    "subscribe again once it is back",
                 ));
             }
             if std::mem::take(&mut topics_changed)
