@@ -114,6 +114,13 @@ impl TopicState {
         }
     }
 
+    /// Whether `partition`, past the known count, may exist by now: the description
+    /// is older than [`REDESCRIBE_AFTER`], so the topic is described again before the
+    /// record is refused.
+    pub fn may_have_grown_to(&self, partition: u32) -> bool {
+        partition >= self.partitions && self.described_at.elapsed() >= REDESCRIBE_AFTER
+    }
+
     /// Checks the rules the broker would check on one record, so a bad record fails
     /// alone at once instead of failing the batch it would have joined.
     pub fn check(&self, record: &NewRecord) -> Result<()> {
@@ -451,8 +458,9 @@ impl Front {
             return Placed::UnknownTopic;
         };
         let state = &self.topics[at];
-        if pending.partition.is_some_and(|p| p >= state.partitions)
-            && state.described_at.elapsed() >= REDESCRIBE_AFTER
+        if pending
+            .partition
+            .is_some_and(|p| state.may_have_grown_to(p))
         {
             // Partitions may have been added since the topic was described.
             return Placed::UnknownTopic;

@@ -337,9 +337,7 @@ pub(crate) fn check_batch<R: AsRef<NewRecord>>(
 ) -> Option<Result<CheckedBatch>> {
     let name = front.known_topic(topic)?;
     let state = front.topic(topic)?;
-    if partition >= state.partitions
-        && state.described_at.elapsed() >= super::front::REDESCRIBE_AFTER
-    {
+    if state.may_have_grown_to(partition) {
         // Partitions may have been added since: describe the topic again first.
         return None;
     }
