@@ -16,28 +16,15 @@ use tidelog_storage::queue::{
     Delivery, Hold, QueueConfig, QueueEngine, SettleAction, SettleOutcome, SettleRequest, StartAt,
 };
 use tidelog_storage::rng::SeededRng as Rng;
-use tidelog_storage::{Clock, ManualClock, NewRecord, Store, StoreOptions, TopicConfig};
+use tidelog_storage::{Clock, ManualClock, NewRecord, Store, TopicConfig};
+
+mod common;
+use common::faulty_store as open;
+use common::plain_store as plain_store_reopened;
 
 const START_MS: i64 = 1_700_000_000_000;
 const PARTITIONS: u32 = 2;
 const MESSAGES: u64 = 60;
-
-fn open(fs: &FaultyFs, data: &Path, clock: &Arc<ManualClock>) -> Arc<Store> {
-    Arc::new(
-        Store::open(
-            data,
-            StoreOptions {
-                clock: clock.clone(),
-                flush_threads: 1,
-                retention_interval: None,
-                flush_observer: None,
-                fs: Arc::new(fs.clone()),
-                ..StoreOptions::default()
-            },
-        )
-        .expect("opening the store"),
-    )
-}
 
 fn config() -> QueueConfig {
     QueueConfig {
@@ -869,22 +856,6 @@ fn a_dead_letter_refused_for_good_sends_the_message_back_and_spares_the_others()
     assert_eq!((status.unacked, status.waiting, status.ready), (0, 0, 0));
 }
 
-fn plain_store_reopened(dir: &Path, clock: &Arc<ManualClock>) -> Arc<Store> {
-    Arc::new(
-        Store::open(
-            dir,
-            StoreOptions {
-                clock: clock.clone(),
-                flush_threads: 1,
-                retention_interval: None,
-                flush_observer: None,
-                ..StoreOptions::default()
-            },
-        )
-        .unwrap(),
-    )
-}
-
 /// A store whose topic `jobs` caps each queue at 5 ready messages under `overflow`,
 /// with 5 messages and a queue whose member `slow` holds offset 0 while `fast` took
 /// offsets 1-4 and acked them: 0 ready, 1 unacked.
@@ -1145,10 +1116,13 @@ fn a_power_cut_anywhere_in_a_large_dead_letter_loses_nothing() {
         );
         let cut = fs.is_powered_off();
         drop(engine);
-        let store = Arc::try_unwrap(store).expect("the engine is gone");
-        store.simulate_crash();
-        fs.crash(CrashOptions::keep_some(cut_after)).unwrap();
-        let store = open(&fs, &data, &clock);
+        let store = common::power_cut(
+            store,
+            &fs,
+            &data,
+            &clock,
+            CrashOptions::keep_some(cut_after),
+        );
         let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
         let settled = status.partitions[0].2 == 1;
         let letters = letters_of(&store);
@@ -1207,10 +1181,7 @@ fn a_failed_fsync_of_the_dead_letter_leaves_the_delivery_held_for_a_retry() {
     let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
     assert_eq!(status.unacked, 1, "still held: {status:?}");
     drop(engine);
-    let store = Arc::try_unwrap(store).expect("the engine is gone");
-    store.simulate_crash();
-    fs.crash(CrashOptions::lose_unsynced()).unwrap();
-    let store = open(&fs, &data, &clock);
+    let store = common::power_cut(store, &fs, &data, &clock, CrashOptions::lose_unsynced());
     let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
     engine.member_joined("m");
     // The lease survived the restart: the member settles it again.
@@ -1357,10 +1328,13 @@ fn a_power_cut_anywhere_in_a_release_keeps_the_lease_or_the_release() {
         let answered = engine.release("m", &[(0, 0, 1)]);
         let cut = fs.is_powered_off();
         drop(engine);
-        let store = Arc::try_unwrap(store).expect("the engine is gone");
-        store.simulate_crash();
-        fs.crash(CrashOptions::keep_some(cut_after)).unwrap();
-        let store = open(&fs, &data, &clock);
+        let store = common::power_cut(
+            store,
+            &fs,
+            &data,
+            &clock,
+            CrashOptions::keep_some(cut_after),
+        );
         let context = format!("cut after {cut_after}");
         check_after_crash(&store, &clock, matches!(answered, Ok(1)), &context);
         if !cut {
@@ -1394,10 +1368,7 @@ fn a_failed_fsync_fails_the_release_and_leaves_the_lease() {
         "poisoned: not retried"
     );
     drop(engine);
-    let store = Arc::try_unwrap(store).expect("the engine is gone");
-    store.simulate_crash();
-    fs.crash(CrashOptions::lose_unsynced()).unwrap();
-    let store = open(&fs, &data, &clock);
+    let store = common::power_cut(store, &fs, &data, &clock, CrashOptions::lose_unsynced());
     check_after_crash(&store, &clock, false, "after EIO");
 }
 
@@ -1431,10 +1402,7 @@ fn a_full_disk_fails_the_release_and_leaves_the_lease() {
     );
     fs.set_capacity(None);
     drop(engine);
-    let store = Arc::try_unwrap(store).expect("the engine is gone");
-    store.simulate_crash();
-    fs.crash(CrashOptions::lose_unsynced()).unwrap();
-    let store = open(&fs, &data, &clock);
+    let store = common::power_cut(store, &fs, &data, &clock, CrashOptions::lose_unsynced());
     check_after_crash(&store, &clock, false, "after ENOSPC");
     // The member is back (a member of a restarted broker keeps its id only in tests):
     // the release goes through now.

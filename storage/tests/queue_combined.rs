@@ -14,30 +14,16 @@ use tidelog_storage::queue::admin;
 use tidelog_storage::queue::{
     QueueConfig, QueueEngine, SettleAction, SettleOutcome, SettleRequest, StartAt,
 };
-use tidelog_storage::{Error, ManualClock, NewRecord, Store, StoreOptions, TopicConfig};
+use tidelog_storage::{Error, ManualClock, NewRecord, Store, TopicConfig};
+
+mod common;
+use common::faulty_store as open;
 
 const START_MS: i64 = 1_700_000_000_000;
 const PARTITIONS: u32 = 2;
 /// Messages per partition; the settlements also name offsets past these.
 const MESSAGES: u64 = 10;
 const MEMBERS: [&str; 3] = ["m0", "m1", "m2"];
-
-fn open(fs: &FaultyFs, data: &Path, clock: &Arc<ManualClock>) -> Arc<Store> {
-    Arc::new(
-        Store::open(
-            data,
-            StoreOptions {
-                clock: clock.clone(),
-                flush_threads: 1,
-                retention_interval: None,
-                flush_observer: None,
-                fs: Arc::new(fs.clone()),
-                ..StoreOptions::default()
-            },
-        )
-        .expect("opening the store"),
-    )
-}
 
 fn config() -> QueueConfig {
     QueueConfig {

@@ -5,7 +5,6 @@
 //! against a brute-force count over the log (`TIDELOG_QUEUE_SEEDS=N` runs more
 //! seeds), and through the backpressure caps that use the same count.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,44 +15,14 @@ use tidelog_storage::queue::{
 };
 use tidelog_storage::rng::SeededRng as Rng;
 use tidelog_storage::{
-    Clock, FsyncPolicy, Header, ManualClock, NewRecord, QueueOverflow, Store, StoreOptions,
-    TopicConfig,
+    Clock, FsyncPolicy, Header, ManualClock, NewRecord, QueueOverflow, Store, TopicConfig,
 };
 
+mod common;
+use common::faulty_store as open;
+use common::plain_store as plain;
+
 const START_MS: i64 = 1_700_000_000_000;
-
-fn open(fs: &FaultyFs, data: &Path, clock: &Arc<ManualClock>) -> Arc<Store> {
-    Arc::new(
-        Store::open(
-            data,
-            StoreOptions {
-                clock: clock.clone(),
-                flush_threads: 1,
-                retention_interval: None,
-                flush_observer: None,
-                fs: Arc::new(fs.clone()),
-                ..StoreOptions::default()
-            },
-        )
-        .expect("opening the store"),
-    )
-}
-
-fn plain(dir: &Path, clock: &Arc<ManualClock>) -> Arc<Store> {
-    Arc::new(
-        Store::open(
-            dir,
-            StoreOptions {
-                clock: clock.clone(),
-                flush_threads: 1,
-                retention_interval: None,
-                flush_observer: None,
-                ..StoreOptions::default()
-            },
-        )
-        .unwrap(),
-    )
-}
 
 fn topic_config(levels: u8, cap: Option<u64>, overflow: QueueOverflow) -> TopicConfig {
     TopicConfig {
@@ -458,10 +427,13 @@ fn a_power_cut_anywhere_in_a_counted_take_keeps_the_count_exact() {
         let answered = engine.deliver(&[("m".into(), 1)]);
         let cut = fs.is_powered_off();
         drop(engine);
-        let store = Arc::try_unwrap(store).expect("the engine is gone");
-        store.simulate_crash();
-        fs.crash(CrashOptions::keep_some(cut_after)).unwrap();
-        let store = open(&fs, &data, &clock);
+        let store = common::power_cut(
+            store,
+            &fs,
+            &data,
+            &clock,
+            CrashOptions::keep_some(cut_after),
+        );
         let context = format!("cut after {cut_after}");
         let delivered = matches!(&answered, Ok(d) if !d.is_empty());
         check_after_crash(&store, &clock, delivered, &context);
@@ -494,10 +466,7 @@ fn a_failed_fsync_of_a_counted_take_leaves_the_count_before_it() {
         "poisoned: not retried"
     );
     drop(engine);
-    let store = Arc::try_unwrap(store).expect("the engine is gone");
-    store.simulate_crash();
-    fs.crash(CrashOptions::lose_unsynced()).unwrap();
-    let store = open(&fs, &data, &clock);
+    let store = common::power_cut(store, &fs, &data, &clock, CrashOptions::lose_unsynced());
     check_after_crash(&store, &clock, false, "after EIO");
     ack_the_high_one_then_the_rest(&store, &clock, "after EIO");
 }
@@ -523,10 +492,7 @@ fn a_full_disk_fails_a_counted_take_and_the_count_stays_exact() {
     );
     fs.set_capacity(None);
     drop(engine);
-    let store = Arc::try_unwrap(store).expect("the engine is gone");
-    store.simulate_crash();
-    fs.crash(CrashOptions::lose_unsynced()).unwrap();
-    let store = open(&fs, &data, &clock);
+    let store = common::power_cut(store, &fs, &data, &clock, CrashOptions::lose_unsynced());
     check_after_crash(&store, &clock, false, "after ENOSPC");
     ack_the_high_one_then_the_rest(&store, &clock, "room again after ENOSPC");
 }

@@ -7,15 +7,16 @@
 //! skipped, and at the end every cursor stands at the end of its partition.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use tidelog_storage::batch::Header;
 use tidelog_storage::queue::admin::{self, queue_status};
 use tidelog_storage::queue::{QueueConfig, QueueEngine, SettleAction, SettleRequest, StartAt};
 use tidelog_storage::rng::SeededRng as Rng;
-use tidelog_storage::{Clock, ManualClock, NewRecord, Store, StoreOptions, TopicConfig};
+use tidelog_storage::{Clock, ManualClock, NewRecord, Store, TopicConfig};
+
+mod common;
+use common::plain_store as open;
 
 const START_MS: i64 = 1_700_000_000_000;
 /// Largest message a run writes (several of the scan's 4 MiB reads' worth of small
@@ -23,22 +24,6 @@ const START_MS: i64 = 1_700_000_000_000;
 const LARGE_BYTES_MAX: u64 = 6 << 20;
 /// Log bytes a run writes at most, so a seed stays fast.
 const RUN_BYTES_MAX: u64 = 40 << 20;
-
-fn open(dir: &Path, clock: &Arc<ManualClock>) -> Arc<Store> {
-    Arc::new(
-        Store::open(
-            dir,
-            StoreOptions {
-                clock: clock.clone(),
-                flush_threads: 1,
-                retention_interval: None,
-                flush_observer: None,
-                ..StoreOptions::default()
-            },
-        )
-        .expect("opening the store"),
-    )
-}
 
 /// A message size: mostly small, some tens of KiB, now and then several MiB.
 fn message_size(rng: &mut Rng, large_left: &mut u32) -> usize {
