@@ -541,19 +541,9 @@ impl Consumer for ConsumerService {
                 "subscribe again once it is back",
             ))
         } else if request.group.is_some() {
-            if !request.partitions.is_empty()
-                || request.start.is_some()
-                || !request.partition_starts.is_empty()
-                || request.send_positioned
-            {
-                Err(Status::invalid_argument(
-                    "partitions, start, partition_starts and send_positioned must be unset with a group: the broker assigns partitions (announced by Assignment) and starts at the group's committed offsets (move them with Groups.ResetOffsets)",
-                ))
-            } else {
-                crate::groups::subscribe_member(self.state.clone(), request, remote_addr, access)
-                    .await
-                    .map(|stream| Box::pin(stream) as SubscribeStream)
-            }
+            crate::groups::subscribe_member(self.state.clone(), request, remote_addr, access)
+                .await
+                .map(|stream| Box::pin(stream) as SubscribeStream)
         } else {
             plain_subscription(&self.state, request, access)
                 .map(|reader| Box::pin(spawn_subscription(&self.state, reader)) as SubscribeStream)

@@ -130,19 +130,16 @@ async fn start_member(
         ));
     };
     coordinator::validate_group_id(&membership.group_id)?;
-    if !request.partitions.is_empty() {
+    // One check for Subscribe and SubscribeBatches: with a group the broker picks the
+    // partitions and where each starts.
+    if !request.partitions.is_empty()
+        || request.start.is_some()
+        || !request.partition_starts.is_empty()
+        || request.send_positioned
+        || request.follow_partitions_from.is_some()
+    {
         return Err(Status::invalid_argument(
-            "partitions must be empty with a group: the broker assigns the partitions among the group's members",
-        ));
-    }
-    if request.start.is_some() {
-        return Err(Status::invalid_argument(
-            "start must be absent with a group: members start at the group's committed offsets; move them with Groups.ResetOffsets",
-        ));
-    }
-    if request.follow_partitions_from.is_some() {
-        return Err(Status::invalid_argument(
-            "follow_partitions_from must be unset with a group: members get partitions the topic gains by rebalancing",
+            "partitions, start, partition_starts, send_positioned and follow_partitions_from must be unset with a group: the broker assigns the partitions among the group's members (announced by Assignment), starts at the group's committed offsets (move them with Groups.ResetOffsets) and gives members the partitions a topic gains by rebalancing",
         ));
     }
     if membership.client_id.len() > CLIENT_ID_BYTES_MAX {

@@ -1699,3 +1699,79 @@ async fn a_handover_window_lets_a_member_commit_what_a_rebalance_takes() {
     let anonymous = admin_commit(&mut groups, "short", &[]).await.unwrap_err();
     assert_eq!(anonymous.code(), Code::InvalidArgument);
 }
+
+/// With a group the broker picks the partitions and where each starts: Subscribe and
+/// SubscribeBatches refuse every field that would pick them instead, the same way.
+#[tokio::test]
+async fn both_subscribe_forms_refuse_partition_choices_with_a_group() {
+    use tidelog_proto::v1::StartPosition;
+    use tidelog_proto::v1::start_position::{Earliest, Position};
+    use tidelog_proto::v1::subscribe_request::PartitionStart;
+
+    let broker = TestBroker::start();
+    broker
+        .create_topic("chosen", 2, TopicConfig::default())
+        .await;
+    let with_group = |change: &dyn Fn(&mut SubscribeRequest)| {
+        let mut request = SubscribeRequest {
+            topic: "chosen".into(),
+            group: Some(GroupMembership {
+                group_id: "g".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        change(&mut request);
+        request
+    };
+    type Change<'a> = &'a dyn Fn(&mut SubscribeRequest);
+    let cases: [(&str, Change); 5] = [
+        ("partitions", &|r| r.partitions = vec![1]),
+        ("start", &|r| {
+            r.start = Some(StartPosition {
+                position: Some(Position::Earliest(Earliest {})),
+            })
+        }),
+        ("partition_starts", &|r| {
+            r.partition_starts = vec![PartitionStart {
+                partition: 1,
+                offset: 0,
+                topic: String::new(),
+            }]
+        }),
+        ("send_positioned", &|r| r.send_positioned = true),
+        ("follow_partitions_from", &|r| {
+            r.partition_starts = vec![PartitionStart {
+                partition: 0,
+                offset: 0,
+                topic: String::new(),
+            }];
+            r.follow_partitions_from = Some(1);
+        }),
+    ];
+    let mut consumer = broker.consumer().await;
+    for (field, change) in cases {
+        let refused = consumer
+            .subscribe(with_group(change))
+            .await
+            .expect_err(field);
+        let batches = consumer
+            .subscribe_batches(with_group(change))
+            .await
+            .expect_err(field);
+        for status in [refused, batches] {
+            assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+            assert!(
+                status.message().contains("must be unset with a group")
+                    && status.message().contains(field),
+                "{field}: {status:?}"
+            );
+        }
+    }
+    // The group itself is fine: a plain member of it starts.
+    let member = consumer
+        .subscribe_batches(with_group(&|_| {}))
+        .await
+        .expect("a member with nothing chosen starts");
+    drop(member);
+}
