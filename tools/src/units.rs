@@ -4,8 +4,9 @@
 
 /// Parses a size: a number with an optional unit. `KiB`/`MiB`/`GiB`/`TiB` (and the
 /// short `K`/`M`/`G`/`T`) are powers of 1024; `KB`/`MB`/`GB`/`TB` powers of 1000;
-/// `B` or no unit is bytes. Units are case-insensitive; a fraction is allowed
-/// (`1.5GiB`) and rounded to whole bytes; `_` may separate digits.
+/// `B` or no unit is bytes. Units are case-insensitive; a fraction of a unit is
+/// allowed (`1.5GiB`) and rounded to whole bytes, a fraction of a byte (`1.5`) is
+/// refused; `_` may separate digits.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let cleaned: String = text.trim().chars().filter(|&c| c != '_').collect();
     let split = cleaned
@@ -14,6 +15,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let (number, unit) = cleaned.split_at(split);
     let unit = unit.trim();
     let not_a_size = || format!("{text:?} is not a size such as 4096, 256MiB or 10GiB");
+    if cleaned.starts_with('-') {
+        return Err(format!("{text:?}: a size cannot be negative"));
+    }
     if number.is_empty() {
         return Err(not_a_size());
     }
@@ -33,6 +37,15 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
             ));
         }
     };
+    if scale == 1
+        && number
+            .split_once('.')
+            .is_some_and(|(_, f)| f.bytes().any(|b| b != b'0'))
+    {
+        return Err(format!(
+            "{text:?} is not a whole number of bytes; give bytes without a fraction, or a unit (1.5KiB)"
+        ));
+    }
     scaled(number, scale)
         .ok_or_else(|| format!("{text:?} is not a size such as 4096, 256MiB or 10GiB"))
 }
@@ -115,7 +128,9 @@ mod tests {
         assert_eq!(parse_size("1.5KiB"), Ok(1536));
         assert_eq!(parse_size("1_000"), Ok(1000));
         assert_eq!(parse_size(" 12 B "), Ok(12));
-        assert_eq!(parse_size("0.5"), Ok(1)); // rounded
+        assert_eq!(parse_size("0.5KiB"), Ok(512));
+        assert_eq!(parse_size("0.0001KiB"), Ok(0)); // rounded to whole bytes
+        assert_eq!(parse_size("2.0"), Ok(2));
     }
 
     #[test]
@@ -128,6 +143,12 @@ mod tests {
         assert!(parse_size("99999999999TiB").is_err());
         let error = parse_size("10XB").unwrap_err();
         assert!(error.contains("unknown size unit"), "{error}");
+        for fraction_of_a_byte in ["1.5", "0.5B", "7.25 b"] {
+            let error = parse_size(fraction_of_a_byte).unwrap_err();
+            assert!(error.contains("not a whole number of bytes"), "{error}");
+        }
+        let error = parse_size("-1GiB").unwrap_err();
+        assert!(error.contains("cannot be negative"), "{error}");
     }
 
     #[test]

@@ -81,8 +81,8 @@ pub struct TopicListArgs {
     pub internal: bool,
 }
 
-/// A limit that can be switched off: `off` (also `none`, `unlimited`, `forever`, `0`)
-/// or a value.
+/// A limit that can be switched off: `off` (also `none`, `unlimited`, `forever`, `0`,
+/// and Kafka's `-1`) or a value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
     Off,
@@ -92,7 +92,7 @@ pub enum Limit {
 fn is_off(text: &str) -> bool {
     matches!(
         text.trim().to_ascii_lowercase().as_str(),
-        "off" | "none" | "unlimited" | "forever" | "never" | "0"
+        "off" | "none" | "unlimited" | "forever" | "never" | "0" | "-1"
     )
 }
 
@@ -206,26 +206,26 @@ pub enum CompressionArg {
 pub struct TopicConfigArgs {
     /// Delete sealed segments older than this (e.g. 7d, 12h, 1h30m); `off` or `0` keeps
     /// data forever.
-    #[arg(long, value_name = "DURATION", value_parser = duration_limit)]
+    #[arg(long, value_name = "DURATION", value_parser = duration_limit, allow_hyphen_values = true)]
     pub retention: Option<Limit>,
 
     /// Delete the oldest segments while a partition is larger than this (e.g. 10GiB);
     /// `off` or `0` = no limit.
-    #[arg(long, value_name = "SIZE", value_parser = size_limit)]
+    #[arg(long, value_name = "SIZE", value_parser = size_limit, allow_hyphen_values = true)]
     pub retention_bytes: Option<Limit>,
 
     /// Default time to live of messages published without one (e.g. 5m); `off` or `0` =
     /// never expire.
-    #[arg(long, value_name = "DURATION", value_parser = duration_limit)]
+    #[arg(long, value_name = "DURATION", value_parser = duration_limit, allow_hyphen_values = true)]
     pub ttl: Option<Limit>,
 
     /// Roll to a new segment at this size (4KiB to 1GiB; default 256MiB).
-    #[arg(long, value_name = "SIZE", value_parser = segment_size)]
+    #[arg(long, value_name = "SIZE", value_parser = segment_size, allow_hyphen_values = true)]
     pub segment_bytes: Option<u64>,
 
     /// Roll to a new segment at this age even if it is small (e.g. 1d); `off` or `0` = by
     /// size only.
-    #[arg(long, value_name = "DURATION", value_parser = duration_limit)]
+    #[arg(long, value_name = "DURATION", value_parser = duration_limit, allow_hyphen_values = true)]
     pub segment_age: Option<Limit>,
 
     /// When writes are made durable: always (group commit), interval:<duration> (e.g.
@@ -235,7 +235,7 @@ pub struct TopicConfigArgs {
 
     /// Largest message (id + key + value + headers; on a topic with a dedup window
     /// the producer's own 16-byte id counts), 1B to 16MiB (default 1MiB).
-    #[arg(long, value_name = "SIZE", value_parser = message_size)]
+    #[arg(long, value_name = "SIZE", value_parser = message_size, allow_hyphen_values = true)]
     pub max_message_bytes: Option<u64>,
 
     /// Compression of stored batches.
@@ -244,15 +244,15 @@ pub struct TopicConfigArgs {
 
     /// Priority levels queues honour (1 to 10): messages may then be published with
     /// priorities 0 to N-1.
-    #[arg(long, value_name = "N", value_parser = priority_levels)]
+    #[arg(long, value_name = "N", value_parser = priority_levels, allow_hyphen_values = true)]
     pub priority_levels: Option<u32>,
 
     /// Backpressure: most ready messages any queue of the topic may hold; `off` = no limit.
-    #[arg(long, value_name = "N|off", value_parser = count_limit)]
+    #[arg(long, value_name = "N|off", value_parser = count_limit, allow_hyphen_values = true)]
     pub queue_max_ready: Option<Limit>,
 
     /// Backpressure: most ready bytes of log any queue of the topic may hold; `off` = no limit.
-    #[arg(long, value_name = "SIZE|off", value_parser = size_limit)]
+    #[arg(long, value_name = "SIZE|off", value_parser = size_limit, allow_hyphen_values = true)]
     pub queue_max_ready_bytes: Option<Limit>,
 
     /// Past a queue cap: `reject` new publishes (the default) or `dead-letter-oldest`.
@@ -261,7 +261,7 @@ pub struct TopicConfigArgs {
 
     /// Dedup window: a message whose id was stored within it is not stored again (its
     /// ack names the first). Default 2m, at most 7d; `off` or `0` switches it off.
-    #[arg(long, value_name = "DURATION|off", value_parser = duration_limit)]
+    #[arg(long, value_name = "DURATION|off", value_parser = duration_limit, allow_hyphen_values = true)]
     pub dedup_window: Option<Limit>,
 
     /// The broker gives each message published without an id one of its own (26

@@ -43,6 +43,37 @@ fn limits_accept_off() {
     assert!(error.contains("10 has no unit"), "{error}");
     assert_eq!(size_limit("unlimited"), Ok(Limit::Off));
     assert_eq!(size_limit("10GiB"), Ok(Limit::Value(10 << 30)));
+    // Kafka's "no limit".
+    assert_eq!(duration_limit("-1"), Ok(Limit::Off));
+    assert_eq!(size_limit("-1"), Ok(Limit::Off));
+}
+
+/// Negative values reach the flag's own parser, which says what is wrong, instead of
+/// clap's "unexpected argument '-1'".
+#[test]
+fn negative_limits_are_refused_by_their_parsers() {
+    let create = |flag: &str, value: &str| {
+        Cli::try_parse_from(["tidelog", "topic", "create", "t", flag, value])
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    for (flag, value, needle) in [
+        ("--retention", "-1h", "cannot be negative"),
+        ("--ttl", "-5m", "cannot be negative"),
+        ("--retention-bytes", "-1GiB", "cannot be negative"),
+        ("--segment-bytes", "-4KiB", "cannot be negative"),
+        ("--max-message-bytes", "-1", "cannot be negative"),
+        ("--queue-max-ready", "-3", "not a count"),
+        ("--retention-bytes", "1.5", "not a whole number of bytes"),
+    ] {
+        let error = create(flag, value).unwrap_err();
+        assert!(
+            error.contains(flag) && error.contains(needle),
+            "{flag} {value}: {error}"
+        );
+    }
+    assert_eq!(create("--retention", "-1"), Ok(()));
+    assert_eq!(create("--retention-bytes", "-1"), Ok(()));
 }
 
 #[test]
