@@ -1338,3 +1338,49 @@ async fn sigterm_ends_streams_and_exits_zero() {
     assert_eq!(fetched.messages[1].value, Bytes::from("streamed"));
     broker.stop();
 }
+
+/// A second tidelogd on a data directory a running broker holds exits at once with
+/// status 1, naming the directory and what to do, and leaves the first one serving.
+#[tokio::test]
+async fn a_second_broker_on_the_same_data_dir_is_refused_with_its_reason() {
+    let broker = TestBroker::start();
+    broker.create_topic("kept", 1, TopicConfig::default()).await;
+    let started = std::time::Instant::now();
+    let second = std::process::Command::new(tidelog_tests::tidelogd_bin())
+        .arg("--data-dir")
+        .arg(broker.data_dir())
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running a second tidelogd");
+    assert_eq!(second.status.code(), Some(1), "{second:?}");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "data directory {} is in use by another tidelog process; stop it or choose another directory",
+            broker.data_dir().display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < tidelog_tests::READY_TIMEOUT,
+        "refused after {:?}",
+        started.elapsed()
+    );
+    // The first broker still has its topic and takes writes.
+    broker
+        .create_topic("after", 1, TopicConfig::default())
+        .await;
+    let topics = broker
+        .admin()
+        .await
+        .list_topics(tidelog_proto::v1::ListTopicsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<_> = topics.topics.iter().map(|t| t.name.as_str()).collect();
+    assert!(
+        names.contains(&"kept") && names.contains(&"after"),
+        "{names:?}"
+    );
+}
