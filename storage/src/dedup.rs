@@ -14,7 +14,7 @@
 //! from the window are read back, from the first offset whose timestamp is within the
 //! window (found through the time index), and their ids put back, timed by the running
 //! maximum of the timestamps read: the append time unless producers set timestamps of
-//! their own. So a kill -9 or a restart forgets nothing the log kept; an id is forgotten
+//! their own. A timestamp ahead of the clock counts as now, for its own record only. So a kill -9 or a restart forgets nothing the log kept; an id is forgotten
 //! only with its message (a crash losing unsynced data of an `fsync = interval` topic,
 //! which never acked it durably, or retention).
 //!
@@ -1077,15 +1077,24 @@ fn rebuild(
                 Err(error) => return Err(error),
             };
             for record in &read.records {
-                newest = newest.max(record.timestamp_ms);
+                // A timestamp ahead of the clock was not its append time (nothing is
+                // appended in the future): the record is timed now, so it is kept one
+                // window from here, and the running maximum of the records after it
+                // is left alone (one clock ahead must not keep them all for ever).
+                let stamped = if record.timestamp_ms > now_ms {
+                    now_ms
+                } else {
+                    newest = newest.max(record.timestamp_ms);
+                    newest
+                };
                 let (Some(id), Some(at)) = (&record.id, pack(partition.id(), record.offset)) else {
                     rows.close(&mut found);
                     continue;
                 };
-                if newest < horizon_ms {
+                if stamped < horizon_ms {
                     continue;
                 }
-                let time = time_of(state, newest);
+                let time = time_of(state, stamped);
                 let parts = id_parts(id);
                 rows.add(parts, at, time, &mut found);
                 found.push((

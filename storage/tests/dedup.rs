@@ -795,3 +795,67 @@ fn across_partitions_the_first_batch_with_an_id_is_kept() {
     drop(topic);
     store.close().unwrap();
 }
+
+/// One message stamped a day ahead of the clock must not keep the ids after it in the
+/// window for ever once the window is read back: each later id is timed by its own
+/// timestamp (it leaves one window after it was stored), the future-stamped one by the
+/// time of the read-back (nothing is appended in the future).
+#[test]
+fn a_timestamp_ahead_of_the_clock_does_not_hold_the_window_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let open = || Store::open(dir.path(), options(&clock, None)).unwrap();
+    let store = open();
+    store
+        .create_topic("t", 1, config(FsyncPolicy::Never))
+        .unwrap();
+    let topic = store.topic("t").unwrap();
+    let ahead = NewRecord {
+        timestamp_ms: Some(START_MS + 86_400_000),
+        ..record(Some("from-the-future"), 100)
+    };
+    topic.append(0, vec![ahead]).unwrap();
+    let later: Vec<String> = (0..200).map(|i| format!("job-{i}")).collect();
+    for id in &later {
+        topic.append(0, vec![record(Some(id), 100)]).unwrap();
+    }
+    drop(topic);
+    store.close().unwrap();
+    drop(store);
+
+    // Read back within the window: everything is still a duplicate.
+    clock.advance_ms(WINDOW_MS as i64 / 2);
+    let store = open();
+    let topic = store.topic("t").unwrap();
+    for id in [&later[0], &later[199]] {
+        let placed = placements(topic.append(0, vec![record(Some(id), 100)]).unwrap(), 0, 1);
+        assert!(placed[0].duplicate, "{id} was forgotten within the window");
+    }
+    drop(topic);
+    store.close().unwrap();
+    drop(store);
+
+    // Read back two windows later: the later ids are stored again; the future-stamped
+    // one is still held (timed at the read-back) until one window after it.
+    clock.advance_ms(2 * WINDOW_MS as i64);
+    let store = open();
+    let topic = store.topic("t").unwrap();
+    for id in [&later[0], &later[100], &later[199]] {
+        let placed = placements(topic.append(0, vec![record(Some(id), 100)]).unwrap(), 0, 1);
+        assert!(
+            !placed[0].duplicate,
+            "{id} is still deduplicated two windows after it was stored"
+        );
+    }
+    let held = placements(
+        topic
+            .append(0, vec![record(Some("from-the-future"), 100)])
+            .unwrap(),
+        0,
+        1,
+    );
+    assert!(held[0].duplicate);
+    drop(topic);
+    store.close().unwrap();
+    drop(store);
+}
