@@ -185,6 +185,7 @@ pub fn group_json(group: &GroupDescription) -> Value {
                 "end_offset": l.end_offset,
                 "lag": l.lag,
                 "lag_from_log_start": l.lag_from_log_start,
+                "deleted_unread": deleted_unread(l),
                 "member_id": owners.get(&(l.topic.as_str(), l.partition)),
             })
         })
@@ -232,6 +233,15 @@ fn lag_from_log_start(lag: &PartitionLag) -> u64 {
         .unwrap_or_else(|| lag.end_offset.saturating_sub(lag.log_start_offset))
 }
 
+/// Messages between the group's commit and the log start: deleted (retention, or a
+/// `delete-records`) before the group read them. 0 without a commit or at/above the
+/// log start.
+fn deleted_unread(lag: &PartitionLag) -> u64 {
+    lag.committed_offset.map_or(0, |committed| {
+        lag.log_start_offset.saturating_sub(committed)
+    })
+}
+
 /// How a member shows in the STATUS column: connected, or kept by its session
 /// timeout after its stream ended, with the seconds left (rounded up).
 fn member_status(member: &GroupMember) -> String {
@@ -276,6 +286,8 @@ fn render_group(group: &GroupDescription) -> String {
             l.log_start_offset.to_string(),
             l.end_offset.to_string(),
             match (l.lag, l.committed_offset) {
+                // Some of it was deleted unread: marked (see the footnote).
+                (Some(lag), _) if deleted_unread(l) > 0 => format!("{lag}!"),
                 (Some(lag), _) => lag.to_string(),
                 // No commit: counted from the log start, marked (see the footnote).
                 (None, None) => format!("{}*", lag_from_log_start(l)),
@@ -304,6 +316,20 @@ fn render_group(group: &GroupDescription) -> String {
                     "s"
                 },
                 if n == 1 { "" } else { "s" },
+            ));
+        }
+        let deleted: Vec<u64> = group.lags.iter().map(deleted_unread).collect();
+        let below = deleted.iter().filter(|&&n| n > 0).count();
+        if below > 0 {
+            let messages: u64 = deleted.iter().sum();
+            text.push_str(&format!(
+                "\n! the commit is below the log start on {below} partition{}: {messages} \
+                 message{} of that lag {} deleted before the group read {}; a member goes on \
+                 per its --offset-reset (earliest: from the log start)",
+                if below == 1 { "" } else { "s" },
+                if messages == 1 { "" } else { "s" },
+                if messages == 1 { "was" } else { "were" },
+                if messages == 1 { "it" } else { "them" },
             ));
         }
         text.push('\n');
@@ -707,6 +733,52 @@ mod tests {
             merge_specs(&[spec("a", &[1]), spec("a", &[])]),
             vec![spec("a", &[])]
         );
+    }
+
+    /// A commit that retention left behind (below the log start) is marked: its lag
+    /// counts messages the group will never read.
+    #[test]
+    fn a_commit_below_the_log_start_is_marked_with_what_was_deleted_unread() {
+        let lag = |partition, committed, log_start, end| PartitionLag {
+            topic: "orders".into(),
+            partition,
+            committed_offset: Some(committed),
+            log_start_offset: log_start,
+            end_offset: end,
+            lag: Some(end - committed),
+            lag_from_log_start: None,
+        };
+        let group = GroupDescription {
+            group_id: "late".into(),
+            state: GroupState::Empty as i32,
+            lags: vec![lag(0, 5, 240, 310), lag(1, 40, 40, 50)],
+            ..GroupDescription::default()
+        };
+        let text = render_group(&group);
+        assert!(
+            text.contains("orders          0          5        240  310  305!  -\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("orders          1         40         40   50    10  -\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "! the commit is below the log start on 1 partition: 235 messages of that lag \
+                 were deleted before the group read them"
+            ),
+            "{text}"
+        );
+        let value = group_json(&group);
+        assert_eq!(value["partitions"][0]["deleted_unread"], 235);
+        assert_eq!(value["partitions"][1]["deleted_unread"], 0);
+        // Nothing below the log start: no mark, no footnote.
+        let text = render_group(&GroupDescription {
+            lags: vec![lag(1, 40, 40, 50)],
+            ..group
+        });
+        assert!(!text.contains('!'), "{text}");
     }
 
     #[test]
