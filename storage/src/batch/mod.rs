@@ -846,6 +846,20 @@ mod tests {
 
     /// A reused buffer (holding an earlier batch, with room to spare, or too small)
     /// encodes byte for byte what a fresh one does, compressed or not.
+    /// A TTL so long the expiry saturates at the end of time reads back as no expiry
+    /// (never), not as an expiry in the year 292,277,026.
+    #[test]
+    fn a_ttl_that_saturates_reads_back_as_never_expiring() {
+        let records = vec![NewRecord {
+            ttl_ms: Some(u64::MAX),
+            ..NewRecord::value(&b"forever"[..])
+        }];
+        let encoded = encode_batch(&records, &options()).unwrap();
+        let (header, decoded) = decode_batch(&Bytes::from(encoded.bytes)).unwrap();
+        assert_eq!(header.max_expiry_ms, NEVER_EXPIRES);
+        assert_eq!(decoded[0].expires_at_ms, None);
+    }
+
     #[test]
     fn a_reused_buffer_encodes_what_a_fresh_one_does() {
         for compression in [Compression::None, Compression::Zstd] {

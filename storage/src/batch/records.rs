@@ -6,9 +6,10 @@ use std::cell::RefCell;
 use bytes::{Bytes, BytesMut};
 
 use super::{
-    BatchHeader, Compression, FormatError, HEADER_BYTES, Header, RECORD_ATTRIBUTES_KNOWN,
-    RECORD_HAS_DELIVER_AT, RECORD_HAS_EXPIRY, RECORD_HAS_ID, RECORD_HAS_KEY, RECORD_HAS_PRIORITY,
-    RECORD_ID_FOLLOWS, Record, get_varint, invalid, next_id, unzigzag, varint_at,
+    BatchHeader, Compression, FormatError, HEADER_BYTES, Header, NEVER_EXPIRES,
+    RECORD_ATTRIBUTES_KNOWN, RECORD_HAS_DELIVER_AT, RECORD_HAS_EXPIRY, RECORD_HAS_ID,
+    RECORD_HAS_KEY, RECORD_HAS_PRIORITY, RECORD_ID_FOLLOWS, Record, get_varint, invalid, next_id,
+    unzigzag, varint_at,
 };
 use crate::limits::{MESSAGE_ID_BYTES_MAX, PRIORITY_LEVELS_MAX, RECORD_HEADERS_MAX};
 
@@ -116,7 +117,9 @@ impl RecordIter {
         let first = self.header.first_timestamp_ms;
         let timestamp_ms = first.wrapping_add(unzigzag(self.varint()?));
         let expires_at_ms = if attributes & RECORD_HAS_EXPIRY != 0 {
-            Some(first.wrapping_add(unzigzag(self.varint()?)))
+            // An expiry at the end of time (a TTL that saturated, or a client's way of
+            // saying "never" on a topic with a default TTL) is no expiry.
+            Some(first.wrapping_add(unzigzag(self.varint()?))).filter(|&at| at != NEVER_EXPIRES)
         } else {
             None
         };
