@@ -85,9 +85,13 @@ pub fn status(error: &Error) -> Status {
         Error::Corrupt { .. } => Status::data_loss(format!(
             "{error}; the broker does not serve corrupt data: read on from the offset after the damaged batch (a group: `tidelog group reset-offsets --to-offset`), and have an operator inspect the data directory with `tidelog segment verify`"
         )),
-        Error::Io { .. } => Status::internal(format!(
-            "{error}; the broker logged it; retry later, and if it persists check the server's disk"
-        )),
+        Error::Io { .. } => {
+            // Logged here, so the answer's "logged" is true for every RPC.
+            tracing::warn!(%error, "an I/O error answered as INTERNAL");
+            Status::internal(format!(
+                "{error}; the broker logged it; retry later, and if it persists check the server's log, disk and open-file limit"
+            ))
+        }
         _ => Status::internal(format!("{error}")),
     }
 }

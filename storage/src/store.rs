@@ -135,6 +135,9 @@ struct Inner {
     flusher: Mutex<Flusher>,
     context: PartitionContext,
     closed: AtomicBool,
+    /// The trash holds something a removal failed on: tried again at each retention
+    /// pass.
+    trash_left: AtomicBool,
     /// Holds the `LOCK` file's advisory lock while open.
     _lock_file: Arc<dyn FsFile>,
 }
@@ -179,13 +182,9 @@ impl Store {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        // Finish deletions a crash interrupted.
-        let trash = dir.join("trash");
-        for entry in fs.read_dir(&trash).ctx(|| "listing trash")? {
-            let path = trash.join(&entry.name);
-            fs.remove_dir_all(&path)
-                .ctx(|| format!("removing {}", path.display()))?;
-        }
+        // Finish deletions a crash interrupted (what cannot be removed now is tried
+        // again at each retention pass: nothing reads the trash).
+        let trash_left = !empty_trash(&*fs, &dir);
 
         let flusher = Flusher::start(options.flush_threads)?;
         let context = PartitionContext {
@@ -232,7 +231,7 @@ impl Store {
         // What was just found (topics, their removal, the trash emptied) may be known
         // to the page cache only, if the process before died between creating an entry
         // and fsyncing its directory: make it durable before serving it.
-        for path in [&topics_dir, &trash, &dir] {
+        for path in [&topics_dir, &dir.join("trash"), &dir] {
             fsutil::sync_dir(&*fs, path)?;
         }
         let inner = Arc::new(Inner {
@@ -245,6 +244,7 @@ impl Store {
             flusher: Mutex::new(flusher),
             context,
             closed: AtomicBool::new(false),
+            trash_left: AtomicBool::new(trash_left),
             _lock_file: lock_file,
         });
         let housekeeping = start_housekeeping(Arc::downgrade(&inner), options.retention_interval)?;
@@ -449,10 +449,21 @@ impl Store {
         for queue in deleted_queues {
             self.remove_queue_history(&queue)?;
         }
+        // The topic is deleted (its directory left `topics/` durably above): its files
+        // going is housekeeping. A removal that fails (out of file descriptors, an I/O
+        // error) does not undo or fail the delete; the retention passes try again.
         // Mappings held by readers keep their files alive after this.
-        fs.remove_dir_all(&trash)
-            .ctx(|| format!("removing {}", trash.display()))?;
-        tracing::info!(topic = name, "deleted topic");
+        if let Err(error) = fs.remove_dir_all(&trash) {
+            self.inner.trash_left.store(true, Ordering::Release);
+            tracing::warn!(
+                topic = name,
+                %error,
+                "deleted topic; its files in {} could not be removed yet: the retention passes try again",
+                trash.display()
+            );
+        } else {
+            tracing::info!(topic = name, "deleted topic");
+        }
         Ok(())
     }
 
@@ -757,7 +768,33 @@ fn read_owner(dir: &Path, context: &PartitionContext) -> Result<Option<Arc<str>>
     Ok(Some(Arc::from(owner)))
 }
 
+/// Removes everything in the data directory's `trash/` (topics being deleted). True
+/// when the trash is empty; what cannot be removed is logged and left for the next try.
+fn empty_trash(fs: &dyn FileSystem, dir: &Path) -> bool {
+    let trash = dir.join("trash");
+    let entries = match fs.read_dir(&trash) {
+        Ok(entries) => entries,
+        Err(error) => {
+            tracing::warn!(%error, "could not list {}; tried again at the next retention pass", trash.display());
+            return false;
+        }
+    };
+    let mut empty = true;
+    for entry in entries {
+        let path = trash.join(&entry.name);
+        if let Err(error) = fs.remove_dir_all(&path) {
+            tracing::warn!(%error, "could not remove {} (a deleted topic's files); tried again at the next retention pass", path.display());
+            empty = false;
+        }
+    }
+    empty
+}
+
 fn enforce_retention(inner: &Inner) -> Vec<(String, u32, RetentionOutcome)> {
+    if inner.trash_left.load(Ordering::Acquire) && empty_trash(&*inner.context.fs, &inner.dir) {
+        inner.trash_left.store(false, Ordering::Release);
+        tracing::info!("removed the files of deleted topics left in the trash");
+    }
     let topics: Vec<_> = inner
         .topics
         .read()
