@@ -1050,7 +1050,7 @@ fn an_ack_range_ending_below_its_offset_is_invalid_and_spares_the_others() {
 /// A FaultyFs store with topic `jobs` (1 MiB max_message_bytes), one message of
 /// exactly that size, and a queue (max_deliveries 1) whose member `m` holds it, all
 /// durable.
-fn big_one_held(fs: &FaultyFs, data: &Path, clock: &Arc<ManualClock>) -> Arc<Store> {
+fn big_one_held(fs: &FaultyFs, data: &Path, clock: &Arc<ManualClock>) -> (Arc<Store>, QueueEngine) {
     let store = open(fs, data, clock);
     store
         .create_topic("jobs", 1, TopicConfig::default())
@@ -1071,7 +1071,7 @@ fn big_one_held(fs: &FaultyFs, data: &Path, clock: &Arc<ManualClock>) -> Arc<Sto
     let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
     engine.member_joined("m");
     assert_eq!(engine.deliver(&[("m".into(), 1)]).unwrap()[0].1.len(), 1);
-    store
+    (store, engine)
 }
 
 /// The dead letters of `store`'s `jobs.dlq` (none if it does not exist).
@@ -1101,9 +1101,7 @@ fn a_power_cut_anywhere_in_a_large_dead_letter_loses_nothing() {
         let data = dir.path().join("data");
         let fs = FaultyFs::new(dir.path(), cut_after).unwrap();
         let clock = ManualClock::new(START_MS);
-        let store = big_one_held(&fs, &data, &clock);
-        let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
-        engine.member_joined("m");
+        let (store, mut engine) = big_one_held(&fs, &data, &clock);
         fs.power_off_after(cut_after);
         let answered = engine.settle(
             Some("m"),
@@ -1152,20 +1150,20 @@ fn a_power_cut_anywhere_in_a_large_dead_letter_loses_nothing() {
 
 /// An fsync of the dead-letter topic that fails (poisoning its partition) is a
 /// passing failure: the term is answered UNAVAILABLE, the member still holds the
-/// message, and after a restart the term dead-letters it.
+/// message; after a restart (the partition recovered) the lease is over: a term of
+/// it is stale, and the first tick gives it up, its one allowed delivery used, so it
+/// is dead-lettered.
 #[test]
 fn a_failed_fsync_of_the_dead_letter_leaves_the_delivery_held_for_a_retry() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let fs = FaultyFs::new(dir.path(), 7).unwrap();
     let clock = ManualClock::new(START_MS);
-    let store = big_one_held(&fs, &data, &clock);
+    let (store, mut engine) = big_one_held(&fs, &data, &clock);
     // The dead-letter topic exists (its creation is not what fails).
     store
         .create_topic("jobs.dlq", 1, TopicConfig::default())
         .unwrap();
-    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
-    engine.member_joined("m");
     fs.fail_sync(SyncFault::nth(1).path_contains("jobs.dlq"));
     let term = [settle_one(
         0,
@@ -1183,13 +1181,289 @@ fn a_failed_fsync_of_the_dead_letter_leaves_the_delivery_held_for_a_retry() {
     drop(engine);
     let store = common::power_cut(store, &fs, &data, &clock, CrashOptions::lose_unsynced());
     let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    // A member of the same name (in tests only: a stream member's id is new in each
+    // run) cannot settle it.
     engine.member_joined("m");
-    // The lease survived the restart: the member settles it again.
+    let outcomes = engine.settle(Some("m"), &term).unwrap();
+    assert!(
+        matches!(&outcomes[0], SettleOutcome::Stale(why) if why.contains("restarted")),
+        "{outcomes:?}"
+    );
+    engine.tick().unwrap();
+    assert_eq!(letters_of(&store).len(), 1);
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!(status.unacked, 0, "{status:?}");
+}
+
+/// Queue `work` (ack deadline 30 s, backoff 100 ms, `max_deliveries`) on `jobs` with
+/// one message, leased (attempt 1) to `receive:w1` (a unary Receive's member) by an
+/// engine that is gone when this returns: the broker's run ends with the lease held.
+fn one_leased_before_a_restart(store: &Arc<Store>, max_deliveries: u32) {
+    store
+        .topic("jobs")
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .append_durable(&[NewRecord::value("job")])
+        .unwrap();
+    let queue_config = QueueConfig {
+        ack_deadline_ms: 30_000,
+        backoff_initial_ms: 100,
+        max_deliveries,
+        ..config()
+    };
+    admin::create_queue(&**store, "work", "jobs", StartAt::Earliest, queue_config).unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("receive:w1");
+    let delivered = engine.deliver(&[("receive:w1".into(), 10)]).unwrap();
+    assert_eq!(delivered[0].1[0].attempt, 1);
+}
+
+/// The deliveries a round makes to `member` now.
+fn delivered_now(engine: &mut QueueEngine, member: &str) -> Vec<Delivery> {
+    engine
+        .deliver(&[(member.into(), 10)])
+        .unwrap()
+        .into_iter()
+        .flat_map(|(_, deliveries)| deliveries)
+        .collect()
+}
+
+/// An ack of attempt `attempt` of offset 0, by whoever holds it.
+fn ack_0(attempt: u32) -> SettleRequest {
+    SettleRequest {
+        partition: 0,
+        offset: 0,
+        attempt,
+        action: SettleAction::Ack { through: None },
+    }
+}
+
+/// A lease made before a restart went to a call of the last run: the first tick gives
+/// it up (member left, the attempt counted), so the message goes to another member
+/// after its backoff, not after its 30 s deadline, even when the holder's name has
+/// joined and asked first (a unary Receive's member comes back under the same name).
+#[test]
+fn a_lease_from_before_a_restart_is_given_up_even_when_its_holder_joins_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = plain_store(dir.path(), &clock, 0);
+    one_leased_before_a_restart(&store, 3);
+    drop(store);
+    clock.advance_ms(1_000);
+    let store = plain_store_reopened(dir.path(), &clock);
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    // The old holder's name is back first and asks: nothing is ready for it.
+    engine.member_joined("receive:w1");
+    assert!(delivered_now(&mut engine, "receive:w1").is_empty());
+    engine.tick().unwrap();
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!((status.unacked, status.waiting), (0, 1), "{status:?}");
     assert_eq!(
-        engine.settle(Some("m"), &term).unwrap(),
+        attempts_of_0(&store, &clock),
+        vec![(1, Some(Outcome::MemberLeft))]
+    );
+    assert_eq!(engine.unacked("receive:w1"), 0);
+    assert_eq!(engine.counters.timed_out, 1);
+    // After the backoff, long before the deadline, another member gets it.
+    clock.advance_ms(100);
+    engine.tick().unwrap();
+    engine.member_joined("receive:w2");
+    let again = delivered_now(&mut engine, "receive:w2");
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].record.offset, again[0].attempt), (0, 2));
+    let outcomes = engine.settle(None, &[ack_0(1)]).unwrap();
+    assert!(
+        matches!(&outcomes[0], SettleOutcome::Stale(why) if why.contains("attempt 2")),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        engine.settle(None, &[ack_0(2)]).unwrap(),
         vec![SettleOutcome::Ok { settled: 1 }]
     );
-    assert_eq!(letters_of(&store).len(), 1);
+}
+
+/// A lease from before a restart is over from the open on, before the tick gives it
+/// up: its settlements (by anyone, by its holder's name, as a range) are stale and
+/// change nothing, and it cannot be given back unseen; the tick then gives it up.
+#[test]
+fn a_lease_from_before_a_restart_cannot_be_settled_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = plain_store(dir.path(), &clock, 0);
+    one_leased_before_a_restart(&store, 3);
+    drop(store);
+    let store = plain_store_reopened(dir.path(), &clock);
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("receive:w1");
+    for (member, request) in [
+        (None, ack_0(1)),
+        (Some("receive:w1"), ack_0(0)),
+        (
+            Some("receive:w1"),
+            SettleRequest {
+                action: SettleAction::InProgress { extend_ms: None },
+                ..ack_0(1)
+            },
+        ),
+    ] {
+        let outcomes = engine.settle(member, &[request]).unwrap();
+        assert!(
+            matches!(&outcomes[0], SettleOutcome::Stale(why) if why.contains("before the broker restarted")),
+            "{outcomes:?}"
+        );
+    }
+    let range = SettleRequest {
+        action: SettleAction::Ack { through: Some(5) },
+        ..ack_0(0)
+    };
+    assert_eq!(
+        engine.settle(None, &[range]).unwrap(),
+        vec![SettleOutcome::Ok { settled: 0 }]
+    );
+    assert_eq!(engine.release("receive:w1", &[(0, 0, 1)]).unwrap(), 0);
+    assert_eq!(engine.counters.acked, 0);
+    engine.tick().unwrap();
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!((status.unacked, status.waiting), (0, 1), "{status:?}");
+    assert_eq!(
+        attempts_of_0(&store, &clock),
+        vec![(1, Some(Outcome::MemberLeft))]
+    );
+}
+
+/// A restored lease on its last allowed delivery whose dead letter cannot be written
+/// at the first tick (a full disk: a passing failure) stands until the retry; its
+/// holder's name joining meanwhile does not keep it: the retry, long before the
+/// deadline, dead-letters it (member left).
+#[test]
+fn a_restored_lease_whose_dead_letter_waits_is_given_up_at_the_retry_whoever_joined() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let fs = FaultyFs::new(dir.path(), 21).unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = open(&fs, &data, &clock);
+    store
+        .create_topic("jobs", 1, TopicConfig::default())
+        .unwrap();
+    store
+        .create_topic("jobs.dlq", 1, TopicConfig::default())
+        .unwrap();
+    one_leased_before_a_restart(&store, 1);
+    let store = common::power_cut(store, &fs, &data, &clock, CrashOptions::lose_unsynced());
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    fs.set_capacity(Some(fs.used_bytes()));
+    engine.tick().unwrap();
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!(status.unacked, 1, "its dead letter waits: {status:?}");
+    assert!(letters_of(&store).is_empty());
+    fs.set_capacity(None);
+    engine.member_joined("receive:w1");
+    assert!(delivered_now(&mut engine, "receive:w1").is_empty());
+    clock.advance_ms(1_000);
+    engine.tick().unwrap();
+    assert_eq!(letters_of(&store).len(), 1, "dead-lettered at the retry");
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!((status.unacked, status.ready), (0, 0), "{status:?}");
+    assert_eq!(engine.unacked("receive:w1"), 0);
+}
+
+/// A power cut at every point of the first tick's give-up of a restored lease (its
+/// holder's name joined): after recovery the lease either still stands (the next
+/// run gives it up) or is given up with its attempt counted; never lost, and a
+/// give-up that returned is never taken back.
+#[test]
+fn a_power_cut_anywhere_in_giving_up_a_restored_lease_keeps_the_lease_or_its_give_up() {
+    let pending = |store: &Store, context: &str| {
+        store
+            .queues()
+            .read(|q| {
+                q.get("work").unwrap().partitions[&0]
+                    .pending
+                    .get(0)
+                    .map(|p| p.into_owned())
+            })
+            .unwrap_or_else(|| panic!("{context}: settled"))
+    };
+    let mut cut_after = 0;
+    loop {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let fs = FaultyFs::new(dir.path(), cut_after).unwrap();
+        let clock = ManualClock::new(START_MS);
+        let store = open(&fs, &data, &clock);
+        store
+            .create_topic("jobs", 1, TopicConfig::default())
+            .unwrap();
+        one_leased_before_a_restart(&store, 3);
+        let store = common::power_cut(store, &fs, &data, &clock, CrashOptions::lose_unsynced());
+        let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+        engine.member_joined("receive:w1");
+        fs.power_off_after(cut_after);
+        let answered = engine.tick().is_ok();
+        let cut = fs.is_powered_off();
+        drop(engine);
+        let store = common::power_cut(
+            store,
+            &fs,
+            &data,
+            &clock,
+            CrashOptions::keep_some(cut_after),
+        );
+        let context = format!("cut after {cut_after}");
+        let after = pending(&store, &context);
+        assert_eq!(after.attempts, 1, "{context}: the attempt stays counted");
+        match after.hold {
+            Hold::Leased { .. } => assert!(!answered, "{context}: a give-up was taken back"),
+            Hold::Waiting { .. } => {}
+            other => panic!("{context}: {other:?}"),
+        }
+        // The next run gives up what still stands, its holder's name joined or not.
+        let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+        engine.member_joined("receive:w1");
+        engine.tick().unwrap();
+        let after = pending(&store, &context);
+        assert!(
+            matches!(after.hold, Hold::Waiting { .. }) && after.attempts == 1,
+            "{context}: {after:?}"
+        );
+        if !cut {
+            assert!(answered, "no cut: given up");
+            assert!(cut_after >= 2, "only {cut_after} points to cut at");
+            break;
+        }
+        cut_after += 1;
+        assert!(cut_after < 1_000, "the give-up never completed");
+    }
+}
+
+/// A failed fsync of the queue state (EIO) fails the tick that gives up a restored
+/// lease and poisons the state log; the next run gives it up.
+#[test]
+fn a_failed_fsync_fails_the_give_up_and_the_next_run_gives_the_lease_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let fs = FaultyFs::new(dir.path(), 22).unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = open(&fs, &data, &clock);
+    store
+        .create_topic("jobs", 1, TopicConfig::default())
+        .unwrap();
+    one_leased_before_a_restart(&store, 3);
+    let store = common::power_cut(store, &fs, &data, &clock, CrashOptions::lose_unsynced());
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("receive:w1");
+    fs.fail_sync(SyncFault::nth(1).path_contains("queues"));
+    assert!(engine.tick().is_err());
+    drop(engine);
+    let store = common::power_cut(store, &fs, &data, &clock, CrashOptions::lose_unsynced());
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!(status.unacked, 1, "not given up: {status:?}");
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("receive:w1");
+    engine.tick().unwrap();
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!((status.unacked, status.waiting), (0, 1), "{status:?}");
 }
 
 /// The attempts the history shows for offset 0 of queue `work`: (attempt, outcome).
@@ -1372,8 +1646,9 @@ fn a_failed_fsync_fails_the_release_and_leaves_the_lease() {
     check_after_crash(&store, &clock, false, "after EIO");
 }
 
-/// A full disk (ENOSPC) fails the release; the lease stands, and once there is room
-/// again (a restart) the release goes through.
+/// A full disk (ENOSPC) fails the release; the lease stands, and the next run gives
+/// it up at its first tick, counted (as for a broker that died before the release):
+/// its one allowed delivery used, it is dead-lettered.
 #[test]
 fn a_full_disk_fails_the_release_and_leaves_the_lease() {
     let dir = tempfile::tempdir().unwrap();
@@ -1404,12 +1679,13 @@ fn a_full_disk_fails_the_release_and_leaves_the_lease() {
     drop(engine);
     let store = common::power_cut(store, &fs, &data, &clock, CrashOptions::lose_unsynced());
     check_after_crash(&store, &clock, false, "after ENOSPC");
-    // The member is back (a member of a restarted broker keeps its id only in tests):
-    // the release goes through now.
+    // A release of the last run's delivery (by a member of the same name, in tests
+    // only) finds nothing to give back unseen.
     let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
     engine.member_joined("m");
-    assert_eq!(engine.release("m", &[(0, 0, 1)]).unwrap(), 1);
-    check_after_crash(&store, &clock, true, "released after room came back");
+    assert_eq!(engine.release("m", &[(0, 0, 1)]).unwrap(), 0);
+    engine.tick().unwrap();
+    assert_eq!(dead_letters(&store).len(), 1);
 }
 
 /// The dead-letter-oldest pass when the dead-letter topic refuses one letter for good

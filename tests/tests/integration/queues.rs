@@ -2,7 +2,8 @@
 //! calls; three workers sharing 100,000 messages with random nacks and a poison
 //! message (every message ends acked exactly once or dead-lettered with its reason);
 //! a kill -9 in the middle loses no ack and keeps attempt counts; stale settlements;
-//! unary Receive and Settle; delay precision and priority order.
+//! unary Receive and Settle, and their leases ending with a restart; delay precision
+//! and priority order.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -391,6 +392,119 @@ async fn unary_receive_and_settle_with_stale_and_unknown_settlements() {
         .into_inner()
         .outcomes;
     assert_eq!(second_ack[0].code, Code::NotFound as i32, "{second_ack:?}");
+}
+
+/// How the broker goes down in [`a_unary_lease_ends_with_the_broker_whoever_asks_first`].
+#[derive(Debug, Clone, Copy)]
+enum Down {
+    Kill9,
+    Sigterm,
+}
+
+/// A message leased by a unary Receive (member w1, ack deadline 30 s) when the broker
+/// goes down: after the restart the lease is over, even though w1's Receive is the
+/// first call (the member's name comes back; its lease must not): w1 gets nothing, a
+/// Settle of attempt 1 is stale, and w2 gets the message as attempt 2 after the 500 ms
+/// backoff, not after the 30 s deadline.
+async fn a_unary_lease_ends_with_the_broker_whoever_asks_first(down: Down) {
+    let mut broker = TestBroker::start();
+    broker.create_topic("jobs", 1, TopicConfig::default()).await;
+    publish(&broker, "jobs", 0, 1).await;
+    create_queue(
+        &broker,
+        "work",
+        "jobs",
+        QueueConfig {
+            ack_deadline_ms: Some(30_000),
+            backoff_initial_ms: Some(500),
+            ..Default::default()
+        },
+    )
+    .await;
+    let receive = |member: &str, max_wait_ms: u64| ReceiveRequest {
+        queue: "work".into(),
+        member: member.into(),
+        max_messages: 10,
+        max_wait_ms,
+    };
+    let first = queues(&broker)
+        .await
+        .receive(receive("w1", 2_000))
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].attempt, 1);
+    tokio::task::block_in_place(|| match down {
+        Down::Kill9 => {
+            broker.kill9();
+            broker.restart();
+        }
+        Down::Sigterm => broker.restart(),
+    });
+    let restarted = tokio::time::Instant::now();
+    let mut client = queues(&broker).await;
+    // w1 asks first: its old lease does not come back to it, nothing else is ready.
+    let again = client
+        .receive(receive("w1", 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries;
+    assert!(again.is_empty(), "{down:?}: {again:?}");
+    let settle = |settlements| SettleRequest {
+        queue: "work".into(),
+        settlements,
+    };
+    let stale = client
+        .settle(settle(vec![ack(&first[0])]))
+        .await
+        .unwrap()
+        .into_inner()
+        .outcomes;
+    assert_eq!(
+        stale[0].code,
+        Code::FailedPrecondition as i32,
+        "{down:?}: attempt 1 ended with the restart: {stale:?}"
+    );
+    let mut got = Vec::new();
+    while got.is_empty() && restarted.elapsed() < Duration::from_secs(10) {
+        got = client
+            .receive(receive("w2", 1_000))
+            .await
+            .unwrap()
+            .into_inner()
+            .deliveries;
+    }
+    assert_eq!(
+        got.len(),
+        1,
+        "{down:?}: not delivered again within 10 s of the restart (the ack deadline is 30 s)"
+    );
+    assert_eq!((value(&got[0]).as_str(), got[0].attempt), ("m-0", 2));
+    let outcomes = client
+        .settle(settle(vec![ack(&first[0]), ack(&got[0])]))
+        .await
+        .unwrap()
+        .into_inner()
+        .outcomes;
+    let codes: Vec<i32> = outcomes.iter().map(|o| o.code).collect();
+    assert_eq!(
+        codes,
+        vec![Code::FailedPrecondition as i32, Code::Ok as i32],
+        "{down:?}: {outcomes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unary_lease_ends_with_a_kill_9_even_when_its_member_asks_first() {
+    a_unary_lease_ends_with_the_broker_whoever_asks_first(Down::Kill9).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unary_lease_ends_with_a_clean_stop_even_when_its_member_asks_first() {
+    a_unary_lease_ends_with_the_broker_whoever_asks_first(Down::Sigterm).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

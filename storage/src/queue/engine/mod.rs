@@ -8,8 +8,12 @@
 //! answered), so a crash never loses an ack and never forgets an attempt. What lives
 //! only in memory can be rebuilt from the durable state: the timers, the set of
 //! redeliveries that are due, and which members are connected (none, after a
-//! restart: their leases are given up at once, and the messages delivered again after
-//! their backoff).
+//! restart). Every lease made before [`QueueEngine::open`] went to a call or stream of
+//! the broker's last run, which no longer exists: it is *restored*, given up at the
+//! first [`QueueEngine::tick`] (as `member left`, its attempt counted) and the message
+//! delivered again after its backoff, whoever has joined by then (a unary Receive's
+//! member comes back under the same name with its next call); a settlement or release
+//! of that attempt is stale from the open on.
 //!
 //! # Order of delivery
 //!
@@ -280,6 +284,10 @@ pub struct QueueEngine {
     due: BTreeSet<(u8, i64, u32, u64)>,
     /// Connected members and how many deliveries each holds.
     members: HashMap<Arc<str>, u64>,
+    /// Leases made before the engine opened, by (partition, offset): their attempt.
+    /// Given up whoever has joined (see the module docs); one stays here only while
+    /// its dead letter cannot be written (a passing failure, retried by the tick).
+    restored: HashMap<(u32, u64), u32>,
     /// The partition a new-message scan starts with next (turns).
     next_partition: usize,
     /// The last delivery round stopped because a higher level had more of the log to
@@ -328,7 +336,9 @@ const ACK_LATENCIES_KEPT_MAX: usize = 65_536;
 
 impl QueueEngine {
     /// The engine of queue `name`, its timers rebuilt from the durable state. Every
-    /// lease is given up at once: no member is connected yet.
+    /// lease is restored (see the module docs): given up at the first
+    /// [`QueueEngine::tick`], its settlements stale. Nothing is written: an engine
+    /// opened and dropped unused changes nothing.
     pub fn open(store: Arc<dyn QueueHost>, name: &str) -> Result<QueueEngine> {
         let queue = store
             .queues()
@@ -341,6 +351,7 @@ impl QueueEngine {
             timers: BTreeSet::new(),
             due: BTreeSet::new(),
             members: HashMap::new(),
+            restored: HashMap::new(),
             next_partition: 0,
             behind: false,
             counters: EngineCounters::default(),
@@ -351,18 +362,27 @@ impl QueueEngine {
         };
         for (&partition, part) in &queue.partitions {
             for (offset, pending) in part.pending.iter() {
-                let at = match pending.hold {
-                    Hold::Leased { .. } => now,
-                    Hold::Waiting { due_ms } | Hold::Delayed { due_ms } => due_ms,
+                let timer = match pending.hold {
+                    Hold::Leased { .. } => {
+                        engine
+                            .restored
+                            .insert((partition, offset), pending.attempts);
+                        (now, Timer::Deadline, partition, offset)
+                    }
+                    Hold::Waiting { due_ms } | Hold::Delayed { due_ms } => {
+                        (due_ms, Timer::Due, partition, offset)
+                    }
                 };
-                let kind = match pending.hold {
-                    Hold::Leased { .. } => Timer::Deadline,
-                    _ => Timer::Due,
-                };
-                engine.timers.insert((at, kind, partition, offset));
+                engine.timers.insert(timer);
             }
         }
         Ok(engine)
+    }
+
+    /// Whether the lease of `partition`/`offset` at attempt `attempt` is a restored
+    /// one (made before the engine opened): over, whoever holds it.
+    fn restored(&self, partition: u32, offset: u64, attempt: u32) -> bool {
+        self.restored.get(&(partition, offset)) == Some(&attempt)
     }
 
     pub fn name(&self) -> &str {
@@ -490,8 +510,9 @@ impl QueueEngine {
     /// each `(partition, offset, attempt)` still leased to `member` at exactly that
     /// attempt goes back to ready at once, the attempt taken back (no backoff, not
     /// counted towards `max_deliveries`), with a `released` event in the history.
-    /// Durable when this returns (one state-log append). Others (settled, given up, or
-    /// delivered again since) are left alone. Returns how many were released.
+    /// Durable when this returns (one state-log append). Others (settled, given up,
+    /// delivered again since, or restored: made before the engine opened) are left
+    /// alone. Returns how many were released.
     ///
     /// If the broker dies before this, the lease stands until its deadline, and is
     /// given up (counted) at the restart like every other lease.
@@ -512,7 +533,11 @@ impl QueueEngine {
             let Hold::Leased { member: holder, .. } = &pending.hold else {
                 continue;
             };
-            if **holder != *member || pending.attempts != attempt || attempt == 0 {
+            if **holder != *member
+                || pending.attempts != attempt
+                || attempt == 0
+                || self.restored(partition, offset, attempt)
+            {
                 continue;
             }
             ops.push(QueueOp::Release {
@@ -604,6 +629,7 @@ impl QueueEngine {
             }
             self.timers.pop_first();
             let Some(pending) = self.pending_of(partition, offset) else {
+                self.restored.remove(&(partition, offset));
                 continue;
             };
             let pending = &pending;
@@ -615,7 +641,10 @@ impl QueueEngine {
                     },
                     Timer::Deadline,
                 ) => {
-                    let member_gone = !self.members.contains_key(member);
+                    // A lease from before the engine opened: its member is gone even
+                    // if one of that name has joined since.
+                    let restored = self.restored(partition, offset, pending.attempts);
+                    let member_gone = restored || !self.members.contains_key(member);
                     if *deadline_ms > now && !member_gone {
                         // Extended: look again at the new deadline.
                         self.timers
@@ -651,7 +680,10 @@ impl QueueEngine {
                             }
                         }
                     }
-                    if let Some(count) = self.members.get_mut(member) {
+                    // A restored lease was never counted for a member of this run.
+                    if restored {
+                        self.restored.remove(&(partition, offset));
+                    } else if let Some(count) = self.members.get_mut(member) {
                         *count = count.saturating_sub(1);
                     }
                     self.counters.timed_out += 1;
@@ -884,6 +916,12 @@ impl QueueEngine {
         for (member, deliveries) in &out {
             *self.members.entry(member.clone()).or_insert(0) += deliveries.len() as u64;
             self.counters.delivered += deliveries.len() as u64;
+            // Leases of this run now: no longer restored ones.
+            if !self.restored.is_empty() {
+                for d in deliveries {
+                    self.restored.remove(&(d.partition, d.record.offset));
+                }
+            }
         }
         Ok(out
             .into_iter()

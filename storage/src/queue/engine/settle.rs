@@ -93,6 +93,7 @@ impl QueueEngine {
                                 continue;
                             };
                             if member.is_some_and(|m| m != &**holder)
+                                || self.restored(request.partition, offset, pending.attempts)
                                 || earlier.contains_key(&(request.partition, offset))
                                 || !gone.insert((request.partition, offset))
                             {
@@ -173,6 +174,13 @@ impl QueueEngine {
                 // next tick has not given it up): the work was done.
                 let stale_attempt = request.attempt != 0 && request.attempt != pending.attempts;
                 let other_member = member.is_some_and(|m| m != &**holder);
+                if self.restored(request.partition, request.offset, pending.attempts) {
+                    outcomes.push(SettleOutcome::Stale(format!(
+                        "partition {} offset {}: attempt {} was delivered before the broker restarted and ended with it; the message is delivered again after its backoff",
+                        request.partition, request.offset, pending.attempts
+                    )));
+                    continue;
+                }
                 if stale_attempt || other_member {
                     outcomes.push(SettleOutcome::Stale(format!(
                         "partition {} offset {}: attempt {} is current, held by {holder:?}",
