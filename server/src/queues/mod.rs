@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tidelog_proto::v1::{QueueConsumeResponse, QueueDelivery, queue_consume_response};
 use tidelog_storage::filter::Filtered;
@@ -84,7 +84,18 @@ struct Member {
     /// Deliveries it may still be sent.
     credit: u64,
     sink: Sink,
+    /// A Receive member: when its last call stopped waiting (see
+    /// [`RECEIVE_MEMBER_IDLE`]).
+    idle_since: Option<Instant>,
 }
+
+/// A Receive member (a unary caller's name) that holds no deliveries and has not
+/// called for this long is forgotten: it leaves the queue's member list (DescribeQueue)
+/// and its memory goes, so callers that use a new name each call (a pod name, a UUID)
+/// do not pile up. Its next Receive joins again.
+const RECEIVE_MEMBER_IDLE: Duration = Duration::from_secs(60);
+/// How often a Receive looks for such members (at most).
+const RECEIVE_MEMBER_SWEEP: Duration = Duration::from_secs(1);
 
 /// One topic of a runtime's queue, with the engine of the queue that holds its state:
 /// the queue itself, or a pattern queue's queue for that topic.
@@ -194,6 +205,8 @@ pub struct Runtime {
     /// sink to go to: none is leased to a member that is no longer there to be sent
     /// it (which would count an attempt nobody saw).
     delivering: tokio::sync::Mutex<()>,
+    /// When [`Runtime::forget_idle_receivers`] last looked.
+    receivers_swept: Mutex<Option<Instant>>,
 }
 
 /// How often a queue on a topic pattern looks for new and deleted topics (besides
@@ -234,6 +247,7 @@ impl Runtime {
                 client_id: client_id.to_string(),
                 credit,
                 sink,
+                idle_since: None,
             },
         );
         for part in self.parts() {
@@ -700,13 +714,51 @@ impl Runtime {
             false => Ok(()),
         };
         let _delivering = self.delivering.lock().await;
+        let now = Instant::now();
         if let Some(m) = lock(&self.members).get_mut(member) {
             m.credit = 0;
             m.sink = Sink::Unary(None);
+            m.idle_since = Some(now);
         }
+        self.forget_idle_receivers(now);
         drop(_delivering);
         self.wake();
         delivered
+    }
+
+    /// Forgets the Receive members idle for [`RECEIVE_MEMBER_IDLE`] that hold no
+    /// deliveries (at most every [`RECEIVE_MEMBER_SWEEP`]). Under `delivering`, and
+    /// with the member list locked while each leaves the engines, so no round chooses
+    /// one and no Receive of the same name joins half-way. One holding deliveries
+    /// stays: leaving would give them up.
+    fn forget_idle_receivers(&self, now: Instant) {
+        {
+            let mut last = lock(&self.receivers_swept);
+            if last.is_some_and(|at| now.duration_since(at) < RECEIVE_MEMBER_SWEEP) {
+                return;
+            }
+            *last = Some(now);
+        }
+        let parts = self.parts();
+        let mut members = lock(&self.members);
+        let idle: Vec<String> = members
+            .iter()
+            .filter(|(_, m)| {
+                matches!(m.sink, Sink::Unary(None))
+                    && m.idle_since
+                        .is_some_and(|at| now.duration_since(at) >= RECEIVE_MEMBER_IDLE)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in idle {
+            if Self::unacked(&parts, &id) > 0 {
+                continue;
+            }
+            members.remove(&id);
+            for part in &parts {
+                lock(&part.engine).member_left(&id);
+            }
+        }
     }
 
     /// Logs an engine failure; a deleted queue stops the runtime.
@@ -926,6 +978,7 @@ impl QueueManager {
             turn: AtomicU64::new(0),
             resync: AtomicBool::new(false),
             delivering: tokio::sync::Mutex::new(()),
+            receivers_swept: Mutex::new(None),
         });
         if pattern {
             runtime.sync_parts(&self.store).await?;
@@ -1117,6 +1170,101 @@ mod tests {
                 .poll(&mut cx)
                 .is_pending()
         );
+    }
+
+    /// Receive members that use a new name each call do not pile up: one idle for
+    /// RECEIVE_MEMBER_IDLE with nothing held is forgotten, one holding a delivery or
+    /// idle for less stays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_receive_members_holding_nothing_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), StoreOptions::default()).unwrap());
+        let topic = store
+            .create_topic("jobs", 1, TopicConfig::default())
+            .unwrap();
+        topic
+            .partition(0)
+            .unwrap()
+            .append_durable(&[NewRecord {
+                value: Bytes::from_static(b"m"),
+                ..NewRecord::default()
+            }])
+            .unwrap();
+        admin::create_queue(
+            &*store,
+            "work",
+            "jobs",
+            tidelog_storage::queue::StartAt::Earliest,
+            tidelog_storage::queue::QueueConfig::defaults_for("jobs"),
+        )
+        .unwrap();
+        let manager = QueueManager::new(store.clone(), Arc::new(Metrics::new()), Shutdown::new());
+        let runtime = manager.runtime("work").await.unwrap();
+        // "receive:holder" gets the message and keeps it; the others get nothing.
+        let (tx, mut rx) = oneshot::channel();
+        runtime.join("receive:holder", "holder", 1, Sink::Unary(Some(tx)));
+        let part = runtime.parts()[0].clone();
+        let batches = part
+            .with_engine(|e| e.deliver(&[("receive:holder".into(), 1)]))
+            .await
+            .unwrap();
+        assert!(runtime.dispatch(&part, batches).is_empty());
+        assert_eq!(rx.try_recv().unwrap().len(), 1);
+        for name in ["holder", "old", "new"] {
+            let member = format!("receive:{name}");
+            if name != "holder" {
+                let (tx, _rx) = oneshot::channel();
+                runtime.join(&member, name, 1, Sink::Unary(Some(tx)));
+            }
+            runtime.stop_waiting(&member).await.unwrap();
+        }
+        let names = |runtime: &Runtime| {
+            let mut names: Vec<String> = runtime
+                .member_list()
+                .into_iter()
+                .map(|(id, ..)| id)
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(
+            names(&runtime),
+            ["receive:holder", "receive:new", "receive:old"]
+        );
+        // "new" called again just now; "old" and "holder" a minute ago.
+        let later = Instant::now() + RECEIVE_MEMBER_IDLE;
+        lock(&runtime.members)
+            .get_mut("receive:new")
+            .unwrap()
+            .idle_since = Some(later);
+        *lock(&runtime.receivers_swept) = None;
+        runtime.forget_idle_receivers(later);
+        assert_eq!(names(&runtime), ["receive:holder", "receive:new"]);
+        assert_eq!(Runtime::unacked(&runtime.parts(), "receive:holder"), 1);
+        assert_eq!(lock(&part.engine).unacked("receive:old"), 0);
+        // Once it settles, the holder goes too.
+        let held = store.queues().read(|q| {
+            q.get("work").unwrap().partitions[&0]
+                .pending
+                .iter()
+                .map(|(o, p)| (o, p.attempts))
+                .next()
+                .unwrap()
+        });
+        let ack = SettleRequest {
+            partition: 0,
+            offset: held.0,
+            attempt: held.1,
+            action: tidelog_storage::queue::SettleAction::Ack { through: None },
+        };
+        let outcome = part
+            .with_engine(move |e| e.settle(Some("receive:holder"), &[ack]))
+            .await
+            .unwrap();
+        assert_eq!(outcome, [SettleOutcome::Ok { settled: 1 }]);
+        *lock(&runtime.receivers_swept) = None;
+        runtime.forget_idle_receivers(later);
+        assert_eq!(names(&runtime), ["receive:new"]);
     }
 
     /// A round that chose a member whose sink went before its deliveries were handed
