@@ -257,6 +257,18 @@ impl CheckedBatch {
         section.get(range).unwrap_or_default()
     }
 
+    /// A copy of `bytes`, the batch this checked, as the log stores it: a moved
+    /// batch's CRC and times written in (the base offset stays `bytes`'; the log writes
+    /// its own). The append path writes only the changed head: this is for tests and
+    /// tools.
+    pub fn as_stored(&self, bytes: &[u8]) -> Vec<u8> {
+        let mut stored = bytes.to_vec();
+        if self.moved {
+            batch::set_times(&mut stored, &self.header);
+        }
+        stored
+    }
+
     /// The ids split as the id index and the dedup window take them
     /// ([`crate::idindex::split_ids`]: runs, and the others hashed), in `bytes`, the
     /// batch this checked.
@@ -1262,10 +1274,7 @@ mod tests {
     /// What the log writes for a checked batch: its bytes with the checked header's
     /// CRC and times (and a base offset) written in, as `RunBatch::checked` does.
     fn as_stored(bytes: &[u8], checked: &CheckedBatch) -> Bytes {
-        let mut stored = bytes.to_vec();
-        if checked.moved {
-            batch::set_times(&mut stored, &checked.header);
-        }
+        let mut stored = checked.as_stored(bytes);
         batch::set_base_offset(&mut stored, 5);
         Bytes::from(stored)
     }
