@@ -120,6 +120,7 @@ fn wire(c: &mut Criterion) {
         max_message_bytes: 1 << 20,
         priority_levels: 1,
         expiry_required: false,
+        relative_times: false,
     };
     let options = EncodeOptions {
         now_ms,

@@ -89,7 +89,9 @@ impl Record {
         self
     }
 
-    /// Time to live in ms from now (the producer's clock). 0 = never expires, even on a
+    /// Time to live in ms from now: from the broker's append time when no record of the
+    /// batch has a timestamp or deliver-at of its own (the batch goes with relative
+    /// times), else from the producer's clock. 0 = never expires, even on a
     /// topic with a default TTL.
     pub fn ttl_ms(mut self, ttl_ms: u64) -> Record {
         self.inner.ttl_ms = Some(ttl_ms);

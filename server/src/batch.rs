@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tidelog_proto::v1::{
     FetchBatchesResponse, FetchRequest, MessageAck, PublishBatchRequest, PublishBatchResponse,
 };
-use tidelog_storage::client_batch::CheckedBatch;
+use tidelog_storage::client_batch::{CheckedBatch, ClientBatch};
 use tidelog_storage::{AckLevel, BatchPlaced, BatchReadResult, Filter, Partition, Topic};
 use tonic::Status;
 
@@ -48,7 +48,7 @@ pub fn append(state: &AppState, request: PublishBatchRequest) -> Result<BatchWri
 
 /// [`append`] for requests that came one after the other (on one PublishStream), one
 /// result a request, in their order. The requests to one topic are appended together
-/// ([`tidelog_storage::Topic::append_batches_across`]): each partition's batches in one
+/// ([`tidelog_storage::Topic::append_batches_admitted`]): each partition's batches in one
 /// write, which costs the page cache less a byte, and in request order wherever the
 /// topic's dedup window has a say. Topics are independent (ids are per topic), so
 /// requests to different topics may be appended in any order.
@@ -110,22 +110,27 @@ fn append_group(
         .into_iter()
         .zip(&acks)
         .filter(|(_, (_, ack))| ack.is_ok())
-        .map(|(request, _)| (request.partition, request.batch))
+        .map(|(request, _)| ClientBatch {
+            partition: request.partition,
+            bytes: request.batch,
+            relative_times: request.relative_times,
+        })
         .collect();
     // Backpressure (the topic's queue caps), checked on each batch once it is valid.
     let capped = {
         let config = topic.config();
         config.queue_max_ready_messages.is_some() || config.queue_max_ready_bytes.is_some()
     };
-    let mut appended = if capped {
-        let store = &*state.store;
-        topic.append_batches_admitted(batches, &mut |messages, bytes| {
-            tidelog_storage::queue::admin::admit(store, &topic, messages, bytes)
+    let store = &*state.store;
+    let mut appended = topic
+        .append_batches_admitted(batches, &mut |messages, bytes| {
+            if capped {
+                tidelog_storage::queue::admin::admit(store, &topic, messages, bytes)
+            } else {
+                Ok(())
+            }
         })
-    } else {
-        topic.append_batches_across(batches)
-    }
-    .into_iter();
+        .into_iter();
     let first = results.len();
     for (partition, ack) in acks {
         let result = ack.and_then(|ack| {

@@ -26,6 +26,17 @@
 //!   topic's `max_message_bytes`;
 //! - the base offset is ignored (the log writes its own; it is outside the CRC).
 //!
+//! A batch with relative times ([`BatchRules::relative_times`], the request's
+//! `relative_times`) is moved to the append time first: the log stores it with record
+//! 0's timestamp at the append time, every record's timestamp, expiry and deliver-at
+//! keeping their distance from it. Records hold their times as deltas from
+//! `first_timestamp_ms`, so only the header's `first_timestamp_ms`,
+//! `max_timestamp_ms` and `max_expiry_ms` (`i64::MAX` stays) and the CRC change: the
+//! [`CheckedBatch`]'s header is the moved one, which the appender writes over the
+//! client's (as it writes the base offset), and the checks above run on the moved
+//! times. A move that takes a time past the range of an `i64` is refused
+//! ([`BatchError::Unmovable`]).
+//!
 //! A zstd batch is decompressed into a buffer of exactly `uncompressed_length` bytes
 //! (at most [`BATCH_BYTES_MAX`]) to be walked; the stored bytes stay the client's.
 
@@ -48,6 +59,38 @@ pub struct BatchRules {
     pub priority_levels: u8,
     /// The topic has a default TTL: every record must carry an expiry.
     pub expiry_required: bool,
+    /// The batch's times are relative to its first timestamp: move the batch so that
+    /// record 0's timestamp is `now_ms` (see the module docs).
+    pub relative_times: bool,
+}
+
+/// A batch a client built, as a publish hands it to [`crate::Topic`]: the partition,
+/// the bytes, and whether its times are relative (moved to the append time, see the
+/// module docs).
+#[derive(Debug, Clone)]
+pub struct ClientBatch {
+    pub partition: u32,
+    pub bytes: bytes::Bytes,
+    pub relative_times: bool,
+}
+
+impl ClientBatch {
+    /// A batch whose times are stored as they came (the client's clock).
+    pub fn new(partition: u32, bytes: bytes::Bytes) -> ClientBatch {
+        ClientBatch {
+            partition,
+            bytes,
+            relative_times: false,
+        }
+    }
+
+    /// The batch with relative times: moved to the append time.
+    pub fn relative(partition: u32, bytes: bytes::Bytes) -> ClientBatch {
+        ClientBatch {
+            relative_times: true,
+            ..ClientBatch::new(partition, bytes)
+        }
+    }
 }
 
 /// Why a client batch was refused. Each variant is one class of malformed batch.
@@ -85,6 +128,14 @@ pub enum BatchError {
     Summary(String),
     /// Bytes follow the last record in the records section.
     RecordsTrailing,
+    /// Moving a batch with relative times to the append time takes one of its times
+    /// past the range of an `i64` (`what` names it).
+    Unmovable {
+        what: &'static str,
+        value_ms: i64,
+        now_ms: i64,
+        first_timestamp_ms: i64,
+    },
 }
 
 impl std::fmt::Display for BatchError {
@@ -137,6 +188,15 @@ impl std::fmt::Display for BatchError {
             BatchError::RecordsTrailing => {
                 f.write_str("bytes follow the last record of the records section")
             }
+            BatchError::Unmovable {
+                what,
+                value_ms,
+                now_ms,
+                first_timestamp_ms,
+            } => write!(
+                f,
+                "relative_times: moving the batch from first_timestamp_ms {first_timestamp_ms} to the append time {now_ms} ms takes its {what} {value_ms} ms past the range of an i64; send times within the range, or without relative_times"
+            ),
         }
     }
 }
@@ -169,6 +229,9 @@ pub struct CheckedBatch {
     pub ids: Vec<CheckedId>,
     /// Id + key + value + header bytes of all records: what metrics count.
     pub payload_bytes: u64,
+    /// The batch was moved to the append time ([`BatchRules::relative_times`]):
+    /// `header`'s times and CRC differ from the bytes', and are what the log writes.
+    pub moved: bool,
     /// The records section decompressed (a zstd batch's, when it has ids), which the
     /// ids lie in; `None`: they lie in the batch's own bytes.
     plain: Option<Vec<u8>>,
@@ -192,6 +255,18 @@ impl CheckedBatch {
             None => bytes.get(batch::HEADER_BYTES..).unwrap_or_default(),
         };
         section.get(range).unwrap_or_default()
+    }
+
+    /// A copy of `bytes`, the batch this checked, as the log stores it: a moved
+    /// batch's CRC and times written in (the base offset stays `bytes`'; the log writes
+    /// its own). The append path writes only the changed head: this is for tests and
+    /// tools.
+    pub fn as_stored(&self, bytes: &[u8]) -> Vec<u8> {
+        let mut stored = bytes.to_vec();
+        if self.moved {
+            batch::set_times(&mut stored, &self.header);
+        }
+        stored
     }
 
     /// The ids split as the id index and the dedup window take them
@@ -231,7 +306,13 @@ pub fn validate_batch(bytes: &[u8], rules: &BatchRules) -> Result<CheckedBatch, 
             received,
         });
     }
-    let computed = batch::compute_crc(bytes);
+    // A batch to move is hashed in three pieces around its times, so that the moved
+    // batch's CRC comes from the same pass (crc32fast's `combine`).
+    let pieces = rules.relative_times.then(|| CrcPieces::of(bytes));
+    let computed = match &pieces {
+        Some(pieces) => pieces.whole(),
+        None => batch::compute_crc(bytes),
+    };
     if computed != header.crc {
         return Err(BatchError::Crc {
             stored: header.crc,
@@ -244,6 +325,14 @@ pub fn validate_batch(bytes: &[u8], rules: &BatchRules) -> Result<CheckedBatch, 
             record_count: header.record_count,
         });
     }
+    let header = match &pieces {
+        Some(pieces) => {
+            let mut moved = move_to(&header, rules.now_ms)?;
+            moved.crc = pieces.with_times(&batch::times_bytes(&moved));
+            moved
+        }
+        None => header,
+    };
     let stored = &bytes[batch::HEADER_BYTES..];
     let mut plain: Option<Vec<u8>> = None;
     let section: &[u8] = match header.compression {
@@ -343,8 +432,88 @@ pub fn validate_batch(bytes: &[u8], rules: &BatchRules) -> Result<CheckedBatch, 
         header,
         ids,
         payload_bytes,
+        moved: pieces.is_some(),
         plain,
     })
+}
+
+/// `header` moved by `now_ms - first_timestamp_ms`: record 0's timestamp becomes
+/// `now_ms` (its CRC is the caller's to redo). Every record's time is a delta from
+/// `first_timestamp_ms`, so the header's times are all that change.
+fn move_to(header: &BatchHeader, now_ms: i64) -> Result<BatchHeader, BatchError> {
+    let first = header.first_timestamp_ms;
+    let unmovable = |what, value_ms| BatchError::Unmovable {
+        what,
+        value_ms,
+        now_ms,
+        first_timestamp_ms: first,
+    };
+    let shift = now_ms
+        .checked_sub(first)
+        .ok_or_else(|| unmovable("first_timestamp_ms", first))?;
+    let max_timestamp_ms = header
+        .max_timestamp_ms
+        .checked_add(shift)
+        .ok_or_else(|| unmovable("max_timestamp_ms", header.max_timestamp_ms))?;
+    let max_expiry_ms = match header.max_expiry_ms {
+        NEVER_EXPIRES => NEVER_EXPIRES,
+        // A moved expiry may not become i64::MAX, which means "never".
+        at => at
+            .checked_add(shift)
+            .filter(|&moved| moved != NEVER_EXPIRES)
+            .ok_or_else(|| unmovable("max_expiry_ms", at))?,
+    };
+    Ok(BatchHeader {
+        first_timestamp_ms: now_ms,
+        max_timestamp_ms,
+        max_expiry_ms,
+        ..*header
+    })
+}
+
+/// A batch's CRC in three pieces: the bytes it covers before the header's times, the
+/// times, and the bytes after them; so the CRC of the same batch with other times
+/// costs a hash of 24 bytes, not of the batch.
+struct CrcPieces {
+    before: crc32fast::Hasher,
+    times: crc32fast::Hasher,
+    after: crc32fast::Hasher,
+}
+
+impl CrcPieces {
+    /// The pieces of `bytes`, a batch at least a header long (shorter: empty pieces).
+    fn of(bytes: &[u8]) -> CrcPieces {
+        let piece = |range: std::ops::Range<usize>| {
+            let mut hasher = crc32fast::Hasher::new();
+            hasher.update(bytes.get(range).unwrap_or_default());
+            hasher
+        };
+        let mut after = crc32fast::Hasher::new();
+        after.update(bytes.get(batch::TIMES_END..).unwrap_or_default());
+        CrcPieces {
+            before: piece(batch::CRC_COVERS_FROM..batch::TIMES_AT),
+            times: piece(batch::TIMES_AT..batch::TIMES_END),
+            after,
+        }
+    }
+
+    /// The CRC of the batch as it is.
+    fn whole(&self) -> u32 {
+        let mut whole = self.before.clone();
+        whole.combine(&self.times);
+        whole.combine(&self.after);
+        whole.finalize()
+    }
+
+    /// The CRC of the batch with `times` in place of its header's times.
+    fn with_times(&self, times: &[u8; batch::TIMES_END - batch::TIMES_AT]) -> u32 {
+        let mut whole = self.before.clone();
+        let mut moved = crc32fast::Hasher::new();
+        moved.update(times);
+        whole.combine(&moved);
+        whole.combine(&self.after);
+        whole.finalize()
+    }
 }
 
 #[cold]
@@ -627,6 +796,7 @@ mod tests {
             max_message_bytes: 1 << 20,
             priority_levels: 10,
             expiry_required: false,
+            relative_times: false,
         }
     }
 
@@ -1082,6 +1252,262 @@ mod tests {
         assert!(seen >= 3);
     }
 
+    /// `records` encoded by a client whose clock reads `client_now_ms`.
+    fn encode_at(records: &[NewRecord], compression: Compression, client_now_ms: i64) -> Vec<u8> {
+        let options = EncodeOptions {
+            now_ms: client_now_ms,
+            default_ttl_ms: None,
+            compression,
+            max_message_bytes: 1 << 20,
+            priority_levels: 10,
+        };
+        encode_batch(records, &options).unwrap().bytes
+    }
+
+    fn relative() -> BatchRules {
+        BatchRules {
+            relative_times: true,
+            ..rules()
+        }
+    }
+
+    /// What the log writes for a checked batch: its bytes with the checked header's
+    /// CRC and times (and a base offset) written in, as `RunBatch::checked` does.
+    fn as_stored(bytes: &[u8], checked: &CheckedBatch) -> Bytes {
+        let mut stored = checked.as_stored(bytes);
+        batch::set_base_offset(&mut stored, 5);
+        Bytes::from(stored)
+    }
+
+    /// Records with relative times only (a TTL, a delay, none with a timestamp of its
+    /// own), as tidelog-client sends them.
+    fn relative_sample() -> Vec<NewRecord> {
+        vec![
+            NewRecord {
+                ttl_ms: Some(300_000),
+                id: Some(Bytes::from_static(b"id-1")),
+                ..NewRecord::value("a")
+            },
+            NewRecord {
+                ttl_ms: Some(250_000),
+                ..NewRecord::value("b")
+            },
+            NewRecord {
+                ttl_ms: Some(60_000),
+                delay_ms: Some(10_000),
+                ..NewRecord::value("c")
+            },
+        ]
+    }
+
+    #[test]
+    fn a_batch_with_relative_times_is_moved_to_the_append_time() {
+        // A client 3 minutes behind and one an hour ahead; a batch with times of the
+        // caller's own (timestamps, a deliver-at) keeps their distances too.
+        for (skew, records) in [
+            (-180_000, relative_sample()),
+            (3_600_000, relative_sample()),
+            (-180_000, sample()),
+        ] {
+            for compression in [Compression::None, Compression::Zstd] {
+                let client_now = NOW + skew;
+                let bytes = encode_at(&records, compression, client_now);
+                let (sent, sent_records) = decode_batch(&Bytes::from(bytes.clone())).unwrap();
+                let checked = validate_batch(&bytes, &relative()).unwrap();
+                assert!(checked.moved);
+                let shift = NOW - sent.first_timestamp_ms;
+                let header = checked.header;
+                assert_eq!(header.first_timestamp_ms, NOW);
+                assert_eq!(header.max_timestamp_ms, sent.max_timestamp_ms + shift);
+                let moved_expiry = match sent.max_expiry_ms {
+                    NEVER_EXPIRES => NEVER_EXPIRES,
+                    at => at + shift,
+                };
+                assert_eq!(header.max_expiry_ms, moved_expiry);
+                // Nothing else in the header moves.
+                assert_eq!(
+                    BatchHeader {
+                        crc: sent.crc,
+                        first_timestamp_ms: sent.first_timestamp_ms,
+                        max_timestamp_ms: sent.max_timestamp_ms,
+                        max_expiry_ms: sent.max_expiry_ms,
+                        ..header
+                    },
+                    sent
+                );
+                // The stored batch is valid (its CRC the one computed) and each
+                // record's times kept their distance from the first timestamp.
+                let stored = as_stored(&bytes, &checked);
+                assert_eq!(batch::compute_crc(&stored), header.crc);
+                assert_eq!(stored[batch::TIMES_END..], bytes[batch::TIMES_END..]);
+                let (read, read_records) = decode_batch(&stored).unwrap();
+                assert_eq!(
+                    read,
+                    BatchHeader {
+                        base_offset: 5,
+                        ..header
+                    }
+                );
+                assert_eq!(read_records.len(), sent_records.len());
+                for (got, was) in read_records.iter().zip(&sent_records) {
+                    assert_eq!(got.timestamp_ms, was.timestamp_ms + shift);
+                    assert_eq!(got.expires_at_ms, was.expires_at_ms.map(|at| at + shift));
+                    assert_eq!(got.deliver_at_ms, was.deliver_at_ms.map(|at| at + shift));
+                    assert_eq!((&got.value, &got.id), (&was.value, &was.id));
+                }
+                // Record 0's TTL counts from the append time.
+                let ttl = records[0].ttl_ms.unwrap() as i64;
+                assert_eq!(read_records[0].expires_at_ms, Some(NOW + ttl));
+                // The stored batch checks again as it is, without moving.
+                let again = validate_batch(&stored, &rules()).unwrap();
+                assert!(!again.moved);
+                assert_eq!(again.header, read);
+                // The same ids where they were.
+                let ids = |checked: &CheckedBatch, bytes: &[u8]| -> Vec<(u32, Vec<u8>)> {
+                    let ids = checked.ids.iter();
+                    ids.map(|id| (id.index, checked.id(bytes, id).to_vec()))
+                        .collect()
+                };
+                assert_eq!(ids(&again, &stored), ids(&checked, &bytes));
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_without_relative_times_keeps_the_clients_times() {
+        let bytes = encode_at(&relative_sample(), Compression::None, NOW - 30_000);
+        let checked = validate_batch(&bytes, &rules()).unwrap();
+        assert!(!checked.moved);
+        assert_eq!(checked.header.first_timestamp_ms, NOW - 30_000);
+        assert_eq!(&as_stored(&bytes, &checked)[12..], &bytes[12..]);
+    }
+
+    /// A TTL shorter than a slow client clock is behind: refused as expired with the
+    /// client's times, stored with its TTL from the append time when relative.
+    #[test]
+    fn a_ttl_counts_from_the_append_time_when_relative() {
+        let records = [NewRecord {
+            ttl_ms: Some(300_000),
+            ..NewRecord::value("v")
+        }];
+        let bytes = encode_at(&records, Compression::None, NOW - 600_000);
+        assert!(matches!(
+            validate_batch(&bytes, &rules()),
+            Err(BatchError::Expired { index: 0, .. })
+        ));
+        let checked = validate_batch(&bytes, &relative()).unwrap();
+        assert_eq!(checked.header.max_expiry_ms, NOW + 300_000);
+        // A topic with a default TTL: the expiry the client applied is there.
+        let required = BatchRules {
+            expiry_required: true,
+            ..relative()
+        };
+        validate_batch(&bytes, &required).unwrap();
+        let without = encode_at(&[NewRecord::value("v")], Compression::None, NOW - 600_000);
+        assert!(matches!(
+            validate_batch(&without, &required),
+            Err(BatchError::ExpiryMissing { index: 0 })
+        ));
+    }
+
+    #[test]
+    fn a_moved_expiry_at_or_before_the_append_time_is_refused() {
+        // Record 0's timestamp is 10 s after the client's now: a 10 s TTL expires at
+        // record 0's timestamp, so at the moved append time; 5 s, before it.
+        for (ttl, at) in [(10_000u64, NOW), (5_000, NOW - 5_000)] {
+            let records = [NewRecord {
+                timestamp_ms: Some(NOW + 10_000),
+                ttl_ms: Some(ttl),
+                ..NewRecord::value("v")
+            }];
+            let bytes = encode_at(&records, Compression::None, NOW);
+            assert_eq!(
+                validate_batch(&bytes, &relative()).unwrap_err(),
+                BatchError::Expired {
+                    index: 0,
+                    expires_at_ms: at,
+                    now_ms: NOW
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn a_move_past_the_range_of_an_i64_is_refused() {
+        let unmovable = |bytes: &[u8], rules: &BatchRules| match validate_batch(bytes, rules) {
+            Err(BatchError::Unmovable { what, .. }) => what,
+            other => panic!("{other:?}"),
+        };
+        // The largest timestamp past i64::MAX once moved forward.
+        let late = encode_at(
+            &[
+                NewRecord {
+                    timestamp_ms: Some(0),
+                    ..NewRecord::value("a")
+                },
+                NewRecord {
+                    timestamp_ms: Some(i64::MAX - 10),
+                    ..NewRecord::value("b")
+                },
+            ],
+            Compression::None,
+            NOW,
+        );
+        assert_eq!(unmovable(&late, &relative()), "max_timestamp_ms");
+        // The latest expiry past i64::MAX, or onto it (which would read "never").
+        for ttl in [i64::MAX - NOW / 2, i64::MAX - NOW] {
+            let far = encode_at(
+                &[NewRecord {
+                    timestamp_ms: Some(0),
+                    ttl_ms: Some(ttl as u64),
+                    ..NewRecord::value("a")
+                }],
+                Compression::None,
+                0,
+            );
+            assert_eq!(unmovable(&far, &relative()), "max_expiry_ms", "{ttl}");
+        }
+        // A first timestamp so far back the shift itself overflows.
+        let mut back = encode_at(&[NewRecord::value("a")], Compression::None, NOW);
+        put_i64(&mut back, FIRST_TIMESTAMP_AT, i64::MIN + 5);
+        put_i64(&mut back, MAX_TIMESTAMP_AT, i64::MIN + 5);
+        recrc(&mut back);
+        let error = validate_batch(&back, &relative()).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                BatchError::Unmovable {
+                    what: "first_timestamp_ms",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("relative_times"), "{error}");
+        // A never-expiring batch stays so.
+        let never = encode_at(&[NewRecord::value("a")], Compression::None, 0);
+        let checked = validate_batch(&never, &relative()).unwrap();
+        assert_eq!(checked.header.max_expiry_ms, NEVER_EXPIRES);
+    }
+
+    #[test]
+    fn a_damaged_batch_with_relative_times_fails_its_crc_before_it_moves() {
+        let mut bytes = encode_at(&relative_sample(), Compression::None, NOW - 1000);
+        let at = bytes.len() - 2;
+        bytes[at] ^= 1;
+        assert!(matches!(
+            validate_batch(&bytes, &relative()),
+            Err(BatchError::Crc { .. })
+        ));
+        // And one whose times were edited.
+        let mut bytes = encode_at(&relative_sample(), Compression::None, NOW - 1000);
+        bytes[MAX_TIMESTAMP_AT] ^= 1;
+        assert!(matches!(
+            validate_batch(&bytes, &relative()),
+            Err(BatchError::Crc { .. })
+        ));
+    }
+
     #[test]
     fn the_base_offset_is_the_logs_to_write() {
         let mut bytes = encode(&sample(), Compression::None);
@@ -1325,6 +1751,7 @@ mod timing {
                 max_message_bytes: 1 << 20,
                 priority_levels: 1,
                 expiry_required: false,
+                relative_times: false,
             };
             let start = std::time::Instant::now();
             let rounds = 3000;

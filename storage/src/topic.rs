@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 
 use crate::batch::NewRecord;
-use crate::client_batch::{BatchRules, CheckedBatch, validate_batch};
+use crate::client_batch::{BatchRules, CheckedBatch, ClientBatch, validate_batch};
 use crate::config::TopicConfig;
 use crate::dedup::{BatchPlaced, DedupWindow, Placed, window_decides};
 use crate::error::{Error, Result};
@@ -161,16 +161,22 @@ impl Topic {
         &self,
         batches: Vec<(u32, Bytes)>,
     ) -> Vec<Result<(BatchPlaced, CheckedBatch)>> {
+        let batches = batches
+            .into_iter()
+            .map(|(partition, bytes)| ClientBatch::new(partition, bytes))
+            .collect();
         self.append_batches_admitted(batches, &mut |_, _| Ok(()))
     }
 
-    /// [`Topic::append_batches_across`], asking `admit` before each valid batch is
-    /// taken, with the messages and payload bytes it would add: its own and those of
-    /// the batches before it not written yet. A batch `admit` refuses fails alone,
-    /// with `admit`'s error (the broker's queue caps: [`crate::queue::admin::admit`]).
+    /// [`Topic::append_batches_across`] for batches that may have relative times
+    /// ([`ClientBatch::relative_times`]: moved to the append time), asking `admit`
+    /// before each valid batch is taken, with the messages and payload bytes it would
+    /// add: its own and those of the batches before it not written yet. A batch
+    /// `admit` refuses fails alone, with `admit`'s error (the broker's queue caps:
+    /// [`crate::queue::admin::admit`]; a publish without caps admits all).
     pub fn append_batches_admitted(
         &self,
-        batches: Vec<(u32, Bytes)>,
+        batches: Vec<ClientBatch>,
         admit: &mut dyn FnMut(u64, u64) -> Result<()>,
     ) -> Vec<Result<(BatchPlaced, CheckedBatch)>> {
         let count = batches.len();
@@ -181,6 +187,7 @@ impl Topic {
             max_message_bytes: config.max_message_bytes,
             priority_levels: config.priority_levels,
             expiry_required: config.default_ttl_ms.is_some_and(|ttl| ttl > 0),
+            relative_times: false,
         };
         let window_ms = config.dedup_window_ms.unwrap_or(0);
         let mut results: Vec<Option<Result<(BatchPlaced, CheckedBatch)>>> = Vec::new();
@@ -210,7 +217,16 @@ impl Topic {
         };
         // Messages and payload bytes of the batches in `runs` (not written yet).
         let mut waiting = (0u64, 0u64);
-        for (place, (partition, bytes)) in batches.into_iter().enumerate() {
+        for (place, batch) in batches.into_iter().enumerate() {
+            let ClientBatch {
+                partition,
+                bytes,
+                relative_times,
+            } = batch;
+            let rules = BatchRules {
+                relative_times,
+                ..rules
+            };
             let checked = self.partition(partition).and_then(|target| {
                 let checked = validate_batch(&bytes, &rules)
                     .map_err(|e| Error::invalid(format!("the record batch is malformed: {e}")))?;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tidelog_storage::batch::{EncodeOptions, encode_batch};
-use tidelog_storage::client_batch::delivered_records;
+use tidelog_storage::client_batch::{ClientBatch, delivered_records};
 use tidelog_storage::rng::SeededRng as Rng;
 use tidelog_storage::{
     Clock, Compression, Filter, FsyncPolicy, Header, ManualClock, NewRecord, Partition, Record,
@@ -321,10 +321,10 @@ fn admission_sees_the_batches_before_it_and_refuses_one_alone() {
         client_bytes(rng, &clock, &records)
     };
     let batches = vec![
-        (0, batch(2, &mut rng)),
-        (1, batch(3, &mut rng)),
-        (1, batch(4, &mut rng)),
-        (0, batch(1, &mut rng)),
+        ClientBatch::new(0, batch(2, &mut rng)),
+        ClientBatch::new(1, batch(3, &mut rng)),
+        ClientBatch::new(1, batch(4, &mut rng)),
+        ClientBatch::new(0, batch(1, &mut rng)),
     ];
     let mut asked = Vec::new();
     let results = topic.append_batches_admitted(batches, &mut |messages, bytes| {
@@ -362,4 +362,101 @@ fn admission_sees_the_batches_before_it_and_refuses_one_alone() {
     assert_eq!(outcome[3], Ok(1));
     assert_eq!(topic.partition(0).unwrap().end_offset(), 3);
     assert_eq!(topic.partition(1).unwrap().end_offset(), 3);
+}
+
+/// A batch with relative times (`ClientBatch::relative`) from a client 3 minutes
+/// behind the store's clock is stored at the append time: each record's timestamp,
+/// expiry and deliver-at as read back keep their distance from it, the time index finds
+/// it by the append time, its CRC holds on disk (a kill and reopen reads it back), and
+/// after the reopen the dedup window, read back from the records' timestamps, still
+/// holds its ids: a resend within the window is a duplicate.
+#[test]
+fn a_batch_with_relative_times_is_stored_at_the_append_time_and_deduplicated_after_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let mut store = Store::open(dir.path(), options(&clock)).unwrap();
+    let config = TopicConfig {
+        fsync: FsyncPolicy::Never,
+        dedup_window_ms: Some(120_000),
+        ..TopicConfig::default()
+    };
+    store.create_topic("t", 1, config).unwrap();
+    let behind = ManualClock::new(START_MS - 180_000);
+    let records = vec![
+        NewRecord {
+            id: Some(Bytes::from_static(b"invoice-1")),
+            ttl_ms: Some(300_000),
+            ..NewRecord::value("a")
+        },
+        NewRecord {
+            id: Some(Bytes::from_static(b"invoice-2")),
+            delay_ms: Some(10_000),
+            ..NewRecord::value("b")
+        },
+    ];
+    let mut rng = Rng::new(3);
+    let bytes = client_bytes(&mut rng, &behind, &records);
+    let append = |store: &Store| {
+        let topic = store.topic("t").unwrap();
+        topic
+            .append_batches_admitted(
+                vec![ClientBatch::relative(0, bytes.clone())],
+                &mut |_, _| Ok(()),
+            )
+            .pop()
+            .unwrap()
+            .unwrap()
+            .0
+    };
+    let placed = append(&store);
+    assert_eq!(placed.appended.expect("new").base_offset, 0);
+    // The clock moves on; a plain batch at the store's time follows.
+    clock.advance_ms(1_000);
+    let later = client_bytes(&mut rng, &clock, &[NewRecord::value("c")]);
+    store.topic("t").unwrap().append_batch(0, later).unwrap();
+
+    let check = |store: &Store, round: &str| {
+        let partition = store.topic("t").unwrap().partition(0).unwrap().clone();
+        let read = by_message(&partition, None);
+        let times: Vec<_> = read
+            .iter()
+            .map(|r| (r.timestamp_ms, r.expires_at_ms, r.deliver_at_ms))
+            .collect();
+        assert_eq!(
+            times,
+            [
+                (START_MS, Some(START_MS + 300_000), None),
+                (START_MS, None, Some(START_MS + 10_000)),
+                (START_MS + 1_000, None, None),
+            ],
+            "{round}"
+        );
+        // The time index has the append times: the moved batch is at START_MS, the
+        // next one a second later.
+        assert_eq!(
+            partition.offset_for_timestamp(START_MS).unwrap(),
+            Some(0),
+            "{round}"
+        );
+        assert_eq!(
+            partition.offset_for_timestamp(START_MS + 1).unwrap(),
+            Some(2),
+            "{round}"
+        );
+        // Read in batch form, the stored batch's CRC holds.
+        let stored = partition.read_batches(0, 1 << 20, u64::MAX, None).unwrap();
+        let first = stored.batches.first().expect("a batch");
+        let decoded = delivered_records(&first.bytes, 0, &[], START_MS).unwrap();
+        assert_eq!(decoded[0].timestamp_ms, START_MS, "{round}");
+    };
+    check(&store, "before the kill");
+    store.simulate_crash();
+    clock.advance_ms(1_000);
+    store = Store::open(dir.path(), options(&clock)).unwrap();
+    check(&store, "after the kill");
+    // The resend, 2 s after the first copy: within the window, a duplicate.
+    let placed = append(&store);
+    assert!(placed.appended.is_none(), "the resend was stored again");
+    let offsets: Vec<u64> = placed.duplicates.iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, [0, 1]);
 }

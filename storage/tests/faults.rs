@@ -335,6 +335,7 @@ fn append_client_batch(
         max_message_bytes: 1 << 20,
         priority_levels: 0,
         expiry_required: false,
+        relative_times: false,
     };
     let checked = validate_batch(&bytes, &rules).expect("an encoded batch validates");
     part.append_checked(bytes, &checked, clock.now_ms())

@@ -740,8 +740,10 @@ fn lines_text(lines: &[u64]) -> String {
 fn client_error(broker: &Broker, context: &str, error: &ClientError) -> CliError {
     match error {
         ClientError::InvalidRecord { reason } => refused_record(context, reason),
-        // The producer stamps expiry times from its clock when it encodes a batch, and
-        // the broker refuses a batch holding a record that expired on the way.
+        // The producer's batches go with relative times (`tidelog produce` sets no
+        // timestamp or deliver-at), so the broker counts --ttl from its append time;
+        // a broker that predates relative times takes the producer's clock and refuses
+        // a batch holding a record that expired on the way.
         ClientError::InvalidArgument { message, .. }
             if message.contains("not after the append time") =>
         {

@@ -134,6 +134,23 @@ struct Outgoing {
     /// The topic's dedup window when the batch's records carry ids: it is sent again
     /// only within this of `first_sent` (less [`resend_margin`]).
     dedup_window: Option<Duration>,
+    /// The batch's times are relative ([`relative_times`]): the broker moves them to
+    /// its append time (`PublishBatchRequest.relative_times`).
+    relative_times: bool,
+}
+
+/// Whether a batch of `records` may go with relative times
+/// (`PublishBatchRequest.relative_times`: the broker moves the batch so that record
+/// 0's timestamp is its append time): when no record has a timestamp or a deliver-at
+/// the caller chose. Then every time in it is the producer's "now" plus a TTL or a
+/// delay, which the broker's clock should count from, not the producer's; a caller's
+/// own timestamp or deliver-at is absolute and the batch goes as it is. A broker
+/// that predates the field ignores it and stores the producer's times.
+pub(crate) fn relative_times<R: AsRef<NewRecord>>(records: &[R]) -> bool {
+    records.iter().all(|record| {
+        let record = record.as_ref();
+        record.timestamp_ms.is_none() && record.deliver_at_ms.is_none()
+    })
 }
 
 /// Bounds on how long opening the publish stream may take (until the oldest batch's
@@ -145,7 +162,9 @@ const OPEN_TIMEOUT_MAX: Duration = Duration::from_secs(10);
 /// again: a quarter of the window, at most 5 s. It covers the time a resend takes to
 /// reach the broker and be appended, and a broker clock ahead of the producer's (after
 /// a restart the broker times the ids by the records' timestamps, which the producer
-/// sets). The window itself counts from the first copy's append, after `first_sent`.
+/// sets when a record has a timestamp of its caller's, or the broker predates
+/// relative times). The window itself counts from the first copy's append, after
+/// `first_sent`.
 pub(crate) fn resend_margin(window: Duration) -> Duration {
     (window / 4).min(Duration::from_secs(5))
 }
@@ -296,6 +315,8 @@ pub(crate) struct EncodedOwn {
     attached: Vec<Option<Bytes>>,
     /// The topic's dedup window, when the records carry ids.
     dedup_window: Option<Duration>,
+    /// See [`relative_times`].
+    relative_times: bool,
 }
 
 /// The answer of a `send_batch` from each record's outcome: with only the ids the
@@ -415,6 +436,7 @@ impl CheckedBatch {
             records: records.len(),
             attached: self.attached,
             dedup_window: self.dedup_window,
+            relative_times: relative_times(records),
         })
     }
 }
@@ -614,6 +636,7 @@ impl Sender {
                     opened: Instant::now(),
                     first_sent: None,
                     dedup_window: batch.dedup_window,
+                    relative_times: batch.relative_times,
                 });
             }
             Command::Flush { reply } => {
@@ -699,6 +722,7 @@ impl Sender {
                     opened: batch.opened,
                     first_sent: None,
                     dedup_window,
+                    relative_times: relative_times(&batch.items),
                 })
             }
             Err(error) => {
@@ -743,6 +767,7 @@ impl Sender {
             waiters,
             opened,
             dedup_window,
+            relative_times,
             ..
         } = batch;
         let split = Arc::new(Split {
@@ -784,6 +809,9 @@ impl Sender {
                     // The batch was refused whole: these are first copies.
                     first_sent: None,
                     dedup_window,
+                    // Each part keeps its record's distances from the batch's first
+                    // timestamp, so it is moved as the batch would have been.
+                    relative_times,
                 }),
                 Err(error) => {
                     let error = Error::InvalidRecord {
@@ -836,6 +864,7 @@ impl Sender {
                 partition: batch.key.partition,
                 batch: batch.bytes.clone(),
                 ack: batch.key.ack.level() as i32,
+                relative_times: batch.relative_times,
             }),
         };
         stream.requests.try_send(request).is_ok()

@@ -229,6 +229,8 @@ fn publish_batch(len: usize, fill: u8) -> PublishBatchRequest {
         partition: u32::from(fill),
         batch: Bytes::from(vec![fill; len]),
         ack: i32::from(fill % 3),
+        // Both ways, so the decoder is seen to read the field after the batch.
+        relative_times: fill % 2 == 1,
     }
 }
 
@@ -268,6 +270,7 @@ proptest! {
             let before = PublishBatchRequest {
                 batch: Bytes::new(),
                 ack: 0,
+                relative_times: false,
                 ..sent.clone()
             }
             .encoded_len();

@@ -62,6 +62,11 @@ pub(crate) const MAX_EXPIRY_AT: usize = MAX_TIMESTAMP_AT + 8;
 pub(crate) const RECORDS_LENGTH_AT: usize = MAX_EXPIRY_AT + 8;
 pub(crate) const UNCOMPRESSED_LENGTH_AT: usize = RECORDS_LENGTH_AT + 4;
 const _: () = assert!(UNCOMPRESSED_LENGTH_AT + 4 == HEADER_BYTES);
+/// The header's times (`first_timestamp_ms`, `max_timestamp_ms`, `max_expiry_ms`):
+/// what moving a batch to the append time rewrites (with the CRC).
+pub(crate) const TIMES_AT: usize = FIRST_TIMESTAMP_AT;
+pub(crate) const TIMES_END: usize = MAX_EXPIRY_AT + 8;
+const _: () = assert!(TIMES_AT >= CRC_COVERS_FROM && TIMES_END == RECORDS_LENGTH_AT);
 
 const CODEC_MASK: u8 = 0b11;
 pub(crate) const RECORD_HAS_KEY: u8 = 1 << 0;
@@ -417,6 +422,31 @@ pub fn verify_crc(batch: &[u8], header: &BatchHeader) -> bool {
 /// Writes `base_offset` into an encoded batch (it is outside the CRC).
 pub fn set_base_offset(batch: &mut [u8], base_offset: u64) {
     batch[BASE_OFFSET_AT..BASE_OFFSET_AT + 8].copy_from_slice(&base_offset.to_le_bytes());
+}
+
+/// `header`'s times as the bytes `[TIMES_AT, TIMES_END)` of a batch hold them.
+pub(crate) fn times_bytes(header: &BatchHeader) -> [u8; TIMES_END - TIMES_AT] {
+    let mut times = [0u8; TIMES_END - TIMES_AT];
+    let fields = [
+        header.first_timestamp_ms,
+        header.max_timestamp_ms,
+        header.max_expiry_ms,
+    ];
+    for (chunk, field) in times.chunks_exact_mut(8).zip(fields) {
+        chunk.copy_from_slice(&field.to_le_bytes());
+    }
+    times
+}
+
+/// Writes `header`'s CRC and times into the first [`TIMES_END`] bytes of its batch
+/// (`head`): a batch moved to the append time, as the log stores it.
+pub(crate) fn set_times(head: &mut [u8], header: &BatchHeader) {
+    if let Some(crc) = head.get_mut(CRC_AT..CRC_AT + 4) {
+        crc.copy_from_slice(&header.crc.to_le_bytes());
+    }
+    if let Some(times) = head.get_mut(TIMES_AT..TIMES_END) {
+        times.copy_from_slice(&times_bytes(header));
+    }
 }
 
 /// A batch encoded and checksummed, waiting for its base offset, with its header as

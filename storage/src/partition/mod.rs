@@ -202,10 +202,11 @@ enum BatchBytes {
     /// Its own buffer: the base offset is written into it.
     Owned(Vec<u8>),
     /// A slice of a larger buffer (the request it came in), not copied: written as a
-    /// copy of its first [`batch::CRC_AT`] bytes with the base offset written in, then
-    /// the rest as it is.
+    /// copy of its first [`batch::TIMES_END`] bytes with the base offset (and, for a
+    /// batch moved to the append time, the CRC and times) written in, then the rest as
+    /// it is.
     Shared {
-        head: [u8; batch::CRC_AT],
+        head: [u8; batch::TIMES_END],
         bytes: Bytes,
     },
 }
@@ -215,6 +216,14 @@ impl BatchBytes {
         match self {
             BatchBytes::Owned(bytes) => bytes.len(),
             BatchBytes::Shared { bytes, .. } => bytes.len(),
+        }
+    }
+
+    /// Writes `header`'s CRC and times over the client's ([`CheckedBatch::moved`]).
+    fn set_times(&mut self, header: &batch::BatchHeader) {
+        match self {
+            BatchBytes::Owned(bytes) => batch::set_times(bytes, header),
+            BatchBytes::Shared { head, .. } => batch::set_times(head, header),
         }
     }
 
@@ -229,7 +238,7 @@ impl BatchBytes {
     fn slices(&self) -> impl Iterator<Item = IoSlice<'_>> {
         let (first, rest) = match self {
             BatchBytes::Owned(bytes) => (&bytes[..], &[][..]),
-            BatchBytes::Shared { head, bytes } => (&head[..], &bytes[batch::CRC_AT..]),
+            BatchBytes::Shared { head, bytes } => (&head[..], &bytes[batch::TIMES_END..]),
         };
         [IoSlice::new(first), IoSlice::new(rest)]
             .into_iter()
@@ -247,16 +256,20 @@ pub(crate) struct RunBatch<'a> {
 
 impl<'a> RunBatch<'a> {
     /// A batch a client built, checked by [`crate::client_batch::validate_batch`]
-    /// (`checked` is its verdict on `bytes`).
+    /// (`checked` is its verdict on `bytes`). A batch moved to the append time gets
+    /// the checked header's CRC and times in its head, as it gets its base offset.
     pub(crate) fn checked(bytes: Bytes, checked: &CheckedBatch, ids: &'a SplitIds) -> Self {
-        let bytes = match bytes
-            .get(..batch::CRC_AT)
-            .map(<[u8; batch::CRC_AT]>::try_from)
+        let mut bytes = match bytes
+            .get(..batch::TIMES_END)
+            .map(<[u8; batch::TIMES_END]>::try_from)
         {
             Some(Ok(head)) => BatchBytes::Shared { head, bytes },
             // A checked batch is longer than its header; this is not reached.
             _ => BatchBytes::Owned(Vec::from(bytes)),
         };
+        if checked.moved {
+            bytes.set_times(&checked.header);
+        }
         RunBatch {
             bytes,
             header: checked.header,

@@ -70,6 +70,7 @@ async fn publish(
             partition,
             batch,
             ack: AckLevel::Durable as i32,
+            relative_times: false,
         })
         .await
         .map(tonic::Response::into_inner)
@@ -225,6 +226,7 @@ async fn batches_round_trip_through_the_broker_both_ways() {
                 partition: 0,
                 batch: encode(&batch, Compression::Zstd),
                 ack: AckLevel::Written as i32,
+                relative_times: false,
             }),
         })
         .await
@@ -1031,6 +1033,7 @@ async fn requests_sent_together_on_a_stream_are_answered_in_order_and_land_in_or
                 partition,
                 batch: bytes,
                 ack,
+                relative_times: false,
             }),
         };
         let (request, what) = match rng.below(20) {
@@ -1202,6 +1205,7 @@ async fn of_two_batches_with_one_id_sent_together_the_first_is_kept() {
                     batch: encode(records, Compression::None),
                     // Readers see only what is durable.
                     ack: AckLevel::Durable as i32,
+                    relative_times: false,
                 }),
             },
         )
@@ -1285,6 +1289,7 @@ async fn batches_written_together_survive_a_kill_9_in_order() {
                 partition,
                 batch: encode(&records, Compression::None),
                 ack: AckLevel::Durable as i32,
+                relative_times: false,
             }),
         });
         bases.push(ends[partition as usize]);
@@ -1410,6 +1415,7 @@ async fn a_full_queue_refuses_batches_in_every_publish_form() {
                 partition: request_id as u32 % 2,
                 batch: encode(&plain(10 + request_id as usize, 1), Compression::None),
                 ack: AckLevel::Durable as i32,
+                relative_times: false,
             }),
         })
         .await
@@ -1453,4 +1459,85 @@ async fn a_full_queue_refuses_batches_in_every_publish_form() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("is full"), "{stderr}");
+}
+
+/// A PublishBatch with `relative_times` from clients whose clocks are off (3 and 10
+/// minutes behind the broker's, an hour ahead) is timed by the broker: the stored
+/// timestamp is the broker's append time and a TTL counts from it (the 10-minute-late
+/// client's 5-minute TTL is not refused as already expired); after a kill -9 the dedup
+/// window, read back from the stored timestamps, still holds the ids, so a resend
+/// within the window is answered duplicate.
+#[tokio::test]
+async fn a_batch_with_relative_times_is_timed_by_the_broker_and_deduplicated_after_a_kill() {
+    let mut broker = TestBroker::start();
+    let config = TopicConfig {
+        dedup_window_ms: Some(120_000),
+        ..TopicConfig::default()
+    };
+    broker.create_topic("skewed", 1, config).await;
+    let mut client = broker.publisher().await;
+    let relative = |batch: Bytes| PublishBatchRequest {
+        topic: "skewed".into(),
+        partition: 0,
+        batch,
+        ack: AckLevel::Durable as i32,
+        relative_times: true,
+    };
+    let mut sent = Vec::new();
+    for (skew, name) in [
+        (-180_000, "behind"),
+        (-600_000, "late"),
+        (3_600_000, "ahead"),
+    ] {
+        let records = [NewRecord {
+            id: Some(Bytes::from(format!("invoice-{name}"))),
+            ttl_ms: Some(300_000),
+            ..NewRecord::value(name)
+        }];
+        let before = now_ms();
+        let options = EncodeOptions {
+            now_ms: before + skew,
+            default_ttl_ms: None,
+            compression: Compression::None,
+            max_message_bytes: 1 << 20,
+            priority_levels: 0,
+        };
+        let batch = Bytes::from(encode_batch(&records, &options).unwrap().bytes);
+        let ack = client
+            .publish_batch(relative(batch.clone()))
+            .await
+            .unwrap_or_else(|status| panic!("{name}: {status:?}"))
+            .into_inner();
+        let after = now_ms();
+        let stored = fetch_all_batches(&broker, "skewed", ack.base_offset, "").await;
+        let stored = &stored[0];
+        assert!(
+            (before..=after).contains(&stored.timestamp_ms),
+            "{name}: stored at {} ms, the broker's clock read {before}..={after}",
+            stored.timestamp_ms
+        );
+        assert_eq!(
+            stored.expires_at_ms,
+            Some(stored.timestamp_ms + 300_000),
+            "{name}: the TTL counts from the append time"
+        );
+        sent.push((name, batch, ack.base_offset));
+    }
+    broker.kill9();
+    broker.restart();
+    let mut client = broker.publisher().await;
+    for (name, batch, offset) in sent {
+        let resend = client
+            .publish_batch(relative(batch))
+            .await
+            .unwrap_or_else(|status| panic!("{name}: {status:?}"))
+            .into_inner();
+        assert!(
+            resend.duplicate,
+            "{name}: the resend after the kill was stored again"
+        );
+        assert_eq!(resend.acks[0].offset, offset, "{name}");
+    }
+    let end = broker.describe_topic("skewed").await.partitions[0].end_offset;
+    assert_eq!(end, 3);
 }

@@ -2,8 +2,9 @@
 //! that drops the broker's answers and cuts connections: a batch sent and unanswered
 //! is not sent again once its topic's dedup window passed (no record stored twice), and
 //! fails as `OutcomeUnknown` (with its ids), not as the definite `Timeout` of a batch
-//! never sent; and the producer routes keys by a partition count that grew
-//! (Admin.CreatePartitions).
+//! never sent; the producer routes keys by a partition count that grew
+//! (Admin.CreatePartitions); and its batches are timed by the broker's clock when no
+//! record has a time of its caller's (`PublishBatchRequest.relative_times`).
 
 use std::time::{Duration, Instant};
 
@@ -332,5 +333,72 @@ async fn a_record_sent_to_a_frozen_broker_fails_in_time_with_an_unknown_outcome(
         stored(&broker, "frozen").await,
         [&b"first"[..], b"while frozen"]
     );
+    producer.close().await.expect("close");
+}
+
+/// The producer sends its batches with relative times when no record has a timestamp
+/// or deliver-at of its caller's: a record held 1.5 s on its way to the broker (the
+/// proxy holds the requests) is stored with the broker's append time, after the hold,
+/// not the producer's encode time, and its TTL and delay count from there. A record
+/// with a timestamp of its own keeps it, and its batch goes as it was encoded.
+#[tokio::test]
+async fn records_without_times_of_their_own_are_timed_by_the_broker() {
+    let broker = TestBroker::start();
+    broker
+        .create_topic("timed", 1, TopicConfig::default())
+        .await;
+    let proxy = FlakyProxy::start(broker.grpc_addr());
+    let client = Client::connect(&proxy.endpoint()).await.expect("connect");
+    let producer = Producer::new(&client, config());
+    // The topic described and the stream open before the hold.
+    producer
+        .send_and_wait(Record::new("timed", "first"))
+        .await
+        .expect("first");
+
+    proxy.pause(true);
+    let sent_at = tidelog_tests::now_ms();
+    let held = producer
+        .send(Record::new("timed", "held").ttl_ms(60_000).delay_ms(5_000))
+        .await
+        .expect("send");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let released_at = tidelog_tests::now_ms();
+    proxy.pause(false);
+    let held = timeout(WAIT, held).await.expect("in time").expect("held");
+
+    proxy.pause(true);
+    let own = producer
+        .send(Record::new("timed", "own time").timestamp_ms(sent_at - 1_000))
+        .await
+        .expect("send");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.pause(false);
+    let own = timeout(WAIT, own).await.expect("in time").expect("own");
+
+    let channel = broker.channel().await;
+    let stored = fetch_range(&channel, "timed", 0, 1, 3)
+        .await
+        .expect("fetch");
+    let (held_stored, own_stored) = (&stored[0], &stored[1]);
+    assert_eq!(
+        (held_stored.offset, own_stored.offset),
+        (held.offset.unwrap(), own.offset.unwrap())
+    );
+    assert!(
+        held_stored.timestamp_ms >= released_at,
+        "stored at {} ms, the producer encoded it at about {sent_at} ms and the broker \
+         received it after {released_at} ms",
+        held_stored.timestamp_ms
+    );
+    assert_eq!(
+        held_stored.expires_at_ms,
+        Some(held_stored.timestamp_ms + 60_000)
+    );
+    assert_eq!(
+        held_stored.deliver_at_ms,
+        Some(held_stored.timestamp_ms + 5_000)
+    );
+    assert_eq!(own_stored.timestamp_ms, sent_at - 1_000);
     producer.close().await.expect("close");
 }
