@@ -1,7 +1,7 @@
 //! Queue types between the API and the storage engine.
 
 use tidelog_proto::v1 as pb;
-use tidelog_storage::queue::{self as q, QueueConfig, QueueStatus, StartAt};
+use tidelog_storage::queue::{self as q, Damage, QueueConfig, QueueStatus, StartAt};
 use tonic::{Code, Status};
 
 /// A create request's config: every absent field takes the default for `topic`.
@@ -70,10 +70,12 @@ pub fn start_at(start: Option<pb::StartPosition>) -> Result<StartAt, Status> {
     })
 }
 
-/// A queue's description; `members` are (member id, client id, unacked).
+/// A queue's description; `members` are (member id, client id, unacked), `damaged`
+/// the (topic, damage) of each partition the queue stopped at a damaged batch.
 pub fn queue_description(
     status: &QueueStatus,
     members: Vec<(String, String, u64)>,
+    damaged: &[(String, Damage)],
 ) -> pb::QueueDescription {
     pb::QueueDescription {
         name: status.name.clone(),
@@ -106,14 +108,20 @@ pub fn queue_description(
         partitions: status
             .partitions
             .iter()
-            .map(
-                |(topic, partition, settled_below, end_offset)| pb::QueuePartition {
+            .map(|(topic, partition, settled_below, end_offset)| {
+                let damage = damaged
+                    .iter()
+                    .find(|(t, d)| t == topic && d.partition == *partition)
+                    .map(|(_, d)| d);
+                pb::QueuePartition {
                     topic: topic.clone(),
                     partition: *partition,
                     settled_below: *settled_below,
                     end_offset: *end_offset,
-                },
-            )
+                    damaged_at: damage.map(|d| d.offset),
+                    damaged_reason: damage.map(|d| d.reason.clone()).unwrap_or_default(),
+                }
+            })
             .collect(),
     }
 }

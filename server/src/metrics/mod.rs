@@ -203,6 +203,8 @@ pub struct QueueMetrics {
     pub overflow_refused: u64,
     /// Delivery-history events that could not be written (the queue went on).
     pub history_failed_events: u64,
+    /// Partitions whose deliveries the queue stopped at a damaged batch.
+    pub damaged_partitions: u64,
 }
 
 /// Implemented by the queue manager: read at every scrape for the `tidelog_queue_*`

@@ -157,7 +157,7 @@ impl Collector for ScrapeSources {
             )?)?;
         }
         if let Some(queues) = self.queues.get().and_then(Weak::upgrade) {
-            let gauges: [QueueField<i64>; 5] = [
+            let gauges: [QueueField<i64>; 6] = [
                 (
                     "tidelog_queue_ready",
                     "Messages a queue can deliver now: not taken yet, or due again.",
@@ -182,6 +182,11 @@ impl Collector for ScrapeSources {
                     "tidelog_queue_oldest_unacked_age_seconds",
                     "Age of the oldest unsettled delivery.",
                     |q| gauge_value(q.oldest_unacked_age_ms / 1000),
+                ),
+                (
+                    "tidelog_queue_damaged_partitions",
+                    "Partitions whose deliveries the queue stopped at a damaged batch (what is before it was delivered, the other partitions deliver on): find it with `tidelog segment verify`, mend it with `tidelog segment repair`.",
+                    |q| gauge_value(q.damaged_partitions),
                 ),
             ];
             let counters: [QueueField<u64>; 8] = [

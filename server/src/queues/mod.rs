@@ -1055,6 +1055,23 @@ impl QueueManager {
             .unwrap_or_default()
     }
 
+    /// (topic, damage) of each partition whose deliveries queue `name` stopped at a
+    /// damaged batch, as its engines found them (none before a delivery round reached
+    /// one).
+    pub fn damaged(&self, name: &str) -> Vec<(String, tidelog_storage::queue::Damage)> {
+        let Some(runtime) = lock(&self.runtimes).get(name).cloned() else {
+            return Vec::new();
+        };
+        runtime
+            .parts()
+            .iter()
+            .flat_map(|part| {
+                let damaged = lock(&part.engine).damaged();
+                damaged.into_iter().map(|d| (part.topic.clone(), d))
+            })
+            .collect()
+    }
+
     fn member_id(&self) -> String {
         format!(
             "member-{:x}-{}",
@@ -1089,6 +1106,7 @@ impl crate::metrics::QueueMetricsSource for QueueManager {
                 let status =
                     tidelog_storage::queue::admin::queue_status(&*self.store, &name, now).ok()?;
                 let c = counters.get(&name).copied().unwrap_or_default();
+                let damaged_partitions = self.damaged(&name).len() as u64;
                 Some(crate::metrics::QueueMetrics {
                     queue: name,
                     ready: status.ready,
@@ -1107,6 +1125,7 @@ impl crate::metrics::QueueMetricsSource for QueueManager {
                     released: c.released,
                     overflow_refused: c.overflow_refused,
                     history_failed_events: c.history_failed_events,
+                    damaged_partitions,
                 })
             })
             .collect()

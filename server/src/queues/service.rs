@@ -105,7 +105,9 @@ impl QueuesService {
                 admin::queue_status(store, &owned, store.clock().now_ms())
             })
             .await?;
-        let mut queue = convert::queue_description(&status, self.manager().members(name));
+        let manager = self.manager();
+        let mut queue =
+            convert::queue_description(&status, manager.members(name), &manager.damaged(name));
         let auth = &self.state.auth;
         convert::leave_out_hidden_topics(&mut queue, |t| auth.may_see_topic(caller, t));
         Ok(queue)

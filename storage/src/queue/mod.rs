@@ -37,8 +37,8 @@ use crate::topic::Topic;
 
 pub use admin::{PatternSync, QueueStatus, StartAt};
 pub use engine::{
-    Delivery, HistoryWait, QueueEngine, SettleAction, SettleBatch, SettleOutcome, SettleRequest,
-    Want,
+    Damage, Delivery, HistoryWait, QueueEngine, SettleAction, SettleBatch, SettleOutcome,
+    SettleRequest, Want,
 };
 pub use state::{
     Hold, PatternQueue, Pending, Queue, QueueConfig, QueueOp, QueuePartition, Queues, Taken,

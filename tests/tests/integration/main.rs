@@ -33,6 +33,7 @@ mod patterns;
 mod positions;
 mod queue_bounds;
 mod queue_cli;
+mod queue_damage;
 mod queue_dead_letters;
 mod queue_pattern;
 mod queue_settle;

@@ -426,6 +426,15 @@ fn render_queue(queue: &QueueDescription) -> String {
         text.push('\n');
         text.push_str(&table.render());
     }
+    for p in &queue.partitions {
+        let Some(offset) = p.damaged_at else {
+            continue;
+        };
+        text.push_str(&format!(
+            "\ndamaged: partition {} of topic {:?}: deliveries stop at offset {offset}, a damaged batch ({}); the other partitions deliver on. Find it with `tidelog segment verify`, mend it with `tidelog segment repair` (broker stopped)\n",
+            p.partition, p.topic, p.damaged_reason
+        ));
+    }
     if !queue.members.is_empty() {
         let mut table = Table::new(&["MEMBER", "CLIENT-ID", ">UNACKED"]);
         for m in &queue.members {
@@ -470,6 +479,8 @@ pub fn queue_json(queue: &QueueDescription) -> Value {
                 "partition": p.partition,
                 "settled_below": p.settled_below,
                 "end_offset": p.end_offset,
+                "damaged_at": p.damaged_at,
+                "damaged_reason": p.damaged_at.map(|_| p.damaged_reason.clone()),
             })
         })
         .collect();
@@ -524,6 +535,7 @@ mod tests {
                 partition: 0,
                 settled_below: 5,
                 end_offset: 17,
+                ..QueuePartition::default()
             }],
             filter: r#"header.type == "order""#.into(),
             topic_pattern: String::new(),
@@ -554,6 +566,26 @@ mod tests {
         assert_eq!(value["config"]["max_deliveries"], 0);
         assert_eq!(value["partitions"][0]["end_offset"], 17);
         assert_eq!(value["members"][0]["unacked"], 2);
+        assert_eq!(value["partitions"][0]["damaged_at"], Value::Null);
+    }
+
+    #[test]
+    fn a_partition_stopped_at_damage_is_named_with_what_to_do() {
+        let mut queue = sample();
+        queue.partitions[0].damaged_at = Some(9);
+        queue.partitions[0].damaged_reason = "corrupt data in /d/0.log at byte 12: crc".into();
+        let text = render_queue(&queue);
+        assert!(
+            text.contains("damaged: partition 0 of topic \"orders\": deliveries stop at offset 9, a damaged batch (corrupt data in /d/0.log at byte 12: crc)"),
+            "{text}"
+        );
+        assert!(text.contains("`tidelog segment repair`"), "{text}");
+        let value = queue_json(&queue);
+        assert_eq!(value["partitions"][0]["damaged_at"], 9);
+        assert_eq!(
+            value["partitions"][0]["damaged_reason"],
+            "corrupt data in /d/0.log at byte 12: crc"
+        );
     }
 
     #[test]

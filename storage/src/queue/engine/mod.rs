@@ -63,6 +63,12 @@ const SCAN_RECORDS_PER_ROUND: u32 = 4096;
 const SCAN_READ_BYTES: u64 = 4 << 20;
 /// Deliveries one round makes at most (one state-log record).
 const DELIVERIES_PER_ROUND_MAX: usize = 4096;
+/// How long a partition's scan stopped at a damaged batch waits before reading it
+/// again (it may have been passed by retention), in ms: a damaged batch is not read
+/// again every delivery round.
+pub const DAMAGE_RETRY_MS: i64 = 5_000;
+/// Least time between two warnings of a queue's damaged batches in the log, in ms.
+const DAMAGE_WARN_INTERVAL_MS: i64 = 30_000;
 
 /// A message handed to a member.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +78,30 @@ pub struct Delivery {
     /// 1 for the first delivery.
     pub attempt: u32,
     pub deadline_ms: i64,
+}
+
+/// A partition whose new messages the queue stopped delivering at a damaged batch
+/// (a CRC mismatch, a bad header: a read of it fails with [`Error::Corrupt`]), as
+/// the log's readers stop there: what is before it was delivered, the other
+/// partitions go on. See [`QueueEngine::damaged`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    pub partition: u32,
+    /// The first offset the queue has not taken there: the damaged batch's (or an
+    /// expired message just before it).
+    pub offset: u64,
+    /// What the read found (the segment file and byte position).
+    pub reason: String,
+    /// When the queue stopped there (ms since the epoch).
+    pub since_ms: i64,
+}
+
+/// A level's scan of one partition stopped at damage ([`QueueEngine::damaged`]).
+#[derive(Debug, Clone)]
+struct Stopped {
+    damage: Damage,
+    /// The damaged batch is not read again before this.
+    retry_at_ms: i64,
 }
 
 /// What one member may take in a delivery round ([`QueueEngine::deliver_bounded`]).
@@ -303,6 +333,10 @@ pub struct QueueEngine {
     history_deferred: bool,
     /// Submitted history not yet waited for, in order.
     history_submitted: Vec<(Arc<QueueHistory>, HistorySubmitted)>,
+    /// Per (partition, level), where its scan stopped at a damaged batch.
+    stopped: BTreeMap<(u32, u8), Stopped>,
+    /// When damage was last warned of in the log.
+    damage_warned_ms: Option<i64>,
 }
 
 /// History events an engine call submitted: durable once [`HistoryWait::wait`]
@@ -359,6 +393,8 @@ impl QueueEngine {
             filter: None,
             history_deferred: false,
             history_submitted: Vec::new(),
+            stopped: BTreeMap::new(),
+            damage_warned_ms: None,
         };
         for (&partition, part) in &queue.partitions {
             for (offset, pending) in part.pending.iter() {
@@ -814,7 +850,20 @@ impl QueueEngine {
                 if matches!(pending.hold, Hold::Leased { .. }) {
                     continue;
                 }
-                let Some(record) = read_one(&topic, partition, offset)? else {
+                let record = match read_one(&topic, partition, offset) {
+                    Ok(record) => record,
+                    Err(error @ Error::Corrupt { .. }) => {
+                        // Its batch was damaged since it was taken: it stays pending
+                        // (the member holding it kept its copy) and is tried again
+                        // later; the others are delivered on.
+                        let at = now.saturating_add(DAMAGE_RETRY_MS);
+                        self.timers.insert((at, Timer::Due, partition, offset));
+                        self.warn_damage(partition, offset, &error, now, false);
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                };
+                let Some(record) = record else {
                     // Retention removed it first.
                     self.counters.lost_to_retention += 1;
                     ops.push(QueueOp::Ack {
@@ -871,7 +920,9 @@ impl QueueEngine {
                     (&mut turns, size),
                     &mut out,
                 )?;
-                caught_up &= cursor_to >= partition.end_offset();
+                // A partition stopped at damage has nothing more to look at for now.
+                caught_up &= cursor_to >= partition.end_offset()
+                    || self.stopped.contains_key(&(partition.id(), level));
                 if cursor_to > cursor || !taken.is_empty() {
                     ops.push(QueueOp::Take {
                         name: self.name.clone(),
@@ -959,6 +1010,9 @@ impl QueueEngine {
         }
         let mut taken = Vec::new();
         let mut examined = 0u32;
+        if self.waits_at_damage(id, level, position, now) {
+            return Ok((position, taken));
+        }
         while turns.current().is_some()
             && examined < SCAN_RECORDS_PER_ROUND
             && position < partition.end_offset()
@@ -974,8 +1028,15 @@ impl QueueEngine {
                     position = log_start;
                     continue;
                 }
+                // A damaged batch stops this partition only, as it stops the log's
+                // readers: what was before it is taken, the other partitions go on.
+                Err(error @ Error::Corrupt { .. }) => {
+                    self.stop_at_damage(id, level, position, &error, now);
+                    break;
+                }
                 Err(error) => return Err(error),
             };
+            self.past_damage(id, level);
             let mut stopped_at = None;
             for record in read.records {
                 examined += 1;
@@ -1115,9 +1176,21 @@ impl QueueEngine {
                 let mut position = passed.from.max(partition.log_start());
                 let start = position;
                 let mut letters: Vec<Letter> = Vec::new();
-                while settled < excess && position < partition.end_offset() {
+                while settled < excess
+                    && position < partition.end_offset()
+                    && !self.waits_at_damage(id, level, position, now)
+                {
                     let want = (excess - settled).min(u64::from(SCAN_RECORDS_PER_ROUND)) as u32;
-                    let read = partition.read(position, want, SCAN_READ_BYTES)?;
+                    let read = match partition.read(position, want, SCAN_READ_BYTES) {
+                        Ok(read) => read,
+                        // Stops this partition's pass as it stops deliveries.
+                        Err(error @ Error::Corrupt { .. }) => {
+                            self.stop_at_damage(id, level, position, &error, now);
+                            break;
+                        }
+                        Err(error) => return Err(error),
+                    };
+                    self.past_damage(id, level);
                     let mut next = read.next_offset;
                     for record in read.records {
                         if settled >= excess {
@@ -1225,6 +1298,109 @@ impl QueueEngine {
         self.record(&queue.config, events);
         self.counters.dead_lettered_overflow += dropped;
         Ok(dropped)
+    }
+
+    /// The partitions whose new messages the queue stopped delivering at a damaged
+    /// batch (each at the lowest offset a level's scan stopped at), as this engine
+    /// found them: the rest of each was delivered up to there, the other partitions
+    /// deliver on. A stop is forgotten once the batch reads again (`tidelog segment
+    /// repair` mended it, or retention deleted it), tried again at most every
+    /// [`DAMAGE_RETRY_MS`] while members want deliveries.
+    pub fn damaged(&self) -> Vec<Damage> {
+        let mut lowest: BTreeMap<u32, &Damage> = BTreeMap::new();
+        for stopped in self.stopped.values() {
+            let damage = &stopped.damage;
+            let entry = lowest.entry(damage.partition).or_insert(damage);
+            if damage.offset < entry.offset {
+                *entry = damage;
+            }
+        }
+        lowest.into_values().cloned().collect()
+    }
+
+    /// Whether `level`'s scan of `partition` from `position` waits at a damaged batch
+    /// it stopped at before (read again only after [`DAMAGE_RETRY_MS`]). A stop at
+    /// another offset is forgotten (retention moved the cursor past it).
+    fn waits_at_damage(&mut self, partition: u32, level: u8, position: u64, now: i64) -> bool {
+        let Some(stopped) = self.stopped.get(&(partition, level)) else {
+            return false;
+        };
+        if stopped.damage.offset == position {
+            return now < stopped.retry_at_ms;
+        }
+        self.past_damage(partition, level);
+        false
+    }
+
+    /// `level`'s scan of `partition` stopped at `position`, where a read failed with
+    /// `error` (damage).
+    fn stop_at_damage(
+        &mut self,
+        partition: u32,
+        level: u8,
+        position: u64,
+        error: &Error,
+        now: i64,
+    ) {
+        let known = self
+            .stopped
+            .values()
+            .any(|s| s.damage.partition == partition && s.damage.offset == position);
+        let since_ms = self
+            .stopped
+            .get(&(partition, level))
+            .filter(|s| s.damage.offset == position)
+            .map_or(now, |s| s.damage.since_ms);
+        self.stopped.insert(
+            (partition, level),
+            Stopped {
+                damage: Damage {
+                    partition,
+                    offset: position,
+                    reason: error.to_string(),
+                    since_ms,
+                },
+                retry_at_ms: now.saturating_add(DAMAGE_RETRY_MS),
+            },
+        );
+        self.warn_damage(partition, position, error, now, !known);
+    }
+
+    /// Warns of damage at `offset` of `partition` in the log: a `new` finding at
+    /// most every [`DAMAGE_RETRY_MS`], one seen before at most every
+    /// [`DAMAGE_WARN_INTERVAL_MS`].
+    fn warn_damage(&mut self, partition: u32, offset: u64, error: &Error, now: i64, new: bool) {
+        let interval = if new {
+            DAMAGE_RETRY_MS
+        } else {
+            DAMAGE_WARN_INTERVAL_MS
+        };
+        if self
+            .damage_warned_ms
+            .is_some_and(|at| now.saturating_sub(at) < interval)
+        {
+            return;
+        }
+        self.damage_warned_ms = Some(now);
+        tracing::warn!(
+            queue = %self.name,
+            partition,
+            offset,
+            %error,
+            "a damaged batch stops this queue's deliveries from the partition at this offset; the other partitions deliver on (find the damage with `tidelog segment verify`, mend it with `tidelog segment repair` while the broker is stopped)"
+        );
+    }
+
+    /// `level`'s scan of `partition` read on: a stop there is over.
+    fn past_damage(&mut self, partition: u32, level: u8) {
+        if let Some(stopped) = self.stopped.remove(&(partition, level)) {
+            tracing::info!(
+                queue = %self.name,
+                partition,
+                offset = stopped.damage.offset,
+                "the queue reads on past a damaged batch (mended, or deleted by retention)"
+            );
+        }
     }
 
     /// Records `events` in the queue's delivery history, after the decisions they tell
