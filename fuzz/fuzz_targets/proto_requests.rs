@@ -162,8 +162,9 @@ fn config_file_round_trip(partitions: u32, config: &TopicConfig) {
         .expect("a described config is accepted back");
     assert_eq!(&round_trip, config);
     let text = config.to_file(partitions);
-    let (read_partitions, read) = TopicConfig::from_file(&text).expect("topic.config reads back");
-    assert_eq!((read_partitions, &read), (partitions, config));
+    let read = TopicConfig::from_file(&text, std::path::Path::new("topic.config"))
+        .expect("topic.config reads back");
+    assert_eq!((read.partitions, &read.config), (partitions, config));
 }
 
 fn create_topic(request: CreateTopicRequest) {

@@ -1,4 +1,5 @@
-//! A topic config file: never panics; an accepted config is valid and round-trips. The
+//! A topic config file: never panics; an accepted config is valid, states no record
+//! features newer than this build's, and round-trips (with this build's). The
 //! same bytes as a `topic.owner` file: never panics; an accepted owner is a principal.
 #![no_main]
 
@@ -13,9 +14,16 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok((partitions, config)) = TopicConfig::from_file(text) {
-        config.validate().expect("accepted config is valid");
-        let again = TopicConfig::from_file(&config.to_file(partitions)).expect("round trip");
-        assert_eq!(again, (partitions, config));
+    let path = std::path::Path::new("topic.config");
+    if let Ok(read) = TopicConfig::from_file(text, path) {
+        read.config.validate().expect("accepted config is valid");
+        assert!(read.record_features <= tidelog_storage::RECORD_FEATURES);
+        let again = TopicConfig::from_file(&read.config.to_file(read.partitions), path)
+            .expect("round trip");
+        assert_eq!(
+            (again.partitions, &again.config),
+            (read.partitions, &read.config)
+        );
+        assert_eq!(again.record_features, tidelog_storage::RECORD_FEATURES);
     }
 });

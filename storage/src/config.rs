@@ -5,6 +5,7 @@
 //! every read like any other bytes from disk.
 
 use std::fmt::Write as _;
+use std::path::Path;
 
 use crate::batch::Compression;
 use crate::duration::parse_duration_ms;
@@ -14,6 +15,26 @@ use crate::limits::{
     PRIORITY_LEVELS_MAX, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN,
     TOPIC_NAME_BYTES_MAX, TOPIC_PARTITIONS_MAX,
 };
+
+/// The newest record features a topic's log may hold that this build reads: the
+/// `record_features` value of `topic.config` (storage/FORMAT.md, "Topic config"). 1 =
+/// ids that count up (record attribute bit 5). Every config this build writes states
+/// it, and a topic opened with an older value (or none) has its file rewritten first,
+/// before anything is appended: a build older than the feature refuses the key at
+/// open, so it never misreads such records as corrupt. Raise it with each new record
+/// feature an older reader would misread.
+pub const RECORD_FEATURES: u64 = 1;
+
+/// What a `topic.config` file holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicFile {
+    /// The partition count (fixed at creation, raised by `CreatePartitions`).
+    pub partitions: u32,
+    pub config: TopicConfig,
+    /// Its `record_features` (0 when the line is absent: written before the key
+    /// existed), at most [`RECORD_FEATURES`].
+    pub record_features: u64,
+}
 
 /// When a partition's writes are made durable with fdatasync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -237,6 +258,7 @@ impl TopicConfig {
         let mut out = String::from("# tidelog topic config, format 1\n");
         let optional = |v: Option<u64>| v.map_or_else(|| "none".to_string(), |v| v.to_string());
         let _ = writeln!(out, "partitions={partitions}");
+        let _ = writeln!(out, "record_features={RECORD_FEATURES}");
         let _ = writeln!(out, "retention_ms={}", optional(self.retention_ms));
         let _ = writeln!(out, "retention_bytes={}", optional(self.retention_bytes));
         let _ = writeln!(out, "default_ttl_ms={}", optional(self.default_ttl_ms));
@@ -275,10 +297,25 @@ impl TopicConfig {
         out
     }
 
-    /// Parses the file form; returns the partition count and the config.
-    pub fn from_file(text: &str) -> Result<(u32, TopicConfig)> {
+    /// Parses the file form read from `path`: `WrittenByNewer` when it states record
+    /// features newer than [`RECORD_FEATURES`] (whatever else it holds: a newer build
+    /// may have added keys too), `Corrupt` when it is not a valid config.
+    pub fn from_file(text: &str, path: &Path) -> Result<TopicFile> {
+        if let Some(features) = newer_record_features(text) {
+            return Err(Error::WrittenByNewer {
+                file: path.to_path_buf(),
+                what: format!(
+                    "record_features={features}; this build reads logs with record_features up to {RECORD_FEATURES}"
+                ),
+            });
+        }
+        Self::parse_file(text).map_err(|e| Error::corrupt(path, 0, e.to_string()))
+    }
+
+    fn parse_file(text: &str) -> Result<TopicFile> {
         let mut config = TopicConfig::default();
         let mut partitions = None;
+        let mut record_features = 0;
         for (number, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -302,6 +339,8 @@ impl TopicConfig {
             };
             match key {
                 "partitions" => partitions = Some(number_of(value)?),
+                // Above RECORD_FEATURES is refused before (newer_record_features).
+                "record_features" => record_features = number_of(value)?,
                 "retention_ms" => config.retention_ms = optional(value)?,
                 "retention_bytes" => config.retention_bytes = optional(value)?,
                 "default_ttl_ms" => config.default_ttl_ms = optional(value)?,
@@ -346,8 +385,22 @@ impl TopicConfig {
             .filter(|p| (1..=TOPIC_PARTITIONS_MAX).contains(p))
             .ok_or_else(|| Error::invalid(format!("partitions={partitions} is out of range")))?;
         config.validate()?;
-        Ok((partitions, config))
+        Ok(TopicFile {
+            partitions,
+            config,
+            record_features,
+        })
     }
+}
+
+/// The `record_features` value of a config file's text when it is a number above
+/// [`RECORD_FEATURES`].
+fn newer_record_features(text: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|line| line.split_once('='))
+        .filter(|(key, _)| key.trim() == "record_features")
+        .filter_map(|(_, value)| value.trim().parse::<u64>().ok())
+        .find(|&features| features > RECORD_FEATURES)
 }
 
 /// Checks a topic name: 1-249 bytes of `[A-Za-z0-9._-]`, not `.` or `..`.
@@ -395,7 +448,9 @@ mod tests {
             assign_ids: true,
         };
         let text = config.to_file(12);
-        assert_eq!(TopicConfig::from_file(&text).unwrap(), (12, config));
+        let read = TopicConfig::from_file(&text, Path::new("topic.config")).unwrap();
+        assert_eq!((read.partitions, read.config), (12, config));
+        assert_eq!(read.record_features, RECORD_FEATURES);
         // The overflow policy without a cap (found by fuzz/proto_requests).
         let config = TopicConfig {
             queue_max_ready_messages: None,
@@ -403,7 +458,8 @@ mod tests {
             ..TopicConfig::default()
         };
         let text = config.to_file(1);
-        assert_eq!(TopicConfig::from_file(&text).unwrap(), (1, config));
+        let read = TopicConfig::from_file(&text, Path::new("topic.config")).unwrap();
+        assert_eq!((read.partitions, read.config), (1, config));
         // The default stays out of the file.
         assert!(!TopicConfig::default().to_file(1).contains("queue_overflow"));
     }
@@ -419,8 +475,48 @@ mod tests {
             "partitions=3\nretention_ms=-5",
             "partitions=3\nretention_ms",
         ] {
-            assert!(TopicConfig::from_file(text).is_err(), "{text:?} accepted");
+            let error = TopicConfig::from_file(text, Path::new("topic.config")).unwrap_err();
+            assert!(matches!(error, Error::Corrupt { .. }), "{text:?}: {error}");
         }
+    }
+
+    #[test]
+    fn record_features_newer_than_this_build_are_refused_as_newer_not_corrupt() {
+        let path = Path::new("t/topic.config");
+        let newer = RECORD_FEATURES + 1;
+        // Alone, and with a key this build does not know (a newer build's).
+        for text in [
+            format!("partitions=3\nrecord_features={newer}\n"),
+            format!("partitions=3\nnew_setting=1\nrecord_features = {newer}\n"),
+        ] {
+            let error = TopicConfig::from_file(&text, path).unwrap_err();
+            assert!(
+                matches!(&error, Error::WrittenByNewer { file, .. } if file == path),
+                "{text:?}: {error}"
+            );
+            let message = error.to_string();
+            assert!(
+                message.contains("written by a newer tidelogd")
+                    && message.contains("upgrade to read it")
+                    && message.contains(&format!("record_features={newer}")),
+                "{message}"
+            );
+        }
+        // What this build knows, or none (a file from before the key).
+        for (text, features) in [
+            (
+                format!("partitions=3\nrecord_features={RECORD_FEATURES}"),
+                RECORD_FEATURES,
+            ),
+            ("partitions=3\nrecord_features=0".to_string(), 0),
+            ("partitions=3".to_string(), 0),
+        ] {
+            let read = TopicConfig::from_file(&text, path).unwrap();
+            assert_eq!(read.record_features, features, "{text:?}");
+            assert_eq!(read.partitions, 3);
+        }
+        let error = TopicConfig::from_file("partitions=3\nrecord_features=many", path).unwrap_err();
+        assert!(matches!(error, Error::Corrupt { .. }), "{error}");
     }
 
     #[test]

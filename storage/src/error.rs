@@ -79,6 +79,12 @@ pub enum Error {
     )]
     DataDirInUse { dir: PathBuf },
 
+    /// A file was written by a newer build and states a feature this build does not
+    /// know (`topic.config`'s `record_features`): not damage; run a build at least as
+    /// new as the one that wrote it.
+    #[error("{} was written by a newer tidelogd ({what}); upgrade to read it", file.display())]
+    WrittenByNewer { file: PathBuf, what: String },
+
     /// The store is shutting down or closed.
     #[error("the storage engine is closed")]
     Closed,

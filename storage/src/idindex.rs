@@ -52,7 +52,10 @@
 //! "not written yet" (a crash before the seal finished, or an operator removed it):
 //! recovery writes it again from the log. The incomplete flag says some batch of the
 //! log failed its CRC when the index was built, so ids in it could not be read: a
-//! lookup that finds nothing cannot say "not found" for this segment.
+//! lookup that finds nothing cannot say "not found" for this segment. It says what the
+//! writer could read (an older build cannot decode a newer one's records), so the first
+//! use in a process reads the log again and believes the flag only if that rebuild
+//! sets it too.
 //!
 //! The header has its own CRC so recovery can check that a file is present and
 //! describes the log (base offset, length) by reading its header; the body's CRC,

@@ -55,7 +55,7 @@ pub use batch::{Compression, Header, NewRecord, Record};
 #[cfg(any(test, feature = "testing"))]
 pub use clock::ManualClock;
 pub use clock::{Clock, SystemClock};
-pub use config::{AckLevel, FsyncPolicy, QueueOverflow, TopicConfig};
+pub use config::{AckLevel, FsyncPolicy, QueueOverflow, RECORD_FEATURES, TopicConfig, TopicFile};
 pub use dedup::{BatchPlaced, Placed, Placement};
 pub use error::{Error, Result};
 pub use filter::{Filter, FilterError, Verdict};

@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::{FsyncPolicy, TopicConfig, validate_topic_name};
+use crate::config::{FsyncPolicy, RECORD_FEATURES, TopicConfig, TopicFile, validate_topic_name};
 use crate::dedup::DedupWindow;
 use crate::error::{Error, IoContext, Result};
 use crate::flusher::Flusher;
@@ -716,8 +716,27 @@ fn open_topic(dir: &Path, name: &str, context: &PartitionContext) -> Result<Opti
     };
     let text = String::from_utf8(bytes)
         .map_err(|_| Error::corrupt(&config_path, 0, "config file is not UTF-8"))?;
-    let (partition_count, config) = TopicConfig::from_file(&text)
-        .map_err(|e| Error::corrupt(&config_path, 0, e.to_string()))?;
+    let TopicFile {
+        partitions: partition_count,
+        config,
+        record_features,
+    } = TopicConfig::from_file(&text, &config_path)?;
+    if record_features < RECORD_FEATURES {
+        // Before anything can append records an older build would misread: from here
+        // on every older build refuses the file at open (storage/FORMAT.md, "Topic
+        // config"). Atomic: a crash leaves the old file or the new one.
+        fsutil::write_file_atomically(
+            &*context.fs,
+            &config_path,
+            config.to_file(partition_count).as_bytes(),
+        )?;
+        tracing::info!(
+            topic = name,
+            from = record_features,
+            to = RECORD_FEATURES,
+            "recorded the topic's record features in its config; builds older than this one refuse the topic from now on"
+        );
+    }
     let config = Arc::new(config);
     let owner = read_owner(dir, context)?;
     // The config file and partition directories may be known to the page cache only.

@@ -1513,3 +1513,186 @@ fn a_store_opens_on_a_full_disk_without_the_index_it_could_not_write() {
         .count();
     assert!(indexes >= 2, "the indexes are written once there is room");
 }
+
+// ---------------------------------------------------------------------------------
+// 6. The record-features line of topic.config (the gate older builds refuse)
+// ---------------------------------------------------------------------------------
+
+/// Records appended to each partition of the topic an older build left.
+const OLD_TOPIC_RECORDS: u64 = 7;
+
+/// A data directory in `dir`/data with topic `t` (2 partitions, records in each) whose
+/// `topic.config` is what a build before `record_features` wrote: the file this build
+/// writes without that line. Returns the data path, that old text and the text this
+/// build writes for the same config.
+fn data_from_before_record_features(dir: &Path) -> (PathBuf, String, String) {
+    let data = dir.join("data");
+    let clock = ManualClock::new(START_MS);
+    let store = Store::open(&data, options(&FaultyFs::new(dir, 0).unwrap(), &clock)).unwrap();
+    let topic = store
+        .create_topic("t", 2, topic_config(FsyncPolicy::Always, 1 << 30))
+        .unwrap();
+    for partition in topic.partitions() {
+        let records: Vec<NewRecord> = (0..OLD_TOPIC_RECORDS)
+            .map(|i| NewRecord::value(Bytes::from(format!("old {i}"))))
+            .collect();
+        partition.append_durable(&records).unwrap();
+    }
+    drop(topic);
+    store.close().unwrap();
+    let path = data.join("topics/t/topic.config");
+    let new = std::fs::read_to_string(&path).unwrap();
+    assert!(new.contains(&format!(
+        "\nrecord_features={}\n",
+        tidelog_storage::RECORD_FEATURES
+    )));
+    let old: String = new
+        .lines()
+        .filter(|line| !line.starts_with("record_features="))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(&path, &old).unwrap();
+    (data, old, new)
+}
+
+/// Topic `t` of [`data_from_before_record_features`] opened with all its records.
+fn assert_old_topic_served(store: &Store, context: &str) {
+    let topic = store
+        .topic("t")
+        .unwrap_or_else(|e| panic!("{context}: {e}"));
+    assert_eq!(topic.partitions().len(), 2, "{context}");
+    for partition in topic.partitions() {
+        assert_eq!(partition.end_offset(), OLD_TOPIC_RECORDS, "{context}");
+        let read = partition.read(0, 100, 1 << 20).unwrap();
+        assert_eq!(read.records.len() as u64, OLD_TOPIC_RECORDS, "{context}");
+    }
+}
+
+#[test]
+fn a_topic_config_without_record_features_is_rewritten_with_them_on_open() {
+    let dir = scratch_dir();
+    let (data, old, new) = data_from_before_record_features(dir.path());
+    let path = data.join("topics/t/topic.config");
+    let clock = ManualClock::new(START_MS);
+    let fs = FaultyFs::new(dir.path(), 0).unwrap();
+    let store = Store::open(&data, options(&fs, &clock)).unwrap();
+    assert_old_topic_served(&store, "after the upgrade");
+    // Durably: a power cut right after the open keeps it.
+    store.simulate_crash();
+    fs.crash(CrashOptions::lose_unsynced()).unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), new);
+    assert_ne!(old, new);
+    let store = Store::open(&data, options(&fs, &clock)).unwrap();
+    assert_old_topic_served(&store, "after a power cut");
+    store.close().unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), new);
+}
+
+#[test]
+fn a_topic_config_stating_newer_record_features_refuses_the_store_as_newer_not_corrupt() {
+    let dir = scratch_dir();
+    let (data, _, new) = data_from_before_record_features(dir.path());
+    let path = data.join("topics/t/topic.config");
+    let newer = new.replace(
+        &format!("record_features={}", tidelog_storage::RECORD_FEATURES),
+        &format!("record_features={}", tidelog_storage::RECORD_FEATURES + 1),
+    );
+    // With a setting this build does not know as well: still "newer".
+    for text in [newer.clone(), format!("{newer}a_newer_setting=1\n")] {
+        std::fs::write(&path, &text).unwrap();
+        let clock = ManualClock::new(START_MS);
+        let fs = FaultyFs::new(dir.path(), 0).unwrap();
+        let error = Store::open(&data, options(&fs, &clock)).unwrap_err();
+        assert!(
+            matches!(&error, Error::WrittenByNewer { file, .. } if *file == path),
+            "{error}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains("was written by a newer tidelogd")
+                && message.contains("upgrade to read it")
+                && !message.contains("corrupt"),
+            "{message}"
+        );
+        // Left as it was, for the newer build.
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    }
+}
+
+#[test]
+fn a_power_cut_at_every_step_of_the_record_features_rewrite_leaves_the_old_or_the_new_config() {
+    let count_ops = {
+        let dir = scratch_dir();
+        let (data, _, _) = data_from_before_record_features(dir.path());
+        let fs = FaultyFs::new(dir.path(), 0).unwrap();
+        let store = Store::open(&data, options(&fs, &ManualClock::new(START_MS))).unwrap();
+        let ops = fs.ops();
+        store.close().unwrap();
+        ops
+    };
+    let (mut saw_old, mut saw_new) = (false, false);
+    for crash_at in 0..=count_ops {
+        let dir = scratch_dir();
+        let (data, old, new) = data_from_before_record_features(dir.path());
+        let path = data.join("topics/t/topic.config");
+        let clock = ManualClock::new(START_MS);
+        let fs = FaultyFs::new(dir.path(), crash_at).unwrap();
+        fs.power_off_after(crash_at);
+        if let Ok(store) = Store::open(&data, options(&fs, &clock)) {
+            store.simulate_crash();
+        }
+        let crash = if crash_at % 2 == 0 {
+            CrashOptions::lose_unsynced()
+        } else {
+            CrashOptions::keep_some(crash_at)
+        };
+        fs.crash(crash).unwrap();
+        let context = format!("power cut after op {crash_at} of {count_ops} ({crash:?})");
+        let left = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{context}: no topic.config: {e}"));
+        assert!(
+            left == old || left == new,
+            "{context}: topic.config is {left:?}"
+        );
+        saw_old |= left == old;
+        saw_new |= left == new;
+        let store = Store::open(&data, options(&fs, &clock))
+            .unwrap_or_else(|e| panic!("{context}: reopening failed: {e}"));
+        assert_old_topic_served(&store, &context);
+        store.close().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), new, "{context}");
+    }
+    assert!(
+        saw_old && saw_new,
+        "the cuts fell before and after the rewrite"
+    );
+}
+
+#[test]
+fn a_failed_fsync_or_a_full_disk_during_the_record_features_rewrite_fails_the_open_and_keeps_the_old_config()
+ {
+    for fault in ["fsync", "full disk"] {
+        let dir = scratch_dir();
+        let (data, old, new) = data_from_before_record_features(dir.path());
+        let path = data.join("topics/t/topic.config");
+        let clock = ManualClock::new(START_MS);
+        let fs = FaultyFs::new(dir.path(), 0).unwrap();
+        match fault {
+            "fsync" => fs.fail_sync(SyncFault::nth(1).path_contains("topic.config")),
+            _ => fs.set_full_for(Some("topic.config")),
+        }
+        let error = Store::open(&data, options(&fs, &clock)).unwrap_err();
+        assert!(
+            matches!(&error, Error::Io { context, .. } if context.contains("topic.config")),
+            "{fault}: {error}"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), old, "{fault}");
+        // Not retried in that process; the next open, on a healthy disk, upgrades it.
+        fs.kill_process();
+        fs.set_full_for(None);
+        let store = Store::open(&data, options(&fs, &clock)).unwrap();
+        assert_old_topic_served(&store, fault);
+        store.close().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), new, "{fault}");
+    }
+}

@@ -496,6 +496,129 @@ fn a_corrupt_batch_makes_a_miss_an_error_not_a_not_found() {
     store.close().unwrap();
 }
 
+/// Replaces the `.idindex` of segment `base` in `pdir` with one that lists no ids and
+/// says some batch's ids could not be read: what a build that cannot decode every
+/// batch of the log (an older one, after a rollback) writes for it.
+fn write_incomplete_id_index(pdir: &Path, base: u64) {
+    let path = segment::segment_path(pdir, base, ID_INDEX_SUFFIX);
+    let header = tidelog_storage::idindex::decode_header(&std::fs::read(&path).unwrap()).unwrap();
+    let bytes = tidelog_storage::idindex::encode(
+        base,
+        header.log_bytes,
+        header.next_offset,
+        true,
+        &mut [],
+        &mut [],
+    );
+    std::fs::write(&path, bytes).unwrap();
+}
+
+fn id_index_incomplete(pdir: &Path, base: u64) -> bool {
+    let path = segment::segment_path(pdir, base, ID_INDEX_SUFFIX);
+    tidelog_storage::idindex::decode_header(&std::fs::read(path).unwrap())
+        .unwrap()
+        .incomplete()
+}
+
+#[test]
+fn an_id_index_that_wrongly_says_incomplete_is_checked_against_the_log_and_rewritten() {
+    let dir = scratch_dir();
+    let data = dir.path().join("data");
+    let clock = ManualClock::new(START_MS);
+    let store = Store::open(&data, options(&clock)).unwrap();
+    let partition = store
+        .create_topic("t", 1, config(4096, FsyncPolicy::Always))
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .clone();
+    let offsets = append_ids(&partition, 0, 300);
+    drop(partition);
+    store.close().unwrap();
+    drop(store);
+    let pdir = partition_dir(&data, "t", 0);
+    let bases = bases(&pdir);
+    assert!(bases.len() >= 5);
+    let sealed = &bases[..bases.len() - 1];
+    for &base in sealed {
+        write_incomplete_id_index(&pdir, base);
+    }
+
+    // Twice: the files the first lookups rewrote are believed by the next process.
+    for round in ["first open", "second open"] {
+        let store = Store::open(&data, options(&clock)).unwrap();
+        let partition = store.topic("t").unwrap().partition(0).unwrap().clone();
+        for (&n, &offset) in &offsets {
+            assert_found(&partition, n, offset, round);
+        }
+        assert_eq!(
+            partition.find_by_id(b"never published").unwrap(),
+            None,
+            "{round}"
+        );
+        drop(partition);
+        store.close().unwrap();
+        for &base in sealed {
+            assert!(
+                !id_index_incomplete(&pdir, base),
+                "{round}: segment {base}'s id index still says incomplete"
+            );
+        }
+        assert_sealed_id_indexes_valid(&pdir, round);
+    }
+}
+
+#[test]
+fn an_id_index_that_rightly_says_incomplete_still_makes_a_miss_data_loss() {
+    let dir = scratch_dir();
+    let data = dir.path().join("data");
+    let clock = ManualClock::new(START_MS);
+    let store = Store::open(&data, options(&clock)).unwrap();
+    let partition = store
+        .create_topic("t", 1, config(4096, FsyncPolicy::Always))
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .clone();
+    let offsets = append_ids(&partition, 0, 120);
+    drop(partition);
+    store.close().unwrap();
+    drop(store);
+    let pdir = partition_dir(&data, "t", 0);
+    let bases = bases(&pdir);
+    // A value byte of the second segment's first batch (an intact batch follows, so
+    // it is corruption recovery keeps), and an index that says so.
+    let log = segment::segment_path(&pdir, bases[1], LOG_SUFFIX);
+    let mut bytes = std::fs::read(&log).unwrap();
+    let first = tidelog_storage::batch::BatchHeader::parse(&bytes)
+        .unwrap()
+        .batch_length as usize;
+    bytes[first - 1] ^= 0x10;
+    std::fs::write(&log, bytes).unwrap();
+    write_incomplete_id_index(&pdir, bases[1]);
+
+    for round in ["first lookups", "after a reopen"] {
+        let store = Store::open(&data, options(&clock)).unwrap();
+        let partition = store.topic("t").unwrap().partition(0).unwrap().clone();
+        // Ids in the segment's intact batches are found (the log was read again).
+        let in_segment = offsets
+            .iter()
+            .rfind(|&(_, &offset)| offset >= bases[1] && offset < bases[2])
+            .unwrap();
+        assert_found(&partition, *in_segment.0, *in_segment.1, round);
+        for _ in 0..2 {
+            let error = partition.find_by_id(b"never published").unwrap_err();
+            assert!(
+                matches!(&error, Error::Corrupt { reason, .. } if reason.contains("fails its CRC")),
+                "{round}: {error}"
+            );
+        }
+        drop(partition);
+        store.close().unwrap();
+        assert!(id_index_incomplete(&pdir, bases[1]), "{round}");
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // The model test
 // ---------------------------------------------------------------------------------

@@ -214,6 +214,7 @@ impl IdState {
                 pinned: false,
             },
             removed: false,
+            incomplete_confirmed: false,
         }
     }
 }
@@ -302,7 +303,9 @@ impl Segment {
             return Ok(());
         };
         if *prefix_bytes > 0 {
-            match load_id_index(&*self.fs, &self.dir, self.base_offset, *prefix_bytes, None) {
+            let loaded = load_id_index(&*self.fs, &self.dir, self.base_offset, *prefix_bytes, None)
+                .and_then(|table| believed(table, false));
+            match loaded {
                 Ok(table) => {
                     let mut all = IdLists::of_table(&table);
                     all.append(appended);
@@ -358,8 +361,9 @@ impl Segment {
     /// `end_position` (what readers may see), that has not expired at `now_ms`.
     ///
     /// A sealed segment's `.idindex` is mapped and validated on first use; one that is
-    /// missing, damaged or stale is rebuilt from the log (and written again), so a
-    /// lookup never trusts a wrong index. Every candidate record is read and its id
+    /// missing, damaged or stale, or that says some batch's ids cannot be read (until
+    /// this process confirmed that from the log), is rebuilt from the log (and written
+    /// again), so a lookup never trusts a wrong index. Every candidate record is read and its id
     /// compared, so the answer is exact.
     pub fn find_by_id(
         &self,
@@ -432,17 +436,18 @@ impl Segment {
             return Ok((Vec::new(), false));
         };
         if *prefix_bytes > 0 {
-            let (mut all, prefix_incomplete) =
-                match load_id_index(&*self.fs, &self.dir, self.base_offset, *prefix_bytes, None) {
-                    Ok(table) => (IdLists::of_table(&table), table.incomplete()),
-                    Err(_) => {
-                        let data = self.visible_bytes(*prefix_bytes)?;
-                        let scan = collect_ids(&data, self.base_offset)
-                            .map_err(|e| Error::corrupt(self.log_path(), 0, e.to_string()))?;
-                        let incomplete = scan.incomplete || scan.valid_bytes < *prefix_bytes;
-                        (scan.ids, incomplete)
-                    }
-                };
+            let loaded = load_id_index(&*self.fs, &self.dir, self.base_offset, *prefix_bytes, None)
+                .and_then(|table| believed(table, false));
+            let (mut all, prefix_incomplete) = match loaded {
+                Ok(table) => (IdLists::of_table(&table), table.incomplete()),
+                Err(_) => {
+                    let data = self.visible_bytes(*prefix_bytes)?;
+                    let scan = collect_ids(&data, self.base_offset)
+                        .map_err(|e| Error::corrupt(self.log_path(), 0, e.to_string()))?;
+                    let incomplete = scan.incomplete || scan.valid_bytes < *prefix_bytes;
+                    (scan.ids, incomplete)
+                }
+            };
             all.append(appended);
             *appended = all;
             *incomplete |= prefix_incomplete;
@@ -467,7 +472,8 @@ impl Segment {
             self.base_offset,
             summary.log_bytes,
             Some(summary.next_offset),
-        );
+        )
+        .and_then(|table| believed(table, state.incomplete_confirmed));
         let (table, pinned) = match loaded {
             Ok(table) => (table, false),
             Err(reason) => {
@@ -476,6 +482,7 @@ impl Segment {
                 let scan = collect_ids(&data, self.base_offset)
                     .map_err(|e| Error::corrupt(self.log_path(), 0, e.to_string()))?;
                 let incomplete = scan.incomplete || scan.valid_bytes < summary.log_bytes;
+                state.incomplete_confirmed = incomplete;
                 let mut ids = scan.ids;
                 let bytes = ids.encode(
                     self.base_offset,
@@ -563,6 +570,22 @@ impl Segment {
             format!("the id index names offset {offset}, which its batch does not hold"),
         ))
     }
+}
+
+/// `table` (a segment's `.idindex` as loaded), unless it says some batch's ids could
+/// not be read and that is not `confirmed` by this process reading the log: the flag
+/// records what the build that wrote the file could read (an older build cannot decode
+/// a newer build's records), so it is checked against the log once before a lookup
+/// answers DATA_LOSS on its word.
+fn believed(table: IdTable, confirmed: bool) -> std::result::Result<IdTable, String> {
+    if table.incomplete() && !confirmed {
+        return Err(
+            "it says some batch's ids could not be read when it was written; the log is read \
+             again to see whether they can be now"
+                .into(),
+        );
+    }
+    Ok(table)
 }
 
 /// Maps and validates a segment's `.idindex` for a log of `log_bytes` bytes starting at

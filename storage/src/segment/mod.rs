@@ -375,6 +375,11 @@ struct IdState {
     /// Retention removed the segment's files: its id index is never written again
     /// (it would be left behind without its log).
     removed: bool,
+    /// This process read the log and some batch's ids really cannot be read: an
+    /// `.idindex` that says so is believed from now on. Until then its incomplete flag
+    /// is a claim about the log when it was written (by a build that could not decode
+    /// every batch, say), and the first use reads the log again.
+    incomplete_confirmed: bool,
 }
 
 #[derive(Debug)]
@@ -494,6 +499,7 @@ impl Segment {
                 incomplete: false,
             },
             removed: false,
+            incomplete_confirmed: false,
         };
         self
     }

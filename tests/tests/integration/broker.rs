@@ -1384,3 +1384,60 @@ async fn a_second_broker_on_the_same_data_dir_is_refused_with_its_reason() {
         "{names:?}"
     );
 }
+
+/// A topic.config from before `record_features` (what an older build wrote) gains the
+/// line when the broker opens it, and keeps it through a kill -9; one that states
+/// record features newer than this build's makes tidelogd exit 1 saying a newer
+/// tidelogd wrote it (not that it is corrupt), and leaves it for that build.
+#[tokio::test]
+async fn topic_config_record_features_are_recorded_on_open_and_newer_ones_refused() {
+    let mut broker = TestBroker::start();
+    broker.create_topic("t", 1, TopicConfig::default()).await;
+    let ids: Vec<Message> = (0..20u64)
+        .map(|i| Message {
+            value: Bytes::from(format!("m{i}")),
+            id: Bytes::from([b"PRODUCER".as_slice(), &(1_000 + i).to_be_bytes()].concat()),
+            ..Default::default()
+        })
+        .collect();
+    publish(&broker, "t", ids, AckLevel::Durable).await.unwrap();
+    let path = broker.data_dir().join("topics/t/topic.config");
+    let written = std::fs::read_to_string(&path).unwrap();
+    let line = format!("record_features={}\n", tidelog_storage::RECORD_FEATURES);
+    assert!(written.contains(&line), "{written}");
+
+    broker.kill9();
+    std::fs::write(&path, written.replace(&line, "")).unwrap();
+    broker.restart();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), written);
+    broker.kill9();
+    broker.restart();
+    let fetched = fetch(&broker, "t", 0, 0).await.unwrap();
+    assert_eq!(fetched.messages.len(), 20);
+    broker.kill9();
+
+    let newer = written.replace(
+        &line,
+        &format!("record_features={}\n", tidelog_storage::RECORD_FEATURES + 1),
+    );
+    std::fs::write(&path, &newer).unwrap();
+    let refused = std::process::Command::new(tidelog_tests::tidelogd_bin())
+        .arg("--data-dir")
+        .arg(broker.data_dir())
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running tidelogd");
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{} was written by a newer tidelogd (record_features={}",
+            path.display(),
+            tidelog_storage::RECORD_FEATURES + 1
+        )) && stderr.contains("upgrade to read it")
+            && !stderr.contains("corrupt"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), newer);
+}

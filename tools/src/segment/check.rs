@@ -340,9 +340,10 @@ fn verdict_findings(plan: &RecoveryPlan) -> Vec<Finding> {
             &segment_path(&plan.dir, *base, ID_INDEX_SUFFIX),
             None,
             format!(
-                "id index {reason}; rebuildable from the log: the broker writes it again on \
-                 open (`tidelog segment repair` writes it now), and lookups by message id \
-                 stay exact meanwhile"
+                "id index {reason}; rebuildable from the log: the broker writes it again \
+                 where it finds it unusable, on open or at the first lookup by id that \
+                 meets it (`tidelog segment repair` writes it now), and lookups by message \
+                 id stay exact meanwhile"
             ),
         ));
     }
