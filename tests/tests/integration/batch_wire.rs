@@ -225,7 +225,9 @@ async fn batches_round_trip_through_the_broker_both_ways() {
                 topic: "wire".into(),
                 partition: 0,
                 batch: encode(&batch, Compression::Zstd),
-                ack: AckLevel::Written as i32,
+                // Durable: readers of an `always` topic see only what is fsynced, and
+                // the reads below must find every batch once it is answered.
+                ack: AckLevel::Durable as i32,
                 relative_times: false,
             }),
         })
