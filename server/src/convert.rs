@@ -85,6 +85,12 @@ pub fn status(error: &Error) -> Status {
         Error::Corrupt { .. } => Status::data_loss(format!(
             "{error}; the broker does not serve corrupt data: read on from the offset after the damaged batch (a group: `tidelog group reset-offsets --to-offset`), and have an operator inspect the data directory with `tidelog segment verify`"
         )),
+        // EMFILE / ENFILE: out of file descriptors (not a disk problem).
+        Error::Io { source, .. } if matches!(source.raw_os_error(), Some(23 | 24)) => {
+            Status::internal(format!(
+                "{error}; the broker is out of file descriptors: retry later, and if it persists raise the broker's open-file limit (ulimit -n, systemd LimitNOFILE)"
+            ))
+        }
         Error::Io { .. } => Status::internal(format!(
             "{error}; the broker logged it; retry later, and if it persists check the server's disk"
         )),
