@@ -85,12 +85,19 @@ pub fn status(error: &Error) -> Status {
         Error::Corrupt { .. } => Status::data_loss(format!(
             "{error}; the broker does not serve corrupt data: read on from the offset after the damaged batch (a group: `tidelog group reset-offsets --to-offset`), and have an operator inspect the data directory with `tidelog segment verify`"
         )),
-        Error::Io { .. } => {
+        Error::Io { source, .. } => {
             // Logged here, so the answer's "logged" is true for every RPC.
             tracing::warn!(%error, "an I/O error answered as INTERNAL");
-            Status::internal(format!(
-                "{error}; the broker logged it; retry later, and if it persists check the server's log, disk and open-file limit"
-            ))
+            // EMFILE / ENFILE: out of file descriptors (not a disk problem).
+            if matches!(source.raw_os_error(), Some(23 | 24)) {
+                Status::internal(format!(
+                    "{error}; the broker is out of file descriptors: retry later, and if it persists raise the broker's open-file limit (ulimit -n, systemd LimitNOFILE)"
+                ))
+            } else {
+                Status::internal(format!(
+                    "{error}; the broker logged it; retry later, and if it persists check the server's log and disk"
+                ))
+            }
         }
         _ => Status::internal(format!("{error}")),
     }

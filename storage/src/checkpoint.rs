@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use crate::error::{IoContext, Result};
 use crate::fs::{FileSystem, FsFile, OpenMode};
-use crate::fsutil;
+use crate::fsutil::{self, SyncFailure};
 
 pub const FILE_NAME: &str = "checkpoint";
 pub const SLOT_BYTES: usize = 64;
@@ -134,6 +134,19 @@ impl CheckpointFile {
     /// Durably records that the log is valid up to `position` of segment
     /// `segment_base`, where the next offset is `next_offset`.
     pub fn write(&mut self, segment_base: u64, position: u64, next_offset: u64) -> Result<()> {
+        self.try_write(segment_base, position, next_offset)
+            .map_err(SyncFailure::into_error)
+    }
+
+    /// [`CheckpointFile::write`], saying whether an fsync failed or the checkpoint
+    /// failed before any did (the file could not be opened or written: the previous
+    /// checkpoint stands, in the other slot).
+    pub(crate) fn try_write(
+        &mut self,
+        segment_base: u64,
+        position: u64,
+        next_offset: u64,
+    ) -> Result<(), SyncFailure> {
         let sequence = self.last.map_or(1, |c| c.sequence + 1);
         let checkpoint = Checkpoint {
             sequence,
@@ -147,13 +160,15 @@ impl CheckpointFile {
                 let existed = self
                     .fs
                     .try_exists(&self.path)
-                    .ctx(|| format!("looking for {}", self.path.display()))?;
+                    .ctx(|| format!("looking for {}", self.path.display()))
+                    .map_err(SyncFailure::BeforeSync)?;
                 let file = self
                     .fs
                     .open(&self.path, OpenMode::Create)
-                    .ctx(|| format!("opening {}", self.path.display()))?;
+                    .ctx(|| format!("opening {}", self.path.display()))
+                    .map_err(SyncFailure::BeforeSync)?;
                 if !existed {
-                    fsutil::sync_dir(&*self.fs, fsutil::parent_dir(&self.path))?;
+                    fsutil::try_sync_dir(&*self.fs, fsutil::parent_dir(&self.path))?;
                 }
                 self.file = Some(file.clone());
                 file
@@ -161,9 +176,11 @@ impl CheckpointFile {
         };
         let slot = (sequence % 2) * SLOT_BYTES as u64;
         file.write_all_at(&checkpoint.encode(), slot)
-            .ctx(|| format!("writing {}", self.path.display()))?;
+            .ctx(|| format!("writing {}", self.path.display()))
+            .map_err(SyncFailure::BeforeSync)?;
         file.sync_data()
-            .ctx(|| format!("fsyncing {}", self.path.display()))?;
+            .ctx(|| format!("fsyncing {}", self.path.display()))
+            .map_err(SyncFailure::Fsync)?;
         self.last = Some(checkpoint);
         Ok(())
     }

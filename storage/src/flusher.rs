@@ -5,12 +5,19 @@
 //! so far and wakes every waiter the fsync covered. While one fsync runs, further
 //! appends pile up and the next fsync covers them all, so durable throughput grows
 //! with concurrency instead of being capped at the disk's fsyncs per second. Only
-//! these threads (and a partition's final close) call fdatasync on segment files.
+//! these threads, a partition's final close, and an append that rolls a partition
+//! whose sealed segments pile up faster than they are fsynced (backpressure on that
+//! partition's writers) call fdatasync on segment files.
+//!
+//! A flush that failed before any fsync ran (a file or directory could not be opened:
+//! the process is out of file descriptors) asks to be tried again: the thread that ran
+//! it runs it again after the delay the flushed thing gives.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::error::{IoContext, Result};
 
@@ -18,8 +25,9 @@ use crate::error::{IoContext, Result};
 /// the flusher does not depend on it).
 pub(crate) trait Flush: Send + Sync {
     /// One group commit. A failure has already been handled (the flushed thing is
-    /// poisoned and its waiters woken with the error); the flusher only moves on.
-    fn flush_now(&self);
+    /// poisoned, or its waiters failed, and woken with the error); the flusher only
+    /// runs it again after the delay returned, if one is (with `retry` set).
+    fn flush_now(&self, retry: bool) -> Option<Duration>;
 }
 
 enum Job {
@@ -61,11 +69,7 @@ impl Flusher {
             let receiver = receiver.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("tidelog-flush-{n}"))
-                .spawn(move || {
-                    while let Ok(Job::Flush(target)) = receiver.recv() {
-                        target.flush_now();
-                    }
-                })
+                .spawn(move || run(&receiver))
                 .ctx(|| "starting a flusher thread")?;
             handles.push(handle);
         }
@@ -86,6 +90,43 @@ impl Flusher {
         }
         for thread in self.threads.drain(..) {
             let _ = thread.join();
+        }
+    }
+}
+
+/// One flusher thread: flushes what is queued, and runs again, when due, the flushes
+/// that asked for it, until told to stop (retries pending then are dropped: the
+/// store's close flushes every partition itself).
+fn run(receiver: &Receiver<Job>) {
+    let mut retries: Vec<(Instant, Arc<dyn Flush>)> = Vec::new();
+    loop {
+        let job = match retries.iter().map(|(at, _)| *at).min() {
+            None => match receiver.recv() {
+                Ok(job) => Some(job),
+                Err(_) => return,
+            },
+            Some(at) => match receiver.recv_deadline(at) {
+                Ok(job) => Some(job),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            },
+        };
+        let (due, retry) = match job {
+            Some(Job::Stop) => return,
+            Some(Job::Flush(target)) => (vec![target], false),
+            None => {
+                let now = Instant::now();
+                let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut retries)
+                    .into_iter()
+                    .partition(|(at, _)| *at <= now);
+                retries = later;
+                (due.into_iter().map(|(_, target)| target).collect(), true)
+            }
+        };
+        for target in due {
+            if let Some(delay) = target.flush_now(retry) {
+                retries.push((Instant::now() + delay, target));
+            }
         }
     }
 }

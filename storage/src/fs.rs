@@ -57,6 +57,35 @@ pub struct PartialWrite {
     pub error: io::Error,
 }
 
+/// Why [`FileSystem::sync_dir`] failed. The two are different things to the engine:
+/// a directory that could not be opened (out of file descriptors, say) was not fsynced
+/// and nothing is in doubt, so the fsync can be tried again; a failed fsync may have
+/// lost what it covered and is never retried.
+#[derive(Debug)]
+pub enum SyncDirError {
+    /// Opening the directory failed; no fsync ran.
+    Open(io::Error),
+    /// The fsync failed.
+    Sync(io::Error),
+}
+
+impl fmt::Display for SyncDirError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SyncDirError::Open(error) => write!(f, "opening the directory: {error}"),
+            SyncDirError::Sync(error) => write!(f, "fsync: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for SyncDirError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SyncDirError::Open(error) | SyncDirError::Sync(error) => Some(error),
+        }
+    }
+}
+
 /// How [`FileSystem::open`] opens a file. Every mode but `Read` opens for reading and
 /// writing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,7 +309,9 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
     fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
 
     /// fsyncs a directory, making the entries created, renamed or removed in it durable.
-    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// Says which step failed: opening the directory (no fsync ran: EMFILE, say) or
+    /// the fsync itself.
+    fn sync_dir(&self, path: &Path) -> Result<(), SyncDirError>;
 
     /// Maps `len` bytes of the file read-only (the mapping may run past the file's end;
     /// see `mmap.rs` for the rules that keep that sound).
@@ -435,8 +466,11 @@ impl FileSystem for OsFs {
         std::fs::remove_dir_all(path)
     }
 
-    fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        File::open(path)?.sync_all()
+    fn sync_dir(&self, path: &Path) -> Result<(), SyncDirError> {
+        File::open(path)
+            .map_err(SyncDirError::Open)?
+            .sync_all()
+            .map_err(SyncDirError::Sync)
     }
 
     fn map(&self, path: &Path, len: usize) -> io::Result<Bytes> {

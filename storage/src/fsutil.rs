@@ -9,12 +9,48 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
-use crate::fs::{FileSystem, OpenMode};
+use crate::fs::{FileSystem, OpenMode, SyncDirError};
+
+/// What stopped a step that ends in an fsync. The engine treats the two apart: only a
+/// failed fsync is fatal for what it covered (never retried, never acknowledged); an
+/// error before any fsync ran (the file or directory could not be opened: the process
+/// is out of file descriptors, say) leaves nothing in doubt, so the step fails, like a
+/// write on a full disk, and may be tried again.
+#[derive(Debug)]
+pub(crate) enum SyncFailure {
+    /// No fsync ran.
+    BeforeSync(Error),
+    /// An fsync failed.
+    Fsync(Error),
+}
+
+impl SyncFailure {
+    pub fn into_error(self) -> Error {
+        match self {
+            SyncFailure::BeforeSync(error) | SyncFailure::Fsync(error) => error,
+        }
+    }
+}
 
 /// fsyncs a directory so that entries created, renamed or removed in it survive a crash.
 pub fn sync_dir(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
-    fs.sync_dir(dir)
-        .ctx(|| format!("fsyncing directory {}", dir.display()))
+    try_sync_dir(fs, dir).map_err(SyncFailure::into_error)
+}
+
+/// [`sync_dir`], saying whether the fsync itself failed or the directory could not be
+/// opened for it.
+pub(crate) fn try_sync_dir(fs: &dyn FileSystem, dir: &Path) -> Result<(), SyncFailure> {
+    match fs.sync_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(SyncDirError::Open(error)) => Err(SyncFailure::BeforeSync(Error::io(
+            format!("opening directory {} to fsync it", dir.display()),
+            error,
+        ))),
+        Err(SyncDirError::Sync(error)) => Err(SyncFailure::Fsync(Error::io(
+            format!("fsyncing directory {}", dir.display()),
+            error,
+        ))),
+    }
 }
 
 /// The temporary name used while `path` is being replaced.

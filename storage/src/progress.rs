@@ -32,6 +32,10 @@ pub(crate) struct ProgressState {
     pub deleted: bool,
     /// Recovery refused to open it: every call fails with this.
     pub unavailable: Option<Error>,
+    /// The last flush failed before any fsync ran (a file or directory could not be
+    /// opened): waits for offsets below the first (what it was to cover) fail with the
+    /// second until a flush gets the durable end that far. Not a poison.
+    flush_failed: Option<(u64, Error)>,
     data_wakers: Vec<Waker>,
     durable_wakers: Vec<(u64, Waker)>,
 }
@@ -70,6 +74,7 @@ impl Progress {
                 closed: false,
                 deleted: false,
                 unavailable: None,
+                flush_failed: None,
                 data_wakers: Vec::new(),
                 durable_wakers: Vec::new(),
             }),
@@ -110,9 +115,11 @@ impl Progress {
                 wake.append(&mut state.data_wakers);
             }
             let durable = state.durable.offset;
+            let failed_below = state.flush_failed.as_ref().map_or(0, |(below, _)| *below);
             let mut index = 0;
             while index < state.durable_wakers.len() {
-                if ended || state.durable_wakers[index].0 < durable {
+                let offset = state.durable_wakers[index].0;
+                if ended || offset < durable || offset < failed_below {
                     wake.push(state.durable_wakers.swap_remove(index).1);
                 } else {
                     index += 1;
@@ -134,7 +141,35 @@ impl Progress {
             if end.offset >= s.durable.offset {
                 s.durable = end;
             }
+            if s.flush_failed
+                .as_ref()
+                .is_some_and(|(below, _)| s.durable.offset >= *below)
+            {
+                s.flush_failed = None;
+            }
         });
+    }
+
+    /// A flush meant to make offsets below `below` durable failed before any fsync ran
+    /// (`error`): their waiters fail with it, the partition is not poisoned, and a later
+    /// flush that gets that far ends it.
+    pub fn fail_flush(&self, below: u64, error: Error) {
+        self.update(|s| {
+            if s.durable.offset < below {
+                s.flush_failed = Some((below, error));
+            }
+        });
+    }
+
+    /// The error a wait for `offset` to be durable ends with, if it ends now.
+    fn durable_error(&self, state: &ProgressState, offset: u64) -> Option<Error> {
+        if let Some(error) = self.ended_error(state) {
+            return Some(error);
+        }
+        match &state.flush_failed {
+            Some((below, error)) if offset < *below => Some(error.clone()),
+            _ => None,
+        }
     }
 
     pub fn set_log_start(&self, log_start: u64) {
@@ -207,7 +242,7 @@ impl Progress {
         if state.durable.offset > offset {
             return Poll::Ready(Ok(()));
         }
-        if let Some(error) = self.ended_error(&state) {
+        if let Some(error) = self.durable_error(&state, offset) {
             return Poll::Ready(Err(error));
         }
         let known = state
@@ -238,7 +273,7 @@ impl Progress {
             if state.durable.offset > offset {
                 return Ok(());
             }
-            if let Some(error) = self.ended_error(&state) {
+            if let Some(error) = self.durable_error(&state, offset) {
                 return Err(error);
             }
             state = self.changed.wait(state);
@@ -263,7 +298,7 @@ impl Progress {
 }
 
 /// Resolves when the given offset is durable (`Ok`), or the partition is poisoned or
-/// closed first (`Err`).
+/// closed first, or the flush that was to cover it failed before its fsync (`Err`).
 #[derive(Debug)]
 #[must_use = "a future does nothing unless polled"]
 pub struct WaitDurable {

@@ -43,6 +43,7 @@
 //! loss ([`RecoveryPlan::durable_data_lost`]).
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::checkpoint::{self, Checkpoint, CheckpointFile};
 use crate::error::{Error, IoContext, Result};
@@ -164,7 +165,9 @@ pub fn observe(
     leftovers.sort();
 
     let mut segments = Vec::with_capacity(bases.len());
+    let mut progress = ProgressLog::new(dir, "segments read", bases.len());
     for (index, &base) in bases.iter().enumerate() {
+        progress.step(index);
         let path = segment::segment_path(dir, base, LOG_SUFFIX);
         let log_bytes = fs
             .metadata(&path)
@@ -801,7 +804,13 @@ pub fn execute(
     checkpoint: &mut CheckpointFile,
 ) -> Result<()> {
     let dir = plan.dir.as_path();
-    for action in &plan.actions {
+    let mut progress = ProgressLog::new(
+        dir,
+        "repair steps done (segment fsyncs, index files)",
+        plan.actions.len(),
+    );
+    for (done, action) in plan.actions.iter().enumerate() {
+        progress.step(done);
         match action {
             Action::RemoveLeftover { path } => match fs.remove_file(path) {
                 Ok(()) => {}
@@ -867,6 +876,42 @@ pub fn execute(
         }
     }
     Ok(())
+}
+
+/// A long recovery logs how far it got at most this often (a short one says nothing).
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Logs the progress of one phase of a partition's recovery, so a start that has many
+/// segments to read or repair (after a crash that left them unflushed) is not silent.
+struct ProgressLog<'a> {
+    dir: &'a Path,
+    what: &'static str,
+    total: usize,
+    last: Instant,
+}
+
+impl<'a> ProgressLog<'a> {
+    fn new(dir: &'a Path, what: &'static str, total: usize) -> Self {
+        ProgressLog {
+            dir,
+            what,
+            total,
+            last: Instant::now(),
+        }
+    }
+
+    /// `done` of the total are done.
+    fn step(&mut self, done: usize) {
+        if self.last.elapsed() >= PROGRESS_EVERY {
+            self.last = Instant::now();
+            tracing::info!(
+                "recovering {}: {done} of {} {}",
+                self.dir.display(),
+                self.total,
+                self.what
+            );
+        }
+    }
 }
 
 /// The state of a segment's whole log, scanned anew (after a cut the plan could not

@@ -1166,10 +1166,15 @@ fn retention_never_deletes_past_what_readers_can_see() {
     let release = Release(fs.clone());
     fs.hold_syncs(true);
     let mut written_end = durable_end;
-    for n in 0..60 {
+    // Rolls until the most sealed segments that may wait for their fsync do: the next
+    // roll would wait for the held fsync itself.
+    let mut n = 0;
+    while part.sealed_backlog() < tidelog_storage::partition::SEALED_BACKLOG_MAX {
         let count = 1 + rng.below(5);
         let records = batch(&mut rng, &format!("held {n}"), count);
         written_end = part.append(&records).unwrap().last_offset + 1;
+        n += 1;
+        assert!(n < 1_000, "the backlog never filled");
     }
     assert!(part.info().segment_count > 5, "too few segments");
     for _ in 0..3 {
@@ -1694,5 +1699,202 @@ fn a_failed_fsync_or_a_full_disk_during_the_record_features_rewrite_fails_the_op
         assert_old_topic_served(&store, fault);
         store.close().unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), new, "{fault}");
+    }
+}
+
+/// Rolls as fast as appends go while the disk holds every fsync (the flusher is stuck
+/// in one): the sealed segments waiting for their fsync, each holding its file open,
+/// never pass the bound, because the roll past it syncs the oldest itself and that
+/// partition's appender waits. Once the disk lets go, everything lands; a durable
+/// append then survives a power cut with everything before it. With `fail`, the
+/// held fsync fails instead: the partition is poisoned, as a failed fsync always does.
+fn rolls_under_a_stalled_flush(fail: bool) {
+    let context = format!("rolls under a stalled flush (fsync fails: {fail})");
+    let Scene {
+        dir: _dir,
+        data,
+        fs,
+        clock,
+        store,
+        topic,
+    } = scene(11, "t", 1, topic_config(FsyncPolicy::Never, 1 << 30));
+    let part = topic.partition(0).unwrap().clone();
+    let bound = tidelog_storage::partition::SEALED_BACKLOG_MAX;
+    /// Lets the syncs go however the test ends: the store's close waits for its
+    /// flusher.
+    struct Release(FaultyFs);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.0.hold_syncs(false);
+        }
+    }
+    let release = Release(fs.clone());
+    fs.hold_syncs(true);
+    const APPENDS: u64 = 120;
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let (max_backlog, results) = std::thread::scope(|scope| {
+        let appender = scope.spawn(|| {
+            let mut rng = Rng::new(7);
+            let mut results = Vec::new();
+            for n in 0..APPENDS {
+                // About 2 KiB: a 4 KiB segment rolls every other append.
+                let mut records = batch(&mut rng, &format!("a/{n}"), 1);
+                records[0].value = Bytes::from(format!("a/{n}/{}", "x".repeat(2000)));
+                let result = part.append(&records).map(|a| (a, records));
+                let failed = result.is_err();
+                results.push(result);
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if failed {
+                    break;
+                }
+            }
+            results
+        });
+        let mut max_backlog = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+        while std::time::Instant::now() < deadline {
+            max_backlog = max_backlog.max(part.sealed_backlog());
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let blocked_at = done.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            blocked_at < APPENDS,
+            "{context}: the appender rolled {blocked_at} of {APPENDS} times while no fsync could finish: nothing held it back"
+        );
+        if fail {
+            fs.fail_sync(SyncFault::nth(1).kinds(&[SyncKind::Data]));
+        }
+        drop(release);
+        let results = appender.join().unwrap();
+        (max_backlog.max(part.sealed_backlog()), results)
+    });
+    assert!(
+        max_backlog <= bound,
+        "{context}: {max_backlog} sealed segments waited for their fsync, over the bound of {bound}"
+    );
+    if fail {
+        assert_eq!(
+            fs.stats().failed_syncs,
+            1,
+            "{context}: the fault did not fire"
+        );
+        let refused = part
+            .append(&batch(&mut Rng::new(1), "refused", 1))
+            .unwrap_err();
+        assert!(
+            matches!(refused, Error::Poisoned { .. }),
+            "{context}: {refused}"
+        );
+        drop((topic, part));
+        store.simulate_crash();
+        return;
+    }
+    let mut values = BTreeMap::new();
+    for result in results {
+        let (appended, records) = result.unwrap_or_else(|e| panic!("{context}: {e}"));
+        note_values(&mut values, appended.base_offset, &records);
+    }
+    assert!(part.info().segment_count > 50, "{context}: too few rolls");
+    let mut rng = Rng::new(8);
+    let acked_end = append_acked(&part, &mut rng, "durable", 1, &mut values);
+    assert!(part.info().poisoned.is_none(), "{context}");
+    drop((topic, part));
+    store.simulate_crash();
+    check_after_restart(
+        &fs,
+        &data,
+        &clock,
+        Restart::PowerCut,
+        &values,
+        acked_end,
+        &context,
+    );
+}
+
+#[test]
+fn rolling_faster_than_the_flusher_syncs_keeps_the_sealed_backlog_bounded() {
+    rolls_under_a_stalled_flush(false);
+}
+
+#[test]
+fn a_failed_fsync_of_a_segment_the_roll_syncs_itself_poisons_the_partition() {
+    rolls_under_a_stalled_flush(true);
+}
+
+fn is_out_of_fds(error: &Error) -> bool {
+    matches!(error, Error::Io { source, .. } if source.raw_os_error() == Some(24))
+}
+
+/// Out of file descriptors when a flush opens the partition directory to fsync it
+/// (EMFILE): no fsync ran, so the partition is not poisoned. The durable waits that
+/// flush was for fail with the error, as appends do on a full disk; once descriptors
+/// are back, the retried flush makes everything durable, publishing goes on, and all
+/// that was acknowledged survives a power cut. Retention's directory fsync the same.
+#[test]
+fn a_directory_that_cannot_be_opened_for_its_fsync_fails_the_flush_without_poisoning() {
+    for restart in [Restart::ProcessThenPowerCut, Restart::PowerCut] {
+        let context = format!("EMFILE opening the partition directory ({restart:?})");
+        let Scene {
+            dir: _dir,
+            data,
+            fs,
+            clock,
+            store,
+            topic,
+        } = scene(12, "t", 1, topic_config(FsyncPolicy::Always, 4096));
+        let part = topic.partition(0).unwrap().clone();
+        let mut rng = Rng::new(12);
+        let mut values = BTreeMap::new();
+        let mut acked_end = append_acked(&part, &mut rng, "before", 30, &mut values);
+        assert!(part.info().segment_count > 3, "{context}: too few segments");
+        fs.set_open_fails(Some("topics/t/0"));
+        // Appends until one rolls: its flush syncs the directory, and fails opening it.
+        let mut failure = None;
+        for n in 0..40 {
+            let records = batch(&mut rng, &format!("short/{n}"), 4);
+            let appended = part
+                .append(&records)
+                .unwrap_or_else(|e| panic!("{context}: append {n}: {e}"));
+            note_values(&mut values, appended.base_offset, &records);
+            match part.wait_durable_blocking(appended.last_offset) {
+                Ok(()) => acked_end = appended.last_offset + 1,
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        let error = failure.unwrap_or_else(|| panic!("{context}: no flush synced the directory"));
+        assert!(is_out_of_fds(&error), "{context}: {error}");
+        assert!(
+            error.to_string().contains("opening directory"),
+            "{context}: {error}"
+        );
+        assert!(fs.open_failures() > 0, "{context}");
+        assert_eq!(fs.stats().failed_syncs, 0, "{context}");
+        assert!(part.info().poisoned.is_none(), "{context}: poisoned");
+        // Retention's directory fsync meets it too: the deletion stands, no poison.
+        let outcome = part.enforce_retention().unwrap();
+        assert!(outcome.segments_deleted > 0, "{context}: nothing deleted");
+        assert!(part.info().poisoned.is_none(), "{context}: poisoned");
+
+        fs.set_open_fails(None);
+        // The retry makes what the failed flush covered durable without a new append.
+        let pending = part.info().written_offset;
+        let waited = std::time::Instant::now();
+        while part.info().durable_offset < pending {
+            assert!(
+                waited.elapsed() < std::time::Duration::from_secs(10),
+                "{context}: the failed flush was not tried again"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        acked_end = acked_end.max(pending);
+        acked_end = acked_end.max(append_acked(&part, &mut rng, "after", 3, &mut values));
+        assert!(part.info().poisoned.is_none(), "{context}");
+        drop((topic, part));
+        store.close().unwrap();
+        drop(store);
+        check_after_restart(&fs, &data, &clock, restart, &values, acked_end, &context);
     }
 }

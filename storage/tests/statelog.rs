@@ -28,7 +28,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use tidelog_storage::fs::{
     CrashOptions, DirEntry, FaultyFs, FileSystem, FsFile, Metadata, OpenMode, SeededRng as Rng,
-    SyncFault, SyncKind,
+    SyncDirError, SyncFault, SyncKind,
 };
 use tidelog_storage::statelog::{
     DecodeError, LogOp, OpReader, SnapshotWriter, StateLog, StateLogOptions, StateMachine,
@@ -667,7 +667,7 @@ impl FileSystem for SlowSync {
     fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
         self.inner.remove_dir_all(path)
     }
-    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+    fn sync_dir(&self, path: &Path) -> Result<(), SyncDirError> {
         self.inner.sync_dir(path)
     }
     fn map(&self, path: &Path, len: usize) -> io::Result<Bytes> {

@@ -34,6 +34,9 @@
 //!   the files whose path contains a string, leaving the others room.
 //! - [`FaultyFs::set_short_writes`]: one write in N writes only a seeded part of its
 //!   bytes (and says so), as `pwrite` may.
+//! - [`FaultyFs::set_open_fails`]: opening a file or directory whose path ends with a
+//!   string fails with EMFILE, as when the process is out of file descriptors: opens,
+//!   mappings, and the open before a directory fsync (which then runs no fsync).
 //!
 //! - [`FaultyFs::kill_process`]: the process dies but the machine stays up: what was
 //!   written stays readable (and no more durable than it was), so a recovery that
@@ -103,12 +106,18 @@ use bytes::Bytes;
 pub use crate::rng::SeededRng;
 
 use super::{
-    DirEntry, FileSystem, FsFile, Metadata, OpenMode, open_options, read_dir_std, read_file_std,
+    DirEntry, FileSystem, FsFile, Metadata, OpenMode, SyncDirError, open_options, read_dir_std,
+    read_file_std,
 };
 
-/// `EIO` and `ENOSPC` (the same numbers on Linux and the BSDs).
+/// `EIO`, `EMFILE` and `ENOSPC` (the same numbers on Linux and the BSDs).
 const EIO: i32 = 5;
+const EMFILE: i32 = 24;
 const ENOSPC: i32 = 28;
+
+fn emfile() -> io::Error {
+    io::Error::from_raw_os_error(EMFILE)
+}
 
 fn eio() -> io::Error {
     io::Error::from_raw_os_error(EIO)
@@ -290,6 +299,10 @@ struct State {
     stats: FaultStats,
     /// File syncs wait while this is set ([`FaultyFs::hold_syncs`]).
     syncs_held: bool,
+    /// Opening a path that ends with this fails with EMFILE ([`FaultyFs::set_open_fails`]).
+    open_fails_for: Option<String>,
+    /// Opens refused that way.
+    open_failures: u64,
 }
 
 impl State {
@@ -312,9 +325,24 @@ impl State {
             used: 0,
             stats,
             syncs_held: false,
+            open_fails_for: None,
+            open_failures: 0,
         };
         state.root_node = state.register(&root)?;
         Ok(state)
+    }
+
+    /// Fails with EMFILE if opening `path` must fail ([`FaultyFs::set_open_fails`]).
+    fn check_open(&mut self, path: &Path) -> io::Result<()> {
+        if self
+            .open_fails_for
+            .as_ref()
+            .is_some_and(|end| path.to_string_lossy().ends_with(end.as_str()))
+        {
+            self.open_failures += 1;
+            return Err(emfile());
+        }
+        Ok(())
     }
 
     fn alive(&self, epoch: u64) -> io::Result<()> {
@@ -647,6 +675,19 @@ impl FaultyFs {
         self.lock().syncs_held = held;
     }
 
+    /// Opening a file or directory whose path ends with `end` fails with EMFILE ("Too
+    /// many open files"), as when the process has used up its file descriptors: opens,
+    /// mappings and the open a directory fsync starts with, which then fsyncs nothing
+    /// (`None` lifts it; `Some("")` fails every open).
+    pub fn set_open_fails(&self, end: Option<&str>) {
+        self.lock().open_fails_for = end.map(str::to_string);
+    }
+
+    /// Opens refused by [`FaultyFs::set_open_fails`] since creation.
+    pub fn open_failures(&self) -> u64 {
+        self.lock().open_failures
+    }
+
     /// One write in `one_in` is short (`None`: none are).
     pub fn set_short_writes(&self, one_in: Option<u64>) {
         self.lock().short_write_one_in = one_in.map(|n| n.max(1));
@@ -687,6 +728,7 @@ impl FaultyFs {
         state.sync_fault = None;
         state.short_write_one_in = None;
         state.capacity = None;
+        state.open_fails_for = None;
         state.ops = 0;
     }
 
@@ -745,6 +787,7 @@ impl FileSystem for FaultyFs {
         let mut state = self.lock();
         let epoch = state.epoch;
         state.alive(epoch)?;
+        state.check_open(path)?;
         let existing = match std::fs::symlink_metadata(path) {
             Ok(metadata) => Some((state.register(path)?, metadata.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -891,28 +934,33 @@ impl FileSystem for FaultyFs {
         Ok(())
     }
 
-    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+    fn sync_dir(&self, path: &Path) -> Result<(), SyncDirError> {
         let mut state = self.lock();
-        state.alive(state.epoch)?;
+        state.alive(state.epoch).map_err(SyncDirError::Open)?;
+        state.check_open(path).map_err(SyncDirError::Open)?;
         if state.sync_fails(SyncKind::Dir, path) {
-            return Err(eio());
+            return Err(SyncDirError::Sync(eio()));
         }
-        let id = state.register(path)?;
-        let mut listing = BTreeMap::new();
-        for entry in std::fs::read_dir(path)? {
-            let entry = entry?;
-            listing.insert(entry.file_name(), state.register(&entry.path())?);
-        }
+        let listing = (|| -> io::Result<_> {
+            let id = state.register(path)?;
+            let mut listing = BTreeMap::new();
+            for entry in std::fs::read_dir(path)? {
+                let entry = entry?;
+                listing.insert(entry.file_name(), state.register(&entry.path())?);
+            }
+            Ok((id, listing))
+        })();
+        let (id, listing) = listing.map_err(SyncDirError::Open)?;
         match state.nodes.get_mut(&id) {
             Some(Node::Dir { durable, unsynced }) => {
                 *durable = listing;
                 unsynced.clear();
             }
             _ => {
-                return Err(io::Error::other(format!(
+                return Err(SyncDirError::Open(io::Error::other(format!(
                     "{} is not a directory",
                     path.display()
-                )));
+                ))));
             }
         }
         state.stats.syncs += 1;
@@ -921,8 +969,9 @@ impl FileSystem for FaultyFs {
     }
 
     fn map(&self, path: &Path, len: usize) -> io::Result<Bytes> {
-        let state = self.lock();
+        let mut state = self.lock();
         state.alive(state.epoch)?;
+        state.check_open(path)?;
         crate::mmap::map_read_only(path, len)
     }
 }

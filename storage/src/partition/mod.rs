@@ -8,7 +8,7 @@
 
 use std::io::IoSlice;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ use crate::config::{FsyncPolicy, TopicConfig};
 use crate::error::{Error, IoContext, Result};
 use crate::flusher::{Flush, FlushQueue};
 use crate::fs::{FileSystem, FsFile, OpenMode, PartialWrite};
-use crate::fsutil;
+use crate::fsutil::{self, SyncFailure};
 use crate::idindex::{self, SplitIds};
 use crate::index::SegmentSummary;
 use crate::limits::{ID_INDEX_ENTRIES_MAX, SEGMENT_FILE_BYTES_MAX};
@@ -33,6 +33,18 @@ use crate::segment::{self, LOG_SUFFIX, MappedSegments, Segment, SegmentState};
 /// A checkpoint is written at most this often (and at every segment roll and clean
 /// close); recovery after a crash scans what was written since.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The most sealed segments a partition keeps waiting for their fsync (each holds its
+/// file open until then). A roll past it fsyncs the oldest itself, holding the append
+/// lock: segments rolled faster than the flusher syncs them slow that partition's
+/// writers instead of taking a descriptor each without bound (the flusher may hold as
+/// many again while it syncs them).
+pub const SEALED_BACKLOG_MAX: usize = 4;
+
+/// A flush that failed before any fsync ran (see [`SyncFailure`]) is tried again after
+/// this, doubled at each failure in a row up to [`FLUSH_RETRY_MAX`].
+const FLUSH_RETRY_FIRST: Duration = Duration::from_millis(50);
+const FLUSH_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Mapping length of every segment: a segment can grow up to the largest allowed
 /// segment size plus one batch, and is mapped once at that length.
@@ -116,8 +128,11 @@ struct Writer {
     /// count stands in for the ids written before. The segment rolls before this would
     /// pass `ID_INDEX_ENTRIES_MAX`.
     ids_bound: u64,
-    /// Sealed segments whose file and index still need an fsync.
+    /// Sealed segments whose file and index still need an fsync (at most
+    /// [`SEALED_BACKLOG_MAX`]).
     sealed: Vec<SealedSegment>,
+    /// A segment was sealed since the last flush (the flush writes a checkpoint).
+    rolled: bool,
     /// A file was created in the partition directory since the last flush.
     dir_dirty: bool,
     appends_since_flush: u64,
@@ -142,6 +157,7 @@ impl Writer {
             created_ms,
             ids_bound,
             sealed: Vec::new(),
+            rolled: false,
             dir_dirty: false,
             appends_since_flush: 0,
             bytes_since_flush: 0,
@@ -155,6 +171,9 @@ impl Writer {
 struct FlushState {
     checkpoint: CheckpointFile,
     last_checkpoint: Instant,
+    /// The last checkpoint could not be written (before its fsync): the next flush
+    /// tries again.
+    checkpoint_pending: bool,
 }
 
 /// One partition of a topic.
@@ -172,6 +191,12 @@ pub struct Partition {
     progress: Arc<Progress>,
     flush: Mutex<FlushState>,
     flush_queued: AtomicBool,
+    /// `writer.sealed.len()`, readable without waiting for the append lock.
+    sealed_backlog: AtomicUsize,
+    /// Flushes in a row that failed before any fsync ran (they are tried again).
+    flush_failures: AtomicU32,
+    /// A failed flush waits in a flusher thread's retries (one at a time).
+    flush_retry_queued: AtomicBool,
     /// Milliseconds since `opened_at` of the last completed flush (interval policy).
     last_flush_ms: AtomicU64,
     opened_at: Instant,
@@ -476,8 +501,12 @@ impl Partition {
             flush: Mutex::new(FlushState {
                 checkpoint,
                 last_checkpoint: Instant::now(),
+                checkpoint_pending: false,
             }),
             flush_queued: AtomicBool::new(false),
+            sealed_backlog: AtomicUsize::new(0),
+            flush_failures: AtomicU32::new(0),
+            flush_retry_queued: AtomicBool::new(false),
             last_flush_ms: AtomicU64::new(0),
             opened_at: Instant::now(),
             flusher: context.flusher,
@@ -725,13 +754,23 @@ impl Partition {
     fn poison_locked(&self, writer: &mut Writer, cause: String) {
         tracing::error!(partition = %self.name, %cause, "partition poisoned: refusing writes until restart");
         if writer.poisoned.is_none() {
-            let marker = self.dir.join(FSYNC_FAILED_MARKER);
-            if let Err(error) = self.fs.open(&marker, OpenMode::Create) {
-                tracing::error!(partition = %self.name, %error, "could not leave the fsync-failed marker: after a restart without a reboot, recovery may trust pages the kernel never wrote");
-            }
+            self.leave_fsync_failed_marker();
         }
         writer.poisoned.get_or_insert(cause.clone());
         self.progress.poison(cause);
+    }
+
+    /// Creates the [`FSYNC_FAILED_MARKER`] unless it is there. Done when the partition
+    /// is poisoned, and again when it closes in case the first try could not open the
+    /// file (out of file descriptors, say).
+    fn leave_fsync_failed_marker(&self) {
+        let marker = self.dir.join(FSYNC_FAILED_MARKER);
+        if self.fs.try_exists(&marker).unwrap_or(false) {
+            return;
+        }
+        if let Err(error) = self.fs.open(&marker, OpenMode::Create) {
+            tracing::error!(partition = %self.name, %error, "could not leave the fsync-failed marker (tried again when the partition closes): after a restart without a reboot, recovery may trust pages the kernel never wrote");
+        }
     }
 
     /// Seals the active segment and starts a new one at the next offset. The sealed
@@ -761,12 +800,55 @@ impl Partition {
         writer.created_ms = self.clock.now_ms();
         writer.ids_bound = 0;
         writer.dir_dirty = true;
+        writer.rolled = true;
         self.segments
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .push(segment);
+        // Past the bound, this writer syncs the oldest sealed segments itself (the
+        // flusher has not caught up): their descriptors close, and this partition's
+        // appends wait meanwhile. Their directory entries ride on the next flush's
+        // directory fsync, before anything after them is durable.
+        while writer.sealed.len() > SEALED_BACKLOG_MAX {
+            let oldest = writer.sealed.remove(0);
+            self.sealed_backlog
+                .store(writer.sealed.len(), Ordering::Relaxed);
+            if let Err(error) = self.sync_sealed(&oldest) {
+                self.poison_locked(writer, error.to_string());
+                return Err(error);
+            }
+        }
+        self.sealed_backlog
+            .store(writer.sealed.len(), Ordering::Relaxed);
         self.request_flush();
         Ok(())
+    }
+
+    /// fdatasyncs a sealed segment and writes its index files (derived data: a failure
+    /// to write them is logged, not returned). An error is a failed fsync.
+    fn sync_sealed(&self, sealed: &SealedSegment) -> Result<()> {
+        let path = sealed.segment.log_path();
+        sealed
+            .file
+            .sync_data()
+            .ctx(|| format!("fsyncing {}", path.display()))?;
+        // The index is derived data, checked when loaded and rebuilt by a scan when
+        // missing: failing to write it (a full disk, say) must not take the partition
+        // down. Its directory entry rides on the flush's directory fsync.
+        if let Err(error) = sealed.segment.replace_index_files(&sealed.state) {
+            tracing::warn!(partition = %self.name, segment = sealed.segment.base_offset, %error, "could not write a sealed segment's index; it will be rebuilt from the log when needed");
+        }
+        // The id index too; lookups keep the ids in memory if it fails.
+        if let Err(error) = sealed.segment.write_id_index(&sealed.state.summary, true) {
+            tracing::warn!(partition = %self.name, segment = sealed.segment.base_offset, %error, "could not write a sealed segment's id index; its ids stay in memory and recovery writes it");
+        }
+        Ok(())
+    }
+
+    /// How many sealed segments wait for their fsync (and hold their file open), not
+    /// counting those a flush is syncing now. At most [`SEALED_BACKLOG_MAX`].
+    pub fn sealed_backlog(&self) -> usize {
+        self.sealed_backlog.load(Ordering::Relaxed)
     }
 
     /// Queues this partition for the flusher unless it is queued already.
@@ -779,57 +861,69 @@ impl Partition {
     /// One group commit: fsyncs everything written so far (sealed segments first,
     /// then the directory, then the active segment) and marks it durable. Called by
     /// the flusher threads only. An fsync failure poisons the partition: what it
-    /// covered is never acknowledged and never retried.
+    /// covered is never acknowledged and never retried. A failure before any fsync ran
+    /// (the directory could not be opened: out of file descriptors, say) does not:
+    /// the waiters for what it was to cover fail with it, as appends do on a full
+    /// disk, and the flush is tried again ([`Flush::flush_now`]).
     pub(crate) fn flush(&self) -> Result<()> {
         self.flush_queued.store(false, Ordering::Release);
         let mut flush = lock(&self.flush);
-        let (sealed, dir_dirty, file, written, appends, bytes) = {
+        let (sealed, dir_dirty, rolled, file, written, appends, bytes) = {
             let mut writer = lock(&self.writer);
             self.check_writable(&writer)?;
             let written = self.progress.lock().written;
             let appends = std::mem::take(&mut writer.appends_since_flush);
             let bytes = std::mem::take(&mut writer.bytes_since_flush);
+            self.sealed_backlog.store(0, Ordering::Relaxed);
             (
                 std::mem::take(&mut writer.sealed),
                 std::mem::take(&mut writer.dir_dirty),
+                std::mem::take(&mut writer.rolled),
                 writer.file.clone(),
                 written,
                 appends,
                 bytes,
             )
         };
-        if written.offset == self.progress.lock().durable.offset && sealed.is_empty() && !dir_dirty
+        if written.offset == self.progress.lock().durable.offset
+            && sealed.is_empty()
+            && !dir_dirty
+            && !rolled
+            && !flush.checkpoint_pending
         {
             return Ok(());
         }
         let started = Instant::now();
-        let synced = (|| -> Result<()> {
+        let synced = (|| -> Result<(), SyncFailure> {
             for sealed in &sealed {
-                let path = sealed.segment.log_path();
-                sealed
-                    .file
-                    .sync_data()
-                    .ctx(|| format!("fsyncing {}", path.display()))?;
-                // The index is derived data, checked when loaded and rebuilt by a scan
-                // when missing: failing to write it (a full disk, say) must not take
-                // the partition down. Its directory entry rides on the fsync below.
-                if let Err(error) = sealed.segment.replace_index_files(&sealed.state) {
-                    tracing::warn!(partition = %self.name, segment = sealed.segment.base_offset, %error, "could not write a sealed segment's index; it will be rebuilt from the log when needed");
-                }
-                // The id index too; lookups keep the ids in memory if it fails.
-                if let Err(error) = sealed.segment.write_id_index(&sealed.state.summary, true) {
-                    tracing::warn!(partition = %self.name, segment = sealed.segment.base_offset, %error, "could not write a sealed segment's id index; its ids stay in memory and recovery writes it");
-                }
+                self.sync_sealed(sealed).map_err(SyncFailure::Fsync)?;
             }
             if dir_dirty || !sealed.is_empty() {
-                fsutil::sync_dir(&*self.fs, &self.dir)?;
+                fsutil::try_sync_dir(&*self.fs, &self.dir)?;
             }
             file.sync_data()
                 .ctx(|| format!("fsyncing the active segment of {}", self.name))
+                .map_err(SyncFailure::Fsync)
         })();
-        if let Err(error) = synced {
-            self.poison_locked(&mut lock(&self.writer), error.to_string());
-            return Err(error);
+        match synced {
+            Ok(()) => {}
+            Err(SyncFailure::Fsync(error)) => {
+                self.poison_locked(&mut lock(&self.writer), error.to_string());
+                return Err(error);
+            }
+            Err(SyncFailure::BeforeSync(error)) => {
+                // The sealed segments taken were fsynced (only the directory's open
+                // comes after them) and their files close here; the directory fsync
+                // and the rest are owed to the next flush.
+                let mut writer = lock(&self.writer);
+                writer.dir_dirty = true;
+                writer.rolled |= rolled;
+                writer.appends_since_flush += appends;
+                writer.bytes_since_flush += bytes;
+                drop(writer);
+                self.progress.fail_flush(written.offset, error.clone());
+                return Err(error);
+            }
         }
         if let Some(observer) = &self.observer {
             observer.on_flush(started.elapsed(), appends, bytes);
@@ -839,16 +933,30 @@ impl Partition {
             self.opened_at.elapsed().as_millis() as u64,
             Ordering::Relaxed,
         );
-        if !sealed.is_empty() || flush.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
-            if let Err(error) =
-                flush
-                    .checkpoint
-                    .write(written.segment_base, written.position, written.offset)
+        if rolled
+            || !sealed.is_empty()
+            || flush.checkpoint_pending
+            || flush.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL
+        {
+            match flush
+                .checkpoint
+                .try_write(written.segment_base, written.position, written.offset)
             {
-                self.poison_locked(&mut lock(&self.writer), error.to_string());
-                return Err(error);
+                Ok(()) => {
+                    flush.last_checkpoint = Instant::now();
+                    flush.checkpoint_pending = false;
+                }
+                Err(SyncFailure::Fsync(error)) => {
+                    self.poison_locked(&mut lock(&self.writer), error.to_string());
+                    return Err(error);
+                }
+                // What this flush covered is durable; only the shortcut for recovery
+                // is stale, as after a crash just before it (recovery scans more).
+                Err(SyncFailure::BeforeSync(error)) => {
+                    flush.checkpoint_pending = true;
+                    return Err(error);
+                }
             }
-            flush.last_checkpoint = Instant::now();
         }
         Ok(())
     }
@@ -978,6 +1086,8 @@ impl Partition {
                 .iter()
                 .any(|d| d.base_offset == s.segment.base_offset)
         });
+        self.sealed_backlog
+            .store(writer.sealed.len(), Ordering::Relaxed);
         let log_start = self.segments()[0].base_offset;
         self.progress.set_log_start(log_start);
         drop(writer);
@@ -994,10 +1104,20 @@ impl Partition {
         }
         if !deleted.is_empty() {
             // The same fsync makes the partition's new files durable too: a failure
-            // is fatal here as in a flush, never retried.
-            if let Err(error) = fsutil::sync_dir(&*self.fs, &self.dir) {
-                self.poison_locked(&mut lock(&self.writer), error.to_string());
-                return Err(error);
+            // is fatal here as in a flush, never retried. A directory that could not
+            // be opened for it (out of file descriptors) was not fsynced: the next
+            // flush does it.
+            match fsutil::try_sync_dir(&*self.fs, &self.dir) {
+                Ok(()) => {}
+                Err(SyncFailure::Fsync(error)) => {
+                    self.poison_locked(&mut lock(&self.writer), error.to_string());
+                    return Err(error);
+                }
+                Err(SyncFailure::BeforeSync(error)) => {
+                    tracing::warn!(partition = %self.name, %error, "could not fsync the directory after retention deleted segments; the next flush does");
+                    lock(&self.writer).dir_dirty = true;
+                    self.request_flush();
+                }
             }
             tracing::info!(partition = %self.name, segments = deleted.len(), log_start, "retention deleted segments");
         }
@@ -1038,6 +1158,9 @@ impl Partition {
         }
         writer.closed = true;
         self.progress.close();
+        if writer.poisoned.is_some() {
+            self.leave_fsync_failed_marker();
+        }
         flushed?;
         // Derived data, like the index files, but not needed to open without a scan:
         // a failure costs a rebuild when the segment is next looked up or sealed.
@@ -1071,10 +1194,38 @@ impl Partition {
 }
 
 impl Flush for Partition {
-    fn flush_now(&self) {
-        // A failure has poisoned the partition and woken its waiters with the error;
-        // nothing more to do here.
-        let _ = self.flush();
+    fn flush_now(&self, retry: bool) -> Option<Duration> {
+        if retry {
+            self.flush_retry_queued.store(false, Ordering::Release);
+        }
+        // A fsync failure has poisoned the partition and woken its waiters with the
+        // error: nothing more to do. Any other failure ran no fsync and is tried
+        // again, one retry at a time, backing off while it goes on.
+        match self.flush() {
+            Ok(()) => {
+                if self.flush_failures.swap(0, Ordering::Relaxed) > 0 {
+                    tracing::info!(partition = %self.name, "flushing works again");
+                }
+                None
+            }
+            Err(error) => {
+                if self.poisoned().is_some() || self.progress.lock().closed {
+                    return None;
+                }
+                let failures = self.flush_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                // The first failure, then about every half minute while it goes on.
+                if failures == 1 || failures.is_multiple_of(16) {
+                    tracing::warn!(partition = %self.name, %error, failures, "a flush failed before any fsync ran; not poisoned: the publishes it was to make durable failed, and it is tried again");
+                }
+                if self.flush_retry_queued.swap(true, Ordering::AcqRel) {
+                    return None;
+                }
+                let delay = FLUSH_RETRY_FIRST
+                    .saturating_mul(1 << failures.min(16).saturating_sub(1))
+                    .min(FLUSH_RETRY_MAX);
+                Some(delay)
+            }
+        }
     }
 }
 
