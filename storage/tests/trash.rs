@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use tidelog_storage::fs::{DirEntry, FileSystem, FsFile, Metadata, OpenMode, OsFs};
+use tidelog_storage::fs::{DirEntry, FileSystem, FsFile, Metadata, OpenMode, OsFs, SyncDirError};
 use tidelog_storage::{Error, NewRecord, Store, StoreOptions, TopicConfig};
 
 /// The real filesystem, but `remove_dir_all` fails with EMFILE while `refuse` is set.
@@ -48,7 +48,7 @@ impl FileSystem for NoRemoval {
         }
         OsFs.remove_dir_all(path)
     }
-    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+    fn sync_dir(&self, path: &Path) -> Result<(), SyncDirError> {
         OsFs.sync_dir(path)
     }
     fn map(&self, path: &Path, len: usize) -> io::Result<Bytes> {
