@@ -452,12 +452,15 @@ fn compressed_batches_and_several_partitions() {
     store.close().unwrap();
 }
 
-#[test]
-fn a_corrupt_batch_makes_a_miss_an_error_not_a_not_found() {
-    let dir = scratch_dir();
-    let data = dir.path().join("data");
-    let clock = ManualClock::new(START_MS);
-    let store = Store::open(&data, options(&clock)).unwrap();
+/// Topic `t` in `data` with 120 ids over 4 KiB segments, closed, and the last byte of
+/// the second segment's first batch flipped (a value byte; an intact batch follows, so
+/// it is corruption recovery keeps). Returns the ids' offsets, the partition's
+/// directory and its segments' bases.
+fn ids_with_a_damaged_second_segment(
+    data: &Path,
+    clock: &Arc<ManualClock>,
+) -> (BTreeMap<u64, u64>, PathBuf, Vec<u64>) {
+    let store = Store::open(data, options(clock)).unwrap();
     let partition = store
         .create_topic("t", 1, config(4096, FsyncPolicy::Always))
         .unwrap()
@@ -468,10 +471,8 @@ fn a_corrupt_batch_makes_a_miss_an_error_not_a_not_found() {
     drop(partition);
     store.close().unwrap();
     drop(store);
-    let pdir = partition_dir(&data, "t", 0);
+    let pdir = partition_dir(data, "t", 0);
     let bases = bases(&pdir);
-    // The last byte of the first batch of the second segment (a value byte; a valid
-    // batch follows, so it is corruption, kept), and its id index gone.
     let log = segment::segment_path(&pdir, bases[1], LOG_SUFFIX);
     let mut bytes = std::fs::read(&log).unwrap();
     let first = tidelog_storage::batch::BatchHeader::parse(&bytes)
@@ -479,6 +480,16 @@ fn a_corrupt_batch_makes_a_miss_an_error_not_a_not_found() {
         .batch_length as usize;
     bytes[first - 1] ^= 0x10;
     std::fs::write(&log, bytes).unwrap();
+    (offsets, pdir, bases)
+}
+
+#[test]
+fn a_corrupt_batch_makes_a_miss_an_error_not_a_not_found() {
+    let dir = scratch_dir();
+    let data = dir.path().join("data");
+    let clock = ManualClock::new(START_MS);
+    let (offsets, pdir, bases) = ids_with_a_damaged_second_segment(&data, &clock);
+    // Its id index gone.
     std::fs::remove_file(segment::segment_path(&pdir, bases[1], ID_INDEX_SUFFIX)).unwrap();
 
     let store = Store::open(&data, options(&clock)).unwrap();
@@ -573,28 +584,8 @@ fn an_id_index_that_rightly_says_incomplete_still_makes_a_miss_data_loss() {
     let dir = scratch_dir();
     let data = dir.path().join("data");
     let clock = ManualClock::new(START_MS);
-    let store = Store::open(&data, options(&clock)).unwrap();
-    let partition = store
-        .create_topic("t", 1, config(4096, FsyncPolicy::Always))
-        .unwrap()
-        .partition(0)
-        .unwrap()
-        .clone();
-    let offsets = append_ids(&partition, 0, 120);
-    drop(partition);
-    store.close().unwrap();
-    drop(store);
-    let pdir = partition_dir(&data, "t", 0);
-    let bases = bases(&pdir);
-    // A value byte of the second segment's first batch (an intact batch follows, so
-    // it is corruption recovery keeps), and an index that says so.
-    let log = segment::segment_path(&pdir, bases[1], LOG_SUFFIX);
-    let mut bytes = std::fs::read(&log).unwrap();
-    let first = tidelog_storage::batch::BatchHeader::parse(&bytes)
-        .unwrap()
-        .batch_length as usize;
-    bytes[first - 1] ^= 0x10;
-    std::fs::write(&log, bytes).unwrap();
+    let (offsets, pdir, bases) = ids_with_a_damaged_second_segment(&data, &clock);
+    // An index that says so.
     write_incomplete_id_index(&pdir, bases[1]);
 
     for round in ["first lookups", "after a reopen"] {
