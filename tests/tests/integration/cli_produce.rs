@@ -166,6 +166,17 @@ fn ack_none_prints_no_offsets_and_stores_every_line() {
     let summary = run.json();
     assert_eq!(summary["messages"], 1000, "{summary}");
     assert_eq!(summary["partitions"], serde_json::json!([]), "{summary}");
+    // `--ack none` answers once the broker has the request, before it is written (and
+    // on an `always` topic, readable once fsynced): wait for it to be readable.
+    let waited = std::time::Instant::now();
+    while end_offset(&broker, "fast") < 2000 {
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(20),
+            "2,000 lines are not all stored after 20 s: end offset {}",
+            end_offset(&broker, "fast")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let stored = consume(&broker, "fast", 2000);
     let expected: Vec<Vec<u8>> = (0..2)
         .flat_map(|_| (0..1000).map(|i| format!("m{i}").into_bytes()))
