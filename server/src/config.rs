@@ -50,6 +50,8 @@ pub const MAX_CONNECTIONS_PER_IP_DEFAULT: usize = 1_000;
 pub const MAX_CONNECTIONS_MAX: usize = 1_000_000;
 /// Default time allowed for in-flight calls to finish on shutdown.
 pub const SHUTDOWN_TIMEOUT_DEFAULT: &str = "10s";
+/// Default of `--max-timestamp-ahead` (Kafka 4.0's `log.message.timestamp.after.max.ms`).
+pub const MAX_TIMESTAMP_AHEAD_DEFAULT: &str = "1h";
 
 /// The command line. Every setting is optional here so the file and the defaults
 /// can fill in what flags and environment leave out.
@@ -73,7 +75,7 @@ that does not load keeps the old ones."
 pub struct Cli {
     /// TOML file with settings (keys: data_dir, listen, metrics_listen, log_level,
     /// retention_interval, flush_threads, max_request_bytes, max_streams_per_connection,
-    /// shutdown_timeout, auth, auth_bootstrap_token_file, tls_cert, tls_key,
+    /// shutdown_timeout, max_timestamp_ahead, auth, auth_bootstrap_token_file, tls_cert, tls_key,
     /// tls_client_ca, metrics_token_file, max_connections, max_connections_per_ip,
     /// insecure_allow_network_plaintext, audit_log).
     #[arg(long, env = "TIDELOG_CONFIG", value_name = "FILE")]
@@ -121,6 +123,12 @@ pub struct Cli {
     /// 0 = do not wait [default: 10s]
     #[arg(long, env = "TIDELOG_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = shutdown_timeout_arg)]
     pub shutdown_timeout: Option<Duration>,
+
+    /// Refuse a published message whose timestamp is further than this ahead of the
+    /// broker's clock (a future timestamp holds time retention of its segment until
+    /// then), e.g. 1h; `off` = any timestamp [default: 1h]
+    #[arg(long, env = "TIDELOG_MAX_TIMESTAMP_AHEAD", value_name = "DURATION|off", value_parser = max_timestamp_ahead_arg)]
+    pub max_timestamp_ahead: Option<MaxAhead>,
 
     /// Require a bearer token on every call (metadata `authorization: Bearer <token>`)
     /// and authorize it against the ACL rules (default deny). On the first start with
@@ -216,6 +224,17 @@ fn shutdown_timeout_arg(text: &str) -> Result<Duration, String> {
     duration_arg("TIDELOG_SHUTDOWN_TIMEOUT", text)
 }
 
+/// `--max-timestamp-ahead`: a duration, or `off` (no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxAhead(pub Option<Duration>);
+
+fn max_timestamp_ahead_arg(text: &str) -> Result<MaxAhead, String> {
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(MaxAhead(None));
+    }
+    duration_arg("TIDELOG_MAX_TIMESTAMP_AHEAD", text).map(|d| MaxAhead(Some(d)))
+}
+
 /// The TOML file. Unknown keys are an error, so a typo does not pass silently.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -229,6 +248,7 @@ pub struct FileSettings {
     pub max_request_bytes: Option<usize>,
     pub max_streams_per_connection: Option<u32>,
     pub shutdown_timeout: Option<String>,
+    pub max_timestamp_ahead: Option<String>,
     pub auth: Option<bool>,
     pub auth_bootstrap_token_file: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
@@ -256,6 +276,8 @@ pub struct Settings {
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS announced to every client.
     pub max_streams_per_connection: u32,
     pub shutdown_timeout: Duration,
+    /// Published timestamps further ahead of the clock are refused; `None`: any.
+    pub max_timestamp_ahead: Option<Duration>,
     /// Whether calls need a token and are authorized (`--auth`).
     pub auth: bool,
     /// Where the bootstrap admin token goes on the first start with auth on.
@@ -335,6 +357,11 @@ impl Settings {
             ("metrics_listen", self.metrics_listen.to_string()),
             ("retention_interval", duration(self.retention_interval)),
             ("shutdown_timeout", duration(self.shutdown_timeout)),
+            (
+                "max_timestamp_ahead",
+                self.max_timestamp_ahead
+                    .map_or_else(|| "off".to_string(), duration),
+            ),
         ];
         settings.sort_unstable_by_key(|(name, _)| *name);
         settings
@@ -394,6 +421,16 @@ impl Settings {
             Some(timeout) => timeout,
             None => from_file("shutdown_timeout", file.shutdown_timeout)?
                 .unwrap_or_else(|| default(SHUTDOWN_TIMEOUT_DEFAULT)),
+        };
+        let max_timestamp_ahead = match cli.max_timestamp_ahead {
+            Some(MaxAhead(max)) => max,
+            None => match file.max_timestamp_ahead {
+                Some(text) if text.trim().eq_ignore_ascii_case("off") => None,
+                text => Some(
+                    from_file("max_timestamp_ahead", text)?
+                        .unwrap_or_else(|| default(MAX_TIMESTAMP_AHEAD_DEFAULT)),
+                ),
+            },
         };
         let flush_threads = in_range(
             "flush_threads",
@@ -499,6 +536,7 @@ impl Settings {
             max_request_bytes,
             max_streams_per_connection,
             shutdown_timeout,
+            max_timestamp_ahead,
         })
     }
 }
@@ -627,6 +665,49 @@ mod tests {
         assert_eq!(settings.log_level, "info");
         assert_eq!(settings.max_request_bytes, 32 << 20);
         assert_eq!(settings.max_streams_per_connection, 4096);
+        assert_eq!(
+            settings.max_timestamp_ahead,
+            Some(Duration::from_secs(3600))
+        );
+    }
+
+    /// `--max-timestamp-ahead`: a duration or `off`, from a flag or the file.
+    #[test]
+    fn max_timestamp_ahead_takes_a_duration_or_off() {
+        let resolve = |args: &[&str], file: &str| {
+            let cli = Cli::try_parse_from([&["tidelogd"], args].concat()).unwrap();
+            Settings::resolve(cli, toml::from_str(file).unwrap(), None)
+        };
+        let ahead = |args: &[&str], file: &str| resolve(args, file).unwrap().max_timestamp_ahead;
+        assert_eq!(
+            ahead(&["--max-timestamp-ahead", "5m"], ""),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(ahead(&["--max-timestamp-ahead", "off"], ""), None);
+        assert_eq!(
+            ahead(&["--max-timestamp-ahead", "0"], ""),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(ahead(&[], "max_timestamp_ahead = \"off\""), None);
+        assert_eq!(
+            ahead(&[], "max_timestamp_ahead = \"2h\""),
+            Some(Duration::from_secs(7200))
+        );
+        assert_eq!(
+            ahead(
+                &["--max-timestamp-ahead", "10m"],
+                "max_timestamp_ahead = \"off\""
+            ),
+            Some(Duration::from_secs(600))
+        );
+        let error = resolve(&[], "max_timestamp_ahead = \"5\"").unwrap_err();
+        assert!(error.contains("max_timestamp_ahead = \"5\""), "{error}");
+        assert!(Cli::try_parse_from(["tidelogd", "--max-timestamp-ahead", "soon"]).is_err());
+        let effective = Settings::default().effective();
+        assert!(
+            effective.contains(&("max_timestamp_ahead", "1h".to_string())),
+            "{effective:?}"
+        );
     }
 
     #[test]

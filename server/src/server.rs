@@ -53,6 +53,9 @@ pub async fn run(
         // Retention runs from a tokio interval below, so it can be counted.
         retention_interval: None,
         flush_observer: Some(metrics.flush_observer()),
+        max_timestamp_ahead_ms: settings
+            .max_timestamp_ahead
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         ..StoreOptions::default()
     };
     let data_dir = settings.data_dir.clone();

@@ -66,7 +66,15 @@ pub struct StoreOptions {
     /// Most segments kept mapped at once across the store; the least recently read
     /// lose their mapping first (see [`crate::segment::MappedSegments`]).
     pub mapped_segments_max: usize,
+    /// Publishes of messages whose timestamp is further than this ahead of the clock
+    /// are refused (`None`: any timestamp). A timestamp in the future would hold time
+    /// retention of its segment and every later one until then.
+    pub max_timestamp_ahead_ms: Option<u64>,
 }
+
+/// The default of [`StoreOptions::max_timestamp_ahead_ms`]: an hour, as Kafka's
+/// `log.message.timestamp.after.max.ms` since 4.0.
+pub const MAX_TIMESTAMP_AHEAD_DEFAULT_MS: u64 = 3_600_000;
 
 impl Default for StoreOptions {
     fn default() -> Self {
@@ -77,6 +85,7 @@ impl Default for StoreOptions {
             flush_observer: None,
             fs: Arc::new(OsFs),
             mapped_segments_max: MAPPED_SEGMENTS_DEFAULT,
+            max_timestamp_ahead_ms: Some(MAX_TIMESTAMP_AHEAD_DEFAULT_MS),
         }
     }
 }
@@ -194,6 +203,7 @@ impl Store {
             observer: options.flush_observer.clone(),
             mapped: Arc::new(MappedSegments::new(options.mapped_segments_max)),
             ids: Arc::new(IdGenerator::new(msgid::process_seed())),
+            max_timestamp_ahead_ms: options.max_timestamp_ahead_ms,
         };
         let offsets = OffsetStore::open(fs.clone(), &dir.join("offsets"), options.clock.clone())?;
         let queues = StateLog::open(
@@ -387,6 +397,7 @@ impl Store {
                 self.inner.context.ids.clone(),
             )),
             owner: owner.map(Arc::from),
+            max_timestamp_ahead_ms: self.inner.context.max_timestamp_ahead_ms,
         });
         self.inner
             .topics
@@ -563,6 +574,7 @@ impl Store {
             incarnation: topic.incarnation,
             dedup: topic.dedup.clone(),
             owner: topic.owner.clone(),
+            max_timestamp_ahead_ms: topic.max_timestamp_ahead_ms,
         });
         self.inner
             .topics
@@ -767,6 +779,7 @@ fn open_topic(dir: &Path, name: &str, context: &PartitionContext) -> Result<Opti
         incarnation: next_incarnation(),
         dedup: Arc::new(DedupWindow::new(context.clock.clone(), context.ids.clone())),
         owner,
+        max_timestamp_ahead_ms: context.max_timestamp_ahead_ms,
     }))
 }
 

@@ -38,6 +38,26 @@ pub struct Topic {
     /// The principal that created the topic, when one did (see
     /// [`crate::store::Store::create_topic_owned`]).
     pub(crate) owner: Option<Arc<str>>,
+    /// Timestamps further ahead of the clock are refused ([`check_timestamps`]).
+    pub(crate) max_timestamp_ahead_ms: Option<u64>,
+}
+
+/// The one rule of how far ahead of the broker's clock a message's timestamp may be
+/// (`max_timestamp_ahead_ms`, tidelogd `--max-timestamp-ahead`): `newest_ms`, the
+/// largest timestamp of what is appended, against `now_ms`.
+fn check_timestamps(newest_ms: i64, now_ms: i64, max_ahead_ms: Option<u64>) -> Result<()> {
+    let Some(max_ahead_ms) = max_ahead_ms else {
+        return Ok(());
+    };
+    let ahead = newest_ms.saturating_sub(now_ms);
+    if ahead <= i64::try_from(max_ahead_ms).unwrap_or(i64::MAX) {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "timestamp {newest_ms} ms is {} ahead of the broker's clock, more than the {} it accepts (tidelogd --max-timestamp-ahead): check the producer's clock, or leave the timestamp unset for the broker's",
+        crate::duration::format_duration_ms(ahead.unsigned_abs()),
+        crate::duration::format_duration_ms(max_ahead_ms),
+    )))
 }
 
 /// The principal in the bytes of a `topic.owner` file (untrusted: read from disk), if
@@ -110,6 +130,9 @@ impl Topic {
     /// Records without ids on a topic without `assign_ids` go straight to
     /// [`Partition::append`].
     pub fn append(&self, partition: u32, records: Vec<NewRecord>) -> Result<Placed> {
+        if let Some(newest) = records.iter().filter_map(|r| r.timestamp_ms).max() {
+            check_timestamps(newest, self.dedup.now_ms(), self.max_timestamp_ahead_ms)?;
+        }
         let config = self.config();
         self.dedup.append(
             &self.name,
@@ -230,6 +253,11 @@ impl Topic {
             let checked = self.partition(partition).and_then(|target| {
                 let checked = validate_batch(&bytes, &rules)
                     .map_err(|e| Error::invalid(format!("the record batch is malformed: {e}")))?;
+                check_timestamps(
+                    checked.header.max_timestamp_ms,
+                    now_ms,
+                    self.max_timestamp_ahead_ms,
+                )?;
                 let decides = window_decides(&checked, window_ms, config.assign_ids)?;
                 // Taken with the batches before it still waiting in runs.
                 admit(

@@ -804,7 +804,15 @@ fn across_partitions_the_first_batch_with_an_id_is_kept() {
 fn a_timestamp_ahead_of_the_clock_does_not_hold_the_window_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(START_MS);
-    let open = || Store::open(dir.path(), options(&clock, None)).unwrap();
+    // As a broker started with `--max-timestamp-ahead off` (or a log written before
+    // the bound) has it.
+    let open = || {
+        let options = StoreOptions {
+            max_timestamp_ahead_ms: None,
+            ..options(&clock, None)
+        };
+        Store::open(dir.path(), options).unwrap()
+    };
     let store = open();
     store
         .create_topic("t", 1, config(FsyncPolicy::Never))
@@ -858,4 +866,67 @@ fn a_timestamp_ahead_of_the_clock_does_not_hold_the_window_after_a_restart() {
     drop(topic);
     store.close().unwrap();
     drop(store);
+}
+
+/// A publish of a message stamped further ahead of the clock than the store allows is
+/// refused whole, per message and as a client's batch (its times moved or not), and
+/// nothing is stored; up to the bound, and with no bound, it is stored.
+#[test]
+fn a_timestamp_too_far_ahead_of_the_clock_is_refused() {
+    use tidelog_storage::client_batch::ClientBatch;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let open = |max_ahead: Option<u64>| {
+        let options = StoreOptions {
+            max_timestamp_ahead_ms: max_ahead,
+            ..options(&clock, None)
+        };
+        Store::open(dir.path(), options).unwrap()
+    };
+    let at = |ms: i64| NewRecord {
+        timestamp_ms: Some(ms),
+        ..record(None, 10)
+    };
+    let store = open(Some(60_000));
+    store
+        .create_topic("t", 1, config(FsyncPolicy::Never))
+        .unwrap();
+    let topic = store.topic("t").unwrap();
+    let error = topic
+        .append(0, vec![at(START_MS), at(START_MS + 60_001)])
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("ahead of the broker's clock")
+            && error.to_string().contains("--max-timestamp-ahead"),
+        "{error}"
+    );
+    topic.append(0, vec![at(START_MS + 60_000)]).unwrap();
+    let batch = |records: &[NewRecord], relative_times| ClientBatch {
+        partition: 0,
+        bytes: encode(records, &clock),
+        relative_times,
+    };
+    let far = [at(START_MS + 3_600_000)];
+    let results = topic.append_batches_admitted(
+        vec![batch(&far, false), batch(&[at(START_MS + 1)], false)],
+        &mut |_, _| Ok(()),
+    );
+    assert!(
+        matches!(&results[0], Err(e) if e.to_string().contains("ahead of the broker's clock")),
+        "{:?}",
+        results[0].as_ref().err()
+    );
+    assert!(results[1].is_ok());
+    // Moved to the append time, the same batch is on time.
+    let moved = topic.append_batches_admitted(vec![batch(&far, true)], &mut |_, _| Ok(()));
+    assert!(moved[0].is_ok(), "{:?}", moved[0].as_ref().err());
+    let end = topic.partition(0).unwrap().end_offset();
+    assert_eq!(end, 3, "only what was on time is stored");
+    drop(topic);
+    store.close().unwrap();
+    drop(store);
+    // No bound: stored.
+    let store = open(None);
+    store.topic("t").unwrap().append(0, far.to_vec()).unwrap();
+    store.close().unwrap();
 }

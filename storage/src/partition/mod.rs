@@ -220,6 +220,8 @@ pub(crate) struct PartitionContext {
     pub mapped: Arc<MappedSegments>,
     /// Gives broker-assigned message ids (one per store, so they are ordered store-wide).
     pub ids: Arc<crate::msgid::IdGenerator>,
+    /// [`crate::store::StoreOptions::max_timestamp_ahead_ms`], for the topics.
+    pub max_timestamp_ahead_ms: Option<u64>,
 }
 
 /// A batch's bytes as an append takes them.

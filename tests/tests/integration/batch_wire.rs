@@ -1543,3 +1543,57 @@ async fn a_batch_with_relative_times_is_timed_by_the_broker_and_deduplicated_aft
     let end = broker.describe_topic("skewed").await.partitions[0].end_offset;
     assert_eq!(end, 3);
 }
+
+/// tidelogd refuses messages stamped more than `--max-timestamp-ahead` (default 1h)
+/// ahead of its clock, per message and in batches alike, and stores them with `off`.
+#[tokio::test]
+async fn timestamps_far_ahead_of_the_broker_are_refused_unless_switched_off() {
+    let two_hours_ahead = now_ms() + 2 * 3_600_000;
+    let ahead = || NewRecord {
+        timestamp_ms: Some(two_hours_ahead),
+        ..NewRecord::value(&b"from a clock ahead"[..])
+    };
+    for (flags, refused) in [
+        (&[][..], true),
+        (&["--max-timestamp-ahead", "off"][..], false),
+    ] {
+        let broker = TestBroker::start_with(flags);
+        broker
+            .create_topic("ahead", 1, TopicConfig::default())
+            .await;
+        let mut client = broker.publisher().await;
+        let batch = publish(
+            &mut client,
+            "ahead",
+            0,
+            encode(&[ahead()], Compression::None),
+        )
+        .await;
+        let one = client
+            .publish(tidelog_proto::v1::PublishRequest {
+                topic: "ahead".into(),
+                messages: vec![tidelog_proto::v1::Message {
+                    value: Bytes::from_static(b"one"),
+                    timestamp_ms: Some(two_hours_ahead),
+                    ..tidelog_proto::v1::Message::default()
+                }],
+                ack: AckLevel::Durable as i32,
+            })
+            .await;
+        if refused {
+            for status in [batch.unwrap_err(), one.unwrap_err()] {
+                assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+                assert!(
+                    status.message().contains("ahead of the broker's clock")
+                        && status.message().contains("--max-timestamp-ahead"),
+                    "{status:?}"
+                );
+            }
+            assert_eq!(stored_values(&broker, "ahead", 0).await.len(), 0);
+        } else {
+            batch.expect("stored with the bound off");
+            one.expect("stored with the bound off");
+            assert_eq!(stored_values(&broker, "ahead", 0).await.len(), 2);
+        }
+    }
+}
