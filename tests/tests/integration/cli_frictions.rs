@@ -428,7 +428,7 @@ async fn cli_consume_until_an_offset_or_a_time_and_headers_in_text() {
         cli(broker, &["topic", "create", "u"]).ok("create");
     });
     // Ten messages a second apart, from a fixed time.
-    const T0: i64 = 1_800_000_000_000;
+    const T0: i64 = 1_700_000_000_000;
     broker
         .publisher()
         .await
