@@ -996,6 +996,25 @@ impl QueueManager {
         Ok(runtime)
     }
 
+    /// Starts the runtime of every queue holding leases at the broker's start: each
+    /// lease is from before it and is given up at the runtime's first tick (delivered
+    /// again after its backoff, `member-left` in the history), so DescribeQueue shows
+    /// it over at once and its backoff runs from the start, not from whenever a member
+    /// of the queue first calls. A queue that fails to start is logged and started by
+    /// its first call, as any other.
+    pub async fn start_leased(&self) {
+        for name in admin::queues_with_leases(&*self.store) {
+            if let Err(status) = self.runtime(&name).await {
+                tracing::warn!(
+                    queue = %name,
+                    error = %status.message(),
+                    "could not start the queue to end the leases held before this start; \
+                     they end when a member first calls"
+                );
+            }
+        }
+    }
+
     /// Topics were created or deleted: queues on a topic pattern look again now.
     pub fn topics_changed(&self) {
         for runtime in lock(&self.runtimes).values() {

@@ -509,6 +509,28 @@ pub fn list_queues(store: &dyn QueueHost, topic: Option<&str>) -> Vec<String> {
     })
 }
 
+/// The queues (as clients name them, sorted) holding a lease: a message delivered
+/// and not settled. Read at a broker's start, every such lease is from before it
+/// (see [`crate::queue::engine`]) and is given up once the queue's engine runs.
+pub fn queues_with_leases(store: &dyn QueueHost) -> Vec<String> {
+    store.queues().read(|q| {
+        let mut names: Vec<String> = q
+            .iter()
+            .filter(|queue| {
+                queue.partitions.values().any(|part| {
+                    part.pending
+                        .iter_undelayed()
+                        .any(|(_, pending)| matches!(pending.hold, Hold::Leased { .. }))
+                })
+            })
+            .map(|queue| public_name(&queue.name).to_string())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    })
+}
+
 /// Counts for queue `name` at `now_ms` (a pattern queue's summed over its topics).
 pub fn queue_status(store: &dyn QueueHost, name: &str, now_ms: i64) -> Result<QueueStatus> {
     let (topic, pattern, config, levels) = store
