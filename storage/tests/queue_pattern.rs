@@ -524,3 +524,69 @@ fn racing_syncs_give_each_topic_exactly_one_queue() {
     assert_eq!(per_topic.len(), 40, "{per_topic:?}");
     assert!(per_topic.values().all(|n| *n == 1), "{per_topic:?}");
 }
+
+/// `queues_with_leases` (what the broker starts as it starts) names the queues holding
+/// a lease as clients know them: a plain queue by its name, a pattern queue's leases on
+/// its per-topic queues by the pattern queue's name; a queue with messages ready but
+/// none leased, or whose lease was settled, is not named.
+#[test]
+fn the_queues_with_leases_are_named_as_clients_know_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::new(dir.path(), 1).unwrap();
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let store = open(&fs, &dir.path().join("data"), &clock).unwrap();
+    for topic in ["orders.eu", "jobs", "idle"] {
+        store
+            .create_topic(topic, 1, TopicConfig::default())
+            .unwrap();
+    }
+    admin::create_pattern_queue(
+        &*store,
+        "all-orders",
+        r"orders\..*",
+        StartAt::Earliest,
+        config("all-orders"),
+    )
+    .unwrap();
+    admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, config("work")).unwrap();
+    admin::create_queue(
+        &*store,
+        "unused",
+        "idle",
+        StartAt::Earliest,
+        config("unused"),
+    )
+    .unwrap();
+    for topic in ["orders.eu", "jobs", "idle"] {
+        publish(&store, topic, 2);
+    }
+    assert!(admin::queues_with_leases(&*store).is_empty());
+    let child = children(&store, "all-orders")["orders.eu"].clone();
+    let mut engines = Vec::new();
+    for queue in [child.as_str(), "work"] {
+        let mut engine = QueueEngine::open(store.clone(), queue).unwrap();
+        engine.member_joined("m");
+        let delivered = engine.deliver(&[("m".into(), 1)]).unwrap();
+        assert_eq!(delivered[0].1.len(), 1, "{queue}");
+        engines.push((engine, delivered[0].1[0].attempt));
+    }
+    assert_eq!(
+        admin::queues_with_leases(&*store),
+        vec!["all-orders".to_string(), "work".to_string()]
+    );
+    let (mut work, attempt) = engines.pop().unwrap();
+    work.settle(
+        None,
+        &[SettleRequest {
+            partition: 0,
+            offset: 0,
+            attempt,
+            action: SettleAction::Ack { through: None },
+        }],
+    )
+    .unwrap();
+    assert_eq!(
+        admin::queues_with_leases(&*store),
+        vec!["all-orders".to_string()]
+    );
+}
