@@ -311,6 +311,23 @@ impl BatchHeader {
     /// required; whether the whole batch is present is for the caller to check
     /// against [`BatchHeader::batch_length`].
     pub fn parse(bytes: &[u8]) -> Result<BatchHeader, FormatError> {
+        let header = BatchHeader::parse_fields(bytes)?;
+        header.check()?;
+        Ok(header)
+    }
+
+    /// [`BatchHeader::parse`] of a batch a client sent: its `base_offset` is the log's
+    /// to write (FORMAT.md), so whatever the client put there reads as 0 and is not
+    /// checked.
+    pub fn parse_client(bytes: &[u8]) -> Result<BatchHeader, FormatError> {
+        let mut header = BatchHeader::parse_fields(bytes)?;
+        header.base_offset = 0;
+        header.check()?;
+        Ok(header)
+    }
+
+    /// The header's fields, the codec and reserved bits checked, the rest not yet.
+    fn parse_fields(bytes: &[u8]) -> Result<BatchHeader, FormatError> {
         if bytes.len() < HEADER_BYTES {
             return Err(FormatError::Incomplete {
                 needed: HEADER_BYTES as u64,
@@ -347,7 +364,6 @@ impl BatchHeader {
             records_length: u32_at(bytes, RECORDS_LENGTH_AT),
             uncompressed_length: u32_at(bytes, UNCOMPRESSED_LENGTH_AT),
         };
-        header.check()?;
         Ok(header)
     }
 
