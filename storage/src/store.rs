@@ -135,6 +135,8 @@ struct Inner {
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     /// Serializes create / delete / alter so two cannot race on one directory.
     admin: Mutex<()>,
+    /// Serializes queue redrives: each reads its position, publishes, then commits it.
+    redrives: Mutex<()>,
     offsets: OffsetStore,
     /// Every work queue's state.
     queues: StateLog<Queues>,
@@ -248,6 +250,7 @@ impl Store {
             dir,
             topics: RwLock::new(topics),
             admin: Mutex::new(()),
+            redrives: Mutex::new(()),
             offsets,
             queues,
             histories: Mutex::new(HashMap::new()),
@@ -943,5 +946,9 @@ impl QueueHost for Store {
 
     fn clock(&self) -> &Arc<dyn Clock> {
         Store::clock(self)
+    }
+
+    fn redrives(&self) -> &Mutex<()> {
+        &self.inner.redrives
     }
 }

@@ -632,6 +632,76 @@ fn dead_letters_carry_their_story_and_redrive_brings_them_back() {
     assert_eq!((again[0].1[0].record.offset, again[0].1[0].attempt), (1, 1));
 }
 
+/// Redrives at once (a client's retry while its first call runs, two operators) move
+/// each dead letter back once between them: 300 letters, four redrives started
+/// together, 300 moved in all and 300 messages back on the topic (each redrive used to
+/// read the same position and publish all 300).
+#[test]
+fn redrives_at_once_move_each_dead_letter_back_once() {
+    const LETTERS: u64 = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = plain_store(dir.path(), &clock, 0);
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    let records: Vec<NewRecord> = (0..LETTERS)
+        .map(|i| NewRecord::value(Bytes::from(format!("m-{i}"))))
+        .collect();
+    partition.append_durable(&records).unwrap();
+    admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, config()).unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    let delivered = delivered_all(&mut engine, "m", LETTERS as usize);
+    let terms: Vec<SettleRequest> = delivered
+        .iter()
+        .map(|d| SettleRequest {
+            partition: 0,
+            offset: d.record.offset,
+            attempt: d.attempt,
+            action: SettleAction::Term {
+                reason: "poison".into(),
+            },
+        })
+        .collect();
+    engine.settle(Some("m"), &terms).unwrap();
+    assert_eq!(
+        store
+            .topic("jobs.dlq")
+            .unwrap()
+            .partition(0)
+            .unwrap()
+            .end_offset(),
+        LETTERS
+    );
+    let start = std::sync::Barrier::new(4);
+    let moved: u64 = std::thread::scope(|scope| {
+        let redrives: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    start.wait();
+                    admin::redrive_queue(&*store, "work", 1_000).unwrap().0
+                })
+            })
+            .collect();
+        redrives.into_iter().map(|r| r.join().unwrap()).sum()
+    });
+    assert_eq!(moved, LETTERS);
+    assert_eq!(partition.end_offset(), 2 * LETTERS, "each letter back once");
+}
+
+/// Every delivery a round makes to `member`, in rounds of at most 1,000, until `count`.
+fn delivered_all(engine: &mut QueueEngine, member: &str, count: usize) -> Vec<Delivery> {
+    let mut all = Vec::new();
+    while all.len() < count {
+        let round = engine
+            .deliver(&[(member.into(), (count - all.len()).min(1_000) as u32)])
+            .unwrap();
+        let got: Vec<Delivery> = round.into_iter().flat_map(|(_, d)| d).collect();
+        assert!(!got.is_empty(), "{} of {count} delivered", all.len());
+        all.extend(got);
+    }
+    all
+}
+
 /// The one-partition store of [`plain_store`] with topic `jobs` at its default
 /// `max_message_bytes` (1 MiB), three messages of exactly that size, and a queue on
 /// it with `max_deliveries` 1 whose member `m` holds all three.

@@ -821,10 +821,12 @@ pub fn redrive_group(queue: &str) -> String {
 
 /// Publishes up to `max_messages` of queue `name`'s dead letters back to its topic
 /// (their original partition, without the dead-letter headers), then records how far
-/// it got. A crash between the two publishes them again on the next call
-/// (at-least-once). Returns (moved, dead letters of any queue still after the
-/// position).
+/// it got. Redrives run one at a time (two at once both published every letter). A
+/// crash between the publish and the commit publishes those letters again on the next
+/// call (at-least-once: once more for each such crash). Returns (moved, dead letters of
+/// any queue still after the position).
 pub fn redrive_queue(store: &dyn QueueHost, name: &str, max_messages: u32) -> Result<(u64, u64)> {
+    let _one_at_a_time = store.redrives().lock().unwrap_or_else(|e| e.into_inner());
     let config = store
         .queues()
         .read(|q| {

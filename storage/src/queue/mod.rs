@@ -67,4 +67,7 @@ pub trait QueueHost: Send + Sync + std::fmt::Debug {
     fn offsets(&self) -> &OffsetStore;
     /// The store's clock: every queue decision is timed by it.
     fn clock(&self) -> &Arc<dyn Clock>;
+    /// Held by each redrive ([`admin::redrive_queue`]) from reading its position to
+    /// committing it, so two at once cannot both publish the same dead letters.
+    fn redrives(&self) -> &std::sync::Mutex<()>;
 }
