@@ -921,7 +921,7 @@ fn eio_on_a_history_fsync_poisons_the_history_never_retried_and_the_queue_goes_o
     for offset in [0, 1] {
         assert!(matches!(
             state(&store, offset),
-            QueueState::Acked { .. } | QueueState::Settled
+            QueueState::Acked { .. } | QueueState::Settled { .. }
         ));
     }
     let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
@@ -1005,4 +1005,138 @@ fn enospc_fails_one_append_cleanly_and_appends_resume_with_room() {
     fs.crash(CrashOptions::lose_unsynced()).unwrap();
     let history = QueueHistory::new(Arc::new(fs.clone()), dir.path().join("q"), clock.clone());
     assert_eq!(listed(&history), vec![2, 0]);
+}
+
+/// A message that expires while leased on its last attempt is settled without a dead
+/// letter, whether its deadline passes or its member terms it or nacks it: nothing is
+/// written to the dead-letter topic (not even created), no DEAD_LETTERED event or count,
+/// and its status is EXPIRED after its 1 attempt (it said DEAD_LETTERED, "appended to
+/// the dead-letter topic", with nothing appended, and attempts 0).
+#[test]
+fn a_message_that_expires_on_its_last_attempt_is_expired_not_dead_lettered() {
+    for how in ["deadline", "term", "nack"] {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultyFs::new(dir.path(), 3).unwrap();
+        let clock = ManualClock::new(START_MS);
+        let config = QueueConfig {
+            max_deliveries: 1,
+            ..config()
+        };
+        let store = setup(&fs, dir.path(), &clock, config);
+        let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+        partition
+            .append_durable(&[NewRecord {
+                value: Bytes::from_static(b"short-lived"),
+                ttl_ms: Some(500),
+                ..NewRecord::default()
+            }])
+            .unwrap();
+        let offset = MESSAGES;
+        let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+        engine.member_joined("m");
+        let delivered = engine
+            .deliver(&[("m".into(), MESSAGES as u32 + 1)])
+            .unwrap();
+        assert_eq!(delivered[0].1.len(), MESSAGES as usize + 1, "{how}");
+        // The others are acked: only the short-lived one is held.
+        settle(
+            &mut engine,
+            "m",
+            0,
+            SettleAction::Ack {
+                through: Some(MESSAGES - 1),
+            },
+        );
+        clock.advance_ms(600);
+        match how {
+            "deadline" => {
+                clock.advance_ms(1_000);
+                engine.tick().unwrap();
+            }
+            "term" => assert_eq!(
+                settle(
+                    &mut engine,
+                    "m",
+                    offset,
+                    SettleAction::Term {
+                        reason: "bad".into()
+                    }
+                ),
+                SettleOutcome::Ok { settled: 1 },
+                "{how}"
+            ),
+            _ => assert_eq!(
+                settle(
+                    &mut engine,
+                    "m",
+                    offset,
+                    SettleAction::Nack {
+                        delay_ms: None,
+                        reason: "bad".into()
+                    }
+                ),
+                SettleOutcome::Ok { settled: 1 },
+                "{how}"
+            ),
+        }
+        assert!(
+            matches!(store.topic("jobs.dlq"), Err(Error::NotFound { .. })),
+            "{how}: no letter was written, so no dead-letter topic"
+        );
+        assert_eq!(
+            (
+                engine.counters.dead_lettered_max_deliveries,
+                engine.counters.dead_lettered_term,
+                engine.counters.lost_to_retention
+            ),
+            (0, 0, 1),
+            "{how}"
+        );
+        assert!(
+            story(&store, offset)
+                .iter()
+                .all(|(_, _, _, letter)| !letter),
+            "{how}: {:?}",
+            story(&store, offset)
+        );
+        let state = state(&store, offset);
+        assert!(
+            matches!(state, QueueState::Expired { attempts: 1, .. }),
+            "{how}: {state:?}"
+        );
+        let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+        assert_eq!(status.unacked, 0, "{how}");
+    }
+}
+
+/// A purged message delivered twice is SETTLED after 2 attempts (it said 0).
+#[test]
+fn a_purged_message_keeps_its_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::new(dir.path(), 4).unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = setup(&fs, dir.path(), &clock, config());
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    for attempt in 1..=2 {
+        let delivered = engine.deliver(&[("m".into(), 1)]).unwrap();
+        assert_eq!(delivered[0].1[0].attempt, attempt);
+        settle(
+            &mut engine,
+            "m",
+            0,
+            SettleAction::Nack {
+                delay_ms: Some(0),
+                reason: "again".into(),
+            },
+        );
+        engine.tick().unwrap();
+    }
+    drop(engine);
+    admin::purge_queue(&*store, "work").unwrap();
+    let state = state(&store, 0);
+    assert!(
+        matches!(state, QueueState::Settled { attempts: 2 }),
+        "{state:?}"
+    );
 }

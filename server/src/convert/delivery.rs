@@ -139,11 +139,18 @@ pub fn queue_status_to_proto(queue: &str, state: QueueState) -> pb::QueueDeliver
             status.attempts = attempts;
             S::DeadLettered
         }
-        QueueState::Expired { expires_at_ms } => {
+        QueueState::Expired {
+            expires_at_ms,
+            attempts,
+        } => {
             status.expires_at_ms = expires_at_ms;
+            status.attempts = attempts;
             S::Expired
         }
-        QueueState::Settled => S::Settled,
+        QueueState::Settled { attempts } => {
+            status.attempts = attempts;
+            S::Settled
+        }
         QueueState::Filtered => S::Filtered,
     };
     status.state = kind as i32;

@@ -91,11 +91,16 @@ pub enum QueueState {
         reason: String,
         attempts: u32,
     },
-    /// Its TTL passed before the queue settled it (never delivered after that).
-    Expired { expires_at_ms: Option<i64> },
+    /// Its TTL passed before the queue settled it (never delivered after that), after
+    /// `attempts` deliveries (as far as its history goes back).
+    Expired {
+        expires_at_ms: Option<i64>,
+        attempts: u32,
+    },
     /// The queue settled it and no history says how: purged, or its history is past
-    /// the queue's `history_retention` (or a crash took the last record).
-    Settled,
+    /// the queue's `history_retention` (or a crash took the last record); `attempts`
+    /// deliveries as far as its history goes back.
+    Settled { attempts: u32 },
     /// The queue's filter does not match it: passed over as settled, never delivered.
     Filtered,
 }
@@ -111,7 +116,7 @@ impl QueueState {
             QueueState::Acked { .. } => "acked",
             QueueState::DeadLettered { .. } => "dead-lettered",
             QueueState::Expired { .. } => "expired",
-            QueueState::Settled => "settled",
+            QueueState::Settled { .. } => "settled",
             QueueState::Filtered => "filtered",
         }
     }
@@ -183,8 +188,9 @@ pub fn queue_state(
         None => true,
         Some(record) => record.expires_at_ms.is_some_and(|at| at <= now_ms),
     };
-    let expired_state = QueueState::Expired {
+    let expired_state = |attempts| QueueState::Expired {
         expires_at_ms: record.and_then(|r| r.expires_at_ms),
+        attempts,
     };
     // A message the queue's filter skips is never delivered (nor has a history).
     if let (Some(record), Some(text)) = (record, queue.config.filter.as_deref())
@@ -196,7 +202,7 @@ pub fn queue_state(
     }
     if !taken {
         if expired {
-            return Ok(expired_state);
+            return Ok(expired_state(0));
         }
         return Ok(match record.and_then(|r| r.deliver_at_ms) {
             Some(at) if at > now_ms => QueueState::Delayed { deliver_at_ms: at },
@@ -225,9 +231,9 @@ pub fn queue_state(
         }
     }
     Ok(if expired {
-        expired_state
+        expired_state(tried)
     } else {
-        QueueState::Settled
+        QueueState::Settled { attempts: tried }
     })
 }
 

@@ -735,8 +735,10 @@ impl QueueEngine {
                     ));
                     if let Some(op) = letter {
                         events.extend(dead_lettered_event(&op, pending.attempts, now, member));
+                        if self.letter_written(&op) {
+                            self.counters.dead_lettered_max_deliveries += 1;
+                        }
                         ops.push(op);
-                        self.counters.dead_lettered_max_deliveries += 1;
                     } else {
                         let due = (*deadline_ms).min(now)
                             + queue.config.backoff_ms(pending.attempts) as i64;
@@ -1459,7 +1461,11 @@ impl QueueEngine {
     }
 
     /// Appends the dead letter of a pending message to the queue's dead-letter topic
-    /// (creating it if needed), durably, and returns the operation that settles it.
+    /// (creating it if needed), durably, and returns the operation that settles it: a
+    /// [`QueueOp::DeadLetter`], or, when the message is gone (expired, or removed by
+    /// retention, while it was held), a [`QueueOp::Ack`] that settles it without a
+    /// letter (none was written, so none is recorded or counted; see
+    /// [`QueueEngine::letter_written`]).
     fn dead_letter(
         &self,
         queue: &Queue,
@@ -1484,6 +1490,12 @@ impl QueueEngine {
             let dlq = dead_letter_topic(&*self.store, &queue.config.dead_letter_topic)?;
             dlq.partition(dead_letter_partition(&dlq, partition))?
                 .append_durable_allowing(&[letter], DLQ_HEADERS_BYTES_MAX)?;
+        } else {
+            return Ok(QueueOp::Ack {
+                name: self.name.clone(),
+                partition,
+                ranges: vec![(offset, offset)],
+            });
         }
         Ok(QueueOp::DeadLetter {
             name: self.name.clone(),
@@ -1491,6 +1503,19 @@ impl QueueEngine {
             offset,
             reason,
         })
+    }
+}
+
+impl QueueEngine {
+    /// Whether `op`, from [`QueueEngine::dead_letter`], wrote a dead letter; if not,
+    /// the message was gone and is counted as lost to retention, as a redelivery
+    /// that finds it gone counts it.
+    fn letter_written(&mut self, op: &QueueOp) -> bool {
+        let written = matches!(op, QueueOp::DeadLetter { .. });
+        if !written {
+            self.counters.lost_to_retention += 1;
+        }
+        written
     }
 }
 

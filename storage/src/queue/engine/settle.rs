@@ -312,8 +312,10 @@ impl QueueEngine {
                         ));
                         if let Some(op) = letter {
                             events.extend(dead_lettered_event(&op, pending.attempts, now, holder));
+                            if self.letter_written(&op) {
+                                self.counters.dead_lettered_max_deliveries += 1;
+                            }
                             ops.push(op);
-                            self.counters.dead_lettered_max_deliveries += 1;
                             outcomes.push(SettleOutcome::Ok { settled: 1 });
                         } else {
                             let wait = delay_ms
@@ -383,8 +385,10 @@ impl QueueEngine {
                                     now,
                                     holder,
                                 ));
+                                if self.letter_written(&op) {
+                                    self.counters.dead_lettered_term += 1;
+                                }
                                 ops.push(op);
-                                self.counters.dead_lettered_term += 1;
                                 outcomes.push(SettleOutcome::Ok { settled: 1 });
                             }
                             Err(why) => {
