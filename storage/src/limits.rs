@@ -20,6 +20,16 @@ pub const BATCH_RECORDS_MAX: u32 = 1 << 20;
 /// 3 MiB): past it the record vector grows as it fills.
 pub const READ_RESERVE_RECORDS_MAX: u64 = 16 * 1024;
 
+/// Most places in one batch a partition remembers that reads stopped at
+/// ([`crate::segment::ResumePoints`]): a few readers going through one large batch side
+/// by side (fan-out queues, several subscribers) each go on where they stopped.
+pub const READ_RESUME_POINTS_MAX: usize = 4;
+
+/// A place a read stopped at that no read used for this long is forgotten, and with
+/// the last one the decompressed records section of a zstd batch it held (at most
+/// [`BATCH_BYTES_MAX`] per partition).
+pub const READ_RESUME_IDLE_MS: i64 = 30_000;
+
 /// Most headers on one record.
 pub const RECORD_HEADERS_MAX: u32 = 1024;
 

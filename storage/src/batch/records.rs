@@ -87,6 +87,46 @@ impl RecordIter {
         &self.section
     }
 
+    /// The records section of `batch` (exactly the batch's bytes, as for
+    /// [`RecordIter::new`]) when it is stored as it is read: a slice of `batch`, no
+    /// copy. `None` for a compressed batch (its section is made by decompressing), or
+    /// bytes too short to hold the header.
+    pub fn stored_section(batch: &Bytes, header: &BatchHeader) -> Option<Bytes> {
+        (header.compression == Compression::None && batch.len() >= HEADER_BYTES)
+            .then(|| batch.slice(HEADER_BYTES..))
+    }
+
+    /// Where this iterator is: what [`RecordIter::over_section_at`] needs to go on from
+    /// here later, over the same section, without reading the records before again.
+    #[inline]
+    pub fn mark(&self) -> Mark {
+        Mark {
+            position: self.position,
+            remaining: self.remaining,
+            previous_delta: self.previous_delta,
+            follower: self.follower,
+        }
+    }
+
+    /// [`RecordIter::over_section`] from `mark`, which an iterator over the same
+    /// `section` of the batch whose header is `header` returned ([`RecordIter::mark`]):
+    /// the records from there on, each validated as it is read. A mark taken over
+    /// other bytes reads as a malformed batch (an error, never a panic).
+    pub fn over_section_at(section: Bytes, header: &BatchHeader, mark: Mark) -> RecordIter {
+        let mut records = RecordIter::over_section(section, header);
+        if mark.position > records.section.len() || mark.remaining > header.record_count {
+            // Not a mark of this section: the next record is an error.
+            records.position = records.section.len();
+            records.remaining = 1;
+            return records;
+        }
+        records.position = mark.position;
+        records.remaining = mark.remaining;
+        records.previous_delta = mark.previous_delta;
+        records.follower = mark.follower;
+        records
+    }
+
     /// Parses and validates the next record in place: every check [`RecordIter::next`]
     /// makes, with the variable-length fields as spans of the records section and
     /// nothing copied or allocated. [`RecordIter::record`] makes a [`Record`] of it,
@@ -355,6 +395,18 @@ impl Iterator for RecordIter {
         let view = self.next_view()?;
         Some(view.and_then(|view| self.record(&view)))
     }
+}
+
+/// Where a [`RecordIter`] is in its records section, and what it carries from the
+/// records before (the last offset delta, the id a following record counts up from):
+/// enough to go on from there ([`RecordIter::over_section_at`]). A few words; it holds
+/// no bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    position: usize,
+    remaining: u32,
+    previous_delta: Option<u64>,
+    follower: Option<[u8; 16]>,
 }
 
 /// Where a field lies in a batch's records section.

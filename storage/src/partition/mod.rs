@@ -28,7 +28,7 @@ use crate::index::SegmentSummary;
 use crate::limits::{ID_INDEX_ENTRIES_MAX, SEGMENT_FILE_BYTES_MAX};
 use crate::progress::{LogEnd, Progress, WaitDurable, WaitForData};
 use crate::recovery;
-use crate::segment::{self, LOG_SUFFIX, MappedSegments, Segment, SegmentState};
+use crate::segment::{self, LOG_SUFFIX, MappedSegments, ResumePoints, Segment, SegmentState};
 
 /// A checkpoint is written at most this often (and at every segment roll and clean
 /// close); recovery after a crash scans what was written since.
@@ -204,6 +204,9 @@ pub struct Partition {
     observer: Option<Arc<dyn FlushObserver>>,
     /// The store-wide bound on mapped segments.
     mapped: Arc<MappedSegments>,
+    /// Where message reads stopped inside a batch, so the next read from there goes on
+    /// from that record ([`Segment::read`]).
+    resume: ResumePoints,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -514,6 +517,7 @@ impl Partition {
             flusher: context.flusher,
             observer: context.observer,
             mapped: context.mapped,
+            resume: ResumePoints::new(),
         })
     }
 
@@ -1030,6 +1034,9 @@ impl Partition {
     pub fn enforce_retention(self: &Arc<Self>) -> Result<RetentionOutcome> {
         let config = self.config();
         let now_ms = self.clock.now_ms();
+        // A reader that stopped inside a batch and went away leaves its place (and a
+        // zstd batch's decompressed records) behind: this pass forgets idle ones.
+        self.resume.forget_idle(now_ms);
         let too_old = |summary: &SegmentSummary| {
             config
                 .retention_ms
@@ -1124,6 +1131,21 @@ impl Partition {
             tracing::info!(partition = %self.name, segments = deleted.len(), log_start, "retention deleted segments");
         }
         Ok(outcome)
+    }
+
+    /// Records message reads have walked in this partition so far, returned or passed
+    /// over: about one per record read, however the reads divide a batch (for tests and
+    /// diagnosis).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn records_walked(&self) -> u64 {
+        self.resume.walked()
+    }
+
+    /// Places inside a batch where message reads stopped that the next read from there
+    /// would go on from (at most [`crate::limits::READ_RESUME_POINTS_MAX`]).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn resume_places(&self) -> usize {
+        self.resume.len()
     }
 
     /// Describes the partition.

@@ -124,6 +124,7 @@ impl Partition {
                     visible.offset,
                     now_ms,
                     budget,
+                    &self.resume,
                     &mut result.records,
                 )
             },

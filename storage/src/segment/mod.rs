@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use bytes::Bytes;
 
-use crate::batch::{self, BatchHeader, FormatError, RawRecord, Record, RecordIter};
+use crate::batch::{self, BatchHeader, Compression, FormatError, RawRecord, Record, RecordIter};
 use crate::error::{Error, IoContext, Result};
 use crate::filter::{Filter, Filtered, Verdict};
 use crate::fs::FileSystem;
@@ -28,8 +28,10 @@ use crate::limits::{
 
 mod batches;
 mod ids;
+mod resume;
 
 pub use batches::{BatchBudget, StoredBatch};
+pub use resume::ResumePoints;
 
 pub use ids::{
     IdLists, IdLookup, IdScan, check_id_index_header, collect_ids, id_index_describes,
@@ -353,6 +355,9 @@ impl<'f> ReadBudget<'f> {
 #[derive(Debug)]
 pub struct Segment {
     pub base_offset: u64,
+    /// Unique among the segments of this process (never reused): what a
+    /// [`ResumePoints`] place names its segment by.
+    id: u64,
     pub dir: PathBuf,
     fs: Arc<dyn FileSystem>,
     /// Length of the mapping: the segment's capacity, so the active segment can grow
@@ -366,6 +371,12 @@ pub struct Segment {
     state: RwLock<LoadedState>,
     /// The message ids: in memory while the segment is active, then in `.idindex`.
     ids: Mutex<IdState>,
+}
+
+/// A new [`Segment::id`].
+fn next_segment_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Where a segment's message ids are.
@@ -474,6 +485,7 @@ impl Segment {
     ) -> Self {
         Segment {
             base_offset: state.summary.base_offset,
+            id: next_segment_id(),
             dir: dir.to_path_buf(),
             fs,
             map_len,
@@ -508,6 +520,7 @@ impl Segment {
     pub fn sealed(fs: Arc<dyn FileSystem>, dir: &Path, summary: SegmentSummary) -> Self {
         Segment {
             base_offset: summary.base_offset,
+            id: next_segment_id(),
             dir: dir.to_path_buf(),
             fs,
             map_len: summary.log_bytes as usize,
@@ -713,6 +726,12 @@ impl Segment {
     /// Damage (a CRC mismatch, a bad header) after records were already returned ends
     /// the read before it: the intact records go out, the budget counts as exhausted,
     /// and the next read, which starts at the damage, fails with [`Error::Corrupt`].
+    ///
+    /// A read that stops inside a batch leaves its place in `resume`, and a read that
+    /// starts where one stopped goes on from there (see [`ResumePoints`]): reading
+    /// through a large batch a budget at a time walks each record once, not once per
+    /// read. What it returns is the same either way.
+    #[allow(clippy::too_many_arguments)]
     pub fn read(
         &self,
         from: u64,
@@ -720,9 +739,11 @@ impl Segment {
         end_offset: u64,
         now_ms: i64,
         budget: &mut ReadBudget<'_>,
+        resume: &ResumePoints,
         out: &mut Vec<Record>,
     ) -> Result<u64> {
         let mut next = from;
+        let mut walked = 0;
         // `next` is kept up to date as the scan goes, so an error leaves it at the first
         // offset not yet read.
         let scanned = (|| -> Result<()> {
@@ -731,12 +752,42 @@ impl Segment {
                 let Some(ScannedBatch { at, header, bytes }) = scan.next_batch(&mut next)? else {
                     break;
                 };
-                let mut records = RecordIter::new(&bytes, &header)
-                    .map_err(|e| Error::corrupt(self.log_path(), at, e.to_string()))?;
+                let corrupt = |e: FormatError| Error::corrupt(self.log_path(), at, e.to_string());
+                // Only the first batch can hold `from` past its first record.
+                let place = (from > header.base_offset)
+                    .then(|| resume.find(self.id, at, &header, from, now_ms))
+                    .flatten();
+                let mut records = match place.and_then(|place| {
+                    let section = place
+                        .section
+                        .or_else(|| RecordIter::stored_section(&bytes, &header))?;
+                    Some(RecordIter::over_section_at(section, &header, place.mark))
+                }) {
+                    Some(records) => records,
+                    None => RecordIter::new(&bytes, &header).map_err(corrupt)?,
+                };
+                // What a place in this batch keeps: its decompressed section, if any.
+                let kept_section =
+                    (header.compression != Compression::None).then(|| records.section().clone());
+                let stop_at = |next: u64, mark| {
+                    resume.keep(
+                        self.id,
+                        at,
+                        &header,
+                        kept_section.as_ref(),
+                        next,
+                        mark,
+                        now_ms,
+                    );
+                };
                 // Records are looked at in place; only those returned become `Record`s.
-                while let Some(view) = records.next_view() {
-                    let view =
-                        view.map_err(|e| Error::corrupt(self.log_path(), at, e.to_string()))?;
+                loop {
+                    let mark = records.mark();
+                    let Some(view) = records.next_view() else {
+                        break;
+                    };
+                    walked += 1;
+                    let view = view.map_err(corrupt)?;
                     if view.offset < from {
                         continue;
                     }
@@ -751,16 +802,17 @@ impl Segment {
                         next = view.offset + 1;
                         if budget.exhausted() {
                             // The skip limits: over as if the budget ran out.
+                            stop_at(next, records.mark());
                             return Ok(());
                         }
                         continue;
                     }
                     if !budget.admit(view.payload_bytes) {
+                        // The next read starts at `next`, at or before this record.
+                        stop_at(next, mark);
                         return Ok(());
                     }
-                    let record = records
-                        .record(&view)
-                        .map_err(|e| Error::corrupt(self.log_path(), at, e.to_string()))?;
+                    let record = records.record(&view).map_err(corrupt)?;
                     next = view.offset + 1;
                     out.push(record);
                 }
@@ -768,6 +820,7 @@ impl Segment {
             }
             Ok(())
         })();
+        resume.count_walked(walked);
         match scanned {
             Err(Error::Corrupt { .. }) if budget.returned_any => {
                 budget.refused = true;
