@@ -23,6 +23,7 @@ mod dedup;
 mod delivery_history;
 mod filters;
 mod garbage;
+mod group_topic_recreate;
 mod groups;
 mod kill9;
 mod message_lookup;

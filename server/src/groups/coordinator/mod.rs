@@ -12,6 +12,15 @@
 //! one generation counter covers the whole group (as in Kafka), so any rebalance
 //! makes every member's older generation stale.
 //!
+//! No assignment outlives its topic: [`GroupCoordinator::topic_deleted`] rebalances
+//! every group with a member that read the deleted topic, a member kept by its
+//! session timeout too (its partitions of it go, and the generation moves on, so a
+//! commit made for the old incarnation is refused as stale);
+//! [`GroupCoordinator::topic_created`] rebalances the groups with members subscribed
+//! to the new topic; and a reconnect whose topics changed since the last rebalance
+//! (gone, or another incarnation) rebalances instead of getting its old partitions
+//! back.
+//!
 //! # Patterns
 //!
 //! A pattern member's topics are those the pattern matches (and, under `--auth`, the
@@ -132,6 +141,20 @@ fn same_matched(a: &Matched, b: &Matched) -> bool {
         && a.iter()
             .zip(b)
             .all(|((na, (ta, ca)), (nb, (tb, cb)))| na == nb && ca == cb && ta.is_same_topic(tb))
+}
+
+/// Whether `member`'s topic `name` at its last rebalance differs from `now`, the
+/// store's topic of that name now (`None`: there is none): it went, came, came back
+/// as another incarnation (deleted and created again) or changed its partition count.
+fn stale_on(member: &Member, name: &str, now: Option<&Arc<Topic>>) -> bool {
+    let now = now.filter(|_| member.subscription.includes(name));
+    match (member.matched.get(name), now) {
+        (None, None) => false,
+        (Some((mine, count)), Some(now)) => {
+            !mine.is_same_topic(now) || *count != now.partitions().len()
+        }
+        _ => true,
+    }
 }
 
 /// Longest session timeout a member may ask for; longer requests are capped. A
@@ -487,6 +510,8 @@ impl GroupCoordinator {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let stream_id = self.next_stream_id.fetch_add(1, Ordering::Relaxed);
         let session_timeout_ms = request.session_timeout_ms.min(SESSION_TIMEOUT_MS_MAX);
+        // Listed before our lock is taken (see `rescan_topics`).
+        let all = self.store.topics();
         let mut state = lock(&self.state);
         let group = state.groups.entry(request.group_id.clone()).or_default();
 
@@ -523,9 +548,16 @@ impl GroupCoordinator {
             let same = member.subscription.same_as(&request.subscription);
             // The new stream's caller decides what a pattern lets through.
             member.subscription = request.subscription;
+            // Its topics as the last rebalance saw them may be gone, or be an older
+            // incarnation of a topic deleted and created again: then its partitions
+            // and generation are not to be handed out again.
+            let topics_changed = !same_matched(&member.matched, &member.subscription.matched(&all));
             if !same {
                 tracing::info!(group = %request.group_id, member = %member_id, "member rejoined with another subscription");
-                self.rebalance(&request.group_id, group);
+                self.rebalance_over(&request.group_id, group, &all);
+            } else if topics_changed {
+                tracing::info!(group = %request.group_id, member = %member_id, "member reconnected; its topics changed since the last rebalance");
+                self.rebalance_over(&request.group_id, group, &all);
             } else {
                 // Same partitions, same generation: no rebalance.
                 let generation = group.generation;
@@ -560,7 +592,7 @@ impl GroupCoordinator {
                 },
             );
             tracing::info!(group = %request.group_id, member = %member_id, "member joined");
-            self.rebalance(&request.group_id, group);
+            self.rebalance_over(&request.group_id, group, &all);
         }
         self.running_tasks.fetch_add(1, Ordering::AcqRel);
         Ok(Joined {
@@ -872,29 +904,53 @@ impl GroupCoordinator {
     }
 
     /// Ends the streams of members subscribed to `topic` by name with NOT_FOUND, and
-    /// rebalances the groups whose pattern members read it, so it drops out of their
-    /// Assignments (call after the topic was deleted).
+    /// rebalances every group with a member that read it, connected or kept by its
+    /// session timeout (call after the topic was deleted). So the topic leaves every
+    /// assignment, a commit in the generation of its old incarnation is refused as
+    /// stale, and a member reconnecting with its id is not handed the old partitions
+    /// again (nor, after a CreateTopic of the same name, the old topic).
     pub fn topic_deleted(&self, topic: &str) {
+        // Listed before our lock is taken (see `rescan_topics`): a topic of that name
+        // created since is taken in at once.
+        let all = self.store.topics();
+        let now = all.iter().find(|t| t.name() == topic);
         {
-            let state = lock(&self.state);
-            for (group_id, group) in &state.groups {
+            let mut state = lock(&self.state);
+            for (group_id, group) in state.groups.iter_mut() {
                 for member in group.members.values() {
                     if matches!(&member.subscription, Subscription::Topic(name) if name == topic)
                         && let Connection::Open { control, .. } = &member.connection
                     {
+                        // Before the rebalance's Assign: the task ends at this.
                         let _ = control.send(Control::End(Status::not_found(format!(
                             "topic {topic:?} was deleted; group {group_id:?} stopped reading it"
                         ))));
                     }
+                }
+                if group.members.values().any(|m| stale_on(m, topic, now)) {
+                    tracing::info!(group = %group_id, topic, "a topic the group read was deleted");
+                    self.rebalance_over(group_id, group, &all);
                 }
             }
         }
         self.rescan_topics();
     }
 
-    /// A topic was created: groups whose pattern members match it rebalance now
-    /// rather than at the next rescan.
-    pub fn topic_created(&self, _topic: &str) {
+    /// A topic was created: groups with members that subscribe to it (by name, or by
+    /// a pattern that matches it) rebalance now rather than at their next reconnect
+    /// or rescan.
+    pub fn topic_created(&self, topic: &str) {
+        let all = self.store.topics();
+        let now = all.iter().find(|t| t.name() == topic);
+        {
+            let mut state = lock(&self.state);
+            for (group_id, group) in state.groups.iter_mut() {
+                if group.members.values().any(|m| stale_on(m, topic, now)) {
+                    tracing::info!(group = %group_id, topic, "a topic the group subscribes to was created");
+                    self.rebalance_over(group_id, group, &all);
+                }
+            }
+        }
         self.rescan_topics();
     }
 

@@ -672,3 +672,149 @@ fn group_id_limits() {
     assert!(validate_group_id(&"g".repeat(GROUP_ID_BYTES_MAX)).is_ok());
     assert!(validate_group_id(&"g".repeat(GROUP_ID_BYTES_MAX + 1)).is_err());
 }
+
+/// The member's partitions of `topic` in its last Assign, and whether that Assign's
+/// topic of that name is the store's current incarnation.
+fn last_assign_of(
+    joined: &mut Joined,
+    store: &Store,
+    topic: &str,
+) -> Option<(u64, Vec<u32>, bool)> {
+    let mut latest = None;
+    while let Ok(control) = joined.control.try_recv() {
+        if let Control::Assign {
+            generation,
+            partitions,
+            topics,
+        } = control
+        {
+            let current = match (topics.get(topic), store.topic(topic)) {
+                (Some(assigned), Ok(now)) => assigned.is_same_topic(&now),
+                _ => false,
+            };
+            let mine = partitions
+                .into_iter()
+                .filter(|(t, _)| t == topic)
+                .map(|(_, p)| p)
+                .collect();
+            latest = Some((generation, mine, current));
+        }
+    }
+    latest
+}
+
+#[tokio::test]
+async fn a_kept_member_loses_a_deleted_topic_and_gets_its_new_incarnation() {
+    let f = fixture(2);
+    let c = &f.coordinator;
+    let mut a = c.join(request("", "t", 60_000)).await.unwrap();
+    let (g1, pa) = last_assign(&mut a).0.unwrap();
+    assert_eq!(pa, vec![0, 1]);
+    // Its stream ends; the session timeout keeps it.
+    c.stream_ended("g", &a.member_id, a.stream_id);
+    assert_eq!(c.live_member_count("g"), 1);
+
+    c.store.delete_topic("t").unwrap();
+    c.topic_deleted("t");
+    let view = c.describe_group("g").unwrap();
+    assert!(view.generation > g1, "the deletion rebalances: {view:?}");
+    assert_eq!(view.members.len(), 1, "still kept for a reconnect");
+    assert!(view.members[0].partitions.is_empty(), "{view:?}");
+
+    c.store
+        .create_topic("t", 4, TopicConfig::default())
+        .unwrap();
+    c.topic_created("t");
+    let view = c.describe_group("g").unwrap();
+    let g3 = view.generation;
+    assert_eq!(view.members[0].partitions.len(), 4, "{view:?}");
+
+    // A commit of the old incarnation's generation is stale, before and after the
+    // re-creation.
+    let old = c
+        .authorize_member_commit("g", &a.member_id, g1, &[("t".to_string(), 0)])
+        .unwrap_err();
+    assert_eq!(old.code(), tonic::Code::FailedPrecondition);
+    assert!(old.message().contains("stale"), "{}", old.message());
+
+    // Reconnecting with its id: the new topic's partitions, its new incarnation.
+    let mut a2 = c.join(request(&a.member_id, "t", 60_000)).await.unwrap();
+    assert_eq!(a2.member_id, a.member_id);
+    let (g, pa, current) = last_assign_of(&mut a2, &c.store, "t").unwrap();
+    assert_eq!((g, pa, current), (g3, vec![0, 1, 2, 3], true));
+
+    // A new member and the kept one split all four.
+    c.stream_ended("g", &a2.member_id, a2.stream_id);
+    let mut b = c.join(request("", "t", 0)).await.unwrap();
+    let (_, pb, current) = last_assign_of(&mut b, &c.store, "t").unwrap();
+    assert!(current);
+    let view = c.describe_group("g").unwrap();
+    let mut all: Vec<u32> = view
+        .members
+        .iter()
+        .flat_map(|m| m.partitions.iter().map(|(_, p)| *p))
+        .collect();
+    all.sort_unstable();
+    assert_eq!(all, vec![0, 1, 2, 3], "{view:?}");
+    assert_eq!(pb.len(), 2);
+}
+
+#[tokio::test]
+async fn a_reconnect_after_its_topic_came_back_is_assigned_the_new_incarnation() {
+    // The coordinator was not told (the delete and create raced the reconnect): the
+    // reconnect itself sees that its topic is another incarnation now.
+    let f = fixture(2);
+    let c = &f.coordinator;
+    let mut a = c.join(request("", "t", 60_000)).await.unwrap();
+    let (g1, _) = last_assign(&mut a).0.unwrap();
+    c.stream_ended("g", &a.member_id, a.stream_id);
+    c.store.delete_topic("t").unwrap();
+    c.store
+        .create_topic("t", 3, TopicConfig::default())
+        .unwrap();
+    let mut a2 = c.join(request(&a.member_id, "t", 60_000)).await.unwrap();
+    let (g, pa, current) = last_assign_of(&mut a2, &c.store, "t").unwrap();
+    assert!(g > g1);
+    assert_eq!((pa, current), (vec![0, 1, 2], true));
+    assert!(
+        c.authorize_member_commit("g", &a.member_id, g1, &[("t".to_string(), 0)])
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_kept_pattern_member_loses_a_deleted_topic_and_gets_its_new_incarnation() {
+    let f = fixture(2);
+    let c = &f.coordinator;
+    let mut a = c
+        .join(JoinRequest {
+            session_timeout_ms: 60_000,
+            ..pattern_request("t", None)
+        })
+        .await
+        .unwrap();
+    let (g1, pa, _) = last_pattern_assign(&mut a).unwrap();
+    assert_eq!(pa, tps(&[("t", 0), ("t", 1)]));
+    c.stream_ended("g", &a.member_id, a.stream_id);
+    c.store.delete_topic("t").unwrap();
+    c.topic_deleted("t");
+    c.store
+        .create_topic("t", 4, TopicConfig::default())
+        .unwrap();
+    c.topic_created("t");
+    assert!(
+        c.authorize_member_commit("g", &a.member_id, g1, &[("t".to_string(), 0)])
+            .is_err()
+    );
+    let mut a2 = c
+        .join(JoinRequest {
+            member_id: a.member_id.clone(),
+            session_timeout_ms: 60_000,
+            ..pattern_request("t", None)
+        })
+        .await
+        .unwrap();
+    let (g, pa, current) = last_assign_of(&mut a2, &c.store, "t").unwrap();
+    assert!(g > g1);
+    assert_eq!((pa, current), (vec![0, 1, 2, 3], true));
+}
