@@ -133,7 +133,16 @@ fn the_visible_end_never_goes_back_across_policy_switches_under_appends() {
         .unwrap();
     let partition = topic.partition(0).unwrap().clone();
     let stop = AtomicBool::new(false);
+    /// Stops the threads however its holder ends (a failed assertion too), so a
+    /// failure fails the test instead of hanging it.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     std::thread::scope(|scope| {
+        let _stop = StopOnDrop(&stop);
         let appender = scope.spawn(|| {
             let mut appended = 0;
             while !stop.load(Ordering::Relaxed) {
@@ -143,6 +152,7 @@ fn the_visible_end_never_goes_back_across_policy_switches_under_appends() {
             appended
         });
         let watcher = scope.spawn(|| {
+            let _stop = StopOnDrop(&stop);
             let mut last = 0;
             let mut fetched_at_end = 0;
             while !stop.load(Ordering::Relaxed) {
