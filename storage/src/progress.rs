@@ -26,6 +26,10 @@ pub(crate) struct ProgressState {
     pub log_start: u64,
     /// Readers see only durable data (fsync = always).
     pub durable_only: bool,
+    /// What readers saw when the partition switched to durable-only (an alter to
+    /// `fsync = always`), written but maybe not yet durable: they keep seeing it until
+    /// the durable end passes it, so the visible end never goes back.
+    kept_visible: Option<LogEnd>,
     pub poisoned: Option<String>,
     pub closed: bool,
     /// Closed because its topic was deleted (not because the store closed).
@@ -43,10 +47,12 @@ pub(crate) struct ProgressState {
 impl ProgressState {
     /// What readers may see.
     pub fn visible(&self) -> LogEnd {
-        if self.durable_only {
-            self.durable
-        } else {
-            self.written
+        if !self.durable_only {
+            return self.written;
+        }
+        match self.kept_visible {
+            Some(kept) if kept.offset > self.durable.offset => kept,
+            _ => self.durable,
         }
     }
 }
@@ -70,6 +76,7 @@ impl Progress {
                 durable: end,
                 log_start,
                 durable_only,
+                kept_visible: None,
                 poisoned: None,
                 closed: false,
                 deleted: false,
@@ -110,6 +117,14 @@ impl Progress {
                 state.log_start,
                 state.written.offset
             );
+            // What readers saw stays visible (a consumer never sees an offset twice).
+            debug_assert!(
+                state.visible().offset >= visible_before,
+                "{}: visible end went back from {} to {}",
+                self.name,
+                visible_before,
+                state.visible().offset
+            );
             let ended = state.poisoned.is_some() || state.closed;
             if ended || state.visible().offset != visible_before {
                 wake.append(&mut state.data_wakers);
@@ -140,6 +155,11 @@ impl Progress {
         self.update(|s| {
             if end.offset >= s.durable.offset {
                 s.durable = end;
+            }
+            if s.kept_visible
+                .is_some_and(|kept| s.durable.offset >= kept.offset)
+            {
+                s.kept_visible = None;
             }
             if s.flush_failed
                 .as_ref()
@@ -176,8 +196,18 @@ impl Progress {
         self.update(|s| s.log_start = s.log_start.max(log_start));
     }
 
-    pub fn set_durable_only(&self, durable_only: bool) {
-        self.update(|s| s.durable_only = durable_only);
+    /// Readers see only durable data from now on (`true`), or all written data.
+    /// Nothing they see goes back: a switch to durable-only keeps what they see now
+    /// visible until the durable end passes it (returned: the end they see, so the
+    /// caller can wait for a flush to cover it). A switch back shows the written end.
+    pub fn set_durable_only(&self, durable_only: bool) -> LogEnd {
+        let mut visible = LogEnd::default();
+        self.update(|s| {
+            visible = s.visible();
+            s.kept_visible = (durable_only && visible.offset > s.durable.offset).then_some(visible);
+            s.durable_only = durable_only;
+        });
+        visible
     }
 
     pub fn poison(&self, cause: String) {

@@ -493,16 +493,39 @@ impl Store {
             config.to_file(topic.partitions.len() as u32).as_bytes(),
         )?;
         let config = Arc::new(config);
-        for partition in &topic.partitions {
-            partition.set_config(config.clone());
-        }
+        let to_sync: Vec<_> = topic
+            .partitions
+            .iter()
+            .filter_map(|partition| Some((partition, partition.set_config(config.clone())?)))
+            .collect();
         let window_changed = topic.config().dedup_window_ms != config.dedup_window_ms;
         *topic.config.write().unwrap_or_else(|e| e.into_inner()) = config;
         if window_changed {
             // Read back from the log at the next publish with an id.
             topic.dedup.reset();
         }
-        Ok(topic)
+        // A switch to `fsync = always` returns once what readers saw is durable, so
+        // from then on they see only durable data. The flushes run together; one that
+        // fails poisons its partition as any failed fsync does (or, failing before its
+        // fsync ran, is tried again): the new policy is in effect all the same.
+        let mut failed = None;
+        for (partition, end) in to_sync {
+            if let Err(error) = partition.wait_durable_blocking(end - 1) {
+                tracing::error!(topic = name, partition = partition.id(), %error, "switching to fsync = always, the flush of what readers saw failed");
+                failed.get_or_insert(error);
+            }
+        }
+        match failed {
+            None => Ok(topic),
+            // A failed fsync says so itself (the partition is poisoned).
+            Some(Error::Io { context, source }) => Err(Error::Io {
+                context: format!(
+                    "{context}, to make what readers of topic {name:?} saw durable (fsync = always is in effect; the flush is tried again)"
+                ),
+                source,
+            }),
+            Some(error) => Err(error),
+        }
     }
 
     /// Raises the partition count of topic `name` to `count` (only up). Returns the

@@ -324,10 +324,29 @@ impl Partition {
             .clone()
     }
 
-    pub(crate) fn set_config(&self, config: Arc<TopicConfig>) {
-        self.progress
-            .set_durable_only(config.fsync == FsyncPolicy::Always);
-        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+    /// Takes a new config. A switch to `fsync = always` changes what readers see
+    /// without taking anything back: what they saw (the written end) stays visible,
+    /// and only what is appended after it waits for its fsync to show. A flush of it
+    /// is asked for; the offset it must reach is returned (`Some(end)`: wait with
+    /// [`Partition::wait_durable_blocking`] for `end - 1`) unless it is durable already
+    /// or the partition is poisoned (nothing can be fsynced until a restart, whose
+    /// recovery makes it durable; until then it stays visible, as it was).
+    pub(crate) fn set_config(self: &Arc<Self>, config: Arc<TopicConfig>) -> Option<u64> {
+        let durable_only = config.fsync == FsyncPolicy::Always;
+        let (visible, poisoned) = {
+            // Under the append lock: an append sees the old policy and visibility or
+            // the new ones, never a mix (one that read the old config before taking
+            // the lock sees the new one after it, see `append_run`).
+            let _writer = lock(&self.writer);
+            *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+            let visible = self.progress.set_durable_only(durable_only);
+            let state = self.progress.lock();
+            let behind = durable_only && visible.offset > state.durable.offset;
+            (behind.then_some(visible.offset), state.poisoned.is_some())
+        };
+        let visible = visible.filter(|_| !poisoned)?;
+        self.request_flush();
+        Some(visible)
     }
 
     fn segments(&self) -> Vec<Arc<Segment>> {
@@ -668,7 +687,12 @@ impl Partition {
         if let Err(error) = failed {
             results.resize(count, Err(error));
         }
-        if config.fsync == FsyncPolicy::Always {
+        // `config` was read before the append lock: a switch to `always` since then
+        // (`set_config`) shows here, so what this wrote gets the flush it now needs
+        // to be visible.
+        if config.fsync == FsyncPolicy::Always
+            || self.config.read().unwrap_or_else(|e| e.into_inner()).fsync == FsyncPolicy::Always
+        {
             self.request_flush();
         }
         results

@@ -22,6 +22,7 @@ mod client_subscribe;
 mod dedup;
 mod delivery_history;
 mod filters;
+mod fsync_switch;
 mod garbage;
 mod group_topic_recreate;
 mod groups;
