@@ -1066,6 +1066,28 @@ impl QueueManager {
         }
     }
 
+    /// An admin operation changed queue `name` behind its runtime, if it has one:
+    /// PurgeQueue settled leases its engines counted for their members, AlterQueue
+    /// may have raised `max_unacked_per_member`. Each engine counts its members'
+    /// deliveries again from the durable state (`QueueEngine::recount_held`), so a
+    /// purged member's room comes back at once, and the runtime delivers again now (a
+    /// waiting Consume stream or Receive call gets what is ready). Call it after the
+    /// operation is durable.
+    pub async fn queue_changed(&self, name: &str) -> Result<(), Status> {
+        let Some(runtime) = lock(&self.runtimes).get(name).cloned() else {
+            return Ok(());
+        };
+        for part in runtime.parts() {
+            part.with_engine(|engine| {
+                engine.recount_held();
+                Ok(())
+            })
+            .await?;
+        }
+        runtime.wake();
+        Ok(())
+    }
+
     /// (member id, client id, unacked) of queue `name`'s members.
     pub fn members(&self, name: &str) -> Vec<(String, String, u64)> {
         lock(&self.runtimes)
