@@ -1085,6 +1085,69 @@ fn purge_reports_every_message_it_settled() {
     );
 }
 
+/// What a purge settled no longer counts as held by its members once the engine
+/// counts again (`QueueEngine::recount_held`, which the broker calls after every
+/// PurgeQueue): a member at its cap has its room back. Leases made after the purge
+/// count, as do the engine's own; leases restored from before the engine opened do
+/// not, nor do members that left.
+#[test]
+fn a_purge_gives_members_back_the_room_its_settled_deliveries_took() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = plain_store(dir.path(), &clock, 0);
+    let publish = |count: u64| {
+        let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+        for i in 0..count {
+            partition
+                .append_durable(&[NewRecord::value(format!("m{i}"))])
+                .unwrap();
+        }
+    };
+    publish(6);
+    admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, config()).unwrap();
+    // Offset 0 leased by an engine of an earlier run: restored in the next one.
+    let mut earlier = QueueEngine::open(store.clone(), "work").unwrap();
+    earlier.member_joined("m");
+    assert_eq!(earlier.deliver(&[("m".into(), 1)]).unwrap()[0].1.len(), 1);
+    drop(earlier);
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    for member in ["m", "other", "leaver"] {
+        engine.member_joined(member);
+    }
+    let wants = [("m".into(), 3), ("other".into(), 1), ("leaver".into(), 1)];
+    assert_eq!(
+        engine
+            .deliver(&wants)
+            .unwrap()
+            .iter()
+            .map(|(_, d)| d.len())
+            .sum::<usize>(),
+        5
+    );
+    engine.member_left("leaver");
+    let held = |engine: &QueueEngine| ["m", "other", "leaver"].map(|member| engine.unacked(member));
+    // Counting again from the state changes nothing the engine did itself.
+    assert_eq!(held(&engine), [3, 1, 0]);
+    engine.recount_held();
+    assert_eq!(held(&engine), [3, 1, 0]);
+
+    assert_eq!(admin::purge_queue(&*store, "work").unwrap(), 6);
+    engine.recount_held();
+    assert_eq!(held(&engine), [0, 0, 0], "the purge settled every delivery");
+    // New messages go to them, and count as ever.
+    publish(4);
+    engine.tick().unwrap();
+    let delivered = engine
+        .deliver(&[("m".into(), 3), ("other".into(), 3)])
+        .unwrap();
+    assert_eq!(delivered.iter().map(|(_, d)| d.len()).sum::<usize>(), 4);
+    assert_eq!(held(&engine), [2, 2, 0]);
+    engine.recount_held();
+    assert_eq!(held(&engine), [2, 2, 0]);
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!((status.unacked, status.ready), (4, 0), "{status:?}");
+}
+
 #[test]
 fn an_ack_range_ending_below_its_offset_is_invalid_and_spares_the_others() {
     let dir = tempfile::tempdir().unwrap();

@@ -375,13 +375,13 @@ impl Runtime {
             .into_iter()
             .map(|(part, indexes, batch)| {
                 let answer = part.combiner.submit(&part.engine, member.clone(), batch);
-                (indexes, answer)
+                (part.topic.clone(), indexes, answer)
             })
             .collect();
         let runtime = self.clone();
         async move {
             let mut failed = None;
-            for (indexes, answer) in submitted {
+            for (topic, indexes, answer) in submitted {
                 // Every part's answer is waited for, even after one failed.
                 let settled = match answer.await {
                     Ok(settled) => settled,
@@ -397,6 +397,25 @@ impl Runtime {
                         for (index, outcome) in indexes.into_iter().zip(settled.outcomes) {
                             outcomes[index] = Some(outcome);
                         }
+                    }
+                    // The part of a pattern queue's topic deleted since the parts
+                    // were synced: its settlements are each NOT_FOUND, as for a
+                    // topic the queue has not taken; the other topics' stand.
+                    Err(status) if runtime.part_gone(&status) => {
+                        for index in indexes {
+                            outcomes[index] = Some(SettleOutcome::NotFound(format!(
+                                "topic {topic:?} in queue {:?} (not one of its topics now)",
+                                runtime.name
+                            )));
+                        }
+                    }
+                    // The pattern queue itself was deleted: said of it, not of the
+                    // part (whose name is internal).
+                    Err(status) if runtime.pattern && status.code() == tonic::Code::NotFound => {
+                        failed = failed.or(Some(convert::status(&Error::not_found(format!(
+                            "queue {:?} (it was deleted)",
+                            runtime.name
+                        )))));
                     }
                     Err(status) => failed = failed.or(Some(status)),
                 }
@@ -681,10 +700,7 @@ impl Runtime {
                 // A pattern queue's topic deleted since the parts were synced: the
                 // next sync drops its part; the other topics deliver on (a Receive
                 // is not failed for it).
-                Err(status) if status.code() == tonic::Code::NotFound && !self.gone() => {
-                    self.resync.store(true, Ordering::Release);
-                    continue;
-                }
+                Err(status) if self.part_gone(&status) => continue,
                 Err(status) => return Err(status),
             };
             again |= !batches.is_empty() || lock(&part.engine).behind();
@@ -769,6 +785,18 @@ impl Runtime {
         }
         tracing::warn!(queue = %self.name, %status, "queue engine failed; retrying");
         tokio::time::sleep(ERROR_BACKOFF).await;
+    }
+
+    /// Whether `status`, from one part's engine, says that part's queue is gone
+    /// while the runtime's is not: a pattern queue's topic deleted since the parts
+    /// were synced. The next sync (asked for here) drops the part; the other topics
+    /// go on, and no caller is failed for it (nor told the part's internal name).
+    fn part_gone(&self, status: &Status) -> bool {
+        let gone = status.code() == tonic::Code::NotFound && !self.gone();
+        if gone {
+            self.resync.store(true, Ordering::Release);
+        }
+        gone
     }
 
     /// Whether the queue is gone: for a queue on a pattern, a NOT_FOUND may be about
@@ -1064,6 +1092,28 @@ impl QueueManager {
                 }
             });
         }
+    }
+
+    /// An admin operation changed queue `name` behind its runtime, if it has one:
+    /// PurgeQueue settled leases its engines counted for their members, AlterQueue
+    /// may have raised `max_unacked_per_member`. Each engine counts its members'
+    /// deliveries again from the durable state (`QueueEngine::recount_held`), so a
+    /// purged member's room comes back at once, and the runtime delivers again now (a
+    /// waiting Consume stream or Receive call gets what is ready). Call it after the
+    /// operation is durable.
+    pub async fn queue_changed(&self, name: &str) -> Result<(), Status> {
+        let Some(runtime) = lock(&self.runtimes).get(name).cloned() else {
+            return Ok(());
+        };
+        for part in runtime.parts() {
+            part.with_engine(|engine| {
+                engine.recount_held();
+                Ok(())
+            })
+            .await?;
+        }
+        runtime.wake();
+        Ok(())
     }
 
     /// (member id, client id, unacked) of queue `name`'s members.

@@ -360,6 +360,8 @@ impl Queues for QueuesService {
                 })
             })
             .await?;
+            // A raised max_unacked_per_member makes room at once.
+            self.manager().queue_changed(&request.name).await?;
             Ok(AlterQueueResponse {
                 queue: Some(self.describe(&request.name, caller.as_ref()).await?),
             })
@@ -463,14 +465,18 @@ impl Queues for QueuesService {
             .auth
             .authorize(&request, &[Target::queue(&request.get_ref().name)]);
         let name = request.into_inner().name;
-        let result = match denied {
-            Ok(()) => {
-                self.blocking(move |store| admin::purge_queue(store, &name))
-                    .await
-            }
-            Err(status) => Err(status),
+        let result = async {
+            denied?;
+            let owned = name.clone();
+            let purged = self
+                .blocking(move |store| admin::purge_queue(store, &owned))
+                .await?;
+            // The purge settled the members' deliveries: their room under
+            // max_unacked_per_member comes back now.
+            self.manager().queue_changed(&name).await?;
+            Ok(PurgeQueueResponse { purged })
         }
-        .map(|purged| PurgeQueueResponse { purged });
+        .await;
         self.finished("PurgeQueue", started, &result);
         result.map(Response::new)
     }

@@ -465,6 +465,10 @@ pub fn delete_queue(store: &dyn QueueHost, name: &str) -> Result<()> {
 /// Settles everything queue `name` has not settled, up to each partition's end now.
 /// Returns how many messages that settled: those held, waiting or delayed, and those
 /// not taken yet (by the rule of the ready count, `QueuePartition::untaken`).
+///
+/// The deliveries members held are settled with the rest, so they no longer count
+/// towards `max_unacked_per_member`: an engine open on the queue counts them until
+/// its owner calls [`super::QueueEngine::recount_held`] after this returns.
 pub fn purge_queue(store: &dyn QueueHost, name: &str) -> Result<u64> {
     let mut purged = 0;
     for (_, queue) in serving_queues(store, name)? {

@@ -18,8 +18,8 @@ use tidelog_proto::v1::{
     AckLevel, CreateQueueRequest, DeleteTopicRequest, DescribeQueueRequest,
     GetDeliveryStatusRequest, ListDeliveriesRequest, Message, MessagePosition, PublishRequest,
     QueueConfig, QueueConsumeRequest, QueueConsumeResponse, QueueDeliveryState, QueueDescription,
-    RedriveQueueRequest, Settlement, StartPosition, TopicConfig, get_delivery_status_request,
-    get_delivery_status_response,
+    RedriveQueueRequest, Settlement, SettlementOutcome, StartPosition, TopicConfig,
+    get_delivery_status_request, get_delivery_status_response,
 };
 use tidelog_tests::TestBroker;
 use tokio::sync::mpsc;
@@ -154,6 +154,12 @@ impl Member {
 
     /// Sends settlements and returns their outcome codes.
     async fn settle(&mut self, settlements: Vec<Settlement>) -> Vec<i32> {
+        let outcomes = self.settle_outcomes(settlements).await;
+        outcomes.iter().map(|o| o.code).collect()
+    }
+
+    /// Sends settlements and returns their outcomes.
+    async fn settle_outcomes(&mut self, settlements: Vec<Settlement>) -> Vec<SettlementOutcome> {
         self.next_request += 1;
         let request_id = self.next_request;
         self.tx
@@ -169,11 +175,11 @@ impl Member {
             let event = tokio::time::timeout(Duration::from_secs(10), self.stream.message())
                 .await
                 .expect("an answer in time")
-                .unwrap()
-                .unwrap();
+                .expect("the stream stays up")
+                .expect("not ended");
             if let Some(Event::Settled(settled)) = event.event {
                 assert_eq!(settled.request_id, request_id);
-                return settled.outcomes.iter().map(|o| o.code).collect();
+                return settled.outcomes;
             }
         }
     }
@@ -521,4 +527,80 @@ async fn a_kill9_loses_no_ack_of_a_pattern_queue_and_redelivers_what_was_unacked
     let queue = describe(&broker, "work").await;
     assert_eq!((queue.ready, queue.unacked), (0, 0));
     assert_eq!(queue.topics, vec!["jobs.a", "jobs.b"]);
+}
+
+/// A settlement naming a topic deleted a moment before (the queue has not dropped the
+/// topic yet) is NOT_FOUND on its own, in the queue's terms (never its internal
+/// `__pq.` names): the other topic's settlements in the same request go through, unary
+/// or on a Consume stream, and the stream stays up. (The unary Settle failed as a
+/// whole with NOT_FOUND naming `__pq.<queue>.<n>`, the stream ended with it.) Several
+/// rounds, each settling right after the delete, where the race is nearly always lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settlement_of_a_topic_just_deleted_is_not_found_alone_and_spares_the_rest() {
+    let broker = TestBroker::start();
+    create(&broker, "churn", r"churn\..*", QueueConfig::default()).await;
+    broker
+        .create_topic("churn.stable", 1, TopicConfig::default())
+        .await;
+    let mut member = Member::open(&broker, "churn", 1000).await;
+    let mut queues = QueuesClient::new(broker.channel().await);
+    let check = |what: &str, topic: &str, gone: &str, code: i32, message: &str| {
+        assert!(!message.contains("__pq"), "{what}: {message:?}");
+        if topic == gone {
+            assert_eq!(code, Code::NotFound as i32, "{what}: {message:?}");
+            assert!(message.contains(gone), "{what}: {message:?}");
+        } else {
+            assert_eq!(code, 0, "{what}: {message:?}");
+        }
+    };
+    for round in 0..5 {
+        let gone = format!("churn.gone{round}");
+        broker.create_topic(&gone, 1, TopicConfig::default()).await;
+        publish(&broker, &gone, 2).await;
+        publish(&broker, "churn.stable", 2).await;
+        let got = member.deliveries(4, Duration::from_secs(10)).await;
+        assert_eq!(got.len(), 4, "round {round}: {got:?}");
+        broker
+            .admin()
+            .await
+            .delete_topic(DeleteTopicRequest { name: gone.clone() })
+            .await
+            .unwrap();
+        // Of each topic, the first settled by a unary Settle, the second on the
+        // stream.
+        let mut first = BTreeMap::new();
+        let mut second = Vec::new();
+        for (topic, partition, offset, _, _) in &got {
+            if first.contains_key(topic) {
+                second.push((topic.clone(), ack(topic, *partition, *offset)));
+            } else {
+                first.insert(topic.clone(), ack(topic, *partition, *offset));
+            }
+        }
+        let (topics, settlements): (Vec<String>, Vec<Settlement>) = first.into_iter().unzip();
+        let outcomes = queues
+            .settle(tidelog_proto::v1::SettleRequest {
+                queue: "churn".into(),
+                settlements,
+            })
+            .await
+            .unwrap_or_else(|status| panic!("round {round}: the Settle failed: {status:?}"))
+            .into_inner()
+            .outcomes;
+        assert_eq!(outcomes.len(), 2);
+        for (topic, outcome) in topics.iter().zip(&outcomes) {
+            check("unary", topic, &gone, outcome.code, &outcome.message);
+        }
+        let (topics, settlements): (Vec<String>, Vec<Settlement>) = second.into_iter().unzip();
+        let outcomes = member.settle_outcomes(settlements).await;
+        assert_eq!(outcomes.len(), 2);
+        for (topic, outcome) in topics.iter().zip(&outcomes) {
+            check("stream", topic, &gone, outcome.code, &outcome.message);
+        }
+        member.credit(4).await;
+    }
+    // The stream is still up and delivers.
+    publish(&broker, "churn.stable", 1).await;
+    let last = member.deliveries(1, Duration::from_secs(10)).await;
+    assert_eq!(last.len(), 1);
 }

@@ -1408,3 +1408,157 @@ async fn a_message_acked_out_of_offset_order_is_not_ready_nor_over_the_caps() {
         "5 ready at a cap of 5"
     );
 }
+
+/// The deliveries a Consume stream sends until `want` arrived or `wait` passed.
+async fn stream_deliveries(
+    stream: &mut tonic::Streaming<tidelog_proto::v1::QueueConsumeResponse>,
+    want: usize,
+    wait: Duration,
+) -> Vec<QueueDelivery> {
+    let mut got = Vec::new();
+    let until = tokio::time::Instant::now() + wait;
+    while got.len() < want {
+        let event = match tokio::time::timeout_at(until, stream.message()).await {
+            Ok(event) => event.expect("the stream stays up").expect("not ended"),
+            Err(_) => break,
+        };
+        if let Some(Event::Deliveries(batch)) = event.event {
+            got.extend(batch.deliveries);
+        }
+    }
+    got
+}
+
+/// PurgeQueue settles the deliveries members hold, so their room under
+/// `max_unacked_per_member` comes back at once: a Consume member and a Receive member,
+/// each at its limit of 3 (deadline a minute away), hold nothing by DescribeQueue after
+/// the purge and get the messages published after it as they come, the Receive member
+/// on a call that was already waiting. (They held their purged deliveries for good, and got
+/// nothing more.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_gives_members_at_their_limit_their_room_back() {
+    let broker = TestBroker::start();
+    broker.create_topic("jobs", 1, TopicConfig::default()).await;
+    publish(&broker, "jobs", 0, 10).await;
+    create_queue(
+        &broker,
+        "work",
+        "jobs",
+        QueueConfig {
+            max_unacked_per_member: Some(3),
+            ack_deadline_ms: Some(60_000),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut client = queues(&broker).await;
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(QueueConsumeRequest {
+        request: Some(ConsumeRequest::Open(Open {
+            queue: "work".into(),
+            client_id: "streamer".into(),
+            credit: 100,
+        })),
+    })
+    .await
+    .unwrap();
+    let mut stream = client
+        .consume(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let held = stream_deliveries(&mut stream, 3, Duration::from_secs(10)).await;
+    assert_eq!(held.len(), 3);
+    let receive = |wait_ms: u64| ReceiveRequest {
+        queue: "work".into(),
+        member: "poller".into(),
+        max_messages: 10,
+        max_wait_ms: wait_ms,
+    };
+    let polled = client.receive(receive(2_000)).await.unwrap().into_inner();
+    assert_eq!(polled.deliveries.len(), 3);
+    let describe = |client: &QueuesClient<Channel>| {
+        let mut client = client.clone();
+        async move {
+            let queue = client
+                .describe_queue(DescribeQueueRequest {
+                    name: "work".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .queue
+                .unwrap();
+            let members: Vec<(String, u64)> = queue
+                .members
+                .iter()
+                .map(|m| (m.client_id.clone(), m.unacked))
+                .collect();
+            (queue.unacked, queue.ready, members)
+        }
+    };
+    let (unacked, ready, mut members) = describe(&client).await;
+    members.sort();
+    assert_eq!(
+        (unacked, ready, members),
+        (6, 4, vec![("poller".into(), 3), ("streamer".into(), 3)])
+    );
+    // A Receive waiting at its limit while the queue is purged.
+    let mut waiting_client = client.clone();
+    let waiting = tokio::spawn(async move { waiting_client.receive(receive(10_000)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let purged = client
+        .purge_queue(PurgeQueueRequest {
+            name: "work".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .purged;
+    assert_eq!(purged, 10);
+    let (unacked, ready, mut members) = describe(&client).await;
+    members.sort();
+    assert_eq!(
+        (unacked, ready, members),
+        (0, 0, vec![("poller".into(), 0), ("streamer".into(), 0)]),
+        "the purge settled what the members held"
+    );
+
+    let published = std::time::Instant::now();
+    publish(&broker, "jobs", 10, 4).await;
+    let polled = waiting
+        .await
+        .unwrap()
+        .expect("the waiting Receive")
+        .into_inner()
+        .deliveries;
+    assert!(
+        (1..=3).contains(&polled.len()),
+        "the waiting Receive gets new messages: {polled:?}"
+    );
+    // As they come, not when the call's 10 s wait ends.
+    assert!(
+        published.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        published.elapsed()
+    );
+    let streamed = stream_deliveries(&mut stream, 4 - polled.len(), Duration::from_secs(10)).await;
+    let mut new: Vec<String> = polled.iter().chain(&streamed).map(value).collect();
+    new.sort();
+    assert_eq!(new, ["m-10", "m-11", "m-12", "m-13"]);
+    // Acks of purged deliveries are NOT_FOUND, each on its own.
+    let outcomes = client
+        .settle(SettleRequest {
+            queue: "work".into(),
+            settlements: held.iter().map(ack).collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .outcomes;
+    assert!(
+        outcomes.iter().all(|o| o.code == Code::NotFound as i32),
+        "{outcomes:?}"
+    );
+}

@@ -618,6 +618,40 @@ impl QueueEngine {
         Ok(count)
     }
 
+    /// Counts again, from the durable state, the deliveries each connected member
+    /// holds (what [`QueueEngine::unacked`] answers and `max_unacked_per_member` is
+    /// judged by). Every lease the engine makes or settles itself keeps the counts;
+    /// an admin operation that settles leases behind it ([`super::admin::purge_queue`])
+    /// does not, and its caller calls this afterwards: without it a purged member
+    /// kept counting the deliveries it no longer holds, and one at its cap got
+    /// nothing more. Leases restored from before the engine opened are not counted
+    /// (as ever), nor those of members that left. Reads every pending message once.
+    pub fn recount_held(&mut self) {
+        let held: HashMap<Arc<str>, u64> = self.store.queues().read(|q| {
+            let mut held: HashMap<Arc<str>, u64> = HashMap::new();
+            let Some(queue) = q.get(&self.name) else {
+                return held;
+            };
+            for (&partition, part) in &queue.partitions {
+                for (offset, pending) in part.pending.iter_undelayed() {
+                    let Hold::Leased { member, .. } = &pending.hold else {
+                        continue;
+                    };
+                    if !self.members.contains_key(member)
+                        || self.restored(partition, offset, pending.attempts)
+                    {
+                        continue;
+                    }
+                    *held.entry(member.clone()).or_insert(0) += 1;
+                }
+            }
+            held
+        });
+        for (member, count) in &mut self.members {
+            *count = held.get(member).copied().unwrap_or(0);
+        }
+    }
+
     /// Deliveries `member` holds now.
     pub fn unacked(&self, member: &str) -> u64 {
         self.members.get(member).copied().unwrap_or(0)
