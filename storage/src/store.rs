@@ -10,7 +10,7 @@
 //!   offsets/                              the consumer offsets store
 //!   state/queues/queues.statelog          the work queues' state (crate::queue)
 //!   state/history/<queue>/<ms>.history    each queue's delivery history (crate::queue::history)
-//!   trash/                                topics being deleted
+//!   trash/                                topics and deleted queues' histories being removed
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

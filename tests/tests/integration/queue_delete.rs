@@ -45,7 +45,6 @@ async fn worker(broker: &TestBroker, stop: Arc<AtomicBool>) {
                 member: "w".into(),
                 max_messages: 5,
                 max_wait_ms: 20,
-                ..Default::default()
             })
             .await
         else {
@@ -219,7 +218,6 @@ async fn a_deleted_queue_takes_its_ack_latency_histogram_with_it() {
                 member: "m".into(),
                 max_messages: 3,
                 max_wait_ms: 1000,
-                ..Default::default()
             })
             .await
             .unwrap()
