@@ -157,7 +157,16 @@ impl AdminService {
     async fn delete(&self, request: DeleteTopicRequest) -> Result<DeleteTopicResponse, Status> {
         let store = self.state.store.clone();
         let name = request.name.clone();
-        blocking(move || store.delete_topic(&name)).await?;
+        let deleted = blocking(move || store.delete_topic(&name)).await;
+        // A failure after the topic left the store (its offsets or queues could not
+        // be deleted) is answered, but the delete stood: what follows runs all the
+        // same.
+        if let Err(status) = &deleted
+            && (status.code() == tonic::Code::NotFound
+                || self.state.store.topic(&request.name).is_ok())
+        {
+            return Err(status.clone());
+        }
         self.state.metrics.forget_topic(&request.name);
         // Group members reading the topic by name end with NOT_FOUND; it drops out
         // of pattern members' assignments.
@@ -166,7 +175,7 @@ impl AdminService {
         // Its queues went with it: their members' streams end with NOT_FOUND.
         self.state.queues.forget_missing();
         self.state.queues.topics_changed();
-        Ok(DeleteTopicResponse {})
+        deleted.map(|()| DeleteTopicResponse {})
     }
 
     fn list(&self, request: &Request<ListTopicsRequest>) -> ListTopicsResponse {

@@ -10,12 +10,12 @@
 //!   offsets/                              the consumer offsets store
 //!   state/queues/queues.statelog          the work queues' state (crate::queue)
 //!   state/history/<queue>/<ms>.history    each queue's delivery history (crate::queue::history)
-//!   trash/                                topics being deleted
+//!   trash/                                topics and deleted queues' histories being removed
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -129,6 +129,22 @@ fn remove_orphan_histories(fs: &dyn FileSystem, data: &Path, queues: &Queues) ->
     Ok(())
 }
 
+/// The delivery histories a store has opened, and what is left of deleted queues'.
+#[derive(Debug, Default)]
+struct Histories {
+    /// Each queue's that recorded or was asked for some since the store opened (a
+    /// summary each; the events stay on disk).
+    open: HashMap<String, Arc<QueueHistory>>,
+    /// Deleted queues whose history directory could not be moved to the trash yet (an
+    /// I/O error): tried again at each retention pass and before a history of that
+    /// name is handed out (which fails until it moved, so a queue created again under
+    /// the name never sees the old events).
+    left: BTreeSet<String>,
+}
+
+/// Tells apart the trash names of history directories moved in the same nanosecond.
+static HISTORY_TRASH_SEQ: AtomicU64 = AtomicU64::new(0);
+
 #[derive(Debug)]
 struct Inner {
     dir: PathBuf,
@@ -140,9 +156,9 @@ struct Inner {
     offsets: OffsetStore,
     /// Every work queue's state.
     queues: StateLog<Queues>,
-    /// The delivery history of each queue that recorded or was asked for some since
-    /// the store opened (a summary each; the events stay on disk).
-    histories: Mutex<HashMap<String, Arc<QueueHistory>>>,
+    /// The delivery histories, locked by every step that creates or deletes queues and
+    /// by every lookup of a history (see [`Store::change_queues`]).
+    histories: Mutex<Histories>,
     flusher: Mutex<Flusher>,
     context: PartitionContext,
     closed: AtomicBool,
@@ -253,7 +269,7 @@ impl Store {
             redrives: Mutex::new(()),
             offsets,
             queues,
-            histories: Mutex::new(HashMap::new()),
+            histories: Mutex::new(Histories::default()),
             flusher: Mutex::new(flusher),
             context,
             closed: AtomicBool::new(false),
@@ -282,40 +298,74 @@ impl Store {
     }
 
     /// Queue `name`'s delivery history (see [`crate::queue::history`]), whether or not
-    /// the queue exists. The name must pass the queue-name rule (it names a directory:
-    /// never `..` or a path).
+    /// the queue exists (for reading). The name must pass the queue-name rule (it
+    /// names a directory: never `..` or a path).
     pub fn queue_history(&self, name: &str) -> Result<Arc<QueueHistory>> {
-        validate_queue_name(name)?;
-        let mut histories = self
-            .inner
-            .histories
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let history = histories
-            .entry(name.to_string())
-            .or_insert_with(|| {
-                Arc::new(QueueHistory::new(
-                    self.inner.context.fs.clone(),
-                    self.inner.dir.join(QUEUE_HISTORY_DIR).join(name),
-                    self.inner.context.clock.clone(),
-                ))
-            })
-            .clone();
-        Ok(history)
+        self.inner.history(&mut self.inner.lock_histories(), name)
     }
 
-    /// Deletes queue `name`'s delivery history (its queue was deleted), durably.
-    pub fn remove_queue_history(&self, name: &str) -> Result<()> {
-        let removed = self
-            .inner
-            .histories
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(name);
-        if let Some(history) = removed {
-            history.close();
+    /// Queue `name`'s delivery history to record its decisions in, or None when the
+    /// queue does not exist (it was deleted: its decisions made before are not
+    /// recorded). Looked up in one step with [`Store::change_queues`], so a history
+    /// handed out here is either closed by the queue's deletion or belongs to a queue
+    /// that exists after it.
+    pub fn live_queue_history(&self, name: &str) -> Result<Option<Arc<QueueHistory>>> {
+        let mut histories = self.inner.lock_histories();
+        if self.inner.queues.read(|q| q.get(name).is_none()) {
+            return Ok(None);
         }
-        remove_history_dir(&*self.inner.context.fs, &self.inner.dir, name)
+        self.inner.history(&mut histories, name).map(Some)
+    }
+
+    /// Appends `ops`, operations that create or delete queues, to the queue state, and
+    /// takes their delivery history from the queues they delete. Returns their
+    /// outcomes.
+    ///
+    /// Once the append is durable the delete stands, and this returns its outcomes
+    /// whatever happens to the history after: in the same step for anyone appending
+    /// history or creating a queue (both wait for it), each deleted queue's open
+    /// history is closed (a decision made before the delete records nothing any
+    /// more) and its directory is renamed into `trash/`, so a queue created again
+    /// under the name starts with an empty history; then the directory is removed.
+    /// A rename that fails is tried again at each retention pass and before a history
+    /// of that name is handed out (which fails until it moved); a removal that fails
+    /// is left in the trash, which the retention passes empty. A crash before the
+    /// rename is durable leaves the directory of a queue that does not exist, which
+    /// the next open removes.
+    pub fn change_queues(&self, ops: Vec<QueueOp>) -> Result<Vec<u64>> {
+        let deleted: Vec<String> = ops
+            .iter()
+            .filter_map(|op| match op {
+                QueueOp::Delete { name } => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut trashed = Vec::new();
+        let outcomes = {
+            let mut histories = self.inner.lock_histories();
+            let outcomes = self.inner.queues.append(ops)?;
+            for name in deleted {
+                if let Some(history) = histories.open.remove(&name) {
+                    history.close();
+                }
+                match self.inner.move_history_to_trash(&name) {
+                    Ok(moved) => trashed.extend(moved),
+                    Err(error) => {
+                        tracing::warn!(
+                            queue = %name,
+                            %error,
+                            "deleted queue; its delivery history could not be moved to the trash yet: the retention passes try again (a queue of that name has no history until then)"
+                        );
+                        histories.left.insert(name);
+                    }
+                }
+            }
+            outcomes
+        };
+        for path in trashed {
+            self.inner.remove_trashed(&path);
+        }
+        Ok(outcomes)
     }
 
     /// Segments holding a memory mapping now (bounded by `mapped_segments_max`).
@@ -440,45 +490,30 @@ impl Store {
         fs.rename(&topic.dir, &trash)
             .ctx(|| format!("moving {} to the trash", topic.dir.display()))?;
         fsutil::sync_dir(fs, &self.inner.dir.join("topics"))?;
-        self.inner.offsets.delete_topic(name)?;
-        let on_topic: Vec<QueueOp> = self.inner.queues.read(|queues| {
-            queues
-                .iter()
-                .filter(|q| q.topic == name)
-                .map(|q| QueueOp::Delete {
-                    name: q.name.clone(),
-                })
-                .collect()
+        // The topic is deleted (its directory left `topics/` durably above): what
+        // follows does not undo it, and its files go whatever becomes of the rest.
+        let rest = self.inner.offsets.delete_topic(name).and_then(|()| {
+            let on_topic: Vec<QueueOp> = self.inner.queues.read(|queues| {
+                queues
+                    .iter()
+                    .filter(|q| q.topic == name)
+                    .map(|q| QueueOp::Delete {
+                        name: q.name.clone(),
+                    })
+                    .collect()
+            });
+            if !on_topic.is_empty() {
+                self.change_queues(on_topic)?;
+            }
+            Ok(())
         });
-        let deleted_queues: Vec<String> = on_topic
-            .iter()
-            .filter_map(|op| match op {
-                QueueOp::Delete { name } => Some(name.clone()),
-                _ => None,
-            })
-            .collect();
-        if !on_topic.is_empty() {
-            self.inner.queues.append(on_topic)?;
-        }
-        for queue in deleted_queues {
-            self.remove_queue_history(&queue)?;
-        }
-        // The topic is deleted (its directory left `topics/` durably above): its files
-        // going is housekeeping. A removal that fails (out of file descriptors, an I/O
-        // error) does not undo or fail the delete; the retention passes try again.
-        // Mappings held by readers keep their files alive after this.
-        if let Err(error) = fs.remove_dir_all(&trash) {
-            self.inner.trash_left.store(true, Ordering::Release);
-            tracing::warn!(
-                topic = name,
-                %error,
-                "deleted topic; its files in {} could not be removed yet: the retention passes try again",
-                trash.display()
-            );
-        } else {
+        // Its files going is housekeeping. A removal that fails (out of file
+        // descriptors, an I/O error) does not undo or fail the delete; the retention
+        // passes try again. Mappings held by readers keep their files alive after this.
+        if self.inner.remove_trashed(&trash) {
             tracing::info!(topic = name, "deleted topic");
         }
-        Ok(())
+        rest
     }
 
     /// Replaces a topic's config. The partition count cannot change here.
@@ -828,6 +863,125 @@ fn read_owner(dir: &Path, context: &PartitionContext) -> Result<Option<Arc<str>>
 
 /// Removes everything in the data directory's `trash/` (topics being deleted). True
 /// when the trash is empty; what cannot be removed is logged and left for the next try.
+impl Inner {
+    fn lock_histories(&self) -> std::sync::MutexGuard<'_, Histories> {
+        self.histories
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queue `name`'s history (see [`Store::queue_history`]), with the histories
+    /// locked. Fails while the directory of a deleted queue of that name is still in
+    /// its place (see [`Histories::left`]), after trying to move it once more.
+    fn history(&self, histories: &mut Histories, name: &str) -> Result<Arc<QueueHistory>> {
+        validate_queue_name(name)?;
+        if histories.left.contains(name) {
+            let moved = self.move_history_to_trash(name).map_err(|error| {
+                Error::io(
+                    format!("moving the delivery history of a deleted queue named {name:?} to the trash (tried again at each retention pass; until then a queue of that name has no history)"),
+                    std::io::Error::other(error.to_string()),
+                )
+            })?;
+            histories.left.remove(name);
+            if let Some(path) = moved {
+                self.remove_trashed(&path);
+            }
+        }
+        let history = histories
+            .open
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                Arc::new(QueueHistory::new(
+                    self.context.fs.clone(),
+                    self.dir.join(QUEUE_HISTORY_DIR).join(name),
+                    self.context.clock.clone(),
+                ))
+            })
+            .clone();
+        Ok(history)
+    }
+
+    /// Renames `DATA/state/history/<queue>` into `trash/` and fsyncs both directories.
+    /// Returns where it went, None when there was none. Tried again after a failure,
+    /// it finishes what is left (the fsyncs).
+    fn move_history_to_trash(&self, queue: &str) -> Result<Option<PathBuf>> {
+        if validate_queue_name(queue).is_err() {
+            return Ok(None);
+        }
+        let fs = &*self.context.fs;
+        let parent = self.dir.join(QUEUE_HISTORY_DIR);
+        let dir = parent.join(queue);
+        let trash_dir = self.dir.join("trash");
+        // Never a deleted topic's name there (`<topic>-<digits>`).
+        let trash = trash_dir.join(format!(
+            "{:020}-{}.history",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+            HISTORY_TRASH_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let moved = match fs.rename(&dir, &trash) {
+            Ok(()) => Some(trash),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(Error::io(
+                    format!("moving {} to the trash", dir.display()),
+                    e,
+                ));
+            }
+        };
+        if fs
+            .try_exists(&parent)
+            .ctx(|| format!("looking for {}", parent.display()))?
+        {
+            fsutil::sync_dir(fs, &parent)?;
+        }
+        if moved.is_some() {
+            fsutil::sync_dir(fs, &trash_dir)?;
+        }
+        Ok(moved)
+    }
+
+    /// Removes `path` from the trash; what cannot be removed now stays for the
+    /// retention passes. Returns whether it went.
+    fn remove_trashed(&self, path: &Path) -> bool {
+        match self.context.fs.remove_dir_all(path) {
+            Ok(()) => true,
+            Err(error) => {
+                self.trash_left.store(true, Ordering::Release);
+                tracing::warn!(
+                    %error,
+                    "could not remove {} (a deleted topic's or queue history's files) yet: the retention passes try again",
+                    path.display()
+                );
+                false
+            }
+        }
+    }
+
+    /// Tries again to move the history directories of deleted queues that could not
+    /// be moved at their deletion.
+    fn retry_left_histories(&self) {
+        let mut histories = self.lock_histories();
+        let left: Vec<String> = histories.left.iter().cloned().collect();
+        for name in left {
+            match self.move_history_to_trash(&name) {
+                Ok(moved) => {
+                    histories.left.remove(&name);
+                    if let Some(path) = moved {
+                        self.remove_trashed(&path);
+                    }
+                    tracing::info!(queue = %name, "moved the delivery history of a deleted queue to the trash");
+                }
+                Err(error) => {
+                    tracing::warn!(queue = %name, %error, "the delivery history of a deleted queue could not be moved to the trash; tried again at the next retention pass");
+                }
+            }
+        }
+    }
+}
+
 fn empty_trash(fs: &dyn FileSystem, dir: &Path) -> bool {
     let trash = dir.join("trash");
     let entries = match fs.read_dir(&trash) {
@@ -849,9 +1003,16 @@ fn empty_trash(fs: &dyn FileSystem, dir: &Path) -> bool {
 }
 
 fn enforce_retention(inner: &Inner) -> Vec<(String, u32, RetentionOutcome)> {
-    if inner.trash_left.load(Ordering::Acquire) && empty_trash(&*inner.context.fs, &inner.dir) {
-        inner.trash_left.store(false, Ordering::Release);
-        tracing::info!("removed the files of deleted topics left in the trash");
+    inner.retry_left_histories();
+    // Cleared before the trash is emptied: a removal failing meanwhile sets it again.
+    if inner.trash_left.swap(false, Ordering::AcqRel) {
+        if empty_trash(&*inner.context.fs, &inner.dir) {
+            tracing::info!(
+                "removed the files of deleted topics and queue histories left in the trash"
+            );
+        } else {
+            inner.trash_left.store(true, Ordering::Release);
+        }
     }
     let topics: Vec<_> = inner
         .topics
@@ -947,8 +1108,12 @@ impl QueueHost for Store {
         Store::queue_history(self, name)
     }
 
-    fn remove_queue_history(&self, name: &str) -> Result<()> {
-        Store::remove_queue_history(self, name)
+    fn live_queue_history(&self, name: &str) -> Result<Option<Arc<QueueHistory>>> {
+        Store::live_queue_history(self, name)
+    }
+
+    fn change_queues(&self, ops: Vec<QueueOp>) -> Result<Vec<u64>> {
+        Store::change_queues(self, ops)
     }
 
     fn topic(&self, name: &str) -> Result<Arc<Topic>> {

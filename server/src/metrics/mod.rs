@@ -728,6 +728,15 @@ impl Metrics {
             .inc();
     }
 
+    /// Forgets the series of a deleted queue that are kept here (the others are read
+    /// from the queues at each scrape, so they go with it), so they stop being
+    /// exported and a queue created again under the name starts without them.
+    pub fn forget_queue(&self, queue: &str) {
+        self.queue_ack_latency.remove(&QueueLabels {
+            queue: queue.to_string(),
+        });
+    }
+
     /// Forgets the per-topic series of a deleted topic, so they stop being exported.
     pub fn forget_topic(&self, topic: &str) {
         let labels = TopicLabels {

@@ -391,9 +391,7 @@ impl Runtime {
                 };
                 match settled {
                     Ok(settled) => {
-                        runtime
-                            .metrics
-                            .queue_acked(&runtime.name, &settled.ack_latencies_ms);
+                        runtime.acked(&settled.ack_latencies_ms);
                         for (index, outcome) in indexes.into_iter().zip(settled.outcomes) {
                             outcomes[index] = Some(outcome);
                         }
@@ -455,6 +453,18 @@ impl Runtime {
     }
 
     /// Ends every member's stream with `status` and stops the driver.
+    /// Adds delivery-to-ack times to the queue's histogram, unless the runtime was
+    /// stopped (the queue was deleted, and its series forgotten after the stop: see
+    /// [`QueueManager::queue_deleted`]). Under the members lock, which `stop` takes
+    /// after setting `stopped`, so no observation lands after the series was forgotten
+    /// and brings it back.
+    fn acked(&self, latencies_ms: &[u64]) {
+        let _members = lock(&self.members);
+        if !self.stopped.load(Ordering::Acquire) {
+            self.metrics.queue_acked(&self.name, latencies_ms);
+        }
+    }
+
     fn stop(&self, status: Status) {
         self.stopped.store(true, Ordering::Release);
         for (_, member) in lock(&self.members).drain() {
@@ -1054,13 +1064,15 @@ impl QueueManager {
     }
 
     /// Stops queue `name`'s runtime (it was deleted): its members' streams end with
-    /// NOT_FOUND.
+    /// NOT_FOUND, and its metric series are forgotten. Every deletion of a queue (by
+    /// DeleteQueue or with its topic) comes here.
     pub fn queue_deleted(&self, name: &str) {
         if let Some(runtime) = lock(&self.runtimes).remove(name) {
             runtime.stop(convert::status(&Error::not_found(format!(
                 "queue {name:?} (it was deleted)"
             ))));
         }
+        self.metrics.forget_queue(name);
     }
 
     /// Stops the runtimes of queues that no longer exist (their topic was deleted).

@@ -151,10 +151,8 @@ pub fn create_queue(
         });
     }
     let created =
-        store
-            .queues()
-            .append_one(create_op(store, name, &topic_handle, start, config)?)?;
-    if created == 0 {
+        store.change_queues(vec![create_op(store, name, &topic_handle, start, config)?])?;
+    if created.first() != Some(&1) {
         return Err(Error::AlreadyExists {
             what: format!("queue {name:?}"),
         });
@@ -228,7 +226,7 @@ pub fn create_pattern_queue(
     }
     queue.next_child = ops.len() as u32;
     ops.insert(0, QueueOp::CreatePattern(queue.clone()));
-    let outcomes = store.queues().append(ops)?;
+    let outcomes = store.change_queues(ops)?;
     if outcomes.first() != Some(&1) {
         return Err(Error::AlreadyExists {
             what: format!("queue {name:?}"),
@@ -302,7 +300,7 @@ pub fn sync_pattern_queue(store: &dyn QueueHost, name: &str) -> Result<PatternSy
     }) {
         return Err(not_found(name));
     }
-    let outcomes = store.queues().append(ops)?;
+    let outcomes = store.change_queues(ops)?;
     // A create that changed nothing lost a race with another sync (which made the
     // topic's queue, or took the number): the next sync looks again.
     let created: Vec<(std::sync::Arc<Topic>, String)> = created
@@ -327,10 +325,7 @@ pub fn sync_pattern_queue(store: &dyn QueueHost, name: &str) -> Result<PatternSy
         }
     }
     if !stale.is_empty() {
-        store.queues().append(stale)?;
-    }
-    for child in &sync.removed {
-        store.remove_queue_history(child)?;
+        store.change_queues(stale)?;
     }
     Ok(sync)
 }
@@ -447,7 +442,9 @@ pub fn delete_queue(store: &dyn QueueHost, name: &str) -> Result<()> {
             Some(names)
         })
         .ok_or_else(|| not_found(name))?;
-    let outcomes = store.queues().append(
+    // Once this append is durable the delete stands: the histories go with it and
+    // never fail it (see `Store::change_queues`).
+    let outcomes = store.change_queues(
         names
             .iter()
             .map(|name| QueueOp::Delete { name: name.clone() })
@@ -455,9 +452,6 @@ pub fn delete_queue(store: &dyn QueueHost, name: &str) -> Result<()> {
     )?;
     if outcomes.last() == Some(&0) {
         return Err(not_found(name));
-    }
-    for name in &names {
-        store.remove_queue_history(name)?;
     }
     Ok(())
 }

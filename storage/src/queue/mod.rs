@@ -53,10 +53,15 @@ pub use state::{
 pub trait QueueHost: Send + Sync + std::fmt::Debug {
     /// The queues' state log.
     fn queues(&self) -> &StateLog<Queues>;
-    /// Queue `name`'s delivery history, opened on first use.
+    /// Queue `name`'s delivery history, opened on first use (for reading).
     fn queue_history(&self, name: &str) -> Result<Arc<history::QueueHistory>>;
-    /// Removes queue `name`'s delivery history (the queue is gone).
-    fn remove_queue_history(&self, name: &str) -> Result<()>;
+    /// Queue `name`'s delivery history to record its decisions in; None when the queue
+    /// does not exist (see `Store::live_queue_history`).
+    fn live_queue_history(&self, name: &str) -> Result<Option<Arc<history::QueueHistory>>>;
+    /// Appends operations that create or delete queues to the queue state; a deleted
+    /// queue's history goes with it (see `Store::change_queues`). Every creation and
+    /// deletion of a queue goes through this, never through `queues().append`.
+    fn change_queues(&self, ops: Vec<QueueOp>) -> Result<Vec<u64>>;
     /// Topic `name`, or `NotFound`.
     fn topic(&self, name: &str) -> Result<Arc<Topic>>;
     /// Every topic (queues on a topic pattern take the ones they match).

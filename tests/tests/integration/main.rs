@@ -37,6 +37,7 @@ mod queue_bounds;
 mod queue_cli;
 mod queue_damage;
 mod queue_dead_letters;
+mod queue_delete;
 mod queue_pattern;
 mod queue_settle;
 mod queue_shutdown;

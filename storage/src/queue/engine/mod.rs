@@ -1453,8 +1453,10 @@ impl QueueEngine {
             return;
         }
         let count = events.len();
-        let history = match self.store.queue_history(&self.name) {
-            Ok(history) => history,
+        let history = match self.store.live_queue_history(&self.name) {
+            Ok(Some(history)) => history,
+            // Deleted since it decided: no history to record them in.
+            Ok(None) => return,
             Err(error) => {
                 tracing::warn!(queue = %self.name, %error, events = count, "the queue's delivery history could not be opened; the queue goes on without these events");
                 return;

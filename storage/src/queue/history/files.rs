@@ -93,6 +93,10 @@ struct Inner {
     /// Set by a failed fsync (or a failure that leaves the log unable to write): every
     /// later append fails with it, until the broker restarts.
     poisoned: Option<Error>,
+    /// The queue was deleted ([`QueueHistory::close`]): appends record nothing and
+    /// nothing prunes, for good (its directory is moved away, and a queue created
+    /// later under the same name gets a history of its own).
+    closed: bool,
     /// The last time an append pruned.
     last_prune_ms: i64,
     /// Events whose append failed ([`QueueHistory::failed`]), since the broker started.
@@ -207,6 +211,10 @@ impl QueueHistory {
             .appending
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        if self.lock().closed {
+            // Decisions of a queue deleted meanwhile: there is no history to keep them.
+            return Ok(None);
+        }
         let now = self.clock.now_ms();
         let log = self.writable_log(now)?;
         let count = events.len();
@@ -250,6 +258,11 @@ impl QueueHistory {
                 .appending
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
+            // Closed: the directory went away with the queue (its name may be a new
+            // queue's directory by now).
+            if self.lock().closed {
+                return Ok(());
+            }
             self.prune(now, submitted.retention_ms)?;
         }
         Ok(())
@@ -433,8 +446,23 @@ impl QueueHistory {
         Ok(total)
     }
 
-    /// Forgets the open file (the queue was deleted) so nothing appends to it again.
+    /// The queue was deleted: forgets the open file, and from now on appends record
+    /// nothing and nothing prunes, so no file is created or removed in [`Self::dir`]
+    /// again through this history. Waits for an append in progress (a roll creates
+    /// files); events it submitted are written to the file they went to (its
+    /// descriptor is open), wherever the directory is moved.
     pub fn close(&self) {
-        self.lock().active = None;
+        let _appending = self
+            .appending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut inner = self.lock();
+        inner.closed = true;
+        inner.active = None;
+    }
+
+    /// Whether [`QueueHistory::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
     }
 }
