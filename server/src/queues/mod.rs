@@ -452,7 +452,6 @@ impl Runtime {
         members
     }
 
-    /// Ends every member's stream with `status` and stops the driver.
     /// Adds delivery-to-ack times to the queue's histogram, unless the runtime was
     /// stopped (the queue was deleted, and its series forgotten after the stop: see
     /// [`QueueManager::queue_deleted`]). Under the members lock, which `stop` takes
@@ -465,6 +464,7 @@ impl Runtime {
         }
     }
 
+    /// Ends every member's stream with `status` and stops the driver.
     fn stop(&self, status: Status) {
         self.stopped.store(true, Ordering::Release);
         for (_, member) in lock(&self.members).drain() {
