@@ -145,11 +145,14 @@ fn publish(request: PublishRequest, context: &Context) {
                 .ttl_ms
                 .or(context.default_ttl_ms)
                 .filter(|&ttl| ttl > 0);
-            let expiry = ttl.map(|ttl| {
-                context
-                    .now_ms
-                    .saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX))
-            });
+            // A TTL that saturates at the end of time reads back as no expiry.
+            let expiry = ttl
+                .map(|ttl| {
+                    context
+                        .now_ms
+                        .saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX))
+                })
+                .filter(|&at| at != i64::MAX);
             assert_eq!(stored.expires_at_ms, expiry);
         }
     }

@@ -861,8 +861,6 @@ fn read_owner(dir: &Path, context: &PartitionContext) -> Result<Option<Arc<str>>
     Ok(Some(Arc::from(owner)))
 }
 
-/// Removes everything in the data directory's `trash/` (topics being deleted). True
-/// when the trash is empty; what cannot be removed is logged and left for the next try.
 impl Inner {
     fn lock_histories(&self) -> std::sync::MutexGuard<'_, Histories> {
         self.histories
@@ -982,6 +980,9 @@ impl Inner {
     }
 }
 
+/// Removes everything in the data directory's `trash/` (deleted topics, and deleted
+/// queues' histories). True when the trash is empty; what cannot be removed is logged
+/// and left for the next try.
 fn empty_trash(fs: &dyn FileSystem, dir: &Path) -> bool {
     let trash = dir.join("trash");
     let entries = match fs.read_dir(&trash) {
