@@ -44,7 +44,11 @@ use bytes::Bytes;
 mod faulty;
 
 #[cfg(any(test, feature = "testing"))]
+mod refusing;
+#[cfg(any(test, feature = "testing"))]
 pub use faulty::{CrashOptions, FaultStats, FaultyFs, SeededRng, SyncFault, SyncKind, Unsynced};
+#[cfg(any(test, feature = "testing"))]
+pub use refusing::{RefusedOp, RefusingFs};
 
 /// The most buffers one `pwritev` takes (Linux's `UIO_MAXIOV`).
 const IOV_MAX: usize = 1024;

@@ -5,14 +5,11 @@
 //! the delete (the retention passes finish the job). Through FaultyFs: a power cut at
 //! every step; and a filesystem that refuses the history's removal (EIO, ENOSPC).
 
-use std::io;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use tidelog_storage::fs::{
-    CrashOptions, DirEntry, FaultyFs, FileSystem, FsFile, Metadata, OpenMode, SyncDirError,
-};
+use tidelog_storage::fs::{CrashOptions, FaultyFs, FileSystem, RefusedOp, RefusingFs};
 use tidelog_storage::queue::history::query::{ListRequest, list_events};
 use tidelog_storage::queue::history::{HistoryEvent, Outcome, QueueHistory};
 use tidelog_storage::queue::{
@@ -278,80 +275,8 @@ fn a_power_cut_at_every_step_of_a_delete_with_its_history() {
     }
 }
 
-/// What [`Refusing`] refuses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
-    Rename,
-    RemoveDirAll,
-}
-
-/// The real filesystem, but renames or removals of paths that contain a text fail
-/// with an OS error, while set.
-#[derive(Debug, Default)]
-struct Refusing {
-    refused: Mutex<Vec<(Op, &'static str, i32)>>,
-}
-
-impl Refusing {
-    fn refuse(&self, op: Op, part: &'static str, errno: i32) {
-        self.refused.lock().unwrap().push((op, part, errno));
-    }
-
-    fn allow_all(&self) {
-        self.refused.lock().unwrap().clear();
-    }
-
-    fn check(&self, op: Op, path: &Path) -> io::Result<()> {
-        let path = path.to_string_lossy();
-        for &(refused, part, errno) in self.refused.lock().unwrap().iter() {
-            if refused == op && path.contains(part) {
-                return Err(io::Error::from_raw_os_error(errno));
-            }
-        }
-        Ok(())
-    }
-}
-
 const EIO: i32 = 5;
 const ENOSPC: i32 = 28;
-
-impl FileSystem for Refusing {
-    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn FsFile>> {
-        tidelog_storage::fs::OsFs.open(path, mode)
-    }
-    fn read_file(&self, path: &Path, limit: u64) -> io::Result<Vec<u8>> {
-        tidelog_storage::fs::OsFs.read_file(path, limit)
-    }
-    fn metadata(&self, path: &Path) -> io::Result<Metadata> {
-        tidelog_storage::fs::OsFs.metadata(path)
-    }
-    fn read_dir(&self, path: &Path) -> io::Result<Vec<DirEntry>> {
-        tidelog_storage::fs::OsFs.read_dir(path)
-    }
-    fn create_dir(&self, path: &Path) -> io::Result<()> {
-        tidelog_storage::fs::OsFs.create_dir(path)
-    }
-    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        tidelog_storage::fs::OsFs.create_dir_all(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.check(Op::Rename, from)?;
-        tidelog_storage::fs::OsFs.rename(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        tidelog_storage::fs::OsFs.remove_file(path)
-    }
-    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
-        self.check(Op::RemoveDirAll, path)?;
-        tidelog_storage::fs::OsFs.remove_dir_all(path)
-    }
-    fn sync_dir(&self, path: &Path) -> Result<(), SyncDirError> {
-        tidelog_storage::fs::OsFs.sync_dir(path)
-    }
-    fn map(&self, path: &Path, len: usize) -> io::Result<Bytes> {
-        tidelog_storage::fs::OsFs.map(path, len)
-    }
-}
 
 /// EIO moving (or removing) the history of a deleted queue: the delete stands and is
 /// answered; a queue created again under the name is refused its history (never
@@ -359,15 +284,15 @@ impl FileSystem for Refusing {
 #[test]
 fn eio_on_the_history_removal_does_not_fail_the_delete_and_a_retention_pass_finishes_it() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = Arc::new(Refusing::default());
+    let fs = Arc::new(RefusingFs::default());
     let clock = ManualClock::new(START_MS);
     let store = open(fs.clone(), dir.path(), &clock).unwrap();
     topic(&store);
     create_work(&store);
     work(&store, "old");
 
-    fs.refuse(Op::Rename, "state/history/work", EIO);
-    fs.refuse(Op::RemoveDirAll, "state/history/work", EIO);
+    fs.refuse(RefusedOp::Rename, "state/history/work", EIO);
+    fs.refuse(RefusedOp::RemoveDirAll, "state/history/work", EIO);
     admin::delete_queue(&*store, "work").expect("the delete stands");
     assert!(admin::queue_status(&*store, "work", START_MS).is_err());
     assert!(
@@ -404,14 +329,14 @@ fn eio_on_the_history_removal_does_not_fail_the_delete_and_a_retention_pass_fini
 #[test]
 fn enospc_removing_the_history_leaves_it_in_the_trash_for_the_retention_passes() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = Arc::new(Refusing::default());
+    let fs = Arc::new(RefusingFs::default());
     let clock = ManualClock::new(START_MS);
     let store = open(fs.clone(), dir.path(), &clock).unwrap();
     topic(&store);
     create_work(&store);
     work(&store, "old");
 
-    fs.refuse(Op::RemoveDirAll, "history", ENOSPC);
+    fs.refuse(RefusedOp::RemoveDirAll, "history", ENOSPC);
     admin::delete_queue(&*store, "work").expect("the delete stands");
     assert!(!history_dir(dir.path()).exists());
     assert_eq!(
@@ -437,15 +362,15 @@ fn enospc_removing_the_history_leaves_it_in_the_trash_for_the_retention_passes()
 #[test]
 fn a_topic_delete_whose_queue_history_cannot_be_removed_succeeds_and_removes_the_topic_files() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = Arc::new(Refusing::default());
+    let fs = Arc::new(RefusingFs::default());
     let clock = ManualClock::new(START_MS);
     let store = open(fs.clone(), dir.path(), &clock).unwrap();
     topic(&store);
     create_work(&store);
     work(&store, "old");
 
-    fs.refuse(Op::Rename, "state/history/work", EIO);
-    fs.refuse(Op::RemoveDirAll, "state/history/work", EIO);
+    fs.refuse(RefusedOp::Rename, "state/history/work", EIO);
+    fs.refuse(RefusedOp::RemoveDirAll, "state/history/work", EIO);
     store.delete_topic("jobs").expect("the delete stands");
     assert!(matches!(store.topic("jobs"), Err(Error::NotFound { .. })));
     assert!(admin::queue_status(&*store, "work", START_MS).is_err());
