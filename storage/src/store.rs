@@ -142,8 +142,22 @@ struct Histories {
     left: BTreeSet<String>,
 }
 
-/// Tells apart the trash names of history directories moved in the same nanosecond.
-static HISTORY_TRASH_SEQ: AtomicU64 = AtomicU64::new(0);
+/// Tells apart the trash names of directories moved in the same nanosecond.
+static TRASH_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Where a deleted topic's or queue history's directory goes: `trash/<nanos>-<seq>.<kind>`,
+/// a name of at most 48 bytes whatever the topic's or queue's name (a 249-byte topic
+/// name would not fit in a file name with a suffix), never the same twice.
+fn trash_path(data: &Path, kind: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    data.join("trash").join(format!(
+        "{nanos:020}-{}.{kind}",
+        TRASH_SEQ.fetch_add(1, Ordering::Relaxed)
+    ))
+}
 
 #[derive(Debug)]
 struct Inner {
@@ -415,6 +429,10 @@ impl Store {
                 what: format!("topic {name:?}"),
             });
         }
+        // A deleted topic's commits went with it, unless that failed or a crash came
+        // first (the delete stands once its directory left `topics/`): a topic created
+        // again under the name never starts from them. Nothing to write when none.
+        self.inner.offsets.delete_topic(name)?;
         let fs = &*self.inner.context.fs;
         let dir = self.inner.dir.join("topics").join(name);
         if fs
@@ -479,16 +497,17 @@ impl Store {
         for partition in &topic.partitions {
             partition.abandon_deleted();
         }
-        let trash = self.inner.dir.join("trash").join(format!(
-            "{name}-{}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos()
-        ));
+        let trash = trash_path(&self.inner.dir, "topic");
         let fs = &*self.inner.context.fs;
-        fs.rename(&topic.dir, &trash)
-            .ctx(|| format!("moving {} to the trash", topic.dir.display()))?;
+        if let Err(error) = fs
+            .rename(&topic.dir, &trash)
+            .ctx(|| format!("moving {} to the trash", topic.dir.display()))
+        {
+            // Nothing was deleted: the topic is served again from its files, as a
+            // restart would find it (its streams have ended; clients subscribe again).
+            self.restore_topic(name, &topic.dir);
+            return Err(error);
+        }
         fsutil::sync_dir(fs, &self.inner.dir.join("topics"))?;
         // The topic is deleted (its directory left `topics/` durably above): what
         // follows does not undo it, and its files go whatever becomes of the rest.
@@ -514,6 +533,31 @@ impl Store {
             tracing::info!(topic = name, "deleted topic");
         }
         rest
+    }
+
+    /// Serves again a topic whose delete failed before its directory left `topics/`
+    /// (called with the admin lock held). What cannot be opened now is opened at the
+    /// next start, as it would have been.
+    fn restore_topic(&self, name: &str, dir: &Path) {
+        match open_topic(dir, name, &self.inner.context) {
+            Ok(Some(topic)) => {
+                self.inner
+                    .topics
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name.to_string(), Arc::new(topic));
+                tracing::warn!(
+                    topic = name,
+                    "the topic's delete failed; it is served again"
+                );
+            }
+            Ok(None) => {}
+            Err(error) => tracing::error!(
+                topic = name,
+                %error,
+                "the topic's delete failed and it could not be opened again: it is served again after a restart"
+            ),
+        }
     }
 
     /// Replaces a topic's config. The partition count cannot change here.
@@ -910,15 +954,7 @@ impl Inner {
         let parent = self.dir.join(QUEUE_HISTORY_DIR);
         let dir = parent.join(queue);
         let trash_dir = self.dir.join("trash");
-        // Never a deleted topic's name there (`<topic>-<digits>`).
-        let trash = trash_dir.join(format!(
-            "{:020}-{}.history",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos(),
-            HISTORY_TRASH_SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
+        let trash = trash_path(&self.dir, "history");
         let moved = match fs.rename(&dir, &trash) {
             Ok(()) => Some(trash),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,

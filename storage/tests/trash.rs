@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tidelog_storage::fs::{RefusedOp, RefusingFs};
-use tidelog_storage::{Error, NewRecord, Store, StoreOptions, TopicConfig};
+use tidelog_storage::{Error, NewRecord, Placed, Store, StoreOptions, TopicConfig};
 
 /// EMFILE, what `tidelogd` meets out of file descriptors.
 const EMFILE: i32 = 24;
@@ -73,4 +73,152 @@ fn a_delete_whose_files_cannot_be_removed_yet_succeeds_and_they_go_later() {
     fs.allow_all();
     store.enforce_retention();
     assert_eq!(trash_entries(dir.path()), 0);
+}
+
+/// EIO, what a failing disk answers.
+const EIO: i32 = 5;
+
+#[test]
+fn topics_with_names_of_any_allowed_length_can_be_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        dir.path(),
+        StoreOptions {
+            retention_interval: None,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    // 249 bytes, the longest name allowed: its trash name must still fit in 255 bytes.
+    for name in ["a".to_string(), "b".repeat(236), "c".repeat(249)] {
+        store
+            .create_topic(&name, 2, TopicConfig::default())
+            .unwrap();
+        let topic = store.topic(&name).unwrap();
+        topic
+            .append(1, vec![NewRecord::value(b"v".to_vec()); 3])
+            .unwrap();
+        store
+            .delete_topic(&name)
+            .unwrap_or_else(|e| panic!("deleting a {}-byte topic name: {e}", name.len()));
+        assert!(matches!(store.topic(&name), Err(Error::NotFound { .. })));
+        assert_eq!(trash_entries(dir.path()), 0, "its files went");
+        // Created again under the name, it starts empty.
+        store
+            .create_topic(&name, 1, TopicConfig::default())
+            .unwrap();
+        assert_eq!(store.topic(&name).unwrap().partitions()[0].end_offset(), 0);
+    }
+    store.close().unwrap();
+}
+
+#[test]
+fn a_delete_that_cannot_move_the_topic_away_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(RefusingFs::default());
+    let open = || {
+        Store::open(
+            dir.path(),
+            StoreOptions {
+                fs: fs.clone(),
+                retention_interval: None,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    let store = open();
+    store
+        .create_topic("held", 2, TopicConfig::default())
+        .unwrap();
+    store
+        .topic("held")
+        .unwrap()
+        .append(1, vec![NewRecord::value(vec![b'x'; 3000]); 40])
+        .unwrap();
+
+    fs.refuse(RefusedOp::Rename, "held", EIO);
+    let error = store
+        .delete_topic("held")
+        .expect_err("the topic's directory could not leave topics/");
+    assert!(
+        error.to_string().contains("moving"),
+        "the error says what failed: {error}"
+    );
+    // Still there, with its messages, and writable: the same as after a restart.
+    let topic = store
+        .topic("held")
+        .expect("a failed delete deletes nothing");
+    assert_eq!(topic.partitions()[1].end_offset(), 40);
+    let read = topic.partitions()[1].read(0, 100, u64::MAX).unwrap();
+    assert_eq!(read.records.len(), 40);
+    let placed = topic
+        .append(1, vec![NewRecord::value(b"after".to_vec())])
+        .unwrap();
+    assert!(
+        matches!(placed, Placed::All(ref a) if a.base_offset == 40),
+        "appended after the 40: {placed:?}"
+    );
+
+    fs.allow_all();
+    store.delete_topic("held").unwrap();
+    assert!(matches!(store.topic("held"), Err(Error::NotFound { .. })));
+    store.close().unwrap();
+    drop(store);
+    let store = open();
+    assert!(
+        matches!(store.topic("held"), Err(Error::NotFound { .. })),
+        "the second delete stands across a restart"
+    );
+}
+
+#[test]
+fn a_topic_created_again_never_inherits_its_deleted_namesakes_commits() {
+    // A crash after a DeleteTopic's directory left `topics/` but before its offsets'
+    // delete was durable (or that delete failing) leaves the old commits behind.
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        Store::open(
+            dir.path(),
+            StoreOptions {
+                retention_interval: None,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    let store = open();
+    store
+        .create_topic("orders", 1, TopicConfig::default())
+        .unwrap();
+    store
+        .offsets()
+        .commit("billing", &[("orders".to_string(), 0, 500, String::new())])
+        .unwrap();
+    store.close().unwrap();
+    drop(store);
+    std::fs::rename(
+        dir.path().join("topics").join("orders"),
+        dir.path().join("trash").join("crashed-delete"),
+    )
+    .unwrap();
+
+    let store = open();
+    assert!(matches!(store.topic("orders"), Err(Error::NotFound { .. })));
+    assert_eq!(
+        store
+            .offsets()
+            .fetch("billing", "orders", 0)
+            .map(|c| c.offset),
+        Some(500),
+        "the state a crashed delete leaves"
+    );
+    store
+        .create_topic("orders", 1, TopicConfig::default())
+        .unwrap();
+    assert_eq!(
+        store.offsets().fetch("billing", "orders", 0),
+        None,
+        "a new topic starts without the old topic's commits (the group would skip 500 messages)"
+    );
 }
