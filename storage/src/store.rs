@@ -167,6 +167,10 @@ struct Inner {
     admin: Mutex<()>,
     /// Serializes queue redrives: each reads its position, publishes, then commits it.
     redrives: Mutex<()>,
+    /// Held shared by [`Store::commit_offsets`] from its topic check to its write, and
+    /// exclusively by a topic's delete from the topic leaving the map to its offsets'
+    /// removal: a commit lands before a delete (which removes it) or not at all.
+    topic_deletes: RwLock<()>,
     offsets: OffsetStore,
     /// Every work queue's state.
     queues: StateLog<Queues>,
@@ -281,6 +285,7 @@ impl Store {
             topics: RwLock::new(topics),
             admin: Mutex::new(()),
             redrives: Mutex::new(()),
+            topic_deletes: RwLock::new(()),
             offsets,
             queues,
             histories: Mutex::new(Histories::default()),
@@ -487,6 +492,11 @@ impl Store {
     pub fn delete_topic(&self, name: &str) -> Result<()> {
         self.check_open()?;
         let _admin = self.admin()?;
+        let _deleting = self
+            .inner
+            .topic_deletes
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         let topic = self
             .inner
             .topics
@@ -533,6 +543,44 @@ impl Store {
             tracing::info!(topic = name, "deleted topic");
         }
         rest
+    }
+
+    /// Commits `commits` for `group`, each on the topic the caller checked it against
+    /// (its partition and offset): if one of those topics was deleted since, or deleted
+    /// and created again under its name, nothing is written and the commit fails with
+    /// NotFound. So a commit checked against a topic never lands on the new topic of
+    /// its name (where the group would start past messages it never read).
+    pub fn commit_offsets(
+        &self,
+        group: &str,
+        commits: &[(Arc<Topic>, u32, u64, String)],
+    ) -> Result<()> {
+        let _no_delete = self
+            .inner
+            .topic_deletes
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        for (topic, _, _, _) in commits {
+            let current = self.topic(topic.name()).ok();
+            if !current.is_some_and(|current| current.is_same_topic(topic)) {
+                return Err(Error::not_found(format!(
+                    "topic {:?} the commit was checked against (deleted meanwhile; nothing was committed)",
+                    topic.name()
+                )));
+            }
+        }
+        let named: Vec<(String, u32, u64, String)> = commits
+            .iter()
+            .map(|(topic, partition, offset, metadata)| {
+                (
+                    topic.name().to_string(),
+                    *partition,
+                    *offset,
+                    metadata.clone(),
+                )
+            })
+            .collect();
+        self.inner.offsets.commit(group, &named)
     }
 
     /// Serves again a topic whose delete failed before its directory left `topics/`

@@ -1,6 +1,8 @@
-//! Deleting a topic when its files cannot be removed yet (out of file descriptors, an
-//! I/O error): the delete stands (its directory left `topics/` durably), the call
-//! succeeds, and the files go at a later retention pass, or at the next open.
+//! Deleting a topic: names of every allowed length; a topic that cannot be moved away
+//! (nothing is deleted); a commit checked before the delete; and files that cannot be removed
+//! yet (out of file descriptors, an I/O error): the delete stands (its directory left
+//! `topics/` durably), the call succeeds, and the files go at a later retention pass,
+//! or at the next open.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -220,5 +222,42 @@ fn a_topic_created_again_never_inherits_its_deleted_namesakes_commits() {
         store.offsets().fetch("billing", "orders", 0),
         None,
         "a new topic starts without the old topic's commits (the group would skip 500 messages)"
+    );
+}
+
+#[test]
+fn a_commit_checked_against_a_deleted_topic_never_lands_on_its_namesake() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        dir.path(),
+        StoreOptions {
+            retention_interval: None,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    let commit = |topic: &Arc<tidelog_storage::Topic>, offset: u64| {
+        store.commit_offsets("billing", &[(topic.clone(), 0, offset, String::new())])
+    };
+    store
+        .create_topic("orders", 1, TopicConfig::default())
+        .unwrap();
+    let old = store.topic("orders").unwrap();
+    commit(&old, 1).unwrap();
+    store.delete_topic("orders").unwrap();
+    store
+        .create_topic("orders", 1, TopicConfig::default())
+        .unwrap();
+    let error = commit(&old, 500).expect_err("checked against the deleted topic");
+    assert!(matches!(error, Error::NotFound { .. }), "{error}");
+    assert_eq!(store.offsets().fetch("billing", "orders", 0), None);
+    let new = store.topic("orders").unwrap();
+    commit(&new, 0).unwrap();
+    assert_eq!(
+        store
+            .offsets()
+            .fetch("billing", "orders", 0)
+            .map(|c| c.offset),
+        Some(0)
     );
 }

@@ -898,13 +898,22 @@ impl MemberTask {
         if self.settings.auto_commit.is_none() {
             return;
         }
-        let commits: Vec<(String, u32, u64, String)> = partitions
+        // Each on the topic it read: not on one that went (that would bring back its
+        // offsets), nor on a new topic of its name (the write checks that).
+        let commits: Vec<(Arc<Topic>, u32, u64, String)> = partitions
             .iter()
             .filter_map(|tp| {
                 let owned = self.owned.get(tp)?;
-                // Not for a topic that went: that would bring back its offsets.
-                (owned.committed != Some(owned.cursor.position) && self.still_there(owned))
-                    .then(|| (tp.0.clone(), tp.1, owned.cursor.position, String::new()))
+                (owned.committed != Some(owned.cursor.position) && self.still_there(owned)).then(
+                    || {
+                        (
+                            owned.topic.clone(),
+                            tp.1,
+                            owned.cursor.position,
+                            String::new(),
+                        )
+                    },
+                )
             })
             .collect();
         if commits.is_empty() {
@@ -914,11 +923,12 @@ impl MemberTask {
         let group_id = self.group_id.clone();
         let to_write = commits.clone();
         let written =
-            tokio::task::spawn_blocking(move || store.offsets().commit(&group_id, &to_write)).await;
+            tokio::task::spawn_blocking(move || store.commit_offsets(&group_id, &to_write)).await;
         match written {
             Ok(Ok(())) => {
                 for (topic, partition, offset, _) in commits {
-                    if let Some(owned) = self.owned.get_mut(&(topic, partition)) {
+                    if let Some(owned) = self.owned.get_mut(&(topic.name().to_string(), partition))
+                    {
                         owned.committed = Some(offset);
                     }
                 }

@@ -28,7 +28,7 @@ use crate::auth::{Caller, Target as Resource};
 use crate::convert;
 
 /// `(topic, partition, offset, metadata)`, as `OffsetStore::commit` takes them.
-type Commit = (String, u32, u64, String);
+type Commit = (Arc<Topic>, u32, u64, String);
 
 /// The `tidelog.v1.Groups` service.
 #[derive(Debug, Clone)]
@@ -179,7 +179,8 @@ fn check_metadata(metadata: &str, topic: &str, partition: u32) -> Result<(), Sta
     Ok(())
 }
 
-/// Commits durably (all or nothing) on the blocking pool.
+/// Commits durably (all or nothing) on the blocking pool, each on the topic it was
+/// checked against (NOT_FOUND if that topic was deleted meanwhile).
 async fn commit_durably(
     store: &Arc<Store>,
     group_id: &str,
@@ -187,7 +188,7 @@ async fn commit_durably(
 ) -> Result<(), Status> {
     let store = store.clone();
     let group_id = group_id.to_string();
-    let written = tokio::task::spawn_blocking(move || store.offsets().commit(&group_id, &commits))
+    let written = tokio::task::spawn_blocking(move || store.commit_offsets(&group_id, &commits))
         .await
         .map_err(|e| Status::internal(format!("the commit task failed: {e}")))?;
     convert::or_status(written)
@@ -226,7 +227,8 @@ impl Groups for GroupsService {
         let mut commits = Vec::with_capacity(request.offsets.len());
         for entry in request.offsets {
             check_metadata(&entry.metadata, &entry.topic, entry.partition)?;
-            let log = partition(&*topic(store, &entry.topic)?, entry.partition)?;
+            let checked = topic(store, &entry.topic)?;
+            let log = partition(&checked, entry.partition)?;
             let (log_start, end) = (log.log_start(), log.end_offset());
             if entry.offset > end {
                 return Err(Status::out_of_range(format!(
@@ -234,7 +236,7 @@ impl Groups for GroupsService {
                     entry.offset, entry.topic, entry.partition
                 )));
             }
-            commits.push((entry.topic, entry.partition, entry.offset, entry.metadata));
+            commits.push((checked, entry.partition, entry.offset, entry.metadata));
         }
         let coordinator = &self.state.groups;
         if request.member_id.is_empty() {
@@ -243,8 +245,10 @@ impl Groups for GroupsService {
             coordinator.require_no_live_members(&request.group_id, "a commit without member_id")?;
             commit_durably(store, &request.group_id, commits).await?;
         } else {
-            let owned: Vec<(String, u32)> =
-                commits.iter().map(|(t, p, _, _)| (t.clone(), *p)).collect();
+            let owned: Vec<(String, u32)> = commits
+                .iter()
+                .map(|(t, p, _, _)| (t.name().to_string(), *p))
+                .collect();
             let generation = generation.unwrap_or_default();
             coordinator.authorize_member_commit(
                 &request.group_id,
@@ -465,7 +469,7 @@ impl Groups for GroupsService {
         let mut changes = Vec::with_capacity(plan.len());
         let mut commits = Vec::with_capacity(plan.len());
         for item in plan {
-            let current = committed.get(&(item.topic.clone(), item.partition));
+            let current = committed.get(&(item.topic.name().to_string(), item.partition));
             let state = PartitionState {
                 committed: current.map(|c| c.offset),
                 log_start: item.log.log_start(),
@@ -485,7 +489,7 @@ impl Groups for GroupsService {
                 .or_else(|| current.map(|c| c.metadata.clone()))
                 .unwrap_or_default();
             changes.push(OffsetChange {
-                topic: item.topic.clone(),
+                topic: item.topic.name().to_string(),
                 partition: item.partition,
                 current_offset: state.committed,
                 new_offset: moved.offset,
@@ -507,7 +511,8 @@ impl Groups for GroupsService {
 
 /// One partition a reset covers and where it should go.
 struct PlanItem {
-    topic: String,
+    /// The topic as planned: the reset is written on it or not at all.
+    topic: Arc<Topic>,
     partition: u32,
     log: Arc<Partition>,
     target: Target,
@@ -552,9 +557,10 @@ fn plan(
                     )));
                 }
                 check_metadata(&entry.metadata, &entry.topic, entry.partition)?;
-                let log = partition(&*topic(store, &entry.topic)?, entry.partition)?;
+                let checked = topic(store, &entry.topic)?;
+                let log = partition(&checked, entry.partition)?;
                 items.push(PlanItem {
-                    topic: entry.topic.clone(),
+                    topic: checked,
                     partition: entry.partition,
                     log,
                     target: Target::Offset(entry.offset),
@@ -587,7 +593,7 @@ fn plan(
             };
             for id in ids {
                 items.push(PlanItem {
-                    topic: scope.topic.clone(),
+                    topic: topic.clone(),
                     partition: id,
                     log: partition(&topic, id)?,
                     target,
@@ -606,7 +612,7 @@ fn plan(
             for topic in topics {
                 for log in topic.partitions() {
                     items.push(PlanItem {
-                        topic: topic.name().to_string(),
+                        topic: topic.clone(),
                         partition: log.id(),
                         log: log.clone(),
                         target,
@@ -629,7 +635,7 @@ fn plan(
                     continue;
                 };
                 items.push(PlanItem {
-                    topic: topic_name.clone(),
+                    topic: topic.clone(),
                     partition: *id,
                     log,
                     target,
