@@ -1217,6 +1217,14 @@ impl QueueHost for Store {
         Store::offsets(self)
     }
 
+    fn commit_offsets(
+        &self,
+        group: &str,
+        commits: &[(Arc<Topic>, u32, u64, String)],
+    ) -> Result<()> {
+        Store::commit_offsets(self, group, commits)
+    }
+
     fn clock(&self) -> &Arc<dyn Clock> {
         Store::clock(self)
     }

@@ -930,15 +930,10 @@ pub fn redrive_queue(store: &dyn QueueHost, name: &str, max_messages: u32) -> Re
         }
         remaining += partition.end_offset().saturating_sub(position);
         if committed != Some(position) {
-            commits.push((
-                dlq.name().to_string(),
-                partition.id(),
-                position,
-                String::new(),
-            ));
+            commits.push((dlq.clone(), partition.id(), position, String::new()));
         }
     }
-    store.offsets().commit(&group, &commits)?;
+    store.commit_offsets(&group, &commits)?;
     Ok((moved, remaining))
 }
 

@@ -70,6 +70,10 @@ pub trait QueueHost: Send + Sync + std::fmt::Debug {
     fn create_topic(&self, name: &str, partitions: u32, config: TopicConfig) -> Result<Arc<Topic>>;
     /// The consumer groups' committed offsets.
     fn offsets(&self) -> &OffsetStore;
+    /// Commits for `group`, each on the topic it was read from, or NotFound if one of
+    /// them was deleted meanwhile ([`crate::Store::commit_offsets`]).
+    fn commit_offsets(&self, group: &str, commits: &[(Arc<Topic>, u32, u64, String)])
+    -> Result<()>;
     /// The store's clock: every queue decision is timed by it.
     fn clock(&self) -> &Arc<dyn Clock>;
     /// Held by each redrive ([`admin::redrive_queue`]) from reading its position to
