@@ -1455,6 +1455,81 @@ async fn reset_policy_applies_to_partitions_without_a_commit() {
     assert_eq!(status.code(), Code::NotFound);
 }
 
+/// What a stream delivers until `count` messages, skipping the PositionReset events of
+/// partitions without a commit; the Assignments seen on the way come back too.
+async fn read_past_resets(
+    stream: &mut Streaming<SubscribeResponse>,
+    count: usize,
+) -> (Vec<(u32, u64)>, Vec<Assignment>) {
+    let mut messages = Vec::new();
+    let mut assignments = Vec::new();
+    while messages.len() < count {
+        match next_event(stream).await.expect("stream open") {
+            Event::Batch(batch) => {
+                messages.extend(batch.messages.iter().map(|m| (m.partition, m.offset)))
+            }
+            Event::Assignment(assignment) => assignments.push(assignment),
+            Event::PositionReset(reset) => {
+                assert_eq!(reset.reason, ResetReason::NoCommittedOffset as i32)
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    (messages, assignments)
+}
+
+#[tokio::test]
+async fn a_partition_kept_through_a_rebalance_goes_on_where_the_stream_stood() {
+    // The .proto's Assignment: partitions new to a member start from the committed
+    // offsets; one it keeps is not delivered again from them (here: none committed).
+    let broker = TestBroker::start();
+    broker.create_topic("kept", 2, TopicConfig::default()).await;
+    publish(&broker, "kept", 0, 5, None).await;
+    publish(&broker, "kept", 1, 5, None).await;
+    let mut consumer = broker.consumer().await;
+    let mut first = subscribe(
+        &mut consumer,
+        "kept",
+        membership("k", "", 3_000, 0),
+        ResetPolicy::Earliest,
+    )
+    .await
+    .unwrap();
+    assert_eq!(expect_assignment(&mut first).await.partitions.len(), 2);
+    let (read, _) = read_past_resets(&mut first, 10).await;
+    assert_eq!(read.len(), 10, "{read:?}");
+
+    let mut second = subscribe(
+        &mut consumer,
+        "kept",
+        membership("k", "", 3_000, 0),
+        ResetPolicy::Earliest,
+    )
+    .await
+    .unwrap();
+    let theirs = expect_assignment(&mut second).await;
+    assert_eq!(theirs.partitions.len(), 1, "{theirs:?}");
+    let moved = theirs.partitions[0];
+    let kept = 1 - moved;
+    // The partition that moved starts from the (absent) commit: all 5 again.
+    let (read, _) = read_past_resets(&mut second, 5).await;
+    assert_eq!(read, (0..5).map(|o| (moved, o)).collect::<Vec<_>>());
+
+    // The first member's next message on the partition it kept is the new one.
+    publish(&broker, "kept", kept, 1, None).await;
+    let (read, assignments) = read_past_resets(&mut first, 1).await;
+    assert_eq!(
+        read,
+        vec![(kept, 5)],
+        "nothing delivered twice on the stream"
+    );
+    let mine = &assignments
+        .last()
+        .expect("the rebalance's Assignment came first")
+        .partitions;
+    assert_eq!(mine, &vec![kept]);
+}
+
 #[tokio::test]
 async fn a_member_that_stops_reading_does_not_hold_up_a_rebalance() {
     let broker = TestBroker::start();
