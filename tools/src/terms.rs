@@ -44,6 +44,10 @@ pub const TRANSLATIONS: &[(&str, &str)] = &[
     ),
     ("(leave it unset for no limit)", "(`off` for no limit)"),
     (
+        "name the topic whose deliveries to list (`topic`)",
+        "name the topic whose deliveries to list (--topic)",
+    ),
+    (
         "the grammar is in the Filters section of the README and the .proto",
         "the grammar is in `tidelog consume --help` and the README (Filters)",
     ),
@@ -264,6 +268,15 @@ mod tests {
         assert_eq!(
             to_cli("start must be absent; move them with Groups.ResetOffsets"),
             "start must be absent; move them with `tidelog group reset-offsets`"
+        );
+        // Queues.ListDeliveries on a pattern queue (server/src/queues/service.rs).
+        assert_eq!(
+            to_cli(
+                "queue \"all\" is on topic pattern \"o.*\": name the topic whose deliveries \
+                 to list (`topic`)"
+            ),
+            "queue \"all\" is on topic pattern \"o.*\": name the topic whose deliveries to \
+             list (--topic)"
         );
     }
 

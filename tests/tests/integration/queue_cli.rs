@@ -130,7 +130,7 @@ fn queue_admin_commands_with_their_errors_in_cli_terms() {
         "ack deadline       45s",
         "backoff            2s..1m (doubling)",
         "dead-letter topic  orders.failed",
-        "PARTITION  SETTLED-BELOW  END  UNSETTLED",
+        "PARTITION  SETTLED-BELOW  END  LAG",
     ] {
         assert!(text.contains(line), "{line:?} missing from:\n{text}");
     }

@@ -405,7 +405,9 @@ fn render_queue(queue: &QueueDescription) -> String {
         text.push_str(&render_pairs(&[("filter", queue.filter.clone())]));
     }
     let pattern = !queue.topic_pattern.is_empty();
-    let mut headers = vec![">PARTITION", ">SETTLED-BELOW", ">END", ">UNSETTLED"];
+    // LAG as Kafka's: from the first offset not settled to the end. Acks out of order
+    // settle messages inside it, so it bounds the unsettled ones from above.
+    let mut headers = vec![">PARTITION", ">SETTLED-BELOW", ">END", ">LAG"];
     if pattern {
         headers.insert(0, "TOPIC");
     }
