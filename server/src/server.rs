@@ -107,11 +107,8 @@ pub async fn run(
         metrics.clone(),
         shutdown.clone(),
     ));
-    // Leases from before this start end now, not when a member first calls.
-    tokio::spawn({
-        let queues = queues.clone();
-        async move { queues.start_leased().await }
-    });
+    // Leases from before this start end now, before anything is served.
+    queues.start_leased().await;
     let queue_source: Weak<dyn crate::metrics::QueueMetricsSource> = Arc::downgrade(&queues) as _;
     metrics.set_queue_source(queue_source);
     let state = Arc::new(AppState {

@@ -1021,6 +1021,15 @@ impl QueueManager {
         if pattern {
             runtime.sync_parts(&self.store).await?;
         }
+        // Leases restored from before this start are given up before the runtime is
+        // handed out, not at its first round: no call sees them unacked.
+        let now = self.store.clock().now_ms();
+        for part in runtime.parts() {
+            let due = lock(&part.engine).next_wakeup().is_some_and(|at| at <= now);
+            if due {
+                part.with_engine(|e| e.tick()).await?;
+            }
+        }
         let mut runtimes = lock(&self.runtimes);
         if let Some(runtime) = runtimes.get(name) {
             return Ok(runtime.clone());
@@ -1034,12 +1043,12 @@ impl QueueManager {
         Ok(runtime)
     }
 
-    /// Starts the runtime of every queue holding leases at the broker's start: each
-    /// lease is from before it and is given up at the runtime's first tick (delivered
-    /// again after its backoff, `member-left` in the history), so DescribeQueue shows
-    /// it over at once and its backoff runs from the start, not from whenever a member
-    /// of the queue first calls. A queue that fails to start is logged and started by
-    /// its first call, as any other.
+    /// Starts the runtime of every queue holding leases at the broker's start, before
+    /// the broker serves: each lease is from before it and is given up as its runtime
+    /// starts (delivered again after its backoff, `member-left` in the history), so no
+    /// call (DescribeQueue, GetDeliveryStatus) sees it unacked and its backoff runs
+    /// from the start, not from whenever a member of the queue first calls. A queue
+    /// that fails to start is logged and started by its first call, as any other.
     pub async fn start_leased(&self) {
         for name in admin::queues_with_leases(&*self.store) {
             if let Err(status) = self.runtime(&name).await {
