@@ -23,7 +23,7 @@ use crate::convert;
 use super::batches::{delivered, read_partition, record_batches};
 use super::{
     Batching, Cursor, IDLE_RESCAN_BACKOFF, ReadLimits, Round, SUBSCRIBE_QUEUE_EVENTS,
-    TOPIC_RESCAN_INTERVAL, TopicAccess, read_round, send_progress,
+    TOPIC_RESCAN_INTERVAL, TopicAccess, batch_goes_out, read_round,
 };
 
 /// What a [`PartitionReader`] reads: one topic, or every topic a pattern matches.
@@ -566,8 +566,12 @@ impl PartitionReader {
                         filtered,
                     } => {
                         self.state.metrics.filtered("subscribe", filtered);
-                        let progress = send_progress(&batch, self.last_sent);
-                        if !batch.messages.is_empty() || progress {
+                        if batch_goes_out(
+                            &mut self.cursors,
+                            &batch,
+                            &mut self.last_sent,
+                            Instant::now(),
+                        ) {
                             let topic = match &self.source {
                                 Source::Topic(topic) => topic.name(),
                                 // One partition per batch: the first names them all.
@@ -584,7 +588,6 @@ impl PartitionReader {
                                     bytes,
                                 );
                             }
-                            self.last_sent = Instant::now();
                             return Ok(Step::Event(SubscribeResponse {
                                 event: Some(Event::Batch(batch)),
                             }));
@@ -763,7 +766,7 @@ impl PartitionReader {
             ResetPolicy::Earliest | ResetPolicy::Unspecified => log_start,
         };
         if let Some(cursor) = self.cursors.get_mut(index) {
-            cursor.position = to_offset;
+            cursor.reset_to(to_offset);
         }
         self.state.metrics.position_reset(&topic, label);
         Ok(SubscribeResponse {
