@@ -330,9 +330,25 @@ impl PartitionReader {
     }
 
     /// Makes the first event (after a pattern stream's TopicsChanged) a [`Positioned`]
-    /// naming every partition's start (a start out of range is then followed by its
-    /// PositionReset).
-    pub fn announce_positions(mut self) -> Self {
+    /// naming where delivery starts in every partition: a start out of the log is
+    /// moved by the reset policy first, and its PositionReset (from the start asked
+    /// for) follows the Positioned event; with `RESET_POLICY_ERROR` it is OUT_OF_RANGE.
+    pub fn announce_positions(mut self) -> Result<Self, Status> {
+        let mut resets = Vec::new();
+        for index in 0..self.cursors.len() {
+            let cursor = &self.cursors[index];
+            // Other errors come with the first read.
+            if let Err(Error::OffsetOutOfRange {
+                requested,
+                log_start,
+                end,
+                ..
+            }) = cursor.partition.check_offset(cursor.position)
+            {
+                let partition = cursor.partition.id();
+                resets.push(self.reset(index, partition, requested, log_start, end)?);
+            }
+        }
         let positions = self
             .cursors
             .iter()
@@ -346,7 +362,8 @@ impl PartitionReader {
         self.queued.push_back(SubscribeResponse {
             event: Some(Event::Positioned(Positioned { positions })),
         });
-        self
+        self.queued.extend(resets);
+        Ok(self)
     }
 
     /// The reader in batch form, for `SubscribeBatches` without a group: each data
