@@ -266,7 +266,7 @@ fn pattern_subscription(
         filter,
     );
     Ok(if request.send_positioned {
-        reader.announce_positions()
+        reader.announce_positions()?
     } else {
         reader
     })
@@ -314,7 +314,7 @@ fn plain_subscription(
             reader = reader.following(from, LaterStart::Earliest);
         }
         return Ok(if request.send_positioned {
-            reader.announce_positions()
+            reader.announce_positions()?
         } else {
             reader
         });
@@ -339,7 +339,7 @@ fn plain_subscription(
         reader = reader.following(0, LaterStart::for_start(position.as_ref()));
     }
     Ok(if request.send_positioned {
-        reader.announce_positions()
+        reader.announce_positions()?
     } else {
         reader
     })

@@ -162,6 +162,18 @@ fn reads_outside_the_log_are_out_of_range_with_both_bounds() {
         }) => {}
         other => panic!("expected OffsetOutOfRange, got {other:?}"),
     }
+    // What a reader checks before it reads (to apply its reset policy first).
+    partition.check_offset(0).unwrap();
+    partition.check_offset(10).unwrap();
+    assert!(matches!(
+        partition.check_offset(11),
+        Err(Error::OffsetOutOfRange {
+            requested: 11,
+            log_start: 0,
+            end: 10,
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -463,6 +475,15 @@ fn retention_by_time_and_size_deletes_whole_segments_oldest_first() {
         partition.read(0, 1, 100),
         Err(Error::OffsetOutOfRange { log_start: 200, .. })
     ));
+    assert!(matches!(
+        partition.check_offset(199),
+        Err(Error::OffsetOutOfRange {
+            requested: 199,
+            log_start: 200,
+            ..
+        })
+    ));
+    partition.check_offset(200).unwrap();
     assert_eq!(read_all(&store, "t", 200).len(), 200);
 
     // Size: keep under 20 KiB.

@@ -59,7 +59,7 @@ use super::coordinator::{Control, GroupCoordinator, Joined, TopicPartition};
 use crate::AppState;
 use crate::convert;
 use crate::read::{
-    Batching, Cursor, ReadLimits, Round, SUBSCRIBE_QUEUE_EVENTS, read_round, send_progress,
+    Batching, Cursor, ReadLimits, Round, SUBSCRIBE_QUEUE_EVENTS, batch_goes_out, read_round,
 };
 
 /// Pause before looking again at a poisoned partition that woke a reader without data.
@@ -642,33 +642,29 @@ impl MemberTask {
         };
         match round.map_err(|error| self.read_error(&error))? {
             Round::Batch {
-                batch, filtered, ..
-            } if batch.messages.is_empty() => {
-                self.app.metrics.filtered("group", filtered);
-                // Now and then the positions alone go out, so a client that commits
-                // itself can commit past what was skipped (filtered or expired).
-                if send_progress(&batch, self.last_batch) {
-                    self.last_batch = Instant::now();
-                    permit.send(Ok(Out::Messages(SubscribeResponse {
-                        event: Some(Event::Batch(batch)),
-                    })));
-                }
-                // The filter may have more to look at: stay ready.
-                if filtered.skipped == 0 && self.events.is_empty() {
-                    self.data_ready = false;
-                }
-            }
-            Round::Batch {
                 batch,
                 bytes,
                 filtered,
             } => {
                 self.app.metrics.filtered("group", filtered);
-                self.count_fetched(&batch, bytes);
-                self.last_batch = Instant::now();
-                permit.send(Ok(Out::Messages(SubscribeResponse {
-                    event: Some(Event::Batch(batch)),
-                })));
+                let delivered = !batch.messages.is_empty();
+                // Without messages, now and then the positions alone go out, so a
+                // client that commits itself can commit past what was skipped
+                // (filtered or expired).
+                let mut cursors: Vec<&mut Cursor> =
+                    self.owned.values_mut().map(|o| &mut o.cursor).collect();
+                if batch_goes_out(&mut cursors, &batch, &mut self.last_batch, Instant::now()) {
+                    if delivered {
+                        self.count_fetched(&batch, bytes);
+                    }
+                    permit.send(Ok(Out::Messages(SubscribeResponse {
+                        event: Some(Event::Batch(batch)),
+                    })));
+                }
+                // The filter may have more to look at: stay ready.
+                if !delivered && filtered.skipped == 0 && self.events.is_empty() {
+                    self.data_ready = false;
+                }
             }
             Round::OutOfRange {
                 index,
@@ -688,7 +684,7 @@ impl MemberTask {
                 };
                 let to = self.reset(&tp, Some(requested), log_start, end, reason)?;
                 if let Some(owned) = self.owned.get_mut(&tp) {
-                    owned.cursor.position = to;
+                    owned.cursor.reset_to(to);
                 }
                 // Read it again after its PositionReset event has gone out.
             }
@@ -739,7 +735,7 @@ impl MemberTask {
                     let tp = tp.clone();
                     let to = self.reset(&tp, Some(requested), log_start, end, reason)?;
                     if let Some(owned) = self.owned.get_mut(&tp) {
-                        owned.cursor.position = to;
+                        owned.cursor.reset_to(to);
                     }
                     // Read it again after its PositionReset event has gone out.
                     return Ok(());

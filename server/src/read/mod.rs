@@ -49,9 +49,9 @@ pub const SUBSCRIBE_QUEUE_EVENTS: usize = 4;
 const EXPIRED_SKIPS_MAX: u32 = 64;
 /// How often at most a stream sends a batch without messages, only positions, while
 /// its reads move past messages none of which it delivers (the filter skips them, or
-/// they expired), and at once when that reached the end of the partitions read: so a
-/// consumer learns (and can commit, or resume from) how far the broker read for it,
-/// without an event per skipped read. At the end it is at once, not later, since
+/// they expired), and at once when that reached the end of the partitions it names
+/// ([`batch_goes_out`]): so a consumer learns (and can commit, or resume from) how far
+/// the broker read for it, without an event per skipped read. At the end it is at once, not later, since
 /// nothing may come to carry it: a stream then sends one event per append it skips, as
 /// many as it would send without a filter.
 pub const SKIP_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
@@ -112,16 +112,36 @@ impl std::fmt::Debug for TopicAccess {
     }
 }
 
-/// Whether a round that delivered nothing but moved positions (past messages the filter
-/// skipped, or expired ones) sends its positions alone: see [`SKIP_PROGRESS_INTERVAL`].
-pub fn send_progress(batch: &MessageBatch, last_sent: Instant) -> bool {
-    batch.messages.is_empty()
-        && !batch.positions.is_empty()
-        && (last_sent.elapsed() >= SKIP_PROGRESS_INTERVAL
-            || batch
-                .positions
-                .iter()
-                .all(|p| p.next_offset >= p.end_offset))
+/// Whether the batch of a [`read_round`] over `cursors` goes out, at `now`, on a stream
+/// whose last batch went out at `last_sent`: one with messages always; one with
+/// positions alone (the reads moved past messages the filter skipped, or expired ones)
+/// after [`SKIP_PROGRESS_INTERVAL`] without a batch, or at once when every partition
+/// it names is at its end. A round names every partition whose position moved since
+/// the last batch that went out, and reads every partition when it delivers nothing,
+/// so that is every partition read. When it goes out, the cursors' positions count as
+/// told (a later round names only what moves from there) and `last_sent` is `now`;
+/// when it does not, its positions come again in the next round's batch.
+pub fn batch_goes_out<C: BorrowMut<Cursor>>(
+    cursors: &mut [C],
+    batch: &MessageBatch,
+    last_sent: &mut Instant,
+    now: Instant,
+) -> bool {
+    let goes_out = !batch.messages.is_empty()
+        || (!batch.positions.is_empty()
+            && (now.saturating_duration_since(*last_sent) >= SKIP_PROGRESS_INTERVAL
+                || batch
+                    .positions
+                    .iter()
+                    .all(|p| p.next_offset >= p.end_offset)));
+    if goes_out {
+        for cursor in cursors {
+            let cursor = cursor.borrow_mut();
+            cursor.told = cursor.position;
+        }
+        *last_sent = now;
+    }
+    goes_out
 }
 
 /// How much one read may return.
@@ -154,6 +174,10 @@ pub struct Cursor {
     /// The next offset to deliver. [`read_round`] moves it past what it returns (and
     /// past expired messages it skips), never past a message it did not return.
     pub position: u64,
+    /// The position the client was last told of (by a batch that went out, a
+    /// PositionReset, or its start): [`read_round`] names the partition in its batch
+    /// while `position` differs, so a move in a batch that did not go out is not lost.
+    told: u64,
     /// The partition's topic, on streams that read several topics (a topic pattern):
     /// [`read_round`] names it in every message and position it returns. `None` on a
     /// single-topic stream (nothing to name, nothing to copy per message).
@@ -165,6 +189,7 @@ impl Cursor {
         Cursor {
             partition,
             position,
+            told: position,
             topic: None,
         }
     }
@@ -174,7 +199,25 @@ impl Cursor {
         Cursor {
             partition,
             position,
+            told: position,
             topic: Some(topic),
+        }
+    }
+
+    /// Moves the position where the reset policy put it: the PositionReset event that
+    /// goes with it tells the client.
+    pub fn reset_to(&mut self, offset: u64) {
+        self.position = offset;
+        self.told = offset;
+    }
+
+    /// The position to tell the client, with `end_offset`.
+    fn told_position(&self, end_offset: u64) -> PartitionPosition {
+        PartitionPosition {
+            partition: self.partition.id(),
+            next_offset: self.position,
+            end_offset,
+            topic: self.topic_name(),
         }
     }
 
@@ -263,7 +306,8 @@ pub enum Batching {
 #[derive(Debug, PartialEq)]
 pub enum Round {
     /// The messages read, possibly none (every partition caught up, or only expired
-    /// messages skipped), and the position of every partition whose position moved.
+    /// messages skipped), and the position of every partition whose position moved
+    /// since the client was last told (see [`batch_goes_out`]).
     Batch {
         batch: MessageBatch,
         /// Id, key, value and header bytes of the messages (what the budget counts).
@@ -301,6 +345,10 @@ pub enum Round {
 /// and counted in `Round::Batch::filtered`. Each partition's read scans at most the
 /// storage's filter scan limits, so a round may deliver nothing while positions move.
 ///
+/// The batch names every partition whose position moved since the client was last
+/// told, read in this round or not: the caller passes it to [`batch_goes_out`], and a
+/// batch that does not go out leaves its positions to the next.
+///
 /// An error (or a position out of range) after messages were read ends the round with
 /// those messages; the partition is left where it was, so the error comes again on a
 /// later round, first in its batch. Errors are storage errors: `TopicDeleted`,
@@ -319,6 +367,8 @@ pub fn read_round<C: BorrowMut<Cursor>>(
     let mut messages_left = limits.max_messages.max(1);
     let mut bytes_left = limits.max_bytes;
     let mut first_delivered = None;
+    // Steps whose partition's position the loop put in the batch (if it moved).
+    let mut handled = 0;
     for step in 0..count {
         let index = (*turn + step) % count;
         let started = !batch.messages.is_empty();
@@ -327,7 +377,6 @@ pub fn read_round<C: BorrowMut<Cursor>>(
             break;
         }
         let cursor = cursors[index].borrow_mut();
-        let before = cursor.position;
         let read = match cursor.read(messages_left, bytes_left, started, filter, &mut filtered) {
             Ok(read) => read,
             // Comes again on a later round, first in its batch.
@@ -372,16 +421,21 @@ pub fn read_round<C: BorrowMut<Cursor>>(
                 read.end_offset
             }
         };
-        if cursor.position != before {
-            batch.positions.push(PartitionPosition {
-                partition: id,
-                next_offset: cursor.position,
-                end_offset,
-                topic: cursor.topic_name(),
-            });
+        if cursor.position != cursor.told {
+            batch.positions.push(cursor.told_position(end_offset));
         }
+        handled = step + 1;
         if refused {
             break;
+        }
+    }
+    // Partitions the round did not get to that moved since the client was told.
+    for step in handled..count {
+        let cursor = cursors[(*turn + step) % count].borrow_mut();
+        if cursor.position != cursor.told {
+            batch
+                .positions
+                .push(cursor.told_position(cursor.partition.end_offset()));
         }
     }
     if let Some(index) = first_delivered {

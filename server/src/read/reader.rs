@@ -23,7 +23,7 @@ use crate::convert;
 use super::batches::{delivered, read_partition, record_batches};
 use super::{
     Batching, Cursor, IDLE_RESCAN_BACKOFF, ReadLimits, Round, SUBSCRIBE_QUEUE_EVENTS,
-    TOPIC_RESCAN_INTERVAL, TopicAccess, read_round, send_progress,
+    TOPIC_RESCAN_INTERVAL, TopicAccess, batch_goes_out, read_round,
 };
 
 /// What a [`PartitionReader`] reads: one topic, or every topic a pattern matches.
@@ -330,9 +330,25 @@ impl PartitionReader {
     }
 
     /// Makes the first event (after a pattern stream's TopicsChanged) a [`Positioned`]
-    /// naming every partition's start (a start out of range is then followed by its
-    /// PositionReset).
-    pub fn announce_positions(mut self) -> Self {
+    /// naming where delivery starts in every partition: a start out of the log is
+    /// moved by the reset policy first, and its PositionReset (from the start asked
+    /// for) follows the Positioned event; with `RESET_POLICY_ERROR` it is OUT_OF_RANGE.
+    pub fn announce_positions(mut self) -> Result<Self, Status> {
+        let mut resets = Vec::new();
+        for index in 0..self.cursors.len() {
+            let cursor = &self.cursors[index];
+            // Other errors come with the first read.
+            if let Err(Error::OffsetOutOfRange {
+                requested,
+                log_start,
+                end,
+                ..
+            }) = cursor.partition.check_offset(cursor.position)
+            {
+                let partition = cursor.partition.id();
+                resets.push(self.reset(index, partition, requested, log_start, end)?);
+            }
+        }
         let positions = self
             .cursors
             .iter()
@@ -346,7 +362,8 @@ impl PartitionReader {
         self.queued.push_back(SubscribeResponse {
             event: Some(Event::Positioned(Positioned { positions })),
         });
-        self
+        self.queued.extend(resets);
+        Ok(self)
     }
 
     /// The reader in batch form, for `SubscribeBatches` without a group: each data
@@ -566,8 +583,12 @@ impl PartitionReader {
                         filtered,
                     } => {
                         self.state.metrics.filtered("subscribe", filtered);
-                        let progress = send_progress(&batch, self.last_sent);
-                        if !batch.messages.is_empty() || progress {
+                        if batch_goes_out(
+                            &mut self.cursors,
+                            &batch,
+                            &mut self.last_sent,
+                            Instant::now(),
+                        ) {
                             let topic = match &self.source {
                                 Source::Topic(topic) => topic.name(),
                                 // One partition per batch: the first names them all.
@@ -584,7 +605,6 @@ impl PartitionReader {
                                     bytes,
                                 );
                             }
-                            self.last_sent = Instant::now();
                             return Ok(Step::Event(SubscribeResponse {
                                 event: Some(Event::Batch(batch)),
                             }));
@@ -763,7 +783,7 @@ impl PartitionReader {
             ResetPolicy::Earliest | ResetPolicy::Unspecified => log_start,
         };
         if let Some(cursor) = self.cursors.get_mut(index) {
-            cursor.position = to_offset;
+            cursor.reset_to(to_offset);
         }
         self.state.metrics.position_reset(&topic, label);
         Ok(SubscribeResponse {

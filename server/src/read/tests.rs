@@ -199,6 +199,8 @@ fn drain_filtered(
     let mut delivered: Vec<Vec<(u64, usize)>> = vec![Vec::new(); count];
     // Rounds in a row each partition had live data left and did not move.
     let mut passed_over = vec![0usize; count];
+    // What the client was told: the positions of the batches that went out.
+    let mut told = vec![0u64; count];
     let mut turn = 0;
     for round in 0.. {
         if cursors.iter().zip(&ends).all(|(c, end)| c.position == *end) {
@@ -267,9 +269,12 @@ fn drain_filtered(
                 .positions
                 .iter()
                 .any(|p| p.partition as usize == index);
-            if moved != batch_has_it {
+            // Named while it moved since the client was told, in this round or not.
+            let untold = after[index] != told[index];
+            if untold != batch_has_it {
                 return Err(format!(
-                    "partition {index} moved {moved}, in positions {batch_has_it}"
+                    "partition {index} moved {moved}, told {}, in positions {batch_has_it}",
+                    told[index]
                 ));
             }
             passed_over[index] = if had_data && !moved {
@@ -284,6 +289,11 @@ fn drain_filtered(
                 ));
             }
         }
+        if goes_out(&mut cursors, &batch) {
+            for p in &batch.positions {
+                told[p.partition as usize] = p.next_offset;
+            }
+        }
         if n == 0
             && after == before
             && fixture
@@ -294,6 +304,11 @@ fn drain_filtered(
         {
             return Err(format!("round {round} made no progress at {after:?}"));
         }
+    }
+    if told != ends {
+        return Err(format!(
+            "the client was told {told:?}, the ends are {ends:?}"
+        ));
     }
     if delivered != expected {
         return Err(format!(
@@ -394,6 +409,53 @@ fn a_filter_that_skips_everything_moves_the_positions_to_the_end_in_bounded_read
         rounds,
         40_000u32.div_ceil(tidelog_storage::limits::FILTER_SCAN_RECORDS_MAX)
     );
+}
+
+/// Whether the stream sends `batch`, the batch of a round over `cursors`, when the
+/// last batch went out just now (so never for the time that passed: the rule at the
+/// end of the partitions decides).
+fn goes_out(cursors: &mut [Cursor], batch: &MessageBatch) -> bool {
+    let now = Instant::now();
+    let mut last_sent = now;
+    batch_goes_out(cursors, batch, &mut last_sent, now)
+}
+
+#[test]
+fn a_filter_that_matches_nothing_tells_every_partitions_end() {
+    // Partition 0 takes two scans, partition 1 one: the first round moves both and
+    // reaches only partition 1's end, the second reaches partition 0's.
+    let scan = tidelog_storage::limits::FILTER_SCAN_RECORDS_MAX as usize;
+    let fixture = Fixture::new(
+        &[vec![tagged(1, 2); scan + 600], vec![tagged(1, 2); 100]],
+        1000,
+    );
+    let filter = Filter::parse("header.tag == 1").unwrap();
+    for batching in BOTH {
+        let mut cursors = fixture.cursors();
+        // What the client was told: the positions of the batches that went out.
+        let mut told = vec![0u64; 2];
+        let mut turn = 0;
+        for _ in 0..10 {
+            let Round::Batch { batch, .. } = read_round(
+                &mut cursors,
+                &mut turn,
+                limits(500, 1 << 20),
+                batching,
+                Some(&filter),
+            )
+            .unwrap() else {
+                panic!("a batch");
+            };
+            assert!(batch.messages.is_empty());
+            if goes_out(&mut cursors, &batch) {
+                for p in &batch.positions {
+                    told[p.partition as usize] = p.next_offset;
+                }
+            }
+        }
+        assert_eq!(positions(&cursors), vec![scan as u64 + 600, 100]);
+        assert_eq!(told, vec![scan as u64 + 600, 100], "{batching:?}");
+    }
 }
 
 #[test]
@@ -576,6 +638,27 @@ fn partitions() -> impl Strategy<Value = Vec<Vec<Message>>> {
     prop::collection::vec(prop::collection::vec(message(), 0..40), 1..5)
 }
 
+/// 1 to 3 partitions of 1 B messages tagged 2, a few tagged 1: short ones, and ones
+/// a filter reads in two scans ([`limits::FILTER_SCAN_RECORDS_MAX`] each).
+fn long_partitions() -> impl Strategy<Value = Vec<Vec<Message>>> {
+    let scan = limits::FILTER_SCAN_RECORDS_MAX as usize;
+    let length = prop_oneof![0usize..50, scan..scan + 3000];
+    let partition = (
+        length,
+        prop::collection::vec(any::<prop::sample::Index>(), 0..3),
+    )
+        .prop_map(|(length, ones)| {
+            let mut messages = vec![tagged(1, 2); length];
+            for one in ones {
+                if length > 0 {
+                    messages[one.index(length)].tag = 1;
+                }
+            }
+            messages
+        });
+    prop::collection::vec(partition, 1..4)
+}
+
 fn read_limits() -> impl Strategy<Value = ReadLimits> {
     (
         prop_oneof![1 => Just(1u32), 4 => 1u32..40, 1 => Just(READ_MESSAGES_MAX)],
@@ -598,8 +681,9 @@ proptest! {
     })]
 
     /// Random messages, filters and budgets: following the positions yields exactly
-    /// the live messages the filter matches, in order, within the budget, and no
-    /// partition stalls behind skipped messages.
+    /// the live messages the filter matches, in order, within the budget, no
+    /// partition stalls behind skipped messages, and the batches that go out tell
+    /// every partition's end (also when the filter matches nothing).
     #[test]
     fn exactly_the_matching_messages_in_order_within_the_budget(
         partitions in partitions(),
@@ -608,6 +692,24 @@ proptest! {
         filter in prop::sample::select(FILTERS.to_vec()),
     ) {
         let fixture = Fixture::new(&partitions, per_batch);
+        for batching in BOTH {
+            if let Err(error) = drain_filtered(&fixture, limits, batching, Some(filter)) {
+                prop_assert!(false, "{:?} {:?} {}: {}", batching, limits, filter.0, error);
+            }
+        }
+    }
+
+    /// Partitions of a few messages beside ones longer than a filter scan, with a
+    /// filter that matches a few messages or none: following the positions yields
+    /// exactly the matches, and the batches that go out tell every partition's end,
+    /// also when one round moves several partitions and reaches only some ends.
+    #[test]
+    fn every_partitions_end_is_told_across_filter_scans(
+        partitions in long_partitions(),
+        limits in read_limits(),
+        filter in prop::sample::select(vec![FILTERS[0], FILTERS[4]]),
+    ) {
+        let fixture = Fixture::new(&partitions, 1000);
         for batching in BOTH {
             if let Err(error) = drain_filtered(&fixture, limits, batching, Some(filter)) {
                 prop_assert!(false, "{:?} {:?} {}: {}", batching, limits, filter.0, error);

@@ -71,6 +71,14 @@ impl Partition {
         self.read_to(from, max_records, max_bytes, false, filter)
     }
 
+    /// Whether a read from `offset` would find it in the log: `OffsetOutOfRange`
+    /// outside `[log_start, end]`, as the read would fail (so a reader can apply its
+    /// reset policy before it reads), and the read's error for a deleted or
+    /// unavailable partition.
+    pub fn check_offset(&self, offset: u64) -> Result<()> {
+        self.read_snapshot(offset, false).map(|_| ())
+    }
+
     /// The record at `offset` if it is written, durable or not yet (what a reader of an
     /// `fsync = always` topic cannot see yet): for the dedup window, which must find a
     /// duplicate's original as soon as its append returned. `None` when there is no

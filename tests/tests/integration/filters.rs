@@ -307,6 +307,69 @@ async fn subscribe_delivers_only_matches_and_positions_pass_the_rest() {
 }
 
 #[tokio::test]
+async fn a_filter_that_matches_nothing_reports_every_partitions_end() {
+    // Partition 0 takes two scans (the storage scans at most 16,384 records per
+    // read); partition 1 reaches its end in the first. The first round moves both
+    // without reaching every end and sends nothing (it is not yet a second since the
+    // stream began): partition 1's end must still reach the client, with the batch
+    // that tells of partition 0's end.
+    let broker = TestBroker::start();
+    broker
+        .create_topic("nothing", 2, TopicConfig::default())
+        .await;
+    publish(&broker, "nothing", 0, 0..17_000, 10, 1000).await;
+    publish(&broker, "nothing", 1, 0..100, 10, 100).await;
+    let ends = BTreeMap::from([(0, 17_000), (1, 100)]);
+    let earliest = Some(StartPosition {
+        position: Some(Position::Earliest(Earliest {})),
+    });
+    let filter = r#"header.type == "none""#;
+    let requests = [
+        (
+            "topic",
+            SubscribeRequest {
+                topic: "nothing".into(),
+                start: earliest,
+                ..Default::default()
+            },
+        ),
+        (
+            "pattern",
+            SubscribeRequest {
+                topic_pattern: "nothing".into(),
+                start: earliest,
+                ..Default::default()
+            },
+        ),
+        (
+            "group",
+            SubscribeRequest {
+                topic: "nothing".into(),
+                group: Some(GroupMembership {
+                    group_id: "nothing".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (what, request) in requests {
+        let mut stream = broker
+            .consumer()
+            .await
+            .subscribe(SubscribeRequest {
+                filter: filter.into(),
+                ..request
+            })
+            .await
+            .expect("subscribe")
+            .into_inner();
+        let got = collect_until(&mut stream, &ends).await;
+        assert!(got.is_empty(), "{what}: {got:?}");
+    }
+}
+
+#[tokio::test]
 async fn six_hundred_kb_messages_of_which_one_percent_match_all_arrive() {
     // The last wave missed a consumer that stopped after 1 MiB: 150 messages of 600 KB
     // (90 MB), two of which match, through Fetch and Subscribe with default budgets.

@@ -9,8 +9,8 @@ use tidelog_proto::v1::subscribe_request::PartitionStart;
 use tidelog_proto::v1::subscribe_response::Event;
 use tidelog_proto::v1::{
     AckLevel, GroupMembership, ListOffsetsRequest, ListedOffset, Message, MessageBatch,
-    PartitionPosition, PublishRequest, StartPosition, SubscribeRequest, SubscribeResponse,
-    TopicConfig, list_offsets_request,
+    PartitionPosition, PositionReset, PublishRequest, ResetPolicy, ResetReason, StartPosition,
+    SubscribeRequest, SubscribeResponse, TopicConfig, list_offsets_request,
 };
 use tidelog_tests::TestBroker;
 use tonic::{Code, Streaming};
@@ -459,5 +459,92 @@ async fn a_start_per_partition_resumes_each_where_it_got_to() {
             }
         };
         assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+    }
+}
+
+#[tokio::test]
+async fn positioned_names_the_start_the_reset_policy_chose_for_a_start_out_of_range() {
+    let broker = TestBroker::start();
+    // Partition 0 from past its end, partition 1 from within its log.
+    let request = |topic: &str, reset_policy: ResetPolicy| SubscribeRequest {
+        topic: topic.into(),
+        partition_starts: vec![
+            PartitionStart {
+                partition: 0,
+                offset: 1000,
+                ..Default::default()
+            },
+            PartitionStart {
+                partition: 1,
+                offset: 1,
+                ..Default::default()
+            },
+        ],
+        reset_policy: reset_policy as i32,
+        send_positioned: true,
+        ..Default::default()
+    };
+    for (topic, policy, start) in [
+        ("latest", ResetPolicy::Latest, 5),
+        ("earliest", ResetPolicy::Earliest, 0),
+        ("error", ResetPolicy::Error, 0),
+    ] {
+        broker.create_topic(topic, 2, TopicConfig::default()).await;
+        publish(&broker, topic, 0, 5, 1_000, None).await;
+        publish(&broker, topic, 1, 3, 1_000, None).await;
+        if policy == ResetPolicy::Error {
+            // No Positioned: the stream ends OUT_OF_RANGE.
+            let status = match broker
+                .consumer()
+                .await
+                .subscribe(request(topic, policy))
+                .await
+            {
+                Err(status) => status,
+                Ok(response) => {
+                    let mut stream = response.into_inner();
+                    next_event(&mut stream)
+                        .await
+                        .expect_err("OUT_OF_RANGE, not an event")
+                }
+            };
+            assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+            continue;
+        }
+        let mut stream = subscribe(&broker, request(topic, policy)).await;
+        match next_event(&mut stream).await.unwrap() {
+            Event::Positioned(p) => assert_eq!(
+                p.positions,
+                vec![position(0, start, 5), position(1, 1, 3)],
+                "{policy:?}: where delivery starts"
+            ),
+            other => panic!("{policy:?}: expected Positioned first, got {other:?}"),
+        }
+        // The reset is still reported, from the offset asked for.
+        match next_event(&mut stream).await.unwrap() {
+            Event::PositionReset(reset) => assert_eq!(
+                reset,
+                PositionReset {
+                    partition: 0,
+                    from_offset: Some(1000),
+                    to_offset: start,
+                    reason: ResetReason::AboveEndOffset as i32,
+                    topic: String::new(),
+                },
+                "{policy:?}"
+            ),
+            other => panic!("{policy:?}: expected the PositionReset, got {other:?}"),
+        }
+        // The start is fixed: a message published now comes, after those before it.
+        let offsets = publish(&broker, topic, 0, 1, 2_000, None).await;
+        let mut got = Vec::new();
+        while !(got.contains(&(0, offsets[0])) && got.contains(&(1, 2))) {
+            let batch = next_batch(&mut stream).await;
+            got.extend(batch.messages.iter().map(|m| (m.partition, m.offset)));
+        }
+        got.sort_unstable();
+        let mut expected: Vec<(u32, u64)> = (start..=offsets[0]).map(|o| (0, o)).collect();
+        expected.extend([(1, 1), (1, 2)]);
+        assert_eq!(got, expected, "{policy:?}");
     }
 }
