@@ -139,9 +139,8 @@ fn create_op(
 fn check_dead_letter_topic(topic: &str, config: &QueueConfig) -> Result<()> {
     if config.dead_letter_topic == topic {
         return Err(Error::invalid(format!(
-            "dead_letter_topic {topic:?} is the queue's own topic: its dead letters would be \
-             delivered by the queue again, for ever; name another topic (the default is \
-             {topic}.dlq)"
+            "dead_letter_topic {topic:?} is the queue's own topic, whose dead letters it \
+             would deliver again for ever: name another topic (the default is {topic}.dlq)"
         )));
     }
     Ok(())
