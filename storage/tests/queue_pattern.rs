@@ -590,3 +590,75 @@ fn the_queues_with_leases_are_named_as_clients_know_them() {
         vec!["all-orders".to_string()]
     );
 }
+
+/// A pattern queue's dead-letter topic changed by `alter_queue` is dropped at once (its
+/// queue and state go, as a deleted topic's), so a dead letter never comes back as a
+/// new message, and one that is no longer the dead-letter topic is taken again, from
+/// its beginning as any topic matching later. A queue on one topic may not send its
+/// dead letters to that topic, at create or alter.
+#[test]
+fn an_altered_dead_letter_topic_leaves_the_pattern_queue_and_one_given_up_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::new(dir.path(), 1).unwrap();
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let store = open(&fs, &dir.path().join("data"), &clock).unwrap();
+    for topic in ["p.a", "p.b"] {
+        store
+            .create_topic(topic, 1, TopicConfig::default())
+            .unwrap();
+        publish(&store, topic, 1);
+    }
+    admin::create_pattern_queue(&*store, "q", r"p\..*", StartAt::Earliest, config("q")).unwrap();
+    let before = children(&store, "q");
+    assert_eq!(before.keys().collect::<Vec<_>>(), vec!["p.a", "p.b"]);
+    admin::alter_queue(&*store, "q", |c| c.dead_letter_topic = "p.b".into()).unwrap();
+    let after = children(&store, "q");
+    assert_eq!(after.keys().collect::<Vec<_>>(), vec!["p.a"]);
+    assert!(
+        store.queues().read(|q| !q.exists(&before["p.b"])),
+        "its state is gone"
+    );
+    assert_eq!(
+        drain(&store, "q"),
+        BTreeMap::from([("p.a".to_string(), vec!["p.a-0".to_string()])])
+    );
+    assert_eq!(
+        admin::sync_pattern_queue(&*store, "q").unwrap(),
+        Default::default(),
+        "the rule is the sync's: nothing more to do"
+    );
+    admin::alter_queue(&*store, "q", |c| c.dead_letter_topic = "x.dlq".into()).unwrap();
+    let again = children(&store, "q");
+    assert_eq!(again.keys().collect::<Vec<_>>(), vec!["p.a", "p.b"]);
+    assert_ne!(
+        again["p.b"], before["p.b"],
+        "a new queue, with a new history"
+    );
+    assert_eq!(
+        drain(&store, "q"),
+        BTreeMap::from([("p.b".to_string(), vec!["p.b-0".to_string()])])
+    );
+
+    // A queue on one topic.
+    let mut own = config("own");
+    own.dead_letter_topic = "p.a".into();
+    let refused = admin::create_queue(&*store, "own", "p.a", StartAt::Earliest, own).unwrap_err();
+    assert!(
+        refused.to_string().contains("dead_letter_topic"),
+        "{refused}"
+    );
+    admin::create_queue(&*store, "one", "p.a", StartAt::Earliest, config("p.a")).unwrap();
+    let refused =
+        admin::alter_queue(&*store, "one", |c| c.dead_letter_topic = "p.a".into()).unwrap_err();
+    assert!(
+        refused.to_string().contains("is the queue's own topic"),
+        "{refused}"
+    );
+    assert_eq!(
+        admin::queue_status(&*store, "one", START_MS)
+            .unwrap()
+            .config
+            .dead_letter_topic,
+        "p.a.dlq"
+    );
+}

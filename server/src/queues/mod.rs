@@ -1133,6 +1133,11 @@ impl QueueManager {
             })
             .await?;
         }
+        // A pattern queue's topics may have changed with it (a new dead-letter topic
+        // is no longer taken): its parts follow before the next round.
+        if runtime.pattern {
+            runtime.resync.store(true, Ordering::Release);
+        }
         runtime.wake();
         Ok(())
     }

@@ -133,6 +133,19 @@ fn create_op(
     })
 }
 
+/// Refuses a queue on one topic whose dead-letter topic is that topic: each dead letter
+/// would be a new message of the queue, so a poison message would come back for ever.
+/// (A queue on a pattern never takes its dead-letter topic: [`takes_topic`].)
+fn check_dead_letter_topic(topic: &str, config: &QueueConfig) -> Result<()> {
+    if config.dead_letter_topic == topic {
+        return Err(Error::invalid(format!(
+            "dead_letter_topic {topic:?} is the queue's own topic, whose dead letters it \
+             would deliver again for ever: name another topic (the default is {topic}.dlq)"
+        )));
+    }
+    Ok(())
+}
+
 /// Creates queue `name` on `topic`, starting at `start` in every partition, with the
 /// topic's priority levels.
 pub fn create_queue(
@@ -144,6 +157,7 @@ pub fn create_queue(
 ) -> Result<Queue> {
     validate_new_queue_name(name)?;
     config.validate()?;
+    check_dead_letter_topic(topic, &config)?;
     let topic_handle = store.topic(topic)?;
     if store.queues().read(|q| q.exists(name)) {
         return Err(Error::AlreadyExists {
@@ -170,6 +184,8 @@ fn parse_pattern(text: &str) -> Result<TopicPattern> {
 
 /// Whether pattern queue `queue` takes topic `name`: its pattern matches and it is
 /// not the queue's own dead-letter topic (whose letters it would otherwise consume).
+/// The one rule at create and at every [`sync_pattern_queue`] (so after an
+/// [`alter_queue`] of the dead-letter topic too).
 fn takes_topic(queue: &PatternQueue, pattern: &TopicPattern, name: &str) -> bool {
     pattern.matches(name) && name != queue.config.dead_letter_topic
 }
@@ -243,13 +259,16 @@ pub fn create_pattern_queue(
 pub struct PatternSync {
     /// Topics that got a queue.
     pub added: Vec<String>,
-    /// Per-topic queues deleted (their topic was gone).
+    /// Per-topic queues deleted (their topic was gone, or is no longer taken: it
+    /// became the queue's dead-letter topic).
     pub removed: Vec<String>,
 }
 
-/// Gives pattern queue `name` a queue on every topic its pattern matches that has
-/// none yet (starting as [`StartAt::for_later_topic`] says), and deletes the queues of
-/// topics that are gone. Cheap when nothing changed (no write).
+/// Gives pattern queue `name` a queue on every topic it takes ([`takes_topic`]) that
+/// has none yet (starting as [`StartAt::for_later_topic`] says), and deletes the
+/// queues of topics that are gone or no longer taken (the queue's dead-letter topic
+/// since an [`alter_queue`]), with their state and history, as a deleted topic's.
+/// Cheap when nothing changed (no write).
 pub fn sync_pattern_queue(store: &dyn QueueHost, name: &str) -> Result<PatternSync> {
     let Some(queue) = store.queues().read(|q| q.pattern(name).cloned()) else {
         return Err(not_found(name));
@@ -283,7 +302,7 @@ pub fn sync_pattern_queue(store: &dyn QueueHost, name: &str) -> Result<PatternSy
     }
     let live = |topic: &str| topics.iter().any(|t| t.name() == topic);
     for (topic, child) in &children {
-        if !live(topic) {
+        if !live(topic) || !takes_topic(&queue, &pattern, topic) {
             ops.push(QueueOp::Delete {
                 name: child.clone(),
             });
@@ -393,26 +412,36 @@ pub fn public_name(name: &str) -> &str {
 }
 
 /// Changes queue `name`'s config with `change`, checked before it is stored; a pattern
-/// queue's topics' queues change with it. Returns the new config.
+/// queue's topics' queues change with it, and it then takes its topics again by the
+/// rule of [`takes_topic`] ([`sync_pattern_queue`]): a topic that became its
+/// dead-letter topic is dropped, one that stopped being it is taken again. Returns the
+/// new config.
 pub fn alter_queue(
     store: &dyn QueueHost,
     name: &str,
     change: impl FnOnce(&mut QueueConfig),
 ) -> Result<QueueConfig> {
-    let (mut config, names) = store
+    let (mut config, names, topic) = store
         .queues()
         .read(|q| {
             if let Some(queue) = user_queue(q, name) {
-                return Some((queue.config.clone(), vec![name.to_string()]));
+                return Some((
+                    queue.config.clone(),
+                    vec![name.to_string()],
+                    Some(queue.topic.clone()),
+                ));
             }
             let pattern = q.pattern(name)?;
             let mut names = vec![name.to_string()];
             names.extend(q.children(name).map(|c| c.name.clone()));
-            Some((pattern.config.clone(), names))
+            Some((pattern.config.clone(), names, None))
         })
         .ok_or_else(|| not_found(name))?;
     change(&mut config);
     config.validate()?;
+    if let Some(topic) = &topic {
+        check_dead_letter_topic(topic, &config)?;
+    }
     // A pattern queue and its topics' queues change together (one append).
     store.queues().append(
         names
@@ -423,6 +452,14 @@ pub fn alter_queue(
             })
             .collect(),
     )?;
+    // The change stands once appended. A crash or a failure before this sync leaves
+    // it to the next one (a queue's runtime syncs at its start and every 500 ms, and
+    // DescribeQueue syncs first).
+    if topic.is_none()
+        && let Err(error) = sync_pattern_queue(store, name)
+    {
+        tracing::warn!(queue = name, %error, "a queue's topics were not synced after its change; the next sync takes them");
+    }
     Ok(config)
 }
 

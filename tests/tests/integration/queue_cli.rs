@@ -166,6 +166,28 @@ fn queue_admin_commands_with_their_errors_in_cli_terms() {
             1,
             vec!["topic \"nope\" not found", "tidelog topic create"],
         ),
+        // Its own topic as its dead-letter topic: dead letters back for ever.
+        (
+            vec![
+                "queue",
+                "create",
+                "x",
+                "--topic",
+                "orders",
+                "--dead-letter-topic",
+                "orders",
+            ],
+            1,
+            vec![
+                "--dead-letter-topic \"orders\" is the queue's own topic",
+                "name another topic (the default is orders.dlq)",
+            ],
+        ),
+        (
+            vec!["queue", "alter", "billing", "--dead-letter-topic", "orders"],
+            1,
+            vec!["--dead-letter-topic \"orders\" is the queue's own topic"],
+        ),
         (
             vec![
                 "queue",

@@ -12,8 +12,8 @@ use std::time::Duration;
 use tidelog_proto::v1::queues_client::QueuesClient;
 use tidelog_proto::v1::settlement::{Ack, Action, Nack, Term};
 use tidelog_proto::v1::{
-    AckLevel, ConsumedMessage, DescribeQueueRequest, FetchRequest, Message, PublishRequest,
-    QueueConfig, QueueDelivery, QueueDescription, QueueOverflow, ReceiveRequest,
+    AckLevel, AlterQueueRequest, ConsumedMessage, DescribeQueueRequest, FetchRequest, Message,
+    PublishRequest, QueueConfig, QueueDelivery, QueueDescription, QueueOverflow, ReceiveRequest,
     RedriveQueueRequest, SettleRequest, Settlement, SettlementOutcome, TopicConfig,
 };
 use tidelog_tests::TestBroker;
@@ -418,5 +418,147 @@ async fn a_bad_range_or_a_range_on_a_nack_is_invalid_for_that_settlement_alone()
         (described.unacked, described.waiting),
         (2, 0),
         "the invalid ones changed nothing"
+    );
+}
+
+/// AlterQueue pointing a pattern queue's dead letters at a topic it consumes drops
+/// that topic at once, as CreateQueue never takes it (README: a pattern queue never
+/// takes its own dead-letter topic), also after a kill -9: a poison message is
+/// dead-lettered there once and never comes back. The queue kept the topic and the
+/// letter came back as a new message, for ever (hunt 8a: 8 deliveries of one message
+/// with max_deliveries 1). Moving the dead letters elsewhere takes the topic again, as
+/// a topic that matches later: from its beginning, the dead letter with it.
+#[tokio::test]
+async fn a_pattern_queue_stops_taking_the_topic_its_dead_letters_go_to_after_an_alter() {
+    let mut broker = TestBroker::start();
+    for topic in ["p.a", "p.b"] {
+        broker.create_topic(topic, 1, TopicConfig::default()).await;
+    }
+    queues(&broker)
+        .await
+        .create_queue(tidelog_proto::v1::CreateQueueRequest {
+            name: "q".into(),
+            topic_pattern: r"p\..*".into(),
+            config: Some(last_attempt_config()),
+            ..Default::default()
+        })
+        .await
+        .expect("create the pattern queue");
+    assert_eq!(describe(&broker, "q").await.topics, vec!["p.a", "p.b"]);
+    let altered = queues(&broker)
+        .await
+        .alter_queue(AlterQueueRequest {
+            name: "q".into(),
+            config: Some(QueueConfig {
+                dead_letter_topic: Some("p.b".into()),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("alter")
+        .into_inner()
+        .queue
+        .unwrap();
+    assert_eq!(
+        altered.topics,
+        vec!["p.a"],
+        "the dead-letter topic is dropped"
+    );
+    broker.kill9();
+    broker.restart();
+    assert_eq!(describe(&broker, "q").await.topics, vec!["p.a"]);
+
+    publish(&broker, "p.a", vec![b"poison".to_vec()]).await;
+    let held = receive(&broker, "q", "w", 10).await;
+    assert_eq!(held.len(), 1);
+    let mut term = settlement(
+        &held[0],
+        Action::Term(Term {
+            reason: "no".into(),
+        }),
+    );
+    term.topic = "p.a".into();
+    assert_eq!(settle(&broker, "q", vec![term]).await[0].code, 0);
+    let letters = messages(&broker, "p.b", 1).await;
+    assert_eq!(letters.len(), 1, "dead-lettered once");
+    assert!(
+        receive(&broker, "q", "w", 10).await.is_empty(),
+        "the dead letter does not come back"
+    );
+    assert_eq!(messages(&broker, "p.b", 2).await.len(), 1);
+
+    // Dead letters elsewhere: p.b is taken again, from its beginning.
+    let altered = queues(&broker)
+        .await
+        .alter_queue(AlterQueueRequest {
+            name: "q".into(),
+            config: Some(QueueConfig {
+                dead_letter_topic: Some("x.dlq".into()),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("alter")
+        .into_inner()
+        .queue
+        .unwrap();
+    assert_eq!(altered.topics, vec!["p.a", "p.b"]);
+    let again = receive(&broker, "q", "w", 10).await;
+    assert_eq!(again.len(), 1);
+    let m = again[0].message.as_ref().unwrap();
+    assert_eq!((m.topic.as_str(), m.offset), ("p.b", 0));
+}
+
+/// A queue on one topic whose dead-letter topic is that topic would deliver each dead
+/// letter again, for ever: CreateQueue and AlterQueue refuse it, naming the field and
+/// what to do, and the queue is unchanged.
+#[tokio::test]
+async fn a_queue_on_one_topic_may_not_dead_letter_into_that_topic() {
+    let broker = TestBroker::start();
+    broker.create_topic("jobs", 1, TopicConfig::default()).await;
+    let refused = queues(&broker)
+        .await
+        .create_queue(tidelog_proto::v1::CreateQueueRequest {
+            name: "own".into(),
+            topic: "jobs".into(),
+            config: Some(QueueConfig {
+                dead_letter_topic: Some("jobs".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a queue dead-lettering into its own topic");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused
+            .message()
+            .contains("dead_letter_topic \"jobs\" is the queue's own topic")
+            && refused.message().contains("name another topic"),
+        "{}",
+        refused.message()
+    );
+    create_queue(&broker, "q", "jobs", QueueConfig::default()).await;
+    let refused = queues(&broker)
+        .await
+        .alter_queue(AlterQueueRequest {
+            name: "q".into(),
+            config: Some(QueueConfig {
+                dead_letter_topic: Some("jobs".into()),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect_err("altered to dead-letter into its own topic");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("dead_letter_topic"),
+        "{}",
+        refused.message()
+    );
+    let queue = describe(&broker, "q").await;
+    assert_eq!(
+        queue.config.unwrap().dead_letter_topic.as_deref(),
+        Some("jobs.dlq")
     );
 }
