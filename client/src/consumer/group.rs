@@ -149,10 +149,12 @@ pub struct AssignmentChange {
 /// (keeping its partitions if the broker still holds it) and continues from the
 /// group's committed offsets; messages buffered but not yet returned are dropped and
 /// come again. The member learns of it from its stream, or sooner from a commit: one
-/// refused because the broker does not know the member (it restarted) or that failed
-/// because the connection broke drops what was buffered at once, and the next call
-/// rejoins. So a member that commits after each message handles again only what it
-/// handled and had not committed (the message whose commit failed).
+/// that failed because the connection broke drops what was buffered at once, and
+/// after one refused because the broker does not know the member (it restarted) the
+/// next call reads the dead stream to its end without returning what it held (see
+/// [`GroupMember::commit`]); then the member rejoins. So a member that commits after
+/// each message handles again only what it handled and had not committed (the
+/// message whose commit failed).
 ///
 /// Two ways to read: [`GroupMember::next`] returns one message at a time;
 /// [`GroupMember::next_event`] returns each delivery's messages together
@@ -263,6 +265,13 @@ pub struct GroupMember {
     /// messages of partitions it took away, received before it, are dropped instead
     /// of returned (and the handover is not held up by them).
     behind: bool,
+    /// A commit was refused because the broker does not know this member (it
+    /// restarted, or the member's session ended): its stream is dead or ending, so the
+    /// next call reads it to its end before it returns anything. One that broke drops
+    /// all of it ([`GroupMember::lost`]); one that failed for good (`DATA_LOSS`)
+    /// returns what came before the failure, then the failure; one that does not end
+    /// within [`GroupOptions::handover_timeout`] is dropped as broken. The refusal.
+    gone: Option<Error>,
     /// What the read ahead met that ends the stream for good (an error the member
     /// does not rejoin after, a delivery that does not decode): taken once the events
     /// received before it are returned, so none of them is lost to it. (A stream that
@@ -293,7 +302,7 @@ enum Held {
 }
 
 /// Most events a member reads ahead for the Assignment after a refused commit
-/// ([`GroupMember::read_to_assignment`]); beyond them it returns what it has in order.
+/// ([`GroupMember::read_ahead`]); beyond them it returns what it has in order.
 const READ_AHEAD_EVENTS_MAX: usize = 256;
 
 /// What a member reads.
@@ -377,6 +386,7 @@ impl GroupMember {
             handover: None,
             handover_due: false,
             behind: false,
+            gone: None,
             held: None,
             reconnecting: false,
             backoff: Backoff::default(),
@@ -459,6 +469,7 @@ impl GroupMember {
         loop {
             if !self.handover_due
                 && !self.behind
+                && self.gone.is_none()
                 && let Some(message) = self.pending.next()
             {
                 let key = (message.topic.clone(), message.partition);
@@ -482,7 +493,7 @@ impl GroupMember {
     /// both). A loop that awaits `next_event` in a `select!` drains what was received
     /// with this first, so it sets up the select once per delivery.
     pub fn try_next_event(&mut self) -> Option<GroupEvent> {
-        if self.handover_due || self.behind {
+        if self.handover_due || self.behind || self.gone.is_some() {
             return None;
         }
         let event = self.take_pending().or_else(|| self.events.pop_front())?;
@@ -517,8 +528,8 @@ impl GroupMember {
             if self.handover_due {
                 self.hand_over().await;
             }
-            if self.behind {
-                self.read_to_assignment().await;
+            if self.behind || self.gone.is_some() {
+                self.read_ahead().await;
             }
             if let Some(event) = self.take_pending().or_else(|| self.events.pop_front()) {
                 return Ok(event);
@@ -548,11 +559,18 @@ impl GroupMember {
     /// After a refused commit: reads the stream on until the new Assignment (which
     /// drops what was received of the partitions it takes away), for at most
     /// [`GroupOptions::handover_timeout`] (after it those partitions moved on anyway)
-    /// and [`READ_AHEAD_EVENTS_MAX`] events. What ends the stream is held
-    /// ([`GroupMember::held`]). Cancel-safe: what it read is queued.
-    async fn read_to_assignment(&mut self) {
+    /// and [`READ_AHEAD_EVENTS_MAX`] events; or, when the broker did not know the
+    /// member ([`GroupMember::gone`]), to the stream's end. What ends the stream for
+    /// good is held ([`GroupMember::held`]); a stream that broke is lost, with all it
+    /// read. Cancel-safe: what it read is queued.
+    async fn read_ahead(&mut self) {
         let deadline = tokio::time::Instant::now() + self.options.handover_timeout;
-        while self.behind && self.held.is_none() && self.events.len() < READ_AHEAD_EVENTS_MAX {
+        // To the end of a stream the broker no longer serves: it holds at most its
+        // flow-control window, as nothing more comes on it.
+        while (self.behind || self.gone.is_some())
+            && self.held.is_none()
+            && (self.gone.is_some() || self.events.len() < READ_AHEAD_EVENTS_MAX)
+        {
             let Some(stream) = self.stream.as_mut() else {
                 break;
             };
@@ -572,6 +590,12 @@ impl GroupMember {
                 }
                 Err(_) => break,
             }
+        }
+        if let Some(refusal) = self.gone.take()
+            && self.held.is_none()
+        {
+            // It did not end in time: rejoin anyway.
+            self.lost(refusal);
         }
         self.behind = false;
     }
@@ -689,13 +713,15 @@ impl GroupMember {
     /// current generation, of a partition that is not its own, is also
     /// [`Error::Rebalanced`], but no Assignment is coming: the next call reads on at
     /// once.) When the broker does not know the member (it restarted, or the
-    /// member's session ended) this is [`Error::Rebalanced`] too, and when the
-    /// connection broke (or the broker is going away) a retryable error
-    /// ([`Error::is_retryable`]): either way the member's stream is as good as gone,
-    /// what was received and not returned is dropped, and the next call rejoins
-    /// ([`GroupEvent::Disconnected`]) from the committed offsets, so what was returned
-    /// since the last accepted commit comes again. Keep reading after any of these:
-    /// none needs more than that. With [`Commit::Auto`] the broker commits by itself
+    /// member's session ended) this is [`Error::Rebalanced`] too: the next call reads
+    /// what the member's stream still holds to its end, drops it if the stream broke
+    /// and rejoins ([`GroupEvent::Disconnected`]), or, if it failed for good
+    /// (`DATA_LOSS`), returns what came before the failure and then the failure. When
+    /// the connection broke (or the broker is going away) this is a retryable error
+    /// ([`Error::is_retryable`]), what was received and not returned is dropped at
+    /// once, and the next call rejoins. After a rejoin the member goes on from the
+    /// committed offsets, so what was returned since the last accepted commit comes
+    /// again. Keep reading after any of these: none needs more than that. With [`Commit::Auto`] the broker commits by itself
     /// and this does nothing.
     pub async fn commit(&mut self) -> Result<()> {
         if matches!(self.options.commit, Commit::Auto { .. }) {
@@ -831,7 +857,7 @@ impl GroupMember {
                     Some(current) if current >= self.generation => {
                         self.behind = current > self.generation;
                     }
-                    _ => self.lost(error.clone()),
+                    _ => self.gone = Some(error.clone()),
                 }
                 Err(error)
             }
@@ -847,9 +873,9 @@ impl GroupMember {
         }
     }
 
-    /// The stream broke for a reason worth rejoining for, or a commit found the
-    /// membership gone or the connection broken: received events will come again from
-    /// the committed offsets, so they are dropped. The one place where that news wins
+    /// The stream broke for a reason worth rejoining for (or a commit found the
+    /// connection broken, or the membership gone: [`GroupMember::gone`]): received
+    /// events will come again from the committed offsets, so they are dropped. The one place where that news wins
     /// over what was received: HTTP/2 hands out the DATA a stream received before the
     /// error that ended it, so a stream whose broker went away goes on yielding what
     /// it had buffered (up to its flow-control window) before the error tells.
@@ -867,6 +893,7 @@ impl GroupMember {
         self.handover = None;
         self.handover_due = false;
         self.behind = false;
+        self.gone = None;
         self.held = None;
         self.events.clear();
         self.pending = Vec::new().into_iter();

@@ -690,6 +690,8 @@ async fn a_handover_refused_because_the_group_moved_on_again_goes_with_the_next_
 enum Restart {
     Kill9,
     Sigterm,
+    /// kill -9, and started again after the next commit failed (the connection broke).
+    Kill9UntilACommitFails,
 }
 
 /// A member commits after every message it handles (`next` + `commit`, or
@@ -746,6 +748,9 @@ async fn a_restart_under_a_committing_member(restart: Restart, events: bool) {
                     .commit_offsets(&[("rs", 0, message.offset + 1)])
                     .await;
                 let accepted = tally.handled(message.offset, committed);
+                if !accepted && !broker.is_running() {
+                    broker.restart_on_the_same_ports();
+                }
                 if restarted_at.is_none() && message.offset == RESTART_AFTER {
                     restarted_at = Some(tally.accepted);
                     restart.apply(&mut broker);
@@ -762,7 +767,10 @@ async fn a_restart_under_a_committing_member(restart: Restart, events: bool) {
                 .expect("next");
             assert_eq!(number(&message), message.offset);
             let committed = member.commit().await;
-            tally.handled(message.offset, committed);
+            let accepted = tally.handled(message.offset, committed);
+            if !accepted && !broker.is_running() {
+                broker.restart_on_the_same_ports();
+            }
             if restarted_at.is_none() && message.offset == RESTART_AFTER {
                 restarted_at = Some(tally.accepted);
                 restart.apply(&mut broker);
@@ -814,6 +822,7 @@ impl Tally {
                         || matches!(error, tidelog_client::Error::Rebalanced { .. }),
                     "{error:?}"
                 );
+                eprintln!("the commit after offset {offset} failed: {error}");
                 self.refused.push(offset);
                 false
             }
@@ -824,16 +833,27 @@ impl Tally {
 impl Restart {
     /// Restarts `broker` on its ports (clients reconnect to the address they have).
     fn apply(self, broker: &mut TestBroker) {
-        if self == Restart::Kill9 {
-            broker.kill9();
+        match self {
+            Restart::Kill9 => {
+                broker.kill9();
+                broker.restart_on_the_same_ports();
+            }
+            Restart::Sigterm => broker.restart_on_the_same_ports(),
+            Restart::Kill9UntilACommitFails => broker.kill9(),
         }
-        broker.restart_on_the_same_ports();
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_killed_under_a_member_repeats_only_the_message_whose_commit_it_refused() {
     a_restart_under_a_committing_member(Restart::Kill9, false).await;
+}
+
+/// The commit after the kill fails on the broken connection (the broker is down)
+/// rather than being refused by the restarted broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_down_under_a_member_repeats_only_the_message_whose_commit_failed() {
+    a_restart_under_a_committing_member(Restart::Kill9UntilACommitFails, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
