@@ -1,6 +1,8 @@
 //! Reads a topic, either as a plain subscription from the earliest message (batch form)
 //! or, with a group id, as a consumer-group member committing after each message.
-//! Runs until interrupted; survives broker restarts.
+//! Runs until interrupted; survives broker restarts (a commit refused by a restarted
+//! broker, or lost with the connection, is reported and reading goes on: the member
+//! rejoins and what was not committed comes again).
 //!
 //! ```text
 //! cargo run -p tidelog-client --example consume -- http://127.0.0.1:7420 demo
@@ -8,7 +10,7 @@
 //! ```
 
 use tidelog_client::{
-    Client, GroupMember, GroupOptions, Message, StartAt, SubscribeOptions, Subscription,
+    Client, Error, GroupMember, GroupOptions, Message, StartAt, SubscribeOptions, Subscription,
 };
 
 fn show(message: &Message) {
@@ -49,7 +51,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("joined as {id} (generation {generation}), partitions {partitions:?}");
             loop {
                 show(&member.next().await?);
-                member.commit().await?;
+                match member.commit().await {
+                    Ok(()) => {}
+                    // The broker went away or restarted, or the group rebalanced: the
+                    // next call rejoins (or reads on to the new assignment) by itself.
+                    Err(error)
+                        if error.is_retryable() || matches!(error, Error::Rebalanced { .. }) =>
+                    {
+                        eprintln!("not committed ({error}); reading on");
+                    }
+                    Err(error) => return Err(error.into()),
+                }
             }
         }
     }

@@ -130,6 +130,9 @@ impl Error {
             Code::Unauthenticated => Error::Unauthenticated { message },
             Code::PermissionDenied => Error::PermissionDenied { message },
             Code::Unavailable => Error::Unavailable { rpc, message },
+            // tonic's words for a connection that broke under the call: the broker
+            // went away, as far as the caller can tell.
+            code if connection_broke(code, &message) => Error::Unavailable { rpc, message },
             code => Error::Broker { rpc, code, message },
         }
     }
@@ -168,6 +171,14 @@ pub(crate) fn retryable_code(code: Code) -> bool {
     )
 }
 
+/// Whether `code` and `message` are tonic's report of a connection that broke under
+/// a call (`UNKNOWN` "transport error", `CANCELLED`, `INTERNAL` with an h2 or
+/// connection error) rather than an answer of the broker.
+fn connection_broke(code: Code, message: &str) -> bool {
+    matches!(code, Code::Unknown | Code::Cancelled)
+        || (code == Code::Internal && transport_words(message))
+}
+
 /// Whether a failed stream (or call) should be opened again after a backoff.
 pub(crate) fn retryable_status(status: &tonic::Status) -> bool {
     retryable_answer(status.code(), status.message())
@@ -176,21 +187,24 @@ pub(crate) fn retryable_status(status: &tonic::Status) -> bool {
 /// Whether a call that failed with `code` and `message` may succeed later: a
 /// retryable code, or `INTERNAL` with the words of a broken connection.
 fn retryable_answer(code: Code, message: &str) -> bool {
-    retryable_code(code)
-        || (code == Code::Internal && {
-            let message = message.to_ascii_lowercase();
-            [
-                "h2 protocol error",
-                "transport",
-                "connection",
-                "broken pipe",
-                "stream closed",
-                "error reading a body",
-                "error trying to connect",
-            ]
-            .iter()
-            .any(|needle| message.contains(needle))
-        })
+    retryable_code(code) || (code == Code::Internal && transport_words(message))
+}
+
+/// Whether an `INTERNAL` status's message is tonic's or h2's word for a broken
+/// connection.
+fn transport_words(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    [
+        "h2 protocol error",
+        "transport",
+        "connection",
+        "broken pipe",
+        "stream closed",
+        "error reading a body",
+        "error trying to connect",
+    ]
+    .iter()
+    .any(|needle| message.contains(needle))
 }
 
 impl std::fmt::Display for Error {
@@ -271,13 +285,16 @@ impl std::fmt::Display for Error {
                     "{rpc} failed ({}): {message}",
                     tidelog_proto::code_name(*code)
                 )?;
-                if retryable_answer(*code, message) {
+                if connection_broke(*code, message) {
                     // tonic's words for a broken connection ("transport error", "h2
-                    // protocol error") do not say what to do.
+                    // protocol error") do not say what to do. (`from_code` makes them
+                    // `Unavailable`; an `Error::Broker` built with them says it too.)
                     write!(
                         f,
                         " (the connection to the broker broke or it went away: retryable, retry with backoff)"
                     )?;
+                } else if retryable_answer(*code, message) {
+                    write!(f, " (retryable: try again)")?;
                 }
                 Ok(())
             }
@@ -305,15 +322,31 @@ mod tests {
         let error = Error::from_status("PublishBatch", Some("t"), &status);
         assert!(error.is_retryable());
         assert!(error.to_string().contains("retry"));
-        // A broken connection (a broker killed) says it is retryable.
+        // A broken connection (a broker killed) is the broker unavailable.
         let status = tonic::Status::unknown("transport error");
         let error = Error::from_status("CommitOffsets", None, &status);
+        assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
         assert!(error.is_retryable());
         assert!(error.to_string().contains("retry"), "{error}");
         let status = tonic::Status::internal("h2 protocol error: error reading a body");
         let error = Error::from_status("Settle", None, &status);
+        assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
         assert!(error.is_retryable());
-        assert!(error.to_string().contains("retryable"), "{error}");
+        assert!(error.to_string().contains("retry"), "{error}");
+        // ABORTED is the broker's answer: retryable, said as it is.
+        let status = tonic::Status::aborted("another consumer took over");
+        let error = Error::from_status("Consume", None, &status);
+        assert!(
+            matches!(
+                error,
+                Error::Broker {
+                    code: Code::Aborted,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(error.is_retryable());
         let status = tonic::Status::internal("an invariant broke");
         let error = Error::from_status("Settle", None, &status);
         assert!(!error.is_retryable() && !error.to_string().contains("retry"));

@@ -59,7 +59,8 @@ pub const SERVICE_NAMES: [&str; 7] = [
 /// member's commit in a group that exists: the group's current generation, in decimal.
 /// A member whose generation is older has an Assignment still to read; one whose
 /// generation is current committed a partition it does not own (no Assignment is
-/// coming).
+/// coming). A refusal without it: the broker does not know the member (it restarted,
+/// or the member's session ended), so the member rejoins.
 pub const GROUP_GENERATION_METADATA: &str = "tidelog-group-generation";
 
 /// A status code's name as gRPC spells it (`NOT_FOUND`): for metric labels and for

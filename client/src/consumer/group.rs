@@ -114,10 +114,11 @@ pub enum GroupEvent {
     /// The reset policy ([`Reset`]) moved a position that was outside the log.
     PositionReset(PositionReset),
     /// The stream broke (the broker restarted or stopped, the connection dropped, a
-    /// rebalance ended the membership): the member rejoins with backoff from the
-    /// group's committed offsets. Messages received but not yet returned are dropped
-    /// (they come again). `error` says why; [`Error::Closed`] when the broker ended
-    /// the stream without an error.
+    /// rebalance ended the membership), or a commit found it broken (the broker did
+    /// not know the member, or the connection broke): the member rejoins with backoff
+    /// from the group's committed offsets. Messages received but not yet returned are
+    /// dropped (they come again). `error` says why; [`Error::Closed`] when the broker
+    /// ended the stream without an error.
     Disconnected { error: Error },
     /// The member rejoined after [`GroupEvent::Disconnected`].
     Reconnected,
@@ -147,7 +148,13 @@ pub struct AssignmentChange {
 /// Reconnects with backoff when the broker goes away: it rejoins with its member id
 /// (keeping its partitions if the broker still holds it) and continues from the
 /// group's committed offsets; messages buffered but not yet returned are dropped and
-/// come again.
+/// come again. The member learns of it from its stream, or sooner from a commit: one
+/// that failed because the connection broke drops what was buffered at once, and
+/// after one refused because the broker does not know the member (it restarted) the
+/// next call reads the dead stream to its end without returning what it held (see
+/// [`GroupMember::commit`]); then the member rejoins. So a member that commits after
+/// each message handles again only what it handled and had not committed (the
+/// message whose commit failed).
 ///
 /// Two ways to read: [`GroupMember::next`] returns one message at a time;
 /// [`GroupMember::next_event`] returns each delivery's messages together
@@ -161,13 +168,20 @@ pub struct AssignmentChange {
 ///
 /// ```no_run
 /// # async fn example() -> Result<(), tidelog_client::Error> {
-/// use tidelog_client::{Client, GroupMember, GroupOptions};
+/// use tidelog_client::{Client, Error, GroupMember, GroupOptions};
 /// let client = Client::connect("http://127.0.0.1:7420").await?;
 /// let mut member = GroupMember::join(&client, "orders", GroupOptions::new("billing")).await?;
 /// loop {
 ///     let message = member.next().await?;
 ///     // ... process it ...
-///     member.commit().await?; // or every N messages
+///     match member.commit().await { // or every N messages
+///         Ok(()) => {}
+///         // The broker went away or restarted, or the group rebalanced: the next call
+///         // rejoins (or reads on to the new Assignment); what was not committed comes
+///         // again.
+///         Err(e) if e.is_retryable() || matches!(e, Error::Rebalanced { .. }) => {}
+///         Err(e) => return Err(e),
+///     }
 /// }
 /// # }
 /// ```
@@ -176,26 +190,37 @@ pub struct AssignmentChange {
 ///
 /// ```no_run
 /// # async fn example() -> Result<(), tidelog_client::Error> {
-/// use tidelog_client::{Client, GroupEvent, GroupMember, GroupOptions};
+/// use tidelog_client::{Client, Error, GroupEvent, GroupMember, GroupOptions};
 /// let client = Client::connect("http://127.0.0.1:7420").await?;
 /// let mut member = GroupMember::join(&client, "orders", GroupOptions::new("billing")).await?;
 /// loop {
-///     match member.next_event().await? {
+///     let commit = match member.next_event().await? {
 ///         GroupEvent::Messages(messages) => {
 ///             for m in &messages {
 ///                 println!("{} {}: {:?}", m.partition, m.offset, m.value);
 ///             }
+///             false
 ///         }
 ///         GroupEvent::Progress(p) => {
 ///             eprintln!("{}/{} at {} of {}", p.topic, p.partition, p.next_offset, p.end_offset);
-///             member.commit().await?;
+///             true
 ///         }
 ///         GroupEvent::Assigned(change) => {
 ///             eprintln!("revoked {:?}, added {:?}", change.revoked, change.added);
-///             member.commit().await?; // hands the revoked partitions over
+///             true // hands the revoked partitions over
 ///         }
-///         GroupEvent::Disconnected { error } => eprintln!("lost the broker ({error})"),
-///         _ => {}
+///         GroupEvent::Disconnected { error } => {
+///             eprintln!("lost the broker ({error})");
+///             false
+///         }
+///         _ => false,
+///     };
+///     if commit {
+///         match member.commit().await {
+///             Ok(()) => {}
+///             Err(e) if e.is_retryable() || matches!(e, Error::Rebalanced { .. }) => {}
+///             Err(e) => return Err(e),
+///         }
 ///     }
 /// }
 /// # }
@@ -240,9 +265,17 @@ pub struct GroupMember {
     /// messages of partitions it took away, received before it, are dropped instead
     /// of returned (and the handover is not held up by them).
     behind: bool,
-    /// What the read ahead met that ends the stream (its end, an error, a delivery
-    /// that does not decode): taken once the events received before it are returned,
-    /// so none of them is lost to it.
+    /// A commit was refused because the broker does not know this member (it
+    /// restarted, or the member's session ended): its stream is dead or ending, so the
+    /// next call reads it to its end before it returns anything. One that broke drops
+    /// all of it ([`GroupMember::lost`]); one that failed for good (`DATA_LOSS`)
+    /// returns what came before the failure, then the failure; one that does not end
+    /// within [`GroupOptions::handover_timeout`] is dropped as broken. The refusal.
+    gone: Option<Error>,
+    /// What the read ahead met that ends the stream for good (an error the member
+    /// does not rejoin after, a delivery that does not decode): taken once the events
+    /// received before it are returned, so none of them is lost to it. (A stream that
+    /// broke drops them instead: [`GroupMember::lost`].)
     held: Option<Held>,
     /// The stream broke; [`GroupEvent::Reconnected`] is due with the next event.
     reconnecting: bool,
@@ -254,6 +287,13 @@ type TopicPartition = (Arc<str>, u32);
 /// One read of the group stream.
 type Received = std::result::Result<Option<SubscribeBatchesResponse>, tonic::Status>;
 
+/// Whether a stream that failed with `status` is opened again (the broker went away,
+/// the connection broke, the broker ended the membership with `ABORTED`) rather than
+/// failing the member's reader.
+fn rejoin_after(status: &tonic::Status) -> bool {
+    retryable_status(status)
+}
+
 /// See [`GroupMember::held`].
 #[derive(Debug)]
 enum Held {
@@ -262,7 +302,7 @@ enum Held {
 }
 
 /// Most events a member reads ahead for the Assignment after a refused commit
-/// ([`GroupMember::read_to_assignment`]); beyond them it returns what it has in order.
+/// ([`GroupMember::read_ahead`]); beyond them it returns what it has in order.
 const READ_AHEAD_EVENTS_MAX: usize = 256;
 
 /// What a member reads.
@@ -300,14 +340,18 @@ impl GroupMember {
     ///
     /// ```no_run
     /// # async fn example() -> Result<(), tidelog_client::Error> {
-    /// use tidelog_client::{Client, GroupMember, GroupOptions};
+    /// use tidelog_client::{Client, Error, GroupMember, GroupOptions};
     /// let client = Client::connect("http://127.0.0.1:7420").await?;
     /// let options = GroupOptions::new("audit");
     /// let mut member = GroupMember::join_pattern(&client, r"orders\..*", options).await?;
     /// loop {
     ///     let message = member.next().await?;
     ///     println!("{} {}/{}", message.topic, message.partition, message.offset);
-    ///     member.commit().await?;
+    ///     match member.commit().await {
+    ///         Ok(()) => {}
+    ///         Err(e) if e.is_retryable() || matches!(e, Error::Rebalanced { .. }) => {}
+    ///         Err(e) => return Err(e),
+    ///     }
     /// }
     /// # }
     /// ```
@@ -342,6 +386,7 @@ impl GroupMember {
             handover: None,
             handover_due: false,
             behind: false,
+            gone: None,
             held: None,
             reconnecting: false,
             backoff: Backoff::default(),
@@ -424,6 +469,7 @@ impl GroupMember {
         loop {
             if !self.handover_due
                 && !self.behind
+                && self.gone.is_none()
                 && let Some(message) = self.pending.next()
             {
                 let key = (message.topic.clone(), message.partition);
@@ -447,7 +493,7 @@ impl GroupMember {
     /// both). A loop that awaits `next_event` in a `select!` drains what was received
     /// with this first, so it sets up the select once per delivery.
     pub fn try_next_event(&mut self) -> Option<GroupEvent> {
-        if self.handover_due || self.behind {
+        if self.handover_due || self.behind || self.gone.is_some() {
             return None;
         }
         let event = self.take_pending().or_else(|| self.events.pop_front())?;
@@ -482,8 +528,8 @@ impl GroupMember {
             if self.handover_due {
                 self.hand_over().await;
             }
-            if self.behind {
-                self.read_to_assignment().await;
+            if self.behind || self.gone.is_some() {
+                self.read_ahead().await;
             }
             if let Some(event) = self.take_pending().or_else(|| self.events.pop_front()) {
                 return Ok(event);
@@ -513,11 +559,18 @@ impl GroupMember {
     /// After a refused commit: reads the stream on until the new Assignment (which
     /// drops what was received of the partitions it takes away), for at most
     /// [`GroupOptions::handover_timeout`] (after it those partitions moved on anyway)
-    /// and [`READ_AHEAD_EVENTS_MAX`] events. What ends the stream is held
-    /// ([`GroupMember::held`]). Cancel-safe: what it read is queued.
-    async fn read_to_assignment(&mut self) {
+    /// and [`READ_AHEAD_EVENTS_MAX`] events; or, when the broker did not know the
+    /// member ([`GroupMember::gone`]), to the stream's end. What ends the stream for
+    /// good is held ([`GroupMember::held`]); a stream that broke is lost, with all it
+    /// read. Cancel-safe: what it read is queued.
+    async fn read_ahead(&mut self) {
         let deadline = tokio::time::Instant::now() + self.options.handover_timeout;
-        while self.behind && self.held.is_none() && self.events.len() < READ_AHEAD_EVENTS_MAX {
+        // To the end of a stream the broker no longer serves: it holds at most its
+        // flow-control window, as nothing more comes on it.
+        while (self.behind || self.gone.is_some())
+            && self.held.is_none()
+            && (self.gone.is_some() || self.events.len() < READ_AHEAD_EVENTS_MAX)
+        {
             let Some(stream) = self.stream.as_mut() else {
                 break;
             };
@@ -527,9 +580,22 @@ impl GroupMember {
                         self.held = Some(Held::Failed(error));
                     }
                 }
-                Ok(ended) => self.held = Some(Held::Received(ended)),
+                // The stream failed for good: what came before it is returned first.
+                Ok(Err(status)) if !rejoin_after(&status) => {
+                    self.held = Some(Held::Received(Err(status)));
+                }
+                // It broke (or ended): what was read ahead is dropped with it.
+                Ok(ended) => {
+                    let _ = self.take(ended);
+                }
                 Err(_) => break,
             }
+        }
+        if let Some(refusal) = self.gone.take()
+            && self.held.is_none()
+        {
+            // It did not end in time: rejoin anyway.
+            self.lost(refusal);
         }
         self.behind = false;
     }
@@ -549,7 +615,7 @@ impl GroupMember {
                 self.lost(Error::Closed);
                 Ok(())
             }
-            Err(status) if retryable_status(&status) || status.code() == Code::Aborted => {
+            Err(status) if rejoin_after(&status) => {
                 tracing::debug!(%status, group = self.options.group, "group stream broke; rejoining");
                 let error = Error::from_status("SubscribeBatches", self.source.topic(), &status);
                 self.lost(error);
@@ -646,8 +712,17 @@ impl GroupMember {
     /// their next owner starts after what was returned. (A refusal in the member's
     /// current generation, of a partition that is not its own, is also
     /// [`Error::Rebalanced`], but no Assignment is coming: the next call reads on at
-    /// once.) With [`Commit::Auto`] the
-    /// broker commits by itself and this does nothing.
+    /// once.) When the broker does not know the member (it restarted, or the
+    /// member's session ended) this is [`Error::Rebalanced`] too: the next call reads
+    /// what the member's stream still holds to its end, drops it if the stream broke
+    /// and rejoins ([`GroupEvent::Disconnected`]), or, if it failed for good
+    /// (`DATA_LOSS`), returns what came before the failure and then the failure. When
+    /// the connection broke (or the broker is going away) this is a retryable error
+    /// ([`Error::is_retryable`]), what was received and not returned is dropped at
+    /// once, and the next call rejoins. After a rejoin the member goes on from the
+    /// committed offsets, so what was returned since the last accepted commit comes
+    /// again. Keep reading after any of these: none needs more than that. With [`Commit::Auto`] the broker commits by itself
+    /// and this does nothing.
     pub async fn commit(&mut self) -> Result<()> {
         if matches!(self.options.commit, Commit::Auto { .. }) {
             return Ok(());
@@ -669,7 +744,8 @@ impl GroupMember {
     /// a [`GroupEvent::Assigned`] that revoked partitions this may name them (within
     /// the handover window) and ends the window, even with no offsets at all (an
     /// empty commit says "nothing more to hand over"). [`Error::Rebalanced`] when the
-    /// group moved on; the offsets are then not committed.
+    /// group moved on, or as [`GroupMember::commit`] says; the offsets are then not
+    /// committed, and what the caller holds of the delivery after them comes again.
     pub async fn commit_offsets(&mut self, offsets: &[(&str, u32, u64)]) -> Result<()> {
         let offsets: BTreeMap<TopicPartition, u64> = offsets
             .iter()
@@ -764,28 +840,45 @@ impl GroupMember {
                 Ok(())
             }
             Err(status) if status.code() == Code::FailedPrecondition => {
-                // Read ahead to an Assignment only when one is coming: a broker that
-                // names its current generation says whether ours is older. (Without
-                // it, e.g. the member is gone, the stream ends soon anyway.)
-                self.behind = status
+                let error = Error::Rebalanced {
+                    message: status.message().to_string(),
+                };
+                // A broker that knows the member names the group's current
+                // generation: newer than ours, an Assignment is coming (read ahead to
+                // it); ours, the commit named a partition that is not ours. One that
+                // names none does not know the member (it restarted, or the session
+                // ended), and one that names an older generation gave ours out in an
+                // earlier run: the membership is gone.
+                let current = status
                     .metadata()
                     .get(GROUP_GENERATION_METADATA)
-                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                    .is_none_or(|current| current > self.generation);
-                Err(Error::Rebalanced {
-                    message: status.message().to_string(),
-                })
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                match current {
+                    Some(current) if current >= self.generation => {
+                        self.behind = current > self.generation;
+                    }
+                    _ => self.gone = Some(error.clone()),
+                }
+                Err(error)
             }
-            Err(status) => Err(Error::from_status(
-                "CommitOffsets",
-                self.source.topic(),
-                &status,
-            )),
+            Err(status) => {
+                let error = Error::from_status("CommitOffsets", self.source.topic(), &status);
+                // The connection the stream is on broke, or the broker is going away
+                // or coming back: the stream is as good as gone.
+                if error.is_retryable() {
+                    self.lost(error.clone());
+                }
+                Err(error)
+            }
         }
     }
 
-    /// The stream broke for a reason worth rejoining for: received events will come
-    /// again from the committed offsets, so they are dropped.
+    /// The stream broke for a reason worth rejoining for (or a commit found the
+    /// connection broken, or the membership gone: [`GroupMember::gone`]): received
+    /// events will come again from the committed offsets, so they are dropped. The one place where that news wins
+    /// over what was received: HTTP/2 hands out the DATA a stream received before the
+    /// error that ended it, so a stream whose broker went away goes on yielding what
+    /// it had buffered (up to its flow-control window) before the error tells.
     fn lost(&mut self, error: Error) {
         self.stream = None;
         self.forget();
@@ -800,6 +893,7 @@ impl GroupMember {
         self.handover = None;
         self.handover_due = false;
         self.behind = false;
+        self.gone = None;
         self.held = None;
         self.events.clear();
         self.pending = Vec::new().into_iter();

@@ -684,3 +684,179 @@ async fn a_handover_refused_because_the_group_moved_on_again_goes_with_the_next_
         .collect();
     assert_eq!(committed, BTreeMap::from([(0, 5), (1, 3)]));
 }
+
+/// How [`a_restart_under_a_committing_member`] restarts the broker.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Restart {
+    Kill9,
+    Sigterm,
+    /// kill -9, and started again after the next commit failed (the connection broke).
+    Kill9UntilACommitFails,
+}
+
+/// A member commits after every message it handles (`next` + `commit`, or
+/// `next_event` + `commit_offsets`), holding more than it returned: the rest of a
+/// delivery of 20 and the deliveries behind it. The broker restarts after offset 50.
+/// The member used to go on returning the dead stream's messages (51-299) with every
+/// commit refused ("no member ...") and then deliver them all again from the last
+/// accepted commit: 249 of 300 handled twice. Now the first refused commit drops what
+/// the member held: nothing at or below the last accepted commit comes again, and of
+/// what follows only the message in hand when the broker went away (its commit was
+/// refused).
+async fn a_restart_under_a_committing_member(restart: Restart, events: bool) {
+    const COUNT: u64 = 300;
+    const RESTART_AFTER: u64 = 50;
+    let mut broker = TestBroker::start();
+    let client = Client::connect(&broker.endpoint()).await.expect("connect");
+    let config = TopicConfig {
+        fsync: always(),
+        ..TopicConfig::default()
+    };
+    client.create_topic("rs", 1, config).await.expect("create");
+    // Stored batches of 20 and deliveries of at most 20: the restart falls in the
+    // middle of the delivery [40, 60).
+    let producer = Producer::new(&client, ProducerConfig::default());
+    for start in (0..COUNT).step_by(20) {
+        let records: Vec<Record> = (start..start + 20)
+            .map(|n| Record::new("rs", n.to_string()))
+            .collect();
+        let batch = producer
+            .send_batch("rs", 0, Ack::Durable, &records)
+            .await
+            .expect("send_batch");
+        timeout(WAIT, batch).await.expect("in time").expect("acked");
+    }
+    producer.close().await.expect("close");
+    let options = GroupOptions {
+        max_batch_messages: 20,
+        ..options("g")
+    };
+    let mut member = GroupMember::join(&client, "rs", options)
+        .await
+        .expect("join");
+
+    let mut tally = Tally::default();
+    let mut restarted_at = None;
+    while tally.accepted < COUNT {
+        if events {
+            let GroupEvent::Messages(messages) = next(&mut member).await else {
+                continue;
+            };
+            for message in messages.iter() {
+                assert_eq!(number(message), message.offset);
+                let committed = member
+                    .commit_offsets(&[("rs", 0, message.offset + 1)])
+                    .await;
+                let accepted = tally.handled(message.offset, committed);
+                if !accepted && !broker.is_running() {
+                    broker.restart_on_the_same_ports();
+                }
+                if restarted_at.is_none() && message.offset == RESTART_AFTER {
+                    restarted_at = Some(tally.accepted);
+                    restart.apply(&mut broker);
+                }
+                // The rest of a delivery whose commit was refused comes again.
+                if !accepted {
+                    break;
+                }
+            }
+        } else {
+            let message = timeout(WAIT, member.next())
+                .await
+                .expect("a message in time")
+                .expect("next");
+            assert_eq!(number(&message), message.offset);
+            let committed = member.commit().await;
+            let accepted = tally.handled(message.offset, committed);
+            if !accepted && !broker.is_running() {
+                broker.restart_on_the_same_ports();
+            }
+            if restarted_at.is_none() && message.offset == RESTART_AFTER {
+                restarted_at = Some(tally.accepted);
+                restart.apply(&mut broker);
+            }
+        }
+    }
+    let restarted_at = restarted_at.expect("restarted");
+    assert_eq!(restarted_at, RESTART_AFTER + 1);
+    assert_eq!(tally.times.len() as u64, COUNT, "every message handled");
+    let again: Vec<(u64, u32)> = tally
+        .times
+        .iter()
+        .filter(|(_, times)| **times > 1)
+        .map(|(&offset, &times)| (offset, times))
+        .collect();
+    assert_eq!(
+        again,
+        [(restarted_at, 2)],
+        "handled more than once (only the message whose commit was refused may come again)"
+    );
+    // The message in hand when the broker went away: its commit was refused.
+    assert_eq!(tally.refused, [restarted_at], "commits refused");
+}
+
+/// What [`a_restart_under_a_committing_member`] handled and how its commits fared.
+#[derive(Default)]
+struct Tally {
+    /// Per offset, how often it was handled.
+    times: BTreeMap<u64, u32>,
+    /// The last commit the broker accepted.
+    accepted: u64,
+    /// The offsets whose commit was refused.
+    refused: Vec<u64>,
+}
+
+impl Tally {
+    /// `offset` was handled and its commit ended `committed`: whether it was accepted.
+    fn handled(&mut self, offset: u64, committed: tidelog_client::Result<()>) -> bool {
+        *self.times.entry(offset).or_default() += 1;
+        match committed {
+            Ok(()) => {
+                self.accepted = offset + 1;
+                true
+            }
+            Err(error) => {
+                // The broker is away or restarted: retryable, or the membership ended.
+                assert!(
+                    error.is_retryable()
+                        || matches!(error, tidelog_client::Error::Rebalanced { .. }),
+                    "{error:?}"
+                );
+                eprintln!("the commit after offset {offset} failed: {error}");
+                self.refused.push(offset);
+                false
+            }
+        }
+    }
+}
+
+impl Restart {
+    /// Restarts `broker` on its ports (clients reconnect to the address they have).
+    fn apply(self, broker: &mut TestBroker) {
+        match self {
+            Restart::Kill9 => {
+                broker.kill9();
+                broker.restart_on_the_same_ports();
+            }
+            Restart::Sigterm => broker.restart_on_the_same_ports(),
+            Restart::Kill9UntilACommitFails => broker.kill9(),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_under_a_member_repeats_only_the_message_whose_commit_it_refused() {
+    a_restart_under_a_committing_member(Restart::Kill9, false).await;
+}
+
+/// The commit after the kill fails on the broken connection (the broker is down)
+/// rather than being refused by the restarted broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_down_under_a_member_repeats_only_the_message_whose_commit_failed() {
+    a_restart_under_a_committing_member(Restart::Kill9UntilACommitFails, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_stopped_under_a_member_repeats_only_the_message_whose_commit_it_refused() {
+    a_restart_under_a_committing_member(Restart::Sigterm, true).await;
+}
