@@ -614,6 +614,10 @@ impl Store {
         config.validate()?;
         let _admin = self.admin()?;
         let topic = self.topic(name)?;
+        let levels = config.priority_levels.max(1);
+        if levels > topic.config().priority_levels.max(1) {
+            crate::queue::admin::check_levels_raise(self, name, levels)?;
+        }
         fsutil::write_file_atomically(
             &*self.inner.context.fs,
             &topic.dir.join(TOPIC_CONFIG_FILE),

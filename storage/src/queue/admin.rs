@@ -98,6 +98,31 @@ fn not_found(name: &str) -> Error {
     Error::not_found(format!("queue {name:?}"))
 }
 
+/// Refuses to raise topic `topic`'s `priority_levels` to `levels` while queues read it
+/// with fewer: a queue keeps the levels its topic had when it was created (its cursors,
+/// one per level, are durable state), so it would deliver the new levels' messages as
+/// its highest level, in offset order. As RabbitMQ's `x-max-priority`, which a queue
+/// cannot change either. Lowering is allowed (see the .proto's AlterTopicConfig).
+pub fn check_levels_raise(store: &dyn QueueHost, topic: &str, levels: u8) -> Result<()> {
+    let readers: Vec<String> = store.queues().read(|q| {
+        let mut names: Vec<String> = q
+            .iter()
+            .filter(|queue| queue.topic == topic && queue.levels < levels)
+            .map(|queue| public_name(&queue.name).to_string())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    });
+    if readers.is_empty() {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "priority_levels of topic {topic:?} cannot be raised to {levels} while queues read it with fewer levels ({}): a queue keeps the levels its topic had when it was created. Delete those queues and create them again after the change (their unsettled messages are delivered again from where you start them), or create queues on a topic that has the levels from the start",
+        readers.join(", ")
+    )))
+}
+
 /// Per partition of `topic`, the cursor of each of `levels` where `start` puts it.
 fn start_cursors(topic: &Topic, start: StartAt, levels: u8) -> Result<Vec<(u32, Vec<u64>)>> {
     let mut cursors = Vec::with_capacity(topic.partitions().len());

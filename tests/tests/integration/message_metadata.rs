@@ -132,3 +132,82 @@ async fn ids_deliver_at_times_and_priorities_are_stored_and_delivered() {
         .into_inner();
     assert_eq!(altered.topic.unwrap().config.unwrap().priority_levels, 6);
 }
+
+/// A queue keeps the priority levels its topic had when it was created: raising the
+/// topic's levels while a queue (here a plain one and a pattern queue) reads it with
+/// fewer is refused, naming the queues, and nothing changes; lowering is allowed, and
+/// so is raising once the queues are gone.
+#[tokio::test]
+async fn raising_priority_levels_under_queues_that_have_fewer_is_refused() {
+    use tidelog_proto::v1::queues_client::QueuesClient;
+    use tidelog_proto::v1::{CreateQueueRequest, DeleteQueueRequest, QueueConfig};
+    let broker = TestBroker::start();
+    broker
+        .create_topic(
+            "jobs",
+            1,
+            TopicConfig {
+                priority_levels: 2,
+                ..TopicConfig::default()
+            },
+        )
+        .await;
+    let mut queues = QueuesClient::new(broker.channel().await);
+    for (name, topic, pattern) in [("plain", "jobs", ""), ("every", "", "jo.*")] {
+        queues
+            .create_queue(CreateQueueRequest {
+                name: name.into(),
+                topic: topic.into(),
+                topic_pattern: pattern.into(),
+                config: Some(QueueConfig::default()),
+                ..Default::default()
+            })
+            .await
+            .expect("create the queue");
+    }
+    let alter = |levels: u32| AlterTopicConfigRequest {
+        name: "jobs".into(),
+        update: Some(TopicConfigUpdate {
+            priority_levels: Some(levels),
+            ..Default::default()
+        }),
+    };
+    let status = broker
+        .admin()
+        .await
+        .alter_topic_config(alter(6))
+        .await
+        .expect_err("raised under queues with 2 levels");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    for part in ["cannot be raised to 6", "every, plain", "create them again"] {
+        assert!(status.message().contains(part), "{part:?}: {status:?}");
+    }
+    let described = broker.describe_topic("jobs").await;
+    assert_eq!(
+        described.config.unwrap().priority_levels,
+        2,
+        "nothing changed"
+    );
+
+    // Lowering is allowed; so is raising back to what the queues have.
+    for levels in [1, 2] {
+        broker
+            .admin()
+            .await
+            .alter_topic_config(alter(levels))
+            .await
+            .expect("not above the queues' levels");
+    }
+    for name in ["plain", "every"] {
+        queues
+            .delete_queue(DeleteQueueRequest { name: name.into() })
+            .await
+            .expect("delete the queue");
+    }
+    broker
+        .admin()
+        .await
+        .alter_topic_config(alter(6))
+        .await
+        .expect("no queue reads the topic any more");
+}
