@@ -128,7 +128,7 @@ def main() -> int:
                 timeout=RPC_TIMEOUT).deliveries)
         outcomes = queues.Settle(pb.SettleRequest(queue=queue, settlements=[
             pb.Settlement(partition=d.message.partition, offset=d.message.offset,
-                          attempt=d.attempt, ack=pb.Settlement.Ack())
+                          attempt=d.attempt, receipt=d.receipt, ack=pb.Settlement.Ack())
             for d in received]), timeout=RPC_TIMEOUT).outcomes
         acked = sum(o.settled for o in outcomes if o.code == grpc.StatusCode.OK.value[0])
         described = queues.DescribeQueue(pb.DescribeQueueRequest(name=queue),

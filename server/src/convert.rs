@@ -465,14 +465,19 @@ pub fn error_status(status: &Status) -> pb::ErrorStatus {
 /// A delivery as a queue member receives it: the message as every consumer sees it,
 /// and its attempt. (Here rather than in `queue.rs`, which then needs nothing of this
 /// module.)
-/// A queue's delivery of a message of `topic`.
-pub fn queue_delivery(topic: &str, delivery: storage::queue::Delivery) -> pb::QueueDelivery {
+/// A queue's delivery of a message of `topic`, with the `receipt` that names its lease.
+pub fn queue_delivery(
+    topic: &str,
+    delivery: storage::queue::Delivery,
+    receipt: String,
+) -> pb::QueueDelivery {
     let mut message = consumed_message(delivery.partition, delivery.record);
     message.topic = topic.to_string();
     pb::QueueDelivery {
         message: Some(message),
         attempt: delivery.attempt,
         deadline_ms: delivery.deadline_ms,
+        receipt,
     }
 }
 

@@ -192,6 +192,8 @@ pub struct Delivery {
     message: Message,
     attempt: u32,
     deadline_ms: i64,
+    /// Names the lease (QueueDelivery.receipt): every settlement of it echoes it.
+    receipt: Arc<str>,
 }
 
 impl Delivery {
@@ -201,6 +203,7 @@ impl Delivery {
             message: Message::from_proto(topic, delivery.message?),
             attempt: delivery.attempt,
             deadline_ms: delivery.deadline_ms,
+            receipt: Arc::from(delivery.receipt),
         })
     }
 
@@ -226,6 +229,7 @@ impl Delivery {
             message: Some(self.message.clone().into_proto()),
             attempt: self.attempt,
             deadline_ms: self.deadline_ms,
+            receipt: self.receipt.to_string(),
         }
     }
 
@@ -236,6 +240,7 @@ impl Delivery {
             offset: self.message.offset,
             through_offset: through,
             attempt: self.attempt,
+            receipt: self.receipt.to_string(),
             action: Some(action),
         }
     }
@@ -327,6 +332,7 @@ impl Delivery {
                 offset: r.first,
                 through_offset: (r.last > r.first).then_some(r.last),
                 attempt: r.attempt,
+                receipt: r.receipt.to_string(),
                 action: Some(Action::Ack(settlement::Ack {})),
             })
             .collect();
@@ -361,25 +367,36 @@ struct Run {
     /// The delivery's attempt for a run of one offset; 0 (whichever is current) for a
     /// range, where the broker takes no attempt.
     attempt: u32,
+    /// The receipt of its deliveries (a run holds deliveries of one receipt: of one
+    /// queue, or topic, as it was when it delivered them).
+    receipt: Arc<str>,
 }
 
-/// Runs of consecutive offsets per (topic, partition), sorted; duplicates count once.
+/// Runs of consecutive offsets per (topic, partition) and receipt, sorted; duplicates
+/// count once.
 fn ack_ranges(deliveries: &[Delivery]) -> Vec<Run> {
-    let mut offsets: Vec<(&Arc<str>, u32, u64, u32)> = deliveries
-        .iter()
-        .map(|d| {
-            let m = &d.message;
-            (&m.topic, m.partition, m.offset, d.attempt)
-        })
-        .collect();
-    offsets.sort_unstable_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
-    offsets.dedup_by(|a, b| (a.0, a.1, a.2) == (b.0, b.1, b.2));
+    let key = |d: &Delivery| {
+        (
+            d.message.topic.clone(),
+            d.message.partition,
+            d.receipt.clone(),
+            d.message.offset,
+        )
+    };
+    let mut sorted: Vec<&Delivery> = deliveries.iter().collect();
+    sorted.sort_unstable_by_key(|d| key(d));
+    sorted.dedup_by_key(|d| key(d));
+    let offsets = sorted.into_iter().map(|d| {
+        let m = &d.message;
+        (&m.topic, m.partition, &d.receipt, m.offset, d.attempt)
+    });
     let mut runs: Vec<Run> = Vec::new();
-    for (topic, partition, offset, attempt) in offsets {
+    for (topic, partition, receipt, offset, attempt) in offsets {
         match runs.last_mut() {
             Some(run)
                 if run.topic == *topic
                     && run.partition == partition
+                    && run.receipt == *receipt
                     && run.last.checked_add(1) == Some(offset) =>
             {
                 run.last = offset;
@@ -393,6 +410,7 @@ fn ack_ranges(deliveries: &[Delivery]) -> Vec<Run> {
                 last: offset,
                 deliveries: 1,
                 attempt,
+                receipt: receipt.clone(),
             }),
         }
     }
@@ -414,6 +432,7 @@ mod tests {
             message: Some(message),
             attempt: 2,
             deadline_ms: 0,
+            receipt: String::new(),
         };
         let settler = Settler::Stream(route::Link::detached());
         Delivery::new(settler, &Arc::from(""), proto).expect("a message")
@@ -454,6 +473,30 @@ mod tests {
             ]
         );
         assert!(ack_ranges(&[]).is_empty());
+    }
+
+    #[test]
+    fn deliveries_of_different_receipts_never_share_a_range() {
+        // A worker holding 0..=2 of a queue deleted and created again (receipt "old")
+        // and 0..=2 of the new one ("new"): two ranges, each with its own receipt.
+        let deliveries: Vec<Delivery> = ["new", "old"]
+            .into_iter()
+            .flat_map(|receipt| {
+                (0..3).map(move |offset| {
+                    let mut d = delivery("a", 0, offset);
+                    d.receipt = Arc::from(receipt);
+                    d
+                })
+            })
+            .collect();
+        let runs: Vec<(String, u64, u64, u64)> = ack_ranges(&deliveries)
+            .iter()
+            .map(|r| (r.receipt.to_string(), r.first, r.last, r.deliveries))
+            .collect();
+        assert_eq!(
+            runs,
+            [("new".to_string(), 0, 2, 3), ("old".to_string(), 0, 2, 3)]
+        );
     }
 
     #[test]

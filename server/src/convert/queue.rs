@@ -138,9 +138,20 @@ pub fn leave_out_hidden_topics(queue: &mut pb::QueueDescription, visible: impl F
     queue.partitions.retain(|p| visible(&p.topic));
 }
 
-/// A settlement from the API, with the topic it names; Err (the reason, for an
-/// INVALID_ARGUMENT outcome) for a through_offset on anything but an ack.
-pub fn settle_request(settlement: pb::Settlement) -> (String, Result<q::SettleRequest, String>) {
+/// A settlement from the API, with what names the delivery besides its position.
+#[derive(Debug)]
+pub struct Addressed {
+    /// The topic it names (empty: none).
+    pub topic: String,
+    /// The delivery's receipt, as sent (empty: none); the queues module reads it.
+    pub receipt: String,
+    /// Err (the reason, for an INVALID_ARGUMENT outcome) for a through_offset on
+    /// anything but an ack.
+    pub request: Result<q::SettleRequest, String>,
+}
+
+/// A settlement from the API, with the topic and receipt it names.
+pub fn settle_request(settlement: pb::Settlement) -> Addressed {
     use pb::settlement::Action;
     let action = match settlement.action {
         None | Some(Action::Ack(_)) => Ok(q::SettleAction::Ack {
@@ -161,15 +172,16 @@ pub fn settle_request(settlement: pb::Settlement) -> (String, Result<q::SettleRe
             reason: term.reason,
         }),
     };
-    (
-        settlement.topic,
-        action.map(|action| q::SettleRequest {
+    Addressed {
+        topic: settlement.topic,
+        receipt: settlement.receipt,
+        request: action.map(|action| q::SettleRequest {
             partition: settlement.partition,
             offset: settlement.offset,
             attempt: settlement.attempt,
             action,
         }),
-    )
+    }
 }
 
 /// A settlement's outcome for the API.

@@ -29,8 +29,10 @@ use crate::convert;
 use crate::metrics::Metrics;
 use crate::read::QUEUE_RESPONSE_BYTES_MAX;
 use crate::shutdown::Shutdown;
+use receipt::Receipt;
 
 mod combine;
+mod receipt;
 pub mod service;
 
 pub use service::QueuesService;
@@ -104,6 +106,10 @@ struct Part {
     topic: String,
     /// The storage queue (a pattern queue's per-topic queue has its own name).
     queue: String,
+    /// This part's number in the process ([`receipt::next_part`]): in every receipt
+    /// it gives, so a settlement of a delivery another part made (of a queue, or a
+    /// pattern queue's topic, deleted and created again since) is told apart.
+    number: u64,
     engine: Arc<Mutex<QueueEngine>>,
     /// Settlements waiting for the engine, settled together (see [`combine`]).
     combiner: combine::Combiner,
@@ -156,6 +162,7 @@ impl Part {
         Ok(Part {
             topic,
             queue,
+            number: receipt::next_part(),
             engine: Arc::new(Mutex::new(engine)),
             combiner: combine::Combiner::default(),
             filtered_reported: Mutex::new(Filtered::default()),
@@ -182,12 +189,26 @@ impl Part {
     }
 }
 
+/// Settlements of one part for one settling member, as [`Runtime::submit_settle`]
+/// queues them with the part's combiner.
+struct Batch {
+    part: Arc<Part>,
+    /// None: whoever holds the deliveries (a unary Settle without receipts).
+    member: Option<String>,
+    /// Where each request's outcome goes in the caller's answer.
+    indexes: Vec<usize>,
+    requests: Vec<SettleRequest>,
+}
+
 /// One queue in use: a queue on one topic (one part), or a queue on a topic pattern
 /// (a part per topic it has taken, which come and go as topics are created and
 /// deleted). Members belong to the runtime and are served by every part.
 #[derive(Debug)]
 pub struct Runtime {
     name: String,
+    /// The broker run's start, ms since the epoch (`QueueManager::run_ms`): in every
+    /// receipt, so one from before a restart is told apart.
+    run_ms: u64,
     /// A queue on a topic pattern: its parts are synced with the topics.
     pattern: bool,
     metrics: Arc<Metrics>,
@@ -320,7 +341,8 @@ impl Runtime {
     }
 
     /// Settles for `member` (None: whoever holds the deliveries). Each settlement
-    /// names its topic; on a queue on one topic the topic is not looked at.
+    /// names its topic; on a queue on one topic the topic is not looked at. One with a
+    /// receipt settles only the lease the receipt names ([`Runtime::by_receipt`]).
     ///
     /// The settlements are queued with their parts' combiners now, before this
     /// returns: the order of the calls is the order they are judged in (a stream's
@@ -330,13 +352,20 @@ impl Runtime {
     fn submit_settle(
         self: &Arc<Self>,
         member: Option<String>,
-        requests: Vec<(String, Result<SettleRequest, String>)>,
+        requests: Vec<convert::Addressed>,
     ) -> impl Future<Output = Result<Vec<SettleOutcome>, Status>> + Send + 'static {
         let parts = self.parts();
         let mut outcomes: Vec<Option<SettleOutcome>> = vec![None; requests.len()];
-        // Per part, the requests (and where their outcomes go), in request order.
-        let mut by_part: Vec<(Arc<Part>, Vec<usize>, Vec<SettleRequest>)> = Vec::new();
-        for (index, (topic, request)) in requests.into_iter().enumerate() {
+        // Per part and settling member, the requests (and where their outcomes go), in
+        // request order: a part's requests for another member than its last batch's
+        // start a new batch, so the part judges them in request order.
+        let mut by_part: Vec<Batch> = Vec::new();
+        for (index, addressed) in requests.into_iter().enumerate() {
+            let convert::Addressed {
+                topic,
+                receipt,
+                request,
+            } = addressed;
             let request = match request {
                 Ok(request) => request,
                 Err(reason) => {
@@ -363,19 +392,42 @@ impl Runtime {
                 )));
                 continue;
             };
-            match by_part.iter_mut().find(|(p, _, _)| Arc::ptr_eq(p, part)) {
-                Some((_, indexes, batch)) => {
-                    indexes.push(index);
-                    batch.push(request);
+            let settler = if receipt.is_empty() {
+                member.clone()
+            } else {
+                match self.by_receipt(part, member.as_deref(), &receipt, &request) {
+                    Ok(holder) => Some(holder),
+                    Err(outcome) => {
+                        outcomes[index] = Some(outcome);
+                        continue;
+                    }
                 }
-                None => by_part.push((part.clone(), vec![index], vec![request])),
+            };
+            match by_part
+                .iter_mut()
+                .rev()
+                .find(|b| Arc::ptr_eq(&b.part, part))
+            {
+                Some(batch) if batch.member == settler => {
+                    batch.indexes.push(index);
+                    batch.requests.push(request);
+                }
+                _ => by_part.push(Batch {
+                    part: part.clone(),
+                    member: settler,
+                    indexes: vec![index],
+                    requests: vec![request],
+                }),
             }
         }
         let submitted: Vec<_> = by_part
             .into_iter()
-            .map(|(part, indexes, batch)| {
-                let answer = part.combiner.submit(&part.engine, member.clone(), batch);
-                (part.topic.clone(), indexes, answer)
+            .map(|batch| {
+                let part = batch.part;
+                let answer = part
+                    .combiner
+                    .submit(&part.engine, batch.member, batch.requests);
+                (part.topic.clone(), batch.indexes, answer)
             })
             .collect();
         let runtime = self.clone();
@@ -426,6 +478,52 @@ impl Runtime {
                 .into_iter()
                 .map(|o| o.unwrap_or_else(|| SettleOutcome::Invalid("not settled".into())))
                 .collect())
+        }
+    }
+
+    /// Who settles `request`, sent with `receipt` by `member` (None: a unary
+    /// Settle) to `part`: the member the receipt's lease went to. Err: the outcome
+    /// instead, when the receipt names another lease than any `part` holds: one of
+    /// another part (a queue, or a pattern queue's topic, deleted and perhaps created
+    /// again since: NOT_FOUND, as for a topic the queue has not taken), of an earlier
+    /// broker run (stale, as the engine says of a lease from before its start), or
+    /// of another member than the stream settling it (stale).
+    fn by_receipt(
+        &self,
+        part: &Part,
+        member: Option<&str>,
+        receipt: &str,
+        request: &SettleRequest,
+    ) -> Result<String, SettleOutcome> {
+        let receipt = Receipt::parse(receipt).map_err(SettleOutcome::Invalid)?;
+        let (partition, offset) = (request.partition, request.offset);
+        if receipt.run_ms != self.run_ms {
+            return Err(SettleOutcome::Stale(format!(
+                "partition {partition} offset {offset}: this delivery was made before the broker restarted, and its lease ended with it; the message is delivered again after its backoff"
+            )));
+        }
+        if receipt.part != part.number {
+            let what = if self.pattern {
+                format!(
+                    "topic {:?} in queue {:?}: this delivery is of a topic of that name deleted since (the topic now under the name is another one",
+                    part.topic, self.name
+                )
+            } else {
+                format!(
+                    "queue {:?}: this delivery is of a queue of that name deleted since (the queue now under the name is another one",
+                    self.name
+                )
+            };
+            return Err(SettleOutcome::NotFound(format!(
+                "{what}, whose messages are settled by whoever holds them)"
+            )));
+        }
+        match member {
+            Some(member) if member != receipt.holder => Err(SettleOutcome::Stale(format!(
+                "partition {partition} offset {offset}: this delivery went to member {:?}, not to this stream ({member:?})",
+                receipt.holder
+            ))),
+            _ => Ok(receipt.holder),
         }
     }
 
@@ -532,7 +630,10 @@ impl Runtime {
             let count = deliveries.len() as u64;
             let deliveries: Vec<QueueDelivery> = deliveries
                 .into_iter()
-                .map(|d| convert::queue_delivery(&part.topic, d))
+                .map(|d| {
+                    let receipt = Receipt::encode(self.run_ms, part.number, &id);
+                    convert::queue_delivery(&part.topic, d, receipt)
+                })
                 .collect();
             let Some(member) = members.get_mut(&id) else {
                 // Gone between the choice and now (not through `leave`, which waits
@@ -860,8 +961,8 @@ impl Runtime {
 }
 
 /// Bytes one delivery of `record` from `topic` takes at most in a response's
-/// repeated deliveries field (tag, length and message; its partition, attempt and
-/// deadline taken at their longest encodings): what a Receive's byte budget counts.
+/// repeated deliveries field (tag, length and message; its partition, attempt,
+/// deadline and receipt taken at their longest encodings): what a Receive's byte budget counts.
 fn delivery_bytes_max(topic: &str, record: &tidelog_storage::Record) -> u64 {
     let delivery = convert::queue_delivery(
         topic,
@@ -871,6 +972,7 @@ fn delivery_bytes_max(topic: &str, record: &tidelog_storage::Record) -> u64 {
             attempt: u32::MAX,
             deadline_ms: -1,
         },
+        "r".repeat(receipt::RECEIPT_BYTES_MAX),
     );
     delivery_bytes(&delivery)
 }
@@ -1007,6 +1109,7 @@ impl QueueManager {
         }
         let runtime = Arc::new(Runtime {
             name: name.to_string(),
+            run_ms: self.run_ms,
             pattern,
             metrics: self.metrics.clone(),
             parts: Mutex::new(parts),
@@ -1530,6 +1633,7 @@ mod tests {
             }),
             attempt: 1,
             deadline_ms: 1_700_000_000_000,
+            receipt: String::new(),
         }
     }
 

@@ -259,6 +259,7 @@ mod tests {
             }),
             attempt: 3,
             deadline_ms: 31_000,
+            receipt: String::new(),
         };
         assert_eq!(
             delivery_json(&d).to_string(),

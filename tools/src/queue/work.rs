@@ -695,6 +695,7 @@ mod tests {
             }),
             attempt: 2,
             deadline_ms: 31_000,
+            receipt: String::new(),
         };
         let env: BTreeMap<String, OsString> =
             environment("q", "orders", &delivery).into_iter().collect();
