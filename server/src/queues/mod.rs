@@ -972,14 +972,23 @@ fn delivery_bytes_max(topic: &str, record: &tidelog_storage::Record) -> u64 {
             attempt: u32::MAX,
             deadline_ms: -1,
         },
-        "r".repeat(receipt::RECEIPT_BYTES_MAX),
+        String::new(),
     );
-    delivery_bytes(&delivery)
+    // The receipt is filled in when the delivery goes out: count the longest one
+    // (an empty string field is not encoded, so this is its whole field).
+    let receipt = 1
+        + prost::encoding::encoded_len_varint(receipt::RECEIPT_BYTES_MAX as u64)
+        + receipt::RECEIPT_BYTES_MAX;
+    framed_bytes(prost::Message::encoded_len(&delivery) + receipt)
 }
 
 /// Bytes `delivery` takes in a response's repeated deliveries field.
 fn delivery_bytes(delivery: &QueueDelivery) -> u64 {
-    let len = prost::Message::encoded_len(delivery);
+    framed_bytes(prost::Message::encoded_len(delivery))
+}
+
+/// Bytes a delivery of `len` encoded bytes takes in a repeated field (tag, length).
+fn framed_bytes(len: usize) -> u64 {
     (1 + prost::encoding::encoded_len_varint(len as u64) + len) as u64
 }
 
@@ -1340,6 +1349,45 @@ mod tests {
     use tidelog_storage::{FsyncPolicy, NewRecord, StoreOptions, TopicConfig};
 
     use super::*;
+
+    /// The budget a delivery is counted against before it goes out bounds what it
+    /// takes once its receipt (the longest a holder may have) is filled in.
+    #[test]
+    fn a_deliverys_counted_size_bounds_its_size_with_the_longest_receipt() {
+        for value in [0usize, 1, 127, 128, 16_383, 16_384, 1 << 20] {
+            let record = tidelog_storage::Record {
+                offset: u64::MAX,
+                timestamp_ms: i64::MAX,
+                expires_at_ms: Some(i64::MAX),
+                key: Some(Bytes::from_static(b"key")),
+                value: Bytes::from(vec![b'v'; value]),
+                headers: Vec::new(),
+                id: Some(Bytes::from(vec![b'i'; 128])),
+                deliver_at_ms: Some(i64::MAX),
+                priority: 9,
+            };
+            let counted = delivery_bytes_max("topic", &record);
+            let holder = format!("receive:{}", "m".repeat(255));
+            let receipt = receipt::Receipt::encode(u64::MAX, u64::MAX, &holder);
+            assert_eq!(receipt.len(), receipt::RECEIPT_BYTES_MAX);
+            let delivery = convert::queue_delivery(
+                "topic",
+                tidelog_storage::queue::Delivery {
+                    partition: u32::MAX,
+                    record: record.clone(),
+                    attempt: u32::MAX,
+                    deadline_ms: -1,
+                },
+                receipt,
+            );
+            let sent = delivery_bytes(&delivery);
+            assert!(sent <= counted, "{value}-byte value: {sent} > {counted}");
+            assert!(
+                counted - sent <= 2,
+                "{value}-byte value: {counted} vs {sent}"
+            );
+        }
+    }
 
     /// The runtime's wait for data is for data past what its round saw. On an fsync =
     /// always topic a publish's messages become visible when the flusher's fsync ends,
