@@ -17,21 +17,24 @@ fn trash_entries(dir: &Path) -> usize {
     std::fs::read_dir(dir.join("trash")).unwrap().count()
 }
 
+/// A store in `dir` on `fs` (the real file system by default), without retention
+/// passes of its own: the tests run them.
+fn open_store(dir: &Path, fs: Option<&Arc<RefusingFs>>) -> Store {
+    let mut options = StoreOptions {
+        retention_interval: None,
+        ..StoreOptions::default()
+    };
+    if let Some(fs) = fs {
+        options.fs = fs.clone();
+    }
+    Store::open(dir, options).unwrap()
+}
+
 #[test]
 fn a_delete_whose_files_cannot_be_removed_yet_succeeds_and_they_go_later() {
     let dir = tempfile::tempdir().unwrap();
     let fs = Arc::new(RefusingFs::default());
-    let open = || {
-        Store::open(
-            dir.path(),
-            StoreOptions {
-                fs: fs.clone(),
-                retention_interval: None,
-                ..StoreOptions::default()
-            },
-        )
-        .unwrap()
-    };
+    let open = || open_store(dir.path(), Some(&fs));
     let store = open();
     for name in ["gone", "kept"] {
         store.create_topic(name, 2, TopicConfig::default()).unwrap();
@@ -83,14 +86,7 @@ const EIO: i32 = 5;
 #[test]
 fn topics_with_names_of_any_allowed_length_can_be_deleted() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(
-        dir.path(),
-        StoreOptions {
-            retention_interval: None,
-            ..StoreOptions::default()
-        },
-    )
-    .unwrap();
+    let store = open_store(dir.path(), None);
     // 249 bytes, the longest name allowed: its trash name must still fit in 255 bytes.
     for name in ["a".to_string(), "b".repeat(236), "c".repeat(249)] {
         store
@@ -118,17 +114,7 @@ fn topics_with_names_of_any_allowed_length_can_be_deleted() {
 fn a_delete_that_cannot_move_the_topic_away_deletes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let fs = Arc::new(RefusingFs::default());
-    let open = || {
-        Store::open(
-            dir.path(),
-            StoreOptions {
-                fs: fs.clone(),
-                retention_interval: None,
-                ..StoreOptions::default()
-            },
-        )
-        .unwrap()
-    };
+    let open = || open_store(dir.path(), Some(&fs));
     let store = open();
     store
         .create_topic("held", 2, TopicConfig::default())
@@ -179,16 +165,7 @@ fn a_topic_created_again_never_inherits_its_deleted_namesakes_commits() {
     // A crash after a DeleteTopic's directory left `topics/` but before its offsets'
     // delete was durable (or that delete failing) leaves the old commits behind.
     let dir = tempfile::tempdir().unwrap();
-    let open = || {
-        Store::open(
-            dir.path(),
-            StoreOptions {
-                retention_interval: None,
-                ..StoreOptions::default()
-            },
-        )
-        .unwrap()
-    };
+    let open = || open_store(dir.path(), None);
     let store = open();
     store
         .create_topic("orders", 1, TopicConfig::default())
@@ -228,14 +205,7 @@ fn a_topic_created_again_never_inherits_its_deleted_namesakes_commits() {
 #[test]
 fn a_commit_checked_against_a_deleted_topic_never_lands_on_its_namesake() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(
-        dir.path(),
-        StoreOptions {
-            retention_interval: None,
-            ..StoreOptions::default()
-        },
-    )
-    .unwrap();
+    let store = open_store(dir.path(), None);
     let commit = |topic: &Arc<tidelog_storage::Topic>, offset: u64| {
         store.commit_offsets("billing", &[(topic.clone(), 0, offset, String::new())])
     };

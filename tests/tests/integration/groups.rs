@@ -430,6 +430,23 @@ async fn read_messages(
     stream: &mut Streaming<SubscribeResponse>,
     count: usize,
 ) -> (Vec<(u32, u64)>, Vec<Assignment>) {
+    read_events(stream, count, false).await
+}
+
+/// [`read_messages`], passing over the PositionReset events of partitions without a
+/// commit.
+async fn read_past_resets(
+    stream: &mut Streaming<SubscribeResponse>,
+    count: usize,
+) -> (Vec<(u32, u64)>, Vec<Assignment>) {
+    read_events(stream, count, true).await
+}
+
+async fn read_events(
+    stream: &mut Streaming<SubscribeResponse>,
+    count: usize,
+    resets: bool,
+) -> (Vec<(u32, u64)>, Vec<Assignment>) {
     let mut messages = Vec::new();
     let mut assignments = Vec::new();
     while messages.len() < count {
@@ -438,6 +455,8 @@ async fn read_messages(
                 messages.extend(batch.messages.iter().map(|m| (m.partition, m.offset)))
             }
             Event::Assignment(assignment) => assignments.push(assignment),
+            Event::PositionReset(reset)
+                if resets && reset.reason == ResetReason::NoCommittedOffset as i32 => {}
             Event::PositionReset(reset) => panic!("unexpected {reset:?}"),
             Event::Positioned(positioned) => panic!("unexpected {positioned:?}"),
             Event::TopicsChanged(changed) => panic!("unexpected {changed:?}"),
@@ -1453,29 +1472,6 @@ async fn reset_policy_applies_to_partitions_without_a_commit() {
     .await
     .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
-}
-
-/// What a stream delivers until `count` messages, skipping the PositionReset events of
-/// partitions without a commit; the Assignments seen on the way come back too.
-async fn read_past_resets(
-    stream: &mut Streaming<SubscribeResponse>,
-    count: usize,
-) -> (Vec<(u32, u64)>, Vec<Assignment>) {
-    let mut messages = Vec::new();
-    let mut assignments = Vec::new();
-    while messages.len() < count {
-        match next_event(stream).await.expect("stream open") {
-            Event::Batch(batch) => {
-                messages.extend(batch.messages.iter().map(|m| (m.partition, m.offset)))
-            }
-            Event::Assignment(assignment) => assignments.push(assignment),
-            Event::PositionReset(reset) => {
-                assert_eq!(reset.reason, ResetReason::NoCommittedOffset as i32)
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    (messages, assignments)
 }
 
 #[tokio::test]
