@@ -32,7 +32,7 @@ use crate::shutdown::Shutdown;
 use receipt::Receipt;
 
 mod combine;
-mod receipt;
+pub mod receipt;
 pub mod service;
 
 pub use service::QueuesService;
