@@ -38,7 +38,7 @@ pub(super) async fn consume_follow(
     let mut stop = StopSignal::new();
     let mut subscription = tokio::select! {
         opened = Subscription::open(broker, &args.topic, options) => {
-            opened.map_err(|error| broker.client_error(&context, &error))?
+            opened.map_err(|error| subscription_error(broker, &context, &error))?
         }
         _ = stop.recv() => return Ok(()),
     };

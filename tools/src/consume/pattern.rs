@@ -40,7 +40,7 @@ pub(super) async fn consume_pattern(
     let mut stop = StopSignal::new();
     let mut subscription = tokio::select! {
         opened = Subscription::open_pattern(broker, pattern, options) => {
-            opened.map_err(|error| broker.client_error(&context, &error))?
+            opened.map_err(|error| subscription_error(broker, &context, &error))?
         }
         _ = stop.recv() => return Ok(()),
     };
