@@ -556,7 +556,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("        0              5   17         12\n"),
+            text.contains(
+                "PARTITION  SETTLED-BELOW  END  LAG\n        0              5   17   12\n"
+            ),
             "{text}"
         );
         assert!(text.contains("member-1  tidelog-cli        2\n"), "{text}");
