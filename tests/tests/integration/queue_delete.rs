@@ -10,29 +10,16 @@ use std::time::Duration;
 use tidelog_proto::v1::queues_client::QueuesClient;
 use tidelog_proto::v1::settlement::{Ack, Action, Nack};
 use tidelog_proto::v1::{
-    DeleteQueueRequest, DeleteTopicRequest, ListDeliveriesRequest, Message, PublishRequest,
-    QueueConfig, ReceiveRequest, SettleRequest, Settlement, TopicConfig,
+    DeleteQueueRequest, DeleteTopicRequest, ListDeliveriesRequest, QueueConfig, ReceiveRequest,
+    SettleRequest, Settlement, TopicConfig,
 };
 use tidelog_tests::{TestBroker, now_ms};
 
-use crate::support::create_queue;
+use crate::support::{create_queue, publish_values};
 
 async fn publish(broker: &TestBroker, topic: &str, count: usize) {
-    broker
-        .publisher()
-        .await
-        .publish(PublishRequest {
-            topic: topic.into(),
-            messages: (0..count)
-                .map(|i| Message {
-                    value: format!("m{i}").into_bytes().into(),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let values = (0..count).map(|i| format!("m{i}").into_bytes());
+    publish_values(broker, topic, values.collect()).await;
 }
 
 /// Receives from queue `work` and nacks (due again at once) until `stop`.

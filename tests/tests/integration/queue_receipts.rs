@@ -12,31 +12,19 @@ use tidelog_proto::v1::queues_client::QueuesClient;
 use tidelog_proto::v1::settlement::{Ack, Action};
 use tidelog_proto::v1::start_position::{Earliest, Position};
 use tidelog_proto::v1::{
-    AckLevel, CreateQueueRequest, DeleteQueueRequest, DeleteTopicRequest, DeliveryOutcome,
-    GetDeliveryHistoryRequest, Message, MessagePosition, PublishRequest, QueueDelivery,
-    ReceiveRequest, SettleRequest, Settlement, SettlementOutcome, StartPosition, TopicConfig,
-    get_delivery_history_request,
+    CreateQueueRequest, DeleteQueueRequest, DeleteTopicRequest, DeliveryOutcome,
+    GetDeliveryHistoryRequest, MessagePosition, QueueDelivery, ReceiveRequest, SettleRequest,
+    Settlement, SettlementOutcome, StartPosition, TopicConfig, get_delivery_history_request,
 };
 use tidelog_tests::TestBroker;
 use tonic::Code;
 use tonic::transport::Channel;
 
+use crate::support::publish_values;
+
 async fn publish(broker: &TestBroker, topic: &str, prefix: &str, count: usize) {
-    broker
-        .publisher()
-        .await
-        .publish(PublishRequest {
-            topic: topic.into(),
-            messages: (0..count)
-                .map(|i| Message {
-                    value: format!("{prefix}{i}").into_bytes().into(),
-                    ..Default::default()
-                })
-                .collect(),
-            ack: AckLevel::Durable as i32,
-        })
-        .await
-        .expect("publish");
+    let values = (0..count).map(|i| format!("{prefix}{i}").into_bytes());
+    publish_values(broker, topic, values.collect()).await;
 }
 
 async fn create_queue(broker: &TestBroker, name: &str, topic: &str, pattern: &str) {

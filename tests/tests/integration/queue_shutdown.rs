@@ -12,15 +12,15 @@ use tidelog_proto::v1::queue_consume_response::Event;
 use tidelog_proto::v1::queues_client::QueuesClient;
 use tidelog_proto::v1::settlement::{Ack, Action};
 use tidelog_proto::v1::{
-    AckLevel, Message, PublishRequest, QueueConfig, QueueConsumeRequest, QueueDelivery,
-    ReceiveRequest, SettleRequest, Settlement, TopicConfig,
+    QueueConfig, QueueConsumeRequest, QueueDelivery, ReceiveRequest, SettleRequest, Settlement,
+    TopicConfig,
 };
 use tidelog_tests::TestBroker;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
-use crate::support::create_queue;
+use crate::support::{create_queue, publish_values};
 
 /// Well under the 10 s --shutdown-timeout the broker is started with (which it waited
 /// out before), and well over what a shutdown takes on a loaded machine.
@@ -31,21 +31,8 @@ fn broker() -> TestBroker {
 }
 
 async fn publish(broker: &TestBroker, topic: &str, count: usize) {
-    broker
-        .publisher()
-        .await
-        .publish(PublishRequest {
-            topic: topic.into(),
-            messages: (0..count)
-                .map(|i| Message {
-                    value: format!("m-{i}").into_bytes().into(),
-                    ..Default::default()
-                })
-                .collect(),
-            ack: AckLevel::Durable as i32,
-        })
-        .await
-        .expect("publish");
+    let values = (0..count).map(|i| format!("m-{i}").into_bytes());
+    publish_values(broker, topic, values.collect()).await;
 }
 
 fn offset(d: &QueueDelivery) -> u64 {
