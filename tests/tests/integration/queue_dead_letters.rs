@@ -445,20 +445,23 @@ async fn a_pattern_queue_stops_taking_the_topic_its_dead_letters_go_to_after_an_
         .await
         .expect("create the pattern queue");
     assert_eq!(describe(&broker, "q").await.topics, vec!["p.a", "p.b"]);
-    let altered = queues(&broker)
-        .await
-        .alter_queue(AlterQueueRequest {
-            name: "q".into(),
-            config: Some(QueueConfig {
-                dead_letter_topic: Some("p.b".into()),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("alter")
-        .into_inner()
-        .queue
-        .unwrap();
+    async fn alter_dead_letters(broker: &TestBroker, topic: &str) -> QueueDescription {
+        queues(broker)
+            .await
+            .alter_queue(AlterQueueRequest {
+                name: "q".into(),
+                config: Some(QueueConfig {
+                    dead_letter_topic: Some(topic.into()),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("alter")
+            .into_inner()
+            .queue
+            .unwrap()
+    }
+    let altered = alter_dead_letters(&broker, "p.b").await;
     assert_eq!(
         altered.topics,
         vec!["p.a"],
@@ -488,20 +491,7 @@ async fn a_pattern_queue_stops_taking_the_topic_its_dead_letters_go_to_after_an_
     assert_eq!(messages(&broker, "p.b", 2).await.len(), 1);
 
     // Dead letters elsewhere: p.b is taken again, from its beginning.
-    let altered = queues(&broker)
-        .await
-        .alter_queue(AlterQueueRequest {
-            name: "q".into(),
-            config: Some(QueueConfig {
-                dead_letter_topic: Some("x.dlq".into()),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("alter")
-        .into_inner()
-        .queue
-        .unwrap();
+    let altered = alter_dead_letters(&broker, "x.dlq").await;
     assert_eq!(altered.topics, vec!["p.a", "p.b"]);
     let again = receive(&broker, "q", "w", 10).await;
     assert_eq!(again.len(), 1);
