@@ -694,14 +694,14 @@ impl MemberTask {
 
     /// The batch form of the data step of [`MemberTask::send_next`]: the stored
     /// batches of the next owned partition (in turn) that has any, as one
-    /// RecordBatches; a filter's skips alone go out as a position now and then.
+    /// RecordBatches, or the position alone of one whose read moved past records it
+    /// never sends (see [`crate::read::batches::goes_out`]).
     fn send_batches(
         &mut self,
         permit: mpsc::Permit<'_, Result<Out, Status>>,
     ) -> Result<(), Status> {
         let keys: Vec<TopicPartition> = self.owned.keys().cloned().collect();
         let count = keys.len();
-        let mut skipped = false;
         for step in 0..count {
             let index = (self.turn + step) % count;
             let tp = &keys[index];
@@ -744,12 +744,8 @@ impl MemberTask {
             };
             owned.cursor.position = result.next_offset;
             self.app.metrics.filtered("group", result.filtered);
-            let moved = result.next_offset != from;
-            if result.batches.is_empty() {
-                skipped |= moved && result.filtered.skipped > 0;
-                if !(moved && result.filtered.skipped > 0 && self.progress_due(&result)) {
-                    continue;
-                }
+            if !crate::read::batches::goes_out(&result, from) {
+                continue;
             }
             self.turn = (index + 1) % count;
             self.last_batch = Instant::now();
@@ -761,17 +757,10 @@ impl MemberTask {
             ))));
             return Ok(());
         }
-        if !skipped && self.events.is_empty() {
+        if self.events.is_empty() {
             self.data_ready = false;
         }
         Ok(())
-    }
-
-    /// Whether a read that returned no batch but passed over filtered records sends
-    /// its position alone (see [`crate::read::SKIP_PROGRESS_INTERVAL`]).
-    fn progress_due(&self, result: &tidelog_storage::BatchReadResult) -> bool {
-        self.last_batch.elapsed() >= crate::read::SKIP_PROGRESS_INTERVAL
-            || result.next_offset >= result.end_offset
     }
 
     /// Counts a batch's messages and bytes per topic in the metrics.

@@ -34,6 +34,16 @@ pub fn read_partition(
     partition.read_batches(offset, limits.max_messages, limits.max_bytes, filter)
 }
 
+/// Whether a batch-form read of a partition from `from` goes out as a RecordBatches
+/// event: when it returned batches, or when it moved past records it will never send
+/// (expired, or refused by the filter), so the client learns, and can commit or resume
+/// from, where the broker read for it. One rule for the plain SubscribeBatches reader
+/// and the batch-form group member; each read covers a budget (or a filter's scan
+/// limit), so this is at most one event per read.
+pub fn goes_out(result: &BatchReadResult, from: u64) -> bool {
+    !result.batches.is_empty() || result.next_offset != from
+}
+
 /// A read of one partition as the RecordBatches event of a SubscribeBatches stream;
 /// `topic` names the partition's topic on a stream of several topics ("" otherwise).
 pub fn record_batches(

@@ -20,7 +20,7 @@ use tonic::Status;
 use crate::AppState;
 use crate::convert;
 
-use super::batches::{delivered, read_partition, record_batches};
+use super::batches::{delivered, goes_out, read_partition, record_batches};
 use super::{
     Batching, Cursor, IDLE_RESCAN_BACKOFF, ReadLimits, Round, SUBSCRIBE_QUEUE_EVENTS,
     TOPIC_RESCAN_INTERVAL, TopicAccess, batch_goes_out, read_round,
@@ -711,7 +711,7 @@ impl PartitionReader {
             };
             self.state.metrics.filtered("subscribe", result.filtered);
             self.cursors[index].position = result.next_offset;
-            if result.batches.is_empty() && result.next_offset == from {
+            if !goes_out(&result, from) {
                 continue;
             }
             self.turn = (index + 1) % count;

@@ -1597,3 +1597,83 @@ async fn timestamps_far_ahead_of_the_broker_are_refused_unless_switched_off() {
         }
     }
 }
+
+/// A batch-form group member that commits itself is told of a position that moved
+/// only past expired records (an event with no batches), as the plain SubscribeBatches
+/// reader and the message form tell it: otherwise its commits, and its lag, would stop
+/// before them for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_form_member_is_told_of_a_position_moved_past_expired_records() {
+    use tidelog_proto::v1::GroupMembership;
+    let broker = TestBroker::start();
+    broker
+        .create_topic("expiring", 1, TopicConfig::default())
+        .await;
+    let mut publisher = PublisherClient::new(broker.channel().await);
+    let kept: Vec<NewRecord> = (0..5)
+        .map(|n| NewRecord::value(format!("kept {n}")))
+        .collect();
+    publish(
+        &mut publisher,
+        "expiring",
+        0,
+        encode(&kept, Compression::None),
+    )
+    .await
+    .unwrap();
+    let short: Vec<NewRecord> = (0..10)
+        .map(|n| NewRecord {
+            ttl_ms: Some(300),
+            ..NewRecord::value(format!("short {n}"))
+        })
+        .collect();
+    publish(
+        &mut publisher,
+        "expiring",
+        0,
+        encode(&short, Compression::None),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut stream = broker
+        .consumer()
+        .await
+        .subscribe_batches(SubscribeRequest {
+            topic: "expiring".into(),
+            group: Some(GroupMembership {
+                group_id: "explicit".into(),
+                ..Default::default()
+            }),
+            // The kept records fill the first read, so the next one finds only the
+            // expired batch.
+            max_batch_messages: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut delivered = 0;
+    let mut positions = Vec::new();
+    while positions.last() != Some(&15) {
+        let event = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("no position past the expired records: {delivered} records, positions {positions:?}")
+            })
+            .expect("open")
+            .expect("ok")
+            .event
+            .expect("an event");
+        if let Event::Batches(batches) = event {
+            for batch in &batches.batches {
+                delivered +=
+                    delivered_records(&batch.batch, batch.skip_front, &batch.skip, batches.now_ms)
+                        .unwrap()
+                        .len();
+            }
+            positions.push(batches.position.expect("a position").next_offset);
+        }
+    }
+    assert_eq!(delivered, 5, "the kept records, none of the expired");
+}
