@@ -167,6 +167,9 @@ struct Inner {
     admin: Mutex<()>,
     /// Serializes queue redrives: each reads its position, publishes, then commits it.
     redrives: Mutex<()>,
+    /// Serializes the changes of queue definitions (see `QueueHost::queue_changes`);
+    /// taken after `admin` when both are held.
+    queue_changes: Mutex<()>,
     /// Held shared by [`Store::commit_offsets`] from its topic check to its write, and
     /// exclusively by a topic's delete from the topic leaving the map to its offsets'
     /// removal: a commit lands before a delete (which removes it) or not at all.
@@ -285,6 +288,7 @@ impl Store {
             topics: RwLock::new(topics),
             admin: Mutex::new(()),
             redrives: Mutex::new(()),
+            queue_changes: Mutex::new(()),
             topic_deletes: RwLock::new(()),
             offsets,
             queues,
@@ -615,6 +619,13 @@ impl Store {
         let _admin = self.admin()?;
         let topic = self.topic(name)?;
         let levels = config.priority_levels.max(1);
+        // Held from the check to the new config's taking effect: a queue created in
+        // between would take the old levels (`queue::admin::create_queue` holds it too).
+        let queue_changes = self
+            .inner
+            .queue_changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if levels > topic.config().priority_levels.max(1) {
             crate::queue::admin::check_levels_raise(self, name, levels)?;
         }
@@ -631,6 +642,7 @@ impl Store {
             .collect();
         let window_changed = topic.config().dedup_window_ms != config.dedup_window_ms;
         *topic.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+        drop(queue_changes);
         if window_changed {
             // Read back from the log at the next publish with an id.
             topic.dedup.reset();
@@ -1235,5 +1247,9 @@ impl QueueHost for Store {
 
     fn redrives(&self) -> &Mutex<()> {
         &self.inner.redrives
+    }
+
+    fn queue_changes(&self) -> &Mutex<()> {
+        &self.inner.queue_changes
     }
 }

@@ -11,8 +11,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tidelog_storage::fs::{CrashOptions, FaultyFs, SyncFault};
 use tidelog_storage::queue::admin::{self, DLQ_HEADER_TOPIC};
-use tidelog_storage::queue::{QueueConfig, QueueEngine, SettleAction, SettleRequest, StartAt};
-use tidelog_storage::{ManualClock, NewRecord, Result, Store, StoreOptions, TopicConfig};
+use tidelog_storage::queue::history::QueueHistory;
+use tidelog_storage::queue::{
+    QueueConfig, QueueEngine, QueueHost, QueueOp, Queues, SettleAction, SettleRequest, StartAt,
+};
+use tidelog_storage::statelog::StateLog;
+use tidelog_storage::{
+    Clock, ManualClock, NewRecord, OffsetStore, Result, Store, StoreOptions, Topic, TopicConfig,
+};
 
 const START_MS: i64 = 1_700_000_000_000;
 
@@ -661,4 +667,210 @@ fn an_altered_dead_letter_topic_leaves_the_pattern_queue_and_one_given_up_comes_
             .dead_letter_topic,
         "p.a.dlq"
     );
+}
+
+/// A [`QueueHost`] that runs a hook once, the first time the wrapped call is made
+/// (`topics` or `change_queues`): inline, or on another thread, waiting for the hook
+/// to end (or for 300 ms, if it blocks first) before going on. The interleavings of
+/// two queue changes that the lock on queue changes exists to forbid.
+#[derive(Debug)]
+struct Interposed {
+    store: Arc<Store>,
+    on: &'static str,
+    inline: bool,
+    hook: std::sync::Mutex<Option<Hook>>,
+    reached: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    joins: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+struct Hook(Box<dyn FnOnce() + Send>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
+    }
+}
+
+impl Interposed {
+    fn new(store: &Arc<Store>, on: &'static str, hook: impl FnOnce() + Send + 'static) -> Self {
+        Interposed {
+            store: store.clone(),
+            on,
+            inline: false,
+            hook: std::sync::Mutex::new(Some(Hook(Box::new(hook)))),
+            reached: Arc::default(),
+            joins: std::sync::Mutex::default(),
+        }
+    }
+
+    fn interpose(&self, call: &str) {
+        if call != self.on {
+            return;
+        }
+        let Some(Hook(hook)) = self.hook.lock().unwrap().take() else {
+            return;
+        };
+        if self.inline {
+            return hook();
+        }
+        let reached = self.reached.clone();
+        self.joins.lock().unwrap().push(std::thread::spawn(move || {
+            hook();
+            *reached.0.lock().unwrap() = true;
+            reached.1.notify_all();
+        }));
+        let (done, changed) = &*self.reached;
+        let _ = changed
+            .wait_timeout_while(
+                done.lock().unwrap(),
+                std::time::Duration::from_millis(300),
+                |done| !*done,
+            )
+            .unwrap();
+    }
+
+    /// The hook runs in the caller's thread.
+    fn inline(mut self) -> Self {
+        self.inline = true;
+        self
+    }
+
+    /// Waits for the hook's thread.
+    fn join(&self) {
+        for join in self.joins.lock().unwrap().drain(..) {
+            join.join().unwrap();
+        }
+    }
+}
+
+impl QueueHost for Interposed {
+    fn queues(&self) -> &StateLog<Queues> {
+        self.store.queues()
+    }
+    fn queue_history(&self, name: &str) -> Result<Arc<QueueHistory>> {
+        QueueHost::queue_history(&*self.store, name)
+    }
+    fn live_queue_history(&self, name: &str) -> Result<Option<Arc<QueueHistory>>> {
+        QueueHost::live_queue_history(&*self.store, name)
+    }
+    fn change_queues(&self, ops: Vec<QueueOp>) -> Result<Vec<u64>> {
+        self.interpose("change_queues");
+        self.store.change_queues(ops)
+    }
+    fn topic(&self, name: &str) -> Result<Arc<Topic>> {
+        self.store.topic(name)
+    }
+    fn topics(&self) -> Vec<Arc<Topic>> {
+        self.interpose("topics");
+        self.store.topics()
+    }
+    fn create_topic(&self, name: &str, partitions: u32, config: TopicConfig) -> Result<Arc<Topic>> {
+        self.store.create_topic(name, partitions, config)
+    }
+    fn offsets(&self) -> &OffsetStore {
+        self.store.offsets()
+    }
+    fn commit_offsets(
+        &self,
+        group: &str,
+        commits: &[(Arc<Topic>, u32, u64, String)],
+    ) -> Result<()> {
+        self.store.commit_offsets(group, commits)
+    }
+    fn clock(&self) -> &Arc<dyn Clock> {
+        QueueHost::clock(&*self.store)
+    }
+    fn redrives(&self) -> &std::sync::Mutex<()> {
+        QueueHost::redrives(&*self.store)
+    }
+    fn queue_changes(&self) -> &std::sync::Mutex<()> {
+        QueueHost::queue_changes(&*self.store)
+    }
+}
+
+/// An AlterQueue that lands while a pattern queue's sync gives a new topic its queue
+/// reaches that queue too: the sync either finishes first (and the alter changes the
+/// new queue with the rest) or reads the altered config. Before, the new topic's queue
+/// kept the config the alter had replaced, for good.
+#[test]
+fn an_alter_racing_a_sync_reaches_the_queue_of_the_topic_the_sync_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let fs = FaultyFs::new(dir.path(), 1).unwrap();
+    let store = open(&fs, &dir.path().join("data"), &clock).unwrap();
+    store
+        .create_topic("jobs.a", 1, TopicConfig::default())
+        .unwrap();
+    admin::create_pattern_queue(
+        &*store,
+        "work",
+        r"jobs\..*",
+        StartAt::Earliest,
+        config("work"),
+    )
+    .unwrap();
+    store
+        .create_topic("jobs.b", 1, TopicConfig::default())
+        .unwrap();
+    // The sync has read the queue's config and the topic list when the alter runs; the
+    // alter's own sync of the topics waits until that sync has given jobs.b its queue.
+    let (synced, wait_for_sync) = std::sync::mpsc::channel::<()>();
+    let altering = Interposed::new(&store, "topics", move || {
+        let _ = wait_for_sync.recv_timeout(std::time::Duration::from_secs(10));
+    })
+    .inline();
+    let host = Interposed::new(&store, "change_queues", move || {
+        admin::alter_queue(&altering, "work", |c| c.max_deliveries = 7).unwrap();
+    });
+    let sync = admin::sync_pattern_queue(&host, "work").unwrap();
+    synced.send(()).unwrap();
+    host.join();
+    // Whichever sync took jobs.b (this one, or the alter's own), its queue has the
+    // altered config, as every other queue of the pattern.
+    assert_eq!(children(&store, "work").len(), 2, "{sync:?}");
+    let configs: Vec<(String, u32)> = store.queues().read(|q| {
+        q.children("work")
+            .map(|c| (c.topic.clone(), c.config.max_deliveries))
+            .collect()
+    });
+    assert_eq!(
+        configs,
+        vec![("jobs.a".to_string(), 7), ("jobs.b".to_string(), 7)]
+    );
+}
+
+/// A raise of a topic's priority levels and the creation of a queue on it, racing:
+/// either the queue is created first (and the raise is refused, as for any queue
+/// with fewer levels) or after (with the new levels). Before, the queue could take the
+/// old levels after the raise's check had found no queue, and deliver the new levels'
+/// messages as its highest level, in offset order.
+#[test]
+fn a_queue_created_while_priority_levels_are_raised_never_keeps_the_old_levels() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let fs = FaultyFs::new(dir.path(), 1).unwrap();
+    let store = open(&fs, &dir.path().join("data"), &clock).unwrap();
+    let levels = |n: u8| TopicConfig {
+        priority_levels: n,
+        ..TopicConfig::default()
+    };
+    store.create_topic("jobs", 1, levels(2)).unwrap();
+    // The creation has read the topic's levels when the raise runs.
+    let raising = store.clone();
+    let raised = Arc::new(std::sync::Mutex::new(None));
+    let outcome = raised.clone();
+    let host = Interposed::new(&store, "change_queues", move || {
+        *outcome.lock().unwrap() = Some(raising.alter_topic("jobs", levels(5)).map(drop));
+    });
+    admin::create_queue(&host, "work", "jobs", StartAt::Earliest, config("work")).unwrap();
+    host.join();
+    let queue_levels = store.queues().read(|q| q.get("work").unwrap().levels);
+    let topic_levels = store.topic("jobs").unwrap().config().priority_levels;
+    match raised.lock().unwrap().take().unwrap() {
+        Ok(()) => assert_eq!((queue_levels, topic_levels), (5, 5)),
+        Err(error) => {
+            assert!(error.to_string().contains("cannot be raised"), "{error}");
+            assert_eq!((queue_levels, topic_levels), (2, 2));
+        }
+    }
 }

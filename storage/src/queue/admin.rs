@@ -98,6 +98,14 @@ fn not_found(name: &str) -> Error {
     Error::not_found(format!("queue {name:?}"))
 }
 
+/// Holds [`QueueHost::queue_changes`] for one change of queue definitions.
+fn changing(store: &dyn QueueHost) -> std::sync::MutexGuard<'_, ()> {
+    store
+        .queue_changes()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
 /// Refuses to raise topic `topic`'s `priority_levels` to `levels` while queues read it
 /// with fewer: a queue keeps the levels its topic had when it was created (its cursors,
 /// one per level, are durable state), so it would deliver the new levels' messages as
@@ -183,6 +191,7 @@ pub fn create_queue(
     validate_new_queue_name(name)?;
     config.validate()?;
     check_dead_letter_topic(topic, &config)?;
+    let _changing = changing(store);
     let topic_handle = store.topic(topic)?;
     if store.queues().read(|q| q.exists(name)) {
         return Err(Error::AlreadyExists {
@@ -235,6 +244,7 @@ pub fn create_pattern_queue(
     }
     let parsed = parse_pattern(pattern)?;
     config.validate()?;
+    let _changing = changing(store);
     if store.queues().read(|q| q.exists(name)) {
         return Err(Error::AlreadyExists {
             what: format!("queue {name:?}"),
@@ -295,6 +305,12 @@ pub struct PatternSync {
 /// since an [`alter_queue`]), with their state and history, as a deleted topic's.
 /// Cheap when nothing changed (no write).
 pub fn sync_pattern_queue(store: &dyn QueueHost, name: &str) -> Result<PatternSync> {
+    let _changing = changing(store);
+    sync_held(store, name)
+}
+
+/// [`sync_pattern_queue`] with [`QueueHost::queue_changes`] held.
+fn sync_held(store: &dyn QueueHost, name: &str) -> Result<PatternSync> {
     let Some(queue) = store.queues().read(|q| q.pattern(name).cloned()) else {
         return Err(not_found(name));
     };
@@ -446,6 +462,7 @@ pub fn alter_queue(
     name: &str,
     change: impl FnOnce(&mut QueueConfig),
 ) -> Result<QueueConfig> {
+    let _changing = changing(store);
     let (mut config, names, topic) = store
         .queues()
         .read(|q| {
@@ -481,7 +498,7 @@ pub fn alter_queue(
     // it to the next one (a queue's runtime syncs at its start and every 500 ms, and
     // DescribeQueue syncs first).
     if topic.is_none()
-        && let Err(error) = sync_pattern_queue(store, name)
+        && let Err(error) = sync_held(store, name)
     {
         tracing::warn!(queue = name, %error, "a queue's topics were not synced after its change; the next sync takes them");
     }
@@ -490,6 +507,7 @@ pub fn alter_queue(
 
 /// Deletes queue `name` and its state (a pattern queue with its topics' queues).
 pub fn delete_queue(store: &dyn QueueHost, name: &str) -> Result<()> {
+    let _changing = changing(store);
     let names = store
         .queues()
         .read(|q| {

@@ -79,4 +79,11 @@ pub trait QueueHost: Send + Sync + std::fmt::Debug {
     /// Held by each redrive ([`admin::redrive_queue`]) from reading its position to
     /// committing it, so two at once cannot both publish the same dead letters.
     fn redrives(&self) -> &std::sync::Mutex<()>;
+    /// Held by every change of queue definitions in [`admin`] (create, alter, delete,
+    /// a pattern queue's sync) from reading what it changes to appending the change,
+    /// and by a raise of a topic's priority levels from its check to its new config:
+    /// a change never builds on what another has just replaced (a pattern queue's new
+    /// topic taking the config an AlterQueue replaced, a queue taking the levels a
+    /// raise replaced).
+    fn queue_changes(&self) -> &std::sync::Mutex<()>;
 }
