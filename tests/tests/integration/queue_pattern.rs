@@ -265,6 +265,13 @@ async fn a_pattern_queue_takes_new_topics_drops_deleted_ones_and_settles_per_top
         .map(|(t, p, o, _, _)| ack(t, *p, *o))
         .collect();
     assert!(member.settle(rest).await.iter().all(|c| *c == 0));
+    // Settled twice: NOT_FOUND in the queue's own name, not its topic's inner queue's.
+    let again = member.settle_outcomes(vec![ack(&t, p, o)]).await;
+    assert_eq!(again[0].code, Code::NotFound as i32, "{again:?}");
+    assert!(
+        again[0].message.contains("queue \"all-orders\"") && !again[0].message.contains("__pq"),
+        "{again:?}"
+    );
 
     // A topic created while the member consumes: taken within a second or two, from
     // its beginning, without reconnecting.

@@ -433,7 +433,9 @@ impl QueueEngine {
         self.store
             .queues()
             .read(|q| q.get(&self.name).map(Queue::without_pending))
-            .ok_or_else(|| Error::not_found(format!("queue {:?}", self.name)))
+            .ok_or_else(|| {
+                Error::not_found(format!("queue {:?}", super::admin::public_name(&self.name)))
+            })
     }
 
     /// The pending message at `offset` of `partition`, as the state log has it now.
@@ -468,7 +470,9 @@ impl QueueEngine {
         self.store
             .queues()
             .read(|q| q.get(&self.name).map(|q| q.config.clone()))
-            .ok_or_else(|| Error::not_found(format!("queue {:?}", self.name)))
+            .ok_or_else(|| {
+                Error::not_found(format!("queue {:?}", super::admin::public_name(&self.name)))
+            })
     }
 
     /// The parsed filter of `config`, parsed again only when its text changed.
@@ -481,10 +485,12 @@ impl QueueEngine {
         {
             return Ok(Some(filter.clone()));
         }
-        let filter = Arc::new(
-            Filter::parse(text)
-                .map_err(|e| Error::invalid(format!("queue {:?}: filter {e}", self.name)))?,
-        );
+        let filter = Arc::new(Filter::parse(text).map_err(|e| {
+            Error::invalid(format!(
+                "queue {:?}: filter {e}",
+                super::admin::public_name(&self.name)
+            ))
+        })?);
         self.filter = Some((text.clone(), filter.clone()));
         Ok(Some(filter))
     }
@@ -1151,7 +1157,9 @@ impl QueueEngine {
             .store
             .queues()
             .read(|q| q.get(&self.name).map(|q| q.topic.clone()))
-            .ok_or_else(|| Error::not_found(format!("queue {:?}", self.name)))?;
+            .ok_or_else(|| {
+                Error::not_found(format!("queue {:?}", super::admin::public_name(&self.name)))
+            })?;
         let topic = self.store.topic(&topic_name)?;
         let config = topic.config();
         if !config.dead_letters_over_caps() {

@@ -147,7 +147,7 @@ impl QueueEngine {
                 let Some(pending) = pending else {
                     outcomes.push(SettleOutcome::NotFound(format!(
                     "partition {} offset {} is not pending in queue {:?}: it was settled already, or never delivered",
-                    request.partition, request.offset, self.name
+                    request.partition, request.offset, crate::queue::admin::public_name(&self.name)
                 )));
                     continue;
                 };
