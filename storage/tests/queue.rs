@@ -13,7 +13,8 @@ use tidelog_storage::fs::{CrashOptions, FaultyFs, SyncFault};
 use tidelog_storage::queue::admin::{self, DLQ_HEADER_OFFSET, DLQ_HEADER_PARTITION};
 use tidelog_storage::queue::history::Outcome;
 use tidelog_storage::queue::{
-    Delivery, Hold, QueueConfig, QueueEngine, SettleAction, SettleOutcome, SettleRequest, StartAt,
+    Delivery, Hold, QueueConfig, QueueEngine, QueueOp, SettleAction, SettleOutcome, SettleRequest,
+    StartAt,
 };
 use tidelog_storage::rng::SeededRng as Rng;
 use tidelog_storage::{Clock, ManualClock, NewRecord, Store, TopicConfig};
@@ -1885,4 +1886,69 @@ fn an_overflow_letter_refused_for_good_stays_ready_and_spares_the_others() {
         .map(|d| (d.record.offset, d.attempt))
         .collect();
     assert_eq!(offsets, vec![(0, 1), (4, 1)]);
+}
+
+/// A queue stored before create and AlterQueue refused a dead-letter topic that is its
+/// own topic: its last attempts are sent back for redelivery, refused for good with a
+/// reason naming the fix, and nothing is written to the topic. Before, each dead letter
+/// became a new message of the queue: a poison message came back for ever and the
+/// topic grew by one message per round.
+#[test]
+fn a_queue_whose_dead_letter_topic_is_its_own_topic_writes_no_letter() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = plain_store(dir.path(), &clock, 0);
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    partition
+        .append_durable(&[NewRecord::value("poison")])
+        .unwrap();
+    // As such a queue was stored: the definition alone, past today's checks.
+    let looping = QueueConfig {
+        max_deliveries: 1,
+        dead_letter_topic: "jobs".into(),
+        ..config()
+    };
+    assert!(
+        admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, looping.clone()).is_err()
+    );
+    store
+        .change_queues(vec![QueueOp::Create {
+            name: "work".into(),
+            topic: "jobs".into(),
+            config: looping,
+            levels: 1,
+            created_ms: START_MS,
+            cursors: vec![(0, vec![0])],
+        }])
+        .unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    assert_eq!(engine.deliver(&[("m".into(), 1)]).unwrap()[0].1.len(), 1);
+    let outcomes = engine
+        .settle(
+            Some("m"),
+            &[settle_one(
+                0,
+                SettleAction::Term {
+                    reason: "give up".into(),
+                },
+            )],
+        )
+        .unwrap();
+    assert!(
+        matches!(&outcomes[0], SettleOutcome::Refused(m) if m.contains("own topic") && m.contains("AlterQueue")),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        partition.end_offset(),
+        1,
+        "no letter was written to the topic"
+    );
+    // Delivered again after the backoff, as any message whose letter is refused.
+    clock.advance_ms(config().backoff_max_ms as i64);
+    engine.tick().unwrap();
+    let again = engine.deliver(&[("m".into(), 1)]).unwrap();
+    assert_eq!(again[0].1.len(), 1);
+    assert_eq!((again[0].1[0].record.offset, again[0].1[0].attempt), (0, 2));
+    assert_eq!(partition.end_offset(), 1);
 }

@@ -1197,7 +1197,7 @@ impl QueueEngine {
             cap(config.queue_max_ready_messages),
             cap(config.queue_max_ready_bytes)
         );
-        let dlq = dead_letter_topic(&*self.store, &queue.config.dead_letter_topic)?;
+        let dlq = dead_letter_topic(&*self.store, &queue)?;
         let mut ops = Vec::new();
         let mut events = Vec::new();
         let now = self.store.clock().now_ms();
@@ -1531,7 +1531,7 @@ impl QueueEngine {
                 pending.last_delivery_ms,
                 &reason,
             );
-            let dlq = dead_letter_topic(&*self.store, &queue.config.dead_letter_topic)?;
+            let dlq = dead_letter_topic(&*self.store, queue)?;
             dlq.partition(dead_letter_partition(&dlq, partition))?
                 .append_durable_allowing(&[letter], DLQ_HEADERS_BYTES_MAX)?;
         } else {
@@ -1901,8 +1901,18 @@ fn read_one(topic: &Topic, partition: u32, offset: u64) -> Result<Option<Record>
     Ok(read.records.into_iter().find(|r| r.offset == offset))
 }
 
-/// The dead-letter topic, created with one partition and default settings if missing.
-fn dead_letter_topic(store: &dyn QueueHost, name: &str) -> Result<Arc<Topic>> {
+/// `queue`'s dead-letter topic, created with one partition and default settings if
+/// missing. Its own topic is refused for good (InvalidArgument): each letter would be
+/// a new message of the queue, a poison message written again at every last attempt
+/// for ever. Create and AlterQueue refuse that config; a queue stored with it before
+/// they did sends such messages back for redelivery instead, with this reason.
+fn dead_letter_topic(store: &dyn QueueHost, queue: &Queue) -> Result<Arc<Topic>> {
+    let name = queue.config.dead_letter_topic.as_str();
+    if name == queue.topic {
+        return Err(Error::invalid(format!(
+            "dead_letter_topic {name:?} is the queue's own topic, whose dead letters it would deliver again for ever: set another with AlterQueue (tidelog queue alter --dead-letter-topic)"
+        )));
+    }
     match store.topic(name) {
         Ok(topic) => Ok(topic),
         Err(Error::NotFound { .. }) => match store.create_topic(name, 1, TopicConfig::default()) {
