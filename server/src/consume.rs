@@ -101,6 +101,24 @@ impl ConsumerService {
     }
 }
 
+impl ConsumerService {
+    /// A long poll checks the caller's access again before it answers: a token revoked
+    /// or expired, or a rule changed, while it waited refuses the answer, as an open
+    /// stream ends within a second of it (what came meanwhile is not sent).
+    fn recheck_after_wait<T>(
+        &self,
+        request: &Request<FetchRequest>,
+        answer: T,
+    ) -> Result<T, Status> {
+        if request.get_ref().max_wait_ms > 0 {
+            self.state
+                .auth
+                .authorize(request, &[Target::topic(&request.get_ref().topic)])?;
+        }
+        Ok(answer)
+    }
+}
+
 /// How long a fetch may wait: its max_wait_ms, capped, and short of its deadline.
 fn fetch_wait(request: &Request<FetchRequest>) -> Duration {
     let mut wait = Duration::from_millis(request.get_ref().max_wait_ms).min(FETCH_WAIT_MAX);
@@ -425,7 +443,9 @@ impl Consumer for ConsumerService {
             .auth
             .authorize(&request, &[Target::topic(&request.get_ref().topic)])
         {
-            Ok(()) => ConsumerService::fetch(self, &request).await,
+            Ok(()) => ConsumerService::fetch(self, &request)
+                .await
+                .and_then(|answer| self.recheck_after_wait(&request, answer)),
             Err(status) => Err(status),
         };
         self.state.auth.throttle_answer(&request, &result).await;
@@ -448,7 +468,9 @@ impl Consumer for ConsumerService {
             .auth
             .authorize(&request, &[Target::topic(&request.get_ref().topic)])
         {
-            Ok(()) => crate::batch::fetch(&self.state, request.get_ref(), wait).await,
+            Ok(()) => crate::batch::fetch(&self.state, request.get_ref(), wait)
+                .await
+                .and_then(|answer| self.recheck_after_wait(&request, answer)),
             Err(status) => Err(status),
         };
         self.state.auth.throttle_answer(&request, &result).await;

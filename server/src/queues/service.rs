@@ -825,6 +825,12 @@ impl Queues for QueuesService {
                 )))
             });
             held.take_ready();
+            // Access is checked again before the answer: a token revoked or expired, or
+            // a rule changed, while the call waited refuses it, and what it was handed
+            // is given back (`ReceiveHeld`), as an open stream ends within a second.
+            self.state
+                .auth
+                .check(caller.as_ref(), &[Target::queue(&request.queue)])?;
             if held.deliveries.is_empty() {
                 stopped?;
             }
