@@ -101,7 +101,9 @@ where
             Ok(caller) => {
                 let principal = caller.principal.clone();
                 // Over its requests quota, the call waits before it runs.
-                let wait = self.auth.charge(Some(&caller), QuotaKind::Requests, || 1);
+                let charged = self.auth.charged(Some(&caller), QuotaKind::Requests, || 1);
+                let waiting =
+                    (!charged.wait.is_zero()).then(|| (self.auth.clone(), caller.clone(), charged));
                 request.extensions_mut().insert::<Caller>(caller);
                 let future = self.inner.call(request);
                 let future: BoxFuture<_, _> = match (change, note) {
@@ -110,13 +112,13 @@ where
                     }
                     _ => Box::pin(future),
                 };
-                if wait.is_zero() {
-                    future
-                } else {
-                    Box::pin(async move {
-                        tokio::time::sleep(wait).await;
+                match waiting {
+                    None => future,
+                    Some((auth, caller, charged)) => Box::pin(async move {
+                        auth.wait_charged(Some(&caller), QuotaKind::Requests, charged)
+                            .await;
                         future.await
-                    })
+                    }),
                 }
             }
             Err(status) => {

@@ -340,21 +340,37 @@ impl Auth {
         kind: QuotaKind,
         units: impl FnOnce() -> usize,
     ) -> Duration {
+        self.charged(caller, kind, units).wait
+    }
+
+    /// [`Auth::charge`], with what a wait needs to follow a change of the quota.
+    pub(crate) fn charged(
+        &self,
+        caller: Option<&Caller>,
+        kind: QuotaKind,
+        units: impl FnOnce() -> usize,
+    ) -> Charged {
+        let none = Charged {
+            wait: Duration::ZERO,
+            generation: 0,
+            units: 0,
+        };
         let Some(caller) = caller else {
-            return Duration::ZERO;
+            return none;
         };
         let Some((generation, limits)) = self.limits_of(&caller.principal) else {
-            return Duration::ZERO;
+            return none;
         };
         if !kind.is_limited(&limits) {
-            return Duration::ZERO;
+            return none;
         }
+        let units = units() as u64;
         let wait = self.pacer.charge(
             &caller.principal,
             generation,
             limits,
             kind,
-            units() as u64,
+            units,
             std::time::Instant::now(),
         );
         if !wait.is_zero()
@@ -362,19 +378,48 @@ impl Auth {
         {
             metrics.quota_throttled(&caller.principal, kind.name(), wait);
         }
-        wait
+        Charged {
+            wait,
+            generation,
+            units,
+        }
     }
 
-    /// [`Auth::charge`], then the wait.
+    /// [`Auth::charge`], then the wait. A quota changed or removed while it waits
+    /// applies within [`RECHECK_INTERVAL`]: the units are charged again under the new
+    /// limits (whose paces start afresh), and the wait becomes what those ask.
     pub async fn throttle(
         &self,
         caller: Option<&Caller>,
         kind: QuotaKind,
         units: impl FnOnce() -> usize,
     ) {
-        let wait = self.charge(caller, kind, units);
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+        let charged = self.charged(caller, kind, units);
+        self.wait_charged(caller, kind, charged).await;
+    }
+
+    /// The wait of a [`Auth::charged`] charge, following changes of the quota (see
+    /// [`Auth::throttle`]).
+    pub(crate) async fn wait_charged(
+        &self,
+        caller: Option<&Caller>,
+        kind: QuotaKind,
+        mut charged: Charged,
+    ) {
+        let mut until = tokio::time::Instant::now() + charged.wait;
+        while let Some(left) = until
+            .checked_duration_since(tokio::time::Instant::now())
+            .filter(|left| !left.is_zero())
+        {
+            tokio::time::sleep(left.min(RECHECK_INTERVAL)).await;
+            let now_generation = caller
+                .and_then(|c| self.limits_of(&c.principal))
+                .map_or(0, |(generation, _)| generation);
+            if now_generation != charged.generation {
+                let units = charged.units;
+                charged = self.charged(caller, kind, || units as usize);
+                until = tokio::time::Instant::now() + charged.wait;
+            }
         }
     }
 
@@ -677,6 +722,14 @@ impl Auth {
 }
 
 pub use audit::AUDIT_TARGET;
+
+/// One charge of a quota: the wait it asks, and the quota's generation and the units
+/// charged, to charge them again if the quota changes during the wait.
+pub(crate) struct Charged {
+    pub(crate) wait: Duration,
+    generation: u64,
+    units: u64,
+}
 
 /// The resources an admin change named, filled in by [`Auth::authorize`] (which every
 /// handler calls with them) for the audit line the layer writes once the call is

@@ -210,6 +210,60 @@ async fn rate_quotas_slow_a_principal_to_its_rate_and_never_fail_it() {
     assert!(started.elapsed() < elapsed, "the quota was removed");
 }
 
+/// A call already waiting on its quota follows a change of the quota: removed or raised
+/// a second into a ten-second wait, the call goes on within about a second of the
+/// change instead of waiting the old quota out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_removed_or_raised_during_a_wait_applies_to_the_waiting_call() {
+    let broker = TestBroker::start_with(&["--auth"]);
+    let admin = conn(&broker, &bootstrap_token(&broker)).await;
+    create(&admin, "paced", 1).await.unwrap();
+    allow(&admin, "alice", "topic:paced", "publish").await;
+    let alice = conn(&broker, &create_token(&admin, "alice", 0).await).await;
+    for change in ["remove", "raise"] {
+        // 10 B/s and a 1,000 B publish: 100 s of quota, held to the 10 s longest wait.
+        set_quota(
+            &admin,
+            "alice",
+            QuotaLimits {
+                publish_bytes_per_sec: Some(10),
+                ..QuotaLimits::default()
+            },
+        )
+        .await;
+        let waiting = {
+            let alice = alice.clone();
+            tokio::spawn(async move { publish_all(&alice, "paced", 1, 1, 1000).await })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let changed = Instant::now();
+        if change == "remove" {
+            AccessClient::new(admin.clone())
+                .remove_quota(RemoveQuotaRequest {
+                    principal: "alice".into(),
+                })
+                .await
+                .unwrap();
+        } else {
+            set_quota(
+                &admin,
+                "alice",
+                QuotaLimits {
+                    publish_bytes_per_sec: Some(10 << 20),
+                    ..QuotaLimits::default()
+                },
+            )
+            .await;
+        }
+        let took = waiting.await.unwrap();
+        let after = changed.elapsed();
+        assert!(
+            after < Duration::from_secs(5),
+            "{change}: the waiting publish went on {after:?} after the change ({took:?} in all)"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topic_and_partition_limits_refuse_creations_past_them_and_survive_kill_9() {
     let mut broker = TestBroker::start_with(&["--auth"]);
