@@ -145,15 +145,32 @@ enum Io {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-/// A served connection: the stream, what is known about it, and its slot.
+/// A served connection: the stream, what is known about it, and its place.
 pub struct Conn {
     io: Io,
     info: ConnInfo,
+    _place: Place,
+}
+
+/// A connection's slot within the limits, counted in `tidelog_connections_open` from
+/// accept (its TLS handshake included) until it closes: the gauge counts what the
+/// limits count.
+struct Place {
     _slot: Slot,
     metrics: Arc<Metrics>,
 }
 
-impl Drop for Conn {
+impl Place {
+    fn new(slot: Slot, metrics: &Arc<Metrics>) -> Self {
+        metrics.connection_open(1);
+        Place {
+            _slot: slot,
+            metrics: metrics.clone(),
+        }
+    }
+}
+
+impl Drop for Place {
     fn drop(&mut self) {
         self.metrics.connection_open(-1);
     }
@@ -262,8 +279,8 @@ async fn accept_loop(
                 continue;
             }
         };
-        let slot = match limits.acquire(remote.ip()) {
-            Ok(slot) => slot,
+        let place = match limits.acquire(remote.ip()) {
+            Ok(slot) => Place::new(slot, &metrics),
             Err(refusal) => {
                 metrics.connection_refused(refusal.reason());
                 tracing::debug!(%remote, reason = refusal.reason(), "connection refused");
@@ -279,12 +296,10 @@ async fn accept_loop(
         };
         match security.grpc() {
             None => {
-                metrics.connection_open(1);
                 let conn = Conn {
                     io: Io::Plain(tcp),
                     info,
-                    _slot: slot,
-                    metrics: metrics.clone(),
+                    _place: place,
                 };
                 if sender.send(conn).await.is_err() {
                     return;
@@ -293,19 +308,18 @@ async fn accept_loop(
             Some(config) => {
                 let sender = sender.clone();
                 let metrics = metrics.clone();
+                // The place is held through the handshake (and given back if it fails).
                 tokio::spawn(async move {
                     let handshake = handshake(tcp, config);
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                         Ok(Ok((tls, principal))) => {
-                            metrics.connection_open(1);
                             let conn = Conn {
                                 io: Io::Tls(Box::new(tls)),
                                 info: ConnInfo {
                                     certificate_principal: principal,
                                     ..info
                                 },
-                                _slot: slot,
-                                metrics,
+                                _place: place,
                             };
                             let _ = sender.send(conn).await;
                         }

@@ -36,7 +36,7 @@
 //! | tidelog_queue_delivered, _redelivered, _acked, _nacked, _timed_out | counter | queue |
 //! | tidelog_queue_dead_lettered | counter | queue, reason (max_deliveries, term, overflow) |
 //! | tidelog_queue_ack_latency_seconds | histogram | queue |
-//! | tidelog_connections_open (gRPC connections being served) | gauge | |
+//! | tidelog_connections_open (gRPC connections holding a place within the connection limits: served, or in their TLS handshake) | gauge | |
 //! | tidelog_connections_refused (closed at accept or in the TLS handshake) | counter | reason (max_connections, max_connections_per_ip, plaintext_on_tls, tls_handshake) |
 //! | tidelog_audit_events (audit lines written: refused calls, access and admin changes) | counter | result (OK, UNCHANGED, or the gRPC code name) |
 //! | tidelog_quota_throttle_seconds (time calls and streams were held back by a quota) | counter | principal, kind (publish_bytes, consume_bytes, requests) |
@@ -454,7 +454,7 @@ impl Metrics {
         );
         registry.register(
             "tidelog_connections_open",
-            "gRPC connections being served",
+            "gRPC connections holding a place within the connection limits (served, or in their TLS handshake)",
             metrics.connections_open.clone(),
         );
         registry.register(

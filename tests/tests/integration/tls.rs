@@ -664,6 +664,53 @@ async fn connections_over_the_limits_are_refused_and_counted() {
     }
 }
 
+/// On a TLS port, a connection in its handshake holds a place within the limits, and
+/// `tidelog_connections_open` counts it: the gauge never reads below what refuses the
+/// next connection. A failed handshake gives the place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_in_their_tls_handshake_count_in_the_gauge_they_fill() {
+    let pki = Pki::new("test-ca");
+    let broker = start_tls(&pki, &["--max-connections-per-ip", "2"]);
+    let ca = pki.ca_pem();
+    let open = async |broker: &TestBroker| {
+        let text = https_get(broker, &ca, "/metrics", None).await;
+        metric_value(&text, "tidelog_connections_open").unwrap_or(-1.0)
+    };
+    // Two sockets that send nothing: their handshakes wait.
+    let idle: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| std::net::TcpStream::connect(broker.grpc_addr()).unwrap())
+        .collect();
+    let started = Instant::now();
+    loop {
+        let gauge = open(&broker).await;
+        if gauge == 2.0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "gauge {gauge} with two handshakes under way"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A third is refused, as the gauge says it must be.
+    let third = tls_channel(&broker, &ca, None).await;
+    assert!(third.is_err(), "a third connection from the same IP");
+    // Closed without a handshake: the places come back, and the gauge with them.
+    drop(idle);
+    let started = Instant::now();
+    loop {
+        let gauge = open(&broker).await;
+        if gauge == 0.0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "gauge {gauge} after the sockets closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_token_protects_a_plaintext_metrics_port_too() {
     use std::io::{Read as _, Write as _};
