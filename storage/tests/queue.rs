@@ -1952,3 +1952,53 @@ fn a_queue_whose_dead_letter_topic_is_its_own_topic_writes_no_letter() {
     assert_eq!((again[0].1[0].record.offset, again[0].1[0].attempt), (0, 2));
     assert_eq!(partition.end_offset(), 1);
 }
+
+/// A lease whose deadline passes counts as timed out; one whose member left (gone, or
+/// from the engine's run before) as member left: the metrics tell the two apart.
+#[test]
+fn leases_given_up_count_as_timed_out_or_member_left_by_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = plain_store(dir.path(), &clock, 0);
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    for n in 0..4 {
+        partition
+            .append_durable(&[NewRecord::value(format!("job {n}"))])
+            .unwrap();
+    }
+    admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, config()).unwrap();
+    // A lease of the run before: ended by the next engine's first tick.
+    let mut earlier = QueueEngine::open(store.clone(), "work").unwrap();
+    earlier.member_joined("m");
+    assert_eq!(earlier.deliver(&[("m".into(), 1)]).unwrap()[0].1.len(), 1);
+    drop(earlier);
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.tick().unwrap();
+    assert_eq!(
+        (engine.counters.timed_out, engine.counters.member_left),
+        (0, 1)
+    );
+    // A member that leaves holding one, and one that lets its deadline pass.
+    engine.member_joined("leaver");
+    engine.member_joined("slow");
+    let wants = [("leaver".into(), 1), ("slow".into(), 1)];
+    let delivered: usize = engine
+        .deliver(&wants)
+        .unwrap()
+        .iter()
+        .map(|(_, d)| d.len())
+        .sum();
+    assert_eq!(delivered, 2);
+    engine.member_left("leaver");
+    engine.tick().unwrap();
+    assert_eq!(
+        (engine.counters.timed_out, engine.counters.member_left),
+        (0, 2)
+    );
+    clock.advance_ms(config().ack_deadline_ms as i64 + 1);
+    engine.tick().unwrap();
+    assert_eq!(
+        (engine.counters.timed_out, engine.counters.member_left),
+        (1, 2)
+    );
+}

@@ -33,7 +33,7 @@
 //! | tidelog_consumer_group_lag | gauge | group, topic, partition |
 //! | tidelog_consumer_group_members | gauge | group |
 //! | tidelog_queue_ready, _delayed, _unacked, _waiting, _oldest_unacked_age_seconds | gauge | queue |
-//! | tidelog_queue_delivered, _redelivered, _acked, _nacked, _timed_out | counter | queue |
+//! | tidelog_queue_delivered, _redelivered, _acked, _nacked, _timed_out, _member_left | counter | queue |
 //! | tidelog_queue_dead_lettered | counter | queue, reason (max_deliveries, term, overflow) |
 //! | tidelog_queue_ack_latency_seconds | histogram | queue |
 //! | tidelog_connections_open (gRPC connections holding a place within the connection limits: served, or in their TLS handshake) | gauge | |
@@ -194,6 +194,7 @@ pub struct QueueMetrics {
     pub acked: u64,
     pub nacked: u64,
     pub timed_out: u64,
+    pub member_left: u64,
     pub dead_lettered_max_deliveries: u64,
     pub dead_lettered_term: u64,
     pub dead_lettered_overflow: u64,

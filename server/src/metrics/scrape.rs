@@ -189,7 +189,7 @@ impl Collector for ScrapeSources {
                     |q| gauge_value(q.damaged_partitions),
                 ),
             ];
-            let counters: [QueueField<u64>; 8] = [
+            let counters: [QueueField<u64>; 9] = [
                 (
                     "tidelog_queue_delivered",
                     "Deliveries made, first ones and redeliveries.",
@@ -206,8 +206,13 @@ impl Collector for ScrapeSources {
                 ("tidelog_queue_nacked", "Nacks received.", |q| q.nacked),
                 (
                     "tidelog_queue_timed_out",
-                    "Deliveries given up: the deadline passed or the member left.",
+                    "Deliveries given up because their ack deadline passed.",
                     |q| q.timed_out,
+                ),
+                (
+                    "tidelog_queue_member_left",
+                    "Deliveries given up because their member left (it disconnected, or a broker restart ended the leases of the run before).",
+                    |q| q.member_left,
                 ),
                 (
                     "tidelog_queue_released",

@@ -1326,6 +1326,7 @@ impl crate::metrics::QueueMetricsSource for QueueManager {
                     acked: c.acked,
                     nacked: c.nacked,
                     timed_out: c.timed_out,
+                    member_left: c.member_left,
                     dead_lettered_max_deliveries: c.dead_lettered_max_deliveries,
                     dead_lettered_term: c.dead_lettered_term,
                     dead_lettered_overflow: c.dead_lettered_overflow,

@@ -249,7 +249,11 @@ pub struct EngineCounters {
     pub redelivered: u64,
     pub acked: u64,
     pub nacked: u64,
+    /// Leases given up because their deadline passed.
     pub timed_out: u64,
+    /// Leases given up because their member left (disconnected, or a broker restart
+    /// ended every lease of the run before).
+    pub member_left: u64,
     pub dead_lettered_max_deliveries: u64,
     pub dead_lettered_term: u64,
     /// Dead-lettered because the queue was over its topic's caps.
@@ -281,6 +285,7 @@ impl EngineCounters {
         self.acked += other.acked;
         self.nacked += other.nacked;
         self.timed_out += other.timed_out;
+        self.member_left += other.member_left;
         self.dead_lettered_max_deliveries += other.dead_lettered_max_deliveries;
         self.dead_lettered_term += other.dead_lettered_term;
         self.dead_lettered_overflow += other.dead_lettered_overflow;
@@ -762,7 +767,11 @@ impl QueueEngine {
                     } else if let Some(count) = self.members.get_mut(member) {
                         *count = count.saturating_sub(1);
                     }
-                    self.counters.timed_out += 1;
+                    if member_gone {
+                        self.counters.member_left += 1;
+                    } else {
+                        self.counters.timed_out += 1;
+                    }
                     events.push(HistoryEvent::new(
                         partition,
                         offset,
