@@ -684,6 +684,17 @@ impl OffsetStore {
         })
     }
 
+    /// Every topic some group has offsets on.
+    pub fn topics(&self) -> std::collections::BTreeSet<String> {
+        self.log.read(|offsets| {
+            offsets
+                .groups
+                .values()
+                .flat_map(|topics| topics.keys().cloned())
+                .collect()
+        })
+    }
+
     /// Durably removes `topic`'s offsets from every group (for a deleted topic).
     pub fn delete_topic(&self, topic: &str) -> Result<()> {
         validate_topic(topic)?;

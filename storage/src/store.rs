@@ -300,10 +300,12 @@ impl Store {
             _lock_file: lock_file,
         });
         let housekeeping = start_housekeeping(Arc::downgrade(&inner), options.retention_interval)?;
-        Ok(Store {
+        let store = Store {
             inner,
             housekeeping: Mutex::new(Some(housekeeping)),
-        })
+        };
+        store.forget_gone_topics();
+        Ok(store)
     }
 
     pub fn dir(&self) -> &Path {
@@ -438,10 +440,10 @@ impl Store {
                 what: format!("topic {name:?}"),
             });
         }
-        // A deleted topic's commits went with it, unless that failed or a crash came
-        // first (the delete stands once its directory left `topics/`): a topic created
-        // again under the name never starts from them. Nothing to write when none.
-        self.inner.offsets.delete_topic(name)?;
+        // A deleted topic's commits and queues went with it, unless that failed or a
+        // crash came first (the delete stands once its directory left `topics/`): a
+        // topic created again under the name never starts from them.
+        self.forget_topic_state(name)?;
         let fs = &*self.inner.context.fs;
         let dir = self.inner.dir.join("topics").join(name);
         if fs
@@ -525,21 +527,7 @@ impl Store {
         fsutil::sync_dir(fs, &self.inner.dir.join("topics"))?;
         // The topic is deleted (its directory left `topics/` durably above): what
         // follows does not undo it, and its files go whatever becomes of the rest.
-        let rest = self.inner.offsets.delete_topic(name).and_then(|()| {
-            let on_topic: Vec<QueueOp> = self.inner.queues.read(|queues| {
-                queues
-                    .iter()
-                    .filter(|q| q.topic == name)
-                    .map(|q| QueueOp::Delete {
-                        name: q.name.clone(),
-                    })
-                    .collect()
-            });
-            if !on_topic.is_empty() {
-                self.change_queues(on_topic)?;
-            }
-            Ok(())
-        });
+        let rest = self.forget_topic_state(name);
         // Its files going is housekeeping. A removal that fails (out of file
         // descriptors, an I/O error) does not undo or fail the delete; the retention
         // passes try again. Mappings held by readers keep their files alive after this.
@@ -547,6 +535,54 @@ impl Store {
             tracing::info!(topic = name, "deleted topic");
         }
         rest
+    }
+
+    /// Removes what the topic `name` left in the groups' offsets and the queues (the
+    /// queues on it, with their histories), durably; nothing to write when it left
+    /// nothing. The one rule for a deleted topic's state: run by its delete, again when
+    /// a topic of its name is created (a delete whose removal failed), and at open for
+    /// every topic that is gone (a crash between a delete and its removal).
+    fn forget_topic_state(&self, name: &str) -> Result<()> {
+        self.inner.offsets.delete_topic(name)?;
+        let on_topic: Vec<QueueOp> = self.inner.queues.read(|queues| {
+            queues
+                .iter()
+                .filter(|q| q.topic == name)
+                .map(|q| QueueOp::Delete {
+                    name: q.name.clone(),
+                })
+                .collect()
+        });
+        if !on_topic.is_empty() {
+            self.change_queues(on_topic)?;
+        }
+        Ok(())
+    }
+
+    /// At open: forgets the state of topics that are gone (see
+    /// [`Store::forget_topic_state`]). One that fails is logged and left to the
+    /// creation of a topic of its name; the store opens all the same.
+    fn forget_gone_topics(&self) {
+        let mut gone: std::collections::BTreeSet<String> = self.inner.offsets.topics();
+        self.inner.queues.read(|queues| {
+            gone.extend(queues.iter().map(|q| q.topic.clone()));
+        });
+        let topics = self.read_topics();
+        gone.retain(|name| !topics.contains_key(name));
+        drop(topics);
+        for name in gone {
+            match self.forget_topic_state(&name) {
+                Ok(()) => tracing::info!(
+                    topic = %name,
+                    "removed the offsets and queues a deleted topic left (its delete was interrupted)"
+                ),
+                Err(error) => tracing::warn!(
+                    topic = %name,
+                    %error,
+                    "the offsets and queues a deleted topic left could not be removed; creating a topic of its name removes them"
+                ),
+            }
+        }
     }
 
     /// Commits `commits` for `group`, each on the topic the caller checked it against
