@@ -755,7 +755,23 @@ impl Store {
                     self.inner.context.clone(),
                 )
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>();
+        let added = match added {
+            Ok(added) => added,
+            Err(error) => {
+                // Out of file descriptors, say: the count never included what was made
+                // of them. Removed now (a start removes what this cannot).
+                for id in current..count {
+                    let dir = topic.dir.join(id.to_string());
+                    if let Err(removal) = fs.remove_dir_all(&dir)
+                        && removal.kind() != std::io::ErrorKind::NotFound
+                    {
+                        tracing::warn!(topic = name, partition = id, error = %removal, "a partition the failed CreatePartitions made is left for the next start to remove");
+                    }
+                }
+                return Err(error);
+            }
+        };
         let recorded = fsutil::sync_dir(fs, &topic.dir).and_then(|()| {
             fsutil::write_file_atomically(
                 fs,
@@ -925,6 +941,41 @@ impl Drop for Store {
     }
 }
 
+/// Removes the partition directories of topic `name` numbered from `count` on: left by
+/// a CreatePartitions a crash or an error cut short (the config's count, written last,
+/// never included them). A later grow would remove them too; a start does it so that
+/// nothing (`tidelog segment verify`, the disk) counts them meanwhile.
+fn remove_unrecorded_partitions(
+    dir: &Path,
+    name: &str,
+    count: u32,
+    context: &PartitionContext,
+) -> Result<()> {
+    let fs = &*context.fs;
+    for entry in fs
+        .read_dir(dir)
+        .ctx(|| format!("listing {}", dir.display()))?
+    {
+        let Some(id) = entry
+            .name
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok().filter(|id| id.to_string() == n))
+            .filter(|id| *id >= count && entry.is_dir)
+        else {
+            continue;
+        };
+        let path = dir.join(&entry.name);
+        tracing::warn!(
+            topic = name,
+            partition = id,
+            "removing a partition a cut-short CreatePartitions left (the topic has {count})"
+        );
+        fs.remove_dir_all(&path)
+            .ctx(|| format!("removing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 fn open_topic(dir: &Path, name: &str, context: &PartitionContext) -> Result<Option<Topic>> {
     let config_path = dir.join(TOPIC_CONFIG_FILE);
     let Some(bytes) = fsutil::read_small_file(&*context.fs, &config_path, SMALL_FILE_BYTES_MAX)?
@@ -956,6 +1007,7 @@ fn open_topic(dir: &Path, name: &str, context: &PartitionContext) -> Result<Opti
     }
     let config = Arc::new(config);
     let owner = read_owner(dir, context)?;
+    remove_unrecorded_partitions(dir, name, partition_count, context)?;
     // The config file and partition directories may be known to the page cache only.
     fsutil::sync_dir(&*context.fs, dir)?;
     // One partition that recovery refuses to open must not take the others down: it

@@ -1341,6 +1341,14 @@ fn create_partitions_is_all_or_nothing_at_every_crash_point() {
         let store = reopen(&fs, &data, &clock, &context);
         let count = store.topic("t").unwrap().partitions().len();
         assert!(count == 2 || count == 5, "{context}: {count} partitions");
+        // The open removed what the cut attempt made beyond the count.
+        let left: Vec<usize> = (count..5)
+            .filter(|id| data.join("topics/t").join(id.to_string()).exists())
+            .collect();
+        assert!(
+            left.is_empty(),
+            "{context}: partitions {left:?} left on disk"
+        );
         if grown.is_ok() {
             assert_eq!(count, 5, "{context}: an acknowledged change was taken back");
         }
@@ -1385,6 +1393,33 @@ fn create_partitions_is_all_or_nothing_at_every_crash_point() {
             run(Some(at), seed);
         }
     }
+}
+
+/// A CreatePartitions that runs out of file descriptors part-way fails with the
+/// error and leaves no partition directory behind (they were never counted).
+#[test]
+fn create_partitions_out_of_descriptors_leaves_no_partition_behind() {
+    let dir = scratch_dir();
+    let data = dir.path().join("data");
+    let fs = FaultyFs::new(dir.path(), 3).unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = Store::open(&data, options(&fs, &clock)).unwrap();
+    store.create_topic("t", 2, TopicConfig::default()).unwrap();
+    fs.set_open_fails(Some("topics/t/4"));
+    let error = store.create_partitions("t", 6).unwrap_err();
+    assert!(is_out_of_fds(&error), "{error}");
+    fs.set_open_fails(None);
+    assert_eq!(store.topic("t").unwrap().partitions().len(), 2);
+    let left: Vec<usize> = (2..6)
+        .filter(|id| data.join("topics/t").join(id.to_string()).exists())
+        .collect();
+    assert!(left.is_empty(), "partitions {left:?} left on disk");
+    // And the grow works once descriptors are back.
+    assert_eq!(
+        store.create_partitions("t", 6).unwrap().partitions().len(),
+        6
+    );
+    store.close().unwrap();
 }
 
 #[test]
