@@ -117,10 +117,7 @@ fn append_group(
         })
         .collect();
     // Backpressure (the topic's queue caps), checked on each batch once it is valid.
-    let capped = {
-        let config = topic.config();
-        config.queue_max_ready_messages.is_some() || config.queue_max_ready_bytes.is_some()
-    };
+    let capped = topic.config().has_queue_caps();
     let store = &*state.store;
     let mut appended = topic
         .append_batches_admitted(batches, &mut |messages, bytes| {

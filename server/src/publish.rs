@@ -180,15 +180,18 @@ fn check_queue_caps(
     batches: &[PartitionBatch],
 ) -> Result<(), Status> {
     let config = topic.config();
-    if config.queue_max_ready_messages.is_none() && config.queue_max_ready_bytes.is_none() {
+    if !config.has_queue_caps() {
         return Ok(());
     }
-    let messages = batches.iter().map(|b| b.records.len() as u64).sum();
-    let bytes = batches
+    // What the publish adds to the ready backlog now: delayed messages wait.
+    let now_ms = state.store.clock().now_ms();
+    let (messages, bytes) = batches
         .iter()
         .flat_map(|b| &b.records)
-        .map(NewRecord::payload_bytes)
-        .sum();
+        .filter(|r| r.due_at(now_ms))
+        .fold((0u64, 0u64), |(n, bytes), r| {
+            (n + 1, bytes + r.payload_bytes())
+        });
     convert::or_status(tidelog_storage::queue::admin::admit(
         &*state.store,
         topic,

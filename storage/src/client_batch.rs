@@ -229,6 +229,11 @@ pub struct CheckedBatch {
     pub ids: Vec<CheckedId>,
     /// Id + key + value + header bytes of all records: what metrics count.
     pub payload_bytes: u64,
+    /// Records due at the append (no deliver-at time, or one not after it) and their
+    /// payload bytes: what the batch adds to its queues' ready backlog now (the
+    /// backpressure caps, [`crate::queue::admin::admit`]); the others wait as delayed.
+    pub ready_records: u32,
+    pub ready_bytes: u64,
     /// The batch was moved to the append time ([`BatchRules::relative_times`]):
     /// `header`'s times and CRC differ from the bytes', and are what the log writes.
     pub moved: bool,
@@ -358,6 +363,7 @@ pub fn validate_batch(bytes: &[u8], rules: &BatchRules) -> Result<CheckedBatch, 
     };
     let mut ids = Vec::new();
     let mut payload_bytes = 0u64;
+    let (mut ready_records, mut ready_bytes) = (0u32, 0u64);
     let mut max_timestamp = i64::MIN;
     let mut max_expiry = i64::MIN;
     let first = header.first_timestamp_ms;
@@ -401,6 +407,10 @@ pub fn validate_batch(bytes: &[u8], rules: &BatchRules) -> Result<CheckedBatch, 
             });
         }
         payload_bytes += fields.payload_bytes;
+        if fields.deliver_at_ms.is_none_or(|at| at <= rules.now_ms) {
+            ready_records += 1;
+            ready_bytes += fields.payload_bytes;
+        }
         if let Some(place) = fields.id {
             if ids.is_empty() {
                 // Room for an id in every record left, bounded by the bytes left (a
@@ -432,6 +442,8 @@ pub fn validate_batch(bytes: &[u8], rules: &BatchRules) -> Result<CheckedBatch, 
         header,
         ids,
         payload_bytes,
+        ready_records,
+        ready_bytes,
         moved: pieces.is_some(),
         plain,
     })
@@ -530,6 +542,7 @@ fn past_the_record(what: &str) -> String {
 struct Fields {
     timestamp_ms: i64,
     expires_at_ms: Option<i64>,
+    deliver_at_ms: Option<i64>,
     /// Where the id is.
     id: Option<IdPlace>,
     payload_bytes: u64,
@@ -604,9 +617,11 @@ impl Walk<'_> {
         } else {
             None
         };
-        if attributes & RECORD_HAS_DELIVER_AT != 0 {
-            self.varint(end)?;
-        }
+        let deliver_at_ms = if attributes & RECORD_HAS_DELIVER_AT != 0 {
+            Some(first.wrapping_add(batch::unzigzag(self.varint(end)?)))
+        } else {
+            None
+        };
         if attributes & RECORD_HAS_PRIORITY != 0 {
             let priority = self.byte(end)?;
             let levels = rules.priority_levels.max(1);
@@ -670,6 +685,7 @@ impl Walk<'_> {
         Ok(Fields {
             timestamp_ms,
             expires_at_ms,
+            deliver_at_ms,
             id,
             payload_bytes: payload,
         })
@@ -853,6 +869,12 @@ mod tests {
             let checked = validate_batch(&bytes, &rules()).unwrap();
             assert_eq!(checked.header.record_count, 3);
             assert_eq!(checked.records_without_id(), 1);
+            // The third waits for its deliver-at time: the first two are ready now.
+            let payloads: Vec<u64> = sample().iter().map(NewRecord::payload_bytes).collect();
+            assert_eq!(
+                (checked.ready_records, checked.ready_bytes),
+                (2, payloads[0] + payloads[1])
+            );
             let ids: Vec<_> = checked
                 .ids
                 .iter()

@@ -195,8 +195,12 @@ impl TopicConfig {
     /// [`crate::queue::QueueEngine::enforce_caps`] has work, which must then look again
     /// whenever more of the topic becomes visible.
     pub fn dead_letters_over_caps(&self) -> bool {
-        self.queue_overflow == QueueOverflow::DeadLetterOldest
-            && (self.queue_max_ready_messages.is_some() || self.queue_max_ready_bytes.is_some())
+        self.queue_overflow == QueueOverflow::DeadLetterOldest && self.has_queue_caps()
+    }
+
+    /// Whether the topic caps its queues' ready backlog (either cap).
+    pub fn has_queue_caps(&self) -> bool {
+        self.queue_max_ready_messages.is_some() || self.queue_max_ready_bytes.is_some()
     }
 
     /// Checks every value against its bounds.
@@ -274,7 +278,7 @@ impl TopicConfig {
         if self.priority_levels > 0 {
             let _ = writeln!(out, "priority_levels={}", self.priority_levels);
         }
-        if self.queue_max_ready_messages.is_some() || self.queue_max_ready_bytes.is_some() {
+        if self.has_queue_caps() {
             let _ = writeln!(
                 out,
                 "queue_max_ready_messages={}",

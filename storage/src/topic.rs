@@ -193,8 +193,9 @@ impl Topic {
 
     /// [`Topic::append_batches_across`] for batches that may have relative times
     /// ([`ClientBatch::relative_times`]: moved to the append time), asking `admit`
-    /// before each valid batch is taken, with the messages and payload bytes it would
-    /// add: its own and those of the batches before it not written yet. A batch
+    /// before each valid batch is taken, with the ready messages and payload bytes it
+    /// would add (those due now: [`CheckedBatch::ready_records`]): its own and those of
+    /// the batches before it not written yet. A batch
     /// `admit` refuses fails alone, with `admit`'s error (the broker's queue caps:
     /// [`crate::queue::admin::admit`]; a publish without caps admits all).
     pub fn append_batches_admitted(
@@ -259,10 +260,11 @@ impl Topic {
                     self.max_timestamp_ahead_ms,
                 )?;
                 let decides = window_decides(&checked, window_ms, config.assign_ids)?;
-                // Taken with the batches before it still waiting in runs.
+                // Taken with the batches before it still waiting in runs: what each adds
+                // to the ready backlog now (delayed records wait).
                 admit(
-                    waiting.0 + u64::from(checked.header.record_count),
-                    waiting.1 + checked.payload_bytes,
+                    waiting.0 + u64::from(checked.ready_records),
+                    waiting.1 + checked.ready_bytes,
                 )?;
                 Ok((target, checked, decides))
             });
@@ -276,8 +278,8 @@ impl Topic {
                             runs.len() - 1
                         }
                     };
-                    waiting.0 += u64::from(checked.header.record_count);
-                    waiting.1 += checked.payload_bytes;
+                    waiting.0 += u64::from(checked.ready_records);
+                    waiting.1 += checked.ready_bytes;
                     runs[at].1.push((place, bytes, checked, ids));
                     continue;
                 }

@@ -2005,3 +2005,74 @@ fn leases_given_up_count_as_timed_out_or_member_left_by_why() {
         (1, 2)
     );
 }
+
+/// With no member asking, `take_delayed` takes the delayed messages at the head of each
+/// partition and level: they count as delayed, not ready (DescribeQueue, the caps). It
+/// stops at the first due message, which a member's round takes, and goes on past it
+/// after that round; a lower level waits until the faster levels have passed all they
+/// hold (strict priority, as in delivery rounds).
+#[test]
+fn delayed_messages_are_taken_ahead_of_members_and_count_as_delayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = plain_store(dir.path(), &clock, 2);
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    let later = START_MS + 3_600_000;
+    // (delayed, priority) of offsets 0 to 8.
+    let layout = [
+        (true, 0),
+        (true, 0),
+        (true, 0),
+        (false, 0),
+        (true, 0),
+        (true, 0),
+        (false, 1),
+        (true, 1),
+        (true, 0),
+    ];
+    for (n, (delayed, priority)) in layout.into_iter().enumerate() {
+        partition
+            .append_durable(&[NewRecord {
+                deliver_at_ms: delayed.then_some(later),
+                priority,
+                ..NewRecord::value(format!("m{n}"))
+            }])
+            .unwrap();
+    }
+    admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, config()).unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    let counts = || {
+        let s = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+        (s.ready, s.delayed, s.unacked)
+    };
+    // Level 1's head (offset 6) is due: nothing below it is looked at yet.
+    engine.take_delayed().unwrap();
+    engine.take_delayed().unwrap();
+    assert_eq!(counts(), (9, 0, 0));
+    engine.member_joined("m");
+    let first = engine.deliver(&[("m".into(), 1)]).unwrap();
+    assert_eq!(first[0].1[0].record.offset, 6);
+    // Level 1 then takes 7; level 0 takes 0 to 2 and stops at 3, which is due.
+    engine.take_delayed().unwrap();
+    assert_eq!(counts(), (4, 4, 1));
+    let second = engine.deliver(&[("m".into(), 1)]).unwrap();
+    assert_eq!(second[0].1[0].record.offset, 3);
+    engine.take_delayed().unwrap();
+    assert_eq!(counts(), (0, 7, 2));
+    // Due, they are delivered as any delayed message (the two held are acked first).
+    for offset in [3, 6] {
+        let acked = engine
+            .settle(
+                Some("m"),
+                &[settle_one(offset, SettleAction::Ack { through: None })],
+            )
+            .unwrap();
+        assert_eq!(acked[0], SettleOutcome::Ok { settled: 1 });
+    }
+    clock.advance_ms(3_600_000);
+    engine.tick().unwrap();
+    let due = engine.deliver(&[("m".into(), 10)]).unwrap();
+    let mut offsets: Vec<u64> = due[0].1.iter().map(|d| d.record.offset).collect();
+    offsets.sort_unstable();
+    assert_eq!(offsets, vec![0, 1, 2, 4, 5, 7, 8]);
+}

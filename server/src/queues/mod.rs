@@ -749,13 +749,14 @@ impl Runtime {
                 }
             };
             let parts = self.parts();
-            // New data wakes the runtime when members want it, and when a cap must be
-            // enforced on it: a publish notifies when it is written, and on an fsync
-            // = always topic its messages become visible (and count) only after the
-            // fsync. Without this the last publish's overflow waited for the next. The
-            // wait is for data past what the round saw (`seen`), so an fsync that ended
-            // during the round is not waited past.
-            let watch = !self.wants(&parts).is_empty() || caps_to_enforce(&store, &parts);
+            // New data wakes the runtime when members want it, and when its topic has
+            // caps (a cap to enforce, delayed messages to take before they count): a
+            // publish notifies when it is written, and on an fsync = always topic its
+            // messages become visible (and count) only after the fsync. Without this
+            // the last publish's overflow waited for the next. The wait is for data
+            // past what the round saw (`seen`), so an fsync that ended during the
+            // round is not waited past.
+            let watch = !self.wants(&parts).is_empty() || capped(&store, &parts);
             self.wait(&store, &shutdown, &parts, watch.then_some(&seen))
                 .await;
         }
@@ -774,10 +775,17 @@ impl Runtime {
             parts.rotate_left(turn);
         }
         let now = store.clock().now_ms();
+        // With no member asking, delayed messages are taken as they arrive, so they
+        // count as delayed, not ready (the caps below count them so); a member's
+        // delivery round takes them as it passes them.
+        let idle = self.wants(&parts).is_empty();
         for part in &parts {
             let due = lock(&part.engine).next_wakeup().is_some_and(|at| at <= now);
             if due {
                 part.with_engine(|e| e.tick()).await?;
+            }
+            if idle {
+                part.with_engine(|e| e.take_delayed()).await?;
             }
             let capped = part.with_engine(|e| e.enforce_caps()).await;
             part.report_filtered(&self.metrics);
@@ -1064,13 +1072,13 @@ fn data_past(ends: &[(Arc<Partition>, u64)]) -> WaitForAnyData {
     )
 }
 
-/// Whether a topic of `parts` dead-letters its oldest over a cap
-/// ([`tidelog_storage::TopicConfig::dead_letters_over_caps`]).
-fn caps_to_enforce(store: &Store, parts: &[Arc<Part>]) -> bool {
+/// Whether a topic of `parts` caps its queues
+/// ([`tidelog_storage::TopicConfig::has_queue_caps`]).
+fn capped(store: &Store, parts: &[Arc<Part>]) -> bool {
     parts.iter().any(|part| {
         store
             .topic(&part.topic)
-            .is_ok_and(|topic| topic.config().dead_letters_over_caps())
+            .is_ok_and(|topic| topic.config().has_queue_caps())
     })
 }
 
@@ -1206,10 +1214,12 @@ impl QueueManager {
         }
     }
 
-    /// New messages went to `topic`: when its queues dead-letter their oldest past the
-    /// topic's caps, their runtimes (started if need be) look at once, consumers or not.
+    /// New messages went to `topic`: when the topic caps its queues, their runtimes
+    /// (started if need be) look at once, consumers or not: to take delayed messages
+    /// (so they count as delayed, not ready, against the caps) and, with
+    /// dead-letter-oldest, to move the oldest past a cap.
     pub fn topic_published(self: &Arc<Self>, topic: &tidelog_storage::Topic) {
-        if !topic.config().dead_letters_over_caps() {
+        if !topic.config().has_queue_caps() {
             return;
         }
         let names = admin::list_queues(&*self.store, Some(topic.name()));

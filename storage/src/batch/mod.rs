@@ -191,6 +191,19 @@ impl NewRecord {
 
     /// Id, key, value and header bytes: what `max_message_bytes` limits.
     #[inline]
+    /// When the record is to be delivered, appended at `now_ms`: its `deliver_at_ms`,
+    /// or `now_ms` plus its `delay_ms`; None: at once.
+    pub fn deliver_at(&self, now_ms: i64) -> Option<i64> {
+        self.deliver_at_ms
+            .or_else(|| self.delay_ms.map(|d| now_ms.saturating_add(d as i64)))
+    }
+
+    /// Whether the record is due at once when appended at `now_ms` (no deliver-at time
+    /// ahead): what it adds to its queues' ready backlog.
+    pub fn due_at(&self, now_ms: i64) -> bool {
+        self.deliver_at(now_ms).is_none_or(|at| at <= now_ms)
+    }
+
     pub fn payload_bytes(&self) -> u64 {
         payload_size(
             self.id.as_ref(),
@@ -613,11 +626,7 @@ pub fn encode_batch_into<R: AsRef<NewRecord>>(
         if expiry.is_some() {
             attributes |= RECORD_HAS_EXPIRY;
         }
-        let deliver_at = record.deliver_at_ms.or_else(|| {
-            record
-                .delay_ms
-                .map(|d| options.now_ms.saturating_add(d as i64))
-        });
+        let deliver_at = record.deliver_at(options.now_ms);
         if deliver_at.is_some() {
             attributes |= RECORD_HAS_DELIVER_AT;
         }

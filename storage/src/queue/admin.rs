@@ -820,17 +820,19 @@ pub fn backlog(
     Ok(Some((messages, bytes)))
 }
 
-/// Backpressure: refuses (`Error::QueueFull`) a publish of `incoming` messages of
-/// `incoming_bytes` that would put a queue of `topic` over the topic's caps on ready
+/// Backpressure: refuses (`Error::QueueFull`) a publish of `incoming` ready messages
+/// of `incoming_bytes` (those due at once: a delayed message waits, and adds nothing
+/// ready now) that would put a queue of `topic` over the topic's caps on ready
 /// messages ([`over_caps`]) when the topic's overflow policy is to reject new messages.
-/// The one rule for every publish form.
+/// A publish that adds no ready message is never refused. The one rule for every
+/// publish form.
 pub fn admit(
     store: &dyn QueueHost,
     topic: &Topic,
     incoming: u64,
     incoming_bytes: u64,
 ) -> Result<()> {
-    if topic.config().queue_overflow != crate::QueueOverflow::Reject {
+    if topic.config().queue_overflow != crate::QueueOverflow::Reject || incoming == 0 {
         return Ok(());
     }
     match over_caps(store, topic, incoming, incoming_bytes)? {
@@ -855,7 +857,7 @@ pub fn over_caps(
     incoming_bytes: u64,
 ) -> Result<Option<OverCap>> {
     let config = topic.config();
-    if config.queue_max_ready_messages.is_none() && config.queue_max_ready_bytes.is_none() {
+    if !config.has_queue_caps() {
         return Ok(None);
     }
     let now_ms = store.clock().now_ms();

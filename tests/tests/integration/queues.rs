@@ -1311,6 +1311,106 @@ async fn overflow_rejects_new_or_dead_letters_old() {
     assert_eq!(described.ready, 5);
 }
 
+/// Delayed messages take no room under the caps, with no member connected: a publish
+/// of delayed messages is never refused (it adds nothing ready now), the queue takes
+/// them as they arrive, DescribeQueue counts them delayed, not ready, and a
+/// dead-letter-oldest queue moves none of them. Ready messages still meet the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_messages_take_no_room_under_the_caps() {
+    use tidelog_proto::v1::QueueOverflow;
+    let broker = TestBroker::start();
+    for (topic, overflow) in [
+        ("strict", QueueOverflow::Reject),
+        ("lossy", QueueOverflow::DeadLetterOldest),
+    ] {
+        broker
+            .create_topic(
+                topic,
+                1,
+                TopicConfig {
+                    queue_max_ready_messages: Some(2),
+                    queue_overflow: overflow as i32,
+                    ..TopicConfig::default()
+                },
+            )
+            .await;
+        create_queue(
+            &broker,
+            &format!("{topic}-q"),
+            topic,
+            QueueConfig::default(),
+        )
+        .await;
+    }
+    let mut publisher = broker.publisher().await;
+    let one = |topic: &str, i: usize, delay_ms: Option<u64>| PublishRequest {
+        topic: topic.into(),
+        messages: vec![Message {
+            value: format!("m-{i}").into_bytes().into(),
+            delay_ms,
+            ..Default::default()
+        }],
+        ack: AckLevel::Durable as i32,
+    };
+    let mut client = queues(&broker).await;
+    for topic in ["strict", "lossy"] {
+        for i in 0..4 {
+            publisher
+                .publish(one(topic, i, Some(3_600_000)))
+                .await
+                .unwrap_or_else(|e| panic!("{topic}: delayed publish {i}: {e:?}"));
+        }
+        // Taken as they arrive (the queue looks when messages become visible).
+        let queue = format!("{topic}-q");
+        let started = std::time::Instant::now();
+        loop {
+            let described = client
+                .describe_queue(DescribeQueueRequest {
+                    name: queue.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .queue
+                .unwrap();
+            if (described.ready, described.delayed) == (0, 4) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{queue}: ready {}, delayed {}",
+                described.ready,
+                described.delayed
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Ready messages meet the cap as before.
+    for i in 4..6 {
+        publisher.publish(one("strict", i, None)).await.unwrap();
+    }
+    let refused = publisher.publish(one("strict", 6, None)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    // Still no room for ready ones, but delayed ones go on.
+    publisher
+        .publish(one("strict", 7, Some(3_600_000)))
+        .await
+        .expect("a delayed publish adds nothing ready");
+    // Nothing delayed was dead-lettered as overflow.
+    let letters = broker
+        .consumer()
+        .await
+        .fetch(tidelog_proto::v1::FetchRequest {
+            topic: "lossy.dlq".into(),
+            ..Default::default()
+        })
+        .await;
+    match letters {
+        Ok(letters) => assert!(letters.into_inner().messages.is_empty()),
+        Err(status) => assert_eq!(status.code(), Code::NotFound, "{status:?}"),
+    }
+}
+
 /// A message of a higher priority level delivered and acked before the lower ones
 /// before it (out of offset order) is not ready any more: DescribeQueue counts 5 of
 /// 5 low + 1 high, after a kill -9 and restart too; and the caps count the same:

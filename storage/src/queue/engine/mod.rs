@@ -325,6 +325,9 @@ pub struct QueueEngine {
     restored: HashMap<(u32, u64), u32>,
     /// The partition a new-message scan starts with next (turns).
     next_partition: usize,
+    /// Per (partition, level), the position where [`QueueEngine::take_delayed`] last
+    /// stopped at a due message: not scanned again while the level's position is there.
+    ahead_blocked: HashMap<(u32, u8), u64>,
     /// The last delivery round stopped because a higher level had more of the log to
     /// look at: deliver again at once (there may be nothing new to wait for).
     behind: bool,
@@ -393,6 +396,7 @@ impl QueueEngine {
             restored: HashMap::new(),
             next_partition: 0,
             behind: false,
+            ahead_blocked: HashMap::new(),
             counters: EngineCounters::default(),
             ack_latencies_ms: Vec::new(),
             filter: None,
@@ -856,6 +860,28 @@ impl QueueEngine {
         size: &dyn Fn(&Record) -> u64,
     ) -> Result<Vec<(String, Vec<Delivery>)>> {
         self.behind = false;
+        self.take_round(wants, size, false)
+    }
+
+    /// Takes, with no member asking, the new messages at the head of each partition
+    /// and level whose deliver-at time is ahead: they wait as delayed (counted so,
+    /// not as ready, by DescribeQueue and the backpressure caps) instead of counting
+    /// as ready until a member's delivery round passes them. Each scan stops at the
+    /// first message that is due (a member's round takes it) and, while the level's
+    /// position stays there, is not made again. The queue's runtime calls it before
+    /// each pass over the caps.
+    pub fn take_delayed(&mut self) -> Result<()> {
+        self.take_round(&[], &|_| 0, true).map(drop)
+    }
+
+    /// A delivery round ([`QueueEngine::deliver_bounded`]), or with `ahead` the round
+    /// of [`QueueEngine::take_delayed`] (no member: delayed messages only).
+    fn take_round(
+        &mut self,
+        wants: &[Want],
+        size: &dyn Fn(&Record) -> u64,
+        ahead: bool,
+    ) -> Result<Vec<(String, Vec<Delivery>)>> {
         let mut queue = self.queue()?;
         let filter = self.filter_of(&queue.config)?;
         let topic = self.store.topic(&queue.topic)?;
@@ -879,7 +905,7 @@ impl QueueEngine {
         let mut ops = Vec::new();
 
         for level in (0..queue.levels).rev() {
-            if turns.current().is_none() {
+            if turns.current().is_none() && !ahead {
                 break;
             }
             // Redeliveries of this level whose time has come.
@@ -954,14 +980,21 @@ impl QueueEngine {
             let count = partitions.len();
             let mut caught_up = true;
             for step in 0..count {
-                if turns.current().is_none() {
+                if turns.current().is_none() && !ahead {
                     break;
                 }
                 let index = (self.next_partition + step) % count;
                 let partition = &partitions[index];
                 let mut passed = Passed::new(&queue, partition.id(), level);
                 let cursor = passed.from;
-                let (cursor_to, taken) = self.scan(
+                let key = (partition.id(), level);
+                if ahead && self.ahead_blocked.get(&key) == Some(&cursor) {
+                    // Its head is a due message, as at the last look: a member's round
+                    // takes it first.
+                    caught_up = false;
+                    continue;
+                }
+                let (cursor_to, taken, blocked) = self.scan(
                     &queue,
                     filter.as_deref(),
                     partition,
@@ -970,7 +1003,13 @@ impl QueueEngine {
                     deadline,
                     (&mut turns, size),
                     &mut out,
+                    ahead,
                 )?;
+                if blocked && ahead {
+                    self.ahead_blocked.insert(key, cursor_to);
+                } else {
+                    self.ahead_blocked.remove(&key);
+                }
                 // A partition stopped at damage has nothing more to look at for now.
                 caught_up &= cursor_to >= partition.end_offset()
                     || self.stopped.contains_key(&(partition.id(), level));
@@ -986,9 +1025,16 @@ impl QueueEngine {
                     });
                 }
             }
-            self.next_partition = self.next_partition.wrapping_add(1);
+            if !ahead {
+                self.next_partition = self.next_partition.wrapping_add(1);
+            }
             // Strict priority: a lower level waits until this level has looked at every
-            // message stored so far (its scan budget ran out first: call again).
+            // message stored so far (its scan budget ran out first: call again). Taking
+            // delayed messages ahead keeps to it too: no level's position passes a
+            // faster level's (the counts of what faster levels took rest on it).
+            if !caught_up && ahead {
+                break;
+            }
             if !caught_up && turns.current().is_some() {
                 self.behind = true;
                 break;
@@ -1034,7 +1080,9 @@ impl QueueEngine {
     /// Scans `partition` from `cursor` for new messages of `level`: leases them to the
     /// members in turn, takes those whose deliver-at time is ahead as delayed, passes
     /// over those `filter` skips (they are settled once the cursor is past them).
-    /// Returns where the level's cursor moves and what was taken.
+    /// With `ahead` ([`QueueEngine::take_delayed`]) it goes on with no member to lease
+    /// to, taking delayed messages only. Returns where the level's cursor moves, what
+    /// was taken, and whether the scan stopped at a due message no member took.
     #[allow(
         clippy::too_many_arguments,
         reason = "the delivery round's state, threaded through one private helper"
@@ -1049,7 +1097,8 @@ impl QueueEngine {
         deadline: i64,
         (turns, size): (&mut Turns, &dyn Fn(&Record) -> u64),
         out: &mut BTreeMap<Arc<str>, Vec<Delivery>>,
-    ) -> Result<(u64, Vec<Taken>)> {
+        ahead: bool,
+    ) -> Result<(u64, Vec<Taken>, bool)> {
         let id = partition.id();
         let level = passed.level;
         let mut position = passed.from;
@@ -1062,9 +1111,10 @@ impl QueueEngine {
         let mut taken = Vec::new();
         let mut examined = 0u32;
         if self.waits_at_damage(id, level, position, now) {
-            return Ok((position, taken));
+            return Ok((position, taken, false));
         }
-        while turns.current().is_some()
+        let mut blocked = false;
+        while (turns.current().is_some() || ahead)
             && examined < SCAN_RECORDS_PER_ROUND
             && position < partition.end_offset()
         {
@@ -1100,8 +1150,10 @@ impl QueueEngine {
                     passed.see(record.offset, level);
                     continue;
                 }
-                if turns.current().is_none() {
+                let delayed = record.deliver_at_ms.is_some_and(|due| due > now);
+                if turns.current().is_none() && !(ahead && delayed) {
                     stopped_at = Some(record.offset);
+                    blocked = true;
                     break;
                 }
                 let offset = record.offset;
@@ -1118,6 +1170,7 @@ impl QueueEngine {
                         let Some(member) = turns.take(|| size(&record)) else {
                             // Fits no member's budget: the next round starts here.
                             stopped_at = Some(offset);
+                            blocked = true;
                             break;
                         };
                         passed.see(offset, level);
@@ -1146,7 +1199,7 @@ impl QueueEngine {
                 break;
             }
         }
-        Ok((position, taken))
+        Ok((position, taken, blocked))
     }
 
     /// Applies the topic's backpressure caps when its overflow policy is to
