@@ -21,10 +21,10 @@ use tidelog_proto::v1::groups_client::GroupsClient;
 use tidelog_proto::v1::publisher_client::PublisherClient;
 use tidelog_proto::v1::{
     AclRule, AddAclRequest, CommitOffsetsRequest, CreatePartitionsRequest, CreateTokenRequest,
-    CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, FetchRequest, ListTokensRequest,
-    ListTopicsRequest, Message, PublishRequest, RemoveAclRequest, ResetOffsetsRequest,
-    RevokeTokenRequest, SubscribeRequest, TopicConfig, TopicPartitionOffset, WhoAmIRequest,
-    reset_offsets_request,
+    CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, FetchRequest, ListAclsRequest,
+    ListTokensRequest, ListTopicsRequest, Message, PublishRequest, RemoveAclRequest,
+    ResetOffsetsRequest, RevokeTokenRequest, SubscribeRequest, TopicConfig, TopicPartitionOffset,
+    WhoAmIRequest, reset_offsets_request,
 };
 use tidelog_proto::v1::{GroupMembership, SubscribeResponse, subscribe_response::Event};
 use tidelog_tests::{TestBroker, tidelog_command};
@@ -1011,4 +1011,113 @@ async fn a_pattern_stream_resumes_a_topic_whose_right_comes_back_where_it_stood(
         );
         assert_eq!(values.len(), skip + 4, "{values:?}");
     }
+}
+
+/// The rules of `conn`'s broker as ListAcls shows them: (principal, resource).
+async fn listed_rules(admin: &Conn) -> Vec<(String, String)> {
+    AccessClient::new(admin.clone())
+        .list_acls(ListAclsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .rules
+        .into_iter()
+        .map(|r| (r.principal, r.resource))
+        .collect()
+}
+
+/// A resource that could never match (a `*` not at the end, a name after `cluster:`)
+/// is refused by AddAcl (INVALID_ARGUMENT naming the grammar) and by `tidelog acl add`
+/// (in flag terms, exit 2), so a deny written so cannot silently deny nothing; one an
+/// older broker stored is still removed as ListAcls shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_that_could_never_match_are_refused() {
+    let mut broker = TestBroker::start_with(&["--auth"]);
+    let token = bootstrap_token(&broker);
+    let admin = conn(&broker, Some(&token)).await;
+    let before = listed_rules(&admin).await;
+    let bad = [
+        "topic:payroll*.eu",
+        "topic:*payroll",
+        "cluster:foo",
+        "cluster:x*",
+        "cluster:*",
+    ];
+    for resource in bad {
+        for remove in [false, true] {
+            let mut access = AccessClient::new(admin.clone());
+            let rule = Some(AclRule {
+                effect: "deny".into(),
+                ..rule("alice", resource, "*")
+            });
+            let status = match remove {
+                false => access.add_acl(AddAclRequest { rule }).await.map(drop),
+                true => access.remove_acl(RemoveAclRequest { rule }).await.map(drop),
+            }
+            .unwrap_err();
+            assert_eq!(
+                status.code(),
+                Code::InvalidArgument,
+                "{resource}: {status:?}"
+            );
+            let message = status.message();
+            assert!(
+                message.starts_with(&format!("rule.resource: resource {resource:?}"))
+                    && message.contains("a resource is topic:NAME, topic:PREFIX*, topic:*"),
+                "{message}"
+            );
+        }
+        let cli = tidelog_command()
+            .args(["--server", &broker.endpoint()])
+            .env("TIDELOG_TOKEN", &token)
+            .args(["acl", "add", "--principal", "alice", "--operation", "*"])
+            .args(["--deny", "--resource", resource])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&cli.stderr);
+        assert_eq!(cli.status.code(), Some(2), "{resource}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("error: --resource: resource {resource:?}")),
+            "{stderr}"
+        );
+    }
+    assert_eq!(listed_rules(&admin).await, before, "nothing was stored");
+
+    // A rule stored before the grammar was enforced loads, lists, and is removed by
+    // its listed text.
+    broker.stop();
+    {
+        use tidelog_storage::access::{self, AccessOp, Effect, ResourceKind, ResourcePattern};
+        let log = access::open(
+            std::sync::Arc::new(tidelog_storage::OsFs),
+            &broker.data_dir(),
+            std::sync::Arc::new(tidelog_storage::SystemClock),
+        )
+        .unwrap();
+        log.append_one(AccessOp::AddRule(access::Rule {
+            principal: "alice".into(),
+            resource: ResourcePattern {
+                kind: Some(ResourceKind::Topic),
+                prefix: false,
+                name: "payroll*.eu".into(),
+            },
+            operation: None,
+            effect: Effect::Deny,
+        }))
+        .unwrap();
+    }
+    broker.restart();
+    let admin = conn(&broker, Some(&token)).await;
+    let old = ("alice".to_string(), "topic:payroll*.eu".to_string());
+    assert!(listed_rules(&admin).await.contains(&old));
+    AccessClient::new(admin.clone())
+        .remove_acl(RemoveAclRequest {
+            rule: Some(AclRule {
+                effect: "deny".into(),
+                ..rule("alice", "topic:payroll*.eu", "*")
+            }),
+        })
+        .await
+        .expect("a stored rule is removed as listed");
+    assert_eq!(listed_rules(&admin).await, before);
 }
