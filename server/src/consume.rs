@@ -23,6 +23,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
+use crate::auth::rpcs::{self, Rpc};
 use crate::auth::{Caller, Target};
 use crate::convert;
 use crate::read::{
@@ -403,29 +404,63 @@ fn list_offsets(
     Ok(ListOffsetsResponse { offsets })
 }
 
+/// What a Subscribe or SubscribeBatches stream re-checks every 250 ms while it is open
+/// (see [`crate::auth::Auth::guard_with`]).
+struct StreamAccess {
+    targets: Vec<(ResourceKind, String)>,
+    stricter: Option<(&'static Rpc, Vec<(ResourceKind, String)>)>,
+}
+
 /// Checks a Subscribe or SubscribeBatches request: the topic and, for a member, its
-/// group. Returns them too, for the stream's re-checks every 250 ms while it is open. A
-/// pattern names no topic: each topic it matches is checked when it is matched (see
-/// `topic_access`).
+/// group, and group-commit on the group for a member that asks for auto-commit (it
+/// moves the group's offsets as CommitOffsets does), before it joins. Returns them
+/// too, for the stream's re-checks. A pattern names no topic: each topic it matches is
+/// checked when it is matched (see `topic_access`).
 fn authorize_stream(
     state: &AppState,
     request: &Request<SubscribeRequest>,
-) -> (Vec<(ResourceKind, String)>, Result<(), Status>) {
+) -> (StreamAccess, Result<(), Status>) {
     let mut targets = Vec::new();
     if request.get_ref().topic_pattern.is_empty() {
         targets.push((ResourceKind::Topic, request.get_ref().topic.clone()));
     }
+    let mut stricter = None;
     if let Some(group) = &request.get_ref().group {
         targets.push((ResourceKind::Group, group.group_id.clone()));
+        if group.auto_commit_interval_ms > 0 {
+            let caller = request.extensions().get::<Caller>();
+            let row = rpcs::auto_commit_row(caller.and_then(|c| c.rpc));
+            stricter = Some((row, vec![(ResourceKind::Group, group.group_id.clone())]));
+        }
     }
-    let checked = state.auth.authorize(
-        request,
-        &targets
+    fn as_targets(targets: &[(ResourceKind, String)]) -> Vec<Target<'_>> {
+        targets
             .iter()
             .map(|(kind, name)| Target { kind: *kind, name })
-            .collect::<Vec<_>>(),
-    );
-    (targets, checked)
+            .collect()
+    }
+    let checked = state
+        .auth
+        .authorize(request, &as_targets(&targets))
+        .and_then(|()| match &stricter {
+            None => Ok(()),
+            Some((row, group)) => state
+                .auth
+                .check_as(
+                    request.extensions().get::<Caller>(),
+                    row,
+                    &as_targets(group),
+                )
+                .map_err(|status| {
+                    Status::permission_denied(format!(
+                        "{}; a member with auto_commit_interval_ms > 0 commits the group's \
+                         offsets, which needs group-commit on the group as CommitOffsets \
+                         does (or join with auto_commit_interval_ms = 0)",
+                        status.message()
+                    ))
+                }),
+        });
+    (StreamAccess { targets, stricter }, checked)
 }
 
 /// The Subscribe stream type: a plain subscription or a group member's stream.
@@ -491,7 +526,7 @@ impl Consumer for ConsumerService {
     ) -> Result<Response<Self::SubscribeBatchesStream>, Status> {
         let started = Instant::now();
         let remote_addr = crate::listener::remote_addr(&request);
-        let (targets, checked) = authorize_stream(&self.state, &request);
+        let (rechecks, checked) = authorize_stream(&self.state, &request);
         let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
         let result = if let Err(status) = checked {
@@ -519,7 +554,11 @@ impl Consumer for ConsumerService {
                 )) as _
             })
         };
-        let result = result.map(|stream| self.state.auth.guard(caller, targets, stream));
+        let result = result.map(|stream| {
+            self.state
+                .auth
+                .guard_with(caller, rechecks.targets, rechecks.stricter, stream)
+        });
         if let Err(status) = &result {
             self.state
                 .metrics
@@ -552,7 +591,7 @@ impl Consumer for ConsumerService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let started = Instant::now();
         let remote_addr = crate::listener::remote_addr(&request);
-        let (targets, checked) = authorize_stream(&self.state, &request);
+        let (rechecks, checked) = authorize_stream(&self.state, &request);
         let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
         let access = topic_access(&self.state, caller.as_ref());
@@ -570,7 +609,11 @@ impl Consumer for ConsumerService {
             plain_subscription(&self.state, request, access)
                 .map(|reader| Box::pin(spawn_subscription(&self.state, reader)) as SubscribeStream)
         };
-        let result = result.map(|stream| self.state.auth.guard(caller, targets, stream));
+        let result = result.map(|stream| {
+            self.state
+                .auth
+                .guard_with(caller, rechecks.targets, rechecks.stricter, stream)
+        });
         if let Err(status) = &result {
             // Streams that start are counted when they end (in spawn_subscription).
             self.state

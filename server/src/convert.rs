@@ -10,6 +10,7 @@
 //! | NotFound (topic, group), TopicDeleted (while a call was in flight) | NOT_FOUND |
 //! | AlreadyExists | ALREADY_EXISTS |
 //! | InvalidArgument (bad name, config value, partition number) | INVALID_ARGUMENT |
+//! | QueueOfOtherTopic (its topic named only to a caller who may describe it: [`status_seen_by`]) | INVALID_ARGUMENT |
 //! | TooLarge (names the limit) | INVALID_ARGUMENT |
 //! | OffsetOutOfRange (both bounds in the message) | OUT_OF_RANGE |
 //! | Poisoned, Closed | UNAVAILABLE |
@@ -39,6 +40,11 @@ pub fn status(error: &Error) -> Status {
             };
             Status::not_found(format!("{error}{hint}"))
         }
+        Error::QueueOfOtherTopic {
+            queue,
+            queue_topic,
+            topic,
+        } => queue_of_other_topic(queue, Some(queue_topic), topic),
         Error::AlreadyExists { .. } => Status::already_exists(format!(
             "{error}; choose another name, or delete the existing one first"
         )),
@@ -100,6 +106,25 @@ pub fn status(error: &Error) -> Status {
             }
         }
         _ => Status::internal(format!("{error}")),
+    }
+}
+
+/// [`status`] for a caller who may describe only the topics `may_describe` allows (with
+/// auth on): the one place where a storage error that names a topic the request did
+/// not name (the topic of a queue) is worded for its caller, leaving out a topic the
+/// caller may not describe.
+pub fn status_seen_by(error: &Error, may_describe: impl Fn(&str) -> bool) -> Status {
+    match error {
+        Error::QueueOfOtherTopic {
+            queue,
+            queue_topic,
+            topic,
+        } => queue_of_other_topic(
+            queue,
+            may_describe(queue_topic).then_some(queue_topic),
+            topic,
+        ),
+        other => status(other),
     }
 }
 
@@ -500,6 +525,14 @@ mod tests {
                 Code::AlreadyExists,
             ),
             (Error::invalid("bad name"), Code::InvalidArgument),
+            (
+                Error::QueueOfOtherTopic {
+                    queue: "q".into(),
+                    queue_topic: "a".into(),
+                    topic: "b".into(),
+                },
+                Code::InvalidArgument,
+            ),
             (
                 Error::TooLarge {
                     what: "message 0".into(),

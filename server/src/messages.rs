@@ -17,12 +17,13 @@ use tidelog_proto::v1::{
     get_delivery_status_response,
 };
 use tidelog_storage::queue::QueueConfig;
+use tidelog_storage::queue::admin;
 use tidelog_storage::queue::inspect::{self, MessageAt};
 use tidelog_storage::{Store, Topic};
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
-use crate::auth::Target;
+use crate::auth::{Caller, Target};
 use crate::convert;
 
 /// The Messages service.
@@ -89,37 +90,34 @@ fn locate(topic: &Topic, message: &convert::MessageRef) -> Result<(u32, u64, Mes
     }
 }
 
-/// Queue `queue`'s config, checking that it consumes `topic`.
 /// The storage queue holding queue `queue`'s state for `topic` (a pattern queue's
-/// queue of that topic) and its config.
-fn queue_on(store: &Store, queue: &str, topic: &str) -> Result<(String, QueueConfig), Status> {
-    if store.queues().read(|q| q.pattern(queue).is_some()) {
-        let child = tidelog_storage::queue::admin::queue_for_topic(store, queue, topic)
-            .map_err(|e| convert::status(&e))?;
-        let config = store
-            .queues()
-            .read(|q| q.get(&child).map(|q| q.config.clone()))
-            .ok_or_else(|| {
-                convert::status(&tidelog_storage::Error::not_found(format!(
-                    "topic {topic:?} in queue {queue:?}"
-                )))
-            })?;
-        return Ok((child, config));
-    }
-    let found = store.queues().read(|q| {
-        q.get(queue)
-            .filter(|_| tidelog_storage::queue::admin::public_name(queue) == queue)
-            .map(|q| (q.topic.clone(), q.config.clone()))
+/// queue of that topic) and its config. A queue on another topic is refused without
+/// naming that topic unless `may_describe` it ([`convert::status_seen_by`]).
+fn queue_on(
+    store: &Store,
+    queue: &str,
+    topic: &str,
+    may_describe: impl Fn(&str) -> bool,
+) -> Result<(String, QueueConfig), Status> {
+    let known = store.queues().read(|q| {
+        q.pattern(queue).is_some() || (q.get(queue).is_some() && admin::public_name(queue) == queue)
     });
-    match found {
-        None => Err(convert::status(&tidelog_storage::Error::not_found(
+    if !known {
+        return Err(convert::status(&tidelog_storage::Error::not_found(
             format!("queue {queue:?} (Queues.ListQueues lists the queues)"),
-        ))),
-        Some((queue_topic, _)) if queue_topic != topic => {
-            Err(convert::queue_of_other_topic(queue, &queue_topic, topic))
-        }
-        Some((_, config)) => Ok((queue.to_string(), config)),
+        )));
     }
+    let held = admin::queue_for_topic(store, queue, topic)
+        .map_err(|e| convert::status_seen_by(&e, may_describe))?;
+    let config = store
+        .queues()
+        .read(|q| q.get(&held).map(|q| q.config.clone()))
+        .ok_or_else(|| {
+            convert::status(&tidelog_storage::Error::not_found(format!(
+                "topic {topic:?} in queue {queue:?}"
+            )))
+        })?;
+    Ok((held, config))
 }
 
 fn id_of(at: &MessageAt) -> Bytes {
@@ -141,6 +139,7 @@ impl MessagesService {
     async fn delivery_status(
         &self,
         request: GetDeliveryStatusRequest,
+        caller: Option<Caller>,
     ) -> Result<GetDeliveryStatusResponse, Status> {
         let message = convert::status_message_ref(request.message)?;
         let consumer = request.consumer.ok_or_else(|| {
@@ -151,10 +150,12 @@ impl MessagesService {
         let store = self.state.store.clone();
         let topic = convert::or_status(store.topic(&request.topic))?;
         let name = request.topic;
+        let auth = self.state.auth.clone();
         tokio::task::spawn_blocking(move || {
+            let may_describe = |t: &str| auth.may_see_topic(caller.as_ref(), t);
             let state_queue = match &consumer {
                 get_delivery_status_request::Consumer::Queue(queue) => {
-                    Some(queue_on(&store, queue, &name)?.0)
+                    Some(queue_on(&store, queue, &name, may_describe)?.0)
                 }
                 get_delivery_status_request::Consumer::Group(_) => None,
             };
@@ -190,6 +191,7 @@ impl MessagesService {
     async fn delivery_history(
         &self,
         request: GetDeliveryHistoryRequest,
+        caller: Option<Caller>,
     ) -> Result<GetDeliveryHistoryResponse, Status> {
         let message = convert::history_message_ref(request.message)?;
         if request.queue.is_empty() {
@@ -200,8 +202,10 @@ impl MessagesService {
         let store = self.state.store.clone();
         let topic = convert::or_status(store.topic(&request.topic))?;
         let (name, queue) = (request.topic, request.queue);
+        let auth = self.state.auth.clone();
         tokio::task::spawn_blocking(move || {
-            let (held, config) = queue_on(&store, &queue, &name)?;
+            let may_describe = |t: &str| auth.may_see_topic(caller.as_ref(), t);
+            let (held, config) = queue_on(&store, &queue, &name, may_describe)?;
             let (partition, offset, at) = locate(&topic, &message)?;
             let now = store.clock().now_ms();
             let attempts =
@@ -244,7 +248,10 @@ impl Messages for MessagesService {
             None => {}
         }
         let result = match self.state.auth.authorize(&request, &targets) {
-            Ok(()) => self.delivery_status(request.into_inner()).await,
+            Ok(()) => {
+                let caller = request.extensions().get::<Caller>().cloned();
+                self.delivery_status(request.into_inner(), caller).await
+            }
             Err(status) => Err(status),
         };
         let code = result.as_ref().err().map(Status::code);
@@ -268,7 +275,10 @@ impl Messages for MessagesService {
             targets.push(Target::queue(&r.queue));
         }
         let result = match self.state.auth.authorize(&request, &targets) {
-            Ok(()) => self.delivery_history(request.into_inner()).await,
+            Ok(()) => {
+                let caller = request.extensions().get::<Caller>().cloned();
+                self.delivery_history(request.into_inner(), caller).await
+            }
             Err(status) => Err(status),
         };
         let code = result.as_ref().err().map(Status::code);

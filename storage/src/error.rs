@@ -56,6 +56,18 @@ pub enum Error {
     #[error("{what} not found")]
     NotFound { what: String },
 
+    /// A request named a queue and a topic, and the queue consumes another topic. The
+    /// server words it for its caller: the queue's topic is named only to a caller who
+    /// may describe it.
+    #[error("queue {queue:?} consumes topic {queue_topic:?}, not {topic:?}")]
+    QueueOfOtherTopic {
+        queue: String,
+        /// The topic the queue consumes.
+        queue_topic: String,
+        /// The topic the request named.
+        topic: String,
+    },
+
     /// A topic (or other named object) already exists.
     #[error("{what} already exists")]
     AlreadyExists { what: String },

@@ -10,10 +10,11 @@ use tidelog_proto::v1::{
     ListTokensRequest, Quota, QuotaLimits, RemoveAclRequest, RemoveQuotaRequest,
     RevokeTokenRequest, SetQuotaRequest, TokenInfo, WhoAmIRequest,
 };
+use tidelog_storage::access::ResourcePattern;
 use tidelog_storage::duration::parse_duration_ms;
 
 use crate::client::Broker;
-use crate::error::CliResult;
+use crate::error::{CliError, CliResult};
 use crate::output::{Stdout, Table, render_pairs};
 use crate::time::format_datetime_ms;
 use crate::units::{format_bytes, parse_size};
@@ -83,7 +84,8 @@ pub struct RuleArgs {
     /// A principal, or * for everyone.
     #[arg(long)]
     principal: String,
-    /// topic:NAME, topic:PREFIX*, topic:*, group:.., queue:.., *:PREFIX*, cluster, or *.
+    /// topic:NAME, topic:PREFIX*, topic:*, group:.., queue:.., *:PREFIX*, cluster, or *
+    /// (a * only at the end).
     #[arg(long)]
     resource: String,
     /// publish, consume, create, alter, delete, describe, group-commit, group-reset,
@@ -465,6 +467,14 @@ pub async fn run_acl(broker: &Broker, command: AclCommand, json: bool) -> CliRes
             }
         }
         AclCommand::Add(args) => {
+            // Checked here too, by the broker's reader, for an error in flag terms. (Not
+            // for remove: a rule an older broker accepted is removed as listed.)
+            ResourcePattern::parse(&args.resource).map_err(|e| {
+                CliError::usage(
+                    format!("--resource: {e}"),
+                    "pass one of those, e.g. --resource 'topic:orders.*'",
+                )
+            })?;
             let added = client
                 .add_acl(AddAclRequest {
                     rule: Some(args.rule()),

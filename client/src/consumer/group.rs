@@ -33,7 +33,9 @@ use crate::record::{Message, Messages};
 pub enum Commit {
     /// The broker commits, every `interval` and at every handover, the position after
     /// the last message it sent: **at-most-once** (a message sent but not processed
-    /// when the consumer crashes is not delivered again).
+    /// when the consumer crashes is not delivered again). On a broker with `--auth`
+    /// the principal needs `group-commit` on the group, as for [`Commit::Explicit`]'s
+    /// commits (else joining fails with PERMISSION_DENIED).
     Auto { interval: Duration },
     /// The application calls [`GroupMember::commit`]: **at-least-once** (what was
     /// processed and not committed when a member dies is delivered again). At a

@@ -662,6 +662,23 @@ impl Auth {
         S: Stream<Item = Result<T, Status>> + Send + 'static,
         T: prost::Message + Send + 'static,
     {
+        self.guard_with(caller, targets, None, stream)
+    }
+
+    /// [`Auth::guard`] that also re-checks `stricter`: resources under a stricter row
+    /// than the call's own, for a part of the request that needs more (a group
+    /// member's auto-commit, [`rpcs::SUBSCRIBE_AUTO_COMMIT`]), as [`Auth::check_as`].
+    pub fn guard_with<S, T>(
+        self: &Arc<Self>,
+        caller: Option<Caller>,
+        targets: Vec<(ResourceKind, String)>,
+        stricter: Option<(&'static Rpc, Vec<(ResourceKind, String)>)>,
+        stream: S,
+    ) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>
+    where
+        S: Stream<Item = Result<T, Status>> + Send + 'static,
+        T: prost::Message + Send + 'static,
+    {
         if self.enabled.is_none() {
             return Box::pin(stream);
         }
@@ -671,6 +688,7 @@ impl Auth {
             auth: self.clone(),
             caller,
             targets,
+            stricter,
             interval,
             inner: Box::pin(stream),
             wait: None,
@@ -803,6 +821,8 @@ struct Guarded<T> {
     auth: Arc<Auth>,
     caller: Option<Caller>,
     targets: Vec<(ResourceKind, String)>,
+    /// Re-checked against a stricter row ([`Auth::guard_with`]).
+    stricter: Option<(&'static Rpc, Vec<(ResourceKind, String)>)>,
     interval: tokio::time::Interval,
     inner: Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>,
     /// Set after a delivery over the caller's consume rate: the next one waits for it.
@@ -812,12 +832,19 @@ struct Guarded<T> {
 
 impl<T> Guarded<T> {
     fn recheck(&self) -> Result<(), Status> {
-        let targets: Vec<Target<'_>> = self
-            .targets
-            .iter()
-            .map(|(kind, name)| Target { kind: *kind, name })
-            .collect();
-        self.auth.check(self.caller.as_ref(), &targets)
+        fn as_targets(targets: &[(ResourceKind, String)]) -> Vec<Target<'_>> {
+            targets
+                .iter()
+                .map(|(kind, name)| Target { kind: *kind, name })
+                .collect()
+        }
+        self.auth
+            .check(self.caller.as_ref(), &as_targets(&self.targets))?;
+        if let Some((rpc, targets)) = &self.stricter {
+            self.auth
+                .check_as(self.caller.as_ref(), rpc, &as_targets(targets))?;
+        }
+        Ok(())
     }
 }
 

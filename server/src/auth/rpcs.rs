@@ -166,6 +166,30 @@ pub static LIST_DELIVERIES_BY_HEADER: Rpc = rpc(
     &[(Queue, Describe), (Topic, Consume)],
 );
 
+/// A group member that asks for auto-commit (a `GroupMembership.auto_commit_interval_ms`
+/// above 0) moves its group's offsets as CommitOffsets does: it needs group-commit on
+/// the group too (consume on its topics it has already). Not in [`RPCS`]: the handler
+/// checks this row on top of Subscribe's (or SubscribeBatches') before the member
+/// joins, and the stream re-checks it while it is open ([`super::Auth::guard_with`]).
+pub static SUBSCRIBE_AUTO_COMMIT: Rpc =
+    rpc("/tidelog.v1.Consumer/Subscribe", &[(Group, GroupCommit)]);
+
+/// [`SUBSCRIBE_AUTO_COMMIT`] for SubscribeBatches.
+pub static SUBSCRIBE_BATCHES_AUTO_COMMIT: Rpc = rpc(
+    "/tidelog.v1.Consumer/SubscribeBatches",
+    &[(Group, GroupCommit)],
+);
+
+/// The auto-commit row of the Subscribe or SubscribeBatches call `rpc`.
+pub fn auto_commit_row(rpc: Option<&Rpc>) -> &'static Rpc {
+    match rpc {
+        Some(rpc) if rpc.path == SUBSCRIBE_BATCHES_AUTO_COMMIT.path => {
+            &SUBSCRIBE_BATCHES_AUTO_COMMIT
+        }
+        _ => &SUBSCRIBE_AUTO_COMMIT,
+    }
+}
+
 /// Calls that need no credentials: the gRPC health check (load balancers and
 /// orchestrators probe it without a token).
 pub const OPEN_PREFIXES: &[&str] = &["/grpc.health.v1.Health/"];

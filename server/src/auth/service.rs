@@ -289,7 +289,19 @@ impl Access for AccessService {
     ) -> Result<Response<RemoveAclResponse>, Status> {
         self.auth.authorize(&request, &[Target::cluster()])?;
         let caller = request.extensions().get::<Caller>().cloned();
-        let rule = rule_from_proto(request.into_inner().rule)?;
+        let sent = request.into_inner().rule;
+        let rule = match rule_from_proto(sent.clone()) {
+            Ok(rule) => rule,
+            // A rule an older broker accepted though it never matches (`topic:a*b`,
+            // `cluster:x`) is removed as ListAcls shows it.
+            Err(status) => self
+                .auth
+                .log()
+                .and_then(|log| {
+                    log.read(|a| a.rules().find(|r| Some(rule_to_proto(r)) == sent).cloned())
+                })
+                .ok_or(status)?,
+        };
         let shown = rule_to_proto(&rule);
         let existed = self
             .blocking(move |auth| auth.change(AccessOp::RemoveRule(rule)))

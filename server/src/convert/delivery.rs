@@ -68,11 +68,19 @@ pub fn position_not_found(
     ))
 }
 
-/// INVALID_ARGUMENT for a queue that consumes another topic.
-pub fn queue_of_other_topic(queue: &str, queue_topic: &str, topic: &str) -> Status {
-    Status::invalid_argument(format!(
-        "queue {queue:?} consumes topic {queue_topic:?}, not {topic:?}; name the message's topic, or a queue on it"
-    ))
+/// INVALID_ARGUMENT for a request that names queue `queue` and topic `topic` when the
+/// queue consumes another topic, `queue_topic`: `None` when the caller may not
+/// describe it, which the answer then does not name (see [`super::status_seen_by`]).
+pub fn queue_of_other_topic(queue: &str, queue_topic: Option<&str>, topic: &str) -> Status {
+    Status::invalid_argument(match queue_topic {
+        Some(queue_topic) => format!(
+            "queue {queue:?} consumes topic {queue_topic:?}, not {topic:?}; name a queue on \
+             topic {topic:?}, or topic {queue_topic:?}"
+        ),
+        None => format!(
+            "queue {queue:?} does not consume topic {topic:?}; name a queue on topic {topic:?}"
+        ),
+    })
 }
 
 pub fn outcome_to_proto(outcome: Outcome) -> pb::DeliveryOutcome {

@@ -128,14 +128,24 @@ pub fn queue_description(
 
 /// Leaves out of `queue` every topic `visible` refuses (those the caller may not
 /// describe): the topic of a queue on one topic, the topics a pattern queue has taken,
-/// and their partitions. They come from the queue's state, not from the request, so
-/// they are left out silently.
+/// their partitions, and the dead-letter topic (`config.dead_letter_topic` absent).
+/// They come from the queue's state, not from the request, so they are left out
+/// silently. (A pattern queue's counts are those of the topics shown: see
+/// `QueuesService::describe`.)
 pub fn leave_out_hidden_topics(queue: &mut pb::QueueDescription, visible: impl Fn(&str) -> bool) {
     if !queue.topic.is_empty() && !visible(&queue.topic) {
         queue.topic.clear();
     }
     queue.topics.retain(|t| visible(t));
     queue.partitions.retain(|p| visible(&p.topic));
+    if let Some(config) = &mut queue.config
+        && config
+            .dead_letter_topic
+            .as_deref()
+            .is_some_and(|t| !visible(t))
+    {
+        config.dead_letter_topic = None;
+    }
 }
 
 /// A settlement from the API, with what names the delivery besides its position.

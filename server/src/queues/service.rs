@@ -88,6 +88,20 @@ impl QueuesService {
             .map_err(|e| convert::status(&e))
     }
 
+    /// [`Self::blocking`] for a call whose errors may name a topic the request did not
+    /// (the topic of a queue): worded for `caller` ([`convert::status_seen_by`]).
+    async fn blocking_for<R: Send + 'static>(
+        &self,
+        caller: Option<&Caller>,
+        f: impl FnOnce(&Store) -> tidelog_storage::Result<R> + Send + 'static,
+    ) -> Result<R, Status> {
+        let store = self.state.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| Status::internal(format!("the call's task failed: {e}")))?
+            .map_err(|e| convert::status_seen_by(&e, |t| self.state.auth.may_see_topic(caller, t)))
+    }
+
     /// The queue's description as `caller` may see it (topics it may not describe left
     /// out).
     async fn describe(
@@ -96,13 +110,19 @@ impl QueuesService {
         caller: Option<&Caller>,
     ) -> Result<QueueDescription, Status> {
         let owned = name.to_string();
+        let (auth, held_by) = (self.state.auth.clone(), caller.cloned());
         let status = self
             .blocking(move |store| {
+                let pattern = store.queues().read(|q| q.pattern(&owned).is_some());
                 // A pattern queue takes the topics that match now before it is shown.
-                if store.queues().read(|q| q.pattern(&owned).is_some()) {
+                if pattern {
                     admin::sync_pattern_queue(store, &owned)?;
                 }
-                admin::queue_status(store, &owned, store.clock().now_ms())
+                // A pattern queue's counts add up the topics it shows, no others; a
+                // queue on one topic's counts are the queue's, which the caller may
+                // describe, shown with its topic or not.
+                let counted = |t: &str| !pattern || auth.may_see_topic(held_by.as_ref(), t);
+                admin::queue_status_of(store, &owned, store.clock().now_ms(), &counted)
             })
             .await?;
         let manager = self.manager();
@@ -344,10 +364,26 @@ impl Queues for QueuesService {
         request: Request<AlterQueueRequest>,
     ) -> Result<Response<AlterQueueResponse>, Status> {
         let started = Instant::now();
-        let denied = self
-            .state
-            .auth
-            .authorize(&request, &[Target::queue(&request.get_ref().name)]);
+        // A dead-letter topic the request names is checked with the queue, before it
+        // is looked up, as any topic a request names: a refusal that compared it with
+        // the queue's own topic would tell a caller who may not describe that topic
+        // what it is.
+        let named = request.get_ref();
+        let dead_letter_topic = named
+            .config
+            .as_ref()
+            .and_then(|c| c.dead_letter_topic.as_deref())
+            .filter(|t| !t.is_empty());
+        let denied = match dead_letter_topic {
+            None => self
+                .state
+                .auth
+                .authorize(&request, &[Target::queue(&named.name)]),
+            Some(topic) => self.state.auth.authorize(
+                &request,
+                &[Target::queue(&named.name), Target::topic(topic)],
+            ),
+        };
         let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
         let result = async {
@@ -564,7 +600,7 @@ impl Queues for QueuesService {
             };
             let (name, topic) = (request.queue, request.topic);
             let page = self
-                .blocking(move |store| {
+                .blocking_for(caller.as_ref(), move |store| {
                     let queue = history_queue(store, &name, &topic)?;
                     inspect::list_deliveries(store, &queue, &query, store.clock().now_ms())
                 })

@@ -253,9 +253,20 @@ impl fmt::Display for ResourcePattern {
     }
 }
 
+/// The resources a rule may name, for errors: what [`ResourcePattern::parse`] reads.
+pub const RESOURCE_GRAMMAR: &str = "a resource is topic:NAME, topic:PREFIX*, topic:*, the \
+     same with group: or queue:, *:NAME or *:PREFIX* (any kind), cluster (the broker \
+     itself), or * (everything)";
+
 impl ResourcePattern {
-    /// Reads `KIND:NAME` (exact), `KIND:PREFIX*` (prefix), `KIND:*` (every name),
-    /// `cluster`, or `*` (everything); `KIND` is topic, group, queue, cluster or `*`.
+    /// Reads `KIND:NAME` (exact), `KIND:PREFIX*` (prefix), `KIND:*` (every name) with
+    /// `KIND` topic, group, queue or `*` (any kind), `cluster`, or `*` (everything):
+    /// [`RESOURCE_GRAMMAR`], the one reader of a rule's resource as clients write it
+    /// (the broker's AddAcl and RemoveAcl, the CLI's `acl add`). Refuses what could
+    /// never match, so a deny written so cannot silently deny nothing: a `*` anywhere
+    /// but at the end of the name, and a name after `cluster:` (the cluster has none).
+    /// (Rules read back from the access state are checked by `validate_rule` only: one
+    /// an older broker stored stays loadable.)
     pub fn parse(text: &str) -> std::result::Result<ResourcePattern, String> {
         if text == "*" {
             return Ok(ResourcePattern {
@@ -273,26 +284,43 @@ impl ResourcePattern {
         }
         let Some((kind, name)) = text.split_once(':') else {
             return Err(format!(
-                "resource {text:?} is not KIND:NAME, KIND:PREFIX*, cluster or *; KIND is \
-                 topic, group, queue, cluster or *"
+                "resource {text:?} has no kind (KIND:NAME); {RESOURCE_GRAMMAR}"
             ));
         };
         let kind = match kind {
             "*" => None,
+            "cluster" => {
+                return Err(format!(
+                    "resource {text:?} names the cluster, which has no names: write cluster \
+                     alone; {RESOURCE_GRAMMAR}"
+                ));
+            }
             other => Some(ResourceKind::parse(other).ok_or_else(|| {
-                format!("resource kind {other:?} is not topic, group, queue, cluster or *")
+                format!(
+                    "resource {text:?} has kind {other:?}, not topic, group, queue or *; \
+                     {RESOURCE_GRAMMAR}"
+                )
             })?),
         };
         let (prefix, name) = match name.strip_suffix('*') {
             Some(prefix) => (true, prefix),
             None => (false, name),
         };
+        if name.contains('*') {
+            return Err(format!(
+                "resource {text:?} has a * that does not end it (a * means every name \
+                 that starts with what comes before it); {RESOURCE_GRAMMAR}"
+            ));
+        }
         let pattern = ResourcePattern {
             kind,
             prefix,
             name: name.to_string(),
         };
-        validate_pattern(&pattern).map_err(|e| e.to_string())?;
+        validate_pattern(&pattern).map_err(|e| match e {
+            Error::InvalidArgument(message) => format!("resource {text:?}: {message}"),
+            other => other.to_string(),
+        })?;
         Ok(pattern)
     }
 }

@@ -393,17 +393,19 @@ fn sync_held(store: &dyn QueueHost, name: &str) -> Result<PatternSync> {
 /// The queue that holds message state for topic `topic` in queue `name`: the queue
 /// itself when it is on `topic`, its queue for `topic` when it is on a pattern.
 /// NOT_FOUND names the queue and topic when it holds none (a pattern queue's topic
-/// that it has not taken yet, or a queue on another topic).
+/// that it has not taken yet); a queue on another topic is
+/// [`Error::QueueOfOtherTopic`].
 pub fn queue_for_topic(store: &dyn QueueHost, name: &str, topic: &str) -> Result<String> {
     store.queues().read(|q| {
         if let Some(queue) = user_queue(q, name) {
             if queue.topic == topic {
                 return Ok(queue.name.clone());
             }
-            return Err(Error::not_found(format!(
-                "queue {name:?} consumes topic {:?}, not {topic:?}",
-                queue.topic
-            )));
+            return Err(Error::QueueOfOtherTopic {
+                queue: name.to_string(),
+                queue_topic: queue.topic.clone(),
+                topic: topic.to_string(),
+            });
         }
         if let Some(pattern) = q.pattern(name) {
             return q
@@ -611,6 +613,19 @@ pub fn queues_with_leases(store: &dyn QueueHost) -> Vec<String> {
 
 /// Counts for queue `name` at `now_ms` (a pattern queue's summed over its topics).
 pub fn queue_status(store: &dyn QueueHost, name: &str, now_ms: i64) -> Result<QueueStatus> {
+    queue_status_of(store, name, now_ms, &|_| true)
+}
+
+/// [`queue_status`] with only the topics `counted` allows: their partitions are listed
+/// and their counts summed, the others' left out (the server shows a pattern queue so
+/// to a caller who may not describe some of its topics). A queue on one topic whose
+/// topic is not counted lists no partition and counts nothing.
+pub fn queue_status_of(
+    store: &dyn QueueHost,
+    name: &str,
+    now_ms: i64,
+    counted: &dyn Fn(&str) -> bool,
+) -> Result<QueueStatus> {
     let (topic, pattern, config, levels) = store
         .queues()
         .read(|q| {
@@ -646,7 +661,10 @@ pub fn queue_status(store: &dyn QueueHost, name: &str, now_ms: i64) -> Result<Qu
         partitions: Vec::new(),
     };
     let mut oldest_delivery = i64::MAX;
-    for (_, child) in serving_queues(store, name)? {
+    for (topic, child) in serving_queues(store, name)? {
+        if !counted(&topic) {
+            continue;
+        }
         // A topic's queue deleted since the listing counts nothing.
         let Some(queue) = store.queues().read(|q| q.get(&child).cloned()) else {
             continue;

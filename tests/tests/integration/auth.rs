@@ -21,10 +21,10 @@ use tidelog_proto::v1::groups_client::GroupsClient;
 use tidelog_proto::v1::publisher_client::PublisherClient;
 use tidelog_proto::v1::{
     AclRule, AddAclRequest, CommitOffsetsRequest, CreatePartitionsRequest, CreateTokenRequest,
-    CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, FetchRequest, ListTokensRequest,
-    ListTopicsRequest, Message, PublishRequest, RemoveAclRequest, ResetOffsetsRequest,
-    RevokeTokenRequest, SubscribeRequest, TopicConfig, TopicPartitionOffset, WhoAmIRequest,
-    reset_offsets_request,
+    CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, FetchOffsetsRequest,
+    FetchRequest, ListAclsRequest, ListTokensRequest, ListTopicsRequest, Message, PublishRequest,
+    RemoveAclRequest, ResetOffsetsRequest, RevokeTokenRequest, SubscribeRequest, TopicConfig,
+    TopicPartitionOffset, WhoAmIRequest, reset_offsets_request,
 };
 use tidelog_proto::v1::{GroupMembership, SubscribeResponse, subscribe_response::Event};
 use tidelog_tests::{TestBroker, tidelog_command};
@@ -1011,4 +1011,263 @@ async fn a_pattern_stream_resumes_a_topic_whose_right_comes_back_where_it_stood(
         );
         assert_eq!(values.len(), skip + 4, "{values:?}");
     }
+}
+
+/// The rules of `conn`'s broker as ListAcls shows them: (principal, resource).
+async fn listed_rules(admin: &Conn) -> Vec<(String, String)> {
+    AccessClient::new(admin.clone())
+        .list_acls(ListAclsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .rules
+        .into_iter()
+        .map(|r| (r.principal, r.resource))
+        .collect()
+}
+
+/// A resource that could never match (a `*` not at the end, a name after `cluster:`)
+/// is refused by AddAcl (INVALID_ARGUMENT naming the grammar) and by `tidelog acl add`
+/// (in flag terms, exit 2), so a deny written so cannot silently deny nothing; one an
+/// older broker stored is still removed as ListAcls shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_that_could_never_match_are_refused() {
+    let mut broker = TestBroker::start_with(&["--auth"]);
+    let token = bootstrap_token(&broker);
+    let admin = conn(&broker, Some(&token)).await;
+    let before = listed_rules(&admin).await;
+    let bad = [
+        "topic:payroll*.eu",
+        "topic:*payroll",
+        "cluster:foo",
+        "cluster:x*",
+        "cluster:*",
+    ];
+    for resource in bad {
+        for remove in [false, true] {
+            let mut access = AccessClient::new(admin.clone());
+            let rule = Some(AclRule {
+                effect: "deny".into(),
+                ..rule("alice", resource, "*")
+            });
+            let status = match remove {
+                false => access.add_acl(AddAclRequest { rule }).await.map(drop),
+                true => access.remove_acl(RemoveAclRequest { rule }).await.map(drop),
+            }
+            .unwrap_err();
+            assert_eq!(
+                status.code(),
+                Code::InvalidArgument,
+                "{resource}: {status:?}"
+            );
+            let message = status.message();
+            assert!(
+                message.starts_with(&format!("rule.resource: resource {resource:?}"))
+                    && message.contains("a resource is topic:NAME, topic:PREFIX*, topic:*"),
+                "{message}"
+            );
+        }
+        let cli = tidelog_command()
+            .args(["--server", &broker.endpoint()])
+            .env("TIDELOG_TOKEN", &token)
+            .args(["acl", "add", "--principal", "alice", "--operation", "*"])
+            .args(["--deny", "--resource", resource])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&cli.stderr);
+        assert_eq!(cli.status.code(), Some(2), "{resource}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("error: --resource: resource {resource:?}")),
+            "{stderr}"
+        );
+    }
+    assert_eq!(listed_rules(&admin).await, before, "nothing was stored");
+
+    // A rule stored before the grammar was enforced loads, lists, and is removed by
+    // its listed text.
+    broker.stop();
+    {
+        use tidelog_storage::access::{self, AccessOp, Effect, ResourceKind, ResourcePattern};
+        let log = access::open(
+            std::sync::Arc::new(tidelog_storage::OsFs),
+            &broker.data_dir(),
+            std::sync::Arc::new(tidelog_storage::SystemClock),
+        )
+        .unwrap();
+        log.append_one(AccessOp::AddRule(access::Rule {
+            principal: "alice".into(),
+            resource: ResourcePattern {
+                kind: Some(ResourceKind::Topic),
+                prefix: false,
+                name: "payroll*.eu".into(),
+            },
+            operation: None,
+            effect: Effect::Deny,
+        }))
+        .unwrap();
+    }
+    broker.restart();
+    let admin = conn(&broker, Some(&token)).await;
+    let old = ("alice".to_string(), "topic:payroll*.eu".to_string());
+    assert!(listed_rules(&admin).await.contains(&old));
+    AccessClient::new(admin.clone())
+        .remove_acl(RemoveAclRequest {
+            rule: Some(AclRule {
+                effect: "deny".into(),
+                ..rule("alice", "topic:payroll*.eu", "*")
+            }),
+        })
+        .await
+        .expect("a stored rule is removed as listed");
+    assert_eq!(listed_rules(&admin).await, before);
+}
+
+/// The committed offsets of group `group`, as (topic, partition, offset).
+async fn committed(admin: &Conn, group: &str) -> Vec<(String, u32, u64)> {
+    GroupsClient::new(admin.clone())
+        .fetch_offsets(FetchOffsetsRequest {
+            group_id: group.into(),
+            topic: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .offsets
+        .into_iter()
+        .map(|o| (o.topic, o.partition, o.offset))
+        .collect()
+}
+
+/// A member of group `group` on topic `t`, auto-committing every 100 ms or not.
+fn member_of(group: &str, auto_commit: bool) -> SubscribeRequest {
+    SubscribeRequest {
+        topic: "t".into(),
+        group: Some(GroupMembership {
+            group_id: group.into(),
+            auto_commit_interval_ms: if auto_commit { 100 } else { 0 },
+            ..GroupMembership::default()
+        }),
+        ..SubscribeRequest::default()
+    }
+}
+
+/// A group member that asks for auto-commit moves the group's offsets as CommitOffsets
+/// does: it needs group-commit on the group (PERMISSION_DENIED before it joins, from
+/// Subscribe and SubscribeBatches alike), and its stream ends within a second of that
+/// right's removal. Without auto-commit, consume on the group is enough, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_commit_needs_group_commit_on_the_group() {
+    let broker = TestBroker::start_with(&["--auth"]);
+    let admin = conn(&broker, Some(&bootstrap_token(&broker))).await;
+    AdminClient::new(admin.clone())
+        .create_topic(CreateTopicRequest {
+            name: "t".into(),
+            partitions: 1,
+            config: Some(TopicConfig::default()),
+        })
+        .await
+        .unwrap();
+    PublisherClient::new(admin.clone())
+        .publish(PublishRequest {
+            topic: "t".into(),
+            messages: vec![
+                Message {
+                    value: "v".into(),
+                    ..Message::default()
+                };
+                10
+            ],
+            ..PublishRequest::default()
+        })
+        .await
+        .unwrap();
+    GroupsClient::new(admin.clone())
+        .commit_offsets(CommitOffsetsRequest {
+            group_id: "gx".into(),
+            offsets: vec![TopicPartitionOffset {
+                topic: "t".into(),
+                partition: 0,
+                offset: 2,
+                ..TopicPartitionOffset::default()
+            }],
+            ..CommitOffsetsRequest::default()
+        })
+        .await
+        .unwrap();
+    let at_two = vec![("t".to_string(), 0, 2)];
+    allow(&admin, "carol", "topic:t", "consume").await;
+    allow(&admin, "carol", "group:g*", "consume").await;
+    let carol = conn(&broker, Some(&create_token(&admin, "carol", 0).await)).await;
+
+    // Refused before joining, by both forms; the offsets stay.
+    let mut consumer = ConsumerClient::new(carol.clone());
+    let refusals = [
+        consumer
+            .subscribe(member_of("gx", true))
+            .await
+            .map(drop)
+            .unwrap_err(),
+        consumer
+            .subscribe_batches(member_of("gx", true))
+            .await
+            .map(drop)
+            .unwrap_err(),
+    ];
+    for status in refusals {
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert!(
+            status.message().contains("may not group-commit group:gx")
+                && status.message().contains("auto_commit_interval_ms"),
+            "{}",
+            status.message()
+        );
+    }
+    assert_eq!(committed(&admin, "gx").await, at_two);
+
+    // Without auto-commit the member reads (and commits nothing).
+    let mut plain = consumer
+        .subscribe(member_of("gx", false))
+        .await
+        .expect("consume on the group is enough without auto-commit")
+        .into_inner();
+    plain.message().await.unwrap().expect("an event");
+    drop(plain);
+
+    // Allowed group-commit (on another group, which no member left): it joins; the
+    // right removed, its stream ends within a second, as at any rule change.
+    allow(&admin, "carol", "group:gy", "group-commit").await;
+    let mut member = consumer
+        .subscribe(member_of("gy", true))
+        .await
+        .expect("group-commit on the group allows auto-commit")
+        .into_inner();
+    member.message().await.unwrap().expect("an event");
+    let started = Instant::now();
+    AccessClient::new(admin.clone())
+        .remove_acl(RemoveAclRequest {
+            rule: Some(rule("carol", "group:gy", "group-commit")),
+        })
+        .await
+        .unwrap();
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(3), member.message())
+            .await
+            .expect("the stream ended")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("may not group-commit group:gy"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
 }

@@ -10,14 +10,17 @@ use std::time::{Duration, Instant};
 use tidelog_proto::v1::admin_client::AdminClient;
 use tidelog_proto::v1::consumer_client::ConsumerClient;
 use tidelog_proto::v1::groups_client::GroupsClient;
+use tidelog_proto::v1::messages_client::MessagesClient;
 use tidelog_proto::v1::publisher_client::PublisherClient;
 use tidelog_proto::v1::queues_client::QueuesClient;
 use tidelog_proto::v1::{
-    CommitOffsetsRequest, CreateQueueRequest, CreateTopicRequest, DeleteOffsetsRequest,
-    DescribeGroupRequest, DescribeQueueRequest, FetchOffsetsRequest, GroupDescription,
-    GroupMembership, Header, ListDeliveriesRequest, ListQueuesRequest, Message, PublishRequest,
-    QueueDescription, ResetOffsetsRequest, SubscribeRequest, TopicConfig, TopicPartitionOffset,
-    reset_offsets_request,
+    AlterQueueRequest, CommitOffsetsRequest, CreateQueueRequest, CreateTopicRequest,
+    DeleteOffsetsRequest, DescribeGroupRequest, DescribeQueueRequest, FetchOffsetsRequest,
+    GetDeliveryHistoryRequest, GetDeliveryStatusRequest, GroupDescription, GroupMembership, Header,
+    ListDeliveriesRequest, ListQueuesRequest, Message, MessagePosition, PublishRequest,
+    QueueConfig, QueueDescription, ResetOffsetsRequest, StartPosition, SubscribeRequest,
+    TopicConfig, TopicPartitionOffset, get_delivery_history_request, get_delivery_status_request,
+    reset_offsets_request, start_position,
 };
 use tidelog_tests::TestBroker;
 use tonic::{Code, Status};
@@ -530,4 +533,158 @@ async fn queue_rpcs_tell_nothing_about_topics_the_caller_may_not_describe() {
             .await
             .expect("consume on the topic allows a header filter");
     }
+}
+
+/// A queue on topic `topic` (or on `pattern`) reading it from its beginning.
+async fn create_queue_from_earliest(admin: &Conn, name: &str, topic: &str, pattern: &str) {
+    QueuesClient::new(admin.clone())
+        .create_queue(CreateQueueRequest {
+            name: name.into(),
+            topic: topic.into(),
+            topic_pattern: pattern.into(),
+            start: Some(StartPosition {
+                position: Some(start_position::Position::Earliest(
+                    start_position::Earliest {},
+                )),
+            }),
+            ..CreateQueueRequest::default()
+        })
+        .await
+        .unwrap();
+}
+
+/// The refusals of a request naming a queue and a topic the queue does not consume
+/// (GetDeliveryStatus, GetDeliveryHistory, ListDeliveries), by whoever `conn` carries.
+async fn other_topic_refusals(conn: &Conn, queue: &str, topic: &str) -> Vec<Status> {
+    let position = || MessagePosition {
+        partition: 0,
+        offset: 0,
+    };
+    let mut messages = MessagesClient::new(conn.clone());
+    vec![
+        messages
+            .get_delivery_status(GetDeliveryStatusRequest {
+                topic: topic.into(),
+                message: Some(get_delivery_status_request::Message::Position(position())),
+                consumer: Some(get_delivery_status_request::Consumer::Queue(queue.into())),
+            })
+            .await
+            .unwrap_err(),
+        messages
+            .get_delivery_history(GetDeliveryHistoryRequest {
+                topic: topic.into(),
+                message: Some(get_delivery_history_request::Message::Position(position())),
+                queue: queue.into(),
+            })
+            .await
+            .unwrap_err(),
+        QueuesClient::new(conn.clone())
+            .list_deliveries(deliveries(queue, topic, false))
+            .await
+            .unwrap_err(),
+    ]
+}
+
+/// A queue on a topic the caller may not describe: no refusal names that topic (nor
+/// confirms a guess of it), no description shows its dead-letter topic, and a pattern
+/// queue's counts add up only the topics shown (a queue on one topic's counts are the
+/// queue's, which the caller may describe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_on_a_hidden_topic_is_named_in_no_refusal_and_no_dead_letter_topic() {
+    let broker = TestBroker::start_with(&["--auth"]);
+    let channel = broker.channel().await;
+    let admin = with_token(&channel, Some(&bootstrap_token(&broker)));
+    create_topic(&admin, "secret", 1).await;
+    create_topic(&admin, "open", 1).await;
+    publish(&admin, "secret", 3).await;
+    publish(&admin, "open", 2).await;
+    create_queue_from_earliest(&admin, "q-hidden", "secret", "").await;
+    create_queue_from_earliest(&admin, "q-pattern", "", "secret|open").await;
+    // carol may describe (and alter) the queues and describe the topic open.
+    let carol = with_token(&channel, Some(&create_token(&admin, "carol", 0).await));
+    allow(&admin, "carol", "queue:q-*", "describe").await;
+    allow(&admin, "carol", "queue:q-*", "alter").await;
+    allow(&admin, "carol", "topic:open", "describe").await;
+
+    // A queue on another topic than the one named: the admin is told which, carol
+    // only that it is not the one she named; INVALID_ARGUMENT for every RPC.
+    for status in other_topic_refusals(&admin, "q-hidden", "open").await {
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            status
+                .message()
+                .starts_with(r#"queue "q-hidden" consumes topic "secret", not "open";"#),
+            "{}",
+            status.message()
+        );
+        assert!(!status.message().contains("not found"), "{status:?}");
+    }
+    for status in other_topic_refusals(&carol, "q-hidden", "open").await {
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(!status.message().contains("secret"), "{}", status.message());
+        assert!(
+            status
+                .message()
+                .starts_with(r#"queue "q-hidden" does not consume topic "open";"#),
+            "{}",
+            status.message()
+        );
+    }
+
+    // A dead-letter topic AlterQueue names is checked before it is compared with the
+    // queue's own: the same refusal for the hidden topic and one that does not exist.
+    refused_alike("AlterQueue's dead_letter_topic", |topic| {
+        let carol = carol.clone();
+        async move {
+            QueuesClient::new(carol)
+                .alter_queue(AlterQueueRequest {
+                    name: "q-hidden".into(),
+                    config: Some(QueueConfig {
+                        dead_letter_topic: Some(topic.into()),
+                        ..QueueConfig::default()
+                    }),
+                })
+                .await
+                .map(drop)
+        }
+    })
+    .await;
+
+    // Descriptions: the dead-letter topic (by default secret.dlq, q-pattern.dlq) only
+    // to whoever may describe it.
+    let dead_letters = |queue: &QueueDescription| {
+        queue
+            .config
+            .as_ref()
+            .and_then(|c| c.dead_letter_topic.clone())
+    };
+    assert_eq!(
+        dead_letters(&describe_queue(&admin, "q-hidden").await).as_deref(),
+        Some("secret.dlq")
+    );
+    let hidden = describe_queue(&carol, "q-hidden").await;
+    assert_eq!(dead_letters(&hidden), None, "{hidden:?}");
+    let listed = QueuesClient::new(carol.clone())
+        .list_queues(ListQueuesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .queues;
+    assert_eq!(listed.len(), 2);
+    for queue in &listed {
+        assert_eq!(dead_letters(queue), None, "{queue:?}");
+    }
+    allow(&admin, "carol", "topic:q-pattern.dlq", "describe").await;
+    assert_eq!(
+        dead_letters(&describe_queue(&carol, "q-pattern").await).as_deref(),
+        Some("q-pattern.dlq")
+    );
+
+    // Counts: q-hidden's are the queue's (its topic left out); q-pattern's add up
+    // the topic shown, open, only.
+    assert_eq!((hidden.topic.as_str(), hidden.ready), ("", 3), "{hidden:?}");
+    assert_eq!(describe_queue(&admin, "q-pattern").await.ready, 5);
+    let pattern = describe_queue(&carol, "q-pattern").await;
+    assert_eq!(queue_topics(&pattern), ["open"], "{pattern:?}");
+    assert_eq!(pattern.ready, 2, "{pattern:?}");
 }
