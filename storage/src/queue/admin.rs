@@ -7,7 +7,7 @@ use bytes::Bytes;
 use super::state::{
     Hold, PATTERN_QUEUE_NAME_BYTES_MAX, PatternQueue, Queue, QueueConfig, QueueOp,
     REASON_BYTES_MAX, pattern_child_name, pattern_child_parent, truncate_utf8,
-    validate_new_queue_name,
+    validate_dead_letter_topic, validate_new_queue_name,
 };
 use crate::batch::NewRecord;
 use crate::error::{Error, Result};
@@ -190,6 +190,7 @@ pub fn create_queue(
 ) -> Result<Queue> {
     validate_new_queue_name(name)?;
     config.validate()?;
+    validate_dead_letter_topic(&config.dead_letter_topic)?;
     check_dead_letter_topic(topic, &config)?;
     let _changing = changing(store);
     let topic_handle = store.topic(topic)?;
@@ -244,6 +245,7 @@ pub fn create_pattern_queue(
     }
     let parsed = parse_pattern(pattern)?;
     config.validate()?;
+    validate_dead_letter_topic(&config.dead_letter_topic)?;
     let _changing = changing(store);
     if store.queues().read(|q| q.exists(name)) {
         return Err(Error::AlreadyExists {
@@ -455,8 +457,8 @@ pub fn public_name(name: &str) -> &str {
 /// Changes queue `name`'s config with `change`, checked before it is stored; a pattern
 /// queue's topics' queues change with it, and it then takes its topics again by the
 /// rule of [`takes_topic`] ([`sync_pattern_queue`]): a topic that became its
-/// dead-letter topic is dropped, one that stopped being it is taken again. Returns the
-/// new config.
+/// dead-letter topic is dropped, one that stopped being it is taken again. A new
+/// dead-letter topic follows [`validate_dead_letter_topic`]. Returns the new config.
 pub fn alter_queue(
     store: &dyn QueueHost,
     name: &str,
@@ -479,8 +481,13 @@ pub fn alter_queue(
             Some((pattern.config.clone(), names, None))
         })
         .ok_or_else(|| not_found(name))?;
+    let before = config.dead_letter_topic.clone();
     change(&mut config);
     config.validate()?;
+    // Only a new one: a queue stored before the rule may be altered otherwise.
+    if config.dead_letter_topic != before {
+        validate_dead_letter_topic(&config.dead_letter_topic)?;
+    }
     if let Some(topic) = &topic {
         check_dead_letter_topic(topic, &config)?;
     }
