@@ -1,6 +1,7 @@
 //! Black-box tests: the real tidelogd, spoken to as a client.
 
 mod auth;
+mod auth_queues;
 mod auth_topics;
 mod bad_requests;
 mod batch_wire;
