@@ -13,6 +13,7 @@ use tidelog_proto::v1::{
     DescribeTopicResponse, ListTopicsRequest, ListTopicsResponse,
 };
 use tidelog_storage::access::QuotaLimits;
+use tidelog_storage::config::{INTERNAL_TOPIC_PREFIX, validate_new_topic_name};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Caller, Target};
@@ -20,9 +21,6 @@ use crate::auth::{Caller, Target};
 use crate::AppState;
 use crate::config::Bound;
 use crate::convert;
-
-/// Names starting with this are reserved for internal topics.
-const INTERNAL_PREFIX: &str = "__";
 
 /// The Admin service over the shared state.
 #[derive(Debug, Clone)]
@@ -121,12 +119,7 @@ impl AdminService {
         request: CreateTopicRequest,
         caller: Option<Caller>,
     ) -> Result<CreateTopicResponse, Status> {
-        if request.name.starts_with(INTERNAL_PREFIX) {
-            return Err(Status::invalid_argument(format!(
-                "topic name {:?} starts with {INTERNAL_PREFIX:?}, which is reserved for internal topics; choose another name",
-                request.name
-            )));
-        }
+        validate_new_topic_name(&request.name).map_err(|e| convert::status(&e))?;
         let config = convert::topic_config_from_proto(request.config)?;
         let partitions = convert::partition_count(request.partitions);
         let owner = caller.map(|c| c.principal);
@@ -188,7 +181,9 @@ impl AdminService {
                 .store
                 .topics()
                 .iter()
-                .filter(|t| request.include_internal || !t.name().starts_with(INTERNAL_PREFIX))
+                .filter(|t| {
+                    request.include_internal || !t.name().starts_with(INTERNAL_TOPIC_PREFIX)
+                })
                 .filter(|t| auth.may(request_ref, Target::topic(t.name())))
                 .map(|t| convert::topic_summary(&t.info()))
                 .collect(),

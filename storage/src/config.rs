@@ -407,6 +407,24 @@ fn newer_record_features(text: &str) -> Option<u64> {
         .find(|&features| features > RECORD_FEATURES)
 }
 
+/// Topic names starting with this are reserved for the broker's internal topics: a
+/// client may not create one, nor name one that the broker would create for it (a
+/// queue's dead-letter topic). See [`validate_new_topic_name`].
+pub const INTERNAL_TOPIC_PREFIX: &str = "__";
+
+/// Checks the name of a topic a client creates, or has the broker create for it (a
+/// queue's dead-letter topic, created by its first letter): the one rule of both, a
+/// [`validate_topic_name`] outside the reserved [`INTERNAL_TOPIC_PREFIX`] namespace.
+pub fn validate_new_topic_name(name: &str) -> Result<()> {
+    validate_topic_name(name)?;
+    if name.starts_with(INTERNAL_TOPIC_PREFIX) {
+        return Err(Error::invalid(format!(
+            "topic name {name:?} starts with {INTERNAL_TOPIC_PREFIX:?}, which is reserved for internal topics; choose another name"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks a topic name: 1-249 bytes of `[A-Za-z0-9._-]`, not `.` or `..`.
 pub fn validate_topic_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > TOPIC_NAME_BYTES_MAX {
@@ -556,6 +574,15 @@ mod tests {
         }
         for bad in ["", ".", "..", "a/b", "a b", "é", &"x".repeat(250)] {
             assert!(validate_topic_name(bad).is_err(), "{bad:?} accepted");
+            assert!(validate_new_topic_name(bad).is_err(), "{bad:?} accepted");
         }
+        // Internal names are names, but not ones a client may have created.
+        validate_topic_name("__x").unwrap();
+        let reserved = validate_new_topic_name("__x").unwrap_err().to_string();
+        assert!(
+            reserved.contains("reserved for internal topics"),
+            "{reserved}"
+        );
+        validate_new_topic_name("a__x").unwrap();
     }
 }

@@ -2076,3 +2076,69 @@ fn delayed_messages_are_taken_ahead_of_members_and_count_as_delayed() {
     offsets.sort_unstable();
     assert_eq!(offsets, vec![0, 1, 2, 4, 5, 7, 8]);
 }
+
+/// A queue stored before create and AlterQueue refused a dead-letter topic in the
+/// reserved `__` namespace: its first letter does not create that topic (a client could
+/// not have created it); the message is refused for good with the rule and the fix, and
+/// delivered again. An alter of anything else still works; one to `__y` is refused.
+#[test]
+fn a_stored_dead_letter_topic_with_a_reserved_name_is_not_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = plain_store(dir.path(), &clock, 0);
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    partition
+        .append_durable(&[NewRecord::value("poison")])
+        .unwrap();
+    let reserved = QueueConfig {
+        max_deliveries: 1,
+        dead_letter_topic: "__x".into(),
+        ..config()
+    };
+    let refused = admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, reserved.clone())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("dead_letter_topic") && refused.contains("reserved"),
+        "{refused}"
+    );
+    store
+        .change_queues(vec![QueueOp::Create {
+            name: "work".into(),
+            topic: "jobs".into(),
+            config: reserved,
+            levels: 1,
+            created_ms: START_MS,
+            cursors: vec![(0, vec![0])],
+        }])
+        .unwrap();
+    admin::alter_queue(&*store, "work", |c| c.ack_deadline_ms += 1)
+        .expect("an alter that keeps the stored dead-letter topic");
+    let refused = admin::alter_queue(&*store, "work", |c| c.dead_letter_topic = "__y".into())
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("reserved"), "{refused}");
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    assert_eq!(engine.deliver(&[("m".into(), 1)]).unwrap()[0].1.len(), 1);
+    let outcomes = engine
+        .settle(
+            Some("m"),
+            &[settle_one(
+                0,
+                SettleAction::Term {
+                    reason: "give up".into(),
+                },
+            )],
+        )
+        .unwrap();
+    assert!(
+        matches!(&outcomes[0], SettleOutcome::Refused(m) if m.contains("reserved") && m.contains("AlterQueue")),
+        "{outcomes:?}"
+    );
+    assert!(store.topic("__x").is_err(), "no reserved topic was created");
+    clock.advance_ms(config().backoff_max_ms as i64);
+    engine.tick().unwrap();
+    let again = engine.deliver(&[("m".into(), 1)]).unwrap();
+    assert_eq!((again[0].1[0].record.offset, again[0].1[0].attempt), (0, 2));
+}

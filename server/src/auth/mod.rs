@@ -616,6 +616,49 @@ impl Auth {
         self.check(caller.as_ref(), targets)
     }
 
+    /// Checks that `caller` (of CreateQueue or AlterQueue) may have its queue's dead
+    /// letters written to `topic`: publish on it, and create too when it does not
+    /// `exist` yet (the first letter creates it). See [`rpcs::DEAD_LETTER_TOPIC`].
+    pub fn check_dead_letter_topic(
+        &self,
+        caller: Option<&Caller>,
+        topic: &str,
+        exists: bool,
+    ) -> Result<(), Status> {
+        if self.enabled.is_none() {
+            return Ok(());
+        }
+        let path = caller.and_then(|c| c.rpc).map_or("-", |r| r.path);
+        let rows: Vec<&'static Rpc> = rpcs::DEAD_LETTER_TOPIC
+            .iter()
+            .filter(|row| row.path == path)
+            .filter(|row| {
+                !exists || row.operation_on(ResourceKind::Topic) != Some(Operation::Create)
+            })
+            .collect();
+        if rows.is_empty() {
+            // Never passes silently: an RPC without rows is a broker bug.
+            return Err(Status::internal(format!(
+                "{path} checked a dead-letter topic but the RPC table has no rows for it"
+            )));
+        }
+        for row in rows {
+            self.check_as(caller, row, &[Target::topic(topic)])
+                .map_err(|status| {
+                    if status.code() != tonic::Code::PermissionDenied {
+                        return status;
+                    }
+                    Status::permission_denied(format!(
+                        "{}; or name another dead-letter topic (dead_letter_topic): the \
+                         queue's dead letters go there, by default to <topic>.dlq \
+                         (<queue>.dlq for a topic pattern)",
+                        status.message()
+                    ))
+                })?;
+        }
+        Ok(())
+    }
+
     /// [`Auth::check`] for a resource the broker found rather than one the request
     /// names (the topic of a queue): a refusal says `what` ("the topic of queue q")
     /// instead of the name, so it tells nothing the caller may not describe.

@@ -56,7 +56,10 @@ const fn rpc(path: &'static str, needs: &'static [(ResourceKind, Operation)]) ->
 
 /// Every tidelog RPC. List calls (ListTopics, ListGroups, ListQueues) return only what
 /// the caller may describe. A queue reads its topic: CreateQueue also needs consume on
-/// the topic.
+/// the topic. A queue writes its dead letters: see [`DEAD_LETTER_TOPIC`]. RedriveQueue
+/// writes letters back: it needs publish on every topic it may write to (the queue's
+/// topic, or each topic a pattern queue has taken), checked as topics the broker found
+/// ([`super::Auth::check_found`]).
 ///
 /// Group and queue RPCs that show or move a topic's offsets need a right on the topic
 /// too, as Kafka's OffsetFetch, OffsetCommit and DescribeGroups do: a topic the request
@@ -127,7 +130,10 @@ pub static RPCS: &[Rpc] = &[
         &[(Queue, Describe), (Topic, Describe)],
     ),
     rpc("/tidelog.v1.Queues/PurgeQueue", &[(Queue, Delete)]),
-    rpc("/tidelog.v1.Queues/RedriveQueue", &[(Queue, Alter)]),
+    rpc(
+        "/tidelog.v1.Queues/RedriveQueue",
+        &[(Queue, Alter), (Topic, Publish)],
+    ),
     rpc("/tidelog.v1.Queues/Consume", &[(Queue, Consume)]),
     rpc("/tidelog.v1.Queues/Receive", &[(Queue, Consume)]),
     rpc("/tidelog.v1.Queues/Settle", &[(Queue, Consume)]),
@@ -189,6 +195,19 @@ pub fn auto_commit_row(rpc: Option<&Rpc>) -> &'static Rpc {
         _ => &SUBSCRIBE_AUTO_COMMIT,
     }
 }
+
+/// A queue's dead-letter topic, at CreateQueue (named, or the default `<topic>.dlq` /
+/// `<queue>.dlq`) and at an AlterQueue that changes it: the broker appends the queue's
+/// dead letters there, and creates it at the first letter, so the caller needs what
+/// publishing to it needs, and creating it too while it does not exist. Not in
+/// [`RPCS`] (whose rows name one operation per kind of resource): the handlers check
+/// these rows on top, [`super::Auth::check_dead_letter_topic`].
+pub static DEAD_LETTER_TOPIC: [Rpc; 4] = [
+    rpc("/tidelog.v1.Queues/CreateQueue", &[(Topic, Publish)]),
+    rpc("/tidelog.v1.Queues/CreateQueue", &[(Topic, Create)]),
+    rpc("/tidelog.v1.Queues/AlterQueue", &[(Topic, Publish)]),
+    rpc("/tidelog.v1.Queues/AlterQueue", &[(Topic, Create)]),
+];
 
 /// Calls that need no credentials: the gRPC health check (load balancers and
 /// orchestrators probe it without a token).

@@ -342,6 +342,15 @@ impl Queues for QueuesService {
             if convert::filter(&request.filter)?.is_some() {
                 config.filter = Some(request.filter.clone());
             }
+            // The broker will write there: the caller must be allowed to (named or the
+            // default), checked before anything is stored.
+            let dead_letters = config.dead_letter_topic.clone();
+            tidelog_storage::queue::validate_dead_letter_topic(&dead_letters)
+                .map_err(|e| convert::status(&e))?;
+            let exists = self.state.store.topic(&dead_letters).is_ok();
+            self.state
+                .auth
+                .check_dead_letter_topic(caller.as_ref(), &dead_letters, exists)?;
             let (name, topic) = (request.name.clone(), request.topic.clone());
             self.blocking(move |store| match pattern {
                 None => admin::create_queue(store, &name, &topic, start, config).map(drop),
@@ -390,12 +399,25 @@ impl Queues for QueuesService {
             denied?;
             let name = request.name.clone();
             let update = request.config.unwrap_or_default();
+            let (auth, alterer) = (self.state.auth.clone(), caller.clone());
             self.blocking(move |store| {
-                admin::alter_queue(store, &name, |config| {
-                    convert::apply_queue_config(config, update)
-                })
+                admin::alter_queue_checked(
+                    store,
+                    &name,
+                    |config| convert::apply_queue_config(config, update),
+                    // A new dead-letter topic: the broker will write there, so the
+                    // caller must be allowed to.
+                    |before, after| {
+                        let topic = &after.dead_letter_topic;
+                        if *topic == before.dead_letter_topic {
+                            return Ok(());
+                        }
+                        let exists = store.topic(topic).is_ok();
+                        auth.check_dead_letter_topic(alterer.as_ref(), topic, exists)
+                    },
+                )
             })
-            .await?;
+            .await??;
             // A raised max_unacked_per_member makes room at once.
             self.manager().queue_changed(&request.name).await?;
             Ok(AlterQueueResponse {
@@ -526,14 +548,32 @@ impl Queues for QueuesService {
             .state
             .auth
             .authorize(&request, &[Target::queue(&request.get_ref().name)]);
+        let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
+        let auth = self.state.auth.clone();
         let result = match denied {
-            Ok(()) => {
-                self.blocking(move |store| {
-                    admin::redrive_queue(store, &request.name, request.max_messages)
+            Ok(()) => self
+                .blocking(move |store| {
+                    // It appends letters to the queue's topic(s): publish on every one
+                    // it may write to, named only as the queue's (the caller may not
+                    // describe them).
+                    admin::redrive_queue_checked(
+                        store,
+                        &request.name,
+                        request.max_messages,
+                        |targets| {
+                            let what = match targets.pattern {
+                                false => format!("the topic of queue {}", request.name),
+                                true => format!("a topic of queue {}", request.name),
+                            };
+                            targets.topics.iter().try_for_each(|topic| {
+                                auth.check_found(caller.as_ref(), Target::topic(topic), &what)
+                            })
+                        },
+                    )
                 })
                 .await
-            }
+                .and_then(|checked| checked),
             Err(status) => Err(status),
         }
         .map(|(moved, remaining)| RedriveQueueResponse { moved, remaining });

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use super::state::{
     Hold, PATTERN_QUEUE_NAME_BYTES_MAX, PatternQueue, Queue, QueueConfig, QueueOp,
     REASON_BYTES_MAX, pattern_child_name, pattern_child_parent, truncate_utf8,
-    validate_new_queue_name,
+    validate_dead_letter_topic, validate_new_queue_name,
 };
 use crate::batch::NewRecord;
 use crate::error::{Error, Result};
@@ -190,6 +190,7 @@ pub fn create_queue(
 ) -> Result<Queue> {
     validate_new_queue_name(name)?;
     config.validate()?;
+    validate_dead_letter_topic(&config.dead_letter_topic)?;
     check_dead_letter_topic(topic, &config)?;
     let _changing = changing(store);
     let topic_handle = store.topic(topic)?;
@@ -244,6 +245,7 @@ pub fn create_pattern_queue(
     }
     let parsed = parse_pattern(pattern)?;
     config.validate()?;
+    validate_dead_letter_topic(&config.dead_letter_topic)?;
     let _changing = changing(store);
     if store.queues().read(|q| q.exists(name)) {
         return Err(Error::AlreadyExists {
@@ -457,13 +459,29 @@ pub fn public_name(name: &str) -> &str {
 /// Changes queue `name`'s config with `change`, checked before it is stored; a pattern
 /// queue's topics' queues change with it, and it then takes its topics again by the
 /// rule of [`takes_topic`] ([`sync_pattern_queue`]): a topic that became its
-/// dead-letter topic is dropped, one that stopped being it is taken again. Returns the
-/// new config.
+/// dead-letter topic is dropped, one that stopped being it is taken again. A new
+/// dead-letter topic follows [`validate_dead_letter_topic`]. Returns the new config.
 pub fn alter_queue(
     store: &dyn QueueHost,
     name: &str,
     change: impl FnOnce(&mut QueueConfig),
 ) -> Result<QueueConfig> {
+    let checked = alter_queue_checked(store, name, change, |_, _| {
+        Ok::<(), std::convert::Infallible>(())
+    })?;
+    Ok(checked.unwrap_or_else(|never| match never {}))
+}
+
+/// [`alter_queue`] with `check(before, after)` of the change, made once the new config
+/// is valid, before anything is stored, and while no other change of queue definitions
+/// can come between (so what it approves is what is stored): its refusal comes back as
+/// the inner `Err`, nothing changed. The broker authorizes a new dead-letter topic so.
+pub fn alter_queue_checked<R>(
+    store: &dyn QueueHost,
+    name: &str,
+    change: impl FnOnce(&mut QueueConfig),
+    check: impl FnOnce(&QueueConfig, &QueueConfig) -> std::result::Result<(), R>,
+) -> Result<std::result::Result<QueueConfig, R>> {
     let _changing = changing(store);
     let (mut config, names, topic) = store
         .queues()
@@ -481,10 +499,18 @@ pub fn alter_queue(
             Some((pattern.config.clone(), names, None))
         })
         .ok_or_else(|| not_found(name))?;
+    let before = config.clone();
     change(&mut config);
     config.validate()?;
+    // Only a new one: a queue stored before the rule may be altered otherwise.
+    if config.dead_letter_topic != before.dead_letter_topic {
+        validate_dead_letter_topic(&config.dead_letter_topic)?;
+    }
     if let Some(topic) = &topic {
         check_dead_letter_topic(topic, &config)?;
+    }
+    if let Err(refused) = check(&before, &config) {
+        return Ok(Err(refused));
     }
     // A pattern queue and its topics' queues change together (one append).
     store.queues().append(
@@ -504,7 +530,7 @@ pub fn alter_queue(
     {
         tracing::warn!(queue = name, %error, "a queue's topics were not synced after its change; the next sync takes them");
     }
-    Ok(config)
+    Ok(Ok(config))
 }
 
 /// Deletes queue `name` and its state (a pattern queue with its topics' queues).
@@ -924,6 +950,32 @@ pub fn redrive_group(queue: &str) -> String {
 /// call (at-least-once: once more for each such crash). Returns (moved, dead letters of
 /// any queue still after the position).
 pub fn redrive_queue(store: &dyn QueueHost, name: &str, max_messages: u32) -> Result<(u64, u64)> {
+    let checked = redrive_queue_checked(store, name, max_messages, |_| {
+        Ok::<(), std::convert::Infallible>(())
+    })?;
+    Ok(checked.unwrap_or_else(|never| match never {}))
+}
+
+/// The topics a redrive may write letters back to, for [`redrive_queue_checked`]'s
+/// check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedriveTargets {
+    /// The queue's topic, or each topic a pattern queue has taken (that exists).
+    pub topics: Vec<String>,
+    /// Whether the queue is on a topic pattern.
+    pub pattern: bool,
+}
+
+/// [`redrive_queue`] with `check` of every topic it may write letters back to, made
+/// before it reads or writes anything: its refusal comes back as the inner `Err`,
+/// nothing moved. Letters go to those topics only, so what it approves is all the
+/// redrive writes. The broker authorizes publishing to them so.
+pub fn redrive_queue_checked<R>(
+    store: &dyn QueueHost,
+    name: &str,
+    max_messages: u32,
+    check: impl FnOnce(&RedriveTargets) -> std::result::Result<(), R>,
+) -> Result<std::result::Result<(u64, u64), R>> {
     let _one_at_a_time = store.redrives().lock().unwrap_or_else(|e| e.into_inner());
     let config = store
         .queues()
@@ -933,9 +985,6 @@ pub fn redrive_queue(store: &dyn QueueHost, name: &str, max_messages: u32) -> Re
                 .or_else(|| q.pattern(name).map(|p| p.config.clone()))
         })
         .ok_or_else(|| not_found(name))?;
-    let Ok(dlq) = store.topic(&config.dead_letter_topic) else {
-        return Ok((0, 0));
-    };
     // The topics its letters may go back to: its own, or each its pattern has taken (a
     // pattern queue's letter goes back to the topic it names; one whose topic is gone
     // is passed over).
@@ -946,6 +995,15 @@ pub fn redrive_queue(store: &dyn QueueHost, name: &str, max_messages: u32) -> Re
         }
     }
     let single = store.queues().read(|q| user_queue(q, name).is_some());
+    if let Err(refused) = check(&RedriveTargets {
+        topics: targets.keys().cloned().collect(),
+        pattern: !single,
+    }) {
+        return Ok(Err(refused));
+    }
+    let Ok(dlq) = store.topic(&config.dead_letter_topic) else {
+        return Ok(Ok((0, 0)));
+    };
     let group = redrive_group(name);
     let max_messages = if max_messages == 0 {
         REDRIVE_DEFAULT_MESSAGES
@@ -1034,7 +1092,7 @@ pub fn redrive_queue(store: &dyn QueueHost, name: &str, max_messages: u32) -> Re
         }
     }
     store.commit_offsets(&group, &commits)?;
-    Ok((moved, remaining))
+    Ok(Ok((moved, remaining)))
 }
 
 /// The record a dead letter is: the message as it was, plus headers that say where it

@@ -42,7 +42,7 @@ pub use engine::{
 };
 pub use state::{
     Hold, PatternQueue, Pending, Queue, QueueConfig, QueueOp, QueuePartition, Queues, Taken,
-    validate_new_queue_name, validate_queue_name,
+    validate_dead_letter_topic, validate_new_queue_name, validate_queue_name,
 };
 
 /// What the queues need of the store that holds them: their state log and delivery

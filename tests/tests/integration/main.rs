@@ -2,6 +2,7 @@
 
 mod auth;
 mod auth_long_polls;
+mod auth_queues;
 mod auth_topics;
 mod bad_requests;
 mod batch_wire;

@@ -552,3 +552,81 @@ async fn a_queue_on_one_topic_may_not_dead_letter_into_that_topic() {
         Some("jobs.dlq")
     );
 }
+
+/// A dead-letter topic follows the rule CreateTopic follows, the reserved `__` prefix
+/// included (the first letter would create the topic): CreateQueue (on a topic or a
+/// pattern) and AlterQueue refuse such a name with INVALID_ARGUMENT naming the field,
+/// and no topic is created.
+#[tokio::test]
+async fn a_dead_letter_topic_may_not_be_a_reserved_topic_name() {
+    let broker = TestBroker::start();
+    broker.create_topic("jobs", 1, TopicConfig::default()).await;
+    let create_topic = broker
+        .admin()
+        .await
+        .create_topic(tidelog_proto::v1::CreateTopicRequest {
+            name: "__x".into(),
+            partitions: 1,
+            config: Some(TopicConfig::default()),
+        })
+        .await
+        .expect_err("CreateTopic __x");
+    // The one rule's words, in both answers.
+    let reserved = "topic name \"__x\" starts with \"__\", which is reserved for internal topics";
+    assert_eq!(
+        create_topic.code(),
+        Code::InvalidArgument,
+        "{create_topic:?}"
+    );
+    assert!(
+        create_topic.message().contains(reserved),
+        "{}",
+        create_topic.message()
+    );
+    let dead_letters = |topic: &str| {
+        Some(QueueConfig {
+            dead_letter_topic: Some(topic.into()),
+            max_deliveries: Some(1),
+            ..Default::default()
+        })
+    };
+    for (name, topic, pattern) in [("q", "jobs", ""), ("qp", "", "jobs.*")] {
+        let refused = queues(&broker)
+            .await
+            .create_queue(tidelog_proto::v1::CreateQueueRequest {
+                name: name.into(),
+                topic: topic.into(),
+                topic_pattern: pattern.into(),
+                config: dead_letters("__x"),
+                ..Default::default()
+            })
+            .await
+            .expect_err("a queue dead-lettering into __x");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(
+            refused.message().contains("dead_letter_topic") && refused.message().contains(reserved),
+            "{}",
+            refused.message()
+        );
+    }
+    create_queue(&broker, "q", "jobs", dead_letters("jobs.failed").unwrap()).await;
+    let refused = queues(&broker)
+        .await
+        .alter_queue(AlterQueueRequest {
+            name: "q".into(),
+            config: dead_letters("__x"),
+        })
+        .await
+        .expect_err("altered to dead-letter into __x");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains(reserved),
+        "{}",
+        refused.message()
+    );
+    let queue = describe(&broker, "q").await;
+    assert_eq!(
+        queue.config.unwrap().dead_letter_topic.as_deref(),
+        Some("jobs.failed")
+    );
+}

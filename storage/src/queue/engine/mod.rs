@@ -1964,10 +1964,13 @@ fn read_one(topic: &Topic, partition: u32, offset: u64) -> Result<Option<Record>
 }
 
 /// `queue`'s dead-letter topic, created with one partition and default settings if
-/// missing. Its own topic is refused for good (InvalidArgument): each letter would be
-/// a new message of the queue, a poison message written again at every last attempt
-/// for ever. Create and AlterQueue refuse that config; a queue stored with it before
-/// they did sends such messages back for redelivery instead, with this reason.
+/// missing (owned by no one: it counts towards no principal's topic limit). Its own
+/// topic is refused for good (InvalidArgument): each letter would be a new message of
+/// the queue, a poison message written again at every last attempt for ever. So is
+/// creating one whose name a client could not create
+/// ([`crate::queue::validate_dead_letter_topic`]: the reserved `__` prefix). Create and
+/// AlterQueue refuse such configs; a queue stored with one before they did sends such
+/// messages back for redelivery instead, with this reason.
 fn dead_letter_topic(store: &dyn QueueHost, queue: &Queue) -> Result<Arc<Topic>> {
     let name = queue.config.dead_letter_topic.as_str();
     if name == queue.topic {
@@ -1977,7 +1980,15 @@ fn dead_letter_topic(store: &dyn QueueHost, queue: &Queue) -> Result<Arc<Topic>>
     }
     match store.topic(name) {
         Ok(topic) => Ok(topic),
-        Err(Error::NotFound { .. }) => match store.create_topic(name, 1, TopicConfig::default()) {
+        Err(Error::NotFound { .. }) => match crate::queue::validate_dead_letter_topic(name)
+            .map_err(|e| match e {
+                Error::InvalidArgument(message) => Error::invalid(format!(
+                    "{message}: set another with AlterQueue (tidelog queue alter --dead-letter-topic)"
+                )),
+                other => other,
+            })
+            .and_then(|()| store.create_topic(name, 1, TopicConfig::default()))
+        {
             Ok(topic) => Ok(topic),
             Err(Error::AlreadyExists { .. }) => store.topic(name),
             Err(error) => Err(error),

@@ -158,6 +158,19 @@ impl QueueConfig {
     }
 }
 
+/// Checks a dead-letter topic a client names, as CreateQueue and an AlterQueue that
+/// changes it do: the broker creates it at the first letter, so it follows the rule of a
+/// topic a client creates ([`crate::config::validate_new_topic_name`], the reserved
+/// `__` prefix included). Not part of [`QueueConfig::validate`], which replaying the
+/// state runs too: a queue stored before the rule still loads (and its first letter
+/// does not create such a topic: see the engine's `dead_letter_topic`).
+pub fn validate_dead_letter_topic(name: &str) -> Result<()> {
+    crate::config::validate_new_topic_name(name).map_err(|e| match e {
+        Error::InvalidArgument(message) => Error::invalid(format!("dead_letter_topic: {message}")),
+        other => other,
+    })
+}
+
 /// Checks a queue name: the same rules as a topic name.
 pub fn validate_queue_name(name: &str) -> Result<()> {
     crate::config::validate_topic_name(name).map_err(|e| match e {

@@ -53,7 +53,7 @@ pub use config::{
     HISTORY_RETENTION_MS_DEFAULT, HISTORY_RETENTION_MS_MAX, MAX_UNACKED_PER_MEMBER_MAX,
     MEMBER_BYTES_MAX, PATTERN_CHILD_PREFIX, PATTERN_QUEUE_NAME_BYTES_MAX, QUEUE_DELAY_MS_MAX,
     QueueConfig, REASON_BYTES_MAX, StartAt, pattern_child_name, pattern_child_parent,
-    truncate_utf8, validate_new_queue_name, validate_queue_name,
+    truncate_utf8, validate_dead_letter_topic, validate_new_queue_name, validate_queue_name,
 };
 pub use machine::Queues;
 pub use model::{PatternQueue, Queue, QueueOp, QueuePartition, TakeCounts, Taken};
