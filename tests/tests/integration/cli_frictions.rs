@@ -748,6 +748,21 @@ fn cli_follow_reconnects_when_the_broker_restarts() {
     crate::cli::wait_until("both printed what was there", || {
         plain.lines().len() == 2 && member.lines().len() == 2
     });
+    // The group's commit of what it printed has landed (a restart before it would have
+    // the member print those lines again, as at-least-once allows).
+    crate::cli::wait_until("the group committed what it printed", || {
+        let described = cli(&broker, &["group", "describe", "g", "--json"]);
+        described.code == 0
+            && described.json()["partitions"]
+                .as_array()
+                .is_some_and(|parts| {
+                    parts
+                        .iter()
+                        .map(|p| p["committed_offset"].as_u64().unwrap_or(0))
+                        .sum::<u64>()
+                        == 2
+                })
+    });
 
     broker.restart_on_the_same_ports();
     cli_with_input(&broker, &["produce", "live"], b"c\nd\n").ok("produce after the restart");
