@@ -70,7 +70,7 @@ fn read(c: &mut Criterion) {
     for _ in 0..200 {
         partition.append(&batch).expect("append");
     }
-    let end = partition.end_offset();
+    let end = partition.end_offset().unwrap();
     let mut group = c.benchmark_group("read");
     group.sample_size(20);
     group.throughput(Throughput::Elements(end));

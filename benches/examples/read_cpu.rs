@@ -29,7 +29,7 @@ fn main() {
     for _ in 0..200 {
         partition.append(&batch).expect("append");
     }
-    let end = partition.end_offset();
+    let end = partition.end_offset().unwrap();
     let cpu_before = cpu_seconds(None).expect("procfs");
     let started = Instant::now();
     for _ in 0..rounds {

@@ -37,6 +37,13 @@ pub enum Error {
     PermissionDenied { message: String },
     /// The broker is starting, stopping, or the partition is poisoned. Retryable.
     Unavailable { rpc: &'static str, message: String },
+    /// The broker refused the call because the partition is unavailable: recovery
+    /// refused to open it (fsynced data lost or damaged on disk). The broker answered
+    /// (UNAVAILABLE, with the words of
+    /// [`tidelog_storage::error::PARTITION_UNAVAILABLE_MARK`]): nothing was stored or
+    /// read there. Not retryable: it stays refused until an operator repairs it with
+    /// the broker stopped (`tidelog segment verify`, `tidelog segment repair --force`).
+    PartitionUnavailable { rpc: &'static str, message: String },
     /// A consumer-group call lost a race with a rebalance (`FAILED_PRECONDITION` on
     /// `CommitOffsets`): the partitions moved; drop the work of revoked partitions.
     Rebalanced { message: String },
@@ -129,6 +136,9 @@ impl Error {
             Code::InvalidArgument | Code::OutOfRange => Error::InvalidArgument { rpc, message },
             Code::Unauthenticated => Error::Unauthenticated { message },
             Code::PermissionDenied => Error::PermissionDenied { message },
+            Code::Unavailable if partition_refused(code, &message) => {
+                Error::PartitionUnavailable { rpc, message }
+            }
             Code::Unavailable => Error::Unavailable { rpc, message },
             // tonic's words for a connection that broke under the call: the broker
             // went away, as far as the caller can tell.
@@ -185,9 +195,19 @@ pub(crate) fn retryable_status(status: &tonic::Status) -> bool {
 }
 
 /// Whether a call that failed with `code` and `message` may succeed later: a
-/// retryable code, or `INTERNAL` with the words of a broken connection.
+/// retryable code, or `INTERNAL` with the words of a broken connection; never a
+/// partition the broker refused as unavailable ([`partition_refused`]).
 fn retryable_answer(code: Code, message: &str) -> bool {
-    retryable_code(code) || (code == Code::Internal && transport_words(message))
+    (retryable_code(code) && !partition_refused(code, message))
+        || (code == Code::Internal && transport_words(message))
+}
+
+/// Whether `code` and `message` are the broker's answer for a partition recovery
+/// refused to open: UNAVAILABLE like a broker that is away, told apart by the words
+/// the broker's message holds for it. Retrying cannot help until it is repaired.
+pub(crate) fn partition_refused(code: Code, message: &str) -> bool {
+    code == Code::Unavailable
+        && message.contains(tidelog_storage::error::PARTITION_UNAVAILABLE_MARK)
 }
 
 /// Whether an `INTERNAL` status's message is tonic's or h2's word for a broken
@@ -251,6 +271,10 @@ impl std::fmt::Display for Error {
                     "{rpc}: the broker is unavailable: {message} (retry with backoff)"
                 )
             }
+            Error::PartitionUnavailable { rpc, message } => write!(
+                f,
+                "{rpc} refused by the broker, nothing was stored or read there: {message} (not retryable until the partition is repaired)"
+            ),
             Error::Rebalanced { message } => write!(
                 f,
                 "the group rebalanced: {message} (drop the work of partitions no longer assigned)"
@@ -322,6 +346,19 @@ mod tests {
         let error = Error::from_status("PublishBatch", Some("t"), &status);
         assert!(error.is_retryable());
         assert!(error.to_string().contains("retry"));
+        // A partition recovery refused to open is the broker's answer, not retryable.
+        let status = tonic::Status::unavailable(format!(
+            "partition t/0 {} (data was lost on disk); stop the broker and run `tidelog segment verify /d`",
+            tidelog_storage::error::PARTITION_UNAVAILABLE_MARK
+        ));
+        let error = Error::from_status("PublishBatch", Some("t"), &status);
+        assert!(
+            matches!(error, Error::PartitionUnavailable { .. }),
+            "{error:?}"
+        );
+        assert!(!error.is_retryable());
+        assert!(!retryable_status(&status));
+        assert!(error.to_string().contains("nothing was stored"), "{error}");
         // A broken connection (a broker killed) is the broker unavailable.
         let status = tonic::Status::unknown("transport error");
         let error = Error::from_status("CommitOffsets", None, &status);

@@ -165,14 +165,15 @@ fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
 }
 
 /// Where a plain (group-less) subscription starts in `partition`.
+/// A partition recovery refused to open fails it (UNAVAILABLE naming the partition).
 fn start_offset(partition: &Partition, position: Option<Position>) -> Result<u64, Status> {
+    let (log_start, end) = convert::or_status(partition.bounds())?;
     Ok(match position {
-        Some(Position::Earliest(_)) => partition.log_start(),
-        None | Some(Position::Latest(_)) => partition.end_offset(),
+        Some(Position::Earliest(_)) => log_start,
+        None | Some(Position::Latest(_)) => end,
         Some(Position::Offset(offset)) => offset,
         Some(Position::TimestampMs(timestamp)) => {
-            convert::or_status(partition.offset_for_timestamp(timestamp))?
-                .unwrap_or_else(|| partition.end_offset())
+            convert::or_status(partition.offset_for_timestamp(timestamp))?.unwrap_or(end)
         }
     })
 }
@@ -265,10 +266,10 @@ fn pattern_subscription(
             starts.push(if resume.is_empty() {
                 start_offset(partition, position)?
             } else {
-                resume
-                    .get(&(topic.name(), partition.id()))
-                    .copied()
-                    .unwrap_or_else(|| partition.log_start())
+                match resume.get(&(topic.name(), partition.id())) {
+                    Some(&offset) => offset,
+                    None => convert::or_status(partition.log_start())?,
+                }
             });
         }
         initial.push((topic, starts));
@@ -379,10 +380,7 @@ fn list_offsets(
     let mut offsets = Vec::with_capacity(ids.len());
     for id in ids {
         let partition = convert::or_status(topic.partition(id))?;
-        if let Some(error) = partition.unavailable() {
-            return Err(convert::status(&error));
-        }
-        let (log_start, end) = (partition.log_start(), partition.end_offset());
+        let (log_start, end) = convert::or_status(partition.bounds())?;
         let (offset, found) = match position {
             list_offsets_request::Position::Earliest(_) => (log_start, true),
             list_offsets_request::Position::Latest(_) => (end, true),

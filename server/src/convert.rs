@@ -358,6 +358,11 @@ pub fn topic_summary(info: &storage::TopicInfo) -> pb::TopicSummary {
         name: info.name.clone(),
         partitions: info.partitions.len() as u32,
         size_bytes: info.size_bytes(),
+        unavailable_partitions: info
+            .partitions
+            .iter()
+            .filter(|p| p.unavailable.is_some())
+            .count() as u32,
     }
 }
 

@@ -1233,7 +1233,7 @@ fn offset_after_damage(partition: &Partition, damaged: u64) -> Result<Option<u64
             Err(error) => Err(error),
         }
     };
-    let end = partition.end_offset();
+    let end = partition.end_offset()?;
     let (mut bad, mut step) = (damaged, 1u64);
     let good = loop {
         let probe = bad.saturating_add(step).min(end);

@@ -122,7 +122,9 @@ pub enum Error {
 
     /// Recovery refused to open the partition (durable data lost or damaged, an offset
     /// gap): the rest of the store serves, this partition refuses every call until an
-    /// operator repairs it with the broker stopped.
+    /// operator repairs it with the broker stopped. Its message holds
+    /// [`PARTITION_UNAVAILABLE_MARK`], which tells clients this UNAVAILABLE from a
+    /// broker that is restarting (retrying cannot help).
     #[error(
         "partition {partition} is unavailable: recovery refused to open it ({reason}); stop the broker and run `tidelog segment verify {dir}` to see why and `tidelog segment repair --force {dir}` to accept the loss, or restore the partition from a backup"
     )]
@@ -132,6 +134,12 @@ pub enum Error {
         reason: String,
     },
 }
+
+/// Words every [`Error::PartitionUnavailable`] message holds (and so the UNAVAILABLE
+/// status the broker answers with): a client that finds them in an UNAVAILABLE
+/// status knows the broker refused the call for a partition recovery refused to open,
+/// not that it was away, and does not retry. The .proto's status-code table names them.
+pub const PARTITION_UNAVAILABLE_MARK: &str = "is unavailable: recovery refused to open it";
 
 impl Error {
     /// Wraps an I/O error with what was being done when it happened.
@@ -170,5 +178,23 @@ pub(crate) trait IoContext<T> {
 impl<T> IoContext<T> for io::Result<T> {
     fn ctx<S: Into<String>>(self, context: impl FnOnce() -> S) -> Result<T> {
         self.map_err(|e| Error::io(context(), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unavailable_partition_says_the_words_clients_look_for() {
+        let error = Error::PartitionUnavailable {
+            partition: "t/0".into(),
+            dir: "/d/topics/t/0".into(),
+            reason: "data was lost on disk".into(),
+        };
+        assert!(
+            error.to_string().contains(PARTITION_UNAVAILABLE_MARK),
+            "{error}"
+        );
     }
 }

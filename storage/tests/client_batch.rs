@@ -54,7 +54,7 @@ fn random_records(rng: &mut Rng, next_id: &mut u64) -> Vec<NewRecord> {
 /// Everything from the log start through the per-message read.
 fn by_message(partition: &Partition, filter: Option<&Filter>) -> Vec<Record> {
     let mut out = Vec::new();
-    let mut offset = partition.log_start();
+    let mut offset = partition.log_start().unwrap();
     loop {
         let read = partition
             .read_filtered(offset, 10_000, u64::MAX, filter)
@@ -212,7 +212,7 @@ fn run_seed(seed: u64) {
     for round in 0..3 {
         let topic = store.topic("t").unwrap();
         let partition = topic.partition(0).unwrap();
-        assert_eq!(partition.end_offset(), expected);
+        assert_eq!(partition.end_offset().unwrap(), expected);
         for filter in [None, Some(&filter)] {
             let all = by_message(partition, filter);
             let from = rng.below(expected);
@@ -360,8 +360,8 @@ fn admission_sees_the_batches_before_it_and_refuses_one_alone() {
         "{outcome:?}"
     );
     assert_eq!(outcome[3], Ok(1));
-    assert_eq!(topic.partition(0).unwrap().end_offset(), 3);
-    assert_eq!(topic.partition(1).unwrap().end_offset(), 3);
+    assert_eq!(topic.partition(0).unwrap().end_offset().unwrap(), 3);
+    assert_eq!(topic.partition(1).unwrap().end_offset().unwrap(), 3);
 }
 
 /// A batch with relative times (`ClientBatch::relative`) from a client 3 minutes

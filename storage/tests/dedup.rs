@@ -353,7 +353,11 @@ fn concurrent_runs_that_overlap_store_each_id_once() {
         }
     }
     let topic = store.topic("t").unwrap();
-    let stored: u64 = topic.partitions().iter().map(|p| p.end_offset()).sum();
+    let stored: u64 = topic
+        .partitions()
+        .iter()
+        .map(|p| p.end_offset().unwrap())
+        .sum();
     assert_eq!(stored, ids, "each id stored exactly once");
     for (id, placements) in answers {
         assert_eq!(placements.len(), 4);
@@ -414,7 +418,11 @@ fn concurrent_duplicates_store_one_copy() {
         }
     }
     let topic = store.topic("t").unwrap();
-    let stored: u64 = topic.partitions().iter().map(|p| p.end_offset()).sum();
+    let stored: u64 = topic
+        .partitions()
+        .iter()
+        .map(|p| p.end_offset().unwrap())
+        .sum();
     assert_eq!(stored, u64::from(ids), "each id stored exactly once");
     for (id, placements) in answers {
         let originals = placements.iter().filter(|p| !p.duplicate).count();
@@ -614,7 +622,7 @@ fn a_batch_of_ids_in_a_row_is_stored_once_and_its_retry_names_the_originals() {
     for round in ["retry", "retry after a kill"] {
         clock.advance_ms(1_000);
         let topic = store.topic("t").unwrap();
-        let end = topic.partition(0).unwrap().end_offset();
+        let end = topic.partition(0).unwrap().end_offset().unwrap();
         let (placed, _) = topic.append_batch(0, encode(&records, &clock)).unwrap();
         assert!(placed.appended.is_none(), "{round}: nothing appended");
         let originals: Vec<(u32, u64, bool)> = placed
@@ -632,7 +640,11 @@ fn a_batch_of_ids_in_a_row_is_stored_once_and_its_retry_names_the_originals() {
         mixed.push(record_with(Some(&sequenced(7, 1_020)), 100));
         let refused = topic.append_batch(0, encode(&mixed, &clock));
         assert!(refused.is_err(), "{round}: a batch repeating a stored id");
-        assert_eq!(topic.partition(0).unwrap().end_offset(), end, "{round}");
+        assert_eq!(
+            topic.partition(0).unwrap().end_offset().unwrap(),
+            end,
+            "{round}"
+        );
 
         store.simulate_crash();
         store = Store::open(dir.path(), options(&clock, None)).unwrap();
@@ -717,7 +729,7 @@ fn a_run_of_batches_with_and_without_ids_keeps_its_order_through_the_window() {
         }
     }
     let partition = topic.partition(0).unwrap();
-    assert_eq!(partition.end_offset(), 15);
+    assert_eq!(partition.end_offset().unwrap(), 15);
     // Every record where its batch was placed.
     let read = partition.read(0, 100, u64::MAX).unwrap();
     let ids_read: Vec<Option<Bytes>> = read.records.iter().map(|r| r.id.clone()).collect();
@@ -789,7 +801,7 @@ fn across_partitions_the_first_batch_with_an_id_is_kept() {
     assert_eq!(outcome[5], Ok((Some(0), vec![])));
     assert_eq!(outcome[6], Ok((None, vec![(1, 0), (1, 1)])));
     let ends: Vec<u64> = (0..3)
-        .map(|p| topic.partition(p).unwrap().end_offset())
+        .map(|p| topic.partition(p).unwrap().end_offset().unwrap())
         .collect();
     assert_eq!(ends, [3, 2, 3]);
     drop(topic);
@@ -920,7 +932,7 @@ fn a_timestamp_too_far_ahead_of_the_clock_is_refused() {
     // Moved to the append time, the same batch is on time.
     let moved = topic.append_batches_admitted(vec![batch(&far, true)], &mut |_, _| Ok(()));
     assert!(moved[0].is_ok(), "{:?}", moved[0].as_ref().err());
-    let end = topic.partition(0).unwrap().end_offset();
+    let end = topic.partition(0).unwrap().end_offset().unwrap();
     assert_eq!(end, 3, "only what was on time is stored");
     drop(topic);
     store.close().unwrap();

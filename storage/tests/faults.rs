@@ -172,7 +172,7 @@ impl Ledger {
 
     fn note_log_start(&mut self, log: usize, partition: &Partition) {
         let bound = &mut self.log_start_bound[log];
-        *bound = (*bound).max(partition.log_start());
+        *bound = (*bound).max(partition.log_start().unwrap());
     }
 }
 
@@ -411,8 +411,8 @@ fn check_recovered(
         }
         let name = TOPICS[*topic].0;
         let part = log_partition(store, log);
-        let log_start = part.log_start();
-        let end = part.end_offset();
+        let log_start = part.log_start().unwrap();
+        let end = part.end_offset().unwrap();
         assert!(
             log_start <= ledger.log_start_bound[log],
             "{context}: {name}/{p} starts at {log_start}, past {}",
@@ -705,8 +705,8 @@ fn assert_holds(
     acked_end: u64,
     context: &str,
 ) -> u64 {
-    let log_start = part.log_start();
-    let end = part.end_offset();
+    let log_start = part.log_start().unwrap();
+    let end = part.end_offset().unwrap();
     assert!(
         end >= acked_end,
         "{context}: the log ends at {end}, but offsets below {acked_end} were acknowledged durable"
@@ -1179,7 +1179,7 @@ fn retention_never_deletes_past_what_readers_can_see() {
     assert!(part.info().segment_count > 5, "too few segments");
     for _ in 0..3 {
         part.enforce_retention().unwrap();
-        let (start, end) = (part.log_start(), part.end_offset());
+        let (start, end) = (part.log_start().unwrap(), part.end_offset().unwrap());
         assert!(end <= durable_end, "readers see only durable data: {end}");
         assert!(start <= end, "log start {start} above the end {end}");
         let read = part.read(start, 1_000, u64::MAX).unwrap();
@@ -1188,7 +1188,7 @@ fn retention_never_deletes_past_what_readers_can_see() {
     fs.hold_syncs(false);
     part.wait_durable_blocking(written_end - 1).unwrap();
     part.enforce_retention().unwrap();
-    let (start, end) = (part.log_start(), part.end_offset());
+    let (start, end) = (part.log_start().unwrap(), part.end_offset().unwrap());
     assert_eq!(end, written_end);
     assert!(
         start > durable_end,
@@ -1604,7 +1604,11 @@ fn assert_old_topic_served(store: &Store, context: &str) {
         .unwrap_or_else(|e| panic!("{context}: {e}"));
     assert_eq!(topic.partitions().len(), 2, "{context}");
     for partition in topic.partitions() {
-        assert_eq!(partition.end_offset(), OLD_TOPIC_RECORDS, "{context}");
+        assert_eq!(
+            partition.end_offset().unwrap(),
+            OLD_TOPIC_RECORDS,
+            "{context}"
+        );
         let read = partition.read(0, 100, 1 << 20).unwrap();
         assert_eq!(read.records.len() as u64, OLD_TOPIC_RECORDS, "{context}");
     }

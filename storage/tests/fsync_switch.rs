@@ -72,7 +72,7 @@ fn never_topic(fs: &FaultyFs, data: &Path, clock: &Arc<ManualClock>) -> (Arc<Sto
         .unwrap();
     fill(topic.partition(0).unwrap(), 300);
     fill(topic.partition(1).unwrap(), 40);
-    let ends = [0, 1].map(|p| topic.partition(p).unwrap().end_offset());
+    let ends = [0, 1].map(|p| topic.partition(p).unwrap().end_offset().unwrap());
     assert_eq!(ends, [300, 40]);
     let durable = topic.partition(0).unwrap().info().durable_offset;
     assert_eq!(
@@ -114,8 +114,8 @@ fn switching_to_always_keeps_what_readers_saw_and_makes_it_durable() {
     let store = common::power_cut(store, &fs, &data, &clock, CrashOptions::lose_unsynced());
     let topic = store.topic("t").unwrap();
     assert_eq!(topic.config().fsync, FsyncPolicy::Always);
-    assert_eq!(topic.partition(0).unwrap().end_offset(), 305);
-    assert_eq!(topic.partition(1).unwrap().end_offset(), 40);
+    assert_eq!(topic.partition(0).unwrap().end_offset().unwrap(), 305);
+    assert_eq!(topic.partition(1).unwrap().end_offset().unwrap(), 40);
     assert_reads(topic.partition(0).unwrap(), 0, 305, "after the power cut");
 }
 
@@ -156,7 +156,7 @@ fn the_visible_end_never_goes_back_across_policy_switches_under_appends() {
             let mut last = 0;
             let mut fetched_at_end = 0;
             while !stop.load(Ordering::Relaxed) {
-                let end = partition.end_offset();
+                let end = partition.end_offset().unwrap();
                 assert!(
                     end >= last,
                     "the visible end went back from {last} to {end}"
@@ -179,9 +179,9 @@ fn the_visible_end_never_goes_back_across_policy_switches_under_appends() {
         ];
         for round in 0..40 {
             let policy = policies[round % policies.len()];
-            let before = partition.end_offset();
+            let before = partition.end_offset().unwrap();
             store.alter_topic("t", config(policy)).unwrap();
-            let after = partition.end_offset();
+            let after = partition.end_offset().unwrap();
             assert!(
                 after >= before,
                 "{policy:?}: the end went from {before} to {after}"
@@ -199,11 +199,11 @@ fn the_visible_end_never_goes_back_across_policy_switches_under_appends() {
     // The last switch was to `always`: everything written shows without a new append.
     let written = partition.info().written_offset;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while partition.end_offset() < written {
+    while partition.end_offset().unwrap() < written {
         assert!(
             Instant::now() < deadline,
             "the end stays at {} below the written {written} with no append to flush it",
-            partition.end_offset()
+            partition.end_offset().unwrap()
         );
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -251,7 +251,7 @@ fn a_power_cut_at_every_step_of_the_switch_to_always_keeps_what_it_returned_on()
         );
         for (p, seen) in ends.into_iter().enumerate() {
             let partition = topic.partition(p as u32).unwrap();
-            let end = partition.end_offset();
+            let end = partition.end_offset().unwrap();
             if switched.is_ok() {
                 assert_eq!(fsync, FsyncPolicy::Always, "{context}");
                 assert_eq!(
@@ -265,7 +265,7 @@ fn a_power_cut_at_every_step_of_the_switch_to_always_keeps_what_it_returned_on()
         // The switch can be made again, and appends go on where the log ends.
         let topic = store.alter_topic("t", config(FsyncPolicy::Always)).unwrap();
         let p0 = topic.partition(0).unwrap().clone();
-        let end = p0.end_offset();
+        let end = p0.end_offset().unwrap();
         let appended = p0
             .append_durable(&[NewRecord::value(value(0, end))])
             .unwrap();
@@ -318,7 +318,11 @@ fn an_eio_on_the_fsync_of_the_switch_poisons_the_partition_and_takes_nothing_bac
         assert_eq!(topic.config().fsync, FsyncPolicy::Always);
         let p0 = topic.partition(0).unwrap().clone();
         assert!(p0.info().poisoned.is_some());
-        assert_eq!(p0.end_offset(), ends[0], "what readers saw stays visible");
+        assert_eq!(
+            p0.end_offset().unwrap(),
+            ends[0],
+            "what readers saw stays visible"
+        );
         assert_reads(&p0, 0, ends[0], "poisoned");
         assert!(matches!(
             p0.append(&[NewRecord::value("refused")]),
@@ -338,7 +342,7 @@ fn an_eio_on_the_fsync_of_the_switch_poisons_the_partition_and_takes_nothing_bac
             fs.kill_process();
             let store = faulty_store(&fs, &data, &clock);
             let p0 = store.topic("t").unwrap().partition(0).unwrap().clone();
-            assert_eq!(p0.end_offset(), ends[0]);
+            assert_eq!(p0.end_offset().unwrap(), ends[0]);
             assert_reads(&p0, 0, ends[0], "after the restart");
             drop(p0);
             Arc::try_unwrap(store).unwrap().simulate_crash();
@@ -347,13 +351,13 @@ fn an_eio_on_the_fsync_of_the_switch_poisons_the_partition_and_takes_nothing_bac
         let store = faulty_store(&fs, &data, &clock);
         let topic = store.topic("t").unwrap();
         let p0 = topic.partition(0).unwrap();
-        let end = p0.end_offset();
+        let end = p0.end_offset().unwrap();
         if kill_first {
             assert_eq!(end, ends[0]);
         }
         assert_reads(p0, 0, end, "after the power cut");
         // Partition 1's switch returned durable.
-        assert_eq!(topic.partition(1).unwrap().end_offset(), ends[1]);
+        assert_eq!(topic.partition(1).unwrap().end_offset().unwrap(), ends[1]);
     }
 }
 
@@ -375,7 +379,7 @@ fn a_full_disk_fails_the_switch_before_it_changes_anything() {
     assert_eq!(topic.config().fsync, FsyncPolicy::Never);
     for (p, end) in ends.into_iter().enumerate() {
         let partition = topic.partition(p as u32).unwrap();
-        assert_eq!(partition.end_offset(), end);
+        assert_eq!(partition.end_offset().unwrap(), end);
         assert!(partition.info().poisoned.is_none());
     }
     fs.set_disk_full(false);

@@ -282,8 +282,8 @@ fn a_flipped_bit_anywhere_never_yields_a_corrupted_record() {
             Err(other) => panic!("unexpected error {other}"),
         };
         let partition = partition_of(&store, "t");
-        let mut next = partition.log_start();
-        while next < partition.end_offset() {
+        let mut next = partition.log_start().unwrap();
+        while next < partition.end_offset().unwrap() {
             match partition.read(next, 1, u64::MAX) {
                 Ok(read) => {
                     for record in &read.records {
@@ -470,7 +470,7 @@ fn retention_by_time_and_size_deletes_whole_segments_oldest_first() {
     assert_eq!(outcome.segments_deleted, 1);
     assert_eq!(outcome.segments_too_old, 1, "{outcome:?}");
     assert_eq!(outcome.log_start, 200);
-    assert_eq!(partition.log_start(), 200);
+    assert_eq!(partition.log_start().unwrap(), 200);
     assert!(matches!(
         partition.read(0, 1, 100),
         Err(Error::OffsetOutOfRange { log_start: 200, .. })
@@ -513,7 +513,10 @@ fn retention_by_time_and_size_deletes_whole_segments_oldest_first() {
     assert!(info.log_start > 200);
     drop(store);
     let store = Store::open(dir.path(), options(&clock)).unwrap();
-    assert_eq!(partition_of(&store, "t").log_start(), info.log_start);
+    assert_eq!(
+        partition_of(&store, "t").log_start().unwrap(),
+        info.log_start
+    );
 }
 
 /// Recovery after a crash rebuilds the active segment's summary from its bytes. It used
@@ -554,7 +557,7 @@ fn a_flipped_expiry_bit_found_by_recovery_never_expires_a_segment_early() {
     let partition = partition_of(&store, "t");
     let outcome = partition.enforce_retention().unwrap();
     assert_eq!(outcome.segments_deleted, 0, "{outcome:?}");
-    assert_eq!(partition.log_start(), 0);
+    assert_eq!(partition.log_start().unwrap(), 0);
     assert!(matches!(
         partition.read(0, 10, u64::MAX),
         Err(Error::Corrupt { .. })
@@ -587,7 +590,7 @@ fn a_damaged_last_batch_that_was_fsynced_is_corruption_not_a_torn_tail() {
 
     let store = Store::open(dir.path(), options(&clock)).unwrap();
     let partition = partition_of(&store, "t");
-    assert_eq!(partition.end_offset(), 20);
+    assert_eq!(partition.end_offset().unwrap(), 20);
     assert_eq!(
         partition
             .read(0, 10, u64::MAX)
@@ -672,7 +675,7 @@ fn expired_messages_are_never_read_and_expired_segments_go() {
     let outcome = p.enforce_retention().unwrap();
     assert_eq!(outcome.segments_deleted, 1);
     assert_eq!(outcome.segments_expired, 1, "{outcome:?}");
-    assert_eq!(p.log_start(), 30);
+    assert_eq!(p.log_start().unwrap(), 30);
     assert_eq!(p.append_durable(&records(30, 1)).unwrap().base_offset, 30);
 }
 
@@ -710,7 +713,7 @@ fn concurrent_durable_appenders_share_fsyncs_and_lose_nothing() {
         .collect();
     all.sort_unstable();
     assert_eq!(all, (0..400).collect::<Vec<_>>());
-    assert_eq!(partition.end_offset(), 400);
+    assert_eq!(partition.end_offset().unwrap(), 400);
 }
 
 #[test]
@@ -863,7 +866,11 @@ fn interval_and_never_policies_make_data_visible_at_once_and_durable_on_request(
             },
         );
         let appended = partition.append(&records(0, 3)).unwrap();
-        assert_eq!(partition.end_offset(), 3, "{name}: written data is visible");
+        assert_eq!(
+            partition.end_offset().unwrap(),
+            3,
+            "{name}: written data is visible"
+        );
         partition
             .wait_durable_blocking(appended.last_offset)
             .unwrap();

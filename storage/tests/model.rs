@@ -84,8 +84,8 @@ fn check_reads(partition: &Partition, model: &Model, rng: &mut Rng) {
     if end > 0 {
         assert!(partition.wait_for_data_blocking(end - 1, std::time::Duration::from_secs(10)));
     }
-    assert_eq!(partition.log_start(), model.log_start, "log start");
-    assert_eq!(partition.end_offset(), end, "end offset");
+    assert_eq!(partition.log_start().unwrap(), model.log_start, "log start");
+    assert_eq!(partition.end_offset().unwrap(), end, "end offset");
     if end == model.log_start {
         return;
     }

@@ -179,7 +179,7 @@ fn durable(store: &Store) -> (tidelog_storage::queue::Queue, u64) {
         .expect("the queue");
     let letters = store
         .topic("jobs.dlq")
-        .map(|t| t.partitions().iter().map(|p| p.end_offset()).sum())
+        .map(|t| t.partitions().iter().map(|p| p.end_offset().unwrap()).sum())
         .unwrap_or(0);
     (queue, letters)
 }

@@ -259,7 +259,8 @@ fn a_pattern_queue_takes_matching_topics_now_and_later_but_never_its_dead_letter
         .unwrap()
         .partition(0)
         .unwrap()
-        .end_offset();
+        .end_offset()
+        .unwrap();
     assert_eq!(
         admin::redrive_queue(&*store, "all-orders", 0).unwrap(),
         (1, 0)
@@ -270,7 +271,8 @@ fn a_pattern_queue_takes_matching_topics_now_and_later_but_never_its_dead_letter
             .unwrap()
             .partition(0)
             .unwrap()
-            .end_offset(),
+            .end_offset()
+            .unwrap(),
         asia_end + 1
     );
 

@@ -187,8 +187,8 @@ fn brute_force_ready(store: &Store, now: i64) -> u64 {
         )
     });
     let mut untaken = 0;
-    let mut position = partition.log_start();
-    while position < partition.end_offset() {
+    let mut position = partition.log_start().unwrap();
+    while position < partition.end_offset().unwrap() {
         let read = partition.read(position, 1000, u64::MAX).unwrap();
         for record in &read.records {
             let level = usize::from(record.priority.min(levels - 1));

@@ -257,7 +257,7 @@ fn run(seed: u64) {
     );
     let topic = store.topic("jobs").unwrap();
     for (_, partition, settled_below, end) in &status.partitions {
-        let partition_end = topic.partition(*partition).unwrap().end_offset();
+        let partition_end = topic.partition(*partition).unwrap().end_offset().unwrap();
         assert_eq!(
             (*settled_below, *end),
             (partition_end, partition_end),

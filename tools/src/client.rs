@@ -203,7 +203,9 @@ pub fn broker_status(error: &tidelog_client::Error) -> Option<tonic::Status> {
         Error::InvalidArgument { message, .. } => Status::invalid_argument(message.clone()),
         Error::Unauthenticated { message } => Status::unauthenticated(message.clone()),
         Error::PermissionDenied { message } => Status::permission_denied(message.clone()),
-        Error::Unavailable { message, .. } => Status::unavailable(message.clone()),
+        Error::Unavailable { message, .. } | Error::PartitionUnavailable { message, .. } => {
+            Status::unavailable(message.clone())
+        }
         Error::Rebalanced { message } => Status::failed_precondition(message.clone()),
         Error::SettleRefused { code, message } | Error::Broker { code, message, .. } => {
             Status::new(*code, message.clone())

@@ -177,16 +177,20 @@ pub fn group_json(group: &GroupDescription) -> Value {
         .lags
         .iter()
         .map(|l| {
+            // An unavailable partition's offsets are unknown: null, not 0.
+            let known = |offset: u64| (!l.unavailable).then_some(offset);
             json!({
                 "topic": l.topic,
                 "partition": l.partition,
                 "committed_offset": l.committed_offset,
-                "log_start_offset": l.log_start_offset,
-                "end_offset": l.end_offset,
+                "log_start_offset": known(l.log_start_offset),
+                "end_offset": known(l.end_offset),
                 "lag": l.lag,
                 "lag_from_log_start": l.lag_from_log_start,
                 "deleted_unread": deleted_unread(l),
                 "member_id": owners.get(&(l.topic.as_str(), l.partition)),
+                "unavailable": l.unavailable,
+                "unavailable_reason": l.unavailable_reason,
             })
         })
         .collect();
@@ -200,13 +204,15 @@ pub fn group_json(group: &GroupDescription) -> Value {
         "total_lag": totals.committed,
         "partitions_without_commit": totals.without_commit,
         "lag_without_commit": totals.without_commit_messages,
+        "unavailable_partitions": group.lags.iter().filter(|l| l.unavailable).count(),
     })
 }
 
 /// A group's lag, kept apart by whether the partition has a commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LagTotals {
-    /// Summed over the partitions with a committed offset.
+    /// Summed over the partitions with a committed offset (unavailable partitions,
+    /// whose lag is unknown, are not in any of these).
     pub committed: u64,
     /// Partitions without a committed offset.
     pub without_commit: usize,
@@ -217,7 +223,11 @@ pub struct LagTotals {
 
 impl LagTotals {
     pub fn of(group: &GroupDescription) -> LagTotals {
-        let without: Vec<_> = group.lags.iter().filter(|l| l.lag.is_none()).collect();
+        let without: Vec<_> = group
+            .lags
+            .iter()
+            .filter(|l| l.lag.is_none() && !l.unavailable)
+            .collect();
         LagTotals {
             committed: group.lags.iter().filter_map(|l| l.lag).sum(),
             without_commit: without.len(),
@@ -237,6 +247,9 @@ fn lag_from_log_start(lag: &PartitionLag) -> u64 {
 /// `delete-records`) before the group read them. 0 without a commit or at/above the
 /// log start.
 fn deleted_unread(lag: &PartitionLag) -> u64 {
+    if lag.unavailable {
+        return 0;
+    }
     lag.committed_offset.map_or(0, |committed| {
         lag.log_start_offset.saturating_sub(committed)
     })
@@ -279,6 +292,21 @@ fn render_group(group: &GroupDescription) -> String {
         "MEMBER",
     ]);
     for l in &group.lags {
+        if l.unavailable {
+            // Its offsets are unknown until it is repaired (see the footnote).
+            table.row(vec![
+                l.topic.clone(),
+                l.partition.to_string(),
+                l.committed_offset.map_or_else(dash, |o| o.to_string()),
+                "?".into(),
+                "?".into(),
+                "unavailable".into(),
+                owners
+                    .get(&(l.topic.as_str(), l.partition))
+                    .map_or_else(dash, |m| m.to_string()),
+            ]);
+            continue;
+        }
         table.row(vec![
             l.topic.clone(),
             l.partition.to_string(),
@@ -330,6 +358,12 @@ fn render_group(group: &GroupDescription) -> String {
                 if messages == 1 { "" } else { "s" },
                 if messages == 1 { "was" } else { "were" },
                 if messages == 1 { "it" } else { "them" },
+            ));
+        }
+        for l in group.lags.iter().filter(|l| l.unavailable) {
+            text.push_str(&format!(
+                "\nunavailable: {}/{} (its offsets and lag are unknown, not in the total): {}",
+                l.topic, l.partition, l.unavailable_reason
             ));
         }
         text.push('\n');
@@ -747,6 +781,7 @@ mod tests {
             end_offset: end,
             lag: Some(end - committed),
             lag_from_log_start: None,
+            ..PartitionLag::default()
         };
         let group = GroupDescription {
             group_id: "late".into(),
@@ -805,6 +840,7 @@ mod tests {
                     end_offset: 12,
                     lag: Some(7),
                     lag_from_log_start: None,
+                    ..PartitionLag::default()
                 },
                 PartitionLag {
                     topic: "orders".into(),
@@ -814,6 +850,7 @@ mod tests {
                     end_offset: 4,
                     lag: None,
                     lag_from_log_start: Some(4),
+                    ..PartitionLag::default()
                 },
             ],
         };

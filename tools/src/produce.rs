@@ -766,6 +766,17 @@ fn client_error(broker: &Broker, context: &str, error: &ClientError) -> CliError
              may not be stored",
         )
         .with_code(tonic::Code::Unavailable),
+        // The broker answered: the partition is unavailable (recovery refused to open
+        // it), so nothing of these messages was stored.
+        ClientError::PartitionUnavailable { message, .. } => CliError::failure(
+            format!(
+                "{context} failed: the broker refused the messages, nothing was stored: {}",
+                crate::terms::to_cli(message)
+            ),
+            "produce to another partition, or have the partition repaired first (as the \
+             message says)",
+        )
+        .with_code(tonic::Code::Unavailable),
         ClientError::OutcomeUnknown { .. } => CliError::failure(
             format!("{context} failed: {error}"),
             "check with `tidelog consume` whether those messages are stored before producing \

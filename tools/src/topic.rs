@@ -84,7 +84,12 @@ pub async fn run(broker: &Broker, command: TopicCommand, json: bool) -> CliResul
                 let list: Vec<Value> = topics
                     .iter()
                     .map(|t| {
-                        json!({"name": t.name, "partitions": t.partitions, "size_bytes": t.size_bytes})
+                        json!({
+                            "name": t.name,
+                            "partitions": t.partitions,
+                            "size_bytes": t.size_bytes,
+                            "unavailable_partitions": t.unavailable_partitions,
+                        })
                     })
                     .collect();
                 out.json_pretty(&json!({ "topics": list }))?;
@@ -93,11 +98,17 @@ pub async fn run(broker: &Broker, command: TopicCommand, json: bool) -> CliResul
             } else {
                 let mut table = Table::new(&["TOPIC", ">PARTITIONS", ">SIZE"]);
                 for t in &topics {
-                    table.row(vec![
-                        t.name.clone(),
-                        t.partitions.to_string(),
-                        format_bytes(t.size_bytes),
-                    ]);
+                    // An unavailable partition's size is unknown: the size is of the
+                    // others, and says so.
+                    let size = match t.unavailable_partitions {
+                        0 => format_bytes(t.size_bytes),
+                        n => format!(
+                            "{} + {n} unavailable partition{}",
+                            format_bytes(t.size_bytes),
+                            plural(n as usize)
+                        ),
+                    };
+                    table.row(vec![t.name.clone(), t.partitions.to_string(), size]);
                 }
                 out.text(&table.render())?;
             }
@@ -382,15 +393,19 @@ pub fn topic_json(topic: &TopicDescription) -> Value {
         .partitions
         .iter()
         .map(|p| {
+            // An unavailable partition's offsets and size are unknown: null, not 0.
+            let known = |n: u64| (!p.unavailable).then_some(n);
             json!({
                 "partition": p.partition,
-                "log_start_offset": p.log_start_offset,
-                "end_offset": p.end_offset,
-                "written_offset": p.written_offset,
-                "size_bytes": p.size_bytes,
-                "segment_count": p.segment_count,
+                "log_start_offset": known(p.log_start_offset),
+                "end_offset": known(p.end_offset),
+                "written_offset": known(p.written_offset),
+                "size_bytes": known(p.size_bytes),
+                "segment_count": known(u64::from(p.segment_count)),
                 "poisoned": p.poisoned,
                 "poison_reason": (!p.poison_reason.is_empty()).then_some(&p.poison_reason),
+                "unavailable": p.unavailable,
+                "unavailable_reason": (!p.unavailable_reason.is_empty()).then_some(&p.unavailable_reason),
             })
         })
         .collect();
@@ -492,6 +507,21 @@ fn print_description(out: &mut Stdout, topic: &TopicDescription, json: bool) -> 
         "STATUS",
     ]);
     for p in &topic.partitions {
+        if p.unavailable {
+            // Its offsets and size are unknown until it is repaired.
+            let unknown = || "?".to_string();
+            table.row(vec![
+                p.partition.to_string(),
+                unknown(),
+                unknown(),
+                unknown(),
+                unknown(),
+                unknown(),
+                unknown(),
+                format!("unavailable: {}", p.unavailable_reason),
+            ]);
+            continue;
+        }
         let status = if p.poisoned {
             format!("POISONED: {}", p.poison_reason)
         } else {

@@ -369,8 +369,8 @@ fn a_flipped_byte_in_a_sealed_segment_is_named_and_only_forced_repair_cuts_it() 
     // The storage engine opens what repair left.
     let store = Store::open(&root, StoreOptions::default()).expect("reopening after repair");
     let topic = store.topic("t").unwrap();
-    assert_eq!(topic.partition(0).unwrap().end_offset(), 0);
-    assert_eq!(topic.partition(1).unwrap().end_offset(), 60);
+    assert_eq!(topic.partition(0).unwrap().end_offset().unwrap(), 0);
+    assert_eq!(topic.partition(1).unwrap().end_offset().unwrap(), 60);
     store.close().unwrap();
 }
 
@@ -434,7 +434,13 @@ fn a_torn_append_is_reported_and_repair_cuts_it_into_a_side_file() {
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     let store = Store::open(&root, StoreOptions::default()).expect("reopening after repair");
     assert_eq!(
-        store.topic("t").unwrap().partition(0).unwrap().end_offset(),
+        store
+            .topic("t")
+            .unwrap()
+            .partition(0)
+            .unwrap()
+            .end_offset()
+            .unwrap(),
         60
     );
     store.close().unwrap();
@@ -472,7 +478,13 @@ fn a_truncated_last_batch_in_fsynced_data_needs_force() {
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     let store = Store::open(&root, StoreOptions::default()).expect("reopening after repair");
     assert_eq!(
-        store.topic("t").unwrap().partition(0).unwrap().end_offset(),
+        store
+            .topic("t")
+            .unwrap()
+            .partition(0)
+            .unwrap()
+            .end_offset()
+            .unwrap(),
         59
     );
     store.close().unwrap();
@@ -567,7 +579,13 @@ fn segments_past_a_lost_unsynced_tail_are_moved_aside_without_force() {
     let (code, stdout, stderr) = run(&["segment", "verify", path(&root)]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     let store = Store::open(&root, StoreOptions::default()).expect("reopening after repair");
-    let end = store.topic("t").unwrap().partition(0).unwrap().end_offset();
+    let end = store
+        .topic("t")
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .end_offset()
+        .unwrap();
     let second_base: u64 = logs[1]
         .file_stem()
         .unwrap()
@@ -638,7 +656,13 @@ fn a_forced_cut_names_the_reused_offsets_and_the_groups_past_them() {
 
     let store = Store::open(&root, StoreOptions::default()).expect("reopening after repair");
     assert_eq!(
-        store.topic("t").unwrap().partition(0).unwrap().end_offset(),
+        store
+            .topic("t")
+            .unwrap()
+            .partition(0)
+            .unwrap()
+            .end_offset()
+            .unwrap(),
         second_base
     );
     store.close().unwrap();

@@ -10,7 +10,6 @@ use tidelog_proto::v1::{
     PartitionPosition, ResetReason as ProtoResetReason, StartPosition, SubscribeBatchesResponse,
     SubscribeRequest, subscribe_batches_response,
 };
-use tonic::Code;
 
 use super::damage::{Damaged, probe};
 use super::delivery::{Delivery, open_delivery};
@@ -711,7 +710,7 @@ impl Subscription {
 /// A status that says retrying cannot help though its code is a retryable one: a
 /// partition recovery refused to open stays refused until an operator repairs it.
 fn refused_for_good(status: &tonic::Status) -> bool {
-    status.code() == Code::Unavailable && status.message().contains("recovery refused")
+    crate::error::partition_refused(status.code(), status.message())
 }
 
 fn start_position(start: StartAt) -> StartPosition {

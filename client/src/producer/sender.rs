@@ -23,7 +23,7 @@ use super::config::ProducerConfig;
 use super::front::{Core, Front, Outcome, SealedBatch, Slot, TopicState, now_ms};
 use crate::backoff::Backoff;
 use crate::connection::Client;
-use crate::error::{Error, Result, retryable_status};
+use crate::error::{Error, Result, partition_refused, retryable_status};
 use crate::record::{Ack, Delivered};
 
 pub(crate) enum Command {
@@ -1033,9 +1033,11 @@ impl Sender {
             }
             Some(publish_stream_response::Outcome::Error(status)) => {
                 let code = Code::from_i32(status.code);
-                if code == Code::Unavailable {
+                if code == Code::Unavailable && !partition_refused(code, &status.message) {
                     // The broker is stopping or the partition is poisoned: send it
-                    // (and what followed it) again after a backoff, in order.
+                    // (and what followed it) again after a backoff, in order. (A
+                    // partition recovery refused to open fails the batch below: the
+                    // broker answered, nothing was stored, a resend cannot help.)
                     self.in_flight.push_front(batch);
                     self.broken();
                 } else {

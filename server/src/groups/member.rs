@@ -499,7 +499,9 @@ impl MemberTask {
             .offsets()
             .fetch(&self.group_id, name, partition)
             .map(|c| c.offset);
-        let (log_start, end) = (log.log_start(), log.end_offset());
+        // A partition recovery refused to open fails the member (UNAVAILABLE naming
+        // it) before any reset: its commit stays as it is until the repair.
+        let (log_start, end) = convert::or_status(log.bounds())?;
         let position = match committed {
             Some(offset) if offset < log_start => self.reset(
                 &tp,
@@ -847,8 +849,9 @@ impl MemberTask {
     fn on_data_signal(&mut self) -> Result<(), Status> {
         let has_data = self.owned.values().any(|o| {
             let partition = &o.cursor.partition;
-            let (log_start, end) = (partition.log_start(), partition.end_offset());
-            o.cursor.position != end || o.cursor.position < log_start
+            partition.bounds().is_ok_and(|(log_start, end)| {
+                o.cursor.position != end || o.cursor.position < log_start
+            })
         });
         if has_data {
             self.data_ready = true;

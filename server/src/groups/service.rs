@@ -95,6 +95,8 @@ fn group_description(view: GroupView) -> GroupDescription {
                 end_offset: p.end,
                 lag: p.lag,
                 lag_from_log_start: p.lag_from_log_start,
+                unavailable: p.unavailable.is_some(),
+                unavailable_reason: p.unavailable.unwrap_or_default(),
             })
             .collect(),
     }
@@ -229,7 +231,9 @@ impl Groups for GroupsService {
             check_metadata(&entry.metadata, &entry.topic, entry.partition)?;
             let checked = topic(store, &entry.topic)?;
             let log = partition(&checked, entry.partition)?;
-            let (log_start, end) = (log.log_start(), log.end_offset());
+            // A partition recovery refused to open takes no commit: where its log ends
+            // is unknown until it is repaired.
+            let (log_start, end) = convert::or_status(log.bounds())?;
             if entry.offset > end {
                 return Err(Status::out_of_range(format!(
                     "offset {} for {}/{} is above the partition's end_offset {end} (it holds offsets {log_start}..{end}); commit the offset of the next message to read, at most end_offset",
@@ -470,10 +474,16 @@ impl Groups for GroupsService {
         let mut commits = Vec::with_capacity(plan.len());
         for item in plan {
             let current = committed.get(&(item.topic.name().to_string(), item.partition));
+            // All or nothing: a partition recovery refused to open refuses the whole
+            // reset (nothing is written, the dry run shows nothing), as where its log
+            // starts and ends is unknown until it is repaired.
+            let (log_start, end) = item.log.bounds().map_err(|error| {
+                Status::unavailable(format!("the reset changed nothing: {error}"))
+            })?;
             let state = PartitionState {
                 committed: current.map(|c| c.offset),
-                log_start: item.log.log_start(),
-                end: item.log.end_offset(),
+                log_start,
+                end,
                 offset_for_timestamp: match item.target.lookup_timestamp() {
                     Some(ms) => convert::or_status(item.log.offset_for_timestamp(ms))?,
                     None => None,

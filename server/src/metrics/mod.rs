@@ -17,7 +17,7 @@
 //! | tidelog_publish_duplicates (ids within the dedup window, not stored again) | counter | topic |
 //! | tidelog_dedup_window_ids, _bytes | gauge | topic |
 //! | tidelog_fetch_messages / _bytes (Fetch and Subscribe deliveries) | counter | topic |
-//! | tidelog_partition_end_offset, _log_start_offset, _size_bytes | gauge | topic, partition |
+//! | tidelog_partition_end_offset, _log_start_offset, _size_bytes (left out for an unavailable partition) | gauge | topic, partition |
 //! | tidelog_partition_unavailable, _poisoned (0 or 1) | gauge | topic, partition |
 //! | tidelog_fsync_duration_seconds | histogram | |
 //! | tidelog_group_commit_appends, tidelog_group_commit_bytes | histogram | |

@@ -58,15 +58,20 @@ impl Collector for ScrapeSources {
                         topic: topic.name().to_string(),
                         partition: info.partition,
                     };
-                    end.get_or_create(&labels).set(gauge_value(info.end_offset));
-                    start
-                        .get_or_create(&labels)
-                        .set(gauge_value(info.log_start));
-                    size.get_or_create(&labels)
-                        .set(gauge_value(info.size_bytes));
                     unavailable
                         .get_or_create(&labels)
                         .set(i64::from(info.unavailable.is_some()));
+                    // A partition recovery refused to open has no offsets or size to
+                    // show (unknown until it is repaired, not 0): its gauges are left
+                    // out, and tidelog_partition_unavailable says why.
+                    if info.unavailable.is_none() {
+                        end.get_or_create(&labels).set(gauge_value(info.end_offset));
+                        start
+                            .get_or_create(&labels)
+                            .set(gauge_value(info.log_start));
+                        size.get_or_create(&labels)
+                            .set(gauge_value(info.size_bytes));
+                    }
                     poisoned
                         .get_or_create(&labels)
                         .set(i64::from(info.poisoned.is_some()));

@@ -1055,12 +1055,14 @@ fn visible_ends(store: &Store, parts: &[Arc<Part>]) -> Vec<(Arc<Partition>, u64)
     ends
 }
 
-/// Each partition of `topic` with the end of what is visible in it now.
+/// Each partition of `topic` with the end of what is visible in it now. A partition
+/// recovery refused to open is left out: no data comes to it until it is repaired
+/// (with the broker stopped).
 fn topic_ends(topic: &Topic) -> impl Iterator<Item = (Arc<Partition>, u64)> + '_ {
     topic
         .partitions()
         .iter()
-        .map(|partition| (partition.clone(), partition.end_offset()))
+        .filter_map(|partition| Some((partition.clone(), partition.end_offset().ok()?)))
 }
 
 /// Resolves once a partition of `ends` has a message visible at or past its end

@@ -278,7 +278,7 @@ impl Cursor {
                 None => return Ok(CursorRead::CaughtUp(read.end_offset)),
             }
         }
-        Ok(CursorRead::CaughtUp(self.partition.end_offset()))
+        Ok(CursorRead::CaughtUp(self.partition.end_offset()?))
     }
 }
 
@@ -401,7 +401,7 @@ pub fn read_round<C: BorrowMut<Cursor>>(
         let id = cursor.partition.id();
         let refused = matches!(read, CursorRead::Refused);
         let end_offset = match read {
-            CursorRead::Refused => cursor.partition.end_offset(),
+            CursorRead::Refused => cursor.partition.end_offset()?,
             CursorRead::CaughtUp(end) => end,
             CursorRead::Records(read) => {
                 if !read.records.is_empty() {
@@ -435,7 +435,7 @@ pub fn read_round<C: BorrowMut<Cursor>>(
         if cursor.position != cursor.told {
             batch
                 .positions
-                .push(cursor.told_position(cursor.partition.end_offset()));
+                .push(cursor.told_position(cursor.partition.end_offset()?));
         }
     }
     if let Some(index) = first_delivered {

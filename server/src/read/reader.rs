@@ -90,14 +90,19 @@ impl LaterStart {
         }
     }
 
+    /// Where a partition that joins the read starts; 0 for one recovery refused to
+    /// open (no position is taken from it: its first read fails with UNAVAILABLE).
     fn offset(self, partition: &Partition) -> u64 {
+        let Ok((log_start, end)) = partition.bounds() else {
+            return 0;
+        };
         match self {
-            LaterStart::Earliest => partition.log_start(),
+            LaterStart::Earliest => log_start,
             LaterStart::Timestamp(ms) => match partition.offset_for_timestamp(ms) {
                 Ok(Some(offset)) => offset,
                 // Nothing at or after it, or unreadable (the read reports it).
-                Ok(None) => partition.end_offset(),
-                Err(_) => partition.log_start(),
+                Ok(None) => end,
+                Err(_) => log_start,
             },
         }
     }
@@ -228,7 +233,7 @@ impl PartitionReader {
             self.cursors.iter().map(|c| c.partition.id()).collect();
         for partition in topic.partitions() {
             if partition.id() >= from && !read.contains(&partition.id()) {
-                let start = partition.log_start();
+                let start = LaterStart::Earliest.offset(partition);
                 self.cursors.push(Cursor::new(partition.clone(), start));
                 self.parked.push(false);
             }
@@ -349,16 +354,20 @@ impl PartitionReader {
                 resets.push(self.reset(index, partition, requested, log_start, end)?);
             }
         }
+        // A partition recovery refused to open fails the subscription (UNAVAILABLE
+        // naming it), as its first read would: it has no end to announce.
         let positions = self
             .cursors
             .iter()
-            .map(|c| PartitionPosition {
-                partition: c.partition.id(),
-                next_offset: c.position,
-                end_offset: c.partition.end_offset(),
-                topic: c.topic_name(),
+            .map(|c| {
+                Ok(PartitionPosition {
+                    partition: c.partition.id(),
+                    next_offset: c.position,
+                    end_offset: convert::or_status(c.partition.end_offset())?,
+                    topic: c.topic_name(),
+                })
             })
-            .collect();
+            .collect::<Result<_, Status>>()?;
         self.queued.push_back(SubscribeResponse {
             event: Some(Event::Positioned(Positioned { positions })),
         });

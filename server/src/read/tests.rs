@@ -194,7 +194,10 @@ fn drain_filtered(
     let expected = fixture.expected(filter.map(|(_, matches)| matches));
     let mut cursors = fixture.cursors();
     let count = cursors.len();
-    let ends: Vec<u64> = cursors.iter().map(|c| c.partition.end_offset()).collect();
+    let ends: Vec<u64> = cursors
+        .iter()
+        .map(|c| c.partition.end_offset().unwrap())
+        .collect();
     let total: usize = fixture.live.iter().map(Vec::len).sum();
     let mut delivered: Vec<Vec<(u64, usize)>> = vec![Vec::new(); count];
     // Rounds in a row each partition had live data left and did not move.

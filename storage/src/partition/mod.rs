@@ -83,7 +83,8 @@ pub struct PartitionInfo {
     pub segment_count: u32,
     pub poisoned: Option<String>,
     /// Why recovery refused to open it, if it did: every call fails until an operator
-    /// repairs it.
+    /// repairs it. Its offsets, size and segment count are then unknown (shown as 0
+    /// here): a caller shows the partition as unavailable, never these numbers.
     pub unavailable: Option<String>,
 }
 
@@ -1042,14 +1043,35 @@ impl Partition {
         self.progress.lock().poisoned.clone()
     }
 
-    /// First offset still in the log.
-    pub fn log_start(&self) -> u64 {
+    /// First offset still in the log. Fails with [`Error::PartitionUnavailable`] for a
+    /// partition recovery refused to open: it has no positions to act on (see
+    /// [`Partition::bounds`]).
+    pub fn log_start(&self) -> Result<u64> {
+        self.bounds().map(|(log_start, _)| log_start)
+    }
+
+    /// Next offset readers can see. Fails as [`Partition::log_start`] does.
+    pub fn end_offset(&self) -> Result<u64> {
+        self.bounds().map(|(_, end)| end)
+    }
+
+    /// The log start as the progress holds it, for the partition's own reads that
+    /// checked it is available when they began (retention may move it under them).
+    fn log_start_now(&self) -> u64 {
         self.progress.lock().log_start
     }
 
-    /// Next offset readers can see.
-    pub fn end_offset(&self) -> u64 {
-        self.progress.lock().visible().offset
+    /// The log start and the end readers see, taken together: the offsets a caller
+    /// may take a position from (a reset, a commit, a queue's start, a lag). A
+    /// partition recovery refused to open fails with [`Error::PartitionUnavailable`]:
+    /// what it holds is unknown until an operator repairs it, and acting as if it were
+    /// empty at offset 0 would move positions back over messages it still has.
+    pub fn bounds(&self) -> Result<(u64, u64)> {
+        let state = self.progress.lock();
+        if let Some(error) = &state.unavailable {
+            return Err(error.clone());
+        }
+        Ok((state.log_start, state.visible().offset))
     }
 
     /// Deletes whole segments, oldest first, that are past `retention_ms`, push the
@@ -1069,7 +1091,7 @@ impl Partition {
         let mut writer = lock(&self.writer);
         if writer.poisoned.is_some() || writer.closed {
             return Ok(RetentionOutcome {
-                log_start: self.log_start(),
+                log_start: self.progress.lock().log_start,
                 ..RetentionOutcome::default()
             });
         }

@@ -267,8 +267,8 @@ impl Partition {
             cursor = match outcome {
                 Ok(next) => next,
                 // Retention removed the segment after the snapshot was taken.
-                Err(Error::Io { .. }) if self.log_start() > cursor => {
-                    return Err(out_of_range(cursor, self.log_start()));
+                Err(Error::Io { .. }) if self.log_start_now() > cursor => {
+                    return Err(out_of_range(cursor, self.log_start_now()));
                 }
                 Err(error) => return Err(error),
             };
@@ -362,11 +362,11 @@ impl Partition {
                 Ok(found) => found,
                 // Retention removed the segment after the snapshot was taken: its
                 // messages are gone, as if it had gone before.
-                Err(Error::Io { .. }) if self.log_start() > segment.base_offset => continue,
+                Err(Error::Io { .. }) if self.log_start_now() > segment.base_offset => continue,
                 Err(error) => return Err(error),
             };
             if let Some(record) = found.record {
-                if record.offset >= log_start.max(self.log_start()) {
+                if record.offset >= log_start.max(self.log_start_now()) {
                     return Ok(Some(record));
                 }
                 continue;

@@ -132,15 +132,16 @@ pub fn check_levels_raise(store: &dyn QueueHost, topic: &str, levels: u8) -> Res
 }
 
 /// Per partition of `topic`, the cursor of each of `levels` where `start` puts it.
+/// A partition recovery refused to open fails it ([`Error::PartitionUnavailable`]):
+/// where its log starts and ends is unknown until it is repaired.
 fn start_cursors(topic: &Topic, start: StartAt, levels: u8) -> Result<Vec<(u32, Vec<u64>)>> {
     let mut cursors = Vec::with_capacity(topic.partitions().len());
     for partition in topic.partitions() {
+        let (log_start, end) = partition.bounds()?;
         let at = match start {
-            StartAt::Earliest => partition.log_start(),
-            StartAt::Latest => partition.end_offset(),
-            StartAt::TimestampMs(ms) => partition
-                .offset_for_timestamp(ms)?
-                .unwrap_or_else(|| partition.end_offset()),
+            StartAt::Earliest => log_start,
+            StartAt::Latest => end,
+            StartAt::TimestampMs(ms) => partition.offset_for_timestamp(ms)?.unwrap_or(end),
         };
         cursors.push((partition.id(), vec![at; usize::from(levels)]));
     }
@@ -333,14 +334,25 @@ fn sync_held(store: &dyn QueueHost, name: &str) -> Result<PatternSync> {
             continue;
         }
         let child = pattern_child_name(name, next);
-        next += 1;
-        ops.push(create_op(
+        let op = match create_op(
             store,
             &child,
             topic,
             queue.start.for_later_topic(),
             queue.config.clone(),
-        )?);
+        ) {
+            Ok(op) => op,
+            // A partition recovery refused to open: the topic is taken by the first
+            // sync after its repair (its start is unknown until then); the others are
+            // taken now.
+            Err(error @ Error::PartitionUnavailable { .. }) => {
+                tracing::warn!(queue = name, topic = topic.name(), %error, "a pattern queue does not take this topic until its partition is repaired");
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        next += 1;
+        ops.push(op);
         created.push((topic.clone(), child));
     }
     let live = |topic: &str| topics.iter().any(|t| t.name() == topic);
@@ -585,11 +597,12 @@ fn purge_one(store: &dyn QueueHost, name: &str) -> Result<u64> {
         .read(|q| q.get(name).map(|q| q.topic.clone()))
         .ok_or_else(|| not_found(name))?;
     let topic = store.topic(&topic_name)?;
+    // A partition recovery refused to open refuses the purge (its end is unknown).
     let ends = topic
         .partitions()
         .iter()
-        .map(|p| (p.id(), p.end_offset()))
-        .collect();
+        .map(|p| Ok((p.id(), p.end_offset()?)))
+        .collect::<Result<_>>()?;
     // The state machine counts what the purge settles as it applies it.
     store.queues().append_one(QueueOp::Purge {
         name: name.to_string(),
@@ -716,7 +729,8 @@ fn add_status(
         Ok(topic) => topic
             .partitions()
             .iter()
-            .map(|p| (p.id(), (p.log_start(), p.end_offset())))
+            // A partition recovery refused to open is left out: its log is unknown.
+            .filter_map(|p| Some((p.id(), p.bounds().ok()?)))
             .collect(),
         Err(_) => BTreeMap::new(),
     };
@@ -834,7 +848,11 @@ pub fn backlog(
     let logs: Vec<(u32, u64, u64)> = topic
         .partitions()
         .iter()
-        .map(|p| (p.id(), p.log_start(), p.end_offset()))
+        // A partition recovery refused to open is left out: its log is unknown.
+        .filter_map(|p| {
+            let (log_start, end) = p.bounds().ok()?;
+            Some((p.id(), log_start, end))
+        })
         .collect();
     let counted = store.queues().read(|q| {
         let queue = q.get(name)?;
@@ -1013,17 +1031,20 @@ pub fn redrive_queue_checked<R>(
     let mut moved = 0u64;
     let mut remaining = 0u64;
     let mut commits = Vec::new();
+    // A dead-letter partition recovery refused to open refuses the redrive before
+    // anything moves (its letters and the group's position there are unknown).
     for partition in dlq.partitions() {
+        partition.bounds()?;
+    }
+    for partition in dlq.partitions() {
+        let (log_start, end) = partition.bounds()?;
         let committed = store
             .offsets()
             .fetch(&group, dlq.name(), partition.id())
             .map(|c| c.offset);
-        let mut position = committed
-            .unwrap_or(0)
-            .max(partition.log_start())
-            .min(partition.end_offset());
+        let mut position = committed.unwrap_or(0).max(log_start).min(end);
         let mut batches: BTreeMap<(String, u32), Vec<NewRecord>> = BTreeMap::new();
-        while moved < u64::from(max_messages) && position < partition.end_offset() {
+        while moved < u64::from(max_messages) && position < partition.end_offset()? {
             let want = (u64::from(max_messages) - moved).min(1000) as u32;
             let read = partition.read(position, want, 4 << 20)?;
             let mut next = read.next_offset;
@@ -1086,7 +1107,7 @@ pub fn redrive_queue_checked<R>(
                 target.partition(source)?.append_durable(chunk)?;
             }
         }
-        remaining += partition.end_offset().saturating_sub(position);
+        remaining += partition.end_offset()?.saturating_sub(position);
         if committed != Some(position) {
             commits.push((dlq.clone(), partition.id(), position, String::new()));
         }

@@ -47,7 +47,7 @@ pub enum MessageAt {
 /// The message at `offset` of `partition` of `topic`.
 pub fn message_at(topic: &Topic, partition: u32, offset: u64) -> Result<MessageAt> {
     let part = topic.partition(partition)?;
-    let (log_start, end_offset) = (part.log_start(), part.end_offset());
+    let (log_start, end_offset) = part.bounds()?;
     if offset < log_start || offset >= end_offset {
         return Ok(MessageAt::Missing {
             log_start,

@@ -4,10 +4,18 @@
 
 use std::path::{Path, PathBuf};
 
+use tidelog_proto::v1::queues_client::QueuesClient;
+use tidelog_proto::v1::reset_offsets_request::{
+    AllTopics, ExplicitOffsets, Scope, Spec, ToCurrent, ToEarliest, ToLatest, TopicScope,
+};
 use tidelog_proto::v1::{
-    AckLevel, DescribeTopicRequest, FetchRequest, Message, PublishRequest, TopicConfig,
+    AckLevel, CommitOffsetsRequest, CreateQueueRequest, DescribeGroupRequest, DescribeQueueRequest,
+    DescribeTopicRequest, FetchOffsetsRequest, FetchRequest, ListTopicsRequest, Message,
+    PublishRequest, ResetOffsetsRequest, TopicConfig, TopicPartitionOffset,
 };
 use tidelog_tests::{TestBroker, metric_value, tidelog_command};
+
+use crate::cli::{cli, cli_with_input};
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -189,5 +197,344 @@ async fn a_partition_that_lost_fsynced_data_is_unavailable_and_the_others_serve(
     assert_eq!(fetch(&broker, 1).await.unwrap(), MESSAGES / 2);
     publish(&broker, 1, 1).await.unwrap();
     assert_eq!(partitions_health(&broker).await, 1);
+    broker.stop();
+}
+
+/// The partition's status, as a request touching it must fail: UNAVAILABLE naming the
+/// partition and what to do.
+fn assert_refused_for_repair(status: &tonic::Status, what: &str) {
+    assert_eq!(status.code(), Code::Unavailable, "{what}: {status:?}");
+    assert!(
+        status
+            .message()
+            .contains(&format!("{TOPIC}/1 is unavailable")),
+        "{what}: {status:?}"
+    );
+    assert!(
+        status.message().contains("tidelog segment repair --force"),
+        "{what}: {status:?}"
+    );
+}
+
+async fn committed_offsets(broker: &TestBroker, group: &str) -> Vec<(u32, u64)> {
+    let mut offsets: Vec<(u32, u64)> = broker
+        .groups()
+        .await
+        .fetch_offsets(FetchOffsetsRequest {
+            group_id: group.into(),
+            topic: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .offsets
+        .into_iter()
+        .map(|o| (o.partition, o.offset))
+        .collect();
+    offsets.sort_unstable();
+    offsets
+}
+
+fn reset_request(scope: Option<Scope>, spec: Spec, execute: bool) -> ResetOffsetsRequest {
+    ResetOffsetsRequest {
+        group_id: "billing".into(),
+        scope,
+        spec: Some(spec),
+        execute,
+    }
+}
+
+/// An unavailable partition has no positions: nothing takes one from it as if it were
+/// empty at offset 0. Resets touching it (every mode, the CLI's export included) and
+/// commits to it are refused whole, a queue cannot start on its topic, descriptions
+/// and gauges show it as unavailable instead of 0, and the CLI says so (consume exits
+/// 1 naming it, produce reports the broker's refusal at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_partition_gives_no_positions_to_act_on() {
+    let mut broker = TestBroker::start();
+    broker
+        .create_topic(TOPIC, PARTITIONS, TopicConfig::default())
+        .await;
+    for partition in 0..PARTITIONS {
+        publish(&broker, partition, MESSAGES / 2).await.unwrap();
+        publish(&broker, partition, MESSAGES / 2).await.unwrap();
+    }
+    let commit = |partition| TopicPartitionOffset {
+        topic: TOPIC.into(),
+        partition,
+        offset: 15,
+        metadata: String::new(),
+    };
+    broker
+        .groups()
+        .await
+        .commit_offsets(CommitOffsetsRequest {
+            group_id: "billing".into(),
+            offsets: (0..PARTITIONS).map(commit).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    broker.stop();
+    let log = last_segment(&broker.data_dir(), 1);
+    let length = std::fs::metadata(&log).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(length - 10)
+        .unwrap();
+    tokio::task::block_in_place(|| broker.restart());
+    let all_commits = vec![(0, 15), (1, 15), (2, 15)];
+
+    // Resets that touch it are refused whole, dry run or not; nothing is written.
+    let topic_scope = |partitions: Vec<u32>| {
+        Some(Scope::Topic(TopicScope {
+            topic: TOPIC.into(),
+            partitions,
+        }))
+    };
+    for (what, request) in [
+        (
+            "to_current over all topics",
+            reset_request(
+                Some(Scope::AllTopics(AllTopics {})),
+                Spec::ToCurrent(ToCurrent {}),
+                false,
+            ),
+        ),
+        (
+            "to_earliest over the topic, executed",
+            reset_request(topic_scope(vec![]), Spec::ToEarliest(ToEarliest {}), true),
+        ),
+        (
+            "to_latest on the partition, executed",
+            reset_request(topic_scope(vec![1]), Spec::ToLatest(ToLatest {}), true),
+        ),
+        (
+            "an explicit offset, executed",
+            reset_request(
+                None,
+                Spec::Explicit(ExplicitOffsets {
+                    offsets: vec![commit(1)],
+                }),
+                true,
+            ),
+        ),
+    ] {
+        let status = broker
+            .groups()
+            .await
+            .reset_offsets(request)
+            .await
+            .unwrap_err();
+        assert_refused_for_repair(&status, what);
+        assert_eq!(committed_offsets(&broker, "billing").await, all_commits);
+    }
+    // A commit to it is refused too.
+    let status = broker
+        .groups()
+        .await
+        .commit_offsets(CommitOffsetsRequest {
+            group_id: "billing".into(),
+            offsets: vec![commit(1)],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_refused_for_repair(&status, "CommitOffsets");
+    // A reset that does not touch it goes through.
+    let response = broker
+        .groups()
+        .await
+        .reset_offsets(reset_request(
+            topic_scope(vec![0, 2]),
+            Spec::ToCurrent(ToCurrent {}),
+            false,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let moved: Vec<(u32, u64)> = response
+        .changes
+        .iter()
+        .map(|c| (c.partition, c.new_offset))
+        .collect();
+    assert_eq!(moved, vec![(0, 15), (2, 15)]);
+
+    // A queue cannot start on the topic: where partition 1 ends is unknown.
+    let mut queues = QueuesClient::new(broker.channel().await);
+    let status = queues
+        .create_queue(CreateQueueRequest {
+            name: "jobs".into(),
+            topic: TOPIC.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_refused_for_repair(&status, "CreateQueue from latest");
+    let status = queues
+        .describe_queue(DescribeQueueRequest {
+            name: "jobs".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+
+    // The group's description shows it unavailable, with its commit and no lag.
+    let group = broker
+        .groups()
+        .await
+        .describe_group(DescribeGroupRequest {
+            group_id: "billing".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .group
+        .unwrap();
+    let lags: Vec<(u32, Option<u64>, Option<u64>, bool)> = group
+        .lags
+        .iter()
+        .map(|l| (l.partition, l.committed_offset, l.lag, l.unavailable))
+        .collect();
+    assert_eq!(
+        lags,
+        vec![
+            (0, Some(15), Some(5), false),
+            (1, Some(15), None, true),
+            (2, Some(15), Some(5), false),
+        ]
+    );
+    assert!(
+        group.lags[1]
+            .unavailable_reason
+            .contains("tidelog segment repair"),
+        "{group:?}"
+    );
+    // Its gauges are left out rather than 0.
+    let metrics = broker.metrics_text();
+    for gauge in [
+        "tidelog_partition_end_offset",
+        "tidelog_partition_log_start_offset",
+        "tidelog_partition_size_bytes",
+    ] {
+        let labels = |p: u32| format!("{gauge}{{topic=\"{TOPIC}\",partition=\"{p}\"}}");
+        assert_eq!(metric_value(&metrics, &labels(1)), None, "{metrics}");
+        assert!(metric_value(&metrics, &labels(0)).is_some(), "{metrics}");
+    }
+    let lag = |p: u32| {
+        format!(
+            "tidelog_consumer_group_lag{{group=\"billing\",topic=\"{TOPIC}\",partition=\"{p}\"}}"
+        )
+    };
+    assert_eq!(metric_value(&metrics, &lag(0)), Some(5.0), "{metrics}");
+    assert_eq!(metric_value(&metrics, &lag(1)), None, "{metrics}");
+    // ListTopics counts it apart from the size.
+    let topics = broker
+        .admin()
+        .await
+        .list_topics(ListTopicsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .topics;
+    assert_eq!(topics[0].unavailable_partitions, 1, "{topics:?}");
+
+    // The CLI: describe says unavailable, with the reason, in text and JSON.
+    let described = cli(&broker, &["topic", "describe", TOPIC, "--json"])
+        .ok("topic describe --json")
+        .json();
+    let partition = &described["partitions"][1];
+    assert_eq!(partition["unavailable"], true, "{described}");
+    assert!(partition["end_offset"].is_null(), "{described}");
+    assert!(
+        partition["unavailable_reason"]
+            .as_str()
+            .unwrap()
+            .contains("recovery refused"),
+        "{described}"
+    );
+    let text = cli(&broker, &["topic", "describe", TOPIC]).ok("topic describe");
+    assert!(
+        text.stdout.contains("unavailable: partition orders/1"),
+        "{}",
+        text.stdout
+    );
+    let listed = cli(&broker, &["topic", "list"]).ok("topic list");
+    assert!(
+        listed.stdout.contains("+ 1 unavailable partition"),
+        "{}",
+        listed.stdout
+    );
+    let group_text = cli(&broker, &["group", "describe", "billing"]).ok("group describe");
+    assert!(
+        group_text.stdout.contains("unavailable: orders/1"),
+        "{}",
+        group_text.stdout
+    );
+    // The export of the save/restore workflow is refused: it would save 0 for it.
+    let export = cli(
+        &broker,
+        &[
+            "group",
+            "reset-offsets",
+            "--group",
+            "billing",
+            "--all-topics",
+            "--to-current",
+            "--export",
+        ],
+    );
+    assert_eq!(export.code, 1, "{export:?}");
+    assert!(
+        export.stderr.contains("orders/1 is unavailable"),
+        "{export:?}"
+    );
+    assert_eq!(export.stdout, "", "{export:?}");
+    // Consume reads the others, names the one it could not read, and exits 1.
+    let consumed = cli(&broker, &["consume", TOPIC]);
+    assert_eq!(consumed.code, 1, "{consumed:?}");
+    assert_eq!(
+        consumed.stdout.lines().count() as u64,
+        2 * MESSAGES,
+        "{consumed:?}"
+    );
+    assert!(consumed.stderr.contains("orders/1"), "{consumed:?}");
+    assert!(
+        consumed.stderr.contains(
+            "partition 1 of topic \"orders\" was not read: partition orders/1 is unavailable"
+        ),
+        "{consumed:?}"
+    );
+    let consumed = cli(&broker, &["consume", TOPIC, "--partition", "1"]);
+    assert_eq!(consumed.code, 1, "{consumed:?}");
+    assert_eq!(consumed.stdout, "", "{consumed:?}");
+    // Produce reports the broker's answer at once: refused, nothing stored.
+    let started = std::time::Instant::now();
+    let produced = cli_with_input(&broker, &["produce", TOPIC, "--partition", "1"], b"x\n");
+    assert_eq!(produced.code, 1, "{produced:?}");
+    assert!(
+        produced.stderr.contains("nothing was stored"),
+        "{produced:?}"
+    );
+    assert!(!produced.stderr.contains("outcome unknown"), "{produced:?}");
+    assert!(
+        produced.stderr.contains("tidelog segment repair --force"),
+        "{produced:?}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "produce retried a refusal for {:?}",
+        started.elapsed()
+    );
+    broker.stop();
+
+    // After the repair, the group's commit is where it was.
+    let data = broker.data_dir();
+    let (code, stdout, stderr) = tidelog(&["segment", "repair", data.to_str().unwrap(), "--force"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    tokio::task::block_in_place(|| broker.restart());
+    assert_eq!(committed_offsets(&broker, "billing").await, all_commits);
     broker.stop();
 }

@@ -98,6 +98,60 @@ pub(super) fn damage_error(topic: &str, damaged: &[Damage]) -> CliResult<()> {
     }
 }
 
+/// A partition recovery refused to open (`PartitionDescription.unavailable`): the
+/// broker refuses every read of it until an operator repairs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Unavailable {
+    pub(super) partition: u32,
+    /// Why recovery refused it and what to do (the broker's reason, in the CLI's
+    /// terms).
+    pub(super) reason: String,
+}
+
+impl Unavailable {
+    pub(super) fn new(partition: u32, reason: &str) -> Self {
+        Unavailable {
+            partition,
+            reason: to_cli(reason),
+        }
+    }
+
+    /// Said at once, where its messages would have come (the error at the end says
+    /// why and what to do).
+    pub(super) fn warn(&self, topic: &str) {
+        note(&format!(
+            "warning: {topic}/{}: the partition is unavailable (recovery refused to open \
+             it), nothing of it was read; reading goes on with the other partitions",
+            self.partition
+        ));
+    }
+}
+
+/// Exit 1 (UNAVAILABLE) naming every partition that was skipped as unavailable, with
+/// the broker's reason and advice, or `Ok`.
+pub(super) fn unavailable_error(topic: &str, unavailable: &[Unavailable]) -> CliResult<()> {
+    let Some(first) = unavailable.first() else {
+        return Ok(());
+    };
+    let names: Vec<String> = unavailable
+        .iter()
+        .map(|u| u.partition.to_string())
+        .collect();
+    let more = if unavailable.len() > 1 {
+        " (the others' reasons: `tidelog topic describe`)"
+    } else {
+        ""
+    };
+    Err(CliError::plain(format!(
+        "partition{} {} of topic {topic:?} {} not read: {}{more}",
+        if names.len() == 1 { "" } else { "s" },
+        names.join(", "),
+        if names.len() == 1 { "was" } else { "were" },
+        first.reason,
+    ))
+    .with_code(tonic::Code::Unavailable))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

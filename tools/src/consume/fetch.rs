@@ -5,7 +5,7 @@
 
 use tidelog_client::FetchOptions;
 
-use super::damage::{Damage, damage_error};
+use super::damage::{Damage, Unavailable, damage_error, unavailable_error};
 use super::printer::Printer;
 use super::start::{offsets_for_time, out_of_range_start, topic_and_partitions};
 use crate::args::{ConsumeArgs, StartAt};
@@ -21,14 +21,31 @@ pub(super) async fn consume_fetch(
     printer: &mut Printer,
 ) -> CliResult<()> {
     let (topic, partitions) = topic_and_partitions(broker, args).await?;
+    // A partition recovery refused to open has no offsets to read from: it is named
+    // at once, the others are read, and the command fails at the end naming it.
+    let unavailable: Vec<Unavailable> = topic
+        .partitions
+        .iter()
+        .filter(|p| p.unavailable && partitions.contains(&p.partition))
+        .map(|p| Unavailable::new(p.partition, &p.unavailable_reason))
+        .collect();
+    let readable: Vec<u32> = partitions
+        .iter()
+        .copied()
+        .filter(|p| !unavailable.iter().any(|u| u.partition == *p))
+        .collect();
     let by_time = match args.from {
-        Some(StartAt::TimestampMs(ms)) => {
-            Some(offsets_for_time(broker, &args.topic, &partitions, ms).await?)
+        Some(StartAt::TimestampMs(ms)) if !readable.is_empty() => {
+            Some(offsets_for_time(broker, &args.topic, &readable, ms).await?)
         }
         _ => None,
     };
     let mut damaged = Vec::new();
     for &partition in &partitions {
+        if let Some(refused) = unavailable.iter().find(|u| u.partition == partition) {
+            refused.warn(&args.topic);
+            continue;
+        }
         let Some(state) = topic.partitions.iter().find(|p| p.partition == partition) else {
             continue;
         };
@@ -80,6 +97,7 @@ pub(super) async fn consume_fetch(
                 }
                 printer.print(&m)?;
                 if printer.done() {
+                    unavailable_error(&args.topic, &unavailable)?;
                     return damage_error(&args.topic, &damaged);
                 }
             }
@@ -95,5 +113,6 @@ pub(super) async fn consume_fetch(
             break;
         }
     }
+    unavailable_error(&args.topic, &unavailable)?;
     damage_error(&args.topic, &damaged)
 }

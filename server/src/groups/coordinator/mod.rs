@@ -227,14 +227,20 @@ pub struct PartitionLagView {
     pub topic: String,
     pub partition: u32,
     pub committed: Option<u64>,
+    /// 0 when the partition is unavailable.
     pub log_start: u64,
+    /// 0 when the partition is unavailable.
     pub end: u64,
-    /// `end - committed` (0 when the commit is ahead); `None` without a commit.
+    /// `end - committed` (0 when the commit is ahead); `None` without a commit, or
+    /// when the partition is unavailable (its end is unknown).
     pub lag: Option<u64>,
     /// Without a commit: `end - log_start`, the messages the group has committed
     /// nothing past (a member starts there only with reset policy EARLIEST; LATEST
-    /// skips them). `None` with a commit.
+    /// skips them). `None` with a commit, or when the partition is unavailable.
     pub lag_from_log_start: Option<u64>,
+    /// Why recovery refused to open the partition, when it did: its offsets and lag
+    /// are unknown until it is repaired (shown as unavailable, never as 0).
+    pub unavailable: Option<String>,
 }
 
 /// A group with its members and, per partition, committed offset and lag.
@@ -1118,16 +1124,31 @@ impl GroupCoordinator {
             for p in topic.partitions() {
                 let partition = p.id();
                 let committed = committed.get(&(topic_name.clone(), partition)).copied();
-                let (log_start, end) = (p.log_start(), p.end_offset());
-                partitions.push(PartitionLagView {
-                    topic: topic_name.clone(),
-                    partition,
-                    committed,
-                    log_start,
-                    end,
-                    lag: committed.map(|c| end.saturating_sub(c)),
-                    lag_from_log_start: committed.is_none().then(|| end.saturating_sub(log_start)),
-                });
+                let view = match p.bounds() {
+                    Ok((log_start, end)) => PartitionLagView {
+                        topic: topic_name.clone(),
+                        partition,
+                        committed,
+                        log_start,
+                        end,
+                        lag: committed.map(|c| end.saturating_sub(c)),
+                        lag_from_log_start: committed
+                            .is_none()
+                            .then(|| end.saturating_sub(log_start)),
+                        unavailable: None,
+                    },
+                    Err(error) => PartitionLagView {
+                        topic: topic_name.clone(),
+                        partition,
+                        committed,
+                        log_start: 0,
+                        end: 0,
+                        lag: None,
+                        lag_from_log_start: None,
+                        unavailable: Some(error.to_string()),
+                    },
+                };
+                partitions.push(view);
             }
         }
         Some(GroupView {

@@ -938,6 +938,14 @@ impl QueueEngine {
                         self.warn_damage(partition, offset, &error, now, false);
                         continue;
                     }
+                    Err(Error::PartitionUnavailable { .. }) => {
+                        // Recovery refused to open its partition: it is not gone, it
+                        // stays pending until the repair (a restart) and the others
+                        // are delivered on.
+                        let at = now.saturating_add(DAMAGE_RETRY_MS);
+                        self.timers.insert((at, Timer::Due, partition, offset));
+                        continue;
+                    }
                     Err(error) => return Err(error),
                 };
                 let Some(record) = record else {
@@ -1011,7 +1019,9 @@ impl QueueEngine {
                     self.ahead_blocked.remove(&key);
                 }
                 // A partition stopped at damage has nothing more to look at for now.
-                caught_up &= cursor_to >= partition.end_offset()
+                // An unavailable partition has nothing to deliver until it is repaired.
+                caught_up &= partition.end_offset().is_ok_and(|end| cursor_to >= end)
+                    || partition.unavailable().is_some()
                     || self.stopped.contains_key(&(partition.id(), level));
                 if cursor_to > cursor || !taken.is_empty() {
                     ops.push(QueueOp::Take {
@@ -1102,7 +1112,11 @@ impl QueueEngine {
         let id = partition.id();
         let level = passed.level;
         let mut position = passed.from;
-        let log_start = partition.log_start();
+        // A partition recovery refused to open has nothing to scan: its messages are
+        // neither taken nor lost, the queue's cursor there waits for its repair.
+        let Ok(log_start) = partition.log_start() else {
+            return Ok((position, Vec::new(), false));
+        };
         if position < log_start {
             // Retention deleted messages the queue had not taken: they are gone.
             self.counters.lost_to_retention += log_start - position;
@@ -1116,7 +1130,7 @@ impl QueueEngine {
         let mut blocked = false;
         while (turns.current().is_some() || ahead)
             && examined < SCAN_RECORDS_PER_ROUND
-            && position < partition.end_offset()
+            && partition.end_offset().is_ok_and(|end| position < end)
         {
             let read = match partition.read(
                 position,
@@ -1279,11 +1293,15 @@ impl QueueEngine {
                 }
                 let id = partition.id();
                 let mut passed = Passed::new(&queue, id, level);
-                let mut position = passed.from.max(partition.log_start());
+                // An unavailable partition is passed over: nothing of it can be read.
+                let Ok(log_start) = partition.log_start() else {
+                    continue;
+                };
+                let mut position = passed.from.max(log_start);
                 let start = position;
                 let mut letters: Vec<Letter> = Vec::new();
                 while settled < excess
-                    && position < partition.end_offset()
+                    && partition.end_offset().is_ok_and(|end| position < end)
                     && !self.waits_at_damage(id, level, position, now)
                 {
                     let want = (excess - settled).min(u64::from(SCAN_RECORDS_PER_ROUND)) as u32;
@@ -1724,7 +1742,7 @@ fn count_span(
     from: u64,
     to: u64,
 ) -> Result<()> {
-    let mut position = from.max(partition.log_start());
+    let mut position = from.max(partition.log_start()?);
     while position < to {
         let read = partition.read(position, SCAN_RECORDS_PER_ROUND, SCAN_READ_BYTES)?;
         for record in &read.records {
@@ -1956,7 +1974,8 @@ fn letter_batches(letters: &[crate::batch::NewRecord]) -> Vec<&[crate::batch::Ne
 /// expired.
 fn read_one(topic: &Topic, partition: u32, offset: u64) -> Result<Option<Record>> {
     let partition = topic.partition(partition)?;
-    if offset < partition.log_start() || offset >= partition.end_offset() {
+    let (log_start, end) = partition.bounds()?;
+    if offset < log_start || offset >= end {
         return Ok(None);
     }
     let read = partition.read(offset, 1, 0)?;
