@@ -639,7 +639,8 @@ async fn reset_offsets(
                     "--topic-pattern {pattern:?} names no partition to reset for group {}",
                     args.group
                 ),
-                "check the pattern against `tidelog topic list` (it matches whole topic names);                  for --to-current and --shift-by only partitions with committed offsets count",
+                "check the pattern against `tidelog topic list` (it matches whole topic names); \
+                 for --to-current and --shift-by only partitions with committed offsets count",
             ));
         }
         if args.all_topics {

@@ -139,8 +139,16 @@ impl QueueConfig {
             crate::filter::Filter::parse(filter)
                 .map_err(|e| Error::invalid(format!("filter {e}")))?;
         }
-        crate::config::validate_topic_name(&self.dead_letter_topic)
-            .map_err(|e| Error::invalid(format!("dead_letter_topic: {e}")))
+        crate::config::validate_topic_name(&self.dead_letter_topic).map_err(|e| {
+            // The default (the topic's name, or a pattern queue's, plus ".dlq") can be
+            // what passes the limit: say so, since the request may not have named it.
+            let default = if self.dead_letter_topic.ends_with(".dlq") {
+                " (if the request named none, this is the default: the queue's topic, or a pattern queue's name, plus \".dlq\"; name one that fits)"
+            } else {
+                ""
+            };
+            Error::invalid(format!("dead_letter_topic: {e}{default}"))
+        })
     }
 
     /// The wait before delivering a message again after its `attempts`-th delivery
@@ -292,5 +300,17 @@ mod tests {
             let error = config.validate().unwrap_err().to_string();
             assert!(error.contains(field), "{error}");
         }
+        // A topic name of 246 to 249 bytes is valid, its default dead-letter topic is
+        // not: the refusal says the default is what is too long.
+        let long = "t".repeat(247);
+        crate::config::validate_topic_name(&long).unwrap();
+        let error = QueueConfig::defaults_for(&long)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("dead_letter_topic") && error.contains("the default"),
+            "{error}"
+        );
     }
 }
