@@ -330,13 +330,22 @@ impl Store {
     }
 
     /// Queue `name`'s delivery history to record its decisions in, or None when the
-    /// queue does not exist (it was deleted: its decisions made before are not
-    /// recorded). Looked up in one step with [`Store::change_queues`], so a history
+    /// queue created at `created_ms` does not exist (it was deleted, and perhaps
+    /// created again under the name: its decisions made before are not recorded, nor
+    /// into the new queue's history). Looked up in one step with [`Store::change_queues`], so a history
     /// handed out here is either closed by the queue's deletion or belongs to a queue
     /// that exists after it.
-    pub fn live_queue_history(&self, name: &str) -> Result<Option<Arc<QueueHistory>>> {
+    pub fn live_queue_history(
+        &self,
+        name: &str,
+        created_ms: i64,
+    ) -> Result<Option<Arc<QueueHistory>>> {
         let mut histories = self.inner.lock_histories();
-        if self.inner.queues.read(|q| q.get(name).is_none()) {
+        if self
+            .inner
+            .queues
+            .read(|q| q.get(name).is_none_or(|q| q.created_ms != created_ms))
+        {
             return Ok(None);
         }
         self.inner.history(&mut histories, name).map(Some)
@@ -1297,8 +1306,8 @@ impl QueueHost for Store {
         Store::queue_history(self, name)
     }
 
-    fn live_queue_history(&self, name: &str) -> Result<Option<Arc<QueueHistory>>> {
-        Store::live_queue_history(self, name)
+    fn live_queue_history(&self, name: &str, created_ms: i64) -> Result<Option<Arc<QueueHistory>>> {
+        Store::live_queue_history(self, name, created_ms)
     }
 
     fn change_queues(&self, ops: Vec<QueueOp>) -> Result<Vec<u64>> {

@@ -488,3 +488,53 @@ fn creating_a_topic_removes_a_queue_a_deleted_namesake_left() {
     engine.member_joined("new");
     assert_eq!(engine.deliver(&[("new".into(), 4)]).unwrap()[0].1.len(), 4);
 }
+
+/// An engine of a queue that was deleted and created again under its name (a runtime
+/// of the old queue may run a step before it stops) acts on nothing of the new queue
+/// and records nothing in its history: its calls find its queue gone. Before, it looked
+/// its queue up by name: under load the new queue's history listed the old queue's
+/// deliveries, and the old engine could lease and settle the new queue's messages.
+#[test]
+fn an_engine_of_a_deleted_queue_never_acts_on_a_new_queue_of_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = open(Arc::new(tidelog_storage::OsFs), dir.path(), &clock).unwrap();
+    topic(&store);
+    create_work(&store);
+    let mut old = QueueEngine::open(store.clone(), "work").unwrap();
+    old.member_joined("old");
+    assert_eq!(old.deliver(&[("old".into(), 1)]).unwrap()[0].1.len(), 1);
+    admin::delete_queue(&*store, "work").unwrap();
+    clock.advance_ms(1);
+    create_work(&store);
+    // The old engine's every step finds its queue gone.
+    assert!(matches!(
+        old.deliver(&[("old".into(), 2)]),
+        Err(Error::NotFound { .. })
+    ));
+    let settled = old.settle(
+        Some("old"),
+        &[SettleRequest {
+            partition: 0,
+            offset: 0,
+            attempt: 1,
+            action: SettleAction::Ack { through: None },
+        }],
+    );
+    assert!(
+        settled.is_err()
+            || settled.as_ref().is_ok_and(|o| o
+                .iter()
+                .all(|o| !matches!(o, tidelog_storage::queue::SettleOutcome::Ok { .. }))),
+        "{settled:?}"
+    );
+    let _ = old.tick();
+    let _ = old.take_delayed();
+    // The new queue has all four messages ready and an empty history.
+    let status = admin::queue_status(&*store, "work", START_MS + 1).unwrap();
+    assert_eq!((status.ready, status.unacked), (4, 0), "{status:?}");
+    assert_eq!(
+        members_listed(&store.queue_history("work").unwrap()).unwrap(),
+        Vec::<String>::new()
+    );
+}

@@ -752,8 +752,8 @@ impl QueueHost for Interposed {
     fn queue_history(&self, name: &str) -> Result<Arc<QueueHistory>> {
         QueueHost::queue_history(&*self.store, name)
     }
-    fn live_queue_history(&self, name: &str) -> Result<Option<Arc<QueueHistory>>> {
-        QueueHost::live_queue_history(&*self.store, name)
+    fn live_queue_history(&self, name: &str, created_ms: i64) -> Result<Option<Arc<QueueHistory>>> {
+        QueueHost::live_queue_history(&*self.store, name, created_ms)
     }
     fn change_queues(&self, ops: Vec<QueueOp>) -> Result<Vec<u64>> {
         self.interpose("change_queues");

@@ -76,15 +76,24 @@ impl QueuesService {
         &self.state.queues
     }
 
+    /// Runs a blocking storage call on the blocking pool; its own error as it came.
+    async fn on_blocking_pool<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> tidelog_storage::Result<R> + Send + 'static,
+    ) -> Result<tidelog_storage::Result<R>, Status> {
+        let store = self.state.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| Status::internal(format!("the call's task failed: {e}")))
+    }
+
     /// Runs a blocking storage call on the blocking pool.
     async fn blocking<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> tidelog_storage::Result<R> + Send + 'static,
     ) -> Result<R, Status> {
-        let store = self.state.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|e| Status::internal(format!("the call's task failed: {e}")))?
+        self.on_blocking_pool(f)
+            .await?
             .map_err(|e| convert::status(&e))
     }
 
@@ -95,10 +104,8 @@ impl QueuesService {
         caller: Option<&Caller>,
         f: impl FnOnce(&Store) -> tidelog_storage::Result<R> + Send + 'static,
     ) -> Result<R, Status> {
-        let store = self.state.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|e| Status::internal(format!("the call's task failed: {e}")))?
+        self.on_blocking_pool(f)
+            .await?
             .map_err(|e| convert::status_seen_by(&e, |t| self.state.auth.may_see_topic(caller, t)))
     }
 

@@ -56,8 +56,12 @@ pub trait QueueHost: Send + Sync + std::fmt::Debug {
     /// Queue `name`'s delivery history, opened on first use (for reading).
     fn queue_history(&self, name: &str) -> Result<Arc<history::QueueHistory>>;
     /// Queue `name`'s delivery history to record its decisions in; None when the queue
-    /// does not exist (see `Store::live_queue_history`).
-    fn live_queue_history(&self, name: &str) -> Result<Option<Arc<history::QueueHistory>>>;
+    /// created at `created_ms` does not exist (see `Store::live_queue_history`).
+    fn live_queue_history(
+        &self,
+        name: &str,
+        created_ms: i64,
+    ) -> Result<Option<Arc<history::QueueHistory>>>;
     /// Appends operations that create or delete queues to the queue state; a deleted
     /// queue's history goes with it (see `Store::change_queues`). Every creation and
     /// deletion of a queue goes through this, never through `queues().append`.

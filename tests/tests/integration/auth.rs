@@ -95,6 +95,18 @@ pub(crate) async fn allow(admin: &Conn, principal: &str, resource: &str, operati
         .unwrap();
 }
 
+/// Creates topic `name` (one partition, defaults) as whoever `conn` carries.
+pub(crate) async fn create_topic(conn: &Conn, name: &str) {
+    AdminClient::new(conn.clone())
+        .create_topic(CreateTopicRequest {
+            name: name.into(),
+            partitions: 1,
+            config: Some(TopicConfig::default()),
+        })
+        .await
+        .unwrap();
+}
+
 /// One call of `operation` on a resource, by whoever `conn` carries.
 async fn call(operation: &str, conn: &Conn, n: usize) -> Result<(), Status> {
     let mut admin = AdminClient::new(conn.clone());
@@ -576,14 +588,7 @@ async fn batch_rpcs_and_patterns_are_authorized() {
     let broker = TestBroker::start_with(&["--auth"]);
     let admin = conn(&broker, Some(&bootstrap_token(&broker))).await;
     for name in ["orders", "secret"] {
-        AdminClient::new(admin.clone())
-            .create_topic(CreateTopicRequest {
-                name: name.into(),
-                partitions: 1,
-                config: Some(TopicConfig::default()),
-            })
-            .await
-            .unwrap();
+        create_topic(&admin, name).await;
     }
     let reader_token = create_token(&admin, "reader", 0).await;
     allow(&admin, "reader", "topic:orders", "consume").await;

@@ -10,25 +10,13 @@ use tidelog_proto::v1::consumer_client::ConsumerClient;
 use tidelog_proto::v1::publisher_client::PublisherClient;
 use tidelog_proto::v1::queues_client::QueuesClient;
 use tidelog_proto::v1::{
-    AlterQueueRequest, CreateQueueRequest, CreateTopicRequest, DescribeQueueRequest,
-    DescribeTopicRequest, FetchRequest, Header, Message, PublishRequest, QueueConfig,
-    RedriveQueueRequest, TopicConfig,
+    AlterQueueRequest, CreateQueueRequest, DescribeQueueRequest, DescribeTopicRequest,
+    FetchRequest, Header, Message, PublishRequest, QueueConfig, RedriveQueueRequest,
 };
 use tidelog_tests::TestBroker;
 use tonic::{Code, Status};
 
-use crate::auth::{Conn, allow, bootstrap_token, create_token, with_token};
-
-async fn create_topic(admin: &Conn, name: &str) {
-    AdminClient::new(admin.clone())
-        .create_topic(CreateTopicRequest {
-            name: name.into(),
-            partitions: 1,
-            config: Some(TopicConfig::default()),
-        })
-        .await
-        .unwrap();
-}
+use crate::auth::{Conn, allow, bootstrap_token, create_token, create_topic, with_token};
 
 async fn publish(conn: &Conn, topic: &str, messages: Vec<Message>) -> Result<(), Status> {
     PublisherClient::new(conn.clone())

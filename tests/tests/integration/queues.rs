@@ -1205,12 +1205,10 @@ async fn a_waiting_consumer_gets_each_message_the_fsync_makes_visible() {
     }
 }
 
-/// Backpressure both ways: a full queue refuses publishes (discard new) or dead-letters
-/// its oldest ready messages with reason overflow (discard old).
-#[tokio::test]
-async fn overflow_rejects_new_or_dead_letters_old() {
+/// Topics `strict` (overflow reject) and `lossy` (dead-letter-oldest), one partition
+/// each, capped at `cap` ready messages, with queues `strict-q` and `lossy-q`.
+async fn capped_topics(broker: &TestBroker, cap: u64) {
     use tidelog_proto::v1::QueueOverflow;
-    let broker = TestBroker::start();
     for (topic, overflow) in [
         ("strict", QueueOverflow::Reject),
         ("lossy", QueueOverflow::DeadLetterOldest),
@@ -1220,20 +1218,22 @@ async fn overflow_rejects_new_or_dead_letters_old() {
                 topic,
                 1,
                 TopicConfig {
-                    queue_max_ready_messages: Some(5),
+                    queue_max_ready_messages: Some(cap),
                     queue_overflow: overflow as i32,
                     ..TopicConfig::default()
                 },
             )
             .await;
-        create_queue(
-            &broker,
-            &format!("{topic}-q"),
-            topic,
-            QueueConfig::default(),
-        )
-        .await;
+        create_queue(broker, &format!("{topic}-q"), topic, QueueConfig::default()).await;
     }
+}
+
+/// Backpressure both ways: a full queue refuses publishes (discard new) or dead-letters
+/// its oldest ready messages with reason overflow (discard old).
+#[tokio::test]
+async fn overflow_rejects_new_or_dead_letters_old() {
+    let broker = TestBroker::start();
+    capped_topics(&broker, 5).await;
     let mut publisher = broker.publisher().await;
     let one = |topic: &str, i: usize| PublishRequest {
         topic: topic.into(),
@@ -1317,31 +1317,8 @@ async fn overflow_rejects_new_or_dead_letters_old() {
 /// dead-letter-oldest queue moves none of them. Ready messages still meet the cap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delayed_messages_take_no_room_under_the_caps() {
-    use tidelog_proto::v1::QueueOverflow;
     let broker = TestBroker::start();
-    for (topic, overflow) in [
-        ("strict", QueueOverflow::Reject),
-        ("lossy", QueueOverflow::DeadLetterOldest),
-    ] {
-        broker
-            .create_topic(
-                topic,
-                1,
-                TopicConfig {
-                    queue_max_ready_messages: Some(2),
-                    queue_overflow: overflow as i32,
-                    ..TopicConfig::default()
-                },
-            )
-            .await;
-        create_queue(
-            &broker,
-            &format!("{topic}-q"),
-            topic,
-            QueueConfig::default(),
-        )
-        .await;
-    }
+    capped_topics(&broker, 2).await;
     let mut publisher = broker.publisher().await;
     let one = |topic: &str, i: usize, delay_ms: Option<u64>| PublishRequest {
         topic: topic.into(),

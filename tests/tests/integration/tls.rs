@@ -27,8 +27,8 @@ use tidelog_proto::v1::admin_client::AdminClient;
 use tidelog_proto::v1::consumer_client::ConsumerClient;
 use tidelog_proto::v1::publisher_client::PublisherClient;
 use tidelog_proto::v1::{
-    CreateTopicRequest, ListTopicsRequest, Message, PublishRequest, SubscribeRequest, TopicConfig,
-    WhoAmIRequest, subscribe_response,
+    ListTopicsRequest, Message, PublishRequest, SubscribeRequest, TopicConfig, WhoAmIRequest,
+    subscribe_response,
 };
 use tidelog_tests::{TestBroker, metric_value, tidelog_command};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,7 +36,8 @@ use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::auth::{
-    allow, authorization_matrix, bootstrap_token, revocation_ends_open_streams, with_token,
+    allow, authorization_matrix, bootstrap_token, create_topic, revocation_ends_open_streams,
+    with_token,
 };
 
 /// A CA and the files of the certificates it signed, in a temp dir.
@@ -139,17 +140,6 @@ fn start_tls(pki: &Pki, extra: &[&str]) -> TestBroker {
     let mut args = vec!["--tls-cert", s(&cert), "--tls-key", s(&key)];
     args.extend_from_slice(extra);
     TestBroker::start_with(&args)
-}
-
-async fn create_topic(conn: &crate::auth::Conn, name: &str) {
-    AdminClient::new(conn.clone())
-        .create_topic(CreateTopicRequest {
-            name: name.into(),
-            partitions: 1,
-            config: Some(TopicConfig::default()),
-        })
-        .await
-        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -323,6 +323,9 @@ pub struct QueueEngine {
     /// Given up whoever has joined (see the module docs); one stays here only while
     /// its dead letter cannot be written (a passing failure, retried by the tick).
     restored: HashMap<(u32, u64), u32>,
+    /// When its queue was created: it acts only on the queue of its name created then
+    /// ([`QueueEngine::this`]).
+    created_ms: i64,
     /// The partition a new-message scan starts with next (turns).
     next_partition: usize,
     /// Per (partition, level), the position where [`QueueEngine::take_delayed`] last
@@ -390,6 +393,7 @@ impl QueueEngine {
         let mut engine = QueueEngine {
             store,
             name: name.to_string(),
+            created_ms: queue.created_ms,
             timers: BTreeSet::new(),
             due: BTreeSet::new(),
             members: HashMap::new(),
@@ -438,10 +442,20 @@ impl QueueEngine {
     /// looked up one by one ([`QueueEngine::pending_of`], [`QueueEngine::pending_range`]),
     /// so a call costs what it touches, not a copy of the whole unacked window (which
     /// was a third of the broker's CPU with 4 members holding 1,000 each).
+    /// This engine's queue in `queues`: the queue of its name that it opened, not one
+    /// created again under the name after a delete (a runtime of the deleted queue
+    /// may still run a step before it stops; it must neither act on nor record into
+    /// the new queue).
+    fn this<'q>(&self, queues: &'q super::Queues) -> Option<&'q Queue> {
+        queues
+            .get(&self.name)
+            .filter(|queue| queue.created_ms == self.created_ms)
+    }
+
     fn queue(&self) -> Result<Queue> {
         self.store
             .queues()
-            .read(|q| q.get(&self.name).map(Queue::without_pending))
+            .read(|q| self.this(q).map(Queue::without_pending))
             .ok_or_else(|| {
                 Error::not_found(format!("queue {:?}", super::admin::public_name(&self.name)))
             })
@@ -450,7 +464,7 @@ impl QueueEngine {
     /// The pending message at `offset` of `partition`, as the state log has it now.
     fn pending_of(&self, partition: u32, offset: u64) -> Option<Pending> {
         self.store.queues().read(|q| {
-            q.get(&self.name)?
+            self.this(q)?
                 .partitions
                 .get(&partition)?
                 .pending
@@ -462,7 +476,7 @@ impl QueueEngine {
     /// The pending messages of `partition` from `first` to `last` (inclusive).
     fn pending_range(&self, partition: u32, first: u64, last: u64) -> Vec<(u64, Pending)> {
         self.store.queues().read(|q| {
-            q.get(&self.name)
+            self.this(q)
                 .and_then(|queue| queue.partitions.get(&partition))
                 .map(|part| {
                     part.pending
@@ -478,7 +492,7 @@ impl QueueEngine {
     pub fn config(&self) -> Result<QueueConfig> {
         self.store
             .queues()
-            .read(|q| q.get(&self.name).map(|q| q.config.clone()))
+            .read(|q| self.this(q).map(|q| q.config.clone()))
             .ok_or_else(|| {
                 Error::not_found(format!("queue {:?}", super::admin::public_name(&self.name)))
             })
@@ -535,7 +549,7 @@ impl QueueEngine {
         }
         let now = self.store.clock().now_ms();
         let held: Vec<(u32, u64)> = self.store.queues().read(|q| {
-            q.get(&self.name)
+            self.this(q)
                 .map(|queue| {
                     queue
                         .partitions
@@ -644,7 +658,7 @@ impl QueueEngine {
     pub fn recount_held(&mut self) {
         let held: HashMap<Arc<str>, u64> = self.store.queues().read(|q| {
             let mut held: HashMap<Arc<str>, u64> = HashMap::new();
-            let Some(queue) = q.get(&self.name) else {
+            let Some(queue) = self.this(q) else {
                 return held;
             };
             for (&partition, part) in &queue.partitions {
@@ -1232,7 +1246,7 @@ impl QueueEngine {
         let topic_name = self
             .store
             .queues()
-            .read(|q| q.get(&self.name).map(|q| q.topic.clone()))
+            .read(|q| self.this(q).map(|q| q.topic.clone()))
             .ok_or_else(|| {
                 Error::not_found(format!("queue {:?}", super::admin::public_name(&self.name)))
             })?;
@@ -1541,7 +1555,7 @@ impl QueueEngine {
             return;
         }
         let count = events.len();
-        let history = match self.store.live_queue_history(&self.name) {
+        let history = match self.store.live_queue_history(&self.name, self.created_ms) {
             Ok(Some(history)) => history,
             // Deleted since it decided: no history to record them in.
             Ok(None) => return,
@@ -1795,7 +1809,7 @@ impl QueueEngine {
     /// Pending messages of this queue now.
     fn pending_count(&self) -> u64 {
         self.store.queues().read(|q| {
-            q.get(&self.name).map_or(0, |queue| {
+            self.this(q).map_or(0, |queue| {
                 queue
                     .partitions
                     .values()
