@@ -127,7 +127,8 @@ impl Drop for Slot {
 pub struct ConnInfo {
     /// The client's address.
     pub remote: Option<SocketAddr>,
-    /// With mutual TLS: the subject CN of the client's verified certificate.
+    /// With mutual TLS: the subject CN of the client's verified certificate (empty when
+    /// it has no usable one: auth then refuses it naming the certificate).
     pub certificate_principal: Option<Arc<str>>,
 }
 
@@ -369,8 +370,9 @@ async fn handshake(
         .1
         .peer_certificates()
         .and_then(|certs| certs.first())
-        .and_then(|leaf| crate::tls::certificate_principal(leaf))
-        .map(Arc::from);
+        // A verified certificate without a usable CN is kept as an empty principal, so
+        // the refusal names the certificate rather than asking for one.
+        .map(|leaf| Arc::from(crate::tls::certificate_principal(leaf).unwrap_or_default()));
     Ok((tls, principal))
 }
 

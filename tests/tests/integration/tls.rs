@@ -64,8 +64,8 @@ impl Pki {
         self.dir.path().join(name)
     }
 
-    /// Writes `NAME.pem` and `NAME.key`: a certificate with subject CN `cn`, for the
-    /// server (SANs localhost and 127.0.0.1) or a client.
+    /// Writes `NAME.pem` and `NAME.key`: a certificate with subject CN `cn` (none when
+    /// empty), for the server (SANs localhost and 127.0.0.1) or a client.
     fn issue(&self, name: &str, cn: &str, server: bool) -> (PathBuf, PathBuf) {
         let sans = if server {
             vec!["localhost".to_string(), "127.0.0.1".to_string()]
@@ -73,7 +73,11 @@ impl Pki {
             Vec::new()
         };
         let mut params = CertificateParams::new(sans).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
+        // rcgen's default subject is a CN of its own: replaced, or left empty.
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        if !cn.is_empty() {
+            params.distinguished_name.push(DnType::CommonName, cn);
+        }
         params.extended_key_usages = vec![if server {
             ExtendedKeyUsagePurpose::ServerAuth
         } else {
@@ -211,6 +215,25 @@ async fn mutual_tls_makes_the_certificate_cn_the_principal_and_refuses_other_cas
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    // A certificate of the CA without a subject CN: refused, and told why (not asked for
+    // a token as if it had sent no certificate).
+    let (nameless_cert, nameless_key) = pki.issue("nameless", "", false);
+    let nameless = tls_channel(
+        &broker,
+        &pki.ca_pem(),
+        Some((nameless_cert.as_path(), nameless_key.as_path())),
+    )
+    .await
+    .unwrap();
+    let status = AccessClient::new(nameless)
+        .who_am_i(WhoAmIRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(
+        status.message().contains("client certificate's subject CN"),
+        "{status:?}"
+    );
 
     // No certificate, or one from another CA: no call gets through.
     for (who, identity) in [
