@@ -1127,9 +1127,10 @@ async fn rules_that_could_never_match_are_refused() {
     assert_eq!(listed_rules(&admin).await, before);
 }
 
-/// The committed offsets of group `group`, as (topic, partition, offset).
-async fn committed(admin: &Conn, group: &str) -> Vec<(String, u32, u64)> {
-    GroupsClient::new(admin.clone())
+/// The committed offsets of group `group` as `conn`'s caller may see them: (topic,
+/// partition, offset).
+pub(crate) async fn committed(conn: &Conn, group: &str) -> Vec<(String, u32, u64)> {
+    GroupsClient::new(conn.clone())
         .fetch_offsets(FetchOffsetsRequest {
             group_id: group.into(),
             topic: None,

@@ -110,17 +110,10 @@ async fn reset_topics(conn: &Conn, request: ResetOffsetsRequest) -> Vec<(String,
 }
 
 async fn fetched_topics(conn: &Conn, group: &str) -> Vec<String> {
-    let mut topics: Vec<String> = GroupsClient::new(conn.clone())
-        .fetch_offsets(FetchOffsetsRequest {
-            group_id: group.into(),
-            topic: None,
-        })
+    let mut topics: Vec<String> = crate::auth::committed(conn, group)
         .await
-        .unwrap()
-        .into_inner()
-        .offsets
         .into_iter()
-        .map(|o| o.topic)
+        .map(|(topic, _, _)| topic)
         .collect();
     topics.dedup();
     topics
