@@ -23,6 +23,7 @@ pub mod client_batch;
 pub mod clock;
 mod condition;
 pub mod config;
+pub mod datetime;
 pub mod dedup;
 pub mod duration;
 pub mod error;

@@ -31,7 +31,7 @@ mod queue;
 mod segment;
 mod spec;
 mod terms;
-mod time;
+use tidelog_storage::datetime as time;
 mod topic;
 mod units;
 

@@ -840,9 +840,9 @@ fn unknown_token(id: u64) -> Status {
 
 fn expired_token(id: u64, at_ms: i64) -> Status {
     Status::unauthenticated(format!(
-        "token {} expired at {at_ms} ms since the epoch; ask an admin for a new one \
-         (tidelog auth token create)",
-        token::format_id(id)
+        "token {} expired at {}; ask an admin for a new one (tidelog auth token create)",
+        token::format_id(id),
+        tidelog_storage::datetime::format_datetime_ms(at_ms)
     ))
 }
 

@@ -295,8 +295,15 @@ pub(crate) async fn authorization_matrix(channel: &Channel, bootstrap: &str) {
         }
     }
     let expired_message = call("describe", &expired, 0).await.unwrap_err();
+    // It names when, as a UTC date-time: "expired at 2026-12-07T18:00:01.000Z".
+    let when = expired_message
+        .message()
+        .split("expired at ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_default();
     assert!(
-        expired_message.message().contains("expired"),
+        when.len() == 24 && when.ends_with('Z') && when.as_bytes()[10] == b'T',
         "{expired_message:?}"
     );
 
