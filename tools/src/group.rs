@@ -103,7 +103,13 @@ pub async fn run(broker: &Broker, command: GroupCommand, json: bool) -> CliResul
             let partitions = if args.topic.partitions.is_empty() {
                 "every partition".to_string()
             } else {
-                format!("partitions {:?}", args.topic.partitions)
+                let list: Vec<String> = args.topic.partitions.iter().map(u32::to_string).collect();
+                let noun = if list.len() == 1 {
+                    "partition"
+                } else {
+                    "partitions"
+                };
+                format!("{noun} {}", list.join(", "))
             };
             if json {
                 out.json_pretty(&json!({

@@ -1134,11 +1134,15 @@ fn cli_group_delete_offsets_of_one_topic() {
             .collect()
     };
     assert_eq!(offsets(&broker).len(), 4);
-    cli(
+    let done = cli(
         &broker,
         &["group", "delete-offsets", "--group", "g", "--topic", "a:1"],
     )
     .ok("delete-offsets a:1");
+    assert_eq!(
+        done.stdout.trim(),
+        "deleted the offsets of group g for partition 1 of a"
+    );
     assert_eq!(
         offsets(&broker),
         vec![
