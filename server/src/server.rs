@@ -341,7 +341,10 @@ async fn reload_on_sighup(
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(hangup) => hangup,
         Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGHUP; TLS files are not reloaded");
+            tracing::warn!(
+                %error,
+                "cannot listen for SIGHUP; the TLS files and the metrics token are not reloaded"
+            );
             return;
         }
     };
@@ -364,11 +367,17 @@ async fn reload_on_sighup(
             }
             Ok(Err(error)) => {
                 metrics.tls_reload(false);
-                tracing::error!(%error, "SIGHUP: reload failed; keeping the previous TLS configuration");
+                tracing::error!(
+                    %error,
+                    "SIGHUP: reload failed; keeping the previous TLS files and metrics token"
+                );
             }
             Err(error) => {
                 metrics.tls_reload(false);
-                tracing::error!(%error, "SIGHUP: reload failed; keeping the previous TLS configuration");
+                tracing::error!(
+                    %error,
+                    "SIGHUP: reload failed; keeping the previous TLS files and metrics token"
+                );
             }
         }
     }

@@ -114,7 +114,7 @@ impl Collector for ScrapeSources {
             for (name, help, family) in [
                 (
                     "tidelog_dedup_window_ids",
-                    "Message ids the topic's dedup window holds (some may have expired since its last sweep).",
+                    "Message ids the topic's dedup window holds in memory (some may have expired since its last sweep; 0 after a restart until the topic's first publish with ids).",
                     &window_ids,
                 ),
                 (
