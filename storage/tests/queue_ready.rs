@@ -201,10 +201,60 @@ fn brute_force_ready(store: &Store, now: i64) -> u64 {
     untaken + due
 }
 
+/// What `take_delayed` promises, checked over the log: from the fastest level down, no
+/// level's first message past its position (the filter's skips aside) has its
+/// deliver-at ahead of `now`; the check stops at the first level whose position is
+/// short of the log's end (its head is due: slower levels wait for a member's round).
+fn check_no_delayed_head(store: &Store, now: i64, filtered: bool, context: &str) {
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    let (cursors, levels) = store.queues().read(|q| {
+        let queue = q.get("work").unwrap();
+        let cursors = queue.partitions.get(&0).map(|p| p.cursors.clone());
+        (
+            cursors.unwrap_or_else(|| vec![0; usize::from(queue.levels)]),
+            queue.levels,
+        )
+    });
+    let end = partition.end_offset().unwrap();
+    for level in (0..levels).rev() {
+        let cursor = cursors[usize::from(level)].max(partition.log_start().unwrap());
+        let mut position = cursor;
+        let mut head = None;
+        'scan: while position < end {
+            let read = partition.read(position, 1000, u64::MAX).unwrap();
+            for record in read.records {
+                let skipped = filtered
+                    && record
+                        .headers
+                        .iter()
+                        .any(|h| h.key == "kind" && h.value.as_ref() == b"skip");
+                if record.priority.min(levels - 1) == level && !skipped {
+                    head = Some(record);
+                    break 'scan;
+                }
+            }
+            position = read.next_offset;
+        }
+        if let Some(record) = head {
+            assert!(
+                record.deliver_at_ms.is_none_or(|due| due <= now),
+                "{context}: level {level}'s head {} is due at {:?}, after now {now}: \
+                 take_delayed left it (cursors {cursors:?})",
+                record.offset,
+                record.deliver_at_ms
+            );
+        }
+        if cursor < end {
+            break;
+        }
+    }
+}
+
 /// One random run: publishes of random priorities (some delayed, some the filter
 /// skips), deliveries of random sizes, acks, nacks and terms of random held messages
-/// in random order, ticks, restarts, compactions, and overflow passes; after every
-/// step the ready count equals the brute-force count.
+/// in random order, ticks, restarts, compactions, overflow passes, and takes of delayed
+/// messages ahead (checked: no delayed head left); after every step the ready count
+/// equals the brute-force count.
 fn run(seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(START_MS);
@@ -287,8 +337,17 @@ fn run(seed: u64) {
                 clock.advance_ms(1 + rng.below(60) as i64);
                 engine.tick().unwrap();
             }
-            88..=91 => {
+            88..=89 => {
                 engine.enforce_caps().unwrap();
+            }
+            90..=91 => {
+                // As the runtime does on a capped topic: delayed messages taken ahead,
+                // then the caps.
+                engine.take_delayed().unwrap();
+                check_no_delayed_head(&store, now, filtered, &format!("seed {seed} step {step}"));
+                if rng.below(2) == 0 {
+                    engine.enforce_caps().unwrap();
+                }
             }
             92..=95 => {
                 // A restart: the state replayed from the log; every lease is given up.
