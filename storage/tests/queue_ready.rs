@@ -555,3 +555,84 @@ fn a_full_disk_fails_a_counted_take_and_the_count_stays_exact() {
     check_after_crash(&store, &clock, false, "after ENOSPC");
     ack_the_high_one_then_the_rest(&store, &clock, "room again after ENOSPC");
 }
+
+/// Messages taken and then deleted by retention before their redelivery (due now or
+/// later) or their deliver-at time count nowhere in DescribeQueue: not ready, not
+/// waiting, not delayed (hunt 9c: they counted as ready until the next delivery round
+/// found them gone). One a member still holds counts as unacked: it has its copy.
+#[test]
+fn messages_retention_deleted_while_taken_count_nowhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = plain(dir.path(), &clock);
+    let config = TopicConfig {
+        segment_bytes: 4 * 1024,
+        retention_ms: Some(60_000),
+        ..topic_config(1, None, QueueOverflow::Reject)
+    };
+    store.create_topic("jobs", 1, config).unwrap();
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    admin::create_queue(
+        &*store,
+        "work",
+        "jobs",
+        StartAt::Earliest,
+        QueueConfig::defaults_for("jobs"),
+    )
+    .unwrap();
+    let old = |deliver_at_ms: Option<i64>| NewRecord {
+        value: Bytes::from(vec![b'o'; 200]),
+        deliver_at_ms,
+        ..NewRecord::default()
+    };
+    // Offsets 0-2 due, 3 delayed by an hour, then enough to fill sealed segments.
+    let mut first = vec![
+        old(None),
+        old(None),
+        old(None),
+        old(Some(START_MS + 3_600_000)),
+    ];
+    first.extend((0..60).map(|_| old(None)));
+    partition.append_durable(&first).unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    let delivered = engine.deliver(&[("m".to_string(), 3)]).unwrap();
+    let offsets: Vec<u64> = delivered[0].1.iter().map(|d| d.record.offset).collect();
+    assert_eq!(offsets, vec![0, 1, 2]);
+    // 3 is taken as delayed (as the runtime does on a capped topic).
+    engine.take_delayed().unwrap();
+    let nack = |offset: u64, delay_ms: u64| SettleRequest {
+        action: SettleAction::Nack {
+            delay_ms: Some(delay_ms),
+            reason: "later".into(),
+        },
+        ..ack(offset)
+    };
+    // 0 waits for a redelivery due at once, 1 for one in ten minutes; 2 stays held.
+    engine
+        .settle(Some("m"), &[nack(0, 0), nack(1, 600_000)])
+        .unwrap();
+    let before = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!(
+        (before.ready, before.waiting, before.delayed, before.unacked),
+        (1 + 60, 1, 1, 1),
+        "{before:?}"
+    );
+    // Two minutes on, fresh messages, and retention deletes the old segments.
+    clock.advance_ms(120_000);
+    partition
+        .append_durable(&[NewRecord::value(Bytes::from_static(b"fresh"))])
+        .unwrap();
+    partition.enforce_retention().unwrap();
+    let (start, end) = partition.bounds().unwrap();
+    assert!(
+        start > 3,
+        "retention deleted the taken messages: log {start}..{end}"
+    );
+    let after = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!(
+        (after.ready, after.waiting, after.delayed, after.unacked),
+        (end - start, 0, 0, 1),
+        "log {start}..{end}: {after:?}"
+    );
+}

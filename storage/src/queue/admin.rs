@@ -777,7 +777,9 @@ pub struct PartitionCounts {
 }
 
 /// The counts of a queue's partition state `part` (None: nothing taken yet) on a
-/// partition whose log holds `start..end`, at `now_ms`.
+/// partition whose log holds `start..end`, at `now_ms`. A message taken and not held
+/// that retention deleted (below `start`) counts nowhere; one a member holds still
+/// counts as unacked (the member has its copy and may settle it).
 pub fn partition_counts(
     part: Option<&super::state::QueuePartition>,
     start: u64,
@@ -800,8 +802,12 @@ pub fn partition_counts(
         ..PartitionCounts::default()
     };
     if let Some(part) = part {
-        for (_, pending) in part.pending.iter() {
+        for (offset, pending) in part.pending.iter() {
+            let gone = offset < start;
             match &pending.hold {
+                // Retention deleted it before its redelivery or deliver-at time: it is
+                // gone (the next delivery round counts it lost), not ready nor waiting.
+                Hold::Waiting { .. } | Hold::Delayed { .. } if gone => {}
                 Hold::Leased { .. } => {
                     counts.unacked += 1;
                     counts.oldest_delivery_ms = Some(
