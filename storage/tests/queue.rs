@@ -785,7 +785,7 @@ fn a_message_at_its_topics_limit_is_dead_lettered_by_nack_term_and_deadline() {
         (0, 0, 0),
         "{status:?}"
     );
-    assert_eq!(status.partitions[0].2, 3, "all three settled");
+    assert_eq!(status.partitions[0].settled_below, 3, "all three settled");
 
     let limit = TopicConfig::default().max_message_bytes;
     let dlq = store.topic("jobs.dlq").unwrap();
@@ -1262,7 +1262,7 @@ fn a_power_cut_anywhere_in_a_large_dead_letter_loses_nothing() {
             CrashOptions::keep_some(cut_after),
         );
         let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
-        let settled = status.partitions[0].2 == 1;
+        let settled = status.partitions[0].settled_below == 1;
         let letters = letters_of(&store);
         if settled {
             assert_eq!(

@@ -191,7 +191,11 @@ fn a_damaged_batch_stops_its_partition_only_and_the_queue_reads_on_once_it_is_me
     assert!(damaged[0].reason.contains("corrupt"), "{damaged:?}");
     assert_eq!(damaged[0].since_ms, START_MS);
     let status = queue_status(&*store, "work", clock.now_ms()).unwrap();
-    let settled: Vec<(u32, u64)> = status.partitions.iter().map(|p| (p.1, p.2)).collect();
+    let settled: Vec<(u32, u64)> = status
+        .partitions
+        .iter()
+        .map(|p| (p.partition, p.settled_below))
+        .collect();
     assert_eq!(settled, vec![(0, DAMAGED_FIRST), (1, 20), (2, 20)]);
     assert_eq!(status.ready, 40 - DAMAGED_FIRST);
 

@@ -158,7 +158,7 @@ fn a_pattern_queue_takes_matching_topics_now_and_later_but_never_its_dead_letter
         status
             .partitions
             .iter()
-            .map(|(t, p, _, _)| (t.as_str(), *p))
+            .map(|p| (p.topic.as_str(), p.partition))
             .collect::<Vec<_>>(),
         vec![
             ("orders.asia", 0),

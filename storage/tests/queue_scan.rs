@@ -256,12 +256,13 @@ fn run(seed: u64) {
         "{context}: {status:?}"
     );
     let topic = store.topic("jobs").unwrap();
-    for (_, partition, settled_below, end) in &status.partitions {
-        let partition_end = topic.partition(*partition).unwrap().end_offset().unwrap();
+    for p in &status.partitions {
+        let partition_end = topic.partition(p.partition).unwrap().end_offset().unwrap();
         assert_eq!(
-            (*settled_below, *end),
+            (p.settled_below, p.end_offset),
             (partition_end, partition_end),
-            "{context}: partition {partition}"
+            "{context}: partition {}",
+            p.partition
         );
     }
     // The run exercised what it means to.

@@ -99,7 +99,7 @@ pub fn queue_description(
         topics: match status.pattern {
             Some(_) => {
                 let mut topics: Vec<String> =
-                    status.partitions.iter().map(|p| p.0.clone()).collect();
+                    status.partitions.iter().map(|p| p.topic.clone()).collect();
                 topics.dedup();
                 topics
             }
@@ -108,18 +108,20 @@ pub fn queue_description(
         partitions: status
             .partitions
             .iter()
-            .map(|(topic, partition, settled_below, end_offset)| {
+            .map(|p| {
                 let damage = damaged
                     .iter()
-                    .find(|(t, d)| t == topic && d.partition == *partition)
+                    .find(|(t, d)| *t == p.topic && d.partition == p.partition)
                     .map(|(_, d)| d);
                 pb::QueuePartition {
-                    topic: topic.clone(),
-                    partition: *partition,
-                    settled_below: *settled_below,
-                    end_offset: *end_offset,
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    settled_below: p.settled_below,
+                    end_offset: p.end_offset,
                     damaged_at: damage.map(|d| d.offset),
                     damaged_reason: damage.map(|d| d.reason.clone()).unwrap_or_default(),
+                    unavailable: p.unavailable.is_some(),
+                    unavailable_reason: p.unavailable.clone().unwrap_or_default(),
                 }
             })
             .collect(),

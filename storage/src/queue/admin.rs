@@ -90,8 +90,22 @@ pub struct QueueStatus {
     pub waiting: u64,
     /// Age of the oldest unsettled delivery, 0 when there is none.
     pub oldest_unacked_age_ms: u64,
-    /// (topic, partition, settled below, end offset), by topic and partition.
-    pub partitions: Vec<(String, u32, u64, u64)>,
+    /// By topic and partition.
+    pub partitions: Vec<PartitionStatus>,
+}
+
+/// One partition of a queue as DescribeQueue lists it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PartitionStatus {
+    pub topic: String,
+    pub partition: u32,
+    /// Every offset below it is settled.
+    pub settled_below: u64,
+    /// The partition's end offset (0 when unavailable: unknown).
+    pub end_offset: u64,
+    /// Why recovery refused to open the partition, when it did: its messages are
+    /// neither counted nor delivered until it is repaired.
+    pub unavailable: Option<String>,
 }
 
 fn not_found(name: &str) -> Error {
@@ -725,17 +739,33 @@ fn add_status(
     status: &mut QueueStatus,
     oldest_delivery: &mut i64,
 ) {
-    let ends: BTreeMap<u32, (u64, u64)> = match store.topic(&queue.topic) {
-        Ok(topic) => topic
-            .partitions()
-            .iter()
-            // A partition recovery refused to open is left out: its log is unknown.
-            .filter_map(|p| Some((p.id(), p.bounds().ok()?)))
-            .collect(),
-        Err(_) => BTreeMap::new(),
-    };
-    for (&id, &(start, end)) in &ends {
+    // A partition recovery refused to open counts nothing (its log is unknown) and is
+    // listed as unavailable.
+    let bounds: BTreeMap<u32, std::result::Result<(u64, u64), String>> =
+        match store.topic(&queue.topic) {
+            Ok(topic) => topic
+                .partitions()
+                .iter()
+                .map(|p| (p.id(), p.bounds().map_err(|e| e.to_string())))
+                .collect(),
+            Err(_) => BTreeMap::new(),
+        };
+    for (&id, bounds) in &bounds {
         let part = queue.partitions.get(&id);
+        let settled_below = part.map_or(0, |p| p.settled_below());
+        let &(start, end) = match bounds {
+            Ok(bounds) => bounds,
+            Err(reason) => {
+                status.partitions.push(PartitionStatus {
+                    topic: queue.topic.clone(),
+                    partition: id,
+                    settled_below,
+                    end_offset: 0,
+                    unavailable: Some(reason.clone()),
+                });
+                continue;
+            }
+        };
         let counts = partition_counts(part, start, end, now_ms);
         status.ready += counts.ready;
         status.delayed += counts.delayed;
@@ -744,10 +774,13 @@ fn add_status(
         if let Some(at) = counts.oldest_delivery_ms {
             *oldest_delivery = (*oldest_delivery).min(at);
         }
-        let settled_below = part.map_or(0, |p| p.settled_below());
-        status
-            .partitions
-            .push((queue.topic.clone(), id, settled_below, end));
+        status.partitions.push(PartitionStatus {
+            topic: queue.topic.clone(),
+            partition: id,
+            settled_below,
+            end_offset: end,
+            unavailable: None,
+        });
     }
 }
 

@@ -11,7 +11,8 @@ use tidelog_proto::v1::reset_offsets_request::{
 use tidelog_proto::v1::{
     AckLevel, CommitOffsetsRequest, CreateQueueRequest, DescribeGroupRequest, DescribeQueueRequest,
     DescribeTopicRequest, FetchOffsetsRequest, FetchRequest, ListTopicsRequest, Message,
-    PublishRequest, ResetOffsetsRequest, TopicConfig, TopicPartitionOffset,
+    PublishRequest, ResetOffsetsRequest, StartPosition, TopicConfig, TopicPartitionOffset,
+    start_position,
 };
 use tidelog_tests::{TestBroker, metric_value, tidelog_command};
 
@@ -275,6 +276,20 @@ async fn an_unavailable_partition_gives_no_positions_to_act_on() {
         })
         .await
         .unwrap();
+    // A queue from the earliest, made before the damage.
+    QueuesClient::new(broker.channel().await)
+        .create_queue(CreateQueueRequest {
+            name: "existing".into(),
+            topic: TOPIC.into(),
+            start: Some(StartPosition {
+                position: Some(start_position::Position::Earliest(
+                    start_position::Earliest {},
+                )),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     broker.stop();
     let log = last_segment(&broker.data_dir(), 1);
     let length = std::fs::metadata(&log).unwrap().len();
@@ -380,6 +395,40 @@ async fn an_unavailable_partition_gives_no_positions_to_act_on() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    // A queue made before lists it as unavailable, and counts the others only.
+    let existing = queues
+        .describe_queue(DescribeQueueRequest {
+            name: "existing".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .queue
+        .unwrap();
+    let listed: Vec<(u32, u64, bool)> = existing
+        .partitions
+        .iter()
+        .map(|p| (p.partition, p.end_offset, p.unavailable))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![(0, MESSAGES, false), (1, 0, true), (2, MESSAGES, false)]
+    );
+    assert_eq!(existing.ready, 2 * MESSAGES, "{existing:?}");
+    assert!(
+        existing.partitions[1]
+            .unavailable_reason
+            .contains("tidelog segment repair"),
+        "{existing:?}"
+    );
+    let queue_text = cli(&broker, &["queue", "describe", "existing"]).ok("queue describe");
+    assert!(
+        queue_text
+            .stdout
+            .contains("unavailable: partition 1 of topic \"orders\""),
+        "{}",
+        queue_text.stdout
+    );
 
     // The group's description shows it unavailable, with its commit and no lag.
     let group = broker

@@ -413,11 +413,20 @@ fn render_queue(queue: &QueueDescription) -> String {
     }
     let mut table = Table::new(&headers);
     for p in &queue.partitions {
+        // An unavailable partition's end is unknown until it is repaired.
+        let (end, lag) = if p.unavailable {
+            ("?".to_string(), "?".to_string())
+        } else {
+            (
+                p.end_offset.to_string(),
+                p.end_offset.saturating_sub(p.settled_below).to_string(),
+            )
+        };
         let mut row = vec![
             p.partition.to_string(),
             p.settled_below.to_string(),
-            p.end_offset.to_string(),
-            p.end_offset.saturating_sub(p.settled_below).to_string(),
+            end,
+            lag,
         ];
         if pattern {
             row.insert(0, p.topic.clone());
@@ -427,6 +436,12 @@ fn render_queue(queue: &QueueDescription) -> String {
     if !table.is_empty() {
         text.push('\n');
         text.push_str(&table.render());
+    }
+    for p in queue.partitions.iter().filter(|p| p.unavailable) {
+        text.push_str(&format!(
+            "\nunavailable: partition {} of topic {:?}: {}; the queue neither counts nor delivers its messages until it is repaired (the other partitions deliver on)\n",
+            p.partition, p.topic, p.unavailable_reason
+        ));
     }
     for p in &queue.partitions {
         let Some(offset) = p.damaged_at else {
@@ -480,9 +495,12 @@ pub fn queue_json(queue: &QueueDescription) -> Value {
                 "topic": p.topic,
                 "partition": p.partition,
                 "settled_below": p.settled_below,
-                "end_offset": p.end_offset,
+                // An unavailable partition's end is unknown: null, not 0.
+                "end_offset": (!p.unavailable).then_some(p.end_offset),
                 "damaged_at": p.damaged_at,
                 "damaged_reason": p.damaged_at.map(|_| p.damaged_reason.clone()),
+                "unavailable": p.unavailable,
+                "unavailable_reason": p.unavailable.then(|| p.unavailable_reason.clone()),
             })
         })
         .collect();
@@ -589,6 +607,39 @@ mod tests {
         assert_eq!(
             value["partitions"][0]["damaged_reason"],
             "corrupt data in /d/0.log at byte 12: crc"
+        );
+    }
+
+    #[test]
+    fn an_unavailable_partition_is_marked_never_shown_as_empty() {
+        let mut queue = sample();
+        queue.partitions[0].unavailable = true;
+        queue.partitions[0].end_offset = 0;
+        queue.partitions[0].unavailable_reason =
+            "partition 0 of topic orders is unavailable: recovery refused to open it".into();
+        let text = render_queue(&queue);
+        assert!(
+            text.contains(
+                "PARTITION  SETTLED-BELOW  END  LAG\n        0              5    ?    ?\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("unavailable: partition 0 of topic \"orders\": partition 0 of topic orders is unavailable: recovery refused to open it; the queue neither counts nor delivers"),
+            "{text}"
+        );
+        let value = queue_json(&queue);
+        assert_eq!(value["partitions"][0]["end_offset"], Value::Null);
+        assert_eq!(value["partitions"][0]["unavailable"], true);
+        assert_eq!(
+            value["partitions"][0]["unavailable_reason"],
+            "partition 0 of topic orders is unavailable: recovery refused to open it"
+        );
+        let available = queue_json(&sample());
+        assert_eq!(available["partitions"][0]["unavailable"], false);
+        assert_eq!(
+            available["partitions"][0]["unavailable_reason"],
+            Value::Null
         );
     }
 
