@@ -227,6 +227,10 @@ pub async fn publish(
     state: &AppState,
     request: PublishBatchRequest,
 ) -> Result<PublishBatchResponse, Status> {
+    state
+        .queues
+        .make_room(&request.topic, || request.batch.len())
+        .await;
     complete(append(state, request)?).await
 }
 

@@ -314,6 +314,10 @@ pub async fn complete(written: Written) -> Result<PublishResponse, Status> {
 
 /// One publish, all three steps.
 pub async fn publish(state: &AppState, request: PublishRequest) -> Result<PublishResponse, Status> {
+    state
+        .queues
+        .make_room(&request.topic, || prost::Message::encoded_len(&request))
+        .await;
     let written = append(state, prepare(state, request)?)?;
     complete(written).await
 }
@@ -600,6 +604,12 @@ async fn take(state: &AppState, caller: Option<&Caller>, item: PublishStreamRequ
         Some(topic) => state.auth.check(caller, &[Target::topic(topic)]),
         None => Ok(()),
     };
+    if let (Ok(()), Some(topic)) = (&checked, topic) {
+        state
+            .queues
+            .make_room(topic, || prost::Message::encoded_len(&item))
+            .await;
+    }
     let request_id = item.request_id;
     match (checked, item.request, item.batch) {
         // A revoked or expired token ends the stream; a denied topic fails that

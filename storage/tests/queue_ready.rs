@@ -12,6 +12,7 @@ use tidelog_storage::fs::{CrashOptions, FaultyFs, SyncFault};
 use tidelog_storage::queue::admin;
 use tidelog_storage::queue::{
     Hold, QueueConfig, QueueEngine, SettleAction, SettleOutcome, SettleRequest, StartAt,
+    inspect::{self, QueueState},
 };
 use tidelog_storage::rng::SeededRng as Rng;
 use tidelog_storage::{
@@ -156,11 +157,12 @@ fn the_dead_letter_oldest_cap_drops_nothing_under_its_cap() {
     assert_eq!(engine.enforce_caps().unwrap(), 2);
     let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
     assert_eq!(status.ready, 5, "{status:?}");
-    // The overflow pass moved the slowest cursor past the high one's offset: still 5.
+    // The overflow pass moved the slowest cursor past the high one's offset (and its
+    // look for delayed messages first took the high level to the end): still 5.
     let cursors = store
         .queues()
         .read(|q| q.get("work").unwrap().partitions[&0].cursors.clone());
-    assert_eq!(cursors, vec![2, 6]);
+    assert_eq!(cursors, vec![2, 8]);
 }
 
 /// The brute-force ready count of queue `work` on partition 0: every message of the
@@ -635,4 +637,124 @@ fn messages_retention_deleted_while_taken_count_nowhere() {
         (end - start, 0, 0, 1),
         "log {start}..{end}: {after:?}"
     );
+}
+
+/// A store whose topic `jobs` has `levels` levels and dead-letters the oldest over a cap
+/// of `cap` ready messages, with queue `work` from the earliest and member `m`.
+fn dead_letter_oldest_over(
+    cap: u64,
+    clock: &Arc<ManualClock>,
+    dir: &std::path::Path,
+) -> (Arc<Store>, QueueEngine) {
+    let store = plain(dir, clock);
+    store
+        .create_topic(
+            "jobs",
+            1,
+            topic_config(1, Some(cap), QueueOverflow::DeadLetterOldest),
+        )
+        .unwrap();
+    admin::create_queue(
+        &*store,
+        "work",
+        "jobs",
+        StartAt::Earliest,
+        QueueConfig::defaults_for("jobs"),
+    )
+    .unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    (store, engine)
+}
+
+fn append(store: &Store, records: &[NewRecord]) {
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    partition.append_durable(records).unwrap();
+}
+
+fn short_lived(ttl_ms: u64) -> NewRecord {
+    NewRecord {
+        ttl_ms: Some(ttl_ms),
+        ..message(0)
+    }
+}
+
+/// Messages that expired at the head of the queue are not ready: dead-letter-oldest
+/// moves no live message in their place, also when a take of delayed messages stopped
+/// at them while they were still due (hunt 10c: 2 expired and 1 live message counted 3
+/// ready, so the next two publishes dead-lettered two live ones).
+#[test]
+fn expired_messages_at_the_head_take_no_room_under_the_caps() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let (store, mut engine) = dead_letter_oldest_over(3, &clock, dir.path());
+    append(&store, &[short_lived(500), short_lived(500), message(0)]);
+    // A look while they are due stops at the first one.
+    engine.take_delayed().unwrap();
+    assert_eq!(engine.enforce_caps().unwrap(), 0);
+    assert_eq!(
+        admin::queue_status(&*store, "work", clock.now_ms())
+            .unwrap()
+            .ready,
+        3
+    );
+    clock.advance_ms(600);
+    append(&store, &[message(0), message(0)]);
+    assert_eq!(engine.enforce_caps().unwrap(), 0, "nothing is over the cap");
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!(status.ready, 3, "{status:?}");
+    assert!(
+        store.topic("jobs.dlq").is_err(),
+        "no dead letter was written"
+    );
+    // One more is over: the oldest live one goes.
+    append(&store, &[message(0)]);
+    assert_eq!(engine.enforce_caps().unwrap(), 1);
+    let delivered = engine.deliver(&[("m".to_string(), 10)]).unwrap();
+    let offsets: Vec<u64> = delivered[0].1.iter().map(|d| d.record.offset).collect();
+    assert_eq!(offsets, vec![3, 4, 5], "offset 2 was dead-lettered");
+}
+
+/// A message whose TTL ends before its deliver-at time can never be delivered: a queue
+/// passes it over as it passes an expired one (not delayed, then ready, taking room),
+/// and its delivery status is expired from the start (hunt 10c).
+#[test]
+fn a_message_expiring_before_it_comes_due_is_passed_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let (store, mut engine) = dead_letter_oldest_over(5, &clock, dir.path());
+    let never = NewRecord {
+        deliver_at_ms: Some(START_MS + 1_200),
+        ..short_lived(800)
+    };
+    let later = NewRecord {
+        deliver_at_ms: Some(START_MS + 1_200),
+        ..short_lived(5_000)
+    };
+    append(&store, &[never.clone(), never, later]);
+    engine.take_delayed().unwrap();
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!((status.ready, status.delayed), (0, 1), "{status:?}");
+    let topic = store.topic("jobs").unwrap();
+    let state = |offset| {
+        let message = inspect::message_at(&topic, 0, offset).unwrap();
+        inspect::queue_state(&*store, "work", 0, offset, &message, clock.now_ms()).unwrap()
+    };
+    assert!(
+        matches!(state(0), QueueState::Expired { attempts: 0, .. }),
+        "{:?}",
+        state(0)
+    );
+    assert!(
+        matches!(state(2), QueueState::Delayed { .. }),
+        "{:?}",
+        state(2)
+    );
+    clock.advance_ms(1_300);
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!((status.ready, status.delayed), (1, 0), "{status:?}");
+    engine.tick().unwrap();
+    let delivered = engine.deliver(&[("m".to_string(), 10)]).unwrap();
+    let offsets: Vec<u64> = delivered[0].1.iter().map(|d| d.record.offset).collect();
+    assert_eq!(offsets, vec![2]);
 }

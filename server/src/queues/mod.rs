@@ -1216,6 +1216,43 @@ impl QueueManager {
         }
     }
 
+    /// Before a publish to topic `topic` of about `bytes()` bytes: when the topic rejects
+    /// what would put a queue over its caps and one of its queues is there by the count
+    /// (which counts a delayed message published a moment ago, or an expired one at a
+    /// head, as ready until its runtime looks), each queue of the topic takes its
+    /// delayed messages and passes its expired ones at the heads now
+    /// ([`tidelog_storage::queue::QueueEngine::take_delayed`]), so that the publish is
+    /// refused only for messages that are ready. Nothing to do (one topic lookup) on a
+    /// topic without caps; a queue that fails this is left to its runtime.
+    pub async fn make_room(self: &Arc<Self>, topic: &str, bytes: impl FnOnce() -> usize) {
+        let Ok(topic) = self.store.topic(topic) else {
+            return;
+        };
+        let config = topic.config();
+        if !config.has_queue_caps()
+            || config.queue_overflow != tidelog_storage::QueueOverflow::Reject
+        {
+            return;
+        }
+        let bytes = bytes() as u64;
+        if !matches!(
+            admin::over_caps(&*self.store, &topic, 1, bytes),
+            Ok(Some(_))
+        ) {
+            return;
+        }
+        for name in admin::list_queues(&*self.store, Some(topic.name())) {
+            let Ok(runtime) = self.runtime(&name).await else {
+                continue;
+            };
+            for part in runtime.parts() {
+                if part.topic == topic.name() {
+                    let _ = part.with_engine(|e| e.take_delayed()).await;
+                }
+            }
+        }
+    }
+
     /// New messages went to `topic`: when the topic caps its queues, their runtimes
     /// (started if need be) look at once, consumers or not: to take delayed messages
     /// (so they count as delayed, not ready, against the caps) and, with

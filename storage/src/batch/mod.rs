@@ -254,6 +254,17 @@ impl Record {
             &self.headers,
         )
     }
+
+    /// Whether its TTL ends at or before its deliver-at time: no queue can ever deliver
+    /// it (it is expired when it comes due). Queues pass it over as they pass an
+    /// expired message, and its delivery status is expired from the start.
+    #[inline]
+    pub fn expires_before_due(&self) -> bool {
+        matches!(
+            (self.deliver_at_ms, self.expires_at_ms),
+            (Some(due), Some(expires)) if expires <= due
+        )
+    }
 }
 
 /// Why bytes are not a valid batch. `Incomplete` (the bytes end before the batch does)

@@ -186,7 +186,10 @@ pub fn queue_state(
     };
     let expired = match record {
         None => true,
-        Some(record) => record.expires_at_ms.is_some_and(|at| at <= now_ms),
+        // Or it will be before it comes due: never delivered.
+        Some(record) => {
+            record.expires_at_ms.is_some_and(|at| at <= now_ms) || record.expires_before_due()
+        }
     };
     let expired_state = |attempts| QueueState::Expired {
         expires_at_ms: record.and_then(|r| r.expires_at_ms),

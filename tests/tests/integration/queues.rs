@@ -1388,6 +1388,79 @@ async fn delayed_messages_take_no_room_under_the_caps() {
     }
 }
 
+/// A publish to a rejecting capped topic is judged on what is ready when it arrives:
+/// a delayed message acked a moment before takes no room even if the queue's runtime
+/// has not looked yet, and messages whose TTL passed at the head of the queue take none
+/// either (hunt 10c: the first refused 12 to 19 of 20 such publishes, the second every
+/// publish until a member came).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_meets_the_cap_of_ready_messages_only() {
+    use tidelog_proto::v1::QueueOverflow;
+    let broker = TestBroker::start();
+    let mut publisher = broker.publisher().await;
+    let message = |delay_ms: Option<u64>, ttl_ms: Option<u64>| Message {
+        value: b"m".to_vec().into(),
+        delay_ms,
+        ttl_ms,
+        ..Default::default()
+    };
+    let publish = |topic: &str, message: Message| PublishRequest {
+        topic: topic.into(),
+        messages: vec![message],
+        ack: AckLevel::Durable as i32,
+    };
+    let capped = |cap| TopicConfig {
+        queue_max_ready_messages: Some(cap),
+        queue_overflow: QueueOverflow::Reject as i32,
+        ..TopicConfig::default()
+    };
+    for i in 0..5 {
+        let topic = format!("fresh-{i}");
+        broker.create_topic(&topic, 1, capped(1)).await;
+        create_queue(
+            &broker,
+            &format!("{topic}-q"),
+            &topic,
+            QueueConfig::default(),
+        )
+        .await;
+        publisher
+            .publish(publish(&topic, message(Some(3_600_000), None)))
+            .await
+            .unwrap();
+        publisher
+            .publish(publish(&topic, message(None, None)))
+            .await
+            .unwrap_or_else(|e| panic!("{topic}: the due one after the delayed one: {e:?}"));
+        let refused = publisher
+            .publish(publish(&topic, message(None, None)))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    }
+    broker.create_topic("short", 1, capped(2)).await;
+    create_queue(&broker, "short-q", "short", QueueConfig::default()).await;
+    for _ in 0..2 {
+        publisher
+            .publish(publish("short", message(None, Some(300))))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for i in 0..2 {
+        publisher
+            .publish(publish("short", message(None, None)))
+            .await
+            .unwrap_or_else(|e| panic!("publish {i} after the two expired: {e:?}"));
+    }
+    let refused = publisher
+        .publish(publish("short", message(None, None)))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("holds 2 ready"), "{refused:?}");
+}
+
 /// A message of a higher priority level delivered and acked before the lower ones
 /// before it (out of offset order) is not ready any more: DescribeQueue counts 5 of
 /// 5 low + 1 high, after a kill -9 and restart too; and the caps count the same:

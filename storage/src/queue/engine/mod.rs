@@ -329,8 +329,10 @@ pub struct QueueEngine {
     /// The partition a new-message scan starts with next (turns).
     next_partition: usize,
     /// Per (partition, level), the position where [`QueueEngine::take_delayed`] last
-    /// stopped at a due message: not scanned again while the level's position is there.
-    ahead_blocked: HashMap<(u32, u8), u64>,
+    /// stopped at a due message, and until when that message stays due (its expiry:
+    /// an expired head is passed over): not scanned again while the level's position
+    /// is there and the time is before it.
+    ahead_blocked: HashMap<(u32, u8), (u64, i64)>,
     /// The last delivery round stopped because a higher level had more of the log to
     /// look at: deliver again at once (there may be nothing new to wait for).
     behind: bool,
@@ -1010,7 +1012,12 @@ impl QueueEngine {
                 let mut passed = Passed::new(&queue, partition.id(), level);
                 let cursor = passed.from;
                 let key = (partition.id(), level);
-                if ahead && self.ahead_blocked.get(&key) == Some(&cursor) {
+                if ahead
+                    && self
+                        .ahead_blocked
+                        .get(&key)
+                        .is_some_and(|&(at, until)| at == cursor && now < until)
+                {
                     // Its head is a due message, as at the last look: a member's round
                     // takes it first.
                     caught_up = false;
@@ -1027,8 +1034,8 @@ impl QueueEngine {
                     &mut out,
                     ahead,
                 )?;
-                if blocked && ahead {
-                    self.ahead_blocked.insert(key, cursor_to);
+                if let (Some(until), true) = (blocked, ahead) {
+                    self.ahead_blocked.insert(key, (cursor_to, until));
                 } else {
                     self.ahead_blocked.remove(&key);
                 }
@@ -1105,8 +1112,11 @@ impl QueueEngine {
     /// members in turn, takes those whose deliver-at time is ahead as delayed, passes
     /// over those `filter` skips (they are settled once the cursor is past them).
     /// With `ahead` ([`QueueEngine::take_delayed`]) it goes on with no member to lease
-    /// to, taking delayed messages only. Returns where the level's cursor moves, what
-    /// was taken, and whether the scan stopped at a due message no member took.
+    /// to, taking delayed messages only. A message whose TTL ends before its deliver-at
+    /// time ([`Record::expires_before_due`]) is passed over like an expired one (the
+    /// read leaves those out). Returns where the level's cursor moves, what was taken,
+    /// and, when the scan stopped at a due message no member took, until when that
+    /// message stays due (its expiry, `i64::MAX` without one).
     #[allow(
         clippy::too_many_arguments,
         reason = "the delivery round's state, threaded through one private helper"
@@ -1122,14 +1132,14 @@ impl QueueEngine {
         (turns, size): (&mut Turns, &dyn Fn(&Record) -> u64),
         out: &mut BTreeMap<Arc<str>, Vec<Delivery>>,
         ahead: bool,
-    ) -> Result<(u64, Vec<Taken>, bool)> {
+    ) -> Result<(u64, Vec<Taken>, Option<i64>)> {
         let id = partition.id();
         let level = passed.level;
         let mut position = passed.from;
         // A partition recovery refused to open has nothing to scan: its messages are
         // neither taken nor lost, the queue's cursor there waits for its repair.
         let Ok(log_start) = partition.log_start() else {
-            return Ok((position, Vec::new(), false));
+            return Ok((position, Vec::new(), None));
         };
         if position < log_start {
             // Retention deleted messages the queue had not taken: they are gone.
@@ -1139,9 +1149,9 @@ impl QueueEngine {
         let mut taken = Vec::new();
         let mut examined = 0u32;
         if self.waits_at_damage(id, level, position, now) {
-            return Ok((position, taken, false));
+            return Ok((position, taken, None));
         }
-        let mut blocked = false;
+        let mut blocked = None;
         while (turns.current().is_some() || ahead)
             && examined < SCAN_RECORDS_PER_ROUND
             && partition.end_offset().is_ok_and(|end| position < end)
@@ -1181,10 +1191,15 @@ impl QueueEngine {
                 let delayed = record.deliver_at_ms.is_some_and(|due| due > now);
                 if turns.current().is_none() && !(ahead && delayed) {
                     stopped_at = Some(record.offset);
-                    blocked = true;
+                    blocked = Some(record.expires_at_ms.unwrap_or(i64::MAX));
                     break;
                 }
                 let offset = record.offset;
+                if delayed && record.expires_before_due() {
+                    // Expired before it comes due: never delivered, passed over.
+                    passed.see(offset, level);
+                    continue;
+                }
                 match record.deliver_at_ms {
                     Some(due) if due > now => {
                         passed.see(offset, level);
@@ -1198,7 +1213,7 @@ impl QueueEngine {
                         let Some(member) = turns.take(|| size(&record)) else {
                             // Fits no member's budget: the next round starts here.
                             stopped_at = Some(offset);
-                            blocked = true;
+                            blocked = Some(i64::MAX);
                             break;
                         };
                         passed.see(offset, level);
@@ -1255,6 +1270,9 @@ impl QueueEngine {
         if !config.dead_letters_over_caps() {
             return Ok(0);
         }
+        // Delayed messages taken and expired ones passed at the heads first: neither is
+        // ready, and counting them would move live messages in their place.
+        self.take_delayed()?;
         let mut queue = self.queue()?;
         let filter = self.filter_of(&queue.config)?;
         let Some((messages, bytes)) = super::admin::backlog(
