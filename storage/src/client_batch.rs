@@ -449,6 +449,19 @@ pub fn validate_batch(bytes: &[u8], rules: &BatchRules) -> Result<CheckedBatch, 
     })
 }
 
+/// A record's time: the batch's first timestamp (the append time, for a batch moved by
+/// relative_times) plus the record's zigzag `delta`; refused past the range of an
+/// `i64` rather than wrapped (a wrapped deliver-at time would be in the past).
+#[inline(always)]
+fn time_at(first: i64, delta: u64, what: &str) -> Result<i64, String> {
+    let delta = batch::unzigzag(delta);
+    first.checked_add(delta).ok_or_else(|| {
+        format!(
+            "its {what} is first_timestamp_ms {first} (the append time with relative_times) plus {delta} ms, past the range of an i64; send a time within the range"
+        )
+    })
+}
+
 /// `header` moved by `now_ms - first_timestamp_ms`: record 0's timestamp becomes
 /// `now_ms` (its CRC is the caller's to redo). Every record's time is a delta from
 /// `first_timestamp_ms`, so the header's times are all that change.
@@ -611,14 +624,14 @@ impl Walk<'_> {
                 "offset delta {delta} where {index} was expected (dense offsets)"
             ));
         }
-        let timestamp_ms = first.wrapping_add(batch::unzigzag(self.varint(end)?));
+        let timestamp_ms = time_at(first, self.varint(end)?, "timestamp")?;
         let expires_at_ms = if attributes & RECORD_HAS_EXPIRY != 0 {
-            Some(first.wrapping_add(batch::unzigzag(self.varint(end)?)))
+            Some(time_at(first, self.varint(end)?, "expiry")?)
         } else {
             None
         };
         let deliver_at_ms = if attributes & RECORD_HAS_DELIVER_AT != 0 {
-            Some(first.wrapping_add(batch::unzigzag(self.varint(end)?)))
+            Some(time_at(first, self.varint(end)?, "deliver-at time")?)
         } else {
             None
         };
@@ -1517,6 +1530,57 @@ mod tests {
         let never = encode_at(&[NewRecord::value("a")], Compression::None, 0);
         let checked = validate_batch(&never, &relative()).unwrap();
         assert_eq!(checked.header.max_expiry_ms, NEVER_EXPIRES);
+    }
+
+    /// A record's time the move takes past the range of an i64 is refused naming it,
+    /// not wrapped: a deliver-at time wrapped into the past was delivered at once, and
+    /// an expiry so wrapped was refused as "expires ... not after the append time"
+    /// (hunt 10b). The header's summary of times has no deliver-at (and an expiry under
+    /// a never-expiring maximum), so the records' own times are checked.
+    #[test]
+    fn a_record_time_past_the_range_of_an_i64_is_refused_not_wrapped() {
+        let far_deliver = encode_at(
+            &[NewRecord {
+                timestamp_ms: Some(0),
+                deliver_at_ms: Some(i64::MAX - 10),
+                ..NewRecord::value("a")
+            }],
+            Compression::None,
+            0,
+        );
+        let far_expiry = encode_at(
+            &[
+                NewRecord {
+                    timestamp_ms: Some(0),
+                    ..NewRecord::value("never")
+                },
+                NewRecord {
+                    timestamp_ms: Some(0),
+                    ttl_ms: Some((i64::MAX - 10) as u64),
+                    ..NewRecord::value("far")
+                },
+            ],
+            Compression::None,
+            0,
+        );
+        for (bytes, index, what) in [
+            (&far_deliver, 0, "deliver-at time"),
+            (&far_expiry, 1, "expiry"),
+        ] {
+            // Within the range as sent.
+            validate_batch(bytes, &rules()).unwrap();
+            match validate_batch(bytes, &relative()) {
+                Err(BatchError::Record { index: at, reason }) => {
+                    assert_eq!(at, index, "{reason}");
+                    assert!(
+                        reason.contains(&format!("its {what} is"))
+                            && reason.contains("past the range of an i64"),
+                        "{reason}"
+                    );
+                }
+                other => panic!("{what}: {other:?}"),
+            }
+        }
     }
 
     #[test]
