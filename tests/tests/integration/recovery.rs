@@ -11,8 +11,8 @@ use tidelog_proto::v1::reset_offsets_request::{
 use tidelog_proto::v1::{
     AckLevel, CommitOffsetsRequest, CreateQueueRequest, DescribeGroupRequest, DescribeQueueRequest,
     DescribeTopicRequest, FetchOffsetsRequest, FetchRequest, ListTopicsRequest, Message,
-    PublishRequest, ResetOffsetsRequest, StartPosition, TopicConfig, TopicPartitionOffset,
-    start_position,
+    PublishRequest, ReceiveRequest, ResetOffsetsRequest, StartPosition, TopicConfig,
+    TopicPartitionOffset, start_position,
 };
 use tidelog_tests::{TestBroker, metric_value, tidelog_command};
 
@@ -421,6 +421,32 @@ async fn an_unavailable_partition_gives_no_positions_to_act_on() {
             .contains("tidelog segment repair"),
         "{existing:?}"
     );
+    // It delivers the other partitions' messages, each once, none of the refused one's.
+    let mut delivered: Vec<(u32, u64)> = Vec::new();
+    while delivered.len() < (2 * MESSAGES) as usize {
+        let deliveries = queues
+            .receive(ReceiveRequest {
+                queue: "existing".into(),
+                member: "m".into(),
+                max_messages: 100,
+                max_wait_ms: 2_000,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .deliveries;
+        assert!(!deliveries.is_empty(), "delivered so far: {delivered:?}");
+        delivered.extend(deliveries.iter().map(|d| {
+            let message = d.message.as_ref().unwrap();
+            (message.partition, message.offset)
+        }));
+    }
+    delivered.sort_unstable();
+    let expected: Vec<(u32, u64)> = [0, 2]
+        .into_iter()
+        .flat_map(|p| (0..MESSAGES).map(move |o| (p, o)))
+        .collect();
+    assert_eq!(delivered, expected);
     let queue_text = cli(&broker, &["queue", "describe", "existing"]).ok("queue describe");
     assert!(
         queue_text
