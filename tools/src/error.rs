@@ -158,6 +158,14 @@ impl CliError {
         let what = format!("{context} failed: {message}");
         let todo = match status.code() {
             Code::Unavailable => {
+                if looks_like_transport(&message) && broke_during_call(&message) {
+                    return CliError::failure(
+                        format!(
+                            "{context} failed: the connection to tidelogd at {server} broke during the call ({message}); a change it asked for may or may not have taken effect"
+                        ),
+                        "check with the matching describe or list command, then retry; is tidelogd running? (--server / TIDELOG_SERVER)",
+                    );
+                }
                 if looks_like_transport(&message) {
                     return CliError::failure(
                         format!("{context} failed: cannot reach tidelogd at {server} ({message})"),
@@ -229,6 +237,27 @@ fn looks_like_transport(message: &str) -> bool {
     ]
     .iter()
     .any(|needle| message.contains(needle))
+}
+
+/// True when a transport failure broke a call under way (the connection reset or
+/// closed after it was sent) rather than keeping it from being sent (no connection):
+/// the broker may have carried it out.
+fn broke_during_call(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    let never_sent = [
+        "connection refused",
+        "tcp connect error",
+        "dns error",
+        "error trying to connect",
+    ];
+    let broke = [
+        "connection reset",
+        "broken pipe",
+        "connection closed",
+        "stream closed",
+    ];
+    !never_sent.iter().any(|needle| message.contains(needle))
+        && broke.iter().any(|needle| message.contains(needle))
 }
 
 /// What to do about a TLS failure, from its message (`None`: not a TLS failure).
@@ -341,6 +370,20 @@ mod tests {
         assert!(
             e.to_string()
                 .ends_with("is it running? (--server / TIDELOG_SERVER)")
+        );
+        // A connection that broke under a call already sent: it may have taken effect.
+        let e = CliError::status(
+            "resetting the offsets of group \"billing\"",
+            &tonic::Status::unavailable(
+                "transport error: connection closed before message completed",
+            ),
+            server,
+        );
+        assert!(
+            e.to_string().contains(
+                "the connection to tidelogd at http://127.0.0.1:7420 broke during the call"
+            ) && e.to_string().contains("may or may not have taken effect"),
+            "{e}"
         );
 
         // A message that already says what to do is not extended.
