@@ -85,7 +85,7 @@ impl Parser<'_> {
         self.nodes += 1;
         if self.nodes > FILTER_NODES_MAX {
             return Err(self.error(&format!(
-                "a shorter filter (at most {FILTER_NODES_MAX} conditions, operators and values)"
+                "a shorter filter (at most {FILTER_NODES_MAX} nodes: conditions, `!`s, list values and runs of `&&` or `||`)"
             )));
         }
         Ok(())
