@@ -397,8 +397,15 @@ async fn retention_loop(state: Arc<AppState>, interval: Duration) {
         let store = state.store.clone();
         match tokio::task::spawn_blocking(move || store.enforce_retention()).await {
             Ok(outcomes) => {
+                let mut retained: Vec<&str> = Vec::new();
                 for (topic, _partition, outcome) in &outcomes {
                     state.metrics.retention(topic, outcome);
+                    if outcome.segments_deleted > 0 && !retained.contains(&topic.as_str()) {
+                        retained.push(topic);
+                    }
+                }
+                for topic in retained {
+                    state.queues.topic_retained(topic);
                 }
             }
             Err(error) => tracing::error!(%error, "the retention pass failed"),

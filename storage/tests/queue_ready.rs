@@ -169,12 +169,15 @@ fn the_dead_letter_oldest_cap_drops_nothing_under_its_cap() {
 /// log its level's cursor has not passed, plus the pending ones due now.
 fn brute_force_ready(store: &Store, now: i64) -> u64 {
     let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    let log_start = partition.log_start().unwrap();
     let (cursors, levels, due) = store.queues().read(|q| {
         let queue = q.get("work").unwrap();
         let part = queue.partitions.get(&0);
         let due = part.map_or(0, |p| {
             p.pending
                 .iter()
+                // Retention deleted it: gone, not ready.
+                .filter(|&(offset, _)| offset >= log_start)
                 .filter(|(_, pending)| match pending.hold {
                     Hold::Leased { .. } => false,
                     Hold::Waiting { due_ms } | Hold::Delayed { due_ms } => due_ms <= now,
@@ -189,7 +192,7 @@ fn brute_force_ready(store: &Store, now: i64) -> u64 {
         )
     });
     let mut untaken = 0;
-    let mut position = partition.log_start().unwrap();
+    let mut position = log_start;
     while position < partition.end_offset().unwrap() {
         let read = partition.read(position, 1000, u64::MAX).unwrap();
         for record in &read.records {
@@ -254,9 +257,11 @@ fn check_no_delayed_head(store: &Store, now: i64, filtered: bool, context: &str)
 
 /// One random run: publishes of random priorities (some delayed, some the filter
 /// skips), deliveries of random sizes, acks, nacks and terms of random held messages
-/// in random order, ticks, restarts, compactions, overflow passes, and takes of delayed
-/// messages ahead (checked: no delayed head left); after every step the ready count
-/// equals the brute-force count.
+/// in random order, ticks, restarts, compactions, overflow passes, takes of delayed
+/// messages ahead (checked: no delayed head left), and, on half the seeds, retention
+/// deleting old segments (a segment rolls every 40 ms of the clock), followed by the
+/// engine's next round as the broker's queue runtime runs it; after every step the
+/// ready count equals the brute-force count.
 fn run(seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(START_MS);
@@ -264,12 +269,17 @@ fn run(seed: u64) {
     let levels = 2 + rng.below(3) as u8;
     let filtered = rng.below(2) == 0;
     let cap = (rng.below(3) == 0).then(|| 10 + rng.below(20));
+    let retention_ms = (rng.below(2) == 0).then(|| 100 + rng.below(200));
     let mut store = plain(dir.path(), &clock);
     store
         .create_topic(
             "jobs",
             1,
-            topic_config(levels, cap, QueueOverflow::DeadLetterOldest),
+            TopicConfig {
+                segment_ms: retention_ms.map(|_| 40),
+                retention_ms,
+                ..topic_config(levels, cap, QueueOverflow::DeadLetterOldest)
+            },
         )
         .unwrap();
     let config = QueueConfig {
@@ -335,9 +345,17 @@ fn run(seed: u64) {
                 };
                 engine.settle(Some(&member), &[request]).unwrap();
             }
-            80..=87 => {
+            80..=85 => {
                 clock.advance_ms(1 + rng.below(60) as i64);
                 engine.tick().unwrap();
+            }
+            86..=87 => {
+                // Retention (a no-op on the seeds without it), then the queue
+                // runtime's next round: with no member asking, it takes delayed
+                // messages ahead.
+                let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+                partition.enforce_retention().unwrap();
+                engine.take_delayed().unwrap();
             }
             88..=89 => {
                 engine.enforce_caps().unwrap();
@@ -383,7 +401,8 @@ fn run(seed: u64) {
         assert_eq!(
             status.ready,
             brute_force_ready(&store, now),
-            "seed {seed} step {step}: levels {levels}, filtered {filtered}, {status:?}"
+            "seed {seed} step {step}: levels {levels}, filtered {filtered}, retention_ms \
+             {retention_ms:?}, {status:?}"
         );
     }
 }
@@ -637,6 +656,134 @@ fn messages_retention_deleted_while_taken_count_nowhere() {
         (end - start, 0, 0, 1),
         "log {start}..{end}: {after:?}"
     );
+}
+
+/// A 2-level topic of 90 messages alternating priority 1 and 0 (the high ones at even
+/// offsets), the first 36 in a segment of their own that retention deletes once the
+/// clock is a minute on; queue `work` with member `m`, who has taken and acked the
+/// first `high_taken` high messages (so level 1's cursor runs ahead of level 0's).
+fn ninety_alternating(store: &Arc<Store>, clock: &ManualClock, high_taken: u32) -> QueueEngine {
+    let config = TopicConfig {
+        segment_ms: Some(1_000),
+        retention_ms: Some(60_000),
+        ..topic_config(2, None, QueueOverflow::Reject)
+    };
+    store.create_topic("jobs", 1, config).unwrap();
+    admin::create_queue(
+        &**store,
+        "work",
+        "jobs",
+        StartAt::Earliest,
+        QueueConfig::defaults_for("jobs"),
+    )
+    .unwrap();
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    let alternating = |from: u64, to: u64| -> Vec<NewRecord> {
+        (from..to)
+            .map(|offset| message(u8::from(offset % 2 == 0)))
+            .collect()
+    };
+    partition.append_durable(&alternating(0, 36)).unwrap();
+    clock.advance_ms(2_000);
+    partition.append_durable(&alternating(36, 90)).unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    let delivered = engine.deliver(&[("m".into(), high_taken)]).unwrap();
+    let offsets: Vec<u64> = delivered[0].1.iter().map(|d| d.record.offset).collect();
+    assert_eq!(
+        offsets,
+        (0..u64::from(high_taken))
+            .map(|i| 2 * i)
+            .collect::<Vec<_>>()
+    );
+    for offset in offsets {
+        engine.settle(Some("m"), &[ack(offset)]).unwrap();
+    }
+    engine
+}
+
+/// Delivers and acks the rest one by one: the high messages first, then the low ones,
+/// with the ready count checked against the brute-force count after each.
+fn deliver_the_rest_one_by_one(store: &Store, clock: &ManualClock, engine: &mut QueueEngine) {
+    let mut expected_ready = admin::queue_status(store, "work", clock.now_ms())
+        .unwrap()
+        .ready;
+    loop {
+        let delivered = engine.deliver(&[("m".into(), 1)]).unwrap();
+        let Some((_, deliveries)) = delivered.first() else {
+            break;
+        };
+        let (offset, priority) = (deliveries[0].record.offset, deliveries[0].record.priority);
+        engine.settle(Some("m"), &[ack(offset)]).unwrap();
+        expected_ready -= 1;
+        let status = admin::queue_status(store, "work", clock.now_ms()).unwrap();
+        let context = format!("after delivering {offset} (priority {priority}): {status:?}");
+        assert_eq!(status.ready, expected_ready, "{context}");
+        assert_eq!(
+            status.ready,
+            brute_force_ready(store, clock.now_ms()),
+            "{context}"
+        );
+    }
+    assert_eq!(expected_ready, 0, "every message left was delivered");
+}
+
+/// Hunt 10c, finding 4: level 1 took the first 10 high messages (its cursor at 20),
+/// then retention deleted offsets 0-35, past both levels' cursors. The ready count was
+/// exact right after the cut (54), but each later high delivery lowered it by 2 (the
+/// 10 deleted high messages stayed in level 1's count of what it took ahead), down to
+/// 0 with 27 low messages still to deliver.
+#[test]
+fn retention_past_a_faster_levels_cursor_keeps_the_ready_count_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = plain(dir.path(), &clock);
+    let mut engine = ninety_alternating(&store, &clock, 10);
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!(status.ready, 80, "{status:?}");
+    clock.advance_ms(60_000);
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    partition.enforce_retention().unwrap();
+    assert_eq!(partition.log_start().unwrap(), 36);
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!(status.ready, 54, "{status:?}");
+    deliver_the_rest_one_by_one(&store, &clock, &mut engine);
+    // Lost to retention: the 36 deleted offsets less the 10 high ones taken.
+    assert_eq!(engine.counters.lost_to_retention, 26);
+}
+
+/// The same with level 1's cursor past the cut (it took 25 high messages, up to offset
+/// 48): after the queue's next round, the 7 high messages it took at 36-48 are not
+/// ready, and the 18 deleted below 36 are no longer subtracted from what is left. The
+/// count holds across a restart (replay) and a snapshot.
+#[test]
+fn retention_between_the_levels_cursors_keeps_the_ready_count_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let mut store = plain(dir.path(), &clock);
+    let mut engine = ninety_alternating(&store, &clock, 25);
+    clock.advance_ms(60_000);
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    partition.enforce_retention().unwrap();
+    assert_eq!(partition.log_start().unwrap(), 36);
+    // The queue runtime's next round (no member asking).
+    engine.take_delayed().unwrap();
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!(status.ready, 54 - 7, "{status:?}");
+    assert_eq!(engine.counters.lost_to_retention, 36 - 18);
+    for compact in [false, true] {
+        drop(engine);
+        if compact {
+            store.queues().compact().unwrap();
+        }
+        drop(store);
+        store = plain(dir.path(), &clock);
+        let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+        assert_eq!(status.ready, 47, "compacted {compact}: {status:?}");
+        engine = QueueEngine::open(store.clone(), "work").unwrap();
+        engine.member_joined("m");
+    }
+    deliver_the_rest_one_by_one(&store, &clock, &mut engine);
 }
 
 /// A store whose topic `jobs` has `levels` levels and dead-letters the oldest over a cap

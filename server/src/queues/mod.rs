@@ -1261,7 +1261,27 @@ impl QueueManager {
         if !topic.config().has_queue_caps() {
             return;
         }
-        let names = admin::list_queues(&*self.store, Some(topic.name()));
+        self.wake_queues_of(topic.name());
+    }
+
+    /// Retention deleted segments of `topic`: when the topic has priority levels, its
+    /// queues' runtimes (started if need be) look at once, so each engine follows the
+    /// new log start (`QueueEngine` recounts what its faster levels took ahead past it)
+    /// and DescribeQueue's ready count and the caps are exact again without waiting for
+    /// a member or a publish.
+    pub fn topic_retained(self: &Arc<Self>, topic: &str) {
+        if self
+            .store
+            .topic(topic)
+            .is_ok_and(|t| t.config().priority_levels > 1)
+        {
+            self.wake_queues_of(topic);
+        }
+    }
+
+    /// Wakes the runtime of every queue reading `topic`, starting those not running.
+    fn wake_queues_of(self: &Arc<Self>, topic: &str) {
+        let names = admin::list_queues(&*self.store, Some(topic));
         for name in names {
             if let Some(runtime) = lock(&self.runtimes).get(&name) {
                 runtime.wake();

@@ -1748,3 +1748,143 @@ async fn a_purge_gives_members_at_their_limit_their_room_back() {
         "{outcomes:?}"
     );
 }
+
+/// Hunt 10c, finding 4: with priority levels, after retention deleted the log past the
+/// low level's position and some of what the high level took ahead, the ready count
+/// drifted low with every later high delivery (2 per delivery, down to 0 with low
+/// messages still to deliver). Here the high level took 25 high messages (offsets 0 to
+/// 48), then retention deletes offsets 0-35: once the retention pass has run the ready
+/// count is exact without any member calling (47: the 54 left less the 7 high ones
+/// taken at 36-48), and stays exact through every delivery after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ready_count_stays_exact_after_retention_passed_the_low_level() {
+    use tidelog_proto::v1::{AlterTopicConfigRequest, TopicConfigUpdate};
+    let broker = TestBroker::start_with(&["--retention-interval", "100ms"]);
+    broker
+        .create_topic(
+            "tide",
+            1,
+            TopicConfig {
+                priority_levels: 2,
+                segment_bytes: 4096,
+                ..TopicConfig::default()
+            },
+        )
+        .await;
+    create_queue(&broker, "tide-q", "tide", QueueConfig::default()).await;
+    // Offsets 0-35 an hour old, in a segment of their own (the next batch does not fit
+    // beside them), then 36-89 now; the high ones (priority 1) at even offsets.
+    let mut publisher = broker.publisher().await;
+    let an_hour_ago = now_ms() - 3_600_000;
+    for (offsets, timestamp_ms) in [(0..36, Some(an_hour_ago)), (36..90, None)] {
+        publisher
+            .publish(PublishRequest {
+                topic: "tide".into(),
+                messages: offsets
+                    .map(|offset| Message {
+                        value: vec![b'v'; 80].into(),
+                        priority: u32::from(offset % 2 == 0),
+                        timestamp_ms,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ack: AckLevel::Durable as i32,
+            })
+            .await
+            .unwrap();
+    }
+    let mut client = queues(&broker).await;
+    let receive = |client: &mut QueuesClient<Channel>, max_messages: u32| {
+        let mut client = client.clone();
+        async move {
+            let deliveries = client
+                .receive(ReceiveRequest {
+                    queue: "tide-q".into(),
+                    member: "m".into(),
+                    max_messages,
+                    max_wait_ms: 0,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .deliveries;
+            let outcomes = client
+                .settle(SettleRequest {
+                    queue: "tide-q".into(),
+                    settlements: deliveries.iter().map(ack).collect(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .outcomes;
+            assert!(
+                outcomes.iter().all(|o| o.code == Code::Ok as i32),
+                "{outcomes:?}"
+            );
+            deliveries
+                .iter()
+                .map(|d| d.message.as_ref().unwrap().offset)
+                .collect::<Vec<u64>>()
+        }
+    };
+    let ready = |client: &mut QueuesClient<Channel>| {
+        let mut client = client.clone();
+        async move {
+            client
+                .describe_queue(DescribeQueueRequest {
+                    name: "tide-q".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .queue
+                .unwrap()
+                .ready
+        }
+    };
+    let took = receive(&mut client, 25).await;
+    assert_eq!(took, (0..25).map(|i| 2 * i).collect::<Vec<u64>>());
+    assert_eq!(ready(&mut client).await, 65);
+    broker
+        .admin()
+        .await
+        .alter_topic_config(AlterTopicConfigRequest {
+            name: "tide".into(),
+            update: Some(TopicConfigUpdate {
+                retention_ms: Some(60_000),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while broker.describe_topic("tide").await.partitions[0].log_start_offset != 36 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The retention pass wakes the queue, which follows the new log start.
+    let mut left = 54 - 7;
+    loop {
+        let now = ready(&mut client).await;
+        if now == left {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ready {now}, not {left}, after retention"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    loop {
+        let got = receive(&mut client, 1).await;
+        if got.is_empty() {
+            break;
+        }
+        left -= 1;
+        assert_eq!(ready(&mut client).await, left, "after delivering {got:?}");
+    }
+    assert_eq!(left, 0, "every message left was delivered");
+}

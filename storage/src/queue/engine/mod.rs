@@ -333,6 +333,10 @@ pub struct QueueEngine {
     /// an expired head is passed over): not scanned again while the level's position
     /// is there and the time is before it.
     ahead_blocked: HashMap<(u32, u8), (u64, i64)>,
+    /// Per partition, the log start whose recount of the counts taken ahead failed
+    /// (damage, or retention moving on) and when to try it again
+    /// ([`QueueEngine::follow_retention`]).
+    recount_retry: HashMap<u32, (u64, i64)>,
     /// The last delivery round stopped because a higher level had more of the log to
     /// look at: deliver again at once (there may be nothing new to wait for).
     behind: bool,
@@ -403,6 +407,7 @@ impl QueueEngine {
             next_partition: 0,
             behind: false,
             ahead_blocked: HashMap::new(),
+            recount_retry: HashMap::new(),
             counters: EngineCounters::default(),
             ack_latencies_ms: Vec::new(),
             filter: None,
@@ -919,6 +924,7 @@ impl QueueEngine {
         let mut turns = Turns::new(&shared);
         let mut out: BTreeMap<Arc<str>, Vec<Delivery>> = BTreeMap::new();
         let mut ops = Vec::new();
+        self.follow_retention(&mut queue, &topic, now, &mut ops)?;
 
         for level in (0..queue.levels).rev() {
             if turns.current().is_none() && !ahead {
@@ -1275,6 +1281,12 @@ impl QueueEngine {
         self.take_delayed()?;
         let mut queue = self.queue()?;
         let filter = self.filter_of(&queue.config)?;
+        // The backlog counted below is exact only once the state follows retention.
+        let mut follow = Vec::new();
+        self.follow_retention(&mut queue, &topic, self.store.clock().now_ms(), &mut follow)?;
+        if !follow.is_empty() {
+            self.store.queues().append(follow)?;
+        }
         let Some((messages, bytes)) = super::admin::backlog(
             &*self.store,
             &self.name,
@@ -1675,6 +1687,114 @@ impl QueueEngine {
     }
 }
 
+impl QueueEngine {
+    /// Follows retention in the engine's view of `queue` (a queue with priority levels)
+    /// and pushes the takes that make the state follow it onto `ops`: in each partition
+    /// of `topic` where retention deleted the log past the slowest level's cursor,
+    /// every level whose cursor it passed moves to the log's start, and the counts of
+    /// what the faster levels took ahead ([`QueuePartition::ahead`]) become what they
+    /// took from the log's start to their cursors, counted again over the log. Without
+    /// it those counts keep the messages of the deleted span, which no scan passes any
+    /// more to take off, and the ready count ([`QueuePartition::untaken`]) subtracts
+    /// them from what is left (hunt 10c). The untaken messages of the deleted span are
+    /// counted lost to retention. The first take carries the whole change of the
+    /// counts, so a crash keeps the counts before or after, each exact for its
+    /// cursors. It reads what the faster levels took past the log's start, once per
+    /// cut past the slowest cursor (the slowest level's scan reads it again as it
+    /// catches up); a read that fails (damage, or retention moving on) leaves the
+    /// partition to the scans as before, tried again after [`DAMAGE_RETRY_MS`].
+    fn follow_retention(
+        &mut self,
+        queue: &mut Queue,
+        topic: &Topic,
+        now: i64,
+        ops: &mut Vec<QueueOp>,
+    ) -> Result<()> {
+        if queue.levels <= 1 {
+            return Ok(());
+        }
+        for partition in topic.partitions() {
+            let id = partition.id();
+            let Ok(log_start) = partition.log_start() else {
+                continue;
+            };
+            let part = view_partition(queue, id);
+            let slowest = part.slowest();
+            if slowest >= log_start
+                || self
+                    .recount_retry
+                    .get(&id)
+                    .is_some_and(|&(start, at)| start == log_start && now < at)
+            {
+                continue;
+            }
+            let (cursors, before) = (part.cursors.clone(), part.ahead.clone());
+            // Each level's messages from the log's start to its cursor: all taken.
+            let mut took = vec![0u64; cursors.len()];
+            let top = cursors.iter().copied().max().unwrap_or(0);
+            let counted = each_level(queue, partition, log_start, top, |offset, level| {
+                let level = usize::from(level);
+                if let (Some(&cursor), Some(took)) = (cursors.get(level), took.get_mut(level))
+                    && offset < cursor
+                {
+                    *took += 1;
+                }
+            });
+            match counted {
+                Ok(()) => {
+                    self.recount_retry.remove(&id);
+                }
+                Err(
+                    Error::Corrupt { .. }
+                    | Error::OffsetOutOfRange { .. }
+                    | Error::PartitionUnavailable { .. },
+                ) => {
+                    let retry_at = now.saturating_add(DAMAGE_RETRY_MS);
+                    self.recount_retry.insert(id, (log_start, retry_at));
+                    continue;
+                }
+                Err(error) => return Err(error),
+            }
+            // The slowest first: its take sets every count, the others' change none.
+            let mut passed: Vec<u8> = (0..queue.levels)
+                .filter(|&level| cursors[usize::from(level)] < log_start)
+                .collect();
+            passed.sort_by_key(|&level| (cursors[usize::from(level)], level));
+            for level in passed {
+                let part = view_partition(queue, id);
+                let ahead = part
+                    .ahead
+                    .iter()
+                    .zip(&took)
+                    .map(|(&ahead, &took)| took as i64 - ahead as i64)
+                    .collect();
+                let counts = TakeCounts {
+                    from: part.cursors[usize::from(level)],
+                    ahead,
+                };
+                part.take(level, log_start, Some(&counts));
+                ops.push(QueueOp::Take {
+                    name: self.name.clone(),
+                    partition: id,
+                    level,
+                    cursor_to: log_start,
+                    at_ms: now,
+                    taken: Vec::new(),
+                    counts: Some(counts),
+                });
+            }
+            // The deleted span less what faster levels took there.
+            let taken_there: u64 = before
+                .iter()
+                .zip(&took)
+                .map(|(&ahead, &took)| ahead.saturating_sub(took))
+                .sum();
+            self.counters.lost_to_retention += (log_start - slowest).saturating_sub(taken_there);
+        }
+        Ok(())
+    }
+}
+
 /// What one level's scan of one partition passed (the messages behind its new cursor,
 /// counted by level), for the [`TakeCounts`] its take carries: they keep the state's
 /// count of each level's messages taken ahead of the slowest level
@@ -1743,26 +1863,29 @@ impl Passed {
     /// The take's counts (None for a single-level queue), and the engine's view of
     /// the state moved as the take moves it, for the next level's scan.
     fn into_counts(self, queue: &mut Queue, partition: u32, cursor_to: u64) -> Option<TakeCounts> {
-        let levels = queue.levels.max(1);
-        let part = queue
-            .partitions
-            .entry(partition)
-            .or_insert_with(|| QueuePartition::new(levels, 0));
-        if let Some(cursor) = part.cursors.get_mut(usize::from(self.level)) {
-            *cursor = (*cursor).max(cursor_to);
-        }
-        if !self.counted {
-            return None;
-        }
-        let mut ahead: Vec<i64> = self.below.iter().map(|&b| -(b as i64)).collect();
-        if let Some(own) = ahead.get_mut(usize::from(self.level)) {
-            *own += self.own as i64;
-        }
-        Some(TakeCounts {
-            from: self.from,
-            ahead,
-        })
+        let counts = self.counted.then(|| {
+            let mut ahead: Vec<i64> = self.below.iter().map(|&b| -(b as i64)).collect();
+            if let Some(own) = ahead.get_mut(usize::from(self.level)) {
+                *own += self.own as i64;
+            }
+            TakeCounts {
+                from: self.from,
+                ahead,
+            }
+        });
+        view_partition(queue, partition).take(self.level, cursor_to, counts.as_ref());
+        counts
     }
+}
+
+/// The engine's view of `partition` in `queue` (made as the state makes a partition
+/// it has not seen: every cursor at 0).
+fn view_partition(queue: &mut Queue, partition: u32) -> &mut QueuePartition {
+    let levels = queue.levels.max(1);
+    queue
+        .partitions
+        .entry(partition)
+        .or_insert_with(|| QueuePartition::new(levels, 0))
 }
 
 /// Counts into `passed` every record of `partition` from `from` to `to` (what a scan
@@ -1774,6 +1897,20 @@ fn count_span(
     from: u64,
     to: u64,
 ) -> Result<()> {
+    each_level(queue, partition, from, to, |offset, level| {
+        passed.see(offset, level)
+    })
+}
+
+/// Calls `f` with the offset and level of every record of `partition` from `from`
+/// (or the log's start, if retention passed it) to `to`.
+fn each_level(
+    queue: &Queue,
+    partition: &Partition,
+    from: u64,
+    to: u64,
+    mut f: impl FnMut(u64, u8),
+) -> Result<()> {
     let mut position = from.max(partition.log_start()?);
     while position < to {
         let read = partition.read(position, SCAN_RECORDS_PER_ROUND, SCAN_READ_BYTES)?;
@@ -1781,7 +1918,7 @@ fn count_span(
             if record.offset >= to {
                 return Ok(());
             }
-            passed.see(record.offset, queue.level_of(record.priority));
+            f(record.offset, queue.level_of(record.priority));
         }
         if read.next_offset == read.end_offset || read.next_offset <= position {
             break;

@@ -37,8 +37,12 @@
 //! message it passes and knows each one's level, so its take (17) carries the changes:
 //! the taking level gains its own messages passed (taken, delayed, skipped by the
 //! filter); if the taking level was the slowest, every level loses its messages below
-//! the new slowest cursor. After every take (4 or 17), purge (10) or ahead (18), each
-//! count is cut to its cursor's lead on the slowest cursor (so the slowest level's is 0).
+//! the new slowest cursor. Where retention deleted the log past the slowest cursor, the
+//! engine moves the levels it passed to the log's start with takes (17) taking nothing,
+//! the first of them carrying the changes that make each count what its level took
+//! from the log's start (counted again over the log). After every take (4 or 17), purge
+//! (10) or ahead (18), each count is cut to its cursor's lead on the slowest cursor (so
+//! the slowest level's is 0).
 //! A take of 4 (a single-level queue, or a build before the counts) changes no count, so
 //! state written before them reads as it did then (counts 0: the pending messages past
 //! the slowest cursor are then all it subtracts). A snapshot writes an 18 after the

@@ -189,12 +189,7 @@ impl StateMachine for Queues {
                     return 0;
                 }
                 let part = queue.partition(partition);
-                if let Some(counts) = &counts {
-                    part.apply_counts(level, counts);
-                }
-                let cursor = &mut part.cursors[usize::from(level)];
-                *cursor = (*cursor).max(cursor_to);
-                part.normalize_ahead();
+                part.take(level, cursor_to, counts.as_ref());
                 let mut changed = 0;
                 for t in taken {
                     let (attempts, first, last) = match t.hold {

@@ -53,8 +53,10 @@ impl QueuePartition {
     /// Keeps [`QueuePartition::ahead`] within what it can be: one count per level, none
     /// over its cursor's lead on the slowest (so the slowest level's is 0). Run after
     /// every change of the cursors or the counts: a count that drifted (a message that
-    /// expired, or that retention removed, between a faster level's scan and the
-    /// slowest's) is put right at the latest when the slowest level catches up.
+    /// expired between a faster level's scan and the slowest's) is put right at the
+    /// latest when the slowest level catches up. (Retention past the slowest cursor is
+    /// followed by the engine's takes that move the passed levels to the log's start,
+    /// their counts recounted over the log: `QueueEngine::follow_retention`.)
     pub(super) fn normalize_ahead(&mut self) {
         let slowest = self.slowest();
         self.ahead.resize(self.cursors.len(), 0);
@@ -76,6 +78,20 @@ impl QueuePartition {
         for (ahead, delta) in self.ahead.iter_mut().zip(&counts.ahead) {
             *ahead = ahead.saturating_add_signed(*delta);
         }
+    }
+
+    /// A take by `level` moves its cursor to `cursor_to` (never back), with the counts
+    /// its scan carries ([`QueuePartition::apply_counts`]) and the counts kept in
+    /// bounds after. The one rule of how a take moves a partition: the state machine
+    /// applies [`QueueOp::Take`] with it, and the engine its view of the state.
+    pub(crate) fn take(&mut self, level: u8, cursor_to: u64, counts: Option<&TakeCounts>) {
+        if let Some(counts) = counts {
+            self.apply_counts(level, counts);
+        }
+        if let Some(cursor) = self.cursors.get_mut(usize::from(level)) {
+            *cursor = (*cursor).max(cursor_to);
+        }
+        self.normalize_ahead();
     }
 
     /// (where the span not taken yet starts, how many messages in it are not taken)
