@@ -43,7 +43,8 @@
 //! so a right granted later is picked up. (A topic whose commits are refused is read
 //! again from its committed offset at each try, so its first messages are handled
 //! again each time.) A [`Router::route`] naming such a topic is a configuration
-//! error: the router fails with the [`Error::PermissionDenied`].
+//! error: the router fails with the [`Error::PermissionDenied`]; so does a refused
+//! dead-letter publish, on any route.
 //!
 //! (The broker's pattern matching applies the same rights, but a pattern route cannot
 //! use it, for the reasons above: one member would read every matched topic on one
@@ -89,6 +90,11 @@ pub const OMITTED_LETTER_REASON_BYTES_MAX: usize = 256;
 /// three numbers, with their keys. A dead-letter topic the router creates allows this
 /// much more than the routed topic's `max_message_bytes`.
 const LETTER_HEADERS_BYTES_MAX: u64 = 2048;
+
+/// How a route's task ended: its topic, whether a pattern matched it, the outcome,
+/// and whether an error came from reading the topic in the group (joining, reading,
+/// committing) rather than from handling a message (its dead-letter publish).
+type RouteEnd = (String, bool, Result<()>, bool);
 
 /// How long a stopping route waits for its member to leave the group.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -233,7 +239,7 @@ impl Router {
     /// module's text), so a router started again gets its partitions at once.
     pub async fn run(self, shutdown: impl Future<Output = impl Sized>) -> Result<()> {
         let producer = Producer::new(&self.client, ProducerConfig::default());
-        let mut tasks: JoinSet<(String, bool, Result<()>)> = JoinSet::new();
+        let mut tasks: JoinSet<RouteEnd> = JoinSet::new();
         let (stop, stopping) = watch::channel(false);
         let left_out: LeftOut = Arc::default();
         let outcome = self
@@ -255,7 +261,7 @@ impl Router {
         &self,
         shutdown: impl Future<Output = impl Sized>,
         producer: &Producer,
-        tasks: &mut JoinSet<(String, bool, Result<()>)>,
+        tasks: &mut JoinSet<RouteEnd>,
         stopping: &watch::Receiver<bool>,
         left_out: &LeftOut,
     ) -> Result<()> {
@@ -276,6 +282,8 @@ impl Router {
                         }
                         Err(error) => return Err(error),
                     };
+                    // A topic left out that is gone is warned of again if it comes back.
+                    lock(left_out).retain(|left| topics.iter().any(|(topic, _, _)| topic == left));
                     for (topic, handler, matched) in topics {
                         if started.insert(topic.clone()) {
                             let route = RouteTask {
@@ -288,17 +296,18 @@ impl Router {
                             };
                             let stopping = stopping.clone();
                             tasks.spawn(async move {
-                                (topic, matched, route.run(stopping).await)
+                                let (outcome, in_group) = route.run(stopping).await;
+                                (topic, matched, outcome, in_group)
                             });
                         }
                     }
                 }
                 Some(ended) = tasks.join_next() => {
                     match ended {
-                        Ok((_, _, Ok(()))) => {}
+                        Ok((_, _, Ok(()), _)) => {}
                         // A topic a pattern matched was deleted: its route ends, and a
                         // topic created under its name later is routed anew.
-                        Ok((topic, true, Err(Error::TopicNotFound { topic: gone })))
+                        Ok((topic, true, Err(Error::TopicNotFound { topic: gone }), _))
                             if gone == topic =>
                         {
                             tracing::info!(topic, "a routed topic was deleted; its route ends");
@@ -307,8 +316,9 @@ impl Router {
                         // A topic a pattern matched that the caller may not consume
                         // (or commit in the group): left out, as the broker's pattern
                         // subscriptions leave it out, and tried again at the next
-                        // rescan, so a right granted later is picked up.
-                        Ok((topic, true, Err(Error::PermissionDenied { message }))) => {
+                        // rescan, so a right granted later is picked up. (A refused
+                        // dead-letter publish is not this: it ends the router.)
+                        Ok((topic, true, Err(Error::PermissionDenied { message }), true)) => {
                             let newly = lock(left_out).insert(topic.clone());
                             if newly {
                                 tracing::warn!(topic, reason = message, "a topic the pattern matches is left out of its route: the caller may not read it in the group; it is tried again at each rescan");
@@ -320,11 +330,11 @@ impl Router {
                         // Joining while the broker was away, a dead-letter publish
                         // that timed out, ...: what the route had not committed comes
                         // again when it starts over at the next rescan.
-                        Ok((topic, _, Err(error))) if error.is_retryable() => {
+                        Ok((topic, _, Err(error), _)) if error.is_retryable() => {
                             tracing::warn!(topic, %error, "a route failed; it starts again at the next rescan");
                             started.remove(&topic);
                         }
-                        Ok((_, _, Err(error))) => return Err(error),
+                        Ok((_, _, Err(error), _)) => return Err(error),
                         Err(join) => {
                             return Err(Error::Broker {
                                 rpc: "Router",
@@ -396,11 +406,16 @@ struct RouteTask {
 
 impl RouteTask {
     /// Joins, routes until the route fails or `stopping` turns true, then leaves.
-    async fn run(self, mut stopping: watch::Receiver<bool>) -> Result<()> {
+    /// With an error, whether it came from reading the topic in the group (joining,
+    /// reading, committing) rather than from handling a message.
+    async fn run(self, mut stopping: watch::Receiver<bool>) -> (Result<()>, bool) {
         let options = GroupOptions::new(self.config.group.clone());
         let mut member = tokio::select! {
-            joined = GroupMember::join(&self.client, &self.topic, options) => joined?,
-            _ = stopping.wait_for(|stop| *stop) => return Ok(()),
+            joined = GroupMember::join(&self.client, &self.topic, options) => match joined {
+                Ok(member) => member,
+                Err(error) => return (Err(error), true),
+            },
+            _ = stopping.wait_for(|stop| *stop) => return (Ok(()), true),
         };
         if lock(&self.left_out).remove(&self.topic) {
             tracing::info!(
@@ -410,20 +425,26 @@ impl RouteTask {
         }
         let outcome = tokio::select! {
             outcome = self.route(&mut member) => outcome,
-            _ = stopping.wait_for(|stop| *stop) => Ok(()),
+            _ = stopping.wait_for(|stop| *stop) => (Ok(()), true),
         };
         self.leave(member).await;
         outcome
     }
 
-    async fn route(&self, member: &mut GroupMember) -> Result<()> {
+    /// See [`RouteTask::run`].
+    async fn route(&self, member: &mut GroupMember) -> (Result<()>, bool) {
         loop {
-            let message = member.next().await?;
-            self.handle(message).await?;
+            let message = match member.next().await {
+                Ok(message) => message,
+                Err(error) => return (Err(error), true),
+            };
+            if let Err(error) = self.handle(message).await {
+                return (Err(error), false);
+            }
             match member.commit().await {
                 Ok(()) | Err(Error::Rebalanced { .. }) => {}
                 Err(error) if error.is_retryable() => {}
-                Err(error) => return Err(error),
+                Err(error) => return (Err(error), true),
             }
         }
     }
