@@ -1,8 +1,9 @@
 //! tidelog-client's Router through the real broker: a pattern route under `--auth`
 //! leaves out the topics the caller may not consume (as the broker's own pattern
 //! subscriptions do) and picks them up once granted, while a named route the caller
-//! may not consume fails the router; a router that stops leaves its group at once;
-//! a long handler error still fits a small existing dead-letter topic.
+//! may not consume, or a refused dead-letter publish, fails the router; a router
+//! that stops leaves its group at once; a long handler error still fits a small
+//! existing dead-letter topic.
 
 use std::time::Duration;
 
@@ -224,6 +225,35 @@ async fn a_router_pattern_route_leaves_out_a_topic_it_may_not_consume_until_gran
     match timeout(EVENT_TIMEOUT, running).await {
         Ok(Ok(Err(Error::PermissionDenied { message }))) => {
             assert!(message.contains("pay.secret"), "{message}")
+        }
+        other => panic!("expected PermissionDenied, got {other:?}"),
+    }
+
+    // A pattern route whose dead-letter publish is refused is not left out quietly:
+    // the router fails.
+    add_acl(&admin, acl("topic:pay.p.dlq", "publish", "deny")).await;
+    admin
+        .create_topic("pay.p", 1, Default::default())
+        .await
+        .expect("create pay.p");
+    publish(&admin, "pay.p", ["poison".to_string()]).await;
+    let config = RouterConfig {
+        retry: Retry {
+            attempts: 1,
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(10),
+        },
+        rescan: Duration::from_millis(100),
+        ..RouterConfig::new("rt")
+    };
+    let router = Router::new(&svc, config)
+        .route_pattern(r"pay\.p", |_message: Message| async move {
+            Err("poison".into())
+        })
+        .expect("pattern");
+    match timeout(EVENT_TIMEOUT, router.run(std::future::pending::<()>())).await {
+        Ok(Err(Error::PermissionDenied { message })) => {
+            assert!(message.contains("pay.p.dlq"), "{message}")
         }
         other => panic!("expected PermissionDenied, got {other:?}"),
     }
