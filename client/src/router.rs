@@ -26,20 +26,46 @@
 //! publish fails otherwise, the router stops with that error and the message is not
 //! committed (it comes again).
 //!
+//! A letter without the message carries the reason (and the refusal) cut to
+//! [`OMITTED_LETTER_REASON_BYTES_MAX`], so it fits a small dead-letter topic too.
+//!
 //! A topic a pattern matched that is deleted ends its route, not the router; a topic
 //! of that name created later is routed anew. A route of a named topic ends the router
 //! when the topic is deleted. While the broker is away (a restart) the routes' members
 //! reconnect by themselves, rescans that fail are skipped, and a route that fails with
 //! a retryable error ([`Error::is_retryable`]) starts again at the next rescan.
+//!
+//! Under `--auth`, `ListTopics` lists the topics the caller may describe. A pattern
+//! route leaves out a topic the caller may not consume, or whose commits the group
+//! refuses ([`Error::PermissionDenied`] from joining, reading or committing), as the
+//! broker's own pattern subscriptions leave it out: the route's other topics go on,
+//! the topic is logged once at warn with the reason and tried again at each rescan,
+//! so a right granted later is picked up. (A topic whose commits are refused is read
+//! again from its committed offset at each try, so its first messages are handled
+//! again each time.) A [`Router::route`] naming such a topic is a configuration
+//! error: the router fails with the [`Error::PermissionDenied`]; so does a refused
+//! dead-letter publish, on any route.
+//!
+//! (The broker's pattern matching applies the same rights, but a pattern route cannot
+//! use it, for the reasons above: one member would read every matched topic on one
+//! stream, one slow topic holding up the others, and the dead-letter topics, which
+//! [`RouterConfig::dead_letter`] may name as it likes, would be matched and read back.)
+//!
+//! When [`Router::run`] returns, each route's member has left the group (a member
+//! whose stream just ends is kept for its session timeout, 10 s, waiting for a
+//! reconnect, and nobody reads its partitions meanwhile): a router started again, or
+//! the group's other routers, get the partitions at once. A route that ends and starts
+//! again at a rescan leaves the same way.
 
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tidelog_proto::v1::{ListTopicsRequest, TopicConfig};
+use tidelog_proto::v1::{GroupMembership, ListTopicsRequest, SubscribeRequest, TopicConfig};
 use tidelog_storage::pattern::TopicPattern;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::backoff::Backoff;
@@ -53,10 +79,35 @@ use crate::record::{Message, Record};
 /// be any length): a longer reason is cut at a character boundary.
 pub const REASON_BYTES_MAX: usize = 1024;
 
+/// The longest `x-dead-letter-reason` in a letter that leaves out the message (the
+/// dead-letter topic refused the whole letter), in bytes; the topic's refusal in
+/// `x-dead-letter-omitted` is cut to this too. So such a letter (without a key) fits
+/// a dead-letter topic of `max_message_bytes` 1000 while the topics' names are under
+/// 64 bytes each.
+pub const OMITTED_LETTER_REASON_BYTES_MAX: usize = 256;
+
 /// What the router's headers add to a letter at most: the reason, a topic name and
 /// three numbers, with their keys. A dead-letter topic the router creates allows this
 /// much more than the routed topic's `max_message_bytes`.
 const LETTER_HEADERS_BYTES_MAX: u64 = 2048;
+
+/// How a route's task ended: its topic, whether a pattern matched it, the outcome,
+/// and whether an error came from reading the topic in the group (joining, reading,
+/// committing) rather than from handling a message (its dead-letter publish).
+type RouteEnd = (String, bool, Result<()>, bool);
+
+/// How long a stopping route waits for its member to leave the group.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The topics pattern routes leave out now (the caller may not consume them), each
+/// warned of once until it is routed again.
+type LeftOut = Arc<Mutex<BTreeSet<String>>>;
+
+fn lock(left_out: &LeftOut) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+    left_out
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// A key up to this size stays in a letter that leaves out the value and headers.
 const OMITTED_LETTER_KEY_BYTES_MAX: usize = 1024;
@@ -152,7 +203,8 @@ impl Router {
         }
     }
 
-    /// Messages of `topic` go to `handler`.
+    /// Messages of `topic` go to `handler`. A topic the caller may not consume (or
+    /// commit in the group) fails [`Router::run`] with [`Error::PermissionDenied`].
     pub fn route<F, Fut>(mut self, topic: &str, handler: F) -> Router
     where
         F: Fn(Message) -> Fut + Send + Sync + 'static,
@@ -164,7 +216,9 @@ impl Router {
     }
 
     /// Messages of every topic whose whole name matches `pattern` (the proto's "Topic
-    /// patterns" syntax) go to `handler`. [`Error::InvalidArgument`] for a bad pattern.
+    /// patterns" syntax) go to `handler`, except the topics the caller may not consume
+    /// (or commit in the group), which are left out until the right is granted (see
+    /// the module's text). [`Error::InvalidArgument`] for a bad pattern.
     pub fn route_pattern<F, Fut>(mut self, pattern: &str, handler: F) -> Result<Router>
     where
         F: Fn(Message) -> Fut + Send + Sync + 'static,
@@ -180,15 +234,43 @@ impl Router {
 
     /// Runs the routes until `shutdown` resolves (then returns `Ok`) or a route fails
     /// for good (a dead-letter publish failed, a topic was deleted, ...).
+    ///
+    /// Either way every route's member leaves the group before `run` returns (see the
+    /// module's text), so a router started again gets its partitions at once.
     pub async fn run(self, shutdown: impl Future<Output = impl Sized>) -> Result<()> {
         let producer = Producer::new(&self.client, ProducerConfig::default());
-        let mut tasks: JoinSet<(String, bool, Result<()>)> = JoinSet::new();
+        let mut tasks: JoinSet<RouteEnd> = JoinSet::new();
+        let (stop, stopping) = watch::channel(false);
+        let left_out: LeftOut = Arc::default();
+        let outcome = self
+            .route_until(shutdown, &producer, &mut tasks, &stopping, &left_out)
+            .await;
+        // Every route leaves the group (each within LEAVE_TIMEOUT); a route that
+        // has not by then is ended without.
+        let _ = stop.send(true);
+        let ended = async { while tasks.join_next().await.is_some() {} };
+        let _ = tokio::time::timeout(2 * LEAVE_TIMEOUT, ended).await;
+        tasks.shutdown().await;
+        outcome?;
+        producer.close().await
+    }
+
+    /// The body of [`Router::run`]: starts and watches the routes until `shutdown`
+    /// resolves or one fails for good.
+    async fn route_until(
+        &self,
+        shutdown: impl Future<Output = impl Sized>,
+        producer: &Producer,
+        tasks: &mut JoinSet<RouteEnd>,
+        stopping: &watch::Receiver<bool>,
+        left_out: &LeftOut,
+    ) -> Result<()> {
         let mut started: BTreeSet<String> = BTreeSet::new();
         let mut rescan = tokio::time::interval(self.config.rescan);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
-                _ = &mut shutdown => break,
+                _ = &mut shutdown => return Ok(()),
                 _ = rescan.tick() => {
                     let topics = match self.matched_topics().await {
                         Ok(topics) => topics,
@@ -200,6 +282,8 @@ impl Router {
                         }
                         Err(error) => return Err(error),
                     };
+                    // A topic left out that is gone is warned of again if it comes back.
+                    lock(left_out).retain(|left| topics.iter().any(|(topic, _, _)| topic == left));
                     for (topic, handler, matched) in topics {
                         if started.insert(topic.clone()) {
                             let route = RouteTask {
@@ -208,30 +292,49 @@ impl Router {
                                 producer: producer.clone(),
                                 topic: topic.clone(),
                                 handler,
+                                left_out: left_out.clone(),
                             };
-                            tasks.spawn(async move { (topic, matched, route.run().await) });
+                            let stopping = stopping.clone();
+                            tasks.spawn(async move {
+                                let (outcome, in_group) = route.run(stopping).await;
+                                (topic, matched, outcome, in_group)
+                            });
                         }
                     }
                 }
                 Some(ended) = tasks.join_next() => {
                     match ended {
-                        Ok((_, _, Ok(()))) => {}
+                        Ok((_, _, Ok(()), _)) => {}
                         // A topic a pattern matched was deleted: its route ends, and a
                         // topic created under its name later is routed anew.
-                        Ok((topic, true, Err(Error::TopicNotFound { topic: gone })))
+                        Ok((topic, true, Err(Error::TopicNotFound { topic: gone }), _))
                             if gone == topic =>
                         {
                             tracing::info!(topic, "a routed topic was deleted; its route ends");
                             started.remove(&topic);
                         }
+                        // A topic a pattern matched that the caller may not consume
+                        // (or commit in the group): left out, as the broker's pattern
+                        // subscriptions leave it out, and tried again at the next
+                        // rescan, so a right granted later is picked up. (A refused
+                        // dead-letter publish is not this: it ends the router.)
+                        Ok((topic, true, Err(Error::PermissionDenied { message }), true)) => {
+                            let newly = lock(left_out).insert(topic.clone());
+                            if newly {
+                                tracing::warn!(topic, reason = message, "a topic the pattern matches is left out of its route: the caller may not read it in the group; it is tried again at each rescan");
+                            } else {
+                                tracing::debug!(topic, reason = message, "a topic the pattern matches is still left out");
+                            }
+                            started.remove(&topic);
+                        }
                         // Joining while the broker was away, a dead-letter publish
                         // that timed out, ...: what the route had not committed comes
                         // again when it starts over at the next rescan.
-                        Ok((topic, _, Err(error))) if error.is_retryable() => {
+                        Ok((topic, _, Err(error), _)) if error.is_retryable() => {
                             tracing::warn!(topic, %error, "a route failed; it starts again at the next rescan");
                             started.remove(&topic);
                         }
-                        Ok((_, _, Err(error))) => return Err(error),
+                        Ok((_, _, Err(error), _)) => return Err(error),
                         Err(join) => {
                             return Err(Error::Broker {
                                 rpc: "Router",
@@ -243,8 +346,6 @@ impl Router {
                 }
             }
         }
-        tasks.shutdown().await;
-        producer.close().await
     }
 
     /// Every (topic, handler, whether a pattern matched it) the routes name now.
@@ -300,19 +401,86 @@ struct RouteTask {
     producer: Producer,
     topic: String,
     handler: Handler,
+    left_out: LeftOut,
 }
 
 impl RouteTask {
-    async fn run(self) -> Result<()> {
+    /// Joins, routes until the route fails or `stopping` turns true, then leaves.
+    /// With an error, whether it came from reading the topic in the group (joining,
+    /// reading, committing) rather than from handling a message.
+    async fn run(self, mut stopping: watch::Receiver<bool>) -> (Result<()>, bool) {
         let options = GroupOptions::new(self.config.group.clone());
-        let mut member = GroupMember::join(&self.client, &self.topic, options).await?;
+        let mut member = tokio::select! {
+            joined = GroupMember::join(&self.client, &self.topic, options) => match joined {
+                Ok(member) => member,
+                Err(error) => return (Err(error), true),
+            },
+            _ = stopping.wait_for(|stop| *stop) => return (Ok(()), true),
+        };
+        if lock(&self.left_out).remove(&self.topic) {
+            tracing::info!(
+                topic = self.topic,
+                "a topic left out of its route is routed now"
+            );
+        }
+        let outcome = tokio::select! {
+            outcome = self.route(&mut member) => outcome,
+            _ = stopping.wait_for(|stop| *stop) => (Ok(()), true),
+        };
+        self.leave(member).await;
+        outcome
+    }
+
+    /// See [`RouteTask::run`].
+    async fn route(&self, member: &mut GroupMember) -> (Result<()>, bool) {
         loop {
-            let message = member.next().await?;
-            self.handle(message).await?;
+            let message = match member.next().await {
+                Ok(message) => message,
+                Err(error) => return (Err(error), true),
+            };
+            if let Err(error) = self.handle(message).await {
+                return (Err(error), false);
+            }
             match member.commit().await {
                 Ok(()) | Err(Error::Rebalanced { .. }) => {}
                 Err(error) if error.is_retryable() => {}
-                Err(error) => return Err(error),
+                Err(error) => return (Err(error), true),
+            }
+        }
+    }
+
+    /// Ends `member`'s membership now rather than after its session timeout (a member
+    /// whose stream ends is kept that long for a reconnect): a stream that takes the
+    /// member over with `session_timeout_ms` 0, and ends as soon as it is assigned.
+    /// What it reads is not returned or committed. At best: a broker that is away
+    /// drops the member by itself.
+    async fn leave(&self, member: GroupMember) {
+        let member_id = member.assignment().0.to_string();
+        drop(member);
+        let request = SubscribeRequest {
+            topic: self.topic.clone(),
+            group: Some(GroupMembership {
+                group_id: self.config.group.clone(),
+                member_id,
+                session_timeout_ms: 0,
+                ..GroupMembership::default()
+            }),
+            ..SubscribeRequest::default()
+        };
+        let takeover = async {
+            let mut stream = crate::wire::subscribe_batches(self.client.conn(), request).await?;
+            stream.message().await
+        };
+        match tokio::time::timeout(LEAVE_TIMEOUT, takeover).await {
+            Ok(Ok(_)) => tracing::debug!(topic = self.topic, "the route's member left the group"),
+            Ok(Err(status)) => {
+                tracing::debug!(topic = self.topic, %status, "the route's member could not leave the group; its session timeout ends it")
+            }
+            Err(_) => {
+                tracing::debug!(
+                    topic = self.topic,
+                    "leaving the group timed out; the member's session timeout ends it"
+                )
             }
         }
     }
@@ -435,12 +603,15 @@ fn letter(
     reason: &str,
     omitted: Option<String>,
 ) -> Record {
-    let value = match omitted {
-        Some(_) => bytes::Bytes::new(),
-        None => message.value.clone(),
+    let (value, reason) = match omitted {
+        Some(_) => (
+            bytes::Bytes::new(),
+            cut(reason, OMITTED_LETTER_REASON_BYTES_MAX),
+        ),
+        None => (message.value.clone(), cut(reason, REASON_BYTES_MAX)),
     };
     let mut record = Record::new(topic, value)
-        .header("x-dead-letter-reason", cut(reason, REASON_BYTES_MAX))
+        .header("x-dead-letter-reason", reason)
         .header("x-dead-letter-topic", message.topic.to_string())
         .header("x-dead-letter-partition", message.partition.to_string())
         .header("x-dead-letter-offset", message.offset.to_string())
@@ -479,7 +650,7 @@ fn omitted(message: &Message, topic: &str, refused: &str) -> String {
          the message is at the headers' topic, partition and offset while retention keeps it",
         message.value.len(),
         message.headers.len(),
-        cut(refused, REASON_BYTES_MAX),
+        cut(refused, OMITTED_LETTER_REASON_BYTES_MAX),
     )
 }
 
@@ -507,6 +678,36 @@ mod tests {
         assert!(cut_reason.len() <= REASON_BYTES_MAX, "{}", cut_reason.len());
         assert!(cut_reason.ends_with('…'));
         assert!(cut_reason.len() > REASON_BYTES_MAX - 8);
+    }
+
+    #[test]
+    fn a_letter_without_the_message_fits_1000_bytes_with_a_long_reason() {
+        let message = Message {
+            topic: "t".repeat(63).into(),
+            partition: u32::MAX,
+            offset: u64::MAX,
+            timestamp_ms: 0,
+            expires_at_ms: None,
+            key: None,
+            value: bytes::Bytes::from(vec![0; 64 * 1024 * 1024]),
+            headers: vec![
+                tidelog_storage::Header {
+                    key: "h".into(),
+                    value: bytes::Bytes::from_static(b"v"),
+                };
+                1000
+            ],
+            id: None,
+            deliver_at_ms: None,
+            priority: 0,
+        };
+        let topic = "d".repeat(63);
+        let omitted = omitted(&message, &topic, &"refused ".repeat(1000));
+        let reason = "r".repeat(10_000);
+        let letter = letter(&topic, &message, u32::MAX, &reason, Some(omitted));
+        // With the 16-byte id a producer attaches on a topic that deduplicates.
+        let size = letter.size_bytes() + 16;
+        assert!(size <= 1000, "{size}");
     }
 
     #[test]

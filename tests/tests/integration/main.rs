@@ -20,6 +20,7 @@ mod client_group_events;
 mod client_group_pattern;
 mod client_producer_outcomes;
 mod client_queue;
+mod client_router;
 mod client_subscribe;
 mod dedup;
 mod delivery_history;
