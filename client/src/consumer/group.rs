@@ -312,10 +312,11 @@ pub struct GroupMember {
     /// or never joined.
     closed: bool,
 }
+
 /// Dropping a member that was not closed does what [`GroupMember::close`] does, on
 /// the current tokio runtime if there is one (a spawned task, bounded by
-/// [`GroupOptions::handover_timeout`] plus [`CLOSE_ON_DROP_EXTRA`]; best effort: it
-/// does not run if the runtime shuts down first). Without a runtime only the stream
+/// [`GroupOptions::handover_timeout`] plus 5 s; best effort: it does not run if the
+/// runtime shuts down first). Without a runtime only the stream
 /// ends: the broker keeps the member's partitions for its session timeout, and with
 /// [`Commit::Auto`] what was returned since the last automatic commit comes again to
 /// their next owner.
