@@ -92,6 +92,17 @@ impl Returned {
         self.times.len() as u64
     }
 
+    /// The position after the last message of `partition` returned (values are
+    /// numbered round robin: n is offset n / 2 of partition n % 2).
+    fn next_offset(&self, partition: u32) -> u64 {
+        self.times
+            .keys()
+            .filter(|n| *n % 2 == u64::from(partition))
+            .map(|n| n / 2 + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
     fn twice(&self) -> Vec<u64> {
         self.times
             .iter()
@@ -279,15 +290,8 @@ async fn a_revoked_partition_is_not_returned_after_the_revoke(commit: Commit) {
         revoked,
         "{commit:?}: A returned the Assignment revoking {moved}"
     );
-    // The partition moved at what A returned of it, not at what the broker had sent A
-    // (values are numbered round robin: n is offset n / 2 of partition n % 2).
-    let a_moved_at = returned
-        .times
-        .keys()
-        .filter(|n| *n % 2 == u64::from(moved))
-        .map(|n| n / 2 + 1)
-        .max()
-        .unwrap_or(0);
+    // The partition moved at what A returned of it, not at what the broker had sent A.
+    let a_moved_at = returned.next_offset(moved);
     assert_eq!(
         handed_over_at,
         Some(a_moved_at),
@@ -343,8 +347,9 @@ async fn committed(client: &Client, group: &str, partition: u32) -> u64 {
         .map_or(0, |o| o.offset)
 }
 
-/// A broker killed under an auto-commit member: what the member returned and had not
-/// committed yet comes again (at-least-once), and nothing it never returned is lost.
+/// A broker killed under an auto-commit member: its commits never went past what it
+/// returned, what it returned and had not committed yet comes again (at-least-once),
+/// and nothing it never returned is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_killed_under_an_auto_commit_member_loses_nothing() {
     let mut broker = TestBroker::start();
@@ -354,6 +359,15 @@ async fn a_broker_killed_under_an_auto_commit_member_loses_nothing() {
         .await
         .expect("A joins");
     take(&mut a, 200, &mut returned).await;
+    // Auto-commits fell within those 200: none went past what A returned.
+    for partition in 0..2 {
+        let at = committed(&client, "c", partition).await;
+        let returned_to = returned.next_offset(partition);
+        assert!(
+            at <= returned_to,
+            "partition {partition} committed at {at}, past what A returned ({returned_to})"
+        );
+    }
     broker.kill9();
     broker.restart_on_the_same_ports();
     read_rest(&mut a, &mut returned).await;
