@@ -861,7 +861,8 @@ impl GroupMember {
     /// leaves. Messages received and not returned are dropped: their next owner reads
     /// them from the committed offsets. The broker has no leave call: the member
     /// takes over its own membership on a new stream with a session timeout of zero
-    /// and ends that stream, which leaves the group at once.
+    /// and ends that stream, which leaves the group at once (a member whose
+    /// [`GroupOptions::session_timeout`] is zero only ends its stream).
     ///
     /// The error of the final commit (what was returned since the last accepted
     /// commit then comes again to the partition's next owner) or of the leave (the
@@ -899,17 +900,21 @@ impl GroupMember {
         result
     }
 
-    /// Leaves the group: the member's stream ends, and a new one takes the membership
-    /// over with a session timeout of zero and ends at once (the broker then removes
-    /// the member and rebalances). Nothing when the member has no id.
+    /// Leaves the group: a new stream takes the membership over with a session
+    /// timeout of zero (the broker ends the member's stream), and ends at once: the
+    /// broker then removes the member and rebalances. With a session timeout of zero
+    /// ending the member's stream is enough. Taken over while the member's stream is
+    /// still open, so the broker never sees the member gone in between (a join then
+    /// would be a new member's, and rebalance twice more).
     async fn leave(&mut self) -> Result<()> {
-        self.stream = None;
+        let stream = self.stream.take();
         self.forget();
-        if self.member_id.is_empty() {
+        if self.member_id.is_empty() || self.options.session_timeout.is_zero() {
             return Ok(());
         }
-        let stream = self.subscribe(Duration::ZERO).await?;
+        let taking_over = self.subscribe(Duration::ZERO).await;
         drop(stream);
+        drop(taking_over?);
         tracing::debug!(
             group = self.options.group,
             member = self.member_id,
