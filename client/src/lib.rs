@@ -89,8 +89,9 @@
 //!   are attached, [`IdMode::Auto`]), at-least-once otherwise.
 //! - [`Subscription`] resumes at the broker's `next_offset` after a restart: no gap, no
 //!   repeat on one subscription.
-//! - [`GroupMember`]: at-least-once with [`Commit::Explicit`], at-most-once with
-//!   [`Commit::Auto`].
+//! - [`GroupMember`]: at-least-once, with [`Commit::Explicit`] and with
+//!   [`Commit::Auto`] (the member commits what it returned, every interval, at
+//!   rebalances and at [`GroupMember::close`]; never what it only received).
 //! - [`QueueConsumer`] and [`QueueWorker`]: at-least-once. A delivery not settled by
 //!   its deadline, nacked, or held when the stream broke is delivered again (attempt
 //!   + 1); an answered settlement is durable (never undone by a broker crash).

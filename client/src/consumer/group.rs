@@ -28,14 +28,30 @@ use crate::connection::Client;
 use crate::error::{Error, Result, retryable_status};
 use crate::record::{Message, Messages};
 
-/// Who commits a member's positions.
+/// When a member's positions are committed. Either way the member commits what
+/// [`GroupMember::next`] (or `next_event`) returned, never what it only received: the
+/// broker sends ahead of the reader (up to the stream's flow-control window, several
+/// MiB), and a message it sent but the member never returned is read again by the
+/// partition's next owner. Either way a rebalance waits (up to
+/// [`GroupOptions::handover_timeout`]) for the member's commit of the partitions it
+/// takes away, so they move without a message lost or returned twice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Commit {
-    /// The broker commits, every `interval` and at every handover, the position after
-    /// the last message it sent: **at-most-once** (a message sent but not processed
-    /// when the consumer crashes is not delivered again). On a broker with `--auth`
-    /// the principal needs `group-commit` on the group, as for [`Commit::Explicit`]'s
-    /// commits (else joining fails with PERMISSION_DENIED).
+    /// The member commits by itself, as Kafka's `enable.auto.commit` does: within
+    /// [`GroupMember::next`] or `next_event`, once `interval` has passed since its last
+    /// commit (also while it waits there for messages), the positions after what it
+    /// returned, if they moved (one `CommitOffsets` call per interval while messages
+    /// flow, none while idle); at every rebalance, what it returned of the partitions
+    /// taken away; and at [`GroupMember::close`] (or drop). **At-least-once** for what
+    /// the caller handles before it asks for the next message: after a crash (of the
+    /// member or the broker) what was returned since the last automatic commit comes
+    /// again; nothing that was not returned is skipped. A commit the broker refuses
+    /// for a rebalance, or loses with the connection, is handled as with
+    /// [`GroupMember::commit`]; any other failure (PERMISSION_DENIED without
+    /// `group-commit` on the group under `--auth`) is returned by the `next` or
+    /// `next_event` that tried it, and tried again an interval later. (The broker's own
+    /// auto-commit, `GroupMembership.auto_commit_interval_ms`, which commits what it
+    /// sent, is at-most-once; this client does not use it.)
     Auto { interval: Duration },
     /// The application calls [`GroupMember::commit`]: **at-least-once** (what was
     /// processed and not committed when a member dies is delivered again). At a
@@ -54,8 +70,8 @@ pub struct GroupOptions {
     /// for a reconnect that keeps them without a rebalance. Default 10 s; zero = the
     /// broker's default.
     pub session_timeout: Duration,
-    /// With [`Commit::Explicit`]: how long a revoked partition waits for this member's
-    /// commit before its next owner reads it. Default 5 s.
+    /// How long a revoked partition waits for this member's commit before its next
+    /// owner reads it. Default 5 s.
     pub handover_timeout: Duration,
     /// Shown by `Groups.DescribeGroup`.
     pub client_id: String,
@@ -166,7 +182,15 @@ pub struct AssignmentChange {
 /// resets, lost and regained connections. The two mix: what `next` has not returned
 /// of a delivery comes first from `next_event`. Either way [`GroupMember::commit`] commits what was returned, and
 /// [`GroupMember::commit_offsets`] commits exactly the positions the caller names
-/// (what it handled, when that is less than what it received).
+/// (what it handled, when that is less than what it received). With [`Commit::Auto`]
+/// the member commits what was returned by itself, every interval and at rebalances.
+///
+/// Stop a member with [`GroupMember::close`]: it commits what was returned (with
+/// [`Commit::Auto`]) and leaves the group, so its partitions move at once. Dropping
+/// it does the same in a task spawned on the current tokio runtime, best effort;
+/// without a runtime (or if the runtime stops first) the broker lets its partitions
+/// go after [`GroupOptions::session_timeout`], and what was returned and not
+/// committed comes again to their next owner.
 ///
 /// ```no_run
 /// # async fn example() -> Result<(), tidelog_client::Error> {
@@ -282,7 +306,45 @@ pub struct GroupMember {
     /// The stream broke; [`GroupEvent::Reconnected`] is due with the next event.
     reconnecting: bool,
     backoff: Backoff,
+    /// With [`Commit::Auto`]: when the member next commits what was returned.
+    auto_commit_at: Option<tokio::time::Instant>,
+    /// Nothing is left for [`Drop`] to do: the member closed ([`GroupMember::close`]),
+    /// or never joined.
+    closed: bool,
 }
+
+/// Dropping a member that was not closed does what [`GroupMember::close`] does, on
+/// the current tokio runtime if there is one (a spawned task, bounded by
+/// [`GroupOptions::handover_timeout`] plus 5 s; best effort: it does not run if the
+/// runtime shuts down first). Without a runtime only the stream
+/// ends: the broker keeps the member's partitions for its session timeout, and with
+/// [`Commit::Auto`] what was returned since the last automatic commit comes again to
+/// their next owner.
+impl Drop for GroupMember {
+    fn drop(&mut self) {
+        if self.closed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let member = self.take_for_close();
+        let bound = member
+            .options
+            .handover_timeout
+            .saturating_add(CLOSE_ON_DROP_EXTRA);
+        runtime.spawn(async move {
+            if let Ok(Err(error)) = tokio::time::timeout(bound, member.close()).await {
+                tracing::debug!(%error, "closing a dropped group member failed");
+            }
+        });
+    }
+}
+
+/// What a dropped member's close may take beyond its handover timeout (the commit
+/// and the leave, each one call).
+const CLOSE_ON_DROP_EXTRA: Duration = Duration::from_secs(5);
+
 /// A topic and one of its partitions.
 type TopicPartition = (Arc<str>, u32);
 
@@ -392,6 +454,8 @@ impl GroupMember {
             held: None,
             reconnecting: false,
             backoff: Backoff::default(),
+            auto_commit_at: None,
+            closed: true,
         };
         member.connect().await?;
         while member.generation == 0 {
@@ -414,6 +478,10 @@ impl GroupMember {
         member
             .events
             .retain(|event| !matches!(event, GroupEvent::Assigned(_)));
+        member.closed = false;
+        if let Commit::Auto { interval } = member.options.commit {
+            member.auto_commit_at = Some(tokio::time::Instant::now() + interval);
+        }
         Ok(member)
     }
 
@@ -472,6 +540,7 @@ impl GroupMember {
             if !self.handover_due
                 && !self.behind
                 && self.gone.is_none()
+                && !self.auto_commit_due()
                 && let Some(message) = self.pending.next()
             {
                 let key = (message.topic.clone(), message.partition);
@@ -533,6 +602,10 @@ impl GroupMember {
             if self.behind || self.gone.is_some() {
                 self.read_ahead().await;
             }
+            if self.auto_commit_due() {
+                self.auto_commit().await?;
+                continue;
+            }
             if let Some(event) = self.take_pending().or_else(|| self.events.pop_front()) {
                 return Ok(event);
             }
@@ -553,8 +626,43 @@ impl GroupMember {
                 }
                 continue;
             };
-            let received = stream.message().await;
+            // With auto-commit, waiting for the stream ends in time for the next commit
+            // (what was returned before a quiet spell is committed during it).
+            let received = match self.auto_commit_at {
+                Some(at) => match tokio::time::timeout_at(at, stream.message()).await {
+                    Ok(received) => received,
+                    Err(_) => continue,
+                },
+                None => stream.message().await,
+            };
             self.take(received)?;
+        }
+    }
+
+    /// With [`Commit::Auto`]: the interval since the last automatic commit has passed.
+    fn auto_commit_due(&self) -> bool {
+        self.auto_commit_at
+            .is_some_and(|at| at <= tokio::time::Instant::now())
+    }
+
+    /// With [`Commit::Auto`], every interval: commits what was returned and not
+    /// committed yet (nothing when nothing new was returned), as
+    /// [`GroupMember::commit`] would. A commit refused for a rebalance, or lost with
+    /// the connection, is left to the caller's loop (it reads ahead to the new
+    /// Assignment, or rejoins: what was returned since the last accepted commit comes
+    /// again); any other failure is the caller's (the next try is an interval later).
+    async fn auto_commit(&mut self) -> Result<()> {
+        if let Commit::Auto { interval } = self.options.commit {
+            self.auto_commit_at = Some(tokio::time::Instant::now() + interval);
+        }
+        if self.behind || self.gone.is_some() || self.handover_due {
+            return Ok(());
+        }
+        match self.commit_returned().await {
+            Ok(()) => Ok(()),
+            Err(Error::Rebalanced { .. }) => Ok(()),
+            Err(error) if error.is_retryable() => Ok(()),
+            Err(error) => Err(error),
         }
     }
 
@@ -723,12 +831,15 @@ impl GroupMember {
     /// ([`Error::is_retryable`]), what was received and not returned is dropped at
     /// once, and the next call rejoins. After a rejoin the member goes on from the
     /// committed offsets, so what was returned since the last accepted commit comes
-    /// again. Keep reading after any of these: none needs more than that. With [`Commit::Auto`] the broker commits by itself
-    /// and this does nothing.
+    /// again. Keep reading after any of these: none needs more than that. With
+    /// [`Commit::Auto`] the member also commits this by itself every interval; calling
+    /// it commits now.
     pub async fn commit(&mut self) -> Result<()> {
-        if matches!(self.options.commit, Commit::Auto { .. }) {
-            return Ok(());
-        }
+        self.commit_returned().await
+    }
+
+    /// What [`GroupMember::commit`] does.
+    async fn commit_returned(&mut self) -> Result<()> {
         let offsets = self.uncommitted();
         if offsets.is_empty() && self.handover.is_none() {
             return Ok(());
@@ -738,6 +849,109 @@ impl GroupMember {
             self.end_handover();
         }
         Ok(())
+    }
+
+    /// Stops the member: with [`Commit::Auto`] commits what [`GroupMember::next`] (or
+    /// `next_event`) returned and was not committed yet (as [`GroupMember::commit`]
+    /// does, reading ahead to a rebalance that refused it and committing again in its
+    /// generation, so the partitions it took away are handed over at what was
+    /// returned), then leaves the group, so its partitions move to the other members
+    /// at once instead of after [`GroupOptions::session_timeout`]. With
+    /// [`Commit::Explicit`] it commits nothing (commit what was handled first), and
+    /// leaves. Messages received and not returned are dropped: their next owner reads
+    /// them from the committed offsets. The broker has no leave call: the member
+    /// takes over its own membership on a new stream with a session timeout of zero
+    /// and ends that stream, which leaves the group at once (a member whose
+    /// [`GroupOptions::session_timeout`] is zero only ends its stream).
+    ///
+    /// The error of the final commit (what was returned since the last accepted
+    /// commit then comes again to the partition's next owner) or of the leave (the
+    /// broker lets the member go after its session timeout); the member leaves or
+    /// stops either way. Dropping a member does the same on the current tokio runtime
+    /// if there is one, best effort (see [`GroupMember`]'s Drop).
+    pub async fn close(mut self) -> Result<()> {
+        // Set first: a close cancelled midway is not started again by Drop.
+        self.closed = true;
+        let committed = match self.options.commit {
+            Commit::Auto { .. } => self.final_commit().await,
+            Commit::Explicit => Ok(()),
+        };
+        let left = self.leave().await;
+        committed.and(left)
+    }
+
+    /// [`GroupMember::close`]'s commit of what was returned: after a refusal for a
+    /// rebalance it reads ahead to the new Assignment (which drops what was received of
+    /// the partitions taken away) and commits again in its generation, a few times at
+    /// most.
+    async fn final_commit(&mut self) -> Result<()> {
+        const TRIES_MAX: usize = 4;
+        let mut result = Ok(());
+        for _ in 0..TRIES_MAX {
+            if self.behind || self.gone.is_some() {
+                self.read_ahead().await;
+            }
+            result = self.commit_returned().await;
+            match &result {
+                Err(Error::Rebalanced { .. }) if self.behind => continue,
+                _ => break,
+            }
+        }
+        result
+    }
+
+    /// Leaves the group: a new stream takes the membership over with a session
+    /// timeout of zero (the broker ends the member's stream), and ends at once: the
+    /// broker then removes the member and rebalances. With a session timeout of zero
+    /// ending the member's stream is enough. Taken over while the member's stream is
+    /// still open, so the broker never sees the member gone in between (a join then
+    /// would be a new member's, and rebalance twice more).
+    async fn leave(&mut self) -> Result<()> {
+        let stream = self.stream.take();
+        self.forget();
+        if self.member_id.is_empty() || self.options.session_timeout.is_zero() {
+            return Ok(());
+        }
+        let taking_over = self.subscribe(Duration::ZERO).await;
+        drop(stream);
+        drop(taking_over?);
+        tracing::debug!(
+            group = self.options.group,
+            member = self.member_id,
+            "left the group"
+        );
+        Ok(())
+    }
+
+    /// Moves the member's state out into a member for [`GroupMember::close`] to run on
+    /// (Drop's), leaving `self` empty.
+    fn take_for_close(&mut self) -> GroupMember {
+        GroupMember {
+            client: self.client.clone(),
+            source: self.source.clone(),
+            options: self.options.clone(),
+            member_id: std::mem::take(&mut self.member_id),
+            generation: self.generation,
+            partitions: std::mem::take(&mut self.partitions),
+            owned: std::mem::take(&mut self.owned),
+            topics: std::mem::take(&mut self.topics),
+            stream: self.stream.take(),
+            events: std::mem::take(&mut self.events),
+            pending: std::mem::take(&mut self.pending),
+            consumed: std::mem::take(&mut self.consumed),
+            committed: std::mem::take(&mut self.committed),
+            read_at: std::mem::take(&mut self.read_at),
+            handover: self.handover.take(),
+            handover_due: self.handover_due,
+            behind: self.behind,
+            gone: self.gone.take(),
+            held: self.held.take(),
+            reconnecting: self.reconnecting,
+            backoff: std::mem::take(&mut self.backoff),
+            auto_commit_at: self.auto_commit_at,
+            // Its own drop (the runtime going away before it ran) does nothing.
+            closed: true,
+        }
     }
 
     /// Commits exactly these (topic, partition, position) in the member's generation:
@@ -904,10 +1118,21 @@ impl GroupMember {
     }
 
     async fn connect(&mut self) -> Result<()> {
-        let auto_commit_interval_ms = match self.options.commit {
-            Commit::Auto { interval } => (interval.as_millis() as u64).max(1),
-            Commit::Explicit => 0,
-        };
+        let session_timeout = self.options.session_timeout;
+        self.stream = Some(self.subscribe(session_timeout).await?);
+        Ok(())
+    }
+
+    /// Opens the member's stream with `session_timeout`. Both commit modes commit
+    /// from here (`auto_commit_interval_ms` 0: [`Commit::Auto`] commits what was
+    /// returned, not what the broker sent), so a rebalance waits for the member's
+    /// handover commit either way.
+    fn subscribe(
+        &self,
+        session_timeout: Duration,
+    ) -> impl Future<Output = Result<tidelog_proto::frames::Messages<SubscribeBatchesResponse>>>
+    + Send
+    + 'static {
         let (topic, topic_pattern) = match &self.source {
             Source::Topic(topic) => (topic.to_string(), String::new()),
             Source::Pattern(pattern) => (String::new(), pattern.clone()),
@@ -918,8 +1143,8 @@ impl GroupMember {
             group: Some(GroupMembership {
                 group_id: self.options.group.clone(),
                 member_id: self.member_id.clone(),
-                session_timeout_ms: self.options.session_timeout.as_millis() as u64,
-                auto_commit_interval_ms,
+                session_timeout_ms: session_timeout.as_millis() as u64,
+                auto_commit_interval_ms: 0,
                 client_id: self.options.client_id.clone(),
                 handover_timeout_ms: self.options.handover_timeout.as_millis() as u64,
             }),
@@ -928,16 +1153,12 @@ impl GroupMember {
             filter: self.options.filter.clone(),
             ..SubscribeRequest::default()
         };
-        match crate::wire::subscribe_batches(self.client.conn(), request).await {
-            Ok(stream) => {
-                self.stream = Some(stream);
-                Ok(())
-            }
-            Err(status) => Err(Error::from_status(
-                "SubscribeBatches",
-                self.source.topic(),
-                &status,
-            )),
+        let conn = self.client.conn();
+        let named = self.source.topic().map(str::to_string);
+        async move {
+            crate::wire::subscribe_batches(conn, request)
+                .await
+                .map_err(|status| Error::from_status("SubscribeBatches", named.as_deref(), &status))
         }
     }
 
@@ -1037,7 +1258,7 @@ impl GroupMember {
                 // A handover still due from an earlier rebalance goes with this one.
                 let mut handover = self.handover.take().unwrap_or_default();
                 handover.extend(revoked.iter().cloned());
-                if self.options.commit == Commit::Explicit && !handover.is_empty() {
+                if !handover.is_empty() {
                     // Hand the revoked partitions over at what was returned (or what
                     // the caller commits first), in the new generation (which also
                     // ends the broker's handover window). Done by the next call after

@@ -530,7 +530,7 @@ async fn members_leaving_and_rejoining_handle_everything_and_repeat_nothing_comm
             .await
             .expect("join");
         // Each member handles a random number of messages, commits at random points,
-        // then leaves (a drop, as a crash would) with what it did not commit.
+        // then leaves (a drop: an explicit member commits nothing) with what it did not commit.
         let quota = 1 + rng.below(count / 2);
         let mut taken = 0;
         let mut uncommitted: BTreeMap<u32, u64> = BTreeMap::new();
@@ -566,7 +566,7 @@ async fn members_leaving_and_rejoining_handle_everything_and_repeat_nothing_comm
             }
         }
         drop(member);
-        // The broker lets the dropped member's partitions go after its session.
+        // The dropped member leaves in a spawned task (else after its session).
         tokio::time::sleep(Duration::from_millis(1200)).await;
     }
     assert_eq!(handled, (0..count).collect(), "seed {seed:#x}");

@@ -16,6 +16,7 @@ mod cli_frictions;
 mod cli_produce;
 mod client;
 mod client_chunks;
+mod client_group_auto_commit;
 mod client_group_events;
 mod client_group_pattern;
 mod client_producer_outcomes;

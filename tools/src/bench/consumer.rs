@@ -36,8 +36,12 @@ use super::validate::{Errors, Matches, PartitionCheck};
 const READ_BYTES: u32 = 8 << 20;
 /// Long-poll wait of a fetch at the head of a partition.
 const FETCH_WAIT_MS: u64 = 200;
-/// How often the broker commits a group member's position (so a partition handed
-/// over in a rebalance continues where the previous owner stopped).
+/// How often a group member's position is committed (so a partition handed over in
+/// a rebalance continues where the previous owner stopped): by the broker for the
+/// raw per-message member (`auto_commit_interval_ms`, what it sent), by
+/// tidelog-client's `Commit::Auto` for the `--batch-wire` one (what it returned: one
+/// CommitOffsets call an interval while messages flow, which the broker's own
+/// auto-commit does not cost).
 const AUTO_COMMIT_MS: u64 = 1000;
 
 /// Target end offsets per partition (index = partition), once known.
@@ -436,9 +440,11 @@ fn read_views(
     counted
 }
 
-/// `--batch-wire --group`: a [`GroupMember`] (auto commit, as the per-message group
-/// consumer asks the broker to do). Members share their progress: the run ends when
-/// every partition reached its target, whoever read it.
+/// `--batch-wire --group`: a [`GroupMember`] with [`Commit::Auto`] (the member
+/// commits what it returned every interval; the per-message group consumer asks the
+/// broker to commit what it sent). Members share their progress: the run ends when
+/// every partition reached its target, whoever read it. A member is dropped at the
+/// end, which commits and leaves the group in a spawned task.
 async fn run_member(
     plan: ConsumerPlan,
     client: Client,
