@@ -63,7 +63,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tidelog_proto::v1::{GroupMembership, ListTopicsRequest, SubscribeRequest, TopicConfig};
+use tidelog_proto::v1::{ListTopicsRequest, TopicConfig};
 use tidelog_storage::pattern::TopicPattern;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -450,31 +450,14 @@ impl RouteTask {
     }
 
     /// Ends `member`'s membership now rather than after its session timeout (a member
-    /// whose stream ends is kept that long for a reconnect): a stream that takes the
-    /// member over with `session_timeout_ms` 0, and ends as soon as it is assigned.
-    /// What it reads is not returned or committed. At best: a broker that is away
-    /// drops the member by itself.
+    /// whose stream ends is kept that long for a reconnect): [`GroupMember::close`],
+    /// the one rule of leaving, within [`LEAVE_TIMEOUT`]. At best: a broker that is
+    /// away drops the member by itself.
     async fn leave(&self, member: GroupMember) {
-        let member_id = member.assignment().0.to_string();
-        drop(member);
-        let request = SubscribeRequest {
-            topic: self.topic.clone(),
-            group: Some(GroupMembership {
-                group_id: self.config.group.clone(),
-                member_id,
-                session_timeout_ms: 0,
-                ..GroupMembership::default()
-            }),
-            ..SubscribeRequest::default()
-        };
-        let takeover = async {
-            let mut stream = crate::wire::subscribe_batches(self.client.conn(), request).await?;
-            stream.message().await
-        };
-        match tokio::time::timeout(LEAVE_TIMEOUT, takeover).await {
-            Ok(Ok(_)) => tracing::debug!(topic = self.topic, "the route's member left the group"),
-            Ok(Err(status)) => {
-                tracing::debug!(topic = self.topic, %status, "the route's member could not leave the group; its session timeout ends it")
+        match tokio::time::timeout(LEAVE_TIMEOUT, member.close()).await {
+            Ok(Ok(())) => tracing::debug!(topic = self.topic, "the route's member left the group"),
+            Ok(Err(error)) => {
+                tracing::debug!(topic = self.topic, %error, "the route's member could not leave the group; its session timeout ends it")
             }
             Err(_) => {
                 tracing::debug!(
