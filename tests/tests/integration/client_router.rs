@@ -237,15 +237,7 @@ async fn a_router_pattern_route_leaves_out_a_topic_it_may_not_consume_until_gran
         .await
         .expect("create pay.p");
     publish(&admin, "pay.p", ["poison".to_string()]).await;
-    let config = RouterConfig {
-        retry: Retry {
-            attempts: 1,
-            initial: Duration::from_millis(10),
-            max: Duration::from_millis(10),
-        },
-        rescan: Duration::from_millis(100),
-        ..RouterConfig::new("rt")
-    };
+    let config = one_try("rt");
     let router = Router::new(&svc, config)
         .route_pattern(r"pay\.p", |_message: Message| async move {
             Err("poison".into())
@@ -319,15 +311,7 @@ async fn a_router_dead_letters_a_long_error_into_a_small_dead_letter_topic() {
         .create_topic("long.a.dlq", 1, small)
         .await
         .expect("create dlq");
-    let config = RouterConfig {
-        retry: Retry {
-            attempts: 1,
-            initial: Duration::from_millis(10),
-            max: Duration::from_millis(10),
-        },
-        rescan: Duration::from_millis(100),
-        ..RouterConfig::new("long-errors")
-    };
+    let config = one_try("long-errors");
     let error = "e".repeat(5000);
     let router = Router::new(&client, config).route("long.a", move |_message: Message| {
         let error = error.clone();
@@ -364,4 +348,18 @@ async fn a_router_dead_letters_a_long_error_into_a_small_dead_letter_topic() {
     assert!(!running.is_finished(), "the router goes on");
     stop.send(()).expect("stop");
     running.await.expect("join").expect("router");
+}
+
+/// A Router config for group `group` that dead-letters at the first failure and looks
+/// for new topics every 100 ms.
+fn one_try(group: &str) -> RouterConfig {
+    RouterConfig {
+        retry: Retry {
+            attempts: 1,
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(10),
+        },
+        rescan: Duration::from_millis(100),
+        ..RouterConfig::new(group)
+    }
 }
