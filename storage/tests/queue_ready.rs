@@ -77,7 +77,7 @@ fn ack(offset: u64) -> SettleRequest {
 /// (out of offset order): 5 ready, not 6.
 fn high_acked_after_five_low(store: &Arc<Store>) -> QueueEngine {
     let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
-    work_queue(&**store);
+    work_queue(store);
     for _ in 0..5 {
         partition.append_durable(&[message(0)]).unwrap();
     }
@@ -431,7 +431,7 @@ fn five_low_one_high_taken(store: &Arc<Store>) -> QueueEngine {
         partition.append_durable(&[message(0)]).unwrap();
     }
     partition.append_durable(&[message(1)]).unwrap();
-    work_queue(&**store);
+    work_queue(store);
     let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
     engine.member_joined("m");
     engine
@@ -591,7 +591,7 @@ fn messages_retention_deleted_while_taken_count_nowhere() {
     };
     store.create_topic("jobs", 1, config).unwrap();
     let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
-    work_queue(&*store);
+    work_queue(&store);
     let old = |deliver_at_ms: Option<i64>| NewRecord {
         value: Bytes::from(vec![b'o'; 200]),
         deliver_at_ms,
@@ -660,7 +660,7 @@ fn ninety_alternating(store: &Arc<Store>, clock: &ManualClock, high_taken: u32) 
         ..topic_config(2, None, QueueOverflow::Reject)
     };
     store.create_topic("jobs", 1, config).unwrap();
-    work_queue(&**store);
+    work_queue(store);
     let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
     let alternating = |from: u64, to: u64| -> Vec<NewRecord> {
         (from..to)
@@ -785,7 +785,7 @@ fn dead_letter_oldest_over(
             topic_config(1, Some(cap), QueueOverflow::DeadLetterOldest),
         )
         .unwrap();
-    work_queue(&*store);
+    work_queue(&store);
     let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
     engine.member_joined("m");
     (store, engine)
