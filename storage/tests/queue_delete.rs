@@ -17,6 +17,9 @@ use tidelog_storage::queue::{
 };
 use tidelog_storage::{Error, ManualClock, NewRecord, Store, StoreOptions, TopicConfig};
 
+mod common;
+use common::work_queue;
+
 const START_MS: i64 = 1_700_000_000_000;
 const DAY_MS: u64 = 86_400_000;
 
@@ -51,17 +54,6 @@ fn topic(store: &Store) {
         .unwrap()
         .append_durable(&records)
         .unwrap();
-}
-
-fn create_work(store: &Store) {
-    admin::create_queue(
-        store,
-        "work",
-        "jobs",
-        StartAt::Earliest,
-        QueueConfig::defaults_for("jobs"),
-    )
-    .unwrap();
 }
 
 /// Member `member` of queue `work` takes 2 messages and acks the first: 3 events.
@@ -136,7 +128,7 @@ fn a_history_held_across_the_delete_records_nothing_and_a_new_queue_starts_empty
     let clock = ManualClock::new(START_MS);
     let store = open(fs, dir.path(), &clock).unwrap();
     topic(&store);
-    create_work(&store);
+    work_queue(&store);
     work(&store, "old");
     let held = store.queue_history("work").unwrap();
     assert_eq!(members_listed(&held).unwrap().len(), 3);
@@ -155,7 +147,7 @@ fn a_history_held_across_the_delete_records_nothing_and_a_new_queue_starts_empty
         "the moved history was removed"
     );
 
-    create_work(&store);
+    work_queue(&store);
     assert_eq!(
         members_listed(&store.queue_history("work").unwrap()).unwrap(),
         Vec::<String>::new(),
@@ -199,7 +191,7 @@ fn a_power_cut_at_every_step_of_a_delete_with_its_history() {
     let setup = |fs: &FaultyFs, data: &Path, clock: &Arc<ManualClock>| {
         let store = open(Arc::new(fs.clone()), data, clock).unwrap();
         topic(&store);
-        create_work(&store);
+        work_queue(&store);
         work(&store, "old");
         store
     };
@@ -264,7 +256,7 @@ fn a_power_cut_at_every_step_of_a_delete_with_its_history() {
             admin::delete_queue(&*store, "work").unwrap();
         }
         if old == 3 || !exists {
-            create_work(&store);
+            work_queue(&store);
         }
         work(&store, "later");
         let members = members_listed(&store.queue_history("work").unwrap()).unwrap();
@@ -288,7 +280,7 @@ fn eio_on_the_history_removal_does_not_fail_the_delete_and_a_retention_pass_fini
     let clock = ManualClock::new(START_MS);
     let store = open(fs.clone(), dir.path(), &clock).unwrap();
     topic(&store);
-    create_work(&store);
+    work_queue(&store);
     work(&store, "old");
 
     fs.refuse(RefusedOp::Rename, "state/history/work", EIO);
@@ -299,7 +291,7 @@ fn eio_on_the_history_removal_does_not_fail_the_delete_and_a_retention_pass_fini
         history_dir(dir.path()).exists(),
         "the refused directory stays"
     );
-    create_work(&store);
+    work_queue(&store);
     let refused = store.queue_history("work").map(|h| members_listed(&h));
     assert!(
         !matches!(refused, Ok(Ok(ref members)) if !members.is_empty()),
@@ -333,7 +325,7 @@ fn enospc_removing_the_history_leaves_it_in_the_trash_for_the_retention_passes()
     let clock = ManualClock::new(START_MS);
     let store = open(fs.clone(), dir.path(), &clock).unwrap();
     topic(&store);
-    create_work(&store);
+    work_queue(&store);
     work(&store, "old");
 
     fs.refuse(RefusedOp::RemoveDirAll, "history", ENOSPC);
@@ -344,7 +336,7 @@ fn enospc_removing_the_history_leaves_it_in_the_trash_for_the_retention_passes()
         1,
         "the history waits in the trash"
     );
-    create_work(&store);
+    work_queue(&store);
     assert_eq!(
         members_listed(&store.queue_history("work").unwrap()).unwrap(),
         Vec::<String>::new()
@@ -366,7 +358,7 @@ fn a_topic_delete_whose_queue_history_cannot_be_removed_succeeds_and_removes_the
     let clock = ManualClock::new(START_MS);
     let store = open(fs.clone(), dir.path(), &clock).unwrap();
     topic(&store);
-    create_work(&store);
+    work_queue(&store);
     work(&store, "old");
 
     fs.refuse(RefusedOp::Rename, "state/history/work", EIO);
@@ -393,7 +385,7 @@ fn a_power_cut_at_every_step_of_a_topic_delete_leaves_no_queue_or_offsets_behind
     let setup = |fs: &FaultyFs, data: &Path, clock: &Arc<ManualClock>| {
         let store = open(Arc::new(fs.clone()), data, clock).unwrap();
         topic(&store);
-        create_work(&store);
+        work_queue(&store);
         work(&store, "old");
         store
             .offsets()
@@ -448,7 +440,7 @@ fn a_power_cut_at_every_step_of_a_topic_delete_leaves_no_queue_or_offsets_behind
             store.offsets().fetch("billing", "jobs", 0).is_none(),
             "{context}"
         );
-        create_work(&store);
+        work_queue(&store);
         let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
         engine.member_joined("new");
         let delivered = engine.deliver(&[("new".into(), 4)]).unwrap();
@@ -483,7 +475,7 @@ fn creating_a_topic_removes_a_queue_a_deleted_namesake_left() {
         admin::queue_status(&*store, "work", START_MS).is_err(),
         "the queue the deleted topic left is gone"
     );
-    create_work(&store);
+    work_queue(&store);
     let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
     engine.member_joined("new");
     assert_eq!(engine.deliver(&[("new".into(), 4)]).unwrap()[0].1.len(), 4);
@@ -500,13 +492,13 @@ fn an_engine_of_a_deleted_queue_never_acts_on_a_new_queue_of_its_name() {
     let clock = ManualClock::new(START_MS);
     let store = open(Arc::new(tidelog_storage::OsFs), dir.path(), &clock).unwrap();
     topic(&store);
-    create_work(&store);
+    work_queue(&store);
     let mut old = QueueEngine::open(store.clone(), "work").unwrap();
     old.member_joined("old");
     assert_eq!(old.deliver(&[("old".into(), 1)]).unwrap()[0].1.len(), 1);
     admin::delete_queue(&*store, "work").unwrap();
     clock.advance_ms(1);
-    create_work(&store);
+    work_queue(&store);
     // The old engine's every step finds its queue gone.
     assert!(matches!(
         old.deliver(&[("old".into(), 2)]),

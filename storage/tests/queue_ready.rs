@@ -22,6 +22,7 @@ use tidelog_storage::{
 mod common;
 use common::faulty_store as open;
 use common::plain_store as plain;
+use common::work_queue;
 
 const START_MS: i64 = 1_700_000_000_000;
 
@@ -50,18 +51,6 @@ fn message(priority: u8) -> NewRecord {
         priority,
         ..NewRecord::default()
     }
-}
-
-/// Creates queue `work` on topic `jobs` from the earliest message, with the defaults.
-fn work_queue(store: &Store) {
-    admin::create_queue(
-        store,
-        "work",
-        "jobs",
-        StartAt::Earliest,
-        QueueConfig::defaults_for("jobs"),
-    )
-    .unwrap();
 }
 
 fn ack(offset: u64) -> SettleRequest {

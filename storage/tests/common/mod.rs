@@ -53,3 +53,15 @@ pub fn power_cut(
     fs.crash(crash).unwrap();
     faulty_store(fs, data, clock)
 }
+
+/// Creates queue `work` on topic `jobs` from the earliest message, with the defaults.
+pub fn work_queue(store: &Store) {
+    tidelog_storage::queue::admin::create_queue(
+        store,
+        "work",
+        "jobs",
+        tidelog_storage::queue::StartAt::Earliest,
+        tidelog_storage::queue::QueueConfig::defaults_for("jobs"),
+    )
+    .unwrap();
+}

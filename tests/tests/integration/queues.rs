@@ -70,6 +70,26 @@ fn ack(d: &QueueDelivery) -> Settlement {
     }
 }
 
+/// Acks `deliveries` of `queue` in one Settle; the outcome codes, in order.
+async fn ack_codes(
+    client: &mut QueuesClient<Channel>,
+    queue: &str,
+    deliveries: &[QueueDelivery],
+) -> Vec<i32> {
+    client
+        .settle(SettleRequest {
+            queue: queue.into(),
+            settlements: deliveries.iter().map(ack).collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .outcomes
+        .iter()
+        .map(|o| o.code)
+        .collect()
+}
+
 fn nack(d: &QueueDelivery, reason: &str, delay_ms: Option<u64>) -> Settlement {
     Settlement {
         action: Some(Action::Nack(Nack {
@@ -1266,13 +1286,7 @@ async fn overflow_rejects_new_or_dead_letters_old() {
         .unwrap()
         .into_inner()
         .deliveries;
-    client
-        .settle(SettleRequest {
-            queue: "strict-q".into(),
-            settlements: got.iter().map(ack).collect(),
-        })
-        .await
-        .unwrap();
+    ack_codes(&mut client, "strict-q", &got).await;
     publisher
         .publish(one("strict", 5))
         .await
@@ -1558,16 +1572,8 @@ async fn a_message_acked_out_of_offset_order_is_not_ready_nor_over_the_caps() {
             .into_inner()
             .deliveries;
         assert_eq!(value(&got[0]), "high", "{topic}: the high one first");
-        let outcomes = client
-            .settle(SettleRequest {
-                queue: queue.clone(),
-                settlements: got.iter().map(ack).collect(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .outcomes;
-        assert_eq!(outcomes[0].code, Code::Ok as i32, "{outcomes:?}");
+        let codes = ack_codes(&mut client, &queue, &got).await;
+        assert_eq!(codes, [Code::Ok as i32], "{topic}");
         assert_eq!(ready(&mut client, &queue).await, low as u64, "{topic}");
     }
     publisher
@@ -1747,18 +1753,10 @@ async fn a_purge_gives_members_at_their_limit_their_room_back() {
     new.sort();
     assert_eq!(new, ["m-10", "m-11", "m-12", "m-13"]);
     // Acks of purged deliveries are NOT_FOUND, each on its own.
-    let outcomes = client
-        .settle(SettleRequest {
-            queue: "work".into(),
-            settlements: held.iter().map(ack).collect(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .outcomes;
+    let codes = ack_codes(&mut client, "work", &held).await;
     assert!(
-        outcomes.iter().all(|o| o.code == Code::NotFound as i32),
-        "{outcomes:?}"
+        codes.iter().all(|&c| c == Code::NotFound as i32),
+        "{codes:?}"
     );
 }
 
@@ -1821,19 +1819,8 @@ async fn the_ready_count_stays_exact_after_retention_passed_the_low_level() {
                 .unwrap()
                 .into_inner()
                 .deliveries;
-            let outcomes = client
-                .settle(SettleRequest {
-                    queue: "tide-q".into(),
-                    settlements: deliveries.iter().map(ack).collect(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .outcomes;
-            assert!(
-                outcomes.iter().all(|o| o.code == Code::Ok as i32),
-                "{outcomes:?}"
-            );
+            let codes = ack_codes(&mut client, "tide-q", &deliveries).await;
+            assert!(codes.iter().all(|&c| c == Code::Ok as i32), "{codes:?}");
             deliveries
                 .iter()
                 .map(|d| d.message.as_ref().unwrap().offset)
