@@ -250,6 +250,7 @@ pub async fn fetch(
     wait: Duration,
 ) -> Result<FetchBatchesResponse, Status> {
     let topic = convert::or_status(state.store.topic(&request.topic))?;
+    convert::check_topic_id(&topic, request.topic_id)?;
     let partition = convert::or_status(topic.partition(request.partition))?.clone();
     let limits = ReadLimits::from_request(request.max_messages, request.max_bytes);
     let filter = convert::filter(&request.filter)?;
@@ -283,5 +284,6 @@ pub async fn fetch(
         log_start_offset: result.log_start,
         end_offset: result.end_offset,
         now_ms: result.now_ms,
+        topic_id: topic.id().get(),
     })
 }

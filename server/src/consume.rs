@@ -27,7 +27,8 @@ use crate::auth::rpcs::{self, Rpc};
 use crate::auth::{Caller, Target};
 use crate::convert;
 use crate::read::{
-    LaterStart, PartitionReader, ReadLimits, TopicAccess, spawn_events, spawn_subscription,
+    LaterStart, PartitionReader, ReadLimits, Recreated, TopicAccess, spawn_events,
+    spawn_subscription,
 };
 use tidelog_storage::access::ResourceKind;
 
@@ -52,6 +53,7 @@ impl ConsumerService {
         let wait = fetch_wait(request);
         let request = request.get_ref();
         let topic = convert::or_status(self.state.store.topic(&request.topic))?;
+        convert::check_topic_id(&topic, request.topic_id)?;
         let partition = convert::or_status(topic.partition(request.partition))?.clone();
         let limits = ReadLimits::from_request(request.max_messages, request.max_bytes);
         let filter = convert::filter(&request.filter)?;
@@ -90,6 +92,7 @@ impl ConsumerService {
             .fetched(topic.name(), result.records.len() as u64, bytes);
         let id = partition.id();
         Ok(FetchResponse {
+            topic_id: topic.id().get(),
             next_offset: result.next_offset,
             log_start_offset: result.log_start,
             end_offset: result.end_offset,
@@ -223,8 +226,9 @@ fn pattern_subscription(
             "topic_pattern reads every partition of every matching topic, those added later too: leave follow_partitions_from unset (it is for a topic)",
         ));
     }
-    // A resume: where listed partitions stood; the rest are new to the stream.
-    let mut resume: HashMap<(&str, u32), u64> = HashMap::new();
+    // A resume: where listed partitions stood (and the id of the topic they stood
+    // in); the rest are new to the stream.
+    let mut resume: HashMap<(&str, u32), (u64, u64)> = HashMap::new();
     if !request.partition_starts.is_empty() {
         if request.start.is_some() {
             return Err(Status::invalid_argument(
@@ -239,7 +243,10 @@ fn pattern_subscription(
                 )));
             }
             if resume
-                .insert((start.topic.as_str(), start.partition), start.offset)
+                .insert(
+                    (start.topic.as_str(), start.partition),
+                    (start.offset, start.topic_id),
+                )
                 .is_some()
             {
                 return Err(Status::invalid_argument(format!(
@@ -255,6 +262,7 @@ fn pattern_subscription(
     let filter = convert::filter(&request.filter)?;
     let position = request.start.and_then(|s| s.position);
     let mut initial = Vec::new();
+    let mut recreated = Vec::new();
     for topic in state.store.topics() {
         if !pattern.matches(topic.name())
             || access.as_ref().is_some_and(|a| !a.allows(topic.name()))
@@ -267,7 +275,18 @@ fn pattern_subscription(
                 start_offset(partition, position)?
             } else {
                 match resume.get(&(topic.name(), partition.id())) {
-                    Some(&offset) => offset,
+                    Some(&(offset, sent_id)) if topic.id().accepts_wire(sent_id) => offset,
+                    Some(&(offset, _)) => {
+                        let start = convert::or_status(partition.log_start())?;
+                        recreated.push(Recreated {
+                            topic: topic.name().to_string(),
+                            topic_id: topic.id(),
+                            partition: partition.id(),
+                            from_offset: offset,
+                            to_offset: start,
+                        });
+                        start
+                    }
                     None => convert::or_status(partition.log_start())?,
                 }
             });
@@ -285,11 +304,12 @@ fn pattern_subscription(
         limits,
         filter,
     );
-    Ok(if request.send_positioned {
+    let reader = if request.send_positioned {
         reader.announce_positions()?
     } else {
         reader
-    })
+    };
+    Ok(reader.tell_recreated(recreated))
 }
 
 /// A plain subscription: checks the request, resolves the start of every partition.
@@ -319,6 +339,7 @@ fn plain_subscription(
         }
         let mut seen = HashSet::new();
         let mut starts = Vec::with_capacity(request.partition_starts.len());
+        let mut recreated = Vec::new();
         for start in &request.partition_starts {
             if !seen.insert(start.partition) {
                 return Err(Status::invalid_argument(format!(
@@ -326,18 +347,43 @@ fn plain_subscription(
                     start.partition
                 )));
             }
-            starts.push((start.partition, start.offset));
+            if topic.id().accepts_wire(start.topic_id) {
+                starts.push((start.partition, start.offset));
+                continue;
+            }
+            // A position in a topic deleted since: the new topic's partition (if it
+            // has one of that number) is new to the stream, read from its start.
+            if let Ok(partition) = topic.partition(start.partition) {
+                let log_start = convert::or_status(partition.log_start())?;
+                starts.push((start.partition, log_start));
+                recreated.push(Recreated {
+                    topic: topic.name().to_string(),
+                    topic_id: topic.id(),
+                    partition: start.partition,
+                    from_offset: start.offset,
+                    to_offset: log_start,
+                });
+            }
+        }
+        if starts.is_empty() && request.follow_partitions_from.is_none() {
+            return Err(Status::not_found(format!(
+                "topic {:?} was deleted and created again since the offsets in partition_starts were read, and the new topic (id {}) has none of their partitions (it has {}): subscribe again without partition_starts",
+                topic.name(),
+                topic.id(),
+                topic.partitions().len(),
+            )));
         }
         let mut reader =
             PartitionReader::new(state.clone(), topic, &starts, reset_policy, limits, filter)?;
         if let Some(from) = request.follow_partitions_from {
             reader = reader.following(from, LaterStart::Earliest);
         }
-        return Ok(if request.send_positioned {
+        let reader = if request.send_positioned {
             reader.announce_positions()?
         } else {
             reader
-        });
+        };
+        return Ok(reader.tell_recreated(recreated));
     }
     if request.follow_partitions_from.is_some() {
         return Err(Status::invalid_argument(

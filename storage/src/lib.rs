@@ -51,6 +51,7 @@ pub mod segment;
 pub mod statelog;
 pub mod store;
 pub mod topic;
+pub mod topic_id;
 
 pub use batch::{Compression, Header, NewRecord, Record};
 #[cfg(any(test, feature = "testing"))]
@@ -74,3 +75,4 @@ pub use progress::{LogEnd, WaitDurable, WaitForAnyData, WaitForData};
 pub use segment::StoredBatch;
 pub use store::{Store, StoreOptions};
 pub use topic::{Topic, TopicInfo};
+pub use topic_id::TopicId;

@@ -6,6 +6,7 @@
 //!   LOCK                                  held while a store has the directory open
 //!   topics/<topic>/topic.config           partitions and config (key=value)
 //!   topics/<topic>/topic.owner            the principal that created it (optional)
+//!   topics/<topic>/topic.id               its id (crate::topic_id::TopicId)
 //!   topics/<topic>/<partition>/           segments (.log .index .timeindex), checkpoint
 //!   offsets/                              the consumer offsets store
 //!   state/queues/queues.statelog          the work queues' state (crate::queue)
@@ -37,10 +38,12 @@ use crate::queue::{QueueHost, QueueOp, Queues};
 use crate::segment::MappedSegments;
 use crate::statelog::{StateLog, StateLogOptions};
 use crate::topic::{Topic, next_incarnation};
+use crate::topic_id::TopicId;
 
 const TOPIC_CONFIG_FILE: &str = "topic.config";
 /// The principal that created the topic; written before [`TOPIC_CONFIG_FILE`].
 const TOPIC_OWNER_FILE: &str = "topic.owner";
+const TOPIC_ID_FILE: &str = "topic.id";
 /// How often the housekeeping thread looks for interval-policy flushes that are due.
 const HOUSEKEEPING_TICK: Duration = Duration::from_millis(5);
 
@@ -465,10 +468,12 @@ impl Store {
         fs.create_dir(&dir)
             .ctx(|| format!("creating {}", dir.display()))?;
         let config = Arc::new(config);
-        let partitions = open_partitions(name, &dir, partitions, &config, &self.inner.context)?;
+        let id = TopicId::random();
+        let partitions = open_partitions(name, id, &dir, partitions, &config, &self.inner.context)?;
         if let Some(owner) = owner {
-            fsutil::write_file_atomically(fs, &dir.join(TOPIC_OWNER_FILE), owner.as_bytes())?;
+            fsutil::replace_file(fs, &dir.join(TOPIC_OWNER_FILE), owner.as_bytes())?;
         }
+        fsutil::replace_file(fs, &dir.join(TOPIC_ID_FILE), id.to_file().as_bytes())?;
         fsutil::sync_dir(fs, &dir)?;
         // Written last: a topic without its config file did not finish being created.
         fsutil::write_file_atomically(
@@ -483,6 +488,7 @@ impl Store {
             config: Arc::new(RwLock::new(config)),
             partitions,
             incarnation: next_incarnation(),
+            id,
             dedup: Arc::new(DedupWindow::new(
                 self.inner.context.clock.clone(),
                 self.inner.context.ids.clone(),
@@ -758,6 +764,7 @@ impl Store {
             .map(|id| {
                 Partition::open(
                     name,
+                    topic.id,
                     id,
                     &topic.dir.join(id.to_string()),
                     config.clone(),
@@ -802,6 +809,7 @@ impl Store {
             config: topic.config.clone(),
             partitions,
             incarnation: topic.incarnation,
+            id: topic.id,
             dedup: topic.dedup.clone(),
             owner: topic.owner.clone(),
             max_timestamp_ahead_ms: topic.max_timestamp_ahead_ms,
@@ -1016,6 +1024,7 @@ fn open_topic(dir: &Path, name: &str, context: &PartitionContext) -> Result<Opti
     }
     let config = Arc::new(config);
     let owner = read_owner(dir, context)?;
+    let topic_id = read_or_give_id(dir, name, context)?;
     remove_unrecorded_partitions(dir, name, partition_count, context)?;
     // The config file and partition directories may be known to the page cache only.
     fsutil::sync_dir(&*context.fs, dir)?;
@@ -1024,9 +1033,10 @@ fn open_topic(dir: &Path, name: &str, context: &PartitionContext) -> Result<Opti
     let partitions = (0..partition_count)
         .map(|id| {
             let dir = dir.join(id.to_string());
-            match Partition::open(name, id, &dir, config.clone(), context.clone()) {
+            match Partition::open(name, topic_id, id, &dir, config.clone(), context.clone()) {
                 Err(error @ Error::Corrupt { .. }) => Partition::open_unavailable(
                     name,
+                    topic_id,
                     id,
                     &dir,
                     config.clone(),
@@ -1043,10 +1053,33 @@ fn open_topic(dir: &Path, name: &str, context: &PartitionContext) -> Result<Opti
         config: Arc::new(RwLock::new(config)),
         partitions,
         incarnation: next_incarnation(),
+        id: topic_id,
         dedup: Arc::new(DedupWindow::new(context.clock.clone(), context.ids.clone())),
         owner,
         max_timestamp_ahead_ms: context.max_timestamp_ahead_ms,
     }))
+}
+
+/// The topic's id from its `topic.id` file. A topic created before ids were kept has
+/// none: it gets one here, durably, before anything can read it (a crash before the
+/// write lands leaves no id, and the next open gives one; none was shown yet).
+fn read_or_give_id(dir: &Path, name: &str, context: &PartitionContext) -> Result<TopicId> {
+    let path = dir.join(TOPIC_ID_FILE);
+    match fsutil::read_small_file(&*context.fs, &path, SMALL_FILE_BYTES_MAX)? {
+        Some(bytes) => TopicId::parse_file(&bytes).ok_or_else(|| {
+            Error::corrupt(
+                &path,
+                0,
+                "the topic id file is not 16 lowercase hex digits: if it was damaged, remove it and start again; the topic gets a new id, and a consumer resuming with the old one reads the topic again from its start",
+            )
+        }),
+        None => {
+            let id = TopicId::random();
+            fsutil::write_file_atomically(&*context.fs, &path, id.to_file().as_bytes())?;
+            tracing::info!(topic = name, %id, "gave the topic an id (it was created by an older build)");
+            Ok(id)
+        }
+    }
 }
 
 /// The principal in a topic's `topic.owner` file, if it has one (topics created
@@ -1279,6 +1312,7 @@ fn start_housekeeping(
 /// Opens (creating or recovering) partitions `0..count` of topic `name` in `dir`.
 fn open_partitions(
     name: &str,
+    topic_id: TopicId,
     dir: &Path,
     count: u32,
     config: &Arc<TopicConfig>,
@@ -1288,6 +1322,7 @@ fn open_partitions(
         .map(|id| {
             Partition::open(
                 name,
+                topic_id,
                 id,
                 &dir.join(id.to_string()),
                 config.clone(),

@@ -15,6 +15,7 @@ use crate::dedup::{BatchPlaced, DedupWindow, Placed, window_decides};
 use crate::error::{Error, Result};
 use crate::idindex::SplitIds;
 use crate::partition::{Partition, PartitionInfo, RunBatch};
+use crate::topic_id::TopicId;
 
 /// A topic: its partitions and config.
 ///
@@ -30,8 +31,12 @@ pub struct Topic {
     pub(crate) config: Arc<RwLock<Arc<TopicConfig>>>,
     pub(crate) partitions: Vec<Arc<Partition>>,
     /// Which creation of the topic this is: a topic deleted and created again under
-    /// the same name is another topic; one with more partitions is the same.
+    /// the same name is another topic; one with more partitions is the same. In
+    /// memory only: each open of the topic's files is another (see [`Topic::id`] for
+    /// the durable identity).
     pub(crate) incarnation: u64,
+    /// The topic's durable identity ([`TopicId`]).
+    pub(crate) id: TopicId,
     /// The ids stored within the dedup window; shared with the `Topic`s this one grew
     /// into.
     pub(crate) dedup: Arc<DedupWindow>,
@@ -91,6 +96,12 @@ pub(crate) fn next_incarnation() -> u64 {
 impl Topic {
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The topic's durable identity: the same across restarts and CreatePartitions,
+    /// another for a topic of the same name created after this one was deleted.
+    pub fn id(&self) -> TopicId {
+        self.id
     }
 
     /// The principal that created the topic, if the broker knew one.
@@ -324,6 +335,7 @@ impl Topic {
 
     pub fn info(&self) -> TopicInfo {
         TopicInfo {
+            id: self.id,
             owner: self.owner.as_deref().map(str::to_string),
             name: self.name.clone(),
             config: (*self.config()).clone(),
@@ -336,6 +348,8 @@ impl Topic {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicInfo {
     pub name: String,
+    /// The topic's durable identity ([`Topic::id`]).
+    pub id: TopicId,
     pub config: TopicConfig,
     pub partitions: Vec<PartitionInfo>,
     /// The principal that created the topic, if known.

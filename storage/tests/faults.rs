@@ -27,7 +27,7 @@ use tidelog_storage::client_batch::{BatchRules, validate_batch};
 use tidelog_storage::fs::{CrashOptions, FaultyFs, SyncFault, SyncKind};
 use tidelog_storage::{
     Clock, Error, FsyncPolicy, ManualClock, NewRecord, Partition, Store, StoreOptions, Topic,
-    TopicConfig,
+    TopicConfig, TopicId,
 };
 
 const START_MS: i64 = 1_700_000_000_000;
@@ -1441,13 +1441,13 @@ fn an_owned_topic_is_created_with_its_owner_or_not_at_all_at_every_crash_point()
                 topic_config(FsyncPolicy::Always, 1 << 30),
                 Some("alice"),
             )
-            .map(|topic| topic.owner().map(str::to_string));
+            .map(|topic| (topic.owner().map(str::to_string), topic.id()));
         let ops = fs.ops() - before;
         let powered_off = fs.is_powered_off();
         let context = format!("seed {seed}, crash after op {crash_after:?}: {created:?}");
         if !powered_off {
             assert_eq!(
-                created.as_ref().ok(),
+                created.as_ref().ok().map(|(owner, _)| owner),
                 Some(&Some("alice".into())),
                 "{context}"
             );
@@ -1464,6 +1464,11 @@ fn an_owned_topic_is_created_with_its_owner_or_not_at_all_at_every_crash_point()
             Ok(topic) => {
                 assert_eq!(topic.owner(), Some("alice"), "{context}");
                 assert_eq!(topic.partitions().len(), 3, "{context}");
+                // A creation that was acknowledged keeps the id it answered with.
+                if let Ok((_, id)) = &created {
+                    assert_eq!(topic.id(), *id, "{context}");
+                }
+                assert_eq!(id_on_disk(&data), Some(topic.id()), "{context}");
             }
             Err(error) => {
                 assert!(
@@ -1740,6 +1745,179 @@ fn a_failed_fsync_or_a_full_disk_during_the_record_features_rewrite_fails_the_op
         assert_old_topic_served(&store, fault);
         store.close().unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), new, "{fault}");
+    }
+}
+
+/// A data directory in `dir`/data with topic `t` as [`data_from_before_record_features`]
+/// makes it, but without its `topic.id` file, as a build before topic ids left it.
+/// Returns the data path.
+fn data_from_before_topic_ids(dir: &Path) -> PathBuf {
+    let (data, _, _) = data_from_before_record_features(dir);
+    std::fs::remove_file(data.join("topics/t/topic.id")).unwrap();
+    data
+}
+
+/// The id in topic `t`'s `topic.id` file, if the file is there.
+fn id_on_disk(data: &Path) -> Option<TopicId> {
+    let bytes = std::fs::read(data.join("topics/t/topic.id")).ok()?;
+    Some(TopicId::parse_file(&bytes).expect("topic.id holds an id"))
+}
+
+#[test]
+fn a_topic_keeps_its_id_through_restarts_power_cuts_and_new_partitions_and_a_recreated_one_gets_another()
+ {
+    let dir = scratch_dir();
+    let data = dir.path().join("data");
+    let clock = ManualClock::new(START_MS);
+    let fs = FaultyFs::new(dir.path(), 0).unwrap();
+    let store = Store::open(&data, options(&fs, &clock)).unwrap();
+    let id = store
+        .create_topic("t", 1, TopicConfig::default())
+        .unwrap()
+        .id();
+    assert_eq!(id_on_disk(&data), Some(id));
+    let grown = store.create_partitions("t", 3).unwrap();
+    assert_eq!(grown.id(), id);
+    assert!(grown.partitions().iter().all(|p| p.topic_id() == id));
+    store.simulate_crash();
+    fs.crash(CrashOptions::lose_unsynced()).unwrap();
+    let store = reopen(&fs, &data, &clock, "after a power cut");
+    let topic = store.topic("t").unwrap();
+    assert_eq!(topic.id(), id);
+    assert!(topic.partitions().iter().all(|p| p.topic_id() == id));
+    drop(topic);
+    store.delete_topic("t").unwrap();
+    let again = store
+        .create_topic("t", 3, TopicConfig::default())
+        .unwrap()
+        .id();
+    assert_ne!(
+        again, id,
+        "a topic created again under the name is another topic"
+    );
+    assert_eq!(id_on_disk(&data), Some(again));
+    store.close().unwrap();
+}
+
+#[test]
+fn a_topic_from_before_ids_gets_one_at_its_first_open_that_stays() {
+    let dir = scratch_dir();
+    let data = data_from_before_topic_ids(dir.path());
+    let clock = ManualClock::new(START_MS);
+    let fs = FaultyFs::new(dir.path(), 0).unwrap();
+    let store = Store::open(&data, options(&fs, &clock)).unwrap();
+    assert_old_topic_served(&store, "after the upgrade");
+    let id = store.topic("t").unwrap().id();
+    // Durably, before it was served: a power cut right after the open keeps it.
+    store.simulate_crash();
+    fs.crash(CrashOptions::lose_unsynced()).unwrap();
+    assert_eq!(id_on_disk(&data), Some(id));
+    let store = reopen(&fs, &data, &clock, "after a power cut");
+    assert_eq!(store.topic("t").unwrap().id(), id);
+    store.close().unwrap();
+}
+
+#[test]
+fn a_power_cut_at_every_step_of_giving_an_old_topic_its_id_leaves_none_or_the_one_served() {
+    let count_ops = {
+        let dir = scratch_dir();
+        let data = data_from_before_topic_ids(dir.path());
+        let fs = FaultyFs::new(dir.path(), 0).unwrap();
+        let store = Store::open(&data, options(&fs, &ManualClock::new(START_MS))).unwrap();
+        let ops = fs.ops();
+        store.close().unwrap();
+        ops
+    };
+    let (mut saw_none, mut saw_served) = (false, false);
+    for crash_at in 0..=count_ops {
+        let dir = scratch_dir();
+        let data = data_from_before_topic_ids(dir.path());
+        let clock = ManualClock::new(START_MS);
+        let fs = FaultyFs::new(dir.path(), crash_at).unwrap();
+        fs.power_off_after(crash_at);
+        let served = match Store::open(&data, options(&fs, &clock)) {
+            Ok(store) => {
+                let id = store.topic("t").ok().map(|t| t.id());
+                store.simulate_crash();
+                id
+            }
+            Err(_) => None,
+        };
+        let crash = if crash_at % 2 == 0 {
+            CrashOptions::lose_unsynced()
+        } else {
+            CrashOptions::keep_some(crash_at)
+        };
+        fs.crash(crash).unwrap();
+        let context = format!("power cut after op {crash_at} of {count_ops} ({crash:?})");
+        let left = id_on_disk(&data);
+        if let Some(served) = served {
+            assert_eq!(left, Some(served), "{context}: the id served was lost");
+        }
+        saw_none |= left.is_none();
+        saw_served |= served.is_some();
+        let store = Store::open(&data, options(&fs, &clock))
+            .unwrap_or_else(|e| panic!("{context}: reopening failed: {e}"));
+        assert_old_topic_served(&store, &context);
+        let id = store.topic("t").unwrap().id();
+        if let Some(left) = left {
+            assert_eq!(id, left, "{context}");
+        }
+        store.close().unwrap();
+        assert_eq!(id_on_disk(&data), Some(id), "{context}");
+    }
+    assert!(
+        saw_none && saw_served,
+        "the cuts fell before and after the write"
+    );
+}
+
+#[test]
+fn a_failed_fsync_or_a_full_disk_while_giving_an_old_topic_its_id_fails_the_open() {
+    for fault in ["fsync", "full disk"] {
+        let dir = scratch_dir();
+        let data = data_from_before_topic_ids(dir.path());
+        let clock = ManualClock::new(START_MS);
+        let fs = FaultyFs::new(dir.path(), 0).unwrap();
+        match fault {
+            "fsync" => fs.fail_sync(SyncFault::nth(1).path_contains("topic.id")),
+            _ => fs.set_full_for(Some("topic.id")),
+        }
+        let error = Store::open(&data, options(&fs, &clock)).unwrap_err();
+        assert!(
+            matches!(&error, Error::Io { context, .. } if context.contains("topic.id")),
+            "{fault}: {error}"
+        );
+        assert_eq!(id_on_disk(&data), None, "{fault}");
+        // Not retried in that process; the next open, on a healthy disk, gives one.
+        fs.kill_process();
+        fs.set_full_for(None);
+        let store = Store::open(&data, options(&fs, &clock)).unwrap();
+        assert_old_topic_served(&store, fault);
+        let id = store.topic("t").unwrap().id();
+        store.close().unwrap();
+        assert_eq!(id_on_disk(&data), Some(id), "{fault}");
+    }
+}
+
+#[test]
+fn a_damaged_topic_id_file_refuses_the_store_naming_it() {
+    for damage in [&b""[..], b"not an id", b"0000000000000000", b"\x00\x01"] {
+        let dir = scratch_dir();
+        let (data, _, _) = data_from_before_record_features(dir.path());
+        let path = data.join("topics/t/topic.id");
+        std::fs::write(&path, damage).unwrap();
+        let clock = ManualClock::new(START_MS);
+        let fs = FaultyFs::new(dir.path(), 0).unwrap();
+        let error = Store::open(&data, options(&fs, &clock)).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            matches!(&error, Error::Corrupt { .. })
+                && message.contains("topic.id")
+                && message.contains("remove it"),
+            "{damage:?}: {message}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), damage, "left as it was");
     }
 }
 

@@ -411,6 +411,7 @@ pub fn topic_json(topic: &TopicDescription) -> Value {
         .collect();
     json!({
         "name": topic.name,
+        "topic_id": topic_id(topic),
         "owner": (!topic.owner.is_empty()).then_some(&topic.owner),
         "config": config_json(topic.config.as_ref()),
         "partitions": partitions,
@@ -479,15 +480,22 @@ fn config_pairs(config: Option<&TopicConfig>) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The topic's id as tidelog writes it (16 hex digits, as in its `topic.id` file);
+/// `None` from a broker that predates topic ids.
+fn topic_id(topic: &TopicDescription) -> Option<String> {
+    tidelog_storage::TopicId::from_wire(topic.topic_id).map(|id| id.to_string())
+}
+
 fn print_description(out: &mut Stdout, topic: &TopicDescription, json: bool) -> CliResult<()> {
     if json {
         return out.json_pretty(&topic_json(topic));
     }
     out.line(&format!(
-        "topic {}  ({} partition{}{})",
+        "topic {}  ({} partition{}{}{})",
         topic.name,
         topic.partitions.len(),
         plural(topic.partitions.len()),
+        topic_id(topic).map_or(String::new(), |id| format!(", id {id}")),
         if topic.owner.is_empty() {
             String::new()
         } else {

@@ -28,6 +28,12 @@ pub struct FetchOptions {
     /// A server-side filter (the proto's "Filters" grammar); empty = none. A read may
     /// skip many messages and return none: follow [`Fetched::next_offset`].
     pub filter: String,
+    /// The id of the topic `offset` was read in ([`Fetched::topic_id`] of the read
+    /// before, or the proto's `TopicDescription.topic_id`); 0 = not checked. When the
+    /// topic was deleted and created again since, the fetch fails with
+    /// [`Error::Broker`] `FAILED_PRECONDITION` instead of reading the new topic from a
+    /// position in the old one: start again from its log start.
+    pub topic_id: u64,
 }
 
 /// What one [`Client::fetch`] read.
@@ -43,6 +49,9 @@ pub struct Fetched {
     pub log_start_offset: u64,
     /// The partition's end (the offset the next message will get).
     pub end_offset: u64,
+    /// The id of the topic read (0 from a broker without topic ids): pass it in
+    /// [`FetchOptions::topic_id`] with the next read's offset.
+    pub topic_id: u64,
 }
 
 impl Client {
@@ -84,6 +93,7 @@ impl Client {
             max_bytes: options.max_bytes,
             max_wait_ms: u64::try_from(options.max_wait.as_millis()).unwrap_or(u64::MAX),
             filter: options.filter.clone(),
+            topic_id: options.topic_id,
         };
         let response = crate::wire::fetch_batches(self.conn(), request)
             .await
@@ -98,6 +108,7 @@ impl Client {
             next_offset: response.next_offset,
             log_start_offset: response.log_start_offset,
             end_offset: response.end_offset,
+            topic_id: response.topic_id,
         })
     }
 }

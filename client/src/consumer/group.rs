@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use tidelog_proto::GROUP_GENERATION_METADATA;
 use tidelog_proto::v1::{
-    CommitOffsetsRequest, FetchOffsetsRequest, GroupMembership, ResetReason as ProtoResetReason,
-    SubscribeBatchesResponse, SubscribeRequest, TopicPartitionOffset, subscribe_batches_response,
+    CommitOffsetsRequest, FetchOffsetsRequest, GroupMembership, SubscribeBatchesResponse,
+    SubscribeRequest, TopicPartitionOffset, subscribe_batches_response,
 };
 use tonic::Code;
 
@@ -1297,12 +1297,7 @@ impl GroupMember {
                 };
                 self.read_at
                     .insert((topic.clone(), reset.partition), reset.to_offset);
-                let reason = match ProtoResetReason::try_from(reset.reason) {
-                    Ok(ProtoResetReason::BelowLogStart) => ResetReason::BelowLogStart,
-                    Ok(ProtoResetReason::AboveEndOffset) => ResetReason::AboveEndOffset,
-                    Ok(ProtoResetReason::NoCommittedOffset) => ResetReason::NoCommittedOffset,
-                    _ => ResetReason::Other,
-                };
+                let reason = ResetReason::from_wire(reset.reason);
                 self.events
                     .push_back(GroupEvent::PositionReset(PositionReset {
                         topic,

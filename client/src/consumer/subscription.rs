@@ -108,8 +108,25 @@ pub enum ResetReason {
     AboveEndOffset,
     /// A group member's partition had no committed offset: it starts by the policy.
     NoCommittedOffset,
+    /// The position was read in a topic that was deleted, and a topic of the same
+    /// name created, while the subscription was away: the new topic is read from its
+    /// log start (every message in it is new), whatever the reset policy.
+    TopicRecreated,
     /// A reason this client does not know (a newer broker).
     Other,
+}
+
+impl ResetReason {
+    /// The reason a `PositionReset` event's `reason` field names.
+    pub(crate) fn from_wire(reason: i32) -> ResetReason {
+        match ProtoResetReason::try_from(reason) {
+            Ok(ProtoResetReason::BelowLogStart) => ResetReason::BelowLogStart,
+            Ok(ProtoResetReason::AboveEndOffset) => ResetReason::AboveEndOffset,
+            Ok(ProtoResetReason::NoCommittedOffset) => ResetReason::NoCommittedOffset,
+            Ok(ProtoResetReason::TopicRecreated) => ResetReason::TopicRecreated,
+            _ => ResetReason::Other,
+        }
+    }
 }
 
 /// A change of a pattern subscription's topics ([`Event::TopicsChanged`]).
@@ -222,6 +239,11 @@ pub struct Subscription {
     /// Per (topic, partition), where the next read starts (after the last batch
     /// received).
     positions: BTreeMap<(Arc<str>, u32), u64>,
+    /// Per (topic, partition), the id of the topic its position was read in (from
+    /// the broker's positions and resets): sent back with the position on a
+    /// reconnect, so a topic deleted and created again meanwhile is read from its
+    /// start, not from a position in the old one.
+    topic_ids: BTreeMap<(Arc<str>, u32), u64>,
     /// Names of the topics read, shared by their messages (no copy per message).
     names: BTreeMap<String, Arc<str>>,
     /// The topics a pattern reads, as the last TopicsChanged said (`None` before it).
@@ -293,6 +315,7 @@ impl Subscription {
             source,
             options,
             positions: BTreeMap::new(),
+            topic_ids: BTreeMap::new(),
             names,
             topics: None,
             stream: None,
@@ -419,6 +442,28 @@ impl Subscription {
         &self.positions
     }
 
+    /// The id of the topic the position of `partition` of `topic`
+    /// ([`Subscription::positions`]) was read in: the proto's
+    /// `TopicDescription.topic_id`, once the broker told it (with the first positions;
+    /// `None` from a broker without topic ids). Save it with the position and send it
+    /// back with it (`PartitionStart.topic_id`) when resuming elsewhere: a topic
+    /// deleted and created again meanwhile is then read from its start instead of from
+    /// a position in the old one. The subscription does so itself when it reconnects.
+    pub fn topic_id(&self, topic: &str, partition: u32) -> Option<u64> {
+        self.topic_ids
+            .iter()
+            .find(|((t, p), _)| **t == *topic && *p == partition)
+            .map(|(_, &id)| id)
+    }
+
+    /// Notes the id of the topic a position or reset of `key` was read in (0: a
+    /// broker without ids).
+    fn note_topic_id(&mut self, key: &(Arc<str>, u32), id: u64) {
+        if id != 0 {
+            self.topic_ids.insert(key.clone(), id);
+        }
+    }
+
     /// The partitions whose next read (at [`Subscription::positions`]) fails with
     /// `DATA_LOSS`: a damaged batch the broker never serves. Ask after
     /// [`Subscription::next`] failed with [`Error::is_data_loss`]; one `FetchBatches`
@@ -448,6 +493,7 @@ impl Subscription {
         }
         let key = (self.name(topic), partition);
         let dropped = self.positions.remove(&key).is_some();
+        self.topic_ids.remove(&key);
         if dropped {
             self.restart_stream();
         }
@@ -558,6 +604,11 @@ impl Subscription {
                 .map(|((topic, partition), &offset)| PartitionStart {
                     partition: *partition,
                     offset,
+                    topic_id: self
+                        .topic_ids
+                        .get(&(topic.clone(), *partition))
+                        .copied()
+                        .unwrap_or(0),
                     // One topic: the request's `topic` names it.
                     topic: if pattern {
                         topic.to_string()
@@ -585,6 +636,7 @@ impl Subscription {
     fn position(&mut self, position: &PartitionPosition) -> Option<PartitionProgress> {
         let (topic, partition) = self.key(&position.topic, position.partition)?;
         self.seen(partition);
+        self.note_topic_id(&(topic.clone(), partition), position.topic_id);
         self.positions
             .insert((topic.clone(), partition), position.next_offset);
         Some(PartitionProgress {
@@ -644,14 +696,10 @@ impl Subscription {
                     "position reset"
                 );
                 self.seen(partition);
+                self.note_topic_id(&(topic.clone(), partition), reset.topic_id);
                 self.positions
                     .insert((topic.clone(), partition), reset.to_offset);
-                let reason = match ProtoResetReason::try_from(reset.reason) {
-                    Ok(ProtoResetReason::BelowLogStart) => ResetReason::BelowLogStart,
-                    Ok(ProtoResetReason::AboveEndOffset) => ResetReason::AboveEndOffset,
-                    Ok(ProtoResetReason::NoCommittedOffset) => ResetReason::NoCommittedOffset,
-                    _ => ResetReason::Other,
-                };
+                let reason = ResetReason::from_wire(reset.reason);
                 self.events.push_back(Event::PositionReset(PositionReset {
                     topic,
                     partition,
@@ -678,6 +726,8 @@ impl Subscription {
     fn topics_changed(&mut self, changed: tidelog_proto::v1::TopicsChanged) {
         let now: BTreeSet<String> = changed.topics.iter().cloned().collect();
         self.positions
+            .retain(|(topic, _), _| now.contains(&**topic));
+        self.topic_ids
             .retain(|(topic, _), _| now.contains(&**topic));
         for removed in &changed.removed {
             self.names.remove(removed);

@@ -91,6 +91,7 @@ proptest! {
             log_start_offset: next_offset / 2,
             end_offset,
             now_ms,
+            topic_id: end_offset ^ next_offset,
         };
         let bytes: Vec<Bytes> = message.batches.iter().map(|b| b.batch.clone()).collect();
         let pieces = Pieces::fetch_batches(message.clone());
@@ -117,6 +118,7 @@ proptest! {
                     next_offset,
                     end_offset: next_offset.saturating_add(5),
                     topic,
+                    topic_id: next_offset.rotate_left(7),
                 }),
                 now_ms,
             })),
@@ -152,6 +154,7 @@ fn events_without_batches_are_prost_s_encoding() {
                 to_offset: 42,
                 reason: 1,
                 topic: "orders".into(),
+                topic_id: 0x0123_4567_89ab_cdef,
             })),
         },
         // Batches, but all of them short: one piece, byte for byte prost's when the

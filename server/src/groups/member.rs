@@ -568,12 +568,8 @@ impl MemberTask {
             }
             ResetPolicy::Earliest | ResetPolicy::Unspecified => log_start,
         };
-        let reason_label = match reason {
-            ResetReason::BelowLogStart => "below_log_start",
-            ResetReason::AboveEndOffset => "above_end_offset",
-            ResetReason::NoCommittedOffset | ResetReason::Unspecified => "no_committed_offset",
-        };
-        self.app.metrics.position_reset(topic, reason_label);
+        self.app.metrics.position_reset(topic, reason);
+        let topic_id = self.topics.get(topic).map_or(0, |t| t.id().get());
         self.events.push_back(Event::PositionReset(PositionReset {
             partition,
             from_offset: from,
@@ -584,6 +580,7 @@ impl MemberTask {
             } else {
                 String::new()
             },
+            topic_id,
         }));
         Ok(to)
     }
@@ -755,7 +752,9 @@ impl MemberTask {
             let (records, bytes) = crate::read::batches::delivered(&result.batches);
             self.app.metrics.fetched(&tp.0, records, bytes);
             permit.send(Ok(Out::Batches(crate::read::batches::record_batches(
-                tp.1, result, topic,
+                &owned.cursor.partition,
+                result,
+                topic,
             ))));
             return Ok(());
         }

@@ -55,6 +55,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tidelog_proto::v1::ResetReason;
 use tidelog_storage::{FlushObserver, RetentionOutcome, Store};
 
 use crate::exposition::{Format, to_classic};
@@ -230,7 +231,22 @@ pub const LOOKUP_RESULTS: [&str; 2] = ["found", "not_found"];
 pub const DELIVERY_LOOKUP_CALLS: [&str; 3] = ["status", "history", "list"];
 
 /// The `reason` label values of `tidelog_position_resets`.
-pub const RESET_REASONS: [&str; 3] = ["below_log_start", "above_end_offset", "no_committed_offset"];
+pub const RESET_REASONS: [&str; 4] = [
+    "below_log_start",
+    "above_end_offset",
+    "no_committed_offset",
+    "topic_recreated",
+];
+
+/// A reset's `reason` label: one of [`RESET_REASONS`].
+fn reset_label(reason: ResetReason) -> &'static str {
+    match reason {
+        ResetReason::BelowLogStart => RESET_REASONS[0],
+        ResetReason::AboveEndOffset => RESET_REASONS[1],
+        ResetReason::NoCommittedOffset | ResetReason::Unspecified => RESET_REASONS[2],
+        ResetReason::TopicRecreated => RESET_REASONS[3],
+    }
+}
 
 /// The `reason` label of `tidelog_retention_deleted_segments`: every record past its
 /// TTL, older than `retention_ms`, over `retention_bytes`.
@@ -693,13 +709,13 @@ impl Metrics {
             .inc_by(outcome.records_deleted);
     }
 
-    /// Counts a position moved by a reset policy; `reason` is one of
-    /// [`RESET_REASONS`].
-    pub fn position_reset(&self, topic: &str, reason: &'static str) {
+    /// Counts a position moved by a reset policy, or from a topic deleted and
+    /// created again, labelled by its reason ([`RESET_REASONS`]).
+    pub fn position_reset(&self, topic: &str, reason: ResetReason) {
         self.position_resets
             .get_or_create(&TopicReasonLabels {
                 topic: topic.to_string(),
-                reason,
+                reason: reset_label(reason),
             })
             .inc();
     }
@@ -754,8 +770,8 @@ impl Metrics {
             family.remove(&labels);
         }
         for (family, reasons) in [
-            (&self.position_resets, &RESET_REASONS),
-            (&self.retention_segments, &RETENTION_REASONS),
+            (&self.position_resets, &RESET_REASONS[..]),
+            (&self.retention_segments, &RETENTION_REASONS[..]),
         ] {
             for &reason in reasons {
                 family.remove(&TopicReasonLabels {
@@ -819,7 +835,7 @@ mod tests {
         metrics.published("orders", 3, 30);
         metrics.fetched("orders", 2, 20);
         metrics.rpc_finished("Publish", Instant::now(), Some(tonic::Code::NotFound));
-        metrics.position_reset("orders", "below_log_start");
+        metrics.position_reset("orders", ResetReason::BelowLogStart);
         metrics.message_lookup("orders", true);
         metrics.message_lookup("orders", false);
         metrics.message_lookup("orders", false);
@@ -973,7 +989,7 @@ mod tests {
         metrics.published("orders", 1, 1);
         metrics.fetched("orders", 1, 1);
         metrics.rpc_finished("Fetch", Instant::now(), Some(tonic::Code::NotFound));
-        metrics.position_reset("orders", "below_log_start");
+        metrics.position_reset("orders", ResetReason::BelowLogStart);
         metrics.message_lookup("orders", true);
         metrics.delivery_lookup("list", Some(tonic::Code::InvalidArgument));
         metrics.retention(

@@ -47,10 +47,12 @@ pub fn goes_out(result: &BatchReadResult, from: u64) -> bool {
 /// A read of one partition as the RecordBatches event of a SubscribeBatches stream;
 /// `topic` names the partition's topic on a stream of several topics ("" otherwise).
 pub fn record_batches(
-    partition: u32,
+    partition: &Partition,
     result: BatchReadResult,
     topic: &str,
 ) -> SubscribeBatchesResponse {
+    let topic_id = partition.topic_id();
+    let partition = partition.id();
     SubscribeBatchesResponse {
         event: Some(Event::Batches(RecordBatches {
             partition,
@@ -60,6 +62,7 @@ pub fn record_batches(
                 next_offset: result.next_offset,
                 end_offset: result.end_offset,
                 topic: topic.to_string(),
+                topic_id: topic_id.get(),
             }),
             now_ms: result.now_ms,
         })),

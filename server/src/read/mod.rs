@@ -218,6 +218,7 @@ impl Cursor {
             next_offset: self.position,
             end_offset,
             topic: self.topic_name(),
+            topic_id: self.partition.topic_id().get(),
         }
     }
 
@@ -454,5 +455,6 @@ mod reader;
 mod tests;
 
 pub use reader::{
-    BatchForm, EventSource, LaterStart, PartitionReader, spawn_events, spawn_subscription,
+    BatchForm, EventSource, LaterStart, PartitionReader, Recreated, spawn_events,
+    spawn_subscription,
 };

@@ -12,7 +12,7 @@ use tidelog_proto::v1::{
     SubscribeBatchesResponse, SubscribeResponse, TopicsChanged, start_position,
     subscribe_batches_response, subscribe_response::Event,
 };
-use tidelog_storage::{Error, Filter, Partition, Topic, TopicPattern, WaitForAnyData};
+use tidelog_storage::{Error, Filter, Partition, Topic, TopicId, TopicPattern, WaitForAnyData};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -162,6 +162,20 @@ pub struct PartitionReader {
     follow: Option<Follow>,
     /// Wakes the reader when a topic is created, deleted or grows.
     topic_changes: watch::Receiver<()>,
+}
+
+/// A partition a resume named with the id of a topic deleted since: read from the
+/// new topic's log start instead ([`PartitionReader::tell_recreated`]).
+#[derive(Debug)]
+pub struct Recreated {
+    pub topic: String,
+    /// The new topic's id.
+    pub topic_id: TopicId,
+    pub partition: u32,
+    /// The offset the resume asked for (a position in the deleted topic).
+    pub from_offset: u64,
+    /// Where the new topic's partition is read from.
+    pub to_offset: u64,
 }
 
 /// What the reader's next step produced.
@@ -365,6 +379,7 @@ impl PartitionReader {
                     next_offset: c.position,
                     end_offset: convert::or_status(c.partition.end_offset())?,
                     topic: c.topic_name(),
+                    topic_id: c.partition.topic_id().get(),
                 })
             })
             .collect::<Result<_, Status>>()?;
@@ -373,6 +388,40 @@ impl PartitionReader {
         });
         self.queued.extend(resets);
         Ok(self)
+    }
+
+    /// Tells, after the events queued so far, of each partition a resume named with
+    /// the id of a topic deleted since (`PartitionStart.topic_id`): a PositionReset
+    /// with [`ResetReason::TopicRecreated`] from the offset asked for to where the
+    /// partition of the new topic starts (its log start, given to the reader as its
+    /// start). Counted in the resets metric.
+    pub fn tell_recreated(mut self, recreated: Vec<Recreated>) -> Self {
+        for Recreated {
+            topic,
+            topic_id,
+            partition,
+            from_offset,
+            to_offset,
+        } in recreated
+        {
+            self.state
+                .metrics
+                .position_reset(&topic, ResetReason::TopicRecreated);
+            self.queued.push_back(SubscribeResponse {
+                event: Some(Event::PositionReset(PositionReset {
+                    partition,
+                    from_offset: Some(from_offset),
+                    to_offset,
+                    reason: ResetReason::TopicRecreated as i32,
+                    topic: match self.source {
+                        Source::Topic(_) => String::new(),
+                        Source::Pattern(_) => topic,
+                    },
+                    topic_id: topic_id.get(),
+                })),
+            });
+        }
+        self
     }
 
     /// The reader in batch form, for `SubscribeBatches` without a group: each data
@@ -738,7 +787,9 @@ impl PartitionReader {
             self.state.metrics.fetched(label, records, bytes);
             self.last_sent = Instant::now();
             return Ok(BatchRead::Send(Step::Batches(record_batches(
-                id, result, &topic,
+                &self.cursors[index].partition,
+                result,
+                &topic,
             ))));
         }
         Ok(BatchRead::Idle)
@@ -770,10 +821,10 @@ impl PartitionReader {
         log_start: u64,
         end: u64,
     ) -> Result<SubscribeResponse, Status> {
-        let (reason, label) = if requested < log_start {
-            (ResetReason::BelowLogStart, "below_log_start")
+        let reason = if requested < log_start {
+            ResetReason::BelowLogStart
         } else {
-            (ResetReason::AboveEndOffset, "above_end_offset")
+            ResetReason::AboveEndOffset
         };
         let topic = match self.cursors.get(index).and_then(|c| c.topic.clone()) {
             Some(topic) => topic.to_string(),
@@ -791,10 +842,12 @@ impl PartitionReader {
             }
             ResetPolicy::Earliest | ResetPolicy::Unspecified => log_start,
         };
+        let mut topic_id = 0;
         if let Some(cursor) = self.cursors.get_mut(index) {
             cursor.reset_to(to_offset);
+            topic_id = cursor.partition.topic_id().get();
         }
-        self.state.metrics.position_reset(&topic, label);
+        self.state.metrics.position_reset(&topic, reason);
         Ok(SubscribeResponse {
             event: Some(Event::PositionReset(PositionReset {
                 partition,
@@ -805,6 +858,7 @@ impl PartitionReader {
                     Source::Topic(_) => String::new(),
                     Source::Pattern(_) => topic,
                 },
+                topic_id,
             })),
         })
     }

@@ -29,6 +29,7 @@ use crate::limits::{ID_INDEX_ENTRIES_MAX, SEGMENT_FILE_BYTES_MAX};
 use crate::progress::{LogEnd, Progress, WaitDurable, WaitForData};
 use crate::recovery;
 use crate::segment::{self, LOG_SUFFIX, MappedSegments, ResumePoints, Segment, SegmentState};
+use crate::topic_id::TopicId;
 
 /// A checkpoint is written at most this often (and at every segment roll and clean
 /// close); recovery after a crash scans what was written since.
@@ -181,6 +182,8 @@ struct FlushState {
 #[derive(Debug)]
 pub struct Partition {
     topic: String,
+    /// The durable identity of the topic this partition belongs to.
+    topic_id: TopicId,
     id: u32,
     name: String,
     dir: PathBuf,
@@ -314,6 +317,11 @@ impl Partition {
         &self.topic
     }
 
+    /// The durable identity of the partition's topic ([`crate::Topic::id`]).
+    pub fn topic_id(&self) -> TopicId {
+        self.topic_id
+    }
+
     pub fn id(&self) -> u32 {
         self.id
     }
@@ -362,6 +370,7 @@ impl Partition {
     /// batch; a torn tail is moved to a side file and cut off.
     pub(crate) fn open(
         topic: &str,
+        topic_id: TopicId,
         id: u32,
         dir: &Path,
         config: Arc<TopicConfig>,
@@ -449,7 +458,7 @@ impl Partition {
         let progress = Progress::new(name, end, log_start, durable_only);
         let writer = Writer::new(active, file, active_state, context.clock.now_ms(), false);
         Ok(Partition::assemble(
-            topic, id, dir, config, context, progress, writer, segments, checkpoint,
+            topic, topic_id, id, dir, config, context, progress, writer, segments, checkpoint,
         ))
     }
 
@@ -458,6 +467,7 @@ impl Partition {
     /// of the store serves.
     pub(crate) fn open_unavailable(
         topic: &str,
+        topic_id: TopicId,
         id: u32,
         dir: &Path,
         config: Arc<TopicConfig>,
@@ -485,6 +495,7 @@ impl Partition {
         );
         Ok(Partition::assemble(
             topic,
+            topic_id,
             id,
             dir,
             config,
@@ -501,8 +512,10 @@ impl Partition {
         clippy::too_many_arguments,
         reason = "one private constructor for the two ways a partition opens"
     )]
+    #[allow(clippy::too_many_arguments)] // reason: each is one part of the partition
     fn assemble(
         topic: &str,
+        topic_id: TopicId,
         id: u32,
         dir: &Path,
         config: Arc<TopicConfig>,
@@ -514,6 +527,7 @@ impl Partition {
     ) -> Arc<Partition> {
         Arc::new(Partition {
             topic: topic.to_string(),
+            topic_id,
             id,
             name: format!("{topic}/{id}"),
             progress,

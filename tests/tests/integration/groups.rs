@@ -1808,6 +1808,7 @@ async fn both_subscribe_forms_refuse_partition_choices_with_a_group() {
                 partition: 1,
                 offset: 0,
                 topic: String::new(),
+                topic_id: 0,
             }]
         }),
         ("send_positioned", &|r| r.send_positioned = true),
@@ -1816,6 +1817,7 @@ async fn both_subscribe_forms_refuse_partition_choices_with_a_group() {
                 partition: 0,
                 offset: 0,
                 topic: String::new(),
+                topic_id: 0,
             }];
             r.follow_partitions_from = Some(1);
         }),

@@ -58,4 +58,5 @@ mod stream_limits;
 mod subscribe_added_partitions;
 mod support;
 mod tls;
+mod topic_ids;
 mod torn;

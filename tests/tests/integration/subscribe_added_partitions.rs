@@ -348,6 +348,7 @@ async fn raw_subscribe_on_every_partition_follows_create_partitions() {
             partition: 0,
             offset: end0,
             topic: String::new(),
+            topic_id: 0,
         }],
         follow_partitions_from: Some(2),
         ..SubscribeRequest::default()

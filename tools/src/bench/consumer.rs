@@ -774,6 +774,7 @@ async fn fetch(
             max_bytes: READ_BYTES,
             max_wait: Duration::from_millis(FETCH_WAIT_MS),
             filter: plan.filter.clone(),
+            topic_id: 0,
         };
         let fetched = client
             .fetch(&plan.topic, partition, offset, &options)
@@ -796,6 +797,7 @@ async fn fetch(
         max_bytes: READ_BYTES,
         max_wait_ms: FETCH_WAIT_MS,
         filter: plan.filter.clone(),
+        topic_id: 0,
     };
     let response = consumer
         .fetch(request)

@@ -70,6 +70,9 @@ pub(super) async fn consume_fetch(
             let options = FetchOptions {
                 max_messages: left.min(u64::from(FETCH_MESSAGES_MAX)) as u32,
                 filter: args.filter.clone().unwrap_or_default(),
+                // The topic described above: if it is deleted and created again
+                // while this reads, the read stops rather than going on in the new one.
+                topic_id: topic.topic_id,
                 ..FetchOptions::default()
             };
             let response = match broker.fetch(&args.topic, partition, offset, &options).await {

@@ -127,6 +127,9 @@ pub(super) fn reset_note(reset: &tidelog_proto::v1::PositionReset) {
         Ok(ResetReason::BelowLogStart) => "was below the log start (retention or TTL removed it)",
         Ok(ResetReason::AboveEndOffset) => "was past the end",
         Ok(ResetReason::NoCommittedOffset) => return,
+        Ok(ResetReason::TopicRecreated) => {
+            "was read in a topic of this name that was deleted since (it was created again): the new topic is read from its start"
+        }
         _ => "was out of range",
     };
     let from = reset.from_offset.map_or(String::new(), |o| format!(" {o}"));
@@ -143,6 +146,7 @@ pub(super) fn client_reset_note(reset: &tidelog_client::PositionReset) {
         Why::BelowLogStart => ResetReason::BelowLogStart,
         Why::AboveEndOffset => ResetReason::AboveEndOffset,
         Why::NoCommittedOffset => ResetReason::NoCommittedOffset,
+        Why::TopicRecreated => ResetReason::TopicRecreated,
         _ => ResetReason::Unspecified,
     };
     reset_note(&tidelog_proto::v1::PositionReset {
@@ -151,5 +155,6 @@ pub(super) fn client_reset_note(reset: &tidelog_client::PositionReset) {
         to_offset: reset.to_offset,
         reason: reason as i32,
         topic: reset.topic.to_string(),
+        topic_id: 0,
     });
 }
