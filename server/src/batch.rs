@@ -250,7 +250,7 @@ pub async fn fetch(
     wait: Duration,
 ) -> Result<FetchBatchesResponse, Status> {
     let topic = convert::or_status(state.store.topic(&request.topic))?;
-    convert::check_topic_id(&topic, request.topic_id)?;
+    convert::check_topic_id(&topic, request.topic_id, "nothing was read")?;
     let partition = convert::or_status(topic.partition(request.partition))?.clone();
     let limits = ReadLimits::from_request(request.max_messages, request.max_bytes);
     let filter = convert::filter(&request.filter)?;

@@ -354,15 +354,17 @@ pub fn topic_description(info: &storage::TopicInfo) -> pb::TopicDescription {
     }
 }
 
-/// The one check of an offset's topic id (`FetchRequest.topic_id`): FAILED_PRECONDITION
-/// when `sent` names another topic of `topic`'s name, one deleted since, so an offset
-/// read in that topic is never served from this one.
-pub fn check_topic_id(topic: &storage::Topic, sent: u64) -> Result<(), Status> {
+/// The one check of an offset's topic id (`FetchRequest.topic_id`,
+/// `TopicPartitionOffset.topic_id`): FAILED_PRECONDITION when `sent` names another
+/// topic of `topic`'s name, one deleted since, so an offset read in that topic is
+/// never served from this one nor committed for it. `then` says what the call did
+/// not do.
+pub fn check_topic_id(topic: &storage::Topic, sent: u64, then: &str) -> Result<(), Status> {
     if topic.id().accepts_wire(sent) {
         return Ok(());
     }
     Err(Status::failed_precondition(format!(
-        "topic {:?} was deleted and created again since the offset was read: the offset belongs to topic id {sent:016x}, the topic now has id {} and starts over; read again from its log_start_offset with its topic_id",
+        "topic {:?} was deleted and created again since the offset was read: the offset belongs to topic id {sent:016x}, the topic now has id {} and starts over ({then}); read again from its log_start_offset with its topic_id",
         topic.name(),
         topic.id(),
     )))

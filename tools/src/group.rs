@@ -549,6 +549,7 @@ async fn reset_offsets(
                 partition: r.partition,
                 offset: r.offset,
                 metadata: String::new(),
+                topic_id: 0,
             })
             .collect();
         let spec = reset::Spec::Explicit(reset::ExplicitOffsets { offsets });
@@ -619,6 +620,7 @@ async fn reset_offsets(
                         partition: c.partition,
                         offset: c.new_offset,
                         metadata: String::new(),
+                        topic_id: 0,
                     })
                     .collect();
                 let spec = reset::Spec::Explicit(reset::ExplicitOffsets { offsets });

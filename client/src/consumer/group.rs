@@ -1046,6 +1046,7 @@ impl GroupMember {
                     partition: *partition,
                     offset,
                     metadata: String::new(),
+                    topic_id: 0,
                 })
                 .collect(),
         };

@@ -230,6 +230,7 @@ impl Groups for GroupsService {
         for entry in request.offsets {
             check_metadata(&entry.metadata, &entry.topic, entry.partition)?;
             let checked = topic(store, &entry.topic)?;
+            convert::check_topic_id(&checked, entry.topic_id, "nothing was committed")?;
             let log = partition(&checked, entry.partition)?;
             // A partition recovery refused to open takes no commit: where its log ends
             // is unknown until it is repaired.
@@ -568,6 +569,7 @@ fn plan(
                 }
                 check_metadata(&entry.metadata, &entry.topic, entry.partition)?;
                 let checked = topic(store, &entry.topic)?;
+                convert::check_topic_id(&checked, entry.topic_id, "nothing was reset")?;
                 let log = partition(&checked, entry.partition)?;
                 items.push(PlanItem {
                     topic: checked,

@@ -165,6 +165,7 @@ async fn call(operation: &str, conn: &Conn, n: usize) -> Result<(), Status> {
                     partition: 0,
                     offset: 0,
                     metadata: String::new(),
+                    topic_id: 0,
                 }],
                 ..CommitOffsetsRequest::default()
             })

@@ -166,6 +166,7 @@ async fn group_rpcs_tell_nothing_about_topics_the_caller_may_not_describe() {
         partition: 0,
         offset: 1,
         metadata: String::new(),
+        topic_id: 0,
     };
     GroupsClient::new(admin.clone())
         .commit_offsets(CommitOffsetsRequest {
@@ -201,6 +202,7 @@ async fn group_rpcs_tell_nothing_about_topics_the_caller_may_not_describe() {
                     partition: 0,
                     offset: 0,
                     metadata: String::new(),
+                    topic_id: 0,
                 }],
             });
             GroupsClient::new(bob)
@@ -273,6 +275,7 @@ async fn group_rpcs_tell_nothing_about_topics_the_caller_may_not_describe() {
                         partition: 2,
                         offset: 100,
                         metadata: String::new(),
+                        topic_id: 0,
                     }],
                     ..CommitOffsetsRequest::default()
                 })

@@ -218,6 +218,7 @@ fn entry(topic: &str, partition: u32, offset: u64, metadata: String) -> TopicPar
         partition,
         offset,
         metadata,
+        topic_id: 0,
     }
 }
 

@@ -107,6 +107,7 @@ async fn commit(broker: &TestBroker, group: &str, offset: u64) {
                 partition: 0,
                 offset,
                 metadata: String::new(),
+                topic_id: 0,
             }],
             ..Default::default()
         })

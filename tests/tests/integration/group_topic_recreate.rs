@@ -173,6 +173,7 @@ async fn commit(
                 partition,
                 offset,
                 metadata: String::new(),
+                topic_id: 0,
             }],
         })
         .await

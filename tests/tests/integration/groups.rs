@@ -188,6 +188,7 @@ async fn admin_commit(
                     partition: *partition,
                     offset: *offset,
                     metadata: String::new(),
+                    topic_id: 0,
                 })
                 .collect(),
         })
@@ -214,6 +215,7 @@ async fn member_commit(
                     partition: *partition,
                     offset: *offset,
                     metadata: String::new(),
+                    topic_id: 0,
                 })
                 .collect(),
         })
@@ -891,12 +893,14 @@ async fn every_reset_mode_with_dry_run_and_execute() {
                     partition: 2,
                     offset: 8,
                     metadata: "from-file".into(),
+                    topic_id: 0,
                 },
                 TopicPartitionOffset {
                     topic: "resets".into(),
                     partition: 0,
                     offset: 99,
                     metadata: String::new(),
+                    topic_id: 0,
                 },
             ],
         }),

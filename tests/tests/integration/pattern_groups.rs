@@ -129,6 +129,7 @@ async fn commit(
                     partition: *partition,
                     offset: *offset,
                     metadata: String::new(),
+                    topic_id: 0,
                 })
                 .collect(),
         })

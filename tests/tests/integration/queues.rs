@@ -1049,6 +1049,7 @@ async fn the_metrics_the_alerts_and_dashboard_use_are_exported() {
                 partition: 0,
                 offset: 1,
                 metadata: String::new(),
+                topic_id: 0,
             }],
             ..Default::default()
         })

@@ -265,6 +265,7 @@ async fn an_unavailable_partition_gives_no_positions_to_act_on() {
         partition,
         offset: 15,
         metadata: String::new(),
+        topic_id: 0,
     };
     broker
         .groups()

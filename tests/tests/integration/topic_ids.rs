@@ -507,3 +507,79 @@ fn the_cli_shows_a_topics_id() {
         std::fs::read_to_string(broker.data_dir().join("topics/shown/topic.id")).expect("topic.id");
     assert_eq!(on_disk, id);
 }
+
+#[tokio::test]
+async fn a_commit_or_reset_of_an_offset_read_in_a_deleted_topic_is_refused() {
+    use tidelog_proto::v1::reset_offsets_request::{ExplicitOffsets, Spec};
+    use tidelog_proto::v1::{CommitOffsetsRequest, ResetOffsetsRequest, TopicPartitionOffset};
+
+    let broker = TestBroker::start();
+    broker.create_topic("ci", 1, TopicConfig::default()).await;
+    let old_id = broker.describe_topic("ci").await.topic_id;
+    publish_values(&broker, "ci", values("old", 30)).await;
+    let new_id = recreate(&broker, "ci", 1).await;
+    publish_values(&broker, "ci", values("new", 10)).await;
+    let entry = |topic_id: u64| TopicPartitionOffset {
+        topic: "ci".into(),
+        partition: 0,
+        offset: 5,
+        metadata: String::new(),
+        topic_id,
+    };
+    let mut groups = broker.groups().await;
+    let commit = |topic_id: u64| CommitOffsetsRequest {
+        group_id: "g".into(),
+        offsets: vec![entry(topic_id)],
+        ..Default::default()
+    };
+    let reset = |topic_id: u64| ResetOffsetsRequest {
+        group_id: "g".into(),
+        spec: Some(Spec::Explicit(ExplicitOffsets {
+            offsets: vec![entry(topic_id)],
+        })),
+        execute: true,
+        ..Default::default()
+    };
+    let refused = groups.commit_offsets(commit(old_id)).await.unwrap_err();
+    let refused_reset = groups.reset_offsets(reset(old_id)).await.unwrap_err();
+    for (status, what) in [
+        (refused, "nothing was committed"),
+        (refused_reset, "nothing was reset"),
+    ] {
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert!(
+            status.message().contains(&format!("{old_id:016x}"))
+                && status.message().contains(&format!("{new_id:016x}"))
+                && status.message().contains(what),
+            "{status:?}"
+        );
+    }
+    assert_eq!(
+        committed(&broker).await,
+        Vec::<u64>::new(),
+        "nothing committed"
+    );
+    // The new topic's id, or none: committed.
+    groups.commit_offsets(commit(new_id)).await.expect("commit");
+    assert_eq!(committed(&broker).await, vec![5]);
+    groups.commit_offsets(commit(0)).await.expect("commit");
+    groups.reset_offsets(reset(new_id)).await.expect("reset");
+}
+
+/// Group "g"'s committed offsets (FetchOffsets).
+async fn committed(broker: &TestBroker) -> Vec<u64> {
+    broker
+        .groups()
+        .await
+        .fetch_offsets(tidelog_proto::v1::FetchOffsetsRequest {
+            group_id: "g".into(),
+            topic: None,
+        })
+        .await
+        .expect("FetchOffsets")
+        .into_inner()
+        .offsets
+        .iter()
+        .map(|o| o.offset)
+        .collect()
+}

@@ -532,6 +532,7 @@ async fn bench(kind: Kind, args: BenchArgs, server: &str) -> CliResult<Outcome> 
                 partition: p,
                 offset: starts[p as usize],
                 metadata: String::new(),
+                topic_id: 0,
             })
             .collect();
         let context = format!("committing the start offsets of group {group:?}");

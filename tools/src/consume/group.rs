@@ -440,6 +440,7 @@ async fn seed_group_start(
             partition: p.partition,
             offset,
             metadata: String::new(),
+            topic_id: 0,
         });
     }
     let committed = broker
@@ -600,6 +601,7 @@ async fn commit_as_tool(
             partition: *partition,
             offset,
             metadata: String::new(),
+            topic_id: 0,
         })
         .collect();
     if offsets.is_empty() {
