@@ -380,6 +380,7 @@ pub fn topic_summary(info: &storage::TopicInfo) -> pb::TopicSummary {
             .iter()
             .filter(|p| p.unavailable.is_some())
             .count() as u32,
+        topic_id: info.id.get(),
     }
 }
 

@@ -86,6 +86,7 @@ pub async fn run(broker: &Broker, command: TopicCommand, json: bool) -> CliResul
                     .map(|t| {
                         json!({
                             "name": t.name,
+                            "topic_id": shown_id(t.topic_id),
                             "partitions": t.partitions,
                             "size_bytes": t.size_bytes,
                             "unavailable_partitions": t.unavailable_partitions,
@@ -411,7 +412,7 @@ pub fn topic_json(topic: &TopicDescription) -> Value {
         .collect();
     json!({
         "name": topic.name,
-        "topic_id": topic_id(topic),
+        "topic_id": shown_id(topic.topic_id),
         "owner": (!topic.owner.is_empty()).then_some(&topic.owner),
         "config": config_json(topic.config.as_ref()),
         "partitions": partitions,
@@ -480,10 +481,10 @@ fn config_pairs(config: Option<&TopicConfig>) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// The topic's id as tidelog writes it (16 hex digits, as in its `topic.id` file);
-/// `None` from a broker that predates topic ids.
-fn topic_id(topic: &TopicDescription) -> Option<String> {
-    tidelog_storage::TopicId::from_wire(topic.topic_id).map(|id| id.to_string())
+/// A topic id from the wire as tidelog writes it (16 hex digits, as in its `topic.id`
+/// file); `None` for 0 (a broker that predates topic ids).
+fn shown_id(id: u64) -> Option<String> {
+    tidelog_storage::TopicId::from_wire(id).map(|id| id.to_string())
 }
 
 fn print_description(out: &mut Stdout, topic: &TopicDescription, json: bool) -> CliResult<()> {
@@ -495,7 +496,7 @@ fn print_description(out: &mut Stdout, topic: &TopicDescription, json: bool) -> 
         topic.name,
         topic.partitions.len(),
         plural(topic.partitions.len()),
-        topic_id(topic).map_or(String::new(), |id| format!(", id {id}")),
+        shown_id(topic.topic_id).map_or(String::new(), |id| format!(", id {id}")),
         if topic.owner.is_empty() {
             String::new()
         } else {

@@ -494,6 +494,9 @@ fn the_cli_shows_a_topics_id() {
         .expect("topic_id is a string")
         .to_string();
     assert_eq!(id.len(), 16, "{json}");
+    let listed: serde_json::Value =
+        serde_json::from_str(&run(&["topic", "list", "--json"])).expect("JSON");
+    assert_eq!(listed["topics"][0]["topic_id"].as_str(), Some(id.as_str()));
     let human = run(&["topic", "describe", "shown"]);
     assert!(
         human
