@@ -226,6 +226,7 @@ fn pattern_subscription(
             "topic_pattern reads every partition of every matching topic, those added later too: leave follow_partitions_from unset (it is for a topic)",
         ));
     }
+    let pattern = convert::topic_pattern("topic_pattern", &request.topic_pattern)?;
     // A resume: where listed partitions stood (and the id of the topic they stood
     // in); the rest are new to the stream.
     let mut resume: HashMap<(&str, u32), (u64, u64)> = HashMap::new();
@@ -242,6 +243,12 @@ fn pattern_subscription(
                     start.partition
                 )));
             }
+            if !pattern.matches(&start.topic) {
+                return Err(Status::invalid_argument(format!(
+                    "partition_starts names {}/{}, but topic_pattern {:?} does not match topic {:?}: list only the partitions of topics the pattern reads (from this stream's positions)",
+                    start.topic, start.partition, request.topic_pattern, start.topic
+                )));
+            }
             if resume
                 .insert(
                     (start.topic.as_str(), start.partition),
@@ -256,7 +263,6 @@ fn pattern_subscription(
             }
         }
     }
-    let pattern = convert::topic_pattern("topic_pattern", &request.topic_pattern)?;
     let reset_policy = convert::reset_policy(request.reset_policy)?;
     let limits = ReadLimits::from_request(request.max_batch_messages, request.max_batch_bytes);
     let filter = convert::filter(&request.filter)?;
@@ -325,7 +331,12 @@ fn plain_subscription(
                 "set one of topic and topic_pattern, not both",
             ));
         }
-        _ => {}
+        (true, true) => {
+            return Err(Status::invalid_argument(
+                "topic is empty: set topic (a topic's name) or topic_pattern (a pattern of names)",
+            ));
+        }
+        (false, true) => {}
     }
     let topic = convert::or_status(state.store.topic(&request.topic))?;
     let reset_policy = convert::reset_policy(request.reset_policy)?;

@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tidelog_proto::v1::start_position::{Earliest, Position};
+use tidelog_proto::v1::subscribe_request::PartitionStart;
 use tidelog_proto::v1::subscribe_response::Event;
 use tidelog_proto::v1::{
     AckLevel, DeleteTopicRequest, GroupMembership, Header, Message, PublishRequest, StartPosition,
@@ -307,6 +308,23 @@ async fn bad_and_abusive_patterns_are_invalid_argument_at_once() {
                 ..Default::default()
             },
             "must be unset with a group",
+        ),
+        (
+            SubscribeRequest::default(),
+            "set topic (a topic's name) or topic_pattern",
+        ),
+        (
+            SubscribeRequest {
+                topic_pattern: "t".into(),
+                partition_starts: vec![PartitionStart {
+                    partition: 0,
+                    offset: 0,
+                    topic: "other".into(),
+                    topic_id: 0,
+                }],
+                ..Default::default()
+            },
+            "does not match topic \"other\"",
         ),
     ] {
         let status = consumer.subscribe(request).await.expect_err(expected);
