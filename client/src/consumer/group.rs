@@ -41,7 +41,8 @@ pub enum Commit {
     /// [`GroupMember::next`] or `next_event`, once `interval` has passed since its last
     /// commit (also while it waits there for messages), the positions after what it
     /// returned, if they moved (one `CommitOffsets` call per interval while messages
-    /// flow, none while idle); at every rebalance, what it returned of the partitions
+    /// flow, none while idle; with a zero interval, at every call, what the calls before
+    /// it returned); at every rebalance, what it returned of the partitions
     /// taken away; and at [`GroupMember::close`] (or drop). **At-least-once** for what
     /// the caller handles before it asks for the next message: after a crash (of the
     /// member or the broker) what was returned since the last automatic commit comes
@@ -536,18 +537,15 @@ impl GroupMember {
     /// Cancel-safe: a `next` dropped before it returns loses no message and leaves no
     /// handover commit undone.
     pub async fn next(&mut self) -> Result<Message> {
+        let mut auto_committed = false;
         loop {
-            if !self.handover_due
-                && !self.behind
-                && self.gone.is_none()
-                && !self.auto_commit_due()
-                && let Some(message) = self.pending.next()
-            {
+            self.settle(&mut auto_committed).await?;
+            if let Some(message) = self.pending.next() {
                 let key = (message.topic.clone(), message.partition);
                 self.consumed.insert(key, message.offset.saturating_add(1));
                 return Ok(message);
             }
-            match self.receive().await? {
+            match self.receive(&mut auto_committed).await? {
                 GroupEvent::Messages(messages) => self.pending = messages.into_iter(),
                 GroupEvent::Views(views) => {
                     let mut messages = Vec::new();
@@ -587,14 +585,20 @@ impl GroupMember {
     /// [`Error::is_data_loss`], which also ends the membership; the next call joins
     /// again from the committed offsets). Cancel-safe.
     pub async fn next_event(&mut self) -> Result<GroupEvent> {
-        let event = self.receive().await?;
+        let event = self.receive(&mut false).await?;
         self.returned(&event);
         Ok(event)
     }
 
-    /// The next event, not yet counted as returned ([`GroupMember::returned`]).
-    /// Cancel-safe.
-    async fn receive(&mut self) -> Result<GroupEvent> {
+    /// What is due before anything received is returned, in order: the handover
+    /// commit of a rebalance, the read ahead after a refused commit, and with
+    /// [`Commit::Auto`] the automatic commit, at most once per call of `next` or
+    /// `next_event` (`auto_committed`, the caller's): each call commits what the calls
+    /// before it returned, so a second commit in the same call would have nothing new
+    /// to commit, and with an interval shorter than one round of the caller's loop
+    /// (zero) the timer would be due again at every round, which would go round
+    /// forever without awaiting. Leaves nothing due but the timer. Cancel-safe.
+    async fn settle(&mut self, auto_committed: &mut bool) -> Result<()> {
         loop {
             if self.handover_due {
                 self.hand_over().await;
@@ -602,10 +606,21 @@ impl GroupMember {
             if self.behind || self.gone.is_some() {
                 self.read_ahead().await;
             }
-            if self.auto_commit_due() {
+            if !*auto_committed && self.auto_commit_due() {
+                *auto_committed = true;
                 self.auto_commit().await?;
+                // A refusal may have set `behind` or `gone`.
                 continue;
             }
+            return Ok(());
+        }
+    }
+
+    /// The next event, not yet counted as returned ([`GroupMember::returned`]);
+    /// `auto_committed` as [`GroupMember::settle`] takes it. Cancel-safe.
+    async fn receive(&mut self, auto_committed: &mut bool) -> Result<GroupEvent> {
+        loop {
+            self.settle(auto_committed).await?;
             if let Some(event) = self.take_pending().or_else(|| self.events.pop_front()) {
                 return Ok(event);
             }
@@ -627,8 +642,9 @@ impl GroupMember {
                 continue;
             };
             // With auto-commit, waiting for the stream ends in time for the next commit
-            // (what was returned before a quiet spell is committed during it).
-            let received = match self.auto_commit_at {
+            // (what was returned before a quiet spell is committed during it), unless
+            // this call made it already.
+            let received = match self.auto_commit_at.filter(|_| !*auto_committed) {
                 Some(at) => match tokio::time::timeout_at(at, stream.message()).await {
                     Ok(received) => received,
                     Err(_) => continue,

@@ -381,3 +381,87 @@ async fn a_broker_killed_under_an_auto_commit_member_loses_nothing() {
         missing.first()
     );
 }
+
+/// With a zero interval the member commits, at every `next` and `next_event`, what the
+/// calls before it returned (Kafka's `auto.commit.interval.ms` = 0), and returns: the
+/// commit never holds up the read. The member runs on a thread of its own, as a call
+/// that loops without awaiting can neither be timed out nor be stopped from the
+/// caller's runtime.
+///
+/// (Before: the member's timer, re-armed at now + 0, was due again at once; the
+/// auto-commit with nothing new to commit returned without awaiting, and the member
+/// went round again: its first `next` spun at 100% CPU and never returned, and a
+/// `timeout` around it never fired.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_commit_member_with_a_zero_interval_commits_at_every_call() {
+    let broker = TestBroker::start();
+    setup(&broker).await;
+    let endpoint = broker.endpoint();
+    let (done, finished) = tokio::sync::oneshot::channel();
+    let member_thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(zero_interval_member(&endpoint));
+        let _ = done.send(());
+    });
+    match timeout(WAIT, finished).await {
+        Ok(Ok(())) => member_thread.join().expect("the member's thread"),
+        // The thread panicked: its panic is the failure.
+        Ok(Err(_)) => match member_thread.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => panic!("the member's thread ended without a word"),
+        },
+        Err(_) => panic!(
+            "a member with a zero auto-commit interval did not finish 40 reads in {WAIT:?}: \
+             its calls loop without returning (the thread is left spinning)"
+        ),
+    }
+}
+
+/// The member of [`an_auto_commit_member_with_a_zero_interval_commits_at_every_call`]:
+/// 20 calls of `next`, 20 of `next_event`, then `close`; before each, what the member
+/// would commit; after each, the group's commits hold it.
+async fn zero_interval_member(endpoint: &str) {
+    let client = Client::connect(endpoint).await.expect("connect");
+    let options = GroupOptions {
+        commit: Commit::Auto {
+            interval: Duration::ZERO,
+        },
+        ..options("z")
+    };
+    let mut member = GroupMember::join(&client, "auto", options)
+        .await
+        .expect("joins");
+    let mut returned = Returned::default();
+    for call in 0..40 {
+        let before = member.positions().clone();
+        if call < 20 {
+            returned.add(&member.next().await.expect("next"));
+        } else if let GroupEvent::Messages(messages) = member.next_event().await.expect("event") {
+            messages.iter().for_each(|m| returned.add(m));
+        }
+        for ((_, partition), position) in before {
+            assert_eq!(
+                committed(&client, "z", partition).await,
+                position,
+                "call {call}: partition {partition}'s commit after the call"
+            );
+        }
+    }
+    let last = member.positions().clone();
+    assert!(
+        returned.covered() >= 20,
+        "{} messages returned",
+        returned.covered()
+    );
+    member.close().await.expect("close");
+    for ((_, partition), position) in last {
+        assert_eq!(
+            committed(&client, "z", partition).await,
+            position,
+            "partition {partition}'s commit after close"
+        );
+    }
+}
