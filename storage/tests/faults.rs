@@ -1719,6 +1719,33 @@ fn a_power_cut_at_every_step_of_the_record_features_rewrite_leaves_the_old_or_th
     );
 }
 
+/// Opens the store at `data` with `fault` ("fsync": the first fsync of `file` fails;
+/// "full disk": writes to it fail for room) while the open writes `file`: the open
+/// fails with an I/O error naming it. Returns the file system with the process that
+/// saw the fault gone (a failed fsync is never retried in it) and the disk healthy
+/// again, for the next open.
+fn open_fails_writing(
+    dir: &Path,
+    data: &Path,
+    file: &str,
+    fault: &str,
+    clock: &Arc<ManualClock>,
+) -> FaultyFs {
+    let fs = FaultyFs::new(dir, 0).unwrap();
+    match fault {
+        "fsync" => fs.fail_sync(SyncFault::nth(1).path_contains(file)),
+        _ => fs.set_full_for(Some(file)),
+    }
+    let error = Store::open(data, options(&fs, clock)).unwrap_err();
+    assert!(
+        matches!(&error, Error::Io { context, .. } if context.contains(file)),
+        "{fault}: {error}"
+    );
+    fs.kill_process();
+    fs.set_full_for(None);
+    fs
+}
+
 #[test]
 fn a_failed_fsync_or_a_full_disk_during_the_record_features_rewrite_fails_the_open_and_keeps_the_old_config()
  {
@@ -1727,20 +1754,9 @@ fn a_failed_fsync_or_a_full_disk_during_the_record_features_rewrite_fails_the_op
         let (data, old, new) = data_from_before_record_features(dir.path());
         let path = data.join("topics/t/topic.config");
         let clock = ManualClock::new(START_MS);
-        let fs = FaultyFs::new(dir.path(), 0).unwrap();
-        match fault {
-            "fsync" => fs.fail_sync(SyncFault::nth(1).path_contains("topic.config")),
-            _ => fs.set_full_for(Some("topic.config")),
-        }
-        let error = Store::open(&data, options(&fs, &clock)).unwrap_err();
-        assert!(
-            matches!(&error, Error::Io { context, .. } if context.contains("topic.config")),
-            "{fault}: {error}"
-        );
+        let fs = open_fails_writing(dir.path(), &data, "topic.config", fault, &clock);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), old, "{fault}");
         // Not retried in that process; the next open, on a healthy disk, upgrades it.
-        fs.kill_process();
-        fs.set_full_for(None);
         let store = Store::open(&data, options(&fs, &clock)).unwrap();
         assert_old_topic_served(&store, fault);
         store.close().unwrap();
@@ -1878,20 +1894,9 @@ fn a_failed_fsync_or_a_full_disk_while_giving_an_old_topic_its_id_fails_the_open
         let dir = scratch_dir();
         let data = data_from_before_topic_ids(dir.path());
         let clock = ManualClock::new(START_MS);
-        let fs = FaultyFs::new(dir.path(), 0).unwrap();
-        match fault {
-            "fsync" => fs.fail_sync(SyncFault::nth(1).path_contains("topic.id")),
-            _ => fs.set_full_for(Some("topic.id")),
-        }
-        let error = Store::open(&data, options(&fs, &clock)).unwrap_err();
-        assert!(
-            matches!(&error, Error::Io { context, .. } if context.contains("topic.id")),
-            "{fault}: {error}"
-        );
+        let fs = open_fails_writing(dir.path(), &data, "topic.id", fault, &clock);
         assert_eq!(id_on_disk(&data), None, "{fault}");
         // Not retried in that process; the next open, on a healthy disk, gives one.
-        fs.kill_process();
-        fs.set_full_for(None);
         let store = Store::open(&data, options(&fs, &clock)).unwrap();
         assert_old_topic_served(&store, fault);
         let id = store.topic("t").unwrap().id();

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::support::subscribe;
 use bytes::Bytes;
 use tidelog_proto::v1::start_position::{Earliest, Latest, Position};
 use tidelog_proto::v1::subscribe_response::Event;
@@ -67,16 +68,6 @@ async fn fetch(
         })
         .await
         .map(tonic::Response::into_inner)
-}
-
-async fn subscribe(broker: &TestBroker, request: SubscribeRequest) -> Streaming<SubscribeResponse> {
-    broker
-        .consumer()
-        .await
-        .subscribe(request)
-        .await
-        .unwrap()
-        .into_inner()
 }
 
 /// The next event on a stream, failing the test after [`EVENT_TIMEOUT`].

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::support::subscribe;
 use tidelog_proto::v1::start_position::{Earliest, Latest, Position};
 use tidelog_proto::v1::subscribe_request::PartitionStart;
 use tidelog_proto::v1::subscribe_response::Event;
@@ -69,16 +70,6 @@ async fn list(
         })
         .await
         .map(|r| r.into_inner().offsets)
-}
-
-async fn subscribe(broker: &TestBroker, request: SubscribeRequest) -> Streaming<SubscribeResponse> {
-    broker
-        .consumer()
-        .await
-        .subscribe(request)
-        .await
-        .expect("subscribe")
-        .into_inner()
 }
 
 async fn next_event(stream: &mut Streaming<SubscribeResponse>) -> Result<Event, tonic::Status> {

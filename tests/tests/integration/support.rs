@@ -17,7 +17,8 @@ use tidelog_proto::v1::start_position::{Earliest, Position};
 use tidelog_proto::v1::subscribe_response::Event;
 use tidelog_proto::v1::{
     AckLevel, ConsumedMessage, CreateQueueRequest, FetchRequest, FetchResponse, FsyncPolicy,
-    Message, PublishRequest, QueueConfig, StartPosition, SubscribeResponse, fsync_policy::Policy,
+    Message, PublishRequest, QueueConfig, StartPosition, SubscribeRequest, SubscribeResponse,
+    fsync_policy::Policy,
 };
 use tidelog_tests::TestBroker;
 use tonic::transport::Channel;
@@ -159,6 +160,20 @@ pub async fn fetch_range(
         messages.extend(response.messages);
     }
     Ok(messages)
+}
+
+/// Opens a Subscribe stream (failing the test if the call is refused).
+pub async fn subscribe(
+    broker: &TestBroker,
+    request: SubscribeRequest,
+) -> Streaming<SubscribeResponse> {
+    broker
+        .consumer()
+        .await
+        .subscribe(request)
+        .await
+        .expect("Subscribe")
+        .into_inner()
 }
 
 /// The next event on a stream within [`EVENT_TIMEOUT`]; `None` when it ended OK.

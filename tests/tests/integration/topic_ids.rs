@@ -26,7 +26,7 @@ use tokio::time::timeout;
 use tonic::{Code, Streaming};
 
 use crate::cli::cli;
-use crate::support::{next_event, publish_values};
+use crate::support::{next_event, publish_values, subscribe};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -34,16 +34,6 @@ fn values(prefix: &str, count: usize) -> Vec<Vec<u8>> {
     (0..count)
         .map(|n| format!("{prefix} {n}").into_bytes())
         .collect()
-}
-
-async fn subscribe(broker: &TestBroker, request: SubscribeRequest) -> Streaming<SubscribeResponse> {
-    broker
-        .consumer()
-        .await
-        .subscribe(request)
-        .await
-        .expect("Subscribe")
-        .into_inner()
 }
 
 async fn recreate(broker: &TestBroker, topic: &str, partitions: u32) -> u64 {
