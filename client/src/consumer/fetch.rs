@@ -66,8 +66,9 @@ impl Client {
     /// use tidelog_client::{Client, FetchOptions};
     /// let client = Client::connect("http://127.0.0.1:7420").await?;
     /// let mut offset = 0;
+    /// let mut options = FetchOptions::default();
     /// loop {
-    ///     let fetched = client.fetch("orders", 0, offset, &FetchOptions::default()).await?;
+    ///     let fetched = client.fetch("orders", 0, offset, &options).await?;
     ///     for message in &fetched.messages {
     ///         println!("{} {:?}", message.offset, message.value);
     ///     }
@@ -75,6 +76,9 @@ impl Client {
     ///         break; // read to the end
     ///     }
     ///     offset = fetched.next_offset;
+    ///     // The offset belongs to this topic: a topic of the name created after it
+    ///     // was deleted is refused rather than read from it.
+    ///     options.topic_id = fetched.topic_id;
     /// }
     /// # Ok(()) }
     /// ```
