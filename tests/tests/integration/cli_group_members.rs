@@ -27,10 +27,12 @@ fn spawn_consume(endpoint: &str, topic: &str, group: &str, more: &[&str]) -> Chi
 /// member's final commit refused for a rebalance was made once more with the next
 /// Assignment and, refused again (the group had moved on once more: members leave one
 /// after another), sent without a member id, which the live members' group refuses;
-/// and a commit after a printed batch left out the partitions of a refused handover,
-/// which ended their handover window uncommitted. Now every commit names every
-/// partition still held, and the final one follows the group to the generation that
-/// takes it.
+/// a commit after a printed batch left out the partitions of a refused handover,
+/// which ended their handover window uncommitted; and an Assignment that took nothing
+/// away in the CLI's view left the client's own handover commit to end the windows,
+/// behind the CLI's record of what it committed. Now every commit names every
+/// partition still held, every Assignment gets the CLI's commit, and the final one
+/// follows the group to the generation that takes it.
 #[test]
 fn cli_many_group_members_started_together_print_each_message_once() {
     const PARTITIONS: usize = 6;

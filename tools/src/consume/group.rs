@@ -787,10 +787,14 @@ async fn hand_over(
         .cloned()
         .collect();
     member.generation = assignment.generation;
-    if member.member_id.is_empty() || revoked.is_empty() {
+    if member.member_id.is_empty() {
         member.assigned = previous;
         return;
     }
+    // With nothing taken away in this member's view a commit is made all the same (an
+    // empty one if nothing is new): the client's GroupMember would otherwise make its
+    // own handover commit, of what it returned, for partitions it still counts as
+    // taken away, unknown to what this member records as committed.
     // Still assigned and revoked alike: one commit, all or nothing.
     let mut scope = held;
     scope.extend(assigned.iter().cloned());
@@ -817,11 +821,12 @@ async fn hand_over(
             .filter(|tp| !dropped.contains(tp))
             .cloned()
             .collect();
-        outcome = match commit(gm, broker, group, member, &tried).await {
-            Ok(0) => {
-                // Nothing new to commit: an empty commit ends the window at once.
-                empty_commit(gm, broker, group).await
-            }
+        let committed = match commit(gm, broker, group, member, &tried).await {
+            // Nothing new to commit: an empty commit ends the window at once.
+            Ok(0) => empty_commit(gm, broker, group).await,
+            other => other,
+        };
+        outcome = match committed {
             Ok(_) => Ok(0),
             Err(refused)
                 if refused.code == tonic::Code::FailedPrecondition && gm.rebalance_pending() =>
@@ -872,8 +877,9 @@ async fn hand_over(
     member.assigned = previous;
 }
 
-/// Why [`Member::give_up`]: a handover window ended before the commit came.
-const WINDOW_ENDED: &str = "moved to another member before the printed messages were committed (the 10 s handover window ended first)";
+/// Why [`Member::give_up`]: the broker no longer keeps a partition a rebalance took
+/// from this member for its commit (the handover window ended first, or was not kept).
+const WINDOW_ENDED: &str = "moved to another member before the printed messages were committed (the broker no longer kept it for this member's commit)";
 
 /// Commits what was printed of every partition the member holds ([`Member::held`]),
 /// in its latest generation. When a partition of an earlier refused handover is why
@@ -973,7 +979,14 @@ async fn on_assignment(
     for c in committed {
         let tp = (c.topic, c.partition);
         if member.assigned.contains(&tp) {
-            member.committed.insert(tp.clone(), c.offset);
+            // What this member printed of a partition it kept is checked against its
+            // own commits, not the group's offset now: another member that had it in
+            // between (an Assignment that took it away and the one that gave it back
+            // came as one) committed past that, and re-committing it would move the
+            // group back, or be refused.
+            if !member.printed.contains_key(&tp) {
+                member.committed.insert(tp.clone(), c.offset);
+            }
             let position = member.position.entry(tp).or_insert(c.offset);
             *position = (*position).max(c.offset);
         }
