@@ -13,6 +13,7 @@ mod cli;
 mod cli_damage;
 mod cli_flags;
 mod cli_frictions;
+mod cli_group_members;
 mod cli_produce;
 mod client;
 mod client_chunks;

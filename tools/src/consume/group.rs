@@ -2,7 +2,10 @@
 //! a group, read through its `GroupEvent`s); the broker assigns partitions and starts
 //! at the committed offsets. What is printed is committed with
 //! the member's generation after each printed batch, when a rebalance takes partitions
-//! away (inside the broker's handover window), and before leaving.
+//! away (inside the broker's handover window), and before leaving. Each commit names
+//! every partition the member still holds ([`Member::held`]): the broker ends all of a
+//! member's handover windows at its first accepted commit in the new generation. What
+//! could not be committed is said on stderr and fails the run (exit 1).
 //!
 //! With `--topic-pattern` the member subscribes to every matching topic: positions
 //! and commits are per (topic, partition), the Assignment names the matched topics
@@ -86,8 +89,13 @@ struct Member {
     finished: BTreeSet<Tp>,
     /// Partitions a rebalance took away whose handover commit the group refused
     /// because it had moved on again (a member joined or left meanwhile): committed
-    /// with the next Assignment, what was printed of them kept until then.
+    /// with the next Assignment (or any commit before it: [`Member::held`]), what was
+    /// printed of them kept until then.
     handing_over: BTreeSet<Tp>,
+    /// Partitions some of whose printed messages could not be committed (they moved
+    /// on before the commit, or the final commit was refused): the group's next
+    /// reader prints them again, and the run does not end with exit 0.
+    given_up: BTreeSet<Tp>,
 }
 
 impl Member {
@@ -95,6 +103,75 @@ impl Member {
         self.assigned.iter().all(|p| {
             matches!((self.position.get(p), self.end.get(p)), (Some(pos), Some(end)) if pos >= end)
         })
+    }
+
+    /// The partitions every commit names what was printed of: the assigned ones and
+    /// those still to hand over. The broker ends the handover window of every
+    /// partition a rebalance took from this member at the member's first accepted
+    /// commit in the new generation, whether that commit names the partition or not:
+    /// one that left a partition out would hand it over without what was printed.
+    fn held(&self) -> Vec<Tp> {
+        let mut held = self.assigned.clone();
+        held.extend(self.handing_over.iter().cloned());
+        held.sort();
+        held.dedup();
+        held
+    }
+
+    /// Partitions printed of and not committed, among `partitions`.
+    fn uncommitted<'a>(&self, partitions: impl IntoIterator<Item = &'a Tp>) -> Vec<Tp> {
+        partitions
+            .into_iter()
+            .filter(|tp| {
+                self.printed
+                    .get(*tp)
+                    .is_some_and(|p| self.committed.get(*tp) != Some(p))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Another member owns these now: should one come back, it starts from the
+    /// group's committed offset, not from what this member printed long ago.
+    fn forget<'a>(&mut self, partitions: impl IntoIterator<Item = &'a Tp>) {
+        for tp in partitions {
+            self.printed.remove(tp);
+            self.position.remove(tp);
+            self.committed.remove(tp);
+            self.handing_over.remove(tp);
+        }
+    }
+
+    /// Printed messages of `partitions` will not be committed: said now, and the run
+    /// fails at its end ([`Member::given_up`]).
+    fn give_up(&mut self, partitions: &[Tp], why: &str) {
+        if partitions.is_empty() {
+            return;
+        }
+        note(&format!(
+            "warning: partition{} {} {why}; what was printed of them and not committed will be delivered again to the group's next reader",
+            if partitions.len() == 1 { "" } else { "s" },
+            partitions
+                .iter()
+                .map(|(topic, p)| format!("{topic}/{p}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        self.given_up.extend(partitions.iter().cloned());
+        self.forget(partitions);
+    }
+
+    /// With a pattern: the topics an Assignment names are those the pattern still
+    /// matches; the others were deleted, with their offsets (a commit naming them
+    /// would fail whole), so what this member knew of them goes.
+    fn keep_topics(&mut self, topics: &[String]) {
+        let live: BTreeSet<&str> = topics.iter().map(String::as_str).collect();
+        let kept = |tp: &Tp| live.contains(tp.0.as_str());
+        self.printed.retain(|tp, _| kept(tp));
+        self.position.retain(|tp, _| kept(tp));
+        self.committed.retain(|tp, _| kept(tp));
+        self.assigned.retain(|tp| kept(tp));
+        self.handing_over.retain(|tp| kept(tp));
     }
 
     /// Every assigned partition reached `--until`.
@@ -260,7 +337,8 @@ pub(super) async fn consume_group(
                         let resume = printed.or_else(|| member.printed.get(&tp).copied());
                         gm.set_position(&tp.0, tp.1, resume.unwrap_or(first));
                         // Commit what did reach the reader, then report.
-                        final_commit(broker, group, source, &mut gm, &mut member, printer).await;
+                        let _ = final_commit(broker, group, source, &mut gm, &mut member, printer)
+                            .await;
                         return Err(e);
                     }
                     printed = Some(m.offset + 1);
@@ -300,8 +378,7 @@ pub(super) async fn consume_group(
                 printer.out.flush()?;
                 // Printed: commit now, so an error, a crash or a rebalance a moment
                 // later does not deliver these again.
-                let assigned = member.assigned.clone();
-                if let Err(refused) = commit(&mut gm, broker, group, &mut member, &assigned).await {
+                if let Err(refused) = commit_held(&mut gm, broker, group, &mut member).await {
                     // FAILED_PRECONDITION: a rebalance is under way; the commit made
                     // when its Assignment arrives covers these messages.
                     if refused.code != tonic::Code::FailedPrecondition {
@@ -312,8 +389,8 @@ pub(super) async fn consume_group(
             Ok(_) => {}
         }
     };
-    final_commit(broker, group, source, &mut gm, &mut member, printer).await;
-    outcome
+    let committed = final_commit(broker, group, source, &mut gm, &mut member, printer).await;
+    outcome.and(committed)
 }
 
 /// The error a group member failed with, in the CLI's terms (an OUT_OF_RANGE under
@@ -503,8 +580,14 @@ async fn group_damage_error(
     .with_code(tonic::Code::DataLoss)
 }
 
-/// Before leaving the group: flush what was printed and commit it. A failure is a
-/// warning (the messages will be delivered again).
+/// Before leaving the group: flush what was printed and commit it, with every
+/// partition still to hand over ([`Member::held`]). A commit refused for a rebalance
+/// (a member joined or left a moment ago) is made again in the generation of the
+/// Assignment that comes, as many times as the group moves on: the broker keeps the
+/// partitions a rebalance takes from this member (what is received meanwhile is not
+/// printed) until that commit or the end of the handover window. An error when
+/// printed messages stay uncommitted (the group's next reader prints them again),
+/// here or earlier in the run ([`Member::given_up`]).
 async fn final_commit(
     broker: &Broker,
     group: &str,
@@ -512,55 +595,108 @@ async fn final_commit(
     gm: &mut GroupMember,
     member: &mut Member,
     printer: &mut Printer,
-) {
+) -> CliResult<()> {
     // Only what reached the reader counts as printed.
     if printer.out.flush().is_err() {
-        return;
+        return Ok(());
     }
-    let assigned = member.assigned.clone();
-    match commit(gm, broker, group, member, &assigned).await {
-        Ok(_) => {}
-        Err(refused) if refused.code == tonic::Code::FailedPrecondition => {
-            // A rebalance (another member joined or left a moment ago): take the
-            // Assignment that is coming and commit in its generation, inside the
-            // handover window for the partitions it takes away (what is received
-            // meanwhile is not printed).
-            if let Some(assignment) = next_assignment(gm).await {
-                hand_over(broker, group, source, gm, member, &assignment).await;
+    // Where the member's own handover commits must stop on partitions whose messages
+    // came after the refusal and were not printed.
+    let mut unprinted: BTreeMap<Tp, u64> = BTreeMap::new();
+    let mut rebalances = 0;
+    loop {
+        let refused = match commit_held(gm, broker, group, member).await {
+            Ok(_) => break,
+            Err(refused) => refused,
+        };
+        if refused.code != tonic::Code::FailedPrecondition {
+            let lost = member.uncommitted(&member.held());
+            member.give_up(
+                &lost,
+                &format!("were not committed ({})", refused.error.message),
+            );
+            break;
+        }
+        if gm.rebalance_pending() && rebalances < FINAL_COMMIT_REBALANCES_MAX {
+            rebalances += 1;
+            if let Some(assignment) = next_assignment(gm, member, &mut unprinted).await {
+                if let Source::Pattern(_) = source {
+                    member.keep_topics(&assignment.topics);
+                }
+                // What it takes away stays this member's to commit in its generation.
+                let held = member.held();
+                member.handing_over = held
+                    .into_iter()
+                    .filter(|tp| !assignment.assigned.contains(tp))
+                    .collect();
                 member.member_id = assignment.member_id;
                 member.generation = assignment.generation;
                 member.assigned = assignment.assigned;
-                let assigned = member.assigned.clone();
-                match commit(gm, broker, group, member, &assigned).await {
-                    Ok(_) => return,
-                    Err(refused) if refused.code != tonic::Code::FailedPrecondition => {
-                        return commit_warning(&refused.error);
-                    }
-                    Err(_) => {}
-                }
-            }
-            // The broker ended the membership (a stream that ended with an error takes
-            // the member with it, even when its last batch arrived just before): commit
-            // as a tool, which the broker accepts only while the group has no live
-            // member.
-            if let Err(refused) = commit_as_tool(broker, group, source, member).await {
-                commit_warning(&refused.error);
+                continue;
             }
         }
-        Err(refused) => commit_warning(&refused.error),
+        // The broker ended the membership (a stream that ended with an error takes the
+        // member with it, even when its last batch arrived just before), or no
+        // Assignment came: commit as a tool, which the broker accepts only while the
+        // group has no live member.
+        if let Err(refused) = commit_as_tool(broker, group, source, member).await {
+            let lost = member.uncommitted(&member.held());
+            member.give_up(
+                &lost,
+                &format!("were not committed ({})", refused.error.message),
+            );
+        }
+        break;
     }
+    if member.given_up.is_empty() {
+        return Ok(());
+    }
+    Err(CliError::failure(
+        format!(
+            "messages printed of partition{} {} as group {group:?} were not committed",
+            if member.given_up.len() == 1 { "" } else { "s" },
+            member
+                .given_up
+                .iter()
+                .map(|(topic, p)| format!("{topic}/{p}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        "the group's next reader prints them again (the warnings above say why); to skip \
+         them, move the group with `tidelog group reset-offsets` once its members stopped",
+    ))
 }
 
+/// Most rebalances the final commit follows before it gives up on the membership (16
+/// members started together leave one after another: one rebalance each).
+const FINAL_COMMIT_REBALANCES_MAX: usize = 64;
+
 /// After a commit refused for a rebalance: the member's next Assignment, passing over
-/// what comes before it; None when none comes within the handover window (the
-/// membership ended, or the stream did).
-async fn next_assignment(gm: &mut GroupMember) -> Option<Assigned> {
+/// what comes before it (not printed: `unprinted` keeps where each such partition's
+/// printing stopped, so a handover commit the member makes by itself does not pass
+/// it); None when none comes within the handover window (the membership ended, or
+/// the stream did).
+async fn next_assignment(
+    gm: &mut GroupMember,
+    member: &Member,
+    unprinted: &mut BTreeMap<Tp, u64>,
+) -> Option<Assigned> {
     let deadline = tokio::time::Instant::now() + HANDOVER_TIMEOUT;
     loop {
         match tokio::time::timeout_at(deadline, gm.next_event()).await {
             Ok(Ok(GroupEvent::Assigned(change))) => return Some(Assigned::from(change)),
             Ok(Ok(GroupEvent::Disconnected { .. })) | Ok(Err(_)) | Err(_) => return None,
+            Ok(Ok(GroupEvent::Messages(messages))) => {
+                let tp = (messages.topic().to_string(), messages.partition());
+                let at = member.printed.get(&tp).copied();
+                unprinted
+                    .entry(tp)
+                    .or_insert_with(|| at.unwrap_or(messages[0].offset));
+            }
             Ok(Ok(_)) => {}
+        }
+        for ((topic, partition), &at) in unprinted.iter() {
+            gm.set_position(topic, *partition, at);
         }
     }
 }
@@ -635,21 +771,14 @@ async fn hand_over(
 ) {
     let assigned = &assignment.assigned;
     if let Source::Pattern(_) = source {
-        // The topics named are those the pattern still matches: the others were
-        // deleted, with their offsets (a commit naming them would fail whole).
-        let live: BTreeSet<&str> = assignment.topics.iter().map(String::as_str).collect();
-        let kept = |tp: &Tp| live.contains(tp.0.as_str());
-        member.printed.retain(|tp, _| kept(tp));
-        member.position.retain(|tp, _| kept(tp));
-        member.committed.retain(|tp, _| kept(tp));
-        member.assigned.retain(|tp| kept(tp));
-        member.handing_over.retain(|tp| kept(tp));
+        member.keep_topics(&assignment.topics);
     }
     let previous = std::mem::take(&mut member.assigned);
     // Held: assigned until now, or taken away by an earlier rebalance and not
     // handed over yet.
+    let earlier = std::mem::take(&mut member.handing_over);
     let mut held = previous.clone();
-    held.extend(std::mem::take(&mut member.handing_over));
+    held.extend(earlier.iter().cloned());
     held.sort();
     held.dedup();
     let revoked: Vec<Tp> = held
@@ -658,65 +787,141 @@ async fn hand_over(
         .cloned()
         .collect();
     member.generation = assignment.generation;
-    if member.member_id.is_empty() || revoked.is_empty() {
+    if member.member_id.is_empty() {
         member.assigned = previous;
         return;
     }
+    // With nothing taken away in this member's view a commit is made all the same (an
+    // empty one if nothing is new): the client's GroupMember would otherwise make its
+    // own handover commit, of what it returned, for partitions it still counts as
+    // taken away, unknown to what this member records as committed.
     // Still assigned and revoked alike: one commit, all or nothing.
     let mut scope = held;
     scope.extend(assigned.iter().cloned());
     scope.sort();
     scope.dedup();
-    let outcome = match commit(gm, broker, group, member, &scope).await {
-        Ok(0) => {
+    // Refused in the group's current generation, a window has ended (this member's
+    // output stalled): without the partitions of an earlier refused handover first
+    // (theirs is the oldest), then without any it took away.
+    let mut fallbacks: Vec<Vec<Tp>> = vec![Vec::new()];
+    let earlier_lost = member.uncommitted(earlier.iter().filter(|tp| !assigned.contains(tp)));
+    if !earlier_lost.is_empty() {
+        fallbacks.push(earlier_lost);
+    }
+    let all_lost = member.uncommitted(&revoked);
+    if fallbacks.last() != Some(&all_lost) {
+        fallbacks.push(all_lost);
+    }
+    let mut outcome = Ok(0);
+    let mut lost: &[Tp] = &[];
+    for (i, dropped) in fallbacks.iter().enumerate() {
+        lost = dropped.as_slice();
+        let tried: Vec<Tp> = scope
+            .iter()
+            .filter(|tp| !dropped.contains(tp))
+            .cloned()
+            .collect();
+        let committed = match commit(gm, broker, group, member, &tried).await {
             // Nothing new to commit: an empty commit ends the window at once.
-            empty_commit(gm, broker, group).await
-        }
-        Ok(_) => Ok(0),
-        Err(refused)
-            if refused.code == tonic::Code::FailedPrecondition && gm.rebalance_pending() =>
-        {
-            // The group moved on again before this commit (a member joined or left
-            // meanwhile): the broker keeps the revoked partitions for this member
-            // until its window ends, so they are committed with the next
-            // Assignment, in its generation, or are this member's own again if it
-            // gives them back.
-            member.handing_over = revoked.into_iter().collect();
-            member.assigned = previous;
-            return;
-        }
-        Err(refused) if refused.code == tonic::Code::FailedPrecondition => {
-            // The window has ended (or a newer rebalance happened): keep what is
-            // still ours.
-            note(&format!(
-                "warning: partition{} {} moved to another member before the printed messages were committed; they will be delivered again",
-                if revoked.len() == 1 { "" } else { "s" },
-                revoked
+            Ok(0) => empty_commit(gm, broker, group).await,
+            other => other,
+        };
+        outcome = match committed {
+            Ok(_) => Ok(0),
+            Err(refused)
+                if refused.code == tonic::Code::FailedPrecondition && gm.rebalance_pending() =>
+            {
+                // The group moved on again before this commit (a member joined or left
+                // meanwhile): the broker keeps the revoked partitions for this member
+                // until its window ends, so they are committed with the next
+                // Assignment, in its generation (or by any commit before it: they
+                // stay held), or are this member's own again if it gives them back.
+                member.give_up(dropped, WINDOW_ENDED);
+                member.handing_over = revoked
                     .iter()
-                    .map(|(topic, p)| format!("{topic}/{p}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-            match commit(gm, broker, group, member, assigned).await {
-                Ok(0) => empty_commit(gm, broker, group).await,
-                other => other,
+                    .filter(|tp| !dropped.contains(tp))
+                    .cloned()
+                    .collect();
+                member.assigned = previous;
+                return;
+            }
+            Err(refused)
+                if refused.code == tonic::Code::FailedPrecondition && i + 1 < fallbacks.len() =>
+            {
+                continue;
+            }
+            Err(refused) => Err(refused),
+        };
+        break;
+    }
+    match outcome {
+        Ok(_) => member.give_up(lost, WINDOW_ENDED),
+        Err(refused) => {
+            let lost = member.uncommitted(&revoked);
+            if lost.is_empty() {
+                if refused.code != tonic::Code::FailedPrecondition {
+                    commit_warning(&refused.error);
+                }
+            } else {
+                member.give_up(
+                    &lost,
+                    &format!(
+                        "moved to another member before the printed messages were committed ({})",
+                        refused.error.message
+                    ),
+                );
             }
         }
-        Err(refused) => Err(refused),
-    };
-    if let Err(refused) = outcome
-        && refused.code != tonic::Code::FailedPrecondition
-    {
-        commit_warning(&refused.error);
     }
-    // Another member owns them now: should one come back, start from the group's
-    // committed offset, not from what this member printed long ago.
-    for tp in &revoked {
-        member.printed.remove(tp);
-        member.position.remove(tp);
-        member.committed.remove(tp);
-    }
+    member.forget(&revoked);
     member.assigned = previous;
+}
+
+/// Why [`Member::give_up`]: the broker no longer keeps a partition a rebalance took
+/// from this member for its commit (the handover window ended first, or was not kept).
+const WINDOW_ENDED: &str = "moved to another member before the printed messages were committed (the broker no longer kept it for this member's commit)";
+
+/// Commits what was printed of every partition the member holds ([`Member::held`]),
+/// in its latest generation. When a partition of an earlier refused handover is why
+/// the commit is refused in the group's current generation (its window has ended,
+/// this member's output stalled), those partitions are given up and the rest
+/// committed.
+async fn commit_held(
+    gm: &mut GroupMember,
+    broker: &Broker,
+    group: &str,
+    member: &mut Member,
+) -> Result<usize, Refused> {
+    let held = member.held();
+    let refused = match commit(gm, broker, group, member, &held).await {
+        Ok(count) => {
+            handed_over(member, count);
+            return Ok(count);
+        }
+        Err(refused) => refused,
+    };
+    if refused.code != tonic::Code::FailedPrecondition || gm.rebalance_pending() {
+        return Err(refused);
+    }
+    let lost = member.uncommitted(&member.handing_over);
+    if lost.is_empty() {
+        return Err(refused);
+    }
+    member.give_up(&lost, WINDOW_ENDED);
+    let held = member.held();
+    let count = commit(gm, broker, group, member, &held).await?;
+    handed_over(member, count);
+    Ok(count)
+}
+
+/// After a commit of `count` partitions in the member's latest generation: the
+/// broker handed over every partition it kept for this member (one accepted commit
+/// ends every window), so those still to hand over are another member's now.
+fn handed_over(member: &mut Member, count: usize) {
+    if count > 0 {
+        let done: Vec<Tp> = member.handing_over.iter().cloned().collect();
+        member.forget(&done);
+    }
 }
 
 /// A commit with no offsets: tells the broker this member saw its latest Assignment,
@@ -774,7 +979,14 @@ async fn on_assignment(
     for c in committed {
         let tp = (c.topic, c.partition);
         if member.assigned.contains(&tp) {
-            member.committed.insert(tp.clone(), c.offset);
+            // What this member printed of a partition it kept is checked against its
+            // own commits, not the group's offset now: another member that had it in
+            // between (an Assignment that took it away and the one that gave it back
+            // came as one) committed past that, and re-committing it would move the
+            // group back, or be refused.
+            if !member.printed.contains_key(&tp) {
+                member.committed.insert(tp.clone(), c.offset);
+            }
             let position = member.position.entry(tp).or_insert(c.offset);
             *position = (*position).max(c.offset);
         }
