@@ -128,9 +128,13 @@ impl Error {
         let message = message.to_string();
         match code {
             Code::NotFound => match topic {
-                Some(topic) if message.contains("topic") => Error::TopicNotFound {
-                    topic: topic.to_string(),
-                },
+                // The topic is not there (or went), but not a resume whose partitions
+                // the topic, deleted and created again, lacks: that says so itself.
+                Some(topic) if message.contains("topic") && !message.contains("created again") => {
+                    Error::TopicNotFound {
+                        topic: topic.to_string(),
+                    }
+                }
                 _ => Error::NotFound { rpc, message },
             },
             Code::InvalidArgument | Code::OutOfRange => Error::InvalidArgument { rpc, message },

@@ -351,6 +351,8 @@ fn plain_subscription(
         let mut seen = HashSet::new();
         let mut starts = Vec::with_capacity(request.partition_starts.len());
         let mut recreated = Vec::new();
+        // Listed partitions of a topic deleted since that the new topic lacks.
+        let mut missing = std::collections::BTreeSet::new();
         for start in &request.partition_starts {
             if !seen.insert(start.partition) {
                 return Err(Status::invalid_argument(format!(
@@ -362,19 +364,22 @@ fn plain_subscription(
                 starts.push((start.partition, start.offset));
                 continue;
             }
-            // A position in a topic deleted since: the new topic's partition (if it
-            // has one of that number) is new to the stream, read from its start.
-            if let Ok(partition) = topic.partition(start.partition) {
-                let log_start = convert::or_status(partition.log_start())?;
-                starts.push((start.partition, log_start));
-                recreated.push(Recreated {
-                    topic: topic.name().to_string(),
-                    topic_id: topic.id(),
-                    partition: start.partition,
-                    from_offset: start.offset,
-                    to_offset: log_start,
-                });
-            }
+            // A position in a topic deleted since: the new topic's partition of that
+            // number is new to the stream, read from its start (now, or when
+            // CreatePartitions adds it).
+            let Ok(partition) = topic.partition(start.partition) else {
+                missing.insert(start.partition);
+                continue;
+            };
+            let log_start = convert::or_status(partition.log_start())?;
+            starts.push((start.partition, log_start));
+            recreated.push(Recreated {
+                topic: topic.name().to_string(),
+                topic_id: topic.id(),
+                partition: start.partition,
+                from_offset: start.offset,
+                to_offset: log_start,
+            });
         }
         if starts.is_empty() && request.follow_partitions_from.is_none() {
             return Err(Status::not_found(format!(
@@ -389,6 +394,7 @@ fn plain_subscription(
         if let Some(from) = request.follow_partitions_from {
             reader = reader.following(from, LaterStart::Earliest);
         }
+        let reader = reader.awaiting(missing);
         let reader = if request.send_positioned {
             reader.announce_positions()?
         } else {

@@ -61,6 +61,10 @@ struct Follow {
     /// Partitions numbered below it that the stream does not read stay unread (a
     /// resume that left them out); 0 when it reads them all.
     from: u32,
+    /// Partitions numbered below `from` read too once they appear: a resume listed
+    /// them in a topic deleted since, and the topic of the name now has none of that
+    /// number yet ([`PartitionReader::awaiting`]).
+    also: std::collections::BTreeSet<u32>,
     /// The partition count the stream has looked at: partitions numbered from it on
     /// are new to the stream.
     known: usize,
@@ -254,9 +258,29 @@ impl PartitionReader {
         }
         self.follow = Some(Follow {
             from,
+            also: std::collections::BTreeSet::new(),
             known: topic.partitions().len(),
             later,
         });
+        self
+    }
+
+    /// Makes a one-topic reader also read `partitions` from their log start when
+    /// CreatePartitions adds them: partitions a resume listed in a topic deleted
+    /// since, which the new topic of the name does not have (yet). Every message they
+    /// will hold is new to the stream, so they are read whatever the resume's
+    /// `follow_partitions_from` says.
+    pub fn awaiting(mut self, partitions: std::collections::BTreeSet<u32>) -> Self {
+        if partitions.is_empty() {
+            return self;
+        }
+        if self.follow.is_none() {
+            // Only these: none numbered from u32::MAX on can exist.
+            self = self.following(u32::MAX, LaterStart::Earliest);
+        }
+        if let Some(follow) = &mut self.follow {
+            follow.also.extend(partitions);
+        }
         self
     }
 
@@ -273,7 +297,7 @@ impl PartitionReader {
             return;
         }
         for partition in now.partitions().iter().skip(follow.known) {
-            if partition.id() >= follow.from {
+            if partition.id() >= follow.from || follow.also.contains(&partition.id()) {
                 let start = follow.later.offset(partition);
                 tracing::debug!(
                     topic = now.name(),

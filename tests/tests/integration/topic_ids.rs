@@ -576,3 +576,84 @@ async fn committed(broker: &TestBroker) -> Vec<u64> {
         .map(|o| o.offset)
         .collect()
 }
+
+/// Hunt 11b: a resume listed partitions 0-3 of a topic deleted since; the new topic
+/// has 2 and then grows to 5 while the stream runs. Partitions 2 and 3 are new to the
+/// stream like 4: all three are read from their start (they were left unread before,
+/// being below follow_partitions_from).
+#[tokio::test]
+async fn listed_partitions_the_recreated_topic_lacks_are_read_when_they_are_added() {
+    use tidelog_proto::v1::{CreatePartitionsRequest, Message, PublishRequest};
+
+    let broker = TestBroker::start();
+    broker.create_topic("grow", 4, TopicConfig::default()).await;
+    let old_id = broker.describe_topic("grow").await.topic_id;
+    recreate(&broker, "grow", 2).await;
+    let mut stream = subscribe(
+        &broker,
+        SubscribeRequest {
+            topic: "grow".into(),
+            partition_starts: (0..4)
+                .map(|partition| PartitionStart {
+                    partition,
+                    offset: 3,
+                    topic: String::new(),
+                    topic_id: old_id,
+                })
+                .collect(),
+            follow_partitions_from: Some(4),
+            send_positioned: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    match next_event(&mut stream).await.unwrap().unwrap() {
+        Event::Positioned(p) => assert_eq!(
+            p.positions.iter().map(|p| p.partition).collect::<Vec<_>>(),
+            vec![0, 1]
+        ),
+        other => panic!("expected Positioned, got {other:?}"),
+    }
+    broker
+        .admin()
+        .await
+        .create_partitions(CreatePartitionsRequest {
+            name: "grow".into(),
+            partitions: 5,
+        })
+        .await
+        .expect("CreatePartitions");
+    broker
+        .publisher()
+        .await
+        .publish(PublishRequest {
+            topic: "grow".into(),
+            messages: (0..5)
+                .map(|partition| Message {
+                    value: format!("p{partition}").into_bytes().into(),
+                    partition: Some(partition),
+                    ..Default::default()
+                })
+                .collect(),
+            ack: tidelog_proto::v1::AckLevel::Durable as i32,
+        })
+        .await
+        .expect("publish");
+    let mut read = Vec::new();
+    let mut resets = Vec::new();
+    while read.len() < 5 {
+        match next_event(&mut stream).await.unwrap().unwrap() {
+            Event::Batch(batch) => read.extend(
+                batch
+                    .messages
+                    .iter()
+                    .map(|m| String::from_utf8_lossy(&m.value).into_owned()),
+            ),
+            Event::PositionReset(reset) => resets.push(reset.partition),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    read.sort();
+    assert_eq!(read, vec!["p0", "p1", "p2", "p3", "p4"]);
+    assert_eq!(resets, vec![0, 1], "the partitions the new topic had");
+}

@@ -133,8 +133,14 @@ pub(super) fn reset_note(reset: &tidelog_proto::v1::PositionReset) {
         _ => "was out of range",
     };
     let from = reset.from_offset.map_or(String::new(), |o| format!(" {o}"));
+    // A pattern stream's resets name their topic; a one-topic stream's do not.
+    let topic = if reset.topic.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", reset.topic)
+    };
     note(&format!(
-        "note: partition {}: position{from} {why}; continuing at {}",
+        "note: partition {topic}{}: position{from} {why}; continuing at {}",
         reset.partition, reset.to_offset
     ));
 }
