@@ -86,7 +86,9 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(*position, scan.valid_len);
             assert!(len - position <= RECORD_BYTES_MAX as u64);
         }
-        ScanEnd::Corrupt { position, .. } => assert_eq!(*position, scan.valid_len),
+        ScanEnd::Corrupt { position, .. } | ScanEnd::Newer { position, .. } => {
+            assert_eq!(*position, scan.valid_len)
+        }
     }
     let mut again = Vec::new();
     let prefix = data.get(..scan.valid_len as usize).unwrap_or_default();

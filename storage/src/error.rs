@@ -92,9 +92,13 @@ pub enum Error {
     DataDirInUse { dir: PathBuf },
 
     /// A file was written by a newer build and states a feature this build does not
-    /// know (`topic.config`'s `record_features`): not damage; run a build at least as
-    /// new as the one that wrote it.
-    #[error("{} was written by a newer tidelogd ({what}); upgrade to read it", file.display())]
+    /// know (`topic.config`'s `record_features`; a state log record of an operation
+    /// kind or record version this build does not know): not damage; run a build at
+    /// least as new as the one that wrote it. Nothing is cut or rewritten.
+    #[error(
+        "{} was written by a newer tidelogd ({what}); upgrade to read it: this is not damage, run the tidelogd that wrote it (or a newer one) on this data directory",
+        file.display()
+    )]
     WrittenByNewer { file: PathBuf, what: String },
 
     /// The store is shutting down or closed.

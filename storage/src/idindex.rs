@@ -379,6 +379,37 @@ pub fn encode(
     out
 }
 
+/// The bytes of a version 1 `.idindex` file, as builds before runs wrote it (every id an
+/// entry, sorted here): for tests that an upgraded broker, and `tidelog segment verify`,
+/// still read what they left. Test-only (the `testing` feature).
+#[cfg(any(test, feature = "testing"))]
+pub fn encode_v1(
+    base_offset: u64,
+    log_bytes: u64,
+    next_offset: u64,
+    incomplete: bool,
+    entries: &mut [IdEntry],
+) -> Vec<u8> {
+    sort_entries(entries);
+    let mut out = Vec::with_capacity(HEADER_BYTES_V1 + ENTRY_BYTES * entries.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&(ENTRY_BYTES as u16).to_le_bytes());
+    for word in [base_offset, log_bytes, next_offset] {
+        out.extend_from_slice(&word.to_le_bytes());
+    }
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    let flags = if incomplete { FLAG_INCOMPLETE } else { 0 };
+    out.extend_from_slice(&flags.to_le_bytes());
+    out.extend_from_slice(&[0; 8]);
+    put_entries(&mut out, entries);
+    let crc = crc32fast::hash(&out[HEADER_BYTES_V1..]);
+    out[AT_ENTRIES_CRC_V1..AT_HEADER_CRC_V1].copy_from_slice(&crc.to_le_bytes());
+    let crc = crc32fast::hash(&out[..AT_HEADER_CRC_V1]);
+    out[AT_HEADER_CRC_V1..HEADER_BYTES_V1].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
 fn put_entries(out: &mut Vec<u8>, entries: &[IdEntry]) {
     for entry in entries {
         out.extend_from_slice(&entry.hash.to_le_bytes());
@@ -771,23 +802,7 @@ mod tests {
 
     /// A version 1 file of `entries`, as the version before runs wrote it.
     fn file_v1(entries: &mut [IdEntry]) -> Bytes {
-        sort_entries(entries);
-        let mut out = Vec::new();
-        out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&1u16.to_le_bytes());
-        out.extend_from_slice(&(ENTRY_BYTES as u16).to_le_bytes());
-        for word in [100u64, 5_000, 130] {
-            out.extend_from_slice(&word.to_le_bytes());
-        }
-        out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
-        out.extend_from_slice(&[0; 8]);
-        put_entries(&mut out, entries);
-        let crc = crc32fast::hash(&out[HEADER_BYTES_V1..]);
-        out[AT_ENTRIES_CRC_V1..AT_HEADER_CRC_V1].copy_from_slice(&crc.to_le_bytes());
-        let crc = crc32fast::hash(&out[..AT_HEADER_CRC_V1]);
-        out[AT_HEADER_CRC_V1..HEADER_BYTES_V1].copy_from_slice(&crc.to_le_bytes());
-        Bytes::from(out)
+        Bytes::from(encode_v1(100, 5_000, 130, false, entries))
     }
 
     #[test]

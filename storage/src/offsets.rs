@@ -947,7 +947,7 @@ mod tests {
         unknown.push(9);
         assert!(matches!(
             decode_record(&with_valid_header(&unknown)),
-            Err(DecodeError::Malformed { at: 21, .. })
+            Err(DecodeError::UnknownKind { at: 21, kind: 9 })
         ));
         // A string longer than what remains.
         let mut short = header_only.clone();

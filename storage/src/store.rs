@@ -40,10 +40,13 @@ use crate::statelog::{StateLog, StateLogOptions};
 use crate::topic::{Topic, next_incarnation};
 use crate::topic_id::TopicId;
 
-const TOPIC_CONFIG_FILE: &str = "topic.config";
+/// A topic's partition count and config (storage/FORMAT.md, "Topic config"); written
+/// last when a topic is created.
+pub const TOPIC_CONFIG_FILE: &str = "topic.config";
 /// The principal that created the topic; written before [`TOPIC_CONFIG_FILE`].
-const TOPIC_OWNER_FILE: &str = "topic.owner";
-const TOPIC_ID_FILE: &str = "topic.id";
+pub const TOPIC_OWNER_FILE: &str = "topic.owner";
+/// The topic's id ([`TopicId`]); written before [`TOPIC_CONFIG_FILE`].
+pub const TOPIC_ID_FILE: &str = "topic.id";
 /// How often the housekeeping thread looks for interval-policy flushes that are due.
 const HOUSEKEEPING_TICK: Duration = Duration::from_millis(5);
 
@@ -993,19 +996,31 @@ fn remove_unrecorded_partitions(
     Ok(())
 }
 
-fn open_topic(dir: &Path, name: &str, context: &PartitionContext) -> Result<Option<Topic>> {
+/// A topic directory's `topic.config`, read and checked as [`Store::open`] reads it
+/// ([`TopicConfig::from_file`]: [`Error::WrittenByNewer`] for record features newer
+/// than this build's, [`Error::Corrupt`] for a file that is not a config). `None` when
+/// there is none: a creation that never finished, whose directory the open removes.
+/// Writes nothing: `tidelog segment verify` checks the file with it too.
+pub fn read_topic_config(fs: &dyn FileSystem, dir: &Path) -> Result<Option<TopicFile>> {
     let config_path = dir.join(TOPIC_CONFIG_FILE);
-    let Some(bytes) = fsutil::read_small_file(&*context.fs, &config_path, SMALL_FILE_BYTES_MAX)?
-    else {
+    let Some(bytes) = fsutil::read_small_file(fs, &config_path, SMALL_FILE_BYTES_MAX)? else {
         return Ok(None);
     };
     let text = String::from_utf8(bytes)
         .map_err(|_| Error::corrupt(&config_path, 0, "config file is not UTF-8"))?;
-    let TopicFile {
+    TopicConfig::from_file(&text, &config_path).map(Some)
+}
+
+fn open_topic(dir: &Path, name: &str, context: &PartitionContext) -> Result<Option<Topic>> {
+    let config_path = dir.join(TOPIC_CONFIG_FILE);
+    let Some(TopicFile {
         partitions: partition_count,
         config,
         record_features,
-    } = TopicConfig::from_file(&text, &config_path)?;
+    }) = read_topic_config(&*context.fs, dir)?
+    else {
+        return Ok(None);
+    };
     if record_features < RECORD_FEATURES {
         // Before anything can append records an older build would misread: from here
         // on every older build refuses the file at open (storage/FORMAT.md, "Topic
@@ -1023,7 +1038,7 @@ fn open_topic(dir: &Path, name: &str, context: &PartitionContext) -> Result<Opti
         );
     }
     let config = Arc::new(config);
-    let owner = read_owner(dir, context)?;
+    let owner = read_topic_owner(&*context.fs, dir)?;
     let topic_id = read_or_give_id(dir, name, context)?;
     remove_unrecorded_partitions(dir, name, partition_count, context)?;
     // The config file and partition directories may be known to the page cache only.
@@ -1064,36 +1079,49 @@ fn open_topic(dir: &Path, name: &str, context: &PartitionContext) -> Result<Opti
 /// none: it gets one here, durably, before anything can read it (a crash before the
 /// write lands leaves no id, and the next open gives one; none was shown yet).
 fn read_or_give_id(dir: &Path, name: &str, context: &PartitionContext) -> Result<TopicId> {
-    let path = dir.join(TOPIC_ID_FILE);
-    match fsutil::read_small_file(&*context.fs, &path, SMALL_FILE_BYTES_MAX)? {
-        Some(bytes) => TopicId::parse_file(&bytes).ok_or_else(|| {
-            Error::corrupt(
-                &path,
-                0,
-                "the topic id file is not 16 lowercase hex digits: if it was damaged, remove it and start again; the topic gets a new id, and a consumer resuming with the old one reads the topic again from its start",
-            )
-        }),
-        None => {
-            let id = TopicId::random();
-            fsutil::write_file_atomically(&*context.fs, &path, id.to_file().as_bytes())?;
-            tracing::info!(topic = name, %id, "gave the topic an id (it was created by an older build)");
-            Ok(id)
-        }
+    if let Some(id) = read_topic_id(&*context.fs, dir)? {
+        return Ok(id);
     }
+    let id = TopicId::random();
+    let path = dir.join(TOPIC_ID_FILE);
+    fsutil::write_file_atomically(&*context.fs, &path, id.to_file().as_bytes())?;
+    tracing::info!(topic = name, %id, "gave the topic an id (it was created by an older build)");
+    Ok(id)
 }
 
-/// The principal in a topic's `topic.owner` file, if it has one (topics created
-/// without an authenticated caller have none).
-fn read_owner(dir: &Path, context: &PartitionContext) -> Result<Option<Arc<str>>> {
+/// A topic directory's `topic.id`, read and checked as [`Store::open`] reads it
+/// ([`TopicId::parse_file`]): [`Error::Corrupt`] for a file that is not an id, `None`
+/// when there is none (a topic created before ids: the open gives it one). Writes
+/// nothing: `tidelog segment verify` checks the file with it too.
+pub fn read_topic_id(fs: &dyn FileSystem, dir: &Path) -> Result<Option<TopicId>> {
+    let path = dir.join(TOPIC_ID_FILE);
+    let Some(bytes) = fsutil::read_small_file(fs, &path, SMALL_FILE_BYTES_MAX)? else {
+        return Ok(None);
+    };
+    TopicId::parse_file(&bytes).map(Some).ok_or_else(|| {
+        Error::corrupt(
+            &path,
+            0,
+            "the topic id file is not 16 lowercase hex digits: if it was damaged, remove it and start again; the topic gets a new id, and a consumer resuming with the old one reads the topic again from its start",
+        )
+    })
+}
+
+/// The principal in a topic directory's `topic.owner`, read and checked as
+/// [`Store::open`] reads it ([`crate::topic::parse_owner`]): [`Error::Corrupt`] for a
+/// file that is not a principal, `None` when there is none (topics created without an
+/// authenticated caller have none). `tidelog segment verify` checks the file with it
+/// too.
+pub fn read_topic_owner(fs: &dyn FileSystem, dir: &Path) -> Result<Option<Arc<str>>> {
     let path = dir.join(TOPIC_OWNER_FILE);
-    let Some(bytes) = fsutil::read_small_file(&*context.fs, &path, SMALL_FILE_BYTES_MAX)? else {
+    let Some(bytes) = fsutil::read_small_file(fs, &path, SMALL_FILE_BYTES_MAX)? else {
         return Ok(None);
     };
     let owner = crate::topic::parse_owner(&bytes).ok_or_else(|| {
         Error::corrupt(
             &path,
             0,
-            "the owner file is not a principal (1-255 printable ASCII characters)",
+            "the owner file is not a principal (1-255 printable ASCII characters): write the principal that created the topic into it (no newline), or remove the file (the topic then counts towards no principal's topic limits)",
         )
     })?;
     Ok(Some(Arc::from(owner)))

@@ -1099,3 +1099,102 @@ fn a_full_disk_while_an_id_index_is_written_keeps_lookups_exact() {
         "after the disk full",
     );
 }
+
+/// Id indexes of version 1 (what builds before runs wrote; storage/FORMAT.md says they
+/// are still read) are used as they are after an upgrade, and recovery's full check
+/// (the one `tidelog segment verify` renders) finds them valid: a segment without ids
+/// (a file of a bare 48-byte header) and one whose 16-byte ids count up (listed as an
+/// entry each where version 2 lists runs).
+#[test]
+fn version_1_id_indexes_are_read_and_pass_the_full_check() {
+    let dir = scratch_dir();
+    let data = dir.path().join("data");
+    let clock = ManualClock::new(START_MS);
+    let store = Store::open(&data, options(&clock)).unwrap();
+    let partition = store
+        .create_topic("t", 1, config(4096, FsyncPolicy::Always))
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .clone();
+    let counting = |n: u64| Bytes::from([b"PREFIX00".as_slice(), &n.to_be_bytes()].concat());
+    let mut offsets = BTreeMap::new();
+    for batch in 0..12u64 {
+        let records: Vec<NewRecord> = (0..20u64)
+            .map(|k| NewRecord {
+                // The first batches have no ids: their segment's index lists none.
+                id: (batch >= 4).then(|| counting(batch * 20 + k)),
+                ..NewRecord::value(vec![b'x'; 40])
+            })
+            .collect();
+        let appended = partition.append_durable(&records).unwrap();
+        if batch >= 4 {
+            for k in 0..20 {
+                offsets.insert(batch * 20 + k, appended.base_offset + k);
+            }
+        }
+    }
+    drop(partition);
+    store.close().unwrap();
+    drop(store);
+
+    // Every sealed segment's index written again as version 1 of the same ids.
+    let pdir = partition_dir(&data, "t", 0);
+    let bases = bases(&pdir);
+    let sealed = &bases[..bases.len() - 1];
+    assert!(sealed.len() >= 2, "{bases:?}");
+    let mut empty = 0;
+    for &base in sealed {
+        let path = segment::segment_path(&pdir, base, ID_INDEX_SUFFIX);
+        let (header, table) =
+            tidelog_storage::idindex::decode(&Bytes::from(std::fs::read(&path).unwrap())).unwrap();
+        let mut entries = segment::IdLists {
+            entries: table.iter().collect(),
+            runs: table.runs().collect(),
+        }
+        .as_entries();
+        empty += usize::from(entries.is_empty());
+        let v1 = tidelog_storage::idindex::encode_v1(
+            base,
+            header.log_bytes,
+            header.next_offset,
+            false,
+            &mut entries,
+        );
+        std::fs::write(&path, v1).unwrap();
+    }
+    assert!(
+        empty >= 1 && empty < sealed.len(),
+        "segments with and without ids"
+    );
+
+    assert_sealed_id_indexes_valid(&pdir, "version 1 files");
+    let observation = recovery::observe(&OsFs, &pdir, None, recovery::Depth::Full, None).unwrap();
+    for observed in &observation.segments[..sealed.len()] {
+        assert_eq!(
+            observed.id_index,
+            recovery::IdIndexState::Valid,
+            "segment {}",
+            observed.base
+        );
+    }
+
+    // The broker finds every id through them and leaves them as they are.
+    let before: Vec<Vec<u8>> = sealed
+        .iter()
+        .map(|&base| std::fs::read(segment::segment_path(&pdir, base, ID_INDEX_SUFFIX)).unwrap())
+        .collect();
+    let store = Store::open(&data, options(&clock)).unwrap();
+    let partition = store.topic("t").unwrap().partition(0).unwrap().clone();
+    for (&n, &offset) in &offsets {
+        let found = partition.find_by_id(&counting(n)).unwrap();
+        assert_eq!(found.map(|r| r.offset), Some(offset), "id {n}");
+    }
+    assert_eq!(partition.find_by_id(&counting(5)).unwrap(), None);
+    drop(partition);
+    store.close().unwrap();
+    for (&base, before) in sealed.iter().zip(&before) {
+        let path = segment::segment_path(&pdir, base, ID_INDEX_SUFFIX);
+        assert_eq!(&std::fs::read(&path).unwrap(), before, "segment {base}");
+    }
+}

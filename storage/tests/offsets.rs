@@ -331,10 +331,11 @@ fn corrupted_byte_in_middle_record_is_reported_not_cut() {
     }
 }
 
-/// A record whose checksum matches but whose content is not understood was written
-/// on purpose (by a newer build, or a bug): never truncated, even at the tail.
+/// A record whose checksum matches but whose version is newer than this build's was
+/// written whole by a newer build: refused as such (not as corruption), never
+/// truncated, even at the tail.
 #[test]
-fn unknown_version_with_valid_checksum_is_corrupt_even_at_tail() {
+fn newer_version_with_valid_checksum_is_refused_as_newer_even_at_tail() {
     let dir = tempfile::tempdir().unwrap();
     let clock = new_clock();
     let store = open(dir.path(), &clock);
@@ -357,11 +358,13 @@ fn unknown_version_with_valid_checksum_is_corrupt_even_at_tail() {
     image.extend_from_slice(&record);
     fs::write(&path, &image).unwrap();
 
-    assert_corrupt_at(
-        OffsetStore::open(Arc::new(OsFs), dir.path(), clock.clone()),
-        &path,
-        good_len,
-    );
+    match OffsetStore::open(Arc::new(OsFs), dir.path(), clock.clone()) {
+        Err(tidelog_storage::Error::WrittenByNewer { file, what }) => {
+            assert_eq!(file, path);
+            assert!(what.contains(&format!("at byte {good_len}")), "{what}");
+        }
+        other => panic!("expected a refusal as written by a newer build, got {other:?}"),
+    }
     assert_eq!(fs::read(&path).unwrap(), image);
 }
 

@@ -18,6 +18,23 @@ impl IdLists {
         self.entries.len() + self.runs.iter().map(|r| r.count as usize).sum::<usize>()
     }
 
+    /// Every id listed as an entry (a run's ids each with its [`idindex::hash_id`]),
+    /// sorted: what lookups find in these lists, however they list it. A version 1
+    /// file lists as entries the ids a version 2 file lists as runs; both answer every
+    /// lookup the same.
+    pub fn as_entries(&self) -> Vec<IdEntry> {
+        let mut all = self.entries.clone();
+        for run in &self.runs {
+            all.extend((0..run.count).map(|k| IdEntry {
+                hash: idindex::hash_id(&idindex::id_of_parts(run.prefix, run.first + u64::from(k))),
+                relative_offset: run.relative_offset + k,
+                position: run.position,
+            }));
+        }
+        idindex::sort_entries(&mut all);
+        all
+    }
+
     /// The lists of a table.
     fn of_table(table: &IdTable) -> IdLists {
         IdLists {
@@ -607,7 +624,8 @@ pub fn load_id_index(
     if len > ID_INDEX_FILE_BYTES_MAX {
         return Err(format!("{len} bytes is longer than any id index"));
     }
-    if len < idindex::HEADER_BYTES as u64 {
+    // The shortest header (version 1's: still read).
+    if len < idindex::HEADER_BYTES_V1 as u64 {
         return Err(format!("{len} bytes is shorter than an id index header"));
     }
     let bytes = fs

@@ -173,6 +173,12 @@ impl<M: StateMachine> StateLog<M> {
             ScanEnd::Corrupt { position, reason } => {
                 return Err(Error::corrupt(path, position, reason));
             }
+            ScanEnd::Newer { position, reason } => {
+                return Err(Error::WrittenByNewer {
+                    file: path.to_path_buf(),
+                    what: format!("{} state log record at byte {position}: {reason}", M::NAME),
+                });
+            }
         }
         rewrite_durably(&*file, path, scan.valid_len)?;
 

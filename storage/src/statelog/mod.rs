@@ -46,8 +46,12 @@
 //! `storage/FORMAT.md`, its decoder checks every length against
 //! [`OpReader::remaining`] (use [`OpReader::count`] for a repeated field), and its
 //! round trip joins the machine's proptest. A build that does not know a kind refuses the
-//! record as corrupt (its checksum matched) rather than skipping it: a log written by a
-//! newer build is never half-applied by an older one. Changing an existing operation's
+//! record rather than skipping it: a log written by a newer build is never half-applied
+//! by an older one. Every decoder answers a kind it does not know with
+//! [`OpReader::unknown_kind`], so the refusal is one rule for every machine: a whole
+//! record (its checksum matched) of an unknown kind or a newer record version is
+//! [`ScanEnd::Newer`], and the open fails with [`crate::Error::WrittenByNewer`] ("run
+//! the newer build"), never as corruption, and nothing is cut. Changing an existing operation's
 //! layout means a new kind; the old kind stays decodable as long as logs holding it may
 //! exist (a compaction rewrites every live operation in the current kinds).
 //!
@@ -133,8 +137,9 @@
 //! start than one record can hold ([`RECORD_BYTES_MAX`]); otherwise it is corruption and
 //! the open fails with [`crate::Error::Corrupt`] naming the file and position, leaving
 //! the file untouched for an operator: nothing is cut silently. A record whose CRC
-//! matches but whose body is malformed (or of an unknown version or kind) was written
-//! whole: corruption or a newer build, never a torn write, even at the end.
+//! matches but whose body is malformed was written whole: corruption, never a torn
+//! write, even at the end; one of an unknown kind or a newer version was written by a
+//! newer build ([`ScanEnd::Newer`]): refused, not cut.
 //!
 //! Media assumptions: a completed `fdatasync` makes the file's data and size durable;
 //! `fsync` of a directory makes its entries durable; `rename` is atomic; a crash may

@@ -80,6 +80,13 @@ pub enum DecodeError {
     /// The checksum matched but the body does not follow the format.
     #[error("malformed record at byte {at}: {reason}")]
     Malformed { at: usize, reason: String },
+
+    /// The checksum matched and the operation at byte `at` is of a kind this build
+    /// does not know: what a newer build writes (kinds are never reused), not damage.
+    #[error(
+        "operation kind {kind} at byte {at} of the record is not one this build knows (a newer tidelog wrote it)"
+    )]
+    UnknownKind { at: usize, kind: u8 },
 }
 
 impl DecodeError {
@@ -91,6 +98,18 @@ impl DecodeError {
             self,
             DecodeError::LengthOutOfRange { .. } | DecodeError::ChecksumMismatch { .. }
         )
+    }
+
+    /// Whether the record was written whole by a newer build: its checksum matched and
+    /// it holds an operation kind, or is of a record version, newer than this build
+    /// knows. The one rule by which every state log tells a record it must not read
+    /// (refused as [`crate::Error::WrittenByNewer`]: run the newer build) from damage.
+    pub fn written_by_newer(&self) -> bool {
+        match self {
+            DecodeError::UnknownKind { .. } => true,
+            DecodeError::UnsupportedVersion { version } => *version > RECORD_VERSION,
+            _ => false,
+        }
     }
 }
 
@@ -305,12 +324,15 @@ impl<'a> OpReader<'a> {
         }
     }
 
-    /// The error for an operation kind the machine does not know, just read.
+    /// The error for an operation kind the machine does not know, just read: every
+    /// machine's decoder returns this for a kind it does not know, so a record of a
+    /// newer build is refused as such ([`DecodeError::written_by_newer`]), never as
+    /// damage.
     pub fn unknown_kind(&self, kind: u8) -> DecodeError {
-        DecodeError::Malformed {
+        DecodeError::UnknownKind {
             // The kind byte was already consumed.
             at: (RECORD_HEADER_BYTES + self.consumed).saturating_sub(1),
-            reason: format!("unknown operation kind {kind}"),
+            kind,
         }
     }
 
@@ -524,13 +546,19 @@ pub(crate) mod tests {
         // op_count 0, and op_count 1 with no operation.
         malformed(&body_head(0));
         malformed(&body_head(1));
-        // An unknown kind, reported at its byte.
+        // An unknown kind, reported at its byte, as written by a newer build (also
+        // after a known operation).
         let mut unknown = body_head(1);
         unknown.push(9);
-        assert!(matches!(
-            decode_record::<TestOp>(&with_valid_header(&unknown)),
-            Err(DecodeError::Malformed { at: 21, .. })
-        ));
+        let error = decode_record::<TestOp>(&with_valid_header(&unknown)).unwrap_err();
+        assert_eq!(error, DecodeError::UnknownKind { at: 21, kind: 9 });
+        assert!(error.written_by_newer() && !error.may_be_torn_write());
+        let mut after_known = body_head(2);
+        after_known.extend_from_slice(&[2, 1, 0, b'k', 17]);
+        assert_eq!(
+            decode_record::<TestOp>(&with_valid_header(&after_known)),
+            Err(DecodeError::UnknownKind { at: 25, kind: 17 })
+        );
         // A string longer than what remains; not UTF-8.
         let mut short = body_head(1);
         short.push(2);
@@ -553,12 +581,18 @@ pub(crate) mod tests {
         let mut version = body_head(1);
         version[0] = RECORD_VERSION + 1;
         version.extend_from_slice(&[2, 1, 0, b'k']);
+        let error = decode_record::<TestOp>(&with_valid_header(&version)).unwrap_err();
         assert_eq!(
-            decode_record::<TestOp>(&with_valid_header(&version)),
-            Err(DecodeError::UnsupportedVersion {
+            error,
+            DecodeError::UnsupportedVersion {
                 version: RECORD_VERSION + 1
-            })
+            }
         );
+        assert!(error.written_by_newer());
+        // Version 0 was never written: damage, not a newer build.
+        version[0] = 0;
+        let error = decode_record::<TestOp>(&with_valid_header(&version)).unwrap_err();
+        assert!(!error.written_by_newer() && !error.may_be_torn_write());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Reading a state log from its first byte: every record validated and handed on, and
 //! the end classified as clean, a torn tail (what a crash during the last write leaves:
-//! recovery truncates it) or corruption (anything else: recovery refuses to open).
+//! recovery truncates it), a record written whole by a newer build (recovery refuses to
+//! open: run that build) or corruption (anything else: recovery refuses to open).
 //!
 //! One rule for the engine's replay ([`scan_file`], which streams the file in chunks of
 //! [`STATE_READ_CHUNK_BYTES`]) and for offline tools ([`scan_image`] over bytes already in
@@ -44,12 +45,18 @@ pub enum ScanEnd {
     /// matched but its content is not understood, or an intact record follows it, or
     /// more bytes follow it than one write can leave. Recovery refuses to open the log.
     Corrupt { position: u64, reason: String },
+    /// The record at `position` was written whole (its checksum matched) by a newer
+    /// build: it holds an operation kind or is of a record version this build does not
+    /// know ([`DecodeError::written_by_newer`](super::DecodeError::written_by_newer)).
+    /// Not damage: recovery refuses to open the log ([`crate::Error::WrittenByNewer`])
+    /// and cuts nothing, so the build that wrote it reads it whole.
+    Newer { position: u64, reason: String },
 }
 
 impl Scan {
     /// Whether the log can be opened (after cutting a torn tail).
     pub fn is_openable(&self) -> bool {
-        !matches!(self.end, ScanEnd::Corrupt { .. })
+        matches!(self.end, ScanEnd::Clean | ScanEnd::Torn { .. })
     }
 }
 
@@ -177,6 +184,10 @@ pub(crate) fn scan_source<O: LogOp, S: Source>(
                 len - position
             ),
             Err(e) if e.may_be_torn_write() => e.to_string(),
+            Err(e) if e.written_by_newer() => {
+                let reason = e.to_string();
+                return Ok(scan(position, records, ScanEnd::Newer { position, reason }));
+            }
             Err(e) => {
                 let reason = format!("{e} (its checksum matched, so this is not a torn write)");
                 return Ok(scan(
@@ -313,7 +324,8 @@ mod tests {
 
     #[test]
     fn checksummed_but_unreadable_record_is_corrupt_even_at_the_tail() {
-        let mut body = vec![RECORD_VERSION + 1];
+        // Version 0 was never written (a newer version is a newer build's: see below).
+        let mut body = vec![0];
         body.extend_from_slice(&[0; 12]);
         let bytes = image(&[record("a", 1), with_valid_header(&body)]);
         let (scan, _) = scan_kv(&bytes);
@@ -322,6 +334,31 @@ mod tests {
             "{scan:?}"
         );
         assert!(!scan.is_openable());
+    }
+
+    /// A whole record of a kind (or record version) this build does not know is what a
+    /// newer build writes: told apart from damage, at the tail and in the middle.
+    #[test]
+    fn a_whole_record_of_a_newer_build_is_newer_not_corrupt() {
+        let mut body = vec![RECORD_VERSION];
+        body.extend_from_slice(&0i64.to_le_bytes());
+        body.extend_from_slice(&1u32.to_le_bytes());
+        body.push(99);
+        let newer = with_valid_header(&body);
+        let first = record("a", 1);
+        for bytes in [
+            image(&[first.clone(), newer.clone()]),
+            image(&[first.clone(), newer.clone(), record("b", 2)]),
+        ] {
+            let (scan, values) = scan_kv(&bytes);
+            assert!(
+                matches!(&scan.end, ScanEnd::Newer { position, reason }
+                    if *position == first.len() as u64 && reason.contains("kind 99")),
+                "{scan:?}"
+            );
+            assert!(!scan.is_openable());
+            assert_eq!((scan.valid_len, values), (first.len() as u64, vec![1]));
+        }
     }
 
     #[test]
@@ -388,7 +425,9 @@ mod tests {
             prop_assert_eq!(again_values, values);
             match scan.end {
                 ScanEnd::Clean => prop_assert_eq!(scan.valid_len, bytes.len() as u64),
-                ScanEnd::Torn { position, .. } | ScanEnd::Corrupt { position, .. } => {
+                ScanEnd::Torn { position, .. }
+                | ScanEnd::Corrupt { position, .. }
+                | ScanEnd::Newer { position, .. } => {
                     prop_assert_eq!(position, scan.valid_len);
                 }
             }

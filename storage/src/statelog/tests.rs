@@ -307,3 +307,61 @@ fn torn_tail_is_cut_and_corruption_refused_untouched() {
     }
     assert_eq!(std::fs::read(&path).unwrap(), damaged);
 }
+
+/// A whole record (its checksum matched) of an operation kind or record version this
+/// build does not know, at the tail or before other records, is what a newer build
+/// writes: the open refuses it as written by a newer tidelogd (not as corruption), and
+/// leaves the file as it is for that build.
+#[test]
+fn a_record_of_a_newer_build_is_refused_as_newer_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.statelog");
+    let log = open(&path);
+    log.append_one(put("k", 1)).unwrap();
+    let first = log.log_bytes();
+    drop(log);
+    let written = std::fs::read(&path).unwrap();
+    let record = |version: u8, kind: u8| {
+        let mut body = vec![version];
+        body.extend_from_slice(&5i64.to_le_bytes());
+        body.extend_from_slice(&1u32.to_le_bytes());
+        body.extend_from_slice(&[kind, 1, 0, b'k']);
+        super::record::tests::with_valid_header(&body)
+    };
+    let later = encode_record(&Record {
+        written_at_ms: 6,
+        ops: vec![put("k", 2)],
+    })
+    .unwrap();
+    for (newer, what) in [
+        (record(RECORD_VERSION, 17), "operation kind 17"),
+        (record(RECORD_VERSION + 1, 2), "record version"),
+    ] {
+        for follows in [&[][..], &later[..]] {
+            let bytes = [&written[..], &newer[..], follows].concat();
+            std::fs::write(&path, &bytes).unwrap();
+            let opened = StateLog::open(
+                Arc::new(OsFs),
+                &path,
+                Kv::default(),
+                ManualClock::new(0),
+                StateLogOptions::default(),
+            );
+            let error = opened.expect_err("a record of a newer build is refused");
+            let message = error.to_string();
+            assert!(
+                matches!(&error, Error::WrittenByNewer { file, what: text }
+                    if *file == path && text.contains(&format!("at byte {first}"))),
+                "{error:?}"
+            );
+            assert!(
+                message.contains("written by a newer tidelogd")
+                    && message.contains(what)
+                    && message.contains("upgrade to read it")
+                    && !message.contains("corrupt"),
+                "{message}"
+            );
+            assert_eq!(std::fs::read(&path).unwrap(), bytes, "left as it is");
+        }
+    }
+}

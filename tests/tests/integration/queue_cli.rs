@@ -731,6 +731,222 @@ fn bench_queue_acks_every_message_exactly_once() {
     assert_eq!(queues["queues"].as_array().unwrap().len(), 0, "{queues:#}");
 }
 
+/// Runs tidelogd on `data` until it exits (it must refuse to start); its stderr.
+fn refused_start(data: &Path) -> String {
+    let out = std::process::Command::new(tidelog_tests::tidelogd_bin())
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running tidelogd");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
+/// A queue state record of an operation kind this build does not know, whole (its
+/// checksum matched: what a newer tidelogd writes, and what this build sees after a
+/// rollback), is refused as written by a newer tidelogd, not as corruption: by
+/// tidelogd at start, by `segment verify` (which names it, says to run the newer build
+/// and offers no --force), and by `segment repair`, which leaves it even with --force;
+/// the newer build's state is then whole for it.
+#[test]
+fn a_queue_state_record_of_a_newer_build_is_refused_as_such_and_never_cut() {
+    let mut broker = TestBroker::start();
+    topic_with(&broker, "jobs", 1, &values(5), &[]);
+    cli(
+        &broker,
+        &[
+            "queue", "create", "q", "--topic", "jobs", "--from", "earliest",
+        ],
+    )
+    .ok("create");
+    cli(&broker, &["queue", "consume", "q", "-n", "2"]).ok("consume -n 2");
+    broker.stop();
+    let data = broker.data_dir();
+    let data_arg = data.to_str().unwrap();
+    let queues_log = data.join("state/queues/queues.statelog");
+
+    /// An operation of a kind this build does not know, framed and checksummed by the
+    /// state log's own encoder.
+    struct Newer;
+    impl tidelog_storage::statelog::LogOp for Newer {
+        fn encode(&self, out: &mut Vec<u8>) -> tidelog_storage::Result<()> {
+            out.extend_from_slice(&[99, 0, 0, 0, 0, 0, 0, 0, 0]);
+            Ok(())
+        }
+        fn decode(
+            reader: &mut tidelog_storage::statelog::OpReader<'_>,
+        ) -> Result<Self, tidelog_storage::statelog::DecodeError> {
+            Err(reader.malformed("never read"))
+        }
+    }
+    let mut bytes = std::fs::read(&queues_log).unwrap();
+    let at = bytes.len();
+    bytes.extend_from_slice(
+        &tidelog_storage::statelog::encode_record(&tidelog_storage::statelog::Record {
+            written_at_ms: 0,
+            ops: vec![Newer],
+        })
+        .unwrap(),
+    );
+    std::fs::write(&queues_log, &bytes).unwrap();
+
+    let stderr = refused_start(&data);
+    assert!(
+        stderr.contains(&format!(
+            "{} was written by a newer tidelogd",
+            queues_log.display()
+        )) && stderr.contains(&format!("at byte {at}"))
+            && stderr.contains("operation kind 99")
+            && stderr.contains("upgrade to read it")
+            && !stderr.contains("corrupt"),
+        "{stderr}"
+    );
+
+    let verify = cli(&broker, &["segment", "verify", data_arg]);
+    assert_eq!(verify.code, 1, "{}\n{}", verify.stdout, verify.stderr);
+    let said = format!("{}\n{}", verify.stdout, verify.stderr);
+    assert!(
+        said.contains("written_by_newer")
+            && said.contains("operation kind 99")
+            && said.contains("run that build")
+            && !said.contains("corrupt")
+            && !said.contains("--force"),
+        "{said}"
+    );
+    let report = cli(&broker, &["segment", "verify", data_arg, "--json"]).json();
+    let problems: Vec<&Value> = report["state_logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|l| l["problems"].as_array().unwrap())
+        .collect();
+    assert_eq!(problems.len(), 1, "{report:#}");
+    assert_eq!(problems[0]["kind"], "written_by_newer", "{report:#}");
+    assert_eq!(problems[0]["position"], at as u64, "{report:#}");
+
+    for args in [
+        vec!["segment", "repair", data_arg],
+        vec!["segment", "repair", data_arg, "--force"],
+    ] {
+        let repair = cli(&broker, &args);
+        assert_eq!(
+            repair.code, 1,
+            "{args:?}: {}\n{}",
+            repair.stdout, repair.stderr
+        );
+        assert!(
+            repair.stderr.contains("never cut") && repair.stderr.contains("run that build"),
+            "{args:?}: {}",
+            repair.stderr
+        );
+        assert!(
+            !repair.stderr.contains("rerun with --force"),
+            "{args:?}: {}",
+            repair.stderr
+        );
+        assert_eq!(
+            std::fs::read(&queues_log).unwrap(),
+            bytes,
+            "{args:?}: left as it is"
+        );
+    }
+}
+
+/// `tidelog segment verify` checks a topic's own files with the broker's rules: for each
+/// of a topic.config of a newer build, one with an unknown key, a topic.owner that is
+/// not a principal and a topic.id that is not an id, tidelogd refuses to start, and
+/// verify does not call the directory clean: it names the file, says the broker does
+/// not start, and marks the topic's partitions as not opened; repair leaves the files.
+#[test]
+fn segment_verify_checks_the_topic_files_the_broker_refuses() {
+    let mut broker = TestBroker::start();
+    topic_with(&broker, "t1", 2, &values(10), &[]);
+    broker.stop();
+    let data = broker.data_dir();
+    let data_arg = data.to_str().unwrap();
+    let topic = data.join("topics/t1");
+    cli(&broker, &["segment", "verify", data_arg]).ok("verify before");
+
+    let config = std::fs::read_to_string(topic.join("topic.config")).unwrap();
+    let features = format!("record_features={}", tidelog_storage::RECORD_FEATURES);
+    let newer = format!("record_features={}", tidelog_storage::RECORD_FEATURES + 1);
+    let cases = [
+        (
+            "topic.config",
+            config.replace(&features, &newer),
+            "written_by_newer",
+        ),
+        (
+            "topic.config",
+            format!("{config}bogus=1\n"),
+            "topic_config_invalid",
+        ),
+        (
+            "topic.owner",
+            "not a principal\n".to_string(),
+            "topic_owner_invalid",
+        ),
+        ("topic.id", "0123\n".to_string(), "topic_id_invalid"),
+    ];
+    for (name, contents, kind) in cases {
+        let path = topic.join(name);
+        let before = std::fs::read(&path).ok();
+        std::fs::write(&path, &contents).unwrap();
+        let stderr = refused_start(&data);
+        assert!(
+            stderr.contains("cannot open data directory") && stderr.contains(name),
+            "{name}: {stderr}"
+        );
+
+        let verify = cli(&broker, &["segment", "verify", data_arg]);
+        assert_eq!(
+            verify.code, 1,
+            "{name}: {}\n{}",
+            verify.stdout, verify.stderr
+        );
+        assert!(
+            verify
+                .stdout
+                .contains(&format!("error: {}", path.display()))
+                && verify.stdout.contains("tidelogd refuses to start")
+                && verify.stderr.contains(kind)
+                && !verify.stderr.contains("--force"),
+            "{name}: {}\n{}",
+            verify.stdout,
+            verify.stderr
+        );
+        let report = cli(&broker, &["segment", "verify", data_arg, "--json"]).json();
+        assert_eq!(report["clean"], false, "{name}: {report:#}");
+        assert_eq!(
+            report["topics"][0]["problems"][0]["kind"], kind,
+            "{report:#}"
+        );
+        let partitions = report["partitions"].as_array().unwrap();
+        assert_eq!(partitions.len(), 2, "{report:#}");
+        assert!(
+            partitions.iter().all(|p| p["broker_opens"] == false),
+            "{name}: {report:#}"
+        );
+
+        let repair = cli(&broker, &["segment", "repair", data_arg, "--force"]);
+        assert_eq!(
+            repair.code, 1,
+            "{name}: {}\n{}",
+            repair.stdout, repair.stderr
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), contents, "{name}");
+        match before {
+            Some(before) => std::fs::write(&path, before).unwrap(),
+            None => std::fs::remove_file(&path).unwrap(),
+        }
+    }
+    cli(&broker, &["segment", "verify", data_arg]).ok("verify after");
+    broker.restart();
+}
+
 /// `tidelog segment verify` and `repair` check the queue state log and the delivery
 /// history files as the broker reads them: clean after real use; a torn history tail
 /// and a damaged queue state record are named with what the broker does about each;

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 use tidelog_storage::OsFs;
+use tidelog_storage::access::{Access, AccessOp};
 use tidelog_storage::batch::BatchHeader;
 use tidelog_storage::checkpoint::{self, Checkpoint};
 use tidelog_storage::index::{self, SegmentSummary};
@@ -28,6 +29,9 @@ use tidelog_storage::segment::{
     CorruptBatch, ID_INDEX_SUFFIX, INDEX_SUFFIX, ScanReport, TIME_INDEX_SUFFIX, segment_path,
 };
 use tidelog_storage::statelog::{self, ScanEnd, StateMachine};
+use tidelog_storage::store::{
+    TOPIC_CONFIG_FILE, read_topic_config, read_topic_id, read_topic_owner,
+};
 
 use super::layout::{StateLogFile, StateLogKind, segment_bases};
 use crate::error::{CliError, CliResult};
@@ -558,7 +562,100 @@ fn summary_mismatch(file: &SegmentSummary, log: &SegmentSummary) -> Option<Strin
     None
 }
 
-/// What a check of a state log (offsets, queue state or delivery history) found.
+/// The finding for a file a newer tidelogd wrote (a state log record of a kind or
+/// version this build does not know, a topic.config with newer record features).
+pub const WRITTEN_BY_NEWER: &str = "written_by_newer";
+
+/// What to do about a file a newer tidelogd wrote: not damage, so nothing is cut.
+const NEWER_ADVICE: &str = "the tidelogd that wrote it (or a newer one): this record was \
+     written whole by a newer build (its checksum matched), not damaged; run that build on \
+     this data directory, or restore a copy of it taken before the upgrade. `tidelog \
+     segment repair` never cuts it: that would lose the state recorded from there on";
+
+/// Kinds of finding `tidelog segment repair` never changes, with or without --force:
+/// what a newer build wrote, and a topic's own files (each finding says what to do).
+pub const NOT_REPAIRED: [&str; 4] = [
+    WRITTEN_BY_NEWER,
+    "topic_config_invalid",
+    "topic_owner_invalid",
+    "topic_id_invalid",
+];
+
+/// What a check of a topic directory's own files found.
+#[derive(Debug)]
+pub struct TopicCheck {
+    pub dir: PathBuf,
+    pub findings: Vec<Finding>,
+}
+
+impl TopicCheck {
+    /// Whether the broker would start with this topic as it is.
+    pub fn broker_opens(&self) -> bool {
+        count(&self.findings, Severity::Error) == 0
+    }
+}
+
+/// Checks a topic directory's `topic.config`, `topic.owner` and `topic.id` with the
+/// store's own readers (the rules its open applies): a file it refuses stops the whole
+/// broker at start, not only this topic.
+pub fn check_topic(dir: &Path) -> TopicCheck {
+    let mut findings = Vec::new();
+    match read_topic_config(&OsFs, dir) {
+        Ok(Some(_)) => {}
+        Ok(None) => findings.push(Finding::warning(
+            "topic_config_missing",
+            &dir.join(TOPIC_CONFIG_FILE),
+            None,
+            "missing: a topic whose creation did not finish; tidelogd removes this directory \
+             at start, with whatever its partitions hold"
+                .into(),
+        )),
+        Err(e) => findings.push(topic_file_refused("topic_config_invalid", dir, e)),
+    }
+    if let Err(e) = read_topic_owner(&OsFs, dir) {
+        findings.push(topic_file_refused("topic_owner_invalid", dir, e));
+    }
+    if let Err(e) = read_topic_id(&OsFs, dir) {
+        findings.push(topic_file_refused("topic_id_invalid", dir, e));
+    }
+    TopicCheck {
+        dir: dir.to_path_buf(),
+        findings,
+    }
+}
+
+/// The finding for a topic file the store's open refuses with `error`.
+fn topic_file_refused(kind: &'static str, dir: &Path, error: tidelog_storage::Error) -> Finding {
+    const REFUSED: &str = "tidelogd refuses to start (the whole broker, not only this topic) \
+         until it is fixed; `tidelog segment repair` does not change it";
+    match error {
+        tidelog_storage::Error::WrittenByNewer { ref file, .. } => {
+            Finding::error(WRITTEN_BY_NEWER, file, None, format!("{error}; {REFUSED}"))
+        }
+        tidelog_storage::Error::Corrupt {
+            file,
+            position,
+            reason,
+        } => {
+            let fix = if kind == "topic_config_invalid" {
+                "; correct the file (storage/FORMAT.md, \"Topic config\") or restore it from a \
+                 backup"
+            } else {
+                ""
+            };
+            Finding::error(
+                kind,
+                &file,
+                Some(position),
+                format!("{reason}{fix}; {REFUSED}"),
+            )
+        }
+        other => Finding::error("io", dir, None, format!("cannot read it: {other}")),
+    }
+}
+
+/// What a check of a state log (offsets, queue state, delivery history or access
+/// state) found.
 #[derive(Debug)]
 pub struct StateLogCheck {
     pub path: PathBuf,
@@ -605,6 +702,14 @@ pub fn check_state_log(file: &StateLogFile) -> CliResult<StateLogCheck> {
             })
         }
         StateLogKind::History => statelog::scan_image::<HistoryEvent>(&data, |_, _| {}),
+        StateLogKind::Access => {
+            let mut access = Access::default();
+            statelog::scan_image::<AccessOp>(&data, |_, record| {
+                for op in record.ops {
+                    access.apply(op);
+                }
+            })
+        }
     };
     let mut findings = Vec::new();
     let torn = matches!(scan.end, ScanEnd::Torn { .. });
@@ -612,7 +717,9 @@ pub fn check_state_log(file: &StateLogFile) -> CliResult<StateLogCheck> {
         ScanEnd::Clean => {}
         ScanEnd::Torn { position, reason } => {
             let broker = match file.kind {
-                StateLogKind::Offsets | StateLogKind::Queues => "the broker cuts it on open",
+                StateLogKind::Offsets | StateLogKind::Queues | StateLogKind::Access => {
+                    "the broker cuts it on open"
+                }
                 StateLogKind::History => {
                     "reads of the history stop there, and the broker cuts it if it goes on \
                      writing this file"
@@ -644,12 +751,33 @@ pub fn check_state_log(file: &StateLogFile) -> CliResult<StateLogCheck> {
                      read this file (`tidelog segment repair --force` cuts it here: the \
                      delivery history after it is lost)"
                 }
+                StateLogKind::Access => {
+                    "tidelogd --auth refuses to start while the access state is damaged \
+                     (`tidelog segment repair --force` cuts it here: tokens, rules and quotas \
+                     recorded after it are lost)"
+                }
             };
             findings.push(Finding::error(
                 "corrupt_record",
                 path,
                 Some(position),
                 format!("{reason}; {broker}"),
+            ));
+        }
+        ScanEnd::Newer { position, reason } => {
+            let broker = match file.kind {
+                StateLogKind::Offsets | StateLogKind::Queues => "tidelogd refuses to start",
+                StateLogKind::History => {
+                    "`tidelog message history` and `tidelog queue deliveries` fail where they \
+                     read this file"
+                }
+                StateLogKind::Access => "tidelogd --auth refuses to start",
+            };
+            findings.push(Finding::error(
+                WRITTEN_BY_NEWER,
+                path,
+                Some(position),
+                format!("{reason}: {broker} until it runs {NEWER_ADVICE}"),
             ));
         }
     }
@@ -763,5 +891,163 @@ mod tests {
         assert_eq!(corrupt.findings[0].kind, "corrupt_record");
         assert_eq!(corrupt.valid_bytes, first_end as u64);
         assert_eq!(corrupt.committed[&key], 5);
+    }
+
+    /// A whole state log record of an operation kind this build does not know (what a
+    /// newer tidelogd writes) is reported as written by a newer build, with what to do,
+    /// never as corruption and never with --force; repair does not cut it, even with
+    /// --force.
+    #[test]
+    fn a_state_log_record_of_a_newer_build_is_not_corruption_and_is_never_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = tidelog_storage::ManualClock::new(1_700_000_000_000);
+        let store = tidelog_storage::OffsetStore::open(
+            std::sync::Arc::new(tidelog_storage::OsFs),
+            dir.path(),
+            clock,
+        )
+        .unwrap();
+        store
+            .commit("g", &[("t".to_string(), 0, 5, String::new())])
+            .unwrap();
+        let valid = store.log_bytes();
+        drop(store);
+        let path = dir.path().join(tidelog_storage::offsets::LOG_FILE_NAME);
+        /// An operation of a kind no build of this one knows, as a newer build would
+        /// write one: framed and checksummed by the state log's own encoder.
+        struct Newer;
+        impl statelog::LogOp for Newer {
+            fn encode(&self, out: &mut Vec<u8>) -> tidelog_storage::Result<()> {
+                out.extend_from_slice(&[99; 9]);
+                Ok(())
+            }
+            fn decode(reader: &mut statelog::OpReader<'_>) -> Result<Self, statelog::DecodeError> {
+                Err(reader.malformed("never read"))
+            }
+        }
+        let record = statelog::encode_record(&statelog::Record {
+            written_at_ms: 0,
+            ops: vec![Newer],
+        })
+        .unwrap();
+        let mut bytes = fs::read(&path).unwrap();
+        bytes.extend_from_slice(&record);
+        fs::write(&path, &bytes).unwrap();
+
+        let file = StateLogFile {
+            path: path.clone(),
+            kind: StateLogKind::Offsets,
+        };
+        let check = check_state_log(&file).unwrap();
+        assert_eq!(check.findings.len(), 1, "{:?}", check.findings);
+        let finding = &check.findings[0];
+        assert_eq!(
+            (finding.kind, finding.severity, finding.position),
+            (WRITTEN_BY_NEWER, Severity::Error, Some(valid))
+        );
+        assert!(
+            finding.message.contains("operation kind 99")
+                && finding.message.contains("tidelogd refuses to start")
+                && finding.message.contains("the tidelogd that wrote it")
+                && !finding.message.contains("corrupt")
+                && !finding.message.contains("--force"),
+            "{}",
+            finding.message
+        );
+        assert!(!check.torn);
+        for force in [false, true] {
+            let plan = super::super::repair::plan_for_test(&check, force);
+            assert_eq!(plan, (None, vec![WRITTEN_BY_NEWER]), "force {force}");
+        }
+        // The broker's open agrees.
+        let opened = tidelog_storage::OffsetStore::open(
+            std::sync::Arc::new(tidelog_storage::OsFs),
+            dir.path(),
+            tidelog_storage::ManualClock::new(0),
+        );
+        assert!(
+            matches!(opened, Err(tidelog_storage::Error::WrittenByNewer { .. })),
+            "{opened:?}"
+        );
+        assert_eq!(fs::read(&path).unwrap(), bytes);
+    }
+
+    /// A topic's own files are checked with the store's rules: each file the store's
+    /// open refuses (so tidelogd does not start) is an error saying so, and one the
+    /// store opens is not.
+    #[test]
+    fn topic_files_the_store_refuses_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let options = || tidelog_storage::StoreOptions {
+            retention_interval: None,
+            ..tidelog_storage::StoreOptions::default()
+        };
+        let store = tidelog_storage::Store::open(&data, options()).unwrap();
+        store
+            .create_topic_owned(
+                "t",
+                1,
+                tidelog_storage::TopicConfig::default(),
+                Some("alice"),
+            )
+            .unwrap();
+        drop(store);
+        let topic = data.join("topics/t");
+        let clean = check_topic(&topic);
+        assert!(clean.findings.is_empty(), "{:?}", clean.findings);
+        assert!(clean.broker_opens());
+
+        let config = fs::read_to_string(topic.join("topic.config")).unwrap();
+        let features = format!("record_features={}", tidelog_storage::RECORD_FEATURES);
+        let newer = format!("record_features={}", tidelog_storage::RECORD_FEATURES + 1);
+        let cases: [(&str, String, &str, &str); 4] = [
+            (
+                "topic.config",
+                config.replace(&features, &newer),
+                WRITTEN_BY_NEWER,
+                "upgrade to read it",
+            ),
+            (
+                "topic.config",
+                format!("{config}bogus=1\n"),
+                "topic_config_invalid",
+                "bogus",
+            ),
+            (
+                "topic.owner",
+                "not a principal\n".into(),
+                "topic_owner_invalid",
+                "not a principal",
+            ),
+            (
+                "topic.id",
+                "zz\n".into(),
+                "topic_id_invalid",
+                "16 lowercase hex digits",
+            ),
+        ];
+        for (name, contents, kind, words) in cases {
+            let path = topic.join(name);
+            let before = fs::read(&path).unwrap();
+            fs::write(&path, &contents).unwrap();
+            let check = check_topic(&topic);
+            assert!(!check.broker_opens(), "{name}: {contents}");
+            assert_eq!(check.findings.len(), 1, "{:?}", check.findings);
+            let finding = &check.findings[0];
+            assert_eq!((finding.kind, &finding.file), (kind, &path), "{finding:?}");
+            assert!(
+                finding.message.contains(words)
+                    && finding.message.contains("tidelogd refuses to start")
+                    && !finding.message.contains("--force"),
+                "{}",
+                finding.message
+            );
+            // The same rule as the broker's start.
+            let opened = tidelog_storage::Store::open(&data, options());
+            assert!(opened.is_err(), "{name}: the store opened {contents:?}");
+            fs::write(&path, before).unwrap();
+        }
+        assert!(check_topic(&topic).findings.is_empty());
     }
 }

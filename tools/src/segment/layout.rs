@@ -22,6 +22,16 @@ const SEARCH_DEPTH_MAX: usize = 4;
 const LOCK_FILE: &str = "LOCK";
 const OFFSETS_LOG: &str = "offsets.log";
 const QUEUES_LOG: &str = "queues.statelog";
+const ACCESS_LOG: &str = "access.statelog";
+/// The files of a topic directory besides its partitions: a directory holding one is a
+/// topic's, whose files the broker's open checks.
+const TOPIC_FILES: [&str; 3] = [
+    tidelog_storage::store::TOPIC_CONFIG_FILE,
+    tidelog_storage::store::TOPIC_OWNER_FILE,
+    tidelog_storage::store::TOPIC_ID_FILE,
+];
+/// The directory topics live in (`DATA/topics`).
+const TOPICS_DIR: &str = "topics";
 /// Directories never searched: topics being deleted.
 const SKIPPED_DIRS: [&str; 1] = ["trash"];
 
@@ -30,8 +40,12 @@ const SKIPPED_DIRS: [&str; 1] = ["trash"];
 pub struct Layout {
     /// Directories holding segments or a checkpoint, sorted.
     pub partitions: Vec<PathBuf>,
-    /// State logs (consumer offsets, queue state, delivery history), sorted by path.
+    /// State logs (consumer offsets, queue state, delivery history, access state),
+    /// sorted by path.
     pub state_logs: Vec<StateLogFile>,
+    /// Topic directories (holding `topic.config` and the like, or the partitions found
+    /// in `DATA/topics/<topic>/`), sorted.
+    pub topics: Vec<PathBuf>,
 }
 
 /// Which state a state log holds: each is the same CRC-framed record log
@@ -46,6 +60,8 @@ pub enum StateLogKind {
     Queues,
     /// `state/history/<queue>/<ms>.history`: a queue's delivery attempts.
     History,
+    /// `state/access/access.statelog`: tokens, ACL rules and quotas (with `--auth`).
+    Access,
 }
 
 impl StateLogKind {
@@ -53,6 +69,7 @@ impl StateLogKind {
         match name {
             OFFSETS_LOG => Some(Self::Offsets),
             QUEUES_LOG => Some(Self::Queues),
+            ACCESS_LOG => Some(Self::Access),
             _ if name.ends_with(tidelog_storage::queue::history::files::HISTORY_FILE_SUFFIX) => {
                 Some(Self::History)
             }
@@ -66,6 +83,7 @@ impl StateLogKind {
             Self::Offsets => "offsets log",
             Self::Queues => "queue state log",
             Self::History => "delivery history file",
+            Self::Access => "access state log",
         }
     }
 
@@ -75,6 +93,7 @@ impl StateLogKind {
             Self::Offsets => "offsets",
             Self::Queues => "queues",
             Self::History => "history",
+            Self::Access => "access",
         }
     }
 }
@@ -89,7 +108,7 @@ pub struct StateLogFile {
 impl Layout {
     /// Whether nothing tidelog wrote was found.
     pub fn is_empty(&self) -> bool {
-        self.partitions.is_empty() && self.state_logs.is_empty()
+        self.partitions.is_empty() && self.state_logs.is_empty() && self.topics.is_empty()
     }
 }
 
@@ -127,6 +146,19 @@ pub fn discover(dir: &Path) -> CliResult<Layout> {
     }
     let mut layout = Layout::default();
     walk(dir, 0, &mut layout)?;
+    // The topic of each partition, given or found (`DATA/topics/<topic>/<p>`), even
+    // when it lacks its files.
+    for partition in &layout.partitions {
+        if let Some(topic) = partition.parent().filter(|t| {
+            t.parent()
+                .and_then(Path::file_name)
+                .is_some_and(|name| name == TOPICS_DIR)
+        }) {
+            layout.topics.push(topic.to_path_buf());
+        }
+    }
+    layout.topics.sort_by_cached_key(|p| natural_key(p));
+    layout.topics.dedup();
     layout.partitions.sort_by_cached_key(|p| natural_key(p));
     layout
         .state_logs
@@ -156,6 +188,9 @@ fn natural_key(path: &Path) -> Vec<Component> {
 }
 
 fn walk(dir: &Path, depth: usize, layout: &mut Layout) -> CliResult<()> {
+    if TOPIC_FILES.iter().any(|file| dir.join(file).is_file()) {
+        layout.topics.push(dir.to_path_buf());
+    }
     if is_partition_dir(dir) {
         layout.partitions.push(dir.to_path_buf());
         return Ok(());
@@ -309,14 +344,24 @@ mod tests {
             .map(|(p, k)| (PathBuf::from(p), k))
         );
 
+        // Topics: those of the partitions, and a directory holding topic files.
+        assert_eq!(
+            layout.topics,
+            vec![root.join("topics/a"), root.join("topics/b")]
+        );
+        fs::create_dir_all(root.join("topics/c")).unwrap();
+        File::create(root.join("topics/c/topic.config")).unwrap();
+        assert_eq!(discover(root).unwrap().topics[2], root.join("topics/c"));
+
         // The state directory on its own.
         let layout = discover(&root.join("state/queues")).unwrap();
         assert_eq!(layout.state_logs.len(), 1);
-        assert!(layout.partitions.is_empty());
+        assert!(layout.partitions.is_empty() && layout.topics.is_empty());
 
-        // A partition directory on its own.
+        // A partition directory on its own, with its topic.
         let layout = discover(&root.join("topics/a/1")).unwrap();
         assert_eq!(layout.partitions, vec![root.join("topics/a/1")]);
+        assert_eq!(layout.topics, vec![root.join("topics/a")]);
         assert_eq!(segment_bases(&root.join("topics/a/0")).unwrap(), vec![0]);
     }
 

@@ -2,9 +2,10 @@
 //!
 //! - `dump FILE`: the batches (and records) of a `.log`, the entries of a `.index` /
 //!   `.timeindex`, the slots of a `checkpoint`, the records of an `offsets.log`.
-//! - `verify DIR`: every batch CRC, every index, the checkpoints and the state logs
-//!   (consumer offsets, queue state, delivery history); exit 1 naming file and position
-//!   when something is wrong.
+//! - `verify DIR`: every batch CRC, every index, the checkpoints, the state logs
+//!   (consumer offsets, queue state, delivery history, access state) and each topic's
+//!   own files (`topic.config`, `topic.owner`, `topic.id`, with the store's readers);
+//!   exit 1 naming file and position when something is wrong.
 //! - `repair DIR`: cuts torn tails into side files and rewrites bad indexes; cuts at
 //!   corruption before the tail only with `--force`.
 
@@ -22,7 +23,10 @@ use crate::args::SegmentCommand;
 use crate::error::{CliError, CliResult};
 use crate::output::{Stdout, note};
 use crate::units::format_bytes;
-use check::{Finding, Severity, check_partition, check_state_log, count};
+use check::{
+    Finding, NOT_REPAIRED, Severity, WRITTEN_BY_NEWER, check_partition, check_state_log,
+    check_topic, count,
+};
 use layout::StateLogKind;
 use progress::{byte_progress, total_log_bytes};
 
@@ -64,11 +68,20 @@ fn verify(dir: &Path, json: bool) -> CliResult<()> {
     for file in &layout.state_logs {
         state_logs.push(check_state_log(file)?);
     }
+    let topics: Vec<check::TopicCheck> = layout.topics.iter().map(|t| check_topic(t)).collect();
     progress.finish_and_clear();
+    // A topic file the store refuses stops the broker: none of its partitions opens.
+    let topic_opens = |partition: &Path| {
+        topics
+            .iter()
+            .find(|t| Some(t.dir.as_path()) == partition.parent())
+            .is_none_or(check::TopicCheck::broker_opens)
+    };
 
-    let all_findings: Vec<&Finding> = partitions
+    let all_findings: Vec<&Finding> = topics
         .iter()
-        .flat_map(|p| &p.findings)
+        .flat_map(|t| &t.findings)
+        .chain(partitions.iter().flat_map(|p| &p.findings))
         .chain(state_logs.iter().flat_map(|o| &o.findings))
         .collect();
     let errors = all_findings
@@ -92,7 +105,7 @@ fn verify(dir: &Path, json: bool) -> CliResult<()> {
                     "start_offset": p.start_offset(),
                     "next_offset": p.next_offset(),
                     // Whether tidelogd would open it (else it serves it as unavailable).
-                    "broker_opens": p.broker_opens(),
+                    "broker_opens": p.broker_opens() && topic_opens(&p.dir),
                     "problems": p.findings.iter().map(Finding::to_json).collect::<Vec<_>>(),
                 })
             })
@@ -124,6 +137,11 @@ fn verify(dir: &Path, json: bool) -> CliResult<()> {
             "errors": errors,
             "warnings": warnings,
             "partitions": partition_list,
+            "topics": topics.iter().map(|t| json!({
+                "dir": t.dir.display().to_string(),
+                "broker_opens": t.broker_opens(),
+                "problems": t.findings.iter().map(Finding::to_json).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
             // Kept for scripts written before the other state logs were checked.
             "offsets_logs": offsets_list,
             "state_logs": state_logs.iter().map(log_json).collect::<Vec<_>>(),
@@ -138,6 +156,15 @@ fn verify(dir: &Path, json: bool) -> CliResult<()> {
                 "WARN"
             }
         };
+        // Topics whose files are fine get no line: their partitions follow.
+        for t in topics.iter().filter(|t| !t.findings.is_empty()) {
+            out.line(&format!(
+                "{:<6}  {}  topic files",
+                status(&t.findings),
+                t.dir.display()
+            ))?;
+            print_findings(&mut out, &t.findings)?;
+        }
         for p in &partitions {
             let offsets = match (p.start_offset(), p.next_offset()) {
                 (Some(start), Some(next)) => {
@@ -200,13 +227,41 @@ fn verify(dir: &Path, json: bool) -> CliResult<()> {
                 dir.display(),
                 kinds.join(", ")
             ),
-            format!(
-                "`tidelog segment repair {}` cuts torn tails and rewrites indexes (--force for corruption)",
-                dir.display()
-            ),
+            what_to_do(dir, &kinds),
         ));
     }
     Ok(())
+}
+
+/// What to do about errors of `kinds`: repair only for what it mends; a file a newer
+/// tidelogd wrote is not damage, and --force is never offered for it.
+fn what_to_do(dir: &Path, kinds: &[&str]) -> String {
+    let mut advice = Vec::new();
+    if kinds.iter().any(|k| !NOT_REPAIRED.contains(k)) {
+        advice.push(format!(
+            "`tidelog segment repair {}` cuts torn tails and rewrites indexes (--force for \
+             corruption)",
+            dir.display()
+        ));
+    }
+    if kinds.contains(&WRITTEN_BY_NEWER) {
+        advice.push(format!(
+            "what a newer tidelogd wrote is not damage: run that build (or a newer one) on {}, \
+             or restore a copy taken before the upgrade; repair leaves it as it is",
+            dir.display()
+        ));
+    }
+    if kinds
+        .iter()
+        .any(|k| NOT_REPAIRED.contains(k) && *k != WRITTEN_BY_NEWER)
+    {
+        advice.push(
+            "correct or restore the topic files named (each problem says how); repair does not \
+             change them"
+                .to_string(),
+        );
+    }
+    advice.join("; ")
 }
 
 /// " and 1 offsets log, 1 queue state log and 3 delivery history files", or nothing.
@@ -215,6 +270,7 @@ fn state_logs_text(logs: &[check::StateLogCheck]) -> String {
         StateLogKind::Offsets,
         StateLogKind::Queues,
         StateLogKind::History,
+        StateLogKind::Access,
     ]
     .into_iter()
     .map(|kind| (kind, logs.iter().filter(|l| l.kind == kind).count()))

@@ -7,7 +7,9 @@
 //! index files are rewritten from the log. Everything
 //! else (a bad batch with intact ones after it, a gap between segments, damage in
 //! fsynced data) is refused: with `--force` the log is cut at the first such place
-//! and later segments are moved aside. Bytes are never destroyed: a cut tail goes to
+//! and later segments are moved aside. Never changed, even with `--force`: a state log
+//! record a newer tidelogd wrote (not damage: run that build) and a topic's own files
+//! (`topic.config`, `topic.owner`, `topic.id`). Bytes are never destroyed: a cut tail goes to
 //! `<file>.torn-at-<position>`, a segment moved aside keeps its bytes under
 //! `<file>.removed-by-repair`.
 
@@ -24,7 +26,8 @@ use tidelog_storage::segment::{
 use tidelog_storage::{FileSystem, OsFs};
 
 use super::check::{
-    Finding, PartitionCheck, Severity, StateLogCheck, check_partition, check_state_log,
+    Finding, NOT_REPAIRED, PartitionCheck, Severity, StateLogCheck, WRITTEN_BY_NEWER,
+    check_partition, check_state_log, check_topic,
 };
 use super::layout;
 use super::progress::{byte_progress, total_log_bytes};
@@ -55,12 +58,16 @@ enum Plan {
         cut: Option<(u64, u64)>,
         refused: Vec<Finding>,
     },
+    /// A topic's own files: never changed; what the broker refuses is reported.
+    Topic { refused: Vec<Finding> },
 }
 
 impl Plan {
     fn refused(&self) -> &[Finding] {
         match self {
-            Plan::Partition { refused, .. } | Plan::StateLog { refused, .. } => refused,
+            Plan::Partition { refused, .. }
+            | Plan::StateLog { refused, .. }
+            | Plan::Topic { refused } => refused,
         }
     }
 
@@ -77,7 +84,7 @@ impl Plan {
                 cut: Some((position, len)),
                 ..
             } => vec![cut_change(path, *position, *len)],
-            Plan::StateLog { cut: None, .. } => Vec::new(),
+            Plan::StateLog { cut: None, .. } | Plan::Topic { .. } => Vec::new(),
         }
     }
 }
@@ -226,6 +233,8 @@ fn plan_state_log(check: &StateLogCheck, force: bool) -> Plan {
         .find(|f| f.severity == Severity::Error);
     let (cut, refused) = match first {
         None => (None, Vec::new()),
+        // A whole record of a newer build is not damage: never cut, even with --force.
+        Some(first) if first.kind == WRITTEN_BY_NEWER => (None, vec![first.clone()]),
         Some(_) if check.torn || force => (Some((check.valid_bytes, check.log_bytes)), Vec::new()),
         Some(first) => (None, vec![first.clone()]),
     };
@@ -265,7 +274,7 @@ fn execute(plan: &Plan) -> CliResult<()> {
         } => recovery::cut_file(&*fs, path, *position, *len)
             .map(drop)
             .map_err(storage_error),
-        Plan::StateLog { cut: None, .. } => Ok(()),
+        Plan::StateLog { cut: None, .. } | Plan::Topic { .. } => Ok(()),
     }
 }
 
@@ -298,6 +307,15 @@ pub fn run(args: &RepairArgs, json: bool) -> CliResult<()> {
     for partition in &layout.partitions {
         let check = check_partition(partition, |bytes| progress.inc(bytes))?;
         plans.push(plan_partition(&check, args.force));
+    }
+    for topic in &layout.topics {
+        let check = check_topic(topic);
+        let refused = check
+            .findings
+            .into_iter()
+            .filter(|f| f.severity == Severity::Error)
+            .collect();
+        plans.push(Plan::Topic { refused });
     }
     let mut committed = std::collections::BTreeMap::new();
     for file in &layout.state_logs {
@@ -388,18 +406,60 @@ pub fn run(args: &RepairArgs, json: bool) -> CliResult<()> {
         note("dry run: nothing was changed; run again without --dry-run to apply");
     }
     if let Some(first) = refused.first() {
+        // --force is offered only for what it would cut.
+        let forcible = refused.iter().any(|f| !NOT_REPAIRED.contains(&f.kind));
+        let mut advice = Vec::new();
+        if forcible {
+            advice.push(
+                "rerun with --force to cut the log there (the messages after it are lost, their \
+                 bytes kept aside), or restore the partition from a backup"
+                    .to_string(),
+            );
+        }
+        if refused.iter().any(|f| f.kind == WRITTEN_BY_NEWER) {
+            advice.push(format!(
+                "what a newer tidelogd wrote is not damage and is never cut (not even with \
+                 --force): run that build (or a newer one) on {}, or restore a copy taken \
+                 before the upgrade",
+                dir.display()
+            ));
+        }
+        if refused
+            .iter()
+            .any(|f| NOT_REPAIRED.contains(&f.kind) && f.kind != WRITTEN_BY_NEWER)
+        {
+            advice.push(
+                "correct or restore the topic files named (each says how); repair does not \
+                 change them"
+                    .to_string(),
+            );
+        }
+        let places = |noun: &str| match refused.len() {
+            1 => format!("1 {noun}"),
+            n => format!("{n} {noun}s"),
+        };
+        let summary = if forcible {
+            format!("refused to cut {} before the tail", places("damaged place"))
+        } else {
+            format!("{} that repair does not change", places("problem"))
+        };
         return Err(CliError::failure(
-            format!(
-                "refused to cut {} before the tail; first: {}",
-                if refused.len() == 1 {
-                    "1 damaged place".to_string()
-                } else {
-                    format!("{} damaged places", refused.len())
-                },
-                first.line()
-            ),
-            "rerun with --force to cut the log there (the messages after it are lost, their bytes kept aside), or restore the partition from a backup",
+            format!("{summary}; first: {}", first.line()),
+            advice.join("; "),
         ));
     }
     Ok(())
+}
+
+/// Where [`plan_state_log`] cuts a checked state log and the kinds it refuses: for the
+/// tests of the check.
+#[cfg(test)]
+pub(super) fn plan_for_test(
+    check: &StateLogCheck,
+    force: bool,
+) -> (Option<(u64, u64)>, Vec<&'static str>) {
+    match plan_state_log(check, force) {
+        Plan::StateLog { cut, refused, .. } => (cut, refused.iter().map(|f| f.kind).collect()),
+        _ => unreachable!("a state log's plan"),
+    }
 }

@@ -432,6 +432,10 @@ impl QueueHistory {
             ScanEnd::Corrupt { position, reason } => {
                 Err(Error::corrupt(&file.path, position, reason))
             }
+            ScanEnd::Newer { position, reason } => Err(Error::WrittenByNewer {
+                file: file.path.clone(),
+                what: format!("delivery history record at byte {position}: {reason}"),
+            }),
         }
     }
 
