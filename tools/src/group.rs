@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 use tidelog_proto::v1::{
     DeleteGroupRequest, DeleteOffsetsRequest, DescribeGroupRequest, GroupDescription, GroupMember,
-    GroupState, ListGroupsRequest, OffsetChange, PartitionLag, ResetOffsetsRequest,
-    TopicPartitionOffset, reset_offsets_request as reset,
+    GroupState, ListGroupsRequest, ListTopicsRequest, OffsetChange, PartitionLag,
+    ResetOffsetsRequest, TopicPartitionOffset, reset_offsets_request as reset,
 };
 
 use crate::args::{GroupCommand, ResetMode, ResetOffsetsArgs};
@@ -513,6 +513,82 @@ async fn reset_call(
     Ok((response.changes, response.executed))
 }
 
+/// The error of a `--from-file` reset the broker refused because a topic of the file
+/// was deleted and created again since its offsets were exported: the rows whose id
+/// is no longer their topic's, and what to do. `None` when no row is (the refusal was
+/// of something else) or the topics cannot be listed.
+async fn recreated_rows_error(
+    broker: &Broker,
+    path: &std::path::Path,
+    rows: &[OffsetRow],
+) -> Option<CliError> {
+    let topics = broker
+        .admin()
+        .list_topics(ListTopicsRequest {
+            include_internal: true,
+        })
+        .await
+        .ok()?
+        .into_inner()
+        .topics;
+    let stale: Vec<&OffsetRow> = rows
+        .iter()
+        .filter(|row| {
+            let now = topics.iter().find(|t| t.name == row.topic);
+            match (row.topic_id, now) {
+                (Some(exported), Some(now)) => tidelog_storage::TopicId::from_wire(now.topic_id)
+                    .is_some_and(|now| !now.accepts_wire(exported.get())),
+                _ => false,
+            }
+        })
+        .collect();
+    if stale.is_empty() {
+        return None;
+    }
+    let said: Vec<String> = stale
+        .iter()
+        .map(|row| {
+            let exported = row.topic_id.map(|id| id.to_string()).unwrap_or_default();
+            let now = topics
+                .iter()
+                .find(|t| t.name == row.topic)
+                .map_or(0, |t| t.topic_id);
+            format!(
+                "row {},{},{},{exported} of {}: topic {:?} was deleted and created again since \
+                 the export (its id was {exported}, now {now:016x}), so its offsets start over \
+                 and offset {} would skip the new topic's first messages",
+                row.topic,
+                row.partition,
+                row.offset,
+                path.display(),
+                row.topic,
+                row.offset,
+            )
+        })
+        .collect();
+    let mut names: Vec<&str> = stale.iter().map(|row| row.topic.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let topic_flags: Vec<String> = names.iter().map(|t| format!("--topic {t}")).collect();
+    Some(
+        CliError::failure(
+            format!("{}; nothing was committed", said.join("; ")),
+            format!(
+                "reset {} with {} --to-earliest (or another mode), or, to commit the saved \
+                 offsets anyway, empty the topic_id field of {}",
+                if names.len() == 1 { "it" } else { "them" },
+                topic_flags.join(" "),
+                if stale.len() == 1 {
+                    "its row"
+                } else {
+                    "their rows"
+                },
+            ),
+        )
+        .with_code(tonic::Code::FailedPrecondition),
+    )
+}
+
 async fn reset_offsets(
     broker: &Broker,
     args: &ResetOffsetsArgs,
@@ -539,21 +615,28 @@ async fn reset_offsets(
         let rows = parse_offsets_csv(&text, &args.group).map_err(|e| {
             CliError::failure(
                 format!("{} is not an offsets CSV: {e}", path.display()),
-                "give topic,partition,offset lines (as --export writes them)",
+                "give topic,partition,offset[,topic_id] lines (as --export writes them)",
             )
         })?;
         let offsets = rows
-            .into_iter()
+            .iter()
             .map(|r| TopicPartitionOffset {
-                topic: r.topic,
+                topic: r.topic.clone(),
                 partition: r.partition,
                 offset: r.offset,
                 metadata: String::new(),
-                topic_id: 0,
+                topic_id: r.topic_id.map_or(0, tidelog_storage::TopicId::get),
             })
             .collect();
         let spec = reset::Spec::Explicit(reset::ExplicitOffsets { offsets });
-        reset_call(broker, request(None, spec, execute)).await?
+        match reset_call(broker, request(None, spec, execute)).await {
+            Err(error) if error.code == Some(tonic::Code::FailedPrecondition) => {
+                return Err(recreated_rows_error(broker, path, &rows)
+                    .await
+                    .unwrap_or(error));
+            }
+            result => result?,
+        }
     } else {
         let spec = spec_of(&args.mode).ok_or_else(|| {
             CliError::usage(
@@ -620,7 +703,8 @@ async fn reset_offsets(
                         partition: c.partition,
                         offset: c.new_offset,
                         metadata: String::new(),
-                        topic_id: 0,
+                        // The topic the plan was made on, or nothing is committed.
+                        topic_id: c.topic_id,
                     })
                     .collect();
                 let spec = reset::Spec::Explicit(reset::ExplicitOffsets { offsets });
@@ -669,6 +753,7 @@ async fn reset_offsets(
                 topic: c.topic.clone(),
                 partition: c.partition,
                 offset: c.new_offset,
+                topic_id: tidelog_storage::TopicId::from_wire(c.topic_id),
             })
             .collect();
         out.text(&write_offsets_csv(&rows))?;

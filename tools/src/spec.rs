@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 
+use tidelog_storage::TopicId;
+
 /// Most partitions one spec may expand to (a topic has at most 10,000).
 const SPEC_PARTITIONS_MAX: usize = 10_000;
 
@@ -74,23 +76,38 @@ pub struct OffsetRow {
     pub topic: String,
     pub partition: u32,
     pub offset: u64,
+    /// The id of the topic the offset was read in (`--export` writes it); `None`:
+    /// not checked when the offset is committed (files of Kafka's form, and those
+    /// exported before topics had ids).
+    pub topic_id: Option<TopicId>,
 }
 
-/// Writes `topic,partition,offset` lines (no header line, like Kafka's `--export`).
+/// The header line of the form `--export` writes, whose fourth column is the topic's
+/// id.
+const HEADER_WITH_IDS: [&str; 4] = ["topic", "partition", "offset", "topic_id"];
+
+/// Writes the header `topic,partition,offset,topic_id`, then a line per row: Kafka's
+/// `topic,partition,offset` and the topic's id (16 lowercase hex digits, empty when
+/// unknown), so a restore refuses a topic deleted and created again since.
 pub fn write_offsets_csv(rows: &[OffsetRow]) -> String {
-    let mut out = String::new();
+    let mut out = HEADER_WITH_IDS.join(",");
+    out.push('\n');
     for row in rows {
-        let _ = writeln!(out, "{},{},{}", row.topic, row.partition, row.offset);
+        let id = row.topic_id.map(|id| id.to_string()).unwrap_or_default();
+        let _ = writeln!(out, "{},{},{},{id}", row.topic, row.partition, row.offset);
     }
     out
 }
 
 /// Reads an offsets CSV: `topic,partition,offset` per line, or Kafka's multi-group
 /// form `group,topic,partition,offset`, in which case only `group`'s lines are kept.
-/// Blank lines, `#` comments and a header line (`topic,partition,offset`) are
-/// skipped. A (topic, partition) may appear only once.
+/// After the header `topic,partition,offset,topic_id` (as `--export` writes it), a
+/// fourth column is the topic's id instead (empty: not checked). Blank lines, `#`
+/// comments and the other header lines are skipped. A (topic, partition) may appear
+/// only once.
 pub fn parse_offsets_csv(text: &str, group: &str) -> Result<Vec<OffsetRow>, String> {
     let mut rows: Vec<OffsetRow> = Vec::new();
+    let mut with_ids = false;
     for (index, line) in text.lines().enumerate() {
         let line_number = index + 1;
         let line = line.trim();
@@ -98,28 +115,44 @@ pub fn parse_offsets_csv(text: &str, group: &str) -> Result<Vec<OffsetRow>, Stri
             continue;
         }
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-        let fields = match fields.as_slice() {
-            [topic, partition, offset] => [*topic, *partition, *offset],
+        match fields.as_slice() {
+            ["topic", "partition", "offset", "topic_id"] => {
+                with_ids = true;
+                continue;
+            }
+            ["topic", "partition", "offset"] | ["group", "topic", "partition", "offset"] => {
+                with_ids = false;
+                continue;
+            }
+            _ => {}
+        }
+        let (topic, partition, offset, id) = match fields.as_slice() {
+            [topic, partition, offset] => (*topic, *partition, *offset, ""),
+            [topic, partition, offset, id] if with_ids => (*topic, *partition, *offset, *id),
             [row_group, topic, partition, offset] => {
-                if *row_group == "group" {
-                    continue; // header of the four-column form
+                if offset.parse::<u64>().is_err()
+                    && TopicId::parse_file(offset.as_bytes()).is_some()
+                {
+                    return Err(format!(
+                        "line {line_number}: {offset:?} is a topic id, but no header line \
+                         {} comes before it (without it, four columns are Kafka's \
+                         group,topic,partition,offset)",
+                        HEADER_WITH_IDS.join(",")
+                    ));
                 }
                 if *row_group != group {
                     continue;
                 }
-                [*topic, *partition, *offset]
+                (*topic, *partition, *offset, "")
             }
             _ => {
                 return Err(format!(
-                    "line {line_number}: expected topic,partition,offset but found {} fields",
+                    "line {line_number}: expected topic,partition,offset{} but found {} fields",
+                    if with_ids { ",topic_id" } else { "" },
                     fields.len()
                 ));
             }
         };
-        let [topic, partition, offset] = fields;
-        if topic == "topic" && partition == "partition" {
-            continue; // header line
-        }
         if topic.is_empty() {
             return Err(format!("line {line_number}: the topic is empty"));
         }
@@ -129,6 +162,15 @@ pub fn parse_offsets_csv(text: &str, group: &str) -> Result<Vec<OffsetRow>, Stri
         let offset: u64 = offset
             .parse()
             .map_err(|_| format!("line {line_number}: {offset:?} is not an offset"))?;
+        let topic_id = match id {
+            "" => None,
+            id => Some(TopicId::parse_file(id.as_bytes()).ok_or_else(|| {
+                format!(
+                    "line {line_number}: {id:?} is not a topic id (16 lowercase hex digits, \
+                     as --export writes it and `tidelog topic describe` shows it)"
+                )
+            })?),
+        };
         if rows
             .iter()
             .any(|r| r.topic == topic && r.partition == partition)
@@ -141,6 +183,7 @@ pub fn parse_offsets_csv(text: &str, group: &str) -> Result<Vec<OffsetRow>, Stri
             topic: topic.to_string(),
             partition,
             offset,
+            topic_id,
         });
     }
     if rows.is_empty() {
@@ -199,20 +242,29 @@ mod tests {
                 topic: "orders".into(),
                 partition: 0,
                 offset: 10,
+                topic_id: TopicId::from_wire(0x00ab_cdef_0123_4567),
             },
             OffsetRow {
                 topic: "orders".into(),
                 partition: 1,
                 offset: 0,
+                topic_id: TopicId::from_wire(0x00ab_cdef_0123_4567),
             },
             OffsetRow {
                 topic: "audit.log".into(),
                 partition: 7,
                 offset: u64::MAX,
+                topic_id: None,
             },
         ];
         let text = write_offsets_csv(&rows);
-        assert_eq!(text.lines().next(), Some("orders,0,10"));
+        assert_eq!(
+            text.lines().take(2).collect::<Vec<_>>(),
+            [
+                "topic,partition,offset,topic_id",
+                "orders,0,10,00abcdef01234567"
+            ]
+        );
         assert_eq!(parse_offsets_csv(&text, "g"), Ok(rows));
     }
 
@@ -224,7 +276,8 @@ mod tests {
             Ok(vec![OffsetRow {
                 topic: "orders".into(),
                 partition: 1,
-                offset: 5
+                offset: 5,
+                topic_id: None,
             }])
         );
         let text = "group,topic,partition,offset\ng,orders,0,3\nother,orders,0,9\n";
@@ -233,9 +286,20 @@ mod tests {
             Ok(vec![OffsetRow {
                 topic: "orders".into(),
                 partition: 0,
-                offset: 3
+                offset: 3,
+                topic_id: None,
             }])
         );
+        // Ids after their header; a row without one (3 columns, or an empty 4th) is
+        // not checked.
+        let text = "topic,partition,offset,topic_id\norders,0,3,00abcdef01234567\n\
+                    orders,1,4\norders,2,5,\n";
+        let ids: Vec<Option<u64>> = parse_offsets_csv(text, "g")
+            .unwrap()
+            .iter()
+            .map(|r| r.topic_id.map(TopicId::get))
+            .collect();
+        assert_eq!(ids, [Some(0x00ab_cdef_0123_4567), None, None]);
     }
 
     #[test]
@@ -250,5 +314,23 @@ mod tests {
         assert!(error.contains("twice"), "{error}");
         assert!(parse_offsets_csv("\n# nothing\n", "g").is_err());
         assert!(parse_offsets_csv(",0,1\n", "g").is_err());
+        let with_ids = "topic,partition,offset,topic_id\n";
+        for bad in [
+            "0",
+            "00ABCDEF01234567",
+            "abcdef01234567",
+            "0000000000000000",
+        ] {
+            let error =
+                parse_offsets_csv(&format!("{with_ids}orders,0,1,{bad}\n"), "g").unwrap_err();
+            assert!(
+                error.contains("line 2: ") && error.contains("not a topic id"),
+                "{error}"
+            );
+        }
+        // Without the header, 4 columns are Kafka's group form: an id there is named,
+        // not taken for an offset of another group and skipped.
+        let error = parse_offsets_csv("orders,0,1,00abcdef01234567\n", "g").unwrap_err();
+        assert!(error.contains("no header line"), "{error}");
     }
 }

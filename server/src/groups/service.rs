@@ -505,6 +505,7 @@ impl Groups for GroupsService {
                 current_offset: state.committed,
                 new_offset: moved.offset,
                 clamped_from: moved.clamped_from,
+                topic_id: item.topic.id().get(),
             });
             commits.push((item.topic, item.partition, moved.offset, metadata));
         }

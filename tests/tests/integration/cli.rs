@@ -744,7 +744,11 @@ async fn cli_export_then_from_file_round_trip() {
         ],
     )
     .ok("export");
-    assert_eq!(exported.stdout, "events,0,4\nevents,1,6\n");
+    let id = topic_id(&broker, "events");
+    assert_eq!(
+        exported.stdout,
+        format!("topic,partition,offset,topic_id\nevents,0,4,{id}\nevents,1,6,{id}\n")
+    );
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), &exported.stdout).unwrap();
 
@@ -803,6 +807,130 @@ async fn cli_export_then_from_file_round_trip() {
     );
     assert_eq!(bad.code, 1);
     assert!(bad.stderr.contains("line 2"), "{}", bad.stderr);
+}
+
+/// The topic's id as the CLI shows it (`topic describe --json`).
+fn topic_id(broker: &TestBroker, topic: &str) -> String {
+    let described = cli(broker, &["topic", "describe", topic, "--json"]).ok("topic describe");
+    let id = described.json()["topic_id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 16, "{id}");
+    id
+}
+
+/// Offsets saved with --export and restored with --from-file after their topic was
+/// deleted and created again are refused, naming the row and what to do, and nothing
+/// is committed: they are offsets of the old topic, and would skip the new one's first
+/// messages. A file without ids (Kafka's three columns) is restored unchecked.
+#[tokio::test]
+async fn cli_from_file_refuses_offsets_of_a_topic_created_again_since_the_export() {
+    let broker = TestBroker::start();
+    cli(&broker, &["topic", "create", "moved", "--partitions", "2"]).ok("topic create");
+    publish_hourly(&broker, "moved", now_ms()).await;
+    let g = "restorers";
+    reset(
+        &broker,
+        g,
+        "moved",
+        &["--topic", "moved", "--to-offset", "8"],
+        &[Some(8), Some(8)],
+    );
+    let export_args = [
+        "group",
+        "reset-offsets",
+        "--group",
+        g,
+        "--all-topics",
+        "--to-current",
+        "--export",
+    ];
+    let exported = cli(&broker, &export_args).ok("export");
+    let old_id = topic_id(&broker, "moved");
+    assert!(
+        exported.stdout.contains(&format!("moved,0,8,{old_id}\n")),
+        "{}",
+        exported.stdout
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &exported.stdout).unwrap();
+    let path = file.path().to_str().unwrap();
+
+    cli(&broker, &["topic", "delete", "moved"]).ok("topic delete");
+    cli(&broker, &["topic", "create", "moved", "--partitions", "2"]).ok("topic create again");
+    publish_hourly(&broker, "moved", now_ms()).await;
+    let new_id = topic_id(&broker, "moved");
+    assert_ne!(old_id, new_id);
+    assert_eq!(offsets(&broker, g, "moved"), Vec::<Option<u64>>::new());
+
+    let restore = [
+        "group",
+        "reset-offsets",
+        "--group",
+        g,
+        "--from-file",
+        path,
+        "--execute",
+    ];
+    let refused = cli(&broker, &restore);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    for said in [
+        format!("row moved,0,8,{old_id} of {path}"),
+        "deleted and created again since the export".to_string(),
+        new_id.clone(),
+        "nothing was committed".to_string(),
+        "reset it with --topic moved --to-earliest".to_string(),
+        "empty the topic_id field of their rows".to_string(),
+    ] {
+        assert!(
+            refused.stderr.contains(&said),
+            "{said:?} in {}",
+            refused.stderr
+        );
+    }
+    assert_eq!(offsets(&broker, g, "moved"), Vec::<Option<u64>>::new());
+    // A dry run is refused alike.
+    let mut dry = restore.to_vec();
+    dry.pop();
+    assert_eq!(cli(&broker, &dry).code, 1);
+
+    // A file of Kafka's three columns (or exported before topics had ids) carries no
+    // id: it is restored as it says, unchecked.
+    std::fs::write(file.path(), "moved,0,8\nmoved,1,8\n").unwrap();
+    reset(
+        &broker,
+        g,
+        "moved",
+        &["--from-file", path],
+        &[Some(8), Some(8)],
+    );
+    // A file exported from the new topic restores onto it.
+    reset(
+        &broker,
+        g,
+        "moved",
+        &["--topic", "moved", "--to-offset", "3"],
+        &[Some(3), Some(3)],
+    );
+    let exported = cli(&broker, &export_args).ok("export of the new topic");
+    assert!(
+        exported.stdout.contains(&format!("moved,1,3,{new_id}\n")),
+        "{}",
+        exported.stdout
+    );
+    std::fs::write(file.path(), &exported.stdout).unwrap();
+    reset(
+        &broker,
+        g,
+        "moved",
+        &["--to-earliest", "--topic", "moved"],
+        &[Some(0), Some(0)],
+    );
+    reset(
+        &broker,
+        g,
+        "moved",
+        &["--from-file", path],
+        &[Some(3), Some(3)],
+    );
 }
 
 /// Waits until a group has no live members (a CLI consumer that exited has left).

@@ -697,6 +697,12 @@ async fn reset_clamped(
         .await
         .unwrap()
         .into_inner();
+    // Every change names the topic "resets" by its id (one topic, one id, never 0).
+    let topic_id = dry.changes.first().map_or(0, |c| c.topic_id);
+    assert!(
+        dry.changes.is_empty() || topic_id != 0,
+        "changes carry the topic's id"
+    );
     let expected_changes: Vec<OffsetChange> = expected
         .iter()
         .map(|(partition, current, new)| OffsetChange {
@@ -708,6 +714,7 @@ async fn reset_clamped(
                 .iter()
                 .find(|(p, _)| p == partition)
                 .map(|&(_, asked)| asked),
+            topic_id,
         })
         .collect();
     assert_eq!(dry.changes, expected_changes, "dry run of {spec:?}");

@@ -67,7 +67,9 @@ Examples:
 A dry run (the default) prints the plan and commits nothing; --execute commits it, all
 or nothing, and is refused while the group has live members. New offsets are clamped
 to each partition's log start and end. --export prints the plan as the
-topic,partition,offset CSV that --from-file reads.";
+topic,partition,offset,topic_id CSV that --from-file reads: a restore of offsets of a
+topic deleted and created again since is refused (empty a row's topic_id to force it);
+files of Kafka's three columns are restored unchecked.";
 
 #[derive(Debug, Args)]
 #[command(after_help = RESET_EXAMPLES)]
@@ -100,7 +102,7 @@ pub struct ResetOffsetsArgs {
     #[arg(long)]
     pub execute: bool,
 
-    /// Print the new offsets as topic,partition,offset CSV (for --from-file).
+    /// Print the new offsets as topic,partition,offset,topic_id CSV (for --from-file).
     #[arg(long)]
     pub export: bool,
 }
@@ -146,7 +148,7 @@ pub struct ResetMode {
     #[arg(long)]
     pub to_current: bool,
 
-    /// To the offsets in a topic,partition,offset CSV file (as --export writes).
+    /// To the offsets in a topic,partition,offset[,topic_id] CSV file (as --export writes).
     #[arg(long, value_name = "FILE")]
     pub from_file: Option<PathBuf>,
 }
