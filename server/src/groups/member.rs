@@ -10,7 +10,10 @@
 //!    window (client commits and `handover_timeout_ms`), a revoked partition is
 //!    stopped but its lease kept until the client commits in the new generation
 //!    (`HandOver`), the window ends, or the stream ends; the client may commit it
-//!    meanwhile, and its next owner starts from that commit.
+//!    meanwhile, and its next owner starts from that commit. Assigned back to this
+//!    member within the window, it starts again from the committed offset too (the
+//!    client dropped what it held of it), unless the Assignment that took it away
+//!    never went out.
 //! 2. Queued events (Assignment, PositionReset) always go out before more messages,
 //!    so a member never sees messages of a generation before that generation's
 //!    Assignment, nor a partition's messages before the PositionReset that moved it.
@@ -156,6 +159,10 @@ pub(crate) struct MemberTask {
     turn: usize,
     /// When the last batch went out (see [`crate::read::SKIP_PROGRESS_INTERVAL`]).
     last_batch: Instant,
+    /// The generation of the last Assignment handed to the stream (0 before the
+    /// first): the client reads events in order, so it sees every partition that
+    /// Assignment took away as revoked.
+    sent_generation: u64,
 }
 
 impl MemberTask {
@@ -187,6 +194,7 @@ impl MemberTask {
             backoff: false,
             turn: 0,
             last_batch: Instant::now(),
+            sent_generation: 0,
         }
     }
 
@@ -257,7 +265,7 @@ impl MemberTask {
                 }
                 control = self.control.recv() => match control {
                     Some(Control::Assign { generation, partitions, topics }) => {
-                        self.on_assign(generation, partitions, topics).await;
+                        self.on_assign(generation, partitions, topics).await?;
                     }
                     Some(Control::HandOver { generation }) => {
                         self.release_revoking(|r| r.generation <= generation);
@@ -299,7 +307,7 @@ impl MemberTask {
         generation: u64,
         partitions: Vec<TopicPartition>,
         topics: BTreeMap<String, Arc<Topic>>,
-    ) {
+    ) -> Result<(), Status> {
         let assigned: BTreeSet<TopicPartition> = partitions.iter().cloned().collect();
         // Partitions of a topic that went (or came back as a new incarnation): their
         // positions and leases mean nothing now, and a commit would bring back
@@ -337,18 +345,27 @@ impl MemberTask {
             keep
         });
         self.commit_positions(&revoked).await;
-        // Kept in a handover window and assigned again: read it on (same stream, same
-        // position, so nothing is skipped or repeated).
+        // Kept in a handover window and assigned again. If the Assignment that took it
+        // away never went out (this one replaces it unsent), the client still reads
+        // it: read it on from the same position, so nothing is skipped or repeated.
+        // Otherwise the client saw it revoked and dropped what it had received of it
+        // but not returned: it starts again at the group's committed offset, as any
+        // grant does (below, after the Assignment is queued), with the lease kept.
         let back: Vec<TopicPartition> = self
             .revoking
             .keys()
             .filter(|tp| assigned.contains(*tp))
             .cloned()
             .collect();
+        let mut granted_again = Vec::new();
         for tp in back {
             if let Some(kept) = self.revoking.remove(&tp) {
-                self.owned.insert(tp, kept.owned);
-                self.data_ready = true;
+                if kept.generation > self.sent_generation {
+                    self.owned.insert(tp, kept.owned);
+                    self.data_ready = true;
+                } else {
+                    granted_again.push((tp, kept.owned));
+                }
             }
         }
         for tp in &revoked {
@@ -391,6 +408,9 @@ impl MemberTask {
             Some(unsent) => *unsent = assignment,
             None => self.events.push_back(assignment),
         }
+        for (tp, kept) in granted_again {
+            self.start(tp, kept.topic, kept._lease)?;
+        }
         for tp in assigned {
             if self.owned.contains_key(&tp) || self.pending.contains_key(&tp) {
                 continue;
@@ -408,6 +428,7 @@ impl MemberTask {
         if !revoked.is_empty() || !gone.is_empty() {
             tracing::debug!(group = %self.group_id, member = %self.member_id, generation, ?revoked, ?gone, "stopped revoked partitions");
         }
+        Ok(())
     }
 
     /// The Assignment event of `partitions`: a list of partition numbers for a member
@@ -487,6 +508,18 @@ impl MemberTask {
             topic = current;
             self.topics.insert(name.to_string(), topic.clone());
         }
+        self.start(tp, topic, permit)
+    }
+
+    /// Starts reading `tp`, whose lease `permit` is, at the group's committed offset
+    /// (or where the reset policy puts it).
+    fn start(
+        &mut self,
+        tp: TopicPartition,
+        topic: Arc<Topic>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<(), Status> {
+        let (name, partition) = (tp.0.as_str(), tp.1);
         let Some(log) = topic.partitions().get(partition as usize).cloned() else {
             return Err(Status::not_found(format!(
                 "topic {name:?} has no partition {partition}"
@@ -610,6 +643,7 @@ impl MemberTask {
             };
             permit.send(Ok(self.out(event)));
             if let Some(generation) = delivered {
+                self.sent_generation = generation;
                 self.coordinator().assignment_delivered(
                     &self.group_id,
                     &self.member_id,

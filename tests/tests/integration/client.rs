@@ -2138,3 +2138,108 @@ async fn a_router_goes_on_across_a_broker_restart() {
     stop.send(()).expect("stop");
     running.await.expect("join").expect("router");
 }
+
+/// A partition taken from a GroupMember and given back to it before its handover
+/// commit: the member dropped what it had buffered of it (it read ahead to the
+/// Assignment that revoked it after a refused commit), and the
+/// broker starts it again at the committed offset, so every message of it comes to
+/// the member. The broker used to read it on from where it had stopped sending: the
+/// buffered messages never came again.
+#[tokio::test]
+async fn a_group_member_gets_every_message_of_a_partition_given_back_before_its_handover() {
+    use tidelog_client::proto::DescribeGroupRequest;
+    let broker = TestBroker::start();
+    let client = client(&broker).await;
+    client
+        .create_topic("given", 2, TopicConfig::default())
+        .await
+        .expect("create");
+    let producer = Producer::new(&client, ProducerConfig::default());
+    let publish = |n: u32| {
+        let producer = &producer;
+        async move {
+            let mut acks = Vec::new();
+            for p in 0..2u32 {
+                for i in 0..n {
+                    acks.push(
+                        producer
+                            .send(Record::new("given", format!("{p}-{i}")).partition(p))
+                            .await
+                            .expect("send"),
+                    );
+                }
+            }
+            for ack in acks {
+                timeout(WAIT, ack).await.expect("in time").expect("acked");
+            }
+        }
+    };
+    publish(10).await;
+    let options = GroupOptions {
+        commit: Commit::Explicit,
+        handover_timeout: Duration::from_secs(120),
+        session_timeout: Duration::ZERO,
+        ..GroupOptions::new("given-group")
+    };
+    let mut a = GroupMember::join(&client, "given", options.clone())
+        .await
+        .expect("join");
+    let mut returned: BTreeSet<(u32, u64)> = BTreeSet::new();
+    let first = timeout(WAIT, a.next())
+        .await
+        .expect("in time")
+        .expect("next");
+    returned.insert((first.partition, first.offset));
+    a.commit().await.expect("commit");
+    // B takes a partition (kept for A's handover commit); A's next commit is refused,
+    // so A reads ahead to the new Assignment and drops what it had buffered of the
+    // partition taken. B leaves before A's handover commit: the partition comes back.
+    let b = GroupMember::join(&client, "given", options)
+        .await
+        .expect("second join");
+    let generation = b.assignment().1;
+    let second = timeout(WAIT, a.next())
+        .await
+        .expect("in time")
+        .expect("next");
+    returned.insert((second.partition, second.offset));
+    match a.commit().await {
+        Err(tidelog_client::Error::Rebalanced { .. }) => {}
+        other => panic!("a commit in the old generation is refused: {other:?}"),
+    }
+    drop(b);
+    let mut groups = broker.groups().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let described = groups
+            .describe_group(DescribeGroupRequest {
+                group_id: "given-group".into(),
+            })
+            .await
+            .expect("describe")
+            .into_inner()
+            .group
+            .expect("a group");
+        if described.generation > generation {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "B never left");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    publish(1).await;
+    while !(returned.contains(&(0, 10)) && returned.contains(&(1, 10))) {
+        let message = timeout(WAIT, a.next())
+            .await
+            .expect("in time")
+            .expect("next");
+        returned.insert((message.partition, message.offset));
+    }
+    let missing: Vec<(u32, u64)> = (0..2u32)
+        .flat_map(|p| (0..=10u64).map(move |o| (p, o)))
+        .filter(|m| !returned.contains(m))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "never returned to the member: {missing:?}"
+    );
+}

@@ -1782,6 +1782,73 @@ async fn a_handover_window_lets_a_member_commit_what_a_rebalance_takes() {
     assert_eq!(anonymous.code(), Code::InvalidArgument);
 }
 
+/// A partition a rebalance takes from a member and gives back to it before its
+/// handover window ends starts again at the group's committed offset, as any grant
+/// does: the member saw the Assignment that took it away and dropped what it had
+/// received of it and not processed. It used to be read on from where the broker
+/// had stopped sending it, so what lay between the commit and there was never
+/// delivered to the member again, and its next commits went past it.
+#[tokio::test]
+async fn a_partition_given_back_inside_its_handover_window_starts_at_the_commit() {
+    let broker = TestBroker::start();
+    broker.create_topic("back", 2, TopicConfig::default()).await;
+    for partition in 0..2 {
+        publish(&broker, "back", partition, 10, None).await;
+    }
+    let mut groups = broker.groups().await;
+    let mut windowed = membership("back", "", 0, 0);
+    windowed.handover_timeout_ms = 60_000;
+    let mut a = subscribe(
+        &mut broker.consumer().await,
+        "back",
+        windowed,
+        ResetPolicy::Earliest,
+    )
+    .await
+    .unwrap();
+    let first = expect_assignment(&mut a).await;
+    assert_eq!(first.partitions, vec![0, 1]);
+    // A received every message and has processed the first four of each partition.
+    first_messages(&mut a, 20).await;
+    member_commit(
+        &mut groups,
+        "back",
+        &first.member_id,
+        Some(first.generation),
+        &[("back", 0, 4), ("back", 1, 4)],
+    )
+    .await
+    .expect("A's commit");
+    // B joins and takes a partition, which the broker keeps for A's commit.
+    let b = subscribe(
+        &mut broker.consumer().await,
+        "back",
+        membership("back", "", 0, 0),
+        ResetPolicy::Earliest,
+    )
+    .await
+    .unwrap();
+    let second = expect_assignment(&mut a).await;
+    assert_eq!(second.partitions.len(), 1);
+    let taken = 1 - second.partitions[0];
+    // A drops what it received of the partition taken and did not process. B leaves
+    // before A commits: the partition comes back to A.
+    drop(b);
+    let third = expect_assignment(&mut a).await;
+    assert!(third.generation > second.generation);
+    assert_eq!(third.partitions, vec![0, 1]);
+    publish(&broker, "back", taken, 1, None).await;
+    let mut again = Vec::new();
+    while again.last() != Some(&(taken, 10)) {
+        again.extend(first_messages(&mut a, 1).await);
+    }
+    assert_eq!(
+        again,
+        (4..=10).map(|offset| (taken, offset)).collect::<Vec<_>>(),
+        "the partition given back (committed at 4, sent up to 9) did not start at the commit"
+    );
+}
+
 /// With a group the broker picks the partitions and where each starts: Subscribe and
 /// SubscribeBatches refuse every field that would pick them instead, the same way.
 #[tokio::test]
