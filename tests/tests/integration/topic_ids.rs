@@ -657,3 +657,17 @@ async fn listed_partitions_the_recreated_topic_lacks_are_read_when_they_are_adde
     assert_eq!(read, vec!["p0", "p1", "p2", "p3", "p4"]);
     assert_eq!(resets, vec![0, 1], "the partitions the new topic had");
 }
+
+/// The id is durable from CreateTopic's answer on: a kill -9 right after it keeps it.
+#[tokio::test]
+async fn a_topic_keeps_its_id_across_a_kill_9() {
+    let mut broker = TestBroker::start();
+    broker.create_topic("k9", 3, TopicConfig::default()).await;
+    let id = broker.describe_topic("k9").await.topic_id;
+    broker.kill9();
+    broker.restart();
+    assert_eq!(broker.describe_topic("k9").await.topic_id, id);
+    broker.kill9();
+    broker.restart();
+    assert_eq!(broker.describe_topic("k9").await.topic_id, id);
+}
