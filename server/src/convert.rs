@@ -105,6 +105,9 @@ pub fn status(error: &Error) -> Status {
                 ))
             }
         }
+        // A history file a newer build wrote, met at runtime: not damage, and not
+        // the caller's to retry; the text says to run the newer build.
+        Error::WrittenByNewer { .. } => Status::failed_precondition(format!("{error}")),
         _ => Status::internal(format!("{error}")),
     }
 }
@@ -603,6 +606,13 @@ mod tests {
             (
                 Error::io("reading", std::io::Error::other("boom")),
                 Code::Internal,
+            ),
+            (
+                Error::WrittenByNewer {
+                    file: PathBuf::from("/d/state/history/q/00000000000000000001.history"),
+                    what: "record kind 99".into(),
+                },
+                Code::FailedPrecondition,
             ),
         ];
         for (error, code) in cases {
