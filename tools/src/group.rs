@@ -763,6 +763,8 @@ async fn reset_offsets(
             .map(|c| {
                 json!({
                     "topic": c.topic,
+                    "topic_id": tidelog_storage::TopicId::from_wire(c.topic_id)
+                        .map(|id| id.to_string()),
                     "partition": c.partition,
                     "current_offset": c.current_offset,
                     "new_offset": c.new_offset,

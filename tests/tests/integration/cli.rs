@@ -535,6 +535,12 @@ async fn cli_reset_offsets_every_mode_dry_run_and_execute() {
         let changes = cli(&broker, &args).ok("clamped dry run, JSON").json()["changes"].clone();
         assert_eq!(changes[0]["new_offset"], new_offset, "{changes}");
         assert_eq!(changes[0]["clamped_from"], clamped_from, "{changes}");
+        // The topic the offset belongs to, as `topic describe` shows its id.
+        let described = cli(&broker, &["topic", "describe", "events", "--json"])
+            .ok("topic describe")
+            .json();
+        assert_eq!(changes[0]["topic_id"], described["topic_id"], "{changes}");
+        assert!(changes[0]["topic_id"].is_string(), "{changes}");
     };
     dry_clamp(
         &["--to-offset", "99"],
