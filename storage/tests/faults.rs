@@ -1670,17 +1670,21 @@ fn a_topic_config_stating_newer_record_features_refuses_the_store_as_newer_not_c
     }
 }
 
+/// The file-system operations one `Store::open` of the data directory `setup` makes
+/// (in a scratch directory) takes: where a power cut at every step of an open stops.
+fn ops_of_an_open(setup: impl FnOnce(&Path) -> PathBuf) -> u64 {
+    let dir = scratch_dir();
+    let data = setup(dir.path());
+    let fs = FaultyFs::new(dir.path(), 0).unwrap();
+    let store = Store::open(&data, options(&fs, &ManualClock::new(START_MS))).unwrap();
+    let ops = fs.ops();
+    store.close().unwrap();
+    ops
+}
+
 #[test]
 fn a_power_cut_at_every_step_of_the_record_features_rewrite_leaves_the_old_or_the_new_config() {
-    let count_ops = {
-        let dir = scratch_dir();
-        let (data, _, _) = data_from_before_record_features(dir.path());
-        let fs = FaultyFs::new(dir.path(), 0).unwrap();
-        let store = Store::open(&data, options(&fs, &ManualClock::new(START_MS))).unwrap();
-        let ops = fs.ops();
-        store.close().unwrap();
-        ops
-    };
+    let count_ops = ops_of_an_open(|dir| data_from_before_record_features(dir).0);
     let (mut saw_old, mut saw_new) = (false, false);
     for crash_at in 0..=count_ops {
         let dir = scratch_dir();
@@ -1835,15 +1839,7 @@ fn a_topic_from_before_ids_gets_one_at_its_first_open_that_stays() {
 
 #[test]
 fn a_power_cut_at_every_step_of_giving_an_old_topic_its_id_leaves_none_or_the_one_served() {
-    let count_ops = {
-        let dir = scratch_dir();
-        let data = data_from_before_topic_ids(dir.path());
-        let fs = FaultyFs::new(dir.path(), 0).unwrap();
-        let store = Store::open(&data, options(&fs, &ManualClock::new(START_MS))).unwrap();
-        let ops = fs.ops();
-        store.close().unwrap();
-        ops
-    };
+    let count_ops = ops_of_an_open(data_from_before_topic_ids);
     let (mut saw_none, mut saw_served) = (false, false);
     for crash_at in 0..=count_ops {
         let dir = scratch_dir();

@@ -158,6 +158,17 @@ fn append_ids(partition: &Arc<Partition>, from: u64, count: u64) -> BTreeMap<u64
     offsets
 }
 
+/// Topic `t` of `store`, created with one partition (4 KiB segments, fsync always),
+/// and that partition: where most tests here append and look up.
+fn one_partition(store: &Store) -> Arc<Partition> {
+    store
+        .create_topic("t", 1, config(4096, FsyncPolicy::Always))
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .clone()
+}
+
 #[test]
 fn ids_are_found_in_every_segment_after_a_reopen_and_after_a_crash() {
     let dir = scratch_dir();
@@ -233,12 +244,7 @@ fn the_newest_visible_unexpired_copy_is_found() {
     let dir = scratch_dir();
     let clock = ManualClock::new(START_MS);
     let store = Store::open(dir.path(), options(&clock)).unwrap();
-    let partition = store
-        .create_topic("t", 1, config(4096, FsyncPolicy::Always))
-        .unwrap()
-        .partition(0)
-        .unwrap()
-        .clone();
+    let partition = one_partition(&store);
     let dup = |ttl_ms: Option<u64>, filler: usize| NewRecord {
         id: Some(Bytes::from_static(b"dup")),
         ttl_ms,
@@ -301,12 +307,7 @@ fn missing_and_damaged_id_indexes_are_rebuilt_and_lookups_stay_exact() {
     let data = dir.path().join("data");
     let clock = ManualClock::new(START_MS);
     let store = Store::open(&data, options(&clock)).unwrap();
-    let partition = store
-        .create_topic("t", 1, config(4096, FsyncPolicy::Always))
-        .unwrap()
-        .partition(0)
-        .unwrap()
-        .clone();
+    let partition = one_partition(&store);
     let offsets = append_ids(&partition, 0, 300);
     drop(partition);
     store.close().unwrap();
@@ -461,12 +462,7 @@ fn ids_with_a_damaged_second_segment(
     clock: &Arc<ManualClock>,
 ) -> (BTreeMap<u64, u64>, PathBuf, Vec<u64>) {
     let store = Store::open(data, options(clock)).unwrap();
-    let partition = store
-        .create_topic("t", 1, config(4096, FsyncPolicy::Always))
-        .unwrap()
-        .partition(0)
-        .unwrap()
-        .clone();
+    let partition = one_partition(&store);
     let offsets = append_ids(&partition, 0, 120);
     drop(partition);
     store.close().unwrap();
@@ -537,12 +533,7 @@ fn an_id_index_that_wrongly_says_incomplete_is_checked_against_the_log_and_rewri
     let data = dir.path().join("data");
     let clock = ManualClock::new(START_MS);
     let store = Store::open(&data, options(&clock)).unwrap();
-    let partition = store
-        .create_topic("t", 1, config(4096, FsyncPolicy::Always))
-        .unwrap()
-        .partition(0)
-        .unwrap()
-        .clone();
+    let partition = one_partition(&store);
     let offsets = append_ids(&partition, 0, 300);
     drop(partition);
     store.close().unwrap();
@@ -1111,12 +1102,7 @@ fn version_1_id_indexes_are_read_and_pass_the_full_check() {
     let data = dir.path().join("data");
     let clock = ManualClock::new(START_MS);
     let store = Store::open(&data, options(&clock)).unwrap();
-    let partition = store
-        .create_topic("t", 1, config(4096, FsyncPolicy::Always))
-        .unwrap()
-        .partition(0)
-        .unwrap()
-        .clone();
+    let partition = one_partition(&store);
     let counting = |n: u64| Bytes::from([b"PREFIX00".as_slice(), &n.to_be_bytes()].concat());
     let mut offsets = BTreeMap::new();
     for batch in 0..12u64 {
