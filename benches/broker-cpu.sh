@@ -26,6 +26,8 @@ CLIENT=$(realpath "${CLIENT_DIR:-$1}")/tidelog
 DATA=$(mktemp -d); trap 'rm -rf "$DATA"' EXIT
 tick=$(getconf CLK_TCK)
 cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# utime alone: the broker's own code (and libc), without the kernel's share.
+ucpu() { awk '{print $14}' "/proc/$1/stat"; }
 # The flush threads' utime + stime (threads named tidelog-flush-N).
 flush_cpu() {
   local sum=0 t
@@ -58,31 +60,32 @@ for round in $(seq "$ROUNDS"); do
       --ack written > /dev/null 2>&1
     sync
     pretouch
-    a=$(cpu $pid); fa=$(flush_cpu $pid)
+    a=$(cpu $pid); ua=$(ucpu $pid); fa=$(flush_cpu $pid)
     # `times` in the subshell: its children's user and system time, the client's.
     ( "$CLIENT" --json bench consume "${common[@]}" --consumers "$K" > "$DATA/out.json" 2>&1
       times > "$DATA/times" )
     section=consumers
   else
     pretouch
-    a=$(cpu $pid); fa=$(flush_cpu $pid)
+    a=$(cpu $pid); ua=$(ucpu $pid); fa=$(flush_cpu $pid)
     ( "$CLIENT" --json bench produce "${common[@]}" --producers "$K" --stream \
       --fsync never --ack written ${PIN:+--pin} > "$DATA/out.json" 2>&1
       times > "$DATA/times" )
     section=producers
   fi
-  b=$(cpu $pid); fb=$(flush_cpu $pid)
+  b=$(cpu $pid); ub=$(ucpu $pid); fb=$(flush_cpu $pid)
   kill $pid; wait $pid 2>/dev/null
-  python3 - "$DATA/out.json" "$section" "$a" "$b" "$tick" "$N" "$KIND" "$K" "$round" "$DATA/times" "$fa" "$fb" <<'PY'
+  python3 - "$DATA/out.json" "$section" "$a" "$b" "$tick" "$N" "$KIND" "$K" "$round" "$DATA/times" "$fa" "$fb" "$ua" "$ub" <<'PY'
 import json, re, sys
-path, section, a, b, tick, n, kind, k, rnd, times, fa, fb = sys.argv[1:]
+path, section, a, b, tick, n, kind, k, rnd, times, fa, fb, ua, ub = sys.argv[1:]
 total = json.load(open(path))[section]["total"]
 ns = (int(b) - int(a)) * 1e9 / int(tick) / int(n)
+user = (int(ub) - int(ua)) * 1e9 / int(tick) / int(n)
 flush = (int(fb) - int(fa)) * 1e9 / int(tick) / int(n)
 # The second line of `times`: children's user and system time, as "XmY.YYYs".
 spans = re.findall(r"(\d+)m([\d.]+)s", open(times).read().splitlines()[1])
 client = sum(int(m) * 60 + float(s) for m, s in spans) * 1e9 / int(n)
-print(f"round {rnd}: {kind}, {k} actors: {total['messages_per_s'] / 1e6:.2f}M msg/s, broker {ns:.0f} ns/msg ({flush:.0f} of it flushing), client {client:.0f} ns/msg")
+print(f"round {rnd}: {kind}, {k} actors: {total['messages_per_s'] / 1e6:.2f}M msg/s, broker {ns:.0f} ns/msg ({user:.0f} user, {flush:.0f} flushing), client {client:.0f} ns/msg")
 PY
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
