@@ -749,10 +749,12 @@ fn refused_start(data: &Path) -> String {
 /// checksum matched: what a newer tidelogd writes, and what this build sees after a
 /// rollback), is refused as written by a newer tidelogd, not as corruption: by
 /// tidelogd at start, by `segment verify` (which names it, says to run the newer build
-/// and offers no --force), and by `segment repair`, which leaves it even with --force;
-/// the newer build's state is then whole for it.
+/// and offers no --force), and by `segment repair`, which leaves it even with --force
+/// (the newer build's state is then whole for it). `repair --discard-newer` cuts it
+/// (bytes kept aside, a warning saying what is lost) and this build then starts with the
+/// state recorded before it: the two acked messages stay acked.
 #[test]
-fn a_queue_state_record_of_a_newer_build_is_refused_as_such_and_never_cut() {
+fn a_queue_state_record_of_a_newer_build_is_refused_as_such_and_cut_only_by_discard_newer() {
     let mut broker = TestBroker::start();
     topic_with(&broker, "jobs", 1, &values(5), &[]);
     cli(
@@ -838,7 +840,9 @@ fn a_queue_state_record_of_a_newer_build_is_refused_as_such_and_never_cut() {
             repair.stdout, repair.stderr
         );
         assert!(
-            repair.stderr.contains("never cut") && repair.stderr.contains("run that build"),
+            repair.stderr.contains("--force does not cut it")
+                && repair.stderr.contains("run that build")
+                && repair.stderr.contains("rerun with --discard-newer"),
             "{args:?}: {}",
             repair.stderr
         );
@@ -853,6 +857,57 @@ fn a_queue_state_record_of_a_newer_build_is_refused_as_such_and_never_cut() {
             "{args:?}: left as it is"
         );
     }
+
+    let dry = cli(
+        &broker,
+        &[
+            "segment",
+            "repair",
+            data_arg,
+            "--discard-newer",
+            "--dry-run",
+        ],
+    )
+    .ok("repair --discard-newer --dry-run");
+    assert!(
+        dry.stdout.contains(&format!(
+            "would: cut {} at position {at}",
+            queues_log.display()
+        )) && dry.stderr.contains("WARNING: would cut")
+            && dry
+                .stderr
+                .contains("messages acked after it may be delivered again"),
+        "{}\n{}",
+        dry.stdout,
+        dry.stderr
+    );
+    assert_eq!(std::fs::read(&queues_log).unwrap(), bytes, "dry run");
+
+    let cut = cli(&broker, &["segment", "repair", data_arg, "--discard-newer"])
+        .ok("repair --discard-newer");
+    assert!(
+        cut.stdout
+            .contains(&format!("did: cut {}", queues_log.display()))
+            && cut
+                .stderr
+                .contains("a record a newer tidelogd wrote (--discard-newer)"),
+        "{}\n{}",
+        cut.stdout,
+        cut.stderr
+    );
+    assert_eq!(std::fs::read(&queues_log).unwrap(), bytes[..at]);
+    let side = queues_log.with_file_name(format!("queues.statelog.torn-at-{at}"));
+    assert_eq!(std::fs::read(&side).unwrap(), bytes[at..], "kept aside");
+    cli(&broker, &["segment", "verify", data_arg]).ok("verify after the cut");
+
+    broker.restart();
+    let rest = cli(&broker, &["queue", "consume", "q", "-n", "3", "--json"]).ok("consume");
+    let got: Vec<String> = rest
+        .json_lines()
+        .iter()
+        .map(|line| line["value"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got, values(5)[2..], "{}", rest.stdout);
 }
 
 /// `tidelog segment verify` checks a topic's own files with the broker's rules: for each

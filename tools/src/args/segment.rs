@@ -54,6 +54,12 @@ pub struct RepairArgs {
     #[arg(long)]
     pub force: bool,
 
+    /// Also cut a state log at a record a newer tidelogd wrote, to go back to this build
+    /// without that build or a backup (the state recorded from there on is lost; its
+    /// bytes are kept aside).
+    #[arg(long)]
+    pub discard_newer: bool,
+
     /// Only say what would be done.
     #[arg(long)]
     pub dry_run: bool,

@@ -569,8 +569,9 @@ pub const WRITTEN_BY_NEWER: &str = "written_by_newer";
 /// What to do about a file a newer tidelogd wrote: not damage, so nothing is cut.
 const NEWER_ADVICE: &str = "the tidelogd that wrote it (or a newer one): this record was \
      written whole by a newer build (its checksum matched), not damaged; run that build on \
-     this data directory, or restore a copy of it taken before the upgrade. `tidelog \
-     segment repair` never cuts it: that would lose the state recorded from there on";
+     this data directory, or restore a copy of it taken before the upgrade. Without either, \
+     `tidelog segment repair --discard-newer` cuts the log here, losing the state recorded \
+     from there on";
 
 /// Kinds of finding `tidelog segment repair` never changes, with or without --force:
 /// what a newer build wrote, and a topic's own files (each finding says what to do).
@@ -737,31 +738,26 @@ pub fn check_state_log(file: &StateLogFile) -> CliResult<StateLogCheck> {
         }
         ScanEnd::Corrupt { position, reason } => {
             let broker = match file.kind {
-                StateLogKind::Offsets => {
-                    "the broker refuses to open the offsets store (`tidelog segment repair \
-                     --force` cuts it here: commits recorded after it are lost)"
-                }
+                StateLogKind::Offsets => "the broker refuses to open the offsets store",
                 StateLogKind::Queues => {
-                    "tidelogd refuses to start while the queue state is damaged (`tidelog \
-                     segment repair --force` cuts it here: queue changes recorded after it are \
-                     lost, so messages acked after it may be delivered again)"
+                    "tidelogd refuses to start while the queue state is damaged"
                 }
                 StateLogKind::History => {
                     "`tidelog message history` and `tidelog queue deliveries` fail where they \
-                     read this file (`tidelog segment repair --force` cuts it here: the \
-                     delivery history after it is lost)"
+                     read this file"
                 }
                 StateLogKind::Access => {
-                    "tidelogd --auth refuses to start while the access state is damaged \
-                     (`tidelog segment repair --force` cuts it here: tokens, rules and quotas \
-                     recorded after it are lost)"
+                    "tidelogd --auth refuses to start while the access state is damaged"
                 }
             };
             findings.push(Finding::error(
                 "corrupt_record",
                 path,
                 Some(position),
-                format!("{reason}; {broker}"),
+                format!(
+                    "{reason}; {broker} (`tidelog segment repair --force` cuts it here: {})",
+                    file.kind.lost_by_a_cut()
+                ),
             ));
         }
         ScanEnd::Newer { position, reason } => {
@@ -949,6 +945,7 @@ mod tests {
             finding.message.contains("operation kind 99")
                 && finding.message.contains("tidelogd refuses to start")
                 && finding.message.contains("the tidelogd that wrote it")
+                && finding.message.contains("--discard-newer")
                 && !finding.message.contains("corrupt")
                 && !finding.message.contains("--force"),
             "{}",
@@ -956,8 +953,12 @@ mod tests {
         );
         assert!(!check.torn);
         for force in [false, true] {
-            let plan = super::super::repair::plan_for_test(&check, force);
+            let plan = super::super::repair::plan_for_test(&check, force, false);
             assert_eq!(plan, (None, vec![WRITTEN_BY_NEWER]), "force {force}");
+            // Only --discard-newer cuts it, at the record, to the end.
+            let plan = super::super::repair::plan_for_test(&check, force, true);
+            let len = bytes.len() as u64;
+            assert_eq!(plan, (Some((valid, len)), vec![]), "force {force}");
         }
         // The broker's open agrees.
         let opened = tidelog_storage::OffsetStore::open(

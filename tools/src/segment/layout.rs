@@ -96,6 +96,22 @@ impl StateLogKind {
             Self::Access => "access",
         }
     }
+
+    /// What a cut of this kind of state log loses: the state recorded after the cut.
+    pub fn lost_by_a_cut(self) -> &'static str {
+        match self {
+            Self::Offsets => "commits recorded after it are lost",
+            Self::Queues => {
+                "queue changes recorded after it are lost, so messages acked after it may be \
+                 delivered again"
+            }
+            Self::History => "the delivery history after it is lost",
+            Self::Access => {
+                "tokens, rules and quotas recorded after it are lost (a token revoked or a rule \
+                 removed after it is back)"
+            }
+        }
+    }
 }
 
 /// One state log file found.

@@ -247,7 +247,8 @@ fn what_to_do(dir: &Path, kinds: &[&str]) -> String {
     if kinds.contains(&WRITTEN_BY_NEWER) {
         advice.push(format!(
             "what a newer tidelogd wrote is not damage: run that build (or a newer one) on {}, \
-             or restore a copy taken before the upgrade; repair leaves it as it is",
+             or restore a copy taken before the upgrade; repair leaves it as it is, except that \
+             `--discard-newer` cuts a state log there (losing the state recorded from there on)",
             dir.display()
         ));
     }

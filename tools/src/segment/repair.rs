@@ -7,9 +7,9 @@
 //! index files are rewritten from the log. Everything
 //! else (a bad batch with intact ones after it, a gap between segments, damage in
 //! fsynced data) is refused: with `--force` the log is cut at the first such place
-//! and later segments are moved aside. Never changed, even with `--force`: a state log
-//! record a newer tidelogd wrote (not damage: run that build) and a topic's own files
-//! (`topic.config`, `topic.owner`, `topic.id`). Bytes are never destroyed: a cut tail goes to
+//! and later segments are moved aside. A state log record a newer tidelogd wrote is not
+//! damage (run that build): `--force` never cuts it, only `--discard-newer` does. Never
+//! changed: a topic's own files (`topic.config`, `topic.owner`, `topic.id`). Bytes are never destroyed: a cut tail goes to
 //! `<file>.torn-at-<position>`, a segment moved aside keeps its bytes under
 //! `<file>.removed-by-repair`.
 
@@ -29,7 +29,7 @@ use super::check::{
     Finding, NOT_REPAIRED, PartitionCheck, Severity, StateLogCheck, WRITTEN_BY_NEWER,
     check_partition, check_state_log, check_topic,
 };
-use super::layout;
+use super::layout::{self, StateLogKind};
 use super::progress::{byte_progress, total_log_bytes};
 use crate::args::RepairArgs;
 use crate::error::{CliError, CliResult};
@@ -54,8 +54,11 @@ enum Plan {
     },
     StateLog {
         path: PathBuf,
+        kind: StateLogKind,
         /// Where to cut it, and its length.
         cut: Option<(u64, u64)>,
+        /// Whether the cut is at a record a newer build wrote (`--discard-newer`).
+        cuts_newer: bool,
         refused: Vec<Finding>,
     },
     /// A topic's own files: never changed; what the broker refuses is reported.
@@ -226,20 +229,34 @@ fn plan_partition(check: &PartitionCheck, force: bool) -> Plan {
     }
 }
 
-fn plan_state_log(check: &StateLogCheck, force: bool) -> Plan {
+/// What [`run`] may cut beyond what the broker's own recovery cuts.
+#[derive(Debug, Clone, Copy, Default)]
+struct Overrides {
+    /// `--force`: damage before the tail.
+    force: bool,
+    /// `--discard-newer`: a state log record a newer build wrote.
+    discard_newer: bool,
+}
+
+fn plan_state_log(check: &StateLogCheck, overrides: Overrides) -> Plan {
     let first = check
         .findings
         .iter()
         .find(|f| f.severity == Severity::Error);
+    let whole = Some((check.valid_bytes, check.log_bytes));
+    let newer = first.is_some_and(|f| f.kind == WRITTEN_BY_NEWER);
     let (cut, refused) = match first {
         None => (None, Vec::new()),
-        // A whole record of a newer build is not damage: never cut, even with --force.
-        Some(first) if first.kind == WRITTEN_BY_NEWER => (None, vec![first.clone()]),
-        Some(_) if check.torn || force => (Some((check.valid_bytes, check.log_bytes)), Vec::new()),
+        // A whole record of a newer build is not damage: --force never cuts it.
+        Some(_) if newer && overrides.discard_newer => (whole, Vec::new()),
+        Some(first) if newer => (None, vec![first.clone()]),
+        Some(_) if check.torn || overrides.force => (whole, Vec::new()),
         Some(first) => (None, vec![first.clone()]),
     };
     Plan::StateLog {
         path: check.path.clone(),
+        kind: check.kind,
+        cuts_newer: newer && cut.is_some(),
         cut,
         refused,
     }
@@ -302,11 +319,15 @@ pub fn run(args: &RepairArgs, json: bool) -> CliResult<()> {
             "stop it first: repair must not change files the broker has open",
         ));
     }
+    let overrides = Overrides {
+        force: args.force,
+        discard_newer: args.discard_newer,
+    };
     let progress = byte_progress(total_log_bytes(&layout.partitions), "checking");
     let mut plans = Vec::new();
     for partition in &layout.partitions {
         let check = check_partition(partition, |bytes| progress.inc(bytes))?;
-        plans.push(plan_partition(&check, args.force));
+        plans.push(plan_partition(&check, overrides.force));
     }
     for topic in &layout.topics {
         let check = check_topic(topic);
@@ -321,12 +342,16 @@ pub fn run(args: &RepairArgs, json: bool) -> CliResult<()> {
     for file in &layout.state_logs {
         let check = check_state_log(file)?;
         committed.extend(check.committed.clone());
-        plans.push(plan_state_log(&check, args.force));
+        plans.push(plan_state_log(&check, overrides));
     }
     progress.finish_and_clear();
 
     let changes: Vec<(String, Value)> = plans.iter().flat_map(Plan::changes).collect();
     let refused: Vec<&Finding> = plans.iter().flat_map(Plan::refused).collect();
+    let newer_state_log_refused = plans.iter().any(|plan| {
+        matches!(plan, Plan::StateLog { refused, .. }
+            if refused.iter().any(|f| f.kind == WRITTEN_BY_NEWER))
+    });
     // Offsets a forced cut gives out again, and the groups that already read past them.
     let mut reused = Vec::new();
     for plan in &plans {
@@ -381,6 +406,24 @@ pub fn run(args: &RepairArgs, json: bool) -> CliResult<()> {
         }
     }
     out.flush()?;
+    for plan in &plans {
+        if let Plan::StateLog {
+            path,
+            kind,
+            cut: Some((position, _)),
+            cuts_newer: true,
+            ..
+        } = plan
+        {
+            let verb = if args.dry_run { "would cut" } else { "cut" };
+            note(&format!(
+                "WARNING: {verb} {} at byte {position}, a record a newer tidelogd wrote \
+                 (--discard-newer): {}.",
+                path.display(),
+                kind.lost_by_a_cut()
+            ));
+        }
+    }
     for (dir, topic, partition, from, to, groups) in &reused {
         let name = match (topic, partition) {
             (Some(t), Some(p)) => format!("{t}/{p}"),
@@ -417,10 +460,16 @@ pub fn run(args: &RepairArgs, json: bool) -> CliResult<()> {
             );
         }
         if refused.iter().any(|f| f.kind == WRITTEN_BY_NEWER) {
+            let discard = if newer_state_log_refused {
+                " (without either, rerun with --discard-newer to cut the state log there: what \
+                 it recorded from there on is lost, its bytes kept aside)"
+            } else {
+                ""
+            };
             advice.push(format!(
-                "what a newer tidelogd wrote is not damage and is never cut (not even with \
-                 --force): run that build (or a newer one) on {}, or restore a copy taken \
-                 before the upgrade",
+                "what a newer tidelogd wrote is not damage and --force does not cut it: run \
+                 that build (or a newer one) on {}, or restore a copy taken before the \
+                 upgrade{discard}",
                 dir.display()
             ));
         }
@@ -457,8 +506,13 @@ pub fn run(args: &RepairArgs, json: bool) -> CliResult<()> {
 pub(super) fn plan_for_test(
     check: &StateLogCheck,
     force: bool,
+    discard_newer: bool,
 ) -> (Option<(u64, u64)>, Vec<&'static str>) {
-    match plan_state_log(check, force) {
+    let overrides = Overrides {
+        force,
+        discard_newer,
+    };
+    match plan_state_log(check, overrides) {
         Plan::StateLog { cut, refused, .. } => (cut, refused.iter().map(|f| f.kind).collect()),
         _ => unreachable!("a state log's plan"),
     }
