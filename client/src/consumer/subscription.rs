@@ -437,7 +437,11 @@ impl Subscription {
 
     /// Per (topic, partition), the offset the next read starts at: one past what has
     /// been received (events not yet returned included). Save it to resume elsewhere
-    /// ([`StartAt::Offset`] per partition, or `partition_starts` on the wire).
+    /// ([`StartAt::Offset`] per partition, or `partition_starts` on the wire), with its
+    /// [`Subscription::topic_id`]. A partition that a topic deleted and created again
+    /// with fewer partitions lacks keeps its old position and id here: sent back, they
+    /// make the broker read that partition from its start once `CreatePartitions` adds
+    /// it, so keep them.
     pub fn positions(&self) -> &BTreeMap<(Arc<str>, u32), u64> {
         &self.positions
     }
