@@ -268,6 +268,101 @@ mod tests {
         assert_eq!(parse_offsets_csv(&text, "g"), Ok(rows));
     }
 
+    /// A small deterministic generator (xorshift64*), so a failing case can be rerun.
+    fn next(state: &mut u64) -> u64 {
+        *state ^= *state >> 12;
+        *state ^= *state << 25;
+        *state ^= *state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Property: any rows `write_offsets_csv` writes (random topics, partitions,
+    /// offsets up to u64::MAX, ids or none, 0 to 40 rows) read back as themselves.
+    #[test]
+    fn random_offsets_csv_round_trips() {
+        for seed in 1..=500u64 {
+            let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let count = (next(&mut state) % 41) as usize;
+            let mut rows: Vec<OffsetRow> = Vec::new();
+            while rows.len() < count {
+                let topic = format!("t{}.x_{}", next(&mut state) % 5, next(&mut state) % 3);
+                let partition = match next(&mut state) % 3 {
+                    0 => u32::MAX,
+                    _ => (next(&mut state) % 100) as u32,
+                };
+                if rows
+                    .iter()
+                    .any(|r| r.topic == topic && r.partition == partition)
+                {
+                    continue;
+                }
+                let offset = match next(&mut state) % 3 {
+                    0 => u64::MAX,
+                    1 => 0,
+                    _ => next(&mut state),
+                };
+                rows.push(OffsetRow {
+                    topic,
+                    partition,
+                    offset,
+                    topic_id: TopicId::from_wire(next(&mut state) % 2 * next(&mut state)),
+                });
+            }
+            let text = write_offsets_csv(&rows);
+            if rows.is_empty() {
+                assert!(parse_offsets_csv(&text, "g").is_err(), "seed {seed}");
+            } else {
+                assert_eq!(parse_offsets_csv(&text, "g"), Ok(rows), "seed {seed}");
+            }
+        }
+    }
+
+    /// Property: arbitrary text (pieces of real lines, separators, digits, ids, words,
+    /// stray bytes) never panics the reader, and what it accepts is a set of rows with
+    /// non-empty topics and no (topic, partition) twice.
+    #[test]
+    fn random_text_never_panics_the_offsets_csv_reader() {
+        const PIECES: [&str; 18] = [
+            "topic,partition,offset,topic_id",
+            "topic,partition,offset",
+            "group,topic,partition,offset",
+            ",",
+            "\n",
+            "\r\n",
+            "#",
+            " ",
+            "g",
+            "orders",
+            "0",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-1",
+            "00abcdef01234567",
+            "0000000000000000",
+            "\u{e9}\u{1f600}",
+            "\0",
+        ];
+        for seed in 1..=3000u64 {
+            let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut text = String::new();
+            for _ in 0..next(&mut state) % 40 {
+                text.push_str(PIECES[(next(&mut state) % PIECES.len() as u64) as usize]);
+            }
+            if let Ok(rows) = parse_offsets_csv(&text, "g") {
+                assert!(!rows.is_empty(), "seed {seed}: {text:?}");
+                for (i, row) in rows.iter().enumerate() {
+                    assert!(!row.topic.is_empty(), "seed {seed}: {text:?}");
+                    assert!(
+                        !rows[..i]
+                            .iter()
+                            .any(|r| r.topic == row.topic && r.partition == row.partition),
+                        "seed {seed}: {text:?}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn offsets_csv_skips_headers_comments_and_other_groups() {
         let text = "topic,partition,offset\n# a comment\n\n orders , 1 , 5 \r\n";
