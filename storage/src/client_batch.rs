@@ -361,66 +361,38 @@ pub fn validate_batch(bytes: &[u8], rules: &BatchRules) -> Result<CheckedBatch, 
         at: 0,
         follower: None,
     };
-    let mut ids = Vec::new();
-    let mut payload_bytes = 0u64;
-    let (mut ready_records, mut ready_bytes) = (0u32, 0u64);
-    let mut max_timestamp = i64::MIN;
-    let mut max_expiry = i64::MIN;
+    let mut tally = Tally {
+        ids: Vec::new(),
+        payload_bytes: 0,
+        ready_records: 0,
+        ready_bytes: 0,
+        max_timestamp: i64::MIN,
+        max_expiry: i64::MIN,
+    };
     let first = header.first_timestamp_ms;
-    for index in 0..header.record_count {
-        let fields = walk
-            .record(index, first, rules)
-            .map_err(|reason| record_error(index, reason))?;
-        if index == 0 && fields.timestamp_ms != first {
-            return Err(BatchError::Summary(format!(
-                "first_timestamp_ms is {first} but record 0's timestamp is {}",
-                fields.timestamp_ms
-            )));
-        }
-        if fields.timestamp_ms < 0 {
-            return Err(record_error(
-                index,
-                format!(
-                    "timestamp {} ms is negative; timestamps are ms since the Unix epoch",
-                    fields.timestamp_ms
-                ),
-            ));
-        }
-        max_timestamp = max_timestamp.max(fields.timestamp_ms);
-        match fields.expires_at_ms {
-            Some(at) if at <= rules.now_ms => {
-                return Err(BatchError::Expired {
-                    index,
-                    expires_at_ms: at,
-                    now_ms: rules.now_ms,
-                });
+    let count = header.record_count;
+    for index in 0..count {
+        // Each branch inlines `add`, so the shortcut's record (no expiry, deliver-at or
+        // id) is counted without the tests those need.
+        match walk.plain_record(index, first) {
+            Some(Short::Plain(fields)) => tally.add(index, fields, &header, rules, &walk)?,
+            Some(Short::Follows(fields)) => tally.add(index, fields, &header, rules, &walk)?,
+            None => {
+                let fields = walk
+                    .record(index, first, rules)
+                    .map_err(|reason| record_error(index, reason))?;
+                tally.add(index, fields, &header, rules, &walk)?;
             }
-            Some(at) => max_expiry = max_expiry.max(at),
-            None if rules.expiry_required => return Err(BatchError::ExpiryMissing { index }),
-            None => max_expiry = NEVER_EXPIRES,
-        }
-        if fields.payload_bytes > rules.max_message_bytes {
-            return Err(BatchError::RecordTooLarge {
-                index,
-                size: fields.payload_bytes,
-                limit: rules.max_message_bytes,
-            });
-        }
-        payload_bytes += fields.payload_bytes;
-        if fields.deliver_at_ms.is_none_or(|at| at <= rules.now_ms) {
-            ready_records += 1;
-            ready_bytes += fields.payload_bytes;
-        }
-        if let Some(place) = fields.id {
-            if ids.is_empty() {
-                // Room for an id in every record left, bounded by the bytes left (a
-                // record with an id takes at least 7).
-                let left = (header.record_count - index) as usize;
-                ids.reserve(left.min((section.len() - walk.at) / 7 + 1));
-            }
-            ids.push(CheckedId { index, place });
         }
     }
+    let Tally {
+        ids,
+        payload_bytes,
+        ready_records,
+        ready_bytes,
+        max_timestamp,
+        max_expiry,
+    } = tally;
     if walk.at != section.len() {
         return Err(BatchError::RecordsTrailing);
     }
@@ -447,6 +419,83 @@ pub fn validate_batch(bytes: &[u8], rules: &BatchRules) -> Result<CheckedBatch, 
         moved: pieces.is_some(),
         plain,
     })
+}
+
+/// What [`validate_batch`] gathers from the records as it walks them.
+struct Tally {
+    ids: Vec<CheckedId>,
+    payload_bytes: u64,
+    ready_records: u32,
+    ready_bytes: u64,
+    max_timestamp: i64,
+    max_expiry: i64,
+}
+
+impl Tally {
+    /// Checks record `index`'s `fields` against the batch's rules and counts it; `walk`
+    /// stands just past the record.
+    #[inline(always)]
+    fn add(
+        &mut self,
+        index: u32,
+        fields: Fields,
+        header: &BatchHeader,
+        rules: &BatchRules,
+        walk: &Walk<'_>,
+    ) -> Result<(), BatchError> {
+        let first = header.first_timestamp_ms;
+        if index == 0 && fields.timestamp_ms != first {
+            return Err(BatchError::Summary(format!(
+                "first_timestamp_ms is {first} but record 0's timestamp is {}",
+                fields.timestamp_ms
+            )));
+        }
+        if fields.timestamp_ms < 0 {
+            return Err(record_error(
+                index,
+                format!(
+                    "timestamp {} ms is negative; timestamps are ms since the Unix epoch",
+                    fields.timestamp_ms
+                ),
+            ));
+        }
+        self.max_timestamp = self.max_timestamp.max(fields.timestamp_ms);
+        match fields.expires_at_ms {
+            Some(at) if at <= rules.now_ms => {
+                return Err(BatchError::Expired {
+                    index,
+                    expires_at_ms: at,
+                    now_ms: rules.now_ms,
+                });
+            }
+            Some(at) => self.max_expiry = self.max_expiry.max(at),
+            None if rules.expiry_required => return Err(BatchError::ExpiryMissing { index }),
+            None => self.max_expiry = NEVER_EXPIRES,
+        }
+        if fields.payload_bytes > rules.max_message_bytes {
+            return Err(BatchError::RecordTooLarge {
+                index,
+                size: fields.payload_bytes,
+                limit: rules.max_message_bytes,
+            });
+        }
+        self.payload_bytes += fields.payload_bytes;
+        if fields.deliver_at_ms.is_none_or(|at| at <= rules.now_ms) {
+            self.ready_records += 1;
+            self.ready_bytes += fields.payload_bytes;
+        }
+        if let Some(place) = fields.id {
+            if self.ids.is_empty() {
+                // Room for an id in every record left, bounded by the bytes left (a
+                // record with an id takes at least 7).
+                let left = (header.record_count - index) as usize;
+                self.ids
+                    .reserve(left.min((walk.bytes.len() - walk.at) / 7 + 1));
+            }
+            self.ids.push(CheckedId { index, place });
+        }
+        Ok(())
+    }
 }
 
 /// A record's time: the batch's first timestamp (the append time, for a batch moved by
@@ -552,6 +601,7 @@ fn past_the_record(what: &str) -> String {
 }
 
 /// What the walk learns of one record.
+#[derive(Debug, PartialEq)]
 struct Fields {
     timestamp_ms: i64,
     expires_at_ms: Option<i64>,
@@ -561,7 +611,28 @@ struct Fields {
     payload_bytes: u64,
 }
 
+/// A record [`Walk::plain_record`] read: without an id, or with the one that follows the
+/// record before's (a branch each, so each counts what it has).
+enum Short {
+    Plain(Fields),
+    Follows(Fields),
+}
+
+/// A varint of one or two bytes at `at` in `bytes` and its length; `None` for any other
+/// (longer, truncated): for [`Walk::plain_record`]'s shortcut, which leaves the rest to
+/// the full walk.
+#[inline(always)]
+fn short_varint(bytes: &[u8], at: usize) -> Option<(u64, usize)> {
+    let low = *bytes.get(at)?;
+    if low < 0x80 {
+        return Some((u64::from(low), 1));
+    }
+    let high = *bytes.get(at + 1)?;
+    (high < 0x80).then(|| (u64::from(low & 0x7f) | u64::from(high) << 7, 2))
+}
+
 /// A cursor over a records section.
+#[derive(Clone)]
 struct Walk<'a> {
     bytes: &'a [u8],
     at: usize,
@@ -604,6 +675,53 @@ impl Walk<'_> {
             }
             None => Err(past_the_record(what)),
         }
+    }
+
+    /// The most common records, valid, in one step: no attributes but "id follows"
+    /// (no key, stored id, expiry, deliver-at or priority), no headers, and varints of
+    /// one or two bytes. `None` for anything else, valid or not, which
+    /// [`Walk::record`] then decides: it is the rule, and this a shortcut that accepts
+    /// only what it accepts, with the same fields (the test
+    /// `the_shortcut_accepts_only_what_the_walk_accepts_and_reads_the_same`).
+    #[inline(always)]
+    fn plain_record(&mut self, index: u32, first: i64) -> Option<Short> {
+        let bytes = self.bytes;
+        let (length, used) = short_varint(bytes, self.at)?;
+        let start = self.at + used;
+        let record = bytes.get(start..start + length as usize)?;
+        // attributes, offset delta, timestamp delta, value length, value, and the
+        // header count (0) last.
+        let (&attributes, fields) = record.split_first()?;
+        let (&0, fields) = fields.split_last()? else {
+            return None;
+        };
+        if attributes & !RECORD_ID_FOLLOWS != 0 {
+            return None;
+        }
+        let (delta, a) = short_varint(fields, 0)?;
+        let (timestamp, b) = short_varint(fields, a)?;
+        let (value, c) = short_varint(fields, a + b)?;
+        if delta != u64::from(index) || a + b + c + value as usize != fields.len() {
+            return None;
+        }
+        let timestamp_ms = first.checked_add(batch::unzigzag(timestamp))?;
+        let plain = |payload_bytes, id| Fields {
+            timestamp_ms,
+            expires_at_ms: None,
+            deliver_at_ms: None,
+            id,
+            payload_bytes,
+        };
+        let fields = if attributes == 0 {
+            self.follower = None;
+            Short::Plain(plain(value, None))
+        } else {
+            let id = self.follower?;
+            self.follower = batch::next_id(Some(&id));
+            Short::Follows(plain(value + id.len() as u64, Some(IdPlace::Follows(id))))
+        };
+        self.at = start + record.len();
+        Some(fields)
     }
 
     #[inline(always)]
@@ -1691,7 +1809,129 @@ mod tests {
         records
     }
 
+    /// Mostly records the shortcut takes (no key, headers, TTL or priority; values of
+    /// 0 to 300 bytes, so one- and two-byte lengths; ids that follow from `chain_ids`),
+    /// with now and then each thing it does not take.
+    fn mostly_plain() -> impl Strategy<Value = NewRecord> {
+        (
+            proptest::collection::vec(any::<u8>(), 0..300),
+            0u8..20,
+            proptest::option::of(0i64..2_000_000_000_000),
+            any::<u64>(),
+        )
+            .prop_map(|(value, odd, timestamp_ms, id)| NewRecord {
+                value: Bytes::from(value),
+                key: (odd == 1).then(|| Bytes::from_static(b"k")),
+                headers: if odd == 2 {
+                    vec![Header {
+                        key: "h".into(),
+                        value: Bytes::new(),
+                    }]
+                } else {
+                    Vec::new()
+                },
+                ttl_ms: (odd == 3).then_some(60_000),
+                priority: u8::from(odd == 4),
+                id: (odd >= 15)
+                    .then(|| Bytes::copy_from_slice(&crate::idindex::id_of_parts(odd.into(), id))),
+                timestamp_ms,
+                ..NewRecord::default()
+            })
+    }
+
+    /// The shortcut takes plain records and ids that follow, and leaves the rest.
+    #[test]
+    fn the_shortcut_takes_plain_records_and_ids_that_follow() {
+        let id = crate::idindex::id_of_parts(1, 5);
+        let records = vec![
+            NewRecord::value(Bytes::from(vec![1u8; 100])),
+            NewRecord::value(Bytes::from(vec![2u8; 200])),
+            NewRecord {
+                id: Some(Bytes::copy_from_slice(&id)),
+                ..NewRecord::value(Bytes::from_static(b"stored id"))
+            },
+            NewRecord {
+                id: Some(Bytes::copy_from_slice(&crate::idindex::id_of_parts(1, 6))),
+                ..NewRecord::value(Bytes::from_static(b"follows"))
+            },
+            NewRecord {
+                key: Some(Bytes::from_static(b"k")),
+                ..NewRecord::value(Bytes::from_static(b"keyed"))
+            },
+        ];
+        let bytes = encode(&records, Compression::None);
+        let header = BatchHeader::parse_client(&bytes).unwrap();
+        let mut walk = Walk {
+            bytes: &bytes[batch::HEADER_BYTES..],
+            at: 0,
+            follower: None,
+        };
+        let mut taken = Vec::new();
+        for index in 0..records.len() as u32 {
+            let short = walk.clone().plain_record(index, header.first_timestamp_ms);
+            taken.push(match short {
+                Some(Short::Plain(_)) => "plain",
+                Some(Short::Follows(_)) => "follows",
+                None => "walk",
+            });
+            walk.record(index, header.first_timestamp_ms, &rules())
+                .unwrap();
+        }
+        assert_eq!(taken, ["plain", "plain", "walk", "follows", "walk"]);
+    }
+
     proptest! {
+        /// The shortcut (`Walk::plain_record`) accepts only records the walk accepts,
+        /// with the same fields, the same place after them and the same id to follow,
+        /// on batches of mostly plain records with bytes of their records changed.
+        #[test]
+        fn the_shortcut_accepts_only_what_the_walk_accepts_and_reads_the_same(
+            records in proptest::collection::vec(mostly_plain(), 1..12),
+            chain in proptest::collection::vec(any::<bool>(), 12),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+            near_edges in proptest::collection::vec(
+                (any::<prop::sample::Index>(), -6i32..7, any::<u8>()), 0..3),
+        ) {
+            let records = chain_ids(records, &chain);
+            let bytes = encode(&records, Compression::None);
+            let header = BatchHeader::parse_client(&bytes).unwrap();
+            let mut section = bytes[batch::HEADER_BYTES..].to_vec();
+            // Where each record starts, to change bytes near those edges: the lengths,
+            // attributes and deltas after one, the header count before.
+            let mut starts = Vec::new();
+            let mut walk = Walk { bytes: &section, at: 0, follower: None };
+            for index in 0..records.len() as u32 {
+                starts.push(walk.at);
+                walk.record(index, header.first_timestamp_ms, &rules()).unwrap();
+            }
+            starts.push(section.len());
+            for (index, value) in edits {
+                let at = index.index(section.len());
+                section[at] = value;
+            }
+            for (edge, shift, value) in near_edges {
+                let at = starts[edge.index(starts.len())] as i64 + i64::from(shift);
+                if let Some(byte) = usize::try_from(at).ok().and_then(|at| section.get_mut(at)) {
+                    *byte = value;
+                }
+            }
+            let first = header.first_timestamp_ms;
+            let mut walk = Walk { bytes: &section, at: 0, follower: None };
+            for index in 0..records.len() as u32 + 2 {
+                let mut shortcut = walk.clone();
+                let short = shortcut.plain_record(index, first);
+                let walked = walk.record(index, first, &rules());
+                if let Some(Short::Plain(fields) | Short::Follows(fields)) = short {
+                    prop_assert_eq!(Some(&fields), walked.as_ref().ok());
+                    prop_assert_eq!(shortcut.at, walk.at);
+                    prop_assert_eq!(shortcut.follower, walk.follower);
+                }
+                if walked.is_err() {
+                    break;
+                }
+            }
+        }
+
         /// Every batch the encoder makes validates, and its ids are the records' ids.
         #[test]
         fn every_encoded_batch_validates(
