@@ -361,8 +361,8 @@ pub fn validate_batch(bytes: &[u8], rules: &BatchRules) -> Result<CheckedBatch, 
         at: 0,
         follower: None,
     };
+    let mut ids = Vec::new();
     let mut tally = Tally {
-        ids: Vec::new(),
         payload_bytes: 0,
         ready_records: 0,
         ready_bytes: 0,
@@ -375,18 +375,21 @@ pub fn validate_batch(bytes: &[u8], rules: &BatchRules) -> Result<CheckedBatch, 
         // Each branch inlines `add`, so the shortcut's record (no expiry, deliver-at or
         // id) is counted without the tests those need.
         match walk.plain_record(index, first) {
-            Some(Short::Plain(fields)) => tally.add(index, fields, &header, rules, &walk)?,
-            Some(Short::Follows(fields)) => tally.add(index, fields, &header, rules, &walk)?,
+            Some(Short::Plain(fields)) => {
+                tally.add(index, fields, &header, rules, &walk, &mut ids)?
+            }
+            Some(Short::Follows(fields)) => {
+                tally.add(index, fields, &header, rules, &walk, &mut ids)?
+            }
             None => {
                 let fields = walk
                     .record(index, first, rules)
                     .map_err(|reason| record_error(index, reason))?;
-                tally.add(index, fields, &header, rules, &walk)?;
+                tally.add(index, fields, &header, rules, &walk, &mut ids)?;
             }
         }
     }
     let Tally {
-        ids,
         payload_bytes,
         ready_records,
         ready_bytes,
@@ -421,9 +424,9 @@ pub fn validate_batch(bytes: &[u8], rules: &BatchRules) -> Result<CheckedBatch, 
     })
 }
 
-/// What [`validate_batch`] gathers from the records as it walks them.
+/// What [`validate_batch`] sums up over the records as it walks them (the ids apart, so
+/// these stay in registers).
 struct Tally {
-    ids: Vec<CheckedId>,
     payload_bytes: u64,
     ready_records: u32,
     ready_bytes: u64,
@@ -442,6 +445,7 @@ impl Tally {
         header: &BatchHeader,
         rules: &BatchRules,
         walk: &Walk<'_>,
+        ids: &mut Vec<CheckedId>,
     ) -> Result<(), BatchError> {
         let first = header.first_timestamp_ms;
         if index == 0 && fields.timestamp_ms != first {
@@ -485,14 +489,13 @@ impl Tally {
             self.ready_bytes += fields.payload_bytes;
         }
         if let Some(place) = fields.id {
-            if self.ids.is_empty() {
+            if ids.is_empty() {
                 // Room for an id in every record left, bounded by the bytes left (a
                 // record with an id takes at least 7).
                 let left = (header.record_count - index) as usize;
-                self.ids
-                    .reserve(left.min((walk.bytes.len() - walk.at) / 7 + 1));
+                ids.reserve(left.min((walk.bytes.len() - walk.at) / 7 + 1));
             }
-            self.ids.push(CheckedId { index, place });
+            ids.push(CheckedId { index, place });
         }
         Ok(())
     }
