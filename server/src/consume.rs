@@ -34,9 +34,6 @@ use tidelog_storage::access::ResourceKind;
 
 /// Longest long poll of a Fetch, whatever the client asks.
 pub const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
-/// A long poll answers this much before the call's deadline, so the answer arrives
-/// in time instead of a DEADLINE_EXCEEDED.
-const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 
 /// The Consumer service.
 #[derive(Debug, Clone)]
@@ -125,11 +122,11 @@ impl ConsumerService {
 
 /// How long a fetch may wait: its max_wait_ms, capped, and short of its deadline.
 fn fetch_wait(request: &Request<FetchRequest>) -> Duration {
-    let mut wait = Duration::from_millis(request.get_ref().max_wait_ms).min(FETCH_WAIT_MAX);
-    if let Some(deadline) = grpc_timeout(request.metadata()) {
-        wait = wait.min(deadline.saturating_sub(DEADLINE_MARGIN));
-    }
-    wait
+    crate::deadline::long_poll(
+        request.metadata(),
+        request.get_ref().max_wait_ms,
+        FETCH_WAIT_MAX,
+    )
 }
 
 fn read(
@@ -144,27 +141,6 @@ fn read(
         limits.max_bytes,
         filter,
     ))
-}
-
-/// The call's deadline from the `grpc-timeout` header ("<digits><unit>", unit one of
-/// H M S m u n), if the client set one.
-fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
-    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
-    // ASCII only, so the split below falls on a character boundary.
-    if !text.is_ascii() {
-        return None;
-    }
-    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
-    let value: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(value.saturating_mul(3600)),
-        "M" => Duration::from_secs(value.saturating_mul(60)),
-        "S" => Duration::from_secs(value),
-        "m" => Duration::from_millis(value),
-        "u" => Duration::from_micros(value),
-        "n" => Duration::from_nanos(value),
-        _ => return None,
-    })
 }
 
 /// Where a plain (group-less) subscription starts in `partition`.
@@ -682,27 +658,5 @@ impl Consumer for ConsumerService {
                 .rpc_finished("Subscribe", started, Some(status.code()));
         }
         result.map(Response::new)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeouts_parse() {
-        let mut metadata = tonic::metadata::MetadataMap::new();
-        assert_eq!(grpc_timeout(&metadata), None);
-        for (text, expected) in [
-            ("5S", Duration::from_secs(5)),
-            ("250m", Duration::from_millis(250)),
-            ("1H", Duration::from_secs(3600)),
-            ("7u", Duration::from_micros(7)),
-        ] {
-            metadata.insert("grpc-timeout", text.parse().unwrap());
-            assert_eq!(grpc_timeout(&metadata), Some(expected), "{text}");
-        }
-        metadata.insert("grpc-timeout", "xS".parse().unwrap());
-        assert_eq!(grpc_timeout(&metadata), None);
     }
 }

@@ -9,6 +9,8 @@
 //!   re-check of open streams, and the `Access` service (tokens, ACL rules).
 //! - [`admin`], [`publish`], [`consume`]: the `Admin`, `Publisher` and `Consumer`
 //!   services.
+//! - [`deadline`]: a call's `grpc-timeout`, and how long a long poll (Fetch,
+//!   FetchBatches, Receive) may wait within it.
 //! - [`batch`]: record batches on the wire: `PublishBatch` (and batch requests on
 //!   `PublishStream`), `FetchBatches`, `SubscribeBatches`; storage validates and reads,
 //!   this module only moves the bytes.
@@ -65,6 +67,7 @@ pub mod batch;
 pub mod config;
 pub mod consume;
 pub mod convert;
+pub mod deadline;
 pub mod exposition;
 pub mod groups;
 pub mod listener;

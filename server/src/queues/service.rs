@@ -856,6 +856,11 @@ impl Queues for QueuesService {
             .auth
             .authorize(&request, &[Target::queue(&request.get_ref().queue)]);
         let caller = request.extensions().get::<Caller>().cloned();
+        let wait = crate::deadline::long_poll(
+            request.metadata(),
+            request.get_ref().max_wait_ms,
+            RECEIVE_WAIT_MAX,
+        );
         let request = request.into_inner();
         let result = async {
             denied?;
@@ -865,7 +870,6 @@ impl Queues for QueuesService {
                 ));
             }
             let max = request.max_messages.clamp(1, RECEIVE_MESSAGES_MAX);
-            let wait = Duration::from_millis(request.max_wait_ms).min(RECEIVE_WAIT_MAX);
             let runtime = self.manager().runtime(&request.queue).await?;
             let member = format!("receive:{}", request.member);
             let (tx, rx) = oneshot::channel();

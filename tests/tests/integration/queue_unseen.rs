@@ -387,3 +387,38 @@ async fn one_connection_proxy(
     });
     (addr, cut)
 }
+
+/// A Receive whose call has a deadline (`grpc-timeout`) shorter than its `max_wait_ms`
+/// ends its wait short of the deadline and answers in time, as a Fetch long poll does,
+/// rather than leasing deliveries to a call its client has given up on (an attempt no
+/// one saw); a message published afterwards goes to the next Receive as attempt 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receive_answers_before_its_deadline_with_what_it_has() {
+    let broker = TestBroker::start();
+    broker.create_topic("jobs", 1, TopicConfig::default()).await;
+    create_queue(&broker, "work", "jobs", one_attempt(60_000)).await;
+    let mut queues = queues_of(broker.channel().await);
+    for timeout_ms in [300, 1_000] {
+        let mut request = tonic::Request::new(ReceiveRequest {
+            queue: "work".into(),
+            member: "w".into(),
+            max_messages: 10,
+            max_wait_ms: 30_000,
+        });
+        request.set_timeout(Duration::from_millis(timeout_ms));
+        let asked = Instant::now();
+        let answer = queues
+            .receive(request)
+            .await
+            .unwrap_or_else(|status| panic!("{timeout_ms} ms: an empty answer in time: {status}"));
+        assert!(answer.into_inner().deliveries.is_empty());
+        assert!(
+            asked.elapsed() < Duration::from_millis(timeout_ms),
+            "{:?}",
+            asked.elapsed()
+        );
+    }
+    publish(&broker, "jobs", vec![b"after".to_vec()]).await;
+    let got = receive(broker.channel().await, "work", "w", 10).await;
+    assert_eq!(offsets(&got), [(0, 1)]);
+}
