@@ -1706,10 +1706,24 @@ impl QueueEngine {
     /// stays until its deadline. A partition recovery refused to open has nothing to
     /// drop.
     fn drop_deleted(&mut self, topic: &Topic) -> Result<()> {
-        let starts: Vec<(u32, u64)> = topic
-            .partitions()
-            .iter()
-            .filter_map(|p| Some((p.id(), p.log_start().ok().filter(|&start| start > 0)?)))
+        // Only the partitions whose lowest pending message is below the log's start
+        // are read further: the cost of a call with nothing to drop is one look at
+        // the state and at the bounds of the partitions holding pending messages.
+        let firsts: Vec<(u32, u64)> = self.store.queues().read(|q| {
+            self.this(q).map_or_else(Vec::new, |queue| {
+                queue
+                    .partitions
+                    .iter()
+                    .filter_map(|(&id, part)| Some((id, part.pending.first_offset()?)))
+                    .collect()
+            })
+        });
+        let starts: Vec<(u32, u64)> = firsts
+            .into_iter()
+            .filter_map(|(id, first)| {
+                let start = topic.partition(id).ok()?.log_start().ok()?;
+                (first < start).then_some((id, start))
+            })
             .collect();
         if starts.is_empty() {
             return Ok(());
