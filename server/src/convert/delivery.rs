@@ -173,9 +173,8 @@ pub fn queue_status_to_proto(queue: &str, state: QueueState) -> pb::QueueDeliver
             attempts,
         } => {
             status.attempts = attempts;
-            status.reason = format!(
-                "deleted by retention before the queue settled it: the partition's log now starts at {log_start}"
-            );
+            status.reason =
+                format!("deleted by retention: the partition's log now starts at {log_start}");
             S::Deleted
         }
     };

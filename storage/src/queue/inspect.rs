@@ -113,9 +113,10 @@ pub enum QueueState {
     /// The queue's filter does not match it: passed over as settled, never delivered.
     Filtered,
     /// Retention deleted it (it is below the partition's log start, `log_start` now)
-    /// before the queue acked or dead-lettered it: never delivered, held by a member
-    /// (the queue drops that delivery), or waiting; after `attempts` deliveries (as far
-    /// as its history goes back).
+    /// and no history says the queue acked or dead-lettered it first: never delivered,
+    /// held by a member (the queue drops that delivery), waiting, or settled with no
+    /// history saying how; after `attempts` deliveries (as far as its history goes
+    /// back).
     Deleted { log_start: u64, attempts: u32 },
 }
 

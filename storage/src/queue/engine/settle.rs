@@ -154,7 +154,7 @@ impl QueueEngine {
                     outcomes.push(SettleOutcome::NotFound(
                         match self.deleted_by_retention(request.partition, request.offset) {
                             Some(start) => format!(
-                                "partition {} offset {} was deleted by retention (the partition's log now starts at {start}) before queue {queue_name:?} settled it: the queue dropped its delivery, so there is nothing to settle; if its work was not done, the message is lost",
+                                "partition {} offset {} was deleted by retention (the partition's log now starts at {start}) and is not pending in queue {queue_name:?}: a delivery of it still held was dropped, so there is nothing to settle (if its work was not done, the message is lost)",
                                 request.partition, request.offset
                             ),
                             None => format!(
