@@ -48,7 +48,9 @@ pub enum Error {
     /// `CommitOffsets`): the partitions moved; drop the work of revoked partitions.
     Rebalanced { message: String },
     /// A queue settlement was refused: `FAILED_PRECONDITION` when the message was
-    /// delivered again since (stale), `NOT_FOUND` when it is unknown or settled.
+    /// delivered again since (stale), `NOT_FOUND` when it is unknown or settled, or
+    /// retention deleted it while it was held (the queue dropped the delivery; the
+    /// message says so: nothing to retry).
     SettleRefused { code: Code, message: String },
     /// A settlement of a [`crate::QueueConsumer`]'s delivery could not be made: the
     /// stream it came on broke (the broker restarted, the connection dropped) or the

@@ -57,7 +57,8 @@ impl MessagesService {
     }
 }
 
-/// Finds the message `message` names in `topic`: (partition, offset, what is there).
+/// Finds the message `message` names in `topic`: (partition, offset, what is there:
+/// perhaps `Deleted`, by retention; an offset at or past the end is NOT_FOUND).
 fn locate(topic: &Topic, message: &convert::MessageRef) -> Result<(u32, u64, MessageAt), Status> {
     match message {
         convert::MessageRef::Id(id) => {
@@ -169,6 +170,13 @@ impl MessagesService {
                     get_delivery_status_response::Status::Queue(convert::queue_status_to_proto(
                         &queue, state,
                     ))
+                }
+                get_delivery_status_request::Consumer::Group(_)
+                    if let MessageAt::Deleted { log_start } = at =>
+                {
+                    return Err(convert::position_deleted(
+                        &name, partition, offset, log_start,
+                    ));
                 }
                 get_delivery_status_request::Consumer::Group(group) => {
                     let state = inspect::group_state(&*store, &group, &name, partition, offset);

@@ -2119,3 +2119,94 @@ fn a_stored_dead_letter_topic_with_a_reserved_name_is_not_created() {
     term_is_refused_for_good(&store, &clock, &["reserved", "AlterQueue"]);
     assert!(store.topic("__x").is_err(), "no reserved topic was created");
 }
+
+/// A store whose topic "jobs" holds offsets 0-35 stamped at the start, in a segment of
+/// their own, then 36-89 a minute later, with a retention of a minute; queue "work"
+/// from its earliest offset, member "m" of the engine returned holding 0-2. Then the
+/// clock moves on and retention deletes 0-35 (the engine is not called).
+fn three_held_then_deleted(dir: &Path, clock: &Arc<ManualClock>) -> (Arc<Store>, QueueEngine) {
+    let store = plain_store_reopened(dir, clock);
+    store
+        .create_topic(
+            "jobs",
+            1,
+            TopicConfig {
+                segment_bytes: 4096,
+                retention_ms: Some(60_000),
+                ..TopicConfig::default()
+            },
+        )
+        .unwrap();
+    let partition = store.topic("jobs").unwrap().partition(0).unwrap().clone();
+    for (offsets, timestamp_ms) in [(0..36, START_MS), (36..90, START_MS + 60_000)] {
+        let records: Vec<NewRecord> = offsets
+            .map(|_| NewRecord {
+                timestamp_ms: Some(timestamp_ms),
+                ..NewRecord::value(vec![b'v'; 80])
+            })
+            .collect();
+        partition.append_durable(&records).unwrap();
+    }
+    admin::create_queue(&*store, "work", "jobs", StartAt::Earliest, config()).unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    let delivered = engine.deliver(&[("m".into(), 3)]).unwrap();
+    assert_eq!(delivered[0].1.len(), 3);
+    assert_eq!(engine.unacked("m"), 3);
+    clock.advance_ms(90_000);
+    store.enforce_retention();
+    assert_eq!(partition.log_start().unwrap(), 36, "retention deleted 0-35");
+    (store, engine)
+}
+
+/// A purge after retention deleted messages the queue had not settled (three held,
+/// 33 never taken), before any engine followed the log's start: it counts the 54 it
+/// took from the queue's view (DescribeQueue's ready count just before), not the 90
+/// from the cursor to the end.
+#[test]
+fn a_purge_does_not_count_what_retention_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let (store, _engine) = three_held_then_deleted(dir.path(), &clock);
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!((status.ready, status.unacked), (54, 0), "{status:?}");
+    assert_eq!(admin::purge_queue(&*store, "work").unwrap(), 54);
+    let status = admin::queue_status(&*store, "work", clock.now_ms()).unwrap();
+    assert_eq!((status.ready, status.unacked), (0, 0), "{status:?}");
+    assert_eq!(admin::purge_queue(&*store, "work").unwrap(), 0);
+}
+
+/// Leases on messages retention deleted are dropped by the engine: by its timers (no
+/// member asking), and before a settlement is judged, which is then NOT_FOUND saying
+/// retention deleted it; the member's share is free again, and the drop is counted
+/// lost to retention.
+#[test]
+fn an_engine_drops_the_leases_of_messages_retention_deleted() {
+    for by_tick in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(START_MS);
+        let (store, mut engine) = three_held_then_deleted(dir.path(), &clock);
+        if by_tick {
+            engine.tick().unwrap();
+            let left = store
+                .queues()
+                .read(|q| q.get("work").unwrap().pending_counts());
+            assert_eq!(left, (0, 0, 0), "no lease left after the tick");
+        }
+        let outcome = engine.settle(
+            Some("m"),
+            &[settle_one(1, SettleAction::Ack { through: None })],
+        );
+        match &outcome.unwrap()[..] {
+            [SettleOutcome::NotFound(why)] => assert!(
+                why.contains("deleted by retention") && why.contains("starts at 36"),
+                "{why}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(engine.counters.lost_to_retention, 3);
+        assert_eq!(engine.unacked("m"), 0);
+        let delivered = engine.deliver(&[("m".into(), 1)]).unwrap();
+        assert_eq!(delivered[0].1[0].record.offset, 36);
+    }
+}

@@ -40,6 +40,7 @@ pub fn state_name(state: i32) -> &'static str {
         Ok(QueueDeliveryState::Expired) => "expired",
         Ok(QueueDeliveryState::Settled) => "settled",
         Ok(QueueDeliveryState::Filtered) => "filtered",
+        Ok(QueueDeliveryState::Deleted) => "deleted",
         _ => "unknown",
     }
 }

@@ -68,6 +68,14 @@ pub fn position_not_found(
     ))
 }
 
+/// NOT_FOUND for a message retention deleted (at `offset`, below `log_start`), where
+/// the answer needs the message itself (a consumer group's view of it).
+pub fn position_deleted(topic: &str, partition: u32, offset: u64, log_start: u64) -> Status {
+    Status::not_found(format!(
+        "partition {partition} offset {offset} of topic {topic:?} was deleted by retention: the partition's log now starts at {log_start}"
+    ))
+}
+
 /// INVALID_ARGUMENT for a request that names queue `queue` and topic `topic` when the
 /// queue consumes another topic, `queue_topic`: `None` when the caller may not
 /// describe it, which the answer then does not name (see [`super::status_seen_by`]).
@@ -160,6 +168,15 @@ pub fn queue_status_to_proto(queue: &str, state: QueueState) -> pb::QueueDeliver
             S::Settled
         }
         QueueState::Filtered => S::Filtered,
+        QueueState::Deleted {
+            log_start,
+            attempts,
+        } => {
+            status.attempts = attempts;
+            status.reason =
+                format!("deleted by retention: the partition's log now starts at {log_start}");
+            S::Deleted
+        }
     };
     status.state = kind as i32;
     status

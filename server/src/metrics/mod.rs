@@ -33,7 +33,7 @@
 //! | tidelog_consumer_group_lag | gauge | group, topic, partition |
 //! | tidelog_consumer_group_members | gauge | group |
 //! | tidelog_queue_ready, _delayed, _unacked, _waiting, _oldest_unacked_age_seconds | gauge | queue |
-//! | tidelog_queue_delivered, _redelivered, _acked, _nacked, _timed_out, _member_left | counter | queue |
+//! | tidelog_queue_delivered, _redelivered, _acked, _nacked, _timed_out, _member_left, _lost_to_retention | counter | queue |
 //! | tidelog_queue_dead_lettered | counter | queue, reason (max_deliveries, term, overflow) |
 //! | tidelog_queue_ack_latency_seconds | histogram | queue |
 //! | tidelog_connections_open (gRPC connections holding a place within the connection limits: served, or in their TLS handshake) | gauge | |
@@ -201,6 +201,8 @@ pub struct QueueMetrics {
     pub dead_lettered_overflow: u64,
     /// Deliveries given back unseen (never handed to their member).
     pub released: u64,
+    /// Messages retention deleted before the queue settled them.
+    pub lost_to_retention: u64,
     /// Overflow dead letters the dead-letter topic refused for good.
     pub overflow_refused: u64,
     /// Delivery-history events that could not be written (the queue went on).

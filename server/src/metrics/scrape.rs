@@ -194,7 +194,7 @@ impl Collector for ScrapeSources {
                     |q| gauge_value(q.damaged_partitions),
                 ),
             ];
-            let counters: [QueueField<u64>; 9] = [
+            let counters: [QueueField<u64>; 10] = [
                 (
                     "tidelog_queue_delivered",
                     "Deliveries made, first ones and redeliveries.",
@@ -218,6 +218,11 @@ impl Collector for ScrapeSources {
                     "tidelog_queue_member_left",
                     "Deliveries given up because their member left (it disconnected, or a broker restart ended the leases of the run before).",
                     |q| q.member_left,
+                ),
+                (
+                    "tidelog_queue_lost_to_retention",
+                    "Messages retention deleted before the queue settled them (never taken, held by a member, or waiting): dropped without a dead letter.",
+                    |q| q.lost_to_retention,
                 ),
                 (
                     "tidelog_queue_released",

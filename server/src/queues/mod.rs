@@ -1264,19 +1264,15 @@ impl QueueManager {
         self.wake_queues_of(topic.name());
     }
 
-    /// Retention deleted segments of `topic`: when the topic has priority levels, its
-    /// queues' runtimes (started if need be) look at once, so each engine follows the
-    /// new log start (`QueueEngine` recounts what its faster levels took ahead past it)
-    /// and DescribeQueue's ready count and the caps are exact again without waiting for
-    /// a member or a publish.
+    /// Retention deleted segments of `topic`: its queues' runtimes (started if need
+    /// be) look at once, so each engine follows the new log start without waiting for
+    /// a member, a publish or a lease's deadline: it drops the deliveries (and
+    /// redeliveries) of messages retention deleted (`QueueEngine` follows retention),
+    /// so their members' room under max_unacked_per_member comes back, and on a topic
+    /// with priority levels it recounts what its faster levels took ahead past it, so
+    /// DescribeQueue's ready count and the caps are exact again.
     pub fn topic_retained(self: &Arc<Self>, topic: &str) {
-        if self
-            .store
-            .topic(topic)
-            .is_ok_and(|t| t.config().priority_levels > 1)
-        {
-            self.wake_queues_of(topic);
-        }
+        self.wake_queues_of(topic);
     }
 
     /// Wakes the runtime of every queue reading `topic`, starting those not running.
@@ -1400,6 +1396,7 @@ impl crate::metrics::QueueMetricsSource for QueueManager {
                     dead_lettered_term: c.dead_lettered_term,
                     dead_lettered_overflow: c.dead_lettered_overflow,
                     released: c.released,
+                    lost_to_retention: c.lost_to_retention,
                     overflow_refused: c.overflow_refused,
                     history_failed_events: c.history_failed_events,
                     damaged_partitions,

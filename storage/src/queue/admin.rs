@@ -592,7 +592,8 @@ pub fn delete_queue(store: &dyn QueueHost, name: &str) -> Result<()> {
 
 /// Settles everything queue `name` has not settled, up to each partition's end now.
 /// Returns how many messages that settled: those held, waiting or delayed, and those
-/// not taken yet (by the rule of the ready count, `QueuePartition::untaken`).
+/// not taken yet (by the rule of the ready count, `QueuePartition::untaken`), all
+/// still in the log: what retention deleted is settled too, and not counted.
 ///
 /// The deliveries members held are settled with the rest, so they no longer count
 /// towards `max_unacked_per_member`: an engine open on the queue counts them until
@@ -612,16 +613,42 @@ fn purge_one(store: &dyn QueueHost, name: &str) -> Result<u64> {
         .ok_or_else(|| not_found(name))?;
     let topic = store.topic(&topic_name)?;
     // A partition recovery refused to open refuses the purge (its end is unknown).
-    let ends = topic
+    let bounds: Vec<(u32, u64, u64)> = topic
         .partitions()
         .iter()
-        .map(|p| Ok((p.id(), p.end_offset()?)))
+        .map(|p| {
+            let (start, end) = p.bounds()?;
+            Ok((p.id(), start, end))
+        })
         .collect::<Result<_>>()?;
-    // The state machine counts what the purge settles as it applies it.
-    store.queues().append_one(QueueOp::Purge {
+    // The state machine counts what the purge settles as it applies it. What retention
+    // deleted is no longer in the queue's view (DescribeQueue counts none of it, the
+    // engine drops it: `QueuePartition::deleted_pending`), so the purge does not count
+    // it: in the same append (one fsync, applied together), a purge up to each log's
+    // start settles it uncounted first, as the engine following the log's start would.
+    let starts: Vec<(u32, u64)> = bounds
+        .iter()
+        .filter(|&&(_, start, _)| start > 0)
+        .map(|&(id, start, _)| (id, start))
+        .collect();
+    let purge = QueueOp::Purge {
         name: name.to_string(),
-        ends,
-    })
+        ends: bounds.iter().map(|&(id, _, end)| (id, end)).collect(),
+    };
+    if starts.is_empty() {
+        return store.queues().append_one(purge);
+    }
+    let outcomes = store.queues().append(vec![
+        QueueOp::Purge {
+            name: name.to_string(),
+            ends: starts,
+        },
+        purge,
+    ])?;
+    outcomes
+        .last()
+        .copied()
+        .ok_or_else(|| Error::invalid("a purge's append reported no outcome"))
 }
 
 /// The name of every queue (consuming `topic` if given, a pattern queue when it has
@@ -810,9 +837,9 @@ pub struct PartitionCounts {
 }
 
 /// The counts of a queue's partition state `part` (None: nothing taken yet) on a
-/// partition whose log holds `start..end`, at `now_ms`. A message taken and not held
-/// that retention deleted (below `start`) counts nowhere; one a member holds still
-/// counts as unacked (the member has its copy and may settle it).
+/// partition whose log holds `start..end`, at `now_ms`. A pending message that
+/// retention deleted (below `start`) counts nowhere, even one a member holds: the queue
+/// drops it (`QueuePartition::deleted_pending`).
 pub fn partition_counts(
     part: Option<&super::state::QueuePartition>,
     start: u64,
@@ -835,12 +862,10 @@ pub fn partition_counts(
         ..PartitionCounts::default()
     };
     if let Some(part) = part {
-        for (offset, pending) in part.pending.iter() {
-            let gone = offset < start;
+        // Those below `start` retention deleted: gone, whatever their hold
+        // (`QueuePartition::deleted_pending`), so they count nowhere.
+        for (_, pending) in part.pending.range(start..) {
             match &pending.hold {
-                // Retention deleted it before its redelivery or deliver-at time: it is
-                // gone (the next delivery round counts it lost), not ready nor waiting.
-                Hold::Waiting { .. } | Hold::Delayed { .. } if gone => {}
                 Hold::Leased { .. } => {
                     counts.unacked += 1;
                     counts.oldest_delivery_ms = Some(

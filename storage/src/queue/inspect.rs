@@ -12,7 +12,10 @@
 //! history ([`super::history`]) to say how: `acked` or `dead-lettered` with the
 //! reason; with no history of it (purged, or its history is past the age limit, or a
 //! crash took the last record) it is `settled`, and if it has expired meanwhile,
-//! `expired`. A consumer group's status is its committed offset against the message's.
+//! `expired`. A message below the log's start (retention deleted it) is `deleted`,
+//! unless its history says the queue acked or dead-lettered it first: whatever the
+//! queue still holds of it is gone (`QueuePartition::deleted_pending`). A consumer
+//! group's status is its committed offset against the message's.
 
 use std::sync::Arc;
 
@@ -40,7 +43,10 @@ pub enum MessageAt {
     Stored(Record),
     /// In the log's range but hidden from readers: its TTL passed.
     Expired,
-    /// Below the log start (retention removed it) or at or past the end.
+    /// Below the log start: it was stored, and retention deleted it (its segment went
+    /// whole: by retention_ms or retention_bytes, or every message in it expired).
+    Deleted { log_start: u64 },
+    /// At or past the end: never stored (yet).
     Missing { log_start: u64, end_offset: u64 },
 }
 
@@ -48,7 +54,10 @@ pub enum MessageAt {
 pub fn message_at(topic: &Topic, partition: u32, offset: u64) -> Result<MessageAt> {
     let part = topic.partition(partition)?;
     let (log_start, end_offset) = part.bounds()?;
-    if offset < log_start || offset >= end_offset {
+    if offset < log_start {
+        return Ok(MessageAt::Deleted { log_start });
+    }
+    if offset >= end_offset {
         return Ok(MessageAt::Missing {
             log_start,
             end_offset,
@@ -103,6 +112,12 @@ pub enum QueueState {
     Settled { attempts: u32 },
     /// The queue's filter does not match it: passed over as settled, never delivered.
     Filtered,
+    /// Retention deleted it (it is below the partition's log start, `log_start` now)
+    /// and no history says the queue acked or dead-lettered it first: never delivered,
+    /// held by a member (the queue drops that delivery), waiting, or settled with no
+    /// history saying how; after `attempts` deliveries (as far as its history goes
+    /// back).
+    Deleted { log_start: u64, attempts: u32 },
 }
 
 impl QueueState {
@@ -118,6 +133,7 @@ impl QueueState {
             QueueState::Expired { .. } => "expired",
             QueueState::Settled { .. } => "settled",
             QueueState::Filtered => "filtered",
+            QueueState::Deleted { .. } => "deleted",
         }
     }
 }
@@ -132,7 +148,10 @@ fn queue_of(store: &dyn QueueHost, name: &str) -> Result<Queue> {
 /// Where message (`partition`, `offset`) of queue `name`'s topic stands in the queue,
 /// at `now_ms`. `message` is what [`message_at`] found (not `Missing`). What the queue
 /// holds wins; a settled message is acked or dead-lettered as its history says (even
-/// if it expired since), expired if it expired without either, else `Settled`.
+/// if it expired since), expired if it expired without either, else `Settled`. A
+/// message retention deleted is acked or dead-lettered as its history says, else
+/// `Deleted`, whatever the queue holds of it (the engine drops that:
+/// `QueuePartition::deleted_pending`).
 pub fn queue_state(
     store: &dyn QueueHost,
     name: &str,
@@ -142,6 +161,16 @@ pub fn queue_state(
     now_ms: i64,
 ) -> Result<QueueState> {
     let queue = queue_of(store, name)?;
+    if let MessageAt::Deleted { log_start } = *message {
+        // Its history, looked for over the whole of it (its timestamp is gone).
+        let attempts = message_history(store, name, partition, offset, i64::MIN, now_ms)?;
+        return Ok(
+            settled_by_history(&attempts).unwrap_or(QueueState::Deleted {
+                log_start,
+                attempts: attempts.iter().map(|a| a.attempt).max().unwrap_or(0),
+            }),
+        );
+    }
     let record = match message {
         MessageAt::Stored(record) => Some(record),
         _ => None,
@@ -217,26 +246,36 @@ pub fn queue_state(
     // whole retention (found only by position, so rarely asked).
     let timestamp_ms = record.map_or(i64::MIN, |r| r.timestamp_ms);
     let attempts = message_history(store, name, partition, offset, timestamp_ms, now_ms)?;
+    if let Some(settled) = settled_by_history(&attempts) {
+        return Ok(settled);
+    }
     let tried = attempts.iter().map(|a| a.attempt).max().unwrap_or(0);
-    for attempt in attempts.iter().rev() {
+    Ok(if expired {
+        expired_state(tried)
+    } else {
+        QueueState::Settled { attempts: tried }
+    })
+}
+
+/// Acked or dead-lettered, as the newest attempt of `attempts` (a message's history,
+/// oldest first) that says either has it; None when none does.
+fn settled_by_history(attempts: &[AttemptRecord]) -> Option<QueueState> {
+    let tried = attempts.iter().map(|a| a.attempt).max().unwrap_or(0);
+    attempts.iter().rev().find_map(|attempt| {
         if let Some((at_ms, reason)) = &attempt.dead_lettered {
-            return Ok(QueueState::DeadLettered {
+            return Some(QueueState::DeadLettered {
                 at_ms: *at_ms,
                 reason: reason.clone(),
                 attempts: tried,
             });
         }
-        if let Some((Outcome::Acked, at_ms, _)) = &attempt.outcome {
-            return Ok(QueueState::Acked {
+        match &attempt.outcome {
+            Some((Outcome::Acked, at_ms, _)) => Some(QueueState::Acked {
                 at_ms: *at_ms,
                 attempts: tried,
-            });
+            }),
+            _ => None,
         }
-    }
-    Ok(if expired {
-        expired_state(tried)
-    } else {
-        QueueState::Settled { attempts: tried }
     })
 }
 

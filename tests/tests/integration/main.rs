@@ -45,6 +45,7 @@ mod queue_dead_letters;
 mod queue_delete;
 mod queue_pattern;
 mod queue_receipts;
+mod queue_retention;
 mod queue_settle;
 mod queue_shutdown;
 mod queue_unseen;

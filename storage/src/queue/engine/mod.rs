@@ -727,6 +727,11 @@ impl QueueEngine {
     pub fn tick(&mut self) -> Result<()> {
         let now = self.store.clock().now_ms();
         let queue = self.queue()?;
+        // A lease on a message retention deleted is dropped, not given up (counted
+        // timed out, redelivered to find it gone). A topic deleted has nothing to drop.
+        if let Ok(topic) = self.store.topic(&queue.topic) {
+            self.drop_deleted(&topic)?;
+        }
         let mut ops = Vec::new();
         let mut events = Vec::new();
         while let Some(&(at, kind, partition, offset)) = self.timers.first() {
@@ -1688,8 +1693,128 @@ impl QueueEngine {
 }
 
 impl QueueEngine {
-    /// Follows retention in the engine's view of `queue` (a queue with priority levels)
-    /// and pushes the takes that make the state follow it onto `ops`: in each partition
+    /// Drops the pending messages of the queue that retention deleted from `topic`
+    /// ([`QueuePartition::deleted_pending`]: held by a member, waiting or delayed, below
+    /// the log's start), durably (one append, only when there are some): each is
+    /// settled without a dead letter (there is nothing left to write) and counted lost
+    /// to retention, and a member holding one no longer counts it towards
+    /// `max_unacked_per_member`. Its member's settlement of it is then NOT_FOUND saying
+    /// retention deleted it ([`QueueEngine::deleted_by_retention`]). No history event
+    /// is recorded; its delivery status says retention deleted it. Called as the
+    /// engine follows retention ([`QueueEngine::follow_retention`]), before its timers
+    /// run and before settlements are judged, so a lease on a deleted message never
+    /// stays until its deadline. A partition recovery refused to open has nothing to
+    /// drop.
+    fn drop_deleted(&mut self, topic: &Topic) -> Result<()> {
+        // Only the partitions whose lowest pending message is below the log's start
+        // are read further: the cost of a call with nothing to drop is one look at
+        // the state and at the bounds of the partitions holding pending messages.
+        let firsts: Vec<(u32, u64)> = self.store.queues().read(|q| {
+            self.this(q).map_or_else(Vec::new, |queue| {
+                queue
+                    .partitions
+                    .iter()
+                    .filter_map(|(&id, part)| Some((id, part.pending.first_offset()?)))
+                    .collect()
+            })
+        });
+        let starts: Vec<(u32, u64)> = firsts
+            .into_iter()
+            .filter_map(|(id, first)| {
+                let start = topic.partition(id).ok()?.log_start().ok()?;
+                (first < start).then_some((id, start))
+            })
+            .collect();
+        if starts.is_empty() {
+            return Ok(());
+        }
+        type Gone = Vec<(u32, Vec<(u64, Option<(Arc<str>, u32)>)>)>;
+        let gone: Gone = self.store.queues().read(|q| {
+            let Some(queue) = self.this(q) else {
+                return Vec::new();
+            };
+            starts
+                .iter()
+                .filter_map(|&(id, start)| {
+                    let gone: Vec<_> = queue
+                        .partitions
+                        .get(&id)?
+                        .deleted_pending(start)
+                        .map(|(offset, pending)| {
+                            let holder = match &pending.hold {
+                                Hold::Leased { member, .. } => {
+                                    Some((member.clone(), pending.attempts))
+                                }
+                                _ => None,
+                            };
+                            (offset, holder)
+                        })
+                        .collect();
+                    (!gone.is_empty()).then_some((id, gone))
+                })
+                .collect()
+        });
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let mut ops = Vec::with_capacity(gone.len());
+        for (partition, messages) in &gone {
+            let mut ranges: Vec<(u64, u64)> = Vec::new();
+            for &(offset, _) in messages {
+                match ranges.last_mut() {
+                    Some(last) if last.1 + 1 == offset => last.1 = offset,
+                    _ => ranges.push((offset, offset)),
+                }
+            }
+            ops.push(QueueOp::Ack {
+                name: self.name.clone(),
+                partition: *partition,
+                ranges,
+            });
+        }
+        self.store.queues().append(ops)?;
+        let mut dropped = 0u64;
+        for (partition, messages) in gone {
+            for (offset, holder) in messages {
+                dropped += 1;
+                let Some((member, attempt)) = holder else {
+                    continue;
+                };
+                // A restored lease was never counted for a member of this run.
+                if self.restored(partition, offset, attempt) {
+                    self.restored.remove(&(partition, offset));
+                } else if let Some(count) = self.members.get_mut(&member) {
+                    *count = count.saturating_sub(1);
+                }
+            }
+        }
+        self.counters.lost_to_retention += dropped;
+        tracing::info!(queue = %self.name, dropped, "pending messages retention deleted dropped from the queue");
+        Ok(())
+    }
+
+    /// The log start of `partition` when retention deleted `offset` there (it is below
+    /// it), for the answer to a settlement of a message that is not pending.
+    fn deleted_by_retention(&self, partition: u32, offset: u64) -> Option<u64> {
+        let topic = self
+            .store
+            .queues()
+            .read(|q| self.this(q).map(|queue| queue.topic.clone()))?;
+        let start = self
+            .store
+            .topic(&topic)
+            .ok()?
+            .partition(partition)
+            .ok()?
+            .log_start()
+            .ok()?;
+        (offset < start).then_some(start)
+    }
+
+    /// Follows retention: first drops the pending messages it deleted
+    /// ([`QueueEngine::drop_deleted`], appended at once). Then, in the engine's view of
+    /// `queue` (a queue with priority levels), pushes the takes that make the state
+    /// follow it onto `ops`: in each partition
     /// of `topic` where retention deleted the log past the slowest level's cursor,
     /// every level whose cursor it passed moves to the log's start, and the counts of
     /// what the faster levels took ahead ([`QueuePartition::ahead`]) become what they
@@ -1710,6 +1835,7 @@ impl QueueEngine {
         now: i64,
         ops: &mut Vec<QueueOp>,
     ) -> Result<()> {
+        self.drop_deleted(topic)?;
         if queue.levels <= 1 {
             return Ok(());
         }

@@ -53,6 +53,11 @@ impl QueueEngine {
         batches: &[SettleBatch<'_>],
     ) -> Result<Vec<Vec<SettleOutcome>>> {
         let queue = self.queue()?;
+        // What retention deleted is dropped first: its settlements are judged as of a
+        // message gone, the same whether or not the engine had followed the log's start.
+        if let Ok(topic) = self.store.topic(&queue.topic) {
+            self.drop_deleted(&topic)?;
+        }
         let now = self.store.clock().now_ms();
         let mut ops = Vec::new();
         let mut events = Vec::new();
@@ -145,10 +150,19 @@ impl QueueEngine {
                     _ => self.pending_of(request.partition, request.offset),
                 };
                 let Some(pending) = pending else {
-                    outcomes.push(SettleOutcome::NotFound(format!(
-                    "partition {} offset {} is not pending in queue {:?}: it was settled already, or never delivered",
-                    request.partition, request.offset, crate::queue::admin::public_name(&self.name)
-                )));
+                    let queue_name = crate::queue::admin::public_name(&self.name);
+                    outcomes.push(SettleOutcome::NotFound(
+                        match self.deleted_by_retention(request.partition, request.offset) {
+                            Some(start) => format!(
+                                "partition {} offset {} was deleted by retention (the partition's log now starts at {start}) and is not pending in queue {queue_name:?}: a delivery of it still held was dropped, so there is nothing to settle (if its work was not done, the message is lost)",
+                                request.partition, request.offset
+                            ),
+                            None => format!(
+                                "partition {} offset {} is not pending in queue {queue_name:?}: it was settled already, or never delivered",
+                                request.partition, request.offset
+                            ),
+                        },
+                    ));
                     continue;
                 };
                 if gone.contains(&(request.partition, request.offset)) {

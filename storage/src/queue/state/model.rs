@@ -114,6 +114,18 @@ impl QueuePartition {
         (from, (end - from).saturating_sub(ahead.max(pending)))
     }
 
+    /// The pending messages retention deleted, on a log that now starts at `start`:
+    /// every one below it, whatever its hold (held by a member, waiting for a
+    /// redelivery, delayed). They are gone: there is nothing left to deliver, dead-letter
+    /// or settle. The one rule of what retention takes from a queue's pending messages:
+    /// DescribeQueue's counts and the metrics leave them out
+    /// (`admin::partition_counts`), the engine drops them as it follows the log's start
+    /// (`QueueEngine::drop_deleted`), a purge does not count them, and their delivery
+    /// status is `Deleted` (`inspect::queue_state`).
+    pub fn deleted_pending(&self, start: u64) -> super::pending::Iter<'_> {
+        self.pending.range(..start)
+    }
+
     /// Every offset below it is settled.
     pub fn settled_below(&self) -> u64 {
         let cursors = self.cursors.iter().copied().min().unwrap_or(0);
