@@ -91,11 +91,10 @@ pub fn status(error: &Error) -> Status {
         Error::Corrupt { .. } => Status::data_loss(format!(
             "{error}; the broker does not serve corrupt data: read on from the offset after the damaged batch (a group: `tidelog group reset-offsets --to-offset`), and have an operator inspect the data directory with `tidelog segment verify`"
         )),
-        Error::Io { source, .. } => {
+        Error::Io { .. } => {
             // Logged here, so the answer's "logged" is true for every RPC.
             tracing::warn!(%error, "an I/O error answered as INTERNAL");
-            // EMFILE / ENFILE: out of file descriptors (not a disk problem).
-            if matches!(source.raw_os_error(), Some(23 | 24)) {
+            if error.is_out_of_descriptors() {
                 Status::internal(format!(
                     "{error}; the broker is out of file descriptors: retry later, and if it persists raise the broker's open-file limit (ulimit -n, systemd LimitNOFILE)"
                 ))

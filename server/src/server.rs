@@ -64,8 +64,18 @@ pub async fn run(
         .await
         .map_err(|e| format!("opening the store failed: {e}"))?
         .map_err(|e| {
+            let advice = if e.is_out_of_descriptors() {
+                format!(
+                    "; tidelogd ran out of file descriptors opening it: raise its hard \
+                     open-file limit (ulimit -n, systemd LimitNOFILE) to at least twice its \
+                     {} partitions plus connections plus some spare",
+                    Store::partitions_on_disk(&settings.data_dir)
+                )
+            } else {
+                String::new()
+            };
             format!(
-                "cannot open data directory {}: {e}",
+                "cannot open data directory {}: {e}{advice}",
                 settings.data_dir.display()
             )
         })?;

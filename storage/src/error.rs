@@ -172,6 +172,13 @@ impl Error {
     pub fn not_found(what: impl Into<String>) -> Self {
         Error::NotFound { what: what.into() }
     }
+
+    /// Whether this is the process (EMFILE) or the system (ENFILE) out of file
+    /// descriptors: not a disk problem, and mended by a higher open-file limit.
+    pub fn is_out_of_descriptors(&self) -> bool {
+        // EMFILE 24 and ENFILE 23, the same numbers on Linux and the BSDs.
+        matches!(self, Error::Io { source, .. } if matches!(source.raw_os_error(), Some(23 | 24)))
+    }
 }
 
 /// Adds context to `io::Result`s: `file.sync_data().ctx(|| format!("syncing {path}"))`.

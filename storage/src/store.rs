@@ -204,6 +204,27 @@ pub struct Store {
 }
 
 impl Store {
+    /// How many partition directories the data directory `dir` holds, counted without
+    /// opening anything (for an error's advice when the open itself failed: each
+    /// partition keeps two files open). 0 when it cannot be listed.
+    pub fn partitions_on_disk(dir: impl AsRef<Path>) -> usize {
+        let Ok(topics) = std::fs::read_dir(dir.as_ref().join("topics")) else {
+            return 0;
+        };
+        topics
+            .flatten()
+            .filter_map(|topic| std::fs::read_dir(topic.path()).ok())
+            .flat_map(|partitions| partitions.flatten())
+            .filter(|entry| {
+                entry.file_type().is_ok_and(|t| t.is_dir())
+                    && entry
+                        .file_name()
+                        .to_str()
+                        .is_some_and(|n| n.parse::<u32>().is_ok())
+            })
+            .count()
+    }
+
     /// Opens (creating if needed) the data directory and recovers every partition.
     /// Fails if another process has it open.
     pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {

@@ -1432,3 +1432,33 @@ async fn topic_config_record_features_are_recorded_on_open_and_newer_ones_refuse
     );
     assert_eq!(std::fs::read_to_string(&path).unwrap(), newer);
 }
+
+/// A broker started with too low an open-file limit for its partitions (each keeps two
+/// files open) exits 1 saying so and what to do: raise the hard limit, sized from the
+/// partitions the data directory holds, not only "Too many open files".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_out_of_file_descriptors_says_to_raise_the_limit() {
+    let mut broker = TestBroker::start();
+    broker
+        .create_topic("many", 200, TopicConfig::default())
+        .await;
+    broker.stop();
+    let command = format!(
+        "ulimit -n 64 && exec '{}' --data-dir '{}' --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0",
+        tidelog_tests::tidelogd_bin().display(),
+        broker.data_dir().display()
+    );
+    let refused = std::process::Command::new("sh")
+        .args(["-c", &command])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running tidelogd");
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("Too many open files")
+            && stderr.contains("raise its hard open-file limit (ulimit -n, systemd LimitNOFILE)")
+            && stderr.contains("twice its 200 partitions"),
+        "{stderr}"
+    );
+}
