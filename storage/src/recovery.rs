@@ -12,7 +12,9 @@
 //!    is either the log the partition opens with or why it must not open.
 //! 3. **Execute** ([`execute`]): the actions through the [`FileSystem`] seam, in a
 //!    crash-safe order: leftovers, then cuts (the cut bytes kept in a side file first)
-//!    and removals, then fsyncs of what was scanned, index files and id indexes, the
+//!    and removals, then fsyncs of scanned bytes the checkpoint does not vouch for
+//!    (none after a clean close, so such a start fsyncs nothing), index files and id
+//!    indexes, the
 //!    directory, and the checkpoint last. A crash part way leaves a directory the next
 //!    recovery plans again from scratch.
 //!
@@ -686,10 +688,14 @@ pub fn plan(observation: Observation, options: PlanOptions) -> RecoveryPlan {
                 });
             }
             None => {
-                syncs.push(Action::Sync {
-                    base,
-                    rewrite: rewrite(report.valid_bytes),
-                });
+                // Bytes past what the checkpoint vouches for may be only in the page
+                // cache (written by a process that died before its fsync): fsync them
+                // before they are served as durable. After a clean close there are
+                // none, and the start makes no fsync a partition.
+                let rewrite = rewrite(report.valid_bytes);
+                if report.valid_bytes > trusted || rewrite.is_some() {
+                    syncs.push(Action::Sync { base, rewrite });
+                }
                 if index_stale {
                     index_writes.push(Action::WriteIndex {
                         base,
@@ -1115,14 +1121,35 @@ mod tests {
         let cp = checkpoint(0, log.len() as u64, 7);
         let plan = recover(&observed(cp, &[(0, &log)]), false);
         assert_eq!(plan.end().unwrap().offset, 7);
+        // Not even an fsync: the checkpoint vouches for every byte.
+        assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+        assert!(!plan.durable_data_lost);
+    }
+
+    /// Intact bytes past what the checkpoint vouches for (a process that died before
+    /// its fsync) are fsynced before they are served as durable, and the checkpoint
+    /// then moves to them.
+    #[test]
+    fn intact_bytes_past_the_checkpoint_are_fsynced() {
+        let (log, positions) = log_of(0, &[3, 4]);
+        let cp = checkpoint(0, positions[1], 3);
+        let plan = recover(&observed(cp, &[(0, &log)]), false);
+        assert_eq!(plan.end().unwrap().offset, 7);
         assert!(
-            plan.actions
-                .iter()
-                .all(|a| matches!(a, Action::Sync { .. })),
+            matches!(
+                plan.actions.as_slice(),
+                [
+                    Action::Sync {
+                        base: 0,
+                        rewrite: None
+                    },
+                    Action::SyncDir,
+                    Action::WriteCheckpoint { .. }
+                ]
+            ),
             "{:?}",
             plan.actions
         );
-        assert!(!plan.durable_data_lost);
     }
 
     #[test]
