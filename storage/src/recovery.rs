@@ -14,8 +14,7 @@
 //!    crash-safe order: leftovers, then cuts (the cut bytes kept in a side file first)
 //!    and removals, then fsyncs of scanned bytes the checkpoint does not vouch for
 //!    (none after a clean close, so such a start fsyncs nothing), index files and id
-//!    indexes, the
-//!    directory, and the checkpoint last. A crash part way leaves a directory the next
+//!    indexes, the directory, and the checkpoint last. A crash part way leaves a directory the next
 //!    recovery plans again from scratch.
 //!
 //! The rules, in the order they are applied to each segment:
