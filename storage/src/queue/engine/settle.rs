@@ -269,9 +269,11 @@ impl QueueEngine {
                         let mut refused = None;
                         let mut letter = None;
                         if queue.config.exhausted(pending.attempts) {
+                            // The delivery's own number: past max_deliveries for a
+                            // message that had used it when an AlterQueue lowered it.
                             let why = format!(
-                                "nacked on the last of {} deliveries: {reason}",
-                                queue.config.max_deliveries
+                                "nacked on delivery {}, its last (max_deliveries {}): {reason}",
+                                pending.attempts, queue.config.max_deliveries
                             );
                             match self.dead_letter(
                                 &queue,
