@@ -869,7 +869,22 @@ impl Queues for QueuesService {
                     "member must be 1 to 255 bytes: any name that identifies the caller",
                 ));
             }
-            let max = request.max_messages.clamp(1, RECEIVE_MESSAGES_MAX);
+            // Out of range is refused, as every bound of the API is (INVALID_ARGUMENT),
+            // not quietly capped.
+            if request.max_messages > RECEIVE_MESSAGES_MAX {
+                return Err(Status::invalid_argument(format!(
+                    "max_messages {} is over the maximum of {RECEIVE_MESSAGES_MAX}: receive again for more",
+                    request.max_messages
+                )));
+            }
+            if Duration::from_millis(request.max_wait_ms) > RECEIVE_WAIT_MAX {
+                return Err(Status::invalid_argument(format!(
+                    "max_wait_ms {} is over the maximum of {}: receive again to wait longer",
+                    request.max_wait_ms,
+                    RECEIVE_WAIT_MAX.as_millis()
+                )));
+            }
+            let max = request.max_messages.max(1);
             let runtime = self.manager().runtime(&request.queue).await?;
             let member = format!("receive:{}", request.member);
             let (tx, rx) = oneshot::channel();

@@ -38,6 +38,7 @@ mod metrics_http;
 mod pattern_groups;
 mod patterns;
 mod positions;
+mod queue_arguments;
 mod queue_bounds;
 mod queue_cli;
 mod queue_damage;

@@ -11,10 +11,12 @@ use std::time::Duration;
 
 use tidelog_proto::v1::queues_client::QueuesClient;
 use tidelog_proto::v1::settlement::{Ack, Action, Nack, Term};
+use tidelog_proto::v1::start_position::{Earliest, Position};
 use tidelog_proto::v1::{
-    AckLevel, AlterQueueRequest, ConsumedMessage, DescribeQueueRequest, FetchRequest, Message,
-    PublishRequest, QueueConfig, QueueDelivery, QueueDescription, QueueOverflow, ReceiveRequest,
-    RedriveQueueRequest, SettleRequest, Settlement, SettlementOutcome, TopicConfig,
+    AckLevel, AlterQueueRequest, ConsumedMessage, CreateQueueRequest, DescribeQueueRequest,
+    FetchRequest, Message, PublishRequest, QueueConfig, QueueDelivery, QueueDescription,
+    QueueOverflow, ReceiveRequest, RedriveQueueRequest, SettleRequest, Settlement,
+    SettlementOutcome, StartPosition, TopicConfig,
 };
 use tidelog_tests::TestBroker;
 use tonic::Code;
@@ -308,6 +310,190 @@ async fn a_refused_dead_letter_fails_its_settlement_alone_and_the_message_comes_
     }
     let described = describe(&broker, "jobs-q").await;
     assert_eq!(described.partitions[0].settled_below, 0);
+}
+
+/// Terms each of `held` in a Settle of its own, in offset order, and asserts each is
+/// done.
+async fn term_each(broker: &TestBroker, queue: &str, mut held: Vec<QueueDelivery>, topic: &str) {
+    held.sort_by_key(offset);
+    for d in &held {
+        let mut term = settlement(
+            d,
+            Action::Term(Term {
+                reason: "give up".into(),
+            }),
+        );
+        term.topic = topic.into();
+        let outcomes = settle(broker, queue, vec![term]).await;
+        assert_eq!(outcomes[0].code, Code::Ok as i32, "{outcomes:?}");
+    }
+}
+
+/// Hunt 12a: a topic of a larger max_message_bytes than the default. The dead-letter
+/// topic the broker creates (here at the first, small letter) takes the topic's largest
+/// message, so a message of 1.5 MiB is dead-lettered rather than delivered for ever.
+#[tokio::test]
+async fn the_dead_letter_topic_the_broker_creates_takes_its_topics_largest_message() {
+    const LIMIT: u64 = 2 << 20;
+    const LARGE: usize = 3 << 19;
+    let broker = TestBroker::start();
+    let wide = TopicConfig {
+        max_message_bytes: LIMIT,
+        ..TopicConfig::default()
+    };
+    broker.create_topic("wide", 1, wide).await;
+    publish(&broker, "wide", vec![b"small".to_vec(), vec![b'w'; LARGE]]).await;
+    create_queue(&broker, "wide-q", "wide", last_attempt_config()).await;
+    let held = receive_all(&broker, "wide-q", "u1", 2).await;
+    term_each(&broker, "wide-q", held, "").await;
+    let dlq = broker.describe_topic("wide.dlq").await;
+    assert_eq!(dlq.config.unwrap().max_message_bytes, LIMIT);
+    let letters = messages(&broker, "wide.dlq", 2).await;
+    let sizes: Vec<usize> = letters.iter().map(|m| m.value.len()).collect();
+    assert_eq!(sizes, vec![5, LARGE]);
+    let described = describe(&broker, "wide-q").await;
+    assert_eq!(described.partitions[0].settled_below, 2, "{described:?}");
+}
+
+/// The same for a queue on a topic pattern, whose one dead-letter topic serves every
+/// topic it takes: created at a letter of its topic of the default limit, it takes
+/// the largest message of the other.
+#[tokio::test]
+async fn a_pattern_queues_dead_letter_topic_takes_the_largest_message_of_its_topics() {
+    const LIMIT: u64 = 3 << 20;
+    const LARGE: usize = 2 << 20;
+    let broker = TestBroker::start();
+    broker
+        .create_topic("mixed.small", 1, TopicConfig::default())
+        .await;
+    let large = TopicConfig {
+        max_message_bytes: LIMIT,
+        ..TopicConfig::default()
+    };
+    broker.create_topic("mixed.large", 1, large).await;
+    queues(&broker)
+        .await
+        .create_queue(CreateQueueRequest {
+            name: "mixed".into(),
+            topic_pattern: r"mixed\..*".into(),
+            start: Some(StartPosition {
+                position: Some(Position::Earliest(Earliest {})),
+            }),
+            config: Some(last_attempt_config()),
+            ..Default::default()
+        })
+        .await
+        .expect("create the pattern queue");
+    publish(&broker, "mixed.small", vec![b"small".to_vec()]).await;
+    let held = receive_all(&broker, "mixed", "u1", 1).await;
+    term_each(&broker, "mixed", held, "mixed.small").await;
+    publish(&broker, "mixed.large", vec![vec![b'l'; LARGE]]).await;
+    let held = receive_all(&broker, "mixed", "u1", 1).await;
+    term_each(&broker, "mixed", held, "mixed.large").await;
+    let dlq = broker.describe_topic("mixed.dlq").await;
+    assert_eq!(dlq.config.unwrap().max_message_bytes, LIMIT);
+    let letters = messages(&broker, "mixed.dlq", 2).await;
+    let sizes: Vec<usize> = letters.iter().map(|m| m.value.len()).collect();
+    assert_eq!(sizes, vec![5, LARGE]);
+}
+
+/// Hunt 12a: AlterQueue lowers max_deliveries below the deliveries messages have had.
+/// Each has one delivery left: the held one its current delivery, the waiting one its
+/// next (attempt 5 under a limit of 2), and a nack of it dead-letters it with a reason
+/// that names that delivery and the limit.
+#[tokio::test]
+async fn lowering_max_deliveries_leaves_a_message_past_it_one_more_delivery() {
+    let broker = TestBroker::start();
+    broker
+        .create_topic("lowered", 1, TopicConfig::default())
+        .await;
+    publish(
+        &broker,
+        "lowered",
+        vec![b"waits".to_vec(), b"held".to_vec()],
+    )
+    .await;
+    let config = QueueConfig {
+        ack_deadline_ms: Some(60_000),
+        max_deliveries: Some(5),
+        ..Default::default()
+    };
+    create_queue(&broker, "lowered-q", "lowered", config).await;
+    let nack = |d: &QueueDelivery| {
+        settlement(
+            d,
+            Action::Nack(Nack {
+                delay_ms: Some(0),
+                reason: "failed".into(),
+            }),
+        )
+    };
+    let mut held = receive_all(&broker, "lowered-q", "u1", 2).await;
+    for _ in 0..3 {
+        let outcomes = settle(&broker, "lowered-q", held.iter().map(nack).collect()).await;
+        assert!(outcomes.iter().all(|o| o.code == 0), "{outcomes:?}");
+        held = receive_all(&broker, "lowered-q", "u1", 2).await;
+    }
+    held.sort_by_key(offset);
+    assert_eq!(
+        held.iter().map(|d| d.attempt).collect::<Vec<_>>(),
+        vec![4, 4]
+    );
+    // Offset 0 waits for its fifth delivery; offset 1 stays held.
+    let outcomes = settle(&broker, "lowered-q", vec![nack(&held[0])]).await;
+    assert_eq!(outcomes[0].code, 0, "{outcomes:?}");
+    queues(&broker)
+        .await
+        .alter_queue(AlterQueueRequest {
+            name: "lowered-q".into(),
+            config: Some(QueueConfig {
+                max_deliveries: Some(2),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("alter");
+    // The held delivery was its last.
+    let outcomes = settle(&broker, "lowered-q", vec![nack(&held[1])]).await;
+    assert_eq!(
+        (outcomes[0].code, outcomes[0].settled),
+        (0, 1),
+        "{outcomes:?}"
+    );
+    // The waiting message is delivered once more, and that delivery is its last.
+    let again = receive_all(&broker, "lowered-q", "u2", 1).await;
+    assert_eq!((offset(&again[0]), again[0].attempt), (0, 5));
+    let outcomes = settle(&broker, "lowered-q", vec![nack(&again[0])]).await;
+    assert_eq!(
+        (outcomes[0].code, outcomes[0].settled),
+        (0, 1),
+        "{outcomes:?}"
+    );
+    let letters = messages(&broker, "lowered.dlq", 2).await;
+    let got: Vec<(String, String)> = letters
+        .iter()
+        .map(|l| {
+            (
+                header(l, "tidelog-dlq-attempts").unwrap(),
+                header(l, "tidelog-dlq-reason").unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "4".to_string(),
+                "nacked on delivery 4, its last (max_deliveries 2): failed".to_string()
+            ),
+            (
+                "5".to_string(),
+                "nacked on delivery 5, its last (max_deliveries 2): failed".to_string()
+            ),
+        ]
+    );
+    let described = describe(&broker, "lowered-q").await;
+    assert_eq!(described.partitions[0].settled_below, 2, "{described:?}");
 }
 
 #[tokio::test]

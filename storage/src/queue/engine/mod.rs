@@ -2277,8 +2277,9 @@ fn read_one(topic: &Topic, partition: u32, offset: u64) -> Result<Option<Record>
     Ok(read.records.into_iter().find(|r| r.offset == offset))
 }
 
-/// `queue`'s dead-letter topic, created with one partition and default settings if
-/// missing (owned by no one: it counts towards no principal's topic limit). Its own
+/// `queue`'s dead-letter topic, created with one partition and
+/// [`dead_letter_topic_config`] if missing (owned by no one: it counts towards no
+/// principal's topic limit). Its own
 /// topic is refused for good (InvalidArgument): each letter would be a new message of
 /// the queue, a poison message written again at every last attempt for ever. So is
 /// creating one whose name a client could not create
@@ -2301,7 +2302,7 @@ fn dead_letter_topic(store: &dyn QueueHost, queue: &Queue) -> Result<Arc<Topic>>
                 )),
                 other => other,
             })
-            .and_then(|()| store.create_topic(name, 1, TopicConfig::default()))
+            .and_then(|()| store.create_topic(name, 1, dead_letter_topic_config(store, name)))
         {
             Ok(topic) => Ok(topic),
             Err(Error::AlreadyExists { .. }) => store.topic(name),
@@ -2309,6 +2310,29 @@ fn dead_letter_topic(store: &dyn QueueHost, queue: &Queue) -> Result<Arc<Topic>>
         },
         Err(error) => Err(error),
     }
+}
+
+/// The config of dead-letter topic `name` when the broker creates it: the defaults,
+/// with `max_message_bytes` raised to the largest of the topics whose queues write
+/// letters to it (a pattern queue's topics, or several queues naming one topic), so
+/// any message its topic accepted can be dead-lettered (the letter's headers may pass
+/// the limit by [`DLQ_HEADERS_BYTES_MAX`]). Sized once: a topic that exists is the
+/// operator's to alter, whoever created it (see the README's "Dead letters and
+/// redrive").
+fn dead_letter_topic_config(store: &dyn QueueHost, name: &str) -> TopicConfig {
+    let topics: BTreeSet<String> = store.queues().read(|q| {
+        q.iter()
+            .filter(|queue| queue.config.dead_letter_topic == name)
+            .map(|queue| queue.topic.clone())
+            .collect()
+    });
+    let mut config = TopicConfig::default();
+    for topic in topics.iter().filter_map(|topic| store.topic(topic).ok()) {
+        config.max_message_bytes = config
+            .max_message_bytes
+            .max(topic.config().max_message_bytes);
+    }
+    config
 }
 
 /// The dead-letter partition for a message of `partition`: the same number if the

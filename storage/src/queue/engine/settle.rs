@@ -55,9 +55,12 @@ impl QueueEngine {
         let queue = self.queue()?;
         // What retention deleted is dropped first: its settlements are judged as of a
         // message gone, the same whether or not the engine had followed the log's start.
-        if let Ok(topic) = self.store.topic(&queue.topic) {
-            self.drop_deleted(&topic)?;
+        let topic = self.store.topic(&queue.topic).ok();
+        if let Some(topic) = &topic {
+            self.drop_deleted(topic)?;
         }
+        // None when the topic is gone: every settlement is then not pending.
+        let partitions = topic.map(|topic| topic.partitions().len());
         let now = self.store.clock().now_ms();
         let mut ops = Vec::new();
         let mut events = Vec::new();
@@ -72,15 +75,8 @@ impl QueueEngine {
             let mut gone: BTreeSet<(u32, u64)> = BTreeSet::new();
             let mut nacked: BTreeSet<(u32, u64)> = BTreeSet::new();
             for request in requests {
-                if let SettleAction::Ack {
-                    through: Some(through),
-                } = request.action
-                    && through < request.offset
-                {
-                    outcomes.push(SettleOutcome::Invalid(format!(
-                        "partition {} offset {}: through_offset {through} is below offset",
-                        request.partition, request.offset
-                    )));
+                if let Some(why) = invalid_argument(request, &queue.topic, partitions) {
+                    outcomes.push(SettleOutcome::Invalid(why));
                     continue;
                 }
                 if let SettleAction::Ack {
@@ -232,18 +228,8 @@ impl QueueEngine {
                         unreachable!("ranges are handled above")
                     }
                     SettleAction::InProgress { extend_ms } => {
+                        // Checked by `invalid_argument`; the ack deadline is in range.
                         let extend = extend_ms.unwrap_or(queue.config.ack_deadline_ms);
-                        if !(crate::queue::state::ACK_DEADLINE_MS_MIN
-                            ..=crate::queue::state::QUEUE_DELAY_MS_MAX)
-                            .contains(&extend)
-                        {
-                            outcomes.push(SettleOutcome::Invalid(format!(
-                                "extend_ms {extend} is outside {}..={}",
-                                crate::queue::state::ACK_DEADLINE_MS_MIN,
-                                crate::queue::state::QUEUE_DELAY_MS_MAX
-                            )));
-                            continue;
-                        }
                         let deadline = now.saturating_add(extend as i64);
                         ops.push(QueueOp::Extend {
                             name: self.name.clone(),
@@ -270,22 +256,17 @@ impl QueueEngine {
                         outcomes.push(SettleOutcome::Ok { settled: 0 });
                     }
                     SettleAction::Nack { delay_ms, reason } => {
-                        if delay_ms.is_some_and(|d| d > crate::queue::state::QUEUE_DELAY_MS_MAX) {
-                            outcomes.push(SettleOutcome::Invalid(format!(
-                                "delay_ms is over the maximum of {}",
-                                crate::queue::state::QUEUE_DELAY_MS_MAX
-                            )));
-                            continue;
-                        }
                         let reason = truncate_utf8(reason, crate::queue::state::REASON_BYTES_MAX);
                         // On the last attempt, the dead letter first: a failure leaves
                         // this settlement's message as it was, not the others'.
                         let mut refused = None;
                         let mut letter = None;
                         if queue.config.exhausted(pending.attempts) {
+                            // The delivery's own number: past max_deliveries for a
+                            // message that had used it when an AlterQueue lowered it.
                             let why = format!(
-                                "nacked on the last of {} deliveries: {reason}",
-                                queue.config.max_deliveries
+                                "nacked on delivery {}, its last (max_deliveries {}): {reason}",
+                                pending.attempts, queue.config.max_deliveries
                             );
                             match self.dead_letter(
                                 &queue,
@@ -466,5 +447,45 @@ impl QueueEngine {
             due_ms,
             reason,
         }
+    }
+}
+
+/// What is wrong with `request`'s own arguments, if anything, for a queue on topic
+/// `topic` of `partitions` partitions (None: not known, the topic is gone). Checked
+/// before the queue's state, so a bad argument is INVALID_ARGUMENT whether the message
+/// is held, waiting or settled, as everywhere else in the API.
+fn invalid_argument(
+    request: &SettleRequest,
+    topic: &str,
+    partitions: Option<usize>,
+) -> Option<String> {
+    use crate::queue::state::{ACK_DEADLINE_MS_MIN, QUEUE_DELAY_MS_MAX};
+    let (partition, offset) = (request.partition, request.offset);
+    if let Some(count) = partitions
+        && partition as usize >= count
+    {
+        return Some(format!(
+            "partition {partition} is out of range: topic {topic:?} has {count} partitions (0 to {}); settle the partition the delivery names",
+            count.saturating_sub(1)
+        ));
+    }
+    match request.action {
+        SettleAction::Ack {
+            through: Some(through),
+        } if through < offset => Some(format!(
+            "partition {partition} offset {offset}: through_offset {through} is below offset"
+        )),
+        SettleAction::Nack {
+            delay_ms: Some(delay),
+            ..
+        } if delay > QUEUE_DELAY_MS_MAX => Some(format!(
+            "partition {partition} offset {offset}: delay_ms {delay} is over the maximum of {QUEUE_DELAY_MS_MAX}"
+        )),
+        SettleAction::InProgress {
+            extend_ms: Some(extend),
+        } if !(ACK_DEADLINE_MS_MIN..=QUEUE_DELAY_MS_MAX).contains(&extend) => Some(format!(
+            "partition {partition} offset {offset}: extend_ms {extend} is outside {ACK_DEADLINE_MS_MIN}..={QUEUE_DELAY_MS_MAX}"
+        )),
+        _ => None,
     }
 }
