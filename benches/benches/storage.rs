@@ -10,10 +10,8 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use tidelog_benches::{records, run_appenders, store_with_topic};
-use tidelog_storage::batch::{Compression, EncodeOptions, encode_batch};
+use tidelog_benches::{WIRE_NOW_MS, records, run_appenders, store_with_topic, wire_batch};
 use tidelog_storage::{FsyncPolicy, client_batch};
 
 fn append(c: &mut Criterion) {
@@ -114,32 +112,9 @@ fn wire(c: &mut Criterion) {
     let mut group = c.benchmark_group("wire");
     group.sample_size(30);
     group.throughput(Throughput::Elements(1000));
-    let now_ms = 1_700_000_000_000;
-    let rules = client_batch::BatchRules {
-        now_ms,
-        max_message_bytes: 1 << 20,
-        priority_levels: 1,
-        expiry_required: false,
-        relative_times: false,
-    };
-    let options = EncodeOptions {
-        now_ms,
-        default_ttl_ms: None,
-        compression: Compression::None,
-        max_message_bytes: 1 << 20,
-        priority_levels: 1,
-    };
+    let now_ms = WIRE_NOW_MS;
     for ids in [false, true] {
-        let mut batch = records(1000, 100);
-        for (n, record) in batch.iter_mut().enumerate() {
-            record.timestamp_ms = Some(now_ms - 1000 + (n as i64 / 100));
-            if ids {
-                let mut id = [7u8; 16];
-                id[8..].copy_from_slice(&(n as u64).to_be_bytes());
-                record.id = Some(Bytes::copy_from_slice(&id));
-            }
-        }
-        let bytes = Bytes::from(encode_batch(&batch, &options).expect("encode").bytes);
+        let (bytes, rules) = wire_batch(ids);
         let name = if ids { "ids" } else { "plain" };
         group.bench_function(format!("validate_batch_100B/{name}"), |b| {
             b.iter(|| black_box(client_batch::validate_batch(&bytes, &rules).expect("valid")))

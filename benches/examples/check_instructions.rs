@@ -10,9 +10,7 @@
 
 use std::hint::black_box;
 
-use bytes::Bytes;
-use tidelog_benches::records;
-use tidelog_storage::batch::{Compression, EncodeOptions, encode_batch};
+use tidelog_benches::wire_batch;
 use tidelog_storage::client_batch;
 
 fn main() {
@@ -26,31 +24,7 @@ fn main() {
         }
     };
     let ids = args.next().as_deref() == Some("ids");
-    let now_ms = 1_700_000_000_000;
-    let rules = client_batch::BatchRules {
-        now_ms,
-        max_message_bytes: 1 << 20,
-        priority_levels: 1,
-        expiry_required: false,
-        relative_times: false,
-    };
-    let options = EncodeOptions {
-        now_ms,
-        default_ttl_ms: None,
-        compression: Compression::None,
-        max_message_bytes: 1 << 20,
-        priority_levels: 1,
-    };
-    let mut batch = records(1000, 100);
-    for (n, record) in batch.iter_mut().enumerate() {
-        record.timestamp_ms = Some(now_ms - 1000 + (n as i64 / 100));
-        if ids {
-            let mut id = [7u8; 16];
-            id[8..].copy_from_slice(&(n as u64).to_be_bytes());
-            record.id = Some(Bytes::copy_from_slice(&id));
-        }
-    }
-    let bytes = Bytes::from(encode_batch(&batch, &options).expect("encode").bytes);
+    let (bytes, rules) = wire_batch(ids);
     for _ in 0..rounds {
         black_box(client_batch::validate_batch(black_box(&bytes), &rules).expect("valid"));
     }

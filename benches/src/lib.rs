@@ -10,6 +10,41 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tidelog_storage::{FsyncPolicy, NewRecord, Partition, Store, StoreOptions, TopicConfig};
 
+/// The clock of [`wire_batch`]'s batches and rules.
+pub const WIRE_NOW_MS: i64 = 1_700_000_000_000;
+
+/// The `wire` workload: a published batch of 1,000 records of 100 B, timestamps a few
+/// ms apart, with or without 16-byte ids that count up, and the rules the broker checks
+/// it by (`client_batch::validate_batch`).
+pub fn wire_batch(ids: bool) -> (Bytes, tidelog_storage::client_batch::BatchRules) {
+    use tidelog_storage::batch::{Compression, EncodeOptions, encode_batch};
+    let rules = tidelog_storage::client_batch::BatchRules {
+        now_ms: WIRE_NOW_MS,
+        max_message_bytes: 1 << 20,
+        priority_levels: 1,
+        expiry_required: false,
+        relative_times: false,
+    };
+    let options = EncodeOptions {
+        now_ms: WIRE_NOW_MS,
+        default_ttl_ms: None,
+        compression: Compression::None,
+        max_message_bytes: 1 << 20,
+        priority_levels: 1,
+    };
+    let mut batch = records(1000, 100);
+    for (n, record) in batch.iter_mut().enumerate() {
+        record.timestamp_ms = Some(WIRE_NOW_MS - 1000 + (n as i64 / 100));
+        if ids {
+            let mut id = [7u8; 16];
+            id[8..].copy_from_slice(&(n as u64).to_be_bytes());
+            record.id = Some(Bytes::copy_from_slice(&id));
+        }
+    }
+    let bytes = Bytes::from(encode_batch(&batch, &options).expect("encode").bytes);
+    (bytes, rules)
+}
+
 /// `count` records with values of `size` bytes (distinct, not compressible to nothing).
 pub fn records(count: usize, size: usize) -> Vec<NewRecord> {
     let value: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
