@@ -332,6 +332,9 @@ impl Store {
             housekeeping: Mutex::new(Some(housekeeping)),
         };
         store.forget_gone_topics();
+        // History past its retention goes now, not only at the first retention pass or
+        // the queue's next delivery (an idle queue may have none for long).
+        store.inner.prune_histories();
         Ok(store)
     }
 
@@ -864,7 +867,8 @@ impl Store {
         self.read_topics().values().cloned().collect()
     }
 
-    /// Runs retention on every partition now.
+    /// Runs retention on every partition now, and deletes every queue's delivery
+    /// history files past its `history_retention`.
     pub fn enforce_retention(&self) -> Vec<(String, u32, RetentionOutcome)> {
         enforce_retention(&self.inner)
     }
@@ -1237,6 +1241,55 @@ impl Inner {
         }
     }
 
+    /// Deletes every queue's delivery history files past its `history_retention`
+    /// ([`QueueHistory::prune`], the rule the append path uses too), whether or not
+    /// the queue delivered anything since: at open and at each retention pass, so an
+    /// idle queue's old history goes as time passes, and a lowered retention
+    /// (AlterQueue) takes effect at the next pass. Reads the queue definitions only:
+    /// no queue engine is opened or woken. A failure is logged and tried again at the
+    /// next pass.
+    fn prune_histories(&self) {
+        let now = self.context.clock.now_ms();
+        let queues: Vec<(String, Arc<QueueHistory>, u64)> = {
+            // Locked as a lookup of a history is: a queue deleted after this closes
+            // the history handed out here, which then prunes nothing.
+            let mut histories = self.lock_histories();
+            let retentions: Vec<(String, u64)> = self.queues.read(|q| {
+                q.iter()
+                    .map(|queue| (queue.name.clone(), queue.config.history_retention_ms))
+                    .collect()
+            });
+            let mut open = Vec::with_capacity(retentions.len());
+            for (name, retention) in retentions {
+                // A deleted namesake's directory is still in the way: no history yet
+                // (the retention pass tries to move it first).
+                if histories.left.contains(&name) {
+                    continue;
+                }
+                match self.history(&mut histories, &name) {
+                    Ok(history) => open.push((name, history, retention)),
+                    Err(error) => {
+                        tracing::warn!(queue = %name, %error, "could not prune the queue's delivery history; tried again at the next retention pass");
+                    }
+                }
+            }
+            open
+        };
+        // Each history under its own lock, not the store's: a slow directory fsync
+        // holds up that queue's appends only.
+        for (name, history, retention_ms) in queues {
+            match history.prune(now, retention_ms) {
+                Ok(0) => {}
+                Ok(removed) => {
+                    tracing::debug!(queue = %name, removed, "deleted delivery history files past the queue's history retention")
+                }
+                Err(error) => {
+                    tracing::warn!(queue = %name, %error, "could not delete the queue's delivery history files past its history retention; tried again at the next retention pass")
+                }
+            }
+        }
+    }
+
     /// Tries again to move the history directories of deleted queues that could not
     /// be moved at their deletion.
     fn retry_left_histories(&self) {
@@ -1284,6 +1337,7 @@ fn empty_trash(fs: &dyn FileSystem, dir: &Path) -> bool {
 
 fn enforce_retention(inner: &Inner) -> Vec<(String, u32, RetentionOutcome)> {
     inner.retry_left_histories();
+    inner.prune_histories();
     // Cleared before the trash is emptied: a removal failing meanwhile sets it again.
     if inner.trash_left.swap(false, Ordering::AcqRel) {
         if empty_trash(&*inner.context.fs, &inner.dir) {

@@ -1140,3 +1140,116 @@ fn a_purged_message_keeps_its_attempts() {
         "{state:?}"
     );
 }
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// Acks message `offset`, the next one the queue delivers, now.
+fn deliver_and_ack(engine: &mut QueueEngine, offset: u64) {
+    let delivered = engine.deliver(&[("m".into(), 1)]).unwrap();
+    assert_eq!(delivered[0].1[0].record.offset, offset);
+    assert!(matches!(
+        settle(engine, "m", offset, SettleAction::Ack { through: None }),
+        SettleOutcome::Ok { settled: 1 }
+    ));
+}
+
+/// When queue `work`'s history files began.
+fn history_files(store: &Store) -> Vec<i64> {
+    store
+        .queue_history("work")
+        .unwrap()
+        .files()
+        .unwrap()
+        .iter()
+        .map(|f| f.start_ms)
+        .collect()
+}
+
+/// An idle queue's history files past its retention go at the next retention pass,
+/// with no delivery or settlement since (they went only with the queue's next append):
+/// the file appends went to last stays. The pruned message's history is then what the
+/// README says of history past the retention: no attempts, status SETTLED.
+#[test]
+fn an_idle_queues_expired_history_files_go_at_the_next_retention_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::new(dir.path(), 5).unwrap();
+    let clock = ManualClock::new(START_MS);
+    let config = QueueConfig {
+        history_retention_ms: 3 * HOUR_MS as u64,
+        ..config()
+    };
+    let store = setup(&fs, dir.path(), &clock, config);
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    // A file an hour at most: message 0's events in one, message 1's two hours later
+    // in the next.
+    deliver_and_ack(&mut engine, 0);
+    clock.advance_ms(2 * HOUR_MS);
+    deliver_and_ack(&mut engine, 1);
+    assert_eq!(history_files(&store), [START_MS, START_MS + 2 * HOUR_MS]);
+    assert_eq!(story(&store, 0).len(), 1);
+
+    // The engine stays idle from here on. Two hours on, the second file began 2 h
+    // ago: within the 3 h retention, the first file's events may still be wanted.
+    clock.advance_ms(2 * HOUR_MS);
+    store.enforce_retention();
+    assert_eq!(history_files(&store), [START_MS, START_MS + 2 * HOUR_MS]);
+    // Past it: every event of the first file is older than the retention.
+    clock.advance_ms(HOUR_MS + 1);
+    store.enforce_retention();
+    assert_eq!(
+        history_files(&store),
+        [START_MS + 2 * HOUR_MS],
+        "the first file is past the retention and the queue is idle: the retention pass deletes it"
+    );
+    assert!(story(&store, 0).is_empty());
+    assert!(
+        matches!(state(&store, 0), QueueState::Settled { .. }),
+        "{:?}",
+        state(&store, 0)
+    );
+    // The queue goes on: its next events begin a new file (the one that stayed is
+    // more than an hour old).
+    deliver_and_ack(&mut engine, 2);
+    let now = clock.now_ms();
+    assert_eq!(history_files(&store), [START_MS + 2 * HOUR_MS, now]);
+    assert_eq!(story(&store, 2).len(), 1);
+}
+
+/// A history retention lowered by AlterQueue takes effect at the next retention pass,
+/// and a store opens with the history of queues it has not opened yet pruned: no
+/// delivery needed in either case.
+#[test]
+fn a_lowered_history_retention_and_a_reopen_prune_an_idle_queues_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::new(dir.path(), 6).unwrap();
+    let clock = ManualClock::new(START_MS);
+    let store = setup(&fs, dir.path(), &clock, config());
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    for offset in 0..3 {
+        if offset > 0 {
+            clock.advance_ms(2 * HOUR_MS);
+        }
+        deliver_and_ack(&mut engine, offset);
+    }
+    let all = [START_MS, START_MS + 2 * HOUR_MS, START_MS + 4 * HOUR_MS];
+    assert_eq!(history_files(&store), all);
+    store.enforce_retention();
+    assert_eq!(history_files(&store), all, "7 days of retention keep them");
+
+    // 90 minutes: the first file's events are all older (the next began 2 h ago), the
+    // second's newest are not (the third began just now).
+    admin::alter_queue(&*store, "work", |c| c.history_retention_ms = 90 * 60 * 1000).unwrap();
+    store.enforce_retention();
+    assert_eq!(history_files(&store), &all[1..]);
+
+    // Two hours later the second file is past it too; a store opened now deletes it
+    // before anything asks for the queue.
+    drop(engine);
+    store.close().unwrap();
+    drop(store);
+    clock.advance_ms(2 * HOUR_MS);
+    let store = open(&fs, dir.path(), &clock).unwrap();
+    assert_eq!(history_files(&store), &all[2..]);
+}

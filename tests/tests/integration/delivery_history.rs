@@ -12,12 +12,12 @@ use tidelog_proto::v1::queues_client::QueuesClient;
 use tidelog_proto::v1::settlement::{Ack, Action, Nack, Term};
 use tidelog_proto::v1::start_position::{Earliest, Position};
 use tidelog_proto::v1::{
-    AckLevel, CommitOffsetsRequest, CreateQueueRequest, DeliveryFilter, DeliveryOutcome,
-    GetDeliveryHistoryRequest, GetDeliveryHistoryResponse, GetDeliveryStatusRequest, Header,
-    ListDeliveriesRequest, ListDeliveriesResponse, Message, MessagePosition, PublishRequest,
-    QueueConfig, QueueDeliveryState, QueueDeliveryStatus, ReceiveRequest, SettleRequest,
-    Settlement, StartPosition, TopicConfig, TopicPartitionOffset, get_delivery_history_request,
-    get_delivery_status_request, get_delivery_status_response,
+    AckLevel, AlterQueueRequest, CommitOffsetsRequest, CreateQueueRequest, DeliveryFilter,
+    DeliveryOutcome, GetDeliveryHistoryRequest, GetDeliveryHistoryResponse,
+    GetDeliveryStatusRequest, Header, ListDeliveriesRequest, ListDeliveriesResponse, Message,
+    MessagePosition, PublishRequest, QueueConfig, QueueDeliveryState, QueueDeliveryStatus,
+    ReceiveRequest, SettleRequest, Settlement, StartPosition, TopicConfig, TopicPartitionOffset,
+    get_delivery_history_request, get_delivery_status_request, get_delivery_status_response,
 };
 use tidelog_tests::TestBroker;
 use tonic::Code;
@@ -612,4 +612,123 @@ async fn every_queue_outcome_has_its_status_and_history_across_a_restart_and_a_k
     );
     assert_eq!(refused.code, 2, "{refused:?}");
     assert!(refused.stderr.contains("90d"), "{}", refused.stderr);
+}
+
+/// Queue `work`'s history files (their names), oldest first.
+fn history_files(broker: &TestBroker) -> Vec<String> {
+    let dir = broker.data_dir().join("state/history").join(QUEUE);
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Receives the queue's next message (offset `n`) as member `m` and acks it.
+async fn receive_and_ack(broker: &TestBroker, n: u64) {
+    let mut queues = QueuesClient::new(broker.channel().await);
+    let deliveries = queues
+        .receive(ReceiveRequest {
+            queue: QUEUE.into(),
+            member: "m".into(),
+            max_messages: 1,
+            max_wait_ms: 2_000,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries;
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(deliveries[0].message.as_ref().unwrap().offset, n);
+    let outcomes = queues
+        .settle(SettleRequest {
+            queue: QUEUE.into(),
+            settlements: vec![settlement(n, 1, Action::Ack(Ack {}))],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .outcomes;
+    assert_eq!(outcomes[0].code, Code::Ok as i32, "{outcomes:?}");
+}
+
+/// An idle queue's delivery history past its retention is deleted by the broker's
+/// retention pass, with no further delivery or settlement (it went only with the
+/// queue's next one, so an idle queue kept it for ever): here after AlterQueue lowers
+/// the retention to 1 s. Its messages' history then says what the README says of
+/// history past the retention: no attempts, status SETTLED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_queues_expired_history_is_deleted_by_the_retention_pass() {
+    let mut broker = TestBroker::start_with(&["--retention-interval", "100ms"]);
+    broker.create_topic(TOPIC, 1, TopicConfig::default()).await;
+    broker
+        .publisher()
+        .await
+        .publish(PublishRequest {
+            topic: TOPIC.into(),
+            messages: (0..2)
+                .map(|n| Message {
+                    id: id(n).into(),
+                    value: format!("value {n}").into_bytes().into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ack: AckLevel::Durable as i32,
+        })
+        .await
+        .expect("publish");
+    create_queue(&broker, QUEUE).await;
+    receive_and_ack(&broker, 0).await;
+    // A history file holds 16 MiB or an hour: rather than either, the broker is
+    // stopped and its one file renamed as if begun two hours ago, so the next events
+    // begin a second file.
+    broker.stop();
+    let [first] = &history_files(&broker)[..] else {
+        panic!("one history file: {:?}", history_files(&broker));
+    };
+    let began: i64 = first.strip_suffix(".history").unwrap().parse().unwrap();
+    let dir = broker.data_dir().join("state/history").join(QUEUE);
+    let older = format!("{:020}.history", began - 2 * 3_600_000);
+    std::fs::rename(dir.join(first), dir.join(&older)).unwrap();
+    broker.restart();
+    receive_and_ack(&broker, 1).await;
+    let files = history_files(&broker);
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(files[0], older);
+    let before = history(&broker, 0).await;
+    assert_eq!(before.attempts.len(), 1, "{before:?}");
+    assert_eq!(outcome(before.attempts[0].outcome), DeliveryOutcome::Acked);
+
+    // The queue stays idle from here on.
+    QueuesClient::new(broker.channel().await)
+        .alter_queue(AlterQueueRequest {
+            name: QUEUE.into(),
+            config: Some(QueueConfig {
+                history_retention_ms: Some(1_000),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("alter queue");
+    // Every event of the first file is older than 1 s once the second file began 1 s
+    // ago; the retention pass after that (every 100 ms) deletes the first file.
+    let start = Instant::now();
+    while history_files(&broker).len() > 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the history file past the retention is still there 10 s after the alter, the queue idle: {:?}",
+            history_files(&broker)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(history_files(&broker), &files[1..], "the newest file stays");
+    let after = history(&broker, 0).await;
+    assert!(after.attempts.is_empty(), "{after:?}");
+    assert_eq!(
+        state(after.status.as_ref().unwrap()),
+        QueueDeliveryState::Settled,
+        "no history says how it was settled: {after:?}"
+    );
+    assert_eq!(after.history_retention_ms, 1_000);
 }

@@ -254,15 +254,6 @@ impl QueueHistory {
             due
         };
         if prune {
-            let _appending = self
-                .appending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            // Closed: the directory went away with the queue (its name may be a new
-            // queue's directory by now).
-            if self.lock().closed {
-                return Ok(());
-            }
             self.prune(now, submitted.retention_ms)?;
         }
         Ok(())
@@ -369,8 +360,27 @@ impl QueueHistory {
 
     /// Deletes the files whose every event is older than `now_ms - retention_ms` (those
     /// followed by a file begun before then); the directory is fsynced after. Returns
-    /// how many went. The file being appended to is never deleted.
+    /// how many went. The one pruning rule, for the append path (now and then) and the
+    /// store's retention passes (every queue, idle or not, at open and every
+    /// retention interval).
+    ///
+    /// Safe beside the queue's appends: it waits for an append in progress (a roll
+    /// creates a file and seals the one before, after writing what was submitted to
+    /// it), the file being appended to is never deleted, nor the newest (no file
+    /// follows it: after a restart it may be the one appends go on with), and a file
+    /// followed by another is never written again. Nothing is deleted once the queue
+    /// was deleted ([`QueueHistory::close`]: its directory goes, and the name may be a
+    /// new queue's by then). Crash-safe: whole files go, oldest first, so a crash
+    /// leaves a shorter prefix of old files, which the next prune deletes; a reader
+    /// that listed a file deleted meanwhile reads nothing of it.
     pub fn prune(&self, now_ms: i64, retention_ms: u64) -> Result<u64> {
+        let _appending = self
+            .appending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.lock().closed {
+            return Ok(0);
+        }
         let cutoff = now_ms.saturating_sub(i64::try_from(retention_ms).unwrap_or(i64::MAX));
         let files = self.files()?;
         let active = self.lock().active.as_ref().map(|a| a.start_ms);

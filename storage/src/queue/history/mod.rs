@@ -19,8 +19,10 @@
 //!   never compacted (its machine's `snapshot` refuses);
 //! - a file is rolled at [`files::HISTORY_FILE_BYTES_ROLL`] (16 MiB) or after
 //!   [`files::HISTORY_FILE_SPAN_MS`] (1 hour); files whose every event is older than
-//!   the queue's `history_retention` are deleted whole (checked at most once a minute,
-//!   from the append path), like segments under retention;
+//!   the queue's `history_retention` are deleted whole, like segments under
+//!   retention: by the store's retention passes (at open and every retention
+//!   interval, every queue's, idle or not, without waking its engine) and at most
+//!   once a minute by the append path, both through [`QueueHistory::prune`];
 //! - readers scan files through the state log's own scanner (one 1 MiB chunk in
 //!   memory at a time), the file being appended to only up to what is durable.
 //!
