@@ -2210,3 +2210,140 @@ fn an_engine_drops_the_leases_of_messages_retention_deleted() {
         assert_eq!(delivered[0].1[0].record.offset, 36);
     }
 }
+
+/// A queue (ack deadline 1 s, `max_deliveries`) on `jobs` with one message whose first
+/// delivery (at START_MS) member `m` nacked at once with no delay, and which it was
+/// handed again 1 ms later (attempt 2). Attempt 1's deadline timer (START_MS + 1000)
+/// is still set, 1 ms before attempt 2's (START_MS + 1001).
+fn nacked_at_once_and_held_again(
+    store: &Arc<Store>,
+    clock: &ManualClock,
+    max_deliveries: u32,
+) -> QueueEngine {
+    store
+        .topic("jobs")
+        .unwrap()
+        .partition(0)
+        .unwrap()
+        .append_durable(&[NewRecord::value("job")])
+        .unwrap();
+    let queue_config = QueueConfig {
+        ack_deadline_ms: 1_000,
+        max_deliveries,
+        backoff_initial_ms: 10,
+        backoff_max_ms: 10,
+        ..config()
+    };
+    admin::create_queue(&**store, "work", "jobs", StartAt::Earliest, queue_config).unwrap();
+    let mut engine = QueueEngine::open(store.clone(), "work").unwrap();
+    engine.member_joined("m");
+    assert_eq!(delivered_now(&mut engine, "m")[0].attempt, 1);
+    let nack = SettleRequest {
+        partition: 0,
+        offset: 0,
+        attempt: 1,
+        action: SettleAction::Nack {
+            delay_ms: Some(0),
+            reason: "again".into(),
+        },
+    };
+    assert_eq!(
+        engine.settle(Some("m"), &[nack]).unwrap(),
+        vec![SettleOutcome::Ok { settled: 0 }]
+    );
+    clock.advance_ms(1);
+    engine.tick().unwrap();
+    let again = delivered_now(&mut engine, "m");
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].attempt, again[0].deadline_ms),
+        (2, START_MS + 1_001)
+    );
+    engine
+}
+
+/// The history events of offset 0 of queue `work`, oldest first: (attempt, outcome).
+fn events_of_0(store: &Store) -> Vec<(u32, Outcome)> {
+    let mut events: Vec<(u32, Outcome)> = tidelog_storage::queue::inspect::list_deliveries(
+        store,
+        "work",
+        &tidelog_storage::queue::inspect::DeliveriesQuery::default(),
+        store.clock().now_ms(),
+    )
+    .unwrap()
+    .deliveries
+    .into_iter()
+    .filter(|d| (d.event.partition, d.event.offset) == (0, 0))
+    .map(|d| (d.event.attempt, d.event.outcome))
+    .collect();
+    events.reverse();
+    events
+}
+
+/// A lease whose message has more than one timer due in the same tick (attempt 1's
+/// deadline, left set when a nack with no delay ended it early, and attempt 2's, or
+/// the one a member's leaving sets) is given up once: its last attempt writes one
+/// dead letter, counted once, with one give-up and one dead-lettered event (hunt 12a:
+/// with members nacking at once, 100 messages made up to 186 letters, and redrive
+/// sent every copy back). The tick judged each timer against the state from before
+/// its own operations, so the second timer gave the same lease up again.
+#[test]
+fn a_lease_is_given_up_once_when_two_of_its_timers_come_in_one_tick() {
+    // (max_deliveries, member leaves at, tick at, timed out, member left, letters)
+    let cases = [
+        // Both deadlines passed when the tick comes: the last attempt's letter.
+        (2, None, START_MS + 1_001, 1, 0, 1),
+        // Its member leaves, and the tick comes after attempt 1's deadline.
+        (2, Some(START_MS + 500), START_MS + 1_000, 0, 1, 1),
+        // Not the last attempt: given up once, one redelivery, no letter.
+        (3, None, START_MS + 1_001, 1, 0, 0),
+    ];
+    for (max_deliveries, leaves_at, tick_at, timed_out, member_left, letters) in cases {
+        let context = format!("max_deliveries {max_deliveries}, member leaves at {leaves_at:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(START_MS);
+        let store = plain_store(dir.path(), &clock, 0);
+        let mut engine = nacked_at_once_and_held_again(&store, &clock, max_deliveries);
+        if let Some(at) = leaves_at {
+            clock.set_ms(at);
+            engine.member_left("m");
+        }
+        clock.set_ms(tick_at);
+        engine.tick().unwrap();
+        assert_eq!(letters_of(&store).len(), letters, "{context}");
+        assert_eq!(
+            (
+                engine.counters.timed_out,
+                engine.counters.member_left,
+                engine.counters.dead_lettered_max_deliveries
+            ),
+            (timed_out, member_left, letters as u64),
+            "{context}"
+        );
+        let gave_up = if member_left == 1 {
+            Outcome::MemberLeft
+        } else {
+            Outcome::DeadlinePassed
+        };
+        let mut story = vec![
+            (1, Outcome::Delivered),
+            (1, Outcome::Nacked),
+            (2, Outcome::Delivered),
+            (2, gave_up),
+        ];
+        if letters == 1 {
+            story.push((2, Outcome::DeadLettered));
+        }
+        assert_eq!(events_of_0(&store), story, "{context}");
+        // Settled once: nothing more on later ticks; without a letter it comes back once.
+        clock.advance_ms(2_000);
+        engine.tick().unwrap();
+        engine.member_joined("n");
+        let later = delivered_now(&mut engine, "n");
+        match letters {
+            1 => assert!(later.is_empty(), "{context}"),
+            _ => assert_eq!(later.iter().map(|d| d.attempt).collect::<Vec<_>>(), [3]),
+        }
+        assert_eq!(letters_of(&store).len(), letters, "{context}");
+    }
+}

@@ -5,7 +5,8 @@
 //! letter fails that settlement alone, and the message is delivered again rather than
 //! held by nobody; the reject cap counts ready messages, not held or acked ones; a
 //! through_offset below its offset, or on a nack, is INVALID_ARGUMENT for that
-//! settlement alone.
+//! settlement alone; a message nacked at once and then let time out on its last attempt
+//! is dead-lettered (and redriven) once.
 
 use std::time::Duration;
 
@@ -814,5 +815,132 @@ async fn a_dead_letter_topic_may_not_be_a_reserved_topic_name() {
     assert_eq!(
         queue.config.unwrap().dead_letter_topic.as_deref(),
         Some("jobs.failed")
+    );
+}
+
+/// One worker nacks every first delivery with no delay and lets every second (the
+/// last, max_deliveries 2) pass its 100 ms deadline: each of 100 messages is
+/// dead-lettered once, counted once, and a redrive brings each back once. Hunt 12a:
+/// the deadline timer of attempt 1 (which the nack ended early) and attempt 2's, a
+/// few ms apart, came due in one tick of the queue, and each gave the lease up: 137
+/// to 186 letters for 100 messages, every copy redriven. Whatever the timing, the
+/// counts below are the only right ones; before the fix nearly every run broke them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_nacked_at_once_then_timed_out_is_dead_lettered_once() {
+    const MESSAGES: usize = 100;
+    let broker = TestBroker::start();
+    broker.create_topic("t", 1, TopicConfig::default()).await;
+    publish(
+        &broker,
+        "t",
+        (0..MESSAGES)
+            .map(|i| format!("m-{i}").into_bytes())
+            .collect(),
+    )
+    .await;
+    create_queue(
+        &broker,
+        "wq",
+        "t",
+        QueueConfig {
+            ack_deadline_ms: Some(100),
+            max_deliveries: Some(2),
+            backoff_initial_ms: Some(10),
+            backoff_max_ms: Some(10),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut client = queues(&broker).await;
+    let mut deliveries = std::collections::BTreeMap::<(u64, u32), u32>::new();
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = client
+            .receive(ReceiveRequest {
+                queue: "wq".into(),
+                member: "w".into(),
+                max_messages: 7,
+                max_wait_ms: 100,
+            })
+            .await
+            .expect("receive")
+            .into_inner()
+            .deliveries;
+        let mut nacks = Vec::new();
+        for d in &got {
+            *deliveries.entry((offset(d), d.attempt)).or_default() += 1;
+            if d.attempt == 1 {
+                let mut nack = settlement(
+                    d,
+                    Action::Nack(Nack {
+                        delay_ms: Some(0),
+                        reason: "again".into(),
+                    }),
+                );
+                nack.receipt = d.receipt.clone();
+                nacks.push(nack);
+            }
+        }
+        if !nacks.is_empty() {
+            // (A nack that comes after its deadline was given up is stale: the message
+            // is delivered again all the same.)
+            settle(&broker, "wq", nacks).await;
+        }
+        let queue = describe(&broker, "wq").await;
+        if got.is_empty()
+            && queue.partitions[0].settled_below == MESSAGES as u64
+            && (queue.unacked, queue.waiting) == (0, 0)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "not all settled after 30 s: {queue:?}"
+        );
+    }
+    let want: Vec<((u64, u32), u32)> = (0..MESSAGES as u64)
+        .flat_map(|o| [((o, 1), 1), ((o, 2), 1)])
+        .collect();
+    assert_eq!(
+        deliveries.into_iter().collect::<Vec<_>>(),
+        want,
+        "each message delivered twice"
+    );
+    let letters = messages(&broker, "t.dlq", MESSAGES + 1).await;
+    let mut lettered: Vec<u64> = letters
+        .iter()
+        .map(|m| header(m, "tidelog-dlq-offset").unwrap().parse().unwrap())
+        .collect();
+    lettered.sort_unstable();
+    assert_eq!(
+        lettered,
+        (0..MESSAGES as u64).collect::<Vec<_>>(),
+        "each message dead-lettered once"
+    );
+    let metrics = broker.metrics_text();
+    assert!(
+        metrics.lines().any(|l| l
+            == format!(
+                "tidelog_queue_dead_lettered_total{{queue=\"wq\",reason=\"max_deliveries\"}} {MESSAGES}"
+            )),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("tidelog_queue_dead_lettered_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let redriven = client
+        .redrive_queue(RedriveQueueRequest {
+            name: "wq".into(),
+            max_messages: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((redriven.moved, redriven.remaining), (MESSAGES as u64, 0));
+    assert_eq!(
+        messages(&broker, "t", 2 * MESSAGES + 1).await.len(),
+        2 * MESSAGES
     );
 }

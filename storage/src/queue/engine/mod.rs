@@ -27,7 +27,9 @@
 //! A lease runs until its deadline (an in-progress settlement moves it). When it passes
 //! without a settlement, or the member holding it leaves, the delivery is given up: a
 //! message that has used `max_deliveries` is dead-lettered (reason `deadline passed` or
-//! `member left`), any other waits `backoff_ms(attempts)` and is then due again. A nack
+//! `member left`), any other waits `backoff_ms(attempts)` and is then due again. A
+//! message may have several timers set (an earlier attempt's deadline, a member's
+//! leaving); one tick acts on a message once, whichever of them come due. A nack
 //! makes it due after its own delay or the backoff; a nack of the last allowed
 //! delivery dead-letters it with the nack's reason; a term dead-letters it at once.
 //! A delivery its owner could not hand to the member (the member's call or
@@ -35,7 +37,7 @@
 //! once, its attempt taken back, so it never counts towards `max_deliveries`.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::admin::{DLQ_HEADERS_BYTES_MAX, dead_letter_record};
@@ -734,6 +736,13 @@ impl QueueEngine {
         }
         let mut ops = Vec::new();
         let mut events = Vec::new();
+        // Messages a timer of this tick has acted on. A message may have several
+        // timers due at once (the deadline of an attempt a nack ended early and the
+        // next attempt's, the one its member's leaving set), and each reads the state
+        // as it was before this tick's operations: the first that fits the message's
+        // hold acts on it, the others are stale. (Acting again gave a lease up twice,
+        // its last attempt dead-lettered twice.)
+        let mut acted: HashSet<(u32, u64)> = HashSet::new();
         while let Some(&(at, kind, partition, offset)) = self.timers.first() {
             if at > now {
                 break;
@@ -744,6 +753,16 @@ impl QueueEngine {
                 continue;
             };
             let pending = &pending;
+            let fits = matches!(
+                (&pending.hold, kind),
+                (Hold::Leased { .. }, Timer::Deadline)
+                    | (Hold::Waiting { .. } | Hold::Delayed { .. }, Timer::Due)
+            );
+            if !fits || !acted.insert((partition, offset)) {
+                // A stale timer: the message moved on since it was set, or another
+                // timer of this tick acted on it.
+                continue;
+            }
             match (&pending.hold, kind) {
                 (
                     Hold::Leased {
@@ -847,7 +866,7 @@ impl QueueEngine {
                             .insert((u8::MAX - pending.level, *due_ms, partition, offset));
                     }
                 }
-                // A stale timer (the message moved on since it was set).
+                // Stale: passed over above.
                 _ => {}
             }
         }
