@@ -118,7 +118,8 @@ pub use consumer::{
 };
 pub use error::{Error, Result};
 pub use producer::{
-    BatchDeliveryFuture, Compression, DeliveryFuture, IdMode, Producer, ProducerConfig,
+    BATCH_BYTES_MAX, BatchDeliveryFuture, Compression, DeliveryFuture, IdMode, Producer,
+    ProducerConfig,
 };
 pub use queue::{
     Delivery, QueueConsumer, QueueConsumerOptions, QueueEvent, QueueWorker, RangeAck, Settle,

@@ -128,7 +128,10 @@ pub enum GroupEvent {
     /// revoked partitions this is the moment to commit what was handled of them
     /// ([`GroupMember::commit`] or [`GroupMember::commit_offsets`], within
     /// [`GroupOptions::handover_timeout`]); without such a commit the member commits
-    /// what `next`/`next_event` returned at the next call.
+    /// what `next`/`next_event` returned at the next call. It comes before anything of
+    /// the assignment's generation: what was received before it of the partitions
+    /// still assigned (a read ahead after a refused commit holds such) comes after it,
+    /// and what was received of the revoked ones is dropped.
     Assigned(AssignmentChange),
     /// The reset policy ([`Reset`]) moved a position that was outside the log.
     PositionReset(PositionReset),
@@ -525,8 +528,9 @@ impl GroupMember {
 
     /// A commit was refused because the group moved on to a generation whose
     /// Assignment this member has not returned yet (another member joined or left):
-    /// the next [`GroupMember::next_event`] (or `next`) reads ahead to it. A caller
-    /// handing partitions over commits them again in that generation, rather than
+    /// the next [`GroupMember::next_event`] (or `next`) reads ahead to it and returns
+    /// its [`GroupEvent::Assigned`] first, before any message. A caller handing
+    /// partitions over commits them again then, in that generation, rather than
     /// taking them for lost.
     pub fn rebalance_pending(&self) -> bool {
         self.behind
@@ -540,7 +544,10 @@ impl GroupMember {
         let mut auto_committed = false;
         loop {
             self.settle(&mut auto_committed).await?;
-            if let Some(message) = self.pending.next() {
+            // An Assignment received meanwhile comes first (`receive` returns it).
+            if !self.assignment_first()
+                && let Some(message) = self.pending.next()
+            {
                 let key = (message.topic.clone(), message.partition);
                 self.consumed.insert(key, message.offset.saturating_add(1));
                 return Ok(message);
@@ -565,9 +572,25 @@ impl GroupMember {
         if self.handover_due || self.behind || self.gone.is_some() {
             return None;
         }
-        let event = self.take_pending().or_else(|| self.events.pop_front())?;
+        let event = self.take_queued()?;
         self.returned(&event);
         Some(event)
+    }
+
+    /// An Assignment was received and not returned yet: it comes before anything
+    /// else, what [`GroupMember::next`] has not returned of a delivery included.
+    fn assignment_first(&self) -> bool {
+        matches!(self.events.front(), Some(GroupEvent::Assigned(_)))
+    }
+
+    /// The next event received and not returned, in the order the caller gets them:
+    /// an Assignment first ([`GroupMember::assignment_first`]), then the rest of the
+    /// delivery `next` started on, then the queue.
+    fn take_queued(&mut self) -> Option<GroupEvent> {
+        if self.assignment_first() {
+            return self.events.pop_front();
+        }
+        self.take_pending().or_else(|| self.events.pop_front())
     }
 
     /// What [`GroupMember::next`] has not returned yet of the delivery it started on,
@@ -621,7 +644,7 @@ impl GroupMember {
     async fn receive(&mut self, auto_committed: &mut bool) -> Result<GroupEvent> {
         loop {
             self.settle(auto_committed).await?;
-            if let Some(event) = self.take_pending().or_else(|| self.events.pop_front()) {
+            if let Some(event) = self.take_queued() {
                 return Ok(event);
             }
             match self.held.take() {
@@ -975,7 +998,8 @@ impl GroupMember {
     /// Also sets what [`GroupMember::commit`] would commit next for them. Right after
     /// a [`GroupEvent::Assigned`] that revoked partitions this may name them (within
     /// the handover window) and ends the window, even with no offsets at all (an
-    /// empty commit says "nothing more to hand over"). [`Error::Rebalanced`] when the
+    /// empty commit says "nothing more to hand over"): so name them in the first
+    /// commit after that event (none of the new generation comes before it). [`Error::Rebalanced`] when the
     /// group moved on, or as [`GroupMember::commit`] says; the offsets are then not
     /// committed, and what the caller holds of the delivery after them comes again.
     pub async fn commit_offsets(&mut self, offsets: &[(&str, u32, u64)]) -> Result<()> {
@@ -1290,15 +1314,35 @@ impl GroupMember {
                 let mut topics: Vec<String> =
                     self.topics.iter().map(|(t, _)| t.to_string()).collect();
                 topics.sort();
-                self.events
-                    .push_back(GroupEvent::Assigned(AssignmentChange {
+                // Ahead of what was received before it of the partitions it keeps (a
+                // read ahead after a refused commit queues them): the member is in
+                // the new generation already, so a commit the caller makes after one
+                // of them would end the handover window before the caller was told
+                // which partitions to hand over. Behind the Assignments before it.
+                let at = self
+                    .events
+                    .iter()
+                    .position(|event| {
+                        matches!(
+                            event,
+                            GroupEvent::Messages(_)
+                                | GroupEvent::Views(_)
+                                | GroupEvent::Progress(_)
+                                | GroupEvent::PositionReset(_)
+                        )
+                    })
+                    .unwrap_or(self.events.len());
+                self.events.insert(
+                    at,
+                    GroupEvent::Assigned(AssignmentChange {
                         member_id: self.member_id.clone(),
                         generation: self.generation,
                         assigned: self.owned.iter().cloned().collect(),
                         added,
                         revoked,
                         topics,
-                    }));
+                    }),
+                );
             }
             Some(subscribe_batches_response::Event::PositionReset(reset)) => {
                 tracing::info!(

@@ -18,10 +18,20 @@ pub enum IdMode {
     Never,
 }
 
+/// Largest [`ProducerConfig::batch_bytes`]: half the broker's default request limit
+/// (`--max-request-bytes`, 32 MiB), leaving room for a batch's framing and the
+/// request around it (and for one record over the size, alone in its batch).
+pub const BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
+
 /// How a [`Producer`](crate::Producer) batches, sends and retries.
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
-    /// A batch is sealed when its records' bytes reach this. Default 256 KiB.
+    /// A batch is sealed when its records' bytes reach this. Default 256 KiB; at most
+    /// [`BATCH_BYTES_MAX`] (16 MiB): a larger value is capped there by
+    /// [`Producer::new`](crate::Producer::new), with a warning. Each batch goes in one
+    /// request, and the broker refuses a request over its `--max-request-bytes`
+    /// (default 32 MiB) with RESOURCE_EXHAUSTED, failing every record of it: on a broker
+    /// started with a lower limit keep this well below that limit.
     pub batch_bytes: usize,
     /// ... or when it holds this many records. Default 10,000.
     pub batch_records: usize,

@@ -99,7 +99,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use accumulator::Limits;
-pub use config::{IdMode, ProducerConfig};
+pub use config::{BATCH_BYTES_MAX, IdMode, ProducerConfig};
 use front::{Core, Front, Placed, RECORD_OVERHEAD_BYTES, Slot};
 
 pub use tidelog_storage::Compression;
@@ -147,8 +147,15 @@ impl Producer {
     /// A producer on `client`'s connection; its task runs on the current tokio runtime.
     pub fn new(client: &Client, config: ProducerConfig) -> Producer {
         let buffer_bytes = config.buffer_bytes.clamp(1, u32::MAX as usize);
+        if config.batch_bytes > BATCH_BYTES_MAX {
+            tracing::warn!(
+                batch_bytes = config.batch_bytes,
+                max = BATCH_BYTES_MAX,
+                "ProducerConfig::batch_bytes is over the most a batch may hold (a batch goes in one request, and the broker refuses requests over 32 MiB by default): capped at 16 MiB"
+            );
+        }
         let limits = Limits {
-            max_bytes: config.batch_bytes,
+            max_bytes: config.batch_bytes.min(BATCH_BYTES_MAX),
             max_records: config
                 .batch_records
                 .min(tidelog_storage::limits::BATCH_RECORDS_MAX as usize),

@@ -251,7 +251,12 @@ impl Delivery {
     /// and the message was delivered again) or already settled;
     /// [`Error::LeaseLost`] when the [`QueueConsumer`]'s stream it came on broke before
     /// the answer (the broker delivers it again); [`Error::InvalidArgument`] for a delay
-    /// or extension out of range.
+    /// or extension out of range. From a [`QueueWorker`], a retryable
+    /// [`Error::Unavailable`] when its `Settle` call got no answer (the broker went
+    /// away): the outcome is unknown (the broker may have applied it); retrying is
+    /// safe, as the retry names the same lease (receipt and attempt): it settles this
+    /// delivery or is refused ([`Error::SettleRefused`]: `NOT_FOUND` when the first try
+    /// settled it, stale when the lease ended and the message is delivered again).
     pub async fn settle(&self, settle: Settle) -> Result<Settled> {
         let settlement = self.settlement(settle.action(), None);
         let frees = vec![u32::from(settle.is_final())];

@@ -32,7 +32,15 @@ impl Unary {
             .queues()
             .settle(request)
             .await
-            .map_err(|s| Error::from_status("Settle", None, &s))?
+            .map_err(|status| match Error::from_status("Settle", None, &status) {
+                // No answer (the connection broke, the broker went away): it may have
+                // applied the settlement before. Retrying is safe (see SETTLE_UNANSWERED).
+                Error::Unavailable { rpc, message } => Error::Unavailable {
+                    rpc,
+                    message: format!("{message}; {SETTLE_UNANSWERED}"),
+                },
+                error => error,
+            })?
             .into_inner();
         Ok(response.outcomes)
     }
@@ -91,6 +99,10 @@ impl Link {
 pub(super) const NOT_SENT_CLOSED: &str = "the consumer it came from was closed or dropped, so the settlement was not sent; the broker takes the delivery back and delivers the message again (attempt + 1): drop this delivery and handle the redelivery";
 
 /// A settlement sent, then the consumer closed before the broker answered.
+/// What a unary `Settle` that got no answer tells ([`crate::Error::Unavailable`]): a
+/// retry echoes the same receipt and attempt, so it settles that lease or nothing.
+pub(super) const SETTLE_UNANSWERED: &str = "no answer came, so the settlement may or may not have been applied; retrying it is safe: it names the same lease (receipt and attempt), so it settles that delivery or is refused (NOT_FOUND: it was settled, by the first try; stale: the lease ended and the message is delivered again)";
+
 pub(super) const UNANSWERED_CLOSED: &str = "the consumer was closed or dropped before the broker answered, so the settlement may or may not have been applied: if it was (an ack), the message is not delivered again; if not, the broker delivers it again (attempt + 1): handle a redelivery if one comes";
 
 /// A settlement sent, then the stream broke before the broker answered.

@@ -685,6 +685,123 @@ async fn a_handover_refused_because_the_group_moved_on_again_goes_with_the_next_
     assert_eq!(committed, BTreeMap::from([(0, 5), (1, 3)]));
 }
 
+/// A member handling a delivery of a partition while another member joins: its
+/// `commit_offsets` of it is refused (the group moved on), and its next `next_event`
+/// reads ahead to the new Assignment. The member used to return what it had received
+/// before that Assignment of the partitions it keeps (here partition 0) ahead of the
+/// `Assigned` event, in the new generation: the caller's `commit_offsets` of them ended
+/// the handover window, its commit of the revoked partition after `Assigned` was
+/// refused ("not assigned"), and the next owner read the partition again from 0. Now
+/// `Assigned` comes first, so the revoked partition is handed over at what was handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_refused_commit_the_assignment_comes_before_anything_of_its_generation() {
+    use tidelog_client::proto::FetchOffsetsRequest;
+    let broker = TestBroker::start();
+    let client = Client::connect(&broker.endpoint()).await.expect("connect");
+    client
+        .create_topic("hv", 2, TopicConfig::default())
+        .await
+        .expect("create");
+    // Ten stored batches a partition, so each partition is delivered in turns of ten.
+    let producer = Producer::new(&client, ProducerConfig::default());
+    for round in 0..10u64 {
+        for partition in 0..2u32 {
+            let records: Vec<Record> = (0..10)
+                .map(|i| Record::new("", (round * 10 + i).to_string()))
+                .collect();
+            let ack = producer
+                .send_batch("hv", partition, Ack::Durable, &records)
+                .await
+                .expect("send");
+            timeout(WAIT, ack).await.expect("in time").expect("acked");
+        }
+    }
+    let member = |client_id: &str| GroupOptions {
+        client_id: client_id.into(),
+        max_batch_messages: 10,
+        ..options("g")
+    };
+    // "a-member" sorts first: the range assignor leaves it partition 0 and gives
+    // partition 1 to "z-member".
+    let mut a = GroupMember::join(&client, "hv", member("a-member"))
+        .await
+        .expect("A joins");
+    let generation = a.assignment().1;
+    // A handles (and commits) partition 0's deliveries until one of partition 1 comes.
+    let end = loop {
+        match next(&mut a).await {
+            GroupEvent::Messages(messages) if messages.partition() == 0 => {
+                a.commit_offsets(&[("hv", 0, messages.next_offset())])
+                    .await
+                    .expect("commit partition 0");
+            }
+            GroupEvent::Messages(messages) => break messages.next_offset(),
+            _ => {}
+        }
+    };
+    let handled_0 = a
+        .positions()
+        .get(&(Arc::from("hv"), 0))
+        .copied()
+        .unwrap_or(0);
+    assert!(handled_0 < 100, "partition 0 is delivered in turns with 1");
+    // While A handles it, B joins and takes partition 1.
+    let mut b = GroupMember::join(&client, "hv", member("z-member"))
+        .await
+        .expect("B joins");
+    assert_eq!(b.assignment().1, generation + 1);
+    assert_eq!(b.assigned().collect::<Vec<_>>(), [("hv", 1)]);
+    let refused = a.commit_offsets(&[("hv", 1, end)]).await;
+    assert!(
+        matches!(refused, Err(tidelog_client::Error::Rebalanced { .. })),
+        "{refused:?}"
+    );
+    assert!(a.rebalance_pending());
+    // The Assignment comes before the deliveries of partition 0 received ahead of it.
+    match next(&mut a).await {
+        GroupEvent::Assigned(change) => {
+            assert_eq!(change.generation, generation + 1);
+            assert_eq!(change.revoked, [(Arc::from("hv"), 1)]);
+        }
+        other => panic!("expected the Assignment first, got {other:?}"),
+    }
+    a.commit_offsets(&[("hv", 1, end)])
+        .await
+        .expect("the handover commit");
+    let committed: BTreeMap<u32, u64> = client
+        .groups()
+        .fetch_offsets(FetchOffsetsRequest {
+            group_id: "g".into(),
+            topic: Some("hv".into()),
+        })
+        .await
+        .expect("fetch offsets")
+        .into_inner()
+        .offsets
+        .into_iter()
+        .map(|o| (o.partition, o.offset))
+        .collect();
+    let mut handled = BTreeMap::from([(1, end)]);
+    if handled_0 > 0 {
+        handled.insert(0, handled_0);
+    }
+    assert_eq!(committed, handled);
+    // B goes on after what A handled; A goes on with partition 0 where it stopped.
+    let first_of_b = loop {
+        if let GroupEvent::Messages(messages) = next(&mut b).await {
+            break messages[0].offset;
+        }
+    };
+    assert_eq!(first_of_b, end);
+    let first_of_a = loop {
+        if let GroupEvent::Messages(messages) = next(&mut a).await {
+            assert_eq!(messages.partition(), 0);
+            break messages[0].offset;
+        }
+    };
+    assert_eq!(first_of_a, handled_0);
+}
+
 /// How [`a_restart_under_a_committing_member`] restarts the broker.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Restart {

@@ -402,3 +402,33 @@ async fn records_without_times_of_their_own_are_timed_by_the_broker() {
     assert_eq!(own_stored.timestamp_ms, sent_at - 1_000);
     producer.close().await.expect("close");
 }
+
+/// A `batch_bytes` over the broker's request limit (32 MiB by default) used to make
+/// every batch a request the broker refused (RESOURCE_EXHAUSTED), failing every
+/// record: the producer now caps it at `BATCH_BYTES_MAX`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_bytes_over_the_request_limit_is_capped() {
+    let broker = TestBroker::start();
+    let client = Client::connect(&broker.endpoint()).await.expect("connect");
+    client
+        .create_topic("big", 1, TopicConfig::default())
+        .await
+        .expect("create");
+    let config = ProducerConfig {
+        batch_bytes: 64 * 1024 * 1024,
+        linger: Duration::from_secs(1),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(&client, config);
+    // 40 MiB in records of 64 KiB, sent within one linger: one batch without the cap.
+    let value = vec![b'x'; 64 * 1024];
+    let mut acks = Vec::new();
+    for _ in 0..640 {
+        let record = Record::new("big", value.clone()).partition(0);
+        acks.push(producer.send(record).await.expect("send"));
+    }
+    for ack in acks {
+        timeout(WAIT, ack).await.expect("in time").expect("stored");
+    }
+    producer.close().await.expect("close");
+}

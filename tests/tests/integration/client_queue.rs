@@ -745,3 +745,55 @@ fn random_counts_sizes_outcomes_and_credit_end_as_the_model_says() {
         })
         .unwrap();
 }
+
+/// A worker's ack that got no answer (the connection broke under it) used to fail as
+/// "the broker is unavailable (retry with backoff)", not saying the broker may have
+/// applied it: it now says the outcome is unknown and that a retry is safe, and a
+/// retry settles the delivery (here the first try never reached the broker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_ack_without_an_answer_says_the_outcome_is_unknown() {
+    let broker = TestBroker::start();
+    let client = Client::connect(&broker.endpoint()).await.expect("connect");
+    topic_and_queue(&client, "unk", 1, "unk-q", QueueConfig::default()).await;
+    publish(&client, vec![Record::new("unk", "a").partition(0)]).await;
+    let proxy = tidelog_tests::FlakyProxy::start(broker.grpc_addr());
+    let through = Client::connect(&proxy.endpoint()).await.expect("connect");
+    let worker = tidelog_client::QueueWorker::new(&through, "unk-q", "w");
+    let deliveries = worker
+        .receive(1, Duration::from_secs(5))
+        .await
+        .expect("receive");
+    let delivery = deliveries.into_iter().next().expect("a delivery");
+    // The ack waits in the proxy, and the connection breaks under it.
+    proxy.pause(true);
+    proxy.refuse(true);
+    let cutter = proxy.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        cutter.cut();
+    });
+    let error = timeout(WAIT, delivery.ack())
+        .await
+        .expect("in time")
+        .expect_err("no answer");
+    assert!(error.is_retryable(), "{error:?}");
+    let text = error.to_string();
+    assert!(text.contains("may or may not have been applied"), "{text}");
+    assert!(text.contains("retrying it is safe"), "{text}");
+    proxy.refuse(false);
+    proxy.pause(false);
+    // Retried with backoff (the client's channel reconnects), it acks the delivery.
+    timeout(WAIT, async {
+        loop {
+            match delivery.ack().await {
+                Err(error) if error.is_retryable() => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                acked => break acked,
+            }
+        }
+    })
+    .await
+    .expect("in time")
+    .expect("the retry acks it");
+}
