@@ -580,7 +580,6 @@ async fn members_leaving_and_rejoining_handle_everything_and_repeat_nothing_comm
 /// Now the handover goes with the next Assignment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handover_refused_because_the_group_moved_on_again_goes_with_the_next_assignment() {
-    use tidelog_client::proto::FetchOffsetsRequest;
     let broker = TestBroker::start();
     let direct = Client::connect(&broker.endpoint()).await.expect("connect");
     direct
@@ -670,19 +669,10 @@ async fn a_handover_refused_because_the_group_moved_on_again_goes_with_the_next_
         }
     }
     a.commit().await.expect("commit");
-    let committed: BTreeMap<u32, u64> = groups
-        .fetch_offsets(FetchOffsetsRequest {
-            group_id: "g".into(),
-            topic: Some("ho".into()),
-        })
-        .await
-        .expect("fetch offsets")
-        .into_inner()
-        .offsets
-        .into_iter()
-        .map(|o| (o.partition, o.offset))
-        .collect();
-    assert_eq!(committed, BTreeMap::from([(0, 5), (1, 3)]));
+    assert_eq!(
+        committed(&direct, "g", "ho").await,
+        BTreeMap::from([(0, 5), (1, 3)])
+    );
 }
 
 /// A member handling a delivery of a partition while another member joins: its
@@ -695,7 +685,6 @@ async fn a_handover_refused_because_the_group_moved_on_again_goes_with_the_next_
 /// `Assigned` comes first, so the revoked partition is handed over at what was handled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_refused_commit_the_assignment_comes_before_anything_of_its_generation() {
-    use tidelog_client::proto::FetchOffsetsRequest;
     let broker = TestBroker::start();
     let client = Client::connect(&broker.endpoint()).await.expect("connect");
     client
@@ -768,19 +757,7 @@ async fn after_a_refused_commit_the_assignment_comes_before_anything_of_its_gene
     a.commit_offsets(&[("hv", 1, end)])
         .await
         .expect("the handover commit");
-    let committed: BTreeMap<u32, u64> = client
-        .groups()
-        .fetch_offsets(FetchOffsetsRequest {
-            group_id: "g".into(),
-            topic: Some("hv".into()),
-        })
-        .await
-        .expect("fetch offsets")
-        .into_inner()
-        .offsets
-        .into_iter()
-        .map(|o| (o.partition, o.offset))
-        .collect();
+    let committed = committed(&client, "g", "hv").await;
     let mut handled = BTreeMap::from([(1, end)]);
     if handled_0 > 0 {
         handled.insert(0, handled_0);
@@ -976,4 +953,21 @@ async fn a_broker_down_under_a_member_repeats_only_the_message_whose_commit_fail
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_stopped_under_a_member_repeats_only_the_message_whose_commit_it_refused() {
     a_restart_under_a_committing_member(Restart::Sigterm, true).await;
+}
+
+/// The offsets `group` has committed on `topic`, by partition.
+async fn committed(client: &Client, group: &str, topic: &str) -> BTreeMap<u32, u64> {
+    client
+        .groups()
+        .fetch_offsets(tidelog_client::proto::FetchOffsetsRequest {
+            group_id: group.into(),
+            topic: Some(topic.into()),
+        })
+        .await
+        .expect("fetch offsets")
+        .into_inner()
+        .offsets
+        .into_iter()
+        .map(|o| (o.partition, o.offset))
+        .collect()
 }
